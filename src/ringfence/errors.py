@@ -1,0 +1,185 @@
+"""The ringfence error hierarchy.
+
+Every error the system raises on purpose derives from `RingfenceError`. Each subclass carries a
+stable machine `code` (never renumbered, safe for clients to switch on), an HTTP status for the API
+edge, and a message that tells the user what to do. Subclasses also inherit the stdlib exception that
+fits (`ValueError`, `KeyError`, `PermissionError`, ...) so callers can catch either way.
+
+Validation errors name the offending `field`. Messages never contain secrets: callers pass field
+names and rules, not raw secret values.
+
+An invariant violation inside the engine is *not* in this hierarchy's "handle it" family:
+`InvariantViolation` means the shard must halt and an operator must look.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "RingfenceError",
+    "ValidationError",
+    "InvalidAmount",
+    "UnknownAsset",
+    "UnknownAccount",
+    "DuplicateAsset",
+    "NotFound",
+    "Conflict",
+    "InsufficientFunds",
+    "Forbidden",
+    "Unauthorized",
+    "RateLimited",
+    "Halted",
+    "JournalCorrupt",
+    "SnapshotInvalid",
+    "InvariantViolation",
+    "NotDurable",
+    "ConfigError",
+    "error_codes",
+]
+
+
+class RingfenceError(Exception):
+    """Root of every deliberate ringfence error."""
+
+    code: str = "RF_ERROR"
+    http_status: int = 500
+    default_message: str = "ringfence failed to complete the request"
+
+    def __init__(self, message: str | None = None, *, field: str | None = None, **details: Any) -> None:
+        self.message = message or self.default_message
+        self.field = field
+        self.details = details
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            out["field"] = self.field
+        if self.details:
+            out["details"] = {k: v for k, v in self.details.items() if not k.startswith("_")}
+        return out
+
+    def __str__(self) -> str:
+        if self.field is not None and not self.message.startswith(self.field):
+            return f"{self.field}: {self.message}"
+        return self.message
+
+
+class ValidationError(RingfenceError, ValueError):
+    code = "RF_VALIDATION"
+    http_status = 400
+    default_message = "the request is not valid"
+
+
+class InvalidAmount(ValidationError):
+    code = "RF_INVALID_AMOUNT"
+    default_message = "the amount is not a valid decimal for this asset"
+
+
+class UnknownAsset(RingfenceError, KeyError):
+    code = "RF_UNKNOWN_ASSET"
+    http_status = 404
+    default_message = "no such asset is registered"
+
+    def __str__(self) -> str:  # KeyError would repr() the message otherwise
+        return RingfenceError.__str__(self)
+
+
+class DuplicateAsset(RingfenceError, ValueError):
+    code = "RF_DUPLICATE_ASSET"
+    http_status = 409
+    default_message = "an asset with this code is already registered with different properties"
+
+
+class NotFound(RingfenceError, LookupError):
+    code = "RF_NOT_FOUND"
+    http_status = 404
+    default_message = "not found"
+
+
+class UnknownAccount(NotFound, KeyError):
+    code = "RF_UNKNOWN_ACCOUNT"
+    default_message = "no such account exists"
+
+    def __str__(self) -> str:
+        return RingfenceError.__str__(self)
+
+
+class Conflict(RingfenceError, ValueError):
+    code = "RF_CONFLICT"
+    http_status = 409
+    default_message = "the request conflicts with existing state"
+
+
+class InsufficientFunds(RingfenceError, ValueError):
+    code = "RF_INSUFFICIENT_FUNDS"
+    http_status = 400
+    default_message = "the account does not have enough available balance"
+
+
+class Unauthorized(RingfenceError, PermissionError):
+    code = "RF_UNAUTHORIZED"
+    http_status = 401
+    default_message = "authentication is required"
+
+
+class Forbidden(RingfenceError, PermissionError):
+    code = "RF_FORBIDDEN"
+    http_status = 403
+    default_message = "this action is not allowed"
+
+
+class RateLimited(RingfenceError):
+    code = "RF_RATE_LIMITED"
+    http_status = 429
+    default_message = "too many requests; slow down and retry later"
+
+
+class Halted(RingfenceError):
+    code = "RF_HALTED"
+    http_status = 503
+    default_message = "this scope is halted; only an operator quorum can lift the halt"
+
+
+class NotDurable(RingfenceError, OSError):
+    code = "RF_NOT_DURABLE"
+    http_status = 503
+    default_message = "the command was not made durable and was not applied; it is safe to retry"
+
+
+class JournalCorrupt(RingfenceError, OSError):
+    code = "RF_JOURNAL_CORRUPT"
+    http_status = 500
+    default_message = "the journal failed verification; recovery stopped so that no data is silently lost"
+
+
+class SnapshotInvalid(RingfenceError, OSError):
+    code = "RF_SNAPSHOT_INVALID"
+    http_status = 500
+    default_message = "the snapshot failed verification"
+
+
+class ConfigError(RingfenceError, ValueError):
+    code = "RF_CONFIG"
+    http_status = 500
+    default_message = "the configuration is not valid"
+
+
+class InvariantViolation(RingfenceError, AssertionError):
+    """A broken invariant: the shard halts and an operator is paged. Never caught to carry on."""
+
+    code = "RF_INVARIANT"
+    http_status = 500
+    default_message = "an engine invariant was violated; the shard is halted"
+
+
+def error_codes() -> dict[str, type[RingfenceError]]:
+    """Every registered error code, for documentation and for tests that codes stay unique."""
+    seen: dict[str, type[RingfenceError]] = {}
+    stack: list[type[RingfenceError]] = [RingfenceError]
+    while stack:
+        cls = stack.pop()
+        seen.setdefault(cls.code, cls)
+        stack.extend(cls.__subclasses__())
+    return seen
