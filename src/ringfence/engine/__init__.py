@@ -1,0 +1,1 @@
+"""The deterministic engine: command/event types, the apply loop, state hash and snapshots."""

@@ -1,0 +1,512 @@
+"""One engine shard as a durable service: sequencer, group-committed journal, apply loop, recovery.
+
+Flow of a command (ARCHITECTURE.md §1):
+
+1. `submit(command)` (any thread) encodes the command once and decodes it back with the strict
+   typed decoder, so a malformed command (a float, a bool, a missing field) fails right there with
+   a clear error, and the object applied live is exactly the object replay will decode.
+2. The sequencer thread collects a batch (bounded by command count, weight and a bounded wait),
+   runs each command's precheck against current state (bad commands are answered at once and never
+   journaled), stamps sequence numbers, one timestamp and 32 bytes of entropy, and appends the batch
+   as one journal record with a single fsync (group commit).
+3. Only after the fsync returns does it apply the commands in order and resolve each `Ack`:
+   nothing is acknowledged before it is durable.
+
+If the journal cannot be written the node stops accepting commands (`NotDurable`): the state of the
+file is unknown, and recovery on restart decides what was durable. If `apply` raises anything but a
+deliberate rejection, the shard halts (`InvariantViolation`) and waits for an operator.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import msgspec
+
+from ..errors import (
+    InvariantViolation,
+    JournalCorrupt,
+    NotDurable,
+    RateLimited,
+    RingfenceError,
+    SnapshotInvalid,
+    ValidationError,
+    error_codes,
+)
+from ..journal.journal import JournalWriter, scan
+from .commands import Batch, Command, Event, batch_decoder, command_decoder, encode
+from .core import CommandRejected, Engine
+from .snapshot import list_snapshots, read_snapshot, write_snapshot
+
+__all__ = ["Node", "Ack", "RecoveryReport", "replay_journal", "command_weight"]
+
+_STOP = object()
+
+
+class Ack:
+    """The answer to one submitted command; resolved only once its batch is durable and applied."""
+
+    __slots__ = ("events", "error", "seq", "_lock", "_callbacks")
+
+    def __init__(self) -> None:
+        self.events: list[Event] | None = None
+        self.error: BaseException | None = None
+        self.seq = 0
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._callbacks: list[Callable[["Ack"], None]] | None = None
+
+    def _resolve(self, events: list[Event] | None = None, error: BaseException | None = None, seq: int = 0) -> None:
+        self.events = events
+        self.error = error
+        self.seq = seq
+        self._lock.release()
+        if self._callbacks:
+            for fn in self._callbacks:
+                fn(self)
+
+    def done(self) -> bool:
+        return self.events is not None or self.error is not None
+
+    def add_done_callback(self, fn: Callable[["Ack"], None]) -> None:
+        """Call `fn(ack)` when resolved (on the sequencer thread; keep it short)."""
+        if self.done():
+            fn(self)
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(fn)
+        if self.done() and fn in self._callbacks:  # resolved while registering
+            self._callbacks.remove(fn)
+            fn(self)
+
+    def wait(self, timeout: float | None = None) -> list[Event]:  # float-ok: seconds to wait
+        """Block until resolved; raise the submission error, if any; return the events."""
+        if not self.done():
+            if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+                raise TimeoutError("command not acknowledged in time; it may still be applied")
+            self._lock.release()
+        if self.error is not None:
+            raise self.error
+        assert self.events is not None
+        return self.events
+
+    def result(self, timeout: float | None = None) -> list[Event]:  # float-ok: seconds to wait
+        """Like `wait`, but a `CommandRejected` event is raised as the matching `RingfenceError`."""
+        events = self.wait(timeout)
+        for event in events:
+            if isinstance(event, CommandRejected):
+                raise rejection_error(event)
+        return events
+
+
+def rejection_error(event: CommandRejected) -> RingfenceError:
+    cls = error_codes().get(event.code, RingfenceError)
+    err = cls(event.message, field=event.field or None)
+    return err
+
+
+def command_weight(command: Command) -> int:
+    """How much batch capacity a command uses: its item count for list-carrying commands."""
+    items = getattr(command, "transfers", None)
+    return len(items) if items is not None else 1
+
+
+@dataclass
+class RecoveryReport:
+    snapshot_seq: int = 0
+    snapshot_path: str | None = None
+    replayed_commands: int = 0
+    replayed_records: int = 0
+    last_seq: int = 0
+    state_hash: str = ""
+    seconds: float = 0.0  # float-ok: duration
+    torn_tail: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _load_newest_snapshot(snap_dir: Path, report: RecoveryReport) -> tuple[Engine, bytes | None]:
+    for path in list_snapshots(snap_dir):
+        try:
+            info = read_snapshot(path)
+            engine = Engine.from_snapshot_bytes(info.payload)
+            if engine.state_hash() != info.state_hash or engine.last_seq != info.seq:
+                raise SnapshotInvalid(f"snapshot {path.name}: recomputed state hash differs from the recorded one")
+        except (SnapshotInvalid, ValueError, msgspec.DecodeError) as err:
+            report.notes.append(f"skipped snapshot {path.name}: {err}")
+            continue
+        report.snapshot_seq = info.seq
+        report.snapshot_path = str(path)
+        return engine, info.journal_hash
+    return Engine(), None
+
+
+def replay_journal(
+    data_dir: Path,
+    *,
+    use_snapshots: bool = True,
+    truncate: bool = False,
+    on_batch: Callable[[Engine, Any, list[list[Event]]], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Engine, RecoveryReport, Any]:
+    """Rebuild the engine from the newest valid snapshot (optionally) plus the journal.
+
+    Returns `(engine, report, scan_report)`. Raises `JournalCorrupt` on corruption.
+    """
+    started = time.perf_counter()
+    report = RecoveryReport()
+    data_dir = Path(data_dir)
+    if use_snapshots:
+        engine, anchor = _load_newest_snapshot(data_dir / "snapshots", report)
+    else:
+        engine, anchor = Engine(), None
+    start_seq = engine.last_seq
+    decoder = batch_decoder()
+    gen = scan(data_dir / "journal", truncate=truncate, decode_from_seq=start_seq + 1)
+    while True:
+        try:
+            record = next(gen)
+        except StopIteration as stop:
+            scan_report = stop.value
+            break
+        if record.last_seq <= start_seq:
+            if record.last_seq == start_seq and anchor is not None and record.hash != anchor:
+                raise JournalCorrupt(
+                    f"the snapshot at sequence {start_seq} does not match the journal record that ends there"
+                )
+            continue
+        if record.first_seq <= start_seq:
+            raise JournalCorrupt(f"the snapshot at sequence {start_seq} falls inside a journal record")
+        batch = decoder.decode(record.payload)
+        if batch.first_seq != record.first_seq or len(batch.commands) != record.count:
+            raise JournalCorrupt(
+                f"record at {record.segment}:{record.offset} says sequence {record.first_seq} x {record.count} "
+                f"but its payload holds {batch.first_seq} x {len(batch.commands)}"
+            )
+        apply = engine.apply
+        outputs = []
+        for i, command in enumerate(batch.commands):
+            outputs.append(apply(command, batch.first_seq + i, batch.ts_ns, batch.entropy))
+        if on_batch is not None:
+            on_batch(engine, batch, outputs)
+        report.replayed_records += 1
+        report.replayed_commands += len(batch.commands)
+        if progress is not None:
+            progress(len(batch.commands))
+    if scan_report.last_seq < start_seq:
+        raise JournalCorrupt(
+            f"the journal ends at sequence {scan_report.last_seq} but the snapshot is at {start_seq}: "
+            "acknowledged commands are missing from the journal"
+        )
+    report.torn_tail = scan_report.torn_tail
+    report.notes.extend(scan_report.notes)
+    report.last_seq = engine.last_seq
+    report.state_hash = engine.state_hash()
+    report.seconds = time.perf_counter() - started
+    return engine, report, scan_report
+
+
+class Node:
+    """A durable engine shard. Use `open()`, then either `start()` + `submit()` or `execute()`."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        fsync: bool = True,
+        max_batch_commands: int = 8192,
+        max_batch_weight: int = 65536,
+        max_wait_us: int = 0,
+        queue_limit: int = 100_000,
+        segment_bytes: int = 64 * 1024 * 1024,
+        snapshot_keep: int = 3,
+        clock: Callable[[], int] = time.time_ns,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if not 1 <= max_batch_commands <= 1_000_000:
+            raise ValidationError("max_batch_commands must be between 1 and 1,000,000", field="max_batch_commands")
+        if not 0 <= max_wait_us <= 100_000:
+            raise ValidationError("max_wait_us must be between 0 and 100,000", field="max_wait_us")
+        self.data_dir = Path(data_dir)
+        self.fsync = fsync
+        self.max_batch_commands = max_batch_commands
+        self.max_batch_weight = max_batch_weight
+        self.max_wait_us = max_wait_us
+        self.segment_bytes = segment_bytes
+        self.snapshot_keep = snapshot_keep
+        self._clock = clock
+        self._entropy = entropy
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_limit)
+        self._thread: threading.Thread | None = None
+        self.engine: Engine | None = None
+        self.writer: JournalWriter | None = None
+        self.failed: BaseException | None = None
+        self.recovery: RecoveryReport | None = None
+        self.listeners: list[Callable[[int, int, list[Command], list[list[Event]]], None]] = []
+        self.batches_committed = 0
+        self.commands_committed = 0
+        self._decode = command_decoder().decode
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> RecoveryReport:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        engine, report, scan_report = replay_journal(self.data_dir, truncate=True)
+        self.engine = engine
+        self.writer = JournalWriter(
+            self.data_dir / "journal",
+            next_seq=scan_report.last_seq + 1,
+            last_hash=scan_report.last_hash,
+            tail_segment=scan_report.tail_segment,
+            tail_size=scan_report.tail_size,
+            segment_bytes=self.segment_bytes,
+            fsync=self.fsync,
+        )
+        self.recovery = report
+        return report
+
+    def start(self) -> None:
+        if self.engine is None:
+            self.open()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ringfence-sequencer", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def __enter__(self) -> "Node":
+        if self.engine is None:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ submission
+
+    def prepare(self, command: Command) -> tuple[Command, bytes]:
+        """Encode once and decode strictly: the edge's type check, and the bytes to journal."""
+        if not isinstance(command, Command):
+            raise ValidationError("not a ringfence command", field="command")
+        try:
+            raw = encode(command)
+        except (TypeError, OverflowError, ValueError) as err:
+            raise ValidationError(f"the command cannot be encoded: {err}", field=type(command).__name__) from None
+        try:
+            return self._decode(raw), raw
+        except msgspec.ValidationError as err:
+            where = _field_of(err, type(command))
+            reason = str(err).split(" - at `$", 1)[0]
+            raise ValidationError(f"{reason}", field=where) from None
+
+    def submit(self, command: Command, *, timeout_s: float = 5.0) -> Ack:  # float-ok: seconds
+        """Queue a command for the sequencer thread; returns its `Ack` at once."""
+        ack = Ack()
+        if self.failed is not None:
+            ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
+            return ack
+        try:
+            prepared, raw = self.prepare(command)
+        except RingfenceError as err:
+            ack._resolve(error=err)
+            return ack
+        try:
+            self._queue.put((prepared, raw, ack), timeout=timeout_s)
+        except queue.Full:
+            ack._resolve(error=RateLimited("the engine queue is full; retry shortly"))
+        return ack
+
+    def execute(self, command: Command) -> list[Event]:
+        """Submit one command and wait; a rejection is raised as its `RingfenceError`."""
+        return self.execute_many([command])[0]
+
+    def execute_many(self, commands: Iterable[Command], *, raise_rejected: bool = True) -> list[list[Event]]:
+        """Run commands as one batch (directly when no sequencer thread runs) and wait for all."""
+        acks: list[Ack] = []
+        if self._thread is None:
+            items = []
+            for command in commands:
+                ack = Ack()
+                acks.append(ack)
+                try:
+                    prepared, raw = self.prepare(command)
+                except RingfenceError as err:
+                    ack._resolve(error=err)
+                    continue
+                items.append((prepared, raw, ack))
+            self._commit(items)
+        else:
+            acks = [self.submit(c) for c in commands]
+        return [ack.result() if raise_rejected else ack.wait() for ack in acks]
+
+    # ------------------------------------------------------------------ the sequencer
+
+    def _run(self) -> None:
+        try:
+            self._sequence()
+        except BaseException as err:  # the shard halted; answer everyone still waiting
+            self.failed = self.failed or err
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                if isinstance(item, tuple):
+                    item[2]._resolve(error=NotDurable(f"the node has stopped: {self.failed!r}"))
+
+    def _sequence(self) -> None:
+        q = self._queue
+        while True:
+            item = q.get()
+            if item is _STOP:
+                return
+            if callable(item):
+                item()  # a control task (snapshot) runs between batches
+                continue
+            items = [item]
+            weight = command_weight(item[0])
+            deadline = time.perf_counter() + self.max_wait_us / 1e6 if self.max_wait_us else 0.0  # float-ok
+            control = None
+            while len(items) < self.max_batch_commands and weight < self.max_batch_weight:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    if not deadline or time.perf_counter() >= deadline:
+                        break
+                    time.sleep(0)
+                    continue
+                if nxt is _STOP or callable(nxt):
+                    control = nxt
+                    break
+                items.append(nxt)
+                weight += command_weight(nxt[0])
+            self._commit(items)
+            if control is _STOP:
+                return
+            if control is not None:
+                control()
+
+    def _commit(self, items: list[tuple[Command, bytes, Ack]]) -> None:
+        engine, writer = self.engine, self.writer
+        if engine is None or writer is None:
+            raise RuntimeError("open() the node first")
+        if self.failed is not None:
+            for _, _, ack in items:
+                ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
+            return
+        accepted: list[tuple[Command, bytes, Ack]] = []
+        for item in items:
+            try:
+                engine.precheck(item[0])
+            except RingfenceError as err:
+                item[2]._resolve(error=err)
+                continue
+            accepted.append(item)
+        if not accepted:
+            return
+        first_seq = writer.next_seq
+        ts_ns = max(self._clock(), engine.now_ns)
+        entropy = self._entropy(32)
+        payload = encode(Batch(first_seq, ts_ns, entropy, [msgspec.Raw(raw) for _, raw, _ in accepted]))
+        try:
+            writer.append(payload, first_seq, len(accepted))
+        except OSError as err:
+            self.failed = err
+            for _, _, ack in accepted:
+                ack._resolve(error=NotDurable(f"journal write failed ({err.strerror or err}); nothing was applied"))
+            return
+        outputs: list[list[Event]] = []
+        apply = engine.apply
+        try:
+            for i, (command, _, ack) in enumerate(accepted):
+                events = apply(command, first_seq + i, ts_ns, entropy)
+                outputs.append(events)
+                ack._resolve(events, seq=first_seq + i)
+        except BaseException as err:  # an invariant broke: halt the shard, page an operator
+            self.failed = err
+            halt = InvariantViolation(f"shard halted at sequence {engine.seq}: {err!r}")
+            for _, _, ack in accepted[len(outputs) :]:
+                if not ack.done():
+                    ack._resolve(error=halt)
+            raise
+        self.batches_committed += 1
+        self.commands_committed += len(accepted)
+        for listener in self.listeners:
+            listener(first_seq, ts_ns, [c for c, _, _ in accepted], outputs)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> Path:
+        """Write a snapshot at the current journal position (between batches)."""
+        if self._thread is None:
+            return self._write_snapshot()
+        done: queue.Queue[Any] = queue.Queue()
+
+        def task() -> None:
+            try:
+                done.put(self._write_snapshot())
+            except BaseException as err:  # reported to the caller below
+                done.put(err)
+
+        self._queue.put(task)
+        result = done.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _write_snapshot(self) -> Path:
+        assert self.engine is not None and self.writer is not None
+        payload = self.engine.snapshot_bytes()
+        import hashlib
+
+        return write_snapshot(
+            self.data_dir / "snapshots",
+            self.engine.last_seq,
+            hashlib.sha256(payload).hexdigest(),
+            self.writer.last_hash,
+            payload,
+            keep=self.snapshot_keep,
+        )
+
+
+def _field_of(err: msgspec.ValidationError, command_type: type) -> str:
+    """Turn msgspec's array path (`$[1][0][3]`) into field names (`transfers[0].amount`)."""
+    import re
+    import typing
+
+    text = str(err)
+    if " - at `$" not in text:
+        return command_type.__name__
+    indexes = [int(i) for i in re.findall(r"\[(\d+)\]", text.split(" - at `$", 1)[1])]
+    parts: list[str] = []
+    current: Any = command_type
+    tagged = True  # the command itself is a tagged array: element 0 is its tag
+    for index in indexes:
+        if isinstance(current, type) and issubclass(current, msgspec.Struct):
+            fields = current.__struct_fields__
+            position = index - 1 if tagged else index
+            if not 0 <= position < len(fields):
+                break
+            name = fields[position]
+            parts.append(("." if parts else "") + name)
+            current = typing.get_type_hints(current).get(name)
+            tagged = False
+        elif typing.get_origin(current) in (list, tuple):
+            parts.append(f"[{index}]")
+            current = typing.get_args(current)[0]
+        else:
+            break
+    return "".join(parts) or command_type.__name__

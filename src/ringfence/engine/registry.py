@@ -1,0 +1,7 @@
+"""Imports every package that registers commands, events, handlers or engine components.
+
+The engine imports this module before it builds decoders or state, so a journal written with any
+registered command type always decodes. A new domain package adds one import line here.
+"""
+
+from ..ledger import commands as _ledger_commands  # noqa: F401

@@ -1,0 +1,1 @@
+"""Append-only, hash-chained command journal with group commit and crash recovery."""

@@ -1,0 +1,1 @@
+"""Double-entry ledger: accounts, idempotent transfers, linked chains, two-phase holds."""

@@ -1,0 +1,155 @@
+"""Ledger commands and events, and the engine handlers that apply them.
+
+The handlers are thin: they validate the command against the state, then call the `Ledger`.
+Everything a client may get wrong is answered with a `RingfenceError` (whole command) or a
+per-transfer result code (`CreateTransfers`), never with a half-applied change.
+"""
+
+from __future__ import annotations
+
+from ..engine.commands import Command, Event
+from ..engine.core import Engine, handles
+from ..errors import ValidationError
+from ..money import Asset, AssetClass
+from .model import Transfer, validate_kind, validate_owner, validate_segment
+
+__all__ = [
+    "RegisterAsset",
+    "RegisterSegment",
+    "OpenAccount",
+    "CreateTransfers",
+    "AssetRegistered",
+    "SegmentRegistered",
+    "AccountOpened",
+    "TransfersCreated",
+    "TransferExpired",
+    "MAX_TRANSFERS_PER_COMMAND",
+]
+
+#: TigerBeetle's batch size: one command carries at most this many transfers.
+MAX_TRANSFERS_PER_COMMAND = 8190
+
+
+class RegisterAsset(Command, tag="asset.register/1"):
+    code: str
+    decimals: int
+    asset_class: str
+    chain: str = ""
+
+
+class RegisterSegment(Command, tag="segment.register/1"):
+    name: str
+
+
+class OpenAccount(Command, tag="account.open/1"):
+    owner: str
+    asset: str
+    kind: str = "available"
+    segment: str = "spot"
+    flags: int = 0
+
+
+class CreateTransfers(Command, tag="transfers.create/1"):
+    transfers: list[Transfer]
+
+
+class AssetRegistered(Event, tag="asset.registered/1"):
+    code: str
+    created: bool
+
+
+class SegmentRegistered(Event, tag="segment.registered/1"):
+    name: str
+    created: bool
+
+
+class AccountOpened(Event, tag="account.opened/1"):
+    account_id: int
+    owner: str
+    asset: str
+    kind: str
+    segment: str
+    flags: int
+    created: bool
+
+
+class TransfersCreated(Event, tag="transfers.created/1"):
+    """Result of a `CreateTransfers`: how many there were and `(index, code)` of each failure."""
+
+    seq: int
+    count: int
+    failures: list[tuple[int, str]]
+
+
+class TransferExpired(Event, tag="transfer.expired/1"):
+    pending_id: int
+    released: int
+
+
+def _asset_of(command: RegisterAsset) -> Asset:
+    try:
+        klass = AssetClass(command.asset_class)
+    except ValueError:
+        raise ValidationError("asset_class must be one of crypto, tokenized, fiat", field="asset_class") from None
+    return Asset(command.code, command.decimals, klass, command.chain or None)
+
+
+def _precheck_register_asset(engine: Engine, command: RegisterAsset) -> None:
+    asset = _asset_of(command)
+    if asset.code in engine.ledger.assets and engine.ledger.assets.get(asset.code) != asset:
+        engine.ledger.assets.register(asset)  # raises DuplicateAsset with a clear message
+
+
+@handles(RegisterAsset, precheck=_precheck_register_asset)
+def _register_asset(engine: Engine, command: RegisterAsset) -> list[Event]:
+    created = engine.ledger.register_asset(_asset_of(command))
+    return [AssetRegistered(command.code, created)]
+
+
+def _precheck_register_segment(engine: Engine, command: RegisterSegment) -> None:
+    validate_segment(command.name, "name")
+    if command.name == "-":
+        raise ValidationError("'-' is not a segment name", field="name")
+
+
+@handles(RegisterSegment, precheck=_precheck_register_segment)
+def _register_segment(engine: Engine, command: RegisterSegment) -> list[Event]:
+    created = engine.ledger.register_segment(command.name)
+    return [SegmentRegistered(command.name, created)]
+
+
+def _precheck_open_account(engine: Engine, command: OpenAccount) -> None:
+    ledger = engine.ledger
+    validate_owner(command.owner)
+    ledger.assets.get(command.asset)
+    validate_kind(command.kind)
+    validate_segment(command.segment)
+    if command.segment != "-" and command.segment not in ledger.segments:
+        raise ValidationError(f"unknown segment {command.segment!r}", field="segment")
+
+
+@handles(OpenAccount, precheck=_precheck_open_account)
+def _open_account(engine: Engine, command: OpenAccount) -> list[Event]:
+    account, created = engine.ledger.open_account(
+        command.owner, command.asset, command.kind, command.segment, command.flags
+    )
+    return [
+        AccountOpened(account.id, account.owner, account.asset, account.kind, account.segment, account.flags, created)
+    ]
+
+
+def _precheck_create_transfers(engine: Engine, command: CreateTransfers) -> None:
+    n = len(command.transfers)
+    if n == 0:
+        raise ValidationError("transfers must contain at least one transfer", field="transfers")
+    if n > MAX_TRANSFERS_PER_COMMAND:
+        raise ValidationError(
+            f"transfers holds {n} transfers; at most {MAX_TRANSFERS_PER_COMMAND} per command", field="transfers"
+        )
+
+
+@handles(CreateTransfers, precheck=_precheck_create_transfers)
+def _create_transfers(engine: Engine, command: CreateTransfers) -> list[Event]:
+    _precheck_create_transfers(engine, command)
+    failures = engine.ledger.create_transfers(command.transfers, engine.now_ns)
+    return [TransfersCreated(engine.seq, len(command.transfers), failures)]
