@@ -412,10 +412,32 @@ class Node:
             try:
                 engine.precheck(item[0])
             except RingfenceError as err:
+                if accepted:
+                    # The precheck saw the state before this batch; an earlier command of the batch
+                    # (say, the RegisterAsset before this OpenAccount) may be what it needs. Commit
+                    # those first and check again against the state that includes them.
+                    self._write_and_apply(accepted)
+                    accepted = []
+                    if self.failed is None:
+                        try:
+                            engine.precheck(item[0])
+                        except RingfenceError as err2:
+                            item[2]._resolve(error=err2)
+                            continue
+                        accepted.append(item)
+                        continue
                 item[2]._resolve(error=err)
                 continue
             accepted.append(item)
-        if not accepted:
+        if accepted:
+            self._write_and_apply(accepted)
+
+    def _write_and_apply(self, accepted: list[tuple[Command, bytes, Ack]]) -> None:
+        engine, writer = self.engine, self.writer
+        assert engine is not None and writer is not None
+        if self.failed is not None:
+            for _, _, ack in accepted:
+                ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
             return
         first_seq = writer.next_seq
         ts_ns = max(self._clock(), engine.now_ns)
