@@ -161,13 +161,15 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
                 torn = f"{remaining} bytes of a record header at the end of the last segment"
             else:
                 head = data[pos : pos + 56]
-                crc, _reserved = _CRC.unpack_from(data, pos + 56)
+                crc, reserved = _CRC.unpack_from(data, pos + 56)
                 magic, version, flags, length, count, first_seq, rec_prev = _HEAD.unpack(head)
                 if magic != MAGIC or zlib.crc32(head) != crc:
                     if not data[pos:].strip(b"\x00"):
                         torn = f"{remaining} zero bytes at the end of the last segment"
                     else:
                         corrupt = "record header checksum mismatch"
+                elif reserved != 0:
+                    corrupt = "record header reserved bytes are not zero"
                 elif version != VERSION or flags != 0:
                     corrupt = f"record has unsupported version {version} / flags {flags}"
                 elif length > MAX_PAYLOAD_BYTES or count == 0:
