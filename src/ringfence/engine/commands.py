@@ -57,10 +57,14 @@ def _all_subclasses(base: type) -> list[type]:
 
 
 def command_types() -> list[type[Command]]:
+    from . import registry  # noqa: F401  (every package that defines commands registers here)
+
     return sorted(_all_subclasses(Command), key=lambda c: c.__struct_config__.tag)
 
 
 def event_types() -> list[type[Event]]:
+    from . import registry  # noqa: F401
+
     return sorted(_all_subclasses(Event), key=lambda c: c.__struct_config__.tag)
 
 
