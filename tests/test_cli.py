@@ -1,0 +1,97 @@
+"""The CLI as a user runs it: a real `ringfence` process, its output and exit codes."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run(RINGFENCE + list(args), capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_demo_then_verify_and_replay(tmp_path):
+    data = tmp_path / "demo"
+    out = run("demo", "--data", str(data), "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "exceeds_credits" in text and "balances unchanged: yes" in text
+    hashes = re.findall(r"\b[0-9a-f]{64}\b", text)
+    assert len(hashes) >= 2 and hashes[-1] == hashes[-2], "replay hash must equal the live hash"
+    assert "replay matches" in text
+    # same seed, same hash; the demo folder is reused safely
+    again = run("demo", "--data", str(data), "--seed", "3")
+    assert re.findall(r"\b[0-9a-f]{64}\b", again.stdout)[-1] == hashes[-1]
+    verify = run("journal", "verify", str(data))
+    assert verify.returncode == 0 and "journal: OK" in verify.stdout
+    replay = run("journal", "replay", str(data))
+    assert replay.returncode == 0, replay.stderr
+    assert hashes[-1] in replay.stdout and "matches" in replay.stdout
+
+
+def test_verify_reports_corruption_with_exit_1(tmp_path):
+    data = tmp_path / "demo"
+    assert run("demo", "--data", str(data)).returncode == 0
+    seg = sorted((data / "journal").iterdir())[0]
+    raw = bytearray(seg.read_bytes())
+    raw[100] ^= 0x01
+    seg.write_bytes(bytes(raw))
+    out = run("journal", "verify", str(data))
+    assert out.returncode == 1
+    assert "CORRUPT" in out.stdout and seg.name in out.stdout
+    replay = run("journal", "replay", str(data))
+    assert replay.returncode == 1 and "not a torn tail" in replay.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["journal", "verify", "/nonexistent/ringfence"], "does not exist"),
+        (["journal", "replay", "/"], "no journal/ folder"),
+        (["sim", "--seed", "-1"], "--seed"),
+        (["sim", "--seed", "1", "--steps", "0"], "steps"),
+        (["demo", "--seed", "abc"], "--seed"),
+    ],
+)
+def test_bad_cli_input_is_a_clear_error(args, message):
+    out = run(*args)
+    assert out.returncode == 2
+    assert message in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    out = run("demo", "--data", str(tmp_path))
+    assert out.returncode == 2 and "not empty" in out.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_sim_command(tmp_path):
+    out = run("sim", "--seed", "11", "--steps", "400")
+    assert out.returncode == 0, out.stderr
+    assert "seed=11" in out.stdout and "all invariants held" in out.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["sim"], ["journal"], ["journal", "verify"], ["journal", "replay"], ["version"]])
+def test_every_command_has_help_with_an_example(command):
+    out = run(*command, "--help")
+    assert out.returncode == 0
+    assert "Example" in out.stdout
+
+
+def test_ledger_benchmark_smoke(tmp_path):
+    bench = Path(__file__).resolve().parent.parent / "bench" / "ledger.py"
+    out = subprocess.run([sys.executable, str(bench), "--smoke", "--dir", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["bench"] == "ledger" and line["smoke"] is True
+    assert line["throughput_per_s"] > 0 and line["replay"]["events_per_s"] > 0
+    assert line["baseline"]["throughput_per_s"] > 0 and "seed=1" in out.stderr
