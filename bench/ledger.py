@@ -95,7 +95,7 @@ def prepared_node(path: Path, accounts: int) -> tuple[Node, list[int], int]:
 def closed_loop(node: Node, cmds: list) -> float:  # float-ok: seconds
     node.start()
     started = time.perf_counter()
-    acks = [node.submit(c, timeout_s=60) for c in cmds]
+    acks = [node.submit(c) for c in cmds]
     for ack in acks:
         ack.wait(120)
     return time.perf_counter() - started
@@ -106,13 +106,16 @@ def open_loop(node: Node, cmds: list, per_request: int, offered_per_s: int) -> t
     node.start()
     interval_ns = int(1e9 * per_request / offered_per_s)
     latencies: list[int] = []
+    errors: list[str] = []
     done = threading.Event()
     remaining = [len(cmds)]
     lock = threading.Lock()
 
     def make_cb(scheduled_ns: int):  # type: ignore[no-untyped-def]
-        def cb(_ack) -> None:  # type: ignore[no-untyped-def]
+        def cb(ack) -> None:  # type: ignore[no-untyped-def]
             latencies.append(time.perf_counter_ns() - scheduled_ns)
+            if ack.error is not None:
+                errors.append(type(ack.error).__name__)
             with lock:
                 remaining[0] -= 1
                 if remaining[0] == 0:
@@ -128,11 +131,13 @@ def open_loop(node: Node, cmds: list, per_request: int, offered_per_s: int) -> t
     while i < n:
         now = time.perf_counter_ns()
         while i < n and t0 + i * interval_ns <= now:
-            node.submit(cmds[i], timeout_s=60).add_done_callback(make_cb(t0 + i * interval_ns))
+            node.submit(cmds[i]).add_done_callback(make_cb(t0 + i * interval_ns))
             i += 1
         time.sleep(0.0001)
     done.wait(300)
     seconds = (time.perf_counter_ns() - t0) / 1e9
+    if errors:
+        raise SystemExit(f"{len(errors)} requests failed, e.g. {errors[0]}")
     return latencies, seconds
 
 

@@ -20,6 +20,7 @@ deliberate rejection, the shard halts (`InvariantViolation`) and waits for an op
 from __future__ import annotations
 
 import os
+import collections
 import queue
 import threading
 import time
@@ -50,23 +51,25 @@ _STOP = object()
 
 
 class Ack:
-    """The answer to one submitted command; resolved only once its batch is durable and applied."""
+    """The answer to one submitted command; resolved only once its batch is durable and applied.
 
-    __slots__ = ("events", "error", "seq", "_lock", "_callbacks")
+    Waiting uses the node's one condition variable, notified once per batch, rather than a lock per
+    command: at 100,000 commands/s the difference is a large share of the sequencer's time.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("events", "error", "seq", "_cond", "_callbacks")
+
+    def __init__(self, cond: threading.Condition | None = None) -> None:
         self.events: list[Event] | None = None
         self.error: BaseException | None = None
         self.seq = 0
-        self._lock = threading.Lock()
-        self._lock.acquire()
+        self._cond = cond
         self._callbacks: list[Callable[["Ack"], None]] | None = None
 
     def _resolve(self, events: list[Event] | None = None, error: BaseException | None = None, seq: int = 0) -> None:
-        self.events = events
-        self.error = error
         self.seq = seq
-        self._lock.release()
+        self.error = error
+        self.events = events
         if self._callbacks:
             for fn in self._callbacks:
                 fn(self)
@@ -89,9 +92,16 @@ class Ack:
     def wait(self, timeout: float | None = None) -> list[Event]:  # float-ok: seconds to wait
         """Block until resolved; raise the submission error, if any; return the events."""
         if not self.done():
-            if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
-                raise TimeoutError("command not acknowledged in time; it may still be applied")
-            self._lock.release()
+            cond = self._cond
+            if cond is None:
+                raise RuntimeError("this Ack was never submitted")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with cond:
+                while not self.done():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError("command not acknowledged in time; it may still be applied")
+                    cond.wait(left if left is not None else 1.0)
         if self.error is not None:
             raise self.error
         assert self.events is not None
@@ -242,7 +252,10 @@ class Node:
         self.snapshot_keep = snapshot_keep
         self._clock = clock
         self._entropy = entropy
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_limit)
+        self.queue_limit = queue_limit
+        self._inbox: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()
+        self._acked = threading.Condition()
         self._thread: threading.Thread | None = None
         self.engine: Engine | None = None
         self.writer: JournalWriter | None = None
@@ -280,12 +293,17 @@ class Node:
 
     def close(self) -> None:
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._post(_STOP)
             self._thread.join()
             self._thread = None
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    def _post(self, item: Any) -> None:
+        self._inbox.append(item)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def __enter__(self) -> "Node":
         if self.engine is None:
@@ -312,21 +330,23 @@ class Node:
             reason = str(err).split(" - at `$", 1)[0]
             raise ValidationError(f"{reason}", field=where) from None
 
-    def submit(self, command: Command, *, timeout_s: float = 5.0) -> Ack:  # float-ok: seconds
+    def submit(self, command: Command) -> Ack:
         """Queue a command for the sequencer thread; returns its `Ack` at once."""
-        ack = Ack()
+        ack = Ack(self._acked)
         if self.failed is not None:
             ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
+            return ack
+        if len(self._inbox) >= self.queue_limit:
+            ack._resolve(error=RateLimited("the engine queue is full; retry shortly"))
             return ack
         try:
             prepared, raw = self.prepare(command)
         except RingfenceError as err:
             ack._resolve(error=err)
             return ack
-        try:
-            self._queue.put((prepared, raw, ack), timeout=timeout_s)
-        except queue.Full:
-            ack._resolve(error=RateLimited("the engine queue is full; retry shortly"))
+        self._inbox.append((prepared, raw, ack))
+        if not self._wake.is_set():
+            self._wake.set()
         return ack
 
     def execute(self, command: Command) -> list[Event]:
@@ -339,7 +359,7 @@ class Node:
         if self._thread is None:
             items = []
             for command in commands:
-                ack = Ack()
+                ack = Ack(self._acked)
                 acks.append(ack)
                 try:
                     prepared, raw = self.prepare(command)
@@ -359,18 +379,31 @@ class Node:
             self._sequence()
         except BaseException as err:  # the shard halted; answer everyone still waiting
             self.failed = self.failed or err
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    return
+            while self._inbox:
+                item = self._inbox.popleft()
                 if isinstance(item, tuple):
                     item[2]._resolve(error=NotDurable(f"the node has stopped: {self.failed!r}"))
+            self._notify()
+
+    def _notify(self) -> None:
+        with self._acked:
+            self._acked.notify_all()
+
+    def _next(self) -> Any:
+        """Block until something is in the inbox and return it."""
+        inbox, wake = self._inbox, self._wake
+        while True:
+            if inbox:
+                return inbox.popleft()
+            wake.clear()
+            if inbox:  # appended between the check and the clear
+                continue
+            wake.wait(0.5)
 
     def _sequence(self) -> None:
-        q = self._queue
+        inbox = self._inbox
         while True:
-            item = q.get()
+            item = self._next()
             if item is _STOP:
                 return
             if callable(item):
@@ -381,19 +414,19 @@ class Node:
             deadline = time.perf_counter() + self.max_wait_us / 1e6 if self.max_wait_us else 0.0  # float-ok
             control = None
             while len(items) < self.max_batch_commands and weight < self.max_batch_weight:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
+                if not inbox:
                     if not deadline or time.perf_counter() >= deadline:
                         break
                     time.sleep(0)
                     continue
+                nxt = inbox.popleft()
                 if nxt is _STOP or callable(nxt):
                     control = nxt
                     break
                 items.append(nxt)
                 weight += command_weight(nxt[0])
             self._commit(items)
+            self._notify()
             if control is _STOP:
                 return
             if control is not None:
@@ -483,7 +516,7 @@ class Node:
             except BaseException as err:  # reported to the caller below
                 done.put(err)
 
-        self._queue.put(task)
+        self._post(task)
         result = done.get()
         if isinstance(result, BaseException):
             raise result

@@ -227,8 +227,41 @@ class Ledger:
         apply_one = self._apply_client_transfer
         n = len(transfers)
         i = 0
+        accounts = self.accounts
+        n_accounts = len(accounts)
+        known = self.transfers
         while i < n:
             t = transfers[i]
+            if t.flags == 0:
+                # Fast path for the common case, a plain single-phase transfer that succeeds. Any
+                # doubt falls through to the full path below, which also names the failure.
+                tid, did, cid, amount = t.id, t.debit_account_id, t.credit_account_id, t.amount
+                if (
+                    0 < tid <= CLIENT_ID_MAX
+                    and tid not in known
+                    and t.pending_id == 0
+                    and t.timeout_ns == 0
+                    and 0 < did < n_accounts
+                    and 0 < cid < n_accounts
+                    and did != cid
+                    and 0 < amount <= MAX_AMOUNT
+                ):
+                    debit = accounts[did]
+                    credit = accounts[cid]
+                    if debit.asset == credit.asset:  # type: ignore[union-attr]
+                        debits = debit.debits_posted + debit.debits_pending + amount  # type: ignore[union-attr]
+                        credits = credit.credits_posted + credit.credits_pending + amount  # type: ignore[union-attr]
+                        if (
+                            debits <= MAX_AMOUNT
+                            and credits <= MAX_AMOUNT
+                            and not (debit.flags & _NO_OVERDRAFT and debits > debit.credits_posted)  # type: ignore[union-attr]
+                            and not (credit.flags & _NO_EXCESS_CREDIT and credits > credit.debits_posted)  # type: ignore[union-attr]
+                        ):
+                            debit.debits_posted += amount  # type: ignore[union-attr]
+                            credit.credits_posted += amount  # type: ignore[union-attr]
+                            known[tid] = t
+                            i += 1
+                            continue
             if not t.flags & _LINKED:
                 undo: list[Any] = []
                 code = apply_one(t, now_ns, undo)
