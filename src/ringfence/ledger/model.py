@@ -150,8 +150,12 @@ class Account:
         return f"Account({self.name}, balance={self.balance}, pending={self.debits_pending})"
 
 
-class Transfer(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
-    """One transfer request. For post/void, the accounts may be 0 (taken from the pending one)."""
+class Transfer(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, gc=False):
+    """One transfer request. For post/void, the accounts may be 0 (taken from the pending one).
+
+    `gc=False`: a transfer holds only integers, so it can never be part of a reference cycle; keeping
+    millions of them out of the cyclic garbage collector's scans keeps replay and latency steady.
+    """
 
     id: int
     debit_account_id: int
