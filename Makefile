@@ -9,13 +9,14 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup demo test bench clean
 
 $(STAMP): pyproject.toml
-	dpkg -s libsecp256k1-1 >/dev/null 2>&1 || (apt-get update && apt-get install -y libsecp256k1-1)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
+	@# python-bitcointx loads libsecp256k1 at run time (custody/chains)
+	dpkg -s libsecp256k1-1 >/dev/null 2>&1 || (apt-get update && apt-get install -y libsecp256k1-1)
 
 demo: setup
 	$(VENV)/bin/ringfence demo --data ./ringfence-data/demo
