@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import rlp
+from hexbytes import HexBytes
 from eth_account import Account
 from eth_account.typed_transactions import TypedTransaction
 from eth_utils import keccak, to_checksum_address
@@ -307,7 +308,7 @@ def _decode_chain_id(raw: bytes) -> int:
                     reason="no_chain_id",
                 )
             return (v - 35) // 2
-        return int(TypedTransaction.from_bytes(raw).as_dict()["chainId"])
+        return int(TypedTransaction.from_bytes(HexBytes(raw)).as_dict()["chainId"])
     except TransactionRejected:
         raise
     except Exception as exc:
