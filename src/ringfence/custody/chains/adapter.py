@@ -216,11 +216,14 @@ class ReorgTracker:
     def check(self, tip_height: int, hash_at) -> Reorg | None:  # hash_at: Callable[[int], str]
         """Return the replaced heights (lowest first) or None; forgets the replaced ones."""
         replaced: dict[int, tuple[str, str | None]] = {}
-        for h in sorted(self._seen):
+        # newest first: block hashes chain to their parents, so the first unchanged block means
+        # every older one is unchanged too; a stable chain costs one lookup, a reorg depth + 1
+        for h in sorted(self._seen, reverse=True):
             old = self._seen[h]
             new = hash_at(h) if h <= tip_height else None
-            if new != old:
-                replaced[h] = (old, new)
+            if new == old:
+                break
+            replaced[h] = (old, new)
         if not replaced:
             return None
         fork = min(replaced)
