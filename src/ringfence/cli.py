@@ -32,6 +32,10 @@ def version() -> None:
     typer.echo(__version__)
 
 
+from .custody.chains.cli import app as _chains_app  # noqa: E402
+app.add_typer(_chains_app, name="chains")
+
+
 def main() -> None:  # console-script entry point
     app()
 
