@@ -13,8 +13,9 @@ node already knows returns `already_known=True` and sends nothing.
 
 Invariants: amounts are wei (`int`); addresses leave the adapter EIP-55 checksummed; native-value
 transfers of failed transactions (receipt status 0) are not reported — they moved nothing.
-Limitation: value moved by contract-internal calls (not the tx's own `value`) is not seen by `scan`;
-token (ERC-20) transfers are not implemented (see docs/chains.md).
+ERC-20 tokens registered with `add_token` are scanned from their `Transfer` logs and balanced with
+`balanceOf` at the requested height. Limitation: ETH moved by contract-internal calls (not the tx's
+own `value`) is not seen by `scan` (a real deployment would add trace_* or a deposit contract).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ...errors import (
     UnsupportedAsset,
     ValidationError,
 )
+from .erc20 import ERC20_ABI, TRANSFER_TOPIC
 from .adapter import (
     MAX_SCAN_BLOCKS,
     MAX_WATCHED_ADDRESSES,
@@ -57,7 +59,14 @@ from .adapter import (
     finality_depth_for,
 )
 
-__all__ = ["EthereumAdapter", "EthereumSettings", "EthDevChain", "validate_eth_address", "DEFAULT_ETH_FINALITY"]
+__all__ = [
+    "EthereumAdapter",
+    "EthereumSettings",
+    "EthDevChain",
+    "TokenSpec",
+    "validate_eth_address",
+    "DEFAULT_ETH_FINALITY",
+]
 
 #: Confirmations after which an ETH deposit is credited. Post-merge finality is ~2 epochs (64 blocks);
 #: many exchanges credit earlier; ringfence waits for finality by default.
@@ -92,6 +101,15 @@ def validate_eth_address(address: object, field: str = "address") -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenSpec:
+    """An ERC-20 token the adapter watches: ledger asset code, contract, decimals."""
+
+    asset: str
+    contract: str
+    decimals: int
+
+
+@dataclass(frozen=True, slots=True)
 class EthereumSettings:
     """Where the Ethereum node is. `rpc_url=None` means the in-process eth-tester chain."""
 
@@ -123,6 +141,29 @@ class EthereumAdapter:
         self._finality = dict(finality or DEFAULT_ETH_FINALITY)
         self._tracker = ReorgTracker(max_tracked_blocks)
         self._chain_id: int | None = None
+        self._tokens: dict[str, TokenSpec] = {}
+
+    def add_token(self, asset: str, contract: str, decimals: int, finality_depth: int | None = None) -> TokenSpec:
+        """Watch an ERC-20 token as ledger asset `asset` (e.g. USDT at its contract address)."""
+        if asset == self.native_asset or not asset.isalnum():
+            raise ValidationError("must be an asset code other than ETH", field="asset")
+        if not isinstance(decimals, int) or not 0 <= decimals <= 36:
+            raise ValidationError("must be an integer 0..36", field="decimals")
+        spec = TokenSpec(asset, validate_eth_address(contract, "contract"), decimals)
+        if not self._call(lambda: self.w3.eth.get_code(spec.contract)):
+            raise ValidationError(f"no contract is deployed at {spec.contract}", field="contract")
+        self._tokens[asset] = spec
+        self._finality[asset] = self._finality[self.native_asset] if finality_depth is None else finality_depth
+        return spec
+
+    def _token(self, asset: str) -> TokenSpec:
+        try:
+            return self._tokens[asset]
+        except KeyError:
+            raise UnsupportedAsset(
+                f"asset {asset!r} is not supported on ethereum; supported: {', '.join(self.supported_assets())}",
+                field="asset",
+            ) from None
 
     @classmethod
     def from_settings(cls, settings: EthereumSettings | None = None, **kw) -> "EthereumAdapter":
@@ -179,7 +220,8 @@ class EthereumAdapter:
         for h in range(start, end + 1):
             raw = self._call(lambda: self.w3.eth.get_block(h, full_transactions=True))
             bh = Web3.to_hex(raw["hash"])
-            blocks.append(Block(h, bh, Web3.to_hex(raw["parentHash"]), tuple(self._transfers(raw, addrs))))
+            transfers = self._transfers(raw, addrs) + self._token_transfers(h, raw["hash"], addrs)
+            blocks.append(Block(h, bh, Web3.to_hex(raw["parentHash"]), tuple(transfers)))
             self._tracker.remember(h, bh)
         scanned_to = end if blocks else min(start - 1, tip)
         return ScanResult(tip_height=tip, scanned_to_height=scanned_to, blocks=tuple(blocks), reorg=reorg)
@@ -202,16 +244,53 @@ class EthereumAdapter:
                 out.append(Transfer(txid, 0, "ETH", sender, Direction.OUT, value, counterparty=to))
         return out
 
+    def _token_transfers(self, height: int, block_hash, addrs: set[str]) -> list[Transfer]:
+        if not self._tokens:
+            return []
+        by_contract = {t.contract: t for t in self._tokens.values()}
+        logs = self._call(
+            lambda: self.w3.eth.get_logs(
+                {
+                    "fromBlock": height,
+                    "toBlock": height,
+                    "address": list(by_contract),
+                    "topics": [Web3.to_hex(TRANSFER_TOPIC)],
+                }
+            )
+        )
+        # (eth-tester has no blockHash filter) keep only logs of the block we read: if the block at
+        # this height changed between the two calls, the reorg tracker reports it on the next scan
+        logs = [log for log in logs if bytes(log["blockHash"]) == bytes(block_hash)]
+        out: list[Transfer] = []
+        for log in logs:
+            if len(log["topics"]) != 3 or log.get("removed"):
+                continue  # not an ERC-20 Transfer(address,address,uint256) (e.g. ERC-721 has 4 topics)
+            spec = by_contract[to_checksum_address(log["address"])]
+            sender = to_checksum_address(bytes(log["topics"][1])[-20:])
+            to = to_checksum_address(bytes(log["topics"][2])[-20:])
+            value = int.from_bytes(bytes(log["data"]), "big")
+            txid = Web3.to_hex(log["transactionHash"])
+            index = int(log["logIndex"])
+            if value == 0:
+                continue
+            if to in addrs:
+                out.append(Transfer(txid, index, spec.asset, to, Direction.IN, value, counterparty=sender))
+            if sender in addrs:
+                out.append(Transfer(txid, index, spec.asset, sender, Direction.OUT, value, counterparty=to))
+        return out
+
     # ---- balances and transactions -------------------------------------------------------------
 
     def balance(self, address: str, height: int | None = None, asset: str | None = None) -> int:
-        if asset not in (None, "ETH"):
-            raise UnsupportedAsset(f"asset {asset!r} is not supported on ethereum; only ETH", field="asset")
         addr = validate_eth_address(address)
         ident = "latest" if height is None else height
         if height is not None and (not isinstance(height, int) or not 0 <= height <= self.current_height()):
             raise NotFound(f"no block at height {height}", field="height")
-        return int(self._call(lambda: self.w3.eth.get_balance(addr, block_identifier=ident)))
+        if asset in (None, self.native_asset):
+            return int(self._call(lambda: self.w3.eth.get_balance(addr, block_identifier=ident)))
+        spec = self._token(asset)
+        token = self.w3.eth.contract(address=spec.contract, abi=ERC20_ABI)
+        return int(self._call(lambda: token.functions.balanceOf(addr).call(block_identifier=ident)))
 
     def tx_status(self, txid: str) -> TxStatus:
         if not isinstance(txid, str) or not _HEX64.fullmatch(txid):
@@ -274,9 +353,11 @@ class EthereumAdapter:
         return BroadcastResult(txid, already_known=False)
 
     def estimate_fee(self, asset: str | None = None) -> FeeEstimate:
-        """EIP-1559 quote: max fee per gas = 2 * base fee + tip (survives ~6 full blocks of rises)."""
-        if asset not in (None, "ETH"):
-            raise UnsupportedAsset(f"asset {asset!r} is not supported on ethereum; only ETH", field="asset")
+        """EIP-1559 quote: max fee per gas = 2 * base fee + tip (survives ~6 full blocks of rises).
+
+        Token transfers pay gas in ETH too, so the quote is the same; the gas *amount* differs."""
+        if asset not in (None, self.native_asset):
+            self._token(asset)
         base = int(self._call(lambda: self.w3.eth.get_block("latest"))["baseFeePerGas"])
         tip = int(self._call(lambda: self.w3.eth.max_priority_fee))
         return FeeEstimate("ETH", 2 * base + tip, "gas", priority_fee_minor=tip)
@@ -291,6 +372,9 @@ class EthereumAdapter:
 
     def supported_assets(self) -> Sequence[str]:
         return tuple(self._finality)
+
+    def token(self, asset: str) -> TokenSpec:
+        return self._token(asset)
 
 
 def _decode_chain_id(raw: bytes) -> int:
@@ -354,6 +438,37 @@ class EthDevChain:
         self.tester.revert_to_snapshot(snapshot_id)
         self._branch += 1
         self.mine(new_block_count)
+
+    def deploy_token(self, asset: str = "USDT", key: bytes | None = None) -> str:
+        """Deploy the assembled ERC-20 (see erc20.py) from a dev account and register it."""
+        from .erc20 import TOKEN_DECIMALS, token_init_code
+
+        raw = self._sign({"data": token_init_code(), "value": 0, "gas": 1_000_000}, key or self.dev_key(1))
+        txid = self.adapter.broadcast(raw).txid
+        if not self.tester.auto_mine_transactions:
+            self.mine(1)
+        contract = self.adapter.w3.eth.get_transaction_receipt(txid)["contractAddress"]
+        self.adapter.add_token(asset, contract, TOKEN_DECIMALS)
+        return contract
+
+    def sign_token_transfer(self, key: bytes, asset: str, to: str, amount_minor: int) -> bytes:
+        spec = self.adapter.token(asset)
+        data = bytes.fromhex("a9059cbb") + bytes(12) + bytes.fromhex(validate_eth_address(to, "to")[2:])
+        data += amount_minor.to_bytes(32, "big")
+        return self._sign({"to": spec.contract, "data": data, "value": 0, "gas": 100_000}, key)
+
+    def _sign(self, fields: dict, key: bytes) -> bytes:
+        acct = Account.from_key(key)
+        fee = self.adapter.estimate_fee()
+        tx = {
+            "type": 2,
+            "maxFeePerGas": fee.fee_rate_minor,
+            "maxPriorityFeePerGas": fee.priority_fee_minor,
+            "nonce": self.adapter.w3.eth.get_transaction_count(acct.address, "pending"),
+            "chainId": self.adapter.chain_id,
+            **fields,
+        }
+        return bytes(acct.sign_transaction(tx).raw_transaction)
 
     def sign_transfer(self, key: bytes, to: str, value_wei: int, *, chain_id: int | None = None,
                       nonce: int | None = None) -> bytes:
