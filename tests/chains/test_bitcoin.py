@@ -314,7 +314,7 @@ def test_p2tr_key_path_by_hand_with_bip341_sighash_and_schnorr(sim, btc):
 
 def test_bitcointx_and_embit_agree_on_the_taproot_sighash(sim):
     """Cross-check the simulator's BIP-341 sighash (bitcointx) against embit's implementation."""
-    from embit.transaction import Transaction as ETx, TransactionOutput as EOut
+    from embit.transaction import Transaction as ETx
     from embit.script import Script as EScript
 
     tweaked, output_key = _taproot_keys(b"\x01" * 32)

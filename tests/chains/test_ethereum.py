@@ -165,3 +165,16 @@ def test_rpc_url_setting_switches_to_http_provider():
         EthereumSettings.from_env({"RINGFENCE_ETH_RPC_URL": "ftp://node"})
     assert err.value.field == "RINGFENCE_ETH_RPC_URL"
     assert EthereumSettings.from_env({}).rpc_url is None
+
+
+def test_pending_tx_is_pending_and_rebroadcast_is_idempotent(eth, dev):
+    dev.auto_mine(False)
+    raw = dev.sign_transfer(dev.dev_key(4), USER, ONE_ETH)
+    sent = eth.broadcast(raw)
+    status = eth.tx_status(sent.txid)
+    assert status.state is TxState.PENDING and status.confirmations == 0
+    assert eth.broadcast(raw).already_known
+    assert eth.balance(USER) == 0
+    dev.mine(1)
+    assert eth.tx_status(sent.txid).state is TxState.CONFIRMED and eth.balance(USER) == ONE_ETH
+    assert eth.broadcast(raw).already_known

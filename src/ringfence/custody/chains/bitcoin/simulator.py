@@ -40,7 +40,6 @@ from bitcointx.core import (
     CTxIn,
     CTxOut,
     b2lx,
-    lx,
 )
 from bitcointx.core.script import CScript, CScriptWitness, SIGHASH_Type, SignatureHashSchnorr
 from bitcointx.core.scripteval import (
@@ -488,6 +487,3 @@ class BitcoinSimulator:
                     raise InvariantViolation(f"mempool spends {op} twice")
                 seen.add(op)
 
-
-def outpoint_to_prevout(op: Outpoint) -> COutPoint:
-    return COutPoint(lx(op[0]), op[1])
