@@ -386,3 +386,47 @@ def test_reorg_arguments_are_checked(sim):
     with pytest.raises(ValidationError):
         sim.reorganize(0, 10, MINER_SPK)
     assert sim.height == 5
+
+
+# ---- persistence --------------------------------------------------------------------------------
+
+
+def test_state_file_round_trip_and_corruption(sim, btc, tmp_path):
+    raw, _, user_addr = _deposit(sim, btc)
+    txid = btc.broadcast(raw).txid
+    sim.mine(2, MINER_SPK)
+    sim.reorganize(sim.height, 2, MINER_SPK)  # branch tags must survive too
+    alice = key(1)
+    op, coin = next(iter(sim.utxos(p2wpkh_script(alice)).items()))
+    pending = btc.broadcast(sign_p2wpkh([(op, coin.value_sat, alice)], [(MINER_SPK, coin.value_sat - 5_000)])).txid
+    path = tmp_path / "regtest.json"
+    sim.save(path)
+
+    from ringfence.custody.chains.bitcoin.simulator import BitcoinSimulator
+    from ringfence.errors import SnapshotInvalid
+
+    again = BitcoinSimulator.load(path)
+    assert [b.block_hash for b in again.blocks] == [b.block_hash for b in sim.blocks]
+    assert list(again.mempool) == [pending]
+    restored = type(btc)(again)
+    assert restored.balance(user_addr) == btc.balance(user_addr) == 25_000_000
+    assert restored.confirmations(txid) == btc.confirmations(txid)
+
+    text = path.read_text()
+    path.write_text(text.replace(raw.hex()[:40], raw.hex()[:39] + ("0" if raw.hex()[39] != "0" else "1"), 1))
+    with pytest.raises(SnapshotInvalid) as err:
+        BitcoinSimulator.load(path)
+    assert err.value.field == "path"
+    path.write_text("{not json")
+    with pytest.raises(SnapshotInvalid):
+        BitcoinSimulator.load(path)
+
+
+def test_mine_to_address_checks_the_network(sim, btc):
+    addr = btc.address_of_script(p2wpkh_script(key(6)))
+    sim.mine_to_address(1, addr)
+    assert btc.balance(addr) == sim.subsidy(1)
+    from ringfence.errors import InvalidAddress
+
+    with pytest.raises(InvalidAddress):
+        sim.mine_to_address(1, "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4")

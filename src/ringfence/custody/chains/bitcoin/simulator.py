@@ -29,7 +29,10 @@ no output is spent twice in the active chain; the mempool never holds two spends
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections import OrderedDict
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import coincurve
@@ -55,7 +58,7 @@ from bitcointx.core.scripteval import (
     VerifyScript,
 )
 
-from ....errors import InvariantViolation, NotFound, TransactionRejected, ValidationError
+from ....errors import InvariantViolation, NotFound, SnapshotInvalid, TransactionRejected, ValidationError
 
 __all__ = ["BitcoinSimulator", "SimBlock", "Coin", "COIN", "MAX_MONEY_SAT"]
 
@@ -103,6 +106,7 @@ class SimBlock:
     txs: tuple[CTransaction, ...]
     subsidy_sat: int
     fees_sat: int
+    branch: int = 0
 
     @property
     def txids(self) -> tuple[str, ...]:
@@ -338,6 +342,12 @@ class BitcoinSimulator:
 
     # ---- mining --------------------------------------------------------------------------------
 
+    def mine_to_address(self, count: int, address: str, network: str = "regtest") -> list[str]:
+        """Mine `count` blocks whose coinbase pays `address` (validated for `network`)."""
+        from .address import address_to_script
+
+        return self.mine(count, address_to_script(address, network, field="address"))
+
     def mine(self, count: int, script_pubkey: bytes, *, include_mempool: bool = True) -> list[str]:
         """Mine `count` blocks paying the coinbase to `script_pubkey`; returns their hashes."""
         if not isinstance(count, int) or not 1 <= count <= MAX_MINE_PER_CALL:
@@ -361,7 +371,7 @@ class BitcoinSimulator:
         header = bytes.fromhex(parent.block_hash) + height.to_bytes(8, "little")
         header += self._branch.to_bytes(4, "little")
         header += _sha256d(b"".join(tx.GetTxid() for tx in txs))
-        block = SimBlock(height, _sha256d(header).hex(), parent.block_hash, tuple(txs), subsidy, fees)
+        block = SimBlock(height, _sha256d(header).hex(), parent.block_hash, tuple(txs), subsidy, fees, self._branch)
         self.blocks.append(block)
         for tx in txs:
             self._apply_tx(tx, height)
@@ -457,6 +467,60 @@ class BitcoinSimulator:
         if replacement_error is not None:
             raise replacement_error
         return hashes
+
+    # ---- persistence ---------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the chain and mempool as JSON (atomically: temp file, fsync, rename)."""
+        doc = {
+            "format": "ringfence-btc-sim/1",
+            "params": {
+                "coinbase_maturity": self.coinbase_maturity,
+                "halving_interval": self.halving_interval,
+                "min_relay_fee_sat_per_vb": self.min_relay_fee_sat_per_vb,
+            },
+            "branch": self._branch,
+            "blocks": [
+                {
+                    "hash": b.block_hash,
+                    "branch": b.branch,
+                    "coinbase_script": bytes(b.txs[0].vout[0].scriptPubKey).hex(),
+                    "txs": [tx.serialize().hex() for tx in b.txs[1:]],
+                }
+                for b in self.blocks[1:]
+            ],
+            "mempool": [c.tx.serialize().hex() for c in self.mempool.values()],
+        }
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BitcoinSimulator":
+        """Rebuild a simulator from `save` output, re-validating every transaction and block hash."""
+        try:
+            doc = json.loads(Path(path).read_text())
+            if doc.get("format") != "ringfence-btc-sim/1":
+                raise ValueError(f"unknown format {doc.get('format')!r}")
+            sim = cls(**doc["params"])
+            for n, blk in enumerate(doc["blocks"], start=1):
+                sim._branch = int(blk["branch"])
+                for raw in blk["txs"]:
+                    sim.submit(bytes.fromhex(raw))
+                got = sim._connect(list(sim.mempool.values()), bytes.fromhex(blk["coinbase_script"]))
+                if got != blk["hash"]:
+                    raise ValueError(f"block {n} hash {got} != saved {blk['hash']}")
+            sim._branch = int(doc["branch"])
+            for raw in doc["mempool"]:
+                sim.submit(bytes.fromhex(raw))
+        except (OSError, ValueError, KeyError, TypeError, TransactionRejected) as exc:
+            raise SnapshotInvalid(f"simulator state file does not load: {exc}", field="path") from None
+        sim.check_invariants()
+        return sim
 
     # ---- invariants ----------------------------------------------------------------------------
 
