@@ -93,3 +93,29 @@ def test_unknown_token_and_bad_registration(eth_token):
     assert err.value.field == "contract"
     with pytest.raises(ValidationError):
         eth.add_token("ETH", contract, 6)
+
+
+def test_hot_wallet_balance_change_equals_reported_transfers_and_fees(eth_token):
+    """Reconciliation contract: for a watched sender, balance delta == IN - (OUT + fee), per asset."""
+    eth, dev, _ = eth_token
+    hot_key = (4250).to_bytes(32, "big")
+    hot = Account.from_key(hot_key).address
+    eth.broadcast(dev.sign_transfer(dev.dev_key(1), hot, 2 * 10**18))
+    eth.broadcast(dev.sign_token_transfer(dev.dev_key(1), "USDT", hot, 900))
+    start = eth.current_height()
+    eth_before, usdt_before = eth.balance(hot), eth.balance(hot, asset="USDT")
+
+    eth.broadcast(dev.sign_transfer(hot_key, USER, 3 * 10**17))          # ETH withdrawal
+    eth.broadcast(dev.sign_token_transfer(hot_key, "USDT", USER, 400))   # token withdrawal
+    failed = eth.broadcast(dev.sign_token_transfer(hot_key, "USDT", USER, 10**9))  # reverts: short balance
+    eth.broadcast(dev.sign_transfer(dev.dev_key(2), hot, 5))             # a deposit arrives too
+    assert eth.tx_status(failed.txid).succeeded is False
+
+    transfers = [t for b in eth.scan(start, [hot]).blocks for t in b.transfers]
+    for asset, before in (("ETH", eth_before), ("USDT", usdt_before)):
+        delta = sum(t.amount_minor if t.direction is Direction.IN else -(t.amount_minor + t.fee_minor)
+                    for t in transfers if t.asset == asset)
+        assert eth.balance(hot, asset=asset) - before == delta, asset
+    fees = [t for t in transfers if t.fee_minor]
+    assert len(fees) == 3 and all(t.asset == "ETH" and t.direction is Direction.OUT for t in fees)
+    assert any(t.txid == failed.txid and t.amount_minor == 0 for t in fees)

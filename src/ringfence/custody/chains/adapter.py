@@ -66,10 +66,13 @@ class Transfer:
     direction: Direction
     amount_minor: int
     counterparty: str | None = None
+    fee_minor: int = 0
 
     def __post_init__(self) -> None:
         assert isinstance(self.amount_minor, int) and not isinstance(self.amount_minor, bool)
         assert self.amount_minor >= 0, "transfer amounts are non-negative; direction carries the sign"
+        assert isinstance(self.fee_minor, int) and self.fee_minor >= 0
+        assert self.fee_minor == 0 or self.direction is Direction.OUT, "only a sender pays a fee"
 
 
 @dataclass(frozen=True, slots=True)

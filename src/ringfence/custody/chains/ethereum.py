@@ -11,8 +11,10 @@ its chain id is this chain's (eth-tester itself does not check chain ids; a real
 tx signed without EIP-155 replay protection is refused outright). Broadcasting a tx whose hash the
 node already knows returns `already_known=True` and sends nothing.
 
-Invariants: amounts are wei (`int`); addresses leave the adapter EIP-55 checksummed; native-value
-transfers of failed transactions (receipt status 0) are not reported — they moved nothing.
+Invariants: amounts are wei (`int`); addresses leave the adapter EIP-55 checksummed; a reverted
+transaction (receipt status 0) moves no value, so it is reported only as its sender's gas fee
+(OUT, amount 0, `fee_minor` = gas used * effective gas price). For every watched address the
+balance change equals sum(IN) - sum(OUT amount + fee) over the scanned blocks (tested).
 ERC-20 tokens registered with `add_token` are scanned from their `Transfer` logs and balanced with
 `balanceOf` at the requested height. Limitation: ETH moved by contract-internal calls (not the tx's
 own `value`) is not seen by `scan` (a real deployment would add trace_* or a deposit contract).
@@ -227,21 +229,23 @@ class EthereumAdapter:
         return ScanResult(tip_height=tip, scanned_to_height=scanned_to, blocks=tuple(blocks), reorg=reorg)
 
     def _transfers(self, raw_block, addrs: set[str]) -> list[Transfer]:
+        """Native ETH moved by each transaction's own `value`, and the gas a watched sender paid."""
         out: list[Transfer] = []
         for tx in raw_block["transactions"]:
             sender = to_checksum_address(tx["from"])
             to = to_checksum_address(tx["to"]) if tx.get("to") else None
             value = int(tx["value"])
-            if value == 0 or (sender not in addrs and to not in addrs):
+            if sender not in addrs and (to not in addrs or value == 0):
                 continue
             txid = Web3.to_hex(tx["hash"])
             receipt = self._call(lambda: self.w3.eth.get_transaction_receipt(tx["hash"]))
-            if receipt["status"] != 1:
-                continue  # a reverted tx moves no value
-            if to in addrs:
-                out.append(Transfer(txid, 0, "ETH", to, Direction.IN, value, counterparty=sender))
+            ok = receipt["status"] == 1
+            moved = value if ok else 0  # a reverted tx moves no value but still burns gas
+            if to in addrs and moved:
+                out.append(Transfer(txid, 0, "ETH", to, Direction.IN, moved, counterparty=sender))
             if sender in addrs:
-                out.append(Transfer(txid, 0, "ETH", sender, Direction.OUT, value, counterparty=to))
+                fee = int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+                out.append(Transfer(txid, 0, "ETH", sender, Direction.OUT, moved, counterparty=to, fee_minor=fee))
         return out
 
     def _token_transfers(self, height: int, block_hash, addrs: set[str]) -> list[Transfer]:
