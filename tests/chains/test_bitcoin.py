@@ -181,7 +181,7 @@ def _multisig_wallet(signers) -> DescriptorWallet:
 def test_2_of_3_psbt_signed_by_two_offline_signers_spends(sim, btc, signers):
     vault = _multisig_wallet(signers)
     fund(sim, vault.script_pubkey(0))
-    coins = vault.coins(sim)
+    coins = vault.coins(btc)
     assert [c.value_sat for c in coins] == [sim.subsidy(1)]
     dest = btc.address_of_script(p2wpkh_script(key(5)))
     psbt = vault.create_psbt(coins, [(dest, 120_000_000)], fee_rate_sat_per_vb=3)
@@ -206,7 +206,7 @@ def test_2_of_3_psbt_signed_by_two_offline_signers_spends(sim, btc, signers):
     fee = psbt_fee_sat(two)
     vsize = CTransaction.deserialize(raw).get_virtual_size()
     assert 3 * vsize <= fee <= 3 * vsize + 3 * 4  # estimate rounds up by at most a few vbytes
-    assert sum(c.value_sat for c in vault.coins(sim)) == sim.subsidy(1) - 120_000_000 - fee
+    assert sum(c.value_sat for c in vault.coins(btc)) == sim.subsidy(1) - 120_000_000 - fee
     sim.check_invariants()
 
 
@@ -219,7 +219,7 @@ def key_root_unrelated() -> str:
 def test_multisig_with_two_signatures_from_the_same_signer_fails(sim, btc, signers):
     vault = _multisig_wallet(signers)
     fund(sim, vault.script_pubkey(0))
-    psbt = vault.create_psbt(vault.coins(sim), [(btc.address_of_script(MINER_SPK), 10_000_000)], 2)
+    psbt = vault.create_psbt(vault.coins(btc), [(btc.address_of_script(MINER_SPK), 10_000_000)], 2)
     signed, _ = sign_psbt(psbt, signers[0].to_base58(REGTEST["xprv"]))
     signed, again = sign_psbt(signed, signers[0].to_base58(REGTEST["xprv"]))
     with pytest.raises(ValidationError):
@@ -240,9 +240,9 @@ def test_psbt_wallet_refuses_private_descriptors_and_overspends(sim, btc, signer
     wallet = DescriptorWallet("wpkh(%s)" % account(signers[0], "m/84h/1h/0h"))
     fund(sim, wallet.script_pubkey(0))
     with pytest.raises(InsufficientFunds):
-        wallet.create_psbt(wallet.coins(sim), [(btc.address_of_script(MINER_SPK), sim.subsidy(1))], 1)
+        wallet.create_psbt(wallet.coins(btc), [(btc.address_of_script(MINER_SPK), sim.subsidy(1))], 1)
     with pytest.raises(ValidationError) as err:
-        wallet.create_psbt(wallet.coins(sim), [("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", 10_000)], 1)
+        wallet.create_psbt(wallet.coins(btc), [("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", 10_000)], 1)
     assert err.value.field == "outputs[0].address"  # mainnet address on a regtest wallet
 
 
@@ -253,7 +253,7 @@ def test_p2tr_key_path_spend_via_psbt_validates(sim, btc, signers):
     wallet = DescriptorWallet("tr(%s)" % account(signers[0], "m/86h/1h/0h"))
     assert wallet.address(0).startswith("bcrt1p")
     fund(sim, wallet.script_pubkey(0))
-    psbt = wallet.create_psbt(wallet.coins(sim), [(btc.address_of_script(MINER_SPK), 10_000_000)], 2)
+    psbt = wallet.create_psbt(wallet.coins(btc), [(btc.address_of_script(MINER_SPK), 10_000_000)], 2)
     signed, n = sign_psbt(psbt, signers[0].to_base58(REGTEST["xprv"]))
     assert n == 1
     sent = btc.broadcast(finalize(signed))
@@ -261,7 +261,7 @@ def test_p2tr_key_path_spend_via_psbt_validates(sim, btc, signers):
     assert btc.confirmations(sent.txid) == 1
     # the wrong signer cannot sign it
     fund(sim, wallet.script_pubkey(1))
-    psbt = wallet.create_psbt(wallet.coins(sim)[-1:], [(btc.address_of_script(MINER_SPK), 10_000_000)], 2)
+    psbt = wallet.create_psbt(wallet.coins(btc)[-1:], [(btc.address_of_script(MINER_SPK), 10_000_000)], 2)
     _, n = sign_psbt(psbt, signers[1].to_base58(REGTEST["xprv"]))
     assert n == 0
 
@@ -426,6 +426,9 @@ def test_mine_to_address_checks_the_network(sim, btc):
     addr = btc.address_of_script(p2wpkh_script(key(6)))
     sim.mine_to_address(1, addr)
     assert btc.balance(addr) == sim.subsidy(1)
+    (utxo,) = btc.unspent(addr)
+    assert utxo.coinbase and utxo.height == 1 and utxo.value_sat == sim.subsidy(1)
+    assert btc.unspent(addr, height=0) == []
     from ringfence.errors import InvalidAddress
 
     with pytest.raises(InvalidAddress):

@@ -46,7 +46,7 @@ def run_walkthrough() -> Iterator[str]:
     yield f"mined a coinbase to the vault and matured it: tip {btc.current_height()}"
     yield f"vault balance: {btc.balance(deposit_addr)} sat"
 
-    coins = vault.coins(node)
+    coins = vault.coins(btc)
     dest = btc.address_of_script(bytes.fromhex("0014" + "11" * 20))
     psbt = vault.create_psbt(coins, [(dest, 150_000_000)], fee_rate_sat_per_vb=2)
     psbt, n1 = sign_psbt(psbt, signers[0].to_base58(_NET["xprv"]))

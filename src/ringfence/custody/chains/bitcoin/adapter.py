@@ -9,7 +9,10 @@ network first; `broadcast` of a known transaction returns `already_known=True` a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
+
+from bitcointx.core import b2lx
 
 from ....errors import UnsupportedAsset, ValidationError
 from ..adapter import (
@@ -27,17 +30,26 @@ from ..adapter import (
     TxStatus,
     finality_depth_for,
 )
-from bitcointx.core import b2lx
-
 from .address import NETWORKS, address_to_script, script_to_address, validate_address
 from .simulator import BitcoinSimulator
 
-__all__ = ["BitcoinAdapter", "DEFAULT_BTC_FINALITY"]
+__all__ = ["BitcoinAdapter", "Utxo", "DEFAULT_BTC_FINALITY"]
 
 #: Confirmations after which a BTC deposit is final (the common exchange choice).
 DEFAULT_BTC_FINALITY = {"BTC": 6}
 #: Blocks looked back for the fee estimate.
 FEE_LOOKBACK_BLOCKS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Utxo:
+    """An unspent output, as withdrawal wallets need it to build PSBTs."""
+
+    txid: str
+    vout: int
+    value_sat: int
+    height: int
+    coinbase: bool
 
 
 class BitcoinAdapter:
@@ -119,6 +131,13 @@ class BitcoinAdapter:
         if asset not in (None, "BTC"):
             raise UnsupportedAsset(f"asset {asset!r} is not carried by bitcoin; only BTC", field="asset")
         return self.node.balance(address_to_script(address, self.network), height)
+
+    def unspent(self, address: str, height: int | None = None) -> list[Utxo]:
+        """Unspent outputs paying `address` as of `height` (default tip), oldest first. Coinbase
+        outputs are listed even while immature; the node refuses to spend them early."""
+        coins = self.node.utxos(address_to_script(address, self.network), height)
+        out = [Utxo(txid, vout, c.value_sat, c.height, c.coinbase) for (txid, vout), c in coins.items()]
+        return sorted(out, key=lambda u: (u.height, u.txid, u.vout))
 
     def tx_status(self, txid: str) -> TxStatus:
         txid = _check_txid(txid)

@@ -26,7 +26,7 @@ from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from ....errors import InsufficientFunds, ValidationError
 from .address import address_to_script
-from .simulator import BitcoinSimulator
+from .adapter import BitcoinAdapter
 
 __all__ = ["DescriptorWallet", "WalletCoin", "finalize", "psbt_fee_sat"]
 
@@ -100,15 +100,16 @@ class DescriptorWallet:
 
     # ---- coins ---------------------------------------------------------------------------------
 
-    def coins(self, node: BitcoinSimulator, gap: int = 20) -> list[WalletCoin]:
-        """Unspent coins on both branches of the first `gap` indices, oldest first."""
+    def coins(self, chain: BitcoinAdapter, gap: int = 20) -> list[WalletCoin]:
+        """Unspent coins on both branches of the first `gap` indices, oldest first (via the adapter,
+        so any Bitcoin backend that implements `unspent(address)` works)."""
         if not 1 <= gap <= MAX_GAP:
             raise ValidationError(f"must be 1..{MAX_GAP}", field="gap")
         out = []
         for branch in (0, 1):
             for index in range(gap):
-                for (txid, vout), coin in node.utxos(self.script_pubkey(index, branch)).items():
-                    out.append(WalletCoin(txid, vout, coin.value_sat, branch, index, coin.height))
+                for u in chain.unspent(self.address(index, branch)):
+                    out.append(WalletCoin(u.txid, u.vout, u.value_sat, branch, index, u.height))
         out.sort(key=lambda c: (c.height, c.txid, c.vout))
         return out
 
