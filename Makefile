@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+	@# python-bitcointx loads libsecp256k1 at run time (custody/chains)
+	dpkg -s libsecp256k1-1 >/dev/null 2>&1 || (apt-get update && apt-get install -y libsecp256k1-1)
 
 demo: setup
 	$(VENV)/bin/ringfence demo --data ./ringfence-data/demo

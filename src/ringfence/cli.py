@@ -267,6 +267,9 @@ def sim(
     console.print(table)
     console.print("[bold green]sim: all invariants held[/]")
 
+from .custody.chains.cli import app as _chains_app  # noqa: E402
+app.add_typer(_chains_app, name="chains")
+
 
 def main() -> None:  # console-script entry point
     app()

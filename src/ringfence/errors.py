@@ -183,3 +183,35 @@ def error_codes() -> dict[str, type[RingfenceError]]:
         seen.setdefault(cls.code, cls)
         stack.extend(cls.__subclasses__())
     return seen
+
+
+# --- chain layer (custody/chains) -------------------------------------------------------------
+
+
+class InvalidAddress(ValidationError):
+    """An address that fails its checksum, belongs to another network or is not of this chain."""
+
+    code = "RF_INVALID_ADDRESS"
+    default_message = "the address is not valid for this chain and network"
+
+
+class UnsupportedAsset(ValidationError):
+    code = "RF_UNSUPPORTED_ASSET"
+    default_message = "this asset is not supported on this chain"
+
+
+class TransactionRejected(RingfenceError, ValueError):
+    """A chain (or the simulator) refused a transaction; `details['reason']` is a stable short code."""
+
+    code = "RF_TX_REJECTED"
+    http_status = 400
+    default_message = "the chain rejected the transaction"
+
+
+class ChainUnavailable(RingfenceError, ConnectionError):
+    code = "RF_CHAIN_UNAVAILABLE"
+    http_status = 503
+    default_message = "the chain node could not be reached; retry later"
+
+
+__all__ += ["InvalidAddress", "UnsupportedAsset", "TransactionRejected", "ChainUnavailable"]

@@ -1,0 +1,1 @@
+"""Custody: wallets, deposit addresses, chain adapters, signing and withdrawal policy."""
