@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+	command -v softhsm2-util >/dev/null || (apt-get update && apt-get install -y softhsm2)
+	ldconfig -p | grep -q libsecp256k1.so.1 || (apt-get update && apt-get install -y libsecp256k1-1)
 
 demo: setup
 	$(VENV)/bin/ringfence demo --data ./ringfence-data/demo

@@ -8,10 +8,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
+
+from ringfence.custody.signing.hsm import HsmSigner, HsmToken, PolicyApprovalKey, init_softhsm_token, write_softhsm_config
+from ringfence.custody.signing.keylog import KeyOperationLog
+
+NOW_MS = 1_800_000_000_000
 
 TOKEN = "test-token-" + "x" * 24
 PASSPHRASES = {i: f"passphrase-for-signer-{i}" for i in range(1, 10)}
@@ -79,3 +84,24 @@ def signer_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignerPro
         yield procs
     finally:
         procs.stop_all()
+
+
+@pytest.fixture(scope="session")
+def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    d = tmp_path_factory.mktemp("hsm")
+    conf = write_softhsm_config(d)
+    os.environ["SOFTHSM2_CONF"] = str(conf)  # one config per test process: PKCS#11 initialises once
+    init_softhsm_token(conf, "hot-wallet", so_pin="so-pin-hot-1", user_pin="user-pin-hot-1")
+    init_softhsm_token(conf, "policy", so_pin="so-pin-pol-1", user_pin="user-pin-pol-1")
+    hot = HsmToken("hot-wallet", "user-pin-hot-1")
+    pol = HsmToken("policy", "user-pin-pol-1")
+    hot.generate("eth-hot", "secp256k1")
+    pol.generate("policy-approval", "ed25519")
+    log = KeyOperationLog(d / "keyops.jsonl")
+    clock = {"now": NOW_MS}
+    policy = PolicyApprovalKey(pol, "policy-approval", log=log)
+    signer = HsmSigner(hot, policy_public_key=policy.public_key(), replay_db=d / "replay.sqlite", log=log,
+                       clock_ms=lambda: clock["now"])
+    yield {"dir": d, "hot": hot, "pol": pol, "policy": policy, "signer": signer, "clock": clock, "log": log}
+    hot.close()
+    pol.close()

@@ -24,28 +24,7 @@ from ringfence.custody.signing.interface import Scheme, SigningRequest
 from ringfence.custody.signing.keylog import KeyOperationLog
 from ringfence.errors import AttestationInvalid
 
-NOW_MS = 1_800_000_000_000
 
-
-@pytest.fixture(scope="module")
-def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    d = tmp_path_factory.mktemp("hsm")
-    conf = write_softhsm_config(d)
-    os.environ["SOFTHSM2_CONF"] = str(conf)  # one config per test process: PKCS#11 initialises once
-    init_softhsm_token(conf, "hot-wallet", so_pin="so-pin-hot-1", user_pin="user-pin-hot-1")
-    init_softhsm_token(conf, "policy", so_pin="so-pin-pol-1", user_pin="user-pin-pol-1")
-    hot = HsmToken("hot-wallet", "user-pin-hot-1")
-    pol = HsmToken("policy", "user-pin-pol-1")
-    hot.generate("eth-hot", "secp256k1")
-    pol.generate("policy-approval", "ed25519")
-    log = KeyOperationLog(d / "keyops.jsonl")
-    clock = {"now": NOW_MS}
-    policy = PolicyApprovalKey(pol, "policy-approval", log=log)
-    signer = HsmSigner(hot, policy_public_key=policy.public_key(), replay_db=d / "replay.sqlite", log=log,
-                       clock_ms=lambda: clock["now"])
-    yield {"dir": d, "hot": hot, "pol": pol, "policy": policy, "signer": signer, "clock": clock, "log": log}
-    hot.close()
-    pol.close()
 
 
 def _req(digest: bytes, att: ApprovalAttestation | None, rid: str = "w-1") -> SigningRequest:
