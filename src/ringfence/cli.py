@@ -32,6 +32,11 @@ def version() -> None:
     typer.echo(__version__)
 
 
+from .custody.signing.cli import app as _keys_app  # noqa: E402
+
+app.add_typer(_keys_app, name="keys")
+
+
 def main() -> None:  # console-script entry point
     app()
 
