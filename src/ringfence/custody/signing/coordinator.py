@@ -61,8 +61,11 @@ class ThresholdCoordinator:
         self._keys: dict[str, PublicKeyPackage] = {}
         self._lock = threading.Lock()
         self._exec = ThreadPoolExecutor(max_workers=8)
+        self._bg = ThreadPoolExecutor(max_workers=2)  # background nonce-pool refills
+        self._refilling: set[tuple[str, int]] = set()
 
     def close(self) -> None:
+        self._bg.shutdown(wait=True)
         self._exec.shutdown(wait=False)
         self._http.close()
 
@@ -117,6 +120,7 @@ class ThresholdCoordinator:
             self._keys[key_id] = pkg
             for k in [k for k in self._pool if k[0] == key_id]:
                 del self._pool[k]
+            # a refill racing with a refresh may add stale commitments; signers refuse those (burned nonces)
         return pkg
 
     def refresh(self, key_id: str) -> PublicKeyPackage:
@@ -173,18 +177,49 @@ class ThresholdCoordinator:
             return kp.group_public_key[0].to_bytes(32, "big")
         return kp.suite.group.serialize_element(kp.group_public_key)
 
+    def _refill(self, key_id: str, i: int) -> None:
+        try:
+            fresh = self._post(i, "/v1/commit", {"key_id": key_id, "count": POOL_REFILL})["commitments"]
+            with self._lock:
+                self._pool.setdefault((key_id, i), deque()).extend(fresh)
+        finally:
+            with self._lock:
+                self._refilling.discard((key_id, i))
+
     def _take_commitment(self, key_id: str, i: int) -> dict[str, Any]:
+        """Pop a pre-fetched commitment; refill in the background when the pool runs low so the
+        signing path rarely waits for nonce generation."""
+        k = (key_id, i)
         with self._lock:
-            q = self._pool.setdefault((key_id, i), deque())
-            if q:
-                return q.popleft()
-        fresh = self._post(i, "/v1/commit", {"key_id": key_id, "count": POOL_REFILL})["commitments"]
+            q = self._pool.setdefault(k, deque())
+            item = q.popleft() if q else None
+            low = len(q) < POOL_REFILL // 2 and k not in self._refilling
+            if low:
+                self._refilling.add(k)
+        if low:
+            self._bg.submit(self._refill, key_id, i)
+        if item is None:
+            return self._post(i, "/v1/commit", {"key_id": key_id, "count": 1})["commitments"][0]
+        return item
+
+    def _drop_pool(self, key_id: str) -> None:
         with self._lock:
-            q = self._pool.setdefault((key_id, i), deque())
-            q.extend(fresh[1:])
-        return fresh[0]
+            for k in [k for k in self._pool if k[0] == key_id]:
+                del self._pool[k]
 
     def sign(self, request: SigningRequest, quorum: Sequence[int] | None = None) -> Signature:
+        """Threshold-sign `request` with `quorum` (default: the first t signers). If a signer reports a
+        stale commitment (its nonce was burned by a refresh), the pool is dropped and the round is
+        retried once with fresh commitments; the burned nonces are never reused."""
+        try:
+            return self._sign_once(request, quorum)
+        except SigningRefused as exc:
+            if exc.details.get("remote_code") != "RF_NONCE_REUSED":
+                raise
+            self._drop_pool(request.key_id)
+            return self._sign_once(request, quorum)
+
+    def _sign_once(self, request: SigningRequest, quorum: Sequence[int] | None) -> Signature:
         pkg = self.key(request.key_id)
         kp = scheme_key_package(pkg.kp, request.scheme)
         cs = kp.suite
