@@ -122,3 +122,28 @@ def test_shares_and_nonces_encrypted_at_rest(cluster: ThresholdCoordinator, sign
             assert secret_bytes not in data and secret_hex.encode() not in data, f"share in clear in {f}"
     with pytest.raises(Exception, match="passphrase"):
         EncryptedShareStore(signer_procs.root / "signer-1", "a wrong passphrase!!")
+
+
+def test_three_of_five_over_processes_spends_taproot_output(cluster: ThresholdCoordinator,
+                                                             signer_procs: SignerProcs) -> None:
+    from bitcointx.core import COutPoint, CMutableTransaction, CTxIn, CTxInWitness, CTxOut, CTxWitness, lx
+    from bitcointx.core.script import CScript, CScriptWitness
+
+    from ringfence.custody.signing import taproot
+
+    for i in (1, 2, 3, 4, 5):
+        if i not in signer_procs.procs:
+            signer_procs.start(i)
+    c = ThresholdCoordinator({i: signer_procs.url[i] for i in (1, 2, 3, 4, 5)}, TOKEN)
+    pkg = c.create_key("btc-3of5", frost.FROST_SECP256K1_SHA256.name, 3, [1, 2, 3, 4, 5])
+    spk = taproot.p2tr_script_pubkey(pkg.kp)
+    assert spk[2:] == c.public_key("btc-3of5", Scheme.TAPROOT_KEYPATH)
+    funding = CTxOut(250_000, CScript(spk))
+    tx = CMutableTransaction([CTxIn(COutPoint(lx("aa" * 32), 1))], [CTxOut(249_000, CScript(b"\x00\x14" + b"\x05" * 20))])
+    digest = taproot.keypath_sighash(tx, 0, [funding])
+    with pytest.raises(SigningRefused):
+        c.sign(req("btc-3of5", digest, Scheme.TAPROOT_KEYPATH, "tr-short"), [1, 5])
+    sig = c.sign(req("btc-3of5", digest, Scheme.TAPROOT_KEYPATH, "tr-1"), [2, 4, 5])
+    tx.wit = CTxWitness([CTxInWitness(CScriptWitness([sig.signature]))])
+    assert taproot.verify_keypath_spend(tx, 0, [funding])
+    c.close()
