@@ -41,6 +41,9 @@ __all__ = [
     "QuorumNotNominated",
     "DutiesViolation",
     "KeyStoreError",
+    "SignerUnavailable",
+    "CeremonyFailed",
+    "InvalidSignatureShare",
     "error_codes",
 ]
 
@@ -201,6 +204,24 @@ class KeyStoreError(RingfenceError, OSError):
     code = "RF_KEY_STORE"
     http_status = 500
     default_message = "the key store could not be opened (wrong passphrase, tampered file or missing key)"
+
+
+class SignerUnavailable(RingfenceError, ConnectionError):
+    code = "RF_SIGNER_UNAVAILABLE"
+    http_status = 503
+    default_message = "a signer did not answer; the signature was not produced"
+
+
+class CeremonyFailed(RingfenceError, ValueError):
+    code = "RF_CEREMONY_FAILED"
+    http_status = 400
+    default_message = "a key ceremony round failed verification; nothing was stored"
+
+
+class InvalidSignatureShare(RingfenceError, ValueError):
+    code = "RF_BAD_SIG_SHARE"
+    http_status = 400
+    default_message = "a signature share failed verification"
 
 
 class InvariantViolation(RingfenceError, AssertionError):

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import httpx
 
-from ...errors import RingfenceError, SigningRefused, ValidationError
+from ...errors import CeremonyFailed, RingfenceError, SignerUnavailable, SigningRefused, ValidationError
 from . import frost
 from .frost import CIPHERSUITES, SigningCommitments, ThresholdKeyPackage
 from .interface import Scheme, Signature, SigningRequest
@@ -29,12 +29,6 @@ __all__ = ["ThresholdCoordinator", "SignerUnavailable", "PublicKeyPackage"]
 
 POOL_REFILL = 20
 TIMEOUT_S = 10.0
-
-
-class SignerUnavailable(RingfenceError, ConnectionError):
-    code = "RF_SIGNER_UNAVAILABLE"
-    http_status = 503
-    default_message = "a signer did not answer; the signature was not produced"
 
 
 class PublicKeyPackage:
@@ -77,9 +71,14 @@ class ThresholdCoordinator:
             raise SignerUnavailable(f"signer {i} unreachable ({exc.__class__.__name__})", field="signer") from None
         if r.status_code != 200:
             d = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-            err = SigningRefused if r.status_code in (401, 403, 409) else ValidationError
+            err: type[RingfenceError] = ValidationError
+            if r.status_code in (401, 403, 409):
+                err = SigningRefused
+            elif d.get("code") == "RF_CEREMONY_FAILED":
+                err = CeremonyFailed
             exc = err(f"signer {i} refused: {d.get('code', r.status_code)}: {d.get('message', '')}", field=d.get("field"))
-            exc.details.update({"signer": i, "remote_code": d.get("code"), "culprit": d.get("culprit")})
+            exc.details.update({"signer": i, "remote_code": d.get("code"),
+                                "culprit": (d.get("details") or {}).get("culprit")})
             raise exc
         return r.json()
 

@@ -22,6 +22,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from ...errors import CeremonyFailed
 from .frost import CIPHERSUITES, MAX_PARTICIPANTS, Ciphersuite, ThresholdKeyPackage, derive_interpolating_value
 
 __all__ = [
@@ -37,11 +38,12 @@ __all__ = [
 ]
 
 
-class DkgError(ValueError):
+class DkgError(CeremonyFailed):
     """A DKG / refresh / reshare round failed; `culprit` names the dealer whose data was bad."""
 
     def __init__(self, message: str, culprit: int | None = None) -> None:
-        super().__init__(message if culprit is None else f"{message} (participant {culprit})")
+        super().__init__(message if culprit is None else f"{message} (participant {culprit})",
+                         field="participant" if culprit is not None else None, culprit=culprit)
         self.culprit = culprit
 
 

@@ -23,6 +23,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ...errors import InvalidSignatureShare
 from .groups import ED25519, SECP256K1, DeserializeError, Group
 
 __all__ = [
@@ -53,11 +54,12 @@ __all__ = [
 MAX_PARTICIPANTS = 255  # identifiers are 1..255 in ringfence; keeps every loop bounded
 
 
-class InvalidShare(ValueError):
+class InvalidShare(InvalidSignatureShare):
     """A signature share failed verification; `identifier` names the participant who sent it."""
 
     def __init__(self, identifier: int) -> None:
-        super().__init__(f"signature share from participant {identifier} is invalid")
+        super().__init__(f"signature share from participant {identifier} is invalid", field="sig_share",
+                         participant=identifier)
         self.identifier = identifier
 
 

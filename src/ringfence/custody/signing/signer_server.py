@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import RingfenceError, Unauthorized, ValidationError
-from .dkg import DkgError
-from .frost import InvalidShare
 from .signer_node import SignerNode, open_node
 
 __all__ = ["create_app", "main", "MIN_TOKEN_CHARS"]
@@ -50,14 +48,6 @@ def create_app(node: SignerNode, token: str) -> Any:
     @app.exception_handler(RingfenceError)
     async def _rf(_: Request, exc: RingfenceError) -> JSONResponse:
         return JSONResponse(exc.to_dict(), status_code=exc.http_status)
-
-    @app.exception_handler(DkgError)
-    async def _dkg(_: Request, exc: DkgError) -> JSONResponse:
-        return JSONResponse({"code": "RF_DKG_FAILED", "message": str(exc), "culprit": exc.culprit}, status_code=400)
-
-    @app.exception_handler(InvalidShare)
-    async def _share(_: Request, exc: InvalidShare) -> JSONResponse:
-        return JSONResponse({"code": "RF_BAD_SIG_SHARE", "message": str(exc)}, status_code=400)
 
     @app.exception_handler(KeyError)
     async def _missing(_: Request, exc: KeyError) -> JSONResponse:
