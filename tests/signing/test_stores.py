@@ -100,3 +100,12 @@ def test_keylog_chain_detects_edits(tmp_path: Path) -> None:
     (tmp_path / "k.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(JournalCorrupt):
         log.verify()
+
+
+def test_keylog_two_writers_interleave_into_one_chain(tmp_path: Path) -> None:
+    a = KeyOperationLog(tmp_path / "k.jsonl")
+    b = KeyOperationLog(tmp_path / "k.jsonl")  # e.g. another process appending to the same journal
+    for i in range(5):
+        (a if i % 2 else b).append(actor="x", action="y", key_id="k", reason=str(i))
+        a.append(actor="x", action="z", key_id="k", reason=str(i))
+    assert a.verify() == 10 and [e["seq"] for e in b.entries()] == list(range(1, 11))

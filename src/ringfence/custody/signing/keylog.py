@@ -32,6 +32,7 @@ class KeyOperationLog:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tail: tuple[int, int, str] | None = None  # (file size, entries, hash of last line)
 
     def append(self, *, actor: str, action: str, key_id: str, reason: str, **extra: Any) -> dict[str, Any]:
         for name in extra:
@@ -43,15 +44,18 @@ class KeyOperationLog:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            with open(self.path, "rb") as f:
-                lines = f.read().splitlines()
-            prev = hashlib.sha256(lines[-1]).hexdigest() if lines else GENESIS
-            seq = len(lines) + 1
-            entry = {"seq": seq, "at_ms": int(time.time() * 1000), "actor": actor, "action": action,
+            size = os.fstat(fd).st_size
+            if self._tail is None or self._tail[0] != size:  # another process appended: re-read once
+                with open(self.path, "rb") as f:
+                    lines = f.read().splitlines()
+                self._tail = (size, len(lines), hashlib.sha256(lines[-1]).hexdigest() if lines else GENESIS)
+            _size, count, prev = self._tail
+            entry = {"seq": count + 1, "at_ms": int(time.time() * 1000), "actor": actor, "action": action,
                      "key_id": key_id, "reason": reason, **extra, "prev": prev}
             line = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
             os.write(fd, line + b"\n")
             os.fsync(fd)
+            self._tail = (size + len(line) + 1, count + 1, hashlib.sha256(line).hexdigest())
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
