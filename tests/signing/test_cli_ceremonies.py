@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import coincurve
-import pytest
 from typer.testing import CliRunner
 
 from ringfence.cli import app

@@ -3,28 +3,13 @@ signer refuses without a valid policy-approval attestation; low-S output verifie
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Iterator
-
 import coincurve
 import pytest
 
 from ringfence.custody.signing.attestation import ApprovalAttestation
-from ringfence.custody.signing.hsm import (
-    SECP256K1_N,
-    HsmSigner,
-    HsmToken,
-    PolicyApprovalKey,
-    init_softhsm_token,
-    low_s,
-    write_softhsm_config,
-)
+from ringfence.custody.signing.hsm import SECP256K1_N, low_s
 from ringfence.custody.signing.interface import Scheme, SigningRequest
-from ringfence.custody.signing.keylog import KeyOperationLog
 from ringfence.errors import AttestationInvalid
-
-
 
 
 def _req(digest: bytes, att: ApprovalAttestation | None, rid: str = "w-1") -> SigningRequest:

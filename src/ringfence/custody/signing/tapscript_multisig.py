@@ -12,7 +12,6 @@ tapscript interpreter, so this explicit check stands in for one.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Mapping, Sequence
 
 import coincurve
