@@ -26,7 +26,9 @@ from .keylog import KeyOperationLog
 from .nonce_store import NonceStore
 from .share_store import EncryptedShareStore
 
-__all__ = ["SignerNode", "scheme_key_package", "SCHEME_SUITES"]
+__all__ = ["SignerNode", "scheme_key_package", "SCHEME_SUITES", "MAX_PENDING_CEREMONIES"]
+
+MAX_PENDING_CEREMONIES = 16  # in-flight DKG/refresh rounds per signer; more is an operator error or abuse
 
 SCHEME_SUITES = {
     Scheme.FROST_SECP256K1: frost.FROST_SECP256K1_SHA256.name,
@@ -127,6 +129,12 @@ class SignerNode:
         return {"identifier": self.identifier, "sig_share": kp.suite.group.serialize_scalar(z).hex()}
 
     # ----------------------------------------------------------------------------------- DKG
+    def _start_ceremony(self, slot: tuple[str, str], state: Any) -> None:
+        with self._lock:
+            if slot not in self._pending and len(self._pending) >= MAX_PENDING_CEREMONIES:
+                raise ValidationError(f"at most {MAX_PENDING_CEREMONIES} ceremonies may be in flight", field="key_id")
+            self._pending[slot] = state  # restarting a ceremony for the same key discards the old round
+
     def _aad(self, ceremony: str, key_id: str, sender: int, recipient: int) -> bytes:
         return f"{ceremony}:{key_id}:{sender}->{recipient}".encode()
 
@@ -152,7 +160,7 @@ class SignerNode:
             raise ValidationError("must be FROST(secp256k1, SHA-256) or FROST(Ed25519, SHA-512)", field="ciphersuite")
         p = dkg.DkgParticipant(ciphersuite, self.identifier, threshold, list(participants), f"dkg:{key_id}".encode())
         pkg = p.round1()
-        self._pending[("dkg", key_id)] = (p, dict(transport_keys))
+        self._start_ceremony(("dkg", key_id), (p, dict(transport_keys)))
         return pkg.to_dict(p.suite)
 
     def dkg_round2(self, key_id: str, packages: Sequence[Mapping[str, Any]]) -> dict[str, str]:
@@ -171,7 +179,7 @@ class SignerNode:
         kp = self.store.get(_key_id(key_id))
         r = dkg.RefreshParticipant(kp)
         pkg = r.round1()
-        self._pending[("refresh", key_id)] = (r, dict(transport_keys))
+        self._start_ceremony(("refresh", key_id), (r, dict(transport_keys)))
         return pkg.to_dict(kp.suite)
 
     def refresh_round2(self, key_id: str, packages: Sequence[Mapping[str, Any]]) -> dict[str, str]:
