@@ -147,3 +147,21 @@ def test_three_of_five_over_processes_spends_taproot_output(cluster: ThresholdCo
     tx.wit = CTxWitness([CTxInWitness(CScriptWitness([sig.signature]))])
     assert taproot.verify_keypath_spend(tx, 0, [funding])
     c.close()
+
+
+def test_coordinator_fails_over_when_a_signer_is_down(cluster: ThresholdCoordinator, signer_procs: SignerProcs) -> None:
+    holders = sorted(cluster.key("btc-hot").kp.verifying_shares)
+    assert holders == [1, 3, 4]  # after the reshare test removed signer 2
+    signer_procs.stop(1)
+    try:
+        sig = cluster.sign(req("btc-hot", b"\x21" * 32, Scheme.BIP340, "failover"))
+        assert sig.signers == ("frost:3", "frost:4")
+        assert coincurve.PublicKeyXOnly(sig.public_key).verify(sig.signature, b"\x21" * 32)
+        signer_procs.stop(3)
+        with pytest.raises(SigningRefused, match="need 2"):
+            cluster.sign(req("btc-hot", b"\x22" * 32, Scheme.BIP340, "two-down"))
+    finally:
+        for i in (1, 3):
+            if i not in signer_procs.procs:
+                signer_procs.start(i)
+                cluster.signers[i] = signer_procs.url[i]

@@ -68,7 +68,8 @@ class ThresholdCoordinator:
         try:
             r = self._http.post(self.signers[i] + path, json=body)
         except httpx.HTTPError as exc:
-            raise SignerUnavailable(f"signer {i} unreachable ({exc.__class__.__name__})", field="signer") from None
+            raise SignerUnavailable(f"signer {i} unreachable ({exc.__class__.__name__})", field="signer",
+                                    signer=i) from None
         if r.status_code != 200:
             d = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
             err: type[RingfenceError] = ValidationError
@@ -207,22 +208,36 @@ class ThresholdCoordinator:
                 del self._pool[k]
 
     def sign(self, request: SigningRequest, quorum: Sequence[int] | None = None) -> Signature:
-        """Threshold-sign `request` with `quorum` (default: the first t signers). If a signer reports a
-        stale commitment (its nonce was burned by a refresh), the pool is dropped and the round is
-        retried once with fresh commitments; the burned nonces are never reused."""
-        try:
-            return self._sign_once(request, quorum)
-        except SigningRefused as exc:
-            if exc.details.get("remote_code") != "RF_NONCE_REUSED":
-                raise
-            self._drop_pool(request.key_id)
-            return self._sign_once(request, quorum)
+        """Threshold-sign `request` with `quorum`, or — when no quorum is given — with the first t
+        reachable holders: a signer that does not answer is skipped and the next holder takes its
+        place (no single signer's outage stops withdrawals). If a signer reports a stale commitment
+        (its nonce was burned by a refresh), the pool is dropped and the round retried once with fresh
+        commitments; burned nonces are never reused."""
+        pkg = self.key(request.key_id)
+        holders = sorted(i for i in pkg.kp.verifying_shares if i in self.signers)
+        down: set[int] = set()
+        for _attempt in range(len(holders) + 1):
+            chosen = sorted(quorum) if quorum is not None else [i for i in holders if i not in down][: pkg.kp.threshold]
+            try:
+                try:
+                    return self._sign_once(request, chosen)
+                except SigningRefused as exc:
+                    if exc.details.get("remote_code") != "RF_NONCE_REUSED":
+                        raise
+                    self._drop_pool(request.key_id)
+                    return self._sign_once(request, chosen)
+            except SignerUnavailable as exc:
+                failed = exc.details.get("signer")
+                if quorum is not None or failed is None or failed in down:
+                    raise
+                down.add(failed)
+        raise SignerUnavailable("not enough reachable signers for this key", field="quorum")
 
-    def _sign_once(self, request: SigningRequest, quorum: Sequence[int] | None) -> Signature:
+    def _sign_once(self, request: SigningRequest, quorum: Sequence[int]) -> Signature:
         pkg = self.key(request.key_id)
         kp = scheme_key_package(pkg.kp, request.scheme)
         cs = kp.suite
-        quorum = sorted(quorum if quorum is not None else sorted(self.signers)[: kp.threshold])
+        quorum = sorted(quorum)
         if len(quorum) < kp.threshold:
             raise SigningRefused(f"need {kp.threshold} signers, have {len(quorum)}", field="quorum")
         picked = self._all(quorum, lambda i: self._take_commitment(request.key_id, i))
