@@ -118,6 +118,7 @@ class DkgParticipant:
     context: bytes  # binds proofs to this ceremony (key id), so they cannot be replayed elsewhere
     _coeffs: list[int] = field(default_factory=list, repr=False)
     _round1: dict[int, Round1Package] = field(default_factory=dict, repr=False)
+    _own: Round1Package | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.participants = _check_set(self.threshold, self.participants)
@@ -136,7 +137,8 @@ class DkgParticipant:
         k = 1 + secrets.randbelow(g.order - 1)
         r = g.base_mul(k)
         c = _pok_challenge(cs, self.identifier, self.context, comms[0], r)
-        return Round1Package(self.identifier, comms, r, (k + self._coeffs[0] * c) % g.order)
+        self._own = Round1Package(self.identifier, comms, r, (k + self._coeffs[0] * c) % g.order)
+        return self._own
 
     def round2(self, packages: Mapping[int, Round1Package]) -> dict[int, int]:
         """Verify everyone's proof of knowledge, then deal one secret share per other participant."""
@@ -144,6 +146,8 @@ class DkgParticipant:
         g = cs.group
         if sorted(packages) != list(self.participants):
             raise DkgError("round1 packages: need exactly one per participant")
+        if self._own is None or packages[self.identifier].commitments != self._own.commitments:
+            raise DkgError("round1 packages: this participant's own broadcast was altered in transit")
         for i, p in packages.items():
             if p.identifier != i or len(p.commitments) != self.threshold or p.pok_r is None or p.pok_mu is None:
                 raise DkgError("round1 package malformed", i)
@@ -189,11 +193,13 @@ class RefreshParticipant:
     key_package: ThresholdKeyPackage = field(repr=False)
     _coeffs: list[int] = field(default_factory=list, repr=False)
     _round1: dict[int, Round1Package] = field(default_factory=dict, repr=False)
+    _own: Round1Package | None = field(default=None, repr=False)
 
     def round1(self) -> Round1Package:
         g = self.key_package.suite.group
         self._coeffs = [0] + [1 + secrets.randbelow(g.order - 1) for _ in range(self.key_package.threshold - 1)]
-        return Round1Package(self.key_package.identifier, tuple(g.base_mul(a) for a in self._coeffs))
+        self._own = Round1Package(self.key_package.identifier, tuple(g.base_mul(a) for a in self._coeffs))
+        return self._own
 
     def round2(self, packages: Mapping[int, Round1Package]) -> dict[int, int]:
         kp = self.key_package
@@ -201,6 +207,8 @@ class RefreshParticipant:
         ids = sorted(kp.verifying_shares)
         if sorted(packages) != ids:
             raise DkgError("refresh packages: every current holder must take part")
+        if self._own is None or packages[kp.identifier].commitments != self._own.commitments:
+            raise DkgError("refresh packages: this participant's own broadcast was altered in transit")
         for i, p in packages.items():
             if len(p.commitments) != kp.threshold or not g.is_identity(p.commitments[0]):
                 raise DkgError("refresh polynomial must have a zero constant term", i)

@@ -12,10 +12,14 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from cryptography.exceptions import InvalidTag
 
 from ...errors import ValidationError
 from . import dkg, frost, transport
@@ -135,19 +139,33 @@ class SignerNode:
                 raise ValidationError(f"at most {MAX_PENDING_CEREMONIES} ceremonies may be in flight", field="key_id")
             self._pending[slot] = state  # restarting a ceremony for the same key discards the old round
 
-    def _aad(self, ceremony: str, key_id: str, sender: int, recipient: int) -> bytes:
-        return f"{ceremony}:{key_id}:{sender}->{recipient}".encode()
+    @staticmethod
+    def _transcript(packages: Sequence[Mapping[str, Any]]) -> str:
+        """Hash of the round-one broadcast as this participant saw it. It is bound into every sealed
+        round-two share, so if the coordinator showed participants different round-one packages
+        (equivocation), the shares fail to open and the ceremony aborts."""
+        canon = sorted((json.dumps(dict(p), sort_keys=True) for p in packages))
+        return hashlib.sha256("\n".join(canon).encode()).hexdigest()
+
+    def _aad(self, ceremony: str, key_id: str, sender: int, recipient: int, transcript: str = "") -> bytes:
+        return f"{ceremony}:{key_id}:{sender}->{recipient}:{transcript}".encode()
 
     def _seal_all(self, ceremony: str, key_id: str, shares: Mapping[int, int], transport_keys: Mapping[int, str],
-                  cs: frost.Ciphersuite) -> dict[str, str]:
+                  cs: frost.Ciphersuite, transcript: str = "") -> dict[str, str]:
         return {str(j): transport.seal(bytes.fromhex(transport_keys[j]), cs.group.serialize_scalar(s),
-                                       self._aad(ceremony, key_id, self.identifier, j)).hex()
+                                       self._aad(ceremony, key_id, self.identifier, j, transcript)).hex()
                 for j, s in shares.items()}
 
-    def _open_all(self, ceremony: str, key_id: str, sealed: Mapping[str, str], cs: frost.Ciphersuite) -> dict[int, int]:
+    def _open_all(self, ceremony: str, key_id: str, sealed: Mapping[str, str], cs: frost.Ciphersuite,
+                  transcript: str = "") -> dict[int, int]:
         out = {}
         for i, blob in sealed.items():
-            raw = transport.open_sealed(self._transport, bytes.fromhex(blob), self._aad(ceremony, key_id, int(i), self.identifier))
+            try:
+                raw = transport.open_sealed(self._transport, bytes.fromhex(blob),
+                                            self._aad(ceremony, key_id, int(i), self.identifier, transcript))
+            except InvalidTag:
+                raise dkg.DkgError("sealed share does not open: wrong recipient, tampered, or participants saw "
+                                   "different round-one broadcasts", int(i)) from None
             out[int(i)] = cs.group.deserialize_scalar(raw)
         return out
 
@@ -164,13 +182,15 @@ class SignerNode:
         return pkg.to_dict(p.suite)
 
     def dkg_round2(self, key_id: str, packages: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-        p, tkeys = self._pending[("dkg", _key_id(key_id))]
+        p, tkeys = self._pending[("dkg", _key_id(key_id))][:2]
         r1 = {int(d["identifier"]): dkg.Round1Package.from_dict(p.suite, d) for d in packages}
-        return self._seal_all("dkg", key_id, p.round2(r1), tkeys, p.suite)
+        transcript = self._transcript(packages)
+        self._pending[("dkg", key_id)] = (p, tkeys, transcript)
+        return self._seal_all("dkg", key_id, p.round2(r1), tkeys, p.suite, transcript)
 
     def dkg_finish(self, key_id: str, sealed: Mapping[str, str], actor: str) -> dict[str, Any]:
-        p, _ = self._pending.pop(("dkg", _key_id(key_id)))
-        kp = p.finish(self._open_all("dkg", key_id, sealed, p.suite))
+        p, _, transcript = self._pending.pop(("dkg", _key_id(key_id)))
+        kp = p.finish(self._open_all("dkg", key_id, sealed, p.suite, transcript))
         self._replace_share(key_id, kp, "dkg_complete", actor)
         return kp.public_dict()
 
@@ -183,14 +203,16 @@ class SignerNode:
         return pkg.to_dict(kp.suite)
 
     def refresh_round2(self, key_id: str, packages: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-        r, tkeys = self._pending[("refresh", _key_id(key_id))]
+        r, tkeys = self._pending[("refresh", _key_id(key_id))][:2]
         cs = r.key_package.suite
         r1 = {int(d["identifier"]): dkg.Round1Package.from_dict(cs, d) for d in packages}
-        return self._seal_all("refresh", key_id, r.round2(r1), tkeys, cs)
+        transcript = self._transcript(packages)
+        self._pending[("refresh", key_id)] = (r, tkeys, transcript)
+        return self._seal_all("refresh", key_id, r.round2(r1), tkeys, cs, transcript)
 
     def refresh_finish(self, key_id: str, sealed: Mapping[str, str], actor: str) -> dict[str, Any]:
-        r, _ = self._pending.pop(("refresh", _key_id(key_id)))
-        kp = r.finish(self._open_all("refresh", key_id, sealed, r.key_package.suite))
+        r, _, transcript = self._pending.pop(("refresh", _key_id(key_id)))
+        kp = r.finish(self._open_all("refresh", key_id, sealed, r.key_package.suite, transcript))
         self._replace_share(key_id, kp, "refresh_complete", actor)
         return kp.public_dict()
 
