@@ -115,6 +115,8 @@ def test_ceremonies_end_to_end_and_no_key_material_in_logs(signer_procs: SignerP
                              "RINGFENCE_STORE_PASSPHRASE": "some store passphrase"})
     assert res.exit_code != 0
 
+    shown = run(["keys", "show", "--key-id", "vault", "--signer", f"3={signer_procs.url[3]}"])
+    assert gpk in shown and "taproot_output_key: " in shown and "2 of 3" in shown
     run(["keys", "verify-log", "--log", str(log)])
     actions = [e["action"] for e in KeyOperationLog(log).entries()]
     assert actions == ["key_created", "key_rotated", "signer_added", "signer_removed", "operator_key_created",
