@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
-	@# python-bitcointx loads libsecp256k1 at run time (custody/chains)
+	@# python-bitcointx loads libsecp256k1 at run time (custody); SoftHSM2 is the PKCS#11 token (custody/signing)
 	dpkg -s libsecp256k1-1 >/dev/null 2>&1 || (apt-get update && apt-get install -y libsecp256k1-1)
+	command -v softhsm2-util >/dev/null || (apt-get update && apt-get install -y softhsm2)
 
 demo: setup
 	$(VENV)/bin/ringfence demo --data ./ringfence-data/demo

@@ -270,6 +270,9 @@ def sim(
 from .custody.chains.cli import app as _chains_app  # noqa: E402
 app.add_typer(_chains_app, name="chains")
 
+from .custody.signing.cli import app as _keys_app  # noqa: E402
+app.add_typer(_keys_app, name="keys")
+
 
 def main() -> None:  # console-script entry point
     app()

@@ -35,6 +35,15 @@ __all__ = [
     "InvariantViolation",
     "NotDurable",
     "ConfigError",
+    "SigningRefused",
+    "NonceReused",
+    "AttestationInvalid",
+    "QuorumNotNominated",
+    "DutiesViolation",
+    "KeyStoreError",
+    "SignerUnavailable",
+    "CeremonyFailed",
+    "InvalidSignatureShare",
     "error_codes",
 ]
 
@@ -164,6 +173,55 @@ class ConfigError(RingfenceError, ValueError):
     code = "RF_CONFIG"
     http_status = 500
     default_message = "the configuration is not valid"
+
+
+class SigningRefused(Forbidden):
+    code = "RF_SIGNING_REFUSED"
+    default_message = "the signer refused to sign this request"
+
+
+class NonceReused(Conflict):
+    code = "RF_NONCE_REUSED"
+    default_message = "this signing nonce was already used or never issued; request fresh commitments"
+
+
+class AttestationInvalid(SigningRefused):
+    code = "RF_ATTESTATION_INVALID"
+    default_message = "the policy-approval attestation is missing, expired, reused or not valid for this transfer"
+
+
+class QuorumNotNominated(SigningRefused):
+    code = "RF_QUORUM_NOT_NOMINATED"
+    default_message = "the signatures do not come from the randomly nominated quorum for this transfer"
+
+
+class DutiesViolation(Forbidden):
+    code = "RF_SEGREGATION_OF_DUTIES"
+    default_message = "segregation of duties: this person or role may not perform this step of the transfer"
+
+
+class KeyStoreError(RingfenceError, OSError):
+    code = "RF_KEY_STORE"
+    http_status = 500
+    default_message = "the key store could not be opened (wrong passphrase, tampered file or missing key)"
+
+
+class SignerUnavailable(RingfenceError, ConnectionError):
+    code = "RF_SIGNER_UNAVAILABLE"
+    http_status = 503
+    default_message = "a signer did not answer; the signature was not produced"
+
+
+class CeremonyFailed(RingfenceError, ValueError):
+    code = "RF_CEREMONY_FAILED"
+    http_status = 400
+    default_message = "a key ceremony round failed verification; nothing was stored"
+
+
+class InvalidSignatureShare(RingfenceError, ValueError):
+    code = "RF_BAD_SIG_SHARE"
+    http_status = 400
+    default_message = "a signature share failed verification"
 
 
 class InvariantViolation(RingfenceError, AssertionError):
