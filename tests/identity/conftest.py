@@ -108,3 +108,18 @@ def register(ctx, email: str = "alice@example.com", password: str = PASSWORD, ip
 
 def sign_in(ctx, email: str = "alice@example.com", password: str = PASSWORD, ip: str = "198.51.100.7", ua: str = "pytest"):
     return accounts.login(ctx, email, password, ip=ip, user_agent=ua)
+
+
+def enable_totp(ctx, clock, email: str = "alice@example.com"):
+    """Register, sign in and turn TOTP on. Returns (pyotp.TOTP, fresh session token, recovery codes)."""
+    import pyotp
+
+    from ringfence.identity import second_factor as sf
+
+    register(ctx, email)
+    token = sign_in(ctx, email).session.token
+    enrollment = sf.begin_totp_enrollment(ctx, token)
+    totp = pyotp.TOTP(enrollment.secret_base32)
+    issued, codes = sf.confirm_totp_enrollment(ctx, token, totp.at(clock.now_s))
+    clock.advance(30)
+    return totp, issued.token, codes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pyotp
 import pytest
 from sqlalchemy import select
 
@@ -12,17 +11,7 @@ from ringfence.identity import sessions
 from ringfence.store.models import AuthSession, RecoveryCode, SecurityEvent, User, WebAuthnCredential
 
 from .authenticator import SoftAuthenticator
-from .conftest import outbox, register, sign_in
-
-
-def enable_totp(ctx, clock):
-    register(ctx)
-    token = sign_in(ctx).session.token
-    enrollment = sf.begin_totp_enrollment(ctx, token)
-    totp = pyotp.TOTP(enrollment.secret_base32)
-    issued, codes = sf.confirm_totp_enrollment(ctx, token, totp.at(clock.now_s))
-    clock.advance(30)
-    return totp, issued.token, codes
+from .conftest import enable_totp, outbox, register, sign_in
 
 
 def user_row(ctx) -> User:

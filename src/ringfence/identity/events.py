@@ -32,13 +32,13 @@ __all__ = [
 
 CREDENTIAL_CHANGES = frozenset(
     {"password_changed", "email_changed", "totp_enabled", "totp_disabled", "recovery_codes_regenerated",
-     "passkey_added", "passkey_removed", "api_key_created", "api_key_revoked", "anti_phishing_changed",
+     "passkey_added", "passkey_removed", "api_key_created", "anti_phishing_changed",
      "pgp_key_changed", "withdrawal_address_changed"}
 )
 EVENT_KINDS = CREDENTIAL_CHANGES | {
     "signed_up", "email_verified", "sign_in", "new_device_sign_in", "new_country_sign_in", "sign_in_failed",
     "second_factor_failed", "recovery_code_used", "session_revoked", "logout_everywhere", "account_frozen",
-    "account_locked",
+    "account_locked", "api_key_revoked",
 }
 DETAIL_MAX_CHARS = 512
 RECENT_EVENTS_MAX = 200
