@@ -28,6 +28,7 @@ from .context import IdentityContext
 __all__ = ["TEMPLATES", "Template", "compose", "enqueue", "deliver_due", "DeliveryReport", "PARAM_MAX_CHARS"]
 
 PARAM_MAX_CHARS = 512
+MULTILINE_PARAM_MAX_CHARS = 20_000
 DELIVERY_BATCH_MAX = 200
 
 
@@ -96,8 +97,9 @@ def _render(text: str, params: dict[str, object], *, multiline: bool) -> str:
         if not isinstance(value, (str, int)) or isinstance(value, bool):
             raise ValidationError("template parameters must be strings or integers", field=f"params.{key}")
         s = str(value)
-        if len(s) > PARAM_MAX_CHARS:
-            raise ValidationError(f"must be at most {PARAM_MAX_CHARS} characters", field=f"params.{key}")
+        limit = MULTILINE_PARAM_MAX_CHARS if multiline else PARAM_MAX_CHARS
+        if len(s) > limit:
+            raise ValidationError(f"must be at most {limit} characters", field=f"params.{key}")
         if not multiline and any(ch in s for ch in "\r\n"):
             raise ValidationError("must be a single line", field=f"params.{key}")
         clean[key] = s
