@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import smtplib
+import string
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -37,6 +38,7 @@ class Template:
     subject: str
     body: str
     sensitive: bool
+    multiline_fields: tuple[str, ...] = ()  # body-only fields that may span lines
 
 
 TEMPLATES: dict[str, Template] = {
@@ -87,16 +89,21 @@ TEMPLATES: dict[str, Template] = {
         "Withdrawal of {amount} {asset} to {address}.\nConfirm: {link}",
         True,
     ),
-    "ticket_reply": Template("Reply to your support ticket #{ticket_id}", "{reply}", True),
+    "ticket_reply": Template("Reply to your support ticket #{ticket_id}", "{reply}", True, ("reply",)),
 }
 
 
-def _render(text: str, params: dict[str, object], *, multiline: bool) -> str:
+def _render(text: str, params: dict[str, object], *, multiline_fields: tuple[str, ...] = ()) -> str:
+    used = {name for _, name, _, _ in string.Formatter().parse(text) if name}
     clean: dict[str, str] = {}
-    for key, value in params.items():
+    for key in used:
+        if key not in params:
+            raise ValidationError("is required by this template", field=f"params.{key}")
+        value = params[key]
         if not isinstance(value, (str, int)) or isinstance(value, bool):
             raise ValidationError("template parameters must be strings or integers", field=f"params.{key}")
         s = str(value)
+        multiline = key in multiline_fields
         limit = MULTILINE_PARAM_MAX_CHARS if multiline else PARAM_MAX_CHARS
         if len(s) > limit:
             raise ValidationError(f"must be at most {limit} characters", field=f"params.{key}")
@@ -111,8 +118,8 @@ def compose(ctx: IdentityContext, user: User | None, template: str, params: dict
     tpl = TEMPLATES.get(template)
     if tpl is None:
         raise ValidationError(f"must be one of {sorted(TEMPLATES)}", field="template")
-    subject = _render(tpl.subject, params, multiline=False)
-    body = _render(tpl.body, params, multiline=template == "ticket_reply")
+    subject = _render(tpl.subject, params)
+    body = _render(tpl.body, params, multiline_fields=tpl.multiline_fields)
     code = user.anti_phishing_code if user is not None else None
     if code:
         subject = f"[{code}] {subject}"
