@@ -134,22 +134,25 @@ def note_sign_in(ctx: IdentityContext, db: Session, user: User, *, ip: str, user
     """Record the sign-in; alert on a new device/IP or a new country (not on the very first sign-in)."""
     now = ctx.now()
     record_event(db, user_id=user.id, kind="sign_in", at_s=now, ip=ip)
-    known = db.scalars(select(KnownDevice.fingerprint).where(KnownDevice.user_id == user.id).limit(10_000)).all()
-    first_ever = not known
-    fps = [("device", hashlib.sha256(f"{ip}|{user_agent}".encode()).hexdigest())]
+    known = set(db.scalars(select(KnownDevice.fingerprint).where(KnownDevice.user_id == user.id).limit(10_000)).all())
+    # Fingerprints are "d" + hash(ip|agent) or "c" + hash(country). The first of each kind is learnt
+    # silently (a first sign-in is not "new"); later unseen ones raise an event (and mail for devices).
+    fps = [("d", hashlib.sha256(f"{ip}|{user_agent}".encode()).hexdigest()[:63])]
     if country:
-        fps.append(("country", hashlib.sha256(f"country|{country}".encode()).hexdigest()))
-    for what, fp in fps:
+        fps.append(("c", hashlib.sha256(f"country|{country.upper()}".encode()).hexdigest()[:63]))
+    for kind, digest in fps:
+        fp = kind + digest
         if fp in known:
             continue
+        first_of_kind = not any(k.startswith(kind) for k in known)
         db.add(KnownDevice(user_id=user.id, fingerprint=fp, first_seen_at_s=now))
-        if first_ever:
+        if first_of_kind:
             continue
-        if what == "device":
+        if kind == "d":
             record_event(db, user_id=user.id, kind="new_device_sign_in", at_s=now, ip=ip, detail=user_agent)
             mail.enqueue(ctx, db, user, "new_sign_in", {"ip": ip, "device": user_agent or "unknown"})
         else:
-            record_event(db, user_id=user.id, kind="new_country_sign_in", at_s=now, ip=ip, detail=str(country))
+            record_event(db, user_id=user.id, kind="new_country_sign_in", at_s=now, ip=ip, detail=str(country).upper())
 
 
 def _second_factor_methods(db: Session, user: User) -> tuple[str, ...]:
