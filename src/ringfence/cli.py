@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import typer
 
+from .identity.cli import app as identity_app
+
 app = typer.Typer(
     name="ringfence",
     help="ringfence: an exchange core where every balance is provable.\n\nExample: ringfence demo",
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+app.add_typer(identity_app, name="identity")
 
 
 @app.callback()

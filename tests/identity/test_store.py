@@ -110,3 +110,18 @@ def test_property_no_secret_is_stored_in_plaintext(store, clock, password):
     for secret in secrets:
         assert secret.encode() not in dump
     clock.advance(3600)
+
+
+def test_cli_migrate_and_deliver_mail(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    monkeypatch.setenv("RINGFENCE_DATABASE_URL", f"sqlite:///{tmp_path}/cli.sqlite3")
+    runner = CliRunner()
+    result = runner.invoke(app, ["identity", "migrate"])
+    assert result.exit_code == 0, result.output
+    assert "head" in result.output and (tmp_path / "cli.sqlite3").exists()
+    result = runner.invoke(app, ["identity", "deliver-mail", "--once"])
+    assert result.exit_code == 0 and "sent=0" in result.output
+    assert "Example:" in runner.invoke(app, ["identity", "--help"]).output
