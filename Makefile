@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 	@command -v gpg >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq gnupg)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
 
 demo: setup
 	$(VENV)/bin/ringfence demo --data ./ringfence-data/demo
