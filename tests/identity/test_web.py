@@ -62,7 +62,7 @@ def sign_up_and_verify(ctx, page, base, email="web@example.com"):
     page.fill("#email", email)
     page.fill("#password", PASSWORD)
     page.click("#signup")
-    assert "Check your inbox" in page.inner_text("h1")
+    assert "Check your inbox" in page.inner_text("h1"), page.inner_text("body")
     link = outbox(ctx, to=email, template="verify_email")[-1].body.split("\n")
     url = next(line for line in link if "verify-email?token=" in line)
     page.goto(url)
@@ -198,4 +198,21 @@ def test_oversized_form_rejected(ctx, server, browser):
     assert resp.headers["x-frame-options"] == "DENY"
     with ctx.store.tx() as db:
         assert db.scalars(select(User)).all() == []
+    context.close()
+
+
+def test_cross_site_login_post_refused(ctx, server, browser):
+    """Login CSRF: a form on another site posting to /login is refused by its Origin."""
+    from .conftest import register
+
+    register(ctx, "origin@example.com")
+    context = browser.new_context()
+    page = context.new_page()
+    resp = page.request.post(f"{server}/login", form={"email": "origin@example.com", "password": PASSWORD},
+                             headers={"Origin": "https://evil.example"}, max_redirects=0)
+    assert resp.status == 403 and "cross-site" in resp.text()
+    assert not any(c["name"].startswith("__Host-rf") for c in context.cookies())
+    resp = page.request.post(f"{server}/login", form={"email": "origin@example.com", "password": PASSWORD},
+                             headers={"Origin": server}, max_redirects=0)
+    assert resp.status == 303
     context.close()

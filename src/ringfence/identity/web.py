@@ -3,7 +3,7 @@
 A thin layer: it reads forms and cookies, calls the identity services, and renders Jinja2 templates
 with autoescaping on (user-supplied text is always escaped, never executed). Every state-changing
 request after sign-in carries the session-bound CSRF token (form field `csrf_token` or header
-`X-CSRF-Token`). Cookies: `__Host-rf_session` and `__Host-rf_pending` (HttpOnly, Secure,
+`X-CSRF-Token`), and every POST from a foreign `Origin` is refused (login CSRF). Cookies: `__Host-rf_session` and `__Host-rf_pending` (HttpOnly, Secure,
 SameSite=Strict). A Content-Security-Policy without inline script blocks injected scripts as a
 second line of defence. `create_router(ctx)` can be mounted into the dashboard app; `create_app(ctx)`
 is a standalone app for development and tests.
@@ -15,11 +15,11 @@ import json
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..errors import RingfenceError, Unauthorized, ValidationError
+from ..errors import Forbidden, RingfenceError, Unauthorized, ValidationError
 from . import accounts, api_keys, events, pgp_keys, second_factor, sessions
 from .context import IdentityContext
 from .security_centre import overview
@@ -33,7 +33,9 @@ SECURITY_HEADERS = {
                                "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer Chromium sends `Origin: null` on form posts,
+    # which the Origin check must refuse. Token-bearing URLs still never leak to other sites.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -81,7 +83,16 @@ def _csrf(ctx: IdentityContext, request: Request, form: dict[str, str] | None = 
 
 
 def create_router(ctx: IdentityContext) -> APIRouter:
-    router = APIRouter()
+    def same_origin_only(request: Request) -> None:
+        # Browsers send Origin on cross-site POSTs. Refusing foreign origins blocks login CSRF (an
+        # attacker signing the victim into the attacker's account) on the pre-session forms too.
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return
+        origin = request.headers.get("origin")
+        if origin is not None and origin != ctx.settings.identity_origin:
+            raise Forbidden("cross-site requests are not allowed", field="origin")
+
+    router = APIRouter(dependencies=[Depends(same_origin_only)])
 
     @router.get("/static/identity.js")
     def static_js() -> Response:
