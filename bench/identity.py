@@ -92,7 +92,7 @@ def main() -> None:
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     line = {
         "bench": "identity", "at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "git": git,
-        "seed": args.seed, "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        "seed": args.seed, "smoke": args.smoke, "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
         "workload": {"signed_requests": requests, "logins": logins, "store": "sqlite", "argon2": "64 MiB, t=3, p=4"},
         "throughput_per_s": int(requests / verify_s), "p50_us": percentile_us(lat, 0.50), "p99_us": percentile_us(lat, 0.99),
         "seconds": round(verify_s, 3),
