@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from ringfence.errors import SecondFactorRequired, ValidationError
 from ringfence.identity import accounts, mail, second_factor as sf
-from ringfence.store.models import OutboxMessage, User
+from ringfence.store.models import User
 
-from .conftest import enable_totp, outbox, register, sign_in
+from .conftest import enable_totp, outbox, register
 
 SRC = pathlib.Path(__file__).resolve().parents[2] / "src" / "ringfence"
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from ringfence.errors import AuthenticationFailed, RateLimited, SecondFactorRequired, Unauthorized, ValidationError
 from ringfence.identity import second_factor as sf
 from ringfence.identity import sessions
-from ringfence.store.models import AuthSession, RecoveryCode, SecurityEvent, User, WebAuthnCredential
+from ringfence.store.models import RecoveryCode, SecurityEvent, User, WebAuthnCredential
 
 from .authenticator import SoftAuthenticator
 from .conftest import enable_totp, outbox, register, sign_in

@@ -14,7 +14,7 @@ from ringfence.settings import DEV_IDENTITY_SECRET_KEY_HEX, Settings, load_setti
 from ringfence.store import make_engine, migrate
 from ringfence.store.models import Base
 
-from .conftest import PASSWORD, enable_totp, make_settings
+from .conftest import make_settings
 
 
 def test_migrations_match_models(store):

@@ -20,7 +20,7 @@ from ringfence.identity import api_keys
 from ringfence.identity.web import create_app
 from ringfence.store.models import User
 
-from .conftest import PASSWORD, outbox, token_from_mail
+from .conftest import PASSWORD, outbox
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
