@@ -88,3 +88,16 @@ def serve(
     from .web import create_app
 
     uvicorn.run(create_app(_context()), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def purge() -> None:
+    """Delete ended sessions, used tokens, old rate-limit windows, sent mail and year-old events.
+
+    Example: ringfence identity purge
+    """
+    from .maintenance import purge_expired
+
+    report = purge_expired(_context())
+    for name, n in report.deleted.items():
+        console.print(f"{name}: {n} deleted")
