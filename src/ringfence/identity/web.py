@@ -11,6 +11,7 @@ is a standalone app for development and tests.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from importlib import resources
 from typing import Any
@@ -40,6 +41,7 @@ SECURITY_HEADERS = {
 }
 
 _env = Environment(loader=PackageLoader("ringfence.identity", "templates"), autoescape=select_autoescape(["html"]))
+_env.filters["utc"] = lambda at_s: dt.datetime.fromtimestamp(int(at_s), dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _render(name: str, status_code: int = 200, **params: Any) -> HTMLResponse:
