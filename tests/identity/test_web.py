@@ -216,3 +216,36 @@ def test_cross_site_login_post_refused(ctx, server, browser):
                              headers={"Origin": server}, max_redirects=0)
     assert resp.status == 303
     context.close()
+
+
+def test_change_password_in_security_centre(ctx, server, browser):
+    laptop = browser.new_context()
+    phone = browser.new_context()
+    page, other = laptop.new_page(), phone.new_page()
+    sign_up_and_verify(ctx, page, server, "pw@example.com")
+    sign_in(page, server, "pw@example.com")
+    sign_in(other, server, "pw@example.com")
+    page.fill("#current-password", "wrong current password")
+    page.fill("#new-password", "fresh and unusual passphrase 8")
+    page.click("#change-password")
+    assert "incorrect" in page.inner_text("#message")
+    page.goto(f"{server}/security")
+    page.fill("#current-password", PASSWORD)
+    page.fill("#new-password", "password123")
+    page.click("#change-password")
+    assert "common" in page.inner_text("#message")
+    page.goto(f"{server}/security")
+    page.fill("#current-password", PASSWORD)
+    page.fill("#new-password", "fresh and unusual passphrase 8")
+    page.click("#change-password")
+    assert page.url.endswith("/security") and page.locator("#withdrawal-lock").is_visible()
+    other.goto(f"{server}/security")
+    assert other.url.endswith("/login")  # the other device was signed out
+    page.click("#logout")
+    page.goto(f"{server}/login")
+    page.fill("#email", "pw@example.com")
+    page.fill("#password", "fresh and unusual passphrase 8")
+    page.click("#signin")
+    assert page.inner_text("#who") == "pw@example.com"
+    laptop.close()
+    phone.close()

@@ -243,6 +243,14 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         api_keys.revoke_api_key(ctx, token, key_id, ip=_client_ip(request))
         return RedirectResponse("/security", status_code=303)
 
+    @router.post("/security/password")
+    async def change_password(request: Request) -> Response:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        issued = accounts.change_password(ctx, token, form.get("current_password", ""), form.get("new_password", ""),
+                                          ip=_client_ip(request))
+        return _session_response(ctx, issued)
+
     @router.post("/security/anti-phishing")
     async def anti_phishing(request: Request) -> Response:
         form = await _form(request)
