@@ -133,3 +133,12 @@ def enable_totp(ctx, clock, email: str = "alice@example.com"):
     issued, codes = sf.confirm_totp_enrollment(ctx, token, totp.at(clock.now_s))
     clock.advance(30)
     return totp, issued.token, codes
+
+
+def snapshot(ctx) -> dict[str, list[tuple]]:
+    """Every row of every identity table: compare before/after an attack to prove nothing changed."""
+    out: dict[str, list[tuple]] = {}
+    with ctx.store.engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            out[table.name] = sorted((tuple(r) for r in conn.execute(table.select())), key=repr)
+    return out

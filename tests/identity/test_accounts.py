@@ -9,7 +9,7 @@ from ringfence.errors import AuthenticationFailed, Forbidden, RateLimited, Unaut
 from ringfence.identity import accounts, sessions
 from ringfence.store.models import AuthSession, SecurityEvent, User
 
-from .conftest import PASSWORD, outbox, register, sign_in, token_from_mail
+from .conftest import PASSWORD, outbox, register, sign_in, snapshot, token_from_mail
 
 
 def count(ctx, model) -> int:
@@ -130,8 +130,10 @@ def test_session_fixation_each_login_issues_new_token(ctx):
     b = sign_in(ctx).session.token
     assert a != b
     planted = "attacker-chosen-token-value-123456"
+    before = snapshot(ctx)
     with pytest.raises(Unauthorized):
         sessions.authenticate(ctx, planted)
+    assert snapshot(ctx) == before
 
 
 def test_stolen_session_useless_after_logout_and_logout_everywhere(ctx):
@@ -140,8 +142,12 @@ def test_stolen_session_useless_after_logout_and_logout_everywhere(ctx):
     s2 = sign_in(ctx, ua="other browser").session.token
     stolen = s1
     sessions.logout(ctx, s1)
+    before = snapshot(ctx)
     with pytest.raises(Unauthorized):
         sessions.authenticate(ctx, stolen)
+    with pytest.raises(Unauthorized):
+        accounts.set_anti_phishing_code(ctx, stolen, "Stolen-1")
+    assert snapshot(ctx) == before
     sessions.authenticate(ctx, s2)
     s3 = sign_in(ctx).session.token
     assert sessions.logout_everywhere(ctx, s3) == 2
