@@ -14,10 +14,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian packages the project needs: libsecp256k1 (python-bitcointx, custody), SoftHSM2 (the
+# PKCS#11 token for custody/signing), GnuPG (identity PGP), Chromium (browser tests; never a
+# downloaded browser). Installed only when missing, in one apt run.
+APT_PACKAGES := libsecp256k1-1 softhsm2 gnupg chromium
+
 setup: $(STAMP)
-	@# python-bitcointx loads libsecp256k1 at run time (custody); SoftHSM2 is the PKCS#11 token (custody/signing)
-	dpkg -s libsecp256k1-1 >/dev/null 2>&1 || (apt-get update && apt-get install -y libsecp256k1-1)
-	command -v softhsm2-util >/dev/null || (apt-get update && apt-get install -y softhsm2)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 demo: setup
 	$(VENV)/bin/ringfence demo --data ./ringfence-data/demo

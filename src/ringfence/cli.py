@@ -19,6 +19,8 @@ from rich.table import Table
 
 from .errors import RingfenceError
 
+from .identity.cli import app as identity_app
+
 app = typer.Typer(
     name="ringfence",
     help="ringfence: an exchange core where every balance is provable.\n\nExample: ringfence demo",
@@ -68,6 +70,9 @@ def _print_version(value: bool) -> None:
 
         typer.echo(__version__)
         raise typer.Exit()
+
+
+app.add_typer(identity_app, name="identity")
 
 
 @app.callback()
