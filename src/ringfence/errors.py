@@ -35,6 +35,7 @@ __all__ = [
     "InvariantViolation",
     "NotDurable",
     "ConfigError",
+    "ProofInvalid",
     "error_codes",
 ]
 
@@ -164,6 +165,13 @@ class ConfigError(RingfenceError, ValueError):
     code = "RF_CONFIG"
     http_status = 500
     default_message = "the configuration is not valid"
+
+
+class ProofInvalid(ValidationError):
+    """A proof-of-solvency document (liabilities proof, root file, reserves proof) failed verification."""
+
+    code = "RF_POR_PROOF_INVALID"
+    default_message = "the proof did not verify"
 
 
 class InvariantViolation(RingfenceError, AssertionError):

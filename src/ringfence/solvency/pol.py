@@ -1,0 +1,887 @@
+"""Proof of liabilities: the `ringfence-por-v1` Merkle-sum tree, per-user proofs and the verifier.
+
+Job: turn one snapshot of what the exchange owes each user into (a) a published root that commits
+to every user's balances and to the per-asset totals, and (b) one inclusion proof per user that the
+user can check offline. The format is specified in docs/por.md and implemented here exactly:
+
+* integers in hashes are unsigned 128-bit big-endian; any balance or sum >= 2**128 is invalid;
+* leaf = SHA256("ringfence/por/v1/leaf" | snapshot_id | u16 len(id) | id | nonce | u16 n | u128 b_1..b_n);
+* node = SHA256("ringfence/por/v1/node" | left_hash | left_sums | right_hash | right_sums) and the
+  node's sums are the element-wise sum of its children's sums (the parent commits to both children's
+  sums, which defeats the "max child" attack on sum-only trees);
+* leaf_count is a power of two; padding leaves have zero balances, an empty account id and a nonce
+  nobody outside the exchange can guess; leaves are shuffled per snapshot.
+
+Invariants: the root sums equal the column totals of the input balances (asserted after every
+build); every proof produced verifies with `verify_proof`; nothing here reads a clock. Randomness
+comes only from the server secret (HMAC), so the same secret, snapshot and balances give the same
+tree byte for byte — which is what makes the published test vectors reproducible.
+
+Input interface (what the ledger snapshot feeds in): an iterable of `(account_id, balances)` where
+`balances[k]` is what the exchange owes that user in `assets[k]`, in minor units, already summed
+over all of the user's accounts and segments (available + held + margin equity) and floored at
+zero. Debts are reported separately and never reduce liabilities. See `build_liability_tree`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, ProofInvalid, ValidationError
+
+__all__ = [
+    "VERSION",
+    "LEAF_TAG",
+    "NODE_TAG",
+    "U128_LIMIT",
+    "MAX_ASSETS",
+    "MAX_ACCOUNT_ID_BYTES",
+    "MAX_DEPTH",
+    "DEV_SECRET",
+    "load_secret",
+    "derive_nonce",
+    "leaf_hash",
+    "node_hash",
+    "LiabilityTree",
+    "build_liability_tree",
+    "build_liability_tree_from_arrays",
+    "VerifiedProof",
+    "check_proof",
+    "verify_proof",
+    "check_root_document",
+    "ProofStore",
+]
+
+VERSION = "ringfence-por-v1"
+LEAF_TAG = b"ringfence/por/v1/leaf"
+NODE_TAG = b"ringfence/por/v1/node"
+NONCE_TAG = b"ringfence/por/v1/nonce"
+PADDING_TAG = b"ringfence/por/v1/padding"
+U128_LIMIT = 1 << 128
+U64_MASK = (1 << 64) - 1
+MAX_ASSETS = 65535
+#: An account id is length-prefixed with a u16 in the leaf, so it cannot exceed 65535 UTF-8 bytes.
+MAX_ACCOUNT_ID_BYTES = 65535
+#: 2**40 leaves (a trillion) is far beyond any exchange; bounds the verifier's work per proof.
+MAX_DEPTH = 40
+#: Largest number of accounts one in-memory build accepts (partition bigger sets with Dask).
+MAX_ACCOUNTS_PER_BUILD = 1 << 28
+#: Longest decimal string accepted for an amount: 2**128 - 1 has 39 digits.
+MAX_DECIMAL_DIGITS = 39
+#: The well-known development secret. `load_secret` refuses it outside dev mode.
+DEV_SECRET = b"ringfence-dev-por-secret-do-not-use-in-production!"
+MIN_SECRET_BYTES = 32
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,38}")
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:@+/=-]+")
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets and nonces
+# --------------------------------------------------------------------------------------------
+
+
+def load_secret(value: str | bytes | None, *, dev_mode: bool) -> bytes:
+    """Return the server secret that derives nonces and the shuffle, or refuse a weak one.
+
+    Outside dev mode a missing secret, the well-known dev secret or one shorter than 32 bytes is a
+    `ConfigError`. In dev mode a missing secret falls back to `DEV_SECRET`.
+    """
+    if value is None or value == "" or value == b"":
+        if dev_mode:
+            return DEV_SECRET
+        raise ConfigError(
+            "no proof-of-reserves secret configured; set RINGFENCE_POR_SECRET to 32+ random bytes "
+            "(e.g. `openssl rand -hex 32`) or run in dev mode",
+            field="RINGFENCE_POR_SECRET",
+        )
+    secret = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if not dev_mode and hmac.compare_digest(secret, DEV_SECRET):
+        raise ConfigError(
+            "the development secret must not be used outside dev mode", field="RINGFENCE_POR_SECRET"
+        )
+    if not dev_mode and len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"the secret must be at least {MIN_SECRET_BYTES} bytes", field="RINGFENCE_POR_SECRET"
+        )
+    return secret
+
+
+def derive_nonce(secret: bytes, snapshot_id: bytes, account_id: str) -> bytes:
+    """Nonce of one user for one snapshot: HMAC-SHA256(secret, NONCE_TAG | snapshot_id | id)."""
+    _check_snapshot_id(snapshot_id)
+    return hmac.digest(secret, NONCE_TAG + snapshot_id + account_id.encode("utf-8"), "sha256")
+
+
+def _padding_nonce(secret: bytes, snapshot_id: bytes, j: int) -> bytes:
+    return hmac.digest(secret, PADDING_TAG + snapshot_id + j.to_bytes(8, "big"), "sha256")
+
+
+# --------------------------------------------------------------------------------------------
+# The two hash functions of the format
+# --------------------------------------------------------------------------------------------
+
+
+def _u128(value: int, what: str) -> bytes:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{what} must be an integer", field=what)
+    if not 0 <= value < U128_LIMIT:
+        raise ValidationError(f"{what} must be between 0 and 2^128-1", field=what)
+    return value.to_bytes(16, "big")
+
+
+def leaf_hash(snapshot_id: bytes, account_id: str, nonce: bytes, balances: Sequence[int]) -> bytes:
+    """SHA256(LEAF_TAG | snapshot_id | u16be(len id) | id | nonce | u16be(n) | u128be(b)...)."""
+    _check_snapshot_id(snapshot_id)
+    idb = account_id.encode("utf-8")
+    if len(idb) > MAX_ACCOUNT_ID_BYTES:
+        raise ValidationError("account id is longer than 65535 UTF-8 bytes", field="account_id")
+    if len(nonce) != 32:
+        raise ValidationError("nonce must be 32 bytes", field="nonce")
+    if not 1 <= len(balances) <= MAX_ASSETS:
+        raise ValidationError("there must be 1..65535 balances", field="balances")
+    parts = [LEAF_TAG, snapshot_id, len(idb).to_bytes(2, "big"), idb, nonce, len(balances).to_bytes(2, "big")]
+    parts.extend(_u128(b, "balance") for b in balances)
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def node_hash(left_hash: bytes, left_sums: Sequence[int], right_hash: bytes, right_sums: Sequence[int]) -> bytes:
+    """SHA256(NODE_TAG | left_hash | u128be(left_sums)... | right_hash | u128be(right_sums)...)."""
+    if len(left_hash) != 32 or len(right_hash) != 32:
+        raise ValidationError("child hashes must be 32 bytes", field="hash")
+    if len(left_sums) != len(right_sums):
+        raise ValidationError("children must have the same number of sums", field="sums")
+    parts = [NODE_TAG, left_hash]
+    parts.extend(_u128(s, "sum") for s in left_sums)
+    parts.append(right_hash)
+    parts.extend(_u128(s, "sum") for s in right_sums)
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def _check_snapshot_id(snapshot_id: bytes) -> None:
+    if not isinstance(snapshot_id, (bytes, bytearray)) or len(snapshot_id) != 32:
+        raise ValidationError("snapshot_id must be exactly 32 bytes", field="snapshot_id")
+
+
+def _check_assets(assets: Sequence[str]) -> tuple[str, ...]:
+    out = tuple(assets)
+    if not 1 <= len(out) <= MAX_ASSETS:
+        raise ValidationError("assets must list 1..65535 asset codes", field="assets")
+    for code in out:
+        if not isinstance(code, str) or not 1 <= len(code) <= 64:
+            raise ValidationError("each asset code must be a string of 1-64 characters", field="assets")
+    if len(set(out)) != len(out):
+        raise ValidationError("asset codes must not repeat", field="assets")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Building the tree
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LiabilityTree:
+    """A built Merkle-sum tree for one snapshot. Levels are kept so that any proof can be cut."""
+
+    snapshot_id: bytes
+    assets: tuple[str, ...]
+    account_ids: list[str]
+    nonces: bytes  # 32 bytes per account, in input order
+    position_of_entry: np.ndarray  # entry index -> leaf position (entries >= account_count are padding)
+    entry_at_position: np.ndarray
+    level_hashes: list[np.ndarray]  # level 0 = leaves in position order; last = root (1, 32)
+    level_hi: list[np.ndarray]  # high 64 bits of the sums, (m, n) uint64
+    level_lo: list[np.ndarray]  # low 64 bits of the sums
+    _index: dict[str, int] | None = field(default=None, repr=False)
+    _fragments: list[list[bytes]] | None = field(default=None, repr=False)
+    _sums_text: list[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def leaf_count(self) -> int:
+        return int(self.level_hashes[0].shape[0])
+
+    @property
+    def depth(self) -> int:
+        return len(self.level_hashes) - 1
+
+    @property
+    def account_count(self) -> int:
+        return len(self.account_ids)
+
+    @property
+    def root_hash(self) -> bytes:
+        return self.level_hashes[-1][0].tobytes()
+
+    @property
+    def root_sums(self) -> tuple[int, ...]:
+        return self._sums_at(self.depth, 0)
+
+    def totals(self) -> dict[str, int]:
+        """Liabilities per asset (the root sums), in minor units."""
+        return dict(zip(self.assets, self.root_sums))
+
+    def _sums_at(self, level: int, j: int) -> tuple[int, ...]:
+        hi = self.level_hi[level][j].tolist()
+        lo = self.level_lo[level][j].tolist()
+        return tuple((h << 64) | l for h, l in zip(hi, lo))
+
+    def root_document(self) -> dict[str, Any]:
+        """The public root file: {"version", "snapshot_id", "assets", "root"}."""
+        return {
+            "version": VERSION,
+            "snapshot_id": self.snapshot_id.hex(),
+            "assets": list(self.assets),
+            "root": {
+                "hash": self.root_hash.hex(),
+                "sums": [str(s) for s in self.root_sums],
+                "leaf_count": self.leaf_count,
+            },
+        }
+
+    # ---- proofs -----------------------------------------------------------------------------
+
+    def position_of(self, account_id: str) -> int:
+        if self._index is None:
+            self._index = {a: i for i, a in enumerate(self.account_ids)}
+        entry = self._index.get(account_id)
+        if entry is None:
+            raise KeyError(account_id)
+        return int(self.position_of_entry[entry])
+
+    def proof_for(self, account_id: str) -> dict[str, Any]:
+        """The inclusion proof of one account (for the API: call only for the signed-in user).
+
+        Raises `KeyError` if the account is not in this snapshot. The proof carries the user's
+        nonce: hand it to that user only.
+        """
+        entry = self._index_entry(account_id)
+        return json.loads(self._proof_line(entry, int(self.position_of_entry[entry])))
+
+    def _index_entry(self, account_id: str) -> int:
+        self.position_of(account_id)
+        assert self._index is not None
+        return self._index[account_id]
+
+    def _prepare_text(self) -> None:
+        if self._fragments is not None:
+            return
+        self._sums_text = []
+        self._fragments = []
+        for level in range(self.depth + 1):
+            sums_text = _sums_text(self.level_hi[level], self.level_lo[level])
+            hexes = self.level_hashes[level].tobytes().hex().encode("ascii")
+            if level == 0:
+                self._sums_text = sums_text
+            if level == self.depth:
+                break
+            frags = [
+                b'{"hash":"' + hexes[64 * j : 64 * j + 64] + b'","sums":[' + sums_text[j] + b"]}"
+                for j in range(len(sums_text))
+            ]
+            self._fragments.append(frags)
+        root = self.root_document()["root"]
+        self._root_fragment = json.dumps(root, separators=(",", ":")).encode("ascii")
+        self._head = (
+            b'{"version":"' + VERSION.encode() + b'","snapshot_id":"' + self.snapshot_id.hex().encode()
+            + b'","assets":' + json.dumps(list(self.assets), separators=(",", ":")).encode("ascii")
+            + b',"account_id":'
+        )
+
+    def _proof_line(self, entry: int, position: int, path_suffix: bytes | None = None) -> bytes:
+        self._prepare_text()
+        assert self._fragments is not None and self._sums_text is not None
+        frags = self._fragments
+        if path_suffix is None:
+            path = b",".join(frags[i][(position >> i) ^ 1] for i in range(self.depth))
+        else:
+            k = min(_BLOCK_BITS, self.depth)
+            path = b",".join(frags[i][(position >> i) ^ 1] for i in range(k)) + path_suffix
+        account_id = self.account_ids[entry]
+        return b"".join((
+            self._head, _json_string(account_id), b',"nonce":"',
+            self.nonces[32 * entry : 32 * entry + 32].hex().encode("ascii"),
+            b'","balances":[', self._sums_text[position], b'],"leaf_index":', str(position).encode("ascii"),
+            b',"path":[', path, b'],"root":', self._root_fragment, b"}",
+        ))
+
+    def iter_proof_lines(self, progress: ProgressFn | None = None) -> Iterator[tuple[str, bytes]]:
+        """Yield (account_id, proof JSON bytes) for every real account, in leaf-position order."""
+        self._prepare_text()
+        assert self._fragments is not None
+        frags = self._fragments
+        k = min(_BLOCK_BITS, self.depth)
+        n_accounts = self.account_count
+        entries = self.entry_at_position.tolist()
+        suffix = b""
+        done = 0
+        for position, entry in enumerate(entries):
+            if k and position & ((1 << k) - 1) == 0:
+                # Siblings at levels >= k are shared by the whole block of 2**k leaves.
+                suffix = b"".join(b"," + frags[i][(position >> i) ^ 1] for i in range(k, self.depth))
+            if entry >= n_accounts:
+                continue
+            yield self.account_ids[entry], self._proof_line(entry, position, suffix)
+            done += 1
+            if progress is not None and done % 65536 == 0:
+                progress("proofs", done, n_accounts)
+        if progress is not None:
+            progress("proofs", n_accounts, n_accounts)
+
+    def write_proofs(self, directory: str | os.PathLike[str], *, shard_lines: int = 65536,
+                     progress: ProgressFn | None = None) -> int:
+        """Stream every proof to `directory/NNNNN.jsonl` (one proof per line) plus `index.tsv`.
+
+        Memory stays bounded by one shard buffer. `index.tsv` maps each account (JSON-encoded) to
+        its shard, byte offset and length; `ProofStore` reads it. Returns the number of proofs.
+        """
+        if not 1 <= shard_lines <= 1 << 24:
+            raise ValidationError("shard_lines must be 1..16777216", field="shard_lines")
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        count = 0
+        shard = 0
+        offset = 0
+        shard_file = None
+        with open(out / "index.tsv", "wb") as index:
+            try:
+                for account_id, line in self.iter_proof_lines(progress):
+                    if shard_file is None or count % shard_lines == 0:
+                        if shard_file is not None:
+                            shard_file.close()
+                        shard = count // shard_lines
+                        shard_file = open(out / f"{shard:05d}.jsonl", "wb", buffering=1 << 22)
+                        offset = 0
+                    shard_file.write(line)
+                    shard_file.write(b"\n")
+                    index.write(b"%s\t%d\t%d\t%d\n" % (_json_string(account_id), shard, offset, len(line)))
+                    offset += len(line) + 1
+                    count += 1
+            finally:
+                if shard_file is not None:
+                    shard_file.close()
+        return count
+
+
+_BLOCK_BITS = 6
+
+
+def _json_string(text: str) -> bytes:
+    if _PLAIN_ID.fullmatch(text):
+        return b'"' + text.encode("ascii") + b'"'
+    return json.dumps(text, ensure_ascii=True).encode("ascii")
+
+
+def _sums_text(hi: np.ndarray, lo: np.ndarray) -> list[bytes]:
+    """Per row: b'"s1","s2",...' with each sum as a canonical decimal string."""
+    if not hi.any():
+        rows = lo.tolist()
+    else:
+        rows = [[(h << 64) | l for h, l in zip(hr, lr)] for hr, lr in zip(hi.tolist(), lo.tolist())]
+    return [('"' + '","'.join(map(str, row)) + '"').encode("ascii") for row in rows]
+
+
+def _sums_be(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """(m, n) hi/lo words -> (m, 16n) bytes: each sum as u128 big-endian."""
+    m, n = hi.shape
+    out = np.empty((m, n, 2), dtype=">u8")
+    out[:, :, 0] = hi
+    out[:, :, 1] = lo
+    return out.view(np.uint8).reshape(m, 16 * n)
+
+
+def _hash_rows(rows: np.ndarray) -> np.ndarray:
+    """SHA-256 of each row of a C-contiguous uint8 matrix -> (m, 32) uint8."""
+    m, width = rows.shape
+    view = memoryview(np.ascontiguousarray(rows)).cast("B")
+    sha = hashlib.sha256
+    digests = b"".join([sha(view[k * width : (k + 1) * width]).digest() for k in range(m)])
+    return np.frombuffer(digests, dtype=np.uint8).reshape(m, 32)
+
+
+def _parent_level(hashes: np.ndarray, hi: np.ndarray, lo: np.ndarray, level: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = hi.shape[1]
+    lhi, rhi, llo, rlo = hi[0::2], hi[1::2], lo[0::2], lo[1::2]
+    plo = llo + rlo
+    carry = (plo < llo).astype(np.uint64)
+    phi = lhi + rhi
+    overflow = phi < lhi
+    phi2 = phi + carry
+    overflow |= phi2 < phi
+    if overflow.any():
+        raise ValidationError(
+            f"a sum at tree level {level + 1} reaches 2^128; totals must stay below 2^128",
+            field="balances",
+        )
+    m = hi.shape[0] // 2
+    sums_be = _sums_be(hi, lo)
+    tag = len(NODE_TAG)
+    half = 32 + 16 * n
+    rows = np.empty((m, tag + 2 * half), dtype=np.uint8)
+    rows[:, :tag] = np.frombuffer(NODE_TAG, dtype=np.uint8)
+    rows[:, tag : tag + 32] = hashes[0::2]
+    rows[:, tag + 32 : tag + half] = sums_be[0::2]
+    rows[:, tag + half : tag + half + 32] = hashes[1::2]
+    rows[:, tag + half + 32 :] = sums_be[1::2]
+    return _hash_rows(rows), phi2, plo
+
+
+def build_liability_tree(
+    snapshot_id: bytes,
+    assets: Sequence[str],
+    accounts: Iterable[tuple[str, Sequence[int]]],
+    secret: bytes,
+    *,
+    min_leaf_count: int = 1,
+    progress: ProgressFn | None = None,
+) -> LiabilityTree:
+    """Build the `ringfence-por-v1` tree of one snapshot.
+
+    `accounts` yields `(account_id, balances)`; `balances[k]` is the amount owed in `assets[k]`
+    (minor units, 0 <= b < 2**128), already aggregated per user across accounts and segments and
+    floored at zero. Account ids must be non-empty, unique and at most 65535 UTF-8 bytes.
+    `secret` derives nonces and the shuffle (see `load_secret`). `min_leaf_count` pads further
+    (rounded up to a power of two) so that the leaf count reveals less about the number of users.
+    Bad input raises `ValidationError` naming the account and asset, and builds nothing.
+    """
+    assets = _check_assets(assets)
+    n = len(assets)
+    ids: list[str] = []
+    flat: list[int] = []
+    for item in accounts:
+        if len(ids) >= MAX_ACCOUNTS_PER_BUILD:
+            raise ValidationError(
+                f"more than {MAX_ACCOUNTS_PER_BUILD} accounts; partition the build", field="accounts"
+            )
+        try:
+            account_id, balances = item
+        except (TypeError, ValueError):
+            raise ValidationError("each account must be a pair (account_id, balances)", field="accounts") from None
+        if not isinstance(account_id, str) or not account_id:
+            raise ValidationError("account id must be a non-empty string", field="account_id")
+        if isinstance(balances, (str, bytes)) or len(balances) != n:
+            raise ValidationError(
+                f"account {account_id!r} has {len(balances)} balances; expected one per asset ({n})",
+                field=f"balances[{account_id}]",
+            )
+        ids.append(account_id)
+        flat.extend(balances)
+    hi, lo = _balances_to_words(ids, assets, flat)
+    return build_liability_tree_from_arrays(
+        snapshot_id, assets, ids, hi, lo, secret, min_leaf_count=min_leaf_count, progress=progress
+    )
+
+
+def _balances_to_words(ids: list[str], assets: tuple[str, ...], flat: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    n = len(assets)
+    shape = (len(ids), n)
+    if not flat:
+        return np.zeros(shape, np.uint64), np.zeros(shape, np.uint64)
+
+    def where(pred: Callable[[object], bool]) -> str:
+        for i, value in enumerate(flat):
+            if pred(value):
+                return f"balances[{ids[i // n]}][{assets[i % n]}]"
+        return "balances"
+
+    if not set(map(type, flat)) <= {int}:
+        bad = where(lambda v: type(v) is not int)
+        raise ValidationError("balances must be integers in minor units (not bool, float or str)", field=bad)
+    low, high = min(flat), max(flat)
+    if low < 0:
+        raise ValidationError(
+            "balances must not be negative: floor each user's balance at zero and list debts separately",
+            field=where(lambda v: v < 0),  # type: ignore[operator]
+        )
+    if high >= U128_LIMIT:
+        raise ValidationError("balances must be below 2^128", field=where(lambda v: v >= U128_LIMIT))  # type: ignore[operator]
+    if high <= U64_MASK:
+        lo = np.array(flat, dtype=np.uint64).reshape(shape)
+        return np.zeros(shape, np.uint64), lo
+    hi = np.array([v >> 64 for v in flat], dtype=np.uint64).reshape(shape)
+    lo = np.array([v & U64_MASK for v in flat], dtype=np.uint64).reshape(shape)
+    return hi, lo
+
+
+def build_liability_tree_from_arrays(
+    snapshot_id: bytes,
+    assets: Sequence[str],
+    account_ids: list[str],
+    balances_hi: np.ndarray,
+    balances_lo: np.ndarray,
+    secret: bytes,
+    *,
+    min_leaf_count: int = 1,
+    progress: ProgressFn | None = None,
+    check_ids: bool = True,
+) -> LiabilityTree:
+    """Columnar form of `build_liability_tree`: balance = hi * 2**64 + lo, shape (accounts, assets).
+
+    Used by the batch builder and the Dask partitions, whose balances are already arrays.
+    """
+    _check_snapshot_id(snapshot_id)
+    assets = _check_assets(assets)
+    n = len(assets)
+    count = len(account_ids)
+    if balances_hi.shape != (count, n) or balances_lo.shape != (count, n):
+        raise ValidationError("balance arrays must have shape (accounts, assets)", field="balances")
+    if not 1 <= min_leaf_count <= 1 << MAX_DEPTH:
+        raise ValidationError(f"min_leaf_count must be 1..2^{MAX_DEPTH}", field="min_leaf_count")
+    if len(secret) < 1:
+        raise ConfigError("the proof secret must not be empty", field="secret")
+    hi = np.ascontiguousarray(balances_hi, dtype=np.uint64)
+    lo = np.ascontiguousarray(balances_lo, dtype=np.uint64)
+    id_bytes = [a.encode("utf-8") for a in account_ids]
+    if check_ids:
+        for account_id, idb in zip(account_ids, id_bytes):
+            if not account_id:
+                raise ValidationError("account id must be a non-empty string", field="account_id")
+            if len(idb) > MAX_ACCOUNT_ID_BYTES:
+                raise ValidationError("account id is longer than 65535 UTF-8 bytes", field=f"account_id[{account_id[:40]}]")
+        if len(set(account_ids)) != count:
+            seen: set[str] = set()
+            for a in account_ids:
+                if a in seen:
+                    raise ValidationError(
+                        "account ids must be unique: aggregate each user's balances first", field=f"account_id[{a}]"
+                    )
+                seen.add(a)
+    leaf_count = 1
+    while leaf_count < max(count, min_leaf_count):
+        leaf_count *= 2
+    if leaf_count > 1 << MAX_DEPTH:
+        raise ValidationError("too many leaves", field="accounts")
+    padding = leaf_count - count
+
+    # Nonces: per user per snapshot, from the server secret.
+    digest = hmac.digest
+    prefix = NONCE_TAG + snapshot_id
+    nonces = b"".join([digest(secret, prefix + idb, "sha256") for idb in id_bytes])
+    pad_prefix = PADDING_TAG + snapshot_id
+    pad_nonces = b"".join([digest(secret, pad_prefix + j.to_bytes(8, "big"), "sha256") for j in range(padding)])
+    if progress:
+        progress("nonces", count, count)
+
+    # Leaves, in entry order (accounts then padding).
+    sha = hashlib.sha256
+    head = LEAF_TAG + snapshot_id
+    n_bytes = n.to_bytes(2, "big")
+    row = 16 * n
+    bal = _sums_be(hi, lo).tobytes() if count else b""
+    leaves = [
+        sha(b"".join((head, len(idb).to_bytes(2, "big"), idb, nonces[32 * i : 32 * i + 32], n_bytes,
+                      bal[row * i : row * i + row]))).digest()
+        for i, idb in enumerate(id_bytes)
+    ]
+    zero_tail = n_bytes + bytes(row)
+    leaves.extend(
+        sha(head + b"\x00\x00" + pad_nonces[32 * j : 32 * j + 32] + zero_tail).digest() for j in range(padding)
+    )
+    leaf_hashes = np.frombuffer(b"".join(leaves), dtype=np.uint8).reshape(leaf_count, 32)
+    del leaves
+    if progress:
+        progress("leaves", leaf_count, leaf_count)
+
+    # Shuffle: order all entries by the first 8 bytes of their (secret-derived) nonce.
+    all_nonces = np.frombuffer(nonces + pad_nonces, dtype=np.uint8).reshape(leaf_count, 32)
+    keys = all_nonces[:, :8].copy().view(">u8").reshape(leaf_count)
+    entry_at_position = np.argsort(keys, kind="stable")
+    position_of_entry = np.empty(leaf_count, dtype=np.int64)
+    position_of_entry[entry_at_position] = np.arange(leaf_count, dtype=np.int64)
+
+    full_hi = np.zeros((leaf_count, n), np.uint64)
+    full_lo = np.zeros((leaf_count, n), np.uint64)
+    full_hi[:count] = hi
+    full_lo[:count] = lo
+    level_hashes = [leaf_hashes[entry_at_position]]
+    level_hi = [full_hi[entry_at_position]]
+    level_lo = [full_lo[entry_at_position]]
+    del full_hi, full_lo
+    level = 0
+    while level_hashes[-1].shape[0] > 1:
+        h, shi, slo = _parent_level(level_hashes[-1], level_hi[-1], level_lo[-1], level)
+        level_hashes.append(h)
+        level_hi.append(shi)
+        level_lo.append(slo)
+        level += 1
+        if progress:
+            progress("tree", level, leaf_count.bit_length() - 1)
+
+    tree = LiabilityTree(
+        snapshot_id=bytes(snapshot_id), assets=assets, account_ids=list(account_ids), nonces=nonces,
+        position_of_entry=position_of_entry, entry_at_position=entry_at_position,
+        level_hashes=level_hashes, level_hi=level_hi, level_lo=level_lo,
+    )
+    # Post-condition: the root commits to exactly the column totals of the input.
+    expected = [(int(h) << 64) + int(l) for h, l in zip(
+        hi.sum(axis=0, dtype=object) if count else [0] * n, lo.sum(axis=0, dtype=object) if count else [0] * n)]
+    assert list(tree.root_sums) == expected, "root sums differ from the input totals"
+    return tree
+
+
+# --------------------------------------------------------------------------------------------
+# Verifying a proof (offline; pure Python, no numpy)
+# --------------------------------------------------------------------------------------------
+
+_PROOF_FIELDS = frozenset({"version", "snapshot_id", "assets", "account_id", "nonce", "balances",
+                           "leaf_index", "path", "root"})
+_ROOT_FIELDS = frozenset({"hash", "sums", "leaf_count"})
+_PATH_FIELDS = frozenset({"hash", "sums"})
+_ROOT_DOC_FIELDS = frozenset({"version", "snapshot_id", "assets", "root"})
+MAX_PROOF_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class VerifiedProof:
+    """What a valid proof says: this account's balances are inside a tree with these totals."""
+
+    snapshot_id: str
+    assets: tuple[str, ...]
+    account_id: str
+    balances: tuple[int, ...]
+    leaf_index: int
+    leaf_count: int
+    root_hash: str
+    root_sums: tuple[int, ...]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProofInvalid(f"JSON constant {name} is not allowed", field="proof")
+
+
+def _reject_float(text: str) -> Any:
+    raise ProofInvalid(f"non-integer number {text} is not allowed; amounts are decimal strings", field="proof")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ProofInvalid(f"field {key!r} appears twice", field=key)
+        out[key] = value
+    return out
+
+
+def parse_json_document(data: str | bytes | Mapping[str, Any], what: str = "proof") -> dict[str, Any]:
+    """Parse strictly: no duplicate keys, no floats, no NaN; size bounded."""
+    if isinstance(data, Mapping):
+        return dict(data)
+    if len(data) > MAX_PROOF_BYTES:
+        raise ProofInvalid(f"{what} is larger than {MAX_PROOF_BYTES} bytes", field=what)
+    try:
+        doc = json.loads(data, object_pairs_hook=_no_duplicates, parse_float=_reject_float,
+                         parse_constant=_reject_constant)
+    except ProofInvalid:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProofInvalid(f"{what} is not valid JSON: {exc}", field=what) from None
+    if not isinstance(doc, dict):
+        raise ProofInvalid(f"{what} must be a JSON object", field=what)
+    return doc
+
+
+def _fields(obj: Any, allowed: frozenset[str], where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ProofInvalid(f"{where} must be a JSON object", field=where)
+    missing = sorted(allowed - obj.keys())
+    if missing:
+        raise ProofInvalid(f"{where} is missing field(s) {', '.join(missing)}", field=where)
+    extra = sorted(obj.keys() - allowed)
+    if extra:
+        raise ProofInvalid(f"{where} has unexpected field(s) {', '.join(extra)}", field=where)
+    return obj
+
+
+def _hex32(value: Any, where: str) -> bytes:
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise ProofInvalid("must be 64 lowercase hex characters (32 bytes)", field=where)
+    return bytes.fromhex(value)
+
+
+def _amount(value: Any, where: str) -> int:
+    if not isinstance(value, str):
+        raise ProofInvalid("must be a decimal string", field=where)
+    if not _DECIMAL.fullmatch(value):
+        raise ProofInvalid(
+            "must be a non-negative integer written as canonical decimal digits (no sign, point, exponent or leading zero)",
+            field=where,
+        )
+    number = int(value)
+    if number >= U128_LIMIT:
+        raise ProofInvalid("overflows 128 bits", field=where)
+    return number
+
+
+def _amounts(value: Any, n: int, where: str) -> list[int]:
+    if not isinstance(value, list):
+        raise ProofInvalid("must be a list of decimal strings", field=where)
+    if len(value) != n:
+        raise ProofInvalid(f"must have exactly {n} entries, one per asset", field=where)
+    return [_amount(v, f"{where}[{k}]") for k, v in enumerate(value)]
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProofInvalid("must be a JSON integer", field=where)
+    return value
+
+
+def check_root_document(doc: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a published root file and return it parsed; raise `ProofInvalid` otherwise."""
+    root_doc = _fields(parse_json_document(doc, "root file"), _ROOT_DOC_FIELDS, "root file")
+    if root_doc["version"] != VERSION:
+        raise ProofInvalid(f"unsupported version; expected {VERSION}", field="root file.version")
+    _hex32(root_doc["snapshot_id"], "root file.snapshot_id")
+    assets = _assets_field(root_doc["assets"], "root file.assets")
+    root = _fields(root_doc["root"], _ROOT_FIELDS, "root file.root")
+    _hex32(root["hash"], "root file.root.hash")
+    _amounts(root["sums"], len(assets), "root file.root.sums")
+    _leaf_count(root["leaf_count"], "root file.root.leaf_count")
+    return root_doc
+
+
+def _assets_field(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_ASSETS:
+        raise ProofInvalid("must be a list of 1..65535 asset codes", field=where)
+    if not all(isinstance(a, str) and 1 <= len(a) <= 64 for a in value):
+        raise ProofInvalid("each asset code must be a string of 1-64 characters", field=where)
+    if len(set(value)) != len(value):
+        raise ProofInvalid("asset codes must not repeat", field=where)
+    return value
+
+
+def _leaf_count(value: Any, where: str) -> int:
+    count = _int(value, where)
+    if count < 1 or count & (count - 1) or count > 1 << MAX_DEPTH:
+        raise ProofInvalid(f"must be a power of two between 1 and 2^{MAX_DEPTH}", field=where)
+    return count
+
+
+def check_proof(proof: str | bytes | Mapping[str, Any],
+                root: str | bytes | Mapping[str, Any] | None = None) -> VerifiedProof:
+    """Verify a user's proof; return what it proves or raise `ProofInvalid` with the reason.
+
+    With `root` (the published root file) the proof must also match it exactly: snapshot id,
+    assets and root hash, sums and leaf count.
+    """
+    doc = _fields(parse_json_document(proof, "proof"), _PROOF_FIELDS, "proof")
+    if doc["version"] != VERSION:
+        raise ProofInvalid(f"unsupported version; expected {VERSION}", field="version")
+    snapshot_id = _hex32(doc["snapshot_id"], "snapshot_id")
+    assets = _assets_field(doc["assets"], "assets")
+    n = len(assets)
+    account_id = doc["account_id"]
+    if not isinstance(account_id, str) or not account_id:
+        raise ProofInvalid("must be a non-empty string", field="account_id")
+    if len(account_id.encode("utf-8", "surrogatepass")) > MAX_ACCOUNT_ID_BYTES:
+        raise ProofInvalid("is longer than 65535 UTF-8 bytes", field="account_id")
+    try:
+        account_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProofInvalid("is not valid Unicode text", field="account_id") from None
+    nonce = _hex32(doc["nonce"], "nonce")
+    balances = _amounts(doc["balances"], n, "balances")
+    root_obj = _fields(doc["root"], _ROOT_FIELDS, "root")
+    root_hash = _hex32(root_obj["hash"], "root.hash")
+    root_sums = _amounts(root_obj["sums"], n, "root.sums")
+    leaf_count = _leaf_count(root_obj["leaf_count"], "root.leaf_count")
+    depth = leaf_count.bit_length() - 1
+    leaf_index = _int(doc["leaf_index"], "leaf_index")
+    if not 0 <= leaf_index < leaf_count:
+        raise ProofInvalid(f"must be between 0 and leaf_count-1 ({leaf_count - 1})", field="leaf_index")
+    path = doc["path"]
+    if not isinstance(path, list):
+        raise ProofInvalid("must be a list", field="path")
+    if len(path) != depth:
+        raise ProofInvalid(
+            f"has {len(path)} steps but a tree of {leaf_count} leaves needs exactly {depth}", field="path"
+        )
+
+    running = leaf_hash(snapshot_id, account_id, nonce, balances)
+    sums = list(balances)
+    for i, step in enumerate(path):
+        step = _fields(step, _PATH_FIELDS, f"path[{i}]")
+        sibling = _hex32(step["hash"], f"path[{i}].hash")
+        sibling_sums = _amounts(step["sums"], n, f"path[{i}].sums")
+        if (leaf_index >> i) & 1 == 0:
+            running = node_hash(running, sums, sibling, sibling_sums)
+        else:
+            running = node_hash(sibling, sibling_sums, running, sums)
+        sums = [a + b for a, b in zip(sums, sibling_sums)]
+        if any(s >= U128_LIMIT for s in sums):
+            raise ProofInvalid(f"sums overflow 128 bits at level {i + 1}", field=f"path[{i}].sums")
+    if not hmac.compare_digest(running, root_hash):
+        raise ProofInvalid("the path does not lead to the root hash: the proof or the root was altered",
+                           field="root.hash")
+    if sums != root_sums:
+        raise ProofInvalid("the path's sums do not equal the root sums", field="root.sums")
+    if root is not None:
+        root_doc = check_root_document(root)
+        if root_doc["snapshot_id"] != doc["snapshot_id"]:
+            raise ProofInvalid("the proof is for a different snapshot than the root file", field="snapshot_id")
+        if root_doc["assets"] != assets:
+            raise ProofInvalid("the proof's assets differ from the root file's", field="assets")
+        if root_doc["root"] != root_obj:
+            raise ProofInvalid("the proof's root differs from the published root file", field="root")
+    return VerifiedProof(
+        snapshot_id=doc["snapshot_id"], assets=tuple(assets), account_id=account_id,
+        balances=tuple(balances), leaf_index=leaf_index, leaf_count=leaf_count,
+        root_hash=root_obj["hash"], root_sums=tuple(root_sums),
+    )
+
+
+def verify_proof(proof: str | bytes | Mapping[str, Any],
+                 root: str | bytes | Mapping[str, Any] | None = None) -> tuple[bool, str]:
+    """Offline verifier: (True, "valid") or (False, reason). Never raises for a bad proof."""
+    try:
+        check_proof(proof, root)
+    except ProofInvalid as exc:
+        return False, str(exc)
+    except ValidationError as exc:  # e.g. a hash-input limit
+        return False, str(exc)
+    except RecursionError:
+        return False, "proof: nested too deeply"
+    return True, "valid"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading published proofs back (what the API calls)
+# --------------------------------------------------------------------------------------------
+
+
+class ProofStore:
+    """Reads proofs written by `LiabilityTree.write_proofs` without loading them all."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._index: dict[str, tuple[int, int, int]] | None = None
+
+    def _load(self) -> dict[str, tuple[int, int, int]]:
+        if self._index is None:
+            index: dict[str, tuple[int, int, int]] = {}
+            with open(self.directory / "index.tsv", "rb") as fh:
+                for line in fh:
+                    key, shard, offset, length = line.rstrip(b"\n").split(b"\t")
+                    index[json.loads(key)] = (int(shard), int(offset), int(length))
+            self._index = index
+        return self._index
+
+    def proof_for(self, account_id: str) -> dict[str, Any]:
+        """The stored proof of `account_id`; `KeyError` if absent. Give it only to that user."""
+        shard, offset, length = self._load()[account_id]
+        with open(self.directory / f"{shard:05d}.jsonl", "rb") as fh:
+            fh.seek(offset)
+            return json.loads(fh.read(length))
