@@ -120,7 +120,7 @@ def test_every_proof_verifies_and_root_matches_reference(size: int) -> None:
     for pos in range(tree.leaf_count):
         if leaves[pos] is None:  # padding: zero balances, empty account id
             leaves[pos] = (tree.level_hashes[0][pos].tobytes(), [0, 0, 0])
-            assert int(tree.level_lo[0][pos].sum()) == 0
+            assert not tree.level_sums[0][pos].any()
     root_hash, root_sums = ref_root(leaves)
     assert root_hash == tree.root_hash and root_sums == totals
     root_file = tree.root_document()
@@ -307,17 +307,28 @@ def test_max_child_attack_is_rejected() -> None:
 
 # ---- publishing and reading back ------------------------------------------------------------------
 
-def test_proof_store_roundtrip(tmp_path: Path) -> None:
-    accounts = accounts_for(300, seed=9)
-    tree = build_liability_tree(SNAP, ASSETS, accounts + [("odd\tid\n", [1, 1, 1])], SECRET)
-    written = tree.write_proofs(tmp_path, shard_lines=64)
-    assert written == 301
-    assert len(list(tmp_path.glob("*.jsonl"))) == 5
+@pytest.mark.parametrize("size", [1, 2, 300])
+def test_proof_store_roundtrip(tmp_path: Path, size: int) -> None:
+    accounts = accounts_for(size, seed=9) + [("odd\tid\n", [1, 1, 1])]
+    tree = build_liability_tree(SNAP, ASSETS, accounts, SECRET)
+    tree.write_store(tmp_path)
     store = ProofStore(tmp_path)
-    for account_id in ("acct-0", "acct-299", "odd\tid\n"):
+    assert set(store.account_ids()) == {a for a, _ in accounts}
+    for account_id, _ in accounts:
         assert store.proof_for(account_id) == tree.proof_for(account_id)
     with pytest.raises(KeyError):
         store.proof_for("nobody")
+
+
+def test_proof_lines_export(tmp_path: Path) -> None:
+    accounts = accounts_for(300, seed=9)
+    tree = build_liability_tree(SNAP, ASSETS, accounts, SECRET)
+    assert tree.write_proof_lines(tmp_path, shard_lines=64) == 300
+    shards = sorted(tmp_path.glob("*.jsonl"))
+    assert len(shards) == 5
+    lines = [line for shard in shards for line in shard.read_text().splitlines()]
+    assert sorted(json.loads(line)["account_id"] for line in lines) == sorted(a for a, _ in accounts)
+    assert all(verify_proof(line)[0] for line in lines)
 
 
 # ---- properties ---------------------------------------------------------------------------------

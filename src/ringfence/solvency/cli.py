@@ -128,6 +128,7 @@ def publish(
     reserves_file: Optional[Path] = typer.Option(None, "--reserves", help="reserves evidence JSON (docs/por.md)"),
     min_leaf_count: int = typer.Option(1, "--min-leaf-count", help="pad the tree to at least this many leaves"),
     dev: bool = typer.Option(False, "--dev", help="dev mode: allow the built-in development secret"),
+    json_proofs: bool = typer.Option(False, "--json-proofs", help="also export every proof as JSON lines"),
 ) -> None:
     """Build the liabilities tree, write every user's proof, prove reserves, write the report.
 
@@ -159,7 +160,10 @@ def publish(
                                         min_leaf_count=min_leaf_count, progress=report_progress)
             root_doc = tree.root_document()
             (out_dir / "root.json").write_text(json.dumps(root_doc, indent=1) + "\n", encoding="utf-8")
-            count = tree.write_proofs(out_dir / "proofs", progress=report_progress)
+            tree.write_store(out_dir / "proofs", progress=report_progress)
+            count = tree.account_count
+            if json_proofs:
+                tree.write_proof_lines(out_dir / "proofs-jsonl", progress=report_progress)
             reserves = None
             shield: dict[str, int] = {}
             if evidence is not None:
