@@ -603,10 +603,13 @@ def build_liability_tree_from_arrays(
     min_leaf_count: int = 1,
     progress: ProgressFn | None = None,
     check_ids: bool = True,
+    padding_offset: int = 0,
 ) -> LiabilityTree:
     """Columnar form of `build_liability_tree`: balance = hi * 2**64 + lo, shape (accounts, assets).
 
     Used by the batch builder and the Dask partitions, whose balances are already arrays.
+    `padding_offset` numbers this build's padding leaves after those of earlier partitions, so
+    no two padding leaves of one snapshot share a nonce.
     """
     _check_snapshot_id(snapshot_id)
     assets = _check_assets(assets)
@@ -647,7 +650,8 @@ def build_liability_tree_from_arrays(
     prefix = NONCE_TAG + snapshot_id
     nonces = mac.many(prefix + idb for idb in id_bytes)
     pad_prefix = PADDING_TAG + snapshot_id
-    pad_nonces = mac.many(pad_prefix + j.to_bytes(8, "big") for j in range(padding))
+    pad_nonces = mac.many(pad_prefix + (padding_offset + j).to_bytes(8, "big")
+                          for j in range(padding))
     if progress:
         progress("nonces", count, count)
 
