@@ -70,8 +70,8 @@ def build_partitioned(snapshot_id: bytes, assets: Sequence[str], loader: Partiti
     if client is None:
         results = [build_partition(loader, p, *args) for p in range(partitions)]
     else:
-        futures = [client.submit(build_partition, loader, p, *args, key=f"por-partition-{p}-{snapshot_id.hex()[:8]}",
-                                 pure=False) for p in range(partitions)]
+        # pure=False: every call gets a fresh task key, so a rebuild never reuses a cached result.
+        futures = [client.submit(build_partition, loader, p, *args, pure=False) for p in range(partitions)]
         results = client.gather(futures)
     n = len(assets)
     hashes = np.frombuffer(b"".join(r[0] for r in results), dtype=np.uint8).reshape(partitions, 32)
