@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 demo: setup
 	$(VENV)/bin/ringfence demo --data ./ringfence-data/demo

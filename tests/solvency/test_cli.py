@@ -167,3 +167,26 @@ def test_every_command_has_help_with_example() -> None:
     for cmd in ("snapshot", "publish", "verify"):
         res = runner.invoke(app, ["por", cmd, "--help"])
         assert res.exit_code == 0 and "Example:" in res.output
+
+
+def test_docs_balances_example_and_api_helpers(tmp_path: Path) -> None:
+    import re
+
+    from ringfence.solvency import proof_for, verifier_page_path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "por.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```json\n(.*?)```", docs, re.S) if '"entries"' in b)
+    (tmp_path / "balances.json").write_text(block)
+    res = runner.invoke(app, ["por", "snapshot", "--balances", str(tmp_path / "balances.json"),
+                              "--out", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["por", "publish", str(tmp_path / "out"), "--snapshot", str(tmp_path / "s.json"),
+                              "--dev", "--json-proofs"])
+    assert res.exit_code == 0, res.output
+    proof = proof_for("alice", tmp_path / "out" / "proofs")
+    assert proof["balances"] == ["120000000", "0"]
+    root = json.loads((tmp_path / "out" / "root.json").read_text())
+    assert verify_proof(proof, root) == (True, "valid")
+    lines = (tmp_path / "out" / "proofs-jsonl" / "00000.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [proof]
+    assert "ringfencePor" in verifier_page_path().read_text(encoding="utf-8")

@@ -75,3 +75,16 @@ def test_on_a_real_dask_local_cluster(tmp_path: Path) -> None:
     store = ProofStore(tmp_path)
     for account_id in list(store.account_ids())[:10]:
         assert verify_proof(store.proof_for(account_id), root_doc)[0]
+
+
+def test_one_leaf_partitions(tmp_path: Path) -> None:
+    load = partial(loader, seed=2, per_partition=1)  # partitions hold 1, 0, 1, 0 accounts
+    root_doc = build_partitioned(SNAP, ASSETS, load, 4, 1, SECRET, tmp_path)
+    store = ProofStore(tmp_path)
+    ids = list(store.account_ids())
+    assert ids == ["p0-u0", "p2-u0"]
+    for account_id in ids:
+        proof = store.proof_for(account_id)
+        assert verify_proof(proof, root_doc) == (True, "valid")
+        assert proof["balances"] == [str((int(h) << 64) + int(l)) for h, l in zip(
+            load(int(account_id[1]))[1][0], load(int(account_id[1]))[2][0])]

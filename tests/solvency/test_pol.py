@@ -307,9 +307,9 @@ def test_max_child_attack_is_rejected() -> None:
 
 # ---- publishing and reading back ------------------------------------------------------------------
 
-@pytest.mark.parametrize("size", [1, 2, 300])
+@pytest.mark.parametrize("size", [0, 1, 2, 300])
 def test_proof_store_roundtrip(tmp_path: Path, size: int) -> None:
-    accounts = accounts_for(size, seed=9) + [("odd\tid\n", [1, 1, 1])]
+    accounts = accounts_for(size, seed=9) + [("odd\tid\n", [1, 5, 1])]
     tree = build_liability_tree(SNAP, ASSETS, accounts, SECRET)
     tree.write_store(tmp_path)
     store = ProofStore(tmp_path)

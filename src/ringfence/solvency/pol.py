@@ -1001,8 +1001,13 @@ class ProofStore:
 
         path = []
         with open(self.directory / f"part-{part:05d}.tree", "rb") as fh:
-            fh.seek(local * record)
-            _, balances = parse(fh.read(record))
+            if plc == 1:  # a one-leaf partition: the leaf is the partition root, kept in top.bin
+                with open(self.directory / "top.bin", "rb") as top:
+                    top.seek(part * record)
+                    _, balances = parse(top.read(record))
+            else:
+                fh.seek(local * record)
+                _, balances = parse(fh.read(record))
             offset, size = 0, plc
             while size > 1:
                 fh.seek((offset + ((local >> len(path)) ^ 1)) * record)
