@@ -22,10 +22,11 @@ ASSETS = ["BTC", "ETH"]
 def loader(partition: int, *, seed: int, per_partition: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     rng = random.Random(seed * 1000 + partition)
     ids = [f"p{partition}-u{i}" for i in range(per_partition - partition % 2)]  # uneven partitions
-    lo = np.array([[rng.choice([0, rng.randrange(10**9)]) for _ in ASSETS] for _ in ids], dtype=np.uint64)
+    lo = np.array([[rng.choice([0, rng.randrange(10**9)]) for _ in ASSETS] for _ in ids],
+                  dtype=np.uint64).reshape(len(ids), len(ASSETS))
     hi = np.zeros_like(lo)
-    hi[:1, :1] = 3 if ids else 0  # some balances above 2**64
-    return ids, hi.reshape(len(ids), len(ASSETS)), lo.reshape(len(ids), len(ASSETS))
+    hi[:1, :1] = 3  # some balances above 2**64
+    return ids, hi, lo
 
 
 def all_accounts(partitions: int, per_partition: int) -> dict[str, list[int]]:
