@@ -52,7 +52,7 @@ def build_partition(loader: PartitionLoader, partition: int, snapshot_id: bytes,
     )
     assert tree.leaf_count == partition_leaf_count
     tree.write_partition(Path(out_dir), partition)
-    return tree.root_hash, tree.level_sums[-1][0].tobytes(), tree.account_count
+    return tree.root_hash, tree.level_records[-1][0, 32:].tobytes(), tree.account_count
 
 
 def build_partitioned(snapshot_id: bytes, assets: Sequence[str], loader: PartitionLoader, partitions: int,
@@ -74,14 +74,13 @@ def build_partitioned(snapshot_id: bytes, assets: Sequence[str], loader: Partiti
         futures = [client.submit(build_partition, loader, p, *args, pure=False) for p in range(partitions)]
         results = client.gather(futures)
     n = len(assets)
-    hashes = np.frombuffer(b"".join(r[0] for r in results), dtype=np.uint8).reshape(partitions, 32)
-    sums_be = np.frombuffer(b"".join(r[1] for r in results), dtype=np.uint8).reshape(partitions, 16 * n).copy()
-    hi, lo = _words(sums_be)
-    levels = [np.concatenate([hashes, sums_be], axis=1)]
+    record = np.frombuffer(b"".join(r[0] + r[1] for r in results), dtype=np.uint8).reshape(partitions, 32 + 16 * n)
+    hi, lo = _words(record[:, 32:])
+    levels = [record]
     level = 0
-    while hashes.shape[0] > 1:
-        hashes, sums_be, hi, lo = _parent_level(hashes, sums_be, hi, lo, level)
-        levels.append(np.concatenate([hashes, sums_be], axis=1))
+    while levels[-1].shape[0] > 1:
+        parent, hi, lo = _parent_level(levels[-1], hi, lo, level)
+        levels.append(parent)
         level += 1
     (out / "top.bin").write_bytes(b"".join(lv.tobytes() for lv in levels))
     root_row = levels[-1][0].tobytes()

@@ -204,19 +204,28 @@ class LiabilityTree:
     nonces: bytes  # 32 bytes per account, in input order
     position_of_entry: np.ndarray  # entry index -> leaf position (entries >= account_count are padding)
     entry_at_position: np.ndarray
-    level_hashes: list[np.ndarray]  # level 0 = leaves in position order; last = root (1, 32)
-    level_sums: list[np.ndarray]  # (m, 16n) uint8: each sum as u128 big-endian, as hashed
+    #: per level (0 = leaves in position order, last = root): (m, 32 + 16n) uint8 records, each a
+    #: node's hash followed by its sums as u128 big-endian — exactly the bytes a parent hashes.
+    level_records: list[np.ndarray]
     _index: dict[str, int] | None = field(default=None, repr=False)
     _fragments: list[list[bytes]] | None = field(default=None, repr=False)
     _sums_text: list[bytes] | None = field(default=None, repr=False)
 
     @property
+    def level_hashes(self) -> list[np.ndarray]:
+        return [rec[:, :32] for rec in self.level_records]
+
+    @property
+    def level_sums(self) -> list[np.ndarray]:
+        return [rec[:, 32:] for rec in self.level_records]
+
+    @property
     def leaf_count(self) -> int:
-        return int(self.level_hashes[0].shape[0])
+        return int(self.level_records[0].shape[0])
 
     @property
     def depth(self) -> int:
-        return len(self.level_hashes) - 1
+        return len(self.level_records) - 1
 
     @property
     def account_count(self) -> int:
@@ -224,7 +233,7 @@ class LiabilityTree:
 
     @property
     def root_hash(self) -> bytes:
-        return self.level_hashes[-1][0].tobytes()
+        return self.level_records[-1][0, :32].tobytes()
 
     @property
     def root_sums(self) -> tuple[int, ...]:
@@ -235,7 +244,7 @@ class LiabilityTree:
         return dict(zip(self.assets, self.root_sums))
 
     def _sums_at(self, level: int, j: int) -> tuple[int, ...]:
-        row = self.level_sums[level][j].tobytes()
+        row = self.level_records[level][j, 32:].tobytes()
         return tuple(int.from_bytes(row[16 * k : 16 * k + 16], "big") for k in range(len(self.assets)))
 
     def root_document(self) -> dict[str, Any]:
@@ -281,8 +290,8 @@ class LiabilityTree:
         self._sums_text = []
         self._fragments = []
         for level in range(self.depth + 1):
-            sums_text = _sums_text(*_words(self.level_sums[level]))
-            hexes = self.level_hashes[level].tobytes().hex().encode("ascii")
+            sums_text = _sums_text(*_words(self.level_records[level][:, 32:]))
+            hexes = np.ascontiguousarray(self.level_records[level][:, :32]).tobytes().hex().encode("ascii")
             if level == 0:
                 self._sums_text = sums_text
             if level == self.depth:
@@ -372,8 +381,7 @@ class LiabilityTree:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.write_partition(out, 0)
-        top = np.concatenate([self.level_hashes[-1], self.level_sums[-1]], axis=1)
-        (out / "top.bin").write_bytes(top.tobytes())
+        (out / "top.bin").write_bytes(self.level_records[-1].tobytes())
         write_store_meta(out, self.snapshot_id, self.assets, self.leaf_count, self.leaf_count, 1,
                          self.root_document()["root"])
         if progress:
@@ -385,10 +393,7 @@ class LiabilityTree:
         base = partition * self.leaf_count
         with open(out / f"part-{partition:05d}.tree", "wb") as fh:
             for level in range(self.depth):
-                hashes, sums = self.level_hashes[level], self.level_sums[level]
-                for start in range(0, hashes.shape[0], _STORE_CHUNK_ROWS):
-                    stop = start + _STORE_CHUNK_ROWS
-                    fh.write(np.concatenate([hashes[start:stop], sums[start:stop]], axis=1).tobytes())
+                self.level_records[level].tofile(fh)
         count = self.account_count
         (out / f"part-{partition:05d}.ids").write_bytes(
             b"\n".join([_json_string(a) for a in self.account_ids]) + (b"\n" if count else b""))
@@ -398,7 +403,6 @@ class LiabilityTree:
         (out / f"part-{partition:05d}.acc").write_bytes(acc.tobytes())
 
 
-_STORE_CHUNK_ROWS = 1 << 16
 STORE_FORMAT = "ringfence-por-store-v1"
 
 
@@ -453,10 +457,11 @@ def _hash_rows(rows: np.ndarray) -> np.ndarray:
     return np.frombuffer(digests, dtype=np.uint8).reshape(m, 32)
 
 
-def _parent_level(hashes: np.ndarray, sums_be: np.ndarray, hi: np.ndarray, lo: np.ndarray, level: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One level up: node hashes over both children's hashes and sums; sums add (checked)."""
-    n = hi.shape[1]
+def _parent_level(records: np.ndarray, hi: np.ndarray, lo: np.ndarray, level: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One level up. `records` rows are hash | u128be sums, so the two children of a parent are
+    adjacent: the node preimage is NODE_TAG + 2 consecutive records, hashed with no copying
+    beyond the tag. Sums add as (hi, lo) 64-bit words with carry, overflow checked."""
     lhi, rhi, llo, rlo = hi[0::2], hi[1::2], lo[0::2], lo[1::2]
     plo = llo + rlo
     carry = (plo < llo).astype(np.uint64)
@@ -469,16 +474,15 @@ def _parent_level(hashes: np.ndarray, sums_be: np.ndarray, hi: np.ndarray, lo: n
             f"a sum at tree level {level + 1} reaches 2^128; totals must stay below 2^128",
             field="balances",
         )
-    m = hi.shape[0] // 2
-    tag = len(NODE_TAG)
-    half = 32 + 16 * n
-    rows = np.empty((m, tag + 2 * half), dtype=np.uint8)
-    rows[:, :tag] = np.frombuffer(NODE_TAG, dtype=np.uint8)
-    rows[:, tag : tag + 32] = hashes[0::2]
-    rows[:, tag + 32 : tag + half] = sums_be[0::2]
-    rows[:, tag + half : tag + half + 32] = hashes[1::2]
-    rows[:, tag + half + 32 :] = sums_be[1::2]
-    return _hash_rows(rows), _sums_be(phi2, plo), phi2, plo
+    m, width = records.shape[0] // 2, 2 * records.shape[1]
+    view = memoryview(np.ascontiguousarray(records)).cast("B")
+    sha = hashlib.sha256
+    tag = NODE_TAG
+    digests = b"".join([sha(tag + view[k * width : k * width + width]).digest() for k in range(m)])
+    parent = np.empty((m, records.shape[1]), dtype=np.uint8)
+    parent[:, :32] = np.frombuffer(digests, dtype=np.uint8).reshape(m, 32)
+    parent[:, 32:] = _sums_be(phi2, plo)
+    return parent, phi2, plo
 
 
 class _Hmac:
@@ -660,15 +664,18 @@ def build_liability_tree_from_arrays(
     head = LEAF_TAG + snapshot_id
     n_bytes = n.to_bytes(2, "big")
     row = 16 * n
-    bal = _sums_be(hi, lo).tobytes() if count else b""
+    bal_be = _sums_be(hi, lo)
+    bal = bal_be.tobytes()
+    u16 = [k.to_bytes(2, "big") for k in range(256)]  # most ids are short: skip to_bytes per leaf
     leaves = [
-        sha(b"".join((head, len(idb).to_bytes(2, "big"), idb, nonces[32 * i : 32 * i + 32], n_bytes,
-                      bal[row * i : row * i + row]))).digest()
+        sha(b"".join((head, u16[len(idb)] if len(idb) < 256 else len(idb).to_bytes(2, "big"), idb,
+                      nonces[32 * i : 32 * i + 32], n_bytes, bal[row * i : row * i + row]))).digest()
         for i, idb in enumerate(id_bytes)
     ]
     zero_tail = n_bytes + bytes(row)
+    pad_head = head + b"\x00\x00"
     leaves.extend(
-        sha(head + b"\x00\x00" + pad_nonces[32 * j : 32 * j + 32] + zero_tail).digest() for j in range(padding)
+        sha(pad_head + pad_nonces[32 * j : 32 * j + 32] + zero_tail).digest() for j in range(padding)
     )
     leaf_hashes = np.frombuffer(b"".join(leaves), dtype=np.uint8).reshape(leaf_count, 32)
     del leaves
@@ -682,20 +689,21 @@ def build_liability_tree_from_arrays(
     position_of_entry = np.empty(leaf_count, dtype=np.int64)
     position_of_entry[entry_at_position] = np.arange(leaf_count, dtype=np.int64)
 
-    full_hi = np.zeros((leaf_count, n), np.uint64)
-    full_lo = np.zeros((leaf_count, n), np.uint64)
-    full_hi[:count] = hi
-    full_lo[:count] = lo
-    cur_hi = full_hi[entry_at_position]
-    cur_lo = full_lo[entry_at_position]
-    del full_hi, full_lo
-    level_hashes = [leaf_hashes[entry_at_position]]
-    level_sums = [_sums_be(cur_hi, cur_lo)]
+    # Scatter the accounts to their positions; padding rows stay zero (np.zeros is lazy).
+    real = position_of_entry[:count]
+    cur_lo = np.zeros((leaf_count, n), np.uint64)
+    cur_lo[real] = lo
+    cur_hi = np.zeros((leaf_count, n), np.uint64)
+    if hi.any():
+        cur_hi[real] = hi
+    leaves_rec = np.zeros((leaf_count, 32 + 16 * n), dtype=np.uint8)
+    leaves_rec[:, :32] = leaf_hashes[entry_at_position]
+    leaves_rec[real, 32:] = bal_be
+    level_records = [leaves_rec]
     level = 0
-    while level_hashes[-1].shape[0] > 1:
-        h, sums_be, cur_hi, cur_lo = _parent_level(level_hashes[-1], level_sums[-1], cur_hi, cur_lo, level)
-        level_hashes.append(h)
-        level_sums.append(sums_be)
+    while level_records[-1].shape[0] > 1:
+        rec, cur_hi, cur_lo = _parent_level(level_records[-1], cur_hi, cur_lo, level)
+        level_records.append(rec)
         level += 1
         if progress:
             progress("tree", level, leaf_count.bit_length() - 1)
@@ -703,7 +711,7 @@ def build_liability_tree_from_arrays(
     tree = LiabilityTree(
         snapshot_id=bytes(snapshot_id), assets=assets, account_ids=list(account_ids), nonces=nonces,
         position_of_entry=position_of_entry, entry_at_position=entry_at_position,
-        level_hashes=level_hashes, level_sums=level_sums,
+        level_records=level_records,
     )
     # Post-condition: the root commits to exactly the column totals of the input.
     assert list(tree.root_sums) == _column_totals(hi, lo), "root sums differ from the input totals"
@@ -740,7 +748,7 @@ def _reject_constant(name: str) -> Any:
     raise ProofInvalid(f"JSON constant {name} is not allowed", field="proof")
 
 
-def _reject_float(text: str) -> Any:
+def _reject_fraction(text: str) -> Any:
     raise ProofInvalid(f"non-integer number {text} is not allowed; amounts are decimal strings", field="proof")
 
 
@@ -760,7 +768,7 @@ def parse_json_document(data: str | bytes | Mapping[str, Any], what: str = "proo
     if len(data) > MAX_PROOF_BYTES:
         raise ProofInvalid(f"{what} is larger than {MAX_PROOF_BYTES} bytes", field=what)
     try:
-        doc = json.loads(data, object_pairs_hook=_no_duplicates, parse_float=_reject_float,
+        doc = json.loads(data, object_pairs_hook=_no_duplicates, parse_float=_reject_fraction,
                          parse_constant=_reject_constant)
     except ProofInvalid:
         raise
