@@ -144,6 +144,7 @@ def main() -> None:
     print(f"seed {args.seed}", file=sys.stderr)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="ringfence-bench-por-"))
     work.mkdir(parents=True, exist_ok=True)
+    load_at_start = round(os.getloadavg()[0], 2)  # float-ok: not money
     try:
         ids, hi, lo = generate(0, seed=args.seed, accounts=accounts, assets=args.assets)
         codes = ASSET_CODES[: args.assets]
@@ -167,6 +168,7 @@ def main() -> None:
                                   cwd=Path(__file__).parent).stdout.strip(),
             "seed": args.seed,
             "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
+            "load_avg_1m_at_start": load_at_start,  # shared machine: other developers' jobs
             "smoke": args.smoke,
             "workload": {"accounts": accounts, "assets": args.assets, "leaf_count": tree.leaf_count,
                          "zero_balance_share_percent": int(100 * int((lo == 0).sum()) // lo.size),
@@ -211,6 +213,7 @@ def main() -> None:
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
+    result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)  # float-ok: not money
     line = json.dumps(result)
     print(line)
     if not args.no_record:

@@ -55,7 +55,7 @@ def _asset_specs(values: list[str]) -> list[AssetSpec]:
     specs = []
     for value in values:
         code, sep, decimals = value.partition(":")
-        if not sep or not decimals.isdigit():
+        if not sep or not (decimals.isascii() and decimals.isdigit()):
             raise ValidationError(f"--asset must look like CODE:DECIMALS (e.g. BTC:8), not {value!r}", field="--asset")
         specs.append(AssetSpec(code, int(decimals)))
     return specs

@@ -65,7 +65,7 @@ def build_partitioned(snapshot_id: bytes, assets: Sequence[str], loader: Partiti
     if partition_leaf_count < 1 or partition_leaf_count & (partition_leaf_count - 1):
         raise ValidationError("partition_leaf_count must be a power of two", field="partition_leaf_count")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds every user's nonce: private
     args = (snapshot_id, list(assets), secret, partition_leaf_count, str(out))
     if client is None:
         results = [build_partition(loader, p, *args) for p in range(partitions)]

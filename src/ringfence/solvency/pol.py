@@ -379,7 +379,7 @@ class LiabilityTree:
         One partition (this whole tree) plus the root record; see `ProofStore` for the layout.
         """
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds every user's nonce: private
         self.write_partition(out, 0)
         (out / "top.bin").write_bytes(self.level_records[-1].tobytes())
         write_store_meta(out, self.snapshot_id, self.assets, self.leaf_count, self.leaf_count, 1,

@@ -341,7 +341,7 @@ def _read_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
 def _int_str(value: Any, where: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 39:
         return int(value)
     raise ValidationError("must be a non-negative integer (minor units)", field=where)
 

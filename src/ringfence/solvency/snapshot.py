@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -35,6 +36,7 @@ SNAPSHOT_FORMAT = "ringfence-por-snapshot-v1"
 MAX_BALANCES_FILE_BYTES = 4 << 30
 MAX_ENTRIES = 1 << 28
 MAX_POSITION_CHARS = 200
+_DIGITS = re.compile(r"0|[1-9][0-9]{0,38}")
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ class LiabilitySnapshot:
 
 
 def _minor(value: Any, where: str) -> int:
-    if not isinstance(value, str) or not value.isdigit():
+    if not isinstance(value, str) or not _DIGITS.fullmatch(value):
         raise ValidationError("must be a non-negative integer in minor units, as a string", field=where)
     return int(value)
 
