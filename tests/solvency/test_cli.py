@@ -132,8 +132,9 @@ def test_csv_snapshot_and_dev_mode(tmp_path: Path) -> None:
     res = runner.invoke(app, ["por", "snapshot", "--balances", str(csv_file), "--out", str(tmp_path / "s.json")])
     assert res.exit_code == 2 and "--asset" in res.output
     res = runner.invoke(app, ["por", "snapshot", "--balances", str(csv_file), "--asset", "BTC:8",
-                              "--out", str(tmp_path / "s.json")])
+                              "--position", "journal:1042", "--out", str(tmp_path / "s.json")])
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "s.json").read_text())["position"] == "journal:1042"
     res = runner.invoke(app, ["por", "publish", str(tmp_path / "o"), "--snapshot", str(tmp_path / "s.json"),
                               "--dev", "--min-leaf-count", "64"])
     assert res.exit_code == 0, res.output

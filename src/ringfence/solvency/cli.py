@@ -66,6 +66,8 @@ def snapshot(
     balances: Path = typer.Option(..., "--balances", help="balances file (.json or .csv); see docs/por.md"),
     out: Path = typer.Option(Path("snapshot.json"), "--out", help="where to write the snapshot"),
     asset: list[str] = typer.Option([], "--asset", help="CODE:DECIMALS, repeat per asset (required for CSV)"),
+    position: Optional[str] = typer.Option(None, "--position",
+                                           help="journal position the balances were taken at, e.g. journal:1042"),
 ) -> None:
     """Freeze what the exchange owes each user into a snapshot file.
 
@@ -76,7 +78,7 @@ def snapshot(
     """
     console = Console(stderr=True)
     try:
-        snap = LiabilitySnapshot.from_balances_file(balances, _asset_specs(asset) or None)
+        snap = LiabilitySnapshot.from_balances_file(balances, _asset_specs(asset) or None, position=position)
         snap.save(out)
     except (RingfenceError, OSError) as exc:
         _fail(console, exc)

@@ -277,7 +277,21 @@ class LiabilityTree:
         nonce: hand it to that user only.
         """
         entry = self._index_entry(account_id)
-        return json.loads(self._proof_line(entry, int(self.position_of_entry[entry])))
+        position = int(self.position_of_entry[entry])
+        n = len(self.assets)
+
+        def parse(rec: np.ndarray) -> tuple[str, list[str]]:
+            raw = rec.tobytes()
+            return raw[:32].hex(), [str(int.from_bytes(raw[32 + 16 * k : 48 + 16 * k], "big")) for k in range(n)]
+
+        path = []
+        for level in range(self.depth):
+            h, sums = parse(self.level_records[level][(position >> level) ^ 1])
+            path.append({"hash": h, "sums": sums})
+        return {"version": VERSION, "snapshot_id": self.snapshot_id.hex(), "assets": list(self.assets),
+                "account_id": account_id, "nonce": self.nonces[32 * entry : 32 * entry + 32].hex(),
+                "balances": parse(self.level_records[0][position])[1], "leaf_index": position,
+                "path": path, "root": self.root_document()["root"]}
 
     def _index_entry(self, account_id: str) -> int:
         self.position_of(account_id)
@@ -309,15 +323,11 @@ class LiabilityTree:
             + b',"account_id":'
         )
 
-    def _proof_line(self, entry: int, position: int, path_suffix: bytes | None = None) -> bytes:
-        self._prepare_text()
+    def _proof_line(self, entry: int, position: int, path_suffix: bytes) -> bytes:
         assert self._fragments is not None and self._sums_text is not None
         frags = self._fragments
-        if path_suffix is None:
-            path = b",".join(frags[i][(position >> i) ^ 1] for i in range(self.depth))
-        else:
-            k = min(_BLOCK_BITS, self.depth)
-            path = b",".join(frags[i][(position >> i) ^ 1] for i in range(k)) + path_suffix
+        k = min(_BLOCK_BITS, self.depth)
+        path = b",".join(frags[i][(position >> i) ^ 1] for i in range(k)) + path_suffix
         account_id = self.account_ids[entry]
         return b"".join((
             self._head, _json_string(account_id), b',"nonce":"',

@@ -143,8 +143,8 @@ class LiabilitySnapshot:
                    assets=assets, accounts=accounts, debts_minor=debts, debtor_count=debtors)
 
     @classmethod
-    def from_balances_file(cls, path: str | os.PathLike[str],
-                           assets: Iterable[AssetSpec] | None = None) -> "LiabilitySnapshot":
+    def from_balances_file(cls, path: str | os.PathLike[str], assets: Iterable[AssetSpec] | None = None,
+                           position: str | None = None) -> "LiabilitySnapshot":
         """Read a balances file (JSON or CSV; see docs/por.md) and aggregate it.
 
         JSON: {"position": "...", "assets": [{"code": "BTC", "decimals": 8}],
@@ -152,6 +152,7 @@ class LiabilitySnapshot:
         CSV:  header `account_id,asset,amount[,segment]`; the assets come from `assets`.
         Amounts are decimal strings in the asset's units (negative allowed: margin losses).
         """
+        position_override = position
         p = Path(path)
         try:
             size = p.stat().st_size
@@ -181,7 +182,7 @@ class LiabilitySnapshot:
             )
             rows = _json_entries(doc["entries"], specs)
             position = str(doc.get("position") or f"file:{p.name}")
-        return cls.from_entries(specs, rows, position=position, source_digest=digest)
+        return cls.from_entries(specs, rows, position=position_override or position, source_digest=digest)
 
 
 def _minor(value: Any, where: str) -> int:
