@@ -399,3 +399,23 @@ def test_property_any_single_field_change_breaks_verification(ledger, data) -> N
     target[path[-1]] = _mutated(value)
     ok, _ = verify_proof(bad, tree.root_document())
     assert not ok, f"changing {path} from {value!r} still verified"
+
+
+def test_vectorised_fragment_text_matches_python_formatting() -> None:
+    import numpy as np
+
+    from ringfence.solvency.pol import _node_fragments
+
+    edges = [0, 1, 9, 10, 99, 9999, 10000, 123456789, 10**19 - 1, 10**19, 2**64 - 1, 2**64, 2**128 - 1]
+    rng = random.Random(5)
+    print("seed 5")
+    rows = [[rng.choice(edges) for _ in range(3)] for _ in range(200)] + [[e, e, e] for e in edges]
+    records = []
+    for row in rows:
+        h = hashlib.sha256(repr(row).encode()).digest()
+        records.append(h + b"".join(v.to_bytes(16, "big") for v in row))
+    arr = np.frombuffer(b"".join(records), dtype=np.uint8).reshape(len(rows), 32 + 48)
+    for frag, rec, row in zip(_node_fragments(arr, 3), records, rows):
+        assert json.loads(frag) == {"hash": rec[:32].hex(), "sums": [str(v) for v in row]}
+        assert frag == json.dumps({"hash": rec[:32].hex(), "sums": [str(v) for v in row]},
+                                  separators=(",", ":")).encode()

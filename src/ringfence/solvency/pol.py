@@ -301,19 +301,14 @@ class LiabilityTree:
     def _prepare_text(self) -> None:
         if self._fragments is not None:
             return
-        self._sums_text = []
         self._fragments = []
         for level in range(self.depth + 1):
-            sums_text = _sums_text(*_words(self.level_records[level][:, 32:]))
-            hexes = np.ascontiguousarray(self.level_records[level][:, :32]).tobytes().hex().encode("ascii")
+            frags = _node_fragments(self.level_records[level], len(self.assets))
             if level == 0:
-                self._sums_text = sums_text
+                # the balances text of a leaf is the sums part of its fragment
+                self._sums_text = [f[_FRAGMENT_SUMS_START:-2] for f in frags]
             if level == self.depth:
                 break
-            frags = [
-                b'{"hash":"' + hexes[64 * j : 64 * j + 64] + b'","sums":[' + sums_text[j] + b"]}"
-                for j in range(len(sums_text))
-            ]
             self._fragments.append(frags)
         root = self.root_document()["root"]
         self._root_fragment = json.dumps(root, separators=(",", ":")).encode("ascii")
@@ -433,13 +428,74 @@ def _json_string(text: str) -> bytes:
     return json.dumps(text, ensure_ascii=True).encode("ascii")
 
 
-def _sums_text(hi: np.ndarray, lo: np.ndarray) -> list[bytes]:
-    """Per row: b'"s1","s2",...' with each sum as a canonical decimal string."""
-    if not hi.any():
-        rows = lo.tolist()
-    else:
-        rows = [[(h << 64) | l for h, l in zip(hr, lr)] for hr, lr in zip(hi.tolist(), lo.tolist())]
-    return [('"' + '","'.join(map(str, row)) + '"').encode("ascii") for row in rows]
+_FRAGMENT_PREFIX = b'{"hash":"'
+_FRAGMENT_MID = b'","sums":['
+_FRAGMENT_SUMS_START = len(_FRAGMENT_PREFIX) + 64 + len(_FRAGMENT_MID)
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+#: row g = the 4 ASCII digits of g, zero-padded ("0042")
+_DIGITS4 = np.frombuffer("".join(f"{g:04d}" for g in range(10000)).encode("ascii"), dtype=np.uint8).reshape(10000, 4)
+_POW10 = np.array([10**k for k in range(1, 20)], dtype=np.uint64)
+_FRAGMENT_CHUNK_ROWS = 1 << 15
+
+
+def _node_fragments(records: np.ndarray, n: int) -> list[bytes]:
+    """Per node: b'{"hash":"<hex>","sums":["s1",...]}' — the JSON of a path step, built in numpy.
+
+    Sums below 2**64 (nearly all of them) are formatted vectorised: 4-digit groups from a table,
+    leading zeros masked out, the kept characters compacted row by row. Rows holding a larger sum
+    take the plain Python path.
+    """
+    m = records.shape[0]
+    out: list[bytes] = [b""] * m
+    for start in range(0, m, _FRAGMENT_CHUNK_ROWS):
+        chunk = records[start : start + _FRAGMENT_CHUNK_ROWS]
+        hi, lo = _words(chunk[:, 32:])
+        big = hi.any(axis=1)
+        small = np.flatnonzero(~big)
+        if small.size:
+            for j, frag in zip((small + start).tolist(), _small_fragments(chunk[small], lo[small], n)):
+                out[j] = frag
+        for j in np.flatnonzero(big).tolist():
+            row = chunk[j].tobytes()
+            sums = [int.from_bytes(row[32 + 16 * k : 48 + 16 * k], "big") for k in range(n)]
+            out[start + j] = (_FRAGMENT_PREFIX + row[:32].hex().encode("ascii") + _FRAGMENT_MID
+                              + ('"' + '","'.join(map(str, sums)) + '"').encode("ascii") + b"]}")
+    return out
+
+
+def _small_fragments(records: np.ndarray, lo: np.ndarray, n: int) -> list[bytes]:
+    k = records.shape[0]
+    element = 23  # '"' + 20 digits + '"' + ','
+    chars = np.empty((k, n, element), dtype=np.uint8)
+    chars[:, :, 0] = ord('"')
+    chars[:, :, 21] = ord('"')
+    chars[:, :, 22] = ord(",")
+    rest = lo.copy()
+    ten_thousand = np.uint64(10000)
+    for group in range(4, -1, -1):  # 5 groups of 4 digits cover 2**64 - 1 (20 digits)
+        chars[:, :, 1 + 4 * group : 5 + 4 * group] = _DIGITS4[(rest % ten_thousand).astype(np.intp)]
+        rest //= ten_thousand
+    ndigits = 1 + (lo[:, :, None] >= _POW10).sum(axis=2)
+    keep = np.ones((k, n, element), dtype=bool)
+    keep[:, :, 1:21] = np.arange(20) >= (20 - ndigits)[:, :, None]
+    keep[:, n - 1, 22] = False  # no comma after the last sum
+    head = len(_FRAGMENT_PREFIX) + 64 + len(_FRAGMENT_MID)
+    width = head + n * element + 2
+    rows = np.empty((k, width), dtype=np.uint8)
+    rows[:, : len(_FRAGMENT_PREFIX)] = np.frombuffer(_FRAGMENT_PREFIX, dtype=np.uint8)
+    hashes = records[:, :32]
+    hexes = rows[:, len(_FRAGMENT_PREFIX) : len(_FRAGMENT_PREFIX) + 64]
+    hexes[:, 0::2] = _HEX_DIGITS[hashes >> 4]
+    hexes[:, 1::2] = _HEX_DIGITS[hashes & 15]
+    rows[:, len(_FRAGMENT_PREFIX) + 64 : head] = np.frombuffer(_FRAGMENT_MID, dtype=np.uint8)
+    rows[:, head : head + n * element] = chars.reshape(k, n * element)
+    rows[:, -2:] = np.frombuffer(b"]}", dtype=np.uint8)
+    mask = np.ones((k, width), dtype=bool)
+    mask[:, head : head + n * element] = keep.reshape(k, n * element)
+    text = rows[mask].tobytes()
+    ends = np.cumsum(mask.sum(axis=1)).tolist()
+    starts = [0] + ends[:-1]
+    return [text[a:b] for a, b in zip(starts, ends)]
 
 
 def _words(sums_be: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
