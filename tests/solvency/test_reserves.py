@@ -124,6 +124,15 @@ def test_bip137_single_key_kinds_and_forgery() -> None:
         forged = btc_claim(7, kind, signer=8)
         ok, reason = forged.verify(SNAP)
         assert not ok and "does not control" in reason
+    # A segwit address signed with the compressed-P2PKH header (Bitcoin Core / Electrum style).
+    segwit = btc_claim(7, "p2wpkh")
+    core_style = sign_bitcoin_message(key(7), ownership_message(SNAP, "bitcoin", segwit.address), "p2pkh")
+    assert verify_bitcoin_ownership(segwit.address, ownership_message(SNAP, "bitcoin", segwit.address),
+                                    core_style, NET) == (True, "valid")
+    # ...but a P2WPKH-header signature never proves a legacy address of another key.
+    assert not verify_bitcoin_ownership(btc_claim(8, "p2pkh").address,
+                                        ownership_message(SNAP, "bitcoin", btc_claim(8, "p2pkh").address),
+                                        segwit.signature, NET)[0]
     good = btc_claim(7)
     message = ownership_message(SNAP, "bitcoin", good.address)
     assert not verify_bitcoin_ownership(good.address, message + "!", good.signature, NET)[0]

@@ -328,11 +328,11 @@ class LiabilityTree:
             self._head, _json_string(account_id), b',"nonce":"',
             self.nonces[32 * entry : 32 * entry + 32].hex().encode("ascii"),
             b'","balances":[', self._sums_text[position], b'],"leaf_index":', str(position).encode("ascii"),
-            b',"path":[', path, b'],"root":', self._root_fragment, b"}",
+            b',"path":[', path, b'],"root":', self._root_fragment, b"}\n",
         ))
 
     def iter_proof_lines(self, progress: ProgressFn | None = None) -> Iterator[tuple[str, bytes]]:
-        """Yield (account_id, proof JSON bytes) for every real account, in leaf-position order."""
+        """Yield (account_id, proof JSON bytes + newline) for every real account, in leaf order."""
         self._prepare_text()
         assert self._fragments is not None
         frags = self._fragments
@@ -365,17 +365,20 @@ class LiabilityTree:
         if not 1 <= shard_lines <= 1 << 24:
             raise ValidationError("shard_lines must be 1..16777216", field="shard_lines")
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)  # proofs carry nonces: private
         count = 0
-        batch: list[bytes] = []
-        for _, line in self.iter_proof_lines(progress):
-            batch.append(line)
-            count += 1
-            if len(batch) == shard_lines:
-                (out / f"{count // shard_lines - 1:05d}.jsonl").write_bytes(b"\n".join(batch) + b"\n")
-                batch = []
-        if batch:
-            (out / f"{count // shard_lines:05d}.jsonl").write_bytes(b"\n".join(batch) + b"\n")
+        shard_file = None
+        try:
+            for _, line in self.iter_proof_lines(progress):
+                if count % shard_lines == 0:
+                    if shard_file is not None:
+                        shard_file.close()
+                    shard_file = open(out / f"{count // shard_lines:05d}.jsonl", "wb", buffering=1 << 22)
+                shard_file.write(line)
+                count += 1
+        finally:
+            if shard_file is not None:
+                shard_file.close()
         return count
 
     def write_store(self, directory: str | os.PathLike[str], progress: ProgressFn | None = None) -> None:

@@ -154,16 +154,15 @@ def verify_bitcoin_ownership(address: str, message: str, signature_b64: str,
         return False, str(exc)
     if kind == "p2pkh-uncompressed":
         h160 = hashlib.new("ripemd160", hashlib.sha256(pub_bytes).digest()).digest()
-        derived = script.Script(b"\x76\xa9\x14" + h160 + b"\x88\xac").address(net)
+        candidates = [script.Script(b"\x76\xa9\x14" + h160 + b"\x88\xac").address(net)]
     else:
         pub = ec.PublicKey.parse(pub_bytes)
-        if kind == "p2pkh":
-            derived = script.p2pkh(pub).address(net)
-        elif kind == "p2wpkh":
-            derived = script.p2wpkh(pub).address(net)
-        else:
-            derived = script.p2sh(script.p2wpkh(pub)).address(net)
-    if derived != address:
+        by_kind = {"p2pkh": script.p2pkh(pub).address(net), "p2wpkh": script.p2wpkh(pub).address(net),
+                   "p2sh-p2wpkh": script.p2sh(script.p2wpkh(pub)).address(net)}
+        # Many wallets (Bitcoin Core, Electrum) sign segwit addresses with the compressed-P2PKH
+        # header 31-34; the recovered key controls all three single-key forms, so accept them.
+        candidates = list(by_kind.values()) if kind == "p2pkh" else [by_kind[kind]]
+    if address not in candidates:
         return False, "signature was made by a key that does not control this address"
     return True, "valid"
 
