@@ -141,7 +141,8 @@ def test_csv_snapshot_and_dev_mode(tmp_path: Path) -> None:
     root = json.loads((tmp_path / "o" / "root.json").read_text())
     assert root["root"]["leaf_count"] == 64 and root["root"]["sums"] == ["175000000"]
     report = json.loads((tmp_path / "o" / "reserves.json").read_text())
-    assert report["reserves_proven"] is False and report["assets"][0]["coverage_percent"] == "0.00"
+    assert report["reserves_proven"] is False and report["assets"][0]["coverage_percent"] is None
+    assert "no reserves evidence" in (tmp_path / "o" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("amount, fragment", [("1.123456789", "decimal places"), ("1e5", "exponent"),

@@ -190,7 +190,8 @@ def publish(
         cov = row["coverage_percent"]
         typer.echo(f"  {row['asset']}: reserves {_fmt(int(row['reserves_minor']), row['decimals'])} "
                    f"liabilities {_fmt(int(row['liabilities_minor']), row['decimals'])} "
-                   f"coverage {cov + '%' if cov else 'n/a'}")
+                   f"coverage {cov + '%' if cov else 'n/a'}"
+                   + ("" if report["reserves_proven"] else " (no reserves evidence given)"))
     typer.echo(f"-> {out_dir}/root.json, proofs/, reserves.json, report.html")
 
 

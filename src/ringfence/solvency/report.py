@@ -51,8 +51,10 @@ def build_report(root_document: Mapping[str, Any], assets: Sequence[AssetSpec],
             "liabilities_minor": str(owed),
             "shield_fund_minor": str(shield),
             "debts_minor": str(int(debts_minor.get(code, 0))),
-            "coverage_percent": coverage_percent(held, owed),
-            "coverage_excluding_shield_fund_percent": coverage_percent(max(held - shield, 0), owed),
+            # No evidence means "not proven", not "0% covered".
+            "coverage_percent": coverage_percent(held, owed) if reserves else None,
+            "coverage_excluding_shield_fund_percent":
+                coverage_percent(max(held - shield, 0), owed) if reserves else None,
         })
     return {
         "version": REPORT_VERSION,
@@ -97,6 +99,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     """A self-contained report page (no scripts, no external resources)."""
     esc = html.escape
     body = []
+    na = "n/a (no liabilities)" if report["reserves_proven"] else "n/a (no reserves evidence)"
     for row in report["assets"]:
         d = row["decimals"]
         cov = row["coverage_percent"]
@@ -105,7 +108,7 @@ def render_html(report: Mapping[str, Any]) -> str:
             f"<td>{esc(row['asset'])}</td>"
             f"<td class=num>{esc(format_amount(int(row['reserves_minor']), d, trim=True))}</td>"
             f"<td class=num>{esc(format_amount(int(row['liabilities_minor']), d, trim=True))}</td>"
-            f"<td class=num>{esc(cov + '%') if cov is not None else 'n/a (no liabilities)'}</td>"
+            f"<td class=num>{esc(cov + '%') if cov is not None else na}</td>"
             f"<td class=num>{esc(format_amount(int(row['shield_fund_minor']), d, trim=True))}</td>"
             f"<td class=num>{esc(format_amount(int(row['debts_minor']), d, trim=True))}</td>"
             "</tr>"
