@@ -97,15 +97,19 @@ def run_dask(seed: int, sizes: list[int], per_partition: int, partition_leaf_cou
             loader = partial(generate, seed=seed, accounts=per_partition, assets=assets)
             out = work / f"dask-{size}"
             start = time.perf_counter()
+            stats: dict = {}
             root = build_partitioned(snap, codes, loader, partitions, partition_leaf_count, SECRET, out,
-                                     client=client)
+                                     client=client, stats=stats)
             seconds = time.perf_counter() - start
+            cpu = sum(stats["cpu_seconds"])
             store = ProofStore(out)
             sample = random.Random(seed).sample(range(partitions * per_partition), 20)
             ok = all(verify_proof(store.proof_for(f"u{i // per_partition:04d}{i % per_partition:09d}"), root)[0]
                      for i in sample)
             runs.append({"accounts": size, "partitions": partitions, "seconds": round(seconds, 3),
-                         "accounts_per_s": int(size / seconds), "sample_proofs_valid": ok})
+                         "accounts_per_s": int(size / seconds), "sample_proofs_valid": ok,
+                         "worker_cpu_seconds": round(cpu, 3),
+                         "worker_cpu_seconds_per_million_accounts": round(cpu * 1_000_000 / size, 3)})
             shutil.rmtree(out)
     # In-process (no Dask) on the same partitions at the smallest size: the 1-process reference.
     size = sizes[0]

@@ -41,7 +41,10 @@ def all_accounts(partitions: int, per_partition: int) -> dict[str, list[int]]:
 @pytest.mark.parametrize("partitions", [1, 2, 4])
 def test_partitioned_store_serves_valid_proofs(tmp_path: Path, partitions: int) -> None:
     load = partial(loader, seed=1, per_partition=6)
-    root_doc = build_partitioned(SNAP, ASSETS, load, partitions, 8, SECRET, tmp_path)
+    stats: dict = {}
+    root_doc = build_partitioned(SNAP, ASSETS, load, partitions, 8, SECRET, tmp_path, stats=stats)
+    assert stats["accounts"] == [6 - p % 2 for p in range(partitions)]
+    assert len(stats["cpu_seconds"]) == partitions
     accounts = all_accounts(partitions, 6)
     assert root_doc["root"]["leaf_count"] == partitions * 8
     assert root_doc["root"]["sums"] == [str(sum(r[k] for r in accounts.values())) for k in range(2)]

@@ -16,6 +16,7 @@ sums equal the sum of the partition totals (checked).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,8 +39,10 @@ MAX_PARTITIONS = 1 << 16
 
 
 def build_partition(loader: PartitionLoader, partition: int, snapshot_id: bytes, assets: Sequence[str],
-                    secret: bytes, partition_leaf_count: int, out_dir: str) -> tuple[bytes, bytes, int]:
-    """Worker task: build one partition's subtree, write its store files, return its root."""
+                    secret: bytes, partition_leaf_count: int, out_dir: str) -> tuple[bytes, bytes, int, float]:
+    """Worker task: build one partition's subtree, write its store files, return its root hash,
+    root sums, account count and the CPU seconds the task used (for capacity planning)."""
+    cpu_start = time.process_time()
     ids, hi, lo = loader(partition)
     if len(ids) > partition_leaf_count:
         raise ValidationError(
@@ -52,14 +55,16 @@ def build_partition(loader: PartitionLoader, partition: int, snapshot_id: bytes,
     )
     assert tree.leaf_count == partition_leaf_count
     tree.write_partition(Path(out_dir), partition)
-    return tree.root_hash, tree.level_records[-1][0, 32:].tobytes(), tree.account_count
+    return (tree.root_hash, tree.level_records[-1][0, 32:].tobytes(), tree.account_count,
+            time.process_time() - cpu_start)  # float-ok: seconds, not money
 
 
 def build_partitioned(snapshot_id: bytes, assets: Sequence[str], loader: PartitionLoader, partitions: int,
                       partition_leaf_count: int, secret: bytes, out_dir: str | Path,
-                      client: Any = None) -> dict[str, Any]:
+                      client: Any = None, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build all partitions (on `client`, a dask.distributed Client, or in-process if None),
-    join them, write `top.bin` and `meta.json`, and return the public root document."""
+    join them, write `top.bin` and `meta.json`, and return the public root document.
+    `stats`, if given, receives the per-partition account counts and worker CPU seconds."""
     if partitions < 1 or partitions & (partitions - 1) or partitions > MAX_PARTITIONS:
         raise ValidationError(f"partitions must be a power of two up to {MAX_PARTITIONS}", field="partitions")
     if partition_leaf_count < 1 or partition_leaf_count & (partition_leaf_count - 1):
@@ -86,7 +91,10 @@ def build_partitioned(snapshot_id: bytes, assets: Sequence[str], loader: Partiti
     root_row = levels[-1][0].tobytes()
     root_sums = [int.from_bytes(root_row[32 + 16 * k : 48 + 16 * k], "big") for k in range(n)]
     expected = [0] * n
-    for _, part_sums, _ in results:
+    if stats is not None:
+        stats["accounts"] = [r[2] for r in results]
+        stats["cpu_seconds"] = [r[3] for r in results]
+    for _, part_sums, _, _ in results:
         for k in range(n):
             expected[k] += int.from_bytes(part_sums[16 * k : 16 * k + 16], "big")
     assert root_sums == expected, "root sums differ from the partition totals"
