@@ -554,6 +554,39 @@ def _parent_level(records: np.ndarray, hi: np.ndarray, lo: np.ndarray, level: in
     return parent, phi2, plo
 
 
+_BLOCK_LEAVES = 1 << 14
+
+
+def _build_levels(leaves: np.ndarray, hi: np.ndarray, lo: np.ndarray,
+                  progress: ProgressFn | None) -> list[np.ndarray]:
+    """All levels above the leaves. The lower levels are computed one block of leaves at a time
+    (each block's subtree is a contiguous slice of every level) so the working set stays in cache;
+    the levels above the blocks are computed whole. Same tree either way."""
+    leaf_count = leaves.shape[0]
+    depth = leaf_count.bit_length() - 1
+    block = min(leaf_count, _BLOCK_LEAVES)
+    block_depth = block.bit_length() - 1
+    levels = [leaves] + [np.empty((leaf_count >> lv, leaves.shape[1]), dtype=np.uint8)
+                         for lv in range(1, depth + 1)]
+    top_hi = np.empty((leaf_count >> block_depth, hi.shape[1]), dtype=np.uint64)
+    top_lo = np.empty_like(top_hi)
+    for b, start in enumerate(range(0, leaf_count, block)):
+        rec, bhi, blo = leaves[start : start + block], hi[start : start + block], lo[start : start + block]
+        for lv in range(1, block_depth + 1):
+            rec, bhi, blo = _parent_level(rec, bhi, blo, lv - 1)
+            levels[lv][start >> lv : (start + block) >> lv] = rec
+        top_hi[b], top_lo[b] = bhi[0], blo[0]
+        if progress and b % 16 == 15:
+            progress("tree", start + block, leaf_count)
+    rec, bhi, blo = levels[block_depth], top_hi, top_lo
+    for lv in range(block_depth + 1, depth + 1):
+        rec, bhi, blo = _parent_level(rec, bhi, blo, lv - 1)
+        levels[lv] = rec
+    if progress:
+        progress("tree", leaf_count, leaf_count)
+    return levels
+
+
 class _Hmac:
     """HMAC-SHA256 with the key schedule done once (same output as `hmac.digest`, ~3x faster)."""
 
@@ -768,14 +801,7 @@ def build_liability_tree_from_arrays(
     leaves_rec = np.zeros((leaf_count, 32 + 16 * n), dtype=np.uint8)
     leaves_rec[:, :32] = leaf_hashes[entry_at_position]
     leaves_rec[real, 32:] = bal_be
-    level_records = [leaves_rec]
-    level = 0
-    while level_records[-1].shape[0] > 1:
-        rec, cur_hi, cur_lo = _parent_level(level_records[-1], cur_hi, cur_lo, level)
-        level_records.append(rec)
-        level += 1
-        if progress:
-            progress("tree", level, leaf_count.bit_length() - 1)
+    level_records = _build_levels(leaves_rec, cur_hi, cur_lo, progress)
 
     tree = LiabilityTree(
         snapshot_id=bytes(snapshot_id), assets=assets, account_ids=list(account_ids), nonces=nonces,
