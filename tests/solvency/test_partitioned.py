@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ringfence.errors import ValidationError
-from ringfence.solvency.partitioned import build_partitioned
+from ringfence.solvency.partitioned import build_partitioned, partition_for
 from ringfence.solvency.pol import ProofStore, build_liability_tree, verify_proof
 
 SNAP = hashlib.sha256(b"partitioned").digest()
@@ -92,3 +92,27 @@ def test_one_leaf_partitions(tmp_path: Path) -> None:
         assert verify_proof(proof, root_doc) == (True, "valid")
         assert proof["balances"] == [str((int(h) << 64) + int(l)) for h, l in zip(
             load(int(account_id[1]))[1][0], load(int(account_id[1]))[2][0])]
+
+
+def test_partition_for_routes_by_nonce_and_matches_leaf_order(tmp_path: Path) -> None:
+    accounts = {f"acct-{i}": [i, 2 * i] for i in range(200)}
+    routed: dict[int, list[str]] = {p: [] for p in range(4)}
+    for account_id in accounts:
+        routed[partition_for(SECRET, SNAP, account_id, 4)].append(account_id)
+    assert all(routed.values())  # every partition gets accounts
+    assert partition_for(SECRET, SNAP, "acct-1", 1) == 0
+
+    def load(p: int):
+        ids = routed[p]
+        lo = np.array([accounts[a] for a in ids], dtype=np.uint64).reshape(len(ids), 2)
+        return ids, np.zeros_like(lo), lo
+
+    root_doc = build_partitioned(SNAP, ASSETS, load, 4, 128, SECRET, tmp_path)
+    store = ProofStore(tmp_path)
+    single = build_liability_tree(SNAP, ASSETS, list(accounts.items()), SECRET)
+    order_partitioned = sorted(accounts, key=lambda a: store.proof_for(a)["leaf_index"])
+    order_single = sorted(accounts, key=single.position_of)
+    assert order_partitioned == order_single  # same relative leaf order as the single build
+    assert all(verify_proof(store.proof_for(a), root_doc)[0] for a in list(accounts)[:20])
+    with pytest.raises(ValidationError):
+        partition_for(SECRET, SNAP, "x", 3)

@@ -25,17 +25,33 @@ import numpy as np
 from ..errors import ValidationError
 from .pol import (
     VERSION,
+    derive_nonce,
     _parent_level,
     _words,
     build_liability_tree_from_arrays,
     write_store_meta,
 )
 
-__all__ = ["PartitionLoader", "build_partition", "build_partitioned"]
+__all__ = ["PartitionLoader", "partition_for", "build_partition", "build_partitioned"]
 
 #: loader(partition) -> (account_ids, balances_hi, balances_lo), arrays of shape (accounts, assets)
 PartitionLoader = Callable[[int], tuple[list[str], np.ndarray, np.ndarray]]
 MAX_PARTITIONS = 1 << 16
+
+
+def partition_for(secret: bytes, snapshot_id: bytes, account_id: str, partitions: int) -> int:
+    """Which partition an account belongs to: the top bits of its nonce.
+
+    Loaders should route accounts with this rather than by account-id range: a proof's leaf index
+    reveals its partition, and the nonce's top bits say nothing about the account. Within a
+    partition leaves are ordered by nonce too, so the layout matches the single-process build's.
+    """
+    if partitions < 1 or partitions & (partitions - 1):
+        raise ValidationError("partitions must be a power of two", field="partitions")
+    bits = partitions.bit_length() - 1
+    if bits == 0:
+        return 0
+    return int.from_bytes(derive_nonce(secret, snapshot_id, account_id)[:8], "big") >> (64 - bits)
 
 
 def build_partition(loader: PartitionLoader, partition: int, snapshot_id: bytes, assets: Sequence[str],
