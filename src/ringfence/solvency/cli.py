@@ -63,7 +63,9 @@ def _asset_specs(values: list[str]) -> list[AssetSpec]:
 
 @app.command()
 def snapshot(
-    balances: Path = typer.Option(..., "--balances", help="balances file (.json or .csv); see docs/por.md"),
+    balances: Optional[Path] = typer.Option(None, "--balances", help="balances file (.json or .csv); see docs/por.md"),
+    data: Optional[Path] = typer.Option(None, "--data", help="a ringfence node's data directory: snapshot its ledger"),
+    seq: Optional[int] = typer.Option(None, "--seq", min=0, help="with --data: the journal position (default: the end)"),
     out: Path = typer.Option(Path("snapshot.json"), "--out", help="where to write the snapshot"),
     asset: list[str] = typer.Option([], "--asset", help="CODE:DECIMALS, repeat per asset (required for CSV)"),
     position: Optional[str] = typer.Option(None, "--position",
@@ -74,11 +76,29 @@ def snapshot(
     Each user's balance per asset is the sum of all their rows (accounts, segments), floored at
     zero; negative sums are reported as debts and never reduce liabilities.
 
+    From the ledger: --data DIR replays the node's journal (up to --seq) and takes every user-owned
+    account's balance; the position is `journal:<seq>` and the state hash is bound into the id.
+
+    Example: ringfence por snapshot --data ./ringfence-data/demo --out snapshot.json
     Example: ringfence por snapshot --balances balances.csv --asset BTC:8 --asset ETH:18 --out snapshot.json
     """
     console = Console(stderr=True)
+    if (balances is None) == (data is None):
+        console.print("[red]error:[/] give exactly one of --balances FILE or --data DIR")
+        raise typer.Exit(2)
+    if seq is not None and data is None:
+        console.print("[red]error:[/] --seq goes with --data")
+        raise typer.Exit(2)
     try:
-        snap = LiabilitySnapshot.from_balances_file(balances, _asset_specs(asset) or None, position=position)
+        if data is not None:
+            from .ledger_source import snapshot_from_journal
+
+            if not (data / "journal").is_dir():
+                raise ValidationError(f"{data} has no journal/ folder; is it a ringfence data directory?", field="--data")
+            snap = snapshot_from_journal(data, seq)
+        else:
+            assert balances is not None
+            snap = LiabilitySnapshot.from_balances_file(balances, _asset_specs(asset) or None, position=position)
         snap.save(out)
     except (RingfenceError, OSError) as exc:
         _fail(console, exc)
