@@ -961,34 +961,51 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         if price not in (m.bids if o.is_buy else m.asks) and len(m.bid_prices if o.is_buy else m.ask_prices) >= m.max_levels:
             return _reject(ev, "AMEND", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit", oid)
     ledger = engine.ledger
+    is_buy = o.is_buy
     hold = ledger.pending[o.hold_id]
-    need = leaves * price // m.base_scale if o.is_buy else leaves
+    need = leaves * price // m.base_scale if is_buy else leaves
     extra = need - hold.remaining
     if extra > 0 and not ledger.can_reserve(o.pay, extra):
         return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
     # ---- mutate ----
-    keep = not reprice and qty <= o.qty
     if extra < 0:
         _release_part(ledger, o.hold_id, -extra)
     elif extra > 0:
-        # A pending transfer cannot grow: replace it by one for the new amount.
-        _end_hold(ledger, o.hold_id)
-        o.hold_id = ledger.reserve(o.pay, m.clear_quote if o.is_buy else m.clear_base, need)
-    if keep:
+        _grow_hold(hold, extra)
+    if not reprice and qty <= o.qty:  # a reduction keeps time priority
         o.level.total -= o.leaves - leaves  # type: ignore[union-attr]
         o.leaves = leaves
         o.qty = qty
         ev.append(OrderAmended(m.symbol, oid, price, qty, leaves, True))
         return
     m.unlink(o)
-    m.unindex(o)
     o.price, o.qty, o.leaves = price, qty, leaves
     o.ts_ns = engine.now_ns
     ev.append(OrderAmended(m.symbol, oid, price, qty, leaves, False))
+    if (m.ask_prices[0] > price if m.ask_prices else True) if is_buy else (m.bid_prices[-1] < price if m.bid_prices else True):
+        # It does not cross: straight to the back of its new level (the common "move").
+        m.rest(o)
+        ev.append(OrderRested(m.symbol, oid, o.owner, "BUY" if is_buy else "SELL", price, leaves))
+        return
+    m.unindex(o)
     before = st.next_trade_id
     _execute(st, ledger, m, o, ev)
     if st.next_trade_id != before and (m.stops_buy or m.stops_sell):
         _trigger_stops(st, ledger, m, ev)
+
+
+def _grow_hold(p: Any, extra: int) -> None:
+    """Top up a pending hold by `extra` (caller checked `can_reserve`): same counters as a reserve.
+
+    The ledger has no "increase reservation" operation; this mirrors `Ledger._reserve` on an existing
+    pending transfer so that a re-priced buy keeps one hold (and its id) instead of void + new.
+    """
+    if p.status != "pending" or extra <= 0:
+        raise InvariantViolation(f"cannot grow hold {p.id} ({p.status}) by {extra}")
+    p.debit.debits_pending += extra
+    p.credit.credits_pending += extra
+    p.amount += extra
+    p.remaining += extra
 
 
 # ------------------------------------------------------------------------------ handlers
