@@ -831,6 +831,8 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> 
         hold = -(-base_needed // m.lot) * m.lot
     else:
         hold = qty
+    if typ == "MARKET" and not protect:
+        hold = 0  # an empty opposite side: accepted and expired at once, nothing held
     ledger = engine.ledger
     segment = m.segment
     pay_asset, recv_asset = (m.quote, m.base) if is_buy else (m.base, m.quote)
