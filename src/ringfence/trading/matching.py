@@ -121,6 +121,8 @@ _TYPES = frozenset(("LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LIMIT", "STOP_MARKET
 _TIFS = frozenset(("GTC", "IOC", "FOK"))
 _STPS = frozenset(("NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"))
 _PPM = 1_000_000
+#: Owners already seen to be well-formed (a pure cache: validation gives the same answer without it).
+_VALID_OWNERS: set[str] = set()
 
 
 class TradingState:
@@ -743,17 +745,19 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> 
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "tif", "tif must be GTC, IOC or FOK")
     if stp not in _STPS:
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
-    if not _OWNER_RE.fullmatch(owner):
-        return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "owner", "owner must be 1-64 characters of a-z, 0-9, '_', '.', '-'")
+    if owner not in _VALID_OWNERS:
+        if not _OWNER_RE.fullmatch(owner):
+            return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "owner", "owner must be 1-64 characters of a-z, 0-9, '_', '.', '-'")
+        if len(_VALID_OWNERS) >= 1_000_000:
+            _VALID_OWNERS.clear()
+        _VALID_OWNERS.add(owner)
     if coid and not _COID_RE.fullmatch(coid):
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "client_order_id", "client_order_id must match ^[.A-Za-z0-9:/_-]{1,36}$")
     price, qty, qamt, stop = c.price, c.quantity, c.quote_amount, c.stop_price
-    for value, name in ((price, "price"), (stop, "stop_price")):
-        if not 0 <= value <= MAX_PRICE:
-            return _reject(ev, "PLACE", c, "INVALID_PARAMETER", name, f"{name} must be between 0 and {MAX_PRICE}")
-    for value, name in ((qty, "quantity"), (qamt, "quote_amount")):
-        if not 0 <= value <= MAX_QTY:
-            return _reject(ev, "PLACE", c, "INVALID_PARAMETER", name, f"{name} must be between 0 and {MAX_QTY}")
+    if not (0 <= price <= MAX_PRICE and 0 <= stop <= MAX_PRICE and 0 <= qty <= MAX_QTY and 0 <= qamt <= MAX_QTY):
+        for value, name, hi in ((price, "price", MAX_PRICE), (stop, "stop_price", MAX_PRICE), (qty, "quantity", MAX_QTY), (qamt, "quote_amount", MAX_QTY)):
+            if not 0 <= value <= hi:
+                return _reject(ev, "PLACE", c, "INVALID_PARAMETER", name, f"{name} must be between 0 and {hi}")
     limitish = typ in _LIMITISH
     if limitish:
         if not price or not qty or qamt:
@@ -979,13 +983,13 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     hold = ledger.pending[o.hold_id]
     need = leaves * price // m.base_scale if is_buy else leaves
     extra = need - hold.remaining
-    if extra > 0 and not ledger.can_reserve(o.pay, extra):
-        return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
+    if extra > 0:
+        pay = o.pay  # a user account: no overdraft (Ledger.can_reserve, inlined on the hot path)
+        if pay.debits_posted + pay.debits_pending + extra > pay.credits_posted:
+            return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
     # ---- mutate ----
-    if extra < 0:
-        _release_part(ledger, o.hold_id, -extra)
-    elif extra > 0:
-        _grow_hold(hold, extra)
+    if extra:
+        _resize_hold(hold, extra)
     if not reprice and qty <= o.qty:  # a reduction keeps time priority
         o.level.total -= o.leaves - leaves  # type: ignore[union-attr]
         o.leaves = leaves
@@ -1008,18 +1012,20 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         _trigger_stops(st, ledger, m, ev)
 
 
-def _grow_hold(p: Any, extra: int) -> None:
-    """Top up a pending hold by `extra` (caller checked `can_reserve`): same counters as a reserve.
+def _resize_hold(p: Any, delta: int) -> None:
+    """Grow (`delta > 0`, caller checked the balance) or partly release (`delta < 0`) a pending hold.
 
-    The ledger has no "increase reservation" operation; this mirrors `Ledger._reserve` on an existing
-    pending transfer so that a re-priced buy keeps one hold (and its id) instead of void + new.
+    The ledger has no "resize reservation" operation; this applies to an existing pending transfer
+    exactly the counter changes `Ledger._reserve` / `Ledger._release` make, so that an amended order
+    keeps one hold (and its id) instead of a void plus a new reservation.
     """
-    if p.status != "pending" or extra <= 0:
-        raise InvariantViolation(f"cannot grow hold {p.id} ({p.status}) by {extra}")
-    p.debit.debits_pending += extra
-    p.credit.credits_pending += extra
-    p.amount += extra
-    p.remaining += extra
+    if p.status != "pending" or p.remaining + delta <= 0:
+        raise InvariantViolation(f"cannot resize hold {p.id} ({p.status}, {p.remaining}) by {delta}")
+    p.debit.debits_pending += delta
+    p.credit.credits_pending += delta
+    p.remaining += delta
+    if delta > 0:
+        p.amount += delta
 
 
 # ------------------------------------------------------------------------------ handlers
