@@ -16,6 +16,11 @@ app = typer.Typer(
 )
 
 
+from .trading.cli import app as _trading_app  # noqa: E402
+
+app.add_typer(_trading_app, name="trading")
+
+
 @app.callback()
 def _root() -> None:
     """ringfence: an exchange core where every balance is provable."""
