@@ -1044,8 +1044,12 @@ def _precheck_action(engine: Engine, c: Any) -> None:
 def _precheck_batch(engine: Engine, c: TradingBatch) -> None:
     if not 1 <= len(c.actions) <= MAX_BATCH_ACTIONS:
         raise ValidationError(f"actions must hold 1 to {MAX_BATCH_ACTIONS} actions", field="actions")
-    for action in c.actions:
-        _precheck_action(engine, action)
+    for i, action in enumerate(c.actions):
+        if len(action.owner) > 64 or len(action.symbol) > 20 or len(getattr(action, "client_order_id", "")) > 36:
+            try:
+                _precheck_action(engine, action)
+            except ValidationError as err:
+                raise ValidationError(err.message, field=f"actions[{i}].{err.field}") from None
 
 
 _DISPATCH: dict[type, Callable[[Engine, TradingState, Any, list[Event]], None]] = {
