@@ -682,7 +682,8 @@ def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]
         if o.filled and (stopped == "QUOTE_SPENT" or o.quote_left == 0 or o.leaves == 0):
             _end_hold(ledger, o.hold_id)
         else:
-            _close(ledger, m, o, ev, OrderExpired, stopped or "NOT_FULLY_FILLED", False)
+            # nothing filled: the quote could not buy one lot, or the book/protection price stopped it
+            _close(ledger, m, o, ev, OrderExpired, "NOT_FULLY_FILLED", False)
     elif o.leaves == 0:
         _end_hold(ledger, o.hold_id)  # FILLED: give back what a buy below its limit did not spend
     elif o.tif == "GTC" and o.type in _LIMITISH:
