@@ -107,7 +107,7 @@ class ExchangeCoreMix:
         self.best_bid = center_ticks - 1
         self.best_ask = center_ticks + 1
         #: Share of moves that cross the spread (tuned so ~6 % of all commands trade).
-        self.cross_rate = 0.028
+        self.cross_rate = 0.026
 
     # ------------------------------------------------------------------ model upkeep
 
@@ -161,13 +161,18 @@ class ExchangeCoreMix:
         return f"u{self.rng.randrange(self.accounts)}"
 
     def _qty(self) -> int:
+        """A taker-sized quantity (lots, long-tailed)."""
         return (1 + int(self.rng.paretovariate(2.0) * 3)) * LOT
+
+    def _maker_qty(self) -> int:
+        """Resting orders are larger than takers, so a fill often leaves the maker in the book."""
+        return self._qty() * 8
 
     def passive_price(self, is_buy: bool) -> int:
         """A resting price a few levels behind the touch (depth of hundreds of levels)."""
-        depth = int(self.rng.expovariate(1 / (self.spread / 3)))
-        if depth > self.spread // 2:
-            depth = self.rng.randrange(self.spread // 2)
+        depth = int(self.rng.expovariate(1 / (self.spread / 2)))
+        if depth > self.spread:
+            depth = self.rng.randrange(self.spread)
         if is_buy:
             return max(1, min(self.best_bid, self.best_ask - 1) - depth)
         return max(self.best_ask, self.best_bid + 1) + depth
@@ -176,7 +181,7 @@ class ExchangeCoreMix:
         out: list[Command] = []
         for _ in range(self.target):
             is_buy = self.rng.random() < 0.5
-            out.append(PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", price=self.passive_price(is_buy) * TICK, quantity=self._qty()))
+            out.append(PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", price=self.passive_price(is_buy) * TICK, quantity=self._maker_qty()))
         return out
 
     def next(self) -> Command:
@@ -197,9 +202,9 @@ class ExchangeCoreMix:
             is_buy = rng.random() < 0.5
             if rng.random() < 0.12:  # a marketable limit that trades and rests the rest
                 p = (self.best_ask + rng.randrange(3)) if is_buy else (self.best_bid - rng.randrange(3))
-            else:
-                p = self.passive_price(is_buy)
-            return PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", price=max(1, p) * TICK, quantity=self._qty())
+                return PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", price=max(1, p) * TICK, quantity=self._qty())
+            p = self.passive_price(is_buy)
+            return PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", price=max(1, p) * TICK, quantity=self._maker_qty())
         if r < ioc_end:
             is_buy = rng.random() < 0.5
             p = (self.best_ask + rng.randrange(4)) if is_buy else (self.best_bid - rng.randrange(4))
