@@ -61,6 +61,26 @@ class Order:
         "level",
     )
 
+    id: int
+    owner: str
+    is_buy: bool
+    type: str
+    tif: str
+    price: int
+    qty: int
+    leaves: int
+    filled: int
+    cum_quote: int
+    quote_left: int
+    stop_price: int
+    protect: int
+    coid: str
+    stp: str
+    hold_id: int
+    pay: Any
+    recv: Any
+    ts_ns: int
+
     def __init__(self) -> None:
         self.prev: Order | None = None
         self.next: Order | None = None

@@ -39,6 +39,7 @@ from ..engine.commands import Event
 from ..engine.core import Engine, handles, register_component
 from ..errors import InvariantViolation, NotFound, ValidationError
 from ..ledger.model import SYSTEM_OWNER
+from ..money import MAX_AMOUNT
 from .book import ACTIVE, HALTED, MARKET_STATUSES, REDUCE_ONLY, Market, Order
 from .commands import (
     MAX_BATCH_ACTIONS,
@@ -515,26 +516,50 @@ def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, p: int,
     tiers, account_tier = st.tiers, st.account_tier
     t_rate = tiers[account_tier.get(t.owner, 0)][1]
     m_rate = tiers[account_tier.get(mk.owner, 0)][0]
-    capture, move = ledger.capture, ledger.move
     if t.is_buy:
         buyer, seller, b_rate, s_rate = t, mk, t_rate, m_rate
     else:
         buyer, seller, b_rate, s_rate = mk, t, m_rate, t_rate
     b_fee = -(-q * b_rate // _PPM)  # ceil: fees round up to the minor unit
     s_fee = -(-n * s_rate // _PPM)
-    capture(buyer.hold_id, n)
-    capture(seller.hold_id, q)
+    b_shield = b_fee // 10  # the shield fund's share rounds down; fees get the rest
+    s_shield = s_fee // 10
+    # Post the two holds into clearing (Ledger.capture) and pay out of clearing (Ledger.move),
+    # inlined on the hot path: the counter changes are exactly those of the ledger operations.
+    # Their checks cannot fail here: a resting or in-flight order's hold covers every fill (checked
+    # in TradingState.check_invariants), clearing accounts carry no balance flags, and no credit
+    # can exceed MAX_AMOUNT without clearing's debits doing so first (checked below).
+    pending = ledger.pending
+    hb = pending[buyer.hold_id]
+    hs = pending[seller.hold_id]
+    if hb.status != "pending" or hs.status != "pending" or hb.remaining < n or hs.remaining < q:
+        raise InvariantViolation(f"fill of {q} at {p}: a hold is short ({hb.remaining} quote, {hs.remaining} base)")
     cb, cq = m.clear_base, m.clear_quote
-    move(cb, buyer.recv, q - b_fee)
-    if b_fee:
-        shield = b_fee // 10
-        move(cb, m.fees_base, b_fee - shield)
-        move(cb, m.ins_base, shield)
-    move(cq, seller.recv, n - s_fee)
-    if s_fee:
-        shield = s_fee // 10
-        move(cq, m.fees_quote, s_fee - shield)
-        move(cq, m.ins_quote, shield)
+    bpay, spay = hb.debit, hs.debit
+    bpay.debits_pending -= n
+    bpay.debits_posted += n
+    cq.credits_pending -= n
+    cq.credits_posted += n
+    hb.remaining -= n
+    if not hb.remaining:
+        hb.status = "posted"
+    spay.debits_pending -= q
+    spay.debits_posted += q
+    cb.credits_pending -= q
+    cb.credits_posted += q
+    hs.remaining -= q
+    if not hs.remaining:
+        hs.status = "posted"
+    cb.debits_posted += q
+    buyer.recv.credits_posted += q - b_fee
+    m.fees_base.credits_posted += b_fee - b_shield
+    m.ins_base.credits_posted += b_shield
+    cq.debits_posted += n
+    seller.recv.credits_posted += n - s_fee
+    m.fees_quote.credits_posted += s_fee - s_shield
+    m.ins_quote.credits_posted += s_shield
+    if cb.debits_posted > MAX_AMOUNT or cq.debits_posted > MAX_AMOUNT:
+        raise InvariantViolation(f"{m.symbol}: clearing counters overflow 128 bits")
     t.leaves -= q
     t.filled += q
     t.cum_quote += n
