@@ -139,18 +139,20 @@ class Workload:
 # --------------------------------------------------------------------------------------- runs
 
 
-def raw_run(w: Workload) -> tuple[float, Engine]:  # float-ok: seconds
+def raw_run(w: Workload) -> tuple[float, float, Engine]:  # float-ok: seconds
+    """Returns (wall seconds, CPU seconds, engine)."""
     engine = Engine()
     seq = 0
     for c in w.setup + w.funding + w.prefill:
         seq += 1
         engine.apply(c, seq, seq * 1000, b"")
     apply = engine.apply
+    cpu = time.process_time()
     started = time.perf_counter()
     for c in w.commands:
         seq += 1
         apply(c, seq, seq * 1000, b"")
-    return time.perf_counter() - started, engine
+    return time.perf_counter() - started, time.process_time() - cpu, engine
 
 
 def open_node(w: Workload, data: Path) -> Node:
@@ -177,12 +179,13 @@ def check_same(w: Workload, engine: Engine, label: str) -> None:
         raise SystemExit(f"{label}: the durable run ended with a different ledger or book than the raw run")
 
 
-def node_throughput(w: Workload, data: Path, batch: int) -> tuple[float, int]:  # float-ok: seconds
+def node_throughput(w: Workload, data: Path, batch: int) -> tuple[float, float, int]:  # float-ok: seconds
     """Submit everything as fast as the node takes it; time until the last acknowledgement."""
     node = open_node(w, data)
     setup_batches = node.batches_committed
     node.start()
     cmds = w.commands
+    cpu = time.process_time()
     started = time.perf_counter()
     if batch <= 1:
         last = None
@@ -194,10 +197,11 @@ def node_throughput(w: Workload, data: Path, batch: int) -> tuple[float, int]:  
         acks = [node.submit(TradingBatch(cmds[i : i + batch]), timeout_s=60.0) for i in range(0, len(cmds), batch)]
         acks[-1].wait(600)
     seconds = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu  # both threads: sender and sequencer
     batches = node.batches_committed - setup_batches
     node.close()
     check_same(w, node.engine, f"node batch={batch}")  # type: ignore[arg-type]
-    return seconds, batches
+    return seconds, cpu_s, batches
 
 
 def paced_latency(w: Workload, data: Path, seconds: float, coalesce: bool) -> dict[str, Any]:  # float-ok: seconds
@@ -277,12 +281,12 @@ def run_workload(w: Workload, n: int, latency_s: float, tmp: Path, smoke: bool) 
     t = time.perf_counter()
     w.generate(n)
     log(f"{w.name}: generated in {time.perf_counter() - t:.1f}s: {w.describe()}")
-    raw_s, _ = raw_run(w)
-    log(f"{w.name}: raw matching {n / raw_s:,.0f} commands/s")
-    single_s, single_batches = node_throughput(w, tmp / "single", 1)
-    log(f"{w.name}: node, one command per order: {n / single_s:,.0f}/s in {single_batches} journal batches")
-    batched_s, batched_batches = node_throughput(w, tmp / "batched", GATEWAY_BATCH)
-    log(f"{w.name}: node, TradingBatch x{GATEWAY_BATCH}: {n / batched_s:,.0f}/s in {batched_batches} journal batches")
+    raw_s, raw_cpu, _ = raw_run(w)
+    log(f"{w.name}: raw matching {n / raw_s:,.0f} commands/s ({n / raw_cpu:,.0f} per CPU-second)")
+    batched_s, batched_cpu, batched_batches = node_throughput(w, tmp / "batched", GATEWAY_BATCH)
+    log(f"{w.name}: node, TradingBatch x{GATEWAY_BATCH}: {n / batched_s:,.0f}/s ({n / batched_cpu:,.0f} per CPU-second) in {batched_batches} journal batches")
+    single_s, single_cpu, single_batches = node_throughput(w, tmp / "single", 1)
+    log(f"{w.name}: node, one command per order: {n / single_s:,.0f}/s ({n / single_cpu:,.0f} per CPU-second) in {single_batches} journal batches")
     lat_single = paced_latency(w, tmp / "lat1", latency_s, coalesce=False)
     log(f"{w.name}: latency, single commands: {lat_single}")
     lat_gw = paced_latency(w, tmp / "lat2", latency_s, coalesce=True)
@@ -290,9 +294,12 @@ def run_workload(w: Workload, n: int, latency_s: float, tmp: Path, smoke: bool) 
     return {
         "workload": w.describe(),
         "raw_matching_per_s": int(n / raw_s),
+        "raw_matching_per_cpu_s": int(n / raw_cpu),
         "durable_single_commands_per_s": int(n / single_s),
+        "durable_single_commands_per_cpu_s": int(n / single_cpu),
         "durable_single_journal_batches": single_batches,
         "durable_batched_per_s": int(n / batched_s),
+        "durable_batched_per_cpu_s": int(n / batched_cpu),
         "durable_batched_journal_batches": batched_batches,
         "latency_single_commands": lat_single,
         "latency_gateway_coalescing": lat_gw,
@@ -325,6 +332,7 @@ def main() -> None:
     n = args.commands or (20_000 if args.smoke else 3_000_000)
     latency_s = args.latency_seconds or (0.25 if args.smoke else 10.0)
     log(f"seed={args.seed} commands={n:,} smoke={args.smoke}")
+    load_before = [round(x, 2) for x in os.getloadavg()]  # float-ok: report
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rf-bench-matching-", dir=os.environ.get("RINGFENCE_BENCH_DIR")) as tmp_s:
         tmp = Path(tmp_s)
@@ -348,6 +356,7 @@ def main() -> None:
         "seed": args.seed,
         "smoke": args.smoke,
         "machine": machine(),
+        "load_avg_1_5_15": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},  # float-ok: report
         "workload": core["workload"],
         "throughput_per_s": best_durable,
         "throughput_note": "durable end-to-end (journal + fsync before ack), orders coalesced into TradingBatch commands",
@@ -358,7 +367,12 @@ def main() -> None:
         "offered_per_s": OFFERED_PER_S,
         "gil_switch_interval_us": args.switch_interval_us,
         "seconds": round(time.perf_counter() - started, 1),  # float-ok: report
-        "baseline": {"name": "raw matching, no journal (Engine.apply per command)", "throughput_per_s": core["raw_matching_per_s"]},
+        "baseline": {
+            "name": "raw matching, no journal (Engine.apply per command)",
+            "throughput_per_s": core["raw_matching_per_s"],
+            "throughput_per_cpu_s": core["raw_matching_per_cpu_s"],
+        },
+        "throughput_per_cpu_s": core["durable_batched_per_cpu_s"],
         "goal": GOAL,
         "gap": {
             "throughput_x": round(best_durable / GOAL["throughput_per_s"], 3),  # float-ok: report
