@@ -16,7 +16,7 @@ from rich.table import Table
 from ..engine.node import Node
 from ..ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ..ledger.model import Transfer
-from ..money import format_amount
+from ..money import format_amount, parse_amount
 from .commands import ListMarket, OrderExpired, OrderRejected, OrderRested, PlaceOrder, SetReferencePrice, Trade
 from .marketdata import MarketData
 from .matching import market_of, trading_state
@@ -29,13 +29,11 @@ BTC_DP, USDT_DP = 8, 6
 
 def _p(text: str) -> int:
     """'61000.5' USDT per BTC -> quote minor units per whole BTC."""
-    whole, _, frac = text.partition(".")
-    return int(whole) * 10**USDT_DP + int((frac + "0" * USDT_DP)[:USDT_DP])
+    return parse_amount(text, USDT_DP, field="price")
 
 
 def _q(text: str) -> int:
-    whole, _, frac = text.partition(".")
-    return int(whole) * 10**BTC_DP + int((frac + "0" * BTC_DP)[:BTC_DP])
+    return parse_amount(text, BTC_DP, field="quantity")
 
 
 def _usdt(minor: int) -> str:

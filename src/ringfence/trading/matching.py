@@ -468,14 +468,6 @@ def _reject(
     )
 
 
-def _release_part(ledger: Any, hold_id: int, amount: int) -> None:
-    """Void `amount` of a hold and keep the rest pending (a buy that traded below its limit)."""
-    p = ledger.pending[hold_id]
-    if p.status != "pending" or not 0 < amount < p.remaining:
-        raise InvariantViolation(f"cannot release {amount} of hold {hold_id} ({p.status}, {p.remaining} left)")
-    ledger._release(p, amount, "pending")
-
-
 def _end_hold(ledger: Any, hold_id: int) -> int:
     """Void what a finished order still holds and forget the finished hold; returns the amount.
 
@@ -494,6 +486,17 @@ def _close(ledger: Any, m: Market, o: Order, ev: list[Event], cls: type, reason:
     released = _end_hold(ledger, o.hold_id)
     leaves = o.leaves if o.qty else 0  # orders by quote amount report no base remainder
     ev.append(cls(m.symbol, o.id, o.owner, "BUY" if o.is_buy else "SELL", o.price, leaves, was_resting, reason, released))
+
+
+def _qty_problem(m: Market, qty: int) -> tuple[str, str] | None:
+    """The LOT_SIZE filter: `(reason, message)` if `qty` breaks it, else None."""
+    if qty % m.lot:
+        return "QTY_NOT_ON_LOT", f"quantity must be a multiple of the lot size {m.lot}"
+    if qty < m.min_qty:
+        return "QTY_BELOW_MIN", f"quantity must be at least {m.min_qty}"
+    if qty > m.max_qty:
+        return "QTY_ABOVE_MAX", f"quantity must be at most {m.max_qty}"
+    return None
 
 
 def _take_out(m: Market, o: Order) -> bool:
@@ -713,9 +716,10 @@ def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]
         _end_hold(ledger, o.hold_id)  # FILLED: give back what a buy below its limit did not spend
     elif o.tif == "GTC" and o.type in _LIMITISH:
         if o.is_buy:
-            excess = ledger.pending[o.hold_id].remaining - o.leaves * o.price // m.base_scale
+            hold = ledger.pending[o.hold_id]
+            excess = hold.remaining - o.leaves * o.price // m.base_scale
             if excess:
-                _release_part(ledger, o.hold_id, excess)
+                _resize_hold(hold, -excess)
         m.rest(o)
         m.index(o)
         ev.append(OrderRested(m.symbol, o.id, o.owner, "BUY" if o.is_buy else "SELL", o.price, o.leaves))
@@ -810,12 +814,9 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> 
     if stop % tick:
         return _reject(ev, "PLACE", c, "PRICE_NOT_ON_TICK", "stop_price", f"stop_price must be a multiple of the tick size {tick}")
     if qty:
-        if qty % m.lot:
-            return _reject(ev, "PLACE", c, "QTY_NOT_ON_LOT", "quantity", f"quantity must be a multiple of the lot size {m.lot}")
-        if qty < m.min_qty:
-            return _reject(ev, "PLACE", c, "QTY_BELOW_MIN", "quantity", f"quantity must be at least {m.min_qty}")
-        if qty > m.max_qty:
-            return _reject(ev, "PLACE", c, "QTY_ABOVE_MAX", "quantity", f"quantity must be at most {m.max_qty}")
+        problem = _qty_problem(m, qty)
+        if problem is not None:
+            return _reject(ev, "PLACE", c, problem[0], "quantity", problem[1])
     if limitish and m.band_hi and not m.band_lo <= price <= m.band_hi:
         return _reject(ev, "PLACE", c, "PRICE_OUTSIDE_BAND", "price", f"price must lie within {m.band_lo}..{m.band_hi} (the band around the reference price)")
     if m.min_notional:
@@ -833,9 +834,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> 
     last = m.last_price
     if is_stop and last and ((is_buy and last >= stop) or (not is_buy and last <= stop)):
         return _reject(ev, "PLACE", c, "STOP_WOULD_TRIGGER_IMMEDIATELY", "stop_price", f"the last price {last} has already reached stop_price")
-    if typ == "LIMIT_MAKER" and (
-        (is_buy and m.ask_prices and m.ask_prices[0] <= price) or (not is_buy and m.bid_prices and m.bid_prices[-1] >= price)
-    ):
+    if typ == "LIMIT_MAKER" and m.crosses(is_buy, price):
         return _reject(ev, "PLACE", c, "POST_ONLY_WOULD_TAKE", "price", "a post-only order must not take liquidity")
     if coid and (owner, coid) in m.coids:
         return _reject(ev, "PLACE", c, "DUPLICATE_CLIENT_ORDER_ID", "client_order_id", "an open order of this account already uses this client_order_id")
@@ -845,9 +844,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> 
         if owned is not None and len(owned) >= m.max_open_per_account:
             return _reject(ev, "PLACE", c, "TOO_MANY_OPEN_ORDERS", "symbol", f"at most {m.max_open_per_account} open orders per account in {m.symbol}")
         if limitish and not is_stop:
-            if m.book_orders >= m.max_book_orders or (
-                price not in (m.bids if is_buy else m.asks) and len(m.bid_prices if is_buy else m.ask_prices) >= m.max_levels
-            ):
+            if m.book_orders >= m.max_book_orders or m.level_limit_reached(is_buy, price):
                 return _reject(ev, "PLACE", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit")
     # The protection price of market orders, and what to hold.
     protect = 0
@@ -983,12 +980,9 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         return _reject(ev, "AMEND", c, "INVALID_PARAMETER", "price" if not 0 < price <= MAX_PRICE else "quantity", "price and quantity must be positive", oid)
     if price % m.tick:
         return _reject(ev, "AMEND", c, "PRICE_NOT_ON_TICK", "price", f"price must be a multiple of the tick size {m.tick}", oid)
-    if qty % m.lot:
-        return _reject(ev, "AMEND", c, "QTY_NOT_ON_LOT", "quantity", f"quantity must be a multiple of the lot size {m.lot}", oid)
-    if qty < m.min_qty:
-        return _reject(ev, "AMEND", c, "QTY_BELOW_MIN", "quantity", f"quantity must be at least {m.min_qty}", oid)
-    if qty > m.max_qty:
-        return _reject(ev, "AMEND", c, "QTY_ABOVE_MAX", "quantity", f"quantity must be at most {m.max_qty}", oid)
+    problem = _qty_problem(m, qty)
+    if problem is not None:
+        return _reject(ev, "AMEND", c, problem[0], "quantity", problem[1], oid)
     leaves = qty - o.filled
     if leaves <= 0:
         return _reject(ev, "AMEND", c, "INVALID_PARAMETER", "quantity", f"quantity must exceed the {o.filled} already filled", oid)
@@ -998,11 +992,9 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
             return _reject(ev, "AMEND", c, "PRICE_OUTSIDE_BAND", "price", f"price must lie within {m.band_lo}..{m.band_hi}", oid)
         if m.min_notional and price * qty // m.base_scale < m.min_notional:
             return _reject(ev, "AMEND", c, "BELOW_MIN_NOTIONAL", "price", f"price * quantity must be at least {m.min_notional}", oid)
-        if o.type == "LIMIT_MAKER" and (
-            (o.is_buy and m.ask_prices and m.ask_prices[0] <= price) or (not o.is_buy and m.bid_prices and m.bid_prices[-1] >= price)
-        ):
+        if o.type == "LIMIT_MAKER" and m.crosses(o.is_buy, price):
             return _reject(ev, "AMEND", c, "POST_ONLY_WOULD_TAKE", "price", "a post-only order must not take liquidity", oid)
-        if price not in (m.bids if o.is_buy else m.asks) and len(m.bid_prices if o.is_buy else m.ask_prices) >= m.max_levels:
+        if m.level_limit_reached(o.is_buy, price):
             return _reject(ev, "AMEND", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit", oid)
     ledger = engine.ledger
     is_buy = o.is_buy
@@ -1026,7 +1018,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     o.price, o.qty, o.leaves = price, qty, leaves
     o.ts_ns = engine.now_ns
     ev.append(OrderAmended(m.symbol, oid, price, qty, leaves, False))
-    if (m.ask_prices[0] > price if m.ask_prices else True) if is_buy else (m.bid_prices[-1] < price if m.bid_prices else True):
+    if not m.crosses(is_buy, price):
         # It does not cross: straight to the back of its new level (the common "move").
         m.rest(o)
         ev.append(OrderRested(m.symbol, oid, o.owner, "BUY" if is_buy else "SELL", price, leaves))
