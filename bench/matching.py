@@ -306,6 +306,84 @@ def run_workload(w: Workload, n: int, latency_s: float, tmp: Path, smoke: bool) 
     }
 
 
+def price_index_alternatives(seed: int, ops: int) -> dict[str, Any]:
+    """Measure the book's price index against a heap with lazy deletion on the same operations.
+
+    The operation stream mimics the exchange-core mix on one side of a book: ~700 live levels
+    near the touch; each step either opens a level (a move to an empty price), closes one (its last
+    order left), or reads the best price (every taker and every post-only check does).
+    """
+    import heapq
+    import random
+    from bisect import bisect_left, insort
+
+    rng = random.Random(seed)
+    live: set[int] = set()
+    stream: list[tuple[int, int]] = []  # (0 add | 1 remove | 2 best, price)
+    center = 100_000
+    for _ in range(ops):
+        r = rng.random()
+        if r < 0.4 or len(live) < 600:
+            p = center - int(rng.expovariate(1 / 250))
+            if p not in live:
+                live.add(p)
+                stream.append((0, p))
+                continue
+        if r < 0.8 and live:
+            p = rng.choice(tuple(live)) if len(stream) % 64 == 0 else max(live) - rng.randrange(3)
+            if p in live:
+                live.remove(p)
+                stream.append((1, p))
+                continue
+        stream.append((2, 0))
+
+    def sorted_list() -> int:
+        prices: list[int] = []
+        acc = 0
+        for op, p in stream:
+            if op == 0:
+                insort(prices, p)
+            elif op == 1:
+                if prices[-1] == p:
+                    prices.pop()
+                else:
+                    del prices[bisect_left(prices, p)]
+            elif prices:
+                acc += prices[-1]
+        return acc
+
+    def lazy_heap() -> int:
+        heap: list[int] = []  # max-heap by negation
+        present: set[int] = set()
+        acc = 0
+        for op, p in stream:
+            if op == 0:
+                present.add(p)
+                heapq.heappush(heap, -p)
+            elif op == 1:
+                present.discard(p)
+            else:
+                while heap and -heap[0] not in present:
+                    heapq.heappop(heap)
+                if heap:
+                    acc += -heap[0]
+        return acc
+
+    out: dict[str, Any] = {"operations": len(stream)}
+    results = []
+    for name, fn in (("sorted_list_bisect", sorted_list), ("heap_lazy_deletion", lazy_heap)):
+        best = None
+        for _ in range(3):
+            t = time.perf_counter()
+            results.append(fn())
+            dt = time.perf_counter() - t
+            best = dt if best is None or dt < best else best
+        out[f"{name}_ops_per_s"] = int(len(stream) / best)  # type: ignore[operator]
+    if len(set(results)) != 1:
+        raise SystemExit("price index alternatives disagree on the best prices")
+    return out
+
+
 def machine() -> str:
     return f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}, shared/noisy"
 
@@ -347,6 +425,8 @@ def main() -> None:
             tmp,
             args.smoke,
         )
+    structures = price_index_alternatives(args.seed, 20_000 if args.smoke else 300_000)
+    log(f"price index alternatives: {structures}")
     best_durable = max(core["durable_single_commands_per_s"], core["durable_batched_per_s"])
     lat = core["latency_gateway_coalescing"]
     result = {
@@ -378,6 +458,7 @@ def main() -> None:
             "throughput_x": round(best_durable / GOAL["throughput_per_s"], 3),  # float-ok: report
             "p99_x": round(lat["p99_us"] / GOAL["p99_us"], 3),  # float-ok: report
         },
+        "price_index_alternatives": structures,
         "exchange_core": core,
         "multi_market": multi,
     }
