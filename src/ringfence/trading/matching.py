@@ -875,13 +875,13 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> 
     ledger = engine.ledger
     segment = m.segment
     pay_asset, recv_asset = (m.quote, m.base) if is_buy else (m.base, m.quote)
-    by_key = ledger._by_key
-    pay = by_key.get((owner, pay_asset, "available", segment))
+    find = ledger.find
+    pay = find(owner, pay_asset, "available", segment)
     if hold:
         if pay is None or not ledger.can_reserve(pay, hold):
             return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
     # ---- every check passed: mutate from here on ----
-    recv = by_key.get((owner, recv_asset, "available", segment))
+    recv = find(owner, recv_asset, "available", segment)
     if recv is None:
         recv = ledger.open_account(owner, recv_asset, "available", segment)[0]
     if pay is None:
