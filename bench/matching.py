@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ OFFERED_PER_S = 80_000
 GATEWAY_BATCH = 512
 #: The one-command-per-order durable run is capped (it is the slow path; the mix is stationary).
 SINGLE_COMMANDS_CAP = 1_000_000
+#: Throughput runs keep at most this many orders submitted but not yet acknowledged.
+IN_FLIGHT_ORDERS = 65_536
 POLL_S = [0.0]  # float-ok: seconds between sender polls (0 = spin), set from --sender-poll-us
 
 
@@ -192,18 +195,17 @@ def node_throughput(w: Workload, data: Path, batch: int, limit: int | None = Non
     cmds = w.commands if limit is None else w.commands[:limit]
     cpu = time.process_time()
     started = time.perf_counter()
-    if batch <= 1:
-        last = None
-        for c in cmds:
-            last = node.submit(c, timeout_s=60.0)
-        assert last is not None
-        last.wait(600)
-    else:
-        last = None
-        for i in range(0, len(cmds), batch):  # keep only the newest ack: a server drops answered ones
-            last = node.submit(TradingBatch(cmds[i : i + batch]), timeout_s=60.0)
-        assert last is not None
-        last.wait(600)
+    # Closed loop with a bounded window of unacknowledged orders, like a gateway with many
+    # connections: enough in flight to fill every group commit, never millions queued at once.
+    window: deque[Any] = deque()
+    units = [c for c in cmds] if batch <= 1 else [TradingBatch(cmds[i : i + batch]) for i in range(0, len(cmds), batch)]
+    max_in_flight = max(1, IN_FLIGHT_ORDERS // max(1, batch))
+    for unit in units:
+        window.append(node.submit(unit, timeout_s=60.0))
+        if len(window) >= max_in_flight:
+            window.popleft().wait(600)
+    while window:
+        window.popleft().wait(600)
     seconds = time.perf_counter() - started
     cpu_s = time.process_time() - cpu  # both threads: sender and sequencer
     batches = node.batches_committed - setup_batches
