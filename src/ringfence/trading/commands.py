@@ -22,7 +22,9 @@ one order and accept the next. Nothing is changed by a rejected action.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Annotated, Union
+
+from msgspec import Meta
 
 from ..engine.commands import Command, Event
 
@@ -56,6 +58,13 @@ __all__ = [
 
 #: A `TradingBatch` carries at most this many actions (bounds one journal record's apply time).
 MAX_BATCH_ACTIONS = 4096
+
+# Message-size limits live in the types, so the node's strict decode at the edge enforces them
+# (in C, before anything is journaled) and names the field: `actions[3].client_order_id`.
+Owner = Annotated[str, Meta(max_length=64)]
+Symbol = Annotated[str, Meta(max_length=20)]
+ClientOrderId = Annotated[str, Meta(max_length=36)]
+Word = Annotated[str, Meta(max_length=16)]
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -118,33 +127,33 @@ class PlaceOrder(Command, tag="order.place/1"):
     * STOP_LIMIT: `stop_price`, `price`, `quantity`; STOP_MARKET: `stop_price` and `quantity`.
     """
 
-    owner: str
-    symbol: str
-    side: str
-    order_type: str = "LIMIT"
-    tif: str = "GTC"
+    owner: Owner
+    symbol: Symbol
+    side: Word
+    order_type: Word = "LIMIT"
+    tif: Word = "GTC"
     price: int = 0
     quantity: int = 0
     quote_amount: int = 0
     stop_price: int = 0
-    client_order_id: str = ""
-    stp: str = "NONE"
+    client_order_id: ClientOrderId = ""
+    stp: Word = "NONE"
 
 
 class CancelOrder(Command, tag="order.cancel/1"):
     """Cancel by `order_id`, or by `client_order_id` when `order_id` is 0."""
 
-    owner: str
-    symbol: str
+    owner: Owner
+    symbol: Symbol
     order_id: int = 0
-    client_order_id: str = ""
+    client_order_id: ClientOrderId = ""
 
 
 class CancelAll(Command, tag="order.cancel_all/1"):
     """Cancel every open order (resting and untriggered stops) of `owner` in `symbol`."""
 
-    owner: str
-    symbol: str
+    owner: Owner
+    symbol: Symbol
 
 
 class AmendOrder(Command, tag="order.amend/1"):
@@ -154,8 +163,8 @@ class AmendOrder(Command, tag="order.amend/1"):
     loses it (the order is re-entered at the back of its level and may trade on the way).
     """
 
-    owner: str
-    symbol: str
+    owner: Owner
+    symbol: Symbol
     order_id: int
     price: int = 0
     quantity: int = 0
@@ -171,7 +180,7 @@ class TradingBatch(Command, tag="trading.batch/1"):
     acknowledgement are paid once per batch rather than once per order.
     """
 
-    actions: list[TradingAction]
+    actions: Annotated[list[TradingAction], Meta(min_length=1, max_length=MAX_BATCH_ACTIONS)]
 
 
 # ------------------------------------------------------------------------------------------ events

@@ -1048,26 +1048,15 @@ def _resize_hold(p: Any, delta: int) -> None:
 
 # ------------------------------------------------------------------------------ handlers
 
-_MAX_TEXT = {"owner": 64, "symbol": 20, "client_order_id": 36}
-
-
 def _precheck_action(engine: Engine, c: Any) -> None:
-    """Edge limits on message size; everything a market rule decides is answered by an event."""
-    for name, limit in _MAX_TEXT.items():
-        value = getattr(c, name, "")
-        if len(value) > limit:
-            raise ValidationError(f"{name} is longer than {limit} characters", field=name)
+    """Nothing to check against state at the edge: message sizes are enforced by the command types
+    (`Annotated[..., Meta(max_length=...)]`) in the node's strict decode; market rules are answered
+    by events in `apply`."""
 
 
 def _precheck_batch(engine: Engine, c: TradingBatch) -> None:
-    if not 1 <= len(c.actions) <= MAX_BATCH_ACTIONS:
+    if not 1 <= len(c.actions) <= MAX_BATCH_ACTIONS:  # also in the type; kept for direct callers
         raise ValidationError(f"actions must hold 1 to {MAX_BATCH_ACTIONS} actions", field="actions")
-    for i, action in enumerate(c.actions):
-        if len(action.owner) > 64 or len(action.symbol) > 20 or len(getattr(action, "client_order_id", "")) > 36:
-            try:
-                _precheck_action(engine, action)
-            except ValidationError as err:
-                raise ValidationError(err.message, field=f"actions[{i}].{err.field}") from None
 
 
 _DISPATCH: dict[type, Callable[[Engine, TradingState, Any, list[Event]], None]] = {
