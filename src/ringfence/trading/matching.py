@@ -38,11 +38,9 @@ from typing import Any, Callable
 from ..engine.commands import Event
 from ..engine.core import Engine, handles, register_component
 from ..errors import InvariantViolation, NotFound, ValidationError
-from ..ledger.model import SYSTEM_OWNER
 from ..money import MAX_AMOUNT
 from .book import ACTIVE, HALTED, MARKET_STATUSES, REDUCE_ONLY, Market, Order
 from .commands import (
-    MAX_BATCH_ACTIONS,
     AccountFeeTierSet,
     AmendOrder,
     CancelAll,
@@ -1048,15 +1046,9 @@ def _resize_hold(p: Any, delta: int) -> None:
 
 # ------------------------------------------------------------------------------ handlers
 
-def _precheck_action(engine: Engine, c: Any) -> None:
-    """Nothing to check against state at the edge: message sizes are enforced by the command types
-    (`Annotated[..., Meta(max_length=...)]`) in the node's strict decode; market rules are answered
-    by events in `apply`."""
-
-
-def _precheck_batch(engine: Engine, c: TradingBatch) -> None:
-    if not 1 <= len(c.actions) <= MAX_BATCH_ACTIONS:  # also in the type; kept for direct callers
-        raise ValidationError(f"actions must hold 1 to {MAX_BATCH_ACTIONS} actions", field="actions")
+# Order actions have no edge precheck: message sizes are enforced by the command types
+# (`Annotated[..., Meta(max_length=...)]`) in the node's strict decode, before journaling, and
+# market rules are answered by events in `apply`.
 
 
 _DISPATCH: dict[type, Callable[[Engine, TradingState, Any, list[Event]], None]] = {
@@ -1078,10 +1070,10 @@ def _single(fn: Callable[[Engine, TradingState, Any, list[Event]], None]) -> Cal
 
 
 for _type, _fn in _DISPATCH.items():
-    handles(_type, precheck=_precheck_action)(_single(_fn))
+    handles(_type)(_single(_fn))
 
 
-@handles(TradingBatch, precheck=_precheck_batch)
+@handles(TradingBatch)
 def _batch(engine: Engine, c: TradingBatch) -> list[Event]:
     ev: list[Event] = []
     st = engine.components["trading"]
@@ -1095,5 +1087,3 @@ def market_of(engine: Engine, symbol: str) -> Market:
     """The live `Market` (read-only use: demo, tests, the API's queries)."""
     return _market(trading_state(engine), symbol)
 
-
-_ = SYSTEM_OWNER  # system accounts are opened through the ledger under this owner
