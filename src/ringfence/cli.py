@@ -19,6 +19,8 @@ from rich.table import Table
 
 from .errors import RingfenceError
 
+from .identity.cli import app as identity_app
+
 app = typer.Typer(
     name="ringfence",
     help="ringfence: an exchange core where every balance is provable.\n\nExample: ringfence demo",
@@ -49,6 +51,9 @@ def _require_data_dir(path: Path) -> Path:
     if not (path / "journal").is_dir():
         _fail(f"DIR: {path} has no journal/ folder; is it a ringfence data directory?", 2)
     return path
+
+
+app.add_typer(identity_app, name="identity")
 
 
 @app.callback()

@@ -35,6 +35,10 @@ __all__ = [
     "InvariantViolation",
     "NotDurable",
     "ConfigError",
+    "AuthenticationFailed",
+    "SecondFactorRequired",
+    "WithdrawalsLocked",
+    "AccountFrozen",
     "error_codes",
 ]
 
@@ -128,6 +132,28 @@ class Forbidden(RingfenceError, PermissionError):
     code = "RF_FORBIDDEN"
     http_status = 403
     default_message = "this action is not allowed"
+
+
+class AuthenticationFailed(Unauthorized):
+    """Credentials did not match. The message never says which part was wrong or whether it exists."""
+
+    code = "RF_AUTH_FAILED"
+    default_message = "the credentials are not valid"
+
+
+class SecondFactorRequired(Forbidden):
+    code = "RF_SECOND_FACTOR_REQUIRED"
+    default_message = "confirm this action with a fresh second factor (authenticator code or passkey)"
+
+
+class WithdrawalsLocked(Forbidden):
+    code = "RF_WITHDRAWALS_LOCKED"
+    default_message = "withdrawals are locked after a recent security change; try again later"
+
+
+class AccountFrozen(Forbidden):
+    code = "RF_ACCOUNT_FROZEN"
+    default_message = "this account is frozen for your protection; contact support to unfreeze it"
 
 
 class RateLimited(RingfenceError):

@@ -1,0 +1,297 @@
+"""Accounts: sign-up, e-mail verification, sign-in with lockout, password / e-mail / anti-phishing changes.
+
+Invariants:
+- Sign-up and sign-in never reveal whether an e-mail is registered: sign-up answers the same either
+  way (the owner of an existing address gets a notice instead), sign-in failures share one message,
+  unknown e-mails cost a full argon2 computation and are locked out exactly like known ones.
+- A user gets its `account_id` ("u_" + 24 hex) at sign-up; it never changes. The ledger account is
+  created later from it.
+- Bad input raises a ValidationError naming the field and changes nothing. The only state a failed
+  sign-in changes is its throttle counters and a `sign_in_failed` event, committed on purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..errors import AccountFrozen, AuthenticationFailed, Conflict, Forbidden, RateLimited, RingfenceError, Unauthorized, ValidationError
+from ..store.models import AuthSession, EmailToken, KnownDevice, User
+from . import mail, sessions, throttle
+from .context import IdentityContext
+from .events import credential_changed, record_event
+from .fields import PASSWORD_MAX_CHARS, normalize_email, validate_anti_phishing_code, validate_ip, validate_user_agent
+from .passwords import check_password_policy
+from .sealing import new_token
+
+__all__ = [
+    "SignUpReceipt",
+    "LoginResult",
+    "sign_up",
+    "verify_email",
+    "login",
+    "change_password",
+    "request_email_change",
+    "confirm_email_change",
+    "set_anti_phishing_code",
+    "note_sign_in",
+    "LOGIN_FAILED_MESSAGE",
+]
+
+LOGIN_FAILED_MESSAGE = "the e-mail or password is incorrect"
+SIGN_UP_MESSAGE = "check your inbox: we sent a link to confirm the address"
+
+
+@dataclass(frozen=True)
+class SignUpReceipt:
+    """Identical for new and already-registered e-mails, so sign-up cannot be used to probe."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    session: sessions.IssuedSession
+    second_factor_required: bool
+    methods: tuple[str, ...]
+    account_id: str | None
+
+
+def _raise_pending(err: RingfenceError | None) -> None:
+    if err is not None:
+        raise err
+
+
+def _email_token(ctx: IdentityContext, db: Session, user: User, *, purpose: str, email: str) -> str:
+    token = new_token()
+    db.add(EmailToken(
+        user_id=user.id, purpose=purpose, token_hash=ctx.sealer.token_digest(token), email=email,
+        expires_at_s=ctx.now() + ctx.settings.identity_email_token_ttl_s,
+    ))
+    return token
+
+
+def sign_up(ctx: IdentityContext, email: object, password: object, *, ip: object) -> SignUpReceipt:
+    """Register an e-mail + password and mail a verification link. Rate-limited per IP."""
+    addr = normalize_email(email)
+    pw = check_password_policy(password, email=addr)
+    client_ip = validate_ip(ip)
+    now = ctx.now()
+    pending: RingfenceError | None = None
+    with ctx.store.tx() as db:
+        pending = throttle.hit(db, bucket=f"signup-ip:{client_ip}", limit=ctx.settings.identity_signup_per_ip_per_hour,
+                               window_s=3600, now_s=now)
+        if pending is None:
+            existing = db.scalars(select(User).where(User.email == addr)).first()
+            if existing is not None:
+                mail.enqueue(ctx, db, existing, "signup_existing", {})
+            else:
+                user = User(
+                    account_id="u_" + secrets.token_hex(12), email=addr, email_verified=False,
+                    password_hash=ctx.passwords.hash(pw), created_at_s=now, totp_enabled=False, totp_last_step=0,
+                    mfa_failures=0, mfa_locked_until_s=0, withdrawals_locked_until_s=0, frozen=False,
+                )
+                db.add(user)
+                try:
+                    with db.begin_nested():
+                        db.flush()
+                except IntegrityError as exc:  # a concurrent sign-up won the race for this e-mail
+                    raise Conflict("sign-up raced with another request; retry", field="email") from exc
+                record_event(db, user_id=user.id, kind="signed_up", at_s=now, ip=client_ip)
+                token = _email_token(ctx, db, user, purpose="verify", email=addr)
+                mail.enqueue(ctx, db, user, "verify_email", {"link": f"{ctx.settings.identity_public_url}/verify-email?token={token}"})
+    _raise_pending(pending)
+    return SignUpReceipt(SIGN_UP_MESSAGE)
+
+
+def _consume_email_token(ctx: IdentityContext, db: Session, token: object, purpose: str) -> EmailToken:
+    if not isinstance(token, str) or not 16 <= len(token) <= 128:
+        raise ValidationError("must be the token from the e-mail link", field="token")
+    row = db.scalars(select(EmailToken).where(EmailToken.token_hash == ctx.sealer.token_digest(token))).first()
+    if row is None or row.purpose != purpose or row.used_at_s is not None or row.expires_at_s < ctx.now():
+        raise Unauthorized("this link is invalid, already used or expired; request a new one", field="token")
+    row.used_at_s = ctx.now()
+    return row
+
+
+def verify_email(ctx: IdentityContext, token: object) -> str:
+    """Confirm the sign-up e-mail from its link. Returns the user's account_id."""
+    with ctx.store.tx() as db:
+        row = _consume_email_token(ctx, db, token, "verify")
+        user = db.get(User, row.user_id)
+        assert user is not None
+        user.email_verified = True
+        record_event(db, user_id=user.id, kind="email_verified", at_s=ctx.now())
+        return user.account_id
+
+
+def note_sign_in(ctx: IdentityContext, db: Session, user: User, *, ip: str, user_agent: str, country: str | None) -> None:
+    """Record the sign-in; alert on a new device/IP or a new country (not on the very first sign-in)."""
+    now = ctx.now()
+    record_event(db, user_id=user.id, kind="sign_in", at_s=now, ip=ip)
+    known = set(db.scalars(select(KnownDevice.fingerprint).where(KnownDevice.user_id == user.id).limit(10_000)).all())
+    # Fingerprints are "d" + hash(ip|agent) or "c" + hash(country). The first of each kind is learnt
+    # silently (a first sign-in is not "new"); later unseen ones raise an event (and mail for devices).
+    fps = [("d", hashlib.sha256(f"{ip}|{user_agent}".encode()).hexdigest()[:63])]
+    if country:
+        fps.append(("c", hashlib.sha256(f"country|{country.upper()}".encode()).hexdigest()[:63]))
+    for kind, digest in fps:
+        fp = kind + digest
+        if fp in known:
+            continue
+        first_of_kind = not any(k.startswith(kind) for k in known)
+        db.add(KnownDevice(user_id=user.id, fingerprint=fp, first_seen_at_s=now))
+        if first_of_kind:
+            continue
+        if kind == "d":
+            record_event(db, user_id=user.id, kind="new_device_sign_in", at_s=now, ip=ip, detail=user_agent)
+            mail.enqueue(ctx, db, user, "new_sign_in", {"ip": ip, "device": user_agent or "unknown"})
+        else:
+            record_event(db, user_id=user.id, kind="new_country_sign_in", at_s=now, ip=ip, detail=str(country).upper())
+
+
+def _second_factor_methods(db: Session, user: User) -> tuple[str, ...]:
+    from ..store.models import WebAuthnCredential
+
+    methods: list[str] = []
+    if user.totp_enabled:
+        methods += ["totp", "recovery_code"]
+    if db.scalars(select(WebAuthnCredential.id).where(WebAuthnCredential.user_id == user.id).limit(1)).first() is not None:
+        methods.append("passkey")
+    return tuple(methods)
+
+
+def login(
+    ctx: IdentityContext, email: object, password: object, *, ip: object, user_agent: object = "",
+    country: str | None = None,
+) -> LoginResult:
+    """Check e-mail + password. Returns a full session, or a short pending one if a second factor is on."""
+    addr = normalize_email(email)
+    if not isinstance(password, str) or not password or len(password) > PASSWORD_MAX_CHARS:
+        raise ValidationError(f"must be 1..{PASSWORD_MAX_CHARS} characters", field="password")
+    client_ip = validate_ip(ip)
+    agent = validate_user_agent(user_agent)
+    if country is not None and (not isinstance(country, str) or len(country) != 2 or not country.isalpha()):
+        raise ValidationError("must be a two-letter ISO country code", field="country")
+    s = ctx.settings
+    now = ctx.now()
+    key = ctx.sealer.token_digest("login:" + addr)
+    pending: RingfenceError | None = None
+    result: LoginResult | None = None
+    with ctx.store.tx() as db:
+        pending = throttle.hit(db, bucket=f"login-ip:{client_ip}", limit=s.identity_login_per_ip_per_min, window_s=60, now_s=now)
+        if pending is None and (remaining := throttle.lockout_remaining_s(db, key, now)) > 0:
+            pending = RateLimited(f"too many failed sign-ins for this e-mail; try again in {remaining} s", retry_after_s=remaining)
+        if pending is None:
+            user = db.scalars(select(User).where(User.email == addr)).first()
+            if user is None:
+                ctx.passwords.verify_dummy(password)
+                ok = False
+            else:
+                ok = ctx.passwords.verify(user.password_hash, password)
+            if not ok:
+                lock_s = throttle.record_failure(db, key, now, free_failures=s.identity_lockout_free_failures,
+                                                 base_s=s.identity_lockout_base_s, max_s=s.identity_lockout_max_s)
+                if user is not None:
+                    record_event(db, user_id=user.id, kind="sign_in_failed", at_s=now, ip=client_ip)
+                    if lock_s:
+                        record_event(db, user_id=user.id, kind="account_locked", at_s=now, ip=client_ip, detail=f"{lock_s} s")
+                pending = AuthenticationFailed(LOGIN_FAILED_MESSAGE)
+            else:
+                assert user is not None
+                if not user.email_verified:
+                    pending = Forbidden("confirm your e-mail address first: use the link we sent you", field="email")
+                elif user.frozen:
+                    pending = AccountFrozen()
+                else:
+                    throttle.clear_failures(db, key)
+                    if ctx.passwords.needs_rehash(user.password_hash):
+                        user.password_hash = ctx.passwords.hash(password)
+                    methods = _second_factor_methods(db, user)
+                    if methods:
+                        issued = sessions.issue(ctx, db, user, ip=client_ip, user_agent=agent, mfa_pending=True)
+                        result = LoginResult(issued, True, methods, None)
+                    else:
+                        issued = sessions.issue(ctx, db, user, ip=client_ip, user_agent=agent)
+                        note_sign_in(ctx, db, user, ip=client_ip, user_agent=agent, country=country)
+                        result = LoginResult(issued, False, (), user.account_id)
+    _raise_pending(pending)
+    assert result is not None
+    return result
+
+
+def change_password(
+    ctx: IdentityContext, token: object, current_password: object, new_password: object, *, ip: object = "127.0.0.1"
+) -> sessions.IssuedSession:
+    """Change the password: ends every other session, rotates this one, locks withdrawals."""
+    client_ip = validate_ip(ip)
+    if not isinstance(current_password, str) or len(current_password) > PASSWORD_MAX_CHARS:
+        raise ValidationError(f"must be 1..{PASSWORD_MAX_CHARS} characters", field="current_password")
+    with ctx.store.tx() as db:
+        row, user = sessions._load(ctx, db, token)
+        pw = check_password_policy(new_password, email=user.email, field="new_password")
+        if not ctx.passwords.verify(user.password_hash, current_password):
+            raise AuthenticationFailed("the current password is incorrect", field="current_password")
+        now = ctx.now()
+        user.password_hash = ctx.passwords.hash(pw)
+        db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None))
+                   .values(revoked_at_s=now))
+        issued = sessions.issue(ctx, db, user, ip=row.ip, user_agent=row.user_agent, second_factor_at_s=row.second_factor_at_s)
+        credential_changed(ctx, db, user, change="password_changed", ip=client_ip)
+        return issued
+
+
+def request_email_change(ctx: IdentityContext, token: object, new_email: object) -> None:
+    """Send a confirmation link to the new address (needs a fresh second factor if 2FA is on)."""
+    addr = normalize_email(new_email, field="new_email")
+    info = sessions.authenticate(ctx, token)
+    if info.second_factor_enabled:
+        sessions.require_fresh_second_factor(info)
+    with ctx.store.tx() as db:
+        user = db.get(User, info.user_id)
+        assert user is not None
+        taken = db.scalars(select(User.id).where(User.email == addr)).first() is not None
+        if addr == user.email:
+            raise ValidationError("is already your e-mail address", field="new_email")
+        if not taken:  # a taken address silently gets nothing: no probing of registered e-mails
+            user.pending_email = addr
+            link_token = _email_token(ctx, db, user, purpose="change", email=addr)
+            mail.enqueue(ctx, db, user, "email_change_confirm",
+                         {"link": f"{ctx.settings.identity_public_url}/confirm-email?token={link_token}"}, to_addr=addr)
+
+
+def confirm_email_change(ctx: IdentityContext, token: object, *, ip: object = "127.0.0.1") -> str:
+    client_ip = validate_ip(ip)
+    with ctx.store.tx() as db:
+        row = _consume_email_token(ctx, db, token, "change")
+        user = db.get(User, row.user_id)
+        assert user is not None
+        if user.pending_email != row.email:
+            raise Unauthorized("this link is no longer current; request the change again", field="token")
+        if db.scalars(select(User.id).where(User.email == row.email)).first() is not None:
+            raise Conflict("this e-mail address is already in use", field="new_email")
+        old = user.email
+        user.email = row.email
+        user.pending_email = None
+        # Tell the old address too, with the freeze link: the person who lost the mailbox must see it.
+        credential_changed(ctx, db, user, change="email_changed", ip=client_ip, also_notify=(old,))
+        return user.email
+
+
+def set_anti_phishing_code(ctx: IdentityContext, token: object, code: object, *, ip: object = "127.0.0.1") -> None:
+    """Set the code shown in every e-mail. Needs a fresh second factor when 2FA is on."""
+    value = validate_anti_phishing_code(code)
+    client_ip = validate_ip(ip)
+    info = sessions.authenticate(ctx, token)
+    if info.second_factor_enabled:
+        sessions.require_fresh_second_factor(info)
+    with ctx.store.tx() as db:
+        user = db.get(User, info.user_id)
+        assert user is not None
+        user.anti_phishing_code = value
+        credential_changed(ctx, db, user, change="anti_phishing_changed", ip=client_ip)

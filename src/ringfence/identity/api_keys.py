@@ -1,0 +1,288 @@
+"""API keys: HMAC-SHA256 keys (secret shown once, sealed at rest) and Ed25519 keys (public key only).
+
+Invariants:
+- Creating a key needs a signed-in session with a fresh second factor; it is a credential change
+  (security event, withdrawal lock, e-mail with freeze link).
+- The HMAC secret is returned once by `create_api_key` and stored only AES-GCM sealed (bound to the
+  key's hash); the API key itself is stored as a keyed hash plus an 8-character display prefix.
+- `verify_api_request` reads the key row on every call (no cache), so revocation, expiry and a
+  freeze take effect on the very next request. Signatures are compared in constant time.
+- Scopes are a subset of read/trade/withdraw; `withdraw` keys must carry an IP allow-list.
+- Binance-style signing: HMAC key -> signature = hex(HMAC_SHA256(secret, payload));
+  Ed25519 key -> signature = base64(Ed25519_sign(private_key, payload)).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import func, select
+
+
+from ..errors import AccountFrozen, Conflict, Forbidden, NotFound, Unauthorized, ValidationError
+from ..store.models import ApiKey, User
+from . import sessions
+from .context import IdentityContext
+from .events import credential_changed, record_event
+from .fields import validate_ip, validate_label
+
+__all__ = [
+    "SCOPES",
+    "CreatedApiKey",
+    "ApiKeyView",
+    "ApiPrincipal",
+    "create_api_key",
+    "revoke_api_key",
+    "list_api_keys",
+    "verify_api_request",
+    "hmac_signature",
+]
+
+SCOPES = ("read", "trade", "withdraw")
+KEYS_PER_USER_MAX = 30
+ALLOWLIST_MAX_ENTRIES = 30
+EXPIRY_MAX_S = 365 * 86400
+EXPIRY_MIN_S = 3600
+PAYLOAD_MAX_BYTES = 64 * 1024
+LAST_USED_RESOLUTION_S = 60
+_DUMMY_SECRET = secrets.token_bytes(32)
+
+
+@dataclass(frozen=True)
+class CreatedApiKey:
+    key_id: int
+    api_key: str
+    secret: str | None  # HMAC keys only; shown ONCE, never retrievable again
+    kind: str
+    scopes: tuple[str, ...]
+    expires_at_s: int | None
+
+
+@dataclass(frozen=True)
+class ApiKeyView:
+    key_id: int
+    key_prefix: str
+    kind: str
+    label: str
+    scopes: tuple[str, ...]
+    ip_allowlist: tuple[str, ...]
+    created_at_s: int
+    expires_at_s: int | None
+    revoked_at_s: int | None
+    last_used_at_s: int | None
+
+
+@dataclass(frozen=True)
+class ApiPrincipal:
+    account_id: str
+    user_id: int
+    key_id: int
+    scopes: tuple[str, ...]
+
+
+def hmac_signature(secret: str, payload: bytes | str) -> str:
+    """hex(HMAC_SHA256(secret, payload)) — what a client computes to sign a request."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+
+
+def _validate_scopes(scopes: object) -> tuple[str, ...]:
+    if isinstance(scopes, str) or not isinstance(scopes, (list, tuple, set, frozenset)) or not scopes:
+        raise ValidationError(f"must be a non-empty list drawn from {list(SCOPES)}", field="scopes")
+    out = set()
+    for s in scopes:
+        if s not in SCOPES:
+            raise ValidationError(f"must be a non-empty list drawn from {list(SCOPES)}", field="scopes")
+        out.add(s)
+    return tuple(sorted(out))
+
+
+def _validate_allowlist(entries: object) -> tuple[str, ...]:
+    if entries is None:
+        return ()
+    if isinstance(entries, str) or not isinstance(entries, (list, tuple)):
+        raise ValidationError("must be a list of IP addresses or CIDR networks", field="ip_allowlist")
+    if len(entries) > ALLOWLIST_MAX_ENTRIES:
+        raise ValidationError(f"must have at most {ALLOWLIST_MAX_ENTRIES} entries", field="ip_allowlist")
+    out: list[str] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, str) or len(entry) > 64:
+            raise ValidationError("must be an IP address or CIDR network like 203.0.113.0/24", field=f"ip_allowlist[{i}]")
+        try:
+            out.append(str(ipaddress.ip_network(entry.strip(), strict=True)))
+        except ValueError as exc:
+            raise ValidationError(
+                f"must be an IP address or CIDR network like 203.0.113.0/24 ({exc})", field=f"ip_allowlist[{i}]"
+            ) from exc
+    return tuple(out)
+
+
+def _parse_ed25519_public_key(public_key: object) -> bytes:
+    if not isinstance(public_key, str) or len(public_key) > 1024:
+        raise ValidationError("must be an Ed25519 public key (PEM, or base64 of the 32 raw bytes)", field="public_key")
+    try:
+        if "BEGIN PUBLIC KEY" in public_key:
+            key = serialization.load_pem_public_key(public_key.encode())
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError("not an Ed25519 key")
+        else:
+            key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key.strip(), validate=True))
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise ValidationError("must be an Ed25519 public key (PEM, or base64 of the 32 raw bytes)", field="public_key") from exc
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def create_api_key(
+    ctx: IdentityContext,
+    token: object,
+    *,
+    kind: str = "hmac",
+    scopes: object = ("read",),
+    label: object = "api key",
+    ip_allowlist: object = None,
+    expires_in_s: int | None = None,
+    public_key: object = None,
+    ip: object = "127.0.0.1",
+    max_factor_age_s: int = 300,
+) -> CreatedApiKey:
+    """Create a key. Needs a fresh second factor. The HMAC secret is in the result and nowhere else."""
+    if kind not in ("hmac", "ed25519"):
+        raise ValidationError("must be 'hmac' or 'ed25519'", field="kind")
+    scope_t = _validate_scopes(scopes)
+    name = validate_label(label)
+    allow = _validate_allowlist(ip_allowlist)
+    client_ip = validate_ip(ip)
+    if "withdraw" in scope_t and not allow:
+        raise ValidationError("a key with the withdraw scope must be restricted to trusted IPs", field="ip_allowlist")
+    if expires_in_s is not None and (not isinstance(expires_in_s, int) or not EXPIRY_MIN_S <= expires_in_s <= EXPIRY_MAX_S):
+        raise ValidationError(f"must be between {EXPIRY_MIN_S} and {EXPIRY_MAX_S} seconds", field="expires_in_s")
+    raw_public = _parse_ed25519_public_key(public_key) if kind == "ed25519" else None
+    if kind == "hmac" and public_key is not None:
+        raise ValidationError("is only for ed25519 keys", field="public_key")
+
+    info = sessions.authenticate(ctx, token)
+    sessions.require_fresh_second_factor(info, max_factor_age_s)
+    now = ctx.now()
+    with ctx.store.tx() as db:
+        user = db.get(User, info.user_id)
+        assert user is not None
+        n = db.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at_s.is_(None)))
+        if n >= KEYS_PER_USER_MAX:
+            raise Conflict(f"at most {KEYS_PER_USER_MAX} active API keys per account; revoke one first", field="api_key")
+        api_key = secrets.token_hex(32)
+        key_hash = ctx.sealer.token_digest("apikey:" + api_key)
+        secret = secrets.token_hex(32) if kind == "hmac" else None
+        row = ApiKey(
+            user_id=user.id, key_hash=key_hash, key_prefix=api_key[:8], kind=kind,
+            secret_enc=ctx.sealer.seal(secret.encode(), purpose="apikey:" + key_hash) if secret else None,
+            public_key=raw_public, scopes=",".join(scope_t), ip_allowlist=",".join(allow), label=name,
+            created_at_s=now, expires_at_s=now + expires_in_s if expires_in_s else None,
+        )
+        db.add(row)
+        db.flush()
+        credential_changed(ctx, db, user, change="api_key_created", ip=client_ip)
+        return CreatedApiKey(row.id, api_key, secret, kind, scope_t, row.expires_at_s)
+
+
+def _view(row: ApiKey) -> ApiKeyView:
+    return ApiKeyView(
+        row.id, row.key_prefix, row.kind, row.label, tuple(row.scopes.split(",")),
+        tuple(x for x in row.ip_allowlist.split(",") if x), row.created_at_s, row.expires_at_s, row.revoked_at_s,
+        row.last_used_at_s,
+    )
+
+
+def list_api_keys(ctx: IdentityContext, token: object) -> list[ApiKeyView]:
+    info = sessions.authenticate(ctx, token)
+    with ctx.store.tx() as db:
+        rows = db.scalars(select(ApiKey).where(ApiKey.user_id == info.user_id).order_by(ApiKey.id).limit(1000))
+        return [_view(r) for r in rows]
+
+
+def revoke_api_key(ctx: IdentityContext, token: object, key_id: int, *, ip: object = "127.0.0.1") -> None:
+    """Revoke a key (no step-up needed: revoking only ever reduces access). Effective immediately."""
+    client_ip = validate_ip(ip)
+    info = sessions.authenticate(ctx, token)
+    with ctx.store.tx() as db:
+        row = db.get(ApiKey, key_id) if isinstance(key_id, int) else None
+        if row is None or row.user_id != info.user_id:
+            raise NotFound("no such API key on your account", field="key_id")
+        if row.revoked_at_s is None:
+            row.revoked_at_s = ctx.now()
+            record_event(db, user_id=info.user_id, kind="api_key_revoked", at_s=ctx.now(), ip=client_ip, detail=row.key_prefix)
+
+
+def _ip_allowed(row: ApiKey, client_ip: str) -> bool:
+    if not row.ip_allowlist:
+        return True
+    addr = ipaddress.ip_address(client_ip)
+    return any(addr in ipaddress.ip_network(net) for net in row.ip_allowlist.split(","))
+
+
+def _signature_ok(ctx: IdentityContext, row: ApiKey | None, payload: bytes, signature: str) -> bool:
+    if row is None or row.kind == "hmac":
+        secret = (
+            ctx.sealer.unseal(row.secret_enc, purpose="apikey:" + row.key_hash) if row is not None and row.secret_enc else _DUMMY_SECRET
+        )
+        expected = hmac.new(secret, payload, hashlib.sha256).hexdigest()
+        ok = hmac.compare_digest(expected.encode(), signature.lower().encode())
+        return ok and row is not None
+    assert row.public_key is not None
+    try:
+        Ed25519PublicKey.from_public_bytes(row.public_key).verify(base64.b64decode(signature, validate=True), payload)
+        return True
+    except (InvalidSignature, ValueError, binascii.Error):
+        return False
+
+
+def verify_api_request(
+    ctx: IdentityContext, api_key: object, payload: bytes | str, signature: object, client_ip: object, required_scope: str
+) -> ApiPrincipal:
+    """Authenticate one signed API request. Returns who it is, or raises a clear error.
+
+    Unauthorized: unknown key, bad signature, revoked, expired. Forbidden: IP not on the key's
+    allow-list, scope missing, account frozen. ValidationError: malformed arguments.
+    """
+    if required_scope not in SCOPES:
+        raise ValidationError(f"must be one of {list(SCOPES)}", field="required_scope")
+    if not isinstance(api_key, str) or len(api_key) != 64:
+        raise Unauthorized("the API key is missing or malformed", field="api_key")
+    if not isinstance(signature, str) or not 1 <= len(signature) <= 256:
+        raise Unauthorized("the signature is missing or malformed", field="signature")
+    data = payload.encode() if isinstance(payload, str) else payload
+    if not isinstance(data, bytes) or len(data) > PAYLOAD_MAX_BYTES:
+        raise ValidationError(f"must be at most {PAYLOAD_MAX_BYTES} bytes", field="payload")
+    ip = validate_ip(client_ip, field="client_ip")
+    now = ctx.now()
+    with ctx.store.tx() as db:
+        row = db.scalars(select(ApiKey).where(ApiKey.key_hash == ctx.sealer.token_digest("apikey:" + api_key))).first()
+        if not _signature_ok(ctx, row, data, signature):
+            raise Unauthorized("the API key or signature is not valid", field="signature")
+        assert row is not None
+        if row.revoked_at_s is not None:
+            raise Unauthorized("this API key was revoked", field="api_key")
+        if row.expires_at_s is not None and now >= row.expires_at_s:
+            raise Unauthorized("this API key has expired; create a new one", field="api_key")
+        user = db.get(User, row.user_id)
+        assert user is not None
+        if user.frozen:
+            raise AccountFrozen()
+        if not _ip_allowed(row, ip):
+            raise Forbidden(f"requests from {ip} are not on this API key's IP allow-list", field="client_ip")
+        scopes = tuple(row.scopes.split(","))
+        if required_scope not in scopes:
+            raise Forbidden(f"this API key lacks the '{required_scope}' scope", field="scope")
+        if row.last_used_at_s is None or now - row.last_used_at_s >= LAST_USED_RESOLUTION_S:
+            row.last_used_at_s = now
+        return ApiPrincipal(user.account_id, user.id, row.id, scopes)
+
+

@@ -1,0 +1,74 @@
+"""`ringfence identity ...`: migrate the identity store, deliver queued mail, manage the exchange PGP key.
+
+Reads settings from the environment (RINGFENCE_*). Never prints secrets.
+"""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Console
+
+from ..settings import load_settings
+from ..store import Store
+
+app = typer.Typer(name="identity", help="Identity store and mail worker.\n\nExample: ringfence identity migrate",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+def _context():  # type: ignore[no-untyped-def]
+    from .context import IdentityContext
+
+    settings = load_settings()
+    return IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the identity tables (SQLite by default, PostgreSQL via RINGFENCE_DATABASE_URL).
+
+    Example: RINGFENCE_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test ringfence identity migrate
+    """
+    settings = load_settings()
+    Store.from_url(settings.database_url)
+    console.print(f"[green]identity schema is at head[/green] ({settings.database_url.split('@')[-1]})")
+
+
+@app.command("deliver-mail")
+def deliver_mail(
+    once: bool = typer.Option(False, help="deliver what is due once and exit"),
+    interval_s: int = typer.Option(5, min=1, max=3600, help="seconds between polls"),
+) -> None:
+    """Send queued e-mails (anti-phishing code included) to the configured SMTP server, with retries.
+
+    Example: ringfence identity deliver-mail --once
+    """
+    from .mail import deliver_due
+
+    ctx = _context()
+    while True:
+        report = deliver_due(ctx)
+        console.print(f"sent={report.sent} failed={report.failed} dead={report.dead}")
+        if once:
+            return
+        time.sleep(interval_s)
+
+
+@app.command("gen-exchange-pgp-key")
+def gen_exchange_pgp_key(email: str = typer.Option("support@ringfence.local", help="user id e-mail of the key")) -> None:
+    """Generate the exchange's PGP key (Ed25519/Cv25519) for secure tickets; prints its fingerprint.
+
+    Example: ringfence identity gen-exchange-pgp-key --email support@example.com
+    """
+    ctx = _context()
+    gpg = ctx.keyring.gpg
+    key = gpg.gen_key(gpg.gen_key_input(key_type="EDDSA", key_curve="ed25519", subkey_type="ECDH",
+                                        subkey_curve="cv25519", name_real="ringfence support", name_email=email,
+                                        no_protection=True, expire_date="2y"))
+    ctx.keyring.close()
+    if not key.fingerprint:
+        console.print(f"[red]gpg failed:[/red] {key.status}")
+        raise typer.Exit(1)
+    console.print(f"set RINGFENCE_IDENTITY_EXCHANGE_PGP_FINGERPRINT={key.fingerprint}")

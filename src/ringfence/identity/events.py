@@ -1,0 +1,131 @@
+"""Security events, the post-change withdrawal lock and the one-click "this wasn't me" freeze.
+
+Invariants: every credential change (`CREDENTIAL_CHANGES`) in the same transaction (1) records a
+security event, (2) locks withdrawals for `identity_withdrawal_lock_s` from now (never shortening an
+existing lock), (3) queues an e-mail with a single-use freeze link. A freeze revokes every session
+and API key and disables withdrawals until support unfreezes the account; a freeze token works once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ..errors import AccountFrozen, NotFound, Unauthorized, ValidationError, WithdrawalsLocked
+from ..store.models import ApiKey, AuthSession, FreezeToken, SecurityEvent, User
+from . import mail
+from .context import IdentityContext
+from .sealing import new_token
+
+__all__ = [
+    "EVENT_KINDS",
+    "CREDENTIAL_CHANGES",
+    "SecurityEventView",
+    "record_event",
+    "credential_changed",
+    "freeze_account",
+    "check_withdrawals_allowed",
+    "recent_events",
+]
+
+CREDENTIAL_CHANGES = frozenset(
+    {"password_changed", "email_changed", "totp_enabled", "totp_disabled", "recovery_codes_regenerated",
+     "passkey_added", "passkey_removed", "api_key_created", "anti_phishing_changed",
+     "pgp_key_changed", "withdrawal_address_changed"}
+)
+EVENT_KINDS = CREDENTIAL_CHANGES | {
+    "signed_up", "email_verified", "sign_in", "new_device_sign_in", "new_country_sign_in", "sign_in_failed",
+    "second_factor_failed", "recovery_code_used", "session_revoked", "logout_everywhere", "account_frozen",
+    "account_locked", "api_key_revoked",
+}
+DETAIL_MAX_CHARS = 512
+RECENT_EVENTS_MAX = 200
+
+
+@dataclass(frozen=True)
+class SecurityEventView:
+    kind: str
+    ip: str
+    detail: str
+    at_s: int
+
+
+def record_event(db: Session, *, user_id: int | None, kind: str, at_s: int, ip: str = "", detail: str = "") -> None:
+    assert kind in EVENT_KINDS, f"unknown security event kind {kind!r}"
+    db.add(SecurityEvent(user_id=user_id, kind=kind, ip=ip[:64], detail=detail[:DETAIL_MAX_CHARS], at_s=at_s))
+
+
+def credential_changed(
+    ctx: IdentityContext, db: Session, user: User, *, change: str, ip: str, also_notify: tuple[str, ...] = ()
+) -> int:
+    """Record `change`, lock withdrawals, mail a freeze link. Returns the lock end (Unix s)."""
+    assert change in CREDENTIAL_CHANGES, change
+    now = ctx.now()
+    record_event(db, user_id=user.id, kind=change, at_s=now, ip=ip)
+    user.withdrawals_locked_until_s = max(user.withdrawals_locked_until_s, now + ctx.settings.identity_withdrawal_lock_s)
+    token = new_token()
+    db.add(
+        FreezeToken(
+            user_id=user.id,
+            token_hash=ctx.sealer.token_digest(token),
+            reason=change,
+            expires_at_s=now + ctx.settings.identity_freeze_token_ttl_s,
+        )
+    )
+    link = f"{ctx.settings.identity_public_url}/security/freeze?token={token}"
+    params: dict[str, object] = {
+        "change": change.replace("_", " "), "ip": ip or "unknown", "locked_until": user.withdrawals_locked_until_s,
+        "freeze_link": link,
+    }
+    mail.enqueue(ctx, db, user, "credential_changed", params)
+    for addr in also_notify:
+        mail.enqueue(ctx, db, user, "credential_changed", params, to_addr=addr)
+    return user.withdrawals_locked_until_s
+
+
+def freeze_account(ctx: IdentityContext, token: object, *, ip: str = "") -> str:
+    """Consume a freeze token: freeze the account, revoke sessions and API keys. Returns account_id."""
+    if not isinstance(token, str) or not 16 <= len(token) <= 128:
+        raise ValidationError("must be the token from the e-mail link", field="token")
+    now = ctx.now()
+    with ctx.store.tx() as db:
+        row = db.scalars(select(FreezeToken).where(FreezeToken.token_hash == ctx.sealer.token_digest(token))).first()
+        if row is None or row.used_at_s is not None or row.expires_at_s < now:
+            raise Unauthorized("this freeze link is invalid, used or expired; contact support", field="token")
+        row.used_at_s = now
+        user = db.get(User, row.user_id)
+        assert user is not None
+        user.frozen = True
+        db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None)).values(revoked_at_s=now))
+        db.execute(update(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at_s.is_(None)).values(revoked_at_s=now))
+        record_event(db, user_id=user.id, kind="account_frozen", at_s=now, ip=ip, detail=f"via freeze link after {row.reason}")
+        mail.enqueue(ctx, db, user, "account_frozen", {})
+        return user.account_id
+
+
+def check_withdrawals_allowed(ctx: IdentityContext, account_id: str) -> None:
+    """Raise AccountFrozen / WithdrawalsLocked when this account may not withdraw now."""
+    now = ctx.now()
+    with ctx.store.tx() as db:
+        user = db.scalars(select(User).where(User.account_id == account_id)).first()
+        if user is None:
+            raise NotFound("no such account", field="account_id")
+        if user.frozen:
+            raise AccountFrozen()
+        if user.withdrawals_locked_until_s > now:
+            remaining = user.withdrawals_locked_until_s - now
+            raise WithdrawalsLocked(
+                f"withdrawals are locked for {remaining} s after a recent security change",
+                locked_until_s=user.withdrawals_locked_until_s,
+            )
+
+
+def recent_events(ctx: IdentityContext, user_id: int, *, limit: int = 50) -> list[SecurityEventView]:
+    limit = max(1, min(limit, RECENT_EVENTS_MAX))
+    with ctx.store.tx() as db:
+        rows = db.scalars(
+            select(SecurityEvent).where(SecurityEvent.user_id == user_id).order_by(SecurityEvent.id.desc()).limit(limit)
+        )
+        return [SecurityEventView(kind=r.kind, ip=r.ip, detail=r.detail, at_s=r.at_s) for r in rows]

@@ -1,0 +1,228 @@
+"""Every e-mail the exchange sends: one composer, a transactional outbox, and an SMTP delivery worker.
+
+Invariants:
+- `enqueue` is the only code that creates `OutboxMessage` rows, and it always goes through
+  `compose`, which puts the user's anti-phishing code in the subject and the first body line of
+  every message (or says that none is set). No template can skip it: templates only supply text.
+- Messages flagged sensitive (security alerts, withdrawal confirmations, ticket replies, ...) are
+  PGP-encrypted to the user's registered key when there is one; the anti-phishing code stays in the
+  subject so it is visible before decrypting.
+- The outbox row is written in the same transaction as the change it announces (transactional
+  outbox). Delivery retries with exponential backoff and gives up (`dead`) after a bounded number of
+  attempts. Bodies are plain text; template parameters are single-line strings or ints.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import string
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..errors import ValidationError
+from ..store.models import OutboxMessage, User
+from .context import IdentityContext
+
+__all__ = ["TEMPLATES", "Template", "compose", "enqueue", "deliver_due", "DeliveryReport", "PARAM_MAX_CHARS"]
+
+PARAM_MAX_CHARS = 512
+MULTILINE_PARAM_MAX_CHARS = 20_000
+DELIVERY_BATCH_MAX = 200
+
+
+@dataclass(frozen=True)
+class Template:
+    subject: str
+    body: str
+    sensitive: bool
+    multiline_fields: tuple[str, ...] = ()  # body-only fields that may span lines
+
+
+TEMPLATES: dict[str, Template] = {
+    "verify_email": Template(
+        "Confirm your e-mail address",
+        "Welcome to ringfence. Confirm this address to activate your account:\n{link}\n\n"
+        "The link works once and expires in 24 hours. If you did not sign up, ignore this message.",
+        False,
+    ),
+    "signup_existing": Template(
+        "Sign-up attempt with your e-mail address",
+        "Someone tried to create a ringfence account with this address, which already has one.\n"
+        "If it was you, sign in instead. If not, you can ignore this message; nothing was changed.",
+        False,
+    ),
+    "email_change_confirm": Template(
+        "Confirm your new e-mail address",
+        "Confirm that this address should become the e-mail of your ringfence account:\n{link}",
+        False,
+    ),
+    "new_sign_in": Template(
+        "New sign-in to your account",
+        "Your account was signed in from a new device or network.\nIP: {ip}\nDevice: {device}\n\n"
+        "If this wasn't you, change your password and contact support.",
+        True,
+    ),
+    "credential_changed": Template(
+        "Security change on your account: {change}",
+        "This security setting of your account changed: {change}.\nIP: {ip}\n"
+        "For your protection withdrawals are locked until {locked_until} (Unix time).\n\n"
+        "If this wasn't you, freeze your account now with one click:\n{freeze_link}",
+        True,
+    ),
+    "account_frozen": Template(
+        "Your account is frozen",
+        "Your account was frozen from a 'this wasn't me' link. All sessions and API keys were "
+        "stopped and withdrawals are disabled. Contact support to recover the account.",
+        True,
+    ),
+    "second_factor_failed": Template(
+        "Failed second-factor attempts",
+        "Several wrong second-factor codes were entered for your account.\nIP: {ip}\n"
+        "If this wasn't you, your password is known to someone else: change it now.",
+        True,
+    ),
+    "withdrawal_confirmation": Template(
+        "Confirm your withdrawal",
+        "Withdrawal of {amount} {asset} to {address}.\nConfirm: {link}",
+        True,
+    ),
+    "ticket_reply": Template("Reply to your support ticket #{ticket_id}", "{reply}", True, ("reply",)),
+}
+
+
+def _render(text: str, params: dict[str, object], *, multiline_fields: tuple[str, ...] = ()) -> str:
+    used = {name for _, name, _, _ in string.Formatter().parse(text) if name}
+    clean: dict[str, str] = {}
+    for key in used:
+        if key not in params:
+            raise ValidationError("is required by this template", field=f"params.{key}")
+        value = params[key]
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise ValidationError("template parameters must be strings or integers", field=f"params.{key}")
+        s = str(value)
+        multiline = key in multiline_fields
+        limit = MULTILINE_PARAM_MAX_CHARS if multiline else PARAM_MAX_CHARS
+        if len(s) > limit:
+            raise ValidationError(f"must be at most {limit} characters", field=f"params.{key}")
+        if not multiline and any(ch in s for ch in "\r\n"):
+            raise ValidationError("must be a single line", field=f"params.{key}")
+        clean[key] = s
+    return text.format(**clean)
+
+
+def compose(ctx: IdentityContext, user: User | None, template: str, params: dict[str, object]) -> tuple[str, str, bool]:
+    """Return (subject, body, encrypted) for `template`, with the anti-phishing code in both."""
+    tpl = TEMPLATES.get(template)
+    if tpl is None:
+        raise ValidationError(f"must be one of {sorted(TEMPLATES)}", field="template")
+    subject = _render(tpl.subject, params)
+    body = _render(tpl.body, params, multiline_fields=tpl.multiline_fields)
+    code = user.anti_phishing_code if user is not None else None
+    if code:
+        subject = f"[{code}] {subject}"
+        header = f"Anti-phishing code: {code}\n(ringfence always shows this code. A message without it is not from us.)\n\n"
+    else:
+        header = "Anti-phishing code: not set. Set one in your security centre so you can recognise our e-mails.\n\n"
+    body = header + body
+    encrypted = False
+    if tpl.sensitive and user is not None and user.pgp_fingerprint:
+        body = ctx.keyring.encrypt(body, user.pgp_fingerprint)
+        encrypted = True
+    return subject, body, encrypted
+
+
+def enqueue(
+    ctx: IdentityContext,
+    db: Session,
+    user: User | None,
+    template: str,
+    params: dict[str, object],
+    *,
+    to_addr: str | None = None,
+) -> OutboxMessage:
+    """Compose and queue one message inside the caller's transaction."""
+    address = to_addr or (user.email if user is not None else None)
+    if not address:
+        raise ValidationError("a recipient is required", field="to_addr")
+    subject, body, encrypted = compose(ctx, user, template, params)
+    now = ctx.now()
+    msg = OutboxMessage(
+        user_id=user.id if user is not None else None,
+        to_addr=address,
+        subject=subject,
+        body=body,
+        template=template,
+        encrypted=encrypted,
+        status="pending",
+        attempts=0,
+        next_attempt_at_s=now,
+        created_at_s=now,
+    )
+    db.add(msg)
+    db.flush()
+    return msg
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    sent: int
+    failed: int
+    dead: int
+
+
+def _send(ctx: IdentityContext, msg: OutboxMessage) -> None:
+    s = ctx.settings
+    email = EmailMessage()
+    email["From"] = s.identity_mail_from
+    email["To"] = msg.to_addr
+    email["Subject"] = msg.subject
+    email["Message-ID"] = f"<outbox-{msg.id}-{msg.created_at_s}@ringfence>"
+    email.set_content(msg.body)
+    with smtplib.SMTP(s.identity_smtp_host, s.identity_smtp_port, timeout=s.identity_smtp_timeout_s) as smtp:
+        smtp.send_message(email)
+
+
+def deliver_due(ctx: IdentityContext, *, limit: int = 50) -> DeliveryReport:
+    """Send up to `limit` due messages; failures are retried later with exponential backoff."""
+    limit = max(1, min(limit, DELIVERY_BATCH_MAX))
+    s = ctx.settings
+    now = ctx.now()
+    with ctx.store.tx() as db:
+        ids = list(
+            db.scalars(
+                select(OutboxMessage.id)
+                .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at_s <= now)
+                .order_by(OutboxMessage.id)
+                .limit(limit)
+            )
+        )
+    sent = failed = dead = 0
+    for msg_id in ids:
+        with ctx.store.tx() as db:
+            q = select(OutboxMessage).where(OutboxMessage.id == msg_id, OutboxMessage.status == "pending")
+            if db.bind is not None and db.bind.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            msg = db.scalars(q).first()
+            if msg is None:
+                continue
+            try:
+                _send(ctx, msg)
+            except (OSError, smtplib.SMTPException) as exc:
+                msg.attempts += 1
+                msg.last_error = f"{type(exc).__name__}: {exc}"[:255]
+                if msg.attempts >= s.identity_outbox_max_attempts:
+                    msg.status = "dead"
+                    dead += 1
+                else:
+                    delay = min(s.identity_outbox_backoff_base_s * 2 ** (msg.attempts - 1), s.identity_outbox_backoff_max_s)
+                    msg.next_attempt_at_s = now + delay
+                    failed += 1
+                continue
+            msg.attempts += 1
+            msg.status = "sent"
+            msg.sent_at_s = ctx.now()
+            sent += 1
+    return DeliveryReport(sent=sent, failed=failed, dead=dead)

@@ -1,0 +1,98 @@
+"""Typed settings for ringfence, read from the environment with the prefix ``RINGFENCE_``.
+
+One object (`Settings`) holds every knob; fields owned by identity carry the ``identity_`` prefix.
+Invariant: outside dev mode (``RINGFENCE_MODE=prod``) the process refuses to start with a default
+secret — `Settings.check_production_safe()` raises `ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "DEV_IDENTITY_SECRET_KEY_HEX", "load_settings"]
+
+# Publicly known dev key: fine for local demos, refused in prod mode.
+DEV_IDENTITY_SECRET_KEY_HEX = "00" * 31 + "01"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RINGFENCE_", extra="ignore")
+
+    mode: Literal["dev", "prod"] = "dev"
+    database_url: str = "sqlite:///ringfence-data/identity.sqlite3"
+
+    # 32-byte key (hex) for AES-GCM encryption of API secrets / TOTP seeds and HMAC of tokens.
+    identity_secret_key_hex: str = DEV_IDENTITY_SECRET_KEY_HEX
+
+    identity_argon2_memory_kib: int = Field(default=65536, ge=1024, le=4 * 1024 * 1024)
+    identity_argon2_time_cost: int = Field(default=3, ge=1, le=20)
+    identity_argon2_parallelism: int = Field(default=4, ge=1, le=16)
+
+    identity_session_ttl_s: int = Field(default=12 * 3600, ge=60, le=30 * 86400)
+    identity_session_idle_s: int = Field(default=2 * 3600, ge=60, le=30 * 86400)
+    identity_mfa_pending_ttl_s: int = Field(default=300, ge=30, le=3600)
+    identity_email_token_ttl_s: int = Field(default=24 * 3600, ge=300, le=7 * 86400)
+    identity_freeze_token_ttl_s: int = Field(default=7 * 86400, ge=3600, le=30 * 86400)
+    identity_withdrawal_lock_s: int = Field(default=24 * 3600, ge=0, le=30 * 86400)
+
+    # Lockout with exponential backoff: after `free_failures` failures each further failure
+    # locks for base * 2**(n - free_failures) seconds, capped.
+    identity_lockout_free_failures: int = Field(default=5, ge=1, le=100)
+    identity_lockout_base_s: int = Field(default=30, ge=1, le=3600)
+    identity_lockout_max_s: int = Field(default=3600, ge=1, le=86400)
+
+    # Fixed-window rate limits on auth endpoints (per client IP).
+    identity_login_per_ip_per_min: int = Field(default=30, ge=1, le=10_000)
+    identity_signup_per_ip_per_hour: int = Field(default=10, ge=1, le=10_000)
+    identity_second_factor_per_user_per_min: int = Field(default=10, ge=1, le=1000)
+
+    identity_rp_id: str = "localhost"
+    identity_rp_name: str = "ringfence"
+    identity_origin: str = "http://localhost:8000"
+    identity_public_url: str = "http://localhost:8000"
+
+    identity_smtp_host: str = "127.0.0.1"
+    identity_smtp_port: int = Field(default=8025, ge=1, le=65535)
+    identity_smtp_timeout_s: int = Field(default=10, ge=1, le=120)
+    identity_mail_from: str = "security@ringfence.local"
+    identity_outbox_max_attempts: int = Field(default=8, ge=1, le=100)
+    identity_outbox_backoff_base_s: int = Field(default=30, ge=1, le=3600)
+    identity_outbox_backoff_max_s: int = Field(default=6 * 3600, ge=1, le=86400)
+
+    identity_gnupg_home: str = "ringfence-data/gpg"
+    identity_exchange_pgp_fingerprint: str = ""
+
+    def secret_key(self) -> bytes:
+        try:
+            key = bytes.fromhex(self.identity_secret_key_hex)
+        except ValueError as exc:
+            raise ConfigError("must be 64 hex characters (32 bytes)", field="RINGFENCE_IDENTITY_SECRET_KEY_HEX") from exc
+        if len(key) != 32:
+            raise ConfigError("must be 64 hex characters (32 bytes)", field="RINGFENCE_IDENTITY_SECRET_KEY_HEX")
+        return key
+
+    def check_production_safe(self) -> None:
+        """Raise ConfigError when prod mode would run with a default secret or insecure origin."""
+        self.secret_key()
+        if self.mode == "dev":
+            return
+        if self.identity_secret_key_hex.lower() == DEV_IDENTITY_SECRET_KEY_HEX:
+            raise ConfigError(
+                "the default dev key is refused outside dev mode; set a random 32-byte hex key",
+                field="RINGFENCE_IDENTITY_SECRET_KEY_HEX",
+            )
+        if self.identity_argon2_memory_kib < 19456:
+            raise ConfigError("must be at least 19456 KiB outside dev mode", field="RINGFENCE_IDENTITY_ARGON2_MEMORY_KIB")
+        if not self.identity_origin.startswith("https://"):
+            raise ConfigError("must be an https:// origin outside dev mode", field="RINGFENCE_IDENTITY_ORIGIN")
+
+
+def load_settings(**overrides: object) -> Settings:
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings.check_production_safe()
+    return settings

@@ -1,0 +1,77 @@
+"""The SQL store: engine creation, schema migrations, transactional sessions.
+
+SQLite (embedded default, a file under ringfence-data/) or PostgreSQL when
+``RINGFENCE_DATABASE_URL`` points at one (``postgresql+psycopg://...``). The schema is created and
+upgraded only by the Alembic migrations shipped in this package (`migrate`), never by create_all.
+Invariant: every unit of work runs in one transaction (`Store.tx`): it commits fully or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import ConfigError
+
+__all__ = ["Store", "make_engine", "migrate", "MIGRATIONS_DIR"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def make_engine(url: str, *, schema: str | None = None) -> Engine:
+    """Create an engine for SQLite or PostgreSQL; `schema` pins PostgreSQL's search_path (tests)."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql"):
+        connect_args = {"options": f"-csearch_path={schema}"} if schema else {}
+        return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    raise ConfigError("must be a sqlite:/// or postgresql+psycopg:// URL", field="RINGFENCE_DATABASE_URL")
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the schema to `revision` with the migrations shipped in the package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+class Store:
+    """A migrated database plus a transactional session factory."""
+
+    def __init__(self, engine: Engine, *, run_migrations: bool = True) -> None:
+        self.engine = engine
+        if run_migrations:
+            migrate(engine)
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str, *, schema: str | None = None) -> "Store":
+        return cls(make_engine(url, schema=schema))
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[Session]:
+        """One transaction: commit on success, roll back everything on any exception."""
+        with self._sessions() as session:
+            with session.begin():
+                yield session

@@ -1,0 +1,1 @@
+"""Alembic migrations for the identity store (shipped inside the package, run programmatically)."""

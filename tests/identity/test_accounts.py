@@ -1,0 +1,209 @@
+"""Sign-up, verification, sign-in, lockout, sessions — and the attacks on them."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from ringfence.errors import AuthenticationFailed, Forbidden, RateLimited, Unauthorized, ValidationError
+from ringfence.identity import accounts, sessions
+from ringfence.store.models import AuthSession, SecurityEvent, User
+
+from .conftest import PASSWORD, outbox, register, sign_in, token_from_mail
+
+
+def count(ctx, model) -> int:
+    with ctx.store.tx() as db:
+        return db.scalar(select(func.count()).select_from(model))
+
+
+def test_sign_up_verify_login_gives_account_id(ctx):
+    account_id = register(ctx)
+    assert account_id.startswith("u_") and len(account_id) == 26
+    result = sign_in(ctx)
+    assert not result.second_factor_required and result.account_id == account_id
+    info = sessions.authenticate(ctx, result.session.token)
+    assert info.account_id == account_id and info.email == "alice@example.com"
+    with ctx.store.tx() as db:
+        user = db.scalars(select(User)).one()
+        assert user.password_hash.startswith("$argon2id$") and PASSWORD not in user.password_hash
+        assert user.email_verified
+
+
+def test_sign_up_does_not_reveal_existing_email(ctx):
+    first = accounts.sign_up(ctx, "bob@example.com", PASSWORD, ip="198.51.100.1")
+    second = accounts.sign_up(ctx, "BOB@example.com", "another fine passphrase 9", ip="198.51.100.1")
+    assert first == second
+    assert count(ctx, User) == 1
+    assert [m.template for m in outbox(ctx, to="bob@example.com")] == ["verify_email", "signup_existing"]
+
+
+@pytest.mark.parametrize("password, reason", [
+    ("short", "at least 10"),
+    ("password123", "common"),
+    ("Qwerty2024!", "common"),
+    ("x" * 129, "at most 128"),
+    ("alice-the-great-2031", "e-mail"),
+])
+def test_weak_passwords_rejected_and_nothing_created(ctx, password, reason):
+    with pytest.raises(ValidationError) as err:
+        accounts.sign_up(ctx, "alice@example.com", password, ip="198.51.100.1")
+    assert err.value.field == "password" and reason in str(err.value)
+    assert count(ctx, User) == 0 and outbox(ctx) == []
+
+
+@pytest.mark.parametrize("email", ["<script>alert(1)</script>@x.com", "a" * 250 + "@example.com", "no-at-sign", "a@b", 42])
+def test_bad_or_script_laden_email_rejected(ctx, email):
+    with pytest.raises(ValidationError) as err:
+        accounts.sign_up(ctx, email, PASSWORD, ip="198.51.100.1")
+    assert err.value.field == "email"
+    assert count(ctx, User) == 0
+
+
+def test_login_errors_do_not_reveal_whether_email_exists(ctx):
+    register(ctx)
+    with pytest.raises(AuthenticationFailed) as wrong_pw:
+        sign_in(ctx, password="not the password at all")
+    with pytest.raises(AuthenticationFailed) as unknown:
+        sign_in(ctx, email="nobody@example.com")
+    assert str(wrong_pw.value) == str(unknown.value) == accounts.LOGIN_FAILED_MESSAGE
+    assert wrong_pw.value.to_dict() == unknown.value.to_dict()
+
+
+def test_unverified_email_cannot_sign_in(ctx):
+    accounts.sign_up(ctx, "carol@example.com", PASSWORD, ip="198.51.100.1")
+    with pytest.raises(Forbidden):
+        sign_in(ctx, email="carol@example.com")
+    assert count(ctx, AuthSession) == 0
+
+
+def test_verification_link_is_single_use(ctx):
+    accounts.sign_up(ctx, "dave@example.com", PASSWORD, ip="198.51.100.1")
+    token = token_from_mail(outbox(ctx, template="verify_email")[-1])
+    accounts.verify_email(ctx, token)
+    with pytest.raises(Unauthorized):
+        accounts.verify_email(ctx, token)
+
+
+def test_brute_force_locks_with_backoff_same_for_unknown_email(ctx, clock):
+    register(ctx)
+    free = ctx.settings.identity_lockout_free_failures
+    for email in ("alice@example.com", "ghost@example.com"):
+        for _ in range(free - 1):
+            with pytest.raises(AuthenticationFailed):
+                sign_in(ctx, email=email, password="wrong password guess")
+        with pytest.raises(AuthenticationFailed):  # the failure that triggers the lock
+            sign_in(ctx, email=email, password="wrong password guess")
+        with pytest.raises(RateLimited) as locked:  # even the right password is refused while locked
+            sign_in(ctx, email=email)
+        assert "try again in 30 s" in str(locked.value)
+    sessions_before = count(ctx, AuthSession)
+    clock.advance(31)
+    with pytest.raises(AuthenticationFailed):  # one more failure doubles the lock
+        sign_in(ctx, password="wrong password guess")
+    with pytest.raises(RateLimited) as locked:
+        sign_in(ctx)
+    assert "try again in 60 s" in str(locked.value)
+    assert count(ctx, AuthSession) == sessions_before == 0
+    clock.advance(61)
+    assert sign_in(ctx).account_id  # after the backoff the owner gets in; counter resets
+    with ctx.store.tx() as db:
+        kinds = db.scalars(select(SecurityEvent.kind)).all()
+    assert "account_locked" in kinds and kinds.count("sign_in_failed") == free + 1
+
+
+def test_login_rate_limited_per_ip(ctx, clock):
+    ctx.settings.identity_login_per_ip_per_min = 3
+    register(ctx)
+    for i in range(3):
+        sign_in(ctx, ip="203.0.113.9")
+    with pytest.raises(RateLimited):
+        sign_in(ctx, ip="203.0.113.9")
+    sign_in(ctx, ip="203.0.113.10")  # another IP is unaffected
+    clock.advance(60)
+    sign_in(ctx, ip="203.0.113.9")
+
+
+def test_session_fixation_each_login_issues_new_token(ctx):
+    register(ctx)
+    a = sign_in(ctx).session.token
+    b = sign_in(ctx).session.token
+    assert a != b
+    planted = "attacker-chosen-token-value-123456"
+    with pytest.raises(Unauthorized):
+        sessions.authenticate(ctx, planted)
+
+
+def test_stolen_session_useless_after_logout_and_logout_everywhere(ctx):
+    register(ctx)
+    s1 = sign_in(ctx).session.token
+    s2 = sign_in(ctx, ua="other browser").session.token
+    stolen = s1
+    sessions.logout(ctx, s1)
+    with pytest.raises(Unauthorized):
+        sessions.authenticate(ctx, stolen)
+    sessions.authenticate(ctx, s2)
+    s3 = sign_in(ctx).session.token
+    assert sessions.logout_everywhere(ctx, s3) == 2
+    for tok in (s2, s3):
+        with pytest.raises(Unauthorized):
+            sessions.authenticate(ctx, tok)
+
+
+def test_session_expires_when_idle(ctx, clock):
+    register(ctx)
+    tok = sign_in(ctx).session.token
+    clock.advance(ctx.settings.identity_session_idle_s + 1)
+    with pytest.raises(Unauthorized):
+        sessions.authenticate(ctx, tok)
+
+
+def test_csrf_token_bound_to_session(ctx):
+    register(ctx)
+    a = sign_in(ctx).session
+    b = sign_in(ctx).session
+    sessions.verify_csrf(ctx, a.token, a.csrf_token)
+    with pytest.raises(Forbidden) as err:
+        sessions.verify_csrf(ctx, a.token, b.csrf_token)
+    assert err.value.field == "csrf_token"
+    with pytest.raises(Forbidden):
+        sessions.verify_csrf(ctx, a.token, None)
+    cookie = sessions.session_cookie(a.token, max_age_s=3600)
+    assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=Strict" in cookie and cookie.startswith("__Host-")
+
+
+def test_change_password_rotates_and_ends_other_sessions(ctx):
+    register(ctx)
+    mine = sign_in(ctx).session.token
+    other = sign_in(ctx, ua="laptop").session.token
+    new = accounts.change_password(ctx, mine, PASSWORD, "a brand new passphrase 77")
+    for tok in (mine, other):
+        with pytest.raises(Unauthorized):
+            sessions.authenticate(ctx, tok)
+    sessions.authenticate(ctx, new.token)
+    with pytest.raises(AuthenticationFailed):
+        sign_in(ctx)
+    assert sign_in(ctx, password="a brand new passphrase 77").account_id
+
+
+def test_change_password_wrong_current_changes_nothing(ctx):
+    register(ctx)
+    tok = sign_in(ctx).session.token
+    with ctx.store.tx() as db:
+        before = db.scalars(select(User.password_hash)).one()
+    with pytest.raises(AuthenticationFailed):
+        accounts.change_password(ctx, tok, "wrong current password", "a brand new passphrase 77")
+    with ctx.store.tx() as db:
+        assert db.scalars(select(User.password_hash)).one() == before
+    sessions.authenticate(ctx, tok)
+
+
+def test_new_device_sign_in_is_an_event_and_mail(ctx):
+    register(ctx)
+    sign_in(ctx)
+    assert outbox(ctx, template="new_sign_in") == []
+    sign_in(ctx, ip="192.0.2.44", ua="Firefox on a new laptop")
+    alerts = outbox(ctx, template="new_sign_in")
+    assert len(alerts) == 1 and "192.0.2.44" in alerts[0].body
+    with ctx.store.tx() as db:
+        assert db.scalars(select(SecurityEvent.kind).where(SecurityEvent.kind == "new_device_sign_in")).all()

@@ -1,0 +1,164 @@
+"""API keys: creation behind step-up, HMAC and Ed25519 verification, and every way a key is refused."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import func, select
+
+from ringfence.errors import AccountFrozen, Forbidden, SecondFactorRequired, Unauthorized, ValidationError, WithdrawalsLocked
+from ringfence.identity import api_keys, events, sessions
+from ringfence.store.models import ApiKey
+
+from .conftest import enable_totp, outbox, register, sign_in, token_from_mail
+
+PAYLOAD = "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=9000&timestamp=1800000000000"
+
+
+def n_keys(ctx) -> int:
+    with ctx.store.tx() as db:
+        return db.scalar(select(func.count()).select_from(ApiKey))
+
+
+@pytest.fixture
+def owner(ctx, clock):
+    totp, token, _ = enable_totp(ctx, clock)
+    return token
+
+
+def test_hmac_key_round_trip(ctx, owner):
+    key = api_keys.create_api_key(ctx, owner, scopes=["read", "trade"], label="bot 1")
+    assert key.secret and len(key.api_key) == 64
+    sig = api_keys.hmac_signature(key.secret, PAYLOAD)
+    principal = api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, "203.0.113.5", "trade")
+    assert principal.account_id == sessions.authenticate(ctx, owner).account_id
+    assert principal.scopes == ("read", "trade")
+    with ctx.store.tx() as db:  # secret stored sealed, never in plaintext; key stored hashed
+        row = db.scalars(select(ApiKey)).one()
+        assert key.secret.encode() not in row.secret_enc and key.api_key not in row.key_hash
+    views = api_keys.list_api_keys(ctx, owner)
+    assert views[0].key_prefix == key.api_key[:8] and not hasattr(views[0], "secret")
+
+
+def test_key_creation_needs_second_factor(ctx, clock):
+    register(ctx)
+    token = sign_in(ctx).session.token
+    with pytest.raises(SecondFactorRequired):
+        api_keys.create_api_key(ctx, token)
+    assert n_keys(ctx) == 0
+
+
+def test_key_creation_needs_fresh_second_factor(ctx, clock, owner):
+    clock.advance(301)
+    with pytest.raises(SecondFactorRequired):
+        api_keys.create_api_key(ctx, owner)
+    assert n_keys(ctx) == 0
+
+
+def test_wrong_signature_disallowed_ip_missing_scope(ctx, owner):
+    key = api_keys.create_api_key(ctx, owner, scopes=["read"], ip_allowlist=["203.0.113.0/24", "2001:db8::/32"])
+    sig = api_keys.hmac_signature(key.secret, PAYLOAD)
+    with pytest.raises(Unauthorized) as err:
+        api_keys.verify_api_request(ctx, key.api_key, PAYLOAD + "&x=1", sig, "203.0.113.5", "read")
+    assert err.value.field == "signature"
+    with pytest.raises(Forbidden) as err:
+        api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, "198.51.100.1", "read")
+    assert err.value.field == "client_ip"
+    api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, "2001:db8::7", "read")
+    with pytest.raises(Forbidden) as err:
+        api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, "203.0.113.5", "trade")
+    assert err.value.field == "scope" and "trade" in str(err.value)
+    with pytest.raises(Unauthorized):
+        api_keys.verify_api_request(ctx, "f" * 64, PAYLOAD, sig, "203.0.113.5", "read")
+
+
+def test_revocation_effective_on_next_request(ctx, owner):
+    key = api_keys.create_api_key(ctx, owner, scopes=["trade"])
+    sig = api_keys.hmac_signature(key.secret, PAYLOAD)
+    api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, "203.0.113.5", "trade")
+    api_keys.revoke_api_key(ctx, owner, key.key_id)
+    with pytest.raises(Unauthorized) as err:
+        api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, "203.0.113.5", "trade")
+    assert "revoked" in str(err.value)
+
+
+def test_expired_key_refused(ctx, clock, owner):
+    key = api_keys.create_api_key(ctx, owner, expires_in_s=3600)
+    sig = api_keys.hmac_signature(key.secret, PAYLOAD)
+    api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, "203.0.113.5", "read")
+    clock.advance(3600)
+    with pytest.raises(Unauthorized) as err:
+        api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, "203.0.113.5", "read")
+    assert "expired" in str(err.value)
+
+
+def test_ed25519_key_only_public_key_stored(ctx, owner):
+    private = Ed25519PrivateKey.generate()
+    pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    key = api_keys.create_api_key(ctx, owner, kind="ed25519", public_key=pem, scopes=["trade"])
+    assert key.secret is None
+    sig = base64.b64encode(private.sign(PAYLOAD.encode())).decode()
+    assert api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, "192.0.2.1", "trade").key_id == key.key_id
+    other = base64.b64encode(Ed25519PrivateKey.generate().sign(PAYLOAD.encode())).decode()
+    with pytest.raises(Unauthorized):
+        api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, other, "192.0.2.1", "trade")
+    with ctx.store.tx() as db:
+        row = db.scalars(select(ApiKey)).one()
+        assert row.secret_enc is None and len(row.public_key) == 32
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"scopes": []}, "scopes"),
+    ({"scopes": ["admin"]}, "scopes"),
+    ({"scopes": "read"}, "scopes"),
+    ({"scopes": ["withdraw"]}, "ip_allowlist"),
+    ({"ip_allowlist": ["10.0.0.0/8", "10.0.0.1/8"]}, "ip_allowlist[1]"),
+    ({"ip_allowlist": ["not-an-ip"]}, "ip_allowlist[0]"),
+    ({"label": "<script>alert(1)</script>"}, "label"),
+    ({"label": "x" * 65}, "label"),
+    ({"expires_in_s": 10}, "expires_in_s"),
+    ({"kind": "rsa"}, "kind"),
+    ({"kind": "ed25519", "public_key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"}, "public_key"),
+    ({"kind": "ed25519", "public_key": base64.b64encode(b"short").decode()}, "public_key"),
+])
+def test_bad_key_requests_rejected_and_nothing_stored(ctx, owner, kwargs, field):
+    with pytest.raises(ValidationError) as err:
+        api_keys.create_api_key(ctx, owner, **kwargs)
+    assert err.value.field == field
+    assert n_keys(ctx) == 0
+
+
+def test_key_creation_locks_withdrawals_and_freeze_stops_keys(ctx, clock, owner):
+    key = api_keys.create_api_key(ctx, owner, scopes=["withdraw"], ip_allowlist=["192.0.2.0/24"])
+    account_id = sessions.authenticate(ctx, owner).account_id
+    with pytest.raises(WithdrawalsLocked):
+        events.check_withdrawals_allowed(ctx, account_id)
+    clock.advance(ctx.settings.identity_withdrawal_lock_s)
+    events.check_withdrawals_allowed(ctx, account_id)
+    mail = outbox(ctx, template="credential_changed")[-1]
+    assert "api key created" in mail.body
+    events.freeze_account(ctx, token_from_mail(mail))
+    sig = api_keys.hmac_signature(key.secret, PAYLOAD)
+    with pytest.raises(Unauthorized):
+        api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, "192.0.2.1", "withdraw")
+    with pytest.raises(AccountFrozen):
+        events.check_withdrawals_allowed(ctx, account_id)
+    with pytest.raises(Unauthorized):  # sessions were ended by the freeze
+        sessions.authenticate(ctx, owner)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(max_size=512), tamper=st.integers(min_value=0, max_value=63))
+def test_property_only_the_exact_signature_verifies(ctx, owner, payload, tamper):
+    # one key per test database (hypothesis re-runs the body; creating a key needs step-up once)
+    key = getattr(ctx, "_property_key", None) or api_keys.create_api_key(ctx, owner, scopes=["read"])
+    ctx._property_key = key
+    sig = api_keys.hmac_signature(key.secret, payload)
+    assert api_keys.verify_api_request(ctx, key.api_key, payload, sig, "192.0.2.1", "read")
+    flipped = sig[:tamper] + ("0" if sig[tamper] != "0" else "1") + sig[tamper + 1:]
+    with pytest.raises(Unauthorized):
+        api_keys.verify_api_request(ctx, key.api_key, payload, flipped, "192.0.2.1", "read")

@@ -1,0 +1,169 @@
+"""Anti-phishing code in every message, the transactional outbox, retries, and real SMTP delivery."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import socket
+import string
+
+import pytest
+from aiosmtpd.controller import Controller
+from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import select
+
+from ringfence.errors import SecondFactorRequired, ValidationError
+from ringfence.identity import accounts, mail, second_factor as sf
+from ringfence.store.models import OutboxMessage, User
+
+from .conftest import enable_totp, outbox, register, sign_in
+
+SRC = pathlib.Path(__file__).resolve().parents[2] / "src" / "ringfence"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], str]] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd hook name)
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content.decode("utf-8", "replace")))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp(settings):
+    port = free_port()
+    settings.identity_smtp_port = port
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox
+    controller.stop()
+
+
+def user_row(ctx, email="alice@example.com") -> User:
+    with ctx.store.tx() as db:
+        return db.scalars(select(User).where(User.email == email)).one()
+
+
+def test_delivery_over_real_smtp_with_anti_phishing_code(ctx, clock, smtp):
+    totp, token, _ = enable_totp(ctx, clock)
+    accounts.set_anti_phishing_code(ctx, token, "Blue-Otter_7")
+    report = mail.deliver_due(ctx)
+    assert report.sent == len(outbox(ctx)) >= 3 and report.failed == 0
+    assert len(smtp.messages) == report.sent
+    last = smtp.messages[-1][2]
+    assert "Subject: [Blue-Otter_7]" in last and "Anti-phishing code: Blue-Otter_7" in last
+    assert smtp.messages[-1][1] == ["alice@example.com"]
+    assert all(m.status == "sent" for m in outbox(ctx))
+    assert mail.deliver_due(ctx).sent == 0  # nothing is sent twice
+
+
+def test_every_template_carries_the_code(ctx, clock):
+    register(ctx)
+    with ctx.store.tx() as db:
+        user = db.scalars(select(User)).one()
+        user.anti_phishing_code = "Zebra42"
+    user = user_row(ctx)
+    for name, tpl in mail.TEMPLATES.items():
+        params = {f: "x" for _, f, _, _ in string.Formatter().parse(tpl.subject + tpl.body) if f}
+        subject, body, _ = mail.compose(ctx, user, name, params)
+        assert subject.startswith("[Zebra42] ") and body.startswith("Anti-phishing code: Zebra42"), name
+
+
+def test_only_the_mail_module_creates_outbox_rows():
+    offenders = [
+        str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+        if "OutboxMessage(" in p.read_text() and p.name not in ("mail.py", "models.py")
+    ]
+    assert offenders == []
+
+
+def test_outbox_retries_with_backoff_then_delivers(ctx, clock, settings):
+    register(ctx)
+    settings.identity_smtp_port = free_port()  # nothing listens there yet
+    report = mail.deliver_due(ctx)
+    assert report.failed == 1 and report.sent == 0
+    [msg] = outbox(ctx)
+    assert msg.status == "pending" and msg.attempts == 1 and msg.next_attempt_at_s == clock.now_s + 30
+    assert mail.deliver_due(ctx).failed == 0  # not due yet
+    clock.advance(30)
+    assert mail.deliver_due(ctx).failed == 1
+    assert outbox(ctx)[0].next_attempt_at_s == clock.now_s + 60  # doubled
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=settings.identity_smtp_port)
+    controller.start()
+    try:
+        clock.advance(60)
+        assert mail.deliver_due(ctx).sent == 1
+    finally:
+        controller.stop()
+    assert outbox(ctx)[0].status == "sent" and len(inbox.messages) == 1
+
+
+def test_outbox_gives_up_after_max_attempts(ctx, clock, settings):
+    settings.identity_outbox_max_attempts = 3
+    register(ctx)
+    settings.identity_smtp_port = free_port()
+    for _ in range(3):
+        mail.deliver_due(ctx)
+        clock.advance(settings.identity_outbox_backoff_max_s)
+    msg = outbox(ctx)[0]
+    assert msg.status == "dead" and msg.attempts == 3 and msg.last_error
+
+
+def test_outbox_row_is_part_of_the_transaction(ctx):
+    """A failed change leaves no mail behind (the outbox commits or rolls back with it)."""
+    register(ctx)
+    before = len(outbox(ctx))
+    with pytest.raises(ValidationError):
+        accounts.sign_up(ctx, "eve@example.com", "password123", ip="198.51.100.2")
+    assert len(outbox(ctx)) == before
+
+
+@pytest.mark.parametrize("code", ["<script>", "ab", "x" * 21, "a b c d", "ünïcode", "line\nbreak"])
+def test_script_laden_or_bad_anti_phishing_code_rejected(ctx, clock, code):
+    totp, token, _ = enable_totp(ctx, clock)
+    before = len(outbox(ctx))
+    with pytest.raises(ValidationError) as err:
+        accounts.set_anti_phishing_code(ctx, token, code)
+    assert err.value.field == "anti_phishing_code"
+    assert user_row(ctx).anti_phishing_code is None and len(outbox(ctx)) == before
+
+
+def test_anti_phishing_change_needs_fresh_second_factor(ctx, clock):
+    totp, token, _ = enable_totp(ctx, clock)
+    clock.advance(301)
+    with pytest.raises(SecondFactorRequired):
+        accounts.set_anti_phishing_code(ctx, token, "Okapi-99")
+    token = sf.step_up(ctx, token, method="totp", value=totp.at(clock.now_s)).token
+    accounts.set_anti_phishing_code(ctx, token, "Okapi-99")
+    assert user_row(ctx).anti_phishing_code == "Okapi-99"
+
+
+def test_header_injection_in_params_rejected(ctx):
+    register(ctx)
+    with pytest.raises(ValidationError) as err:
+        with ctx.store.tx() as db:
+            user = db.scalars(select(User)).one()
+            mail.enqueue(ctx, db, user, "credential_changed",
+                         {"change": "x\r\nBcc: victim@example.com", "ip": "1", "locked_until": 1, "freeze_link": "x"})
+    assert err.value.field == "params.change"
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(code=st.from_regex(re.compile(r"[A-Za-z0-9_-]{4,20}"), fullmatch=True),
+       template=st.sampled_from(sorted(mail.TEMPLATES)))
+def test_property_code_always_present(ctx, code, template):
+    user = User(id=1, account_id="u_x", email="p@example.com", password_hash="x", created_at_s=0,
+                anti_phishing_code=code, pgp_fingerprint=None)
+    tpl = mail.TEMPLATES[template]
+    params = {f: "value" for _, f, _, _ in string.Formatter().parse(tpl.subject + tpl.body) if f}
+    subject, body, _ = mail.compose(ctx, user, template, params)
+    assert f"[{code}]" in subject and f"Anti-phishing code: {code}" in body
