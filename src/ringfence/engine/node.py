@@ -268,9 +268,16 @@ class Node:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self) -> RecoveryReport:
+    def open(self, *, on_replay: Callable[[Engine, Any, list[list[Event]]], None] | None = None) -> RecoveryReport:
+        """Recover: newest valid snapshot + journal tail, truncating a torn tail.
+
+        With `on_replay`, read models that need the whole history are fed every batch: recovery
+        then replays from genesis (snapshots are still verified against it by `journal replay`).
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        engine, report, scan_report = replay_journal(self.data_dir, truncate=True)
+        engine, report, scan_report = replay_journal(
+            self.data_dir, truncate=True, use_snapshots=on_replay is None, on_batch=on_replay
+        )
         self.engine = engine
         self.writer = JournalWriter(
             self.data_dir / "journal",
