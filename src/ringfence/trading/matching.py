@@ -295,24 +295,18 @@ def _check_int(value: object, field: str, lo: int, hi: int) -> int:
     return value
 
 
+# Prechecks run at the edge against the state *before* the batch; a command earlier in the same
+# batch (RegisterAsset before ListMarket) is not applied yet. So prechecks check only the command
+# itself; whatever depends on state is checked again, authoritatively, by the handler.
+
+
 def _precheck_list_market(engine: Engine, c: ListMarket) -> None:
     if not isinstance(c.symbol, str) or not _SYMBOL_RE.fullmatch(c.symbol):
         raise ValidationError("symbol must be 2-20 characters of A-Z and 0-9 (e.g. BTCUSDT)", field="symbol")
-    ledger = engine.ledger
-    base = ledger.assets.get(c.base, "base")
-    ledger.assets.get(c.quote, "quote")
     if c.base == c.quote:
         raise ValidationError("base and quote must be different assets", field="quote")
-    if c.segment not in ledger.segments:
-        raise ValidationError(f"unknown segment {c.segment!r}; known: {', '.join(ledger.segments)}", field="segment")
     _check_int(c.tick_size, "tick_size", 1, MAX_PRICE)
     _check_int(c.lot_size, "lot_size", 1, MAX_QTY)
-    if (c.tick_size * c.lot_size) % 10**base.decimals:
-        raise ValidationError(
-            f"tick_size * lot_size must be a multiple of 10**{base.decimals} (the base asset's scale) so that "
-            "every notional is a whole number of quote minor units",
-            field="lot_size",
-        )
     _check_int(c.min_qty, "min_qty", 1, MAX_QTY)
     if c.min_qty % c.lot_size:
         raise ValidationError("min_qty must be a multiple of lot_size", field="min_qty")
@@ -324,6 +318,21 @@ def _precheck_list_market(engine: Engine, c: ListMarket) -> None:
     _check_int(c.max_open_orders_per_account, "max_open_orders_per_account", 1, MAX_OPEN_ORDERS_CAP)
     _check_int(c.max_book_orders, "max_book_orders", 1, MAX_BOOK_ORDERS_CAP)
     _check_int(c.max_price_levels, "max_price_levels", 1, MAX_LEVELS_CAP)
+
+
+def _validate_list_market(engine: Engine, c: ListMarket) -> None:
+    _precheck_list_market(engine, c)
+    ledger = engine.ledger
+    base = ledger.assets.get(c.base, "base")
+    ledger.assets.get(c.quote, "quote")
+    if c.segment not in ledger.segments:
+        raise ValidationError(f"unknown segment {c.segment!r}; known: {', '.join(ledger.segments)}", field="segment")
+    if (c.tick_size * c.lot_size) % 10**base.decimals:
+        raise ValidationError(
+            f"tick_size * lot_size must be a multiple of 10**{base.decimals} (the base asset's scale) so that "
+            "every notional is a whole number of quote minor units",
+            field="lot_size",
+        )
     st = trading_state(engine)
     if c.symbol in st.markets:
         raise ValidationError(f"market {c.symbol} is already listed", field="symbol")
@@ -333,7 +342,7 @@ def _precheck_list_market(engine: Engine, c: ListMarket) -> None:
 
 @handles(ListMarket, precheck=_precheck_list_market)
 def _list_market(engine: Engine, c: ListMarket) -> list[Event]:
-    _precheck_list_market(engine, c)
+    _validate_list_market(engine, c)
     st = trading_state(engine)
     ledger = engine.ledger
     m = Market(c.symbol, c.base, c.quote, c.segment, 10 ** ledger.assets.get(c.base).decimals)
@@ -350,7 +359,6 @@ def _list_market(engine: Engine, c: ListMarket) -> list[Event]:
 
 
 def _precheck_status(engine: Engine, c: SetMarketStatus) -> None:
-    _market(trading_state(engine), c.symbol)
     if c.status not in MARKET_STATUSES:
         raise ValidationError(f"status must be one of {', '.join(MARKET_STATUSES)}", field="status")
 
@@ -365,7 +373,6 @@ def _set_status(engine: Engine, c: SetMarketStatus) -> list[Event]:
 
 
 def _precheck_refprice(engine: Engine, c: SetReferencePrice) -> None:
-    _market(trading_state(engine), c.symbol)
     _check_int(c.price, "price", 1, MAX_PRICE)
 
 
@@ -395,13 +402,18 @@ def _set_fee_tier(engine: Engine, c: SetFeeTier) -> list[Event]:
 def _precheck_account_tier(engine: Engine, c: SetAccountFeeTier) -> None:
     if not isinstance(c.owner, str) or not _OWNER_RE.fullmatch(c.owner):
         raise ValidationError("owner must be 1-64 characters of a-z, 0-9, '_', '.', '-'", field="owner")
+    _check_int(c.tier, "tier", 0, MAX_FEE_TIERS - 1)
+
+
+def _validate_account_tier(engine: Engine, c: SetAccountFeeTier) -> None:
+    _precheck_account_tier(engine, c)
     if c.tier not in trading_state(engine).tiers:
         raise ValidationError(f"fee tier {c.tier} is not defined; define it with SetFeeTier", field="tier")
 
 
 @handles(SetAccountFeeTier, precheck=_precheck_account_tier)
 def _set_account_tier(engine: Engine, c: SetAccountFeeTier) -> list[Event]:
-    _precheck_account_tier(engine, c)
+    _validate_account_tier(engine, c)
     st = trading_state(engine)
     if c.tier == 0:
         st.account_tier.pop(c.owner, None)
