@@ -29,6 +29,7 @@ def test_demo_then_verify_and_replay(tmp_path):
     assert re.findall(r"\b[0-9a-f]{64}\b", again.stdout)[-1] == hashes[-1]
     verify = run("journal", "verify", str(data))
     assert verify.returncode == 0 and "journal: OK" in verify.stdout
+    assert hashes[-1] in verify.stdout and "seconds" in verify.stdout
     replay = run("journal", "replay", str(data))
     assert replay.returncode == 0, replay.stderr
     assert hashes[-1] in replay.stdout and "matches" in replay.stdout
@@ -56,6 +57,10 @@ def test_verify_reports_corruption_with_exit_1(tmp_path):
         (["sim", "--seed", "-1"], "--seed"),
         (["sim", "--seed", "1", "--steps", "0"], "steps"),
         (["demo", "--seed", "abc"], "--seed"),
+        (["demo", "--data", "/etc/hostname"], "is a file"),
+        (["demo", "--data", "/proc/ringfence-cannot"], "cannot create"),
+        (["sim", "--seed", "1", "--steps", "5", "--data", "/etc/hostname"], "is a file"),
+        (["sim", "--seed", "1", "--steps", "5", "--data", "/proc/ringfence-cannot"], "cannot create"),
     ],
 )
 def test_bad_cli_input_is_a_clear_error(args, message):

@@ -27,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 journal_app = typer.Typer(help="Inspect and replay a journal.\n\nExample: ringfence journal verify ./ringfence-data/demo", no_args_is_help=True)
 app.add_typer(journal_app, name="journal")
@@ -43,6 +44,16 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _prepare_empty_dir(path: Path, option: str) -> None:
+    """Create `path` (or accept it empty) or exit with a clear message naming the option."""
+    if path.exists() and not path.is_dir():
+        _fail(f"{option}: {path} is a file, not a folder", 2)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _fail(f"{option}: cannot create {path}: {err.strerror or err}", 2)
+
+
 def _require_data_dir(path: Path) -> Path:
     if not path.exists():
         _fail(f"DIR: {path} does not exist; give the data directory of a ringfence node", 2)
@@ -56,8 +67,27 @@ def _require_data_dir(path: Path) -> Path:
 app.add_typer(identity_app, name="identity")
 
 
+def _mount_serve() -> None:
+    from .api.serve import serve
+
+    app.command("serve")(serve)
+
+
+_mount_serve()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+) -> None:
     """ringfence: an exchange core where every balance is provable."""
 
 
@@ -84,11 +114,13 @@ def demo(
     """
     from .demo import run_demo
 
-    if data.exists() and any(data.iterdir()):
+    if data.exists() and not data.is_dir():
+        _fail(f"--data: {data} is a file, not a folder", 2)
+    if data.is_dir() and any(data.iterdir()):
         if not (data / DEMO_MARKER).exists():
             _fail(f"--data: {data} is not empty and was not made by `ringfence demo`; choose another folder", 2)
         shutil.rmtree(data)
-    data.mkdir(parents=True, exist_ok=True)
+    _prepare_empty_dir(data, "--data")
     (data / DEMO_MARKER).write_text("made by `ringfence demo`; safe to delete\n")
     try:
         run_demo(data, seed, console)
@@ -108,12 +140,20 @@ def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="A 
     from .errors import JournalCorrupt
     from .journal.journal import scan_all
 
+    import time
+
+    from .engine.node import replay_journal
+
     _require_data_dir(directory)
+    started = time.perf_counter()
     try:
         records, report = scan_all(directory / "journal", truncate=False)
+        # replaying in memory proves every payload decodes and applies, and yields the state hash
+        engine, replay, _ = replay_journal(directory, use_snapshots=False)
     except JournalCorrupt as err:
-        console.print(f"[bold red]journal: CORRUPT[/] {err}")
+        console.print(f"[bold red]journal: CORRUPT[/] {err.message}")
         raise typer.Exit(1)
+    seconds = time.perf_counter() - started
     table = Table(title=f"journal {directory}", show_header=False)
     table.add_row("segments", str(report.segments))
     table.add_row("records (batches)", f"{report.records:,}")
@@ -122,7 +162,12 @@ def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="A 
     table.add_row("bytes", f"{report.bytes_read:,}")
     table.add_row("chain head", report.last_hash.hex())
     table.add_row("torn tail", report.torn_tail or "none")
+    table.add_row("seconds", f"{seconds:.3f}")
+    table.add_row("state hash", replay.state_hash)
     console.print(table)
+    if report.commands == 0:
+        console.print("journal: [yellow]EMPTY[/] (no committed commands yet)")
+        return
     console.print("journal: [bold green]OK[/]" + (" (torn tail will be truncated on next start)" if report.torn_tail else ""))
 
 
@@ -170,7 +215,7 @@ def journal_replay(
                 directory, use_snapshots=not full, on_batch=on_batch, progress=lambda n: bar.advance(task, n)
             )
         except JournalCorrupt as err:
-            _fail(str(err))
+            _fail(err.message)
     rate = int(report.replayed_commands / report.seconds) if report.seconds else 0
     table = Table(title=f"replay of {directory}", show_header=False)
     table.add_row("started from", f"snapshot at {report.snapshot_seq:,}" if report.snapshot_seq else "genesis")
@@ -186,7 +231,7 @@ def journal_replay(
     if any(not ok for _, ok in checked):
         _fail("a snapshot's recorded state hash differs from the replay at its position")
     engine.check_invariants()
-    console.print(f"state hash {report.state_hash}")
+    console.print("replay: [bold green]OK[/], invariants hold")
 
 
 @app.command()
@@ -205,8 +250,10 @@ def sim(
 
     own_dir = data is None
     workdir = Path(tempfile.mkdtemp(prefix="ringfence-sim-")) if own_dir else data
-    if not own_dir and workdir.exists() and any(workdir.iterdir()):
-        _fail(f"--data: {workdir} must be empty or absent", 2)
+    if not own_dir:
+        if workdir.is_dir() and any(workdir.iterdir()):
+            _fail(f"--data: {workdir} must be empty or absent", 2)
+        _prepare_empty_dir(workdir, "--data")
     console.print(f"sim seed={seed} steps={steps}")
     try:
         with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -219,8 +266,17 @@ def sim(
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
     table = Table(title=f"simulation seed={seed}", show_header=False)
+    explain = {
+        "commands_acknowledged": "valid commands journaled, applied and acknowledged",
+        "commands_rejected": "invalid commands refused at the edge (never journaled)",
+        "transfers_failed": "transfers the ledger refused by rule (overdraft, duplicate id, ...)",
+        "crashes": "abandoned processes, recovered from the journal",
+        "torn_tails": "crashes that left a half-written batch, truncated on recovery",
+        "snapshots": "snapshots written (recovery starts from the newest)",
+        "steps": "simulation steps",
+    }
     for name in ("steps", "commands_acknowledged", "commands_rejected", "transfers_failed", "crashes", "torn_tails", "snapshots"):
-        table.add_row(name.replace("_", " "), f"{getattr(result, name):,}")
+        table.add_row(name.replace("_", " "), f"{getattr(result, name):,}", explain[name])
     table.add_row("state hash", result.state_hash)
     console.print(table)
     console.print("[bold green]sim: all invariants held[/]")

@@ -80,6 +80,8 @@ def run_demo(data: Path, seed: int, console: Console) -> str:
         return parse_amount(text, ledger.assets.get(asset).decimals, field=field)
 
     console.print("[bold]1.[/] register assets of every class and open accounts for alice and bob")
+    for code, decimals, klass, chain in DEMO_ASSETS:
+        console.print(f"   {code:<6} {klass:<9} {decimals:>2} decimals" + (f" on {chain}" if chain else ""))
     node.execute_many([RegisterAsset(*a) for a in DEMO_ASSETS])
     node.execute_many([OpenAccount(owner, a[0]) for owner in ("alice", "bob") for a in DEMO_ASSETS])
     ids = {(a.owner, a.asset): a.id for a in ledger.iter_accounts() if a.owner != "system"}
@@ -96,8 +98,9 @@ def run_demo(data: Path, seed: int, console: Console) -> str:
     transfer_id = 1
     batch = []
     for owner, asset, text in deposits:
-        batch.append(Transfer(transfer_id, world[asset], ids[(owner, asset)], amount(asset, text)))
-        console.print(f"   deposit {text} {asset} to {owner}")
+        minor = amount(asset, text)
+        batch.append(Transfer(transfer_id, world[asset], ids[(owner, asset)], minor))
+        console.print(f"   deposit {format_amount(minor, ledger.assets.get(asset).decimals)} {asset} to {owner}")
         transfer_id += 1
     node.execute(CreateTransfers(batch))
 
@@ -144,7 +147,10 @@ def run_demo(data: Path, seed: int, console: Console) -> str:
     )
     codes = ", ".join(code for _, code in result.failures)
     unchanged = ledger.snapshot_state() == before
-    console.print(f"   [red]rejected: {codes}[/]; balances unchanged: {'yes' if unchanged else 'NO'}")
+    console.print(
+        f"   [red]rejected: {codes}[/] (the ledger never lets a user account spend more than it holds); "
+        f"balances unchanged: {'yes' if unchanged else 'NO'}"
+    )
     if not unchanged:
         raise AssertionError("a rejected transfer changed the ledger")
 

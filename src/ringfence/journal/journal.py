@@ -210,7 +210,7 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
                     f"journal corrupt at {where}: {reason}; {after} bytes follow in this segment and "
                     f"{len(paths) - index - 1} later segments exist, so this is not a torn tail. Recovery stopped "
                     f"so that no acknowledged command is silently dropped; restore this segment from a replica "
-                    f"or backup, or run `ringfence journal verify` for details.",
+                    f"or a backup.",
                     segment=name,
                     offset=pos,
                     expected_seq=expected_seq,
