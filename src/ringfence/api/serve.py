@@ -88,4 +88,9 @@ def serve(
         console.print(f"demo: {info['demo']}")
         console.print(f"demo API keys: {info['keys']}")
     console.print(f"serving on http://{host}:{port}/  (REST /api/v3, WebSocket /ws, docs /docs, metrics /metrics)")
+    import signal
+
+    # uvicorn drains and shuts down on SIGTERM, then re-raises the signal to the handler that was
+    # installed before it: ours makes a clean shutdown exit with status 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10)
