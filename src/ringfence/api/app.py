@@ -213,6 +213,26 @@ def create_app(exchange: Exchange, gate: ApiGate, *, cors_origins: tuple[str, ..
             )
         return out
 
+    @app.get("/v1/book", tags=["native"], summary="The engine's own order book (L2), not the read model: for auditors and tests", responses={400: {"description": "error"}})
+    async def v1_book(symbol: str, limit: int = 100) -> JSONResponse:
+        from ..trading.matching import trading_state
+
+        market = trading_state(exchange.engine).markets.get(symbol)
+        if market is None:
+            return JSONResponse({"code": -1121, "msg": "Invalid symbol."}, status_code=400)
+        if not 1 <= limit <= 5000:
+            return JSONResponse({"code": -1100, "msg": "Illegal parameter 'limit': 1 to 5000."}, status_code=400)
+        m = exchange.market(symbol)
+        bids, asks = market.depth(limit)
+        return JSONResponse(
+            {
+                "symbol": symbol,
+                "last_seq": exchange.engine.last_seq,
+                "bids": [[format_amount(p, m.quote_decimals), format_amount(q, m.base_decimals)] for p, q in bids],
+                "asks": [[format_amount(p, m.quote_decimals), format_amount(q, m.base_decimals)] for p, q in asks],
+            }
+        )
+
     @app.get("/v1/segments", tags=["native"], summary="Risk segments and their shield (insurance) fund balances")
     async def v1_segments() -> list[dict[str, Any]]:
         ledger = exchange.engine.ledger

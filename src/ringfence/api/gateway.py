@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from ..errors import InvalidAmount
 from ..money import parse_amount
@@ -117,7 +117,8 @@ def split_signature(query: str, body: str) -> tuple[bytes, str | None]:
             if piece.startswith("signature="):
                 if signature is not None:
                     raise BinanceError(-1101, "Duplicate values for a parameter detected: 'signature'.")
-                signature = piece[len("signature=") :]
+                # URL-decoded: base64 Ed25519 signatures arrive with '+', '/' and '=' escaped
+                signature = unquote_plus(piece[len("signature=") :])
             else:
                 kept.append(piece)
         parts.append("&".join(kept))

@@ -312,7 +312,17 @@ def principal_for_key(ctx: IdentityContext, api_key: object, client_ip: object, 
         return ApiPrincipal(user.account_id, user.id, row.id, tuple(row.scopes.split(",")))
 
 
-def issue_demo_key(ctx: IdentityContext, account_id: str, email: str, *, scopes: tuple[str, ...] = ("read", "trade")) -> CreatedApiKey:
+def issue_demo_key(
+    ctx: IdentityContext,
+    account_id: str,
+    email: str,
+    *,
+    scopes: tuple[str, ...] = ("read", "trade"),
+    kind: str = "hmac",
+    public_key: object = None,
+    ip_allowlist: object = None,
+    expires_in_s: int | None = None,
+) -> CreatedApiKey:
     """Dev mode only: create (or reuse) a demo user with a fixed ledger `account_id` and issue it an
     HMAC key without a session — what `ringfence serve --demo` hands out in demo-keys.json.
 
@@ -322,7 +332,11 @@ def issue_demo_key(ctx: IdentityContext, account_id: str, email: str, *, scopes:
 
     if ctx.settings.mode != "dev":
         raise ConfigError("demo keys exist only in dev mode", field="RINGFENCE_MODE")
+    if kind not in ("hmac", "ed25519"):
+        raise ValidationError("must be 'hmac' or 'ed25519'", field="kind")
     scope_t = _validate_scopes(scopes)
+    allow = _validate_allowlist(ip_allowlist)
+    raw_public = _parse_ed25519_public_key(public_key) if kind == "ed25519" else None
     now = ctx.now()
     with ctx.store.tx() as db:
         user = db.scalars(select(User).where(User.account_id == account_id)).first()
@@ -337,12 +351,14 @@ def issue_demo_key(ctx: IdentityContext, account_id: str, email: str, *, scopes:
             db.flush()
         api_key = secrets.token_hex(32)
         key_hash = ctx.sealer.token_digest("apikey:" + api_key)
-        secret = secrets.token_hex(32)
+        secret = secrets.token_hex(32) if kind == "hmac" else None
+        expires = now + expires_in_s if expires_in_s else None
         row = ApiKey(
-            user_id=user.id, key_hash=key_hash, key_prefix=api_key[:8], kind="hmac",
-            secret_enc=ctx.sealer.seal(secret.encode(), purpose="apikey:" + key_hash), public_key=None,
-            scopes=",".join(scope_t), ip_allowlist="", label="demo key", created_at_s=now, expires_at_s=None,
+            user_id=user.id, key_hash=key_hash, key_prefix=api_key[:8], kind=kind,
+            secret_enc=ctx.sealer.seal(secret.encode(), purpose="apikey:" + key_hash) if secret else None,
+            public_key=raw_public, scopes=",".join(scope_t), ip_allowlist=",".join(allow), label="demo key",
+            created_at_s=now, expires_at_s=expires,
         )
         db.add(row)
         db.flush()
-        return CreatedApiKey(row.id, api_key, secret, "hmac", scope_t, None)
+        return CreatedApiKey(row.id, api_key, secret, kind, scope_t, expires)
