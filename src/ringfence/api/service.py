@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import structlog
+
 from ..engine.commands import Command, Event
 from ..engine.node import Ack, Node
 from ..errors import RingfenceError
@@ -25,6 +27,8 @@ from ..trading.matching import trading_state
 from .orders import OrderHistory
 
 __all__ = ["Exchange", "MarketInfo"]
+
+log = structlog.get_logger("ringfence.api")
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,8 @@ class Exchange:
         for fn in self.batch_subscribers:
             try:
                 fn(first_seq, ts_ns, outputs, before)
-            except Exception:  # a subscriber must never stop the read models
-                pass
+            except Exception:  # a subscriber must never stop the read models; it is logged
+                log.exception("batch_subscriber.failed", subscriber=getattr(fn, "__qualname__", repr(fn)))
 
     # ------------------------------------------------------------------ queries (loop thread)
 
@@ -149,14 +153,25 @@ class Exchange:
         return symbol in trading_state(self.engine).markets
 
     def balances(self, owner: str) -> list[tuple[str, int, int, int]]:
-        """(asset, decimals, free, locked) for every asset the owner holds in spot."""
+        """(asset, decimals, free, locked) per asset, summed over the owner's segments.
+
+        Binance's account has one balance per asset; ringfence keeps one per segment (spot,
+        tokenized, ...). The Binance view shows what the user owns in total; `/v1/account` shows
+        the split, which is what each market can use.
+        """
         ledger = self.engine.ledger
         out = []
         for asset in list(ledger.assets):
-            account = ledger.find(owner, asset.code, "available", "spot")
-            if account is None:
-                continue
-            out.append((asset.code, asset.decimals, account.available, account.debits_pending))
+            free = locked = 0
+            found = False
+            for segment in ledger.segments:
+                account = ledger.find(owner, asset.code, "available", segment)
+                if account is not None:
+                    found = True
+                    free += account.available
+                    locked += account.debits_pending
+            if found:
+                out.append((asset.code, asset.decimals, free, locked))
         return out
 
 
