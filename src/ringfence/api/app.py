@@ -26,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ..money import format_amount
 from ..trading.commands import OrderRejected, Trade
 from .auth import ApiGate
-from .binance import BinanceApi, build_router
+from .binance import ERROR_RESPONSES, BinanceApi, build_router
 from .service import Exchange
 from .ws import StreamHub, build_ws_router
 
@@ -213,7 +213,7 @@ def create_app(exchange: Exchange, gate: ApiGate, *, cors_origins: tuple[str, ..
             )
         return out
 
-    @app.get("/v1/book", tags=["native"], summary="The engine's own order book (L2), not the read model: for auditors and tests", responses={400: {"description": "error"}})
+    @app.get("/v1/book", tags=["native"], summary="The engine's own order book (L2), not the read model: for auditors and tests", responses=ERROR_RESPONSES)
     async def v1_book(symbol: str, limit: int = 100) -> JSONResponse:
         from ..trading.matching import trading_state
 
@@ -246,7 +246,7 @@ def create_app(exchange: Exchange, gate: ApiGate, *, cors_origins: tuple[str, ..
             out.append({"segment": segment, "insurance_fund": funds})
         return out
 
-    @app.get("/v1/account", tags=["native"], summary="Balances per segment (signed like /api/v3/account)", responses={400: {"description": "error"}, 401: {"description": "bad key"}})
+    @app.get("/v1/account", tags=["native"], summary="Balances per segment (signed like /api/v3/account)", responses=ERROR_RESPONSES)
     async def v1_account(request: Request) -> JSONResponse:
         from .binance_errors import BinanceError, from_ringfence
         from ..errors import RingfenceError

@@ -63,17 +63,24 @@ def _doc(*names: str, required: tuple[str, ...] = (), signed: bool = False) -> d
             {"name": "signature", "in": "query", "required": True, "schema": {"type": "string"}},
             {"name": "X-MBX-APIKEY", "in": "header", "required": True, "schema": {"type": "string"}},
         ]
-    return {
-        "parameters": params,
-        "responses": {
-            "400": {"description": "Binance error", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
-            "401": {"description": "Invalid API key", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
-            "413": {"description": "Body too large", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
-            "415": {"description": "Wrong content type", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
-            "429": {"description": "Rate limited", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
-            "418": {"description": "Banned", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
-        },
-    }
+    return {"parameters": params, "responses": dict(ERROR_RESPONSES)}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+
+
+#: Every error status the gateway can answer with, in Binance's shape (documented on every route).
+ERROR_RESPONSES: dict[str, Any] = {
+    "400": _error("Binance error: bad parameter, filter failure, bad signature, unknown order"),
+    "401": _error("Invalid or missing API key"),
+    "413": _error("Body too large"),
+    "415": _error("Wrong content type"),
+    "418": _error("Banned after repeated rate-limit violations"),
+    "429": _error("Rate limited (see Retry-After)"),
+    "500": _error("Internal error (never expected)"),
+    "503": _error("The engine cannot accept commands (halted or not durable)"),
+}
 
 
 class BinanceApi:
@@ -631,7 +638,7 @@ def build_router(api: BinanceApi) -> APIRouter:
     add("/openOrders", "DELETE", api.cancel_all, 1, _doc("symbol", required=("symbol",), signed=True), "Cancel all open orders on a symbol (signed)")
     add("/allOrders", "GET", api.all_orders, 20, _doc("symbol", "orderId", "startTime", "endTime", "limit", required=("symbol",), signed=True), "All orders (signed)")
     add("/myTrades", "GET", api.my_trades, 20, _doc("symbol", "orderId", "startTime", "endTime", "fromId", "limit", required=("symbol",), signed=True), "Account trades (signed)")
-    key_doc = {"parameters": [{"name": "X-MBX-APIKEY", "in": "header", "required": True, "schema": {"type": "string"}}]}
+    key_doc = {"parameters": [{"name": "X-MBX-APIKEY", "in": "header", "required": True, "schema": {"type": "string"}}], "responses": dict(ERROR_RESPONSES)}
     add("/userDataStream", "POST", api.user_stream_new, 2, key_doc, "Start a user data stream")
     add("/userDataStream", "PUT", api.user_stream_keepalive, 2, _doc("listenKey", required=("listenKey",)), "Keep a user data stream alive")
     add("/userDataStream", "DELETE", api.user_stream_close, 2, _doc("listenKey", required=("listenKey",)), "Close a user data stream")
