@@ -14,8 +14,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian packages the project needs: libsecp256k1 (python-bitcointx, custody), SoftHSM2 (the
+# PKCS#11 token for custody/signing), GnuPG (identity PGP), Chromium (browser tests; never a
+# downloaded browser). Installed only when missing, in one apt run.
+APT_PACKAGES := libsecp256k1-1 softhsm2 gnupg chromium
+
 setup: $(STAMP)
-	@command -v gpg >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq gnupg)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 demo: setup
 	$(VENV)/bin/ringfence demo --data ./ringfence-data/demo

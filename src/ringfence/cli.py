@@ -281,6 +281,12 @@ def sim(
     console.print(table)
     console.print("[bold green]sim: all invariants held[/]")
 
+from .custody.chains.cli import app as _chains_app  # noqa: E402
+app.add_typer(_chains_app, name="chains")
+
+from .custody.signing.cli import app as _keys_app  # noqa: E402
+app.add_typer(_keys_app, name="keys")
+
 
 def main() -> None:  # console-script entry point
     app()

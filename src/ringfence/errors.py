@@ -35,6 +35,15 @@ __all__ = [
     "InvariantViolation",
     "NotDurable",
     "ConfigError",
+    "SigningRefused",
+    "NonceReused",
+    "AttestationInvalid",
+    "QuorumNotNominated",
+    "DutiesViolation",
+    "KeyStoreError",
+    "SignerUnavailable",
+    "CeremonyFailed",
+    "InvalidSignatureShare",
     "AuthenticationFailed",
     "SecondFactorRequired",
     "WithdrawalsLocked",
@@ -192,6 +201,55 @@ class ConfigError(RingfenceError, ValueError):
     default_message = "the configuration is not valid"
 
 
+class SigningRefused(Forbidden):
+    code = "RF_SIGNING_REFUSED"
+    default_message = "the signer refused to sign this request"
+
+
+class NonceReused(Conflict):
+    code = "RF_NONCE_REUSED"
+    default_message = "this signing nonce was already used or never issued; request fresh commitments"
+
+
+class AttestationInvalid(SigningRefused):
+    code = "RF_ATTESTATION_INVALID"
+    default_message = "the policy-approval attestation is missing, expired, reused or not valid for this transfer"
+
+
+class QuorumNotNominated(SigningRefused):
+    code = "RF_QUORUM_NOT_NOMINATED"
+    default_message = "the signatures do not come from the randomly nominated quorum for this transfer"
+
+
+class DutiesViolation(Forbidden):
+    code = "RF_SEGREGATION_OF_DUTIES"
+    default_message = "segregation of duties: this person or role may not perform this step of the transfer"
+
+
+class KeyStoreError(RingfenceError, OSError):
+    code = "RF_KEY_STORE"
+    http_status = 500
+    default_message = "the key store could not be opened (wrong passphrase, tampered file or missing key)"
+
+
+class SignerUnavailable(RingfenceError, ConnectionError):
+    code = "RF_SIGNER_UNAVAILABLE"
+    http_status = 503
+    default_message = "a signer did not answer; the signature was not produced"
+
+
+class CeremonyFailed(RingfenceError, ValueError):
+    code = "RF_CEREMONY_FAILED"
+    http_status = 400
+    default_message = "a key ceremony round failed verification; nothing was stored"
+
+
+class InvalidSignatureShare(RingfenceError, ValueError):
+    code = "RF_BAD_SIG_SHARE"
+    http_status = 400
+    default_message = "a signature share failed verification"
+
+
 class InvariantViolation(RingfenceError, AssertionError):
     """A broken invariant: the shard halts and an operator is paged. Never caught to carry on."""
 
@@ -209,3 +267,35 @@ def error_codes() -> dict[str, type[RingfenceError]]:
         seen.setdefault(cls.code, cls)
         stack.extend(cls.__subclasses__())
     return seen
+
+
+# --- chain layer (custody/chains) -------------------------------------------------------------
+
+
+class InvalidAddress(ValidationError):
+    """An address that fails its checksum, belongs to another network or is not of this chain."""
+
+    code = "RF_INVALID_ADDRESS"
+    default_message = "the address is not valid for this chain and network"
+
+
+class UnsupportedAsset(ValidationError):
+    code = "RF_UNSUPPORTED_ASSET"
+    default_message = "this asset is not supported on this chain"
+
+
+class TransactionRejected(RingfenceError, ValueError):
+    """A chain (or the simulator) refused a transaction; `details['reason']` is a stable short code."""
+
+    code = "RF_TX_REJECTED"
+    http_status = 400
+    default_message = "the chain rejected the transaction"
+
+
+class ChainUnavailable(RingfenceError, ConnectionError):
+    code = "RF_CHAIN_UNAVAILABLE"
+    http_status = 503
+    default_message = "the chain node could not be reached; retry later"
+
+
+__all__ += ["InvalidAddress", "UnsupportedAsset", "TransactionRejected", "ChainUnavailable"]

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, select, text
 from ringfence.identity import IdentityContext, accounts
 from ringfence.settings import Settings
 from ringfence.store import Store
-from ringfence.store.models import OutboxMessage
+from ringfence.store.models import Base, OutboxMessage
 
 PG_URL = os.environ.get("RINGFENCE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 START_S = 1_800_000_000
@@ -34,13 +34,9 @@ class Clock:
         self.now_s += seconds
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        st = Store.from_url(f"sqlite:///{tmp_path}/identity.sqlite3")
-        yield st
-        st.engine.dispose()
-        return
+@pytest.fixture(scope="session")
+def pg_store():
+    """One migrated schema per test session; each test starts from truncated tables."""
     schema = "rf_test_" + secrets.token_hex(6)
     admin = create_engine(PG_URL)
     with admin.begin() as conn:  # fails loudly (never skips) when PostgreSQL is missing
@@ -53,6 +49,20 @@ def store(request, tmp_path):
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        st = Store.from_url(f"sqlite:///{tmp_path}/identity.sqlite3")
+        yield st
+        st.engine.dispose()
+        return
+    st = request.getfixturevalue("pg_store")
+    names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with st.engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    yield st
 
 
 @pytest.fixture
@@ -123,3 +133,12 @@ def enable_totp(ctx, clock, email: str = "alice@example.com"):
     issued, codes = sf.confirm_totp_enrollment(ctx, token, totp.at(clock.now_s))
     clock.advance(30)
     return totp, issued.token, codes
+
+
+def snapshot(ctx) -> dict[str, list[tuple]]:
+    """Every row of every identity table: compare before/after an attack to prove nothing changed."""
+    out: dict[str, list[tuple]] = {}
+    with ctx.store.engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            out[table.name] = sorted((tuple(r) for r in conn.execute(table.select())), key=repr)
+    return out

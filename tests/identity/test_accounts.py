@@ -9,7 +9,7 @@ from ringfence.errors import AuthenticationFailed, Forbidden, RateLimited, Unaut
 from ringfence.identity import accounts, sessions
 from ringfence.store.models import AuthSession, SecurityEvent, User
 
-from .conftest import PASSWORD, outbox, register, sign_in, token_from_mail
+from .conftest import PASSWORD, outbox, register, sign_in, snapshot, token_from_mail
 
 
 def count(ctx, model) -> int:
@@ -130,8 +130,10 @@ def test_session_fixation_each_login_issues_new_token(ctx):
     b = sign_in(ctx).session.token
     assert a != b
     planted = "attacker-chosen-token-value-123456"
+    before = snapshot(ctx)
     with pytest.raises(Unauthorized):
         sessions.authenticate(ctx, planted)
+    assert snapshot(ctx) == before
 
 
 def test_stolen_session_useless_after_logout_and_logout_everywhere(ctx):
@@ -140,8 +142,12 @@ def test_stolen_session_useless_after_logout_and_logout_everywhere(ctx):
     s2 = sign_in(ctx, ua="other browser").session.token
     stolen = s1
     sessions.logout(ctx, s1)
+    before = snapshot(ctx)
     with pytest.raises(Unauthorized):
         sessions.authenticate(ctx, stolen)
+    with pytest.raises(Unauthorized):
+        accounts.set_anti_phishing_code(ctx, stolen, "Stolen-1")
+    assert snapshot(ctx) == before
     sessions.authenticate(ctx, s2)
     s3 = sign_in(ctx).session.token
     assert sessions.logout_everywhere(ctx, s3) == 2
@@ -207,3 +213,37 @@ def test_new_device_sign_in_is_an_event_and_mail(ctx):
     assert len(alerts) == 1 and "192.0.2.44" in alerts[0].body
     with ctx.store.tx() as db:
         assert db.scalars(select(SecurityEvent.kind).where(SecurityEvent.kind == "new_device_sign_in")).all()
+
+
+def test_sign_up_rate_limited_per_ip(ctx, clock):
+    ctx.settings.identity_signup_per_ip_per_hour = 2
+    accounts.sign_up(ctx, "u1@example.com", PASSWORD, ip="203.0.113.50")
+    accounts.sign_up(ctx, "u2@example.com", PASSWORD, ip="203.0.113.50")
+    with pytest.raises(RateLimited):
+        accounts.sign_up(ctx, "u3@example.com", PASSWORD, ip="203.0.113.50")
+    assert count(ctx, User) == 2
+    clock.advance(3600)
+    accounts.sign_up(ctx, "u3@example.com", PASSWORD, ip="203.0.113.50")
+    assert count(ctx, User) == 3
+
+
+def test_concurrent_sign_ups_of_one_email_create_one_user(ctx):
+    import threading
+
+    from ringfence.errors import Conflict
+
+    errors: list[Exception] = []
+
+    def go(i: int) -> None:
+        try:
+            accounts.sign_up(ctx, "race@example.com", PASSWORD, ip=f"198.51.100.{i + 1}")
+        except Conflict as exc:  # the loser of the race gets a clear, retryable error
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert count(ctx, User) == 1
+    assert all(isinstance(e, Conflict) for e in errors)

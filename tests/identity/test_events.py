@@ -118,3 +118,20 @@ def test_check_withdrawals_unknown_account(ctx):
     with pytest.raises(NotFound) as err:
         events.check_withdrawals_allowed(ctx, "u_doesnotexist")
     assert err.value.field == "account_id"
+
+
+def test_authorize_withdrawal_needs_fresh_factor_and_no_lock(ctx, clock, settings):
+    settings.identity_withdrawal_lock_s = 600
+    totp, token, _ = enable_totp(ctx, clock)
+    with pytest.raises(WithdrawalsLocked):  # turning TOTP on was itself a credential change
+        events.authorize_withdrawal(ctx, token)
+    clock.advance(601)
+    with pytest.raises(SecondFactorRequired):  # lock is over, but the factor is no longer fresh
+        events.authorize_withdrawal(ctx, token)
+    token = sf.step_up(ctx, token, method="totp", value=totp.at(clock.now_s)).token
+    assert events.authorize_withdrawal(ctx, token).startswith("u_")
+    until = events.withdrawal_address_changed(ctx, token, ip="192.0.2.9")
+    assert until == clock.now_s + 600
+    with pytest.raises(WithdrawalsLocked):
+        events.authorize_withdrawal(ctx, token)
+    assert "withdrawal_address_changed" in kinds(ctx)

@@ -14,7 +14,7 @@ from ringfence.errors import SecondFactorRequired, ValidationError
 from ringfence.identity import api_keys, pgp_keys
 from ringfence.store.models import SecureTicket, User
 
-from .conftest import enable_totp, outbox
+from .conftest import enable_totp, outbox, snapshot
 
 
 class GpgHome:
@@ -85,9 +85,14 @@ def test_register_key_then_sensitive_mail_is_encrypted(ctx, clock, server_keyrin
 def test_malformed_pgp_key_rejected_and_nothing_changes(ctx, clock, server_keyring, bad):
     totp, token, _ = enable_totp(ctx, clock)
     mails_before = len(outbox(ctx))
+    before = snapshot(ctx)
     with pytest.raises(ValidationError) as err:
         pgp_keys.register_pgp_key(ctx, token, bad)
     assert err.value.field == "pgp_public_key"
+    after = snapshot(ctx)
+    # authenticate() refreshes the session's last_seen; nothing else may change
+    assert {k: v for k, v in after.items() if k != "identity_sessions"} == \
+        {k: v for k, v in before.items() if k != "identity_sessions"}
     row = user_row(ctx)
     assert row.pgp_fingerprint is None and row.pgp_public_key is None and len(outbox(ctx)) == mails_before
 

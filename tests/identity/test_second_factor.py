@@ -8,7 +8,7 @@ from sqlalchemy import select
 from ringfence.errors import AuthenticationFailed, RateLimited, SecondFactorRequired, Unauthorized, ValidationError
 from ringfence.identity import second_factor as sf
 from ringfence.identity import sessions
-from ringfence.store.models import AuthSession, RecoveryCode, SecurityEvent, User, WebAuthnCredential
+from ringfence.store.models import RecoveryCode, SecurityEvent, User, WebAuthnCredential
 
 from .authenticator import SoftAuthenticator
 from .conftest import enable_totp, outbox, register, sign_in
@@ -190,3 +190,29 @@ def test_passkey_registration_with_wrong_origin_stores_nothing(ctx):
     with ctx.store.tx() as db:
         assert db.scalars(select(WebAuthnCredential)).all() == []
     sessions.authenticate(ctx, token)  # the session was not rotated or harmed
+
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+
+@hsettings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.lists(st.integers(min_value=0, max_value=sf.RECOVERY_CODE_COUNT - 1), min_size=1, max_size=14))
+def test_property_each_recovery_code_works_exactly_once(ctx, clock, order):
+    """Whatever order codes are tried in (with repeats), a code succeeds on its first use only."""
+    ctx.settings.identity_lockout_free_failures = 100  # repeats are wrong codes on purpose; lockout is tested elsewhere
+    state = getattr(ctx, "_recovery_state", None)
+    if state is None:
+        _, _, codes = enable_totp(ctx, clock, email="rc@example.com")
+        state = ctx._recovery_state = {"codes": codes, "used": set()}
+    for i in order:
+        clock.advance(31)  # stay clear of the per-minute limit and any lockout
+        pending = sign_in(ctx, email="rc@example.com").session.token
+        if i in state["used"]:
+            with pytest.raises(AuthenticationFailed):
+                sf.complete_login(ctx, pending, method="recovery_code", value=state["codes"][i])
+        else:
+            sf.complete_login(ctx, pending, method="recovery_code", value=state["codes"][i])
+            state["used"].add(i)
+    with ctx.store.tx() as db:
+        used_rows = db.scalars(select(RecoveryCode).where(RecoveryCode.used_at_s.is_not(None))).all()
+    assert len(used_rows) == len(state["used"])

@@ -202,3 +202,31 @@ def test_system_accounts_per_segment():
         assert led.insurance("BTC", segment).name == f"insurance:{segment}:BTC"
         assert led.fees("USDT", segment).owner == "system"
     assert led.world("BTC").name == "world:BTC"
+
+
+def test_custody_accounts_and_guards():
+    from ringfence.engine.core import _GUARDS, register_guard
+    from ringfence.errors import Halted
+
+    harness = Harness()
+    led = harness.engine.ledger
+    hot = led.custody("BTC", "btc_hot")
+    assert hot.name == "custody:btc_hot:BTC" and hot.owner == "system"
+    assert led.custody("BTC", "btc_hot") is hot
+    with pytest.raises(ValidationError):
+        led.custody("BTC", "Hot Wallet")
+
+    def refuse_bob(engine, command):
+        if getattr(command, "owner", None) == "bob":
+            raise Halted("bob's scope is halted", field="owner")
+
+    register_guard(refuse_bob)
+    try:
+        (event,) = harness.run(OpenAccount("bob", "USDT", "available", "tokenized"))
+        assert type(event).__name__ == "CommandRejected" and event.code == "RF_HALTED"
+        assert led.find("bob", "USDT", "available", "tokenized") is None
+        with pytest.raises(Halted):
+            harness.engine.precheck(OpenAccount("bob", "BTC"))
+        assert harness.run(OpenAccount("carol", "BTC"))[0].created
+    finally:
+        _GUARDS.remove(refuse_bob)

@@ -34,6 +34,7 @@ __all__ = [
     "CommandRejected",
     "handles",
     "register_component",
+    "register_guard",
     "STATE_FORMAT",
 ]
 
@@ -65,6 +66,17 @@ class _Component:
 
 _HANDLERS: dict[type, _Handler] = {}
 _COMPONENTS: dict[str, _Component] = {}
+_GUARDS: list[Callable[["Engine", Any], None]] = []
+
+
+def register_guard(fn: Callable[["Engine", Any], None]) -> Callable[["Engine", Any], None]:
+    """Register `fn(engine, command)`, run before every handler (and every precheck).
+
+    A guard raises a `RingfenceError` (e.g. `Halted`) to refuse a command without changing
+    anything; halts use this so that every later command in a halted scope is checked.
+    """
+    _GUARDS.append(fn)
+    return fn
 
 
 def handles(
@@ -113,6 +125,8 @@ class Engine:
         handler = _HANDLERS.get(type(command))
         if handler is None:
             raise RingfenceError(f"no handler for command {type(command).__name__}")
+        for guard in _GUARDS:
+            guard(self, command)
         if handler.precheck is not None:
             handler.precheck(self, command)
 
@@ -134,6 +148,8 @@ class Engine:
             events.extend(TransferExpired(pid, amount) for pid, amount in expired)
         handler = _HANDLERS[type(command)]
         try:
+            for guard in _GUARDS:
+                guard(self, command)
             events.extend(handler.fn(self, command))
         except RingfenceError as err:
             events.append(CommandRejected(seq, err.code, err.field or "", err.message))

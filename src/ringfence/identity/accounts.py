@@ -233,7 +233,7 @@ def change_password(
     if not isinstance(current_password, str) or len(current_password) > PASSWORD_MAX_CHARS:
         raise ValidationError(f"must be 1..{PASSWORD_MAX_CHARS} characters", field="current_password")
     with ctx.store.tx() as db:
-        row, user = sessions._load(ctx, db, token)
+        row, user = sessions.load_session(ctx, db, token)
         pw = check_password_policy(new_password, email=user.email, field="new_password")
         if not ctx.passwords.verify(user.password_hash, current_password):
             raise AuthenticationFailed("the current password is incorrect", field="current_password")

@@ -72,3 +72,32 @@ def gen_exchange_pgp_key(email: str = typer.Option("support@ringfence.local", he
         console.print(f"[red]gpg failed:[/red] {key.status}")
         raise typer.Exit(1)
     console.print(f"set RINGFENCE_IDENTITY_EXCHANGE_PGP_FINGERPRINT={key.fingerprint}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, min=1, max=65535, help="port to listen on"),
+) -> None:
+    """Serve the identity web pages (sign up, sign in, security centre) for development.
+
+    Example: ringfence identity serve --port 8000   then open http://localhost:8000/signup
+    """
+    import uvicorn
+
+    from .web import create_app
+
+    uvicorn.run(create_app(_context()), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def purge() -> None:
+    """Delete ended sessions, used tokens, old rate-limit windows, sent mail and year-old events.
+
+    Example: ringfence identity purge
+    """
+    from .maintenance import purge_expired
+
+    report = purge_expired(_context())
+    for name, n in report.deleted.items():
+        console.print(f"{name}: {n} deleted")

@@ -28,6 +28,8 @@ __all__ = [
     "freeze_account",
     "check_withdrawals_allowed",
     "recent_events",
+    "authorize_withdrawal",
+    "withdrawal_address_changed",
 ]
 
 CREDENTIAL_CHANGES = frozenset(
@@ -129,3 +131,28 @@ def recent_events(ctx: IdentityContext, user_id: int, *, limit: int = 50) -> lis
             select(SecurityEvent).where(SecurityEvent.user_id == user_id).order_by(SecurityEvent.id.desc()).limit(limit)
         )
         return [SecurityEventView(kind=r.kind, ip=r.ip, detail=r.detail, at_s=r.at_s) for r in rows]
+
+
+def authorize_withdrawal(ctx: IdentityContext, token: object, *, max_factor_age_s: int = 300) -> str:
+    """The identity checks before a withdrawal (or a withdrawal-address change) from the browser:
+    a valid session, a second factor passed within `max_factor_age_s`, no freeze and no post-change
+    lock. Returns the account_id the custody layer should act for."""
+    from . import sessions
+
+    info = sessions.authenticate(ctx, token)
+    sessions.require_fresh_second_factor(info, max_factor_age_s)
+    check_withdrawals_allowed(ctx, info.account_id)
+    return info.account_id
+
+
+def withdrawal_address_changed(ctx: IdentityContext, token: object, *, ip: str = "", max_factor_age_s: int = 300) -> int:
+    """Custody calls this when a user adds/changes a withdrawal address: needs a fresh second factor,
+    records the event, locks withdrawals and mails a freeze link. Returns the lock end (Unix s)."""
+    from . import sessions
+
+    info = sessions.authenticate(ctx, token)
+    sessions.require_fresh_second_factor(info, max_factor_age_s)
+    with ctx.store.tx() as db:
+        user = db.get(User, info.user_id)
+        assert user is not None
+        return credential_changed(ctx, db, user, change="withdrawal_address_changed", ip=ip)

@@ -143,7 +143,7 @@ def confirm_totp_enrollment(
     value = _check_code_format(code)
     client_ip = validate_ip(ip)
     with ctx.store.tx() as db:
-        row, user = sessions._load(ctx, db, token)
+        row, user = sessions.load_session(ctx, db, token)
         if user.totp_enabled or user.totp_secret_enc is None:
             raise Conflict("start the authenticator set-up first", field="totp")
         now = ctx.now()
@@ -242,7 +242,7 @@ def finish_passkey_registration(
     pending: RingfenceError | None = None
     issued: sessions.IssuedSession | None = None
     with ctx.store.tx() as db:
-        row, user = sessions._load(ctx, db, token)
+        row, user = sessions.load_session(ctx, db, token)
         challenge = _take_challenge(ctx, db, user, "register")
         try:
             verified = verify_registration_response(
@@ -284,7 +284,7 @@ def begin_passkey_challenge(ctx: IdentityContext, token: object, *, purpose: str
     if purpose not in ("login", "step_up"):
         raise ValidationError("must be 'login' or 'step_up'", field="purpose")
     with ctx.store.tx() as db:
-        _, user = sessions._load(ctx, db, token, allow_pending=purpose == "login")
+        _, user = sessions.load_session(ctx, db, token, allow_pending=purpose == "login")
         creds = db.scalars(select(WebAuthnCredential).where(WebAuthnCredential.user_id == user.id).limit(PASSKEYS_PER_USER_MAX)).all()
         if not creds:
             raise NotFound("no passkey is registered on this account", field="passkey")
@@ -385,7 +385,7 @@ def complete_login(
     pending: RingfenceError | None = None
     issued: sessions.IssuedSession | None = None
     with ctx.store.tx() as db:
-        row, user = sessions._load(ctx, db, pending_token, allow_pending=True)
+        row, user = sessions.load_session(ctx, db, pending_token, allow_pending=True)
         pending = _guarded(ctx, db, user, method=method, value=value, purpose="login", ip=row.ip)
         if pending is None:
             issued = sessions.rotate(ctx, db, row, user, second_factor_at_s=ctx.now())
@@ -401,7 +401,7 @@ def step_up(ctx: IdentityContext, token: object, *, method: str, value: object) 
     pending: RingfenceError | None = None
     issued: sessions.IssuedSession | None = None
     with ctx.store.tx() as db:
-        row, user = sessions._load(ctx, db, token)
+        row, user = sessions.load_session(ctx, db, token)
         pending = _guarded(ctx, db, user, method=method, value=value, purpose="step_up", ip=row.ip)
         if pending is None:
             issued = sessions.rotate(ctx, db, row, user, second_factor_at_s=ctx.now())

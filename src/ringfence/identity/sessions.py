@@ -27,6 +27,7 @@ __all__ = [
     "SESSION_COOKIE_NAME",
     "issue",
     "rotate",
+    "load_session",
     "authenticate",
     "logout",
     "logout_everywhere",
@@ -98,7 +99,8 @@ def issue(
     return IssuedSession(token=token, csrf_token=ctx.sealer.csrf_for(digest), session_id=row.id, expires_at_s=row.expires_at_s)
 
 
-def _load(ctx: IdentityContext, db: Session, token: object, *, allow_pending: bool = False) -> tuple[AuthSession, User]:
+def load_session(ctx: IdentityContext, db: Session, token: object, *, allow_pending: bool = False) -> tuple[AuthSession, User]:
+    """Resolve a token inside the caller's transaction (rows returned for update), or raise Unauthorized."""
     if not isinstance(token, str) or not 16 <= len(token) <= TOKEN_MAX_CHARS:
         raise Unauthorized("sign in first: the session is missing or malformed", field="session")
     now = ctx.now()
@@ -132,7 +134,7 @@ def rotate(
 def authenticate(ctx: IdentityContext, token: object) -> SessionInfo:
     """Resolve a session token (from the cookie) to the signed-in user, or raise Unauthorized."""
     with ctx.store.tx() as db:
-        row, user = _load(ctx, db, token)
+        row, user = load_session(ctx, db, token)
         row.last_seen_at_s = ctx.now()
         return SessionInfo(
             session_id=row.id, user_id=user.id, account_id=user.account_id, email=user.email,
@@ -152,7 +154,7 @@ def require_fresh_second_factor(session: SessionInfo, max_age_s: int = 300) -> N
 
 def logout(ctx: IdentityContext, token: object) -> None:
     with ctx.store.tx() as db:
-        row, _ = _load(ctx, db, token)
+        row, _ = load_session(ctx, db, token)
         row.revoked_at_s = ctx.now()
 
 
@@ -161,7 +163,7 @@ def logout_everywhere(ctx: IdentityContext, token: object, *, ip: str = "") -> i
     from .events import record_event
 
     with ctx.store.tx() as db:
-        row, user = _load(ctx, db, token)
+        row, user = load_session(ctx, db, token)
         now = ctx.now()
         result = db.execute(
             update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None)).values(revoked_at_s=now)
@@ -173,7 +175,7 @@ def logout_everywhere(ctx: IdentityContext, token: object, *, ip: str = "") -> i
 def list_sessions(ctx: IdentityContext, token: object) -> list[SessionView]:
     now = ctx.now()
     with ctx.store.tx() as db:
-        current, user = _load(ctx, db, token)
+        current, user = load_session(ctx, db, token)
         rows = db.scalars(
             select(AuthSession)
             .where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None), AuthSession.expires_at_s > now,
@@ -186,7 +188,7 @@ def list_sessions(ctx: IdentityContext, token: object) -> list[SessionView]:
 
 def revoke_session(ctx: IdentityContext, token: object, session_id: int) -> None:
     with ctx.store.tx() as db:
-        _, user = _load(ctx, db, token)
+        _, user = load_session(ctx, db, token)
         target = db.get(AuthSession, session_id)
         if target is None or target.user_id != user.id:
             raise Forbidden("no such session on your account", field="session_id")

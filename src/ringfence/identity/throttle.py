@@ -11,6 +11,7 @@ purpose: callers commit them before raising.
 from __future__ import annotations
 
 from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import RateLimited
@@ -23,11 +24,17 @@ def hit(db: Session, *, bucket: str, limit: int, window_s: int, now_s: int) -> R
     """Count one request; return (not raise) a RateLimited error when over the limit."""
     assert limit > 0 and window_s > 0 and len(bucket) <= 128
     window_start = now_s - now_s % window_s
-    row = db.get(RateLimitWindow, (bucket, window_start))
+    row = db.get(RateLimitWindow, (bucket, window_start), with_for_update=True)
     if row is None:
-        db.execute(delete(RateLimitWindow).where(RateLimitWindow.bucket == bucket))
-        row = RateLimitWindow(bucket=bucket, window_start_s=window_start, hits=0)
-        db.add(row)
+        try:
+            with db.begin_nested():  # a concurrent request may create the same window first
+                db.execute(delete(RateLimitWindow).where(RateLimitWindow.bucket == bucket,
+                                                         RateLimitWindow.window_start_s < window_start))
+                db.add(RateLimitWindow(bucket=bucket, window_start_s=window_start, hits=0))
+        except IntegrityError:
+            pass
+        row = db.get(RateLimitWindow, (bucket, window_start), with_for_update=True, populate_existing=True)
+        assert row is not None
     row.hits += 1
     db.flush()
     if row.hits > limit:

@@ -201,6 +201,15 @@ class Ledger:
                 return account
         raise UnknownAccount(f"no account with id {account_id}", field="account_id")
 
+    def custody(self, asset: str, wallet: str) -> Account:
+        """The system account mirroring what wallet `wallet` holds of `asset` on chain
+        (`custody:<wallet>:<asset>`), opened on first use. Reconciliation compares it with the chain."""
+        validate_segment(wallet, "wallet")
+        if wallet == "-":
+            raise ValidationError("a wallet needs a name", field="wallet")
+        self.assets.get(asset)
+        return self._open_system(asset, "custody", wallet)
+
     def world(self, asset: str) -> Account:
         return self.get(SYSTEM_OWNER, asset, "world", "-")
 

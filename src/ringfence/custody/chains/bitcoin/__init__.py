@@ -1,0 +1,1 @@
+"""Bitcoin: address codec, the in-process UTXO simulator, its ChainAdapter, PSBT wallet and cold signer."""

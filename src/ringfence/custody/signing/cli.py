@@ -1,0 +1,247 @@
+"""`ringfence keys ...`: key ceremonies as CLI commands (Typer + rich).
+
+Secrets never come from argv (visible in `ps`): passphrases and the signer token are read from the
+environment (RINGFENCE_SIGNER_PASSPHRASE, RINGFENCE_OPERATOR_PASSPHRASE, RINGFENCE_STORE_PASSPHRASE,
+RINGFENCE_SIGNER_TOKEN) or prompted for with hidden input. Every ceremony is journaled (who, what, why)
+in the key-operation log given by --log.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(name="keys", help="Key ceremonies: threshold keys, signers, rotation, backup/restore.\n\n"
+                  "Example: ringfence keys create --key-id btc-hot --threshold 2 --signer 1=http://127.0.0.1:7301 "
+                  "--signer 2=http://127.0.0.1:7302 --signer 3=http://127.0.0.1:7303 --operator alice "
+                  "--reason 'new hot wallet'", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+SUITES = {"secp256k1": "FROST(secp256k1, SHA-256)", "ed25519": "FROST(Ed25519, SHA-512)"}
+DEFAULT_LOG = Path("ringfence-data/keyops.jsonl")
+
+
+def _secret(env: str, prompt: str, confirm: bool = False) -> str:
+    v = os.environ.get(env)
+    if v:
+        return v
+    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm))
+
+
+def _signers(specs: list[str]) -> dict[int, str]:
+    out_: dict[int, str] = {}
+    for s in specs:
+        ident, sep, url = s.partition("=")
+        if not sep or not ident.isdigit() or not url.startswith("http"):
+            raise typer.BadParameter(f"{s!r}: expected ID=URL, e.g. 1=http://127.0.0.1:7301", param_hint="--signer")
+        out_[int(ident)] = url.rstrip("/")
+    return out_
+
+
+def _ids(csv: str, name: str) -> list[int]:
+    try:
+        return sorted({int(x) for x in csv.split(",") if x.strip()})
+    except ValueError:
+        raise typer.BadParameter("expected comma-separated identifiers, e.g. 1,3", param_hint=name) from None
+
+
+def _coordinator(signers: dict[int, str], operator: str) -> Any:
+    from .coordinator import ThresholdCoordinator
+
+    return ThresholdCoordinator(signers, _secret("RINGFENCE_SIGNER_TOKEN", "Signer API token"), actor=operator)
+
+
+def _log(path: Path) -> Any:
+    from .keylog import KeyOperationLog
+
+    return KeyOperationLog(path)
+
+
+def _show(pkg: Any, key_id: str) -> None:
+    from .frost import taproot_output_key
+
+    typer.echo(f"key_id: {key_id}")
+    typer.echo(f"ciphersuite: {pkg.raw['ciphersuite']}")
+    typer.echo(f"threshold: {pkg.raw['threshold']} of {len(pkg.raw['verifying_shares'])}")
+    typer.echo(f"group_public_key: {pkg.raw['group_public_key']}")
+    if pkg.raw["ciphersuite"].startswith("FROST(secp256k1"):
+        from embit.script import Script
+
+        spk = b"\x51\x20" + taproot_output_key(pkg.kp)
+        typer.echo(f"taproot_output_key: {spk[2:].hex()}")
+        typer.echo(f"taproot_address_regtest: {Script(spk).address(_regtest())}")
+
+
+def _regtest() -> Any:
+    from embit.networks import NETWORKS
+
+    return NETWORKS["regtest"]
+
+
+@app.command()
+def create(key_id: str = typer.Option(..., help="New key id, e.g. btc-hot"),
+           threshold: int = typer.Option(..., help="Signatures needed (t of n)"),
+           signer: list[str] = typer.Option(..., help="ID=URL of each signer process (repeat)"),
+           ciphersuite: str = typer.Option("secp256k1", help="secp256k1 or ed25519"),
+           operator: str = typer.Option(..., help="Who runs this ceremony"),
+           reason: str = typer.Option(..., help="Why (journaled)"),
+           log: Path = typer.Option(DEFAULT_LOG, help="Key-operation log")) -> None:
+    """Create a threshold key by distributed key generation: no machine ever holds the whole key.
+
+    Example: ringfence keys create --key-id btc-hot --threshold 2 --signer 1=http://127.0.0.1:7301
+    --signer 2=http://127.0.0.1:7302 --signer 3=http://127.0.0.1:7303 --operator alice --reason "new wallet"
+    """
+    if ciphersuite not in SUITES:
+        raise typer.BadParameter("must be secp256k1 or ed25519", param_hint="--ciphersuite")
+    s = _signers(signer)
+    console.print(f"[bold]DKG[/bold] for {key_id}: {threshold}-of-{len(s)} over {sorted(s)} …")
+    c = _coordinator(s, operator)
+    pkg = c.create_key(key_id, SUITES[ciphersuite], threshold, sorted(s))
+    _log(log).append(actor=operator, action="key_created", key_id=key_id, reason=reason, threshold=threshold,
+                     signers=sorted(s), group_public_key=pkg.raw["group_public_key"])
+    _show(pkg, key_id)
+
+
+@app.command("add-signer")
+def add_signer(key_id: str = typer.Option(...), signer: list[str] = typer.Option(..., help="ID=URL of current signers"),
+               quorum: str = typer.Option(..., help="Current holders who re-deal, e.g. 1,3"),
+               new_signer: list[str] = typer.Option(..., help="ID=URL of each signer to add"),
+               threshold: int = typer.Option(..., help="Threshold after the change"),
+               operator: str = typer.Option(...), reason: str = typer.Option(...),
+               log: Path = typer.Option(DEFAULT_LOG)) -> None:
+    """Add signers by resharing; the public key (and every address) stays the same.
+
+    Example: ringfence keys add-signer --key-id btc-hot --signer 1=http://127.0.0.1:7301 ... --quorum 1,3
+    --new-signer 4=http://127.0.0.1:7304 --threshold 3 --operator alice --reason "add Frankfurt signer"
+    """
+    cur, new = _signers(signer), _signers(new_signer)
+    c = _coordinator(cur, operator)
+    pkg = c.reshare(key_id, _ids(quorum, "--quorum"), {**cur, **new}, threshold, reason)
+    _log(log).append(actor=operator, action="signer_added", key_id=key_id, reason=reason, added=sorted(new),
+                     threshold=threshold, group_public_key=pkg.raw["group_public_key"])
+    _show(pkg, key_id)
+
+
+@app.command("remove-signer")
+def remove_signer(key_id: str = typer.Option(...), signer: list[str] = typer.Option(..., help="ID=URL of current signers"),
+                  remove: str = typer.Option(..., help="Identifiers to remove, e.g. 2"),
+                  quorum: str = typer.Option(..., help="Remaining holders who re-deal, e.g. 1,3"),
+                  threshold: int = typer.Option(..., help="Threshold after the change"),
+                  operator: str = typer.Option(...), reason: str = typer.Option(...),
+                  yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation"),
+                  log: Path = typer.Option(DEFAULT_LOG)) -> None:
+    """Remove signers by resharing to the rest; the removed signers' shares are deleted and useless.
+
+    Example: ringfence keys remove-signer --key-id btc-hot --signer 1=... --signer 2=... --signer 3=...
+    --remove 2 --quorum 1,3 --threshold 2 --operator alice --reason "signer 2 decommissioned"
+    """
+    cur = _signers(signer)
+    gone = _ids(remove, "--remove")
+    if set(_ids(quorum, "--quorum")) & set(gone):
+        raise typer.BadParameter("a removed signer cannot be in the re-dealing quorum", param_hint="--quorum")
+    if not yes:
+        typer.confirm(f"Remove signers {gone} from {key_id}? Their shares will be deleted", abort=True)
+    c = _coordinator(cur, operator)
+    pkg = c.reshare(key_id, _ids(quorum, "--quorum"), {i: u for i, u in cur.items() if i not in gone}, threshold, reason)
+    _log(log).append(actor=operator, action="signer_removed", key_id=key_id, reason=reason, removed=gone,
+                     threshold=threshold, group_public_key=pkg.raw["group_public_key"])
+    _show(pkg, key_id)
+
+
+@app.command()
+def rotate(key_id: str = typer.Option(...), signer: list[str] = typer.Option(..., help="ID=URL of every holder"),
+           operator: str = typer.Option(...), reason: str = typer.Option(...),
+           log: Path = typer.Option(DEFAULT_LOG)) -> None:
+    """Rotate every share (proactive refresh): same public key, old shares stop working.
+
+    Example: ringfence keys rotate --key-id btc-hot --signer 1=... --signer 2=... --signer 3=...
+    --operator alice --reason "quarterly rotation"
+    """
+    c = _coordinator(_signers(signer), operator)
+    pkg = c.refresh(key_id)
+    _log(log).append(actor=operator, action="key_rotated", key_id=key_id, reason=reason,
+                     group_public_key=pkg.raw["group_public_key"])
+    _show(pkg, key_id)
+
+
+@app.command("operator-keygen")
+def operator_keygen(out_file: Path = typer.Option(..., "--out", help="Operator key file to create"),
+                    operator: str = typer.Option(...), log: Path = typer.Option(DEFAULT_LOG)) -> None:
+    """Create an operator's backup key (X25519), sealed with the operator's passphrase.
+
+    Example: RINGFENCE_OPERATOR_PASSPHRASE=... ringfence keys operator-keygen --out alice.key --operator alice
+    """
+    from .ceremony import create_operator_key
+
+    pub = create_operator_key(out_file, _secret("RINGFENCE_OPERATOR_PASSPHRASE", "New operator passphrase", True),
+                              operator)
+    _log(log).append(actor=operator, action="operator_key_created", key_id="operator", reason="backup key",
+                     operator_public_key=pub.hex())
+    typer.echo(f"operator_public_key: {pub.hex()}")
+
+
+@app.command()
+def backup(store: Path = typer.Option(..., help="This signer's share store directory"),
+           key_id: str = typer.Option(...), operator_key: Path = typer.Option(..., help="Operator key file (public part used)"),
+           out_file: Path = typer.Option(..., "--out"), operator: str = typer.Option(...),
+           reason: str = typer.Option(...), log: Path = typer.Option(DEFAULT_LOG)) -> None:
+    """Back up this signer's share, encrypted to an operator's key (run on the signer's machine).
+
+    Example: RINGFENCE_SIGNER_PASSPHRASE=... ringfence keys backup --store ./signer-1 --key-id btc-hot
+    --operator-key alice.key --out btc-hot-1.backup --operator alice --reason "offsite backup"
+    """
+    from .ceremony import backup_share, load_operator_public_key
+    from .share_store import EncryptedShareStore
+
+    st = EncryptedShareStore(store, _secret("RINGFENCE_SIGNER_PASSPHRASE", "Share store passphrase"))
+    hdr = backup_share(st, key_id, load_operator_public_key(operator_key), out_file)
+    _log(log).append(actor=operator, action="share_backed_up", key_id=key_id, reason=reason,
+                     identifier=hdr["identifier"], operator_public_key=hdr["operator_public_key"], file=str(out_file))
+    typer.echo(f"backup written: {out_file} (participant {hdr['identifier']})")
+
+
+@app.command()
+def restore(backup_file: Path = typer.Option(..., "--backup"), operator_key: Path = typer.Option(...),
+            store: Path = typer.Option(..., help="Share store to restore into (created if missing)"),
+            overwrite: bool = typer.Option(False), operator: str = typer.Option(...),
+            reason: str = typer.Option(...), log: Path = typer.Option(DEFAULT_LOG)) -> None:
+    """Restore a share from a backup into a signer's encrypted store.
+
+    Example: RINGFENCE_OPERATOR_PASSPHRASE=... RINGFENCE_STORE_PASSPHRASE=... ringfence keys restore
+    --backup btc-hot-1.backup --operator-key alice.key --store ./signer-1-new --operator alice --reason "disk failed"
+    """
+    from .ceremony import load_operator_private_key, restore_share
+    from .share_store import EncryptedShareStore
+
+    opk = load_operator_private_key(operator_key, _secret("RINGFENCE_OPERATOR_PASSPHRASE", "Operator passphrase"))
+    st = EncryptedShareStore(store, _secret("RINGFENCE_STORE_PASSPHRASE", "Share store passphrase", True), create=True)
+    kp = restore_share(backup_file, opk, st, overwrite=overwrite)
+    key_id = st.key_ids()[0] if len(st.key_ids()) == 1 else "(see store)"
+    _log(log).append(actor=operator, action="share_restored", key_id=key_id, reason=reason, identifier=kp.identifier,
+                     store=str(store))
+    typer.echo(f"restored participant {kp.identifier} into {store}")
+
+
+@app.command()
+def show(key_id: str = typer.Option(...), signer: list[str] = typer.Option(..., help="ID=URL of a signer")) -> None:
+    """Show a key's public data: group key, threshold, Taproot output key and address.
+
+    Example: ringfence keys show --key-id btc-hot --signer 1=http://127.0.0.1:7301
+    """
+    c = _coordinator(_signers(signer), "viewer")
+    _show(c.key(key_id), key_id)
+
+
+@app.command("verify-log")
+def verify_log(log: Path = typer.Option(DEFAULT_LOG)) -> None:
+    """Check the key-operation log's hash chain.
+
+    Example: ringfence keys verify-log --log ringfence-data/keyops.jsonl
+    """
+    n = _log(log).verify()
+    typer.echo(f"key-operation log ok: {n} entries")

@@ -1,0 +1,320 @@
+"""Identity web pages (FastAPI): sign up, sign in with TOTP or passkey, and the security centre.
+
+A thin layer: it reads forms and cookies, calls the identity services, and renders Jinja2 templates
+with autoescaping on (user-supplied text is always escaped, never executed). Every state-changing
+request after sign-in carries the session-bound CSRF token (form field `csrf_token` or header
+`X-CSRF-Token`), and every POST from a foreign `Origin` is refused (login CSRF). Cookies: `__Host-rf_session` and `__Host-rf_pending` (HttpOnly, Secure,
+SameSite=Strict). A Content-Security-Policy without inline script blocks injected scripts as a
+second line of defence. `create_router(ctx)` can be mounted into the dashboard app; `create_app(ctx)`
+is a standalone app for development and tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from ..errors import Forbidden, RingfenceError, Unauthorized, ValidationError
+from . import accounts, api_keys, events, pgp_keys, second_factor, sessions
+from .context import IdentityContext
+from .security_centre import overview
+
+__all__ = ["create_router", "create_app", "PENDING_COOKIE_NAME", "FORM_MAX_BYTES"]
+
+PENDING_COOKIE_NAME = "__Host-rf_pending"
+FORM_MAX_BYTES = 128 * 1024
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # same-origin, not no-referrer: with no-referrer Chromium sends `Origin: null` on form posts,
+    # which the Origin check must refuse. Token-bearing URLs still never leak to other sites.
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+_env = Environment(loader=PackageLoader("ringfence.identity", "templates"), autoescape=select_autoescape(["html"]))
+_env.filters["utc"] = lambda at_s: dt.datetime.fromtimestamp(int(at_s), dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _render(name: str, status_code: int = 200, **params: Any) -> HTMLResponse:
+    return HTMLResponse(_env.get_template(name).render(**params), status_code=status_code)
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "127.0.0.1"
+
+
+def _set_cookie(response: Response, name: str, token: str, max_age_s: int) -> None:
+    response.set_cookie(name, token, max_age=max_age_s, path="/", secure=True, httponly=True, samesite="strict")
+
+
+def _session_response(ctx: IdentityContext, issued: sessions.IssuedSession, url: str = "/security") -> Response:
+    response = RedirectResponse(url, status_code=303)
+    _set_cookie(response, sessions.SESSION_COOKIE_NAME, issued.token, ctx.settings.identity_session_ttl_s)
+    response.delete_cookie(PENDING_COOKIE_NAME, path="/", secure=True, httponly=True, samesite="strict")
+    return response
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > FORM_MAX_BYTES:
+        raise ValidationError(f"the form must be at most {FORM_MAX_BYTES} bytes", field="form")
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _token(request: Request) -> str | None:
+    return request.cookies.get(sessions.SESSION_COOKIE_NAME)
+
+
+def _csrf(ctx: IdentityContext, request: Request, form: dict[str, str] | None = None) -> str:
+    token = _token(request)
+    sessions.authenticate(ctx, token)
+    sent = (form or {}).get("csrf_token") or request.headers.get("x-csrf-token")
+    sessions.verify_csrf(ctx, token, sent)
+    assert token is not None
+    return token
+
+
+def create_router(ctx: IdentityContext) -> APIRouter:
+    def same_origin_only(request: Request) -> None:
+        # Browsers send Origin on cross-site POSTs. Refusing foreign origins blocks login CSRF (an
+        # attacker signing the victim into the attacker's account) on the pre-session forms too.
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return
+        origin = request.headers.get("origin")
+        if origin is not None and origin != ctx.settings.identity_origin:
+            raise Forbidden("cross-site requests are not allowed", field="origin")
+
+    router = APIRouter(dependencies=[Depends(same_origin_only)])
+
+    @router.get("/static/identity.js")
+    def static_js() -> Response:
+        js = resources.files("ringfence.identity").joinpath("static/identity.js").read_text("utf-8")
+        return Response(js, media_type="application/javascript")
+
+    @router.get("/signup", response_class=HTMLResponse)
+    def signup_page() -> HTMLResponse:
+        return _render("signup.html")
+
+    @router.post("/signup", response_class=HTMLResponse)
+    async def signup(request: Request) -> HTMLResponse:
+        form = await _form(request)
+        receipt = accounts.sign_up(ctx, form.get("email", ""), form.get("password", ""), ip=_client_ip(request))
+        return _render("message.html", title="Check your inbox", message=receipt.message)
+
+    @router.get("/verify-email", response_class=HTMLResponse)
+    def verify(token: str = "") -> HTMLResponse:
+        accounts.verify_email(ctx, token)
+        return _render("message.html", title="E-mail confirmed", message="Your address is confirmed. You can sign in now.",
+                       link="/login")
+
+    @router.get("/login", response_class=HTMLResponse)
+    def login_page() -> HTMLResponse:
+        return _render("login.html")
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        form = await _form(request)
+        result = accounts.login(ctx, form.get("email", ""), form.get("password", ""), ip=_client_ip(request),
+                                user_agent=request.headers.get("user-agent", ""))
+        if not result.second_factor_required:
+            return _session_response(ctx, result.session)
+        response = RedirectResponse("/login/2fa", status_code=303)
+        _set_cookie(response, PENDING_COOKIE_NAME, result.session.token, ctx.settings.identity_mfa_pending_ttl_s)
+        return response
+
+    @router.get("/login/2fa", response_class=HTMLResponse)
+    def second_factor_page(request: Request) -> HTMLResponse:
+        if not request.cookies.get(PENDING_COOKIE_NAME):
+            raise Unauthorized("sign in with your e-mail and password first", field="session")
+        return _render("login_2fa.html")
+
+    @router.post("/login/2fa")
+    async def second_factor_submit(request: Request) -> Response:
+        form = await _form(request)
+        method = form.get("method", "totp")
+        issued = second_factor.complete_login(ctx, request.cookies.get(PENDING_COOKIE_NAME), method=method,
+                                              value=form.get("code", ""))
+        return _session_response(ctx, issued)
+
+    @router.post("/webauthn/login/options")
+    def passkey_login_options(request: Request) -> Response:
+        options = second_factor.begin_passkey_challenge(ctx, request.cookies.get(PENDING_COOKIE_NAME), purpose="login")
+        return Response(options, media_type="application/json")
+
+    @router.post("/webauthn/login")
+    async def passkey_login(request: Request) -> Response:
+        credential = (await request.body()).decode("utf-8", "replace")
+        issued = second_factor.complete_login(ctx, request.cookies.get(PENDING_COOKIE_NAME), method="passkey", value=credential)
+        response = JSONResponse({"redirect": "/security"})
+        _set_cookie(response, sessions.SESSION_COOKIE_NAME, issued.token, ctx.settings.identity_session_ttl_s)
+        response.delete_cookie(PENDING_COOKIE_NAME, path="/", secure=True, httponly=True, samesite="strict")
+        return response
+
+    @router.get("/security", response_class=HTMLResponse)
+    def security_centre(request: Request) -> Response:
+        token = _token(request)
+        try:
+            view = overview(ctx, token)
+        except Unauthorized:
+            return RedirectResponse("/login", status_code=303)
+        assert token is not None
+        return _render("security.html", o=view, csrf=sessions.csrf_token_for(ctx, token), now_s=ctx.now())
+
+    @router.post("/security/step-up")
+    async def step_up(request: Request) -> Response:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        issued = second_factor.step_up(ctx, token, method=form.get("method", "totp"), value=form.get("code", ""))
+        return _session_response(ctx, issued)
+
+    @router.post("/webauthn/step-up/options")
+    def passkey_step_up_options(request: Request) -> Response:
+        token = _csrf(ctx, request)
+        return Response(second_factor.begin_passkey_challenge(ctx, token, purpose="step_up"), media_type="application/json")
+
+    @router.post("/webauthn/step-up")
+    async def passkey_step_up(request: Request) -> Response:
+        token = _csrf(ctx, request)
+        credential = (await request.body()).decode("utf-8", "replace")
+        issued = second_factor.step_up(ctx, token, method="passkey", value=credential)
+        response = JSONResponse({"redirect": "/security"})
+        _set_cookie(response, sessions.SESSION_COOKIE_NAME, issued.token, ctx.settings.identity_session_ttl_s)
+        return response
+
+    @router.post("/security/totp/begin", response_class=HTMLResponse)
+    async def totp_begin(request: Request) -> HTMLResponse:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        enrollment = second_factor.begin_totp_enrollment(ctx, token)
+        return _render("totp_setup.html", enrollment=enrollment, csrf=sessions.csrf_token_for(ctx, token))
+
+    @router.post("/security/totp/confirm", response_class=HTMLResponse)
+    async def totp_confirm(request: Request) -> Response:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        issued, codes = second_factor.confirm_totp_enrollment(ctx, token, form.get("code", ""), ip=_client_ip(request))
+        response = _render("recovery_codes.html", codes=codes)
+        _set_cookie(response, sessions.SESSION_COOKIE_NAME, issued.token, ctx.settings.identity_session_ttl_s)
+        return response
+
+    @router.post("/webauthn/register/options")
+    def passkey_register_options(request: Request) -> Response:
+        token = _csrf(ctx, request)
+        return Response(second_factor.begin_passkey_registration(ctx, token), media_type="application/json")
+
+    @router.post("/webauthn/register")
+    async def passkey_register(request: Request) -> Response:
+        token = _csrf(ctx, request)
+        body = (await request.body()).decode("utf-8", "replace")
+        try:
+            payload = json.loads(body)
+            credential, label = payload["credential"], payload.get("label", "passkey")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValidationError("must be JSON with a credential", field="credential") from exc
+        issued = second_factor.finish_passkey_registration(ctx, token, credential, label=label, ip=_client_ip(request))
+        response = JSONResponse({"redirect": "/security"})
+        _set_cookie(response, sessions.SESSION_COOKIE_NAME, issued.token, ctx.settings.identity_session_ttl_s)
+        return response
+
+    @router.post("/security/api-keys", response_class=HTMLResponse)
+    async def create_key(request: Request) -> HTMLResponse:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        raw_scopes = (await request.form()).getlist("scopes")
+        allow = [x.strip() for x in form.get("ip_allowlist", "").replace("\n", ",").split(",") if x.strip()]
+        created = api_keys.create_api_key(ctx, token, scopes=[s for s in raw_scopes if isinstance(s, str)],
+                                          label=form.get("label", ""), ip_allowlist=allow, ip=_client_ip(request))
+        return _render("api_key_created.html", key=created)
+
+    @router.post("/security/api-keys/{key_id}/revoke")
+    async def revoke_key(key_id: int, request: Request) -> Response:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        api_keys.revoke_api_key(ctx, token, key_id, ip=_client_ip(request))
+        return RedirectResponse("/security", status_code=303)
+
+    @router.post("/security/password")
+    async def change_password(request: Request) -> Response:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        issued = accounts.change_password(ctx, token, form.get("current_password", ""), form.get("new_password", ""),
+                                          ip=_client_ip(request))
+        return _session_response(ctx, issued)
+
+    @router.post("/security/anti-phishing")
+    async def anti_phishing(request: Request) -> Response:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        accounts.set_anti_phishing_code(ctx, token, form.get("code", ""), ip=_client_ip(request))
+        return RedirectResponse("/security", status_code=303)
+
+    @router.post("/security/pgp")
+    async def pgp(request: Request) -> Response:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        pgp_keys.register_pgp_key(ctx, token, form.get("public_key", ""), ip=_client_ip(request))
+        return RedirectResponse("/security", status_code=303)
+
+    @router.post("/security/sessions/{session_id}/revoke")
+    async def revoke_session(session_id: int, request: Request) -> Response:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        sessions.revoke_session(ctx, token, session_id)
+        return RedirectResponse("/security", status_code=303)
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        if form.get("everywhere"):
+            sessions.logout_everywhere(ctx, token, ip=_client_ip(request))
+        else:
+            sessions.logout(ctx, token)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(sessions.SESSION_COOKIE_NAME, path="/", secure=True, httponly=True, samesite="strict")
+        return response
+
+    @router.get("/security/freeze", response_class=HTMLResponse)
+    def freeze_page(token: str = "") -> HTMLResponse:
+        # GET never changes anything (mail scanners prefetch links); the one click is the POST button.
+        return _render("freeze.html", token=token)
+
+    @router.post("/security/freeze", response_class=HTMLResponse)
+    async def freeze(request: Request) -> HTMLResponse:
+        form = await _form(request)
+        events.freeze_account(ctx, form.get("token", ""), ip=_client_ip(request))
+        return _render("message.html", title="Account frozen",
+                       message="Your account is frozen: all sessions and API keys are stopped. Contact support.")
+
+    return router
+
+
+def create_app(ctx: IdentityContext) -> FastAPI:
+    app = FastAPI(title="ringfence identity", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(create_router(ctx))
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.exception_handler(RingfenceError)
+    async def ringfence_error(request: Request, exc: RingfenceError) -> Response:
+        if request.url.path.startswith("/webauthn/"):
+            return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+        return _render("message.html", status_code=exc.http_status, title="That did not work", message=str(exc),
+                       code=exc.code)
+
+    return app

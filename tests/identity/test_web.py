@@ -1,0 +1,251 @@
+"""End-to-end: the identity pages in real Chromium (Playwright) against a real uvicorn server.
+
+Runs on SQLite and PostgreSQL like every identity test. Chromium is Debian's /usr/bin/chromium;
+passkeys use Chromium's built-in virtual authenticator (DevTools WebAuthn domain).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pyotp
+import pytest
+import uvicorn
+from playwright.sync_api import sync_playwright
+from sqlalchemy import select
+
+from ringfence.identity import api_keys
+from ringfence.identity.web import create_app
+from ringfence.store.models import User
+
+from .conftest import PASSWORD, outbox
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(ctx):
+    port = free_port()
+    ctx.settings.identity_origin = f"http://localhost:{port}"
+    ctx.settings.identity_public_url = f"http://localhost:{port}"
+    srv = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://localhost:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def sign_up_and_verify(ctx, page, base, email="web@example.com"):
+    page.goto(f"{base}/signup")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("#signup")
+    assert "Check your inbox" in page.inner_text("h1"), page.inner_text("body")
+    link = outbox(ctx, to=email, template="verify_email")[-1].body.split("\n")
+    url = next(line for line in link if "verify-email?token=" in line)
+    page.goto(url)
+    assert "E-mail confirmed" in page.inner_text("h1")
+
+
+def sign_in(page, base, email="web@example.com"):
+    page.goto(f"{base}/login")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("#signin")
+
+
+def test_sign_up_totp_sign_in_api_key_and_anti_phishing(ctx, clock, server, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    sign_up_and_verify(ctx, page, server)
+    sign_in(page, server)
+    assert page.inner_text("#totp-status") == "off"
+    cookie = next(c for c in context.cookies() if c["name"] == "__Host-rf_session")
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+    first_cookie = cookie["value"]
+
+    page.click("#setup-totp")
+    totp = pyotp.TOTP(page.inner_text("#totp-secret"))
+    page.fill("#code", totp.at(clock.now_s))
+    page.click("#confirm-totp")
+    assert len(page.locator("#recovery-codes li").all()) == 10
+    rotated = next(c for c in context.cookies() if c["name"] == "__Host-rf_session")["value"]
+    assert rotated != first_cookie  # privilege change rotated the session id
+
+    page.click("#next")
+    page.click("#logout")
+    clock.advance(30)
+    sign_in(page, server)
+    assert page.url.endswith("/login/2fa")
+    page.fill("#code", "000000" if totp.at(clock.now_s) != "000000" else "111111")
+    page.click("#verify-totp")
+    assert "not correct" in page.inner_text("#message")
+    page.goto(f"{server}/login/2fa")
+    page.fill("#code", totp.at(clock.now_s))
+    page.click("#verify-totp")
+    assert page.inner_text("#fresh-status") == "confirmed"
+
+    page.fill("#key-label", "web bot")
+    page.check("input[name=scopes][value=trade]")
+    page.click("#create-key")
+    key, secret = page.inner_text("#api-key"), page.inner_text("#api-secret")
+    payload = "symbol=BTCUSDT&timestamp=1"
+    principal = api_keys.verify_api_request(ctx, key, payload, api_keys.hmac_signature(secret, payload), "192.0.2.1", "trade")
+    page.click("#next")
+    assert page.inner_text("#account-id") == principal.account_id
+    assert "withdrawals are locked" in page.inner_text("#withdrawal-lock").lower()
+
+    page.fill("#apc-code", "Web-Otter_1")
+    page.click("#set-apc")
+    assert page.inner_text("#apc") == "Web-Otter_1"
+    assert "[Web-Otter_1]" in outbox(ctx, template="credential_changed")[-1].subject
+    events = page.locator(".event-row").all_inner_texts()
+    assert any("anti_phishing_changed" in e for e in events) and any("api_key_created" in e for e in events)
+    assert dialogs == []
+    context.close()
+
+
+def test_passkey_registration_and_sign_in(ctx, clock, server, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    cdp = context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
+        "isUserVerified": True, "automaticPresenceSimulation": True}})
+    sign_up_and_verify(ctx, page, server, "passkey@example.com")
+    sign_in(page, server, "passkey@example.com")
+    page.fill("#passkey-label", "Laptop key")
+    page.click("#add-passkey")
+    page.wait_for_selector("#passkeys li:has-text('Laptop key')")
+    page.click("#logout")
+    sign_in(page, server, "passkey@example.com")
+    assert page.url.endswith("/login/2fa")
+    page.click("#passkey-login")
+    page.wait_for_url(f"{server}/security")
+    assert page.inner_text("#fresh-status") == "confirmed"
+    assert page.inner_text("#who") == "passkey@example.com"
+    context.close()
+
+
+def test_csrf_stolen_cookie_and_script_laden_agent(ctx, clock, server, browser):
+    victim = browser.new_context()
+    page = victim.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    sign_up_and_verify(ctx, page, server, "csrf@example.com")
+    sign_in(page, server, "csrf@example.com")
+
+    # CSRF: a request carrying the victim's cookie but no valid token is refused and changes nothing.
+    resp = page.request.post(f"{server}/security/anti-phishing", form={"code": "Evil-Code", "csrf_token": "0" * 64})
+    assert resp.status == 403 and "CSRF" in resp.text()
+    resp = page.request.post(f"{server}/security/anti-phishing", form={"code": "Evil-Code"})
+    assert resp.status == 403
+    with ctx.store.tx() as db:
+        assert db.scalars(select(User.anti_phishing_code).where(User.email == "csrf@example.com")).one() is None
+
+    # A script in a field we display (the browser's user agent) is escaped, never executed.
+    attacker = browser.new_context(user_agent="<script>alert('xss')</script><img src=x onerror=alert(2)>")
+    apage = attacker.new_page()
+    sign_in(apage, server, "csrf@example.com")
+    page.goto(f"{server}/security")
+    agents = page.locator(".session-row .agent").all_inner_texts()
+    assert "<script>alert('xss')</script><img src=x onerror=alert(2)>" in agents
+    assert dialogs == []
+
+    # Stolen cookie: copy the victim's cookies, sign out everywhere, the copy is useless.
+    stolen = victim.cookies()
+    page.click("#logout-everywhere")
+    thief = browser.new_context()
+    thief.add_cookies(stolen)
+    tpage = thief.new_page()
+    tpage.goto(f"{server}/security")
+    assert tpage.url.endswith("/login")
+    for c in (victim, attacker, thief):
+        c.close()
+
+
+def test_oversized_form_rejected(ctx, server, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    resp = page.request.post(f"{server}/signup", form={"email": "a@example.com", "password": "x" * 200_000})
+    assert resp.status == 400 and "form" in resp.text()
+    assert "script-src 'self'" in resp.headers["content-security-policy"]
+    assert resp.headers["x-frame-options"] == "DENY"
+    with ctx.store.tx() as db:
+        assert db.scalars(select(User)).all() == []
+    context.close()
+
+
+def test_cross_site_login_post_refused(ctx, server, browser):
+    """Login CSRF: a form on another site posting to /login is refused by its Origin."""
+    from .conftest import register
+
+    register(ctx, "origin@example.com")
+    context = browser.new_context()
+    page = context.new_page()
+    resp = page.request.post(f"{server}/login", form={"email": "origin@example.com", "password": PASSWORD},
+                             headers={"Origin": "https://evil.example"}, max_redirects=0)
+    assert resp.status == 403 and "cross-site" in resp.text()
+    assert not any(c["name"].startswith("__Host-rf") for c in context.cookies())
+    resp = page.request.post(f"{server}/login", form={"email": "origin@example.com", "password": PASSWORD},
+                             headers={"Origin": server}, max_redirects=0)
+    assert resp.status == 303
+    context.close()
+
+
+def test_change_password_in_security_centre(ctx, server, browser):
+    laptop = browser.new_context()
+    phone = browser.new_context()
+    page, other = laptop.new_page(), phone.new_page()
+    sign_up_and_verify(ctx, page, server, "pw@example.com")
+    sign_in(page, server, "pw@example.com")
+    sign_in(other, server, "pw@example.com")
+    page.fill("#current-password", "wrong current password")
+    page.fill("#new-password", "fresh and unusual passphrase 8")
+    page.click("#change-password")
+    assert "incorrect" in page.inner_text("#message")
+    page.goto(f"{server}/security")
+    page.fill("#current-password", PASSWORD)
+    page.fill("#new-password", "password123")
+    page.click("#change-password")
+    assert "common" in page.inner_text("#message")
+    page.goto(f"{server}/security")
+    page.fill("#current-password", PASSWORD)
+    page.fill("#new-password", "fresh and unusual passphrase 8")
+    page.click("#change-password")
+    assert page.url.endswith("/security") and page.locator("#withdrawal-lock").is_visible()
+    other.goto(f"{server}/security")
+    assert other.url.endswith("/login")  # the other device was signed out
+    page.click("#logout")
+    page.goto(f"{server}/login")
+    page.fill("#email", "pw@example.com")
+    page.fill("#password", "fresh and unusual passphrase 8")
+    page.click("#signin")
+    assert page.inner_text("#who") == "pw@example.com"
+    laptop.close()
+    phone.close()
