@@ -86,3 +86,15 @@ def test_wrong_secret_does_not_sign_in(server, browser):
     page.fill("#apisecret", "0" * 64)
     page.click("#signin-btn")
     expect(page.locator("#whoami")).to_contain_text("sign-in failed")
+
+
+def test_identity_pages_are_served_beside_the_dashboard(server, browser):
+    page = browser.new_page()
+    page.goto(server.base.replace("127.0.0.1", "localhost") + "/")
+    page.click("#account-links >> text=Sign up")
+    expect(page).to_have_url(server.base.replace("127.0.0.1", "localhost") + "/signup")
+    expect(page.locator("form")).to_be_visible()
+    response = page.request.get(server.base + "/security", max_redirects=0)
+    assert response.status == 303 and response.headers["location"] == "/login"  # no session yet
+    headers = page.request.get(server.base + "/login").headers
+    assert "content-security-policy" in headers and headers["x-frame-options"] == "DENY"

@@ -117,7 +117,14 @@ class Metrics:
                     self.orders.labels("accepted").inc()
 
 
-def create_app(exchange: Exchange, gate: ApiGate, *, cors_origins: tuple[str, ...] = (), max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(
+    exchange: Exchange,
+    gate: ApiGate,
+    *,
+    cors_origins: tuple[str, ...] = (),
+    max_body_bytes: int = MAX_BODY_BYTES,
+    identity_ctx: Any = None,
+) -> FastAPI:
     metrics = Metrics(exchange)
     hub = StreamHub(exchange, gate.listen_keys)
     api = BinanceApi(exchange, gate)
@@ -167,6 +174,10 @@ def create_app(exchange: Exchange, gate: ApiGate, *, cors_origins: tuple[str, ..
 
     app.include_router(build_router(api))
     app.include_router(build_ws_router(hub))
+    if identity_ctx is not None:
+        from ..identity.web import install as install_identity_pages
+
+        install_identity_pages(app, identity_ctx)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness")
     async def healthz() -> dict[str, Any]:

@@ -23,7 +23,7 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 SWITCH_INTERVAL_S = 0.0002
 
 
-def build(data: Path, demo: bool) -> tuple[object, object, dict[str, object]]:
+def build(data: Path, demo: bool, public_url: str | None = None) -> tuple[object, object, dict[str, object]]:
     from ..identity.context import IdentityContext
     from ..settings import load_settings
     from ..store import Store
@@ -38,6 +38,10 @@ def build(data: Path, demo: bool) -> tuple[object, object, dict[str, object]]:
         overrides["database_url"] = f"sqlite:///{(data / 'identity.sqlite3').resolve()}"
     if "RINGFENCE_IDENTITY_GNUPG_HOME" not in os.environ:
         overrides["identity_gnupg_home"] = str((data / "gpg").resolve())
+    if public_url and "RINGFENCE_IDENTITY_ORIGIN" not in os.environ:
+        # the sign-in pages check Origin and bind passkeys to this address
+        overrides["identity_origin"] = public_url
+        overrides["identity_public_url"] = public_url
     settings = load_settings(**overrides)
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
     exchange = Exchange(data)
@@ -57,7 +61,7 @@ def build(data: Path, demo: bool) -> tuple[object, object, dict[str, object]]:
         ban_after=settings.api_ban_after,
         ban_s=settings.api_ban_s,
     )
-    app = create_app(exchange, gate, cors_origins=settings.cors_origins(), max_body_bytes=settings.api_max_body_bytes)
+    app = create_app(exchange, gate, cors_origins=settings.cors_origins(), max_body_bytes=settings.api_max_body_bytes, identity_ctx=ctx)
     return app, exchange, info
 
 
@@ -78,8 +82,9 @@ def serve(
 
     structlog.configure(processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.JSONRenderer()])
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
     try:
-        app, exchange, info = build(data, demo)
+        app, exchange, info = build(data, demo, public_url)
     except RingfenceError as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2)
@@ -87,7 +92,7 @@ def serve(
     if demo:
         console.print(f"demo: {info['demo']}")
         console.print(f"demo API keys: {info['keys']}")
-    console.print(f"serving on http://{host}:{port}/  (REST /api/v3, WebSocket /ws, docs /docs, metrics /metrics)")
+    console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, docs /docs, metrics /metrics)")
     import signal
 
     # uvicorn drains and shuts down on SIGTERM, then re-raises the signal to the handler that was
