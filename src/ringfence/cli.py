@@ -91,6 +91,11 @@ def _root(
     """ringfence: an exchange core where every balance is provable."""
 
 
+from .solvency.cli import app as _por_app  # noqa: E402
+
+app.add_typer(_por_app, name="por")
+
+
 @app.command()
 def version() -> None:
     """Print the ringfence version.
