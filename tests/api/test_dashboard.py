@@ -98,3 +98,25 @@ def test_identity_pages_are_served_beside_the_dashboard(server, browser):
     assert response.status == 303 and response.headers["location"] == "/login"  # no session yet
     headers = page.request.get(server.base + "/login").headers
     assert "content-security-policy" in headers and headers["x-frame-options"] == "DENY"
+
+
+def test_por_verifier_page_served_by_the_exchange_checks_a_users_proof(server, browser):
+    import json
+
+    import httpx
+
+    from .test_rest import signed_query
+
+    key = server.keys["alice"]
+    proof = httpx.get(server.base + "/v1/por/proof?" + signed_query(key["api_secret"], {}), headers={"X-MBX-APIKEY": key["api_key"]}).json()
+    root = httpx.get(server.base + "/por/root.json").json()
+    page = browser.new_page()
+    page.goto(server.base + "/por/verify")
+    page.fill("#proof-text", json.dumps(proof))
+    page.fill("#root-text", json.dumps(root))
+    page.click("#verify")
+    expect(page.locator("#verdict")).to_have_text("por: VALID")
+    proof["balances"][0] = str(int(proof["balances"][0]) + 1)  # claim one more minor unit
+    page.fill("#proof-text", json.dumps(proof))
+    page.click("#verify")
+    expect(page.locator("#verdict")).to_contain_text("por: INVALID")

@@ -230,3 +230,22 @@ def test_public_endpoints_shapes(alice):
     assert book["bidPrice"] < book["askPrice"]
     r = alice.get("/api/v3/ticker/price", {"symbols": "not json"})
     assert error_of(r)["code"] == -1100
+
+
+def test_proof_of_liabilities_on_the_api(alice, server):
+    from ringfence.solvency.pol import verify_proof
+
+    root = alice.http.get("/por/root.json").json()
+    assert root["version"] == "ringfence-por-v1"
+    assert "coverage" in alice.http.get("/por").text.lower()
+    page = alice.http.get("/por/verify")
+    assert page.status_code == 200 and "<script" in page.text
+    mine = alice.get("/v1/por/proof", signed=True)
+    assert mine.status_code == 200 and mine.json()["account_id"] == "alice"
+    assert verify_proof(mine.json(), root)[0] is True
+    bob = Client(server, "bob").get("/v1/por/proof", signed=True).json()
+    assert bob["account_id"] == "bob" and bob["nonce"] != mine.json()["nonce"]
+    # the account comes from the signature: a parameter cannot ask for someone else's proof
+    other = alice.get("/v1/por/proof", {"account_id": "bob"}, signed=True).json()
+    assert other["account_id"] == "alice"
+    assert alice.http.get("/v1/por/proof").status_code == 401

@@ -124,6 +124,7 @@ def create_app(
     cors_origins: tuple[str, ...] = (),
     max_body_bytes: int = MAX_BODY_BYTES,
     identity_ctx: Any = None,
+    por_dir: Path | None = None,
 ) -> FastAPI:
     metrics = Metrics(exchange)
     hub = StreamHub(exchange, gate.listen_keys)
@@ -174,6 +175,10 @@ def create_app(
 
     app.include_router(build_router(api))
     app.include_router(build_ws_router(hub))
+    if por_dir is not None:
+        from .por import build_por_router
+
+        app.include_router(build_por_router(por_dir, gate))
     if identity_ctx is not None:
         from ..identity.web import install as install_identity_pages
 

@@ -50,6 +50,12 @@ def build(data: Path, demo: bool, public_url: str | None = None) -> tuple[object
     if demo:
         info["demo"] = seed_demo(exchange.node)
         info["keys"] = str(write_demo_keys(ctx, data))
+        from ..solvency.pol import load_secret
+        from .por import publish_from_engine
+
+        # dev mode only (checked by load_secret): the demo's proof uses the development secret
+        secret = load_secret(os.environ.get("RINGFENCE_POR_SECRET"), dev_mode=settings.mode == "dev")
+        info["por"] = publish_from_engine(exchange.engine, data / "por", secret)
         # the demo state was written by direct node commands: rebuild the read models from the journal
         exchange.node.close()
         exchange = Exchange(data)
@@ -61,7 +67,14 @@ def build(data: Path, demo: bool, public_url: str | None = None) -> tuple[object
         ban_after=settings.api_ban_after,
         ban_s=settings.api_ban_s,
     )
-    app = create_app(exchange, gate, cors_origins=settings.cors_origins(), max_body_bytes=settings.api_max_body_bytes, identity_ctx=ctx)
+    app = create_app(
+        exchange,
+        gate,
+        cors_origins=settings.cors_origins(),
+        max_body_bytes=settings.api_max_body_bytes,
+        identity_ctx=ctx,
+        por_dir=data / "por",
+    )
     return app, exchange, info
 
 
@@ -92,6 +105,7 @@ def serve(
     if demo:
         console.print(f"demo: {info['demo']}")
         console.print(f"demo API keys: {info['keys']}")
+        console.print(f"proof of liabilities: {info['por']} -> /por, /por/verify, /v1/por/proof")
     console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, docs /docs, metrics /metrics)")
     import signal
 
