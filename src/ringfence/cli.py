@@ -84,6 +84,11 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+from .trading.cli import app as _trading_app  # noqa: E402
+
+app.add_typer(_trading_app, name="trading")
+
+
 @app.callback()
 def _root(
     show_version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True),

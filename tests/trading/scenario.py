@@ -7,6 +7,7 @@ from typing import Any
 from ringfence.engine.core import Engine
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
+from ringfence.money import parse_amount
 from ringfence.trading.commands import ListMarket, PlaceOrder
 
 BTC_SCALE = 10**8  # BTC has 8 decimals
@@ -62,10 +63,8 @@ def btcusdt(driver: Driver | None = None, **market: Any) -> Driver:
 
 def price(usdt: str) -> int:
     """'61000.5' USDT per BTC -> quote minor units per whole BTC."""
-    whole, _, frac = usdt.partition(".")
-    return int(whole) * USDT + int((frac + "000000")[:6])
+    return parse_amount(usdt, 6, field="price")
 
 
 def qty(btc: str) -> int:
-    whole, _, frac = btc.partition(".")
-    return int(whole) * BTC_SCALE + int((frac + "00000000")[:8])
+    return parse_amount(btc, 8, field="quantity")

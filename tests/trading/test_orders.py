@@ -257,3 +257,17 @@ def test_snapshot_roundtrip_keeps_book_stops_and_hash() -> None:
     a = d.apply(cmd)
     b = restored.apply(cmd, d.engine.last_seq, d.ts_ns, b"\x00" * 32)
     assert a == b and restored.state_hash() == d.engine.state_hash()
+
+
+def test_a_client_transfer_cannot_post_or_void_an_order_hold() -> None:
+    from ringfence.ledger.commands import CreateTransfers
+    from ringfence.ledger.model import Transfer, TransferFlags
+
+    d = two_traders()
+    ev = d.place("alice", "BUY", price("100"), qty("1"))
+    hold_id = market_of(d.engine, "BTCUSDT").orders[ev[0].order_id].hold_id
+    for tid, flags in ((555, TransferFlags.VOID_PENDING), (556, TransferFlags.POST_PENDING)):
+        out = d.apply(CreateTransfers([Transfer(tid, 0, 0, 0, pending_id=hold_id, flags=flags)]))
+        assert out[0].failures == [(0, "pending_transfer_not_found")]
+    assert d.balance("alice", "USDT") == (100_000 * USDT, 100 * USDT)
+    d.engine.check_invariants()

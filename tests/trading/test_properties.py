@@ -144,6 +144,10 @@ def run_stream(ops: list[tuple[int, int]]) -> tuple[Driver, MarketData]:
         md.feed(d.engine.last_seq, d.ts_ns, events)
         d.engine.check_invariants()
         checker.check(events)
+        for e in events:
+            # the band only moves by SetReferencePrice, which trades nothing: this is the band in force
+            if isinstance(e, Trade):
+                assert m.in_band(e.price), f"trade at {e.price} outside the band {m.band_lo}..{m.band_hi}"
         if events and all(isinstance(e, OrderRejected) for e in events):
             assert ledger_rows(d) == before, f"rejected {c!r} changed balances"
             assert [(o.id, o.price, o.leaves) for o in m.resting()] == before_book, "a rejection changed the book"

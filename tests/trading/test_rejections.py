@@ -129,3 +129,26 @@ def test_rejected_batch_member_does_not_stop_the_batch() -> None:
     assert kinds[0] == "OrderRejected" and "Trade" in kinds and kinds.count("OrderCanceled") == 1
     assert any(isinstance(e, Trade) for e in events)
     d.engine.check_invariants()
+
+
+def test_message_size_limits_are_enforced_at_the_edge(tmp_path: Any) -> None:
+    from ringfence.engine.node import Node
+    from ringfence.errors import ValidationError
+    from ringfence.trading.commands import MAX_BATCH_ACTIONS, TradingBatch
+
+    with Node(tmp_path / "n") as node:
+        ok = PlaceOrder("alice", "BTCUSDT", "BUY", price=1, quantity=1)
+        long_coid = PlaceOrder("alice", "BTCUSDT", "BUY", price=1, quantity=1, client_order_id="x" * 37)
+        with pytest.raises(ValidationError) as err:
+            node.execute(TradingBatch([ok, long_coid]))
+        # the node names the action (a union member's fields are not resolved) and the rule
+        assert err.value.field == "actions[1]" and "length <= 36" in err.value.message
+        with pytest.raises(ValidationError) as err:
+            node.execute(long_coid)
+        assert err.value.field == "client_order_id"
+        with pytest.raises(ValidationError) as err:
+            node.execute(TradingBatch([ok] * (MAX_BATCH_ACTIONS + 1)))
+        assert err.value.field == "actions"
+        with pytest.raises(ValidationError):
+            node.execute(PlaceOrder("a" * 65, "BTCUSDT", "BUY", price=1, quantity=1))
+        assert node.engine is not None and node.engine.last_seq == 0  # nothing was journaled

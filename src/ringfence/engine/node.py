@@ -125,6 +125,8 @@ def rejection_error(event: CommandRejected) -> RingfenceError:
 def command_weight(command: Command) -> int:
     """How much batch capacity a command uses: its item count for list-carrying commands."""
     items = getattr(command, "transfers", None)
+    if items is None:
+        items = getattr(command, "actions", None)  # ringfence.trading.commands.TradingBatch
     return len(items) if items is not None else 1
 
 

@@ -61,6 +61,26 @@ class Order:
         "level",
     )
 
+    id: int
+    owner: str
+    is_buy: bool
+    type: str
+    tif: str
+    price: int
+    qty: int
+    leaves: int
+    filled: int
+    cum_quote: int
+    quote_left: int
+    stop_price: int
+    protect: int
+    coid: str
+    stp: str
+    hold_id: int
+    pay: Any
+    recv: Any
+    ts_ns: int
+
     def __init__(self) -> None:
         self.prev: Order | None = None
         self.next: Order | None = None
@@ -257,6 +277,18 @@ class Market:
         if i == len(stops) or stops[i] != key:
             raise InvariantViolation(f"stop order {o.id} missing from the trigger list")
         del stops[i]
+
+    def crosses(self, is_buy: bool, price: int) -> bool:
+        """Would a `price` order on this side take liquidity right now?"""
+        if is_buy:
+            return bool(self.ask_prices) and self.ask_prices[0] <= price
+        return bool(self.bid_prices) and self.bid_prices[-1] >= price
+
+    def level_limit_reached(self, is_buy: bool, price: int) -> bool:
+        """Would resting at `price` open a level beyond `max_levels` on that side?"""
+        if is_buy:
+            return price not in self.bids and len(self.bid_prices) >= self.max_levels
+        return price not in self.asks and len(self.ask_prices) >= self.max_levels
 
     def best_bid(self) -> int:
         return self.bid_prices[-1] if self.bid_prices else 0

@@ -36,7 +36,7 @@ TICK = 10_000  # 0.01 USDT per BTC
 LOT = 10_000  # 0.0001 BTC
 
 
-def setup_commands(symbols: list[str], accounts: int, *, funding_minor: int = 10**15) -> list[Command]:
+def setup_commands(symbols: list[str], accounts: int) -> list[Command]:
     """Assets, markets (base assets named after the symbols) and funded accounts."""
     out: list[Command] = [RegisterAsset("USDT", 6, "crypto", "ethereum")]
     bases = []
@@ -58,20 +58,15 @@ def setup_commands(symbols: list[str], accounts: int, *, funding_minor: int = 10
             )
         )
     out.append(SetFeeTier(0, 200, 500))
-    return out + _funding(bases + ["USDT"], accounts, funding_minor)
-
-
-def _funding(assets: list[str], accounts: int, amount: int) -> list[Command]:
-    out: list[Command] = []
     for i in range(accounts):
-        for asset in assets:
+        for asset in bases + ["USDT"]:
             out.append(OpenAccount(f"u{i}", asset, "available", "spot"))
-    # Account ids are assigned in opening order after the system accounts; resolve them at apply
-    # time instead: CreateTransfers needs ids, so the caller funds with `fund_transfers(engine)`.
+    # Funding needs account ids, which exist only once these are applied: see `fund_transfers`.
     return out
 
 
 def fund_transfers(engine: Any, assets: Iterable[str], accounts: int, amount: int = 10**15) -> list[Command]:
+    """Deposits (from each asset's world account) for accounts `u0..` opened by `setup_commands`."""
     ledger = engine.ledger
     transfers = []
     tid = 1
@@ -96,8 +91,11 @@ class ExchangeCoreMix:
         center_ticks: int = 3_000_000,
         target_orders: int = 1000,
         spread_levels: int = 750,
+        shares: tuple[float, float, float, float] = (0.09, 0.03, 0.06, 0.0),  # float-ok: probabilities
     ) -> None:
         self.symbol = symbol
+        #: (GTC limit, IOC, cancel, market) shares of commands; the rest are moves (amends).
+        self.gtc, self.ioc, self.cancel, self.market = shares
         self.rng = random.Random(seed)
         self.accounts = accounts
         self.center = center_ticks
@@ -109,7 +107,7 @@ class ExchangeCoreMix:
         self.best_bid = center_ticks - 1
         self.best_ask = center_ticks + 1
         #: Share of moves that cross the spread (tuned so ~6 % of all commands trade).
-        self.cross_rate = 0.028
+        self.cross_rate = 0.026
 
     # ------------------------------------------------------------------ model upkeep
 
@@ -163,13 +161,18 @@ class ExchangeCoreMix:
         return f"u{self.rng.randrange(self.accounts)}"
 
     def _qty(self) -> int:
+        """A taker-sized quantity (lots, long-tailed)."""
         return (1 + int(self.rng.paretovariate(2.0) * 3)) * LOT
+
+    def _maker_qty(self) -> int:
+        """Resting orders are larger than takers, so a fill often leaves the maker in the book."""
+        return self._qty() * 8
 
     def passive_price(self, is_buy: bool) -> int:
         """A resting price a few levels behind the touch (depth of hundreds of levels)."""
-        depth = int(self.rng.expovariate(1 / (self.spread / 3)))
-        if depth > self.spread // 2:
-            depth = self.rng.randrange(self.spread // 2)
+        depth = int(self.rng.expovariate(1 / (self.spread / 2)))
+        if depth > self.spread:
+            depth = self.rng.randrange(self.spread)
         if is_buy:
             return max(1, min(self.best_bid, self.best_ask - 1) - depth)
         return max(self.best_ask, self.best_bid + 1) + depth
@@ -178,33 +181,42 @@ class ExchangeCoreMix:
         out: list[Command] = []
         for _ in range(self.target):
             is_buy = self.rng.random() < 0.5
-            out.append(PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", price=self.passive_price(is_buy) * TICK, quantity=self._qty()))
+            out.append(PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", price=self.passive_price(is_buy) * TICK, quantity=self._maker_qty()))
         return out
 
     def next(self) -> Command:
         rng = self.rng
         r = rng.random()
         live = self.live
+        gtc_end = self.gtc
+        ioc_end = gtc_end + self.ioc
+        cancel_end = ioc_end + self.cancel
+        market_end = cancel_end + self.market
         # Keep the book near its target size the way exchange-core's generator does: a cancel
         # becomes a placement while the book is short, and a placement a cancel while it is long.
-        if 0.12 <= r < 0.18 and len(live) < self.target:
+        if ioc_end <= r < cancel_end and len(live) < self.target:
             r = 0.0
-        elif r < 0.09 and len(live) > self.target * 1.1:
-            r = 0.15
-        if r < 0.09 or not live:
+        elif r < gtc_end and len(live) > self.target * 1.1:
+            r = ioc_end
+        if r < gtc_end or not live:
             is_buy = rng.random() < 0.5
             if rng.random() < 0.12:  # a marketable limit that trades and rests the rest
                 p = (self.best_ask + rng.randrange(3)) if is_buy else (self.best_bid - rng.randrange(3))
-            else:
-                p = self.passive_price(is_buy)
-            return PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", price=max(1, p) * TICK, quantity=self._qty())
-        if r < 0.12:
+                return PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", price=max(1, p) * TICK, quantity=self._qty())
+            p = self.passive_price(is_buy)
+            return PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", price=max(1, p) * TICK, quantity=self._maker_qty())
+        if r < ioc_end:
             is_buy = rng.random() < 0.5
             p = (self.best_ask + rng.randrange(4)) if is_buy else (self.best_bid - rng.randrange(4))
             return PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", tif="IOC", price=max(1, p) * TICK, quantity=self._qty())
+        if cancel_end <= r < market_end:
+            is_buy = rng.random() < 0.5
+            if rng.random() < 0.5:
+                return PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", "MARKET", quantity=self._qty())
+            return PlaceOrder(self._owner(), self.symbol, "BUY" if is_buy else "SELL", "MARKET", quote_amount=rng.randrange(10, 2000) * 10**6)
         oid = live[rng.randrange(len(live))]
         owner, is_buy, p = self.info[oid]
-        if r < 0.18:
+        if r < cancel_end:
             return CancelOrder(owner, self.symbol, oid)
         # A move: mostly a small step; sometimes across the spread (it trades).
         if rng.random() < self.cross_rate:
