@@ -64,15 +64,24 @@ def _require_data_dir(path: Path) -> Path:
     return path
 
 
+app.add_typer(identity_app, name="identity")
+
+
+def _mount_serve() -> None:
+    from .api.serve import serve
+
+    app.command("serve")(serve)
+
+
+_mount_serve()
+
+
 def _print_version(value: bool) -> None:
     if value:
         from . import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
-
-
-app.add_typer(identity_app, name="identity")
 
 
 from .trading.cli import app as _trading_app  # noqa: E402

@@ -67,6 +67,21 @@ class Settings(BaseSettings):
     identity_gnupg_home: str = "ringfence-data/gpg"
     identity_exchange_pgp_fingerprint: str = ""
 
+    # API gateway (`ringfence serve`): request weight per IP and per API key per minute (Binance's
+    # REQUEST_WEIGHT), bans for clients that keep going, body limit, CORS (closed when empty).
+    api_weight_per_min: int = Field(default=60_000, ge=1, le=100_000_000)
+    api_key_weight_per_min: int = Field(default=60_000, ge=1, le=100_000_000)
+    api_ban_after: int = Field(default=50, ge=1, le=100_000)
+    api_ban_s: int = Field(default=120, ge=1, le=86_400)
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    api_cors_origins: str = ""
+
+    def cors_origins(self) -> tuple[str, ...]:
+        origins = tuple(o.strip() for o in self.api_cors_origins.split(",") if o.strip())
+        if "*" in origins and self.mode != "dev":
+            raise ConfigError("an open CORS policy ('*') is refused outside dev mode", field="RINGFENCE_API_CORS_ORIGINS")
+        return origins
+
     def secret_key(self) -> bytes:
         try:
             key = bytes.fromhex(self.identity_secret_key_hex)
@@ -79,6 +94,7 @@ class Settings(BaseSettings):
     def check_production_safe(self) -> None:
         """Raise ConfigError when prod mode would run with a default secret or insecure origin."""
         self.secret_key()
+        self.cors_origins()
         if self.mode == "dev":
             return
         if self.identity_secret_key_hex.lower() == DEV_IDENTITY_SECRET_KEY_HEX:

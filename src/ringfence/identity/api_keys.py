@@ -286,3 +286,79 @@ def verify_api_request(
         return ApiPrincipal(user.account_id, user.id, row.id, scopes)
 
 
+
+
+def principal_for_key(ctx: IdentityContext, api_key: object, client_ip: object, required_scope: str) -> ApiPrincipal:
+    """Who owns `api_key`, for the few Binance endpoints authenticated by the key alone
+    (`userDataStream`); the same revocation, expiry, freeze, IP and scope checks as a signed request."""
+    if required_scope not in SCOPES:
+        raise ValidationError(f"must be one of {list(SCOPES)}", field="required_scope")
+    if not isinstance(api_key, str) or len(api_key) != 64:
+        raise Unauthorized("the API key is missing or malformed", field="api_key")
+    ip = validate_ip(client_ip, field="client_ip")
+    now = ctx.now()
+    with ctx.store.tx() as db:
+        row = db.scalars(select(ApiKey).where(ApiKey.key_hash == ctx.sealer.token_digest("apikey:" + api_key))).first()
+        if row is None or row.revoked_at_s is not None or (row.expires_at_s is not None and now >= row.expires_at_s):
+            raise Unauthorized("the API key is not valid", field="api_key")
+        user = db.get(User, row.user_id)
+        assert user is not None
+        if user.frozen:
+            raise AccountFrozen()
+        if not _ip_allowed(row, ip):
+            raise Forbidden(f"requests from {ip} are not on this API key's IP allow-list", field="client_ip")
+        if required_scope not in row.scopes.split(","):
+            raise Forbidden(f"this API key lacks the '{required_scope}' scope", field="scope")
+        return ApiPrincipal(user.account_id, user.id, row.id, tuple(row.scopes.split(",")))
+
+
+def issue_demo_key(
+    ctx: IdentityContext,
+    account_id: str,
+    email: str,
+    *,
+    scopes: tuple[str, ...] = ("read", "trade"),
+    kind: str = "hmac",
+    public_key: object = None,
+    ip_allowlist: object = None,
+    expires_in_s: int | None = None,
+) -> CreatedApiKey:
+    """Dev mode only: create (or reuse) a demo user with a fixed ledger `account_id` and issue it an
+    HMAC key without a session — what `ringfence serve --demo` hands out in demo-keys.json.
+
+    Refused outside dev mode: real users create keys themselves behind a fresh second factor.
+    """
+    from ..errors import ConfigError
+
+    if ctx.settings.mode != "dev":
+        raise ConfigError("demo keys exist only in dev mode", field="RINGFENCE_MODE")
+    if kind not in ("hmac", "ed25519"):
+        raise ValidationError("must be 'hmac' or 'ed25519'", field="kind")
+    scope_t = _validate_scopes(scopes)
+    allow = _validate_allowlist(ip_allowlist)
+    raw_public = _parse_ed25519_public_key(public_key) if kind == "ed25519" else None
+    now = ctx.now()
+    with ctx.store.tx() as db:
+        user = db.scalars(select(User).where(User.account_id == account_id)).first()
+        if user is None:
+            user = User(
+                account_id=account_id, email=email, email_verified=True,
+                # no password can match this hash: demo users sign in with their API key only
+                password_hash="!demo-account-no-password", created_at_s=now, totp_enabled=False,
+                totp_last_step=0, mfa_failures=0, mfa_locked_until_s=0, withdrawals_locked_until_s=0, frozen=False,
+            )
+            db.add(user)
+            db.flush()
+        api_key = secrets.token_hex(32)
+        key_hash = ctx.sealer.token_digest("apikey:" + api_key)
+        secret = secrets.token_hex(32) if kind == "hmac" else None
+        expires = now + expires_in_s if expires_in_s else None
+        row = ApiKey(
+            user_id=user.id, key_hash=key_hash, key_prefix=api_key[:8], kind=kind,
+            secret_enc=ctx.sealer.seal(secret.encode(), purpose="apikey:" + key_hash) if secret else None,
+            public_key=raw_public, scopes=",".join(scope_t), ip_allowlist=",".join(allow), label="demo key",
+            created_at_s=now, expires_at_s=expires,
+        )
+        db.add(row)
+        db.flush()
+        return CreatedApiKey(row.id, api_key, secret, kind, scope_t, expires)

@@ -299,6 +299,29 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     return router
 
 
+def install(app: FastAPI, ctx: IdentityContext) -> None:
+    """Add the identity pages (sign-up, sign-in, security centre) to an existing app, with their
+    security headers and error pages; `ringfence serve` serves them beside the dashboard."""
+    app.include_router(create_router(ctx), include_in_schema=False)
+    paths = {route.path for route in create_router(ctx).routes}  # type: ignore[attr-defined]
+    prefixes = tuple(sorted({"/" + p.strip("/").split("/")[0] for p in paths}))
+
+    @app.middleware("http")
+    async def identity_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        if request.url.path.startswith(prefixes):
+            for name, value in SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
+        return response
+
+    @app.exception_handler(RingfenceError)
+    async def identity_error(request: Request, exc: RingfenceError) -> Response:
+        if request.url.path.startswith("/webauthn/") or not request.url.path.startswith(prefixes):
+            return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+        return _render("message.html", status_code=exc.http_status, title="That did not work", message=str(exc),
+                       code=exc.code)
+
+
 def create_app(ctx: IdentityContext) -> FastAPI:
     app = FastAPI(title="ringfence identity", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(create_router(ctx))

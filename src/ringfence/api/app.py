@@ -1,0 +1,317 @@
+"""The FastAPI application: Binance-compatible REST, WebSocket streams, native `/v1`, operations
+endpoints and the web dashboard, all served by the one process that runs the engine.
+
+Protections on every request: a body-size limit (413), request weight per IP and per API key
+(429 + `Retry-After`, then 418 bans), signatures inside `recvWindow` and never replayed, secrets
+compared in constant time (in the identity service), CORS closed unless origins are configured
+(and never `*` outside dev mode). Logs are structured JSON without query strings, bodies or keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..money import format_amount
+from ..trading.commands import OrderRejected, Trade
+from .auth import ApiGate
+from .binance import ERROR_RESPONSES, BinanceApi, build_router
+from .service import Exchange
+from .ws import StreamHub, build_ws_router
+
+__all__ = ["create_app", "MAX_BODY_BYTES"]
+
+MAX_BODY_BYTES = 64 * 1024
+log = structlog.get_logger("ringfence.api")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over `limit` bytes, declared or streamed, with Binance's shape."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = self.limit + 1
+                if declared > self.limit:
+                    await _too_large(send, self.limit)
+                    return
+        seen = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    body = ('{"code":-1100,"msg":"Request body too large: at most %d bytes are accepted."}' % limit).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Metrics:
+    def __init__(self, exchange: Exchange) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ringfence_http_requests_total", "HTTP requests", ["route", "status"], registry=r)
+        self.latency = Histogram(
+            "ringfence_http_request_seconds", "HTTP request latency", ["route"], registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.orders = Counter("ringfence_orders_total", "Orders by outcome", ["outcome"], registry=r)
+        self.rejections = Counter("ringfence_order_rejections_total", "Order rejections by reason", ["reason"], registry=r)
+        self.trades = Counter("ringfence_trades_total", "Trades", ["symbol"], registry=r)
+        self.commands = Gauge("ringfence_engine_commands_committed", "Commands journaled and applied", registry=r)
+        self.batches = Gauge("ringfence_engine_batches_committed", "Journal records written", registry=r)
+        self.fsync = Gauge("ringfence_journal_fsync_seconds_total", "Time spent in fsync", registry=r)
+        self.last_seq = Gauge("ringfence_engine_last_seq", "Sequence number of the last applied command", registry=r)
+        self.ws = Gauge("ringfence_ws_connections", "Open WebSocket connections", registry=r)
+        self.ws_messages = Gauge("ringfence_ws_messages_sent_total", "WebSocket messages queued to subscribers", registry=r)
+        self.halted = Gauge("ringfence_engine_halted", "1 when the shard has stopped after an invariant violation", registry=r)
+        exchange.batch_subscribers.append(self.on_batch)
+
+    def on_batch(self, first_seq: int, ts_ns: int, outputs: list[list[Any]], before: dict[str, int]) -> None:
+        for events in outputs:
+            for e in events:
+                t = type(e)
+                if t is OrderRejected:
+                    self.rejections.labels(e.reason).inc()
+                    self.orders.labels("rejected").inc()
+                elif t is Trade:
+                    self.trades.labels(e.symbol).inc()
+                elif t.__name__ == "OrderAccepted":
+                    self.orders.labels("accepted").inc()
+
+
+def create_app(
+    exchange: Exchange,
+    gate: ApiGate,
+    *,
+    cors_origins: tuple[str, ...] = (),
+    max_body_bytes: int = MAX_BODY_BYTES,
+    identity_ctx: Any = None,
+    por_dir: Path | None = None,
+) -> FastAPI:
+    metrics = Metrics(exchange)
+    hub = StreamHub(exchange, gate.listen_keys)
+    api = BinanceApi(exchange, gate)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        exchange.start(asyncio.get_running_loop())
+        log.info("ringfence.started", last_seq=exchange.engine.last_seq, markets=len(exchange.markets()))
+        try:
+            yield
+        finally:
+            exchange.close()
+            log.info("ringfence.stopped")
+
+    app = FastAPI(
+        title="ringfence",
+        version="0.1.0",
+        description="Binance-compatible spot API (`/api/v3`), native API (`/v1`), WebSocket streams (`/ws`, `/stream`).",
+        lifespan=lifespan,
+    )
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE", "PUT"], allow_headers=["X-MBX-APIKEY", "Content-Type"])
+    app.state.exchange = exchange
+    app.state.hub = hub
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        metrics.requests.labels(name, str(response.status_code)).inc()
+        metrics.latency.labels(name).observe(time.perf_counter() - started)
+        if response.status_code >= 400:
+            # never the query string or body: they carry signatures and client data
+            log.info("http.request", method=request.method, path=request.url.path, status=response.status_code)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("query", "body"))
+        return JSONResponse({"code": -1100, "msg": f"Illegal parameter '{where}': {first.get('msg', 'invalid')}"}, status_code=400)
+
+    app.include_router(build_router(api))
+    app.include_router(build_ws_router(hub))
+    if por_dir is not None:
+        from .por import build_por_router
+
+        app.include_router(build_por_router(por_dir, gate))
+    if identity_ctx is not None:
+        from ..identity.web import install as install_identity_pages
+
+        install_identity_pages(app, identity_ctx)
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Readiness: the engine accepts commands", responses={503: {"description": "not ready"}})
+    async def readyz() -> JSONResponse:
+        node = exchange.node
+        ready = node.failed is None and node.writer is not None
+        body = {"ready": ready, "last_seq": exchange.engine.last_seq, "halted": node.failed is not None}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        node = exchange.node
+        metrics.commands.set(node.commands_committed)
+        metrics.batches.set(node.batches_committed)
+        metrics.fsync.set(node.writer.fsync_seconds_total if node.writer else 0)
+        metrics.last_seq.set(exchange.engine.last_seq)
+        metrics.ws.set(len(hub.connections))
+        metrics.ws_messages.set(hub.messages_sent)
+        metrics.halted.set(1 if node.failed is not None else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # ------------------------------------------------------------------ native API
+
+    @app.get("/v1/markets", tags=["native"], summary="Markets with their segment, status, band and reference price")
+    async def v1_markets() -> list[dict[str, Any]]:
+        out = []
+        for m in exchange.markets():
+            out.append(
+                {
+                    "symbol": m.symbol,
+                    "base": m.base,
+                    "quote": m.quote,
+                    "segment": m.segment,
+                    "status": m.status,
+                    "tick_size": format_amount(m.tick, m.quote_decimals),
+                    "lot_size": format_amount(m.lot, m.base_decimals),
+                    "min_notional": format_amount(m.min_notional, m.quote_decimals),
+                    "band_ppm": m.band_ppm,
+                    "reference_price": format_amount(m.ref_price, m.quote_decimals),
+                }
+            )
+        return out
+
+    @app.get("/v1/book", tags=["native"], summary="The engine's own order book (L2), not the read model: for auditors and tests", responses=ERROR_RESPONSES)
+    async def v1_book(symbol: str, limit: int = 100) -> JSONResponse:
+        from ..trading.matching import trading_state
+
+        market = trading_state(exchange.engine).markets.get(symbol)
+        if market is None:
+            return JSONResponse({"code": -1121, "msg": "Invalid symbol."}, status_code=400)
+        if not 1 <= limit <= 5000:
+            return JSONResponse({"code": -1100, "msg": "Illegal parameter 'limit': 1 to 5000."}, status_code=400)
+        m = exchange.market(symbol)
+        bids, asks = market.depth(limit)
+        return JSONResponse(
+            {
+                "symbol": symbol,
+                "last_seq": exchange.engine.last_seq,
+                "bids": [[format_amount(p, m.quote_decimals), format_amount(q, m.base_decimals)] for p, q in bids],
+                "asks": [[format_amount(p, m.quote_decimals), format_amount(q, m.base_decimals)] for p, q in asks],
+            }
+        )
+
+    @app.get("/v1/segments", tags=["native"], summary="Risk segments and their shield (insurance) fund balances")
+    async def v1_segments() -> list[dict[str, Any]]:
+        ledger = exchange.engine.ledger
+        out = []
+        for segment in ledger.segments:
+            funds = []
+            for asset in list(ledger.assets):
+                account = ledger.find("system", asset.code, "insurance", segment)
+                if account is not None and account.balance:
+                    funds.append({"asset": asset.code, "balance": format_amount(account.balance, asset.decimals)})
+            out.append({"segment": segment, "insurance_fund": funds})
+        return out
+
+    @app.get("/v1/account", tags=["native"], summary="Balances per segment (signed like /api/v3/account)", responses=ERROR_RESPONSES)
+    async def v1_account(request: Request) -> JSONResponse:
+        from .binance_errors import BinanceError, from_ringfence
+        from ..errors import RingfenceError
+
+        try:
+            await gate.charge(request, 20)
+            _, owner = await gate.signed(request, "read")
+        except BinanceError as err:
+            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        except RingfenceError as err:
+            mapped = from_ringfence(err)
+            return JSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
+        ledger = exchange.engine.ledger
+        rows = []
+        for segment in ledger.segments:
+            for asset in list(ledger.assets):
+                account = ledger.find(owner, asset.code, "available", segment)
+                if account is not None:
+                    rows.append(
+                        {
+                            "segment": segment,
+                            "asset": asset.code,
+                            "free": format_amount(account.available, asset.decimals),
+                            "locked": format_amount(account.debits_pending, asset.decimals),
+                        }
+                    )
+        return JSONResponse({"account": owner, "balances": rows})
+
+    # ------------------------------------------------------------------ web
+
+    static_dir = Path(str(resources.files("ringfence.web") / "dashboard"))
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(static_dir / "index.html", headers=_page_headers())
+
+    @app.get("/dashboard/{name}", include_in_schema=False)
+    async def dashboard_asset(name: str) -> Response:
+        if name not in ("app.js", "style.css"):
+            return JSONResponse({"code": -1000, "msg": "not found"}, status_code=404)
+        return FileResponse(static_dir / name, headers=_page_headers())
+
+    return BodyLimit(app, max_body_bytes)  # type: ignore[return-value]
+
+
+def _page_headers() -> dict[str, str]:
+    return {
+        "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }

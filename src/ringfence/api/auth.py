@@ -1,0 +1,169 @@
+"""The API gate: who is calling, may they, and how much have they asked for.
+
+* Parameters are parsed once per request (query string plus form body) and cached.
+* Signed requests: `X-MBX-APIKEY`, timestamp within `recvWindow`, signature checked by the identity
+  service (HMAC keys are stored encrypted, Ed25519 keys as public keys only; IP allow-lists,
+  scopes, expiry and revocation are checked on every request, so a revoked key fails on its very
+  next request), then the (key, signature) pair is remembered so it cannot be replayed.
+* Request weight is charged per client IP and per API key (429 with `Retry-After`, then a
+  temporary 418 ban for clients that keep going).
+* User data stream listen keys: random, bound to one account, valid 60 minutes after the last
+  keep-alive.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from typing import Any, Protocol
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from .binance_errors import BinanceError, bad_key
+from .gateway import Params, RateLimiter, ReplayGuard, check_timestamp, split_signature
+
+__all__ = ["ApiGate", "Authenticator", "ListenKeys", "IdentityAuthenticator"]
+
+FORM = "application/x-www-form-urlencoded"
+
+
+class Authenticator(Protocol):
+    def verify(self, api_key: str, payload: bytes, signature: str, client_ip: str, scope: str) -> str: ...
+
+    def owner_of(self, api_key: str, client_ip: str, scope: str) -> str: ...
+
+
+class IdentityAuthenticator:
+    """Authenticates against the identity service's API keys (SQLite or PostgreSQL)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def verify(self, api_key: str, payload: bytes, signature: str, client_ip: str, scope: str) -> str:
+        from ..identity.api_keys import verify_api_request
+
+        return verify_api_request(self.ctx, api_key, payload, signature, client_ip, scope).account_id
+
+    def owner_of(self, api_key: str, client_ip: str, scope: str) -> str:
+        from ..identity.api_keys import principal_for_key
+
+        return principal_for_key(self.ctx, api_key, client_ip, scope).account_id
+
+
+class ListenKeys:
+    VALID_S = 3600
+    MAX_PER_ACCOUNT = 10
+
+    def __init__(self) -> None:
+        self._keys: dict[str, tuple[str, float]] = {}  # float-ok: monotonic expiry time
+        self._lock = threading.Lock()
+
+    def create(self, owner: str) -> str:
+        with self._lock:
+            self._purge()
+            mine = [k for k, (o, _) in self._keys.items() if o == owner]
+            if len(mine) >= self.MAX_PER_ACCOUNT:
+                del self._keys[mine[0]]
+            key = secrets.token_urlsafe(45)[:60]
+            self._keys[key] = (owner, time.monotonic() + self.VALID_S)
+            return key
+
+    def keepalive(self, key: str, owner: str) -> None:
+        with self._lock:
+            entry = self._keys.get(key)
+            if entry is None or entry[0] != owner:
+                raise BinanceError(-1125, "This listenKey does not exist.")
+            self._keys[key] = (owner, time.monotonic() + self.VALID_S)
+
+    def close(self, key: str, owner: str) -> None:
+        with self._lock:
+            entry = self._keys.get(key)
+            if entry is None or entry[0] != owner:
+                raise BinanceError(-1125, "This listenKey does not exist.")
+            del self._keys[key]
+
+    def owner(self, key: str) -> str | None:
+        with self._lock:
+            entry = self._keys.get(key)
+            if entry is None or entry[1] < time.monotonic():
+                return None
+            return entry[0]
+
+    def _purge(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, (_, exp) in self._keys.items() if exp < now]:
+            del self._keys[key]
+
+
+class ApiGate:
+    def __init__(self, authenticator: Authenticator, *, weight_per_min: int, key_weight_per_min: int, ban_after: int = 20, ban_s: int = 120) -> None:
+        self.auth = authenticator
+        self.weight_per_min = weight_per_min
+        self.ip_limiter = RateLimiter(weight_per_min, ban_after=ban_after, ban_s=ban_s)
+        self.key_limiter = RateLimiter(key_weight_per_min, ban_after=ban_after, ban_s=ban_s)
+        self.replays = ReplayGuard()
+        self.listen_keys = ListenKeys()
+
+    @staticmethod
+    def client_ip(request: Request) -> str:
+        return request.client.host if request.client else "127.0.0.1"
+
+    async def charge(self, request: Request, weight: int) -> None:
+        self.ip_limiter.charge("ip:" + self.client_ip(request), weight)
+
+    async def body_text(self, request: Request) -> str:
+        cached = getattr(request.state, "body_text", None)
+        if cached is not None:
+            return cached
+        body = await request.body()
+        if body:
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != FORM:
+                raise BinanceError(-1100, f"Content-Type must be {FORM} for a request body, not '{ctype[:60] or 'none'}'.", 415)
+        try:
+            text = body.decode("ascii")
+        except UnicodeDecodeError:
+            raise BinanceError(-1100, "Illegal characters found in the request body; send URL-encoded ASCII.") from None
+        request.state.body_text = text
+        return text
+
+    async def params(self, request: Request) -> Params:
+        cached = getattr(request.state, "params", None)
+        if cached is not None:
+            return cached
+        body = await self.body_text(request)
+        params = Params.parse(request.url.query, body)
+        request.state.params = params
+        return params
+
+    async def signed(self, request: Request, scope: str, *, weight: int = 0) -> tuple[Params, str]:
+        api_key = request.headers.get("x-mbx-apikey")
+        if not api_key:
+            raise BinanceError(-2014, "API-key format invalid.", 401)
+        body = await self.body_text(request)
+        params = await self.params(request)
+        payload, signature = split_signature(request.url.query, body)
+        if not signature:
+            raise BinanceError(-1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
+        now_ms = time.time_ns() // 1_000_000
+        check_timestamp(params, now_ms)
+        owner = await run_in_threadpool(self.auth.verify, api_key, payload, signature, self.client_ip(request), scope)
+        self.replays.check_and_remember(api_key, signature, now_ms)
+        if weight:
+            self.key_limiter.charge("key:" + api_key, weight)
+        return params, owner
+
+    async def key_only(self, request: Request) -> str:
+        api_key = request.headers.get("x-mbx-apikey")
+        if not api_key:
+            raise BinanceError(-2014, "API-key format invalid.", 401)
+        try:
+            return await run_in_threadpool(self.auth.owner_of, api_key, self.client_ip(request), "read")
+        except Exception as err:  # every failure looks the same from outside
+            from ..errors import RingfenceError
+
+            if isinstance(err, RingfenceError):
+                raise bad_key() from None
+            raise

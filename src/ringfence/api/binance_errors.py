@@ -1,0 +1,98 @@
+"""Binance error shapes: `{"code": <negative int>, "msg": "..."}` with Binance's HTTP statuses.
+
+Clients (ccxt above all) map these codes and messages to exception classes, so the exact text
+matters where Binance's is matched verbatim (see shared binance-compat.md §7):
+`-2010 "Account has insufficient balance for requested action."` → InsufficientFunds,
+`-1022` → AuthenticationError, `-2011 "Unknown order sent."` → OrderNotFound, and so on.
+Every message also names the parameter at fault where there is one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import RingfenceError
+
+__all__ = ["BinanceError", "from_ringfence", "from_order_rejection"]
+
+
+class BinanceError(Exception):
+    """An error already in Binance's shape; the API turns it into the JSON response."""
+
+    def __init__(self, code: int, msg: str, status: int = 400, headers: dict[str, str] | None = None) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.status = status
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "msg": self.msg}
+
+
+def illegal(param: str, rule: str) -> BinanceError:
+    return BinanceError(-1100, f"Illegal characters found in parameter '{param}'; {rule}")
+
+
+def mandatory(param: str) -> BinanceError:
+    return BinanceError(-1102, f"Mandatory parameter '{param}' was not sent, was empty/null, or malformed.")
+
+
+def bad_signature() -> BinanceError:
+    return BinanceError(-1022, "Signature for this request is not valid.")
+
+
+def bad_key() -> BinanceError:
+    return BinanceError(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+
+
+def from_ringfence(err: RingfenceError) -> BinanceError:
+    """Map a ringfence error (identity, validation, rate limits) to Binance's shape."""
+    code = err.code
+    field = err.field or ""
+    if code == "RF_RATE_LIMITED":
+        retry = int(err.details.get("retry_after_s", 1) or 1)
+        return BinanceError(-1003, f"Too many requests; retry after {retry} s. {err.message}", 429, {"Retry-After": str(retry)})
+    if code in ("RF_UNAUTHORIZED", "RF_AUTHENTICATION_FAILED"):
+        if field == "signature":
+            return bad_signature()
+        return BinanceError(-2015, f"Invalid API-key, IP, or permissions for action. ({err.message})", 401)
+    if code in ("RF_FORBIDDEN", "RF_ACCOUNT_FROZEN"):
+        return BinanceError(-2015, f"Invalid API-key, IP, or permissions for action. ({err.message})", 401)
+    if code == "RF_HALTED":
+        return BinanceError(-1013, "Market is closed.")
+    if code == "RF_NOT_DURABLE":
+        return BinanceError(-1001, "Internal error; unable to process your request. Please try again.", 503)
+    if isinstance(err, ValueError):
+        param = f" '{field}'" if field else ""
+        return BinanceError(-1100, f"Illegal parameter{param}: {err.message}")
+    return BinanceError(-1000, f"An unknown error occurred while processing the request. ({code})", 500)
+
+
+# reason -> (code, message); messages that ccxt matches verbatim are Binance's exact text.
+_REJECTIONS: dict[str, tuple[int, str]] = {
+    "UNKNOWN_MARKET": (-1121, "Invalid symbol."),
+    "MARKET_NOT_ACTIVE": (-1013, "Market is closed."),
+    "MARKET_HALTED": (-1013, "Market is closed."),
+    "PRICE_NOT_ON_TICK": (-1013, "Filter failure: PRICE_FILTER"),
+    "QTY_NOT_ON_LOT": (-1013, "Filter failure: LOT_SIZE"),
+    "QTY_BELOW_MIN": (-1013, "Filter failure: LOT_SIZE"),
+    "QTY_ABOVE_MAX": (-1013, "Filter failure: LOT_SIZE"),
+    "BELOW_MIN_NOTIONAL": (-1013, "Filter failure: NOTIONAL"),
+    "PRICE_OUTSIDE_BAND": (-1013, "Filter failure: PERCENT_PRICE_BY_SIDE"),
+    "POST_ONLY_WOULD_TAKE": (-2010, "Order would immediately match and take."),
+    "STOP_WOULD_TRIGGER_IMMEDIATELY": (-2010, "Stop price would trigger immediately."),
+    "DUPLICATE_CLIENT_ORDER_ID": (-2010, "Duplicate order sent."),
+    "TOO_MANY_OPEN_ORDERS": (-2010, "Account has too many open orders."),
+    "BOOK_FULL": (-2010, "The order book is full; try again later."),
+    "INSUFFICIENT_BALANCE": (-2010, "Account has insufficient balance for requested action."),
+    "UNKNOWN_ORDER": (-2011, "Unknown order sent."),
+    "ORDER_NOT_AMENDABLE": (-2011, "Unknown order sent."),
+}
+
+
+def from_order_rejection(reason: str, message: str, field: str) -> BinanceError:
+    code, text = _REJECTIONS.get(reason, (-1013, f"Order rejected: {reason}"))
+    if reason == "INVALID_PARAMETER":
+        return BinanceError(-1100, f"Illegal parameter '{field}': {message}")
+    return BinanceError(code, text)

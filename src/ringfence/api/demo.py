@@ -1,0 +1,143 @@
+"""`ringfence serve --demo`: list demo markets, fund demo accounts, seed a live book. Idempotent.
+
+Markets: BTCUSDT and ETHUSDT in `spot`, AAPLXUSDT (a tokenized share) in `tokenized`. Accounts
+`alice` and `bob` are funded in both segments; a separate market maker `mm` keeps a resting ladder
+a few ticks wide around each reference price, so a newcomer sees a live market with a spread.
+Running it again changes nothing: transfers carry fixed ids (the ledger applies an id once),
+listing the same market again is a no-op, and the ladder is placed only when `mm` has no orders.
+API keys for alice and bob go to `DIR/demo-keys.json` (mode 0600), issued once and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..engine.node import Node
+from ..ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
+from ..ledger.model import Transfer
+from ..money import parse_amount
+from ..trading.commands import ListMarket, PlaceOrder, SetReferencePrice
+from ..trading.matching import trading_state
+
+__all__ = ["seed_demo", "write_demo_keys", "DEMO_MARKETS", "DEMO_ACCOUNTS"]
+
+ASSETS = (("BTC", 8, "crypto", "bitcoin"), ("ETH", 18, "crypto", "ethereum"), ("USDT", 6, "crypto", "ethereum"), ("AAPLX", 4, "tokenized", ""))
+DEMO_ACCOUNTS = ("alice", "bob")
+MARKET_MAKER = "mm"
+
+
+@dataclass(frozen=True)
+class DemoMarket:
+    symbol: str
+    base: str
+    quote: str
+    segment: str
+    tick: str
+    lot: str
+    min_notional: str
+    reference: str
+    ladder_qty: str
+
+
+DEMO_MARKETS = (
+    DemoMarket("BTCUSDT", "BTC", "USDT", "spot", "0.01", "0.0001", "5", "61000.00", "0.05"),
+    DemoMarket("ETHUSDT", "ETH", "USDT", "spot", "0.01", "0.0001", "5", "3000.00", "0.5"),
+    DemoMarket("AAPLXUSDT", "AAPLX", "USDT", "tokenized", "0.01", "0.01", "1", "190.00", "5"),
+)
+
+# (owner, asset, segment, amount) — transfer ids are fixed so funding applies exactly once
+FUNDING = (
+    ("alice", "USDT", "spot", "100000"),
+    ("alice", "BTC", "spot", "2"),
+    ("alice", "ETH", "spot", "20"),
+    ("bob", "USDT", "spot", "100000"),
+    ("bob", "BTC", "spot", "2"),
+    ("bob", "ETH", "spot", "20"),
+    ("alice", "USDT", "tokenized", "20000"),
+    ("alice", "AAPLX", "tokenized", "50"),
+    ("bob", "USDT", "tokenized", "20000"),
+    ("bob", "AAPLX", "tokenized", "50"),
+    ("mm", "USDT", "spot", "10000000"),
+    ("mm", "BTC", "spot", "100"),
+    ("mm", "ETH", "spot", "1000"),
+    ("mm", "USDT", "tokenized", "1000000"),
+    ("mm", "AAPLX", "tokenized", "10000"),
+)
+FUNDING_ID_BASE = 9_000_000_000
+
+
+def seed_demo(node: Node) -> dict[str, Any]:
+    """Make the demo state exist; returns what was done (for the console)."""
+    ledger = node.engine.ledger  # type: ignore[union-attr]
+    node.execute_many([RegisterAsset(*a) for a in ASSETS])
+    decimals = {code: d for code, d, _, _ in ASSETS}
+    node.execute_many([OpenAccount(owner, asset, "available", segment) for owner, asset, segment, _ in FUNDING])
+    transfers = [
+        Transfer(FUNDING_ID_BASE + i, ledger.world(asset).id, ledger.get(owner, asset, "available", segment).id, parse_amount(amount, decimals[asset]))
+        for i, (owner, asset, segment, amount) in enumerate(FUNDING)
+    ]
+    (funded,) = node.execute(CreateTransfers(transfers))
+    newly_funded = len(transfers) - len(funded.failures)
+    listed = []
+    for m in DEMO_MARKETS:
+        q, b = decimals[m.quote], decimals[m.base]
+        node.execute(
+            ListMarket(
+                symbol=m.symbol,
+                base=m.base,
+                quote=m.quote,
+                segment=m.segment,
+                tick_size=parse_amount(m.tick, q),
+                lot_size=parse_amount(m.lot, b),
+                min_qty=parse_amount(m.lot, b),
+                min_notional=parse_amount(m.min_notional, q),
+            )
+        )
+        node.execute(SetReferencePrice(m.symbol, parse_amount(m.reference, q)))
+        listed.append(m.symbol)
+    markets = trading_state(node.engine).markets  # type: ignore[arg-type]
+    placed = 0
+    for m in DEMO_MARKETS:
+        market = markets[m.symbol]
+        if market.by_owner.get(MARKET_MAKER):
+            continue  # the ladder is already there
+        q, b = decimals[m.quote], decimals[m.base]
+        ref, tick, size = parse_amount(m.reference, q), parse_amount(m.tick, q), parse_amount(m.ladder_qty, b)
+        orders = []
+        for level in range(1, 6):
+            # spread of 4 ticks around the reference, then a level every 2 ticks
+            offset = (2 + 2 * (level - 1)) * tick
+            orders.append(PlaceOrder(owner=MARKET_MAKER, symbol=m.symbol, side="BUY", price=ref - offset, quantity=size * level, client_order_id=f"mm-{m.symbol}-b{level}"))
+            orders.append(PlaceOrder(owner=MARKET_MAKER, symbol=m.symbol, side="SELL", price=ref + offset, quantity=size * level, client_order_id=f"mm-{m.symbol}-s{level}"))
+        node.execute_many(orders)
+        placed += len(orders)
+    return {"markets": listed, "transfers_applied": newly_funded, "ladder_orders": placed}
+
+
+def write_demo_keys(ctx: Any, data_dir: Path) -> Path:
+    """Issue demo API keys once; keep them in DIR/demo-keys.json (0600)."""
+    from ..identity.api_keys import issue_demo_key
+
+    path = data_dir / "demo-keys.json"
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text())
+            if isinstance(existing, list) and {e.get("account") for e in existing} >= set(DEMO_ACCOUNTS):
+                return path
+        except ValueError:
+            pass
+    keys = []
+    for account in DEMO_ACCOUNTS:
+        created = issue_demo_key(ctx, account, f"{account}@demo.ringfence.local")
+        keys.append({"account": account, "api_key": created.api_key, "api_secret": created.secret})
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(keys, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,213 @@
+"""The gateway's edge checks: parameters, signed requests, replay protection and rate limits.
+
+Everything a client sends is validated here before it becomes a command: a parameter that is
+missing, duplicated, not a plain decimal, over-precise or out of range is answered with Binance's
+error shape naming the parameter, and nothing reaches the engine.
+
+Signed requests follow Binance exactly: `X-MBX-APIKEY` header; `timestamp` (ms) and optional
+`recvWindow` (≤ 60,000 ms, default 5,000); `signature` = lowercase hex HMAC-SHA256 of the request's
+parameters as sent (query string, then body, without the signature itself) under the key's secret,
+or base64 Ed25519 over the same bytes for Ed25519 keys. A signature is accepted once: the same
+(key, signature) inside its window is a replay and is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterable
+from urllib.parse import parse_qsl, unquote_plus
+
+from ..errors import InvalidAmount
+from ..money import parse_amount
+from .binance_errors import BinanceError, illegal, mandatory
+
+__all__ = ["Params", "split_signature", "ReplayGuard", "RateLimiter", "check_timestamp", "MAX_RECV_WINDOW_MS"]
+
+MAX_RECV_WINDOW_MS = 60_000
+DEFAULT_RECV_WINDOW_MS = 5_000
+MAX_PARAMS = 64
+MAX_PARAM_CHARS = 512
+
+
+class Params:
+    """Request parameters from the query string and (for POST) the form body."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._values: dict[str, str] = {}
+        for count, (name, value) in enumerate(pairs):
+            if count >= MAX_PARAMS:
+                raise BinanceError(-1104, f"Too many parameters; at most {MAX_PARAMS} are accepted.")
+            if name in self._values:
+                raise BinanceError(-1101, f"Duplicate values for a parameter detected: '{name}'.")
+            if len(value) > MAX_PARAM_CHARS:
+                raise illegal(name, f"at most {MAX_PARAM_CHARS} characters are allowed")
+            self._values[name] = value
+
+    @classmethod
+    def parse(cls, query: str, body: str = "") -> "Params":
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_PARAMS + 1)
+            pairs += parse_qsl(body, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_PARAMS + 1)
+        except ValueError:
+            raise BinanceError(-1104, f"Too many parameters; at most {MAX_PARAMS} are accepted.") from None
+        return cls(pairs)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self._values.get(name)
+        return default if value is None or value == "" else value
+
+    def require(self, name: str) -> str:
+        value = self._values.get(name)
+        if value is None or value == "":
+            raise mandatory(name)
+        return value
+
+    def integer(self, name: str, *, default: int | None = None, low: int = 0, high: int = 2**63 - 1) -> int:
+        raw = self.get(name)
+        if raw is None:
+            if default is None:
+                raise mandatory(name)
+            return default
+        if not raw.isdigit() or len(raw) > 20:
+            raise illegal(name, f"legal range is an integer from {low} to {high}")
+        value = int(raw)
+        if not low <= value <= high:
+            raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'; legal range is {low} to {high}.")
+        return value
+
+    def amount(self, name: str, decimals: int, *, required: bool = True, allow_zero: bool = False) -> int:
+        raw = self.get(name)
+        if raw is None:
+            if required:
+                raise mandatory(name)
+            return 0
+        try:
+            return parse_amount(raw, decimals, field=name, allow_zero=allow_zero)
+        except InvalidAmount as err:
+            if "decimal places" in err.message:
+                raise BinanceError(-1111, f"Parameter '{name}' has too much precision: at most {decimals} decimals.") from None
+            raise illegal(name, f"{err.message}; legal form is digits with an optional '.' and up to {decimals} decimals.") from None
+
+    def choice(self, name: str, allowed: Iterable[str], *, default: str | None = None, code: int = -1100) -> str:
+        options = tuple(allowed)
+        raw = self.get(name, default)
+        if raw is None:
+            raise mandatory(name)
+        if raw not in options:
+            raise BinanceError(code, f"Invalid {name} '{raw[:40]}'; allowed: {', '.join(options)}.")
+        return raw
+
+
+def split_signature(query: str, body: str) -> tuple[bytes, str | None]:
+    """Return (signed payload, signature): everything sent, minus the `signature` parameter."""
+    signature = None
+    parts = []
+    for source in (query, body):
+        if not source:
+            continue
+        kept = []
+        for piece in source.split("&"):
+            if piece.startswith("signature="):
+                if signature is not None:
+                    raise BinanceError(-1101, "Duplicate values for a parameter detected: 'signature'.")
+                # URL-decoded: base64 Ed25519 signatures arrive with '+', '/' and '=' escaped
+                signature = unquote_plus(piece[len("signature=") :])
+            else:
+                kept.append(piece)
+        parts.append("&".join(kept))
+    return "".join(parts).encode(), signature
+
+
+def check_timestamp(params: Params, now_ms: int) -> None:
+    timestamp = params.integer("timestamp")
+    window = params.integer("recvWindow", default=DEFAULT_RECV_WINDOW_MS, low=1, high=MAX_RECV_WINDOW_MS)
+    if timestamp > now_ms + 1_000 or now_ms - timestamp > window:
+        raise BinanceError(-1021, "Timestamp for this request is outside of the recvWindow.")
+
+
+class ReplayGuard:
+    """Remembers accepted (key, signature) pairs until their window has passed. Bounded."""
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def check_and_remember(self, api_key: str, signature: str, now_ms: int, window_ms: int = MAX_RECV_WINDOW_MS + 2_000) -> None:
+        key = (api_key, signature)
+        with self._lock:
+            seen = self._seen
+            while seen:
+                oldest_key, expires = next(iter(seen.items()))
+                if expires > now_ms and len(seen) < self.max_entries:
+                    break
+                seen.popitem(last=False)
+            if key in seen:
+                raise BinanceError(-1022, "Signature for this request is not valid: it was already used (replay).")
+            seen[key] = now_ms + window_ms
+
+
+@dataclass
+class _Window:
+    start_s: int
+    used: int
+    violations: int
+    banned_until_s: int
+
+
+class RateLimiter:
+    """Request weight per client (IP or API key) per minute, then 429, then a temporary ban (418).
+
+    Fixed one-minute windows like Binance's REQUEST_WEIGHT. A client that keeps hammering after
+    `ban_after` refusals in one window is banned for `ban_s` seconds. Memory is bounded by
+    dropping idle clients.
+    """
+
+    def __init__(self, weight_per_min: int, *, ban_after: int = 20, ban_s: int = 120, clock: Callable[[], float] = time.monotonic, max_clients: int = 100_000) -> None:  # float-ok: clock seconds
+        self.weight_per_min = weight_per_min
+        self.ban_after = ban_after
+        self.ban_s = ban_s
+        self._clock = clock
+        self._clients: OrderedDict[str, _Window] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_clients = max_clients
+
+    def charge(self, client: str, weight: int) -> int:
+        """Charge `weight`; return the weight used this window, or raise 429/418."""
+        now = self._clock()
+        now_s = int(now)
+        with self._lock:
+            window = self._clients.get(client)
+            if window is None:
+                if len(self._clients) >= self.max_clients:
+                    self._clients.popitem(last=False)
+                window = _Window(now_s - now_s % 60, 0, 0, 0)
+                self._clients[client] = window
+            else:
+                self._clients.move_to_end(client)
+            if window.banned_until_s > now_s:
+                retry = window.banned_until_s - now_s
+                raise BinanceError(-1003, f"Way too many requests; IP banned until {retry} s from now.", 418, {"Retry-After": str(retry)})
+            if now_s - window.start_s >= 60:
+                window.start_s, window.used, window.violations = now_s - now_s % 60, 0, 0
+            if window.used + weight > self.weight_per_min:
+                window.violations += 1
+                retry = max(1, math.ceil(window.start_s + 60 - now))
+                if window.violations >= self.ban_after:
+                    window.banned_until_s = now_s + self.ban_s
+                raise BinanceError(
+                    -1003,
+                    f"Too many requests; current limit is {self.weight_per_min} request weight per 1 MINUTE. "
+                    f"Please use the websocket for live updates to avoid polling the API.",
+                    429,
+                    {"Retry-After": str(retry)},
+                )
+            window.used += weight
+            return window.used

@@ -1,0 +1,199 @@
+"""Order and trade history per account: a read model folded from engine events only.
+
+Fed like the market-data read model (live node listeners, or a journal replay on start), so it is
+rebuilt exactly after a restart. It answers the private Binance endpoints (`order`, `openOrders`,
+`allOrders`, `myTrades`) and the user data stream. Every list is bounded per account.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Iterable
+
+from ..trading.commands import (
+    MarketListed,
+    OrderAccepted,
+    OrderAmended,
+    OrderCanceled,
+    OrderExpired,
+    OrderTriggered,
+    Trade,
+)
+
+__all__ = ["OrderRecord", "OrderHistory", "FINAL_STATUSES"]
+
+FINAL_STATUSES = frozenset(("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"))
+MAX_ORDERS_PER_ACCOUNT = 10_000
+MAX_TRADES_PER_ACCOUNT = 10_000
+
+
+class OrderRecord:
+    __slots__ = (
+        "symbol",
+        "order_id",
+        "owner",
+        "client_order_id",
+        "side",
+        "order_type",
+        "tif",
+        "price",
+        "quantity",
+        "quote_amount",
+        "stop_price",
+        "stp",
+        "status",
+        "executed",
+        "cum_quote",
+        "time_ms",
+        "update_ms",
+        "working",
+    )
+
+    def __init__(self, e: OrderAccepted, ts_ms: int) -> None:
+        self.symbol = e.symbol
+        self.order_id = e.order_id
+        self.owner = e.owner
+        self.client_order_id = e.client_order_id
+        self.side = e.side
+        self.order_type = e.order_type
+        self.tif = e.tif
+        self.price = e.price
+        self.quantity = e.quantity
+        self.quote_amount = e.quote_amount
+        self.stop_price = e.stop_price
+        self.stp = e.stp
+        self.status = "NEW"
+        self.executed = 0
+        self.cum_quote = 0
+        self.time_ms = ts_ms
+        self.update_ms = ts_ms
+        self.working = e.order_type not in ("STOP_LIMIT", "STOP_MARKET")
+
+
+class OrderHistory:
+    def __init__(self) -> None:
+        self.orders: dict[int, OrderRecord] = {}
+        self.by_owner: dict[str, deque[int]] = {}
+        self.open: dict[str, dict[int, None]] = {}
+        self.trades: dict[str, deque[dict[str, Any]]] = {}
+        self.markets: dict[str, tuple[str, str]] = {}  # symbol -> (base, quote)
+        #: Callbacks `(owner, kind, payload)` for the user data stream.
+        self.subscribers: list[Any] = []
+
+    # ------------------------------------------------------------------ feeding
+
+    def on_batch(self, first_seq: int, ts_ns: int, commands: list[Any], outputs: list[list[Any]]) -> None:
+        for events in outputs:
+            self.feed(ts_ns, events)
+
+    def on_replay(self, engine: Any, batch: Any, outputs: list[list[Any]]) -> None:
+        for events in outputs:
+            self.feed(batch.ts_ns, events)
+
+    def feed(self, ts_ns: int, events: Iterable[Any]) -> None:
+        ts_ms = ts_ns // 1_000_000
+        for e in events:
+            t = type(e)
+            if t is OrderAccepted:
+                self._accepted(e, ts_ms)
+            elif t is Trade:
+                self._trade(e, ts_ms)
+            elif t is OrderCanceled:
+                self._finish(e.order_id, "CANCELED", ts_ms)
+            elif t is OrderExpired:
+                self._finish(e.order_id, "EXPIRED_IN_MATCH" if e.reason.startswith("STP") else "EXPIRED", ts_ms)
+            elif t is OrderAmended:
+                record = self.orders.get(e.order_id)
+                if record is not None:
+                    record.price = e.price
+                    record.quantity = e.quantity
+                    record.update_ms = ts_ms
+                    self._notify(record.owner, "order", record)
+            elif t is OrderTriggered:
+                record = self.orders.get(e.order_id)
+                if record is not None:
+                    record.working = True
+                    record.update_ms = ts_ms
+            elif t is MarketListed:
+                self.markets[e.symbol] = (e.base, e.quote)
+
+    def _accepted(self, e: OrderAccepted, ts_ms: int) -> None:
+        record = OrderRecord(e, ts_ms)
+        self.orders[e.order_id] = record
+        history = self.by_owner.setdefault(e.owner, deque())
+        history.append(e.order_id)
+        if len(history) > MAX_ORDERS_PER_ACCOUNT:
+            old = history.popleft()
+            old_record = self.orders.get(old)
+            if old_record is not None and old_record.status in FINAL_STATUSES:
+                del self.orders[old]
+        self.open.setdefault(e.owner, {})[e.order_id] = None
+        self._notify(e.owner, "order", record)
+
+    def _trade(self, e: Trade, ts_ms: int) -> None:
+        base, quote = self.markets.get(e.symbol, ("", ""))
+        for order_id, leaves, owner, fee, is_maker in (
+            (e.taker_order_id, e.taker_leaves, e.taker_owner, e.taker_fee, False),
+            (e.maker_order_id, e.maker_leaves, e.maker_owner, e.maker_fee, True),
+        ):
+            record = self.orders.get(order_id)
+            is_buyer = (e.taker_side == "BUY") != is_maker
+            if record is not None:
+                record.executed += e.quantity
+                record.cum_quote += e.quote_qty
+                record.status = "FILLED" if leaves == 0 else "PARTIALLY_FILLED"
+                record.update_ms = ts_ms
+                if leaves == 0:
+                    self.open.get(owner, {}).pop(order_id, None)
+            fill = {
+                "symbol": e.symbol,
+                "id": e.trade_id,
+                "orderId": order_id,
+                "price": e.price,
+                "qty": e.quantity,
+                "quoteQty": e.quote_qty,
+                "commission": fee,
+                "commissionAsset": base if is_buyer else quote,
+                "time": ts_ms,
+                "isBuyer": is_buyer,
+                "isMaker": is_maker,
+            }
+            trades = self.trades.setdefault(owner, deque(maxlen=MAX_TRADES_PER_ACCOUNT))
+            trades.append(fill)
+            if record is not None:
+                self._notify(owner, "trade", (record, fill))
+
+    def _finish(self, order_id: int, status: str, ts_ms: int) -> None:
+        record = self.orders.get(order_id)
+        if record is None:
+            return
+        record.status = status
+        record.update_ms = ts_ms
+        self.open.get(record.owner, {}).pop(order_id, None)
+        self._notify(record.owner, "order", record)
+
+    def _notify(self, owner: str, kind: str, payload: Any) -> None:
+        for fn in self.subscribers:
+            fn(owner, kind, payload)
+
+    # ------------------------------------------------------------------ queries
+
+    def get(self, owner: str, symbol: str, order_id: int = 0, client_order_id: str = "") -> OrderRecord | None:
+        if order_id:
+            record = self.orders.get(order_id)
+            return record if record is not None and record.owner == owner and record.symbol == symbol else None
+        for oid in reversed(self.by_owner.get(owner, ())):
+            record = self.orders.get(oid)
+            if record is not None and record.symbol == symbol and record.client_order_id == client_order_id:
+                return record
+        return None
+
+    def open_orders(self, owner: str, symbol: str | None = None) -> list[OrderRecord]:
+        out = [self.orders[oid] for oid in self.open.get(owner, {}) if oid in self.orders]
+        return [r for r in out if symbol is None or r.symbol == symbol]
+
+    def all_orders(self, owner: str, symbol: str) -> list[OrderRecord]:
+        return [r for r in (self.orders.get(oid) for oid in self.by_owner.get(owner, ())) if r is not None and r.symbol == symbol]
+
+    def my_trades(self, owner: str, symbol: str) -> list[dict[str, Any]]:
+        return [t for t in self.trades.get(owner, ()) if t["symbol"] == symbol]

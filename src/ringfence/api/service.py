@@ -1,0 +1,185 @@
+"""The exchange as a service: one durable engine node plus the read models the API serves.
+
+Threads: the node's sequencer thread journals and applies commands; everything else (HTTP and
+WebSocket handlers, read models, fan-out) runs on the asyncio loop thread. After each batch the
+sequencer hands the batch's events to the loop, which first updates the read models (market data,
+order history) and only then answers the requests of that batch — so a client that got its answer
+always sees its own order in `openOrders` — and then publishes to WebSocket subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from ..engine.commands import Command, Event
+from ..engine.node import Ack, Node
+from ..errors import RingfenceError
+from ..trading.book import Market
+from ..trading.marketdata import MarketData
+from ..trading.matching import trading_state
+from .orders import OrderHistory
+
+__all__ = ["Exchange", "MarketInfo"]
+
+log = structlog.get_logger("ringfence.api")
+
+
+@dataclass(frozen=True)
+class MarketInfo:
+    symbol: str
+    base: str
+    quote: str
+    segment: str
+    base_decimals: int
+    quote_decimals: int
+    tick: int
+    lot: int
+    min_qty: int
+    max_qty: int
+    min_notional: int
+    status: str
+    band_ppm: int
+    ref_price: int
+
+
+class Exchange:
+    def __init__(self, data_dir: Path, *, fsync: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.node = Node(self.data_dir / "engine", fsync=fsync)
+        self.marketdata = MarketData()
+        self.history = OrderHistory()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._ready: collections.deque[tuple[asyncio.Future[list[Event]], Ack]] = collections.deque()
+        #: Called on the loop thread after read models absorbed a batch: fn(first_seq, ts_ns, outputs, md_before).
+        self.batch_subscribers: list[Callable[[int, int, list[list[Event]], dict[str, int]], None]] = []
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Recover the engine and rebuild the read models from the journal (before serving)."""
+
+        def feed(engine: Any, batch: Any, outputs: list[list[Event]]) -> None:
+            self.marketdata.on_replay(engine, batch, outputs)
+            self.history.on_replay(engine, batch, outputs)
+
+        self.node.open(on_replay=feed)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.node.listeners.append(self._from_sequencer)
+        self.node.start()
+
+    def close(self) -> None:
+        self.node.close()
+
+    @property
+    def engine(self):  # type: ignore[no-untyped-def]
+        assert self.node.engine is not None
+        return self.node.engine
+
+    # ------------------------------------------------------------------ commands
+
+    async def submit(self, command: Command) -> list[Event]:
+        """Journal and apply a command; return its events once read models include them."""
+        loop = self.loop
+        assert loop is not None, "start() the exchange first"
+        fut: asyncio.Future[list[Event]] = loop.create_future()
+        ack = self.node.submit(command)
+
+        def done(a: Ack) -> None:
+            if a.error is not None:  # refused before the journal: no batch will follow
+                loop.call_soon_threadsafe(_settle, fut, a)
+            else:
+                self._ready.append((fut, a))
+
+        ack.add_done_callback(done)
+        return await fut
+
+    def _from_sequencer(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]]) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self._absorb, first_seq, ts_ns, commands, outputs)
+
+    def _absorb(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]]) -> None:
+        before = {s: sd.update_id for s, sd in self.marketdata.symbols.items()}
+        self.marketdata.on_batch(first_seq, ts_ns, commands, outputs)
+        self.history.on_batch(first_seq, ts_ns, commands, outputs)
+        ready = self._ready
+        while ready:
+            fut, ack = ready[0]
+            if ack.seq > first_seq + len(outputs) - 1:
+                break  # belongs to a later batch
+            ready.popleft()
+            _settle(fut, ack)
+        for fn in self.batch_subscribers:
+            try:
+                fn(first_seq, ts_ns, outputs, before)
+            except Exception:  # a subscriber must never stop the read models; it is logged
+                log.exception("batch_subscriber.failed", subscriber=getattr(fn, "__qualname__", repr(fn)))
+
+    # ------------------------------------------------------------------ queries (loop thread)
+
+    def markets(self) -> list[MarketInfo]:
+        return [self.market(symbol) for symbol in sorted(trading_state(self.engine).markets)]
+
+    def market(self, symbol: str) -> MarketInfo:
+        m: Market = trading_state(self.engine).markets[symbol]
+        assets = self.engine.ledger.assets
+        return MarketInfo(
+            m.symbol,
+            m.base,
+            m.quote,
+            m.segment,
+            assets.get(m.base).decimals,
+            assets.get(m.quote).decimals,
+            m.tick,
+            m.lot,
+            m.min_qty,
+            m.max_qty,
+            m.min_notional,
+            m.status,
+            m.band_ppm,
+            m.ref_price,
+        )
+
+    def has_market(self, symbol: str) -> bool:
+        return symbol in trading_state(self.engine).markets
+
+    def balances(self, owner: str) -> list[tuple[str, int, int, int]]:
+        """(asset, decimals, free, locked) per asset, summed over the owner's segments.
+
+        Binance's account has one balance per asset; ringfence keeps one per segment (spot,
+        tokenized, ...). The Binance view shows what the user owns in total; `/v1/account` shows
+        the split, which is what each market can use.
+        """
+        ledger = self.engine.ledger
+        out = []
+        for asset in list(ledger.assets):
+            free = locked = 0
+            found = False
+            for segment in ledger.segments:
+                account = ledger.find(owner, asset.code, "available", segment)
+                if account is not None:
+                    found = True
+                    free += account.available
+                    locked += account.debits_pending
+            if found:
+                out.append((asset.code, asset.decimals, free, locked))
+        return out
+
+
+def _settle(fut: asyncio.Future[list[Event]], ack: Ack) -> None:
+    if fut.done():
+        return
+    if ack.error is not None:
+        fut.set_exception(ack.error if isinstance(ack.error, BaseException) else RingfenceError(str(ack.error)))
+    else:
+        assert ack.events is not None
+        fut.set_result(ack.events)

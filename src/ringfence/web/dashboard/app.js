@@ -1,0 +1,306 @@
+// ringfence dashboard: plain JavaScript, no CDN, no build step.
+// Money stays as decimal strings from the server; the only numbers computed here are for drawing
+// the chart and for sorting book levels (exactly, via BigInt on the fixed-decimal strings).
+"use strict";
+
+const state = {
+  markets: {}, symbol: null, key: null, secret: null,
+  book: { bids: new Map(), asks: new Map(), lastUpdateId: 0, buffer: [], ready: false },
+  ws: null, userWs: null, klines: [], trades: [],
+};
+
+const $ = (id) => document.getElementById(id);
+const enc = new TextEncoder();
+
+function scaled(s) { // "61000.50" -> BigInt with the decimals removed (same decimals per column)
+  const [w, f = ""] = s.split(".");
+  return BigInt(w + f);
+}
+
+async function hmacHex(secret, payload) {
+  const key = await crypto.subtle.importKey("raw", enc.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  const sig = await crypto.subtle.sign("HMAC", key, enc.encode(payload));
+  return Array.from(new Uint8Array(sig)).map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function api(method, path, params = {}, signed = false) {
+  const qs = new URLSearchParams(params);
+  const headers = {};
+  if (signed) {
+    if (!state.key) throw new Error("sign in first");
+    qs.set("timestamp", Date.now().toString());
+    qs.set("recvWindow", "10000");
+    qs.set("signature", await hmacHex(state.secret, qs.toString()));
+    headers["X-MBX-APIKEY"] = state.key;
+  }
+  let url = path, body;
+  if (method === "POST") {
+    body = qs.toString();
+    headers["Content-Type"] = "application/x-www-form-urlencoded";
+  } else if ([...qs].length) {
+    url += "?" + qs.toString();
+  }
+  const res = await fetch(url, { method, headers, body });
+  const data = await res.json();
+  if (!res.ok || (data && data.code && data.code < 0)) throw new Error(data.msg || res.statusText);
+  return data;
+}
+
+function cell(row, text, cls) {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+// ---------------------------------------------------------------- markets
+
+async function loadMarkets() {
+  const info = await api("GET", "/api/v3/exchangeInfo");
+  const nav = $("markets");
+  nav.textContent = "";
+  for (const s of info.symbols) {
+    state.markets[s.symbol] = s;
+    const b = document.createElement("button");
+    b.textContent = s.symbol;
+    b.dataset.symbol = s.symbol;
+    b.addEventListener("click", () => selectMarket(s.symbol));
+    nav.appendChild(b);
+  }
+  if (info.symbols.length) await selectMarket(info.symbols[0].symbol);
+}
+
+async function selectMarket(symbol) {
+  state.symbol = symbol;
+  for (const b of $("markets").children) b.classList.toggle("active", b.dataset.symbol === symbol);
+  $("symbol-title").textContent = symbol;
+  state.book = { bids: new Map(), asks: new Map(), lastUpdateId: 0, buffer: [], ready: false };
+  state.trades = [];
+  openMarketStream(symbol);
+  const [klines, trades] = await Promise.all([
+    api("GET", "/api/v3/klines", { symbol, interval: "1m", limit: "120" }),
+    api("GET", "/api/v3/trades", { symbol, limit: "30" }),
+  ]);
+  state.klines = klines;
+  state.trades = trades.reverse().map((t) => ({ p: t.price, q: t.qty, T: t.time }));
+  renderTrades();
+  drawChart();
+  await loadBookSnapshot(symbol);
+  refreshPrivate();
+}
+
+// ---------------------------------------------------------------- order book: snapshot + diffs
+
+async function loadBookSnapshot(symbol) {
+  const snap = await api("GET", "/api/v3/depth", { symbol, limit: "50" });
+  const book = state.book;
+  book.bids = new Map(snap.bids.map(([p, q]) => [p, q]));
+  book.asks = new Map(snap.asks.map(([p, q]) => [p, q]));
+  book.lastUpdateId = snap.lastUpdateId;
+  for (const d of book.buffer) applyDiff(d);
+  book.buffer = [];
+  book.ready = true;
+  renderBook();
+}
+
+function applyDiff(d) {
+  const book = state.book;
+  if (d.u <= book.lastUpdateId) return;
+  for (const [p, q] of d.b) (scaled(q) === 0n ? book.bids.delete(p) : book.bids.set(p, q));
+  for (const [p, q] of d.a) (scaled(q) === 0n ? book.asks.delete(p) : book.asks.set(p, q));
+  book.lastUpdateId = d.u;
+}
+
+function sortedLevels(map, desc) {
+  return [...map.entries()].sort((a, b) => {
+    const x = scaled(a[0]), y = scaled(b[0]);
+    return desc ? (x < y ? 1 : x > y ? -1 : 0) : (x < y ? -1 : x > y ? 1 : 0);
+  });
+}
+
+function renderBook() {
+  const asks = sortedLevels(state.book.asks, false).slice(0, 12).reverse();
+  const bids = sortedLevels(state.book.bids, true).slice(0, 12);
+  for (const [id, levels] of [["asks", asks], ["bids", bids]]) {
+    const body = $(id).tBodies[0];
+    body.textContent = "";
+    for (const [p, q] of levels) {
+      const row = body.insertRow();
+      row.dataset.price = p;
+      cell(row, p);
+      cell(row, q);
+    }
+  }
+  const bestAsk = asks.length ? asks[asks.length - 1][0] : "—";
+  const bestBid = bids.length ? bids[0][0] : "—";
+  $("spread").textContent = `bid ${bestBid} · ask ${bestAsk}`;
+}
+
+// ---------------------------------------------------------------- streams
+
+function openMarketStream(symbol) {
+  if (state.ws) state.ws.close();
+  const s = symbol.toLowerCase();
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/stream?streams=${s}@depth/${s}@trade/${s}@kline_1m`);
+  state.ws = ws;
+  ws.onmessage = (msg) => {
+    const { stream, data } = JSON.parse(msg.data);
+    if (symbol !== state.symbol) return;
+    if (stream.endsWith("@depth")) {
+      if (!state.book.ready) state.book.buffer.push(data);
+      else { applyDiff(data); renderBook(); }
+    } else if (stream.endsWith("@trade")) {
+      state.trades.unshift({ p: data.p, q: data.q, T: data.T });
+      state.trades = state.trades.slice(0, 30);
+      renderTrades();
+    } else if (stream.includes("@kline_")) {
+      const k = data.k;
+      const row = [k.t, k.o, k.h, k.l, k.c, k.v];
+      const last = state.klines[state.klines.length - 1];
+      if (last && last[0] === k.t) state.klines[state.klines.length - 1] = row;
+      else state.klines.push(row);
+      drawChart();
+    }
+  };
+}
+
+function renderTrades() {
+  const body = $("trades").tBodies[0];
+  body.textContent = "";
+  for (const t of state.trades) {
+    const row = body.insertRow();
+    cell(row, t.p);
+    cell(row, t.q);
+    cell(row, new Date(t.T).toLocaleTimeString());
+  }
+  $("last-price").textContent = state.trades.length ? state.trades[0].p : "";
+}
+
+function drawChart() {
+  const c = $("chart"), g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  const rows = state.klines;
+  if (!rows.length) { g.fillStyle = "#7a8a99"; g.fillText("no trades yet", 10, 20); return; }
+  const hi = Math.max(...rows.map((r) => parseFloat(r[2]))), lo = Math.min(...rows.map((r) => parseFloat(r[3])));
+  const span = hi - lo || 1, w = c.width / Math.max(rows.length, 30);
+  const y = (v) => c.height - 10 - ((parseFloat(v) - lo) / span) * (c.height - 20);
+  rows.forEach((r, i) => {
+    const up = parseFloat(r[4]) >= parseFloat(r[1]);
+    g.strokeStyle = g.fillStyle = up ? "#81c784" : "#e57373";
+    const x = i * w + w / 2;
+    g.beginPath(); g.moveTo(x, y(r[2])); g.lineTo(x, y(r[3])); g.stroke();
+    g.fillRect(x - w * 0.3, Math.min(y(r[1]), y(r[4])), w * 0.6, Math.max(1, Math.abs(y(r[1]) - y(r[4]))));
+  });
+}
+
+// ---------------------------------------------------------------- private data
+
+async function refreshPrivate() {
+  if (!state.key || !state.symbol) return;
+  try {
+    const [account, open, all] = await Promise.all([
+      api("GET", "/api/v3/account", {}, true),
+      api("GET", "/api/v3/openOrders", { symbol: state.symbol }, true),
+      api("GET", "/api/v3/allOrders", { symbol: state.symbol, limit: "20" }, true),
+    ]);
+    const m = state.markets[state.symbol];
+    const bal = $("balances").tBodies[0];
+    bal.textContent = "";
+    for (const b of account.balances) {
+      if (m && b.asset !== m.baseAsset && b.asset !== m.quoteAsset) continue;
+      const row = bal.insertRow();
+      row.dataset.asset = b.asset;
+      cell(row, b.asset); cell(row, b.free, "free"); cell(row, b.locked, "locked");
+    }
+    const oo = $("open-orders").tBodies[0];
+    oo.textContent = "";
+    for (const o of open) {
+      const row = oo.insertRow();
+      row.dataset.orderId = o.orderId;
+      cell(row, o.orderId); cell(row, o.side); cell(row, o.price); cell(row, o.origQty); cell(row, o.executedQty);
+      const btn = document.createElement("button");
+      btn.textContent = "Cancel";
+      btn.className = "cancel";
+      btn.addEventListener("click", () => cancelOrder(o.orderId));
+      row.insertCell().appendChild(btn);
+    }
+    const hist = $("history").tBodies[0];
+    hist.textContent = "";
+    for (const o of all.slice().reverse()) {
+      const row = hist.insertRow();
+      cell(row, o.orderId); cell(row, o.side); cell(row, o.price); cell(row, o.origQty); cell(row, o.status);
+    }
+  } catch (e) {
+    status(e.message, true);
+  }
+}
+
+async function openUserStream() {
+  try {
+    const res = await fetch("/api/v3/userDataStream", { method: "POST", headers: { "X-MBX-APIKEY": state.key } });
+    const { listenKey } = await res.json();
+    if (!listenKey) return;
+    const proto = location.protocol === "https:" ? "wss" : "ws";
+    if (state.userWs) state.userWs.close();
+    state.userWs = new WebSocket(`${proto}://${location.host}/ws/${listenKey}`);
+    state.userWs.onmessage = () => refreshPrivate();
+  } catch (e) { /* the dashboard still refreshes after each action */ }
+}
+
+function status(text, error) {
+  const el = $("order-status");
+  el.textContent = text;
+  el.className = error ? "error" : "ok";
+}
+
+async function placeOrder(ev) {
+  ev.preventDefault();
+  const type = $("otype").value;
+  const params = { symbol: state.symbol, side: $("side").value, type, quantity: $("qty").value.trim() };
+  if (type !== "MARKET") params.price = $("price").value.trim();
+  if (type === "LIMIT") params.timeInForce = "GTC";
+  try {
+    const o = await api("POST", "/api/v3/order", params, true);
+    status(`order ${o.orderId}: ${o.status}`, false);
+  } catch (e) {
+    status(e.message, true);
+  }
+  refreshPrivate();
+}
+
+async function cancelOrder(orderId) {
+  try {
+    const o = await api("DELETE", "/api/v3/order", { symbol: state.symbol, orderId: String(orderId) }, true);
+    status(`order ${o.orderId}: ${o.status}`, false);
+  } catch (e) {
+    status(e.message, true);
+  }
+  refreshPrivate();
+}
+
+async function signIn(ev) {
+  ev.preventDefault();
+  state.key = $("apikey").value.trim();
+  state.secret = $("apisecret").value.trim();
+  try {
+    const account = await api("GET", "/api/v3/account", {}, true);
+    $("whoami").textContent = `signed in as ${account.uid}`;
+    sessionStorage.setItem("rf-key", state.key);
+    sessionStorage.setItem("rf-secret", state.secret);
+    openUserStream();
+    refreshPrivate();
+  } catch (e) {
+    state.key = state.secret = null;
+    $("whoami").textContent = "sign-in failed: " + e.message;
+  }
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  $("signin").addEventListener("submit", signIn);
+  $("order-form").addEventListener("submit", placeOrder);
+  const key = sessionStorage.getItem("rf-key"), secret = sessionStorage.getItem("rf-secret");
+  if (key && secret) { $("apikey").value = key; $("apisecret").value = secret; }
+  loadMarkets().catch((e) => status(e.message, true));
+  setInterval(refreshPrivate, 5000);
+});

@@ -1,0 +1,61 @@
+"""A real `ringfence serve --demo` process on a free port, shared by the API tests of a module."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
+        self.data = data
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = open(data.parent / f"serve-{self.port}.log", "w")
+        full_env = dict(os.environ, **(env or {}))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ringfence.cli", "serve", "--demo", "--data", str(data), "--port", str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early; see {self.log.name}:\n" + Path(self.log.name).read_text()[-3000:])
+            try:
+                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("server did not become ready; reproduce with: ringfence serve --demo --data " + str(data))
+        self.keys = {k["account"]: k for k in json.loads((data / "demo-keys.json").read_text())}
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = -9
+        self.log.close()
+        return code
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("serve") / "data")
+    yield srv
+    assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"

@@ -1,0 +1,18 @@
+"""CI runs the API benchmark in smoke mode: it must start a server, load it and emit its JSON line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_api_benchmark_smoke():
+    bench = Path(__file__).resolve().parents[2] / "bench" / "api.py"
+    out = subprocess.run([sys.executable, str(bench), "--smoke"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["bench"] == "api" and line["smoke"] is True and "seed=1" in out.stderr
+    assert line["signed_orders"]["ok"] > 0 and line["signed_orders"]["statuses"].keys() == {"200"}
+    assert line["baseline"]["ok"] > 0
+    fan = line["ws_fanout"]
+    assert fan["diff_messages_received"] == fan["expected_messages"] > 0

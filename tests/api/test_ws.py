@@ -1,0 +1,157 @@
+"""WebSocket streams with a real client (`websockets`): the book rebuilt from a REST snapshot plus
+depth diffs equals the engine's own book exactly; trades, klines, tickers and the user data stream
+arrive in Binance's shape. Random orders are seeded; the seed is printed."""
+
+import asyncio
+import json
+import os
+import random
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+import websockets
+
+from .test_rest import signed_query
+
+
+def ws_url(server, path):
+    return server.base.replace("http://", "ws://") + path
+
+
+async def place(http, key, secret, params):
+    body = signed_query(secret, params)
+    return await http.post("/api/v3/order", content=body, headers={"X-MBX-APIKEY": key, "Content-Type": "application/x-www-form-urlencoded"})
+
+
+def test_book_rebuilt_from_snapshot_and_diffs_equals_engine(server):
+    seed = int(os.environ.get("RINGFENCE_WS_SEED", random.SystemRandom().randrange(1 << 30)))
+    print(f"ws book seed={seed}")
+    rng = random.Random(seed)
+
+    async def scenario():
+        alice, bob = server.keys["alice"], server.keys["bob"]
+        async with httpx.AsyncClient(base_url=server.base, timeout=10) as http:
+            async with websockets.connect(ws_url(server, "/ws/ethusdt@depth")) as ws:
+                buffered = []
+
+                async def reader():
+                    while True:
+                        buffered.append(json.loads(await ws.recv()))
+
+                task = asyncio.create_task(reader())
+                await asyncio.sleep(0.2)
+                # orders from two accounts: resting, crossing, cancelled
+                placed = []
+                for i in range(40):
+                    who = alice if rng.random() < 0.5 else bob
+                    side = rng.choice(["BUY", "SELL"])
+                    ticks = rng.randrange(-12, 13)
+                    price = Decimal("3000.00") + Decimal(ticks) * Decimal("0.01")
+                    qty = Decimal(rng.randrange(1, 30)) * Decimal("0.0100")
+                    r = await place(http, who["api_key"], who["api_secret"], {"symbol": "ETHUSDT", "side": side, "type": "LIMIT", "timeInForce": "GTC", "quantity": str(qty), "price": str(price)})
+                    assert r.status_code == 200, r.text
+                    if r.json()["status"] in ("NEW", "PARTIALLY_FILLED"):
+                        placed.append((who, r.json()["orderId"]))
+                    if i == 15:
+                        snapshot = (await http.get("/api/v3/depth", params={"symbol": "ETHUSDT", "limit": 5000})).json()
+                for who, order_id in placed[::3]:
+                    q = signed_query(who["api_secret"], {"symbol": "ETHUSDT", "orderId": str(order_id)})
+                    await http.delete("/api/v3/order?" + q, headers={"X-MBX-APIKEY": who["api_key"]})
+                await asyncio.sleep(0.5)
+                task.cancel()
+                engine_book = (await http.get("/v1/book", params={"symbol": "ETHUSDT", "limit": 5000})).json()
+        return snapshot, buffered, engine_book
+
+    snapshot, diffs, engine_book = asyncio.run(scenario())
+    assert diffs, "no depth diffs arrived"
+    bids = {p: q for p, q in snapshot["bids"]}
+    asks = {p: q for p, q in snapshot["asks"]}
+    last = snapshot["lastUpdateId"]
+    applied = 0
+    for d in diffs:
+        assert d["e"] == "depthUpdate" and d["s"] == "ETHUSDT"
+        if d["u"] <= last:
+            continue
+        assert d["U"] <= last + 1 <= d["u"], "a gap in the diff stream"
+        for side, book in (("b", bids), ("a", asks)):
+            for p, q in d[side]:
+                if Decimal(q) == 0:
+                    book.pop(p, None)
+                else:
+                    book[p] = q
+        last = d["u"]
+        applied += 1
+    assert applied > 0
+    rebuilt_bids = sorted(bids.items(), key=lambda kv: -Decimal(kv[0]))
+    rebuilt_asks = sorted(asks.items(), key=lambda kv: Decimal(kv[0]))
+    assert [list(x) for x in rebuilt_bids] == engine_book["bids"]
+    assert [list(x) for x in rebuilt_asks] == engine_book["asks"]
+
+
+def test_trade_kline_ticker_and_user_streams(server):
+    alice, bob = server.keys["alice"], server.keys["bob"]
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server.base, timeout=10) as http:
+            listen = (await http.post("/api/v3/userDataStream", headers={"X-MBX-APIKEY": bob["api_key"]})).json()["listenKey"]
+            r = await http.put("/api/v3/userDataStream", params={"listenKey": listen}, headers={"X-MBX-APIKEY": bob["api_key"]})
+            assert r.status_code == 200
+            streams = "aaplxusdt@trade/aaplxusdt@kline_1m/aaplxusdt@ticker/" + listen
+            got = []
+            async with websockets.connect(ws_url(server, "/stream?streams=" + streams)) as ws:
+                await asyncio.sleep(0.2)
+                r = await place(http, bob["api_key"], bob["api_secret"], {"symbol": "AAPLXUSDT", "side": "SELL", "type": "LIMIT", "timeInForce": "GTC", "quantity": "1.00", "price": "190.01"})
+                assert r.status_code == 200, r.text
+                r = await place(http, alice["api_key"], alice["api_secret"], {"symbol": "AAPLXUSDT", "side": "BUY", "type": "MARKET", "quantity": "1.00"})
+                assert r.status_code == 200, r.text
+                deadline = time.time() + 5
+                while time.time() < deadline:
+                    try:
+                        got.append(json.loads(await asyncio.wait_for(ws.recv(), 1)))
+                    except asyncio.TimeoutError:
+                        break
+                # subscribe/unsubscribe messages on the same connection
+                await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 7}))
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 2))
+            bad = await http.put("/api/v3/userDataStream", params={"listenKey": "nope"}, headers={"X-MBX-APIKEY": bob["api_key"]})
+        return got, reply, bad
+
+    got, reply, bad = asyncio.run(scenario())
+    by_stream = {}
+    for message in got:
+        by_stream.setdefault(message["stream"].split("@")[-1] if "@" in message["stream"] else "user", []).append(message["data"])
+    trade = by_stream["trade"][0]
+    assert trade["e"] == "trade" and trade["p"] == "190.010000" and trade["q"] == "1.0000" and trade["m"] is False
+    assert by_stream["kline_1m"][0]["k"]["c"] == "190.010000"
+    assert by_stream["ticker"][-1]["c"] == "190.010000"
+    user = by_stream["user"]
+    kinds = [(m["e"], m.get("x"), m.get("X")) for m in user]
+    assert ("executionReport", "NEW", "NEW") in kinds
+    assert ("executionReport", "TRADE", "FILLED") in kinds
+    assert any(m["e"] == "outboundAccountPosition" and {b["a"] for b in m["B"]} >= {"AAPLX", "USDT"} for m in user)
+    assert reply["id"] == 7 and len(reply["result"]) == 4
+    assert bad.json()["code"] == -1125
+
+
+def test_unknown_stream_and_bad_messages(server):
+    async def scenario():
+        async with websockets.connect(ws_url(server, "/ws/nosuch@depth")) as ws:
+            first = json.loads(await ws.recv())
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+        async with websockets.connect(ws_url(server, "/ws")) as ws:
+            await ws.send("not json")
+            bad = json.loads(await ws.recv())
+            await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@nonsense"], "id": 1}))
+            refused = json.loads(await ws.recv())
+            await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 2}))
+            ok = json.loads(await ws.recv())
+        return first, bad, refused, ok
+
+    first, bad, refused, ok = asyncio.run(scenario())
+    assert "unknown stream" in first["error"]["msg"]
+    assert bad["error"]["code"] == 3
+    assert refused["error"]["code"] == 2 and refused["id"] == 1
+    assert ok == {"result": None, "id": 2}
