@@ -1,0 +1,149 @@
+"""Withdrawal records, the state machine's legal transitions, and the risk review.
+
+States (each transition is one journaled command, see commands.py):
+
+    requested ─ConfirmWithdrawalEmail─► confirmed ─RecordRiskReview─► reviewed ─DecideWithdrawal─►
+        ├─ denied (hold voided)                       ├─ awaiting_approvals ─ApproveWithdrawal×N─► approved
+        ├─ manual_review ─ResolveManualReview─► approved | rejected (voided)
+        └─ approved (not_before_ns = now + delay)
+    approved ─AuthorizeSigning (delay elapsed, approvals unexpired)─► signing
+    signing ─RecordSignedTx─► signed ─RecordBroadcast─► broadcast ─SettleWithdrawal─► settled (posted)
+    any state before `signed` ─FailWithdrawal/CancelWithdrawal─► failed (voided)
+    signed/broadcast ─FailWithdrawal (tx rejected/reverted/vanished)─► failed (voided)
+
+Invariants: a withdrawal holds its funds (a two-phase reservation `<user>:available ->
+clearing`) from `requested` until it is settled (posted) or ends (voided) — exactly once. A
+withdrawal has at most one signed transaction (its txid and raw bytes are journaled before any
+broadcast), so a restart can only ever re-send that same transaction.
+
+The risk review (`assess_risk`) is pure: the worker gathers facts (engine history + identity
+facts such as the last credential change and device/IP novelty) and journals the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+__all__ = ["WithdrawalRec", "ApprovalRec", "RiskFacts", "RiskReview", "assess_risk", "TRANSITIONS", "OPEN_STATES",
+           "IN_FLIGHT_STATES", "MANUAL_REVIEW_SHARE_BP"]
+
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "requested": ("confirmed", "failed"),
+    "confirmed": ("reviewed", "failed"),
+    "reviewed": ("denied", "awaiting_approvals", "manual_review", "approved", "failed"),
+    "awaiting_approvals": ("approved", "failed"),
+    "manual_review": ("approved", "rejected", "failed"),
+    "approved": ("signing", "failed"),
+    "signing": ("signed", "failed"),
+    "signed": ("broadcast", "settled", "failed"),
+    "broadcast": ("settled", "failed"),
+    "settled": (),
+    "failed": (),
+    "denied": (),
+    "rejected": (),
+}
+#: Funds are held in these states.
+OPEN_STATES = tuple(s for s, nxt in TRANSITIONS.items() if nxt)
+#: A transaction exists and may be on the chain.
+IN_FLIGHT_STATES = ("signed", "broadcast")
+#: A withdrawal of at least this share of the user's balance to a new address needs a human.
+MANUAL_REVIEW_SHARE_BP = 9_500
+
+
+class ApprovalRec(msgspec.Struct, array_like=True):
+    approver: str
+    role: str
+    at_ns: int
+    expires_ns: int
+
+
+class WithdrawalRec(msgspec.Struct, array_like=True):
+    id: str
+    account_id: str
+    asset: str
+    wallet: str
+    address: str
+    amount_minor: int
+    fee_minor: int
+    hold_id: int
+    created_ns: int
+    email_token_hash: str
+    device_id: str
+    ip: str
+    state: str = "requested"
+    risk_score: int = 0
+    risk_reasons: list[str] = []
+    manual_review: bool = False
+    decision: str = ""
+    rule: str = ""
+    decision_reasons: list[str] = []
+    required_approvals: int = 0
+    approver_roles: list[str] = []
+    approvals: list[ApprovalRec] = []
+    not_before_ns: int = 0
+    nonce: int = -1
+    txid: str = ""
+    raw_tx: str = ""  # hex
+    network_fee_minor: int = 0
+    confirmations: int = 0
+    end_reason: str = ""
+    ended_ns: int = 0
+    reviewed_by: str = ""
+
+
+@dataclass(frozen=True)
+class RiskFacts:
+    amount_minor: int
+    balance_minor: int  # the user's available balance before the hold
+    past_amounts_minor: tuple[int, ...]  # the user's earlier settled withdrawals of this asset
+    known_address: bool  # the user sent here before or allow-listed it
+    seconds_since_credential_change: int  # -1 when never changed
+    new_device: bool
+    new_ip: bool
+
+
+@dataclass(frozen=True)
+class RiskReview:
+    score: int
+    manual_review: bool
+    reasons: tuple[str, ...]
+
+
+def assess_risk(f: RiskFacts) -> RiskReview:
+    """Score a withdrawal 0..100 against the user's own history; every point has a reason."""
+    score = 0
+    reasons: list[str] = []
+    share_bp = f.amount_minor * 10_000 // f.balance_minor if f.balance_minor > 0 else 10_000
+    if f.past_amounts_minor:
+        ordered = sorted(f.past_amounts_minor)
+        median = ordered[len(ordered) // 2]
+        if median > 0 and f.amount_minor > 5 * median:
+            score += 25
+            reasons.append(f"amount is {f.amount_minor * 10 // median / 10:.1f}x the user's median withdrawal")  # float-ok: display ratio only
+        else:
+            reasons.append("amount is in line with the user's history")
+    else:
+        score += 10
+        reasons.append("first withdrawal of this asset")
+    if share_bp >= 5_000:
+        score += 15
+        reasons.append(f"{share_bp / 100:.2f}% of the balance")  # float-ok: display only
+    if not f.known_address:
+        score += 20
+        reasons.append("new destination address")
+    if 0 <= f.seconds_since_credential_change < 7 * 86400:
+        score += 20
+        reasons.append(f"credentials changed {f.seconds_since_credential_change} s ago")
+    if f.new_device:
+        score += 10
+        reasons.append("new device")
+    if f.new_ip:
+        score += 10
+        reasons.append("new IP address")
+    score = min(score, 100)
+    manual = share_bp >= MANUAL_REVIEW_SHARE_BP and not f.known_address
+    if manual:
+        reasons.append(f"mandatory manual review: {share_bp / 100:.2f}% of the balance to a new address")  # float-ok: display only
+    return RiskReview(score, manual, tuple(reasons))
