@@ -142,6 +142,7 @@ class WithdrawalWorker:
         self.wallets = wallets
         self.identity_facts = identity_facts
         self.crash_at: str | None = None
+        self.errors: dict[str, str] = {}  # withdrawal id -> last transient error
         self.broadcasts = 0  # transactions this worker handed to a chain (re-sends included)
 
     @property
@@ -163,6 +164,10 @@ class WithdrawalWorker:
                 sent += self._advance(w)
             except Conflict:
                 continue  # e.g. still delayed: try again on a later step
+            except RingfenceError as exc:
+                # e.g. the hot wallet has no confirmed coins yet: leave it for a later step (and a refill)
+                self.errors[w.id] = f"{exc.code}: {exc}"
+                continue
         return sent
 
     def _scope(self, w: WithdrawalRec) -> tuple[str, str, str]:
