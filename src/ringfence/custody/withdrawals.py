@@ -23,6 +23,7 @@ facts such as the last credential change and device/IP novelty) and journals the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -147,3 +148,62 @@ def assess_risk(f: RiskFacts) -> RiskReview:
     if manual:
         reasons.append(f"mandatory manual review: {share_bp / 100:.2f}% of the balance to a new address")  # float-ok: display only
     return RiskReview(score, manual, tuple(reasons))
+
+
+# ---------------------------------------------------------------------------------- the gateway
+
+
+def parse_withdrawal(engine: "Any", *, asset: str, address: str, amount: object) -> tuple[str, str, int]:
+    """Edge validation of a user's withdrawal form: returns (asset, canonical address, amount_minor).
+
+    `amount` is a decimal string; NaN, infinities, exponents, negatives, zero and too many decimals
+    are refused with an error naming the field. Nothing is changed.
+    """
+    from ..errors import UnsupportedAsset
+    from ..money import parse_amount
+    from .commands import custody_state, validate_chain_address
+
+    state = custody_state(engine)
+    cfg = state.assets.get(asset) if isinstance(asset, str) else None
+    if cfg is None:
+        raise UnsupportedAsset(f"asset {asset!r} cannot be withdrawn; supported: {', '.join(sorted(state.assets))}",
+                               field="asset")
+    decimals = engine.ledger.assets.get(asset).decimals
+    amount_minor = parse_amount(amount, decimals, field="amount", allow_zero=False)
+    return asset, validate_chain_address(cfg.chain, cfg.network, address, "address"), amount_minor
+
+
+def submit_withdrawal(node: "Any", ctx: "Any", session_token: object, *, asset: str, address: str, amount: object,
+                      device_id: str = "", ip: str = "",
+                      confirm_url: str = "https://ringfence.local/withdrawals/confirm") -> str:
+    """Gateway side of `RequestWithdrawal`: identity checks (valid session, a second factor passed in
+    the last 5 minutes, no freeze, no post-credential-change lock), edge validation, the hold (one
+    journaled command), then the confirmation e-mail carrying the user's anti-phishing code. Returns
+    the withdrawal id. A refused request leaves no hold and sends no mail."""
+    import hashlib
+    import secrets
+
+    from sqlalchemy import select
+
+    from ..identity import events, mail
+    from ..money import format_amount
+    from ..store.models import User
+    from .commands import RequestWithdrawal, custody_state
+
+    account_id = events.authorize_withdrawal(ctx, session_token)
+    asset, address, amount_minor = parse_withdrawal(node.engine, asset=asset, address=address, amount=amount)
+    state = custody_state(node.engine)
+    wallet = next((w.name for w in sorted(state.wallets.values(), key=lambda w: w.name)
+                   if w.tier == "hot" and w.chain == state.assets[asset].chain), "")
+    wid = "w-" + secrets.token_hex(8)
+    token = secrets.token_urlsafe(24)
+    node.execute(RequestWithdrawal(wid, account_id, asset, wallet, address, amount_minor,
+                                   state.assets[asset].withdrawal_fee_minor, hashlib.sha256(token.encode()).hexdigest(),
+                                   device_id[:128], ip[:64]))
+    decimals = node.engine.ledger.assets.get(asset).decimals
+    with ctx.store.tx() as db:
+        user = db.scalars(select(User).where(User.account_id == account_id)).first()
+        mail.enqueue(ctx, db, user, "withdrawal_confirmation",
+                     {"amount": format_amount(amount_minor, decimals, trim=True), "asset": asset, "address": address,
+                      "link": f"{confirm_url}?id={wid}&token={token}"})
+    return wid
