@@ -43,7 +43,7 @@ __all__ = [
     "AddWithdrawalAddress", "ProposePolicy", "ApprovePolicy", "ActivatePolicy", "RequestWithdrawal",
     "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview",
     "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
-    "CancelWithdrawal", "RecordInternalTransfer",
+    "CancelWithdrawal", "RecordInternalTransfer", "RecordTreasuryFunding",
     "CustodyEvent", "DepositReported",
 ]
 
@@ -130,6 +130,10 @@ class CustodyState:
         """Seen on chain but not yet final (credited or not), in minor units."""
         return sum(d.amount_minor for d in self.deposits.values()
                    if d.asset == asset and d.wallet == wallet and d.state in ACTIVE_STATES and not d.final)
+
+    def public_addresses(self) -> dict[str, list[str]]:
+        """Addresses of wallets published for proof of reserves (the shield fund's cold multisig)."""
+        return {w.name: list(w.addresses) for w in sorted(self.wallets.values(), key=lambda w: w.name) if w.public}
 
     def policy(self) -> Policy | None:
         if self._policy is None and self.policy_text:
@@ -1207,3 +1211,30 @@ def _internal(engine: Engine, c: RecordInternalTransfer) -> list[Event]:
     s.transfers[c.transfer_id] = TransferRec(c.transfer_id, c.asset, c.from_wallet, c.to_wallet, c.amount_minor,
                                              c.network_fee_minor, c.txid)
     return [_ev("internal_transfer.recorded", c.transfer_id, f"{c.from_wallet}->{c.to_wallet}", c.amount_minor, [c.txid])]
+
+
+class RecordTreasuryFunding(Command, tag="custody.treasury_funding/1"):
+    """The exchange's own capital arrived in one of its wallets (not a user deposit): `onchain ->
+    custody:<wallet>`. Custody then exceeds user liabilities by exactly this equity."""
+
+    funding_id: str
+    asset: str
+    wallet: str
+    amount_minor: int
+    txid: str
+
+
+@handles(RecordTreasuryFunding)
+def _treasury(engine: Engine, c: RecordTreasuryFunding) -> list[Event]:
+    s = custody_state(engine)
+    _check_id(c.funding_id, "funding_id")
+    key = "funding:" + c.funding_id
+    if key in s.transfers:
+        return [_ev("treasury_funding.unchanged", c.funding_id, "recorded", c.amount_minor)]
+    cfg = _asset_cfg(s, c.asset)
+    if _wallet(s, c.wallet).chain != cfg.chain:
+        raise ValidationError(f"wallet {c.wallet} is not on {cfg.chain}", field="wallet")
+    _check_amount(c.amount_minor, "amount_minor")
+    engine.ledger.move(_system(engine, c.asset, "onchain"), engine.ledger.custody(c.asset, c.wallet), c.amount_minor)
+    s.transfers[key] = TransferRec(key, c.asset, "", c.wallet, c.amount_minor, 0, c.txid)
+    return [_ev("treasury_funding.recorded", c.funding_id, c.wallet, c.amount_minor, [c.txid])]

@@ -52,6 +52,22 @@ DEFAULT_POLICY: dict[str, Any] = {
 }
 
 
+def shield_multisig(seed: str) -> Any:
+    """The shield fund's 2-of-3 cold vault (wsh sortedmulti); the keys stay with offline signers."""
+    from embit import bip32
+    from embit.networks import NETWORKS
+
+    from .chains.bitcoin.wallet import DescriptorWallet
+
+    net = NETWORKS["regtest"]
+    parts = []
+    for n in range(3):
+        root = bip32.HDKey.from_seed(_key(seed, f"shield-{n}"), version=net["xprv"])
+        xpub = root.derive("m/48h/1h/0h/2h").to_public().to_base58(net["xpub"])
+        parts.append(f"[{root.my_fingerprint.hex()}/48h/1h/0h/2h]{xpub}/<0;1>/*")
+    return DescriptorWallet("wsh(sortedmulti(2,%s))" % ",".join(parts))
+
+
 def _key(seed: str, label: str) -> bytes:
     return hashlib.sha256(f"ringfence-localnet:{seed}:{label}".encode()).digest()
 
@@ -79,8 +95,12 @@ class LocalNet:
             self.eth_hot_signer, self.eth_hot_key = self.local, "eth-hot"
         self.eth_hot = eth_address(self.eth_hot_signer.public_key(self.eth_hot_key))
         self.attest = attest
+        self.keys["btc-warm"] = _key(self.seed, "btc-warm")
+        self.local = LocalKeySigner(self.keys)
+        self.btc_warm = p2wpkh_address(self.local.public_key("btc-warm"))
+        self.shield_wallet = shield_multisig(self.seed)
         self.cold = {"btc": p2wpkh_address(LocalKeySigner({"c": _key(self.seed, "btc-cold")}).public_key("c")),
-                     "shield": p2wpkh_address(LocalKeySigner({"c": _key(self.seed, "shield")}).public_key("c")),
+                     "shield": self.shield_wallet.address(0),
                      "eth": eth_address(LocalKeySigner({"c": _key(self.seed, "eth-cold")}).public_key("c"))}
         self.deposit_keys: dict[str, str] = {}  # address -> key id
         self.scorer = BuiltinScorer(sample_blacklist(), ChainFundingGraph({"bitcoin": self.btc, "ethereum": self.eth}))
@@ -137,6 +157,7 @@ class LocalNet:
         ex(ConfigureCustodyAsset("ETH", "ethereum", "tester", eth_credit, eth_final, 10**15, 10**16, 100 * 10**18, 10**15))
         ex(RegisterWallet("btc_deposit", "bitcoin", "deposit", []))
         ex(RegisterWallet("btc_hot", "bitcoin", "hot", [self.btc_hot]))
+        ex(RegisterWallet("btc_warm", "bitcoin", "warm", [self.btc_warm]))
         ex(RegisterWallet("btc_cold", "bitcoin", "cold", [self.cold["btc"]]))
         ex(RegisterWallet("shield_btc", "bitcoin", "shield", [self.cold["shield"]], True))
         ex(RegisterWallet("eth_deposit", "ethereum", "deposit", []))

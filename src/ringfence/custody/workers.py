@@ -334,3 +334,22 @@ class Balancer:
                 del self.pending[txid]
                 done += 1
         return done
+
+    def transfer(self, asset: str, *, from_wallet: str, from_address: str, key_id: str, signer: Any, to_wallet: str,
+                 to_address: str, amount_minor: int, kind: str) -> str:
+        """Send `amount_minor` between two of our wallets (a drain to cold or a refill from warm)."""
+        if self.adapter.chain == "bitcoin":
+            rate = self.adapter.estimate_fee().fee_rate_minor
+            raw, txid, fee = build_btc_payment(self.adapter, from_address=from_address, key_id=key_id, signer=signer,
+                                               outputs=[(to_address, amount_minor)], fee_rate_sat_per_vb=rate,
+                                               request_id=f"{kind}-{from_wallet}", reason=f"{kind} {from_wallet}->{to_wallet}")
+        else:
+            fee_q = self.adapter.estimate_fee()
+            nonce = self.adapter.w3.eth.get_transaction_count(from_address, "pending")
+            raw, txid, fee = build_eth_payment(self.adapter, key_id=key_id, signer=signer, to=to_address,
+                                               value_wei=amount_minor, nonce=nonce, max_fee_per_gas=fee_q.fee_rate_minor,
+                                               priority_fee_per_gas=fee_q.priority_fee_minor,
+                                               request_id=f"{kind}-{from_wallet}", reason=f"{kind} {from_wallet}->{to_wallet}")
+        self.adapter.broadcast(raw)
+        self.pending[txid] = (f"{kind}-{txid[:40]}", from_wallet, to_wallet, amount_minor, fee)
+        return txid

@@ -1,0 +1,85 @@
+"""Hot/warm/cold: sweeps from deposit addresses to hot, refills of hot from warm, drains of hot to
+cold when hot exceeds its share of reserves; ledger custody accounts track the chain throughout."""
+
+from __future__ import annotations
+
+import pytest
+
+from ringfence.custody.commands import RecordInternalTransfer, RecordTreasuryFunding
+from ringfence.custody.wallets import BalancingRule, Move, plan_balancing
+from ringfence.errors import RingfenceError
+
+from .flows import fund_btc
+
+
+RULE = BalancingRule("BTC", "btc_hot", "btc_warm", "btc_cold", hot_max_bp=2_000, hot_min_bp=500, hot_target_bp=1_000,
+                     sweep_min_minor=10_000)
+
+
+def test_plan_balancing_pure() -> None:
+    # Sweep dust-free deposit addresses; hot far above 20% of reserves -> drain to the 10% target.
+    moves = plan_balancing(RULE, deposit_balances={"a1": 50_000, "a2": 5_000}, wallet_balances={"btc_hot": 500_000,
+                           "btc_warm": 200_000, "btc_cold": 300_000}, deposit_wallet="btc_deposit")
+    assert moves[0] == Move("sweep", "btc_deposit", "btc_hot", 50_000, "a1")
+    reserves = 550_000 + 200_000 + 300_000 + 5_000
+    assert moves[1] == Move("drain", "btc_hot", "btc_cold", 550_000 - reserves // 10)
+    # Hot below 5%: refill from warm first, then cold.
+    moves = plan_balancing(RULE, deposit_balances={}, wallet_balances={"btc_hot": 10, "btc_warm": 30,
+                           "btc_cold": 10_000}, deposit_wallet="btc_deposit")
+    assert moves == [Move("refill", "btc_warm", "btc_hot", 30), Move("refill", "btc_cold", "btc_hot", 10_040 // 10 - 10 - 30)]
+    with pytest.raises(RingfenceError):
+        BalancingRule("BTC", "h", None, "c", hot_max_bp=100, hot_min_bp=500)
+
+
+def _chain_matches_ledger(net) -> None:
+    for wallet, addr in (("btc_hot", net.btc_hot), ("btc_warm", net.btc_warm), ("btc_cold", net.cold["btc"])):
+        assert net.ledger.custody("BTC", wallet).balance == net.btc.balance(addr), wallet
+
+
+def test_sweep_drain_and_refill_on_chain(net) -> None:
+    fund_btc(net, "alice", 300_000_000)  # deposit + sweep into hot
+    _chain_matches_ledger(net)
+    assert net.ledger.custody("BTC", "btc_deposit").balance == net.btc.balance(net.state.deposit_addresses[
+        next(k for k in net.state.deposit_addresses if k.startswith("bitcoin:"))][2])
+    hot = net.ledger.custody("BTC", "btc_hot").balance
+    plan = plan_balancing(RULE, deposit_balances={}, wallet_balances={"btc_hot": hot, "btc_warm": 0, "btc_cold": 0},
+                          deposit_wallet="btc_deposit")
+    (drain,) = plan
+    assert drain.kind == "drain" and drain.to_wallet == "btc_cold"
+    net.btc_balancer.transfer("BTC", from_wallet="btc_hot", from_address=net.btc_hot, key_id="btc-hot", signer=net.local,
+                              to_wallet="btc_cold", to_address=net.cold["btc"], amount_minor=drain.amount_minor, kind="drain")
+    net.btc_mine(1)
+    assert net.btc_balancer.record_confirmed("BTC", 1) == 1
+    _chain_matches_ledger(net)
+    hot = net.ledger.custody("BTC", "btc_hot").balance
+    reserves = sum(net.ledger.custody("BTC", w).balance for w in ("btc_hot", "btc_warm", "btc_cold"))
+    assert hot * 10_000 <= reserves * RULE.hot_max_bp  # hot kept below its share
+    # Warm is funded from outside (treasury), then refills hot.
+    top_up = net.btc_send(net.btc_warm, 20_000_000)
+    net.btc_mine(1)
+    net.execute(RecordTreasuryFunding("f-1", "BTC", "btc_warm", 20_000_000, top_up))
+    net.btc_balancer.transfer("BTC", from_wallet="btc_warm", from_address=net.btc_warm, key_id="btc-warm",
+                              signer=net.local, to_wallet="btc_hot", to_address=net.btc_hot, amount_minor=10_000_000,
+                              kind="refill")
+    net.btc_mine(1)
+    net.btc_balancer.record_confirmed("BTC", 1)
+    _chain_matches_ledger(net)
+    net.node.engine.check_invariants()
+
+
+def test_internal_transfer_idempotent_and_validated(net) -> None:
+    fund_btc(net, "bob", 100_000_000)
+    cmd = RecordInternalTransfer("t-1", "BTC", "btc_hot", "btc_cold", 1_000, 0, "ab" * 32)
+    net.execute(cmd)
+    net.execute(cmd)
+    assert net.ledger.custody("BTC", "btc_cold").balance == 1_000
+    with pytest.raises(RingfenceError) as exc:
+        net.execute(RecordInternalTransfer("t-2", "BTC", "btc_hot", "eth_hot", 1, 0, "x"))
+    assert exc.value.field == "to_wallet"
+
+
+def test_shield_fund_is_a_public_cold_multisig(net) -> None:
+    pub = net.state.public_addresses()
+    assert pub == {"shield_btc": [net.cold["shield"]]}
+    assert net.cold["shield"].startswith("bcrt1q") and len(net.cold["shield"]) == 64  # P2WSH
+    assert net.state.wallets["shield_btc"].tier == "shield"
