@@ -114,6 +114,8 @@ class LocalNet:
         return node
 
     def _make_workers(self) -> None:
+        if self.attest is not None and hasattr(self.attest, "node"):
+            self.attest.node = self.node  # the policy side reads the recovered engine after a restart
         self.btc_watcher = DepositWatcher(self.node, self.btc, self.scorer)
         self.eth_watcher = DepositWatcher(self.node, self.eth, self.scorer)
         wallets = {"btc_hot": HotWallet("btc_hot", "bitcoin", self.btc_hot, "btc-hot", self.local),

@@ -126,7 +126,7 @@ class HotWallet:
     address: str
     key_id: str
     signer: Any
-    attest: Callable[[WithdrawalRec, bytes], Any] | None = None
+    attest: Callable[[WithdrawalRec, bytes, dict[str, Any]], Any] | None = None
 
 
 def no_identity_facts(w: WithdrawalRec) -> tuple[int, bool, bool]:
@@ -229,7 +229,7 @@ class WithdrawalWorker:
         fee = adapter.estimate_fee()
         params = dict(to=w.address, value_wei=w.amount_minor, nonce=w.nonce, max_fee_per_gas=fee.fee_rate_minor,
                       priority_fee_per_gas=fee.priority_fee_minor)
-        approval = hw.attest(w, eth_signing_digest(adapter, **params)) if hw.attest else None
+        approval = hw.attest(w, eth_signing_digest(adapter, **params), params) if hw.attest else None
         return build_eth_payment(adapter, key_id=hw.key_id, signer=hw.signer, request_id=f"wd-{w.id}-{secrets.token_hex(4)}",
                                  reason=reason, approval=approval, **params)
 
@@ -353,3 +353,37 @@ class Balancer:
         self.adapter.broadcast(raw)
         self.pending[txid] = (f"{kind}-{txid[:40]}", from_wallet, to_wallet, amount_minor, fee)
         return txid
+
+
+class PolicyAttestor:
+    """The policy side of segregation of duties for the HSM hot wallet: it issues an approval
+    attestation (signed by the policy engine's own HSM key) only for a withdrawal the journaled engine
+    state says is `signing`, and only for the digest of a transaction paying exactly the journaled
+    destination and amount with the journaled nonce."""
+
+    def __init__(self, node: Any, adapter: Any, approval_key: Any, *, validity_ms: int = 60_000,
+                 clock_ms: Callable[[], int] | None = None) -> None:
+        import time
+
+        self.node, self.adapter, self.approval_key = node, adapter, approval_key
+        self.validity_ms = validity_ms
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+
+    def __call__(self, w: WithdrawalRec, digest: bytes, params: dict[str, Any]) -> Any:
+        from ..errors import SigningRefused
+
+        live = custody_state(self.node.engine).withdrawals.get(w.id)
+        if live is None or live.state != "signing":
+            raise SigningRefused("the engine does not have this withdrawal in state signing", field="withdrawal_id")
+        if (params["to"].lower(), params["value_wei"], params["nonce"]) != (live.address.lower(), live.amount_minor, live.nonce):
+            raise SigningRefused("transaction does not match the approved withdrawal", field="digest")
+        if eth_signing_digest(self.adapter, **params) != digest:
+            raise SigningRefused("digest does not match the transaction", field="digest")
+        return self.approval_key.approve(attestation_id=f"att-{w.id}-{secrets.token_hex(6)}", key_id=self._key_id(),
+                                         transfer_digest=digest, now_ms=self.clock_ms(), validity_ms=self.validity_ms,
+                                         decided_by="custody-policy", reason=f"withdrawal {w.id} approved by policy")
+
+    key_id_for_hot = "eth-hot"
+
+    def _key_id(self) -> str:
+        return self.key_id_for_hot
