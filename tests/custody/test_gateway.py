@@ -107,3 +107,28 @@ def test_request_needs_fresh_2fa_and_mails_anti_phishing_code(net, ident) -> Non
     assert w.state == "confirmed"
     net.withdrawals.run_until_idle()
     assert w.state == "broadcast"
+
+
+def test_identity_risk_facts_feed_the_risk_review(net, ident) -> None:
+    from ringfence.custody.withdrawals import identity_risk_facts
+
+    ctx, clock = ident
+    totp, token, _ = enable_totp(ctx, clock)
+    clock.advance(601)
+    token = sf.step_up(ctx, token, method="totp", value=totp.at(clock.now_s)).token
+    from sqlalchemy import select
+    from ringfence.store.models import User
+
+    with ctx.store.tx() as db:
+        account_id = db.scalars(select(User.account_id)).first()
+    fund_btc(net, account_id, 100_000_000)
+    net.withdrawals.identity_facts = identity_risk_facts(ctx)
+    wid = submit_withdrawal(net.node, ctx, token, asset="BTC", address=outside_btc_address(21), amount="0.2",
+                            device_id="d2", ip="203.0.113.99")
+    link = re.search(r"token=([A-Za-z0-9_\-]+)", outbox(ctx, template="withdrawal_confirmation")[-1].body).group(1)
+    net.execute(ConfirmWithdrawalEmail(wid, "BTC", "btc_hot", link))
+    net.withdrawals.step()
+    w = net.state.withdrawals[wid]
+    assert any(r.startswith("credentials changed 631 s ago") for r in w.risk_reasons), w.risk_reasons
+    assert "new IP address" in w.risk_reasons
+    assert w.risk_score == 10 + 20 + 20 + 10  # first withdrawal, new address, recent change, new IP

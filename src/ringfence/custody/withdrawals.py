@@ -207,3 +207,32 @@ def submit_withdrawal(node: "Any", ctx: "Any", session_token: object, *, asset: 
                      {"amount": format_amount(amount_minor, decimals, trim=True), "asset": asset, "address": address,
                       "link": f"{confirm_url}?id={wid}&token={token}"})
     return wid
+
+
+_CREDENTIAL_SUFFIXES = ("_changed", "_added", "_removed", "_enabled", "_disabled", "_regenerated", "_created")
+
+
+def identity_risk_facts(ctx: "Any", *, known_after_s: int = 86_400) -> "Any":
+    """Risk facts from the identity store for `WithdrawalWorker(identity_facts=...)`:
+    (seconds since the last credential change or -1, new device, new IP). A device is new when a
+    `new_device_sign_in` happened in the last `known_after_s`; an IP is new when no sign-in older than
+    that came from it."""
+    from sqlalchemy import select
+
+    from ..store.models import SecurityEvent, User
+
+    def facts(w: WithdrawalRec) -> tuple[int, bool, bool]:
+        now = ctx.now()
+        with ctx.store.tx() as db:
+            user = db.scalars(select(User).where(User.account_id == w.account_id)).first()
+            if user is None:
+                return (-1, True, True)
+            rows = list(db.scalars(select(SecurityEvent).where(SecurityEvent.user_id == user.id)
+                                   .order_by(SecurityEvent.at_s.desc()).limit(1000)))
+        changes = [r.at_s for r in rows if r.kind.endswith(_CREDENTIAL_SUFFIXES)]
+        since = now - changes[0] if changes else -1
+        new_device = any(r.kind == "new_device_sign_in" and now - r.at_s < known_after_s for r in rows)
+        old_ips = {r.ip for r in rows if r.kind == "sign_in" and now - r.at_s >= known_after_s}
+        return (since, new_device, bool(w.ip) and w.ip not in old_ips)
+
+    return facts
