@@ -75,14 +75,14 @@ def _key(seed: str, label: str) -> bytes:
 class LocalNet:
     def __init__(self, data_dir: Path | str, *, eth: Any = None, key_seed: str | None = None,
                  hot_signer: Any = None, hot_key_id: str | None = None,
-                 attest: Callable[..., Any] | None = None) -> None:
+                 attest: Callable[..., Any] | None = None, sim: BitcoinSimulator | None = None) -> None:
         from .chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
 
         self.data_dir = Path(data_dir)
         self.now = {"ns": START_NS}
         self.seed = key_seed or secrets.token_hex(8)
         self.node = self._open_node()
-        self.sim = BitcoinSimulator()
+        self.sim = sim or BitcoinSimulator()
         self.btc = BitcoinAdapter(self.sim, network="regtest")
         self.eth = eth or EthereumAdapter.from_settings(EthereumSettings(rpc_url=None))
         self.dev = EthDevChain(self.eth)
