@@ -120,3 +120,39 @@ def test_state_survives_restart_from_journal(net) -> None:
     net.crash_and_restart()
     assert net.node.engine.state_hash() == h
     assert balance(net, "fay", "BTC") == 20_000_000
+
+
+def test_reversal_of_a_spent_credit_records_shortfall_and_freezes_withdrawals(net) -> None:
+    from ringfence.custody.commands import RequestWithdrawal
+    import hashlib
+
+    addrs = net.open_user("gil")
+    net.btc_fund_miner()
+    txid = net.btc_send(addrs["bitcoin"], 40_000_000)
+    net.btc_mine(2)
+    net.btc_watcher.poll()
+    # gil spends most of the (credited, not yet final) deposit into a withdrawal hold.
+    net.request("s1", "gil", "BTC", net.cold["btc"], 39_000_000, confirm=False)
+    height = net.btc.tx_status(txid).block_height
+    net.sim.reorganize(height, 3, bytes.fromhex("0014" + "cd" * 20), include_mempool=False)
+    net.btc_watcher.poll()
+    dep = next(d for d in net.state.deposits.values() if d.txid == txid)
+    assert dep.state == "reversed" and dep.shortfall_minor == 39_000_000 + 10_000
+    assert "gil" in net.state.withdrawals_frozen
+    with pytest.raises(RingfenceError) as exc:
+        net.execute(RequestWithdrawal("s2", "gil", "BTC", "btc_hot", net.cold["btc"], 50_000, 10_000,
+                                      hashlib.sha256(b"x").hexdigest()))
+    assert exc.value.field == "account_id" and "frozen" in str(exc.value)
+    # The withdrawal requested before the reorg can never reach signing.
+    from ringfence.custody.commands import ConfirmWithdrawalEmail
+
+    net.execute(ConfirmWithdrawalEmail("s1", "BTC", "btc_hot", "token-s1"))
+    net.withdrawals.run_until_idle()
+    from ringfence.custody.commands import ResolveManualReview
+
+    assert net.state.withdrawals["s1"].state == "manual_review"  # ~100% of the balance to a new address
+    net.execute(ResolveManualReview("s1", "BTC", "btc_hot", "ana", True, "ok"))
+    net.withdrawals.run_until_idle()
+    assert net.state.withdrawals["s1"].state == "approved" and not net.state.withdrawals["s1"].txid
+    assert "frozen" in net.withdrawals.errors["s1"]
+    net.node.engine.check_invariants()

@@ -1040,6 +1040,8 @@ def _authorize(engine: Engine, c: AuthorizeSigning) -> list[Event]:
         return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
     if w.state != "approved":
         raise Conflict(f"withdrawal is {w.state}, not approved", field="withdrawal_id")
+    if w.account_id in s.withdrawals_frozen:
+        raise Forbidden(f"withdrawals are frozen: {s.withdrawals_frozen[w.account_id]}", field="account_id")
     if engine.now_ns < w.not_before_ns:
         raise Conflict(f"delayed by policy for {(w.not_before_ns - engine.now_ns) // 10**9} more s", field="withdrawal_id")
     if w.required_approvals and len(_valid_approvals(w, engine.now_ns)) < w.required_approvals:
