@@ -64,3 +64,22 @@ def test_policy_test_bad_files(tmp_path) -> None:
     assert res.exit_code == 2 and "cannot read" in res.output
     assert runner.invoke(app, ["policy", "test", "--help"]).output.count("Example") == 1
     assert "Example" in runner.invoke(app, ["custody", "demo", "--help"]).output
+
+
+def test_policy_test_against_a_journal_redecides_recorded_withdrawals(net, tmp_path) -> None:
+    from .flows import fund_btc, outside_btc_address
+
+    fund_btc(net, "alice", 300_000_000)
+    net.request("j1", "alice", "BTC", outside_btc_address(50), 10_000_000)
+    net.request("j2", "alice", "BTC", outside_btc_address(51), 150_000_000)
+    net.withdrawals.run_until_idle()
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({"version": 1, "rules": [
+        {"name": "small-only", "when": {"asset": ["BTC"], "amount_minor_lte": 50_000_000}, "action": {"type": "allow"}}]}))
+    res = runner.invoke(app, ["policy", "test", str(strict), "--journal", str(net.data_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    out = {r["id"]: r for r in json.loads(res.output)}
+    assert out["j1"]["was"] == "allow (hot-small)" and out["j1"]["action"] == "allow"
+    assert out["j2"]["was"] == "approvals (large-btc)" and out["j2"]["action"] == "deny"
+    res = runner.invoke(app, ["policy", "test", str(strict), "--journal", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "no journal" in res.output

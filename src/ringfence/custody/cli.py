@@ -74,6 +74,23 @@ def facts_from_record(rec: Any, n: int) -> Any:
                  wallet_velocity_minor={int(k): v for k, v in rec.get("wallet_velocity_minor", {}).items()})
 
 
+def recorded_requests(data_dir: Path) -> list[dict[str, Any]]:
+    """The policy facts of every withdrawal decided in a node's journal (read-only replay)."""
+    from ..engine.node import replay_journal
+    from .commands import custody_state
+
+    if not (data_dir / "journal").is_dir():
+        raise RingfenceError(f"{data_dir} holds no journal", field="journal")
+    engine, _, _ = replay_journal(data_dir, truncate=False)
+    out = []
+    for w in custody_state(engine).withdrawals.values():
+        if w.facts_json:
+            rec = json.loads(w.facts_json)
+            rec["decision"] = w.decision + (f" ({w.rule})" if w.rule else "")
+            out.append(rec)
+    return out[:MAX_REQUESTS]
+
+
 def dry_run(policy_text: str, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Evaluate `policy_text` against each recorded request; the manual-review override applies."""
     from .policy import evaluate, parse_policy
@@ -91,7 +108,7 @@ def dry_run(policy_text: str, requests: list[dict[str, Any]]) -> list[dict[str, 
             reasons.append("risk review requires manual review (overrides the rule's action)")
         detail = {"approvals": f"{d.approvals} from {'/'.join(d.roles)}" + (f", then {d.delay_s} s" if d.delay_s else ""),
                   "delay": f"{d.delay_s} s"}.get(action, "")
-        out.append({"id": rec.get("id", f"#{n}"), "action": action, "detail": detail, "rule": d.rule or "(default deny)",
+        out.append({"id": rec.get("id", f"#{n}"), "was": rec.get("decision", ""), "action": action, "detail": detail, "rule": d.rule or "(default deny)",
                     "reasons": reasons})
     return out
 
@@ -100,18 +117,25 @@ def dry_run(policy_text: str, requests: list[dict[str, Any]]) -> list[dict[str, 
 def policy_test(
     file: Path = typer.Argument(..., help="policy JSON file"),
     requests: Optional[Path] = typer.Option(None, "--requests", "-r", help="JSON list of recorded requests (facts); default: built-in samples"),
+    journal: Optional[Path] = typer.Option(None, "--journal", "-j", help="a node's data folder: re-decide every withdrawal it recorded"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Validate a policy and dry-run it against recorded requests, explaining each decision.
 
-    Example: ringfence policy test docs/examples/policy.json --requests requests.json
+    Example: ringfence policy test policy.json --requests requests.json
+
+    With --journal DIR, each withdrawal recorded in that node's journal is re-decided with the facts
+    its original decision saw, and the table shows the original decision next to the new one.
     """
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         _fail(f"FILE: cannot read {file}: {exc.strerror}")
     try:
-        recs = SAMPLE_REQUESTS if requests is None else json.loads(requests.read_text(encoding="utf-8"))
+        if journal is not None:
+            recs = recorded_requests(journal)
+        else:
+            recs = SAMPLE_REQUESTS if requests is None else json.loads(requests.read_text(encoding="utf-8"))
         if not isinstance(recs, list):
             raise RingfenceError("must be a JSON list of requests", field="requests")
         results = dry_run(text, recs)
@@ -125,10 +149,11 @@ def policy_test(
         print(json.dumps(results, indent=2))
         return
     table = Table(title=f"policy {file.name}: {len(results)} request(s)")
-    for col in ("request", "decision", "rule", "why"):
+    for col in ("request", "was", "decision", "rule", "why"):
         table.add_column(col)
     for r in results:
-        table.add_row(r["id"], r["action"] + (f" ({r['detail']})" if r["detail"] else ""), r["rule"], "; ".join(r["reasons"]))
+        table.add_row(r["id"], r["was"], r["action"] + (f" ({r['detail']})" if r["detail"] else ""), r["rule"],
+                      "; ".join(r["reasons"]))
     console.print(table)
 
 

@@ -20,6 +20,7 @@ Withdrawal commands carry `asset` and `wallet` so engine guards (halts) can scop
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from typing import Any
@@ -937,7 +938,9 @@ def _decide(engine: Engine, c: DecideWithdrawal) -> list[Event]:
     _scoped(w, c.asset, c.wallet)
     if w.state != "reviewed":
         return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
-    d = evaluate(s.policy(), policy_facts(engine, w))
+    facts = policy_facts(engine, w)
+    d = evaluate(s.policy(), facts)
+    w.facts_json = msgspec.json.encode({"id": w.id, "decision": "", **dataclasses.asdict(facts)}).decode()
     action, reasons = d.action, list(d.reasons)
     if w.manual_review and action in ("allow", "approvals", "delay"):
         action = "manual_review"

@@ -92,6 +92,7 @@ class WithdrawalRec(msgspec.Struct, array_like=True):
     end_reason: str = ""
     ended_ns: int = 0
     reviewed_by: str = ""
+    facts_json: str = ""  # the policy facts the decision saw (for `ringfence policy test --journal`)
 
 
 @dataclass(frozen=True)
