@@ -7,7 +7,6 @@ import json
 import pytest
 
 from ringfence.custody.commands import ApproveWithdrawal, ResolveManualReview, ActivatePolicy, ProposePolicy, ApprovePolicy
-from ringfence.custody.localnet import DEFAULT_POLICY
 from ringfence.errors import RingfenceError
 
 from .conftest import balance
