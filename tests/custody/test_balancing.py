@@ -83,3 +83,22 @@ def test_shield_fund_is_a_public_cold_multisig(net) -> None:
     assert pub == {"shield_btc": [net.cold["shield"]]}
     assert net.cold["shield"].startswith("bcrt1q") and len(net.cold["shield"]) == 64  # P2WSH
     assert net.state.wallets["shield_btc"].tier == "shield"
+
+
+def test_eth_hot_drain_and_withdrawal_share_engine_nonces(net) -> None:
+    from .flows import fund_eth
+
+    fund_eth(net, "erin", 4 * 10**18)
+    tx = net.eth_balancer.transfer("ETH", from_wallet="eth_hot", from_address=net.eth_hot, key_id="eth-hot",
+                                   signer=net.local, to_wallet="eth_cold", to_address=net.cold["eth"],
+                                   amount_minor=10**18, kind="drain")
+    net.request("n1", "erin", "ETH", "0x" + "ab" * 20, 10**17)
+    net.withdrawals.run_until_idle()
+    w = net.state.withdrawals["n1"]
+    assert w.nonce == 1 and w.state == "broadcast"  # the drain took nonce 0 through the engine
+    net.eth_mine(8)
+    net.eth_balancer.record_confirmed("ETH", 1)
+    net.withdrawals.run_until_idle()
+    assert w.state == "settled" and net.eth.tx_status(tx).confirmations >= 8
+    assert net.ledger.custody("ETH", "eth_hot").balance == net.eth.balance(net.eth_hot)
+    assert net.ledger.custody("ETH", "eth_cold").balance == net.eth.balance(net.cold["eth"]) == 10**18

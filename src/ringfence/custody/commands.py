@@ -44,7 +44,7 @@ __all__ = [
     "AddWithdrawalAddress", "ProposePolicy", "ApprovePolicy", "ActivatePolicy", "RequestWithdrawal",
     "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview",
     "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
-    "CancelWithdrawal", "RecordInternalTransfer", "RecordTreasuryFunding",
+    "CancelWithdrawal", "RecordInternalTransfer", "RecordTreasuryFunding", "ReserveWalletNonce",
     "CustodyEvent", "DepositReported",
 ]
 
@@ -1243,3 +1243,31 @@ def _treasury(engine: Engine, c: RecordTreasuryFunding) -> list[Event]:
     engine.ledger.move(_system(engine, c.asset, "onchain"), engine.ledger.custody(c.asset, c.wallet), c.amount_minor)
     s.transfers[key] = TransferRec(key, c.asset, "", c.wallet, c.amount_minor, 0, c.txid)
     return [_ev("treasury_funding.recorded", c.funding_id, c.wallet, c.amount_minor, [c.txid])]
+
+
+class ReserveWalletNonce(Command, tag="custody.wallet.reserve_nonce/1"):
+    """An Ethereum wallet's next nonce for a non-withdrawal transaction (a drain to cold), assigned by
+    the engine like withdrawal nonces so the two never collide. Idempotent by `purpose_id`."""
+
+    wallet: str
+    purpose_id: str
+
+
+@handles(ReserveWalletNonce)
+def _reserve_nonce(engine: Engine, c: ReserveWalletNonce) -> list[Event]:
+    s = custody_state(engine)
+    w = _wallet(s, c.wallet)
+    if w.chain != "ethereum":
+        raise ValidationError("only Ethereum wallets use nonces", field="wallet")
+    key = "nonce:" + _check_id(c.purpose_id, "purpose_id")
+    if key in s.transfers:
+        return [_ev("nonce.unchanged", c.purpose_id, c.wallet, s.transfers[key].amount_minor)]
+    nonce = w.next_nonce
+    w.next_nonce += 1
+    s.transfers[key] = TransferRec(key, "", c.wallet, "", nonce, 0, "")
+    return [_ev("nonce.reserved", c.purpose_id, c.wallet, nonce)]
+
+
+def reserved_nonce(state: CustodyState, purpose_id: str) -> int | None:
+    rec = state.transfers.get("nonce:" + purpose_id)
+    return rec.amount_minor if rec is not None else None

@@ -344,8 +344,17 @@ class Balancer:
                                                outputs=[(to_address, amount_minor)], fee_rate_sat_per_vb=rate,
                                                request_id=f"{kind}-{from_wallet}", reason=f"{kind} {from_wallet}->{to_wallet}")
         else:
+            from .commands import ReserveWalletNonce, reserved_nonce
+
             fee_q = self.adapter.estimate_fee()
-            nonce = self.adapter.w3.eth.get_transaction_count(from_address, "pending")
+            state = custody_state(self.node.engine)
+            if state.wallets[from_wallet].tier == "hot":
+                # The hot wallet's nonces belong to the engine (withdrawals use them too).
+                purpose = f"{kind}-{from_wallet}-{len(state.transfers)}"
+                self.node.execute(ReserveWalletNonce(from_wallet, purpose))
+                nonce = reserved_nonce(custody_state(self.node.engine), purpose)
+            else:
+                nonce = self.adapter.w3.eth.get_transaction_count(from_address, "pending")
             raw, txid, fee = build_eth_payment(self.adapter, key_id=key_id, signer=signer, to=to_address,
                                                value_wei=amount_minor, nonce=nonce, max_fee_per_gas=fee_q.fee_rate_minor,
                                                priority_fee_per_gas=fee_q.priority_fee_minor,
