@@ -102,3 +102,30 @@ def test_eth_hot_drain_and_withdrawal_share_engine_nonces(net) -> None:
     assert w.state == "settled" and net.eth.tx_status(tx).confirmations >= 8
     assert net.ledger.custody("ETH", "eth_hot").balance == net.eth.balance(net.eth_hot)
     assert net.ledger.custody("ETH", "eth_cold").balance == net.eth.balance(net.cold["eth"]) == 10**18
+
+
+def test_sweep_is_journaled_before_broadcast_and_survives_a_crash(net) -> None:
+    from ringfence.custody.workers import SimulatedCrash
+
+    addrs = net.open_user("finn")
+    net.btc_fund_miner()
+    net.btc_send(addrs["bitcoin"], 30_000_000)
+    net.btc_mine(2)
+    net.btc_watcher.poll()
+    net.btc_balancer.crash_at = "after_record_transfer"
+    with pytest.raises(SimulatedCrash):
+        net.btc_balancer.sweep("BTC", "btc_deposit", "btc_hot", net.btc_hot, 10_000)
+    assert not net.sim.mempool  # journaled, never sent
+    budget = net.state.in_flight_transfers("BTC", "btc_deposit")
+    assert 30_000_000 - 1_000 < budget <= 30_000_000  # what reconciliation must allow for
+    net.crash_and_restart()
+    assert net.state.in_flight_transfers("BTC", "btc_deposit") == budget
+    assert net.btc_balancer.resend_pending() == 1
+    assert net.btc_balancer.resend_pending() == 1  # a second re-send is the same transaction (already known)
+    assert len(net.sim.mempool) == 1
+    net.btc_mine(1)
+    assert net.btc_balancer.record_confirmed("BTC", 1) == 1
+    assert net.state.in_flight_transfers("BTC", "btc_deposit") == 0
+    assert net.ledger.custody("BTC", "btc_hot").balance == net.btc.balance(net.btc_hot)
+    assert net.ledger.custody("BTC", "btc_deposit").balance == net.btc.balance(addrs["bitcoin"]) == 0
+    net.node.engine.check_invariants()

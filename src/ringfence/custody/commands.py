@@ -44,7 +44,7 @@ __all__ = [
     "AddWithdrawalAddress", "ProposePolicy", "ApprovePolicy", "ActivatePolicy", "RequestWithdrawal",
     "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview",
     "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
-    "CancelWithdrawal", "RecordInternalTransfer", "RecordTreasuryFunding", "ReserveWalletNonce",
+    "CancelWithdrawal", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce",
     "CustodyEvent", "DepositReported",
 ]
 
@@ -101,6 +101,8 @@ class TransferRec(msgspec.Struct, array_like=True):
     amount_minor: int
     network_fee_minor: int
     txid: str
+    state: str = "recorded"  # "signed" (journaled before broadcast) | "recorded" (confirmed, in the ledger)
+    raw_tx: str = ""
 
 
 class CustodyState:
@@ -126,6 +128,12 @@ class CustodyState:
         """Signed or broadcast but not settled, in minor units including network fees."""
         return sum(w.amount_minor + w.network_fee_minor for w in self.withdrawals.values()
                    if w.asset == asset and w.wallet == wallet and w.state in IN_FLIGHT_STATES)
+
+    def in_flight_transfers(self, asset: str, wallet: str) -> int:
+        """Sweeps/refills/drains out of `wallet` signed (and maybe broadcast) but not yet recorded,
+        in minor units including the fee budget."""
+        return sum(t.amount_minor + t.network_fee_minor for t in self.transfers.values()
+                   if t.state == "signed" and t.asset == asset and t.from_wallet == wallet)
 
     def pending_deposits(self, asset: str, wallet: str) -> int:
         """Seen on chain but not yet final (credited or not), in minor units."""
@@ -1198,18 +1206,56 @@ class RecordInternalTransfer(Command, tag="custody.internal_transfer/1"):
     txid: str
 
 
+def _check_internal(s: CustodyState, asset: str, from_wallet: str, to_wallet: str, amount: int, fee: int) -> None:
+    cfg = _asset_cfg(s, asset)
+    src, dst = _wallet(s, from_wallet, "from_wallet"), _wallet(s, to_wallet, "to_wallet")
+    if src.chain != cfg.chain or dst.chain != cfg.chain or src is dst:
+        raise ValidationError("both wallets must be distinct wallets on the asset's chain", field="to_wallet")
+    _check_amount(amount, "amount_minor")
+    _check_amount(fee, "network_fee_minor", allow_zero=True)
+
+
+class RecordTransferSigned(Command, tag="custody.internal_transfer.signed/1"):
+    """A sweep/refill/drain signed and journaled BEFORE broadcast; `network_fee_minor` is the budget."""
+
+    transfer_id: str
+    asset: str
+    from_wallet: str
+    to_wallet: str
+    amount_minor: int
+    network_fee_minor: int
+    txid: str
+    raw_tx: str
+
+
+@handles(RecordTransferSigned)
+def _transfer_signed(engine: Engine, c: RecordTransferSigned) -> list[Event]:
+    s = custody_state(engine)
+    _check_id(c.transfer_id, "transfer_id")
+    t = s.transfers.get(c.transfer_id)
+    if t is not None:
+        if t.txid != c.txid:
+            raise Conflict(f"transfer {c.transfer_id} already has transaction {t.txid}", field="txid")
+        return [_ev("internal_transfer.unchanged", c.transfer_id, t.state, t.amount_minor)]
+    _check_internal(s, c.asset, c.from_wallet, c.to_wallet, c.amount_minor, c.network_fee_minor)
+    if len(c.raw_tx) > MAX_RAW_TX_HEX:
+        raise ValidationError("at most 100 kB of raw transaction", field="raw_tx")
+    s.transfers[c.transfer_id] = TransferRec(c.transfer_id, c.asset, c.from_wallet, c.to_wallet, c.amount_minor,
+                                             c.network_fee_minor, c.txid, "signed", c.raw_tx)
+    return [_ev("internal_transfer.signed", c.transfer_id, "signed", c.amount_minor, [c.txid])]
+
+
 @handles(RecordInternalTransfer)
 def _internal(engine: Engine, c: RecordInternalTransfer) -> list[Event]:
     s = custody_state(engine)
     _check_id(c.transfer_id, "transfer_id")
-    if c.transfer_id in s.transfers:
+    t = s.transfers.get(c.transfer_id)
+    if t is not None and t.state == "recorded":
         return [_ev("internal_transfer.unchanged", c.transfer_id, "recorded", c.amount_minor)]
-    cfg = _asset_cfg(s, c.asset)
-    src, dst = _wallet(s, c.from_wallet, "from_wallet"), _wallet(s, c.to_wallet, "to_wallet")
-    if src.chain != cfg.chain or dst.chain != cfg.chain or src is dst:
-        raise ValidationError("both wallets must be distinct wallets on the asset's chain", field="to_wallet")
-    _check_amount(c.amount_minor, "amount_minor")
-    _check_amount(c.network_fee_minor, "network_fee_minor", allow_zero=True)
+    if t is not None and (t.txid, t.asset, t.from_wallet, t.to_wallet, t.amount_minor) != (
+            c.txid, c.asset, c.from_wallet, c.to_wallet, c.amount_minor):
+        raise Conflict("does not match the signed transfer with this id", field="transfer_id")
+    _check_internal(s, c.asset, c.from_wallet, c.to_wallet, c.amount_minor, c.network_fee_minor)
     led = engine.ledger
     led.move(led.custody(c.asset, c.from_wallet), led.custody(c.asset, c.to_wallet), c.amount_minor)
     led.move(led.custody(c.asset, c.from_wallet), _system(engine, c.asset, "onchain"), c.network_fee_minor)

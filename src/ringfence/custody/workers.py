@@ -278,14 +278,16 @@ class WithdrawalWorker:
 
 
 class Balancer:
-    """Executes sweeps (deposit addresses -> hot) for one chain; records each once confirmed."""
+    """Executes sweeps (deposit addresses -> hot), drains and refills for one chain. Each transfer is
+    journaled (`RecordTransferSigned`) before it is broadcast and recorded in the ledger
+    (`RecordInternalTransfer`) once confirmed; `resend_pending` re-sends journaled ones after a restart."""
 
     def __init__(self, node: Any, adapter: Any, *, deposit_signer: Any, key_of_address: dict[str, str]) -> None:
         self.node = node
         self.adapter = adapter
         self.deposit_signer = deposit_signer
         self.key_of_address = key_of_address
-        self.pending: dict[str, tuple[str, str, str, int, int]] = {}  # txid -> (id, from, to, amount, fee)
+        self.crash_at: str | None = None
 
     def sweep(self, asset: str, deposit_wallet: str, hot_wallet: str, hot_address: str, min_minor: int) -> list[str]:
         """Sweep every deposit address of `deposit_wallet` holding >= min_minor. Returns txids."""
@@ -317,21 +319,45 @@ class Balancer:
                                                    priority_fee_per_gas=fee_q.priority_fee_minor,
                                                    request_id=f"sweep-{address}", reason="sweep to hot")
                 amount = bal - max_fee
-            self.adapter.broadcast(raw)
-            self.pending[txid] = (f"sweep-{txid[:40]}", deposit_wallet, hot_wallet, amount, fee)
+            self._journal_and_send(f"sweep-{txid[:40]}", asset, deposit_wallet, hot_wallet, amount, fee, txid, raw)
             txids.append(txid)
         return txids
 
+    def _journal_and_send(self, tid: str, asset: str, src: str, dst: str, amount: int, fee: int, txid: str,
+                          raw: bytes) -> None:
+        from .commands import RecordTransferSigned
+
+        self.node.execute(RecordTransferSigned(tid, asset, src, dst, amount, fee, txid, raw.hex()))
+        _crash(self, "after_record_transfer")
+        self.adapter.broadcast(raw)
+
+    def resend_pending(self) -> int:
+        """After a restart: re-send every journaled, unrecorded transfer of this chain (idempotent)."""
+        n = 0
+        for t in custody_state(self.node.engine).transfers.values():
+            if t.state == "signed" and t.raw_tx and self._on_chain(t.asset):
+                try:
+                    self.adapter.broadcast(bytes.fromhex(t.raw_tx))
+                    n += 1
+                except TransactionRejected:
+                    pass  # already mined (its inputs are spent) or truly invalid: record_confirmed decides
+        return n
+
+    def _on_chain(self, asset: str) -> bool:
+        cfg = custody_state(self.node.engine).assets.get(asset)
+        return cfg is not None and cfg.chain == self.adapter.chain
+
     def record_confirmed(self, asset: str, min_confirmations: int) -> int:
         done = 0
-        for txid, (tid, src, dst, amount, fee) in list(self.pending.items()):
+        signed = [t for t in custody_state(self.node.engine).transfers.values() if t.state == "signed" and t.asset == asset]
+        for t in signed:
+            txid, tid, src, dst, amount, fee = t.txid, t.id, t.from_wallet, t.to_wallet, t.amount_minor, t.network_fee_minor
             status = self.adapter.tx_status(txid)
             if status.state is TxState.CONFIRMED and status.confirmations >= min_confirmations:
                 if self.adapter.chain == "ethereum":
                     r = self.adapter.w3.eth.get_transaction_receipt(txid)
                     fee = r["gasUsed"] * r["effectiveGasPrice"]
                 self.node.execute(RecordInternalTransfer(tid, asset, src, dst, amount, fee, txid))
-                del self.pending[txid]
                 done += 1
         return done
 
@@ -359,8 +385,7 @@ class Balancer:
                                                value_wei=amount_minor, nonce=nonce, max_fee_per_gas=fee_q.fee_rate_minor,
                                                priority_fee_per_gas=fee_q.priority_fee_minor,
                                                request_id=f"{kind}-{from_wallet}", reason=f"{kind} {from_wallet}->{to_wallet}")
-        self.adapter.broadcast(raw)
-        self.pending[txid] = (f"{kind}-{txid[:40]}", from_wallet, to_wallet, amount_minor, fee)
+        self._journal_and_send(f"{kind}-{txid[:40]}", asset, from_wallet, to_wallet, amount_minor, fee, txid, raw)
         return txid
 
 
