@@ -79,3 +79,15 @@ def test_policy_attestor_signs_only_the_journaled_withdrawal(net) -> None:
     with pytest.raises(SigningRefused):  # digest of another transaction under the right params
         att(w, b"\x00" * 32, params)
     assert att(w, good, params) == ("attestation", good) and len(key.calls) == 1
+
+
+def test_email_confirmation_expires_and_voids_the_hold(net) -> None:
+    from ringfence.custody.commands import ConfirmWithdrawalEmail
+
+    fund_btc(net, "dan", 100_000_000)
+    net.request("f4", "dan", "BTC", outside_btc_address(42), 20_000_000, confirm=False)
+    net.advance(31 * 60)
+    net.execute(ConfirmWithdrawalEmail("f4", "BTC", "btc_hot", "token-f4"))
+    w = net.state.withdrawals["f4"]
+    assert w.state == "failed" and "expired" in w.end_reason
+    assert net.ledger.find("dan", "BTC").available == 100_000_000

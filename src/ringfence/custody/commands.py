@@ -57,6 +57,7 @@ POLICY_QUORUM = 2
 POLICY_DELAY_NS = 24 * 3600 * 10**9
 ALLOW_LIST_MAX_PER_USER = 100
 ID_MAX = 64
+EMAIL_CONFIRM_TTL_NS = 30 * 60 * 10**9
 
 
 # ---------------------------------------------------------------------------------------- state
@@ -881,6 +882,8 @@ def _confirm_email(engine: Engine, c: ConfirmWithdrawalEmail) -> list[Event]:
     digest = hashlib.sha256(c.token.encode()).hexdigest()
     if not hmac.compare_digest(digest, w.email_token_hash):
         raise Forbidden("the confirmation link is not valid for this withdrawal", field="token")
+    if engine.now_ns - w.created_ns > EMAIL_CONFIRM_TTL_NS:
+        return [_void(engine, w, "failed", "the e-mail confirmation link expired (30 min); request again")]
     _move_state(w, "confirmed")
     return [_ev("withdrawal.confirmed", w.id, w.state, w.amount_minor, ["e-mail confirmation received"])]
 
