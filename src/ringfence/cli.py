@@ -297,6 +297,10 @@ app.add_typer(_chains_app, name="chains")
 from .custody.signing.cli import app as _keys_app  # noqa: E402
 app.add_typer(_keys_app, name="keys")
 
+from .custody import cli as _custody_cli  # noqa: E402
+app.add_typer(_custody_cli.custody_app, name="custody")
+app.add_typer(_custody_cli.policy_app, name="policy")
+
 
 def main() -> None:  # console-script entry point
     app()

@@ -1,0 +1,226 @@
+"""Hot/warm/cold wallets: transaction building through the `Signer` interface, sweeps and refills.
+
+* `LocalKeySigner` is the single-key signer behind the same `Signer` interface as the HSM and
+  FROST signers; it signs the Bitcoin hot wallet and deposit-address sweeps in development/test
+  (in production those keys live in an HSM or a threshold group — the flow does not change).
+* `build_btc_payment` / `build_eth_payment` assemble a transaction, ask a `Signer` for each
+  signature (with the request id and reason, and for the HSM the policy-approval attestation) and
+  return `(raw_tx, txid, network_fee_minor)`. Nothing is broadcast here.
+* `plan_balancing` decides sweeps and refills: deposit addresses above dust go to hot; hot is kept
+  at or below `hot_max_bp` basis points of the asset's reserves (excess goes to cold) and refilled
+  from warm (then cold) when it drops under `hot_min_bp`. Pure: it reads balances it is given.
+
+Invariant: a built transaction spends only coins of the named wallet address and pays exactly the
+requested outputs plus change back to that address; the fee is explicit and returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import coincurve
+
+from ..errors import InsufficientFunds, SigningRefused, ValidationError
+from .signing.interface import Scheme, Signature, SigningRequest
+
+__all__ = ["LocalKeySigner", "build_btc_payment", "build_eth_payment", "p2wpkh_address", "eth_address",
+           "BalancingRule", "Move", "plan_balancing", "DUST_SAT"]
+
+DUST_SAT = 546
+P2WPKH_INPUT_VB = 68
+P2WPKH_OUTPUT_VB = 31
+TX_OVERHEAD_VB = 11
+ETH_TRANSFER_GAS = 21_000
+MAX_INPUTS = 200
+
+
+class LocalKeySigner:
+    """`Signer` over secp256k1 keys held in process memory (dev/test; one key per key id)."""
+
+    def __init__(self, keys: dict[str, bytes]) -> None:
+        self._keys = {k: coincurve.PrivateKey(v) for k, v in keys.items()}
+
+    def public_key(self, key_id: str, scheme: Scheme = Scheme.ECDSA_SECP256K1) -> bytes:
+        return self._key(key_id).public_key.format(compressed=True)
+
+    def _key(self, key_id: str) -> coincurve.PrivateKey:
+        try:
+            return self._keys[key_id]
+        except KeyError:
+            raise ValidationError(f"no local key {key_id!r}", field="key_id") from None
+
+    def sign(self, request: SigningRequest) -> Signature:
+        if request.scheme is not Scheme.ECDSA_SECP256K1:
+            raise ValidationError("the local signer signs ecdsa-secp256k1 only", field="scheme")
+        key = self._key(request.key_id)
+        sig = key.sign_recoverable(request.digest, hasher=None)  # r || s || recid, RFC 6979, low-S
+        pub = key.public_key.format(compressed=True)
+        if coincurve.PublicKey.from_signature_and_message(sig, request.digest, hasher=None).format() != pub:
+            raise SigningRefused("local signature did not verify", field="key_id")
+        return Signature(request.key_id, request.scheme, sig, pub, ("local",))
+
+
+def p2wpkh_address(pubkey33: bytes, network: str = "regtest") -> str:
+    from .chains.bitcoin.address import script_to_address
+
+    h160 = hashlib.new("ripemd160", hashlib.sha256(pubkey33).digest()).digest()
+    addr = script_to_address(b"\x00\x14" + h160, network)
+    assert addr is not None
+    return addr
+
+
+def eth_address(pubkey33: bytes) -> str:
+    from eth_utils import keccak, to_checksum_address
+
+    raw = coincurve.PublicKey(pubkey33).format(compressed=False)[1:]
+    return to_checksum_address(keccak(raw)[-20:])
+
+
+def _der(sig64: bytes) -> bytes:
+    def enc(x: bytes) -> bytes:
+        x = x.lstrip(b"\x00") or b"\x00"
+        if x[0] & 0x80:
+            x = b"\x00" + x
+        return b"\x02" + bytes([len(x)]) + x
+
+    body = enc(sig64[:32]) + enc(sig64[32:64])
+    return b"\x30" + bytes([len(body)]) + body
+
+
+def build_btc_payment(adapter: Any, *, from_address: str, key_id: str, signer: Any, outputs: list[tuple[str, int]],
+                      fee_rate_sat_per_vb: int, request_id: str, reason: str, requested_by: str = "custody-signer",
+                      sweep_all: bool = False) -> tuple[bytes, str, int]:
+    """Pay `outputs` from the P2WPKH `from_address` (change back to it). With `sweep_all`, the single
+    output receives everything minus the fee. Returns (raw_tx, txid, fee_sat)."""
+    from bitcointx.core import COutPoint, CMutableTransaction, CTxIn, CTxInWitness, CTxOut, b2lx, lx
+    from bitcointx.core.script import CScript, CScriptWitness, OP_CHECKSIG, OP_DUP, OP_EQUALVERIFY, OP_HASH160, \
+        SIGHASH_ALL, SIGVERSION_WITNESS_V0, SignatureHash
+
+    if not outputs or any(v <= 0 for _, v in outputs) and not sweep_all:
+        raise ValidationError("needs outputs with positive amounts", field="outputs")
+    node = adapter.node
+    spent_in_mempool = set(getattr(node, "_mempool_spends", {}))
+    tip = adapter.current_height()
+    coins = [u for u in adapter.unspent(from_address)
+             if (u.txid, u.vout) not in spent_in_mempool and (not u.coinbase or tip - u.height + 1 >= 100)]
+    coins.sort(key=lambda u: -u.value_sat)
+    want = sum(v for _, v in outputs) if not sweep_all else 0
+    picked, total = [], 0
+    fee = 0
+    for u in coins[:MAX_INPUTS]:
+        picked.append(u)
+        total += u.value_sat
+        vsize = TX_OVERHEAD_VB + P2WPKH_INPUT_VB * len(picked) + P2WPKH_OUTPUT_VB * (len(outputs) + 1)
+        fee = vsize * fee_rate_sat_per_vb
+        if not sweep_all and total >= want + fee:
+            break
+    if sweep_all:
+        vsize = TX_OVERHEAD_VB + P2WPKH_INPUT_VB * len(picked) + P2WPKH_OUTPUT_VB
+        fee = vsize * fee_rate_sat_per_vb
+        if total - fee < DUST_SAT:
+            raise InsufficientFunds(f"{from_address} holds {total} sat, not enough to sweep", field="from_address")
+        outputs = [(outputs[0][0], total - fee)]
+        want = total - fee
+    elif total < want + fee:
+        raise InsufficientFunds(f"{from_address} holds {total} spendable sat, needs {want + fee}", field="amount_minor")
+    change = total - want - fee
+    vout = [CTxOut(v, CScript(adapter.script_of_address(a))) for a, v in outputs]
+    if change >= DUST_SAT:
+        vout.append(CTxOut(change, CScript(adapter.script_of_address(from_address))))
+    else:
+        fee += change
+    tx = CMutableTransaction([CTxIn(COutPoint(lx(u.txid), u.vout)) for u in picked], vout)
+    pub = signer.public_key(key_id, Scheme.ECDSA_SECP256K1)
+    h160 = hashlib.new("ripemd160", hashlib.sha256(pub).digest()).digest()
+    script_code = CScript([OP_DUP, OP_HASH160, h160, OP_EQUALVERIFY, OP_CHECKSIG])
+    wits = []
+    for i, u in enumerate(picked):
+        digest = bytes(SignatureHash(script_code, tx, i, SIGHASH_ALL, amount=u.value_sat, sigversion=SIGVERSION_WITNESS_V0))
+        sig = signer.sign(SigningRequest(f"{request_id}:{i}", key_id, digest, Scheme.ECDSA_SECP256K1, requested_by, reason))
+        wits.append(CTxInWitness(CScriptWitness([_der(sig.signature[:64]) + bytes([SIGHASH_ALL]), pub])))
+    tx.wit.vtxinwit = wits
+    return tx.serialize(), b2lx(tx.GetTxid()), fee
+
+
+def eth_unsigned(adapter: Any, *, to: str, value_wei: int, nonce: int, max_fee_per_gas: int, priority_fee_per_gas: int):
+    from eth_account._utils.legacy_transactions import serializable_unsigned_transaction_from_dict
+
+    tx = {"type": 2, "to": to, "value": value_wei, "gas": ETH_TRANSFER_GAS, "maxFeePerGas": max_fee_per_gas,
+          "maxPriorityFeePerGas": priority_fee_per_gas, "nonce": nonce, "chainId": adapter.chain_id}
+    return serializable_unsigned_transaction_from_dict(tx)
+
+
+def build_eth_payment(adapter: Any, *, key_id: str, signer: Any, to: str, value_wei: int, nonce: int,
+                      max_fee_per_gas: int, priority_fee_per_gas: int, request_id: str, reason: str,
+                      approval: Any = None, requested_by: str = "custody-signer") -> tuple[bytes, str, int]:
+    """An EIP-1559 transfer signed through `signer`. Returns (raw_tx, txid, max network fee in wei)."""
+    from eth_account._utils.legacy_transactions import encode_transaction
+    from eth_utils import keccak
+
+    unsigned = eth_unsigned(adapter, to=to, value_wei=value_wei, nonce=nonce, max_fee_per_gas=max_fee_per_gas,
+                            priority_fee_per_gas=priority_fee_per_gas)
+    digest = bytes(unsigned.hash())
+    sig = signer.sign(SigningRequest(request_id, key_id, digest, Scheme.ECDSA_SECP256K1, requested_by, reason, approval))
+    r, s, v = int.from_bytes(sig.signature[:32], "big"), int.from_bytes(sig.signature[32:64], "big"), sig.signature[64]
+    raw = encode_transaction(unsigned, (v, r, s))
+    return raw, "0x" + keccak(raw).hex(), ETH_TRANSFER_GAS * max_fee_per_gas
+
+
+def eth_signing_digest(adapter: Any, **kw: Any) -> bytes:
+    """The digest the HSM will be asked to sign (the policy side attests exactly this)."""
+    return bytes(eth_unsigned(adapter, **kw).hash())
+
+
+# ------------------------------------------------------------------------------- balancing
+
+
+@dataclass(frozen=True)
+class BalancingRule:
+    asset: str
+    hot_wallet: str
+    warm_wallet: str | None
+    cold_wallet: str
+    hot_max_bp: int = 2_000  # hot may hold at most 20% of the asset's reserves
+    hot_min_bp: int = 500  # refill below 5%
+    hot_target_bp: int = 1_000  # refill/drain to 10%
+    sweep_min_minor: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.hot_min_bp <= self.hot_target_bp <= self.hot_max_bp <= 10_000:
+            raise ValidationError("need 0 <= hot_min_bp <= hot_target_bp <= hot_max_bp <= 10000", field="hot_max_bp")
+
+
+@dataclass(frozen=True)
+class Move:
+    kind: str  # sweep | refill | drain
+    from_wallet: str
+    to_wallet: str
+    amount_minor: int
+    from_address: str = ""
+
+
+def plan_balancing(rule: BalancingRule, *, deposit_balances: dict[str, int], wallet_balances: dict[str, int],
+                   deposit_wallet: str) -> list[Move]:
+    """Sweeps first (deposit addresses -> hot), then one refill or drain to bring hot to target."""
+    moves = [Move("sweep", deposit_wallet, rule.hot_wallet, bal, addr)
+             for addr, bal in sorted(deposit_balances.items()) if bal >= rule.sweep_min_minor]
+    hot = wallet_balances.get(rule.hot_wallet, 0) + sum(m.amount_minor for m in moves)
+    warm = wallet_balances.get(rule.warm_wallet, 0) if rule.warm_wallet else 0
+    cold = wallet_balances.get(rule.cold_wallet, 0)
+    reserves = hot + warm + cold + sum(b for a, b in deposit_balances.items() if b < rule.sweep_min_minor)
+    if reserves <= 0:
+        return moves
+    target = reserves * rule.hot_target_bp // 10_000
+    if hot * 10_000 > reserves * rule.hot_max_bp:
+        moves.append(Move("drain", rule.hot_wallet, rule.cold_wallet, hot - target))
+    elif hot * 10_000 < reserves * rule.hot_min_bp:
+        need = target - hot
+        if rule.warm_wallet and warm > 0:
+            take = min(need, warm)
+            moves.append(Move("refill", rule.warm_wallet, rule.hot_wallet, take))
+            need -= take
+        if need > 0 and cold > 0:
+            moves.append(Move("refill", rule.cold_wallet, rule.hot_wallet, min(need, cold)))
+    return moves

@@ -1,0 +1,423 @@
+"""Custody workers: the loops that do I/O and turn chain/signing results into engine commands.
+
+* `DepositWatcher` scans a chain, reports reorgs (`ReorgDeposits`), observes deposits
+  (`ObserveDeposit`), scores them with a KYT `Scorer` once they have the asset's credit depth
+  (`CreditDeposit`) and marks them final at finality depth (`FinalizeDeposit`).
+* `WithdrawalWorker` drives each withdrawal one step per call, reading only the engine's journaled
+  state: risk review (`RecordRiskReview`), policy decision (`DecideWithdrawal`), `AuthorizeSigning`
+  once approvals/delays allow, signing through a `Signer` and `RecordSignedTx` **before** any
+  broadcast, broadcast of exactly the journaled bytes (`RecordBroadcast`), confirmations
+  (`SettleWithdrawal` / `FailWithdrawal`).
+* `Balancer` executes `wallets.plan_balancing`: sweeps deposit addresses into hot, refills hot from
+  warm/cold, drains hot to cold; each confirmed move becomes `RecordInternalTransfer`.
+
+Crash safety: every step is decided from journaled state, so a worker that dies anywhere simply
+redoes the step on restart. The only non-idempotent effect — sending a transaction — happens after
+its bytes are journaled, and re-sending the same bytes is a no-op on the chain (`already_known`).
+Tests inject `crash_at` to die between the effect and the command that records it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import Conflict, RingfenceError, TransactionRejected
+from .chains.adapter import Direction, TxState
+from .commands import (
+    AuthorizeSigning, CreditDeposit, DecideWithdrawal, FailWithdrawal, FinalizeDeposit, ObserveDeposit,
+    RecordBroadcast, RecordInternalTransfer, RecordRiskReview, RecordSignedTx, ReorgDeposits, SettleWithdrawal,
+    custody_state,
+)
+from .deposits import CREDITED_STATES
+from .kyt import KytInput, Scorer
+from .wallets import build_btc_payment, build_eth_payment, eth_signing_digest
+from .withdrawals import RiskFacts, WithdrawalRec, assess_risk
+
+__all__ = ["DepositWatcher", "WithdrawalWorker", "HotWallet", "SimulatedCrash", "MAX_STEPS"]
+
+MAX_STEPS = 10_000  # commands one `step()` may submit
+
+
+class SimulatedCrash(Exception):
+    """Raised by a worker at an injected crash point (tests only)."""
+
+
+def _crash(worker: Any, point: str) -> None:
+    if getattr(worker, "crash_at", None) == point:
+        worker.crash_at = None
+        raise SimulatedCrash(point)
+
+
+class DepositWatcher:
+    def __init__(self, node: Any, adapter: Any, scorer: Scorer, *, since_height: int = 0) -> None:
+        self.node = node
+        self.adapter = adapter
+        self.scorer = scorer
+        self.chain = adapter.chain
+        # Restarting from 0 is safe (ObserveDeposit is idempotent by (chain, txid, index)); a
+        # production deployment persists the cursor and starts at the oldest non-final deposit.
+        self.cursor = since_height
+        self.crash_at: str | None = None
+
+    @property
+    def state(self):  # type: ignore[no-untyped-def]
+        return custody_state(self.node.engine)
+
+    def poll(self) -> int:
+        """One pass: scan new blocks, then credit/finalize by confirmations. Returns commands sent."""
+        sent = 0
+        for _ in range(100):  # at most 100 * 500 blocks per poll
+            res = self.adapter.scan(self.cursor, self.state.watched(self.chain))
+            if res.reorg is not None:
+                self.node.execute(ReorgDeposits(self.chain, res.reorg.fork_height))
+                sent += 1
+            for block in res.blocks:
+                for t in block.transfers:
+                    if t.direction is not Direction.IN or self.state.owner_of(self.chain, t.address) is None:
+                        continue
+                    if t.asset not in self.state.assets:
+                        continue
+                    self.node.execute(ObserveDeposit(self.chain, t.txid, t.index, t.asset, t.address, t.amount_minor,
+                                                     block.height, block.block_hash))
+                    sent += 1
+            self.cursor = res.scanned_to_height
+            if res.scanned_to_height >= res.tip_height:
+                break
+        return sent + self._confirmations()
+
+    def _confs(self, height: int, block_hash: str, tip: int) -> int:
+        if height > tip or self.adapter.block_hash(height) != block_hash:
+            return 0
+        return tip - height + 1
+
+    def _confirmations(self) -> int:
+        sent = 0
+        tip = self.adapter.current_height()
+        for d in list(self.state.deposits.values()):
+            if d.chain != self.chain or d.final or d.state not in ("seen", *CREDITED_STATES):
+                continue
+            cfg = self.state.assets[d.asset]
+            confs = self._confs(d.height, d.block_hash, tip)
+            if d.state == "seen" and confs >= cfg.credit_confirmations:
+                sender = None
+                result = self.scorer.score(KytInput(d.chain, d.txid, d.index, d.asset, d.address, d.amount_minor, sender))
+                _crash(self, "after_score")
+                self.node.execute(CreditDeposit(d.chain, d.txid, d.index, confs, result.score, list(result.reasons),
+                                                result.category))
+                sent += 1
+            if confs >= cfg.finality_confirmations:
+                self.node.execute(FinalizeDeposit(d.chain, d.txid, d.index, confs))
+                sent += 1
+        return sent
+
+
+@dataclass
+class HotWallet:
+    """How to sign for one hot wallet: its chain address, key id and `Signer`.
+
+    `attest(withdrawal, digest)` (Ethereum/HSM) is the policy side: it returns the approval
+    attestation the HSM signer requires, after checking the engine says this withdrawal is signing.
+    """
+
+    name: str
+    chain: str
+    address: str
+    key_id: str
+    signer: Any
+    attest: Callable[[WithdrawalRec, bytes, dict[str, Any]], Any] | None = None
+
+
+def no_identity_facts(w: WithdrawalRec) -> tuple[int, bool, bool]:
+    """(seconds since last credential change or -1, new device, new ip) when identity is not wired."""
+    return (-1, False, False)
+
+
+class WithdrawalWorker:
+    def __init__(self, node: Any, adapters: dict[str, Any], wallets: dict[str, HotWallet], *,
+                 identity_facts: Callable[[WithdrawalRec], tuple[int, bool, bool]] = no_identity_facts) -> None:
+        self.node = node
+        self.adapters = adapters
+        self.wallets = wallets
+        self.identity_facts = identity_facts
+        self.crash_at: str | None = None
+        self.errors: dict[str, str] = {}  # withdrawal id -> last transient error
+        self.broadcasts = 0  # transactions this worker handed to a chain (re-sends included)
+
+    @property
+    def state(self):  # type: ignore[no-untyped-def]
+        return custody_state(self.node.engine)
+
+    def run_until_idle(self, max_rounds: int = 50) -> None:
+        for _ in range(max_rounds):
+            if self.step() == 0:
+                return
+
+    def step(self) -> int:
+        """Advance every open withdrawal by one state. Returns how many commands were submitted."""
+        sent = 0
+        for w in sorted(self.state.withdrawals.values(), key=lambda x: x.created_ns):
+            if sent >= MAX_STEPS:
+                break
+            try:
+                sent += self._advance(w)
+            except Conflict:
+                continue  # e.g. still delayed: try again on a later step
+            except RingfenceError as exc:
+                # e.g. the hot wallet has no confirmed coins yet: leave it for a later step (and a refill)
+                self.errors[w.id] = f"{exc.code}: {exc}"
+                continue
+        return sent
+
+    def _scope(self, w: WithdrawalRec) -> tuple[str, str, str]:
+        return (w.id, w.asset, w.wallet)
+
+    def _advance(self, w: WithdrawalRec) -> int:
+        ex = self.node.execute
+        if w.state == "confirmed":
+            ex(RecordRiskReview(*self._scope(w), *self._risk(w)))
+            return 1
+        if w.state == "reviewed":
+            ex(DecideWithdrawal(*self._scope(w)))
+            return 1
+        if w.state == "approved":
+            if self.node.engine.now_ns < w.not_before_ns and self._clock_ns() < w.not_before_ns:
+                return 0
+            ex(AuthorizeSigning(*self._scope(w)))
+            return 1
+        if w.state == "signing":
+            raw, txid, fee = self._sign(w)
+            _crash(self, "after_sign")
+            ex(RecordSignedTx(*self._scope(w), txid, raw.hex(), fee))
+            _crash(self, "after_record_signed")
+            return 1
+        if w.state == "signed":
+            return self._broadcast(w)
+        if w.state == "broadcast":
+            return self._confirm(w)
+        return 0
+
+    def _clock_ns(self) -> int:
+        clock = getattr(self.node, "_clock", None)
+        return clock() if clock else 0
+
+    def _risk(self, w: WithdrawalRec) -> tuple[int, bool, list[str]]:
+        led = self.node.engine.ledger
+        acct = led.find(w.account_id, w.asset, "available", "spot")
+        pend = led.pending.get(w.hold_id)
+        balance = (acct.available if acct else 0) + (pend.remaining if pend is not None and pend.status == "pending" else 0)
+        history = [x for x in self.state.history(w.account_id, w.asset) if x.state == "settled"]
+        chain = self.state.assets[w.asset].chain
+        norm = (lambda a: a.lower()) if chain == "ethereum" else (lambda a: a)
+        known = any(norm(x.address) == norm(w.address) for x in history) or \
+            f"{w.account_id}|{w.asset}|{norm(w.address)}" in self.state.address_book
+        since, new_device, new_ip = self.identity_facts(w)
+        review = assess_risk(RiskFacts(w.amount_minor, balance, tuple(x.amount_minor for x in history), known, since,
+                                       new_device, new_ip))
+        return review.score, review.manual_review, list(review.reasons)
+
+    def _sign(self, w: WithdrawalRec) -> tuple[bytes, str, int]:
+        hw = self.wallets[w.wallet]
+        adapter = self.adapters[hw.chain]
+        reason = f"withdrawal {w.id} of {w.amount_minor} {w.asset} to {w.address}"
+        if hw.chain == "bitcoin":
+            rate = adapter.estimate_fee().fee_rate_minor
+            return build_btc_payment(adapter, from_address=hw.address, key_id=hw.key_id, signer=hw.signer,
+                                     outputs=[(w.address, w.amount_minor)], fee_rate_sat_per_vb=rate,
+                                     request_id=f"wd-{w.id}", reason=reason)
+        fee = adapter.estimate_fee()
+        params = dict(to=w.address, value_wei=w.amount_minor, nonce=w.nonce, max_fee_per_gas=fee.fee_rate_minor,
+                      priority_fee_per_gas=fee.priority_fee_minor)
+        approval = hw.attest(w, eth_signing_digest(adapter, **params), params) if hw.attest else None
+        return build_eth_payment(adapter, key_id=hw.key_id, signer=hw.signer, request_id=f"wd-{w.id}-{secrets.token_hex(4)}",
+                                 reason=reason, approval=approval, **params)
+
+    def _broadcast(self, w: WithdrawalRec) -> int:
+        adapter = self.adapters[self.state.assets[w.asset].chain]
+        try:
+            res = adapter.broadcast(bytes.fromhex(w.raw_tx))
+        except TransactionRejected as exc:
+            if adapter.tx_status(w.txid).state is TxState.UNKNOWN:
+                self.node.execute(FailWithdrawal(*self._scope(w), f"chain refused the transaction: {exc.details.get('reason', exc.code)}"))
+                return 1
+            res = None
+        self.broadcasts += 1
+        _crash(self, "after_broadcast")
+        self.node.execute(RecordBroadcast(*self._scope(w), res.txid if res else w.txid))
+        return 1
+
+    def _confirm(self, w: WithdrawalRec) -> int:
+        chain = self.state.assets[w.asset].chain
+        adapter = self.adapters[chain]
+        status = adapter.tx_status(w.txid)
+        if status.state is TxState.UNKNOWN:
+            # Dropped (e.g. by a reorg) — re-send the same journaled bytes; never a new transaction.
+            try:
+                adapter.broadcast(bytes.fromhex(w.raw_tx))
+                self.broadcasts += 1
+            except TransactionRejected as exc:
+                self.node.execute(FailWithdrawal(*self._scope(w), f"transaction can no longer confirm: {exc.details.get('reason', exc.code)}"))
+                return 1
+            return 0
+        if status.state is not TxState.CONFIRMED:
+            return 0
+        need = self.state.assets[w.asset].finality_confirmations
+        if status.confirmations < need:
+            return 0
+        fee = w.network_fee_minor
+        if chain == "ethereum":
+            receipt = adapter.w3.eth.get_transaction_receipt(w.txid)
+            fee = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+            if not status.succeeded:
+                # Reverted: nothing left the wallet but gas. Void the user's hold; the gas is the exchange's cost.
+                self.node.execute(FailWithdrawal(*self._scope(w), "transaction reverted on chain"))
+                return 1
+        self.node.execute(SettleWithdrawal(*self._scope(w), w.txid, status.confirmations, fee))
+        return 1
+
+
+class Balancer:
+    """Executes sweeps (deposit addresses -> hot), drains and refills for one chain. Each transfer is
+    journaled (`RecordTransferSigned`) before it is broadcast and recorded in the ledger
+    (`RecordInternalTransfer`) once confirmed; `resend_pending` re-sends journaled ones after a restart."""
+
+    def __init__(self, node: Any, adapter: Any, *, deposit_signer: Any, key_of_address: dict[str, str]) -> None:
+        self.node = node
+        self.adapter = adapter
+        self.deposit_signer = deposit_signer
+        self.key_of_address = key_of_address
+        self.crash_at: str | None = None
+
+    def sweep(self, asset: str, deposit_wallet: str, hot_wallet: str, hot_address: str, min_minor: int) -> list[str]:
+        """Sweep every deposit address of `deposit_wallet` holding >= min_minor. Returns txids."""
+        state = custody_state(self.node.engine)
+        txids = []
+        for key, (account_id, wallet, address) in sorted(state.deposit_addresses.items()):
+            if wallet != deposit_wallet or not key.startswith(self.adapter.chain + ":"):
+                continue
+            bal = self.adapter.balance(address)
+            if bal < min_minor:
+                continue
+            key_id = self.key_of_address[address]
+            if self.adapter.chain == "bitcoin":
+                rate = self.adapter.estimate_fee().fee_rate_minor
+                raw, txid, fee = build_btc_payment(self.adapter, from_address=address, key_id=key_id,
+                                                   signer=self.deposit_signer, outputs=[(hot_address, 1)],
+                                                   fee_rate_sat_per_vb=rate, request_id=f"sweep-{address}",
+                                                   reason="sweep to hot", sweep_all=True)
+                amount = bal - fee
+            else:
+                fee_q = self.adapter.estimate_fee()
+                max_fee = 21_000 * fee_q.fee_rate_minor
+                if bal <= max_fee:
+                    continue
+                nonce = self.adapter.w3.eth.get_transaction_count(address, "pending")
+                raw, txid, fee = build_eth_payment(self.adapter, key_id=key_id, signer=self.deposit_signer,
+                                                   to=hot_address, value_wei=bal - max_fee, nonce=nonce,
+                                                   max_fee_per_gas=fee_q.fee_rate_minor,
+                                                   priority_fee_per_gas=fee_q.priority_fee_minor,
+                                                   request_id=f"sweep-{address}", reason="sweep to hot")
+                amount = bal - max_fee
+            self._journal_and_send(f"sweep-{txid[:40]}", asset, deposit_wallet, hot_wallet, amount, fee, txid, raw)
+            txids.append(txid)
+        return txids
+
+    def _journal_and_send(self, tid: str, asset: str, src: str, dst: str, amount: int, fee: int, txid: str,
+                          raw: bytes) -> None:
+        from .commands import RecordTransferSigned
+
+        self.node.execute(RecordTransferSigned(tid, asset, src, dst, amount, fee, txid, raw.hex()))
+        _crash(self, "after_record_transfer")
+        self.adapter.broadcast(raw)
+
+    def resend_pending(self) -> int:
+        """After a restart: re-send every journaled, unrecorded transfer of this chain (idempotent)."""
+        n = 0
+        for t in custody_state(self.node.engine).transfers.values():
+            if t.state == "signed" and t.raw_tx and self._on_chain(t.asset):
+                try:
+                    self.adapter.broadcast(bytes.fromhex(t.raw_tx))
+                    n += 1
+                except TransactionRejected:
+                    pass  # already mined (its inputs are spent) or truly invalid: record_confirmed decides
+        return n
+
+    def _on_chain(self, asset: str) -> bool:
+        cfg = custody_state(self.node.engine).assets.get(asset)
+        return cfg is not None and cfg.chain == self.adapter.chain
+
+    def record_confirmed(self, asset: str, min_confirmations: int) -> int:
+        done = 0
+        signed = [t for t in custody_state(self.node.engine).transfers.values() if t.state == "signed" and t.asset == asset]
+        for t in signed:
+            txid, tid, src, dst, amount, fee = t.txid, t.id, t.from_wallet, t.to_wallet, t.amount_minor, t.network_fee_minor
+            status = self.adapter.tx_status(txid)
+            if status.state is TxState.CONFIRMED and status.confirmations >= min_confirmations:
+                if self.adapter.chain == "ethereum":
+                    r = self.adapter.w3.eth.get_transaction_receipt(txid)
+                    fee = r["gasUsed"] * r["effectiveGasPrice"]
+                self.node.execute(RecordInternalTransfer(tid, asset, src, dst, amount, fee, txid))
+                done += 1
+        return done
+
+    def transfer(self, asset: str, *, from_wallet: str, from_address: str, key_id: str, signer: Any, to_wallet: str,
+                 to_address: str, amount_minor: int, kind: str) -> str:
+        """Send `amount_minor` between two of our wallets (a drain to cold or a refill from warm)."""
+        if self.adapter.chain == "bitcoin":
+            rate = self.adapter.estimate_fee().fee_rate_minor
+            raw, txid, fee = build_btc_payment(self.adapter, from_address=from_address, key_id=key_id, signer=signer,
+                                               outputs=[(to_address, amount_minor)], fee_rate_sat_per_vb=rate,
+                                               request_id=f"{kind}-{from_wallet}", reason=f"{kind} {from_wallet}->{to_wallet}")
+        else:
+            from .commands import ReserveWalletNonce, reserved_nonce
+
+            fee_q = self.adapter.estimate_fee()
+            state = custody_state(self.node.engine)
+            if state.wallets[from_wallet].tier == "hot":
+                # The hot wallet's nonces belong to the engine (withdrawals use them too).
+                purpose = f"{kind}-{from_wallet}-{len(state.transfers)}"
+                self.node.execute(ReserveWalletNonce(from_wallet, purpose))
+                nonce = reserved_nonce(custody_state(self.node.engine), purpose)
+            else:
+                nonce = self.adapter.w3.eth.get_transaction_count(from_address, "pending")
+            raw, txid, fee = build_eth_payment(self.adapter, key_id=key_id, signer=signer, to=to_address,
+                                               value_wei=amount_minor, nonce=nonce, max_fee_per_gas=fee_q.fee_rate_minor,
+                                               priority_fee_per_gas=fee_q.priority_fee_minor,
+                                               request_id=f"{kind}-{from_wallet}", reason=f"{kind} {from_wallet}->{to_wallet}")
+        self._journal_and_send(f"{kind}-{txid[:40]}", asset, from_wallet, to_wallet, amount_minor, fee, txid, raw)
+        return txid
+
+
+class PolicyAttestor:
+    """The policy side of segregation of duties for the HSM hot wallet: it issues an approval
+    attestation (signed by the policy engine's own HSM key) only for a withdrawal the journaled engine
+    state says is `signing`, and only for the digest of a transaction paying exactly the journaled
+    destination and amount with the journaled nonce."""
+
+    def __init__(self, node: Any, adapter: Any, approval_key: Any, *, validity_ms: int = 60_000,
+                 clock_ms: Callable[[], int] | None = None) -> None:
+        import time
+
+        self.node, self.adapter, self.approval_key = node, adapter, approval_key
+        self.validity_ms = validity_ms
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+
+    def __call__(self, w: WithdrawalRec, digest: bytes, params: dict[str, Any]) -> Any:
+        from ..errors import SigningRefused
+
+        live = custody_state(self.node.engine).withdrawals.get(w.id)
+        if live is None or live.state != "signing":
+            raise SigningRefused("the engine does not have this withdrawal in state signing", field="withdrawal_id")
+        if (params["to"].lower(), params["value_wei"], params["nonce"]) != (live.address.lower(), live.amount_minor, live.nonce):
+            raise SigningRefused("transaction does not match the approved withdrawal", field="digest")
+        if eth_signing_digest(self.adapter, **params) != digest:
+            raise SigningRefused("digest does not match the transaction", field="digest")
+        return self.approval_key.approve(attestation_id=f"att-{w.id}-{secrets.token_hex(6)}", key_id=self._key_id(),
+                                         transfer_digest=digest, now_ms=self.clock_ms(), validity_ms=self.validity_ms,
+                                         decided_by="custody-policy", reason=f"withdrawal {w.id} approved by policy")
+
+    key_id_for_hot = "eth-hot"
+
+    def _key_id(self) -> str:
+        return self.key_id_for_hot
