@@ -5,3 +5,4 @@ registered command type always decodes. A new domain package adds one import lin
 """
 
 from ..ledger import commands as _ledger_commands  # noqa: F401
+from ..solvency import halts as _solvency_halts  # noqa: F401

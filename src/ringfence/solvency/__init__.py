@@ -1,0 +1,1 @@
+"""Solvency: proof of liabilities and reserves, continuous reconciliation, and graded halts."""
