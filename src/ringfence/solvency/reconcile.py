@@ -1,0 +1,803 @@
+"""Continuous reconciliation: ledger vs chain every block, engine vs an independent recomputation.
+
+Three checks, each naming what disagrees precisely (a `Mismatch` with its evidence):
+
+* **Chain** (`reconcile_chain`, every new block): for every custody wallet, the sum of the on-chain
+  balances of its addresses at one height against its `custody:<wallet>:<asset>` ledger account.
+  In-flight withdrawals (broadcast, not yet settled in the ledger) may already have left the chain;
+  deposits below finality may be on chain but not yet credited. So the chain must lie in
+  `[ledger - in_flight - tolerance, ledger + pending + tolerance]`. Below it is a *shortfall*
+  (funds left outside the withdrawal flow, or a credit that has no coins); above it is a surplus
+  (an incident only: unexplained coins are not a solvency risk). Pending deposits never count on
+  the low side, so a reorg that removes a deposit not yet final cannot cause a false halt.
+* **Internal** (`JournalFold` + `reconcile_internal`, every few seconds): the journal is read with
+  `journal.scan` and the batch decoder, and every command is applied to a *replay engine* (a fresh
+  instance fed only from the journal) while an independent balance model (`ShadowBook`, plain
+  dicts, no `Ledger` code) folds the same transfers from the commands and their result events:
+  client transfers (single-phase, pending, post, void, expiry) and trading fills (including the
+  fee and shield-fund split). The live engine's balances and holds are compared with both. Plus:
+  every asset sums to zero; user liabilities per asset <= custody holdings + known receivables;
+  the same deposit (chain txid/index key) credited twice.
+* **Response** (`Reconciler`): each mismatch kind maps through `RULES` to a scope and a level;
+  the reconciler submits `Halt` with a halt id derived from the hash of the stable part of the
+  evidence (idempotent: the same discrepancy is one halt, however often it is seen) and records an
+  incident per mismatch in `DIR/reconcile/incidents.sqlite`. A halt id a quorum has lifted is not
+  raised again for the same evidence (the operators accepted exactly that discrepancy).
+
+Everything here runs outside `apply` (it reads chains and files); it changes engine state only by
+submitting `Halt` commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+from ..engine.commands import batch_decoder
+from ..engine.core import CommandRejected, Engine
+from ..errors import JournalCorrupt, ValidationError
+from ..journal.journal import scan
+from ..ledger.model import SYSTEM_OWNER, TransferFlags
+from .halts import HALTED, REDUCE_ONLY, WITHDRAWALS_PAUSED, Halt, halts_of
+
+__all__ = [
+    "RULES",
+    "Rule",
+    "ReconcileSettings",
+    "CustodyView",
+    "WalletSpec",
+    "Mismatch",
+    "ChainRow",
+    "ShadowBook",
+    "JournalFold",
+    "LiveView",
+    "read_live",
+    "reconcile_chain",
+    "reconcile_internal",
+    "IncidentStore",
+    "Reconciler",
+    "RunReport",
+]
+
+
+# ----------------------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    scope_kind: str
+    level: str | None  # None: incident only, no halt
+    description: str
+
+
+#: What each kind of mismatch halts. Data, not code: change a line here to change the response.
+RULES: dict[str, Rule] = {
+    "hot_wallet_shortfall": Rule("asset", WITHDRAWALS_PAUSED, "a wallet holds less on chain than the ledger says"),
+    "hot_wallet_surplus": Rule("asset", None, "a wallet holds more on chain than the ledger and pending deposits explain"),
+    "duplicate_credit": Rule("asset", WITHDRAWALS_PAUSED, "the same chain deposit was credited more than once"),
+    "liabilities_exceed_reserves": Rule("asset", WITHDRAWALS_PAUSED, "user balances exceed custody holdings plus receivables"),
+    "engine_journal_mismatch": Rule("venue", HALTED, "a live balance or hold differs from the journal's recomputation"),
+    "ledger_not_zero_sum": Rule("venue", HALTED, "an asset's balances do not sum to zero"),
+    "fees_mismatch": Rule("segment", REDUCE_ONLY, "a fees account differs from the fees of the fills"),
+    "shield_mismatch": Rule("segment", REDUCE_ONLY, "an insurance (shield) fund differs from its share of the fills"),
+    "world_mismatch": Rule("asset", REDUCE_ONLY, "a world account differs from the deposits and withdrawals"),
+}
+
+#: A mismatch list longer than this is cut (and says so): the first ones name the problem.
+MAX_MISMATCHES = 1_000
+MAX_EVIDENCE_ITEMS = 20
+#: Transfer `code` that marks a deposit credit made with `CreateTransfers`; `user_data` is the
+#: deposit key (e.g. a hash of txid:index). The custody flow's own command carries txid/index.
+DEPOSIT_TRANSFER_CODE = 1001
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    #: Per-asset tolerance in minor units (fee dust); absent = 0 (exact).
+    tolerances_minor: Mapping[str, int] = field(default_factory=dict)
+    #: Known receivables per asset that count towards reserves (e.g. funds in transit between wallets).
+    receivables_minor: Mapping[str, int] = field(default_factory=dict)
+    #: How a `custody:*` account's balance maps to coins held: -1 = debit-normal asset account
+    #: (a deposit debits custody and credits the user; holdings = debits - credits), +1 = credit-normal.
+    custody_balance_sign: int = -1
+    deposit_transfer_code: int = DEPOSIT_TRANSFER_CODE
+    #: Internal mismatches must persist across this many reads taken while the engine is quiet.
+    confirm_reads: int = 2
+    confirm_wait_ms: int = 50
+
+    def __post_init__(self) -> None:
+        if self.custody_balance_sign not in (1, -1):
+            raise ValidationError("custody_balance_sign must be 1 or -1", field="custody_balance_sign")
+        for name in ("tolerances_minor", "receivables_minor"):
+            for asset, value in getattr(self, name).items():
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValidationError(f"{name}[{asset}] must be a non-negative integer", field=name)
+        if not 1 <= self.confirm_reads <= 10:
+            raise ValidationError("confirm_reads must be between 1 and 10", field="confirm_reads")
+
+    def tolerance(self, asset: str) -> int:
+        return self.tolerances_minor.get(asset, 0)
+
+
+class CustodyView(Protocol):
+    """What the custody flows tell reconciliation (see branch `custody`)."""
+
+    def in_flight_withdrawals(self, asset: str, wallet: str) -> int:
+        """Minor units of withdrawals from `wallet` that may have left the chain but are not yet
+        debited from its custody account (signed/broadcast, unsettled), fees included."""
+        ...
+
+    def pending_deposits(self, asset: str, wallet: str) -> int:
+        """Minor units of deposits to `wallet` seen on chain but not yet credited (below finality)."""
+        ...
+
+
+@dataclass(frozen=True)
+class WalletSpec:
+    wallet: str
+    asset: str
+    chain: str
+    adapter: Any  # a ChainAdapter
+    addresses: tuple[str, ...]
+
+
+# ----------------------------------------------------------------------------------------- mismatch
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    kind: str
+    scope: str
+    subject: str
+    expected_minor: int
+    actual_minor: int
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def rule(self) -> Rule:
+        return RULES[self.kind]
+
+    @property
+    def delta_minor(self) -> int:
+        return self.actual_minor - self.expected_minor
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "scope_kind": self.rule.scope_kind,
+            "scope": self.scope,
+            "subject": self.subject,
+            "expected_minor": str(self.expected_minor),
+            "actual_minor": str(self.actual_minor),
+            "delta_minor": str(self.delta_minor),
+            "details": dict(self.details),
+        }
+
+    def evidence_json(self) -> str:
+        return json.dumps(self.evidence(), sort_keys=True, separators=(",", ":"), default=str)
+
+    @property
+    def halt_id(self) -> str:
+        """Deterministic from the stable part of the evidence (not the block height it was seen at)."""
+        stable = json.dumps(
+            [self.kind, self.rule.scope_kind, self.scope, self.subject, str(self.expected_minor), str(self.actual_minor)],
+            separators=(",", ":"),
+        )
+        return f"rc.{self.kind}.{hashlib.sha256(stable.encode()).hexdigest()[:16]}"
+
+    def halt_command(self) -> Halt | None:
+        rule = self.rule
+        if rule.level is None:
+            return None
+        reason = f"{rule.description}: {self.subject} expected {self.expected_minor}, found {self.actual_minor}"
+        return Halt(self.halt_id, rule.scope_kind, self.scope, rule.level, reason[:500], self.evidence_json())
+
+
+# ----------------------------------------------------------------------------------------- chain
+
+
+@dataclass(frozen=True)
+class ChainRow:
+    wallet: str
+    asset: str
+    chain: str
+    height: int
+    chain_minor: int
+    ledger_minor: int
+    in_flight_minor: int
+    pending_minor: int
+    tolerance_minor: int
+
+    @property
+    def status(self) -> str:
+        if self.chain_minor < self.ledger_minor - self.in_flight_minor - self.tolerance_minor:
+            return "SHORTFALL"
+        if self.chain_minor > self.ledger_minor + self.pending_minor + self.tolerance_minor:
+            return "SURPLUS"
+        return "OK"
+
+
+def custody_holdings(ledger: Any, asset: str, wallet: str, sign: int) -> int:
+    account = ledger.find(SYSTEM_OWNER, asset, "custody", wallet)
+    return 0 if account is None else sign * (account.credits_posted - account.debits_posted)
+
+
+def reconcile_chain(
+    ledger: Any,
+    wallets: Sequence[WalletSpec],
+    custody: CustodyView,
+    settings: ReconcileSettings,
+    heights: Mapping[str, int] | None = None,
+) -> tuple[list[ChainRow], list[Mismatch]]:
+    """Compare every wallet's on-chain balance at one height per chain with its custody account."""
+    rows: list[ChainRow] = []
+    mismatches: list[Mismatch] = []
+    tips: dict[int, int] = {}
+    for spec in wallets:
+        key = id(spec.adapter)
+        if key not in tips:
+            tips[key] = heights[spec.chain] if heights and spec.chain in heights else spec.adapter.current_height()
+        height = tips[key]
+        chain_minor = 0
+        for address in spec.addresses:
+            chain_minor += _balance(spec.adapter, address, height, spec.asset)
+        row = ChainRow(
+            spec.wallet, spec.asset, spec.chain, height, chain_minor,
+            custody_holdings(ledger, spec.asset, spec.wallet, settings.custody_balance_sign),
+            custody.in_flight_withdrawals(spec.asset, spec.wallet),
+            custody.pending_deposits(spec.asset, spec.wallet),
+            settings.tolerance(spec.asset),
+        )
+        rows.append(row)
+        status = row.status
+        if status == "OK":
+            continue
+        details = {
+            "wallet": spec.wallet, "chain": spec.chain, "height": height,
+            "block_hash": _block_hash(spec.adapter, height),
+            "addresses": list(spec.addresses[:MAX_EVIDENCE_ITEMS]), "address_count": len(spec.addresses),
+            "in_flight_withdrawals_minor": str(row.in_flight_minor), "pending_deposits_minor": str(row.pending_minor),
+            "tolerance_minor": str(row.tolerance_minor),
+        }
+        kind = "hot_wallet_shortfall" if status == "SHORTFALL" else "hot_wallet_surplus"
+        mismatches.append(Mismatch(kind, spec.asset, f"custody:{spec.wallet}:{spec.asset}", row.ledger_minor, chain_minor, details))
+    return rows, mismatches
+
+
+def _balance(adapter: Any, address: str, height: int, asset: str) -> int:
+    try:
+        return int(adapter.balance(address, height, asset))
+    except TypeError:  # adapters of one asset may not take `asset`
+        return int(adapter.balance(address, height))
+
+
+def _block_hash(adapter: Any, height: int) -> str:
+    try:
+        return str(adapter.block_hash(height))
+    except Exception:  # evidence only; a missing hash must not hide the mismatch
+        return ""
+
+
+# ----------------------------------------------------------------------------------------- shadow book
+
+
+class ShadowBook:
+    """An independent balance model folded from journaled commands and their result events.
+
+    Plain dicts keyed by account id; no `Ledger` code. `balance[id]` is credits minus debits
+    posted; `held[id]` is what pending transfers reserve on the debit side (open-order holds and
+    withdrawal holds made with client transfers).
+    """
+
+    def __init__(self) -> None:
+        self.balance: dict[int, int] = {}
+        self.held: dict[int, int] = {}
+        self.pending: dict[int, list[int]] = {}  # id -> [debit, credit, remaining]
+        self.deposit_keys: dict[tuple[str, str], int] = {}
+        self.duplicates: list[dict[str, Any]] = []
+        self.markets: dict[str, tuple[str, str, str]] = {}
+        self.trading_owners: set[str] = set()
+        self.unmodelled: dict[str, int] = {}
+
+    def post(self, debit: int, credit: int, amount: int) -> None:
+        b = self.balance
+        b[debit] = b.get(debit, 0) - amount
+        b[credit] = b.get(credit, 0) + amount
+
+    def reserve(self, tid: int, debit: int, credit: int, amount: int) -> None:
+        self.held[debit] = self.held.get(debit, 0) + amount
+        self.pending[tid] = [debit, credit, amount]
+
+    def capture(self, tid: int, amount: int) -> None:
+        p = self.pending[tid]
+        amount = amount or p[2]
+        self.held[p[0]] -= amount
+        p[2] -= amount
+        self.post(p[0], p[1], amount)
+
+    def release(self, tid: int, amount: int | None = None) -> None:
+        p = self.pending.get(tid)
+        if p is None:
+            return
+        amount = p[2] if amount is None else amount
+        self.held[p[0]] -= amount
+        p[2] -= amount
+
+    def note_deposit(self, key: tuple[str, str], seq: int, where: str) -> None:
+        first = self.deposit_keys.get(key)
+        if first is None:
+            self.deposit_keys[key] = seq
+        elif len(self.duplicates) < MAX_MISMATCHES:
+            self.duplicates.append({"asset": key[0], "deposit": key[1], "first_seq": first, "again_seq": seq, "via": where})
+
+
+_MODELLED = {
+    # no money moves (or moves only through events folded below)
+    "RegisterAsset", "RegisterSegment", "OpenAccount", "Halt", "LiftHalt", "RegisterOperators",
+    "ListMarket", "SetMarketStatus", "SetReferencePrice", "SetFeeTier", "SetAccountFeeTier",
+    "CreateTransfers", "PlaceOrder", "CancelOrder", "CancelAll", "AmendOrder", "TradingBatch",
+}
+
+
+class JournalFold:
+    """Reads the journal incrementally into a replay engine and a `ShadowBook`.
+
+    `advance()` decodes only records after what it has already folded, so calling it every few
+    seconds costs what was appended since. The replay engine starts empty (no snapshot), so it
+    depends on nothing the live engine wrote except the journal itself.
+    """
+
+    def __init__(self, data_dir: Path | str, settings: ReconcileSettings | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.settings = settings or ReconcileSettings()
+        self.engine = Engine()
+        self.book = ShadowBook()
+        self.last_seq = 0
+
+    def advance(self, progress: Callable[[int], None] | None = None) -> int:
+        """Fold every record after `last_seq`; returns how many commands were folded."""
+        decoder = batch_decoder()
+        engine = self.engine
+        folded = 0
+        gen = scan(self.data_dir / "journal", decode_from_seq=self.last_seq + 1)
+        for record in gen:
+            if record.last_seq <= self.last_seq:
+                continue
+            if record.first_seq != self.last_seq + 1:
+                raise JournalCorrupt(f"journal record starts at {record.first_seq}; folded up to {self.last_seq}")
+            batch = decoder.decode(record.payload)
+            for i, command in enumerate(batch.commands):
+                seq = batch.first_seq + i
+                events = engine.apply(command, seq, batch.ts_ns, batch.entropy)
+                self._fold(command, events, seq)
+            self.last_seq = record.last_seq
+            folded += len(batch.commands)
+            if progress is not None:
+                progress(len(batch.commands))
+        return folded
+
+    # -------------------------------------------------------------- the independent fold
+
+    def _fold(self, command: Any, events: list[Any], seq: int) -> None:
+        book = self.book
+        name = type(command).__name__
+        rejected = any(isinstance(e, CommandRejected) for e in events)
+        for ev in events:
+            ename = type(ev).__name__
+            if ename == "TransferExpired":
+                book.release(ev.pending_id, ev.released)
+            elif ename == "MarketListed":
+                book.markets[ev.symbol] = (ev.base, ev.quote, ev.segment)
+            elif ename == "Trade":
+                self._fold_trade(ev)
+            elif ename in ("OrderAccepted",):
+                book.trading_owners.add(ev.owner)
+        if rejected:
+            return
+        if name == "CreateTransfers":
+            failed = set()
+            for ev in events:
+                if type(ev).__name__ == "TransfersCreated":
+                    failed = {i for i, _ in ev.failures}
+            for i, t in enumerate(command.transfers):
+                if i not in failed:
+                    self._fold_transfer(t, seq)
+        elif name not in _MODELLED:
+            book.unmodelled[name] = book.unmodelled.get(name, 0) + 1
+            if "Deposit" in name and "Credit" in name:
+                txid, index = getattr(command, "txid", None), getattr(command, "index", None)
+                asset = getattr(command, "asset", "")
+                if txid is not None:
+                    book.note_deposit((str(asset), f"{txid}:{index}"), seq, name)
+
+    def _fold_transfer(self, t: Any, seq: int) -> None:
+        book = self.book
+        flags = t.flags
+        if flags & TransferFlags.POST_PENDING:
+            book.capture(t.pending_id, t.amount)
+        elif flags & TransferFlags.VOID_PENDING:
+            book.release(t.pending_id)
+        elif flags & TransferFlags.PENDING:
+            book.reserve(t.id, t.debit_account_id, t.credit_account_id, t.amount)
+        else:
+            book.post(t.debit_account_id, t.credit_account_id, t.amount)
+        if t.code == self.settings.deposit_transfer_code and t.user_data and not flags & TransferFlags.VOID_PENDING:
+            asset = self.engine.ledger.account(t.credit_account_id).asset
+            book.note_deposit((asset, f"{t.user_data:x}"), seq, "CreateTransfers")
+
+    def _fold_trade(self, ev: Any) -> None:
+        book = self.book
+        base, quote, segment = book.markets[ev.symbol]
+        find = self.engine.ledger.find  # name -> id only; balances come from the fold
+        taker_buys = ev.taker_side == "BUY"
+        buyer, seller = (ev.taker_owner, ev.maker_owner) if taker_buys else (ev.maker_owner, ev.taker_owner)
+        b_fee, s_fee = (ev.taker_fee, ev.maker_fee) if taker_buys else (ev.maker_fee, ev.taker_fee)
+        q, n = ev.quantity, ev.quote_qty
+        book.trading_owners.update((buyer, seller))
+
+        def acc(owner: str, asset: str, kind: str = "available", seg: str = segment) -> int:
+            a = find(owner, asset, kind, seg)
+            assert a is not None, f"trade {ev.trade_id} names an account that does not exist"
+            return a.id
+
+        bal = book.balance
+        for aid, delta in (
+            (acc(buyer, quote), -n), (acc(buyer, base), q - b_fee),
+            (acc(seller, base), -q), (acc(seller, quote), n - s_fee),
+            (acc(SYSTEM_OWNER, base, "fees"), b_fee - b_fee // 10), (acc(SYSTEM_OWNER, base, "insurance"), b_fee // 10),
+            (acc(SYSTEM_OWNER, quote, "fees"), s_fee - s_fee // 10), (acc(SYSTEM_OWNER, quote, "insurance"), s_fee // 10),
+        ):
+            bal[aid] = bal.get(aid, 0) + delta
+
+
+# ----------------------------------------------------------------------------------------- internal
+
+
+@dataclass
+class LiveView:
+    """Balances and holds of the live engine read at one sequence number."""
+
+    last_seq: int
+    balance: list[int]
+    held: list[int]
+    credits_pending: list[int]
+    meta: list[tuple[str, str, str, str]]  # (owner, asset, kind, segment) by account id
+
+
+def read_live(engine: Engine) -> LiveView:
+    accounts = engine.ledger.accounts[1:]
+    return LiveView(
+        engine.last_seq,
+        [0] + [a.credits_posted - a.debits_posted for a in accounts],
+        [0] + [a.debits_pending for a in accounts],
+        [0] + [a.credits_pending for a in accounts],
+        [("", "", "", "")] + [(a.owner, a.asset, a.kind, a.segment) for a in accounts],
+    )
+
+
+def _kind_for_account(meta: tuple[str, str, str, str]) -> tuple[str, str]:
+    owner, asset, kind, segment = meta
+    if owner == SYSTEM_OWNER and kind == "fees":
+        return "fees_mismatch", segment
+    if owner == SYSTEM_OWNER and kind == "insurance":
+        return "shield_mismatch", segment
+    if owner == SYSTEM_OWNER and kind == "world":
+        return "world_mismatch", asset
+    return "engine_journal_mismatch", "*"
+
+
+def _name(meta: tuple[str, str, str, str]) -> str:
+    owner, asset, kind, segment = meta
+    return f"{owner}:{asset}:{kind}:{segment}"
+
+
+def reconcile_internal(
+    live: LiveView,
+    fold: JournalFold,
+    settings: ReconcileSettings,
+    reserves_minor: Mapping[str, int] | None = None,
+) -> list[Mismatch]:
+    """Compare the live view with the replay engine and the shadow book (both at `live.last_seq`)."""
+    if fold.last_seq != live.last_seq:
+        raise ValidationError(
+            f"the fold is at sequence {fold.last_seq} but the live view at {live.last_seq}; advance first",
+            field="last_seq",
+        )
+    out: list[Mismatch] = []
+    replay = read_live(fold.engine)
+    n = len(live.balance)
+    if len(replay.balance) != n:
+        out.append(Mismatch("engine_journal_mismatch", "*", "account_count", len(replay.balance) - 1, n - 1, {}))
+    # (1) the replay engine (Ledger code, fresh instance, journal only) vs live memory
+    if replay.balance != live.balance or replay.held != live.held or replay.credits_pending != live.credits_pending:
+        for aid in range(1, min(n, len(replay.balance))):
+            for what, a, b in (("balance", replay.balance, live.balance), ("held", replay.held, live.held),
+                               ("credits_pending", replay.credits_pending, live.credits_pending)):
+                if a[aid] != b[aid] and len(out) < MAX_MISMATCHES:
+                    kind, scope = _kind_for_account(live.meta[aid])
+                    out.append(Mismatch(kind, scope, _name(live.meta[aid]), a[aid], b[aid],
+                                        {"field": what, "account_id": aid, "path": "replay", "seq": live.last_seq}))
+    # (2) the shadow book (independent fold) vs live memory
+    book = fold.book
+    modelled_all = not book.unmodelled
+    shadow_balance = [0] * n
+    for aid, value in book.balance.items():
+        if 0 < aid < n:
+            shadow_balance[aid] = value
+    if modelled_all and shadow_balance != live.balance:
+        for aid in range(1, n):
+            if shadow_balance[aid] != live.balance[aid] and len(out) < MAX_MISMATCHES:
+                kind, scope = _kind_for_account(live.meta[aid])
+                out.append(Mismatch(kind, scope, _name(live.meta[aid]), shadow_balance[aid], live.balance[aid],
+                                    {"field": "balance", "account_id": aid, "path": "shadow", "seq": live.last_seq}))
+    if modelled_all:
+        traders = book.trading_owners
+        for aid in range(1, n):
+            if live.meta[aid][0] in traders:
+                continue  # open-order holds are engine-made; the replay comparison covers them
+            if book.held.get(aid, 0) != live.held[aid] and len(out) < MAX_MISMATCHES:
+                out.append(Mismatch("engine_journal_mismatch", "*", _name(live.meta[aid]), book.held.get(aid, 0),
+                                    live.held[aid], {"field": "held", "account_id": aid, "path": "shadow", "seq": live.last_seq}))
+    # (3) zero sum per asset, liabilities vs reserves
+    sums: dict[str, int] = {}
+    users: dict[str, int] = {}
+    custody: dict[str, int] = {}
+    for aid in range(1, n):
+        owner, asset, kind, _ = live.meta[aid]
+        value = live.balance[aid]
+        sums[asset] = sums.get(asset, 0) + value
+        if owner != SYSTEM_OWNER:
+            users[asset] = users.get(asset, 0) + value
+        elif kind == "custody":
+            custody[asset] = custody.get(asset, 0) + settings.custody_balance_sign * value
+    for asset, total in sorted(sums.items()):
+        if total != 0:
+            out.append(Mismatch("ledger_not_zero_sum", "*", f"asset:{asset}", 0, total, {"asset": asset}))
+    for asset, liabilities in sorted(users.items()):
+        held = (reserves_minor or {}).get(asset, custody.get(asset, 0))
+        receivable = settings.receivables_minor.get(asset, 0)
+        if liabilities > held + receivable + settings.tolerance(asset):
+            out.append(Mismatch("liabilities_exceed_reserves", asset, f"liabilities:{asset}", held + receivable, liabilities,
+                                {"custody_minor": str(held), "receivables_minor": str(receivable),
+                                 "source": "chain" if reserves_minor and asset in reserves_minor else "ledger"}))
+    # (4) the same deposit credited twice
+    for dup in book.duplicates:
+        out.append(Mismatch("duplicate_credit", dup["asset"], f"deposit:{dup['deposit']}", 1, 2, dup))
+    return out[:MAX_MISMATCHES]
+
+
+# ----------------------------------------------------------------------------------------- incidents
+
+
+class IncidentStore:
+    """One SQLite file under the data dir: an incident per mismatch (upserted by halt id) and runs."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS incidents (
+                  halt_id TEXT PRIMARY KEY, kind TEXT NOT NULL, scope_kind TEXT NOT NULL, scope TEXT NOT NULL,
+                  level TEXT, subject TEXT NOT NULL, expected_minor TEXT NOT NULL, actual_minor TEXT NOT NULL,
+                  first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL, seen_count INTEGER NOT NULL,
+                  action TEXT NOT NULL, evidence TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS runs (
+                  id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
+                  seq INTEGER NOT NULL, wallets INTEGER NOT NULL, accounts INTEGER NOT NULL,
+                  mismatches INTEGER NOT NULL, notes TEXT NOT NULL);
+                """
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=5)
+
+    def record(self, m: Mismatch, action: str, now_ms: int) -> None:
+        rule = m.rule
+        with self._lock, self._connect() as db:
+            db.execute(
+                """INSERT INTO incidents VALUES (?,?,?,?,?,?,?,?,?,?,1,?,?)
+                   ON CONFLICT(halt_id) DO UPDATE SET last_seen_ms=excluded.last_seen_ms,
+                   seen_count=seen_count+1, action=excluded.action, evidence=excluded.evidence""",
+                (m.halt_id, m.kind, rule.scope_kind, m.scope, rule.level, m.subject, str(m.expected_minor),
+                 str(m.actual_minor), now_ms, now_ms, action, m.evidence_json()),
+            )
+
+    def record_run(self, at_ms: int, duration_ms: int, seq: int, wallets: int, accounts: int, mismatches: int, notes: str) -> None:
+        with self._lock, self._connect() as db:
+            db.execute("INSERT INTO runs (at_ms,duration_ms,seq,wallets,accounts,mismatches,notes) VALUES (?,?,?,?,?,?,?)",
+                       (at_ms, duration_ms, seq, wallets, accounts, mismatches, notes))
+            db.execute("DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - 10000")
+
+    def incidents(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM incidents ORDER BY last_seen_ms DESC, halt_id LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+
+# ----------------------------------------------------------------------------------------- worker
+
+
+@dataclass
+class RunReport:
+    seq: int
+    chain_rows: list[ChainRow]
+    mismatches: list[Mismatch]
+    halts_submitted: list[str]
+    halts_already_active: list[str]
+    acknowledged: list[str]
+    accounts_checked: int
+    duration_ms: int
+    notes: list[str]
+
+
+class Reconciler:
+    """Runs the checks against a live `Node` and halts what disagrees.
+
+    `run_once()` does one chain pass and one internal pass; `run_forever()` polls every chain's
+    tip every `poll_ms` (a chain pass on each new block) and runs the internal pass every
+    `internal_every_ms`.
+    """
+
+    def __init__(
+        self,
+        node: Any,
+        *,
+        wallets: Sequence[WalletSpec] = (),
+        custody: CustodyView | None = None,
+        settings: ReconcileSettings | None = None,
+        incidents: IncidentStore | None = None,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        if wallets and custody is None:
+            raise ValidationError("a custody view is needed to reconcile wallets", field="custody")
+        self.node = node
+        self.wallets = list(wallets)
+        self.custody = custody
+        self.settings = settings or ReconcileSettings()
+        self.incidents = incidents or IncidentStore(Path(node.data_dir) / "reconcile" / "incidents.sqlite")
+        self.fold = JournalFold(node.data_dir, self.settings)
+        self.clock_ms = clock_ms
+        self._tips: dict[str, int] = {}
+        self.last_report: RunReport | None = None
+
+    # -------------------------------------------------------------- passes
+
+    def chain_pass(self) -> tuple[list[ChainRow], list[Mismatch]]:
+        if not self.wallets:
+            return [], []
+        return reconcile_chain(self.node.engine.ledger, self.wallets, self.custody, self.settings)  # type: ignore[arg-type]
+
+    def _stable_live(self) -> LiveView:
+        """Read the live engine when no command is being applied: last_seq the same before and after."""
+        engine = self.node.engine
+        for _ in range(50):
+            before = engine.last_seq
+            live = read_live(engine)
+            if engine.last_seq == before:
+                return live
+            time.sleep(self.settings.confirm_wait_ms / 1000)
+        return live
+
+    def internal_pass(self, reserves: Mapping[str, int] | None = None) -> tuple[int, list[Mismatch]]:
+        """Fold the journal up to the live sequence and compare; a mismatch must persist across
+        `confirm_reads` quiet reads (a read racing the sequencer thread is not evidence)."""
+        mismatches: list[Mismatch] = []
+        live: LiveView | None = None
+        for attempt in range(self.settings.confirm_reads):
+            if attempt:
+                time.sleep(self.settings.confirm_wait_ms / 1000)
+            live = self._stable_live()
+            self.fold.advance()
+            if self.fold.last_seq != live.last_seq:
+                live = self._stable_live()  # the journal ran ahead of our read: read again
+                if self.fold.last_seq != live.last_seq:
+                    self.fold.advance()
+                    mismatches = []
+                    continue
+            found = reconcile_internal(live, self.fold, self.settings, reserves)
+            if attempt == 0:
+                mismatches = found
+            else:
+                keep = {m.halt_id for m in found}
+                mismatches = [m for m in mismatches if m.halt_id in keep]
+            if not mismatches:
+                break
+        return (len(live.balance) - 1 if live else 0), mismatches
+
+    def run_once(self, *, chain: bool = True, internal: bool = True) -> RunReport:
+        started = time.perf_counter()
+        notes: list[str] = []
+        rows, mismatches = self.chain_pass() if chain else ([], [])
+        reserves = self._reserves(rows)
+        accounts = 0
+        if internal:
+            accounts, found = self.internal_pass(reserves)
+            mismatches = mismatches + found
+            if self.fold.book.unmodelled:
+                notes.append("shadow per-account check skipped (replay check ran): unmodelled commands "
+                             + ", ".join(f"{k}x{v}" for k, v in sorted(self.fold.book.unmodelled.items())))
+        report = self._respond(mismatches, rows, accounts, notes)
+        report.duration_ms = int((time.perf_counter() - started) * 1000)
+        self.incidents.record_run(self.clock_ms(), report.duration_ms, report.seq, len(rows), accounts,
+                                  len(mismatches), "; ".join(notes))
+        self.last_report = report
+        return report
+
+    def _reserves(self, rows: list[ChainRow]) -> dict[str, int] | None:
+        """Chain-observed holdings per asset when every wallet of the asset was read this pass."""
+        if not rows:
+            return None
+        out: dict[str, int] = {}
+        for row in rows:
+            out[row.asset] = out.get(row.asset, 0) + row.chain_minor
+        return out
+
+    def _respond(self, mismatches: list[Mismatch], rows: list[ChainRow], accounts: int, notes: list[str]) -> RunReport:
+        engine = self.node.engine
+        state = halts_of(engine)
+        lifted = {h.halt_id for h in state.lifted}
+        submitted, already, acknowledged = [], [], []
+        now = self.clock_ms()
+        seen: set[str] = set()
+        for m in mismatches:
+            if m.halt_id in seen:
+                continue
+            seen.add(m.halt_id)
+            command = m.halt_command()
+            if command is None:
+                action = "incident"
+            elif m.halt_id in state.active:
+                action = "halt active"
+                already.append(m.halt_id)
+            elif m.halt_id in lifted:
+                action = "lifted by quorum (same evidence; not raised again)"
+                acknowledged.append(m.halt_id)
+            else:
+                self.node.execute(command)
+                action = "halt raised"
+                submitted.append(m.halt_id)
+            self.incidents.record(m, action, now)
+        return RunReport(engine.last_seq, rows, mismatches, submitted, already, acknowledged, accounts, 0, notes)
+
+    # -------------------------------------------------------------- loop
+
+    def new_blocks(self) -> bool:
+        changed = False
+        adapters = {spec.chain: spec.adapter for spec in self.wallets}
+        for chain, adapter in adapters.items():
+            tip = adapter.current_height()
+            if self._tips.get(chain) != tip:
+                self._tips[chain] = tip
+                changed = True
+        return changed
+
+    def run_forever(self, stop: threading.Event, *, poll_ms: int = 200, internal_every_ms: int = 5_000,
+                    on_report: Callable[[RunReport], None] | None = None) -> None:
+        if not 10 <= poll_ms <= 60_000 or not 100 <= internal_every_ms <= 600_000:
+            raise ValidationError("poll_ms must be 10..60000 and internal_every_ms 100..600000", field="poll_ms")
+        next_internal = 0.0  # float-ok: monotonic seconds
+        while not stop.is_set():
+            due_internal = time.monotonic() >= next_internal
+            if self.new_blocks() or due_internal:
+                report = self.run_once(chain=True, internal=due_internal)
+                if due_internal:
+                    next_internal = time.monotonic() + internal_every_ms / 1000
+                if on_report is not None:
+                    on_report(report)
+            stop.wait(poll_ms / 1000)
