@@ -75,8 +75,8 @@ _ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,96}")
 _SCOPE_RE = re.compile(r"[A-Za-z0-9_.:@/*-]{1,64}")
 _HEX_RE = re.compile(r"[0-9a-f]+")
 
-#: Custody command type names that move a withdrawal towards the chain contain "Withdraw" and start
-#: with one of these verbs. Commands that only record what happened (settle, fail, observe,
+#: Custody command type names that move a withdrawal towards the chain contain "Withdraw" and one
+#: of these verbs (`RequestWithdrawal`, `ApproveWithdrawal`, ...). Commands that only record what happened (settle, fail, observe,
 #: confirm, cancel) stay allowed: refusing a fact would make the ledger disagree with the chain.
 WITHDRAWAL_COMMAND_VERBS = ("Request", "Approve", "Review", "Sign", "RecordSigned", "Broadcast", "Release", "Submit")
 _CANCEL_TYPES = frozenset({"CancelOrder", "CancelAll"})
@@ -450,7 +450,7 @@ def _scopes_of(engine: Engine, command: Any) -> list[tuple[str, str]]:
 
 
 def _is_withdrawal_command(name: str) -> bool:
-    return "Withdraw" in name and name.startswith(WITHDRAWAL_COMMAND_VERBS)
+    return "Withdraw" in name and any(verb in name for verb in WITHDRAWAL_COMMAND_VERBS)
 
 
 def _refusal(kind: str, scope: str, level: str, name: str, state: HaltsState) -> Halted:

@@ -63,6 +63,8 @@ __all__ = [
     "IncidentStore",
     "Reconciler",
     "RunReport",
+    "FOLDS",
+    "register_fold",
 ]
 
 
@@ -345,6 +347,17 @@ _MODELLED = {
 }
 
 
+#: Folds for other domains' commands: `fn(fold, command, events, seq)` moves the shadow book the
+#: way the command moved the ledger (the custody flows register theirs). Commands with neither a
+#: fold nor an entry in `_MODELLED` make the shadow per-account check stand down (the replay check
+#: still runs) rather than raise a false halt.
+FOLDS: dict[str, Callable[["JournalFold", Any, list[Any], int], None]] = {}
+
+
+def register_fold(command_name: str, fn: Callable[["JournalFold", Any, list[Any], int], None]) -> None:
+    FOLDS[command_name] = fn
+
+
 class JournalFold:
     """Reads the journal incrementally into a replay engine and a `ShadowBook`.
 
@@ -400,7 +413,14 @@ class JournalFold:
                 book.trading_owners.add(ev.owner)
         if rejected:
             return
-        if name == "CreateTransfers":
+        if "Deposit" in name and "Credit" in name:
+            txid, index = getattr(command, "txid", None), getattr(command, "index", None)
+            if txid is not None:
+                book.note_deposit((str(getattr(command, "asset", "")), f"{txid}:{index}"), seq, name)
+        fold = FOLDS.get(name)
+        if fold is not None:
+            fold(self, command, events, seq)
+        elif name == "CreateTransfers":
             failed = set()
             for ev in events:
                 if type(ev).__name__ == "TransfersCreated":
@@ -410,11 +430,6 @@ class JournalFold:
                     self._fold_transfer(t, seq)
         elif name not in _MODELLED:
             book.unmodelled[name] = book.unmodelled.get(name, 0) + 1
-            if "Deposit" in name and "Credit" in name:
-                txid, index = getattr(command, "txid", None), getattr(command, "index", None)
-                asset = getattr(command, "asset", "")
-                if txid is not None:
-                    book.note_deposit((str(asset), f"{txid}:{index}"), seq, name)
 
     def _fold_transfer(self, t: Any, seq: int) -> None:
         book = self.book
