@@ -57,6 +57,7 @@ __all__ = [
     "ShadowBook",
     "JournalFold",
     "LiveView",
+    "AccountIndex",
     "read_live",
     "reconcile_chain",
     "reconcile_internal",
@@ -372,6 +373,14 @@ class JournalFold:
         self.engine = Engine()
         self.book = ShadowBook()
         self.last_seq = 0
+        self._index = AccountIndex()
+        self._view: LiveView | None = None
+
+    def view(self) -> LiveView:
+        """The replay engine's balances, read once per sequence number folded."""
+        if self._view is None or self._view.last_seq != self.last_seq:
+            self._view = read_live(self.engine, self._index)
+        return self._view
 
     def advance(self, progress: Callable[[int], None] | None = None) -> int:
         """Fold every record after `last_seq`; returns how many commands were folded."""
@@ -474,25 +483,58 @@ class JournalFold:
 # ----------------------------------------------------------------------------------------- internal
 
 
+class AccountIndex:
+    """Who each account is, and account ids grouped per asset; grown as accounts are opened.
+
+    Account identity never changes after opening, so this is built once and extended, not rebuilt
+    on every pass (it is most of the cost of a pass otherwise)."""
+
+    def __init__(self) -> None:
+        self.meta: list[tuple[str, str, str, str]] = [("", "", "", "")]  # (owner, asset, kind, segment)
+        self.by_asset: dict[str, list[int]] = {}
+        self.users: dict[str, list[int]] = {}
+        self.custody: dict[str, list[int]] = {}
+
+    def extend(self, ledger: Any) -> None:
+        accounts = ledger.accounts
+        for aid in range(len(self.meta), len(accounts)):
+            a = accounts[aid]
+            meta = (a.owner, a.asset, a.kind, a.segment)
+            self.meta.append(meta)
+            self.by_asset.setdefault(a.asset, []).append(aid)
+            if a.owner != SYSTEM_OWNER:
+                self.users.setdefault(a.asset, []).append(aid)
+            elif a.kind == "custody":
+                self.custody.setdefault(a.asset, []).append(aid)
+
+
 @dataclass
 class LiveView:
-    """Balances and holds of the live engine read at one sequence number."""
+    """Balances and holds of an engine read at one sequence number, indexed by account id."""
 
     last_seq: int
     balance: list[int]
     held: list[int]
     credits_pending: list[int]
-    meta: list[tuple[str, str, str, str]]  # (owner, asset, kind, segment) by account id
+    index: AccountIndex
+
+    @property
+    def meta(self) -> list[tuple[str, str, str, str]]:
+        return self.index.meta
 
 
-def read_live(engine: Engine) -> LiveView:
-    accounts = engine.ledger.accounts[1:]
+def read_live(engine: Engine, index: AccountIndex | None = None) -> LiveView:
+    index = index or AccountIndex()
+    ledger = engine.ledger
+    last_seq = engine.last_seq
+    accounts = ledger.accounts[1:]
+    index.extend(ledger)
     return LiveView(
-        engine.last_seq,
+        last_seq,
         [0] + [a.credits_posted - a.debits_posted for a in accounts],
         [0] + [a.debits_pending for a in accounts],
         [0] + [a.credits_pending for a in accounts],
-        [("", "", "", "")] + [(a.owner, a.asset, a.kind, a.segment) for a in accounts],
+        index,
     )
 
 
@@ -525,7 +567,7 @@ def reconcile_internal(
             field="last_seq",
         )
     out: list[Mismatch] = []
-    replay = read_live(fold.engine)
+    replay = fold.view()
     n = len(live.balance)
     if len(replay.balance) != n:
         out.append(Mismatch("engine_journal_mismatch", "*", "account_count", len(replay.balance) - 1, n - 1, {}))
@@ -560,17 +602,11 @@ def reconcile_internal(
                 out.append(Mismatch("engine_journal_mismatch", "*", _name(live.meta[aid]), book.held.get(aid, 0),
                                     live.held[aid], {"field": "held", "account_id": aid, "path": "shadow", "seq": live.last_seq}))
     # (3) zero sum per asset, liabilities vs reserves
-    sums: dict[str, int] = {}
-    users: dict[str, int] = {}
-    custody: dict[str, int] = {}
-    for aid in range(1, n):
-        owner, asset, kind, _ = live.meta[aid]
-        value = live.balance[aid]
-        sums[asset] = sums.get(asset, 0) + value
-        if owner != SYSTEM_OWNER:
-            users[asset] = users.get(asset, 0) + value
-        elif kind == "custody":
-            custody[asset] = custody.get(asset, 0) + settings.custody_balance_sign * value
+    index = live.index
+    get = live.balance.__getitem__
+    sums = {asset: sum(map(get, ids)) for asset, ids in index.by_asset.items()}
+    users = {asset: sum(map(get, ids)) for asset, ids in index.users.items()}
+    custody = {asset: settings.custody_balance_sign * sum(map(get, ids)) for asset, ids in index.custody.items()}
     for asset, total in sorted(sums.items()):
         if total != 0:
             out.append(Mismatch("ledger_not_zero_sum", "*", f"asset:{asset}", 0, total, {"asset": asset}))
@@ -691,6 +727,7 @@ class Reconciler:
         self.fold = JournalFold(node.data_dir, self.settings)
         self.clock_ms = clock_ms
         self._tips: dict[str, int] = {}
+        self._live_index = AccountIndex()
         self.last_report: RunReport | None = None
 
     # -------------------------------------------------------------- passes
@@ -705,7 +742,7 @@ class Reconciler:
         engine = self.node.engine
         for _ in range(50):
             before = engine.last_seq
-            live = read_live(engine)
+            live = read_live(engine, self._live_index)
             if engine.last_seq == before:
                 return live
             time.sleep(self.settings.confirm_wait_ms / 1000)
