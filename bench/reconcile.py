@@ -160,7 +160,12 @@ def main() -> None:
     best = None
     parts = {}
     first = None
-    for _ in range(args.repeat):
+    idle = None
+    for i in range(args.repeat + 1):
+        # new commands arrive between passes in production, so the replay engine's view is re-read
+        # each pass; the last pass re-uses it (nothing new was folded) and is reported as idle
+        if i < args.repeat:
+            fold._view = None
         t0 = time.perf_counter()
         rows, chain_mm = reconcile_chain(live.ledger, wallets, custody, settings)
         t1 = time.perf_counter()
@@ -169,7 +174,9 @@ def main() -> None:
         t2 = time.perf_counter()
         assert chain_mm == [] and internal_mm == [], (chain_mm[:3], internal_mm[:3])
         first = t2 - t0 if first is None else first
-        if best is None or t2 - t0 < best:
+        if i == args.repeat:
+            idle = t2 - t0
+        elif best is None or t2 - t0 < best:
             best = t2 - t0
             parts = {"chain_seconds": round(t1 - t0, 4), "internal_seconds": round(t2 - t1, 4)}
 
@@ -187,6 +194,7 @@ def main() -> None:
         "seconds": round(best, 4),
         **parts,
         "first_pass_seconds": round(first, 4),
+        "idle_pass_seconds": round(idle, 4),
         "fold_per_s": int(rate),
         "baseline": {"name": "plain dict-sum of the same balances per asset", "seconds": round(baseline, 4)},
         "ratio_to_baseline": round(best / baseline, 2) if baseline else None,
