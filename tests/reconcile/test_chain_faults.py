@@ -143,3 +143,25 @@ def test_balance_changed_in_engine_memory_halts_the_venue(node, eth):
         node.execute(RegisterAsset("USDT", 6, "crypto", "ethereum"))
     with pytest.raises(Halted):
         node.execute(SimCreditDeposit("ETH", "hot1", "alice", 1, "0xabc", 0))
+
+
+def test_a_shortfall_seen_only_once_is_not_evidence(node, eth):
+    """The view and the ledger are read a moment apart: a withdrawal settling in between can look
+    like a shortfall on one read. Only a shortfall seen twice with the same amounts halts."""
+    custody = SimCustody()
+    txid = _deposit(eth, custody, 4 * ONE_ETH)
+    _credit(node, custody, txid, 4 * ONE_ETH)
+    attacker = Account.from_key(bytes([0x67]) * 32).address
+    sent = eth.adapter.broadcast(eth.dev.sign_transfer(eth.hot_key, attacker, ONE_ETH))  # a real withdrawal
+    fee = 4 * ONE_ETH - ONE_ETH - eth.adapter.balance(eth.hot_address)
+
+    class LateView(SimCustody):
+        calls = 0
+
+        def in_flight_withdrawals(self, asset, wallet):
+            LateView.calls += 1
+            return 0 if LateView.calls == 1 else ONE_ETH + fee  # the first read missed it
+
+    rec = _reconciler(node, eth, LateView())
+    assert rec.run_once(internal=False).mismatches == [] and LateView.calls == 2
+    assert active_halts(node.engine) == [] and sent.txid
