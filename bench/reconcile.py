@@ -92,12 +92,12 @@ def build(n_accounts: int, n_addresses: int, seed: int):
         addresses = tuple(f"addr{w}_{k}" for k in range(ADDRESSES_PER_WALLET))
         custody = ledger.custody(asset, f"w{w}")
         held = rng.randrange(10**6, 10**9)
-        custody.debits_posted = held  # debit-normal: holdings = debits - credits
+        custody.credits_posted = held  # credit-normal: holdings = credits - debits
         for k, address in enumerate(addresses):
             chain_balances[address] = held // ADDRESSES_PER_WALLET + (held % ADDRESSES_PER_WALLET if k == 0 else 0)
-        totals[asset] -= held
+        totals[asset] += held
         wallets.append(WalletSpec(f"w{w}", asset, "memory", chain, addresses))
-    for asset in ASSETS:  # world balances the books; users are covered by custody plus receivables
+    for asset in ASSETS:  # world (and onchain, folded in here) balance the books
         ledger.world(asset).debits_posted = totals[asset]
     return engine, wallets
 

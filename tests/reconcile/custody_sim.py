@@ -1,7 +1,7 @@
 """A small stand-in for the custody flows (branch `custody`), for reconciliation tests only.
 
-Two test-only commands move the real ledger the way a custody flow would (a deposit debits the
-wallet's debit-normal `custody:<wallet>:<asset>` account and credits the user), and `SimCustody`
+Two test-only commands move the real ledger the way the custody flows do (a credited deposit moves
+world -> user and onchain -> `custody:<wallet>:<asset>`, a credit-normal account), and `SimCustody`
 implements the `CustodyView` protocol from a watcher-like record of pending deposits and in-flight
 withdrawals. It deliberately has no double-credit protection, so a test can inject that bug.
 """
@@ -38,8 +38,10 @@ class SimDepositCredited(Event, tag="test.recon.deposit_credited/1"):
 def _credit(engine: Engine, c: SimCreditDeposit) -> list[Event]:
     ledger = engine.ledger
     custody = ledger.custody(c.asset, c.wallet)
+    onchain = ledger.open_account("system", c.asset, "onchain", "-")[0]
     user = ledger.find(c.owner, c.asset, "available", "spot") or ledger.open_account(c.owner, c.asset, "available", "spot")[0]
-    ledger.move(custody, user, c.amount)
+    ledger.move(ledger.world(c.asset), user, c.amount)
+    ledger.move(onchain, custody, c.amount)
     return [SimDepositCredited(c.txid, c.amount)]
 
 
@@ -47,20 +49,21 @@ def _credit(engine: Engine, c: SimCreditDeposit) -> list[Event]:
 def _request(engine: Engine, c: SimRequestWithdrawal) -> list[Event]:
     ledger = engine.ledger
     user = ledger.get(c.owner, c.asset)
-    ledger.reserve(user, ledger.custody(c.asset, c.wallet), c.amount)
+    ledger.reserve(user, ledger.world(c.asset), c.amount)
     return []
 
 
 def _fold_credit(fold: JournalFold, c: SimCreditDeposit, events: list, seq: int) -> None:
     find = fold.engine.ledger.find
-    fold.book.post(find("system", c.asset, "custody", c.wallet).id, find(c.owner, c.asset, "available", "spot").id, c.amount)
+    fold.book.post(find("system", c.asset, "world", "-").id, find(c.owner, c.asset, "available", "spot").id, c.amount)
+    fold.book.post(find("system", c.asset, "onchain", "-").id, find("system", c.asset, "custody", c.wallet).id, c.amount)
 
 
 def _fold_request(fold: JournalFold, c: SimRequestWithdrawal, events: list, seq: int) -> None:
     ledger = fold.engine.ledger
     tid = ledger.next_internal_id - 1  # the id the replay engine just gave the hold
     fold.book.reserve(tid, ledger.find(c.owner, c.asset, "available", "spot").id,
-                      ledger.find("system", c.asset, "custody", c.wallet).id, c.amount)
+                      ledger.find("system", c.asset, "world", "-").id, c.amount)
 
 
 register_fold("SimCreditDeposit", _fold_credit)

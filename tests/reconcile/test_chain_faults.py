@@ -116,6 +116,21 @@ def test_reorg_removing_a_deposit_before_finality_raises_no_halt(node, eth):
     assert rec.run_once().mismatches == []
 
 
+def test_reorg_removing_a_credited_deposit_before_finality_raises_no_halt(node, eth):
+    """The custody flows credit before finality; the deposit stays in `pending_deposits` until final."""
+    custody = SimCustody()
+    rec = _reconciler(node, eth, custody)
+    snap = eth.dev.snapshot()
+    txid = _deposit(eth, custody, 2 * ONE_ETH)
+    node.execute(SimCreditDeposit("ETH", "hot1", "alice", 2 * ONE_ETH, txid, 0))  # credited, not final
+    assert rec.run_once().mismatches == []
+    eth.dev.reorg_to(snap, 3)
+    assert eth.adapter.balance(eth.hot_address) == 0
+    report = rec.run_once()
+    assert [m.kind for m in report.mismatches if m.rule.level] == []
+    assert active_halts(node.engine) == []
+
+
 def test_reorg_removing_a_final_credited_deposit_does_halt(node, eth):
     custody = SimCustody()
     rec = _reconciler(node, eth, custody)

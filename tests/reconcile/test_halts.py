@@ -43,6 +43,15 @@ class SettleWithdrawalSim(Command, tag="test.recon.settle_withdrawal/1"):
     wallet: str
 
 
+class RecordSignedTx(Command, tag="test.recon.signed_tx/1"):
+    """Named like the custody flows' command: recording a signed transaction leads to broadcast."""
+
+    withdrawal_id: str
+    asset: str
+    wallet: str
+
+
+@handles(RecordSignedTx)
 @handles(SimPlaceOrder)
 @handles(CancelOrder)
 @handles(ApproveWithdrawalSim)
@@ -165,6 +174,8 @@ def test_scoped_levels(node, operators):
     _raise(node, "w", "asset", "ETH@hot1", "WITHDRAWALS_PAUSED")
     with pytest.raises(Halted, match="WITHDRAWALS_PAUSED"):
         node.execute(ApproveWithdrawalSim("ETH", "hot1"))
+    with pytest.raises(Halted, match="WITHDRAWALS_PAUSED"):
+        node.execute(RecordSignedTx("w1", "ETH", "hot1"))
     node.execute(ApproveWithdrawalSim("ETH", "hot2"))  # other wallet of the asset
     node.execute(SettleWithdrawalSim("ETH", "hot1"))  # facts from the chain are still recorded
     node.execute(SimPlaceOrder("ETHUSDT", "ETH"))  # trading the asset is not paused

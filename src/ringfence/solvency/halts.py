@@ -57,6 +57,7 @@ __all__ = [
     "metrics_samples",
     "halts_of",
     "WITHDRAWAL_COMMAND_VERBS",
+    "WITHDRAWAL_COMMANDS",
 ]
 
 WITHDRAWALS_PAUSED = "WITHDRAWALS_PAUSED"
@@ -449,7 +450,13 @@ def _scopes_of(engine: Engine, command: Any) -> list[tuple[str, str]]:
     return out
 
 
+#: The custody flows' commands that move a withdrawal towards the chain (branch `custody`).
+WITHDRAWAL_COMMANDS = frozenset({"RequestWithdrawal", "ApproveWithdrawal", "AuthorizeSigning", "RecordSignedTx"})
+
+
 def _is_withdrawal_command(name: str) -> bool:
+    if name in WITHDRAWAL_COMMANDS:
+        return True
     return "Withdraw" in name and any(verb in name for verb in WITHDRAWAL_COMMAND_VERBS)
 
 

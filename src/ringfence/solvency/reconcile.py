@@ -4,12 +4,13 @@ Three checks, each naming what disagrees precisely (a `Mismatch` with its eviden
 
 * **Chain** (`reconcile_chain`, every new block): for every custody wallet, the sum of the on-chain
   balances of its addresses at one height against its `custody:<wallet>:<asset>` ledger account.
-  In-flight withdrawals (broadcast, not yet settled in the ledger) may already have left the chain;
-  deposits below finality may be on chain but not yet credited. So the chain must lie in
-  `[ledger - in_flight - tolerance, ledger + pending + tolerance]`. Below it is a *shortfall*
-  (funds left outside the withdrawal flow, or a credit that has no coins); above it is a surplus
-  (an incident only: unexplained coins are not a solvency risk). Pending deposits never count on
-  the low side, so a reorg that removes a deposit not yet final cannot cause a false halt.
+  In-flight withdrawals (signed/broadcast, not yet settled in the ledger) may already have left the
+  chain; deposits below finality may be on chain but not yet credited, or credited but reorged
+  away before the watcher reverses them. So the chain must lie in
+  `[ledger - in_flight - pending - tolerance, ledger + pending + tolerance]`. Below it is a
+  *shortfall* (funds left outside the withdrawal flow, or a final credit that has no coins); above
+  it is a surplus (an incident only: unexplained coins are not a solvency risk). A reorg that
+  removes a deposit not yet final therefore cannot cause a false halt; once final, it does.
 * **Internal** (`JournalFold` + `reconcile_internal`, every few seconds): the journal is read with
   `journal.scan` and the batch decoder, and every command is applied to a *replay engine* (a fresh
   instance fed only from the journal) while an independent balance model (`ShadowBook`, plain
@@ -106,9 +107,10 @@ class ReconcileSettings:
     tolerances_minor: Mapping[str, int] = field(default_factory=dict)
     #: Known receivables per asset that count towards reserves (e.g. funds in transit between wallets).
     receivables_minor: Mapping[str, int] = field(default_factory=dict)
-    #: How a `custody:*` account's balance maps to coins held: -1 = debit-normal asset account
-    #: (a deposit debits custody and credits the user; holdings = debits - credits), +1 = credit-normal.
-    custody_balance_sign: int = -1
+    #: How a `custody:<wallet>:<asset>` balance maps to coins held: +1 = credit-normal (the custody
+    #: flows credit it when a deposit is credited and debit it when a withdrawal settles; holdings =
+    #: credits - debits), -1 = debit-normal.
+    custody_balance_sign: int = 1
     deposit_transfer_code: int = DEPOSIT_TRANSFER_CODE
     #: Internal mismatches must persist across this many reads taken while the engine is quiet.
     confirm_reads: int = 2
@@ -219,7 +221,9 @@ class ChainRow:
 
     @property
     def status(self) -> str:
-        if self.chain_minor < self.ledger_minor - self.in_flight_minor - self.tolerance_minor:
+        # Deposits below finality widen both sides: uncredited ones are on chain but not in the
+        # ledger; credited ones may be reorged off the chain before the watcher reverses them.
+        if self.chain_minor < self.ledger_minor - self.in_flight_minor - self.pending_minor - self.tolerance_minor:
             return "SHORTFALL"
         if self.chain_minor > self.ledger_minor + self.pending_minor + self.tolerance_minor:
             return "SURPLUS"
@@ -425,7 +429,7 @@ class JournalFold:
         if "Deposit" in name and "Credit" in name:
             txid, index = getattr(command, "txid", None), getattr(command, "index", None)
             if txid is not None:
-                book.note_deposit((str(getattr(command, "asset", "")), f"{txid}:{index}"), seq, name)
+                book.note_deposit((self._deposit_asset(command), f"{txid}:{index}"), seq, name)
         fold = FOLDS.get(name)
         if fold is not None:
             fold(self, command, events, seq)
@@ -439,6 +443,21 @@ class JournalFold:
                     self._fold_transfer(t, seq)
         elif name not in _MODELLED:
             book.unmodelled[name] = book.unmodelled.get(name, 0) + 1
+
+    def _deposit_asset(self, command: Any) -> str:
+        """The asset of a deposit credit: its `asset` field, or the custody component's record of
+        the deposit (`chain:txid:index`), or the chain name as a last resort (still a valid scope)."""
+        asset = getattr(command, "asset", None)
+        if isinstance(asset, str) and asset:
+            return asset
+        custody = self.engine.components.get("custody")
+        deposits = getattr(custody, "deposits", None)
+        chain = str(getattr(command, "chain", "") or "unknown")
+        if isinstance(deposits, dict):
+            rec = deposits.get(f"{chain}:{command.txid}:{command.index}")
+            if rec is not None and getattr(rec, "asset", None):
+                return str(rec.asset)
+        return chain
 
     def _fold_transfer(self, t: Any, seq: int) -> None:
         book = self.book
@@ -807,12 +826,14 @@ class Reconciler:
         return report
 
     def _reserves(self, rows: list[ChainRow]) -> dict[str, int] | None:
-        """Chain-observed holdings per asset when every wallet of the asset was read this pass."""
+        """Chain-observed holdings per asset, plus what the custody flows say is in flight (left the
+        chain, still a liability until settled) and deposits below finality (credited, or about
+        to be, and possibly reorged off the chain until final)."""
         if not rows:
             return None
         out: dict[str, int] = {}
         for row in rows:
-            out[row.asset] = out.get(row.asset, 0) + row.chain_minor
+            out[row.asset] = out.get(row.asset, 0) + row.chain_minor + row.in_flight_minor + row.pending_minor
         return out
 
     def _respond(self, mismatches: list[Mismatch], rows: list[ChainRow], accounts: int, notes: list[str]) -> RunReport:
