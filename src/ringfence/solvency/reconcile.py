@@ -11,8 +11,9 @@ Three checks, each naming what disagrees precisely (a `Mismatch` with its eviden
   *shortfall* (funds left outside the withdrawal flow, or a final credit that has no coins); above
   it is a surplus (an incident only: unexplained coins are not a solvency risk). A reorg that
   removes a deposit not yet final therefore cannot cause a false halt; once final, it does.
-* **Internal** (`JournalFold` + `reconcile_internal`, every few seconds): the journal is read with
-  `journal.scan` and the batch decoder, and every command is applied to a *replay engine* (a fresh
+* **Internal** (`JournalFold` + `reconcile_internal`, every few seconds): the journal is read by
+  its own incremental reader (`JournalTail`: header CRC, hash chain, sequence; resumes where it
+  stopped) and the batch decoder, and every command is applied to a *replay engine* (a fresh
   instance fed only from the journal) while an independent balance model (`ShadowBook`, plain
   dicts, no `Ledger` code) folds the same transfers from the commands and their result events:
   client transfers (single-phase, pending, post, void, expiry) and trading fills (including the
@@ -34,8 +35,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
@@ -43,7 +46,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 from ..engine.commands import batch_decoder
 from ..engine.core import CommandRejected, Engine
 from ..errors import JournalCorrupt, ValidationError
-from ..journal.journal import scan
+from ..journal.journal import GENESIS_HASH, HEADER_SIZE, MAGIC, MAX_PAYLOAD_BYTES, TRAILER_SIZE, Record, segment_paths
 from ..ledger.model import SYSTEM_OWNER, TransferFlags
 from .halts import HALTED, REDUCE_ONLY, WITHDRAWALS_PAUSED, Halt, halts_of
 
@@ -57,6 +60,7 @@ __all__ = [
     "ChainRow",
     "ShadowBook",
     "JournalFold",
+    "JournalTail",
     "LiveView",
     "AccountIndex",
     "read_live",
@@ -363,6 +367,62 @@ def register_fold(command_name: str, fn: Callable[["JournalFold", Any, list[Any]
     FOLDS[command_name] = fn
 
 
+_HEAD = struct.Struct(">4sHHIIQ32s")
+_CRC = struct.Struct(">II")
+
+
+class JournalTail:
+    """Reads the journal's records from where it stopped last time, verifying each one.
+
+    A second reader of the on-disk format (see `ringfence.journal.journal`): magic, header CRC,
+    the hash chain from the last record it verified, sequence continuity and the record hash. A
+    record still being written (shorter than its declared length) ends this read; the next call
+    resumes there. A complete record that fails verification is corruption.
+    """
+
+    def __init__(self, journal_dir: Path) -> None:
+        self.journal_dir = journal_dir
+        self.segment: str | None = None
+        self.offset = 0
+        self.prev_hash = GENESIS_HASH
+        self.next_seq = 1
+
+    def read_new(self) -> Iterable[Record]:
+        paths = segment_paths(self.journal_dir)
+        names = [p.name for p in paths]
+        start = names.index(self.segment) if self.segment in names else 0
+        if self.segment is not None and self.segment not in names:
+            raise JournalCorrupt(f"journal segment {self.segment} disappeared while being reconciled")
+        for path in paths[start:]:
+            offset = self.offset if path.name == self.segment else 0
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+            pos = 0
+            while len(data) - pos >= HEADER_SIZE:
+                magic, _version, _flags, length, count, first_seq, prev = _HEAD.unpack_from(data, pos)
+                crc, _ = _CRC.unpack_from(data, pos + 56)
+                where = f"{path.name}:{offset + pos}"
+                if magic != MAGIC or zlib.crc32(data[pos:pos + 56]) != crc or length > MAX_PAYLOAD_BYTES:
+                    if not any(data[pos:]):
+                        break  # zero-filled space at the tail: nothing written yet
+                    raise JournalCorrupt(f"journal record at {where}: bad header")
+                end = pos + HEADER_SIZE + length + TRAILER_SIZE
+                if end > len(data):
+                    break  # still being written
+                payload = data[pos + HEADER_SIZE:pos + HEADER_SIZE + length]
+                digest = hashlib.sha256(data[pos:pos + 56] + payload).digest()
+                if digest != data[end - TRAILER_SIZE:end] or prev != self.prev_hash or first_seq != self.next_seq:
+                    raise JournalCorrupt(f"journal record at {where}: hash chain or sequence broken")
+                yield Record(first_seq, count, payload, digest, path.name, offset + pos)
+                self.prev_hash = digest
+                self.next_seq = first_seq + count
+                pos = end
+                self.segment, self.offset = path.name, offset + pos
+            if path.name != self.segment and pos:
+                self.segment, self.offset = path.name, offset + pos
+
+
 class JournalFold:
     """Reads the journal incrementally into a replay engine and a `ShadowBook`.
 
@@ -377,6 +437,7 @@ class JournalFold:
         self.engine = Engine()
         self.book = ShadowBook()
         self.last_seq = 0
+        self.tail = JournalTail(self.data_dir / "journal")
         self._index = AccountIndex()
         self._view: LiveView | None = None
 
@@ -391,10 +452,7 @@ class JournalFold:
         decoder = batch_decoder()
         engine = self.engine
         folded = 0
-        gen = scan(self.data_dir / "journal", decode_from_seq=self.last_seq + 1)
-        for record in gen:
-            if record.last_seq <= self.last_seq:
-                continue
+        for record in self.tail.read_new():
             if record.first_seq != self.last_seq + 1:
                 raise JournalCorrupt(f"journal record starts at {record.first_seq}; folded up to {self.last_seq}")
             batch = decoder.decode(record.payload)
