@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import sqlite3
 import struct
 import threading
@@ -41,11 +42,12 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from itertools import repeat
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from ..engine.commands import batch_decoder
 from ..engine.core import CommandRejected, Engine
-from ..errors import JournalCorrupt, ValidationError
+from ..errors import JournalCorrupt, RingfenceError, ValidationError
 from ..journal.journal import GENESIS_HASH, HEADER_SIZE, MAGIC, MAX_PAYLOAD_BYTES, TRAILER_SIZE, Record, segment_paths
 from ..ledger.model import SYSTEM_OWNER, TransferFlags
 from .halts import HALTED, REDUCE_ONLY, WITHDRAWALS_PAUSED, Halt, halts_of
@@ -97,6 +99,8 @@ RULES: dict[str, Rule] = {
     "world_mismatch": Rule("asset", REDUCE_ONLY, "a world account differs from the deposits and withdrawals"),
 }
 
+#: How often one internal pass tries to read the live engine and the journal at the same sequence.
+MAX_ALIGN_TRIES = 200
 #: A mismatch list longer than this is cut (and says so): the first ones name the problem.
 MAX_MISMATCHES = 1_000
 MAX_EVIDENCE_ITEMS = 20
@@ -606,13 +610,20 @@ def read_live(engine: Engine, index: AccountIndex | None = None) -> LiveView:
     last_seq = engine.last_seq
     accounts = ledger.accounts[1:]
     index.extend(ledger)
-    return LiveView(
-        last_seq,
-        [0] + [a.credits_posted - a.debits_posted for a in accounts],
-        [0] + [a.debits_pending for a in accounts],
-        [0] + [a.credits_pending for a in accounts],
-        index,
-    )
+    # map + attrgetter keeps the per-account loop in C: about twice as fast as comprehensions
+    balance = [0]
+    balance.extend(map(operator.sub, map(_CREDITS_POSTED, accounts), map(_DEBITS_POSTED, accounts)))
+    held = [0]
+    held.extend(map(_DEBITS_PENDING, accounts))
+    credits_pending = [0]
+    credits_pending.extend(map(_CREDITS_PENDING, accounts))
+    return LiveView(last_seq, balance, held, credits_pending, index)
+
+
+_CREDITS_POSTED = operator.attrgetter("credits_posted")
+_DEBITS_POSTED = operator.attrgetter("debits_posted")
+_DEBITS_PENDING = operator.attrgetter("debits_pending")
+_CREDITS_PENDING = operator.attrgetter("credits_pending")
 
 
 def _kind_for_account(meta: tuple[str, str, str, str]) -> tuple[str, str]:
@@ -660,10 +671,8 @@ def reconcile_internal(
     # (2) the shadow book (independent fold) vs live memory
     book = fold.book
     modelled_all = not book.unmodelled
-    shadow_balance = [0] * n
-    for aid, value in book.balance.items():
-        if 0 < aid < n:
-            shadow_balance[aid] = value
+    shadow_balance = list(map(book.balance.get, range(n), repeat(0, n)))
+    shadow_balance[0] = 0
     if modelled_all and shadow_balance != live.balance:
         for aid in range(1, n):
             if shadow_balance[aid] != live.balance[aid] and len(out) < MAX_MISMATCHES:
@@ -806,6 +815,9 @@ class Reconciler:
         self._tips: dict[str, int] = {}
         self._live_index = AccountIndex()
         self.last_report: RunReport | None = None
+        #: Internal passes that found the engine too busy to line up with the journal (shown in notes).
+        self.unaligned_passes = 0
+        self.errors: list[str] = []
 
     # -------------------------------------------------------------- passes
 
@@ -846,14 +858,17 @@ class Reconciler:
         for attempt in range(self.settings.confirm_reads):
             if attempt:
                 time.sleep(self.settings.confirm_wait_ms / 1000)
-            live = self._stable_live()
-            self.fold.advance()
-            if self.fold.last_seq != live.last_seq:
-                live = self._stable_live()  # the journal ran ahead of our read: read again
-                if self.fold.last_seq != live.last_seq:
-                    self.fold.advance()
-                    mismatches = []
-                    continue
+            # the journal is written before a batch is applied, so the fold and the live engine
+            # pass each other under load: read both until they stand at the same sequence number
+            for _ in range(MAX_ALIGN_TRIES):
+                live = self._stable_live()
+                self.fold.advance()
+                if self.fold.last_seq == live.last_seq:
+                    break
+                time.sleep(0.001)
+            else:
+                self.unaligned_passes += 1
+                return (len(live.balance) - 1 if live else 0), []
             found = reconcile_internal(live, self.fold, self.settings, reserves)
             if attempt == 0:
                 mismatches = found
@@ -871,8 +886,11 @@ class Reconciler:
         reserves = self._reserves(rows)
         accounts = 0
         if internal:
+            skipped = self.unaligned_passes
             accounts, found = self.internal_pass(reserves)
             mismatches = mismatches + found
+            if self.unaligned_passes != skipped:
+                notes.append("internal check skipped: the engine never stood still at the journal's sequence")
             if self.fold.book.unmodelled:
                 notes.append("shadow per-account check skipped (replay check ran): unmodelled commands "
                              + ", ".join(f"{k}x{v}" for k, v in sorted(self.fold.book.unmodelled.items())))
@@ -915,9 +933,13 @@ class Reconciler:
                 action = "lifted by quorum (same evidence; not raised again)"
                 acknowledged.append(m.halt_id)
             else:
-                self.node.execute(command)
-                action = "halt raised"
-                submitted.append(m.halt_id)
+                try:
+                    self.node.execute(command)
+                    action = "halt raised"
+                    submitted.append(m.halt_id)
+                except RingfenceError as err:  # e.g. the node stopped: keep the incident, say why
+                    action = f"halt NOT raised: {err}"[:300]
+                    notes.append(f"{m.halt_id}: {action}")
             self.incidents.record(m, action, now)
         return RunReport(engine.last_seq, rows, mismatches, submitted, already, acknowledged, accounts, 0, notes)
 
@@ -940,10 +962,16 @@ class Reconciler:
         next_internal = 0.0  # float-ok: monotonic seconds
         while not stop.is_set():
             due_internal = time.monotonic() >= next_internal
-            if self.new_blocks() or due_internal:
-                report = self.run_once(chain=True, internal=due_internal)
-                if due_internal:
-                    next_internal = time.monotonic() + internal_every_ms / 1000
-                if on_report is not None:
-                    on_report(report)
+            try:
+                if self.new_blocks() or due_internal:
+                    report = self.run_once(chain=True, internal=due_internal)
+                    if due_internal:
+                        next_internal = time.monotonic() + internal_every_ms / 1000
+                    if on_report is not None:
+                        on_report(report)
+            except JournalCorrupt:
+                raise  # the journal itself is broken: stop loudly, recovery must look at it
+            except Exception as err:  # a chain RPC down must not stop reconciliation of the rest
+                self.errors.append(f"{type(err).__name__}: {err}"[:500])
+                del self.errors[:-100]
             stop.wait(poll_ms / 1000)
