@@ -180,3 +180,24 @@ def test_a_shortfall_seen_only_once_is_not_evidence(node, eth):
     rec = _reconciler(node, eth, LateView())
     assert rec.run_once(internal=False).mismatches == [] and LateView.calls == 2
     assert active_halts(node.engine) == [] and sent.txid
+
+
+def test_a_lifted_halt_is_not_raised_again_for_the_same_evidence_but_a_new_loss_halts(node, eth, operators):
+    from ringfence.solvency.halts import LiftHalt, lift_message
+
+    custody = SimCustody()
+    rec = _reconciler(node, eth, custody)
+    txid = _deposit(eth, custody, 5 * ONE_ETH)
+    _credit(node, custody, txid, 5 * ONE_ETH)
+    attacker = Account.from_key(bytes([0x66]) * 32).address
+    eth.adapter.broadcast(eth.dev.sign_transfer(eth.hot_key, attacker, ONE_ETH))
+    [halt_id] = rec.run_once(internal=False).halts_submitted
+    [halt] = active_halts(node.engine)
+    message = lift_message(halt_id, "loss written off", halt["raised_seq"])
+    node.execute(LiftHalt(halt_id, "loss written off", [(n, operators[n].sign(message).hex()) for n in ("op1", "op2")]))
+    report = rec.run_once(internal=False)
+    assert report.acknowledged == [halt_id] and report.halts_submitted == [] and active_halts(node.engine) == []
+    eth.adapter.broadcast(eth.dev.sign_transfer(eth.hot_key, attacker, ONE_ETH))  # it leaks again
+    report = rec.run_once(internal=False)
+    assert len(report.halts_submitted) == 1 and report.halts_submitted[0] != halt_id
+    assert [h["level"] for h in active_halts(node.engine)] == ["WITHDRAWALS_PAUSED"]

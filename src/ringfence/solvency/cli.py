@@ -193,3 +193,62 @@ def history(
                       r["expected_minor"], r["actual_minor"], str(r["seen_count"]), r["action"], r["halt_id"])
     console.print(table)
 
+
+
+@app.command("approve")
+def approve(
+    halt_id: str = typer.Argument(..., help="The halt to lift (see `reconcile status`)."),
+    raised_seq: int = typer.Option(..., "--raised-seq", min=1, help="The halt's 'raised at seq' (the replay nonce)."),
+    reason: str = typer.Option(..., "--reason", help="Why it may be lifted; every approver signs the same text."),
+    operator: str = typer.Option(..., "--operator", help="Your operator id."),
+    key_file: Path = typer.Option(..., "--key-file", help="Your Ed25519 private key: 64 hex characters (seed) in a file."),
+) -> None:
+    """Sign an approval to lift one halt; prints OPERATOR:SIGNATURE for `reconcile lift --approval`.
+
+    Runs offline: nothing is read from or written to a data directory.
+    Example: ringfence reconcile approve rc.hot_wallet_shortfall.1a2b --raised-seq 812 --reason "key rotated" --operator op1 --key-file op1.key
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from .halts import lift_message
+
+    try:
+        seed = bytes.fromhex(key_file.read_text().strip())
+        key = Ed25519PrivateKey.from_private_bytes(seed)
+    except (OSError, ValueError):
+        err_console.print("[bold red]error:[/] --key-file: must hold a 32-byte Ed25519 seed as 64 hex characters")
+        raise typer.Exit(2)
+    typer.echo(f"{operator}:{key.sign(lift_message(halt_id, reason, raised_seq)).hex()}")
+
+
+@app.command("lift")
+def lift(
+    data_dir: Path = typer.Argument(..., metavar="DIR", help="The node's data directory (the node must be stopped)."),
+    halt_id: str = typer.Argument(..., help="The halt to lift."),
+    reason: str = typer.Option(..., "--reason", help="The reason the approvers signed."),
+    approvals: list[str] = typer.Option(..., "--approval", help="OPERATOR:SIGNATURE from `reconcile approve`; repeat for M operators."),
+) -> None:
+    """Submit LiftHalt with M-of-N operator approvals; the engine verifies every signature.
+
+    Example: ringfence reconcile lift ./data rc.hot_wallet_shortfall.1a2b --reason "key rotated" --approval op1:ab.. --approval op2:cd..
+    """
+    from ..engine.node import Node
+    from .halts import LiftHalt
+
+    parsed = []
+    for i, item in enumerate(approvals):
+        operator, sep, signature = item.partition(":")
+        if not sep or not operator or not signature:
+            err_console.print(f"[bold red]error:[/] --approval #{i + 1}: expected OPERATOR:SIGNATURE_HEX")
+            raise typer.Exit(2)
+        parsed.append((operator, signature.lower()))
+    path = _data_dir(data_dir)
+    try:
+        with Node(path) as node:
+            [event] = node.execute(LiftHalt(halt_id, reason, parsed))
+    except RingfenceError as err:
+        field = f"{err.field}: " if err.field else ""
+        err_console.print(f"[bold red]refused:[/] {field}{err}")
+        raise typer.Exit(1)
+    console.print(f"[bold green]lifted[/] {halt_id} ({event.scope_kind}:{event.scope} {event.level}) "
+                  f"approved by {', '.join(event.approvers)}")
