@@ -58,6 +58,7 @@ __all__ = [
     "ReconcileSettings",
     "CustodyView",
     "WalletSpec",
+    "custody_wallet_specs",
     "Mismatch",
     "ChainRow",
     "ShadowBook",
@@ -158,6 +159,22 @@ class WalletSpec:
     chain: str
     adapter: Any  # a ChainAdapter
     addresses: tuple[str, ...]
+
+
+def custody_wallet_specs(custody: Any, adapters: Mapping[str, Any], assets_by_chain: Mapping[str, Sequence[str]]) -> list[WalletSpec]:
+    """Wallet specs from the custody component (branch `custody`): every registered wallet with its
+    own addresses plus the user deposit addresses assigned to it, once per asset of its chain."""
+    deposit: dict[str, list[str]] = {}
+    for _key, (_account, wallet, address) in sorted(getattr(custody, "deposit_addresses", {}).items()):
+        deposit.setdefault(wallet, []).append(address)
+    specs = []
+    for w in sorted(custody.wallets.values(), key=lambda w: w.name):
+        if w.chain not in adapters:
+            continue
+        addresses = tuple(sorted(set(w.addresses) | set(deposit.get(w.name, ()))))
+        for asset in assets_by_chain.get(w.chain, ()):
+            specs.append(WalletSpec(w.name, asset, w.chain, adapters[w.chain], addresses))
+    return specs
 
 
 # ----------------------------------------------------------------------------------------- mismatch
