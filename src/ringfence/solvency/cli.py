@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import RingfenceError
@@ -87,6 +88,11 @@ def run(
     try:
         with Node(path) as node:
             rec = Reconciler(node, incidents=_incidents(path))
+            with Progress(SpinnerColumn(), TextColumn("folding the journal independently"),
+                          TextColumn("{task.completed:,} commands"), TimeElapsedColumn(),
+                          console=err_console, transient=True) as progress:
+                task = progress.add_task("fold", total=None)
+                rec.fold.advance(progress=lambda n: progress.advance(task, n))
             if no_halt:
                 rec._respond = _report_only(rec)  # type: ignore[method-assign]
             found = False
