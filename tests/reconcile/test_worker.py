@@ -67,3 +67,34 @@ def test_bench_smoke(tmp_path):
     line = json.loads(out.stdout.strip().splitlines()[-1])
     assert line["bench"] == "reconcile" and line["smoke"] is True and line["seed"] == 3
     assert line["workload"]["accounts"] == 2_000 and line["baseline"]["seconds"] >= 0
+
+
+def test_tampering_is_confirmed_while_the_tampered_account_keeps_trading(node):
+    node.start()
+    ledger = node.engine.ledger
+    world, alice, bob = ledger.world("BTC").id, ledger.get("alice", "BTC").id, ledger.get("bob", "BTC").id
+    node.execute(CreateTransfers([Transfer(1, world, bob, 1_000_000)]))
+    rec = Reconciler(node, settings=ReconcileSettings(confirm_reads=3, confirm_wait_ms=20))
+    assert rec.run_once().mismatches == []
+    ledger.get("bob", "BTC").credits_posted += 1  # in memory only
+    stop = threading.Event()
+
+    def traffic() -> None:  # bob keeps paying alice while the reconciler confirms
+        i = 0
+        while not stop.is_set():
+            node.submit(CreateTransfers([Transfer(100 + i, bob, alice, 1)]))
+            i += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        report = rec.run_once()
+    finally:
+        stop.set()
+        t.join()
+    hit = [m for m in report.mismatches if m.kind == "engine_journal_mismatch" and m.subject.startswith("bob:")]
+    assert hit and all(m.delta_minor == 1 for m in hit)
+    halts = active_halts(node.engine)  # the account, and the asset's broken zero sum
+    assert {(h["scope_kind"], h["level"]) for h in halts} == {("venue", "HALTED")}
+    assert {json.loads(h["evidence"])["kind"] for h in halts} == {"engine_journal_mismatch", "ledger_not_zero_sum"}

@@ -802,6 +802,10 @@ class RunReport:
     notes: list[str]
 
 
+def _confirm_key(m: Mismatch) -> tuple[Any, ...]:
+    return (m.kind, m.scope, m.subject, m.details.get("field"), m.details.get("path"), m.delta_minor)
+
+
 class Reconciler:
     """Runs the checks against a live `Node` and halts what disagrees.
 
@@ -890,8 +894,10 @@ class Reconciler:
             if attempt == 0:
                 mismatches = found
             else:
-                keep = {m.halt_id for m in found}
-                mismatches = [m for m in mismatches if m.halt_id in keep]
+                # confirmed by what is wrong (the same account and difference), not by absolute
+                # values, which move on between reads of a busy engine; the newest read is kept
+                before = {_confirm_key(m) for m in mismatches}
+                mismatches = [m for m in found if _confirm_key(m) in before]
             if not mismatches:
                 break
         return (len(live.balance) - 1 if live else 0), mismatches
