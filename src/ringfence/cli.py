@@ -278,7 +278,7 @@ app.add_typer(_chains_app, name="chains")
 from .custody.signing.cli import app as _keys_app  # noqa: E402
 app.add_typer(_keys_app, name="keys")
 
-from .solvency.cli import app as _reconcile_app  # noqa: E402
+from .solvency.reconcile_cli import app as _reconcile_app  # noqa: E402
 app.add_typer(_reconcile_app, name="reconcile")
 
 
