@@ -75,11 +75,21 @@ def _print_version(value: bool) -> None:
 app.add_typer(identity_app, name="identity")
 
 
+from .trading.cli import app as _trading_app  # noqa: E402
+
+app.add_typer(_trading_app, name="trading")
+
+
 @app.callback()
 def _root(
     show_version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
 ) -> None:
     """ringfence: an exchange core where every balance is provable."""
+
+
+from .solvency.cli import app as _por_app  # noqa: E402
+
+app.add_typer(_por_app, name="por")
 
 
 @app.command()

@@ -48,6 +48,7 @@ __all__ = [
     "SecondFactorRequired",
     "WithdrawalsLocked",
     "AccountFrozen",
+    "ProofInvalid",
     "error_codes",
 ]
 
@@ -248,6 +249,11 @@ class InvalidSignatureShare(RingfenceError, ValueError):
     code = "RF_BAD_SIG_SHARE"
     http_status = 400
     default_message = "a signature share failed verification"
+class ProofInvalid(ValidationError):
+    """A proof-of-solvency document (liabilities proof, root file, reserves proof) failed verification."""
+
+    code = "RF_POR_PROOF_INVALID"
+    default_message = "the proof did not verify"
 
 
 class InvariantViolation(RingfenceError, AssertionError):

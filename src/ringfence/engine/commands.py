@@ -15,7 +15,7 @@ nested structs — never floats.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Union
+from typing import Any, Callable, ClassVar, Union
 
 import msgspec
 
@@ -80,38 +80,32 @@ def _union(types: list[type]) -> Any:
     return Union[tuple(types)]  # type: ignore[return-value]
 
 
-def batch_decoder() -> msgspec.json.Decoder[Any]:
-    """A decoder for `Batch` whose commands may be any registered command type."""
-    types = command_types()
-    key = ("batch", len(types))
+def _cached(kind: str, types: list[type], build: Callable[[Any], Any]) -> msgspec.json.Decoder[Any]:
+    """One decoder per kind and registry size (a package imported later adds types: rebuild)."""
+    key = (kind, len(types))
     dec = _decoders.get(key)
     if dec is None:
-        typed_batch = msgspec.defstruct(
+        dec = _decoders[key] = msgspec.json.Decoder(build(_union(types)))
+    return dec
+
+
+def batch_decoder() -> msgspec.json.Decoder[Any]:
+    """A decoder for `Batch` whose commands may be any registered command type."""
+    return _cached(
+        "batch",
+        command_types(),
+        lambda union: msgspec.defstruct(
             "Batch",
-            [("first_seq", int), ("ts_ns", int), ("entropy", bytes), ("commands", list[_union(types)])],  # type: ignore[misc]
+            [("first_seq", int), ("ts_ns", int), ("entropy", bytes), ("commands", list[union])],
             frozen=True,
             array_like=True,
-        )
-        dec = msgspec.json.Decoder(typed_batch)
-        _decoders[key] = dec
-    return dec
+        ),
+    )
 
 
 def command_decoder() -> msgspec.json.Decoder[Any]:
-    types = command_types()
-    key = ("command", len(types))
-    dec = _decoders.get(key)
-    if dec is None:
-        dec = msgspec.json.Decoder(_union(types))
-        _decoders[key] = dec
-    return dec
+    return _cached("command", command_types(), lambda union: union)
 
 
 def event_decoder() -> msgspec.json.Decoder[Any]:
-    types = event_types()
-    key = ("event", len(types))
-    dec = _decoders.get(key)
-    if dec is None:
-        dec = msgspec.json.Decoder(list[_union(types)])  # type: ignore[misc]
-        _decoders[key] = dec
-    return dec
+    return _cached("event", event_types(), lambda union: list[union])

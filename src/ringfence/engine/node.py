@@ -125,6 +125,8 @@ def rejection_error(event: CommandRejected) -> RingfenceError:
 def command_weight(command: Command) -> int:
     """How much batch capacity a command uses: its item count for list-carrying commands."""
     items = getattr(command, "transfers", None)
+    if items is None:
+        items = getattr(command, "actions", None)  # ringfence.trading.commands.TradingBatch
     return len(items) if items is not None else 1
 
 
@@ -162,17 +164,22 @@ def replay_journal(
     *,
     use_snapshots: bool = True,
     truncate: bool = False,
+    until_seq: int | None = None,
     on_batch: Callable[[Engine, Any, list[list[Event]]], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[Engine, RecoveryReport, Any]:
     """Rebuild the engine from the newest valid snapshot (optionally) plus the journal.
 
-    Returns `(engine, report, scan_report)`. Raises `JournalCorrupt` on corruption.
+    With `until_seq`, stop after applying that sequence number (the state "as of" a journal
+    position; the rest of the journal is still verified). Returns `(engine, report, scan_report)`.
+    Raises `JournalCorrupt` on corruption.
     """
     started = time.perf_counter()
     report = RecoveryReport()
     data_dir = Path(data_dir)
-    if use_snapshots:
+    if until_seq is not None and until_seq < 0:
+        raise ValidationError("must be a sequence number (0 or more)", field="until_seq")
+    if use_snapshots and until_seq is None:  # a newer snapshot would already be past `until_seq`
         engine, anchor = _load_newest_snapshot(data_dir / "snapshots", report)
     else:
         engine, anchor = Engine(), None
@@ -185,6 +192,8 @@ def replay_journal(
         except StopIteration as stop:
             scan_report = stop.value
             break
+        if until_seq is not None and record.first_seq > until_seq:
+            continue  # verified by the scan, not applied
         if record.last_seq <= start_seq:
             if record.last_seq == start_seq and anchor is not None and record.hash != anchor:
                 raise JournalCorrupt(
@@ -202,13 +211,17 @@ def replay_journal(
         apply = engine.apply
         outputs = []
         for i, command in enumerate(batch.commands):
+            if until_seq is not None and batch.first_seq + i > until_seq:
+                break
             outputs.append(apply(command, batch.first_seq + i, batch.ts_ns, batch.entropy))
         if on_batch is not None:
             on_batch(engine, batch, outputs)
         report.replayed_records += 1
-        report.replayed_commands += len(batch.commands)
+        report.replayed_commands += len(outputs)
         if progress is not None:
-            progress(len(batch.commands))
+            progress(len(outputs))
+    if until_seq is not None and engine.last_seq < until_seq:
+        raise ValidationError(f"the journal ends at sequence {engine.last_seq}, before {until_seq}", field="until_seq")
     if scan_report.last_seq < start_seq:
         raise JournalCorrupt(
             f"the journal ends at sequence {scan_report.last_seq} but the snapshot is at {start_seq}: "

@@ -5,4 +5,5 @@ registered command type always decodes. A new domain package adds one import lin
 """
 
 from ..ledger import commands as _ledger_commands  # noqa: F401
+from ..trading import matching as _trading_matching  # noqa: F401
 from ..solvency import halts as _solvency_halts  # noqa: F401

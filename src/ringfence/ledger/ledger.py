@@ -371,6 +371,9 @@ class Ledger:
     def _post_or_void(self, t: Transfer, now_ns: int, undo: list[Any]) -> str | None:
         if t.pending_id == 0:
             return "pending_id_must_not_be_zero"
+        if t.pending_id >= INTERNAL_ID_BASE:
+            # Engine-made reservations (order holds) are the engine's alone to post or void.
+            return "pending_transfer_not_found"
         if t.timeout_ns:
             return "timeout_reserved_for_pending_transfer"
         p = self.pending.get(t.pending_id)

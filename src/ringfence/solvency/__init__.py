@@ -1,1 +1,59 @@
-"""Solvency: proof of liabilities and reserves, continuous reconciliation, and graded halts."""
+"""Proof of solvency: liabilities (Merkle-sum tree, per-user proofs, verifier), reserves, report.
+
+Public surface: `build_liability_tree` / `build_liability_tree_from_arrays` (the builder's input is
+an iterable of `(account_id, balances)` in asset order), `verify_proof` / `check_proof` (offline
+verifier), `ProofStore` and `proof_for` (what the API calls for the signed-in user), the reserves
+and report modules, and `verifier_page_path()` for the static `/por/verify` page.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .pol import (
+    VERSION,
+    LiabilityTree,
+    ProofStore,
+    build_liability_tree,
+    build_liability_tree_from_arrays,
+    check_proof,
+    derive_nonce,
+    load_secret,
+    verify_proof,
+)
+
+__all__ = [
+    "VERSION",
+    "LiabilityTree",
+    "ProofStore",
+    "build_liability_tree",
+    "build_liability_tree_from_arrays",
+    "check_proof",
+    "derive_nonce",
+    "load_secret",
+    "verify_proof",
+    "proof_for",
+    "verifier_page_path",
+]
+
+
+@functools.lru_cache(maxsize=4)
+def _store(directory: str) -> ProofStore:
+    return ProofStore(directory)
+
+
+def proof_for(account_id: str, store_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The proof of `account_id` from a published store (`OUT_DIR/proofs`); `KeyError` if absent.
+
+    The API must pass the signed-in user's own account id: the proof carries that user's nonce.
+    """
+    return _store(str(Path(store_dir).resolve())).proof_for(account_id)
+
+
+def verifier_page_path() -> Path:
+    """Path of the static offline verifier page (served at /por/verify)."""
+    return Path(str(resources.files("ringfence").joinpath("web/static/por-verify.html")))

@@ -1,0 +1,358 @@
+"""The in-memory order book: markets, price levels and orders, with price-time priority.
+
+Data structure (chosen by measurement, see bench/matching.py and docs/trading.md):
+
+* Per side a `dict price -> Level` plus a sorted Python list of the prices that have a level
+  (`bisect`; best bid is the *last* element, best ask the *first*). Books have hundreds to a few
+  thousand levels, where `list.insert`/`del` is a small C `memmove`, faster in CPython than a heap
+  with lazy deletion or a tree written in Python.
+* Each `Level` is a doubly linked FIFO of `Order` nodes (time priority), with a running total.
+* `Market.orders` maps order id -> `Order` for every open order (resting or waiting stop), so a
+  cancel is O(1) (plus the O(levels) list delete when a level empties).
+
+Invariants (`Market.check_invariants`, property-tested):
+
+* the book is never crossed at rest: best bid < best ask;
+* every level is non-empty, its `total` equals the sum of its orders' `leaves`, and its price list
+  entry exists exactly once; every resting order is on tick, on lot and has `0 < leaves`;
+* every open order is in `orders`, in its owner's index and (if it has one) in the client id index.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from typing import Any
+
+from ..errors import InvariantViolation
+
+__all__ = ["Order", "Level", "Market", "ACTIVE", "REDUCE_ONLY", "HALTED", "MARKET_STATUSES"]
+
+ACTIVE = "ACTIVE"
+REDUCE_ONLY = "REDUCE_ONLY"
+HALTED = "HALTED"
+MARKET_STATUSES = (ACTIVE, REDUCE_ONLY, HALTED)
+
+
+class Order:
+    """An open (or in-flight) order. Amounts are integers in minor units (see commands.py)."""
+
+    __slots__ = (
+        "id",
+        "owner",
+        "is_buy",
+        "type",
+        "tif",
+        "price",  # limit price (0 for market orders)
+        "qty",  # total base quantity (0 for orders by quote amount)
+        "leaves",  # base quantity still to fill
+        "filled",  # base quantity filled so far
+        "cum_quote",  # quote amount traded so far
+        "quote_left",  # orders by quote amount: quote still to spend/receive (else 0)
+        "stop_price",
+        "protect",  # market orders: worst price they may fill at
+        "coid",
+        "stp",
+        "hold_id",  # the ledger pending transfer that holds the order's funds
+        "pay",  # ledger account the order pays from (held)
+        "recv",  # ledger account the order receives into
+        "ts_ns",
+        "prev",
+        "next",
+        "level",
+    )
+
+    id: int
+    owner: str
+    is_buy: bool
+    type: str
+    tif: str
+    price: int
+    qty: int
+    leaves: int
+    filled: int
+    cum_quote: int
+    quote_left: int
+    stop_price: int
+    protect: int
+    coid: str
+    stp: str
+    hold_id: int
+    pay: Any
+    recv: Any
+    ts_ns: int
+
+    def __init__(self) -> None:
+        self.prev: Order | None = None
+        self.next: Order | None = None
+        self.level: Level | None = None
+
+    @property
+    def side(self) -> str:
+        return "BUY" if self.is_buy else "SELL"
+
+    def row(self) -> list[Any]:
+        """Plain-data form for snapshots (accounts are re-derived from the ledger on restore)."""
+        return [
+            self.id,
+            self.owner,
+            self.is_buy,
+            self.type,
+            self.tif,
+            self.price,
+            self.qty,
+            self.leaves,
+            self.filled,
+            self.cum_quote,
+            self.quote_left,
+            self.stop_price,
+            self.protect,
+            self.coid,
+            self.stp,
+            self.hold_id,
+            self.ts_ns,
+        ]
+
+    def __repr__(self) -> str:
+        return f"Order({self.id} {self.owner} {self.side} {self.type} {self.leaves}/{self.qty}@{self.price})"
+
+
+class Level:
+    """One price level: a FIFO of orders at `price` with the sum of their `leaves`."""
+
+    __slots__ = ("price", "head", "tail", "total", "count")
+
+    def __init__(self, price: int) -> None:
+        self.price = price
+        self.head: Order | None = None
+        self.tail: Order | None = None
+        self.total = 0
+        self.count = 0
+
+
+class Market:
+    """One spot market's rules, status and book. Mutated only by the trading handlers."""
+
+    def __init__(self, symbol: str, base: str, quote: str, segment: str, base_scale: int) -> None:
+        self.symbol = symbol
+        self.base = base
+        self.quote = quote
+        self.segment = segment
+        self.base_scale = base_scale  # 10 ** base decimals
+        self.tick = 1
+        self.lot = 1
+        self.min_qty = 1
+        self.max_qty = 10**30
+        self.min_notional = 0
+        self.band_ppm = 0
+        self.band_timeout_ns = 0
+        self.slippage_ppm = 50_000
+        self.max_open_per_account = 200
+        self.max_book_orders = 200_000
+        self.max_levels = 20_000
+        self.status = ACTIVE
+        self.auto_reduce = False  # REDUCE_ONLY was entered by the band timer (lifted by it too)
+        self.out_of_band = False  # the last price is outside the band (since out_of_band_since_ns)
+        self.out_of_band_since_ns = 0
+        self.ref_price = 0
+        self.band_lo = 0
+        self.band_hi = 0  # 0: no band (no reference price yet)
+        self.last_price = 0
+        self.bids: dict[int, Level] = {}
+        self.bid_prices: list[int] = []  # ascending; best bid last
+        self.asks: dict[int, Level] = {}
+        self.ask_prices: list[int] = []  # ascending; best ask first
+        self.orders: dict[int, Order] = {}
+        self.by_owner: dict[str, dict[int, Order]] = {}
+        self.coids: dict[tuple[str, str], Order] = {}
+        self.book_orders = 0
+        self.stops_buy: list[tuple[int, int]] = []  # (stop_price, order_id) ascending
+        self.stops_sell: list[tuple[int, int]] = []
+        # Ledger accounts (objects of the engine's current ledger; re-bound on restore).
+        self.clear_base: Any = None
+        self.clear_quote: Any = None
+        self.fees_base: Any = None
+        self.fees_quote: Any = None
+        self.ins_base: Any = None
+        self.ins_quote: Any = None
+
+    # ------------------------------------------------------------------ band
+
+    def set_reference(self, price: int) -> None:
+        self.ref_price = price
+        if price and self.band_ppm:
+            self.band_lo = price * (1_000_000 - self.band_ppm) // 1_000_000
+            self.band_hi = price * (1_000_000 + self.band_ppm) // 1_000_000
+        else:
+            self.band_lo = self.band_hi = 0
+
+    def in_band(self, price: int) -> bool:
+        return not self.band_hi or self.band_lo <= price <= self.band_hi
+
+    # ------------------------------------------------------------------ book mechanics
+
+    def rest(self, o: Order) -> None:
+        """Append `o` at the back of its price level (creating the level if needed)."""
+        price = o.price
+        if o.is_buy:
+            book, prices = self.bids, self.bid_prices
+        else:
+            book, prices = self.asks, self.ask_prices
+        level = book.get(price)
+        if level is None:
+            level = Level(price)
+            book[price] = level
+            insort(prices, price)
+        tail = level.tail
+        o.prev = tail
+        o.next = None
+        o.level = level
+        if tail is None:
+            level.head = o
+        else:
+            tail.next = o
+        level.tail = o
+        level.total += o.leaves
+        level.count += 1
+        self.book_orders += 1
+
+    def unlink(self, o: Order) -> None:
+        """Take a resting order out of its level (dropping the level if it empties)."""
+        level = o.level
+        assert level is not None, "unlink of an order that is not resting"
+        prev, nxt = o.prev, o.next
+        if prev is None:
+            level.head = nxt
+        else:
+            prev.next = nxt
+        if nxt is None:
+            level.tail = prev
+        else:
+            nxt.prev = prev
+        level.total -= o.leaves
+        level.count -= 1
+        o.prev = o.next = None
+        o.level = None
+        self.book_orders -= 1
+        if level.head is None:
+            price = level.price
+            if o.is_buy:
+                del self.bids[price]
+                prices = self.bid_prices
+            else:
+                del self.asks[price]
+                prices = self.ask_prices
+            if prices[-1] == price:
+                prices.pop()
+            elif prices[0] == price:
+                del prices[0]
+            else:
+                del prices[bisect_left(prices, price)]
+
+    def index(self, o: Order) -> None:
+        """Register an open order in the id, owner and client-id indexes."""
+        self.orders[o.id] = o
+        owned = self.by_owner.get(o.owner)
+        if owned is None:
+            owned = self.by_owner[o.owner] = {}
+        owned[o.id] = o
+        if o.coid:
+            self.coids[(o.owner, o.coid)] = o
+
+    def unindex(self, o: Order) -> None:
+        del self.orders[o.id]
+        owned = self.by_owner[o.owner]
+        del owned[o.id]
+        if not owned:
+            del self.by_owner[o.owner]
+        if o.coid:
+            del self.coids[(o.owner, o.coid)]
+
+    def add_stop(self, o: Order) -> None:
+        insort(self.stops_buy if o.is_buy else self.stops_sell, (o.stop_price, o.id))
+
+    def remove_stop(self, o: Order) -> None:
+        stops = self.stops_buy if o.is_buy else self.stops_sell
+        key = (o.stop_price, o.id)
+        i = bisect_left(stops, key)
+        if i == len(stops) or stops[i] != key:
+            raise InvariantViolation(f"stop order {o.id} missing from the trigger list")
+        del stops[i]
+
+    def crosses(self, is_buy: bool, price: int) -> bool:
+        """Would a `price` order on this side take liquidity right now?"""
+        if is_buy:
+            return bool(self.ask_prices) and self.ask_prices[0] <= price
+        return bool(self.bid_prices) and self.bid_prices[-1] >= price
+
+    def level_limit_reached(self, is_buy: bool, price: int) -> bool:
+        """Would resting at `price` open a level beyond `max_levels` on that side?"""
+        if is_buy:
+            return price not in self.bids and len(self.bid_prices) >= self.max_levels
+        return price not in self.asks and len(self.ask_prices) >= self.max_levels
+
+    def best_bid(self) -> int:
+        return self.bid_prices[-1] if self.bid_prices else 0
+
+    def best_ask(self) -> int:
+        return self.ask_prices[0] if self.ask_prices else 0
+
+    def depth(self, limit: int = 100) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """L2: `(bids best-first, asks best-first)` as `(price, total quantity)`."""
+        bids = [(p, self.bids[p].total) for p in reversed(self.bid_prices[-limit:])] if limit else []
+        asks = [(p, self.asks[p].total) for p in self.ask_prices[:limit]] if limit else []
+        return bids, asks
+
+    def level_orders(self, is_buy: bool, price: int) -> list[Order]:
+        level = (self.bids if is_buy else self.asks).get(price)
+        out = []
+        o = level.head if level else None
+        while o is not None:
+            out.append(o)
+            o = o.next
+        return out
+
+    def resting(self) -> list[Order]:
+        """Every resting order, bids best-first then asks best-first, FIFO within a level."""
+        out: list[Order] = []
+        for p in reversed(self.bid_prices):
+            out.extend(self.level_orders(True, p))
+        for p in self.ask_prices:
+            out.extend(self.level_orders(False, p))
+        return out
+
+    # ------------------------------------------------------------------ invariants
+
+    def check_invariants(self) -> None:
+        bb, ba = self.best_bid(), self.best_ask()
+        if bb and ba and bb >= ba:
+            raise InvariantViolation(f"{self.symbol}: book crossed at rest (bid {bb} >= ask {ba})")
+        seen = 0
+        for is_buy, book, prices in ((True, self.bids, self.bid_prices), (False, self.asks, self.ask_prices)):
+            if sorted(set(prices)) != prices or set(prices) != set(book):
+                raise InvariantViolation(f"{self.symbol}: price list and levels disagree")
+            for price in prices:
+                level = book[price]
+                total = count = 0
+                o = level.head
+                prev = None
+                while o is not None:
+                    if o.prev is not prev or o.level is not level or o.is_buy is not is_buy or o.price != price:
+                        raise InvariantViolation(f"{self.symbol}: broken links at level {price}")
+                    if o.leaves <= 0 or o.leaves % self.lot or o.price % self.tick:
+                        raise InvariantViolation(f"{self.symbol}: bad resting order {o!r}")
+                    if self.orders.get(o.id) is not o:
+                        raise InvariantViolation(f"{self.symbol}: resting order {o.id} not indexed")
+                    total += o.leaves
+                    count += 1
+                    prev = o
+                    o = o.next
+                if level.tail is not prev or count == 0 or total != level.total or count != level.count:
+                    raise InvariantViolation(f"{self.symbol}: level {price} totals are wrong")
+                seen += count
+        if seen != self.book_orders:
+            raise InvariantViolation(f"{self.symbol}: book_orders {self.book_orders} != {seen}")
+        stops = len(self.stops_buy) + len(self.stops_sell)
+        if seen + stops != len(self.orders):
+            raise InvariantViolation(f"{self.symbol}: {len(self.orders)} indexed != {seen} resting + {stops} stops")
+        if sum(len(v) for v in self.by_owner.values()) != len(self.orders):
+            raise InvariantViolation(f"{self.symbol}: owner index disagrees with the order index")
