@@ -201,7 +201,7 @@ def node_throughput(w: Workload, data: Path, batch: int, limit: int | None = Non
     units = [c for c in cmds] if batch <= 1 else [TradingBatch(cmds[i : i + batch]) for i in range(0, len(cmds), batch)]
     max_in_flight = max(1, IN_FLIGHT_ORDERS // max(1, batch))
     for unit in units:
-        window.append(node.submit(unit, timeout_s=60.0))
+        window.append(node.submit(unit))
         if len(window) >= max_in_flight:
             window.popleft().wait(600)
     while window:
