@@ -300,6 +300,8 @@ app.add_typer(_keys_app, name="keys")
 from .custody import cli as _custody_cli  # noqa: E402
 app.add_typer(_custody_cli.custody_app, name="custody")
 app.add_typer(_custody_cli.policy_app, name="policy")
+from .solvency.reconcile_cli import app as _reconcile_app  # noqa: E402
+app.add_typer(_reconcile_app, name="reconcile")
 
 
 def main() -> None:  # console-script entry point

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ringfence.engine.node import Node
+from ringfence.ledger.commands import OpenAccount, RegisterAsset
+from ringfence.solvency.halts import RegisterOperators
+
+from . import custody_sim  # noqa: F401  (registers the test custody commands)
+
+
+def operator_keys(n: int = 3) -> dict[str, Ed25519PrivateKey]:
+    return {f"op{i}": Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in range(1, n + 1)}
+
+
+def public_hex(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+@pytest.fixture
+def operators() -> dict[str, Ed25519PrivateKey]:
+    return operator_keys(3)
+
+
+@pytest.fixture
+def node(tmp_path, operators):
+    n = Node(tmp_path / "node", fsync=False)
+    n.open()
+    n.execute(RegisterOperators([(k, public_hex(v)) for k, v in operators.items()], 2))
+    n.execute(RegisterAsset("ETH", 18, "crypto", "ethereum"))
+    n.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+    for owner in ("alice", "bob"):
+        n.execute(OpenAccount(owner, "ETH"))
+        n.execute(OpenAccount(owner, "BTC"))
+    yield n
+    n.close()
+
+
+@dataclass
+class EthWorld:
+    adapter: object
+    dev: object
+    hot_key: bytes
+    hot_address: str
+
+
+@pytest.fixture
+def eth() -> EthWorld:
+    from eth_account import Account
+
+    from ringfence.custody.chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
+
+    adapter = EthereumAdapter.from_settings(EthereumSettings(rpc_url=None))
+    dev = EthDevChain(adapter)
+    hot_key = bytes([0x42]) * 32
+    return EthWorld(adapter, dev, hot_key, Account.from_key(hot_key).address)

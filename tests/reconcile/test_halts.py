@@ -1,0 +1,200 @@
+"""Halts as engine state: quorum lifting, refusal of forged/duplicate/unknown/replayed approvals,
+scoped guard behaviour, snapshot/replay determinism."""
+
+from __future__ import annotations
+
+import pytest
+
+from ringfence.engine.commands import Command, Event
+from ringfence.engine.core import Engine, handles
+from ringfence.engine.node import replay_journal
+from ringfence.errors import Forbidden, Halted, NotFound, ValidationError
+from ringfence.ledger.commands import OpenAccount, RegisterAsset
+from ringfence.solvency.halts import (
+    Halt,
+    LiftHalt,
+    RegisterOperators,
+    active_halts,
+    halts_of,
+    lift_message,
+    metrics_samples,
+    operators_message,
+)
+
+from .conftest import operator_keys, public_hex
+
+
+class SimPlaceOrder(Command, tag="test.recon.place/1"):
+    symbol: str
+    asset: str = ""
+
+
+class CancelOrder(Command, tag="test.recon.cancel/1"):
+    symbol: str
+
+
+class ApproveWithdrawalSim(Command, tag="test.recon.approve_withdrawal/1"):
+    asset: str
+    wallet: str
+
+
+class SettleWithdrawalSim(Command, tag="test.recon.settle_withdrawal/1"):
+    asset: str
+    wallet: str
+
+
+class RecordSignedTx(Command, tag="test.recon.signed_tx/1"):
+    """Named like the custody flows' command: recording a signed transaction leads to broadcast."""
+
+    withdrawal_id: str
+    asset: str
+    wallet: str
+
+
+@handles(RecordSignedTx)
+@handles(SimPlaceOrder)
+@handles(CancelOrder)
+@handles(ApproveWithdrawalSim)
+@handles(SettleWithdrawalSim)
+def _ok(engine: Engine, command: Command) -> list[Event]:
+    return []
+
+
+def _sign(keys, names, halt_id, reason, raised_seq):
+    msg = lift_message(halt_id, reason, raised_seq)
+    return [(n, keys[n].sign(msg).hex()) for n in names]
+
+
+def _raise(node, halt_id="h1", kind="venue", scope="*", level="HALTED"):
+    [ev] = node.execute(Halt(halt_id, kind, scope, level, "test", '{"why":"test"}'))
+    return ev.raised_seq
+
+
+def test_lift_needs_m_of_n_valid_signatures(node, operators):
+    seq = _raise(node)
+    with pytest.raises(Forbidden, match="needs 2 of 3"):
+        node.execute(LiftHalt("h1", "fixed", _sign(operators, ["op1"], "h1", "fixed", seq)))
+    with pytest.raises(Forbidden, match="approved twice"):
+        node.execute(LiftHalt("h1", "fixed", _sign(operators, ["op1", "op1"], "h1", "fixed", seq)))
+    stranger = operator_keys(5)["op5"]
+    forged = [("op1", operators["op1"].sign(lift_message("h1", "fixed", seq)).hex()),
+              ("op2", stranger.sign(lift_message("h1", "fixed", seq)).hex())]
+    with pytest.raises(Forbidden, match="does not verify"):
+        node.execute(LiftHalt("h1", "fixed", forged))
+    with pytest.raises(Forbidden, match="not a registered operator"):
+        node.execute(LiftHalt("h1", "fixed", [("op1", forged[0][1]), ("op5", forged[1][1])]))
+    # approvals signed for another reason do not verify for this one
+    with pytest.raises(Forbidden, match="does not verify"):
+        node.execute(LiftHalt("h1", "fixed", _sign(operators, ["op1", "op2"], "h1", "other reason", seq)))
+    assert [h["halt_id"] for h in active_halts(node.engine)] == ["h1"]
+    with pytest.raises(Halted):
+        node.execute(RegisterAsset("USDT", 6, "crypto", "ethereum"))
+    assert "USDT" not in node.engine.ledger.assets
+    [lifted] = node.execute(LiftHalt("h1", "fixed", _sign(operators, ["op3", "op1"], "h1", "fixed", seq)))
+    assert lifted.approvers == ["op3", "op1"] and lifted.evidence == '{"why":"test"}'
+    assert active_halts(node.engine) == []
+    node.execute(RegisterAsset("USDT", 6, "crypto", "ethereum"))
+
+
+def test_replayed_approval_is_refused(node, operators):
+    seq1 = _raise(node, "h1")
+    approvals = _sign(operators, ["op1", "op2"], "h1", "fixed", seq1)
+    node.execute(LiftHalt("h1", "fixed", approvals))
+    with pytest.raises(NotFound):
+        node.execute(LiftHalt("h1", "fixed", approvals))  # same lift again: nothing to lift
+    seq2 = _raise(node, "h1")  # the same halt id raised again later
+    assert seq2 != seq1
+    with pytest.raises(Forbidden, match="does not verify"):
+        node.execute(LiftHalt("h1", "fixed", approvals))  # old approvals do not lift the new raise
+    seq3 = _raise(node, "h2")
+    with pytest.raises(Forbidden, match="does not verify"):
+        node.execute(LiftHalt("h2", "fixed", approvals))  # nor another halt
+    node.execute(LiftHalt("h2", "fixed", _sign(operators, ["op2", "op3"], "h2", "fixed", seq3)))
+    assert [h["halt_id"] for h in active_halts(node.engine)] == ["h1"]
+
+
+def test_halt_is_idempotent_and_validated(node):
+    _raise(node, "h1", "asset", "ETH", "WITHDRAWALS_PAUSED")
+    [ev] = node.execute(Halt("h1", "asset", "ETH", "WITHDRAWALS_PAUSED", "again", "{}"))
+    assert type(ev).__name__ == "HaltUnchanged"
+    for bad, field in [
+        (Halt("h2", "planet", "x", "HALTED", "r", "{}"), "scope_kind"),
+        (Halt("h2", "venue", "ETH", "HALTED", "r", "{}"), "scope"),
+        (Halt("h2", "asset", "ETH", "STOPPED", "r", "{}"), "level"),
+        (Halt("h2", "asset", "ETH", "HALTED", "", "{}"), "reason"),
+        (Halt("h2", "asset", "ETH", "HALTED", "r", "{not json"), "evidence"),
+        (Halt("bad id!", "asset", "ETH", "HALTED", "r", "{}"), "halt_id"),
+    ]:
+        with pytest.raises(ValidationError) as info:
+            node.execute(bad)
+        assert info.value.field == field
+    assert len(active_halts(node.engine)) == 1
+    assert metrics_samples(node.engine) == [
+        ({"scope_kind": "asset", "scope": "ETH", "level": "WITHDRAWALS_PAUSED", "halt_id": "h1"}, 1)]
+
+
+def test_operator_set_rotation_needs_the_current_quorum(node, operators):
+    new = operator_keys(4)
+    ops = [(k, public_hex(v)) for k, v in new.items()]
+    with pytest.raises(Forbidden):
+        node.execute(RegisterOperators(ops, 3, []))
+    msg = operators_message(ops, 3, halts_of(node.engine).version)
+    with pytest.raises(Forbidden, match="needs 2 of 3"):
+        node.execute(RegisterOperators(ops, 3, [("op1", operators["op1"].sign(msg).hex())]))
+    with pytest.raises(ValidationError, match="one alone may never lift"):
+        node.execute(RegisterOperators(ops, 1, [(n, operators[n].sign(operators_message(ops, 1, 1)).hex()) for n in ("op1", "op2")]))
+    [ev] = node.execute(RegisterOperators(ops, 3, [(n, operators[n].sign(msg).hex()) for n in ("op1", "op2")]))
+    assert ev.version == 2 and ev.threshold == 3
+    # the same approvals cannot be replayed (the version moved on)
+    with pytest.raises(Forbidden):
+        node.execute(RegisterOperators(ops, 3, [(n, operators[n].sign(msg).hex()) for n in ("op1", "op2")]))
+
+
+def test_genesis_bootstrap_only_without_a_set(tmp_path):
+    from ringfence.engine.node import Node
+
+    with Node(tmp_path / "n", fsync=False) as n:
+        keys = operator_keys(2)
+        with pytest.raises(ValidationError, match="threshold"):
+            n.execute(RegisterOperators([(k, public_hex(v)) for k, v in keys.items()], 1))
+        n.execute(Halt("h", "venue", "*", "HALTED", "r", "{}"))
+        with pytest.raises(Forbidden, match="no operators"):
+            n.execute(LiftHalt("h", "r", []))
+        n.execute(RegisterOperators([(k, public_hex(v)) for k, v in keys.items()], 2))
+
+
+def test_scoped_levels(node, operators):
+    node.execute(SimPlaceOrder("BTCUSDT"))
+    _raise(node, "m", "market", "BTCUSDT", "REDUCE_ONLY")
+    with pytest.raises(Halted, match="market BTCUSDT is REDUCE_ONLY"):
+        node.execute(SimPlaceOrder("BTCUSDT"))
+    node.execute(CancelOrder("BTCUSDT"))
+    node.execute(SimPlaceOrder("ETHUSDT"))  # another market is not affected
+    node.execute(ApproveWithdrawalSim("ETH", "hot1"))
+    _raise(node, "w", "asset", "ETH@hot1", "WITHDRAWALS_PAUSED")
+    with pytest.raises(Halted, match="WITHDRAWALS_PAUSED"):
+        node.execute(ApproveWithdrawalSim("ETH", "hot1"))
+    with pytest.raises(Halted, match="WITHDRAWALS_PAUSED"):
+        node.execute(RecordSignedTx("w1", "ETH", "hot1"))
+    node.execute(ApproveWithdrawalSim("ETH", "hot2"))  # other wallet of the asset
+    node.execute(SettleWithdrawalSim("ETH", "hot1"))  # facts from the chain are still recorded
+    node.execute(SimPlaceOrder("ETHUSDT", "ETH"))  # trading the asset is not paused
+    _raise(node, "a", "asset", "ETH", "HALTED")
+    with pytest.raises(Halted, match="asset ETH is HALTED"):
+        node.execute(SimPlaceOrder("ETHUSDT", "ETH"))
+    with pytest.raises(Halted):
+        node.execute(OpenAccount("carol", "ETH"))
+    node.execute(OpenAccount("carol", "BTC"))
+    node.execute(CancelOrder("ETHUSDT"))
+
+
+def test_halts_survive_snapshot_and_replay(node, operators):
+    _raise(node, "h1", "asset", "ETH", "WITHDRAWALS_PAUSED")
+    seq = _raise(node, "h2")
+    node.execute(LiftHalt("h2", "ok", _sign(operators, ["op1", "op2"], "h2", "ok", seq)))
+    replayed, _, _ = replay_journal(node.data_dir, use_snapshots=False)
+    assert replayed.state_hash() == node.engine.state_hash()
+    assert active_halts(replayed) == active_halts(node.engine)
+    again = Engine.from_snapshot_bytes(node.engine.snapshot_bytes())
+    assert again.state_hash() == node.engine.state_hash()
+    assert halts_of(again).level_at("asset", "ETH") == 1
