@@ -102,6 +102,7 @@ class Metrics:
         self.ws = Gauge("ringfence_ws_connections", "Open WebSocket connections", registry=r)
         self.ws_messages = Gauge("ringfence_ws_messages_sent_total", "WebSocket messages queued to subscribers", registry=r)
         self.halted = Gauge("ringfence_engine_halted", "1 when the shard has stopped after an invariant violation", registry=r)
+        self.halts = Gauge("ringfence_halt_active", "Active graded halts (1 each)", ["scope_kind", "scope", "level", "halt_id"], registry=r)
         exchange.batch_subscribers.append(self.on_batch)
 
     def on_batch(self, first_seq: int, ts_ns: int, outputs: list[list[Any]], before: dict[str, int]) -> None:
@@ -192,7 +193,14 @@ def create_app(
     async def readyz() -> JSONResponse:
         node = exchange.node
         ready = node.failed is None and node.writer is not None
-        body = {"ready": ready, "last_seq": exchange.engine.last_seq, "halted": node.failed is not None}
+        from ..solvency.halts import active_halts
+
+        body = {
+            "ready": ready,
+            "last_seq": exchange.engine.last_seq,
+            "halted": node.failed is not None,
+            "active_halts": len(active_halts(exchange.engine)),
+        }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
@@ -205,6 +213,11 @@ def create_app(
         metrics.ws.set(len(hub.connections))
         metrics.ws_messages.set(hub.messages_sent)
         metrics.halted.set(1 if node.failed is not None else 0)
+        from ..solvency.halts import metrics_samples
+
+        metrics.halts.clear()
+        for labels, value in metrics_samples(exchange.engine):
+            metrics.halts.labels(**labels).set(value)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ native API
@@ -248,6 +261,12 @@ def create_app(
                 "asks": [[format_amount(p, m.quote_decimals), format_amount(q, m.base_decimals)] for p, q in asks],
             }
         )
+
+    @app.get("/v1/halts", tags=["native"], summary="Active graded halts with their scope, level, reason and evidence")
+    async def v1_halts() -> list[dict[str, Any]]:
+        from ..solvency.halts import active_halts
+
+        return active_halts(exchange.engine)
 
     @app.get("/v1/segments", tags=["native"], summary="Risk segments and their shield (insurance) fund balances")
     async def v1_segments() -> list[dict[str, Any]]:

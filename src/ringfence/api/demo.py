@@ -83,7 +83,10 @@ def seed_demo(node: Node) -> dict[str, Any]:
     (funded,) = node.execute(CreateTransfers(transfers))
     newly_funded = len(transfers) - len(funded.failures)
     listed = []
+    existing = trading_state(node.engine).markets  # type: ignore[arg-type]
     for m in DEMO_MARKETS:
+        if m.symbol in existing:
+            continue  # listed on an earlier start (and perhaps halted since: leave it as it is)
         q, b = decimals[m.quote], decimals[m.base]
         node.execute(
             ListMarket(

@@ -28,6 +28,8 @@ from .service import Exchange
 __all__ = ["StreamHub", "build_ws_router"]
 
 MAX_QUEUE = 10_000
+#: Raised and lifted halts (venue-wide stream; Binance has no equivalent).
+HALTS_STREAM = "!halts"
 MAX_STREAMS_PER_CONNECTION = 200
 MAX_CONNECTIONS = 5_000
 
@@ -55,7 +57,7 @@ class StreamHub:
     # ------------------------------------------------------------------ subscriptions
 
     def valid_stream(self, name: str) -> bool:
-        if self.listen_keys.owner(name) is not None:
+        if name == HALTS_STREAM or self.listen_keys.owner(name) is not None:
             return True
         if "@" not in name:
             return False
@@ -138,6 +140,21 @@ class StreamHub:
                         self.publish(low + "@depth@100ms", payload)
         for events in outputs:
             for e in events:
+                kind = type(e).__name__
+                if kind in ("HaltRaised", "HaltLifted") and self.subs.get(HALTS_STREAM):
+                    self.publish(
+                        HALTS_STREAM,
+                        {
+                            "e": "haltRaised" if kind == "HaltRaised" else "haltLifted",
+                            "E": event_ms,
+                            "id": e.halt_id,
+                            "scopeKind": e.scope_kind,
+                            "scope": e.scope,
+                            "level": e.level,
+                            "reason": e.reason,
+                            "evidence": e.evidence,
+                        },
+                    )
                 if type(e) is Trade:
                     touched.add(e.symbol)
                     low = e.symbol.lower()
@@ -226,7 +243,7 @@ class StreamHub:
     # ------------------------------------------------------------------ user data
 
     def _user_streams(self, owner: str) -> list[str]:
-        return [name for name in self.subs if "@" not in name and self.listen_keys.owner(name) == owner]
+        return [name for name in self.subs if "@" not in name and name != HALTS_STREAM and self.listen_keys.owner(name) == owner]
 
     def on_user_event(self, owner: str, kind: str, payload: Any) -> None:
         streams = self._user_streams(owner)

@@ -296,7 +296,24 @@ async function signIn(ev) {
   }
 }
 
+async function refreshHalts() {
+  try {
+    const halts = await (await fetch("/v1/halts")).json();
+    const el = $("halts");
+    el.hidden = halts.length === 0;
+    el.textContent = halts.map((h) => `${h.level} (${h.scope_kind} ${h.scope}): ${h.reason}`).join(" · ");
+  } catch (e) { /* shown again on the next refresh */ }
+}
+
+function openHaltStream() {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/ws/!halts`);
+  ws.onmessage = () => refreshHalts();
+}
+
 window.addEventListener("DOMContentLoaded", () => {
+  refreshHalts();
+  openHaltStream();
   $("signin").addEventListener("submit", signIn);
   $("order-form").addEventListener("submit", placeOrder);
   const key = sessionStorage.getItem("rf-key"), secret = sessionStorage.getItem("rf-secret");
