@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     api_ban_s: int = Field(default=120, ge=1, le=86_400)
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     api_cors_origins: str = ""
+    # The reconciler inside `ringfence serve`: internal checks every this many ms (0 = off).
+    reconcile_every_ms: int = Field(default=5_000, ge=0, le=600_000)
 
     def cors_origins(self) -> tuple[str, ...]:
         origins = tuple(o.strip() for o in self.api_cors_origins.split(",") if o.strip())

@@ -127,3 +127,22 @@ def test_errors_map_to_ccxt_exceptions(alice, server):
     intruder = make_client(server.base, server.keys["alice"]["api_key"], "0" * 64)
     with pytest.raises(ccxt.AuthenticationError):
         intruder.fetch_balance()
+
+
+def test_continuous_reconciliation_runs_beside_trading_without_false_halts(alice, server):
+    """`serve` runs the reconciler (a second code path folding the journal) every few seconds;
+    after the trading above it has checked the engine and found nothing to halt."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + 30
+    state = {}
+    while time.time() < deadline:
+        state = httpx.get(server.base + "/v1/reconcile").json()
+        if state.get("last_run") and state["last_run"]["seq"] > 60:
+            break
+        time.sleep(0.5)
+    assert state["running"] is True and state["last_run"]["accounts_checked"] > 0, state
+    assert state["last_run"]["mismatches"] == [] and state["errors"] == []
+    assert httpx.get(server.base + "/v1/halts").json() == []

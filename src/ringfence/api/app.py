@@ -126,18 +126,47 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     identity_ctx: Any = None,
     por_dir: Path | None = None,
+    reconcile_every_ms: int = 0,
 ) -> FastAPI:
     metrics = Metrics(exchange)
     hub = StreamHub(exchange, gate.listen_keys)
     api = BinanceApi(exchange, gate)
 
+    reconciler_state: dict[str, Any] = {"reconciler": None, "last": None}
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import threading
+
         exchange.start(asyncio.get_running_loop())
+        stop = threading.Event()
+        worker = None
+        if reconcile_every_ms:
+            # Continuous internal reconciliation: a second code path folds the journal and compares
+            # it with the live engine; a mismatch is submitted as a Halt command (docs/reconcile.md).
+            from ..solvency.reconcile import Reconciler
+
+            reconciler = Reconciler(exchange.node)
+            reconciler_state["reconciler"] = reconciler
+
+            def keep(report: Any) -> None:
+                reconciler_state["last"] = report
+
+            worker = threading.Thread(
+                target=reconciler.run_forever,
+                args=(stop,),
+                kwargs={"poll_ms": 500, "internal_every_ms": reconcile_every_ms, "on_report": keep},
+                name="ringfence-reconciler",
+                daemon=True,
+            )
+            worker.start()
         log.info("ringfence.started", last_seq=exchange.engine.last_seq, markets=len(exchange.markets()))
         try:
             yield
         finally:
+            stop.set()
+            if worker is not None:
+                worker.join(10)
             exchange.close()
             log.info("ringfence.stopped")
 
@@ -267,6 +296,23 @@ def create_app(
         from ..solvency.halts import active_halts
 
         return active_halts(exchange.engine)
+
+    @app.get("/v1/reconcile", tags=["native"], summary="The continuous reconciler: last run, mismatches, errors")
+    async def v1_reconcile() -> dict[str, Any]:
+        reconciler, last = reconciler_state["reconciler"], reconciler_state["last"]
+        if reconciler is None:
+            return {"running": False}
+        out: dict[str, Any] = {"running": True, "every_ms": reconcile_every_ms, "errors": list(reconciler.errors[-10:])}
+        if last is not None:
+            out["last_run"] = {
+                "seq": last.seq,
+                "accounts_checked": last.accounts_checked,
+                "duration_ms": last.duration_ms,
+                "mismatches": [m.evidence() for m in last.mismatches],
+                "halts_submitted": list(last.halts_submitted),
+                "notes": list(last.notes),
+            }
+        return out
 
     @app.get("/v1/segments", tags=["native"], summary="Risk segments and their shield (insurance) fund balances")
     async def v1_segments() -> list[dict[str, Any]]:

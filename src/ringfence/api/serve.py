@@ -74,6 +74,7 @@ def build(data: Path, demo: bool, public_url: str | None = None) -> tuple[object
         max_body_bytes=settings.api_max_body_bytes,
         identity_ctx=ctx,
         por_dir=data / "por",
+        reconcile_every_ms=settings.reconcile_every_ms,
     )
     return app, exchange, info
 
