@@ -61,6 +61,13 @@ def test_verify_reports_corruption_with_exit_1(tmp_path):
         (["demo", "--data", "/proc/ringfence-cannot"], "cannot create"),
         (["sim", "--seed", "1", "--steps", "5", "--data", "/etc/hostname"], "is a file"),
         (["sim", "--seed", "1", "--steps", "5", "--data", "/proc/ringfence-cannot"], "cannot create"),
+        (["serve", "--data", "/etc/hostname"], "is a file"),
+        (["serve", "--data", "/proc/ringfence-cannot"], "cannot create"),
+        (["trading", "demo", "--data", "/etc/hostname"], "is a file"),
+        (["custody", "demo", "--data", "/etc/hostname"], "is a file"),
+        (["trading", "book", "BTCUSDT", "--data", "/nonexistent/ringfence"], "does not exist"),
+        (["por", "snapshot", "--data", "/nonexistent/ringfence"], "does not exist"),
+        (["por", "publish", "/tmp/x", "--min-leaf-count", "-3"], "--min-leaf-count"),
     ],
 )
 def test_bad_cli_input_is_a_clear_error(args, message):
@@ -68,6 +75,28 @@ def test_bad_cli_input_is_a_clear_error(args, message):
     assert out.returncode == 2
     assert message in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
+
+
+def test_inspecting_an_unknown_market_is_a_clear_error_and_creates_nothing(tmp_path):
+    data = tmp_path / "demo"
+    assert run("demo", "--data", str(data)).returncode == 0
+    out = run("trading", "book", "NOPE", "--data", str(data))
+    assert out.returncode == 2 and "unknown market 'NOPE'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "never").exists()
+    assert run("trading", "book", "BTCUSDT", "--data", str(tmp_path / "never")).returncode == 2
+    assert not (tmp_path / "never").exists()
+
+
+def test_serve_refuses_a_busy_port_before_touching_the_journal(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = run("serve", "--demo", "--data", str(tmp_path / "d"), "--port", str(port))
+    assert out.returncode == 2 and "--port" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "d" / "engine").exists()
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path):

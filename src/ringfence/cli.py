@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .cli_paths import prepare_data_dir, require_node_dir
 from .errors import RingfenceError
 
 from .identity.cli import app as identity_app
@@ -45,23 +46,11 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _prepare_empty_dir(path: Path, option: str) -> None:
-    """Create `path` (or accept it empty) or exit with a clear message naming the option."""
-    if path.exists() and not path.is_dir():
-        _fail(f"{option}: {path} is a file, not a folder", 2)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        _fail(f"{option}: cannot create {path}: {err.strerror or err}", 2)
+    prepare_data_dir(path, option)
 
 
 def _require_data_dir(path: Path) -> Path:
-    if not path.exists():
-        _fail(f"DIR: {path} does not exist; give the data directory of a ringfence node", 2)
-    if not path.is_dir():
-        _fail(f"DIR: {path} is not a directory", 2)
-    if not (path / "journal").is_dir():
-        _fail(f"DIR: {path} has no journal/ folder; is it a ringfence data directory?", 2)
-    return path
+    return require_node_dir(path)
 
 
 app.add_typer(identity_app, name="identity")
@@ -287,8 +276,8 @@ def sim(
     }
     for name in ("steps", "commands_acknowledged", "commands_rejected", "transfers_failed", "crashes", "torn_tails", "snapshots"):
         table.add_row(name.replace("_", " "), f"{getattr(result, name):,}", explain[name])
-    table.add_row("state hash", result.state_hash)
     console.print(table)
+    console.print(f"state hash {result.state_hash}")
     console.print("[bold green]sim: all invariants held[/]")
 
 from .custody.chains.cli import app as _chains_app  # noqa: E402

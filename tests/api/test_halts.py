@@ -31,6 +31,7 @@ def test_a_journaled_halt_is_enforced_and_visible_after_restart(tmp_path):
     node.open()
     evidence = json.dumps({"kind": "test", "detail": "injected by the test"})
     node.execute(Halt("test-btc", "market", "BTCUSDT", "HALTED", "reconciliation mismatch (test)", evidence))
+    journaled = node.engine.last_seq
     node.close()
 
     server = Server(data)
@@ -38,7 +39,9 @@ def test_a_journaled_halt_is_enforced_and_visible_after_restart(tmp_path):
         halts = httpx.get(server.base + "/v1/halts").json()
         assert [(h["halt_id"], h["scope"], h["level"]) for h in halts] == [("test-btc", "BTCUSDT", "HALTED")]
         assert json.loads(halts[0]["evidence"])["detail"] == "injected by the test"
-        assert httpx.get(server.base + "/readyz").json()["active_halts"] == 1
+        ready = httpx.get(server.base + "/readyz").json()
+        assert ready["active_halts"] == 1
+        assert ready["last_seq"] == journaled  # restarting with --demo journals nothing new
         metrics = httpx.get(server.base + "/metrics").text
         assert 'ringfence_halt_active{halt_id="test-btc",level="HALTED",scope="BTCUSDT",scope_kind="market"} 1.0' in metrics
         refused = order(server, "alice", "BTCUSDT", "60990.00", "0.0010")

@@ -175,6 +175,10 @@ def create_app(
         version="0.1.0",
         description="Binance-compatible spot API (`/api/v3`), native API (`/v1`), WebSocket streams (`/ws`, `/stream`).",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN; nothing here may. The
+        # OpenAPI document itself is served at /openapi.json (load it into any OpenAPI viewer).
+        docs_url=None,
+        redoc_url=None,
     )
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -73,15 +73,27 @@ FUNDING_ID_BASE = 9_000_000_000
 def seed_demo(node: Node) -> dict[str, Any]:
     """Make the demo state exist; returns what was done (for the console)."""
     ledger = node.engine.ledger  # type: ignore[union-attr]
-    node.execute_many([RegisterAsset(*a) for a in ASSETS])
+    # Only what is missing is submitted, so a restart journals nothing for a demo that exists.
+    missing_assets = [RegisterAsset(*a) for a in ASSETS if a[0] not in ledger.assets]
+    if missing_assets:
+        node.execute_many(missing_assets)
     decimals = {code: d for code, d, _, _ in ASSETS}
-    node.execute_many([OpenAccount(owner, asset, "available", segment) for owner, asset, segment, _ in FUNDING])
+    missing_accounts = [
+        OpenAccount(owner, asset, "available", segment)
+        for owner, asset, segment, _ in FUNDING
+        if ledger.find(owner, asset, "available", segment) is None
+    ]
+    if missing_accounts:
+        node.execute_many(missing_accounts)
     transfers = [
         Transfer(FUNDING_ID_BASE + i, ledger.world(asset).id, ledger.get(owner, asset, "available", segment).id, parse_amount(amount, decimals[asset]))
         for i, (owner, asset, segment, amount) in enumerate(FUNDING)
+        if FUNDING_ID_BASE + i not in ledger.transfers
     ]
-    (funded,) = node.execute(CreateTransfers(transfers))
-    newly_funded = len(transfers) - len(funded.failures)
+    newly_funded = 0
+    if transfers:
+        (funded,) = node.execute(CreateTransfers(transfers))
+        newly_funded = len(transfers) - len(funded.failures)
     listed = []
     existing = trading_state(node.engine).markets  # type: ignore[arg-type]
     for m in DEMO_MARKETS:

@@ -94,8 +94,19 @@ def serve(
 
     from ..errors import RingfenceError
 
+    import socket
+
+    from ..cli_paths import fail, prepare_data_dir
+
     structlog.configure(processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.JSONRenderer()])
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    prepare_data_dir(data)
+    with socket.socket() as probe:  # refuse a busy port before recovering or writing anything
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            fail(f"--port: cannot listen on {host}:{port}: {err.strerror or err}")
     public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
     try:
         app, exchange, info = build(data, demo, public_url)
@@ -104,10 +115,15 @@ def serve(
         raise typer.Exit(2)
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
     if demo:
-        console.print(f"demo: {info['demo']}")
+        d = info["demo"]
+        console.print(
+            f"demo: markets listed {', '.join(d['markets']) or 'earlier'}; funding transfers applied now: "
+            f"{d['transfers_applied']}; market-maker orders placed now: {d['ladder_orders']}"
+        )
         console.print(f"demo API keys: {info['keys']}")
-        console.print(f"proof of liabilities: {info['por']} -> /por, /por/verify, /v1/por/proof")
-    console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, docs /docs, metrics /metrics)")
+        por = info["por"]
+        console.print(f"proof of liabilities for {por['accounts']} accounts at {por['position']}: /por, /por/verify, /v1/por/proof")
+    console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, OpenAPI /openapi.json, metrics /metrics)")
     import signal
 
     # uvicorn drains and shuts down on SIGTERM, then re-raises the signal to the handler that was

@@ -289,9 +289,12 @@ def demo(
     if data is None:
         tmp = tempfile.mkdtemp(prefix="rf-custody-")
         data = Path(tmp)
-    elif data.exists() and any(data.iterdir()):
+    elif data.is_dir() and any(data.iterdir()):
         _fail(f"--data: {data} is not empty; pass an empty or new folder")
-    data.mkdir(parents=True, exist_ok=True)
+    else:
+        from ..cli_paths import prepare_data_dir
+
+        prepare_data_dir(data)
     try:
         summary = run_demo(data, use_hsm=hsm, say=lambda m: console.print(f"[green]•[/] {m}"))
     except RingfenceError as exc:

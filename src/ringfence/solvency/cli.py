@@ -93,8 +93,11 @@ def snapshot(
         if data is not None:
             from .ledger_source import snapshot_from_journal
 
-            if not (data / "journal").is_dir():
-                raise ValidationError(f"{data} has no journal/ folder; is it a ringfence data directory?", field="--data")
+            from ..cli_paths import require_node_dir
+
+            require_node_dir(data, "--data")
+            if not out.parent.is_dir():
+                raise ValidationError(f"{out.parent} does not exist; choose a file in an existing folder", field="--out")
             snap = snapshot_from_journal(data, seq)
         else:
             assert balances is not None
@@ -116,7 +119,10 @@ def _fmt(minor: int, decimals: int) -> str:
 
 
 def _dev_mode(flag: bool) -> bool:
-    return flag or os.environ.get("RINGFENCE_ENV", "").lower() == "dev"
+    """Dev mode only when asked for explicitly: --dev, or RINGFENCE_MODE=dev set in the environment
+    (the settings' name; RINGFENCE_ENV=dev is still accepted). Unlike other commands, the default is
+    not dev: a known nonce secret would let anyone link proofs to users."""
+    return flag or os.environ.get("RINGFENCE_MODE", "").lower() == "dev" or os.environ.get("RINGFENCE_ENV", "").lower() == "dev"
 
 
 def _readers(evidence: dict[str, Any], base: Path) -> tuple[dict[str, ChainBalanceReader], dict[str, int]]:
@@ -148,7 +154,7 @@ def publish(
     out_dir: Path = typer.Argument(..., help="directory to write root.json, proofs/, reserves.json, report.html"),
     snapshot_file: Path = typer.Option(Path("snapshot.json"), "--snapshot", help="snapshot from `por snapshot`"),
     reserves_file: Optional[Path] = typer.Option(None, "--reserves", help="reserves evidence JSON (docs/por.md)"),
-    min_leaf_count: int = typer.Option(1, "--min-leaf-count", help="pad the tree to at least this many leaves"),
+    min_leaf_count: int = typer.Option(1, "--min-leaf-count", min=1, max=2**40, help="pad the tree to at least this many leaves"),
     dev: bool = typer.Option(False, "--dev", help="dev mode: allow the built-in development secret"),
     json_proofs: bool = typer.Option(False, "--json-proofs", help="also export every proof as JSON lines"),
 ) -> None:

@@ -106,7 +106,7 @@ def load_secret(value: str | bytes | None, *, dev_mode: bool) -> bytes:
             return DEV_SECRET
         raise ConfigError(
             "no proof-of-reserves secret configured; set RINGFENCE_POR_SECRET to 32+ random bytes "
-            "(e.g. `openssl rand -hex 32`) or run in dev mode",
+            "(e.g. `openssl rand -hex 32`), or for a demo pass --dev (or set RINGFENCE_MODE=dev)",
             field="RINGFENCE_POR_SECRET",
         )
     secret = value.encode("utf-8") if isinstance(value, str) else bytes(value)

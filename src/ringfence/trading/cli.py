@@ -16,11 +16,17 @@ def demo(data: Path = typer.Option(Path("./ringfence-data/trading-demo"), help="
 
     Example: ringfence trading demo --data ./ringfence-data/demo
     """
+    from ..cli_paths import fail, prepare_data_dir
     from ..engine.node import Node
+    from ..errors import RingfenceError
     from .demo import run_trading_demo
 
-    with Node(data) as node:
-        run_trading_demo(node, Console())
+    prepare_data_dir(data)
+    try:
+        with Node(data) as node:
+            run_trading_demo(node, Console())
+    except RingfenceError as err:
+        fail(str(err), 1)
 
 
 @app.command()
@@ -33,11 +39,16 @@ def book(
 
     Example: ringfence trading book BTCUSDT --data ./ringfence-data/demo
     """
-    from ..engine.node import Node
+    from ..cli_paths import fail, require_node_dir
+    from ..engine.node import replay_journal
+    from ..errors import RingfenceError
     from .matching import market_of
 
-    with Node(data) as node:
-        assert node.engine is not None
-        bids, asks = market_of(node.engine, symbol).depth(depth)
+    require_node_dir(data, "--data")  # an inspection never creates the folder it reads
+    try:
+        engine, _, _ = replay_journal(data)  # read-only: the journal is not truncated or opened for writing
+        bids, asks = market_of(engine, symbol).depth(depth)
+    except RingfenceError as err:
+        fail(str(err))
     console = Console()
     console.print({"symbol": symbol, "bids": bids, "asks": asks})
