@@ -83,6 +83,37 @@ async def _too_large(send: Any, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class Observe:
+    """Pure ASGI middleware (BaseHTTPMiddleware costs a task and a queue per request): request
+    count and latency per route, and a log line for errors — method, path and status only, never
+    the query string or body, which carry signatures and client data."""
+
+    def __init__(self, app: Any, metrics: "Metrics") -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def observed_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            name = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(name, str(status[0])).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - started)
+            if status[0] >= 400:
+                log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status[0])
+
+
 class Metrics:
     def __init__(self, exchange: Exchange) -> None:
         self.registry = CollectorRegistry()
@@ -188,18 +219,7 @@ def create_app(
     app.state.hub = hub
     app.state.metrics = metrics
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        metrics.requests.labels(name, str(response.status_code)).inc()
-        metrics.latency.labels(name).observe(time.perf_counter() - started)
-        if response.status_code >= 400:
-            # never the query string or body: they carry signatures and client data
-            log.info("http.request", method=request.method, path=request.url.path, status=response.status_code)
-        return response
+    app.add_middleware(Observe, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

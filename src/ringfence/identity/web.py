@@ -299,6 +299,28 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     return router
 
 
+class _PageHeaders:
+    """Pure ASGI middleware: the identity pages' security headers on responses under `prefixes`."""
+
+    def __init__(self, app: Any, prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.prefixes = prefixes
+        self.extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(self.prefixes):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [(k, v) for k, v in self.extra if k not in present]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def install(app: FastAPI, ctx: IdentityContext) -> None:
     """Add the identity pages (sign-up, sign-in, security centre) to an existing app, with their
     security headers and error pages; `ringfence serve` serves them beside the dashboard."""
@@ -306,13 +328,7 @@ def install(app: FastAPI, ctx: IdentityContext) -> None:
     paths = {route.path for route in create_router(ctx).routes}  # type: ignore[attr-defined]
     prefixes = tuple(sorted({"/" + p.strip("/").split("/")[0] for p in paths}))
 
-    @app.middleware("http")
-    async def identity_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
-        if request.url.path.startswith(prefixes):
-            for name, value in SECURITY_HEADERS.items():
-                response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(_PageHeaders, prefixes=prefixes)
 
     @app.exception_handler(RingfenceError)
     async def identity_error(request: Request, exc: RingfenceError) -> Response:
