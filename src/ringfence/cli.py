@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli_paths import prepare_data_dir, require_node_dir
+from .cli_paths import fail, prepare_data_dir, require_node_dir
 from .errors import RingfenceError
 
 from .identity.cli import app as identity_app
@@ -35,22 +35,8 @@ app.add_typer(journal_app, name="journal")
 
 # Tables stay readable when output goes to a file or CI log (rich would assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 140)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 DEMO_MARKER = ".ringfence-demo"
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
-def _prepare_empty_dir(path: Path, option: str) -> None:
-    prepare_data_dir(path, option)
-
-
-def _require_data_dir(path: Path) -> Path:
-    return require_node_dir(path)
 
 
 app.add_typer(identity_app, name="identity")
@@ -114,17 +100,17 @@ def demo(
     from .demo import run_demo
 
     if data.exists() and not data.is_dir():
-        _fail(f"--data: {data} is a file, not a folder", 2)
+        fail(f"--data: {data} is a file, not a folder")
     if data.is_dir() and any(data.iterdir()):
         if not (data / DEMO_MARKER).exists():
-            _fail(f"--data: {data} is not empty and was not made by `ringfence demo`; choose another folder", 2)
+            fail(f"--data: {data} is not empty and was not made by `ringfence demo`; choose another folder")
         shutil.rmtree(data)
-    _prepare_empty_dir(data, "--data")
+    prepare_data_dir(data, "--data")
     (data / DEMO_MARKER).write_text("made by `ringfence demo`; safe to delete\n")
     try:
         run_demo(data, seed, console)
     except RingfenceError as err:
-        _fail(str(err))
+        fail(str(err), 1)
 
 
 @journal_app.command("verify")
@@ -143,7 +129,7 @@ def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="A 
 
     from .engine.node import replay_journal
 
-    _require_data_dir(directory)
+    require_node_dir(directory)
     started = time.perf_counter()
     try:
         records, report = scan_all(directory / "journal", truncate=False)
@@ -187,11 +173,11 @@ def journal_replay(
     from .errors import JournalCorrupt, SnapshotInvalid
     from .journal.journal import scan_all
 
-    _require_data_dir(directory)
+    require_node_dir(directory)
     try:
         _, pre = scan_all(directory / "journal")
     except JournalCorrupt as err:
-        _fail(str(err))
+        fail(str(err), 1)
     expected: dict[int, str] = {}
     for path in list_snapshots(directory / "snapshots"):
         try:
@@ -214,7 +200,7 @@ def journal_replay(
                 directory, use_snapshots=not full, on_batch=on_batch, progress=lambda n: bar.advance(task, n)
             )
         except JournalCorrupt as err:
-            _fail(err.message)
+            fail(err.message, 1)
     rate = int(report.replayed_commands / report.seconds) if report.seconds else 0
     table = Table(title=f"replay of {directory}", show_header=False)
     table.add_row("started from", f"snapshot at {report.snapshot_seq:,}" if report.snapshot_seq else "genesis")
@@ -228,7 +214,7 @@ def journal_replay(
         table.add_row(f"snapshot @{seq:,}", "[green]matches[/]" if ok else "[red]DIFFERS[/]")
     console.print(table)
     if any(not ok for _, ok in checked):
-        _fail("a snapshot's recorded state hash differs from the replay at its position")
+        fail("a snapshot's recorded state hash differs from the replay at its position", 1)
     engine.check_invariants()
     console.print("replay: [bold green]OK[/], invariants hold")
 
@@ -251,8 +237,8 @@ def sim(
     workdir = Path(tempfile.mkdtemp(prefix="ringfence-sim-")) if own_dir else data
     if not own_dir:
         if workdir.is_dir() and any(workdir.iterdir()):
-            _fail(f"--data: {workdir} must be empty or absent", 2)
-        _prepare_empty_dir(workdir, "--data")
+            fail(f"--data: {workdir} must be empty or absent")
+        prepare_data_dir(workdir, "--data")
     console.print(f"sim seed={seed} steps={steps}")
     try:
         with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
