@@ -239,3 +239,19 @@ def test_every_byte_of_the_middle_is_covered(tmp_path):
         target.write_bytes(bytes(raw))
         with pytest.raises(JournalCorrupt):
             list(scan_all(work)[0])
+
+
+def test_submit_without_a_running_sequencer_is_refused_not_lost(tmp_path):
+    from ringfence.errors import NotDurable
+
+    node = make_node(tmp_path)
+    w, a, _ = seed_ledger(node)
+    ack = node.submit(CreateTransfers([Transfer(77, w, a, 5)]))
+    with pytest.raises(NotDurable, match="not running"):
+        ack.wait(1)
+    node.start()
+    assert node.submit(CreateTransfers([Transfer(77, w, a, 5)])).result(5)
+    node.close()
+    late = node.submit(CreateTransfers([Transfer(78, w, a, 5)]))
+    with pytest.raises(NotDurable):
+        late.wait(1)

@@ -356,6 +356,9 @@ class Node:
         if self.failed is not None:
             ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
             return ack
+        if self._thread is None:  # nobody would ever take it from the inbox
+            ack._resolve(error=NotDurable("the node's sequencer is not running; start() it, or use execute()"))
+            return ack
         if len(self._inbox) >= self.queue_limit:
             ack._resolve(error=RateLimited("the engine queue is full; retry shortly"))
             return ack
