@@ -1,19 +1,17 @@
-"""With the custody flows present (branch `custody`): the real deposit/sweep flow reconciles, the
-custody component is the CustodyView, and a leaked hot key pauses withdrawals of the asset.
-
-`ringfence.custody.localnet` lives in another branch until it is merged; this module runs once it is."""
+"""With the custody flows: the real deposit/sweep flow reconciles, the custody component is the
+CustodyView, and a leaked hot key pauses withdrawals of the asset."""
 
 from __future__ import annotations
 
 import pytest
 
-localnet = pytest.importorskip("ringfence.custody.localnet", reason="the custody flows are not merged yet")
+from eth_utils import to_checksum_address
 
-from eth_utils import to_checksum_address  # noqa: E402
+import ringfence.custody.localnet as localnet
 
-from ringfence.errors import Halted  # noqa: E402
-from ringfence.solvency.halts import active_halts  # noqa: E402
-from ringfence.solvency.reconcile import ReconcileSettings, Reconciler, custody_wallet_specs  # noqa: E402
+from ringfence.errors import Halted
+from ringfence.solvency.halts import active_halts
+from ringfence.solvency.reconcile import ReconcileSettings, Reconciler, custody_wallet_specs
 
 
 def test_real_custody_flows_reconcile_and_a_leak_pauses_eth_withdrawals(tmp_path):

@@ -1,6 +1,4 @@
-"""With the trading package present: fills, fees and the shield-fund split fold independently.
-
-`ringfence.trading` lives in another branch until it is merged; this module runs once it is."""
+"""With the trading package: fills, fees and the shield-fund split fold independently."""
 
 from __future__ import annotations
 
@@ -8,13 +6,13 @@ import io
 
 import pytest
 
-trading_demo = pytest.importorskip("ringfence.trading.demo", reason="ringfence.trading is not merged yet")
+from rich.console import Console
 
-from rich.console import Console  # noqa: E402
+import ringfence.trading.demo as trading_demo
 
-from ringfence.errors import Halted  # noqa: E402
-from ringfence.solvency.halts import Halt, active_halts  # noqa: E402
-from ringfence.solvency.reconcile import ReconcileSettings, Reconciler  # noqa: E402
+from ringfence.errors import Halted
+from ringfence.solvency.halts import Halt, active_halts
+from ringfence.solvency.reconcile import ReconcileSettings, Reconciler
 
 
 def test_fills_fold_without_mismatch_and_a_shield_change_is_named(node):
