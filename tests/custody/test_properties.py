@@ -9,6 +9,7 @@ import tempfile
 from hypothesis import HealthCheck, given, seed, settings, strategies as st
 
 from ringfence.custody.deposits import CREDITED_STATES
+from ringfence.errors import InsufficientFunds
 from ringfence.custody.localnet import LocalNet
 
 from .flows import fund_btc, outside_btc_address
@@ -35,7 +36,7 @@ def test_random_reorgs_never_double_credit(eth_chain, ops) -> None:
             if op[0] == "deposit":
                 try:
                     net.btc_send(addr, op[1])
-                except Exception:
+                except InsufficientFunds:
                     pass  # the miner's coins are all in the mempool: skip
             elif op[0] == "mine":
                 net.btc_mine(op[1])

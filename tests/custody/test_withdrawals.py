@@ -69,11 +69,11 @@ def test_two_approvals_initiator_never_approves_and_approvals_expire(net) -> Non
     assert exc.value.field == "role"
     net.execute(ApproveWithdrawal("w2", "BTC", "btc_hot", "tom", "treasury"))
     net.advance(3601)  # approval TTL is one hour: tom's approval expires
-    net.execute(ApproveWithdrawal("w2", "BTC", "btc_hot", "tom", "treasury"))
-    assert w.state == "awaiting_approvals"  # tom again: a fresh approval replaces his expired one; still 1 of 2
     net.execute(SetApproverCmd("tess", ["treasury"]))
     net.execute(ApproveWithdrawal("w2", "BTC", "btc_hot", "tess", "treasury"))
-    assert w.state == "approved"
+    assert w.state == "awaiting_approvals"  # two approvers, but tom's approval expired: 1 of 2
+    net.execute(ApproveWithdrawal("w2", "BTC", "btc_hot", "tom", "treasury"))
+    assert w.state == "approved"  # tom's fresh approval and tess's
     settle(net)
     assert w.state == "settled"
     net.node.engine.check_invariants()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from ringfence.errors import AccountFrozen, NotFound, SecondFactorRequired, Unauthorized, ValidationError, WithdrawalsLocked
+from ringfence.errors import AuthenticationFailed, AccountFrozen, NotFound, SecondFactorRequired, Unauthorized, ValidationError, WithdrawalsLocked
 from ringfence.identity import accounts, events, second_factor as sf, sessions
 from ringfence.store.models import SecurityEvent, User
 
@@ -100,7 +100,7 @@ def test_email_change_needs_fresh_factor_and_does_not_reveal_taken_address(ctx, 
 def test_failed_second_factor_and_new_country_are_events(ctx, clock):
     totp, token, _ = enable_totp(ctx, clock)
     pending = sign_in(ctx).session.token
-    with pytest.raises(Exception):
+    with pytest.raises(AuthenticationFailed):
         sf.complete_login(ctx, pending, method="totp", value="000000" if totp.at(clock.now_s) != "000000" else "111111")
     sf.complete_login(ctx, pending, method="totp", value=totp.at(clock.now_s), country="DE")
     clock.advance(30)

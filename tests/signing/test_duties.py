@@ -107,6 +107,7 @@ def test_property_signed_transfers_always_have_distinct_people(tmp_path_factory,
     tmp = tmp_path_factory.mktemp("duties")
     r = roster(tmp)
     people = ["rita", "ann", "abe", "sam", "pat", "aud", "mallory"]
+    signers = {"sam"}  # the roster's only SIGNER
     from ringfence.custody.signing.attestation import ApprovalAttestation
 
     requester = rng.choice(["rita", "abe", "pat"])
@@ -123,7 +124,30 @@ def test_property_signed_transfers_always_have_distinct_people(tmp_path_factory,
                 wf.release_for_signing(person, "p")
                 wf.mark_signed()
         except DutiesViolation:
+            pass  # refused attempts are part of the property: they must change nothing that matters
+    # Random steps rarely reach SIGNED on their own, so finish the transfer with whoever the rules
+    # allow: the invariant is then checked on every example, after any prefix of attempts.
+    if wf.state is not TransferState.SIGNED:
+        for person in sorted(people, key=lambda p: p in signers):  # keep the signer for last
+            try:
+                wf.approve(person, "complete")
+            except DutiesViolation:
+                continue
+        try:
+            wf.attach_attestation(ApprovalAttestation("a", "k", b"\x03" * 32, 0, 1, "pe"))
+        except DutiesViolation:
             pass
+        for person in people:
+            try:
+                wf.release_for_signing(person, "complete")
+                wf.mark_signed()
+                break
+            except DutiesViolation:
+                continue
+    if signers - set(wf.approvers) - {wf.requester}:  # someone may still sign: it must have worked
+        assert wf.state is TransferState.SIGNED, f"seed {seed}: {wf.state} after {steps}"
+    else:
+        assert wf.state is not TransferState.SIGNED  # nobody allowed to sign is left
     if wf.state is TransferState.SIGNED:
         chain = [wf.requester, *wf.approvers, wf.signer]
         assert len(set(chain)) == len(chain) >= 1 + wf.approvals_required + 1
