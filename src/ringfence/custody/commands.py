@@ -544,12 +544,18 @@ class CreditDeposit(Command, tag="custody.deposit.credit/1"):
     category: str = ""
 
 
-def _pre_credit(engine: Engine, c: CreditDeposit) -> None:
+def _known_deposit(engine: Engine, c: Any) -> tuple[Any, str, Any]:
+    """(custody state, deposit key, deposit) for a command naming `chain`, `txid`, `index`; NotFound if unseen."""
     s = custody_state(engine)
     key = deposit_key(c.chain, c.txid, c.index)
     d = s.deposits.get(key)
     if d is None:
         raise NotFound(f"no deposit {key}", field="txid")
+    return s, key, d
+
+
+def _pre_credit(engine: Engine, c: CreditDeposit) -> None:
+    s, key, d = _known_deposit(engine, c)
     if not 0 <= c.score <= 100:
         raise ValidationError("must be 0..100", field="score")
     if len(c.reasons) > MAX_REASONS:
@@ -593,11 +599,7 @@ class FinalizeDeposit(Command, tag="custody.deposit.finalize/1"):
 
 @handles(FinalizeDeposit)
 def _finalize(engine: Engine, c: FinalizeDeposit) -> list[Event]:
-    s = custody_state(engine)
-    key = deposit_key(c.chain, c.txid, c.index)
-    d = s.deposits.get(key)
-    if d is None:
-        raise NotFound(f"no deposit {key}", field="txid")
+    s, key, d = _known_deposit(engine, c)
     need = s.assets[d.asset].finality_confirmations
     if c.confirmations < need:
         raise Conflict(f"needs {need} confirmations for finality, has {c.confirmations}", field="confirmations")
@@ -642,11 +644,7 @@ class ReviewQuarantine(Command, tag="custody.deposit.review/1"):
 
 @handles(ReviewQuarantine)
 def _review_quarantine(engine: Engine, c: ReviewQuarantine) -> list[Event]:
-    s = custody_state(engine)
-    key = deposit_key(c.chain, c.txid, c.index)
-    d = s.deposits.get(key)
-    if d is None:
-        raise NotFound(f"no deposit {key}", field="txid")
+    s, key, d = _known_deposit(engine, c)
     if c.decision not in ("release", "freeze"):
         raise ValidationError("must be release or freeze", field="decision")
     if "analyst" not in s.approvers.get(c.analyst, []):
