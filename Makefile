@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian packages the project needs: libsecp256k1 (python-bitcointx, custody), SoftHSM2 (the
-# PKCS#11 token for custody/signing), GnuPG (identity PGP), Chromium (browser tests; never a
+# PKCS#11 token for keys), GnuPG (identity PGP), Chromium (browser tests; never a
 # downloaded browser). Installed only when missing, in one apt run.
 APT_PACKAGES := libsecp256k1-1 softhsm2 gnupg chromium
 

@@ -32,7 +32,7 @@ from bitcointx.core.script import (  # noqa: E402
 )
 from bitcointx.core.scripteval import SCRIPT_VERIFY_P2SH, SCRIPT_VERIFY_WITNESS, VerifyScript  # noqa: E402
 
-from ringfence.custody.chains.bitcoin.simulator import BitcoinSimulator  # noqa: E402
+from ringfence.chains.bitcoin.simulator import BitcoinSimulator  # noqa: E402
 
 MINER = bytes.fromhex("0014" + "ee" * 20)
 

@@ -33,7 +33,7 @@ from ringfence.engine.node import Node  # noqa: E402
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset  # noqa: E402
 from ringfence.ledger.model import Transfer  # noqa: E402
 from ringfence.money import Asset, AssetClass  # noqa: E402
-from ringfence.solvency.reconcile import (  # noqa: E402
+from ringfence.reconcile.reconciler import (  # noqa: E402
     JournalFold,
     ReconcileSettings,
     WalletSpec,
@@ -154,7 +154,7 @@ def main() -> None:
     fold = PrebuiltFold(replay, live)
     settings = ReconcileSettings(receivables_minor={a: 10**30 for a in ASSETS})
     custody = NoFlight()
-    from ringfence.solvency.reconcile import AccountIndex
+    from ringfence.reconcile.reconciler import AccountIndex
     index = AccountIndex()
 
     best = None

@@ -53,7 +53,7 @@ def start_signers(tmp: Path, token: str, n: int) -> tuple[dict[int, str], list[s
         port = free_port()
         env = {**os.environ, "RINGFENCE_SIGNER_PASSPHRASE": f"bench-passphrase-{i}", "RINGFENCE_SIGNER_TOKEN": token,
                "PYTHONPATH": str(ROOT / "src")}
-        procs.append(subprocess.Popen([sys.executable, "-m", "ringfence.custody.signing.signer_server", "--store",
+        procs.append(subprocess.Popen([sys.executable, "-m", "ringfence.keys.signer_server", "--store",
                                        str(tmp / f"s{i}"), "--identifier", str(i), "--name", f"bench-{i}", "--port",
                                        str(port), "--create"], env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
@@ -75,9 +75,9 @@ def start_signers(tmp: Path, token: str, n: int) -> tuple[dict[int, str], list[s
 def bench_frost_processes(n_sigs: int, rng: random.Random, tmp: Path) -> dict:
     import coincurve
 
-    from ringfence.custody.signing.coordinator import ThresholdCoordinator
-    from ringfence.custody.signing.frost import FROST_SECP256K1_SHA256
-    from ringfence.custody.signing.interface import Scheme, SigningRequest
+    from ringfence.keys.coordinator import ThresholdCoordinator
+    from ringfence.keys.frost import FROST_SECP256K1_SHA256
+    from ringfence.keys.interface import Scheme, SigningRequest
 
     token = "bench-token-" + "y" * 24
     urls, procs = start_signers(tmp, token, 3)
@@ -130,7 +130,7 @@ def bench_frost_processes(n_sigs: int, rng: random.Random, tmp: Path) -> dict:
 
 
 def bench_frost_inprocess(n_sigs: int) -> float:
-    from ringfence.custody.signing import dkg, frost
+    from ringfence.keys import dkg, frost
 
     kps = dkg.run_dkg(frost.FROST_SECP256K1_SHA256, 2, [1, 2, 3], b"bench")
     tr = {i: frost.bip340_key_package(kp) for i, kp in kps.items()}
@@ -146,7 +146,7 @@ def bench_frost_inprocess(n_sigs: int) -> float:
 
 
 def bench_hsm(n_sigs: int, tmp: Path) -> dict:
-    from ringfence.custody.signing.hsm import HsmSigner, HsmToken, init_softhsm_token, write_softhsm_config
+    from ringfence.keys.hsm import HsmSigner, HsmToken, init_softhsm_token, write_softhsm_config
 
     conf = write_softhsm_config(tmp / "hsm")
     os.environ["SOFTHSM2_CONF"] = str(conf)
@@ -154,9 +154,9 @@ def bench_hsm(n_sigs: int, tmp: Path) -> dict:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    from ringfence.custody.signing.attestation import issue_attestation
-    from ringfence.custody.signing.interface import Scheme, SigningRequest
-    from ringfence.custody.signing.keylog import KeyOperationLog
+    from ringfence.keys.attestation import issue_attestation
+    from ringfence.keys.interface import Scheme, SigningRequest
+    from ringfence.keys.keylog import KeyOperationLog
 
     policy = Ed25519PrivateKey.generate()  # stands in for the policy engine's HSM key in this bench
     tok = HsmToken("bench-hot", "bench-user-pin")

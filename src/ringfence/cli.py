@@ -266,16 +266,16 @@ def sim(
     console.print(f"state hash {result.state_hash}")
     console.print("[bold green]sim: all invariants held[/]")
 
-from .custody.chains.cli import app as _chains_app  # noqa: E402
+from .chains.cli import app as _chains_app  # noqa: E402
 app.add_typer(_chains_app, name="chains")
 
-from .custody.signing.cli import app as _keys_app  # noqa: E402
+from .keys.cli import app as _keys_app  # noqa: E402
 app.add_typer(_keys_app, name="keys")
 
 from .custody import cli as _custody_cli  # noqa: E402
 app.add_typer(_custody_cli.custody_app, name="custody")
 app.add_typer(_custody_cli.policy_app, name="policy")
-from .solvency.reconcile_cli import app as _reconcile_app  # noqa: E402
+from .reconcile.cli import app as _reconcile_app  # noqa: E402
 app.add_typer(_reconcile_app, name="reconcile")
 
 

@@ -275,7 +275,7 @@ def error_codes() -> dict[str, type[RingfenceError]]:
     return seen
 
 
-# --- chain layer (custody/chains) -------------------------------------------------------------
+# --- chain layer (chains) -------------------------------------------------------------
 
 
 class InvalidAddress(ValidationError):

@@ -8,7 +8,7 @@ import httpx
 from playwright.sync_api import expect, sync_playwright
 
 from ringfence.engine.node import Node
-from ringfence.solvency.halts import Halt
+from ringfence.risk.halts import Halt
 
 from .conftest import Server
 from .test_dashboard import ARGS, CHROMIUM

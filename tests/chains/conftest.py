@@ -6,8 +6,8 @@ import pytest
 from embit import bip32
 from embit.networks import NETWORKS
 
-from ringfence.custody.chains.bitcoin.adapter import BitcoinAdapter
-from ringfence.custody.chains.bitcoin.simulator import BitcoinSimulator
+from ringfence.chains.bitcoin.adapter import BitcoinAdapter
+from ringfence.chains.bitcoin.simulator import BitcoinSimulator
 
 REGTEST = NETWORKS["regtest"]
 MINER_SPK = bytes.fromhex("0014" + "ab" * 20)  # an unrelated P2WPKH that collects coinbases

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from embit import bech32
 
-from ringfence.custody.chains.bitcoin.address import address_to_script, script_to_address, validate_address
-from ringfence.custody.chains.ethereum import validate_eth_address
+from ringfence.chains.bitcoin.address import address_to_script, script_to_address, validate_address
+from ringfence.chains.ethereum import validate_eth_address
 from ringfence.errors import InvalidAddress
 
 # BIP-173 / BIP-350 valid mainnet examples, and BIP-84/86/44 first addresses of "abandon ... about"

@@ -10,9 +10,9 @@ from bitcointx.core import CMutableTransaction, COutPoint, CTransaction, CTxIn, 
 from bitcointx.core.script import CScript, CScriptWitness, SignatureHashSchnorr
 from embit.psbt import PSBT
 
-from ringfence.custody.chains.adapter import Direction, TxState
-from ringfence.custody.chains.bitcoin.signer import sign_psbt
-from ringfence.custody.chains.bitcoin.wallet import DescriptorWallet, finalize, psbt_fee_sat
+from ringfence.chains.adapter import Direction, TxState
+from ringfence.chains.bitcoin.signer import sign_psbt
+from ringfence.chains.bitcoin.wallet import DescriptorWallet, finalize, psbt_fee_sat
 from ringfence.errors import InsufficientFunds, TransactionRejected, UnsupportedAsset, ValidationError
 
 from .btc_keys import key, p2wpkh_script, sign_p2wpkh
@@ -402,7 +402,7 @@ def test_state_file_round_trip_and_corruption(sim, btc, tmp_path):
     path = tmp_path / "regtest.json"
     sim.save(path)
 
-    from ringfence.custody.chains.bitcoin.simulator import BitcoinSimulator
+    from ringfence.chains.bitcoin.simulator import BitcoinSimulator
     from ringfence.errors import SnapshotInvalid
 
     again = BitcoinSimulator.load(path)

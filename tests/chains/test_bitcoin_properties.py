@@ -14,7 +14,7 @@ from bitcointx.core import CTransaction, b2lx
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
-from ringfence.custody.chains.bitcoin.simulator import BitcoinSimulator
+from ringfence.chains.bitcoin.simulator import BitcoinSimulator
 from ringfence.errors import TransactionRejected
 
 from .btc_keys import key, p2wpkh_script, sign_p2wpkh

@@ -12,8 +12,8 @@ from bip_utils import Bip39SeedGenerator, Bip44, Bip44Coins
 from embit.descriptor import Descriptor
 from embit.networks import NETWORKS
 
-from ringfence.custody.chains.derivation import derive_deposit_address
-from ringfence.custody.chains.ethereum import validate_eth_address
+from ringfence.chains.derivation import derive_deposit_address
+from ringfence.chains.ethereum import validate_eth_address
 from ringfence.errors import ValidationError
 
 from .conftest import account, root_key

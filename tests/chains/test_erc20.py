@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from eth_account import Account
 
-from ringfence.custody.chains.adapter import Direction, TxState
-from ringfence.custody.chains.erc20 import ERC20_ABI, INITIAL_SUPPLY_MINOR, assemble, token_runtime_code
-from ringfence.custody.chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
+from ringfence.chains.adapter import Direction, TxState
+from ringfence.chains.erc20 import ERC20_ABI, INITIAL_SUPPLY_MINOR, assemble, token_runtime_code
+from ringfence.chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
 from ringfence.errors import UnsupportedAsset, ValidationError
 
 USER = Account.from_key((778).to_bytes(32, "big")).address

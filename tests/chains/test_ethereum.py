@@ -9,8 +9,8 @@ import rlp
 from eth_account import Account
 from web3 import HTTPProvider
 
-from ringfence.custody.chains.adapter import ChainAdapter, Direction, TxState
-from ringfence.custody.chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
+from ringfence.chains.adapter import ChainAdapter, Direction, TxState
+from ringfence.chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
 from ringfence.errors import ChainUnavailable, ConfigError, NotFound, TransactionRejected, UnsupportedAsset
 
 USER = Account.from_key((777).to_bytes(32, "big")).address  # a deposit address (key unused by the server)

@@ -10,8 +10,8 @@ import pytest
 from eth_account import Account
 from web3 import HTTPProvider
 
-from ringfence.custody.chains.adapter import Direction, TxState
-from ringfence.custody.chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
+from ringfence.chains.adapter import Direction, TxState
+from ringfence.chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
 from ringfence.errors import TransactionRejected
 
 from .eth_rpc_bridge import EthRpcBridge

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringfence.custody.chains.adapter import ReorgTracker
+from ringfence.chains.adapter import ReorgTracker
 from ringfence.errors import ValidationError
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
-from ringfence.custody.chains.adapter import Direction
-from ringfence.custody.chains.bitcoin.adapter import BitcoinAdapter
-from ringfence.custody.chains.bitcoin.simulator import BitcoinSimulator
+from ringfence.chains.adapter import Direction
+from ringfence.chains.bitcoin.adapter import BitcoinAdapter
+from ringfence.chains.bitcoin.simulator import BitcoinSimulator
 
 from .btc_keys import key, p2wpkh_script, sign_p2wpkh
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringfence.custody.chains.ethereum import EthereumAdapter, EthereumSettings
+from ringfence.chains.ethereum import EthereumAdapter, EthereumSettings
 from ringfence.custody.localnet import LocalNet
 
 

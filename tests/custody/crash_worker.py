@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ringfence.custody import workers  # noqa: E402
-from ringfence.custody.chains.bitcoin.simulator import BitcoinSimulator  # noqa: E402
+from ringfence.chains.bitcoin.simulator import BitcoinSimulator  # noqa: E402
 from ringfence.custody.localnet import LocalNet  # noqa: E402
 from tests.custody.flows import fund_btc, outside_btc_address  # noqa: E402
 

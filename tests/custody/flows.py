@@ -30,7 +30,7 @@ def fund_eth(net, user: str, wei: int) -> str:
 
 
 def outside_btc_address(n: int = 1) -> str:
-    from ringfence.custody.chains.bitcoin.address import script_to_address
+    from ringfence.chains.bitcoin.address import script_to_address
 
     return script_to_address(bytes.fromhex("0014" + f"{n:02x}" * 20), "regtest")
 

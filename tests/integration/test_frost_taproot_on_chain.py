@@ -7,10 +7,10 @@ import pytest
 from bitcointx.core import CMutableTransaction, COutPoint, CTxIn, CTxInWitness, CTxOut, CTxWitness, lx
 from bitcointx.core.script import CScript, CScriptWitness
 
-from ringfence.custody.chains.bitcoin.adapter import BitcoinAdapter
-from ringfence.custody.chains.bitcoin.simulator import BitcoinSimulator
-from ringfence.custody.signing import dkg, frost, taproot
-from ringfence.custody.signing.frost import FROST_SECP256K1_SHA256
+from ringfence.chains.bitcoin.adapter import BitcoinAdapter
+from ringfence.chains.bitcoin.simulator import BitcoinSimulator
+from ringfence.keys import dkg, frost, taproot
+from ringfence.keys.frost import FROST_SECP256K1_SHA256
 from ringfence.errors import TransactionRejected
 
 MINER_SPK = bytes.fromhex("0014" + "ab" * 20)

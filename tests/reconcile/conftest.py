@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ringfence.engine.node import Node
 from ringfence.ledger.commands import OpenAccount, RegisterAsset
-from ringfence.solvency.halts import RegisterOperators
+from ringfence.risk.halts import RegisterOperators
 
 from . import custody_sim  # noqa: F401  (registers the test custody commands)
 
@@ -52,7 +52,7 @@ class EthWorld:
 def eth() -> EthWorld:
     from eth_account import Account
 
-    from ringfence.custody.chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
+    from ringfence.chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
 
     adapter = EthereumAdapter.from_settings(EthereumSettings(rpc_url=None))
     dev = EthDevChain(adapter)

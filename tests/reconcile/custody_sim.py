@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ringfence.engine.commands import Command, Event
 from ringfence.engine.core import Engine, handles
-from ringfence.solvency.reconcile import JournalFold, register_fold
+from ringfence.reconcile.reconciler import JournalFold, register_fold
 
 
 class SimCreditDeposit(Command, tag="test.recon.credit_deposit/1"):

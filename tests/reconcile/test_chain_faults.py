@@ -9,8 +9,8 @@ from eth_account import Account
 
 from ringfence.errors import Halted
 from ringfence.ledger.commands import RegisterAsset
-from ringfence.solvency.halts import active_halts, halt_for
-from ringfence.solvency.reconcile import ReconcileSettings, Reconciler, WalletSpec
+from ringfence.risk.halts import active_halts, halt_for
+from ringfence.reconcile.reconciler import ReconcileSettings, Reconciler, WalletSpec
 
 from .custody_sim import SimCreditDeposit, SimCustody, SimRequestWithdrawal
 
@@ -183,7 +183,7 @@ def test_a_shortfall_seen_only_once_is_not_evidence(node, eth):
 
 
 def test_a_lifted_halt_is_not_raised_again_for_the_same_evidence_but_a_new_loss_halts(node, eth, operators):
-    from ringfence.solvency.halts import LiftHalt, lift_message
+    from ringfence.risk.halts import LiftHalt, lift_message
 
     custody = SimCustody()
     rec = _reconciler(node, eth, custody)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ringfence.engine.core import Engine
 from ringfence.money import Asset, AssetClass
-from ringfence.solvency.reconcile import ReconcileSettings, WalletSpec, reconcile_chain
+from ringfence.reconcile.reconciler import ReconcileSettings, WalletSpec, reconcile_chain
 
 
 class DictChain:

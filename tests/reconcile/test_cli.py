@@ -10,7 +10,7 @@ from pathlib import Path
 from ringfence.engine.node import Node
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
-from ringfence.solvency.reconcile import DEPOSIT_TRANSFER_CODE
+from ringfence.reconcile.reconciler import DEPOSIT_TRANSFER_CODE
 
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 
@@ -65,7 +65,7 @@ def test_bad_dir_is_a_clear_error(tmp_path):
 
 
 def test_operators_lift_a_halt_from_the_command_line(tmp_path):
-    from ringfence.solvency.halts import RegisterOperators
+    from ringfence.risk.halts import RegisterOperators
 
     from .conftest import operator_keys, public_hex
 

@@ -10,8 +10,8 @@ from eth_utils import to_checksum_address
 import ringfence.custody.localnet as localnet
 
 from ringfence.errors import Halted
-from ringfence.solvency.halts import active_halts
-from ringfence.solvency.reconcile import ReconcileSettings, Reconciler, custody_wallet_specs
+from ringfence.risk.halts import active_halts
+from ringfence.reconcile.reconciler import ReconcileSettings, Reconciler, custody_wallet_specs
 
 
 def test_real_custody_flows_reconcile_and_a_leak_pauses_eth_withdrawals(tmp_path):

@@ -10,7 +10,7 @@ from ringfence.engine.core import Engine, handles
 from ringfence.engine.node import replay_journal
 from ringfence.errors import Forbidden, Halted, NotFound, ValidationError
 from ringfence.ledger.commands import OpenAccount, RegisterAsset
-from ringfence.solvency.halts import (
+from ringfence.risk.halts import (
     Halt,
     LiftHalt,
     RegisterOperators,

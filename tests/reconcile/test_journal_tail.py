@@ -8,7 +8,7 @@ from ringfence.engine.node import Node
 from ringfence.errors import JournalCorrupt
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
-from ringfence.solvency.reconcile import JournalFold
+from ringfence.reconcile.reconciler import JournalFold
 
 
 def _fill(node: Node, start: int, n: int) -> None:

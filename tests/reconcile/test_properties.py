@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from ringfence.engine.node import Node
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer, TransferFlags
-from ringfence.solvency.reconcile import ReconcileSettings, Reconciler
+from ringfence.reconcile.reconciler import ReconcileSettings, Reconciler
 
 USERS = ["u1", "u2", "u3"]
 

@@ -11,8 +11,8 @@ from rich.console import Console
 import ringfence.trading.demo as trading_demo
 
 from ringfence.errors import Halted
-from ringfence.solvency.halts import Halt, active_halts
-from ringfence.solvency.reconcile import ReconcileSettings, Reconciler
+from ringfence.risk.halts import Halt, active_halts
+from ringfence.reconcile.reconciler import ReconcileSettings, Reconciler
 
 
 def test_fills_fold_without_mismatch_and_a_shield_change_is_named(node):

@@ -13,8 +13,8 @@ from eth_account import Account
 
 from ringfence.ledger.commands import CreateTransfers
 from ringfence.ledger.model import Transfer
-from ringfence.solvency.halts import active_halts
-from ringfence.solvency.reconcile import ReconcileSettings, Reconciler, WalletSpec
+from ringfence.risk.halts import active_halts
+from ringfence.reconcile.reconciler import ReconcileSettings, Reconciler, WalletSpec
 
 from .custody_sim import SimCreditDeposit, SimCustody
 

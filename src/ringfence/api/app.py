@@ -175,7 +175,7 @@ def create_app(
         if reconcile_every_ms:
             # Continuous internal reconciliation: a second code path folds the journal and compares
             # it with the live engine; a mismatch is submitted as a Halt command (docs/reconcile.md).
-            from ..solvency.reconcile import Reconciler
+            from ..reconcile.reconciler import Reconciler
 
             reconciler = Reconciler(exchange.node)
             reconciler_state["reconciler"] = reconciler
@@ -246,7 +246,7 @@ def create_app(
     async def readyz() -> JSONResponse:
         node = exchange.node
         ready = node.failed is None and node.writer is not None
-        from ..solvency.halts import active_halts
+        from ..risk.halts import active_halts
 
         body = {
             "ready": ready,
@@ -266,7 +266,7 @@ def create_app(
         metrics.ws.set(len(hub.connections))
         metrics.ws_messages.set(hub.messages_sent)
         metrics.halted.set(1 if node.failed is not None else 0)
-        from ..solvency.halts import metrics_samples
+        from ..risk.halts import metrics_samples
 
         metrics.halts.clear()
         for labels, value in metrics_samples(exchange.engine):
@@ -317,7 +317,7 @@ def create_app(
 
     @app.get("/v1/halts", tags=["native"], summary="Active graded halts with their scope, level, reason and evidence")
     async def v1_halts() -> list[dict[str, Any]]:
-        from ..solvency.halts import active_halts
+        from ..risk.halts import active_halts
 
         return active_halts(exchange.engine)
 

@@ -1,5 +1,5 @@
 """Custody: wallets, addresses, signing (threshold, multisig, HSM) and the policy engine.
 
 Invariant for the whole package: no single server, person or stolen database can move funds.
-Signing lives in `ringfence.custody.signing`; every signer there sits behind one narrow interface.
+Signing lives in `ringfence.keys`; every signer there sits behind one narrow interface.
 """

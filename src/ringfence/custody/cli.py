@@ -163,8 +163,8 @@ def _hsm_setup(root: Path) -> tuple[Any, Any] | None:
 
     if shutil.which("softhsm2-util") is None:
         return None
-    from .signing.hsm import HsmSigner, HsmToken, PolicyApprovalKey, init_softhsm_token, write_softhsm_config
-    from .signing.keylog import KeyOperationLog
+    from ..keys.hsm import HsmSigner, HsmToken, PolicyApprovalKey, init_softhsm_token, write_softhsm_config
+    from ..keys.keylog import KeyOperationLog
 
     conf = write_softhsm_config(root)
     os.environ["SOFTHSM2_CONF"] = str(conf)
@@ -181,7 +181,7 @@ def _hsm_setup(root: Path) -> tuple[Any, Any] | None:
 
 def run_demo(data: Path, *, use_hsm: bool = True, say: Any = print) -> dict[str, Any]:
     """The custody demo; returns a summary the test checks."""
-    from .chains.ethereum import EthereumAdapter, EthereumSettings
+    from ..chains.ethereum import EthereumAdapter, EthereumSettings
     from .commands import FileSourceOfFunds, ResolveManualReview, ReviewQuarantine
     from .localnet import LocalNet
     from .workers import PolicyAttestor
@@ -240,7 +240,7 @@ def run_demo(data: Path, *, use_hsm: bool = True, say: Any = print) -> dict[str,
     say(f"swept into hot: {net.ledger.custody('BTC', 'btc_hot').balance} sat, {net.ledger.custody('ETH', 'eth_hot').balance} wei")
 
     # 4. Alice withdraws 0.5 BTC: risk review, policy allows, signed, journaled, broadcast, settled.
-    from .chains.bitcoin.address import script_to_address
+    from ..chains.bitcoin.address import script_to_address
 
     dest = script_to_address(bytes.fromhex("0014" + "42" * 20), "regtest")
     net.request("demo-w1", "alice", "BTC", dest, 50_000_000)

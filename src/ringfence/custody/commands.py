@@ -223,10 +223,10 @@ def validate_chain_address(chain: str, network: str, address: str, field: str = 
     if not isinstance(address, str) or not address or len(address) > 128:
         raise InvalidAddress("must be a non-empty address string of at most 128 characters", field=field)
     if chain == "bitcoin":
-        from .chains.bitcoin.address import validate_address
+        from ..chains.bitcoin.address import validate_address
 
         return validate_address(address, network, field)
-    from .chains.ethereum import validate_eth_address
+    from ..chains.ethereum import validate_eth_address
 
     return validate_eth_address(address, field)
 

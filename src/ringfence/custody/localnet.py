@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from ..engine.node import Node
 from ..ledger.commands import OpenAccount, RegisterAsset
-from .chains.bitcoin.adapter import BitcoinAdapter
-from .chains.bitcoin.simulator import BitcoinSimulator
+from ..chains.bitcoin.adapter import BitcoinAdapter
+from ..chains.bitcoin.simulator import BitcoinSimulator
 from .commands import (
     ActivatePolicy, AddWithdrawalAddress, ApprovePolicy, AssignDepositAddress, ConfigureCustodyAsset,
     ConfirmWithdrawalEmail, ProposePolicy, RegisterWallet, RequestWithdrawal, SetApprover, custody_state,
@@ -57,7 +57,7 @@ def shield_multisig(seed: str) -> Any:
     from embit import bip32
     from embit.networks import NETWORKS
 
-    from .chains.bitcoin.wallet import DescriptorWallet
+    from ..chains.bitcoin.wallet import DescriptorWallet
 
     net = NETWORKS["regtest"]
     parts = []
@@ -76,7 +76,7 @@ class LocalNet:
     def __init__(self, data_dir: Path | str, *, eth: Any = None, key_seed: str | None = None,
                  hot_signer: Any = None, hot_key_id: str | None = None,
                  attest: Callable[..., Any] | None = None, sim: BitcoinSimulator | None = None) -> None:
-        from .chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
+        from ..chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
 
         self.data_dir = Path(data_dir)
         self.now = {"ns": START_NS}

@@ -23,7 +23,7 @@ from typing import Any
 import coincurve
 
 from ..errors import InsufficientFunds, SigningRefused, ValidationError
-from .signing.interface import Scheme, Signature, SigningRequest
+from ..keys.interface import Scheme, Signature, SigningRequest
 
 __all__ = ["LocalKeySigner", "build_btc_payment", "build_eth_payment", "p2wpkh_address", "eth_address",
            "BalancingRule", "Move", "plan_balancing", "DUST_SAT"]
@@ -63,7 +63,7 @@ class LocalKeySigner:
 
 
 def p2wpkh_address(pubkey33: bytes, network: str = "regtest") -> str:
-    from .chains.bitcoin.address import script_to_address
+    from ..chains.bitcoin.address import script_to_address
 
     h160 = hashlib.new("ripemd160", hashlib.sha256(pubkey33).digest()).digest()
     addr = script_to_address(b"\x00\x14" + h160, network)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import Conflict, RingfenceError, TransactionRejected
-from .chains.adapter import Direction, TxState
+from ..chains.adapter import Direction, TxState
 from .commands import (
     AuthorizeSigning, CreditDeposit, DecideWithdrawal, FailWithdrawal, FinalizeDeposit, ObserveDeposit,
     RecordBroadcast, RecordInternalTransfer, RecordRiskReview, RecordSignedTx, ReorgDeposits, SettleWithdrawal,

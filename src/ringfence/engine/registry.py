@@ -7,4 +7,4 @@ registered command type always decodes. A new domain package adds one import lin
 from ..ledger import commands as _ledger_commands  # noqa: F401
 from ..trading import matching as _trading_matching  # noqa: F401
 from ..custody import commands as _custody_commands  # noqa: F401
-from ..solvency import halts as _solvency_halts  # noqa: F401
+from ..risk import halts as _risk_halts  # noqa: F401

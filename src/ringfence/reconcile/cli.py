@@ -1,0 +1,260 @@
+"""`ringfence reconcile run|status|history`: run the checks, show active halts and incidents.
+
+`run` opens the node's data directory itself (the node must not be running elsewhere), folds the
+journal independently, compares, and submits `Halt` commands for what disagrees. Chain wallets
+need chain adapters, which only a running service has; from the command line `run` does the
+internal checks (the service wires `Reconciler(node, wallets=..., custody=...)`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import RingfenceError
+
+app = typer.Typer(
+    help="Reconcile the ledger with the chain and with the journal; show halts and incidents.\n\n"
+    "Example: ringfence reconcile run ./ringfence-data/demo",
+    no_args_is_help=True,
+)
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+
+#: Exit code of `run` when it found mismatches (0 = clean).
+EXIT_MISMATCH = 3
+
+
+def _data_dir(path: Path) -> Path:
+    if not path.is_dir() or not (path / "journal").is_dir():
+        err_console.print(f"[bold red]error:[/] DIR: {path} is not a ringfence data directory (no journal/ folder)")
+        raise typer.Exit(2)
+    return path
+
+
+def _incidents(path: Path):
+    from .reconciler import IncidentStore
+
+    return IncidentStore(path / "reconcile" / "incidents.sqlite")
+
+
+def _print_report(report) -> None:
+    table = Table(title=f"reconciliation at sequence {report.seq:,} ({report.duration_ms} ms, "
+                        f"{report.accounts_checked:,} accounts, {len(report.chain_rows)} wallets)")
+    for col in ("kind", "scope", "subject", "expected", "found", "delta", "action"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("kind", "action"))
+    actions = {h: "halt raised" for h in report.halts_submitted}
+    actions.update({h: "halt active" for h in report.halts_already_active})
+    actions.update({h: "lifted by quorum" for h in report.acknowledged})
+    for m in report.mismatches:
+        level = m.rule.level or "incident"
+        table.add_row(m.kind, f"{m.rule.scope_kind}:{m.scope} {level}", m.subject, f"{m.expected_minor:,}",
+                      f"{m.actual_minor:,}", f"{m.delta_minor:+,}", actions.get(m.halt_id, "incident"))
+    for row in report.chain_rows:
+        console.print(f"chain {row.chain} h={row.height} {row.wallet}/{row.asset}: chain {row.chain_minor:,} "
+                      f"ledger {row.ledger_minor:,} in-flight {row.in_flight_minor:,} pending {row.pending_minor:,} "
+                      f"-> {row.status}")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if report.mismatches:
+        console.print(table)
+    else:
+        console.print(f"[bold green]reconciled:[/] {report.accounts_checked:,} accounts at sequence {report.seq:,} "
+                      f"match the journal ({report.duration_ms} ms)")
+
+
+@app.command("run")
+def run(
+    data_dir: Path = typer.Argument(..., metavar="DIR", help="The node's data directory."),
+    watch: bool = typer.Option(False, "--watch", help="Keep running: a pass every --interval-ms until Ctrl-C."),
+    interval_ms: int = typer.Option(5_000, "--interval-ms", min=100, max=600_000, help="Time between passes with --watch."),
+    no_halt: bool = typer.Option(False, "--no-halt", help="Report only: record incidents but submit no Halt."),
+) -> None:
+    """Fold the journal independently, compare with the engine, halt what disagrees.
+
+    Example: ringfence reconcile run ./ringfence-data/demo --watch --interval-ms 5000
+    """
+    from ..engine.node import Node
+    from .reconciler import Reconciler
+
+    path = _data_dir(data_dir)
+    try:
+        with Node(path) as node:
+            rec = Reconciler(node, incidents=_incidents(path))
+            with Progress(SpinnerColumn(), TextColumn("folding the journal independently"),
+                          TextColumn("{task.completed:,} commands"), TimeElapsedColumn(),
+                          console=err_console, transient=True) as progress:
+                task = progress.add_task("fold", total=None)
+                rec.fold.advance(progress=lambda n: progress.advance(task, n))
+            if no_halt:
+                rec._respond = _report_only(rec)  # type: ignore[method-assign]
+            found = False
+            while True:
+                report = rec.run_once()
+                _print_report(report)
+                found = found or bool(report.mismatches)
+                if not watch:
+                    break
+                time.sleep(interval_ms / 1000)
+    except RingfenceError as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    if found:
+        raise typer.Exit(EXIT_MISMATCH)
+
+
+def _report_only(rec):
+    from .reconciler import RunReport
+
+    def respond(mismatches, rows, accounts, notes):
+        now = rec.clock_ms()
+        for m in mismatches:
+            rec.incidents.record(m, "reported (--no-halt)", now)
+        return RunReport(rec.node.engine.last_seq, rows, mismatches, [], [], [], accounts, 0, notes)
+
+    return respond
+
+
+@app.command("status")
+def status(
+    data_dir: Path = typer.Argument(..., metavar="DIR", help="The node's data directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Active halts (from the journal) and the latest reconciliation runs.
+
+    Example: ringfence reconcile status ./ringfence-data/demo
+    """
+    from ..engine.node import replay_journal
+    from ..risk.halts import active_halts, halts_of
+
+    path = _data_dir(data_dir)
+    try:
+        engine, _, _ = replay_journal(path)
+    except RingfenceError as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(1)
+    halts = active_halts(engine)
+    runs = _incidents(path).runs(10)
+    state = halts_of(engine)
+    if as_json:
+        typer.echo(json.dumps({"seq": engine.last_seq, "operators": sorted(state.operators), "threshold": state.threshold,
+                               "active_halts": halts, "runs": runs}, indent=2))
+        return
+    console.print(f"sequence {engine.last_seq:,}; operators {len(state.operators)} (quorum {state.threshold})")
+    if halts:
+        table = Table(title=f"{len(halts)} active halt(s)")
+        for col in ("halt id", "scope", "level", "raised at seq", "reason"):
+            table.add_column(col, overflow="fold")
+        for h in halts:
+            table.add_row(h["halt_id"], f"{h['scope_kind']}:{h['scope']}", f"[bold red]{h['level']}[/]", str(h["raised_seq"]), h["reason"])
+        console.print(table)
+    else:
+        console.print("[bold green]no active halts[/]")
+    if runs:
+        table = Table(title="latest reconciliation runs")
+        for col in ("at (UTC)", "seq", "ms", "wallets", "accounts", "mismatches", "notes"):
+            table.add_column(col, overflow="fold")
+        for r in runs:
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["at_ms"] / 1000))
+            table.add_row(at, str(r["seq"]), str(r["duration_ms"]), str(r["wallets"]), f"{r['accounts']:,}",
+                          str(r["mismatches"]), r["notes"])
+        console.print(table)
+    else:
+        console.print("no reconciliation run recorded yet (ringfence reconcile run DIR)")
+
+
+@app.command("history")
+def history(
+    data_dir: Path = typer.Argument(..., metavar="DIR", help="The node's data directory."),
+    limit: int = typer.Option(50, "--limit", min=1, max=10_000, help="How many incidents to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (with full evidence) instead of a table."),
+) -> None:
+    """Incidents, newest first: one per distinct mismatch, with what was done about it.
+
+    Example: ringfence reconcile history ./ringfence-data/demo --limit 20
+    """
+    path = _data_dir(data_dir)
+    rows = _incidents(path).incidents(limit)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("[bold green]no incidents recorded[/]")
+        return
+    table = Table(title=f"{len(rows)} incident(s)")
+    for col in ("last seen (UTC)", "kind", "scope", "level", "subject", "expected", "found", "seen", "action", "halt id"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("kind", "halt id"))
+    for r in rows:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["last_seen_ms"] / 1000))
+        table.add_row(at, r["kind"], f"{r['scope_kind']}:{r['scope']}", r["level"] or "incident", r["subject"],
+                      r["expected_minor"], r["actual_minor"], str(r["seen_count"]), r["action"], r["halt_id"])
+    console.print(table)
+
+
+
+@app.command("approve")
+def approve(
+    halt_id: str = typer.Argument(..., help="The halt to lift (see `reconcile status`)."),
+    raised_seq: int = typer.Option(..., "--raised-seq", min=1, help="The halt's 'raised at seq' (the replay nonce)."),
+    reason: str = typer.Option(..., "--reason", help="Why it may be lifted; every approver signs the same text."),
+    operator: str = typer.Option(..., "--operator", help="Your operator id."),
+    key_file: Path = typer.Option(..., "--key-file", help="Your Ed25519 private key: 64 hex characters (seed) in a file."),
+) -> None:
+    """Sign an approval to lift one halt; prints OPERATOR:SIGNATURE for `reconcile lift --approval`.
+
+    Runs offline: nothing is read from or written to a data directory.
+    Example: ringfence reconcile approve rc.hot_wallet_shortfall.1a2b --raised-seq 812 --reason "key rotated" --operator op1 --key-file op1.key
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ..risk.halts import lift_message
+
+    try:
+        seed = bytes.fromhex(key_file.read_text().strip())
+        key = Ed25519PrivateKey.from_private_bytes(seed)
+    except (OSError, ValueError):
+        err_console.print("[bold red]error:[/] --key-file: must hold a 32-byte Ed25519 seed as 64 hex characters")
+        raise typer.Exit(2)
+    typer.echo(f"{operator}:{key.sign(lift_message(halt_id, reason, raised_seq)).hex()}")
+
+
+@app.command("lift")
+def lift(
+    data_dir: Path = typer.Argument(..., metavar="DIR", help="The node's data directory (the node must be stopped)."),
+    halt_id: str = typer.Argument(..., help="The halt to lift."),
+    reason: str = typer.Option(..., "--reason", help="The reason the approvers signed."),
+    approvals: list[str] = typer.Option(..., "--approval", help="OPERATOR:SIGNATURE from `reconcile approve`; repeat for M operators."),
+) -> None:
+    """Submit LiftHalt with M-of-N operator approvals; the engine verifies every signature.
+
+    Example: ringfence reconcile lift ./data rc.hot_wallet_shortfall.1a2b --reason "key rotated" --approval op1:ab.. --approval op2:cd..
+    """
+    from ..engine.node import Node
+    from ..risk.halts import LiftHalt
+
+    parsed = []
+    for i, item in enumerate(approvals):
+        operator, sep, signature = item.partition(":")
+        if not sep or not operator or not signature:
+            err_console.print(f"[bold red]error:[/] --approval #{i + 1}: expected OPERATOR:SIGNATURE_HEX")
+            raise typer.Exit(2)
+        parsed.append((operator, signature.lower()))
+    path = _data_dir(data_dir)
+    try:
+        with Node(path) as node:
+            [event] = node.execute(LiftHalt(halt_id, reason, parsed))
+    except RingfenceError as err:
+        field = f"{err.field}: " if err.field else ""
+        err_console.print(f"[bold red]refused:[/] {field}{err}")
+        raise typer.Exit(1)
+    console.print(f"[bold green]lifted[/] {halt_id} ({event.scope_kind}:{event.scope} {event.level}) "
+                  f"approved by {', '.join(event.approvers)}")
