@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,6 +27,7 @@ from ..money import format_amount
 from ..trading.commands import OrderRejected, Trade
 from .auth import ApiGate
 from .binance import ERROR_RESPONSES, BinanceApi, build_router
+from .binance_errors import BinanceError
 from .service import Exchange
 from .ws import StreamHub, build_ws_router
 
@@ -221,6 +222,10 @@ def create_app(
 
     app.add_middleware(Observe, metrics=metrics)
 
+    @app.exception_handler(BinanceError)
+    async def binance_error(request: Request, exc: BinanceError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -352,18 +357,7 @@ def create_app(
         return out
 
     @app.get("/v1/account", tags=["native"], summary="Balances per segment (signed like /api/v3/account)", responses=ERROR_RESPONSES)
-    async def v1_account(request: Request) -> JSONResponse:
-        from .binance_errors import BinanceError, from_ringfence
-        from ..errors import RingfenceError
-
-        try:
-            await gate.charge(request, 20)
-            _, owner = await gate.signed(request, "read")
-        except BinanceError as err:
-            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-        except RingfenceError as err:
-            mapped = from_ringfence(err)
-            return JSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
+    async def v1_account(owner: str = Depends(gate.caller("read", weight=20))) -> JSONResponse:
         ledger = exchange.engine.ledger
         rows = []
         for segment in ledger.segments:

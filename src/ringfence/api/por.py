@@ -13,12 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from ..errors import RingfenceError
 from .binance import ERROR_RESPONSES
-from .binance_errors import BinanceError, from_ringfence
 
 __all__ = ["build_por_router", "publish_from_engine"]
 
@@ -70,15 +68,7 @@ def build_por_router(por_dir: Path, gate: Any) -> APIRouter:
         return FileResponse(verifier_page_path(), media_type="text/html")
 
     @router.get("/v1/por/proof", summary="Your own inclusion proof (signed like /api/v3/account)", responses=ERROR_RESPONSES)
-    async def my_proof(request: Request) -> Response:
-        try:
-            await gate.charge(request, 10)
-            _, owner = await gate.signed(request, "read")
-        except BinanceError as err:
-            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-        except RingfenceError as err:
-            mapped = from_ringfence(err)
-            return JSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
+    async def my_proof(owner: str = Depends(gate.caller("read", weight=10))) -> Response:
         if not (por_dir / "proofs").exists():
             return missing()
         from ..solvency import proof_for
