@@ -38,7 +38,15 @@ log = structlog.get_logger("ringfence.api")
 
 
 class BodyLimit:
-    """ASGI middleware: refuse bodies over `limit` bytes, declared or streamed, with Binance's shape."""
+    """ASGI middleware: read the whole request body here, at most `limit` bytes, before the app
+    sees the request.
+
+    * Declared (`Content-Length`) or streamed (chunked) bodies over the limit get one 413 in
+      Binance's shape, sent before the app starts, so there is never a second response start; the
+      connection is closed without reading the rest (memory stays bounded by `limit`).
+    * A client that hangs up before its body is complete is logged as `http.client_disconnected`
+      (method and path only) and the app never runs: it is not a server error.
+    """
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app = app
@@ -57,30 +65,38 @@ class BodyLimit:
                 if declared > self.limit:
                     await _too_large(send, self.limit)
                     return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> dict[str, Any]:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] == "http.disconnect":
+                log.info("http.client_disconnected", method=scope.get("method"), path=scope.get("path"), body_bytes_received=seen)
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                await _too_large(send, self.limit)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
 
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _too_large(send, self.limit)
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the server's http.disconnect, when it comes
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send: Any, limit: int) -> None:
     body = ('{"code":-1100,"msg":"Request body too large: at most %d bytes are accepted."}' % limit).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
