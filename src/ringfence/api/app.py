@@ -10,6 +10,8 @@ compared in constant time (in the identity service), CORS closed unless origins 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -131,6 +133,32 @@ class Observe:
                 log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status[0])
 
 
+class MetricsGate:
+    """Who may read /metrics: with a token configured, only `Authorization: Bearer <token>`
+    (compared in constant time, over digests so the length does not leak either); without one,
+    everybody in dev mode and nobody in prod mode. Metrics name routes, rejection reasons and
+    halts: an outsider has no business reading them."""
+
+    def __init__(self, token: str, *, open_without_token: bool) -> None:
+        self._digest = hashlib.sha256(token.encode()).digest() if token else None
+        self.open_without_token = open_without_token
+
+    def refusal(self, authorization: str | None) -> Response | None:
+        if self._digest is None:
+            if self.open_without_token:
+                return None
+            return self._refuse("/metrics is closed: set RINGFENCE_API_METRICS_TOKEN and send it as a bearer token.")
+        scheme, _, sent = (authorization or "").partition(" ")
+        ok = hmac.compare_digest(hashlib.sha256(sent.strip().encode()).digest(), self._digest)
+        if scheme.lower() != "bearer" or not ok:
+            return self._refuse("Send the metrics token as 'Authorization: Bearer <token>'.")
+        return None
+
+    @staticmethod
+    def _refuse(msg: str) -> Response:
+        return JSONResponse({"code": -2015, "msg": msg}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+
+
 class Metrics:
     def __init__(self, exchange: Exchange) -> None:
         self.registry = CollectorRegistry()
@@ -175,6 +203,8 @@ def create_app(
     identity_ctx: Any = None,
     por_dir: Path | None = None,
     reconcile_every_ms: int = 0,
+    metrics_token: str = "",
+    metrics_open_without_token: bool = True,
 ) -> FastAPI:
     metrics = Metrics(exchange)
     hub = StreamHub(exchange, gate.listen_keys)
@@ -277,8 +307,17 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def prometheus() -> Response:
+    metrics_gate = MetricsGate(metrics_token, open_without_token=metrics_open_without_token)
+
+    @app.get(
+        "/metrics", tags=["operations"], response_class=PlainTextResponse,
+        summary="Prometheus metrics (bearer token from RINGFENCE_API_METRICS_TOKEN; open only in dev mode without one)",
+        responses={"401": {"description": "missing or wrong bearer token"}},
+    )
+    async def prometheus(request: Request) -> Response:
+        refusal = metrics_gate.refusal(request.headers.get("authorization"))
+        if refusal is not None:
+            return refusal
         node = exchange.node
         metrics.commands.set(node.commands_committed)
         metrics.batches.set(node.batches_committed)
