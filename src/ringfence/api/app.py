@@ -31,7 +31,7 @@ from .auth import ApiGate
 from .binance import ERROR_RESPONSES, BinanceApi, build_router
 from .binance_errors import BinanceError
 from .service import Exchange
-from .ws import StreamHub, build_ws_router
+from .ws import StreamHub, build_ws_router, quiet_client_garbage
 
 __all__ = ["create_app", "MAX_BODY_BYTES"]
 
@@ -217,6 +217,7 @@ def create_app(
         import threading
 
         exchange.start(asyncio.get_running_loop())
+        quiet_client_garbage()
         stop = threading.Event()
         worker = None
         if reconcile_every_ms:
