@@ -30,6 +30,7 @@ from ..trading.commands import OrderRejected, Trade
 from .auth import ApiGate
 from .binance import ERROR_RESPONSES, BinanceApi, build_router
 from .binance_errors import BinanceError
+from .headers import SecurityHeaders, dashboard_csp
 from .service import Exchange
 from .ws import StreamHub, build_ws_router, quiet_client_garbage
 
@@ -435,22 +436,23 @@ def create_app(
     static_dir = Path(str(resources.files("ringfence.web") / "dashboard"))
 
     @app.get("/", include_in_schema=False)
-    async def dashboard() -> FileResponse:
-        return FileResponse(static_dir / "index.html", headers=_page_headers())
+    async def dashboard(request: Request) -> FileResponse:
+        return FileResponse(static_dir / "index.html", headers=_page_headers(request))
 
     @app.get("/dashboard/{name}", include_in_schema=False)
-    async def dashboard_asset(name: str) -> Response:
+    async def dashboard_asset(request: Request, name: str) -> Response:
         if name not in ("app.js", "style.css"):
             return JSONResponse({"code": -1000, "msg": "not found"}, status_code=404)
-        return FileResponse(static_dir / name, headers=_page_headers())
+        return FileResponse(static_dir / name, headers=_page_headers(request))
 
-    return BodyLimit(app, max_body_bytes)  # type: ignore[return-value]
+    return SecurityHeaders(BodyLimit(app, max_body_bytes))  # type: ignore[return-value]
 
 
-def _page_headers() -> dict[str, str]:
+def _page_headers(request: Request) -> dict[str, str]:
     return {
-        "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+        "Content-Security-Policy": dashboard_csp(request.headers.get("host"), request.url.scheme == "https"),
         "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
         "Referrer-Policy": "no-referrer",
         "Cache-Control": "no-store",
     }

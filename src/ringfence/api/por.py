@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from .binance import ERROR_RESPONSES
+from .headers import inline_page_csp
 
 __all__ = ["build_por_router", "publish_from_engine"]
 
@@ -46,10 +47,15 @@ def build_por_router(por_dir: Path, gate: Any) -> APIRouter:
     def missing() -> JSONResponse:
         return JSONResponse({"code": -1000, "msg": "No proof has been published yet; run `ringfence por publish`."}, status_code=404)
 
+    def page(path: Path) -> Response:
+        # read per request: `ringfence por publish` replaces the report while the server runs
+        html = path.read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Content-Security-Policy": inline_page_csp(html), "Cache-Control": "no-cache"})
+
     @router.get("/por", response_class=HTMLResponse, summary="The published coverage report (root, per-asset reserves and liabilities)")
     async def report() -> Response:
         path = por_dir / "report.html"
-        return FileResponse(path, media_type="text/html") if path.exists() else missing()
+        return page(path) if path.exists() else missing()
 
     @router.get("/por/root.json", summary="The published Merkle-sum root file")
     async def root() -> Response:
@@ -65,7 +71,7 @@ def build_por_router(por_dir: Path, gate: Any) -> APIRouter:
     async def verifier() -> Response:
         from ..solvency import verifier_page_path
 
-        return FileResponse(verifier_page_path(), media_type="text/html")
+        return page(verifier_page_path())
 
     @router.get("/v1/por/proof", summary="Your own inclusion proof (signed like /api/v3/account)", responses=ERROR_RESPONSES)
     async def my_proof(owner: str = Depends(gate.caller("read", weight=10))) -> Response:
