@@ -20,7 +20,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 _last_ts = [0]
 
@@ -84,7 +85,7 @@ def _percent(text: str, escape: list[bool], upper_hex: bool) -> str:
     out = []
     for c, e in zip(text, escape + [False] * len(text)):
         if e:
-            code = "%{:02X}".format(ord(c)) if upper_hex else "%{:02x}".format(ord(c))
+            code = f"%{ord(c):02X}" if upper_hex else f"%{ord(c):02x}"
             out.append(code)
         else:
             out.append(quote(c, safe=""))
@@ -174,7 +175,7 @@ def test_an_order_replayed_with_an_upper_case_signature_is_placed_once(http, ali
     signature = hmac_hex(alice["api_secret"], payload)
     first = http.post("/api/v3/order", content=f"{payload}&signature={signature}", headers=headers)
     assert first.status_code == 200, first.text
-    for replay in (signature.upper(), signature[:10].upper() + signature[10:], quote(signature[0], safe="") + signature[1:], "%" + "%".join("{:02x}".format(ord(c)) for c in signature)):
+    for replay in (signature.upper(), signature[:10].upper() + signature[10:], quote(signature[0], safe="") + signature[1:], "%" + "%".join(f"{ord(c):02x}" for c in signature)):
         refused_with(http.post("/api/v3/order", content=f"{payload}&signature={replay}", headers=headers), -1022)
     # the same signed bytes split differently between query and body are the same request
     query, body = payload[:20], payload[20:]

@@ -93,7 +93,7 @@ def test_the_dashboard_cannot_open_a_websocket_to_another_origin(server, browser
         })""",
         other,
     )
-    assert blocked.startswith("connect-src") or blocked.startswith("thrown"), blocked
+    assert blocked.startswith(("connect-src", "thrown")), blocked
     own = page.evaluate(
         """url => new Promise(resolve => { const ws = new WebSocket(url); ws.onopen = () => resolve('opened'); ws.onerror = () => resolve('error'); setTimeout(() => resolve('timeout'), 3000); })""",
         server.base.replace("http://", "ws://") + "/ws",

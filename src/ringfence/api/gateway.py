@@ -149,7 +149,7 @@ class ReplayGuard:
         with self._lock:
             seen = self._seen
             while seen:
-                oldest_key, expires = next(iter(seen.items()))
+                _, expires = next(iter(seen.items()))
                 if expires > now_ms and len(seen) < self.max_entries:
                     break
                 seen.popitem(last=False)

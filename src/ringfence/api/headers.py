@@ -16,7 +16,7 @@ import hashlib
 import re
 from typing import Any
 
-__all__ = ["SecurityHeaders", "JSON_CSP", "inline_page_csp", "dashboard_csp"]
+__all__ = ["JSON_CSP", "SecurityHeaders", "dashboard_csp", "inline_page_csp"]
 
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 _BASELINE = (
@@ -54,7 +54,7 @@ class SecurityHeaders:
 def _inline_hashes(html: str, tag: str) -> list[str]:
     """CSP source expressions for each inline `<tag>` block (one without a `src` attribute)."""
     out = []
-    for attrs, body in re.findall(rf"<{tag}(\s[^>]*)?>(.*?)</{tag}\s*>", html, flags=re.S | re.I):
+    for attrs, body in re.findall(rf"<{tag}(\s[^>]*)?>(.*?)</{tag}\s*>", html, flags=re.DOTALL | re.IGNORECASE):
         if "src=" in (attrs or "").lower():
             continue
         text = body.replace("\r\n", "\n").replace("\r", "\n")  # what the HTML parser hands the browser
