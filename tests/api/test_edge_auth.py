@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import statistics
 import time
 from urllib.parse import quote, urlencode
 
@@ -203,17 +202,6 @@ def test_unknown_key_is_401_minus_2015_and_bad_signature_is_400_minus_1022(http,
     refused_with(account(http, "b" * 64, fresh_payload(), "zz"), -2015, 401)
 
 
-def test_unknown_key_and_bad_signature_take_the_same_time(http, alice):
-    """Interleaved, many times: the medians differ by far less than one request's cost. This
-    catches an early return for unknown keys (which would skip the key lookup, the unseal and the
-    HMAC); it cannot see microseconds through HTTP, which the identity test checks in-process."""
-    unknown, bad = [], []
-    for i in range(60):
-        for target, api_key, secret in ((unknown, "c" * 64, alice["api_secret"]), (bad, alice["api_key"], "f" * 64)):
-            payload = fresh_payload()
-            started = time.perf_counter()
-            r = account(http, api_key, payload, hmac_hex(secret, payload))
-            target.append(time.perf_counter() - started)
-            assert r.status_code in (400, 401)
-    m_unknown, m_bad = statistics.median(unknown), statistics.median(bad)
-    assert abs(m_unknown - m_bad) < 0.35 * max(m_unknown, m_bad), (m_unknown, m_bad)
+# Timing: an unknown key and a bad signature cost the same lookup, unseal and HMAC. Through HTTP
+# that difference is far below the noise of one request, so it is measured in-process, where an
+# early return for unknown keys fails: tests/identity/test_api_keys.py::test_unknown_key_and_wrong_signature_cost_the_same
