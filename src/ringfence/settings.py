@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     api_ban_s: int = Field(default=120, ge=1, le=86_400)
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     api_cors_origins: str = ""
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated IPs or CIDR
+    # networks; `serve --forwarded-allow-ips` overrides). Empty: nobody's, the TCP peer is the
+    # client. Nothing else (X-Real-IP, Forwarded) is ever read.
+    api_forwarded_allow_ips: str = ""
+    # Bearer token for GET /metrics. Empty: /metrics is open in dev mode and closed (401) in prod.
+    api_metrics_token: str = ""
     # The reconciler inside `ringfence serve`: internal checks every this many ms (0 = off).
     reconcile_every_ms: int = Field(default=5_000, ge=0, le=600_000)
 
@@ -83,6 +89,33 @@ class Settings(BaseSettings):
         if "*" in origins and self.mode != "dev":
             raise ConfigError("an open CORS policy ('*') is refused outside dev mode", field="RINGFENCE_API_CORS_ORIGINS")
         return origins
+
+    def forwarded_allow_ips(self) -> tuple[str, ...]:
+        """The trusted proxies, each a normalised IP or CIDR network ('*' only in dev mode)."""
+        import ipaddress
+
+        out: list[str] = []
+        for entry in (e.strip() for e in self.api_forwarded_allow_ips.split(",")):
+            if not entry:
+                continue
+            if entry == "*":
+                if self.mode != "dev":
+                    raise ConfigError("trusting forwarded headers from every peer ('*') is refused outside dev mode", field="RINGFENCE_API_FORWARDED_ALLOW_IPS")
+                out.append(entry)
+                continue
+            try:
+                out.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError as exc:
+                raise ConfigError(f"'{entry[:60]}' is not an IP address or CIDR network", field="RINGFENCE_API_FORWARDED_ALLOW_IPS") from exc
+        if len(out) > 64:
+            raise ConfigError("at most 64 trusted proxies", field="RINGFENCE_API_FORWARDED_ALLOW_IPS")
+        return tuple(out)
+
+    def metrics_token(self) -> str:
+        token = self.api_metrics_token.strip()
+        if token and len(token) < 16:
+            raise ConfigError("must be at least 16 characters (use a random token)", field="RINGFENCE_API_METRICS_TOKEN")
+        return token
 
     def secret_key(self) -> bytes:
         try:
@@ -97,6 +130,8 @@ class Settings(BaseSettings):
         """Raise ConfigError when prod mode would run with a default secret or insecure origin."""
         self.secret_key()
         self.cors_origins()
+        self.forwarded_allow_ips()
+        self.metrics_token()
         if self.mode == "dev":
             return
         if self.identity_secret_key_hex.lower() == DEV_IDENTITY_SECRET_KEY_HEX:

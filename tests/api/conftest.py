@@ -20,14 +20,15 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (), demo: bool = True) -> None:
         self.data = data
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(data.parent / f"serve-{self.port}.log", "w")
-        full_env = dict(os.environ, RINGFENCE_RECONCILE_EVERY_MS="1000", **(env or {}))
+        full_env = dict(os.environ, RINGFENCE_RECONCILE_EVERY_MS="1000", PYTHONUNBUFFERED="1", **(env or {}))
+        self.argv = ["serve", *(["--demo"] if demo else []), "--data", str(data), "--port", str(self.port), *args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ringfence.cli", "serve", "--demo", "--data", str(data), "--port", str(self.port)],
+            [sys.executable, "-m", "ringfence.cli", *self.argv],
             stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
         )
         deadline = time.time() + 60
@@ -40,8 +41,12 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.2)
         else:
-            raise RuntimeError("server did not become ready; reproduce with: ringfence serve --demo --data " + str(data))
-        self.keys = {k["account"]: k for k in json.loads((data / "demo-keys.json").read_text())}
+            raise RuntimeError("server did not become ready; reproduce with: ringfence " + " ".join(self.argv))
+        self.keys = {k["account"]: k for k in json.loads((data / "demo-keys.json").read_text())} if demo else {}
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

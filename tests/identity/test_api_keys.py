@@ -173,3 +173,52 @@ def test_property_only_the_exact_signature_verifies(ctx, owner, payload, tamper)
     flipped = sig[:tamper] + ("0" if sig[tamper] != "0" else "1") + sig[tamper + 1:]
     with pytest.raises(Unauthorized):
         api_keys.verify_api_request(ctx, key.api_key, payload, flipped, "192.0.2.1", "read")
+
+
+def test_unknown_key_and_wrong_signature_cost_the_same(ctx, owner):
+    """Issue #13 item 13: an unknown key is refused (field `api_key`, -2015 at the API) after the
+    same work as a wrong signature (field `signature`, -1022): key lookup, unseal, HMAC. Medians of
+    interleaved runs stay within 30 % of each other; an early return for unknown keys (before the
+    lookup) makes them differ several-fold and fails here."""
+    import statistics
+    import time
+
+    key = api_keys.create_api_key(ctx, owner, scopes=["read"])
+    wrong = api_keys.hmac_signature("f" * 64, PAYLOAD)
+    unknown_s, wrong_s = [], []
+    for _ in range(300):
+        for api_key, target, field in (("e" * 64, unknown_s, "api_key"), (key.api_key, wrong_s, "signature")):
+            started = time.perf_counter()
+            with pytest.raises(Unauthorized) as err:
+                api_keys.verify_api_request(ctx, api_key, PAYLOAD, wrong, "203.0.113.5", "read")
+            target.append(time.perf_counter() - started)
+            assert err.value.field == field
+    m_unknown, m_wrong = statistics.median(unknown_s), statistics.median(wrong_s)
+    assert 0.7 < m_unknown / m_wrong < 1.3, (m_unknown, m_wrong)
+
+
+@pytest.mark.parametrize("signature", [
+    "AB" * 32,  # upper-case hex is the same bytes: accepted (Binance accepts either case)
+])
+def test_hmac_signature_in_either_case_verifies(ctx, owner, signature):
+    key = api_keys.create_api_key(ctx, owner, scopes=["read"])
+    sig = api_keys.hmac_signature(key.secret, PAYLOAD)
+    api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig.upper(), "203.0.113.5", "read")
+    assert api_keys.decode_signature("hmac", signature) == bytes.fromhex(signature)
+
+
+@pytest.mark.parametrize("kind, text", [
+    ("hmac", "ab" * 31 + "a"),  # odd length
+    ("hmac", " " + "ab" * 32),  # bytes.fromhex would skip the space
+    ("hmac", "ab" * 31 + "a\n"),
+    ("hmac", "ab" * 31 + "zz"),
+    ("hmac", "ab" * 32 + "00"),
+    ("ed25519", base64.b64encode(bytes(64)).decode()[:-3] + "B=="),  # non-zero padding bits
+    ("ed25519", base64.b64encode(bytes(64)).decode().rstrip("=")),  # missing padding
+    ("ed25519", base64.urlsafe_b64encode(b"\xfb" * 64).decode()),  # URL-safe alphabet
+    ("ed25519", base64.b64encode(bytes(63)).decode()),  # 63 bytes
+    ("ed25519", "\u0661" * 88),  # not ASCII
+    ("rsa", "00"),
+])
+def test_non_canonical_signature_texts_decode_to_nothing(kind, text):
+    assert api_keys.decode_signature(kind, text) is None

@@ -10,6 +10,8 @@ compared in constant time (in the identity service), CORS closed unless origins 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,8 +29,10 @@ from ..money import format_amount
 from ..trading.commands import OrderRejected, Trade
 from .auth import ApiGate
 from .binance import ERROR_RESPONSES, BinanceApi, build_router
+from .binance_errors import BinanceError
+from .headers import SecurityHeaders, dashboard_csp
 from .service import Exchange
-from .ws import StreamHub, build_ws_router
+from .ws import StreamHub, build_ws_router, quiet_client_garbage
 
 __all__ = ["create_app", "MAX_BODY_BYTES"]
 
@@ -37,7 +41,15 @@ log = structlog.get_logger("ringfence.api")
 
 
 class BodyLimit:
-    """ASGI middleware: refuse bodies over `limit` bytes, declared or streamed, with Binance's shape."""
+    """ASGI middleware: read the whole request body here, at most `limit` bytes, before the app
+    sees the request.
+
+    * Declared (`Content-Length`) or streamed (chunked) bodies over the limit get one 413 in
+      Binance's shape, sent before the app starts, so there is never a second response start; the
+      connection is closed without reading the rest (memory stays bounded by `limit`).
+    * A client that hangs up before its body is complete is logged as `http.client_disconnected`
+      (method and path only) and the app never runs: it is not a server error.
+    """
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app = app
@@ -56,30 +68,38 @@ class BodyLimit:
                 if declared > self.limit:
                     await _too_large(send, self.limit)
                     return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> dict[str, Any]:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] == "http.disconnect":
+                log.info("http.client_disconnected", method=scope.get("method"), path=scope.get("path"), body_bytes_received=seen)
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                await _too_large(send, self.limit)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
 
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _too_large(send, self.limit)
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the server's http.disconnect, when it comes
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send: Any, limit: int) -> None:
     body = ('{"code":-1100,"msg":"Request body too large: at most %d bytes are accepted."}' % limit).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -112,6 +132,32 @@ class Observe:
             self.metrics.latency.labels(name).observe(time.perf_counter() - started)
             if status[0] >= 400:
                 log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status[0])
+
+
+class MetricsGate:
+    """Who may read /metrics: with a token configured, only `Authorization: Bearer <token>`
+    (compared in constant time, over digests so the length does not leak either); without one,
+    everybody in dev mode and nobody in prod mode. Metrics name routes, rejection reasons and
+    halts: an outsider has no business reading them."""
+
+    def __init__(self, token: str, *, open_without_token: bool) -> None:
+        self._digest = hashlib.sha256(token.encode()).digest() if token else None
+        self.open_without_token = open_without_token
+
+    def refusal(self, authorization: str | None) -> Response | None:
+        if self._digest is None:
+            if self.open_without_token:
+                return None
+            return self._refuse("/metrics is closed: set RINGFENCE_API_METRICS_TOKEN and send it as a bearer token.")
+        scheme, _, sent = (authorization or "").partition(" ")
+        ok = hmac.compare_digest(hashlib.sha256(sent.strip().encode()).digest(), self._digest)
+        if scheme.lower() != "bearer" or not ok:
+            return self._refuse("Send the metrics token as 'Authorization: Bearer <token>'.")
+        return None
+
+    @staticmethod
+    def _refuse(msg: str) -> Response:
+        return JSONResponse({"code": -2015, "msg": msg}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
 
 
 class Metrics:
@@ -158,6 +204,8 @@ def create_app(
     identity_ctx: Any = None,
     por_dir: Path | None = None,
     reconcile_every_ms: int = 0,
+    metrics_token: str = "",
+    metrics_open_without_token: bool = True,
 ) -> FastAPI:
     metrics = Metrics(exchange)
     hub = StreamHub(exchange, gate.listen_keys)
@@ -170,6 +218,7 @@ def create_app(
         import threading
 
         exchange.start(asyncio.get_running_loop())
+        quiet_client_garbage()
         stop = threading.Event()
         worker = None
         if reconcile_every_ms:
@@ -221,6 +270,10 @@ def create_app(
 
     app.add_middleware(Observe, metrics=metrics)
 
+    @app.exception_handler(BinanceError)
+    async def binance_error(request: Request, exc: BinanceError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -256,8 +309,17 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def prometheus() -> Response:
+    metrics_gate = MetricsGate(metrics_token, open_without_token=metrics_open_without_token)
+
+    @app.get(
+        "/metrics", tags=["operations"], response_class=PlainTextResponse,
+        summary="Prometheus metrics (bearer token from RINGFENCE_API_METRICS_TOKEN; open only in dev mode without one)",
+        responses={"401": {"description": "missing or wrong bearer token"}},
+    )
+    async def prometheus(request: Request) -> Response:
+        refusal = metrics_gate.refusal(request.headers.get("authorization"))
+        if refusal is not None:
+            return refusal
         node = exchange.node
         metrics.commands.set(node.commands_committed)
         metrics.batches.set(node.batches_committed)
@@ -352,18 +414,7 @@ def create_app(
         return out
 
     @app.get("/v1/account", tags=["native"], summary="Balances per segment (signed like /api/v3/account)", responses=ERROR_RESPONSES)
-    async def v1_account(request: Request) -> JSONResponse:
-        from .binance_errors import BinanceError, from_ringfence
-        from ..errors import RingfenceError
-
-        try:
-            await gate.charge(request, 20)
-            _, owner = await gate.signed(request, "read")
-        except BinanceError as err:
-            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-        except RingfenceError as err:
-            mapped = from_ringfence(err)
-            return JSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
+    async def v1_account(owner: str = Depends(gate.caller("read", weight=20))) -> JSONResponse:
         ledger = exchange.engine.ledger
         rows = []
         for segment in ledger.segments:
@@ -385,22 +436,23 @@ def create_app(
     static_dir = Path(str(resources.files("ringfence.web") / "dashboard"))
 
     @app.get("/", include_in_schema=False)
-    async def dashboard() -> FileResponse:
-        return FileResponse(static_dir / "index.html", headers=_page_headers())
+    async def dashboard(request: Request) -> FileResponse:
+        return FileResponse(static_dir / "index.html", headers=_page_headers(request))
 
     @app.get("/dashboard/{name}", include_in_schema=False)
-    async def dashboard_asset(name: str) -> Response:
+    async def dashboard_asset(request: Request, name: str) -> Response:
         if name not in ("app.js", "style.css"):
             return JSONResponse({"code": -1000, "msg": "not found"}, status_code=404)
-        return FileResponse(static_dir / name, headers=_page_headers())
+        return FileResponse(static_dir / name, headers=_page_headers(request))
 
-    return BodyLimit(app, max_body_bytes)  # type: ignore[return-value]
+    return SecurityHeaders(BodyLimit(app, max_body_bytes))  # type: ignore[return-value]
 
 
-def _page_headers() -> dict[str, str]:
+def _page_headers(request: Request) -> dict[str, str]:
     return {
-        "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+        "Content-Security-Policy": dashboard_csp(request.headers.get("host"), request.url.scheme == "https"),
         "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
         "Referrer-Policy": "no-referrer",
         "Cache-Control": "no-store",
     }

@@ -4,7 +4,13 @@
 * Signed requests: `X-MBX-APIKEY`, timestamp within `recvWindow`, signature checked by the identity
   service (HMAC keys are stored encrypted, Ed25519 keys as public keys only; IP allow-lists,
   scopes, expiry and revocation are checked on every request, so a revoked key fails on its very
-  next request), then the (key, signature) pair is remembered so it cannot be replayed.
+  next request), then (key id, hash of the signed bytes) is remembered so the request cannot run
+  twice, whatever spelling of the signature a replay uses.
+* An unknown key is answered 401 -2015, a signature that does not verify 400 -1022; the identity
+  service does the same work for both.
+* `caller(scope, weight)` is the one FastAPI dependency for signed endpoints outside the Binance
+  router (`/v1/account`, `/v1/por/proof`): it charges the weight, authenticates, and raises
+  `BinanceError`, which the app renders in Binance's shape.
 * Request weight is charged per client IP and per API key (429 with `Retry-After`, then a
   temporary 418 ban for clients that keep going).
 * User data stream listen keys: random, bound to one account, valid 60 minutes after the last
@@ -16,12 +22,14 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from .binance_errors import BinanceError, bad_key
+from ..errors import RingfenceError
+from ..identity.api_keys import ApiPrincipal
+from .binance_errors import BinanceError, bad_key, from_ringfence
 from .gateway import Params, RateLimiter, ReplayGuard, check_timestamp, split_signature
 
 __all__ = ["ApiGate", "Authenticator", "ListenKeys", "IdentityAuthenticator"]
@@ -30,7 +38,7 @@ FORM = "application/x-www-form-urlencoded"
 
 
 class Authenticator(Protocol):
-    def verify(self, api_key: str, payload: bytes, signature: str, client_ip: str, scope: str) -> str: ...
+    def verify(self, api_key: str, payload: bytes, signature: str, client_ip: str, scope: str) -> ApiPrincipal: ...
 
     def owner_of(self, api_key: str, client_ip: str, scope: str) -> str: ...
 
@@ -41,10 +49,10 @@ class IdentityAuthenticator:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
 
-    def verify(self, api_key: str, payload: bytes, signature: str, client_ip: str, scope: str) -> str:
+    def verify(self, api_key: str, payload: bytes, signature: str, client_ip: str, scope: str) -> ApiPrincipal:
         from ..identity.api_keys import verify_api_request
 
-        return verify_api_request(self.ctx, api_key, payload, signature, client_ip, scope).account_id
+        return verify_api_request(self.ctx, api_key, payload, signature, client_ip, scope)
 
     def owner_of(self, api_key: str, client_ip: str, scope: str) -> str:
         from ..identity.api_keys import principal_for_key
@@ -149,11 +157,24 @@ class ApiGate:
             raise BinanceError(-1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
         now_ms = time.time_ns() // 1_000_000
         check_timestamp(params, now_ms)
-        owner = await run_in_threadpool(self.auth.verify, api_key, payload, signature, self.client_ip(request), scope)
-        self.replays.check_and_remember(api_key, signature, now_ms)
+        try:
+            principal = await run_in_threadpool(self.auth.verify, api_key, payload, signature, self.client_ip(request), scope)
+        except RingfenceError as err:
+            raise from_ringfence(err) from None
+        self.replays.check_and_remember(principal.key_id, payload, now_ms)
         if weight:
             self.key_limiter.charge("key:" + api_key, weight)
-        return params, owner
+        return params, principal.account_id
+
+    def caller(self, scope: str, *, weight: int) -> Callable[[Request], Awaitable[str]]:
+        """A FastAPI dependency: the account of a signed request, or a `BinanceError`."""
+
+        async def signed_caller(request: Request) -> str:
+            await self.charge(request, weight)
+            _, owner = await self.signed(request, scope)
+            return owner
+
+        return signed_caller
 
     async def key_only(self, request: Request) -> str:
         api_key = request.headers.get("x-mbx-apikey")

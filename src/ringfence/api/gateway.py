@@ -5,14 +5,17 @@ missing, duplicated, not a plain decimal, over-precise or out of range is answer
 error shape naming the parameter, and nothing reaches the engine.
 
 Signed requests follow Binance exactly: `X-MBX-APIKEY` header; `timestamp` (ms) and optional
-`recvWindow` (≤ 60,000 ms, default 5,000); `signature` = lowercase hex HMAC-SHA256 of the request's
+`recvWindow` (≤ 60,000 ms, default 5,000); `signature` = hex HMAC-SHA256 of the request's
 parameters as sent (query string, then body, without the signature itself) under the key's secret,
-or base64 Ed25519 over the same bytes for Ed25519 keys. A signature is accepted once: the same
-(key, signature) inside its window is a replay and is refused.
+or canonical base64 Ed25519 over the same bytes for Ed25519 keys. A signed payload is accepted
+once: the replay guard remembers (key id, SHA-256 of the signed bytes), not the signature's text,
+so no re-spelling of the signature (case, base64 variants, URL escapes) and no re-split of the same
+bytes between query and body runs a request twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -133,19 +136,20 @@ def check_timestamp(params: Params, now_ms: int) -> None:
 
 
 class ReplayGuard:
-    """Remembers accepted (key, signature) pairs until their window has passed. Bounded."""
+    """Remembers accepted (key id, SHA-256 of the signed payload) pairs until their window has
+    passed. Bounded: the oldest entries go first when `max_entries` is reached."""
 
     def __init__(self, max_entries: int = 1_000_000) -> None:
-        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._seen: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._lock = threading.Lock()
         self.max_entries = max_entries
 
-    def check_and_remember(self, api_key: str, signature: str, now_ms: int, window_ms: int = MAX_RECV_WINDOW_MS + 2_000) -> None:
-        key = (api_key, signature)
+    def check_and_remember(self, key_id: int, payload: bytes, now_ms: int, window_ms: int = MAX_RECV_WINDOW_MS + 2_000) -> None:
+        key = (key_id, hashlib.sha256(payload).digest())
         with self._lock:
             seen = self._seen
             while seen:
-                oldest_key, expires = next(iter(seen.items()))
+                _, expires = next(iter(seen.items()))
                 if expires > now_ms and len(seen) < self.max_entries:
                     break
                 seen.popitem(last=False)

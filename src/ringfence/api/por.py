@@ -13,12 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from ..errors import RingfenceError
 from .binance import ERROR_RESPONSES
-from .binance_errors import BinanceError, from_ringfence
+from .headers import inline_page_csp
 
 __all__ = ["build_por_router", "publish_from_engine"]
 
@@ -48,10 +47,15 @@ def build_por_router(por_dir: Path, gate: Any) -> APIRouter:
     def missing() -> JSONResponse:
         return JSONResponse({"code": -1000, "msg": "No proof has been published yet; run `ringfence por publish`."}, status_code=404)
 
+    def page(path: Path) -> Response:
+        # read per request: `ringfence por publish` replaces the report while the server runs
+        html = path.read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Content-Security-Policy": inline_page_csp(html), "Cache-Control": "no-cache"})
+
     @router.get("/por", response_class=HTMLResponse, summary="The published coverage report (root, per-asset reserves and liabilities)")
     async def report() -> Response:
         path = por_dir / "report.html"
-        return FileResponse(path, media_type="text/html") if path.exists() else missing()
+        return page(path) if path.exists() else missing()
 
     @router.get("/por/root.json", summary="The published Merkle-sum root file")
     async def root() -> Response:
@@ -67,18 +71,10 @@ def build_por_router(por_dir: Path, gate: Any) -> APIRouter:
     async def verifier() -> Response:
         from ..solvency import verifier_page_path
 
-        return FileResponse(verifier_page_path(), media_type="text/html")
+        return page(verifier_page_path())
 
     @router.get("/v1/por/proof", summary="Your own inclusion proof (signed like /api/v3/account)", responses=ERROR_RESPONSES)
-    async def my_proof(request: Request) -> Response:
-        try:
-            await gate.charge(request, 10)
-            _, owner = await gate.signed(request, "read")
-        except BinanceError as err:
-            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-        except RingfenceError as err:
-            mapped = from_ringfence(err)
-            return JSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
+    async def my_proof(owner: str = Depends(gate.caller("read", weight=10))) -> Response:
         if not (por_dir / "proofs").exists():
             return missing()
         from ..solvency import proof_for

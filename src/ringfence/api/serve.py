@@ -23,7 +23,7 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 SWITCH_INTERVAL_S = 0.0002
 
 
-def build(data: Path, demo: bool, public_url: str | None = None) -> tuple[object, object, dict[str, object]]:
+def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow_ips: str | None = None) -> tuple[object, object, dict[str, object]]:
     from ..identity.context import IdentityContext
     from ..settings import load_settings
     from ..store import Store
@@ -42,11 +42,13 @@ def build(data: Path, demo: bool, public_url: str | None = None) -> tuple[object
         # the sign-in pages check Origin and bind passkeys to this address
         overrides["identity_origin"] = public_url
         overrides["identity_public_url"] = public_url
+    if forwarded_allow_ips is not None:
+        overrides["api_forwarded_allow_ips"] = forwarded_allow_ips
     settings = load_settings(**overrides)
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
     exchange = Exchange(data)
     exchange.open()
-    info: dict[str, object] = {"recovered_seq": exchange.engine.last_seq}
+    info: dict[str, object] = {"recovered_seq": exchange.engine.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips()}
     if demo:
         info["demo"] = seed_demo(exchange.node)
         info["keys"] = str(write_demo_keys(ctx, data))
@@ -75,6 +77,8 @@ def build(data: Path, demo: bool, public_url: str | None = None) -> tuple[object
         identity_ctx=ctx,
         por_dir=data / "por",
         reconcile_every_ms=settings.reconcile_every_ms,
+        metrics_token=settings.metrics_token(),
+        metrics_open_without_token=settings.mode == "dev",
     )
     return app, exchange, info
 
@@ -84,6 +88,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     demo: bool = typer.Option(False, "--demo", help="List demo markets, fund alice and bob, seed books, write DIR/demo-keys.json."),
+    forwarded_allow_ips: str | None = typer.Option(
+        None,
+        "--forwarded-allow-ips",
+        help="Comma-separated IPs or CIDR networks of reverse proxies whose X-Forwarded-For/-Proto are believed "
+        "(default: RINGFENCE_API_FORWARDED_ALLOW_IPS, else none: the TCP peer is the client).",
+        show_default=False,
+    ),
 ) -> None:
     """Run the exchange: Binance-compatible REST + WebSocket API and the web dashboard.
 
@@ -109,7 +120,7 @@ def serve(
             fail(f"--port: cannot listen on {host}:{port}: {err.strerror or err}")
     public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
     try:
-        app, exchange, info = build(data, demo, public_url)
+        app, exchange, info = build(data, demo, public_url, forwarded_allow_ips)
     except RingfenceError as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2)
@@ -129,4 +140,13 @@ def serve(
     # uvicorn drains and shuts down on SIGTERM, then re-raises the signal to the handler that was
     # installed before it: ours makes a clean shutdown exit with status 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10)
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: a local process could
+    # then pick its own client address (escape a ban, pass a key's IP allow-list). Forwarding
+    # headers count only from the proxies named in settings, and from nobody by default.
+    proxies = list(info["forwarded_allow_ips"])  # type: ignore[call-overload]
+    if proxies:
+        console.print(f"trusting X-Forwarded-For/-Proto from: {', '.join(proxies)}")
+    uvicorn.run(
+        app, host=host, port=port, log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10,
+        proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [],
+    )

@@ -5,7 +5,10 @@ client can rebuild the book from a REST snapshot exactly; `<symbol>@trade`; `<sy
 `<symbol>@ticker`; and `<listenKey>`: the user data stream (`executionReport`,
 `outboundAccountPosition`). Raw streams at `/ws/<stream>`, combined at `/stream?streams=a/b`
 (`{"stream": name, "data": payload}`); `{"method": "SUBSCRIBE", "params": [...], "id": n}`
-messages work on both.
+messages work on both. Garbage gets an answer, never an exception: a binary frame closes with
+1003, an oversized request with 1009, and invalid JSON, JSON nested too deep (checked before the
+parser runs) or a malformed request get `{"error": {"code": 3, ...}}` on a connection that stays
+open; invalid UTF-8 in a text frame is closed with 1007 by the WebSocket layer itself.
 
 Each message is serialised once and queued to each subscriber; a subscriber whose queue fills
 (it reads too slowly) is disconnected rather than allowed to hold memory or delay others.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -25,13 +29,17 @@ from ..trading.marketdata import KLINE_INTERVALS_NS
 from .orders import OrderRecord
 from .service import Exchange
 
-__all__ = ["StreamHub", "build_ws_router"]
+__all__ = ["StreamHub", "build_ws_router", "quiet_client_garbage"]
 
 MAX_QUEUE = 10_000
 #: Raised and lifted halts (venue-wide stream; Binance has no equivalent).
 HALTS_STREAM = "!halts"
 MAX_STREAMS_PER_CONNECTION = 200
 MAX_CONNECTIONS = 5_000
+#: A request frame: at most this many characters (1009 above it; uvicorn closes frames over
+#: 64 KiB itself), nesting at most this deep (checked before parsing), text only (1003 for binary).
+MAX_REQUEST_CHARS = 4096
+MAX_REQUEST_DEPTH = 4
 
 
 class Connection:
@@ -304,6 +312,70 @@ class StreamHub:
                 self.publish(stream, payload)
 
 
+class ClientGarbageLogFilter(logging.Filter):
+    """uvicorn closes a text frame that is not UTF-8 with 1007, as it should, but logs it with a
+    full traceback at ERROR: any client could fill the log with them. Keep one WARNING line."""
+
+    MESSAGE = "Invalid UTF-8 sequence received from client."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == self.MESSAGE:
+            record.msg = "WebSocket client sent a text frame that is not UTF-8; closed with 1007."
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_client_garbage() -> None:
+    """Install `ClientGarbageLogFilter` on uvicorn's error logger (once; after uvicorn configured logging)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ClientGarbageLogFilter) for f in logger.filters):
+        logger.addFilter(ClientGarbageLogFilter())
+
+
+def json_depth_within(text: str, limit: int) -> bool:
+    """True when no array or object in `text` nests deeper than `limit`: checked before parsing,
+    because the parser recurses once per level (a few thousand `[` exhaust the stack)."""
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif char in "]}":
+            depth -= 1
+    return True
+
+
+def parse_request(message: str) -> tuple[Any, list[str], Any] | str:
+    """(method, params, id) of a `{"method", "params", "id"}` request, or the error to answer."""
+    if not json_depth_within(message, MAX_REQUEST_DEPTH):
+        return f"Invalid JSON: nested deeper than {MAX_REQUEST_DEPTH} levels"
+    try:
+        request = json.loads(message)
+    except ValueError:
+        return 'Invalid JSON: expected {"method", "params", "id"}'
+    if not isinstance(request, dict) or "method" not in request:
+        return 'Invalid JSON: expected {"method", "params", "id"}'
+    method, params, rid = request["method"], request.get("params", []), request.get("id")
+    if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+        return "Invalid request: 'params' must be a list of stream names"
+    if rid is not None and not (isinstance(rid, str) and len(rid) <= 64) and not (isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63):
+        return "Invalid request: 'id' must be an integer or a string of at most 64 characters"
+    return method, params, rid
+
+
 def build_ws_router(hub: StreamHub) -> APIRouter:
     router = APIRouter()
 
@@ -332,18 +404,21 @@ def build_ws_router(hub: StreamHub) -> APIRouter:
         task = asyncio.create_task(sender())
         try:
             while True:
-                message = await ws.receive_text()
-                if len(message) > 4096:
-                    await ws.close(code=1009)
+                frame = await ws.receive()
+                if frame["type"] == "websocket.disconnect":
                     break
-                try:
-                    request = json.loads(message)
-                    method, params, rid = request["method"], request.get("params", []), request.get("id")
-                    if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-                        raise ValueError
-                except (ValueError, KeyError, TypeError):
-                    await conn.queue.put(json.dumps({"error": {"code": 3, "msg": "Invalid JSON: expected {\"method\", \"params\", \"id\"}"}}))
+                message = frame.get("text")
+                if message is None:  # a binary frame: requests are JSON text
+                    await ws.close(code=1003, reason="send requests as JSON text frames")
+                    break
+                if len(message) > MAX_REQUEST_CHARS:
+                    await ws.close(code=1009, reason=f"requests are at most {MAX_REQUEST_CHARS} characters")
+                    break
+                request = parse_request(message)
+                if isinstance(request, str):
+                    await conn.queue.put(json.dumps({"error": {"code": 3, "msg": request}}))
                     continue
+                method, params, rid = request
                 if method == "SUBSCRIBE":
                     bad = hub.subscribe(conn, params)
                     reply: dict[str, Any] = {"result": None, "id": rid} if not bad else {"error": {"code": 2, "msg": f"Invalid request: unknown stream {bad[0][:80]}"}, "id": rid}

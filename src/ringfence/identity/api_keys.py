@@ -45,6 +45,8 @@ __all__ = [
     "list_api_keys",
     "verify_api_request",
     "hmac_signature",
+    "decode_signature",
+    "principal_for_key",
 ]
 
 SCOPES = ("read", "trade", "withdraw")
@@ -228,20 +230,98 @@ def _ip_allowed(row: ApiKey, client_ip: str) -> bool:
     return any(addr in ipaddress.ip_network(net) for net in row.ip_allowlist.split(","))
 
 
+HMAC_SIGNATURE_HEX_CHARS = 64
+ED25519_SIGNATURE_BASE64_CHARS = 88
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def decode_signature(kind: str, signature: str) -> bytes | None:
+    """The signature's bytes, or None when `signature` is not the one canonical text for them.
+
+    HMAC: exactly 64 hex digits (either case, as Binance accepts; `bytes.fromhex` alone would also
+    skip whitespace). Ed25519: standard base64 of 64 bytes, padded, and canonical — re-encoding
+    the bytes must give back the very text sent, so non-zero padding bits, the URL-safe alphabet,
+    missing padding and embedded newlines are all refused. Whatever passes is what gets verified,
+    and the replay guard keys on the signed payload, so no other spelling of an accepted request
+    can run again.
+    """
+    if kind == "hmac":
+        if len(signature) != HMAC_SIGNATURE_HEX_CHARS or not _HEX.issuperset(signature):
+            return None
+        return bytes.fromhex(signature)
+    if kind == "ed25519":
+        if len(signature) != ED25519_SIGNATURE_BASE64_CHARS or not signature.isascii():
+            return None
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        if len(raw) != 64 or base64.b64encode(raw).decode() != signature:
+            return None
+        return raw
+    return None
+
+
+# The work an unknown key costs: unseal a secret and compute an HMAC, exactly like a known HMAC
+# key with a wrong signature, so the two answers (-2015 and -1022) take the same time.
+_DUMMY_PURPOSE = "apikey:dummy"
+_dummy_sealed: dict[int, bytes] = {}
+
+
+def _dummy_secret(ctx: IdentityContext) -> bytes:
+    key = id(ctx.sealer)
+    sealed = _dummy_sealed.get(key)
+    if sealed is None:
+        sealed = ctx.sealer.seal(_DUMMY_SECRET.hex().encode(), purpose=_DUMMY_PURPOSE)
+        if len(_dummy_sealed) > 64:  # bounded: one entry per identity context in this process
+            _dummy_sealed.clear()
+        _dummy_sealed[key] = sealed
+    return ctx.sealer.unseal(sealed, purpose=_DUMMY_PURPOSE)
+
+
 def _signature_ok(ctx: IdentityContext, row: ApiKey | None, payload: bytes, signature: str) -> bool:
     if row is None or row.kind == "hmac":
         secret = (
-            ctx.sealer.unseal(row.secret_enc, purpose="apikey:" + row.key_hash) if row is not None and row.secret_enc else _DUMMY_SECRET
+            ctx.sealer.unseal(row.secret_enc, purpose="apikey:" + row.key_hash)
+            if row is not None and row.secret_enc
+            else _dummy_secret(ctx)
         )
-        expected = hmac.new(secret, payload, hashlib.sha256).hexdigest()
-        ok = hmac.compare_digest(expected.encode(), signature.lower().encode())
-        return ok and row is not None
+        expected = hmac.new(secret, payload, hashlib.sha256).digest()
+        sent = decode_signature("hmac", signature)
+        ok = hmac.compare_digest(expected, sent if sent is not None else bytes(32))
+        return ok and sent is not None and row is not None
     assert row.public_key is not None
-    try:
-        Ed25519PublicKey.from_public_bytes(row.public_key).verify(base64.b64decode(signature, validate=True), payload)
-        return True
-    except (InvalidSignature, ValueError, binascii.Error):
+    raw = decode_signature("ed25519", signature)
+    if raw is None:
         return False
+    try:
+        Ed25519PublicKey.from_public_bytes(row.public_key).verify(raw, payload)
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def _lookup(ctx: IdentityContext, db: object, api_key: str) -> ApiKey | None:
+    return db.scalars(select(ApiKey).where(ApiKey.key_hash == ctx.sealer.token_digest("apikey:" + api_key))).first()  # type: ignore[attr-defined]
+
+
+def _principal(ctx: IdentityContext, db: object, row: ApiKey, ip: str, required_scope: str, now: int) -> ApiPrincipal:
+    """The one copy of the checks every use of a key passes: revocation, expiry, freeze, IP
+    allow-list, scope."""
+    if row.revoked_at_s is not None:
+        raise Unauthorized("this API key was revoked", field="api_key")
+    if row.expires_at_s is not None and now >= row.expires_at_s:
+        raise Unauthorized("this API key has expired; create a new one", field="api_key")
+    user = db.get(User, row.user_id)  # type: ignore[attr-defined]
+    assert user is not None
+    if user.frozen:
+        raise AccountFrozen()
+    if not _ip_allowed(row, ip):
+        raise Forbidden(f"requests from {ip} are not on this API key's IP allow-list", field="client_ip")
+    scopes = tuple(row.scopes.split(","))
+    if required_scope not in scopes:
+        raise Forbidden(f"this API key lacks the '{required_scope}' scope", field="scope")
+    return ApiPrincipal(user.account_id, user.id, row.id, scopes)
 
 
 def verify_api_request(
@@ -249,8 +329,10 @@ def verify_api_request(
 ) -> ApiPrincipal:
     """Authenticate one signed API request. Returns who it is, or raises a clear error.
 
-    Unauthorized: unknown key, bad signature, revoked, expired. Forbidden: IP not on the key's
-    allow-list, scope missing, account frozen. ValidationError: malformed arguments.
+    Unauthorized (field `api_key`): unknown, revoked or expired key. Unauthorized (field
+    `signature`): a signature that is malformed (see `decode_signature`) or does not verify.
+    Forbidden: IP not on the key's allow-list, scope missing, account frozen. ValidationError:
+    malformed arguments. An unknown key costs the same work as a wrong signature.
     """
     if required_scope not in SCOPES:
         raise ValidationError(f"must be one of {list(SCOPES)}", field="required_scope")
@@ -264,28 +346,16 @@ def verify_api_request(
     ip = validate_ip(client_ip, field="client_ip")
     now = ctx.now()
     with ctx.store.tx() as db:
-        row = db.scalars(select(ApiKey).where(ApiKey.key_hash == ctx.sealer.token_digest("apikey:" + api_key))).first()
-        if not _signature_ok(ctx, row, data, signature):
-            raise Unauthorized("the API key or signature is not valid", field="signature")
-        assert row is not None
-        if row.revoked_at_s is not None:
-            raise Unauthorized("this API key was revoked", field="api_key")
-        if row.expires_at_s is not None and now >= row.expires_at_s:
-            raise Unauthorized("this API key has expired; create a new one", field="api_key")
-        user = db.get(User, row.user_id)
-        assert user is not None
-        if user.frozen:
-            raise AccountFrozen()
-        if not _ip_allowed(row, ip):
-            raise Forbidden(f"requests from {ip} are not on this API key's IP allow-list", field="client_ip")
-        scopes = tuple(row.scopes.split(","))
-        if required_scope not in scopes:
-            raise Forbidden(f"this API key lacks the '{required_scope}' scope", field="scope")
+        row = _lookup(ctx, db, api_key)
+        signature_ok = _signature_ok(ctx, row, data, signature)
+        if row is None:
+            raise Unauthorized("no such API key", field="api_key")
+        if not signature_ok:
+            raise Unauthorized("the signature is not valid for this key and request", field="signature")
+        principal = _principal(ctx, db, row, ip, required_scope, now)
         if row.last_used_at_s is None or now - row.last_used_at_s >= LAST_USED_RESOLUTION_S:
             row.last_used_at_s = now
-        return ApiPrincipal(user.account_id, user.id, row.id, scopes)
-
-
+        return principal
 
 
 def principal_for_key(ctx: IdentityContext, api_key: object, client_ip: object, required_scope: str) -> ApiPrincipal:
@@ -298,18 +368,10 @@ def principal_for_key(ctx: IdentityContext, api_key: object, client_ip: object, 
     ip = validate_ip(client_ip, field="client_ip")
     now = ctx.now()
     with ctx.store.tx() as db:
-        row = db.scalars(select(ApiKey).where(ApiKey.key_hash == ctx.sealer.token_digest("apikey:" + api_key))).first()
-        if row is None or row.revoked_at_s is not None or (row.expires_at_s is not None and now >= row.expires_at_s):
-            raise Unauthorized("the API key is not valid", field="api_key")
-        user = db.get(User, row.user_id)
-        assert user is not None
-        if user.frozen:
-            raise AccountFrozen()
-        if not _ip_allowed(row, ip):
-            raise Forbidden(f"requests from {ip} are not on this API key's IP allow-list", field="client_ip")
-        if required_scope not in row.scopes.split(","):
-            raise Forbidden(f"this API key lacks the '{required_scope}' scope", field="scope")
-        return ApiPrincipal(user.account_id, user.id, row.id, tuple(row.scopes.split(",")))
+        row = _lookup(ctx, db, api_key)
+        if row is None:
+            raise Unauthorized("no such API key", field="api_key")
+        return _principal(ctx, db, row, ip, required_scope, now)
 
 
 def issue_demo_key(

@@ -30,7 +30,7 @@ __all__ = ["create_router", "create_app", "PENDING_COOKIE_NAME", "FORM_MAX_BYTES
 PENDING_COOKIE_NAME = "__Host-rf_pending"
 FORM_MAX_BYTES = 128 * 1024
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; "
                                "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
@@ -100,6 +100,11 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     def static_js() -> Response:
         js = resources.files("ringfence.identity").joinpath("static/identity.js").read_text("utf-8")
         return Response(js, media_type="application/javascript")
+
+    @router.get("/static/identity.css")
+    def static_css() -> Response:
+        css = resources.files("ringfence.identity").joinpath("static/identity.css").read_text("utf-8")
+        return Response(css, media_type="text/css")
 
     @router.get("/signup", response_class=HTMLResponse)
     def signup_page() -> HTMLResponse:
