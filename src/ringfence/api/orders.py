@@ -16,6 +16,7 @@ from ..trading.commands import (
     OrderAmended,
     OrderCanceled,
     OrderExpired,
+    OrderFilled,
     OrderTriggered,
     Trade,
 )
@@ -102,6 +103,8 @@ class OrderHistory:
                 self._finish(e.order_id, "CANCELED", ts_ms)
             elif t is OrderExpired:
                 self._finish(e.order_id, "EXPIRED_IN_MATCH" if e.reason.startswith("STP") else "EXPIRED", ts_ms)
+            elif t is OrderFilled:
+                self._finish(e.order_id, "FILLED", ts_ms)
             elif t is OrderAmended:
                 record = self.orders.get(e.order_id)
                 if record is not None:
