@@ -366,3 +366,37 @@ def test_python_binance_client_works_against_the_server(server):
     assert err.value.code == -1013 and "Iceberg" in err.value.message
     balances = {b["asset"] for b in client.get_account(omitZeroBalances="true")["balances"]}
     assert "BTC" in balances
+
+
+def test_every_ccxt_call_sends_only_parameters_the_table_defines(server):
+    """The parameters ccxt actually sends (binance-compat.md §4) are all in the table: a -1104 here
+    means a unified call broke. Each call's raw request is checked through ccxt's own error path."""
+    import ccxt
+
+    k = server.keys["alice"]
+    ex = make_client(server.base, k["api_key"], k["api_secret"])
+    ex.load_markets()
+    since = ex.milliseconds() - 3_600_000
+    calls = {
+        "fetch_trades since": lambda: ex.fetch_trades("BTC/USDT", since, 5),
+        "fetch_trades /trades": lambda: ex.fetch_trades("BTC/USDT", None, 5, {"fetchTradesMethod": "publicGetTrades"}),
+        "fetch_ohlcv since until": lambda: ex.fetch_ohlcv("BTC/USDT", "1m", since, 10, {"until": ex.milliseconds()}),
+        "fetch_order_book limit": lambda: ex.fetch_order_book("BTC/USDT", 5),
+        "fetch_tickers list": lambda: ex.fetch_tickers(["BTC/USDT", "ETH/USDT"]),
+        "fetch_orders since": lambda: ex.fetch_orders("BTC/USDT", since, 5),
+        "fetch_my_trades since": lambda: ex.fetch_my_trades("BTC/USDT", since, 5),
+        "fetch_balance": lambda: ex.fetch_balance(),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+        except ccxt.BaseError as err:
+            raise AssertionError(f"{name}: {err}") from None
+    post_only = ex.create_order("BTC/USDT", "limit", "buy", 0.001, 60000, {"postOnly": True})
+    ioc = ex.create_order("BTC/USDT", "limit", "buy", 0.001, 59000, {"timeInForce": "IOC"})
+    stop = ex.create_order("BTC/USDT", "limit", "sell", 0.001, 59000, {"stopPrice": 59500})
+    assert post_only["status"] == "open" and ioc["status"] == "expired" and stop["status"] == "open", (post_only["info"], ioc["info"], stop["info"])
+    assert ex.fetch_order(post_only["id"], "BTC/USDT", {"clientOrderId": post_only["clientOrderId"]})["id"] == post_only["id"]
+    assert ex.cancel_order(None, "BTC/USDT", {"clientOrderId": post_only["clientOrderId"]})["status"] == "canceled"
+    assert ex.fetch_order_trades(ioc["id"], "BTC/USDT") == []
+    assert ex.cancel_all_orders("BTC/USDT")
