@@ -20,7 +20,7 @@ import structlog
 
 from ..engine.commands import Command, Event
 from ..engine.node import Ack, Node
-from ..errors import RingfenceError
+from ..errors import NotDurable, RingfenceError
 from ..solvency.halts import LEVELS as HALT_LEVELS, halts_of
 from ..trading.book import ACTIVE, HALTED, REDUCE_ONLY, Market
 from ..trading.marketdata import MarketData
@@ -31,6 +31,8 @@ from .orders import OrderHistory
 __all__ = ["Exchange", "MarketInfo"]
 
 log = structlog.get_logger("ringfence.api")
+#: How long `check_order` waits for the sequencer to run its check between two batches.
+QUERY_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,10 @@ class Exchange:
             engine.precheck(prepared)
             return check_place(engine, prepared)
 
-        return await asyncio.wrap_future(self.node.query(check))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self.node.query(check)), QUERY_TIMEOUT_S)
+        except asyncio.TimeoutError:  # the sequencer stopped between batches: no answer will come
+            raise NotDurable("the engine did not answer the check; try again") from None
 
     # ------------------------------------------------------------------ queries (loop thread)
 

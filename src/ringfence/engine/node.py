@@ -543,7 +543,9 @@ class Node:
             except BaseException as err:  # handed to the caller, never stops the sequencer
                 future.set_exception(err)
 
-        if self._thread is None:
+        if self.failed is not None:
+            future.set_exception(NotDurable(f"the node has stopped: {self.failed}"))
+        elif self._thread is None:
             task()
         else:
             self._post(task)
