@@ -129,3 +129,17 @@ def test_market_buy_by_quote_that_cannot_be_spent_exactly_is_filled_and_leaves_o
     assert record.status == "FILLED" and not history.open_orders("ann")
     assert d.balance("ann", "USDT") == (usdt_before[0] - trades[0].quote_qty, 0), "the unspent quote is still held"
     check_model(d, history)
+
+
+def test_self_trade_prevention_expiry_reads_expired_in_match() -> None:
+    """Binance reports an order expired by self-trade prevention as EXPIRED_IN_MATCH; the read model
+    looked for a reason starting with 'STP' while the engine says SELF_TRADE_PREVENTED."""
+    d, history = new_world()
+    for c in (
+        PlaceOrder("ann", "BTCUSDT", "SELL", "LIMIT", "GTC", price=price("61000.01"), quantity=qty("0.01")),
+        PlaceOrder("ann", "BTCUSDT", "BUY", "LIMIT", "GTC", price=price("61000.01"), quantity=qty("0.01"), stp="EXPIRE_TAKER"),
+    ):
+        history.feed(d.ts_ns, d.apply(c))
+    taker = max(history.orders)
+    assert history.orders[taker].status == "EXPIRED_IN_MATCH"
+    check_model(d, history)

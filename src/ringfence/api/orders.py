@@ -102,7 +102,7 @@ class OrderHistory:
             elif t is OrderCanceled:
                 self._finish(e.order_id, "CANCELED", ts_ms)
             elif t is OrderExpired:
-                self._finish(e.order_id, "EXPIRED_IN_MATCH" if e.reason.startswith("STP") else "EXPIRED", ts_ms)
+                self._finish(e.order_id, "EXPIRED_IN_MATCH" if e.reason == "SELF_TRADE_PREVENTED" else "EXPIRED", ts_ms)
             elif t is OrderFilled:
                 self._finish(e.order_id, "FILLED", ts_ms)
             elif t is OrderAmended:
