@@ -118,9 +118,13 @@ def test_market_buy_by_quote_that_cannot_be_spent_exactly_is_filled_and_leaves_o
     ):
         history.feed(d.ts_ns, d.apply(c))
     usdt_before = d.balance("ann", "USDT")
+    reports: list[tuple[str, str, bool]] = []  # what the user data stream is told: (kind, status, with a fill)
+    history.subscribers.append(lambda owner, kind, payload: reports.append((kind, (payload if kind == "order" else payload[0]).status, kind == "trade")) if owner == "ann" else None)
     # 100 USDT buys 0.0016 BTC (97.600016 USDT); the 2.399984 left cannot buy one more lot
     events = d.apply(PlaceOrder("ann", "BTCUSDT", "BUY", "MARKET", "IOC", quote_amount=100 * 10**6))
     history.feed(d.ts_ns, events)
+    # as on Binance: NEW, then the fill that completes it says FILLED; no fill-less FILLED report
+    assert reports == [("order", "NEW", False), ("trade", "FILLED", True)], reports
     trades = [e for e in events if isinstance(e, Trade)]
     assert [t.quantity for t in trades] == [qty("0.0016")]
     done = [e for e in events if isinstance(e, OrderFilled)]
