@@ -143,7 +143,7 @@ class Exchange:
 
         try:
             return await asyncio.wait_for(asyncio.wrap_future(self.node.query(check)), QUERY_TIMEOUT_S)
-        except asyncio.TimeoutError:  # the sequencer stopped between batches: no answer will come
+        except TimeoutError:  # the sequencer stopped between batches: no answer will come
             raise NotDurable("the engine did not answer the check; try again") from None
 
     # ------------------------------------------------------------------ queries (loop thread)
