@@ -109,7 +109,7 @@ _ORDER_REFUSED = (
     _not_supported("strategyType", "ringfence does not record strategy types."),
 )
 _SYMBOLS = ("symbol", "symbols", "symbolStatus")
-_BY_TYPE = ("timeInForce", "price", "quantity", "quoteOrderQty", "stopPrice")  # see TYPE_PARAMS
+_BY_TYPE = TYPE_DEPENDENT_PARAMS  # required or refused depending on the order type (TYPE_PARAMS)
 _ORDER_REF = ("orderId", "origClientOrderId")
 
 #: (method, path under /api/v3) -> its parameters. Everything not listed is refused.
