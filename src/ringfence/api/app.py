@@ -358,16 +358,20 @@ def create_app(
         return out
 
     @app.get("/v1/book", tags=["native"], summary="The engine's own order book (L2), not the read model: for auditors and tests", responses=ERROR_RESPONSES)
-    async def v1_book(symbol: str, limit: int = 100) -> JSONResponse:
+    async def v1_book(symbol: str, limit: str = "100") -> JSONResponse:
         from ..trading.matching import trading_state
+        from .binance_errors import BinanceError
+        from .gateway import Params
 
         market = trading_state(exchange.engine).markets.get(symbol)
         if market is None:
             return JSONResponse({"code": -1121, "msg": "Invalid symbol."}, status_code=400)
-        if not 1 <= limit <= 5000:
-            return JSONResponse({"code": -1100, "msg": "Illegal parameter 'limit': 1 to 5000."}, status_code=400)
+        try:  # the edge's one integer parser: ASCII digits only (pydantic's int takes "1_0", " 5")
+            depth = Params([("limit", limit)]).integer("limit", low=1, high=5000)
+        except BinanceError as err:
+            return JSONResponse(err.body(), status_code=err.status)
         m = exchange.market(symbol)
-        bids, asks = market.depth(limit)
+        bids, asks = market.depth(depth)
         return JSONResponse(
             {
                 "symbol": symbol,

@@ -12,8 +12,10 @@ strings with the base asset's decimals outside.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter, Request
@@ -22,7 +24,8 @@ from fastapi.responses import JSONResponse, Response
 from ..errors import RingfenceError
 from ..money import format_amount
 from ..trading.commands import CancelAll, CancelOrder, OrderAccepted, OrderRejected, PlaceOrder, Trade
-from .binance_errors import BinanceError, from_order_rejection, from_ringfence
+from ..trading.matching import MAX_PRICE
+from .binance_errors import BinanceError, from_order_rejection, from_ringfence, illegal, mandatory
 from .gateway import Params, check_timestamp, split_signature
 from .orders import OrderRecord
 from .service import Exchange, MarketInfo
@@ -39,6 +42,15 @@ ORDER_TYPES = {
     "STOP_LOSS": "STOP_MARKET",
 }
 ENGINE_TO_BINANCE_TYPE = {v: k for k, v in ORDER_TYPES.items()}
+#: The parameters whose presence depends on the order type, and which ones each type reads.
+TYPE_DEPENDENT_PARAMS = ("timeInForce", "price", "quantity", "quoteOrderQty", "stopPrice")
+TYPE_PARAMS = {
+    "LIMIT": ("timeInForce", "price", "quantity"),
+    "LIMIT_MAKER": ("price", "quantity"),
+    "MARKET": ("quantity", "quoteOrderQty"),
+    "STOP_LOSS": ("quantity", "stopPrice"),
+    "STOP_LOSS_LIMIT": ("timeInForce", "price", "quantity", "stopPrice"),
+}
 STP_MODES = ("NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH")
 KLINE_INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000, 5000)
@@ -54,15 +66,117 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _doc(*names: str, required: tuple[str, ...] = (), signed: bool = False) -> dict[str, Any]:
-    params = [{"name": n, "in": "query", "required": n in required, "schema": {"type": "string"}} for n in names]
-    if signed:
+# ---------------------------------------------------------------------------------- parameters
+#
+# The one place that says which parameters each endpoint reads. A request is checked against its
+# row before anything else reads it (issue #13 item 2): a parameter the row does not name is
+# refused with -1104, as Binance does, so a signed request whose bytes were re-split between
+# query and body (leaving a stray `1` or `ntity` parameter) cannot change what is read; a
+# parameter Binance defines that ringfence does not support is refused with its own clear error
+# (`refused`), never silently ignored; a parameter sent twice is refused by `Params` (-1101).
+
+#: The signed-request framework parameters every signed endpoint accepts (gateway.check_timestamp,
+#: auth.ApiGate.signed): `timestamp` and `signature` are mandatory, `recvWindow` optional.
+SIGNED_PARAMS = ("timestamp", "recvWindow", "signature")
+
+
+@dataclass(frozen=True)
+class EndpointParams:
+    honoured: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    #: Binance defines these for the endpoint; ringfence refuses them with (code, message).
+    refused: tuple[tuple[str, int, str], ...] = ()
+    signed: bool = False
+    #: Required or not depending on other parameters (an order's type): an empty one is "missing".
+    conditional: tuple[str, ...] = ()
+
+    def accepted(self) -> tuple[str, ...]:
+        return self.honoured + (SIGNED_PARAMS if self.signed else ())
+
+
+def _not_supported(name: str, why: str) -> tuple[str, int, str]:
+    return (name, -1106, f"Parameter '{name}' sent when not required: {why}")
+
+
+_ORDER_PARAMS = ("symbol", "side", "type", "timeInForce", "quantity", "quoteOrderQty", "price", "newClientOrderId", "stopPrice", "newOrderRespType", "selfTradePreventionMode")
+_ORDER_REFUSED = (
+    ("icebergQty", -1013, "Iceberg orders are not supported for this symbol (exchangeInfo: icebergAllowed is false)."),
+    ("trailingDelta", -1013, "Trailing stop orders are not supported for this symbol (exchangeInfo: allowTrailingStop is false)."),
+    ("pegPriceType", -1013, "Pegged orders are not supported for this symbol."),
+    ("pegOffsetValue", -1013, "Pegged orders are not supported for this symbol."),
+    ("pegOffsetType", -1013, "Pegged orders are not supported for this symbol."),
+    _not_supported("strategyId", "ringfence does not record strategy ids."),
+    _not_supported("strategyType", "ringfence does not record strategy types."),
+)
+_SYMBOLS = ("symbol", "symbols", "symbolStatus")
+_BY_TYPE = TYPE_DEPENDENT_PARAMS  # required or refused depending on the order type (TYPE_PARAMS)
+_ORDER_REF = ("orderId", "origClientOrderId")
+
+#: (method, path under /api/v3) -> its parameters. Everything not listed is refused.
+ENDPOINT_PARAMS: dict[tuple[str, str], EndpointParams] = {
+    ("GET", "/ping"): EndpointParams(),
+    ("GET", "/time"): EndpointParams(),
+    ("GET", "/exchangeInfo"): EndpointParams(
+        _SYMBOLS,
+        refused=(
+            _not_supported("permissions", "every ringfence market is SPOT; filter with 'symbolStatus' or 'symbols'."),
+            _not_supported("showPermissionSets", "ringfence lists 'permissions' (always [\"SPOT\"]), not permission sets."),
+        ),
+    ),
+    ("GET", "/depth"): EndpointParams(("symbol", "limit"), required=("symbol",)),
+    ("GET", "/trades"): EndpointParams(("symbol", "limit"), required=("symbol",)),
+    ("GET", "/aggTrades"): EndpointParams(("symbol", "fromId", "startTime", "endTime", "limit"), required=("symbol",)),
+    ("GET", "/klines"): EndpointParams(("symbol", "interval", "startTime", "endTime", "timeZone", "limit"), required=("symbol", "interval")),
+    ("GET", "/ticker/24hr"): EndpointParams(_SYMBOLS + ("type",)),
+    ("GET", "/ticker/price"): EndpointParams(_SYMBOLS),
+    ("GET", "/ticker/bookTicker"): EndpointParams(_SYMBOLS),
+    ("GET", "/account"): EndpointParams(("omitZeroBalances",), signed=True),
+    ("POST", "/order"): EndpointParams(_ORDER_PARAMS, ("symbol", "side", "type"), _ORDER_REFUSED, signed=True, conditional=_BY_TYPE),
+    ("POST", "/order/test"): EndpointParams(_ORDER_PARAMS + ("computeCommissionRates",), ("symbol", "side", "type"), _ORDER_REFUSED, signed=True, conditional=_BY_TYPE),
+    ("GET", "/order"): EndpointParams(("symbol", "orderId", "origClientOrderId"), ("symbol",), signed=True, conditional=_ORDER_REF),
+    ("DELETE", "/order"): EndpointParams(("symbol", "orderId", "origClientOrderId", "newClientOrderId", "cancelRestrictions"), ("symbol",), signed=True, conditional=_ORDER_REF),
+    ("GET", "/openOrders"): EndpointParams(("symbol",), signed=True),
+    ("DELETE", "/openOrders"): EndpointParams(("symbol",), ("symbol",), signed=True),
+    ("GET", "/allOrders"): EndpointParams(("symbol", "orderId", "startTime", "endTime", "limit"), ("symbol",), signed=True),
+    ("GET", "/myTrades"): EndpointParams(("symbol", "orderId", "startTime", "endTime", "fromId", "limit"), ("symbol",), signed=True),
+    ("POST", "/userDataStream"): EndpointParams(),
+    ("PUT", "/userDataStream"): EndpointParams(("listenKey",), ("listenKey",)),
+    ("DELETE", "/userDataStream"): EndpointParams(("listenKey",), ("listenKey",)),
+}
+
+
+def check_params(spec: EndpointParams, params: Params) -> None:
+    """Refuse what the endpoint does not read (-1104), what it refuses, and empty values."""
+    sent = params.names()
+    for name, code, message in spec.refused:
+        if name in params:
+            raise BinanceError(code, message)
+    accepted = spec.accepted()
+    unknown = [name for name in sent if name not in accepted]
+    if unknown:
+        named = ", ".join("'" + name[:40] + "'" for name in unknown[:5])
+        raise BinanceError(
+            -1104,
+            f"Not all sent parameters were read; read {len(sent) - len(unknown)} parameter(s) but was sent {len(sent)}. "
+            f"Not defined for this endpoint: {named}.",
+        )
+    for name in sent:
+        if params.raw(name) == "":
+            if name in spec.required or name in spec.conditional or name in ("timestamp", "signature"):
+                raise mandatory(name)
+            raise illegal(name, "an empty value is not allowed: omit the parameter or send a value.")
+
+
+def _doc(spec: EndpointParams, key_only: bool = False) -> dict[str, Any]:
+    params = [{"name": n, "in": "query", "required": n in spec.required, "schema": {"type": "string"}} for n in spec.honoured]
+    if spec.signed:
         params += [
             {"name": "timestamp", "in": "query", "required": True, "schema": {"type": "string"}},
             {"name": "recvWindow", "in": "query", "required": False, "schema": {"type": "string"}},
             {"name": "signature", "in": "query", "required": True, "schema": {"type": "string"}},
-            {"name": "X-MBX-APIKEY", "in": "header", "required": True, "schema": {"type": "string"}},
         ]
+    if spec.signed or key_only:
+        params.append({"name": "X-MBX-APIKEY", "in": "header", "required": True, "schema": {"type": "string"}})
     return {"parameters": params, "responses": dict(ERROR_RESPONSES)}
 
 
@@ -142,18 +256,12 @@ class BinanceApi:
 
     async def exchange_info(self, request: Request) -> dict[str, Any]:
         params = await self.gate.params(request)
-        wanted: list[str] | None = None
-        if params.get("symbol"):
-            wanted = [params.require("symbol")]
-        elif params.get("symbols"):
-            wanted = _symbol_list(params.require("symbols"))
-        markets = self.ex.markets()
-        if wanted is not None:
-            known = {m.symbol for m in markets}
-            for symbol in wanted:
-                if symbol not in known:
-                    raise BinanceError(-1121, "Invalid symbol.")
-            markets = [m for m in markets if m.symbol in wanted]
+        status = _symbol_status(params)
+        if status is not None and (params.get("symbol") or params.get("symbols")):
+            raise BinanceError(-1106, "Parameter 'symbolStatus' sent when not required: it cannot be combined with 'symbol' or 'symbols'.")
+        markets, _ = self._wanted_markets(params)
+        if status is not None:
+            markets = [m for m in markets if STATUS_MAP[m.status] == status]
         return {
             "timezone": "UTC",
             "serverTime": now_ms(),
@@ -165,10 +273,24 @@ class BinanceApi:
         }
 
     def symbol_info(self, m: MarketInfo) -> dict[str, Any]:
-        max_price = 10**30 // 10**0
+        max_price = MAX_PRICE
+        filters: list[dict[str, Any]] = [
+            {"filterType": "PRICE_FILTER", "minPrice": self.px(m, m.tick), "maxPrice": self.px(m, max_price - max_price % m.tick), "tickSize": self.px(m, m.tick)},
+            {"filterType": "LOT_SIZE", "minQty": self.qty(m, m.min_qty), "maxQty": self.qty(m, m.max_qty), "stepSize": self.qty(m, m.lot)},
+            {"filterType": "MARKET_LOT_SIZE", "minQty": self.qty(m, m.min_qty), "maxQty": self.qty(m, m.max_qty), "stepSize": self.qty(m, m.lot)},
+            {"filterType": "NOTIONAL", "minNotional": self.px_amount(m, m.min_notional), "applyMinToMarket": True, "maxNotional": self.px_amount(m, 10**30), "applyMaxToMarket": False, "avgPriceMins": 0},
+        ]
+        if m.band_ppm:
+            # The dual-price band (trading/matching.py): a limit or stop price must lie within
+            # ref * (1 -/+ band_ppm / 10^6), the same for both sides. Binance measures from the
+            # average price of the last `avgPriceMins` minutes; ringfence from the market's
+            # reference price (GET /v1/markets `reference_price`), hence avgPriceMins 0.
+            up = format_amount(1_000_000 + m.band_ppm, 6, trim=True)
+            down = format_amount(1_000_000 - m.band_ppm, 6, trim=True)
+            filters.append({"filterType": "PERCENT_PRICE_BY_SIDE", "bidMultiplierUp": up, "bidMultiplierDown": down, "askMultiplierUp": up, "askMultiplierDown": down, "avgPriceMins": 0})
         return {
             "symbol": m.symbol,
-            "status": STATUS_MAP.get(m.status, "HALT"),
+            "status": STATUS_MAP[m.status],
             "baseAsset": m.base,
             "baseAssetPrecision": m.base_decimals,
             "quoteAsset": m.quote,
@@ -182,12 +304,8 @@ class BinanceApi:
             "cancelReplaceAllowed": False,
             "isSpotTradingAllowed": True,
             "isMarginTradingAllowed": False,
-            "filters": [
-                {"filterType": "PRICE_FILTER", "minPrice": self.px(m, m.tick), "maxPrice": self.px(m, max_price - max_price % m.tick), "tickSize": self.px(m, m.tick)},
-                {"filterType": "LOT_SIZE", "minQty": self.qty(m, m.min_qty), "maxQty": self.qty(m, m.max_qty), "stepSize": self.qty(m, m.lot)},
-                {"filterType": "MARKET_LOT_SIZE", "minQty": self.qty(m, m.min_qty), "maxQty": self.qty(m, m.max_qty), "stepSize": self.qty(m, m.lot)},
-                {"filterType": "NOTIONAL", "minNotional": self.px_amount(m, m.min_notional), "applyMinToMarket": True, "maxNotional": self.px_amount(m, 10**30), "applyMaxToMarket": False, "avgPriceMins": 0},
-            ],
+            "pegInstructionsAllowed": False,
+            "filters": filters,
             "permissions": ["SPOT"],
             "defaultSelfTradePreventionMode": "NONE",
             "allowedSelfTradePreventionModes": list(STP_MODES),
@@ -252,6 +370,9 @@ class BinanceApi:
         params = await self.gate.params(request)
         m = self.market(params)
         interval = params.choice("interval", KLINE_INTERVALS)
+        tz = params.get("timeZone")
+        if tz is not None and tz not in UTC_NAMES:
+            raise illegal("timeZone", "only UTC is supported: send '0' or '+00:00', or omit it.")
         limit = params.integer("limit", default=500, low=1, high=1000)
         start = params.integer("startTime", default=0)
         end = params.integer("endTime", default=2**62)
@@ -273,6 +394,9 @@ class BinanceApi:
                 r[0] // 1_000_000 + width_ms - 1,
                 self.px_amount(m, r[6]),
                 r[7],
+                self.qty(m, r[8]),  # taker buy base volume
+                self.px_amount(m, r[9]),  # taker buy quote volume
+                "0",  # Binance's "ignore" field
             ]
             for r in rows
         ]
@@ -332,21 +456,34 @@ class BinanceApi:
             return out, False
         return self.ex.markets(), False
 
+    def _ticker_markets(self, params: Params) -> tuple[list[MarketInfo], bool]:
+        """`symbol` / `symbols` / all, filtered by `symbolStatus` as Binance's ticker endpoints do."""
+        markets, single = self._wanted_markets(params)
+        status = _symbol_status(params)
+        if status is not None:
+            if single and STATUS_MAP[markets[0].status] != status:
+                raise BinanceError(-1220, "The symbol's status does not match the requested symbolStatus.")
+            markets = [m for m in markets if STATUS_MAP[m.status] == status]
+        return markets, single
+
     async def ticker_24hr(self, request: Request) -> Any:
         params = await self.gate.params(request)
-        markets, single = self._wanted_markets(params)
+        markets, single = self._ticker_markets(params)
+        mini = params.choice("type", ("FULL", "MINI"), default="FULL") == "MINI"
         views = [self.ticker_view(m) for m in markets]
+        if mini:
+            views = [{k: v[k] for k in MINI_TICKER_FIELDS} for v in views]
         return views[0] if single else views
 
     async def ticker_price(self, request: Request) -> Any:
         params = await self.gate.params(request)
-        markets, single = self._wanted_markets(params)
+        markets, single = self._ticker_markets(params)
         views = [{"symbol": m.symbol, "price": self.ticker_view(m)["lastPrice"]} for m in markets]
         return views[0] if single else views
 
     async def book_ticker(self, request: Request) -> Any:
         params = await self.gate.params(request)
-        markets, single = self._wanted_markets(params)
+        markets, single = self._ticker_markets(params)
         views = []
         for m in markets:
             t = self.ticker_view(m)
@@ -357,9 +494,11 @@ class BinanceApi:
 
     async def account(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "read")
+        omit_zero = params.boolean("omitZeroBalances", default=False)
         balances = [
             {"asset": code, "free": format_amount(free, d), "locked": format_amount(locked, d)}
             for code, d, free, locked in self.ex.balances(owner)
+            if not (omit_zero and free == 0 and locked == 0)
         ]
         return {
             "makerCommission": 10,
@@ -385,16 +524,19 @@ class BinanceApi:
         side = params.choice("side", ("BUY", "SELL"), code=-1117)
         btype = params.choice("type", tuple(ORDER_TYPES), code=-1116)
         etype = ORDER_TYPES[btype]
+        # Which of the type-dependent parameters this type reads; any other one sent is refused
+        # (-1106) before its value is even parsed, as Binance does: `stopPrice=-1` on a LIMIT.
+        wanted = TYPE_PARAMS[btype]
+        for name in TYPE_DEPENDENT_PARAMS:
+            if name not in wanted and name in params:
+                raise BinanceError(-1106, f"Parameter '{name}' sent when not required.")
         tif = "GTC"
         price = quantity = quote = stop = 0
-        if btype in ("LIMIT", "STOP_LOSS_LIMIT"):
+        if "timeInForce" in wanted:
             tif = params.choice("timeInForce", ("GTC", "IOC", "FOK"), code=-1115)
-        elif params.get("timeInForce") is not None and btype != "MARKET":
-            raise BinanceError(-1106, "Parameter 'timeInForce' sent when not required.")
-        if btype in ("LIMIT", "LIMIT_MAKER", "STOP_LOSS_LIMIT"):
+        if "price" in wanted:
             price = params.amount("price", m.quote_decimals)
-            quantity = params.amount("quantity", m.base_decimals)
-        elif btype == "MARKET":
+        if btype == "MARKET":
             has_qty, has_quote = params.get("quantity") is not None, params.get("quoteOrderQty") is not None
             if has_qty == has_quote:
                 raise BinanceError(-1102, "Param 'quantity' or 'quoteOrderQty' must be sent, but not both.")
@@ -403,9 +545,9 @@ class BinanceApi:
             else:
                 quote = params.amount("quoteOrderQty", m.quote_decimals)
             tif = "IOC"
-        else:  # STOP_LOSS (stop-market)
+        else:
             quantity = params.amount("quantity", m.base_decimals)
-        if btype in ("STOP_LOSS", "STOP_LOSS_LIMIT"):
+        if "stopPrice" in wanted:
             stop = params.amount("stopPrice", m.quote_decimals)
         coid = params.get("newClientOrderId") or "rf-" + secrets.token_hex(10)
         if not _valid_coid(coid):
@@ -460,9 +602,28 @@ class BinanceApi:
         return view
 
     async def test_order(self, request: Request) -> dict[str, Any]:
+        """Every check `POST order` runs (parameters, filters, band, market status, halts),
+        against one consistent engine state, then nothing: no command is journaled.
+
+        Like Binance's, the test order never reaches the matching engine, so the account's
+        balance is not checked (`-2010 insufficient balance` can only come from `POST order`).
+        """
         params, owner = await self.gate.signed(request, "trade", weight=1)
-        self.place_command(params, owner)  # validation only; nothing is journaled
-        return {}
+        m, command, _ = self.place_command(params, owner)
+        with_rates = params.boolean("computeCommissionRates", default=False)
+        rejected = await self.ex.check_order(command)
+        if rejected is not None and rejected.reason != "INSUFFICIENT_BALANCE":
+            raise from_order_rejection(rejected.reason, rejected.message, rejected.field)
+        if not with_rates:
+            return {}
+        maker_ppm, taker_ppm = self.ex.rates(owner)
+        rate = lambda ppm: format_amount(ppm, 6)  # noqa: E731 - millionths as a decimal fraction
+        return {
+            "standardCommissionForOrder": {"maker": rate(maker_ppm), "taker": rate(taker_ppm)},
+            "specialCommissionForOrder": {"maker": rate(0), "taker": rate(0)},
+            "taxCommissionForOrder": {"maker": rate(0), "taker": rate(0)},
+            "discount": {"enabledForAccount": False, "enabledForSymbol": False, "discountAsset": None, "discount": rate(0)},
+        }
 
     def _find(self, params: Params, owner: str, m: MarketInfo, missing_code: int) -> OrderRecord:
         order_id = params.integer("orderId", default=0)
@@ -482,13 +643,21 @@ class BinanceApi:
     async def cancel_order(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "trade", weight=1)
         m = self.market(params)
+        cancel_id = params.get("newClientOrderId")
+        if cancel_id is not None and not _valid_coid(cancel_id):
+            raise BinanceError(-1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is '^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.")
+        restriction = params.choice("cancelRestrictions", ("ONLY_NEW", "ONLY_PARTIALLY_FILLED"), default="") if params.get("cancelRestrictions") else ""
         record = self._find(params, owner, m, -2011)
+        if restriction and record.status in ("NEW", "PARTIALLY_FILLED") and record.status != restriction[len("ONLY_") :]:
+            raise BinanceError(-2011, "Order was not canceled due to cancel restrictions.")
         events = await self.ex.submit(CancelOrder(owner=owner, symbol=m.symbol, order_id=record.order_id))
         for e in events:
             if isinstance(e, OrderRejected):
                 raise from_order_rejection(e.reason, e.message, e.field)
         view = self.order_view(m, record, transact=True)
         view["origClientOrderId"] = record.client_order_id
+        # Binance: `clientOrderId` of a cancel is the cancel's own id (sent, or made up)
+        view["clientOrderId"] = cancel_id or "rf-" + secrets.token_hex(10)
         return view
 
     async def cancel_all(self, request: Request) -> list[dict[str, Any]]:
@@ -580,13 +749,23 @@ class BinanceApi:
         return {}
 
 
+#: Binance's `symbolStatus` values (what `exchangeInfo` reports as `status`).
+SYMBOL_STATUSES = ("TRADING", "HALT", "BREAK", "PRE_TRADING", "POST_TRADING", "END_OF_DAY", "AUCTION_MATCH")
+UTC_NAMES = ("0", "+0", "-0", "00:00", "+00:00", "-00:00", "0:00", "+0:00")
+MINI_TICKER_FIELDS = ("symbol", "openPrice", "highPrice", "lowPrice", "lastPrice", "volume", "quoteVolume", "openTime", "closeTime", "firstId", "lastId", "count")
+
+
+def _symbol_status(params: Params) -> str | None:
+    if params.get("symbolStatus") is None:
+        return None
+    return params.choice("symbolStatus", SYMBOL_STATUSES)
+
+
 def _signed(text: str, value: int) -> str:
     return "-" + text if value < 0 else text
 
 
 def _valid_coid(coid: str) -> bool:
-    import re
-
     return re.fullmatch(r"[.A-Za-z0-9:/_\-]{1,36}", coid) is not None
 
 
@@ -603,10 +782,13 @@ def _symbol_list(raw: str) -> list[str]:
 def build_router(api: BinanceApi) -> APIRouter:
     router = APIRouter(prefix="/api/v3", tags=["binance spot v3"])
 
-    def add(path: str, method: str, fn: Callable[[Request], Awaitable[Any]], weight: int, doc: dict[str, Any], summary: str) -> None:
+    def add(path: str, method: str, fn: Callable[[Request], Awaitable[Any]], weight: int, summary: str, *, key_only: bool = False) -> None:
+        spec = ENDPOINT_PARAMS[(method, path)]
+
         async def endpoint(request: Request) -> Response:
             try:
                 await api.gate.charge(request, weight)
+                check_params(spec, await api.gate.params(request))
                 result = await fn(request)
             except BinanceError as err:
                 return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
@@ -616,30 +798,28 @@ def build_router(api: BinanceApi) -> APIRouter:
             return JSONResponse(result)
 
         endpoint.__name__ = f"{method.lower()}_{path.strip('/').replace('/', '_') or 'root'}"
-        router.add_api_route(path, endpoint, methods=[method], summary=summary, openapi_extra=doc, response_model=None)
+        router.add_api_route(path, endpoint, methods=[method], summary=summary, openapi_extra=_doc(spec, key_only), response_model=None)
 
-    add("/ping", "GET", api.ping, 1, _doc(), "Test connectivity")
-    add("/time", "GET", api.time, 1, _doc(), "Server time (ms)")
-    add("/exchangeInfo", "GET", api.exchange_info, 20, _doc("symbol", "symbols"), "Markets, filters and rate limits")
-    add("/depth", "GET", api.depth, 5, _doc("symbol", "limit", required=("symbol",)), "Order book snapshot")
-    add("/trades", "GET", api.trades, 10, _doc("symbol", "limit", required=("symbol",)), "Recent trades")
-    add("/aggTrades", "GET", api.agg_trades, 2, _doc("symbol", "limit", "startTime", "endTime", "fromId", required=("symbol",)), "Aggregate trades")
-    add("/klines", "GET", api.klines, 2, _doc("symbol", "interval", "limit", "startTime", "endTime", required=("symbol", "interval")), "Candlesticks")
-    add("/ticker/24hr", "GET", api.ticker_24hr, 2, _doc("symbol", "symbols"), "24 h statistics")
-    add("/ticker/price", "GET", api.ticker_price, 2, _doc("symbol", "symbols"), "Last price")
-    add("/ticker/bookTicker", "GET", api.book_ticker, 2, _doc("symbol", "symbols"), "Best bid and ask")
-    add("/account", "GET", api.account, 20, _doc(signed=True), "Balances (signed)")
-    order_params = ("symbol", "side", "type", "timeInForce", "quantity", "quoteOrderQty", "price", "newClientOrderId", "stopPrice", "newOrderRespType", "selfTradePreventionMode")
-    add("/order", "POST", api.new_order, 1, _doc(*order_params, required=("symbol", "side", "type"), signed=True), "New order (signed)")
-    add("/order/test", "POST", api.test_order, 1, _doc(*order_params, required=("symbol", "side", "type"), signed=True), "Validate a new order without placing it (signed)")
-    add("/order", "GET", api.get_order, 4, _doc("symbol", "orderId", "origClientOrderId", required=("symbol",), signed=True), "Query order (signed)")
-    add("/order", "DELETE", api.cancel_order, 1, _doc("symbol", "orderId", "origClientOrderId", required=("symbol",), signed=True), "Cancel order (signed)")
-    add("/openOrders", "GET", api.open_orders, 6, _doc("symbol", signed=True), "Open orders (signed)")
-    add("/openOrders", "DELETE", api.cancel_all, 1, _doc("symbol", required=("symbol",), signed=True), "Cancel all open orders on a symbol (signed)")
-    add("/allOrders", "GET", api.all_orders, 20, _doc("symbol", "orderId", "startTime", "endTime", "limit", required=("symbol",), signed=True), "All orders (signed)")
-    add("/myTrades", "GET", api.my_trades, 20, _doc("symbol", "orderId", "startTime", "endTime", "fromId", "limit", required=("symbol",), signed=True), "Account trades (signed)")
-    key_doc = {"parameters": [{"name": "X-MBX-APIKEY", "in": "header", "required": True, "schema": {"type": "string"}}], "responses": dict(ERROR_RESPONSES)}
-    add("/userDataStream", "POST", api.user_stream_new, 2, key_doc, "Start a user data stream")
-    add("/userDataStream", "PUT", api.user_stream_keepalive, 2, _doc("listenKey", required=("listenKey",)), "Keep a user data stream alive")
-    add("/userDataStream", "DELETE", api.user_stream_close, 2, _doc("listenKey", required=("listenKey",)), "Close a user data stream")
+    add("/ping", "GET", api.ping, 1, "Test connectivity")
+    add("/time", "GET", api.time, 1, "Server time (ms)")
+    add("/exchangeInfo", "GET", api.exchange_info, 20, "Markets, filters and rate limits")
+    add("/depth", "GET", api.depth, 5, "Order book snapshot")
+    add("/trades", "GET", api.trades, 10, "Recent trades")
+    add("/aggTrades", "GET", api.agg_trades, 2, "Aggregate trades")
+    add("/klines", "GET", api.klines, 2, "Candlesticks")
+    add("/ticker/24hr", "GET", api.ticker_24hr, 2, "24 h statistics")
+    add("/ticker/price", "GET", api.ticker_price, 2, "Last price")
+    add("/ticker/bookTicker", "GET", api.book_ticker, 2, "Best bid and ask")
+    add("/account", "GET", api.account, 20, "Balances (signed)")
+    add("/order", "POST", api.new_order, 1, "New order (signed)")
+    add("/order/test", "POST", api.test_order, 1, "Run every check of a new order without placing it (signed)")
+    add("/order", "GET", api.get_order, 4, "Query order (signed)")
+    add("/order", "DELETE", api.cancel_order, 1, "Cancel order (signed)")
+    add("/openOrders", "GET", api.open_orders, 6, "Open orders (signed)")
+    add("/openOrders", "DELETE", api.cancel_all, 1, "Cancel all open orders on a symbol (signed)")
+    add("/allOrders", "GET", api.all_orders, 20, "All orders (signed)")
+    add("/myTrades", "GET", api.my_trades, 20, "Account trades (signed)")
+    add("/userDataStream", "POST", api.user_stream_new, 2, "Start a user data stream", key_only=True)
+    add("/userDataStream", "PUT", api.user_stream_keepalive, 2, "Keep a user data stream alive", key_only=True)
+    add("/userDataStream", "DELETE", api.user_stream_close, 2, "Close a user data stream", key_only=True)
     return router

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -34,6 +35,9 @@ MAX_RECV_WINDOW_MS = 60_000
 DEFAULT_RECV_WINDOW_MS = 5_000
 MAX_PARAMS = 64
 MAX_PARAM_CHARS = 512
+#: The one form an integer may take at the edge: ASCII digits only. `str.isdigit()` and `int()`
+#: also accept superscripts ('²') and other scripts' digits ('٣', '３'), so neither may decide.
+_ASCII_INT_RE = re.compile(r"[0-9]{1,20}")
 
 
 class Params:
@@ -78,12 +82,28 @@ class Params:
             if default is None:
                 raise mandatory(name)
             return default
-        if not raw.isdigit() or len(raw) > 20:
-            raise illegal(name, f"legal range is an integer from {low} to {high}")
+        if _ASCII_INT_RE.fullmatch(raw) is None:
+            raise illegal(name, f"legal range is an integer from {low} to {high}, written with the ASCII digits 0-9 only.")
         value = int(raw)
         if not low <= value <= high:
             raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'; legal range is {low} to {high}.")
         return value
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        if raw not in ("true", "false", "TRUE", "FALSE"):
+            raise illegal(name, "legal values are 'true' and 'false'.")
+        return raw.lower() == "true"
+
+    def names(self) -> list[str]:
+        """Every parameter name sent, in the order sent (query first, then body)."""
+        return list(self._values)
+
+    def raw(self, name: str) -> str | None:
+        """The value exactly as sent, empty string included (`get` treats empty as absent)."""
+        return self._values.get(name)
 
     def amount(self, name: str, decimals: int, *, required: bool = True, allow_zero: bool = False) -> int:
         raw = self.get(name)

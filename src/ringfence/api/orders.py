@@ -16,6 +16,7 @@ from ..trading.commands import (
     OrderAmended,
     OrderCanceled,
     OrderExpired,
+    OrderFilled,
     OrderTriggered,
     Trade,
 )
@@ -92,16 +93,29 @@ class OrderHistory:
 
     def feed(self, ts_ns: int, events: Iterable[Any]) -> None:
         ts_ms = ts_ns // 1_000_000
+        events = events if isinstance(events, list) else list(events)
+        # An order by quote amount learns it is FILLED from an `OrderFilled` after its last Trade
+        # (whose `taker_leaves` is the quote left). Mark that last Trade as the filling one, so the
+        # user stream reports TRADE/FILLED once, as Binance does, not TRADE/PARTIALLY_FILLED and then
+        # a fill-less FILLED.
+        filling: dict[int, int] = {}
+        if any(type(e) is OrderFilled for e in events):
+            last_trade = {e.taker_order_id: e.trade_id for e in events if type(e) is Trade}
+            filling = {e.order_id: last_trade.get(e.order_id, -1) for e in events if type(e) is OrderFilled}
         for e in events:
             t = type(e)
             if t is OrderAccepted:
                 self._accepted(e, ts_ms)
             elif t is Trade:
-                self._trade(e, ts_ms)
+                self._trade(e, ts_ms, filling.get(e.taker_order_id) == e.trade_id)
             elif t is OrderCanceled:
                 self._finish(e.order_id, "CANCELED", ts_ms)
             elif t is OrderExpired:
-                self._finish(e.order_id, "EXPIRED_IN_MATCH" if e.reason.startswith("STP") else "EXPIRED", ts_ms)
+                self._finish(e.order_id, "EXPIRED_IN_MATCH" if e.reason == "SELF_TRADE_PREVENTED" else "EXPIRED", ts_ms)
+            elif t is OrderFilled:
+                record = self.orders.get(e.order_id)
+                if record is not None and record.status != "FILLED":  # no Trade marked it (not expected)
+                    self._finish(e.order_id, "FILLED", ts_ms)
             elif t is OrderAmended:
                 record = self.orders.get(e.order_id)
                 if record is not None:
@@ -130,10 +144,10 @@ class OrderHistory:
         self.open.setdefault(e.owner, {})[e.order_id] = None
         self._notify(e.owner, "order", record)
 
-    def _trade(self, e: Trade, ts_ms: int) -> None:
+    def _trade(self, e: Trade, ts_ms: int, fills_taker: bool = False) -> None:
         base, quote = self.markets.get(e.symbol, ("", ""))
         for order_id, leaves, owner, fee, is_maker in (
-            (e.taker_order_id, e.taker_leaves, e.taker_owner, e.taker_fee, False),
+            (e.taker_order_id, 0 if fills_taker else e.taker_leaves, e.taker_owner, e.taker_fee, False),
             (e.maker_order_id, e.maker_leaves, e.maker_owner, e.maker_fee, True),
         ):
             record = self.orders.get(order_id)

@@ -20,15 +20,19 @@ import structlog
 
 from ..engine.commands import Command, Event
 from ..engine.node import Ack, Node
-from ..errors import RingfenceError
-from ..trading.book import Market
+from ..errors import NotDurable, RingfenceError
+from ..solvency.halts import LEVELS as HALT_LEVELS, halts_of
+from ..trading.book import ACTIVE, HALTED, REDUCE_ONLY, Market
 from ..trading.marketdata import MarketData
-from ..trading.matching import trading_state
+from ..trading.commands import OrderRejected, PlaceOrder
+from ..trading.matching import check_place, trading_state
 from .orders import OrderHistory
 
 __all__ = ["Exchange", "MarketInfo"]
 
 log = structlog.get_logger("ringfence.api")
+#: How long `check_order` waits for the sequencer to run its check between two batches.
+QUERY_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,24 @@ class Exchange:
             except Exception:  # a subscriber must never stop the read models; it is logged
                 log.exception("batch_subscriber.failed", subscriber=getattr(fn, "__qualname__", repr(fn)))
 
+    async def check_order(self, command: PlaceOrder) -> OrderRejected | None:
+        """Every check placing `command` would run, against one consistent state; places nothing.
+
+        Runs between two batches on the sequencer thread: the strict decode and the engine's
+        guards (halts) raise as `submit` would; market rules and the balance come back as the
+        `OrderRejected` placing would have produced, or None.
+        """
+        prepared, _ = self.node.prepare(command)
+
+        def check(engine: Any) -> OrderRejected | None:
+            engine.precheck(prepared)
+            return check_place(engine, prepared)
+
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self.node.query(check)), QUERY_TIMEOUT_S)
+        except TimeoutError:  # the sequencer stopped between batches: no answer will come
+            raise NotDurable("the engine did not answer the check; try again") from None
+
     # ------------------------------------------------------------------ queries (loop thread)
 
     def markets(self) -> list[MarketInfo]:
@@ -144,10 +166,29 @@ class Exchange:
             m.min_qty,
             m.max_qty,
             m.min_notional,
-            m.status,
+            self.trading_status(m),
             m.band_ppm,
             m.ref_price,
         )
+
+    def trading_status(self, m: Market) -> str:
+        """What a client may do in `m` now: the market's own status or a graded halt covering it.
+
+        A halt scoped to the venue, the market's segment, its base or quote asset, or the market
+        itself refuses new orders as the market's own status does (solvency/halts.py), so the
+        API reports the most severe of them: `HALTED`, `REDUCE_ONLY` (spot: cancels only) or
+        `ACTIVE`. `WITHDRAWALS_PAUSED` does not touch trading.
+        """
+        rank = {ACTIVE: 0, REDUCE_ONLY: 2, HALTED: 3}[m.status]
+        halts = halts_of(self.engine)
+        if halts.active:
+            for kind, scope in (("venue", "*"), ("market", m.symbol), ("segment", m.segment), ("asset", m.base), ("asset", m.quote)):
+                rank = max(rank, halts.level_at(kind, scope))
+        return HALTED if rank >= HALT_LEVELS[HALTED] else REDUCE_ONLY if rank >= HALT_LEVELS[REDUCE_ONLY] else ACTIVE
+
+    def rates(self, owner: str) -> tuple[int, int]:
+        """(maker, taker) fee rates of `owner`, in millionths."""
+        return trading_state(self.engine).rates(owner)
 
     def has_market(self, symbol: str) -> bool:
         return symbol in trading_state(self.engine).markets

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import collections
+import concurrent.futures
 import queue
 import threading
 import time
@@ -524,6 +525,31 @@ class Node:
         self.commands_committed += len(accepted)
         for listener in self.listeners:
             listener(first_seq, ts_ns, [c for c, _, _ in accepted], outputs)
+
+    def query(self, fn: Callable[[Engine], Any]) -> concurrent.futures.Future[Any]:
+        """Run the read-only `fn(engine)` on the sequencer thread between two batches.
+
+        For questions that must see one consistent state (the API's `order/test` runs every
+        placement check): nothing is journaled and `fn` must not change the engine.
+        """
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def task() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                assert self.engine is not None
+                future.set_result(fn(self.engine))
+            except BaseException as err:  # handed to the caller, never stops the sequencer
+                future.set_exception(err)
+
+        if self.failed is not None:
+            future.set_exception(NotDurable(f"the node has stopped: {self.failed}"))
+        elif self._thread is None:
+            task()
+        else:
+            self._post(task)
+        return future
 
     # ------------------------------------------------------------------ snapshots
 

@@ -58,6 +58,7 @@ __all__ = [
     "OrderAmended",
     "OrderCanceled",
     "OrderExpired",
+    "OrderFilled",
     "MAX_BATCH_ACTIONS",
 ]
 
@@ -330,4 +331,20 @@ class OrderExpired(Event, tag="order.expired/1", gc=False):
     leaves: int
     was_resting: bool
     reason: str
+    released: int
+
+
+class OrderFilled(Event, tag="order.filled/1", gc=False):
+    """Status FILLED for an order by quote amount (`quoteOrderQty`), whose last `Trade` cannot say it.
+
+    Such an order is done when what is left cannot buy (or sell for) one more lot at the book's
+    price: `quote_left` is that unspent quote, and `released` what its hold gave back. Orders by
+    base quantity need no such event: their last `Trade` has `taker_leaves == 0`.
+    """
+
+    symbol: str
+    order_id: int
+    owner: str
+    side: str
+    quote_left: int
     released: int

@@ -111,6 +111,8 @@ class SymbolData:
         return [d for d in self.diffs if d["last_update_id"] > update_id]
 
     def kline_rows(self, interval: str, limit: int = 500) -> list[list[int]]:
+        """Rows `[open_ns, open, high, low, close, volume, quote_volume, trades, taker_buy_volume,
+        taker_buy_quote_volume, first_trade_id, last_trade_id]`, oldest first (integers)."""
         buckets = self.klines[interval]
         return [buckets[k] for k in sorted(buckets)[-limit:]]
 
@@ -236,12 +238,15 @@ class MarketData:
                 "is_buyer_maker": e.taker_side == "SELL",
             }
         )
+        taker_buy = e.taker_side == "BUY"
+        taker_buy_qty = e.quantity if taker_buy else 0
+        taker_buy_quote = e.quote_qty if taker_buy else 0
         for name, width in KLINE_INTERVALS_NS.items():
             buckets = sd.klines[name]
             start = ts_ns - ts_ns % width
             row = buckets.get(start)
             if row is None:
-                buckets[start] = [start, e.price, e.price, e.price, e.price, e.quantity, e.quote_qty, 1]
+                buckets[start] = [start, e.price, e.price, e.price, e.price, e.quantity, e.quote_qty, 1, taker_buy_qty, taker_buy_quote, e.trade_id, e.trade_id]
                 if len(buckets) > sd.kline_limit:
                     del buckets[min(buckets)]
             else:
@@ -253,6 +258,9 @@ class MarketData:
                 row[5] += e.quantity
                 row[6] += e.quote_qty
                 row[7] += 1
+                row[8] += taker_buy_qty
+                row[9] += taker_buy_quote
+                row[11] = e.trade_id
 
     # ------------------------------------------------------------------ queries
 

@@ -53,6 +53,7 @@ from .commands import (
     OrderAmended,
     OrderCanceled,
     OrderExpired,
+    OrderFilled,
     OrderRejected,
     OrderRested,
     OrderTriggered,
@@ -69,6 +70,7 @@ from .commands import (
 __all__ = [
     "TradingState",
     "REASONS",
+    "check_place",
     "trading_state",
     "DEFAULT_MAKER_RATE_PPM",
     "DEFAULT_TAKER_RATE_PPM",
@@ -704,9 +706,12 @@ def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]
     if stopped == "SELF_TRADE_PREVENTED":
         _close(ledger, m, o, ev, OrderExpired, stopped, False)
     elif not o.qty:
-        # By quote amount: FILLED once the rest cannot buy (or sell for) one more lot.
+        # By quote amount: FILLED once the rest cannot buy (or sell for) one more lot. The last
+        # Trade's `taker_leaves` is the quote left, so say so explicitly: followers (the open-orders
+        # read model above all) learn here that the order is finished and what was given back.
         if o.filled and (stopped == "QUOTE_SPENT" or o.quote_left == 0 or o.leaves == 0):
-            _end_hold(ledger, o.hold_id)
+            released = _end_hold(ledger, o.hold_id)
+            ev.append(OrderFilled(m.symbol, o.id, o.owner, "BUY" if o.is_buy else "SELL", o.quote_left, released))
         else:
             # nothing filled: the quote could not buy one lot, or the book/protection price stopped it
             _close(ledger, m, o, ev, OrderExpired, "NOT_FULLY_FILLED", False)
@@ -759,7 +764,12 @@ def _trigger_stops(st: TradingState, ledger: Any, m: Market, ev: list[Event]) ->
 # ------------------------------------------------------------------------------ place
 
 
-def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> None:
+def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry_run: bool = False) -> None:
+    """Check a new order against every market rule and the owner's balance, then place it.
+
+    With `dry_run` (`check_place`, for the API's `order/test`) it stops where placing would start
+    mutating, and it does not run the band timer (which may change the market's status).
+    """
     m = st.markets.get(c.symbol)
     if m is None:
         return _reject(ev, "PLACE", c, "UNKNOWN_MARKET", "symbol", f"unknown market {c.symbol!r}")
@@ -802,7 +812,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> 
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "tif", "LIMIT_MAKER is always GTC")
     if not limitish and tif == "FOK":
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "tif", "market orders are IOC; FOK needs a limit price")
-    if m.band_hi or m.out_of_band:
+    if (m.band_hi or m.out_of_band) and not dry_run:
         _band_watch(m, engine.now_ns, ev)
     if m.status != ACTIVE:
         return _reject(ev, "PLACE", c, "MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted")
@@ -817,6 +827,10 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> 
             return _reject(ev, "PLACE", c, problem[0], "quantity", problem[1])
     if limitish and m.band_hi and not m.band_lo <= price <= m.band_hi:
         return _reject(ev, "PLACE", c, "PRICE_OUTSIDE_BAND", "price", f"price must lie within {m.band_lo}..{m.band_hi} (the band around the reference price)")
+    # A stop price gets the limit price's checks: a trigger the band could never reach is refused
+    # now rather than resting for ever (and holding funds against an absurd price).
+    if is_stop and m.band_hi and not m.band_lo <= stop <= m.band_hi:
+        return _reject(ev, "PLACE", c, "PRICE_OUTSIDE_BAND", "stop_price", f"stop_price must lie within {m.band_lo}..{m.band_hi} (the band around the reference price)")
     if m.min_notional:
         if limitish:
             notional = price * qty // scale
@@ -878,6 +892,8 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> 
     if hold:
         if pay is None or not ledger.can_reserve(pay, hold):
             return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
+    if dry_run:
+        return
     # ---- every check passed: mutate from here on ----
     recv = find(owner, recv_asset, "available", segment)
     if recv is None:
@@ -1081,6 +1097,20 @@ def _batch(engine: Engine, c: TradingBatch) -> list[Event]:
     for action in c.actions:
         dispatch[type(action)](engine, st, action, ev)
     return ev
+
+
+def check_place(engine: Engine, c: PlaceOrder) -> OrderRejected | None:
+    """Run every check placing `c` would run, change nothing; the rejection, or None if it passes.
+
+    Engine-level refusals (halts, malformed commands) are raised by `engine.precheck`, which the
+    caller runs first. Read-only: call it between batches (`Node.query`), never during one.
+    """
+    ev: list[Event] = []
+    _place(engine, trading_state(engine), c, ev, dry_run=True)
+    for e in ev:
+        if isinstance(e, OrderRejected):
+            return e
+    return None
 
 
 def market_of(engine: Engine, symbol: str) -> Market:
