@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ringfence.engine.node import Node
-from ringfence.solvency.halts import Halt
+from ringfence.risk.halts import Halt
 
 from .conftest import Server
 from .test_rest import error_of, signed_query
