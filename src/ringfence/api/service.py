@@ -21,7 +21,7 @@ import structlog
 from ..engine.commands import Command, Event
 from ..engine.node import Ack, Node
 from ..errors import NotDurable, RingfenceError
-from ..solvency.halts import LEVELS as HALT_LEVELS, halts_of
+from ..risk.halts import LEVELS as HALT_LEVELS, halts_of
 from ..trading.book import ACTIVE, HALTED, REDUCE_ONLY, Market
 from ..trading.marketdata import MarketData
 from ..trading.commands import OrderRejected, PlaceOrder
