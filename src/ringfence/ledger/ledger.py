@@ -9,11 +9,18 @@ Invariants (asserted in `check_invariants`, property-tested after random operati
   `debits_posted + debits_pending > credits_posted` (and the mirror rule for the other flag).
 * Idempotency: a client transfer id is applied at most once. The same id with the same body
   answers `exists`; the same id with a different body answers `exists_with_different_fields`.
-* A pending transfer's `remaining` only shrinks; it is posted (in one or more parts), voided or
-  expired, never both posted and returned beyond its amount.
+* A pending transfer's `remaining` only shrinks (an engine-made hold may also grow, by
+  `resize_hold`, within what its account has available); it is posted (in one or more parts),
+  voided or expired, never both posted and returned beyond its amount.
 * Nothing here reads a clock: expiry uses the sequencer's timestamp passed in as `now_ns`.
 
-Results are TigerBeetle-style codes, one per transfer; only failures are reported.
+Client transfers answer with TigerBeetle-style codes, one per transfer; only failures are reported.
+
+This is the only code that changes a balance. Trading, custody and (later) margin, funding and
+liquidation call the engine-side API below (`hold`, `resize_hold`, `capture`, `release`,
+`end_hold`, `move`, `settle_fill`, and the read-only `pending_hold` views); each asserts its pre-
+and post-conditions and raises `InvariantViolation` (the shard halts) rather than move money
+wrongly. See docs/ledger.md.
 """
 
 from __future__ import annotations
