@@ -108,6 +108,11 @@ class Pending:
         self.status = "pending"
 
 
+def _assert_not_overdrawn(account: Account) -> None:
+    if account.flags & _NO_OVERDRAFT and account.debits_posted + account.debits_pending > account.credits_posted:
+        raise InvariantViolation(f"overdraft on no-overdraft account {account.name}")
+
+
 class Hold(NamedTuple):
     """A read-only view of a pending transfer, for code outside the ledger (which never mutates one)."""
 
@@ -505,8 +510,12 @@ class Ledger:
         code = self._check_limits(debit, credit, amount, pending=False)
         if code is not None:
             raise InvariantViolation(f"internal transfer {debit.name} -> {credit.name} failed: {code}")
+        net_before = debit.balance + credit.balance
         debit.debits_posted += amount
         credit.credits_posted += amount
+        _assert_not_overdrawn(debit)
+        if debit.balance + credit.balance != net_before:
+            raise InvariantViolation(f"transfer {debit.name} -> {credit.name} did not conserve {debit.asset}")
 
     def can_hold(self, debit: Account, amount: int) -> bool:
         """Could `amount` more be held on `debit` now without overdrawing it (counting its holds)?"""
@@ -524,6 +533,7 @@ class Ledger:
             raise InvariantViolation(f"hold on {debit.name} failed: {code}")
         tid = self.new_internal_id()
         self._reserve(tid, debit, credit, amount, expires_at_ns)
+        _assert_not_overdrawn(debit)
         return tid
 
     def resize_hold(self, hold_id: int, delta: int) -> None:
@@ -540,6 +550,9 @@ class Ledger:
         p.debit.debits_pending += delta
         p.credit.credits_pending += delta
         p.remaining += delta
+        _assert_not_overdrawn(p.debit)
+        if not 0 < p.remaining <= p.amount:
+            raise InvariantViolation(f"hold {hold_id} resized to {p.remaining} of {p.amount}")
 
     def capture(self, hold_id: int, amount: int) -> None:
         """Post `amount` of an open hold (a withdrawal settled, part of an order filled)."""
@@ -547,6 +560,8 @@ class Ledger:
         if not 0 < amount <= p.remaining:
             raise InvariantViolation(f"cannot capture {amount} of hold {hold_id} ({p.remaining} left)")
         self._capture(p, amount)
+        if p.remaining < 0 or p.debit.debits_pending < 0 or p.credit.credits_pending < 0:
+            raise InvariantViolation(f"capturing hold {hold_id} left a negative reservation")
 
     def release(self, hold_id: int) -> int:
         """Void what remains of a hold; returns the released amount (0 if it is no longer open)."""
@@ -557,6 +572,8 @@ class Ledger:
             return 0
         remaining = p.remaining
         self._release(p, remaining, "voided")
+        if p.remaining != 0 or p.debit.debits_pending < 0 or p.credit.credits_pending < 0:
+            raise InvariantViolation(f"releasing hold {hold_id} left a negative reservation")
         return remaining
 
     def end_hold(self, hold_id: int) -> int:
