@@ -30,7 +30,7 @@ from ringfence.trading.commands import (  # noqa: E402
     SetReferencePrice,
     Trade,
 )
-from ringfence.trading.matching import market_of  # noqa: E402
+from ringfence.trading.state import market_of  # noqa: E402
 
 OWNERS = ("ann", "bob", "cat")
 BASE_PRICE = price("61000")

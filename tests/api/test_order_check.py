@@ -13,7 +13,7 @@ from ringfence.engine.node import Node
 from ringfence.errors import NotDurable
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset, Transfer
 from ringfence.trading.commands import ListMarket, OrderAccepted, OrderRejected, PlaceOrder, SetReferencePrice
-from ringfence.trading.matching import check_place
+from ringfence.trading.orders import check_place
 
 PRICE = 61_000 * 10**6  # 61000 USDT per BTC
 

@@ -35,7 +35,7 @@ from ringfence.trading.commands import (
     TradingBatch,
 )
 from ringfence.trading.marketdata import MarketData
-from ringfence.trading.matching import market_of
+from ringfence.trading.state import market_of
 
 TICK = 10_000
 LOT = 10_000

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from ..errors import RingfenceError
 from ..money import format_amount
 from ..trading.commands import CancelAll, CancelOrder, OrderAccepted, OrderRejected, PlaceOrder, Trade
-from ..trading.matching import MAX_PRICE
+from ..trading.state import MAX_PRICE
 from .binance_errors import BinanceError, from_order_rejection, from_ringfence, illegal, mandatory
 from .gateway import Params, check_timestamp, split_signature
 from .orders import OrderRecord

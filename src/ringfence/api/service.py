@@ -25,7 +25,8 @@ from ..risk.halts import LEVELS as HALT_LEVELS, halts_of
 from ..trading.book import ACTIVE, HALTED, REDUCE_ONLY, Market
 from ..trading.marketdata import MarketData
 from ..trading.commands import OrderRejected, PlaceOrder
-from ..trading.matching import check_place, trading_state
+from ..trading.orders import check_place
+from ..trading.state import trading_state
 from .orders import OrderHistory
 
 __all__ = ["Exchange", "MarketInfo"]
