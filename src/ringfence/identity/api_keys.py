@@ -244,6 +244,39 @@ def _signature_ok(ctx: IdentityContext, row: ApiKey | None, payload: bytes, sign
         return False
 
 
+def _check_arguments(api_key: object, client_ip: object, required_scope: str) -> str:
+    """The argument checks both entry points share; returns the validated client IP."""
+    if required_scope not in SCOPES:
+        raise ValidationError(f"must be one of {list(SCOPES)}", field="required_scope")
+    if not isinstance(api_key, str) or len(api_key) != 64:
+        raise Unauthorized("the API key is missing or malformed", field="api_key")
+    return validate_ip(client_ip, field="client_ip")
+
+
+def _find_key(ctx: IdentityContext, db: object, api_key: str) -> ApiKey | None:
+    return db.scalars(select(ApiKey).where(ApiKey.key_hash == ctx.sealer.token_digest("apikey:" + api_key))).first()  # type: ignore[attr-defined]
+
+
+def _admit(db: object, row: ApiKey, ip: str, required_scope: str, now: int) -> ApiPrincipal:
+    """The one copy of the checks every use of an API key passes, signed or key-only: not revoked,
+    not expired, account not frozen, client IP on the allow-list, scope granted. Reads the row
+    as it is now (no cache), so a revocation or a freeze stops the very next request."""
+    if row.revoked_at_s is not None:
+        raise Unauthorized("this API key was revoked", field="api_key")
+    if row.expires_at_s is not None and now >= row.expires_at_s:
+        raise Unauthorized("this API key has expired; create a new one", field="api_key")
+    user = db.get(User, row.user_id)  # type: ignore[attr-defined]
+    assert user is not None, "an API key row without its user"
+    if user.frozen:
+        raise AccountFrozen()
+    if not _ip_allowed(row, ip):
+        raise Forbidden(f"requests from {ip} are not on this API key's IP allow-list", field="client_ip")
+    scopes = tuple(row.scopes.split(","))
+    if required_scope not in scopes:
+        raise Forbidden(f"this API key lacks the '{required_scope}' scope", field="scope")
+    return ApiPrincipal(user.account_id, user.id, row.id, scopes)
+
+
 def verify_api_request(
     ctx: IdentityContext, api_key: object, payload: bytes | str, signature: object, client_ip: object, required_scope: str
 ) -> ApiPrincipal:
@@ -252,64 +285,39 @@ def verify_api_request(
     Unauthorized: unknown key, bad signature, revoked, expired. Forbidden: IP not on the key's
     allow-list, scope missing, account frozen. ValidationError: malformed arguments.
     """
-    if required_scope not in SCOPES:
-        raise ValidationError(f"must be one of {list(SCOPES)}", field="required_scope")
-    if not isinstance(api_key, str) or len(api_key) != 64:
-        raise Unauthorized("the API key is missing or malformed", field="api_key")
+    ip = _check_arguments(api_key, client_ip, required_scope)
+    assert isinstance(api_key, str)
     if not isinstance(signature, str) or not 1 <= len(signature) <= 256:
         raise Unauthorized("the signature is missing or malformed", field="signature")
     data = payload.encode() if isinstance(payload, str) else payload
     if not isinstance(data, bytes) or len(data) > PAYLOAD_MAX_BYTES:
         raise ValidationError(f"must be at most {PAYLOAD_MAX_BYTES} bytes", field="payload")
-    ip = validate_ip(client_ip, field="client_ip")
     now = ctx.now()
     with ctx.store.tx() as db:
-        row = db.scalars(select(ApiKey).where(ApiKey.key_hash == ctx.sealer.token_digest("apikey:" + api_key))).first()
+        row = _find_key(ctx, db, api_key)
+        # the signature is checked first (against a dummy secret for an unknown key, in constant
+        # time), so an unsigned probe learns nothing about a key's state
         if not _signature_ok(ctx, row, data, signature):
             raise Unauthorized("the API key or signature is not valid", field="signature")
         assert row is not None
-        if row.revoked_at_s is not None:
-            raise Unauthorized("this API key was revoked", field="api_key")
-        if row.expires_at_s is not None and now >= row.expires_at_s:
-            raise Unauthorized("this API key has expired; create a new one", field="api_key")
-        user = db.get(User, row.user_id)
-        assert user is not None
-        if user.frozen:
-            raise AccountFrozen()
-        if not _ip_allowed(row, ip):
-            raise Forbidden(f"requests from {ip} are not on this API key's IP allow-list", field="client_ip")
-        scopes = tuple(row.scopes.split(","))
-        if required_scope not in scopes:
-            raise Forbidden(f"this API key lacks the '{required_scope}' scope", field="scope")
+        principal = _admit(db, row, ip, required_scope, now)
         if row.last_used_at_s is None or now - row.last_used_at_s >= LAST_USED_RESOLUTION_S:
             row.last_used_at_s = now
-        return ApiPrincipal(user.account_id, user.id, row.id, scopes)
-
-
+        return principal
 
 
 def principal_for_key(ctx: IdentityContext, api_key: object, client_ip: object, required_scope: str) -> ApiPrincipal:
     """Who owns `api_key`, for the few Binance endpoints authenticated by the key alone
-    (`userDataStream`); the same revocation, expiry, freeze, IP and scope checks as a signed request."""
-    if required_scope not in SCOPES:
-        raise ValidationError(f"must be one of {list(SCOPES)}", field="required_scope")
-    if not isinstance(api_key, str) or len(api_key) != 64:
-        raise Unauthorized("the API key is missing or malformed", field="api_key")
-    ip = validate_ip(client_ip, field="client_ip")
+    (`userDataStream`); the same revocation, expiry, freeze, IP and scope checks as a signed
+    request, because both call `_admit`."""
+    ip = _check_arguments(api_key, client_ip, required_scope)
+    assert isinstance(api_key, str)
     now = ctx.now()
     with ctx.store.tx() as db:
-        row = db.scalars(select(ApiKey).where(ApiKey.key_hash == ctx.sealer.token_digest("apikey:" + api_key))).first()
-        if row is None or row.revoked_at_s is not None or (row.expires_at_s is not None and now >= row.expires_at_s):
+        row = _find_key(ctx, db, api_key)
+        if row is None:
             raise Unauthorized("the API key is not valid", field="api_key")
-        user = db.get(User, row.user_id)
-        assert user is not None
-        if user.frozen:
-            raise AccountFrozen()
-        if not _ip_allowed(row, ip):
-            raise Forbidden(f"requests from {ip} are not on this API key's IP allow-list", field="client_ip")
-        if required_scope not in row.scopes.split(","):
-            raise Forbidden(f"this API key lacks the '{required_scope}' scope", field="scope")
-        return ApiPrincipal(user.account_id, user.id, row.id, tuple(row.scopes.split(",")))
+        return _admit(db, row, ip, required_scope, now)
 
 
 def issue_demo_key(
