@@ -46,7 +46,7 @@ def build(data: Path, demo: bool, public_url: str | None = None) -> tuple[object
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
     exchange = Exchange(data)
     exchange.open()
-    info: dict[str, object] = {"recovered_seq": exchange.engine.last_seq}
+    info: dict[str, object] = {"recovered_seq": exchange.last_seq}
     if demo:
         info["demo"] = seed_demo(exchange.node)
         info["keys"] = str(write_demo_keys(ctx, data))
@@ -55,7 +55,7 @@ def build(data: Path, demo: bool, public_url: str | None = None) -> tuple[object
 
         # dev mode only (checked by load_secret): the demo's proof uses the development secret
         secret = load_secret(os.environ.get("RINGFENCE_POR_SECRET"), dev_mode=settings.mode == "dev")
-        info["por"] = publish_from_engine(exchange.engine, data / "por", secret)
+        info["por"] = exchange.read(lambda engine: publish_from_engine(engine, data / "por", secret))
         # the demo state was written by direct node commands: rebuild the read models from the journal
         exchange.node.close()
         exchange = Exchange(data)
