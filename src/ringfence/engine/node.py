@@ -95,10 +95,12 @@ class ReadGate:
                 if self._readers == 0 and self._writer_waiting:
                     self._cond.notify_all()
 
-    def acquire_write(self) -> None:
+    def refuse_if_reading(self) -> None:
+        """A thread inside a read may not apply a batch itself: it would wait for its own read."""
         if getattr(self._local, "depth", 0):
-            # the writer would wait for this very thread's read to end: a deadlock, refused instead
             raise RuntimeError("a command cannot be applied from inside node.read(); read, then submit")
+
+    def acquire_write(self) -> None:
         with self._cond:
             assert not self._writing, "the read gate has one writer"
             if self._readers:
@@ -449,6 +451,7 @@ class Node:
         """Run commands as one batch (directly when no sequencer thread runs) and wait for all."""
         acks: list[Ack] = []
         if self._thread is None:
+            self._gate.refuse_if_reading()  # before anything is journaled
             items = []
             for command in commands:
                 ack = Ack(self._acked)
@@ -602,13 +605,14 @@ class Node:
         apply = engine.apply
         # Readers wait while the batch is applied (not while it was journaled above); what they
         # can see of it — the state, `last_seq`, the acks — changes only once the whole batch is in.
-        self._gate.acquire_write()
+        gate = self._gate
+        gate.acquire_write()
         try:
             for i, (command, _, ack) in enumerate(accepted):
                 outputs.append(apply(command, first_seq + i, ts_ns, entropy))
         except BaseException as err:  # an invariant broke: halt the shard, page an operator
             self.failed = err
-            self._gate.release_write()
+            gate.release_write()
             halt = InvariantViolation(f"shard halted at sequence {engine.seq}: {err!r}")
             for i, (_, _, ack) in enumerate(accepted):
                 if i < len(outputs):
@@ -619,7 +623,7 @@ class Node:
         self.last_seq = engine.last_seq
         self.batches_committed += 1
         self.commands_committed += len(accepted)
-        self._gate.release_write()
+        gate.release_write()
         for i, (_, _, ack) in enumerate(accepted):
             ack._resolve(outputs[i], seq=first_seq + i)
         for listener in self.listeners:

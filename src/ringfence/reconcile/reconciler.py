@@ -503,12 +503,15 @@ class JournalFold:
             self._view = read_live(self.engine, self._index)
         return self._view
 
-    def advance(self, progress: Callable[[int], None] | None = None) -> int:
-        """Fold every record after `last_seq`; returns how many commands were folded."""
+    def advance(self, progress: Callable[[int], None] | None = None, until_seq: int | None = None) -> int:
+        """Fold every record after `last_seq` (with `until_seq`, only the records that end at or
+        before it: the live engine's batch boundary); returns how many commands were folded."""
         decoder = batch_decoder()
         engine = self.engine
         folded = 0
         for record in self.tail.read_new():
+            if until_seq is not None and record.first_seq > until_seq:
+                break  # the tail resumes at this record next time
             if record.first_seq != self.last_seq + 1:
                 raise JournalCorrupt(f"journal record starts at {record.first_seq}; folded up to {self.last_seq}")
             batch = decoder.decode(record.payload)
@@ -927,11 +930,12 @@ class Reconciler:
         for attempt in range(self.settings.confirm_reads):
             if attempt:
                 time.sleep(self.settings.confirm_wait_ms / 1000)
-            # the journal is written before a batch is applied, so the fold and the live engine
-            # pass each other under load: read both until they stand at the same sequence number
+            # the live view stands at a batch boundary, and the journal (written before a batch
+            # is applied) already holds every record up to it: fold exactly that far. A record
+            # not yet readable (still in the writer's buffer) is waited for, boundedly.
             for _ in range(MAX_ALIGN_TRIES):
                 live = self._stable_live()
-                self.fold.advance()
+                self.fold.advance(until_seq=live.last_seq)
                 if self.fold.last_seq == live.last_seq:
                     break
                 time.sleep(0.001)
