@@ -73,11 +73,11 @@ def test_a_read_waits_for_the_batch_being_applied(tmp_path: Path) -> None:
     node = _open(tmp_path, max_wait_us=100_000)  # the sequencer waits up to 100 ms to fill a batch
     ledger = node.engine.ledger
     u0, u1, u2 = (ledger.get(u, "USDT").id for u in USERS[:3])
+    paused, release = threading.Event(), threading.Event()
     node.start()
     try:
         before_seq = node.last_seq
         before = node.read(lambda e: [_balance(e, u, "USDT") for u in USERS[:3]])
-        paused, release = threading.Event(), threading.Event()
         real_apply = node.engine.apply
         calls = itertools.count()
 

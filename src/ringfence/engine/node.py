@@ -608,7 +608,7 @@ class Node:
         gate = self._gate
         gate.acquire_write()
         try:
-            for i, (command, _, ack) in enumerate(accepted):
+            for i, (command, _, _) in enumerate(accepted):
                 outputs.append(apply(command, first_seq + i, ts_ns, entropy))
         except BaseException as err:  # an invariant broke: halt the shard, page an operator
             self.failed = err
