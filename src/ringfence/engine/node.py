@@ -66,11 +66,12 @@ class ReadGate:
     for the readers already inside plus one batch.
     """
 
-    __slots__ = ("_cond", "_readers", "_writing", "_writer_waiting", "_local")
+    __slots__ = ("_cond", "_readers", "_queued", "_writing", "_writer_waiting", "_local")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
+        self._readers = 0  # inside
+        self._queued = 0  # waiting to get in
         self._writing = False
         self._writer_waiting = False
         self._local = threading.local()  # read depth per thread: a nested read must not queue
@@ -80,8 +81,11 @@ class ReadGate:
         depth = getattr(local, "depth", 0)
         if depth == 0:
             with self._cond:
-                while self._writing or self._writer_waiting:
-                    self._cond.wait()
+                if self._writing or self._writer_waiting:
+                    self._queued += 1
+                    while self._writing or self._writer_waiting:
+                        self._cond.wait()
+                    self._queued -= 1
                 self._readers += 1
         local.depth = depth + 1
 
@@ -113,7 +117,8 @@ class ReadGate:
     def release_write(self) -> None:
         with self._cond:
             self._writing = False
-            self._cond.notify_all()
+            if self._queued:
+                self._cond.notify_all()
 
 
 class Ack:
