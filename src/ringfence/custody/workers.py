@@ -83,7 +83,7 @@ class DepositWatcher:
                 for t in block.transfers:
                     if t.direction is not Direction.IN:
                         continue
-                    if not self.node.read(lambda e: custody_state(e).owner_of(self.chain, t.address) is not None
+                    if not self.node.read(lambda e, t=t: custody_state(e).owner_of(self.chain, t.address) is not None
                                           and t.asset in custody_state(e).assets):
                         continue
                     self.node.execute(ObserveDeposit(self.chain, t.txid, t.index, t.asset, t.address, t.amount_minor,

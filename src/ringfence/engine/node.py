@@ -66,7 +66,7 @@ class ReadGate:
     for the readers already inside plus one batch.
     """
 
-    __slots__ = ("_cond", "_readers", "_queued", "_writing", "_writer_waiting", "_local")
+    __slots__ = ("_cond", "_local", "_queued", "_readers", "_writer_waiting", "_writing")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -491,7 +491,7 @@ class Node:
         gate = self._gate
         gate.acquire_read()
         try:
-            return fn(self.engine)
+            return fn(engine)
         finally:
             gate.release_read()
 

@@ -899,7 +899,7 @@ class Reconciler:
             mismatches = [m for m in mismatches if m.halt_id in keep]
         return rows, mismatches
 
-    def _engine_side(self) -> tuple["_CustodyAccounts", "_CustodyFigures"]:
+    def _engine_side(self) -> tuple[_CustodyAccounts, _CustodyFigures]:
         """The engine's half of the chain check (custody accounts, in-flight withdrawals, pending
         deposits), all read between the same two batches; the chain is read afterwards, outside."""
         custody = self.custody
