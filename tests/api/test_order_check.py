@@ -1,8 +1,8 @@
-"""`check_place` through `Node.query`: every placement check, on the sequencer thread, nothing journaled.
+"""`check_place` through `Node.read`: every placement check, between batches, nothing journaled.
 
 This is what `POST /api/v3/order/test` runs (issue #13 item 10); the API tests drive it through a
 real server, these pin the engine side: a check agrees with what placing the same command does,
-changes nothing, and a stopped node answers at once instead of leaving the caller waiting.
+changes nothing, and a stopped node still answers reads at once (the API then refuses as `submit` does).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def check(node: Node, command: PlaceOrder) -> OrderRejected | None:
         engine.precheck(command)
         return check_place(engine, command)
 
-    return node.query(run).result(10)
+    return node.read(run)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,9 @@ def test_a_check_agrees_with_placing_and_journals_nothing(node, changes, reason)
         assert (outcome.reason, outcome.field, outcome.message) == (rejected.reason, rejected.field, rejected.message)
 
 
-def test_a_stopped_node_answers_a_query_at_once(node):
+def test_a_stopped_node_answers_a_read_at_once_and_refuses_commands(node):
+    seq = node.engine.last_seq
     node.failed = RuntimeError("injected: the journal could not be written")
+    assert node.read(lambda engine: engine.last_seq) == seq
     with pytest.raises(NotDurable):
-        node.query(lambda engine: engine.last_seq).result(1)
+        node.submit(PlaceOrder("ann", "BTCUSDT", "BUY", order_type="LIMIT", price=PRICE, quantity=1_000_000)).result()

@@ -222,3 +222,65 @@ def test_hmac_signature_in_either_case_verifies(ctx, owner, signature):
 ])
 def test_non_canonical_signature_texts_decode_to_nothing(kind, text):
     assert api_keys.decode_signature(kind, text) is None
+
+
+def _refuse_revoked(ctx, clock, owner, key):
+    api_keys.revoke_api_key(ctx, owner, key.key_id)
+    return "203.0.113.5", "read"
+
+
+def _refuse_expired(ctx, clock, owner, key):
+    clock.advance(3600)
+    return "203.0.113.5", "read"
+
+
+def _refuse_frozen(ctx, clock, owner, key):
+    # frozen by staff without revoking the key (the e-mail freeze link also revokes every key, which
+    # would hide this check behind the revocation one)
+    from ringfence.store.models import User
+
+    with ctx.store.tx() as db:
+        db.get(User, db.scalars(select(ApiKey)).one().user_id).frozen = True
+    return "203.0.113.5", "read"
+
+
+def _refuse_ip(ctx, clock, owner, key):
+    return "198.51.100.1", "read"
+
+
+def _refuse_scope(ctx, clock, owner, key):
+    return "203.0.113.5", "trade"
+
+
+@pytest.mark.parametrize("refuse, error, field", [
+    (_refuse_revoked, Unauthorized, "api_key"),
+    (_refuse_expired, Unauthorized, "api_key"),
+    (_refuse_frozen, AccountFrozen, None),
+    (_refuse_ip, Forbidden, "client_ip"),
+    (_refuse_scope, Forbidden, "scope"),
+])
+def test_each_check_refuses_through_both_entry_points(ctx, clock, owner, refuse, error, field):
+    """The signed path (`verify_api_request`) and the key-only path (`principal_for_key`,
+    userDataStream) share one copy of the checks: each one refuses through both, and the key
+    passes both just before the one thing changes."""
+    key = api_keys.create_api_key(ctx, owner, scopes=["read"], ip_allowlist=["203.0.113.0/24"], expires_in_s=3600)
+    sig = api_keys.hmac_signature(key.secret, PAYLOAD)
+    assert api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, "203.0.113.5", "read").key_id == key.key_id
+    assert api_keys.principal_for_key(ctx, key.api_key, "203.0.113.5", "read").key_id == key.key_id
+    ip, scope = refuse(ctx, clock, owner, key)
+    before = snapshot(ctx)
+    with pytest.raises(error) as signed:
+        api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, sig, ip, scope)
+    with pytest.raises(error) as key_only:
+        api_keys.principal_for_key(ctx, key.api_key, ip, scope)
+    assert signed.value.field == key_only.value.field == field
+    assert str(signed.value) == str(key_only.value)
+    assert snapshot(ctx) == before  # a refusal writes nothing (not even last_used)
+
+
+def test_unknown_key_refused_through_both_entry_points(ctx, owner):
+    sig = api_keys.hmac_signature("x" * 64, PAYLOAD)
+    with pytest.raises(Unauthorized):
+        api_keys.verify_api_request(ctx, "f" * 64, PAYLOAD, sig, "203.0.113.5", "read")
+    with pytest.raises(Unauthorized):
+        api_keys.principal_for_key(ctx, "f" * 64, "203.0.113.5", "read")

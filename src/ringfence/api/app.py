@@ -240,7 +240,7 @@ def create_app(
                 daemon=True,
             )
             worker.start()
-        log.info("ringfence.started", last_seq=exchange.engine.last_seq, markets=len(exchange.markets()))
+        log.info("ringfence.started", last_seq=exchange.last_seq, markets=len(exchange.markets()))
         try:
             yield
         finally:
@@ -303,9 +303,9 @@ def create_app(
 
         body = {
             "ready": ready,
-            "last_seq": exchange.engine.last_seq,
+            "last_seq": exchange.last_seq,
             "halted": node.failed is not None,
-            "active_halts": len(active_halts(exchange.engine)),
+            "active_halts": exchange.read(lambda engine: len(active_halts(engine))),
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -324,14 +324,14 @@ def create_app(
         metrics.commands.set(node.commands_committed)
         metrics.batches.set(node.batches_committed)
         metrics.fsync.set(node.writer.fsync_seconds_total if node.writer else 0)
-        metrics.last_seq.set(exchange.engine.last_seq)
+        metrics.last_seq.set(exchange.last_seq)
         metrics.ws.set(len(hub.connections))
         metrics.ws_messages.set(hub.messages_sent)
         metrics.halted.set(1 if node.failed is not None else 0)
         from ..risk.halts import metrics_samples
 
         metrics.halts.clear()
-        for labels, value in metrics_samples(exchange.engine):
+        for labels, value in exchange.read(metrics_samples):
             metrics.halts.labels(**labels).set(value)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -363,19 +363,19 @@ def create_app(
         from .binance_errors import BinanceError
         from .gateway import Params
 
-        market = trading_state(exchange.engine).markets.get(symbol)
-        if market is None:
+        if not exchange.has_market(symbol):
             return JSONResponse({"code": -1121, "msg": "Invalid symbol."}, status_code=400)
         try:  # the edge's one integer parser: ASCII digits only (pydantic's int takes "1_0", " 5")
             depth = Params([("limit", limit)]).integer("limit", low=1, high=5000)
         except BinanceError as err:
             return JSONResponse(err.body(), status_code=err.status)
         m = exchange.market(symbol)
-        bids, asks = market.depth(depth)
+        # the book and its sequence number from the same moment (markets are never delisted)
+        last_seq, (bids, asks) = exchange.read(lambda engine: (engine.last_seq, trading_state(engine).markets[symbol].depth(depth)))
         return JSONResponse(
             {
                 "symbol": symbol,
-                "last_seq": exchange.engine.last_seq,
+                "last_seq": last_seq,
                 "bids": [[format_amount(p, m.quote_decimals), format_amount(q, m.base_decimals)] for p, q in bids],
                 "asks": [[format_amount(p, m.quote_decimals), format_amount(q, m.base_decimals)] for p, q in asks],
             }
@@ -385,7 +385,7 @@ def create_app(
     async def v1_halts() -> list[dict[str, Any]]:
         from ..risk.halts import active_halts
 
-        return active_halts(exchange.engine)
+        return exchange.read(active_halts)
 
     @app.get("/v1/reconcile", tags=["native"], summary="The continuous reconciler: last run, mismatches, errors")
     async def v1_reconcile() -> dict[str, Any]:
@@ -406,33 +406,26 @@ def create_app(
 
     @app.get("/v1/segments", tags=["native"], summary="Risk segments and their shield (insurance) fund balances")
     async def v1_segments() -> list[dict[str, Any]]:
-        ledger = exchange.engine.ledger
-        out = []
-        for segment in ledger.segments:
-            funds = []
-            for asset in list(ledger.assets):
-                account = ledger.find("system", asset.code, "insurance", segment)
-                if account is not None and account.balance:
-                    funds.append({"asset": asset.code, "balance": format_amount(account.balance, asset.decimals)})
-            out.append({"segment": segment, "insurance_fund": funds})
-        return out
+        def read(engine: Any) -> list[dict[str, Any]]:
+            ledger = engine.ledger
+            out = []
+            for segment in ledger.segments:
+                funds = []
+                for asset in list(ledger.assets):
+                    account = ledger.find("system", asset.code, "insurance", segment)
+                    if account is not None and account.balance:
+                        funds.append({"asset": asset.code, "balance": format_amount(account.balance, asset.decimals)})
+                out.append({"segment": segment, "insurance_fund": funds})
+            return out
+
+        return exchange.read(read)
 
     @app.get("/v1/account", tags=["native"], summary="Balances per segment (signed like /api/v3/account)", responses=ERROR_RESPONSES)
     async def v1_account(owner: str = Depends(gate.caller("read", weight=20))) -> JSONResponse:
-        ledger = exchange.engine.ledger
-        rows = []
-        for segment in ledger.segments:
-            for asset in list(ledger.assets):
-                account = ledger.find(owner, asset.code, "available", segment)
-                if account is not None:
-                    rows.append(
-                        {
-                            "segment": segment,
-                            "asset": asset.code,
-                            "free": format_amount(account.available, asset.decimals),
-                            "locked": format_amount(account.debits_pending, asset.decimals),
-                        }
-                    )
+        rows = [
+            {"segment": segment, "asset": code, "free": format_amount(free, d), "locked": format_amount(locked, d)}
+            for segment, code, d, free, locked in exchange.segment_balances(owner)
+        ]
         return JSONResponse({"account": owner, "balances": rows})
 
     # ------------------------------------------------------------------ web

@@ -26,7 +26,7 @@ from ..money import format_amount
 from ..trading.commands import CancelAll, CancelOrder, OrderAccepted, OrderRejected, PlaceOrder, Trade
 from ..trading.state import MAX_PRICE
 from .binance_errors import BinanceError, from_order_rejection, from_ringfence, illegal, mandatory
-from .gateway import Params, check_timestamp, split_signature
+from .gateway import Params
 from .orders import OrderRecord
 from .service import Exchange, MarketInfo
 

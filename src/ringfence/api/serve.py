@@ -48,7 +48,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
     exchange = Exchange(data)
     exchange.open()
-    info: dict[str, object] = {"recovered_seq": exchange.engine.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips()}
+    info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips()}
     if demo:
         info["demo"] = seed_demo(exchange.node)
         info["keys"] = str(write_demo_keys(ctx, data))
@@ -57,7 +57,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
 
         # dev mode only (checked by load_secret): the demo's proof uses the development secret
         secret = load_secret(os.environ.get("RINGFENCE_POR_SECRET"), dev_mode=settings.mode == "dev")
-        info["por"] = publish_from_engine(exchange.engine, data / "por", secret)
+        info["por"] = exchange.read(lambda engine: publish_from_engine(engine, data / "por", secret))
         # the demo state was written by direct node commands: rebuild the read models from the journal
         exchange.node.close()
         exchange = Exchange(data)

@@ -5,6 +5,10 @@ WebSocket handlers, read models, fan-out) runs on the asyncio loop thread. After
 sequencer hands the batch's events to the loop, which first updates the read models (market data,
 order history) and only then answers the requests of that batch — so a client that got its answer
 always sees its own order in `openOrders` — and then publishes to WebSocket subscribers.
+
+Engine state (markets, balances, halts, the engine's own book) is read only through `read(fn)`,
+which runs `fn(engine)` between batches (`Node.read`): the loop thread may wait for the batch being
+applied, never sees it half applied, and gets plain values back, never live engine objects.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ __all__ = ["Exchange", "MarketInfo"]
 
 log = structlog.get_logger("ringfence.api")
 #: How long `check_order` waits for the sequencer to run its check between two batches.
-QUERY_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,14 @@ class Exchange:
     def close(self) -> None:
         self.node.close()
 
+    def read(self, fn: Callable[[Any], Any]) -> Any:
+        """`fn(engine)` between batches (see `Node.read`); return copies, not live objects."""
+        return self.node.read(fn)
+
     @property
-    def engine(self):  # type: ignore[no-untyped-def]
-        assert self.node.engine is not None
-        return self.node.engine
+    def last_seq(self) -> int:
+        """The last sequence number applied, as of the end of the last batch."""
+        return self.node.last_seq
 
     # ------------------------------------------------------------------ commands
 
@@ -132,89 +139,114 @@ class Exchange:
     async def check_order(self, command: PlaceOrder) -> OrderRejected | None:
         """Every check placing `command` would run, against one consistent state; places nothing.
 
-        Runs between two batches on the sequencer thread: the strict decode and the engine's
-        guards (halts) raise as `submit` would; market rules and the balance come back as the
-        `OrderRejected` placing would have produced, or None.
+        Runs between two batches (`Node.read`): the strict decode and the engine's guards (halts)
+        raise as `submit` would; market rules and the balance come back as the `OrderRejected`
+        placing would have produced, or None. A node that has stopped refuses as `submit` does.
         """
+        if self.node.failed is not None:
+            raise NotDurable(f"the node has stopped: {self.node.failed}")
         prepared, _ = self.node.prepare(command)
 
         def check(engine: Any) -> OrderRejected | None:
             engine.precheck(prepared)
             return check_place(engine, prepared)
 
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(self.node.query(check)), QUERY_TIMEOUT_S)
-        except TimeoutError:  # the sequencer stopped between batches: no answer will come
-            raise NotDurable("the engine did not answer the check; try again") from None
+        return self.read(check)
 
     # ------------------------------------------------------------------ queries (loop thread)
 
     def markets(self) -> list[MarketInfo]:
-        return [self.market(symbol) for symbol in sorted(trading_state(self.engine).markets)]
+        return self.read(lambda engine: [_market_info(engine, s) for s in sorted(trading_state(engine).markets)])
 
     def market(self, symbol: str) -> MarketInfo:
-        m: Market = trading_state(self.engine).markets[symbol]
-        assets = self.engine.ledger.assets
-        return MarketInfo(
-            m.symbol,
-            m.base,
-            m.quote,
-            m.segment,
-            assets.get(m.base).decimals,
-            assets.get(m.quote).decimals,
-            m.tick,
-            m.lot,
-            m.min_qty,
-            m.max_qty,
-            m.min_notional,
-            self.trading_status(m),
-            m.band_ppm,
-            m.ref_price,
-        )
-
-    def trading_status(self, m: Market) -> str:
-        """What a client may do in `m` now: the market's own status or a graded halt covering it.
-
-        A halt scoped to the venue, the market's segment, its base or quote asset, or the market
-        itself refuses new orders as the market's own status does (solvency/halts.py), so the
-        API reports the most severe of them: `HALTED`, `REDUCE_ONLY` (spot: cancels only) or
-        `ACTIVE`. `WITHDRAWALS_PAUSED` does not touch trading.
-        """
-        rank = {ACTIVE: 0, REDUCE_ONLY: 2, HALTED: 3}[m.status]
-        halts = halts_of(self.engine)
-        if halts.active:
-            for kind, scope in (("venue", "*"), ("market", m.symbol), ("segment", m.segment), ("asset", m.base), ("asset", m.quote)):
-                rank = max(rank, halts.level_at(kind, scope))
-        return HALTED if rank >= HALT_LEVELS[HALTED] else REDUCE_ONLY if rank >= HALT_LEVELS[REDUCE_ONLY] else ACTIVE
+        """Raises KeyError for an unknown symbol (callers check `has_market` first)."""
+        return self.read(lambda engine: _market_info(engine, symbol))
 
     def rates(self, owner: str) -> tuple[int, int]:
         """(maker, taker) fee rates of `owner`, in millionths."""
-        return trading_state(self.engine).rates(owner)
+        return self.read(lambda engine: trading_state(engine).rates(owner))
 
     def has_market(self, symbol: str) -> bool:
-        return symbol in trading_state(self.engine).markets
+        return self.read(lambda engine: symbol in trading_state(engine).markets)
 
     def balances(self, owner: str) -> list[tuple[str, int, int, int]]:
         """(asset, decimals, free, locked) per asset, summed over the owner's segments.
 
         Binance's account has one balance per asset; ringfence keeps one per segment (spot,
         tokenized, ...). The Binance view shows what the user owns in total; `/v1/account` shows
-        the split, which is what each market can use.
+        the split, which is what each market can use. Read in one go between batches, so a hold
+        moving funds from free to locked is never seen half done.
         """
-        ledger = self.engine.ledger
-        out = []
-        for asset in list(ledger.assets):
-            free = locked = 0
-            found = False
+
+        def read(engine: Any) -> list[tuple[str, int, int, int]]:
+            ledger = engine.ledger
+            out = []
+            for asset in list(ledger.assets):
+                free = locked = 0
+                found = False
+                for segment in ledger.segments:
+                    account = ledger.find(owner, asset.code, "available", segment)
+                    if account is not None:
+                        found = True
+                        free += account.available
+                        locked += account.debits_pending
+                if found:
+                    out.append((asset.code, asset.decimals, free, locked))
+            return out
+
+        return self.read(read)
+
+    def segment_balances(self, owner: str) -> list[tuple[str, str, int, int, int]]:
+        """(segment, asset, decimals, free, locked) for each of the owner's available accounts."""
+
+        def read(engine: Any) -> list[tuple[str, str, int, int, int]]:
+            ledger = engine.ledger
+            rows = []
             for segment in ledger.segments:
-                account = ledger.find(owner, asset.code, "available", segment)
-                if account is not None:
-                    found = True
-                    free += account.available
-                    locked += account.debits_pending
-            if found:
-                out.append((asset.code, asset.decimals, free, locked))
-        return out
+                for asset in list(ledger.assets):
+                    account = ledger.find(owner, asset.code, "available", segment)
+                    if account is not None:
+                        rows.append((segment, asset.code, asset.decimals, account.available, account.debits_pending))
+            return rows
+
+        return self.read(read)
+
+
+def _market_info(engine: Any, symbol: str) -> MarketInfo:
+    m: Market = trading_state(engine).markets[symbol]
+    assets = engine.ledger.assets
+    return MarketInfo(
+        m.symbol,
+        m.base,
+        m.quote,
+        m.segment,
+        assets.get(m.base).decimals,
+        assets.get(m.quote).decimals,
+        m.tick,
+        m.lot,
+        m.min_qty,
+        m.max_qty,
+        m.min_notional,
+        trading_status(engine, m),
+        m.band_ppm,
+        m.ref_price,
+    )
+
+
+def trading_status(engine: Any, m: Market) -> str:
+    """What a client may do in `m` now: the market's own status or a graded halt covering it.
+
+    A halt scoped to the venue, the market's segment, its base or quote asset, or the market
+    itself refuses new orders as the market's own status does (risk/halts.py), so the API
+    reports the most severe of them: `HALTED`, `REDUCE_ONLY` (spot: cancels only) or `ACTIVE`.
+    `WITHDRAWALS_PAUSED` does not touch trading. Call it inside a read (`Exchange.read`).
+    """
+    rank = {ACTIVE: 0, REDUCE_ONLY: 2, HALTED: 3}[m.status]
+    halts = halts_of(engine)
+    if halts.active:
+        for kind, scope in (("venue", "*"), ("market", m.symbol), ("segment", m.segment), ("asset", m.base), ("asset", m.quote)):
+            rank = max(rank, halts.level_at(kind, scope))
+    return HALTED if rank >= HALT_LEVELS[HALTED] else REDUCE_ONLY if rank >= HALT_LEVELS[REDUCE_ONLY] else ACTIVE
 
 
 def _settle(fut: asyncio.Future[list[Event]], ack: Ack) -> None:

@@ -192,16 +192,20 @@ def submit_withdrawal(node: "Any", ctx: "Any", session_token: object, *, asset: 
     from .commands import RequestWithdrawal, custody_state
 
     account_id = events.authorize_withdrawal(ctx, session_token)
-    asset, address, amount_minor = parse_withdrawal(node.engine, asset=asset, address=address, amount=amount)
-    state = custody_state(node.engine)
-    wallet = next((w.name for w in sorted(state.wallets.values(), key=lambda w: w.name)
-                   if w.tier == "hot" and w.chain == state.assets[asset].chain), "")
+
+    def edge(engine: Any) -> tuple[str, str, int, str, int, int]:  # one consistent read (Node.read)
+        code, to, amount_minor = parse_withdrawal(engine, asset=asset, address=address, amount=amount)
+        state = custody_state(engine)
+        wallet = next((w.name for w in sorted(state.wallets.values(), key=lambda w: w.name)
+                       if w.tier == "hot" and w.chain == state.assets[code].chain), "")
+        return code, to, amount_minor, wallet, state.assets[code].withdrawal_fee_minor, engine.ledger.assets.get(code).decimals
+
+    asset, address, amount_minor, wallet, fee_minor, decimals = node.read(edge)
     wid = "w-" + secrets.token_hex(8)
     token = secrets.token_urlsafe(24)
     node.execute(RequestWithdrawal(wid, account_id, asset, wallet, address, amount_minor,
-                                   state.assets[asset].withdrawal_fee_minor, hashlib.sha256(token.encode()).hexdigest(),
+                                   fee_minor, hashlib.sha256(token.encode()).hexdigest(),
                                    device_id[:128], ip[:64]))
-    decimals = node.engine.ledger.assets.get(asset).decimals
     with ctx.store.tx() as db:
         user = db.scalars(select(User).where(User.account_id == account_id)).first()
         mail.enqueue(ctx, db, user, "withdrawal_confirmation",

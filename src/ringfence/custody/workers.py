@@ -15,10 +15,15 @@ Crash safety: every step is decided from journaled state, so a worker that dies 
 redoes the step on restart. The only non-idempotent effect — sending a transaction — happens after
 its bytes are journaled, and re-sending the same bytes is a no-op on the chain (`already_known`).
 Tests inject `crash_at` to die between the effect and the command that records it.
+
+Engine state is read only through `node.read` (between batches, when a sequencer thread applies
+commands concurrently), and what a worker keeps is a copy (`_copies`), never a live record that
+the next batch would change under it.
 """
 
 from __future__ import annotations
 
+import copy
 import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -44,6 +49,11 @@ class SimulatedCrash(Exception):
     """Raised by a worker at an injected crash point (tests only)."""
 
 
+def _copies(records: Any) -> list[Any]:
+    """Copies of engine records, taken inside `node.read`, for use after it."""
+    return [copy.copy(r) for r in records]
+
+
 def _crash(worker: Any, point: str) -> None:
     if getattr(worker, "crash_at", None) == point:
         worker.crash_at = None
@@ -61,23 +71,20 @@ class DepositWatcher:
         self.cursor = since_height
         self.crash_at: str | None = None
 
-    @property
-    def state(self):  # type: ignore[no-untyped-def]
-        return custody_state(self.node.engine)
-
     def poll(self) -> int:
         """One pass: scan new blocks, then credit/finalize by confirmations. Returns commands sent."""
         sent = 0
         for _ in range(100):  # at most 100 * 500 blocks per poll
-            res = self.adapter.scan(self.cursor, self.state.watched(self.chain))
+            res = self.adapter.scan(self.cursor, self.node.read(lambda e: custody_state(e).watched(self.chain)))
             if res.reorg is not None:
                 self.node.execute(ReorgDeposits(self.chain, res.reorg.fork_height))
                 sent += 1
             for block in res.blocks:
                 for t in block.transfers:
-                    if t.direction is not Direction.IN or self.state.owner_of(self.chain, t.address) is None:
+                    if t.direction is not Direction.IN:
                         continue
-                    if t.asset not in self.state.assets:
+                    if not self.node.read(lambda e, t=t: custody_state(e).owner_of(self.chain, t.address) is not None
+                                          and t.asset in custody_state(e).assets):
                         continue
                     self.node.execute(ObserveDeposit(self.chain, t.txid, t.index, t.asset, t.address, t.amount_minor,
                                                      block.height, block.block_hash))
@@ -95,10 +102,12 @@ class DepositWatcher:
     def _confirmations(self) -> int:
         sent = 0
         tip = self.adapter.current_height()
-        for d in list(self.state.deposits.values()):
-            if d.chain != self.chain or d.final or d.state not in ("seen", *CREDITED_STATES):
-                continue
-            cfg = self.state.assets[d.asset]
+        def open_deposits(engine: Any) -> list[tuple[Any, Any]]:
+            state = custody_state(engine)
+            return [(copy.copy(d), copy.copy(state.assets[d.asset])) for d in state.deposits.values()
+                    if d.chain == self.chain and not d.final and d.state in ("seen", *CREDITED_STATES)]
+
+        for d, cfg in self.node.read(open_deposits):
             confs = self._confs(d.height, d.block_hash, tip)
             if d.state == "seen" and confs >= cfg.credit_confirmations:
                 sender = None
@@ -145,9 +154,8 @@ class WithdrawalWorker:
         self.errors: dict[str, str] = {}  # withdrawal id -> last transient error
         self.broadcasts = 0  # transactions this worker handed to a chain (re-sends included)
 
-    @property
-    def state(self):  # type: ignore[no-untyped-def]
-        return custody_state(self.node.engine)
+    def _chain_of(self, asset: str) -> str:
+        return self.node.read(lambda e: custody_state(e).assets[asset].chain)  # type: ignore[no-any-return]
 
     def run_until_idle(self, max_rounds: int = 50) -> None:
         for _ in range(max_rounds):
@@ -157,7 +165,8 @@ class WithdrawalWorker:
     def step(self) -> int:
         """Advance every open withdrawal by one state. Returns how many commands were submitted."""
         sent = 0
-        for w in sorted(self.state.withdrawals.values(), key=lambda x: x.created_ns):
+        withdrawals = self.node.read(lambda e: _copies(custody_state(e).withdrawals.values()))
+        for w in sorted(withdrawals, key=lambda x: x.created_ns):
             if sent >= MAX_STEPS:
                 break
             try:
@@ -182,7 +191,7 @@ class WithdrawalWorker:
             ex(DecideWithdrawal(*self._scope(w)))
             return 1
         if w.state == "approved":
-            if self.node.engine.now_ns < w.not_before_ns and self._clock_ns() < w.not_before_ns:
+            if self.node.read(lambda e: e.now_ns) < w.not_before_ns and self._clock_ns() < w.not_before_ns:
                 return 0
             ex(AuthorizeSigning(*self._scope(w)))
             return 1
@@ -203,14 +212,18 @@ class WithdrawalWorker:
         return clock() if clock else 0
 
     def _risk(self, w: WithdrawalRec) -> tuple[int, bool, list[str]]:
-        led = self.node.engine.ledger
-        acct = led.find(w.account_id, w.asset, "available", "spot")
-        balance = (acct.available if acct else 0) + led.hold_remaining(w.hold_id)
-        history = [x for x in self.state.history(w.account_id, w.asset) if x.state == "settled"]
-        chain = self.state.assets[w.asset].chain
-        norm = (lambda a: a.lower()) if chain == "ethereum" else (lambda a: a)
-        known = any(norm(x.address) == norm(w.address) for x in history) or \
-            f"{w.account_id}|{w.asset}|{norm(w.address)}" in self.state.address_book
+        def facts(engine: Any) -> tuple[int, list[Any], bool]:
+            led, state = engine.ledger, custody_state(engine)
+            acct = led.find(w.account_id, w.asset, "available", "spot")
+            balance = (acct.available if acct else 0) + led.hold_remaining(w.hold_id)
+            history = _copies(x for x in state.history(w.account_id, w.asset) if x.state == "settled")
+            chain = state.assets[w.asset].chain
+            norm = (lambda a: a.lower()) if chain == "ethereum" else (lambda a: a)
+            known = any(norm(x.address) == norm(w.address) for x in history) or \
+                f"{w.account_id}|{w.asset}|{norm(w.address)}" in state.address_book
+            return balance, history, known
+
+        balance, history, known = self.node.read(facts)
         since, new_device, new_ip = self.identity_facts(w)
         review = assess_risk(RiskFacts(w.amount_minor, balance, tuple(x.amount_minor for x in history), known, since,
                                        new_device, new_ip))
@@ -233,7 +246,7 @@ class WithdrawalWorker:
                                  reason=reason, approval=approval, **params)
 
     def _broadcast(self, w: WithdrawalRec) -> int:
-        adapter = self.adapters[self.state.assets[w.asset].chain]
+        adapter = self.adapters[self._chain_of(w.asset)]
         try:
             res = adapter.broadcast(bytes.fromhex(w.raw_tx))
         except TransactionRejected as exc:
@@ -247,7 +260,7 @@ class WithdrawalWorker:
         return 1
 
     def _confirm(self, w: WithdrawalRec) -> int:
-        chain = self.state.assets[w.asset].chain
+        chain = self._chain_of(w.asset)
         adapter = self.adapters[chain]
         status = adapter.tx_status(w.txid)
         if status.state is TxState.UNKNOWN:
@@ -261,7 +274,7 @@ class WithdrawalWorker:
             return 0
         if status.state is not TxState.CONFIRMED:
             return 0
-        need = self.state.assets[w.asset].finality_confirmations
+        need = self.node.read(lambda e: custody_state(e).assets[w.asset].finality_confirmations)
         if status.confirmations < need:
             return 0
         fee = w.network_fee_minor
@@ -290,9 +303,9 @@ class Balancer:
 
     def sweep(self, asset: str, deposit_wallet: str, hot_wallet: str, hot_address: str, min_minor: int) -> list[str]:
         """Sweep every deposit address of `deposit_wallet` holding >= min_minor. Returns txids."""
-        state = custody_state(self.node.engine)
+        addresses = self.node.read(lambda e: sorted((k, tuple(v)) for k, v in custody_state(e).deposit_addresses.items()))
         txids = []
-        for key, (account_id, wallet, address) in sorted(state.deposit_addresses.items()):
+        for key, (account_id, wallet, address) in addresses:
             if wallet != deposit_wallet or not key.startswith(self.adapter.chain + ":"):
                 continue
             bal = self.adapter.balance(address)
@@ -333,7 +346,7 @@ class Balancer:
     def resend_pending(self) -> int:
         """After a restart: re-send every journaled, unrecorded transfer of this chain (idempotent)."""
         n = 0
-        for t in custody_state(self.node.engine).transfers.values():
+        for t in self.node.read(lambda e: _copies(custody_state(e).transfers.values())):
             if t.state == "signed" and t.raw_tx and self._on_chain(t.asset):
                 try:
                     self.adapter.broadcast(bytes.fromhex(t.raw_tx))
@@ -343,12 +356,12 @@ class Balancer:
         return n
 
     def _on_chain(self, asset: str) -> bool:
-        cfg = custody_state(self.node.engine).assets.get(asset)
-        return cfg is not None and cfg.chain == self.adapter.chain
+        chain = self.node.read(lambda e: getattr(custody_state(e).assets.get(asset), "chain", None))
+        return chain is not None and chain == self.adapter.chain
 
     def record_confirmed(self, asset: str, min_confirmations: int) -> int:
         done = 0
-        signed = [t for t in custody_state(self.node.engine).transfers.values() if t.state == "signed" and t.asset == asset]
+        signed = self.node.read(lambda e: _copies(t for t in custody_state(e).transfers.values() if t.state == "signed" and t.asset == asset))
         for t in signed:
             txid, tid, src, dst, amount, fee = t.txid, t.id, t.from_wallet, t.to_wallet, t.amount_minor, t.network_fee_minor
             status = self.adapter.tx_status(txid)
@@ -372,12 +385,12 @@ class Balancer:
             from .commands import ReserveWalletNonce, reserved_nonce
 
             fee_q = self.adapter.estimate_fee()
-            state = custody_state(self.node.engine)
-            if state.wallets[from_wallet].tier == "hot":
+            tier, n_transfers = self.node.read(lambda e: (custody_state(e).wallets[from_wallet].tier, len(custody_state(e).transfers)))
+            if tier == "hot":
                 # The hot wallet's nonces belong to the engine (withdrawals use them too).
-                purpose = f"{kind}-{from_wallet}-{len(state.transfers)}"
+                purpose = f"{kind}-{from_wallet}-{n_transfers}"
                 self.node.execute(ReserveWalletNonce(from_wallet, purpose))
-                nonce = reserved_nonce(custody_state(self.node.engine), purpose)
+                nonce = self.node.read(lambda e: reserved_nonce(custody_state(e), purpose))
             else:
                 nonce = self.adapter.w3.eth.get_transaction_count(from_address, "pending")
             raw, txid, fee = build_eth_payment(self.adapter, key_id=key_id, signer=signer, to=to_address,
@@ -405,7 +418,7 @@ class PolicyAttestor:
     def __call__(self, w: WithdrawalRec, digest: bytes, params: dict[str, Any]) -> Any:
         from ..errors import SigningRefused
 
-        live = custody_state(self.node.engine).withdrawals.get(w.id)
+        live = self.node.read(lambda e: copy.copy(custody_state(e).withdrawals.get(w.id)))
         if live is None or live.state != "signing":
             raise SigningRefused("the engine does not have this withdrawal in state signing", field="withdrawal_id")
         if (params["to"].lower(), params["value_wei"], params["nonce"]) != (live.address.lower(), live.amount_minor, live.nonce):

@@ -306,8 +306,9 @@ def _lookup(ctx: IdentityContext, db: object, api_key: str) -> ApiKey | None:
 
 
 def _principal(ctx: IdentityContext, db: object, row: ApiKey, ip: str, required_scope: str, now: int) -> ApiPrincipal:
-    """The one copy of the checks every use of a key passes: revocation, expiry, freeze, IP
-    allow-list, scope."""
+    """The one copy of the checks every use of an API key passes, signed or key-only: not revoked,
+    not expired, account not frozen, client IP on the allow-list, scope granted. Reads the row
+    as it is now (no cache), so a revocation or a freeze stops the very next request."""
     if row.revoked_at_s is not None:
         raise Unauthorized("this API key was revoked", field="api_key")
     if row.expires_at_s is not None and now >= row.expires_at_s:
@@ -324,6 +325,15 @@ def _principal(ctx: IdentityContext, db: object, row: ApiKey, ip: str, required_
     return ApiPrincipal(user.account_id, user.id, row.id, scopes)
 
 
+def _check_arguments(api_key: object, client_ip: object, required_scope: str) -> str:
+    """The argument checks both entry points share; returns the validated client IP."""
+    if required_scope not in SCOPES:
+        raise ValidationError(f"must be one of {list(SCOPES)}", field="required_scope")
+    if not isinstance(api_key, str) or len(api_key) != 64:
+        raise Unauthorized("the API key is missing or malformed", field="api_key")
+    return validate_ip(client_ip, field="client_ip")
+
+
 def verify_api_request(
     ctx: IdentityContext, api_key: object, payload: bytes | str, signature: object, client_ip: object, required_scope: str
 ) -> ApiPrincipal:
@@ -334,16 +344,13 @@ def verify_api_request(
     Forbidden: IP not on the key's allow-list, scope missing, account frozen. ValidationError:
     malformed arguments. An unknown key costs the same work as a wrong signature.
     """
-    if required_scope not in SCOPES:
-        raise ValidationError(f"must be one of {list(SCOPES)}", field="required_scope")
-    if not isinstance(api_key, str) or len(api_key) != 64:
-        raise Unauthorized("the API key is missing or malformed", field="api_key")
+    ip = _check_arguments(api_key, client_ip, required_scope)
+    assert isinstance(api_key, str)
     if not isinstance(signature, str) or not 1 <= len(signature) <= 256:
         raise Unauthorized("the signature is missing or malformed", field="signature")
     data = payload.encode() if isinstance(payload, str) else payload
     if not isinstance(data, bytes) or len(data) > PAYLOAD_MAX_BYTES:
         raise ValidationError(f"must be at most {PAYLOAD_MAX_BYTES} bytes", field="payload")
-    ip = validate_ip(client_ip, field="client_ip")
     now = ctx.now()
     with ctx.store.tx() as db:
         row = _lookup(ctx, db, api_key)
@@ -360,12 +367,10 @@ def verify_api_request(
 
 def principal_for_key(ctx: IdentityContext, api_key: object, client_ip: object, required_scope: str) -> ApiPrincipal:
     """Who owns `api_key`, for the few Binance endpoints authenticated by the key alone
-    (`userDataStream`); the same revocation, expiry, freeze, IP and scope checks as a signed request."""
-    if required_scope not in SCOPES:
-        raise ValidationError(f"must be one of {list(SCOPES)}", field="required_scope")
-    if not isinstance(api_key, str) or len(api_key) != 64:
-        raise Unauthorized("the API key is missing or malformed", field="api_key")
-    ip = validate_ip(client_ip, field="client_ip")
+    (`userDataStream`); the same revocation, expiry, freeze, IP and scope checks as a signed
+    request, because both call `_admit`."""
+    ip = _check_arguments(api_key, client_ip, required_scope)
+    assert isinstance(api_key, str)
     now = ctx.now()
     with ctx.store.tx() as db:
         row = _lookup(ctx, db, api_key)

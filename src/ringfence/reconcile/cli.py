@@ -119,7 +119,7 @@ def _report_only(rec):
         now = rec.clock_ms()
         for m in mismatches:
             rec.incidents.record(m, "reported (--no-halt)", now)
-        return RunReport(rec.node.engine.last_seq, rows, mismatches, [], [], [], accounts, 0, notes)
+        return RunReport(rec.node.last_seq, rows, mismatches, [], [], [], accounts, 0, notes)
 
     return respond
 

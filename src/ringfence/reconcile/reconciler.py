@@ -27,7 +27,8 @@ Three checks, each naming what disagrees precisely (a `Mismatch` with its eviden
   raised again for the same evidence (the operators accepted exactly that discrepancy).
 
 Everything here runs outside `apply` (it reads chains and files); it changes engine state only by
-submitting `Halt` commands.
+submitting `Halt` commands, and reads the live engine only through `node.read` (between batches,
+never a command half applied), copying out plain numbers before it compares.
 """
 
 from __future__ import annotations
@@ -255,6 +256,40 @@ class ChainRow:
         return "OK"
 
 
+class _PostedTotals:
+    __slots__ = ("credits_posted", "debits_posted")
+
+    def __init__(self, credits_posted: int, debits_posted: int) -> None:
+        self.credits_posted = credits_posted
+        self.debits_posted = debits_posted
+
+
+class _CustodyAccounts:
+    """A copy of the custody accounts' posted totals, taken between batches; answers `find` like
+    the ledger for `custody_holdings`, so the chain check never touches live engine objects."""
+
+    def __init__(self, accounts: Mapping[tuple[str, str], tuple[int, int]]) -> None:
+        self._accounts = dict(accounts)
+
+    def find(self, owner: str, asset: str, kind: str = "available", segment: str = "spot") -> _PostedTotals | None:
+        assert owner == SYSTEM_OWNER and kind == "custody", "only custody accounts are copied"
+        totals = self._accounts.get((asset, segment))
+        return None if totals is None else _PostedTotals(*totals)
+
+
+class _CustodyFigures:
+    """A copy of what the custody flows said (in flight, pending) at the same moment."""
+
+    def __init__(self, figures: Mapping[tuple[str, str], tuple[int, int]]) -> None:
+        self._figures = dict(figures)
+
+    def in_flight_withdrawals(self, asset: str, wallet: str) -> int:
+        return self._figures[(asset, wallet)][0]
+
+    def pending_deposits(self, asset: str, wallet: str) -> int:
+        return self._figures[(asset, wallet)][1]
+
+
 def custody_holdings(ledger: Any, asset: str, wallet: str, sign: int) -> int:
     account = ledger.find(SYSTEM_OWNER, asset, "custody", wallet)
     return 0 if account is None else sign * (account.credits_posted - account.debits_posted)
@@ -468,12 +503,15 @@ class JournalFold:
             self._view = read_live(self.engine, self._index)
         return self._view
 
-    def advance(self, progress: Callable[[int], None] | None = None) -> int:
-        """Fold every record after `last_seq`; returns how many commands were folded."""
+    def advance(self, progress: Callable[[int], None] | None = None, until_seq: int | None = None) -> int:
+        """Fold every record after `last_seq` (with `until_seq`, only the records that end at or
+        before it: the live engine's batch boundary); returns how many commands were folded."""
         decoder = batch_decoder()
         engine = self.engine
         folded = 0
         for record in self.tail.read_new():
+            if until_seq is not None and record.first_seq > until_seq:
+                break  # the tail resumes at this record next time
             if record.first_seq != self.last_seq + 1:
                 raise JournalCorrupt(f"journal record starts at {record.first_seq}; folded up to {self.last_seq}")
             batch = decoder.decode(record.payload)
@@ -849,27 +887,40 @@ class Reconciler:
         two reads could look like a shortfall once, never twice with the same amounts."""
         if not self.wallets:
             return [], []
-        ledger = self.node.engine.ledger
-        rows, mismatches = reconcile_chain(ledger, self.wallets, self.custody, self.settings)  # type: ignore[arg-type]
+        ledger, custody = self._engine_side()
+        rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings)
         for _ in range(self.settings.confirm_reads - 1):
             if not mismatches:
                 break
             time.sleep(self.settings.confirm_wait_ms / 1000)
-            rows, again = reconcile_chain(ledger, self.wallets, self.custody, self.settings)  # type: ignore[arg-type]
+            ledger, custody = self._engine_side()
+            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings)
             keep = {m.halt_id for m in again}
             mismatches = [m for m in mismatches if m.halt_id in keep]
         return rows, mismatches
 
+    def _engine_side(self) -> tuple[_CustodyAccounts, _CustodyFigures]:
+        """The engine's half of the chain check (custody accounts, in-flight withdrawals, pending
+        deposits), all read between the same two batches; the chain is read afterwards, outside."""
+        custody = self.custody
+        assert custody is not None
+        keys = sorted({(spec.asset, spec.wallet) for spec in self.wallets})
+
+        def read(engine: Engine) -> tuple[_CustodyAccounts, _CustodyFigures]:
+            accounts: dict[tuple[str, str], tuple[int, int]] = {}
+            for asset, wallet in keys:
+                account = engine.ledger.find(SYSTEM_OWNER, asset, "custody", wallet)
+                if account is not None:
+                    accounts[(asset, wallet)] = (account.credits_posted, account.debits_posted)
+            figures = {k: (custody.in_flight_withdrawals(*k), custody.pending_deposits(*k)) for k in keys}
+            return _CustodyAccounts(accounts), _CustodyFigures(figures)
+
+        return self.node.read(read)  # type: ignore[no-any-return]
+
     def _stable_live(self) -> LiveView:
-        """Read the live engine when no command is being applied: last_seq the same before and after."""
-        engine = self.node.engine
-        for _ in range(50):
-            before = engine.last_seq
-            live = read_live(engine, self._live_index)
-            if engine.last_seq == before:
-                return live
-            time.sleep(self.settings.confirm_wait_ms / 1000)
-        return live
+        """The live engine's balances between two batches (`node.read`): never a command half
+        applied, and `last_seq` is the last command of the batch they include."""
+        return self.node.read(lambda engine: read_live(engine, self._live_index))  # type: ignore[no-any-return]
 
     def internal_pass(self, reserves: Mapping[str, int] | None = None) -> tuple[int, list[Mismatch]]:
         """Fold the journal up to the live sequence and compare; a mismatch must persist across
@@ -879,11 +930,12 @@ class Reconciler:
         for attempt in range(self.settings.confirm_reads):
             if attempt:
                 time.sleep(self.settings.confirm_wait_ms / 1000)
-            # the journal is written before a batch is applied, so the fold and the live engine
-            # pass each other under load: read both until they stand at the same sequence number
+            # the live view stands at a batch boundary, and the journal (written before a batch
+            # is applied) already holds every record up to it: fold exactly that far. A record
+            # not yet readable (still in the writer's buffer) is waited for, boundedly.
             for _ in range(MAX_ALIGN_TRIES):
                 live = self._stable_live()
-                self.fold.advance()
+                self.fold.advance(until_seq=live.last_seq)
                 if self.fold.last_seq == live.last_seq:
                     break
                 time.sleep(0.001)
@@ -936,9 +988,7 @@ class Reconciler:
         return out
 
     def _respond(self, mismatches: list[Mismatch], rows: list[ChainRow], accounts: int, notes: list[str]) -> RunReport:
-        engine = self.node.engine
-        state = halts_of(engine)
-        lifted = {h.halt_id for h in state.lifted}
+        active, lifted = self.node.read(lambda engine: (set(halts_of(engine).active), {h.halt_id for h in halts_of(engine).lifted}))
         submitted, already, acknowledged = [], [], []
         now = self.clock_ms()
         seen: set[str] = set()
@@ -949,7 +999,7 @@ class Reconciler:
             command = m.halt_command()
             if command is None:
                 action = "incident"
-            elif m.halt_id in state.active:
+            elif m.halt_id in active:
                 action = "halt active"
                 already.append(m.halt_id)
             elif m.halt_id in lifted:
@@ -964,7 +1014,7 @@ class Reconciler:
                     action = f"halt NOT raised: {err}"[:300]
                     notes.append(f"{m.halt_id}: {action}")
             self.incidents.record(m, action, now)
-        return RunReport(engine.last_seq, rows, mismatches, submitted, already, acknowledged, accounts, 0, notes)
+        return RunReport(self.node.last_seq, rows, mismatches, submitted, already, acknowledged, accounts, 0, notes)
 
     # -------------------------------------------------------------- loop
 
