@@ -173,10 +173,10 @@ def run_simulation(
                     fh.write(record[:cut])
                 result.torn_tails += 1
             node.writer = None  # abandon the process state without a clean close
-            if writer._fd is not None:
-                import os
-
-                os.close(writer._fd)
+            writer.poisoned = RuntimeError("simulated crash")  # so closing its files syncs nothing
+            writer.close()
+            if node.lock is not None:
+                node.lock.release()  # the kernel drops a dead process's flock
             node = new_node()
             result.crashes += 1
             if node.engine.last_seq != last_seq or node.engine.state_hash() != before:
