@@ -104,6 +104,12 @@ def demo(
     if data.is_dir() and any(data.iterdir()):
         if not (data / DEMO_MARKER).exists():
             fail(f"--data: {data} is not empty and was not made by `ringfence demo`; choose another folder")
+        from .journal.journal import DataDirLock
+
+        try:  # never delete a journal another process is writing
+            DataDirLock(data, "ringfence demo").release()
+        except RingfenceError as err:
+            fail(str(err), 1)
         shutil.rmtree(data)
     prepare_data_dir(data, "--data")
     (data / DEMO_MARKER).write_text("made by `ringfence demo`; safe to delete\n")

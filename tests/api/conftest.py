@@ -41,7 +41,9 @@ class Server:
                 time.sleep(0.2)
         else:
             raise RuntimeError("server did not become ready; reproduce with: ringfence serve --demo --data " + str(data))
-        self.keys = {k["account"]: k for k in json.loads((data / "demo-keys.json").read_text())}
+        entries = json.loads((data / "demo-keys.json").read_text())
+        self.keys = {k["account"]: k for k in entries if k.get("kind", "hmac") == "hmac"}
+        self.ed25519_keys = {k["account"]: k for k in entries if k.get("kind") == "ed25519"}
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
