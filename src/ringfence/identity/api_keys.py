@@ -384,7 +384,8 @@ def issue_demo_key(
     expires_in_s: int | None = None,
 ) -> CreatedApiKey:
     """Dev mode only: create (or reuse) a demo user with a fixed ledger `account_id` and issue it an
-    HMAC key without a session — what `ringfence serve --demo` hands out in demo-keys.json.
+    HMAC key (or register an Ed25519 public key) without a session — what `ringfence serve --demo`
+    hands out in demo-keys.json.
 
     Refused outside dev mode: real users create keys themselves behind a fresh second factor.
     """

@@ -1,4 +1,5 @@
-"""`ringfence identity ...`: migrate the identity store, deliver queued mail, manage the exchange PGP key.
+"""`ringfence identity ...`: migrate the identity store, deliver queued mail, manage the exchange PGP key,
+register a user's Ed25519 API key.
 
 Reads settings from the environment (RINGFENCE_*). Never prints secrets.
 """
@@ -118,8 +119,9 @@ def add_ed25519_key(
     piped on stdin), registers the key behind that fresh second factor, and signs out again. The
     private key never leaves your machine: sign requests with base64(Ed25519_sign(private, query)).
 
-    Example: openssl genpkey -algorithm ed25519 -out key.pem && openssl pkey -in key.pem -pubout -out key.pub &&
-    ringfence identity add-ed25519-key --email you@example.com --public-key-file key.pub --scope read --scope trade
+    Make the pair: openssl genpkey -algorithm ed25519 -out key.pem; openssl pkey -in key.pem -pubout -out key.pub
+
+    Example: ringfence identity add-ed25519-key --email you@example.com --public-key-file key.pub --scope read --scope trade
     """
     from ..cli_paths import fail, require_input_file
     from ..errors import RingfenceError
