@@ -172,11 +172,7 @@ def run_simulation(
                 with open(tail, "ab") as fh:
                     fh.write(record[:cut])
                 result.torn_tails += 1
-            node.writer = None  # abandon the process state without a clean close
-            writer.poisoned = RuntimeError("simulated crash")  # so closing its files syncs nothing
-            writer.close()
-            if node.lock is not None:
-                node.lock.release()  # the kernel drops a dead process's flock
+            node.abandon()  # the process dies: no clean close, and the kernel drops its flock
             node = new_node()
             result.crashes += 1
             if node.engine.last_seq != last_seq or node.engine.state_hash() != before:

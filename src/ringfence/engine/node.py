@@ -345,6 +345,20 @@ class Node:
                 self.lock.release()
                 self.lock = None
 
+    def abandon(self) -> None:
+        """Drop the node as a killed process would, for crash simulations: close its files without
+        syncing or flushing anything and release its lock (the kernel does both for a dead process).
+        The sequencer thread must not be running."""
+        assert self._thread is None, "abandon() simulates a dead process; stop the sequencer first"
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.poisoned = writer.poisoned or RuntimeError("abandoned (simulated crash)")
+            writer.close()  # a poisoned writer closes its descriptors without syncing
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        self.failed = self.failed or RuntimeError("abandoned (simulated crash)")
+
     def _post(self, item: Any) -> None:
         self._inbox.append(item)
         if not self._wake.is_set():
