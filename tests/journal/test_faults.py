@@ -104,6 +104,13 @@ def test_rotted_acknowledged_last_record_is_corruption_not_a_torn_tail(tmp_path)
     assert "durable mark" in str(info.value) and seg.name in str(info.value)
     assert seg.stat().st_size == len(raw)  # nothing truncated: the evidence stays for the operator
     DataDirLock(tmp_path).release()  # the failed open() released the writer lock
+    import subprocess
+    import sys
+
+    verify = subprocess.run([sys.executable, "-m", "ringfence.cli", "journal", "verify", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 1 and "CORRUPT" in verify.stdout and "durable mark" in " ".join(verify.stdout.split())
+    assert seg.stat().st_size == len(raw)
 
 
 def test_acknowledged_last_record_cut_short_is_corruption(tmp_path):

@@ -17,8 +17,9 @@ unknown, and recovery on restart decides what was durable. The batch being writt
 `NotDurable` when its write failed (at most a torn tail, truncated on recovery) and
 `OutcomeUnknown` when it was written but the fsync failed (it may be recovered and applied).
 `open()` takes the data directory's writer lock (`DIR/LOCK`) for the node's life: a second writer
-is refused with the holder's pid, because two appenders interleave records and break the chain. If `apply` raises anything but a
-deliberate rejection, the shard halts (`InvariantViolation`) and waits for an operator.
+is refused with the holder's pid, because two appenders interleave records and break the chain.
+If `apply` raises anything but a deliberate rejection, the shard halts (`InvariantViolation`) and
+waits for an operator.
 """
 
 from __future__ import annotations

@@ -271,6 +271,7 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
             where = f"segment {name} offset {pos} (expected sequence {expected_seq})"
             torn: str | None = None
             corrupt: str | None = None
+            before_mark = False
             record_end = 0
             if remaining < HEADER_SIZE:
                 torn = f"{remaining} bytes of a record header at the end of the last segment"
@@ -314,7 +315,7 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
                     f"{torn}, but the durable mark says this segment was fsynced and acknowledged up to byte "
                     f"{mark.size} (sequence {mark.last_seq}): an acknowledged record is damaged"
                 )
-                torn = None
+                torn, before_mark = None, True
             if torn is not None and is_last:
                 report.torn_tail = f"{where}: {torn}"
                 report.truncated_bytes = size - pos
@@ -330,7 +331,7 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
                 reason = corrupt or torn
                 after = size - (record_end if record_end and record_end <= size else pos)
                 why = (
-                    "it lies before the durable mark" if "durable mark" in str(reason)
+                    "it lies before the durable mark" if before_mark
                     else f"{after} bytes follow in this segment and {len(paths) - index - 1} later segments exist"
                 )
                 raise JournalCorrupt(
