@@ -142,6 +142,9 @@ def add_ed25519_key(
         result = accounts.login(ctx, email, password, ip="127.0.0.1", user_agent="ringfence identity add-ed25519-key")
         token = result.session.token
         if result.second_factor_required:
+            if "totp" not in result.methods:
+                fail("this account's second factor is a passkey, which needs a browser: register the key in the "
+                     "security centre (/security, 'Register an Ed25519 key')", 1)
             code = typer.prompt("Authenticator code", hide_input=True)
             token = second_factor.complete_login(ctx, token, method="totp", value=code.strip()).token
         created = api_keys.register_ed25519_key(ctx, token, text, scopes=scope, label=label, ip_allowlist=ip or None)
