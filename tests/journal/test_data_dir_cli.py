@@ -105,3 +105,19 @@ def test_ambiguous_or_foreign_directories_are_refused_by_name(tmp_path):
     (tmp_path / "empty").mkdir()
     out = run("reconcile", "status", str(tmp_path / "empty"))
     assert out.returncode == 2 and "engine/journal" in " ".join(out.stderr.split())
+
+
+def test_demo_never_deletes_a_directory_another_writer_holds(tmp_path):
+    from ringfence.journal.journal import DataDirLock
+
+    data = tmp_path / "demo"
+    assert run("demo", "--data", str(data), "--seed", "2").returncode == 0
+    before = journal_digest(data)
+    lock = DataDirLock(data, "a test holding the demo's journal")
+    try:
+        again = run("demo", "--data", str(data), "--seed", "2")
+        assert again.returncode == 1 and f"pid {os.getpid()}" in " ".join(again.stderr.split()), again.stderr
+        assert journal_digest(data) == before  # not deleted, not rewritten
+    finally:
+        lock.release()
+    assert run("demo", "--data", str(data), "--seed", "2").returncode == 0
