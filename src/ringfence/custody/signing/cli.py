@@ -195,7 +195,7 @@ def backup(store: Path = typer.Option(..., help="This signer's share store direc
     Example: RINGFENCE_SIGNER_PASSPHRASE=... ringfence keys backup --store ./signer-1 --key-id btc-hot
     --operator-key alice.key --out btc-hot-1.backup --operator alice --reason "offsite backup"
     """
-    from ...cli_paths import fail, require_input_file
+    from ringfence.cli_paths import fail, require_input_file
     from .ceremony import backup_share, load_operator_public_key
     from .share_store import EncryptedShareStore
 
@@ -219,7 +219,7 @@ def restore(backup_file: Path = typer.Option(..., "--backup"), operator_key: Pat
     Example: RINGFENCE_OPERATOR_PASSPHRASE=... RINGFENCE_STORE_PASSPHRASE=... ringfence keys restore
     --backup btc-hot-1.backup --operator-key alice.key --store ./signer-1-new --operator alice --reason "disk failed"
     """
-    from ...cli_paths import require_input_file
+    from ringfence.cli_paths import require_input_file
     from .ceremony import load_operator_private_key, restore_share
     from .share_store import EncryptedShareStore
 
@@ -250,8 +250,8 @@ def verify_log(log: Path = typer.Option(DEFAULT_LOG, help="The key-operation log
 
     Example: ringfence keys verify-log --log ringfence-data/keyops.jsonl
     """
-    from ...cli_paths import fail, require_input_file
-    from ...errors import RingfenceError
+    from ringfence.cli_paths import fail, require_input_file
+    from ringfence.errors import RingfenceError
 
     require_input_file(log, "--log")  # a missing log is an error, not "0 entries": it may have been deleted
     try:
