@@ -231,7 +231,7 @@ def main() -> None:
     server = start_server(data, port)
     base = f"http://127.0.0.1:{port}"
     try:
-        keys = json.loads((data / "demo-keys.json").read_text())
+        keys = [k for k in json.loads((data / "demo-keys.json").read_text()) if k.get("kind", "hmac") == "hmac"]
         result: dict = {"seed": args.seed, "workload": {"seconds": seconds, "client_processes": procs, "connections_per_process": conc, "ws_subscribers": subscribers, "ws_orders": orders}}
         result["baseline"] = {"name": "unsigned GET /api/v3/ping, same clients", **run_http(base, "ping", keys, seconds, procs, conc, args.seed)}
         orders_result = run_http(base, "order", keys, seconds, procs, conc, args.seed)

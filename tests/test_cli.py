@@ -129,3 +129,29 @@ def test_ledger_benchmark_smoke(tmp_path):
     assert line["bench"] == "ledger" and line["smoke"] is True
     assert line["throughput_per_s"] > 0 and line["replay"]["events_per_s"] > 0
     assert line["baseline"]["throughput_per_s"] > 0 and "seed=1" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["keys", "verify-log", "--log", "{missing}"], "--log"),
+        (["reconcile", "approve", "h", "--raised-seq", "1", "--reason", "r", "--operator", "o", "--key-file", "{missing}"], "--key-file"),
+        (["keys", "restore", "--backup", "{missing}", "--operator-key", "{missing}", "--store", "{tmp}/store", "--operator", "a", "--reason", "r"], "--backup"),
+        (["keys", "backup", "--store", "{tmp}", "--key-id", "k", "--operator-key", "{missing}", "--out", "{tmp}/o", "--operator", "a", "--reason", "r"], "--operator-key"),
+        (["policy", "test", "{policy}", "--requests", "{missing}"], "--requests"),
+        (["policy", "test", "{policy}", "--journal", "{missing}"], "--journal"),
+    ],
+)
+def test_a_missing_input_file_is_an_error_naming_the_option(tmp_path, args, option):
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"version": 1, "rules": []}')
+    missing = tmp_path / "nope" / "missing.jsonl"
+    filled = [a.format(missing=missing, tmp=tmp_path, policy=policy) for a in args]
+    out = subprocess.run(RINGFENCE + filled, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, RINGFENCE_OPERATOR_PASSPHRASE="x" * 16, RINGFENCE_STORE_PASSPHRASE="x" * 16,
+                                  RINGFENCE_SIGNER_PASSPHRASE="x" * 16), stdin=subprocess.DEVNULL)
+    message = " ".join(out.stderr.split())
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert option in message and "does not exist" in message and "Traceback" not in out.stderr
+    assert "ok: 0 entries" not in out.stdout
+    assert not (tmp_path / "nope").exists()  # checking an input creates nothing

@@ -104,6 +104,12 @@ def demo(
     if data.is_dir() and any(data.iterdir()):
         if not (data / DEMO_MARKER).exists():
             fail(f"--data: {data} is not empty and was not made by `ringfence demo`; choose another folder")
+        from .journal.journal import DataDirLock
+
+        try:  # never delete a journal another process is writing
+            DataDirLock(data, "ringfence demo").release()
+        except RingfenceError as err:
+            fail(str(err), 1)
         shutil.rmtree(data)
     prepare_data_dir(data, "--data")
     (data / DEMO_MARKER).write_text("made by `ringfence demo`; safe to delete\n")
@@ -114,13 +120,15 @@ def demo(
 
 
 @journal_app.command("verify")
-def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="A node's data directory.")) -> None:
+def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="The data directory `serve --data` takes (or its engine/ folder).")) -> None:
     """Check every record's checksum and the hash chain, without changing anything.
 
-    Exit 0 when the journal is intact (a torn, unacknowledged tail is reported and would be
-    truncated on the next start); exit 1 on corruption, naming segment, offset and reason.
+    Read-only: takes no lock (safe while `serve` runs) and truncates nothing. Exit 0 when the
+    journal is intact (a torn, unacknowledged tail is reported and would be truncated on the next
+    start); exit 1 on corruption, naming segment, offset and reason — including an acknowledged
+    last record that fails its checksum (it lies before the durable mark).
 
-    Example: ringfence journal verify ./ringfence-data/demo
+    Example: ringfence journal verify ./ringfence-data
     """
     from .errors import JournalCorrupt
     from .journal.journal import scan_all
@@ -129,7 +137,7 @@ def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="A 
 
     from .engine.node import replay_journal
 
-    require_node_dir(directory)
+    directory = require_node_dir(directory)
     started = time.perf_counter()
     try:
         records, report = scan_all(directory / "journal", truncate=False)
@@ -158,22 +166,23 @@ def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="A 
 
 @journal_app.command("replay")
 def journal_replay(
-    directory: Path = typer.Argument(..., metavar="DIR", help="A node's data directory."),
+    directory: Path = typer.Argument(..., metavar="DIR", help="The data directory `serve --data` takes (or its engine/ folder)."),
     full: bool = typer.Option(True, "--full/--from-snapshot", help="Replay from genesis, or from the newest snapshot."),
 ) -> None:
     """Rebuild the engine state from the journal and print counts, time and the state hash.
 
-    Replays into memory only: the data directory is not modified. With --full (the default) every
-    snapshot's recorded state hash is also checked against the replay at its position.
+    Replays into memory only: the data directory is not modified and no lock is taken (safe while
+    `serve` runs). With --full (the default) every snapshot's recorded state hash is also checked
+    against the replay at its position.
 
-    Example: ringfence journal replay ./ringfence-data/demo
+    Example: ringfence journal replay ./ringfence-data
     """
     from .engine.node import replay_journal
     from .engine.snapshot import list_snapshots, read_snapshot
     from .errors import JournalCorrupt, SnapshotInvalid
     from .journal.journal import scan_all
 
-    require_node_dir(directory)
+    directory = require_node_dir(directory)
     try:
         _, pre = scan_all(directory / "journal")
     except JournalCorrupt as err:

@@ -13,7 +13,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-__all__ = ["fail", "prepare_data_dir", "require_node_dir"]
+__all__ = ["fail", "prepare_data_dir", "require_node_dir", "require_input_file", "ENGINE_SUBDIR"]
+
+#: Where `ringfence serve --data DIR` keeps its engine node (journal, snapshots): `DIR/engine`.
+ENGINE_SUBDIR = "engine"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -33,11 +36,43 @@ def prepare_data_dir(path: Path, option: str = "--data") -> Path:
 
 
 def require_node_dir(path: Path, option: str = "DIR", *, journal_under: str = "journal") -> Path:
-    """An existing node data directory to read (it must hold `journal/`); never created."""
+    """The engine node directory to read or write, given the data directory a command was handed.
+
+    Accepts both what `ringfence serve --data DIR` takes (`DIR`, whose node lives in `DIR/engine`)
+    and a node directory itself (`DIR/engine`, or the folder `ringfence demo` writes): whichever
+    of `DIR/journal/` and `DIR/engine/journal/` exists. Both existing is refused as ambiguous
+    rather than guessed. Returns the node directory; never creates anything.
+    """
     if not path.exists():
         fail(f"{option}: {path} does not exist; give the data directory of a ringfence node")
     if not path.is_dir():
         fail(f"{option}: {path} is not a directory")
-    if not (path / journal_under).is_dir():
-        fail(f"{option}: {path} has no {journal_under}/ folder; is it a ringfence data directory?")
+    direct = (path / journal_under).is_dir()
+    nested = (path / ENGINE_SUBDIR / journal_under).is_dir()
+    if direct and nested:
+        fail(
+            f"{option}: {path} holds both {journal_under}/ and {ENGINE_SUBDIR}/{journal_under}/; name the one you mean "
+            f"({path} or {path / ENGINE_SUBDIR})"
+        )
+    if nested:
+        return path / ENGINE_SUBDIR
+    if not direct:
+        fail(
+            f"{option}: {path} has no {journal_under}/ folder (nor {ENGINE_SUBDIR}/{journal_under}/); is it a ringfence "
+            "data directory? (`ringfence serve --data DIR` writes DIR/engine/journal)"
+        )
+    return path
+
+
+def require_input_file(path: Path, option: str) -> Path:
+    """An input file that must exist and be a readable file: a missing input is an error, never 'empty'."""
+    if not path.exists():
+        fail(f"{option}: {path} does not exist")
+    if not path.is_file():
+        fail(f"{option}: {path} is not a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        fail(f"{option}: cannot read {path}: {err.strerror or err}")
     return path

@@ -34,6 +34,8 @@ __all__ = [
     "SnapshotInvalid",
     "InvariantViolation",
     "NotDurable",
+    "OutcomeUnknown",
+    "DataDirLocked",
     "ConfigError",
     "SigningRefused",
     "NonceReused",
@@ -182,6 +184,30 @@ class NotDurable(RingfenceError, OSError):
     code = "RF_NOT_DURABLE"
     http_status = 503
     default_message = "the command was not made durable and was not applied; it is safe to retry"
+
+
+class OutcomeUnknown(RingfenceError, OSError):
+    """The command's record was written but the journal's fsync failed: it may or may not be durable.
+
+    Recovery on restart decides (the record is applied if it survived intact). The node stops
+    accepting commands: after a failed fsync the file's state is unknown, and retrying the fsync
+    could report success for data the kernel already dropped (PostgreSQL's "fsyncgate").
+    """
+
+    code = "RF_OUTCOME_UNKNOWN"
+    http_status = 503
+    default_message = (
+        "the outcome is unknown: the command may or may not have been recorded; check its status "
+        "after the node restarts before retrying"
+    )
+
+
+class DataDirLocked(RingfenceError, BlockingIOError):
+    """Another process holds the data directory's writer lock; a second writer would corrupt the journal."""
+
+    code = "RF_DATA_DIR_LOCKED"
+    http_status = 409
+    default_message = "the data directory is in use by another ringfence process"
 
 
 class JournalCorrupt(RingfenceError, OSError):

@@ -172,11 +172,7 @@ def run_simulation(
                 with open(tail, "ab") as fh:
                     fh.write(record[:cut])
                 result.torn_tails += 1
-            node.writer = None  # abandon the process state without a clean close
-            if writer._fd is not None:
-                import os
-
-                os.close(writer._fd)
+            node.abandon()  # the process dies: no clean close, and the kernel drops its flock
             node = new_node()
             result.crashes += 1
             if node.engine.last_seq != last_seq or node.engine.state_hash() != before:

@@ -42,7 +42,9 @@ class Server:
                 time.sleep(0.2)
         else:
             raise RuntimeError("server did not become ready; reproduce with: ringfence " + " ".join(self.argv))
-        self.keys = {k["account"]: k for k in json.loads((data / "demo-keys.json").read_text())} if demo else {}
+        entries = json.loads((data / "demo-keys.json").read_text()) if demo else []
+        self.keys = {k["account"]: k for k in entries if k.get("kind", "hmac") == "hmac"}
+        self.ed25519_keys = {k["account"]: k for k in entries if k.get("kind") == "ed25519"}
 
     def log_text(self) -> str:
         self.log.flush()

@@ -82,4 +82,4 @@ def test_policy_test_against_a_journal_redecides_recorded_withdrawals(net, tmp_p
     assert out["j1"]["was"] == "allow (hot-small)" and out["j1"]["action"] == "allow"
     assert out["j2"]["was"] == "approvals (large-btc)" and out["j2"]["action"] == "deny"
     res = runner.invoke(app, ["policy", "test", str(strict), "--journal", str(tmp_path / "nothing")])
-    assert res.exit_code == 2 and "no journal" in res.output
+    assert res.exit_code == 2 and "--journal" in res.output and "does not exist" in res.output  # the shared DIR check

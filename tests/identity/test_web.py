@@ -249,3 +249,69 @@ def test_change_password_in_security_centre(ctx, server, browser):
     assert page.inner_text("#who") == "pw@example.com"
     laptop.close()
     phone.close()
+
+
+def test_register_an_ed25519_public_key_in_the_security_centre(ctx, clock, server, browser):
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    context = browser.new_context()
+    page = context.new_page()
+    sign_up_and_verify(ctx, page, server, email="ed@example.com")
+    sign_in(page, server, email="ed@example.com")
+    page.click("#setup-totp")
+    totp = pyotp.TOTP(page.inner_text("#totp-secret"))
+    page.fill("#code", totp.at(clock.now_s))
+    page.click("#confirm-totp")
+    page.click("#next")
+    assert page.inner_text("#fresh-status") == "confirmed"
+
+    private = ed25519.Ed25519PrivateKey.generate()
+    public_raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    private_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    rsa_pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    bad = [
+        (base64.b64encode(public_raw[:31]).decode(), "decodes to 31 bytes"),  # wrong length
+        ("not base64 at all!", "neither PEM nor valid base64"),
+        ("-----BEGIN PUBLIC KEY-----\nZ2FyYmFnZQ==\n-----END PUBLIC KEY-----", "does not decode to a public key"),
+        (rsa_pem, "not Ed25519"),
+        (private_pem, "PRIVATE key"),
+    ]
+    for value, message in bad:
+        page.goto(f"{server}/security")
+        page.fill("#ed-label", "bot")
+        page.fill("#ed-public-key", value)
+        page.click("#register-ed25519")
+        body = page.inner_text("body")
+        assert "public_key" in body and message in body, (message, body)
+        assert "BEGIN PRIVATE KEY" not in body  # a pasted private key is never echoed
+    with ctx.store.tx() as db:
+        from ringfence.store.models import ApiKey
+
+        assert db.scalars(select(ApiKey)).first() is None  # every refusal changed nothing
+
+    page.goto(f"{server}/security")
+    page.fill("#ed-label", "ed bot")
+    page.fill("#ed-public-key", public_pem)
+    page.check("#api-keys form:has(#ed-label) input[name=scopes][value=trade]")
+    page.click("#register-ed25519")
+    assert page.inner_text("#api-kind") == "ed25519"
+    assert page.locator("#api-secret").count() == 0  # nothing secret exists on our side
+    key = page.inner_text("#api-key")
+    payload = "symbol=BTCUSDT&side=BUY&timestamp=1"
+    signature = base64.b64encode(private.sign(payload.encode())).decode()
+    principal = api_keys.verify_api_request(ctx, key, payload, signature, "192.0.2.1", "trade")
+    assert principal.scopes == ("read", "trade")
+    forged = base64.b64encode(ed25519.Ed25519PrivateKey.generate().sign(payload.encode())).decode()
+    from ringfence.errors import Unauthorized
+
+    with pytest.raises(Unauthorized, match="not valid"):
+        api_keys.verify_api_request(ctx, key, payload, forged, "192.0.2.1", "trade")
+    page.goto(f"{server}/security")
+    created_events = [e for e in page.locator(".event-row").all_inner_texts() if "api_key_created" in e]
+    assert len(created_events) == 1, created_events
+    context.close()

@@ -61,6 +61,10 @@ def from_ringfence(err: RingfenceError) -> BinanceError:
         return BinanceError(-2015, f"Invalid API-key, IP, or permissions for action. ({err.message})", 401)
     if code == "RF_HALTED":
         return BinanceError(-1013, "Market is closed.")
+    if code == "RF_OUTCOME_UNKNOWN":
+        # Binance's answer when the backend may or may not have executed the request: the client
+        # must check (query the order by clientOrderId) before retrying, never assume failure.
+        return BinanceError(-1007, "Timeout waiting for response from backend server. Send status unknown; execution status unknown.", 503)
     if code == "RF_NOT_DURABLE":
         return BinanceError(-1001, "Internal error; unable to process your request. Please try again.", 503)
     if isinstance(err, ValueError):

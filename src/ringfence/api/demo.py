@@ -5,7 +5,8 @@ Markets: BTCUSDT and ETHUSDT in `spot`, AAPLXUSDT (a tokenized share) in `tokeni
 a few ticks wide around each reference price, so a newcomer sees a live market with a spread.
 Running it again changes nothing: transfers carry fixed ids (the ledger applies an id once),
 listing the same market again is a no-op, and the ladder is placed only when `mm` has no orders.
-API keys for alice and bob go to `DIR/demo-keys.json` (mode 0600), issued once and reused.
+API keys for alice and bob go to `DIR/demo-keys.json` (mode 0600), issued once and reused: one
+HMAC key each, and one Ed25519 key for alice (the private seed is in the file, base64).
 """
 
 from __future__ import annotations
@@ -133,26 +134,62 @@ def seed_demo(node: Node) -> dict[str, Any]:
     return {"markets": listed, "transfers_applied": newly_funded, "ladder_orders": placed}
 
 
+#: The demo account that also gets an Ed25519 key, so clients can try Ed25519 signing.
+ED25519_DEMO_ACCOUNT = "alice"
+
+
+def _has_demo_keys(existing: object) -> bool:
+    if not isinstance(existing, list) or not all(isinstance(e, dict) for e in existing):
+        return False
+    hmac_accounts = {e.get("account") for e in existing if e.get("kind", "hmac") == "hmac"}
+    has_ed25519 = any(e.get("kind") == "ed25519" and e.get("private_key") for e in existing)
+    return hmac_accounts >= set(DEMO_ACCOUNTS) and has_ed25519
+
+
 def write_demo_keys(ctx: Any, data_dir: Path) -> Path:
-    """Issue demo API keys once; keep them in DIR/demo-keys.json (0600)."""
+    """Issue demo API keys once; keep them in DIR/demo-keys.json (0600).
+
+    One HMAC key per demo account (`{"account", "api_key", "api_secret", "kind": "hmac"}`) and one
+    Ed25519 key for alice (`{"account", "api_key", "kind": "ed25519", "private_key": <base64 of the
+    32-byte seed>}`): the pair is generated here as a user would, and only its public half is
+    registered with identity. A file from before Ed25519 keys gains that entry, keeping the others.
+    """
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from ..identity.api_keys import issue_demo_key
 
     path = data_dir / "demo-keys.json"
+    keys: list[dict[str, Any]] = []
     if path.exists():
         try:
             existing = json.loads(path.read_text())
-            if isinstance(existing, list) and {e.get("account") for e in existing} >= set(DEMO_ACCOUNTS):
-                return path
         except ValueError:
-            pass
-    keys = []
+            existing = None
+        if _has_demo_keys(existing):
+            return path
+        if isinstance(existing, list) and all(isinstance(e, dict) for e in existing):
+            keys = [e for e in existing if e.get("kind", "hmac") == "hmac" and e.get("account") in DEMO_ACCOUNTS]
+    have = {e["account"] for e in keys}
     for account in DEMO_ACCOUNTS:
+        if account in have:
+            continue
         created = issue_demo_key(ctx, account, f"{account}@demo.ringfence.local")
-        keys.append({"account": account, "api_key": created.api_key, "api_secret": created.secret})
+        keys.append({"account": account, "api_key": created.api_key, "api_secret": created.secret, "kind": "hmac"})
+    private = Ed25519PrivateKey.generate()
+    public_b64 = base64.b64encode(private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+    seed_b64 = base64.b64encode(private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                      serialization.NoEncryption())).decode()
+    created = issue_demo_key(ctx, ED25519_DEMO_ACCOUNT, f"{ED25519_DEMO_ACCOUNT}@demo.ringfence.local",
+                             kind="ed25519", public_key=public_b64)
+    keys.append({"account": ED25519_DEMO_ACCOUNT, "api_key": created.api_key, "kind": "ed25519", "private_key": seed_b64})
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(keys, fh, indent=2)
         fh.write("\n")
+    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover .tmp file
     os.replace(tmp, path)
     return path

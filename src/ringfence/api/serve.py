@@ -84,10 +84,10 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
 
 
 def serve(
-    data: Path = typer.Option(Path("ringfence-data"), "--data", help="Data directory (journal, snapshots, SQLite)."),
+    data: Path = typer.Option(Path("ringfence-data"), "--data", help="Data directory (journal and snapshots in DIR/engine, SQLite); locked while serving: other writers are refused, read-only commands (journal verify DIR) still work."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
-    demo: bool = typer.Option(False, "--demo", help="List demo markets, fund alice and bob, seed books, write DIR/demo-keys.json."),
+    demo: bool = typer.Option(False, "--demo", help="List demo markets, fund alice and bob, seed books, write DIR/demo-keys.json (HMAC keys and one Ed25519 key)."),
     forwarded_allow_ips: str | None = typer.Option(
         None,
         "--forwarded-allow-ips",

@@ -127,10 +127,16 @@ def policy_test(
     With --journal DIR, each withdrawal recorded in that node's journal is re-decided with the facts
     its original decision saw, and the table shows the original decision next to the new one.
     """
+    from ..cli_paths import require_input_file, require_node_dir
+
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         _fail(f"FILE: cannot read {file}: {exc.strerror}")
+    if requests is not None:
+        require_input_file(requests, "--requests")
+    if journal is not None:
+        journal = require_node_dir(journal, "--journal")  # DIR as `serve --data` takes it, or the node folder
     try:
         if journal is not None:
             recs = recorded_requests(journal)

@@ -127,6 +127,7 @@ class LocalNet:
 
     def crash_and_restart(self) -> None:
         """Abandon the node without closing it (as a killed process would) and recover from the journal."""
+        self.node.abandon()  # a dead process's files close unsynced and its data-directory lock is released
         self.node = self._open_node()
         self._make_workers()
 

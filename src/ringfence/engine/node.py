@@ -19,14 +19,21 @@ state after a whole journal record — never a command half applied — and wait
 `node.last_seq` and the counters change once per batch, after it is applied (docs/engine.md, "How
 readers see state").
 
-If the journal cannot be written the node stops accepting commands (`NotDurable`): the state of the
-file is unknown, and recovery on restart decides what was durable. If `apply` raises anything but a
-deliberate rejection, the shard halts (`InvariantViolation`) and waits for an operator.
+
+If the journal cannot be written the node stops accepting commands: the state of the file is
+unknown, and recovery on restart decides what was durable. The batch being written is answered
+`NotDurable` when its write failed (at most a torn tail, truncated on recovery) and
+`OutcomeUnknown` when it was written but the fsync failed (it may be recovered and applied).
+`open()` takes the data directory's writer lock (`DIR/LOCK`) for the node's life: a second writer
+is refused with the holder's pid, because two appenders interleave records and break the chain.
+If `apply` raises anything but a deliberate rejection, the shard halts (`InvariantViolation`) and
+waits for an operator.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import collections
 import queue
 import threading
@@ -41,13 +48,14 @@ from ..errors import (
     InvariantViolation,
     JournalCorrupt,
     NotDurable,
+    OutcomeUnknown,
     RateLimited,
     RingfenceError,
     SnapshotInvalid,
     ValidationError,
     error_codes,
 )
-from ..journal.journal import JournalWriter, scan
+from ..journal.journal import DataDirLock, JournalWriter, scan
 from .commands import Batch, Command, Event, batch_decoder, command_decoder, encode
 from .core import CommandRejected, Engine
 from .snapshot import list_snapshots, read_snapshot, write_snapshot
@@ -322,6 +330,8 @@ class Node:
         snapshot_keep: int = 3,
         clock: Callable[[], int] = time.time_ns,
         entropy: Callable[[int], bytes] = os.urandom,
+        journal_sync: Callable[[int], None] = os.fdatasync,
+        purpose: str = "",
     ) -> None:
         if not 1 <= max_batch_commands <= 1_000_000:
             raise ValidationError("max_batch_commands must be between 1 and 1,000,000", field="max_batch_commands")
@@ -336,6 +346,10 @@ class Node:
         self.snapshot_keep = snapshot_keep
         self._clock = clock
         self._entropy = entropy
+        self._journal_sync = journal_sync
+        #: written into the lock file next to the pid, so a refused second writer learns who holds it
+        self.purpose = purpose or " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+        self.lock: DataDirLock | None = None
         self.queue_limit = queue_limit
         self._inbox: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()
@@ -363,20 +377,28 @@ class Node:
         then replays from genesis (snapshots are still verified against it by `journal replay`).
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        engine, report, scan_report = replay_journal(
-            self.data_dir, truncate=True, use_snapshots=on_replay is None, on_batch=on_replay
-        )
-        self.engine = engine
-        self.last_seq = engine.last_seq
-        self.writer = JournalWriter(
-            self.data_dir / "journal",
-            next_seq=scan_report.last_seq + 1,
-            last_hash=scan_report.last_hash,
-            tail_segment=scan_report.tail_segment,
-            tail_size=scan_report.tail_size,
-            segment_bytes=self.segment_bytes,
-            fsync=self.fsync,
-        )
+        if self.lock is None:
+            self.lock = DataDirLock(self.data_dir, self.purpose)  # before anything reads or truncates
+        try:
+            engine, report, scan_report = replay_journal(
+                self.data_dir, truncate=True, use_snapshots=on_replay is None, on_batch=on_replay
+            )
+            self.engine = engine
+            self.last_seq = engine.last_seq
+            self.writer = JournalWriter(
+                self.data_dir / "journal",
+                next_seq=scan_report.last_seq + 1,
+                last_hash=scan_report.last_hash,
+                tail_segment=scan_report.tail_segment,
+                tail_size=scan_report.tail_size,
+                segment_bytes=self.segment_bytes,
+                fsync=self.fsync,
+                sync=self._journal_sync,
+            )
+        except BaseException:
+            self.lock.release()
+            self.lock = None
+            raise
         self.recovery = report
         return report
 
@@ -392,9 +414,28 @@ class Node:
             self._post(_STOP)
             self._thread.join()
             self._thread = None
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        try:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def abandon(self) -> None:
+        """Drop the node as a killed process would, for crash simulations: close its files without
+        syncing or flushing anything and release its lock (the kernel does both for a dead process).
+        The sequencer thread must not be running."""
+        assert self._thread is None, "abandon() simulates a dead process; stop the sequencer first"
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.poisoned = writer.poisoned or RuntimeError("abandoned (simulated crash)")
+            writer.close()  # a poisoned writer closes its descriptors without syncing
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        self.failed = self.failed or RuntimeError("abandoned (simulated crash)")
 
     def _post(self, item: Any) -> None:
         self._inbox.append(item)
@@ -601,6 +642,13 @@ class Node:
         payload = encode(Batch(first_seq, ts_ns, entropy, [msgspec.Raw(raw) for _, raw, _ in accepted]))
         try:
             writer.append(payload, first_seq, len(accepted))
+        except OutcomeUnknown as err:
+            # The record was written, the fsync failed: it may survive and be applied on restart,
+            # or not. Telling the client "nothing applied" could make it retry into a duplicate.
+            self.failed = err
+            for _, _, ack in accepted:
+                ack._resolve(error=OutcomeUnknown(f"{err.message}. Outcome unknown: check before retrying", field=None))
+            return
         except OSError as err:
             self.failed = err
             for _, _, ack in accepted:

@@ -47,6 +47,8 @@ __all__ = [
     "hmac_signature",
     "decode_signature",
     "principal_for_key",
+    "parse_ed25519_public_key",
+    "register_ed25519_key",
 ]
 
 SCOPES = ("read", "trade", "withdraw")
@@ -128,19 +130,56 @@ def _validate_allowlist(entries: object) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _parse_ed25519_public_key(public_key: object) -> bytes:
-    if not isinstance(public_key, str) or len(public_key) > 1024:
-        raise ValidationError("must be an Ed25519 public key (PEM, or base64 of the 32 raw bytes)", field="public_key")
+ED25519_PUBLIC_KEY_BYTES = 32
+ED25519_PUBLIC_KEY_MAX_CHARS = 1024
+_ED25519_FORMS = "paste the public half as PEM (-----BEGIN PUBLIC KEY-----) or as base64 of its 32 raw bytes"
+
+
+def parse_ed25519_public_key(public_key: object) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key given as PEM (SubjectPublicKeyInfo) or base64.
+
+    Every refusal says what was wrong (length, encoding, key type) and never echoes the input:
+    a private key pasted by mistake is refused without being repeated anywhere.
+    """
+    if not isinstance(public_key, str) or not public_key.strip():
+        raise ValidationError(f"is required: {_ED25519_FORMS}", field="public_key")
+    if len(public_key) > ED25519_PUBLIC_KEY_MAX_CHARS:
+        raise ValidationError(f"must be at most {ED25519_PUBLIC_KEY_MAX_CHARS} characters; {_ED25519_FORMS}", field="public_key")
+    text = public_key.strip()
+    if "PRIVATE KEY" in text:
+        raise ValidationError(
+            "this is a PRIVATE key: never send it to anyone. Register the public half "
+            "(openssl pkey -in key.pem -pubout)", field="public_key")
+    if text.startswith("-----"):
+        if not text.startswith("-----BEGIN PUBLIC KEY-----") or not text.endswith("-----END PUBLIC KEY-----"):
+            raise ValidationError(f"is not a PEM public key; {_ED25519_FORMS}", field="public_key")
+        try:
+            key = serialization.load_pem_public_key(text.encode())
+        except (ValueError, TypeError) as exc:
+            raise ValidationError(f"the PEM block does not decode to a public key; {_ED25519_FORMS}", field="public_key") from exc
+        if not isinstance(key, Ed25519PublicKey):
+            kind = type(key).__name__.removeprefix("_").replace("PublicKey", "") or "another"
+            raise ValidationError(f"is a {kind} key, not Ed25519; generate one with `openssl genpkey -algorithm ed25519`",
+                                  field="public_key")
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     try:
-        if "BEGIN PUBLIC KEY" in public_key:
-            key = serialization.load_pem_public_key(public_key.encode())
-            if not isinstance(key, Ed25519PublicKey):
-                raise ValueError("not an Ed25519 key")
-        else:
-            key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key.strip(), validate=True))
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise ValidationError("must be an Ed25519 public key (PEM, or base64 of the 32 raw bytes)", field="public_key") from exc
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        raw = base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise ValidationError(f"is neither PEM nor valid base64; {_ED25519_FORMS}", field="public_key") from exc
+    if base64.b64encode(raw).decode() != text:  # one key, one spelling (no stray padding bits)
+        raise ValidationError(f"is not canonical base64; {_ED25519_FORMS}", field="public_key")
+    if len(raw) != ED25519_PUBLIC_KEY_BYTES:
+        raise ValidationError(
+            f"decodes to {len(raw)} bytes; an Ed25519 public key is {ED25519_PUBLIC_KEY_BYTES} bytes "
+            f"(44 base64 characters); {_ED25519_FORMS}", field="public_key")
+    try:
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as exc:  # pragma: no cover - every 32-byte string loads; kept for other backends
+        raise ValidationError("is not a valid Ed25519 public key", field="public_key") from exc
+    return raw
+
+
+_parse_ed25519_public_key = parse_ed25519_public_key
 
 
 def create_api_key(
@@ -193,6 +232,27 @@ def create_api_key(
         db.flush()
         credential_changed(ctx, db, user, change="api_key_created", ip=client_ip)
         return CreatedApiKey(row.id, api_key, secret, kind, scope_t, row.expires_at_s)
+
+
+def register_ed25519_key(
+    ctx: IdentityContext,
+    token: object,
+    public_key: object,
+    *,
+    scopes: object = ("read",),
+    label: object = "ed25519 key",
+    ip_allowlist: object = None,
+    expires_in_s: int | None = None,
+    ip: object = "127.0.0.1",
+) -> CreatedApiKey:
+    """Register the public half of an Ed25519 key pair the user generated (as on Binance).
+
+    The private key never reaches us; requests are signed base64(Ed25519_sign(private, payload)).
+    Same rules as any key: a signed-in session with a fresh second factor, a security event, the
+    withdrawal lock and an e-mail with a freeze link.
+    """
+    return create_api_key(ctx, token, kind="ed25519", scopes=scopes, label=label, ip_allowlist=ip_allowlist,
+                          expires_in_s=expires_in_s, public_key=public_key, ip=ip)
 
 
 def _view(row: ApiKey) -> ApiKeyView:
@@ -391,7 +451,8 @@ def issue_demo_key(
     expires_in_s: int | None = None,
 ) -> CreatedApiKey:
     """Dev mode only: create (or reuse) a demo user with a fixed ledger `account_id` and issue it an
-    HMAC key without a session — what `ringfence serve --demo` hands out in demo-keys.json.
+    HMAC key (or register an Ed25519 public key) without a session — what `ringfence serve --demo`
+    hands out in demo-keys.json.
 
     Refused outside dev mode: real users create keys themselves behind a fresh second factor.
     """

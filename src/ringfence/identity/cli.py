@@ -1,4 +1,5 @@
-"""`ringfence identity ...`: migrate the identity store, deliver queued mail, manage the exchange PGP key.
+"""`ringfence identity ...`: migrate the identity store, deliver queued mail, manage the exchange PGP key,
+register a user's Ed25519 API key.
 
 Reads settings from the environment (RINGFENCE_*). Never prints secrets.
 """
@@ -6,6 +7,7 @@ Reads settings from the environment (RINGFENCE_*). Never prints secrets.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -101,3 +103,58 @@ def purge() -> None:
     report = purge_expired(_context())
     for name, n in report.deleted.items():
         console.print(f"{name}: {n} deleted")
+
+
+@app.command("add-ed25519-key")
+def add_ed25519_key(
+    email: str = typer.Option(..., "--email", help="your account's e-mail address"),
+    public_key_file: Path = typer.Option(..., "--public-key-file", help="your Ed25519 PUBLIC key: PEM, or base64 of its 32 bytes"),
+    label: str = typer.Option("ed25519 key", "--label", help="a name to recognise the key by"),
+    scope: list[str] = typer.Option(["read"], "--scope", help="read, trade or withdraw; repeat for several"),
+    ip: list[str] = typer.Option([], "--ip", help="IP address or CIDR network allowed to use the key; repeat (withdraw needs one)"),
+) -> None:
+    """Register the public half of an Ed25519 key pair you generated, as an API key (like Binance).
+
+    Signs in with your password and a current authenticator code (both prompted, never echoed, or
+    piped on stdin), registers the key behind that fresh second factor, and signs out again. The
+    private key never leaves your machine: sign requests with base64(Ed25519_sign(private, query)).
+
+    Make the pair: openssl genpkey -algorithm ed25519 -out key.pem; openssl pkey -in key.pem -pubout -out key.pub
+
+    Example: ringfence identity add-ed25519-key --email you@example.com --public-key-file key.pub --scope read --scope trade
+    """
+    from ..cli_paths import fail, require_input_file
+    from ..errors import RingfenceError
+    from . import accounts, api_keys, second_factor, sessions
+
+    require_input_file(public_key_file, "--public-key-file")
+    try:
+        text = public_key_file.read_text(encoding="utf-8")
+        api_keys.parse_ed25519_public_key(text)  # refuse a bad key before asking for any secret
+    except UnicodeDecodeError:
+        fail("--public-key-file: public_key: is not text; give the PEM file or the base64 of the 32 raw bytes")
+    except RingfenceError as err:
+        fail(f"--public-key-file: {err}")
+    password = typer.prompt("Password", hide_input=True)
+    ctx = _context()
+    token = None
+    try:
+        result = accounts.login(ctx, email, password, ip="127.0.0.1", user_agent="ringfence identity add-ed25519-key")
+        token = result.session.token
+        if result.second_factor_required:
+            if "totp" not in result.methods:
+                fail("this account's second factor is a passkey, which needs a browser: register the key in the "
+                     "security centre (/security, 'Register an Ed25519 key')", 1)
+            code = typer.prompt("Authenticator code", hide_input=True)
+            token = second_factor.complete_login(ctx, token, method="totp", value=code.strip()).token
+        created = api_keys.register_ed25519_key(ctx, token, text, scopes=scope, label=label, ip_allowlist=ip or None)
+    except RingfenceError as err:
+        fail(str(err), 1)
+    finally:
+        if token is not None:
+            try:
+                sessions.logout(ctx, token)
+            except RingfenceError:
+                pass  # a pending or already rotated session: nothing to sign out
+    console.print(f"registered Ed25519 key {created.api_key[:8]}… scopes {','.join(created.scopes)}")
+    typer.echo(f"api_key={created.api_key}")

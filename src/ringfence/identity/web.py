@@ -237,8 +237,14 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         token = _csrf(ctx, request, form)
         raw_scopes = (await request.form()).getlist("scopes")
         allow = [x.strip() for x in form.get("ip_allowlist", "").replace("\n", ",").split(",") if x.strip()]
-        created = api_keys.create_api_key(ctx, token, scopes=[s for s in raw_scopes if isinstance(s, str)],
-                                          label=form.get("label", ""), ip_allowlist=allow, ip=_client_ip(request))
+        scopes = [s for s in raw_scopes if isinstance(s, str)]
+        kind = form.get("kind", "hmac")
+        if kind == "ed25519":  # the user registers the public half of a key pair they generated
+            created = api_keys.register_ed25519_key(ctx, token, form.get("public_key", ""), scopes=scopes,
+                                                    label=form.get("label", ""), ip_allowlist=allow, ip=_client_ip(request))
+        else:
+            created = api_keys.create_api_key(ctx, token, kind=kind, scopes=scopes,
+                                              label=form.get("label", ""), ip_allowlist=allow, ip=_client_ip(request))
         return _render("api_key_created.html", key=created)
 
     @router.post("/security/api-keys/{key_id}/revoke")

@@ -26,23 +26,33 @@ Recovery reads every segment in order and classifies the first failure it meets:
 * In the **last** segment, a record that stops short of its declared length, a header cut short,
   a zero-filled tail, or a complete *final* record whose checksum fails is a **torn tail**: the
   batch was being written when the process died and was never acknowledged (a command is
-  acknowledged only after its record is fsynced). It is truncated away.
+  acknowledged only after its record is fsynced). It is truncated away — but only beyond the
+  *durable mark*: after each record's fsync, and before anything is acknowledged, the writer
+  records "segment S is durable up to byte N, sequence Q" in `DIR/journal/DURABLE` (two
+  checksummed slots, written alternately and fsynced). A failure before that mark is an
+  acknowledged record that rotted, which is corruption, not a torn tail.
 * Anything else — a bad checksum with more data after it, a broken chain link, a sequence gap, a
   bad header in the middle — is **corruption**: recovery stops with the segment, offset, sequence
   numbers and reason, because carrying on would silently drop acknowledged commands.
+
+Only one process may write a journal: `DataDirLock` (an `fcntl.flock` on `DIR/LOCK`, held while
+the writer lives) refuses a second writer. Readers (`scan` with `truncate=False`) take no lock and
+change nothing.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from ..errors import JournalCorrupt
+from ..errors import DataDirLocked, JournalCorrupt, OutcomeUnknown
 
 __all__ = [
     "GENESIS_HASH",
@@ -51,6 +61,11 @@ __all__ = [
     "Record",
     "ScanReport",
     "JournalWriter",
+    "DataDirLock",
+    "DurableMark",
+    "read_durable_mark",
+    "LOCK_FILE",
+    "DURABLE_FILE",
     "scan",
     "fsync_dir",
     "segment_paths",
@@ -66,6 +81,96 @@ GENESIS_HASH = hashlib.sha256(b"ringfence/journal/v1/genesis").digest()
 #: A record's payload may not exceed this (bounds memory on read and write).
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 SEGMENT_SUFFIX = ".rfj"
+LOCK_FILE = "LOCK"
+DURABLE_FILE = "DURABLE"
+#: The durable mark: magic, segment first seq, durable bytes of that segment, last durable sequence,
+#: hash of that record, CRC-32 of the preceding bytes. Two slots, one sector apart, written in turn,
+#: so a torn write of one slot leaves the other (one batch older, still true) readable.
+_MARK = struct.Struct(">4sQQQ32s")
+_MARK_MAGIC = b"RFD1"
+_MARK_SLOT_BYTES = 512
+LOCK_HOLDER_MAX_BYTES = 512
+
+
+class DataDirLock:
+    """An exclusive `flock` on `DIR/LOCK`, held for the writer's life; the holder's pid is in the file.
+
+    The kernel releases a flock when its holder dies, however it dies, so a crashed writer never
+    leaves a stale lock. The file itself is never deleted (deleting a lock file races with the
+    next writer's open).
+    """
+
+    def __init__(self, directory: Path, purpose: str = "") -> None:
+        self.path = Path(directory) / LOCK_FILE
+        self._fd: int | None = None
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, LOCK_HOLDER_MAX_BYTES, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            pid, _, what = holder.partition("\n")
+            who = f"pid {pid}" if pid.isdigit() else "another process (pid unknown)"
+            raise DataDirLocked(
+                f"{directory} is in use by {who}{f' ({what.strip()})' if what.strip() else ''}; only one process "
+                "may write a journal. Stop that process first, or send the change to it (read-only commands "
+                "such as `ringfence journal verify` work while it runs)",
+                field="data_dir",
+                holder_pid=int(pid) if pid.isdigit() else None,
+            ) from None
+        label = " ".join(purpose.split())[:200]
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n{label}\n".encode(), 0)
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor releases the flock
+            self._fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class DurableMark:
+    """What the writer knew was durable (fsynced) when it last acknowledged anything."""
+
+    segment_first_seq: int
+    size: int
+    last_seq: int
+    last_hash: bytes
+
+
+def _encode_mark(mark: DurableMark) -> bytes:
+    body = _MARK.pack(_MARK_MAGIC, mark.segment_first_seq, mark.size, mark.last_seq, mark.last_hash)
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def read_durable_mark(journal_dir: Path) -> DurableMark | None:
+    """The newest valid slot of `DURABLE`, or None (no mark yet, or a journal from before marks)."""
+    try:
+        data = (Path(journal_dir) / DURABLE_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    best: DurableMark | None = None
+    for offset in (0, _MARK_SLOT_BYTES):
+        end = offset + _MARK.size + 4
+        if len(data) < end:
+            continue
+        body = data[offset : offset + _MARK.size]
+        if data[offset + _MARK.size : end] != struct.pack(">I", zlib.crc32(body)):
+            continue
+        magic, seg, size, last_seq, last_hash = _MARK.unpack(body)
+        if magic != _MARK_MAGIC:
+            continue
+        if best is None or last_seq > best.last_seq:
+            best = DurableMark(seg, size, last_seq, last_hash)
+    return best
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +237,16 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
     report = ScanReport()
     paths = segment_paths(journal_dir)
     report.segments = len(paths)
+    mark = read_durable_mark(journal_dir)
+    if mark is not None and mark.last_seq > 0:
+        names = {int(p.name[: -len(SEGMENT_SUFFIX)]) for p in paths if p.name[: -len(SEGMENT_SUFFIX)].isdigit()}
+        if mark.segment_first_seq not in names:
+            raise JournalCorrupt(
+                f"journal segment {mark.segment_first_seq:020d}{SEGMENT_SUFFIX} is missing, but the durable mark says "
+                f"it holds acknowledged commands up to sequence {mark.last_seq}; restore it from a replica or a backup",
+                segment=f"{mark.segment_first_seq:020d}{SEGMENT_SUFFIX}",
+                expected_seq=mark.last_seq,
+            )
     expected_seq = 1
     prev_hash = GENESIS_HASH
     for index, path in enumerate(paths):
@@ -156,6 +271,7 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
             where = f"segment {name} offset {pos} (expected sequence {expected_seq})"
             torn: str | None = None
             corrupt: str | None = None
+            before_mark = False
             record_end = 0
             if remaining < HEADER_SIZE:
                 torn = f"{remaining} bytes of a record header at the end of the last segment"
@@ -192,6 +308,14 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
                             corrupt = "hash chain broken: the record does not follow the previous one"
                         elif first_seq != expected_seq:
                             corrupt = f"sequence gap: record starts at {first_seq}"
+            if torn is not None and is_last and mark is not None and mark.segment_first_seq == seg_first and pos < mark.size:
+                # Before the durable mark: this record was fsynced and acknowledged, so it did not
+                # tear — it rotted or was cut. Truncating it would drop acknowledged commands.
+                corrupt = (
+                    f"{torn}, but the durable mark says this segment was fsynced and acknowledged up to byte "
+                    f"{mark.size} (sequence {mark.last_seq}): an acknowledged record is damaged"
+                )
+                torn, before_mark = None, True
             if torn is not None and is_last:
                 report.torn_tail = f"{where}: {torn}"
                 report.truncated_bytes = size - pos
@@ -206,9 +330,12 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
             if torn is not None or corrupt is not None:
                 reason = corrupt or torn
                 after = size - (record_end if record_end and record_end <= size else pos)
+                why = (
+                    "it lies before the durable mark" if before_mark
+                    else f"{after} bytes follow in this segment and {len(paths) - index - 1} later segments exist"
+                )
                 raise JournalCorrupt(
-                    f"journal corrupt at {where}: {reason}; {after} bytes follow in this segment and "
-                    f"{len(paths) - index - 1} later segments exist, so this is not a torn tail. Recovery stopped "
+                    f"journal corrupt at {where}: {reason}; {why}, so this is not a torn tail. Recovery stopped "
                     f"so that no acknowledged command is silently dropped; restore this segment from a replica "
                     f"or a backup.",
                     segment=name,
@@ -233,6 +360,12 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
             report.tail_size = size
     report.last_seq = expected_seq - 1
     report.last_hash = prev_hash
+    if mark is not None and report.last_seq < mark.last_seq:
+        raise JournalCorrupt(
+            f"the journal ends at sequence {report.last_seq} but the durable mark says sequence {mark.last_seq} was "
+            "fsynced and acknowledged: acknowledged records are missing; restore the journal from a replica or a backup",
+            expected_seq=report.last_seq + 1,
+        )
     return report
 
 
@@ -247,7 +380,13 @@ def scan_all(journal_dir: Path, *, truncate: bool = False) -> tuple[list[Record]
 
 
 class JournalWriter:
-    """Appends records durably. Not thread-safe: only the sequencer thread writes."""
+    """Appends records durably. Not thread-safe: only the sequencer thread writes.
+
+    `sync` is the function that makes a file's data durable (`os.fdatasync`; tests inject faults
+    through it). After any failed write or sync the writer is *poisoned*: it never retries the sync
+    (a retry can report success for pages the kernel already dropped after the error — PostgreSQL's
+    "fsyncgate") and refuses every later append; only recovery on restart knows what is on disk.
+    """
 
     def __init__(
         self,
@@ -259,6 +398,7 @@ class JournalWriter:
         tail_size: int,
         segment_bytes: int = 64 * 1024 * 1024,
         fsync: bool = True,
+        sync: Callable[[int], None] = os.fdatasync,
     ) -> None:
         self.dir = journal_dir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -266,13 +406,19 @@ class JournalWriter:
         self.last_hash = last_hash
         self.segment_bytes = segment_bytes
         self.fsync = fsync
+        self._sync = sync
         self.fsync_seconds_total = 0.0
         self.records_written = 0
+        self.poisoned: BaseException | None = None
         self._fd: int | None = None
         self._size = 0
+        self._segment_first_seq = 0
         if tail_segment is not None and tail_size < segment_bytes:
             self._fd = os.open(tail_segment, os.O_WRONLY | os.O_APPEND)
             self._size = tail_size
+            self._segment_first_seq = int(tail_segment.name[: -len(SEGMENT_SUFFIX)])
+        self._mark_fd = os.open(self.dir / DURABLE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        self._mark_slot = 0
         fsync_dir(self.dir)
 
     def _rotate(self) -> None:
@@ -281,34 +427,77 @@ class JournalWriter:
         path = self.dir / f"{self.next_seq:020d}{SEGMENT_SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self._size = 0
+        self._segment_first_seq = self.next_seq
         fsync_dir(self.dir)  # the new file's directory entry must be durable too
 
     def append(self, payload: bytes, first_seq: int, count: int) -> bytes:
-        """Write one record and make it durable before returning its hash."""
+        """Write one record and make it durable before returning its hash.
+
+        Raises `OSError` when the write failed (the record is at most a torn tail: not applied on
+        recovery) and `OutcomeUnknown` when the record was written but the sync failed (recovery
+        applies it if it survived). Either way the writer is poisoned.
+        """
+        if self.poisoned is not None:
+            raise OutcomeUnknown(f"the journal writer stopped after an earlier failure ({self.poisoned}); restart the node")
         if first_seq != self.next_seq:
             raise ValueError(f"journal expects sequence {self.next_seq}, got {first_seq}")
-        if self._fd is None or self._size >= self.segment_bytes:
-            self._rotate()
         record, digest = encode_record(payload, first_seq, count, self.last_hash)
-        assert self._fd is not None
-        written = os.write(self._fd, record)
-        while written < len(record):  # a short write on a regular file is rare but legal
-            written += os.write(self._fd, record[written:])
+        try:
+            if self._fd is None or self._size >= self.segment_bytes:
+                self._rotate()
+            assert self._fd is not None
+            written = os.write(self._fd, record)
+            while written < len(record):  # a short write on a regular file is rare but legal
+                written += os.write(self._fd, record[written:])
+        except OSError as err:
+            self.poisoned = err
+            raise
+        new_size = self._size + len(record)
         if self.fsync:
             import time
 
             started = time.perf_counter()  # float-ok: duration metric, not money
-            os.fdatasync(self._fd)
+            try:
+                self._sync(self._fd)
+            except OSError as err:
+                self.poisoned = err
+                raise OutcomeUnknown(
+                    f"the journal's fsync failed ({err.strerror or err}) after sequence {first_seq}..{first_seq + count - 1} "
+                    "was written: it may or may not be durable; the node stops and recovery on restart decides",
+                    field="journal",
+                ) from err
             self.fsync_seconds_total += time.perf_counter() - started
-        self._size += len(record)
+        self._size = new_size
         self.next_seq = first_seq + count
         self.last_hash = digest
         self.records_written += 1
+        self._write_mark()
         return digest
+
+    def _write_mark(self) -> None:
+        """Record what is now durable; fsynced before the caller acknowledges anything."""
+        mark = _encode_mark(DurableMark(self._segment_first_seq, self._size, self.next_seq - 1, self.last_hash))
+        try:
+            os.pwrite(self._mark_fd, mark, self._mark_slot * _MARK_SLOT_BYTES)
+            if self.fsync:
+                self._sync(self._mark_fd)
+        except OSError as err:
+            # The record itself is durable, but a mark we cannot trust could later make recovery
+            # call a torn tail corruption or the reverse; stop, as for a failed journal fsync.
+            self.poisoned = err
+            raise OutcomeUnknown(
+                f"the journal's durable mark could not be written ({err.strerror or err}); the node stops and "
+                "recovery on restart decides",
+                field="journal",
+            ) from err
+        self._mark_slot ^= 1
 
     def close(self) -> None:
         if self._fd is not None:
-            if self.fsync:
-                os.fsync(self._fd)
+            if self.fsync and self.poisoned is None:  # never retry a sync that failed
+                self._sync(self._fd)
             os.close(self._fd)
             self._fd = None
+        if self._mark_fd is not None:
+            os.close(self._mark_fd)
+            self._mark_fd = None  # type: ignore[assignment]

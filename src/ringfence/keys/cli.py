@@ -195,9 +195,13 @@ def backup(store: Path = typer.Option(..., help="This signer's share store direc
     Example: RINGFENCE_SIGNER_PASSPHRASE=... ringfence keys backup --store ./signer-1 --key-id btc-hot
     --operator-key alice.key --out btc-hot-1.backup --operator alice --reason "offsite backup"
     """
+    from ringfence.cli_paths import fail, require_input_file
     from .ceremony import backup_share, load_operator_public_key
     from .share_store import EncryptedShareStore
 
+    if not store.is_dir():
+        fail(f"--store: {store} is not an existing share store directory")
+    require_input_file(operator_key, "--operator-key")
     st = EncryptedShareStore(store, _secret("RINGFENCE_SIGNER_PASSPHRASE", "Share store passphrase"))
     hdr = backup_share(st, key_id, load_operator_public_key(operator_key), out_file)
     _log(log).append(actor=operator, action="share_backed_up", key_id=key_id, reason=reason,
@@ -215,9 +219,12 @@ def restore(backup_file: Path = typer.Option(..., "--backup"), operator_key: Pat
     Example: RINGFENCE_OPERATOR_PASSPHRASE=... RINGFENCE_STORE_PASSPHRASE=... ringfence keys restore
     --backup btc-hot-1.backup --operator-key alice.key --store ./signer-1-new --operator alice --reason "disk failed"
     """
+    from ringfence.cli_paths import require_input_file
     from .ceremony import load_operator_private_key, restore_share
     from .share_store import EncryptedShareStore
 
+    require_input_file(backup_file, "--backup")
+    require_input_file(operator_key, "--operator-key")
     opk = load_operator_private_key(operator_key, _secret("RINGFENCE_OPERATOR_PASSPHRASE", "Operator passphrase"))
     st = EncryptedShareStore(store, _secret("RINGFENCE_STORE_PASSPHRASE", "Share store passphrase", True), create=True)
     kp = restore_share(backup_file, opk, st, overwrite=overwrite)
@@ -238,10 +245,17 @@ def show(key_id: str = typer.Option(...), signer: list[str] = typer.Option(..., 
 
 
 @app.command("verify-log")
-def verify_log(log: Path = typer.Option(DEFAULT_LOG)) -> None:
-    """Check the key-operation log's hash chain.
+def verify_log(log: Path = typer.Option(DEFAULT_LOG, help="The key-operation log to check; it must exist.")) -> None:
+    """Check the key-operation log's hash chain. Exit 1 when it is broken, 2 when the file is missing.
 
     Example: ringfence keys verify-log --log ringfence-data/keyops.jsonl
     """
-    n = _log(log).verify()
+    from ringfence.cli_paths import fail, require_input_file
+    from ringfence.errors import RingfenceError
+
+    require_input_file(log, "--log")  # a missing log is an error, not "0 entries": it may have been deleted
+    try:
+        n = _log(log).verify()
+    except RingfenceError as err:
+        fail(f"--log: {err}", 1)
     typer.echo(f"key-operation log ok: {n} entries")

@@ -1,6 +1,9 @@
 """`ringfence reconcile run|status|history`: run the checks, show active halts and incidents.
 
-`run` opens the node's data directory itself (the node must not be running elsewhere), folds the
+`run` and `lift` open the node's data directory as its writer: they take the data directory's lock,
+so while `serve` runs on it they are refused with the server's pid (a second writer would break the
+journal's hash chain). `status` and `history` only read. Every command takes the data directory
+`serve --data DIR` takes (the node is `DIR/engine`) or the node folder itself. `run` folds the
 journal independently, compares, and submits `Halt` commands for what disagrees. Chain wallets
 need chain adapters, which only a running service has; from the command line `run` does the
 internal checks (the service wires `Reconciler(node, wallets=..., custody=...)`).
@@ -33,16 +36,20 @@ EXIT_MISMATCH = 3
 
 
 def _data_dir(path: Path) -> Path:
-    if not path.is_dir() or not (path / "journal").is_dir():
-        err_console.print(f"[bold red]error:[/] DIR: {path} is not a ringfence data directory (no journal/ folder)")
-        raise typer.Exit(2)
-    return path
+    """The node directory: DIR as `serve --data DIR` takes it (node in DIR/engine) or the node folder."""
+    from ..cli_paths import require_node_dir
+
+    return require_node_dir(path, "DIR")
 
 
-def _incidents(path: Path):
+def _incidents(path: Path, *, read_only: bool = False):
+    """The incident store; `read_only` (status, history) returns None instead of creating it."""
     from .reconciler import IncidentStore
 
-    return IncidentStore(path / "reconcile" / "incidents.sqlite")
+    file = path / "reconcile" / "incidents.sqlite"
+    if read_only and not file.is_file():
+        return None
+    return IncidentStore(file)
 
 
 def _print_report(report) -> None:
@@ -72,14 +79,17 @@ def _print_report(report) -> None:
 
 @app.command("run")
 def run(
-    data_dir: Path = typer.Argument(..., metavar="DIR", help="The node's data directory."),
+    data_dir: Path = typer.Argument(..., metavar="DIR", help="The data directory `serve --data` takes (or its engine/ folder); the node must be stopped."),
     watch: bool = typer.Option(False, "--watch", help="Keep running: a pass every --interval-ms until Ctrl-C."),
     interval_ms: int = typer.Option(5_000, "--interval-ms", min=100, max=600_000, help="Time between passes with --watch."),
     no_halt: bool = typer.Option(False, "--no-halt", help="Report only: record incidents but submit no Halt."),
 ) -> None:
     """Fold the journal independently, compare with the engine, halt what disagrees.
 
-    Example: ringfence reconcile run ./ringfence-data/demo --watch --interval-ms 5000
+    Writes to the journal (Halt commands), so it takes the data directory's lock: refused, naming
+    the pid, while `serve` runs (the server reconciles by itself every RINGFENCE_RECONCILE_EVERY_MS).
+
+    Example: ringfence reconcile run ./ringfence-data --watch --interval-ms 5000
     """
     from ..engine.node import Node
     from .reconciler import Reconciler
@@ -126,12 +136,12 @@ def _report_only(rec):
 
 @app.command("status")
 def status(
-    data_dir: Path = typer.Argument(..., metavar="DIR", help="The node's data directory."),
+    data_dir: Path = typer.Argument(..., metavar="DIR", help="The data directory `serve --data` takes (or its engine/ folder)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
-    """Active halts (from the journal) and the latest reconciliation runs.
+    """Active halts (from the journal) and the latest reconciliation runs. Read-only: works while `serve` runs.
 
-    Example: ringfence reconcile status ./ringfence-data/demo
+    Example: ringfence reconcile status ./ringfence-data
     """
     from ..engine.node import replay_journal
     from ..risk.halts import active_halts, halts_of
@@ -143,7 +153,8 @@ def status(
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(1)
     halts = active_halts(engine)
-    runs = _incidents(path).runs(10)
+    store = _incidents(path, read_only=True)
+    runs = store.runs(10) if store is not None else []
     state = halts_of(engine)
     if as_json:
         typer.echo(json.dumps({"seq": engine.last_seq, "operators": sorted(state.operators), "threshold": state.threshold,
@@ -174,16 +185,19 @@ def status(
 
 @app.command("history")
 def history(
-    data_dir: Path = typer.Argument(..., metavar="DIR", help="The node's data directory."),
+    data_dir: Path = typer.Argument(..., metavar="DIR", help="The data directory `serve --data` takes (or its engine/ folder)."),
     limit: int = typer.Option(50, "--limit", min=1, max=10_000, help="How many incidents to show."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with full evidence) instead of a table."),
 ) -> None:
     """Incidents, newest first: one per distinct mismatch, with what was done about it.
 
-    Example: ringfence reconcile history ./ringfence-data/demo --limit 20
+    Read-only: works while `serve` runs.
+
+    Example: ringfence reconcile history ./ringfence-data --limit 20
     """
     path = _data_dir(data_dir)
-    rows = _incidents(path).incidents(limit)
+    store = _incidents(path, read_only=True)
+    rows = store.incidents(limit) if store is not None else []
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -216,8 +230,10 @@ def approve(
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from ..cli_paths import require_input_file
     from ..risk.halts import lift_message
 
+    require_input_file(key_file, "--key-file")
     try:
         seed = bytes.fromhex(key_file.read_text().strip())
         key = Ed25519PrivateKey.from_private_bytes(seed)
@@ -229,12 +245,15 @@ def approve(
 
 @app.command("lift")
 def lift(
-    data_dir: Path = typer.Argument(..., metavar="DIR", help="The node's data directory (the node must be stopped)."),
+    data_dir: Path = typer.Argument(..., metavar="DIR", help="The data directory `serve --data` takes (or its engine/ folder); the node must be stopped."),
     halt_id: str = typer.Argument(..., help="The halt to lift."),
     reason: str = typer.Option(..., "--reason", help="The reason the approvers signed."),
     approvals: list[str] = typer.Option(..., "--approval", help="OPERATOR:SIGNATURE from `reconcile approve`; repeat for M operators."),
 ) -> None:
     """Submit LiftHalt with M-of-N operator approvals; the engine verifies every signature.
+
+    Appends to the journal, so it takes the data directory's lock: while `serve` runs on DIR it is
+    refused with the server's pid and nothing is written. Stop the server, lift, start it again.
 
     Example: ringfence reconcile lift ./data rc.hot_wallet_shortfall.1a2b --reason "key rotated" --approval op1:ab.. --approval op2:cd..
     """

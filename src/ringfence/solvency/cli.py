@@ -64,7 +64,7 @@ def _asset_specs(values: list[str]) -> list[AssetSpec]:
 @app.command()
 def snapshot(
     balances: Optional[Path] = typer.Option(None, "--balances", help="balances file (.json or .csv); see docs/por.md"),
-    data: Optional[Path] = typer.Option(None, "--data", help="a ringfence node's data directory: snapshot its ledger"),
+    data: Optional[Path] = typer.Option(None, "--data", help="the data directory `serve --data` takes (or a node folder): snapshot its ledger"),
     seq: Optional[int] = typer.Option(None, "--seq", min=0, help="with --data: the journal position (default: the end)"),
     out: Path = typer.Option(Path("snapshot.json"), "--out", help="where to write the snapshot"),
     asset: list[str] = typer.Option([], "--asset", help="CODE:DECIMALS, repeat per asset (required for CSV)"),
@@ -95,7 +95,7 @@ def snapshot(
 
             from ..cli_paths import require_node_dir
 
-            require_node_dir(data, "--data")
+            data = require_node_dir(data, "--data")
             if not out.parent.is_dir():
                 raise ValidationError(f"{out.parent} does not exist; choose a file in an existing folder", field="--out")
             snap = snapshot_from_journal(data, seq)

@@ -44,7 +44,7 @@ def book(
     from ..errors import RingfenceError
     from .state import market_of
 
-    require_node_dir(data, "--data")  # an inspection never creates the folder it reads
+    data = require_node_dir(data, "--data")  # an inspection never creates the folder it reads
     try:
         engine, _, _ = replay_journal(data)  # read-only: the journal is not truncated or opened for writing
         bids, asks = market_of(engine, symbol).depth(depth)

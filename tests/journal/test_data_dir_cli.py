@@ -1,0 +1,123 @@
+"""One data directory, two real processes: a running `serve` and the CLI next to it.
+
+A second writer (`reconcile lift`, `reconcile run`) is refused with the server's pid and writes
+nothing; read-only commands (`journal verify/replay`, `reconcile status`, `por snapshot`) work while
+the server runs, take the same DIR `serve --data` takes, and never change a byte of the journal.
+Reproduce by hand: `ringfence serve --demo --data D &` then `ringfence reconcile lift D x --reason r --approval a:b`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(RINGFENCE + list(args), capture_output=True, text=True, timeout=300)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def journal_digest(node_dir: Path) -> str:
+    h = hashlib.sha256()
+    for seg in sorted((node_dir / "journal").glob("*.rfj")):
+        h.update(seg.name.encode() + seg.read_bytes())
+    return h.hexdigest()
+
+
+def start_serve(data: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = open(data.parent / "serve.log", "w")
+    proc = subprocess.Popen(RINGFENCE + ["serve", "--demo", "--data", str(data), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, RINGFENCE_RECONCILE_EVERY_MS="600000"))
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        assert proc.poll() is None, (data.parent / "serve.log").read_text()[-3000:]
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("serve did not become ready; reproduce with: ringfence serve --demo --data " + str(data))
+
+
+def test_second_writer_is_refused_while_serve_runs_and_readers_use_the_serve_dir(tmp_path):
+    data = tmp_path / "data"
+    proc, base = start_serve(data)
+    try:
+        node = data / "engine"
+        lock = (node / "LOCK").read_text()
+        assert lock.split("\n")[0] == str(proc.pid) and "serve" in lock
+        before = journal_digest(node)
+
+        for target in (data, node):  # the serve DIR and the node folder name the same journal
+            lift = run("reconcile", "lift", str(target), "rc.any", "--reason", "r", "--approval", "op1:" + "ab" * 64)
+            assert lift.returncode != 0, lift.stdout
+            assert f"pid {proc.pid}" in lift.stderr and "lifted" not in lift.stdout, lift.stderr
+        rec = run("reconcile", "run", str(data))
+        assert rec.returncode != 0 and f"pid {proc.pid}" in rec.stderr, rec.stderr + rec.stdout
+        assert journal_digest(node) == before, "a refused writer changed the journal"
+
+        # read-only commands: no lock, no change, the same DIR serve takes
+        verify = run("journal", "verify", str(data))
+        assert verify.returncode == 0 and "journal: OK" in verify.stdout, verify.stdout + verify.stderr
+        assert run("journal", "verify", str(node)).returncode == 0
+        replay = run("journal", "replay", str(data))
+        assert replay.returncode == 0 and "replay: OK" in replay.stdout, replay.stderr
+        status = run("reconcile", "status", str(data))
+        assert status.returncode == 0 and "sequence" in status.stdout, status.stderr
+        snap = run("por", "snapshot", "--data", str(data), "--out", str(tmp_path / "snap.json"))
+        assert snap.returncode == 0 and (tmp_path / "snap.json").is_file(), snap.stderr
+        assert journal_digest(node) == before
+
+        # the server is unharmed and still accepts commands
+        assert httpx.get(base + "/readyz", timeout=5).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    # the lock died with the server: a writer may now open the directory, by either name
+    after = run("reconcile", "run", str(data), "--no-halt")
+    assert after.returncode in (0, 3), after.stderr
+    assert run("journal", "verify", str(data)).returncode == 0
+
+
+def test_ambiguous_or_foreign_directories_are_refused_by_name(tmp_path):
+    (tmp_path / "both" / "journal").mkdir(parents=True)
+    (tmp_path / "both" / "engine" / "journal").mkdir(parents=True)
+    out = run("journal", "verify", str(tmp_path / "both"))
+    assert out.returncode == 2 and "name the one you mean" in " ".join(out.stderr.split())
+    (tmp_path / "empty").mkdir()
+    out = run("reconcile", "status", str(tmp_path / "empty"))
+    assert out.returncode == 2 and "engine/journal" in " ".join(out.stderr.split())
+
+
+def test_demo_never_deletes_a_directory_another_writer_holds(tmp_path):
+    from ringfence.journal.journal import DataDirLock
+
+    data = tmp_path / "demo"
+    assert run("demo", "--data", str(data), "--seed", "2").returncode == 0
+    before = journal_digest(data)
+    lock = DataDirLock(data, "a test holding the demo's journal")
+    try:
+        again = run("demo", "--data", str(data), "--seed", "2")
+        assert again.returncode == 1 and f"pid {os.getpid()}" in " ".join(again.stderr.split()), again.stderr
+        assert journal_digest(data) == before  # not deleted, not rewritten
+    finally:
+        lock.release()
+    assert run("demo", "--data", str(data), "--seed", "2").returncode == 0
