@@ -37,7 +37,7 @@ from ringfence.errors import InvariantViolation
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer, TransferFlags
 from ringfence.trading.commands import CancelAll, ListMarket, PlaceOrder
-from ringfence.trading.matching import trading_state
+from ringfence.trading.state import trading_state
 
 SYMBOL = "BTCUSDT"
 USERS = [f"u{i}" for i in range(12)]
