@@ -13,6 +13,7 @@ from ringfence.risk.halts import Halt
 from .conftest import Server
 from .test_dashboard import ARGS, CHROMIUM
 from .test_rest import signed_query
+from ringfence.app import new_node
 
 
 def order(server, account, symbol, price, qty):
@@ -27,7 +28,7 @@ def test_a_journaled_halt_is_enforced_and_visible_after_restart(tmp_path):
     assert order(first, "alice", "BTCUSDT", "60990.00", "0.0010").status_code == 200
     assert first.stop() == 0
 
-    node = Node(data / "engine")
+    node = new_node(data / "engine")
     node.open()
     evidence = json.dumps({"kind": "test", "detail": "injected by the test"})
     node.execute(Halt("test-btc", "market", "BTCUSDT", "HALTED", "reconciliation mismatch (test)", evidence))
