@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from ringfence.engine.core import Engine  # noqa: E402
 from ringfence.engine.node import Node  # noqa: E402
 from ringfence.trading.commands import Trade, TradingBatch  # noqa: E402
-from ringfence.trading.matching import market_of  # noqa: E402
+from ringfence.trading.state import market_of  # noqa: E402
 from ringfence.trading.workload import ExchangeCoreMix, fund_transfers, setup_commands  # noqa: E402
 from ringfence.app import new_engine, new_node
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .custody.commands import MODULE as CUSTODY
+from .custody import commands as _custody_commands  # noqa: F401  (the façade imports every custody handler file)
+from .custody.module import MODULE as CUSTODY
 from .engine.core import Engine
 from .engine.module import Module
 from .engine.node import Node, RecoveryReport
 from .engine.node import replay_journal as _replay_journal
 from .ledger.commands import MODULE as LEDGER
 from .risk.halts import MODULE as HALTS
-from .trading.matching import MODULE as TRADING
+from .trading.module import MODULE as TRADING  # the package imports every trading handler file
 
 __all__ = ["standard_modules", "new_engine", "new_node", "replay_journal", "engine_from_snapshot"]
 

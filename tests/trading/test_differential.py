@@ -29,7 +29,7 @@ from ringfence.trading.commands import (
     SetFeeTier,
     Trade,
 )
-from ringfence.trading.matching import market_of
+from ringfence.trading.state import market_of
 
 TICK = 10_000
 LOT = 10_000

@@ -22,7 +22,7 @@ from ringfence.trading.commands import (
     SetReferencePrice,
     Trade,
 )
-from ringfence.trading.matching import market_of
+from ringfence.trading.state import market_of
 from ringfence.app import engine_from_snapshot
 
 

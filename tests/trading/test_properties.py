@@ -34,7 +34,7 @@ from ringfence.trading.commands import (
     TradingBatch,
 )
 from ringfence.trading.marketdata import MarketData
-from ringfence.trading.matching import market_of
+from ringfence.trading.state import market_of
 from ringfence.app import new_node, replay_journal
 
 TICK = 10_000

@@ -17,7 +17,8 @@ from ringfence.trading.commands import (
     SetReferencePrice,
     Trade,
 )
-from ringfence.trading.matching import REASONS, _snapshot, trading_state
+from ringfence.trading.orders import REASONS
+from ringfence.trading.state import _snapshot, trading_state
 from ringfence.app import new_node
 
 

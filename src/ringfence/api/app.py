@@ -297,7 +297,7 @@ def create_app(
 
     @app.get("/v1/book", tags=["native"], summary="The engine's own order book (L2), not the read model: for auditors and tests", responses=ERROR_RESPONSES)
     async def v1_book(symbol: str, limit: int = 100) -> JSONResponse:
-        from ..trading.matching import trading_state
+        from ..trading.state import trading_state
 
         market = trading_state(exchange.engine).markets.get(symbol)
         if market is None:

@@ -21,7 +21,7 @@ from ..ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ..ledger.model import Transfer
 from ..money import parse_amount
 from ..trading.commands import ListMarket, PlaceOrder, SetReferencePrice
-from ..trading.matching import trading_state
+from ..trading.state import trading_state
 
 __all__ = ["seed_demo", "write_demo_keys", "DEMO_MARKETS", "DEMO_ACCOUNTS"]
 

@@ -23,7 +23,7 @@ from ..engine.node import Ack, Node
 from ..errors import RingfenceError
 from ..trading.book import Market
 from ..trading.marketdata import MarketData
-from ..trading.matching import trading_state
+from ..trading.state import trading_state
 from .orders import OrderHistory
 from ..app import new_node
 

@@ -4,7 +4,7 @@ The built-in scorer combines a blacklist of addresses tied to hacks and sanction
 OFAC-SDN style; a small sample ships in `custody/data/blacklist-sample.csv`) with taint over one and
 two hops seen on our own chains: who sent the deposit, and who funded those senders.
 
-Scores are integers 0..100. The deposit flow (commands.py) routes by score: > 85 lands in the
+Scores are integers 0..100. The deposit flow (deposit_cmds.py) routes by score: > 85 lands in the
 user's `quarantine` account until a source-of-funds declaration and an analyst's decision; a sender
 on the blacklist as `exploit` or `sanctions` is frozen and reported at once.
 

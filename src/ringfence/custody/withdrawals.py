@@ -1,6 +1,6 @@
 """Withdrawal records, the state machine's legal transitions, and the risk review.
 
-States (each transition is one journaled command, see commands.py):
+States (each transition is one journaled command, see withdrawal_cmds.py):
 
     requested ─ConfirmWithdrawalEmail─► confirmed ─RecordRiskReview─► reviewed ─DecideWithdrawal─►
         ├─ denied (hold voided)                       ├─ awaiting_approvals ─ApproveWithdrawal×N─► approved

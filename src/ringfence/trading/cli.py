@@ -43,7 +43,7 @@ def book(
     from ..cli_paths import fail, require_node_dir
     from ..app import replay_journal
     from ..errors import RingfenceError
-    from .matching import market_of
+    from .state import market_of
 
     require_node_dir(data, "--data")  # an inspection never creates the folder it reads
     try:

@@ -19,7 +19,7 @@ from ..ledger.model import Transfer
 from ..money import format_amount, parse_amount
 from .commands import ListMarket, OrderExpired, OrderRejected, OrderRested, PlaceOrder, SetReferencePrice, Trade
 from .marketdata import MarketData
-from .matching import market_of, trading_state
+from .state import market_of, trading_state
 
 __all__ = ["run_trading_demo"]
 

@@ -1,0 +1,477 @@
+"""Withdrawal commands: the address book, then a withdrawal from request (hold) through e-mail
+confirmation, risk review, policy decision, approvals, signing and broadcast to settle (post) or
+fail/cancel (void)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+
+import msgspec
+
+from ..engine.commands import Command, Event
+from ..engine.core import Engine
+from ..engine.module import Effect
+from .module import MODULE, custody_scopes
+from ..errors import (
+    Conflict,
+    Forbidden,
+    InsufficientFunds,
+    InvalidAmount,
+    ValidationError,
+)
+from ..ledger.model import validate_owner
+from .policy import Facts, evaluate
+from .state import (
+    ALLOW_LIST_MAX_PER_USER,
+    EMAIL_CONFIRM_TTL_NS,
+    MAX_RAW_TX_HEX,
+    MAX_REASONS,
+    CustodyEvent,
+    _asset_cfg,
+    _check_amount,
+    _check_id,
+    _ev,
+    _move_state,
+    _norm,
+    _scoped,
+    _system,
+    _text,
+    _user,
+    _wallet,
+    _withdrawal,
+    custody_state,
+    validate_chain_address,
+)
+from .withdrawals import IN_FLIGHT_STATES, OPEN_STATES, ApprovalRec, WithdrawalRec
+
+__all__ = ["AddWithdrawalAddress", "RequestWithdrawal", "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview", "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal", "CancelWithdrawal", "policy_facts"]
+
+
+class AddWithdrawalAddress(Command, tag="custody.address_book.add/1"):
+    """The gateway submits this after `identity.events.withdrawal_address_changed` (fresh 2FA, lock)."""
+
+    account_id: str
+    asset: str
+    address: str
+
+
+@MODULE.handles(AddWithdrawalAddress, effect=Effect.ADMIN, scopes=custody_scopes)
+def _add_address(engine: Engine, c: AddWithdrawalAddress) -> list[Event]:
+    s = custody_state(engine)
+    cfg = _asset_cfg(s, c.asset)
+    addr = validate_chain_address(cfg.chain, cfg.network, c.address)
+    prefix = f"{c.account_id}|{c.asset}|"
+    key = prefix + _norm(cfg.chain, addr)
+    if key in s.address_book:
+        return [_ev("address_book.unchanged", key, "listed")]
+    if sum(1 for k in s.address_book if k.startswith(prefix)) >= ALLOW_LIST_MAX_PER_USER:
+        raise ValidationError(f"at most {ALLOW_LIST_MAX_PER_USER} addresses per asset", field="address")
+    s.address_book[key] = engine.now_ns
+    return [_ev("address_book.added", key, "listed")]
+
+
+# ---------------------------------------------------------------------------------- withdrawals
+
+
+class RequestWithdrawal(Command, tag="custody.withdrawal.request/1"):
+    withdrawal_id: str
+    account_id: str
+    asset: str
+    wallet: str
+    address: str
+    amount_minor: int
+    fee_minor: int
+    email_token_hash: str  # sha256 hex of the e-mailed confirmation token
+    device_id: str = ""
+    ip: str = ""
+
+
+def _pre_request(engine: Engine, c: RequestWithdrawal) -> None:
+    s = custody_state(engine)
+    _check_id(c.withdrawal_id, "withdrawal_id")
+    validate_owner(c.account_id, "account_id")
+    existing = s.withdrawals.get(c.withdrawal_id)
+    if existing is not None:
+        if (existing.account_id, existing.asset, existing.wallet, existing.amount_minor) != (
+                c.account_id, c.asset, c.wallet, c.amount_minor):
+            raise Conflict("this withdrawal id is taken by another request", field="withdrawal_id")
+        return  # a retry: the handler answers `withdrawal.unchanged`
+    cfg = _asset_cfg(s, c.asset)
+    amount = _check_amount(c.amount_minor, "amount_minor")
+    fee = _check_amount(c.fee_minor, "fee_minor", allow_zero=True)
+    if amount < cfg.min_withdrawal_minor:
+        raise InvalidAmount(f"is below the minimum withdrawal of {cfg.min_withdrawal_minor} minor units", field="amount_minor")
+    if amount > cfg.max_withdrawal_minor:
+        raise InvalidAmount(f"is above the maximum withdrawal of {cfg.max_withdrawal_minor} minor units", field="amount_minor")
+    if fee != cfg.withdrawal_fee_minor:
+        raise ValidationError(f"the withdrawal fee for {c.asset} is {cfg.withdrawal_fee_minor} minor units", field="fee_minor")
+    w = _wallet(s, c.wallet)
+    if w.chain != cfg.chain or w.tier != "hot":
+        raise ValidationError(f"withdrawals of {c.asset} are paid from a hot wallet on {cfg.chain}", field="wallet")
+    validate_chain_address(cfg.chain, cfg.network, c.address)
+    if len(c.email_token_hash) != 64:
+        raise ValidationError("must be a sha256 hex digest", field="email_token_hash")
+    if c.account_id in s.withdrawals_frozen:
+        raise Forbidden(f"withdrawals are frozen: {s.withdrawals_frozen[c.account_id]}", field="account_id")
+    acct = engine.ledger.find(c.account_id, c.asset, "available", "spot")
+    have = acct.available if acct is not None else 0
+    if have < amount + fee:
+        raise InsufficientFunds(f"needs {amount + fee} (amount + fee), {have} is available", field="amount_minor")
+
+
+@MODULE.handles(RequestWithdrawal, precheck=_pre_request, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
+def _request(engine: Engine, c: RequestWithdrawal) -> list[Event]:
+    _pre_request(engine, c)
+    s = custody_state(engine)
+    if c.withdrawal_id in s.withdrawals:
+        w = s.withdrawals[c.withdrawal_id]
+        return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+    cfg = s.assets[c.asset]
+    led = engine.ledger
+    user = _user(engine, c.account_id, c.asset, "available")
+    total = c.amount_minor + c.fee_minor
+    assert led.can_reserve(user, total), "precheck guaranteed the funds"
+    hold = led.reserve(user, _system(engine, c.asset, "clearing"), total)
+    address = validate_chain_address(cfg.chain, cfg.network, c.address)
+    w = WithdrawalRec(c.withdrawal_id, c.account_id, c.asset, c.wallet, address, c.amount_minor, c.fee_minor, hold,
+                      engine.now_ns, c.email_token_hash, _text(c.device_id, "device_id", 128), _text(c.ip, "ip", 64))
+    s.withdrawals[w.id] = w
+    return [_ev("withdrawal.requested", w.id, w.state, w.amount_minor, [f"hold {total} on {c.account_id}:available"])]
+
+
+def _void(engine: Engine, w: WithdrawalRec, state: str, reason: str) -> CustodyEvent:
+    _move_state(w, state)
+    released = engine.ledger.release(w.hold_id)
+    w.end_reason, w.ended_ns = reason, engine.now_ns
+    return _ev(f"withdrawal.{state}", w.id, state, w.amount_minor, [reason, f"released {released}"])
+
+
+class ConfirmWithdrawalEmail(Command, tag="custody.withdrawal.confirm_email/1"):
+    withdrawal_id: str
+    asset: str
+    wallet: str
+    token: str
+
+
+@MODULE.handles(ConfirmWithdrawalEmail, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _confirm_email(engine: Engine, c: ConfirmWithdrawalEmail) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if w.state != "requested":
+        return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+    digest = hashlib.sha256(c.token.encode()).hexdigest()
+    if not hmac.compare_digest(digest, w.email_token_hash):
+        raise Forbidden("the confirmation link is not valid for this withdrawal", field="token")
+    if engine.now_ns - w.created_ns > EMAIL_CONFIRM_TTL_NS:
+        return [_void(engine, w, "failed", "the e-mail confirmation link expired (30 min); request again")]
+    _move_state(w, "confirmed")
+    return [_ev("withdrawal.confirmed", w.id, w.state, w.amount_minor, ["e-mail confirmation received"])]
+
+
+class RecordRiskReview(Command, tag="custody.withdrawal.risk_review/1"):
+    withdrawal_id: str
+    asset: str
+    wallet: str
+    score: int
+    manual_review: bool
+    reasons: list[str]
+
+
+@MODULE.handles(RecordRiskReview, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _risk(engine: Engine, c: RecordRiskReview) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if not 0 <= c.score <= 100 or len(c.reasons) > MAX_REASONS:
+        raise ValidationError("score must be 0..100 with at most 20 reasons", field="score")
+    if w.state != "confirmed":
+        return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+    _move_state(w, "reviewed")
+    w.risk_score, w.manual_review, w.risk_reasons = c.score, c.manual_review, [_text(r, "reasons") for r in c.reasons]
+    return [_ev("withdrawal.reviewed", w.id, w.state, w.amount_minor, [f"risk score {c.score}", *c.reasons])]
+
+
+def policy_facts(engine: Engine, w: WithdrawalRec) -> Facts:
+    """The facts the policy sees, from engine state only (deterministic)."""
+    s = custody_state(engine)
+    led = engine.ledger
+    chain = s.assets[w.asset].chain
+    added = s.address_book.get(f"{w.account_id}|{w.asset}|{_norm(chain, w.address)}")
+    policy = s.policy()
+    windows = policy.velocity_windows() if policy else set()
+    counted = [x for x in s.withdrawals.values() if x.id != w.id and x.asset == w.asset
+               and x.state not in ("failed", "denied", "rejected")]
+    uv = {win: sum(x.amount_minor for x in counted if x.account_id == w.account_id and x.created_ns > engine.now_ns - win * 10**9)
+          for win in windows}
+    wv = {win: sum(x.amount_minor for x in counted if x.wallet == w.wallet and x.created_ns > engine.now_ns - win * 10**9)
+          for win in windows}
+    user = led.find(w.account_id, w.asset, "available", "spot")
+    # The user's balance before this withdrawal's hold.
+    bal = (user.available if user else 0) + (led.pending[w.hold_id].remaining if w.hold_id in led.pending else 0)
+    return Facts(asset=w.asset, amount_minor=w.amount_minor, wallet=w.wallet, wallet_tier=s.wallets[w.wallet].tier,
+                 wallet_balance_minor=led.custody(w.asset, w.wallet).balance, user_balance_minor=bal,
+                 allow_listed=added is not None,
+                 allow_list_age_s=-1 if added is None else (engine.now_ns - added) // 10**9,
+                 risk_score=w.risk_score, manual_review_flagged=w.manual_review,
+                 user_velocity_minor=uv, wallet_velocity_minor=wv)
+
+
+class DecideWithdrawal(Command, tag="custody.withdrawal.decide/1"):
+    withdrawal_id: str
+    asset: str
+    wallet: str
+
+
+@MODULE.handles(DecideWithdrawal, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _decide(engine: Engine, c: DecideWithdrawal) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if w.state != "reviewed":
+        return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+    facts = policy_facts(engine, w)
+    d = evaluate(s.policy(), facts)
+    w.facts_json = msgspec.json.encode({"id": w.id, "decision": "", **dataclasses.asdict(facts)}).decode()
+    action, reasons = d.action, list(d.reasons)
+    if w.manual_review and action in ("allow", "approvals", "delay"):
+        action = "manual_review"
+        reasons.append("risk review requires manual review (overrides the rule's action)")
+    w.decision, w.rule, w.decision_reasons = action, d.rule, reasons
+    label = f"rule {d.rule!r}" if d.rule else "default"
+    if action == "deny":
+        return [_void(engine, w, "denied", f"denied by {label}: " + "; ".join(reasons))]
+    if action == "manual_review":
+        _move_state(w, "manual_review")
+    elif action == "approvals":
+        _move_state(w, "awaiting_approvals")
+        w.required_approvals, w.approver_roles = d.approvals, list(d.roles)
+        w.not_before_ns = engine.now_ns + d.delay_s * 10**9
+    else:
+        _move_state(w, "approved")
+        w.not_before_ns = engine.now_ns + d.delay_s * 10**9
+    return [_ev("withdrawal.decided", w.id, w.state, w.amount_minor, [f"{action} by {label}", *reasons])]
+
+
+def _valid_approvals(w: WithdrawalRec, now_ns: int) -> list[ApprovalRec]:
+    return [a for a in w.approvals if a.expires_ns > now_ns]
+
+
+class ApproveWithdrawal(Command, tag="custody.withdrawal.approve/1"):
+    withdrawal_id: str
+    asset: str
+    wallet: str
+    approver: str
+    role: str
+
+
+@MODULE.handles(ApproveWithdrawal, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
+def _approve(engine: Engine, c: ApproveWithdrawal) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if c.approver == w.account_id:
+        raise Forbidden("the initiator never approves their own withdrawal", field="approver")
+    if c.role not in s.approvers.get(c.approver, []):
+        raise Forbidden(f"{c.approver} does not hold role {c.role!r}", field="role")
+    if w.state != "awaiting_approvals":
+        raise Conflict(f"withdrawal is {w.state}, not awaiting approvals", field="withdrawal_id")
+    if c.role not in w.approver_roles:
+        raise Forbidden(f"this withdrawal needs approvals from {w.approver_roles}", field="role")
+    policy = s.policy()
+    ttl_ns = (policy.approval_ttl_s if policy else 86400) * 10**9
+    w.approvals = [a for a in w.approvals if a.approver != c.approver]
+    w.approvals.append(ApprovalRec(c.approver, c.role, engine.now_ns, engine.now_ns + ttl_ns))
+    valid = _valid_approvals(w, engine.now_ns)
+    if len(valid) >= w.required_approvals:
+        _move_state(w, "approved")
+        w.not_before_ns = max(w.not_before_ns, engine.now_ns)
+    return [_ev("withdrawal.approved_by", w.id, w.state, w.amount_minor, [f"{c.approver} ({c.role}): {len(valid)}/{w.required_approvals}"])]
+
+
+class ResolveManualReview(Command, tag="custody.withdrawal.manual_review/1"):
+    withdrawal_id: str
+    asset: str
+    wallet: str
+    analyst: str
+    approve: bool
+    reason: str
+
+
+@MODULE.handles(ResolveManualReview, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _manual(engine: Engine, c: ResolveManualReview) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if c.analyst == w.account_id:
+        raise Forbidden("the initiator never reviews their own withdrawal", field="analyst")
+    if "analyst" not in s.approvers.get(c.analyst, []):
+        raise Forbidden(f"{c.analyst} does not hold the analyst role", field="analyst")
+    reason = _text(c.reason, "reason")
+    if not reason.strip():
+        raise ValidationError("a manual review decision needs a reason", field="reason")
+    if w.state != "manual_review":
+        raise Conflict(f"withdrawal is {w.state}, not in manual review", field="withdrawal_id")
+    w.reviewed_by = c.analyst
+    if not c.approve:
+        return [_void(engine, w, "rejected", f"rejected by {c.analyst}: {reason}")]
+    _move_state(w, "approved")
+    w.not_before_ns = max(w.not_before_ns, engine.now_ns)
+    return [_ev("withdrawal.review_approved", w.id, w.state, w.amount_minor, [f"{c.analyst}: {reason}"])]
+
+
+class AuthorizeSigning(Command, tag="custody.withdrawal.authorize_signing/1"):
+    withdrawal_id: str
+    asset: str
+    wallet: str
+
+
+@MODULE.handles(AuthorizeSigning, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
+def _authorize(engine: Engine, c: AuthorizeSigning) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if w.state in ("signing", "signed", "broadcast", "settled"):
+        return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+    if w.state != "approved":
+        raise Conflict(f"withdrawal is {w.state}, not approved", field="withdrawal_id")
+    if w.account_id in s.withdrawals_frozen:
+        raise Forbidden(f"withdrawals are frozen: {s.withdrawals_frozen[w.account_id]}", field="account_id")
+    if engine.now_ns < w.not_before_ns:
+        raise Conflict(f"delayed by policy for {(w.not_before_ns - engine.now_ns) // 10**9} more s", field="withdrawal_id")
+    if w.required_approvals and len(_valid_approvals(w, engine.now_ns)) < w.required_approvals:
+        # Approvals expired before signing: ask for them again.
+        w.state = "awaiting_approvals"
+        return [_ev("withdrawal.approvals_expired", w.id, w.state, w.amount_minor)]
+    _move_state(w, "signing")
+    wallet = s.wallets[w.wallet]
+    if wallet.chain == "ethereum":
+        w.nonce = wallet.next_nonce
+        wallet.next_nonce += 1
+    return [_ev("withdrawal.signing", w.id, w.state, w.amount_minor, [f"nonce {w.nonce}"] if w.nonce >= 0 else [])]
+
+
+class RecordSignedTx(Command, tag="custody.withdrawal.signed_tx/1"):
+    """Journaled BEFORE broadcast: after this, a restart can only re-send this exact transaction."""
+
+    withdrawal_id: str
+    asset: str
+    wallet: str
+    txid: str
+    raw_tx: str  # hex
+    network_fee_minor: int
+
+
+@MODULE.handles(RecordSignedTx, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
+def _signed(engine: Engine, c: RecordSignedTx) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if w.txid:
+        if w.txid == c.txid:
+            return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+        raise Conflict(f"withdrawal already has signed transaction {w.txid}", field="txid")
+    if w.state != "signing":
+        raise Conflict(f"withdrawal is {w.state}, not signing", field="withdrawal_id")
+    if not c.txid or len(c.raw_tx) > MAX_RAW_TX_HEX:
+        raise ValidationError("a txid and at most 100 kB of raw transaction are required", field="raw_tx")
+    _check_amount(c.network_fee_minor, "network_fee_minor", allow_zero=True)
+    _move_state(w, "signed")
+    w.txid, w.raw_tx, w.network_fee_minor = c.txid, c.raw_tx, c.network_fee_minor
+    return [_ev("withdrawal.signed", w.id, w.state, w.amount_minor, [c.txid])]
+
+
+class RecordBroadcast(Command, tag="custody.withdrawal.broadcast/1"):
+    withdrawal_id: str
+    asset: str
+    wallet: str
+    txid: str
+
+
+@MODULE.handles(RecordBroadcast, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _broadcast(engine: Engine, c: RecordBroadcast) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if c.txid != w.txid:
+        raise Conflict(f"withdrawal's transaction is {w.txid or 'not signed'}", field="txid")
+    if w.state != "signed":
+        return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+    _move_state(w, "broadcast")
+    return [_ev("withdrawal.broadcast", w.id, w.state, w.amount_minor, [c.txid])]
+
+
+class SettleWithdrawal(Command, tag="custody.withdrawal.settle/1"):
+    withdrawal_id: str
+    asset: str
+    wallet: str
+    txid: str
+    confirmations: int
+    network_fee_minor: int
+
+
+@MODULE.handles(SettleWithdrawal, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _settle(engine: Engine, c: SettleWithdrawal) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if w.state == "settled":
+        return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+    if c.txid != w.txid or w.state not in IN_FLIGHT_STATES:
+        raise Conflict(f"withdrawal is {w.state} with transaction {w.txid or 'none'}", field="txid")
+    need = s.assets[w.asset].finality_confirmations
+    if c.confirmations < need:
+        raise Conflict(f"needs {need} confirmations, has {c.confirmations}", field="confirmations")
+    fee_paid = _check_amount(c.network_fee_minor, "network_fee_minor", allow_zero=True)
+    led = engine.ledger
+    _move_state(w, "settled")
+    total = w.amount_minor + w.fee_minor
+    led.capture(w.hold_id, total)
+    clearing = _system(engine, w.asset, "clearing")
+    led.move(clearing, led.world(w.asset), w.amount_minor)
+    led.move(clearing, led.fees(w.asset, "spot"), w.fee_minor)
+    led.move(led.custody(w.asset, w.wallet), _system(engine, w.asset, "onchain"), w.amount_minor + fee_paid)
+    w.network_fee_minor, w.confirmations, w.ended_ns = fee_paid, c.confirmations, engine.now_ns
+    return [_ev("withdrawal.settled", w.id, w.state, w.amount_minor, [c.txid, f"network fee {fee_paid}"])]
+
+
+class FailWithdrawal(Command, tag="custody.withdrawal.fail/1"):
+    """Void the hold. After signing only when the chain shows the transaction cannot confirm."""
+
+    withdrawal_id: str
+    asset: str
+    wallet: str
+    reason: str
+
+
+@MODULE.handles(FailWithdrawal, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _fail(engine: Engine, c: FailWithdrawal) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if w.state not in OPEN_STATES:
+        return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+    return [_void(engine, w, "failed", _text(c.reason, "reason"))]
+
+
+class CancelWithdrawal(Command, tag="custody.withdrawal.cancel/1"):
+    withdrawal_id: str
+    asset: str
+    wallet: str
+    account_id: str
+
+
+@MODULE.handles(CancelWithdrawal, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _cancel(engine: Engine, c: CancelWithdrawal) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if w.account_id != c.account_id:
+        raise Forbidden("only the requester can cancel", field="account_id")
+    if w.state not in OPEN_STATES:
+        return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+    if w.state in ("signing", "signed", "broadcast"):
+        raise Conflict("the withdrawal is being signed or sent and can no longer be cancelled", field="withdrawal_id")
+    return [_void(engine, w, "failed", "cancelled by the user")]

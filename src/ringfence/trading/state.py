@@ -1,0 +1,220 @@
+"""The `trading` engine component: markets, id counters, fee tiers, their snapshot and restore.
+
+Markets bind their ledger accounts once (per-market clearing accounts, the segment's fees and
+shield fund); limits on everything a client can grow (markets, open orders, book size, levels)
+live here with the vocabulary of order types, time in force and self-trade modes.
+"""
+
+import re
+from typing import Any
+
+from ..engine.core import Engine
+from .module import MODULE
+from ..errors import InvariantViolation, NotFound
+from .book import Market, Order
+
+__all__ = [
+    "TradingState",
+    "trading_state",
+    "market_of",
+    "DEFAULT_MAKER_RATE_PPM",
+    "DEFAULT_TAKER_RATE_PPM",
+    "MAX_PRICE",
+    "MAX_QTY",
+    "MAX_FEE_RATE_PPM",
+]
+
+#: Binance's default spot rates: 0.1 % maker and taker (in millionths).
+DEFAULT_MAKER_RATE_PPM = 1000
+DEFAULT_TAKER_RATE_PPM = 1000
+MAX_FEE_RATE_PPM = 100_000  # 10 %: a fee can never exceed what the payer receives
+MAX_FEE_TIERS = 1000
+MAX_PRICE = 10**30
+MAX_QTY = 10**30
+MAX_MARKETS = 10_000
+MAX_OPEN_ORDERS_CAP = 100_000
+MAX_BOOK_ORDERS_CAP = 10_000_000
+MAX_LEVELS_CAP = 1_000_000
+
+_SYMBOL_RE = re.compile(r"[A-Z0-9]{2,20}")
+_OWNER_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
+_COID_RE = re.compile(r"[.A-Za-z0-9:/_\-]{1,36}")
+_SIDES = {"BUY": True, "SELL": False}
+_LIMITISH = frozenset(("LIMIT", "LIMIT_MAKER", "STOP_LIMIT"))
+_TYPES = frozenset(("LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LIMIT", "STOP_MARKET"))
+_TIFS = frozenset(("GTC", "IOC", "FOK"))
+_STPS = frozenset(("NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"))
+_PPM = 1_000_000
+#: Owners already seen to be well-formed (a pure cache: validation gives the same answer without it).
+_VALID_OWNERS: set[str] = set()
+
+
+class TradingState:
+    """The trading component of the engine state: markets, id counters and fee tiers."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.markets: dict[str, Market] = {}
+        self.next_order_id = 1
+        self.next_trade_id = 1
+        self.tiers: dict[int, tuple[int, int]] = {0: (DEFAULT_MAKER_RATE_PPM, DEFAULT_TAKER_RATE_PPM)}
+        self.account_tier: dict[str, int] = {}
+
+    def rates(self, owner: str) -> tuple[int, int]:
+        """`(maker_rate_ppm, taker_rate_ppm)` of `owner`'s fee tier."""
+        return self.tiers[self.account_tier.get(owner, 0)]
+
+    def check_invariants(self) -> None:
+        ledger = self.engine.ledger
+        for m in self.markets.values():
+            m.check_invariants()
+            for clearing in (m.clear_base, m.clear_quote):
+                if clearing.credits_posted != clearing.debits_posted:
+                    raise InvariantViolation(f"{clearing.name} keeps a posted balance after fills")
+            held_base = held_quote = 0
+            for o in m.orders.values():
+                if not o.hold_id:
+                    raise InvariantViolation(f"open order {o.id} holds nothing")
+                p = ledger.pending.get(o.hold_id)
+                if p is None or p.status != "pending" or p.credit is not (m.clear_base if p.debit.asset == m.base else m.clear_quote):
+                    raise InvariantViolation(f"open order {o.id} lost its hold")
+                if o.level is not None:  # resting: the hold covers exactly what can still trade
+                    need = o.leaves * o.price // m.base_scale if o.is_buy else o.leaves
+                    if p.remaining != need:
+                        raise InvariantViolation(f"order {o.id} holds {p.remaining}, needs {need}")
+                if p.debit.asset == m.base:
+                    held_base += p.remaining
+                else:
+                    held_quote += p.remaining
+            # Clearing accounts may be shared by no other market (one per market), so their pending
+            # credits are exactly the holds of this market's open orders.
+            if m.clear_base.credits_pending != held_base or m.clear_quote.credits_pending != held_quote:
+                raise InvariantViolation(f"{m.symbol}: clearing pending != open holds")
+
+
+def trading_state(engine: Engine) -> TradingState:
+    return engine.components["trading"]  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------ snapshot / restore
+
+_MARKET_CONFIG = (
+    "tick",
+    "lot",
+    "min_qty",
+    "max_qty",
+    "min_notional",
+    "band_ppm",
+    "band_timeout_ns",
+    "slippage_ppm",
+    "max_open_per_account",
+    "max_book_orders",
+    "max_levels",
+)
+
+
+def _snapshot(st: TradingState) -> list[Any]:
+    markets = []
+    for symbol in sorted(st.markets):
+        m = st.markets[symbol]
+        stops = sorted((o for o in m.orders.values() if o.level is None), key=lambda o: o.id)
+        markets.append(
+            [
+                symbol,
+                m.base,
+                m.quote,
+                m.segment,
+                [getattr(m, name) for name in _MARKET_CONFIG],
+                [m.status, m.auto_reduce, m.out_of_band, m.out_of_band_since_ns, m.ref_price, m.last_price],
+                [o.row() for o in m.resting()],
+                [o.row() for o in stops],
+            ]
+        )
+    return [
+        st.next_order_id,
+        st.next_trade_id,
+        sorted([t, mk, tk] for t, (mk, tk) in st.tiers.items()),
+        sorted([o, t] for o, t in st.account_tier.items()),
+        markets,
+    ]
+
+
+def _restore(engine: Engine, data: list[Any]) -> TradingState:
+    st = TradingState(engine)
+    next_order_id, next_trade_id, tiers, account_tier, markets = data
+    st.next_order_id, st.next_trade_id = next_order_id, next_trade_id
+    st.tiers = {t: (mk, tk) for t, mk, tk in tiers}
+    st.account_tier = {o: t for o, t in account_tier}
+    ledger = engine.ledger
+    for symbol, base, quote, segment, config, status, resting, stops in markets:
+        m = Market(symbol, base, quote, segment, 10 ** ledger.assets.get(base).decimals)
+        for name, value in zip(_MARKET_CONFIG, config):
+            setattr(m, name, value)
+        m.status, m.auto_reduce, m.out_of_band, m.out_of_band_since_ns, ref, m.last_price = status
+        m.set_reference(ref)
+        _bind_accounts(ledger, m)
+        for row in resting:
+            o = _order_from_row(ledger, m, row)
+            m.rest(o)
+            m.index(o)
+        for row in stops:
+            o = _order_from_row(ledger, m, row)
+            m.index(o)
+            m.add_stop(o)
+        st.markets[symbol] = m
+    return st
+
+
+def _order_from_row(ledger: Any, m: Market, row: list[Any]) -> Order:
+    o = Order()
+    (
+        o.id,
+        o.owner,
+        o.is_buy,
+        o.type,
+        o.tif,
+        o.price,
+        o.qty,
+        o.leaves,
+        o.filled,
+        o.cum_quote,
+        o.quote_left,
+        o.stop_price,
+        o.protect,
+        o.coid,
+        o.stp,
+        o.hold_id,
+        o.ts_ns,
+    ) = row
+    pay_asset, recv_asset = (m.quote, m.base) if o.is_buy else (m.base, m.quote)
+    o.pay = ledger.get(o.owner, pay_asset, "available", m.segment)
+    o.recv = ledger.get(o.owner, recv_asset, "available", m.segment)
+    return o
+
+
+def _bind_accounts(ledger: Any, m: Market) -> None:
+    kind = "clr_" + m.symbol.lower()  # one clearing account per market and asset
+    m.clear_base = ledger._open_system(m.base, kind, m.segment)
+    m.clear_quote = ledger._open_system(m.quote, kind, m.segment)
+    m.fees_base = ledger.fees(m.base, m.segment)
+    m.fees_quote = ledger.fees(m.quote, m.segment)
+    m.ins_base = ledger.insurance(m.base, m.segment)
+    m.ins_quote = ledger.insurance(m.quote, m.segment)
+
+
+MODULE.declare_state(TradingState, _snapshot, _restore)
+
+
+
+def _market(st: TradingState, symbol: str) -> Market:
+    m = st.markets.get(symbol)
+    if m is None:
+        raise NotFound(f"unknown market {symbol!r}; list it first", field="symbol")
+    return m
+
+
+
+def market_of(engine: Engine, symbol: str) -> Market:
+    """The live `Market` (read-only use: demo, tests, the API's queries)."""
+    return _market(trading_state(engine), symbol)
+
