@@ -122,6 +122,8 @@ class Module:
         parts: Callable[[Any], Iterable[Any]] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator: `fn(engine, command) -> events` applies `command_type` in this module."""
+        if not isinstance(effect, Effect) and not callable(effect):
+            raise TypeError(f"effect of {command_type.__name__} must be an Effect or a function returning one")
 
         def register(fn: Handler) -> Handler:
             self.command(command_type, handler=fn, effect=effect, scopes=scopes, precheck=precheck, parts=parts)
