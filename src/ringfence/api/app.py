@@ -245,13 +245,14 @@ def create_app(
     @app.get("/readyz", tags=["operations"], summary="Readiness: the engine accepts commands", responses={503: {"description": "not ready"}})
     async def readyz() -> JSONResponse:
         node = exchange.node
-        ready = node.failed is None and node.writer is not None
+        shard_halted = exchange.engine.halted  # a broken invariant: every command is refused
+        ready = node.failed is None and node.writer is not None and shard_halted is None
         from ..risk.halts import active_halts
 
         body = {
             "ready": ready,
             "last_seq": exchange.engine.last_seq,
-            "halted": node.failed is not None,
+            "halted": node.failed is not None or shard_halted is not None,
             "active_halts": len(active_halts(exchange.engine)),
         }
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -265,7 +266,7 @@ def create_app(
         metrics.last_seq.set(exchange.engine.last_seq)
         metrics.ws.set(len(hub.connections))
         metrics.ws_messages.set(hub.messages_sent)
-        metrics.halted.set(1 if node.failed is not None else 0)
+        metrics.halted.set(1 if node.failed is not None or exchange.engine.halted is not None else 0)
         from ..risk.halts import metrics_samples
 
         metrics.halts.clear()

@@ -450,15 +450,32 @@ def _halt_guard(engine: Engine, command: Any) -> None:
 # ----------------------------------------------------------------------------------------- queries
 
 
+def _shard_halt(engine: Engine) -> HaltRecord | None:
+    """A shard halted by a broken invariant (`Engine.halted`) shows as a venue-wide HALTED halt.
+
+    It is not in the halts state and no quorum lifts it: the engine refuses every command until
+    an operator fixes the cause and restarts (docs/engine.md)."""
+    if engine.halted is None:
+        return None
+    seq, error = engine.halted
+    reason = f"engine invariant broken at sequence {seq} ({error}); the shard refuses every command"
+    evidence = json.dumps({"seq": seq, "error": error}, separators=(",", ":"))
+    return HaltRecord("shard-halted", "venue", "*", HALTED, reason, evidence, seq, 0)
+
+
 def active_halts(engine: Engine) -> list[dict[str, Any]]:
-    """Every active halt, most severe first (for the API, WebSocket snapshot and dashboard)."""
+    """Every active halt, most severe first (for the API, WebSocket snapshot and dashboard); a shard
+    halted by a broken invariant comes first, as `shard-halted`."""
     state = halts_of(engine)
     rows = sorted(state.active.values(), key=lambda h: (-LEVELS[h.level], h.raised_seq))
-    return [h.as_dict() for h in rows]
+    shard = _shard_halt(engine)
+    return ([shard.as_dict()] if shard is not None else []) + [h.as_dict() for h in rows]
 
 
 def halt_for(engine: Engine, scope_kind: str, scope: str) -> str | None:
     """The most severe level active exactly at `(scope_kind, scope)` or at the venue, or None."""
+    if engine.halted is not None:
+        return HALTED
     state = halts_of(engine)
     level = max(state.level_at(scope_kind, scope), state.level_at("venue", "*"))
     for name, rank in LEVELS.items():
@@ -492,6 +509,8 @@ def market_status(engine: Engine, symbol: str) -> str:
     if market is None:
         raise NotFound(f"unknown market {symbol!r}", field="symbol")
     rank = {"ACTIVE": 0, REDUCE_ONLY: LEVELS[REDUCE_ONLY], HALTED: LEVELS[HALTED]}.get(str(market.status), 0)
+    if engine.halted is not None:
+        return HALTED
     state = halts_of(engine)
     scopes = [("venue", "*"), ("market", symbol), ("segment", market.segment), ("asset", market.base), ("asset", market.quote)]
     for kind, scope in scopes:
