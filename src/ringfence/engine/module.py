@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .commands import Command, Event
 
@@ -110,7 +110,7 @@ class Module:
     state: StateComponent | None = None
     guards: list[Callable[["Engine", Any], None]] = field(default_factory=list)
     #: `fn(engine) -> events`, run before every command's guards and handler (sequencer time is set).
-    before_command: list[Callable[["Engine"], list[Event]]] = field(default_factory=list)
+    before_command: list[Callable[["Engine"], Sequence[Event]]] = field(default_factory=list)
 
     def handles(
         self,
@@ -179,6 +179,6 @@ class Module:
         self.guards.append(fn)
         return fn
 
-    def before_each_command(self, fn: Callable[["Engine"], list[Event]]) -> Callable[["Engine"], list[Event]]:
+    def before_each_command(self, fn: Callable[["Engine"], Sequence[Event]]) -> Callable[["Engine"], Sequence[Event]]:
         self.before_command.append(fn)
         return fn

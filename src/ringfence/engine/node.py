@@ -541,7 +541,13 @@ class Node:
             try:
                 events = apply(command, first_seq + i, ts_ns, entropy)
             except ShardHalt as halt:  # an invariant broke: undo the command, halt the shard
-                events = self._halt(engine, halt)
+                try:
+                    events = self._halt(engine, halt)
+                except BaseException as err:  # could not rebuild: the node stops (self.failed)
+                    for _, _, waiting in accepted[i:]:
+                        if not waiting.done():
+                            waiting._resolve(error=NotDurable(f"the node has stopped: {err!r}"))
+                    raise
                 outputs.append(events)
                 ack._resolve(error=InvariantViolation(f"shard halted at sequence {halt.seq}: {halt.detail}"))
                 continue

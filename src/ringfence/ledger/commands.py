@@ -7,7 +7,7 @@ per-transfer result code (`CreateTransfers`), never with a half-applied change.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from ..engine.commands import Command, Event
 from ..engine.core import Engine
@@ -107,10 +107,10 @@ MODULE.declare_state(lambda engine: Ledger(), Ledger.snapshot_state, _restore_le
 
 
 @MODULE.before_each_command
-def _expire_transfers(engine: Engine) -> list[Event]:
+def _expire_transfers(engine: Engine) -> Sequence[Event]:
     """Two-phase transfers past their timeout are voided before the command at that time runs."""
     expired = engine.ledger.expire_due(engine.now_ns)
-    return [TransferExpired(pid, amount) for pid, amount in expired] if expired else []
+    return [TransferExpired(pid, amount) for pid, amount in expired] if expired else ()
 
 
 def _account_scopes(engine: Engine, command: OpenAccount) -> list[Scope]:
