@@ -122,7 +122,7 @@ def run_simulation(
             timeout = rng.choice([0, 0, 3_000_000, 50_000_000])
             batch = [Transfer(tid(), a, b, rng.randrange(1, 10**9), flags=TransferFlags.PENDING, timeout_ns=timeout)]
         elif action in ("post", "void"):
-            open_ids = [p.id for p in ledger.pending.values() if p.status == "pending" and p.id < 1 << 127]
+            open_ids = [h.id for h in ledger.open_holds() if h.id < 1 << 127]
             target = rng.choice(open_ids) if open_ids and rng.random() < 0.8 else rng.randrange(1, next_id[0] + 2)  # float-ok: coin flip
             flag = TransferFlags.POST_PENDING if action == "post" else TransferFlags.VOID_PENDING
             amount = rng.choice([0, rng.randrange(1, 10**9)])
@@ -184,7 +184,7 @@ def run_simulation(
             if node.engine.last_seq != last_seq or node.engine.state_hash() != before:
                 fail(step, f"recovery after a crash lost or invented state (seq {last_seq} -> {node.engine.last_seq})")
         if batch is not None:
-            before_pending = {p.id: p.remaining for p in ledger.pending.values() if p.status == "pending"}
+            before_pending = {h.id: h.remaining for h in ledger.open_holds()}
             events = node.execute(CreateTransfers(batch))
             result.commands_acknowledged += 1
             _update_model(node, batch, events, before_pending, model)
@@ -217,10 +217,11 @@ def _update_model(node: Node, batch: list[Transfer], events: list, before_pendin
         if index in failed:
             continue
         if t.flags & TransferFlags.POST_PENDING:
-            p = ledger.pending[t.pending_id]
+            p = ledger.pending_hold(t.pending_id)
+            assert p is not None
             moved = before_pending[t.pending_id] - p.remaining
-            model[p.debit.id] = model.get(p.debit.id, 0) - moved
-            model[p.credit.id] = model.get(p.credit.id, 0) + moved
+            model[p.debit_id] = model.get(p.debit_id, 0) - moved
+            model[p.credit_id] = model.get(p.credit_id, 0) + moved
         elif not t.flags & (TransferFlags.PENDING | TransferFlags.VOID_PENDING):
             model[t.debit_account_id] = model.get(t.debit_account_id, 0) - t.amount
             model[t.credit_account_id] = model.get(t.credit_account_id, 0) + t.amount

@@ -59,7 +59,7 @@ def _credit(engine: Engine, c: SimCreditDeposit) -> list[Event]:
 def _request(engine: Engine, c: SimRequestWithdrawal) -> list[Event]:
     ledger = engine.ledger
     user = ledger.get(c.owner, c.asset)
-    ledger.reserve(user, ledger.world(c.asset), c.amount)
+    ledger.hold(user, ledger.world(c.asset), c.amount)
     return []
 
 

@@ -36,7 +36,7 @@ class Flows:
         self.engine.ledger.register_asset(Asset("BTC", 8, AssetClass.CRYPTO, None))
         self.ledger = self.engine.ledger
         self.custody = self.ledger.custody("BTC", "hot")
-        self.onchain = self.ledger._open_system("BTC", "onchain", "-")
+        self.onchain = self.ledger.open_system_account("BTC", "onchain", "-")
         self.chain = DictChain()
         self.deposits: dict[int, dict] = {}  # id -> amount, credited, on_chain
         self.withdrawals: dict[int, int] = {}  # id -> amount incl. fee, broadcast (in flight)

@@ -67,6 +67,11 @@ def stop_trade(d: Driver) -> None:
     d.place("alice", "BUY", price("30100"), qty("0.1"))  # trades: last price 30100
 
 
+def shard_full(d: Driver) -> None:
+    d.fund("carol", "USDT", 10_000 * USDT)  # carol can pay, but has no BTC account to receive into
+    d.engine.ledger.max_accounts = len(list(d.engine.ledger.iter_accounts()))
+
+
 CASES: list[tuple[str, Callable[[Driver], None] | None, Callable[[Driver], Any]]] = [
     ("UNKNOWN_MARKET", None, place(symbol="ETHUSDT")),
     ("MARKET_NOT_ACTIVE", lambda d: d.apply(SetMarketStatus("BTCUSDT", "REDUCE_ONLY")), place()),
@@ -84,6 +89,7 @@ CASES: list[tuple[str, Callable[[Driver], None] | None, Callable[[Driver], Any]]
     ("TOO_MANY_OPEN_ORDERS", fill_open_orders, place()),
     ("BOOK_FULL", fill_levels, lambda d: PlaceOrder("alice", "BTCUSDT", "BUY", price=price("29500"), quantity=qty("0.01"))),
     ("INSUFFICIENT_BALANCE", None, place(owner="bob", p="29950", q="1")),
+    ("SHARD_FULL", shard_full, place(owner="carol")),
     ("UNKNOWN_ORDER", None, lambda d: CancelOrder("alice", "BTCUSDT", order_id(d, "bob", "ask1"))),
     ("ORDER_NOT_AMENDABLE", lambda d: d.apply(PlaceOrder("alice", "BTCUSDT", "BUY", "STOP_LIMIT", price=price("30500"), quantity=qty("0.1"), stop_price=price("30500"), client_order_id="stop1")), lambda d: AmendOrder("alice", "BTCUSDT", order_id(d, "alice", "stop1"), price=price("30400"))),
 ]

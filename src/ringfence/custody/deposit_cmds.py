@@ -20,6 +20,7 @@ from .state import (
     _asset_cfg,
     _check_amount,
     _ev,
+    _room,
     _system,
     _text,
     _user,
@@ -166,6 +167,7 @@ def _credit(engine: Engine, c: CreditDeposit) -> list[Event]:
     d = s.deposits[deposit_key(c.chain, c.txid, c.index)]
     if d.state != "seen":
         return [_ev("deposit.unchanged", d.key, d.state, d.amount_minor)]
+    _room(engine, 3)  # the user's account of this kind, onchain and the wallet's custody account
     d.score, d.reasons, d.category = c.score, list(c.reasons), c.category
     events: list[Event] = []
     if c.category in FREEZE_CATEGORIES:
@@ -249,6 +251,8 @@ def _review_quarantine(engine: Engine, c: ReviewQuarantine) -> list[Event]:
         raise Conflict(f"deposit is {d.state}, not quarantined", field="txid")
     if c.decision == "release" and not d.declaration:
         raise Conflict("the user has not filed a source-of-funds declaration yet", field="decision")
+    reason = _text(c.reason, "reason")
+    _room(engine, 1)
     led = engine.ledger
     src = _user(engine, d.account_id, d.asset, "quarantine")
     if c.decision == "release":
@@ -259,4 +263,4 @@ def _review_quarantine(engine: Engine, c: ReviewQuarantine) -> list[Event]:
         d.credited_kind, d.state = "frozen", "frozen"
     d.reviewed_by = c.analyst
     return [_ev(f"deposit.{'released' if c.decision == 'release' else 'frozen'}", key, d.state, d.amount_minor,
-                [_text(c.reason, "reason")])]
+                [reason])]

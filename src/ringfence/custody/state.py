@@ -35,7 +35,6 @@ from ..errors import (
     UnsupportedAsset,
     ValidationError,
 )
-from ..ledger.model import SYSTEM_OWNER
 from ..money import MAX_AMOUNT
 from .deposits import ACTIVE_STATES, CREDITED_STATES, DepositRec
 from .policy import Policy, parse_policy
@@ -306,8 +305,14 @@ def _user(engine: Engine, account_id: str, asset: str, kind: str):
 
 
 def _system(engine: Engine, asset: str, kind: str):
-    acct, _ = engine.ledger.open_account(SYSTEM_OWNER, asset, kind, "-")
-    return acct
+    return engine.ledger.open_system_account(asset, kind, "-")
+
+
+def _room(engine: Engine, accounts: int) -> None:
+    """Refuse, before anything changes, a step that may open up to `accounts` ledger accounts in a
+    full shard (handlers open user, custody and system accounts on first use)."""
+    if not engine.ledger.can_open_accounts(accounts):
+        raise ValidationError("the shard cannot open more accounts; contact the operator", field="account_id")
 
 
 def _withdrawal(s: CustodyState, wid: str) -> WithdrawalRec:

@@ -16,6 +16,7 @@ from .state import (
     _check_amount,
     _check_id,
     _ev,
+    _room,
     _system,
     _wallet,
     custody_state,
@@ -89,6 +90,7 @@ def _internal(engine: Engine, c: RecordInternalTransfer) -> list[Event]:
             c.txid, c.asset, c.from_wallet, c.to_wallet, c.amount_minor):
         raise Conflict("does not match the signed transfer with this id", field="transfer_id")
     _check_internal(s, c.asset, c.from_wallet, c.to_wallet, c.amount_minor, c.network_fee_minor)
+    _room(engine, 3)  # both wallets' custody accounts and onchain, on first use
     led = engine.ledger
     led.move(led.custody(c.asset, c.from_wallet), led.custody(c.asset, c.to_wallet), c.amount_minor)
     led.move(led.custody(c.asset, c.from_wallet), _system(engine, c.asset, "onchain"), c.network_fee_minor)
@@ -119,6 +121,7 @@ def _treasury(engine: Engine, c: RecordTreasuryFunding) -> list[Event]:
     if _wallet(s, c.wallet).chain != cfg.chain:
         raise ValidationError(f"wallet {c.wallet} is not on {cfg.chain}", field="wallet")
     _check_amount(c.amount_minor, "amount_minor")
+    _room(engine, 2)
     engine.ledger.move(_system(engine, c.asset, "onchain"), engine.ledger.custody(c.asset, c.wallet), c.amount_minor)
     s.transfers[key] = TransferRec(key, c.asset, "", c.wallet, c.amount_minor, 0, c.txid)
     return [_ev("treasury_funding.recorded", c.funding_id, c.wallet, c.amount_minor, [c.txid])]

@@ -20,6 +20,7 @@ from .state import (
     _check_id,
     _ev,
     _norm,
+    _room,
     _system,
     _wallet,
     custody_state,
@@ -58,6 +59,7 @@ def _pre_configure(engine: Engine, c: ConfigureCustodyAsset) -> None:
 @MODULE.handles(ConfigureCustodyAsset, precheck=_pre_configure, effect=Effect.ADMIN, scopes=custody_scopes)
 def _configure(engine: Engine, c: ConfigureCustodyAsset) -> list[Event]:
     _pre_configure(engine, c)
+    _room(engine, 2)
     s = custody_state(engine)
     s.assets[c.asset] = AssetCfg(c.asset, c.chain, c.network, c.credit_confirmations, c.finality_confirmations,
                                  c.min_deposit_minor, c.min_withdrawal_minor, c.max_withdrawal_minor,
@@ -79,6 +81,8 @@ def _pre_wallet(engine: Engine, c: RegisterWallet) -> None:
     from ..ledger.model import validate_segment
 
     validate_segment(c.name, "name")
+    if c.name == "-":
+        raise ValidationError("a wallet needs a name", field="name")
     if c.chain not in CHAINS:
         raise ValidationError(f"must be one of {', '.join(CHAINS)}", field="chain")
     if c.tier not in TIERS:
@@ -95,6 +99,7 @@ def _pre_wallet(engine: Engine, c: RegisterWallet) -> None:
 def _register_wallet(engine: Engine, c: RegisterWallet) -> list[Event]:
     _pre_wallet(engine, c)
     s = custody_state(engine)
+    _room(engine, len(s.assets))
     w = s.wallets.get(c.name)
     if w is None:
         w = s.wallets[c.name] = WalletRec(c.name, c.chain, c.tier, [], c.public)

@@ -21,7 +21,7 @@ from ..errors import (
     InvalidAmount,
     ValidationError,
 )
-from ..ledger.model import validate_owner
+from ..ledger.model import SYSTEM_OWNER, validate_owner
 from .policy import Facts, evaluate
 from .state import (
     ALLOW_LIST_MAX_PER_USER,
@@ -35,6 +35,7 @@ from .state import (
     _ev,
     _move_state,
     _norm,
+    _room,
     _scoped,
     _system,
     _text,
@@ -113,6 +114,8 @@ def _pre_request(engine: Engine, c: RequestWithdrawal) -> None:
     validate_chain_address(cfg.chain, cfg.network, c.address)
     if len(c.email_token_hash) != 64:
         raise ValidationError("must be a sha256 hex digest", field="email_token_hash")
+    _text(c.device_id, "device_id", 128)
+    _text(c.ip, "ip", 64)
     if c.account_id in s.withdrawals_frozen:
         raise Forbidden(f"withdrawals are frozen: {s.withdrawals_frozen[c.account_id]}", field="account_id")
     acct = engine.ledger.find(c.account_id, c.asset, "available", "spot")
@@ -129,14 +132,14 @@ def _request(engine: Engine, c: RequestWithdrawal) -> list[Event]:
         w = s.withdrawals[c.withdrawal_id]
         return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
     cfg = s.assets[c.asset]
+    address = validate_chain_address(cfg.chain, cfg.network, c.address)
+    # ---- checked (precheck above, which found the funds): mutate from here on ----
     led = engine.ledger
     user = _user(engine, c.account_id, c.asset, "available")
     total = c.amount_minor + c.fee_minor
-    assert led.can_reserve(user, total), "precheck guaranteed the funds"
-    hold = led.reserve(user, _system(engine, c.asset, "clearing"), total)
-    address = validate_chain_address(cfg.chain, cfg.network, c.address)
+    hold = led.hold(user, _system(engine, c.asset, "clearing"), total)
     w = WithdrawalRec(c.withdrawal_id, c.account_id, c.asset, c.wallet, address, c.amount_minor, c.fee_minor, hold,
-                      engine.now_ns, c.email_token_hash, _text(c.device_id, "device_id", 128), _text(c.ip, "ip", 64))
+                      engine.now_ns, c.email_token_hash, c.device_id, c.ip)
     s.withdrawals[w.id] = w
     return [_ev("withdrawal.requested", w.id, w.state, w.amount_minor, [f"hold {total} on {c.account_id}:available"])]
 
@@ -189,8 +192,9 @@ def _risk(engine: Engine, c: RecordRiskReview) -> list[Event]:
         raise ValidationError("score must be 0..100 with at most 20 reasons", field="score")
     if w.state != "confirmed":
         return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+    reasons = [_text(r, "reasons") for r in c.reasons]
     _move_state(w, "reviewed")
-    w.risk_score, w.manual_review, w.risk_reasons = c.score, c.manual_review, [_text(r, "reasons") for r in c.reasons]
+    w.risk_score, w.manual_review, w.risk_reasons = c.score, c.manual_review, reasons
     return [_ev("withdrawal.reviewed", w.id, w.state, w.amount_minor, [f"risk score {c.score}", *c.reasons])]
 
 
@@ -210,9 +214,10 @@ def policy_facts(engine: Engine, w: WithdrawalRec) -> Facts:
           for win in windows}
     user = led.find(w.account_id, w.asset, "available", "spot")
     # The user's balance before this withdrawal's hold.
-    bal = (user.available if user else 0) + (led.pending[w.hold_id].remaining if w.hold_id in led.pending else 0)
+    bal = (user.available if user else 0) + led.hold_remaining(w.hold_id)
+    custody = led.find(SYSTEM_OWNER, w.asset, "custody", w.wallet)  # a read: never opens the account
     return Facts(asset=w.asset, amount_minor=w.amount_minor, wallet=w.wallet, wallet_tier=s.wallets[w.wallet].tier,
-                 wallet_balance_minor=led.custody(w.asset, w.wallet).balance, user_balance_minor=bal,
+                 wallet_balance_minor=custody.balance if custody is not None else 0, user_balance_minor=bal,
                  allow_listed=added is not None,
                  allow_list_age_s=-1 if added is None else (engine.now_ns - added) // 10**9,
                  risk_score=w.risk_score, manual_review_flagged=w.manual_review,
@@ -425,6 +430,7 @@ def _settle(engine: Engine, c: SettleWithdrawal) -> list[Event]:
     if c.confirmations < need:
         raise Conflict(f"needs {need} confirmations, has {c.confirmations}", field="confirmations")
     fee_paid = _check_amount(c.network_fee_minor, "network_fee_minor", allow_zero=True)
+    _room(engine, 1)  # the wallet's custody account, if this is its first movement
     led = engine.ledger
     _move_state(w, "settled")
     total = w.amount_minor + w.fee_minor

@@ -205,8 +205,7 @@ class WithdrawalWorker:
     def _risk(self, w: WithdrawalRec) -> tuple[int, bool, list[str]]:
         led = self.node.engine.ledger
         acct = led.find(w.account_id, w.asset, "available", "spot")
-        pend = led.pending.get(w.hold_id)
-        balance = (acct.available if acct else 0) + (pend.remaining if pend is not None and pend.status == "pending" else 0)
+        balance = (acct.available if acct else 0) + led.hold_remaining(w.hold_id)
         history = [x for x in self.state.history(w.account_id, w.asset) if x.state == "settled"]
         chain = self.state.assets[w.asset].chain
         norm = (lambda a: a.lower()) if chain == "ethereum" else (lambda a: a)

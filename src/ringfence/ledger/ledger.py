@@ -9,17 +9,24 @@ Invariants (asserted in `check_invariants`, property-tested after random operati
   `debits_posted + debits_pending > credits_posted` (and the mirror rule for the other flag).
 * Idempotency: a client transfer id is applied at most once. The same id with the same body
   answers `exists`; the same id with a different body answers `exists_with_different_fields`.
-* A pending transfer's `remaining` only shrinks; it is posted (in one or more parts), voided or
-  expired, never both posted and returned beyond its amount.
+* A pending transfer's `remaining` only shrinks (an engine-made hold may also grow, by
+  `resize_hold`, within what its account has available); it is posted (in one or more parts),
+  voided or expired, never both posted and returned beyond its amount.
 * Nothing here reads a clock: expiry uses the sequencer's timestamp passed in as `now_ns`.
 
-Results are TigerBeetle-style codes, one per transfer; only failures are reported.
+Client transfers answer with TigerBeetle-style codes, one per transfer; only failures are reported.
+
+This is the only code that changes a balance. Trading, custody and (later) margin, funding and
+liquidation call the engine-side API below (`hold`, `resize_hold`, `capture`, `release`,
+`end_hold`, `move`, `settle_fill`, and the read-only `pending_hold` views); each asserts its pre-
+and post-conditions and raises `InvariantViolation` (the shard halts) rather than move money
+wrongly. See docs/ledger.md.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from ..errors import InvariantViolation, UnknownAccount, ValidationError
 from ..money import MAX_AMOUNT, Asset, AssetClass, AssetRegistry
@@ -38,7 +45,7 @@ from .model import (
     validate_segment,
 )
 
-__all__ = ["Ledger", "Pending", "RESULT_CODES"]
+__all__ = ["Ledger", "Pending", "Hold", "ClearingAccounts", "RESULT_CODES"]
 
 _LINKED = TransferFlags.LINKED
 _PENDING = TransferFlags.PENDING
@@ -101,6 +108,34 @@ class Pending:
         self.status = "pending"
 
 
+class Hold(NamedTuple):
+    """A read-only view of a pending transfer, for code outside the ledger (which never mutates one)."""
+
+    id: int
+    debit_id: int
+    credit_id: int
+    asset: str
+    amount: int
+    remaining: int
+    status: str
+    expires_at_ns: int
+
+
+class ClearingAccounts:
+    """The accounts one market's fills settle through (see `Ledger.open_clearing`)."""
+
+    __slots__ = ("base", "quote", "base_fees", "quote_fees", "base_shield", "quote_shield")
+
+    def __init__(self, base: Account, quote: Account, base_fees: Account, quote_fees: Account,
+                 base_shield: Account, quote_shield: Account) -> None:
+        self.base = base
+        self.quote = quote
+        self.base_fees = base_fees
+        self.quote_fees = quote_fees
+        self.base_shield = base_shield
+        self.quote_shield = quote_shield
+
+
 class Ledger:
     """All accounts of one engine shard. Single-threaded by design: only the engine calls it."""
 
@@ -113,6 +148,8 @@ class Ledger:
         self.pending: dict[int, Pending] = {}
         self._expiry: list[tuple[int, int]] = []
         self.next_internal_id = INTERNAL_ID_BASE
+        #: A limit, not state (never snapshotted): tests lower it to reach it.
+        self.max_accounts = MAX_ACCOUNTS
         for segment in DEFAULT_SEGMENTS:
             self.register_segment(segment)
 
@@ -121,9 +158,11 @@ class Ledger:
     def register_asset(self, asset: Asset) -> bool:
         """Register an asset and its system accounts. Returns False if it was already registered."""
         known = asset.code in self.assets
-        self.assets.register(asset)  # raises DuplicateAsset on a clash
         if known:
+            self.assets.register(asset)  # raises DuplicateAsset on a clash
             return False
+        self._require_room(1 + 2 * len(self.segments), "code")
+        self.assets.register(asset)
         self._open_system(asset.code, "world", "-")
         for segment in self.segments:
             self._open_segment_accounts(asset.code, segment)
@@ -135,10 +174,15 @@ class Ledger:
             raise ValidationError("'-' is not a segment name", field="segment")
         if name in self.segments:
             return False
+        self._require_room(2 * len(self.assets), "segment")
         self.segments.append(name)
         for asset in self.assets:
             self._open_segment_accounts(asset.code, name)
         return True
+
+    def _require_room(self, n: int, field: str) -> None:
+        if not self.can_open_accounts(n):
+            raise ValidationError(f"the shard holds its maximum of {self.max_accounts} accounts", field=field)
 
     def _open_segment_accounts(self, asset: str, segment: str) -> None:
         self._open_system(asset, "fees", segment)
@@ -178,8 +222,8 @@ class Ledger:
         existing = self._by_key.get(key)
         if existing is not None:
             return existing
-        if len(self.accounts) > MAX_ACCOUNTS:
-            raise ValidationError(f"the shard holds its maximum of {MAX_ACCOUNTS} accounts", field="owner")
+        if len(self.accounts) > self.max_accounts:
+            raise ValidationError(f"the shard holds its maximum of {self.max_accounts} accounts", field="owner")
         account = Account(len(self.accounts), owner, asset, kind, segment, flags)
         self.accounts.append(account)
         self._by_key[key] = account
@@ -411,17 +455,47 @@ class Ledger:
         self._capture(p, amount)
         return None
 
-    # ------------------------------------------------------------------ engine-internal operations
-    # Used by trading and custody inside `apply`. They raise instead of returning codes: the caller
-    # has already checked what a user could get wrong, so a failure here is a bug to halt on.
+    # ------------------------------------------------------------------ engine-side API
+    # The only way code outside `ledger/` changes a balance (trading, custody, and later margin,
+    # funding, liquidation). Callers check first what a user could get wrong (`can_hold`,
+    # `can_open_accounts`, their own rules) and then call these, which cannot fail on valid state:
+    # a failed pre- or post-condition is an `InvariantViolation`, a bug that halts the shard.
+    # Every operation adds the same amount to a debit and a credit counter of two accounts of one
+    # asset, so none creates or destroys a minor unit (tests/ledger/test_engine_api.py).
 
     def new_internal_id(self) -> int:
         tid = self.next_internal_id
         self.next_internal_id = tid + 1
         return tid
 
+    def can_open_accounts(self, n: int) -> bool:
+        """Could `n` more accounts be opened (the shard holds at most `max_accounts`)?"""
+        return len(self.accounts) - 1 + n <= self.max_accounts
+
+    def open_system_account(self, asset: str, kind: str, segment: str) -> Account:
+        """Open (or find) the system account `kind:segment:asset` (a market's clearing, `onchain`,
+        a withdrawal `clearing`, later margin pools). `segment` may name a wallet or be `-`."""
+        validate_kind(kind)
+        validate_segment(segment)
+        self.assets.get(asset)
+        return self._open_system(asset, kind, segment)
+
+    def open_clearing(self, name: str, base: str, quote: str, segment: str) -> "ClearingAccounts":
+        """The accounts one market's fills settle through: its own clearing account per asset
+        (`clr_<name>:<segment>:<asset>`) and the segment's fee and shield (insurance) accounts."""
+        kind = "clr_" + name
+        return ClearingAccounts(
+            self.open_system_account(base, kind, segment),
+            self.open_system_account(quote, kind, segment),
+            self.fees(base, segment),
+            self.fees(quote, segment),
+            self.insurance(base, segment),
+            self.insurance(quote, segment),
+        )
+
     def move(self, debit: Account, credit: Account, amount: int) -> None:
-        """Post `amount` from `debit` to `credit` (same asset), respecting the balance flags."""
+        """Post `amount` from `debit` to `credit` (same asset), respecting the balance flags.
+        A zero amount moves nothing (a fee of zero, a reversal that finds nothing to take)."""
         if amount <= 0:
             if amount == 0:
                 return
@@ -434,37 +508,166 @@ class Ledger:
         debit.debits_posted += amount
         credit.credits_posted += amount
 
-    def can_reserve(self, debit: Account, amount: int) -> bool:
+    def can_hold(self, debit: Account, amount: int) -> bool:
+        """Could `amount` more be held on `debit` now without overdrawing it (counting its holds)?"""
         if debit.flags & _NO_OVERDRAFT:
             return debit.debits_posted + debit.debits_pending + amount <= debit.credits_posted
         return True
 
-    def reserve(self, debit: Account, credit: Account, amount: int, expires_at_ns: int = 0) -> int:
-        """Open an engine-made pending transfer; returns its id. Caller checks `can_reserve` first."""
-        if amount <= 0 or debit.asset != credit.asset or debit is credit:
-            raise InvariantViolation("bad internal reservation")
+    def hold(self, debit: Account, credit: Account, amount: int, expires_at_ns: int = 0) -> int:
+        """Open an engine-made pending transfer (an order's or a withdrawal's hold); returns its id.
+        The caller checked `can_hold` first."""
+        if not 0 < amount <= MAX_AMOUNT or debit.asset != credit.asset or debit is credit:
+            raise InvariantViolation(f"bad hold of {amount} {debit.name} -> {credit.name}")
         code = self._check_limits(debit, credit, amount, pending=True)
         if code is not None:
-            raise InvariantViolation(f"internal reservation on {debit.name} failed: {code}")
+            raise InvariantViolation(f"hold on {debit.name} failed: {code}")
         tid = self.new_internal_id()
         self._reserve(tid, debit, credit, amount, expires_at_ns)
         return tid
 
-    def capture(self, pending_id: int, amount: int) -> None:
-        """Post part of an engine-made pending transfer."""
-        p = self.pending[pending_id]
-        if p.status != "pending" or not 0 < amount <= p.remaining:
-            raise InvariantViolation(f"cannot capture {amount} of pending {pending_id} ({p.status}, {p.remaining} left)")
+    def resize_hold(self, hold_id: int, delta: int) -> None:
+        """Grow (`delta > 0`, the caller checked `can_hold`) or partly release (`delta < 0`) an open
+        hold, keeping its id: an amended order keeps one hold instead of a void plus a new one."""
+        p = self._open_hold(hold_id)
+        if p.remaining + delta <= 0:
+            raise InvariantViolation(f"cannot resize hold {hold_id} ({p.remaining} left) by {delta}")
+        if delta > 0:
+            code = self._check_limits(p.debit, p.credit, delta, pending=True)
+            if code is not None:
+                raise InvariantViolation(f"growing hold {hold_id} on {p.debit.name} failed: {code}")
+            p.amount += delta
+        p.debit.debits_pending += delta
+        p.credit.credits_pending += delta
+        p.remaining += delta
+
+    def capture(self, hold_id: int, amount: int) -> None:
+        """Post `amount` of an open hold (a withdrawal settled, part of an order filled)."""
+        p = self._open_hold(hold_id)
+        if not 0 < amount <= p.remaining:
+            raise InvariantViolation(f"cannot capture {amount} of hold {hold_id} ({p.remaining} left)")
         self._capture(p, amount)
 
-    def release(self, pending_id: int) -> int:
-        """Void what remains of an engine-made pending transfer; returns the released amount."""
-        p = self.pending[pending_id]
+    def release(self, hold_id: int) -> int:
+        """Void what remains of a hold; returns the released amount (0 if it is no longer open)."""
+        p = self.pending.get(hold_id)
+        if p is None:
+            raise InvariantViolation(f"no hold {hold_id}")
         if p.status != "pending":
             return 0
         remaining = p.remaining
         self._release(p, remaining, "voided")
         return remaining
+
+    def end_hold(self, hold_id: int) -> int:
+        """Void what a finished engine-made hold still reserves and forget it; returns the amount.
+
+        Finished engine-made holds are not needed for idempotency (no client can name them), and
+        keeping one per order ever placed would grow the state and every snapshot without bound.
+        """
+        if hold_id < INTERNAL_ID_BASE:
+            raise InvariantViolation(f"hold {hold_id} is a client's pending transfer; it is kept")
+        released = self.release(hold_id)
+        p = self.pending.pop(hold_id)
+        if p.status not in ("posted", "voided") or p.remaining:
+            raise InvariantViolation(f"hold {hold_id} ended as {p.status} with {p.remaining} left")
+        return released
+
+    def settle_fill(
+        self,
+        c: "ClearingAccounts",
+        buyer_hold: int,
+        seller_hold: int,
+        buyer_recv: Account,
+        seller_recv: Account,
+        base_minor: int,
+        quote_minor: int,
+        buyer_fee_minor: int,
+        buyer_shield_minor: int,
+        seller_fee_minor: int,
+        seller_shield_minor: int,
+    ) -> None:
+        """Settle one spot fill as one linked set of posted transfers (delivery versus payment):
+
+        buyer's hold -> quote clearing `quote_minor`; seller's hold -> base clearing `base_minor`;
+        base clearing -> buyer `base - fee`, -> base fees `fee - shield`, -> base shield `shield`;
+        quote clearing -> seller `quote - fee`, -> quote fees `fee - shield`, -> quote shield `shield`.
+        Both clearing accounts end where they began. The fee rule (rates, rounding, the shield's
+        share) is the caller's; the ledger checks only that the parts add up.
+        """
+        pending = self.pending
+        hb = pending.get(buyer_hold)
+        hs = pending.get(seller_hold)
+        cb, cq = c.base, c.quote
+        # Pre-conditions: the holds are open, cover the fill and pay into this market's clearing;
+        # each fee fits in what its payer receives and the shield's share fits in the fee.
+        if hb is None or hs is None or hb.status != "pending" or hs.status != "pending":
+            raise InvariantViolation(f"fill settles against holds {buyer_hold}/{seller_hold} that are not open")
+        if not (0 < quote_minor <= hb.remaining and 0 < base_minor <= hs.remaining):
+            raise InvariantViolation(f"fill of {base_minor} for {quote_minor}: a hold is short ({hb.remaining} quote, {hs.remaining} base)")
+        if hb.credit is not cq or hs.credit is not cb or buyer_recv.asset != cb.asset or seller_recv.asset != cq.asset:
+            raise InvariantViolation("fill legs do not match the market's clearing accounts")
+        if not (0 <= buyer_shield_minor <= buyer_fee_minor <= base_minor and 0 <= seller_shield_minor <= seller_fee_minor <= quote_minor):
+            raise InvariantViolation(f"fees {buyer_fee_minor}/{seller_fee_minor} (shield {buyer_shield_minor}/{seller_shield_minor}) exceed the fill")
+        base_before = cb.credits_posted - cb.debits_posted
+        quote_before = cq.credits_posted - cq.debits_posted
+        # Capture both holds into clearing (exactly `_capture`, inlined: this is the hot path).
+        bpay, spay = hb.debit, hs.debit
+        bpay.debits_pending -= quote_minor
+        bpay.debits_posted += quote_minor
+        cq.credits_pending -= quote_minor
+        cq.credits_posted += quote_minor
+        hb.remaining -= quote_minor
+        if not hb.remaining:
+            hb.status = "posted"
+        spay.debits_pending -= base_minor
+        spay.debits_posted += base_minor
+        cb.credits_pending -= base_minor
+        cb.credits_posted += base_minor
+        hs.remaining -= base_minor
+        if not hs.remaining:
+            hs.status = "posted"
+        # Pay out of clearing. Receivers and fee accounts carry no no-excess-credit flag, and no
+        # credit can pass MAX_AMOUNT without clearing's debits doing so first (checked below).
+        cb.debits_posted += base_minor
+        buyer_recv.credits_posted += base_minor - buyer_fee_minor
+        c.base_fees.credits_posted += buyer_fee_minor - buyer_shield_minor
+        c.base_shield.credits_posted += buyer_shield_minor
+        cq.debits_posted += quote_minor
+        seller_recv.credits_posted += quote_minor - seller_fee_minor
+        c.quote_fees.credits_posted += seller_fee_minor - seller_shield_minor
+        c.quote_shield.credits_posted += seller_shield_minor
+        # Post-conditions: clearing passed everything on, and stays inside 128 bits.
+        if cb.credits_posted - cb.debits_posted != base_before or cq.credits_posted - cq.debits_posted != quote_before:
+            raise InvariantViolation(f"fill left a balance on {cb.name} or {cq.name}")
+        if cb.debits_posted > MAX_AMOUNT or cq.debits_posted > MAX_AMOUNT:
+            raise InvariantViolation(f"{cb.name}/{cq.name}: clearing counters overflow 128 bits")
+
+    # ------------------------------------------------------------------ engine-side reads
+
+    def pending_hold(self, hold_id: int) -> "Hold | None":
+        """A read-only view of a pending transfer (open, posted, voided or expired), or None."""
+        p = self.pending.get(hold_id)
+        if p is None:
+            return None
+        return Hold(p.id, p.debit.id, p.credit.id, p.debit.asset, p.amount, p.remaining, p.status, p.expires_at_ns)
+
+    def hold_remaining(self, hold_id: int) -> int:
+        """What a hold still reserves (0 once it is posted, voided, expired or forgotten)."""
+        p = self.pending.get(hold_id)
+        return p.remaining if p is not None and p.status == "pending" else 0
+
+    def open_holds(self) -> Iterator["Hold"]:
+        """Views of every open pending transfer, client-made and engine-made, oldest first."""
+        for p in self.pending.values():
+            if p.status == "pending":
+                yield Hold(p.id, p.debit.id, p.credit.id, p.debit.asset, p.amount, p.remaining, p.status, p.expires_at_ns)
+
+    def _open_hold(self, hold_id: int) -> Pending:
+        p = self.pending.get(hold_id)
+        if p is None or p.status != "pending":
+            raise InvariantViolation(f"hold {hold_id} is not open ({p.status if p else 'unknown'})")
+        return p
 
     # ------------------------------------------------------------------ two-phase mechanics
 
@@ -639,4 +842,5 @@ class Ledger:
         ledger._expiry = [tuple(e) for e in expiry]  # type: ignore[misc]
         heapq.heapify(ledger._expiry)
         ledger.next_internal_id = next_internal_id
+        ledger.max_accounts = MAX_ACCOUNTS
         return ledger

@@ -89,6 +89,8 @@ def _validate_list_market(engine: Engine, c: ListMarket) -> None:
         raise ValidationError(f"market {c.symbol} is already listed", field="symbol")
     if len(st.markets) >= MAX_MARKETS:
         raise ValidationError(f"at most {MAX_MARKETS} markets per shard", field="symbol")
+    if not ledger.can_open_accounts(2):  # the market's two clearing accounts
+        raise ValidationError("the shard cannot open more accounts", field="symbol")
 
 
 @MODULE.handles(ListMarket, precheck=_precheck_list_market, effect=Effect.ADMIN, scopes=market_scopes)

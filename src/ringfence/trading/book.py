@@ -167,13 +167,9 @@ class Market:
         self.book_orders = 0
         self.stops_buy: list[tuple[int, int]] = []  # (stop_price, order_id) ascending
         self.stops_sell: list[tuple[int, int]] = []
-        # Ledger accounts (objects of the engine's current ledger; re-bound on restore).
-        self.clear_base: Any = None
-        self.clear_quote: Any = None
-        self.fees_base: Any = None
-        self.fees_quote: Any = None
-        self.ins_base: Any = None
-        self.ins_quote: Any = None
+        # The ledger's `ClearingAccounts` of this market (of the engine's current ledger; re-bound
+        # on restore): fills settle through them, holds pay into them.
+        self.clearing: Any = None
 
     # ------------------------------------------------------------------ band
 

@@ -35,8 +35,6 @@ from bisect import bisect_left, bisect_right
 from typing import Any
 
 from ..engine.commands import Event
-from ..errors import InvariantViolation
-from ..money import MAX_AMOUNT
 from .book import Market, Order
 from .commands import (
     OrderExpired,
@@ -53,22 +51,8 @@ from .state import (
 __all__: list[str] = []
 
 
-def _end_hold(ledger: Any, hold_id: int) -> int:
-    """Void what a finished order still holds and forget the finished hold; returns the amount.
-
-    Finished engine-made holds are dropped from the ledger's pending table: they are no longer
-    needed for idempotency (no client can name them), and keeping one per order ever placed would
-    grow the state (and every snapshot) without bound.
-    """
-    released = ledger.release(hold_id)
-    p = ledger.pending.pop(hold_id)
-    if p.status not in ("posted", "voided") or p.remaining:
-        raise InvariantViolation(f"hold {hold_id} ended as {p.status} with {p.remaining} left")
-    return released
-
-
 def _close(ledger: Any, m: Market, o: Order, ev: list[Event], cls: type, reason: str, was_resting: bool) -> None:
-    released = _end_hold(ledger, o.hold_id)
+    released = ledger.end_hold(o.hold_id)
     leaves = o.leaves if o.qty else 0  # orders by quote amount report no base remainder
     ev.append(cls(m.symbol, o.id, o.owner, "BUY" if o.is_buy else "SELL", o.price, leaves, was_resting, reason, released))
 
@@ -102,42 +86,8 @@ def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, p: int,
     s_fee = -(-n * s_rate // _PPM)
     b_shield = b_fee // 10  # the shield fund's share rounds down; fees get the rest
     s_shield = s_fee // 10
-    # Post the two holds into clearing (Ledger.capture) and pay out of clearing (Ledger.move),
-    # inlined on the hot path: the counter changes are exactly those of the ledger operations.
-    # Their checks cannot fail here: a resting or in-flight order's hold covers every fill (checked
-    # in TradingState.check_invariants), clearing accounts carry no balance flags, and no credit
-    # can exceed MAX_AMOUNT without clearing's debits doing so first (checked below).
-    pending = ledger.pending
-    hb = pending[buyer.hold_id]
-    hs = pending[seller.hold_id]
-    if hb.status != "pending" or hs.status != "pending" or hb.remaining < n or hs.remaining < q:
-        raise InvariantViolation(f"fill of {q} at {p}: a hold is short ({hb.remaining} quote, {hs.remaining} base)")
-    cb, cq = m.clear_base, m.clear_quote
-    bpay, spay = hb.debit, hs.debit
-    bpay.debits_pending -= n
-    bpay.debits_posted += n
-    cq.credits_pending -= n
-    cq.credits_posted += n
-    hb.remaining -= n
-    if not hb.remaining:
-        hb.status = "posted"
-    spay.debits_pending -= q
-    spay.debits_posted += q
-    cb.credits_pending -= q
-    cb.credits_posted += q
-    hs.remaining -= q
-    if not hs.remaining:
-        hs.status = "posted"
-    cb.debits_posted += q
-    buyer.recv.credits_posted += q - b_fee
-    m.fees_base.credits_posted += b_fee - b_shield
-    m.ins_base.credits_posted += b_shield
-    cq.debits_posted += n
-    seller.recv.credits_posted += n - s_fee
-    m.fees_quote.credits_posted += s_fee - s_shield
-    m.ins_quote.credits_posted += s_shield
-    if cb.debits_posted > MAX_AMOUNT or cq.debits_posted > MAX_AMOUNT:
-        raise InvariantViolation(f"{m.symbol}: clearing counters overflow 128 bits")
+    # The ledger checks the holds cover the fill and the parts add up; it halts the shard if not.
+    ledger.settle_fill(m.clearing, buyer.hold_id, seller.hold_id, buyer.recv, seller.recv, q, n, b_fee, b_shield, s_fee, s_shield)
     t.leaves -= q
     t.filled += q
     t.cum_quote += n
@@ -229,7 +179,7 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit: int, ev: l
                 nxt = mk.next
                 m.unlink(mk)
                 m.unindex(mk)
-                _end_hold(ledger, mk.hold_id)
+                ledger.end_hold(mk.hold_id)
                 mk = nxt
             if t.leaves == 0:
                 return ""
@@ -283,18 +233,17 @@ def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]
     elif not o.qty:
         # By quote amount: FILLED once the rest cannot buy (or sell for) one more lot.
         if o.filled and (stopped == "QUOTE_SPENT" or o.quote_left == 0 or o.leaves == 0):
-            _end_hold(ledger, o.hold_id)
+            ledger.end_hold(o.hold_id)
         else:
             # nothing filled: the quote could not buy one lot, or the book/protection price stopped it
             _close(ledger, m, o, ev, OrderExpired, "NOT_FULLY_FILLED", False)
     elif o.leaves == 0:
-        _end_hold(ledger, o.hold_id)  # FILLED: give back what a buy below its limit did not spend
+        ledger.end_hold(o.hold_id)  # FILLED: give back what a buy below its limit did not spend
     elif o.tif == "GTC" and o.type in _LIMITISH:
         if o.is_buy:
-            hold = ledger.pending[o.hold_id]
-            excess = hold.remaining - o.leaves * o.price // m.base_scale
+            excess = ledger.hold_remaining(o.hold_id) - o.leaves * o.price // m.base_scale
             if excess:
-                _resize_hold(hold, -excess)
+                ledger.resize_hold(o.hold_id, -excess)
         m.rest(o)
         m.index(o)
         ev.append(OrderRested(m.symbol, o.id, o.owner, "BUY" if o.is_buy else "SELL", o.price, o.leaves))
@@ -331,21 +280,3 @@ def _trigger_stops(st: TradingState, ledger: Any, m: Market, ev: list[Event]) ->
             elif m.band_hi:  # STOP_MARKET: never fill outside the band that holds now
                 o.protect = min(o.protect, m.band_hi // m.tick * m.tick) if o.is_buy else max(o.protect, -(-m.band_lo // m.tick) * m.tick)
             _execute(st, ledger, m, o, ev)
-
-
-
-def _resize_hold(p: Any, delta: int) -> None:
-    """Grow (`delta > 0`, caller checked the balance) or partly release (`delta < 0`) a pending hold.
-
-    The ledger has no "resize reservation" operation; this applies to an existing pending transfer
-    exactly the counter changes `Ledger._reserve` / `Ledger._release` make, so that an amended order
-    keeps one hold (and its id) instead of a void plus a new reservation.
-    """
-    if p.status != "pending" or p.remaining + delta <= 0:
-        raise InvariantViolation(f"cannot resize hold {p.id} ({p.status}, {p.remaining}) by {delta}")
-    p.debit.debits_pending += delta
-    p.credit.credits_pending += delta
-    p.remaining += delta
-    if delta > 0:
-        p.amount += delta
-

@@ -29,7 +29,6 @@ from .commands import (
 from .matching import (
     _close,
     _execute,
-    _resize_hold,
     _take_out,
     _trigger_stops,
 )
@@ -70,6 +69,7 @@ REASONS = (
     "INSUFFICIENT_BALANCE",
     "UNKNOWN_ORDER",
     "ORDER_NOT_AMENDABLE",
+    "SHARD_FULL",
 )
 
 
@@ -223,10 +223,12 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> 
     find = ledger.find
     pay = find(owner, pay_asset, "available", segment)
     if hold:
-        if pay is None or not ledger.can_reserve(pay, hold):
+        if pay is None or not ledger.can_hold(pay, hold):
             return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
-    # ---- every check passed: mutate from here on ----
     recv = find(owner, recv_asset, "available", segment)
+    if (recv is None or pay is None) and not ledger.can_open_accounts((recv is None) + (pay is None)):
+        return _reject(ev, "PLACE", c, "SHARD_FULL", "owner", "this shard cannot open more accounts; contact support")
+    # ---- every check passed: mutate from here on ----
     if recv is None:
         recv = ledger.open_account(owner, recv_asset, "available", segment)[0]
     if pay is None:
@@ -254,7 +256,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event]) -> 
     o.pay = pay
     o.recv = recv
     o.ts_ns = engine.now_ns
-    o.hold_id = ledger.reserve(pay, m.clear_quote if is_buy else m.clear_base, hold) if hold else 0
+    o.hold_id = ledger.hold(pay, m.clearing.quote if is_buy else m.clearing.base, hold) if hold else 0
     ev.append(OrderAccepted(m.symbol, oid, owner, coid, c.side, typ, o.tif, price, qty, qamt, stop, stp, hold))
     if not hold:  # a market order that met an empty book: nothing was held, nothing can fill
         ev.append(OrderExpired(m.symbol, oid, owner, c.side, 0, qty, False, "NO_LIQUIDITY", 0))
@@ -343,16 +345,14 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
             return _reject(ev, "AMEND", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit", oid)
     ledger = engine.ledger
     is_buy = o.is_buy
-    hold = ledger.pending[o.hold_id]
     need = leaves * price // m.base_scale if is_buy else leaves
-    extra = need - hold.remaining
+    extra = need - ledger.hold_remaining(o.hold_id)
     if extra > 0:
-        pay = o.pay  # a user account: no overdraft (Ledger.can_reserve, inlined on the hot path)
-        if pay.debits_posted + pay.debits_pending + extra > pay.credits_posted:
+        if not ledger.can_hold(o.pay, extra):
             return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
     # ---- mutate ----
     if extra:
-        _resize_hold(hold, extra)
+        ledger.resize_hold(o.hold_id, extra)
     if not reprice and qty <= o.qty:  # a reduction keeps time priority
         o.level.total -= o.leaves - leaves  # type: ignore[union-attr]
         o.leaves = leaves

@@ -68,27 +68,28 @@ class TradingState:
         ledger = self.engine.ledger
         for m in self.markets.values():
             m.check_invariants()
-            for clearing in (m.clear_base, m.clear_quote):
+            clear_base, clear_quote = m.clearing.base, m.clearing.quote
+            for clearing in (clear_base, clear_quote):
                 if clearing.credits_posted != clearing.debits_posted:
                     raise InvariantViolation(f"{clearing.name} keeps a posted balance after fills")
             held_base = held_quote = 0
             for o in m.orders.values():
                 if not o.hold_id:
                     raise InvariantViolation(f"open order {o.id} holds nothing")
-                p = ledger.pending.get(o.hold_id)
-                if p is None or p.status != "pending" or p.credit is not (m.clear_base if p.debit.asset == m.base else m.clear_quote):
+                p = ledger.pending_hold(o.hold_id)
+                if p is None or p.status != "pending" or p.credit_id != (clear_base.id if p.asset == m.base else clear_quote.id):
                     raise InvariantViolation(f"open order {o.id} lost its hold")
                 if o.level is not None:  # resting: the hold covers exactly what can still trade
                     need = o.leaves * o.price // m.base_scale if o.is_buy else o.leaves
                     if p.remaining != need:
                         raise InvariantViolation(f"order {o.id} holds {p.remaining}, needs {need}")
-                if p.debit.asset == m.base:
+                if p.asset == m.base:
                     held_base += p.remaining
                 else:
                     held_quote += p.remaining
             # Clearing accounts may be shared by no other market (one per market), so their pending
             # credits are exactly the holds of this market's open orders.
-            if m.clear_base.credits_pending != held_base or m.clear_quote.credits_pending != held_quote:
+            if clear_base.credits_pending != held_base or clear_quote.credits_pending != held_quote:
                 raise InvariantViolation(f"{m.symbol}: clearing pending != open holds")
 
 
@@ -193,13 +194,8 @@ def _order_from_row(ledger: Any, m: Market, row: list[Any]) -> Order:
 
 
 def _bind_accounts(ledger: Any, m: Market) -> None:
-    kind = "clr_" + m.symbol.lower()  # one clearing account per market and asset
-    m.clear_base = ledger._open_system(m.base, kind, m.segment)
-    m.clear_quote = ledger._open_system(m.quote, kind, m.segment)
-    m.fees_base = ledger.fees(m.base, m.segment)
-    m.fees_quote = ledger.fees(m.quote, m.segment)
-    m.ins_base = ledger.insurance(m.base, m.segment)
-    m.ins_quote = ledger.insurance(m.quote, m.segment)
+    # One clearing account per market and asset (`clr_<symbol>`), plus the segment's fees and shield.
+    m.clearing = ledger.open_clearing(m.symbol.lower(), m.base, m.quote, m.segment)
 
 
 MODULE.declare_state(TradingState, _snapshot, _restore)
