@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, percentile_us  # noqa: E402
 
 from ringfence.engine.core import Engine  # noqa: E402
-from ringfence.engine.node import Node, replay_journal  # noqa: E402
+from ringfence.engine.node import Node  # noqa: E402
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset  # noqa: E402
 from ringfence.ledger.model import Transfer  # noqa: E402
 from ringfence import app  # noqa: E402
-from ringfence.app import new_engine, replay_journal
+from ringfence.app import new_engine, replay_journal  # noqa: E402
 
 BATCH = 8190
 SWITCH_INTERVAL_US = 100
