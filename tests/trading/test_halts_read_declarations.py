@@ -39,10 +39,17 @@ def _refused(events: list[Any]) -> CommandRejected | None:
     return next((e for e in events if isinstance(e, CommandRejected)), None)
 
 
-@pytest.mark.parametrize("level", ["REDUCE_ONLY", "HALTED"])
-def test_a_reducing_amend_of_a_partly_filled_order_passes_a_market_halt(level: str) -> None:
+def test_a_halted_book_is_frozen_but_for_cancels() -> None:
     d, oid = _partly_filled()
-    d.apply(Halt("m", "market", "BTCUSDT", level, "test"))
+    d.apply(Halt("m", "market", "BTCUSDT", "HALTED", "test"))
+    refused = _refused(d.apply(AmendOrder("alice", "BTCUSDT", oid, 0, qty("0.8"))))
+    assert refused is not None and refused.code == "RF_HALTED"  # even a reducing amend
+    assert _refused(d.apply(CancelOrder("alice", "BTCUSDT", oid))) is None
+
+
+def test_a_reducing_amend_of_a_partly_filled_order_passes_reduce_only() -> None:
+    d, oid = _partly_filled()
+    d.apply(Halt("m", "market", "BTCUSDT", "REDUCE_ONLY", "test"))
     # 0.8 total is below the order's 1.0 (but above its 0.6 leaves): it reduces risk.
     assert amend_effect(d.engine, AmendOrder("alice", "BTCUSDT", oid, 0, qty("0.8"))) is Effect.REDUCES_RISK
     events = d.apply(AmendOrder("alice", "BTCUSDT", oid, 0, qty("0.8")))

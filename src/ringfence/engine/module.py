@@ -47,8 +47,9 @@ class Effect(str, enum.Enum):
     """What a command does to the exchange's risk, as halts see it.
 
     * `OPENS_RISK`: adds exposure (a new order, an amend that adds) — refused under REDUCE_ONLY;
-    * `REDUCES_RISK`: only takes exposure away (a cancel, an amend that lowers quantity at the same
-      price) — the one effect a HALTED scope still accepts;
+    * `REDUCES_RISK`: only takes exposure away (a cancel; an amend that lowers quantity at the same
+      price, when declared through a function of the state) — passes REDUCE_ONLY; a HALTED scope
+      accepts only commands declared `REDUCES_RISK` as a constant (they always reduce: cancels);
     * `MOVES_FUNDS_OUT`: moves a withdrawal towards the chain — refused under WITHDRAWALS_PAUSED;
     * `NEUTRAL`: moves nothing out and opens no exposure (a transfer inside the ledger, recording a
       fact that already happened on a chain);

@@ -407,7 +407,7 @@ def _refusal(kind: str, scope: str, level: str, name: str, state: HaltsState) ->
 
 
 #: The lowest level that refuses a command of each effect (None: no level refuses it).
-#: HALTED refuses everything but what only reduces risk; REDUCE_ONLY what opens risk;
+#: HALTED refuses everything but what always reduces risk (cancels); REDUCE_ONLY what opens risk;
 #: WITHDRAWALS_PAUSED what moves funds out. Facts (settle, fail, observe) are NEUTRAL: refusing a
 #: fact would make the ledger disagree with the chain, so only HALTED stops them.
 _REFUSED_FROM = {
@@ -429,7 +429,12 @@ def _check_command(engine: Engine, state: HaltsState, command: Any) -> None:
         for part in spec.parts(command):
             _check_command(engine, state, part)
         return
-    refused_from = _REFUSED_FROM[spec.effect_of(engine, command)]
+    effect = spec.effect_of(engine, command)
+    refused_from = _REFUSED_FROM[effect]
+    if effect is Effect.REDUCES_RISK and not isinstance(spec.effect, Effect):
+        # Reduces risk only in this state (a reducing amend): passes REDUCE_ONLY, but a HALTED
+        # book is frozen — only what always reduces risk (a cancel) passes there.
+        refused_from = LEVELS[HALTED]
     if refused_from is None:
         return
     for kind, scope in (("venue", "*"), *spec.scopes(engine, command)):
