@@ -169,7 +169,9 @@ class Engine:
         events: list[Event] = []
         try:
             for hook in self._before:
-                events.extend(hook(self))
+                due = hook(self)
+                if due:
+                    events.extend(due)
             try:
                 for guard in self._guards:
                     guard(self, command)
