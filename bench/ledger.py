@@ -27,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, percentile_us  # noqa: E402
 
 from ringfence.engine.core import Engine  # noqa: E402
-from ringfence.engine.node import Node, replay_journal  # noqa: E402
+from ringfence.engine.node import Node  # noqa: E402
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset  # noqa: E402
 from ringfence.ledger.model import Transfer  # noqa: E402
+from ringfence import app  # noqa: E402
+from ringfence.app import new_engine, replay_journal  # noqa: E402
 
 BATCH = 8190
 SWITCH_INTERVAL_US = 100
@@ -75,7 +77,7 @@ def transfer_stream(rng: random.Random, ids: list[int], n: int, next_id: int, tw
 def new_node(path: Path) -> Node:
     if path.exists():
         shutil.rmtree(path)
-    node = Node(path)
+    node = app.new_node(path)
     node.open()
     return node
 
@@ -180,7 +182,7 @@ def main() -> None:
             if label == "many_account":
                 replay_dir = root / f"tp-{label}"
                 # baseline: the same commands applied straight to an engine (no journal, no fsync)
-                engine = Engine()
+                engine = new_engine()
                 setup = setup_commands(accounts)
                 fund, _ = funding(1, 0, 0, 1)
                 seq = 0

@@ -51,6 +51,7 @@ from ringfence.engine.node import Node  # noqa: E402
 from ringfence.trading.commands import Trade, TradingBatch  # noqa: E402
 from ringfence.trading.state import market_of  # noqa: E402
 from ringfence.trading.workload import ExchangeCoreMix, fund_transfers, setup_commands  # noqa: E402
+from ringfence.app import new_engine, new_node
 
 GOAL = {"throughput_per_s": 400_000, "p99_us": 1000}
 OFFERED_PER_S = 80_000
@@ -84,7 +85,7 @@ class Workload:
 
     def generate(self, n: int) -> None:
         """Drive a shadow engine with the generators; keep the commands (and the stats)."""
-        engine = Engine()
+        engine = new_engine()
         seq = 0
 
         def apply(c: Any) -> list[Any]:
@@ -148,7 +149,7 @@ class Workload:
 
 def raw_run(w: Workload) -> tuple[float, float, Engine]:  # float-ok: seconds
     """Returns (wall seconds, CPU seconds, engine)."""
-    engine = Engine()
+    engine = new_engine()
     seq = 0
     for c in w.setup + w.funding + w.prefill:
         seq += 1
@@ -165,7 +166,7 @@ def raw_run(w: Workload) -> tuple[float, float, Engine]:  # float-ok: seconds
 def open_node(w: Workload, data: Path) -> Node:
     if data.exists():
         shutil.rmtree(data)
-    node = Node(data, max_wait_us=0, queue_limit=1_000_000)
+    node = new_node(data, max_wait_us=0, queue_limit=1_000_000)
     node.open()
     # Prechecks see the state before their batch: assets and markets first (one per batch), then
     # all account openings in one batch.

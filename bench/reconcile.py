@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
 
-from ringfence.engine.core import Engine  # noqa: E402
+from ringfence.app import new_engine, new_node  # noqa: E402
 from ringfence.engine.node import Node  # noqa: E402
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset  # noqa: E402
 from ringfence.ledger.model import Transfer  # noqa: E402
@@ -72,7 +72,7 @@ class NoFlight:
 
 def build(n_accounts: int, n_addresses: int, seed: int):
     rng = random.Random(seed)
-    engine = Engine()
+    engine = new_engine()
     ledger = engine.ledger
     for code in ASSETS:
         ledger.register_asset(Asset(code, 8, AssetClass.CRYPTO, None))
@@ -106,7 +106,7 @@ class PrebuiltFold(JournalFold):
     """The fold state as it is after `advance()` caught up: a replay engine and a shadow book
     that agree with the live engine (built the same way, from the same seed)."""
 
-    def __init__(self, engine: Engine, live: Engine) -> None:
+    def __init__(self, engine: Any, live: Any) -> None:
         super().__init__(Path("."), ReconcileSettings())
         self.engine = engine
         self.last_seq = live.last_seq
@@ -116,7 +116,7 @@ class PrebuiltFold(JournalFold):
 def fold_throughput(n_transfers: int, seed: int) -> float:  # float-ok: rate
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        with Node(Path(tmp), fsync=False) as node:
+        with new_node(Path(tmp), fsync=False) as node:
             node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
             users = [f"u{i}" for i in range(1000)]
             for u in users:

@@ -38,6 +38,7 @@ from ringfence.custody.commands import (
     SetApprover,
 )
 from ringfence.engine.commands import encode
+from ringfence.app import new_engine
 from ringfence.engine.core import CommandRejected, Engine
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset, RegisterSegment
 from ringfence.ledger.model import Transfer, TransferFlags
@@ -189,7 +190,7 @@ def draw_command(data, engine: Engine, step: int):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_a_rejected_command_changes_no_state(data):
-    engine = Engine()
+    engine = new_engine()
     seq = [0]
 
     def run(command):
@@ -216,7 +217,7 @@ def test_a_rejected_command_changes_no_state(data):
 
 def test_the_handlers_fixed_here_refuse_before_they_change_anything():
     """The validate-after-mutate cases this property found, pinned one by one."""
-    engine = Engine()
+    engine = new_engine()
     seq = [0]
 
     def run(command):

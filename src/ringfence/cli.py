@@ -135,7 +135,7 @@ def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="Th
 
     import time
 
-    from .engine.node import replay_journal
+    from .app import replay_journal
 
     directory = require_node_dir(directory)
     started = time.perf_counter()
@@ -177,7 +177,7 @@ def journal_replay(
 
     Example: ringfence journal replay ./ringfence-data
     """
-    from .engine.node import replay_journal
+    from .app import replay_journal
     from .engine.snapshot import list_snapshots, read_snapshot
     from .errors import JournalCorrupt, SnapshotInvalid
     from .journal.journal import scan_all

@@ -15,10 +15,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .engine.node import Node, replay_journal
+from .engine.node import Node
 from .ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from .ledger.model import Transfer, TransferFlags
 from .money import format_amount, parse_amount
+from .app import new_node, replay_journal
 
 __all__ = ["run_demo", "DEMO_ASSETS", "balances_table"]
 
@@ -39,7 +40,7 @@ def seeded_node(data: Path, seed: int) -> Node:
         clock[0] += rng.randrange(100_000, 2_000_000)
         return clock[0]
 
-    node = Node(data, clock=now, entropy=lambda n: rng.randbytes(n))
+    node = new_node(data, clock=now, entropy=lambda n: rng.randbytes(n))
     node.open()
     return node
 

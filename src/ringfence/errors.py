@@ -30,6 +30,7 @@ __all__ = [
     "Unauthorized",
     "RateLimited",
     "Halted",
+    "ShardHalted",
     "JournalCorrupt",
     "SnapshotInvalid",
     "InvariantViolation",
@@ -178,6 +179,14 @@ class Halted(RingfenceError):
     code = "RF_HALTED"
     http_status = 503
     default_message = "this scope is halted; only an operator quorum can lift the halt"
+
+
+class ShardHalted(RingfenceError):
+    """A command broke an engine invariant earlier: the whole shard refuses everything until an operator acts."""
+
+    code = "RF_SHARD_HALTED"
+    http_status = 503
+    default_message = "the engine shard is halted after a broken invariant; an operator must look"
 
 
 class NotDurable(RingfenceError, OSError):

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .engine.node import Node, replay_journal
+from .engine.node import Node
 from .errors import RingfenceError
 from .journal.journal import encode_record, segment_paths
 from .ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from .ledger.model import Transfer, TransferFlags
+from . import app
+from .app import replay_journal
 
 __all__ = ["run_simulation", "SimulationFailure", "SimulationResult"]
 
@@ -74,7 +76,7 @@ def run_simulation(
         return rng.randbytes(n)
 
     def new_node() -> Node:
-        node = Node(data_dir, clock=clock, entropy=entropy, segment_bytes=rng.choice([2_000, 64_000, 1 << 26]))
+        node = app.new_node(data_dir, clock=clock, entropy=entropy, segment_bytes=rng.choice([2_000, 64_000, 1 << 26]))
         node.open()
         return node
 

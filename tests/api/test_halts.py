@@ -13,6 +13,7 @@ from ringfence.risk.halts import Halt
 from .conftest import Server
 from .test_dashboard import ARGS, CHROMIUM
 from .test_rest import signed_query
+from ringfence.app import new_node
 
 
 def order(server, account, symbol, price, qty):
@@ -27,7 +28,7 @@ def test_a_journaled_halt_is_enforced_and_visible_after_restart(tmp_path):
     assert order(first, "alice", "BTCUSDT", "60990.00", "0.0010").status_code == 200
     assert first.stop() == 0
 
-    node = Node(data / "engine")
+    node = new_node(data / "engine")
     node.open()
     evidence = json.dumps({"kind": "test", "detail": "injected by the test"})
     node.execute(Halt("test-btc", "market", "BTCUSDT", "HALTED", "reconciliation mismatch (test)", evidence))
@@ -72,3 +73,40 @@ def test_halts_stream_pushes_raised_and_lifted_halts(tmp_path):
         assert message["e"] == "haltRaised" and message["id"] == "ws-eth"
         assert message["scopeKind"] == "asset" and message["level"] == "WITHDRAWALS_PAUSED"
         assert [h["halt_id"] for h in client.get("/v1/halts").json()] == ["ws-eth"]
+
+
+def test_a_shard_halted_by_a_broken_invariant_is_not_ready_and_shows_in_halts(tmp_path):
+    """A broken invariant (here planted in this live engine's own handler table: the journal and a
+    restart know nothing of it) halts the shard: /readyz answers 503, /v1/halts leads with it."""
+    from starlette.testclient import TestClient
+
+    from ringfence.api.serve import build
+    from ringfence.errors import InvariantViolation, ShardHalted
+    from ringfence.trading.commands import SetFeeTier
+
+    app, exchange, _ = build(tmp_path / "data", demo=True)
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+
+        def broken(engine, command):
+            engine.ledger.open_account("mallory", "USDT", "available", "spot", 0)
+            raise InvariantViolation("planted by the test")
+
+        exchange.engine._handlers[SetFeeTier] = broken
+        ack = exchange.node.submit(SetFeeTier(7, 100, 200))
+        try:
+            ack.wait(10)
+            raise AssertionError("the broken command must not succeed")
+        except InvariantViolation:
+            pass
+        seq = exchange.engine.halted[0]
+        assert exchange.engine.ledger.find("mallory", "USDT", "available", "spot") is None
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["halted"] is True
+        halts = client.get("/v1/halts").json()
+        assert halts[0]["halt_id"] == "shard-halted" and halts[0]["raised_seq"] == seq and halts[0]["level"] == "HALTED"
+        try:
+            exchange.node.submit(SetFeeTier(8, 100, 200)).wait(10)
+            raise AssertionError("a halted shard must refuse")
+        except ShardHalted:
+            pass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from ringfence.engine.node import Node
+from ringfence.app import new_node
 from ringfence.risk.halts import Halt
 
 from .conftest import Server
@@ -23,7 +23,7 @@ def halted(tmp_path_factory):
     data = tmp_path_factory.mktemp("halted") / "data"
     first = Server(data)  # lists the demo markets and funds the demo accounts
     assert first.stop() == 0
-    node = Node(data / "engine")
+    node = new_node(data / "engine")
     node.open()
     node.execute(Halt("test-btc", "market", "BTCUSDT", "HALTED", "reconciliation mismatch (test)", "{}"))
     node.execute(Halt("test-tok", "segment", "tokenized", "REDUCE_ONLY", "price feed stale (test)", "{}"))

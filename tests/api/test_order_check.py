@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringfence.engine.node import Node
+from ringfence.app import new_node
 from ringfence.errors import NotDurable
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset, Transfer
 from ringfence.trading.commands import ListMarket, OrderAccepted, OrderRejected, PlaceOrder, SetReferencePrice
@@ -20,7 +20,7 @@ PRICE = 61_000 * 10**6  # 61000 USDT per BTC
 
 @pytest.fixture()
 def node(tmp_path):
-    n = Node(tmp_path / "engine", fsync=False)
+    n = new_node(tmp_path / "engine", fsync=False)
     n.open()
     n.execute_many([RegisterAsset("BTC", 8, "crypto", "bitcoin"), RegisterAsset("USDT", 6, "crypto", "ethereum")])
     n.execute(ListMarket("BTCUSDT", "BTC", "USDT", "spot", tick_size=10_000, lot_size=10_000, min_qty=10_000, min_notional=5 * 10**6))

@@ -1,24 +1,16 @@
 """The custody component snapshots and restores exactly (same state hash), mid-flow, and the flow
-continues from the snapshot; a halt-style engine guard can scope withdrawal commands by asset/wallet."""
+continues from the snapshot; the halts guard scopes withdrawal commands by the asset and wallet
+custody declares for them."""
 
 from __future__ import annotations
 
 import pytest
 
-from ringfence.custody.commands import RecordSignedTx, RequestWithdrawal
-from ringfence.engine.core import Engine, register_guard
 from ringfence.errors import Halted
+from ringfence.risk.halts import Halt
 
 from .flows import fund_btc, outside_btc_address
-
-PAUSED: set[tuple[str, str]] = set()
-
-
-@register_guard
-def _withdrawals_paused(engine, command) -> None:  # what issue #9's halts guard does, in miniature
-    if isinstance(command, (RequestWithdrawal, RecordSignedTx)) and (command.asset, command.wallet) in PAUSED:
-        raise Halted(f"withdrawals of {command.asset} from {command.wallet} are paused", field="wallet")
-
+from ringfence.app import engine_from_snapshot
 
 def test_snapshot_restore_mid_flow(net) -> None:
     fund_btc(net, "alice", 100_000_000)
@@ -26,7 +18,7 @@ def test_snapshot_restore_mid_flow(net) -> None:
     net.request("s2", "alice", "BTC", outside_btc_address(61), 70_000_000)  # big share: needs an approval
     net.withdrawals.run_until_idle()
     h = net.node.engine.state_hash()
-    restored = Engine.from_snapshot_bytes(net.node.engine.snapshot_bytes())
+    restored = engine_from_snapshot(net.node.engine.snapshot_bytes())
     assert restored.state_hash() == h
     restored.check_invariants()
     net.node.snapshot()
@@ -39,14 +31,17 @@ def test_snapshot_restore_mid_flow(net) -> None:
     assert net.state.withdrawals["s2"].facts_json
 
 
-def test_a_guard_can_pause_withdrawals_per_asset_and_wallet(net) -> None:
+def test_a_halt_pauses_withdrawals_per_asset_and_wallet(net) -> None:
     fund_btc(net, "bob", 100_000_000)
-    PAUSED.add(("BTC", "btc_hot"))
-    try:
-        with pytest.raises(Halted):
-            net.request("g1", "bob", "BTC", outside_btc_address(62), 10_000_000)
-        assert "g1" not in net.state.withdrawals and not [p for p in net.ledger.pending.values() if p.status == "pending"]
-    finally:
-        PAUSED.clear()
+    net.node.execute(Halt("cold-paused", "asset", "BTC@btc_cold", "WITHDRAWALS_PAUSED", "test: another wallet"))
+    net.node.execute(Halt("hot-paused", "asset", "BTC@btc_hot", "WITHDRAWALS_PAUSED", "test: this wallet"))
+    with pytest.raises(Halted):
+        net.request("g1", "bob", "BTC", outside_btc_address(62), 10_000_000)
+    assert "g1" not in net.state.withdrawals and not [p for p in net.ledger.pending.values() if p.status == "pending"]
+
+
+def test_a_halt_on_another_wallet_does_not_pause_this_one(net) -> None:
+    fund_btc(net, "bob", 100_000_000)
+    net.node.execute(Halt("cold-paused", "asset", "BTC@btc_cold", "WITHDRAWALS_PAUSED", "test: another wallet"))
     net.request("g1", "bob", "BTC", outside_btc_address(62), 10_000_000)
     assert net.state.withdrawals["g1"].state == "confirmed"

@@ -10,12 +10,13 @@ from ringfence.engine.node import Node
 from ringfence.errors import RingfenceError
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
+from ringfence.app import new_node
 
 
 def main() -> None:
     data_dir, seed = Path(sys.argv[1]), int(sys.argv[2])
     rng = random.Random(seed)
-    node = Node(data_dir, segment_bytes=rng.choice([4_096, 65_536]))
+    node = new_node(data_dir, segment_bytes=rng.choice([4_096, 65_536]))
     node.open()
     if node.engine.last_seq == 0:
         node.execute_many([RegisterAsset("BTC", 8, "crypto", "bitcoin")])

@@ -14,7 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from ringfence.engine.node import Node, replay_journal
+from ringfence.engine.node import Node
+from ringfence.app import new_node, replay_journal
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 KILLS = int(os.environ.get("RINGFENCE_CRASH_KILLS", "55"))
@@ -63,7 +64,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
         assert recovered_seq >= last_seq, f"seed={seed} kill={kill}: recovery went back from {last_seq} to {recovered_seq}"
         all_acked |= acked
         if kill % 10 == 9 or kill == KILLS - 1:
-            node = Node(data_dir)
+            node = new_node(data_dir)
             node.open()
             missing = all_acked - set(node.engine.ledger.transfers)
             assert not missing, f"seed={seed} kill={kill}: acknowledged transfers lost: {sorted(missing)[:10]}"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ringfence.app import new_node
 from ringfence.engine.node import Node
 from ringfence.errors import DataDirLocked, JournalCorrupt, NotDurable, OutcomeUnknown
 from ringfence.journal.journal import DURABLE_FILE, DataDirLock, encode_record, HEADER_SIZE, read_durable_mark, scan_all, segment_paths
@@ -100,7 +101,7 @@ def test_rotted_acknowledged_last_record_is_corruption_not_a_torn_tail(tmp_path)
     raw[last_offset + HEADER_SIZE + 3] ^= 0x10  # one bit of the acknowledged final record's payload
     seg.write_bytes(bytes(raw))
     with pytest.raises(JournalCorrupt) as info:
-        Node(tmp_path).open()
+        new_node(tmp_path).open()
     assert "durable mark" in str(info.value) and seg.name in str(info.value)
     assert seg.stat().st_size == len(raw)  # nothing truncated: the evidence stays for the operator
     DataDirLock(tmp_path).release()  # the failed open() released the writer lock
@@ -118,10 +119,10 @@ def test_acknowledged_last_record_cut_short_is_corruption(tmp_path):
     raw = seg.read_bytes()
     seg.write_bytes(raw[: len(raw) - 5])
     with pytest.raises(JournalCorrupt, match="durable mark"):
-        Node(tmp_path).open()
+        new_node(tmp_path).open()
     seg.write_bytes(raw[:last_offset])  # a whole acknowledged record gone
     with pytest.raises(JournalCorrupt, match="acknowledged records are missing"):
-        Node(tmp_path).open()
+        new_node(tmp_path).open()
 
 
 def test_torn_write_after_the_durable_mark_is_still_a_torn_tail(tmp_path):
@@ -160,7 +161,7 @@ def test_a_second_writer_in_the_same_process_is_refused_with_the_holders_pid(tmp
     seed_ledger(first)
     size = sum(p.stat().st_size for p in segment_paths(tmp_path / "journal"))
     with pytest.raises(DataDirLocked) as info:
-        Node(tmp_path).open()
+        new_node(tmp_path).open()
     assert f"pid {os.getpid()}" in str(info.value)
     assert info.value.details["holder_pid"] == os.getpid()
     assert sum(p.stat().st_size for p in segment_paths(tmp_path / "journal")) == size

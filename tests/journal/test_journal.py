@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringfence.engine.node import Node, replay_journal
+from ringfence.engine.node import Node
 from ringfence.errors import JournalCorrupt, ValidationError
 from ringfence.journal.journal import GENESIS_HASH, HEADER_SIZE, TRAILER_SIZE, scan_all, segment_paths
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
+from ringfence.app import new_node, replay_journal
 
 
 def _clock():
@@ -27,7 +28,7 @@ def _clock():
 
 def make_node(path: Path, **kw) -> Node:
     rng = random.Random(7)
-    node = Node(path, clock=_clock(), entropy=lambda n: rng.randbytes(n), **kw)
+    node = new_node(path, clock=_clock(), entropy=lambda n: rng.randbytes(n), **kw)
     node.open()
     return node
 
@@ -128,7 +129,7 @@ def test_flipped_bit_in_the_middle_is_detected(tmp_path_factory, data):
     raw[pos] ^= 1 << bit
     seg.write_bytes(bytes(raw))
     with pytest.raises(JournalCorrupt) as info:
-        Node(path).open()
+        new_node(path).open()
     message = str(info.value)
     assert seg.name in message and "not a torn tail" in message
     assert seg.stat().st_size == len(raw)  # nothing was truncated
@@ -147,7 +148,7 @@ def test_segment_rotation_and_missing_segment(tmp_path):
     reopened.close()  # a writer left open holds the data directory's lock
     segs[1].unlink()
     with pytest.raises(JournalCorrupt, match="missing"):
-        Node(tmp_path).open()
+        new_node(tmp_path).open()
 
 
 def test_snapshot_plus_tail_equals_full_replay(tmp_path):

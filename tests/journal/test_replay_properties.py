@@ -5,10 +5,11 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringfence.engine.node import Node, replay_journal
+from ringfence.engine.node import Node
 from ringfence.errors import RingfenceError
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer, TransferFlags
+from ringfence.app import new_node, replay_journal
 
 step = st.tuples(
     st.sampled_from(["deposit", "move", "hold", "post", "void", "open", "bad", "snapshot", "batch"]),
@@ -29,7 +30,7 @@ def test_replay_and_snapshot_replay_match_live(tmp_path_factory, steps, seed):
         clock[0] += rng.randrange(1, 10**7)
         return clock[0]
 
-    node = Node(path, clock=tick, entropy=rng.randbytes)
+    node = new_node(path, clock=tick, entropy=rng.randbytes)
     node.open()
     node.execute_many([RegisterAsset("BTC", 8, "crypto")])
     owners = ["w", "x", "y", "z"]
@@ -70,7 +71,7 @@ def test_replay_and_snapshot_replay_match_live(tmp_path_factory, steps, seed):
     assert full.state_hash() == live
     assert from_snap.state_hash() == live
     assert (report.snapshot_seq > 0) == (snapshots > 0)
-    reopened = Node(path)
+    reopened = new_node(path)
     reopened.open()
     assert reopened.engine.state_hash() == live
     reopened.close()

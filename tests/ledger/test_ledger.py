@@ -2,17 +2,17 @@
 
 import pytest
 
-from ringfence.engine.core import Engine
 from ringfence.errors import UnknownAsset, ValidationError
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import INTERNAL_ID_BASE, AccountFlags, Transfer, TransferFlags
+from ringfence.app import new_engine
 
 P, POST, VOID, L = TransferFlags.PENDING, TransferFlags.POST_PENDING, TransferFlags.VOID_PENDING, TransferFlags.LINKED
 
 
 class Harness:
-    def __init__(self):
-        self.engine = Engine()
+    def __init__(self, *extra_modules):
+        self.engine = new_engine(*extra_modules)
         self.seq = 0
         self.now = 1_000
         self.run(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
@@ -205,10 +205,18 @@ def test_system_accounts_per_segment():
 
 
 def test_custody_accounts_and_guards():
-    from ringfence.engine.core import _GUARDS, register_guard
+    from ringfence.engine.module import Module
     from ringfence.errors import Halted
 
-    harness = Harness()
+    planted = Module("test-guard")
+    armed = []
+
+    @planted.guard
+    def refuse_bob(engine, command):
+        if armed and getattr(command, "owner", None) == "bob":
+            raise Halted("bob's scope is halted", field="owner")
+
+    harness = Harness(planted)
     led = harness.engine.ledger
     hot = led.custody("BTC", "btc_hot")
     assert hot.name == "custody:btc_hot:BTC" and hot.owner == "system"
@@ -216,17 +224,10 @@ def test_custody_accounts_and_guards():
     with pytest.raises(ValidationError):
         led.custody("BTC", "Hot Wallet")
 
-    def refuse_bob(engine, command):
-        if getattr(command, "owner", None) == "bob":
-            raise Halted("bob's scope is halted", field="owner")
-
-    register_guard(refuse_bob)
-    try:
-        (event,) = harness.run(OpenAccount("bob", "USDT", "available", "tokenized"))
-        assert type(event).__name__ == "CommandRejected" and event.code == "RF_HALTED"
-        assert led.find("bob", "USDT", "available", "tokenized") is None
-        with pytest.raises(Halted):
-            harness.engine.precheck(OpenAccount("bob", "BTC"))
-        assert harness.run(OpenAccount("carol", "BTC"))[0].created
-    finally:
-        _GUARDS.remove(refuse_bob)
+    armed.append(True)
+    (event,) = harness.run(OpenAccount("bob", "USDT", "available", "tokenized"))
+    assert type(event).__name__ == "CommandRejected" and event.code == "RF_HALTED"
+    assert led.find("bob", "USDT", "available", "tokenized") is None
+    with pytest.raises(Halted):
+        harness.engine.precheck(OpenAccount("bob", "BTC"))
+    assert harness.run(OpenAccount("carol", "BTC"))[0].created

@@ -11,13 +11,14 @@ from hypothesis import strategies as st
 from ringfence.engine.core import Engine
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer, TransferFlags
+from ringfence.app import new_engine
 
 OWNERS = ["a", "b", "c"]
 P, POST, VOID, L = TransferFlags.PENDING, TransferFlags.POST_PENDING, TransferFlags.VOID_PENDING, TransferFlags.LINKED
 
 
 def fresh():
-    engine = Engine()
+    engine = new_engine()
     seq = [0]
 
     def run(command, ts):

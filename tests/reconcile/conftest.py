@@ -6,11 +6,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ringfence.engine.node import Node
 from ringfence.ledger.commands import OpenAccount, RegisterAsset
 from ringfence.risk.halts import RegisterOperators
 
-from . import custody_sim  # noqa: F401  (registers the test custody commands)
+from . import custody_sim
+from ringfence.app import new_node
 
 
 def operator_keys(n: int = 3) -> dict[str, Ed25519PrivateKey]:
@@ -26,9 +26,9 @@ def operators() -> dict[str, Ed25519PrivateKey]:
     return operator_keys(3)
 
 
-@pytest.fixture
-def node(tmp_path, operators):
-    n = Node(tmp_path / "node", fsync=False)
+def operators_node(tmp_path, operators, *extra_modules):
+    """A node of the standard modules plus the test custody commands (and `extra_modules`)."""
+    n = new_node(tmp_path / "node", fsync=False, extra_modules=(custody_sim.MODULE, *extra_modules))
     n.open()
     n.execute(RegisterOperators([(k, public_hex(v)) for k, v in operators.items()], 2))
     n.execute(RegisterAsset("ETH", 18, "crypto", "ethereum"))
@@ -36,6 +36,12 @@ def node(tmp_path, operators):
     for owner in ("alice", "bob"):
         n.execute(OpenAccount(owner, "ETH"))
         n.execute(OpenAccount(owner, "BTC"))
+    return n
+
+
+@pytest.fixture
+def node(tmp_path, operators):
+    n = operators_node(tmp_path, operators)
     yield n
     n.close()
 

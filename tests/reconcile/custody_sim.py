@@ -9,7 +9,8 @@ withdrawals. It deliberately has no double-credit protection, so a test can inje
 from __future__ import annotations
 
 from ringfence.engine.commands import Command, Event
-from ringfence.engine.core import Engine, handles
+from ringfence.engine.core import Engine
+from ringfence.engine.module import Effect, Module
 from ringfence.reconcile.reconciler import JournalFold, register_fold
 
 
@@ -34,7 +35,16 @@ class SimDepositCredited(Event, tag="test.recon.deposit_credited/1"):
     amount: int
 
 
-@handles(SimCreditDeposit)
+#: The test module: nodes of the reconciliation tests run it next to the standard modules.
+MODULE = Module("test-custody-sim")
+MODULE.declare_events(SimDepositCredited)
+
+
+def _asset_scopes(engine: Engine, c) -> list[tuple[str, str]]:
+    return [("asset", c.asset), ("asset", f"{c.asset}@{c.wallet}")]
+
+
+@MODULE.handles(SimCreditDeposit, effect=Effect.NEUTRAL, scopes=_asset_scopes)
 def _credit(engine: Engine, c: SimCreditDeposit) -> list[Event]:
     ledger = engine.ledger
     custody = ledger.custody(c.asset, c.wallet)
@@ -45,7 +55,7 @@ def _credit(engine: Engine, c: SimCreditDeposit) -> list[Event]:
     return [SimDepositCredited(c.txid, c.amount)]
 
 
-@handles(SimRequestWithdrawal)
+@MODULE.handles(SimRequestWithdrawal, effect=Effect.MOVES_FUNDS_OUT, scopes=_asset_scopes)
 def _request(engine: Engine, c: SimRequestWithdrawal) -> list[Event]:
     ledger = engine.ledger
     user = ledger.get(c.owner, c.asset)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from ringfence.engine.core import Engine
 from ringfence.money import Asset, AssetClass
 from ringfence.reconcile.reconciler import ReconcileSettings, WalletSpec, reconcile_chain
+from ringfence.app import new_engine
 
 
 class DictChain:
@@ -31,7 +32,7 @@ class Flows:
     """The custody flows' bookkeeping, reduced to what reconciliation sees."""
 
     def __init__(self) -> None:
-        self.engine = Engine()
+        self.engine = new_engine()
         self.engine.ledger.register_asset(Asset("BTC", 8, AssetClass.CRYPTO, None))
         self.ledger = self.engine.ledger
         self.custody = self.ledger.custody("BTC", "hot")

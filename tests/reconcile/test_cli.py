@@ -11,6 +11,7 @@ from ringfence.engine.node import Node
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
 from ringfence.reconcile.reconciler import DEPOSIT_TRANSFER_CODE
+from ringfence.app import new_node
 
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 
@@ -20,7 +21,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def _make(path: Path, *, double_credit: bool) -> None:
-    with Node(path, fsync=False) as node:
+    with new_node(path, fsync=False) as node:
         node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
         node.execute(OpenAccount("alice", "BTC"))
         world, alice = node.engine.ledger.world("BTC").id, node.engine.ledger.get("alice", "BTC").id
@@ -71,7 +72,7 @@ def test_operators_lift_a_halt_from_the_command_line(tmp_path):
 
     keys = operator_keys(3)
     data = tmp_path / "node"
-    with Node(data, fsync=False) as node:
+    with new_node(data, fsync=False) as node:
         node.execute(RegisterOperators([(k, public_hex(v)) for k, v in keys.items()], 2))
     _make(data, double_credit=True)
     assert _cli("reconcile", "run", str(data)).returncode == 3

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ringfence.engine.node import Node
+from ringfence.app import new_node
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
 from ringfence.reconcile.reconciler import JournalFold
 
 
 def test_fold_stops_at_a_batch_boundary_and_resumes(tmp_path: Path) -> None:
-    node = Node(tmp_path, fsync=False)
+    node = new_node(tmp_path, fsync=False)
     node.open()
     node.execute_many([RegisterAsset("BTC", 8, "crypto", "bitcoin"), OpenAccount("a", "BTC"), OpenAccount("b", "BTC")])
     world, a, b = (node.read(lambda e, o=o: e.ledger.get(o, "BTC").id if o != "world" else e.ledger.world("BTC").id)

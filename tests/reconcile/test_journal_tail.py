@@ -9,6 +9,7 @@ from ringfence.errors import JournalCorrupt
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
 from ringfence.reconcile.reconciler import JournalFold
+from ringfence.app import new_node
 
 
 def _fill(node: Node, start: int, n: int) -> None:
@@ -19,7 +20,7 @@ def _fill(node: Node, start: int, n: int) -> None:
 
 
 def test_incremental_over_rotating_segments_and_tamper_detection(tmp_path):
-    node = Node(tmp_path, fsync=False, segment_bytes=2048)
+    node = new_node(tmp_path, fsync=False, segment_bytes=2048)
     node.open()
     node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
     node.execute(OpenAccount("alice", "BTC"))

@@ -16,6 +16,7 @@ from ringfence.engine.node import Node
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer, TransferFlags
 from ringfence.reconcile.reconciler import ReconcileSettings, Reconciler
+from ringfence.app import new_node
 
 USERS = ["u1", "u2", "u3"]
 
@@ -29,7 +30,7 @@ op = st.one_of(
 
 def _node(path: Path) -> Node:
     ticks = itertools.count(1)
-    node = Node(path, fsync=False, clock=lambda: next(ticks) * 1_000_000_000)
+    node = new_node(path, fsync=False, clock=lambda: next(ticks) * 1_000_000_000)
     node.open()
     node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
     for u in USERS:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from ringfence.demo import run_demo
-from ringfence.engine.node import replay_journal
+from ringfence.app import replay_journal
 from ringfence.ledger.model import SYSTEM_OWNER
 from ringfence.solvency.ledger_source import snapshot_from_engine, snapshot_from_journal
 from ringfence.solvency.pol import build_liability_tree, verify_proof

@@ -9,6 +9,7 @@ from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsse
 from ringfence.ledger.model import Transfer
 from ringfence.money import parse_amount
 from ringfence.trading.commands import ListMarket, PlaceOrder
+from ringfence.app import new_engine
 
 BTC_SCALE = 10**8  # BTC has 8 decimals
 USDT = 10**6  # USDT has 6 decimals
@@ -18,7 +19,7 @@ class Driver:
     """Applies commands to an in-memory engine with increasing sequence numbers and time."""
 
     def __init__(self, engine: Engine | None = None, ts_ns: int = 1_700_000_000_000_000_000) -> None:
-        self.engine = engine or Engine()
+        self.engine = engine or new_engine()
         self.ts_ns = ts_ns
         self.tid = 1
         self.log: list[tuple[Any, int, list[Any]]] = []

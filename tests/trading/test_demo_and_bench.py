@@ -11,13 +11,14 @@ from rich.console import Console
 
 from ringfence.engine.node import Node
 from ringfence.trading.demo import run_trading_demo
+from ringfence.app import new_node
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_session_shows_fills_fees_shield_and_book(tmp_path: Path) -> None:
     console = Console(record=True, width=200)
-    with Node(tmp_path / "demo") as node:
+    with new_node(tmp_path / "demo") as node:
         out = run_trading_demo(node, console)
         state_hash = node.engine.state_hash()  # type: ignore[union-attr]
     text = console.export_text()
@@ -26,7 +27,7 @@ def test_demo_session_shows_fills_fees_shield_and_book(tmp_path: Path) -> None:
     assert out["trades"] == 3
     assert out["shield_usdt"] > 0 and out["shield_btc"] > 0
     # the session is durable: recovery from the journal gives the same state
-    with Node(tmp_path / "demo") as again:
+    with new_node(tmp_path / "demo") as again:
         assert again.recovery is not None and again.recovery.state_hash == state_hash
 
 

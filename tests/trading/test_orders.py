@@ -23,6 +23,7 @@ from ringfence.trading.commands import (
     Trade,
 )
 from ringfence.trading.state import market_of
+from ringfence.app import engine_from_snapshot
 
 
 def two_traders(**market: object):  # type: ignore[no-untyped-def]
@@ -249,7 +250,7 @@ def test_snapshot_roundtrip_keeps_book_stops_and_hash() -> None:
     d.place("bob", "SELL", price("101"), qty("0.2"), client_order_id="b2")
     d.place("alice", "BUY", price("99"), qty("0.3"))
     d.apply(PlaceOrder("alice", "BTCUSDT", "BUY", "STOP_LIMIT", price=price("105"), quantity=qty("0.1"), stop_price=price("104")))
-    restored = Engine.from_snapshot_bytes(d.engine.snapshot_bytes())
+    restored = engine_from_snapshot(d.engine.snapshot_bytes())
     assert restored.state_hash() == d.engine.state_hash()
     restored.check_invariants()
     # the restored engine continues identically

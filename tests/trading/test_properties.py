@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scenario import BTC_SCALE, USDT, Driver, btcusdt
 
-from ringfence.engine.node import Node, replay_journal
+from ringfence.engine.node import Node
 from ringfence.trading.commands import (
     AmendOrder,
     CancelAll,
@@ -29,13 +29,13 @@ from ringfence.trading.commands import (
     OrderExpired,
     OrderRejected,
     PlaceOrder,
-    SetMarketStatus,
     SetReferencePrice,
     Trade,
     TradingBatch,
 )
 from ringfence.trading.marketdata import MarketData
 from ringfence.trading.state import market_of
+from ringfence.app import new_node, replay_journal
 
 TICK = 10_000
 LOT = 10_000
@@ -73,8 +73,8 @@ def make_command(kind: int, rng: random.Random, m: Any) -> Any:
         return AmendOrder(owner, "BTCUSDT", target, price=price if rng.random() < 0.7 else 0, quantity=qty if rng.random() < 0.4 else 0)
     if kind < 92:
         return SetReferencePrice("BTCUSDT", (CENTER + rng.randrange(-3000, 3001)) * TICK)
-    if kind < 95:
-        return SetMarketStatus("BTCUSDT", rng.choice(["ACTIVE", "ACTIVE", "REDUCE_ONLY", "HALTED"]))
+    if kind < 95:  # SetMarketStatus is refused at the edge now (halts own market status): more reference prices
+        return SetReferencePrice("BTCUSDT", (CENTER + rng.randrange(-3000, 3001)) * TICK)
     return TradingBatch([make_command(rng.randrange(0, 68), rng, m) for _ in range(rng.randrange(1, 4))])
 
 
@@ -230,7 +230,7 @@ def test_replay_through_node_gives_same_state_and_market_data() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "node"
         clock = iter(range(1_700_000_000_000_000_000, 1_800_000_000_000_000_000, 1_000_000)).__next__
-        node = Node(data, clock=clock, entropy=lambda n: b"\x01" * n)
+        node = new_node(data, clock=clock, entropy=lambda n: b"\x01" * n)
         live_md = MarketData()
         node.listeners.append(live_md.on_batch)
         node.open()
@@ -245,7 +245,7 @@ def test_replay_through_node_gives_same_state_and_market_data() -> None:
         live_hash = node.engine.state_hash()
         node.engine.check_invariants()
         node.close()
-        reopened = Node(data)
+        reopened = new_node(data)
         report = reopened.open()
         assert report.state_hash == live_hash
         reopened.close()
@@ -254,10 +254,10 @@ def test_replay_through_node_gives_same_state_and_market_data() -> None:
         assert engine.state_hash() == live_hash
         assert replay_md.digest() == live_md.digest()
         # Snapshot + restore gives the same hash too.
-        node2 = Node(data)
+        node2 = new_node(data)
         node2.open()
         node2.snapshot()
         node2.close()
-        node3 = Node(data)
+        node3 = new_node(data)
         assert node3.open().state_hash == live_hash
         node3.close()

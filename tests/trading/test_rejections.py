@@ -19,6 +19,7 @@ from ringfence.trading.commands import (
 )
 from ringfence.trading.orders import REASONS
 from ringfence.trading.state import _snapshot, trading_state
+from ringfence.app import new_node
 
 
 def exchange() -> Driver:
@@ -143,7 +144,7 @@ def test_message_size_limits_are_enforced_at_the_edge(tmp_path: Any) -> None:
     from ringfence.errors import ValidationError
     from ringfence.trading.commands import MAX_BATCH_ACTIONS, TradingBatch
 
-    with Node(tmp_path / "n") as node:
+    with new_node(tmp_path / "n") as node:
         ok = PlaceOrder("alice", "BTCUSDT", "BUY", price=1, quantity=1)
         long_coid = PlaceOrder("alice", "BTCUSDT", "BUY", price=1, quantity=1, client_order_id="x" * 37)
         with pytest.raises(ValidationError) as err:

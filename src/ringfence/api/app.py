@@ -298,14 +298,17 @@ def create_app(
     @app.get("/readyz", tags=["operations"], summary="Readiness: the engine accepts commands", responses={503: {"description": "not ready"}})
     async def readyz() -> JSONResponse:
         node = exchange.node
-        ready = node.failed is None and node.writer is not None
         from ..risk.halts import active_halts
+
+        # a broken invariant (shard_halted): every command is refused
+        shard_halted, active_count = exchange.read(lambda engine: (engine.halted, len(active_halts(engine))))
+        ready = node.failed is None and node.writer is not None and shard_halted is None
 
         body = {
             "ready": ready,
             "last_seq": exchange.last_seq,
-            "halted": node.failed is not None,
-            "active_halts": exchange.read(lambda engine: len(active_halts(engine))),
+            "halted": node.failed is not None or shard_halted is not None,
+            "active_halts": active_count,
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -327,7 +330,7 @@ def create_app(
         metrics.last_seq.set(exchange.last_seq)
         metrics.ws.set(len(hub.connections))
         metrics.ws_messages.set(hub.messages_sent)
-        metrics.halted.set(1 if node.failed is not None else 0)
+        metrics.halted.set(1 if node.failed is not None or exchange.read(lambda engine: engine.halted) is not None else 0)
         from ..risk.halts import metrics_samples
 
         metrics.halts.clear()

@@ -32,6 +32,7 @@ from ..trading.commands import OrderRejected, PlaceOrder
 from ..trading.orders import check_place
 from ..trading.state import trading_state
 from .orders import OrderHistory
+from ..app import new_node
 
 __all__ = ["Exchange", "MarketInfo"]
 
@@ -60,7 +61,7 @@ class MarketInfo:
 class Exchange:
     def __init__(self, data_dir: Path, *, fsync: bool = True) -> None:
         self.data_dir = Path(data_dir)
-        self.node = Node(self.data_dir / "engine", fsync=fsync)
+        self.node = new_node(self.data_dir / "engine", fsync=fsync)
         self.marketdata = MarketData()
         self.history = OrderHistory()
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -76,7 +76,7 @@ def facts_from_record(rec: Any, n: int) -> Any:
 
 def recorded_requests(data_dir: Path) -> list[dict[str, Any]]:
     """The policy facts of every withdrawal decided in a node's journal (read-only replay)."""
-    from ..engine.node import replay_journal
+    from ..app import replay_journal
     from .commands import custody_state
 
     if not (data_dir / "journal").is_dir():

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine.commands import Command, Event
-from ..engine.core import Engine, handles
+from ..engine.core import Engine
+from ..engine.module import Effect
+from .module import MODULE, custody_scopes
 from ..errors import Conflict, Forbidden, NotFound, UnsupportedAsset, ValidationError
 from .deposits import CREDITED_STATES, DepositRec, deposit_key
 from .kyt import FREEZE_CATEGORIES, QUARANTINE_ABOVE
@@ -52,7 +54,7 @@ def _pre_observe(engine: Engine, c: ObserveDeposit) -> None:
         raise NotFound("not a deposit address of any account", field="address")
 
 
-@handles(ObserveDeposit, precheck=_pre_observe)
+@MODULE.handles(ObserveDeposit, precheck=_pre_observe, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _observe(engine: Engine, c: ObserveDeposit) -> list[Event]:
     _pre_observe(engine, c)
     s = custody_state(engine)
@@ -110,7 +112,7 @@ def _pre_reorg(engine: Engine, c: ReorgDeposits) -> None:
         raise ValidationError("must be >= 0", field="fork_height")
 
 
-@handles(ReorgDeposits, precheck=_pre_reorg)
+@MODULE.handles(ReorgDeposits, precheck=_pre_reorg, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _reorg(engine: Engine, c: ReorgDeposits) -> list[Event]:
     s = custody_state(engine)
     events: list[Event] = []
@@ -158,7 +160,7 @@ def _pre_credit(engine: Engine, c: CreditDeposit) -> None:
                        field="confirmations")
 
 
-@handles(CreditDeposit, precheck=_pre_credit)
+@MODULE.handles(CreditDeposit, precheck=_pre_credit, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _credit(engine: Engine, c: CreditDeposit) -> list[Event]:
     _pre_credit(engine, c)
     s = custody_state(engine)
@@ -191,7 +193,7 @@ class FinalizeDeposit(Command, tag="custody.deposit.finalize/1"):
     confirmations: int
 
 
-@handles(FinalizeDeposit)
+@MODULE.handles(FinalizeDeposit, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _finalize(engine: Engine, c: FinalizeDeposit) -> list[Event]:
     s, key, d = _known_deposit(engine, c)
     need = s.assets[d.asset].finality_confirmations
@@ -211,7 +213,7 @@ class FileSourceOfFunds(Command, tag="custody.deposit.source_of_funds/1"):
     declaration: str
 
 
-@handles(FileSourceOfFunds)
+@MODULE.handles(FileSourceOfFunds, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _file_sof(engine: Engine, c: FileSourceOfFunds) -> list[Event]:
     s = custody_state(engine)
     key = deposit_key(c.chain, c.txid, c.index)
@@ -236,7 +238,7 @@ class ReviewQuarantine(Command, tag="custody.deposit.review/1"):
     reason: str
 
 
-@handles(ReviewQuarantine)
+@MODULE.handles(ReviewQuarantine, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _review_quarantine(engine: Engine, c: ReviewQuarantine) -> list[Event]:
     s, key, d = _known_deposit(engine, c)
     if c.decision not in ("release", "freeze"):

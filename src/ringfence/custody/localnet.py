@@ -25,6 +25,7 @@ from .commands import (
 from .kyt import BuiltinScorer, ChainFundingGraph, sample_blacklist
 from .wallets import LocalKeySigner, eth_address, p2wpkh_address
 from .workers import Balancer, DepositWatcher, HotWallet, WithdrawalWorker
+from ..app import new_node
 
 __all__ = ["LocalNet", "DEFAULT_POLICY", "BTC_MINER_SPK", "START_NS"]
 
@@ -109,7 +110,7 @@ class LocalNet:
     # --- node lifecycle -------------------------------------------------------------------------
 
     def _open_node(self) -> Node:
-        node = Node(self.data_dir, fsync=False, clock=lambda: self.now["ns"])
+        node = new_node(self.data_dir, fsync=False, clock=lambda: self.now["ns"])
         node.open()
         return node
 

@@ -4,7 +4,9 @@ and activated after a delay."""
 from __future__ import annotations
 
 from ..engine.commands import Command, Event
-from ..engine.core import Engine, handles
+from ..engine.core import Engine
+from ..engine.module import Effect
+from .module import MODULE, custody_scopes
 from ..errors import Conflict, Forbidden, NotFound, ValidationError
 from ..ledger.model import validate_owner
 from .policy import parse_policy
@@ -28,7 +30,7 @@ class SetApprover(Command, tag="custody.approver.set/1"):
     roles: list[str]
 
 
-@handles(SetApprover)
+@MODULE.handles(SetApprover, effect=Effect.ADMIN, scopes=custody_scopes)
 def _set_approver(engine: Engine, c: SetApprover) -> list[Event]:
     validate_owner(c.approver, "approver")
     if len(c.roles) > 10 or not all(isinstance(r, str) and 1 <= len(r) <= 32 for r in c.roles):
@@ -51,7 +53,7 @@ def _pre_propose(engine: Engine, c: ProposePolicy) -> None:
     parse_policy(c.policy_json)
 
 
-@handles(ProposePolicy, precheck=_pre_propose)
+@MODULE.handles(ProposePolicy, precheck=_pre_propose, effect=Effect.ADMIN, scopes=custody_scopes)
 def _propose(engine: Engine, c: ProposePolicy) -> list[Event]:
     s = custody_state(engine)
     p = s.proposals.get(c.proposal_id)
@@ -70,7 +72,7 @@ class ApprovePolicy(Command, tag="custody.policy.approve/1"):
     approver: str
 
 
-@handles(ApprovePolicy)
+@MODULE.handles(ApprovePolicy, effect=Effect.ADMIN, scopes=custody_scopes)
 def _approve_policy(engine: Engine, c: ApprovePolicy) -> list[Event]:
     s = custody_state(engine)
     p = s.proposals.get(c.proposal_id)
@@ -95,7 +97,7 @@ class ActivatePolicy(Command, tag="custody.policy.activate/1"):
     proposal_id: str
 
 
-@handles(ActivatePolicy)
+@MODULE.handles(ActivatePolicy, effect=Effect.ADMIN, scopes=custody_scopes)
 def _activate_policy(engine: Engine, c: ActivatePolicy) -> list[Event]:
     s = custody_state(engine)
     p = s.proposals.get(c.proposal_id)

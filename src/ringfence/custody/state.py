@@ -25,7 +25,8 @@ from typing import Any
 import msgspec
 
 from ..engine.commands import Event
-from ..engine.core import Engine, register_component
+from ..engine.core import Engine
+from .module import MODULE
 from ..errors import (
     Conflict,
     InvalidAddress,
@@ -202,7 +203,7 @@ class CustodyState:
         return s
 
 
-register_component("custody", lambda engine: CustodyState(), lambda s: s.snapshot(),
+MODULE.declare_state(lambda engine: CustodyState(), lambda s: s.snapshot(),
                    lambda engine, data: CustodyState.restore(data))
 
 
@@ -332,3 +333,4 @@ def _scoped(w: WithdrawalRec, asset: str, wallet: str) -> None:
         raise ValidationError(f"withdrawal {w.id} is {w.asset} from {w.wallet}", field="asset")
 
 
+MODULE.declare_events(CustodyEvent, DepositReported)

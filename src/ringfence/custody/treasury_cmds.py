@@ -4,7 +4,9 @@ drains (warm/cold <-> hot), and the exchange's own capital arriving (treasury fu
 from __future__ import annotations
 
 from ..engine.commands import Command, Event
-from ..engine.core import Engine, handles
+from ..engine.core import Engine
+from ..engine.module import Effect
+from .module import MODULE, custody_scopes
 from ..errors import Conflict, ValidationError
 from .state import (
     MAX_RAW_TX_HEX,
@@ -60,7 +62,7 @@ class RecordTransferSigned(Command, tag="custody.internal_transfer.signed/1"):
     raw_tx: str
 
 
-@handles(RecordTransferSigned)
+@MODULE.handles(RecordTransferSigned, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _transfer_signed(engine: Engine, c: RecordTransferSigned) -> list[Event]:
     s = custody_state(engine)
     _check_id(c.transfer_id, "transfer_id")
@@ -77,7 +79,7 @@ def _transfer_signed(engine: Engine, c: RecordTransferSigned) -> list[Event]:
     return [_ev("internal_transfer.signed", c.transfer_id, "signed", c.amount_minor, [c.txid])]
 
 
-@handles(RecordInternalTransfer)
+@MODULE.handles(RecordInternalTransfer, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _internal(engine: Engine, c: RecordInternalTransfer) -> list[Event]:
     s = custody_state(engine)
     _check_id(c.transfer_id, "transfer_id")
@@ -108,7 +110,7 @@ class RecordTreasuryFunding(Command, tag="custody.treasury_funding/1"):
     txid: str
 
 
-@handles(RecordTreasuryFunding)
+@MODULE.handles(RecordTreasuryFunding, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _treasury(engine: Engine, c: RecordTreasuryFunding) -> list[Event]:
     s = custody_state(engine)
     _check_id(c.funding_id, "funding_id")

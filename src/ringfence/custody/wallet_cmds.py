@@ -4,7 +4,9 @@ addresses, and reserve an Ethereum wallet's nonces for non-withdrawal transactio
 from __future__ import annotations
 
 from ..engine.commands import Command, Event
-from ..engine.core import Engine, handles
+from ..engine.core import Engine
+from ..engine.module import Effect
+from .module import MODULE, custody_scopes
 from ..errors import Conflict, ValidationError
 from ..ledger.model import validate_owner
 from .state import (
@@ -54,7 +56,7 @@ def _pre_configure(engine: Engine, c: ConfigureCustodyAsset) -> None:
         raise ValidationError("must be at least min_withdrawal_minor", field="max_withdrawal_minor")
 
 
-@handles(ConfigureCustodyAsset, precheck=_pre_configure)
+@MODULE.handles(ConfigureCustodyAsset, precheck=_pre_configure, effect=Effect.ADMIN, scopes=custody_scopes)
 def _configure(engine: Engine, c: ConfigureCustodyAsset) -> list[Event]:
     _pre_configure(engine, c)
     _room(engine, 2)
@@ -93,7 +95,7 @@ def _pre_wallet(engine: Engine, c: RegisterWallet) -> None:
         raise Conflict("a wallet with this name exists with another chain or tier", field="name")
 
 
-@handles(RegisterWallet, precheck=_pre_wallet)
+@MODULE.handles(RegisterWallet, precheck=_pre_wallet, effect=Effect.ADMIN, scopes=custody_scopes)
 def _register_wallet(engine: Engine, c: RegisterWallet) -> list[Event]:
     _pre_wallet(engine, c)
     s = custody_state(engine)
@@ -128,7 +130,7 @@ def _pre_assign(engine: Engine, c: AssignDepositAddress) -> None:
         raise Conflict("this address belongs to another account", field="address")
 
 
-@handles(AssignDepositAddress, precheck=_pre_assign)
+@MODULE.handles(AssignDepositAddress, precheck=_pre_assign, effect=Effect.ADMIN, scopes=custody_scopes)
 def _assign(engine: Engine, c: AssignDepositAddress) -> list[Event]:
     _pre_assign(engine, c)
     s = custody_state(engine)
@@ -146,7 +148,7 @@ class ReserveWalletNonce(Command, tag="custody.wallet.reserve_nonce/1"):
     purpose_id: str
 
 
-@handles(ReserveWalletNonce)
+@MODULE.handles(ReserveWalletNonce, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _reserve_nonce(engine: Engine, c: ReserveWalletNonce) -> list[Event]:
     s = custody_state(engine)
     w = _wallet(s, c.wallet)

@@ -11,7 +11,9 @@ import hmac
 import msgspec
 
 from ..engine.commands import Command, Event
-from ..engine.core import Engine, handles
+from ..engine.core import Engine
+from ..engine.module import Effect
+from .module import MODULE, custody_scopes
 from ..errors import (
     Conflict,
     Forbidden,
@@ -56,7 +58,7 @@ class AddWithdrawalAddress(Command, tag="custody.address_book.add/1"):
     address: str
 
 
-@handles(AddWithdrawalAddress)
+@MODULE.handles(AddWithdrawalAddress, effect=Effect.ADMIN, scopes=custody_scopes)
 def _add_address(engine: Engine, c: AddWithdrawalAddress) -> list[Event]:
     s = custody_state(engine)
     cfg = _asset_cfg(s, c.asset)
@@ -122,7 +124,7 @@ def _pre_request(engine: Engine, c: RequestWithdrawal) -> None:
         raise InsufficientFunds(f"needs {amount + fee} (amount + fee), {have} is available", field="amount_minor")
 
 
-@handles(RequestWithdrawal, precheck=_pre_request)
+@MODULE.handles(RequestWithdrawal, precheck=_pre_request, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
 def _request(engine: Engine, c: RequestWithdrawal) -> list[Event]:
     _pre_request(engine, c)
     s = custody_state(engine)
@@ -156,7 +158,7 @@ class ConfirmWithdrawalEmail(Command, tag="custody.withdrawal.confirm_email/1"):
     token: str
 
 
-@handles(ConfirmWithdrawalEmail)
+@MODULE.handles(ConfirmWithdrawalEmail, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _confirm_email(engine: Engine, c: ConfirmWithdrawalEmail) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)
@@ -181,7 +183,7 @@ class RecordRiskReview(Command, tag="custody.withdrawal.risk_review/1"):
     reasons: list[str]
 
 
-@handles(RecordRiskReview)
+@MODULE.handles(RecordRiskReview, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _risk(engine: Engine, c: RecordRiskReview) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)
@@ -228,7 +230,7 @@ class DecideWithdrawal(Command, tag="custody.withdrawal.decide/1"):
     wallet: str
 
 
-@handles(DecideWithdrawal)
+@MODULE.handles(DecideWithdrawal, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _decide(engine: Engine, c: DecideWithdrawal) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)
@@ -270,7 +272,7 @@ class ApproveWithdrawal(Command, tag="custody.withdrawal.approve/1"):
     role: str
 
 
-@handles(ApproveWithdrawal)
+@MODULE.handles(ApproveWithdrawal, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
 def _approve(engine: Engine, c: ApproveWithdrawal) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)
@@ -303,7 +305,7 @@ class ResolveManualReview(Command, tag="custody.withdrawal.manual_review/1"):
     reason: str
 
 
-@handles(ResolveManualReview)
+@MODULE.handles(ResolveManualReview, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _manual(engine: Engine, c: ResolveManualReview) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)
@@ -331,7 +333,7 @@ class AuthorizeSigning(Command, tag="custody.withdrawal.authorize_signing/1"):
     wallet: str
 
 
-@handles(AuthorizeSigning)
+@MODULE.handles(AuthorizeSigning, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
 def _authorize(engine: Engine, c: AuthorizeSigning) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)
@@ -367,7 +369,7 @@ class RecordSignedTx(Command, tag="custody.withdrawal.signed_tx/1"):
     network_fee_minor: int
 
 
-@handles(RecordSignedTx)
+@MODULE.handles(RecordSignedTx, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
 def _signed(engine: Engine, c: RecordSignedTx) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)
@@ -393,7 +395,7 @@ class RecordBroadcast(Command, tag="custody.withdrawal.broadcast/1"):
     txid: str
 
 
-@handles(RecordBroadcast)
+@MODULE.handles(RecordBroadcast, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _broadcast(engine: Engine, c: RecordBroadcast) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)
@@ -415,7 +417,7 @@ class SettleWithdrawal(Command, tag="custody.withdrawal.settle/1"):
     network_fee_minor: int
 
 
-@handles(SettleWithdrawal)
+@MODULE.handles(SettleWithdrawal, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _settle(engine: Engine, c: SettleWithdrawal) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)
@@ -450,7 +452,7 @@ class FailWithdrawal(Command, tag="custody.withdrawal.fail/1"):
     reason: str
 
 
-@handles(FailWithdrawal)
+@MODULE.handles(FailWithdrawal, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _fail(engine: Engine, c: FailWithdrawal) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)
@@ -467,7 +469,7 @@ class CancelWithdrawal(Command, tag="custody.withdrawal.cancel/1"):
     account_id: str
 
 
-@handles(CancelWithdrawal)
+@MODULE.handles(CancelWithdrawal, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _cancel(engine: Engine, c: CancelWithdrawal) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)

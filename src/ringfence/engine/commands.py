@@ -7,19 +7,19 @@ codec is as fast as its MessagePack one here and keeps the journal readable with
 `"<name>/<version>"`; changing a type's fields means a new version tag, never an edit in place, so
 an old journal always decodes to exactly what was written.
 
-Packages register their own command types simply by subclassing `Command` (or `Event`); the
-decoders are built from the live subclass registry, so `ringfence.trading` and others plug in
-without this module knowing about them. Fields hold only `int`, `str`, `bytes`, `bool`, lists and
+Packages declare their command and event types in their engine `Module` (`engine/module.py`);
+the decoders (`Codec`) are built from the types an engine's modules declare, never from the live
+subclass registry, so this module knows no domain package and a stray subclass decodes nowhere. Fields hold only `int`, `str`, `bytes`, `bool`, lists and
 nested structs — never floats.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Union
+from typing import Any, ClassVar, Iterable, Union
 
 import msgspec
 
-__all__ = ["Command", "Event", "Batch", "command_types", "event_types", "encode", "batch_decoder", "event_decoder"]
+__all__ = ["Command", "Event", "Batch", "Codec", "encode", "tag_of"]
 
 
 class Command(msgspec.Struct, frozen=True, array_like=True, tag=True, forbid_unknown_fields=True):
@@ -46,66 +46,52 @@ class Batch(msgspec.Struct, frozen=True, array_like=True):
     commands: list[Any]
 
 
-def _all_subclasses(base: type) -> list[type]:
-    out: list[type] = []
-    stack = list(base.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        out.append(cls)
-        stack.extend(cls.__subclasses__())
-    return out
-
-
-def command_types() -> list[type[Command]]:
-    from . import registry  # noqa: F401  (every package that defines commands registers here)
-
-    return sorted(_all_subclasses(Command), key=lambda c: c.__struct_config__.tag)
-
-
-def event_types() -> list[type[Event]]:
-    from . import registry  # noqa: F401
-
-    return sorted(_all_subclasses(Event), key=lambda c: c.__struct_config__.tag)
-
-
 _encoder = msgspec.json.Encoder()
 encode = _encoder.encode
 
-_decoders: dict[tuple[str, int], msgspec.json.Decoder[Any]] = {}
+
+def tag_of(cls: type) -> str:
+    return cls.__struct_config__.tag  # type: ignore[attr-defined, no-any-return]
 
 
-def _union(types: list[type]) -> Any:
-    if not types:
-        raise RuntimeError("no command types are registered; import ringfence.engine.registry")
-    return Union[tuple(types)]  # type: ignore[return-value]
+class Codec:
+    """Strict decoders for exactly the command and event types an engine's modules declare.
 
+    Built from declared types only (never from `Command.__subclasses__()`), so a class defined in a
+    test or a plugin that no module declares cannot be decoded from a journal. Decoders are cached
+    per set of types: every engine composed from the same modules shares them.
+    """
 
-def _cached(kind: str, types: list[type], build: Callable[[Any], Any]) -> msgspec.json.Decoder[Any]:
-    """One decoder per kind and registry size (a package imported later adds types: rebuild)."""
-    key = (kind, len(types))
-    dec = _decoders.get(key)
-    if dec is None:
-        dec = _decoders[key] = msgspec.json.Decoder(build(_union(types)))
-    return dec
+    _cache: ClassVar[dict[tuple[type, ...], "Codec"]] = {}
 
+    def __init__(self, command_types: tuple[type, ...], event_types: tuple[type, ...]) -> None:
+        if not command_types:
+            raise RuntimeError("no command types are declared; compose the engine from modules (ringfence.app)")
+        tags: dict[str, type] = {}
+        for cls in command_types + event_types:
+            other = tags.setdefault(tag_of(cls), cls)
+            if other is not cls:
+                raise RuntimeError(f"tag {tag_of(cls)!r} is declared by both {other.__name__} and {cls.__name__}")
+        self.command_types = command_types
+        self.event_types = event_types
+        commands = Union[command_types]  # type: ignore[valid-type]
+        self.command = msgspec.json.Decoder(commands)
+        self.batch = msgspec.json.Decoder(
+            msgspec.defstruct(
+                "Batch",
+                [("first_seq", int), ("ts_ns", int), ("entropy", bytes), ("commands", list[commands])],  # type: ignore[valid-type]
+                frozen=True,
+                array_like=True,
+            )
+        )
+        self.events = msgspec.json.Decoder(list[Union[event_types]]) if event_types else None  # type: ignore[valid-type]
 
-def batch_decoder() -> msgspec.json.Decoder[Any]:
-    """A decoder for `Batch` whose commands may be any registered command type."""
-    return _cached(
-        "batch",
-        command_types(),
-        lambda union: msgspec.defstruct(
-            "Batch",
-            [("first_seq", int), ("ts_ns", int), ("entropy", bytes), ("commands", list[union])],
-            frozen=True,
-            array_like=True,
-        ),
-    )
-
-
-def command_decoder() -> msgspec.json.Decoder[Any]:
-    return _cached("command", command_types(), lambda union: union)
-
-
-def event_decoder() -> msgspec.json.Decoder[Any]:
-    return _cached("event", event_types(), lambda union: list[union])
+    @classmethod
+    def of(cls, command_types: Iterable[type], event_types: Iterable[type]) -> "Codec":
+        ctypes = tuple(sorted(set(command_types), key=tag_of))
+        etypes = tuple(sorted(set(event_types), key=tag_of))
+        key = ctypes + (Event,) + etypes
+        codec = cls._cache.get(key)
+        if codec is None:
+            codec = cls._cache[key] = cls(ctypes, etypes)
+        return codec

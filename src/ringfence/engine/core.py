@@ -1,40 +1,39 @@
-"""The deterministic engine: `apply(command) -> events` over in-memory state.
+"""The deterministic engine: `apply(command) -> events` over in-memory state, composed from modules.
 
 The engine is a pure state machine. It reads no clock, draws no randomness and does no I/O: the
 sequencer stamps every command with its sequence number, a timestamp and entropy, and `apply`
 sees only those. Same journal in, same state and same state hash out, on every machine.
 
-Domain packages plug in with two registries:
+The engine imports no domain package. `Engine(modules)` is given its modules (see
+`engine/module.py`; the standard list is built by `ringfence.app`): each declares its commands
+(handler, precheck, scopes, effect), events, state, guards and before-command hooks.
 
-* `@handles(CommandType)` registers `fn(engine, command) -> list[Event]`. A handler validates
-  first and mutates after; if it raises a `RingfenceError` before mutating, the engine turns it into
-  a `CommandRejected` event and nothing changed. Optionally `precheck=fn(engine, command)` runs at
-  the edge, before journaling, so that most bad commands never reach the journal.
-* `register_component(name, factory, snapshot, restore)` adds a piece of state (order books,
-  halts...) that is hashed and snapshotted with the ledger.
-
-An `InvariantViolation` (or any non-ringfence exception) escaping a handler is not handled: the
-shard stops and an operator looks, because continuing could move money wrongly.
+* A handler validates first and mutates after; a `RingfenceError` it raises becomes a
+  `CommandRejected` event (nothing changed).
+* An `InvariantViolation`, or any exception that is not a `RingfenceError`, means the state may be
+  half-changed: `apply` raises `ShardHalt` and the engine refuses to go on until its driver (the
+  node, or journal replay) rebuilds the state as of the sequence number before the command and
+  calls `enter_halt`. From then on the shard is halted: the halt is part of the state (and of the
+  state hash), every later command is refused with `ShardHalted`, and replaying the same journal
+  reproduces the same halted state. Only the code changing (a fix, then a restart) ends it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import msgspec
 
-from ..errors import RingfenceError
-from ..ledger.ledger import Ledger
-from .commands import Command, Event, encode
+from ..errors import InvariantViolation, RingfenceError, ShardHalted
+from .commands import Codec, Command, Event, encode
+from .module import CommandSpec, Module, StateComponent
 
 __all__ = [
     "Engine",
     "CommandRejected",
-    "handles",
-    "register_component",
-    "register_guard",
+    "ShardHaltedEvent",
+    "ShardHalt",
     "STATE_FORMAT",
 ]
 
@@ -51,87 +50,112 @@ class CommandRejected(Event, tag="rejected/1"):
     message: str
 
 
-@dataclass(frozen=True)
-class _Handler:
-    fn: Callable[["Engine", Any], list[Event]]
-    precheck: Callable[["Engine", Any], None] | None
+class ShardHaltedEvent(Event, tag="engine.shard_halted/1"):
+    """Command `seq` broke an invariant: nothing of it was kept and the shard is halted."""
+
+    seq: int
+    error: str
 
 
-@dataclass(frozen=True)
-class _Component:
-    factory: Callable[["Engine"], Any]
-    snapshot: Callable[[Any], Any]
-    restore: Callable[["Engine", Any], Any]
+class ShardHalt(Exception):
+    """Raised by `apply` when a command broke an invariant; the driver must call `enter_halt`.
 
-
-_HANDLERS: dict[type, _Handler] = {}
-_COMPONENTS: dict[str, _Component] = {}
-_GUARDS: list[Callable[["Engine", Any], None]] = []
-
-
-def register_guard(fn: Callable[["Engine", Any], None]) -> Callable[["Engine", Any], None]:
-    """Register `fn(engine, command)`, run before every handler (and every precheck).
-
-    A guard raises a `RingfenceError` (e.g. `Halted`) to refuse a command without changing
-    anything; halts use this so that every later command in a halted scope is checked.
+    Not a `RingfenceError`: nothing may catch it as an ordinary refusal.
     """
-    _GUARDS.append(fn)
-    return fn
 
-
-def handles(
-    command_type: type[Command], *, precheck: Callable[["Engine", Any], None] | None = None
-) -> Callable[[Callable[["Engine", Any], list[Event]]], Callable[["Engine", Any], list[Event]]]:
-    def register(fn: Callable[["Engine", Any], list[Event]]) -> Callable[["Engine", Any], list[Event]]:
-        if command_type in _HANDLERS:
-            raise RuntimeError(f"{command_type.__name__} already has a handler")
-        _HANDLERS[command_type] = _Handler(fn, precheck)
-        return fn
-
-    return register
-
-
-def register_component(
-    name: str,
-    factory: Callable[["Engine"], Any],
-    snapshot: Callable[[Any], Any],
-    restore: Callable[["Engine", Any], Any],
-) -> None:
-    if name in _COMPONENTS or name == "ledger":
-        raise RuntimeError(f"component {name!r} is already registered")
-    _COMPONENTS[name] = _Component(factory, snapshot, restore)
+    def __init__(self, seq: int, ts_ns: int, error: str, detail: str) -> None:
+        super().__init__(f"shard halted at sequence {seq}: {detail}")
+        self.seq = seq
+        self.ts_ns = ts_ns
+        #: Deterministic (the exception's class name): recorded in the state and hashed.
+        self.error = error
+        #: For operators and logs (may hold anything the exception said): not hashed.
+        self.detail = detail
 
 
 class Engine:
     """One shard's state and its single-threaded apply loop."""
 
-    def __init__(self) -> None:
-        from . import registry  # noqa: F401  (imports every package that registers handlers)
-
-        self.ledger = Ledger()
+    def __init__(self, modules: Sequence[Module]) -> None:
+        self.modules: tuple[Module, ...] = tuple(modules)
+        specs: dict[type, CommandSpec] = {}
+        names: set[str] = set()
+        states: list[StateComponent] = []
+        for module in self.modules:
+            if module.name in names:
+                raise RuntimeError(f"module {module.name!r} is given twice")
+            names.add(module.name)
+            for command_type, spec in module.commands.items():
+                if command_type in specs:
+                    raise RuntimeError(
+                        f"{command_type.__name__} is declared by modules {specs[command_type].module!r} and {module.name!r}"
+                    )
+                specs[command_type] = spec
+            if module.state is not None:
+                if any(s.name == module.state.name for s in states):
+                    raise RuntimeError(f"state {module.state.name!r} is declared twice")
+                states.append(module.state)
+        self.command_specs = specs
+        self._handlers = {t: s.handler for t, s in specs.items() if s.handler is not None}
+        self._guards = tuple(g for m in self.modules for g in m.guards)
+        self._before = tuple(h for m in self.modules for h in m.before_command)
+        #: The first module's state is the root (snapshot position 3: the ledger, for format
+        #: compatibility); every other state is listed by name.
+        first = self.modules[0].state if self.modules else None
+        self._root = first
+        self._states = sorted((s for s in states if s is not first), key=lambda s: s.name)
+        self.codec = Codec.of(specs, (CommandRejected, ShardHaltedEvent, *(e for m in self.modules for e in m.events)))
         self.last_seq = 0
         #: Sequencer stamps of the command being applied (valid only inside `apply`).
         self.now_ns = 0
         self.entropy = b""
         self.seq = 0
+        #: `(seq, error class name)` once a command broke an invariant; part of the state.
+        self.halted: tuple[int, str] | None = None
+        #: Set by `apply` when a command broke an invariant, until `enter_halt` cleans up.
+        self.broken: ShardHalt | None = None
         self.components: dict[str, Any] = {}
-        for name in sorted(_COMPONENTS):
-            self.components[name] = _COMPONENTS[name].factory(self)
+        for spec in self._all_states():
+            self._set_component(spec, spec.factory(self))
+
+    def _all_states(self) -> list[StateComponent]:
+        return ([self._root] if self._root is not None else []) + self._states
+
+    def _set_component(self, spec: StateComponent, value: Any) -> None:
+        self.components[spec.name] = value
+        if spec.attribute:
+            setattr(self, spec.attribute, value)
+
+    def spec_of(self, command_type: type) -> CommandSpec | None:
+        return self.command_specs.get(command_type)
 
     # ------------------------------------------------------------------ apply
 
     def precheck(self, command: Command) -> None:
         """Edge validation against current state, before journaling. Raises; never mutates."""
-        handler = _HANDLERS.get(type(command))
-        if handler is None:
-            raise RingfenceError(f"no handler for command {type(command).__name__}")
-        for guard in _GUARDS:
+        if self.halted is not None or self.broken is not None:
+            raise ShardHalted(self._halted_message())
+        spec = self.command_specs.get(type(command))
+        if spec is None or spec.handler is None:
+            raise RingfenceError(f"no module of this engine handles command {type(command).__name__}")
+        for guard in self._guards:
             guard(self, command)
-        if handler.precheck is not None:
-            handler.precheck(self, command)
+        if spec.precheck is not None:
+            spec.precheck(self, command)
+
+    def _halted_message(self) -> str:
+        if self.broken is not None:
+            return f"the shard halted at sequence {self.broken.seq} ({self.broken.error}); an operator must look"
+        assert self.halted is not None
+        return f"the shard halted at sequence {self.halted[0]} ({self.halted[1]}); an operator must look"
 
     def apply(self, command: Command, seq: int, ts_ns: int, entropy: bytes = b"") -> list[Event]:
-        """Apply one sequenced command. Commands must arrive in strictly increasing `seq`."""
+        """Apply one sequenced command. Commands must arrive in strictly increasing `seq`.
+
+        Raises `ShardHalt` when the command broke an invariant (see the module docstring).
+        """
+        if self.broken is not None:
+            raise RingfenceError(f"the engine state is broken at sequence {self.broken.seq}; call enter_halt first")
         if seq != self.last_seq + 1:
             raise RingfenceError(f"sequence gap: engine at {self.last_seq}, command {seq}")
         if ts_ns < self.now_ns:
@@ -140,20 +164,38 @@ class Engine:
         self.now_ns = ts_ns
         self.entropy = entropy
         self.last_seq = seq
+        if self.halted is not None:
+            return [CommandRejected(seq, ShardHalted.code, "", self._halted_message())]
         events: list[Event] = []
-        expired = self.ledger.expire_due(ts_ns)
-        if expired:
-            from ..ledger.commands import TransferExpired
-
-            events.extend(TransferExpired(pid, amount) for pid, amount in expired)
-        handler = _HANDLERS[type(command)]
         try:
-            for guard in _GUARDS:
-                guard(self, command)
-            events.extend(handler.fn(self, command))
-        except RingfenceError as err:
-            events.append(CommandRejected(seq, err.code, err.field or "", err.message))
+            for hook in self._before:
+                due = hook(self)
+                if due:
+                    events.extend(due)
+            try:
+                for guard in self._guards:
+                    guard(self, command)
+                events.extend(self._handlers[type(command)](self, command))
+            except InvariantViolation:
+                raise
+            except RingfenceError as err:
+                events.append(CommandRejected(seq, err.code, err.field or "", err.message))
+        except Exception as err:  # a broken invariant: the state may be half-changed
+            self.broken = ShardHalt(seq, ts_ns, type(err).__name__, f"{type(err).__name__}: {err}")
+            raise self.broken from err
         return events
+
+    def enter_halt(self, clean: "Engine", halt: ShardHalt) -> list[Event]:
+        """Finish a halt: take the state of `clean` (this engine's state as of `halt.seq - 1`, rebuilt
+        from snapshot + journal by the driver) and record the halt at `halt.seq`."""
+        if clean.last_seq != halt.seq - 1 or clean.halted is not None:
+            raise RingfenceError(f"the clean state must be at sequence {halt.seq - 1} and not halted")
+        self._load_state(msgspec.json.decode(clean.snapshot_bytes()))
+        self.last_seq = self.seq = halt.seq
+        self.now_ns = halt.ts_ns
+        self.halted = (halt.seq, halt.error)
+        self.broken = None
+        return [ShardHaltedEvent(halt.seq, halt.error)]
 
     def random_bytes(self, label: bytes, n: int = 32) -> bytes:
         """Deterministic randomness for the current command, derived from the sequencer's entropy."""
@@ -169,15 +211,21 @@ class Engine:
     # ------------------------------------------------------------------ state hash & snapshots
 
     def snapshot_state(self) -> list[Any]:
-        return [
+        root = self._root
+        state = [
             STATE_FORMAT,
             self.last_seq,
             self.now_ns,
-            self.ledger.snapshot_state(),
-            [[name, _COMPONENTS[name].snapshot(self.components[name])] for name in sorted(self.components)],
+            root.snapshot(self.components[root.name]) if root is not None else None,
+            [[spec.name, spec.snapshot(self.components[spec.name])] for spec in self._states],
         ]
+        if self.halted is not None:  # absent while running, so running states hash as before
+            state.append(list(self.halted))
+        return state
 
     def snapshot_bytes(self) -> bytes:
+        if self.broken is not None:
+            raise RingfenceError("the engine state is broken; it cannot be snapshotted")
         return encode(self.snapshot_state())
 
     def state_hash(self) -> str:
@@ -185,27 +233,40 @@ class Engine:
         return hashlib.sha256(self.snapshot_bytes()).hexdigest()
 
     @classmethod
-    def from_snapshot_bytes(cls, data: bytes) -> "Engine":
-        from ..ledger.model import Transfer
-
-        raw = msgspec.json.decode(data)
-        fmt, last_seq, now_ns, ledger_state, components = raw
-        if fmt != STATE_FORMAT:
-            raise RingfenceError(f"snapshot format {fmt} is not supported (expected {STATE_FORMAT})")
-        engine = cls()
-        ledger_state[3] = [Transfer(*row) for row in ledger_state[3]]
-        engine.ledger = Ledger.from_snapshot(ledger_state)
-        engine.last_seq = last_seq
-        engine.now_ns = now_ns
-        stored = dict((name, state) for name, state in components)
-        for name, spec in sorted(_COMPONENTS.items()):
-            if name in stored:
-                engine.components[name] = spec.restore(engine, stored[name])
+    def from_snapshot_bytes(cls, data: bytes, modules: Sequence[Module]) -> "Engine":
+        engine = cls(modules)
+        engine._load_state(msgspec.json.decode(data))
         return engine
 
+    def restored(self, data: bytes) -> "Engine":
+        """A new engine with this one's modules and the state in `data` (a snapshot payload)."""
+        return type(self).from_snapshot_bytes(data, self.modules)
+
+    def _load_state(self, raw: list[Any]) -> None:
+        fmt, last_seq, now_ns, root_state, components = raw[:5]
+        if fmt != STATE_FORMAT:
+            raise RingfenceError(f"snapshot format {fmt} is not supported (expected {STATE_FORMAT})")
+        # Start from fresh states: a state absent from the snapshot keeps its factory value.
+        self.components = {}
+        for spec in self._all_states():
+            self._set_component(spec, spec.factory(self))
+        if self._root is not None and root_state is not None:
+            self._set_component(self._root, self._root.restore(self, root_state))
+        stored = dict((name, state) for name, state in components)
+        for spec in self._states:
+            if spec.name in stored:
+                self._set_component(spec, spec.restore(self, stored[spec.name]))
+        self.last_seq = last_seq
+        self.now_ns = now_ns
+        self.halted = (raw[5][0], raw[5][1]) if len(raw) > 5 else None
+        self.broken = None
+
     def check_invariants(self) -> None:
-        self.ledger.check_invariants()
-        for name in sorted(self.components):
-            check = getattr(self.components[name], "check_invariants", None)
-            if check is not None:
-                check()
+        for spec in self._all_states():
+            state = self.components[spec.name]
+            if spec.check_invariants is not None:
+                spec.check_invariants(state)
+            else:
+                check = getattr(state, "check_invariants", None)
+                if check is not None:
+                    check()

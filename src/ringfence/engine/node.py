@@ -19,15 +19,16 @@ state after a whole journal record — never a command half applied — and wait
 `node.last_seq` and the counters change once per batch, after it is applied (docs/engine.md, "How
 readers see state").
 
-
 If the journal cannot be written the node stops accepting commands: the state of the file is
 unknown, and recovery on restart decides what was durable. The batch being written is answered
 `NotDurable` when its write failed (at most a torn tail, truncated on recovery) and
 `OutcomeUnknown` when it was written but the fsync failed (it may be recovered and applied).
 `open()` takes the data directory's writer lock (`DIR/LOCK`) for the node's life: a second writer
 is refused with the holder's pid, because two appenders interleave records and break the chain.
-If `apply` raises anything but a deliberate rejection, the shard halts (`InvariantViolation`) and
-waits for an operator.
+If a command breaks an invariant (`ShardHalt` from `apply`), the node rebuilds the state as of the
+sequence number before it from snapshot + journal, records the halt in the state
+(`Engine.enter_halt`), logs it once, and from then on refuses every command with `ShardHalted`;
+replay on restart reproduces the same halted state.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from __future__ import annotations
 import os
 import sys
 import collections
+import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import msgspec
 
@@ -56,13 +58,15 @@ from ..errors import (
     error_codes,
 )
 from ..journal.journal import DataDirLock, JournalWriter, scan
-from .commands import Batch, Command, Event, batch_decoder, command_decoder, encode
-from .core import CommandRejected, Engine
+from .commands import Batch, Command, Event, encode
+from .core import CommandRejected, Engine, ShardHalt
+from .module import Module
 from .snapshot import list_snapshots, read_snapshot, write_snapshot
 
 __all__ = ["Node", "Ack", "ReadGate", "RecoveryReport", "replay_journal", "command_weight"]
 
 _STOP = object()
+_log = logging.getLogger("ringfence.engine")
 
 
 class ReadGate:
@@ -222,11 +226,15 @@ class RecoveryReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _load_newest_snapshot(snap_dir: Path, report: RecoveryReport) -> tuple[Engine, bytes | None]:
+def _load_newest_snapshot(
+    snap_dir: Path, report: RecoveryReport, modules: Sequence[Module], max_seq: int | None = None
+) -> tuple[Engine, bytes | None]:
     for path in list_snapshots(snap_dir):
         try:
             info = read_snapshot(path)
-            engine = Engine.from_snapshot_bytes(info.payload)
+            if max_seq is not None and info.seq > max_seq:
+                continue
+            engine = Engine.from_snapshot_bytes(info.payload, modules)
             if engine.state_hash() != info.state_hash or engine.last_seq != info.seq:
                 raise SnapshotInvalid(f"snapshot {path.name}: recomputed state hash differs from the recorded one")
         except (SnapshotInvalid, ValueError, msgspec.DecodeError) as err:
@@ -235,12 +243,13 @@ def _load_newest_snapshot(snap_dir: Path, report: RecoveryReport) -> tuple[Engin
         report.snapshot_seq = info.seq
         report.snapshot_path = str(path)
         return engine, info.journal_hash
-    return Engine(), None
+    return Engine(modules), None
 
 
 def replay_journal(
     data_dir: Path,
     *,
+    modules: Sequence[Module],
     use_snapshots: bool = True,
     truncate: bool = False,
     until_seq: int | None = None,
@@ -251,19 +260,20 @@ def replay_journal(
 
     With `until_seq`, stop after applying that sequence number (the state "as of" a journal
     position; the rest of the journal is still verified). Returns `(engine, report, scan_report)`.
-    Raises `JournalCorrupt` on corruption.
+    Raises `JournalCorrupt` on corruption. A command that broke an invariant when it was first
+    applied breaks it again here: the same halted state is rebuilt (`rebuild_halted`).
     """
     started = time.perf_counter()
     report = RecoveryReport()
     data_dir = Path(data_dir)
     if until_seq is not None and until_seq < 0:
         raise ValidationError("must be a sequence number (0 or more)", field="until_seq")
-    if use_snapshots and until_seq is None:  # a newer snapshot would already be past `until_seq`
-        engine, anchor = _load_newest_snapshot(data_dir / "snapshots", report)
+    if use_snapshots:  # not one past `until_seq`
+        engine, anchor = _load_newest_snapshot(data_dir / "snapshots", report, modules, until_seq)
     else:
-        engine, anchor = Engine(), None
+        engine, anchor = Engine(modules), None
     start_seq = engine.last_seq
-    decoder = batch_decoder()
+    decoder = engine.codec.batch
     gen = scan(data_dir / "journal", truncate=truncate, decode_from_seq=start_seq + 1)
     while True:
         try:
@@ -292,7 +302,10 @@ def replay_journal(
         for i, command in enumerate(batch.commands):
             if until_seq is not None and batch.first_seq + i > until_seq:
                 break
-            outputs.append(apply(command, batch.first_seq + i, batch.ts_ns, batch.entropy))
+            try:
+                outputs.append(apply(command, batch.first_seq + i, batch.ts_ns, batch.entropy))
+            except ShardHalt as halt:
+                outputs.append(rebuild_halted(data_dir, engine, halt))
         if on_batch is not None:
             on_batch(engine, batch, outputs)
         report.replayed_records += 1
@@ -314,6 +327,16 @@ def replay_journal(
     return engine, report, scan_report
 
 
+def rebuild_halted(data_dir: Path, engine: Engine, halt: ShardHalt) -> list[Event]:
+    """Put `engine` (broken by `halt`) into the halted state: its state as of `halt.seq - 1`, rebuilt
+    from the newest snapshot at or before that point plus the journal, with the halt recorded.
+
+    No undo log on the hot path: the journal already holds everything needed to rebuild, and a
+    broken invariant is rare enough that replaying once is the cheap way to undo it."""
+    clean, _, _ = replay_journal(data_dir, modules=engine.modules, until_seq=halt.seq - 1)
+    return engine.enter_halt(clean, halt)
+
+
 class Node:
     """A durable engine shard. Use `open()`, then either `start()` + `submit()` or `execute()`."""
 
@@ -321,6 +344,7 @@ class Node:
         self,
         data_dir: Path | str,
         *,
+        modules: Sequence[Module],
         fsync: bool = True,
         max_batch_commands: int = 8192,
         max_batch_weight: int = 65536,
@@ -338,6 +362,8 @@ class Node:
         if not 0 <= max_wait_us <= 100_000:
             raise ValidationError("max_wait_us must be between 0 and 100,000", field="max_wait_us")
         self.data_dir = Path(data_dir)
+        #: The engine's modules (the standard list comes from `ringfence.app`).
+        self.modules = tuple(modules)
         self.fsync = fsync
         self.max_batch_commands = max_batch_commands
         self.max_batch_weight = max_batch_weight
@@ -366,7 +392,7 @@ class Node:
         #: after the whole batch is applied (readers on any thread may look at it).
         self.last_seq = 0
         self._gate = ReadGate()
-        self._decode = command_decoder().decode
+        self._decode = Engine(self.modules).codec.command.decode
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -381,10 +407,12 @@ class Node:
             self.lock = DataDirLock(self.data_dir, self.purpose)  # before anything reads or truncates
         try:
             engine, report, scan_report = replay_journal(
-                self.data_dir, truncate=True, use_snapshots=on_replay is None, on_batch=on_replay
+                self.data_dir, modules=self.modules, truncate=True, use_snapshots=on_replay is None, on_batch=on_replay
             )
             self.engine = engine
             self.last_seq = engine.last_seq
+            if engine.halted is not None:
+                _log.critical("engine shard %s is halted since sequence %d (%s)", self.data_dir, *engine.halted)
             self.writer = JournalWriter(
                 self.data_dir / "journal",
                 next_seq=scan_report.last_seq + 1,
@@ -658,29 +686,48 @@ class Node:
         apply = engine.apply
         # Readers wait while the batch is applied (not while it was journaled above); what they
         # can see of it — the state, `last_seq`, the acks — changes only once the whole batch is in.
+        halted: dict[int, InvariantViolation] = {}
         gate = self._gate
         gate.acquire_write()
         try:
             for i, (command, _, _) in enumerate(accepted):
-                outputs.append(apply(command, first_seq + i, ts_ns, entropy))
-        except BaseException as err:  # an invariant broke: halt the shard, page an operator
-            self.failed = err
+                try:
+                    events = apply(command, first_seq + i, ts_ns, entropy)
+                except ShardHalt as halt:  # an invariant broke: undo the command, halt the shard
+                    events = self._halt(engine, halt)
+                    halted[i] = InvariantViolation(f"shard halted at sequence {halt.seq}: {halt.detail}")
+                outputs.append(events)
+        except BaseException as err:  # could not even rebuild: the node stops, everyone is answered
+            if self.failed is None:
+                self.failed = err
             gate.release_write()
-            halt = InvariantViolation(f"shard halted at sequence {engine.seq}: {err!r}")
-            for i, (_, _, ack) in enumerate(accepted):
-                if i < len(outputs):
-                    ack._resolve(outputs[i], seq=first_seq + i)
-                elif not ack.done():
-                    ack._resolve(error=halt)
+            for _, _, waiting in accepted:
+                if not waiting.done():
+                    waiting._resolve(error=NotDurable(f"the node has stopped: {err!r}"))
             raise
         self.last_seq = engine.last_seq
         self.batches_committed += 1
         self.commands_committed += len(accepted)
         gate.release_write()
         for i, (_, _, ack) in enumerate(accepted):
-            ack._resolve(outputs[i], seq=first_seq + i)
+            if i in halted:
+                ack._resolve(error=halted[i])
+            else:
+                ack._resolve(outputs[i], seq=first_seq + i)
         for listener in self.listeners:
             listener(first_seq, ts_ns, [c for c, _, _ in accepted], outputs)
+
+    def _halt(self, engine: Engine, halt: ShardHalt) -> list[Event]:
+        """Rebuild the state before the command from snapshot + journal and record the halt; logged once."""
+        _log.critical(
+            "engine shard %s HALTED at sequence %d: %s; every later command is refused until an operator acts",
+            self.data_dir, halt.seq, halt.detail,
+        )
+        try:
+            return rebuild_halted(self.data_dir, engine, halt)
+        except BaseException as err:  # cannot even rebuild: stop the node, answer everyone
+            self.failed = err
+            raise
 
     # ------------------------------------------------------------------ snapshots
 

@@ -7,10 +7,14 @@ per-transfer result code (`CreateTransfers`), never with a half-applied change.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from ..engine.commands import Command, Event
-from ..engine.core import Engine, handles
+from ..engine.core import Engine
+from ..engine.module import Effect, Module, Scope
 from ..errors import ValidationError
 from ..money import Asset, AssetClass
+from .ledger import Ledger
 from .model import Transfer, validate_kind, validate_owner, validate_segment
 
 __all__ = [
@@ -24,7 +28,11 @@ __all__ = [
     "TransfersCreated",
     "TransferExpired",
     "MAX_TRANSFERS_PER_COMMAND",
+    "MODULE",
 ]
+
+#: The ledger's engine module (ARCHITECTURE §3): the root state, the only code that changes a balance.
+MODULE = Module("ledger")
 
 #: TigerBeetle's batch size: one command carries at most this many transfers.
 MAX_TRANSFERS_PER_COMMAND = 8190
@@ -86,6 +94,47 @@ class TransferExpired(Event, tag="transfer.expired/1"):
     released: int
 
 
+MODULE.declare_events(AssetRegistered, SegmentRegistered, AccountOpened, TransfersCreated, TransferExpired)
+
+
+def _restore_ledger(engine: Engine, data: list[Any]) -> Ledger:
+    data = list(data)
+    data[3] = [Transfer(*row) for row in data[3]]
+    return Ledger.from_snapshot(data)
+
+
+MODULE.declare_state(lambda engine: Ledger(), Ledger.snapshot_state, _restore_ledger, attribute="ledger")
+
+
+@MODULE.before_each_command
+def _expire_transfers(engine: Engine) -> Sequence[Event]:
+    """Two-phase transfers past their timeout are voided before the command at that time runs."""
+    expired = engine.ledger.expire_due(engine.now_ns)
+    return [TransferExpired(pid, amount) for pid, amount in expired] if expired else ()
+
+
+def _account_scopes(engine: Engine, command: OpenAccount) -> list[Scope]:
+    return [("asset", command.asset), ("segment", command.segment)]
+
+
+def _transfer_scopes(engine: Engine, command: CreateTransfers) -> list[Scope]:
+    """The assets (and segments) of the accounts the transfers touch; unknown ids touch nothing."""
+    out: list[Scope] = []
+    accounts = engine.ledger.accounts
+    n = len(accounts)
+    seen_assets: set[str] = set()
+    for t in command.transfers:
+        for aid in (t.debit_account_id, t.credit_account_id):
+            if isinstance(aid, int) and 0 < aid < n:
+                acc = accounts[aid]
+                if acc is not None and acc.asset not in seen_assets:
+                    seen_assets.add(acc.asset)
+                    out.append(("asset", acc.asset))
+                    if acc.segment != "-":
+                        out.append(("segment", acc.segment))
+    return out
+
+
 def _asset_of(command: RegisterAsset) -> Asset:
     try:
         klass = AssetClass(command.asset_class)
@@ -100,7 +149,7 @@ def _precheck_register_asset(engine: Engine, command: RegisterAsset) -> None:
         engine.ledger.assets.register(asset)  # raises DuplicateAsset with a clear message
 
 
-@handles(RegisterAsset, precheck=_precheck_register_asset)
+@MODULE.handles(RegisterAsset, precheck=_precheck_register_asset, effect=Effect.ADMIN)
 def _register_asset(engine: Engine, command: RegisterAsset) -> list[Event]:
     created = engine.ledger.register_asset(_asset_of(command))
     return [AssetRegistered(command.code, created)]
@@ -112,7 +161,7 @@ def _precheck_register_segment(engine: Engine, command: RegisterSegment) -> None
         raise ValidationError("'-' is not a segment name", field="name")
 
 
-@handles(RegisterSegment, precheck=_precheck_register_segment)
+@MODULE.handles(RegisterSegment, precheck=_precheck_register_segment, effect=Effect.ADMIN)
 def _register_segment(engine: Engine, command: RegisterSegment) -> list[Event]:
     created = engine.ledger.register_segment(command.name)
     return [SegmentRegistered(command.name, created)]
@@ -128,7 +177,7 @@ def _precheck_open_account(engine: Engine, command: OpenAccount) -> None:
         raise ValidationError(f"unknown segment {command.segment!r}", field="segment")
 
 
-@handles(OpenAccount, precheck=_precheck_open_account)
+@MODULE.handles(OpenAccount, precheck=_precheck_open_account, effect=Effect.NEUTRAL, scopes=_account_scopes)
 def _open_account(engine: Engine, command: OpenAccount) -> list[Event]:
     account, created = engine.ledger.open_account(
         command.owner, command.asset, command.kind, command.segment, command.flags
@@ -148,7 +197,9 @@ def _precheck_create_transfers(engine: Engine, command: CreateTransfers) -> None
         )
 
 
-@handles(CreateTransfers, precheck=_precheck_create_transfers)
+@MODULE.handles(
+    CreateTransfers, precheck=_precheck_create_transfers, effect=Effect.NEUTRAL, scopes=_transfer_scopes
+)
 def _create_transfers(engine: Engine, command: CreateTransfers) -> list[Event]:
     _precheck_create_transfers(engine, command)
     failures = engine.ledger.create_transfers(command.transfers, engine.now_ns)

@@ -22,6 +22,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import RingfenceError
+from ..app import new_node
 
 app = typer.Typer(
     help="Reconcile the ledger with the chain and with the journal; show halts and incidents.\n\n"
@@ -96,7 +97,7 @@ def run(
 
     path = _data_dir(data_dir)
     try:
-        with Node(path) as node:
+        with new_node(path) as node:
             rec = Reconciler(node, incidents=_incidents(path))
             with Progress(SpinnerColumn(), TextColumn("folding the journal independently"),
                           TextColumn("{task.completed:,} commands"), TimeElapsedColumn(),
@@ -143,7 +144,7 @@ def status(
 
     Example: ringfence reconcile status ./ringfence-data
     """
-    from ..engine.node import replay_journal
+    from ..app import replay_journal
     from ..risk.halts import active_halts, halts_of
 
     path = _data_dir(data_dir)
@@ -269,7 +270,7 @@ def lift(
         parsed.append((operator, signature.lower()))
     path = _data_dir(data_dir)
     try:
-        with Node(path) as node:
+        with new_node(path) as node:
             [event] = node.execute(LiftHalt(halt_id, reason, parsed))
     except RingfenceError as err:
         field = f"{err.field}: " if err.field else ""

@@ -46,12 +46,14 @@ from pathlib import Path
 from itertools import repeat
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
-from ..engine.commands import batch_decoder
-from ..engine.core import CommandRejected, Engine
+from ..engine.core import CommandRejected, Engine, ShardHalt
+from ..engine.module import Module
+from ..engine.node import rebuild_halted
 from ..errors import JournalCorrupt, RingfenceError, ValidationError
 from ..journal.journal import GENESIS_HASH, HEADER_SIZE, MAGIC, MAX_PAYLOAD_BYTES, TRAILER_SIZE, Record, segment_paths
 from ..ledger.model import SYSTEM_OWNER, TransferFlags
 from ..risk.halts import HALTED, REDUCE_ONLY, WITHDRAWALS_PAUSED, Halt, halts_of
+from ..app import new_engine
 
 __all__ = [
     "RULES",
@@ -487,10 +489,12 @@ class JournalFold:
     depends on nothing the live engine wrote except the journal itself.
     """
 
-    def __init__(self, data_dir: Path | str, settings: ReconcileSettings | None = None) -> None:
+    def __init__(
+        self, data_dir: Path | str, settings: ReconcileSettings | None = None, modules: Sequence[Module] | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.settings = settings or ReconcileSettings()
-        self.engine = Engine()
+        self.engine = Engine(modules) if modules is not None else new_engine()
         self.book = ShadowBook()
         self.last_seq = 0
         self.tail = JournalTail(self.data_dir / "journal")
@@ -506,8 +510,8 @@ class JournalFold:
     def advance(self, progress: Callable[[int], None] | None = None, until_seq: int | None = None) -> int:
         """Fold every record after `last_seq` (with `until_seq`, only the records that end at or
         before it: the live engine's batch boundary); returns how many commands were folded."""
-        decoder = batch_decoder()
         engine = self.engine
+        decoder = engine.codec.batch
         folded = 0
         for record in self.tail.read_new():
             if until_seq is not None and record.first_seq > until_seq:
@@ -517,7 +521,10 @@ class JournalFold:
             batch = decoder.decode(record.payload)
             for i, command in enumerate(batch.commands):
                 seq = batch.first_seq + i
-                events = engine.apply(command, seq, batch.ts_ns, batch.entropy)
+                try:
+                    events = engine.apply(command, seq, batch.ts_ns, batch.entropy)
+                except ShardHalt as halt:  # the shard halted here too: same rebuild as the node's
+                    events = rebuild_halted(self.data_dir, engine, halt)
                 self._fold(command, events, seq)
             self.last_seq = record.last_seq
             folded += len(batch.commands)
@@ -869,7 +876,7 @@ class Reconciler:
         self.custody = custody
         self.settings = settings or ReconcileSettings()
         self.incidents = incidents or IncidentStore(Path(node.data_dir) / "reconcile" / "incidents.sqlite")
-        self.fold = JournalFold(node.data_dir, self.settings)
+        self.fold = JournalFold(node.data_dir, self.settings, node.modules)
         self.clock_ms = clock_ms
         self._tips: dict[str, int] = {}
         self._live_index = AccountIndex()

@@ -35,7 +35,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..engine.commands import Command, Event
-from ..engine.core import Engine, handles, register_component, register_guard
+from ..engine.core import Engine
+from ..engine.module import SCOPE_KINDS, Effect, Module
 from ..errors import Forbidden, Halted, NotFound, ValidationError
 
 __all__ = [
@@ -56,8 +57,8 @@ __all__ = [
     "halt_for",
     "metrics_samples",
     "halts_of",
-    "WITHDRAWAL_COMMAND_VERBS",
-    "WITHDRAWAL_COMMANDS",
+    "market_status",
+    "MODULE",
 ]
 
 WITHDRAWALS_PAUSED = "WITHDRAWALS_PAUSED"
@@ -65,7 +66,6 @@ REDUCE_ONLY = "REDUCE_ONLY"
 HALTED = "HALTED"
 #: Levels by severity (higher = more refused).
 LEVELS = {WITHDRAWALS_PAUSED: 1, REDUCE_ONLY: 2, HALTED: 3}
-SCOPE_KINDS = ("market", "segment", "asset", "venue")
 
 MAX_ACTIVE_HALTS = 10_000
 MAX_LIFTED_KEPT = 1_000
@@ -75,14 +75,6 @@ MAX_EVIDENCE_BYTES = 65_536
 _ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,96}")
 _SCOPE_RE = re.compile(r"[A-Za-z0-9_.:@/*-]{1,64}")
 _HEX_RE = re.compile(r"[0-9a-f]+")
-
-#: Custody command type names that move a withdrawal towards the chain contain "Withdraw" and one
-#: of these verbs (`RequestWithdrawal`, `ApproveWithdrawal`, ...). Commands that only record what happened (settle, fail, observe,
-#: confirm, cancel) stay allowed: refusing a fact would make the ledger disagree with the chain.
-WITHDRAWAL_COMMAND_VERBS = ("Request", "Approve", "Review", "Sign", "RecordSigned", "Broadcast", "Release", "Submit")
-_CANCEL_TYPES = frozenset({"CancelOrder", "CancelAll"})
-_HALT_TYPES = frozenset({"Halt", "LiftHalt", "RegisterOperators"})
-
 
 # ----------------------------------------------------------------------------------------- commands
 
@@ -239,7 +231,10 @@ def _restore(engine: Engine, data: list[Any]) -> HaltsState:
     return state
 
 
-register_component("halts", HaltsState, _snapshot, _restore)
+#: The halts engine module. Its own commands are never refused by a halt (they raise and lift them).
+MODULE = Module("halts")
+MODULE.declare_state(HaltsState, _snapshot, _restore)
+MODULE.declare_events(OperatorsRegistered, HaltRaised, HaltUnchanged, HaltLifted)
 
 
 def halts_of(engine: Engine) -> HaltsState:
@@ -333,7 +328,7 @@ def _precheck_register_operators(engine: Engine, c: RegisterOperators) -> None:
         raise ValidationError("the genesis operator set carries no approvals", field="approvals")
 
 
-@handles(RegisterOperators, precheck=_precheck_register_operators)
+@MODULE.handles(RegisterOperators, precheck=_precheck_register_operators, effect=Effect.ADMIN)
 def _register_operators(engine: Engine, c: RegisterOperators) -> list[Event]:
     _precheck_register_operators(engine, c)
     state = halts_of(engine)
@@ -367,7 +362,7 @@ def _precheck_halt(engine: Engine, c: Halt) -> None:
         raise ValidationError(f"{MAX_ACTIVE_HALTS} halts are already active", field="halt_id")
 
 
-@handles(Halt, precheck=_precheck_halt)
+@MODULE.handles(Halt, precheck=_precheck_halt, effect=Effect.ADMIN)
 def _halt(engine: Engine, c: Halt) -> list[Event]:
     _precheck_halt(engine, c)
     state = halts_of(engine)
@@ -389,7 +384,7 @@ def _precheck_lift(engine: Engine, c: LiftHalt) -> list[str]:
     return _verify_quorum(state, c.approvals, lift_message(c.halt_id, c.reason, record.raised_seq))
 
 
-@handles(LiftHalt, precheck=_precheck_lift)
+@MODULE.handles(LiftHalt, precheck=_precheck_lift, effect=Effect.ADMIN)
 def _lift(engine: Engine, c: LiftHalt) -> list[Event]:
     approvers = _precheck_lift(engine, c)
     state = halts_of(engine)
@@ -405,132 +400,87 @@ def _lift(engine: Engine, c: LiftHalt) -> list[Event]:
 # ----------------------------------------------------------------------------------------- the guard
 
 
-def _market_info(engine: Engine, symbol: str) -> tuple[str, str, str] | None:
-    trading = engine.components.get("trading")
-    market = getattr(trading, "markets", {}).get(symbol) if trading is not None else None
-    if market is None:
-        return None
-    return market.segment, market.base, market.quote
-
-
-def _scopes_of(engine: Engine, command: Any) -> list[tuple[str, str]]:
-    """The (scope_kind, scope) pairs a command touches, besides the venue."""
-    out: list[tuple[str, str]] = []
-    symbol = getattr(command, "symbol", None)
-    if isinstance(symbol, str):
-        out.append(("market", symbol))
-        info = _market_info(engine, symbol)
-        if info is not None:
-            out.append(("segment", info[0]))
-            out.append(("asset", info[1]))
-            out.append(("asset", info[2]))
-    asset = getattr(command, "asset", None)
-    if isinstance(asset, str):
-        out.append(("asset", asset))
-        wallet = getattr(command, "wallet", None)
-        if isinstance(wallet, str):
-            out.append(("asset", f"{asset}@{wallet}"))
-    segment = getattr(command, "segment", None)
-    if isinstance(segment, str):
-        out.append(("segment", segment))
-    transfers = getattr(command, "transfers", None)
-    if isinstance(transfers, list) and transfers:
-        ledger = engine.ledger
-        n = len(ledger.accounts)
-        seen_assets: set[str] = set()
-        for t in transfers:
-            for aid in (getattr(t, "debit_account_id", 0), getattr(t, "credit_account_id", 0)):
-                if isinstance(aid, int) and 0 < aid < n:
-                    acc = ledger.accounts[aid]
-                    if acc is not None and acc.asset not in seen_assets:
-                        seen_assets.add(acc.asset)
-                        out.append(("asset", acc.asset))
-                        if acc.segment != "-":
-                            out.append(("segment", acc.segment))
-    return out
-
-
-#: The custody flows' commands that move a withdrawal towards the chain (branch `custody`).
-WITHDRAWAL_COMMANDS = frozenset({"RequestWithdrawal", "ApproveWithdrawal", "AuthorizeSigning", "RecordSignedTx"})
-
-
-def _is_withdrawal_command(name: str) -> bool:
-    if name in WITHDRAWAL_COMMANDS:
-        return True
-    return "Withdraw" in name and any(verb in name for verb in WITHDRAWAL_COMMAND_VERBS)
-
-
 def _refusal(kind: str, scope: str, level: str, name: str, state: HaltsState) -> Halted:
     ids = [h.halt_id for h in state.active.values() if h.scope_kind == kind and h.scope == scope]
     where = "the venue" if kind == "venue" else f"{kind} {scope}"
     return Halted(f"{name} refused: {where} is {level} (halt {', '.join(sorted(ids))})", field=kind)
 
 
-def _check_action(engine: Engine, state: HaltsState, command: Any) -> None:
-    name = type(command).__name__
-    if name in _HALT_TYPES:
+#: The lowest level that refuses a command of each effect (None: no level refuses it).
+#: HALTED refuses everything but what always reduces risk (cancels); REDUCE_ONLY what opens risk;
+#: WITHDRAWALS_PAUSED what moves funds out. Facts (settle, fail, observe) are NEUTRAL: refusing a
+#: fact would make the ledger disagree with the chain, so only HALTED stops them.
+_REFUSED_FROM = {
+    Effect.OPENS_RISK: LEVELS[REDUCE_ONLY],
+    Effect.MOVES_FUNDS_OUT: LEVELS[WITHDRAWALS_PAUSED],
+    Effect.NEUTRAL: LEVELS[HALTED],
+    Effect.ADMIN: LEVELS[HALTED],
+    Effect.REDUCES_RISK: None,
+}
+
+
+def _check_command(engine: Engine, state: HaltsState, command: Any) -> None:
+    """Refuse `command` if a halt covers one of its declared scopes at a level its declared effect
+    does not pass. Reads only what the command's module declared (scopes, effect, parts)."""
+    spec = engine.spec_of(type(command))
+    if spec is None or spec.module == MODULE.name:
         return
-    if name == "TradingBatch":
-        for action in getattr(command, "actions", []):
-            _check_action(engine, state, action)
+    if spec.parts is not None:
+        for part in spec.parts(command):
+            _check_command(engine, state, part)
         return
-    scopes = [("venue", "*")] + _scopes_of(engine, command)
-    is_cancel = name in _CANCEL_TYPES
-    is_trading = isinstance(getattr(command, "symbol", None), str)
-    for kind, scope in scopes:
+    effect = spec.effect_of(engine, command)
+    refused_from = _REFUSED_FROM[effect]
+    if effect is Effect.REDUCES_RISK and not isinstance(spec.effect, Effect):
+        # Reduces risk only in this state (a reducing amend): passes REDUCE_ONLY, but a HALTED
+        # book is frozen — only what always reduces risk (a cancel) passes there.
+        refused_from = LEVELS[HALTED]
+    if refused_from is None:
+        return
+    for kind, scope in (("venue", "*"), *spec.scopes(engine, command)):
         level = state.level_at(kind, scope)
-        if level == 0:
-            continue
-        if level >= LEVELS[HALTED] and not is_cancel:
-            raise _refusal(kind, scope, HALTED, name, state)
-        if level >= LEVELS[REDUCE_ONLY] and is_trading and not is_cancel and _adds_exposure(engine, command):
-            raise _refusal(kind, scope, REDUCE_ONLY, name, state)
-        if level >= LEVELS[WITHDRAWALS_PAUSED] and _is_withdrawal_command(name):
-            raise _refusal(kind, scope, WITHDRAWALS_PAUSED, name, state)
+        if level >= refused_from:
+            name = next(n for n, rank in LEVELS.items() if rank == level)
+            raise _refusal(kind, scope, name, type(command).__name__, state)
 
 
-def _adds_exposure(engine: Engine, command: Any) -> bool:
-    """Spot has no positions to reduce: every new order adds exposure. An amend only reduces when it
-    keeps the price and lowers the quantity of an order that exists."""
-    if type(command).__name__ != "AmendOrder":
-        return type(command).__name__ not in _CANCEL_TYPES
-    existing = _order_price_qty(engine, command.symbol, command.order_id)
-    if existing is None:
-        return True
-    price, quantity = existing
-    return command.price not in (0, price) or not 0 < command.quantity < quantity
-
-
-def _order_price_qty(engine: Engine, symbol: str, order_id: int) -> tuple[int, int] | None:
-    trading = engine.components.get("trading")
-    market = getattr(trading, "markets", {}).get(symbol) if trading is not None else None
-    orders = getattr(market, "orders", None) if market is not None else None
-    order = orders.get(order_id) if isinstance(orders, dict) else None
-    if order is None:
-        return None
-    return getattr(order, "price", 0), getattr(order, "quantity", getattr(order, "leaves", 0))
-
-
-@register_guard
+@MODULE.guard
 def _halt_guard(engine: Engine, command: Any) -> None:
     state = engine.components.get("halts")
     if state is None or not state._index:
         return
-    _check_action(engine, state, command)
+    _check_command(engine, state, command)
 
 
 # ----------------------------------------------------------------------------------------- queries
 
 
+def _shard_halt(engine: Engine) -> HaltRecord | None:
+    """A shard halted by a broken invariant (`Engine.halted`) shows as a venue-wide HALTED halt.
+
+    It is not in the halts state and no quorum lifts it: the engine refuses every command until
+    an operator fixes the cause and restarts (docs/engine.md)."""
+    if engine.halted is None:
+        return None
+    seq, error = engine.halted
+    reason = f"engine invariant broken at sequence {seq} ({error}); the shard refuses every command"
+    evidence = json.dumps({"seq": seq, "error": error}, separators=(",", ":"))
+    return HaltRecord("shard-halted", "venue", "*", HALTED, reason, evidence, seq, 0)
+
+
 def active_halts(engine: Engine) -> list[dict[str, Any]]:
-    """Every active halt, most severe first (for the API, WebSocket snapshot and dashboard)."""
+    """Every active halt, most severe first (for the API, WebSocket snapshot and dashboard); a shard
+    halted by a broken invariant comes first, as `shard-halted`."""
     state = halts_of(engine)
     rows = sorted(state.active.values(), key=lambda h: (-LEVELS[h.level], h.raised_seq))
-    return [h.as_dict() for h in rows]
+    shard = _shard_halt(engine)
+    return ([shard.as_dict()] if shard is not None else []) + [h.as_dict() for h in rows]
 
 
 def halt_for(engine: Engine, scope_kind: str, scope: str) -> str | None:
     """The most severe level active exactly at `(scope_kind, scope)` or at the venue, or None."""
+    if engine.halted is not None:
+        return HALTED
     state = halts_of(engine)
     level = max(state.level_at(scope_kind, scope), state.level_at("venue", "*"))
     for name, rank in LEVELS.items():
@@ -544,3 +494,32 @@ def metrics_samples(engine: Engine) -> list[tuple[dict[str, str], int]]:
     state = halts_of(engine)
     return [({"scope_kind": h.scope_kind, "scope": h.scope, "level": h.level, "halt_id": h.halt_id}, 1)
             for h in sorted(state.active.values(), key=lambda h: h.halt_id)]
+
+
+#: Market statuses as the API shows them (Binance `TRADING` / `BREAK`-like views of halts).
+MARKET_STATUSES = ("ACTIVE", REDUCE_ONLY, HALTED)
+
+
+def market_status(engine: Engine, symbol: str) -> str:
+    """What trading in `symbol` may do now: `ACTIVE`, `REDUCE_ONLY` or `HALTED`.
+
+    One view over both sources: halts covering the market, its segment, its assets or the venue
+    (a `WITHDRAWALS_PAUSED` halt does not affect trading), and the market's own automatic state
+    (the price-band circuit breaker sets REDUCE_ONLY; markets left non-ACTIVE by a journaled
+    `SetMarketStatus` from before halts owned that decision). The most severe wins. Stable for the
+    API (`exchangeInfo`, `/v1/markets`).
+    """
+    trading = engine.components.get("trading")
+    market = getattr(trading, "markets", {}).get(symbol) if trading is not None else None
+    if market is None:
+        raise NotFound(f"unknown market {symbol!r}", field="symbol")
+    rank = {"ACTIVE": 0, REDUCE_ONLY: LEVELS[REDUCE_ONLY], HALTED: LEVELS[HALTED]}.get(str(market.status), 0)
+    if engine.halted is not None:
+        return HALTED
+    state = halts_of(engine)
+    scopes = [("venue", "*"), ("market", symbol), ("segment", market.segment), ("asset", market.base), ("asset", market.quote)]
+    for kind, scope in scopes:
+        level = state.level_at(kind, scope)
+        if level >= LEVELS[REDUCE_ONLY]:
+            rank = max(rank, level)
+    return "ACTIVE" if rank == 0 else next(n for n, r in LEVELS.items() if r == rank)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..engine.core import Engine
-from ..engine.node import replay_journal
+from ..app import replay_journal
 from ..ledger.model import SYSTEM_OWNER
 from .snapshot import AssetSpec, LiabilitySnapshot
 

@@ -5,7 +5,9 @@ price sits outside the band around the reference price too long.
 
 
 from ..engine.commands import Event
-from ..engine.core import Engine, handles
+from ..engine.core import Engine
+from ..engine.module import Effect
+from .module import MODULE, market_scopes, refuse_set_market_status
 from ..errors import ValidationError
 from .book import ACTIVE, MARKET_STATUSES, REDUCE_ONLY, Market
 from .commands import (
@@ -91,7 +93,7 @@ def _validate_list_market(engine: Engine, c: ListMarket) -> None:
         raise ValidationError("the shard cannot open more accounts", field="symbol")
 
 
-@handles(ListMarket, precheck=_precheck_list_market)
+@MODULE.handles(ListMarket, precheck=_precheck_list_market, effect=Effect.ADMIN, scopes=market_scopes)
 def _list_market(engine: Engine, c: ListMarket) -> list[Event]:
     _validate_list_market(engine, c)
     st = trading_state(engine)
@@ -114,7 +116,7 @@ def _precheck_status(engine: Engine, c: SetMarketStatus) -> None:
         raise ValidationError(f"status must be one of {', '.join(MARKET_STATUSES)}", field="status")
 
 
-@handles(SetMarketStatus, precheck=_precheck_status)
+@MODULE.handles(SetMarketStatus, precheck=refuse_set_market_status, effect=Effect.ADMIN, scopes=market_scopes)
 def _set_status(engine: Engine, c: SetMarketStatus) -> list[Event]:
     _precheck_status(engine, c)
     m = _market(trading_state(engine), c.symbol)
@@ -127,7 +129,7 @@ def _precheck_refprice(engine: Engine, c: SetReferencePrice) -> None:
     _check_int(c.price, "price", 1, MAX_PRICE)
 
 
-@handles(SetReferencePrice, precheck=_precheck_refprice)
+@MODULE.handles(SetReferencePrice, precheck=_precheck_refprice, effect=Effect.ADMIN, scopes=market_scopes)
 def _set_refprice(engine: Engine, c: SetReferencePrice) -> list[Event]:
     _precheck_refprice(engine, c)
     m = _market(trading_state(engine), c.symbol)
@@ -143,7 +145,7 @@ def _precheck_fee_tier(engine: Engine, c: SetFeeTier) -> None:
     _check_int(c.taker_rate_ppm, "taker_rate_ppm", 0, MAX_FEE_RATE_PPM)
 
 
-@handles(SetFeeTier, precheck=_precheck_fee_tier)
+@MODULE.handles(SetFeeTier, precheck=_precheck_fee_tier, effect=Effect.ADMIN)
 def _set_fee_tier(engine: Engine, c: SetFeeTier) -> list[Event]:
     _precheck_fee_tier(engine, c)
     trading_state(engine).tiers[c.tier] = (c.maker_rate_ppm, c.taker_rate_ppm)
@@ -162,7 +164,7 @@ def _validate_account_tier(engine: Engine, c: SetAccountFeeTier) -> None:
         raise ValidationError(f"fee tier {c.tier} is not defined; define it with SetFeeTier", field="tier")
 
 
-@handles(SetAccountFeeTier, precheck=_precheck_account_tier)
+@MODULE.handles(SetAccountFeeTier, precheck=_precheck_account_tier, effect=Effect.ADMIN)
 def _set_account_tier(engine: Engine, c: SetAccountFeeTier) -> list[Event]:
     _validate_account_tier(engine, c)
     st = trading_state(engine)

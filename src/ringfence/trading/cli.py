@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from ..app import new_node
 
 app = typer.Typer(help="Spot trading: demo session and book inspection.\n\nExample: ringfence trading demo --data ./ringfence-data/demo", no_args_is_help=True)
 
@@ -23,7 +24,7 @@ def demo(data: Path = typer.Option(Path("./ringfence-data/trading-demo"), help="
 
     prepare_data_dir(data)
     try:
-        with Node(data) as node:
+        with new_node(data) as node:
             run_trading_demo(node, Console())
     except RingfenceError as err:
         fail(str(err), 1)
@@ -40,7 +41,7 @@ def book(
     Example: ringfence trading book BTCUSDT --data ./ringfence-data/demo
     """
     from ..cli_paths import fail, require_node_dir
-    from ..engine.node import replay_journal
+    from ..app import replay_journal
     from ..errors import RingfenceError
     from .state import market_of
 

@@ -8,7 +8,9 @@ matching loop in `matching.py`.
 from typing import Any, Callable
 
 from ..engine.commands import Event
-from ..engine.core import Engine, handles
+from ..engine.core import Engine
+from ..engine.module import Effect
+from .module import MODULE, market_scopes, amend_effect, batch_actions
 from .admin import _band_watch
 from .book import ACTIVE, HALTED, Market, Order
 from .commands import (
@@ -411,10 +413,12 @@ def _single(fn: Callable[[Engine, TradingState, Any, list[Event]], None]) -> Cal
 
 
 for _type, _fn in _DISPATCH.items():
-    handles(_type)(_single(_fn))
+    _effect, _scopes = {PlaceOrder: (Effect.OPENS_RISK, market_scopes), CancelOrder: (Effect.REDUCES_RISK, market_scopes),
+                        CancelAll: (Effect.REDUCES_RISK, market_scopes), AmendOrder: (amend_effect, market_scopes)}[_type]
+    MODULE.handles(_type, effect=_effect, scopes=_scopes)(_single(_fn))
 
 
-@handles(TradingBatch)
+@MODULE.handles(TradingBatch, effect=Effect.NEUTRAL, parts=batch_actions)
 def _batch(engine: Engine, c: TradingBatch) -> list[Event]:
     ev: list[Event] = []
     st = engine.components["trading"]

@@ -8,7 +8,8 @@ live here with the vocabulary of order types, time in force and self-trade modes
 import re
 from typing import Any
 
-from ..engine.core import Engine, register_component
+from ..engine.core import Engine
+from .module import MODULE
 from ..errors import InvariantViolation, NotFound
 from .book import Market, Order
 
@@ -197,7 +198,7 @@ def _bind_accounts(ledger: Any, m: Market) -> None:
     m.clearing = ledger.open_clearing(m.symbol.lower(), m.base, m.quote, m.segment)
 
 
-register_component("trading", TradingState, _snapshot, _restore)
+MODULE.declare_state(TradingState, _snapshot, _restore)
 
 
 
