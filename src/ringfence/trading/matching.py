@@ -48,14 +48,27 @@ from .state import (
     _PPM,
     TradingState,
 )
+from .vocabulary import OrderType, SelfTradePrevention, Side, TimeInForce
 
 __all__: list[str] = []
+
+# Members as module constants: `Side.BUY` is an attribute lookup on the enum class (~0.1 µs in
+# CPython 3.11), a global is ~10x cheaper, and the matching loop reads them per fill.
+_BUY, _SELL = Side.BUY, Side.SELL
+_GTC, _FOK = TimeInForce.GTC, TimeInForce.FOK
+_STOP_LIMIT = OrderType.STOP_LIMIT
+_STP_NONE = SelfTradePrevention.NONE
+_EXPIRE_TAKER, _EXPIRE_MAKER, _EXPIRE_BOTH = (
+    SelfTradePrevention.EXPIRE_TAKER,
+    SelfTradePrevention.EXPIRE_MAKER,
+    SelfTradePrevention.EXPIRE_BOTH,
+)
 
 
 def _close(ledger: Any, m: Market, o: Order, ev: list[Event], cls: type, reason: str, was_resting: bool) -> None:
     released = ledger.end_hold(o.hold_id)
     leaves = o.leaves if o.qty else 0  # orders by quote amount report no base remainder
-    ev.append(cls(m.symbol, o.id, o.owner, "BUY" if o.is_buy else "SELL", o.price, leaves, was_resting, reason, released))
+    ev.append(cls(m.symbol, o.id, o.owner, _BUY if o.is_buy else _SELL, o.price, leaves, was_resting, reason, released))
 
 
 
@@ -113,7 +126,7 @@ def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, p: int,
             p,
             q,
             n,
-            "BUY" if t.is_buy else "SELL",
+            _BUY if t.is_buy else _SELL,
             t.id,
             mk.id,
             t.owner,
@@ -135,7 +148,7 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit: int, ev: l
         book, prices = m.bids, m.bid_prices
     lo, hi = m.band_lo, m.band_hi
     stp = t.stp
-    stp_on = stp != "NONE"
+    stp_on = stp != _STP_NONE
     owner = t.owner
     qmode = not t.qty  # an order by quote amount
     scale, lot = m.base_scale, m.lot
@@ -155,12 +168,12 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit: int, ev: l
             continue
         while mk is not None:
             if stp_on and mk.owner == owner:
-                if stp == "EXPIRE_TAKER":
+                if stp == _EXPIRE_TAKER:
                     return "SELF_TRADE_PREVENTED"
                 nxt = mk.next
                 _take_out(m, mk)
                 _close(ledger, m, mk, ev, OrderExpired, "SELF_TRADE_PREVENTED", True)
-                if stp == "EXPIRE_BOTH":
+                if stp == _EXPIRE_BOTH:
                     return "SELF_TRADE_PREVENTED"
                 mk = nxt
                 continue
@@ -197,7 +210,7 @@ def _fok_fillable(m: Market, t: Order, limit: int) -> bool:
     else:
         book, it = m.bids, reversed(m.bid_prices)
     lo, hi = m.band_lo, m.band_hi
-    per_order = t.stp != "NONE" and t.owner in m.by_owner
+    per_order = t.stp != _STP_NONE and t.owner in m.by_owner
     for p in it:
         if (p > limit) if is_buy else (p < limit):
             break
@@ -210,7 +223,7 @@ def _fok_fillable(m: Market, t: Order, limit: int) -> bool:
             o = level.head
             while o is not None:
                 if o.owner == t.owner:
-                    if t.stp != "EXPIRE_MAKER":
+                    if t.stp != _EXPIRE_MAKER:
                         return have >= need
                 else:
                     have += o.leaves
@@ -225,7 +238,7 @@ def _fok_fillable(m: Market, t: Order, limit: int) -> bool:
 def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]) -> None:
     """Run an accepted (or triggered, or re-priced) order as a taker, then rest or end it."""
     limit = o.price if o.type in _LIMITISH else o.protect
-    if o.tif == "FOK" and not _fok_fillable(m, o, limit):
+    if o.tif == _FOK and not _fok_fillable(m, o, limit):
         _close(ledger, m, o, ev, OrderExpired, "FOK_NOT_FILLABLE", False)
         return
     stopped = _match(st, ledger, m, o, limit, ev) if limit else "NO_LIQUIDITY"
@@ -237,20 +250,20 @@ def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]
         # read model above all) learn here that the order is finished and what was given back.
         if o.filled and (stopped == "QUOTE_SPENT" or o.quote_left == 0 or o.leaves == 0):
             released = ledger.end_hold(o.hold_id)
-            ev.append(OrderFilled(m.symbol, o.id, o.owner, "BUY" if o.is_buy else "SELL", o.quote_left, released))
+            ev.append(OrderFilled(m.symbol, o.id, o.owner, _BUY if o.is_buy else _SELL, o.quote_left, released))
         else:
             # nothing filled: the quote could not buy one lot, or the book/protection price stopped it
             _close(ledger, m, o, ev, OrderExpired, "NOT_FULLY_FILLED", False)
     elif o.leaves == 0:
         ledger.end_hold(o.hold_id)  # FILLED: give back what a buy below its limit did not spend
-    elif o.tif == "GTC" and o.type in _LIMITISH:
+    elif o.tif == _GTC and o.type in _LIMITISH:
         if o.is_buy:
             excess = ledger.hold_remaining(o.hold_id) - o.leaves * o.price // m.base_scale
             if excess:
                 ledger.resize_hold(o.hold_id, -excess)
         m.rest(o)
         m.index(o)
-        ev.append(OrderRested(m.symbol, o.id, o.owner, "BUY" if o.is_buy else "SELL", o.price, o.leaves))
+        ev.append(OrderRested(m.symbol, o.id, o.owner, _BUY if o.is_buy else _SELL, o.price, o.leaves))
     else:
         _close(ledger, m, o, ev, OrderExpired, "NOT_FULLY_FILLED", False)
 
@@ -277,7 +290,7 @@ def _trigger_stops(st: TradingState, ledger: Any, m: Market, ev: list[Event]) ->
             o = m.orders[oid]
             m.unindex(o)
             ev.append(OrderTriggered(m.symbol, oid, last))
-            if o.type == "STOP_LIMIT":
+            if o.type == _STOP_LIMIT:
                 if not m.in_band(o.price):
                     _close(ledger, m, o, ev, OrderExpired, "PRICE_OUTSIDE_BAND", False)
                     continue

@@ -44,8 +44,15 @@ from .state import (
     MAX_QTY,
     TradingState,
 )
+from .vocabulary import OrderType, Side, TimeInForce
 
 __all__ = ["REASONS", "check_place"]
+
+# Members as module constants (a global is ~10x cheaper than `OrderType.MARKET` in CPython 3.11).
+_BUY, _SELL = Side.BUY, Side.SELL
+_LIMIT_MAKER, _MARKET = OrderType.LIMIT_MAKER, OrderType.MARKET
+_STOP_LIMIT, _STOP_MARKET = OrderType.STOP_LIMIT, OrderType.STOP_MARKET
+_GTC, _IOC, _FOK = TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK
 
 #: Every reason an action can be refused with (stable: clients switch on them).
 REASONS = (
@@ -116,12 +123,15 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     is_buy = _SIDES.get(c.side)
     if is_buy is None:
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "side", "side must be BUY or SELL")
-    typ, tif, stp, owner, coid = c.order_type, c.tif, c.stp, c.owner, c.client_order_id
-    if typ not in _TYPES:
+    owner, coid = c.owner, c.client_order_id
+    typ = _TYPES.get(c.order_type)
+    if typ is None:
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "order_type", f"type must be one of {', '.join(sorted(_TYPES))}")
-    if tif not in _TIFS:
+    tif = _TIFS.get(c.tif)
+    if tif is None:
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "tif", "tif must be GTC, IOC or FOK")
-    if stp not in _STPS:
+    stp = _STPS.get(c.stp)
+    if stp is None:
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
     if owner not in _VALID_OWNERS:
         if not _OWNER_RE.fullmatch(owner):
@@ -140,17 +150,17 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     if limitish:
         if not price or not qty or qamt:
             return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "price" if not price else "quantity", f"{typ} needs price and quantity (and no quote_amount)")
-    elif typ == "MARKET":
+    elif typ == _MARKET:
         if (qty > 0) == (qamt > 0):
             return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "quantity", "MARKET needs exactly one of quantity and quote_amount")
     elif not qty or qamt or price:  # STOP_MARKET
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "quantity", "STOP_MARKET needs quantity and stop_price only")
-    is_stop = typ == "STOP_LIMIT" or typ == "STOP_MARKET"
+    is_stop = typ == _STOP_LIMIT or typ == _STOP_MARKET
     if is_stop != (stop > 0):
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "stop_price", "stop_price is required for stop orders and only for them")
-    if typ == "LIMIT_MAKER" and tif != "GTC":
+    if typ == _LIMIT_MAKER and tif != _GTC:
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "tif", "LIMIT_MAKER is always GTC")
-    if not limitish and tif == "FOK":
+    if not limitish and tif == _FOK:
         return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "tif", "market orders are IOC; FOK needs a limit price")
     if (m.band_hi or m.out_of_band) and not dry_run:
         _band_watch(m, engine.now_ns, ev)
@@ -176,7 +186,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
             notional = price * qty // scale
         elif qamt:
             notional = qamt
-        elif typ == "STOP_MARKET":
+        elif typ == _STOP_MARKET:
             notional = stop * qty // scale
         else:
             ref = m.ref_price or m.last_price
@@ -186,11 +196,11 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     last = m.last_price
     if is_stop and last and ((is_buy and last >= stop) or (not is_buy and last <= stop)):
         return _reject(ev, "PLACE", c, "STOP_WOULD_TRIGGER_IMMEDIATELY", "stop_price", f"the last price {last} has already reached stop_price")
-    if typ == "LIMIT_MAKER" and m.crosses(is_buy, price):
+    if typ == _LIMIT_MAKER and m.crosses(is_buy, price):
         return _reject(ev, "PLACE", c, "POST_ONLY_WOULD_TAKE", "price", "a post-only order must not take liquidity")
     if coid and (owner, coid) in m.coids:
         return _reject(ev, "PLACE", c, "DUPLICATE_CLIENT_ORDER_ID", "client_order_id", "an open order of this account already uses this client_order_id")
-    can_rest = (limitish and tif == "GTC") or is_stop
+    can_rest = (limitish and tif == _GTC) or is_stop
     if can_rest:
         owned = m.by_owner.get(owner)
         if owned is not None and len(owned) >= m.max_open_per_account:
@@ -200,7 +210,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
                 return _reject(ev, "PLACE", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit")
     # The protection price of market orders, and what to hold.
     protect = 0
-    if typ == "MARKET":
+    if typ == _MARKET:
         if price:
             protect = price
         else:
@@ -212,7 +222,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
                     protect = -(-best * (_PPM - m.slippage_ppm) // _PPM // tick) * tick
         if protect and m.band_hi:
             protect = min(protect, m.band_hi // tick * tick) if is_buy else max(protect, -(-m.band_lo // tick) * tick)
-    elif typ == "STOP_MARKET":
+    elif typ == _STOP_MARKET:
         protect = stop * (_PPM + m.slippage_ppm) // _PPM // tick * tick if is_buy else -(-stop * (_PPM - m.slippage_ppm) // _PPM // tick) * tick
     if is_buy:
         hold = qamt if qamt else (price if limitish else protect) * qty // scale
@@ -222,7 +232,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
         hold = -(-base_needed // m.lot) * m.lot
     else:
         hold = qty
-    if typ == "MARKET" and not protect:
+    if typ == _MARKET and not protect:
         hold = 0  # an empty opposite side: accepted and expired at once, nothing held
     ledger = engine.ledger
     segment = m.segment
@@ -249,7 +259,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     o.owner = owner
     o.is_buy = is_buy
     o.type = typ
-    o.tif = "IOC" if not limitish else tif
+    o.tif = _IOC if not limitish else tif
     o.price = price if limitish else 0
     o.qty = qty
     # By quote amount the base quantity is open-ended: a sell may deliver at most what it holds;
@@ -348,7 +358,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
             return _reject(ev, "AMEND", c, "PRICE_OUTSIDE_BAND", "price", f"price must lie within {m.band_lo}..{m.band_hi}", oid)
         if m.min_notional and price * qty // m.base_scale < m.min_notional:
             return _reject(ev, "AMEND", c, "BELOW_MIN_NOTIONAL", "price", f"price * quantity must be at least {m.min_notional}", oid)
-        if o.type == "LIMIT_MAKER" and m.crosses(o.is_buy, price):
+        if o.type == _LIMIT_MAKER and m.crosses(o.is_buy, price):
             return _reject(ev, "AMEND", c, "POST_ONLY_WOULD_TAKE", "price", "a post-only order must not take liquidity", oid)
         if m.level_limit_reached(o.is_buy, price):
             return _reject(ev, "AMEND", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit", oid)
@@ -375,7 +385,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     if not m.crosses(is_buy, price):
         # It does not cross: straight to the back of its new level (the common "move").
         m.rest(o)
-        ev.append(OrderRested(m.symbol, oid, o.owner, "BUY" if is_buy else "SELL", price, leaves))
+        ev.append(OrderRested(m.symbol, oid, o.owner, _BUY if is_buy else _SELL, price, leaves))
         return
     m.unindex(o)
     before = st.next_trade_id
