@@ -86,53 +86,66 @@ def _take_out(m: Market, o: Order) -> bool:
 # ------------------------------------------------------------------------------ matching
 
 
-def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, p: int, q: int, ev: list[Event]) -> None:
-    """Settle one fill of `q` base at `p` between taker `t` and maker `mk` (see module docstring)."""
-    n = p * q // m.base_scale
+def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, price_minor: int, qty_minor: int, ev: list[Event]) -> None:
+    """Settle one fill of `qty_minor` base minor units at `price_minor` (quote minor units per whole
+    base unit) between taker `t` and maker `mk` (see module docstring)."""
+    notional_minor = price_minor * qty_minor // m.base_scale
     tiers, account_tier = st.tiers, st.account_tier
-    t_rate = tiers[account_tier.get(t.owner, 0)][1]
-    m_rate = tiers[account_tier.get(mk.owner, 0)][0]
+    taker_rate_ppm = tiers[account_tier.get(t.owner, 0)][1]
+    maker_rate_ppm = tiers[account_tier.get(mk.owner, 0)][0]
     if t.is_buy:
-        buyer, seller, b_rate, s_rate = t, mk, t_rate, m_rate
+        buyer, seller, buyer_rate_ppm, seller_rate_ppm = t, mk, taker_rate_ppm, maker_rate_ppm
     else:
-        buyer, seller, b_rate, s_rate = mk, t, m_rate, t_rate
-    b_fee = -(-q * b_rate // _PPM)  # ceil: fees round up to the minor unit
-    s_fee = -(-n * s_rate // _PPM)
-    b_shield = b_fee // 10  # the shield fund's share rounds down; fees get the rest
-    s_shield = s_fee // 10
+        buyer, seller, buyer_rate_ppm, seller_rate_ppm = mk, t, maker_rate_ppm, taker_rate_ppm
+    buyer_fee_minor = -(-qty_minor * buyer_rate_ppm // _PPM)  # ceil: fees round up to the minor unit
+    seller_fee_minor = -(-notional_minor * seller_rate_ppm // _PPM)
+    buyer_shield_minor = buyer_fee_minor // 10  # the shield fund's share rounds down; fees get the rest
+    seller_shield_minor = seller_fee_minor // 10
     # The ledger checks the holds cover the fill and the parts add up; it halts the shard if not.
-    ledger.settle_fill(m.clearing, buyer.hold_id, seller.hold_id, buyer.recv, seller.recv, q, n, b_fee, b_shield, s_fee, s_shield)
-    t.leaves -= q
-    t.filled += q
-    t.cum_quote += n
+    ledger.settle_fill(
+        m.clearing,
+        buyer.hold_id,
+        seller.hold_id,
+        buyer.recv,
+        seller.recv,
+        qty_minor,
+        notional_minor,
+        buyer_fee_minor,
+        buyer_shield_minor,
+        seller_fee_minor,
+        seller_shield_minor,
+    )
+    t.leaves -= qty_minor
+    t.filled += qty_minor
+    t.cum_quote += notional_minor
     qmode = not t.qty
     if qmode:
-        t.quote_left -= n
-    mk.leaves -= q
-    mk.filled += q
-    mk.cum_quote += n
-    mk.level.total -= q  # type: ignore[union-attr]
-    m.last_price = p
+        t.quote_left -= notional_minor
+    mk.leaves -= qty_minor
+    mk.filled += qty_minor
+    mk.cum_quote += notional_minor
+    mk.level.total -= qty_minor  # type: ignore[union-attr]
+    m.last_price = price_minor
     tid = st.next_trade_id
     st.next_trade_id = tid + 1
     if t.is_buy:
-        t_fee, m_fee = b_fee, s_fee
+        taker_fee_minor, maker_fee_minor = buyer_fee_minor, seller_fee_minor
     else:
-        t_fee, m_fee = s_fee, b_fee
+        taker_fee_minor, maker_fee_minor = seller_fee_minor, buyer_fee_minor
     ev.append(
         Trade(
             m.symbol,
             tid,
-            p,
-            q,
-            n,
+            price_minor,
+            qty_minor,
+            notional_minor,
             _BUY if t.is_buy else _SELL,
             t.id,
             mk.id,
             t.owner,
             mk.owner,
-            t_fee,
-            m_fee,
+            taker_fee_minor,
+            maker_fee_minor,
             t.quote_left if qmode else t.leaves,
             mk.leaves,
         )
