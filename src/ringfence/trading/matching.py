@@ -152,8 +152,8 @@ def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, price_m
     )
 
 
-def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit: int, ev: list[Event]) -> str:
-    """Match taker `t` against the book up to `limit`. Returns why it stopped early ('' if not)."""
+def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int, ev: list[Event]) -> str:
+    """Match taker `t` against the book up to `limit_minor`. Returns why it stopped early ('' if not)."""
     is_buy = t.is_buy
     if is_buy:
         book, prices = m.asks, m.ask_prices
@@ -166,12 +166,12 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit: int, ev: l
     qmode = not t.qty  # an order by quote amount
     scale, lot = m.base_scale, m.lot
     while prices:
-        p = prices[0] if is_buy else prices[-1]
-        if (p > limit) if is_buy else (p < limit):
+        price_minor = prices[0] if is_buy else prices[-1]
+        if (price_minor > limit_minor) if is_buy else (price_minor < limit_minor):
             return ""
-        level = book[p]
+        level = book[price_minor]
         mk = level.head
-        if hi and not lo <= p <= hi:
+        if hi and not lo <= price_minor <= hi:
             # A resting price the band has left behind would print outside the band: expire it.
             while mk is not None:
                 nxt = mk.next
@@ -190,18 +190,18 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit: int, ev: l
                     return "SELF_TRADE_PREVENTED"
                 mk = nxt
                 continue
-            q = mk.leaves
+            qty_minor = mk.leaves
             if qmode:
-                cap = t.quote_left * scale // p // lot * lot
-                if not is_buy and cap > t.leaves:
-                    cap = t.leaves
-                if cap == 0:
+                cap_minor = t.quote_left * scale // price_minor // lot * lot
+                if not is_buy and cap_minor > t.leaves:
+                    cap_minor = t.leaves
+                if cap_minor == 0:
                     return "QUOTE_SPENT"
-                if q > cap:
-                    q = cap
-            elif q > t.leaves:
-                q = t.leaves
-            _fill(st, ledger, m, t, mk, p, q, ev)
+                if qty_minor > cap_minor:
+                    qty_minor = cap_minor
+            elif qty_minor > t.leaves:
+                qty_minor = t.leaves
+            _fill(st, ledger, m, t, mk, price_minor, qty_minor, ev)
             if mk.leaves == 0:
                 nxt = mk.next
                 m.unlink(mk)
@@ -213,10 +213,10 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit: int, ev: l
     return ""
 
 
-def _fok_fillable(m: Market, t: Order, limit: int) -> bool:
+def _fok_fillable(m: Market, t: Order, limit_minor: int) -> bool:
     """Could `t` fill completely right now (honouring the band and its self-trade mode)?"""
-    need = t.leaves
-    have = 0
+    need_minor = t.leaves
+    have_minor = 0
     is_buy = t.is_buy
     if is_buy:
         book, it = m.asks, iter(m.ask_prices)
@@ -224,37 +224,37 @@ def _fok_fillable(m: Market, t: Order, limit: int) -> bool:
         book, it = m.bids, reversed(m.bid_prices)
     lo, hi = m.band_lo, m.band_hi
     per_order = t.stp != _STP_NONE and t.owner in m.by_owner
-    for p in it:
-        if (p > limit) if is_buy else (p < limit):
+    for price_minor in it:
+        if (price_minor > limit_minor) if is_buy else (price_minor < limit_minor):
             break
-        if hi and not lo <= p <= hi:
+        if hi and not lo <= price_minor <= hi:
             continue
-        level = book[p]
+        level = book[price_minor]
         if not per_order:
-            have += level.total
+            have_minor += level.total
         else:
             o = level.head
             while o is not None:
                 if o.owner == t.owner:
                     if t.stp != _EXPIRE_MAKER:
-                        return have >= need
+                        return have_minor >= need_minor
                 else:
-                    have += o.leaves
-                    if have >= need:
+                    have_minor += o.leaves
+                    if have_minor >= need_minor:
                         return True
                 o = o.next
-        if have >= need:
+        if have_minor >= need_minor:
             return True
-    return have >= need
+    return have_minor >= need_minor
 
 
 def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]) -> None:
     """Run an accepted (or triggered, or re-priced) order as a taker, then rest or end it."""
-    limit = o.price if o.type in _LIMITISH else o.protect
-    if o.tif == _FOK and not _fok_fillable(m, o, limit):
+    limit_minor = o.price if o.type in _LIMITISH else o.protect
+    if o.tif == _FOK and not _fok_fillable(m, o, limit_minor):
         _close(ledger, m, o, ev, OrderExpired, "FOK_NOT_FILLABLE", False)
         return
-    stopped = _match(st, ledger, m, o, limit, ev) if limit else "NO_LIQUIDITY"
+    stopped = _match(st, ledger, m, o, limit_minor, ev) if limit_minor else "NO_LIQUIDITY"
     if stopped == "SELF_TRADE_PREVENTED":
         _close(ledger, m, o, ev, OrderExpired, stopped, False)
     elif not o.qty:
