@@ -41,7 +41,7 @@ _OWNER_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
 _COID_RE = re.compile(r"[.A-Za-z0-9:/_\-]{1,36}")
 # A command's strings -> the enum members (one dict lookup validates and converts; a plain string
 # finds its member because a StrEnum member hashes and compares as its value).
-_SIDES = {Side.BUY: True, Side.SELL: False}
+_SIDES: dict[str, bool] = {Side.BUY: True, Side.SELL: False}
 _LIMITISH = frozenset((OrderType.LIMIT, OrderType.LIMIT_MAKER, OrderType.STOP_LIMIT))
 _TYPES: dict[str, OrderType] = {t.value: t for t in OrderType}
 _TIFS: dict[str, TimeInForce] = {t.value: t for t in TimeInForce}
