@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
@@ -25,12 +26,15 @@ from ringfence.trading.commands import (  # noqa: E402
     AmendOrder,
     CancelAll,
     CancelOrder,
+    OrderCanceled,
     OrderFilled,
     PlaceOrder,
     SetReferencePrice,
     Trade,
 )
+from ringfence.errors import InvariantViolation  # noqa: E402
 from ringfence.trading.state import market_of  # noqa: E402
+from ringfence.trading.vocabulary import INITIAL_STATUSES, ORDER_STATE_TABLE, TERMINAL_STATUSES, OrderStatus  # noqa: E402
 
 OWNERS = ("ann", "bob", "cat")
 BASE_PRICE = price("61000")
@@ -147,3 +151,52 @@ def test_self_trade_prevention_expiry_reads_expired_in_match() -> None:
     taker = max(history.orders)
     assert history.orders[taker].status == "EXPIRED_IN_MATCH"
     check_model(d, history)
+
+
+# ------------------------------------------------------------------ order status state machine
+
+
+@seed(20261204)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(commands(), min_size=1, max_size=40))
+def test_every_status_sequence_is_legal_and_ends_terminal(cmds: list[object]) -> None:
+    """Random order flows through the engine: every status sequence the read model reports (each
+    `order`/`trade` notification, so moves inside one command count too) starts at NEW and steps
+    along `ORDER_STATE_TABLE`; once every owner has cancelled everything, every order is terminal.
+    Checked against the table directly, not only through `order_status_transition` (which raises)."""
+    d, history = new_world()
+    seen: dict[int, list[str]] = {oid: [r.status] for oid, r in history.orders.items()}  # the ladder
+
+    def record(owner: str, kind: str, payload: object) -> None:
+        r = payload if kind == "order" else payload[0]  # type: ignore[index]
+        statuses = seen.setdefault(r.order_id, [])
+        # A repeated open status is a report without a move (an amend), except a further partial
+        # fill; a repeated terminal status would be a move (and illegal).
+        moved = not statuses or statuses[-1] != r.status or r.status in TERMINAL_STATUSES
+        if moved or (kind == "trade" and r.status == OrderStatus.PARTIALLY_FILLED):
+            statuses.append(r.status)
+
+    history.subscribers.append(record)
+    for c in [*cmds, *(CancelAll(owner, "BTCUSDT") for owner in (*OWNERS, "mm"))]:
+        history.feed(d.ts_ns, d.apply(c))
+        check_model(d, history)
+    assert not market_of(d.engine, "BTCUSDT").orders
+    for oid, statuses in seen.items():
+        assert statuses[0] in INITIAL_STATUSES, (oid, statuses)
+        for a, b in zip(statuses, statuses[1:]):
+            assert b in ORDER_STATE_TABLE[OrderStatus(a)], f"order {oid}: illegal {a} -> {b} in {statuses}"
+        assert statuses[-1] in TERMINAL_STATUSES, (oid, statuses)
+        assert history.orders[oid].status == statuses[-1]
+    assert set(seen) == set(history.orders)
+
+
+def test_an_illegal_event_sequence_raises_invariant_violation() -> None:
+    """A second ending for one order (CANCELED after FILLED) is a broken invariant, not a status."""
+    d, history = new_world()
+    events = d.apply(PlaceOrder("ann", "BTCUSDT", "BUY", "LIMIT", "IOC", price=BASE_PRICE + 37 * TICK, quantity=qty("0.0137")))
+    history.feed(d.ts_ns, events)
+    oid = max(history.orders)
+    assert history.orders[oid].status == "FILLED"
+    cancel = OrderCanceled("BTCUSDT", oid, "ann", "BUY", BASE_PRICE, 0, False, "USER_CANCELED", 0)
+    with pytest.raises(InvariantViolation, match="FILLED -> CANCELED"):
+        history.feed(d.ts_ns, [cancel])

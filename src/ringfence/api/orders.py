@@ -3,6 +3,10 @@
 Fed like the market-data read model (live node listeners, or a journal replay on start), so it is
 rebuilt exactly after a restart. It answers the private Binance endpoints (`order`, `openOrders`,
 `allOrders`, `myTrades`) and the user data stream. Every list is bounded per account.
+
+A record's status changes only through `order_status_transition` (the table in
+`ringfence.trading.vocabulary`): an event sequence that would move an order illegally (a second
+FILLED, a fill after CANCELED) raises `InvariantViolation` instead of being reported to a client.
 """
 
 from __future__ import annotations
@@ -20,10 +24,20 @@ from ..trading.commands import (
     OrderTriggered,
     Trade,
 )
+from ..trading.vocabulary import (
+    TERMINAL_STATUSES,
+    OrderStatus,
+    OrderType,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+    order_status_transition,
+)
 
 __all__ = ["OrderRecord", "OrderHistory", "FINAL_STATUSES"]
 
-FINAL_STATUSES = frozenset(("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"))
+FINAL_STATUSES = TERMINAL_STATUSES  # FILLED, CANCELED, EXPIRED, EXPIRED_IN_MATCH, REJECTED
+_STOPS = frozenset((OrderType.STOP_LIMIT, OrderType.STOP_MARKET))
 MAX_ORDERS_PER_ACCOUNT = 10_000
 MAX_TRADES_PER_ACCOUNT = 10_000
 
@@ -55,20 +69,20 @@ class OrderRecord:
         self.order_id = e.order_id
         self.owner = e.owner
         self.client_order_id = e.client_order_id
-        self.side = e.side
-        self.order_type = e.order_type
-        self.tif = e.tif
+        self.side = Side(e.side)
+        self.order_type = OrderType(e.order_type)
+        self.tif = TimeInForce(e.tif)
         self.price = e.price
         self.quantity = e.quantity
         self.quote_amount = e.quote_amount
         self.stop_price = e.stop_price
-        self.stp = e.stp
-        self.status = "NEW"
+        self.stp = SelfTradePrevention(e.stp)
+        self.status = OrderStatus.NEW
         self.executed = 0
         self.cum_quote = 0
         self.time_ms = ts_ms
         self.update_ms = ts_ms
-        self.working = e.order_type not in ("STOP_LIMIT", "STOP_MARKET")
+        self.working = self.order_type not in _STOPS  # a stop works once triggered
 
 
 class OrderHistory:
@@ -109,13 +123,14 @@ class OrderHistory:
             elif t is Trade:
                 self._trade(e, ts_ms, filling.get(e.taker_order_id) == e.trade_id)
             elif t is OrderCanceled:
-                self._finish(e.order_id, "CANCELED", ts_ms)
+                self._finish(e.order_id, OrderStatus.CANCELED, ts_ms)
             elif t is OrderExpired:
-                self._finish(e.order_id, "EXPIRED_IN_MATCH" if e.reason == "SELF_TRADE_PREVENTED" else "EXPIRED", ts_ms)
+                expired = OrderStatus.EXPIRED_IN_MATCH if e.reason == "SELF_TRADE_PREVENTED" else OrderStatus.EXPIRED
+                self._finish(e.order_id, expired, ts_ms)
             elif t is OrderFilled:
                 record = self.orders.get(e.order_id)
-                if record is not None and record.status != "FILLED":  # no Trade marked it (not expected)
-                    self._finish(e.order_id, "FILLED", ts_ms)
+                if record is not None and record.status != OrderStatus.FILLED:  # no Trade marked it (not expected)
+                    self._finish(e.order_id, OrderStatus.FILLED, ts_ms)
             elif t is OrderAmended:
                 record = self.orders.get(e.order_id)
                 if record is not None:
@@ -151,11 +166,12 @@ class OrderHistory:
             (e.maker_order_id, e.maker_leaves, e.maker_owner, e.maker_fee, True),
         ):
             record = self.orders.get(order_id)
-            is_buyer = (e.taker_side == "BUY") != is_maker
+            is_buyer = (e.taker_side == Side.BUY) != is_maker
             if record is not None:
                 record.executed += e.quantity
                 record.cum_quote += e.quote_qty
-                record.status = "FILLED" if leaves == 0 else "PARTIALLY_FILLED"
+                status = OrderStatus.FILLED if leaves == 0 else OrderStatus.PARTIALLY_FILLED
+                record.status = order_status_transition(record.status, status)
                 record.update_ms = ts_ms
                 if leaves == 0:
                     self.open.get(owner, {}).pop(order_id, None)
@@ -177,11 +193,11 @@ class OrderHistory:
             if record is not None:
                 self._notify(owner, "trade", (record, fill))
 
-    def _finish(self, order_id: int, status: str, ts_ms: int) -> None:
+    def _finish(self, order_id: int, status: OrderStatus, ts_ms: int) -> None:
         record = self.orders.get(order_id)
         if record is None:
             return
-        record.status = status
+        record.status = order_status_transition(record.status, status)
         record.update_ms = ts_ms
         self.open.get(record.owner, {}).pop(order_id, None)
         self._notify(record.owner, "order", record)

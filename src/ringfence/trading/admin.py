@@ -37,6 +37,7 @@ from .state import (
     _market,
     trading_state,
 )
+from .vocabulary import MarketStatus
 
 __all__: list[str] = []
 
@@ -120,7 +121,7 @@ def _precheck_status(engine: Engine, c: SetMarketStatus) -> None:
 def _set_status(engine: Engine, c: SetMarketStatus) -> list[Event]:
     _precheck_status(engine, c)
     m = _market(trading_state(engine), c.symbol)
-    m.status = c.status
+    m.status = MarketStatus(c.status)
     m.auto_reduce = False  # an operator's decision is not lifted by the band timer
     return [MarketStatusChanged(m.symbol, m.status, "OPERATOR")]
 

@@ -24,13 +24,14 @@ from bisect import bisect_left, insort
 from typing import Any
 
 from ..errors import InvariantViolation
+from .vocabulary import MarketStatus, OrderType, SelfTradePrevention, Side, TimeInForce
 
 __all__ = ["Order", "Level", "Market", "ACTIVE", "REDUCE_ONLY", "HALTED", "MARKET_STATUSES"]
 
-ACTIVE = "ACTIVE"
-REDUCE_ONLY = "REDUCE_ONLY"
-HALTED = "HALTED"
-MARKET_STATUSES = (ACTIVE, REDUCE_ONLY, HALTED)
+ACTIVE = MarketStatus.ACTIVE
+REDUCE_ONLY = MarketStatus.REDUCE_ONLY
+HALTED = MarketStatus.HALTED
+MARKET_STATUSES = tuple(MarketStatus)
 
 
 class Order:
@@ -64,8 +65,8 @@ class Order:
     id: int
     owner: str
     is_buy: bool
-    type: str
-    tif: str
+    type: OrderType
+    tif: TimeInForce
     price: int
     qty: int
     leaves: int
@@ -75,7 +76,7 @@ class Order:
     stop_price: int
     protect: int
     coid: str
-    stp: str
+    stp: SelfTradePrevention
     hold_id: int
     pay: Any
     recv: Any
@@ -87,8 +88,8 @@ class Order:
         self.level: Level | None = None
 
     @property
-    def side(self) -> str:
-        return "BUY" if self.is_buy else "SELL"
+    def side(self) -> Side:
+        return Side.BUY if self.is_buy else Side.SELL
 
     def row(self) -> list[Any]:
         """Plain-data form for snapshots (accounts are re-derived from the ledger on restore)."""
@@ -149,7 +150,7 @@ class Market:
         self.max_open_per_account = 200
         self.max_book_orders = 200_000
         self.max_levels = 20_000
-        self.status = ACTIVE
+        self.status: MarketStatus = ACTIVE
         self.auto_reduce = False  # REDUCE_ONLY was entered by the band timer (lifted by it too)
         self.out_of_band = False  # the last price is outside the band (since out_of_band_since_ns)
         self.out_of_band_since_ns = 0

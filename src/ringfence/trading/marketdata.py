@@ -35,8 +35,11 @@ from .commands import (
     OrderRested,
     Trade,
 )
+from .vocabulary import Side
 
 __all__ = ["MarketData", "SymbolData", "KLINE_INTERVALS_NS"]
+
+_BUY, _SELL = Side.BUY, Side.SELL  # module constants: cheaper than `Side.BUY` per event
 
 _MIN = 60 * 10**9
 KLINE_INTERVALS_NS = {
@@ -192,7 +195,7 @@ class MarketData:
                 continue
             touched[symbol] = sd
             if t is OrderRested:
-                is_buy = e.side == "BUY"
+                is_buy = e.side == _BUY
                 sd.orders[e.order_id] = [is_buy, e.price, e.leaves, e.owner]
                 sd._level(is_buy, e.price, e.leaves)
                 sd.l3.append(["add", seq, e.order_id, e.side, e.price, e.leaves])
@@ -235,10 +238,10 @@ class MarketData:
                 "qty": e.quantity,
                 "quote_qty": e.quote_qty,
                 "ts_ns": ts_ns,
-                "is_buyer_maker": e.taker_side == "SELL",
+                "is_buyer_maker": e.taker_side == _SELL,
             }
         )
-        taker_buy = e.taker_side == "BUY"
+        taker_buy = e.taker_side == _BUY
         taker_buy_qty = e.quantity if taker_buy else 0
         taker_buy_quote = e.quote_qty if taker_buy else 0
         for name, width in KLINE_INTERVALS_NS.items():

@@ -48,14 +48,27 @@ from .state import (
     _PPM,
     TradingState,
 )
+from .vocabulary import OrderType, SelfTradePrevention, Side, TimeInForce
 
 __all__: list[str] = []
+
+# Members as module constants: `Side.BUY` is an attribute lookup on the enum class (~0.1 µs in
+# CPython 3.11), a global is ~10x cheaper, and the matching loop reads them per fill.
+_BUY, _SELL = Side.BUY, Side.SELL
+_GTC, _FOK = TimeInForce.GTC, TimeInForce.FOK
+_STOP_LIMIT = OrderType.STOP_LIMIT
+_STP_NONE = SelfTradePrevention.NONE
+_EXPIRE_TAKER, _EXPIRE_MAKER, _EXPIRE_BOTH = (
+    SelfTradePrevention.EXPIRE_TAKER,
+    SelfTradePrevention.EXPIRE_MAKER,
+    SelfTradePrevention.EXPIRE_BOTH,
+)
 
 
 def _close(ledger: Any, m: Market, o: Order, ev: list[Event], cls: type, reason: str, was_resting: bool) -> None:
     released = ledger.end_hold(o.hold_id)
     leaves = o.leaves if o.qty else 0  # orders by quote amount report no base remainder
-    ev.append(cls(m.symbol, o.id, o.owner, "BUY" if o.is_buy else "SELL", o.price, leaves, was_resting, reason, released))
+    ev.append(cls(m.symbol, o.id, o.owner, _BUY if o.is_buy else _SELL, o.price, leaves, was_resting, reason, released))
 
 
 
@@ -73,61 +86,74 @@ def _take_out(m: Market, o: Order) -> bool:
 # ------------------------------------------------------------------------------ matching
 
 
-def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, p: int, q: int, ev: list[Event]) -> None:
-    """Settle one fill of `q` base at `p` between taker `t` and maker `mk` (see module docstring)."""
-    n = p * q // m.base_scale
+def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, price_minor: int, qty_minor: int, ev: list[Event]) -> None:
+    """Settle one fill of `qty_minor` base minor units at `price_minor` (quote minor units per whole
+    base unit) between taker `t` and maker `mk` (see module docstring)."""
+    notional_minor = price_minor * qty_minor // m.base_scale
     tiers, account_tier = st.tiers, st.account_tier
-    t_rate = tiers[account_tier.get(t.owner, 0)][1]
-    m_rate = tiers[account_tier.get(mk.owner, 0)][0]
+    taker_rate_ppm = tiers[account_tier.get(t.owner, 0)][1]
+    maker_rate_ppm = tiers[account_tier.get(mk.owner, 0)][0]
     if t.is_buy:
-        buyer, seller, b_rate, s_rate = t, mk, t_rate, m_rate
+        buyer, seller, buyer_rate_ppm, seller_rate_ppm = t, mk, taker_rate_ppm, maker_rate_ppm
     else:
-        buyer, seller, b_rate, s_rate = mk, t, m_rate, t_rate
-    b_fee = -(-q * b_rate // _PPM)  # ceil: fees round up to the minor unit
-    s_fee = -(-n * s_rate // _PPM)
-    b_shield = b_fee // 10  # the shield fund's share rounds down; fees get the rest
-    s_shield = s_fee // 10
+        buyer, seller, buyer_rate_ppm, seller_rate_ppm = mk, t, maker_rate_ppm, taker_rate_ppm
+    buyer_fee_minor = -(-qty_minor * buyer_rate_ppm // _PPM)  # ceil: fees round up to the minor unit
+    seller_fee_minor = -(-notional_minor * seller_rate_ppm // _PPM)
+    buyer_shield_minor = buyer_fee_minor // 10  # the shield fund's share rounds down; fees get the rest
+    seller_shield_minor = seller_fee_minor // 10
     # The ledger checks the holds cover the fill and the parts add up; it halts the shard if not.
-    ledger.settle_fill(m.clearing, buyer.hold_id, seller.hold_id, buyer.recv, seller.recv, q, n, b_fee, b_shield, s_fee, s_shield)
-    t.leaves -= q
-    t.filled += q
-    t.cum_quote += n
+    ledger.settle_fill(
+        m.clearing,
+        buyer.hold_id,
+        seller.hold_id,
+        buyer.recv,
+        seller.recv,
+        qty_minor,
+        notional_minor,
+        buyer_fee_minor,
+        buyer_shield_minor,
+        seller_fee_minor,
+        seller_shield_minor,
+    )
+    t.leaves -= qty_minor
+    t.filled += qty_minor
+    t.cum_quote += notional_minor
     qmode = not t.qty
     if qmode:
-        t.quote_left -= n
-    mk.leaves -= q
-    mk.filled += q
-    mk.cum_quote += n
-    mk.level.total -= q  # type: ignore[union-attr]
-    m.last_price = p
+        t.quote_left -= notional_minor
+    mk.leaves -= qty_minor
+    mk.filled += qty_minor
+    mk.cum_quote += notional_minor
+    mk.level.total -= qty_minor  # type: ignore[union-attr]
+    m.last_price = price_minor
     tid = st.next_trade_id
     st.next_trade_id = tid + 1
     if t.is_buy:
-        t_fee, m_fee = b_fee, s_fee
+        taker_fee_minor, maker_fee_minor = buyer_fee_minor, seller_fee_minor
     else:
-        t_fee, m_fee = s_fee, b_fee
+        taker_fee_minor, maker_fee_minor = seller_fee_minor, buyer_fee_minor
     ev.append(
         Trade(
             m.symbol,
             tid,
-            p,
-            q,
-            n,
-            "BUY" if t.is_buy else "SELL",
+            price_minor,
+            qty_minor,
+            notional_minor,
+            _BUY if t.is_buy else _SELL,
             t.id,
             mk.id,
             t.owner,
             mk.owner,
-            t_fee,
-            m_fee,
+            taker_fee_minor,
+            maker_fee_minor,
             t.quote_left if qmode else t.leaves,
             mk.leaves,
         )
     )
 
 
-def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit: int, ev: list[Event]) -> str:
-    """Match taker `t` against the book up to `limit`. Returns why it stopped early ('' if not)."""
+def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int, ev: list[Event]) -> str:
+    """Match taker `t` against the book up to `limit_minor`. Returns why it stopped early ('' if not)."""
     is_buy = t.is_buy
     if is_buy:
         book, prices = m.asks, m.ask_prices
@@ -135,17 +161,17 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit: int, ev: l
         book, prices = m.bids, m.bid_prices
     lo, hi = m.band_lo, m.band_hi
     stp = t.stp
-    stp_on = stp != "NONE"
+    stp_on = stp != _STP_NONE
     owner = t.owner
     qmode = not t.qty  # an order by quote amount
     scale, lot = m.base_scale, m.lot
     while prices:
-        p = prices[0] if is_buy else prices[-1]
-        if (p > limit) if is_buy else (p < limit):
+        price_minor = prices[0] if is_buy else prices[-1]
+        if (price_minor > limit_minor) if is_buy else (price_minor < limit_minor):
             return ""
-        level = book[p]
+        level = book[price_minor]
         mk = level.head
-        if hi and not lo <= p <= hi:
+        if hi and not lo <= price_minor <= hi:
             # A resting price the band has left behind would print outside the band: expire it.
             while mk is not None:
                 nxt = mk.next
@@ -155,27 +181,27 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit: int, ev: l
             continue
         while mk is not None:
             if stp_on and mk.owner == owner:
-                if stp == "EXPIRE_TAKER":
+                if stp == _EXPIRE_TAKER:
                     return "SELF_TRADE_PREVENTED"
                 nxt = mk.next
                 _take_out(m, mk)
                 _close(ledger, m, mk, ev, OrderExpired, "SELF_TRADE_PREVENTED", True)
-                if stp == "EXPIRE_BOTH":
+                if stp == _EXPIRE_BOTH:
                     return "SELF_TRADE_PREVENTED"
                 mk = nxt
                 continue
-            q = mk.leaves
+            qty_minor = mk.leaves
             if qmode:
-                cap = t.quote_left * scale // p // lot * lot
-                if not is_buy and cap > t.leaves:
-                    cap = t.leaves
-                if cap == 0:
+                cap_minor = t.quote_left * scale // price_minor // lot * lot
+                if not is_buy and cap_minor > t.leaves:
+                    cap_minor = t.leaves
+                if cap_minor == 0:
                     return "QUOTE_SPENT"
-                if q > cap:
-                    q = cap
-            elif q > t.leaves:
-                q = t.leaves
-            _fill(st, ledger, m, t, mk, p, q, ev)
+                if qty_minor > cap_minor:
+                    qty_minor = cap_minor
+            elif qty_minor > t.leaves:
+                qty_minor = t.leaves
+            _fill(st, ledger, m, t, mk, price_minor, qty_minor, ev)
             if mk.leaves == 0:
                 nxt = mk.next
                 m.unlink(mk)
@@ -187,48 +213,48 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit: int, ev: l
     return ""
 
 
-def _fok_fillable(m: Market, t: Order, limit: int) -> bool:
+def _fok_fillable(m: Market, t: Order, limit_minor: int) -> bool:
     """Could `t` fill completely right now (honouring the band and its self-trade mode)?"""
-    need = t.leaves
-    have = 0
+    need_minor = t.leaves
+    have_minor = 0
     is_buy = t.is_buy
     if is_buy:
         book, it = m.asks, iter(m.ask_prices)
     else:
         book, it = m.bids, reversed(m.bid_prices)
     lo, hi = m.band_lo, m.band_hi
-    per_order = t.stp != "NONE" and t.owner in m.by_owner
-    for p in it:
-        if (p > limit) if is_buy else (p < limit):
+    per_order = t.stp != _STP_NONE and t.owner in m.by_owner
+    for price_minor in it:
+        if (price_minor > limit_minor) if is_buy else (price_minor < limit_minor):
             break
-        if hi and not lo <= p <= hi:
+        if hi and not lo <= price_minor <= hi:
             continue
-        level = book[p]
+        level = book[price_minor]
         if not per_order:
-            have += level.total
+            have_minor += level.total
         else:
             o = level.head
             while o is not None:
                 if o.owner == t.owner:
-                    if t.stp != "EXPIRE_MAKER":
-                        return have >= need
+                    if t.stp != _EXPIRE_MAKER:
+                        return have_minor >= need_minor
                 else:
-                    have += o.leaves
-                    if have >= need:
+                    have_minor += o.leaves
+                    if have_minor >= need_minor:
                         return True
                 o = o.next
-        if have >= need:
+        if have_minor >= need_minor:
             return True
-    return have >= need
+    return have_minor >= need_minor
 
 
 def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]) -> None:
     """Run an accepted (or triggered, or re-priced) order as a taker, then rest or end it."""
-    limit = o.price if o.type in _LIMITISH else o.protect
-    if o.tif == "FOK" and not _fok_fillable(m, o, limit):
+    limit_minor = o.price if o.type in _LIMITISH else o.protect
+    if o.tif == _FOK and not _fok_fillable(m, o, limit_minor):
         _close(ledger, m, o, ev, OrderExpired, "FOK_NOT_FILLABLE", False)
         return
-    stopped = _match(st, ledger, m, o, limit, ev) if limit else "NO_LIQUIDITY"
+    stopped = _match(st, ledger, m, o, limit_minor, ev) if limit_minor else "NO_LIQUIDITY"
     if stopped == "SELF_TRADE_PREVENTED":
         _close(ledger, m, o, ev, OrderExpired, stopped, False)
     elif not o.qty:
@@ -237,20 +263,20 @@ def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]
         # read model above all) learn here that the order is finished and what was given back.
         if o.filled and (stopped == "QUOTE_SPENT" or o.quote_left == 0 or o.leaves == 0):
             released = ledger.end_hold(o.hold_id)
-            ev.append(OrderFilled(m.symbol, o.id, o.owner, "BUY" if o.is_buy else "SELL", o.quote_left, released))
+            ev.append(OrderFilled(m.symbol, o.id, o.owner, _BUY if o.is_buy else _SELL, o.quote_left, released))
         else:
             # nothing filled: the quote could not buy one lot, or the book/protection price stopped it
             _close(ledger, m, o, ev, OrderExpired, "NOT_FULLY_FILLED", False)
     elif o.leaves == 0:
         ledger.end_hold(o.hold_id)  # FILLED: give back what a buy below its limit did not spend
-    elif o.tif == "GTC" and o.type in _LIMITISH:
+    elif o.tif == _GTC and o.type in _LIMITISH:
         if o.is_buy:
             excess = ledger.hold_remaining(o.hold_id) - o.leaves * o.price // m.base_scale
             if excess:
                 ledger.resize_hold(o.hold_id, -excess)
         m.rest(o)
         m.index(o)
-        ev.append(OrderRested(m.symbol, o.id, o.owner, "BUY" if o.is_buy else "SELL", o.price, o.leaves))
+        ev.append(OrderRested(m.symbol, o.id, o.owner, _BUY if o.is_buy else _SELL, o.price, o.leaves))
     else:
         _close(ledger, m, o, ev, OrderExpired, "NOT_FULLY_FILLED", False)
 
@@ -277,7 +303,7 @@ def _trigger_stops(st: TradingState, ledger: Any, m: Market, ev: list[Event]) ->
             o = m.orders[oid]
             m.unindex(o)
             ev.append(OrderTriggered(m.symbol, oid, last))
-            if o.type == "STOP_LIMIT":
+            if o.type == _STOP_LIMIT:
                 if not m.in_band(o.price):
                     _close(ledger, m, o, ev, OrderExpired, "PRICE_OUTSIDE_BAND", False)
                     continue

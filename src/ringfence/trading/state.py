@@ -12,6 +12,7 @@ from ..engine.core import Engine
 from .module import MODULE
 from ..errors import InvariantViolation, NotFound
 from .book import Market, Order
+from .vocabulary import MarketStatus, OrderType, SelfTradePrevention, Side, TimeInForce
 
 __all__ = [
     "TradingState",
@@ -39,11 +40,13 @@ MAX_LEVELS_CAP = 1_000_000
 _SYMBOL_RE = re.compile(r"[A-Z0-9]{2,20}")
 _OWNER_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
 _COID_RE = re.compile(r"[.A-Za-z0-9:/_\-]{1,36}")
-_SIDES = {"BUY": True, "SELL": False}
-_LIMITISH = frozenset(("LIMIT", "LIMIT_MAKER", "STOP_LIMIT"))
-_TYPES = frozenset(("LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LIMIT", "STOP_MARKET"))
-_TIFS = frozenset(("GTC", "IOC", "FOK"))
-_STPS = frozenset(("NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"))
+# A command's strings -> the enum members (one dict lookup validates and converts; a plain string
+# finds its member because a StrEnum member hashes and compares as its value).
+_SIDES: dict[str, bool] = {Side.BUY: True, Side.SELL: False}
+_LIMITISH = frozenset((OrderType.LIMIT, OrderType.LIMIT_MAKER, OrderType.STOP_LIMIT))
+_TYPES: dict[str, OrderType] = {t.value: t for t in OrderType}
+_TIFS: dict[str, TimeInForce] = {t.value: t for t in TimeInForce}
+_STPS: dict[str, SelfTradePrevention] = {s.value: s for s in SelfTradePrevention}
 _PPM = 1_000_000
 #: Owners already seen to be well-formed (a pure cache: validation gives the same answer without it).
 _VALID_OWNERS: set[str] = set()
@@ -152,6 +155,7 @@ def _restore(engine: Engine, data: list[Any]) -> TradingState:
         for name, value in zip(_MARKET_CONFIG, config):
             setattr(m, name, value)
         m.status, m.auto_reduce, m.out_of_band, m.out_of_band_since_ns, ref, m.last_price = status
+        m.status = MarketStatus(m.status)
         m.set_reference(ref)
         _bind_accounts(ledger, m)
         for row in resting:
@@ -187,6 +191,8 @@ def _order_from_row(ledger: Any, m: Market, row: list[Any]) -> Order:
         o.hold_id,
         o.ts_ns,
     ) = row
+    # Snapshots hold the strings; the engine works with the members.
+    o.type, o.tif, o.stp = OrderType(o.type), TimeInForce(o.tif), SelfTradePrevention(o.stp)
     pay_asset, recv_asset = (m.quote, m.base) if o.is_buy else (m.base, m.quote)
     o.pay = ledger.get(o.owner, pay_asset, "available", m.segment)
     o.recv = ledger.get(o.owner, recv_asset, "available", m.segment)
