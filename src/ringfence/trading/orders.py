@@ -5,7 +5,7 @@ event (with a reason code from `REASONS`) and changes nothing. Accepted orders r
 matching loop in `matching.py`.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..engine.commands import Event
 from ..engine.core import Engine
@@ -113,76 +113,125 @@ def _qty_problem(m: Market, qty: int) -> tuple[str, str] | None:
 # ------------------------------------------------------------------------------ place
 
 
+class _Refusal(NamedTuple):
+    """Why a new order is refused: a stable reason (`REASONS`), the field at fault, a message."""
+
+    reason: str
+    field: str
+    message: str
+
+
 def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry_run: bool = False) -> None:
     """Check a new order against every market rule and the owner's balance, then place it.
 
     With `dry_run` (`check_place`, for the API's `order/test`) it stops where placing would start
-    mutating, and it does not run the band timer (which may change the market's status).
+    mutating, and it does not run the band timer (which may change the market's status). Every
+    check runs before the first change (validate, then execute).
     """
     m = st.markets.get(c.symbol)
     if m is None:
         return _reject(ev, "PLACE", c, "UNKNOWN_MARKET", "symbol", f"unknown market {c.symbol!r}")
+    parsed = _parse_order(c)
+    if isinstance(parsed, _Refusal):
+        return _reject(ev, "PLACE", c, *parsed)
+    is_buy, typ, tif, stp = parsed
+    if (m.band_hi or m.out_of_band) and not dry_run:
+        _band_watch(m, engine.now_ns, ev)
+    refusal = _market_refusal(m, c, is_buy, typ, tif)
+    if refusal is not None:
+        return _reject(ev, "PLACE", c, *refusal)
+    protect_minor, hold_minor = _protection_and_hold(m, c, is_buy, typ)
+    ledger = engine.ledger
+    segment = m.segment
+    pay_asset, recv_asset = (m.quote, m.base) if is_buy else (m.base, m.quote)
+    pay = ledger.find(c.owner, pay_asset, "available", segment)
+    if hold_minor:
+        if pay is None or not ledger.can_hold(pay, hold_minor):
+            return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
+    recv = ledger.find(c.owner, recv_asset, "available", segment)
+    if (recv is None or pay is None) and not ledger.can_open_accounts((recv is None) + (pay is None)):
+        return _reject(ev, "PLACE", c, "SHARD_FULL", "owner", "this shard cannot open more accounts; contact support")
+    if dry_run:
+        return
+    # ---- every check passed: mutate from here on ----
+    if recv is None:
+        recv = ledger.open_account(c.owner, recv_asset, "available", segment)[0]
+    if pay is None:
+        pay = ledger.open_account(c.owner, pay_asset, "available", segment)[0]
+    _open_order(engine, st, m, c, (is_buy, typ, tif, stp), pay, recv, protect_minor, hold_minor, ev)
+
+
+def _parse_order(c: PlaceOrder) -> tuple[bool, Any, Any, Any] | _Refusal:
+    """The order's own fields, each checked and turned into its value type: (is_buy, type, time in
+    force, STP mode). Needs no market; changes nothing but the owner-name cache."""
     is_buy = _SIDES.get(c.side)
     if is_buy is None:
-        return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "side", "side must be BUY or SELL")
+        return _Refusal("INVALID_PARAMETER", "side", "side must be BUY or SELL")
     owner, coid = c.owner, c.client_order_id
     typ = _TYPES.get(c.order_type)
     if typ is None:
-        return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "order_type", f"type must be one of {', '.join(sorted(_TYPES))}")
+        return _Refusal("INVALID_PARAMETER", "order_type", f"type must be one of {', '.join(sorted(_TYPES))}")
     tif = _TIFS.get(c.tif)
     if tif is None:
-        return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "tif", "tif must be GTC, IOC or FOK")
+        return _Refusal("INVALID_PARAMETER", "tif", "tif must be GTC, IOC or FOK")
     stp = _STPS.get(c.stp)
     if stp is None:
-        return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
+        return _Refusal("INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
     if owner not in _VALID_OWNERS:
         if not _OWNER_RE.fullmatch(owner):
-            return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "owner", "owner must be 1-64 characters of a-z, 0-9, '_', '.', '-'")
+            return _Refusal("INVALID_PARAMETER", "owner", "owner must be 1-64 characters of a-z, 0-9, '_', '.', '-'")
         if len(_VALID_OWNERS) >= 1_000_000:
             _VALID_OWNERS.clear()
         _VALID_OWNERS.add(owner)
     if coid and not _COID_RE.fullmatch(coid):
-        return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "client_order_id", "client_order_id must match ^[.A-Za-z0-9:/_-]{1,36}$")
+        return _Refusal("INVALID_PARAMETER", "client_order_id", "client_order_id must match ^[.A-Za-z0-9:/_-]{1,36}$")
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
     if not (0 <= price_minor <= MAX_PRICE and 0 <= stop_minor <= MAX_PRICE and 0 <= qty_minor <= MAX_QTY and 0 <= quote_minor <= MAX_QTY):
         for value, name, hi in ((price_minor, "price", MAX_PRICE), (stop_minor, "stop_price", MAX_PRICE), (qty_minor, "quantity", MAX_QTY), (quote_minor, "quote_amount", MAX_QTY)):
             if not 0 <= value <= hi:
-                return _reject(ev, "PLACE", c, "INVALID_PARAMETER", name, f"{name} must be between 0 and {hi}")
+                return _Refusal("INVALID_PARAMETER", name, f"{name} must be between 0 and {hi}")
     limitish = typ in _LIMITISH
     if limitish:
         if not price_minor or not qty_minor or quote_minor:
-            return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "price" if not price_minor else "quantity", f"{typ} needs price and quantity (and no quote_amount)")
+            return _Refusal("INVALID_PARAMETER", "price" if not price_minor else "quantity", f"{typ} needs price and quantity (and no quote_amount)")
     elif typ == _MARKET:
         if (qty_minor > 0) == (quote_minor > 0):
-            return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "quantity", "MARKET needs exactly one of quantity and quote_amount")
+            return _Refusal("INVALID_PARAMETER", "quantity", "MARKET needs exactly one of quantity and quote_amount")
     elif not qty_minor or quote_minor or price_minor:  # STOP_MARKET
-        return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "quantity", "STOP_MARKET needs quantity and stop_price only")
+        return _Refusal("INVALID_PARAMETER", "quantity", "STOP_MARKET needs quantity and stop_price only")
     is_stop = typ == _STOP_LIMIT or typ == _STOP_MARKET
     if is_stop != (stop_minor > 0):
-        return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "stop_price", "stop_price is required for stop orders and only for them")
+        return _Refusal("INVALID_PARAMETER", "stop_price", "stop_price is required for stop orders and only for them")
     if typ == _LIMIT_MAKER and tif != _GTC:
-        return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "tif", "LIMIT_MAKER is always GTC")
+        return _Refusal("INVALID_PARAMETER", "tif", "LIMIT_MAKER is always GTC")
     if not limitish and tif == _FOK:
-        return _reject(ev, "PLACE", c, "INVALID_PARAMETER", "tif", "market orders are IOC; FOK needs a limit price")
-    if (m.band_hi or m.out_of_band) and not dry_run:
-        _band_watch(m, engine.now_ns, ev)
+        return _Refusal("INVALID_PARAMETER", "tif", "market orders are IOC; FOK needs a limit price")
+    return is_buy, typ, tif, stp
+
+
+def _market_refusal(m: Market, c: PlaceOrder, is_buy: bool, typ: Any, tif: Any) -> _Refusal | None:
+    """The market's rules for a well-formed order: status, tick, lot, band (price and stop price),
+    minimum notional, stop trigger, post-only, duplicate client id, open-order and book limits."""
+    price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
+    limitish = typ in _LIMITISH
+    is_stop = typ == _STOP_LIMIT or typ == _STOP_MARKET
     if m.status != ACTIVE:
-        return _reject(ev, "PLACE", c, "MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted")
+        return _Refusal("MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted")
     tick, scale = m.tick, m.base_scale
     if price_minor % tick:
-        return _reject(ev, "PLACE", c, "PRICE_NOT_ON_TICK", "price", f"price must be a multiple of the tick size {tick}")
+        return _Refusal("PRICE_NOT_ON_TICK", "price", f"price must be a multiple of the tick size {tick}")
     if stop_minor % tick:
-        return _reject(ev, "PLACE", c, "PRICE_NOT_ON_TICK", "stop_price", f"stop_price must be a multiple of the tick size {tick}")
+        return _Refusal("PRICE_NOT_ON_TICK", "stop_price", f"stop_price must be a multiple of the tick size {tick}")
     if qty_minor:
         problem = _qty_problem(m, qty_minor)
         if problem is not None:
-            return _reject(ev, "PLACE", c, problem[0], "quantity", problem[1])
+            return _Refusal(problem[0], "quantity", problem[1])
     if limitish and m.band_hi and not m.band_lo <= price_minor <= m.band_hi:
-        return _reject(ev, "PLACE", c, "PRICE_OUTSIDE_BAND", "price", f"price must lie within {m.band_lo}..{m.band_hi} (the band around the reference price)")
+        return _Refusal("PRICE_OUTSIDE_BAND", "price", f"price must lie within {m.band_lo}..{m.band_hi} (the band around the reference price)")
     # A stop price gets the limit price's checks: a trigger the band could never reach is refused
     # now rather than resting for ever (and holding funds against an absurd price).
     if is_stop and m.band_hi and not m.band_lo <= stop_minor <= m.band_hi:
-        return _reject(ev, "PLACE", c, "PRICE_OUTSIDE_BAND", "stop_price", f"stop_price must lie within {m.band_lo}..{m.band_hi} (the band around the reference price)")
+        return _Refusal("PRICE_OUTSIDE_BAND", "stop_price", f"stop_price must lie within {m.band_lo}..{m.band_hi} (the band around the reference price)")
     if m.min_notional:
         if limitish:
             notional_minor = price_minor * qty_minor // scale
@@ -194,23 +243,33 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
             ref = m.ref_price or m.last_price
             notional_minor = ref * qty_minor // scale if ref else m.min_notional
         if notional_minor < m.min_notional:
-            return _reject(ev, "PLACE", c, "BELOW_MIN_NOTIONAL", "quantity", f"price * quantity must be at least {m.min_notional}")
+            return _Refusal("BELOW_MIN_NOTIONAL", "quantity", f"price * quantity must be at least {m.min_notional}")
     last = m.last_price
     if is_stop and last and ((is_buy and last >= stop_minor) or (not is_buy and last <= stop_minor)):
-        return _reject(ev, "PLACE", c, "STOP_WOULD_TRIGGER_IMMEDIATELY", "stop_price", f"the last price {last} has already reached stop_price")
+        return _Refusal("STOP_WOULD_TRIGGER_IMMEDIATELY", "stop_price", f"the last price {last} has already reached stop_price")
     if typ == _LIMIT_MAKER and m.crosses(is_buy, price_minor):
-        return _reject(ev, "PLACE", c, "POST_ONLY_WOULD_TAKE", "price", "a post-only order must not take liquidity")
+        return _Refusal("POST_ONLY_WOULD_TAKE", "price", "a post-only order must not take liquidity")
+    owner, coid = c.owner, c.client_order_id
     if coid and (owner, coid) in m.coids:
-        return _reject(ev, "PLACE", c, "DUPLICATE_CLIENT_ORDER_ID", "client_order_id", "an open order of this account already uses this client_order_id")
-    can_rest = (limitish and tif == _GTC) or is_stop
-    if can_rest:
+        return _Refusal("DUPLICATE_CLIENT_ORDER_ID", "client_order_id", "an open order of this account already uses this client_order_id")
+    if (limitish and tif == _GTC) or is_stop:  # it can rest
         owned = m.by_owner.get(owner)
         if owned is not None and len(owned) >= m.max_open_per_account:
-            return _reject(ev, "PLACE", c, "TOO_MANY_OPEN_ORDERS", "symbol", f"at most {m.max_open_per_account} open orders per account in {m.symbol}")
+            return _Refusal("TOO_MANY_OPEN_ORDERS", "symbol", f"at most {m.max_open_per_account} open orders per account in {m.symbol}")
         if limitish and not is_stop:
             if m.book_orders >= m.max_book_orders or m.level_limit_reached(is_buy, price_minor):
-                return _reject(ev, "PLACE", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit")
-    # The protection price of market orders, and what to hold.
+                return _Refusal("BOOK_FULL", "price", f"the {m.symbol} book is at its size limit")
+    return None
+
+
+def _protection_and_hold(m: Market, c: PlaceOrder, is_buy: bool, typ: Any) -> tuple[int, int]:
+    """(protection price, amount to hold) of a new order, in quote minor units per base unit and in
+    the paying asset's minor units. A market order's protection price is the best opposite price
+    moved by the market's slippage (clamped to the band); a buy holds what its limit, protection
+    price or quote amount can cost, a sell its quantity (by quote amount: enough base to raise the
+    quote at the protection price, rounded up to a lot). Every rounding is against the user."""
+    price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
+    tick, scale = m.tick, m.base_scale
     protect_minor = 0
     if typ == _MARKET:
         if price_minor:
@@ -227,7 +286,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     elif typ == _STOP_MARKET:
         protect_minor = stop_minor * (_PPM + m.slippage_ppm) // _PPM // tick * tick if is_buy else -(-stop_minor * (_PPM - m.slippage_ppm) // _PPM // tick) * tick
     if is_buy:
-        hold_minor = quote_minor if quote_minor else (price_minor if limitish else protect_minor) * qty_minor // scale
+        hold_minor = quote_minor if quote_minor else (price_minor if typ in _LIMITISH else protect_minor) * qty_minor // scale
     elif quote_minor:
         # Enough base to raise `quote_amount` even at the protection price, rounded up to a lot.
         base_needed_minor = -(-quote_minor * scale // protect_minor) if protect_minor else 0
@@ -236,24 +295,19 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
         hold_minor = qty_minor
     if typ == _MARKET and not protect_minor:
         hold_minor = 0  # an empty opposite side: accepted and expired at once, nothing held
+    return protect_minor, hold_minor
+
+
+def _open_order(
+    engine: Engine, st: TradingState, m: Market, c: PlaceOrder, parsed: tuple[bool, Any, Any, Any],
+    pay: Any, recv: Any, protect_minor: int, hold_minor: int, ev: list[Event],
+) -> None:
+    """Create the checked order, hold its funds through the ledger, then rest it (a stop) or match it."""
+    is_buy, typ, tif, stp = parsed
     ledger = engine.ledger
-    segment = m.segment
-    pay_asset, recv_asset = (m.quote, m.base) if is_buy else (m.base, m.quote)
-    find = ledger.find
-    pay = find(owner, pay_asset, "available", segment)
-    if hold_minor:
-        if pay is None or not ledger.can_hold(pay, hold_minor):
-            return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
-    recv = find(owner, recv_asset, "available", segment)
-    if (recv is None or pay is None) and not ledger.can_open_accounts((recv is None) + (pay is None)):
-        return _reject(ev, "PLACE", c, "SHARD_FULL", "owner", "this shard cannot open more accounts; contact support")
-    if dry_run:
-        return
-    # ---- every check passed: mutate from here on ----
-    if recv is None:
-        recv = ledger.open_account(owner, recv_asset, "available", segment)[0]
-    if pay is None:
-        pay = ledger.open_account(owner, pay_asset, "available", segment)[0]
+    owner, coid = c.owner, c.client_order_id
+    price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
+    limitish = typ in _LIMITISH
     o = Order()
     oid = st.next_order_id
     st.next_order_id = oid + 1
@@ -282,7 +336,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     if not hold_minor:  # a market order that met an empty book: nothing was held, nothing can fill
         ev.append(OrderExpired(m.symbol, oid, owner, c.side, 0, qty_minor, False, "NO_LIQUIDITY", 0))
         return
-    if is_stop:
+    if typ == _STOP_LIMIT or typ == _STOP_MARKET:
         m.index(o)
         m.add_stop(o)
         return
