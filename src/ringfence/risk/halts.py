@@ -437,16 +437,19 @@ def _scopes_of(engine: Engine, command: Any) -> list[tuple[str, str]]:
     if isinstance(transfers, list) and transfers:
         ledger = engine.ledger
         n = len(ledger.accounts)
-        seen_assets: set[str] = set()
+        # Every account's asset and segment counts: deduplicating by asset alone let `world -> a
+        # spot account` (world first, segment "-") pass a spot halt (found by the simulation).
+        seen: set[tuple[str, str]] = set()
         for t in transfers:
             for aid in (getattr(t, "debit_account_id", 0), getattr(t, "credit_account_id", 0)):
                 if isinstance(aid, int) and 0 < aid < n:
                     acc = ledger.accounts[aid]
-                    if acc is not None and acc.asset not in seen_assets:
-                        seen_assets.add(acc.asset)
-                        out.append(("asset", acc.asset))
-                        if acc.segment != "-":
-                            out.append(("segment", acc.segment))
+                    if acc is None:
+                        continue
+                    for scope in (("asset", acc.asset), ("segment", acc.segment)):
+                        if scope not in seen and scope[1] != "-":
+                            seen.add(scope)
+                            out.append(scope)
     return out
 
 
@@ -508,7 +511,9 @@ def _order_price_qty(engine: Engine, symbol: str, order_id: int) -> tuple[int, i
     order = orders.get(order_id) if isinstance(orders, dict) else None
     if order is None:
         return None
-    return getattr(order, "price", 0), getattr(order, "quantity", getattr(order, "leaves", 0))
+    # `qty` is the order's total quantity (an amend names a new total); `Order` has no `quantity`,
+    # and falling back to `leaves` refused reducing amends of partly filled orders (found by the sim).
+    return getattr(order, "price", 0), getattr(order, "qty", 0)
 
 
 @register_guard

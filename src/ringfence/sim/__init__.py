@@ -1,0 +1,10 @@
+"""Deterministic simulation of one engine shard, checked step by step by an independent auditor.
+
+`runner.py` drives a real node (every module, crashes, torn writes, snapshots); `model.py` is the
+auditor, a second and deliberately simple implementation of what each command must do; `probe.py`
+is the only code that reads the engine's state for the comparison. See docs/engine.md.
+"""
+
+from .runner import ACTIONS, SimulationFailure, SimulationResult, run_simulation
+
+__all__ = ["run_simulation", "SimulationFailure", "SimulationResult", "ACTIONS"]

@@ -1,0 +1,1021 @@
+"""Deterministic simulation (TigerBeetle's VOPR) of one durable engine shard, checked by an auditor.
+
+`run_simulation(seed, steps, data_dir)` drives a real `Node` on real files with a seeded stream of
+valid and invalid commands for every module — ledger transfers and two-phase holds; spot orders
+(limit GTC/IOC/FOK, post-only, market by quantity and by quote amount, stop-limit, stop-market,
+self-trade prevention, client order ids), cancels, cancel-all, amends and batches; custody deposits
+(observed, credited, quarantined and reviewed, finalised, reorganised away), sweeps, treasury
+funding and withdrawals through every state of their machine with policy decisions, approvals and
+manual review; halts at every scope and level, lifted with a valid operator quorum and refused
+with forged, replayed, duplicated or too few approvals; operator-set rotation — interleaved with
+crashes (the process abandoned, often with a torn half-written batch at the journal's end),
+recovery from snapshot plus journal, and snapshots.
+
+Before each command the independent model (`model.py`, the auditor) predicts what it must do; after
+it, the runner checks:
+
+* refused vs accepted (and the error code), and the command's normalised events (orders accepted,
+  rejected with which reason, rested, traded at which price and quantity with which fees, canceled,
+  expired with what released; ledger result codes; expiries);
+* every ledger account (posted, pending debits, pending credits), every open order (side, price,
+  what is left, what is held, resting or armed), client holds, deposits, withdrawals, frozen
+  accounts, halts and the operator set — against the model;
+* invariants: every asset sums to zero, no user account overdrawn, no book crossed, each market's
+  clearing reservations equal its open orders' holds, plus the engine's own `check_invariants`;
+* a refused command changed nothing: the state hash is unchanged (or, if it was journaled and
+  rejected in `apply`, everything but the sequencer's stamps is);
+* after a crash, the recovered state hash equals the hash before it; at the end a full replay of the
+  journal from genesis reproduces the live hash.
+
+Everything random comes from `random.Random(seed)` (the node's clock and entropy too), so a seed
+replays a run exactly. A violation raises `SimulationFailure` naming the seed, the step, the command,
+the first differing field and the command line that reproduces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ..custody.commands import (
+    ActivatePolicy,
+    ApprovePolicy,
+    ApproveWithdrawal,
+    AssignDepositAddress,
+    AuthorizeSigning,
+    CancelWithdrawal,
+    ConfigureCustodyAsset,
+    ConfirmWithdrawalEmail,
+    CreditDeposit,
+    DecideWithdrawal,
+    FailWithdrawal,
+    FileSourceOfFunds,
+    FinalizeDeposit,
+    ObserveDeposit,
+    ProposePolicy,
+    RecordBroadcast,
+    RecordInternalTransfer,
+    RecordRiskReview,
+    RecordSignedTx,
+    RecordTreasuryFunding,
+    RegisterWallet,
+    ReorgDeposits,
+    RequestWithdrawal,
+    ResolveManualReview,
+    ReviewQuarantine,
+    SetApprover,
+    SettleWithdrawal,
+)
+from ..engine.node import Node, replay_journal
+from ..errors import RingfenceError
+from ..journal.journal import encode_record, segment_paths
+from ..ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
+from ..ledger.model import Transfer, TransferFlags
+from ..risk.halts import Halt, LiftHalt, RegisterOperators, lift_message, operators_message
+from ..trading.commands import (
+    AmendOrder,
+    CancelAll,
+    CancelOrder,
+    ListMarket,
+    PlaceOrder,
+    SetAccountFeeTier,
+    SetFeeTier,
+    TradingBatch,
+)
+from . import probe
+from .model import CustodyRules, Expect, MarketRules, Model, ModelError, Refuse
+
+__all__ = ["run_simulation", "SimulationFailure", "SimulationResult", "ACTIONS"]
+
+USERS = ("ann", "ben", "cat", "dan", "eve")
+ASSETS = (("BTC", 8, "crypto", "bitcoin"), ("USDT", 6, "crypto", "ethereum"), ("AAPLX", 4, "tokenized", ""))
+MARKETS = (
+    MarketRules("BTCUSDT", "BTC", "USDT", "spot", 10**8, 10**6, 10**5, 10**5, 10**9, 50_000, 12),
+    MarketRules("AAPLXUSDT", "AAPLX", "USDT", "tokenized", 10**4, 10**4, 100, 100, 10**7, 50_000, 12),
+)
+MID = {"BTCUSDT": 60_000 * 10**6, "AAPLXUSDT": 190 * 10**6}
+CUSTODY = (
+    CustodyRules("BTC", "bitcoin", 1, 3, 1_000, 10_000, 5 * 10**8, 500),
+    CustodyRules("USDT", "ethereum", 1, 3, 10_000, 10**6, 10**11, 10**6),
+)
+WALLETS = (("btc_deposit", "bitcoin", "deposit"), ("btc_hot", "bitcoin", "hot"), ("btc_cold", "bitcoin", "cold"),
+           ("eth_deposit", "ethereum", "deposit"), ("eth_hot", "ethereum", "hot"))
+HOT = {"BTC": "btc_hot", "USDT": "eth_hot"}
+DEPOSIT_WALLET = {"BTC": "btc_deposit", "USDT": "eth_deposit"}
+CHAIN = {"BTC": "bitcoin", "USDT": "ethereum"}
+ROLES = {"ops1": ["approver"], "ops2": ["approver"], "ops3": ["approver"], "ana1": ["analyst"], "ana2": ["analyst"],
+         "pa1": ["policy_admin"], "pa2": ["policy_admin"], "pa3": ["policy_admin"]}
+#: The withdrawal policy (first match wins): deny above 4 BTC / 90k USDT, two approvers above 0.5 BTC /
+#: 20k USDT, allow the rest. MODEL_RULES is the same policy in the auditor's terms.
+POLICY = {"version": 1, "approval_ttl_s": 86400, "rules": [
+    {"name": "btc-huge", "when": {"asset": ["BTC"], "amount_minor_gt": 400_000_000}, "action": {"type": "deny"}},
+    {"name": "usdt-huge", "when": {"asset": ["USDT"], "amount_minor_gt": 90_000 * 10**6}, "action": {"type": "deny"}},
+    {"name": "btc-big", "when": {"asset": ["BTC"], "amount_minor_gt": 50_000_000},
+     "action": {"type": "approvals", "count": 2, "roles": ["approver"]}},
+    {"name": "usdt-big", "when": {"asset": ["USDT"], "amount_minor_gt": 20_000 * 10**6},
+     "action": {"type": "approvals", "count": 2, "roles": ["approver"]}},
+    {"name": "small", "when": {}, "action": {"type": "allow"}},
+]}
+MODEL_RULES = [("BTC", 400_000_000, "deny", 0, ()), ("USDT", 90_000 * 10**6, "deny", 0, ()),
+               ("BTC", 50_000_000, "approvals", 2, ("approver",)), ("USDT", 20_000 * 10**6, "approvals", 2, ("approver",)),
+               ("", -1, "allow", 0, ())]
+HALT_SCOPES = (("venue", "*"), ("market", "BTCUSDT"), ("market", "AAPLXUSDT"), ("segment", "spot"),
+               ("segment", "tokenized"), ("asset", "BTC"), ("asset", "USDT"), ("asset", "AAPLX"),
+               ("asset", "BTC@btc_hot"), ("asset", "USDT@eth_hot"))
+#: The simulated events the auditor compares one by one (custody and halt effects are compared as state).
+COMPARED_EVENTS = frozenset({"transfers", "expired_transfer", "accepted", "rejected", "rested", "trade", "canceled",
+                             "expired", "amended", "triggered"})
+
+#: Every action the workload draws from, with its weight (crash weight is a parameter).
+ACTIONS: dict[str, int] = {
+    "ledger.deposit": 5, "ledger.transfer": 4, "ledger.withdraw": 2, "ledger.hold": 3, "ledger.post": 2,
+    "ledger.void": 2, "ledger.linked": 2, "ledger.duplicate": 2, "ledger.bad_transfer": 2, "edge.invalid": 2,
+    "trade.limit": 16, "trade.post_only": 4, "trade.market": 5, "trade.stop": 4, "trade.cancel": 6,
+    "trade.cancel_all": 1, "trade.amend": 6, "trade.invalid": 3, "trade.batch": 3,
+    "custody.observe": 5, "custody.credit": 5, "custody.finalize": 2, "custody.reorg": 1, "custody.reobserve": 1,
+    "custody.source_of_funds": 1, "custody.review": 1, "custody.sweep": 2, "custody.treasury": 1,
+    "withdrawal.request": 4, "withdrawal.advance": 10,
+    "halt.raise": 2, "halt.lift": 2, "halt.lift_forged": 2, "operators.rotate": 1,
+    "fault.snapshot": 1,
+}
+
+
+class SimulationFailure(AssertionError):
+    def __init__(self, seed: int, step: int, what: str, command: str = "") -> None:
+        where = f"\n  command: {command}" if command else ""
+        super().__init__(f"simulation seed={seed} failed at step {step}: {what}{where}\n"
+                         f"reproduce with: ringfence sim --seed {seed} --steps {step + 1}")
+        self.seed, self.step, self.what, self.command = seed, step, what, command
+
+
+@dataclass
+class SimulationResult:
+    seed: int
+    steps: int
+    commands_acknowledged: int = 0
+    commands_rejected: int = 0
+    transfers_failed: int = 0
+    orders_rejected: int = 0
+    trades: int = 0
+    halted_refusals: int = 0
+    crashes: int = 0
+    torn_tails: int = 0
+    snapshots: int = 0
+    state_hash: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _normalise(events: list[Any]) -> list[tuple[Any, ...]]:
+    """The engine's events in the auditor's shape (only the kinds the auditor predicts one by one)."""
+    out: list[tuple[Any, ...]] = []
+    for e in events:
+        n = type(e).__name__
+        if n == "TransfersCreated":
+            out.append(("transfers", [tuple(f) for f in e.failures]))
+        elif n == "TransferExpired":
+            out.append(("expired_transfer", e.pending_id, e.released))
+        elif n == "OrderAccepted":
+            out.append(("accepted", e.order_id, e.hold))
+        elif n == "OrderRejected":
+            out.append(("rejected", e.action, e.reason))
+        elif n == "OrderRested":
+            out.append(("rested", e.order_id, e.price, e.leaves))
+        elif n == "Trade":
+            out.append(("trade", e.trade_id, e.price, e.quantity, e.quote_qty, e.taker_order_id, e.maker_order_id,
+                        e.taker_fee, e.maker_fee))
+        elif n == "OrderCanceled":
+            out.append(("canceled", e.order_id, e.reason, e.released, e.leaves))
+        elif n == "OrderExpired":
+            out.append(("expired", e.order_id, e.reason, e.released, e.leaves))
+        elif n == "OrderAmended":
+            out.append(("amended", e.order_id, e.price, e.quantity, e.leaves, e.kept_priority))
+        elif n == "OrderTriggered":
+            out.append(("triggered", e.order_id, e.last_price))
+    return out
+
+
+def _first_difference(name: str, engine: dict[Any, Any], model: dict[Any, Any]) -> str | None:
+    for key in sorted(set(engine) | set(model), key=repr):
+        e, m = engine.get(key), model.get(key)
+        if e != m:
+            return f"{name}[{key!r}]: engine {e!r}, model {m!r}"
+    return None
+
+
+class _Sim:
+    def __init__(self, seed: int, steps: int, data_dir: Path, crash_pct: int,
+                 on_step: Callable[[int], None] | None, fsync: bool) -> None:
+        self.seed, self.steps, self.data_dir = seed, steps, data_dir
+        self.rng = random.Random(seed)
+        self._entropy_rng = random.Random(seed ^ 0x5EED)
+        self.weights = dict(ACTIONS, **{"fault.crash": crash_pct})
+        self.on_step, self.fsync = on_step, fsync
+        self.model = Model()
+        self.result = SimulationResult(seed, steps)
+        self.planned_ts = 1_700_000_000_000_000_000
+        self.step = -1
+        self.next_tid = 1
+        self.serial = 0
+        self.tip = {"bitcoin": 100, "ethereum": 1000}
+        self.tokens: dict[str, str] = {}  # withdrawal id -> e-mail token
+        self.txids: dict[str, str] = {}  # withdrawal id -> txid it was signed with
+        self.operator_keys: dict[str, Ed25519PrivateKey] = {}
+        self.node = self._new_node()
+        self.keys: dict[int, tuple[str, str, str, str]] = {}
+        self.ids: dict[tuple[str, str, str, str], int] = {}
+
+    # ------------------------------------------------------------------ node plumbing
+
+    def _clock(self) -> int:
+        return self.planned_ts
+
+    def _new_node(self) -> Node:
+        node = Node(self.data_dir, clock=self._clock, entropy=self._entropy_rng.randbytes, fsync=self.fsync,
+                    segment_bytes=self.rng.choice([4_000, 64_000, 1 << 26]))
+        node.open()
+        return node
+
+    @property
+    def engine(self) -> Any:
+        return self.node.engine
+
+    def fail(self, what: str, command: Any = None) -> None:
+        raise SimulationFailure(self.seed, self.step, what, repr(command) if command is not None else "")
+
+    def _refresh_ids(self) -> None:
+        self.keys = probe.account_ids(self.engine)
+        self.ids = {k: i for i, k in self.keys.items()}
+
+    # ------------------------------------------------------------------ the audited step
+
+    def do(self, command: Any, predict: Callable[[], list[tuple[Any, ...]]], *, malformed: bool = False) -> list[Any] | None:
+        """Predict with the model, run on the engine, compare outcome, events and state.
+
+        `malformed`: the command is refused at the edge (types, unknown asset...) before any halt
+        is consulted, so the model's guard is not asked."""
+        model, engine = self.model, self.engine
+        self.planned_ts += self.rng.randrange(1_000, 5_000_000)
+        previous_now = model.now_ns
+        model.now_ns = max(self.planned_ts, model.now_ns)
+        expired = model.expire(model.now_ns)
+        self._refresh_ids()
+        try:
+            if not malformed:
+                model.guard(command, self.keys)
+            expect = Expect(events=[("expired_transfer", pid, amount) for pid, amount in expired] + predict())
+        except Refuse as refusal:
+            expect = Expect(refused=True, code=refusal.code, note=refusal.note)
+        except ModelError as err:
+            self.fail(f"the auditor's model broke: {err}", command)
+            raise
+        # "A refused command changes nothing" needs the hashes before; they cost an encoding of the
+        # whole state, so take them only when the model expects a refusal (if the engine refuses
+        # what the model accepts, the run fails on that anyway).
+        only_rejections = not expect.refused and bool(expect.events) and all(e[0] == "rejected" for e in expect.events)
+        check_unchanged = expect.refused or only_rejections
+        hash_before = engine.state_hash() if check_unchanged else ""
+        domain_before = probe.domain_state(engine) if check_unchanged else None
+        seq_before = engine.last_seq
+        events: list[Any] | None = None
+        error: RingfenceError | None = None
+        try:
+            events = self.node.execute(command)
+        except RingfenceError as err:
+            error = err
+        journaled = engine.last_seq != seq_before
+        if not journaled:
+            model.unexpire(expired)
+            model.now_ns = previous_now
+        if error is not None:
+            self.result.commands_rejected += 1
+            if error.code == "RF_HALTED":
+                self.result.halted_refusals += 1
+            if not expect.refused:
+                self.fail(f"refused with {error.code} ({error}) but the model expects it to be accepted "
+                          f"with events {[e for e in expect.events if e[0] in COMPARED_EVENTS]}", command)
+            if expect.code is not None and error.code != expect.code:
+                self.fail(f"refused with {error.code} ({error}); the model expects {expect.code} ({expect.note})", command)
+            if not journaled and engine.state_hash() != hash_before:
+                self.fail("a command refused before journaling changed the state hash", command)
+            if journaled and not expired:
+                self._unchanged(domain_before, f"a command rejected in apply ({error.code}: {error}) changed", command)
+        else:
+            assert events is not None
+            self.result.commands_acknowledged += 1
+            if expect.refused:
+                self.fail(f"accepted, but the model expects a refusal ({expect.code}: {expect.note}); "
+                          f"events {_normalise(events)}", command)
+            if only_rejections:
+                self._unchanged(domain_before, "every action of the command was rejected, yet it changed", command)
+            got = _normalise(events)
+            want = [e for e in expect.events if e[0] in COMPARED_EVENTS]
+            if got != want:
+                for i, (g, w) in enumerate(zip(got, want)):
+                    if g != w:
+                        self.fail(f"event {i}: engine {g}, model {w}", command)
+                self.fail(f"engine emitted {len(got)} events {got[len(want):]}, model {len(want)} {want[len(got):]}", command)
+            for g in got:
+                if g[0] == "transfers":
+                    self.result.transfers_failed += len(g[1])
+                elif g[0] == "rejected":
+                    self.result.orders_rejected += 1
+                elif g[0] == "trade":
+                    self.result.trades += 1
+        self.audit(command)
+        return events
+
+    def _unchanged(self, before: Any, what: str, command: Any) -> None:
+        diff = probe.first_state_difference(before, probe.domain_state(self.engine))
+        if diff is not None:
+            self.fail(f"{what} {diff}", command)
+
+    def audit(self, command: Any = None) -> None:
+        """The engine's whole observable state against the model, and the invariants."""
+        engine, model = self.engine, self.model
+        accounts = probe.accounts(engine)
+        for name, got, want in (
+            ("accounts", accounts, model.account_rows()),
+            ("orders", probe.orders(engine), model.order_rows()),
+            ("client holds", probe.client_pendings(engine), model.pending_rows()),
+            ("withdrawals", probe.withdrawals(engine), {w.id: w.state for w in model.withdrawals.values()}),
+            ("deposits", probe.deposits(engine), {k: (d.state, d.final) for k, d in model.deposits.items()}),
+            ("halts", probe.halts(engine), {k: (h.kind, h.scope, h.level) for k, h in model.halts.items()}),
+        ):
+            diff = _first_difference(name, got, want)
+            if diff is not None:
+                self.fail(diff, command)
+        if probe.frozen_accounts(engine) != model.frozen_accounts:
+            self.fail(f"frozen accounts: engine {sorted(probe.frozen_accounts(engine))}, model {sorted(model.frozen_accounts)}", command)
+        version, threshold, ops = probe.operators(engine)
+        if (version, threshold, ops) != (model.operators_version, model.threshold, sorted(model.operators)):
+            self.fail(f"operators: engine v{version} {threshold}-of-{ops}, model v{model.operators_version} "
+                      f"{model.threshold}-of-{sorted(model.operators)}", command)
+        # Invariants, computed here from the engine's accounts and books (not by the engine).
+        totals: dict[str, list[int]] = {}
+        for (owner, asset, kind, segment), (posted, debits_pending, credits_pending) in accounts.items():
+            t = totals.setdefault(asset, [0, 0])
+            t[0] += posted
+            t[1] += debits_pending - credits_pending
+            if owner != "system" and posted - debits_pending < 0:
+                self.fail(f"user account {owner}:{asset}:{kind}:{segment} is overdrawn ({posted} posted, {debits_pending} held)", command)
+        for asset, (posted, pending) in totals.items():
+            if posted or pending:
+                self.fail(f"{asset} does not sum to zero: posted {posted}, pending {pending}", command)
+        for symbol, (bid, ask) in probe.best_prices(engine).items():
+            if bid and ask and bid >= ask:
+                self.fail(f"{symbol} book is crossed: best bid {bid} >= best ask {ask}", command)
+        books = probe.orders(engine)
+        for symbol, (base_pending, quote_pending) in probe.clearing_pending(engine).items():
+            held_base = sum(row[4] for row in books.get(symbol, {}).values() if row[1] == "SELL")
+            held_quote = sum(row[4] for row in books.get(symbol, {}).values() if row[1] == "BUY")
+            if (base_pending, quote_pending) != (held_base, held_quote):
+                self.fail(f"{symbol}: clearing reserves {(base_pending, quote_pending)} but open orders hold "
+                          f"{(held_base, held_quote)}", command)
+        try:
+            engine.check_invariants()
+        except AssertionError as err:
+            self.fail(f"engine invariant: {err}", command)
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        node, model, rng = self.node, self.model, self.rng
+        commands: list[Any] = [RegisterAsset(*a) for a in ASSETS]
+        for user in USERS:
+            for code, _, _, _ in ASSETS:
+                for segment in ("spot", "tokenized"):
+                    commands.append(OpenAccount(user, code, "available", segment))
+        for r in MARKETS:
+            commands.append(ListMarket(r.symbol, r.base, r.quote, r.segment, r.tick, r.lot, r.min_qty, r.max_qty, 0, 0,
+                                       market_slippage_ppm=r.slippage_ppm, max_open_orders_per_account=r.max_open))
+            model.list_market(r)
+        commands += [SetFeeTier(1, 15, 333), SetAccountFeeTier("cat", 1)]
+        model.tiers[1] = (15, 333)
+        model.account_tier["cat"] = 1
+        for c in CUSTODY:
+            commands.append(ConfigureCustodyAsset(c.asset, c.chain, "regtest" if c.chain == "bitcoin" else "mainnet",
+                                                  c.credit_confirmations, c.finality_confirmations, c.min_deposit,
+                                                  c.min_withdrawal, c.max_withdrawal, c.fee))
+            model.custody[c.asset] = c
+        for name, chain, tier in WALLETS:
+            commands.append(RegisterWallet(name, chain, tier, []))
+            model.wallets[name] = (chain, tier)
+        for user in USERS:
+            for asset in ("BTC", "USDT"):
+                address = self._deposit_address(user, asset)
+                commands.append(AssignDepositAddress(user, CHAIN[asset], DEPOSIT_WALLET[asset], address))
+                model.deposit_addresses[f"{CHAIN[asset]}:{address}"] = (user, DEPOSIT_WALLET[asset])
+        for who, roles in ROLES.items():
+            commands.append(SetApprover(who, roles))
+            model.roles[who] = set(roles)
+        model.rules = list(MODEL_RULES)
+        self.operator_keys = {f"op{i}": Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)) for i in (1, 2, 3)}
+        operators = [(op, self._public(k)) for op, k in self.operator_keys.items()]
+        commands.append(RegisterOperators(operators, 2))
+        model.register_operators(dict(operators), 2, [])
+        node.execute_many(commands)
+        # The policy needs its approvers registered first (a precheck sees the state before the batch).
+        node.execute_many([ProposePolicy("policy-1", "pa1", json.dumps(POLICY)), ApprovePolicy("policy-1", "pa2"),
+                           ApprovePolicy("policy-1", "pa3"), ActivatePolicy("policy-1")])
+        model.now_ns = self.engine.now_ns
+        self._refresh_ids()
+        self.audit()
+        # Starting balances, through the audited path like every later step.
+        for user in USERS:
+            funding = [("BTC", "spot", 20 * 10**8), ("USDT", "spot", 2 * 10**12), ("USDT", "tokenized", 10**11),
+                       ("AAPLX", "tokenized", 10**8)]
+            transfers = [Transfer(self._tid(), self.ids[("system", a, "world", "-")], self.ids[(user, a, "available", s)], amount)
+                         for a, s, amount in funding]
+            self.do(CreateTransfers(transfers), lambda ts=transfers: self._ledger(ts))
+
+    @staticmethod
+    def _public(key: Ed25519PrivateKey) -> str:
+        return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+    @staticmethod
+    def _deposit_address(user: str, asset: str) -> str:
+        digest = hashlib.sha256(f"{user}/{asset}".encode()).hexdigest()
+        return "0x" + digest[:40] if asset == "USDT" else "bcrt1q" + digest[:38]
+
+    def _tid(self) -> int:
+        self.next_tid += 1
+        return self.next_tid
+
+    def _ledger(self, transfers: list[Transfer]) -> list[tuple[Any, ...]]:
+        return [("transfers", self.model.create_transfers(transfers, self.keys))]
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> SimulationResult:
+        self.setup()
+        names = list(self.weights)
+        weights = [self.weights[n] for n in names]
+        for step in range(self.steps):
+            self.step = step
+            action = self.rng.choices(names, weights=weights)[0]
+            self.result.counts[action] = self.result.counts.get(action, 0) + 1
+            getattr(self, "a_" + action.replace(".", "_"))()
+            if self.on_step is not None:
+                self.on_step(step)
+        self.step = self.steps
+        live = self.engine.state_hash()
+        self.node.close()
+        replayed, _, _ = replay_journal(self.data_dir, use_snapshots=False)
+        if replayed.state_hash() != live:
+            self.fail("a full replay of the journal does not reproduce the live state hash")
+        self.result.state_hash = live
+        return self.result
+
+    # ------------------------------------------------------------------ faults
+
+    def a_fault_snapshot(self) -> None:
+        self.node.snapshot()
+        self.result.snapshots += 1
+
+    def a_fault_crash(self) -> None:
+        before, last_seq = self.engine.state_hash(), self.engine.last_seq
+        writer = self.node.writer
+        assert writer is not None
+        if self.rng.random() < 0.7:  # float-ok: die in the middle of writing the next batch
+            record, _ = encode_record(self.rng.randbytes(self.rng.randrange(10, 400)), writer.next_seq, 1, writer.last_hash)
+            tail = segment_paths(self.data_dir / "journal")[-1]
+            with open(tail, "ab") as fh:
+                fh.write(record[: self.rng.randrange(1, len(record))])
+            self.result.torn_tails += 1
+        self.node.writer = None  # abandon the process state without a clean close
+        if writer._fd is not None:
+            os.close(writer._fd)
+        self.node = self._new_node()
+        self.result.crashes += 1
+        if self.engine.last_seq != last_seq or self.engine.state_hash() != before:
+            self.fail(f"recovery after a crash lost or invented state (seq {last_seq} -> {self.engine.last_seq})")
+        self._refresh_ids()
+        self.audit()
+
+    # ------------------------------------------------------------------ ledger
+
+    def _user_account(self, asset: str | None = None) -> tuple[int, tuple[str, str, str, str]]:
+        asset = asset or self.rng.choice(("BTC", "USDT", "AAPLX"))
+        segment = "tokenized" if asset == "AAPLX" else self.rng.choice(("spot", "tokenized"))
+        key = (self.rng.choice(USERS), asset, "available", segment)
+        return self.ids[key], key
+
+    def _amount(self, asset: str) -> int:
+        return self.rng.choice([1, 7, 10**3, 10**5, 10**7, 10**9, self.rng.randrange(1, 10**10)])
+
+    def _transfers(self, transfers: list[Transfer]) -> None:
+        self.do(CreateTransfers(transfers), lambda: self._ledger(transfers))
+
+    def a_ledger_deposit(self) -> None:
+        aid, key = self._user_account()
+        self._transfers([Transfer(self._tid(), self.ids[("system", key[1], "world", "-")], aid, self._amount(key[1]))])
+
+    def a_ledger_withdraw(self) -> None:
+        aid, key = self._user_account()
+        self._transfers([Transfer(self._tid(), aid, self.ids[("system", key[1], "world", "-")], self._amount(key[1]))])
+
+    def _pair(self) -> tuple[int, int, str]:
+        a, key = self._user_account()
+        others = [self.ids[(u, key[1], "available", key[3])] for u in USERS if u != key[0]]
+        return a, self.rng.choice(others), key[1]
+
+    def a_ledger_transfer(self) -> None:
+        a, b, asset = self._pair()
+        self._transfers([Transfer(self._tid(), a, b, self._amount(asset))])
+
+    def a_ledger_hold(self) -> None:
+        a, b, asset = self._pair()
+        timeout = self.rng.choice([0, 0, 3_000_000, 50_000_000, 10**10])
+        self._transfers([Transfer(self._tid(), a, b, self._amount(asset), flags=TransferFlags.PENDING, timeout_ns=timeout)])
+
+    def _post_or_void(self, flag: int) -> None:
+        open_ids = [pid for pid, p in self.model.pending.items() if p.status == "pending"]
+        if open_ids and self.rng.random() < 0.8:  # float-ok: coin flip
+            target = self.rng.choice(open_ids)
+        else:
+            target = self.rng.randrange(1, self.next_tid + 2)
+        amount = self.rng.choice([0, 0, self.rng.randrange(1, 10**9)])
+        self._transfers([Transfer(self._tid(), 0, 0, amount, pending_id=target, flags=flag)])
+
+    def a_ledger_post(self) -> None:
+        self._post_or_void(TransferFlags.POST_PENDING)
+
+    def a_ledger_void(self) -> None:
+        self._post_or_void(TransferFlags.VOID_PENDING)
+
+    def a_ledger_linked(self) -> None:
+        a, b, asset = self._pair()
+        world = self.ids[("system", asset, "world", "-")]
+        c = self.rng.choice([x for x in (self.ids[(u, asset, "available", self.keys[a][3])] for u in USERS) if x not in (a, b)])
+        chain = [Transfer(self._tid(), world, a, self.rng.randrange(1, 10**6), flags=TransferFlags.LINKED),
+                 Transfer(self._tid(), a, b, self.rng.randrange(1, 2 * 10**6), flags=TransferFlags.LINKED),
+                 Transfer(self._tid(), b, c, self.rng.randrange(1, 10**6))]
+        if self.rng.random() < 0.1:  # float-ok: a chain that never closes
+            chain[-1] = Transfer(chain[-1].id, b, c, 5, flags=TransferFlags.LINKED)
+        self._transfers(chain)
+
+    def a_ledger_duplicate(self) -> None:
+        if not self.model.transfers:
+            return
+        t = self.model.transfers[self.rng.choice(sorted(self.model.transfers))]
+        if self.rng.random() < 0.5:  # float-ok: the same body, or the same id with another amount
+            t = Transfer(t.id, t.debit_account_id, t.credit_account_id, t.amount + 1, t.pending_id, t.timeout_ns, t.flags)
+        self._transfers([t])
+
+    def a_ledger_bad_transfer(self) -> None:
+        a, b, asset = self._pair()
+        other_asset = self.ids[(self.keys[a][0], "AAPLX" if asset != "AAPLX" else "USDT", "available", "tokenized")]
+        bad = self.rng.choice([
+            Transfer(self._tid(), a, a, 5),
+            Transfer(self._tid(), a, other_asset, 5),
+            Transfer(self._tid(), a, b, 0),
+            Transfer(self._tid(), a, 10**6, 5),
+            Transfer(self._tid(), 10**6, b, 5),
+            Transfer(self._tid(), a, b, 5, timeout_ns=1000),
+            Transfer(0, a, b, 5),
+            Transfer(self._tid(), a, b, 5, flags=TransferFlags.PENDING | TransferFlags.POST_PENDING),
+            Transfer(self._tid(), a, b, 5, pending_id=3),
+        ])
+        self._transfers([bad])
+
+    def a_edge_invalid(self) -> None:
+        a, b, asset = self._pair()
+        bad = self.rng.choice([
+            CreateTransfers([Transfer(self._tid(), a, b, 1.5)]),  # type: ignore[arg-type]
+            CreateTransfers([Transfer(self._tid(), a, b, "7")]),  # type: ignore[arg-type]
+            CreateTransfers([]),
+            OpenAccount("ann", "NOPE"),
+            OpenAccount("Not Valid", asset),
+            RegisterAsset("BTC", 2, "crypto"),
+            PlaceOrder("ann", "BTCUSDT", "BUY", price=1.5, quantity=10**5),  # type: ignore[arg-type]
+            RequestWithdrawal("w-bad", "ann", "BTC", "btc_hot", "x", True, 0, "0" * 64),  # type: ignore[arg-type]
+        ])
+
+        def refused() -> list[tuple[Any, ...]]:
+            raise Refuse(None, "malformed or unknown")
+
+        self.do(bad, refused, malformed=True)
+
+    # ------------------------------------------------------------------ trading
+
+    def _market(self) -> MarketRules:
+        return self.rng.choice(MARKETS)
+
+    def _price(self, r: MarketRules, is_buy: bool) -> int:
+        k = self.rng.randrange(-10, 4) if is_buy else self.rng.randrange(-3, 11)
+        return MID[r.symbol] + k * r.tick
+
+    def _qty(self, r: MarketRules) -> int:
+        return r.lot * self.rng.choice([1, 1, 2, 3, 5, 8, 13])
+
+    def _stp(self) -> str:
+        return self.rng.choices(["NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"], weights=[7, 1, 1, 1])[0]
+
+    def _coid(self) -> str:
+        return self.rng.choice(["", "", "", "c1", "c2", "c3"])
+
+    def _limit(self) -> PlaceOrder:
+        r, is_buy = self._market(), self.rng.random() < 0.5  # float-ok: coin flip
+        tif = self.rng.choices(["GTC", "IOC", "FOK"], weights=[7, 2, 2])[0]
+        return PlaceOrder(self.rng.choice(USERS), r.symbol, "BUY" if is_buy else "SELL", "LIMIT", tif,
+                          self._price(r, is_buy), self._qty(r), client_order_id=self._coid(), stp=self._stp())
+
+    def _post_only(self) -> PlaceOrder:
+        r, is_buy = self._market(), self.rng.random() < 0.5  # float-ok: coin flip
+        return PlaceOrder(self.rng.choice(USERS), r.symbol, "BUY" if is_buy else "SELL", "LIMIT_MAKER", "GTC",
+                          self._price(r, is_buy), self._qty(r), client_order_id=self._coid())
+
+    def _market_order(self) -> PlaceOrder:
+        r, is_buy = self._market(), self.rng.random() < 0.5  # float-ok: coin flip
+        side, owner = "BUY" if is_buy else "SELL", self.rng.choice(USERS)
+        if self.rng.random() < 0.35:  # float-ok: by quote amount
+            return PlaceOrder(owner, r.symbol, side, "MARKET", "IOC", quote_amount=self.rng.randrange(10**6, 10**9), stp=self._stp())
+        protect = self._price(r, not is_buy) if self.rng.random() < 0.3 else 0  # float-ok: explicit protection price
+        return PlaceOrder(owner, r.symbol, side, "MARKET", "IOC", price=protect, quantity=self._qty(r), stp=self._stp())
+
+    def _stop(self) -> PlaceOrder:
+        r, is_buy = self._market(), self.rng.random() < 0.5  # float-ok: coin flip
+        last = self.model.markets[r.symbol].last_price or MID[r.symbol]
+        k = self.rng.randrange(0, 6)
+        stop = last + k * r.tick if is_buy else last - k * r.tick
+        side, owner = "BUY" if is_buy else "SELL", self.rng.choice(USERS)
+        if self.rng.random() < 0.5:  # float-ok: stop-limit or stop-market
+            price = stop + (2 * r.tick if is_buy else -2 * r.tick)
+            return PlaceOrder(owner, r.symbol, side, "STOP_LIMIT", self.rng.choice(["GTC", "GTC", "IOC"]), price,
+                              self._qty(r), stop_price=stop, client_order_id=self._coid())
+        return PlaceOrder(owner, r.symbol, side, "STOP_MARKET", "IOC", quantity=self._qty(r), stop_price=stop)
+
+    def _open_orders(self, resting_only: bool = False) -> list[tuple[str, Any]]:
+        return [(s, o) for s, m in self.model.markets.items() for o in m.orders.values() if o.resting or not resting_only]
+
+    def _cancel(self) -> Any:
+        open_orders = self._open_orders()
+        if not open_orders or self.rng.random() < 0.15:  # float-ok: an unknown order
+            return CancelOrder(self.rng.choice(USERS), self._market().symbol, self.rng.randrange(1, 10**6))
+        symbol, o = self.rng.choice(open_orders)
+        owner = o.owner if self.rng.random() < 0.9 else self.rng.choice(USERS)  # float-ok: sometimes not the owner's
+        if o.coid and self.rng.random() < 0.5:  # float-ok: by client order id
+            return CancelOrder(owner, symbol, 0, o.coid)
+        return CancelOrder(owner, symbol, o.id)
+
+    def _amend(self) -> Any:
+        resting = self._open_orders(resting_only=True)
+        if not resting:
+            return self._limit()
+        symbol, o = self.rng.choice(resting)
+        r = self.model.markets[symbol].rules
+        kind = self.rng.choice(["reduce", "reduce", "reprice", "grow", "off_tick", "below_filled"])
+        if kind == "reduce":
+            return AmendOrder(o.owner, symbol, o.id, 0, max(o.filled + r.lot, o.qty - r.lot))
+        if kind == "reprice":
+            return AmendOrder(o.owner, symbol, o.id, o.price + self.rng.randrange(-4, 5) * r.tick, 0)
+        if kind == "grow":
+            return AmendOrder(o.owner, symbol, o.id, 0, o.qty + self.rng.randrange(1, 4) * r.lot)
+        if kind == "off_tick":
+            return AmendOrder(o.owner, symbol, o.id, o.price + 1, 0)
+        return AmendOrder(o.owner, symbol, o.id, 0, o.filled if o.filled else r.lot // 2 or 1)
+
+    def _invalid_order(self) -> PlaceOrder:
+        r = self._market()
+        owner, price, qty = self.rng.choice(USERS), MID[r.symbol], r.lot
+        return self.rng.choice([
+            PlaceOrder(owner, r.symbol, "HOLD", "LIMIT", "GTC", price, qty),
+            PlaceOrder(owner, r.symbol, "BUY", "ICEBERG", "GTC", price, qty),
+            PlaceOrder(owner, r.symbol, "BUY", "LIMIT", "GTD", price, qty),
+            PlaceOrder(owner, r.symbol, "BUY", "LIMIT", "GTC", price + 1, qty),
+            PlaceOrder(owner, r.symbol, "SELL", "LIMIT", "GTC", price, qty + 1),
+            PlaceOrder(owner, r.symbol, "BUY", "MARKET", "FOK", 0, qty),
+            PlaceOrder(owner, r.symbol, "SELL", "LIMIT_MAKER", "IOC", price, qty),
+            PlaceOrder(owner, "DOGEUSDT", "BUY", "LIMIT", "GTC", price, qty),
+            PlaceOrder(owner, r.symbol, "BUY", "LIMIT", "GTC", price, r.max_qty),
+            PlaceOrder(owner, r.symbol, "BUY", "LIMIT", "GTC", 0, qty),
+            PlaceOrder(owner, r.symbol, "BUY", "MARKET", "IOC", 0, qty, quote_amount=10**6),
+        ])
+
+    def _trade(self, action: Any) -> None:
+        self.do(action, lambda: self.model.trading(action))
+
+    def a_trade_limit(self) -> None:
+        self._trade(self._limit())
+
+    def a_trade_post_only(self) -> None:
+        self._trade(self._post_only())
+
+    def a_trade_market(self) -> None:
+        self._trade(self._market_order())
+
+    def a_trade_stop(self) -> None:
+        self._trade(self._stop())
+
+    def a_trade_cancel(self) -> None:
+        self._trade(self._cancel())
+
+    def a_trade_cancel_all(self) -> None:
+        self._trade(CancelAll(self.rng.choice(USERS), self._market().symbol))
+
+    def a_trade_amend(self) -> None:
+        self._trade(self._amend())
+
+    def a_trade_invalid(self) -> None:
+        self._trade(self._invalid_order())
+
+    def a_trade_batch(self) -> None:
+        makers = [self._limit, self._post_only, self._market_order, self._cancel, self._amend, self._invalid_order]
+        actions: list[Any] = []
+        for _ in range(self.rng.randrange(2, 5)):
+            actions.append(self.rng.choice(makers)())
+        batch = TradingBatch(actions)
+
+        def predict() -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = []
+            for action in actions:
+                out += self.model.trading(action)
+            return out
+
+        self.do(batch, predict)
+
+    # ------------------------------------------------------------------ custody: deposits
+
+    def a_custody_observe(self) -> None:
+        asset = self.rng.choice(("BTC", "USDT"))
+        cfg, chain, user = self.model.custody[asset], CHAIN[asset], self.rng.choice(USERS)
+        self.tip[chain] += self.rng.randrange(0, 2)
+        amount = self.rng.randrange(1, cfg.min_deposit) if self.rng.random() < 0.1 else self.rng.randrange(cfg.min_deposit, cfg.min_deposit * 10**5)  # float-ok
+        address = self._deposit_address(user, asset) if self.rng.random() < 0.95 else "0x" + "ab" * 20  # float-ok: unknown
+        c = ObserveDeposit(chain, self.rng.randbytes(32).hex(), self.rng.randrange(0, 3), asset, address, amount,
+                           self.tip[chain], self.rng.randbytes(8).hex())
+        self.do(c, lambda: self.model.observe_deposit(c))
+
+    def _some_deposit(self, states: tuple[str, ...]) -> tuple[str, Any] | None:
+        keys = [k for k, d in self.model.deposits.items() if d.state in states]
+        if not keys:
+            return None
+        key = self.rng.choice(keys)
+        return key, self.model.deposits[key]
+
+    @staticmethod
+    def _ref(key: str) -> tuple[str, str, int]:
+        chain, txid, index = key.split(":")
+        return chain, txid, int(index)
+
+    def a_custody_credit(self) -> None:
+        found = self._some_deposit(("seen", "seen", "seen", "credited", "below_minimum"))
+        if found is None:
+            return self.a_custody_observe()
+        chain, txid, index = self._ref(found[0])
+        score = self.rng.choice([0, 5, 20, 50, 86, 99])
+        category = "sanctions" if self.rng.random() < 0.05 else ""  # float-ok
+        c = CreditDeposit(chain, txid, index, self.rng.choice([0, 1, 2, 6]), score, ["sim"], category)
+        self.do(c, lambda: self.model.credit_deposit(c))
+
+    def a_custody_finalize(self) -> None:
+        found = self._some_deposit(("credited", "quarantined", "frozen", "seen"))
+        if found is None:
+            return
+        chain, txid, index = self._ref(found[0])
+        c = FinalizeDeposit(chain, txid, index, self.rng.choice([2, 3, 10]))
+        self.do(c, lambda: self.model.finalize_deposit(c))
+
+    def a_custody_reorg(self) -> None:
+        chain = self.rng.choice(("bitcoin", "ethereum"))
+        c = ReorgDeposits(chain, self.tip[chain] - self.rng.randrange(0, 3))
+        self.do(c, lambda: self.model.reorg(c))
+
+    def a_custody_reobserve(self) -> None:
+        found = self._some_deposit(("dropped", "reversed", "seen"))
+        if found is None:
+            return
+        key, d = found
+        chain, txid, index = self._ref(key)
+        self.tip[chain] += 1
+        c = ObserveDeposit(chain, txid, index, d.asset, self._deposit_address(d.account, d.asset), d.amount,
+                           self.tip[chain], self.rng.randbytes(8).hex())
+        self.do(c, lambda: self.model.observe_deposit(c))
+
+    def a_custody_source_of_funds(self) -> None:
+        found = self._some_deposit(("quarantined", "credited"))
+        if found is None:
+            return
+        chain, txid, index = self._ref(found[0])
+        text = self.rng.choice(["salary from employer, payslips attached", "gift"])
+        c = FileSourceOfFunds(chain, txid, index, found[1].account, text)
+        self.do(c, lambda: self.model.file_source_of_funds(c))
+
+    def a_custody_review(self) -> None:
+        found = self._some_deposit(("quarantined",))
+        if found is None:
+            return
+        chain, txid, index = self._ref(found[0])
+        analyst = self.rng.choice(["ana1", "ana2", "ana2", "ops1"])
+        c = ReviewQuarantine(chain, txid, index, analyst, self.rng.choice(["release", "release", "freeze"]), "reviewed")
+        self.do(c, lambda: self.model.review_quarantine(c))
+
+    def a_custody_sweep(self) -> None:
+        asset = self.rng.choice(("BTC", "USDT"))
+        src, dst = (DEPOSIT_WALLET[asset], HOT[asset]) if asset == "USDT" or self.rng.random() < 0.7 else ("btc_hot", "btc_cold")  # float-ok
+        have = self.model.accounts.get(("system", asset, "custody", src))
+        amount = max(1, (have.posted if have else 0) // self.rng.choice([1, 2, 3]))
+        self.serial += 1
+        c = RecordInternalTransfer(f"sweep-{self.serial}", asset, src, dst, amount, self.rng.randrange(0, 1000),
+                                   self.rng.randbytes(32).hex())
+        self.do(c, lambda: self.model.internal_transfer(c))
+
+    def a_custody_treasury(self) -> None:
+        asset = self.rng.choice(("BTC", "USDT"))
+        self.serial += 1
+        c = RecordTreasuryFunding(f"fund-{self.serial}", asset, HOT[asset], self.rng.randrange(1, 10**9),
+                                  self.rng.randbytes(32).hex())
+        self.do(c, lambda: self.model.treasury_funding(c))
+
+    # ------------------------------------------------------------------ custody: withdrawals
+
+    def _withdrawal_address(self, asset: str, ok: bool) -> str:
+        if not ok:
+            return "not-an-address"
+        if asset == "USDT":
+            return "0x" + self.rng.randbytes(20).hex()
+        from ..chains.bitcoin.address import script_to_address
+
+        return script_to_address(bytes.fromhex("0014") + self.rng.randbytes(20), "regtest")
+
+    def a_withdrawal_request(self) -> None:
+        asset = self.rng.choice(("BTC", "USDT"))
+        cfg, user = self.model.custody[asset], self.rng.choice(USERS)
+        kind = self.rng.choices(["ok", "big", "small", "fee", "cold", "address", "retry"], weights=[12, 2, 1, 1, 1, 1, 1])[0]
+        amount = {"big": cfg.max_withdrawal, "small": cfg.min_withdrawal - 1}.get(
+            kind, self.rng.choice([cfg.min_withdrawal, cfg.min_withdrawal * 7, 60_000_000 if asset == "BTC" else 30_000 * 10**6,
+                         450_000_000 if asset == "BTC" else 95_000 * 10**6]))
+        amount = min(amount, cfg.max_withdrawal) if kind != "small" else amount
+        self.serial += 1
+        wid = f"w{self.serial}"
+        if kind == "retry" and self.model.withdrawals:
+            w = self.model.withdrawals[self.rng.choice(sorted(self.model.withdrawals))]
+            wid, user, asset, amount, cfg = w.id, w.account, w.asset, w.amount, self.model.custody[w.asset]
+        token = self.rng.randbytes(8).hex()
+        wallet = "btc_cold" if kind == "cold" else HOT[asset]
+        address_ok = kind != "address"
+        c = RequestWithdrawal(wid, user, asset, wallet, self._withdrawal_address(asset, address_ok), amount,
+                              cfg.fee + (1 if kind == "fee" else 0), hashlib.sha256(token.encode()).hexdigest())
+
+        def predict() -> list[tuple[Any, ...]]:
+            out = self.model.request_withdrawal(c, address_ok)
+            self.tokens.setdefault(wid, token)
+            return out
+
+        self.do(c, predict)
+
+    def a_withdrawal_advance(self) -> None:
+        if not self.model.withdrawals:
+            return self.a_withdrawal_request()
+        open_ids = [w.id for w in self.model.withdrawals.values() if w.state not in ("settled", "failed", "denied", "rejected")]
+        wid = self.rng.choice(open_ids) if open_ids and self.rng.random() < 0.9 else self.rng.choice(sorted(self.model.withdrawals))  # float-ok
+        w = self.model.withdrawals[wid]
+        state = w.state if self.rng.random() < 0.8 else self.rng.choice(  # float-ok: sometimes the wrong command
+            ["requested", "confirmed", "reviewed", "awaiting_approvals", "manual_review", "approved", "signing", "signed",
+             "broadcast", "fail", "cancel"])
+        if self.rng.random() < 0.04:  # float-ok
+            state = "fail"
+        elif self.rng.random() < 0.04:  # float-ok
+            state = "cancel"
+        model, rng, ids = self.model, self.rng, (w.id, w.asset, w.wallet)
+        c: Any
+        if state == "requested":
+            token = self.tokens.get(wid, "") if rng.random() < 0.9 else "forged"  # float-ok
+            c = ConfirmWithdrawalEmail(*ids, token)
+            return self.do(c, lambda: model.confirm_email(c)) and None
+        if state == "confirmed":
+            c = RecordRiskReview(*ids, rng.choice([3, 40, 90]), rng.random() < 0.15, ["sim"])  # float-ok
+            return self.do(c, lambda: model.risk_review(c)) and None
+        if state == "reviewed":
+            c = DecideWithdrawal(*ids)
+            return self.do(c, lambda: model.decide(c)) and None
+        if state == "awaiting_approvals":
+            approver = rng.choice(["ops1", "ops2", "ops3", "ops3", "ana1", w.account])
+            c = ApproveWithdrawal(*ids, approver, "approver")
+            return self.do(c, lambda: model.approve(c)) and None
+        if state == "manual_review":
+            c = ResolveManualReview(*ids, rng.choice(["ana1", "ana2", "ops1"]), rng.random() < 0.7, "checked the history")  # float-ok
+            return self.do(c, lambda: model.manual_review(c)) and None
+        if state == "approved":
+            c = AuthorizeSigning(*ids)
+            return self.do(c, lambda: model.authorize(c)) and None
+        if state == "signing":
+            txid = self.txids.get(wid) or rng.randbytes(32).hex()
+            c = RecordSignedTx(*ids, txid, "00" * rng.randrange(1, 50), rng.randrange(0, 2000))
+
+            def signed() -> list[tuple[Any, ...]]:
+                out = model.signed(c)
+                self.txids.setdefault(wid, txid)
+                return out
+
+            return self.do(c, signed) and None
+        if state == "signed":
+            c = RecordBroadcast(*ids, self.txids.get(wid, "none"))
+            return self.do(c, lambda: model.broadcast(c)) and None
+        if state == "broadcast":
+            c = SettleWithdrawal(*ids, self.txids.get(wid, "none"), rng.choice([1, 3, 3, 9]), rng.randrange(0, 3000))
+            return self.do(c, lambda: model.settle(c)) and None
+        if state == "fail":
+            c = FailWithdrawal(*ids, "the chain refused the transaction")
+            return self.do(c, lambda: model.fail(c)) and None
+        c = CancelWithdrawal(*ids, w.account if rng.random() < 0.9 else "mallory")  # float-ok
+        self.do(c, lambda: model.cancel_withdrawal(c))
+
+    # ------------------------------------------------------------------ halts and the operator quorum
+
+    def a_halt_raise(self) -> None:
+        if len(self.model.halts) >= 2 and self.rng.random() < 0.8:  # float-ok: keep most of the run tradable
+            return self.a_halt_lift()
+        kind, scope = self.rng.choice(HALT_SCOPES)
+        level = self.rng.choice(["WITHDRAWALS_PAUSED", "REDUCE_ONLY", "HALTED"])
+        if self.model.halts and self.rng.random() < 0.2:  # float-ok: re-raise an active id (idempotent)
+            halt_id = self.rng.choice(sorted(self.model.halts))
+        else:
+            self.serial += 1
+            halt_id = f"h{self.serial}"
+        c = Halt(halt_id, kind, scope, level, "simulated incident", json.dumps({"step": self.step}))
+        seq = self.engine.last_seq + 1
+        self.do(c, lambda: self.model.halt(c, seq))
+
+    def _approvals(self, message: bytes, signers: list[tuple[str, Ed25519PrivateKey, bool]]) -> tuple[list[tuple[str, str]], list[tuple[str, bool]]]:
+        return ([(op, key.sign(message).hex()) for op, key, _ in signers], [(op, genuine) for op, _, genuine in signers])
+
+    def a_halt_lift(self) -> None:
+        if not self.model.halts:
+            return self.a_halt_raise()
+        halt_id = self.rng.choice(sorted(self.model.halts))
+        message = lift_message(halt_id, "resolved", self.model.halts[halt_id].raised_seq)
+        ops = self.rng.sample(sorted(self.operator_keys), self.rng.choice([2, 2, 3]))
+        approvals, verdicts = self._approvals(message, [(op, self.operator_keys[op], True) for op in ops])
+        c = LiftHalt(halt_id, "resolved", approvals)
+        self.do(c, lambda: self.model.lift(halt_id, verdicts))
+
+    def a_halt_lift_forged(self) -> None:
+        if not self.model.halts:
+            return self.a_halt_raise()
+        halt_id = self.rng.choice(sorted(self.model.halts))
+        raised = self.model.halts[halt_id].raised_seq
+        good = lift_message(halt_id, "resolved", raised)
+        op1, op2 = self.rng.sample(sorted(self.operator_keys), 2)
+        k1, k2 = self.operator_keys[op1], self.operator_keys[op2]
+        mallory = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
+        kind = self.rng.choice(["one", "forged_key", "duplicate", "replayed", "unknown"])
+        if kind == "one":
+            signers = [(op1, k1, True)]
+            message = good
+        elif kind == "forged_key":
+            signers, message = [(op1, k1, True), (op2, mallory, False)], good
+        elif kind == "duplicate":
+            signers, message = [(op1, k1, True), (op1, k1, True)], good
+        elif kind == "unknown":
+            signers, message = [(op1, k1, True), ("mallory", mallory, False)], good
+        else:  # signed for another raise of this halt: both signatures fail for this one
+            signers, message = [(op1, k1, False), (op2, k2, False)], lift_message(halt_id, "resolved", raised + 1)
+        approvals, verdicts = self._approvals(message, signers)
+        if kind == "duplicate":
+            verdicts = [(op1, True), (op1, True)]
+        c = LiftHalt(halt_id, "resolved", approvals)
+        self.do(c, lambda: self.model.lift(halt_id, verdicts))
+
+    def a_operators_rotate(self) -> None:
+        new_keys = {f"op{self.serial + i}": Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32)) for i in (1, 2, 3)}
+        self.serial += 3
+        operators = [(op, self._public(k)) for op, k in new_keys.items()]
+        message = operators_message(operators, 2, self.model.operators_version)
+        op1, op2 = self.rng.sample(sorted(self.operator_keys), 2)
+        forged = self.rng.random() < 0.4  # float-ok
+        signer2 = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32)) if forged else self.operator_keys[op2]
+        approvals, verdicts = self._approvals(message, [(op1, self.operator_keys[op1], True), (op2, signer2, not forged)])
+        c = RegisterOperators(operators, 2, approvals)
+
+        def predict() -> list[tuple[Any, ...]]:
+            out = self.model.register_operators(dict(operators), 2, verdicts)
+            self.operator_keys = new_keys
+            return out
+
+        self.do(c, predict)
+
+
+def run_simulation(
+    seed: int,
+    steps: int,
+    data_dir: Path,
+    *,
+    crash_probability_pct: int = 4,
+    on_step: Callable[[int], None] | None = None,
+    fsync: bool = False,
+) -> SimulationResult:
+    """Run `steps` audited steps from `seed` on a node in `data_dir` (empty or absent).
+
+    `fsync=False` by default: a simulated crash abandons the process, not the operating system, so
+    what was written is still there; the torn tail is written on purpose.
+    """
+    return _Sim(seed, steps, Path(data_dir), crash_probability_pct, on_step, fsync).run()
