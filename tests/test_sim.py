@@ -94,3 +94,12 @@ def test_a_planted_bug_is_caught_with_seed_step_command_and_field(tmp_path, monk
 def test_without_the_planted_bug_the_same_seed_passes(tmp_path):
     """The planted-bug tests above fail for the bug, not for the seed."""
     run_simulation(3, 400, tmp_path)
+
+
+def test_the_documented_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "engine.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "run_simulation" in b]
+    exec(compile(block, "docs/engine.md", "exec"), {})
