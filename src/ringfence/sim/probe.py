@@ -74,6 +74,15 @@ def withdrawals(engine: Engine) -> dict[str, str]:
     return {w.id: w.state for w in engine.components["custody"].withdrawals.values()}
 
 
+def withdrawal_holds(engine: Engine) -> dict[str, int]:
+    """asset -> amount + fee of every withdrawal that has not ended (what its hold must reserve)."""
+    out: dict[str, int] = {}
+    for w in engine.components["custody"].withdrawals.values():
+        if w.state not in ("settled", "failed", "denied", "rejected"):
+            out[w.asset] = out.get(w.asset, 0) + w.amount_minor + w.fee_minor
+    return out
+
+
 def deposits(engine: Engine) -> dict[str, tuple[str, bool]]:
     return {d.key: (d.state, d.final) for d in engine.components["custody"].deposits.values()}
 

@@ -143,7 +143,7 @@ ACTIONS: dict[str, int] = {
     "custody.observe": 5, "custody.credit": 5, "custody.finalize": 2, "custody.reorg": 1, "custody.reobserve": 1,
     "custody.source_of_funds": 1, "custody.review": 1, "custody.sweep": 2, "custody.treasury": 1,
     "withdrawal.request": 4, "withdrawal.advance": 10,
-    "halt.raise": 2, "halt.lift": 2, "halt.lift_forged": 2, "operators.rotate": 1,
+    "halt.raise": 1, "halt.lift": 2, "halt.lift_forged": 2, "operators.rotate": 1,
     "fault.snapshot": 1,
 }
 
@@ -379,6 +379,13 @@ class _Sim:
             if (base_pending, quote_pending) != (held_base, held_quote):
                 self.fail(f"{symbol}: clearing reserves {(base_pending, quote_pending)} but open orders hold "
                           f"{(held_base, held_quote)}", command)
+        holds = probe.withdrawal_holds(engine)
+        for asset in sorted(set(holds) | {c.asset for c in CUSTODY}):
+            held = holds.get(asset, 0)
+            clearing = accounts.get(("system", asset, "clearing", "-"), (0, 0, 0))
+            if clearing[2] != held:
+                self.fail(f"{asset}: the withdrawal clearing account reserves {clearing[2]} but open withdrawals "
+                          f"hold {held}", command)
         try:
             engine.check_invariants()
         except AssertionError as err:
@@ -949,10 +956,12 @@ class _Sim:
         return ([(op, key.sign(message).hex()) for op, key, _ in signers], [(op, genuine) for op, _, genuine in signers])
 
     def a_halt_lift(self) -> None:
-        if not self.model.halts:
-            return self.a_halt_raise()
-        halt_id = self.rng.choice(sorted(self.model.halts))
-        message = lift_message(halt_id, "resolved", self.model.halts[halt_id].raised_seq)
+        if not self.model.halts or self.rng.random() < 0.05:  # float-ok: lifting what is not raised
+            halt_id = "h-never-raised"
+            message = lift_message(halt_id, "resolved", 1)
+        else:
+            halt_id = self.rng.choice(sorted(self.model.halts))
+            message = lift_message(halt_id, "resolved", self.model.halts[halt_id].raised_seq)
         ops = self.rng.sample(sorted(self.operator_keys), self.rng.choice([2, 2, 3]))
         approvals, verdicts = self._approvals(message, [(op, self.operator_keys[op], True) for op in ops])
         c = LiftHalt(halt_id, "resolved", approvals)
@@ -960,7 +969,7 @@ class _Sim:
 
     def a_halt_lift_forged(self) -> None:
         if not self.model.halts:
-            return self.a_halt_raise()
+            return self.a_halt_lift()
         halt_id = self.rng.choice(sorted(self.model.halts))
         raised = self.model.halts[halt_id].raised_seq
         good = lift_message(halt_id, "resolved", raised)
