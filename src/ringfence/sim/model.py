@@ -111,6 +111,8 @@ class MarketRules:
     max_qty: int
     slippage_ppm: int
     max_open: int
+    band_ppm: int = 0  # half-width of the price band around the reference price (0: no band)
+    band_timeout_ns: int = 0
 
 
 @dataclass
@@ -118,6 +120,21 @@ class MMarket:
     rules: MarketRules
     orders: dict[int, MOrder] = field(default_factory=dict)
     last_price: int = 0
+    status: str = "ACTIVE"
+    auto_reduce: bool = False  # REDUCE_ONLY set by the band timer (lifted by it too)
+    ref_price: int = 0
+    out_of_band_since: int = -1  # -1: the last price is inside the band (or there is none)
+
+    def band(self) -> tuple[int, int]:
+        """(lo, hi) of the band around the reference price; (0, 0) when there is no band."""
+        if not self.ref_price or not self.rules.band_ppm:
+            return 0, 0
+        ppm = self.rules.band_ppm
+        return self.ref_price * (PPM - ppm) // PPM, self.ref_price * (PPM + ppm) // PPM
+
+    def in_band(self, price: int) -> bool:
+        lo, hi = self.band()
+        return not hi or lo <= price <= hi
 
 
 @dataclass(frozen=True)
@@ -204,6 +221,9 @@ class Model:
         self.rest_counter = 0
         self.tiers: dict[int, tuple[int, int]] = {0: (1000, 1000)}
         self.account_tier: dict[str, int] = {}
+        #: Set when a command's time alone changed state (a band timer fired): like an expiry, that
+        #: is not the command's effect, so "a rejected command changes nothing" is not asked then.
+        self.time_effects = False
         # custody
         self.custody: dict[str, CustodyRules] = {}
         self.wallets: dict[str, tuple[str, str]] = {}  # name -> (chain, tier)
@@ -556,9 +576,41 @@ class Model:
             self._cancel_all(action, ev)
         elif name == "AmendOrder":
             self._amend(action, ev)
+        elif name == "SetMarketStatus":
+            m = self.markets.get(action.symbol)
+            if m is None:
+                raise Refuse("RF_NOT_FOUND", "unknown market")
+            m.status, m.auto_reduce = action.status, False
+            ev.append(("status", m.rules.symbol, m.status, "OPERATOR"))
+        elif name == "SetReferencePrice":
+            m = self.markets.get(action.symbol)
+            if m is None:
+                raise Refuse("RF_NOT_FOUND", "unknown market")
+            m.ref_price = action.price
+            ev.append(("refprice", m.rules.symbol, action.price))
+            self._band_watch(m, ev)
         else:
             raise ModelError(f"not a trading action: {name}")
         return ev
+
+    def _band_watch(self, m: MMarket, ev: list) -> None:
+        """The dual-price guard's timer: a last price outside the band for `band_timeout_ns` puts
+        an ACTIVE market in REDUCE_ONLY; back inside the band, a market the timer reduced is ACTIVE."""
+        lo, hi = m.band()
+        if m.last_price and hi and not lo <= m.last_price <= hi:
+            if m.out_of_band_since < 0:
+                m.out_of_band_since = self.now_ns
+                self.time_effects = True
+            if m.status == "ACTIVE" and self.now_ns - m.out_of_band_since >= m.rules.band_timeout_ns:
+                m.status, m.auto_reduce = "REDUCE_ONLY", True
+                ev.append(("status", m.rules.symbol, "REDUCE_ONLY", "BAND_TIMEOUT"))
+                self.time_effects = True
+        elif m.out_of_band_since >= 0:
+            m.out_of_band_since = -1
+            self.time_effects = True
+            if m.auto_reduce and m.status == "REDUCE_ONLY":
+                m.status, m.auto_reduce = "ACTIVE", False
+                ev.append(("status", m.rules.symbol, "ACTIVE", "BAND_RESTORED"))
 
     def _reject(self, ev: list, action: str, reason: str) -> None:
         ev.append(("rejected", action, reason))
@@ -588,6 +640,9 @@ class Model:
             return self._reject(ev, "PLACE", "INVALID_PARAMETER")
         if (typ == "LIMIT_MAKER" and tif != "GTC") or (not limitish and tif == "FOK"):
             return self._reject(ev, "PLACE", "INVALID_PARAMETER")
+        self._band_watch(m, ev)
+        if m.status != "ACTIVE":
+            return self._reject(ev, "PLACE", "MARKET_NOT_ACTIVE")
         if price % r.tick or stop % r.tick:
             return self._reject(ev, "PLACE", "PRICE_NOT_ON_TICK")
         if qty:
@@ -597,6 +652,8 @@ class Model:
                 return self._reject(ev, "PLACE", "QTY_BELOW_MIN")
             if qty > r.max_qty:
                 return self._reject(ev, "PLACE", "QTY_ABOVE_MAX")
+        if limitish and not m.in_band(price):
+            return self._reject(ev, "PLACE", "PRICE_OUTSIDE_BAND")
         last = m.last_price
         if is_stop and last and (last >= stop if is_buy else last <= stop):
             return self._reject(ev, "PLACE", "STOP_WOULD_TRIGGER_IMMEDIATELY")
@@ -618,6 +675,7 @@ class Model:
                     protect = best * (PPM + r.slippage_ppm) // PPM // r.tick * r.tick
                 elif best:
                     protect = _ceil_div(best * (PPM - r.slippage_ppm) // PPM, r.tick) * r.tick
+            protect = self._cap_to_band(m, is_buy, protect)
         elif typ == "STOP_MARKET":
             if is_buy:
                 protect = stop * (PPM + r.slippage_ppm) // PPM // r.tick * r.tick
@@ -654,6 +712,15 @@ class Model:
         if self.next_trade_id != before:
             self._trigger_stops(m, ev)
 
+    @staticmethod
+    def _cap_to_band(m: MMarket, is_buy: bool, protect: int) -> int:
+        """A market order never fills outside the band: its protection price is pulled inside."""
+        lo, hi = m.band()
+        if not protect or not hi:
+            return protect
+        tick = m.rules.tick
+        return min(protect, hi // tick * tick) if is_buy else max(protect, _ceil_div(lo, tick) * tick)
+
     def _end(self, m: MMarket, o: MOrder) -> int:
         """The order is finished: give back what it still holds and forget it."""
         r = m.rules
@@ -678,6 +745,8 @@ class Model:
         for mk in self._book(m, not t.is_buy):
             if (mk.price > limit) if t.is_buy else (mk.price < limit):
                 break
+            if not m.in_band(mk.price):
+                continue
             if t.stp != "NONE" and mk.owner == t.owner:
                 if t.stp == "EXPIRE_MAKER":
                     continue
@@ -723,6 +792,9 @@ class Model:
             p = mk.price
             if (p > limit) if t.is_buy else (p < limit):
                 return ""
+            if not m.in_band(p):  # the band has left this resting price behind: it must not print
+                self._close(m, mk, ev, "expired", "PRICE_OUTSIDE_BAND")
+                continue
             if t.stp != "NONE" and mk.owner == t.owner:
                 if t.stp == "EXPIRE_TAKER":
                     return "SELF_TRADE_PREVENTED"
@@ -792,12 +864,20 @@ class Model:
             for oid in fired:
                 o = m.orders[oid]
                 ev.append(("triggered", oid, last))
+                if o.type == "STOP_LIMIT" and not m.in_band(o.price):
+                    self._close(m, o, ev, "expired", "PRICE_OUTSIDE_BAND")
+                    continue
+                if o.type == "STOP_MARKET":
+                    o.protect = self._cap_to_band(m, o.is_buy, o.protect)
                 self._execute(m, o, ev)
 
     def _cancel(self, c: Any, ev: list) -> None:
         m = self.markets.get(c.symbol)
         if m is None:
             return self._reject(ev, "CANCEL", "UNKNOWN_MARKET")
+        self._band_watch(m, ev)
+        if m.status == "HALTED":
+            return self._reject(ev, "CANCEL", "MARKET_HALTED")
         if c.order_id:
             o = m.orders.get(c.order_id)
         else:
@@ -810,6 +890,9 @@ class Model:
         m = self.markets.get(c.symbol)
         if m is None:
             return self._reject(ev, "CANCEL_ALL", "UNKNOWN_MARKET")
+        self._band_watch(m, ev)
+        if m.status == "HALTED":
+            return self._reject(ev, "CANCEL_ALL", "MARKET_HALTED")
         for oid in sorted(o.id for o in m.orders.values() if o.owner == c.owner):
             self._close(m, m.orders[oid], ev, "canceled", "USER_CANCELED")
 
@@ -817,6 +900,9 @@ class Model:
         m = self.markets.get(c.symbol)
         if m is None:
             return self._reject(ev, "AMEND", "UNKNOWN_MARKET")
+        self._band_watch(m, ev)
+        if m.status != "ACTIVE":
+            return self._reject(ev, "AMEND", "MARKET_NOT_ACTIVE")
         r = m.rules
         o = m.orders.get(c.order_id)
         if o is None or o.owner != c.owner:
@@ -836,6 +922,8 @@ class Model:
         if leaves <= 0:
             return self._reject(ev, "AMEND", "INVALID_PARAMETER")
         reprice = price != o.price
+        if reprice and not m.in_band(price):
+            return self._reject(ev, "AMEND", "PRICE_OUTSIDE_BAND")
         if reprice and o.type == "LIMIT_MAKER" and self._crosses(m, o.is_buy, price):
             return self._reject(ev, "AMEND", "POST_ONLY_WOULD_TAKE")
         need = leaves * price // r.scale if o.is_buy else leaves
@@ -1205,6 +1293,10 @@ class Model:
 
     def account_rows(self) -> dict[Key, tuple[int, int, int]]:
         return {k: b.row() for k, b in self.accounts.items() if b.row() != (0, 0, 0)}
+
+    def market_rows(self) -> dict[str, tuple[Any, ...]]:
+        return {s: (m.status, m.auto_reduce, m.out_of_band_since >= 0, m.ref_price, m.last_price)
+                for s, m in self.markets.items()}
 
     def order_rows(self) -> dict[str, dict[int, tuple[Any, ...]]]:
         return {s: {o.id: (o.owner, "BUY" if o.is_buy else "SELL", o.price, o.leaves, o.held, o.resting)

@@ -54,6 +54,12 @@ def orders(engine: Engine) -> dict[str, dict[int, tuple[Any, ...]]]:
     return out
 
 
+def markets(engine: Engine) -> dict[str, tuple[Any, ...]]:
+    """symbol -> (status, reduced by the band timer, last price outside the band, reference price, last price)."""
+    return {s: (m.status, m.auto_reduce, m.out_of_band, m.ref_price, m.last_price)
+            for s, m in engine.components["trading"].markets.items()}
+
+
 def best_prices(engine: Engine) -> dict[str, tuple[int, int]]:
     return {s: (m.best_bid(), m.best_ask()) for s, m in engine.components["trading"].markets.items()}
 

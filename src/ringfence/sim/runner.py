@@ -88,6 +88,8 @@ from ..trading.commands import (
     PlaceOrder,
     SetAccountFeeTier,
     SetFeeTier,
+    SetMarketStatus,
+    SetReferencePrice,
     TradingBatch,
 )
 from . import probe
@@ -99,7 +101,8 @@ USERS = ("ann", "ben", "cat", "dan", "eve")
 ASSETS = (("BTC", 8, "crypto", "bitcoin"), ("USDT", 6, "crypto", "ethereum"), ("AAPLX", 4, "tokenized", ""))
 MARKETS = (
     MarketRules("BTCUSDT", "BTC", "USDT", "spot", 10**8, 10**6, 10**5, 10**5, 10**9, 50_000, 12),
-    MarketRules("AAPLXUSDT", "AAPLX", "USDT", "tokenized", 10**4, 10**4, 100, 100, 10**7, 50_000, 12),
+    # A ±0.2 % band around the reference price (±38 ticks at 190 USDT); the timer fires after 20 ms.
+    MarketRules("AAPLXUSDT", "AAPLX", "USDT", "tokenized", 10**4, 10**4, 100, 100, 10**7, 50_000, 12, 2_000, 20_000_000),
 )
 MID = {"BTCUSDT": 60_000 * 10**6, "AAPLXUSDT": 190 * 10**6}
 CUSTODY = (
@@ -132,14 +135,15 @@ HALT_SCOPES = (("venue", "*"), ("market", "BTCUSDT"), ("market", "AAPLXUSDT"), (
                ("asset", "BTC@btc_hot"), ("asset", "USDT@eth_hot"))
 #: The simulated events the auditor compares one by one (custody and halt effects are compared as state).
 COMPARED_EVENTS = frozenset({"transfers", "expired_transfer", "accepted", "rejected", "rested", "trade", "canceled",
-                             "expired", "amended", "triggered"})
+                             "expired", "amended", "triggered", "status", "refprice"})
 
 #: Every action the workload draws from, with its weight (crash weight is a parameter).
 ACTIONS: dict[str, int] = {
     "ledger.deposit": 5, "ledger.transfer": 4, "ledger.withdraw": 2, "ledger.hold": 3, "ledger.post": 2,
     "ledger.void": 2, "ledger.linked": 2, "ledger.duplicate": 2, "ledger.bad_transfer": 2, "edge.invalid": 2,
     "trade.limit": 16, "trade.post_only": 4, "trade.market": 5, "trade.stop": 4, "trade.cancel": 6,
-    "trade.cancel_all": 1, "trade.amend": 6, "trade.invalid": 3, "trade.batch": 3,
+    "trade.cancel_all": 1, "trade.amend": 6, "trade.invalid": 3, "trade.batch": 3, "trade.reference_price": 3,
+    "trade.market_status": 1,
     "custody.observe": 5, "custody.credit": 5, "custody.finalize": 2, "custody.reorg": 1, "custody.reobserve": 1,
     "custody.source_of_funds": 1, "custody.review": 1, "custody.sweep": 2, "custody.treasury": 1,
     "withdrawal.request": 4, "withdrawal.advance": 10,
@@ -199,6 +203,10 @@ def _normalise(events: list[Any]) -> list[tuple[Any, ...]]:
             out.append(("amended", e.order_id, e.price, e.quantity, e.leaves, e.kept_priority))
         elif n == "OrderTriggered":
             out.append(("triggered", e.order_id, e.last_price))
+        elif n == "MarketStatusChanged":
+            out.append(("status", e.symbol, e.status, e.reason))
+        elif n == "ReferencePriceSet":
+            out.append(("refprice", e.symbol, e.price))
     return out
 
 
@@ -262,6 +270,7 @@ class _Sim:
         `malformed`: the command is refused at the edge (types, unknown asset...) before any halt
         is consulted, so the model's guard is not asked."""
         model, engine = self.model, self.engine
+        model.time_effects = False
         self.planned_ts += self.rng.randrange(1_000, 5_000_000)
         previous_now = model.now_ns
         model.now_ns = max(self.planned_ts, model.now_ns)
@@ -305,7 +314,7 @@ class _Sim:
                 self.fail(f"refused with {error.code} ({error}); the model expects {expect.code} ({expect.note})", command)
             if not journaled and engine.state_hash() != hash_before:
                 self.fail("a command refused before journaling changed the state hash", command)
-            if journaled and not expired:
+            if journaled and not expired and not model.time_effects:
                 self._unchanged(domain_before, f"a command rejected in apply ({error.code}: {error}) changed", command)
         else:
             assert events is not None
@@ -313,7 +322,7 @@ class _Sim:
             if expect.refused:
                 self.fail(f"accepted, but the model expects a refusal ({expect.code}: {expect.note}); "
                           f"events {_normalise(events)}", command)
-            if only_rejections:
+            if only_rejections and not model.time_effects:
                 self._unchanged(domain_before, "every action of the command was rejected, yet it changed", command)
             got = _normalise(events)
             want = [e for e in expect.events if e[0] in COMPARED_EVENTS]
@@ -344,6 +353,7 @@ class _Sim:
         for name, got, want in (
             ("accounts", accounts, model.account_rows()),
             ("orders", probe.orders(engine), model.order_rows()),
+            ("markets", probe.markets(engine), model.market_rows()),
             ("client holds", probe.client_pendings(engine), model.pending_rows()),
             ("withdrawals", probe.withdrawals(engine), {w.id: w.state for w in model.withdrawals.values()}),
             ("deposits", probe.deposits(engine), {k: (d.state, d.final) for k, d in model.deposits.items()}),
@@ -401,9 +411,13 @@ class _Sim:
                 for segment in ("spot", "tokenized"):
                     commands.append(OpenAccount(user, code, "available", segment))
         for r in MARKETS:
-            commands.append(ListMarket(r.symbol, r.base, r.quote, r.segment, r.tick, r.lot, r.min_qty, r.max_qty, 0, 0,
-                                       market_slippage_ppm=r.slippage_ppm, max_open_orders_per_account=r.max_open))
+            commands.append(ListMarket(r.symbol, r.base, r.quote, r.segment, r.tick, r.lot, r.min_qty, r.max_qty, 0,
+                                       r.band_ppm, r.band_timeout_ns, market_slippage_ppm=r.slippage_ppm,
+                                       max_open_orders_per_account=r.max_open))
             model.list_market(r)
+            if r.band_ppm:
+                commands.append(SetReferencePrice(r.symbol, MID[r.symbol]))
+                model.markets[r.symbol].ref_price = MID[r.symbol]
         commands += [SetFeeTier(1, 15, 333), SetAccountFeeTier("cat", 1)]
         model.tiers[1] = (15, 333)
         model.account_tier["cat"] = 1
@@ -733,6 +747,29 @@ class _Sim:
 
     def a_trade_invalid(self) -> None:
         self._trade(self._invalid_order())
+
+    def a_trade_reference_price(self) -> None:
+        r = MARKETS[1] if self.rng.random() < 0.85 else MARKETS[0]  # float-ok: mostly the banded market
+        price = MID[r.symbol] + self.rng.randrange(-50, 51) * r.tick
+        c = SetReferencePrice(r.symbol, price if self.rng.random() < 0.97 else 0)  # float-ok: sometimes invalid
+
+        def predict() -> list[tuple[Any, ...]]:
+            if c.price <= 0:
+                raise Refuse("RF_VALIDATION", "price must be positive")
+            return self.model.trading(c)
+
+        self.do(c, predict)
+
+    def a_trade_market_status(self) -> None:
+        status = self.rng.choices(["ACTIVE", "REDUCE_ONLY", "HALTED", "PAUSED"], weights=[6, 1, 1, 1])[0]
+        c = SetMarketStatus(self._market().symbol, status)
+
+        def predict() -> list[tuple[Any, ...]]:
+            if c.status not in ("ACTIVE", "REDUCE_ONLY", "HALTED"):
+                raise Refuse("RF_VALIDATION", "unknown market status")
+            return self.model.trading(c)
+
+        self.do(c, predict)
 
     def a_trade_batch(self) -> None:
         makers = [self._limit, self._post_only, self._market_order, self._cancel, self._amend, self._invalid_order]
