@@ -191,6 +191,7 @@ class MWithdrawal:
     approvals: dict[str, int] = field(default_factory=dict)  # approver -> expires_ns
     not_before: int = 0
     txid: str = ""
+    nonce: int = -1  # Ethereum wallets: the nonce assigned when signing was authorised
 
 
 @dataclass
@@ -235,7 +236,9 @@ class Model:
         #: The withdrawal policy: (asset or "" for any, amount_gt, action, approvals, roles), first match wins.
         self.rules: list[tuple[str, int, str, int, tuple[str, ...]]] = []
         self.approval_ttl_ns = 86400 * 10**9
-        self.internal_transfers: set[str] = set()
+        #: sweeps/refills by id -> (state, fields); "funding:<id>" and "nonce:<id>" share the table
+        self.internal_transfers: dict[str, tuple[str, tuple[Any, ...]]] = {}
+        self.next_nonce: dict[str, int] = {}  # Ethereum wallet -> next nonce
         # halts
         self.halts: dict[str, MHalt] = {}
         self.operators: dict[str, str] = {}  # id -> public key hex
@@ -1062,9 +1065,48 @@ class Model:
         d.kind, d.state = kind, ("credited" if kind == "available" else "frozen")
         return [("deposit", key, d.state)]
 
+    def _check_internal(self, c: Any) -> None:
+        cfg = self.custody.get(c.asset)
+        if cfg is None:
+            raise Refuse("RF_UNSUPPORTED_ASSET")
+        src, dst = self.wallets.get(c.from_wallet), self.wallets.get(c.to_wallet)
+        if src is None or dst is None:
+            raise Refuse("RF_NOT_FOUND")
+        if src[0] != cfg.chain or dst[0] != cfg.chain or c.from_wallet == c.to_wallet:
+            raise Refuse("RF_VALIDATION")
+        if c.amount_minor <= 0:
+            raise Refuse("RF_INVALID_AMOUNT")
+
+    def transfer_signed(self, c: Any) -> list[tuple[Any, ...]]:
+        """A sweep signed and journaled before broadcast: recorded as in flight, no money moves yet."""
+        fields = (c.txid, c.asset, c.from_wallet, c.to_wallet, c.amount_minor)
+        known = self.internal_transfers.get(c.transfer_id)
+        if known is not None:
+            if known[1][0] != c.txid:
+                raise Refuse("RF_CONFLICT", "another transaction for this transfer id")
+            return [("internal", c.transfer_id, known[0])]
+        self._check_internal(c)
+        self.internal_transfers[c.transfer_id] = ("signed", fields)
+        return [("internal", c.transfer_id, "signed")]
+
+    def reserve_nonce(self, c: Any) -> list[tuple[Any, ...]]:
+        w = self.wallets.get(c.wallet)
+        if w is None:
+            raise Refuse("RF_NOT_FOUND")
+        if w[0] != "ethereum":
+            raise Refuse("RF_VALIDATION")
+        key = "nonce:" + c.purpose_id
+        if key not in self.internal_transfers:
+            self.internal_transfers[key] = ("nonce", (self.next_nonce.get(c.wallet, 0),))
+            self.next_nonce[c.wallet] = self.next_nonce.get(c.wallet, 0) + 1
+        return [("nonce", c.purpose_id)]
+
     def internal_transfer(self, c: Any) -> list[tuple[Any, ...]]:
-        if c.transfer_id in self.internal_transfers:
+        known = self.internal_transfers.get(c.transfer_id)
+        if known is not None and known[0] == "recorded":
             return [("internal", c.transfer_id)]
+        if known is not None and known[1] != (c.txid, c.asset, c.from_wallet, c.to_wallet, c.amount_minor):
+            raise Refuse("RF_CONFLICT", "does not match the signed transfer")
         cfg = self.custody.get(c.asset)
         if cfg is None:
             raise Refuse("RF_UNSUPPORTED_ASSET")
@@ -1077,7 +1119,7 @@ class Model:
             raise Refuse("RF_INVALID_AMOUNT")
         self.move(self._custody_acct(c.asset, c.from_wallet), self._custody_acct(c.asset, c.to_wallet), c.amount_minor)
         self.move(self._custody_acct(c.asset, c.from_wallet), self._onchain(c.asset), c.network_fee_minor)
-        self.internal_transfers.add(c.transfer_id)
+        self.internal_transfers[c.transfer_id] = ("recorded", (c.txid, c.asset, c.from_wallet, c.to_wallet, c.amount_minor))
         return [("internal", c.transfer_id)]
 
     def treasury_funding(self, c: Any) -> list[tuple[Any, ...]]:
@@ -1095,7 +1137,7 @@ class Model:
         if c.amount_minor <= 0:
             raise Refuse("RF_INVALID_AMOUNT")
         self.move(self._onchain(c.asset), self._custody_acct(c.asset, c.wallet), c.amount_minor)
-        self.internal_transfers.add(key)
+        self.internal_transfers[key] = ("recorded", (c.txid, c.asset, "", c.wallet, c.amount_minor))
         return [("internal", key)]
 
     # ------------------------------------------------------------------ custody: withdrawals
@@ -1232,6 +1274,9 @@ class Model:
             w.state = "awaiting_approvals"
         else:
             w.state = "signing"
+            if self.wallets[w.wallet][0] == "ethereum":  # one nonce sequence per wallet, never reused
+                w.nonce = self.next_nonce.get(w.wallet, 0)
+                self.next_nonce[w.wallet] = w.nonce + 1
         return [("withdrawal", w.id, w.state)]
 
     def signed(self, c: Any) -> list[tuple[Any, ...]]:
@@ -1301,6 +1346,14 @@ class Model:
     def order_rows(self) -> dict[str, dict[int, tuple[Any, ...]]]:
         return {s: {o.id: (o.owner, "BUY" if o.is_buy else "SELL", o.price, o.leaves, o.held, o.resting)
                     for o in m.orders.values()} for s, m in self.markets.items()}
+
+    def withdrawal_rows(self) -> dict[str, tuple[str, int]]:
+        return {w.id: (w.state, w.nonce) for w in self.withdrawals.values()}
+
+    def internal_rows(self) -> dict[str, tuple[str, int]]:
+        """id -> (state, amount) of sweeps and fundings; for reserved nonces (state, the nonce)."""
+        return {k: ("recorded" if state == "nonce" else state, fields[0] if state == "nonce" else fields[4])
+                for k, (state, fields) in self.internal_transfers.items()}
 
     def pending_rows(self) -> dict[int, tuple[str, int]]:
         return {pid: (p.status, p.remaining) for pid, p in self.pending.items()}

@@ -76,8 +76,18 @@ def client_pendings(engine: Engine) -> dict[int, tuple[str, int]]:
     return {pid: (p.status, p.remaining) for pid, p in engine.ledger.pending.items() if pid < _INTERNAL_ID_BASE}
 
 
-def withdrawals(engine: Engine) -> dict[str, str]:
-    return {w.id: w.state for w in engine.components["custody"].withdrawals.values()}
+def withdrawals(engine: Engine) -> dict[str, tuple[str, int]]:
+    """withdrawal id -> (state, Ethereum nonce or -1)."""
+    return {w.id: (w.state, w.nonce) for w in engine.components["custody"].withdrawals.values()}
+
+
+def internal_transfers(engine: Engine) -> dict[str, tuple[str, int]]:
+    """Sweeps, fundings and reserved nonces: id -> (state, amount, or the nonce for a reservation)."""
+    return {t.id: (t.state, t.amount_minor) for t in engine.components["custody"].transfers.values()}
+
+
+def next_nonces(engine: Engine) -> dict[str, int]:
+    return {w.name: w.next_nonce for w in engine.components["custody"].wallets.values() if w.chain == "ethereum"}
 
 
 def withdrawal_holds(engine: Engine) -> dict[str, int]:

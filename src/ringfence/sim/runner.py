@@ -65,10 +65,12 @@ from ..custody.commands import (
     RecordInternalTransfer,
     RecordRiskReview,
     RecordSignedTx,
+    RecordTransferSigned,
     RecordTreasuryFunding,
     RegisterWallet,
     ReorgDeposits,
     RequestWithdrawal,
+    ReserveWalletNonce,
     ResolveManualReview,
     ReviewQuarantine,
     SetApprover,
@@ -145,7 +147,8 @@ ACTIONS: dict[str, int] = {
     "trade.cancel_all": 1, "trade.amend": 6, "trade.invalid": 3, "trade.batch": 3, "trade.reference_price": 3,
     "trade.market_status": 1,
     "custody.observe": 5, "custody.credit": 5, "custody.finalize": 2, "custody.reorg": 1, "custody.reobserve": 1,
-    "custody.source_of_funds": 1, "custody.review": 1, "custody.sweep": 2, "custody.treasury": 1,
+    "custody.source_of_funds": 1, "custody.review": 1, "custody.sweep": 2, "custody.sweep_signed": 1,
+    "custody.treasury": 1, "custody.reserve_nonce": 1,
     "withdrawal.request": 4, "withdrawal.advance": 10,
     "halt.raise": 1, "halt.lift": 2, "halt.lift_forged": 2, "operators.rotate": 1,
     "fault.snapshot": 1,
@@ -355,7 +358,10 @@ class _Sim:
             ("orders", probe.orders(engine), model.order_rows()),
             ("markets", probe.markets(engine), model.market_rows()),
             ("client holds", probe.client_pendings(engine), model.pending_rows()),
-            ("withdrawals", probe.withdrawals(engine), {w.id: w.state for w in model.withdrawals.values()}),
+            ("withdrawals", probe.withdrawals(engine), model.withdrawal_rows()),
+            ("sweeps and fundings", probe.internal_transfers(engine), model.internal_rows()),
+            ("next nonces", probe.next_nonces(engine),
+             {name: model.next_nonce.get(name, 0) for name, (chain, _) in model.wallets.items() if chain == "ethereum"}),
             ("deposits", probe.deposits(engine), {k: (d.state, d.final) for k, d in model.deposits.items()}),
             ("halts", probe.halts(engine), {k: (h.kind, h.scope, h.level) for k, h in model.halts.items()}),
         ):
@@ -862,15 +868,44 @@ class _Sim:
         c = ReviewQuarantine(chain, txid, index, analyst, self.rng.choice(["release", "release", "freeze"]), "reviewed")
         self.do(c, lambda: self.model.review_quarantine(c))
 
-    def a_custody_sweep(self) -> None:
+    def _sweep_fields(self) -> tuple[str, str, str, int]:
         asset = self.rng.choice(("BTC", "USDT"))
         src, dst = (DEPOSIT_WALLET[asset], HOT[asset]) if asset == "USDT" or self.rng.random() < 0.7 else ("btc_hot", "btc_cold")  # float-ok
         have = self.model.accounts.get(("system", asset, "custody", src))
-        amount = max(1, (have.posted if have else 0) // self.rng.choice([1, 2, 3]))
-        self.serial += 1
-        c = RecordInternalTransfer(f"sweep-{self.serial}", asset, src, dst, amount, self.rng.randrange(0, 1000),
-                                   self.rng.randbytes(32).hex())
+        return asset, src, dst, max(1, (have.posted if have else 0) // self.rng.choice([1, 2, 3]))
+
+    def a_custody_sweep(self) -> None:
+        """A confirmed sweep: often one signed earlier (then its fields must match), else a new one."""
+        in_flight = sorted(k for k, (state, _) in self.model.internal_transfers.items() if state == "signed")
+        if in_flight and self.rng.random() < 0.7:  # float-ok
+            tid = self.rng.choice(in_flight)
+            txid, asset, src, dst, amount = self.model.internal_transfers[tid][1]
+            if self.rng.random() < 0.1:  # float-ok: not what was signed
+                amount += 1
+        else:
+            self.serial += 1
+            tid, txid = f"sweep-{self.serial}", self.rng.randbytes(32).hex()
+            asset, src, dst, amount = self._sweep_fields()
+        c = RecordInternalTransfer(tid, asset, src, dst, amount, self.rng.randrange(0, 1000), txid)
         self.do(c, lambda: self.model.internal_transfer(c))
+
+    def a_custody_sweep_signed(self) -> None:
+        """A sweep signed and journaled before broadcast (in flight for reconciliation)."""
+        asset, src, dst, amount = self._sweep_fields()
+        self.serial += 1
+        c = RecordTransferSigned(f"sweep-{self.serial}", asset, src, dst, amount, 1_000, self.rng.randbytes(32).hex(), "00")
+        self.do(c, lambda: self.model.transfer_signed(c))
+
+    def a_custody_reserve_nonce(self) -> None:
+        wallet = self.rng.choice(["eth_hot", "eth_hot", "eth_deposit", "btc_hot", "no_such_wallet"])
+        reserved = sorted(k[6:] for k, (state, _) in self.model.internal_transfers.items() if state == "nonce")
+        if reserved and self.rng.random() < 0.2:  # float-ok: a retry of the same purpose
+            purpose = self.rng.choice(reserved)
+        else:
+            self.serial += 1
+            purpose = f"drain-{self.serial}"
+        c = ReserveWalletNonce(wallet, purpose)
+        self.do(c, lambda: self.model.reserve_nonce(c))
 
     def a_custody_treasury(self) -> None:
         asset = self.rng.choice(("BTC", "USDT"))
