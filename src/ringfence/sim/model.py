@@ -191,6 +191,7 @@ class MWithdrawal:
     approvals: dict[str, int] = field(default_factory=dict)  # approver -> expires_ns
     not_before: int = 0
     txid: str = ""
+    address: str = ""
     nonce: int = -1  # Ethereum wallets: the nonce assigned when signing was authorised
 
 
@@ -233,8 +234,10 @@ class Model:
         self.withdrawals: dict[str, MWithdrawal] = {}
         self.frozen_accounts: set[str] = set()
         self.roles: dict[str, set[str]] = {}
-        #: The withdrawal policy: (asset or "" for any, amount_gt, action, approvals, roles), first match wins.
-        self.rules: list[tuple[str, int, str, int, tuple[str, ...]]] = []
+        #: The withdrawal policy, first match wins: (asset or "" for any, amount_gt, only to addresses
+        #: not on the user's allow list, action, approvals, roles).
+        self.rules: list[tuple[str, int, bool, str, int, tuple[str, ...]]] = []
+        self.address_book: set[tuple[str, str, str]] = set()  # (account, asset, address)
         self.approval_ttl_ns = 86400 * 10**9
         #: sweeps/refills by id -> (state, fields); "funding:<id>" and "nonce:<id>" share the table
         self.internal_transfers: dict[str, tuple[str, tuple[Any, ...]]] = {}
@@ -1191,8 +1194,21 @@ class Model:
             raise Refuse("RF_INSUFFICIENT_FUNDS")
         self.reserve(user, self._clearing_w(c.asset), total)
         self.withdrawals[c.withdrawal_id] = MWithdrawal(c.withdrawal_id, c.account_id, c.asset, c.wallet, c.amount_minor,
-                                                        c.fee_minor, c.email_token_hash, self.now_ns, total)
+                                                        c.fee_minor, c.email_token_hash, self.now_ns, total,
+                                                        address=c.address)
         return [("withdrawal", c.withdrawal_id, "requested")]
+
+    def add_withdrawal_address(self, c: Any, address_ok: bool) -> list[tuple[Any, ...]]:
+        if c.asset not in self.custody:
+            raise Refuse("RF_UNSUPPORTED_ASSET")
+        if not address_ok:
+            raise Refuse("RF_INVALID_ADDRESS")
+        key = (c.account_id, c.asset, c.address.lower())
+        if key not in self.address_book:
+            if sum(1 for a, asset, _ in self.address_book if (a, asset) == key[:2]) >= 100:
+                raise Refuse("RF_VALIDATION", "allow list full")
+            self.address_book.add(key)
+        return [("address_book", key)]
 
     def confirm_email(self, c: Any) -> list[tuple[Any, ...]]:
         w = self._w(c)
@@ -1218,8 +1234,9 @@ class Model:
         if w.state != "reviewed":
             return [("withdrawal", w.id, w.state)]
         action, count, roles = "deny", 0, ()
-        for asset, amount_gt, rule_action, rule_count, rule_roles in self.rules:
-            if asset in ("", w.asset) and w.amount > amount_gt:
+        listed = (w.account, w.asset, w.address.lower()) in self.address_book
+        for asset, amount_gt, unlisted_only, rule_action, rule_count, rule_roles in self.rules:
+            if asset in ("", w.asset) and w.amount > amount_gt and not (unlisted_only and listed):
                 action, count, roles = rule_action, rule_count, rule_roles
                 break
         if w.manual and action in ("allow", "approvals", "delay"):

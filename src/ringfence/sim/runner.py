@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..custody.commands import (
     ActivatePolicy,
+    AddWithdrawalAddress,
     ApprovePolicy,
     ApproveWithdrawal,
     AssignDepositAddress,
@@ -127,11 +128,14 @@ POLICY = {"version": 1, "approval_ttl_s": 86400, "rules": [
      "action": {"type": "approvals", "count": 2, "roles": ["approver"]}},
     {"name": "usdt-big", "when": {"asset": ["USDT"], "amount_minor_gt": 20_000 * 10**6},
      "action": {"type": "approvals", "count": 2, "roles": ["approver"]}},
+    {"name": "btc-new-address", "when": {"asset": ["BTC"], "allow_listed": False, "amount_minor_gt": 5_000_000},
+     "action": {"type": "approvals", "count": 1, "roles": ["approver"]}},
     {"name": "small", "when": {}, "action": {"type": "allow"}},
 ]}
-MODEL_RULES = [("BTC", 400_000_000, "deny", 0, ()), ("USDT", 90_000 * 10**6, "deny", 0, ()),
-               ("BTC", 50_000_000, "approvals", 2, ("approver",)), ("USDT", 20_000 * 10**6, "approvals", 2, ("approver",)),
-               ("", -1, "allow", 0, ())]
+MODEL_RULES = [("BTC", 400_000_000, False, "deny", 0, ()), ("USDT", 90_000 * 10**6, False, "deny", 0, ()),
+               ("BTC", 50_000_000, False, "approvals", 2, ("approver",)),
+               ("USDT", 20_000 * 10**6, False, "approvals", 2, ("approver",)),
+               ("BTC", 5_000_000, True, "approvals", 1, ("approver",)), ("", -1, False, "allow", 0, ())]
 HALT_SCOPES = (("venue", "*"), ("market", "BTCUSDT"), ("market", "AAPLXUSDT"), ("segment", "spot"),
                ("segment", "tokenized"), ("asset", "BTC"), ("asset", "USDT"), ("asset", "AAPLX"),
                ("asset", "BTC@btc_hot"), ("asset", "USDT@eth_hot"))
@@ -149,7 +153,7 @@ ACTIONS: dict[str, int] = {
     "custody.observe": 5, "custody.credit": 5, "custody.finalize": 2, "custody.reorg": 1, "custody.reobserve": 1,
     "custody.source_of_funds": 1, "custody.review": 1, "custody.sweep": 2, "custody.sweep_signed": 1,
     "custody.treasury": 1, "custody.reserve_nonce": 1,
-    "withdrawal.request": 4, "withdrawal.advance": 10,
+    "withdrawal.request": 4, "withdrawal.advance": 10, "withdrawal.allow_list": 1,
     "halt.raise": 1, "halt.lift": 2, "halt.lift_forged": 2, "operators.rotate": 1,
     "fault.snapshot": 1,
 }
@@ -238,6 +242,7 @@ class _Sim:
         self.tip = {"bitcoin": 100, "ethereum": 1000}
         self.tokens: dict[str, str] = {}  # withdrawal id -> e-mail token
         self.txids: dict[str, str] = {}  # withdrawal id -> txid it was signed with
+        self.listed: dict[tuple[str, str], list[str]] = {}  # (user, asset) -> allow-listed addresses
         self.operator_keys: dict[str, Ed25519PrivateKey] = {}
         self.node = self._new_node()
         self.keys: dict[int, tuple[str, str, str, str]] = {}
@@ -930,7 +935,8 @@ class _Sim:
         cfg, user = self.model.custody[asset], self.rng.choice(USERS)
         kind = self.rng.choices(["ok", "big", "small", "fee", "cold", "address", "retry"], weights=[12, 2, 1, 1, 1, 1, 1])[0]
         amount = {"big": cfg.max_withdrawal, "small": cfg.min_withdrawal - 1}.get(
-            kind, self.rng.choice([cfg.min_withdrawal, cfg.min_withdrawal * 7, 60_000_000 if asset == "BTC" else 30_000 * 10**6,
+            kind, self.rng.choice([cfg.min_withdrawal, cfg.min_withdrawal * 7, 20_000_000 if asset == "BTC" else 5_000 * 10**6,
+                         60_000_000 if asset == "BTC" else 30_000 * 10**6,
                          450_000_000 if asset == "BTC" else 95_000 * 10**6]))
         amount = min(amount, cfg.max_withdrawal) if kind != "small" else amount
         self.serial += 1
@@ -941,12 +947,28 @@ class _Sim:
         token = self.rng.randbytes(8).hex()
         wallet = "btc_cold" if kind == "cold" else HOT[asset]
         address_ok = kind != "address"
-        c = RequestWithdrawal(wid, user, asset, wallet, self._withdrawal_address(asset, address_ok), amount,
+        address = self._withdrawal_address(asset, address_ok)
+        if address_ok and self.listed.get((user, asset)) and self.rng.random() < 0.5:  # float-ok: an allow-listed one
+            address = self.rng.choice(self.listed[(user, asset)])
+        c = RequestWithdrawal(wid, user, asset, wallet, address, amount,
                               cfg.fee + (1 if kind == "fee" else 0), hashlib.sha256(token.encode()).hexdigest())
 
         def predict() -> list[tuple[Any, ...]]:
             out = self.model.request_withdrawal(c, address_ok)
             self.tokens.setdefault(wid, token)
+            return out
+
+        self.do(c, predict)
+
+    def a_withdrawal_allow_list(self) -> None:
+        asset, user = self.rng.choice(("BTC", "USDT")), self.rng.choice(USERS)
+        address_ok = self.rng.random() < 0.9  # float-ok
+        address = self._withdrawal_address(asset, address_ok)
+        c = AddWithdrawalAddress(user, asset, address)
+
+        def predict() -> list[tuple[Any, ...]]:
+            out = self.model.add_withdrawal_address(c, address_ok)
+            self.listed.setdefault((user, asset), []).append(address)
             return out
 
         self.do(c, predict)
