@@ -73,9 +73,25 @@ def _release_one_unit_too_many(monkeypatch):
     monkeypatch.setattr(custody_commands, "_void", leaky_void)
 
 
+def _credit_the_withdrawal_fee_twice(monkeypatch):
+    """Plant a custody bug: settling a withdrawal credits its fee to the fee account twice (the
+    second time out of the withdrawal clearing account, so every asset still sums to zero)."""
+    from ringfence.ledger.ledger import Ledger
+
+    original = Ledger.move
+
+    def move(self, debit, credit, amount):
+        original(self, debit, credit, amount)
+        if debit.kind == "clearing" and credit.kind == "fees":
+            original(self, debit, credit, amount)
+
+    monkeypatch.setattr(Ledger, "move", move)
+
+
 @pytest.mark.parametrize("plant, what", [
     (_leak_one_unit_of_every_sellers_proceeds, "'available'"),
     (_release_one_unit_too_many, "'available'"),
+    (_credit_the_withdrawal_fee_twice, "'clearing'"),  # sorted first; the fee account differs too
 ])
 def test_a_planted_bug_is_caught_with_seed_step_command_and_field(tmp_path, monkeypatch, plant, what):
     plant(monkeypatch)
