@@ -14,7 +14,7 @@ import ringfence.custody.commands as custody_commands
 import ringfence.trading.matching as matching
 from ringfence.sim import SimulationFailure, run_simulation
 
-CI_STEPS = 2_000
+CI_STEPS = 3_000
 
 
 def test_a_seeded_run_of_every_module_agrees_with_the_model(tmp_path):

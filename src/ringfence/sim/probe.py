@@ -6,7 +6,6 @@ internals (the module split, the ledger API) touches only this file. Reads only;
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import msgspec
@@ -14,8 +13,9 @@ import msgspec
 from ..engine.commands import encode
 from ..engine.core import Engine
 
-__all__ = ["accounts", "account_ids", "orders", "client_pendings", "withdrawals", "deposits", "halts",
-           "best_prices", "domain_hash", "frozen_accounts"]
+__all__ = ["accounts", "account_ids", "orders", "markets", "best_prices", "clearing_pending", "client_pendings",
+           "withdrawals", "withdrawal_holds", "internal_transfers", "next_nonces", "deposits", "frozen_accounts",
+           "halts", "operators", "domain_state", "first_state_difference"]
 
 _INTERNAL_ID_BASE = 1 << 127
 
@@ -120,24 +120,31 @@ def operators(engine: Engine) -> tuple[int, int, list[str]]:
     return h.version, h.threshold, sorted(h.operators)
 
 
-def domain_state(engine: Engine) -> Any:
-    """Everything but the sequencer's stamps, as plain data (see `first_state_difference`).
+def domain_state(engine: Engine) -> bytes:
+    """Everything but the sequencer's stamps, canonically encoded (see `first_state_difference`).
 
     The ledger's expiry index (`[0][5]`) is left out too: it is derived from the pending transfers'
     deadlines (which stay in) and the sequencer's clock sweeps stale entries from it whenever time
     passes, even for a command that is then rejected."""
-    state = msgspec.json.decode(encode(engine.snapshot_state()[3:]))
-    state[0][5] = None
-    return state
+    state = engine.snapshot_state()[3:]
+    ledger = list(state[0])
+    ledger[5] = None
+    return encode([ledger, *state[1:]])
 
 
-def first_state_difference(before: Any, after: Any, path: str = "state") -> str | None:
-    """The path of the first difference between two `domain_state`s, e.g. `state[1][0][1].custody...`."""
+def first_state_difference(before: bytes, after: bytes) -> str | None:
+    """None if two `domain_state`s are equal, else the path of their first difference."""
+    if before == after:
+        return None
+    return _first_difference_in(msgspec.json.decode(before), msgspec.json.decode(after), "state")
+
+
+def _first_difference_in(before: Any, after: Any, path: str) -> str | None:
     if type(before) is not type(after):
         return f"{path}: {before!r} -> {after!r}"
     if isinstance(before, list):
         for i, (b, a) in enumerate(zip(before, after)):
-            diff = first_state_difference(b, a, f"{path}[{i}]")
+            diff = _first_difference_in(b, a, f"{path}[{i}]")
             if diff is not None:
                 return diff
         if len(before) != len(after):
@@ -145,14 +152,8 @@ def first_state_difference(before: Any, after: Any, path: str = "state") -> str 
         return None
     if isinstance(before, dict):
         for k in sorted(set(before) | set(after), key=repr):
-            diff = first_state_difference(before.get(k), after.get(k), f"{path}[{k!r}]")
+            diff = _first_difference_in(before.get(k), after.get(k), f"{path}[{k!r}]")
             if diff is not None:
                 return diff
         return None
     return None if before == after else f"{path}: {before!r} -> {after!r}"
-
-
-def domain_hash(engine: Engine) -> str:
-    """Hash of everything but the sequencer's stamps (last sequence number, time): what a journaled
-    but rejected command must leave unchanged."""
-    return hashlib.sha256(encode(engine.snapshot_state()[3:])).hexdigest()

@@ -218,6 +218,8 @@ def _normalise(events: list[Any]) -> list[tuple[Any, ...]]:
 
 
 def _first_difference(name: str, engine: dict[Any, Any], model: dict[Any, Any]) -> str | None:
+    if engine == model:
+        return None
     for key in sorted(set(engine) | set(model), key=repr):
         e, m = engine.get(key), model.get(key)
         if e != m:
