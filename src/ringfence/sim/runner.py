@@ -990,47 +990,39 @@ class _Sim:
             state = "cancel"
         model, rng, ids = self.model, self.rng, (w.id, w.asset, w.wallet)
         c: Any
+        predict: Callable[[Any], list[tuple[Any, ...]]]
         if state == "requested":
-            token = self.tokens.get(wid, "") if rng.random() < 0.9 else "forged"  # float-ok
-            c = ConfirmWithdrawalEmail(*ids, token)
-            return self.do(c, lambda: model.confirm_email(c)) and None
-        if state == "confirmed":
-            c = RecordRiskReview(*ids, rng.choice([3, 40, 90]), rng.random() < 0.15, ["sim"])  # float-ok
-            return self.do(c, lambda: model.risk_review(c)) and None
-        if state == "reviewed":
-            c = DecideWithdrawal(*ids)
-            return self.do(c, lambda: model.decide(c)) and None
-        if state == "awaiting_approvals":
+            c, predict = ConfirmWithdrawalEmail(*ids, self.tokens.get(wid, "") if rng.random() < 0.9 else "forged"), model.confirm_email  # float-ok
+        elif state == "confirmed":
+            c, predict = RecordRiskReview(*ids, rng.choice([3, 40, 90]), rng.random() < 0.15, ["sim"]), model.risk_review  # float-ok
+        elif state == "reviewed":
+            c, predict = DecideWithdrawal(*ids), model.decide
+        elif state == "awaiting_approvals":
             approver = rng.choice(["ops1", "ops2", "ops3", "ops3", "ana1", w.account])
-            c = ApproveWithdrawal(*ids, approver, "approver")
-            return self.do(c, lambda: model.approve(c)) and None
-        if state == "manual_review":
-            c = ResolveManualReview(*ids, rng.choice(["ana1", "ana2", "ops1"]), rng.random() < 0.7, "checked the history")  # float-ok
-            return self.do(c, lambda: model.manual_review(c)) and None
-        if state == "approved":
-            c = AuthorizeSigning(*ids)
-            return self.do(c, lambda: model.authorize(c)) and None
-        if state == "signing":
+            c, predict = ApproveWithdrawal(*ids, approver, "approver"), model.approve
+        elif state == "manual_review":
+            analyst = rng.choice(["ana1", "ana2", "ops1"])
+            c, predict = ResolveManualReview(*ids, analyst, rng.random() < 0.7, "checked the history"), model.manual_review  # float-ok
+        elif state == "approved":
+            c, predict = AuthorizeSigning(*ids), model.authorize
+        elif state == "signing":
             txid = self.txids.get(wid) or rng.randbytes(32).hex()
             c = RecordSignedTx(*ids, txid, "00" * rng.randrange(1, 50), rng.randrange(0, 2000))
 
-            def signed() -> list[tuple[Any, ...]]:
-                out = model.signed(c)
+            def predict(command: Any) -> list[tuple[Any, ...]]:
+                out = model.signed(command)
                 self.txids.setdefault(wid, txid)
                 return out
-
-            return self.do(c, signed) and None
-        if state == "signed":
-            c = RecordBroadcast(*ids, self.txids.get(wid, "none"))
-            return self.do(c, lambda: model.broadcast(c)) and None
-        if state == "broadcast":
+        elif state == "signed":
+            c, predict = RecordBroadcast(*ids, self.txids.get(wid, "none")), model.broadcast
+        elif state == "broadcast":
             c = SettleWithdrawal(*ids, self.txids.get(wid, "none"), rng.choice([1, 3, 3, 9]), rng.randrange(0, 3000))
-            return self.do(c, lambda: model.settle(c)) and None
-        if state == "fail":
-            c = FailWithdrawal(*ids, "the chain refused the transaction")
-            return self.do(c, lambda: model.fail(c)) and None
-        c = CancelWithdrawal(*ids, w.account if rng.random() < 0.9 else "mallory")  # float-ok
-        self.do(c, lambda: model.cancel_withdrawal(c))
+            predict = model.settle
+        elif state == "fail":
+            c, predict = FailWithdrawal(*ids, "the chain refused the transaction"), model.fail
+        else:
+            c, predict = CancelWithdrawal(*ids, w.account if rng.random() < 0.9 else "mallory"), model.cancel_withdrawal  # float-ok
+        self.do(c, lambda: predict(c))
 
     # ------------------------------------------------------------------ halts and the operator quorum
 
