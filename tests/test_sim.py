@@ -119,3 +119,25 @@ def test_the_documented_example_runs():
     text = (Path(__file__).resolve().parent.parent / "docs" / "engine.md").read_text()
     [block] = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "run_simulation" in b]
     exec(compile(block, "docs/engine.md", "exec"), {})
+
+
+def test_the_auditor_imports_no_engine_code():
+    """The model must be a second implementation, not a second call into the first: its files
+    import only the standard library and each other."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    import ringfence.sim.model as model_package
+
+    folder = Path(model_package.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 0:
+                    assert node.module.split(".")[0] in sys.stdlib_module_names | {"__future__"}, (path.name, node.module)
+                else:
+                    assert node.level == 1, (path.name, node.module)  # only siblings inside model/
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] in sys.stdlib_module_names, (path.name, alias.name)

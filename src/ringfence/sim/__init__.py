@@ -1,6 +1,6 @@
 """Deterministic simulation of one engine shard, checked step by step by an independent auditor.
 
-`runner.py` drives a real node (every module, crashes, torn writes, snapshots); `model.py` is the
+`runner.py` drives a real node (every module, crashes, torn writes, snapshots); `model/` is the
 auditor, a second and deliberately simple implementation of what each command must do; `probe.py`
 is the only code that reads the engine's state for the comparison. See docs/engine.md.
 """

@@ -11,7 +11,7 @@ with forged, replayed, duplicated or too few approvals; operator-set rotation â€
 crashes (the process abandoned, often with a torn half-written batch at the journal's end),
 recovery from snapshot plus journal, and snapshots.
 
-Before each command the independent model (`model.py`, the auditor) predicts what it must do; after
+Before each command the independent model (`model/`, the auditor) predicts what it must do; after
 it, the runner checks:
 
 * refused vs accepted (and the error code), and the command's normalised events (orders accepted,
