@@ -262,11 +262,12 @@ def sim(
         "halted_refusals": "commands refused because a halt covered their scope",
         "crashes": "abandoned processes, recovered from the journal",
         "torn_tails": "crashes that left a half-written batch, truncated on recovery",
+        "durable_unacknowledged": "crashes after a batch was written whole but not applied: recovery applies it",
         "snapshots": "snapshots written (recovery starts from the newest)",
         "steps": "simulation steps",
     }
     for name in ("steps", "commands_acknowledged", "commands_rejected", "transfers_failed", "orders_rejected", "trades",
-                 "halted_refusals", "crashes", "torn_tails", "snapshots"):
+                 "halted_refusals", "crashes", "torn_tails", "durable_unacknowledged", "snapshots"):
         table.add_row(name.replace("_", " "), f"{getattr(result, name):,}", explain[name])
     console.print(table)
     console.print(f"state hash {result.state_hash}")

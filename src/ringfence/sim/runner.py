@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -77,6 +78,7 @@ from ..custody.commands import (
     SetApprover,
     SettleWithdrawal,
 )
+from ..engine.commands import Batch, encode
 from ..engine.node import Node, replay_journal
 from ..errors import RingfenceError
 from ..journal.journal import encode_record, segment_paths
@@ -179,6 +181,7 @@ class SimulationResult:
     halted_refusals: int = 0
     crashes: int = 0
     torn_tails: int = 0
+    durable_unacknowledged: int = 0
     snapshots: int = 0
     state_hash: str = ""
     counts: dict[str, int] = field(default_factory=dict)
@@ -515,6 +518,8 @@ class _Sim:
         self.result.snapshots += 1
 
     def a_fault_crash(self) -> None:
+        if self.rng.random() < 0.2:  # float-ok
+            return self._crash_after_write()
         before, last_seq = self.engine.state_hash(), self.engine.last_seq
         writer = self.node.writer
         assert writer is not None
@@ -533,6 +538,36 @@ class _Sim:
             self.fail(f"recovery after a crash lost or invented state (seq {last_seq} -> {self.engine.last_seq})")
         self._refresh_ids()
         self.audit()
+
+    def _crash_after_write(self) -> None:
+        """The batch reached the journal whole, then the process died before applying it: nobody was
+        told, yet it is durable, so recovery applies it — and the model must agree with the result."""
+        model, writer = self.model, self.node.writer
+        assert writer is not None
+        aid, key = self._user_account()
+        world = self.ids[("system", key[1], "world", "-")]
+        transfers = [Transfer(self._tid(), world, aid, self._amount(key[1]))]
+        command = CreateTransfers(transfers)
+        _, raw = self.node.prepare(command)
+        self.planned_ts += self.rng.randrange(1_000, 5_000_000)
+        ts = max(self.planned_ts, model.now_ns)
+        writer.append(encode(Batch(writer.next_seq, ts, self._entropy_rng.randbytes(32), [msgspec.Raw(raw)])),
+                      writer.next_seq, 1)
+        self.node.writer = None
+        if writer._fd is not None:
+            os.close(writer._fd)
+        self.node = self._new_node()
+        self.result.crashes += 1
+        self.result.durable_unacknowledged += 1
+        model.now_ns = ts
+        model.expire(ts)
+        self._refresh_ids()
+        try:
+            model.guard(command, self.keys)
+            model.create_transfers(transfers, self.keys)
+        except Refuse:
+            pass  # refused in apply during recovery (a halt): nothing changed
+        self.audit(command)
 
     # ------------------------------------------------------------------ ledger
 
