@@ -8,10 +8,11 @@ actions; the runner draws one per step.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -143,6 +144,18 @@ class Workload:
     operator_keys: dict[str, Ed25519PrivateKey]
     step: int
 
+    if TYPE_CHECKING:  # provided by the runner
+
+        def do(self, command: Any, predict: Callable[[], list[tuple[Any, ...]]], *,
+               malformed: bool = False) -> list[Any] | None: ...
+
+        def audit(self, command: Any = None) -> None: ...
+
+        def _refresh_ids(self) -> None: ...
+
+        @property
+        def engine(self) -> Any: ...
+
     def setup(self) -> None:
         node, model, rng = self.node, self.model, self.rng
         commands: list[Any] = [RegisterAsset(*a) for a in ASSETS]
@@ -195,7 +208,7 @@ class Workload:
                        ("AAPLX", "tokenized", 10**8)]
             transfers = [Transfer(self._tid(), self.ids[("system", a, "world", "-")], self.ids[(user, a, "available", s)], amount)
                          for a, s, amount in funding]
-            self.do(CreateTransfers(transfers), lambda ts=transfers: self._ledger(ts))
+            self.do(CreateTransfers(transfers), functools.partial(self._ledger, transfers))
 
     @staticmethod
     def _public(key: Ed25519PrivateKey) -> str:
@@ -601,7 +614,9 @@ class Workload:
             return "0x" + self.rng.randbytes(20).hex()
         from ..chains.bitcoin.address import script_to_address
 
-        return script_to_address(bytes.fromhex("0014") + self.rng.randbytes(20), "regtest")
+        address = script_to_address(bytes.fromhex("0014") + self.rng.randbytes(20), "regtest")
+        assert address is not None
+        return address
 
     def a_withdrawal_request(self) -> None:
         asset = self.rng.choice(("BTC", "USDT"))

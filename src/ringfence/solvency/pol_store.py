@@ -92,7 +92,7 @@ class ProofStore:
         def parse(rec: bytes) -> tuple[str, list[str]]:
             return rec[:32].hex(), [str(int.from_bytes(rec[32 + 16 * k : 48 + 16 * k], "big")) for k in range(n)]
 
-        path = []
+        path: list[dict[str, Any]] = []
         with open(self.directory / f"part-{part:05d}.tree", "rb") as fh:
             if plc == 1:  # a one-leaf partition: the leaf is the partition root, kept in top.bin
                 with open(self.directory / "top.bin", "rb") as top:

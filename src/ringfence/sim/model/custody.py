@@ -363,11 +363,12 @@ class CustodyModel(Books):
         w = self._w(c)
         if w.state != "reviewed":
             return [("withdrawal", w.id, w.state)]
-        action, count, roles = "deny", 0, ()
+        action, count = "deny", 0  # no rule matched: default deny
+        roles_needed: tuple[str, ...] = ()
         listed = (w.account, w.asset, w.address.lower()) in self.address_book
         for asset, amount_gt, unlisted_only, rule_action, rule_count, rule_roles in self.rules:
             if asset in ("", w.asset) and w.amount > amount_gt and not (unlisted_only and listed):
-                action, count, roles = rule_action, rule_count, rule_roles
+                action, count, roles_needed = rule_action, rule_count, rule_roles
                 break
         if w.manual and action in ("allow", "approvals", "delay"):
             action = "manual_review"
@@ -376,7 +377,7 @@ class CustodyModel(Books):
         if action == "manual_review":
             w.state = "manual_review"
         elif action == "approvals":
-            w.state, w.required, w.roles, w.not_before = "awaiting_approvals", count, roles, self.now_ns
+            w.state, w.required, w.roles, w.not_before = "awaiting_approvals", count, roles_needed, self.now_ns
         else:
             w.state, w.not_before = "approved", self.now_ns
         return [("withdrawal", w.id, w.state)]

@@ -130,7 +130,12 @@ class LedgerModel(Books):
             self.reserve(debit, credit, t.amount)
             self.pending[t.id] = MPending(debit, credit, t.amount, self.now_ns + t.timeout_ns if t.timeout_ns else 0)
             if undo is not None:
-                undo.append(lambda: (self.release(debit, credit, t.amount), self.pending.pop(t.id)))
+
+                def unreserve() -> None:
+                    self.release(debit, credit, t.amount)
+                    del self.pending[t.id]
+
+                undo.append(unreserve)
         else:
             self.move(debit, credit, t.amount)
             if undo is not None:
