@@ -29,6 +29,7 @@ def test_a_seeded_run_of_every_module_agrees_with_the_model(tmp_path):
     assert result.trades > 20 and result.orders_rejected > 0 and result.transfers_failed > 0
     assert result.halted_refusals > 0 and result.commands_rejected > result.halted_refusals
     assert result.crashes > 0 and result.torn_tails > 0 and result.snapshots > 0 and result.durable_unacknowledged > 0
+    assert result.group_commits > 0
 
 
 def test_the_same_seed_gives_the_same_run(tmp_path):

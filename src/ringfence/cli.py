@@ -263,11 +263,12 @@ def sim(
         "crashes": "abandoned processes, recovered from the journal",
         "torn_tails": "crashes that left a half-written batch, truncated on recovery",
         "durable_unacknowledged": "crashes after a batch was written whole but not applied: recovery applies it",
+        "group_commits": "batches of 2-4 commands prechecked together and journaled as one record",
         "snapshots": "snapshots written (recovery starts from the newest)",
         "steps": "simulation steps",
     }
     for name in ("steps", "commands_acknowledged", "commands_rejected", "transfers_failed", "orders_rejected", "trades",
-                 "halted_refusals", "crashes", "torn_tails", "durable_unacknowledged", "snapshots"):
+                 "halted_refusals", "crashes", "torn_tails", "durable_unacknowledged", "group_commits", "snapshots"):
         table.add_row(name.replace("_", " "), f"{getattr(result, name):,}", explain[name])
     console.print(table)
     console.print(f"state hash {result.state_hash}")

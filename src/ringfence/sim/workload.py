@@ -121,7 +121,7 @@ ACTIONS: dict[str, int] = {
     "custody.treasury": 1, "custody.reserve_nonce": 1,
     "withdrawal.request": 4, "withdrawal.advance": 10, "withdrawal.allow_list": 1,
     "halt.raise": 1, "halt.lift": 2, "halt.lift_forged": 2, "operators.rotate": 1,
-    "fault.snapshot": 1,
+    "fault.snapshot": 1, "fault.group_commit": 3,
 }
 
 
