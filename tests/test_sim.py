@@ -142,3 +142,22 @@ def test_the_auditor_imports_no_engine_code():
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     assert alias.name.split(".")[0] in sys.stdlib_module_names, (path.name, alias.name)
+
+
+def test_a_rejection_that_changed_state_is_caught(tmp_path, monkeypatch):
+    """Plant issue 14's fault #1: a handler mutates, then refuses. Here a quantity off the lot is
+    rejected after the market's last price was bumped; the sim names the changed field."""
+    original = matching._qty_problem
+
+    def mutating_qty_problem(m, qty):
+        problem = original(m, qty)
+        if problem is not None:
+            m.last_price += 1
+        return problem
+
+    monkeypatch.setattr(matching, "_qty_problem", mutating_qty_problem)
+    with pytest.raises(SimulationFailure) as info:
+        run_simulation(3, CI_STEPS, tmp_path)
+    text = str(info.value)
+    print(text)
+    assert "rejected" in text and "changed state" in text and "ringfence sim --seed 3" in text

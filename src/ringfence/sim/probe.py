@@ -136,7 +136,12 @@ def first_state_difference(before: bytes, after: bytes) -> str | None:
     """None if two `domain_state`s are equal, else the path of their first difference."""
     if before == after:
         return None
-    return _first_difference_in(msgspec.json.decode(before), msgspec.json.decode(after), "state")
+
+    def named(data: bytes) -> dict[str, Any]:  # [ledger, [[component, state], ...]] -> by name
+        ledger, components = msgspec.json.decode(data)
+        return {"ledger": ledger, **{name: state for name, state in components}}
+
+    return _first_difference_in(named(before), named(after), "state")
 
 
 def _first_difference_in(before: Any, after: Any, path: str) -> str | None:
