@@ -88,8 +88,10 @@ DEPOSIT_WALLET = {"BTC": "btc_deposit", "USDT": "eth_deposit"}
 CHAIN = {"BTC": "bitcoin", "USDT": "ethereum"}
 ROLES = {"ops1": ["approver"], "ops2": ["approver"], "ops3": ["approver"], "ana1": ["analyst"], "ana2": ["analyst"],
          "pa1": ["policy_admin"], "pa2": ["policy_admin"], "pa3": ["policy_admin"]}
-#: The withdrawal policy (first match wins): deny above 4 BTC / 90k USDT, two approvers above 0.5 BTC /
-#: 20k USDT, allow the rest. MODEL_RULES is the same policy in the auditor's terms.
+#: The withdrawal policy (first match wins): deny above 4 BTC / 90k USDT; two approvers above 0.5 BTC /
+#: 20k USDT; one approver for more than 0.05 BTC to an address not on the allow list, or when a user's
+#: USDT withdrawals in the last hour would pass 12k; allow the rest. MODEL_RULES is the same policy in
+#: the auditor's terms.
 POLICY = {"version": 1, "approval_ttl_s": 86400, "rules": [
     {"name": "btc-huge", "when": {"asset": ["BTC"], "amount_minor_gt": 400_000_000}, "action": {"type": "deny"}},
     {"name": "usdt-huge", "when": {"asset": ["USDT"], "amount_minor_gt": 90_000 * 10**6}, "action": {"type": "deny"}},
@@ -99,12 +101,16 @@ POLICY = {"version": 1, "approval_ttl_s": 86400, "rules": [
      "action": {"type": "approvals", "count": 2, "roles": ["approver"]}},
     {"name": "btc-new-address", "when": {"asset": ["BTC"], "allow_listed": False, "amount_minor_gt": 5_000_000},
      "action": {"type": "approvals", "count": 1, "roles": ["approver"]}},
+    {"name": "usdt-velocity", "when": {"asset": ["USDT"], "user_velocity": {"window_s": 3600, "amount_minor_gt": 12_000 * 10**6}},
+     "action": {"type": "approvals", "count": 1, "roles": ["approver"]}},
     {"name": "small", "when": {}, "action": {"type": "allow"}},
 ]}
-MODEL_RULES = [("BTC", 400_000_000, False, "deny", 0, ()), ("USDT", 90_000 * 10**6, False, "deny", 0, ()),
-               ("BTC", 50_000_000, False, "approvals", 2, ("approver",)),
-               ("USDT", 20_000 * 10**6, False, "approvals", 2, ("approver",)),
-               ("BTC", 5_000_000, True, "approvals", 1, ("approver",)), ("", -1, False, "allow", 0, ())]
+MODEL_RULES = [("BTC", 400_000_000, False, None, "deny", 0, ()), ("USDT", 90_000 * 10**6, False, None, "deny", 0, ()),
+               ("BTC", 50_000_000, False, None, "approvals", 2, ("approver",)),
+               ("USDT", 20_000 * 10**6, False, None, "approvals", 2, ("approver",)),
+               ("BTC", 5_000_000, True, None, "approvals", 1, ("approver",)),
+               ("USDT", -1, False, (3600, 12_000 * 10**6), "approvals", 1, ("approver",)),
+               ("", -1, False, None, "allow", 0, ())]
 HALT_SCOPES = (("venue", "*"), ("market", "BTCUSDT"), ("market", "AAPLXUSDT"), ("segment", "spot"),
                ("segment", "tokenized"), ("asset", "BTC"), ("asset", "USDT"), ("asset", "AAPLX"),
                ("asset", "BTC@btc_hot"), ("asset", "USDT@eth_hot"))

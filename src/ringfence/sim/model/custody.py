@@ -84,8 +84,9 @@ class CustodyModel(Books):
         self.frozen_accounts: set[str] = set()
         self.roles: dict[str, set[str]] = {}
         #: The withdrawal policy, first match wins: (asset or "" for any, amount_gt, only to addresses
-        #: not on the user's allow list, action, approvals, roles).
-        self.rules: list[tuple[str, int, bool, str, int, tuple[str, ...]]] = []
+        #: not on the user's allow list, (window_s, gt) the user's withdrawals in the window plus
+        #: this one must exceed or None, action, approvals, roles).
+        self.rules: list[tuple[str, int, bool, tuple[int, int] | None, str, int, tuple[str, ...]]] = []
         self.address_book: set[tuple[str, str, str]] = set()  # (account, asset, address)
         self.approval_ttl_ns = 86400 * 10**9
         #: sweeps/refills by id -> (state, fields); "funding:<id>" and "nonce:<id>" share the table
@@ -366,7 +367,9 @@ class CustodyModel(Books):
         action, count = "deny", 0  # no rule matched: default deny
         roles_needed: tuple[str, ...] = ()
         listed = (w.account, w.asset, w.address.lower()) in self.address_book
-        for asset, amount_gt, unlisted_only, rule_action, rule_count, rule_roles in self.rules:
+        for asset, amount_gt, unlisted_only, velocity, rule_action, rule_count, rule_roles in self.rules:
+            if velocity is not None and self._user_velocity(w, velocity[0]) + w.amount <= velocity[1]:
+                continue
             if asset in ("", w.asset) and w.amount > amount_gt and not (unlisted_only and listed):
                 action, count, roles_needed = rule_action, rule_count, rule_roles
                 break
@@ -381,6 +384,14 @@ class CustodyModel(Books):
         else:
             w.state, w.not_before = "approved", self.now_ns
         return [("withdrawal", w.id, w.state)]
+
+    def _user_velocity(self, w: MWithdrawal, window_s: int) -> int:
+        """What the same user asked to withdraw of the same asset in the window (not counting this
+        one, nor withdrawals that failed, were denied or rejected)."""
+        since = self.now_ns - window_s * 10**9
+        return sum(x.amount for x in self.withdrawals.values()
+                   if x.id != w.id and x.account == w.account and x.asset == w.asset
+                   and x.state not in ("failed", "denied", "rejected") and x.created_ns > since)
 
     def approve(self, c: Any) -> list[tuple[Any, ...]]:
         w = self._w(c)
