@@ -44,7 +44,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from itertools import repeat
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from ..engine.core import CommandRejected, Engine, ShardHalt
 from ..engine.module import Module
@@ -258,12 +258,12 @@ class ChainRow:
         return "OK"
 
 
-class _PostedTotals:
-    __slots__ = ("credits_posted", "debits_posted")
+class _PostedTotals(NamedTuple):
+    """A read-only copy of one account's posted totals (shaped like the ledger's `Account` for
+    `custody_holdings`); immutable, so it can never be mistaken for a live balance to write."""
 
-    def __init__(self, credits_posted: int, debits_posted: int) -> None:
-        self.credits_posted = credits_posted
-        self.debits_posted = debits_posted
+    credits_posted: int
+    debits_posted: int
 
 
 class _CustodyAccounts:
