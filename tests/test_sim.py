@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ringfence.custody.commands as custody_commands
-import ringfence.trading.matching as matching
+from ringfence.custody import withdrawal_cmds
 from ringfence.sim import SimulationFailure, run_simulation
+from ringfence.trading import orders
 
 CI_STEPS = 3_000
 
@@ -47,22 +47,26 @@ def test_invariants_hold_for_any_seed(tmp_path_factory, seed):
 
 def _leak_one_unit_of_every_sellers_proceeds(monkeypatch):
     """Plant a trading bug that keeps every asset summing to zero: the seller gets one unit less of
-    its quote proceeds and the fee account one more (so only an independent model can see it)."""
-    original = matching._fill
+    its quote proceeds and the fee account one more (so only an independent model can see it).
+    Trading's fee rule is what is wrong; the ledger's `settle_fill` only checks the parts add up."""
+    from ringfence.ledger.ledger import Ledger
 
-    def leaky_fill(st, ledger, m, t, mk, p, q, ev):
-        original(st, ledger, m, t, mk, p, q, ev)
-        seller = mk if t.is_buy else t
-        seller.recv.credits_posted -= 1
-        m.fees_quote.credits_posted += 1
+    original = Ledger.settle_fill
 
-    monkeypatch.setattr(matching, "_fill", leaky_fill)
+    def leaky_settle_fill(self, c, buyer_hold, seller_hold, buyer_recv, seller_recv, base, quote,
+                          buyer_fee, buyer_shield, seller_fee, seller_shield):
+        if seller_fee < quote:
+            seller_fee += 1
+        original(self, c, buyer_hold, seller_hold, buyer_recv, seller_recv, base, quote,
+                 buyer_fee, buyer_shield, seller_fee, seller_shield)
+
+    monkeypatch.setattr(Ledger, "settle_fill", leaky_settle_fill)
 
 
 def _release_one_unit_too_many(monkeypatch):
     """Plant a custody bug: ending a withdrawal (fail, cancel, deny, reject) gives the user one unit
     more than it held, taken from the clearing account (again conserving every asset)."""
-    original = custody_commands._void
+    original = withdrawal_cmds._void
 
     def leaky_void(engine, w, state, reason):
         event = original(engine, w, state, reason)
@@ -71,7 +75,7 @@ def _release_one_unit_too_many(monkeypatch):
         ledger.move(clearing, ledger.get(w.account_id, w.asset), 1)
         return event
 
-    monkeypatch.setattr(custody_commands, "_void", leaky_void)
+    monkeypatch.setattr(withdrawal_cmds, "_void", leaky_void)
 
 
 def _credit_the_withdrawal_fee_twice(monkeypatch):
@@ -147,7 +151,7 @@ def test_the_auditor_imports_no_engine_code():
 def test_a_rejection_that_changed_state_is_caught(tmp_path, monkeypatch):
     """Plant issue 14's fault #1: a handler mutates, then refuses. Here a quantity off the lot is
     rejected after the market's last price was bumped; the sim names the changed field."""
-    original = matching._qty_problem
+    original = orders._qty_problem
 
     def mutating_qty_problem(m, qty):
         problem = original(m, qty)
@@ -155,9 +159,26 @@ def test_a_rejection_that_changed_state_is_caught(tmp_path, monkeypatch):
             m.last_price += 1
         return problem
 
-    monkeypatch.setattr(matching, "_qty_problem", mutating_qty_problem)
+    monkeypatch.setattr(orders, "_qty_problem", mutating_qty_problem)
     with pytest.raises(SimulationFailure) as info:
         run_simulation(3, CI_STEPS, tmp_path)
     text = str(info.value)
     print(text)
     assert "rejected" in text and "changed state" in text and "ringfence sim --seed 3" in text
+
+
+def test_a_shard_halt_is_a_failure_of_the_run(tmp_path, monkeypatch):
+    """A broken invariant halts the shard (the command undone, every later one refused): the run
+    fails there and says so, rather than counting it as a refusal."""
+    from ringfence.errors import InvariantViolation
+    from ringfence.ledger.ledger import Ledger
+
+    def broken_settle_fill(self, *args):
+        raise InvariantViolation("planted: a fill the holds do not cover")
+
+    monkeypatch.setattr(Ledger, "settle_fill", broken_settle_fill)
+    with pytest.raises(SimulationFailure) as info:
+        run_simulation(3, CI_STEPS, tmp_path)
+    text = str(info.value)
+    print(text)
+    assert "the shard halted on a broken engine invariant (RF_INVARIANT" in text and "planted" in text

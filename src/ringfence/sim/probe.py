@@ -6,6 +6,7 @@ internals (the module split, the ledger API) touches only this file. Reads only;
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -15,7 +16,7 @@ from ..engine.core import Engine
 
 __all__ = ["accounts", "account_ids", "orders", "markets", "best_prices", "clearing_pending", "client_pendings",
            "withdrawals", "withdrawal_holds", "internal_transfers", "next_nonces", "deposits", "frozen_accounts",
-           "halts", "operators", "domain_state", "first_state_difference"]
+           "halts", "shard_halted", "operators", "domain_state", "first_state_difference"]
 
 _INTERNAL_ID_BASE = 1 << 127
 
@@ -42,13 +43,12 @@ def user_flags_ok(engine: Engine) -> list[str]:
 def orders(engine: Engine) -> dict[str, dict[int, tuple[Any, ...]]]:
     """symbol -> order id -> (owner, side, price, leaves, held, resting) for every open order."""
     trading = engine.components["trading"]
-    pending = engine.ledger.pending
+    ledger = engine.ledger
     out: dict[str, dict[int, tuple[Any, ...]]] = {}
     for symbol, m in trading.markets.items():
         rows = {}
         for o in m.orders.values():
-            p = pending.get(o.hold_id)
-            held = p.remaining if p is not None and p.status == "pending" else 0
+            held = ledger.hold_remaining(o.hold_id)
             rows[o.id] = (o.owner, "BUY" if o.is_buy else "SELL", o.price, o.leaves, held, o.level is not None)
         out[symbol] = rows
     return out
@@ -68,12 +68,22 @@ def clearing_pending(engine: Engine) -> dict[str, tuple[int, int]]:
     """symbol -> (pending credits of its base clearing account, of its quote clearing account)."""
     out = {}
     for s, m in engine.components["trading"].markets.items():
-        out[s] = (m.clear_base.credits_pending, m.clear_quote.credits_pending)
+        out[s] = (m.clearing.base.credits_pending, m.clearing.quote.credits_pending)
     return out
 
 
-def client_pendings(engine: Engine) -> dict[int, tuple[str, int]]:
-    return {pid: (p.status, p.remaining) for pid, p in engine.ledger.pending.items() if pid < _INTERNAL_ID_BASE}
+def client_pendings(engine: Engine, known: Iterable[int] = ()) -> dict[int, tuple[str, int]]:
+    """Client-made pending transfers (ids below the engine's internal range) -> (status, remaining):
+    every open one, and each of `known` (the ids the auditor expects, open or ended) — the ledger
+    lists only open holds, and answers for an ended one by id. An id it does not know is absent."""
+    ledger = engine.ledger
+    ids = {h.id for h in ledger.open_holds() if h.id < _INTERNAL_ID_BASE} | set(known)
+    out = {}
+    for pid in sorted(ids):
+        h = ledger.pending_hold(pid)
+        if h is not None:
+            out[pid] = (h.status, h.remaining)
+    return out
 
 
 def withdrawals(engine: Engine) -> dict[str, tuple[str, int]]:
@@ -114,6 +124,10 @@ def halts(engine: Engine) -> dict[str, tuple[str, str, str]]:
 def halt_raised_seq(engine: Engine, halt_id: str) -> int:
     return engine.components["halts"].active[halt_id].raised_seq  # type: ignore[no-any-return]
 
+
+def shard_halted(engine: Engine) -> tuple[int, str] | None:
+    """(sequence, error) if a broken invariant halted the shard, else None."""
+    return engine.halted
 
 def operators(engine: Engine) -> tuple[int, int, list[str]]:
     h = engine.components["halts"]

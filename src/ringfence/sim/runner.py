@@ -34,7 +34,6 @@ the first differing field and the command line that reproduces it.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +42,10 @@ from typing import Any, Callable
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..app import new_node, replay_journal
 from ..engine.commands import Batch, encode
 from ..engine.core import CommandRejected
-from ..engine.node import Ack, Node, rejection_error, replay_journal
+from ..engine.node import Ack, Node, rejection_error
 from ..errors import RingfenceError
 from ..journal.journal import encode_record, segment_paths
 from ..ledger.commands import CreateTransfers
@@ -57,7 +57,11 @@ from .workload import ACTIONS, CUSTODY, Workload
 __all__ = ["run_simulation", "SimulationFailure", "SimulationResult", "ACTIONS"]
 
 COMPARED_EVENTS = frozenset({"transfers", "expired_transfer", "accepted", "rejected", "rested", "trade", "canceled",
-                             "expired", "amended", "triggered", "status", "refprice"})
+                             "expired", "amended", "triggered", "filled", "status", "refprice"})
+
+
+#: The answers of a shard halted by a broken invariant: the command that broke it, and every later one.
+SHARD_HALT_CODES = frozenset({"RF_INVARIANT", "RF_SHARD_HALTED"})
 
 
 class SimulationFailure(AssertionError):
@@ -111,6 +115,8 @@ def _normalise(events: list[Any]) -> list[tuple[Any, ...]]:
             out.append(("expired", e.order_id, e.reason, e.released, e.leaves))
         elif n == "OrderAmended":
             out.append(("amended", e.order_id, e.price, e.quantity, e.leaves, e.kept_priority))
+        elif n == "OrderFilled":
+            out.append(("filled", e.order_id, e.quote_left, e.released))
         elif n == "OrderTriggered":
             out.append(("triggered", e.order_id, e.last_price))
         elif n == "MarketStatusChanged":
@@ -157,7 +163,7 @@ class _Sim(Workload):
         return self.planned_ts
 
     def _new_node(self) -> Node:
-        node = Node(self.data_dir, clock=self._clock, entropy=self._entropy_rng.randbytes, fsync=self.fsync,
+        node = new_node(self.data_dir, clock=self._clock, entropy=self._entropy_rng.randbytes, fsync=self.fsync,
                     segment_bytes=self.rng.choice([4_000, 64_000, 1 << 26]))
         node.open()
         return node
@@ -213,6 +219,7 @@ class _Sim(Workload):
             model.unexpire(expired)
             model.now_ns = previous_now
         if error is not None:
+            self._no_shard_halt(error, command)
             self.result.commands_rejected += 1
             if error.code == "RF_HALTED":
                 self.result.halted_refusals += 1
@@ -313,8 +320,9 @@ class _Sim(Workload):
             rejected = [e for e in ack.events or [] if isinstance(e, CommandRejected)]
             error = rejection_error(rejected[0]) if rejected else ack.error
             if error is not None and not isinstance(error, RingfenceError):
-                raise error  # the shard halted: not a refusal, a failure of the run
+                raise error  # not a refusal: a failure of the run
             if error is not None:
+                self._no_shard_halt(error, command, "in a group commit: ")
                 self.result.commands_rejected += 1
                 if not expect.refused:
                     self.fail(f"in a group commit: refused with {error.code} ({error}) but the model expects it accepted", command)
@@ -332,6 +340,12 @@ class _Sim(Workload):
         self.result.group_commits += 1
         self.audit(captured[-1][0])
 
+    def _no_shard_halt(self, error: RingfenceError, command: Any, where: str = "") -> None:
+        """A broken invariant halts the shard (the command undone, every later one refused): never
+        a refusal the model could expect, always a failure of the run, named as such."""
+        if error.code in SHARD_HALT_CODES:
+            self.fail(f"{where}the shard halted on a broken engine invariant ({error.code}: {error})", command)
+
     def _unchanged(self, before: Any, what: str, command: Any) -> None:
         diff = probe.first_state_difference(before, probe.domain_state(self.engine))
         if diff is not None:
@@ -345,7 +359,7 @@ class _Sim(Workload):
             ("accounts", accounts, model.account_rows()),
             ("orders", probe.orders(engine), model.order_rows()),
             ("markets", probe.markets(engine), model.market_rows()),
-            ("client holds", probe.client_pendings(engine), model.pending_rows()),
+            ("client holds", probe.client_pendings(engine, model.pending_rows()), model.pending_rows()),
             ("withdrawals", probe.withdrawals(engine), model.withdrawal_rows()),
             ("sweeps and fundings", probe.internal_transfers(engine), model.internal_rows()),
             ("next nonces", probe.next_nonces(engine),
@@ -390,6 +404,8 @@ class _Sim(Workload):
             if clearing[2] != held:
                 self.fail(f"{asset}: the withdrawal clearing account reserves {clearing[2]} but open withdrawals "
                           f"hold {held}", command)
+        if probe.shard_halted(engine) is not None:
+            self.fail(f"the shard is halted: {probe.shard_halted(engine)}", command)
         try:
             engine.check_invariants()
         except AssertionError as err:
@@ -431,9 +447,7 @@ class _Sim(Workload):
             with open(tail, "ab") as fh:
                 fh.write(record[: self.rng.randrange(1, len(record))])
             self.result.torn_tails += 1
-        self.node.writer = None  # abandon the process state without a clean close
-        if writer._fd is not None:
-            os.close(writer._fd)
+        self.node.abandon()  # the process dies: no clean close, nothing synced, the lock released
         self.node = self._new_node()
         self.result.crashes += 1
         if self.engine.last_seq != last_seq or self.engine.state_hash() != before:
@@ -455,9 +469,7 @@ class _Sim(Workload):
         ts = max(self.planned_ts, model.now_ns)
         writer.append(encode(Batch(writer.next_seq, ts, self._entropy_rng.randbytes(32), [msgspec.Raw(raw)])),
                       writer.next_seq, 1)
-        self.node.writer = None
-        if writer._fd is not None:
-            os.close(writer._fd)
+        self.node.abandon()
         self.node = self._new_node()
         self.result.crashes += 1
         self.result.durable_unacknowledged += 1

@@ -1,10 +1,20 @@
 """The auditor's halts: which scopes a command touches, what each level refuses, the operator quorum.
 
-From risk/halts.py's docstring: WITHDRAWALS_PAUSED refuses the commands that move a withdrawal
-towards the chain; REDUCE_ONLY also refuses trading that adds exposure (in spot: every new order,
-and an amend unless it keeps the price and lowers the total quantity); HALTED refuses everything in
-scope but cancels. A lift needs `threshold` distinct registered operators' valid signatures; the
-model knows which approvals the runner signed genuinely, so it needs no cryptography.
+Restated from docs/engine.md ("Halts") and the declarations each module makes (never imported):
+every command declares an effect, and a level refuses a command from the level its effect allows:
+
+| effect | commands | refused from |
+|---|---|---|
+| opens risk | `PlaceOrder`; an `AmendOrder` that does not reduce | REDUCE_ONLY |
+| reduces risk, always | `CancelOrder`, `CancelAll` | never |
+| reduces risk, in this state | an `AmendOrder` of an open resting order of the same owner that keeps the price and lowers the total quantity | HALTED |
+| moves funds out | `RequestWithdrawal`, `ApproveWithdrawal`, `AuthorizeSigning`, `RecordSignedTx` | WITHDRAWALS_PAUSED |
+| neutral, admin | everything else (transfers, deposits, settlements, `SetReferencePrice`, `ListMarket`, `SetMarketStatus`...) | HALTED |
+
+The halt commands themselves (`Halt`, `LiftHalt`, `RegisterOperators`) are never refused by a halt;
+a `TradingBatch` is checked action by action. A lift needs `threshold` distinct registered
+operators' valid signatures; the model knows which approvals the runner signed genuinely, so it
+needs no cryptography.
 """
 
 from __future__ import annotations
@@ -14,11 +24,17 @@ from typing import Any
 
 from .books import Books, Key, Refuse
 
-__all__ = ["HaltsModel", "MHalt", "LEVELS", "WITHDRAWAL_INITIATING"]
+__all__ = ["HaltsModel", "MHalt", "LEVELS", "MOVES_FUNDS_OUT", "ALWAYS_REDUCES", "HALT_COMMANDS", "NO_SCOPES"]
 
 LEVELS = {"WITHDRAWALS_PAUSED": 1, "REDUCE_ONLY": 2, "HALTED": 3}
-#: Withdrawal commands that move money towards the chain: paused by WITHDRAWALS_PAUSED.
-WITHDRAWAL_INITIATING = frozenset({"RequestWithdrawal", "ApproveWithdrawal", "AuthorizeSigning", "RecordSignedTx"})
+#: Withdrawal commands that move money towards the chain: refused from WITHDRAWALS_PAUSED.
+MOVES_FUNDS_OUT = frozenset({"RequestWithdrawal", "ApproveWithdrawal", "AuthorizeSigning", "RecordSignedTx"})
+#: Commands that always reduce risk: no level refuses them.
+ALWAYS_REDUCES = frozenset({"CancelOrder", "CancelAll"})
+#: The halt module's own commands: never refused by a halt.
+HALT_COMMANDS = frozenset({"Halt", "LiftHalt", "RegisterOperators"})
+#: Configuration that names no market, asset or segment as a scope (only the venue).
+NO_SCOPES = frozenset({"RegisterAsset", "RegisterSegment", "SetFeeTier", "SetAccountFeeTier"})
 
 
 @dataclass
@@ -41,12 +57,17 @@ class HaltsModel(Books):
     def scopes(self, name: str, cmd: Any, account_keys: dict[int, Key]) -> list[tuple[str, str]]:
         """The (kind, scope) pairs a command touches, as its fields declare them.
 
-        Known gaps, mirrored here so that the run stays green until issue 14's module-declared
-        scopes land (then tighten this): a post or void names no accounts (ids 0), so it passes an
-        asset or segment halt of the hold it settles; `CreditDeposit`, `FinalizeDeposit`,
-        `ReorgDeposits`, `FileSourceOfFunds` and `ReviewQuarantine` carry no `asset`, so an asset
-        halt does not stop them (while `ObserveDeposit`, which does, is refused)."""
+        Per module: ledger transfers the assets and segments of the accounts they name, accounts
+        their asset and segment; trading its market and, once listed, the market's segment, base
+        and quote; custody its `asset`, `asset@wallet` and `segment` fields; asset, segment and fee
+        tier configuration nothing but the venue. Known gaps of those declarations, mirrored here:
+        a post or void names no accounts (ids 0), so it passes an asset or segment halt of the
+        hold it settles; `CreditDeposit`, `FinalizeDeposit`, `ReorgDeposits`, `FileSourceOfFunds`
+        and `ReviewQuarantine` carry no `asset`, so an asset halt does not stop them (while
+        `ObserveDeposit`, which does, is refused)."""
         out = [("venue", "*")]
+        if name in NO_SCOPES:
+            return out
         symbol = getattr(cmd, "symbol", None)
         if isinstance(symbol, str):
             out.append(("market", symbol))
@@ -76,33 +97,41 @@ class HaltsModel(Books):
 
     def guard(self, cmd: Any, account_keys: dict[int, Key]) -> None:
         name = type(cmd).__name__
-        if name in ("Halt", "LiftHalt", "RegisterOperators") or not self.halts:
+        if name in HALT_COMMANDS or not self.halts:
             return
         if name == "TradingBatch":
             for action in cmd.actions:
                 self.guard(action, account_keys)
             return
-        is_cancel = name in ("CancelOrder", "CancelAll")
-        is_trading = isinstance(getattr(cmd, "symbol", None), str)
+        refused_from = self._refused_from(name, cmd)
+        if refused_from is None:
+            return
         for kind, scope in self.scopes(name, cmd, account_keys):
             level = self.level_at(kind, scope)
-            if level >= 3 and not is_cancel:
-                raise Refuse("RF_HALTED", f"{kind} {scope} is HALTED")
-            if level >= 2 and is_trading and not is_cancel and self._adds_exposure(cmd):
-                raise Refuse("RF_HALTED", f"{kind} {scope} is REDUCE_ONLY")
-            if level >= 1 and name in WITHDRAWAL_INITIATING:
-                raise Refuse("RF_HALTED", f"{kind} {scope} pauses withdrawals")
+            if level >= refused_from:
+                level_name = next(n for n, rank in LEVELS.items() if rank == level)
+                raise Refuse("RF_HALTED", f"{kind} {scope} is {level_name}")
 
-    def _adds_exposure(self, cmd: Any) -> bool:
-        """Spot: every new order adds exposure; an amend reduces only if it keeps the price and
-        lowers the order's total quantity."""
-        if type(cmd).__name__ != "AmendOrder":
-            return True
+    def _refused_from(self, name: str, cmd: Any) -> int | None:
+        """The lowest halt level that refuses `cmd` (None: none does), by the table above."""
+        if name in ALWAYS_REDUCES:
+            return None
+        if name == "PlaceOrder":
+            return LEVELS["REDUCE_ONLY"]
+        if name == "AmendOrder":
+            return LEVELS["HALTED"] if self._amend_reduces(cmd) else LEVELS["REDUCE_ONLY"]
+        if name in MOVES_FUNDS_OUT:
+            return LEVELS["WITHDRAWALS_PAUSED"]
+        return LEVELS["HALTED"]
+
+    def _amend_reduces(self, cmd: Any) -> bool:
+        """An amend reduces risk only for an open resting order of the same owner, keeping its
+        price and lowering its total quantity (not what is left)."""
         m = self.markets.get(cmd.symbol)
         o = m.orders.get(cmd.order_id) if m is not None else None
-        if o is None:
-            return True
-        return cmd.price not in (0, o.price) or not 0 < cmd.quantity < o.qty
+        if o is None or o.owner != cmd.owner or not o.resting:
+            return False
+        return cmd.price in (0, o.price) and 0 < cmd.quantity < o.qty
 
     def halt(self, cmd: Any, seq: int) -> list[tuple[Any, ...]]:
         if cmd.halt_id in self.halts:

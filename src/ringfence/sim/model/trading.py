@@ -127,11 +127,9 @@ class TradingModel(Books):
         elif name == "AmendOrder":
             self._amend(action, ev)
         elif name == "SetMarketStatus":
-            m = self.markets.get(action.symbol)
-            if m is None:
-                raise Refuse("RF_NOT_FOUND", "unknown market")
-            m.status, m.auto_reduce = action.status, False
-            ev.append(("status", m.rules.symbol, m.status, "OPERATOR"))
+            # Retired: a second, quorum-less halt. Refused at the edge (after the halt guard);
+            # markets are halted with Halt and reopened with LiftHalt.
+            raise Refuse("RF_FORBIDDEN", "SetMarketStatus is retired; use Halt / LiftHalt")
         elif name == "SetReferencePrice":
             m = self.markets.get(action.symbol)
             if m is None:
@@ -203,6 +201,8 @@ class TradingModel(Books):
             if qty > r.max_qty:
                 return self._reject(ev, "PLACE", "QTY_ABOVE_MAX")
         if limitish and not m.in_band(price):
+            return self._reject(ev, "PLACE", "PRICE_OUTSIDE_BAND")
+        if is_stop and not m.in_band(stop):  # a stop price gets the limit price's band check
             return self._reject(ev, "PLACE", "PRICE_OUTSIDE_BAND")
         last = m.last_price
         if is_stop and last and (last >= stop if is_buy else last <= stop):
@@ -316,7 +316,9 @@ class TradingModel(Books):
             self._close(m, o, ev, "expired", stopped)
         elif not o.qty:
             if o.filled and (stopped == "QUOTE_SPENT" or o.quote_left == 0 or o.leaves == 0):
-                self._end(m, o)
+                # FILLED by quote amount: said explicitly, with the unspent quote and what came back
+                released = self._end(m, o)
+                ev.append(("filled", o.id, o.quote_left, released))
             else:
                 self._close(m, o, ev, "expired", "NOT_FULLY_FILLED")
         elif o.leaves == 0:
