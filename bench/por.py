@@ -33,13 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from ringfence.solvency.partitioned import build_partitioned
-from ringfence.solvency.pol import (
-    LEAF_TAG,
-    ProofStore,
-    _sums_be,
-    build_liability_tree_from_arrays,
-    verify_proof,
-)
+from ringfence.solvency.pol import LEAF_TAG, ProofStore, build_liability_tree_from_arrays, verify_proof
+from ringfence.solvency.pol_builder import _sums_be
 
 ASSET_CODES = ["BTC", "ETH", "USDT", "USDC", "SOL", "XRP", "ADA", "DOGE", "TRX", "AAPLX", "EUR", "TSLAX"]
 SECRET = hashlib.sha256(b"bench secret").digest()

@@ -1,35 +1,184 @@
-"""The deterministic simulation: seeded, reproducible, and it really checks something."""
+"""The deterministic simulation and its auditor: seeded, reproducible, and it really catches bugs.
+
+Set RINGFENCE_SIM_SEED to replay the CI run's seed (it is printed; pytest shows it on failure).
+"""
 
 import os
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ringfence.custody import withdrawal_cmds
 from ringfence.sim import SimulationFailure, run_simulation
+from ringfence.trading import orders
+
+CI_STEPS = 3_000
 
 
-def test_simulation_runs_clean_and_is_reproducible(tmp_path):
+def test_a_seeded_run_of_every_module_agrees_with_the_model(tmp_path):
     seed = int(os.environ.get("RINGFENCE_SIM_SEED", random.SystemRandom().randrange(1 << 30)))
-    print(f"sim seed={seed}")
-    first = run_simulation(seed, 1_500, tmp_path / "a")
-    second = run_simulation(seed, 1_500, tmp_path / "b")
-    assert first.state_hash == second.state_hash
-    assert first.crashes > 0 and first.torn_tails > 0 and first.snapshots > 0
-    assert first.commands_rejected > 0 and first.transfers_failed > 0
-    assert first.commands_acknowledged > 500
+    print(f"sim seed={seed} (reproduce: RINGFENCE_SIM_SEED={seed} or ringfence sim --seed {seed} --steps {CI_STEPS})")
+    result = run_simulation(seed, CI_STEPS, tmp_path / "run")
+    counts = result.counts
+    # every module was driven, with faults and refusals mixed in
+    for action in ("ledger.hold", "trade.limit", "trade.stop", "trade.amend", "custody.credit", "custody.reorg",
+                   "withdrawal.advance", "halt.raise", "halt.lift", "halt.lift_forged", "fault.crash"):
+        assert counts.get(action, 0) > 0, action
+    assert result.trades > 20 and result.orders_rejected > 0 and result.transfers_failed > 0
+    assert result.halted_refusals > 0 and result.commands_rejected > result.halted_refusals
+    assert result.crashes > 0 and result.torn_tails > 0 and result.snapshots > 0 and result.durable_unacknowledged > 0
+    assert result.group_commits > 0
 
 
-def test_simulation_catches_a_ledger_bug(tmp_path, monkeypatch):
-    """Plant a bug that creates money on one path; the simulation must name the seed and step."""
+def test_the_same_seed_gives_the_same_run(tmp_path):
+    first = run_simulation(5, 300, tmp_path / "a")
+    second = run_simulation(5, 300, tmp_path / "b")
+    assert first == second
+    assert run_simulation(6, 300, tmp_path / "c").state_hash != first.state_hash
+
+
+@settings(max_examples=3)
+@given(seed=st.integers(min_value=0, max_value=2**31))
+def test_invariants_hold_for_any_seed(tmp_path_factory, seed):
+    run_simulation(seed, 150, tmp_path_factory.mktemp("sim"))
+
+
+def _leak_one_unit_of_every_sellers_proceeds(monkeypatch):
+    """Plant a trading bug that keeps every asset summing to zero: the seller gets one unit less of
+    its quote proceeds and the fee account one more (so only an independent model can see it).
+    Trading's fee rule is what is wrong; the ledger's `settle_fill` only checks the parts add up."""
     from ringfence.ledger.ledger import Ledger
 
-    original = Ledger._capture
+    original = Ledger.settle_fill
 
-    def leaky_capture(self, p, amount):
-        original(self, p, amount)
-        p.credit.credits_posted += 1  # one minor unit out of thin air
+    def leaky_settle_fill(self, c, buyer_hold, seller_hold, buyer_recv, seller_recv, base, quote,
+                          buyer_fee, buyer_shield, seller_fee, seller_shield):
+        if seller_fee < quote:
+            seller_fee += 1
+        original(self, c, buyer_hold, seller_hold, buyer_recv, seller_recv, base, quote,
+                 buyer_fee, buyer_shield, seller_fee, seller_shield)
 
-    monkeypatch.setattr(Ledger, "_capture", leaky_capture)
+    monkeypatch.setattr(Ledger, "settle_fill", leaky_settle_fill)
+
+
+def _release_one_unit_too_many(monkeypatch):
+    """Plant a custody bug: ending a withdrawal (fail, cancel, deny, reject) gives the user one unit
+    more than it held, taken from the clearing account (again conserving every asset)."""
+    original = withdrawal_cmds._void
+
+    def leaky_void(engine, w, state, reason):
+        event = original(engine, w, state, reason)
+        ledger = engine.ledger
+        clearing = ledger.open_account("system", w.asset, "clearing", "-")[0]
+        ledger.move(clearing, ledger.get(w.account_id, w.asset), 1)
+        return event
+
+    monkeypatch.setattr(withdrawal_cmds, "_void", leaky_void)
+
+
+def _credit_the_withdrawal_fee_twice(monkeypatch):
+    """Plant a custody bug: settling a withdrawal credits its fee to the fee account twice (the
+    second time out of the withdrawal clearing account, so every asset still sums to zero)."""
+    from ringfence.ledger.ledger import Ledger
+
+    original = Ledger.move
+
+    def move(self, debit, credit, amount):
+        original(self, debit, credit, amount)
+        if debit.kind == "clearing" and credit.kind == "fees":
+            original(self, debit, credit, amount)
+
+    monkeypatch.setattr(Ledger, "move", move)
+
+
+@pytest.mark.parametrize("plant, what", [
+    (_leak_one_unit_of_every_sellers_proceeds, "'available'"),
+    (_release_one_unit_too_many, "'available'"),
+    (_credit_the_withdrawal_fee_twice, "'clearing'"),  # sorted first; the fee account differs too
+])
+def test_a_planted_bug_is_caught_with_seed_step_command_and_field(tmp_path, monkeypatch, plant, what):
+    plant(monkeypatch)
     with pytest.raises(SimulationFailure) as info:
-        run_simulation(3, 2_000, tmp_path)
-    assert "seed=3" in str(info.value) and "ringfence sim --seed 3" in str(info.value)
+        run_simulation(3, CI_STEPS, tmp_path)
+    failure = info.value
+    text = str(failure)
+    print(text)
+    assert failure.seed == 3 and 0 <= failure.step < CI_STEPS
+    assert f"seed=3 failed at step {failure.step}" in text
+    assert f"ringfence sim --seed 3 --steps {failure.step + 1}" in text
+    assert "command: " in text and failure.command
+    assert "accounts[" in text and "engine" in text and "model" in text and what in text
+
+
+def test_without_the_planted_bug_the_same_seed_passes(tmp_path):
+    """The planted-bug tests above fail for the bug, not for the seed."""
+    run_simulation(3, 400, tmp_path)
+
+
+def test_the_documented_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "engine.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "run_simulation" in b]
+    exec(compile(block, "docs/engine.md", "exec"), {})
+
+
+def test_the_auditor_imports_no_engine_code():
+    """The model must be a second implementation, not a second call into the first: its files
+    import only the standard library and each other."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    import ringfence.sim.model as model_package
+
+    folder = Path(model_package.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 0:
+                    assert node.module.split(".")[0] in sys.stdlib_module_names | {"__future__"}, (path.name, node.module)
+                else:
+                    assert node.level == 1, (path.name, node.module)  # only siblings inside model/
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] in sys.stdlib_module_names, (path.name, alias.name)
+
+
+def test_a_rejection_that_changed_state_is_caught(tmp_path, monkeypatch):
+    """Plant issue 14's fault #1: a handler mutates, then refuses. Here a quantity off the lot is
+    rejected after the market's last price was bumped; the sim names the changed field."""
+    original = orders._qty_problem
+
+    def mutating_qty_problem(m, qty):
+        problem = original(m, qty)
+        if problem is not None:
+            m.last_price += 1
+        return problem
+
+    monkeypatch.setattr(orders, "_qty_problem", mutating_qty_problem)
+    with pytest.raises(SimulationFailure) as info:
+        run_simulation(3, CI_STEPS, tmp_path)
+    text = str(info.value)
+    print(text)
+    assert "rejected" in text and "changed state" in text and "ringfence sim --seed 3" in text
+
+
+def test_a_shard_halt_is_a_failure_of_the_run(tmp_path, monkeypatch):
+    """A broken invariant halts the shard (the command undone, every later one refused): the run
+    fails there and says so, rather than counting it as a refusal."""
+    from ringfence.errors import InvariantViolation
+    from ringfence.ledger.ledger import Ledger
+
+    def broken_settle_fill(self, *args):
+        raise InvariantViolation("planted: a fill the holds do not cover")
+
+    monkeypatch.setattr(Ledger, "settle_fill", broken_settle_fill)
+    with pytest.raises(SimulationFailure) as info:
+        run_simulation(3, CI_STEPS, tmp_path)
+    text = str(info.value)
+    print(text)
+    assert "the shard halted on a broken engine invariant (RF_INVARIANT" in text and "planted" in text

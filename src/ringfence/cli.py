@@ -235,8 +235,10 @@ def sim(
     data: Path = typer.Option(None, "--data", help="Folder for the simulated node (default: a temporary folder)."),
     crash_pct: int = typer.Option(4, "--crash-pct", min=0, max=50, help="Weight of the crash-and-restart action."),
 ) -> None:
-    """Deterministic simulation: random valid and invalid commands, crashes with torn writes and
-    restarts, snapshots; invariants checked after every step. Prints the seed and failing step.
+    """Deterministic simulation of every module (ledger, orders, custody, withdrawals, halts and the
+    operator quorum) with invalid commands, crashes, torn writes and snapshots, checked after every
+    step against an independent model of what each command must do. On failure it prints the seed,
+    step, command, the first differing field and the command line that reproduces it.
 
     Example: ringfence sim --seed 42 --steps 5000
     """
@@ -261,15 +263,21 @@ def sim(
             shutil.rmtree(workdir, ignore_errors=True)
     table = Table(title=f"simulation seed={seed}", show_header=False)
     explain = {
-        "commands_acknowledged": "valid commands journaled, applied and acknowledged",
-        "commands_rejected": "invalid commands refused at the edge (never journaled)",
+        "commands_acknowledged": "commands journaled, applied and acknowledged (the model agreed)",
+        "commands_rejected": "commands refused (at the edge, by a halt or in apply); state unchanged",
         "transfers_failed": "transfers the ledger refused by rule (overdraft, duplicate id, ...)",
+        "orders_rejected": "order actions refused by a market rule (the model named the same reason)",
+        "trades": "fills, each with the price, quantity and fees the model expected",
+        "halted_refusals": "commands refused because a halt covered their scope",
         "crashes": "abandoned processes, recovered from the journal",
         "torn_tails": "crashes that left a half-written batch, truncated on recovery",
+        "durable_unacknowledged": "crashes after a batch was written whole but not applied: recovery applies it",
+        "group_commits": "batches of 2-4 commands prechecked together and journaled as one record",
         "snapshots": "snapshots written (recovery starts from the newest)",
         "steps": "simulation steps",
     }
-    for name in ("steps", "commands_acknowledged", "commands_rejected", "transfers_failed", "crashes", "torn_tails", "snapshots"):
+    for name in ("steps", "commands_acknowledged", "commands_rejected", "transfers_failed", "orders_rejected", "trades",
+                 "halted_refusals", "crashes", "torn_tails", "durable_unacknowledged", "group_commits", "snapshots"):
         table.add_row(name.replace("_", " "), f"{getattr(result, name):,}", explain[name])
     console.print(table)
     console.print(f"state hash {result.state_hash}")

@@ -217,3 +217,41 @@ def test_halts_survive_snapshot_and_replay(node, operators):
     again = node.engine.restored(node.engine.snapshot_bytes())
     assert again.state_hash() == node.engine.state_hash()
     assert halts_of(again).level_at("asset", "ETH") == 1
+
+
+def test_a_segment_halt_covers_every_account_of_a_transfer(node):
+    """Found by the simulation: scopes were deduplicated by asset, so in `world -> alice:spot` only
+    the world account's segment ("-") counted and a spot halt let the deposit through."""
+    from ringfence.ledger.commands import CreateTransfers
+    from ringfence.ledger.model import Transfer
+
+    ledger = node.engine.ledger
+    world, alice = ledger.world("BTC").id, ledger.get("alice", "BTC").id
+    _raise(node, "h-spot", "segment", "spot", "HALTED")
+    before = node.engine.state_hash()
+    for debit, credit in ((world, alice), (alice, world)):
+        with pytest.raises(Halted, match="segment spot"):
+            node.execute(CreateTransfers([Transfer(1, debit, credit, 5)]))
+    assert node.engine.state_hash() == before
+
+
+def test_reduce_only_allows_reducing_a_partly_filled_order(node):
+    """Found by the simulation: the guard read `Order.quantity` (no such attribute) and fell back to
+    `leaves`, so lowering the total quantity of a partly filled order was refused as adding exposure."""
+    from ringfence.ledger.commands import CreateTransfers
+    from ringfence.ledger.model import Transfer
+    from ringfence.trading.commands import AmendOrder, ListMarket, PlaceOrder
+
+    node.execute(RegisterAsset("USDT", 6, "crypto", "ethereum"))
+    node.execute(ListMarket("BTCUSDT", "BTC", "USDT", tick_size=10**6, lot_size=10**5, min_qty=10**5, band_ppm=0))
+    for i, (owner, asset) in enumerate((("alice", "USDT"), ("bob", "BTC"))):
+        node.execute(OpenAccount(owner, asset))
+        ledger = node.engine.ledger
+        node.execute(CreateTransfers([Transfer(100 + i, ledger.world(asset).id, ledger.get(owner, asset).id, 10**12)]))
+    [accepted, *_] = node.execute(PlaceOrder("alice", "BTCUSDT", "BUY", price=60_000 * 10**6, quantity=10 * 10**5))
+    node.execute(PlaceOrder("bob", "BTCUSDT", "SELL", price=60_000 * 10**6, quantity=6 * 10**5))  # alice: 4 lots left
+    _raise(node, "h-ro", "market", "BTCUSDT", "REDUCE_ONLY")
+    [amended] = node.execute(AmendOrder("alice", "BTCUSDT", accepted.order_id, 0, 8 * 10**5))  # total 10 -> 8 lots
+    assert (amended.quantity, amended.leaves) == (8 * 10**5, 2 * 10**5)
+    with pytest.raises(Halted, match="REDUCE_ONLY"):
+        node.execute(AmendOrder("alice", "BTCUSDT", accepted.order_id, 0, 9 * 10**5))  # growing is refused

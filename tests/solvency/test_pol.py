@@ -404,7 +404,7 @@ def test_property_any_single_field_change_breaks_verification(ledger, data) -> N
 def test_vectorised_fragment_text_matches_python_formatting() -> None:
     import numpy as np
 
-    from ringfence.solvency.pol import _node_fragments
+    from ringfence.solvency.pol_builder import _node_fragments
 
     edges = [0, 1, 9, 10, 99, 9999, 10000, 123456789, 10**19 - 1, 10**19, 2**64 - 1, 2**64, 2**128 - 1]
     rng = random.Random(5)

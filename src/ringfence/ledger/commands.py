@@ -122,16 +122,19 @@ def _transfer_scopes(engine: Engine, command: CreateTransfers) -> list[Scope]:
     out: list[Scope] = []
     accounts = engine.ledger.accounts
     n = len(accounts)
-    seen_assets: set[str] = set()
+    # Every account's asset and segment counts: deduplicating by asset alone let `world -> a spot
+    # account` (world first, segment "-") pass a spot halt (found by the simulation).
+    seen: set[Scope] = set()
     for t in command.transfers:
         for aid in (t.debit_account_id, t.credit_account_id):
             if isinstance(aid, int) and 0 < aid < n:
                 acc = accounts[aid]
-                if acc is not None and acc.asset not in seen_assets:
-                    seen_assets.add(acc.asset)
-                    out.append(("asset", acc.asset))
-                    if acc.segment != "-":
-                        out.append(("segment", acc.segment))
+                if acc is None:
+                    continue
+                for scope in (("asset", acc.asset), ("segment", acc.segment)):
+                    if scope[1] != "-" and scope not in seen:
+                        seen.add(scope)
+                        out.append(scope)
     return out
 
 

@@ -259,7 +259,8 @@ class ChainRow:
 
 
 class _PostedTotals(NamedTuple):
-    """An immutable copy of one custody account's posted totals (a ledger `Account` look-alike)."""
+    """A read-only copy of one account's posted totals (shaped like the ledger's `Account` for
+    `custody_holdings`); immutable, so it can never be mistaken for a live balance to write."""
 
     credits_posted: int
     debits_posted: int

@@ -14,17 +14,31 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .pol import (
-    VERSION,
-    LiabilityTree,
-    ProofStore,
-    build_liability_tree,
-    build_liability_tree_from_arrays,
-    check_proof,
-    derive_nonce,
-    load_secret,
-    verify_proof,
-)
+# The format, the verifier and the store are standard library only and imported eagerly; the
+# builder (numpy) loads on first use, so that `import ringfence.solvency.pol_verifier` (what a user
+# runs offline) never pulls in anything outside the standard library.
+from .pol_format import VERSION, derive_nonce
+from .pol_store import ProofStore
+from .pol_verifier import check_proof, verify_proof
+
+_LAZY = {
+    "LiabilityTree": "pol_builder",
+    "build_liability_tree": "pol_builder",
+    "build_liability_tree_from_arrays": "pol_builder",
+    "load_secret": "pol_builder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "VERSION",

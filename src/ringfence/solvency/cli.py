@@ -22,7 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import RingfenceError, ValidationError
 from ..money import parse_amount
-from .pol import build_liability_tree, check_proof, load_secret
+from .pol_builder import build_liability_tree, load_secret
+from .pol_verifier import check_proof
 from .report import build_report, render_html
 from .reserves import (
     BalanceRegistryReader,

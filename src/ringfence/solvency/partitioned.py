@@ -23,14 +23,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ValidationError
-from .pol import (
-    VERSION,
-    derive_nonce,
-    _parent_level,
-    _words,
-    build_liability_tree_from_arrays,
-    write_store_meta,
-)
+from .pol_builder import _parent_level, _words, build_liability_tree_from_arrays
+from .pol_format import VERSION, derive_nonce
+from .pol_store import write_store_meta
 
 __all__ = ["PartitionLoader", "partition_for", "build_partition", "build_partitioned"]
 

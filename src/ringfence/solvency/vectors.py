@@ -15,14 +15,8 @@ import json
 import random
 from typing import Any, Callable
 
-from .pol import (
-    U128_LIMIT,
-    VERSION,
-    build_liability_tree,
-    derive_nonce,
-    leaf_hash,
-    node_hash,
-)
+from .pol_builder import build_liability_tree
+from .pol_format import U128_LIMIT, VERSION, derive_nonce, leaf_hash, node_hash
 
 __all__ = ["VECTOR_SEED", "VECTOR_SECRET", "TAMPERINGS", "generate_vectors", "vectors_json", "tamper"]
 

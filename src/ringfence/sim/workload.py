@@ -1,0 +1,787 @@
+"""What the simulation sends: the simulated exchange (assets, markets, wallets, policy, operators)
+and one generator per action, each building a command (valid or deliberately not) and handing it
+to the audited step `self.do(command, predict)` with the model's prediction.
+
+Every choice comes from `self.rng`, so a seed replays the same workload. `ACTIONS` weighs the
+actions; the runner draws one per step.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+from typing import TYPE_CHECKING, Any, Callable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ..custody.commands import (
+    ActivatePolicy,
+    AddWithdrawalAddress,
+    ApprovePolicy,
+    ApproveWithdrawal,
+    AssignDepositAddress,
+    AuthorizeSigning,
+    CancelWithdrawal,
+    ConfigureCustodyAsset,
+    ConfirmWithdrawalEmail,
+    CreditDeposit,
+    DecideWithdrawal,
+    FailWithdrawal,
+    FileSourceOfFunds,
+    FinalizeDeposit,
+    ObserveDeposit,
+    ProposePolicy,
+    RecordBroadcast,
+    RecordInternalTransfer,
+    RecordRiskReview,
+    RecordSignedTx,
+    RecordTransferSigned,
+    RecordTreasuryFunding,
+    RegisterWallet,
+    ReorgDeposits,
+    RequestWithdrawal,
+    ReserveWalletNonce,
+    ResolveManualReview,
+    ReviewQuarantine,
+    SetApprover,
+    SettleWithdrawal,
+)
+from ..engine.node import Node
+from ..ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
+from ..ledger.model import Transfer, TransferFlags
+from ..risk.halts import Halt, LiftHalt, RegisterOperators, lift_message, operators_message
+from ..trading.commands import (
+    AmendOrder,
+    CancelAll,
+    CancelOrder,
+    ListMarket,
+    PlaceOrder,
+    SetAccountFeeTier,
+    SetFeeTier,
+    SetMarketStatus,
+    SetReferencePrice,
+    TradingBatch,
+)
+from .model import CustodyRules, MarketRules, Model, Refuse
+
+__all__ = ["Workload", "ACTIONS"]
+
+USERS = ("ann", "ben", "cat", "dan", "eve")
+ASSETS = (("BTC", 8, "crypto", "bitcoin"), ("USDT", 6, "crypto", "ethereum"), ("AAPLX", 4, "tokenized", ""))
+MARKETS = (
+    MarketRules("BTCUSDT", "BTC", "USDT", "spot", 10**8, 10**6, 10**5, 10**5, 10**9, 50_000, 12),
+    # A ±0.2 % band around the reference price (±38 ticks at 190 USDT); the timer fires after 20 ms.
+    MarketRules("AAPLXUSDT", "AAPLX", "USDT", "tokenized", 10**4, 10**4, 100, 100, 10**7, 50_000, 12, 2_000, 20_000_000),
+)
+MID = {"BTCUSDT": 60_000 * 10**6, "AAPLXUSDT": 190 * 10**6}
+CUSTODY = (
+    CustodyRules("BTC", "bitcoin", 1, 3, 1_000, 10_000, 5 * 10**8, 500),
+    CustodyRules("USDT", "ethereum", 1, 3, 10_000, 10**6, 10**11, 10**6),
+)
+WALLETS = (("btc_deposit", "bitcoin", "deposit"), ("btc_hot", "bitcoin", "hot"), ("btc_cold", "bitcoin", "cold"),
+           ("eth_deposit", "ethereum", "deposit"), ("eth_hot", "ethereum", "hot"))
+HOT = {"BTC": "btc_hot", "USDT": "eth_hot"}
+DEPOSIT_WALLET = {"BTC": "btc_deposit", "USDT": "eth_deposit"}
+CHAIN = {"BTC": "bitcoin", "USDT": "ethereum"}
+ROLES = {"ops1": ["approver"], "ops2": ["approver"], "ops3": ["approver"], "ana1": ["analyst"], "ana2": ["analyst"],
+         "pa1": ["policy_admin"], "pa2": ["policy_admin"], "pa3": ["policy_admin"]}
+#: The withdrawal policy (first match wins): deny above 4 BTC / 90k USDT; two approvers above 0.5 BTC /
+#: 20k USDT; one approver for more than 0.05 BTC to an address not on the allow list, or when a user's
+#: USDT withdrawals in the last hour would pass 12k; allow the rest. MODEL_RULES is the same policy in
+#: the auditor's terms.
+POLICY = {"version": 1, "approval_ttl_s": 86400, "rules": [
+    {"name": "btc-huge", "when": {"asset": ["BTC"], "amount_minor_gt": 400_000_000}, "action": {"type": "deny"}},
+    {"name": "usdt-huge", "when": {"asset": ["USDT"], "amount_minor_gt": 90_000 * 10**6}, "action": {"type": "deny"}},
+    {"name": "btc-big", "when": {"asset": ["BTC"], "amount_minor_gt": 50_000_000},
+     "action": {"type": "approvals", "count": 2, "roles": ["approver"]}},
+    {"name": "usdt-big", "when": {"asset": ["USDT"], "amount_minor_gt": 20_000 * 10**6},
+     "action": {"type": "approvals", "count": 2, "roles": ["approver"]}},
+    {"name": "btc-new-address", "when": {"asset": ["BTC"], "allow_listed": False, "amount_minor_gt": 5_000_000},
+     "action": {"type": "approvals", "count": 1, "roles": ["approver"]}},
+    {"name": "usdt-velocity", "when": {"asset": ["USDT"], "user_velocity": {"window_s": 3600, "amount_minor_gt": 12_000 * 10**6}},
+     "action": {"type": "approvals", "count": 1, "roles": ["approver"]}},
+    {"name": "small", "when": {}, "action": {"type": "allow"}},
+]}
+MODEL_RULES = [("BTC", 400_000_000, False, None, "deny", 0, ()), ("USDT", 90_000 * 10**6, False, None, "deny", 0, ()),
+               ("BTC", 50_000_000, False, None, "approvals", 2, ("approver",)),
+               ("USDT", 20_000 * 10**6, False, None, "approvals", 2, ("approver",)),
+               ("BTC", 5_000_000, True, None, "approvals", 1, ("approver",)),
+               ("USDT", -1, False, (3600, 12_000 * 10**6), "approvals", 1, ("approver",)),
+               ("", -1, False, None, "allow", 0, ())]
+HALT_SCOPES = (("venue", "*"), ("market", "BTCUSDT"), ("market", "AAPLXUSDT"), ("segment", "spot"),
+               ("segment", "tokenized"), ("asset", "BTC"), ("asset", "USDT"), ("asset", "AAPLX"),
+               ("asset", "BTC@btc_hot"), ("asset", "USDT@eth_hot"))
+
+#: Every action the workload draws from, with its weight (crash weight is a parameter).
+ACTIONS: dict[str, int] = {
+    "ledger.deposit": 5, "ledger.transfer": 4, "ledger.withdraw": 2, "ledger.hold": 3, "ledger.post": 2,
+    "ledger.void": 2, "ledger.linked": 2, "ledger.duplicate": 2, "ledger.bad_transfer": 2, "edge.invalid": 2,
+    "trade.limit": 16, "trade.post_only": 4, "trade.market": 5, "trade.stop": 4, "trade.cancel": 6,
+    "trade.cancel_all": 1, "trade.amend": 6, "trade.invalid": 3, "trade.batch": 3, "trade.reference_price": 3,
+    "trade.market_status": 1,
+    "custody.observe": 5, "custody.credit": 5, "custody.finalize": 2, "custody.reorg": 1, "custody.reobserve": 1,
+    "custody.source_of_funds": 1, "custody.review": 1, "custody.sweep": 2, "custody.sweep_signed": 1,
+    "custody.treasury": 1, "custody.reserve_nonce": 1,
+    "withdrawal.request": 4, "withdrawal.advance": 10, "withdrawal.allow_list": 1,
+    "halt.raise": 1, "halt.lift": 2, "halt.lift_forged": 2, "operators.rotate": 1,
+    "fault.snapshot": 1, "fault.group_commit": 3,
+}
+
+
+class Workload:
+    """The action generators, mixed into the runner, which provides the audited step `do(command,
+    predict)`, `audit()`, `engine`, `_refresh_ids()` and the attributes declared here."""
+
+    rng: random.Random
+    model: Model
+    node: Node
+    result: Any
+    ids: dict[tuple[str, str, str, str], int]
+    keys: dict[int, tuple[str, str, str, str]]
+    serial: int
+    next_tid: int
+    tip: dict[str, int]
+    tokens: dict[str, str]
+    txids: dict[str, str]
+    listed: dict[tuple[str, str], list[str]]
+    operator_keys: dict[str, Ed25519PrivateKey]
+    step: int
+
+    if TYPE_CHECKING:  # provided by the runner
+
+        def do(self, command: Any, predict: Callable[[], list[tuple[Any, ...]]], *,
+               malformed: bool = False) -> list[Any] | None: ...
+
+        def audit(self, command: Any = None) -> None: ...
+
+        def _refresh_ids(self) -> None: ...
+
+        @property
+        def engine(self) -> Any: ...
+
+    def setup(self) -> None:
+        node, model, rng = self.node, self.model, self.rng
+        commands: list[Any] = [RegisterAsset(*a) for a in ASSETS]
+        for user in USERS:
+            for code, _, _, _ in ASSETS:
+                for segment in ("spot", "tokenized"):
+                    commands.append(OpenAccount(user, code, "available", segment))
+        for r in MARKETS:
+            commands.append(ListMarket(r.symbol, r.base, r.quote, r.segment, r.tick, r.lot, r.min_qty, r.max_qty, 0,
+                                       r.band_ppm, r.band_timeout_ns, market_slippage_ppm=r.slippage_ppm,
+                                       max_open_orders_per_account=r.max_open))
+            model.list_market(r)
+            if r.band_ppm:
+                commands.append(SetReferencePrice(r.symbol, MID[r.symbol]))
+                model.markets[r.symbol].ref_price = MID[r.symbol]
+        commands += [SetFeeTier(1, 15, 333), SetAccountFeeTier("cat", 1)]
+        model.tiers[1] = (15, 333)
+        model.account_tier["cat"] = 1
+        for c in CUSTODY:
+            commands.append(ConfigureCustodyAsset(c.asset, c.chain, "regtest" if c.chain == "bitcoin" else "mainnet",
+                                                  c.credit_confirmations, c.finality_confirmations, c.min_deposit,
+                                                  c.min_withdrawal, c.max_withdrawal, c.fee))
+            model.custody[c.asset] = c
+        for name, chain, tier in WALLETS:
+            commands.append(RegisterWallet(name, chain, tier, []))
+            model.wallets[name] = (chain, tier)
+        for user in USERS:
+            for asset in ("BTC", "USDT"):
+                address = self._deposit_address(user, asset)
+                commands.append(AssignDepositAddress(user, CHAIN[asset], DEPOSIT_WALLET[asset], address))
+                model.deposit_addresses[f"{CHAIN[asset]}:{address}"] = (user, DEPOSIT_WALLET[asset])
+        for who, roles in ROLES.items():
+            commands.append(SetApprover(who, roles))
+            model.roles[who] = set(roles)
+        model.rules = list(MODEL_RULES)
+        self.operator_keys = {f"op{i}": Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)) for i in (1, 2, 3)}
+        operators = [(op, self._public(k)) for op, k in self.operator_keys.items()]
+        commands.append(RegisterOperators(operators, 2))
+        model.register_operators(dict(operators), 2, [])
+        node.execute_many(commands)
+        # The policy needs its approvers registered first (a precheck sees the state before the batch).
+        node.execute_many([ProposePolicy("policy-1", "pa1", json.dumps(POLICY)), ApprovePolicy("policy-1", "pa2"),
+                           ApprovePolicy("policy-1", "pa3"), ActivatePolicy("policy-1")])
+        model.now_ns = self.engine.now_ns
+        self._refresh_ids()
+        self.audit()
+        # Starting balances, through the audited path like every later step.
+        for user in USERS:
+            funding = [("BTC", "spot", 20 * 10**8), ("USDT", "spot", 2 * 10**12), ("USDT", "tokenized", 10**11),
+                       ("AAPLX", "tokenized", 10**8)]
+            transfers = [Transfer(self._tid(), self.ids[("system", a, "world", "-")], self.ids[(user, a, "available", s)], amount)
+                         for a, s, amount in funding]
+            self.do(CreateTransfers(transfers), functools.partial(self._ledger, transfers))
+
+    @staticmethod
+    def _public(key: Ed25519PrivateKey) -> str:
+        return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+    @staticmethod
+    def _deposit_address(user: str, asset: str) -> str:
+        digest = hashlib.sha256(f"{user}/{asset}".encode()).hexdigest()
+        return "0x" + digest[:40] if asset == "USDT" else "bcrt1q" + digest[:38]
+
+    def _tid(self) -> int:
+        self.next_tid += 1
+        return self.next_tid
+
+    def _ledger(self, transfers: list[Transfer]) -> list[tuple[Any, ...]]:
+        return [("transfers", self.model.create_transfers(transfers, self.keys))]
+
+    def _user_account(self, asset: str | None = None) -> tuple[int, tuple[str, str, str, str]]:
+        asset = asset or self.rng.choice(("BTC", "USDT", "AAPLX"))
+        segment = "tokenized" if asset == "AAPLX" else self.rng.choice(("spot", "tokenized"))
+        key = (self.rng.choice(USERS), asset, "available", segment)
+        return self.ids[key], key
+
+    def _amount(self, asset: str) -> int:
+        return self.rng.choice([1, 7, 10**3, 10**5, 10**7, 10**9, self.rng.randrange(1, 10**10)])
+
+    def _transfers(self, transfers: list[Transfer]) -> None:
+        self.do(CreateTransfers(transfers), lambda: self._ledger(transfers))
+
+    def a_ledger_deposit(self) -> None:
+        aid, key = self._user_account()
+        self._transfers([Transfer(self._tid(), self.ids[("system", key[1], "world", "-")], aid, self._amount(key[1]))])
+
+    def a_ledger_withdraw(self) -> None:
+        aid, key = self._user_account()
+        self._transfers([Transfer(self._tid(), aid, self.ids[("system", key[1], "world", "-")], self._amount(key[1]))])
+
+    def _pair(self) -> tuple[int, int, str]:
+        a, key = self._user_account()
+        others = [self.ids[(u, key[1], "available", key[3])] for u in USERS if u != key[0]]
+        return a, self.rng.choice(others), key[1]
+
+    def a_ledger_transfer(self) -> None:
+        a, b, asset = self._pair()
+        self._transfers([Transfer(self._tid(), a, b, self._amount(asset))])
+
+    def a_ledger_hold(self) -> None:
+        a, b, asset = self._pair()
+        timeout = self.rng.choice([0, 0, 3_000_000, 50_000_000, 10**10])
+        self._transfers([Transfer(self._tid(), a, b, self._amount(asset), flags=TransferFlags.PENDING, timeout_ns=timeout)])
+
+    def _post_or_void(self, flag: int) -> None:
+        open_ids = [pid for pid, p in self.model.pending.items() if p.status == "pending"]
+        if open_ids and self.rng.random() < 0.8:  # float-ok: coin flip
+            target = self.rng.choice(open_ids)
+        else:
+            target = self.rng.randrange(1, self.next_tid + 2)
+        amount = self.rng.choice([0, 0, self.rng.randrange(1, 10**9)])
+        self._transfers([Transfer(self._tid(), 0, 0, amount, pending_id=target, flags=flag)])
+
+    def a_ledger_post(self) -> None:
+        self._post_or_void(TransferFlags.POST_PENDING)
+
+    def a_ledger_void(self) -> None:
+        self._post_or_void(TransferFlags.VOID_PENDING)
+
+    def a_ledger_linked(self) -> None:
+        a, b, asset = self._pair()
+        world = self.ids[("system", asset, "world", "-")]
+        c = self.rng.choice([x for x in (self.ids[(u, asset, "available", self.keys[a][3])] for u in USERS) if x not in (a, b)])
+        chain = [Transfer(self._tid(), world, a, self.rng.randrange(1, 10**6), flags=TransferFlags.LINKED),
+                 Transfer(self._tid(), a, b, self.rng.randrange(1, 2 * 10**6), flags=TransferFlags.LINKED),
+                 Transfer(self._tid(), b, c, self.rng.randrange(1, 10**6))]
+        if self.rng.random() < 0.1:  # float-ok: a chain that never closes
+            chain[-1] = Transfer(chain[-1].id, b, c, 5, flags=TransferFlags.LINKED)
+        self._transfers(chain)
+
+    def a_ledger_duplicate(self) -> None:
+        if not self.model.transfers:
+            return
+        t = self.model.transfers[self.rng.choice(sorted(self.model.transfers))]
+        if self.rng.random() < 0.5:  # float-ok: the same body, or the same id with another amount
+            t = Transfer(t.id, t.debit_account_id, t.credit_account_id, t.amount + 1, t.pending_id, t.timeout_ns, t.flags)
+        self._transfers([t])
+
+    def a_ledger_bad_transfer(self) -> None:
+        a, b, asset = self._pair()
+        other_asset = self.ids[(self.keys[a][0], "AAPLX" if asset != "AAPLX" else "USDT", "available", "tokenized")]
+        bad = self.rng.choice([
+            Transfer(self._tid(), a, a, 5),
+            Transfer(self._tid(), a, other_asset, 5),
+            Transfer(self._tid(), a, b, 0),
+            Transfer(self._tid(), a, 10**6, 5),
+            Transfer(self._tid(), 10**6, b, 5),
+            Transfer(self._tid(), a, b, 5, timeout_ns=1000),
+            Transfer(0, a, b, 5),
+            Transfer(self._tid(), a, b, 5, flags=TransferFlags.PENDING | TransferFlags.POST_PENDING),
+            Transfer(self._tid(), a, b, 5, pending_id=3),
+        ])
+        self._transfers([bad])
+
+    def a_edge_invalid(self) -> None:
+        a, b, asset = self._pair()
+        bad = self.rng.choice([
+            CreateTransfers([Transfer(self._tid(), a, b, 1.5)]),  # type: ignore[arg-type]
+            CreateTransfers([Transfer(self._tid(), a, b, "7")]),  # type: ignore[arg-type]
+            CreateTransfers([]),
+            OpenAccount("ann", "NOPE"),
+            OpenAccount("Not Valid", asset),
+            RegisterAsset("BTC", 2, "crypto"),
+            PlaceOrder("ann", "BTCUSDT", "BUY", price=1.5, quantity=10**5),  # type: ignore[arg-type]
+            RequestWithdrawal("w-bad", "ann", "BTC", "btc_hot", "x", True, 0, "0" * 64),  # type: ignore[arg-type]
+        ])
+
+        def refused() -> list[tuple[Any, ...]]:
+            raise Refuse(None, "malformed or unknown")
+
+        self.do(bad, refused, malformed=True)
+
+    def _market(self) -> MarketRules:
+        return self.rng.choice(MARKETS)
+
+    def _price(self, r: MarketRules, is_buy: bool) -> int:
+        k = self.rng.randrange(-10, 4) if is_buy else self.rng.randrange(-3, 11)
+        return MID[r.symbol] + k * r.tick
+
+    def _qty(self, r: MarketRules) -> int:
+        return r.lot * self.rng.choice([1, 1, 2, 3, 5, 8, 13])
+
+    def _stp(self) -> str:
+        return self.rng.choices(["NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"], weights=[7, 1, 1, 1])[0]
+
+    def _coid(self) -> str:
+        return self.rng.choice(["", "", "", "c1", "c2", "c3"])
+
+    def _limit(self) -> PlaceOrder:
+        r, is_buy = self._market(), self.rng.random() < 0.5  # float-ok: coin flip
+        tif = self.rng.choices(["GTC", "IOC", "FOK"], weights=[7, 2, 2])[0]
+        return PlaceOrder(self.rng.choice(USERS), r.symbol, "BUY" if is_buy else "SELL", "LIMIT", tif,
+                          self._price(r, is_buy), self._qty(r), client_order_id=self._coid(), stp=self._stp())
+
+    def _post_only(self) -> PlaceOrder:
+        r, is_buy = self._market(), self.rng.random() < 0.5  # float-ok: coin flip
+        return PlaceOrder(self.rng.choice(USERS), r.symbol, "BUY" if is_buy else "SELL", "LIMIT_MAKER", "GTC",
+                          self._price(r, is_buy), self._qty(r), client_order_id=self._coid())
+
+    def _market_order(self) -> PlaceOrder:
+        r, is_buy = self._market(), self.rng.random() < 0.5  # float-ok: coin flip
+        side, owner = "BUY" if is_buy else "SELL", self.rng.choice(USERS)
+        if self.rng.random() < 0.35:  # float-ok: by quote amount
+            return PlaceOrder(owner, r.symbol, side, "MARKET", "IOC", quote_amount=self.rng.randrange(10**6, 10**9), stp=self._stp())
+        protect = self._price(r, not is_buy) if self.rng.random() < 0.3 else 0  # float-ok: explicit protection price
+        return PlaceOrder(owner, r.symbol, side, "MARKET", "IOC", price=protect, quantity=self._qty(r), stp=self._stp())
+
+    def _stop(self) -> PlaceOrder:
+        r, is_buy = self._market(), self.rng.random() < 0.5  # float-ok: coin flip
+        last = self.model.markets[r.symbol].last_price or MID[r.symbol]
+        k = self.rng.randrange(0, 6)
+        stop = last + k * r.tick if is_buy else last - k * r.tick
+        side, owner = "BUY" if is_buy else "SELL", self.rng.choice(USERS)
+        if self.rng.random() < 0.5:  # float-ok: stop-limit or stop-market
+            price = stop + (2 * r.tick if is_buy else -2 * r.tick)
+            return PlaceOrder(owner, r.symbol, side, "STOP_LIMIT", self.rng.choice(["GTC", "GTC", "IOC"]), price,
+                              self._qty(r), stop_price=stop, client_order_id=self._coid())
+        return PlaceOrder(owner, r.symbol, side, "STOP_MARKET", "IOC", quantity=self._qty(r), stop_price=stop)
+
+    def _open_orders(self, resting_only: bool = False) -> list[tuple[str, Any]]:
+        return [(s, o) for s, m in self.model.markets.items() for o in m.orders.values() if o.resting or not resting_only]
+
+    def _cancel(self) -> Any:
+        open_orders = self._open_orders()
+        if not open_orders or self.rng.random() < 0.15:  # float-ok: an unknown order
+            return CancelOrder(self.rng.choice(USERS), self._market().symbol, self.rng.randrange(1, 10**6))
+        symbol, o = self.rng.choice(open_orders)
+        owner = o.owner if self.rng.random() < 0.9 else self.rng.choice(USERS)  # float-ok: sometimes not the owner's
+        if o.coid and self.rng.random() < 0.5:  # float-ok: by client order id
+            return CancelOrder(owner, symbol, 0, o.coid)
+        return CancelOrder(owner, symbol, o.id)
+
+    def _amend(self) -> Any:
+        resting = self._open_orders(resting_only=True)
+        if not resting:
+            return self._limit()
+        symbol, o = self.rng.choice(resting)
+        r = self.model.markets[symbol].rules
+        kind = self.rng.choice(["reduce", "reduce", "reprice", "grow", "off_tick", "below_filled"])
+        if kind == "reduce":
+            return AmendOrder(o.owner, symbol, o.id, 0, max(o.filled + r.lot, o.qty - r.lot))
+        if kind == "reprice":
+            return AmendOrder(o.owner, symbol, o.id, o.price + self.rng.randrange(-4, 5) * r.tick, 0)
+        if kind == "grow":
+            return AmendOrder(o.owner, symbol, o.id, 0, o.qty + self.rng.randrange(1, 4) * r.lot)
+        if kind == "off_tick":
+            return AmendOrder(o.owner, symbol, o.id, o.price + 1, 0)
+        return AmendOrder(o.owner, symbol, o.id, 0, o.filled if o.filled else r.lot // 2 or 1)
+
+    def _invalid_order(self) -> PlaceOrder:
+        r = self._market()
+        owner, price, qty = self.rng.choice(USERS), MID[r.symbol], r.lot
+        return self.rng.choice([
+            PlaceOrder(owner, r.symbol, "HOLD", "LIMIT", "GTC", price, qty),
+            PlaceOrder(owner, r.symbol, "BUY", "ICEBERG", "GTC", price, qty),
+            PlaceOrder(owner, r.symbol, "BUY", "LIMIT", "GTD", price, qty),
+            PlaceOrder(owner, r.symbol, "BUY", "LIMIT", "GTC", price + 1, qty),
+            PlaceOrder(owner, r.symbol, "SELL", "LIMIT", "GTC", price, qty + 1),
+            PlaceOrder(owner, r.symbol, "BUY", "MARKET", "FOK", 0, qty),
+            PlaceOrder(owner, r.symbol, "SELL", "LIMIT_MAKER", "IOC", price, qty),
+            PlaceOrder(owner, "DOGEUSDT", "BUY", "LIMIT", "GTC", price, qty),
+            PlaceOrder(owner, r.symbol, "BUY", "LIMIT", "GTC", price, r.max_qty),
+            PlaceOrder(owner, r.symbol, "BUY", "LIMIT", "GTC", 0, qty),
+            PlaceOrder(owner, r.symbol, "BUY", "MARKET", "IOC", 0, qty, quote_amount=10**6),
+        ])
+
+    def _trade(self, action: Any) -> None:
+        self.do(action, lambda: self.model.trading(action))
+
+    def a_trade_limit(self) -> None:
+        self._trade(self._limit())
+
+    def a_trade_post_only(self) -> None:
+        self._trade(self._post_only())
+
+    def a_trade_market(self) -> None:
+        self._trade(self._market_order())
+
+    def a_trade_stop(self) -> None:
+        self._trade(self._stop())
+
+    def a_trade_cancel(self) -> None:
+        self._trade(self._cancel())
+
+    def a_trade_cancel_all(self) -> None:
+        self._trade(CancelAll(self.rng.choice(USERS), self._market().symbol))
+
+    def a_trade_amend(self) -> None:
+        self._trade(self._amend())
+
+    def a_trade_invalid(self) -> None:
+        self._trade(self._invalid_order())
+
+    def a_trade_reference_price(self) -> None:
+        r = MARKETS[1] if self.rng.random() < 0.85 else MARKETS[0]  # float-ok: mostly the banded market
+        price = MID[r.symbol] + self.rng.randrange(-50, 51) * r.tick
+        c = SetReferencePrice(r.symbol, price if self.rng.random() < 0.97 else 0)  # float-ok: sometimes invalid
+
+        def predict() -> list[tuple[Any, ...]]:
+            if c.price <= 0:
+                raise Refuse("RF_VALIDATION", "price must be positive")
+            return self.model.trading(c)
+
+        self.do(c, predict)
+
+    def a_trade_market_status(self) -> None:
+        """`SetMarketStatus` is retired (a quorum-less halt): refused with RF_FORBIDDEN, unless a
+        halt refuses it first (the halt guard runs before the edge's precheck)."""
+        status = self.rng.choices(["ACTIVE", "REDUCE_ONLY", "HALTED", "PAUSED"], weights=[6, 1, 1, 1])[0]
+        c = SetMarketStatus(self._market().symbol, status)
+        self.do(c, lambda: self.model.trading(c))
+
+    def a_trade_batch(self) -> None:
+        makers = [self._limit, self._post_only, self._market_order, self._cancel, self._amend, self._invalid_order]
+        actions: list[Any] = []
+        for _ in range(self.rng.randrange(2, 5)):
+            actions.append(self.rng.choice(makers)())
+        batch = TradingBatch(actions)
+
+        def predict() -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = []
+            for action in actions:
+                out += self.model.trading(action)
+            return out
+
+        self.do(batch, predict)
+
+    def a_custody_observe(self) -> None:
+        asset = self.rng.choice(("BTC", "USDT"))
+        cfg, chain, user = self.model.custody[asset], CHAIN[asset], self.rng.choice(USERS)
+        self.tip[chain] += self.rng.randrange(0, 2)
+        amount = self.rng.randrange(1, cfg.min_deposit) if self.rng.random() < 0.1 else self.rng.randrange(cfg.min_deposit, cfg.min_deposit * 10**5)  # float-ok
+        address = self._deposit_address(user, asset) if self.rng.random() < 0.95 else "0x" + "ab" * 20  # float-ok: unknown
+        c = ObserveDeposit(chain, self.rng.randbytes(32).hex(), self.rng.randrange(0, 3), asset, address, amount,
+                           self.tip[chain], self.rng.randbytes(8).hex())
+        self.do(c, lambda: self.model.observe_deposit(c))
+
+    def _some_deposit(self, states: tuple[str, ...]) -> tuple[str, Any] | None:
+        keys = [k for k, d in self.model.deposits.items() if d.state in states]
+        if not keys:
+            return None
+        key = self.rng.choice(keys)
+        return key, self.model.deposits[key]
+
+    @staticmethod
+    def _ref(key: str) -> tuple[str, str, int]:
+        chain, txid, index = key.split(":")
+        return chain, txid, int(index)
+
+    def a_custody_credit(self) -> None:
+        found = self._some_deposit(("seen", "seen", "seen", "credited", "below_minimum"))
+        if found is None:
+            return self.a_custody_observe()
+        chain, txid, index = self._ref(found[0])
+        score = self.rng.choice([0, 5, 20, 50, 86, 99])
+        category = "sanctions" if self.rng.random() < 0.05 else ""  # float-ok
+        c = CreditDeposit(chain, txid, index, self.rng.choice([0, 1, 2, 6]), score, ["sim"], category)
+        self.do(c, lambda: self.model.credit_deposit(c))
+
+    def a_custody_finalize(self) -> None:
+        found = self._some_deposit(("credited", "quarantined", "frozen", "seen"))
+        if found is None:
+            return
+        chain, txid, index = self._ref(found[0])
+        c = FinalizeDeposit(chain, txid, index, self.rng.choice([2, 3, 10]))
+        self.do(c, lambda: self.model.finalize_deposit(c))
+
+    def a_custody_reorg(self) -> None:
+        chain = self.rng.choice(("bitcoin", "ethereum"))
+        c = ReorgDeposits(chain, self.tip[chain] - self.rng.randrange(0, 3))
+        self.do(c, lambda: self.model.reorg(c))
+
+    def a_custody_reobserve(self) -> None:
+        found = self._some_deposit(("dropped", "reversed", "seen"))
+        if found is None:
+            return
+        key, d = found
+        chain, txid, index = self._ref(key)
+        self.tip[chain] += 1
+        c = ObserveDeposit(chain, txid, index, d.asset, self._deposit_address(d.account, d.asset), d.amount,
+                           self.tip[chain], self.rng.randbytes(8).hex())
+        self.do(c, lambda: self.model.observe_deposit(c))
+
+    def a_custody_source_of_funds(self) -> None:
+        found = self._some_deposit(("quarantined", "credited"))
+        if found is None:
+            return
+        chain, txid, index = self._ref(found[0])
+        text = self.rng.choice(["salary from employer, payslips attached", "gift"])
+        c = FileSourceOfFunds(chain, txid, index, found[1].account, text)
+        self.do(c, lambda: self.model.file_source_of_funds(c))
+
+    def a_custody_review(self) -> None:
+        found = self._some_deposit(("quarantined",))
+        if found is None:
+            return
+        chain, txid, index = self._ref(found[0])
+        analyst = self.rng.choice(["ana1", "ana2", "ana2", "ops1"])
+        c = ReviewQuarantine(chain, txid, index, analyst, self.rng.choice(["release", "release", "freeze"]), "reviewed")
+        self.do(c, lambda: self.model.review_quarantine(c))
+
+    def _sweep_fields(self) -> tuple[str, str, str, int]:
+        asset = self.rng.choice(("BTC", "USDT"))
+        src, dst = (DEPOSIT_WALLET[asset], HOT[asset]) if asset == "USDT" or self.rng.random() < 0.7 else ("btc_hot", "btc_cold")  # float-ok
+        have = self.model.accounts.get(("system", asset, "custody", src))
+        return asset, src, dst, max(1, (have.posted if have else 0) // self.rng.choice([1, 2, 3]))
+
+    def a_custody_sweep(self) -> None:
+        """A confirmed sweep: often one signed earlier (then its fields must match), else a new one."""
+        in_flight = sorted(k for k, (state, _) in self.model.internal_transfers.items() if state == "signed")
+        if in_flight and self.rng.random() < 0.7:  # float-ok
+            tid = self.rng.choice(in_flight)
+            txid, asset, src, dst, amount = self.model.internal_transfers[tid][1]
+            if self.rng.random() < 0.1:  # float-ok: not what was signed
+                amount += 1
+        else:
+            self.serial += 1
+            tid, txid = f"sweep-{self.serial}", self.rng.randbytes(32).hex()
+            asset, src, dst, amount = self._sweep_fields()
+        c = RecordInternalTransfer(tid, asset, src, dst, amount, self.rng.randrange(0, 1000), txid)
+        self.do(c, lambda: self.model.internal_transfer(c))
+
+    def a_custody_sweep_signed(self) -> None:
+        """A sweep signed and journaled before broadcast (in flight for reconciliation)."""
+        asset, src, dst, amount = self._sweep_fields()
+        self.serial += 1
+        c = RecordTransferSigned(f"sweep-{self.serial}", asset, src, dst, amount, 1_000, self.rng.randbytes(32).hex(), "00")
+        self.do(c, lambda: self.model.transfer_signed(c))
+
+    def a_custody_reserve_nonce(self) -> None:
+        wallet = self.rng.choice(["eth_hot", "eth_hot", "eth_deposit", "btc_hot", "no_such_wallet"])
+        reserved = sorted(k[6:] for k, (state, _) in self.model.internal_transfers.items() if state == "nonce")
+        if reserved and self.rng.random() < 0.2:  # float-ok: a retry of the same purpose
+            purpose = self.rng.choice(reserved)
+        else:
+            self.serial += 1
+            purpose = f"drain-{self.serial}"
+        c = ReserveWalletNonce(wallet, purpose)
+        self.do(c, lambda: self.model.reserve_nonce(c))
+
+    def a_custody_treasury(self) -> None:
+        asset = self.rng.choice(("BTC", "USDT"))
+        self.serial += 1
+        c = RecordTreasuryFunding(f"fund-{self.serial}", asset, HOT[asset], self.rng.randrange(1, 10**9),
+                                  self.rng.randbytes(32).hex())
+        self.do(c, lambda: self.model.treasury_funding(c))
+
+    def _withdrawal_address(self, asset: str, ok: bool) -> str:
+        if not ok:
+            return "not-an-address"
+        if asset == "USDT":
+            return "0x" + self.rng.randbytes(20).hex()
+        from ..chains.bitcoin.address import script_to_address
+
+        address = script_to_address(bytes.fromhex("0014") + self.rng.randbytes(20), "regtest")
+        assert address is not None
+        return address
+
+    def a_withdrawal_request(self) -> None:
+        asset = self.rng.choice(("BTC", "USDT"))
+        cfg, user = self.model.custody[asset], self.rng.choice(USERS)
+        kind = self.rng.choices(["ok", "big", "small", "fee", "cold", "address", "retry"], weights=[12, 2, 1, 1, 1, 1, 1])[0]
+        amount = {"big": cfg.max_withdrawal, "small": cfg.min_withdrawal - 1}.get(
+            kind, self.rng.choice([cfg.min_withdrawal, cfg.min_withdrawal * 7, 20_000_000 if asset == "BTC" else 5_000 * 10**6,
+                         60_000_000 if asset == "BTC" else 30_000 * 10**6,
+                         450_000_000 if asset == "BTC" else 95_000 * 10**6]))
+        amount = min(amount, cfg.max_withdrawal) if kind != "small" else amount
+        self.serial += 1
+        wid = f"w{self.serial}"
+        if kind == "retry" and self.model.withdrawals:
+            w = self.model.withdrawals[self.rng.choice(sorted(self.model.withdrawals))]
+            wid, user, asset, amount, cfg = w.id, w.account, w.asset, w.amount, self.model.custody[w.asset]
+        token = self.rng.randbytes(8).hex()
+        wallet = "btc_cold" if kind == "cold" else HOT[asset]
+        address_ok = kind != "address"
+        address = self._withdrawal_address(asset, address_ok)
+        if address_ok and self.listed.get((user, asset)) and self.rng.random() < 0.5:  # float-ok: an allow-listed one
+            address = self.rng.choice(self.listed[(user, asset)])
+        c = RequestWithdrawal(wid, user, asset, wallet, address, amount,
+                              cfg.fee + (1 if kind == "fee" else 0), hashlib.sha256(token.encode()).hexdigest())
+
+        def predict() -> list[tuple[Any, ...]]:
+            out = self.model.request_withdrawal(c, address_ok)
+            self.tokens.setdefault(wid, token)
+            return out
+
+        self.do(c, predict)
+
+    def a_withdrawal_allow_list(self) -> None:
+        asset, user = self.rng.choice(("BTC", "USDT")), self.rng.choice(USERS)
+        address_ok = self.rng.random() < 0.9  # float-ok
+        address = self._withdrawal_address(asset, address_ok)
+        c = AddWithdrawalAddress(user, asset, address)
+
+        def predict() -> list[tuple[Any, ...]]:
+            out = self.model.add_withdrawal_address(c, address_ok)
+            self.listed.setdefault((user, asset), []).append(address)
+            return out
+
+        self.do(c, predict)
+
+    def a_withdrawal_advance(self) -> None:
+        if not self.model.withdrawals:
+            return self.a_withdrawal_request()
+        open_ids = [w.id for w in self.model.withdrawals.values() if w.state not in ("settled", "failed", "denied", "rejected")]
+        wid = self.rng.choice(open_ids) if open_ids and self.rng.random() < 0.9 else self.rng.choice(sorted(self.model.withdrawals))  # float-ok
+        w = self.model.withdrawals[wid]
+        state = w.state if self.rng.random() < 0.8 else self.rng.choice(  # float-ok: sometimes the wrong command
+            ["requested", "confirmed", "reviewed", "awaiting_approvals", "manual_review", "approved", "signing", "signed",
+             "broadcast", "fail", "cancel"])
+        if self.rng.random() < 0.04:  # float-ok
+            state = "fail"
+        elif self.rng.random() < 0.04:  # float-ok
+            state = "cancel"
+        model, rng, ids = self.model, self.rng, (w.id, w.asset, w.wallet)
+        c: Any
+        predict: Callable[[Any], list[tuple[Any, ...]]]
+        if state == "requested":
+            c, predict = ConfirmWithdrawalEmail(*ids, self.tokens.get(wid, "") if rng.random() < 0.9 else "forged"), model.confirm_email  # float-ok
+        elif state == "confirmed":
+            c, predict = RecordRiskReview(*ids, rng.choice([3, 40, 90]), rng.random() < 0.15, ["sim"]), model.risk_review  # float-ok
+        elif state == "reviewed":
+            c, predict = DecideWithdrawal(*ids), model.decide
+        elif state == "awaiting_approvals":
+            approver = rng.choice(["ops1", "ops2", "ops3", "ops3", "ana1", w.account])
+            c, predict = ApproveWithdrawal(*ids, approver, "approver"), model.approve
+        elif state == "manual_review":
+            analyst = rng.choice(["ana1", "ana2", "ops1"])
+            c, predict = ResolveManualReview(*ids, analyst, rng.random() < 0.7, "checked the history"), model.manual_review  # float-ok
+        elif state == "approved":
+            c, predict = AuthorizeSigning(*ids), model.authorize
+        elif state == "signing":
+            txid = self.txids.get(wid) or rng.randbytes(32).hex()
+            c = RecordSignedTx(*ids, txid, "00" * rng.randrange(1, 50), rng.randrange(0, 2000))
+
+            def predict(command: Any) -> list[tuple[Any, ...]]:
+                out = model.signed(command)
+                self.txids.setdefault(wid, txid)
+                return out
+        elif state == "signed":
+            c, predict = RecordBroadcast(*ids, self.txids.get(wid, "none")), model.broadcast
+        elif state == "broadcast":
+            c = SettleWithdrawal(*ids, self.txids.get(wid, "none"), rng.choice([1, 3, 3, 9]), rng.randrange(0, 3000))
+            predict = model.settle
+        elif state == "fail":
+            c, predict = FailWithdrawal(*ids, "the chain refused the transaction"), model.fail
+        else:
+            c, predict = CancelWithdrawal(*ids, w.account if rng.random() < 0.9 else "mallory"), model.cancel_withdrawal  # float-ok
+        self.do(c, lambda: predict(c))
+
+    def a_halt_raise(self) -> None:
+        if len(self.model.halts) >= 2 and self.rng.random() < 0.8:  # float-ok: keep most of the run tradable
+            return self.a_halt_lift()
+        kind, scope = self.rng.choice(HALT_SCOPES)
+        level = self.rng.choice(["WITHDRAWALS_PAUSED", "REDUCE_ONLY", "HALTED"])
+        if self.model.halts and self.rng.random() < 0.2:  # float-ok: re-raise an active id (idempotent)
+            halt_id = self.rng.choice(sorted(self.model.halts))
+        else:
+            self.serial += 1
+            halt_id = f"h{self.serial}"
+        c = Halt(halt_id, kind, scope, level, "simulated incident", json.dumps({"step": self.step}))
+        seq = self.engine.last_seq + 1
+        self.do(c, lambda: self.model.halt(c, seq))
+
+    def _approvals(self, message: bytes, signers: list[tuple[str, Ed25519PrivateKey, bool]]) -> tuple[list[tuple[str, str]], list[tuple[str, bool]]]:
+        return ([(op, key.sign(message).hex()) for op, key, _ in signers], [(op, genuine) for op, _, genuine in signers])
+
+    def a_halt_lift(self) -> None:
+        if not self.model.halts or self.rng.random() < 0.05:  # float-ok: lifting what is not raised
+            halt_id = "h-never-raised"
+            message = lift_message(halt_id, "resolved", 1)
+        else:
+            halt_id = self.rng.choice(sorted(self.model.halts))
+            message = lift_message(halt_id, "resolved", self.model.halts[halt_id].raised_seq)
+        ops = self.rng.sample(sorted(self.operator_keys), self.rng.choice([2, 2, 3]))
+        approvals, verdicts = self._approvals(message, [(op, self.operator_keys[op], True) for op in ops])
+        c = LiftHalt(halt_id, "resolved", approvals)
+        self.do(c, lambda: self.model.lift(halt_id, verdicts))
+
+    def a_halt_lift_forged(self) -> None:
+        if not self.model.halts:
+            return self.a_halt_lift()
+        halt_id = self.rng.choice(sorted(self.model.halts))
+        raised = self.model.halts[halt_id].raised_seq
+        good = lift_message(halt_id, "resolved", raised)
+        op1, op2 = self.rng.sample(sorted(self.operator_keys), 2)
+        k1, k2 = self.operator_keys[op1], self.operator_keys[op2]
+        mallory = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
+        kind = self.rng.choice(["one", "forged_key", "duplicate", "replayed", "unknown"])
+        if kind == "one":
+            signers = [(op1, k1, True)]
+            message = good
+        elif kind == "forged_key":
+            signers, message = [(op1, k1, True), (op2, mallory, False)], good
+        elif kind == "duplicate":
+            signers, message = [(op1, k1, True), (op1, k1, True)], good
+        elif kind == "unknown":
+            signers, message = [(op1, k1, True), ("mallory", mallory, False)], good
+        else:  # signed for another raise of this halt: both signatures fail for this one
+            signers, message = [(op1, k1, False), (op2, k2, False)], lift_message(halt_id, "resolved", raised + 1)
+        approvals, verdicts = self._approvals(message, signers)
+        if kind == "duplicate":
+            verdicts = [(op1, True), (op1, True)]
+        c = LiftHalt(halt_id, "resolved", approvals)
+        self.do(c, lambda: self.model.lift(halt_id, verdicts))
+
+    def a_operators_rotate(self) -> None:
+        new_keys = {f"op{self.serial + i}": Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32)) for i in (1, 2, 3)}
+        self.serial += 3
+        operators = [(op, self._public(k)) for op, k in new_keys.items()]
+        message = operators_message(operators, 2, self.model.operators_version)
+        op1, op2 = self.rng.sample(sorted(self.operator_keys), 2)
+        forged = self.rng.random() < 0.4  # float-ok
+        signer2 = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32)) if forged else self.operator_keys[op2]
+        approvals, verdicts = self._approvals(message, [(op1, self.operator_keys[op1], True), (op2, signer2, not forged)])
+        c = RegisterOperators(operators, 2, approvals)
+
+        def predict() -> list[tuple[Any, ...]]:
+            out = self.model.register_operators(dict(operators), 2, verdicts)
+            self.operator_keys = new_keys
+            return out
+
+        self.do(c, predict)
