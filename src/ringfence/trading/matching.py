@@ -98,7 +98,7 @@ def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, p: int,
     mk.leaves -= q
     mk.filled += q
     mk.cum_quote += n
-    mk.level.total -= q  # type: ignore[union-attr]
+    mk.level.total -= q  # type: ignore[union-attr]  # a resting maker is always on a level
     m.last_price = p
     tid = st.next_trade_id
     st.next_trade_id = tid + 1

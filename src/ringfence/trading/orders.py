@@ -365,7 +365,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     if extra:
         ledger.resize_hold(o.hold_id, extra)
     if not reprice and qty <= o.qty:  # a reduction keeps time priority
-        o.level.total -= o.leaves - leaves  # type: ignore[union-attr]
+        o.level.total -= o.leaves - leaves
         o.leaves = leaves
         o.qty = qty
         ev.append(OrderAmended(m.symbol, oid, price, qty, leaves, True))
@@ -412,10 +412,11 @@ def _single(fn: Callable[[Engine, TradingState, Any, list[Event]], None]) -> Cal
     return handler
 
 
+_EFFECTS: dict[type, Effect | Callable[[Engine, Any], Effect]] = {
+    PlaceOrder: Effect.OPENS_RISK, CancelOrder: Effect.REDUCES_RISK, CancelAll: Effect.REDUCES_RISK, AmendOrder: amend_effect,
+}
 for _type, _fn in _DISPATCH.items():
-    _effect, _scopes = {PlaceOrder: (Effect.OPENS_RISK, market_scopes), CancelOrder: (Effect.REDUCES_RISK, market_scopes),
-                        CancelAll: (Effect.REDUCES_RISK, market_scopes), AmendOrder: (amend_effect, market_scopes)}[_type]
-    MODULE.handles(_type, effect=_effect, scopes=_scopes)(_single(_fn))
+    MODULE.handles(_type, effect=_EFFECTS[_type], scopes=market_scopes)(_single(_fn))
 
 
 @MODULE.handles(TradingBatch, effect=Effect.NEUTRAL, parts=batch_actions)
