@@ -1,12 +1,14 @@
 # ringfence — the two quick-start commands live here.
 #   make demo   set up .venv and run the seeded demo on the embedded default
-#   make test   set up .venv and run the whole test suite
+#   make test   set up .venv, lint (ruff, mypy) and run the whole test suite
+#   make lint   ruff over src, tests and bench; mypy (pyproject.toml: strict on engine, ledger,
+#               trading, money)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +31,16 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/ringfence demo --data ./ringfence-data/demo
 
-test: setup
+# Each command fails the run (make stops at the first that exits non-zero).
+lint: setup
+	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) bench/ledger.py
 
 clean:
-	rm -rf $(VENV) ringfence-data .pytest_cache .hypothesis
+	rm -rf $(VENV) ringfence-data .pytest_cache .hypothesis .mypy_cache .ruff_cache

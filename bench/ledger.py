@@ -26,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, percentile_us  # noqa: E402
 
-from ringfence.engine.core import Engine  # noqa: E402
 from ringfence.engine.node import Node  # noqa: E402
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset  # noqa: E402
 from ringfence.ledger.model import Transfer  # noqa: E402
@@ -180,7 +179,7 @@ def main() -> None:
                 "fsync_seconds": round(fsync_s, 3),
             }
             if label == "many_account":
-                replay_dir = root / f"tp-{label}"
+                root / f"tp-{label}"
                 # baseline: the same commands applied straight to an engine (no journal, no fsync)
                 engine = new_engine()
                 setup = setup_commands(accounts)

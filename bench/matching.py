@@ -37,7 +37,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -110,7 +109,7 @@ class Workload:
         rng_pick = ExchangeCoreMix("X", seed=self.seed).rng
         trading = 0
         out = self.commands
-        for i in range(n):
+        for _i in range(n):
             g, m = gens[rng_pick.randrange(len(gens))] if len(gens) > 1 else gens[0]
             g.touch(m)
             c = g.next()

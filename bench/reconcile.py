@@ -23,13 +23,13 @@ import random
 import sys
 import tempfile
 import time
+from typing import Any
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
 
 from ringfence.app import new_engine, new_node  # noqa: E402
-from ringfence.engine.node import Node  # noqa: E402
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset  # noqa: E402
 from ringfence.ledger.model import Transfer  # noqa: E402
 from ringfence.money import Asset, AssetClass  # noqa: E402

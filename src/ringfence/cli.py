@@ -145,7 +145,7 @@ def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="Th
         engine, replay, _ = replay_journal(directory, use_snapshots=False)
     except JournalCorrupt as err:
         console.print(f"[bold red]journal: CORRUPT[/] {err.message}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     seconds = time.perf_counter() - started
     table = Table(title=f"journal {directory}", show_header=False)
     table.add_row("segments", str(report.segments))
@@ -257,7 +257,7 @@ def sim(
             result = run_simulation(seed, steps, workdir, crash_probability_pct=crash_pct, on_step=lambda _: bar.advance(task))
     except SimulationFailure as failure:
         console.print(f"[bold red]FAILED[/] {failure}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     finally:
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -7,7 +7,6 @@ import json
 import httpx
 from playwright.sync_api import expect, sync_playwright
 
-from ringfence.engine.node import Node
 from ringfence.risk.halts import Halt
 
 from .conftest import Server

@@ -61,7 +61,7 @@ def check_model(d: Driver, history: OrderHistory) -> None:
     engine_open = {(o.owner, oid): o for oid, o in market_of(d.engine, "BTCUSDT").orders.items()}
     model_open = {(owner, oid) for owner, ids in history.open.items() for oid in ids}
     assert model_open == set(engine_open), f"read model {sorted(model_open)} != engine {sorted(engine_open)}"
-    for (owner, oid), o in engine_open.items():
+    for (_owner, oid), o in engine_open.items():
         record = history.orders[oid]
         assert record.status in ("NEW", "PARTIALLY_FILLED"), (oid, record.status)
         assert record.order_type not in ("MARKET",), f"a market order {oid} is resting"

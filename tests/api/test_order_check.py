@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from ringfence.app import new_node
+from ringfence.engine.node import Node
 from ringfence.errors import NotDurable
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset, Transfer
 from ringfence.trading.commands import ListMarket, OrderAccepted, OrderRejected, PlaceOrder, SetReferencePrice

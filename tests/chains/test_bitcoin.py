@@ -145,7 +145,7 @@ def test_overspend_missing_input_immature_coinbase_and_junk(sim, btc):
     assert _rejected(lambda: btc.broadcast(low_fee)).details["reason"] == "fee_too_low"
 
     for junk in (b"", b"\x00" * 10, b"not a transaction"):
-        assert _rejected(lambda: btc.broadcast(junk)).details["reason"] == "malformed"
+        assert _rejected(lambda junk=junk: btc.broadcast(junk)).details["reason"] == "malformed"
     assert len(sim.mempool) == 0
 
 

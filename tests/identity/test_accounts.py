@@ -115,7 +115,7 @@ def test_brute_force_locks_with_backoff_same_for_unknown_email(ctx, clock):
 def test_login_rate_limited_per_ip(ctx, clock):
     ctx.settings.identity_login_per_ip_per_min = 3
     register(ctx)
-    for i in range(3):
+    for _i in range(3):
         sign_in(ctx, ip="203.0.113.9")
     with pytest.raises(RateLimited):
         sign_in(ctx, ip="203.0.113.9")

@@ -6,7 +6,6 @@ import random
 import sys
 from pathlib import Path
 
-from ringfence.engine.node import Node
 from ringfence.errors import RingfenceError
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-from ringfence.engine.node import Node
 from ringfence.app import new_node, replay_journal
 
 WRITER = Path(__file__).with_name("crash_writer.py")

@@ -1,6 +1,5 @@
 """The journal on real files: hash chain, torn tails at every byte, flipped bits, segments, replay."""
 
-import os
 import random
 from pathlib import Path
 

@@ -31,7 +31,7 @@ def test_scheme_strings_accepted_and_ed25519_takes_messages() -> None:
 
 def test_implementations_satisfy_the_protocol() -> None:
     for cls in (ThresholdCoordinator, HsmSigner):
-        assert callable(getattr(cls, "sign")) and callable(getattr(cls, "public_key"))
+        assert callable(cls.sign) and callable(cls.public_key)
     assert isinstance(object.__new__(ThresholdCoordinator), Signer)
     assert isinstance(object.__new__(HsmSigner), Signer)
 

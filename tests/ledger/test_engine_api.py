@@ -11,6 +11,8 @@ call, that each asset's balances and pending amounts sum to zero and no user acc
 from __future__ import annotations
 
 import pytest
+
+from ringfence.errors import ValidationError
 from hypothesis import given, note, seed, settings
 from hypothesis import strategies as st
 
@@ -190,7 +192,7 @@ def test_open_system_account_and_capacity():
     led, _ = fresh()
     onchain = led.open_system_account("BTC", "onchain", "-")
     assert onchain is led.open_system_account("BTC", "onchain", "-") and onchain.flags == 0
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         led.open_system_account("BTC", "Bad Kind", "-")
     n = len(list(led.iter_accounts()))
     led.max_accounts = n + 1

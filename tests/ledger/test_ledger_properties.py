@@ -8,7 +8,6 @@ moved money for a failed transfer, or moved the wrong amount, the two disagree.
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from ringfence.engine.core import Engine
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer, TransferFlags
 from ringfence.app import new_engine
@@ -49,7 +48,6 @@ def test_random_transfer_sequences_conserve_and_never_overdraw(ops):
     engine, run, ids = fresh()
     led = engine.ledger
     model = {i: 0 for i in ids}
-    reserved = {}  # pending id -> (debit, credit, remaining)
     ts = 10
     history = {}
     for kind, d, c, amount, tid, adv, timeout in ops:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringfence.engine.core import Engine
 from ringfence.money import Asset, AssetClass
 from ringfence.reconcile.reconciler import ReconcileSettings, WalletSpec, reconcile_chain
 from ringfence.app import new_engine

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ringfence.engine.node import Node
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
 from ringfence.reconcile.reconciler import DEPOSIT_TRANSFER_CODE

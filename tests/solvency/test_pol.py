@@ -114,7 +114,7 @@ def test_every_proof_verifies_and_root_matches_reference(size: int) -> None:
     assert tree.totals() == dict(zip(ASSETS, totals))
     # Rebuild the root independently from the leaf layout the builder chose.
     leaves: list[tuple[bytes, list[int]]] = [None] * tree.leaf_count  # type: ignore[list-item]
-    for entry, (account_id, balances) in enumerate(accounts):
+    for _entry, (account_id, balances) in enumerate(accounts):
         pos = tree.position_of(account_id)
         leaves[pos] = (ref_leaf(SNAP, account_id, derive_nonce(SECRET, SNAP, account_id), balances), balances)
     for pos in range(tree.leaf_count):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ringfence.engine.node import Node
 from ringfence.trading.demo import run_trading_demo
 from ringfence.app import new_node
 

@@ -14,7 +14,7 @@ def test_klines_ticker_and_trades_follow_sequencer_time() -> None:
     d.fund("alice", "USDT", 1_000_000 * USDT)
     d.fund("bob", "BTC", 10 * BTC_SCALE)
     md = MarketData()
-    for c, ts, ev in d.log:
+    for _c, ts, ev in d.log:
         md.feed(0, ts, ev)
     d.ts_ns = (d.ts_ns // (1440 * MIN) + 1) * (1440 * MIN)  # the next midnight UTC
     fills = [("100", "1", 0), ("102", "2", 30 * 10**9), ("99", "1", MIN), ("101", "1", 5 * MIN + 1)]

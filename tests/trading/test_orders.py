@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from scenario import BTC_SCALE, USDT, btcusdt, price, qty
 
-from ringfence.engine.core import CommandRejected, Engine
+from ringfence.engine.core import CommandRejected
 from ringfence.trading.commands import (
     AmendOrder,
     CancelAll,

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scenario import BTC_SCALE, USDT, Driver, btcusdt
 
-from ringfence.engine.node import Node
 from ringfence.trading.commands import (
     AmendOrder,
     CancelAll,
@@ -111,7 +110,7 @@ class StreamChecker:
                 self.quantity[e.order_id] = e.quantity
             elif isinstance(e, Trade):
                 taker = self.accepted[e.taker_order_id]
-                maker = self.accepted[e.maker_order_id]
+                self.accepted[e.maker_order_id]
                 assert taker.order_type != "LIMIT_MAKER", f"post-only order {taker.order_id} took liquidity"
                 if e.taker_owner == e.maker_owner:
                     assert taker.stp == "NONE", f"self-trade with STP {taker.stp}: {e}"
@@ -132,7 +131,7 @@ class StreamChecker:
 def run_stream(ops: list[tuple[int, int]]) -> tuple[Driver, MarketData]:
     d = new_exchange()
     md = MarketData()
-    for c, ts, ev in d.log:
+    for _c, ts, ev in d.log:
         md.feed(0, ts, ev)
     m = market_of(d.engine, "BTCUSDT")
     checker = StreamChecker()
@@ -187,7 +186,7 @@ def test_diffs_rebuild_the_book_exactly() -> None:
     rng = random.Random(seed)
     d = new_exchange()
     md = MarketData()
-    for c, ts, ev in d.log:
+    for _c, ts, ev in d.log:
         md.feed(0, ts, ev)
     m = market_of(d.engine, "BTCUSDT")
     client: dict[str, dict[int, int]] | None = None

@@ -140,7 +140,6 @@ def test_rejected_batch_member_does_not_stop_the_batch() -> None:
 
 
 def test_message_size_limits_are_enforced_at_the_edge(tmp_path: Any) -> None:
-    from ringfence.engine.node import Node
     from ringfence.errors import ValidationError
     from ringfence.trading.commands import MAX_BATCH_ACTIONS, TradingBatch
 

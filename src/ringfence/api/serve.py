@@ -123,7 +123,7 @@ def serve(
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips)
     except RingfenceError as err:
         console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
     if demo:
         d = info["demo"]

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import structlog
 
 from ..engine.commands import Command, Event
-from ..engine.node import Ack, Node
+from ..engine.node import Ack
 from ..errors import NotDurable, RingfenceError
 from ..risk.halts import LEVELS as HALT_LEVELS, halts_of
 from ..trading.book import ACTIVE, HALTED, REDUCE_ONLY, Market

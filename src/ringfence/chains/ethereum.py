@@ -220,7 +220,7 @@ class EthereumAdapter:
         end = min(tip, start + MAX_SCAN_BLOCKS - 1)
         blocks = []
         for h in range(start, end + 1):
-            raw = self._call(lambda: self.w3.eth.get_block(h, full_transactions=True))
+            raw = self._call(lambda h=h: self.w3.eth.get_block(h, full_transactions=True))
             bh = Web3.to_hex(raw["hash"])
             transfers = self._transfers(raw, addrs) + self._token_transfers(h, raw["hash"], addrs)
             blocks.append(Block(h, bh, Web3.to_hex(raw["parentHash"]), tuple(transfers)))
@@ -238,7 +238,7 @@ class EthereumAdapter:
             if sender not in addrs and (to not in addrs or value == 0):
                 continue
             txid = Web3.to_hex(tx["hash"])
-            receipt = self._call(lambda: self.w3.eth.get_transaction_receipt(tx["hash"]))
+            receipt = self._call(lambda tx=tx: self.w3.eth.get_transaction_receipt(tx["hash"]))
             ok = receipt["status"] == 1
             moved = value if ok else 0  # a reverted tx moves no value but still burns gas
             if to in addrs and moved:

@@ -305,7 +305,7 @@ class Balancer:
         """Sweep every deposit address of `deposit_wallet` holding >= min_minor. Returns txids."""
         addresses = self.node.read(lambda e: sorted((k, tuple(v)) for k, v in custody_state(e).deposit_addresses.items()))
         txids = []
-        for key, (account_id, wallet, address) in addresses:
+        for key, (_account_id, wallet, address) in addresses:
             if wallet != deposit_wallet or not key.startswith(self.adapter.chain + ":"):
                 continue
             bal = self.adapter.balance(address)

@@ -15,7 +15,7 @@ nested structs — never floats.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Union
+from typing import Any, ClassVar, Iterable, Protocol, Union, cast
 
 import msgspec
 
@@ -46,11 +46,26 @@ class Batch(msgspec.Struct, frozen=True, array_like=True):
     commands: list[Any]
 
 
+class DecodedBatch(Protocol):
+    """What `Codec.batch` decodes a journal record's payload to: `Batch`'s fields, with the
+    commands decoded to the declared command types (a struct built per codec, so not a `Batch`)."""
+
+    @property
+    def first_seq(self) -> int: ...
+    @property
+    def ts_ns(self) -> int: ...
+    @property
+    def entropy(self) -> bytes: ...
+    @property
+    def commands(self) -> list[Any]: ...
+
+
 _encoder = msgspec.json.Encoder()
 encode = _encoder.encode
 
 
 def tag_of(cls: type) -> str:
+    # `cls` is a Struct class, typed `type` by its callers; msgspec's stubs give `type` no config.
     return cls.__struct_config__.tag  # type: ignore[attr-defined, no-any-return]
 
 
@@ -74,15 +89,21 @@ class Codec:
                 raise RuntimeError(f"tag {tag_of(cls)!r} is declared by both {other.__name__} and {cls.__name__}")
         self.command_types = command_types
         self.event_types = event_types
+        # A Union over a tuple known only at run time: mypy cannot express it (nor the two below).
         commands = Union[command_types]  # type: ignore[valid-type]
         self.command = msgspec.json.Decoder(commands)
-        self.batch = msgspec.json.Decoder(
-            msgspec.defstruct(
-                "Batch",
-                [("first_seq", int), ("ts_ns", int), ("entropy", bytes), ("commands", list[commands])],  # type: ignore[valid-type]
-                frozen=True,
-                array_like=True,
-            )
+        # `defstruct` is typed as returning `type[Struct]`; the struct it builds has the fields
+        # `DecodedBatch` describes.
+        self.batch = cast(
+            "msgspec.json.Decoder[DecodedBatch]",
+            msgspec.json.Decoder(
+                msgspec.defstruct(
+                    "Batch",
+                    [("first_seq", int), ("ts_ns", int), ("entropy", bytes), ("commands", list[commands])],
+                    frozen=True,
+                    array_like=True,
+                )
+            ),
         )
         self.events = msgspec.json.Decoder(list[Union[event_types]]) if event_types else None  # type: ignore[valid-type]
 

@@ -41,7 +41,7 @@ __all__ = [
 STATE_FORMAT = 1
 
 
-class CommandRejected(Event, tag="rejected/1"):
+class CommandRejected(Event, tag="rejected/1", frozen=True):
     """The command was valid to journal but the state did not allow it; nothing changed."""
 
     seq: int
@@ -50,7 +50,7 @@ class CommandRejected(Event, tag="rejected/1"):
     message: str
 
 
-class ShardHaltedEvent(Event, tag="engine.shard_halted/1"):
+class ShardHaltedEvent(Event, tag="engine.shard_halted/1", frozen=True):
     """Command `seq` broke an invariant: nothing of it was kept and the shard is halted."""
 
     seq: int
@@ -75,6 +75,11 @@ class ShardHalt(Exception):
 
 class Engine:
     """One shard's state and its single-threaded apply loop."""
+
+    #: The ledger module's state, set by `_set_component` (its `StateComponent.attribute` is
+    #: "ledger"; the hot path reads it here). `Any`: the engine imports no domain package, so
+    #: the ledger's type is known only to the modules that use it.
+    ledger: Any
 
     def __init__(self, modules: Sequence[Module]) -> None:
         self.modules: tuple[Module, ...] = tuple(modules)
@@ -115,8 +120,8 @@ class Engine:
         #: Set by `apply` when a command broke an invariant, until `enter_halt` cleans up.
         self.broken: ShardHalt | None = None
         self.components: dict[str, Any] = {}
-        for spec in self._all_states():
-            self._set_component(spec, spec.factory(self))
+        for state in self._all_states():
+            self._set_component(state, state.factory(self))
 
     def _all_states(self) -> list[StateComponent]:
         return ([self._root] if self._root is not None else []) + self._states

@@ -735,7 +735,7 @@ class Node:
         """Write a snapshot at the current journal position (between batches)."""
         if self._thread is None:
             return self._write_snapshot()
-        done: queue.Queue[Any] = queue.Queue()
+        done: queue.Queue[Path | BaseException] = queue.Queue()
 
         def task() -> None:
             try:

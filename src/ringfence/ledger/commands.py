@@ -38,18 +38,18 @@ MODULE = Module("ledger")
 MAX_TRANSFERS_PER_COMMAND = 8190
 
 
-class RegisterAsset(Command, tag="asset.register/1"):
+class RegisterAsset(Command, tag="asset.register/1", frozen=True):
     code: str
     decimals: int
     asset_class: str
     chain: str = ""
 
 
-class RegisterSegment(Command, tag="segment.register/1"):
+class RegisterSegment(Command, tag="segment.register/1", frozen=True):
     name: str
 
 
-class OpenAccount(Command, tag="account.open/1"):
+class OpenAccount(Command, tag="account.open/1", frozen=True):
     owner: str
     asset: str
     kind: str = "available"
@@ -57,21 +57,21 @@ class OpenAccount(Command, tag="account.open/1"):
     flags: int = 0
 
 
-class CreateTransfers(Command, tag="transfers.create/1"):
+class CreateTransfers(Command, tag="transfers.create/1", frozen=True):
     transfers: list[Transfer]
 
 
-class AssetRegistered(Event, tag="asset.registered/1"):
+class AssetRegistered(Event, tag="asset.registered/1", frozen=True):
     code: str
     created: bool
 
 
-class SegmentRegistered(Event, tag="segment.registered/1"):
+class SegmentRegistered(Event, tag="segment.registered/1", frozen=True):
     name: str
     created: bool
 
 
-class AccountOpened(Event, tag="account.opened/1"):
+class AccountOpened(Event, tag="account.opened/1", frozen=True):
     account_id: int
     owner: str
     asset: str
@@ -81,7 +81,7 @@ class AccountOpened(Event, tag="account.opened/1"):
     created: bool
 
 
-class TransfersCreated(Event, tag="transfers.created/1"):
+class TransfersCreated(Event, tag="transfers.created/1", frozen=True):
     """Result of a `CreateTransfers`: how many there were and `(index, code)` of each failure."""
 
     seq: int
@@ -89,7 +89,7 @@ class TransfersCreated(Event, tag="transfers.created/1"):
     failures: list[tuple[int, str]]
 
 
-class TransferExpired(Event, tag="transfer.expired/1"):
+class TransferExpired(Event, tag="transfer.expired/1", frozen=True):
     pending_id: int
     released: int
 

@@ -306,6 +306,9 @@ class Ledger:
                 ):
                     debit = accounts[did]
                     credit = accounts[cid]
+                    # `accounts[0]` is the `None` placeholder (ids start at 1) and 0 < did, cid are
+                    # checked above, so neither is None: the union-attr ignores below say so
+                    # without an assert or a cast on the hot path.
                     if debit.asset == credit.asset:  # type: ignore[union-attr]
                         debits = debit.debits_posted + debit.debits_pending + amount  # type: ignore[union-attr]
                         credits = credit.credits_posted + credit.credits_pending + amount  # type: ignore[union-attr]
@@ -856,7 +859,7 @@ class Ledger:
             p = Pending(pid, ledger.account(did), ledger.account(cid), amount, expires)
             p.remaining, p.status = remaining, status
             ledger.pending[pid] = p
-        ledger._expiry = [tuple(e) for e in expiry]  # type: ignore[misc]
+        ledger._expiry = [tuple(e) for e in expiry]
         heapq.heapify(ledger._expiry)
         ledger.next_internal_id = next_internal_id
         ledger.max_accounts = MAX_ACCOUNTS

@@ -92,7 +92,6 @@ def run(
 
     Example: ringfence reconcile run ./ringfence-data --watch --interval-ms 5000
     """
-    from ..engine.node import Node
     from .reconciler import Reconciler
 
     path = _data_dir(data_dir)
@@ -116,7 +115,7 @@ def run(
                 time.sleep(interval_ms / 1000)
     except RingfenceError as err:
         err_console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass
     if found:
@@ -152,7 +151,7 @@ def status(
         engine, _, _ = replay_journal(path)
     except RingfenceError as err:
         err_console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     halts = active_halts(engine)
     store = _incidents(path, read_only=True)
     runs = store.runs(10) if store is not None else []
@@ -240,7 +239,7 @@ def approve(
         key = Ed25519PrivateKey.from_private_bytes(seed)
     except (OSError, ValueError):
         err_console.print("[bold red]error:[/] --key-file: must hold a 32-byte Ed25519 seed as 64 hex characters")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     typer.echo(f"{operator}:{key.sign(lift_message(halt_id, reason, raised_seq)).hex()}")
 
 
@@ -258,7 +257,6 @@ def lift(
 
     Example: ringfence reconcile lift ./data rc.hot_wallet_shortfall.1a2b --reason "key rotated" --approval op1:ab.. --approval op2:cd..
     """
-    from ..engine.node import Node
     from ..risk.halts import LiftHalt
 
     parsed = []
@@ -275,6 +273,6 @@ def lift(
     except RingfenceError as err:
         field = f"{err.field}: " if err.field else ""
         err_console.print(f"[bold red]refused:[/] {field}{err}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     console.print(f"[bold green]lifted[/] {halt_id} ({event.scope_kind}:{event.scope} {event.level}) "
                   f"approved by {', '.join(event.approvers)}")

@@ -211,7 +211,7 @@ def publish(
         _fail(console, exc)
     except (ValueError, KeyError) as exc:
         console.print(f"[red]error:[/red] malformed input: {exc}", highlight=False)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     typer.echo(f"published snapshot {snap.snapshot_id.hex()}: {count} proofs, root {root_doc['root']['hash']}")
     for row in report["assets"]:
         cov = row["coverage_percent"]
@@ -238,14 +238,14 @@ def verify(
         root_text = root.read_bytes() if root is not None else None
     except OSError as exc:
         typer.echo(f"por: INVALID: cannot read file: {exc.strerror}: {exc.filename}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     try:
         result = check_proof(proof_text, root_text)
     except (ValidationError, RecursionError) as exc:
         typer.echo(NONCE_WARNING)
         reason = str(exc) if not isinstance(exc, RecursionError) else "proof: nested too deeply"
         typer.echo(f"por: INVALID: {reason}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(f"account:  {result.account_id}")
     typer.echo(f"snapshot: {result.snapshot_id}")
     typer.echo(f"root:     {result.root_hash} ({result.leaf_count} leaves)"

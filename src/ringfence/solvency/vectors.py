@@ -168,7 +168,7 @@ def _seeded_balances(rng: random.Random, count: int, n: int) -> list[tuple[str, 
     accounts = []
     for i in range(count):
         row = []
-        for k in range(n):
+        for _k in range(n):
             kind = rng.random()  # float-ok: workload shape, not money
             if kind < 0.3:
                 row.append(0)

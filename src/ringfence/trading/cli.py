@@ -18,7 +18,6 @@ def demo(data: Path = typer.Option(Path("./ringfence-data/trading-demo"), help="
     Example: ringfence trading demo --data ./ringfence-data/demo
     """
     from ..cli_paths import fail, prepare_data_dir
-    from ..engine.node import Node
     from ..errors import RingfenceError
     from .demo import run_trading_demo
 

@@ -76,7 +76,7 @@ Word = Annotated[str, Meta(max_length=16)]
 # ---------------------------------------------------------------------------------------- commands
 
 
-class ListMarket(Command, tag="market.list/1", gc=False):
+class ListMarket(Command, tag="market.list/1", gc=False, frozen=True):
     """List a spot market (or update the rules of a listed one: same symbol, base, quote, segment)."""
 
     symbol: str
@@ -99,19 +99,19 @@ class ListMarket(Command, tag="market.list/1", gc=False):
     max_price_levels: int = 20_000
 
 
-class SetMarketStatus(Command, tag="market.status/1", gc=False):
+class SetMarketStatus(Command, tag="market.status/1", gc=False, frozen=True):
     symbol: str
     status: str
 
 
-class SetReferencePrice(Command, tag="market.refprice/1", gc=False):
+class SetReferencePrice(Command, tag="market.refprice/1", gc=False, frozen=True):
     """The index price the dual-price guard compares with (fed by the risk/index worker)."""
 
     symbol: str
     price: int
 
 
-class SetFeeTier(Command, tag="fee.tier/1", gc=False):
+class SetFeeTier(Command, tag="fee.tier/1", gc=False, frozen=True):
     """Define fee tier `tier`: maker and taker rates in millionths (hundredths of a basis point)."""
 
     tier: int
@@ -119,12 +119,12 @@ class SetFeeTier(Command, tag="fee.tier/1", gc=False):
     taker_rate_ppm: int
 
 
-class SetAccountFeeTier(Command, tag="fee.account_tier/1", gc=False):
+class SetAccountFeeTier(Command, tag="fee.account_tier/1", gc=False, frozen=True):
     owner: str
     tier: int
 
 
-class PlaceOrder(Command, tag="order.place/1", gc=False):
+class PlaceOrder(Command, tag="order.place/1", gc=False, frozen=True):
     """Place an order.
 
     * LIMIT / LIMIT_MAKER: `price` and `quantity`; LIMIT_MAKER is post-only (rejected if it would take).
@@ -146,7 +146,7 @@ class PlaceOrder(Command, tag="order.place/1", gc=False):
     stp: Word = "NONE"
 
 
-class CancelOrder(Command, tag="order.cancel/1", gc=False):
+class CancelOrder(Command, tag="order.cancel/1", gc=False, frozen=True):
     """Cancel by `order_id`, or by `client_order_id` when `order_id` is 0."""
 
     owner: Owner
@@ -155,14 +155,14 @@ class CancelOrder(Command, tag="order.cancel/1", gc=False):
     client_order_id: ClientOrderId = ""
 
 
-class CancelAll(Command, tag="order.cancel_all/1", gc=False):
+class CancelAll(Command, tag="order.cancel_all/1", gc=False, frozen=True):
     """Cancel every open order (resting and untriggered stops) of `owner` in `symbol`."""
 
     owner: Owner
     symbol: Symbol
 
 
-class AmendOrder(Command, tag="order.amend/1", gc=False):
+class AmendOrder(Command, tag="order.amend/1", gc=False, frozen=True):
     """Change price and/or total quantity (0 = unchanged).
 
     Reducing the quantity at the same price keeps time priority; a new price or a larger quantity
@@ -179,7 +179,7 @@ class AmendOrder(Command, tag="order.amend/1", gc=False):
 TradingAction = Union[PlaceOrder, CancelOrder, CancelAll, AmendOrder]
 
 
-class TradingBatch(Command, tag="trading.batch/1", gc=False):
+class TradingBatch(Command, tag="trading.batch/1", gc=False, frozen=True):
     """Many trading actions in one command: applied in order, each answered by its own events.
 
     The gateway coalesces concurrent requests into one batch so that encoding, journaling and
@@ -192,7 +192,7 @@ class TradingBatch(Command, tag="trading.batch/1", gc=False):
 # ------------------------------------------------------------------------------------------ events
 
 
-class MarketListed(Event, tag="market.listed/1", gc=False):
+class MarketListed(Event, tag="market.listed/1", gc=False, frozen=True):
     symbol: str
     base: str
     quote: str
@@ -205,29 +205,29 @@ class MarketListed(Event, tag="market.listed/1", gc=False):
     created: bool
 
 
-class MarketStatusChanged(Event, tag="market.status_changed/1", gc=False):
+class MarketStatusChanged(Event, tag="market.status_changed/1", gc=False, frozen=True):
     symbol: str
     status: str
     reason: str
 
 
-class ReferencePriceSet(Event, tag="market.refprice_set/1", gc=False):
+class ReferencePriceSet(Event, tag="market.refprice_set/1", gc=False, frozen=True):
     symbol: str
     price: int
 
 
-class FeeTierSet(Event, tag="fee.tier_set/1", gc=False):
+class FeeTierSet(Event, tag="fee.tier_set/1", gc=False, frozen=True):
     tier: int
     maker_rate_ppm: int
     taker_rate_ppm: int
 
 
-class AccountFeeTierSet(Event, tag="fee.account_tier_set/1", gc=False):
+class AccountFeeTierSet(Event, tag="fee.account_tier_set/1", gc=False, frozen=True):
     owner: str
     tier: int
 
 
-class OrderAccepted(Event, tag="order.accepted/1", gc=False):
+class OrderAccepted(Event, tag="order.accepted/1", gc=False, frozen=True):
     """A new order passed every check; its funds are held. `hold` is the held amount (minor units)."""
 
     symbol: str
@@ -245,7 +245,7 @@ class OrderAccepted(Event, tag="order.accepted/1", gc=False):
     hold: int
 
 
-class OrderRejected(Event, tag="order.rejected/1", gc=False):
+class OrderRejected(Event, tag="order.rejected/1", gc=False, frozen=True):
     """`action` (PLACE, CANCEL, CANCEL_ALL, AMEND) was refused with `reason`; nothing changed."""
 
     action: str
@@ -258,7 +258,7 @@ class OrderRejected(Event, tag="order.rejected/1", gc=False):
     message: str
 
 
-class OrderRested(Event, tag="order.rested/1", gc=False):
+class OrderRested(Event, tag="order.rested/1", gc=False, frozen=True):
     """The order entered the book at the back of its price level with `leaves` remaining."""
 
     symbol: str
@@ -269,13 +269,13 @@ class OrderRested(Event, tag="order.rested/1", gc=False):
     leaves: int
 
 
-class OrderTriggered(Event, tag="order.triggered/1", gc=False):
+class OrderTriggered(Event, tag="order.triggered/1", gc=False, frozen=True):
     symbol: str
     order_id: int
     last_price: int
 
 
-class Trade(Event, tag="trade/1", gc=False):
+class Trade(Event, tag="trade/1", gc=False, frozen=True):
     """One fill at the maker's price. Fees are charged in the asset each side receives.
 
     `*_leaves` is what remains of each order after this fill (0 = the order is FILLED).
@@ -297,7 +297,7 @@ class Trade(Event, tag="trade/1", gc=False):
     maker_leaves: int
 
 
-class OrderAmended(Event, tag="order.amended/1", gc=False):
+class OrderAmended(Event, tag="order.amended/1", gc=False, frozen=True):
     symbol: str
     order_id: int
     price: int
@@ -306,7 +306,7 @@ class OrderAmended(Event, tag="order.amended/1", gc=False):
     kept_priority: bool
 
 
-class OrderCanceled(Event, tag="order.canceled/1", gc=False):
+class OrderCanceled(Event, tag="order.canceled/1", gc=False, frozen=True):
     """Status CANCELED. `was_resting` tells book followers to remove `leaves` at `price`."""
 
     symbol: str
@@ -320,7 +320,7 @@ class OrderCanceled(Event, tag="order.canceled/1", gc=False):
     released: int
 
 
-class OrderExpired(Event, tag="order.expired/1", gc=False):
+class OrderExpired(Event, tag="order.expired/1", gc=False, frozen=True):
     """Status EXPIRED (IOC/FOK/market leftovers, self-trade prevention, band)."""
 
     symbol: str
@@ -334,7 +334,7 @@ class OrderExpired(Event, tag="order.expired/1", gc=False):
     released: int
 
 
-class OrderFilled(Event, tag="order.filled/1", gc=False):
+class OrderFilled(Event, tag="order.filled/1", gc=False, frozen=True):
     """Status FILLED for an order by quote amount (`quoteOrderQty`), whose last `Trade` cannot say it.
 
     Such an order is done when what is left cannot buy (or sell for) one more lot at the book's

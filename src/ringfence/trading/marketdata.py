@@ -190,7 +190,9 @@ class MarketData:
                 self.symbols.setdefault(e.symbol, SymbolData(e.symbol, *self.limits))
                 continue
             symbol = getattr(e, "symbol", None)
-            sd = self.symbols.get(symbol) if symbol is not None else None
+            if symbol is None:
+                continue
+            sd = self.symbols.get(symbol)
             if sd is None:
                 continue
             touched[symbol] = sd
@@ -207,17 +209,17 @@ class MarketData:
                     sd._level(o[0], o[1], -o[2])
                     sd.l3.append(["remove", seq, e.order_id, o[1], o[2]])
             elif t is OrderAmended:
-                o = sd.orders.get(e.order_id)
-                if o is None:
+                amended = sd.orders.get(e.order_id)
+                if amended is None:
                     continue
                 if e.kept_priority:
-                    sd._level(o[0], o[1], e.leaves - o[2])
-                    o[2] = e.leaves
-                    sd.l3.append(["reduce", seq, e.order_id, o[1], e.leaves])
+                    sd._level(amended[0], amended[1], e.leaves - amended[2])
+                    amended[2] = e.leaves
+                    sd.l3.append(["reduce", seq, e.order_id, amended[1], e.leaves])
                 else:  # it left the book; OrderRested (if any) puts it back at the back of a level
                     del sd.orders[e.order_id]
-                    sd._level(o[0], o[1], -o[2])
-                    sd.l3.append(["remove", seq, e.order_id, o[1], o[2]])
+                    sd._level(amended[0], amended[1], -amended[2])
+                    sd.l3.append(["remove", seq, e.order_id, amended[1], amended[2]])
         for sd in touched.values():
             sd.last_ts_ns = ts_ns
             sd._flush(ts_ns)

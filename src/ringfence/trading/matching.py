@@ -124,7 +124,7 @@ def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, price_m
     mk.leaves -= qty_minor
     mk.filled += qty_minor
     mk.cum_quote += notional_minor
-    mk.level.total -= qty_minor  # type: ignore[union-attr]
+    mk.level.total -= qty_minor  # type: ignore[union-attr]  # a resting order is always on a level
     m.last_price = price_minor
     tid = st.next_trade_id
     st.next_trade_id = tid + 1

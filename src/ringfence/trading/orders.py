@@ -429,7 +429,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     if extra_minor:
         ledger.resize_hold(o.hold_id, extra_minor)
     if not reprice and qty_minor <= o.qty:  # a reduction keeps time priority
-        o.level.total -= o.leaves - leaves_minor  # type: ignore[union-attr]
+        o.level.total -= o.leaves - leaves_minor  # a resting order is always on a level
         o.leaves = leaves_minor
         o.qty = qty_minor
         ev.append(OrderAmended(m.symbol, oid, price_minor, qty_minor, leaves_minor, True))
@@ -476,10 +476,11 @@ def _single(fn: Callable[[Engine, TradingState, Any, list[Event]], None]) -> Cal
     return handler
 
 
+_EFFECTS: dict[type, Effect | Callable[[Engine, Any], Effect]] = {
+    PlaceOrder: Effect.OPENS_RISK, CancelOrder: Effect.REDUCES_RISK, CancelAll: Effect.REDUCES_RISK, AmendOrder: amend_effect,
+}
 for _type, _fn in _DISPATCH.items():
-    _effect, _scopes = {PlaceOrder: (Effect.OPENS_RISK, market_scopes), CancelOrder: (Effect.REDUCES_RISK, market_scopes),
-                        CancelAll: (Effect.REDUCES_RISK, market_scopes), AmendOrder: (amend_effect, market_scopes)}[_type]
-    MODULE.handles(_type, effect=_effect, scopes=_scopes)(_single(_fn))
+    MODULE.handles(_type, effect=_EFFECTS[_type], scopes=market_scopes)(_single(_fn))
 
 
 @MODULE.handles(TradingBatch, effect=Effect.NEUTRAL, parts=batch_actions)

@@ -97,7 +97,8 @@ class TradingState:
 
 
 def trading_state(engine: Engine) -> TradingState:
-    return engine.components["trading"]  # type: ignore[no-any-return]
+    state: TradingState = engine.components["trading"]
+    return state
 
 
 # ------------------------------------------------------------------------------ snapshot / restore

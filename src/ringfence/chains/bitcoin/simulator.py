@@ -399,7 +399,7 @@ class BitcoinSimulator:
 
     def _undo_tx(self, tx: CTransaction) -> None:
         txid = b2lx(tx.GetTxid())
-        for n, out in enumerate(tx.vout):
+        for n, _out in enumerate(tx.vout):
             op = (txid, n)
             coin = self.coins.pop(op)
             if coin.spent_height is not None:
