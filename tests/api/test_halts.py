@@ -91,15 +91,15 @@ def test_a_shard_halted_by_a_broken_invariant_is_not_ready_and_shows_in_halts(tm
             engine.ledger.open_account("mallory", "USDT", "available", "spot", 0)
             raise InvariantViolation("planted by the test")
 
-        exchange.engine._handlers[SetFeeTier] = broken
+        exchange.node.engine._handlers[SetFeeTier] = broken  # planted by the test, between batches
         ack = exchange.node.submit(SetFeeTier(7, 100, 200))
         try:
             ack.wait(10)
             raise AssertionError("the broken command must not succeed")
         except InvariantViolation:
             pass
-        seq = exchange.engine.halted[0]
-        assert exchange.engine.ledger.find("mallory", "USDT", "available", "spot") is None
+        seq = exchange.read(lambda engine: engine.halted[0])
+        assert exchange.read(lambda engine: engine.ledger.find("mallory", "USDT", "available", "spot")) is None
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["halted"] is True
         halts = client.get("/v1/halts").json()

@@ -25,8 +25,8 @@ import structlog
 from ..engine.commands import Command, Event
 from ..engine.node import Ack
 from ..errors import NotDurable, RingfenceError
-from ..risk.halts import LEVELS as HALT_LEVELS, halts_of
-from ..trading.book import ACTIVE, HALTED, REDUCE_ONLY, Market
+from ..risk.halts import market_status
+from ..trading.book import Market
 from ..trading.marketdata import MarketData
 from ..trading.commands import OrderRejected, PlaceOrder
 from ..trading.orders import check_place
@@ -228,26 +228,10 @@ def _market_info(engine: Any, symbol: str) -> MarketInfo:
         m.min_qty,
         m.max_qty,
         m.min_notional,
-        trading_status(engine, m),
+        market_status(engine, symbol),  # halts, the band breaker and a halted shard, most severe first
         m.band_ppm,
         m.ref_price,
     )
-
-
-def trading_status(engine: Any, m: Market) -> str:
-    """What a client may do in `m` now: the market's own status or a graded halt covering it.
-
-    A halt scoped to the venue, the market's segment, its base or quote asset, or the market
-    itself refuses new orders as the market's own status does (risk/halts.py), so the API
-    reports the most severe of them: `HALTED`, `REDUCE_ONLY` (spot: cancels only) or `ACTIVE`.
-    `WITHDRAWALS_PAUSED` does not touch trading. Call it inside a read (`Exchange.read`).
-    """
-    rank = {ACTIVE: 0, REDUCE_ONLY: 2, HALTED: 3}[m.status]
-    halts = halts_of(engine)
-    if halts.active:
-        for kind, scope in (("venue", "*"), ("market", m.symbol), ("segment", m.segment), ("asset", m.base), ("asset", m.quote)):
-            rank = max(rank, halts.level_at(kind, scope))
-    return HALTED if rank >= HALT_LEVELS[HALTED] else REDUCE_ONLY if rank >= HALT_LEVELS[REDUCE_ONLY] else ACTIVE
 
 
 def _settle(fut: asyncio.Future[list[Event]], ack: Ack) -> None:
