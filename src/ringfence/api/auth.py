@@ -161,7 +161,7 @@ class ApiGate:
             principal = await run_in_threadpool(self.auth.verify, api_key, payload, signature, self.client_ip(request), scope)
         except RingfenceError as err:
             raise from_ringfence(err) from None
-        self.replays.check_and_remember(principal.key_id, payload, now_ms)
+        self.replays.check_and_remember(principal.key_id, payload, now_ms, params.integer("timestamp"))
         if weight:
             self.key_limiter.charge("key:" + api_key, weight)
         return params, principal.account_id

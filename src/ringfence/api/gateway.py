@@ -157,25 +157,44 @@ def check_timestamp(params: Params, now_ms: int) -> None:
 
 class ReplayGuard:
     """Remembers accepted (key id, SHA-256 of the signed payload) pairs until their window has
-    passed. Bounded: the oldest entries go first when `max_entries` is reached."""
+    passed, so a signed request runs once however it is re-spelled or re-sent.
 
-    def __init__(self, max_entries: int = 1_000_000) -> None:
-        self._seen: OrderedDict[tuple[int, bytes], int] = OrderedDict()
+    The memory is in the process, so a request signed before the guard could remember it is
+    refused outright: `not_before_ms` starts at the server's start (a request accepted just before
+    a restart cannot run again after it) and rises when the bound (`max_entries`) forces out an
+    entry that is still inside its window (nothing signed at or before that entry's timestamp may
+    run, since the guard no longer knows whether it did). Honest clients sign each request with a
+    fresh timestamp and never meet either refusal.
+    """
+
+    def __init__(self, max_entries: int = 1_000_000, *, started_ms: int | None = None) -> None:
+        self._seen: OrderedDict[tuple[int, bytes], tuple[int, int]] = OrderedDict()  # -> (expires_ms, timestamp_ms)
         self._lock = threading.Lock()
         self.max_entries = max_entries
+        self.not_before_ms = time.time_ns() // 1_000_000 if started_ms is None else started_ms
 
-    def check_and_remember(self, key_id: int, payload: bytes, now_ms: int, window_ms: int = MAX_RECV_WINDOW_MS + 2_000) -> None:
+    def check_and_remember(
+        self, key_id: int, payload: bytes, now_ms: int, timestamp_ms: int, window_ms: int = MAX_RECV_WINDOW_MS + 2_000
+    ) -> None:
         key = (key_id, hashlib.sha256(payload).digest())
         with self._lock:
             seen = self._seen
             while seen:
-                _, expires = next(iter(seen.items()))
+                expires, signed_ms = next(iter(seen.values()))
                 if expires > now_ms and len(seen) < self.max_entries:
                     break
+                if expires > now_ms:  # forced out inside its window: older requests may no longer run
+                    self.not_before_ms = max(self.not_before_ms, signed_ms + 1)
                 seen.popitem(last=False)
+            if timestamp_ms < self.not_before_ms:
+                raise BinanceError(
+                    -1021,
+                    "Timestamp for this request is outside of the recvWindow: it was signed before this "
+                    "server could remember it (a restart); sign it again with a fresh timestamp.",
+                )
             if key in seen:
                 raise BinanceError(-1022, "Signature for this request is not valid: it was already used (replay).")
-            seen[key] = now_ms + window_ms
+            seen[key] = (now_ms + window_ms, timestamp_ms)
 
 
 @dataclass

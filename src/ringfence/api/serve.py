@@ -111,6 +111,9 @@ def serve(
 
     structlog.configure(processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.JSONRenderer()])
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    # Everything serve creates (journal, snapshots, identity database and its WAL, keys, proofs)
+    # is for this user only: the identity database holds password hashes and sealed secrets.
+    os.umask(0o077)
     prepare_data_dir(data)
     with socket.socket() as probe:  # refuse a busy port before recovering or writing anything
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
