@@ -50,7 +50,9 @@ def test_worker_pauses_withdrawals_within_one_block_of_a_leak(node, eth):
         deadline = time.monotonic() + 5
         while not active_halts(node.engine) and time.monotonic() < deadline:
             time.sleep(0.01)
-        [halt] = active_halts(node.engine)
+        halts = active_halts(node.engine)
+        assert len(halts) == 1, halts
+        [halt] = halts
         evidence = json.loads(halt["evidence"])
         assert evidence["details"]["height"] == leak_height  # seen at the leak's own block
         assert eth.adapter.current_height() == leak_height
