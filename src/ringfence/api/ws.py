@@ -10,13 +10,19 @@ messages work on both. Garbage gets an answer, never an exception: a binary fram
 parser runs) or a malformed request get `{"error": {"code": 3, ...}}` on a connection that stays
 open; invalid UTF-8 in a text frame is closed with 1007 by the WebSocket layer itself.
 
-Each message is serialised once and queued to each subscriber; a subscriber whose queue fills
-(it reads too slowly) is disconnected rather than allowed to hold memory or delay others.
+Each message is serialised once and offered to each subscriber's queue without ever waiting; a
+subscriber whose queue fills (more than `MAX_QUEUE` messages or `MAX_QUEUE_BYTES` characters of
+JSON waiting: it reads too slowly, or stopped reading) is closed with 1008 "slow consumer" rather
+than allowed to hold memory, block its own request loop or delay others. Replies to requests go
+through the same queue and the same bound. When the client goes away, the sender fails or the
+connection is closed for any reason, the whole handler ends and the connection leaves the hub
+(its subscriptions, its slot in `MAX_CONNECTIONS` and in `MAX_CONNECTIONS_PER_IP`, its queue).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -31,11 +37,20 @@ from .service import Exchange
 
 __all__ = ["StreamHub", "build_ws_router", "quiet_client_garbage"]
 
+#: Per connection, messages waiting to be sent: at most this many, and at most this many characters
+#: of JSON text (ASCII: one byte each); past either bound the client is a slow consumer (1008).
 MAX_QUEUE = 10_000
+MAX_QUEUE_BYTES = 4 * 1024 * 1024
 #: Raised and lifted halts (venue-wide stream; Binance has no equivalent).
 HALTS_STREAM = "!halts"
 MAX_STREAMS_PER_CONNECTION = 200
 MAX_CONNECTIONS = 5_000
+#: Concurrent connections from one client address (the TCP peer, or X-Forwarded-For from a trusted
+#: proxy); more are closed with 1013.
+MAX_CONNECTIONS_PER_IP = 50
+#: How long a close frame may wait for a client that does not read before the handler gives up on it.
+CLOSE_TIMEOUT_S = 5.0
+SLOW_CONSUMER = (1008, "slow consumer")
 #: A request frame: at most this many characters (1009 above it; uvicorn closes frames over
 #: 64 KiB itself), nesting at most this deep (checked before parsing), text only (1003 for binary).
 MAX_REQUEST_CHARS = 4096
@@ -43,12 +58,40 @@ MAX_REQUEST_DEPTH = 4
 
 
 class Connection:
-    def __init__(self, ws: WebSocket, combined: bool) -> None:
+    def __init__(self, ws: WebSocket, combined: bool, ip: str = "") -> None:
         self.ws = ws
         self.combined = combined
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(MAX_QUEUE)
+        self.ip = ip
+        #: Bounded by `offer` (messages and characters), never by a blocking put.
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.queued_chars = 0
         self.streams: set[str] = set()
         self.dropped = False
+        #: Set when the client stopped keeping up: the handler closes the connection.
+        self.slow = asyncio.Event()
+
+    def offer(self, text: str) -> bool:
+        """Queue `text` without waiting; False (and the connection marked slow) when it is full."""
+        if self.dropped:
+            return False
+        if self.queue.qsize() >= MAX_QUEUE or self.queued_chars + len(text) > MAX_QUEUE_BYTES:
+            self.dropped = True
+            self.discard()
+            self.slow.set()
+            return False
+        self.queue.put_nowait(text)
+        self.queued_chars += len(text)
+        return True
+
+    async def next(self) -> str:
+        text = await self.queue.get()
+        self.queued_chars -= len(text)
+        return text
+
+    def discard(self) -> None:
+        """Free whatever is still queued."""
+        self.queue = asyncio.Queue()
+        self.queued_chars = 0
 
 
 class StreamHub:
@@ -57,6 +100,7 @@ class StreamHub:
         self.listen_keys = listen_keys
         self.subs: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
+        self.per_ip: dict[str, int] = {}
         self.messages_sent = 0
         exchange.batch_subscribers.append(self.on_batch)
         exchange.history.subscribers.append(self.on_user_event)
@@ -70,7 +114,9 @@ class StreamHub:
         if "@" not in name:
             return False
         symbol, _, kind = name.partition("@")
-        if not self.ex.has_market(symbol.upper()):
+        # Data is published under the lower-case symbol only (as on Binance): `BTCUSDT@trade` would
+        # be accepted and never receive anything.
+        if not symbol or symbol != symbol.lower() or not self.ex.has_market(symbol.upper()):
             return False
         if kind in ("depth", "depth@100ms", "trade", "ticker"):
             return True
@@ -96,9 +142,27 @@ class StreamHub:
                 if not subscribers:
                     del self.subs[name]
 
+    def admit(self, conn: Connection) -> str | None:
+        """Register `conn`, or the reason it is refused (close with 1013)."""
+        if len(self.connections) >= MAX_CONNECTIONS:
+            return "too many connections"
+        if self.per_ip.get(conn.ip, 0) >= MAX_CONNECTIONS_PER_IP:
+            return "too many connections from this address"
+        self.connections.add(conn)
+        self.per_ip[conn.ip] = self.per_ip.get(conn.ip, 0) + 1
+        return None
+
     def drop(self, conn: Connection) -> None:
+        """Forget `conn` (idempotent): its subscriptions, its connection slots, its queue."""
         self.unsubscribe(conn, list(conn.streams))
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            left = self.per_ip.get(conn.ip, 0) - 1
+            if left > 0:
+                self.per_ip[conn.ip] = left
+            else:
+                self.per_ip.pop(conn.ip, None)
+        conn.discard()
 
     def publish(self, stream: str, payload: dict[str, Any]) -> None:
         subscribers = self.subs.get(stream)
@@ -113,15 +177,10 @@ class StreamHub:
                 text = combined
             else:
                 text = raw
-            try:
-                conn.queue.put_nowait(text)
-            except asyncio.QueueFull:
-                conn.dropped = True
-                self.drop(conn)
-                conn.queue = asyncio.Queue(1)
-                conn.queue.put_nowait(None)  # tells the sender to close
-            else:
+            if conn.offer(text):
                 self.messages_sent += 1
+            else:  # a slow consumer: no more data for it; its handler closes it and drops it
+                self.unsubscribe(conn, list(conn.streams))
 
     # ------------------------------------------------------------------ market data fan-out
 
@@ -384,49 +443,30 @@ def parse_request(message: str) -> tuple[Any, list[str], Any] | str:
 def build_ws_router(hub: StreamHub) -> APIRouter:
     router = APIRouter()
 
-    async def serve(ws: WebSocket, names: list[str], combined: bool) -> None:
-        if len(hub.connections) >= MAX_CONNECTIONS:
-            await ws.close(code=1013)
-            return
-        await ws.accept()
-        conn = Connection(ws, combined)
-        hub.connections.add(conn)
-        bad = hub.subscribe(conn, names) if names else []
-        if bad:
-            await ws.send_text(json.dumps({"error": {"code": 2, "msg": f"Invalid request: unknown stream {bad[0][:80]}"}}))
-            await ws.close(code=1008)
-            hub.drop(conn)
-            return
+    async def close(ws: WebSocket, code: int, reason: str) -> None:
+        """Send a close frame, bounded in time: a client that does not read cannot hold the handler."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(code=code, reason=reason), CLOSE_TIMEOUT_S)
 
-        async def sender() -> None:
-            while True:
-                text = await conn.queue.get()
-                if text is None:
-                    await ws.close(code=1008, reason="slow consumer")
-                    return
-                await ws.send_text(text)
-
-        task = asyncio.create_task(sender())
-        try:
-            while True:
-                frame = await ws.receive()
-                if frame["type"] == "websocket.disconnect":
-                    break
-                message = frame.get("text")
-                if message is None:  # a binary frame: requests are JSON text
-                    await ws.close(code=1003, reason="send requests as JSON text frames")
-                    break
-                if len(message) > MAX_REQUEST_CHARS:
-                    await ws.close(code=1009, reason=f"requests are at most {MAX_REQUEST_CHARS} characters")
-                    break
-                request = parse_request(message)
-                if isinstance(request, str):
-                    await conn.queue.put(json.dumps({"error": {"code": 3, "msg": request}}))
-                    continue
+    async def read_requests(ws: WebSocket, conn: Connection) -> tuple[int, str] | None:
+        """Answer requests until the client leaves (None) or must be closed (code, reason)."""
+        while True:
+            frame = await ws.receive()
+            if frame["type"] == "websocket.disconnect":
+                return None
+            message = frame.get("text")
+            if message is None:  # a binary frame: requests are JSON text
+                return 1003, "send requests as JSON text frames"
+            if len(message) > MAX_REQUEST_CHARS:
+                return 1009, f"requests are at most {MAX_REQUEST_CHARS} characters"
+            request = parse_request(message)
+            if isinstance(request, str):
+                reply: dict[str, Any] = {"error": {"code": 3, "msg": request}}
+            else:
                 method, params, rid = request
                 if method == "SUBSCRIBE":
                     bad = hub.subscribe(conn, params)
-                    reply: dict[str, Any] = {"result": None, "id": rid} if not bad else {"error": {"code": 2, "msg": f"Invalid request: unknown stream {bad[0][:80]}"}, "id": rid}
+                    reply = {"result": None, "id": rid} if not bad else {"error": {"code": 2, "msg": f"Invalid request: unknown stream {bad[0][:80]}"}, "id": rid}
                 elif method == "UNSUBSCRIBE":
                     hub.unsubscribe(conn, params)
                     reply = {"result": None, "id": rid}
@@ -434,12 +474,55 @@ def build_ws_router(hub: StreamHub) -> APIRouter:
                     reply = {"result": sorted(conn.streams), "id": rid}
                 else:
                     reply = {"error": {"code": 1, "msg": f"Unknown method {str(method)[:40]}"}, "id": rid}
-                await conn.queue.put(json.dumps(reply))
+            if not conn.offer(json.dumps(reply)):  # never wait for a client that does not read
+                return SLOW_CONSUMER
+
+    async def send_queued(ws: WebSocket, conn: Connection) -> None:
+        while True:
+            await ws.send_text(await conn.next())
+
+    async def serve(ws: WebSocket, names: list[str], combined: bool) -> None:
+        conn = Connection(ws, combined, ws.client.host if ws.client else "")
+        refusal = hub.admit(conn)  # checks and counts before any await: no race between handlers
+        if refusal is not None:
+            with contextlib.suppress(Exception):
+                await ws.accept()
+                await close(ws, 1013, refusal)
+            return
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            await ws.accept()
+            bad = hub.subscribe(conn, names) if names else []
+            if bad:
+                await ws.send_text(json.dumps({"error": {"code": 2, "msg": f"Invalid request: unknown stream {bad[0][:80]}"}}))
+                await close(ws, 1008, "unknown stream")
+                return
+            reader = asyncio.create_task(read_requests(ws, conn))
+            sender = asyncio.create_task(send_queued(ws, conn))
+            slow = asyncio.create_task(conn.slow.wait())
+            tasks = [reader, sender, slow]
+            for task in tasks:  # their errors (a client gone mid-send) are expected: retrieve them
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            # Whichever ends first ends the connection: the client left or sent something to close
+            # for (reader), the client cannot be written to (sender), or it stopped keeping up (slow).
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if conn.dropped:
+                reason: tuple[int, str] | None = SLOW_CONSUMER
+            elif reader.done() and not reader.cancelled() and reader.exception() is None:
+                reason = reader.result()
+            else:
+                reason = None  # the client is gone (or the sender failed): nothing to say
+            for task in tasks:
+                task.cancel()  # no await here: a client that left is forgotten at once
+            hub.drop(conn)  # before the close frame, which may wait for a client that does not read
+            if reason is not None:
+                await close(ws, *reason)
         except WebSocketDisconnect:
             pass
         finally:
+            for task in tasks:
+                task.cancel()
             hub.drop(conn)
-            task.cancel()
 
     @router.websocket("/ws")
     async def ws_root(ws: WebSocket) -> None:
