@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli_paths import fail, prepare_data_dir, require_node_dir
+from .cli_paths import fail, prepare_data_dir, refuse_foreign_writer, require_node_dir
 from .errors import RingfenceError
 
 from .identity.cli import app as identity_app
@@ -101,6 +101,7 @@ def demo(
 
     if data.exists() and not data.is_dir():
         fail(f"--data: {data} is a file, not a folder")
+    refuse_foreign_writer(data, "--data")  # a running holder's pid first, then a serve dir or a nested one
     if data.is_dir() and any(data.iterdir()):
         if not (data / DEMO_MARKER).exists():
             fail(f"--data: {data} is not empty and was not made by `ringfence demo`; choose another folder")

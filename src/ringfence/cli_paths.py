@@ -13,7 +13,15 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-__all__ = ["fail", "prepare_data_dir", "require_node_dir", "require_input_file", "ENGINE_SUBDIR"]
+__all__ = [
+    "fail",
+    "prepare_data_dir",
+    "prepare_node_dir",
+    "refuse_foreign_writer",
+    "require_node_dir",
+    "require_input_file",
+    "ENGINE_SUBDIR",
+]
 
 #: Where `ringfence serve --data DIR` keeps its engine node (journal, snapshots): `DIR/engine`.
 ENGINE_SUBDIR = "engine"
@@ -24,10 +32,91 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def prepare_data_dir(path: Path, option: str = "--data") -> Path:
-    """A folder to write into: created if absent; a file or an uncreatable path is refused."""
+_IN_USE_HINT = (
+    "only one process may write a journal. Stop that process first, or send the change to it "
+    "(read-only commands such as `ringfence journal verify` work while it runs)"
+)
+
+
+def _refuse_node_dirs(path: Path, option: str, *, include_self: bool) -> None:
+    """Refuse `path` when it (with include_self) or any folder above it is a node directory."""
+    from .journal.journal import is_node_dir, lock_holder
+
+    try:
+        resolved = path.resolve()
+    except OSError:
+        resolved = path.absolute()
+    for where in ([resolved] if include_self else []) + list(resolved.parents):
+        if not is_node_dir(where):
+            continue
+        holder = lock_holder(where)
+        if where == resolved:
+            what = (f"{path} is a node directory (it holds a journal or a LOCK); this command needs a folder of its "
+                    "own (`ringfence serve --data DIR` keeps its node in DIR/engine: give DIR)")
+        else:
+            what = (f"{path} is inside the node directory {where}; a node must not be created inside another "
+                    "node's directory. Choose a folder outside it")
+        if holder is not None:
+            fail(f"{option}: {where} is in use by {holder[0]}: {what}", 1)
+        fail(f"{option}: {what}")
+
+
+def refuse_foreign_writer(path: Path, option: str = "--data") -> None:
+    """Refuse, before anything is created, a writer aimed at another process's node or beside/inside one.
+
+    In order: a lock on `path` held by another process (named by pid, exit 1); a `ringfence serve`
+    data directory (`path/engine/journal`: its holder's pid first when the server runs); a folder
+    inside another node's directory. Never creates or locks anything.
+    """
+    from .errors import DataDirLocked, RingfenceError
+    from .journal.journal import check_node_placement, lock_holder
+
+    holder = lock_holder(path) if path.is_dir() else None
+    if holder is not None:
+        fail(f"{option}: {path} is in use by {holder[0]}; {_IN_USE_HINT}", 1)
+    try:
+        check_node_placement(path)
+    except DataDirLocked as err:
+        fail(f"{option}: {err.message}", 1)
+    except RingfenceError as err:
+        fail(f"{option}: {err.message}")
+
+
+def prepare_node_dir(path: Path, option: str = "--data") -> Path:
+    """The node directory a writer opens, given what the user typed, created if absent.
+
+    Resolves like `require_node_dir`: the DIR `serve --data` takes means its node, `DIR/engine`
+    (so a running server's lock refuses the writer with its pid); both layouts at once is refused.
+    A directory inside another node's directory is refused before anything is created.
+    """
     if path.exists() and not path.is_dir():
         fail(f"{option}: {path} is a file, not a folder")
+    if path.is_dir():
+        direct = (path / "journal").is_dir()
+        nested = (path / ENGINE_SUBDIR / "journal").is_dir()
+        if direct and nested:
+            fail(f"{option}: {path} holds both journal/ and {ENGINE_SUBDIR}/journal/; name the one you mean "
+                 f"({path} or {path / ENGINE_SUBDIR})")
+        if nested:
+            path = path / ENGINE_SUBDIR
+    refuse_foreign_writer(path, option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"{option}: cannot create {path}: {err.strerror or err}")
+    return path
+
+
+def prepare_data_dir(path: Path, option: str = "--data") -> Path:
+    """A folder to write into: created if absent; a file or an uncreatable path is refused.
+
+    So is a node directory, or any folder inside one (before anything is created): the folder is
+    the command's own (`serve --data DIR` keeps its node in DIR/engine), never nested in another
+    node's. A running holder is named by pid (exit 1).
+    """
+    if path.exists() and not path.is_dir():
+        fail(f"{option}: {path} is a file, not a folder")
+    _refuse_node_dirs(path, option, include_self=True)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 
@@ -121,3 +122,82 @@ def test_demo_never_deletes_a_directory_another_writer_holds(tmp_path):
     finally:
         lock.release()
     assert run("demo", "--data", str(data), "--seed", "2").returncode == 0
+
+
+def listing(root: Path) -> set[str]:
+    """Every path under root, less SQLite's own transient files (the running server makes and drops those)."""
+    return {str(p.relative_to(root)) for p in root.rglob("*") if not p.name.endswith(("-journal", "-wal", "-shm"))}
+
+
+WRITERS_BESIDE_SERVE = {
+    # found against a real server: it wrote DIR/LOCK and DIR/journal beside DIR/engine, so
+    # `journal verify DIR` then exited 2 ("holds both journal/ and engine/journal/")
+    "trading demo --data DIR": lambda data: ["trading", "demo", "--data", str(data)],
+    # it started a second server nested in the live node (DIR/engine/engine/journal, identity.sqlite3, ...)
+    "serve --data DIR/engine": lambda data: ["serve", "--demo", "--data", str(data / "engine"), "--port", str(free_port())],
+    # it was refused, but for the wrong reason ("not empty and was not made by `ringfence demo`")
+    "demo --data DIR": lambda data: ["demo", "--data", str(data)],
+    # a folder anywhere inside the live node directory is refused too
+    "trading demo --data DIR/engine/x": lambda data: ["trading", "demo", "--data", str(data / "engine" / "x")],
+    "serve --data DIR/engine/journal/y": lambda data: ["serve", "--data", str(data / "engine" / "journal" / "y"), "--port", str(free_port())],
+}
+
+
+@pytest.mark.parametrize("case", list(WRITERS_BESIDE_SERVE))
+def test_a_writer_beside_or_inside_a_running_serve_is_refused_by_pid_and_creates_nothing(tmp_path, case):
+    data = tmp_path / "data"
+    proc, base = start_serve(data)
+    try:
+        node = data / "engine"
+        before_digest, before = journal_digest(node), listing(data)
+        out = run(*WRITERS_BESIDE_SERVE[case](data))
+        text = " ".join(out.stderr.split())
+        assert out.returncode != 0, out.stdout[-2000:]
+        assert f"is in use by pid {proc.pid}" in text and "was not made by" not in text, out.stderr
+        assert not listing(data) - before, f"{case} created {sorted(listing(data) - before)}"
+        for made in ("LOCK", "journal", "engine/engine", "engine/identity.sqlite3", "engine/x", "engine/journal/y"):
+            assert not (data / made).exists(), made
+        assert journal_digest(node) == before_digest
+        verify = run("journal", "verify", str(data))
+        assert verify.returncode == 0 and "journal: OK" in verify.stdout, verify.stdout + verify.stderr
+        assert httpx.get(base + "/readyz", timeout=5).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def test_a_node_is_never_opened_inside_or_beside_another(tmp_path):
+    """The engine refuses on its own (library callers, not only the CLI), before creating anything."""
+    from ringfence.app import new_node
+    from ringfence.errors import DataDirLocked, RingfenceError
+
+    outer = tmp_path / "outer"
+    with new_node(outer) as node:
+        before = listing(tmp_path)
+        with pytest.raises(DataDirLocked) as held:
+            new_node(outer / "inner").open()
+        assert held.value.details["holder_pid"] == os.getpid() and "inside the node directory" in str(held.value)
+        assert listing(tmp_path) == before and not (outer / "inner").exists()
+        assert node.engine is not None
+    with pytest.raises(RingfenceError, match="inside the node directory"):
+        new_node(outer / "a" / "b").open()  # not running: still refused
+    serve_dir = tmp_path / "serve"
+    (serve_dir / "engine" / "journal").mkdir(parents=True)
+    with pytest.raises(RingfenceError, match="serve"):
+        new_node(serve_dir).open()
+    assert not (serve_dir / "LOCK").exists() and not (serve_dir / "journal").exists()
+    assert not (outer / "a").exists()
+
+
+def test_reconcile_lift_names_the_field_once(tmp_path):
+    from ringfence.journal.journal import DataDirLock
+
+    node = tmp_path / "node"
+    assert run("demo", "--data", str(node), "--seed", "1").returncode == 0
+    lock = DataDirLock(node, "a test holding the lock")
+    try:
+        lift = run("reconcile", "lift", str(node), "rc.any", "--reason", "r", "--approval", "op1:" + "ab" * 64)
+    finally:
+        lock.release()
+    text = " ".join(lift.stderr.split())
+    assert lift.returncode == 1 and f"pid {os.getpid()}" in text and "data_dir: data_dir" not in text, lift.stderr

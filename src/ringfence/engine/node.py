@@ -57,7 +57,7 @@ from ..errors import (
     ValidationError,
     error_codes,
 )
-from ..journal.journal import DataDirLock, JournalWriter, scan
+from ..journal.journal import DataDirLock, JournalWriter, check_node_placement, scan
 from .commands import Batch, Command, Event, encode
 from .core import CommandRejected, Engine, ShardHalt
 from .module import Module
@@ -402,6 +402,8 @@ class Node:
         With `on_replay`, read models that need the whole history are fed every batch: recovery
         then replays from genesis (snapshots are still verified against it by `journal replay`).
         """
+        if self.lock is None:
+            check_node_placement(self.data_dir)  # not inside or beside another node: before mkdir creates anything
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.lock is None:
             self.lock = DataDirLock(self.data_dir, self.purpose)  # before anything reads or truncates

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import DataDirLocked, JournalCorrupt, OutcomeUnknown
+from ..errors import ConfigError, DataDirLocked, JournalCorrupt, OutcomeUnknown
 
 __all__ = [
     "GENESIS_HASH",
@@ -62,6 +62,9 @@ __all__ = [
     "ScanReport",
     "JournalWriter",
     "DataDirLock",
+    "check_node_placement",
+    "is_node_dir",
+    "lock_holder",
     "DurableMark",
     "read_durable_mark",
     "LOCK_FILE",
@@ -92,6 +95,88 @@ _MARK_SLOT_BYTES = 512
 LOCK_HOLDER_MAX_BYTES = 512
 
 
+#: Where `ringfence serve --data DIR` keeps its engine node: `DIR/engine` (a serve data directory).
+SERVE_ENGINE_SUBDIR = "engine"
+
+
+def _describe_holder(raw: str) -> tuple[str, int | None]:
+    pid, _, what = raw.strip().partition("\n")
+    who = f"pid {pid}" if pid.isdigit() else "another process (pid unknown)"
+    return f"{who}{f' ({what.strip()})' if what.strip() else ''}", int(pid) if pid.isdigit() else None
+
+
+def lock_holder(node_dir: Path) -> tuple[str, int | None] | None:
+    """Who holds `node_dir/LOCK` right now ("pid N (command line)", pid), or None if nobody does.
+
+    Creates nothing: a missing LOCK file means no holder. The probe is a shared, non-blocking
+    flock dropped at once (the kernel is the authority; a pid in the file may be stale).
+    """
+    try:
+        fd = os.open(Path(node_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            return _describe_holder(os.pread(fd, LOCK_HOLDER_MAX_BYTES, 0).decode("utf-8", "replace"))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def is_node_dir(path: Path) -> bool:
+    """A node directory: it has a `LOCK` file, or a `journal/` folder holding a segment or a durable mark.
+
+    (A bare `journal/` folder is not enough: a home directory may well have one.)
+    """
+    if (path / LOCK_FILE).is_file():
+        return True
+    journal = path / "journal"
+    if not journal.is_dir():
+        return False
+    try:
+        return any(e.name.endswith(SEGMENT_SUFFIX) or e.name == DURABLE_FILE for e in os.scandir(journal))
+    except OSError:
+        return False
+
+
+def check_node_placement(directory: Path) -> None:
+    """Refuse to make `directory` a node directory when it would sit inside or beside another node.
+
+    Refused, before anything is created: (a) a `ringfence serve` data directory (it holds
+    `engine/journal`; its node is `DIR/engine`), and (b) a directory inside another node's directory
+    (any ancestor up to the root is a node directory). When that other node is running, the error
+    is `DataDirLocked` and names its pid first, as a held lock does; otherwise `ConfigError`.
+    """
+    directory = Path(directory)
+    serve_node = directory / SERVE_ENGINE_SUBDIR
+    if (serve_node / "journal").is_dir():
+        holder = lock_holder(serve_node)
+        hint = (f"it is the data directory of a `ringfence serve` node, whose node directory is {serve_node}; "
+                "a second node beside it would make the journal ambiguous. Send changes to the server, or "
+                f"name {serve_node} once it has stopped")
+        if holder is not None:
+            raise DataDirLocked(f"{directory} is in use by {holder[0]}: {hint}", field="data_dir", holder_pid=holder[1])
+        raise ConfigError(f"{directory} is not a node directory: {hint}", field="data_dir")
+    try:
+        resolved = directory.resolve()
+    except OSError:
+        resolved = directory.absolute()
+    for ancestor in resolved.parents:  # one or two stats per level up to the root
+        if not is_node_dir(ancestor):
+            continue
+        holder = lock_holder(ancestor)
+        hint = (f"{directory} is inside the node directory {ancestor}; a node must not be created inside "
+                "another node's directory. Choose a folder outside it")
+        if holder is not None:
+            raise DataDirLocked(f"{ancestor} is in use by {holder[0]}: {hint}", field="data_dir", holder_pid=holder[1])
+        raise ConfigError(hint, field="data_dir")
+
+
 class DataDirLock:
     """An exclusive `flock` on `DIR/LOCK`, held for the writer's life; the holder's pid is in the file.
 
@@ -103,6 +188,7 @@ class DataDirLock:
     def __init__(self, directory: Path, purpose: str = "") -> None:
         self.path = Path(directory) / LOCK_FILE
         self._fd: int | None = None
+        check_node_placement(Path(directory))  # before the LOCK file is created
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,16 +196,14 @@ class DataDirLock:
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 os.close(fd)
                 raise
-            holder = os.pread(fd, LOCK_HOLDER_MAX_BYTES, 0).decode("utf-8", "replace").strip()
+            who, pid = _describe_holder(os.pread(fd, LOCK_HOLDER_MAX_BYTES, 0).decode("utf-8", "replace"))
             os.close(fd)
-            pid, _, what = holder.partition("\n")
-            who = f"pid {pid}" if pid.isdigit() else "another process (pid unknown)"
             raise DataDirLocked(
-                f"{directory} is in use by {who}{f' ({what.strip()})' if what.strip() else ''}; only one process "
+                f"{directory} is in use by {who}; only one process "
                 "may write a journal. Stop that process first, or send the change to it (read-only commands "
                 "such as `ringfence journal verify` work while it runs)",
                 field="data_dir",
-                holder_pid=int(pid) if pid.isdigit() else None,
+                holder_pid=pid,
             ) from None
         label = " ".join(purpose.split())[:200]
         os.ftruncate(fd, 0)

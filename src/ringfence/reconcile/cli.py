@@ -271,8 +271,7 @@ def lift(
         with new_node(path) as node:
             [event] = node.execute(LiftHalt(halt_id, reason, parsed))
     except RingfenceError as err:
-        field = f"{err.field}: " if err.field else ""
-        err_console.print(f"[bold red]refused:[/] {field}{err}")
+        err_console.print(f"[bold red]refused:[/] {err}")  # str(err) already names the field
         raise typer.Exit(1) from None
     console.print(f"[bold green]lifted[/] {halt_id} ({event.scope_kind}:{event.scope} {event.level}) "
                   f"approved by {', '.join(event.approvers)}")

@@ -12,16 +12,16 @@ app = typer.Typer(help="Spot trading: demo session and book inspection.\n\nExamp
 
 
 @app.command()
-def demo(data: Path = typer.Option(Path("./ringfence-data/trading-demo"), help="node data directory")) -> None:
+def demo(data: Path = typer.Option(Path("./ringfence-data/trading-demo"), help="node data directory (or the DIR `serve --data` takes: its node, DIR/engine)")) -> None:
     """List BTCUSDT, place orders from two traders, show fills, fees, shield fund and the book.
 
     Example: ringfence trading demo --data ./ringfence-data/demo
     """
-    from ..cli_paths import fail, prepare_data_dir
+    from ..cli_paths import fail, prepare_node_dir
     from ..errors import RingfenceError
     from .demo import run_trading_demo
 
-    prepare_data_dir(data)
+    data = prepare_node_dir(data, "--data")  # `serve --data DIR` means its node, DIR/engine (and its lock)
     try:
         with new_node(data) as node:
             run_trading_demo(node, Console())
