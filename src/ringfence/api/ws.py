@@ -30,6 +30,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ..money import format_amount
+from ..solvency.pol_verifier import json_nesting_depth
 from ..trading.commands import Trade
 from ..trading.marketdata import KLINE_INTERVALS_NS
 from .orders import OrderRecord
@@ -398,33 +399,9 @@ def quiet_client_garbage() -> None:
         logger.addFilter(ClientGarbageLogFilter())
 
 
-def json_depth_within(text: str, limit: int) -> bool:
-    """True when no array or object in `text` nests deeper than `limit`: checked before parsing,
-    because the parser recurses once per level (a few thousand `[` exhaust the stack)."""
-    depth = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return False
-        elif char in "]}":
-            depth -= 1
-    return True
-
-
 def parse_request(message: str) -> tuple[Any, list[str], Any] | str:
     """(method, params, id) of a `{"method", "params", "id"}` request, or the error to answer."""
-    if not json_depth_within(message, MAX_REQUEST_DEPTH):
+    if json_nesting_depth(message, MAX_REQUEST_DEPTH) > MAX_REQUEST_DEPTH:  # before parsing: the parser recurses per level
         return f"Invalid JSON: nested deeper than {MAX_REQUEST_DEPTH} levels"
     try:
         request = json.loads(message)

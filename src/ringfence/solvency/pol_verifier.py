@@ -28,7 +28,7 @@ from .pol_format import (
     node_hash,
 )
 
-__all__ = ["VerifiedProof", "check_proof", "verify_proof", "check_root_document", "parse_json_document",
+__all__ = ["VerifiedProof", "json_nesting_depth", "check_proof", "verify_proof", "check_root_document", "parse_json_document",
            "MAX_PROOF_BYTES"]
 
 
@@ -79,8 +79,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 MAX_JSON_DEPTH = 16
 
 
-def _nesting_depth(data: str | bytes) -> int:
-    """Deepest `[`/`{` nesting outside JSON strings, by a linear scan (no recursion)."""
+def json_nesting_depth(data: str | bytes, limit: int = MAX_JSON_DEPTH) -> int:
+    """Deepest `[`/`{` nesting outside JSON strings, by a linear scan (no recursion); stops as soon
+    as it exceeds `limit`. Run before parsing: the parser recurses once per level. The API's
+    WebSocket edge uses it too."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     depth = deepest = 0
     in_string = escaped = False
@@ -98,7 +100,7 @@ def _nesting_depth(data: str | bytes) -> int:
             depth += 1
             if depth > deepest:
                 deepest = depth
-                if deepest > MAX_JSON_DEPTH:
+                if deepest > limit:
                     return deepest
         elif ch in "]}":
             depth -= 1
@@ -111,7 +113,7 @@ def parse_json_document(data: str | bytes | Mapping[str, Any], what: str = "proo
         return dict(data)
     if len(data) > MAX_PROOF_BYTES:
         raise ProofInvalid(f"{what} is larger than {MAX_PROOF_BYTES} bytes", field=what)
-    if _nesting_depth(data) > MAX_JSON_DEPTH:
+    if json_nesting_depth(data) > MAX_JSON_DEPTH:
         # checked before parsing: a document nested thousands deep would otherwise recurse through
         # the C JSON decoder (and crash the process if any library raised the recursion limit)
         raise ProofInvalid(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels", field=what)
