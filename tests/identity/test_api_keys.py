@@ -122,6 +122,29 @@ def test_ed25519_key_only_public_key_stored(ctx, owner):
         assert row.secret_enc is None and len(row.public_key) == 32
 
 
+def test_an_ed25519_public_key_registers_once_for_ever(ctx, clock, owner):
+    """A second registration of the same public key is refused, by another user, by the same one
+    and after the first key was revoked; nothing is written."""
+    from ringfence.errors import Conflict
+
+    pem = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    first = api_keys.create_api_key(ctx, owner, kind="ed25519", public_key=pem, scopes=["trade"])
+    _, mallory, _ = enable_totp(ctx, clock, email="mallory@example.com")
+    for token in (mallory, owner):
+        before = n_keys(ctx)
+        with pytest.raises(Conflict) as err:
+            api_keys.create_api_key(ctx, token, kind="ed25519", public_key=pem, scopes=["trade"])
+        assert err.value.field == "public_key" and "already registered" in str(err.value)
+        assert n_keys(ctx) == before
+    api_keys.revoke_api_key(ctx, owner, first.key_id)
+    with pytest.raises(Conflict):
+        api_keys.create_api_key(ctx, mallory, kind="ed25519", public_key=pem, scopes=["trade"])
+    # a fresh key pair is welcome
+    fresh = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert api_keys.create_api_key(ctx, mallory, kind="ed25519", public_key=base64.b64encode(fresh).decode(), scopes=["read"]).key_id
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"scopes": []}, "scopes"),
     ({"scopes": ["admin"]}, "scopes"),

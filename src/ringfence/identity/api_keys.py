@@ -21,6 +21,7 @@ import hmac
 import ipaddress
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -182,6 +183,17 @@ def parse_ed25519_public_key(public_key: object) -> bytes:
 _parse_ed25519_public_key = parse_ed25519_public_key
 
 
+def _refuse_registered_public_key(db: Any, raw_public: bytes | None) -> None:
+    """One Ed25519 public key belongs to one API key, for ever (as on Binance): a second registration
+    of the same key, by anyone and even after the first was revoked, would let a request signed for
+    one key be replayed under another."""
+    if raw_public is None:
+        return
+    taken = db.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.public_key == raw_public))
+    if taken:
+        raise Conflict("this Ed25519 public key is already registered; generate a new key pair for each API key", field="public_key")
+
+
 def create_api_key(
     ctx: IdentityContext,
     token: object,
@@ -219,6 +231,7 @@ def create_api_key(
         n = db.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at_s.is_(None)))
         if n >= KEYS_PER_USER_MAX:
             raise Conflict(f"at most {KEYS_PER_USER_MAX} active API keys per account; revoke one first", field="api_key")
+        _refuse_registered_public_key(db, raw_public)
         api_key = secrets.token_hex(32)
         key_hash = ctx.sealer.token_digest("apikey:" + api_key)
         secret = secrets.token_hex(32) if kind == "hmac" else None
@@ -477,6 +490,7 @@ def issue_demo_key(
             )
             db.add(user)
             db.flush()
+        _refuse_registered_public_key(db, raw_public)
         api_key = secrets.token_hex(32)
         key_hash = ctx.sealer.token_digest("apikey:" + api_key)
         secret = secrets.token_hex(32) if kind == "hmac" else None
