@@ -158,6 +158,25 @@ def test_cancel_honours_new_client_order_id_and_cancel_restrictions(alice):
     assert r.json()["status"] == "CANCELED"
 
 
+def test_order_id_and_a_client_order_id_of_another_order_together_find_nothing(alice):
+    """Binance: with both ids sent, the order found by orderId must also carry origClientOrderId;
+    otherwise neither the query nor the cancel touches it."""
+    first = alice.post("/api/v3/order", {**BASE_ORDER, "quantity": "0.0010", "price": "60000.00", "newClientOrderId": "both-ids-1"}).json()
+    second = alice.post("/api/v3/order", {**BASE_ORDER, "quantity": "0.0010", "price": "60000.00", "newClientOrderId": "both-ids-2"}).json()
+    mixed = {"symbol": "BTCUSDT", "orderId": first["orderId"], "origClientOrderId": "both-ids-2"}
+    assert error_of(alice.get("/api/v3/order", mixed, signed=True)) == {"code": -2013, "msg": "Order does not exist."}
+    before = alice.state()
+    r = alice.http.delete("/api/v3/order?" + signed_query(alice.secret, mixed), headers={"X-MBX-APIKEY": alice.key})
+    assert error_of(r) == {"code": -2011, "msg": "Unknown order sent."}
+    assert alice.state() == before
+    match = {"symbol": "BTCUSDT", "orderId": second["orderId"], "origClientOrderId": "both-ids-2"}
+    assert alice.get("/api/v3/order", match, signed=True).json()["orderId"] == second["orderId"]
+    for placed in (first, second):
+        r = alice.http.delete("/api/v3/order?" + signed_query(alice.secret, {"symbol": "BTCUSDT", "orderId": placed["orderId"]}),
+                              headers={"X-MBX-APIKEY": alice.key})
+        assert r.status_code == 200, r.text
+
+
 # ---------------------------------------------------------------------------- item 3: Unicode digits
 
 UNICODE_NUMBERS = ["²", "٣", "３", "߃", "১", "𝟙", "¹0", "1²", "٦٠٠٠٠", "Ⅴ", "1_0", " 5", "+5", "5\n"]

@@ -210,8 +210,11 @@ class OrderHistory:
 
     def get(self, owner: str, symbol: str, order_id: int = 0, client_order_id: str = "") -> OrderRecord | None:
         if order_id:
+            # Binance: with both ids, the order found by orderId must also carry origClientOrderId
             record = self.orders.get(order_id)
-            return record if record is not None and record.owner == owner and record.symbol == symbol else None
+            if record is None or record.owner != owner or record.symbol != symbol:
+                return None
+            return record if not client_order_id or record.client_order_id == client_order_id else None
         for oid in reversed(self.by_owner.get(owner, ())):
             record = self.orders.get(oid)
             if record is not None and record.symbol == symbol and record.client_order_id == client_order_id:
