@@ -35,6 +35,7 @@ __all__ = [
     "SignerReserveSource",
     "claim_to_json",
     "localnet_reserve_source",
+    "load_reserve_sources",
 ]
 
 MAX_WALLETS = 100_000
@@ -227,3 +228,30 @@ def localnet_reserve_source(net: Any, name: str = "localnet") -> SignerReserveSo
     wallets.append(WalletKeys("bitcoin", ("BTC",), net.cold["shield"], tuple((shield, k) for k in sorted(child)),
                               script_hex=script_hex, threshold=2))
     return SignerReserveSource(name, wallets, {"bitcoin": net.btc, "ethereum": net.eth})
+
+
+def load_reserve_sources(spec: str, *args: Any) -> list[ReserveSource]:
+    """Sources named in settings (`package.module:factory`, comma-separated), each factory called
+    with `args` (the exchange and the data directory) and returning a source or a list of them."""
+    from importlib import import_module
+
+    from ..errors import ConfigError
+
+    out: list[ReserveSource] = []
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        module_name, _, attr = item.partition(":")
+        if not module_name or not attr:
+            raise ConfigError(f"{item[:80]!r} is not package.module:factory", field="RINGFENCE_POR_RESERVE_SOURCES")
+        try:
+            factory = getattr(import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot load {item[:80]!r}: {exc}", field="RINGFENCE_POR_RESERVE_SOURCES") from None
+        made = factory(*args)
+        for source in made if isinstance(made, (list, tuple)) else [made]:
+            if not isinstance(source, ReserveSource):
+                raise ConfigError(f"{item[:80]!r} returned {type(source).__name__}, not a ReserveSource",
+                                  field="RINGFENCE_POR_RESERVE_SOURCES")
+            out.append(source)
+    return out
