@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     por_reserve_sources: str = Field(default="", max_length=2000)
     # The asset the shield fund rule (shield value >= hot wallet value) values both sides in.
     shield_value_asset: str = Field(default="USDT", pattern=r"^[A-Z0-9]{2,12}$")
+    # How often the shield sweeper (a custody worker in `serve`) moves the accrued share on chain.
+    shield_sweep_every_s: int = Field(default=3_600, ge=1, le=7 * 86_400)
 
     def cors_origins(self) -> tuple[str, ...]:
         origins = tuple(o.strip() for o in self.api_cors_origins.split(",") if o.strip())

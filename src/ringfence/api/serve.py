@@ -193,3 +193,16 @@ def serve(
         app, host=host, port=port, log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10,
         proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [],
     )
+
+
+def start_shield_sweeper(node: Any, settings: Any, adapters: dict[str, Any], routes: Sequence[Any]) -> Any:
+    """The shield fund sweeper as a worker in `serve` (issue 15, item 6): every
+    `settings.shield_sweep_every_s` it moves the accrued fee share from the hot wallets into the
+    shield vault on chain and records each move through the node's command path. Called by the
+    custody runtime once it runs chains in serve (it owns the adapters and the hot wallets' signers)."""
+    from ..custody.shield import ShieldSweeper, ShieldSweepWorker
+
+    worker = ShieldSweepWorker(ShieldSweeper(node, adapters, routes, value_asset=settings.shield_value_asset),
+                               settings.shield_sweep_every_s)
+    worker.start()
+    return worker
