@@ -11,7 +11,6 @@ Published proofs live in `DIR/por`: the scheduled publisher inside `ringfence se
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from .binance import ERROR_RESPONSES
 from .headers import inline_page_csp
 
-__all__ = ["build_por_router", "publish_from_engine"]
-
-
-def publish_from_engine(engine: Any, out_dir: Path, secret: bytes) -> dict[str, Any]:
-    """Snapshot the ledger, build the tree, write root.json, proofs/, reserves.json and report.html."""
-    from ..solvency.ledger_source import snapshot_from_engine
-    from ..solvency.pol import build_liability_tree
-    from ..solvency.report import build_report, render_html
-
-    snap = snapshot_from_engine(engine)
-    tree = build_liability_tree(snap.snapshot_id, snap.asset_codes, snap.iter_accounts(), secret, min_leaf_count=16)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(out_dir, 0o700)  # the proof store holds every user's nonce
-    root = tree.root_document()
-    (out_dir / "root.json").write_text(json.dumps(root, indent=1) + "\n")
-    tree.write_store(out_dir / "proofs")
-    report = build_report(root, snap.assets, None, {}, snap.debts_minor, snap.position)
-    (out_dir / "reserves.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out_dir / "report.html").write_text(render_html(report))
-    return {"snapshot_id": snap.snapshot_id.hex(), "position": snap.position, "accounts": tree.account_count}
+__all__ = ["build_por_router"]
 
 
 def build_por_router(por_dir: Path, gate: Any) -> APIRouter:
