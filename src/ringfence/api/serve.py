@@ -112,7 +112,8 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
 
     sources = list(reserve_sources) + load_reserve_sources(settings.por_reserve_sources, exchange, data)
     publisher = PorPublisher(exchange.read, data / "por", secret, sources=sources, keep=settings.por_keep,
-                             value_asset=settings.shield_value_asset, every_s=settings.por_every_s)
+                             value_asset=settings.shield_value_asset, every_s=settings.por_every_s,
+                             alive=lambda: exchange.node.writer is not None)
     entry = publisher.publish()
     publisher.start()
     return {"publisher": publisher, "n": entry["n"], "position": entry["position"], "accounts": entry["accounts"],

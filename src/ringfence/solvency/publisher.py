@@ -75,7 +75,8 @@ class PorPublisher:
 
     def __init__(self, read: Callable[[Callable[[Any], Any]], Any], out_dir: Path, secret: bytes, *,
                  sources: Sequence[ReserveSource] = (), keep: int = 500, value_asset: str = "USDT",
-                 every_s: int = 0, clock_ns: Callable[[], int] = time.time_ns, min_leaf_count: int = 16) -> None:
+                 every_s: int = 0, clock_ns: Callable[[], int] = time.time_ns, min_leaf_count: int = 16,
+                 alive: Callable[[], bool] | None = None) -> None:
         if not 1 <= keep <= MAX_KEEP:
             raise ValueError(f"keep must be 1..{MAX_KEEP}")
         self.read = read
@@ -87,6 +88,8 @@ class PorPublisher:
         self.every_s = every_s
         self.clock_ns = clock_ns
         self.min_leaf_count = min_leaf_count
+        #: False once the node it reads is closed: the schedule ends with it
+        self.alive = alive or (lambda: True)
         self.published = 0
         self.failures = 0
         self.last_error = ""
@@ -193,6 +196,9 @@ class PorPublisher:
     def run(self, stop: threading.Event) -> None:
         """Publish every `every_s` seconds until `stop` is set; a failed run is logged and retried."""
         while not stop.wait(self.every_s):
+            if not self.alive():
+                log.info("por.schedule_ended", reason="the node was closed")
+                return
             try:
                 self.publish()
             except Exception as exc:  # noqa: BLE001 - one failed publication must not end the schedule; logged and counted
