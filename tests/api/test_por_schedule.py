@@ -110,6 +110,10 @@ def test_each_scheduled_proof_verifies_and_its_coverage_comes_from_its_evidence(
             assert int(row["reserves_minor"]) == held
             assert row["coverage_bp"] == (held * 10_000 // owed if owed else None)
         btc_coverage.append(next(r["coverage_bp"] for r in p["assets"] if r["asset"] == "BTC"))
+        for account in ("alice", "bob"):  # each user's proof from this very proof verifies against its root
+            mine = _my_proof(srv, account, p["n"])
+            assert mine.status_code == 200, mine.text
+            assert verify_proof(mine.json(), root) == (True, "valid")
     # each proof saw one more 50 BTC block in the hot wallet: coverage rises proof by proof
     assert btc_coverage == sorted(btc_coverage) and len(set(btc_coverage)) == len(btc_coverage), btc_coverage
 

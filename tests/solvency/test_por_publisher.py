@@ -154,6 +154,15 @@ def test_the_shield_alert_is_in_the_report_and_on_the_page(net, tmp_path) -> Non
     assert 'id="shield-rule" class="rule-alert"' in html and "ALERT" in html
     page = render_por_page(read_history(out), report, read_history(out))
     assert "ALERT" in page and 'id="coverage-chart"' in page
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ringfence.solvency.publisher import PorMetrics
+
+    registry = CollectorRegistry()
+    registry.register(PorMetrics(net.node.read, out, "ETH"))
+    metrics = generate_latest(registry).decode()
+    assert "ringfence_shield_alert 1.0" in metrics and "ringfence_shield_rule_applicable 1.0" in metrics
+    assert 'ringfence_por_coverage_basis_points{asset="BTC"}' in metrics
 
 
 def test_the_sweep_worker_runs_steps_on_its_schedule(net) -> None:
