@@ -10,7 +10,7 @@ leaves an honest liabilities-only proof; the shield rule's alert is in the repor
 from __future__ import annotations
 
 import json
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ import pytest
 from ringfence.chains.ethereum import EthereumAdapter, EthereumSettings
 from ringfence.custody.commands import RecordTreasuryFunding
 from ringfence.custody.localnet import LocalNet
-from ringfence.custody.shield import ShieldSweeper, ShieldSweepWorker, localnet_shield_routes
+from ringfence.custody.shield import ShieldSweeper, localnet_shield_routes
 from ringfence.solvency import ProofStore
 from ringfence.solvency.history_page import render_por_page
 from ringfence.solvency.pol_builder import DEV_SECRET
@@ -170,24 +170,27 @@ def test_the_sweep_worker_runs_steps_on_its_schedule(net) -> None:
     net.execute(ListMarket("BTCETH", "BTC", "ETH", "spot", tick_size=10**15, lot_size=10**5, min_qty=10**5, band_ppm=0))
     net.execute(PlaceOrder("alice", "BTCETH", "SELL", "LIMIT", "GTC", price=20 * ETH, quantity=2 * BTC))
     net.execute(PlaceOrder("bob", "BTCETH", "BUY", "LIMIT", "GTC", price=20 * ETH, quantity=2 * BTC))
-    sweeper = ShieldSweeper(net.node, {"bitcoin": net.btc}, localnet_shield_routes(net, 10_000))
-    worker = ShieldSweepWorker(sweeper, every_s=1)
-    done = threading.Event()
-    original = sweeper.step
+    from ringfence.api.serve import start_shield_sweeper
+    from ringfence.settings import load_settings
 
-    def step():
-        report = original()
-        if report.sent:
-            done.set()
-        return report
+    def sweeps() -> list[str]:
+        return net.node.read(lambda e: sorted(t.state for k, t in e.components["custody"].transfers.items()
+                                              if k.startswith("shield-")))
 
-    sweeper.step = step  # type: ignore[method-assign]
-    worker.start()
+    worker = start_shield_sweeper(net.node, load_settings(shield_sweep_every_s=1), {"bitcoin": net.btc},
+                                  localnet_shield_routes(net, 10_000))
     try:
-        assert done.wait(20), f"no sweep within 20 s (failures {worker.failures}: {worker.last_error})"
+        deadline = time.time() + 30
+        while sweeps() != ["signed"] and time.time() < deadline:
+            time.sleep(0.2)
+        assert sweeps() == ["signed"], f"no sweep (failures {worker.failures}: {worker.last_error})"
+        net.btc_mine(6)
+        while sweeps() != ["recorded"] and time.time() < deadline:
+            time.sleep(0.2)
+        assert sweeps() == ["recorded"], f"sweep not recorded (failures {worker.failures}: {worker.last_error})"
     finally:
         worker.stop()
-    assert net.node.read(lambda e: sum(1 for t in e.components["custody"].transfers if t.startswith("shield-"))) == 1
+    assert worker.steps >= 2 and net.btc.balance(net.cold["shield"]) == net.ledger.custody("BTC", "shield_btc").balance == 20_000
 
 
 def test_shield_status_cli_reads_a_live_node(net, tmp_path) -> None:

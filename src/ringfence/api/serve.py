@@ -77,14 +77,10 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         metrics_token=settings.metrics_token(),
         metrics_open_without_token=settings.mode == "dev",
     )
-    # proof of solvency on a schedule (issue 15, item 7): no reserve source until custody runs in serve
+    # proof of solvency on a schedule and the shield fund rule (issue 15, items 6-7; the block below).
+    # No reserve source until custody runs chains in serve: its runtime passes them here.
     info["por"] = start_por_publisher(exchange, data, settings, reserve_sources=())
-    from ..solvency.publisher import PorMetrics
-
-    inner: Any = app
-    while not hasattr(inner, "state") and hasattr(inner, "app"):  # through the ASGI middleware to FastAPI
-        inner = inner.app
-    inner.state.metrics.registry.register(PorMetrics(exchange.read, data / "por", settings.shield_value_asset))
+    register_por_metrics(app, exchange, data, settings)
     return app, exchange, info
 
 
@@ -118,6 +114,32 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     publisher.start()
     return {"publisher": publisher, "n": entry["n"], "position": entry["position"], "accounts": entry["accounts"],
             "every_s": settings.por_every_s, "reserves_proven": entry["reserves_proven"]}
+
+
+def register_por_metrics(app: Any, exchange: Any, data: Path, settings: Any) -> None:
+    """The newest proof and the live shield rule on /metrics (`ringfence_por_*`, `ringfence_shield_*`)."""
+    from ..solvency.publisher import PorMetrics
+
+    inner: Any = app
+    while not hasattr(inner, "state") and hasattr(inner, "app"):  # through the ASGI middleware to FastAPI
+        inner = inner.app
+    inner.state.metrics.registry.register(PorMetrics(exchange.read, data / "por", settings.shield_value_asset))
+
+
+def start_shield_sweeper(node: Any, settings: Any, adapters: dict[str, Any], routes: Sequence[Any]) -> Any:
+    """The shield fund sweeper as a worker in `serve` (issue 15, item 6): every
+    `settings.shield_sweep_every_s` it moves the accrued fee share from the hot wallets into the
+    shield vault on chain and records each move through the node's command path. Called by the
+    custody runtime once it runs chains in serve (it owns the adapters and the hot wallets' signers)."""
+    from ..custody.shield import ShieldSweeper, ShieldSweepWorker
+
+    worker = ShieldSweepWorker(ShieldSweeper(node, adapters, routes, value_asset=settings.shield_value_asset),
+                               settings.shield_sweep_every_s)
+    worker.start()
+    return worker
+
+
+# ---------------------------------------------------------------- end of proof of solvency and shield fund
 
 
 def serve(
@@ -195,15 +217,3 @@ def serve(
         proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [],
     )
 
-
-def start_shield_sweeper(node: Any, settings: Any, adapters: dict[str, Any], routes: Sequence[Any]) -> Any:
-    """The shield fund sweeper as a worker in `serve` (issue 15, item 6): every
-    `settings.shield_sweep_every_s` it moves the accrued fee share from the hot wallets into the
-    shield vault on chain and records each move through the node's command path. Called by the
-    custody runtime once it runs chains in serve (it owns the adapters and the hot wallets' signers)."""
-    from ..custody.shield import ShieldSweeper, ShieldSweepWorker
-
-    worker = ShieldSweepWorker(ShieldSweeper(node, adapters, routes, value_asset=settings.shield_value_asset),
-                               settings.shield_sweep_every_s)
-    worker.start()
-    return worker
