@@ -112,7 +112,7 @@ def test_sim_command(tmp_path):
     assert "seed=11" in out.stdout and "all invariants held" in out.stdout
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["sim"], ["journal"], ["journal", "verify"], ["journal", "replay"], ["version"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["sim"], ["journal"], ["journal", "verify"], ["journal", "replay"], ["version"], ["shield"], ["shield", "status"]])
 def test_every_command_has_help_with_an_example(command):
     out = run(*command, "--help")
     assert out.returncode == 0

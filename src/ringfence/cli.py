@@ -295,6 +295,8 @@ app.add_typer(_custody_cli.custody_app, name="custody")
 app.add_typer(_custody_cli.policy_app, name="policy")
 from .reconcile.cli import app as _reconcile_app  # noqa: E402
 app.add_typer(_reconcile_app, name="reconcile")
+from .custody.shield_cli import shield_app as _shield_app  # noqa: E402
+app.add_typer(_shield_app, name="shield")
 
 
 def main() -> None:  # console-script entry point

@@ -83,6 +83,17 @@ class Settings(BaseSettings):
     api_metrics_token: str = ""
     # The reconciler inside `ringfence serve`: internal checks every this many ms (0 = off).
     reconcile_every_ms: int = Field(default=5_000, ge=0, le=600_000)
+    # Proof of solvency inside `ringfence serve`: one proof at start, then one every this many
+    # seconds (0 = only at start; `serve --demo` uses 30 unless set), the newest `por_keep` kept.
+    por_every_s: int = Field(default=600, ge=0, le=7 * 86_400)
+    por_keep: int = Field(default=500, ge=1, le=100_000)
+    # Extra reserve sources for the publisher: comma-separated `package.module:factory`, each
+    # called as factory(exchange, data_dir) -> ReserveSource or a list of them (custody plugs in here).
+    por_reserve_sources: str = Field(default="", max_length=2000)
+    # The asset the shield fund rule (shield value >= hot wallet value) values both sides in.
+    shield_value_asset: str = Field(default="USDT", pattern=r"^[A-Z0-9]{2,12}$")
+    # How often the shield sweeper (a custody worker in `serve`) moves the accrued share on chain.
+    shield_sweep_every_s: int = Field(default=3_600, ge=1, le=7 * 86_400)
 
     def cors_origins(self) -> tuple[str, ...]:
         origins = tuple(o.strip() for o in self.api_cors_origins.split(",") if o.strip())

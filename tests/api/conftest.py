@@ -25,7 +25,10 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(data.parent / f"serve-{self.port}.log", "w")
-        full_env = dict(os.environ, RINGFENCE_RECONCILE_EVERY_MS="1000", PYTHONUNBUFFERED="1", **(env or {}))
+        # RINGFENCE_POR_EVERY_S=0: one proof at start only, so a test's proof and root file always match
+        # (tests of the schedule set their own interval).
+        full_env = dict(os.environ, RINGFENCE_RECONCILE_EVERY_MS="1000", PYTHONUNBUFFERED="1", RINGFENCE_POR_EVERY_S="0")
+        full_env.update(env or {})
         self.argv = ["serve", *(["--demo"] if demo else []), "--data", str(data), "--port", str(self.port), *args]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ringfence.cli", *self.argv],

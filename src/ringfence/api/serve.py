@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any, Sequence
 
 import typer
 from rich.console import Console
@@ -44,6 +45,8 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         overrides["identity_public_url"] = public_url
     if forwarded_allow_ips is not None:
         overrides["api_forwarded_allow_ips"] = forwarded_allow_ips
+    if demo and "RINGFENCE_POR_EVERY_S" not in os.environ:
+        overrides["por_every_s"] = 30  # the demo shows the schedule working within a minute
     settings = load_settings(**overrides)
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
     exchange = Exchange(data)
@@ -52,12 +55,6 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     if demo:
         info["demo"] = seed_demo(exchange.node)
         info["keys"] = str(write_demo_keys(ctx, data))
-        from ..solvency.pol import load_secret
-        from .por import publish_from_engine
-
-        # dev mode only (checked by load_secret): the demo's proof uses the development secret
-        secret = load_secret(os.environ.get("RINGFENCE_POR_SECRET"), dev_mode=settings.mode == "dev")
-        info["por"] = exchange.read(lambda engine: publish_from_engine(engine, data / "por", secret))
         # the demo state was written by direct node commands: rebuild the read models from the journal
         exchange.node.close()
         exchange = Exchange(data)
@@ -80,7 +77,69 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         metrics_token=settings.metrics_token(),
         metrics_open_without_token=settings.mode == "dev",
     )
+    # proof of solvency on a schedule and the shield fund rule (issue 15, items 6-7; the block below).
+    # No reserve source until custody runs chains in serve: its runtime passes them here.
+    info["por"] = start_por_publisher(exchange, data, settings, reserve_sources=())
+    register_por_metrics(app, exchange, data, settings)
     return app, exchange, info
+
+
+# ---------------------------------------------------------------- proof of solvency on a schedule
+
+
+def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_sources: Sequence[Any] = ()) -> dict[str, Any]:
+    """Publish one proof now (so /por answers as soon as the server is ready), then one every
+    `settings.por_every_s` seconds on a daemon thread, into `DIR/por/<n>/` (docs/por.md).
+
+    `reserve_sources` are custody's `ReserveSource`s (signed claims and balances at one height per
+    chain); without any, each proof covers liabilities only and says "no reserve evidence". The
+    publisher reads engine state only through `exchange.read` and never submits a command.
+    Outside dev mode it needs RINGFENCE_POR_SECRET; without one it stays off and says why.
+    """
+    from ..errors import ConfigError
+    from ..solvency.pol import load_secret
+    from ..solvency.publisher import PorPublisher
+
+    try:
+        secret = load_secret(os.environ.get("RINGFENCE_POR_SECRET"), dev_mode=settings.mode == "dev")
+    except ConfigError as err:
+        return {"off": str(err)}
+    from ..solvency.reserve_source import load_reserve_sources
+
+    sources = list(reserve_sources) + load_reserve_sources(settings.por_reserve_sources, exchange, data)
+    publisher = PorPublisher(exchange.read, data / "por", secret, sources=sources, keep=settings.por_keep,
+                             value_asset=settings.shield_value_asset, every_s=settings.por_every_s,
+                             alive=lambda: exchange.node.writer is not None)
+    entry = publisher.publish()
+    publisher.start()
+    return {"publisher": publisher, "n": entry["n"], "position": entry["position"], "accounts": entry["accounts"],
+            "every_s": settings.por_every_s, "reserves_proven": entry["reserves_proven"]}
+
+
+def register_por_metrics(app: Any, exchange: Any, data: Path, settings: Any) -> None:
+    """The newest proof and the live shield rule on /metrics (`ringfence_por_*`, `ringfence_shield_*`)."""
+    from ..solvency.publisher import PorMetrics
+
+    inner: Any = app
+    while not hasattr(inner, "state") and hasattr(inner, "app"):  # through the ASGI middleware to FastAPI
+        inner = inner.app
+    inner.state.metrics.registry.register(PorMetrics(exchange.read, data / "por", settings.shield_value_asset))
+
+
+def start_shield_sweeper(node: Any, settings: Any, adapters: dict[str, Any], routes: Sequence[Any]) -> Any:
+    """The shield fund sweeper as a worker in `serve` (issue 15, item 6): every
+    `settings.shield_sweep_every_s` it moves the accrued fee share from the hot wallets into the
+    shield vault on chain and records each move through the node's command path. Called by the
+    custody runtime once it runs chains in serve (it owns the adapters and the hot wallets' signers)."""
+    from ..custody.shield import ShieldSweeper, ShieldSweepWorker
+
+    worker = ShieldSweepWorker(ShieldSweeper(node, adapters, routes, value_asset=settings.shield_value_asset),
+                               settings.shield_sweep_every_s)
+    worker.start()
+    return worker
+
+
+# ---------------------------------------------------------------- end of proof of solvency and shield fund
 
 
 def serve(
@@ -135,8 +194,12 @@ def serve(
             f"{d['transfers_applied']}; market-maker orders placed now: {d['ladder_orders']}"
         )
         console.print(f"demo API keys: {info['keys']}")
-        por = info["por"]
-        console.print(f"proof of liabilities for {por['accounts']} accounts at {por['position']}: /por, /por/verify, /v1/por/proof")
+    por = info["por"]
+    if "off" in por:  # type: ignore[operator]
+        console.print(f"[bold yellow]proof of solvency is off:[/] {por['off']}")  # type: ignore[index]
+    else:
+        console.print(f"proof of solvency #{por['n']} for {por['accounts']} accounts at {por['position']}, then every "  # type: ignore[index]
+                      f"{por['every_s']} s: /por, /por/history, /por/verify, /v1/por/proof")  # type: ignore[index]
     console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, OpenAPI /openapi.json, metrics /metrics)")
     import signal
 
@@ -153,3 +216,4 @@ def serve(
         app, host=host, port=port, log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10,
         proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [],
     )
+

@@ -4,6 +4,10 @@ Public surface: `build_liability_tree` / `build_liability_tree_from_arrays` (the
 an iterable of `(account_id, balances)` in asset order), `verify_proof` / `check_proof` (offline
 verifier), `ProofStore` and `proof_for` (what the API calls for the signed-in user), the reserves
 and report modules, and `verifier_page_path()` for the static `/por/verify` page.
+
+On a schedule: `publisher.PorPublisher` (the worker `ringfence serve` runs; history in
+`DIR/por/history.json`), `reserve_source.ReserveSource` (what custody provides: signed claims and
+balances at one height per chain) and `history_page` (the `/por` page with the coverage chart).
 """
 
 from __future__ import annotations

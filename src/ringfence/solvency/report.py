@@ -18,7 +18,7 @@ from ..money import format_amount
 from .reserves import ReservesResult
 from .snapshot import AssetSpec
 
-__all__ = ["REPORT_VERSION", "coverage_percent", "build_report", "render_html"]
+__all__ = ["REPORT_VERSION", "coverage_percent", "build_report", "render_html", "render_shield"]
 
 REPORT_VERSION = "ringfence-por-reserves-v1"
 
@@ -42,6 +42,7 @@ def build_report(root_document: Mapping[str, Any], assets: Sequence[AssetSpec],
     for spec in list(assets) + [AssetSpec(c, 0) for c in extra]:
         code = spec.code
         held = reserves.reserves_minor.get(code, 0) if reserves else 0
+        proven = reserves is not None and code in reserves.reserves_minor
         owed = liabilities.get(code, 0)
         shield = int(shield_fund_minor.get(code, 0))
         rows.append({
@@ -51,10 +52,11 @@ def build_report(root_document: Mapping[str, Any], assets: Sequence[AssetSpec],
             "liabilities_minor": str(owed),
             "shield_fund_minor": str(shield),
             "debts_minor": str(int(debts_minor.get(code, 0))),
-            # No evidence means "not proven", not "0% covered".
-            "coverage_percent": coverage_percent(held, owed) if reserves else None,
+            # No evidence (none at all, or no address claimed for this asset) means "not proven",
+            # not "0% covered".
+            "coverage_percent": coverage_percent(held, owed) if proven else None,
             "coverage_excluding_shield_fund_percent":
-                coverage_percent(max(held - shield, 0), owed) if reserves else None,
+                coverage_percent(max(held - shield, 0), owed) if proven else None,
         })
     return {
         "version": REPORT_VERSION,
@@ -99,10 +101,11 @@ def render_html(report: Mapping[str, Any]) -> str:
     """A self-contained report page (no scripts, no external resources)."""
     esc = html.escape
     body = []
-    na = "n/a (no liabilities)" if report["reserves_proven"] else "n/a (no reserves evidence)"
+    claimed = {a["asset"] for a in report["addresses"]}
     for row in report["assets"]:
         d = row["decimals"]
         cov = row["coverage_percent"]
+        na = "n/a (no liabilities)" if report["reserves_proven"] and row["asset"] in claimed else "n/a (no reserves evidence)"
         body.append(
             "<tr>"
             f"<td>{esc(row['asset'])}</td>"
@@ -120,6 +123,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<td>{esc(a['type'])}</td><td>{esc(a['status'])}</td><td class=num>{esc(a['balance_minor'])}</td></tr>"
         for a in report["addresses"]
     )
+    evidence_note = "" if report["reserves_proven"] else (
+        '<p id="no-evidence"><strong>No reserve evidence</strong> for this snapshot: it proves liabilities only. '
+        f'{esc(str(report.get("reserves_note", "")))}</p>')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -134,6 +140,7 @@ table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padd
 Liabilities root <code id="liabilities-root">{esc(report['liabilities_root'])}</code>
 ({report['leaf_count']} leaves, including padding). Check your own balance is included with the
 verifier page or <code>ringfence por verify</code>.</p>
+{evidence_note}
 <h2>Coverage per asset</h2>
 <table id="coverage"><thead><tr><th>asset</th><th>reserves</th><th>liabilities</th><th>coverage</th>
 <th>shield fund (separate)</th><th>user debts (not netted)</th></tr></thead><tbody>
@@ -143,9 +150,37 @@ verifier page or <code>ringfence por verify</code>.</p>
 users, each user's balance floored at zero; debts are listed separately and never reduce them. The
 shield fund is shown on its own line and is not a user liability.</p>
 {_chart_svg(report['assets'])}
+{render_shield(report.get("shield"))}
 <h2>Chain heights</h2><ul id="heights">{heights}</ul>
 <h2>Addresses</h2>
 <table id="addresses"><thead><tr><th>chain</th><th>asset</th><th>address</th><th>proof</th><th>status</th>
 <th>balance (minor units)</th></tr></thead><tbody>{addresses}</tbody></table>
 </body></html>
 """
+
+
+def render_shield(shield: Mapping[str, Any] | None) -> str:
+    """The shield fund section: accrued in the ledger, in the on-chain vault, due, and CoinEx's rule."""
+    if not shield:
+        return ""
+    esc = html.escape
+    if not shield["applicable"]:
+        verdict = '<p id="shield-rule" class="rule-na">Shield rule: not applicable (no hot or shield wallet is registered).</p>'
+    elif shield["ok"] is True:
+        verdict = (f'<p id="shield-rule" class="rule-ok">Shield rule holds: shield fund {esc(shield["shield_value_minor"])} '
+                   f'&ge; hot wallets {esc(shield["hot_value_minor"])} ({esc(shield["value_asset"])} minor units).</p>')
+    elif shield["ok"] is False:
+        verdict = (f'<p id="shield-rule" class="rule-alert"><strong>ALERT:</strong> shield fund {esc(shield["shield_value_minor"])} '
+                   f'&lt; hot wallets {esc(shield["hot_value_minor"])} ({esc(shield["value_asset"])} minor units).</p>')
+    else:
+        verdict = (f'<p id="shield-rule" class="rule-alert"><strong>ALERT:</strong> the shield rule cannot be checked: no '
+                   f'{esc(shield["value_asset"])} price for {esc(", ".join(shield["unpriced"]))}.</p>')
+    rows = "".join(
+        f"<tr><td>{esc(r['asset'])}</td>"
+        + "".join(f"<td class=num>{esc(format_amount(int(r[k]), r['decimals'], trim=True))}</td>"
+                  for k in ("accrued_minor", "vault_minor", "in_flight_minor", "due_minor", "hot_minor"))
+        + "</tr>"
+        for r in shield["assets"])
+    return (f"<h2>Shield fund</h2>{verdict}<table id=\"shield\"><thead><tr><th>asset</th><th>accrued (ledger)</th>"
+            "<th>in the vault (on chain)</th><th>sweep in flight</th><th>due to sweep</th><th>hot wallets</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")

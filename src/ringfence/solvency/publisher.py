@@ -1,0 +1,274 @@
+"""Proof of solvency on a schedule: one proof every N seconds, each kept, listed in a history.
+
+Job: a worker inside `ringfence serve` calls `PorPublisher.publish()` at start and then every
+`RINGFENCE_POR_EVERY_S` seconds. One publication:
+
+1. reads, through `Node.read` (a whole batch, never half a command), the liabilities snapshot and
+   the shield fund's status — copies only; the publisher never changes engine state;
+2. builds the Merkle-sum tree outside the read (the sequencer is not held up by it);
+3. asks every `ReserveSource` (custody) for signed claims and balances at one height per chain and
+   checks them itself (`prove_reserves`); with no source it publishes liabilities only and says
+   "no reserve evidence";
+4. writes `OUT/<n>/` (root.json, reserves.json, report.html, evidence.json, and the private
+   per-user store proofs/) into a temporary folder renamed into place, then rewrites
+   `OUT/history.json` atomically — a reader sees either the old or the new history, and every
+   proof a history names is complete on disk.
+
+Invariants: `n` only grows (it continues after a restart from history.json); at most `keep` proofs
+are kept (the oldest are removed, from the history first, then from disk); amounts are `int` minor
+units and ratios integer basis points.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import structlog
+
+from .reserve_source import ReserveEvidence, ReserveSource, claim_to_json
+
+__all__ = ["HISTORY_FORMAT", "PorPublisher", "read_history", "current_dir", "PUBLIC_FILES"]
+
+HISTORY_FORMAT = "ringfence-por-history-v1"
+MAX_KEEP = 100_000
+#: What of a proof folder anyone may download (proofs/ holds every user's nonce: never public).
+PUBLIC_FILES = ("root.json", "reserves.json", "report.html", "evidence.json")
+
+log = structlog.get_logger("ringfence.por")
+
+
+def read_history(out_dir: Path) -> dict[str, Any]:
+    """The history document, or an empty one when nothing was published on a schedule yet."""
+    try:
+        doc = json.loads((out_dir / "history.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"format": HISTORY_FORMAT, "proofs": []}
+    if not isinstance(doc, dict) or doc.get("format") != HISTORY_FORMAT:
+        raise ValueError(f"{out_dir / 'history.json'} is not a {HISTORY_FORMAT} file")
+    return doc
+
+
+def current_dir(out_dir: Path) -> Path:
+    """The newest scheduled proof's folder; `out_dir` itself for a proof from `ringfence por publish`."""
+    proofs = read_history(out_dir)["proofs"]
+    return out_dir / str(proofs[-1]["n"]) if proofs else out_dir
+
+
+def _coverage_bp(reserves: int, liabilities: int) -> int | None:
+    return reserves * 10_000 // liabilities if liabilities > 0 else None
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class PorPublisher:
+    """Publishes proofs into `out_dir/<n>/` and keeps `out_dir/history.json`."""
+
+    def __init__(self, read: Callable[[Callable[[Any], Any]], Any], out_dir: Path, secret: bytes, *,
+                 sources: Sequence[ReserveSource] = (), keep: int = 500, value_asset: str = "USDT",
+                 every_s: int = 0, clock_ns: Callable[[], int] = time.time_ns, min_leaf_count: int = 16,
+                 alive: Callable[[], bool] | None = None) -> None:
+        if not 1 <= keep <= MAX_KEEP:
+            raise ValueError(f"keep must be 1..{MAX_KEEP}")
+        self.read = read
+        self.out_dir = Path(out_dir)
+        self.secret = secret
+        self.sources = list(sources)
+        self.keep = keep
+        self.value_asset = value_asset
+        self.every_s = every_s
+        self.clock_ns = clock_ns
+        self.min_leaf_count = min_leaf_count
+        #: False once the node it reads is closed: the schedule ends with it
+        self.alive = alive or (lambda: True)
+        self.published = 0
+        self.failures = 0
+        self.last_error = ""
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ one publication
+
+    def _read_state(self) -> tuple[Any, dict[str, Any]]:
+        from ..custody.shield import shield_status
+        from .ledger_source import snapshot_from_engine
+
+        return self.read(lambda engine: (snapshot_from_engine(engine), shield_status(engine, self.value_asset)))  # type: ignore[no-any-return]
+
+    def _reserves(self, snapshot_id_hex: str) -> tuple[Any, ReserveEvidence | None, str]:
+        from .reserves import prove_reserves
+
+        if not self.sources:
+            return None, None, "no reserve evidence: no reserve source is configured (liabilities only)"
+        evidence = ReserveEvidence()
+        try:
+            for source in self.sources:
+                evidence.merge(source.evidence(snapshot_id_hex))
+        except Exception as exc:  # noqa: BLE001 - a source is custody's I/O: publish liabilities and say why
+            return None, None, f"no reserve evidence: reserve source failed ({type(exc).__name__}: {exc})"
+        result = prove_reserves(snapshot_id_hex, evidence.claims, evidence.readers, evidence.heights)
+        names = ", ".join(s.name for s in self.sources)
+        return result, evidence, f"reserves proven from {len(result.counted())} addresses ({names})"
+
+    def publish(self) -> dict[str, Any]:
+        """Publish one proof now; returns its history entry."""
+        with self._lock:
+            return self._publish()
+
+    def _publish(self) -> dict[str, Any]:
+        from .pol import build_liability_tree
+        from .report import build_report, render_html
+
+        snap, shield = self._read_state()
+        tree = build_liability_tree(snap.snapshot_id, snap.asset_codes, snap.iter_accounts(), self.secret,
+                                    min_leaf_count=self.min_leaf_count)
+        root = tree.root_document()
+        reserves, evidence, note = self._reserves(snap.snapshot_id.hex())
+        accrued = {row["asset"]: int(row["accrued_minor"]) for row in shield["assets"]}
+        report = build_report(root, snap.assets, reserves, accrued, snap.debts_minor, snap.position)
+        history = read_history(self.out_dir)
+        n = int(history["proofs"][-1]["n"]) + 1 if history["proofs"] else int(history.get("next_n", 1))
+        published_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock_ns() // 10**9))
+        report.update(n=n, published_at=published_at, reserves_note=note, shield=shield)
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.out_dir, 0o700)  # the per-user stores hold every user's nonce
+        tmp = self.out_dir / f".tmp-{n}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        (tmp / "root.json").write_text(json.dumps(root, indent=1) + "\n")
+        tree.write_store(tmp / "proofs")
+        (tmp / "reserves.json").write_text(json.dumps(report, indent=1) + "\n")
+        (tmp / "report.html").write_text(render_html(report))
+        if evidence is not None:
+            doc = {"snapshot_id": snap.snapshot_id.hex(), "heights": dict(evidence.heights),
+                   "addresses": [claim_to_json(c) for c in evidence.claims]}
+            (tmp / "evidence.json").write_text(json.dumps(doc, indent=1) + "\n")
+        final = self.out_dir / str(n)
+        shutil.rmtree(final, ignore_errors=True)  # a folder a crash left behind, never in the history
+        os.replace(tmp, final)
+
+        entry = self._entry(n, published_at, snap, root, report, tree.account_count, evidence is not None)
+        history["proofs"].append(entry)
+        dropped = history["proofs"][: max(len(history["proofs"]) - self.keep, 0)]
+        history["proofs"] = history["proofs"][len(dropped):]
+        history["next_n"] = n + 1
+        history["every_s"] = self.every_s
+        history["keep"] = self.keep
+        history["reserve_sources"] = [s.name for s in self.sources]
+        _write_json(self.out_dir / "history.json", history)
+        for old in dropped:  # gone from the history first, then from disk
+            shutil.rmtree(self.out_dir / str(old["n"]), ignore_errors=True)
+        self.published += 1
+        log.info("por.published", n=n, position=snap.position, accounts=tree.account_count,
+                 reserves=evidence is not None, shield_alert=shield["alert"])
+        return entry
+
+    def _entry(self, n: int, published_at: str, snap: Any, root: dict[str, Any], report: dict[str, Any],
+               accounts: int, proven: bool) -> dict[str, Any]:
+        assets = []
+        for row in report["assets"]:
+            held, owed = int(row["reserves_minor"]), int(row["liabilities_minor"])
+            claimed = proven and any(a["asset"] == row["asset"] for a in report["addresses"])
+            assets.append({"asset": row["asset"], "decimals": row["decimals"], "liabilities_minor": str(owed),
+                           "reserves_minor": str(held) if claimed else None,
+                           "coverage_percent": row["coverage_percent"],
+                           "coverage_bp": _coverage_bp(held, owed) if claimed else None})
+        shield = report["shield"]
+        return {"n": n, "published_at": published_at, "position": snap.position, "snapshot_id": snap.snapshot_id.hex(),
+                "root_hash": root["root"]["hash"], "leaf_count": root["root"]["leaf_count"], "accounts": accounts,
+                "reserves_proven": proven, "reserves_note": report["reserves_note"], "chain_heights": report["chain_heights"],
+                "assets": assets, "shield_ok": shield["ok"], "shield_alert": shield["alert"],
+                "files": [f for f in PUBLIC_FILES if f != "evidence.json" or proven]}
+
+    # ------------------------------------------------------------------ the schedule
+
+    def run(self, stop: threading.Event) -> None:
+        """Publish every `every_s` seconds until `stop` is set; a failed run is logged and retried."""
+        while not stop.wait(self.every_s):
+            if not self.alive():
+                log.info("por.schedule_ended", reason="the node was closed")
+                return
+            try:
+                self.publish()
+            except Exception as exc:  # noqa: BLE001 - one failed publication must not end the schedule; logged and counted
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("por.publish_failed", error=self.last_error)
+
+    def start(self) -> None:
+        """Run the schedule on a daemon thread (`every_s` > 0)."""
+        if self.every_s <= 0 or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self.run, args=(self._stop,), name="ringfence-por-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30) -> None:  # float-ok: a thread join timeout, not money
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
+class PorMetrics:
+    """Prometheus collector: the newest proof (from history.json) and the live shield fund rule.
+
+    `ringfence_shield_alert` is 1 when CoinEx's rule is broken or cannot be checked (an asset without
+    a price); 0 when it holds or no hot/shield wallet exists (`ringfence_shield_rule_applicable` 0).
+    """
+
+    def __init__(self, read: Callable[[Callable[[Any], Any]], Any], out_dir: Path, value_asset: str = "USDT") -> None:
+        self.read = read
+        self.out_dir = Path(out_dir)
+        self.value_asset = value_asset
+
+    def describe(self) -> list[Any]:
+        return []  # no static description: collected on each scrape
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from ..custody.shield import shield_status
+
+        try:
+            proofs = read_history(self.out_dir)["proofs"]
+        except (OSError, ValueError):
+            proofs = []
+        count = GaugeMetricFamily("ringfence_por_proofs_kept", "Scheduled proofs of solvency kept in DIR/por")
+        count.add_metric([], len(proofs))
+        yield count
+        if proofs:
+            head = proofs[-1]
+            number = GaugeMetricFamily("ringfence_por_last_proof_number", "Number of the newest published proof")
+            number.add_metric([], head["n"])
+            yield number
+            proven = GaugeMetricFamily("ringfence_por_reserves_proven", "1 when the newest proof carries reserve evidence")
+            proven.add_metric([], 1 if head["reserves_proven"] else 0)
+            yield proven
+            coverage = GaugeMetricFamily("ringfence_por_coverage_basis_points",
+                                         "Reserves / liabilities of the newest proof, in basis points", labels=["asset"])
+            for row in head["assets"]:
+                if row.get("coverage_bp") is not None:
+                    coverage.add_metric([row["asset"]], row["coverage_bp"])
+            yield coverage
+        status = self.read(lambda engine: shield_status(engine, self.value_asset))
+        alert = GaugeMetricFamily("ringfence_shield_alert", "1 when shield fund value < hot wallet value (or unpriced)")
+        alert.add_metric([], 1 if status["alert"] else 0)
+        yield alert
+        applicable = GaugeMetricFamily("ringfence_shield_rule_applicable", "1 when hot or shield wallets exist")
+        applicable.add_metric([], 1 if status["applicable"] else 0)
+        yield applicable
+        values = GaugeMetricFamily("ringfence_shield_rule_value_minor", "Both sides of the shield rule, in the value asset's minor units",
+                                   labels=["side", "value_asset"])
+        values.add_metric(["shield", self.value_asset], int(status["shield_value_minor"]))
+        values.add_metric(["hot", self.value_asset], int(status["hot_value_minor"]))
+        yield values
