@@ -50,6 +50,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     from ..identity.delivery import prepare_for_serve
 
     ctx.mail_setup = prepare_for_serve(ctx, demo=demo, smtp_configured="RINGFENCE_IDENTITY_SMTP_HOST" in os.environ)
+    ctx.demo = demo
     exchange = Exchange(data)
     exchange.open()
     info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips(), "mail": ctx.mail_setup}

@@ -33,6 +33,8 @@ class IdentityContext:
     _keyring: object | None = field(default=None, init=False, repr=False)
     #: `ringfence serve`'s mail worker and demo catcher (identity.delivery.MailSetup), when it runs them.
     mail_setup: Any = field(default=None, init=False, repr=False)
+    #: `ringfence serve --demo`: dev-mode demo extras (demo funds for a web user) may be offered.
+    demo: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.settings.check_production_safe()
