@@ -133,6 +133,9 @@ def test_newcomer_signs_up_by_mail_turns_on_totp_and_trades_on_the_session(serve
     expect(page.locator("#symbol-title")).to_have_text("AAPLXUSDT")
     usdt_free = page.locator('#balances tr[data-asset="USDT"] td.free')
     expect(usdt_free).to_have_text("15000.000000")  # 10000 spot + 5000 tokenized
+    page.click("#demo-funds")  # once per account: a second click gives nothing
+    expect(page.locator("#order-status")).to_contain_text("You already have your demo funds")
+    expect(usdt_free).to_have_text("15000.000000")
 
     page.select_option("#side", "BUY")
     page.select_option("#otype", "LIMIT")
@@ -146,14 +149,22 @@ def test_newcomer_signs_up_by_mail_turns_on_totp_and_trades_on_the_session(serve
     expect(page.locator('#bids tr[data-price="189.500000"]')).to_be_visible()
     shot(page, "5-order-placed")
 
-    # the same order through the Binance API's read path: the session trades on the one engine
-    cookies = {c["name"]: c["value"] for c in context.cookies()}
-    assert "__Host-rf_session" in cookies
+    cookie = next(c for c in context.cookies() if c["name"] == "__Host-rf_session")
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+    assert cookie["value"] not in page.content()  # the page never holds the session id
     row.get_by_role("button", name="Cancel").click()
     expect(page.locator("#order-status")).to_contain_text("CANCELED")
     expect(page.locator("#open-orders tbody tr").filter(has_text="189.500000")).to_have_count(0)
     expect(usdt_free).to_have_text("15000.000000")  # the hold is released
     shot(page, "6-order-cancelled")
+
+    # a market order fills against the market maker; the fill is in the session's myTrades
+    page.select_option("#otype", "MARKET")
+    page.fill("#qty", "1.00")
+    page.click("#place")
+    expect(page.locator("#order-status")).to_contain_text("FILLED")
+    fills = page.evaluate("fetch('/session/v3/myTrades?symbol=AAPLXUSDT').then(r => r.json())")
+    assert [(f["price"], f["qty"], f["isBuyer"]) for f in fills] == [("190.020000", "1.0000", True)], fills
     assert not errors, errors
     context.close()
 
