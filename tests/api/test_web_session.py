@@ -165,6 +165,11 @@ def test_newcomer_signs_up_by_mail_turns_on_totp_and_trades_on_the_session(serve
     expect(page.locator("#order-status")).to_contain_text("FILLED")
     fills = page.evaluate("fetch('/session/v3/myTrades?symbol=AAPLXUSDT').then(r => r.json())")
     assert [(f["price"], f["qty"], f["isBuyer"]) for f in fills] == [("190.020000", "1.0000", True)], fills
+
+    page.click("#logout")  # the dashboard's sign-out form (session-bound CSRF token)
+    page.wait_for_url(base + "/login")
+    page.goto(base + "/")
+    expect(page.locator("#whoami")).to_have_text("not signed in")
     assert not errors, errors
     context.close()
 

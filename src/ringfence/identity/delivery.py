@@ -19,7 +19,7 @@ import email
 import email.policy
 import socket
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,8 @@ class CaughtMail:
 class MailCatcher:
     """A local SMTP server (aiosmtpd) on 127.0.0.1 that keeps what it receives, for the demo."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], int]) -> None:
+        self.clock = clock  # the identity context's clock (integer Unix seconds)
         self._messages: collections.deque[CaughtMail] = collections.deque(maxlen=CATCHER_MAX_MESSAGES)
         self._lock = threading.Lock()
         self._count = 0
@@ -64,7 +65,7 @@ class MailCatcher:
         with self._lock:
             self._count += 1
             self._messages.append(CaughtMail(self._count, str(envelope.mail_from), tuple(envelope.rcpt_tos),
-                                             str(parsed.get("Subject", "")), str(body), int(time.time())))
+                                             str(parsed.get("Subject", "")), str(body), self.clock()))
         return "250 OK"
 
     def start(self) -> None:
@@ -169,7 +170,7 @@ def prepare_for_serve(ctx: IdentityContext, *, demo: bool, smtp_configured: bool
                                      "run `ringfence identity deliver-mail` beside it")
     catcher = None
     if demo and s.mode == "dev" and not smtp_configured:
-        catcher = MailCatcher()
+        catcher = MailCatcher(ctx.now)
         catcher.start()
         s.identity_smtp_host, s.identity_smtp_port = "127.0.0.1", catcher.port
         s.identity_smtp_security, s.identity_smtp_username, s.identity_smtp_password = "none", "", ""

@@ -302,6 +302,17 @@ async function loadSession() {
   refreshPrivate();
 }
 
+async function signOut(ev) {
+  // Posted with fetch, not as a form: the dashboard is served with `Referrer-Policy: no-referrer`,
+  // under which Chromium sends form posts with `Origin: null`, which the sign-in pages refuse.
+  ev.preventDefault();
+  try {
+    await fetch("/logout", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": state.csrf || "" } });
+  } finally {
+    location.assign("/login");
+  }
+}
+
 async function getDemoFunds() {
   try {
     const r = await api("POST", "/demoFunds", {}, true);
@@ -332,6 +343,7 @@ window.addEventListener("DOMContentLoaded", () => {
   openHaltStream();
   $("order-form").addEventListener("submit", placeOrder);
   $("demo-funds").addEventListener("click", getDemoFunds);
+  $("logout-form").addEventListener("submit", signOut);
   loadSession();
   loadMarkets().catch((e) => status(e.message, true));
   setInterval(refreshPrivate, 5000);
