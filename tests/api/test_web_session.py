@@ -299,3 +299,27 @@ def test_signed_out_dashboard_offers_sign_in_and_session_api_needs_a_session(ser
     r = httpx.get(server.base + "/session/v3/account")
     assert r.status_code == 401 and r.json()["code"] == -1002
     assert r.headers["cache-control"] == "no-store"
+
+
+def test_session_requests_are_weighed_per_session(tmp_path, browser):
+    """The per-key request weight applies to a session too: past it, 429 with Retry-After."""
+    srv = Server(tmp_path / "data", env={"RINGFENCE_API_KEY_WEIGHT_PER_MIN": "100"})
+    try:
+        web = srv.base.replace("127.0.0.1", "localhost")
+        context = browser.new_context()
+        page = context.new_page()
+        sign_up_verify_and_enable_totp(page, web, "busy@example.com")
+        page.goto(web + "/dev/mail")  # a page of the exchange's origin that makes no session calls itself
+        statuses = page.evaluate("""async () => {
+            const out = [];
+            for (let i = 0; i < 7; i++) {
+              const r = await fetch('/session/v3/account');
+              out.push([r.status, r.headers.get('retry-after'), (await r.json()).code]);
+            }
+            return out;
+        }""")
+        assert [s[0] for s in statuses[:5]] == [200] * 5, statuses  # 5 x weight 20 = the 100 allowed
+        assert statuses[5][0] == 429 and statuses[5][2] == -1003 and int(statuses[5][1]) >= 1, statuses
+        context.close()
+    finally:
+        assert srv.stop() == 0

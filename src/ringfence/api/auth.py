@@ -150,11 +150,10 @@ class ApiGate:
         session = getattr(request.state, "session_caller", None)
         if session is not None:
             # A web session already authenticated by api/session_trading.py (cookie, CSRF token,
-            # Origin, scopes): the same handler and checks run, only the caller proof differs.
+            # Origin; it charged the endpoint's weight to the session): the same handler and
+            # checks run, only the caller proof differs.
             if scope not in session.scopes:
                 raise BinanceError(-1002, f"This session may not '{scope}': {session.why_not(scope)}", 403)
-            if weight:
-                self.key_limiter.charge(f"session:{session.session_id}", weight)
             return await self.params(request), session.account_id
         api_key = request.headers.get("x-mbx-apikey")
         if not api_key:

@@ -17,7 +17,8 @@ proof of who is calling differs, and it is checked here before any handler runs:
 * the session's scopes: `read` for every signed-in session; `trade` only for a session that
   passed a second factor (TOTP or passkey) — a stolen password alone cannot trade. Withdrawals,
   API keys and credential changes stay in the security centre behind a fresh step-up;
-* request weight per client IP (as `/api/v3`) and per session (the per-key limit).
+* request weight per client IP (as `/api/v3`) and, the endpoint's full weight, per session (the
+  per-key limit, RINGFENCE_API_KEY_WEIGHT_PER_MIN): 429 with Retry-After, then a 418 ban.
 
 A refused request changes nothing and answers `{"code": -1002, "msg": ...}` (401 or 403). API keys
 stay for programs; these endpoints accept no API key.
@@ -120,7 +121,8 @@ def build_session_router(api: BinanceApi, ctx: IdentityContext, *, demo_funds: C
         async def endpoint(request: Request) -> Response:
             try:
                 await api.gate.charge(request, weight)
-                await _authenticate(ctx, request)
+                caller = await _authenticate(ctx, request)
+                api.gate.key_limiter.charge(f"session:{caller.session_id}", weight)
                 check_params(spec, await api.gate.params(request))
                 result = await fn(request)
             except _Refused as refused:
@@ -147,11 +149,15 @@ def build_session_router(api: BinanceApi, ctx: IdentityContext, *, demo_funds: C
         try:
             await api.gate.charge(request, weight)
             caller = await _authenticate(ctx, request)
+            api.gate.key_limiter.charge(f"session:{caller.session_id}", weight)
             return JSONResponse(await then(caller), headers=NO_STORE)
         except _Refused as refused:
             return _refuse(refused.status, refused.msg)
         except BinanceError as err:
             return JSONResponse(err.body(), status_code=err.status, headers={**err.headers, **NO_STORE})
+        except RingfenceError as err:
+            mapped = from_ringfence(err)
+            return JSONResponse(mapped.body(), status_code=mapped.status, headers={**mapped.headers, **NO_STORE})
 
     @router.get("/me")
     async def me(request: Request) -> Response:
