@@ -203,11 +203,12 @@ def build_session_router(api: BinanceApi, ctx: IdentityContext, *, demo_funds: C
 def install_session_trading(app: Any, api: BinanceApi, exchange: Any, ctx: IdentityContext) -> None:
     """Mount `/session/v3` (kept out of the OpenAPI document: it is the dashboard's, not a program's,
     API). `serve --demo` in dev mode (`ctx.demo`) adds `POST /session/v3/demoFunds`."""
-    demo_funds = None
+    funding: Callable[[str], Awaitable[dict[str, Any]]] | None = None
     if getattr(ctx, "demo", False) and ctx.settings.mode == "dev":
         from .demo import fund_web_user
 
-        async def demo_funds(account_id: str) -> dict[str, Any]:
+        async def fund_demo_user(account_id: str) -> dict[str, Any]:
             return await fund_web_user(exchange, account_id)
 
-    app.include_router(build_session_router(api, ctx, demo_funds=demo_funds), include_in_schema=False)
+        funding = fund_demo_user
+    app.include_router(build_session_router(api, ctx, demo_funds=funding), include_in_schema=False)
