@@ -1,35 +1,55 @@
-# ringfence — the two quick-start commands live here.
-#   make demo   set up .venv and run the seeded demo on the embedded default
-#   make test   set up .venv, lint (ruff, mypy) and run the whole test suite
-#   make lint   ruff over src, tests and bench; mypy (pyproject.toml: strict on engine, ledger,
-#               trading, money)
+# ringfence — the quick-start commands live here.
+#   make demo        set up .venv with the runtime packages only and run the seeded demo
+#   make serve-demo  the same set-up, then the exchange with demo markets on http://localhost:8000/
+#   make test        set up .venv with the test tools and the test machine's Debian packages
+#                    (Chromium for the browser tests among them), lint (ruff, mypy), run every test
+#   make lint        ruff over src, tests and bench; mypy (pyproject.toml: strict on engine, ledger,
+#                    trading, money)
+# The demo needs no Debian package beyond Python itself: coincurve ships its own libsecp256k1,
+# embit falls back to its pure-Python one, GnuPG is loaded only for PGP features and SoftHSM only
+# by the HSM signer, none of which the demo uses; no browser, no browser libraries.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-runtime
+TEST_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup demo lint test bench clean
+.PHONY: setup setup-demo demo serve-demo lint test bench clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+# Runtime packages only (pyproject.toml `dependencies`): what `ringfence demo` and `ringfence serve` need.
+$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
+# Runtime plus the `dev` extra: pytest, hypothesis, Playwright (its Python package; the browser
+# is Debian's chromium below, never a downloaded one), ccxt, linters.
+$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(TEST_STAMP) $(DEMO_STAMP)
 
-# Debian packages the project needs: libsecp256k1 (python-bitcointx, custody), SoftHSM2 (the
-# PKCS#11 token for keys), GnuPG (identity PGP), Chromium (browser tests; never a
-# downloaded browser). Installed only when missing, in one apt run.
-APT_PACKAGES := libsecp256k1-1 softhsm2 gnupg chromium
+# Debian packages the tests need: libsecp256k1 (python-bitcointx, custody), SoftHSM2 (the PKCS#11
+# token for keys), GnuPG (identity PGP), Chromium (browser tests; never a downloaded browser).
+# Installed only when missing, in one apt run.
+TEST_APT_PACKAGES := libsecp256k1-1 softhsm2 gnupg chromium
 
-setup: $(STAMP)
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+setup-demo: $(DEMO_STAMP)
+
+setup: $(TEST_STAMP)
+	@missing=""; for p in $(TEST_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-demo: setup
+demo: setup-demo
 	$(VENV)/bin/ringfence demo --data ./ringfence-data/demo
+
+serve-demo: setup-demo
+	$(VENV)/bin/ringfence serve --demo --data ./ringfence-data/serve --port 8000
 
 # Each command fails the run (make stops at the first that exits non-zero).
 lint: setup

@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     identity_smtp_port: int = Field(default=8025, ge=1, le=65535)
     identity_smtp_timeout_s: int = Field(default=10, ge=1, le=120)
     identity_mail_from: str = "security@ringfence.local"
+    # SMTP login and transport security (docs/mail.md). `starttls` upgrades a plain connection,
+    # `ssl` connects with TLS from the start (usually port 465); `none` only for a local relay.
+    identity_smtp_username: str = ""
+    identity_smtp_password: str = ""
+    identity_smtp_security: Literal["none", "starttls", "ssl"] = "none"
+    # `ringfence serve` delivers the outbox itself every this many ms; 0 = not in serve (run
+    # `ringfence identity deliver-mail` as its own process instead).
+    identity_mail_poll_ms: int = Field(default=2_000, ge=0, le=600_000)
     identity_outbox_max_attempts: int = Field(default=8, ge=1, le=100)
     identity_outbox_backoff_base_s: int = Field(default=30, ge=1, le=3600)
     identity_outbox_backoff_max_s: int = Field(default=6 * 3600, ge=1, le=86400)

@@ -122,6 +122,28 @@ def test_cli_migrate_and_deliver_mail(tmp_path, monkeypatch):
     result = runner.invoke(app, ["identity", "migrate"])
     assert result.exit_code == 0, result.output
     assert "head" in result.output and (tmp_path / "cli.sqlite3").exists()
+    # no SMTP server on the configured port: a clear refusal, not "sent=0" with exit 0
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RINGFENCE_IDENTITY_SMTP_PORT", str(port))
     result = runner.invoke(app, ["identity", "deliver-mail", "--once"])
-    assert result.exit_code == 0 and "sent=0" in result.output
+    assert result.exit_code == 2 and "cannot reach the SMTP server" in " ".join(result.output.split()), result.output
+    assert "sent=" not in result.output
+
+    class Sink:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd hook)
+            return "250 OK"
+
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        result = runner.invoke(app, ["identity", "deliver-mail", "--once"])
+    finally:
+        controller.stop()
+    assert result.exit_code == 0 and "sent=0 failed=0 dead=0" in result.output, result.output  # nothing queued
     assert "Example:" in runner.invoke(app, ["identity", "--help"]).output

@@ -290,6 +290,9 @@ def create_app(
         from ..identity.web import install as install_identity_pages
 
         install_identity_pages(app, identity_ctx)
+        from .session_trading import install_session_trading  # the dashboard trades on the web session
+
+        install_session_trading(app, api, exchange, identity_ctx)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness")
     async def healthz() -> dict[str, Any]:

@@ -147,6 +147,14 @@ class ApiGate:
         return params
 
     async def signed(self, request: Request, scope: str, *, weight: int = 0) -> tuple[Params, str]:
+        session = getattr(request.state, "session_caller", None)
+        if session is not None:
+            # A web session already authenticated by api/session_trading.py (cookie, CSRF token,
+            # Origin; it charged the endpoint's weight to the session): the same handler and
+            # checks run, only the caller proof differs.
+            if scope not in session.scopes:
+                raise BinanceError(-1002, f"This session may not '{scope}': {session.why_not(scope)}", 403)
+            return await self.params(request), session.account_id
         api_key = request.headers.get("x-mbx-apikey")
         if not api_key:
             raise BinanceError(-2014, "API-key format invalid.", 401)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.node import Node
-from ..ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
+from ..ledger.commands import CreateTransfers, OpenAccount, RegisterAsset, TransfersCreated
 from ..ledger.model import Transfer
 from ..money import parse_amount
 from ..trading.commands import ListMarket, PlaceOrder, SetReferencePrice
@@ -193,3 +193,54 @@ def write_demo_keys(ctx: Any, data_dir: Path) -> Path:
     os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover .tmp file
     os.replace(tmp, path)
     return path
+
+
+#: What `POST /session/v3/demoFunds` gives a web user of `serve --demo` (dev mode), once per account.
+WEB_USER_FUNDING = (
+    ("USDT", "spot", "10000"),
+    ("BTC", "spot", "0.5"),
+    ("ETH", "spot", "5"),
+    ("USDT", "tokenized", "5000"),
+    ("AAPLX", "tokenized", "20"),
+)
+
+
+def web_user_transfer_id(account_id: str, index: int) -> int:
+    """A fixed transfer id per (account, line), so the funds are applied once however often asked.
+    In [2**62, 2**63): apart from the seeded demo ids and below msgpack's 64-bit limit."""
+    import hashlib
+
+    assert 0 <= index < 16
+    digest = int.from_bytes(hashlib.sha256(account_id.encode()).digest()[:7], "big")  # 56 bits
+    return 2**62 + (digest << 4) + index
+
+
+async def fund_web_user(exchange: Any, account_id: str) -> dict[str, Any]:
+    """Open the account's ledger accounts and fund them from `world`, through engine commands."""
+    decimals = {code: d for code, d, _, _ in ASSETS}
+    lines = [line for line in WEB_USER_FUNDING if line[0] in decimals]
+
+    def missing(engine: Any) -> list[tuple[str, str]]:
+        return [(a, s) for a, s, _ in lines if engine.ledger.find(account_id, a, "available", s) is None]
+
+    for asset, segment in exchange.read(missing):
+        await exchange.submit(OpenAccount(account_id, asset, "available", segment))
+
+    def transfers(engine: Any) -> list[Transfer]:
+        ledger = engine.ledger
+        out = []
+        for i, (asset, segment, amount) in enumerate(lines):
+            tid = web_user_transfer_id(account_id, i)
+            if tid not in ledger.transfers:
+                out.append(Transfer(tid, ledger.world(asset).id, ledger.get(account_id, asset, "available", segment).id,
+                                    parse_amount(amount, decimals[asset])))
+        return out
+
+    todo = exchange.read(transfers)
+    applied = 0
+    if todo:
+        (created,) = [e for e in await exchange.submit(CreateTransfers(todo)) if isinstance(e, TransfersCreated)]
+        applied = len(todo) - len(created.failures)
+    given = [f"{amount} {asset} ({segment})" for asset, segment, amount in lines]
+    return {"funded": applied > 0, "transfers": applied,
+            "msg": ("Demo funds added: " if applied else "You already have your demo funds: ") + ", ".join(given) + "."}

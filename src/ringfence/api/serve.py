@@ -49,9 +49,14 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         overrides["por_every_s"] = 30  # the demo shows the schedule working within a minute
     settings = load_settings(**overrides)
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
+    # mail (identity/delivery.py): probe SMTP (a ConfigError outside dev mode), or the demo's catcher
+    from ..identity.delivery import prepare_for_serve
+
+    ctx.mail_setup = prepare_for_serve(ctx, demo=demo, smtp_configured="RINGFENCE_IDENTITY_SMTP_HOST" in os.environ)
+    ctx.demo = demo
     exchange = Exchange(data)
     exchange.open()
-    info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips()}
+    info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips(), "mail": ctx.mail_setup}
     if demo:
         info["demo"] = seed_demo(exchange.node)
         info["keys"] = str(write_demo_keys(ctx, data))
@@ -157,6 +162,12 @@ def serve(
 ) -> None:
     """Run the exchange: Binance-compatible REST + WebSocket API and the web dashboard.
 
+    It also delivers the e-mail outbox every RINGFENCE_IDENTITY_MAIL_POLL_MS (2000; 0 = not here)
+    over SMTP: RINGFENCE_IDENTITY_SMTP_HOST / _PORT / _SECURITY (none, starttls, ssl) / _USERNAME /
+    _PASSWORD, RINGFENCE_IDENTITY_MAIL_FROM (docs/mail.md). Outside dev mode the SMTP server is
+    checked at start and a wrong setting stops serve with exit 2. --demo in dev mode catches mail
+    on a local SMTP server and shows it at /dev/mail.
+
     Example: ringfence serve --demo --data ./ringfence-data --port 8000
     """
     import structlog
@@ -187,6 +198,10 @@ def serve(
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
+    mail = info["mail"]
+    for warning in mail.warnings:  # type: ignore[attr-defined]
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(mail.summary)  # type: ignore[attr-defined]
     if demo:
         d = info["demo"]
         console.print(

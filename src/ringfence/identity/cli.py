@@ -45,15 +45,33 @@ def deliver_mail(
 ) -> None:
     """Send queued e-mails (anti-phishing code included) to the configured SMTP server, with retries.
 
-    Example: ringfence identity deliver-mail --once
+    `ringfence serve` already does this every RINGFENCE_IDENTITY_MAIL_POLL_MS; run this command
+    instead when serve's is off (RINGFENCE_IDENTITY_MAIL_POLL_MS=0). Settings (docs/mail.md):
+    RINGFENCE_DATABASE_URL (the identity database serve uses: sqlite:///DIR/identity.sqlite3 for
+    `serve --data DIR`), RINGFENCE_IDENTITY_SMTP_HOST, _PORT, _SECURITY (none, starttls, ssl),
+    _USERNAME, _PASSWORD, RINGFENCE_IDENTITY_MAIL_FROM. The SMTP server is checked first: a wrong
+    host, port, TLS mode or login exits 2 saying which setting to fix; with --once, a message that
+    could not be sent exits 1.
+
+    Example: RINGFENCE_DATABASE_URL=sqlite:///ringfence-data/identity.sqlite3 ringfence identity deliver-mail --once
     """
-    from .mail import deliver_due
+    from ..errors import RingfenceError
+    from .mail import deliver_due, probe_smtp
 
     ctx = _context()
+    try:
+        probe_smtp(ctx.settings)
+    except RingfenceError as err:
+        console.print(f"[bold red]error:[/] {err.message}")
+        raise typer.Exit(2) from None
     while True:
         report = deliver_due(ctx)
         console.print(f"sent={report.sent} failed={report.failed} dead={report.dead}")
+        if report.last_error:
+            console.print(f"[yellow]last failure:[/] {report.last_error}")
         if once:
+            if report.failed or report.dead:
+                raise typer.Exit(1)
             return
         time.sleep(interval_s)
 

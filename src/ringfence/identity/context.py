@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..settings import Settings
 from ..store import Store
@@ -30,6 +31,10 @@ class IdentityContext:
     sealer: Sealer = field(init=False)
     passwords: PasswordPolicy = field(init=False)
     _keyring: object | None = field(default=None, init=False, repr=False)
+    #: `ringfence serve`'s mail worker and demo catcher (identity.delivery.MailSetup), when it runs them.
+    mail_setup: Any = field(default=None, init=False, repr=False)
+    #: `ringfence serve --demo`: dev-mode demo extras (demo funds for a web user) may be offered.
+    demo: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.settings.check_production_safe()

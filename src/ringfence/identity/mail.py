@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import smtplib
+import ssl
 import string
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -22,11 +23,13 @@ from email.message import EmailMessage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import ValidationError
+from ..errors import ConfigError, ValidationError
+from ..settings import Settings
 from ..store.models import OutboxMessage, User
 from .context import IdentityContext
 
-__all__ = ["TEMPLATES", "Template", "compose", "enqueue", "deliver_due", "DeliveryReport", "PARAM_MAX_CHARS"]
+__all__ = ["TEMPLATES", "Template", "compose", "enqueue", "deliver_due", "DeliveryReport", "PARAM_MAX_CHARS",
+           "probe_smtp", "smtp_problem"]
 
 PARAM_MAX_CHARS = 512
 MULTILINE_PARAM_MAX_CHARS = 20_000
@@ -171,6 +174,53 @@ class DeliveryReport:
     sent: int
     failed: int
     dead: int
+    last_error: str = ""  # why the last failed message failed (settings named, no secrets)
+
+
+def _connect(s: Settings) -> smtplib.SMTP:
+    """An SMTP connection as the settings say: TLS (`ssl` / `starttls`) and login when configured."""
+    host, port, timeout = s.identity_smtp_host, s.identity_smtp_port, s.identity_smtp_timeout_s
+    tls = ssl.create_default_context()
+    smtp = smtplib.SMTP_SSL(host, port, timeout=timeout, context=tls) if s.identity_smtp_security == "ssl" else smtplib.SMTP(host, port, timeout=timeout)
+    try:
+        if s.identity_smtp_security == "starttls":
+            smtp.starttls(context=tls)
+        if s.identity_smtp_username:
+            smtp.login(s.identity_smtp_username, s.identity_smtp_password)
+    except BaseException:
+        smtp.close()
+        raise
+    return smtp
+
+
+def smtp_problem(s: Settings, exc: BaseException) -> str:
+    """What went wrong talking to the SMTP server, naming the settings to change (never the password)."""
+    where = f"{s.identity_smtp_host}:{s.identity_smtp_port}"
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return (f"the SMTP server {where} refused the login of '{s.identity_smtp_username}' "
+                f"({exc.smtp_code}); check RINGFENCE_IDENTITY_SMTP_USERNAME and RINGFENCE_IDENTITY_SMTP_PASSWORD")
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return (f"the SMTP server {where} does not support what RINGFENCE_IDENTITY_SMTP_SECURITY="
+                f"{s.identity_smtp_security} or the login needs ({exc}); check those settings")
+    if isinstance(exc, ssl.SSLError):
+        return (f"TLS with the SMTP server {where} failed ({exc.reason or exc}); check RINGFENCE_IDENTITY_SMTP_SECURITY "
+                "(ssl for port 465, starttls for 587)")
+    if isinstance(exc, (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, OSError)):
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return (f"cannot reach the SMTP server {where}: {reason}; check RINGFENCE_IDENTITY_SMTP_HOST and "
+                "RINGFENCE_IDENTITY_SMTP_PORT (and that the server is running)")
+    return f"the SMTP server {where} answered: {exc}"
+
+
+def probe_smtp(s: Settings) -> None:
+    """Connect, say hello, log in (when configured) and quit; raise ConfigError saying what is wrong."""
+    try:
+        with _connect(s) as smtp:
+            code, _ = smtp.noop()
+            if code != 250:
+                raise smtplib.SMTPResponseException(code, b"NOOP refused")
+    except (OSError, smtplib.SMTPException) as exc:
+        raise ConfigError(smtp_problem(s, exc), field="RINGFENCE_IDENTITY_SMTP_HOST") from None
 
 
 def _send(ctx: IdentityContext, msg: OutboxMessage) -> None:
@@ -181,7 +231,7 @@ def _send(ctx: IdentityContext, msg: OutboxMessage) -> None:
     email["Subject"] = msg.subject
     email["Message-ID"] = f"<outbox-{msg.id}-{msg.created_at_s}@ringfence>"
     email.set_content(msg.body)
-    with smtplib.SMTP(s.identity_smtp_host, s.identity_smtp_port, timeout=s.identity_smtp_timeout_s) as smtp:
+    with _connect(s) as smtp:
         smtp.send_message(email)
 
 
@@ -200,6 +250,7 @@ def deliver_due(ctx: IdentityContext, *, limit: int = 50) -> DeliveryReport:
             )
         )
     sent = failed = dead = 0
+    last_error = ""
     for msg_id in ids:
         with ctx.store.tx() as db:
             q = select(OutboxMessage).where(OutboxMessage.id == msg_id, OutboxMessage.status == "pending")
@@ -213,6 +264,7 @@ def deliver_due(ctx: IdentityContext, *, limit: int = 50) -> DeliveryReport:
             except (OSError, smtplib.SMTPException) as exc:
                 msg.attempts += 1
                 msg.last_error = f"{type(exc).__name__}: {exc}"[:255]
+                last_error = smtp_problem(s, exc)
                 if msg.attempts >= s.identity_outbox_max_attempts:
                     msg.status = "dead"
                     dead += 1
@@ -225,4 +277,4 @@ def deliver_due(ctx: IdentityContext, *, limit: int = 50) -> DeliveryReport:
             msg.status = "sent"
             msg.sent_at_s = ctx.now()
             sent += 1
-    return DeliveryReport(sent=sent, failed=failed, dead=dead)
+    return DeliveryReport(sent=sent, failed=failed, dead=dead, last_error=last_error)

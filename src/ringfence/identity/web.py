@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 
 from ..errors import Forbidden, RingfenceError, Unauthorized, ValidationError
 from . import accounts, api_keys, events, pgp_keys, second_factor, sessions
@@ -42,6 +45,16 @@ SECURITY_HEADERS = {
 
 _env = Environment(loader=PackageLoader("ringfence.identity", "templates"), autoescape=select_autoescape(["html"]))
 _env.filters["utc"] = lambda at_s: dt.datetime.fromtimestamp(int(at_s), dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def totp_qr_svg(provisioning_uri: str) -> Markup:
+    """The otpauth:// URI as an inline SVG QR code (segno): markup segno draws from the encoded bits,
+    so nothing of the URI's text (the user's e-mail) appears in it. Inline SVG needs no data: URL."""
+    import segno
+
+    svg = segno.make(provisioning_uri, error="m").svg_inline(scale=5, border=4, dark="#000", light="#fff",
+                                                             title="QR code for your authenticator app")
+    return Markup(svg.replace("<svg ", '<svg id="totp-qr" role="img" ', 1))
 
 
 def _render(name: str, status_code: int = 200, **params: Any) -> HTMLResponse:
@@ -201,7 +214,8 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         form = await _form(request)
         token = _csrf(ctx, request, form)
         enrollment = second_factor.begin_totp_enrollment(ctx, token)
-        return _render("totp_setup.html", enrollment=enrollment, csrf=sessions.csrf_token_for(ctx, token))
+        return _render("totp_setup.html", enrollment=enrollment, qr_svg=totp_qr_svg(enrollment.provisioning_uri),
+                       csrf=sessions.csrf_token_for(ctx, token))
 
     @router.post("/security/totp/confirm", response_class=HTMLResponse)
     async def totp_confirm(request: Request) -> Response:
@@ -332,11 +346,65 @@ class _PageHeaders:
         await self.app(scope, receive, with_headers)
 
 
+_LINK = re.compile(r"https?://[^\s<>\"']+")
+
+
+def _segments(body: str) -> list[tuple[str, str]]:
+    """Split a plain-text body into ("text", s) and ("link", url) parts; only http(s) URLs become links."""
+    out: list[tuple[str, str]] = []
+    at = 0
+    for m in _LINK.finditer(body):
+        out.append(("text", body[at:m.start()]))
+        out.append(("link", m.group(0)))
+        at = m.end()
+    out.append(("text", body[at:]))
+    return out
+
+
+def create_dev_mail_router(ctx: IdentityContext) -> APIRouter:
+    """`/dev/mail`: what the demo's local mail catcher received. Only mounted in dev mode with a
+    catcher running (`serve --demo`); elsewhere the path does not exist (404)."""
+    router = APIRouter()
+
+    @router.get("/dev/mail", response_class=HTMLResponse)
+    def dev_mail() -> HTMLResponse:
+        setup = ctx.mail_setup
+        assert setup is not None and setup.catcher is not None and ctx.settings.mode == "dev"
+        messages = [(m, _segments(m.body)) for m in setup.catcher.messages()]
+        return _render("dev_mail.html", messages=messages, delivery=setup.delivery)
+
+    return router
+
+
+def _run_mail_with_the_app(app: FastAPI, setup: Any) -> None:
+    """Start the mail worker when the app starts serving and stop it (and the catcher) when it stops."""
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        setup.start()
+        try:
+            async with inner(a) as state:
+                yield state
+        finally:
+            setup.stop()
+
+    app.router.lifespan_context = lifespan
+
+
 def install(app: FastAPI, ctx: IdentityContext) -> None:
     """Add the identity pages (sign-up, sign-in, security centre) to an existing app, with their
-    security headers and error pages; `ringfence serve` serves them beside the dashboard."""
+    security headers and error pages; `ringfence serve` serves them beside the dashboard, and runs
+    the mail worker (and, with --demo, the mail catcher and /dev/mail) that `ctx.mail_setup` holds."""
     app.include_router(create_router(ctx), include_in_schema=False)
     paths = {route.path for route in create_router(ctx).routes}  # type: ignore[attr-defined]
+    setup = ctx.mail_setup
+    if setup is not None:
+        _run_mail_with_the_app(app, setup)
+        if setup.catcher is not None and ctx.settings.mode == "dev":
+            dev_router = create_dev_mail_router(ctx)
+            app.include_router(dev_router, include_in_schema=False)
+            paths |= {route.path for route in dev_router.routes}  # type: ignore[attr-defined]
     prefixes = tuple(sorted({"/" + p.strip("/").split("/")[0] for p in paths}))
 
     app.add_middleware(_PageHeaders, prefixes=prefixes)

@@ -4,45 +4,42 @@
 "use strict";
 
 const state = {
-  markets: {}, symbol: null, key: null, secret: null,
+  markets: {}, symbol: null, me: null, csrf: null,
   book: { bids: new Map(), asks: new Map(), lastUpdateId: 0, buffer: [], ready: false },
   ws: null, userWs: null, klines: [], trades: [],
 };
 
 const $ = (id) => document.getElementById(id);
-const enc = new TextEncoder();
+// Private calls go to /session/v3 with the session cookie (HttpOnly: this script never sees it)
+// and, for changes, the session's CSRF token. No API key or secret ever reaches the browser.
+const SESSION = "/session/v3";
 
 function scaled(s) { // "61000.50" -> BigInt with the decimals removed (same decimals per column)
   const [w, f = ""] = s.split(".");
   return BigInt(w + f);
 }
 
-async function hmacHex(secret, payload) {
-  const key = await crypto.subtle.importKey("raw", enc.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
-  const sig = await crypto.subtle.sign("HMAC", key, enc.encode(payload));
-  return Array.from(new Uint8Array(sig)).map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-async function api(method, path, params = {}, signed = false) {
+async function api(method, path, params = {}, session = false) {
   const qs = new URLSearchParams(params);
   const headers = {};
-  if (signed) {
-    if (!state.key) throw new Error("sign in first");
-    qs.set("timestamp", Date.now().toString());
-    qs.set("recvWindow", "10000");
-    qs.set("signature", await hmacHex(state.secret, qs.toString()));
-    headers["X-MBX-APIKEY"] = state.key;
+  let url = session ? SESSION + path : path, body;
+  if (session && method !== "GET") {
+    if (!state.csrf) throw new Error("sign in first");
+    headers["X-CSRF-Token"] = state.csrf;
   }
-  let url = path, body;
   if (method === "POST") {
     body = qs.toString();
     headers["Content-Type"] = "application/x-www-form-urlencoded";
   } else if ([...qs].length) {
     url += "?" + qs.toString();
   }
-  const res = await fetch(url, { method, headers, body });
+  const res = await fetch(url, { method, headers, body, credentials: "same-origin" });
   const data = await res.json();
-  if (!res.ok || (data && data.code && data.code < 0)) throw new Error(data.msg || res.statusText);
+  if (!res.ok || (data && data.code && data.code < 0)) {
+    const err = new Error(data.msg || res.statusText);
+    err.status = res.status;
+    throw err;
+  }
   return data;
 }
 
@@ -197,12 +194,12 @@ function drawChart() {
 // ---------------------------------------------------------------- private data
 
 async function refreshPrivate() {
-  if (!state.key || !state.symbol) return;
+  if (!state.me || !state.symbol) return;
   try {
     const [account, open, all] = await Promise.all([
-      api("GET", "/api/v3/account", {}, true),
-      api("GET", "/api/v3/openOrders", { symbol: state.symbol }, true),
-      api("GET", "/api/v3/allOrders", { symbol: state.symbol, limit: "20" }, true),
+      api("GET", "/account", {}, true),
+      api("GET", "/openOrders", { symbol: state.symbol }, true),
+      api("GET", "/allOrders", { symbol: state.symbol, limit: "20" }, true),
     ]);
     const m = state.markets[state.symbol];
     const bal = $("balances").tBodies[0];
@@ -238,8 +235,7 @@ async function refreshPrivate() {
 
 async function openUserStream() {
   try {
-    const res = await fetch("/api/v3/userDataStream", { method: "POST", headers: { "X-MBX-APIKEY": state.key } });
-    const { listenKey } = await res.json();
+    const { listenKey } = await api("POST", "/userDataStream", {}, true);
     if (!listenKey) return;
     const proto = location.protocol === "https:" ? "wss" : "ws";
     if (state.userWs) state.userWs.close();
@@ -261,7 +257,7 @@ async function placeOrder(ev) {
   if (type !== "MARKET") params.price = $("price").value.trim();
   if (type === "LIMIT") params.timeInForce = "GTC";
   try {
-    const o = await api("POST", "/api/v3/order", params, true);
+    const o = await api("POST", "/order", params, true);
     status(`order ${o.orderId}: ${o.status}`, false);
   } catch (e) {
     status(e.message, true);
@@ -271,7 +267,7 @@ async function placeOrder(ev) {
 
 async function cancelOrder(orderId) {
   try {
-    const o = await api("DELETE", "/api/v3/order", { symbol: state.symbol, orderId: String(orderId) }, true);
+    const o = await api("DELETE", "/order", { symbol: state.symbol, orderId: String(orderId) }, true);
     status(`order ${o.orderId}: ${o.status}`, false);
   } catch (e) {
     status(e.message, true);
@@ -279,21 +275,52 @@ async function cancelOrder(orderId) {
   refreshPrivate();
 }
 
-async function signIn(ev) {
-  ev.preventDefault();
-  state.key = $("apikey").value.trim();
-  state.secret = $("apisecret").value.trim();
+// ---------------------------------------------------------------- the web session
+
+async function loadSession() {
   try {
-    const account = await api("GET", "/api/v3/account", {}, true);
-    $("whoami").textContent = `signed in as ${account.uid}`;
-    sessionStorage.setItem("rf-key", state.key);
-    sessionStorage.setItem("rf-secret", state.secret);
-    openUserStream();
-    refreshPrivate();
+    state.me = await api("GET", "/me", {}, true);
   } catch (e) {
-    state.key = state.secret = null;
-    $("whoami").textContent = "sign-in failed: " + e.message;
+    state.me = state.csrf = null;
+    $("whoami").textContent = e.status === 401 ? "not signed in" : "session: " + e.message;
+    $("signed-out").hidden = false;
+    $("signed-in").hidden = true;
+    $("account-links").hidden = false;
+    return;
   }
+  state.csrf = state.me.csrfToken;
+  $("whoami").textContent = `signed in as ${state.me.email}`;
+  $("logout-csrf").value = state.csrf;
+  $("signed-out").hidden = true;
+  $("signed-in").hidden = false;
+  $("account-links").hidden = true;
+  $("demo-funds").hidden = !state.me.demoFunds;
+  const canTrade = state.me.scopes.includes("trade");
+  $("place").disabled = !canTrade;
+  $("trade-hint").hidden = canTrade;
+  openUserStream();
+  refreshPrivate();
+}
+
+async function signOut(ev) {
+  // Posted with fetch, not as a form: the dashboard is served with `Referrer-Policy: no-referrer`,
+  // under which Chromium sends form posts with `Origin: null`, which the sign-in pages refuse.
+  ev.preventDefault();
+  try {
+    await fetch("/logout", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": state.csrf || "" } });
+  } finally {
+    location.assign("/login");
+  }
+}
+
+async function getDemoFunds() {
+  try {
+    const r = await api("POST", "/demoFunds", {}, true);
+    status(r.msg, false);
+  } catch (e) {
+    status(e.message, true);
+  }
+  refreshPrivate();
 }
 
 async function refreshHalts() {
@@ -314,10 +341,10 @@ function openHaltStream() {
 window.addEventListener("DOMContentLoaded", () => {
   refreshHalts();
   openHaltStream();
-  $("signin").addEventListener("submit", signIn);
   $("order-form").addEventListener("submit", placeOrder);
-  const key = sessionStorage.getItem("rf-key"), secret = sessionStorage.getItem("rf-secret");
-  if (key && secret) { $("apikey").value = key; $("apisecret").value = secret; }
+  $("demo-funds").addEventListener("click", getDemoFunds);
+  $("logout-form").addEventListener("submit", signOut);
+  loadSession();
   loadMarkets().catch((e) => status(e.message, true));
   setInterval(refreshPrivate, 5000);
 });
