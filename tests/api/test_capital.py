@@ -1,0 +1,222 @@
+"""Money in and out of a real `ringfence serve --demo` process (issue 15): the unmodified ccxt client
+does the whole round trip — deposit address, the faucet pays (the `ringfence chain` CLI),
+confirmations progress, credited, trade, withdraw to the allow-listed address, completed, and the
+destination's on-chain balance rose by the amount minus the fee. Bad withdrawal requests get a
+clear Binance error and change nothing; stealing from the hot wallet behind the exchange's back
+pauses withdrawals of that asset within a block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+import ccxt
+import httpx
+import pytest
+
+from .conftest import Server
+
+BLOCK_MS = "500"
+ENV = {"RINGFENCE_CUSTODY_BLOCK_INTERVAL_MS": BLOCK_MS, "RINGFENCE_CUSTODY_POLL_MS": "200"}
+
+
+@pytest.fixture(scope="module")
+def money(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("capital") / "data", env=ENV)
+    yield srv
+    assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    return subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def withdraw_key(data: Path) -> dict:
+    entries = json.loads((data / "demo-keys.json").read_text())
+    (entry,) = [e for e in entries if "withdraw" in e.get("scopes", [])]
+    return entry
+
+
+def client(base: str, key: dict) -> ccxt.binance:
+    ex = ccxt.binance({
+        "apiKey": key["api_key"], "secret": key["api_secret"],
+        "options": {"fetchMarkets": ["spot"], "fetchCurrencies": True, "fetchMargins": False,
+                    "adjustForTimeDifference": False, "warnOnFetchOpenOrdersWithoutSymbol": False},
+    })
+    for name, url in list(ex.urls["api"].items()):
+        ex.urls["api"][name] = base + urlsplit(url).path
+    return ex
+
+
+def signed(srv: Server, key: dict, method: str, path: str, params: dict, *, local_address: str | None = None) -> httpx.Response:
+    query = urlencode({**params, "timestamp": int(time.time() * 1000), "recvWindow": 10000})
+    sig = hmac.new(key["api_secret"].encode(), query.encode(), hashlib.sha256).hexdigest()
+    transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
+    with httpx.Client(transport=transport, timeout=30) as c:
+        headers = {"X-MBX-APIKEY": key["api_key"]}
+        if method == "POST":
+            return c.post(srv.base + path, content=f"{query}&signature={sig}", headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
+        return c.get(f"{srv.base}{path}?{query}&signature={sig}", headers=headers)
+
+
+def chain_balance(data: Path, asset: str, address: str) -> Decimal:
+    res = cli("chain", "balance", "--data", str(data), "--asset", asset, "--address", address)
+    assert res.returncode == 0, res.stderr
+    return Decimal(res.stdout.strip())
+
+
+def wait_for(what: str, fn, timeout_s: float = 60.0):  # float-ok: test timing
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_ccxt_round_trip_deposit_trade_withdraw(money: Server) -> None:
+    key = withdraw_key(money.data)
+    ex = client(money.base, key)
+    currencies = ex.fetch_currencies()
+    assert currencies["BTC"]["networks"]["BTC"]["deposit"] is True
+    fees = ex.fetch_deposit_withdraw_fees(["BTC"])
+    assert fees["BTC"]["withdraw"]["fee"] == 0.0001
+    assert ex.fetch_balance()["info"]["canDeposit"] is True and ex.fetch_balance()["info"]["canWithdraw"] is True
+
+    address = ex.fetch_deposit_address("BTC")["address"]
+    assert ex.fetch_deposit_address("BTC")["address"] == address, "the same address on every call"
+    before = Decimal(str(ex.fetch_balance()["BTC"]["total"]))
+
+    paid = cli("chain", "pay", "--data", str(money.data), "--asset", "BTC", "--to", address, "--amount", "0.5")
+    assert paid.returncode == 0, paid.stderr
+    txid = paid.stdout.strip()
+    assert len(txid) == 64
+
+    seen_states, seen_confs = set(), set()
+
+    def credited():
+        rows = [d for d in ex.fetch_deposits("BTC") if d["txid"] == txid]
+        for d in rows:
+            seen_states.add(d["info"]["status"])
+            seen_confs.add(d["info"]["confirmTimes"])
+        return rows and rows[0]["info"]["status"] == 1 and rows[0]
+
+    row = wait_for("the deposit to become final", credited)
+    assert row["amount"] == 0.5 and row["address"] == address and row["status"] == "ok"
+    assert 1 in seen_states and (0 in seen_states or 6 in seen_states), seen_states
+    assert len(seen_confs) >= 2, f"confirmations should be seen progressing, saw {seen_confs}"
+    assert Decimal(str(ex.fetch_balance()["BTC"]["total"])) == before + Decimal("0.5")
+
+    order = ex.create_order("BTC/USDT", "market", "sell", 0.1)
+    assert order["status"] == "closed"
+
+    dest = key["withdraw_addresses"]["BTC"]
+    dest_before = chain_balance(money.data, "BTC", dest)
+    result = ex.withdraw("BTC", 0.05, dest, params={"network": "BTC"})
+    wid = result["id"]
+
+    def completed():
+        rows = [w for w in ex.fetch_withdrawals("BTC") if w["id"] == wid]
+        return rows and rows[0]["info"]["status"] == 6 and rows[0]
+
+    done = wait_for("the withdrawal to complete", completed, 90)
+    assert done["status"] == "ok" and done["txid"] and done["fee"]["cost"] == 0.0001
+    assert "completed" in done["info"]["info"]
+    rose = chain_balance(money.data, "BTC", dest) - dest_before
+    assert rose == Decimal("0.05") - Decimal("0.0001"), rose
+
+
+def test_large_withdrawal_waits_for_review_with_reasons(money: Server) -> None:
+    key = withdraw_key(money.data)
+    res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply",
+                 {"coin": "ETH", "address": key["withdraw_addresses"]["ETH"], "amount": "19.5"})
+    assert res.status_code == 200, res.text
+    wid = res.json()["id"]
+
+    def reviewed():
+        rows = signed(money, key, "GET", "/sapi/v1/capital/withdraw/history", {"coin": "ETH"}).json()
+        row = next((r for r in rows if r["id"] == wid), None)
+        return row if row and row["status"] == 2 else None
+
+    row = wait_for("the large withdrawal to wait for review", reviewed)
+    assert row["info"].startswith("waiting for a human review"), row["info"]
+    assert "mandatory manual review" in row["info"] or "amount" in row["info"], row["info"]
+
+
+BAD = [
+    ("unknown network", {"coin": "BTC", "network": "TRX", "amount": "0.01"}, -4019),
+    ("malformed address", {"coin": "BTC", "address": "bcrt1qnotanaddress", "amount": "0.01"}, -4033),
+    ("below minimum", {"coin": "BTC", "amount": "0.0001"}, -4028),
+    ("below minimum after the fee", {"coin": "BTC", "amount": "0.0005"}, -4022),
+    ("too many decimals", {"coin": "BTC", "amount": "0.010000001"}, -4021),
+    ("not a number", {"coin": "BTC", "amount": "1e-3"}, -1100),
+    ("above balance", {"coin": "ETH", "amount": "60"}, -4026),
+    ("unknown coin", {"coin": "DOGE", "amount": "1"}, -4018),
+]
+
+
+def _state(srv: Server, key: dict) -> tuple:
+    account = signed(srv, key, "GET", "/api/v3/account", {}).json()
+    history = signed(srv, key, "GET", "/sapi/v1/capital/withdraw/history", {}).json()
+    return sorted((b["asset"], b["free"], b["locked"]) for b in account["balances"]), len(history)
+
+
+@pytest.mark.parametrize("name,params,code", BAD, ids=[b[0] for b in BAD])
+def test_bad_withdrawals_are_refused_and_change_nothing(money: Server, name: str, params: dict, code: int) -> None:
+    key = withdraw_key(money.data)
+    params = dict(params)
+    params.setdefault("address", key["withdraw_addresses"].get(params["coin"], key["withdraw_addresses"]["BTC"]))
+    before = _state(money, key)
+    res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply", params)
+    assert res.status_code == 400 and res.json()["code"] == code, (name, res.text)
+    assert res.json()["msg"]
+    assert _state(money, key) == before
+
+
+def test_address_not_in_book_key_without_scope_and_wrong_ip_are_refused(money: Server) -> None:
+    key = withdraw_key(money.data)
+    before = _state(money, key)
+    other = cli("chain", "balance", "--data", str(money.data), "--asset", "BTC", "--address", "bcrt1qq0000000000000000000000000000000000000")
+    assert other.returncode != 0 and "address" in other.stderr  # the CLI names the bad field
+    res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply",
+                 {"coin": "BTC", "address": fetch_bob_deposit_address(money), "amount": "0.01"})
+    assert res.json()["code"] == -4035, res.text
+    plain = money.keys["alice"]  # alice's ordinary key: read and trade, no withdraw scope
+    assert "withdraw" not in plain.get("scopes", [])
+    res = signed(money, plain, "POST", "/sapi/v1/capital/withdraw/apply",
+                 {"coin": "BTC", "address": key["withdraw_addresses"]["BTC"], "amount": "0.01"})
+    assert res.status_code == 401 and res.json()["code"] == -2015, res.text
+    res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply",
+                 {"coin": "BTC", "address": key["withdraw_addresses"]["BTC"], "amount": "0.01"}, local_address="127.0.0.2")
+    assert res.status_code == 401 and res.json()["code"] == -2015, res.text
+    assert "allow-list" in res.json()["msg"]
+    assert _state(money, key) == before
+
+
+def fetch_bob_deposit_address(srv: Server) -> str:
+    res = signed(srv, srv.keys["bob"], "GET", "/sapi/v1/capital/deposit/address", {"coin": "BTC"})
+    assert res.status_code == 200, res.text
+    return res.json()["address"]
+
+
+def test_embedded_default_without_chains_says_no_deposits(tmp_path) -> None:
+    srv = Server(tmp_path / "plain", demo=False)
+    try:
+        ready = httpx.get(srv.base + "/readyz").json()
+        assert ready["custody"] == {"running": False}
+        assert httpx.get(srv.base + "/v1/demo/chain/balance").status_code == 404
+        res = cli("chain", "pay", "--data", str(srv.data), "--asset", "BTC", "--to", "x", "--amount", "1")
+        assert res.returncode == 2 and "no running demo server" in res.stderr
+    finally:
+        assert srv.stop() == 0
