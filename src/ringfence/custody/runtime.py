@@ -505,7 +505,10 @@ class CustodyRuntime:
             ex(ApprovePolicy("p-serve-1", "pia"))
             ex(ApprovePolicy("p-serve-1", "pol"))
             ex(ActivatePolicy("p-serve-1"))
-        ex(SetWithdrawalRules(True, self.address_cooling_s, self.security_lock_s))
+        rules = node.read(lambda e: custody_state(e).rules)
+        if rules is None or (rules.require_address_book, rules.address_cooling_s, rules.security_lock_s) != (
+                True, self.address_cooling_s, self.security_lock_s):
+            ex(SetWithdrawalRules(True, self.address_cooling_s, self.security_lock_s))
         out: dict[str, Any] = {"assets": sorted(self.terms)}
         if self.demo:
             out["treasury"] = self._fund_treasury(node)
@@ -535,11 +538,13 @@ class CustodyRuntime:
 
     def add_demo_address_book(self, node: Any, account_id: str) -> dict[str, str]:
         """One pre-cooled address-book entry per asset for `account_id` (demo only)."""
-        from .commands import AddWithdrawalAddress
+        from .commands import AddWithdrawalAddress, custody_state
 
         addresses = self.demo_withdraw_addresses(account_id)
+        listed = node.read(lambda e: set(custody_state(e).address_book))
         for asset, address in addresses.items():
-            node.execute(AddWithdrawalAddress(account_id, asset, address, 0))
+            if f"{account_id}|{asset}|{address.lower() if self.terms[asset].chain == 'ethereum' else address}" not in listed:
+                node.execute(AddWithdrawalAddress(account_id, asset, address, 0))
         return addresses
 
     # ---- workers ------------------------------------------------------------------------------

@@ -60,6 +60,13 @@ def _crash(worker: Any, point: str) -> None:
         raise SimulatedCrash(point)
 
 
+def _already_observed(state: Any, chain: str, t: Any, block: Any) -> bool:
+    from .deposits import deposit_key
+
+    d = state.deposits.get(deposit_key(chain, t.txid, t.index))
+    return d is not None and d.state not in ("dropped", "reversed") and (d.height, d.block_hash) == (block.height, block.block_hash)
+
+
 class DepositWatcher:
     def __init__(self, node: Any, adapter: Any, scorer: Scorer, *, since_height: int = 0) -> None:
         self.node = node
@@ -86,6 +93,8 @@ class DepositWatcher:
                     if not self.node.read(lambda e, t=t: custody_state(e).owner_of(self.chain, t.address) is not None
                                           and t.asset in custody_state(e).assets):
                         continue
+                    if self.node.read(lambda e, t=t, b=block: _already_observed(custody_state(e), self.chain, t, b)):
+                        continue  # a rescan after a restart: nothing new to journal
                     self.node.execute(ObserveDeposit(self.chain, t.txid, t.index, t.asset, t.address, t.amount_minor,
                                                      block.height, block.block_hash))
                     sent += 1
