@@ -41,7 +41,7 @@ from .localnet import BTC_MINER_SPK, derive_key, shield_multisig
 from .wallets import LocalKeySigner, build_btc_payment, eth_address, p2wpkh_address
 
 __all__ = ["AssetTerms", "DEMO_TERMS", "LocalChains", "CustodyKeys", "CustodyRuntime", "Supervised",
-           "parse_chain_settings", "demo_policy", "STAFF"]
+           "parse_chain_settings", "demo_policy", "relay_security_changes", "STAFF"]
 
 log = structlog.get_logger("ringfence.custody")
 
@@ -635,15 +635,7 @@ class CustodyRuntime:
             self.last_chain_report = self.reconciler.run_once(chain=True, internal=False)
 
     def _relay_security_changes(self) -> None:
-        from ..identity.events import security_changes_since
-        from .commands import RecordSecurityChange, custody_state
-
-        pos = self.node.read(lambda e: custody_state(e).security_relay_pos)
-        for event_id, account_id, kind in security_changes_since(self.identity_ctx, pos, limit=100):
-            try:
-                self.node.execute(RecordSecurityChange(event_id, account_id, kind))
-            except RingfenceError as err:  # e.g. an account id the ledger refuses: skip it, keep relaying
-                log.warning("custody.security_relay_refused", event_id=event_id, error=str(err))
+        relay_security_changes(self.node, self.identity_ctx)
 
     def stop(self) -> None:
         self._stop.set()
@@ -658,6 +650,23 @@ class CustodyRuntime:
                                            "mismatches": [m.evidence() for m in report.mismatches[:10]],
                                            "halts_submitted": list(report.halts_submitted)}
         return out
+
+
+def relay_security_changes(node: Any, identity_ctx: Any, *, limit: int = 100) -> int:
+    """Identity's credential changes after the engine's relay position become `RecordSecurityChange`
+    commands (in event order; a retry of a relayed id is answered `unchanged`). Returns how many."""
+    from ..identity.events import security_changes_since
+    from .commands import RecordSecurityChange, custody_state
+
+    pos = node.read(lambda e: custody_state(e).security_relay_pos)
+    sent = 0
+    for event_id, account_id, kind in security_changes_since(identity_ctx, pos, limit=limit):
+        try:
+            node.execute(RecordSecurityChange(event_id, account_id, kind))
+            sent += 1
+        except RingfenceError as err:  # e.g. an account id the ledger refuses: skip it, keep relaying
+            log.warning("custody.security_relay_refused", event_id=event_id, error=str(err))
+    return sent
 
 
 class _Copy:
