@@ -316,3 +316,65 @@ def test_killed_between_signing_and_broadcast_sends_exactly_one_transaction(tmp_
     finally:
         assert again.stop() == 0
     assert paying(BitcoinSimulator.load(data / "chains" / "bitcoin.json")) == 1
+
+
+def test_usdt_deposit_then_withdrawal_pays_gas_in_eth_and_reconciles(money: Server) -> None:
+    """An ERC-20 round trip: the token's gas is booked in ETH from the same hot wallet, so the ETH
+    and USDT wallets both still match the chain (no mismatch, no halt)."""
+    key = withdraw_key(money.data)
+    address = signed(money, key, "GET", "/sapi/v1/capital/deposit/address", {"coin": "USDT", "network": "ETH"}).json()["address"]
+    paid = cli("chain", "pay", "--data", str(money.data), "--asset", "USDT", "--to", address, "--amount", "250")
+    assert paid.returncode == 0, paid.stderr
+    txid = paid.stdout.strip()
+
+    def credited():
+        rows = signed(money, key, "GET", "/sapi/v1/capital/deposit/hisrec", {"coin": "USDT"}).json()
+        return next((r for r in rows if r["txId"] == txid and r["status"] in (6, 1)), None)
+
+    row = wait_for("the USDT deposit to be credited", credited)
+    assert row["amount"] == "250" and row["network"] == "ETH"
+    dest = key["withdraw_addresses"]["USDT"]
+    before = chain_balance(money.data, "USDT", dest)
+    res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply", {"coin": "USDT", "address": dest, "amount": "20", "network": "ETH"})
+    assert res.status_code == 200, res.text
+    wid = res.json()["id"]
+
+    def completed():
+        rows = signed(money, key, "GET", "/sapi/v1/capital/withdraw/history", {"coin": "USDT"}).json()
+        return next((r for r in rows if r["id"] == wid and r["status"] == 6), None)
+
+    wait_for("the USDT withdrawal to complete", completed, 90)
+    assert chain_balance(money.data, "USDT", dest) - before == Decimal("19")
+
+    def reconciled_after():
+        status = httpx.get(money.base + "/readyz").json()["custody"]
+        return status.get("chain_reconciliation", {}).get("seq", 0) > 0 and status
+
+    status = wait_for("a chain reconciliation pass", reconciled_after)
+    assert status["chain_reconciliation"]["mismatches"] == []
+    assert [h for h in httpx.get(money.base + "/v1/halts").json() if h["scope"] in ("ETH", "USDT")] == []
+
+
+def test_balance_update_on_the_user_data_stream(money: Server) -> None:
+    import asyncio
+
+    import websockets
+
+    key = withdraw_key(money.data)
+    address = signed(money, key, "GET", "/sapi/v1/capital/deposit/address", {"coin": "ETH"}).json()["address"]
+
+    async def run() -> dict:
+        async with httpx.AsyncClient(base_url=money.base) as http:
+            listen = (await http.post("/api/v3/userDataStream", headers={"X-MBX-APIKEY": key["api_key"]})).json()["listenKey"]
+        async with websockets.connect(money.base.replace("http", "ws") + "/ws/" + listen) as ws:
+            paid = await asyncio.to_thread(cli, "chain", "pay", "--data", str(money.data), "--asset", "ETH", "--to", address, "--amount", "0.25")
+            assert paid.returncode == 0, paid.stderr
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                if msg.get("e") == "balanceUpdate":
+                    return msg
+        raise AssertionError("no balanceUpdate")
+
+    msg = asyncio.run(run())
+    assert msg["a"] == "ETH" and msg["d"] == "0.25" and isinstance(msg["E"], int) and isinstance(msg["T"], int)
