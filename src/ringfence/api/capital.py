@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import InvalidAmount, RingfenceError
 from ..money import format_amount, parse_amount
-from .binance import EndpointParams, check_params
+from .binance import EndpointParams, _doc, check_params
 from .binance_errors import BinanceError, from_ringfence
 from .gateway import Params
 
@@ -432,7 +432,7 @@ def build_capital_router(api: CapitalApi) -> APIRouter:
             return JSONResponse(result)
 
         endpoint.__name__ = f"sapi_{method.lower()}_{path.strip('/').replace('/', '_')}"
-        router.add_api_route(path, endpoint, methods=[method], summary=summary, response_model=None)
+        router.add_api_route(path, endpoint, methods=[method], summary=summary, openapi_extra=_doc(spec), response_model=None)
 
     add("/capital/config/getall", "GET", api.config_getall, 10, "Coins, networks, fees and limits (signed)")
     add("/capital/deposit/address", "GET", api.deposit_address, 10, "The account's deposit address for a coin (signed)")

@@ -182,9 +182,8 @@ class LocalChains:
     FAUCET_BLOCKS = 120  # coinbases to the faucet: the first 21 are mature (about 1,000 BTC)
 
     def __init__(self, directory: Path, seed: str) -> None:
-        from ..chains.bitcoin.adapter import BitcoinAdapter
         from ..chains.bitcoin.simulator import BitcoinSimulator
-        from ..chains.ethereum import EthDevChain, EthereumAdapter, EthereumSettings
+        from ..chains.ethereum import EthDevChain, EthereumSettings
 
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
