@@ -135,6 +135,12 @@ def test_ccxt_round_trip_deposit_trade_withdraw(money: Server) -> None:
     assert "completed" in done["info"]["info"]
     rose = chain_balance(money.data, "BTC", dest) - dest_before
     assert rose == Decimal("0.05") - Decimal("0.0001"), rose
+    workers = httpx.get(money.base + "/readyz").json()["custody"]["workers"]
+    assert {"miner", "deposits-bitcoin", "deposits-ethereum", "withdrawals", "balancer", "reconcile-chain",
+            "security-relay"} <= set(workers)
+    metrics = httpx.get(money.base + "/metrics").text
+    assert 'ringfence_custody_worker_up{worker="withdrawals"} 1.0' in metrics
+    assert 'ringfence_chain_height{chain="bitcoin"}' in metrics
 
 
 def test_large_withdrawal_waits_for_review_with_reasons(money: Server) -> None:

@@ -165,3 +165,30 @@ def test_identity_security_changes_are_relayed_into_the_engine_lock(net, tmp_pat
     _refused(net, "id1", dest, 1_000_000, "RF_WITHDRAWALS_LOCKED")
     _later(net, LOCK_S)
     net.request("id2", "alice", "BTC", dest, 1_000_000)
+
+
+def test_a_supervised_worker_restarts_after_errors_with_back_off() -> None:
+    import threading
+    import time
+
+    from ringfence.custody.runtime import Supervised
+
+    calls = []
+
+    def step() -> None:
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise RuntimeError(f"boom {len(calls)}")
+
+    stop = threading.Event()
+    w = Supervised("flaky", step, 10, threading.RLock())
+    w.start(stop)
+    deadline = time.monotonic() + 10
+    while w.steps < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    w.join(5)
+    assert w.restarts == 2 and w.steps >= 1 and "boom 2" in w.last_error
+    # back-off: 0.5 s after the first error, 1 s after the second
+    assert calls[1] - calls[0] >= 0.45 and calls[2] - calls[1] >= 0.95
+    assert w.status()["state"] == "stopped"
