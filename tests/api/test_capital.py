@@ -384,3 +384,30 @@ def test_balance_update_on_the_user_data_stream(money: Server) -> None:
 
     msg = asyncio.run(run())
     assert msg["a"] == "ETH" and msg["d"] == "0.25" and isinstance(msg["E"], int) and isinstance(msg["T"], int)
+
+
+def test_chains_from_settings_without_demo(tmp_path) -> None:
+    """`RINGFENCE_CUSTODY_CHAINS` picks the custodied assets without --demo: the workers run for
+    BTC only, other coins are not offered, and there is no faucet (demo only)."""
+    srv = Server(tmp_path / "btc-only", env={**ENV, "RINGFENCE_CUSTODY_CHAINS": "BTC=local"}, demo=False)
+    try:
+        custody = httpx.get(srv.base + "/readyz").json()["custody"]
+        assert set(custody["chains"]) == {"bitcoin"} and "deposits-bitcoin" in custody["workers"]
+        assert "deposits-ethereum" not in custody["workers"]
+        assert not (srv.data / "custody" / "admin.json").exists()
+        assert httpx.post(srv.base + "/v1/demo/chain/pay", json={}).status_code == 404
+    finally:
+        assert srv.stop() == 0
+
+
+def test_bad_chain_settings_refuse_to_start(tmp_path) -> None:
+    env = dict(os.environ, RINGFENCE_CUSTODY_CHAINS="DOGE=local", PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    res = subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--data", str(tmp_path / "d"), "--port", str(_free_port())],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 2 and "RINGFENCE_CUSTODY_CHAINS" in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def _free_port() -> int:
+    from .conftest import free_port
+
+    return free_port()

@@ -181,24 +181,32 @@ class LocalChains:
 
     FAUCET_BLOCKS = 120  # coinbases to the faucet: the first 21 are mature (about 1,000 BTC)
 
-    def __init__(self, directory: Path, seed: str) -> None:
+    def __init__(self, directory: Path, seed: str, chains: frozenset[str] = frozenset({"bitcoin", "ethereum"})) -> None:
         from ..chains.bitcoin.simulator import BitcoinSimulator
         from ..chains.ethereum import EthDevChain, EthereumSettings
 
+        self.chains = chains
+        self.btc: Any = None
+        self.eth: Any = None
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         self.faucet = SeedSigner(seed)
         self.faucet_btc = p2wpkh_address(self.faucet.public_key("faucet-btc"))
         btc_path = self.dir / "bitcoin.json"
-        fresh_btc = not btc_path.exists()
         self._btc_path = btc_path
-        sim = BitcoinSimulator() if fresh_btc else BitcoinSimulator.load(btc_path)
-        self.btc = _SavingBitcoinAdapter(sim, "regtest", save=self.save_btc)
-        if fresh_btc:
-            sim.mine(self.FAUCET_BLOCKS, self.btc.script_of_address(self.faucet_btc))
-            self.save_btc()
+        if "bitcoin" in chains:
+            fresh_btc = not btc_path.exists()
+            sim = BitcoinSimulator() if fresh_btc else BitcoinSimulator.load(btc_path)
+            self.btc = _SavingBitcoinAdapter(sim, "regtest", save=self.save_btc)
+            if fresh_btc:
+                sim.mine(self.FAUCET_BLOCKS, self.btc.script_of_address(self.faucet_btc))
+                self.save_btc()
         self._eth_log = self.dir / "ethereum.jsonl"
+        if "ethereum" in chains:
+            self._start_eth(EthDevChain, EthereumSettings)
+
+    def _start_eth(self, EthDevChain: Any, EthereumSettings: Any) -> None:
         self.eth = _LoggingEthereumAdapter.from_settings(EthereumSettings(rpc_url=None))
         self.eth.log_path = self._eth_log
         self.dev = EthDevChain(self.eth)
@@ -236,19 +244,23 @@ class LocalChains:
 
     def mine(self) -> None:
         with self.lock:
-            self.btc.node.mine(1, BTC_MINER_SPK)
-            self.save_btc()
-            self.dev.mine(1)
-            self.eth.log({"mine": 1})
+            if self.btc is not None:
+                self.btc.node.mine(1, BTC_MINER_SPK)
+                self.save_btc()
+            if self.eth is not None:
+                self.dev.mine(1)
+                self.eth.log({"mine": 1})
 
     def heights(self) -> dict[str, int]:
         with self.lock:
-            return {"bitcoin": self.btc.current_height(), "ethereum": self.eth.current_height()}
+            return {chain: self.adapter(chain).current_height() for chain in sorted(self.chains)}
 
     def pay(self, asset: str, to: str, amount_minor: int) -> str:
         """The demo faucet: pay from a demo wallet on the local chain; returns the txid."""
         if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
             raise ValidationError("must be a positive amount", field="amount")
+        if self.adapter("bitcoin" if asset == "BTC" else "ethereum") is None:
+            raise ValidationError(f"{asset} is not on this server's chains", field="asset")
         with self.lock:
             if asset == "BTC":
                 to = self.btc.validate_address(to, "to")
@@ -264,6 +276,8 @@ class LocalChains:
         raise ValidationError(f"the faucet pays BTC, ETH or USDT, not {asset!r}", field="asset")
 
     def balance(self, asset: str, address: str) -> int:
+        if self.adapter("bitcoin" if asset == "BTC" else "ethereum") is None:
+            raise ValidationError(f"{asset} is not on this server's chains", field="asset")
         with self.lock:
             if asset == "BTC":
                 return self.btc.balance(self.btc.validate_address(address))
@@ -426,7 +440,7 @@ class CustodyRuntime:
         self.identity_ctx = identity_ctx
         cdir = self.data_dir / "custody"
         self.keys = CustodyKeys(load_seed(cdir))
-        self.chains = LocalChains(self.data_dir / "chains", self.keys.seed)
+        self.chains = LocalChains(self.data_dir / "chains", self.keys.seed, frozenset(t.chain for t in self.terms.values()))
         self.node: Any = None
         self.workers: list[Supervised] = []
         self._stop = threading.Event()
