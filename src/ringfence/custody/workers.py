@@ -325,9 +325,12 @@ class Balancer:
     def sweep(self, asset: str, deposit_wallet: str, hot_wallet: str, hot_address: str, min_minor: int) -> list[str]:
         """Sweep every deposit address of `deposit_wallet` holding >= min_minor. Returns txids."""
         addresses = self.node.read(lambda e: sorted((k, tuple(v)) for k, v in custody_state(e).deposit_addresses.items()))
+        # an address with a deposit not yet credited waits: the ledger never moves coins it has not booked
+        waiting = self.node.read(lambda e: {d.address for d in custody_state(e).deposits.values()
+                                            if d.chain == self.adapter.chain and d.state == "seen"})
         txids = []
         for key, (_account_id, wallet, address) in addresses:
-            if wallet != deposit_wallet or not key.startswith(self.adapter.chain + ":"):
+            if wallet != deposit_wallet or not key.startswith(self.adapter.chain + ":") or address in waiting:
                 continue
             bal = self.adapter.balance(address)
             if bal < min_minor:
