@@ -266,6 +266,8 @@ def test_theft_from_the_hot_wallet_pauses_withdrawals_within_a_block(tmp_path) -
         # reconciled at the block that mined the theft, or at the latest the one after it
         assert mined_at <= evidence["details"]["height"] <= mined_at + 1, (evidence["details"]["height"], mined_at)
         assert evidence["subject"] == "custody:btc_hot:BTC"
+        chain = httpx.get(srv.base + "/v1/reconcile").json()["chain"]
+        assert chain["wallets"] > 0
         res = signed(srv, key, "POST", "/sapi/v1/capital/withdraw/apply",
                      {"coin": "BTC", "address": key["withdraw_addresses"]["BTC"], "amount": "0.01"})
         assert res.json()["code"] == -4019, res.text

@@ -423,9 +423,11 @@ def create_app(
     @app.get("/v1/reconcile", tags=["native"], summary="The continuous reconciler: last run, mismatches, errors")
     async def v1_reconcile() -> dict[str, Any]:
         reconciler, last = reconciler_state["reconciler"], reconciler_state["last"]
+        chain = custody.status().get("chain_reconciliation") if custody is not None else None  # custody: per block
         if reconciler is None:
-            return {"running": False}
-        out: dict[str, Any] = {"running": True, "every_ms": reconcile_every_ms, "errors": list(reconciler.errors[-10:])}
+            return {"running": False, "chain": chain}
+        out: dict[str, Any] = {"running": True, "every_ms": reconcile_every_ms, "errors": list(reconciler.errors[-10:]),
+                               "chain": chain}
         if last is not None:
             out["last_run"] = {
                 "seq": last.seq,
