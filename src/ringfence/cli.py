@@ -286,6 +286,8 @@ def sim(
 
 from .chains.cli import app as _chains_app  # noqa: E402
 app.add_typer(_chains_app, name="chains")
+from .chains.faucet_cli import app as _chain_app  # noqa: E402
+app.add_typer(_chain_app, name="chain")
 
 from .keys.cli import app as _keys_app  # noqa: E402
 app.add_typer(_keys_app, name="keys")

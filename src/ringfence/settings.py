@@ -103,6 +103,16 @@ class Settings(BaseSettings):
     # How often the shield sweeper (a custody worker in `serve`) moves the accrued share on chain.
     shield_sweep_every_s: int = Field(default=3_600, ge=1, le=7 * 86_400)
 
+    # Custody inside `ringfence serve` (docs/custody.md): which chain each custodied asset lives on,
+    # e.g. "BTC=local,ETH=local,USDT=local" ("local" = the in-process demo chains, dev mode only;
+    # `serve --demo` uses all three when this is empty). Empty and no --demo: no chains, no
+    # deposits or withdrawals (canDeposit/canWithdraw false).
+    custody_chains: str = ""
+    custody_block_interval_ms: int = Field(default=3_000, ge=100, le=600_000)
+    custody_poll_ms: int = Field(default=500, ge=50, le=60_000)
+    # A new withdrawal address-book entry may receive funds after this long.
+    custody_address_cooling_s: int = Field(default=24 * 3600, ge=0, le=30 * 86400)
+
     def cors_origins(self) -> tuple[str, ...]:
         origins = tuple(o.strip() for o in self.api_cors_origins.split(",") if o.strip())
         if "*" in origins and self.mode != "dev":

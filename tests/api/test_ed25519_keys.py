@@ -37,7 +37,8 @@ def test_demo_writes_an_ed25519_key_that_signs_a_real_order(server):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     entries = json.loads(path.read_text())
     (entry,) = [e for e in entries if e.get("kind") == "ed25519"]
-    assert set(entry) == {"account", "api_key", "kind", "private_key"} and entry["account"] == "alice"
+    assert set(entry) == {"account", "api_key", "kind", "private_key", "scopes"} and entry["account"] == "alice"
+    assert entry["scopes"] == ["read", "trade"]
     assert {e["account"] for e in entries if e.get("kind") == "hmac"} == {"alice", "bob"}
     private = Ed25519PrivateKey.from_private_bytes(base64.b64decode(entry["private_key"], validate=True))
     params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.0010",

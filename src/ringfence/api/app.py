@@ -206,10 +206,23 @@ def create_app(
     reconcile_every_ms: int = 0,
     metrics_token: str = "",
     metrics_open_without_token: bool = True,
+    custody: Any = None,
+    chain_admin_token: str = "",
 ) -> FastAPI:
     metrics = Metrics(exchange)
     hub = StreamHub(exchange, gate.listen_keys)
     api = BinanceApi(exchange, gate)
+    # ---- custody (issue 15): capital endpoints, balanceUpdate, the custody runtime's workers
+    from .capital import CapitalApi, balance_updates, build_capital_router
+
+    capital = CapitalApi(exchange, gate, custody, identity_ctx)
+    api.capital = capital
+    exchange.batch_subscribers.append(balance_updates(exchange, hub))
+    custody_gauges = (
+        Gauge("ringfence_custody_worker_up", "1 while a custody worker runs, 0 while it backs off after an error", ["worker"], registry=metrics.registry),
+        Gauge("ringfence_custody_worker_restarts_total", "Custody worker restarts after errors", ["worker"], registry=metrics.registry),
+        Gauge("ringfence_chain_height", "Tip height of each chain the custody runtime watches", ["chain"], registry=metrics.registry),
+    )
 
     reconciler_state: dict[str, Any] = {"reconciler": None, "last": None}
 
@@ -218,6 +231,8 @@ def create_app(
         import threading
 
         exchange.start(asyncio.get_running_loop())
+        if custody is not None:
+            custody.start(exchange.node)
         quiet_client_garbage()
         stop = threading.Event()
         worker = None
@@ -247,6 +262,8 @@ def create_app(
             stop.set()
             if worker is not None:
                 worker.join(10)
+            if custody is not None:
+                custody.stop()
             exchange.close()
             log.info("ringfence.stopped")
 
@@ -281,6 +298,11 @@ def create_app(
         return JSONResponse({"code": -1100, "msg": f"Illegal parameter '{where}': {first.get('msg', 'invalid')}"}, status_code=400)
 
     app.include_router(build_router(api))
+    app.include_router(build_capital_router(capital))
+    if custody is not None and chain_admin_token:
+        from .chain_admin import build_chain_admin_router
+
+        app.include_router(build_chain_admin_router(custody, chain_admin_token))
     app.include_router(build_ws_router(hub))
     if por_dir is not None:
         from .por import build_por_router
@@ -307,11 +329,12 @@ def create_app(
         shard_halted, active_count = exchange.read(lambda engine: (engine.halted, len(active_halts(engine))))
         ready = node.failed is None and node.writer is not None and shard_halted is None
 
-        body = {
+        body: dict[str, Any] = {
             "ready": ready,
             "last_seq": exchange.last_seq,
             "halted": node.failed is not None or shard_halted is not None,
             "active_halts": active_count,
+            "custody": custody.status() if custody is not None else {"running": False},
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -339,6 +362,13 @@ def create_app(
         metrics.halts.clear()
         for labels, value in exchange.read(metrics_samples):
             metrics.halts.labels(**labels).set(value)
+        if custody is not None:
+            status = custody.status()
+            for name, w in status["workers"].items():
+                custody_gauges[0].labels(name).set(1 if w["state"] == "running" else 0)
+                custody_gauges[1].labels(name).set(w["restarts"])
+            for chain, height in status["chains"].items():
+                custody_gauges[2].labels(chain).set(height)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ native API
@@ -396,9 +426,11 @@ def create_app(
     @app.get("/v1/reconcile", tags=["native"], summary="The continuous reconciler: last run, mismatches, errors")
     async def v1_reconcile() -> dict[str, Any]:
         reconciler, last = reconciler_state["reconciler"], reconciler_state["last"]
+        chain = custody.status().get("chain_reconciliation") if custody is not None else None  # custody: per block
         if reconciler is None:
-            return {"running": False}
-        out: dict[str, Any] = {"running": True, "every_ms": reconcile_every_ms, "errors": list(reconciler.errors[-10:])}
+            return {"running": False, "chain": chain}
+        out: dict[str, Any] = {"running": True, "every_ms": reconcile_every_ms, "errors": list(reconciler.errors[-10:]),
+                               "chain": chain}
         if last is not None:
             out["last_run"] = {
                 "seq": last.seq,

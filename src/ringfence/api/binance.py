@@ -201,6 +201,7 @@ class BinanceApi:
     def __init__(self, exchange: Exchange, gate: Any) -> None:
         self.ex = exchange
         self.gate = gate  # ApiGate: authentication, rate limits, replay guard
+        self.capital: Any = None  # api.capital.CapitalApi: what canDeposit / canWithdraw say
 
     # ------------------------------------------------------------------ helpers
 
@@ -507,8 +508,8 @@ class BinanceApi:
             "sellerCommission": 0,
             "commissionRates": {"maker": "0.00100000", "taker": "0.00100000", "buyer": "0.00000000", "seller": "0.00000000"},
             "canTrade": True,
-            "canWithdraw": False,
-            "canDeposit": False,
+            "canWithdraw": self.capital is not None and self.capital.can_withdraw(owner),
+            "canDeposit": self.capital is not None and self.capital.can_deposit(owner),
             "brokered": False,
             "requireSelfTradePrevention": False,
             "preventSor": False,

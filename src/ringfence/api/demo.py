@@ -138,21 +138,32 @@ def seed_demo(node: Node) -> dict[str, Any]:
 ED25519_DEMO_ACCOUNT = "alice"
 
 
-def _has_demo_keys(existing: object) -> bool:
+def _has_demo_keys(existing: object, want_withdraw: bool = False) -> bool:
     if not isinstance(existing, list) or not all(isinstance(e, dict) for e in existing):
         return False
     hmac_accounts = {e.get("account") for e in existing if e.get("kind", "hmac") == "hmac"}
     has_ed25519 = any(e.get("kind") == "ed25519" and e.get("private_key") for e in existing)
-    return hmac_accounts >= set(DEMO_ACCOUNTS) and has_ed25519
+    has_withdraw = any("withdraw" in (e.get("scopes") or ()) for e in existing)
+    return hmac_accounts >= set(DEMO_ACCOUNTS) and has_ed25519 and (has_withdraw or not want_withdraw)
 
 
-def write_demo_keys(ctx: Any, data_dir: Path) -> Path:
+#: The demo account that gets a second key with the `withdraw` scope (and 127.0.0.1 allow-listed).
+WITHDRAW_DEMO_ACCOUNT = "alice"
+WITHDRAW_KEY_ALLOWLIST = ("127.0.0.1/32",)
+
+
+def write_demo_keys(ctx: Any, data_dir: Path, withdraw_addresses: dict[str, str] | None = None) -> Path:
     """Issue demo API keys once; keep them in DIR/demo-keys.json (0600).
 
     One HMAC key per demo account (`{"account", "api_key", "api_secret", "kind": "hmac"}`) and one
     Ed25519 key for alice (`{"account", "api_key", "kind": "ed25519", "private_key": <base64 of the
     32-byte seed>}`): the pair is generated here as a user would, and only its public half is
     registered with identity. A file from before Ed25519 keys gains that entry, keeping the others.
+
+    With custody running (`withdraw_addresses`, one pre-cooled address-book entry per asset), alice
+    also gets a key with the `withdraw` scope, restricted to 127.0.0.1, listed FIRST (so tools that
+    keep the last key per account keep her ordinary key): `{"scopes": ["read", "trade",
+    "withdraw"], "ip_allowlist": ["127.0.0.1/32"], "withdraw_addresses": {"BTC": "…", …}}`.
     """
     import base64
 
@@ -168,23 +179,32 @@ def write_demo_keys(ctx: Any, data_dir: Path) -> Path:
             existing = json.loads(path.read_text())
         except ValueError:
             existing = None
-        if _has_demo_keys(existing):
+        if _has_demo_keys(existing, withdraw_addresses is not None):
             return path
         if isinstance(existing, list) and all(isinstance(e, dict) for e in existing):
-            keys = [e for e in existing if e.get("kind", "hmac") == "hmac" and e.get("account") in DEMO_ACCOUNTS]
+            keys = [e for e in existing if e.get("kind", "hmac") == "hmac" and e.get("account") in DEMO_ACCOUNTS
+                    and "withdraw" not in (e.get("scopes") or ())]
     have = {e["account"] for e in keys}
     for account in DEMO_ACCOUNTS:
         if account in have:
             continue
         created = issue_demo_key(ctx, account, f"{account}@demo.ringfence.local")
-        keys.append({"account": account, "api_key": created.api_key, "api_secret": created.secret, "kind": "hmac"})
+        keys.append({"account": account, "api_key": created.api_key, "api_secret": created.secret, "kind": "hmac",
+                     "scopes": list(created.scopes)})
+    if withdraw_addresses is not None:
+        created = issue_demo_key(ctx, WITHDRAW_DEMO_ACCOUNT, f"{WITHDRAW_DEMO_ACCOUNT}@demo.ringfence.local",
+                                 scopes=("read", "trade", "withdraw"), ip_allowlist=list(WITHDRAW_KEY_ALLOWLIST))
+        keys.insert(0, {"account": WITHDRAW_DEMO_ACCOUNT, "api_key": created.api_key, "api_secret": created.secret,
+                        "kind": "hmac", "scopes": list(created.scopes), "ip_allowlist": list(WITHDRAW_KEY_ALLOWLIST),
+                        "withdraw_addresses": dict(withdraw_addresses)})
     private = Ed25519PrivateKey.generate()
     public_b64 = base64.b64encode(private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
     seed_b64 = base64.b64encode(private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                                       serialization.NoEncryption())).decode()
     created = issue_demo_key(ctx, ED25519_DEMO_ACCOUNT, f"{ED25519_DEMO_ACCOUNT}@demo.ringfence.local",
                              kind="ed25519", public_key=public_b64)
-    keys.append({"account": ED25519_DEMO_ACCOUNT, "api_key": created.api_key, "kind": "ed25519", "private_key": seed_b64})
+    keys.append({"account": ED25519_DEMO_ACCOUNT, "api_key": created.api_key, "kind": "ed25519", "private_key": seed_b64,
+                 "scopes": list(created.scopes)})
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -24,7 +24,42 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 SWITCH_INTERVAL_S = 0.0002
 
 
-def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow_ips: str | None = None) -> tuple[object, object, dict[str, object]]:
+# ---------------------------------------------------------------- custody runtime (issue 15) ----
+# Everything custody adds to `serve` is in this block and the lines marked "custody" below.
+
+
+def custody_runtime(data: Path, settings: object, demo: bool, ctx: object) -> object | None:
+    """The custody runtime when chains are configured (or `--demo`), else None (no chains: no
+    deposits or withdrawals, canDeposit/canWithdraw false)."""
+    from ..custody.runtime import CustodyRuntime, parse_chain_settings
+    from ..errors import ConfigError
+
+    text = getattr(settings, "custody_chains", "") or ("BTC=local,ETH=local,USDT=local" if demo else "")
+    assets = parse_chain_settings(text)
+    if not assets:
+        return None
+    if getattr(settings, "mode", "dev") != "dev":
+        raise ConfigError("the local in-process chains are for dev mode only", field="RINGFENCE_CUSTODY_CHAINS")
+    return CustodyRuntime(
+        data, assets, demo=demo,
+        block_interval_ms=settings.custody_block_interval_ms,  # type: ignore[attr-defined]
+        poll_ms=settings.custody_poll_ms,  # type: ignore[attr-defined]
+        address_cooling_s=settings.custody_address_cooling_s,  # type: ignore[attr-defined]
+        security_lock_s=settings.identity_withdrawal_lock_s,  # type: ignore[attr-defined]
+        identity_ctx=ctx,
+    )
+
+
+def custody_admin_url(host: str, port: int) -> str:
+    """Where `ringfence chain ...` reaches this server (the faucet answers loopback only)."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', 'localhost') else host}:{port}"
+
+
+# ------------------------------------------------------------ end of the custody runtime block ----
+
+
+def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow_ips: str | None = None,
+          admin_url: str | None = None) -> tuple[object, object, dict[str, object]]:
     from ..identity.context import IdentityContext
     from ..settings import load_settings
     from ..store import Store
@@ -57,13 +92,25 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     exchange = Exchange(data)
     exchange.open()
     info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips(), "mail": ctx.mail_setup}
+    custody = custody_runtime(data, settings, demo, ctx)  # custody
+    withdraw_addresses = None
     if demo:
         info["demo"] = seed_demo(exchange.node)
-        info["keys"] = str(write_demo_keys(ctx, data))
+        if custody is not None:  # custody: chains, wallets, policy, treasury; alice's address book
+            info["custody"] = custody.bootstrap(exchange.node)  # type: ignore[attr-defined]
+            withdraw_addresses = custody.add_demo_address_book(exchange.node, "alice")  # type: ignore[attr-defined]
+        info["keys"] = str(write_demo_keys(ctx, data, withdraw_addresses))
         # the demo state was written by direct node commands: rebuild the read models from the journal
         exchange.node.close()
         exchange = Exchange(data)
         exchange.open()
+    elif custody is not None:
+        info["custody"] = custody.bootstrap(exchange.node)  # type: ignore[attr-defined]
+    admin_token = ""
+    if custody is not None and demo and admin_url:
+        from .chain_admin import write_admin_file
+
+        admin_token = write_admin_file(data, admin_url)  # custody: the demo faucet's token (0600)
     gate = ApiGate(
         IdentityAuthenticator(ctx),
         weight_per_min=settings.api_weight_per_min,
@@ -81,6 +128,8 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         reconcile_every_ms=settings.reconcile_every_ms,
         metrics_token=settings.metrics_token(),
         metrics_open_without_token=settings.mode == "dev",
+        custody=custody,
+        chain_admin_token=admin_token,
     )
     # proof of solvency on a schedule and the shield fund rule (issue 15, items 6-7; the block below).
     # No reserve source until custody runs chains in serve: its runtime passes them here.
@@ -151,7 +200,7 @@ def serve(
     data: Path = typer.Option(Path("ringfence-data"), "--data", help="Data directory (journal and snapshots in DIR/engine, SQLite); locked while serving: other writers are refused, read-only commands (journal verify DIR) still work."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
-    demo: bool = typer.Option(False, "--demo", help="List demo markets, fund alice and bob, seed books, write DIR/demo-keys.json (HMAC keys and one Ed25519 key)."),
+    demo: bool = typer.Option(False, "--demo", help="List demo markets, fund alice and bob, seed books, start local chains (BTC, ETH, USDT) with a faucet (`ringfence chain pay`), write DIR/demo-keys.json (HMAC keys, one Ed25519 key, alice's withdraw key and address book)."),
     forwarded_allow_ips: str | None = typer.Option(
         None,
         "--forwarded-allow-ips",
@@ -193,7 +242,7 @@ def serve(
             fail(f"--port: cannot listen on {host}:{port}: {err.strerror or err}")
     public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
     try:
-        app, exchange, info = build(data, demo, public_url, forwarded_allow_ips)
+        app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port))
     except RingfenceError as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
@@ -209,6 +258,9 @@ def serve(
             f"{d['transfers_applied']}; market-maker orders placed now: {d['ladder_orders']}"
         )
         console.print(f"demo API keys: {info['keys']}")
+        if "custody" in info:
+            console.print(f"custody: local chains for {', '.join(info['custody']['assets'])}; faucet: "  # type: ignore[index]
+                          f"ringfence chain pay --data {data} --asset BTC --to ADDRESS --amount 0.5")
     por = info["por"]
     if "off" in por:  # type: ignore[operator]
         console.print(f"[bold yellow]proof of solvency is off:[/] {por['off']}")  # type: ignore[index]

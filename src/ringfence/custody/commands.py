@@ -49,6 +49,9 @@ from .withdrawal_cmds import (
     DecideWithdrawal,
     FailWithdrawal,
     RecordBroadcast,
+    RecordSecurityChange,
+    SetWithdrawalRules,
+    withdrawal_blocker,
     RecordRiskReview,
     RecordSignedTx,
     RequestWithdrawal,
@@ -64,7 +67,7 @@ __all__ = [
     "AddWithdrawalAddress", "ProposePolicy", "ApprovePolicy", "ActivatePolicy", "RequestWithdrawal",
     "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview",
     "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
-    "CancelWithdrawal", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce",
+    "CancelWithdrawal", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce",
     "CustodyEvent", "DepositReported",
     "validate_chain_address", "policy_facts", "reserved_nonce",
 ]

@@ -70,11 +70,12 @@ def _observe(engine: Engine, c: ObserveDeposit) -> list[Event]:
     if c.amount_minor < cfg.min_deposit_minor:
         # Dust below the minimum is recorded (reconciliation sees it on chain) but never credited.
         rec = DepositRec(key, c.chain, c.txid, c.index, c.asset, account_id, wallet, address, c.amount_minor,
-                         c.height, c.block_hash, state="below_minimum")
+                         c.height, c.block_hash, state="below_minimum", seen_ns=engine.now_ns)
         s.deposits[key] = rec
         return [_ev("deposit.below_minimum", key, rec.state, c.amount_minor, [f"minimum is {cfg.min_deposit_minor}"])]
     if d is None:
         d = DepositRec(key, c.chain, c.txid, c.index, c.asset, account_id, wallet, address, c.amount_minor, c.height, c.block_hash)
+        d.seen_ns = engine.now_ns
         s.deposits[key] = d
     else:  # re-mined after a reorg: start over (its credit, if any, was reversed)
         d.state, d.height, d.block_hash, d.final = "seen", c.height, c.block_hash, False

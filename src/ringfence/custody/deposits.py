@@ -55,3 +55,4 @@ class DepositRec(msgspec.Struct, array_like=True):
     shortfall_minor: int = 0  # what a reversal could not take back (the user had spent it)
     times_credited: int = 0
     times_reversed: int = 0
+    seen_ns: int = 0  # the sequencer's time when the deposit was first observed (Binance's insertTime)

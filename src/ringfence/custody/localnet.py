@@ -27,7 +27,7 @@ from .wallets import LocalKeySigner, eth_address, p2wpkh_address
 from .workers import Balancer, DepositWatcher, HotWallet, WithdrawalWorker
 from ..app import new_node
 
-__all__ = ["LocalNet", "DEFAULT_POLICY", "BTC_MINER_SPK", "START_NS"]
+__all__ = ["LocalNet", "DEFAULT_POLICY", "BTC_MINER_SPK", "START_NS", "derive_key", "shield_multisig"]
 
 START_NS = 1_800_000_000 * 10**9
 BTC_MINER_SPK = bytes.fromhex("0014" + "ab" * 20)
@@ -71,6 +71,10 @@ def shield_multisig(seed: str) -> Any:
 
 def _key(seed: str, label: str) -> bytes:
     return hashlib.sha256(f"ringfence-localnet:{seed}:{label}".encode()).digest()
+
+
+#: The demo/test key derivation (also used by `ringfence serve --demo`'s custody runtime).
+derive_key = _key
 
 
 class LocalNet:

@@ -42,7 +42,7 @@ from .withdrawals import IN_FLIGHT_STATES, TRANSITIONS, WithdrawalRec
 
 __all__ = [
     "CustodyState", "custody_state", "validate_chain_address", "CustodyEvent", "DepositReported",
-    "AssetCfg", "WalletRec", "ProposalRec", "TransferRec",
+    "AssetCfg", "WalletRec", "ProposalRec", "TransferRec", "WithdrawalRules",
 ]
 
 TIERS = ("deposit", "hot", "warm", "cold", "shield")
@@ -103,6 +103,14 @@ class TransferRec(msgspec.Struct, array_like=True):
     raw_tx: str = ""
 
 
+class WithdrawalRules(msgspec.Struct, array_like=True):
+    """Rules the engine enforces on every `RequestWithdrawal` (with the sequencer's time)."""
+
+    require_address_book: bool
+    address_cooling_s: int  # a new address-book entry may receive funds only after this long
+    security_lock_s: int  # withdrawals are locked this long after a password/2FA/e-mail change
+
+
 class CustodyState:
     """All custody state of one shard. Read-only queries are safe to call from workers between batches."""
 
@@ -118,6 +126,12 @@ class CustodyState:
         self.proposals: dict[str, ProposalRec] = {}
         self.transfers: dict[str, TransferRec] = {}
         self.withdrawals_frozen: dict[str, str] = {}  # account_id -> reason (a reversal left a shortfall)
+        #: Withdrawal rules (`SetWithdrawalRules`); None until configured: then the address book is
+        #: not required (the library's behaviour before the rules existed). `ringfence serve` always sets them.
+        self.rules: WithdrawalRules | None = None
+        self.address_usable_ns: dict[str, int] = {}  # "account|asset|addr" -> first ns it may receive
+        self.security_locks: dict[str, int] = {}  # account_id -> ns until which withdrawals are locked
+        self.security_relay_pos = 0  # the last identity security event id recorded
         self._policy: Policy | None = None
 
     # --- queries for reconciliation (issue #9) and workers --------------------------------------
@@ -183,6 +197,10 @@ class CustodyState:
             list(self.proposals.values()),
             list(self.transfers.values()),
             sorted(self.withdrawals_frozen.items()),
+            self.rules,
+            sorted(self.address_usable_ns.items()),
+            sorted(self.security_locks.items()),
+            self.security_relay_pos,
         ])
 
     @classmethod
@@ -200,6 +218,11 @@ class CustodyState:
         s.proposals = {p.id: p for p in conv(data[8], list[ProposalRec])}
         s.transfers = {t.id: t for t in conv(data[9], list[TransferRec])}
         s.withdrawals_frozen = dict((k, v) for k, v in data[10])
+        if len(data) > 11:  # snapshots from before the withdrawal rules have 11 parts
+            s.rules = conv(data[11], WithdrawalRules | None)
+            s.address_usable_ns = dict((k, v) for k, v in data[12])
+            s.security_locks = dict((k, v) for k, v in data[13])
+            s.security_relay_pos = data[14]
         return s
 
 

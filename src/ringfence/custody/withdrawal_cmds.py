@@ -20,6 +20,7 @@ from ..errors import (
     InsufficientFunds,
     InvalidAmount,
     ValidationError,
+    WithdrawalsLocked,
 )
 from ..ledger.model import SYSTEM_OWNER, validate_owner
 from .policy import Facts, evaluate
@@ -29,6 +30,8 @@ from .state import (
     MAX_RAW_TX_HEX,
     MAX_REASONS,
     CustodyEvent,
+    CustodyState,
+    WithdrawalRules,
     _asset_cfg,
     _check_amount,
     _check_id,
@@ -47,15 +50,106 @@ from .state import (
 )
 from .withdrawals import IN_FLIGHT_STATES, OPEN_STATES, ApprovalRec, WithdrawalRec
 
-__all__ = ["AddWithdrawalAddress", "RequestWithdrawal", "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview", "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal", "CancelWithdrawal", "policy_facts"]
+__all__ = ["AddWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker",
+           "AddressNotListed", "AddressCooling", "RequestWithdrawal", "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview", "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal", "CancelWithdrawal", "policy_facts"]
+
+
+#: Longest cooling period or security lock the rules accept (30 days).
+MAX_RULE_S = 30 * 86400
+#: The lock after a security change when no rules were set (identity's default).
+DEFAULT_SECURITY_LOCK_S = 86400
+
+
+class AddressNotListed(Forbidden):
+    code = "RF_ADDRESS_NOT_LISTED"
+    default_message = "the address is not in the account's withdrawal address book"
+
+
+class AddressCooling(Forbidden):
+    code = "RF_ADDRESS_COOLING"
+    default_message = "the address-book entry is still in its cooling period"
 
 
 class AddWithdrawalAddress(Command, tag="custody.address_book.add/1"):
-    """The gateway submits this after `identity.events.withdrawal_address_changed` (fresh 2FA, lock)."""
+    """The gateway submits this after `identity.events.withdrawal_address_changed` (fresh 2FA, lock).
+
+    The entry may receive funds after the cooling period of the withdrawal rules (`cooling_s` -1);
+    an operator may set another period for one entry (the demo's pre-cooled entries use 0)."""
 
     account_id: str
     asset: str
     address: str
+    cooling_s: int = -1
+
+
+class SetWithdrawalRules(Command, tag="custody.withdrawal.rules/1"):
+    """What every later `RequestWithdrawal` must satisfy (checked in the engine, sequencer time)."""
+
+    require_address_book: bool
+    address_cooling_s: int
+    security_lock_s: int
+
+
+@MODULE.handles(SetWithdrawalRules, effect=Effect.ADMIN, scopes=custody_scopes)
+def _set_rules(engine: Engine, c: SetWithdrawalRules) -> list[Event]:
+    for name in ("address_cooling_s", "security_lock_s"):
+        value = getattr(c, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RULE_S:
+            raise ValidationError(f"must be an integer number of seconds 0..{MAX_RULE_S}", field=name)
+    s = custody_state(engine)
+    rules = WithdrawalRules(bool(c.require_address_book), c.address_cooling_s, c.security_lock_s)
+    if s.rules == rules:
+        return [_ev("withdrawal_rules.unchanged", "rules", "set")]
+    s.rules = rules
+    return [_ev("withdrawal_rules.set", "rules", "set", 0, [
+        f"address book {'required' if rules.require_address_book else 'not required'}",
+        f"new addresses cool for {rules.address_cooling_s} s", f"security changes lock withdrawals for {rules.security_lock_s} s"])]
+
+
+class RecordSecurityChange(Command, tag="custody.security_change/1"):
+    """Identity saw a password, second-factor, e-mail (or other credential) change: withdrawals of
+    the account are locked for the rules' `security_lock_s` from the sequencer's time. Relayed in
+    identity's event order; idempotent by `event_id` (an id at or below the last one is a retry)."""
+
+    event_id: int
+    account_id: str
+    change: str
+
+
+@MODULE.handles(RecordSecurityChange, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _security_change(engine: Engine, c: RecordSecurityChange) -> list[Event]:
+    validate_owner(c.account_id, "account_id")
+    if isinstance(c.event_id, bool) or not isinstance(c.event_id, int) or c.event_id < 1:
+        raise ValidationError("must be a positive integer", field="event_id")
+    change = _text(c.change, "change", 64)
+    s = custody_state(engine)
+    if c.event_id <= s.security_relay_pos:
+        return [_ev("security_change.unchanged", c.account_id, change)]
+    lock_s = s.rules.security_lock_s if s.rules is not None else DEFAULT_SECURITY_LOCK_S
+    until = max(s.security_locks.get(c.account_id, 0), engine.now_ns + lock_s * 10**9)
+    s.security_relay_pos = c.event_id
+    s.security_locks[c.account_id] = until
+    return [_ev("security_change.recorded", c.account_id, change, 0, [f"withdrawals locked until {until} ns"])]
+
+
+def withdrawal_blocker(s: "CustodyState", now_ns: int, account_id: str, asset: str, chain: str, address: str) -> Forbidden | None:
+    """Why this account may not withdraw to `address` now (the engine's own rules), or None."""
+    lock = s.security_locks.get(account_id, 0)
+    if now_ns < lock:
+        return WithdrawalsLocked(f"withdrawals are locked for {-(-(lock - now_ns) // 10**9)} more s after a recent "
+                                 "security change (password, second factor or e-mail)", field="account_id")
+    rules = s.rules
+    if rules is None or not rules.require_address_book:
+        return None
+    key = f"{account_id}|{asset}|{_norm(chain, address)}"
+    if key not in s.address_book:
+        return AddressNotListed(f"{address} is not in your {asset} withdrawal address book; add it first "
+                                "(fresh second factor and e-mail confirmation)", field="address")
+    usable = s.address_usable_ns.get(key, s.address_book[key] + rules.address_cooling_s * 10**9)
+    if now_ns < usable:
+        return AddressCooling(f"this address-book entry is new: it may receive withdrawals in "
+                              f"{-(-(usable - now_ns) // 10**9)} s", field="address")
+    return None
 
 
 @MODULE.handles(AddWithdrawalAddress, effect=Effect.ADMIN, scopes=custody_scopes)
@@ -69,8 +163,12 @@ def _add_address(engine: Engine, c: AddWithdrawalAddress) -> list[Event]:
         return [_ev("address_book.unchanged", key, "listed")]
     if sum(1 for k in s.address_book if k.startswith(prefix)) >= ALLOW_LIST_MAX_PER_USER:
         raise ValidationError(f"at most {ALLOW_LIST_MAX_PER_USER} addresses per asset", field="address")
+    if isinstance(c.cooling_s, bool) or not isinstance(c.cooling_s, int) or not -1 <= c.cooling_s <= MAX_RULE_S:
+        raise ValidationError(f"must be -1 (the rules' cooling period) or 0..{MAX_RULE_S} s", field="cooling_s")
     s.address_book[key] = engine.now_ns
-    return [_ev("address_book.added", key, "listed")]
+    default_s = s.rules.address_cooling_s if s.rules is not None else 0
+    s.address_usable_ns[key] = engine.now_ns + (default_s if c.cooling_s < 0 else c.cooling_s) * 10**9
+    return [_ev("address_book.added", key, "listed", 0, [f"usable from {s.address_usable_ns[key]} ns"])]
 
 
 # ---------------------------------------------------------------------------------- withdrawals
@@ -118,6 +216,9 @@ def _pre_request(engine: Engine, c: RequestWithdrawal) -> None:
     _text(c.ip, "ip", 64)
     if c.account_id in s.withdrawals_frozen:
         raise Forbidden(f"withdrawals are frozen: {s.withdrawals_frozen[c.account_id]}", field="account_id")
+    blocked = withdrawal_blocker(s, engine.now_ns, c.account_id, c.asset, cfg.chain, c.address)
+    if blocked is not None:
+        raise blocked
     acct = engine.ledger.find(c.account_id, c.asset, "available", "spot")
     have = acct.available if acct is not None else 0
     if have < amount + fee:
@@ -415,6 +516,10 @@ class SettleWithdrawal(Command, tag="custody.withdrawal.settle/1"):
     txid: str
     confirmations: int
     network_fee_minor: int
+    #: A token withdrawal's network fee is paid in the chain's native asset (ETH gas for USDT):
+    #: that asset and amount leave the same wallet (`custody:<wallet>:<gas_asset> -> onchain`).
+    gas_asset: str = ""
+    gas_fee_minor: int = 0
 
 
 @MODULE.handles(SettleWithdrawal, effect=Effect.NEUTRAL, scopes=custody_scopes)
@@ -430,7 +535,13 @@ def _settle(engine: Engine, c: SettleWithdrawal) -> list[Event]:
     if c.confirmations < need:
         raise Conflict(f"needs {need} confirmations, has {c.confirmations}", field="confirmations")
     fee_paid = _check_amount(c.network_fee_minor, "network_fee_minor", allow_zero=True)
-    _room(engine, 1)  # the wallet's custody account, if this is its first movement
+    gas = _check_amount(c.gas_fee_minor, "gas_fee_minor", allow_zero=True)
+    if c.gas_asset and (c.gas_asset == w.asset or c.gas_asset not in s.assets
+                        or s.assets[c.gas_asset].chain != s.assets[w.asset].chain):
+        raise ValidationError(f"must be the native asset of {s.assets[w.asset].chain}, not {c.gas_asset!r}", field="gas_asset")
+    if gas and not c.gas_asset:
+        raise ValidationError("a gas fee needs its asset", field="gas_asset")
+    _room(engine, 3)  # the wallet's custody accounts and onchain, if this is their first movement
     led = engine.ledger
     _move_state(w, "settled")
     total = w.amount_minor + w.fee_minor
@@ -439,6 +550,8 @@ def _settle(engine: Engine, c: SettleWithdrawal) -> list[Event]:
     led.move(clearing, led.world(w.asset), w.amount_minor)
     led.move(clearing, led.fees(w.asset, "spot"), w.fee_minor)
     led.move(led.custody(w.asset, w.wallet), _system(engine, w.asset, "onchain"), w.amount_minor + fee_paid)
+    if gas:
+        led.move(led.custody(c.gas_asset, w.wallet), _system(engine, c.gas_asset, "onchain"), gas)
     w.network_fee_minor, w.confirmations, w.ended_ns = fee_paid, c.confirmations, engine.now_ns
     return [_ev("withdrawal.settled", w.id, w.state, w.amount_minor, [c.txid, f"network fee {fee_paid}"])]
 

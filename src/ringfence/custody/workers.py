@@ -60,6 +60,13 @@ def _crash(worker: Any, point: str) -> None:
         raise SimulatedCrash(point)
 
 
+def _already_observed(state: Any, chain: str, t: Any, block: Any) -> bool:
+    from .deposits import deposit_key
+
+    d = state.deposits.get(deposit_key(chain, t.txid, t.index))
+    return d is not None and d.state not in ("dropped", "reversed") and (d.height, d.block_hash) == (block.height, block.block_hash)
+
+
 class DepositWatcher:
     def __init__(self, node: Any, adapter: Any, scorer: Scorer, *, since_height: int = 0) -> None:
         self.node = node
@@ -86,6 +93,8 @@ class DepositWatcher:
                     if not self.node.read(lambda e, t=t: custody_state(e).owner_of(self.chain, t.address) is not None
                                           and t.asset in custody_state(e).assets):
                         continue
+                    if self.node.read(lambda e, t=t, b=block: _already_observed(custody_state(e), self.chain, t, b)):
+                        continue  # a rescan after a restart: nothing new to journal
                     self.node.execute(ObserveDeposit(self.chain, t.txid, t.index, t.asset, t.address, t.amount_minor,
                                                      block.height, block.block_hash))
                     sent += 1
@@ -219,8 +228,10 @@ class WithdrawalWorker:
             history = _copies(x for x in state.history(w.account_id, w.asset) if x.state == "settled")
             chain = state.assets[w.asset].chain
             norm = (lambda a: a.lower()) if chain == "ethereum" else (lambda a: a)
-            known = any(norm(x.address) == norm(w.address) for x in history) or \
-                f"{w.account_id}|{w.asset}|{norm(w.address)}" in state.address_book
+            # "new" means never paid before: an address-book entry is not known until it was used
+            # (the book is required for every withdrawal once the rules are set, so it proves nothing)
+            known = any(norm(x.address) == norm(w.address) for x in history) or (
+                state.rules is None and f"{w.account_id}|{w.asset}|{norm(w.address)}" in state.address_book)
             return balance, history, known
 
         balance, history, known = self.node.read(facts)
@@ -239,6 +250,14 @@ class WithdrawalWorker:
                                      outputs=[(w.address, w.amount_minor)], fee_rate_sat_per_vb=rate,
                                      request_id=f"wd-{w.id}", reason=reason)
         fee = adapter.estimate_fee()
+        if w.asset != adapter.native_asset:  # an ERC-20 token: a call of the contract's transfer()
+            from .wallets import ERC20_TRANSFER_GAS, erc20_transfer_data
+
+            return build_eth_payment(adapter, key_id=hw.key_id, signer=hw.signer, to=adapter.token(w.asset).contract,
+                                     value_wei=0, nonce=w.nonce, max_fee_per_gas=fee.fee_rate_minor,
+                                     priority_fee_per_gas=fee.priority_fee_minor, request_id=f"wd-{w.id}",
+                                     reason=reason, data=erc20_transfer_data(w.address, w.amount_minor),
+                                     gas=ERC20_TRANSFER_GAS)[:2] + (0,)
         params = dict(to=w.address, value_wei=w.amount_minor, nonce=w.nonce, max_fee_per_gas=fee.fee_rate_minor,
                       priority_fee_per_gas=fee.priority_fee_minor)
         approval = hw.attest(w, eth_signing_digest(adapter, **params), params) if hw.attest else None
@@ -277,7 +296,7 @@ class WithdrawalWorker:
         need = self.node.read(lambda e: custody_state(e).assets[w.asset].finality_confirmations)
         if status.confirmations < need:
             return 0
-        fee = w.network_fee_minor
+        fee, gas_asset, gas = w.network_fee_minor, "", 0
         if chain == "ethereum":
             receipt = adapter.w3.eth.get_transaction_receipt(w.txid)
             fee = receipt["gasUsed"] * receipt["effectiveGasPrice"]
@@ -285,7 +304,9 @@ class WithdrawalWorker:
                 # Reverted: nothing left the wallet but gas. Void the user's hold; the gas is the exchange's cost.
                 self.node.execute(FailWithdrawal(*self._scope(w), "transaction reverted on chain"))
                 return 1
-        self.node.execute(SettleWithdrawal(*self._scope(w), w.txid, status.confirmations, fee))
+            if w.asset != adapter.native_asset:  # a token transfer's gas is paid in ETH
+                fee, gas_asset, gas = 0, adapter.native_asset, fee
+        self.node.execute(SettleWithdrawal(*self._scope(w), w.txid, status.confirmations, fee, gas_asset, gas))
         return 1
 
 
@@ -304,9 +325,12 @@ class Balancer:
     def sweep(self, asset: str, deposit_wallet: str, hot_wallet: str, hot_address: str, min_minor: int) -> list[str]:
         """Sweep every deposit address of `deposit_wallet` holding >= min_minor. Returns txids."""
         addresses = self.node.read(lambda e: sorted((k, tuple(v)) for k, v in custody_state(e).deposit_addresses.items()))
+        # an address with a deposit not yet credited waits: the ledger never moves coins it has not booked
+        waiting = self.node.read(lambda e: {d.address for d in custody_state(e).deposits.values()
+                                            if d.chain == self.adapter.chain and d.state == "seen"})
         txids = []
         for key, (_account_id, wallet, address) in addresses:
-            if wallet != deposit_wallet or not key.startswith(self.adapter.chain + ":"):
+            if wallet != deposit_wallet or not key.startswith(self.adapter.chain + ":") or address in waiting:
                 continue
             bal = self.adapter.balance(address)
             if bal < min_minor:

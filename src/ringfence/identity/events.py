@@ -30,6 +30,7 @@ __all__ = [
     "recent_events",
     "authorize_withdrawal",
     "withdrawal_address_changed",
+    "security_changes_since",
 ]
 
 CREDENTIAL_CHANGES = frozenset(
@@ -156,3 +157,19 @@ def withdrawal_address_changed(ctx: IdentityContext, token: object, *, ip: str =
         user = db.get(User, info.user_id)
         assert user is not None
         return credential_changed(ctx, db, user, change="withdrawal_address_changed", ip=ip)
+
+
+def security_changes_since(ctx: IdentityContext, after_id: int, *, limit: int = 100) -> list[tuple[int, str, str]]:
+    """Credential changes (each locks withdrawals) recorded after event `after_id`, oldest first:
+    `(event id, account_id, kind)`. Custody relays them into the engine (`RecordSecurityChange`)
+    so the engine's own withdrawal command enforces the lock, not only this gateway check."""
+    limit = max(1, min(limit, RECENT_EVENTS_MAX))
+    with ctx.store.tx() as db:
+        rows = db.execute(
+            select(SecurityEvent.id, User.account_id, SecurityEvent.kind)
+            .join(User, User.id == SecurityEvent.user_id)
+            .where(SecurityEvent.id > after_id, SecurityEvent.kind.in_(sorted(CREDENTIAL_CHANGES)))
+            .order_by(SecurityEvent.id)
+            .limit(limit)
+        ).all()
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]

@@ -1,0 +1,717 @@
+"""The custody runtime inside `ringfence serve`: chains per asset, the workers that watch them and
+pay out of them, and their supervision.
+
+* **Chains.** Each custodied asset names its chain in settings (`RINGFENCE_CUSTODY_CHAINS`, e.g.
+  `BTC=local,ETH=local,USDT=local`). `local` is the in-process demo chains (`LocalChains`): the
+  Bitcoin UTXO simulator (saved to `DIR/chains/bitcoin.json` after every change, so it outlives a
+  killed server like a real network would) and eth-tester with an ERC-20 USDT (every transaction
+  and mined block is appended to `DIR/chains/ethereum.jsonl` and replayed into a fresh eth-tester
+  on start: balances, nonces and heights come back exactly; block hashes do not). A miner thread
+  makes a block on both every `custody_block_interval_ms`.
+* **Workers** (each a `Supervised` thread, restarted with exponential back-off after an error;
+  their state is in `/readyz` and `/metrics`): the deposit watcher per chain, the withdrawal
+  pipeline, the balancer (sweeps of deposit addresses into hot, and recording confirmed
+  transfers), chain reconciliation on every new block (halts withdrawals of an asset whose wallet
+  holds less than the ledger says), and the security-change relay (identity's password / second
+  factor / e-mail changes become `RecordSecurityChange` commands, so the engine enforces the lock).
+  Workers only read engine state (`node.read`) and submit commands; they never write state.
+  Chain access is serialised by one lock (the simulator and eth-tester are single-threaded).
+* **Keys.** Demo keys derive from a random seed kept in `DIR/custody/seed` (0600) with
+  `localnet.derive_key`, as `LocalNet` does: worthless on any real chain.
+
+Without chain settings (and without `--demo`) nothing here runs and `canDeposit`/`canWithdraw`
+stay false.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from ..errors import ConfigError, RingfenceError, ValidationError
+from .localnet import BTC_MINER_SPK, derive_key, shield_multisig
+from .wallets import LocalKeySigner, build_btc_payment, eth_address, p2wpkh_address
+
+__all__ = ["AssetTerms", "DEMO_TERMS", "LocalChains", "CustodyKeys", "CustodyRuntime", "Supervised",
+           "parse_chain_settings", "demo_policy", "relay_security_changes", "STAFF"]
+
+log = structlog.get_logger("ringfence.custody")
+
+#: Binance's network id of each asset's chain (what `network=` and `networkList[].network` say).
+NETWORK_OF_CHAIN = {"bitcoin": "BTC", "ethereum": "ETH"}
+#: Demo staff (approvers); real staff identities come from identity (issue 16).
+STAFF = {"tina": ["treasury"], "tom": ["treasury"], "ana": ["analyst"],
+         "pat": ["policy_admin"], "pia": ["policy_admin"], "pol": ["policy_admin"]}
+MAX_BACKOFF_MS = 30_000
+
+
+@dataclass(frozen=True)
+class AssetTerms:
+    """What the exchange offers for one custodied asset (minor units)."""
+
+    asset: str
+    chain: str
+    decimals: int
+    credit_confirmations: int
+    finality_confirmations: int
+    min_deposit_minor: int
+    min_withdrawal_minor: int
+    max_withdrawal_minor: int
+    withdrawal_fee_minor: int
+    review_above_minor: int  # a withdrawal above this waits for a human (policy)
+    sweep_min_minor: int
+
+    @property
+    def network(self) -> str:
+        return NETWORK_OF_CHAIN[self.chain]
+
+
+#: The demo's terms: credit after 2 confirmations (so a client sees them progress), final at 4.
+DEMO_TERMS: dict[str, AssetTerms] = {
+    "BTC": AssetTerms("BTC", "bitcoin", 8, 2, 4, 10_000, 100_000, 5 * 10**8, 10_000, 10_000_000, 10_000),
+    "ETH": AssetTerms("ETH", "ethereum", 18, 2, 4, 10**15, 10**16, 100 * 10**18, 10**15, 2 * 10**18, 10**15),
+    "USDT": AssetTerms("USDT", "ethereum", 6, 2, 4, 10**6, 10 * 10**6, 10**12, 10**6, 5_000 * 10**6, 10**12),
+}
+#: What the demo treasury puts in the hot wallets at the start (covers the demo's ledger funding).
+DEMO_TREASURY = {"BTC": 110 * 10**8, "ETH": 1_100 * 10**18, "USDT": 12_000_000 * 10**6}
+
+
+def parse_chain_settings(text: str) -> dict[str, str]:
+    """`BTC=local,ETH=local` -> {"BTC": "local", ...}; refuses unknown assets and chain kinds."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        asset, sep, kind = part.partition("=")
+        asset, kind = asset.strip().upper(), kind.strip()
+        if not sep or asset not in DEMO_TERMS:
+            raise ConfigError(f"'{part[:40]}': write ASSET=local with ASSET one of {', '.join(DEMO_TERMS)}",
+                              field="RINGFENCE_CUSTODY_CHAINS")
+        if kind != "local":
+            raise ConfigError(f"{asset}: only 'local' (the in-process demo chains) is supported by this version",
+                              field="RINGFENCE_CUSTODY_CHAINS")
+        out[asset] = kind
+    if "USDT" in out and "ETH" not in out:
+        raise ConfigError("USDT is an ERC-20 token: configure ETH too (its gas)", field="RINGFENCE_CUSTODY_CHAINS")
+    return out
+
+
+def demo_policy(terms: dict[str, AssetTerms]) -> dict[str, Any]:
+    """Small withdrawals from a hot wallet go through; larger ones wait for a human review."""
+    rules: list[dict[str, Any]] = [{"name": "deny-high-risk", "when": {"risk_score_gte": 90}, "action": {"type": "deny"}}]
+    for t in terms.values():
+        rules.append({"name": f"review-large-{t.asset}", "when": {"asset": [t.asset], "amount_minor_gt": t.review_above_minor},
+                      "action": {"type": "manual_review"}})
+    rules.append({"name": "hot-small", "when": {"wallet_tier": ["hot"]}, "action": {"type": "allow"}})
+    return {"version": 1, "approval_ttl_s": 3600, "rules": rules}
+
+
+# --------------------------------------------------------------------------------------- keys
+
+
+class SeedSigner(LocalKeySigner):
+    """A `LocalKeySigner` whose keys derive from the seed on first use (deposit addresses)."""
+
+    def __init__(self, seed: str) -> None:
+        super().__init__({})
+        self.seed = seed
+        self._guard = threading.Lock()
+
+    def _key(self, key_id: str) -> Any:
+        import coincurve
+
+        with self._guard:
+            if key_id not in self._keys:
+                self._keys[key_id] = coincurve.PrivateKey(derive_key(self.seed, key_id))
+            return self._keys[key_id]
+
+
+class CustodyKeys:
+    """The demo's wallet keys and addresses, derived from one seed."""
+
+    def __init__(self, seed: str) -> None:
+        self.seed = seed
+        self.signer = SeedSigner(seed)
+        self.btc_hot = p2wpkh_address(self.signer.public_key("btc-hot"))
+        self.btc_warm = p2wpkh_address(self.signer.public_key("btc-warm"))
+        self.eth_hot = eth_address(self.signer.public_key("eth-hot"))
+        self.cold = {"btc": p2wpkh_address(self.signer.public_key("btc-cold")),
+                     "eth": eth_address(self.signer.public_key("eth-cold"))}
+        self.shield = shield_multisig(seed).address(0)
+
+    @staticmethod
+    def deposit_key_id(chain: str, account_id: str) -> str:
+        return f"dep-{chain[:3]}-{account_id}"
+
+    def deposit_address(self, chain: str, account_id: str) -> str:
+        pub = self.signer.public_key(self.deposit_key_id(chain, account_id))
+        return p2wpkh_address(pub) if chain == "bitcoin" else eth_address(pub)
+
+    def outside_address(self, chain: str, label: str) -> str:
+        """An address outside the exchange (a user's own wallet in the demo)."""
+        pub = self.signer.public_key(f"outside-{chain}-{label}")
+        return p2wpkh_address(pub) if chain == "bitcoin" else eth_address(pub)
+
+
+def load_seed(directory: Path) -> str:
+    path = directory / "seed"
+    if path.exists():
+        return path.read_text().strip()
+    directory.mkdir(parents=True, exist_ok=True)
+    seed = secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(seed + "\n")
+    return seed
+
+
+# ------------------------------------------------------------------------------------- chains
+
+
+class LocalChains:
+    """The in-process demo chains. Every use goes through `lock` (neither chain is thread-safe)."""
+
+    FAUCET_BLOCKS = 120  # coinbases to the faucet: the first 21 are mature (about 1,000 BTC)
+
+    def __init__(self, directory: Path, seed: str, chains: frozenset[str] = frozenset({"bitcoin", "ethereum"})) -> None:
+        from ..chains.bitcoin.simulator import BitcoinSimulator
+        from ..chains.ethereum import EthDevChain, EthereumSettings
+
+        self.chains = chains
+        self.btc: Any = None
+        self.eth: Any = None
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self.faucet = SeedSigner(seed)
+        self.faucet_btc = p2wpkh_address(self.faucet.public_key("faucet-btc"))
+        btc_path = self.dir / "bitcoin.json"
+        self._btc_path = btc_path
+        if "bitcoin" in chains:
+            fresh_btc = not btc_path.exists()
+            sim = BitcoinSimulator() if fresh_btc else BitcoinSimulator.load(btc_path)
+            self.btc = _SavingBitcoinAdapter(sim, "regtest", save=self.save_btc)
+            if fresh_btc:
+                sim.mine(self.FAUCET_BLOCKS, self.btc.script_of_address(self.faucet_btc))
+                self.save_btc()
+        self._eth_log = self.dir / "ethereum.jsonl"
+        if "ethereum" in chains:
+            self._start_eth(EthDevChain, EthereumSettings)
+
+    def _start_eth(self, EthDevChain: Any, EthereumSettings: Any) -> None:
+        self.eth = _LoggingEthereumAdapter.from_settings(EthereumSettings(rpc_url=None))
+        self.eth.log_path = self._eth_log
+        self.dev = EthDevChain(self.eth)
+        meta_path = self.dir / "ethereum.json"
+        if meta_path.exists():
+            self._replay_eth()
+            meta = json.loads(meta_path.read_text())
+            self.eth.add_token("USDT", meta["usdt_contract"], 6)
+        else:
+            contract = self.dev.deploy_token("USDT")  # logged: replayed on the next start
+            _write_private(meta_path, json.dumps({"usdt_contract": contract}))
+
+    def save_btc(self) -> None:
+        self.btc.node.save(self._btc_path)
+
+    def _replay_eth(self) -> None:
+        if not self._eth_log.exists():
+            return
+        self.eth.log_path = None
+        try:
+            for n, line in enumerate(self._eth_log.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    log.warning("chains.eth_log_torn", line=n)  # a torn last line of a killed server
+                    break
+                if "tx" in entry:
+                    self.eth.broadcast(bytes.fromhex(entry["tx"]))
+                elif "mine" in entry:
+                    self.dev.mine(int(entry["mine"]))
+        finally:
+            self.eth.log_path = self._eth_log
+
+    def mine(self) -> None:
+        with self.lock:
+            if self.btc is not None:
+                self.btc.node.mine(1, BTC_MINER_SPK)
+                self.save_btc()
+            if self.eth is not None:
+                self.dev.mine(1)
+                self.eth.log({"mine": 1})
+
+    def heights(self) -> dict[str, int]:
+        with self.lock:
+            return {chain: self.adapter(chain).current_height() for chain in sorted(self.chains)}
+
+    def pay(self, asset: str, to: str, amount_minor: int) -> str:
+        """The demo faucet: pay from a demo wallet on the local chain; returns the txid."""
+        if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
+            raise ValidationError("must be a positive amount", field="amount")
+        if self.adapter("bitcoin" if asset == "BTC" else "ethereum") is None:
+            raise ValidationError(f"{asset} is not on this server's chains", field="asset")
+        with self.lock:
+            if asset == "BTC":
+                to = self.btc.validate_address(to, "to")
+                raw, txid, _ = build_btc_payment(self.btc, from_address=self.faucet_btc, key_id="faucet-btc",
+                                                 signer=self.faucet, outputs=[(to, amount_minor)], fee_rate_sat_per_vb=2,
+                                                 request_id=f"faucet-{secrets.token_hex(4)}", reason="demo faucet")
+                self.btc.broadcast(raw)
+                return txid
+            if asset == "ETH":
+                return self.eth.broadcast(self.dev.sign_transfer(self.dev.dev_key(2), to, amount_minor)).txid
+            if asset == "USDT":
+                return self.eth.broadcast(self.dev.sign_token_transfer(self.dev.dev_key(1), "USDT", to, amount_minor)).txid
+        raise ValidationError(f"the faucet pays BTC, ETH or USDT, not {asset!r}", field="asset")
+
+    def balance(self, asset: str, address: str) -> int:
+        if self.adapter("bitcoin" if asset == "BTC" else "ethereum") is None:
+            raise ValidationError(f"{asset} is not on this server's chains", field="asset")
+        with self.lock:
+            if asset == "BTC":
+                return self.btc.balance(self.btc.validate_address(address))
+            if asset in ("ETH", "USDT"):
+                return self.eth.balance(self.eth.validate_address(address), None, None if asset == "ETH" else asset)
+        raise ValidationError(f"must be BTC, ETH or USDT, not {asset!r}", field="asset")
+
+    def adapter(self, chain: str) -> Any:
+        return self.btc if chain == "bitcoin" else self.eth
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _saving_adapter_class() -> type:
+    from ..chains.bitcoin.adapter import BitcoinAdapter
+
+    class SavingBitcoinAdapter(BitcoinAdapter):
+        """Saves the simulator after every accepted transaction (a network keeps what it was sent)."""
+
+        def __init__(self, node: Any, network: str, *, save: Callable[[], None]) -> None:
+            super().__init__(node, network)
+            self._save = save
+
+        def broadcast(self, raw_tx: bytes) -> Any:
+            res = super().broadcast(raw_tx)
+            if not res.already_known:
+                self._save()
+            return res
+
+    return SavingBitcoinAdapter
+
+
+def _logging_adapter_class() -> type:
+    from ..chains.ethereum import EthereumAdapter
+
+    class LoggingEthereumAdapter(EthereumAdapter):
+        """Appends every transaction the chain accepted to a log (fsync), to replay it on restart."""
+
+        log_path: Path | None = None
+
+        def log(self, entry: dict[str, Any]) -> None:
+            if self.log_path is None:
+                return
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        def broadcast(self, raw_tx: bytes) -> Any:
+            res = super().broadcast(raw_tx)
+            if not res.already_known:
+                self.log({"tx": bytes(raw_tx).hex()})
+            return res
+
+    return LoggingEthereumAdapter
+
+
+class _LazyClass:
+    def __init__(self, factory: Callable[[], type]) -> None:
+        self._factory = factory
+        self._cls: type | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cls(*args, **kwargs)
+
+    @property
+    def cls(self) -> type:
+        if self._cls is None:
+            self._cls = self._factory()
+        return self._cls
+
+    def from_settings(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cls.from_settings(*args, **kwargs)
+
+
+_SavingBitcoinAdapter = _LazyClass(_saving_adapter_class)
+_LoggingEthereumAdapter = _LazyClass(_logging_adapter_class)
+
+
+# ---------------------------------------------------------------------------------- supervision
+
+
+class Supervised:
+    """One worker thread: `step()` every `every_ms` under the chain lock; an error is logged and
+    the worker restarts after an exponential back-off (0.5 s doubling to 30 s)."""
+
+    def __init__(self, name: str, step: Callable[[], Any], every_ms: int, lock: Any) -> None:
+        self.name, self.step, self.every_ms, self.lock = name, step, every_ms, lock
+        self.restarts = 0
+        self.steps = 0
+        self.failures_in_row = 0
+        self.last_error = ""
+        self.last_ok_ms = 0
+        self.state = "starting"
+        self._thread: threading.Thread | None = None
+
+    def start(self, stop: threading.Event) -> None:
+        import contextvars
+
+        # python-bitcointx keeps its class dispatcher in context variables set at import; a new
+        # thread starts with an empty context, so run the worker in a copy of the starter's
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run, stop), name=f"custody-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                with self.lock:
+                    self.step()
+                self.steps += 1
+                self.failures_in_row = 0
+                self.state = "running"
+                self.last_ok_ms = time.time_ns() // 1_000_000
+                wait_ms = self.every_ms
+            except Exception as exc:  # a supervised worker: log it, back off, start the step again
+                self.failures_in_row += 1
+                self.restarts += 1
+                self.state = "backing_off"
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                wait_ms = min(MAX_BACKOFF_MS, 500 * 2 ** min(self.failures_in_row - 1, 10))
+                log.warning("custody.worker_failed", worker=self.name, error=self.last_error, retry_ms=wait_ms)
+            stop.wait(wait_ms / 1000)
+        self.state = "stopped"
+
+    def join(self, timeout_s: int) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.state, "steps": self.steps, "restarts": self.restarts, "last_error": self.last_error,
+                "last_ok_ms": self.last_ok_ms}
+
+
+# ---------------------------------------------------------------------------------- the runtime
+
+
+class CustodyRuntime:
+    """Chains, keys, bootstrap and workers of one `serve` process."""
+
+    def __init__(self, data_dir: Path, assets: dict[str, str], *, demo: bool, block_interval_ms: int = 3000,
+                 poll_ms: int = 500, address_cooling_s: int = 86400, security_lock_s: int = 86400,
+                 identity_ctx: Any = None) -> None:
+        if not assets:
+            raise ConfigError("no custodied assets configured", field="RINGFENCE_CUSTODY_CHAINS")
+        self.data_dir = Path(data_dir)
+        self.demo = demo
+        self.terms = {a: DEMO_TERMS[a] for a in DEMO_TERMS if a in assets}
+        self.block_interval_ms = block_interval_ms
+        self.poll_ms = poll_ms
+        self.address_cooling_s = address_cooling_s
+        self.security_lock_s = security_lock_s
+        self.identity_ctx = identity_ctx
+        cdir = self.data_dir / "custody"
+        self.keys = CustodyKeys(load_seed(cdir))
+        self.chains = LocalChains(self.data_dir / "chains", self.keys.seed, frozenset(t.chain for t in self.terms.values()))
+        self.node: Any = None
+        self.workers: list[Supervised] = []
+        self._stop = threading.Event()
+        self.reconciler: Any = None
+        self.last_chain_report: Any = None
+        #: Test hook (demo only): SIGKILL the process at this withdrawal-worker point (e.g. after_record_signed).
+        self.crash_at = os.environ.get("RINGFENCE_CUSTODY_CRASH_AT", "") if demo else ""
+
+    # ---- what the API asks ------------------------------------------------------------------
+
+    def chains_of_assets(self) -> dict[str, str]:
+        return {a: t.chain for a, t in self.terms.items()}
+
+    def deposit_address(self, account_id: str, asset: str) -> str:
+        """The account's address on the asset's chain (the same on every call); assigned on first use."""
+        from .commands import AssignDepositAddress, custody_state
+        from ..ledger.commands import OpenAccount
+
+        t = self.terms[asset]
+        wallet = "btc_deposit" if t.chain == "bitcoin" else "eth_deposit"
+        address = self.keys.deposit_address(t.chain, account_id)
+
+        def known(engine: Any) -> tuple[bool, bool]:
+            owner = custody_state(engine).owner_of(t.chain, address)
+            return owner is not None, engine.ledger.find(account_id, asset, "available", "spot") is not None
+
+        assigned, has_account = self.node.read(known)
+        if not has_account:
+            self.node.execute(OpenAccount(account_id, asset))
+        if not assigned:
+            self.node.execute(AssignDepositAddress(account_id, t.chain, wallet, address))
+        return address
+
+    # ---- bootstrap (idempotent: only what is missing is submitted) ---------------------------
+
+    def bootstrap(self, node: Any) -> dict[str, Any]:
+        from ..ledger.commands import RegisterAsset
+        from .commands import (
+            ActivatePolicy, ApprovePolicy, ConfigureCustodyAsset, ProposePolicy, RegisterWallet, SetApprover,
+            SetWithdrawalRules, custody_state,
+        )
+
+        ex = node.execute
+        chains = {t.chain for t in self.terms.values()}
+        assets = node.read(lambda e: {a.code for a in e.ledger.assets})
+        for t in self.terms.values():
+            if t.asset not in assets:
+                ex(RegisterAsset(t.asset, t.decimals, "crypto", t.chain))
+        configured = node.read(lambda e: set(custody_state(e).assets))
+        for t in self.terms.values():
+            if t.asset not in configured:
+                ex(ConfigureCustodyAsset(t.asset, t.chain, "regtest" if t.chain == "bitcoin" else "tester",
+                                         t.credit_confirmations, t.finality_confirmations, t.min_deposit_minor,
+                                         t.min_withdrawal_minor, t.max_withdrawal_minor, t.withdrawal_fee_minor))
+        k = self.keys
+        wallets = []
+        if "bitcoin" in chains:
+            wallets += [("btc_deposit", "bitcoin", "deposit", [], False), ("btc_hot", "bitcoin", "hot", [k.btc_hot], False),
+                        ("btc_warm", "bitcoin", "warm", [k.btc_warm], False), ("btc_cold", "bitcoin", "cold", [k.cold["btc"]], False),
+                        ("shield_btc", "bitcoin", "shield", [k.shield], True)]
+        if "ethereum" in chains:
+            wallets += [("eth_deposit", "ethereum", "deposit", [], False), ("eth_hot", "ethereum", "hot", [k.eth_hot], False),
+                        ("eth_cold", "ethereum", "cold", [k.cold["eth"]], False)]
+        have = node.read(lambda e: set(custody_state(e).wallets))
+        for name, chain, tier, addrs, public in wallets:
+            if name not in have:
+                ex(RegisterWallet(name, chain, tier, addrs, public))
+        approvers = node.read(lambda e: dict(custody_state(e).approvers))
+        for who, roles in STAFF.items():
+            if approvers.get(who) != roles:
+                ex(SetApprover(who, roles))
+        if not node.read(lambda e: custody_state(e).policy_text):
+            text = json.dumps(demo_policy(self.terms))
+            ex(ProposePolicy("p-serve-1", "pat", text))
+            ex(ApprovePolicy("p-serve-1", "pia"))
+            ex(ApprovePolicy("p-serve-1", "pol"))
+            ex(ActivatePolicy("p-serve-1"))
+        rules = node.read(lambda e: custody_state(e).rules)
+        if rules is None or (rules.require_address_book, rules.address_cooling_s, rules.security_lock_s) != (
+                True, self.address_cooling_s, self.security_lock_s):
+            ex(SetWithdrawalRules(True, self.address_cooling_s, self.security_lock_s))
+        out: dict[str, Any] = {"assets": sorted(self.terms)}
+        if self.demo:
+            out["treasury"] = self._fund_treasury(node)
+        return out
+
+    def _fund_treasury(self, node: Any) -> list[str]:
+        """Demo only: the exchange's own coins arrive in the hot wallets (covering the demo's
+        ledger-funded balances), recorded as `RecordTreasuryFunding`."""
+        from .commands import RecordTreasuryFunding, custody_state
+
+        done = node.read(lambda e: {k for k in custody_state(e).transfers if k.startswith("funding:")})
+        funded = []
+        for asset, amount in DEMO_TREASURY.items():
+            if asset not in self.terms or f"funding:demo-hot-{asset}" in done:
+                continue
+            chain = self.terms[asset].chain
+            hot = self.keys.btc_hot if chain == "bitcoin" else self.keys.eth_hot
+            txid = self.chains.pay(asset, hot, amount)
+            self.chains.mine()
+            node.execute(RecordTreasuryFunding(f"demo-hot-{asset}", asset, "btc_hot" if chain == "bitcoin" else "eth_hot",
+                                               amount, txid))
+            funded.append(asset)
+        return funded
+
+    def demo_withdraw_addresses(self, account_id: str) -> dict[str, str]:
+        return {a: self.keys.outside_address(t.chain, account_id) for a, t in self.terms.items()}
+
+    def add_demo_address_book(self, node: Any, account_id: str) -> dict[str, str]:
+        """One pre-cooled address-book entry per asset for `account_id` (demo only)."""
+        from .commands import AddWithdrawalAddress, custody_state
+
+        addresses = self.demo_withdraw_addresses(account_id)
+        listed = node.read(lambda e: set(custody_state(e).address_book))
+        for asset, address in addresses.items():
+            if f"{account_id}|{asset}|{address.lower() if self.terms[asset].chain == 'ethereum' else address}" not in listed:
+                node.execute(AddWithdrawalAddress(account_id, asset, address, 0))
+        return addresses
+
+    # ---- workers ------------------------------------------------------------------------------
+
+    def start(self, node: Any) -> None:
+        from ..reconcile.reconciler import Reconciler, ReconcileSettings
+        from . import workers as W
+        from .kyt import BuiltinScorer, ChainFundingGraph, sample_blacklist
+        from .withdrawals import identity_risk_facts
+
+        self.node = node
+        chains = {t.chain for t in self.terms.values()}
+        adapters = {c: self.chains.adapter(c) for c in chains}
+        scorer = BuiltinScorer(sample_blacklist(), ChainFundingGraph(adapters))
+        lock = self.chains.lock
+        every = self.poll_ms
+        self.workers = [Supervised("miner", self.chains.mine, self.block_interval_ms, lock)]
+        for chain, adapter in sorted(adapters.items()):
+            watcher = W.DepositWatcher(node, adapter, scorer)
+            self.workers.append(Supervised(f"deposits-{chain}", watcher.poll, every, lock))
+        hot = {}
+        if "bitcoin" in chains:
+            hot["btc_hot"] = W.HotWallet("btc_hot", "bitcoin", self.keys.btc_hot, "btc-hot", self.keys.signer)
+        if "ethereum" in chains:
+            hot["eth_hot"] = W.HotWallet("eth_hot", "ethereum", self.keys.eth_hot, "eth-hot", self.keys.signer)
+        facts = identity_risk_facts(self.identity_ctx) if self.identity_ctx is not None else W.no_identity_facts
+        self.withdrawal_worker = W.WithdrawalWorker(node, adapters, hot, identity_facts=facts)
+        if self.crash_at:
+            self._arm_crash()
+        self.workers.append(Supervised("withdrawals", self.withdrawal_worker.step, every, lock))
+        key_of_address: dict[str, str] = {}
+        balancers = {c: W.Balancer(node, a, deposit_signer=self.keys.signer, key_of_address=key_of_address)
+                     for c, a in adapters.items()}
+        self.workers.append(Supervised("balancer", lambda: self._balance(balancers, key_of_address), every * 2, lock))
+        tolerances = {"ETH": 10**16} if "ethereum" in chains else {}  # gas of token withdrawals in flight
+        self.reconciler = Reconciler(node, wallets=self._wallet_specs(adapters), custody=_InFlightView(node),
+                                     settings=ReconcileSettings(tolerances_minor=tolerances))
+        self.workers.append(Supervised("reconcile-chain", self._reconcile, every, lock))
+        if self.identity_ctx is not None:
+            self.workers.append(Supervised("security-relay", self._relay_security_changes, every, threading.RLock()))
+        for w in self.workers:
+            w.start(self._stop)
+
+    def _arm_crash(self) -> None:
+        from . import workers as W
+
+        point = self.crash_at
+        real = W._crash
+
+        def crash(worker: Any, p: str) -> None:
+            if p == point and worker is self.withdrawal_worker:
+                import signal
+
+                log.warning("custody.crash_injected", point=p)
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(worker, p)
+
+        W._crash = crash  # type: ignore[assignment]
+
+    def _wallet_specs(self, adapters: dict[str, Any]) -> list[Any]:
+        from ..reconcile.reconciler import custody_wallet_specs
+        from .commands import custody_state
+
+        by_chain: dict[str, list[str]] = {}
+        for a, t in self.terms.items():
+            by_chain.setdefault(t.chain, []).append(a)
+        return self.node.read(lambda e: custody_wallet_specs(_Copy(custody_state(e)), adapters, by_chain))  # type: ignore[no-any-return]
+
+    def _balance(self, balancers: dict[str, Any], key_of_address: dict[str, str]) -> None:
+        from .commands import custody_state
+
+        for key, (account, _wallet, address) in self.node.read(lambda e: [(k, tuple(v)) for k, v in custody_state(e).deposit_addresses.items()]):
+            key_of_address[address] = self.keys.deposit_key_id(key.split(":", 1)[0], account)
+        for chain, b in balancers.items():
+            b.resend_pending()
+            native = "BTC" if chain == "bitcoin" else "ETH"
+            if native in self.terms:
+                t = self.terms[native]
+                hot = self.keys.btc_hot if chain == "bitcoin" else self.keys.eth_hot
+                b.sweep(native, f"{chain[:3]}_deposit", f"{chain[:3]}_hot", hot, t.sweep_min_minor)
+                b.record_confirmed(native, t.credit_confirmations)
+
+    def _reconcile(self) -> None:
+        # the wallets' addresses grow as deposit addresses are assigned: re-read them every pass
+        adapters = {c: self.chains.adapter(c) for c in {t.chain for t in self.terms.values()}}
+        self.reconciler.wallets = self._wallet_specs(adapters)
+        if self.reconciler.new_blocks():
+            self.last_chain_report = self.reconciler.run_once(chain=True, internal=False)
+
+    def _relay_security_changes(self) -> None:
+        relay_security_changes(self.node, self.identity_ctx)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for w in self.workers:
+            w.join(10)
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"chains": self.chains.heights(), "workers": {w.name: w.status() for w in self.workers}}
+        report = self.last_chain_report
+        if report is not None:
+            out["chain_reconciliation"] = {"seq": report.seq, "wallets": len(report.chain_rows),
+                                           "mismatches": [m.evidence() for m in report.mismatches[:10]],
+                                           "halts_submitted": list(report.halts_submitted)}
+        return out
+
+
+def relay_security_changes(node: Any, identity_ctx: Any, *, limit: int = 100) -> int:
+    """Identity's credential changes after the engine's relay position become `RecordSecurityChange`
+    commands (in event order; a retry of a relayed id is answered `unchanged`). Returns how many."""
+    from ..identity.events import security_changes_since
+    from .commands import RecordSecurityChange, custody_state
+
+    pos = node.read(lambda e: custody_state(e).security_relay_pos)
+    sent = 0
+    for event_id, account_id, kind in security_changes_since(identity_ctx, pos, limit=limit):
+        try:
+            node.execute(RecordSecurityChange(event_id, account_id, kind))
+            sent += 1
+        except RingfenceError as err:  # e.g. an account id the ledger refuses: skip it, keep relaying
+            log.warning("custody.security_relay_refused", event_id=event_id, error=str(err))
+    return sent
+
+
+class _Copy:
+    """A plain copy of what `custody_wallet_specs` reads, taken inside `node.read`."""
+
+    def __init__(self, state: Any) -> None:
+        import copy
+
+        self.wallets = {k: copy.copy(v) for k, v in state.wallets.items()}
+        self.deposit_addresses = {k: list(v) for k, v in state.deposit_addresses.items()}
+
+
+class _InFlightView:
+    """The custody flows' figures for reconciliation, read inside the reconciler's `node.read`:
+    withdrawals and sweeps that may have left a wallet on chain but are not yet in the ledger
+    count as in flight; sweeps on their way to a wallet count as pending."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def _state(self) -> Any:
+        from .commands import custody_state
+
+        engine = self.node.engine
+        return custody_state(engine)
+
+    def in_flight_withdrawals(self, asset: str, wallet: str) -> int:
+        s = self._state()
+        return s.in_flight_withdrawals(asset, wallet) + s.in_flight_transfers(asset, wallet)
+
+    def pending_deposits(self, asset: str, wallet: str) -> int:
+        s = self._state()
+        incoming = sum(t.amount_minor for t in s.transfers.values()
+                       if t.state == "signed" and t.asset == asset and t.to_wallet == wallet)
+        return s.pending_deposits(asset, wallet) + incoming
