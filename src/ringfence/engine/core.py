@@ -27,7 +27,7 @@ import msgspec
 
 from ..errors import InvariantViolation, RingfenceError, ShardHalted
 from .commands import Codec, Command, Event, encode
-from .module import CommandSpec, Module, StateComponent
+from .module import CommandSpec, Handler, Module, StateComponent
 
 __all__ = [
     "Engine",
@@ -73,6 +73,19 @@ class ShardHalt(Exception):
         self.detail = detail
 
 
+def _rearming(handler: Handler) -> Handler:
+    """`handler`, followed by re-evaluating which guards are armed (its module's state arms some)."""
+
+    def run(engine: "Engine", command: Any) -> list[Event]:
+        try:
+            return handler(engine, command)
+        finally:
+            engine._rearm()
+
+    run.__name__ = getattr(handler, "__name__", "handler")
+    return run
+
+
 class Engine:
     """One shard's state and its single-threaded apply loop."""
 
@@ -102,7 +115,16 @@ class Engine:
                 states.append(module.state)
         self.command_specs = specs
         self._handlers = {t: s.handler for t, s in specs.items() if s.handler is not None}
-        self._guards = tuple(g for m in self.modules for g in m.guards)
+        #: Every guard, in module order (`precheck` runs them all) ...
+        self._all_guards = tuple(g for m in self.modules for g in m.guards)
+        #: ... and those of them armed now (`apply` runs these; see `Module.guard_while`).
+        self._guards = self._all_guards
+        self._arming = [(m.state.name, g, armed) for m in self.modules for g, armed in m.guard_arming.items() if m.state is not None]
+        for module in self.modules:
+            if module.guard_arming:
+                for t, spec in module.commands.items():
+                    if spec.handler is not None:
+                        self._handlers[t] = _rearming(spec.handler)
         self._before = tuple(h for m in self.modules for h in m.before_command)
         #: The first module's state is the root (snapshot position 3: the ledger, for format
         #: compatibility); every other state is listed by name.
@@ -122,6 +144,14 @@ class Engine:
         self.components: dict[str, Any] = {}
         for state in self._all_states():
             self._set_component(state, state.factory(self))
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Recompute which guards `apply` runs, from the states that arm them."""
+        if not self._arming:
+            return
+        disarmed = {g for name, g, armed in self._arming if not armed(self.components[name])}
+        self._guards = tuple(g for g in self._all_guards if g not in disarmed)
 
     def _all_states(self) -> list[StateComponent]:
         return ([self._root] if self._root is not None else []) + self._states
@@ -143,7 +173,7 @@ class Engine:
         spec = self.command_specs.get(type(command))
         if spec is None or spec.handler is None:
             raise RingfenceError(f"no module of this engine handles command {type(command).__name__}")
-        for guard in self._guards:
+        for guard in self._all_guards:
             guard(self, command)
         if spec.precheck is not None:
             spec.precheck(self, command)
@@ -159,16 +189,11 @@ class Engine:
 
         Raises `ShardHalt` when the command broke an invariant (see the module docstring).
         """
-        if self.broken is not None:
-            raise RingfenceError(f"the engine state is broken at sequence {self.broken.seq}; call enter_halt first")
-        if seq != self.last_seq + 1:
-            raise RingfenceError(f"sequence gap: engine at {self.last_seq}, command {seq}")
-        if ts_ns < self.now_ns:
-            raise RingfenceError("sequencer time went backwards")
-        self.seq = seq
+        if seq != self.last_seq + 1 or ts_ns < self.now_ns or self.broken is not None:
+            self._refuse_out_of_order(seq)
+        self.seq = self.last_seq = seq
         self.now_ns = ts_ns
         self.entropy = entropy
-        self.last_seq = seq
         if self.halted is not None:
             return [CommandRejected(seq, ShardHalted.code, "", self._halted_message())]
         events: list[Event] = []
@@ -189,6 +214,14 @@ class Engine:
             self.broken = ShardHalt(seq, ts_ns, type(err).__name__, f"{type(err).__name__}: {err}")
             raise self.broken from err
         return events
+
+    def _refuse_out_of_order(self, seq: int) -> None:
+        """Why `apply` cannot take command `seq` now (one test on the hot path, the reason here)."""
+        if self.broken is not None:
+            raise RingfenceError(f"the engine state is broken at sequence {self.broken.seq}; call enter_halt first")
+        if seq != self.last_seq + 1:
+            raise RingfenceError(f"sequence gap: engine at {self.last_seq}, command {seq}")
+        raise RingfenceError("sequencer time went backwards")
 
     def enter_halt(self, clean: "Engine", halt: ShardHalt) -> list[Event]:
         """Finish a halt: take the state of `clean` (this engine's state as of `halt.seq - 1`, rebuilt
@@ -265,6 +298,7 @@ class Engine:
         self.now_ns = now_ns
         self.halted = (raw[5][0], raw[5][1]) if len(raw) > 5 else None
         self.broken = None
+        self._rearm()
 
     def check_invariants(self) -> None:
         for spec in self._all_states():

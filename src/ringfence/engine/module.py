@@ -3,7 +3,7 @@
 A `Module` is an explicit object that declares everything the engine needs from a domain: its
 command types (each with a handler, an optional edge precheck, the scopes the command touches and
 its effect), its event types, one piece of state (factory, snapshot, restore, invariant check),
-guards run before every command, and hooks run before every command (the ledger expires two-phase
+guards run before every command (or only while the module's state arms them), and hooks run before every command (the ledger expires two-phase
 transfers there). Nothing is registered globally: the composition root (`ringfence.app`) hands a
 list of modules to `Engine(modules)`, and the engine, the journal decoders and the halts guard see
 exactly those and nothing else. A `Command` subclass defined anywhere else (a test's, a plugin's)
@@ -110,6 +110,8 @@ class Module:
     events: list[type] = field(default_factory=list)
     state: StateComponent | None = None
     guards: list[Callable[["Engine", Any], None]] = field(default_factory=list)
+    #: Guards that `apply` runs only while `armed(<this module's state>)` is true (see `guard_while`).
+    guard_arming: dict[Callable[["Engine", Any], None], Callable[[Any], bool]] = field(default_factory=dict)
     #: `fn(engine) -> events`, run before every command's guards and handler (sequencer time is set).
     before_command: list[Callable[["Engine"], Sequence[Event]]] = field(default_factory=list)
 
@@ -179,6 +181,26 @@ class Module:
         """
         self.guards.append(fn)
         return fn
+
+    def guard_while(
+        self, armed: Callable[[Any], bool]
+    ) -> Callable[[Callable[["Engine", Any], None]], Callable[["Engine", Any], None]]:
+        """Decorator: a guard that can only refuse while `armed(state)` is true for this module's
+        state (halts: while a halt is active), so `apply` skips it, call and all, otherwise.
+
+        The engine re-evaluates `armed` whenever this module's state can have changed: after every
+        command this module handles and whenever the state is built or loaded. So only this
+        module's own handlers may change what `armed` reads. `precheck` runs the guard always.
+        """
+        if self.state is None:
+            raise RuntimeError(f"module {self.name!r} declares its state before a guard armed by it")
+
+        def register(fn: Callable[["Engine", Any], None]) -> Callable[["Engine", Any], None]:
+            self.guards.append(fn)
+            self.guard_arming[fn] = armed
+            return fn
+
+        return register
 
     def before_each_command(self, fn: Callable[["Engine"], Sequence[Event]]) -> Callable[["Engine"], Sequence[Event]]:
         self.before_command.append(fn)

@@ -46,7 +46,7 @@ from .state import (
     MAX_QTY,
     TradingState,
 )
-from .vocabulary import OrderType, Side, TimeInForce
+from .vocabulary import OrderType, SelfTradePrevention, Side, TimeInForce
 
 __all__ = ["REASONS", "check_place"]
 
@@ -134,7 +134,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     parsed = _parse_order(c)
     if isinstance(parsed, _Refusal):
         return _reject(ev, "PLACE", c, *parsed)
-    is_buy, typ, tif, stp = parsed
+    is_buy, typ, tif, _ = parsed
     if (m.band_hi or m.out_of_band) and not dry_run:
         _band_watch(m, engine.now_ns, ev)
     refusal = _market_refusal(m, c, is_buy, typ, tif)
@@ -158,25 +158,17 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
         recv = ledger.open_account(c.owner, recv_asset, "available", segment)[0]
     if pay is None:
         pay = ledger.open_account(c.owner, pay_asset, "available", segment)[0]
-    _open_order(engine, st, m, c, (is_buy, typ, tif, stp), pay, recv, protect_minor, hold_minor, ev)
+    _open_order(engine, st, m, c, parsed, pay, recv, protect_minor, hold_minor, ev)
 
 
-def _parse_order(c: PlaceOrder) -> tuple[bool, Any, Any, Any] | _Refusal:
+def _parse_order(c: PlaceOrder) -> tuple[bool, OrderType, TimeInForce, SelfTradePrevention] | _Refusal:
     """The order's own fields, each checked and turned into its value type: (is_buy, type, time in
     force, STP mode). Needs no market; changes nothing but the owner-name cache."""
-    is_buy = _SIDES.get(c.side)
-    if is_buy is None:
-        return _Refusal("INVALID_PARAMETER", "side", "side must be BUY or SELL")
+    words = _WORDS.get((c.side, c.order_type, c.tif, c.stp))
+    if words is None:
+        return _word_refusal(c)
+    is_buy, typ, tif, stp = words
     owner, coid = c.owner, c.client_order_id
-    typ = _TYPES.get(c.order_type)
-    if typ is None:
-        return _Refusal("INVALID_PARAMETER", "order_type", f"type must be one of {', '.join(sorted(_TYPES))}")
-    tif = _TIFS.get(c.tif)
-    if tif is None:
-        return _Refusal("INVALID_PARAMETER", "tif", "tif must be GTC, IOC or FOK")
-    stp = _STPS.get(c.stp)
-    if stp is None:
-        return _Refusal("INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
     if owner not in _VALID_OWNERS:
         if not _OWNER_RE.fullmatch(owner):
             return _Refusal("INVALID_PARAMETER", "owner", "owner must be 1-64 characters of a-z, 0-9, '_', '.', '-'")
@@ -206,7 +198,26 @@ def _parse_order(c: PlaceOrder) -> tuple[bool, Any, Any, Any] | _Refusal:
         return _Refusal("INVALID_PARAMETER", "tif", "LIMIT_MAKER is always GTC")
     if not limitish and tif == _FOK:
         return _Refusal("INVALID_PARAMETER", "tif", "market orders are IOC; FOK needs a limit price")
-    return is_buy, typ, tif, stp
+    return words
+
+
+#: Every well-formed (side, order type, time in force, STP mode) of a command's words -> their
+#: value types: one lookup checks and converts all four (a miss: `_word_refusal` says which).
+_WORDS: dict[tuple[str, str, str, str], tuple[bool, OrderType, TimeInForce, SelfTradePrevention]] = {
+    (side.value, typ.value, tif.value, stp.value): (_SIDES[side], typ, tif, stp)
+    for side in Side for typ in OrderType for tif in TimeInForce for stp in SelfTradePrevention
+}
+
+
+def _word_refusal(c: PlaceOrder) -> _Refusal:
+    """Which of the order's words is not one of ours, checked in the order the API documents."""
+    if c.side not in _SIDES:
+        return _Refusal("INVALID_PARAMETER", "side", "side must be BUY or SELL")
+    if c.order_type not in _TYPES:
+        return _Refusal("INVALID_PARAMETER", "order_type", f"type must be one of {', '.join(sorted(_TYPES))}")
+    if c.tif not in _TIFS:
+        return _Refusal("INVALID_PARAMETER", "tif", "tif must be GTC, IOC or FOK")
+    return _Refusal("INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
 
 
 def _market_refusal(m: Market, c: PlaceOrder, is_buy: bool, typ: Any, tif: Any) -> _Refusal | None:
@@ -421,13 +432,11 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     ledger = engine.ledger
     is_buy = o.is_buy
     need_minor = leaves_minor * price_minor // m.base_scale if is_buy else leaves_minor
-    extra_minor = need_minor - ledger.hold_remaining(o.hold_id)
-    if extra_minor > 0:
-        if not ledger.can_hold(o.pay, extra_minor):
-            return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
-    # ---- mutate ----
-    if extra_minor:
-        ledger.resize_hold(o.hold_id, extra_minor)
+    # The last check is the first change: the ledger resizes the hold to the new need, or refuses
+    # (changing nothing) when growing it would overdraw the payer.
+    if not ledger.resize_hold_to(o.hold_id, o.pay, need_minor):
+        return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
+    # ---- mutated from here on ----
     if not reprice and qty_minor <= o.qty:  # a reduction keeps time priority
         o.level.total -= o.leaves - leaves_minor  # a resting order is always on a level
         o.leaves = leaves_minor
