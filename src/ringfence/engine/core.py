@@ -27,7 +27,7 @@ import msgspec
 
 from ..errors import InvariantViolation, RingfenceError, ShardHalted
 from .commands import Codec, Command, Event, encode
-from .module import CommandSpec, Handler, Module, StateComponent
+from .module import NEVER, CommandSpec, Handler, Module, StateComponent
 
 __all__ = [
     "Engine",
@@ -126,6 +126,10 @@ class Engine:
                     if spec.handler is not None:
                         self._handlers[t] = _rearming(spec.handler)
         self._before = tuple(h for m in self.modules for h in m.before_command)
+        self._timers = tuple((m.state.name, fn, due) for m in self.modules for fn, due in m.timers if m.state is not None)
+        #: Sequencer time at which `apply` next runs the before-command hooks and timers: 0 means
+        #: at the next command (always, while a module has a plain before-command hook).
+        self._wake_ns = 0
         #: The first module's state is the root (snapshot position 3: the ledger, for format
         #: compatibility); every other state is listed by name.
         first = self.modules[0].state if self.modules else None
@@ -196,24 +200,48 @@ class Engine:
         self.entropy = entropy
         if self.halted is not None:
             return [CommandRejected(seq, ShardHalted.code, "", self._halted_message())]
-        events: list[Event] = []
+        due: list[Event] | None = None
         try:
-            for hook in self._before:
-                due = hook(self)
-                if due:
-                    events.extend(due)
+            if ts_ns >= self._wake_ns:
+                due = self._before_command()
             try:
                 for guard in self._guards:
                     guard(self, command)
-                events.extend(self._handlers[type(command)](self, command))
+                # A handler returns a list of its own making: it is the answer as it is.
+                events = self._handlers[type(command)](self, command)
             except InvariantViolation:
                 raise
             except RingfenceError as err:
-                events.append(CommandRejected(seq, err.code, err.field or "", err.message))
+                events = [CommandRejected(seq, err.code, err.field or "", err.message)]
         except Exception as err:  # a broken invariant: the state may be half-changed
             self.broken = ShardHalt(seq, ts_ns, type(err).__name__, f"{type(err).__name__}: {err}")
             raise self.broken from err
+        if due:  # what fell due before the command comes first
+            due.extend(events)
+            return due
         return events
+
+    def _before_command(self) -> list[Event]:
+        """Run the before-command hooks and the timers; set when to run them next."""
+        events: list[Event] = []
+        for hook in self._before:
+            hook_events = hook(self)
+            if hook_events:
+                events.extend(hook_events)
+        wake = NEVER
+        for name, fn, next_due in self._timers:
+            timer_events = fn(self)
+            if timer_events:
+                events.extend(timer_events)
+            wake = min(wake, next_due(self.components[name]))
+        self._wake_ns = 0 if self._before else wake
+        return events
+
+    def wake_at(self, ns: int) -> None:
+        """Something falls due at sequencer time `ns` (a module's state stored a deadline): make
+        sure the timers run at the first command at or after it."""
+        if ns < self._wake_ns:
+            self._wake_ns = ns
 
     def _refuse_out_of_order(self, seq: int) -> None:
         """Why `apply` cannot take command `seq` now (one test on the hot path, the reason here)."""
@@ -298,6 +326,7 @@ class Engine:
         self.now_ns = now_ns
         self.halted = (raw[5][0], raw[5][1]) if len(raw) > 5 else None
         self.broken = None
+        self._wake_ns = 0  # the timers work out when they are next due at the next command
         self._rearm()
 
     def check_invariants(self) -> None:

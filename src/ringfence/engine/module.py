@@ -32,7 +32,11 @@ __all__ = [
     "StateComponent",
     "Module",
     "no_scopes",
+    "NEVER",
 ]
+
+#: A time no timer is due at (`Module.timer`): later than any sequencer timestamp.
+NEVER = 1 << 63
 
 #: The kinds of scope a command can touch; `("venue", "*")` is implied for every command.
 SCOPE_KINDS = ("market", "segment", "asset", "venue")
@@ -114,6 +118,9 @@ class Module:
     guard_arming: dict[Callable[["Engine", Any], None], Callable[[Any], bool]] = field(default_factory=dict)
     #: `fn(engine) -> events`, run before every command's guards and handler (sequencer time is set).
     before_command: list[Callable[["Engine"], Sequence[Event]]] = field(default_factory=list)
+    #: `(fn, next_due)`: `fn(engine) -> events` runs before a command only once sequencer time has
+    #: reached `next_due(<this module's state>)` (see `timer`).
+    timers: list[tuple[Callable[["Engine"], Sequence[Event]], Callable[[Any], int]]] = field(default_factory=list)
 
     def handles(
         self,
@@ -198,6 +205,27 @@ class Module:
         def register(fn: Callable[["Engine", Any], None]) -> Callable[["Engine", Any], None]:
             self.guards.append(fn)
             self.guard_arming[fn] = armed
+            return fn
+
+        return register
+
+    def timer(
+        self, next_due: Callable[[Any], int]
+    ) -> Callable[[Callable[["Engine"], Sequence[Event]]], Callable[["Engine"], Sequence[Event]]]:
+        """Decorator: `fn(engine) -> events` runs before a command (like `before_each_command`), but
+        only once the command's sequencer time has reached the time the engine was told to wake.
+
+        After the timers run, the engine sleeps until the earliest `next_due(state)` of them
+        (`NEVER` when nothing is scheduled). Whatever schedules something earlier in this state
+        must tell the engine at once with `engine.wake_at(ns)` (the ledger does when it stores a
+        deadline). A freshly built or loaded engine runs its timers at the next command, which
+        works out the wake time again. TigerBeetle's pending-transfer expiry works the same way.
+        """
+        if self.state is None:
+            raise RuntimeError(f"module {self.name!r} declares its state before a timer that reads it")
+
+        def register(fn: Callable[["Engine"], Sequence[Event]]) -> Callable[["Engine"], Sequence[Event]]:
+            self.timers.append((fn, next_due))
             return fn
 
         return register

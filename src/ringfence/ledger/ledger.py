@@ -26,7 +26,7 @@ wrongly. See docs/ledger.md.
 from __future__ import annotations
 
 import heapq
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from ..errors import InvariantViolation, UnknownAccount, ValidationError
 from ..money import MAX_AMOUNT, Asset, AssetClass, AssetRegistry
@@ -153,6 +153,9 @@ class Ledger:
         self.pending: dict[int, Pending] = {}
         self._expiry: list[tuple[int, int]] = []
         self.next_internal_id = INTERNAL_ID_BASE
+        #: Told every deadline stored (`Engine.wake_at`, wired by the ledger module): the engine
+        #: runs the expiry timer only when one is due. Not state (never snapshotted).
+        self.wake_at: Callable[[int], None] | None = None
         #: A limit, not state (never snapshotted): tests lower it to reach it.
         self.max_accounts = MAX_ACCOUNTS
         for segment in DEFAULT_SEGMENTS:
@@ -551,7 +554,7 @@ class Ledger:
         credit.credits_pending += amount
         self.pending[tid] = Pending(tid, debit, credit, amount, expires_at_ns)
         if expires_at_ns:
-            heapq.heappush(self._expiry, (expires_at_ns, tid))
+            self._schedule_expiry(expires_at_ns, tid)
         return tid
 
     def resize_hold(self, hold_id: int, delta: int) -> None:
@@ -683,12 +686,20 @@ class Ledger:
         # each fee fits in what its payer receives and the shield's share fits in the fee.
         if hb is None or hs is None or hb.status != "pending" or hs.status != "pending":
             raise InvariantViolation(f"fill settles against holds {buyer_hold}/{seller_hold} that are not open")
-        if not (0 < quote_minor <= hb.remaining and 0 < base_minor <= hs.remaining):
-            raise InvariantViolation(f"fill of {base_minor} for {quote_minor}: a hold is short ({hb.remaining} quote, {hs.remaining} base)")
+        # The holds' remainders and the six payouts, as they will be. A Python int ORed with a
+        # negative one is negative, so one test says "the holds cover the fill (each side delivers
+        # something), each fee fits in what its payer receives and the shield's share in the fee".
+        buyer_left, seller_left = hb.remaining - quote_minor, hs.remaining - base_minor
+        buyer_gets, base_fees = base_minor - buyer_fee_minor, buyer_fee_minor - buyer_shield_minor
+        seller_gets, quote_fees = quote_minor - seller_fee_minor, seller_fee_minor - seller_shield_minor
+        if (buyer_left | seller_left | (quote_minor - 1) | (base_minor - 1) | buyer_gets | base_fees | buyer_shield_minor
+                | seller_gets | quote_fees | seller_shield_minor) < 0:
+            raise InvariantViolation(
+                f"fill of {base_minor} for {quote_minor} (holds {hb.remaining} quote, {hs.remaining} base; fees "
+                f"{buyer_fee_minor}/{seller_fee_minor}, shield {buyer_shield_minor}/{seller_shield_minor}) does not add up"
+            )
         if hb.credit is not cq or hs.credit is not cb or buyer_recv.asset != cb.asset or seller_recv.asset != cq.asset:
             raise InvariantViolation("fill legs do not match the market's clearing accounts")
-        if not (0 <= buyer_shield_minor <= buyer_fee_minor <= base_minor and 0 <= seller_shield_minor <= seller_fee_minor <= quote_minor):
-            raise InvariantViolation(f"fees {buyer_fee_minor}/{seller_fee_minor} (shield {buyer_shield_minor}/{seller_shield_minor}) exceed the fill")
         # Post-condition, checked up front (so a failure changes nothing): no counter passes 128
         # bits. Clearing's debits are the largest counters this fill grows — every credit paid out
         # of clearing is part of what clearing is debited — so checking them covers the rest.
@@ -704,23 +715,23 @@ class Ledger:
         bpay.debits_posted += quote_minor
         cq.credits_pending -= quote_minor
         cq.credits_posted += quote_minor
-        hb.remaining -= quote_minor
-        if not hb.remaining:
+        hb.remaining = buyer_left
+        if not buyer_left:
             hb.status = "posted"
         spay.debits_pending -= base_minor
         spay.debits_posted += base_minor
         cb.credits_pending -= base_minor
         cb.credits_posted += base_minor
-        hs.remaining -= base_minor
-        if not hs.remaining:
+        hs.remaining = seller_left
+        if not seller_left:
             hs.status = "posted"
         cb.debits_posted = base_debits
-        buyer_recv.credits_posted += base_minor - buyer_fee_minor
-        c.base_fees.credits_posted += buyer_fee_minor - buyer_shield_minor
+        buyer_recv.credits_posted += buyer_gets
+        c.base_fees.credits_posted += base_fees
         c.base_shield.credits_posted += buyer_shield_minor
         cq.debits_posted = quote_debits
-        seller_recv.credits_posted += quote_minor - seller_fee_minor
-        c.quote_fees.credits_posted += seller_fee_minor - seller_shield_minor
+        seller_recv.credits_posted += seller_gets
+        c.quote_fees.credits_posted += quote_fees
         c.quote_shield.credits_posted += seller_shield_minor
 
     # ------------------------------------------------------------------ engine-side reads
@@ -756,7 +767,16 @@ class Ledger:
         credit.credits_pending += amount
         self.pending[tid] = Pending(tid, debit, credit, amount, expires_at_ns)
         if expires_at_ns:
-            heapq.heappush(self._expiry, (expires_at_ns, tid))
+            self._schedule_expiry(expires_at_ns, tid)
+
+    def _schedule_expiry(self, expires_at_ns: int, tid: int) -> None:
+        heapq.heappush(self._expiry, (expires_at_ns, tid))
+        if self.wake_at is not None:
+            self.wake_at(expires_at_ns)
+
+    def next_expiry_ns(self, never: int) -> int:
+        """The earliest deadline stored (perhaps of a transfer already gone), or `never`."""
+        return self._expiry[0][0] if self._expiry else never
 
     def _capture(self, p: Pending, amount: int) -> None:
         debit, credit = p.debit, p.credit
@@ -923,4 +943,5 @@ class Ledger:
         heapq.heapify(ledger._expiry)
         ledger.next_internal_id = next_internal_id
         ledger.max_accounts = MAX_ACCOUNTS
+        ledger.wake_at = None
         return ledger

@@ -134,13 +134,16 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     parsed = _parse_order(c)
     if isinstance(parsed, _Refusal):
         return _reject(ev, "PLACE", c, *parsed)
-    is_buy, typ, tif, _ = parsed
+    is_buy, limitish = parsed[0], parsed[4]
     if (m.band_hi or m.out_of_band) and not dry_run:
         _band_watch(m, engine.now_ns, ev)
-    refusal = _market_refusal(m, c, is_buy, typ, tif)
+    refusal = _market_refusal(m, c, parsed)
     if refusal is not None:
         return _reject(ev, "PLACE", c, *refusal)
-    protect_minor, hold_minor = _protection_and_hold(m, c, is_buy, typ)
+    if limitish:  # a limit buy holds what it can cost at its price, a sell its quantity
+        protect_minor, hold_minor = 0, (c.price * c.quantity // m.base_scale if is_buy else c.quantity)
+    else:
+        protect_minor, hold_minor = _protection_and_hold(m, c, parsed)
     ledger = engine.ledger
     segment = m.segment
     pay_asset, recv_asset = (m.quote, m.base) if is_buy else (m.base, m.quote)
@@ -161,13 +164,13 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     _open_order(engine, st, m, c, parsed, pay, recv, protect_minor, hold_minor, ev)
 
 
-def _parse_order(c: PlaceOrder) -> tuple[bool, OrderType, TimeInForce, SelfTradePrevention] | _Refusal:
-    """The order's own fields, each checked and turned into its value type: (is_buy, type, time in
-    force, STP mode). Needs no market; changes nothing but the owner-name cache."""
+def _parse_order(c: PlaceOrder) -> "_Words | _Refusal":
+    """The order's own fields, each checked and its words turned into value types (`_Words`).
+    Needs no market; changes nothing but the owner-name cache."""
     words = _WORDS.get((c.side, c.order_type, c.tif, c.stp))
     if words is None:
         return _word_refusal(c)
-    is_buy, typ, tif, stp = words
+    _, typ, tif, _, limitish, is_stop = words
     owner, coid = c.owner, c.client_order_id
     if owner not in _VALID_OWNERS:
         if not _OWNER_RE.fullmatch(owner):
@@ -178,11 +181,11 @@ def _parse_order(c: PlaceOrder) -> tuple[bool, OrderType, TimeInForce, SelfTrade
     if coid and not _COID_RE.fullmatch(coid):
         return _Refusal("INVALID_PARAMETER", "client_order_id", "client_order_id must match ^[.A-Za-z0-9:/_-]{1,36}$")
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
-    if not (0 <= price_minor <= MAX_PRICE and 0 <= stop_minor <= MAX_PRICE and 0 <= qty_minor <= MAX_QTY and 0 <= quote_minor <= MAX_QTY):
+    # (A Python int ORed with a negative one is negative: one test for "none is below zero".)
+    if (price_minor | stop_minor | qty_minor | quote_minor) < 0 or price_minor > MAX_PRICE or stop_minor > MAX_PRICE or qty_minor > MAX_QTY or quote_minor > MAX_QTY:
         for value, name, hi in ((price_minor, "price", MAX_PRICE), (stop_minor, "stop_price", MAX_PRICE), (qty_minor, "quantity", MAX_QTY), (quote_minor, "quote_amount", MAX_QTY)):
             if not 0 <= value <= hi:
                 return _Refusal("INVALID_PARAMETER", name, f"{name} must be between 0 and {hi}")
-    limitish = typ in _LIMITISH
     if limitish:
         if not price_minor or not qty_minor or quote_minor:
             return _Refusal("INVALID_PARAMETER", "price" if not price_minor else "quantity", f"{typ} needs price and quantity (and no quote_amount)")
@@ -191,7 +194,6 @@ def _parse_order(c: PlaceOrder) -> tuple[bool, OrderType, TimeInForce, SelfTrade
             return _Refusal("INVALID_PARAMETER", "quantity", "MARKET needs exactly one of quantity and quote_amount")
     elif not qty_minor or quote_minor or price_minor:  # STOP_MARKET
         return _Refusal("INVALID_PARAMETER", "quantity", "STOP_MARKET needs quantity and stop_price only")
-    is_stop = typ == _STOP_LIMIT or typ == _STOP_MARKET
     if is_stop != (stop_minor > 0):
         return _Refusal("INVALID_PARAMETER", "stop_price", "stop_price is required for stop orders and only for them")
     if typ == _LIMIT_MAKER and tif != _GTC:
@@ -201,10 +203,16 @@ def _parse_order(c: PlaceOrder) -> tuple[bool, OrderType, TimeInForce, SelfTrade
     return words
 
 
-#: Every well-formed (side, order type, time in force, STP mode) of a command's words -> their
-#: value types: one lookup checks and converts all four (a miss: `_word_refusal` says which).
-_WORDS: dict[tuple[str, str, str, str], tuple[bool, OrderType, TimeInForce, SelfTradePrevention]] = {
-    (side.value, typ.value, tif.value, stp.value): (_SIDES[side], typ, tif, stp)
+#: An order's words as value types, and what its type implies:
+#: (is_buy, type, time in force, STP mode, limit-priced, a stop).
+_Words = tuple[bool, OrderType, TimeInForce, SelfTradePrevention, bool, bool]
+
+#: Every well-formed (side, order type, time in force, STP mode) of a command -> its `_Words`:
+#: one lookup checks and converts all four (on a miss `_word_refusal` says which is wrong).
+_WORDS: dict[tuple[str, str, str, str], _Words] = {
+    (side.value, typ.value, tif.value, stp.value): (
+        _SIDES[side], typ, tif, stp, typ in _LIMITISH, typ == _STOP_LIMIT or typ == _STOP_MARKET
+    )
     for side in Side for typ in OrderType for tif in TimeInForce for stp in SelfTradePrevention
 }
 
@@ -220,12 +228,11 @@ def _word_refusal(c: PlaceOrder) -> _Refusal:
     return _Refusal("INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
 
 
-def _market_refusal(m: Market, c: PlaceOrder, is_buy: bool, typ: Any, tif: Any) -> _Refusal | None:
+def _market_refusal(m: Market, c: PlaceOrder, words: _Words) -> _Refusal | None:
     """The market's rules for a well-formed order: status, tick, lot, band (price and stop price),
     minimum notional, stop trigger, post-only, duplicate client id, open-order and book limits."""
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
-    limitish = typ in _LIMITISH
-    is_stop = typ == _STOP_LIMIT or typ == _STOP_MARKET
+    is_buy, typ, tif, _, limitish, is_stop = words
     if m.status != ACTIVE:
         return _Refusal("MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted")
     tick, scale = m.tick, m.base_scale
@@ -273,13 +280,15 @@ def _market_refusal(m: Market, c: PlaceOrder, is_buy: bool, typ: Any, tif: Any) 
     return None
 
 
-def _protection_and_hold(m: Market, c: PlaceOrder, is_buy: bool, typ: Any) -> tuple[int, int]:
+def _protection_and_hold(m: Market, c: PlaceOrder, words: _Words) -> tuple[int, int]:
     """(protection price, amount to hold) of a new order, in quote minor units per base unit and in
     the paying asset's minor units. A market order's protection price is the best opposite price
     moved by the market's slippage (clamped to the band); a buy holds what its limit, protection
     price or quote amount can cost, a sell its quantity (by quote amount: enough base to raise the
-    quote at the protection price, rounded up to a lot). Every rounding is against the user."""
+    quote at the protection price, rounded up to a lot). Every rounding is against the user.
+    (`_place` works out a limit order's hold itself, the common case: what this says for it.)"""
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
+    is_buy, typ = words[0], words[1]
     tick, scale = m.tick, m.base_scale
     protect_minor = 0
     if typ == _MARKET:
@@ -310,15 +319,14 @@ def _protection_and_hold(m: Market, c: PlaceOrder, is_buy: bool, typ: Any) -> tu
 
 
 def _open_order(
-    engine: Engine, st: TradingState, m: Market, c: PlaceOrder, parsed: tuple[bool, Any, Any, Any],
+    engine: Engine, st: TradingState, m: Market, c: PlaceOrder, words: _Words,
     pay: Any, recv: Any, protect_minor: int, hold_minor: int, ev: list[Event],
 ) -> None:
     """Create the checked order, hold its funds through the ledger, then rest it (a stop) or match it."""
-    is_buy, typ, tif, stp = parsed
+    is_buy, typ, tif, stp, limitish, is_stop = words
     ledger = engine.ledger
     owner, coid = c.owner, c.client_order_id
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
-    limitish = typ in _LIMITISH
     o = Order()
     oid = st.next_order_id
     st.next_order_id = oid + 1
@@ -347,7 +355,7 @@ def _open_order(
     if not hold_minor:  # a market order that met an empty book: nothing was held, nothing can fill
         ev.append(OrderExpired(m.symbol, oid, owner, c.side, 0, qty_minor, False, "NO_LIQUIDITY", 0))
         return
-    if typ == _STOP_LIMIT or typ == _STOP_MARKET:
+    if is_stop:
         m.index(o)
         m.add_stop(o)
         return
