@@ -147,11 +147,10 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     ledger = engine.ledger
     segment = m.segment
     pay_asset, recv_asset = (m.quote, m.base) if is_buy else (m.base, m.quote)
-    pay = ledger.find(c.owner, pay_asset, "available", segment)
+    pay, recv = ledger.find_pair(c.owner, pay_asset, recv_asset, "available", segment)
     if hold_minor:
         if pay is None or not ledger.can_hold(pay, hold_minor):
             return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
-    recv = ledger.find(c.owner, recv_asset, "available", segment)
     if (recv is None or pay is None) and not ledger.can_open_accounts((recv is None) + (pay is None)):
         return _reject(ev, "PLACE", c, "SHARD_FULL", "owner", "this shard cannot open more accounts; contact support")
     if dry_run:
@@ -240,7 +239,8 @@ def _market_refusal(m: Market, c: PlaceOrder, words: _Words) -> _Refusal | None:
         return _Refusal("PRICE_NOT_ON_TICK", "price", f"price must be a multiple of the tick size {tick}")
     if stop_minor % tick:
         return _Refusal("PRICE_NOT_ON_TICK", "stop_price", f"stop_price must be a multiple of the tick size {tick}")
-    if qty_minor:
+    # The LOT_SIZE filter, tested in line; `_qty_problem` only says what is wrong.
+    if qty_minor and (qty_minor % m.lot or qty_minor < m.min_qty or qty_minor > m.max_qty):
         problem = _qty_problem(m, qty_minor)
         if problem is not None:
             return _Refusal(problem[0], "quantity", problem[1])
@@ -275,7 +275,9 @@ def _market_refusal(m: Market, c: PlaceOrder, words: _Words) -> _Refusal | None:
         if owned is not None and len(owned) >= m.max_open_per_account:
             return _Refusal("TOO_MANY_OPEN_ORDERS", "symbol", f"at most {m.max_open_per_account} open orders per account in {m.symbol}")
         if limitish and not is_stop:
-            if m.book_orders >= m.max_book_orders or m.level_limit_reached(is_buy, price_minor):
+            if m.book_orders >= m.max_book_orders or (
+                len(m.bid_prices if is_buy else m.ask_prices) >= m.max_levels and m.level_limit_reached(is_buy, price_minor)
+            ):
                 return _Refusal("BOOK_FULL", "price", f"the {m.symbol} book is at its size limit")
     return None
 
@@ -421,9 +423,10 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         return _reject(ev, "AMEND", c, "INVALID_PARAMETER", "price" if not 0 < price_minor <= MAX_PRICE else "quantity", "price and quantity must be positive", oid)
     if price_minor % m.tick:
         return _reject(ev, "AMEND", c, "PRICE_NOT_ON_TICK", "price", f"price must be a multiple of the tick size {m.tick}", oid)
-    problem = _qty_problem(m, qty_minor)
-    if problem is not None:
-        return _reject(ev, "AMEND", c, problem[0], "quantity", problem[1], oid)
+    if qty_minor % m.lot or qty_minor < m.min_qty or qty_minor > m.max_qty:  # LOT_SIZE, in line
+        problem = _qty_problem(m, qty_minor)
+        if problem is not None:
+            return _reject(ev, "AMEND", c, problem[0], "quantity", problem[1], oid)
     leaves_minor = qty_minor - o.filled
     if leaves_minor <= 0:
         return _reject(ev, "AMEND", c, "INVALID_PARAMETER", "quantity", f"quantity must exceed the {o.filled} already filled", oid)
@@ -435,7 +438,8 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
             return _reject(ev, "AMEND", c, "BELOW_MIN_NOTIONAL", "price", f"price * quantity must be at least {m.min_notional}", oid)
         if o.type == _LIMIT_MAKER and m.crosses(o.is_buy, price_minor):
             return _reject(ev, "AMEND", c, "POST_ONLY_WOULD_TAKE", "price", "a post-only order must not take liquidity", oid)
-        if m.level_limit_reached(o.is_buy, price_minor):
+        # (`level_limit_reached` can only say yes while that side has `max_levels` levels.)
+        if len(m.bid_prices if o.is_buy else m.ask_prices) >= m.max_levels and m.level_limit_reached(o.is_buy, price_minor):
             return _reject(ev, "AMEND", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit", oid)
     ledger = engine.ledger
     is_buy = o.is_buy
@@ -455,7 +459,8 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     o.price, o.qty, o.leaves = price_minor, qty_minor, leaves_minor
     o.ts_ns = engine.now_ns
     ev.append(OrderAmended(m.symbol, oid, price_minor, qty_minor, leaves_minor, False))
-    if not m.crosses(is_buy, price_minor):
+    opposite = m.ask_prices if is_buy else m.bid_prices  # `m.crosses`, in line: a move's hot path
+    if not opposite or (opposite[0] > price_minor if is_buy else opposite[-1] < price_minor):
         # It does not cross: straight to the back of its new level (the common "move").
         m.rest(o)
         ev.append(OrderRested(m.symbol, oid, o.owner, _BUY if is_buy else _SELL, price_minor, leaves_minor))
