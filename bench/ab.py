@@ -7,8 +7,9 @@ Example: python bench/ab.py --a /work/wt/before --b . --workload core --commands
 
 Each tree runs in its own fresh subprocess (`PYTHONPATH=<tree>/src`) and imports *its own*
 `bench/matching.py` (workloads `core`: exchange-core's single-book mix, `multi`: the four-market
-mix) or `bench/ledger.py` (workload `ledger`: many-account transfers in requests of 8,190), so each
-side runs the workload generator and engine of its own commit. Both children generate the same
+mix) or `bench/ledger.py` (workload `ledger`: many-account transfers in requests of 8,190, applied to
+an engine; `ledger-node`: the same through a real node, journal and fsync included, CPU of every
+thread), so each side runs the workload generator, engine and node of its own commit. Both children generate the same
 seeded workload once, then the parent asks them in turn (A, B, A, B, ...) to apply it to a fresh
 engine; each run's CPU time (`time.process_time`, the child is single-threaded) is reported back.
 Interleaving puts A and B under the same machine load, and the best of `--rounds` runs per side is
@@ -19,13 +20,15 @@ switched on (`callgrind_control -i on`) only around the timed run, and reports i
 command: repeatable to a fraction of a percent even on a loaded machine.
 
 Output: one JSON line on stdout with both rates, the ratio B/A (> 1 means B is faster) and the
-state hash each side ended with (the same workload must end in the same state).
+state hash each side ended with (the same workload must end in the same state; for `ledger-node`,
+whose node stamps wall-clock time, a hash of every account's counters).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import importlib.util
 import json
 import os
@@ -119,11 +122,46 @@ class _Ledger:
         return seq
 
 
+class _LedgerNode:
+    """bench/ledger.py's closed loop through a real node (sequencer, journal with fsync, apply):
+    each run journals the same many-account requests into a fresh data directory."""
+
+    def __init__(self, tree: Path, workload: str, n: int, seed: int) -> None:
+        import random
+        import tempfile
+
+        self.mod = _load(tree, "ledger")
+        self.tmp = Path(tempfile.mkdtemp(prefix="rf-ab-ledger-node-"))
+        self.accounts = 10_000
+        node, ids, next_id = self.mod.prepared_node(self.tmp / "probe", self.accounts)
+        node.close()
+        self.cmds, _ = self.mod.transfer_stream(random.Random(seed), ids, n, next_id, False, self.mod.BATCH)
+        self.runs = 0
+
+    def run(self, callgrind: bool) -> tuple[float, str]:  # float-ok: CPU seconds
+        self.runs += 1
+        node, _, _ = self.mod.prepared_node(self.tmp / f"run{self.runs}", self.accounts)
+        if callgrind:
+            _callgrind(True)
+        cpu = time.process_time()  # every thread of the process: submitter and sequencer
+        self.mod.closed_loop(node, self.cmds)
+        cpu = time.process_time() - cpu
+        if callgrind:
+            _callgrind(False)
+        node.close()
+        # The node stamps wall-clock time into its state, so compare what the transfers did: every
+        # account's counters.
+        rows = sorted(a.as_row() for a in node.engine.ledger.iter_accounts())
+        return cpu, hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
 def _callgrind(on: bool) -> None:
     subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(os.getpid())], capture_output=True, check=False)
 
 
 def child(tree: Path, workload: str, n: int, seed: int, callgrind: bool) -> None:
+    if workload == "ledger-node":
+        return _child_node(tree, n, seed, callgrind)
     subject = (_Ledger if workload == "ledger" else _Matching)(tree, workload, n, seed)
     # The workload belongs to the harness: keep the cyclic GC from rescanning it on every collection.
     gc.collect()
@@ -149,6 +187,26 @@ def child(tree: Path, workload: str, n: int, seed: int, callgrind: bool) -> None
             _callgrind(False)
         out.write(json.dumps({"cpu_s": cpu, "state_hash": engine.state_hash()}) + "\n")
         out.flush()
+
+
+def _child_node(tree: Path, n: int, seed: int, callgrind: bool) -> None:
+    import shutil
+
+    subject = _LedgerNode(tree, "ledger-node", n, seed)
+    gc.collect()
+    gc.freeze()
+    out = sys.stdout
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
+    try:
+        for line in sys.stdin:
+            if line.strip() != "run":
+                break
+            cpu, state_hash = subject.run(callgrind)
+            out.write(json.dumps({"cpu_s": cpu, "state_hash": state_hash}) + "\n")
+            out.flush()
+    finally:
+        shutil.rmtree(subject.tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------- parent side
@@ -265,7 +323,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--a", help="source tree A (the baseline, e.g. a worktree of the older commit)")
     ap.add_argument("--b", help="source tree B (the candidate)")
-    ap.add_argument("--workload", choices=("core", "multi", "ledger"), default="core")
+    ap.add_argument("--workload", choices=("core", "multi", "ledger", "ledger-node"), default="core")
     ap.add_argument("--commands", type=int, default=100_000, help="commands (transfers for ledger) per run")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved runs per side; the best counts")
     ap.add_argument("--seed", type=int, default=1)
