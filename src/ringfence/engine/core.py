@@ -6,8 +6,9 @@ sees only those. Same journal in, same state and same state hash out, on every m
 
 The engine imports no domain package. `Engine(modules)` is given its modules (see
 `engine/module.py`; the standard list is built by `ringfence.app`): each declares its commands
-(handler, precheck, scopes, effect), events, state, guards (always run, or armed by its state)
-and before-command hooks and timers (run once sequencer time reaches what they wait for).
+(handler, precheck, scopes, effect), events, state, guards (always run, or only while its state
+arms them), before-command hooks (every command) and timers (once sequencer time reaches the
+deadline they wait for).
 
 * A handler validates first and mutates after; a `RingfenceError` it raises becomes a
   `CommandRejected` event (nothing changed).
