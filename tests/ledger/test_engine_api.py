@@ -107,6 +107,32 @@ def test_resize_hold_grows_within_available_and_shrinks_above_zero():
     assert state(led) == before
 
 
+def test_resize_hold_to_grows_if_affordable_refuses_without_change_and_shrinks():
+    led, c = fresh()
+    alice, bob = user(led, "alice", "USDT"), user(led, "bob", "USDT")
+    hid = led.hold(alice, c.quote, 500_000)
+    assert led.resize_hold_to(hid, alice, 500_000)  # already what it needs: nothing to do
+    assert led.resize_hold_to(hid, alice, 800_000)
+    assert (led.hold_remaining(hid), alice.available, led.pending_hold(hid).amount) == (800_000, 200_000, 800_000)  # type: ignore[union-attr]
+    before = state(led)
+    assert not led.resize_hold_to(hid, alice, 1_000_001)  # would overdraw alice: refused, nothing changed
+    assert state(led) == before
+    assert led.resize_hold_to(hid, alice, 100_000)
+    assert (led.hold_remaining(hid), alice.available) == (100_000, 900_000)
+    assert_conserved(led)
+    before = state(led)
+    for payer, need in ((alice, 0), (alice, -1), (bob, 200_000)):  # nothing left, or not the payer's hold
+        with pytest.raises(InvariantViolation):
+            led.resize_hold_to(hid, payer, need)
+    assert state(led) == before
+    led.end_hold(hid)
+    assert led.resize_hold_to(hid, alice, 0)  # a hold that is gone, asked for nothing
+    assert not led.resize_hold_to(hid, alice, 2_000_000)  # ... asked for more than alice has
+    with pytest.raises(InvariantViolation):
+        led.resize_hold_to(hid, alice, 1)
+    assert led.pending_hold(hid) is None
+
+
 def test_capture_posts_part_of_a_hold_and_never_more():
     led, c = fresh()
     alice = user(led, "alice", "USDT")
@@ -202,7 +228,7 @@ def test_open_system_account_and_capacity():
 # ------------------------------------------------------------------ random sequences
 
 op = st.tuples(
-    st.sampled_from(["move", "hold", "resize", "capture", "release", "end", "fill"]),
+    st.sampled_from(["move", "hold", "resize", "resize_to", "capture", "release", "end", "fill"]),
     st.integers(0, 2),  # a user
     st.integers(0, 2),  # another user
     st.sampled_from(["BTC", "USDT"]),
@@ -230,6 +256,11 @@ def test_random_api_sequences_conserve_every_asset_and_never_overdraw(ops):
                 holds.append(led.hold(a, clearing, amount))
             elif kind == "resize":
                 led.resize_hold(hid, amount - 600_000)
+            elif kind == "resize_to":
+                view = led.pending_hold(hid)
+                payer = led.account(view.debit_id) if view is not None and i else a  # sometimes the wrong payer
+                if not led.resize_hold_to(hid, payer, amount - 5):
+                    assert state(led) == before, "resize_hold_to refused but changed the ledger"
             elif kind == "capture":
                 p = led.pending_hold(hid)
                 led.capture(hid, amount)

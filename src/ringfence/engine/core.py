@@ -6,7 +6,9 @@ sees only those. Same journal in, same state and same state hash out, on every m
 
 The engine imports no domain package. `Engine(modules)` is given its modules (see
 `engine/module.py`; the standard list is built by `ringfence.app`): each declares its commands
-(handler, precheck, scopes, effect), events, state, guards and before-command hooks.
+(handler, precheck, scopes, effect), events, state, guards (always run, or only while its state
+arms them), before-command hooks (every command) and timers (once sequencer time reaches the
+deadline they wait for).
 
 * A handler validates first and mutates after; a `RingfenceError` it raises becomes a
   `CommandRejected` event (nothing changed).
@@ -27,7 +29,7 @@ import msgspec
 
 from ..errors import InvariantViolation, RingfenceError, ShardHalted
 from .commands import Codec, Command, Event, encode
-from .module import CommandSpec, Module, StateComponent
+from .module import NEVER, CommandSpec, Handler, Module, StateComponent
 
 __all__ = [
     "Engine",
@@ -73,6 +75,19 @@ class ShardHalt(Exception):
         self.detail = detail
 
 
+def _rearming(handler: Handler) -> Handler:
+    """`handler`, followed by re-evaluating which guards are armed (its module's state arms some)."""
+
+    def run(engine: "Engine", command: Any) -> list[Event]:
+        try:
+            return handler(engine, command)
+        finally:
+            engine._rearm()
+
+    run.__name__ = getattr(handler, "__name__", "handler")
+    return run
+
+
 class Engine:
     """One shard's state and its single-threaded apply loop."""
 
@@ -102,8 +117,21 @@ class Engine:
                 states.append(module.state)
         self.command_specs = specs
         self._handlers = {t: s.handler for t, s in specs.items() if s.handler is not None}
-        self._guards = tuple(g for m in self.modules for g in m.guards)
+        #: Every guard, in module order (`precheck` runs them all) ...
+        self._all_guards = tuple(g for m in self.modules for g in m.guards)
+        #: ... and those of them armed now (`apply` runs these; see `Module.guard_while`).
+        self._guards = self._all_guards
+        self._arming = [(m.state.name, g, armed) for m in self.modules for g, armed in m.guard_arming.items() if m.state is not None]
+        for module in self.modules:
+            if module.guard_arming:
+                for t, spec in module.commands.items():
+                    if spec.handler is not None:
+                        self._handlers[t] = _rearming(spec.handler)
         self._before = tuple(h for m in self.modules for h in m.before_command)
+        self._timers = tuple((m.state.name, fn, due) for m in self.modules for fn, due in m.timers if m.state is not None)
+        #: Sequencer time at which `apply` next runs the before-command hooks and timers: 0 means
+        #: at the next command (always, while a module has a plain before-command hook).
+        self._wake_ns = 0
         #: The first module's state is the root (snapshot position 3: the ledger, for format
         #: compatibility); every other state is listed by name.
         first = self.modules[0].state if self.modules else None
@@ -122,6 +150,14 @@ class Engine:
         self.components: dict[str, Any] = {}
         for state in self._all_states():
             self._set_component(state, state.factory(self))
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Recompute which guards `apply` runs, from the states that arm them."""
+        if not self._arming:
+            return
+        disarmed = {g for name, g, armed in self._arming if not armed(self.components[name])}
+        self._guards = tuple(g for g in self._all_guards if g not in disarmed)
 
     def _all_states(self) -> list[StateComponent]:
         return ([self._root] if self._root is not None else []) + self._states
@@ -143,7 +179,7 @@ class Engine:
         spec = self.command_specs.get(type(command))
         if spec is None or spec.handler is None:
             raise RingfenceError(f"no module of this engine handles command {type(command).__name__}")
-        for guard in self._guards:
+        for guard in self._all_guards:
             guard(self, command)
         if spec.precheck is not None:
             spec.precheck(self, command)
@@ -159,36 +195,63 @@ class Engine:
 
         Raises `ShardHalt` when the command broke an invariant (see the module docstring).
         """
+        if seq != self.last_seq + 1 or ts_ns < self.now_ns or self.broken is not None:
+            self._refuse_out_of_order(seq)
+        self.seq = self.last_seq = seq
+        self.now_ns = ts_ns
+        self.entropy = entropy
+        if self.halted is not None:
+            return [CommandRejected(seq, ShardHalted.code, "", self._halted_message())]
+        due: list[Event] | None = None
+        try:
+            if ts_ns >= self._wake_ns:
+                due = self._before_command()
+            try:
+                for guard in self._guards:
+                    guard(self, command)
+                # A handler returns a list of its own making: it is the answer as it is.
+                events = self._handlers[type(command)](self, command)
+            except InvariantViolation:
+                raise
+            except RingfenceError as err:
+                events = [CommandRejected(seq, err.code, err.field or "", err.message)]
+        except Exception as err:  # a broken invariant: the state may be half-changed
+            self.broken = ShardHalt(seq, ts_ns, type(err).__name__, f"{type(err).__name__}: {err}")
+            raise self.broken from err
+        if due:  # what fell due before the command comes first
+            due.extend(events)
+            return due
+        return events
+
+    def _before_command(self) -> list[Event]:
+        """Run the before-command hooks and the timers; set when to run them next."""
+        events: list[Event] = []
+        for hook in self._before:
+            hook_events = hook(self)
+            if hook_events:
+                events.extend(hook_events)
+        wake = NEVER
+        for name, fn, next_due in self._timers:
+            timer_events = fn(self)
+            if timer_events:
+                events.extend(timer_events)
+            wake = min(wake, next_due(self.components[name]))
+        self._wake_ns = 0 if self._before else wake
+        return events
+
+    def wake_at(self, ns: int) -> None:
+        """Something falls due at sequencer time `ns` (a module's state stored a deadline): make
+        sure the timers run at the first command at or after it."""
+        if ns < self._wake_ns:
+            self._wake_ns = ns
+
+    def _refuse_out_of_order(self, seq: int) -> None:
+        """Why `apply` cannot take command `seq` now (one test on the hot path, the reason here)."""
         if self.broken is not None:
             raise RingfenceError(f"the engine state is broken at sequence {self.broken.seq}; call enter_halt first")
         if seq != self.last_seq + 1:
             raise RingfenceError(f"sequence gap: engine at {self.last_seq}, command {seq}")
-        if ts_ns < self.now_ns:
-            raise RingfenceError("sequencer time went backwards")
-        self.seq = seq
-        self.now_ns = ts_ns
-        self.entropy = entropy
-        self.last_seq = seq
-        if self.halted is not None:
-            return [CommandRejected(seq, ShardHalted.code, "", self._halted_message())]
-        events: list[Event] = []
-        try:
-            for hook in self._before:
-                due = hook(self)
-                if due:
-                    events.extend(due)
-            try:
-                for guard in self._guards:
-                    guard(self, command)
-                events.extend(self._handlers[type(command)](self, command))
-            except InvariantViolation:
-                raise
-            except RingfenceError as err:
-                events.append(CommandRejected(seq, err.code, err.field or "", err.message))
-        except Exception as err:  # a broken invariant: the state may be half-changed
-            self.broken = ShardHalt(seq, ts_ns, type(err).__name__, f"{type(err).__name__}: {err}")
-            raise self.broken from err
-        return events
+        raise RingfenceError("sequencer time went backwards")
 
     def enter_halt(self, clean: "Engine", halt: ShardHalt) -> list[Event]:
         """Finish a halt: take the state of `clean` (this engine's state as of `halt.seq - 1`, rebuilt
@@ -265,6 +328,8 @@ class Engine:
         self.now_ns = now_ns
         self.halted = (raw[5][0], raw[5][1]) if len(raw) > 5 else None
         self.broken = None
+        self._wake_ns = 0  # the timers work out when they are next due at the next command
+        self._rearm()
 
     def check_invariants(self) -> None:
         for spec in self._all_states():

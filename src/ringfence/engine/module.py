@@ -3,7 +3,7 @@
 A `Module` is an explicit object that declares everything the engine needs from a domain: its
 command types (each with a handler, an optional edge precheck, the scopes the command touches and
 its effect), its event types, one piece of state (factory, snapshot, restore, invariant check),
-guards run before every command, and hooks run before every command (the ledger expires two-phase
+guards run before every command (or only while the module's state arms them), and hooks run before every command (the ledger expires two-phase
 transfers there). Nothing is registered globally: the composition root (`ringfence.app`) hands a
 list of modules to `Engine(modules)`, and the engine, the journal decoders and the halts guard see
 exactly those and nothing else. A `Command` subclass defined anywhere else (a test's, a plugin's)
@@ -32,7 +32,11 @@ __all__ = [
     "StateComponent",
     "Module",
     "no_scopes",
+    "NEVER",
 ]
+
+#: A time no timer is due at (`Module.timer`): later than any sequencer timestamp.
+NEVER = 1 << 63
 
 #: The kinds of scope a command can touch; `("venue", "*")` is implied for every command.
 SCOPE_KINDS = ("market", "segment", "asset", "venue")
@@ -110,8 +114,13 @@ class Module:
     events: list[type] = field(default_factory=list)
     state: StateComponent | None = None
     guards: list[Callable[["Engine", Any], None]] = field(default_factory=list)
+    #: Guards that `apply` runs only while `armed(<this module's state>)` is true (see `guard_while`).
+    guard_arming: dict[Callable[["Engine", Any], None], Callable[[Any], bool]] = field(default_factory=dict)
     #: `fn(engine) -> events`, run before every command's guards and handler (sequencer time is set).
     before_command: list[Callable[["Engine"], Sequence[Event]]] = field(default_factory=list)
+    #: `(fn, next_due)`: `fn(engine) -> events` runs before a command only once sequencer time has
+    #: reached `next_due(<this module's state>)` (see `timer`).
+    timers: list[tuple[Callable[["Engine"], Sequence[Event]], Callable[[Any], int]]] = field(default_factory=list)
 
     def handles(
         self,
@@ -179,6 +188,47 @@ class Module:
         """
         self.guards.append(fn)
         return fn
+
+    def guard_while(
+        self, armed: Callable[[Any], bool]
+    ) -> Callable[[Callable[["Engine", Any], None]], Callable[["Engine", Any], None]]:
+        """Decorator: a guard that can only refuse while `armed(state)` is true for this module's
+        state (halts: while a halt is active), so `apply` skips it, call and all, otherwise.
+
+        The engine re-evaluates `armed` whenever this module's state can have changed: after every
+        command this module handles and whenever the state is built or loaded. So only this
+        module's own handlers may change what `armed` reads. `precheck` runs the guard always.
+        """
+        if self.state is None:
+            raise RuntimeError(f"module {self.name!r} declares its state before a guard armed by it")
+
+        def register(fn: Callable[["Engine", Any], None]) -> Callable[["Engine", Any], None]:
+            self.guards.append(fn)
+            self.guard_arming[fn] = armed
+            return fn
+
+        return register
+
+    def timer(
+        self, next_due: Callable[[Any], int]
+    ) -> Callable[[Callable[["Engine"], Sequence[Event]]], Callable[["Engine"], Sequence[Event]]]:
+        """Decorator: `fn(engine) -> events` runs before a command (like `before_each_command`), but
+        only once the command's sequencer time has reached the time the engine was told to wake.
+
+        After the timers run, the engine sleeps until the earliest `next_due(state)` of them
+        (`NEVER` when nothing is scheduled). Whatever schedules something earlier in this state
+        must tell the engine at once with `engine.wake_at(ns)` (the ledger does when it stores a
+        deadline). A freshly built or loaded engine runs its timers at the next command, which
+        works out the wake time again. TigerBeetle's pending-transfer expiry works the same way.
+        """
+        if self.state is None:
+            raise RuntimeError(f"module {self.name!r} declares its state before a timer that reads it")
+
+        def register(fn: Callable[["Engine"], Sequence[Event]]) -> Callable[["Engine"], Sequence[Event]]:
+            self.timers.append((fn, next_due))
+            return fn
+
+        return register
 
     def before_each_command(self, fn: Callable[["Engine"], Sequence[Event]]) -> Callable[["Engine"], Sequence[Event]]:
         self.before_command.append(fn)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from ..engine.commands import Command, Event
 from ..engine.core import Engine
-from ..engine.module import Effect, Module, Scope
+from ..engine.module import NEVER, Effect, Module, Scope
 from ..errors import ValidationError
 from ..money import Asset, AssetClass
 from .ledger import Ledger
@@ -97,18 +97,27 @@ class TransferExpired(Event, tag="transfer.expired/1", frozen=True):
 MODULE.declare_events(AssetRegistered, SegmentRegistered, AccountOpened, TransfersCreated, TransferExpired)
 
 
+def _new_ledger(engine: Engine) -> Ledger:
+    ledger = Ledger()
+    ledger.wake_at = engine.wake_at  # a stored deadline wakes the expiry timer
+    return ledger
+
+
 def _restore_ledger(engine: Engine, data: list[Any]) -> Ledger:
     data = list(data)
     data[3] = [Transfer(*row) for row in data[3]]
-    return Ledger.from_snapshot(data)
+    ledger = Ledger.from_snapshot(data)
+    ledger.wake_at = engine.wake_at
+    return ledger
 
 
-MODULE.declare_state(lambda engine: Ledger(), Ledger.snapshot_state, _restore_ledger, attribute="ledger")
+MODULE.declare_state(_new_ledger, Ledger.snapshot_state, _restore_ledger, attribute="ledger")
 
 
-@MODULE.before_each_command
+@MODULE.timer(lambda ledger: ledger.next_expiry_ns(NEVER))
 def _expire_transfers(engine: Engine) -> Sequence[Event]:
-    """Two-phase transfers past their timeout are voided before the command at that time runs."""
+    """Two-phase transfers past their timeout are voided before the command at that time runs
+    (the engine runs this only once the earliest deadline the ledger stored has come)."""
     expired = engine.ledger.expire_due(engine.now_ns)
     return [TransferExpired(pid, amount) for pid, amount in expired] if expired else ()
 

@@ -26,7 +26,7 @@ wrongly. See docs/ledger.md.
 from __future__ import annotations
 
 import heapq
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from ..errors import InvariantViolation, UnknownAccount, ValidationError
 from ..money import MAX_AMOUNT, Asset, AssetClass, AssetRegistry
@@ -153,6 +153,9 @@ class Ledger:
         self.pending: dict[int, Pending] = {}
         self._expiry: list[tuple[int, int]] = []
         self.next_internal_id = INTERNAL_ID_BASE
+        #: Told every deadline stored (`Engine.wake_at`, wired by the ledger module): the engine
+        #: runs the expiry timer only when one is due. Not state (never snapshotted).
+        self.wake_at: Callable[[int], None] | None = None
         #: A limit, not state (never snapshotted): tests lower it to reach it.
         self.max_accounts = MAX_ACCOUNTS
         for segment in DEFAULT_SEGMENTS:
@@ -236,6 +239,11 @@ class Ledger:
 
     def find(self, owner: str, asset: str, kind: str = "available", segment: str = "spot") -> Account | None:
         return self._by_key.get((owner, asset, kind, segment))
+
+    def find_pair(self, owner: str, asset: str, other_asset: str, kind: str, segment: str) -> tuple[Account | None, Account | None]:
+        """`find` of two assets of one owner at once (what pays and what receives, for an order)."""
+        by_key = self._by_key
+        return by_key.get((owner, asset, kind, segment)), by_key.get((owner, other_asset, kind, segment))
 
     def get(self, owner: str, asset: str, kind: str = "available", segment: str = "spot") -> Account:
         account = self._by_key.get((owner, asset, kind, segment))
@@ -529,33 +537,78 @@ class Ledger:
     def hold(self, debit: Account, credit: Account, amount: int, expires_at_ns: int = 0) -> int:
         """Open an engine-made pending transfer (an order's or a withdrawal's hold); returns its id.
         The caller checked `can_hold` first."""
+        # Pre-conditions: a positive amount within 128 bits between two accounts of one asset.
         if not 0 < amount <= MAX_AMOUNT or debit.asset != credit.asset or debit is credit:
             raise InvariantViolation(f"bad hold of {amount} {debit.name} -> {credit.name}")
-        code = self._check_limits(debit, credit, amount, pending=True)
-        if code is not None:
+        # Post-conditions, checked on the counters as they will be (so a failure changes nothing):
+        # the debit is not overdrawn, the credit not over-credited, neither counter passes 128 bits.
+        debits = debit.debits_posted + debit.debits_pending + amount
+        credits = credit.credits_posted + credit.credits_pending + amount
+        if (
+            debits > MAX_AMOUNT
+            or credits > MAX_AMOUNT
+            or (debit.flags & _NO_OVERDRAFT and debits > debit.credits_posted)
+            or (credit.flags & _NO_EXCESS_CREDIT and credits > credit.debits_posted)
+        ):
+            code = self._check_limits(debit, credit, amount, pending=True)
             raise InvariantViolation(f"hold on {debit.name} failed: {code}")
-        tid = self.new_internal_id()
-        self._reserve(tid, debit, credit, amount, expires_at_ns)
-        _assert_not_overdrawn(debit)
+        tid = self.next_internal_id
+        self.next_internal_id = tid + 1
+        # `_reserve`, inlined: this is the hot path of every order placed.
+        debit.debits_pending += amount
+        credit.credits_pending += amount
+        self.pending[tid] = Pending(tid, debit, credit, amount, expires_at_ns)
+        if expires_at_ns:
+            self._schedule_expiry(expires_at_ns, tid)
         return tid
 
     def resize_hold(self, hold_id: int, delta: int) -> None:
         """Grow (`delta > 0`, the caller checked `can_hold`) or partly release (`delta < 0`) an open
         hold, keeping its id: an amended order keeps one hold instead of a void plus a new one."""
         p = self._open_hold(hold_id)
-        if p.remaining + delta <= 0:
-            raise InvariantViolation(f"cannot resize hold {hold_id} ({p.remaining} left) by {delta}")
+        if not self.resize_hold_to(hold_id, p.debit, p.remaining + delta):
+            raise InvariantViolation(f"growing hold {hold_id} on {p.debit.name} failed: exceeds_credits")
+
+    def resize_hold_to(self, hold_id: int, payer: Account, need_minor: int) -> bool:
+        """Make the hold `hold_id` of `payer` reserve `need_minor` (an amended order's new need).
+
+        Returns False, changing nothing, when growing it would overdraw `payer` (the caller refuses
+        the amend); shrinking always succeeds. A hold that already reserves `need_minor` (or one
+        that is no longer open, asked for nothing) is left as it is. One call on the amend path:
+        what `hold_remaining`, `can_hold` and `resize_hold` would check, in that order.
+        """
+        p = self.pending.get(hold_id)
+        if p is None or p.status != "pending":
+            if not need_minor:
+                return True
+            if not self.can_hold(payer, need_minor):
+                return False
+            raise InvariantViolation(f"hold {hold_id} is not open ({p.status if p else 'unknown'})")
+        delta = need_minor - p.remaining
+        if not delta:
+            return True
+        # Pre-condition: the hold is the payer's.
+        debit = p.debit
+        if debit is not payer:
+            raise InvariantViolation(f"hold {hold_id} is not {payer.name}'s")
+        credit = p.credit
         if delta > 0:
-            code = self._check_limits(p.debit, p.credit, delta, pending=True)
-            if code is not None:
-                raise InvariantViolation(f"growing hold {hold_id} on {p.debit.name} failed: {code}")
+            # Growing is what can break a limit: check the counters as they will be (so a failure
+            # changes nothing). `amount` grows with `remaining`: `remaining <= amount` still holds.
+            debits = debit.debits_posted + debit.debits_pending + delta
+            if debit.flags & _NO_OVERDRAFT and debits > debit.credits_posted:
+                return False
+            credits = credit.credits_posted + credit.credits_pending + delta
+            if debits > MAX_AMOUNT or credits > MAX_AMOUNT or (credit.flags & _NO_EXCESS_CREDIT and credits > credit.debits_posted):
+                code = self._check_limits(debit, credit, delta, pending=True)
+                raise InvariantViolation(f"growing hold {hold_id} on {debit.name} failed: {code}")
             p.amount += delta
-        p.debit.debits_pending += delta
-        p.credit.credits_pending += delta
-        p.remaining += delta
-        _assert_not_overdrawn(p.debit)
-        if not 0 < p.remaining <= p.amount:
-            raise InvariantViolation(f"hold {hold_id} resized to {p.remaining} of {p.amount}")
+        elif need_minor <= 0:  # shrinking can only break this: a hold left reserving nothing
+            raise InvariantViolation(f"cannot resize hold {hold_id} ({p.remaining} left) to {need_minor}")
+        debit.debits_pending += delta
+        credit.credits_pending += delta
+        p.remaining = need_minor
+        return True
 
     def capture(self, hold_id: int, amount: int) -> None:
         """Post `amount` of an open hold (a withdrawal settled, part of an order filled)."""
@@ -585,12 +638,27 @@ class Ledger:
         Finished engine-made holds are not needed for idempotency (no client can name them), and
         keeping one per order ever placed would grow the state and every snapshot without bound.
         """
+        # Pre-conditions: an engine-made hold that exists, and is open or fully posted or voided.
         if hold_id < INTERNAL_ID_BASE:
             raise InvariantViolation(f"hold {hold_id} is a client's pending transfer; it is kept")
-        released = self.release(hold_id)
-        p = self.pending.pop(hold_id)
-        if p.status not in ("posted", "voided") or p.remaining:
+        pending = self.pending
+        p = pending.get(hold_id)
+        if p is None:
+            raise InvariantViolation(f"no hold {hold_id}")
+        released = 0
+        if p.status == "pending":
+            released = p.remaining
+            debit, credit = p.debit, p.credit
+            debit.debits_pending -= released
+            credit.credits_pending -= released
+            p.remaining = 0
+            p.status = "voided"
+            # Post-condition: releasing never leaves a negative reservation.
+            if debit.debits_pending < 0 or credit.credits_pending < 0:
+                raise InvariantViolation(f"releasing hold {hold_id} left a negative reservation")
+        elif p.remaining or (p.status != "posted" and p.status != "voided"):
             raise InvariantViolation(f"hold {hold_id} ended as {p.status} with {p.remaining} left")
+        del pending[hold_id]
         return released
 
     def settle_fill(
@@ -623,45 +691,53 @@ class Ledger:
         # each fee fits in what its payer receives and the shield's share fits in the fee.
         if hb is None or hs is None or hb.status != "pending" or hs.status != "pending":
             raise InvariantViolation(f"fill settles against holds {buyer_hold}/{seller_hold} that are not open")
-        if not (0 < quote_minor <= hb.remaining and 0 < base_minor <= hs.remaining):
-            raise InvariantViolation(f"fill of {base_minor} for {quote_minor}: a hold is short ({hb.remaining} quote, {hs.remaining} base)")
+        # The holds' remainders and the six payouts, as they will be. A Python int ORed with a
+        # negative one is negative, so one test says "the holds cover the fill (each side delivers
+        # something), each fee fits in what its payer receives and the shield's share in the fee".
+        buyer_left, seller_left = hb.remaining - quote_minor, hs.remaining - base_minor
+        buyer_gets, base_fees = base_minor - buyer_fee_minor, buyer_fee_minor - buyer_shield_minor
+        seller_gets, quote_fees = quote_minor - seller_fee_minor, seller_fee_minor - seller_shield_minor
+        if (buyer_left | seller_left | (quote_minor - 1) | (base_minor - 1) | buyer_gets | base_fees | buyer_shield_minor
+                | seller_gets | quote_fees | seller_shield_minor) < 0:
+            raise InvariantViolation(
+                f"fill of {base_minor} for {quote_minor} (holds {hb.remaining} quote, {hs.remaining} base; fees "
+                f"{buyer_fee_minor}/{seller_fee_minor}, shield {buyer_shield_minor}/{seller_shield_minor}) does not add up"
+            )
         if hb.credit is not cq or hs.credit is not cb or buyer_recv.asset != cb.asset or seller_recv.asset != cq.asset:
             raise InvariantViolation("fill legs do not match the market's clearing accounts")
-        if not (0 <= buyer_shield_minor <= buyer_fee_minor <= base_minor and 0 <= seller_shield_minor <= seller_fee_minor <= quote_minor):
-            raise InvariantViolation(f"fees {buyer_fee_minor}/{seller_fee_minor} (shield {buyer_shield_minor}/{seller_shield_minor}) exceed the fill")
-        base_before = cb.credits_posted - cb.debits_posted
-        quote_before = cq.credits_posted - cq.debits_posted
-        # Capture both holds into clearing (exactly `_capture`, inlined: this is the hot path).
+        # Post-condition, checked up front (so a failure changes nothing): no counter passes 128
+        # bits. Clearing's debits are the largest counters this fill grows — every credit paid out
+        # of clearing is part of what clearing is debited — so checking them covers the rest.
+        base_debits = cb.debits_posted + base_minor
+        quote_debits = cq.debits_posted + quote_minor
+        if base_debits > MAX_AMOUNT or quote_debits > MAX_AMOUNT:
+            raise InvariantViolation(f"{cb.name}/{cq.name}: clearing counters overflow 128 bits")
+        # Capture both holds into clearing and pay out of clearing (`_capture` and `move`, inlined:
+        # this is the hot path). Each leg adds the same amount to one debit and one credit counter,
+        # and clearing is credited exactly what it is debited: it ends where it began.
         bpay, spay = hb.debit, hs.debit
         bpay.debits_pending -= quote_minor
         bpay.debits_posted += quote_minor
         cq.credits_pending -= quote_minor
         cq.credits_posted += quote_minor
-        hb.remaining -= quote_minor
-        if not hb.remaining:
+        hb.remaining = buyer_left
+        if not buyer_left:
             hb.status = "posted"
         spay.debits_pending -= base_minor
         spay.debits_posted += base_minor
         cb.credits_pending -= base_minor
         cb.credits_posted += base_minor
-        hs.remaining -= base_minor
-        if not hs.remaining:
+        hs.remaining = seller_left
+        if not seller_left:
             hs.status = "posted"
-        # Pay out of clearing. Receivers and fee accounts carry no no-excess-credit flag, and no
-        # credit can pass MAX_AMOUNT without clearing's debits doing so first (checked below).
-        cb.debits_posted += base_minor
-        buyer_recv.credits_posted += base_minor - buyer_fee_minor
-        c.base_fees.credits_posted += buyer_fee_minor - buyer_shield_minor
+        cb.debits_posted = base_debits
+        buyer_recv.credits_posted += buyer_gets
+        c.base_fees.credits_posted += base_fees
         c.base_shield.credits_posted += buyer_shield_minor
-        cq.debits_posted += quote_minor
-        seller_recv.credits_posted += quote_minor - seller_fee_minor
-        c.quote_fees.credits_posted += seller_fee_minor - seller_shield_minor
+        cq.debits_posted = quote_debits
+        seller_recv.credits_posted += seller_gets
+        c.quote_fees.credits_posted += quote_fees
         c.quote_shield.credits_posted += seller_shield_minor
-        # Post-conditions: clearing passed everything on, and stays inside 128 bits.
-        if cb.credits_posted - cb.debits_posted != base_before or cq.credits_posted - cq.debits_posted != quote_before:
-            raise InvariantViolation(f"fill left a balance on {cb.name} or {cq.name}")
-        if cb.debits_posted > MAX_AMOUNT or cq.debits_posted > MAX_AMOUNT:
-            raise InvariantViolation(f"{cb.name}/{cq.name}: clearing counters overflow 128 bits")
 
     # ------------------------------------------------------------------ engine-side reads
 
@@ -696,7 +772,16 @@ class Ledger:
         credit.credits_pending += amount
         self.pending[tid] = Pending(tid, debit, credit, amount, expires_at_ns)
         if expires_at_ns:
-            heapq.heappush(self._expiry, (expires_at_ns, tid))
+            self._schedule_expiry(expires_at_ns, tid)
+
+    def _schedule_expiry(self, expires_at_ns: int, tid: int) -> None:
+        heapq.heappush(self._expiry, (expires_at_ns, tid))
+        if self.wake_at is not None:
+            self.wake_at(expires_at_ns)
+
+    def next_expiry_ns(self, never: int) -> int:
+        """The earliest deadline stored (perhaps of a transfer already gone), or `never`."""
+        return self._expiry[0][0] if self._expiry else never
 
     def _capture(self, p: Pending, amount: int) -> None:
         debit, credit = p.debit, p.credit
@@ -863,4 +948,5 @@ class Ledger:
         heapq.heapify(ledger._expiry)
         ledger.next_internal_id = next_internal_id
         ledger.max_accounts = MAX_ACCOUNTS
+        ledger.wake_at = None
         return ledger

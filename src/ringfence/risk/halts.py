@@ -444,7 +444,7 @@ def _check_command(engine: Engine, state: HaltsState, command: Any) -> None:
             raise _refusal(kind, scope, name, type(command).__name__, state)
 
 
-@MODULE.guard
+@MODULE.guard_while(lambda state: bool(state._index))  # `apply` skips it while no halt is active
 def _halt_guard(engine: Engine, command: Any) -> None:
     state = engine.components.get("halts")
     if state is None or not state._index:

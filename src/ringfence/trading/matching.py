@@ -35,6 +35,7 @@ from bisect import bisect_left, bisect_right
 from typing import Any
 
 from ..engine.commands import Event
+from ..errors import InvariantViolation
 from .book import Market, Order
 from .commands import (
     OrderExpired,
@@ -270,10 +271,9 @@ def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]
     elif o.leaves == 0:
         ledger.end_hold(o.hold_id)  # FILLED: give back what a buy below its limit did not spend
     elif o.tif == _GTC and o.type in _LIMITISH:
-        if o.is_buy:
-            excess = ledger.hold_remaining(o.hold_id) - o.leaves * o.price // m.base_scale
-            if excess:
-                ledger.resize_hold(o.hold_id, -excess)
+        # A buy that filled below its limit gives back what its rest no longer needs.
+        if o.is_buy and not ledger.resize_hold_to(o.hold_id, o.pay, o.leaves * o.price // m.base_scale):
+            raise InvariantViolation(f"order {o.id}: its hold cannot cover its rest")
         m.rest(o)
         m.index(o)
         ev.append(OrderRested(m.symbol, o.id, o.owner, _BUY if o.is_buy else _SELL, o.price, o.leaves))

@@ -46,7 +46,7 @@ from .state import (
     MAX_QTY,
     TradingState,
 )
-from .vocabulary import OrderType, Side, TimeInForce
+from .vocabulary import OrderType, SelfTradePrevention, Side, TimeInForce
 
 __all__ = ["REASONS", "check_place"]
 
@@ -134,21 +134,23 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     parsed = _parse_order(c)
     if isinstance(parsed, _Refusal):
         return _reject(ev, "PLACE", c, *parsed)
-    is_buy, typ, tif, stp = parsed
+    is_buy, limitish = parsed[0], parsed[4]
     if (m.band_hi or m.out_of_band) and not dry_run:
         _band_watch(m, engine.now_ns, ev)
-    refusal = _market_refusal(m, c, is_buy, typ, tif)
+    refusal = _market_refusal(m, c, parsed)
     if refusal is not None:
         return _reject(ev, "PLACE", c, *refusal)
-    protect_minor, hold_minor = _protection_and_hold(m, c, is_buy, typ)
+    if limitish:  # a limit buy holds what it can cost at its price, a sell its quantity
+        protect_minor, hold_minor = 0, (c.price * c.quantity // m.base_scale if is_buy else c.quantity)
+    else:
+        protect_minor, hold_minor = _protection_and_hold(m, c, parsed)
     ledger = engine.ledger
     segment = m.segment
     pay_asset, recv_asset = (m.quote, m.base) if is_buy else (m.base, m.quote)
-    pay = ledger.find(c.owner, pay_asset, "available", segment)
+    pay, recv = ledger.find_pair(c.owner, pay_asset, recv_asset, "available", segment)
     if hold_minor:
         if pay is None or not ledger.can_hold(pay, hold_minor):
             return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
-    recv = ledger.find(c.owner, recv_asset, "available", segment)
     if (recv is None or pay is None) and not ledger.can_open_accounts((recv is None) + (pay is None)):
         return _reject(ev, "PLACE", c, "SHARD_FULL", "owner", "this shard cannot open more accounts; contact support")
     if dry_run:
@@ -158,25 +160,17 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
         recv = ledger.open_account(c.owner, recv_asset, "available", segment)[0]
     if pay is None:
         pay = ledger.open_account(c.owner, pay_asset, "available", segment)[0]
-    _open_order(engine, st, m, c, (is_buy, typ, tif, stp), pay, recv, protect_minor, hold_minor, ev)
+    _open_order(engine, st, m, c, parsed, pay, recv, protect_minor, hold_minor, ev)
 
 
-def _parse_order(c: PlaceOrder) -> tuple[bool, Any, Any, Any] | _Refusal:
-    """The order's own fields, each checked and turned into its value type: (is_buy, type, time in
-    force, STP mode). Needs no market; changes nothing but the owner-name cache."""
-    is_buy = _SIDES.get(c.side)
-    if is_buy is None:
-        return _Refusal("INVALID_PARAMETER", "side", "side must be BUY or SELL")
+def _parse_order(c: PlaceOrder) -> "_Words | _Refusal":
+    """The order's own fields, each checked and its words turned into value types (`_Words`).
+    Needs no market; changes nothing but the owner-name cache."""
+    words = _WORDS.get((c.side, c.order_type, c.tif, c.stp))
+    if words is None:
+        return _word_refusal(c)
+    _, typ, tif, _, limitish, is_stop = words
     owner, coid = c.owner, c.client_order_id
-    typ = _TYPES.get(c.order_type)
-    if typ is None:
-        return _Refusal("INVALID_PARAMETER", "order_type", f"type must be one of {', '.join(sorted(_TYPES))}")
-    tif = _TIFS.get(c.tif)
-    if tif is None:
-        return _Refusal("INVALID_PARAMETER", "tif", "tif must be GTC, IOC or FOK")
-    stp = _STPS.get(c.stp)
-    if stp is None:
-        return _Refusal("INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
     if owner not in _VALID_OWNERS:
         if not _OWNER_RE.fullmatch(owner):
             return _Refusal("INVALID_PARAMETER", "owner", "owner must be 1-64 characters of a-z, 0-9, '_', '.', '-'")
@@ -186,11 +180,11 @@ def _parse_order(c: PlaceOrder) -> tuple[bool, Any, Any, Any] | _Refusal:
     if coid and not _COID_RE.fullmatch(coid):
         return _Refusal("INVALID_PARAMETER", "client_order_id", "client_order_id must match ^[.A-Za-z0-9:/_-]{1,36}$")
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
-    if not (0 <= price_minor <= MAX_PRICE and 0 <= stop_minor <= MAX_PRICE and 0 <= qty_minor <= MAX_QTY and 0 <= quote_minor <= MAX_QTY):
+    # (A Python int ORed with a negative one is negative: one test for "none is below zero".)
+    if (price_minor | stop_minor | qty_minor | quote_minor) < 0 or price_minor > MAX_PRICE or stop_minor > MAX_PRICE or qty_minor > MAX_QTY or quote_minor > MAX_QTY:
         for value, name, hi in ((price_minor, "price", MAX_PRICE), (stop_minor, "stop_price", MAX_PRICE), (qty_minor, "quantity", MAX_QTY), (quote_minor, "quote_amount", MAX_QTY)):
             if not 0 <= value <= hi:
                 return _Refusal("INVALID_PARAMETER", name, f"{name} must be between 0 and {hi}")
-    limitish = typ in _LIMITISH
     if limitish:
         if not price_minor or not qty_minor or quote_minor:
             return _Refusal("INVALID_PARAMETER", "price" if not price_minor else "quantity", f"{typ} needs price and quantity (and no quote_amount)")
@@ -199,22 +193,45 @@ def _parse_order(c: PlaceOrder) -> tuple[bool, Any, Any, Any] | _Refusal:
             return _Refusal("INVALID_PARAMETER", "quantity", "MARKET needs exactly one of quantity and quote_amount")
     elif not qty_minor or quote_minor or price_minor:  # STOP_MARKET
         return _Refusal("INVALID_PARAMETER", "quantity", "STOP_MARKET needs quantity and stop_price only")
-    is_stop = typ == _STOP_LIMIT or typ == _STOP_MARKET
     if is_stop != (stop_minor > 0):
         return _Refusal("INVALID_PARAMETER", "stop_price", "stop_price is required for stop orders and only for them")
     if typ == _LIMIT_MAKER and tif != _GTC:
         return _Refusal("INVALID_PARAMETER", "tif", "LIMIT_MAKER is always GTC")
     if not limitish and tif == _FOK:
         return _Refusal("INVALID_PARAMETER", "tif", "market orders are IOC; FOK needs a limit price")
-    return is_buy, typ, tif, stp
+    return words
 
 
-def _market_refusal(m: Market, c: PlaceOrder, is_buy: bool, typ: Any, tif: Any) -> _Refusal | None:
+#: An order's words as value types, and what its type implies:
+#: (is_buy, type, time in force, STP mode, limit-priced, a stop).
+_Words = tuple[bool, OrderType, TimeInForce, SelfTradePrevention, bool, bool]
+
+#: Every well-formed (side, order type, time in force, STP mode) of a command -> its `_Words`:
+#: one lookup checks and converts all four (on a miss `_word_refusal` says which is wrong).
+_WORDS: dict[tuple[str, str, str, str], _Words] = {
+    (side.value, typ.value, tif.value, stp.value): (
+        _SIDES[side], typ, tif, stp, typ in _LIMITISH, typ == _STOP_LIMIT or typ == _STOP_MARKET
+    )
+    for side in Side for typ in OrderType for tif in TimeInForce for stp in SelfTradePrevention
+}
+
+
+def _word_refusal(c: PlaceOrder) -> _Refusal:
+    """Which of the order's words is not one of ours, checked in the order the API documents."""
+    if c.side not in _SIDES:
+        return _Refusal("INVALID_PARAMETER", "side", "side must be BUY or SELL")
+    if c.order_type not in _TYPES:
+        return _Refusal("INVALID_PARAMETER", "order_type", f"type must be one of {', '.join(sorted(_TYPES))}")
+    if c.tif not in _TIFS:
+        return _Refusal("INVALID_PARAMETER", "tif", "tif must be GTC, IOC or FOK")
+    return _Refusal("INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
+
+
+def _market_refusal(m: Market, c: PlaceOrder, words: _Words) -> _Refusal | None:
     """The market's rules for a well-formed order: status, tick, lot, band (price and stop price),
     minimum notional, stop trigger, post-only, duplicate client id, open-order and book limits."""
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
-    limitish = typ in _LIMITISH
-    is_stop = typ == _STOP_LIMIT or typ == _STOP_MARKET
+    is_buy, typ, tif, _, limitish, is_stop = words
     if m.status != ACTIVE:
         return _Refusal("MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted")
     tick, scale = m.tick, m.base_scale
@@ -222,7 +239,8 @@ def _market_refusal(m: Market, c: PlaceOrder, is_buy: bool, typ: Any, tif: Any) 
         return _Refusal("PRICE_NOT_ON_TICK", "price", f"price must be a multiple of the tick size {tick}")
     if stop_minor % tick:
         return _Refusal("PRICE_NOT_ON_TICK", "stop_price", f"stop_price must be a multiple of the tick size {tick}")
-    if qty_minor:
+    # The LOT_SIZE filter, tested in line; `_qty_problem` only says what is wrong.
+    if qty_minor and (qty_minor % m.lot or qty_minor < m.min_qty or qty_minor > m.max_qty):
         problem = _qty_problem(m, qty_minor)
         if problem is not None:
             return _Refusal(problem[0], "quantity", problem[1])
@@ -257,18 +275,22 @@ def _market_refusal(m: Market, c: PlaceOrder, is_buy: bool, typ: Any, tif: Any) 
         if owned is not None and len(owned) >= m.max_open_per_account:
             return _Refusal("TOO_MANY_OPEN_ORDERS", "symbol", f"at most {m.max_open_per_account} open orders per account in {m.symbol}")
         if limitish and not is_stop:
-            if m.book_orders >= m.max_book_orders or m.level_limit_reached(is_buy, price_minor):
+            if m.book_orders >= m.max_book_orders or (
+                len(m.bid_prices if is_buy else m.ask_prices) >= m.max_levels and m.level_limit_reached(is_buy, price_minor)
+            ):
                 return _Refusal("BOOK_FULL", "price", f"the {m.symbol} book is at its size limit")
     return None
 
 
-def _protection_and_hold(m: Market, c: PlaceOrder, is_buy: bool, typ: Any) -> tuple[int, int]:
+def _protection_and_hold(m: Market, c: PlaceOrder, words: _Words) -> tuple[int, int]:
     """(protection price, amount to hold) of a new order, in quote minor units per base unit and in
     the paying asset's minor units. A market order's protection price is the best opposite price
     moved by the market's slippage (clamped to the band); a buy holds what its limit, protection
     price or quote amount can cost, a sell its quantity (by quote amount: enough base to raise the
-    quote at the protection price, rounded up to a lot). Every rounding is against the user."""
+    quote at the protection price, rounded up to a lot). Every rounding is against the user.
+    (`_place` works out a limit order's hold itself, the common case: what this says for it.)"""
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
+    is_buy, typ = words[0], words[1]
     tick, scale = m.tick, m.base_scale
     protect_minor = 0
     if typ == _MARKET:
@@ -299,15 +321,14 @@ def _protection_and_hold(m: Market, c: PlaceOrder, is_buy: bool, typ: Any) -> tu
 
 
 def _open_order(
-    engine: Engine, st: TradingState, m: Market, c: PlaceOrder, parsed: tuple[bool, Any, Any, Any],
+    engine: Engine, st: TradingState, m: Market, c: PlaceOrder, words: _Words,
     pay: Any, recv: Any, protect_minor: int, hold_minor: int, ev: list[Event],
 ) -> None:
     """Create the checked order, hold its funds through the ledger, then rest it (a stop) or match it."""
-    is_buy, typ, tif, stp = parsed
+    is_buy, typ, tif, stp, limitish, is_stop = words
     ledger = engine.ledger
     owner, coid = c.owner, c.client_order_id
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
-    limitish = typ in _LIMITISH
     o = Order()
     oid = st.next_order_id
     st.next_order_id = oid + 1
@@ -336,7 +357,7 @@ def _open_order(
     if not hold_minor:  # a market order that met an empty book: nothing was held, nothing can fill
         ev.append(OrderExpired(m.symbol, oid, owner, c.side, 0, qty_minor, False, "NO_LIQUIDITY", 0))
         return
-    if typ == _STOP_LIMIT or typ == _STOP_MARKET:
+    if is_stop:
         m.index(o)
         m.add_stop(o)
         return
@@ -402,9 +423,10 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         return _reject(ev, "AMEND", c, "INVALID_PARAMETER", "price" if not 0 < price_minor <= MAX_PRICE else "quantity", "price and quantity must be positive", oid)
     if price_minor % m.tick:
         return _reject(ev, "AMEND", c, "PRICE_NOT_ON_TICK", "price", f"price must be a multiple of the tick size {m.tick}", oid)
-    problem = _qty_problem(m, qty_minor)
-    if problem is not None:
-        return _reject(ev, "AMEND", c, problem[0], "quantity", problem[1], oid)
+    if qty_minor % m.lot or qty_minor < m.min_qty or qty_minor > m.max_qty:  # LOT_SIZE, in line
+        problem = _qty_problem(m, qty_minor)
+        if problem is not None:
+            return _reject(ev, "AMEND", c, problem[0], "quantity", problem[1], oid)
     leaves_minor = qty_minor - o.filled
     if leaves_minor <= 0:
         return _reject(ev, "AMEND", c, "INVALID_PARAMETER", "quantity", f"quantity must exceed the {o.filled} already filled", oid)
@@ -416,18 +438,17 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
             return _reject(ev, "AMEND", c, "BELOW_MIN_NOTIONAL", "price", f"price * quantity must be at least {m.min_notional}", oid)
         if o.type == _LIMIT_MAKER and m.crosses(o.is_buy, price_minor):
             return _reject(ev, "AMEND", c, "POST_ONLY_WOULD_TAKE", "price", "a post-only order must not take liquidity", oid)
-        if m.level_limit_reached(o.is_buy, price_minor):
+        # (`level_limit_reached` can only say yes while that side has `max_levels` levels.)
+        if len(m.bid_prices if o.is_buy else m.ask_prices) >= m.max_levels and m.level_limit_reached(o.is_buy, price_minor):
             return _reject(ev, "AMEND", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit", oid)
     ledger = engine.ledger
     is_buy = o.is_buy
     need_minor = leaves_minor * price_minor // m.base_scale if is_buy else leaves_minor
-    extra_minor = need_minor - ledger.hold_remaining(o.hold_id)
-    if extra_minor > 0:
-        if not ledger.can_hold(o.pay, extra_minor):
-            return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
-    # ---- mutate ----
-    if extra_minor:
-        ledger.resize_hold(o.hold_id, extra_minor)
+    # The last check is the first change: the ledger resizes the hold to the new need, or refuses
+    # (changing nothing) when growing it would overdraw the payer.
+    if not ledger.resize_hold_to(o.hold_id, o.pay, need_minor):
+        return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
+    # ---- mutated from here on ----
     if not reprice and qty_minor <= o.qty:  # a reduction keeps time priority
         o.level.total -= o.leaves - leaves_minor  # a resting order is always on a level
         o.leaves = leaves_minor
@@ -438,7 +459,8 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     o.price, o.qty, o.leaves = price_minor, qty_minor, leaves_minor
     o.ts_ns = engine.now_ns
     ev.append(OrderAmended(m.symbol, oid, price_minor, qty_minor, leaves_minor, False))
-    if not m.crosses(is_buy, price_minor):
+    opposite = m.ask_prices if is_buy else m.bid_prices  # `m.crosses`, in line: a move's hot path
+    if not opposite or (opposite[0] > price_minor if is_buy else opposite[-1] < price_minor):
         # It does not cross: straight to the back of its new level (the common "move").
         m.rest(o)
         ev.append(OrderRested(m.symbol, oid, o.owner, _BUY if is_buy else _SELL, price_minor, leaves_minor))
