@@ -31,11 +31,16 @@ def usdt(x: int | str) -> int:
 
 class Shard:
     def __init__(self, *, venues: tuple[str, ...] = VENUES, min_sources: int = 3, clamp_ppm: int = 10_000,
-                 stale_after_s: int = 10, band_ppm: int = 100_000, index: bool = True) -> None:
+                 stale_after_s: int = 10, band_ppm: int = 100_000, index: bool = True,
+                 signers: list[FeedSigner] | None = None) -> None:
         self.engine: Engine = new_engine()
         self.now = T0
         self.log: list[tuple[Any, int]] = []  # what was journaled: (command, ts_ns)
-        self.signers = {v: FeedSigner(v, Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32)) for i, v in enumerate(venues)}
+        if signers is not None:
+            venues = tuple(f.venue for f in signers)
+            self.signers = {f.venue: f for f in signers}
+        else:
+            self.signers = {v: FeedSigner(v, Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32)) for i, v in enumerate(venues)}
         self.apply(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
         self.apply(RegisterAsset("USDT", 6, "crypto", "ethereum"))
         self.apply(ListMarket("BTCUSDT", "BTC", "USDT", "spot", tick_size=10_000, lot_size=10_000, min_qty=10_000, band_ppm=band_ppm))
