@@ -137,6 +137,12 @@ def serve(
         console.print(f"demo API keys: {info['keys']}")
         por = info["por"]
         console.print(f"proof of liabilities for {por['accounts']} accounts at {por['position']}: /por, /por/verify, /v1/por/proof")
+    if demo:  # the index feed simulator: five seeded venues quote BTCUSDT and ETHUSDT (docs/index.md)
+        from ..index.worker import start_demo_feed
+
+        feed = start_demo_feed(exchange)
+        if feed is not None:
+            console.print(f"index feed: simulated venues sim1..sim5 (seed {feed.seed}) for BTCUSDT, ETHUSDT: /v1/index, /fapi/v1/premiumIndex")  # type: ignore[attr-defined]
     console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, OpenAPI /openapi.json, metrics /metrics)")
     import signal
 
