@@ -22,11 +22,32 @@ __all__ = ["build_index_router"]
 _INVALID_SYMBOL = {"code": -1121, "msg": "Invalid symbol."}
 
 
+#: A refused quote: HTTP status and Binance-style code by what was wrong (docs/index.md).
+_REFUSALS = {
+    "RF_VALIDATION": (400, -1100),
+    "RF_NOT_FOUND": (404, -1121),
+    "RF_FORBIDDEN": (403, -2015),
+    "RF_CONFLICT": (409, -1013),
+}
+
+
 def _error(err: RingfenceError) -> JSONResponse:
+    if err.field == "signature_hex":
+        return JSONResponse({"code": -1022, "msg": f"Signature for this quote is not valid: {err.message}", "field": "signature"}, status_code=401)
+    if err.code in _REFUSALS:
+        status, code = _REFUSALS[err.code]
+        return JSONResponse({"code": code, "msg": f"quote refused: {err.message}", "field": err.field or ""}, status_code=status)
     from ..api.binance_errors import from_ringfence
 
     mapped = from_ringfence(err)
     return JSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
+
+
+def _as_error(rejected: CommandRejected) -> RingfenceError:
+    from ..errors import Conflict, Forbidden, NotFound, ValidationError
+
+    kind = {"RF_VALIDATION": ValidationError, "RF_NOT_FOUND": NotFound, "RF_FORBIDDEN": Forbidden, "RF_CONFLICT": Conflict}
+    return kind.get(rejected.code, RingfenceError)(rejected.message, field=rejected.field or None)
 
 
 def build_index_router(exchange: Any, gate: Any) -> APIRouter:
@@ -78,8 +99,8 @@ def build_index_router(exchange: Any, gate: Any) -> APIRouter:
         except RingfenceError as err:
             return _error(err)
         rejected = next((e for e in events if isinstance(e, CommandRejected)), None)
-        if rejected is not None:
-            return JSONResponse({"code": -1013, "msg": f"quote refused ({rejected.code}, {rejected.field}): {rejected.message}"}, status_code=400)
+        if rejected is not None:  # refused by the handler (stale, ahead of time): journaled, changed nothing
+            return _error(_as_error(rejected))
         return JSONResponse({"accepted": True, "venue": command.venue, "symbol": command.symbol, "seq": command.seq})
 
     return router

@@ -1,7 +1,7 @@
 """The ccxt poller: a feed worker that reads venues' tickers with ccxt and submits signed quotes.
 
 Each configured venue is `(venue, exchange, market, symbol, url, decimals, key_file)`: ccxt's
-`fetch_ticker(market)` on exchange class `exchange` (its API URLs re-pointed at `url` when given —
+`fetch_ticker(market)` on exchange class `exchange` (with ccxt `options` when given; its API URLs re-pointed at `url` when given —
 this machine has no internet, so tests point it at local `ringfence serve` processes, which speak
 Binance's `/api/v3/ticker/24hr`), the quote's price taken from the raw ticker strings (never
 ccxt's floats): `lastPrice`, else `floor((bidPrice + askPrice) / 2)`; decimals beyond the quote
@@ -38,6 +38,8 @@ class VenueConfig:
     decimals: int
     key_file: str
     url: str | None = None
+    #: ccxt exchange options, e.g. `{"fetchMarkets": ["spot"]}` for a spot-only Binance-like venue.
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 def load_config(path: Path) -> list[VenueConfig]:
@@ -49,7 +51,7 @@ def load_config(path: Path) -> list[VenueConfig]:
         try:
             key_file = str((path.parent / v["key_file"]).resolve())
             out.append(VenueConfig(str(v["venue"]), str(v["exchange"]), str(v["market"]), str(v["symbol"]),
-                                   int(v["decimals"]), key_file, v.get("url")))
+                                   int(v["decimals"]), key_file, v.get("url"), tuple(dict(v.get("options") or {}).items())))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"venues[{i}]: {err!s} (needs venue, exchange, market, symbol, decimals, key_file)") from None
     if not out:
@@ -94,7 +96,7 @@ class CcxtPoller:
         self.clients: dict[str, Any] = {}
         self.errors: list[str] = []
         for v in venues:
-            client = getattr(ccxt, v.exchange)({"timeout": timeout_ms, "enableRateLimit": False})
+            client = getattr(ccxt, v.exchange)({"timeout": timeout_ms, "enableRateLimit": False, "options": dict(v.options)})
             if v.url:
                 base = v.url.rstrip("/")
                 api = client.urls["api"]
