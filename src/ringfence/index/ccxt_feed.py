@@ -66,7 +66,8 @@ def _minor(text: object, decimals: int) -> int | None:
     if m is None:
         return None
     whole, frac = m.group(1), (m.group(2) or "")
-    return int(whole) * 10**decimals + int((frac[:decimals]).ljust(decimals, "0") or "0")
+    value: int = int(whole) * 10**decimals + int((frac[:decimals]).ljust(decimals, "0") or "0")
+    return value
 
 
 def price_minor_of(ticker: dict[str, Any], decimals: int) -> int | None:
@@ -89,7 +90,7 @@ def _load_key(path: str) -> Any:
 
 class CcxtPoller:
     def __init__(self, venues: list[VenueConfig], *, timeout_ms: int = 5000) -> None:
-        import ccxt
+        import ccxt  # type: ignore[import-untyped]
 
         self.venues = venues
         self.signers = {v.venue: FeedSigner(v.venue, _load_key(v.key_file)) for v in venues}

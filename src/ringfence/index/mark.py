@@ -58,7 +58,7 @@ def book_price(engine: Engine, symbol: str) -> int:
 def _last_trade(engine: Engine, symbol: str) -> int:
     trading = engine.components.get("trading")
     m = trading.markets.get(symbol) if trading is not None else None
-    return m.last_price if m is not None else 0  # type: ignore[no-any-return]
+    return m.last_price if m is not None else 0
 
 
 @dataclass(frozen=True, slots=True)

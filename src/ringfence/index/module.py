@@ -167,7 +167,7 @@ def _configure(engine: Engine, c: ConfigureIndex) -> list[Event]:
         s.override_minor, s.samples, s.next_sample_ns = old.override_minor, old.samples, old.next_sample_ns
     st.symbols[c.symbol] = s
     st.version += 1
-    ev: list[Event] = [IndexConfigured(c.symbol, sorted([v, w] for v, w in sources.items()), c.min_sources,
+    ev: list[Event] = [IndexConfigured(c.symbol, sorted(sources.items()), c.min_sources,
                                        c.clamp_ppm, c.stale_after_ns, approvers)]
     ev += _recompute(engine, s)
     st.next_check_ns = st.next_expiry(engine.now_ns)

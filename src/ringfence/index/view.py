@@ -99,7 +99,7 @@ def index_view(engine: Engine, symbol: str) -> dict[str, Any] | None:
         "staleAfterMs": s.stale_after_ns // 1_000_000,
         "time": s.index_ts_ns // 1_000_000,
         "asOfSeq": engine.last_seq,
-        "adminVersion": state.version,
+        "adminVersion": getattr(state, "version", 0),
         "sources": _sources(engine, s, d),
     }
 
