@@ -142,3 +142,25 @@ def test_ccxt_poller_feeds_a_node_from_other_ringfence_nodes(tmp_path: Path) -> 
             assert target.stop() == 0
     finally:
         assert source.stop() == 0
+
+
+def test_demo_restart_keeps_the_index_and_continues_the_feed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    srv = Server(data, env=FEED_ON)
+    try:
+        v = wait_for(lambda: (lambda x: x if x["status"] == "LIVE" else None)(
+            httpx.get(srv.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()), "a live index")
+    finally:
+        assert srv.stop() == 0
+    shown = json.loads(cli("index", "show", "--data", str(data), "--symbol", "BTCUSDT", "--json").stdout)
+    before = {s["venue"]: s["seq"] for s in shown["sources"]}
+    assert all(seq >= v["sources"][0]["seq"] - 1 for seq in before.values())
+    again = Server(data, env=FEED_ON)  # sources are stale by now; the first round brings them back
+    try:
+        after = httpx.get(again.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
+        assert after["status"] == "LIVE" and after["marketStatus"] == "ACTIVE", after
+        assert all(s["seq"] > before[s["venue"]] for s in after["sources"] if s["live"])
+        halts = httpx.get(again.base + "/v1/halts").json()
+        assert not [h for h in halts if h["halt_id"].startswith("index:")], halts
+    finally:
+        assert again.stop() == 0

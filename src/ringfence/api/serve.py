@@ -50,6 +50,9 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     exchange.open()
     info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips()}
     if demo:
+        from ..index.worker import refresh_demo_feed  # stale demo quotes would leave seeding REDUCE_ONLY
+
+        refresh_demo_feed(exchange.node)
         info["demo"] = seed_demo(exchange.node)
         info["keys"] = str(write_demo_keys(ctx, data))
         from ..solvency.pol import load_secret

@@ -113,9 +113,30 @@ def setup_demo_feed(node: Any, seed: int = DEMO_SEED) -> list[VenueSimulator]:
     return wanted
 
 
+def _feed_enabled() -> bool:
+    return os.environ.get("RINGFENCE_DEMO_FEED", "1") != "0"
+
+
+def refresh_demo_feed(node: Any, clock: Callable[[], int] = time.time_ns) -> None:
+    """Before the demo seeds its books on a restart: one fresh round for the symbols the demo feed
+    already runs, so stale sources do not leave their markets REDUCE_ONLY while the market maker's
+    ladder is placed again. Nothing on a first start (no demo market is listed yet)."""
+    if not _feed_enabled():
+        return
+    sims = [sim for sim in setup_demo_feed(node) if sim.symbol in index_symbols_of(node)]
+    if sims:
+        node.execute_many([q for sim in sims for q in sim.step(clock())], raise_rejected=False)
+
+
+def index_symbols_of(node: Any) -> set[str]:
+    from .state import index_state
+
+    return set(index_state(node.engine).symbols)
+
+
 def start_demo_feed(exchange: Any) -> FeedWorker | None:
     """Set up the demo feed, submit one round now, then quote every second once the node runs."""
-    if os.environ.get("RINGFENCE_DEMO_FEED", "1") == "0":
+    if not _feed_enabled():
         return None  # RINGFENCE_DEMO_FEED=0: no feed, no index (the demo as before issue 17)
     seed = int(os.environ.get("RINGFENCE_DEMO_FEED_SEED", DEMO_SEED))
     sims = setup_demo_feed(exchange.node, seed)
