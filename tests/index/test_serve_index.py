@@ -91,8 +91,10 @@ def test_forged_and_replayed_quotes_over_http_are_refused(demo: Server) -> None:
     # a genuine sim1 quote (the demo key is derivable, by design of the demo) replayed: refused
     from ringfence.index.feeds import demo_feed_key
 
+    # 1.5 s ahead (2 s are allowed) so the running feed's own sim1 quote cannot overtake it; from
+    # here on the feed's sim1 sequence is below ours and refused (this test runs last on the fixture)
     real = FeedSigner("sim1", demo_feed_key("sim1"), {"BTCUSDT": seq})
-    good = real.quote("BTCUSDT", int(after["indexPriceMinor"]), time.time_ns())
+    good = real.quote("BTCUSDT", int(after["indexPriceMinor"]), time.time_ns() + 1_500_000_000)
     form = {"venue": "sim1", "symbol": "BTCUSDT", "price_minor": str(good.price_minor), "source_ts_ns": str(good.source_ts_ns),
             "seq": str(good.seq), "signature": good.signature_hex}
     assert httpx.post(demo.base + "/v1/index/quote", data=form).status_code == 200
