@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -56,7 +56,8 @@ from .state import MAX_SAMPLES, MAX_SOURCES, MAX_SYMBOLS, MAX_VENUES, IndexState
 __all__ = ["MODULE", "halt_id_of"]
 
 MODULE = Module("index")
-MODULE.declare_state(IndexState, snapshot, restore)
+#: Reachable as `engine.index_state` too: the before-command hook reads it on every command.
+MODULE.declare_state(IndexState, snapshot, restore, attribute="index_state")
 MODULE.declare_events(FeedKeyRegistered, IndexConfigured, QuoteAccepted, IndexPriceChanged, IndexSourcesShort,
                       IndexSourcesRestored, ReferenceOverridden)
 
@@ -277,13 +278,16 @@ def _recompute(engine: Engine, s: SymbolIndex) -> list[Event]:
     return ev
 
 
+_NOTHING: tuple[Event, ...] = ()
+
+
 @MODULE.before_each_command
-def _drop_stale_sources(engine: Engine) -> list[Event]:
+def _drop_stale_sources(engine: Engine) -> Sequence[Event]:
     """Drop sources that went stale by this command's sequencer time (one comparison when none did)."""
-    st: IndexState = engine.components["index"]
+    st: IndexState = engine.index_state  # type: ignore[attr-defined]  # set by the engine (StateComponent.attribute)
     due = st.next_check_ns
     if not due or engine.now_ns < due:
-        return []
+        return _NOTHING
     ev: list[Event] = []
     for symbol in sorted(st.symbols):
         ev += _recompute(engine, st.symbols[symbol])
