@@ -186,6 +186,24 @@ def configure(
     console.print(f"[bold green]configured[/] the {symbol} index")
 
 
+@app.command("override")
+def override(
+    data: Path = typer.Argument(..., metavar="DIR", help="The data directory (`serve --data DIR`); the node must be stopped."),
+    symbol: str = typer.Option(..., "--symbol", help="The indexed symbol."),
+    price_minor: int = typer.Option(..., "--price-minor", min=0, help="The band's reference in quote minor units; 0 returns it to the index."),
+    reason: str = typer.Option(..., "--reason", help="Why; every approver signs the same text."),
+    approval: list[str] = typer.Option([], "--approval", help="OPERATOR:SIGNATURE from `index approve override` (M of N once operators exist)."),
+) -> None:
+    """Pin the band's reference price of an indexed symbol (journals OverrideReferencePrice).
+
+    Example: ringfence index override ./ringfence-data --symbol BTCUSDT --price-minor 61000000000 --reason "feed incident" --approval op1:ab.. --approval op2:cd..
+    """
+    from .commands import OverrideReferencePrice
+
+    _execute(data, OverrideReferencePrice(symbol, price_minor, reason, _approvals(approval)))
+    console.print(f"[bold green]{'overridden' if price_minor else 'following the index again'}[/]: {symbol}")
+
+
 @app.command("approve")
 def approve(
     kind: str = typer.Argument(..., help="feed-key, configure or override."),
