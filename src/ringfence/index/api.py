@@ -50,6 +50,21 @@ def _as_error(rejected: CommandRejected) -> RingfenceError:
     return kind.get(rejected.code, RingfenceError)(rejected.message, field=rejected.field or None)
 
 
+def _openapi(params: list[tuple[str, bool]], extra_errors: dict[str, str]) -> dict[str, Any]:
+    from ..api.binance import ERROR_RESPONSES, ERROR_SCHEMA
+
+    responses = dict(ERROR_RESPONSES)
+    for status, description in extra_errors.items():
+        responses[status] = {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    return {
+        "parameters": [{"name": n, "in": "query", "required": required, "schema": {"type": "string"}} for n, required in params],
+        "responses": responses,
+    }
+
+
+_QUOTE_FIELDS = [("venue", True), ("symbol", True), ("price_minor", True), ("source_ts_ns", True), ("seq", True), ("signature", True)]
+
+
 def build_index_router(exchange: Any, gate: Any) -> APIRouter:
     router = APIRouter(tags=["index"])
 
@@ -70,15 +85,20 @@ def build_index_router(exchange: Any, gate: Any) -> APIRouter:
         rows = exchange.read(lambda engine: [view(engine, s) for s in index_symbols(engine)])
         return JSONResponse(rows)
 
-    @router.get("/v1/index", summary="Index and mark price of a symbol with its sources, weights and staleness (all without symbol)")
+    @router.get("/v1/index", summary="Index and mark price of a symbol with its sources, weights and staleness (all without symbol)",
+                openapi_extra=_openapi([("symbol", False)], {}))
     async def v1_index(request: Request) -> JSONResponse:
         return await _one_or_all(request, index_view, 2)
 
-    @router.get("/fapi/v1/premiumIndex", summary="Mark and index price in Binance USDⓈ-M shape (spot: funding 0)")
+    @router.get("/fapi/v1/premiumIndex", summary="Mark and index price in Binance USDⓈ-M shape (spot: funding 0)",
+                openapi_extra=_openapi([("symbol", False)], {}))
     async def premium_index(request: Request) -> JSONResponse:
         return await _one_or_all(request, premium_index_view, 1)
 
-    @router.post("/v1/index/quote", summary="Submit one venue quote signed by its registered feed key (feed workers)")
+    @router.post("/v1/index/quote", summary="Submit one venue quote signed by its registered feed key (feed workers)",
+                 openapi_extra=_openapi(_QUOTE_FIELDS, {"403": "The venue is not a source of the index, or has no feed key",
+                                                        "404": "No index for the symbol",
+                                                        "409": "Replayed or out-of-order quote (sequence or source time)"}))
     async def post_quote(request: Request) -> JSONResponse:
         from ..api.binance_errors import BinanceError
 
