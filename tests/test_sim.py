@@ -24,7 +24,8 @@ def test_a_seeded_run_of_every_module_agrees_with_the_model(tmp_path):
     counts = result.counts
     # every module was driven, with faults and refusals mixed in
     for action in ("ledger.hold", "trade.limit", "trade.stop", "trade.amend", "custody.credit", "custody.reorg",
-                   "withdrawal.advance", "halt.raise", "halt.lift", "halt.lift_forged", "fault.crash"):
+                   "withdrawal.advance", "halt.raise", "halt.lift", "halt.lift_forged", "fault.crash",
+                   "index.quote", "index.quote_bad", "index.outage"):
         assert counts.get(action, 0) > 0, action
     assert result.trades > 20 and result.orders_rejected > 0 and result.transfers_failed > 0
     assert result.halted_refusals > 0 and result.commands_rejected > result.halted_refusals
@@ -161,10 +162,29 @@ def test_a_rejection_that_changed_state_is_caught(tmp_path, monkeypatch):
 
     monkeypatch.setattr(orders, "_qty_problem", mutating_qty_problem)
     with pytest.raises(SimulationFailure) as info:
-        run_simulation(3, CI_STEPS, tmp_path)
+        # seed 1: its first hit is a plain rejection (with seed 3 since the index joined the workload,
+        # the first hit is inside a TradingBatch with an accepted action: caught by the audit instead)
+        run_simulation(1, CI_STEPS, tmp_path)
     text = str(info.value)
     print(text)
-    assert "rejected" in text and "changed state" in text and "ringfence sim --seed 3" in text
+    assert "rejected" in text and "changed state" in text and "ringfence sim --seed 1" in text
+
+
+def test_an_unclamped_index_is_caught(tmp_path, monkeypatch):
+    """Plant an index bug: the clamp is skipped (a wick goes into the mean at full weight); the
+    auditor's own index differs at the first wick and the run names it."""
+    from ringfence.index import module as index_module
+    from ringfence.index.price import compute_index
+
+    monkeypatch.setattr(index_module, "compute_index", lambda prices, weights, clamp_ppm: compute_index(prices, weights, 500_000))
+    with pytest.raises(SimulationFailure) as info:
+        # seed 1: its first hit is a plain rejection (with seed 3 since the index joined the workload,
+        # the first hit is inside a TradingBatch with an accepted action: caught by the audit instead)
+        run_simulation(1, CI_STEPS, tmp_path)
+    text = str(info.value)
+    print(text)
+    # the band's reference follows the index: the first wicked quote moves it differently
+    assert ("'refprice', 'BTCUSDT'" in text or "index[" in text) and "ringfence sim --seed 1" in text
 
 
 def test_a_shard_halt_is_a_failure_of_the_run(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from .engine.core import Engine
 from .engine.module import Module
 from .engine.node import Node, RecoveryReport
 from .engine.node import replay_journal as _replay_journal
+from .index.module import MODULE as INDEX
 from .ledger.commands import MODULE as LEDGER
 from .risk.halts import MODULE as HALTS
 from .trading.module import MODULE as TRADING  # the package imports every trading handler file
@@ -25,7 +26,7 @@ from .trading.module import MODULE as TRADING  # the package imports every tradi
 __all__ = ["standard_modules", "new_engine", "new_node", "replay_journal", "engine_from_snapshot"]
 
 #: The modules of a standard spot shard, ledger first.
-STANDARD_MODULES: tuple[Module, ...] = (LEDGER, TRADING, CUSTODY, HALTS)
+STANDARD_MODULES: tuple[Module, ...] = (LEDGER, TRADING, CUSTODY, HALTS, INDEX)
 
 
 def standard_modules(*extra: Module) -> tuple[Module, ...]:

@@ -63,6 +63,10 @@ from .trading.cli import app as _trading_app  # noqa: E402
 
 app.add_typer(_trading_app, name="trading")
 
+from .index.cli import app as _index_app  # noqa: E402
+
+app.add_typer(_index_app, name="index")
+
 
 @app.callback()
 def _root(

@@ -26,8 +26,11 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(data.parent / f"serve-{self.port}.log", "w")
         # RINGFENCE_POR_EVERY_S=0: one proof at start only, so a test's proof and root file always match
-        # (tests of the schedule set their own interval).
-        full_env = dict(os.environ, RINGFENCE_RECONCILE_EVERY_MS="1000", PYTHONUNBUFFERED="1", RINGFENCE_POR_EVERY_S="0")
+        # (tests of the schedule set their own interval). The demo's index feed journals quotes every
+        # second; tests that check that a refusal journals nothing turn it off unless they ask for it
+        # (tests/index/ does).
+        full_env = dict(os.environ, RINGFENCE_RECONCILE_EVERY_MS="1000", PYTHONUNBUFFERED="1", RINGFENCE_POR_EVERY_S="0",
+                        RINGFENCE_DEMO_FEED="0")
         full_env.update(env or {})
         self.argv = ["serve", *(["--demo"] if demo else []), "--data", str(data), "--port", str(self.port), *args]
         self.proc = subprocess.Popen(

@@ -44,7 +44,9 @@ def start_serve(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     log = open(data.parent / "serve.log", "w")
     proc = subprocess.Popen(RINGFENCE + ["serve", "--demo", "--data", str(data), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, RINGFENCE_RECONCILE_EVERY_MS="600000"))
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, RINGFENCE_RECONCILE_EVERY_MS="600000",
+                                                                                   # the demo's index feed would journal every second
+                                                                                   RINGFENCE_DEMO_FEED="0"))
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:

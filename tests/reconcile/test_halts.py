@@ -8,7 +8,7 @@ import pytest
 from ringfence.engine.commands import Command, Event
 from ringfence.engine.core import Engine
 from ringfence.engine.module import Effect, Module
-from ringfence.app import replay_journal
+from ringfence.app import replay_journal, standard_modules
 from ringfence.errors import Forbidden, Halted, NotFound, ValidationError
 from ringfence.ledger.commands import OpenAccount, RegisterAsset
 from ringfence.risk.halts import (
@@ -211,7 +211,7 @@ def test_halts_survive_snapshot_and_replay(node, operators):
     _raise(node, "h1", "asset", "ETH", "WITHDRAWALS_PAUSED")
     seq = _raise(node, "h2")
     node.execute(LiftHalt("h2", "ok", _sign(operators, ["op1", "op2"], "h2", "ok", seq)))
-    replayed, _, _ = replay_journal(node.data_dir, use_snapshots=False, extra_modules=node.modules[4:])
+    replayed, _, _ = replay_journal(node.data_dir, use_snapshots=False, extra_modules=node.modules[len(standard_modules()):])
     assert replayed.state_hash() == node.engine.state_hash()
     assert active_halts(replayed) == active_halts(node.engine)
     again = node.engine.restored(node.engine.snapshot_bytes())

@@ -304,6 +304,9 @@ def create_app(
 
         app.include_router(build_chain_admin_router(custody, chain_admin_token))
     app.include_router(build_ws_router(hub))
+    from ..index.api import build_index_router  # index and mark price (docs/index.md)
+
+    app.include_router(build_index_router(exchange, gate))
     if por_dir is not None:
         from .por import build_por_router
 

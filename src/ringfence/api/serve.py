@@ -95,6 +95,9 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     custody = custody_runtime(data, settings, demo, ctx)  # custody
     withdraw_addresses = None
     if demo:
+        from ..index.worker import refresh_demo_feed  # stale demo quotes would leave seeding REDUCE_ONLY
+
+        refresh_demo_feed(exchange.node)
         info["demo"] = seed_demo(exchange.node)
         if custody is not None:  # custody: chains, wallets, policy, treasury; alice's address book
             info["custody"] = custody.bootstrap(exchange.node)  # type: ignore[attr-defined]
@@ -267,6 +270,12 @@ def serve(
     else:
         console.print(f"proof of solvency #{por['n']} for {por['accounts']} accounts at {por['position']}, then every "  # type: ignore[index]
                       f"{por['every_s']} s: /por, /por/history, /por/verify, /v1/por/proof")  # type: ignore[index]
+    if demo:  # the index feed simulator: five seeded venues quote BTCUSDT and ETHUSDT (docs/index.md)
+        from ..index.worker import start_demo_feed
+
+        feed = start_demo_feed(exchange)
+        if feed is not None:
+            console.print(f"index feed: simulated venues sim1..sim5 (seed {feed.seed}) for BTCUSDT, ETHUSDT: /v1/index, /fapi/v1/premiumIndex")  # type: ignore[attr-defined]
     console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, OpenAPI /openapi.json, metrics /metrics)")
     import signal
 

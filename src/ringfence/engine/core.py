@@ -285,7 +285,9 @@ class Engine:
             self.last_seq,
             self.now_ns,
             root.snapshot(self.components[root.name]) if root is not None else None,
-            [[spec.name, spec.snapshot(self.components[spec.name])] for spec in self._states],
+            # A module with nothing to keep snapshots None and is left out, so adding a module
+            # leaves the state hash of every journal that never used it unchanged.
+            [[spec.name, snap] for spec in self._states if (snap := spec.snapshot(self.components[spec.name])) is not None],
         ]
         if self.halted is not None:  # absent while running, so running states hash as before
             state.append(list(self.halted))

@@ -411,6 +411,8 @@ _MODELLED = {
     "RegisterAsset", "RegisterSegment", "OpenAccount", "Halt", "LiftHalt", "RegisterOperators",
     "ListMarket", "SetMarketStatus", "SetReferencePrice", "SetFeeTier", "SetAccountFeeTier",
     "CreateTransfers", "PlaceOrder", "CancelOrder", "CancelAll", "AmendOrder", "TradingBatch",
+    # the index (index/): feed keys, parameters, quotes and overrides move no money
+    "RegisterFeedKey", "ConfigureIndex", "SubmitQuote", "OverrideReferencePrice",
 }
 
 

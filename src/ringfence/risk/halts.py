@@ -59,6 +59,10 @@ __all__ = [
     "halts_of",
     "market_status",
     "MODULE",
+    "operators_registered",
+    "verify_operator_quorum",
+    "raise_automatic_halt",
+    "clear_automatic_halt",
 ]
 
 WITHDRAWALS_PAUSED = "WITHDRAWALS_PAUSED"
@@ -523,3 +527,43 @@ def market_status(engine: Engine, symbol: str) -> str:
         if level >= LEVELS[REDUCE_ONLY]:
             rank = max(rank, level)
     return "ACTIVE" if rank == 0 else next(n for n, r in LEVELS.items() if r == rank)
+
+
+# ----------------------------------------------------------------------------------------- for other modules
+# A module whose own condition makes a scope unsafe (the index: too few live price sources) raises
+# a halt here and clears it itself when the condition ends. It is an ordinary halt for everything
+# else (the guard, market_status, /v1/halts, an operator's LiftHalt with a quorum); only its
+# automatic lift carries no approvers.
+
+
+def operators_registered(engine: Engine) -> bool:
+    return bool(halts_of(engine).operators)
+
+
+def verify_operator_quorum(engine: Engine, approvals: list[tuple[str, str]], message: bytes) -> list[str]:
+    """The approvers of `message` when at least M of the N registered operators signed it. Raises; never mutates."""
+    return _verify_quorum(halts_of(engine), approvals, message)
+
+
+def raise_automatic_halt(engine: Engine, halt_id: str, scope_kind: str, scope: str, level: str,
+                         reason: str, evidence: str) -> list[Event]:
+    """Raise `halt_id` unless it is active already (then nothing changes)."""
+    assert scope_kind in SCOPE_KINDS and level in LEVELS and _ID_RE.fullmatch(halt_id), "malformed automatic halt"
+    state = halts_of(engine)
+    if halt_id in state.active or len(state.active) >= MAX_ACTIVE_HALTS:
+        return []
+    state.active[halt_id] = HaltRecord(halt_id, scope_kind, scope, level, reason, evidence, engine.seq, engine.now_ns)
+    state._reindex()
+    return [HaltRaised(halt_id, scope_kind, scope, level, reason, evidence, engine.seq, engine.now_ns)]
+
+
+def clear_automatic_halt(engine: Engine, halt_id: str, reason: str) -> list[Event]:
+    """Lift `halt_id` (no approvers: the condition that raised it has ended); nothing if it is not active."""
+    state = halts_of(engine)
+    record = state.active.pop(halt_id, None)
+    if record is None:
+        return []
+    state.lifted.append(HaltRecord(*record.row()[:8], engine.seq, reason, ()))
+    del state.lifted[:-MAX_LIFTED_KEPT]
+    state._reindex()
+    return [HaltLifted(halt_id, record.scope_kind, record.scope, record.level, reason, [], record.raised_seq, record.evidence)]

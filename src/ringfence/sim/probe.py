@@ -16,7 +16,7 @@ from ..engine.core import Engine
 
 __all__ = ["accounts", "account_ids", "orders", "markets", "best_prices", "clearing_pending", "client_pendings",
            "withdrawals", "withdrawal_holds", "internal_transfers", "next_nonces", "deposits", "frozen_accounts",
-           "halts", "shard_halted", "operators", "domain_state", "first_state_difference"]
+           "halts", "shard_halted", "operators", "index", "domain_state", "first_state_difference"]
 
 _INTERNAL_ID_BASE = 1 << 127
 
@@ -128,6 +128,12 @@ def halt_raised_seq(engine: Engine, halt_id: str) -> int:
 def shard_halted(engine: Engine) -> tuple[int, str] | None:
     """(sequence, error) if a broken invariant halted the shard, else None."""
     return engine.halted
+
+def index(engine: Engine) -> dict[str, tuple[int, bool, tuple[str, ...]]]:
+    """symbol -> (index, frozen for want of live sources, venues that have quoted)."""
+    state = engine.components["index"]
+    return {sym: (s.index_minor, s.short, tuple(sorted(s.quotes))) for sym, s in state.symbols.items()}
+
 
 def operators(engine: Engine) -> tuple[int, int, list[str]]:
     h = engine.components["halts"]

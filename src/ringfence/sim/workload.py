@@ -52,6 +52,7 @@ from ..custody.commands import (
 from ..engine.node import Node
 from ..ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ..ledger.model import Transfer, TransferFlags
+from ..index.commands import ConfigureIndex, RegisterFeedKey, SubmitQuote, quote_message
 from ..risk.halts import Halt, LiftHalt, RegisterOperators, lift_message, operators_message
 from ..trading.commands import (
     AmendOrder,
@@ -77,6 +78,10 @@ MARKETS = (
     MarketRules("AAPLXUSDT", "AAPLX", "USDT", "tokenized", 10**4, 10**4, 100, 100, 10**7, 50_000, 12, 2_000, 20_000_000),
 )
 MID = {"BTCUSDT": 60_000 * 10**6, "AAPLXUSDT": 190 * 10**6}
+#: BTCUSDT's index: five signed venues, 3 live needed, ±1 % clamp, stale after 1 s of sequencer time
+#: (a few hundred steps), so sources go stale now and then and the market goes REDUCE_ONLY and back.
+FEED_VENUES = ("fx1", "fx2", "fx3", "fx4", "fx5")
+INDEX = {"symbol": "BTCUSDT", "min_sources": 3, "clamp_ppm": 10_000, "stale_after_ns": 10**9, "max_ahead_ns": 2 * 10**9}
 CUSTODY = (
     CustodyRules("BTC", "bitcoin", 1, 3, 1_000, 10_000, 5 * 10**8, 500),
     CustodyRules("USDT", "ethereum", 1, 3, 10_000, 10**6, 10**11, 10**6),
@@ -127,6 +132,7 @@ ACTIONS: dict[str, int] = {
     "custody.treasury": 1, "custody.reserve_nonce": 1,
     "withdrawal.request": 4, "withdrawal.advance": 10, "withdrawal.allow_list": 1,
     "halt.raise": 1, "halt.lift": 2, "halt.lift_forged": 2, "operators.rotate": 1,
+    "index.quote": 6, "index.quote_bad": 2, "index.outage": 1,
     "fault.snapshot": 1, "fault.group_commit": 3,
 }
 
@@ -148,6 +154,10 @@ class Workload:
     txids: dict[str, str]
     listed: dict[tuple[str, str], list[str]]
     operator_keys: dict[str, Ed25519PrivateKey]
+    feed_keys: dict[str, Ed25519PrivateKey]
+    feed_seq: dict[str, int]
+    last_quote: dict[str, SubmitQuote]
+    planned_ts: int
     step: int
 
     if TYPE_CHECKING:  # provided by the runner
@@ -197,6 +207,13 @@ class Workload:
             commands.append(SetApprover(who, roles))
             model.roles[who] = set(roles)
         model.rules = list(MODEL_RULES)
+        # The index's feed keys and configuration, while no operator set exists (genesis: no approvals).
+        self.feed_keys = {v: Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)) for v in FEED_VENUES}
+        self.feed_seq, self.last_quote = {v: 0 for v in FEED_VENUES}, {}
+        commands += [RegisterFeedKey(v, self._public(k)) for v, k in self.feed_keys.items()]
+        commands.append(ConfigureIndex(INDEX["symbol"], [(v, 1) for v in FEED_VENUES], INDEX["min_sources"],
+                                       clamp_ppm=INDEX["clamp_ppm"], stale_after_ns=INDEX["stale_after_ns"],
+                                       max_ahead_ns=INDEX["max_ahead_ns"]))
         self.operator_keys = {f"op{i}": Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)) for i in (1, 2, 3)}
         operators = [(op, self._public(k)) for op, k in self.operator_keys.items()]
         commands.append(RegisterOperators(operators, 2))
@@ -205,7 +222,17 @@ class Workload:
         # The policy needs its approvers registered first (a precheck sees the state before the batch).
         node.execute_many([ProposePolicy("policy-1", "pa1", json.dumps(POLICY)), ApprovePolicy("policy-1", "pa2"),
                            ApprovePolicy("policy-1", "pa3"), ActivatePolicy("policy-1")])
+        # One quote per venue (a precheck needs the index configured: a batch of its own).
+        first_quotes = [self._quote(v, MID["BTCUSDT"]) for v in FEED_VENUES]
+        node.execute_many(first_quotes)
         model.now_ns = self.engine.now_ns
+        for v in FEED_VENUES:
+            model.register_feed_key(v)
+        model.configure_index(INDEX["symbol"], {v: 1 for v in FEED_VENUES}, INDEX["min_sources"], INDEX["clamp_ppm"],
+                              INDEX["stale_after_ns"], INDEX["max_ahead_ns"], 0)
+        for q in first_quotes:
+            model.quote(q, True, 0)
+            self.last_quote[q.venue] = q
         self._refresh_ids()
         self.audit()
         # Starting balances, through the audited path like every later step.
@@ -461,6 +488,7 @@ class Workload:
         c = SetReferencePrice(r.symbol, price if self.rng.random() < 0.97 else 0)  # float-ok: sometimes invalid
 
         def predict() -> list[tuple[Any, ...]]:
+            self.model.reference_follows_index(c.symbol)  # the index module's guard, before the precheck
             if c.price <= 0:
                 raise Refuse("RF_VALIDATION", "price must be positive")
             return self.model.trading(c)
@@ -785,3 +813,61 @@ class Workload:
             return out
 
         self.do(c, predict)
+
+    # ------------------------------------------------------------------ the index's feed
+
+    def _quote(self, venue: str, price: int, *, ts: int | None = None, key: Ed25519PrivateKey | None = None,
+               symbol: str = "BTCUSDT") -> SubmitQuote:
+        """A quote dated now (the sequencer's next time is a little later), signed by `venue`'s key
+        (or `key`), with the venue's next sequence number."""
+        self.feed_seq[venue] = self.feed_seq.get(venue, 0) + 1
+        source_ts = self.planned_ts if ts is None else ts
+        signer = key or self.feed_keys[venue]
+        signature = signer.sign(quote_message(venue, symbol, price, source_ts, self.feed_seq[venue])).hex()
+        return SubmitQuote(venue, symbol, price, source_ts, self.feed_seq[venue], signature)
+
+    def a_index_quote(self) -> None:
+        """A venue quotes near the mid; one in ten is a -30 % (or +30 %) wick, which the clamp holds."""
+        venue = self.rng.choice(FEED_VENUES)
+        price = MID["BTCUSDT"] + MID["BTCUSDT"] * self.rng.randrange(-3_000, 3_001) // 1_000_000
+        if self.rng.randrange(10) == 0:
+            price = MID["BTCUSDT"] * self.rng.choice([700_000, 1_300_000]) // 1_000_000
+        c = self._quote(venue, price)
+        self.do(c, functools.partial(self._accepted_quote, c, self.engine.last_seq + 1))
+
+    def a_index_quote_bad(self) -> None:
+        """Forged, replayed, stale, ahead of time, from an unknown venue, or for a symbol without an index."""
+        venue = self.rng.choice(FEED_VENUES)
+        kind = self.rng.choice(["forged", "replayed", "stale", "ahead", "unknown", "no_index"])
+        genuine = True
+        if kind == "forged":
+            c, genuine = self._quote(venue, MID["BTCUSDT"], key=Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))), False
+        elif kind == "replayed" and venue in self.last_quote:
+            c = self.last_quote[venue]
+        elif kind == "stale":
+            c = self._quote(venue, MID["BTCUSDT"], ts=self.planned_ts - 2 * INDEX["stale_after_ns"])
+        elif kind == "ahead":
+            c = self._quote(venue, MID["BTCUSDT"], ts=self.planned_ts + 3 * 10**9)
+        elif kind == "unknown":
+            c = self._quote("mallory", MID["BTCUSDT"], key=Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32)))
+        else:
+            c = self._quote(venue, MID["AAPLXUSDT"], symbol="AAPLXUSDT")
+        seq = self.engine.last_seq + 1
+        self.do(c, lambda: self.model.quote(c, genuine, seq))
+
+    def a_index_outage(self) -> None:
+        """A price-feed outage (now and then): 1.5 s pass with no command, every source goes stale, and
+        the next command finds BTCUSDT REDUCE_ONLY; otherwise all five venues quote in turn."""
+        if self.rng.randrange(10) < 3:
+            self.planned_ts += 3 * INDEX["stale_after_ns"] // 2
+            self._trade(self._limit())
+            return
+        for venue in FEED_VENUES:
+            c = self._quote(venue, MID["BTCUSDT"] + MID["BTCUSDT"] * self.rng.randrange(-1_000, 1_001) // 1_000_000)
+            seq = self.engine.last_seq + 1
+            self.do(c, functools.partial(self._accepted_quote, c, seq))
+
+    def _accepted_quote(self, c: SubmitQuote, seq: int) -> list[tuple[Any, ...]]:
+        events = self.model.quote(c, True, seq)
+        self.last_quote[c.venue] = c
+        return events

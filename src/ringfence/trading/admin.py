@@ -39,7 +39,7 @@ from .state import (
 )
 from .vocabulary import MarketStatus
 
-__all__: list[str] = []
+__all__: list[str] = ["follow_index"]
 
 def _check_int(value: object, field: str, lo: int, hi: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
@@ -174,6 +174,20 @@ def _set_account_tier(engine: Engine, c: SetAccountFeeTier) -> list[Event]:
     else:
         st.account_tier[c.owner] = c.tier
     return [AccountFeeTierSet(c.owner, c.tier)]
+
+
+def follow_index(engine: Engine, symbol: str, price: int) -> list[Event]:
+    """Move `symbol`'s band reference to `price`: the index module's index (or its operator
+    override) replaces the static `SetReferencePrice` once an index is configured (docs/index.md).
+    Nothing happens when the market is not listed or the reference is already `price`."""
+    m = trading_state(engine).markets.get(symbol)
+    if m is None or price == m.ref_price:
+        return []
+    assert 0 < price <= MAX_PRICE, "index price out of range"
+    m.set_reference(price)
+    ev: list[Event] = [ReferencePriceSet(m.symbol, price)]
+    _band_watch(m, engine.now_ns, ev)
+    return ev
 
 
 # ------------------------------------------------------------------------------ band watch

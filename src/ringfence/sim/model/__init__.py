@@ -12,7 +12,8 @@ does to:
 * every ledger account's posted balance and pending debits/credits (users' `available`, `quarantine`
   and `frozen`, the fee and shield ("insurance") accounts, `world`, `clearing`, `custody`, `onchain`);
 * open orders (owner, side, price, what is left, what is held for them, resting or armed stop);
-* client two-phase transfers, deposits, withdrawals (their state machine), halts and the operator set.
+* client two-phase transfers, deposits, withdrawals (their state machine), halts and the operator set;
+* the index of each indexed symbol (value, frozen or not, which venues quoted).
 
 The runner compares all of this with the engine after every step. Money is `int` throughout.
 """
@@ -22,13 +23,14 @@ from __future__ import annotations
 from .books import Bal, Expect, ModelError, Refuse
 from .custody import CustodyModel, CustodyRules
 from .halts import HaltsModel
+from .index import IndexModel
 from .ledger import LedgerModel
 from .trading import MarketRules, MOrder, TradingModel
 
 __all__ = ["Model", "Expect", "Bal", "MOrder", "MarketRules", "CustodyRules", "ModelError", "Refuse"]
 
 
-class Model(LedgerModel, TradingModel, CustodyModel, HaltsModel):
+class Model(LedgerModel, TradingModel, CustodyModel, HaltsModel, IndexModel):
     """The expected state of one shard: one class per domain (books.py has the money primitives)."""
 
     def __init__(self) -> None:
@@ -37,3 +39,4 @@ class Model(LedgerModel, TradingModel, CustodyModel, HaltsModel):
         self._init_trading()
         self._init_custody()
         self._init_halts()
+        self._init_index()

@@ -9,7 +9,7 @@ every command declares an effect, and a level refuses a command from the level i
 | reduces risk, always | `CancelOrder`, `CancelAll` | never |
 | reduces risk, in this state | an `AmendOrder` of an open resting order of the same owner that keeps the price and lowers the total quantity | HALTED |
 | moves funds out | `RequestWithdrawal`, `ApproveWithdrawal`, `AuthorizeSigning`, `RecordSignedTx` | WITHDRAWALS_PAUSED |
-| neutral, admin | everything else (transfers, deposits, settlements, `SetReferencePrice`, `ListMarket`, `SetMarketStatus`...) | HALTED |
+| neutral, admin | everything else (transfers, deposits, settlements, `SetReferencePrice`, `ListMarket`, `SetMarketStatus`, index quotes...) | HALTED |
 
 The halt commands themselves (`Halt`, `LiftHalt`, `RegisterOperators`) are never refused by a halt;
 a `TradingBatch` is checked action by action. A lift needs `threshold` distinct registered
@@ -34,7 +34,9 @@ ALWAYS_REDUCES = frozenset({"CancelOrder", "CancelAll"})
 #: The halt module's own commands: never refused by a halt.
 HALT_COMMANDS = frozenset({"Halt", "LiftHalt", "RegisterOperators"})
 #: Configuration that names no market, asset or segment as a scope (only the venue).
-NO_SCOPES = frozenset({"RegisterAsset", "RegisterSegment", "SetFeeTier", "SetAccountFeeTier"})
+NO_SCOPES = frozenset({"RegisterAsset", "RegisterSegment", "SetFeeTier", "SetAccountFeeTier",
+                       # the index's commands declare no scope (a quote is a fact; its config is admin)
+                       "RegisterFeedKey", "ConfigureIndex", "SubmitQuote", "OverrideReferencePrice"})
 
 
 @dataclass

@@ -1,0 +1,281 @@
+"""`ringfence index ...`: look at the index and mark price, register feed keys, configure symbols,
+sign operator approvals, and run the ccxt feed poller (docs/index.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Index price and mark price: show, feed keys, configuration, the ccxt feed.\n\n"
+                  "Example: ringfence index show --url http://127.0.0.1:8000 --symbol BTCUSDT", no_args_is_help=True)
+console = Console(width=None if sys.stdout.isatty() else 140)
+
+
+def _print(views: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(views if len(views) != 1 else views[0], indent=2))
+        return
+    for v in views:
+        console.print(f"[bold]{v['symbol']}[/] {v['status']}  index {v['indexPrice']}  mark {v['markPrice']}  "
+                      f"reference {v['referencePrice']}  market {v['marketStatus']}  "
+                      f"live {v['liveSources']}/{len(v['sources'])} (min {v['minSources']}, clamp {v['clampPpm']} ppm)")
+        table = Table()
+        for col in ("venue", "weight", "share", "live", "price", "clamped", "age ms", "seq"):
+            table.add_column(col)
+        for s in v["sources"]:
+            table.add_row(s["venue"], str(s["weight"]), s["weightShare"], "yes" if s["live"] else "STALE",
+                          str(s["price"]), str(s["clampedPrice"]), str(s["ageMs"]), str(s["seq"]))
+        console.print(table)
+
+
+@app.command("show")
+def show(
+    url: str = typer.Option(None, "--url", help="A running node's base URL (reads GET /v1/index)."),
+    data: Path = typer.Option(None, "--data", help="A data directory (`serve --data DIR`): replayed read-only, works while serve runs."),
+    symbol: str = typer.Option(None, "--symbol", help="One symbol (default: every indexed symbol)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Index price, mark price and every source with its weight, clamped price and staleness.
+
+    Example: ringfence index show --url http://127.0.0.1:8000 --symbol BTCUSDT
+    """
+    from ..cli_paths import fail
+
+    if (url is None) == (data is None):
+        fail("give exactly one of --url and --data")
+    if url is not None:
+        import httpx
+
+        try:
+            r = httpx.get(url.rstrip("/") + "/v1/index", params={"symbol": symbol} if symbol else None, timeout=10)
+        except httpx.HTTPError as err:
+            fail(f"--url: {url} did not answer: {type(err).__name__}", 1)
+        if r.status_code != 200:
+            fail(f"--symbol: {r.json().get('msg', r.text)}" if r.status_code == 400 else f"{url}: HTTP {r.status_code}", 1)
+        body = r.json()
+        views = [body] if isinstance(body, dict) else body
+    else:
+        from ..app import replay_journal
+        from ..cli_paths import require_node_dir
+        from ..errors import RingfenceError
+        from .view import index_symbols, index_view
+
+        node_dir = require_node_dir(data, "--data")
+        try:
+            engine, _, _ = replay_journal(node_dir)
+        except RingfenceError as err:
+            fail(str(err), 1)
+        symbols = [symbol] if symbol else index_symbols(engine)
+        views = []
+        for s in symbols:
+            v = index_view(engine, s)
+            if v is None:
+                fail(f"--symbol: {s} has no index in {data}", 1)
+            views.append(v)
+    _print(views, as_json)
+
+
+@app.command("keygen")
+def keygen(out: Path = typer.Option(..., "--out", help="Where to write the new Ed25519 seed (64 hex, mode 0600).")) -> None:
+    """Create a feed (or operator) key; prints its public key for `register-feed`.
+
+    Example: ringfence index keygen --out venue-a.key
+    """
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ..cli_paths import fail
+    from .feeds import FeedSigner
+
+    if out.exists():
+        fail(f"--out: {out} exists; refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    from cryptography.hazmat.primitives import serialization
+
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(seed.hex() + "\n")
+    typer.echo(FeedSigner("x", key).public_key_hex)
+
+
+def _approvals(items: list[str]) -> list[tuple[str, str]]:
+    from ..cli_paths import fail
+
+    out = []
+    for i, item in enumerate(items):
+        op, sep, sig = item.partition(":")
+        if not sep or not op or not sig:
+            fail(f"--approval #{i + 1}: expected OPERATOR:SIGNATURE_HEX")
+        out.append((op, sig.lower()))
+    return out
+
+
+def _sources(items: list[str]) -> list[tuple[str, int]]:
+    from ..cli_paths import fail
+
+    out = []
+    for item in items:
+        venue, _, weight = item.partition(":")
+        if not weight.isdigit() and weight:
+            fail(f"--source {item}: expected VENUE or VENUE:WEIGHT (a whole number)")
+        out.append((venue, int(weight or 1)))
+    return out
+
+
+def _execute(data: Path, command: Any) -> list[Any]:
+    from ..app import new_node
+    from ..cli_paths import fail, prepare_node_dir
+    from ..errors import RingfenceError
+
+    node_dir = prepare_node_dir(data, "--data")
+    try:
+        with new_node(node_dir) as node:
+            return node.execute(command)
+    except RingfenceError as err:
+        fail(f"refused: {err}", 1)
+        raise AssertionError from err  # unreachable: fail() exits
+
+
+@app.command("register-feed")
+def register_feed(
+    data: Path = typer.Argument(..., metavar="DIR", help="The data directory (`serve --data DIR`); the node must be stopped."),
+    venue: str = typer.Option(..., "--venue", help="The venue name quotes will carry."),
+    public_key: str = typer.Option(..., "--public-key", help="64 hex characters (from `index keygen`)."),
+    approval: list[str] = typer.Option([], "--approval", help="OPERATOR:SIGNATURE from `index approve` (M of N once operators exist)."),
+) -> None:
+    """Register or rotate a venue's feed key (journals RegisterFeedKey).
+
+    Example: ringfence index register-feed ./ringfence-data --venue kraken --public-key 3b6a...
+    """
+    from .commands import RegisterFeedKey
+
+    _execute(data, RegisterFeedKey(venue, public_key.lower(), _approvals(approval)))
+    console.print(f"[bold green]registered[/] feed key of {venue}")
+
+
+def _configure_command(symbol: str, source: list[str], min_sources: int, clamp_ppm: int, stale_after_s: int, approvals: list[tuple[str, str]]) -> Any:
+    from .commands import ConfigureIndex
+
+    return ConfigureIndex(symbol, _sources(source), min_sources, clamp_ppm=clamp_ppm, stale_after_ns=stale_after_s * 10**9, approvals=approvals)
+
+
+@app.command("configure")
+def configure(
+    data: Path = typer.Argument(..., metavar="DIR", help="The data directory (`serve --data DIR`); the node must be stopped."),
+    symbol: str = typer.Option(..., "--symbol", help="The symbol, e.g. BTCUSDT."),
+    source: list[str] = typer.Option(..., "--source", help="VENUE or VENUE:WEIGHT; repeat for every source."),
+    min_sources: int = typer.Option(3, "--min-sources", help="Fewer live than this: REDUCE_ONLY."),
+    clamp_ppm: int = typer.Option(10_000, "--clamp-ppm", help="Clamp around the median, millionths (10000 = 1 %)."),
+    stale_after_s: int = typer.Option(10, "--stale-after-s", help="A source older than this (sequencer time) is dropped."),
+    approval: list[str] = typer.Option([], "--approval", help="OPERATOR:SIGNATURE (M of N once operators exist)."),
+) -> None:
+    """Set a symbol's index parameters (journals ConfigureIndex).
+
+    Example: ringfence index configure ./ringfence-data --symbol BTCUSDT --source a --source b --source c --source d --source e --min-sources 3
+    """
+    _execute(data, _configure_command(symbol, source, min_sources, clamp_ppm, stale_after_s, _approvals(approval)))
+    console.print(f"[bold green]configured[/] the {symbol} index")
+
+
+@app.command("override")
+def override(
+    data: Path = typer.Argument(..., metavar="DIR", help="The data directory (`serve --data DIR`); the node must be stopped."),
+    symbol: str = typer.Option(..., "--symbol", help="The indexed symbol."),
+    price_minor: int = typer.Option(..., "--price-minor", min=0, help="The band's reference in quote minor units; 0 returns it to the index."),
+    reason: str = typer.Option(..., "--reason", help="Why; every approver signs the same text."),
+    approval: list[str] = typer.Option([], "--approval", help="OPERATOR:SIGNATURE from `index approve override` (M of N once operators exist)."),
+) -> None:
+    """Pin the band's reference price of an indexed symbol (journals OverrideReferencePrice).
+
+    Example: ringfence index override ./ringfence-data --symbol BTCUSDT --price-minor 61000000000 --reason "feed incident" --approval op1:ab.. --approval op2:cd..
+    """
+    from .commands import OverrideReferencePrice
+
+    _execute(data, OverrideReferencePrice(symbol, price_minor, reason, _approvals(approval)))
+    console.print(f"[bold green]{'overridden' if price_minor else 'following the index again'}[/]: {symbol}")
+
+
+@app.command("approve")
+def approve(
+    kind: str = typer.Argument(..., help="feed-key, configure or override."),
+    version: int = typer.Option(..., "--version", help="The index change counter (`index show --json`: adminVersion)."),
+    operator: str = typer.Option(..., "--operator", help="Your operator id."),
+    key_file: Path = typer.Option(..., "--key-file", help="Your Ed25519 seed, 64 hex characters in a file."),
+    venue: str = typer.Option("", "--venue"), public_key: str = typer.Option("", "--public-key"),
+    symbol: str = typer.Option("", "--symbol"), source: list[str] = typer.Option([], "--source"),
+    min_sources: int = typer.Option(3, "--min-sources"), clamp_ppm: int = typer.Option(10_000, "--clamp-ppm"),
+    stale_after_s: int = typer.Option(10, "--stale-after-s"),
+    price_minor: int = typer.Option(0, "--price-minor", help="override: the reference in minor units (0 clears)."),
+    reason: str = typer.Option("", "--reason", help="override: the reason every approver signs."),
+) -> None:
+    """Sign one index change offline; prints OPERATOR:SIGNATURE for `--approval`.
+
+    Example: ringfence index approve feed-key --version 4 --venue kraken --public-key 3b6a... --operator op1 --key-file op1.key
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ..cli_paths import fail, require_input_file
+    from .auth import approval_message
+    from .commands import OverrideReferencePrice, RegisterFeedKey
+
+    require_input_file(key_file, "--key-file")
+    try:
+        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(key_file.read_text().strip()))
+    except ValueError:
+        fail("--key-file: must hold a 32-byte Ed25519 seed as 64 hex characters")
+    if kind == "feed-key":
+        command: Any = RegisterFeedKey(venue, public_key.lower())
+    elif kind == "configure":
+        command = _configure_command(symbol, source, min_sources, clamp_ppm, stale_after_s, [])
+    elif kind == "override":
+        command = OverrideReferencePrice(symbol, price_minor, reason)
+    else:
+        fail("KIND must be feed-key, configure or override")
+    typer.echo(f"{operator}:{key.sign(approval_message(command, version)).hex()}")
+
+
+@app.command("feed")
+def feed(
+    config: Path = typer.Option(..., "--config", help="JSON: {\"venues\": [{venue, exchange, market, symbol, decimals, key_file, url?}]}."),
+    target: str = typer.Option(..., "--target", help="The ringfence node to feed (base URL; POST /v1/index/quote)."),
+    interval_s: int = typer.Option(1, "--interval-s", min=1, max=3600, help="Seconds between polls."),
+    rounds: int = typer.Option(0, "--rounds", min=0, help="Stop after this many polls (0: run until interrupted)."),
+) -> None:
+    """Poll venues' tickers with ccxt and submit signed quotes to a running node.
+
+    Example: ringfence index feed --config feeds.json --target http://127.0.0.1:8000 --rounds 10
+    """
+    from ..cli_paths import fail, require_input_file
+    from .ccxt_feed import CcxtPoller, HttpQuoteSink, load_config
+
+    require_input_file(config, "--config")
+    try:
+        venues = load_config(config)
+        poller = CcxtPoller(venues)
+    except (ValueError, OSError, AttributeError) as err:
+        fail(f"--config: {err}")
+    sink = HttpQuoteSink(target)
+    try:
+        poller.continue_from(sink.last_seq({v.symbol for v in venues}))
+        done = 0
+        while rounds == 0 or done < rounds:
+            sink.send(poller.poll(time.time_ns()))
+            done += 1
+            console.print(f"round {done}: {sink.accepted} accepted, {len(sink.refused)} refused, {len(poller.errors)} venue errors")
+            if rounds == 0 or done < rounds:
+                time.sleep(interval_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sink.close()
+    for line in (sink.refused + poller.errors)[-10:]:
+        console.print(f"  {line}")

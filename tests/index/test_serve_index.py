@@ -1,0 +1,168 @@
+"""The index in a running exchange: real `ringfence serve --demo` processes, httpx, the CLI, and
+the ccxt poller feeding one node from other nodes' tickers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from api.conftest import Server  # noqa: E402  (tests/api/conftest.py: a real server on a free port)
+
+from ringfence.index.feeds import FeedSigner  # noqa: E402
+
+FEED_ON = {"RINGFENCE_DEMO_FEED": "1"}
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    if check and r.returncode != 0:
+        raise AssertionError(f"ringfence {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def wait_for(fn, what: str, timeout_s: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):  # type: ignore[no-untyped-def]
+    srv = Server(tmp_path_factory.mktemp("index") / "data", env=FEED_ON)
+    yield srv
+    assert srv.stop() == 0
+
+
+def test_demo_serves_a_live_index_mark_price_and_premium_index(demo: Server) -> None:
+    def live() -> dict | None:  # type: ignore[type-arg]
+        v = httpx.get(demo.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
+        return v if v["status"] == "LIVE" and v["liveSources"] >= 3 else None
+
+    v = wait_for(live, "a live BTCUSDT index")
+    assert [s["venue"] for s in v["sources"]] == ["sim1", "sim2", "sim3", "sim4", "sim5"]
+    assert v["marketStatus"] == "ACTIVE" and v["referencePrice"] is not None
+    index = int(v["indexPriceMinor"])
+    assert 50_000 * 10**6 < index < 70_000 * 10**6
+    live_rows = [s for s in v["sources"] if s["live"]]
+    assert sum(int(s["weightShare"].replace(".", "")) for s in live_rows) <= 1_000_000
+    p = httpx.get(demo.base + "/fapi/v1/premiumIndex", params={"symbol": "BTCUSDT"}).json()
+    assert set(p) >= {"symbol", "markPrice", "indexPrice", "lastFundingRate", "nextFundingTime", "time"}
+    assert p["lastFundingRate"] == "0.00000000"
+    assert httpx.get(demo.base + "/fapi/v1/premiumIndex", params={"symbol": "NOPE"}).json()["code"] == -1121
+    both = httpx.get(demo.base + "/fapi/v1/premiumIndex").json()
+    assert sorted(x["symbol"] for x in both) == ["BTCUSDT", "ETHUSDT"]
+    # the index keeps moving: the feed worker quotes every second
+    first_seq = v["sources"][0]["seq"]
+    wait_for(lambda: httpx.get(demo.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()["sources"][0]["seq"] > first_seq + 1,
+             "more quotes from sim1")
+    out = cli("index", "show", "--url", demo.base, "--symbol", "BTCUSDT", "--json")
+    shown = json.loads(out.stdout)
+    assert shown["symbol"] == "BTCUSDT" and shown["status"] == "LIVE"
+    table = cli("index", "show", "--url", demo.base).stdout
+    assert "ETHUSDT" in table and "sim5" in table
+
+
+def test_forged_and_replayed_quotes_over_http_are_refused(demo: Server) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    v = httpx.get(demo.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
+    seq = max(s["seq"] for s in v["sources"]) + 10_000
+    forger = FeedSigner("sim1", Ed25519PrivateKey.generate(), {"BTCUSDT": seq})
+    q = forger.quote("BTCUSDT", 1_000 * 10**6, time.time_ns())
+    form = {"venue": q.venue, "symbol": q.symbol, "price_minor": str(q.price_minor), "source_ts_ns": str(q.source_ts_ns),
+            "seq": str(q.seq), "signature": q.signature_hex}
+    r = httpx.post(demo.base + "/v1/index/quote", data=form)
+    assert r.status_code == 401 and r.json()["code"] == -1022 and "forged" in r.json()["msg"], r.text
+    after = httpx.get(demo.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
+    assert all(s["seq"] < seq for s in after["sources"])  # nothing of it was kept
+    assert int(after["indexPriceMinor"]) > 10_000 * 10**6
+    # a genuine sim1 quote (the demo key is derivable, by design of the demo) replayed: refused
+    from ringfence.index.feeds import demo_feed_key
+
+    # 1.5 s ahead (2 s are allowed) so the running feed's own sim1 quote cannot overtake it; from
+    # here on the feed's sim1 sequence is below ours and refused (this test runs last on the fixture)
+    real = FeedSigner("sim1", demo_feed_key("sim1"), {"BTCUSDT": seq})
+    good = real.quote("BTCUSDT", int(after["indexPriceMinor"]), time.time_ns() + 1_500_000_000)
+    form = {"venue": "sim1", "symbol": "BTCUSDT", "price_minor": str(good.price_minor), "source_ts_ns": str(good.source_ts_ns),
+            "seq": str(good.seq), "signature": good.signature_hex}
+    assert httpx.post(demo.base + "/v1/index/quote", data=form).status_code == 200
+    again = httpx.post(demo.base + "/v1/index/quote", data=form)
+    assert again.status_code == 409 and "replayed" in again.json()["msg"], again.text
+    bad = httpx.post(demo.base + "/v1/index/quote", data={**form, "price_minor": "1e9"})
+    assert bad.status_code == 400
+
+
+def test_ccxt_poller_feeds_a_node_from_other_ringfence_nodes(tmp_path: Path) -> None:
+    source = Server(tmp_path / "source", env={"RINGFENCE_DEMO_FEED": "0"})
+    target_dir = tmp_path / "target"
+    try:
+        # the target lists its demo markets first, then (stopped) gets five feed keys and a BTCUSDT index
+        first = Server(target_dir, env={"RINGFENCE_DEMO_FEED": "0"})
+        assert first.stop() == 0
+        venues = []
+        for name in ("local-a", "local-b", "local-c", "local-d", "local-e"):
+            key = tmp_path / f"{name}.key"
+            public = cli("index", "keygen", "--out", str(key)).stdout.strip()
+            cli("index", "register-feed", str(target_dir), "--venue", name, "--public-key", public)
+            venues.append(name)
+        cli("index", "configure", str(target_dir), "--symbol", "BTCUSDT", *sum((["--source", v] for v in venues), []), "--min-sources", "3")
+        target = Server(target_dir, env=FEED_ON)  # its demo feed leaves the configured BTCUSDT alone
+        try:
+            assert httpx.get(target.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()["marketStatus"] == "REDUCE_ONLY"
+            config = {"venues": [
+                {"venue": v, "exchange": "binance", "market": "BTC/USDT", "symbol": "BTCUSDT", "decimals": 6,
+                 "key_file": f"{v}.key", "url": (source.base if i < 3 else target.base),
+                 "options": {"fetchMarkets": ["spot"], "fetchCurrencies": False, "fetchMargins": False, "adjustForTimeDifference": False}}
+                for i, v in enumerate(venues)
+            ]}
+            (tmp_path / "feeds.json").write_text(json.dumps(config))
+            out = cli("index", "feed", "--config", str(tmp_path / "feeds.json"), "--target", target.base, "--rounds", "2")
+            assert "10 accepted, 0 refused, 0 venue errors" in out.stdout, out.stdout
+            v = httpx.get(target.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
+            assert v["status"] == "LIVE" and v["liveSources"] == 5 and v["marketStatus"] == "ACTIVE", v
+            # both demo books are a ladder around 61000: the mid of best bid and ask
+            assert v["indexPrice"] == "61000.000000", v
+            assert [s["seq"] for s in v["sources"]] == [2] * 5
+            # a second run continues the sequence numbers from what the node accepted
+            out = cli("index", "feed", "--config", str(tmp_path / "feeds.json"), "--target", target.base, "--rounds", "1")
+            assert "5 accepted, 0 refused" in out.stdout, out.stdout
+            eth = httpx.get(target.base + "/v1/index", params={"symbol": "ETHUSDT"}).json()
+            assert eth["sources"][0]["venue"] == "sim1"  # the demo feed still runs ETHUSDT
+        finally:
+            assert target.stop() == 0
+    finally:
+        assert source.stop() == 0
+
+
+def test_demo_restart_keeps_the_index_and_continues_the_feed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    srv = Server(data, env=FEED_ON)
+    try:
+        v = wait_for(lambda: (lambda x: x if x["status"] == "LIVE" else None)(
+            httpx.get(srv.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()), "a live index")
+    finally:
+        assert srv.stop() == 0
+    shown = json.loads(cli("index", "show", "--data", str(data), "--symbol", "BTCUSDT", "--json").stdout)
+    before = {s["venue"]: s["seq"] for s in shown["sources"]}
+    assert all(seq >= v["sources"][0]["seq"] - 1 for seq in before.values())
+    again = Server(data, env=FEED_ON)  # sources are stale by now; the first round brings them back
+    try:
+        after = httpx.get(again.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
+        assert after["status"] == "LIVE" and after["marketStatus"] == "ACTIVE", after
+        assert all(s["seq"] > before[s["venue"]] for s in after["sources"] if s["live"])
+        halts = httpx.get(again.base + "/v1/halts").json()
+        assert not [h for h in halts if h["halt_id"].startswith("index:")], halts
+    finally:
+        assert again.stop() == 0
