@@ -152,6 +152,12 @@ class Engine:
             self._set_component(state, state.factory(self))
         self._rearm()
 
+    def rearm_guards(self) -> None:
+        """A module changed, outside its own handlers, state that arms a guard (the halts module's
+        automatic halts, raised by another module's hook or handler): recompute at once, so the
+        guards of this very command already see it."""
+        self._rearm()
+
     def _rearm(self) -> None:
         """Recompute which guards `apply` runs, from the states that arm them."""
         if not self._arming:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..engine.commands import Event
 from ..engine.core import Engine
-from ..engine.module import Effect, Module
+from ..engine.module import NEVER, Effect, Module
 from ..errors import Conflict, Forbidden, NotFound, ValidationError
 from ..risk.halts import REDUCE_ONLY, clear_automatic_halt, raise_automatic_halt
 from ..trading.admin import follow_index
@@ -171,7 +171,7 @@ def _configure(engine: Engine, c: ConfigureIndex) -> list[Event]:
     ev: list[Event] = [IndexConfigured(c.symbol, sorted(sources.items()), c.min_sources,
                                        c.clamp_ppm, c.stale_after_ns, approvers)]
     ev += _recompute(engine, s)
-    st.next_check_ns = st.next_expiry(engine.now_ns)
+    _schedule_check(engine, st)
     return ev
 
 
@@ -229,7 +229,7 @@ def _submit_quote(engine: Engine, c: SubmitQuote) -> list[Event]:
     ev += _recompute(engine, s)
     _sample_basis(engine, s)
     st = index_state(engine)
-    st.next_check_ns = st.next_expiry(engine.now_ns)
+    _schedule_check(engine, st)
     return ev
 
 
@@ -281,7 +281,15 @@ def _recompute(engine: Engine, s: SymbolIndex) -> list[Event]:
 _NOTHING: tuple[Event, ...] = ()
 
 
-@MODULE.before_each_command
+def _schedule_check(engine: Engine, st: IndexState) -> None:
+    """Work out when the next source goes stale and wake the engine then (a timer, as the ledger's
+    expiry: no work at all on the commands in between)."""
+    st.next_check_ns = st.next_expiry(engine.now_ns)
+    if st.next_check_ns:
+        engine.wake_at(st.next_check_ns)
+
+
+@MODULE.timer(lambda st: st.next_check_ns or NEVER)
 def _drop_stale_sources(engine: Engine) -> Sequence[Event]:
     """Drop sources that went stale by this command's sequencer time (one comparison when none did)."""
     st: IndexState = engine.index_state  # type: ignore[attr-defined]  # set by the engine (StateComponent.attribute)

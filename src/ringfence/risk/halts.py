@@ -554,6 +554,7 @@ def raise_automatic_halt(engine: Engine, halt_id: str, scope_kind: str, scope: s
         return []
     state.active[halt_id] = HaltRecord(halt_id, scope_kind, scope, level, reason, evidence, engine.seq, engine.now_ns)
     state._reindex()
+    engine.rearm_guards()  # raised from another module: the halts guard must run from now on
     return [HaltRaised(halt_id, scope_kind, scope, level, reason, evidence, engine.seq, engine.now_ns)]
 
 
@@ -566,4 +567,5 @@ def clear_automatic_halt(engine: Engine, halt_id: str, reason: str) -> list[Even
     state.lifted.append(HaltRecord(*record.row()[:8], engine.seq, reason, ()))
     del state.lifted[:-MAX_LIFTED_KEPT]
     state._reindex()
+    engine.rearm_guards()
     return [HaltLifted(halt_id, record.scope_kind, record.scope, record.level, reason, [], record.raised_seq, record.evidence)]
