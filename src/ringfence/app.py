@@ -20,12 +20,13 @@ from .engine.node import Node, RecoveryReport
 from .engine.node import replay_journal as _replay_journal
 from .ledger.commands import MODULE as LEDGER
 from .risk.halts import MODULE as HALTS
+from .staff import MODULE as STAFF
 from .trading.module import MODULE as TRADING  # the package imports every trading handler file
 
 __all__ = ["standard_modules", "new_engine", "new_node", "replay_journal", "engine_from_snapshot"]
 
 #: The modules of a standard spot shard, ledger first.
-STANDARD_MODULES: tuple[Module, ...] = (LEDGER, TRADING, CUSTODY, HALTS)
+STANDARD_MODULES: tuple[Module, ...] = (LEDGER, TRADING, CUSTODY, HALTS, STAFF)
 
 
 def standard_modules(*extra: Module) -> tuple[Module, ...]:
