@@ -234,12 +234,12 @@ def _pre_quarantine(engine: Engine, c: ReviewQuarantineSigned) -> str:
         raise ValidationError("must be release or freeze", field="decision_kind")
     reason = _reason(c.reason)
     _not_initiator(getattr(c.decision, "staff_id", ""), d.account_id, "deposit")
+    check_decision(engine, "deposit.review", quarantine_subject(key, d.amount_minor, c.decision_kind, reason),
+                   c.decision, ANALYST)
     if d.state != "quarantined":
         raise Conflict(f"deposit is {d.state}, not quarantined", field="txid")
     if c.decision_kind == "release" and not d.declaration:
         raise Conflict("the user has not filed a source-of-funds declaration yet", field="decision_kind")
-    check_decision(engine, "deposit.review", quarantine_subject(key, d.amount_minor, c.decision_kind, reason),
-                   c.decision, ANALYST)
     _room(engine, 1)
     return key
 

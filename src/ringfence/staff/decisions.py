@@ -160,12 +160,22 @@ def write_key_file(path: Path, key: StaffKey) -> None:
     os.replace(tmp, path)
 
 
-def read_key_file(path: Path) -> StaffKey:
-    """Read a key file written by `write_key_file` (or an entry of DIR/demo-staff.json)."""
+def read_key_file(path: Path, staff_id: str | None = None) -> StaffKey:
+    """Read a key file written by `write_key_file`; a file holding only a 64-hex seed needs `staff_id`."""
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValidationError(f"cannot read the staff key file {path}: {err.__class__.__name__}", field="key") from None
+        text = path.read_text().strip()
+    except OSError as err:
+        raise ValidationError(f"cannot read the staff key file {path}: {err.strerror or err}", field="key") from None
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        if not staff_id:
+            raise ValidationError("this key file holds a bare seed: name its staff id", field="key")
+        return StaffKey.from_seed_hex(staff_id, text.lower())
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise ValidationError(f"{path} is not a staff key file (JSON with staff_id and private_key)", field="key") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("staff_id"), str) or not isinstance(raw.get("private_key"), str):
         raise ValidationError("a staff key file holds staff_id and private_key (64 hex characters)", field="key")
+    if staff_id and staff_id != raw["staff_id"]:
+        raise ValidationError(f"{path} is the key of {raw['staff_id']!r}, not {staff_id!r}", field="key")
     return StaffKey.from_seed_hex(raw["staff_id"], raw["private_key"])
