@@ -10,6 +10,7 @@ what the engine will check.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..engine.core import Engine
@@ -24,18 +25,20 @@ DEFAULT_TTL_NS = 600 * 10**9
 
 class StaffDesk:
     def __init__(self, keys: Mapping[str, StaffKey] | Iterable[StaffKey], clock: Callable[[], int], *,
-                 ttl_ns: int = DEFAULT_TTL_NS) -> None:
+                 ttl_ns: int = DEFAULT_TTL_NS, nonce: Callable[[], str] | None = None) -> None:
         items = keys.values() if isinstance(keys, Mapping) else keys
         self.keys: dict[str, StaffKey] = {k.staff_id: k for k in items}
         self.clock = clock
         self.ttl_ns = ttl_ns
+        #: Nonces are random per signature; a seeded simulation passes its own source.
+        self.nonce = nonce or (lambda: secrets.token_hex(16))
 
     def key(self, staff_id: str) -> StaffKey:
         return self.keys[staff_id]
 
     def sign(self, staff_id: str, action: str, subject: Sequence[Any], *, expires_ns: int | None = None) -> StaffSignature:
         expires = self.clock() + self.ttl_ns if expires_ns is None else expires_ns
-        return self.keys[staff_id].sign(action, subject, expires)
+        return self.keys[staff_id].sign(action, subject, expires, self.nonce())
 
     def signs(self, staff_ids: Iterable[str], action: str, subject: Sequence[Any]) -> list[StaffSignature]:
         return [self.sign(s, action, subject) for s in staff_ids]
@@ -50,7 +53,7 @@ class StaffDesk:
     def add(self, engine: Engine, new: StaffKey, roles: Sequence[str], reason: str, approvers: Iterable[str]) -> AddStaff:
         entry = new.entry(roles)
         subject = add_subject(entry, reason, staff_of(engine).version)
-        proof = new.sign("staff.add", subject, self.clock() + self.ttl_ns)
+        proof = new.sign("staff.add", subject, self.clock() + self.ttl_ns, self.nonce())
         self.keys[new.staff_id] = new
         return AddStaff(entry, proof, reason, self.signs(approvers, "staff.add", subject))
 
