@@ -295,6 +295,13 @@ app.add_typer(_custody_cli.custody_app, name="custody")
 app.add_typer(_custody_cli.policy_app, name="policy")
 from .reconcile.cli import app as _reconcile_app  # noqa: E402
 app.add_typer(_reconcile_app, name="reconcile")
+from .staff import cli as _staff_cli  # noqa: E402  (the operator console: signed staff decisions)
+from .staff.audit import audit_app as _audit_app  # noqa: E402
+app.add_typer(_staff_cli.staff_app, name="staff")
+app.add_typer(_staff_cli.review_app, name="review")
+app.add_typer(_staff_cli.halts_app, name="halts")
+_staff_cli.register_policy_commands(_custody_cli.policy_app)
+app.add_typer(_audit_app, name="audit")
 
 
 def main() -> None:  # console-script entry point
