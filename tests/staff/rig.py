@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 import pytest
@@ -16,6 +17,9 @@ import pytest
 from ringfence.app import new_engine
 from ringfence.custody.commands import (
     ActivatePolicy,
+    AssignDepositAddress,
+    CreditDeposit,
+    ObserveDeposit,
     ConfigureCustodyAsset,
     ConfirmWithdrawalEmail,
     DecideWithdrawal,
@@ -27,8 +31,7 @@ from ringfence.custody.commands import (
 from ringfence.engine.commands import encode
 from ringfence.engine.core import CommandRejected, Engine
 from ringfence.errors import RingfenceError
-from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
-from ringfence.ledger.model import Transfer
+from ringfence.ledger.commands import OpenAccount, RegisterAsset
 from ringfence.staff import StaffKey
 from ringfence.staff.desk import StaffDesk
 
@@ -63,14 +66,21 @@ def domain_hash(engine: Engine) -> str:
 
 
 class Rig:
-    def __init__(self, seed: int = 1, *, staff: dict[str, list[str]] | None = None, quorum: int = 2) -> None:
-        self.engine = new_engine()
+    """`node=None`: a bare engine on a simulated clock; with a `Node`, commands go through the node
+    (journaled, wall-clock sequencer time)."""
+
+    def __init__(self, seed: int = 1, *, staff: dict[str, list[str]] | None = None, quorum: int = 2,
+                 node: Any = None) -> None:
+        self.node = node
+        self.engine = node.engine if node is not None else new_engine()
         self.now = START_NS
         self.keys = {s: StaffKey.from_seed_hex(s, hashlib.sha256(f"{seed}/{s}".encode()).hexdigest()) for s in ROLES}
-        self.desk = StaffDesk(self.keys, lambda: self.now)
+        self.desk = StaffDesk(self.keys, (lambda: self.now) if node is None else time.time_ns)
         self.run(self.desk.genesis(staff or ROLES, quorum))
 
     def run(self, command: Any) -> list[Any]:
+        if self.node is not None:
+            return self.node.execute(command)  # type: ignore[no-any-return]
         self.now += 10**6
         self.engine.precheck(command)
         events = self.engine.apply(command, self.engine.last_seq + 1, self.now)
@@ -99,13 +109,15 @@ class Rig:
 
     def custody(self) -> "Rig":
         self.run(RegisterAsset("ETH", 18, "crypto", "ethereum"))
-        self.run(OpenAccount("alice", "ETH"))
-        self.run(OpenAccount("mal", "ETH"))
-        led = self.engine.ledger
-        self.run(CreateTransfers([Transfer(1, led.world("ETH").id, led.get("alice", "ETH").id, 100 * 10**18),
-                                  Transfer(2, led.world("ETH").id, led.get("mal", "ETH").id, 100 * 10**18)]))
         self.run(ConfigureCustodyAsset("ETH", "ethereum", "local", 1, 2, 1, 1, 10**20, 0))
         self.run(RegisterWallet("eth_hot", "ethereum", "hot", [HOT]))
+        # Funded by credited deposits (custody holds what the users are owed: reserves match liabilities).
+        for n, user in enumerate(("alice", "mal")):
+            self.run(OpenAccount(user, "ETH"))
+            address = "0x" + f"{n + 1:02x}" * 20
+            self.run(AssignDepositAddress(user, "ethereum", "eth_hot", address))
+            self.run(ObserveDeposit("ethereum", f"0x{n + 1:064x}", 0, "ETH", address, 100 * 10**18, 1, "0x" + "bb" * 32))
+            self.run(CreditDeposit("ethereum", f"0x{n + 1:064x}", 0, 1, 0, []))
         self.run(self.desk.propose_policy("p1", json.dumps(POLICY), "pat"))
         self.run(self.desk.approve_policy(self.engine, "p1", "pia"))
         self.run(self.desk.approve_policy(self.engine, "p1", "pol"))
