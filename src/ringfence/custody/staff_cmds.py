@@ -29,7 +29,7 @@ from typing import Any
 from ..engine.commands import Command, Event
 from ..engine.core import Engine
 from ..engine.module import Effect
-from ..errors import Conflict, Forbidden, NotFound, ValidationError
+from ..errors import Conflict, NotFound, ValidationError
 from ..staff.decisions import ANALYST, APPROVER, POLICY_ADMIN, StaffSignature
 from ..staff.state import StaffRefused, check_decision, consume
 from .deposit_cmds import _known_deposit, release_or_freeze
@@ -105,7 +105,7 @@ def _not_initiator(staff_id: str, account_id: str, what: str) -> None:
 # ------------------------------------------------------------------------------- withdrawals
 
 
-class ApproveWithdrawalSigned(Command, tag="custody.withdrawal.approve/2"):
+class ApproveWithdrawalSigned(Command, tag="custody.withdrawal.approve/2", frozen=True):
     withdrawal_id: str
     asset: str
     wallet: str
@@ -150,7 +150,7 @@ def _approve(engine: Engine, c: ApproveWithdrawalSigned) -> list[Event]:
                 [f"{who} ({c.role}, signed): {len(valid)}/{w.required_approvals}"])]
 
 
-class RejectWithdrawal(Command, tag="custody.withdrawal.reject/1"):
+class RejectWithdrawal(Command, tag="custody.withdrawal.reject/1", frozen=True):
     """An approver rejects a withdrawal awaiting approvals: its hold is released (one signature)."""
 
     withdrawal_id: str
@@ -180,7 +180,7 @@ def _reject(engine: Engine, c: RejectWithdrawal) -> list[Event]:
     return [_void(engine, w, "rejected", f"rejected by {c.decision.staff_id}: {c.reason}")]
 
 
-class ResolveManualReviewSigned(Command, tag="custody.withdrawal.manual_review/2"):
+class ResolveManualReviewSigned(Command, tag="custody.withdrawal.manual_review/2", frozen=True):
     withdrawal_id: str
     asset: str
     wallet: str
@@ -219,7 +219,7 @@ def _manual(engine: Engine, c: ResolveManualReviewSigned) -> list[Event]:
 # ------------------------------------------------------------------------------- deposits
 
 
-class ReviewQuarantineSigned(Command, tag="custody.deposit.review/2"):
+class ReviewQuarantineSigned(Command, tag="custody.deposit.review/2", frozen=True):
     chain: str
     txid: str
     index: int
@@ -255,7 +255,7 @@ def _review_quarantine(engine: Engine, c: ReviewQuarantineSigned) -> list[Event]
 # ------------------------------------------------------------------------------- policy
 
 
-class ProposePolicySigned(Command, tag="custody.policy.propose/2"):
+class ProposePolicySigned(Command, tag="custody.policy.propose/2", frozen=True):
     proposal_id: str
     policy_json: str
     decision: StaffSignature
@@ -282,7 +282,7 @@ def _propose(engine: Engine, c: ProposePolicySigned) -> list[Event]:
                 [f"proposed by {who} (signed); needs {POLICY_QUORUM} approvals by other policy admins"])]
 
 
-class ApprovePolicySigned(Command, tag="custody.policy.approve/2"):
+class ApprovePolicySigned(Command, tag="custody.policy.approve/2", frozen=True):
     proposal_id: str
     decision: StaffSignature
 

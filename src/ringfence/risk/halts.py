@@ -118,7 +118,7 @@ class LiftHalt(Command, tag="halt.lift/1"):
     approvals: list[tuple[str, str]]
 
 
-class LiftHaltSigned(Command, tag="halt.lift/2"):
+class LiftHaltSigned(Command, tag="halt.lift/2", frozen=True):
     """Lift one active halt: `approvals` by the staff operator quorum over `lift_subject(...)`."""
 
     halt_id: str
@@ -126,7 +126,7 @@ class LiftHaltSigned(Command, tag="halt.lift/2"):
     approvals: list[StaffSignature]
 
 
-class RaiseHaltSigned(Command, tag="halt.raise_signed/1"):
+class RaiseHaltSigned(Command, tag="halt.raise_signed/1", frozen=True):
     """A staff operator raises a halt (`decision` signed over `raise_subject(...)`)."""
 
     halt_id: str

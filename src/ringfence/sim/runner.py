@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import msgspec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..app import new_node, replay_journal
 from ..engine.commands import Batch, encode

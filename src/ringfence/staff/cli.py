@@ -58,11 +58,19 @@ def _expires(ttl_s: int) -> int:
 
 
 def _keys(specs: list[str]) -> list[StaffKey]:
-    return [_run(lambda s=s: load_key(s)) for s in specs]
+    try:
+        return [load_key(s) for s in specs]
+    except RingfenceError as err:
+        err_console.print(f"[bold red]refused:[/] {err}")
+        raise typer.Exit(1) from None
 
 
 def _approvals(tokens: list[str]) -> list[StaffSignature]:
-    return [_run(lambda t=t, i=i: parse_approval(t, f"--approval #{i + 1}")) for i, t in enumerate(tokens)]
+    try:
+        return [parse_approval(t, f"--approval #{i + 1}") for i, t in enumerate(tokens)]
+    except RingfenceError as err:
+        err_console.print(f"[bold red]refused:[/] {err}")
+        raise typer.Exit(1) from None
 
 
 def _quorum_submit(keys: list[StaffKey], tokens: list[str], action: str, subject: list[Any], ttl_s: int,

@@ -43,26 +43,26 @@ __all__ = ["StaffGenesis", "AddStaff", "RemoveStaff", "StaffChanged", "genesis_s
 MAX_REASON_CHARS = 500
 
 
-class StaffGenesis(Command, tag="staff.genesis/1"):
+class StaffGenesis(Command, tag="staff.genesis/1", frozen=True):
     members: list[StaffEntry]
     quorum: int
     signatures: list[StaffSignature]
 
 
-class AddStaff(Command, tag="staff.add/1"):
+class AddStaff(Command, tag="staff.add/1", frozen=True):
     member: StaffEntry
     proof: StaffSignature
     reason: str
     approvals: list[StaffSignature]
 
 
-class RemoveStaff(Command, tag="staff.remove/1"):
+class RemoveStaff(Command, tag="staff.remove/1", frozen=True):
     staff_id: str
     reason: str
     approvals: list[StaffSignature]
 
 
-class StaffChanged(Event, tag="staff.changed/1"):
+class StaffChanged(Event, tag="staff.changed/1", frozen=True):
     kind: str  # genesis | added | removed
     staff_ids: list[str]
     version: int
