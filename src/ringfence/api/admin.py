@@ -106,6 +106,18 @@ def policy_view(engine: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- the router
 
 
+_ERROR_BODY = {"content": {"application/json": {"schema": {"type": "object", "required": ["code", "message"], "properties": {
+    "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}}}
+#: Every admin endpoint answers errors as `{"code", "message", "field"}` with the error's status.
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": what, **_ERROR_BODY} for status, what in (
+        (400, "invalid request or decision token"), (401, "not a correctly signed, fresh request of an active staff member"),
+        (403, "refused by a segregation-of-duties rule (named) or not the decision's signer"), (404, "not found"),
+        (409, "the state does not allow it"), (429, "the engine queue is full"), (500, "the node could not make it durable"),
+        (503, "halted"))
+}
+
+
 def _error(err: RingfenceError) -> JSONResponse:
     return JSONResponse(err.to_dict(), status_code=err.http_status)
 
@@ -183,7 +195,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
                     return _error(err)
 
             handler.__name__ = fn.__name__
-            router.add_api_route(path, handler, methods=[method], summary=summary)
+            router.add_api_route(path, handler, methods=[method], summary=summary, responses=_RESPONSES)
             return fn
 
         return register
