@@ -36,6 +36,7 @@ def prepared(tmp_path_factory):
         rig = Rig(node=node).custody()
         rig.withdrawal("w-big", 2 * 10**18)  # rule large-eth: 2 approvals, roles approver or operator
         rig.withdrawal("w-huge", 6 * 10**18)  # rule review-huge: manual review
+        rig.withdrawal("w-page", 3 * 10**18 + 7)  # approved in the browser (an amount past 2**53)
     for staff_id, key in rig.keys.items():
         write_key_file(root / f"{staff_id}.key", key)
     srv = Server(data, demo=False)
@@ -111,3 +112,32 @@ def test_audit_detects_a_tampered_signature(tmp_path) -> None:
     assert ok["verified"] and ok["accepted"]
     assert not refused["accepted"] and not refused["checks"]["signature"] and not refused["verified"]
     assert record["verified"] is True  # only accepted decisions count, and every accepted one verifies
+
+
+def test_approve_in_the_console_page(prepared, tmp_path) -> None:
+    """The page signs the approval over the same canonical subject as the engine (amount > 2**53)."""
+    from pathlib import Path
+
+    from playwright.sync_api import expect, sync_playwright
+
+    srv, keys = prepared
+    assert Path("/usr/bin/chromium").exists(), "Debian chromium is missing"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(srv.base + "/admin")
+        page.fill("#keyfile", (keys / "ada.key").read_text())
+        page.click("#signin")
+        expect(page.locator("#who")).to_have_text("signed in as ada")
+        row = page.locator('#withdrawals tr[data-withdrawal="w-page"]')
+        expect(row).to_contain_text("3000000000000000007 ETH")
+        row.locator(".decide-role").fill("approver")
+        row.locator(".approve").click()
+        expect(page.locator("#status")).to_contain_text("accepted (ApproveWithdrawalSigned)")
+        expect(page.locator('#withdrawals tr[data-withdrawal="w-page"]')).to_contain_text("1/2 ada (approver)")
+        page.locator('#withdrawals tr[data-withdrawal="w-page"] .approve').click()  # ada again: one person counts once
+        expect(page.locator("#status")).to_contain_text("rule 'distinct-people'")
+        assert not errors, errors
+        browser.close()

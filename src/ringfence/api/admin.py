@@ -28,7 +28,7 @@ from ..staff.decisions import StaffEntry, StaffSignature, parse_approval
 from ..staff.requests import RequestVerifier
 from .service import Exchange
 
-__all__ = ["build_admin_router", "PREFIX", "staff_view", "halts_view", "review_view", "policy_view"]
+__all__ = ["build_admin_router", "install_admin_pages", "PREFIX", "staff_view", "halts_view", "review_view", "policy_view"]
 
 PREFIX = "/admin/v1"
 MAX_BODY_BYTES = 65_536
@@ -146,6 +146,33 @@ def _text(body: dict[str, Any], name: str) -> str:
 def _caller_signed(caller: str, sigs: list[StaffSignature]) -> None:
     if caller not in {s.staff_id for s in sigs}:
         raise Forbidden("the caller must be one of the decision's signers", field="X-RF-Staff")
+
+
+def install_admin_pages(app: Any) -> None:
+    """The staff console page at /admin (static; it signs requests and decisions in the browser)."""
+    from importlib import resources
+    from pathlib import Path
+
+    from fastapi.responses import FileResponse
+
+    from .headers import dashboard_csp
+
+    pages = Path(str(resources.files("ringfence.web") / "admin"))
+
+    def headers(request: Request) -> dict[str, str]:
+        return {"Content-Security-Policy": dashboard_csp(request.headers.get("host"), request.url.scheme == "https"),
+                "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-store"}
+
+    @app.get("/admin", include_in_schema=False)
+    async def admin_page(request: Request) -> FileResponse:
+        return FileResponse(pages / "index.html", headers=headers(request))
+
+    @app.get("/admin/assets/{name}", include_in_schema=False)
+    async def admin_asset(request: Request, name: str) -> Any:
+        if name not in ("admin.js", "admin.css"):
+            return JSONResponse({"code": "RF_NOT_FOUND", "message": "not found"}, status_code=404)
+        return FileResponse(pages / name, headers=headers(request))
 
 
 def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = None) -> APIRouter:

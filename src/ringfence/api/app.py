@@ -281,9 +281,10 @@ def create_app(
         return JSONResponse({"code": -1100, "msg": f"Illegal parameter '{where}': {first.get('msg', 'invalid')}"}, status_code=400)
 
     app.include_router(build_router(api))
-    from .admin import build_admin_router  # staff console: signed requests, signed decisions (docs/staff.md)
+    from .admin import build_admin_router, install_admin_pages  # staff console: signed requests and decisions (docs/staff.md)
 
     app.include_router(build_admin_router(exchange))
+    install_admin_pages(app)
     app.include_router(build_ws_router(hub))
     if por_dir is not None:
         from .por import build_por_router
