@@ -108,6 +108,6 @@ def test_the_ledger_is_the_root_state_so_the_encoding_is_unchanged() -> None:
     """Position 3 of the state is the ledger, the others follow by name: the pre-module layout."""
     state = new_engine().snapshot_state()
     assert state[0] == 1 and len(state) == 5
-    assert [name for name, _ in state[4]] == ["custody", "halts", "trading"]
+    assert [name for name, _ in state[4]] == ["custody", "halts", "staff", "trading"]
     assert isinstance(state[3], list) and len(state[3]) == 7  # Ledger.snapshot_state
-    assert [m.name for m in standard_modules()] == ["ledger", "trading", "custody", "halts"]
+    assert [m.name for m in standard_modules()] == ["ledger", "trading", "custody", "halts", "staff"]
