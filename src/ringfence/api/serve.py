@@ -54,7 +54,8 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         info["keys"] = str(write_demo_keys(ctx, data))
         from ..staff.demo import seed_demo_staff  # the demo genesis quorum, keys in DIR/demo-staff.json
 
-        info["staff"] = seed_demo_staff(exchange.node, data)
+        staff = seed_demo_staff(exchange.node, data)
+        info["keys"] = f"{info['keys']}; demo staff {', '.join(staff['staff'])} (operator quorum 2; console /admin): {staff['file']}"
         from ..solvency.pol import load_secret
         from .por import publish_from_engine
 
@@ -138,7 +139,6 @@ def serve(
             f"{d['transfers_applied']}; market-maker orders placed now: {d['ladder_orders']}"
         )
         console.print(f"demo API keys: {info['keys']}")
-        console.print(f"demo staff (operator quorum 2; admin API /admin/v1): {', '.join(info['staff']['staff'])} -> {info['staff']['file']}")  # type: ignore[index]
         por = info["por"]
         console.print(f"proof of liabilities for {por['accounts']} accounts at {por['position']}: /por, /por/verify, /v1/por/proof")
     console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, OpenAPI /openapi.json, metrics /metrics)")
