@@ -97,9 +97,11 @@ class Rig:
         """Refused at the edge (unless `edge=False`: a rule checked only at apply time) and by the handler."""
         before = domain_hash(self.engine)
         if edge:
+            full = self.engine.state_hash()
             with pytest.raises(RingfenceError) as err:
                 self.engine.precheck(command)
             assert f"rule '{rule}'" in str(err.value), str(err.value)
+            assert self.engine.state_hash() == full, "an edge refusal changed the state"
         events = self.apply(command)
         assert len(events) == 1 and isinstance(events[0], CommandRejected), events
         assert f"rule '{rule}'" in events[0].message, events[0].message

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from ringfence.engine.core import CommandRejected
+from ringfence.errors import RingfenceError
 from ringfence.risk.halts import Halt, LiftHaltSigned, halts_of, lift_subject
 from ringfence.staff import AddStaff, RemoveStaff, StaffKey, add_subject, remove_subject, staff_of
 from ringfence.staff.decisions import StaffSignature
@@ -65,10 +66,16 @@ class World:
     def attempt(self, command, counted: list[str | None]) -> bool:
         """Apply; check success <=> every approval valid and >= quorum distinct people; return success."""
         before = domain_hash(self.rig.engine)
-        events = self.rig.apply(command)
-        ok = not any(isinstance(e, CommandRejected) for e in events)
         people = [c for c in counted if c is not None]
         expected = bool(counted) and None not in counted and len(set(people)) == len(people) >= QUORUM
+        try:  # the edge agrees with the handler
+            self.rig.engine.precheck(command)
+            edge_ok = True
+        except RingfenceError:
+            edge_ok = False
+        assert edge_ok == expected, (command, counted)
+        events = self.rig.apply(command)
+        ok = not any(isinstance(e, CommandRejected) for e in events)
         assert ok == expected, (command, counted, events)
         if not ok:
             assert domain_hash(self.rig.engine) == before, "a refused decision changed the state"
