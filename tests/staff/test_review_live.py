@@ -37,6 +37,13 @@ def prepared(tmp_path_factory):
         rig.withdrawal("w-big", 2 * 10**18)  # rule large-eth: 2 approvals, roles approver or operator
         rig.withdrawal("w-huge", 6 * 10**18)  # rule review-huge: manual review
         rig.withdrawal("w-page", 3 * 10**18 + 7)  # approved in the browser (an amount past 2**53)
+        # a tainted deposit for alice: quarantined until a declaration and an analyst's release
+        from ringfence.custody.commands import CreditDeposit, FileSourceOfFunds, ObserveDeposit
+
+        txid = "0x" + "7a" * 32
+        rig.run(ObserveDeposit("ethereum", txid, 0, "ETH", "0x" + "01" * 20, 5 * 10**18, 2, "0x" + "cc" * 32))
+        rig.run(CreditDeposit("ethereum", txid, 0, 1, 90, ["1 hop from a sanctioned address"]))
+        rig.run(FileSourceOfFunds("ethereum", txid, 0, "alice", "Salary from my employer, payslips attached."))
     for staff_id, key in rig.keys.items():
         write_key_file(root / f"{staff_id}.key", key)
     srv = Server(data, demo=False)
@@ -139,5 +146,35 @@ def test_approve_in_the_console_page(prepared, tmp_path) -> None:
         expect(page.locator('#withdrawals tr[data-withdrawal="w-page"]')).to_contain_text("1/2 ada (approver)")
         page.locator('#withdrawals tr[data-withdrawal="w-page"] .approve').click()  # ada again: one person counts once
         expect(page.locator("#status")).to_contain_text("rule 'distinct-people'")
+        # ada is no analyst: the deposit stays quarantined
+        deposit = page.locator("#deposits tbody tr").first
+        deposit.locator(".deposit-reason").fill("payslips checked")
+        deposit.locator(".release").click()
+        expect(page.locator("#status")).to_contain_text("rule 'role-required'")
+
+        analyst = browser.new_page(viewport={"width": 1400, "height": 900})
+        analyst.on("pageerror", lambda e: errors.append(str(e)))
+        analyst.goto(srv.base + "/admin")
+        analyst.fill("#keyfile", (keys / "ana.key").read_text())
+        analyst.click("#signin")
+        expect(analyst.locator("#who")).to_have_text("signed in as ana")
+        deposit = analyst.locator("#deposits tbody tr").first
+        expect(deposit).to_contain_text("5000000000000000000 ETH")
+        deposit.locator(".deposit-reason").fill("payslips checked")
+        deposit.locator(".release").click()
+        expect(analyst.locator("#status")).to_contain_text("accepted (ReviewQuarantineSigned)")
+        expect(analyst.locator("#deposits tbody tr")).to_have_count(0)
+
+        policy = tmp_path / "policy.json"
+        policy.write_text(json.dumps(POLICY | {"approval_ttl_s": 900}))
+        assert cli("policy", "propose", "p-page", str(policy), "--key", str(keys / "pat.key"), "--url", srv.base).returncode == 0
+        admin = browser.new_page(viewport={"width": 1400, "height": 900})
+        admin.on("pageerror", lambda e: errors.append(str(e)))
+        admin.goto(srv.base + "/admin")
+        admin.fill("#keyfile", (keys / "pia.key").read_text())
+        admin.click("#signin")
+        admin.locator('#proposals tr[data-proposal="p-page"] .approve').click()
+        expect(admin.locator("#status")).to_contain_text("accepted (ApprovePolicySigned)")
+        expect(admin.locator('#proposals tr[data-proposal="p-page"]')).to_contain_text("pia")
         assert not errors, errors
         browser.close()

@@ -147,9 +147,23 @@ function renderWithdrawals(view) {
   deposits.replaceChildren();
   for (const d of view.deposits) {
     const row = deposits.insertRow();
+    row.dataset.deposit = d.key;
     [`${d.chain}:${d.txid}:${d.index}`, d.account_id, `${d.amount_minor} ${d.asset}`, `${d.score}: ${d.reasons.join("; ")}`,
       d.declaration].forEach((t) => cell(row, t));
+    const td = cell(row, "");
+    const reason = control(td, "input", { placeholder: "reason", className: "deposit-reason" });
+    for (const kind of ["release", "freeze"]) {
+      control(td, "button", { type: "button", textContent: kind[0].toUpperCase() + kind.slice(1), className: kind }).addEventListener("click", () =>
+        act(`${kind} ${d.key}`, async () => api("POST", "/deposits/review", {
+          chain: d.chain, txid: d.txid, index: d.index, decision_kind: kind, reason: reason.value,
+          decision: await decisionToken("deposit.review", [d.key, { int: d.amount_minor }, kind, reason.value]),
+        })));
+    }
   }
+}
+
+async function sha256Hex(text) {
+  return hex(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
 }
 
 async function refresh() {
@@ -161,7 +175,15 @@ async function refresh() {
   proposals.replaceChildren();
   for (const p of policy.proposals) {
     const row = proposals.insertRow();
+    row.dataset.proposal = p.proposal_id;
     [p.proposal_id, p.proposer, p.state, p.approvals.join(", ")].forEach((t) => cell(row, t));
+    const td = cell(row, "");
+    if (p.state === "proposed") {
+      control(td, "button", { type: "button", textContent: "Approve", className: "approve" }).addEventListener("click", () =>
+        act(`approve policy ${p.proposal_id}`, async () => api("POST", `/policy/proposals/${encodeURIComponent(p.proposal_id)}/approve`, {
+          decision: await decisionToken("policy.approve", [p.proposal_id, await sha256Hex(p.policy)]),
+        })));
+    }
   }
   const members = $("staff").tBodies[0];
   members.replaceChildren();
