@@ -135,7 +135,7 @@ def test_ledger_benchmark_smoke(tmp_path):
     "args, option",
     [
         (["keys", "verify-log", "--log", "{missing}"], "--log"),
-        (["reconcile", "approve", "h", "--raised-seq", "1", "--reason", "r", "--operator", "o", "--key-file", "{missing}"], "--key-file"),
+        (["reconcile", "approve", "h", "--raised-seq", "1", "--reason", "r", "--operator", "o", "--key", "{missing}"], "--key"),
         (["keys", "restore", "--backup", "{missing}", "--operator-key", "{missing}", "--store", "{tmp}/store", "--operator", "a", "--reason", "r"], "--backup"),
         (["keys", "backup", "--store", "{tmp}", "--key-id", "k", "--operator-key", "{missing}", "--out", "{tmp}/o", "--operator", "a", "--reason", "r"], "--operator-key"),
         (["policy", "test", "{policy}", "--requests", "{missing}"], "--requests"),

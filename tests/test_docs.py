@@ -13,7 +13,7 @@ def python_blocks(name):
     return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
-@pytest.mark.parametrize("doc", ["ledger.md", "engine.md"])
+@pytest.mark.parametrize("doc", ["ledger.md", "engine.md", "staff.md"])
 def test_doc_examples_run(doc):
     blocks = python_blocks(doc)
     assert blocks, f"{doc} has no python example"

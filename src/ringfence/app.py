@@ -21,12 +21,13 @@ from .engine.node import replay_journal as _replay_journal
 from .index.module import MODULE as INDEX
 from .ledger.commands import MODULE as LEDGER
 from .risk.halts import MODULE as HALTS
+from .staff import MODULE as STAFF
 from .trading.module import MODULE as TRADING  # the package imports every trading handler file
 
 __all__ = ["standard_modules", "new_engine", "new_node", "replay_journal", "engine_from_snapshot"]
 
 #: The modules of a standard spot shard, ledger first.
-STANDARD_MODULES: tuple[Module, ...] = (LEDGER, TRADING, CUSTODY, HALTS, INDEX)
+STANDARD_MODULES: tuple[Module, ...] = (LEDGER, TRADING, CUSTODY, HALTS, STAFF, INDEX)
 
 
 def standard_modules(*extra: Module) -> tuple[Module, ...]:

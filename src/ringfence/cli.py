@@ -303,6 +303,13 @@ from .reconcile.cli import app as _reconcile_app  # noqa: E402
 app.add_typer(_reconcile_app, name="reconcile")
 from .custody.shield_cli import shield_app as _shield_app  # noqa: E402
 app.add_typer(_shield_app, name="shield")
+from .staff import cli as _staff_cli  # noqa: E402  (the operator console: signed staff decisions)
+from .staff.audit import audit_app as _audit_app  # noqa: E402
+app.add_typer(_staff_cli.staff_app, name="staff")
+app.add_typer(_staff_cli.review_app, name="review")
+app.add_typer(_staff_cli.halts_app, name="halts")
+_staff_cli.register_policy_commands(_custody_cli.policy_app)
+app.add_typer(_audit_app, name="audit")
 
 
 def main() -> None:  # console-script entry point

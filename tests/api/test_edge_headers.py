@@ -14,8 +14,8 @@ import pytest
 
 from .test_dashboard import browser  # noqa: F401  (the module's Chromium fixture)
 
-HTML_PAGES = ["/", "/por", "/por/verify", "/login", "/signup"]
-OTHER = ["/por/root.json", "/por/reserves.json", "/api/v3/ping", "/openapi.json", "/dashboard/app.js", "/static/identity.js", "/static/identity.css", "/healthz"]
+HTML_PAGES = ["/", "/por", "/por/verify", "/login", "/signup", "/admin"]
+OTHER = ["/por/root.json", "/por/reserves.json", "/api/v3/ping", "/openapi.json", "/dashboard/app.js", "/static/identity.js", "/static/identity.css", "/healthz", "/admin/assets/admin.js", "/admin/assets/admin.css"]
 
 
 def directives(csp: str) -> dict[str, list[str]]:

@@ -39,7 +39,7 @@ def test_policy_test_explains_each_decision(tmp_path) -> None:
     out = {r["id"]: r for r in json.loads(res.output)}
     assert out["small-hot"]["action"] == "allow" and out["small-hot"]["rule"] == "hot-small"
     assert out["fresh-address"]["action"] == "delay" and out["fresh-address"]["rule"] == "new-address-cooling"
-    assert out["large-btc"]["action"] == "approvals" and "2 from treasury" in out["large-btc"]["detail"]
+    assert out["large-btc"]["action"] == "approvals" and "2 from approver" in out["large-btc"]["detail"]
     assert out["risky"]["action"] == "deny" and "risk score 95 >= 90" in out["risky"]["reasons"]
     reqs = tmp_path / "reqs.json"
     reqs.write_text(json.dumps([{"id": "x", "asset": "DOGE", "amount_minor": 1, "wallet": "w", "wallet_tier": "cold",

@@ -148,10 +148,8 @@ def test_reversal_of_a_spent_credit_records_shortfall_and_freezes_withdrawals(ne
 
     net.execute(ConfirmWithdrawalEmail("s1", "BTC", "btc_hot", "token-s1"))
     net.withdrawals.run_until_idle()
-    from ringfence.custody.commands import ResolveManualReview
-
     assert net.state.withdrawals["s1"].state == "manual_review"  # ~100% of the balance to a new address
-    net.execute(ResolveManualReview("s1", "BTC", "btc_hot", "ana", True, "ok"))
+    net.execute(net.sign("manual_review", "s1", "ana", True, "ok"))
     net.withdrawals.run_until_idle()
     assert net.state.withdrawals["s1"].state == "approved" and not net.state.withdrawals["s1"].txid
     assert "frozen" in net.withdrawals.errors["s1"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringfence.custody.commands import DepositReported, FileSourceOfFunds, ReviewQuarantine
+from ringfence.custody.commands import DepositReported, FileSourceOfFunds
 from ringfence.custody.kyt import Blacklist, BuiltinScorer, KytInput, KytResult, sample_blacklist
 from ringfence.errors import RingfenceError
 
@@ -66,13 +66,13 @@ def test_one_hop_taint_quarantines_until_declaration_and_analyst_release(net) ->
     assert balance(net, "hana", "ETH") == 0 and balance(net, "hana", "ETH", "quarantine") == 10**18
     key = ("ethereum", txid, d.index)
     with pytest.raises(RingfenceError) as exc:  # no declaration yet
-        net.execute(ReviewQuarantine(*key, "ana", "release", "looks fine"))
-    assert exc.value.field == "decision"
-    with pytest.raises(RingfenceError) as exc:  # the user is not an analyst
-        net.execute(ReviewQuarantine(*key, "hana", "release", "mine"))
-    assert exc.value.field == "analyst"
+        net.execute(net.sign("review_deposit", *key, "ana", "release", "looks fine"))
+    assert exc.value.field == "decision_kind"
+    with pytest.raises(RingfenceError) as exc:  # an approver is not an analyst
+        net.execute(net.sign("review_deposit", *key, "tom", "release", "mine"))
+    assert "role-required" in str(exc.value)
     net.execute(FileSourceOfFunds(*key, "hana", "Salary paid by my employer via an OTC desk; invoice #42 attached."))
-    net.execute(ReviewQuarantine(*key, "ana", "release", "invoice checked"))
+    net.execute(net.sign("review_deposit", *key, "ana", "release", "invoice checked"))
     assert d.state == "credited" and balance(net, "hana", "ETH") == 10**18
     assert balance(net, "hana", "ETH", "quarantine") == 0
     net.node.engine.check_invariants()
@@ -93,7 +93,7 @@ def test_quarantine_can_be_frozen_by_analyst(net) -> None:
     d = _dep(net, txid)
     assert d.state == "quarantined"
     net.execute(FileSourceOfFunds("bitcoin", txid, d.index, "ivan", "from a friend, no paperwork"))
-    net.execute(ReviewQuarantine("bitcoin", txid, d.index, "ana", "freeze", "declaration not credible"))
+    net.execute(net.sign("review_deposit", "bitcoin", txid, d.index, "ana", "freeze", "declaration not credible"))
     assert d.state == "frozen" and balance(net, "ivan", "BTC", "frozen") == 30_000_000
     net.node.engine.check_invariants()
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ringfence.custody.commands import ApproveWithdrawal, ResolveManualReview, ActivatePolicy, ProposePolicy, ApprovePolicy
+from ringfence.custody.commands import ActivatePolicy, ApproveWithdrawal
 from ringfence.errors import RingfenceError
 
 from .conftest import balance
@@ -56,23 +56,28 @@ def test_eth_withdrawal_settles_with_real_gas(net) -> None:
 
 
 def test_two_approvals_initiator_never_approves_and_approvals_expire(net) -> None:
-    fund_btc(net, "tina", 400_000_000)  # tina is also a treasury approver
+    fund_btc(net, "tina", 400_000_000)  # tina is also an approver on the staff
     net.request("w2", "tina", "BTC", outside_btc_address(2), 150_000_000)  # > 1 BTC: rule large-btc
     net.withdrawals.run_until_idle()
     w = _w(net, "w2")
     assert w.state == "awaiting_approvals" and w.rule == "large-btc" and w.required_approvals == 2
     with pytest.raises(RingfenceError) as exc:
-        net.execute(ApproveWithdrawal("w2", "BTC", "btc_hot", "tina", "treasury"))
-    assert exc.value.field == "approver" and "own" in str(exc.value)
+        net.execute(net.sign("approve_withdrawal", "w2", "tina", "approver"))
+    assert "never-the-initiator" in str(exc.value)
     with pytest.raises(RingfenceError) as exc:
-        net.execute(ApproveWithdrawal("w2", "BTC", "btc_hot", "ana", "treasury"))
-    assert exc.value.field == "role"
-    net.execute(ApproveWithdrawal("w2", "BTC", "btc_hot", "tom", "treasury"))
+        net.execute(net.sign("approve_withdrawal", "w2", "ana", "approver"))
+    assert "role-required" in str(exc.value)
+    with pytest.raises(RingfenceError) as exc:  # the unsigned command of old is retired
+        net.execute(ApproveWithdrawal("w2", "BTC", "btc_hot", "tom", "approver"))
+    assert "retired" in str(exc.value)
+    net.execute(net.sign("approve_withdrawal", "w2", "tom", "approver"))
     net.advance(3601)  # approval TTL is one hour: tom's approval expires
-    net.execute(SetApproverCmd("tess", ["treasury"]))
-    net.execute(ApproveWithdrawal("w2", "BTC", "btc_hot", "tess", "treasury"))
+    from ringfence.staff import StaffKey
+
+    net.execute(net.sign("add", StaffKey.generate("tess"), ["approver"], "new approver", ["tina", "tom"]))
+    net.execute(net.sign("approve_withdrawal", "w2", "tess", "approver"))
     assert w.state == "awaiting_approvals"  # two approvers, but tom's approval expired: 1 of 2
-    net.execute(ApproveWithdrawal("w2", "BTC", "btc_hot", "tom", "treasury"))
+    net.execute(net.sign("approve_withdrawal", "w2", "tom", "approver"))
     assert w.state == "approved"  # tom's fresh approval and tess's
     settle(net)
     assert w.state == "settled"
@@ -102,9 +107,9 @@ def test_manual_review_of_nearly_all_funds_to_new_address(net) -> None:
     assert any("mandatory manual review" in r for r in w.risk_reasons)
     assert any("overrides" in r for r in w.decision_reasons)
     with pytest.raises(RingfenceError) as exc:
-        net.execute(ResolveManualReview("w4", "BTC", "btc_hot", "vera", True, "me"))
-    assert exc.value.field == "analyst"
-    net.execute(ResolveManualReview("w4", "BTC", "btc_hot", "ana", False, "called the user: not them"))
+        net.execute(net.sign("manual_review", "w4", "tina", True, "me"))
+    assert "role-required" in str(exc.value)
+    net.execute(net.sign("manual_review", "w4", "ana", False, "called the user: not them"))
     assert w.state == "rejected"
     assert net.ledger.find("vera", "BTC").available == 50_000_000  # hold voided, funds back
     net.node.engine.check_invariants()
@@ -114,7 +119,7 @@ def test_manual_review_approve_then_settle(net) -> None:
     fund_btc(net, "walt", 50_000_000)
     net.request("w5", "walt", "BTC", outside_btc_address(5), 49_000_000)
     net.withdrawals.run_until_idle()
-    net.execute(ResolveManualReview("w5", "BTC", "btc_hot", "ana", True, "verified by phone"))
+    net.execute(net.sign("manual_review", "w5", "ana", True, "verified by phone"))
     settle(net)
     assert _w(net, "w5").state == "settled"
 
@@ -124,12 +129,12 @@ def test_policy_deny_and_default_deny(net) -> None:
     strict = {"version": 1, "rules": [
         {"name": "no-btc-over-0.2", "when": {"asset": ["BTC"], "amount_minor_gt": 20_000_000}, "action": {"type": "deny"}},
         {"name": "eth-only", "when": {"asset": ["ETH"]}, "action": {"type": "allow"}}]}
-    net.execute(ProposePolicy("p-strict", "pat", json.dumps(strict)))
-    net.execute(ApprovePolicy("p-strict", "pia"))
+    net.execute(net.desk.propose_policy("p-strict", json.dumps(strict), "pat"))
+    net.execute(net.sign("approve_policy", "p-strict", "pia"))
     with pytest.raises(RingfenceError) as exc:
-        net.execute(ApprovePolicy("p-strict", "pat"))  # the proposer cannot approve
-    assert exc.value.field == "approver"
-    net.execute(ApprovePolicy("p-strict", "pol"))
+        net.execute(net.sign("approve_policy", "p-strict", "pat"))  # the proposer cannot approve
+    assert "never-the-initiator" in str(exc.value)
+    net.execute(net.sign("approve_policy", "p-strict", "pol"))
     with pytest.raises(RingfenceError) as exc:
         net.execute(ActivatePolicy("p-strict"))  # a policy change takes effect after 24 h
     assert "takes effect" in str(exc.value)
@@ -154,5 +159,3 @@ def test_velocity_window_sends_to_manual_review(net) -> None:
     net.withdrawals.run_until_idle()
     assert _w(net, "v3").state == "manual_review" and _w(net, "v3").rule == "btc-daily-velocity"
 
-
-from ringfence.custody.commands import SetApprover as SetApproverCmd  # noqa: E402

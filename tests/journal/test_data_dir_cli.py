@@ -70,7 +70,7 @@ def test_second_writer_is_refused_while_serve_runs_and_readers_use_the_serve_dir
         before = journal_digest(node)
 
         for target in (data, node):  # the serve DIR and the node folder name the same journal
-            lift = run("reconcile", "lift", str(target), "rc.any", "--reason", "r", "--approval", "op1:" + "ab" * 64)
+            lift = run("reconcile", "lift", str(target), "rc.any", "--reason", "r", "--approval", "op1:" + "ab" * 16 + ":1:" + "ab" * 64)
             assert lift.returncode != 0, lift.stdout
             assert f"pid {proc.pid}" in lift.stderr and "lifted" not in lift.stdout, lift.stderr
         rec = run("reconcile", "run", str(data))
@@ -198,7 +198,7 @@ def test_reconcile_lift_names_the_field_once(tmp_path):
     assert run("demo", "--data", str(node), "--seed", "1").returncode == 0
     lock = DataDirLock(node, "a test holding the lock")
     try:
-        lift = run("reconcile", "lift", str(node), "rc.any", "--reason", "r", "--approval", "op1:" + "ab" * 64)
+        lift = run("reconcile", "lift", str(node), "rc.any", "--reason", "r", "--approval", "op1:" + "ab" * 16 + ":1:" + "ab" * 64)
     finally:
         lock.release()
     text = " ".join(lift.stderr.split())

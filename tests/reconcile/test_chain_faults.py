@@ -183,7 +183,7 @@ def test_a_shortfall_seen_only_once_is_not_evidence(node, eth):
 
 
 def test_a_lifted_halt_is_not_raised_again_for_the_same_evidence_but_a_new_loss_halts(node, eth, operators):
-    from ringfence.risk.halts import LiftHalt, lift_message
+    from .conftest import desk_for
 
     custody = SimCustody()
     rec = _reconciler(node, eth, custody)
@@ -193,8 +193,8 @@ def test_a_lifted_halt_is_not_raised_again_for_the_same_evidence_but_a_new_loss_
     eth.adapter.broadcast(eth.dev.sign_transfer(eth.hot_key, attacker, ONE_ETH))
     [halt_id] = rec.run_once(internal=False).halts_submitted
     [halt] = active_halts(node.engine)
-    message = lift_message(halt_id, "loss written off", halt["raised_seq"])
-    node.execute(LiftHalt(halt_id, "loss written off", [(n, operators[n].sign(message).hex()) for n in ("op1", "op2")]))
+    assert halt["halt_id"] == halt_id
+    node.execute(desk_for(node, operators).lift(node.engine, halt_id, "loss written off", ["op1", "op2"]))
     report = rec.run_once(internal=False)
     assert report.acknowledged == [halt_id] and report.halts_submitted == [] and active_halts(node.engine) == []
     eth.adapter.broadcast(eth.dev.sign_transfer(eth.hot_key, attacker, ONE_ETH))  # it leaks again

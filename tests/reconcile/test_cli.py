@@ -65,35 +65,35 @@ def test_bad_dir_is_a_clear_error(tmp_path):
 
 
 def test_operators_lift_a_halt_from_the_command_line(tmp_path):
-    from ringfence.risk.halts import RegisterOperators
+    import time
 
-    from .conftest import operator_keys, public_hex
+    from ringfence.staff.decisions import write_key_file
+    from ringfence.staff.desk import StaffDesk
+
+    from .conftest import operator_keys
 
     keys = operator_keys(3)
     data = tmp_path / "node"
     with new_node(data, fsync=False) as node:
-        node.execute(RegisterOperators([(k, public_hex(v)) for k, v in keys.items()], 2))
+        node.execute(StaffDesk(keys, time.time_ns).genesis({k: ["operator"] for k in keys}, 2))
     _make(data, double_credit=True)
     assert _cli("reconcile", "run", str(data)).returncode == 3
     [halt] = json.loads(_cli("reconcile", "status", str(data), "--json").stdout)["active_halts"]
     files = {}
     for name, key in keys.items():
-        from cryptography.hazmat.primitives import serialization
-
-        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
         files[name] = tmp_path / f"{name}.key"
-        files[name].write_text(raw.hex())
+        write_key_file(files[name], key)
     sigs = []
     for name in ("op1", "op3"):
         out = _cli("reconcile", "approve", halt["halt_id"], "--raised-seq", str(halt["raised_seq"]),
-                   "--reason", "double credit reversed", "--operator", name, "--key-file", str(files[name]))
+                   "--reason", "double credit reversed", "--key", str(files[name]))
         assert out.returncode == 0, out.stderr
         sigs.append(out.stdout.strip())
     out = _cli("reconcile", "lift", str(data), halt["halt_id"], "--reason", "double credit reversed", "--approval", sigs[0])
-    assert out.returncode == 1 and "needs 2 of 3" in out.stderr
+    assert out.returncode == 1 and "rule 'quorum'" in out.stderr and "needs 2" in out.stderr
     out = _cli("reconcile", "lift", str(data), halt["halt_id"], "--reason", "another reason",
                "--approval", sigs[0], "--approval", sigs[1])
-    assert out.returncode == 1 and "does not verify" in out.stderr
+    assert out.returncode == 1 and "signature-valid" in out.stderr
     out = _cli("reconcile", "lift", str(data), halt["halt_id"], "--reason", "double credit reversed",
                "--approval", sigs[0], "--approval", sigs[1])
     assert out.returncode == 0 and "lifted" in out.stdout, out.stderr

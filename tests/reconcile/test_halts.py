@@ -3,6 +3,8 @@ scoped guard behaviour, snapshot/replay determinism."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ringfence.engine.commands import Command, Event
@@ -14,15 +16,16 @@ from ringfence.ledger.commands import OpenAccount, RegisterAsset
 from ringfence.risk.halts import (
     Halt,
     LiftHalt,
+    LiftHaltSigned,
     RegisterOperators,
     active_halts,
     halts_of,
-    lift_message,
+    lift_subject,
     metrics_samples,
-    operators_message,
 )
+from ringfence.staff import StaffKey, StaffRefused, staff_of
 
-from .conftest import operator_keys, operators_node, public_hex
+from .conftest import desk_for, operator_keys, operators_node
 from ringfence.app import new_node
 
 
@@ -82,8 +85,9 @@ def node(tmp_path, operators):
 
 
 def _sign(keys, names, halt_id, reason, raised_seq):
-    msg = lift_message(halt_id, reason, raised_seq)
-    return [(n, keys[n].sign(msg).hex()) for n in names]
+    """Fresh signed approvals (new nonces) by `names` for lifting one raise of a halt."""
+    expires = time.time_ns() + 600 * 10**9
+    return [keys[n].sign("halt.lift", lift_subject(halt_id, reason, raised_seq), expires) for n in names]
 
 
 def _raise(node, halt_id="h1", kind="venue", scope="*", level="HALTED"):
@@ -93,25 +97,25 @@ def _raise(node, halt_id="h1", kind="venue", scope="*", level="HALTED"):
 
 def test_lift_needs_m_of_n_valid_signatures(node, operators):
     seq = _raise(node)
-    with pytest.raises(Forbidden, match="needs 2 of 3"):
-        node.execute(LiftHalt("h1", "fixed", _sign(operators, ["op1"], "h1", "fixed", seq)))
-    with pytest.raises(Forbidden, match="approved twice"):
-        node.execute(LiftHalt("h1", "fixed", _sign(operators, ["op1", "op1"], "h1", "fixed", seq)))
-    stranger = operator_keys(5)["op5"]
-    forged = [("op1", operators["op1"].sign(lift_message("h1", "fixed", seq)).hex()),
-              ("op2", stranger.sign(lift_message("h1", "fixed", seq)).hex())]
-    with pytest.raises(Forbidden, match="does not verify"):
-        node.execute(LiftHalt("h1", "fixed", forged))
-    with pytest.raises(Forbidden, match="not a registered operator"):
-        node.execute(LiftHalt("h1", "fixed", [("op1", forged[0][1]), ("op5", forged[1][1])]))
+    with pytest.raises(StaffRefused, match="rule 'quorum'.*needs 2"):
+        node.execute(LiftHaltSigned("h1", "fixed", _sign(operators, ["op1"], "h1", "fixed", seq)))
+    with pytest.raises(StaffRefused, match="distinct-people"):
+        node.execute(LiftHaltSigned("h1", "fixed", _sign(operators, ["op1", "op1"], "h1", "fixed", seq)))
+    stranger = StaffKey("op2", operator_keys(5)["op5"].private_key)  # claims op2, holds another key
+    forged = _sign(operators, ["op1"], "h1", "fixed", seq) + _sign({"op2": stranger}, ["op2"], "h1", "fixed", seq)
+    with pytest.raises(StaffRefused, match="signature-valid"):
+        node.execute(LiftHaltSigned("h1", "fixed", forged))
+    unknown = _sign(operators, ["op1"], "h1", "fixed", seq) + _sign(operator_keys(5), ["op5"], "h1", "fixed", seq)
+    with pytest.raises(StaffRefused, match="staff-registered"):
+        node.execute(LiftHaltSigned("h1", "fixed", unknown))
     # approvals signed for another reason do not verify for this one
-    with pytest.raises(Forbidden, match="does not verify"):
-        node.execute(LiftHalt("h1", "fixed", _sign(operators, ["op1", "op2"], "h1", "other reason", seq)))
+    with pytest.raises(StaffRefused, match="signature-valid"):
+        node.execute(LiftHaltSigned("h1", "fixed", _sign(operators, ["op1", "op2"], "h1", "other reason", seq)))
     assert [h["halt_id"] for h in active_halts(node.engine)] == ["h1"]
     with pytest.raises(Halted):
         node.execute(RegisterAsset("USDT", 6, "crypto", "ethereum"))
     assert "USDT" not in node.engine.ledger.assets
-    [lifted] = node.execute(LiftHalt("h1", "fixed", _sign(operators, ["op3", "op1"], "h1", "fixed", seq)))
+    [lifted] = node.execute(LiftHaltSigned("h1", "fixed", _sign(operators, ["op3", "op1"], "h1", "fixed", seq)))
     assert lifted.approvers == ["op3", "op1"] and lifted.evidence == '{"why":"test"}'
     assert active_halts(node.engine) == []
     node.execute(RegisterAsset("USDT", 6, "crypto", "ethereum"))
@@ -120,17 +124,18 @@ def test_lift_needs_m_of_n_valid_signatures(node, operators):
 def test_replayed_approval_is_refused(node, operators):
     seq1 = _raise(node, "h1")
     approvals = _sign(operators, ["op1", "op2"], "h1", "fixed", seq1)
-    node.execute(LiftHalt("h1", "fixed", approvals))
+    node.execute(LiftHaltSigned("h1", "fixed", approvals))
     with pytest.raises(NotFound):
-        node.execute(LiftHalt("h1", "fixed", approvals))  # same lift again: nothing to lift
+        node.execute(LiftHaltSigned("h1", "fixed", approvals))  # same lift again: nothing to lift
     seq2 = _raise(node, "h1")  # the same halt id raised again later
     assert seq2 != seq1
-    with pytest.raises(Forbidden, match="does not verify"):
-        node.execute(LiftHalt("h1", "fixed", approvals))  # old approvals do not lift the new raise
+    with pytest.raises(StaffRefused, match="nonce-once"):
+        node.execute(LiftHaltSigned("h1", "fixed", approvals))  # old approvals do not lift the new raise
     seq3 = _raise(node, "h2")
-    with pytest.raises(Forbidden, match="does not verify"):
-        node.execute(LiftHalt("h2", "fixed", approvals))  # nor another halt
-    node.execute(LiftHalt("h2", "fixed", _sign(operators, ["op2", "op3"], "h2", "fixed", seq3)))
+    fresh_for_h1 = _sign(operators, ["op1", "op2"], "h1", "fixed", seq2)
+    with pytest.raises(StaffRefused, match="signature-valid"):
+        node.execute(LiftHaltSigned("h2", "fixed", fresh_for_h1))  # nor another halt
+    node.execute(LiftHaltSigned("h2", "fixed", _sign(operators, ["op2", "op3"], "h2", "fixed", seq3)))
     assert [h["halt_id"] for h in active_halts(node.engine)] == ["h1"]
 
 
@@ -154,32 +159,33 @@ def test_halt_is_idempotent_and_validated(node):
         ({"scope_kind": "asset", "scope": "ETH", "level": "WITHDRAWALS_PAUSED", "halt_id": "h1"}, 1)]
 
 
-def test_operator_set_rotation_needs_the_current_quorum(node, operators):
-    new = operator_keys(4)
-    ops = [(k, public_hex(v)) for k, v in new.items()]
-    with pytest.raises(Forbidden):
-        node.execute(RegisterOperators(ops, 3, []))
-    msg = operators_message(ops, 3, halts_of(node.engine).version)
-    with pytest.raises(Forbidden, match="needs 2 of 3"):
-        node.execute(RegisterOperators(ops, 3, [("op1", operators["op1"].sign(msg).hex())]))
-    with pytest.raises(ValidationError, match="one alone may never lift"):
-        node.execute(RegisterOperators(ops, 1, [(n, operators[n].sign(operators_message(ops, 1, 1)).hex()) for n in ("op1", "op2")]))
-    [ev] = node.execute(RegisterOperators(ops, 3, [(n, operators[n].sign(msg).hex()) for n in ("op1", "op2")]))
-    assert ev.version == 2 and ev.threshold == 3
-    # the same approvals cannot be replayed (the version moved on)
-    with pytest.raises(Forbidden):
-        node.execute(RegisterOperators(ops, 3, [(n, operators[n].sign(msg).hex()) for n in ("op1", "op2")]))
+def test_operator_set_changes_need_the_current_quorum(node, operators):
+    desk = desk_for(node, operators)
+    newcomer = StaffKey.generate("op4")
+    with pytest.raises(StaffRefused, match="rule 'quorum'"):
+        node.execute(desk.add(node.engine, newcomer, ["operator"], "hire", ["op1"]))
+    [ev] = node.execute(desk.add(node.engine, newcomer, ["operator"], "hire", ["op1", "op2"]))
+    assert ev.kind == "added" and ev.approvers == ["op1", "op2"]
+    # the newcomer counts towards the next quorum, a removed operator no longer does
+    node.execute(desk.remove(node.engine, "op3", "left", ["op4", "op1"]))
+    seq = _raise(node, "h9")
+    with pytest.raises(StaffRefused, match="staff-active"):
+        node.execute(LiftHaltSigned("h9", "r", _sign({**operators, "op4": newcomer}, ["op3", "op4"], "h9", "r", seq)))
+    node.execute(LiftHaltSigned("h9", "r", _sign({**operators, "op4": newcomer}, ["op2", "op4"], "h9", "r", seq)))
+    assert staff_of(node.engine).members["op3"].status == "removed"
 
 
-def test_genesis_bootstrap_only_without_a_set(tmp_path):
+def test_legacy_operator_commands_are_refused_when_submitted(tmp_path):
     with new_node(tmp_path / "n", fsync=False) as n:
         keys = operator_keys(2)
-        with pytest.raises(ValidationError, match="threshold"):
-            n.execute(RegisterOperators([(k, public_hex(v)) for k, v in keys.items()], 1))
+        with pytest.raises(Forbidden, match="retired"):
+            n.execute(RegisterOperators([(k, v.public_hex) for k, v in keys.items()], 2))
         n.execute(Halt("h", "venue", "*", "HALTED", "r", "{}"))
-        with pytest.raises(Forbidden, match="no operators"):
+        with pytest.raises(Forbidden, match="retired"):
             n.execute(LiftHalt("h", "r", []))
-        n.execute(RegisterOperators([(k, public_hex(v)) for k, v in keys.items()], 2))
+        with pytest.raises(StaffRefused, match="staff-registered"):
+            n.execute(LiftHaltSigned("h", "r", []))
+        assert halts_of(n.engine).operators == {}
 
 
 def test_scoped_levels(node, operators):
@@ -210,7 +216,7 @@ def test_scoped_levels(node, operators):
 def test_halts_survive_snapshot_and_replay(node, operators):
     _raise(node, "h1", "asset", "ETH", "WITHDRAWALS_PAUSED")
     seq = _raise(node, "h2")
-    node.execute(LiftHalt("h2", "ok", _sign(operators, ["op1", "op2"], "h2", "ok", seq)))
+    node.execute(LiftHaltSigned("h2", "ok", _sign(operators, ["op1", "op2"], "h2", "ok", seq)))
     replayed, _, _ = replay_journal(node.data_dir, use_snapshots=False, extra_modules=node.modules[len(standard_modules()):])
     assert replayed.state_hash() == node.engine.state_hash()
     assert active_halts(replayed) == active_halts(node.engine)

@@ -303,6 +303,10 @@ def create_app(
         from .chain_admin import build_chain_admin_router
 
         app.include_router(build_chain_admin_router(custody, chain_admin_token))
+    from .admin import build_admin_router, install_admin_pages  # staff console: signed requests and decisions (docs/staff.md)
+
+    app.include_router(build_admin_router(exchange))
+    install_admin_pages(app)
     app.include_router(build_ws_router(hub))
     from ..index.api import build_index_router  # index and mark price (docs/index.md)
 

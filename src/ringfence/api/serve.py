@@ -99,10 +99,14 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
 
         refresh_demo_feed(exchange.node)
         info["demo"] = seed_demo(exchange.node)
+        from ..staff.demo import seed_demo_staff  # the demo genesis quorum, keys in DIR/demo-staff.json
+
+        staff = seed_demo_staff(exchange.node, data)
         if custody is not None:  # custody: chains, wallets, policy, treasury; alice's address book
             info["custody"] = custody.bootstrap(exchange.node)  # type: ignore[attr-defined]
             withdraw_addresses = custody.add_demo_address_book(exchange.node, "alice")  # type: ignore[attr-defined]
         info["keys"] = str(write_demo_keys(ctx, data, withdraw_addresses))
+        info["keys"] = f"{info['keys']}; demo staff {', '.join(staff['staff'])} (operator quorum 2; console /admin): {staff['file']}"
         # the demo state was written by direct node commands: rebuild the read models from the journal
         exchange.node.close()
         exchange = Exchange(data)

@@ -188,7 +188,7 @@ def _hsm_setup(root: Path) -> tuple[Any, Any] | None:
 def run_demo(data: Path, *, use_hsm: bool = True, say: Any = print) -> dict[str, Any]:
     """The custody demo; returns a summary the test checks."""
     from ..chains.ethereum import EthereumAdapter, EthereumSettings
-    from .commands import FileSourceOfFunds, ResolveManualReview, ReviewQuarantine
+    from .commands import FileSourceOfFunds
     from .localnet import LocalNet
     from .workers import PolicyAttestor
 
@@ -228,7 +228,7 @@ def run_demo(data: Path, *, use_hsm: bool = True, say: Any = print) -> dict[str,
     dep = next(d for d in net.state.deposits.values() if d.txid == txid)
     say(f"bob's 1 ETH deposit: KYT score {dep.score} -> {dep.state} ({dep.reasons[0]})")
     net.execute(FileSourceOfFunds("ethereum", txid, dep.index, "bob", "Sold my car to a private buyer; contract attached."))
-    net.execute(ReviewQuarantine("ethereum", txid, dep.index, "ana", "release", "contract and bank trail verified"))
+    net.execute(net.sign("review_deposit", "ethereum", txid, dep.index, "ana", "release", "contract and bank trail verified"))
     say(f"analyst ana released it: bob has {net.ledger.find('bob', 'ETH').balance} wei available")
 
     # 3. Carol deposits ETH; sweeps bring deposits into the hot wallets.
@@ -265,7 +265,7 @@ def run_demo(data: Path, *, use_hsm: bool = True, say: Any = print) -> dict[str,
     net.withdrawals.run_until_idle()
     w2 = net.state.withdrawals["demo-w2"]
     say(f"withdrawal demo-w2 of 100% to a new address: {w2.state} ({w2.decision_reasons[-1]})")
-    net.execute(ResolveManualReview("demo-w2", "ETH", "eth_hot", "ana", True, "confirmed with carol by video call"))
+    net.execute(net.sign("manual_review", "demo-w2", "ana", True, "confirmed with carol by video call"))
     net.withdrawals.run_until_idle()
     net.eth_mine(8)
     net.withdrawals.run_until_idle()

@@ -4,6 +4,7 @@
 * `wallet_cmds.py` — assets enabled for custody, wallets, deposit addresses, wallet nonces;
 * `deposit_cmds.py` — deposits from first sighting to credit, finality, reorg and review;
 * `policy_cmds.py` — approvers and the quorum-approved withdrawal policy;
+* `staff_cmds.py` — staff decisions (approvals, reviews, policy votes), each signed by its maker;
 * `withdrawal_cmds.py` — the address book and a withdrawal from request to settle or fail;
 * `treasury_cmds.py` — sweeps, refills, drains and treasury funding between the exchange's wallets.
 
@@ -21,6 +22,14 @@ from .deposit_cmds import (
     ReviewQuarantine,
 )
 from .policy_cmds import ActivatePolicy, ApprovePolicy, ProposePolicy, SetApprover
+from .staff_cmds import (
+    ApprovePolicySigned,
+    ApproveWithdrawalSigned,
+    ProposePolicySigned,
+    RejectWithdrawal,
+    ResolveManualReviewSigned,
+    ReviewQuarantineSigned,
+)
 from .state import (
     CustodyEvent,
     CustodyState,
@@ -69,5 +78,7 @@ __all__ = [
     "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
     "CancelWithdrawal", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce",
     "CustodyEvent", "DepositReported",
+    "ApproveWithdrawalSigned", "RejectWithdrawal", "ResolveManualReviewSigned", "ReviewQuarantineSigned",
+    "ProposePolicySigned", "ApprovePolicySigned",
     "validate_chain_address", "policy_facts", "reserved_nonce",
 ]

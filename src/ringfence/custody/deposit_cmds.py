@@ -12,6 +12,7 @@ from .module import MODULE, custody_scopes
 from ..errors import Conflict, Forbidden, NotFound, UnsupportedAsset, ValidationError
 from .deposits import CREDITED_STATES, DepositRec, deposit_key
 from .kyt import FREEZE_CATEGORIES, QUARANTINE_ABOVE
+from .retired import refuse_unsigned
 from .state import (
     CHAINS,
     MAX_REASONS,
@@ -239,7 +240,7 @@ class ReviewQuarantine(Command, tag="custody.deposit.review/1"):
     reason: str
 
 
-@MODULE.handles(ReviewQuarantine, effect=Effect.NEUTRAL, scopes=custody_scopes)
+@MODULE.handles(ReviewQuarantine, precheck=refuse_unsigned, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _review_quarantine(engine: Engine, c: ReviewQuarantine) -> list[Event]:
     s, key, d = _known_deposit(engine, c)
     if c.decision not in ("release", "freeze"):
@@ -254,14 +255,19 @@ def _review_quarantine(engine: Engine, c: ReviewQuarantine) -> list[Event]:
         raise Conflict("the user has not filed a source-of-funds declaration yet", field="decision")
     reason = _text(c.reason, "reason")
     _room(engine, 1)
+    return release_or_freeze(engine, key, d, c.decision, c.analyst, reason)
+
+
+def release_or_freeze(engine: Engine, key: str, d: Any, decision: str, analyst: str, reason: str) -> list[Event]:
+    """Move a reviewed quarantined deposit to available (release) or frozen; checks are the caller's."""
     led = engine.ledger
     src = _user(engine, d.account_id, d.asset, "quarantine")
-    if c.decision == "release":
+    if decision == "release":
         led.move(src, _user(engine, d.account_id, d.asset, "available"), d.amount_minor)
         d.credited_kind, d.state = "available", "credited"
     else:
         led.move(src, _user(engine, d.account_id, d.asset, "frozen"), d.amount_minor)
         d.credited_kind, d.state = "frozen", "frozen"
-    d.reviewed_by = c.analyst
-    return [_ev(f"deposit.{'released' if c.decision == 'release' else 'frozen'}", key, d.state, d.amount_minor,
+    d.reviewed_by = analyst
+    return [_ev(f"deposit.{'released' if decision == 'release' else 'frozen'}", key, d.state, d.amount_minor,
                 [reason])]

@@ -19,15 +19,21 @@ from ..ledger.commands import OpenAccount, RegisterAsset
 from ..chains.bitcoin.adapter import BitcoinAdapter
 from ..chains.bitcoin.simulator import BitcoinSimulator
 from .commands import (
-    ActivatePolicy, AddWithdrawalAddress, ApprovePolicy, AssignDepositAddress, ConfigureCustodyAsset,
-    ConfirmWithdrawalEmail, ProposePolicy, RegisterWallet, RequestWithdrawal, SetApprover, custody_state,
+    ActivatePolicy, AddWithdrawalAddress, AssignDepositAddress, ConfigureCustodyAsset,
+    ConfirmWithdrawalEmail, RegisterWallet, RequestWithdrawal, custody_state,
 )
+from ..staff import StaffKey, staff_of
+from ..staff.desk import StaffDesk
 from .kyt import BuiltinScorer, ChainFundingGraph, sample_blacklist
 from .wallets import LocalKeySigner, eth_address, p2wpkh_address
 from .workers import Balancer, DepositWatcher, HotWallet, WithdrawalWorker
 from ..app import new_node
 
-__all__ = ["LocalNet", "DEFAULT_POLICY", "BTC_MINER_SPK", "START_NS", "derive_key", "shield_multisig"]
+__all__ = ["LocalNet", "DEFAULT_POLICY", "BTC_MINER_SPK", "START_NS", "STAFF", "derive_key", "shield_multisig"]
+
+#: The local network's staff (genesis quorum 2 of the operators tina and tom).
+STAFF: dict[str, list[str]] = {"tina": ["approver", "operator"], "tom": ["approver", "operator"], "ana": ["analyst"],
+                               "pat": ["policy_admin"], "pia": ["policy_admin"], "pol": ["policy_admin"]}
 
 START_NS = 1_800_000_000 * 10**9
 BTC_MINER_SPK = bytes.fromhex("0014" + "ab" * 20)
@@ -41,11 +47,11 @@ DEFAULT_POLICY: dict[str, Any] = {
         {"name": "new-address-cooling", "when": {"allow_listed": True, "allow_list_age_s_lt": 86400},
          "action": {"type": "delay", "delay_s": 86400}},
         {"name": "large-btc", "when": {"asset": ["BTC"], "amount_minor_gt": 100_000_000},
-         "action": {"type": "approvals", "count": 2, "roles": ["treasury"]}},
+         "action": {"type": "approvals", "count": 2, "roles": ["approver"]}},
         {"name": "large-eth", "when": {"asset": ["ETH"], "amount_minor_gt": 10 * 10**18},
-         "action": {"type": "approvals", "count": 2, "roles": ["treasury"]}},
+         "action": {"type": "approvals", "count": 2, "roles": ["approver"]}},
         {"name": "big-share-of-hot", "when": {"wallet_share_bp_gte": 5_000},
-         "action": {"type": "approvals", "count": 1, "roles": ["treasury"], "delay_s": 600}},
+         "action": {"type": "approvals", "count": 1, "roles": ["approver"], "delay_s": 600}},
         {"name": "btc-daily-velocity", "when": {"asset": ["BTC"], "user_velocity": {"window_s": 86400, "amount_minor_gt": 300_000_000}},
          "action": {"type": "manual_review"}},
         {"name": "hot-small", "when": {"wallet_tier": ["hot"]}, "action": {"type": "allow"}},
@@ -108,6 +114,9 @@ class LocalNet:
                      "shield": self.shield_wallet.address(0),
                      "eth": eth_address(LocalKeySigner({"c": _key(self.seed, "eth-cold")}).public_key("c"))}
         self.deposit_keys: dict[str, str] = {}  # address -> key id
+        #: Every demo staff member's signing key (one desk plays them all: test/demo only).
+        self.desk = StaffDesk({s: StaffKey.from_seed_hex(s, _key(self.seed, f"staff-{s}").hex()) for s in STAFF},
+                              lambda: self.now["ns"])
         self.scorer = BuiltinScorer(sample_blacklist(), ChainFundingGraph({"bitcoin": self.btc, "ethereum": self.eth}))
         self._make_workers()
 
@@ -171,16 +180,21 @@ class LocalNet:
         ex(RegisterWallet("eth_deposit", "ethereum", "deposit", []))
         ex(RegisterWallet("eth_hot", "ethereum", "hot", [self.eth_hot]))
         ex(RegisterWallet("eth_cold", "ethereum", "cold", [self.cold["eth"]]))
-        for who, roles in {"tina": ["treasury"], "tom": ["treasury"], "ana": ["analyst"],
-                           "pat": ["policy_admin"], "pia": ["policy_admin"], "pol": ["policy_admin"]}.items():
-            ex(SetApprover(who, roles))
+        if not staff_of(self.node.engine).members:
+            ex(self.desk.genesis(STAFF, 2))
         self.install_policy(policy or DEFAULT_POLICY, "p-initial")
 
     def install_policy(self, policy: dict[str, Any], proposal_id: str) -> None:
-        self.execute(ProposePolicy(proposal_id, "pat", json.dumps(policy)))
-        self.execute(ApprovePolicy(proposal_id, "pia"))
-        self.execute(ApprovePolicy(proposal_id, "pol"))
+        self.execute(self.desk.propose_policy(proposal_id, json.dumps(policy), "pat"))
+        self.execute(self.desk.approve_policy(self.node.engine, proposal_id, "pia"))
+        self.execute(self.desk.approve_policy(self.node.engine, proposal_id, "pol"))
         self.execute(ActivatePolicy(proposal_id))
+
+    def sign(self, what: str, *args: Any) -> Any:
+        """A signed staff command built by the desk against the live engine: `net.sign("approve_withdrawal",
+        "w2", "tom", "approver")` is `desk.approve_withdrawal(engine, "w2", "tom", "approver")`."""
+        self.tick()
+        return getattr(self.desk, what)(self.node.engine, *args)
 
     def open_user(self, account_id: str) -> dict[str, str]:
         """Accounts and one deposit address per chain (keys derived from the seed)."""

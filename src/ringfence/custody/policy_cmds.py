@@ -10,6 +10,7 @@ from .module import MODULE, custody_scopes
 from ..errors import Conflict, Forbidden, NotFound, ValidationError
 from ..ledger.model import validate_owner
 from .policy import parse_policy
+from .retired import refuse_unsigned
 from .state import (
     POLICY_DELAY_NS,
     POLICY_QUORUM,
@@ -30,7 +31,7 @@ class SetApprover(Command, tag="custody.approver.set/1"):
     roles: list[str]
 
 
-@MODULE.handles(SetApprover, effect=Effect.ADMIN, scopes=custody_scopes)
+@MODULE.handles(SetApprover, precheck=refuse_unsigned, effect=Effect.ADMIN, scopes=custody_scopes)
 def _set_approver(engine: Engine, c: SetApprover) -> list[Event]:
     validate_owner(c.approver, "approver")
     if len(c.roles) > 10 or not all(isinstance(r, str) and 1 <= len(r) <= 32 for r in c.roles):
@@ -53,7 +54,7 @@ def _pre_propose(engine: Engine, c: ProposePolicy) -> None:
     parse_policy(c.policy_json)
 
 
-@MODULE.handles(ProposePolicy, precheck=_pre_propose, effect=Effect.ADMIN, scopes=custody_scopes)
+@MODULE.handles(ProposePolicy, precheck=refuse_unsigned, effect=Effect.ADMIN, scopes=custody_scopes)
 def _propose(engine: Engine, c: ProposePolicy) -> list[Event]:
     s = custody_state(engine)
     p = s.proposals.get(c.proposal_id)
@@ -72,7 +73,7 @@ class ApprovePolicy(Command, tag="custody.policy.approve/1"):
     approver: str
 
 
-@MODULE.handles(ApprovePolicy, effect=Effect.ADMIN, scopes=custody_scopes)
+@MODULE.handles(ApprovePolicy, precheck=refuse_unsigned, effect=Effect.ADMIN, scopes=custody_scopes)
 def _approve_policy(engine: Engine, c: ApprovePolicy) -> list[Event]:
     s = custody_state(engine)
     p = s.proposals.get(c.proposal_id)

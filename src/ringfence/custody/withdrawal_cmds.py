@@ -24,6 +24,7 @@ from ..errors import (
 )
 from ..ledger.model import SYSTEM_OWNER, validate_owner
 from .policy import Facts, evaluate
+from .retired import refuse_unsigned
 from .state import (
     ALLOW_LIST_MAX_PER_USER,
     EMAIL_CONFIRM_TTL_NS,
@@ -373,7 +374,7 @@ class ApproveWithdrawal(Command, tag="custody.withdrawal.approve/1"):
     role: str
 
 
-@MODULE.handles(ApproveWithdrawal, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
+@MODULE.handles(ApproveWithdrawal, precheck=refuse_unsigned, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
 def _approve(engine: Engine, c: ApproveWithdrawal) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)
@@ -406,7 +407,7 @@ class ResolveManualReview(Command, tag="custody.withdrawal.manual_review/1"):
     reason: str
 
 
-@MODULE.handles(ResolveManualReview, effect=Effect.NEUTRAL, scopes=custody_scopes)
+@MODULE.handles(ResolveManualReview, precheck=refuse_unsigned, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _manual(engine: Engine, c: ResolveManualReview) -> list[Event]:
     s = custody_state(engine)
     w = _withdrawal(s, c.withdrawal_id)

@@ -34,7 +34,7 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "requested": ("confirmed", "failed"),
     "confirmed": ("reviewed", "failed"),
     "reviewed": ("denied", "awaiting_approvals", "manual_review", "approved", "failed"),
-    "awaiting_approvals": ("approved", "failed"),
+    "awaiting_approvals": ("approved", "rejected", "failed"),
     "manual_review": ("approved", "rejected", "failed"),
     "approved": ("signing", "failed"),
     "signing": ("signed", "failed"),

@@ -144,7 +144,8 @@ def status(
     Example: ringfence reconcile status ./ringfence-data
     """
     from ..app import replay_journal
-    from ..risk.halts import active_halts, halts_of
+    from ..risk.halts import active_halts
+    from ..staff import staff_of
 
     path = _data_dir(data_dir)
     try:
@@ -155,12 +156,12 @@ def status(
     halts = active_halts(engine)
     store = _incidents(path, read_only=True)
     runs = store.runs(10) if store is not None else []
-    state = halts_of(engine)
+    staff = staff_of(engine)
     if as_json:
-        typer.echo(json.dumps({"seq": engine.last_seq, "operators": sorted(state.operators), "threshold": state.threshold,
-                               "active_halts": halts, "runs": runs}, indent=2))
+        typer.echo(json.dumps({"seq": engine.last_seq, "operators": [m.staff_id for m in staff.active("operator")],
+                               "threshold": staff.quorum, "active_halts": halts, "runs": runs}, indent=2))
         return
-    console.print(f"sequence {engine.last_seq:,}; operators {len(state.operators)} (quorum {state.threshold})")
+    console.print(f"sequence {engine.last_seq:,}; operators {len(staff.active('operator'))} (quorum {staff.quorum})")
     if halts:
         table = Table(title=f"{len(halts)} active halt(s)")
         for col in ("halt id", "scope", "level", "raised at seq", "reason"):
@@ -218,29 +219,30 @@ def history(
 @app.command("approve")
 def approve(
     halt_id: str = typer.Argument(..., help="The halt to lift (see `reconcile status`)."),
-    raised_seq: int = typer.Option(..., "--raised-seq", min=1, help="The halt's 'raised at seq' (the replay nonce)."),
+    raised_seq: int = typer.Option(..., "--raised-seq", min=1, help="The halt's 'raised at seq' (binds the approval to this raise)."),
     reason: str = typer.Option(..., "--reason", help="Why it may be lifted; every approver signs the same text."),
-    operator: str = typer.Option(..., "--operator", help="Your operator id."),
-    key_file: Path = typer.Option(..., "--key-file", help="Your Ed25519 private key: 64 hex characters (seed) in a file."),
+    key_file: Path = typer.Option(..., "--key", "--key-file", help="Your staff key file (from `ringfence staff init|keygen`)."),
+    operator: str | None = typer.Option(None, "--operator", help="Your staff id, when the key file holds a bare 64-hex seed."),
+    ttl_s: int = typer.Option(3600, "--ttl-s", min=1, max=86_400, help="How long the approval may be submitted."),
 ) -> None:
-    """Sign an approval to lift one halt; prints OPERATOR:SIGNATURE for `reconcile lift --approval`.
+    """Sign an approval to lift one halt; prints a token for `reconcile lift --approval` (or `halts lift`).
 
-    Runs offline: nothing is read from or written to a data directory.
-    Example: ringfence reconcile approve rc.hot_wallet_shortfall.1a2b --raised-seq 812 --reason "key rotated" --operator op1 --key-file op1.key
+    Runs offline: nothing is read from or written to a data directory. The token is
+    STAFF_ID:NONCE:EXPIRES_NS:SIGNATURE, a signed staff decision (action `halt.lift`) usable once.
+    Example: ringfence reconcile approve rc.hot_wallet_shortfall.1a2b --raised-seq 812 --reason "key rotated" --key op1.key
     """
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from ..cli_paths import require_input_file
-    from ..risk.halts import lift_message
+    from ..risk.halts import lift_subject
+    from ..staff.decisions import format_approval, read_key_file
 
-    require_input_file(key_file, "--key-file")
+    require_input_file(key_file, "--key")
     try:
-        seed = bytes.fromhex(key_file.read_text().strip())
-        key = Ed25519PrivateKey.from_private_bytes(seed)
-    except (OSError, ValueError):
-        err_console.print("[bold red]error:[/] --key-file: must hold a 32-byte Ed25519 seed as 64 hex characters")
+        key = read_key_file(key_file, operator)
+    except RingfenceError as err:
+        err_console.print(f"[bold red]error:[/] --key: {err.message}")
         raise typer.Exit(2) from None
-    typer.echo(f"{operator}:{key.sign(lift_message(halt_id, reason, raised_seq)).hex()}")
+    expires_ns = time.time_ns() + ttl_s * 10**9
+    typer.echo(format_approval(key.sign("halt.lift", lift_subject(halt_id, reason, raised_seq), expires_ns)))
 
 
 @app.command("lift")
@@ -248,30 +250,30 @@ def lift(
     data_dir: Path = typer.Argument(..., metavar="DIR", help="The data directory `serve --data` takes (or its engine/ folder); the node must be stopped."),
     halt_id: str = typer.Argument(..., help="The halt to lift."),
     reason: str = typer.Option(..., "--reason", help="The reason the approvers signed."),
-    approvals: list[str] = typer.Option(..., "--approval", help="OPERATOR:SIGNATURE from `reconcile approve`; repeat for M operators."),
+    approvals: list[str] = typer.Option(..., "--approval", help="A token from `reconcile approve`; repeat for the operator quorum."),
 ) -> None:
-    """Submit LiftHalt with M-of-N operator approvals; the engine verifies every signature.
+    """Submit LiftHaltSigned with the operator quorum's approvals; the engine verifies every signature.
 
     Appends to the journal, so it takes the data directory's lock: while `serve` runs on DIR it is
-    refused with the server's pid and nothing is written. Stop the server, lift, start it again.
+    refused with the server's pid and nothing is written — use `ringfence halts lift --url` against
+    the running server instead.
 
-    Example: ringfence reconcile lift ./data rc.hot_wallet_shortfall.1a2b --reason "key rotated" --approval op1:ab.. --approval op2:cd..
+    Example: ringfence reconcile lift ./data rc.hot_wallet_shortfall.1a2b --reason "key rotated" --approval op1:.. --approval op2:..
     """
-    from ..risk.halts import LiftHalt
+    from ..risk.halts import LiftHaltSigned
+    from ..staff.decisions import parse_approval
 
-    parsed = []
-    for i, item in enumerate(approvals):
-        operator, sep, signature = item.partition(":")
-        if not sep or not operator or not signature:
-            err_console.print(f"[bold red]error:[/] --approval #{i + 1}: expected OPERATOR:SIGNATURE_HEX")
-            raise typer.Exit(2)
-        parsed.append((operator, signature.lower()))
+    try:
+        parsed = [parse_approval(item, f"--approval #{i + 1}") for i, item in enumerate(approvals)]
+    except RingfenceError as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
     path = _data_dir(data_dir)
     try:
         with new_node(path) as node:
-            [event] = node.execute(LiftHalt(halt_id, reason, parsed))
+            [event] = node.execute(LiftHaltSigned(halt_id, reason, parsed))
     except RingfenceError as err:
-        err_console.print(f"[bold red]refused:[/] {err}")  # str(err) already names the field
+        err_console.print(f"[bold red]refused:[/] {err}")  # str(err) already names the field and the rule
         raise typer.Exit(1) from None
     console.print(f"[bold green]lifted[/] {halt_id} ({event.scope_kind}:{event.scope} {event.level}) "
                   f"approved by {', '.join(event.approvers)}")

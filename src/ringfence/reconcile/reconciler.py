@@ -409,6 +409,7 @@ class ShadowBook:
 _MODELLED = {
     # no money moves (or moves only through events folded below)
     "RegisterAsset", "RegisterSegment", "OpenAccount", "Halt", "LiftHalt", "RegisterOperators",
+    "LiftHaltSigned", "RaiseHaltSigned", "StaffGenesis", "AddStaff", "RemoveStaff",
     "ListMarket", "SetMarketStatus", "SetReferencePrice", "SetFeeTier", "SetAccountFeeTier",
     "CreateTransfers", "PlaceOrder", "CancelOrder", "CancelAll", "AmendOrder", "TradingBatch",
     # the index (index/): feed keys, parameters, quotes and overrides move no money

@@ -9,12 +9,18 @@ is active, an engine guard refuses every later command that falls in its scope a
   `REDUCE_ONLY` (trading: cancels only; a new order or an amend that adds exposure is refused),
   `HALTED` (everything in scope refused except cancels and the halt commands themselves).
 
-Lifting needs `LiftHalt(halt_id, reason, approvals)` with Ed25519 signatures of at least M of the N
-registered operators over `lift_message(halt_id, reason, raised_seq)`. `raised_seq` (the sequence
-number of the `Halt` that raised this instance) is the nonce: an approval signed for one lift
-cannot be replayed for another halt, nor for the same halt id raised again later. Operators are set
-by `RegisterOperators`, which itself needs M-of-N of the current set (a genesis bootstrap is
-accepted only while no set exists). Invariants:
+Lifting needs `LiftHaltSigned(halt_id, reason, approvals)`: signed staff decisions
+(`staff/decisions.py`, action `halt.lift` over `[halt_id, reason, raised_seq]`) of at least the
+staff register's operator quorum of distinct active operators, each with its own nonce and expiry,
+verified by the staff module's checks (`staff/state.py`: role, expiry, nonce seen, signature).
+`raised_seq` binds an approval to one raised instance of the halt. A staff operator raises a halt
+with `RaiseHaltSigned` (one operator's signature: stopping is never the dangerous direction); the
+reconciler and other workers raise with the unsigned `Halt`.
+
+Before staff identities, operators were a list of keys registered here (`RegisterOperators`) and
+lifts carried bare signatures (`LiftHalt/1`). Both stay decodable and replay exactly as they did
+(their handlers are unchanged), but a new submission is refused at the edge naming the command
+that replaced it. Invariants:
 
 * a single operator never lifts a halt when M >= 2 (M is at least 2 whenever N >= 2);
 * forged, unknown-operator, duplicate-operator and replayed approvals refuse the whole command and
@@ -38,13 +44,19 @@ from ..engine.commands import Command, Event
 from ..engine.core import Engine
 from ..engine.module import SCOPE_KINDS, Effect, Module
 from ..errors import Forbidden, Halted, NotFound, ValidationError
+from ..staff.decisions import OPERATOR, StaffSignature
+from ..staff.state import check_decision, check_quorum, consume
 
 __all__ = [
     "LEVELS",
     "SCOPE_KINDS",
     "Halt",
     "LiftHalt",
+    "LiftHaltSigned",
+    "RaiseHaltSigned",
     "RegisterOperators",
+    "lift_subject",
+    "raise_subject",
     "HaltRaised",
     "HaltUnchanged",
     "HaltLifted",
@@ -108,6 +120,25 @@ class LiftHalt(Command, tag="halt.lift/1"):
     halt_id: str
     reason: str
     approvals: list[tuple[str, str]]
+
+
+class LiftHaltSigned(Command, tag="halt.lift/2", frozen=True):
+    """Lift one active halt: `approvals` by the staff operator quorum over `lift_subject(...)`."""
+
+    halt_id: str
+    reason: str
+    approvals: list[StaffSignature]
+
+
+class RaiseHaltSigned(Command, tag="halt.raise_signed/1", frozen=True):
+    """A staff operator raises a halt (`decision` signed over `raise_subject(...)`)."""
+
+    halt_id: str
+    scope_kind: str
+    scope: str
+    level: str
+    reason: str
+    decision: StaffSignature
 
 
 class OperatorsRegistered(Event, tag="halt.operators_registered/1"):
@@ -303,6 +334,16 @@ def _check_text(value: object, field: str, limit: int) -> str:
     return value
 
 
+def refuse_legacy_operator_commands(engine: Engine, command: Any) -> None:
+    """`RegisterOperators` and `LiftHalt/1` predate staff identities: refused when newly submitted
+    (their journaled records still replay: prechecks never run on replay)."""
+    replacement = ("AddStaff / RemoveStaff (ringfence staff add|remove)" if isinstance(command, RegisterOperators)
+                   else "LiftHaltSigned (ringfence halts lift)")
+    raise Forbidden(f"{type(command).__name__} is retired: operators are staff members now; use {replacement}",
+                    field="approvals")
+
+
+
 def _precheck_register_operators(engine: Engine, c: RegisterOperators) -> None:
     state = halts_of(engine)
     n = len(c.operators)
@@ -332,7 +373,7 @@ def _precheck_register_operators(engine: Engine, c: RegisterOperators) -> None:
         raise ValidationError("the genesis operator set carries no approvals", field="approvals")
 
 
-@MODULE.handles(RegisterOperators, precheck=_precheck_register_operators, effect=Effect.ADMIN)
+@MODULE.handles(RegisterOperators, precheck=refuse_legacy_operator_commands, effect=Effect.ADMIN)
 def _register_operators(engine: Engine, c: RegisterOperators) -> list[Event]:
     _precheck_register_operators(engine, c)
     state = halts_of(engine)
@@ -388,7 +429,7 @@ def _precheck_lift(engine: Engine, c: LiftHalt) -> list[str]:
     return _verify_quorum(state, c.approvals, lift_message(c.halt_id, c.reason, record.raised_seq))
 
 
-@MODULE.handles(LiftHalt, precheck=_precheck_lift, effect=Effect.ADMIN)
+@MODULE.handles(LiftHalt, precheck=refuse_legacy_operator_commands, effect=Effect.ADMIN)
 def _lift(engine: Engine, c: LiftHalt) -> list[Event]:
     approvers = _precheck_lift(engine, c)
     state = halts_of(engine)
@@ -399,6 +440,56 @@ def _lift(engine: Engine, c: LiftHalt) -> list[Event]:
     state._reindex()
     return [HaltLifted(c.halt_id, record.scope_kind, record.scope, record.level, c.reason, approvers,
                        record.raised_seq, record.evidence)]
+
+
+def lift_subject(halt_id: str, reason: str, raised_seq: int) -> list[Any]:
+    """What each operator signs (action `halt.lift`) to lift one raised instance of a halt."""
+    return [halt_id, reason, raised_seq]
+
+
+def raise_subject(halt_id: str, scope_kind: str, scope: str, level: str, reason: str) -> list[Any]:
+    """What an operator signs (action `halt.raise`) to raise a halt."""
+    return [halt_id, scope_kind, scope, level, reason]
+
+
+def _precheck_lift_signed(engine: Engine, c: LiftHaltSigned) -> list[str]:
+    state = halts_of(engine)
+    _check_text(c.reason, "reason", MAX_REASON_CHARS)
+    record = state.active.get(c.halt_id)
+    if record is None:
+        raise NotFound(f"no active halt {c.halt_id!r} (already lifted, or never raised)", field="halt_id")
+    return check_quorum(engine, "halt.lift", lift_subject(c.halt_id, c.reason, record.raised_seq), c.approvals, OPERATOR)
+
+
+@MODULE.handles(LiftHaltSigned, precheck=_precheck_lift_signed, effect=Effect.ADMIN)
+def _lift_signed(engine: Engine, c: LiftHaltSigned) -> list[Event]:
+    approvers = _precheck_lift_signed(engine, c)
+    consume(engine, c.approvals)
+    state = halts_of(engine)
+    record = state.active.pop(c.halt_id)
+    state.lifted.append(HaltRecord(*record.row()[:8], engine.seq, c.reason, tuple(approvers)))
+    del state.lifted[:-MAX_LIFTED_KEPT]
+    state._reindex()
+    return [HaltLifted(c.halt_id, record.scope_kind, record.scope, record.level, c.reason, approvers,
+                       record.raised_seq, record.evidence)]
+
+
+def _as_halt(c: RaiseHaltSigned) -> Halt:
+    evidence = json.dumps({"raised_by": c.decision.staff_id}, separators=(",", ":"))
+    return Halt(c.halt_id, c.scope_kind, c.scope, c.level, c.reason, evidence)
+
+
+def _precheck_raise_signed(engine: Engine, c: RaiseHaltSigned) -> None:
+    _precheck_halt(engine, _as_halt(c))
+    check_decision(engine, "halt.raise", raise_subject(c.halt_id, c.scope_kind, c.scope, c.level, c.reason),
+                   c.decision, OPERATOR)
+
+
+@MODULE.handles(RaiseHaltSigned, precheck=_precheck_raise_signed, effect=Effect.ADMIN)
+def _raise_signed(engine: Engine, c: RaiseHaltSigned) -> list[Event]:
+    _precheck_raise_signed(engine, c)
+    consume(engine, [c.decision])
+    return _halt(engine, _as_halt(c))
 
 
 # ----------------------------------------------------------------------------------------- the guard
@@ -427,8 +518,8 @@ def _check_command(engine: Engine, state: HaltsState, command: Any) -> None:
     """Refuse `command` if a halt covers one of its declared scopes at a level its declared effect
     does not pass. Reads only what the command's module declared (scopes, effect, parts)."""
     spec = engine.spec_of(type(command))
-    if spec is None or spec.module == MODULE.name:
-        return
+    if spec is None or spec.module in (MODULE.name, "staff"):
+        return  # halts are raised and lifted, and staff changed, whatever is halted
     if spec.parts is not None:
         for part in spec.parts(command):
             _check_command(engine, state, part)

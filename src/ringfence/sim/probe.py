@@ -136,8 +136,9 @@ def index(engine: Engine) -> dict[str, tuple[int, bool, tuple[str, ...]]]:
 
 
 def operators(engine: Engine) -> tuple[int, int, list[str]]:
-    h = engine.components["halts"]
-    return h.version, h.threshold, sorted(h.operators)
+    """(staff register version, operator quorum, active operators)."""
+    s = engine.components["staff"]
+    return s.version, s.quorum, sorted(m.staff_id for m in s.members.values() if m.status == "active" and "operator" in m.roles)
 
 
 def domain_state(engine: Engine) -> bytes:

@@ -20,8 +20,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from ..custody.commands import (
     ActivatePolicy,
     AddWithdrawalAddress,
-    ApprovePolicy,
-    ApproveWithdrawal,
     AssignDepositAddress,
     AuthorizeSigning,
     CancelWithdrawal,
@@ -33,7 +31,6 @@ from ..custody.commands import (
     FileSourceOfFunds,
     FinalizeDeposit,
     ObserveDeposit,
-    ProposePolicy,
     RecordBroadcast,
     RecordInternalTransfer,
     RecordRiskReview,
@@ -44,16 +41,15 @@ from ..custody.commands import (
     ReorgDeposits,
     RequestWithdrawal,
     ReserveWalletNonce,
-    ResolveManualReview,
-    ReviewQuarantine,
-    SetApprover,
     SettleWithdrawal,
 )
 from ..engine.node import Node
 from ..ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ..ledger.model import Transfer, TransferFlags
 from ..index.commands import ConfigureIndex, RegisterFeedKey, SubmitQuote, quote_message
-from ..risk.halts import Halt, LiftHalt, RegisterOperators, lift_message, operators_message
+from ..risk.halts import Halt, LiftHaltSigned, lift_subject
+from ..staff import AddStaff, RemoveStaff, StaffKey, StaffSignature, add_subject, remove_subject
+from ..staff.desk import StaffDesk
 from ..trading.commands import (
     AmendOrder,
     CancelAll,
@@ -91,8 +87,11 @@ WALLETS = (("btc_deposit", "bitcoin", "deposit"), ("btc_hot", "bitcoin", "hot"),
 HOT = {"BTC": "btc_hot", "USDT": "eth_hot"}
 DEPOSIT_WALLET = {"BTC": "btc_deposit", "USDT": "eth_deposit"}
 CHAIN = {"BTC": "bitcoin", "USDT": "ethereum"}
+#: The genesis staff (signed decisions, `ringfence.staff`): op1..op3 are the operator quorum (2).
 ROLES = {"ops1": ["approver"], "ops2": ["approver"], "ops3": ["approver"], "ana1": ["analyst"], "ana2": ["analyst"],
-         "pa1": ["policy_admin"], "pa2": ["policy_admin"], "pa3": ["policy_admin"]}
+         "pa1": ["policy_admin"], "pa2": ["policy_admin"], "pa3": ["policy_admin"],
+         "op1": ["operator"], "op2": ["operator"], "op3": ["operator"]}
+QUORUM = 2
 #: The withdrawal policy (first match wins): deny above 4 BTC / 90k USDT; two approvers above 0.5 BTC /
 #: 20k USDT; one approver for more than 0.05 BTC to an address not on the allow list, or when a user's
 #: USDT withdrawals in the last hour would pass 12k; allow the rest. MODEL_RULES is the same policy in
@@ -153,7 +152,10 @@ class Workload:
     tokens: dict[str, str]
     txids: dict[str, str]
     listed: dict[tuple[str, str], list[str]]
-    operator_keys: dict[str, Ed25519PrivateKey]
+    operator_keys: dict[str, StaffKey]
+    retired_keys: dict[str, StaffKey]
+    spent_lift: list[StaffSignature]
+    desk: StaffDesk
     feed_keys: dict[str, Ed25519PrivateKey]
     feed_seq: dict[str, int]
     last_quote: dict[str, SubmitQuote]
@@ -203,25 +205,29 @@ class Workload:
                 address = self._deposit_address(user, asset)
                 commands.append(AssignDepositAddress(user, CHAIN[asset], DEPOSIT_WALLET[asset], address))
                 model.deposit_addresses[f"{CHAIN[asset]}:{address}"] = (user, DEPOSIT_WALLET[asset])
-        for who, roles in ROLES.items():
-            commands.append(SetApprover(who, roles))
-            model.roles[who] = set(roles)
-        model.rules = list(MODEL_RULES)
-        # The index's feed keys and configuration, while no operator set exists (genesis: no approvals).
+        # The index's feed keys and configuration, before the staff genesis (no staff yet: a genesis
+        # change carries no approvals; once staff exist the operator quorum signs index changes).
         self.feed_keys = {v: Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)) for v in FEED_VENUES}
         self.feed_seq, self.last_quote = {v: 0 for v in FEED_VENUES}, {}
         commands += [RegisterFeedKey(v, self._public(k)) for v, k in self.feed_keys.items()]
         commands.append(ConfigureIndex(INDEX["symbol"], [(v, 1) for v in FEED_VENUES], INDEX["min_sources"],
                                        clamp_ppm=INDEX["clamp_ppm"], stale_after_ns=INDEX["stale_after_ns"],
                                        max_ahead_ns=INDEX["max_ahead_ns"]))
-        self.operator_keys = {f"op{i}": Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)) for i in (1, 2, 3)}
-        operators = [(op, self._public(k)) for op, k in self.operator_keys.items()]
-        commands.append(RegisterOperators(operators, 2))
-        model.register_operators(dict(operators), 2, [])
+        keys = {who: StaffKey(who, Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))) for who in ROLES}
+        self.desk = StaffDesk(keys, self._clock, nonce=lambda: self.rng.randbytes(16).hex())
+        commands.append(self.desk.genesis(ROLES, QUORUM))
+        for who, roles in ROLES.items():
+            model.roles[who] = set(roles)
+        model.rules = list(MODEL_RULES)
+        self.operator_keys = {who: k for who, k in keys.items() if "operator" in ROLES[who]}
+        self.retired_keys, self.spent_lift = {}, []
+        model.staff_genesis(sorted(self.operator_keys), QUORUM)
         node.execute_many(commands)
-        # The policy needs its approvers registered first (a precheck sees the state before the batch).
-        node.execute_many([ProposePolicy("policy-1", "pa1", json.dumps(POLICY)), ApprovePolicy("policy-1", "pa2"),
-                           ApprovePolicy("policy-1", "pa3"), ActivatePolicy("policy-1")])
+        # The policy needs its admins registered first (a precheck sees the state before the batch).
+        node.execute(self.desk.propose_policy("policy-1", json.dumps(POLICY), "pa1"))
+        for admin in ("pa2", "pa3"):
+            node.execute(self.desk.approve_policy(self.engine, "policy-1", admin))
+        node.execute(ActivatePolicy("policy-1"))
         # One quote per venue (a precheck needs the index configured: a batch of its own).
         first_quotes = [self._quote(v, MID["BTCUSDT"]) for v in FEED_VENUES]
         node.execute_many(first_quotes)
@@ -588,7 +594,8 @@ class Workload:
             return
         chain, txid, index = self._ref(found[0])
         analyst = self.rng.choice(["ana1", "ana2", "ana2", "ops1"])
-        c = ReviewQuarantine(chain, txid, index, analyst, self.rng.choice(["release", "release", "freeze"]), "reviewed")
+        c = self.desk.review_deposit(self.engine, chain, txid, index, analyst,
+                                     self.rng.choice(["release", "release", "freeze"]), "reviewed")
         self.do(c, lambda: self.model.review_quarantine(c))
 
     def _sweep_fields(self) -> tuple[str, str, str, int]:
@@ -715,10 +722,12 @@ class Workload:
             c, predict = DecideWithdrawal(*ids), model.decide
         elif state == "awaiting_approvals":
             approver = rng.choice(["ops1", "ops2", "ops3", "ops3", "ana1", w.account])
-            c, predict = ApproveWithdrawal(*ids, approver, "approver"), model.approve
+            self._signer(approver)  # the initiator is no staff member: a key of their own, refused anyway
+            c, predict = self.desk.approve_withdrawal(self.engine, w.id, approver, "approver"), model.approve
         elif state == "manual_review":
             analyst = rng.choice(["ana1", "ana2", "ops1"])
-            c, predict = ResolveManualReview(*ids, analyst, rng.random() < 0.7, "checked the history"), model.manual_review  # float-ok
+            c = self.desk.manual_review(self.engine, w.id, analyst, rng.random() < 0.7, "checked the history")  # float-ok
+            predict = model.manual_review
         elif state == "approved":
             c, predict = AuthorizeSigning(*ids), model.authorize
         elif state == "signing":
@@ -754,65 +763,99 @@ class Workload:
         seq = self.engine.last_seq + 1
         self.do(c, lambda: self.model.halt(c, seq))
 
-    def _approvals(self, message: bytes, signers: list[tuple[str, Ed25519PrivateKey, bool]]) -> tuple[list[tuple[str, str]], list[tuple[str, bool]]]:
-        return ([(op, key.sign(message).hex()) for op, key, _ in signers], [(op, genuine) for op, _, genuine in signers])
+    def _signer(self, staff_id: str) -> StaffKey:
+        """The desk's key for `staff_id` (a fresh one for a name the desk does not know)."""
+        if staff_id not in self.desk.keys:
+            self.desk.keys[staff_id] = StaffKey(staff_id, Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32)))
+        return self.desk.keys[staff_id]
+
+    def _sign(self, key: StaffKey, action: str, subject: list[Any], expires_ns: int | None = None,
+              nonce: str | None = None) -> StaffSignature:
+        expires = self.planned_ts + 600 * 10**9 if expires_ns is None else expires_ns
+        return key.sign(action, subject, expires, nonce or self.rng.randbytes(16).hex())
 
     def a_halt_lift(self) -> None:
         if not self.model.halts or self.rng.random() < 0.05:  # float-ok: lifting what is not raised
-            halt_id = "h-never-raised"
-            message = lift_message(halt_id, "resolved", 1)
+            halt_id, raised = "h-never-raised", 1
         else:
             halt_id = self.rng.choice(sorted(self.model.halts))
-            message = lift_message(halt_id, "resolved", self.model.halts[halt_id].raised_seq)
-        ops = self.rng.sample(sorted(self.operator_keys), self.rng.choice([2, 2, 3]))
-        approvals, verdicts = self._approvals(message, [(op, self.operator_keys[op], True) for op in ops])
-        c = LiftHalt(halt_id, "resolved", approvals)
-        self.do(c, lambda: self.model.lift(halt_id, verdicts))
+            raised = self.model.halts[halt_id].raised_seq
+        ops = self.rng.sample(sorted(self.operator_keys), min(len(self.operator_keys), self.rng.choice([2, 2, 3])))
+        subject = lift_subject(halt_id, "resolved", raised)
+        c = LiftHaltSigned(halt_id, "resolved", [self._sign(self.operator_keys[op], "halt.lift", subject) for op in ops])
+        if self.do(c, lambda: self.model.lift(halt_id, [(op, True) for op in ops])) is not None:
+            self.spent_lift = list(c.approvals)
 
     def a_halt_lift_forged(self) -> None:
+        """Fewer than the quorum of distinct, active operators with valid, unexpired, unused signatures."""
         if not self.model.halts:
             return self.a_halt_lift()
         halt_id = self.rng.choice(sorted(self.model.halts))
-        raised = self.model.halts[halt_id].raised_seq
-        good = lift_message(halt_id, "resolved", raised)
+        subject = lift_subject(halt_id, "resolved", self.model.halts[halt_id].raised_seq)
         op1, op2 = self.rng.sample(sorted(self.operator_keys), 2)
         k1, k2 = self.operator_keys[op1], self.operator_keys[op2]
-        mallory = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
-        kind = self.rng.choice(["one", "forged_key", "duplicate", "replayed", "unknown"])
+        good = self._sign(k1, "halt.lift", subject)
+        kind = self.rng.choice(["one", "forged_key", "duplicate", "other_raise", "unknown", "retired", "expired", "replayed"])
+        second: StaffSignature
         if kind == "one":
-            signers = [(op1, k1, True)]
-            message = good
-        elif kind == "forged_key":
-            signers, message = [(op1, k1, True), (op2, mallory, False)], good
-        elif kind == "duplicate":
-            signers, message = [(op1, k1, True), (op1, k1, True)], good
+            one = LiftHaltSigned(halt_id, "resolved", [good])
+            self.do(one, lambda: self.model.lift(halt_id, [(op1, True)]))
+            return
+        if kind == "forged_key":  # op2's id, another key
+            second = self._sign(StaffKey(op2, Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))), "halt.lift", subject)
+        elif kind == "duplicate":  # op1 again, with a fresh nonce
+            op2, second = op1, self._sign(k1, "halt.lift", subject)
+        elif kind == "other_raise":  # signed for another raise of this halt
+            second = self._sign(k2, "halt.lift", lift_subject(halt_id, "resolved", subject[2] + 1))
         elif kind == "unknown":
-            signers, message = [(op1, k1, True), ("mallory", mallory, False)], good
-        else:  # signed for another raise of this halt: both signatures fail for this one
-            signers, message = [(op1, k1, False), (op2, k2, False)], lift_message(halt_id, "resolved", raised + 1)
-        approvals, verdicts = self._approvals(message, signers)
-        if kind == "duplicate":
-            verdicts = [(op1, True), (op1, True)]
-        c = LiftHalt(halt_id, "resolved", approvals)
-        self.do(c, lambda: self.model.lift(halt_id, verdicts))
+            op2 = "mallory"
+            second = self._sign(self._signer("mallory"), "halt.lift", subject)
+        elif kind == "retired" and self.retired_keys:  # a removed operator's genuine key
+            op2 = self.rng.choice(sorted(self.retired_keys))
+            second = self._sign(self.retired_keys[op2], "halt.lift", subject)
+        elif kind == "replayed" and any(a.staff_id in self.operator_keys for a in self.spent_lift):
+            used = next(a for a in self.spent_lift if a.staff_id in self.operator_keys)
+            op2 = used.staff_id  # re-signed over this halt, with a nonce an earlier lift spent
+            second = self._sign(self.operator_keys[op2], "halt.lift", subject, used.expires_ns, used.nonce)
+            if op1 == op2:
+                op1 = next(o for o in sorted(self.operator_keys) if o != op2)
+                good = self._sign(self.operator_keys[op1], "halt.lift", subject)
+        else:  # expired by the time it is applied (the sequencer's clock moves on before the command)
+            second = self._sign(k2, "halt.lift", subject, expires_ns=self.planned_ts)
+        c = LiftHaltSigned(halt_id, "resolved", [good, second])
+        # Only a duplicate carries two genuine signatures (of one person); every other second one fails.
+        self.do(c, lambda: self.model.lift(halt_id, [(op1, True), (op2, kind == "duplicate")]))
 
     def a_operators_rotate(self) -> None:
-        new_keys = {f"op{self.serial + i}": Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32)) for i in (1, 2, 3)}
-        self.serial += 3
-        operators = [(op, self._public(k)) for op, k in new_keys.items()]
-        message = operators_message(operators, 2, self.model.operators_version)
+        """Add an operator, then remove another, each by a quorum (sometimes forged or one short)."""
+        self.serial += 1
+        new = StaffKey(f"op{self.serial}", Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32)))
+        entry = new.entry(["operator"])
+        subject = add_subject(entry, "rotation", self.model.staff_version)
         op1, op2 = self.rng.sample(sorted(self.operator_keys), 2)
-        forged = self.rng.random() < 0.4  # float-ok
-        signer2 = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32)) if forged else self.operator_keys[op2]
-        approvals, verdicts = self._approvals(message, [(op1, self.operator_keys[op1], True), (op2, signer2, not forged)])
-        c = RegisterOperators(operators, 2, approvals)
+        forged = self.rng.random() < 0.3  # float-ok
+        signer2 = StaffKey(op2, Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))) if forged else self.operator_keys[op2]
+        approvals = [self._sign(self.operator_keys[op1], "staff.add", subject), self._sign(signer2, "staff.add", subject)]
+        c = AddStaff(entry, self._sign(new, "staff.add", subject), "rotation", approvals)
 
-        def predict() -> list[tuple[Any, ...]]:
-            out = self.model.register_operators(dict(operators), 2, verdicts)
-            self.operator_keys = new_keys
+        def predict_add() -> list[tuple[Any, ...]]:
+            out = self.model.staff_add(new.staff_id, ["operator"], [(op1, True), (op2, not forged)])
+            self.operator_keys[new.staff_id] = new
+            self.desk.keys[new.staff_id] = new
             return out
 
-        self.do(c, predict)
+        self.do(c, predict_add)
+        gone = self.rng.choice(sorted(self.operator_keys))
+        signers = self.rng.sample(sorted(self.operator_keys), self.rng.choice([1, 2, 2]))
+        subject = remove_subject(gone, "rotation", self.model.staff_version)
+        r = RemoveStaff(gone, "rotation", [self._sign(self.operator_keys[s], "staff.remove", subject) for s in signers])
+
+        def predict_remove() -> list[tuple[Any, ...]]:
+            out = self.model.staff_remove(gone, [(s, True) for s in signers])
+            self.retired_keys[gone] = self.operator_keys.pop(gone)
+            return out
+
+        self.do(r, predict_remove)
 
     # ------------------------------------------------------------------ the index's feed
 

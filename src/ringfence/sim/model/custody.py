@@ -190,13 +190,14 @@ class CustodyModel(Books):
 
     def review_quarantine(self, c: Any) -> list[tuple[Any, ...]]:
         key, d = self._deposit(c)
-        if c.decision not in ("release", "freeze"):
+        if c.decision_kind not in ("release", "freeze"):
             raise Refuse("RF_VALIDATION")
-        if "analyst" not in self.roles.get(c.analyst, set()) or c.analyst == d.account:
-            raise Refuse("RF_FORBIDDEN")
-        if d.state != "quarantined" or (c.decision == "release" and not d.declaration):
+        who = c.decision.staff_id  # a signed staff decision (the engine verifies the signature)
+        if who == d.account or "analyst" not in self.roles.get(who, set()):
+            raise Refuse("RF_SEGREGATION_OF_DUTIES")
+        if d.state != "quarantined" or (c.decision_kind == "release" and not d.declaration):
             raise Refuse("RF_CONFLICT")
-        kind = "available" if c.decision == "release" else "frozen"
+        kind = "available" if c.decision_kind == "release" else "frozen"
         self.move((d.account, d.asset, "quarantine", "spot"), (d.account, d.asset, kind, "spot"), d.amount)
         d.kind, d.state = kind, ("credited" if kind == "available" else "frozen")
         return [("deposit", key, d.state)]
@@ -395,25 +396,31 @@ class CustodyModel(Books):
 
     def approve(self, c: Any) -> list[tuple[Any, ...]]:
         w = self._w(c)
-        if c.approver == w.account or c.role not in self.roles.get(c.approver, set()):
-            raise Refuse("RF_FORBIDDEN")
+        who = c.decision.staff_id
+        if who == w.account:
+            raise Refuse("RF_SEGREGATION_OF_DUTIES")  # never the initiator
         if w.state != "awaiting_approvals":
             raise Refuse("RF_CONFLICT")
-        if c.role not in w.roles:
-            raise Refuse("RF_FORBIDDEN")
-        w.approvals[c.approver] = self.now_ns + self.approval_ttl_ns
+        if c.role not in w.roles or c.role not in self.roles.get(who, set()):
+            raise Refuse("RF_SEGREGATION_OF_DUTIES")  # the policy's role, held by the signer
+        if w.approvals.get(who, 0) > self.now_ns:
+            raise Refuse("RF_SEGREGATION_OF_DUTIES")  # distinct people: one unexpired approval each
+        w.approvals[who] = self.now_ns + self.approval_ttl_ns
         if sum(1 for exp in w.approvals.values() if exp > self.now_ns) >= w.required:
             w.state, w.not_before = "approved", max(w.not_before, self.now_ns)
         return [("withdrawal", w.id, w.state)]
 
     def manual_review(self, c: Any) -> list[tuple[Any, ...]]:
         w = self._w(c)
-        if c.analyst == w.account or "analyst" not in self.roles.get(c.analyst, set()):
-            raise Refuse("RF_FORBIDDEN")
         if not c.reason.strip():
             raise Refuse("RF_VALIDATION")
+        who = c.decision.staff_id
+        if who == w.account:
+            raise Refuse("RF_SEGREGATION_OF_DUTIES")
         if w.state != "manual_review":
             raise Refuse("RF_CONFLICT")
+        if "analyst" not in self.roles.get(who, set()):
+            raise Refuse("RF_SEGREGATION_OF_DUTIES")
         if not c.approve:
             return self._void(w, "rejected")
         w.state, w.not_before = "approved", max(w.not_before, self.now_ns)

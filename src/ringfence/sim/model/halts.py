@@ -11,10 +11,12 @@ every command declares an effect, and a level refuses a command from the level i
 | moves funds out | `RequestWithdrawal`, `ApproveWithdrawal`, `AuthorizeSigning`, `RecordSignedTx` | WITHDRAWALS_PAUSED |
 | neutral, admin | everything else (transfers, deposits, settlements, `SetReferencePrice`, `ListMarket`, `SetMarketStatus`, index quotes...) | HALTED |
 
-The halt commands themselves (`Halt`, `LiftHalt`, `RegisterOperators`) are never refused by a halt;
-a `TradingBatch` is checked action by action. A lift needs `threshold` distinct registered
-operators' valid signatures; the model knows which approvals the runner signed genuinely, so it
-needs no cryptography.
+The halt commands themselves (`Halt`, `LiftHaltSigned`...) and the staff register's commands
+(`StaffGenesis`, `AddStaff`, `RemoveStaff`) are never refused by a halt; a `TradingBatch` is checked
+action by action. A lift, and a change of staff, needs `threshold` (the staff quorum) distinct
+active operators' valid, unexpired, unused signatures; anything less is refused for segregation of
+duties (`RF_SEGREGATION_OF_DUTIES`, rule named by the engine). The model knows which approvals the
+runner signed genuinely, so it needs no cryptography. A removed operator is no longer active.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ __all__ = ["HaltsModel", "MHalt", "LEVELS", "MOVES_FUNDS_OUT", "ALWAYS_REDUCES",
 
 LEVELS = {"WITHDRAWALS_PAUSED": 1, "REDUCE_ONLY": 2, "HALTED": 3}
 #: Withdrawal commands that move money towards the chain: refused from WITHDRAWALS_PAUSED.
-MOVES_FUNDS_OUT = frozenset({"RequestWithdrawal", "ApproveWithdrawal", "AuthorizeSigning", "RecordSignedTx"})
+MOVES_FUNDS_OUT = frozenset({"RequestWithdrawal", "ApproveWithdrawal", "ApproveWithdrawalSigned", "AuthorizeSigning",
+                             "RecordSignedTx"})
 #: Commands that always reduce risk: no level refuses them.
 ALWAYS_REDUCES = frozenset({"CancelOrder", "CancelAll"})
 #: The halt module's own commands: never refused by a halt.
-HALT_COMMANDS = frozenset({"Halt", "LiftHalt", "RegisterOperators"})
+HALT_COMMANDS = frozenset({"Halt", "LiftHalt", "RegisterOperators", "LiftHaltSigned", "RaiseHaltSigned",
+                           "StaffGenesis", "AddStaff", "RemoveStaff"})
+DUTIES = "RF_SEGREGATION_OF_DUTIES"
 #: Configuration that names no market, asset or segment as a scope (only the venue).
 NO_SCOPES = frozenset({"RegisterAsset", "RegisterSegment", "SetFeeTier", "SetAccountFeeTier",
                        # the index's commands declare no scope (a quote is a fact; its config is admin)
@@ -52,9 +57,10 @@ class HaltsModel(Books):
 
     def _init_halts(self) -> None:
         self.halts: dict[str, MHalt] = {}
-        self.operators: dict[str, str] = {}  # id -> public key hex
-        self.threshold = 0
-        self.operators_version = 0
+        self.operators: set[str] = set()  # active staff operators
+        self.staff_ids: set[str] = set()  # every id ever registered (ids are never reused)
+        self.threshold = 0  # the staff register's quorum
+        self.staff_version = 0
 
     def scopes(self, name: str, cmd: Any, account_keys: dict[int, Key]) -> list[tuple[str, str]]:
         """The (kind, scope) pairs a command touches, as its fields declare them.
@@ -142,17 +148,15 @@ class HaltsModel(Books):
         return [("halt_raised", cmd.halt_id, cmd.level)]
 
     def check_quorum(self, approvals: list[tuple[str, bool]]) -> None:
-        """`approvals`: (operator id, whether the runner signed the right message with that
-        operator's registered key). The model knows what it signed; it does no cryptography."""
-        if not self.operators:
-            raise Refuse("RF_FORBIDDEN", "no operators")
+        """`approvals`: (staff id, whether the runner signed the right decision with that member's
+        registered key, unexpired and with a fresh nonce). The model does no cryptography."""
         seen: list[str] = []
         for op, genuine in approvals:
             if op in seen or op not in self.operators or not genuine:
-                raise Refuse("RF_FORBIDDEN", f"approval of {op} is duplicate, unknown or forged")
+                raise Refuse(DUTIES, f"approval of {op} is duplicate, not an active operator, or not valid")
             seen.append(op)
         if len(seen) < self.threshold:
-            raise Refuse("RF_FORBIDDEN", f"{len(seen)} of {self.threshold} approvals")
+            raise Refuse(DUTIES, f"{len(seen)} of {self.threshold} approvals")
 
     def lift(self, halt_id: str, approvals: list[tuple[str, bool]]) -> list[tuple[Any, ...]]:
         if halt_id not in self.halts:
@@ -161,11 +165,26 @@ class HaltsModel(Books):
         del self.halts[halt_id]
         return [("halt_lifted", halt_id)]
 
-    def register_operators(self, operators: dict[str, str], threshold: int, approvals: list[tuple[str, bool]]) -> list[tuple[Any, ...]]:
-        if self.operators:
-            self.check_quorum(approvals)
-        elif approvals:
-            raise Refuse("RF_VALIDATION", "genesis carries no approvals")
-        self.operators, self.threshold = dict(operators), threshold
-        self.operators_version += 1
-        return [("operators", self.operators_version)]
+    def staff_genesis(self, operators: list[str], quorum: int) -> None:
+        self.operators, self.threshold, self.staff_version = set(operators), quorum, 1
+        self.staff_ids |= set(operators)
+
+    def staff_add(self, staff_id: str, roles: list[str], approvals: list[tuple[str, bool]]) -> list[tuple[Any, ...]]:
+        if staff_id in self.staff_ids:
+            raise Refuse(DUTIES, "ids are never reused")
+        self.check_quorum(approvals)
+        self.staff_ids.add(staff_id)
+        if "operator" in roles:
+            self.operators.add(staff_id)
+        self.staff_version += 1
+        return [("staff", "added", staff_id)]
+
+    def staff_remove(self, staff_id: str, approvals: list[tuple[str, bool]]) -> list[tuple[Any, ...]]:
+        if staff_id not in self.operators:
+            raise Refuse("RF_NOT_FOUND", "no such active staff member")
+        self.check_quorum(approvals)
+        if len(self.operators) - 1 < self.threshold:
+            raise Refuse(DUTIES, "the quorum would become unreachable")
+        self.operators.discard(staff_id)
+        self.staff_version += 1
+        return [("staff", "removed", staff_id)]

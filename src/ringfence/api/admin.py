@@ -1,0 +1,368 @@
+"""The admin API (`/admin/v1` on the server's listener): staff read the queues and submit signed decisions.
+
+Every request is authenticated by the caller's Ed25519 signature over it (`staff/requests.py`):
+an unknown or removed member, a bad signature, a stale timestamp or a replayed nonce is answered
+401 and nothing is read or submitted. A request that submits a decision must also carry that
+decision's own signature(s) — staff decision tokens `STAFF_ID:NONCE:EXPIRES_NS:SIGNATURE` — and
+the caller must be one of the signers (the engine verifies those signatures again, against the
+register, role, expiry and the nonces it has seen; the API verifies nothing the engine does not).
+
+The admin API never writes the journal itself: it builds a command and submits it through the
+exchange like any gateway. Errors are `{"code", "message", "field"}` with the error's HTTP status;
+a refusal by a segregation-of-duties rule names the rule in its message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import msgspec
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ..engine.core import CommandRejected
+from ..engine.node import rejection_error
+from ..errors import Forbidden, NotFound, RingfenceError, ValidationError
+from ..staff.decisions import StaffEntry, StaffSignature, parse_approval
+from ..staff.requests import RequestVerifier
+from .service import Exchange
+
+__all__ = ["build_admin_router", "install_admin_pages", "PREFIX", "staff_view", "halts_view", "review_view", "policy_view"]
+
+PREFIX = "/admin/v1"
+MAX_BODY_BYTES = 65_536
+MAX_QUEUE = 500
+
+
+# ------------------------------------------------------------------------------- views (engine reads)
+
+
+def staff_view(engine: Any) -> dict[str, Any]:
+    from ..staff import staff_of
+
+    s = staff_of(engine)
+    return {"version": s.version, "quorum": s.quorum,
+            "members": [s.members[k].as_dict() for k in sorted(s.members)]}
+
+
+def halts_view(engine: Any) -> dict[str, Any]:
+    from ..risk.halts import active_halts, halts_of
+
+    lifted = [h.as_dict() for h in halts_of(engine).lifted[-20:]]
+    return {"active": active_halts(engine), "recently_lifted": lifted[::-1]}
+
+
+def _withdrawal_row(engine: Any, w: Any) -> dict[str, Any]:
+    from ..custody.state import custody_state
+
+    s = custody_state(engine)
+    history = [x for x in s.withdrawals.values() if x.account_id == w.account_id and x.id != w.id][-10:]
+    return {
+        "withdrawal_id": w.id, "account_id": w.account_id, "asset": w.asset, "wallet": w.wallet,
+        "address": w.address, "amount_minor": str(w.amount_minor), "state": w.state, "rule": w.rule,
+        "decision_reasons": list(w.decision_reasons), "risk_score": w.risk_score, "risk_reasons": list(w.risk_reasons),
+        "required_approvals": w.required_approvals, "approver_roles": list(w.approver_roles),
+        "approvals": [{"staff_id": a.approver, "role": a.role, "at_ns": a.at_ns, "expires_ns": a.expires_ns,
+                       "valid": a.expires_ns > engine.now_ns} for a in w.approvals],
+        "created_ns": w.created_ns,
+        "user_history": [{"withdrawal_id": x.id, "asset": x.asset, "amount_minor": str(x.amount_minor), "state": x.state}
+                         for x in history],
+    }
+
+
+def review_view(engine: Any) -> dict[str, Any]:
+    from ..custody.state import custody_state
+
+    s = custody_state(engine)
+    waiting = [w for w in s.withdrawals.values() if w.state in ("awaiting_approvals", "manual_review")][:MAX_QUEUE]
+    quarantined = [d for d in s.deposits.values() if d.state == "quarantined"][:MAX_QUEUE]
+    return {
+        "withdrawals": [_withdrawal_row(engine, w) for w in waiting],
+        "deposits": [{"chain": d.chain, "txid": d.txid, "index": d.index, "key": d.key, "account_id": d.account_id,
+                      "asset": d.asset, "amount_minor": str(d.amount_minor), "score": d.score, "reasons": list(d.reasons),
+                      "declaration": d.declaration} for d in quarantined],
+    }
+
+
+def withdrawal_view(engine: Any, withdrawal_id: str) -> dict[str, Any]:
+    from ..custody.state import custody_state
+
+    w = custody_state(engine).withdrawals.get(withdrawal_id)
+    if w is None:
+        raise NotFound(f"no withdrawal {withdrawal_id!r}", field="withdrawal_id")
+    return _withdrawal_row(engine, w)
+
+
+def policy_view(engine: Any) -> dict[str, Any]:
+    from ..custody.state import custody_state
+
+    s = custody_state(engine)
+    return {"active_policy": s.policy_text,
+            "proposals": [{"proposal_id": p.id, "proposer": p.proposer, "state": p.state, "approvals": list(p.approvals),
+                           "effective_ns": p.effective_ns, "policy": p.text} for p in s.proposals.values()]}
+
+
+# ------------------------------------------------------------------------------- the router
+
+
+_ERROR_BODY = {"content": {"application/json": {"schema": {"type": "object", "required": ["code", "message"], "properties": {
+    "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}}}
+#: Every admin endpoint answers errors as `{"code", "message", "field"}` with the error's status.
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": what, **_ERROR_BODY} for status, what in (
+        (400, "invalid request or decision token"), (401, "not a correctly signed, fresh request of an active staff member"),
+        (403, "refused by a segregation-of-duties rule (named) or not the decision's signer"), (404, "not found"),
+        (409, "the state does not allow it"), (429, "the engine queue is full"), (500, "the node could not make it durable"),
+        (503, "halted"))
+}
+
+
+def _error(err: RingfenceError) -> JSONResponse:
+    return JSONResponse(err.to_dict(), status_code=err.http_status)
+
+
+def _sig(body: dict[str, Any], name: str) -> StaffSignature:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise ValidationError("a staff decision token STAFF_ID:NONCE:EXPIRES_NS:SIGNATURE is required", field=name)
+    return parse_approval(value, name)
+
+
+def _sigs(body: dict[str, Any], name: str = "approvals") -> list[StaffSignature]:
+    values = body.get(name)
+    if not isinstance(values, list) or not 1 <= len(values) <= 32 or not all(isinstance(v, str) for v in values):
+        raise ValidationError("a list of 1-32 staff decision tokens is required", field=name)
+    return [parse_approval(v, f"{name}[{i}]") for i, v in enumerate(values)]
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise ValidationError("a non-empty string is required", field=name)
+    return value
+
+
+def _caller_signed(caller: str, sigs: list[StaffSignature]) -> None:
+    if caller not in {s.staff_id for s in sigs}:
+        raise Forbidden("the caller must be one of the decision's signers", field="X-RF-Staff")
+
+
+def install_admin_pages(app: Any) -> None:
+    """The staff console page at /admin (static; it signs requests and decisions in the browser)."""
+    from importlib import resources
+    from pathlib import Path
+
+    from fastapi.responses import FileResponse
+
+    from .headers import dashboard_csp
+
+    pages = Path(str(resources.files("ringfence.web") / "admin"))
+
+    def headers(request: Request) -> dict[str, str]:
+        return {"Content-Security-Policy": dashboard_csp(request.headers.get("host"), request.url.scheme == "https"),
+                "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-store"}
+
+    @app.get("/admin", include_in_schema=False)
+    async def admin_page(request: Request) -> FileResponse:
+        return FileResponse(pages / "index.html", headers=headers(request))
+
+    @app.get("/admin/assets/{name}", include_in_schema=False)
+    async def admin_asset(request: Request, name: str) -> Any:
+        if name not in ("admin.js", "admin.css"):
+            return JSONResponse({"code": "RF_NOT_FOUND", "message": "not found"}, status_code=404)
+        return FileResponse(pages / name, headers=headers(request))
+
+
+def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = None) -> APIRouter:
+    verifier = verifier or RequestVerifier()
+    router = APIRouter(prefix=PREFIX, tags=["admin"])
+
+    def key_of(staff_id: str) -> str | None:
+        def read(engine: Any) -> str | None:
+            from ..staff import staff_of
+
+            m = staff_of(engine).members.get(staff_id)
+            return m.public_key if m is not None and m.status == "active" else None
+
+        return exchange.read(read)  # type: ignore[no-any-return]
+
+    async def authenticate(request: Request) -> tuple[str, dict[str, Any]]:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise ValidationError(f"the body is larger than {MAX_BODY_BYTES} bytes", field="body")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        caller = verifier.verify(headers, request.method, request.url.path, request.url.query, body, key_of)
+        if request.method == "GET":
+            return caller, {}
+        try:
+            parsed = json.loads(body or b"{}")
+        except ValueError:
+            raise ValidationError("the body must be a JSON object", field="body") from None
+        if not isinstance(parsed, dict):
+            raise ValidationError("the body must be a JSON object", field="body")
+        return caller, parsed
+
+    async def submit(command: Any) -> dict[str, Any]:
+        events = await exchange.submit(command)
+        for e in events:
+            if isinstance(e, CommandRejected):
+                raise rejection_error(e)
+        return {"accepted": type(command).__name__,
+                "events": [{"type": type(e).__name__, **msgspec.to_builtins(msgspec.structs.asdict(e))} for e in events]}
+
+    def endpoint(method: str, path: str, summary: str) -> Callable[[Callable[..., Any]], Any]:
+        def register(fn: Callable[..., Any]) -> Any:
+            async def handler(request: Request) -> JSONResponse:
+                try:
+                    caller, body = await authenticate(request)
+                    return JSONResponse(await fn(caller, body, **request.path_params))
+                except RingfenceError as err:
+                    return _error(err)
+
+            handler.__name__ = fn.__name__
+            router.add_api_route(path, handler, methods=[method], summary=summary, responses=_RESPONSES)
+            return fn
+
+        return register
+
+    # ---- reads
+
+    @endpoint("GET", "/staff", "The staff register: members, roles, keys, status, the operator quorum")
+    async def get_staff(caller: str, body: dict[str, Any]) -> Any:
+        return exchange.read(staff_view)
+
+    @endpoint("GET", "/halts", "Active halts (with raised_seq, what lift approvals sign) and recent lifts")
+    async def get_halts(caller: str, body: dict[str, Any]) -> Any:
+        return exchange.read(halts_view)
+
+    @endpoint("GET", "/review", "Withdrawals awaiting approvals or manual review (reasons, user history); quarantined deposits")
+    async def get_review(caller: str, body: dict[str, Any]) -> Any:
+        return exchange.read(review_view)
+
+    @endpoint("GET", "/withdrawals/{withdrawal_id}", "One withdrawal as a reviewer sees it")
+    async def get_withdrawal(caller: str, body: dict[str, Any], withdrawal_id: str) -> Any:
+        return exchange.read(lambda engine: withdrawal_view(engine, withdrawal_id))
+
+    @endpoint("GET", "/policy", "The active withdrawal policy and the proposals")
+    async def get_policy(caller: str, body: dict[str, Any]) -> Any:
+        return exchange.read(policy_view)
+
+    # ---- staff
+
+    @endpoint("POST", "/staff", "Add a staff member (AddStaff: operator quorum + the new key's proof)")
+    async def add_staff(caller: str, body: dict[str, Any]) -> Any:
+        from ..staff import AddStaff
+
+        member = body.get("member")
+        if not isinstance(member, dict):
+            raise ValidationError("member is {staff_id, roles, public_key}", field="member")
+        roles = member.get("roles")
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise ValidationError("roles is a list of role names", field="member.roles")
+        entry = StaffEntry(_text(member, "staff_id"), list(roles), _text(member, "public_key"))
+        approvals = _sigs(body)
+        _caller_signed(caller, approvals)
+        return await submit(AddStaff(entry, _sig(body, "proof"), _text(body, "reason"), approvals))
+
+    @endpoint("POST", "/staff/{staff_id}/remove", "Remove a staff member (RemoveStaff: operator quorum)")
+    async def remove_staff(caller: str, body: dict[str, Any], staff_id: str) -> Any:
+        from ..staff import RemoveStaff
+
+        approvals = _sigs(body)
+        _caller_signed(caller, approvals)
+        return await submit(RemoveStaff(staff_id, _text(body, "reason"), approvals))
+
+    # ---- halts
+
+    @endpoint("POST", "/halts", "Raise a halt (RaiseHaltSigned: one operator)")
+    async def raise_halt(caller: str, body: dict[str, Any]) -> Any:
+        from ..risk.halts import RaiseHaltSigned
+
+        decision = _sig(body, "decision")
+        _caller_signed(caller, [decision])
+        return await submit(RaiseHaltSigned(_text(body, "halt_id"), _text(body, "scope_kind"), _text(body, "scope"),
+                                            _text(body, "level"), _text(body, "reason"), decision))
+
+    @endpoint("POST", "/halts/{halt_id}/lift", "Lift a halt (LiftHaltSigned: operator quorum)")
+    async def lift_halt(caller: str, body: dict[str, Any], halt_id: str) -> Any:
+        from ..risk.halts import LiftHaltSigned
+
+        approvals = _sigs(body)
+        _caller_signed(caller, approvals)
+        return await submit(LiftHaltSigned(halt_id, _text(body, "reason"), approvals))
+
+    # ---- withdrawals and deposits
+
+    async def _scoped(withdrawal_id: str) -> dict[str, Any]:
+        return exchange.read(lambda engine: withdrawal_view(engine, withdrawal_id))  # type: ignore[no-any-return]
+
+    @endpoint("POST", "/withdrawals/{withdrawal_id}/approve", "Approve a withdrawal awaiting approvals (signed, one role)")
+    async def approve_withdrawal(caller: str, body: dict[str, Any], withdrawal_id: str) -> Any:
+        from ..custody.staff_cmds import ApproveWithdrawalSigned
+
+        w = await _scoped(withdrawal_id)
+        decision = _sig(body, "decision")
+        _caller_signed(caller, [decision])
+        return await submit(ApproveWithdrawalSigned(withdrawal_id, w["asset"], w["wallet"], _text(body, "role"), decision))
+
+    @endpoint("POST", "/withdrawals/{withdrawal_id}/reject", "Reject a withdrawal awaiting approvals (signed approver)")
+    async def reject_withdrawal(caller: str, body: dict[str, Any], withdrawal_id: str) -> Any:
+        from ..custody.staff_cmds import RejectWithdrawal
+
+        w = await _scoped(withdrawal_id)
+        decision = _sig(body, "decision")
+        _caller_signed(caller, [decision])
+        return await submit(RejectWithdrawal(withdrawal_id, w["asset"], w["wallet"], _text(body, "reason"), decision))
+
+    @endpoint("POST", "/withdrawals/{withdrawal_id}/review", "Resolve a manual review (signed analyst)")
+    async def review_withdrawal(caller: str, body: dict[str, Any], withdrawal_id: str) -> Any:
+        from ..custody.staff_cmds import ResolveManualReviewSigned
+
+        w = await _scoped(withdrawal_id)
+        approve = body.get("approve")
+        if not isinstance(approve, bool):
+            raise ValidationError("approve must be true or false", field="approve")
+        decision = _sig(body, "decision")
+        _caller_signed(caller, [decision])
+        return await submit(ResolveManualReviewSigned(withdrawal_id, w["asset"], w["wallet"], approve,
+                                                      _text(body, "reason"), decision))
+
+    @endpoint("POST", "/deposits/review", "Release or freeze a quarantined deposit (signed analyst)")
+    async def review_deposit(caller: str, body: dict[str, Any]) -> Any:
+        from ..custody.staff_cmds import ReviewQuarantineSigned
+
+        index = body.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise ValidationError("index is a non-negative integer", field="index")
+        decision = _sig(body, "decision")
+        _caller_signed(caller, [decision])
+        return await submit(ReviewQuarantineSigned(_text(body, "chain"), _text(body, "txid"), index,
+                                                   _text(body, "decision_kind"), _text(body, "reason"), decision))
+
+    # ---- policy
+
+    @endpoint("POST", "/policy/proposals", "Propose a withdrawal policy (signed policy admin)")
+    async def propose_policy(caller: str, body: dict[str, Any]) -> Any:
+        from ..custody.staff_cmds import ProposePolicySigned
+
+        decision = _sig(body, "decision")
+        _caller_signed(caller, [decision])
+        return await submit(ProposePolicySigned(_text(body, "proposal_id"), _text(body, "policy_json"), decision))
+
+    @endpoint("POST", "/policy/proposals/{proposal_id}/approve", "Approve a policy proposal (signed, another policy admin)")
+    async def approve_policy(caller: str, body: dict[str, Any], proposal_id: str) -> Any:
+        from ..custody.staff_cmds import ApprovePolicySigned
+
+        decision = _sig(body, "decision")
+        _caller_signed(caller, [decision])
+        return await submit(ApprovePolicySigned(proposal_id, decision))
+
+    @endpoint("POST", "/policy/proposals/{proposal_id}/activate", "Activate a scheduled policy once its delay passed")
+    async def activate_policy(caller: str, body: dict[str, Any], proposal_id: str) -> Any:
+        from ..custody.commands import ActivatePolicy
+
+        return await submit(ActivatePolicy(proposal_id))
+
+    return router

@@ -1,0 +1,484 @@
+"""The operator console: `ringfence staff|review|halts|policy ...` against a live node, each signed.
+
+Every command that decides something signs the decision with the caller's key (`--key FILE`, or
+`--key DIR/demo-staff.json#ID` for a demo member) and sends it in a signed request to the running
+server's admin API (`--url`, default `$RINGFENCE_URL` or http://127.0.0.1:8000). Decisions that
+need a quorum take the other members' approvals as tokens (`--approval TOKEN`), which each of
+them prints with the same command and `--sign-only`; `--key` may also be repeated when one
+terminal holds several keys (a demo, a test). `staff init` is the one command that works on a
+stopped node's data directory: it creates the genesis quorum, once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import RingfenceError
+from .console import DEFAULT_URL, AdminClient, load_key
+from .decisions import ROLES, StaffEntry, StaffKey, StaffSignature, format_approval, parse_approval, write_key_file
+
+__all__ = ["staff_app", "review_app", "halts_app", "register_policy_commands"]
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+staff_app = typer.Typer(help="Staff identities: genesis, add, remove, list (signed by an operator quorum).\n\n"
+                        "Example: ringfence staff list --key ada.key --url http://127.0.0.1:8000", no_args_is_help=True)
+review_app = typer.Typer(help="Withdrawals and deposits waiting for a person: list, approve, reject, release, freeze.\n\n"
+                         "Example: ringfence review list --key ada.key", no_args_is_help=True)
+halts_app = typer.Typer(help="Halts on a live node: list, raise (one operator), lift (operator quorum).\n\n"
+                        "Example: ringfence halts list --key ada.key", no_args_is_help=True)
+
+URL = typer.Option(DEFAULT_URL, "--url", help="The running server (serve's address).")
+KEY = typer.Option(..., "--key", help="Your staff key file (FILE, or DIR/demo-staff.json#ID).")
+KEYS = typer.Option(..., "--key", help="Staff key file(s): FILE or DIR/demo-staff.json#ID; the first one sends the request. Repeatable.")
+APPROVALS = typer.Option([], "--approval", help="Another member's approval token (from the same command with --sign-only). Repeatable.")
+SIGN_ONLY = typer.Option(False, "--sign-only", help="Only print your approval token for the submitter; send nothing.")
+TTL = typer.Option(600, "--ttl-s", min=10, max=86_400, help="How long your signature may be submitted.")
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except RingfenceError as err:
+        err_console.print(f"[bold red]refused:[/] {err}")
+        raise typer.Exit(1) from None
+
+
+def _expires(ttl_s: int) -> int:
+    return time.time_ns() + ttl_s * 10**9
+
+
+def _keys(specs: list[str]) -> list[StaffKey]:
+    try:
+        return [load_key(s) for s in specs]
+    except RingfenceError as err:
+        err_console.print(f"[bold red]refused:[/] {err}")
+        raise typer.Exit(1) from None
+
+
+def _approvals(tokens: list[str]) -> list[StaffSignature]:
+    try:
+        return [parse_approval(t, f"--approval #{i + 1}") for i, t in enumerate(tokens)]
+    except RingfenceError as err:
+        err_console.print(f"[bold red]refused:[/] {err}")
+        raise typer.Exit(1) from None
+
+
+def _quorum_submit(keys: list[StaffKey], tokens: list[str], action: str, subject: list[Any], ttl_s: int,
+                   sign_only: bool, send: Callable[[AdminClient, list[str]], Any], url: str) -> Any:
+    sigs = [k.sign(action, subject, _expires(ttl_s)) for k in keys]
+    if sign_only:
+        for s in sigs:
+            typer.echo(format_approval(s))
+        return None
+    all_tokens = [format_approval(s) for s in sigs] + [format_approval(a) for a in _approvals(tokens)]
+    with AdminClient(url, keys[0]) as client:
+        return _run(lambda: send(client, all_tokens))
+
+
+def _print_events(result: Any) -> None:
+    if result is None:
+        return
+    console.print(f"[bold green]accepted[/] {result['accepted']}")
+    for e in result["events"]:
+        detail = {k: v for k, v in e.items() if k != "type"}
+        console.print(f"  {e['type']}: {json.dumps(detail)[:300]}")
+
+
+def _client(key: str, url: str) -> AdminClient:
+    return _run(lambda: AdminClient(url, load_key(key)))
+
+
+# ------------------------------------------------------------------------------------- staff
+
+
+@staff_app.command("keygen")
+def keygen(
+    staff_id: str = typer.Argument(..., help="The new member's staff id (a-z 0-9 _ . -)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the key file (mode 0600; must not exist)."),
+) -> None:
+    """Create your Ed25519 staff key; prints the public key to hand to the operators who add you.
+
+    Example: ringfence staff keygen dora --out dora.key
+    """
+    if out.exists():
+        err_console.print(f"[bold red]error:[/] --out: {out} exists; a key file is never overwritten")
+        raise typer.Exit(2)
+    key = StaffKey.generate(staff_id)
+    write_key_file(out, key)
+    typer.echo(key.public_hex)
+
+
+@staff_app.command("init")
+def init(
+    data: Path = typer.Option(..., "--data", help="The stopped node's data directory (`serve --data DIR`)."),
+    members: list[str] = typer.Option(..., "--member", help="ID:ROLE[,ROLE...] for each genesis member. Repeatable."),
+    quorum: int = typer.Option(2, "--quorum", min=2, help="Operators needed for every quorum decision (at least 2)."),
+    out_dir: Path = typer.Option(..., "--out-dir", help="Where each member's key file ID.key is written (0600)."),
+) -> None:
+    """Create the genesis staff quorum on a node that has no staff yet (the node must be stopped).
+
+    Each member's key is created here and written to OUT_DIR/ID.key; hand each file to its owner.
+    Refused (rule genesis-once) when the node already has staff.
+    Example: ringfence staff init --data ./ringfence-data --member ada:operator,approver --member ben:operator --member cy:analyst --out-dir ./keys
+    """
+    from ..app import new_node
+    from ..cli_paths import prepare_node_dir
+    from .desk import StaffDesk
+
+    roles: dict[str, list[str]] = {}
+    for item in members:
+        sid, sep, role_text = item.partition(":")
+        if not sep or not sid or not role_text:
+            err_console.print(f"[bold red]error:[/] --member {item!r}: expected ID:ROLE[,ROLE...] (roles: {', '.join(ROLES)})")
+            raise typer.Exit(2)
+        roles[sid] = role_text.split(",")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = {sid: StaffKey.generate(sid) for sid in roles}
+    for sid in roles:
+        if (out_dir / f"{sid}.key").exists():
+            err_console.print(f"[bold red]error:[/] --out-dir: {out_dir / (sid + '.key')} exists; key files are never overwritten")
+            raise typer.Exit(2)
+    # DIR as `serve --data DIR` takes it keeps its node in DIR/engine; a node folder itself is taken as is
+    node_dir = prepare_node_dir(data if (data / "journal").is_dir() else data / "engine")
+
+    def genesis() -> list[Any]:
+        with new_node(node_dir) as node:
+            return node.execute(StaffDesk(keys, time.time_ns).genesis(roles, quorum))
+
+    [event] = _run(genesis)
+    for sid, key in keys.items():
+        write_key_file(out_dir / f"{sid}.key", key)
+    console.print(f"[bold green]genesis[/] staff {', '.join(event.staff_ids)} (operator quorum {quorum}); keys in {out_dir}")
+
+
+@staff_app.command("list")
+def list_staff(key: str = KEY, url: str = URL, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The staff register of a live node: ids, roles, keys, status.
+
+    Example: ringfence staff list --key ./ringfence-data/demo-staff.json#ada
+    """
+    with _client(key, url) as client:
+        view = _run(lambda: client.get("/staff"))
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+        return
+    table = Table(title=f"staff (register v{view['version']}, operator quorum {view['quorum']})")
+    for col in ("staff id", "roles", "status", "public key", "added at seq", "removed at seq"):
+        table.add_column(col, overflow="fold")
+    for m in view["members"]:
+        table.add_row(m["staff_id"], ", ".join(m["roles"]), m["status"], m["public_key"][:16] + "…", str(m["added_seq"]),
+                      str(m["removed_seq"] or ""))
+    console.print(table)
+
+
+@staff_app.command("add")
+def add(
+    new_key: Path = typer.Option(..., "--new-key", help="The new member's key file (from `staff keygen`): signs the proof of possession."),
+    roles: list[str] = typer.Option(..., "--role", help=f"A role of the new member ({', '.join(ROLES)}). Repeatable."),
+    reason: str = typer.Option(..., "--reason", help="Why; every approver signs the same text."),
+    keys: list[str] = KEYS, approvals: list[str] = APPROVALS, sign_only: bool = SIGN_ONLY, ttl_s: int = TTL, url: str = URL,
+) -> None:
+    """Add a staff member: an operator quorum signs (AddStaff), and the new key proves itself.
+
+    Example: ringfence staff add --new-key dora.key --role approver --reason "hired" --key ada.key --approval ben:...
+    """
+    from .commands import add_subject
+
+    new = _run(lambda: load_key(str(new_key)))
+    entry = StaffEntry(new.staff_id, sorted(set(roles)), new.public_hex)
+    with AdminClient(url, _keys(keys)[0]) as client:
+        version = _run(lambda: client.get("/staff"))["version"]
+    subject = add_subject(entry, reason, version)
+    proof = format_approval(new.sign("staff.add", subject, _expires(ttl_s)))
+    body = {"member": {"staff_id": entry.staff_id, "roles": entry.roles, "public_key": entry.public_key},
+            "reason": reason, "proof": proof}
+    _print_events(_quorum_submit(_keys(keys), approvals, "staff.add", subject, ttl_s, sign_only,
+                                 lambda c, toks: c.post("/staff", {**body, "approvals": toks}), url))
+
+
+@staff_app.command("remove")
+def remove(
+    staff_id: str = typer.Argument(..., help="The member to remove (their key stops working on the next command)."),
+    reason: str = typer.Option(..., "--reason", help="Why; every approver signs the same text."),
+    keys: list[str] = KEYS, approvals: list[str] = APPROVALS, sign_only: bool = SIGN_ONLY, ttl_s: int = TTL, url: str = URL,
+) -> None:
+    """Remove a staff member (RemoveStaff, operator quorum).
+
+    Example: ringfence staff remove cy --reason "left the company" --key ada.key --approval ben:...
+    """
+    from .commands import remove_subject
+
+    with AdminClient(url, _keys(keys)[0]) as client:
+        version = _run(lambda: client.get("/staff"))["version"]
+    _print_events(_quorum_submit(_keys(keys), approvals, "staff.remove", remove_subject(staff_id, reason, version),
+                                 ttl_s, sign_only, lambda c, toks: c.post(f"/staff/{staff_id}/remove",
+                                                                          {"reason": reason, "approvals": toks}), url))
+
+
+# ------------------------------------------------------------------------------------- halts
+
+
+@halts_app.command("list")
+def list_halts(key: str = KEY, url: str = URL, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Active halts (with the sequence each was raised at) and recent lifts.
+
+    Example: ringfence halts list --key ./ringfence-data/demo-staff.json#ada
+    """
+    with _client(key, url) as client:
+        view = _run(lambda: client.get("/halts"))
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+        return
+    if not view["active"]:
+        console.print("[bold green]no active halts[/]")
+    table = Table(title=f"{len(view['active'])} active halt(s)")
+    for col in ("halt id", "scope", "level", "raised at seq", "reason"):
+        table.add_column(col, overflow="fold")
+    for h in view["active"]:
+        table.add_row(h["halt_id"], f"{h['scope_kind']}:{h['scope']}", h["level"], str(h["raised_seq"]), h["reason"])
+    if view["active"]:
+        console.print(table)
+    for h in view["recently_lifted"][:5]:
+        console.print(f"lifted {h['halt_id']} at seq {h['lifted_seq']} by {', '.join(h['approvers'])}: {h['lift_reason']}")
+
+
+@halts_app.command("raise")
+def raise_halt(
+    halt_id: str = typer.Argument(..., help="An id for the halt."),
+    scope_kind: str = typer.Option("venue", "--scope-kind", help="venue | segment | market | asset."),
+    scope: str = typer.Option("*", "--scope", help="'*' for the venue, else the segment, symbol or asset (ASSET@wallet)."),
+    level: str = typer.Option("HALTED", "--level", help="WITHDRAWALS_PAUSED | REDUCE_ONLY | HALTED."),
+    reason: str = typer.Option(..., "--reason", help="Why (shown to users and operators)."),
+    key: str = KEY, ttl_s: int = TTL, url: str = URL,
+) -> None:
+    """Raise a halt: one operator's signature (stopping is never the dangerous direction).
+
+    Example: ringfence halts raise ops-1 --scope-kind asset --scope BTC --level WITHDRAWALS_PAUSED --reason "key ceremony" --key ada.key
+    """
+    from ..risk.halts import raise_subject
+
+    k = _run(lambda: load_key(key))
+    sig = k.sign("halt.raise", raise_subject(halt_id, scope_kind, scope, level, reason), _expires(ttl_s))
+    body = {"halt_id": halt_id, "scope_kind": scope_kind, "scope": scope, "level": level, "reason": reason,
+            "decision": format_approval(sig)}
+    with AdminClient(url, k) as client:
+        _print_events(_run(lambda: client.post("/halts", body)))
+
+
+@halts_app.command("lift")
+def lift_halt(
+    halt_id: str = typer.Argument(..., help="The halt to lift (see `halts list`)."),
+    reason: str = typer.Option(..., "--reason", help="Why it may be lifted; every approver signs the same text."),
+    keys: list[str] = KEYS, approvals: list[str] = APPROVALS, sign_only: bool = SIGN_ONLY, ttl_s: int = TTL, url: str = URL,
+) -> None:
+    """Lift a halt with the operator quorum's signatures (LiftHaltSigned); the engine verifies each.
+
+    Example: ringfence halts lift rc.hot_wallet_shortfall.1a2b --reason "refilled" --key ada.key --approval ben:...
+    """
+    from ..risk.halts import lift_subject
+
+    ks = _keys(keys)
+    with AdminClient(url, ks[0]) as client:
+        active = {h["halt_id"]: h for h in _run(lambda: client.get("/halts"))["active"]}
+    if halt_id not in active:
+        err_console.print(f"[bold red]refused:[/] halt_id: no active halt {halt_id!r} (see `ringfence halts list`)")
+        raise typer.Exit(1)
+    subject = lift_subject(halt_id, reason, active[halt_id]["raised_seq"])
+    result = _quorum_submit(ks, approvals, "halt.lift", subject, ttl_s, sign_only,
+                            lambda c, toks: c.post(f"/halts/{halt_id}/lift", {"reason": reason, "approvals": toks}), url)
+    if result is not None:
+        lifted = result["events"][-1]
+        console.print(f"[bold green]lifted[/] {halt_id} approved by {', '.join(lifted.get('approvers', []))}")
+
+
+# ------------------------------------------------------------------------------------- review
+
+
+@review_app.command("list")
+def list_review(key: str = KEY, url: str = URL, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Withdrawals awaiting approvals or manual review (with the rule, reasons and the user's history), and quarantined deposits.
+
+    Example: ringfence review list --key ./ringfence-data/demo-staff.json#cy
+    """
+    with _client(key, url) as client:
+        view = _run(lambda: client.get("/review"))
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+        return
+    table = Table(title=f"{len(view['withdrawals'])} withdrawal(s) waiting for a person")
+    for col in ("id", "user", "amount", "state", "rule / reasons", "approvals", "user's last withdrawals"):
+        table.add_column(col, overflow="fold")
+    for w in view["withdrawals"]:
+        valid = [a for a in w["approvals"] if a["valid"]]
+        table.add_row(w["withdrawal_id"], w["account_id"], f"{w['amount_minor']} {w['asset']} minor", w["state"],
+                      f"{w['rule']}: " + "; ".join(w["decision_reasons"]),
+                      f"{len(valid)}/{w['required_approvals']} ({', '.join(a['staff_id'] for a in valid)})",
+                      ", ".join(f"{h['withdrawal_id']} {h['state']}" for h in w["user_history"]))
+    console.print(table)
+    for d in view["deposits"]:
+        console.print(f"quarantined deposit {d['chain']}:{d['txid']}:{d['index']} of {d['account_id']} "
+                      f"({d['amount_minor']} {d['asset']} minor, score {d['score']}): declaration {d['declaration']!r}")
+
+
+@review_app.command("approve")
+def approve(
+    withdrawal_id: str = typer.Argument(..., help="The withdrawal (see `review list`)."),
+    role: str = typer.Option("approver", "--role", help="The role you approve as (one the withdrawal's rule asks for)."),
+    reason: str = typer.Option("approved after review", "--reason", help="For a manual review: why."),
+    key: str = KEY, ttl_s: int = TTL, url: str = URL,
+) -> None:
+    """Approve a withdrawal: one signed approval (awaiting approvals) or the analyst's decision (manual review).
+
+    Example: ringfence review approve w-123 --role approver --key ada.key
+    """
+    _decide_withdrawal(withdrawal_id, True, role, reason, key, ttl_s, url)
+
+
+@review_app.command("reject")
+def reject(
+    withdrawal_id: str = typer.Argument(..., help="The withdrawal (see `review list`)."),
+    reason: str = typer.Option(..., "--reason", help="Why (the user sees that it was rejected)."),
+    key: str = KEY, ttl_s: int = TTL, url: str = URL,
+) -> None:
+    """Reject a withdrawal waiting for approvals or a manual review: its hold is released.
+
+    Example: ringfence review reject w-123 --reason "could not reach the user" --key ada.key
+    """
+    _decide_withdrawal(withdrawal_id, False, "approver", reason, key, ttl_s, url)
+
+
+def _decide_withdrawal(withdrawal_id: str, approve: bool, role: str, reason: str, key: str, ttl_s: int, url: str) -> None:
+    from types import SimpleNamespace
+
+    from ..custody.staff_cmds import approve_subject, manual_review_subject, reject_subject
+
+    k = _run(lambda: load_key(key))
+    with AdminClient(url, k) as client:
+        w = _run(lambda: client.get(f"/withdrawals/{withdrawal_id}"))
+        rec = SimpleNamespace(id=w["withdrawal_id"], asset=w["asset"], wallet=w["wallet"], address=w["address"],
+                              amount_minor=int(w["amount_minor"]))
+        if w["state"] == "manual_review":
+            sig = k.sign("withdrawal.manual_review", manual_review_subject(rec, approve, reason), _expires(ttl_s))
+            result = _run(lambda: client.post(f"/withdrawals/{withdrawal_id}/review",
+                                              {"approve": approve, "reason": reason, "decision": format_approval(sig)}))
+        elif approve:
+            sig = k.sign("withdrawal.approve", approve_subject(rec, role), _expires(ttl_s))
+            result = _run(lambda: client.post(f"/withdrawals/{withdrawal_id}/approve",
+                                              {"role": role, "decision": format_approval(sig)}))
+        else:
+            sig = k.sign("withdrawal.reject", reject_subject(rec, reason), _expires(ttl_s))
+            result = _run(lambda: client.post(f"/withdrawals/{withdrawal_id}/reject",
+                                              {"reason": reason, "decision": format_approval(sig)}))
+    _print_events(result)
+
+
+def _deposit_decision(kind: str) -> Callable[..., None]:
+    def command(
+        deposit: str = typer.Argument(..., help="CHAIN:TXID:INDEX (see `review list`)."),
+        reason: str = typer.Option(..., "--reason", help="Why."),
+        key: str = KEY, ttl_s: int = TTL, url: str = URL,
+    ) -> None:
+        from ..custody.deposits import deposit_key
+        from ..custody.staff_cmds import quarantine_subject
+
+        chain, _, rest = deposit.partition(":")
+        txid, _, index_text = rest.rpartition(":")
+        if not chain or not txid or not index_text.isdigit():
+            err_console.print("[bold red]error:[/] DEPOSIT: expected CHAIN:TXID:INDEX")
+            raise typer.Exit(2)
+        k = _run(lambda: load_key(key))
+        with AdminClient(url, k) as client:
+            found = [d for d in _run(lambda: client.get("/review"))["deposits"]
+                     if (d["chain"], d["txid"], d["index"]) == (chain, txid, int(index_text))]
+            if not found:
+                err_console.print(f"[bold red]refused:[/] no quarantined deposit {deposit}")
+                raise typer.Exit(1)
+            subject = quarantine_subject(deposit_key(chain, txid, int(index_text)), int(found[0]["amount_minor"]), kind, reason)
+            sig = k.sign("deposit.review", subject, _expires(ttl_s))
+            _print_events(_run(lambda: client.post("/deposits/review", {
+                "chain": chain, "txid": txid, "index": int(index_text), "decision_kind": kind, "reason": reason,
+                "decision": format_approval(sig)})))
+
+    command.__doc__ = (f"{kind.capitalize()} a quarantined deposit (signed analyst decision).\n\n"
+                       f"    Example: ringfence review {kind} ethereum:0xabc…:0 --reason \"invoice checked\" --key cy.key\n")
+    return command
+
+
+review_app.command("release")(_deposit_decision("release"))
+review_app.command("freeze")(_deposit_decision("freeze"))
+
+
+# ------------------------------------------------------------------------------------- policy
+
+
+def register_policy_commands(policy_app: typer.Typer) -> None:
+    """Add `propose`, `approve`, `show` to the existing `ringfence policy` group."""
+
+    @policy_app.command("show")
+    def show(key: str = KEY, url: str = URL, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+        """The live node's active withdrawal policy and its proposals.
+
+        Example: ringfence policy show --key pat.key
+        """
+        with _client(key, url) as client:
+            view = _run(lambda: client.get("/policy"))
+        if as_json:
+            typer.echo(json.dumps(view, indent=2))
+            return
+        console.print(f"active policy: {view['active_policy'] or '(none)'}")
+        for p in view["proposals"]:
+            console.print(f"proposal {p['proposal_id']} by {p['proposer']}: {p['state']} "
+                          f"(approvals: {', '.join(p['approvals']) or 'none'})")
+
+    @policy_app.command("propose")
+    def propose(
+        proposal_id: str = typer.Argument(..., help="An id for the proposal."),
+        file: Path = typer.Argument(..., help="The policy JSON file (check it first with `ringfence policy test`)."),
+        key: str = KEY, ttl_s: int = TTL, url: str = URL,
+    ) -> None:
+        """Propose a withdrawal policy (signed policy admin); two other policy admins approve it.
+
+        Example: ringfence policy propose p-2 policy.json --key pat.key
+        """
+        from ..custody.policy import parse_policy
+        from ..custody.staff_cmds import propose_subject
+
+        text = file.read_text() if file.is_file() else ""
+        policy = _run(lambda: parse_policy(text))
+        k = _run(lambda: load_key(key))
+        sig = k.sign("policy.propose", propose_subject(proposal_id, policy.text), _expires(ttl_s))
+        with AdminClient(url, k) as client:
+            _print_events(_run(lambda: client.post("/policy/proposals", {
+                "proposal_id": proposal_id, "policy_json": text, "decision": format_approval(sig)})))
+
+    @policy_app.command("approve")
+    def approve_policy(
+        proposal_id: str = typer.Argument(..., help="The proposal (see `policy show`)."),
+        key: str = KEY, ttl_s: int = TTL, url: str = URL,
+    ) -> None:
+        """Approve a policy proposal (signed; never the proposer's own).
+
+        Example: ringfence policy approve p-2 --key pia.key
+        """
+        from ..custody.staff_cmds import policy_approve_subject
+
+        k = _run(lambda: load_key(key))
+        with AdminClient(url, k) as client:
+            proposals = {p["proposal_id"]: p for p in _run(lambda: client.get("/policy"))["proposals"]}
+            if proposal_id not in proposals:
+                err_console.print(f"[bold red]refused:[/] no policy proposal {proposal_id!r}")
+                raise typer.Exit(1)
+            sig = k.sign("policy.approve", policy_approve_subject(proposal_id, proposals[proposal_id]["policy"]), _expires(ttl_s))
+            _print_events(_run(lambda: client.post(f"/policy/proposals/{proposal_id}/approve",
+                                                   {"decision": format_approval(sig)})))
+

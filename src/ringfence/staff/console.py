@@ -1,0 +1,86 @@
+"""The operator console's client: signed requests to a live node's admin API (`/admin/v1`).
+
+`AdminClient(url, key)` signs every request with the caller's staff key (`staff/requests.py`);
+the decisions the requests carry are signed separately (`StaffKey.sign`), by the caller and by
+whoever else approved (their tokens). Used by `ringfence staff|review|halts|policy` and by tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ..errors import RingfenceError, ValidationError
+from .decisions import StaffKey, read_key_file
+from .requests import signed_headers
+
+__all__ = ["AdminClient", "AdminError", "load_key", "DEFAULT_URL"]
+
+DEFAULT_URL = os.environ.get("RINGFENCE_URL", "http://127.0.0.1:8000")
+PREFIX = "/admin/v1"
+
+
+class AdminError(RingfenceError):
+    """The admin API answered with an error (its code, status and message are kept)."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(str(body.get("message", body)), field=body.get("field"))
+        self.code = str(body.get("code", "RF_ERROR"))
+        self.http_status = status
+
+
+def load_key(spec: str) -> StaffKey:
+    """`FILE` (a staff key file) or `FILE#STAFF_ID` (one member of DIR/demo-staff.json)."""
+    file, _, staff_id = spec.partition("#")
+    path = Path(file)
+    if not path.is_file():
+        raise ValidationError(f"no key file {file}", field="--key")
+    return read_key_file(path, staff_id or None)
+
+
+class AdminClient:
+    def __init__(self, url: str, key: StaffKey, *, timeout_s: float = 10.0) -> None:  # float-ok: a timeout
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValidationError("--url must be http(s)://HOST:PORT", field="--url")
+        self.base = f"{parts.scheme}://{parts.netloc}"
+        self.key = key
+        self.http = httpx.Client(timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "AdminClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        full = PREFIX + path
+        raw = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
+        headers = signed_headers(self.key, method, full, "", raw)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = self.http.request(method, self.base + full, content=raw, headers=headers)
+        except httpx.HTTPError as err:
+            raise RingfenceError(f"cannot reach {self.base}: {err}") from None
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"message": response.text[:500]}
+        if response.status_code >= 400:
+            raise AdminError(response.status_code, payload if isinstance(payload, dict) else {"message": str(payload)})
+        return payload
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self.request("POST", path, body)

@@ -1,0 +1,187 @@
+"""Signed staff decisions: what a staff member signs, and how it travels.
+
+A decision is signed with the staff member's Ed25519 key over a canonical, domain-separated
+encoding: the JSON array `["ringfence/staff-decision/v1", action, subject, staff_id, nonce,
+expires_ns]` with no whitespace and ASCII escapes, so the same decision is the same bytes on every
+machine. `action` names what is decided (`halt.lift`, `withdrawal.approve`...; a signature for one
+action never verifies for another) and `subject` holds exactly the fields of the command it
+authorises (halt id, reason and the raise's sequence number; withdrawal id and role...). `nonce`
+(16-64 lowercase hex characters, random per signature) and `expires_ns` (sequencer time) make each
+signature usable once and only until it expires: the engine remembers every nonce until its
+expiry and refuses a second use.
+
+This file is used on both sides: the engine verifies (`decision_message`), staff tools sign
+(`sign_decision`, `StaffKey`) and pass approvals around as text tokens
+(`STAFF:NONCE:EXPIRES_NS:SIGNATURE`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Sequence
+
+import msgspec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..errors import ValidationError
+
+__all__ = [
+    "DOMAIN",
+    "ROLES",
+    "OPERATOR",
+    "APPROVER",
+    "ANALYST",
+    "POLICY_ADMIN",
+    "SIGNER",
+    "StaffSignature",
+    "StaffEntry",
+    "decision_message",
+    "sign_decision",
+    "StaffKey",
+    "format_approval",
+    "parse_approval",
+    "write_key_file",
+    "read_key_file",
+]
+
+DOMAIN = "ringfence/staff-decision/v1"
+OPERATOR, APPROVER, ANALYST, POLICY_ADMIN, SIGNER = "operator", "approver", "analyst", "policy_admin", "signer"
+#: Every staff role. A role grants one kind of decision; none grants everything.
+ROLES = (OPERATOR, APPROVER, ANALYST, POLICY_ADMIN, SIGNER)
+NONCE_RE = re.compile(r"[0-9a-f]{16,64}")
+HEX_SIG_RE = re.compile(r"[0-9a-f]{128}")
+
+
+class StaffSignature(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """One staff member's signature over one decision (see the module docstring)."""
+
+    staff_id: str
+    nonce: str
+    expires_ns: int
+    signature: str
+
+
+class StaffEntry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """A staff member as registered: id, roles, Ed25519 public key (64 lowercase hex characters)."""
+
+    staff_id: str
+    roles: list[str]
+    public_key: str
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, StaffEntry):
+        return [value.staff_id, sorted(value.roles), value.public_key]
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"a decision subject holds only str, int and lists, not {type(value).__name__}")
+    return value
+
+
+def decision_message(action: str, subject: Sequence[Any], staff_id: str, nonce: str, expires_ns: int) -> bytes:
+    """The exact bytes a staff member signs for one decision."""
+    return json.dumps([DOMAIN, action, _plain(list(subject)), staff_id, nonce, expires_ns],
+                      separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sign_decision(key: Ed25519PrivateKey, staff_id: str, action: str, subject: Sequence[Any], expires_ns: int,
+                  nonce: str | None = None) -> StaffSignature:
+    nonce = nonce or secrets.token_hex(16)
+    sig = key.sign(decision_message(action, subject, staff_id, nonce, expires_ns)).hex()
+    return StaffSignature(staff_id, nonce, expires_ns, sig)
+
+
+class StaffKey:
+    """A staff member's signing key (held by the member: a key file, never the server)."""
+
+    def __init__(self, staff_id: str, private_key: Ed25519PrivateKey) -> None:
+        self.staff_id = staff_id
+        self.private_key = private_key
+
+    @classmethod
+    def generate(cls, staff_id: str) -> "StaffKey":
+        return cls(staff_id, Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed_hex(cls, staff_id: str, seed_hex: str) -> "StaffKey":
+        try:
+            return cls(staff_id, Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed_hex)))
+        except ValueError:
+            raise ValidationError("a staff key is a 32-byte Ed25519 seed as 64 hex characters", field="key") from None
+
+    @property
+    def public_hex(self) -> str:
+        return self.private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+    @property
+    def seed_hex(self) -> str:
+        return self.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                              serialization.NoEncryption()).hex()
+
+    def entry(self, roles: Sequence[str]) -> StaffEntry:
+        return StaffEntry(self.staff_id, sorted(set(roles)), self.public_hex)
+
+    def sign(self, action: str, subject: Sequence[Any], expires_ns: int, nonce: str | None = None) -> StaffSignature:
+        return sign_decision(self.private_key, self.staff_id, action, subject, expires_ns, nonce)
+
+    def sign_bytes(self, message: bytes) -> str:
+        return self.private_key.sign(message).hex()
+
+
+def format_approval(sig: StaffSignature) -> str:
+    """An approval as one text token, to hand to whoever submits the decision."""
+    return f"{sig.staff_id}:{sig.nonce}:{sig.expires_ns}:{sig.signature}"
+
+
+def parse_approval(token: str, field: str = "approval") -> StaffSignature:
+    parts = token.strip().split(":")
+    if len(parts) != 4 or not parts[0] or not parts[2].isdigit():
+        raise ValidationError("an approval is STAFF_ID:NONCE:EXPIRES_NS:SIGNATURE", field=field)
+    staff_id, nonce, expires, sig = parts
+    if not NONCE_RE.fullmatch(nonce) or not HEX_SIG_RE.fullmatch(sig.lower()):
+        raise ValidationError("nonce is 16-64 hex characters and the signature 128 hex characters", field=field)
+    return StaffSignature(staff_id, nonce, int(expires), sig.lower())
+
+
+def write_key_file(path: Path, key: StaffKey) -> None:
+    """Write `{"staff_id", "private_key": seed hex, "public_key"}` with mode 0600 (never wider)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"staff_id": key.staff_id, "private_key": key.seed_hex, "public_key": key.public_hex}, fh, indent=2)
+        fh.write("\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def read_key_file(path: Path, staff_id: str | None = None) -> StaffKey:
+    """Read a key file written by `write_key_file`; a file holding only a 64-hex seed needs `staff_id`."""
+    try:
+        text = path.read_text().strip()
+    except OSError as err:
+        raise ValidationError(f"cannot read the staff key file {path}: {err.strerror or err}", field="key") from None
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        if not staff_id:
+            raise ValidationError("this key file holds a bare seed: name its staff id", field="key")
+        return StaffKey.from_seed_hex(staff_id, text.lower())
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise ValidationError(f"{path} is not a staff key file (JSON with staff_id and private_key)", field="key") from None
+    if isinstance(raw, dict) and isinstance(raw.get("staff"), list):  # DIR/demo-staff.json: one entry per member
+        entries = [e for e in raw["staff"] if isinstance(e, dict) and (staff_id is None or e.get("staff_id") == staff_id)]
+        if len(entries) != 1:
+            ids = [e.get("staff_id") for e in raw["staff"] if isinstance(e, dict)]
+            raise ValidationError(f"{path} holds the keys of {ids}: choose one with --staff-id", field="key")
+        raw = entries[0]
+    if not isinstance(raw, dict) or not isinstance(raw.get("staff_id"), str) or not isinstance(raw.get("private_key"), str):
+        raise ValidationError("a staff key file holds staff_id and private_key (64 hex characters)", field="key")
+    if staff_id and staff_id != raw["staff_id"]:
+        raise ValidationError(f"{path} is the key of {raw['staff_id']!r}, not {staff_id!r}", field="key")
+    return StaffKey.from_seed_hex(raw["staff_id"], raw["private_key"])

@@ -1,0 +1,53 @@
+"""`serve --demo`'s genesis staff: three members, two of them operators (quorum 2), keys in DIR/demo-staff.json.
+
+The demo is a development setup: the server process creates the three staff keys (in production
+every member creates their own key and only the public half reaches the server) and writes them,
+with the ids and roles, to `DIR/demo-staff.json` with mode 0600, so the console works at once:
+`ringfence halts lift ID --key DIR/demo-staff.json --staff-id ada ...`. Idempotent: a register that
+exists is left alone (the file from the first start still holds its keys).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .decisions import StaffKey
+from .desk import StaffDesk
+from .state import staff_of
+
+__all__ = ["DEMO_STAFF", "DEMO_QUORUM", "seed_demo_staff"]
+
+#: Operator, approver and analyst covered; ada and ben are operators, so a 2-of-2 operator quorum works.
+DEMO_STAFF: dict[str, list[str]] = {"ada": ["operator", "approver"], "ben": ["operator", "analyst"],
+                                    "cy": ["approver", "analyst"]}
+DEMO_QUORUM = 2
+
+
+def _write_0600(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+        fh.write("\n")
+    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover .tmp file
+    os.replace(tmp, path)
+
+
+def seed_demo_staff(node: Any, data_dir: Path) -> dict[str, Any]:
+    """Create the demo genesis quorum unless a register exists; returns what the console prints."""
+    path = data_dir / "demo-staff.json"
+    if staff_of(node.engine).members:
+        return {"file": str(path), "created": False, "staff": sorted(staff_of(node.engine).members)}
+    keys = {s: StaffKey.generate(s) for s in DEMO_STAFF}
+    _write_0600(path, {
+        "quorum": DEMO_QUORUM,
+        "note": "demo staff signing keys (development only); use with --key FILE --staff-id ID",
+        "staff": [{"staff_id": s, "roles": DEMO_STAFF[s], "public_key": k.public_hex, "private_key": k.seed_hex}
+                  for s, k in keys.items()],
+    })
+    node.execute(StaffDesk(keys, time.time_ns).genesis(DEMO_STAFF, DEMO_QUORUM))
+    return {"file": str(path), "created": True, "staff": sorted(DEMO_STAFF)}

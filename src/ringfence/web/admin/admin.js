@@ -1,0 +1,217 @@
+// The staff console page: signs every admin request and every decision in the browser (WebCrypto
+// Ed25519), with the member's key pasted into this page (never sent anywhere). The encodings are the
+// server's: request_message (staff/requests.py) and decision_message (staff/decisions.py).
+"use strict";
+
+const REQUEST_DOMAIN = "ringfence/admin-request/v1";
+const DECISION_DOMAIN = "ringfence/staff-decision/v1";
+const TTL_NS = 600n * 1000000000n;
+let me = null; // {staffId, key}
+
+const $ = (id) => document.getElementById(id);
+const hex = (bytes) => Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, "0")).join("");
+const unhex = (text) => new Uint8Array(text.match(/../g).map((h) => parseInt(h, 16)));
+const b64url = (bytes) => btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+const randomHex = (n) => hex(crypto.getRandomValues(new Uint8Array(n)));
+
+// Python's json.dumps(..., separators=(",", ":"), ensure_ascii=True) for strings, ints and lists.
+// Integers that may pass 2**53 (amounts, nanoseconds) are given as {int: "digits"}.
+function canonical(value) {
+  if (Array.isArray(value)) return "[" + value.map(canonical).join(",") + "]";
+  if (typeof value === "object" && value !== null && "int" in value) return String(value.int);
+  if (typeof value === "number") return String(value);
+  return JSON.stringify(value).replace(/[\u007f-\uffff]/g, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+}
+
+async function importKey(seedHex, publicHex) {
+  const jwk = { kty: "OKP", crv: "Ed25519", d: b64url(unhex(seedHex)), x: b64url(unhex(publicHex)), ext: false };
+  return crypto.subtle.importKey("jwk", jwk, { name: "Ed25519" }, false, ["sign"]);
+}
+
+async function signHex(text) {
+  return hex(await crypto.subtle.sign({ name: "Ed25519" }, me.key, new TextEncoder().encode(text)));
+}
+
+async function decisionToken(action, subject) {
+  const nonce = randomHex(16);
+  const expires = (BigInt(Date.now()) * 1000000n + TTL_NS).toString();
+  const message = canonical([DECISION_DOMAIN, action, subject, me.staffId, nonce, { int: expires }]);
+  return `${me.staffId}:${nonce}:${expires}:${await signHex(message)}`;
+}
+
+async function api(method, path, body) {
+  const full = "/admin/v1" + path;
+  const raw = body === undefined ? "" : JSON.stringify(body);
+  const digest = hex(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(raw)));
+  const ts = String(Date.now());
+  const nonce = randomHex(16);
+  const signature = await signHex([REQUEST_DOMAIN, method, full, "", ts, nonce, digest].join("\n"));
+  const headers = { "X-RF-Staff": me.staffId, "X-RF-Timestamp": ts, "X-RF-Nonce": nonce, "X-RF-Signature": signature };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(full, { method, headers, body: body === undefined ? undefined : raw });
+  const payload = await response.json();
+  if (!response.ok) throw new Error(payload.message || JSON.stringify(payload));
+  return payload;
+}
+
+function cell(row, text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  row.appendChild(td);
+  return td;
+}
+
+function control(td, kind, attrs) {
+  const el = document.createElement(kind);
+  Object.assign(el, attrs);
+  td.appendChild(el);
+  return el;
+}
+
+function say(text, ok) {
+  $("status").textContent = text;
+  $("status").className = ok ? "ok" : "error";
+}
+
+async function act(what, fn) {
+  try {
+    const result = await fn();
+    say(`${what}: accepted (${result.accepted})`, true);
+  } catch (err) {
+    say(`${what}: ${err.message}`, false);
+  }
+  await refresh();
+}
+
+function renderHalts(view) {
+  const body = $("halts").tBodies[0];
+  body.replaceChildren();
+  for (const h of view.active) {
+    const row = body.insertRow();
+    row.dataset.halt = h.halt_id;
+    [h.halt_id, `${h.scope_kind}:${h.scope}`, h.level, String(h.raised_seq), h.reason].forEach((t) => cell(row, t));
+    const td = cell(row, "");
+    const reason = control(td, "input", { placeholder: "reason", className: "lift-reason", ariaLabel: `reason to lift ${h.halt_id}` });
+    const others = control(td, "textarea", { placeholder: "other operators' approval tokens, one per line", rows: 2, className: "lift-approvals" });
+    const mine = control(td, "button", { type: "button", textContent: "Sign my approval", className: "lift-sign" });
+    const submit = control(td, "button", { type: "button", textContent: "Lift with approvals", className: "lift-submit" });
+    const token = control(td, "output", { className: "lift-token" });
+    mine.addEventListener("click", async () => {
+      token.value = await decisionToken("halt.lift", [h.halt_id, reason.value, h.raised_seq]);
+    });
+    submit.addEventListener("click", () => act(`lift ${h.halt_id}`, async () => {
+      const approvals = [await decisionToken("halt.lift", [h.halt_id, reason.value, h.raised_seq]),
+        ...others.value.split(/\s+/).filter(Boolean)];
+      return api("POST", `/halts/${encodeURIComponent(h.halt_id)}/lift`, { reason: reason.value, approvals });
+    }));
+  }
+}
+
+function renderWithdrawals(view) {
+  const body = $("withdrawals").tBodies[0];
+  body.replaceChildren();
+  for (const w of view.withdrawals) {
+    const row = body.insertRow();
+    row.dataset.withdrawal = w.withdrawal_id;
+    const valid = w.approvals.filter((a) => a.valid).map((a) => `${a.staff_id} (${a.role})`);
+    [w.withdrawal_id, w.account_id, `${w.amount_minor} ${w.asset}`, w.state, `${w.rule}: ${w.decision_reasons.join("; ")}`,
+      `${valid.length}/${w.required_approvals} ${valid.join(", ")}`,
+      w.user_history.map((x) => `${x.withdrawal_id} ${x.state}`).join(", ")].forEach((t) => cell(row, t));
+    const td = cell(row, "");
+    const amount = { int: w.amount_minor };
+    const reason = control(td, "input", { placeholder: "reason", className: "decide-reason" });
+    if (w.state === "awaiting_approvals") {
+      const role = control(td, "input", { value: w.approver_roles[0] || "approver", className: "decide-role" });
+      control(td, "button", { type: "button", textContent: "Approve", className: "approve" }).addEventListener("click", () =>
+        act(`approve ${w.withdrawal_id}`, async () => api("POST", `/withdrawals/${encodeURIComponent(w.withdrawal_id)}/approve`, {
+          role: role.value,
+          decision: await decisionToken("withdrawal.approve", [w.withdrawal_id, role.value, w.asset, w.wallet, w.address, amount]),
+        })));
+      control(td, "button", { type: "button", textContent: "Reject", className: "reject" }).addEventListener("click", () =>
+        act(`reject ${w.withdrawal_id}`, async () => api("POST", `/withdrawals/${encodeURIComponent(w.withdrawal_id)}/reject`, {
+          reason: reason.value,
+          decision: await decisionToken("withdrawal.reject", [w.withdrawal_id, w.asset, w.wallet, amount, reason.value]),
+        })));
+    } else {
+      for (const [label, approve] of [["Approve", true], ["Reject", false]]) {
+        control(td, "button", { type: "button", textContent: label, className: approve ? "approve" : "reject" }).addEventListener("click", () =>
+          act(`${label.toLowerCase()} ${w.withdrawal_id}`, async () => api("POST", `/withdrawals/${encodeURIComponent(w.withdrawal_id)}/review`, {
+            approve, reason: reason.value,
+            decision: await decisionToken("withdrawal.manual_review",
+              [w.withdrawal_id, w.asset, w.wallet, amount, approve ? "approve" : "reject", reason.value]),
+          })));
+      }
+    }
+  }
+  const deposits = $("deposits").tBodies[0];
+  deposits.replaceChildren();
+  for (const d of view.deposits) {
+    const row = deposits.insertRow();
+    row.dataset.deposit = d.key;
+    [`${d.chain}:${d.txid}:${d.index}`, d.account_id, `${d.amount_minor} ${d.asset}`, `${d.score}: ${d.reasons.join("; ")}`,
+      d.declaration].forEach((t) => cell(row, t));
+    const td = cell(row, "");
+    const reason = control(td, "input", { placeholder: "reason", className: "deposit-reason" });
+    for (const kind of ["release", "freeze"]) {
+      control(td, "button", { type: "button", textContent: kind[0].toUpperCase() + kind.slice(1), className: kind }).addEventListener("click", () =>
+        act(`${kind} ${d.key}`, async () => api("POST", "/deposits/review", {
+          chain: d.chain, txid: d.txid, index: d.index, decision_kind: kind, reason: reason.value,
+          decision: await decisionToken("deposit.review", [d.key, { int: d.amount_minor }, kind, reason.value]),
+        })));
+    }
+  }
+}
+
+async function sha256Hex(text) {
+  return hex(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+}
+
+async function refresh() {
+  const [halts, review, staff, policy] = await Promise.all([api("GET", "/halts"), api("GET", "/review"), api("GET", "/staff"),
+    api("GET", "/policy")]);
+  renderHalts(halts);
+  renderWithdrawals(review);
+  const proposals = $("proposals").tBodies[0];
+  proposals.replaceChildren();
+  for (const p of policy.proposals) {
+    const row = proposals.insertRow();
+    row.dataset.proposal = p.proposal_id;
+    [p.proposal_id, p.proposer, p.state, p.approvals.join(", ")].forEach((t) => cell(row, t));
+    const td = cell(row, "");
+    if (p.state === "proposed") {
+      control(td, "button", { type: "button", textContent: "Approve", className: "approve" }).addEventListener("click", () =>
+        act(`approve policy ${p.proposal_id}`, async () => api("POST", `/policy/proposals/${encodeURIComponent(p.proposal_id)}/approve`, {
+          decision: await decisionToken("policy.approve", [p.proposal_id, await sha256Hex(p.policy)]),
+        })));
+    }
+  }
+  const members = $("staff").tBodies[0];
+  members.replaceChildren();
+  for (const m of staff.members) {
+    const row = members.insertRow();
+    [m.staff_id, m.roles.join(", "), m.status, m.public_key.slice(0, 16) + "…", String(m.added_seq)].forEach((t) => cell(row, t));
+  }
+}
+
+async function signIn() {
+  $("login-error").textContent = "";
+  try {
+    let doc = JSON.parse($("keyfile").value);
+    if (Array.isArray(doc.staff)) {
+      const wanted = $("staffid").value.trim();
+      doc = doc.staff.find((e) => e.staff_id === wanted);
+      if (!doc) throw new Error("this file holds several keys: name the staff id");
+    }
+    me = { staffId: doc.staff_id, key: await importKey(doc.private_key, doc.public_key) };
+    await refresh();
+    $("who").textContent = `signed in as ${me.staffId}`;
+    $("login").hidden = true;
+    $("console").hidden = false;
+    $("keyfile").value = "";
+  } catch (err) {
+    me = null;
+    $("login-error").textContent = `cannot sign in: ${err.message}`;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => $("signin").addEventListener("click", signIn));
