@@ -10,7 +10,8 @@ from ringfence.index.commands import IndexPriceChanged, OverrideReferencePrice, 
 from ringfence.index.feeds import FeedSigner
 from ringfence.index.mark import mark_of
 from ringfence.index.module import halt_id_of
-from ringfence.risk.halts import LiftHalt, RegisterOperators, lift_message
+from ringfence.staff.decisions import StaffKey
+from ringfence.staff.desk import StaffDesk
 from ringfence.trading.commands import OrderRejected, PlaceOrder, SetReferencePrice
 
 
@@ -105,45 +106,93 @@ def test_set_reference_price_is_refused_on_an_indexed_symbol_and_unchanged_witho
     assert "index" not in [name for name, _ in plain.engine.snapshot_state()[4]]  # no index: not in the hash
 
 
-def _operators(s: Shard) -> list[Ed25519PrivateKey]:
-    keys = [Ed25519PrivateKey.from_private_bytes(bytes([40 + i]) * 32) for i in range(3)]
-    ops = [(f"op{i}", FeedSigner("x", k).public_key_hex) for i, k in enumerate(keys)]
-    s.submit(RegisterOperators(ops, 2))
-    return keys
+def _staff(s: Shard) -> StaffDesk:
+    """The staff genesis: op0..op2 operators (quorum 2), an analyst; keys held by one desk (a test)."""
+    keys = [StaffKey(f"op{i}", Ed25519PrivateKey.from_private_bytes(bytes([40 + i]) * 32)) for i in range(3)]
+    keys.append(StaffKey("cy", Ed25519PrivateKey.from_private_bytes(b"\x33" * 32)))
+    desk = StaffDesk(keys, lambda: s.now)
+    s.submit(desk.genesis({"op0": ["operator"], "op1": ["operator"], "op2": ["operator"], "cy": ["analyst"]}, 2))
+    return desk
 
 
-def test_override_needs_an_operator_quorum_once_operators_exist_and_cannot_be_replayed() -> None:
-    from ringfence.index.auth import approval_message
+def test_override_needs_the_staff_operator_quorum_once_staff_exist_and_cannot_be_replayed() -> None:
+    from ringfence.index.auth import admin_subject, approved_by
+    from ringfence.staff.state import StaffRefused
 
     s = live_shard()
-    keys = _operators(s)
+    desk = _staff(s)
     cmd = OverrideReferencePrice("BTCUSDT", usdt(61000), "feed incident")
-    assert s.refused(cmd) == "RF_FORBIDDEN"  # no approvals
+    assert s.refused(cmd) == "RF_SEGREGATION_OF_DUTIES"  # no approvals: below the quorum
     version = s.engine.components["index"].version
-    msg = approval_message(cmd, version)
-    one = [("op0", keys[0].sign(msg).hex())]
-    assert s.refused(OverrideReferencePrice("BTCUSDT", usdt(61000), "feed incident", one)) == "RF_FORBIDDEN"
-    two = one + [("op1", keys[1].sign(msg).hex())]
-    approved = OverrideReferencePrice("BTCUSDT", usdt(61000), "feed incident", two)
-    s.submit(approved)
+    before = s.engine.state_hash()
+    for approvers, rule in ((["op0"], "quorum"), (["op0", "cy"], "role-required"), (["op0", "op0"], "distinct-people")):
+        try:
+            s.engine.precheck(approved_by(desk, approvers, cmd, version))
+            raise AssertionError(f"{approvers} were accepted")
+        except StaffRefused as err:
+            assert err.rule == rule, err
+    # signed for another action, another price or another version: the signature does not verify
+    wrong_action = desk.signs(["op0", "op1"], "index.configure", admin_subject(cmd, version))
+    other_price = desk.signs(["op0", "op1"], "index.override", admin_subject(OverrideReferencePrice("BTCUSDT", usdt(1), "feed incident"), version))
+    other_version = desk.signs(["op0", "op1"], "index.override", admin_subject(cmd, version + 1))
+    for sigs in (wrong_action, other_price, other_version):
+        assert s.refused(OverrideReferencePrice("BTCUSDT", usdt(61000), "feed incident", sigs)) == "RF_SEGREGATION_OF_DUTIES"
+    assert s.engine.state_hash() == before  # every refusal changed nothing
+    approved = approved_by(desk, ["op0", "op1"], cmd, version)
+    events = s.submit(approved)
+    assert [e.approvers for e in events if type(e).__name__ == "ReferenceOverridden"] == [["op0", "op1"]]
     assert s.market().ref_price == usdt(61000) and s.index().override_minor == usdt(61000)
+    nonces = s.engine.components["staff"].nonces
+    assert all(f"{a.staff_id}/{a.nonce}" in nonces for a in approved.approvals)  # spent
     s.round({v: usdt(60000) for v in VENUES}, advance_ns=SEC)
     assert s.market().ref_price == usdt(61000)  # pinned while overridden
-    assert s.refused(approved) == "RF_FORBIDDEN"  # the same approvals again: the version moved on
+    assert s.refused(approved) == "RF_SEGREGATION_OF_DUTIES"  # the same approvals again: nonces spent, the version moved on
     clear = OverrideReferencePrice("BTCUSDT", 0, "feed fixed")
-    msg = approval_message(clear, s.engine.components["index"].version)
-    s.submit(OverrideReferencePrice("BTCUSDT", 0, "feed fixed", [("op2", keys[2].sign(msg).hex()), ("op0", keys[0].sign(msg).hex())]))
+    s.submit(approved_by(desk, ["op2", "op0"], clear, s.engine.components["index"].version))
     assert s.market().ref_price == s.index().index_minor == usdt(60000)
 
 
-def test_an_operator_may_lift_the_index_halt_with_a_quorum() -> None:
+def test_feed_keys_and_configuration_need_the_quorum_once_staff_exist() -> None:
+    from ringfence.index.auth import approved_by
+    from ringfence.index.commands import ConfigureIndex, RegisterFeedKey
+
     s = live_shard()
-    keys = _operators(s)
+    desk = _staff(s)
+    new_key = FeedSigner("v6", Ed25519PrivateKey.from_private_bytes(b"\x66" * 32)).public_key_hex
+    register = RegisterFeedKey("v6", new_key)
+    assert s.refused(register) == "RF_SEGREGATION_OF_DUTIES"
+    st = s.engine.components["index"]
+    s.submit(approved_by(desk, ["op1", "op2"], register, st.version))
+    assert st.feed_keys["v6"] == new_key
+    configure = ConfigureIndex("BTCUSDT", [(v, 1) for v in (*VENUES, "v6")], 4)
+    assert s.refused(configure) == "RF_SEGREGATION_OF_DUTIES"
+    s.submit(approved_by(desk, ["op0", "op2"], configure, st.version))
+    assert st.symbols["BTCUSDT"].min_sources == 4 and "v6" in st.symbols["BTCUSDT"].sources
+    # a removed operator's signatures stop counting on the next command
+    s.submit(desk.remove(s.engine, "op2", "left", ["op0", "op1"]))
+    back = ConfigureIndex("BTCUSDT", [(v, 1) for v in VENUES], 3)
+    assert s.refused(approved_by(desk, ["op0", "op2"], back, st.version)) == "RF_SEGREGATION_OF_DUTIES"
+
+
+def test_before_staff_exist_index_admin_is_the_genesis_rule() -> None:
+    from ringfence.index.auth import approved_by
+
+    s = live_shard()
+    keys = [StaffKey(f"op{i}", Ed25519PrivateKey.from_private_bytes(bytes([40 + i]) * 32)) for i in range(2)]
+    desk = StaffDesk(keys, lambda: s.now)
+    cmd = OverrideReferencePrice("BTCUSDT", usdt(61000), "set up")
+    assert s.refused(approved_by(desk, ["op0", "op1"], cmd, s.engine.components["index"].version)) == "RF_VALIDATION"
+    s.submit(cmd)  # no staff yet: accepted without approvals
+    assert s.index().override_minor == usdt(61000)
+
+
+def test_an_operator_quorum_may_lift_the_index_halt() -> None:
+    s = live_shard()
+    desk = _staff(s)
     for _ in range(11):
         s.round({"v1": usdt(60000)})
-    record = s.engine.components["halts"].active[halt_id_of("BTCUSDT")]
-    msg = lift_message(record.halt_id, "feeds checked by hand", record.raised_seq)
-    s.submit(LiftHalt(record.halt_id, "feeds checked by hand", [("op0", keys[0].sign(msg).hex()), ("op1", keys[1].sign(msg).hex())]))
+    assert s.status() == "REDUCE_ONLY"
+    s.submit(desk.lift(s.engine, halt_id_of("BTCUSDT"), "feeds checked by hand", ["op0", "op1"]))
     assert s.status() == "ACTIVE"
 
 

@@ -2,7 +2,12 @@
 
 Prices are integers in the quote asset's minor units per whole base unit (trading's price unit);
 times are nanoseconds. Feed quotes are signed by the venue's registered Ed25519 feed key over
-`quote_message(...)`; configuration changes carry operator approvals over `admin_message(...)`.
+`quote_message(...)`; configuration changes carry the staff operator quorum's signed decisions
+(`StaffSignature`, over `index.auth.admin_subject(...)`; see `index/auth.py`).
+
+The admin commands' `approvals` were `(operator, signature)` pairs of the retired halts operator
+set while the index lived only on its own branch; no released journal holds them, so the field
+type changed in place (same tags) instead of adding `/2` commands.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 
 from ..engine.commands import Command, Event
+from ..staff.decisions import StaffSignature
 
 __all__ = [
     "RegisterFeedKey",
@@ -24,14 +30,11 @@ __all__ = [
     "IndexSourcesRestored",
     "ReferenceOverridden",
     "quote_message",
-    "admin_message",
     "QUOTE_DOMAIN",
-    "ADMIN_DOMAIN",
 ]
 
 #: Domain separation: a quote signature can never be taken for any other signed message.
 QUOTE_DOMAIN = "ringfence/index-quote/v1"
-ADMIN_DOMAIN = "ringfence/index-admin/v1"
 
 
 class RegisterFeedKey(Command, tag="index.feed_key/1", frozen=True):
@@ -39,7 +42,7 @@ class RegisterFeedKey(Command, tag="index.feed_key/1", frozen=True):
 
     venue: str
     public_key_hex: str
-    approvals: list[tuple[str, str]] = []
+    approvals: list[StaffSignature] = []
 
 
 class ConfigureIndex(Command, tag="index.configure/1", frozen=True):
@@ -55,7 +58,7 @@ class ConfigureIndex(Command, tag="index.configure/1", frozen=True):
     max_ahead_ns: int = 2 * 10**9
     ma_window_ns: int = 30 * 60 * 10**9
     ma_sample_ns: int = 60 * 10**9
-    approvals: list[tuple[str, str]] = []
+    approvals: list[StaffSignature] = []
 
 
 class SubmitQuote(Command, tag="index.quote/1", frozen=True):
@@ -75,7 +78,7 @@ class OverrideReferencePrice(Command, tag="index.override/1", frozen=True):
     symbol: str
     price_minor: int
     reason: str
-    approvals: list[tuple[str, str]] = []
+    approvals: list[StaffSignature] = []
 
 
 class FeedKeyRegistered(Event, tag="index.feed_key_registered/1", frozen=True):
@@ -140,9 +143,3 @@ def quote_message(venue: str, symbol: str, price_minor: int, source_ts_ns: int, 
     so the encoding is canonical (no escapes, no whitespace, integers in decimal)."""
     return _canonical([QUOTE_DOMAIN, venue, symbol, price_minor, source_ts_ns, seq])
 
-
-def admin_message(kind: str, fields: list[object], version: int) -> bytes:
-    """The exact bytes operators sign to approve one index configuration change.
-
-    `version` is the index state's change counter: an approval is good for one change only."""
-    return _canonical([ADMIN_DOMAIN, kind, fields, version])

@@ -34,7 +34,7 @@ from ..risk.halts import REDUCE_ONLY, clear_automatic_halt, raise_automatic_halt
 from ..trading.admin import follow_index
 from ..trading.commands import SetReferencePrice
 from ..trading.state import _SYMBOL_RE, MAX_PRICE
-from .auth import authorize
+from .auth import authorize, consume_approvals
 from .commands import (
     ConfigureIndex,
     FeedKeyRegistered,
@@ -115,6 +115,7 @@ def _validate_feed_key(engine: Engine, c: RegisterFeedKey) -> list[str]:
 @MODULE.handles(RegisterFeedKey, precheck=_validate_feed_key, effect=Effect.ADMIN)
 def _register_feed_key(engine: Engine, c: RegisterFeedKey) -> list[Event]:
     approvers = _validate_feed_key(engine, c)
+    consume_approvals(engine, c)
     st = index_state(engine)
     st.feed_keys[c.venue] = c.public_key_hex
     st.version += 1
@@ -157,6 +158,7 @@ def _validate_configure(engine: Engine, c: ConfigureIndex) -> list[str]:
 @MODULE.handles(ConfigureIndex, precheck=_validate_configure, effect=Effect.ADMIN)
 def _configure(engine: Engine, c: ConfigureIndex) -> list[Event]:
     approvers = _validate_configure(engine, c)
+    consume_approvals(engine, c)
     st = index_state(engine)
     sources = {v: w for v, w in c.sources}
     old = st.symbols.get(c.symbol)
@@ -320,6 +322,7 @@ def _validate_override(engine: Engine, c: OverrideReferencePrice) -> list[str]:
 @MODULE.handles(OverrideReferencePrice, precheck=_validate_override, effect=Effect.ADMIN)
 def _override(engine: Engine, c: OverrideReferencePrice) -> list[Event]:
     approvers = _validate_override(engine, c)
+    consume_approvals(engine, c)
     st = index_state(engine)
     s = st.symbols[c.symbol]
     s.override_minor = c.price_minor
@@ -340,6 +343,6 @@ def _reference_follows_index(engine: Engine, command: Any) -> None:
     if st is not None and command.symbol in st.symbols:
         raise Forbidden(
             f"the {command.symbol} band follows its index; an operator override is OverrideReferencePrice "
-            "with an operator quorum (docs/index.md)",
+            "signed by the staff operator quorum (docs/index.md)",
             field="symbol",
         )

@@ -7,6 +7,10 @@ of quotes before the server accepts requests (so the markets start ACTIVE with a
 then quotes once a second from a daemon thread. Idempotent across restarts: keys and indexes are
 registered only when missing, and sequence numbers continue above the engine's last accepted.
 A symbol whose index was configured with other venues (a real feed) is left alone.
+
+Once staff are registered, registering keys and configuring indexes needs the staff operator
+quorum: the demo feed signs with the demo operators' keys in `DIR/demo-staff.json` (written by
+`serve --demo`); without that file it only quotes for indexes that exist already.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import structlog
@@ -77,18 +82,40 @@ class FeedWorker:
         return self
 
 
+def _demo_approvers(node: Any) -> tuple[Any, list[str]] | None:
+    """A desk holding the demo operators' keys (`DIR/demo-staff.json` beside the node) and the
+    quorum of them that signs, or None when the file is missing or cannot reach the quorum."""
+    from ..staff.decisions import OPERATOR, read_key_file
+    from ..staff.desk import StaffDesk
+    from ..staff.state import staff_of
+
+    data_dir = getattr(node, "data_dir", None)
+    path = Path(data_dir).parent / "demo-staff.json" if data_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    state = staff_of(node.engine)
+    keys = []
+    for m in sorted(state.active(OPERATOR), key=lambda m: m.staff_id):
+        try:
+            key = read_key_file(path, m.staff_id)
+        except RingfenceError:
+            continue
+        if key.public_hex == m.public_key:
+            keys.append(key)
+    if len(keys) < state.quorum:
+        return None
+    return StaffDesk(keys, time.time_ns), [k.staff_id for k in keys[: state.quorum]]
+
+
 def setup_demo_feed(node: Any, seed: int = DEMO_SEED) -> list[VenueSimulator]:
     """Register the demo venues and indexes where missing; one simulator per demo symbol."""
-    from ..risk.halts import operators_registered
+    from .auth import approved_by, staff_registered
     from .state import index_state
 
     engine = node.engine
     state = index_state(engine)
     venues = demo_venues("")
     sims = [VenueSimulator(symbol, 1, seed + i) for i, symbol in enumerate(DEMO_SYMBOLS)]
-    if operators_registered(engine):
-        log.info("index.demo_feed_skipped", reason="operators are registered: index admin needs their quorum")
-        return []
     commands: list[Any] = [RegisterFeedKey(s.venue, s.public_key_hex) for s in sims[0].signers
                            if state.feed_keys.get(s.venue) != s.public_key_hex]
     wanted = []
@@ -100,6 +127,17 @@ def setup_demo_feed(node: Any, seed: int = DEMO_SEED) -> list[VenueSimulator]:
         if s is None:
             commands.append(ConfigureIndex(sim.symbol, [(v, 1) for v in venues], 3))
         wanted.append(sim)
+    if commands and staff_registered(engine):
+        signing = _demo_approvers(node)
+        if signing is None:
+            log.info("index.demo_feed_skipped", reason="staff are registered and DIR/demo-staff.json cannot reach "
+                     "the operator quorum: index changes need their signatures")
+            keys_missing = any(isinstance(c, RegisterFeedKey) for c in commands)
+            wanted = [] if keys_missing else [sim for sim in wanted if sim.symbol in state.symbols]
+            commands = []
+        else:
+            desk, approvers = signing
+            commands = [approved_by(desk, approvers, c, state.version + i) for i, c in enumerate(commands)]
     if commands:
         node.execute_many(commands)
     for sim in wanted:

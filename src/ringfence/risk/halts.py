@@ -71,8 +71,6 @@ __all__ = [
     "halts_of",
     "market_status",
     "MODULE",
-    "operators_registered",
-    "verify_operator_quorum",
     "raise_automatic_halt",
     "clear_automatic_halt",
 ]
@@ -623,17 +621,8 @@ def market_status(engine: Engine, symbol: str) -> str:
 # ----------------------------------------------------------------------------------------- for other modules
 # A module whose own condition makes a scope unsafe (the index: too few live price sources) raises
 # a halt here and clears it itself when the condition ends. It is an ordinary halt for everything
-# else (the guard, market_status, /v1/halts, an operator's LiftHalt with a quorum); only its
+# else (the guard, market_status, /v1/halts, LiftHaltSigned by the staff operator quorum); only its
 # automatic lift carries no approvers.
-
-
-def operators_registered(engine: Engine) -> bool:
-    return bool(halts_of(engine).operators)
-
-
-def verify_operator_quorum(engine: Engine, approvals: list[tuple[str, str]], message: bytes) -> list[str]:
-    """The approvers of `message` when at least M of the N registered operators signed it. Raises; never mutates."""
-    return _verify_quorum(halts_of(engine), approvals, message)
 
 
 def raise_automatic_halt(engine: Engine, halt_id: str, scope_kind: str, scope: str, level: str,
