@@ -104,20 +104,62 @@ def test_forged_and_replayed_quotes_over_http_are_refused(demo: Server) -> None:
     assert bad.status_code == 400
 
 
+def test_operators_override_and_register_feed_keys_through_the_admin_api(demo: Server) -> None:
+    """`ringfence index override|register-feed --url`: signed with staff keys, sent to /admin/v1, verified by the engine."""
+    staff = demo.data / "demo-staff.json"
+    ada, ben, cy = (f"{staff}#{who}" for who in ("ada", "ben", "cy"))
+    wait_for(lambda: httpx.get(demo.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()["status"] == "LIVE", "a live index")
+    args = ("index", "override", "--url", demo.base, "--symbol", "BTCUSDT", "--price-minor", "61000000000", "--reason", "feed incident")
+    alone = cli(*args, "--key", ada, check=False)  # one operator: below the quorum of 2
+    assert alone.returncode == 1 and "quorum" in alone.stderr + alone.stdout
+    analyst = cli(*args, "--key", ada, "--key", cy, check=False)  # cy is no operator
+    assert analyst.returncode == 1 and "role-required" in analyst.stderr + analyst.stdout
+    token = cli(*args, "--key", ben, "--sign-only").stdout.strip()  # ben signs on his own machine
+    assert token.startswith("ben:") and token.count(":") == 3
+    cli(*args, "--key", ada, "--approval", token)
+    v = httpx.get(demo.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
+    assert v["override"] is not None and v["referencePrice"] == v["override"] and v["override"].startswith("61000")
+    replay = cli(*args, "--key", ada, "--approval", token, check=False)  # ben's token again: spent (and the version moved on)
+    assert replay.returncode == 1 and "nonce-once" in replay.stderr + replay.stdout
+    cli("index", "override", "--url", demo.base, "--symbol", "BTCUSDT", "--price-minor", "0", "--reason", "fixed",
+        "--key", ben, "--key", ada)
+    assert httpx.get(demo.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()["override"] is None
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ringfence.staff.console import AdminClient, load_key
+
+    public = FeedSigner("x", Ed25519PrivateKey.from_private_bytes(b"\x51" * 32)).public_key_hex
+    with AdminClient(demo.base, load_key(ada)) as client:
+        before = client.get("/index")
+        assert "kraken" not in before["feed_keys"]
+        cli("index", "register-feed", "--url", demo.base, "--venue", "kraken", "--public-key", public, "--key", ada, "--key", ben)
+        after = client.get("/index")
+    assert after["feed_keys"]["kraken"] == public and after["version"] == before["version"] + 1
+    unsigned = httpx.post(demo.base + "/admin/v1/index/override", json={"symbol": "BTCUSDT", "price_minor": 1, "reason": "x",
+                                                                        "approvals": []})
+    assert unsigned.status_code == 401  # no signed request: nothing submitted
+
+
 def test_ccxt_poller_feeds_a_node_from_other_ringfence_nodes(tmp_path: Path) -> None:
     source = Server(tmp_path / "source", env={"RINGFENCE_DEMO_FEED": "0"})
     target_dir = tmp_path / "target"
     try:
-        # the target lists its demo markets first, then (stopped) gets five feed keys and a BTCUSDT index
+        # the target lists its demo markets and staff first, then (stopped) gets five feed keys and a
+        # BTCUSDT index, each signed by the demo's operator quorum (ada, ben)
         first = Server(target_dir, env={"RINGFENCE_DEMO_FEED": "0"})
         assert first.stop() == 0
+        quorum = ["--key", f"{target_dir}/demo-staff.json#ada", "--key", f"{target_dir}/demo-staff.json#ben"]
         venues = []
         for name in ("local-a", "local-b", "local-c", "local-d", "local-e"):
             key = tmp_path / f"{name}.key"
             public = cli("index", "keygen", "--out", str(key)).stdout.strip()
-            cli("index", "register-feed", str(target_dir), "--venue", name, "--public-key", public)
+            if not venues:  # staff exist: no approvals, no change
+                unsigned = cli("index", "register-feed", str(target_dir), "--venue", name, "--public-key", public, check=False)
+                assert unsigned.returncode == 1 and "quorum" in unsigned.stderr + unsigned.stdout
+            cli("index", "register-feed", str(target_dir), "--venue", name, "--public-key", public, *quorum)
             venues.append(name)
-        cli("index", "configure", str(target_dir), "--symbol", "BTCUSDT", *sum((["--source", v] for v in venues), []), "--min-sources", "3")
+        cli("index", "configure", str(target_dir), "--symbol", "BTCUSDT", *sum((["--source", v] for v in venues), []), "--min-sources", "3",
+            *quorum)
         target = Server(target_dir, env=FEED_ON)  # its demo feed leaves the configured BTCUSDT alone
         try:
             assert httpx.get(target.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()["marketStatus"] == "REDUCE_ONLY"

@@ -28,7 +28,8 @@ from ..staff.decisions import StaffEntry, StaffSignature, parse_approval
 from ..staff.requests import RequestVerifier
 from .service import Exchange
 
-__all__ = ["build_admin_router", "install_admin_pages", "PREFIX", "staff_view", "halts_view", "review_view", "policy_view"]
+__all__ = ["build_admin_router", "install_admin_pages", "PREFIX", "staff_view", "halts_view", "review_view", "policy_view",
+           "index_admin_view"]
 
 PREFIX = "/admin/v1"
 MAX_BODY_BYTES = 65_536
@@ -141,6 +142,26 @@ def _text(body: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError("a non-empty string is required", field=name)
     return value
+
+
+#: ConfigureIndex's fields with defaults (nanoseconds, ppm): optional in the request body.
+_INDEX_OPTIONAL = ("clamp_ppm", "stale_after_ns", "max_ahead_ns", "ma_window_ns", "ma_sample_ns")
+
+
+def _int(value: object, name: str) -> int:
+    """A JSON integer, or a string of decimal digits (large minor-unit amounts from JavaScript)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        return int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError("an integer (or a string of decimal digits) is required", field=name)
+    return value
+
+
+def index_admin_view(engine: Any) -> dict[str, Any]:
+    from ..index.state import index_state
+
+    st = index_state(engine)
+    return {"version": st.version, "feed_keys": dict(sorted(st.feed_keys.items())), "symbols": sorted(st.symbols)}
 
 
 def _caller_signed(caller: str, sigs: list[StaffSignature]) -> None:
@@ -364,5 +385,43 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         from ..custody.commands import ActivatePolicy
 
         return await submit(ActivatePolicy(proposal_id))
+
+    # ---- index (docs/index.md): every change a decision of the staff operator quorum
+
+    @endpoint("GET", "/index", "The index change counter (what index approvals sign), feed keys and indexed symbols")
+    async def get_index(caller: str, body: dict[str, Any]) -> Any:
+        return exchange.read(index_admin_view)
+
+    @endpoint("POST", "/index/feed-keys", "Register or rotate a venue's feed key (RegisterFeedKey: operator quorum)")
+    async def register_feed_key(caller: str, body: dict[str, Any]) -> Any:
+        from ..index.commands import RegisterFeedKey
+
+        approvals = _sigs(body)
+        _caller_signed(caller, approvals)
+        return await submit(RegisterFeedKey(_text(body, "venue"), _text(body, "public_key"), approvals))
+
+    @endpoint("POST", "/index/configure", "Set a symbol's index parameters (ConfigureIndex: operator quorum)")
+    async def configure_index(caller: str, body: dict[str, Any]) -> Any:
+        from ..index.commands import ConfigureIndex
+
+        sources = body.get("sources")
+        if not isinstance(sources, list) or not all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in sources):
+            raise ValidationError("sources is a list of [venue, weight] pairs", field="sources")
+        pairs = [(v, _int(w, f"sources[{i}].weight")) for i, (v, w) in enumerate(sources)]
+        optional = {k: _int(body[k], k) for k in _INDEX_OPTIONAL if k in body}
+        approvals = _sigs(body)
+        _caller_signed(caller, approvals)
+        return await submit(ConfigureIndex(_text(body, "symbol"), pairs, _int(body.get("min_sources"), "min_sources"),
+                                           approvals=approvals, **optional))
+
+    @endpoint("POST", "/index/override", "Pin or release the band's reference price (OverrideReferencePrice: operator quorum)")
+    async def override_reference(caller: str, body: dict[str, Any]) -> Any:
+        from ..index.commands import OverrideReferencePrice
+
+        approvals = _sigs(body)
+        _caller_signed(caller, approvals)
+        return await submit(OverrideReferencePrice(_text(body, "symbol"), _int(body.get("price_minor"), "price_minor"),
+                                                   _text(body, "reason"), approvals))
 
     return router

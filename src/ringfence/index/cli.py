@@ -107,18 +107,6 @@ def keygen(out: Path = typer.Option(..., "--out", help="Where to write the new E
     typer.echo(FeedSigner("x", key).public_key_hex)
 
 
-def _approvals(items: list[str]) -> list[tuple[str, str]]:
-    from ..cli_paths import fail
-
-    out = []
-    for i, item in enumerate(items):
-        op, sep, sig = item.partition(":")
-        if not sep or not op or not sig:
-            fail(f"--approval #{i + 1}: expected OPERATOR:SIGNATURE_HEX")
-        out.append((op, sig.lower()))
-    return out
-
-
 def _sources(items: list[str]) -> list[tuple[str, int]]:
     from ..cli_paths import fail
 
@@ -131,15 +119,64 @@ def _sources(items: list[str]) -> list[tuple[str, int]]:
     return out
 
 
-def _execute(data: Path, command: Any) -> list[Any]:
-    from ..app import new_node
-    from ..cli_paths import fail, prepare_node_dir
-    from ..errors import RingfenceError
+# Index changes are decisions of the staff operator quorum (index/auth.py). Each command below
+# either submits through a live node's admin API (--url; the request and the decision are signed
+# with the first --key, the other operators' tokens ride along) or executes on a stopped node's
+# data directory (DIR: the genesis rule before any staff exist, else the same signatures).
+DIR_ARG = typer.Argument(None, metavar="[DIR]", help="A stopped node's data directory (`serve --data DIR`); or use --url.")
+URL_OPT = typer.Option(None, "--url", help="A running node: submit through its admin API /admin/v1 (signed with the first --key).")
+KEYS_OPT = typer.Option([], "--key", help="Your staff key: FILE or DIR/demo-staff.json#ID (an operator). Repeatable.")
+APPROVALS_OPT = typer.Option([], "--approval", help="Another operator's token STAFF:NONCE:EXPIRES_NS:SIGNATURE "
+                             "(the same command with --sign-only). Repeatable.")
+SIGN_ONLY_OPT = typer.Option(False, "--sign-only", help="Only print your approval token(s) for the submitter; change nothing.")
+TTL_OPT = typer.Option(600, "--ttl-s", min=10, max=86_400, help="How long your signature may be submitted.")
 
-    node_dir = prepare_node_dir(data, "--data")
+
+def _admin_change(data: Path | None, url: str | None, command: Any, keys: list[str], tokens: list[str], sign_only: bool,
+                  ttl_s: int, path: str, body: dict[str, Any]) -> list[Any] | None:
+    """Sign `command` (action and subject from index/auth.py) and submit it live (`url`) or on `data`.
+    Returns the events, or None after --sign-only."""
+    import msgspec
+
+    from ..cli_paths import fail
+    from ..staff.cli import _approvals, _expires, _keys, _print_events, _quorum_submit, _run
+    from ..staff.decisions import format_approval
+    from .auth import admin_action, admin_subject
+
+    if (data is None) == (url is None):
+        fail("give exactly one of DIR (a stopped node's data directory) and --url (a running node)")
+    staff_keys = _keys(keys)
+    action = admin_action(command)
+    if url is not None:
+        from ..staff.console import AdminClient
+
+        if not staff_keys:
+            fail("--key: the admin API takes requests signed by a staff member; give your staff key")
+        with AdminClient(url, staff_keys[0]) as client:
+            version = _run(lambda: client.get("/index"))["version"]
+        result = _quorum_submit(staff_keys, tokens, action, admin_subject(command, version), ttl_s, sign_only,
+                                lambda c, toks: c.post(path, {**body, "approvals": toks}), url)
+        _print_events(result)
+        return None if result is None else list(result["events"])
+    assert data is not None
+    from ..app import new_node, replay_journal
+    from ..cli_paths import prepare_node_dir, require_node_dir
+    from ..errors import RingfenceError
+    from .state import index_state
+
+    def signed(engine: Any) -> list[Any]:
+        version = index_state(engine).version
+        subject = admin_subject(command, version)
+        return [k.sign(action, subject, _expires(ttl_s)) for k in staff_keys] + _approvals(tokens)
+
     try:
-        with new_node(node_dir) as node:
-            return node.execute(command)
+        if sign_only:
+            engine, _, _ = replay_journal(require_node_dir(data, "DIR"))
+            for sig in signed(engine)[: len(staff_keys)]:
+                typer.echo(format_approval(sig))
+            return None
+        with new_node(prepare_node_dir(data, "DIR")) as node:
+            return node.execute(msgspec.structs.replace(command, approvals=signed(node.engine)))
     except RingfenceError as err:
         fail(f"refused: {err}", 1)
         raise AssertionError from err  # unreachable: fail() exits
@@ -147,100 +184,103 @@ def _execute(data: Path, command: Any) -> list[Any]:
 
 @app.command("register-feed")
 def register_feed(
-    data: Path = typer.Argument(..., metavar="DIR", help="The data directory (`serve --data DIR`); the node must be stopped."),
+    data: Path | None = DIR_ARG,
     venue: str = typer.Option(..., "--venue", help="The venue name quotes will carry."),
     public_key: str = typer.Option(..., "--public-key", help="64 hex characters (from `index keygen`)."),
-    approval: list[str] = typer.Option([], "--approval", help="OPERATOR:SIGNATURE from `index approve` (M of N once operators exist)."),
+    url: str | None = URL_OPT, keys: list[str] = KEYS_OPT, approval: list[str] = APPROVALS_OPT, sign_only: bool = SIGN_ONLY_OPT,
+    ttl_s: int = TTL_OPT,
 ) -> None:
-    """Register or rotate a venue's feed key (journals RegisterFeedKey).
+    """Register or rotate a venue's feed key (RegisterFeedKey; the staff operator quorum once staff exist).
 
-    Example: ringfence index register-feed ./ringfence-data --venue kraken --public-key 3b6a...
+    Example: ringfence index register-feed --url http://127.0.0.1:8000 --venue kraken --public-key 3b6a... --key ./data/demo-staff.json#ada --key ./data/demo-staff.json#ben
     """
     from .commands import RegisterFeedKey
 
-    _execute(data, RegisterFeedKey(venue, public_key.lower(), _approvals(approval)))
-    console.print(f"[bold green]registered[/] feed key of {venue}")
-
-
-def _configure_command(symbol: str, source: list[str], min_sources: int, clamp_ppm: int, stale_after_s: int, approvals: list[tuple[str, str]]) -> Any:
-    from .commands import ConfigureIndex
-
-    return ConfigureIndex(symbol, _sources(source), min_sources, clamp_ppm=clamp_ppm, stale_after_ns=stale_after_s * 10**9, approvals=approvals)
+    command = RegisterFeedKey(venue, public_key.lower())
+    if _admin_change(data, url, command, keys, approval, sign_only, ttl_s, "/index/feed-keys",
+                     {"venue": venue, "public_key": command.public_key_hex}) is not None:
+        console.print(f"[bold green]registered[/] feed key of {venue}")
 
 
 @app.command("configure")
 def configure(
-    data: Path = typer.Argument(..., metavar="DIR", help="The data directory (`serve --data DIR`); the node must be stopped."),
+    data: Path | None = DIR_ARG,
     symbol: str = typer.Option(..., "--symbol", help="The symbol, e.g. BTCUSDT."),
     source: list[str] = typer.Option(..., "--source", help="VENUE or VENUE:WEIGHT; repeat for every source."),
     min_sources: int = typer.Option(3, "--min-sources", help="Fewer live than this: REDUCE_ONLY."),
     clamp_ppm: int = typer.Option(10_000, "--clamp-ppm", help="Clamp around the median, millionths (10000 = 1 %)."),
     stale_after_s: int = typer.Option(10, "--stale-after-s", help="A source older than this (sequencer time) is dropped."),
-    approval: list[str] = typer.Option([], "--approval", help="OPERATOR:SIGNATURE (M of N once operators exist)."),
+    url: str | None = URL_OPT, keys: list[str] = KEYS_OPT, approval: list[str] = APPROVALS_OPT, sign_only: bool = SIGN_ONLY_OPT,
+    ttl_s: int = TTL_OPT,
 ) -> None:
-    """Set a symbol's index parameters (journals ConfigureIndex).
+    """Set a symbol's index parameters (ConfigureIndex; the staff operator quorum once staff exist).
 
     Example: ringfence index configure ./ringfence-data --symbol BTCUSDT --source a --source b --source c --source d --source e --min-sources 3
     """
-    _execute(data, _configure_command(symbol, source, min_sources, clamp_ppm, stale_after_s, _approvals(approval)))
-    console.print(f"[bold green]configured[/] the {symbol} index")
+    from .commands import ConfigureIndex
+
+    command = ConfigureIndex(symbol, _sources(source), min_sources, clamp_ppm=clamp_ppm, stale_after_ns=stale_after_s * 10**9)
+    body = {"symbol": symbol, "sources": [list(p) for p in command.sources], "min_sources": min_sources,
+            "clamp_ppm": clamp_ppm, "stale_after_ns": command.stale_after_ns}
+    if _admin_change(data, url, command, keys, approval, sign_only, ttl_s, "/index/configure", body) is not None:
+        console.print(f"[bold green]configured[/] the {symbol} index")
 
 
 @app.command("override")
 def override(
-    data: Path = typer.Argument(..., metavar="DIR", help="The data directory (`serve --data DIR`); the node must be stopped."),
+    data: Path | None = DIR_ARG,
     symbol: str = typer.Option(..., "--symbol", help="The indexed symbol."),
     price_minor: int = typer.Option(..., "--price-minor", min=0, help="The band's reference in quote minor units; 0 returns it to the index."),
     reason: str = typer.Option(..., "--reason", help="Why; every approver signs the same text."),
-    approval: list[str] = typer.Option([], "--approval", help="OPERATOR:SIGNATURE from `index approve override` (M of N once operators exist)."),
+    url: str | None = URL_OPT, keys: list[str] = KEYS_OPT, approval: list[str] = APPROVALS_OPT, sign_only: bool = SIGN_ONLY_OPT,
+    ttl_s: int = TTL_OPT,
 ) -> None:
-    """Pin the band's reference price of an indexed symbol (journals OverrideReferencePrice).
+    """Pin the band's reference price of an indexed symbol (OverrideReferencePrice; the staff operator quorum).
 
-    Example: ringfence index override ./ringfence-data --symbol BTCUSDT --price-minor 61000000000 --reason "feed incident" --approval op1:ab.. --approval op2:cd..
+    Example: ringfence index override --url http://127.0.0.1:8000 --symbol BTCUSDT --price-minor 61000000000 --reason "feed incident" --key ada.key --approval ben:...
     """
     from .commands import OverrideReferencePrice
 
-    _execute(data, OverrideReferencePrice(symbol, price_minor, reason, _approvals(approval)))
-    console.print(f"[bold green]{'overridden' if price_minor else 'following the index again'}[/]: {symbol}")
+    command = OverrideReferencePrice(symbol, price_minor, reason)
+    body = {"symbol": symbol, "price_minor": price_minor, "reason": reason}
+    if _admin_change(data, url, command, keys, approval, sign_only, ttl_s, "/index/override", body) is not None:
+        console.print(f"[bold green]{'overridden' if price_minor else 'following the index again'}[/]: {symbol}")
 
 
 @app.command("approve")
 def approve(
     kind: str = typer.Argument(..., help="feed-key, configure or override."),
     version: int = typer.Option(..., "--version", help="The index change counter (`index show --json`: adminVersion)."),
-    operator: str = typer.Option(..., "--operator", help="Your operator id."),
-    key_file: Path = typer.Option(..., "--key-file", help="Your Ed25519 seed, 64 hex characters in a file."),
+    keys: list[str] = typer.Option(..., "--key", help="Your staff key: FILE or DIR/demo-staff.json#ID (an operator). Repeatable."),
     venue: str = typer.Option("", "--venue"), public_key: str = typer.Option("", "--public-key"),
     symbol: str = typer.Option("", "--symbol"), source: list[str] = typer.Option([], "--source"),
     min_sources: int = typer.Option(3, "--min-sources"), clamp_ppm: int = typer.Option(10_000, "--clamp-ppm"),
     stale_after_s: int = typer.Option(10, "--stale-after-s"),
     price_minor: int = typer.Option(0, "--price-minor", help="override: the reference in minor units (0 clears)."),
     reason: str = typer.Option("", "--reason", help="override: the reason every approver signs."),
+    ttl_s: int = TTL_OPT,
 ) -> None:
-    """Sign one index change offline; prints OPERATOR:SIGNATURE for `--approval`.
+    """Sign one index change offline with your staff key; prints an approval token for `--approval`.
 
-    Example: ringfence index approve feed-key --version 4 --venue kraken --public-key 3b6a... --operator op1 --key-file op1.key
+    The same as the change's own command with --sign-only, for a machine that cannot reach the node.
+    Example: ringfence index approve feed-key --version 4 --venue kraken --public-key 3b6a... --key ben.key
     """
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from ..cli_paths import fail
+    from ..staff.cli import _expires, _keys
+    from ..staff.decisions import format_approval
+    from .auth import admin_action, admin_subject
+    from .commands import ConfigureIndex, OverrideReferencePrice, RegisterFeedKey
 
-    from ..cli_paths import fail, require_input_file
-    from .auth import approval_message
-    from .commands import OverrideReferencePrice, RegisterFeedKey
-
-    require_input_file(key_file, "--key-file")
-    try:
-        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(key_file.read_text().strip()))
-    except ValueError:
-        fail("--key-file: must hold a 32-byte Ed25519 seed as 64 hex characters")
     if kind == "feed-key":
         command: Any = RegisterFeedKey(venue, public_key.lower())
     elif kind == "configure":
-        command = _configure_command(symbol, source, min_sources, clamp_ppm, stale_after_s, [])
+        command = ConfigureIndex(symbol, _sources(source), min_sources, clamp_ppm=clamp_ppm, stale_after_ns=stale_after_s * 10**9)
     elif kind == "override":
         command = OverrideReferencePrice(symbol, price_minor, reason)
     else:
         fail("KIND must be feed-key, configure or override")
-    typer.echo(f"{operator}:{key.sign(approval_message(command, version)).hex()}")
+    for k in _keys(keys):
+        typer.echo(format_approval(k.sign(admin_action(command), admin_subject(command, version), _expires(ttl_s))))
 
 
 @app.command("feed")
