@@ -14,6 +14,7 @@ import json
 import random
 from typing import TYPE_CHECKING, Any, Callable
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -46,6 +47,7 @@ from ..custody.commands import (
 from ..engine.node import Node
 from ..ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ..ledger.model import Transfer, TransferFlags
+from ..index.auth import admin_action, admin_subject
 from ..index.commands import ConfigureIndex, RegisterFeedKey, SubmitQuote, quote_message
 from ..risk.halts import Halt, LiftHaltSigned, lift_subject
 from ..staff import AddStaff, RemoveStaff, StaffKey, StaffSignature, add_subject, remove_subject
@@ -131,7 +133,7 @@ ACTIONS: dict[str, int] = {
     "custody.treasury": 1, "custody.reserve_nonce": 1,
     "withdrawal.request": 4, "withdrawal.advance": 10, "withdrawal.allow_list": 1,
     "halt.raise": 1, "halt.lift": 2, "halt.lift_forged": 2, "operators.rotate": 1,
-    "index.quote": 6, "index.quote_bad": 2, "index.outage": 1,
+    "index.quote": 6, "index.quote_bad": 2, "index.outage": 1, "index.feed_key": 1,
     "fault.snapshot": 1, "fault.group_commit": 3,
 }
 
@@ -909,6 +911,47 @@ class Workload:
             c = self._quote(venue, MID["BTCUSDT"] + MID["BTCUSDT"] * self.rng.randrange(-1_000, 1_001) // 1_000_000)
             seq = self.engine.last_seq + 1
             self.do(c, functools.partial(self._accepted_quote, c, seq))
+
+    def a_index_feed_key(self) -> None:
+        """Rotate a venue's feed key: `index.feed_key` signed by the staff operator quorum over the venue,
+        the new key and the index change counter; sometimes one short, by an analyst, a forged or a
+        removed operator's key, for another action or an old version (all refused, nothing changes)."""
+        venue = self.rng.choice(FEED_VENUES)
+        new_key = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
+        c = RegisterFeedKey(venue, self._public(new_key))
+        version = self.model.index_version
+        op1, op2 = self.rng.sample(sorted(self.operator_keys), 2)
+        kind = self.rng.choice(["good", "good", "good", "one", "analyst", "forged_key", "retired", "other_action", "old_version"])
+        action, subject = admin_action(c), admin_subject(c, version)
+        good = self._sign(self.operator_keys[op1], action, subject)
+        second_ok = kind == "good"
+        if kind == "one":
+            approvals, signers = [good], [(op1, True)]
+        else:
+            if kind == "analyst":
+                op2 = "ana1"
+                second = self._sign(self._signer("ana1"), action, subject)
+            elif kind == "forged_key":
+                second = self._sign(StaffKey(op2, Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))), action, subject)
+            elif kind == "retired" and self.retired_keys:
+                op2 = self.rng.choice(sorted(self.retired_keys))
+                second = self._sign(self.retired_keys[op2], action, subject)
+            elif kind == "other_action":
+                second = self._sign(self.operator_keys[op2], "index.configure", subject)
+            elif kind == "old_version":
+                second = self._sign(self.operator_keys[op2], action, admin_subject(c, version - 1))
+            else:
+                second_ok = True
+                second = self._sign(self.operator_keys[op2], action, subject)
+            approvals, signers = [good, second], [(op1, True), (op2, second_ok)]
+        approved = msgspec.structs.replace(c, approvals=approvals)
+
+        def predict() -> list[tuple[Any, ...]]:
+            events = self.model.rotate_feed_key(venue, signers)
+            self.feed_keys[venue] = new_key  # accepted (else the run fails): quotes are signed with the new key
+            return events
+
+        self.do(approved, predict)
 
     def _accepted_quote(self, c: SubmitQuote, seq: int) -> list[tuple[Any, ...]]:
         events = self.model.quote(c, True, seq)

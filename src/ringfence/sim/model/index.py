@@ -8,7 +8,9 @@ around their median `m` (an even count: the floor of the mean of the two middle 
 lifted when enough are live again; the market's reference price follows the index. Quotes are
 refused in the engine's order: at the edge (fields, symbol, venue, key, sequence, source time
 order, signature), then in apply (ahead of time, stale). The model knows which signatures the
-runner made genuinely; it does no cryptography.
+runner made genuinely; it does no cryptography. Feed keys and configuration are changed by the
+staff operator quorum once staff exist (the halts model's `check_quorum`), over the index change
+counter `index_version`, which every accepted admin change moves.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class IndexModel(Books):
     def _init_index(self) -> None:
         self.feed_keys: set[str] = set()  # venues whose key the runner registered
         self.indexes: dict[str, MIndex] = {}
+        self.index_version = 0  # the engine's IndexState.version: what index approvals sign
 
     # ------------------------------------------------------------------ the formula, restated
 
@@ -112,11 +115,18 @@ class IndexModel(Books):
 
     def register_feed_key(self, venue: str) -> list[tuple[Any, ...]]:
         self.feed_keys.add(venue)
+        self.index_version += 1
         return []
+
+    def rotate_feed_key(self, venue: str, approvals: list[tuple[str, bool]]) -> list[tuple[Any, ...]]:
+        """RegisterFeedKey once staff exist: the operator quorum (`approvals` as `check_quorum` takes them)."""
+        self.check_quorum(approvals)  # type: ignore[attr-defined]  # HaltsModel's
+        return self.register_feed_key(venue)
 
     def configure_index(self, symbol: str, sources: dict[str, int], min_sources: int, clamp_ppm: int,
                         stale_after_ns: int, max_ahead_ns: int, seq: int) -> list[tuple[Any, ...]]:
         self.indexes[symbol] = MIndex(dict(sources), min_sources, clamp_ppm, stale_after_ns, max_ahead_ns)
+        self.index_version += 1
         ev: list[tuple[Any, ...]] = []
         self._recompute(symbol, seq, ev)
         return ev
