@@ -48,7 +48,8 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
     exchange = Exchange(data)
     exchange.open()
-    info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips()}
+    info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips(),
+                               "store": ctx.store.describe()}
     if demo:
         info["demo"] = seed_demo(exchange.node)
         info["keys"] = str(write_demo_keys(ctx, data))
@@ -128,6 +129,7 @@ def serve(
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
+    console.print(f"identity store: {info['store']}", soft_wrap=True)
     if demo:
         d = info["demo"]
         console.print(
