@@ -295,6 +295,8 @@ app.add_typer(_custody_cli.custody_app, name="custody")
 app.add_typer(_custody_cli.policy_app, name="policy")
 from .reconcile.cli import app as _reconcile_app  # noqa: E402
 app.add_typer(_reconcile_app, name="reconcile")
+from .backup.cli import app as _backup_app  # noqa: E402
+app.add_typer(_backup_app, name="backup")
 
 
 def main() -> None:  # console-script entry point

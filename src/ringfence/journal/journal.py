@@ -67,6 +67,7 @@ __all__ = [
     "lock_holder",
     "DurableMark",
     "read_durable_mark",
+    "write_durable_mark",
     "LOCK_FILE",
     "DURABLE_FILE",
     "scan",
@@ -255,6 +256,18 @@ def read_durable_mark(journal_dir: Path) -> DurableMark | None:
         if best is None or last_seq > best.last_seq:
             best = DurableMark(seg, size, last_seq, last_hash)
     return best
+
+
+def write_durable_mark(journal_dir: Path, mark: DurableMark) -> None:
+    """Write `mark` into both slots of `DURABLE` and fsync: for a journal assembled offline (a backup
+    or a restore), whose records are all durable already. Never used on a live node's journal."""
+    body = _encode_mark(mark)
+    slot = body + b"\x00" * (_MARK_SLOT_BYTES - len(body))
+    path = Path(journal_dir) / DURABLE_FILE
+    with open(path, "wb") as fh:
+        fh.write(slot + slot)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 @dataclass(frozen=True, slots=True)
