@@ -297,6 +297,8 @@ from .reconcile.cli import app as _reconcile_app  # noqa: E402
 app.add_typer(_reconcile_app, name="reconcile")
 from .backup.cli import app as _backup_app  # noqa: E402
 app.add_typer(_backup_app, name="backup")
+from .replication.cli import app as _replication_app  # noqa: E402
+app.add_typer(_replication_app, name="replication")
 
 
 def main() -> None:  # console-script entry point

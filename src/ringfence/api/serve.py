@@ -96,10 +96,19 @@ def serve(
         "(default: RINGFENCE_API_FORWARDED_ALLOW_IPS, else none: the TCP peer is the client).",
         show_default=False,
     ),
+    # --- replication (ringfence.replication, docs/resilience.md) ---
+    replicate: str | None = typer.Option(None, "--replicate", help="Primary: publish every journal batch to this NATS "
+                                         "JetStream stream (nats://host:4222/STREAM) and acknowledge only after its ack."),
+    standby: str | None = typer.Option(None, "--standby", help="Hot standby: follow the stream into DIR, verifying "
+                                       "chain and state hash, until promoted; then serve as the primary."),
+    node_id: str | None = typer.Option(None, "--node-id", help="This node's name in the leadership record "
+                                       "(default: HOSTNAME-PORT)."),
 ) -> None:
     """Run the exchange: Binance-compatible REST + WebSocket API and the web dashboard.
 
     Example: ringfence serve --demo --data ./ringfence-data --port 8000
+
+    Example (replicated): ringfence serve --data ./a --replicate nats://127.0.0.1:4222/RF --node-id a
     """
     import structlog
     import uvicorn
@@ -124,7 +133,15 @@ def serve(
             fail(f"--port: cannot listen on {host}:{port}: {err.strerror or err}")
     public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
     try:
+        # --- replication: a standby follows here until promoted; a primary hooks its node after build ---
+        from ..replication.serving import after_build, before_build
+
+        def say(line: str) -> None:
+            console.print(line, soft_wrap=True)
+
+        replicator = before_build(data, replicate, standby, node_id, port, demo, say)
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips)
+        after_build(exchange, replicator, say)
     except RingfenceError as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None

@@ -386,6 +386,11 @@ class Node:
         self.failed: BaseException | None = None
         self.recovery: RecoveryReport | None = None
         self.listeners: list[Callable[[int, int, list[Command], list[list[Event]]], None]] = []
+        #: Replicated mode (ringfence.replication): called on the sequencer thread after a batch is
+        #: journaled and applied, before anyone is acknowledged: fn(first_seq, count, payload,
+        #: record_hash, engine). It returns once the replica log holds the batch; if it raises, the
+        #: batch's commands are answered OutcomeUnknown and the node stops (it may be fenced off).
+        self.replicate: Callable[[int, int, bytes, bytes, Engine], None] | None = None
         self.batches_committed = 0
         self.commands_committed = 0
         #: Sequence number of the last command of the last batch applied; changes once per batch,
@@ -671,7 +676,7 @@ class Node:
         entropy = self._entropy(32)
         payload = encode(Batch(first_seq, ts_ns, entropy, [msgspec.Raw(raw) for _, raw, _ in accepted]))
         try:
-            writer.append(payload, first_seq, len(accepted))
+            record_hash = writer.append(payload, first_seq, len(accepted))
         except OutcomeUnknown as err:
             # The record was written, the fsync failed: it may survive and be applied on restart,
             # or not. Telling the client "nothing applied" could make it retry into a duplicate.
@@ -711,6 +716,8 @@ class Node:
         self.batches_committed += 1
         self.commands_committed += len(accepted)
         gate.release_write()
+        if self.replicate is not None and not self._replicated(first_seq, accepted, payload, record_hash, engine):
+            return
         for i, (_, _, ack) in enumerate(accepted):
             if i in halted:
                 ack._resolve(error=halted[i])
@@ -718,6 +725,21 @@ class Node:
                 ack._resolve(outputs[i], seq=first_seq + i)
         for listener in self.listeners:
             listener(first_seq, ts_ns, [c for c, _, _ in accepted], outputs)
+
+    def _replicated(self, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], payload: bytes,
+                    record_hash: bytes, engine: Engine) -> bool:
+        """Hand the batch to the replica log; on failure stop the node and answer OutcomeUnknown."""
+        assert self.replicate is not None
+        try:
+            self.replicate(first_seq, len(accepted), payload, record_hash, engine)
+            return True
+        except BaseException as err:  # fenced off, or the replica log is unreachable: stop, answer everyone
+            self.failed = err
+            _log.critical("engine shard %s stopped: batch %d not replicated: %s", self.data_dir, first_seq, err)
+            for _, _, ack in accepted:
+                ack._resolve(error=OutcomeUnknown(f"the batch was journaled locally but not replicated ({err}); "
+                                                  "this node has stopped. Check on the new primary before retrying"))
+            return False
 
     def _halt(self, engine: Engine, halt: ShardHalt) -> list[Event]:
         """Rebuild the state before the command from snapshot + journal and record the halt; logged once."""

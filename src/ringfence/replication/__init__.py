@@ -1,0 +1,397 @@
+"""The journal replicated over NATS JetStream: a primary that acknowledges only replicated batches,
+a hot standby that follows and verifies, leadership with a fencing epoch.
+
+Stream `S` (file storage) on subject `rf.S.batches` holds one message per journal record: its body
+is the record's payload, its headers the record header (first sequence, count, previous hash,
+record hash), the leader's fencing epoch and the state hash after the batch. The primary publishes
+each batch after its local fsync and apply and before any client is acknowledged, with
+`Nats-Msg-Id` (a retried publish is stored once) and `Nats-Expected-Last-Sequence` (the stream
+refuses a batch from any writer that has not seen every earlier message).
+
+Leadership lives in the JetStream KV bucket `S-leader`, key `leader`: `{"epoch": E, "node": ID}`,
+changed only with revision-checked updates (`ringfence replication promote`), so two promotions
+cannot both win. A promoted standby first catches up with the stream, then publishes a *fence*
+message carrying its new epoch with the expected-last-sequence it verified: from then on every
+publish of the deposed primary is refused by the stream (wrong last sequence), and a follower
+refuses any batch whose epoch is below the newest fence it has seen. A deposed primary stops and
+answers its waiting clients `OutcomeUnknown`: it can never get a batch accepted.
+
+Invariants a follower checks on every message: sequence continuity, the hash chain (the record
+hash recomputed from header and payload), the epoch, and the state hash after applying it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from ..errors import ConfigError, JournalCorrupt, RingfenceError
+
+__all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "promote", "leader_of", "parse_target"]
+
+T = TypeVar("T")
+KIND_BATCH = "batch"
+KIND_FENCE = "fence"
+PUBLISH_TIMEOUT_S = 5
+ERR_WRONG_LAST_SEQUENCE = 10071
+POLL_S = 0.02  # float-ok: follower poll interval, seconds
+
+
+class Fenced(RingfenceError, PermissionError):
+    code = "RF_FENCED"
+    http_status = 503
+    default_message = "this node is no longer the primary: another node holds a newer epoch"
+
+
+@dataclass(frozen=True)
+class ReplicationTarget:
+    servers: str
+    stream: str
+    replicas: int = 1
+
+    @property
+    def subject(self) -> str:
+        return f"rf.{self.stream}.batches"
+
+    @property
+    def bucket(self) -> str:
+        return f"{self.stream}-leader"
+
+
+def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
+    """`nats://host:4222/STREAM?replicas=3` (stream defaults to RINGFENCE, replicas to 1)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
+        raise ConfigError("must be a nats://host:port/STREAM URL", field=option)
+    stream = parsed.path.strip("/") or "RINGFENCE"
+    if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
+        raise ConfigError("the stream name may hold letters, digits, '-' and '_' (at most 64)", field=option)
+    replicas = 1
+    for part in filter(None, parsed.query.split("&")):
+        key, _, value = part.partition("=")
+        if key != "replicas" or not value.isdigit() or not 1 <= int(value) <= 5:
+            raise ConfigError("the only option is replicas=1..5", field=option)
+        replicas = int(value)
+    return ReplicationTarget(f"{parsed.scheme}://{parsed.netloc}", stream, replicas)
+
+
+class NatsLink:
+    """A NATS connection on its own asyncio loop thread, callable from the sequencer thread."""
+
+    def __init__(self, target: ReplicationTarget) -> None:
+        import nats
+        from nats.errors import Error as NatsError
+
+        self.target = target
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ringfence-nats", daemon=True)
+        self._thread.start()
+        try:
+            self.nc = self.call(nats.connect(target.servers, connect_timeout=3, max_reconnect_attempts=2,
+                                             allow_reconnect=True))
+        except (OSError, asyncio.TimeoutError, NatsError) as err:
+            self.close()
+            raise ConfigError(f"cannot reach NATS at {target.servers}: {type(err).__name__} {err}", field="--replicate") from None
+        self.js = self.nc.jetstream()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = PUBLISH_TIMEOUT_S) -> T:  # float-ok: seconds
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+
+    def ensure_stream_and_bucket(self) -> Any:
+        from nats.js.api import StorageType, StreamConfig
+        from nats.js.errors import NotFoundError
+
+        t = self.target
+
+        async def setup() -> Any:
+            try:
+                await self.js.stream_info(t.stream)
+            except NotFoundError:
+                await self.js.add_stream(StreamConfig(name=t.stream, subjects=[t.subject], storage=StorageType.FILE,
+                                                      num_replicas=t.replicas, duplicate_window=120.0))
+            try:
+                return await self.js.key_value(t.bucket)
+            except NotFoundError:  # BucketNotFoundError: first use of this stream
+                return await self.js.create_key_value(bucket=t.bucket, history=16, storage=StorageType.FILE,
+                                                      replicas=t.replicas)
+
+        return self.call(setup())
+
+    def close(self) -> None:
+        nc = getattr(self, "nc", None)
+        if nc is not None:
+            try:
+                self.call(nc.close(), 5)
+            except (OSError, asyncio.TimeoutError, RuntimeError):
+                pass  # closing a connection that is already gone
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
+    """The leader record and its KV revision (None, 0 when nobody has claimed leadership yet)."""
+    from nats.js.errors import KeyNotFoundError
+
+    try:
+        entry = link.call(kv.get("leader"))
+    except KeyNotFoundError:
+        return None, 0
+    return json.loads(entry.value), int(entry.revision)
+
+
+def promote(target: ReplicationTarget, node_id: str) -> dict[str, Any]:
+    """Operator command: make `node_id` the leader at the next epoch (revision-checked update)."""
+    link = NatsLink(target)
+    try:
+        kv = link.ensure_stream_and_bucket()
+        current, revision = leader_of(link, kv)
+        epoch = (current or {}).get("epoch", 0) + 1
+        record = {"epoch": epoch, "node": node_id, "promoted_at_ns": time.time_ns()}
+        value = json.dumps(record).encode()
+        link.call(kv.update("leader", value, last=revision) if revision else kv.create("leader", value))
+        return {"previous": current, **record}
+    finally:
+        link.close()
+
+
+def _headers(kind: str, epoch: int, first_seq: int, count: int, prev_hash: bytes, record_hash: bytes,
+             state_hash: str, expected: int) -> dict[str, str]:
+    return {
+        "Nats-Msg-Id": f"rf-e{epoch}-{kind}-{first_seq}",
+        "Nats-Expected-Last-Sequence": str(expected),
+        "Rf-Kind": kind,
+        "Rf-Epoch": str(epoch),
+        "Rf-First-Seq": str(first_seq),
+        "Rf-Count": str(count),
+        "Rf-Prev-Hash": prev_hash.hex(),
+        "Rf-Hash": record_hash.hex(),
+        "Rf-State-Hash": state_hash,
+    }
+
+
+class Replicator:
+    """The primary's side: claims leadership, brings the stream up to its journal, then publishes
+    every batch before it is acknowledged (`attach` installs it as the node's `replicate` hook)."""
+
+    def __init__(self, target: ReplicationTarget, node_id: str) -> None:
+        self.target = target
+        self.node_id = node_id
+        self.link = NatsLink(target)
+        self.kv = self.link.ensure_stream_and_bucket()
+        self.epoch = self._claim()
+        info = self.link.call(self.link.js.stream_info(target.stream))
+        self.stream_seq = int(info.state.last_seq)
+        self.last_hash = b""
+        self.published = 0
+
+    def _claim(self) -> int:
+        leader, revision = leader_of(self.link, self.kv)
+        if leader is None:
+            value = json.dumps({"epoch": 1, "node": self.node_id, "promoted_at_ns": time.time_ns()}).encode()
+            self.link.call(self.kv.create("leader", value))
+            return 1
+        if leader["node"] != self.node_id:
+            raise Fenced(f"node {leader['node']!r} is the primary at epoch {leader['epoch']}; start this node with "
+                         "--standby, or promote it with `ringfence replication promote`", field="--replicate")
+        return int(leader["epoch"])
+
+    def _stream_tail(self) -> tuple[int, bytes]:
+        """(last journal sequence, record hash) the stream holds from batches (0, genesis when none)."""
+        from ..journal.journal import GENESIS_HASH
+
+        seq = self.stream_seq
+        while seq > 0:
+            msg = self.link.call(self.link.js.get_msg(self.target.stream, seq))
+            h = msg.headers or {}
+            if h.get("Rf-Kind") == KIND_BATCH:
+                return int(h["Rf-First-Seq"]) + int(h["Rf-Count"]) - 1, bytes.fromhex(h["Rf-Hash"])
+            seq -= 1
+        return 0, GENESIS_HASH
+
+    def attach(self, node: Any) -> int:
+        """Publish the local journal's records the stream lacks, then hook every new batch. Returns
+        how many records were published to catch up."""
+        from ..journal.journal import scan
+
+        tail_seq, tail_hash = self._stream_tail()
+        if tail_seq > node.last_seq:
+            raise Fenced(f"the stream holds sequence {tail_seq} but this node's journal ends at {node.last_seq}: "
+                         "another primary wrote after it; start it with --standby", field="--replicate")
+        caught_up = 0
+        state_hash = node.read(lambda engine: engine.state_hash())
+        prev = None
+        for record in scan(node.data_dir / "journal"):
+            if record.last_seq <= tail_seq:
+                if record.last_seq == tail_seq and record.hash != tail_hash:
+                    raise Fenced(f"the stream's record at sequence {tail_seq} differs from this node's journal: "
+                                 "the histories diverged; restore this node from the stream", field="--replicate")
+                prev = record.hash
+                continue
+            from ..journal.journal import GENESIS_HASH
+
+            last = record.last_seq == node.last_seq
+            self._publish(KIND_BATCH, record.first_seq, record.count, prev or GENESIS_HASH, record.hash,
+                          record.payload, state_hash if last else "")
+            prev = record.hash
+            caught_up += 1
+        self.last_hash = prev or tail_hash
+        node.replicate = self.publish_batch
+        return caught_up
+
+    def publish_batch(self, first_seq: int, count: int, payload: bytes, record_hash: bytes, engine: Any) -> None:
+        """The node's hook (sequencer thread): returns once JetStream has stored the batch."""
+        self._publish(KIND_BATCH, first_seq, count, self.last_hash, record_hash, payload, engine.state_hash())
+        self.last_hash = record_hash
+
+    def _publish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
+                 state_hash: str) -> None:
+        from nats.js.errors import APIError
+
+        headers = _headers(kind, self.epoch, first_seq, count, prev, record_hash, state_hash, self.stream_seq)
+        try:
+            ack = self.link.call(self.link.js.publish(self.target.subject, payload, headers=headers,
+                                                      stream=self.target.stream))
+        except APIError as err:
+            if getattr(err, "err_code", None) == ERR_WRONG_LAST_SEQUENCE:
+                raise Fenced(f"JetStream refused batch {first_seq}: another node published after stream sequence "
+                             f"{self.stream_seq} (this node was deposed at epoch {self.epoch})") from None
+            raise
+        self.stream_seq = int(ack.seq)
+        self.published += 1
+
+    def close(self) -> None:
+        self.link.close()
+
+
+class Follower:
+    """The standby's side: append each verified batch to its own journal and apply it, until promoted.
+
+    It is the only writer of its own node directory (it holds that directory's lock); it never
+    writes to the stream except the one fence message that makes it the primary.
+    """
+
+    def __init__(self, target: ReplicationTarget, node_dir: Path, node_id: str,
+                 on_progress: Callable[[str], None] = lambda _: None) -> None:
+        from ..app import replay_journal
+        from ..journal.journal import DataDirLock, JournalWriter, check_node_placement
+
+        self.target, self.node_dir, self.node_id = target, node_dir, node_id
+        self.on_progress = on_progress
+        check_node_placement(node_dir)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = DataDirLock(node_dir, f"ringfence serve --standby (node {node_id})")
+        try:
+            self.engine, _, scan = replay_journal(node_dir, truncate=True)
+            self.writer = JournalWriter(node_dir / "journal", next_seq=scan.last_seq + 1, last_hash=scan.last_hash,
+                                        tail_segment=scan.tail_segment, tail_size=scan.tail_size)
+            self.link = NatsLink(target)
+            self.kv = self.link.ensure_stream_and_bucket()
+        except BaseException:  # release the lock whatever failed, then report it
+            self.lock.release()
+            raise
+        self.stream_seq = 0  # last stream message consumed
+        self.fence_epoch = 0
+        self.batches_applied = 0
+
+    def _apply(self, headers: dict[str, str], payload: bytes) -> None:
+        from ..engine.core import ShardHalt
+        from ..engine.node import rebuild_halted
+        from ..journal.journal import encode_record
+
+        first_seq, count = int(headers["Rf-First-Seq"]), int(headers["Rf-Count"])
+        epoch = int(headers["Rf-Epoch"])
+        if epoch < self.fence_epoch:
+            raise Fenced(f"stream message {self.stream_seq}: a batch from epoch {epoch} after the fence of epoch "
+                         f"{self.fence_epoch}: a deposed primary's write; refusing it")
+        w = self.writer
+        if first_seq + count - 1 < w.next_seq:
+            return  # already in the local journal (a restart of the follower)
+        if first_seq != w.next_seq or bytes.fromhex(headers["Rf-Prev-Hash"]) != w.last_hash:
+            raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} does not follow sequence "
+                                 f"{w.next_seq - 1} and its record hash")
+        _, digest = encode_record(payload, first_seq, count, w.last_hash)
+        if digest.hex() != headers["Rf-Hash"]:
+            raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} fails its record hash")
+        w.append(payload, first_seq, count)
+        batch = self.engine.codec.batch.decode(payload)
+        for i, command in enumerate(batch.commands):
+            try:
+                self.engine.apply(command, first_seq + i, batch.ts_ns, batch.entropy)
+            except ShardHalt as halt:
+                rebuild_halted(self.node_dir, self.engine, halt)
+        expected = headers.get("Rf-State-Hash", "")
+        if expected and self.engine.state_hash() != expected:
+            raise JournalCorrupt(f"after batch {first_seq} the standby's state hash differs from the primary's")
+        self.batches_applied += 1
+
+    def poll(self) -> int:
+        """Consume every stream message available now; returns how many."""
+        from nats.js.errors import NotFoundError
+
+        n = 0
+        while True:
+            try:
+                msg = self.link.call(self.link.js.get_msg(self.target.stream, self.stream_seq + 1))
+            except NotFoundError:
+                return n
+            self.stream_seq += 1
+            headers = msg.headers or {}
+            if headers.get("Rf-Kind") == KIND_FENCE:
+                self.fence_epoch = max(self.fence_epoch, int(headers["Rf-Epoch"]))
+            else:
+                self._apply(headers, msg.data or b"")
+            n += 1
+
+    def _fence(self, epoch: int) -> None:
+        """Publish the fence at `epoch`: only possible once every stream message has been consumed."""
+        from nats.js.errors import APIError
+
+        while True:
+            self.poll()
+            headers = _headers(KIND_FENCE, epoch, self.writer.next_seq, 0, self.writer.last_hash, self.writer.last_hash,
+                               self.engine.state_hash(), self.stream_seq)
+            try:
+                ack = self.link.call(self.link.js.publish(self.target.subject, b"", headers=headers,
+                                                          stream=self.target.stream))
+            except APIError as err:
+                if getattr(err, "err_code", None) == ERR_WRONG_LAST_SEQUENCE:
+                    continue  # the old primary got one more batch in: apply it, then fence again
+                raise
+            self.stream_seq = int(ack.seq)
+            self.fence_epoch = epoch
+            return
+
+    def follow_until_promoted(self, stop: threading.Event | None = None) -> int:
+        """Follow the stream; when the leader record names this node, fence and return the epoch."""
+        last_report = 0.0  # float-ok: monotonic seconds
+        reported_seq = -1
+        while stop is None or not stop.is_set():
+            self.poll()
+            leader, _ = leader_of(self.link, self.kv)
+            if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) > self.fence_epoch:
+                self._fence(int(leader["epoch"]))
+                self.on_progress(f"standby {self.node_id}: promoted at epoch {leader['epoch']}, fenced at stream "
+                                 f"sequence {self.stream_seq}, journal sequence {self.engine.last_seq} state hash {self.engine.state_hash()}")
+                return int(leader["epoch"])
+            now = time.monotonic()
+            if self.engine.last_seq != reported_seq and now - last_report >= 1.0:
+                last_report, reported_seq = now, self.engine.last_seq
+                self.on_progress(f"standby {self.node_id}: applied through sequence {self.engine.last_seq} "
+                                 f"state hash {self.engine.state_hash()} (stream sequence {self.stream_seq})")
+            time.sleep(POLL_S)
+        return 0
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+            self.link.close()
+        finally:
+            self.lock.release()
+
