@@ -299,6 +299,8 @@ from .backup.cli import app as _backup_app  # noqa: E402
 app.add_typer(_backup_app, name="backup")
 from .replication.cli import app as _replication_app  # noqa: E402
 app.add_typer(_replication_app, name="replication")
+from .replication.dr_cli import app as _dr_app  # noqa: E402
+app.add_typer(_dr_app, name="dr")
 
 
 def main() -> None:  # console-script entry point

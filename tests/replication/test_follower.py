@@ -136,3 +136,45 @@ def test_unreachable_nats_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="cannot reach NATS"):
         NatsLink(parse_target("nats://127.0.0.1:1/X"))
+
+
+def test_a_partitioned_primary_stops_within_its_lease_and_the_standby_takes_over(tmp_path, stream):
+    """Lease 400 ms: the primary loses NATS (its connection is closed), refuses commands within the
+    lease, and the auto-promoting standby claims the next epoch after 2 x lease without renewals."""
+    import threading
+    import time
+
+    from ringfence.errors import NotDurable
+
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?lease_ms=400"), "a")
+    replicator.attach(node)
+    node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}?auto_promote=1"), tmp_path / "b", "b")
+    promoted: list[int] = []
+    runner = threading.Thread(target=lambda: promoted.append(follower.follow_until_promoted()))
+    try:
+        runner.start()
+        time.sleep(1.0)  # three lease periods: renewals keep the standby from taking over
+        assert not promoted and node.failed is None
+        node.execute(OpenAccount("alice", "BTC"))
+        cut = time.monotonic()
+        replicator.link.close()  # the partition: the primary can reach NATS no more
+        deadline = cut + 5
+        while node.failed is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stopped_after_s = time.monotonic() - cut
+        assert isinstance(node.failed, Fenced) and "lease" in str(node.failed), node.failed
+        assert stopped_after_s <= 0.4 + 0.3, f"stopped acknowledging {stopped_after_s:.3f} s after the partition"
+        with pytest.raises(NotDurable):
+            node.execute(OpenAccount("bob", "BTC"))
+        runner.join(10)
+        assert promoted == [2]
+        assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())  # nothing acknowledged was lost
+    finally:
+        runner.join(1)
+        follower.close()
+        node.close()
+        replicator.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -37,6 +38,7 @@ from ..errors import ConfigError, JournalCorrupt, RingfenceError
 __all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "promote", "leader_of", "parse_target"]
 
 T = TypeVar("T")
+_log = logging.getLogger("ringfence.replication")
 KIND_BATCH = "batch"
 KIND_FENCE = "fence"
 PUBLISH_TIMEOUT_S = 5
@@ -55,6 +57,11 @@ class ReplicationTarget:
     servers: str
     stream: str
     replicas: int = 1
+    #: Primary: renew the leadership lease every lease_ms/3 and stop acknowledging when it could
+    #: not for lease_ms. 0: no lease (promotion by operator only).
+    lease_ms: int = 0
+    #: Standby: promote itself when the leader's lease has not been renewed for 2 x lease_ms.
+    auto_promote: bool = False
 
     @property
     def subject(self) -> str:
@@ -66,20 +73,22 @@ class ReplicationTarget:
 
 
 def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
-    """`nats://host:4222/STREAM?replicas=3` (stream defaults to RINGFENCE, replicas to 1)."""
+    """`nats://host:4222/STREAM?replicas=3&lease_ms=3000&auto_promote=1` (stream defaults to RINGFENCE)."""
     parsed = urlparse(url)
     if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
         raise ConfigError("must be a nats://host:port/STREAM URL", field=option)
     stream = parsed.path.strip("/") or "RINGFENCE"
     if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
         raise ConfigError("the stream name may hold letters, digits, '-' and '_' (at most 64)", field=option)
-    replicas = 1
+    limits = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1)}
+    values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0}
     for part in filter(None, parsed.query.split("&")):
         key, _, value = part.partition("=")
-        if key != "replicas" or not value.isdigit() or not 1 <= int(value) <= 5:
-            raise ConfigError("the only option is replicas=1..5", field=option)
-        replicas = int(value)
-    return ReplicationTarget(f"{parsed.scheme}://{parsed.netloc}", stream, replicas)
+        if key not in limits or not value.isdigit() or not limits[key][0] <= int(value) <= limits[key][1]:
+            raise ConfigError("options are replicas=1..5, lease_ms=100..600000 and auto_promote=0|1", field=option)
+        values[key] = int(value)
+    return ReplicationTarget(f"{parsed.scheme}://{parsed.netloc}", stream, values["replicas"], values["lease_ms"],
+                             bool(values["auto_promote"]))
 
 
 class NatsLink:
@@ -185,22 +194,61 @@ class Replicator:
         self.node_id = node_id
         self.link = NatsLink(target)
         self.kv = self.link.ensure_stream_and_bucket()
+        self.revision = 0
+        self.node: Any = None
+        self.lost: str | None = None
+        self._stop = threading.Event()
         self.epoch = self._claim()
+        self.renewed_at = time.monotonic()
         info = self.link.call(self.link.js.stream_info(target.stream))
         self.stream_seq = int(info.state.last_seq)
         self.last_hash = b""
         self.published = 0
 
+    def _record(self) -> bytes:
+        return json.dumps({"epoch": self.epoch, "node": self.node_id, "lease_ms": self.target.lease_ms,
+                           "renewed_at_ns": time.time_ns()}).encode()
+
     def _claim(self) -> int:
         leader, revision = leader_of(self.link, self.kv)
         if leader is None:
-            value = json.dumps({"epoch": 1, "node": self.node_id, "promoted_at_ns": time.time_ns()}).encode()
-            self.link.call(self.kv.create("leader", value))
+            self.epoch = 1
+            self.revision = int(self.link.call(self.kv.create("leader", self._record())))
             return 1
         if leader["node"] != self.node_id:
             raise Fenced(f"node {leader['node']!r} is the primary at epoch {leader['epoch']}; start this node with "
                          "--standby, or promote it with `ringfence replication promote`", field="--replicate")
-        return int(leader["epoch"])
+        self.epoch, self.revision = int(leader["epoch"]), revision
+        return self.epoch
+
+    def _renew(self) -> None:
+        """Renew the lease (revision-checked); a changed record means this node was deposed."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        sent = time.monotonic()
+        try:
+            self.revision = int(self.link.call(self.kv.update("leader", self._record(), last=self.revision),
+                                               self.target.lease_ms / 1000))
+        except KeyWrongLastSequenceError:
+            self._fence_self(f"the leadership record changed: this node was deposed at epoch {self.epoch}")
+            return
+        except Exception as err:  # noqa: BLE001 - any failure to renew counts against the lease, checked below
+            if time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
+                self._fence_self(f"the lease of {self.target.lease_ms} ms expired: NATS unreachable ({type(err).__name__})")
+            return
+        self.renewed_at = sent
+
+    def _fence_self(self, why: str) -> None:
+        self.lost = why
+        node = self.node
+        if node is not None and node.failed is None:
+            node.failed = Fenced(why)  # refused before journaling from now on
+            _log.critical("replication: %s; this node stops acknowledging", why)
+
+    def _lease_loop(self) -> None:
+        period = self.target.lease_ms / 3000
+        while self.lost is None and not self._stop.wait(period):
+            self._renew()
 
     def _stream_tail(self) -> tuple[int, bytes]:
         """(last journal sequence, record hash) the stream holds from batches (0, genesis when none)."""
@@ -242,11 +290,18 @@ class Replicator:
             prev = record.hash
             caught_up += 1
         self.last_hash = prev or tail_hash
+        self.node = node
         node.replicate = self.publish_batch
+        if self.target.lease_ms:
+            threading.Thread(target=self._lease_loop, name="ringfence-lease", daemon=True).start()
         return caught_up
 
     def publish_batch(self, first_seq: int, count: int, payload: bytes, record_hash: bytes, engine: Any) -> None:
         """The node's hook (sequencer thread): returns once JetStream has stored the batch."""
+        if self.lost is not None:
+            raise Fenced(self.lost)
+        if self.target.lease_ms and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
+            raise Fenced(f"the lease of {self.target.lease_ms} ms expired before batch {first_seq} was published")
         self._publish(KIND_BATCH, first_seq, count, self.last_hash, record_hash, payload, engine.state_hash())
         self.last_hash = record_hash
 
@@ -267,6 +322,7 @@ class Replicator:
         self.published += 1
 
     def close(self) -> None:
+        self._stop.set()
         self.link.close()
 
 
@@ -372,9 +428,14 @@ class Follower:
         """Follow the stream; when the leader record names this node, fence and return the epoch."""
         last_report = 0.0  # float-ok: monotonic seconds
         reported_seq = -1
+        seen: tuple[int, float] = (-1, time.monotonic())  # float-ok: (revision, when it was first seen)
         while stop is None or not stop.is_set():
             self.poll()
-            leader, _ = leader_of(self.link, self.kv)
+            leader, revision = leader_of(self.link, self.kv)
+            if revision != seen[0]:
+                seen = (revision, time.monotonic())
+            elif leader is not None and leader["node"] != self.node_id:
+                self._maybe_take_over(leader, revision, seen[1])
             if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) > self.fence_epoch:
                 self._fence(int(leader["epoch"]))
                 self.on_progress(f"standby {self.node_id}: promoted at epoch {leader['epoch']}, fenced at stream "
@@ -387,6 +448,21 @@ class Follower:
                                  f"state hash {self.engine.state_hash()} (stream sequence {self.stream_seq})")
             time.sleep(POLL_S)
         return 0
+
+    def _maybe_take_over(self, leader: dict[str, Any], revision: int, seen_at: float) -> None:  # float-ok: monotonic s
+        """With auto_promote: the lease went 2 x lease_ms unrenewed, so claim the next epoch."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        lease_ms = int(leader.get("lease_ms", 0))
+        if not (self.target.auto_promote and lease_ms) or time.monotonic() - seen_at < 2 * lease_ms / 1000:
+            return
+        record = {"epoch": int(leader["epoch"]) + 1, "node": self.node_id, "lease_ms": lease_ms,
+                  "renewed_at_ns": time.time_ns(), "took_over_from": leader["node"]}
+        try:
+            self.link.call(self.kv.update("leader", json.dumps(record).encode(), last=revision))
+        except KeyWrongLastSequenceError:
+            return  # renewed or taken meanwhile: keep following
+        self.on_progress(f"standby {self.node_id}: the lease of {leader['node']} expired; claimed epoch {record['epoch']}")
 
     def close(self) -> None:
         try:
