@@ -199,3 +199,10 @@ def test_bad_replication_options_are_refused(tmp_path, args, message):
                            str(free_port()), *args], capture_output=True, text=True, timeout=60)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and message in out and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("command", [["replication"], ["replication", "promote"], ["replication", "status"], ["dr"],
+                                     ["dr", "drill"], ["serve"]])
+def test_replication_commands_have_help_with_an_example(command):
+    out = rf(*command, "--help").stdout
+    assert "Example" in out

@@ -133,6 +133,10 @@ class NatsLink:
 
         return self.call(setup())
 
+    def disconnect(self) -> None:
+        """Drop the NATS connection (a partition): every later call fails at once."""
+        self.call(self.nc.close(), 5)
+
     def close(self) -> None:
         nc = getattr(self, "nc", None)
         if nc is not None:
