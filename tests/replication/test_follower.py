@@ -161,7 +161,7 @@ def test_a_partitioned_primary_stops_within_its_lease_and_the_standby_takes_over
         assert not promoted and node.failed is None
         node.execute(OpenAccount("alice", "BTC"))
         cut = time.monotonic()
-        replicator.link.close()  # the partition: the primary can reach NATS no more
+        replicator.link.disconnect()  # the partition: the primary can reach NATS no more
         deadline = cut + 5
         while node.failed is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -176,5 +176,35 @@ def test_a_partitioned_primary_stops_within_its_lease_and_the_standby_takes_over
     finally:
         runner.join(1)
         follower.close()
+        node.close()
+        replicator.close()
+
+
+def test_a_record_larger_than_a_nats_message_goes_in_chunks_and_a_cut_off_one_is_dropped(tmp_path, stream):
+    target = parse_target(f"{NATS_URL}/{stream}")
+    node, replicator = _primary(tmp_path, stream)
+    try:
+        world, alice = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("alice", "BTC").id))
+        big = [CreateTransfers([Transfer(100_000 * r + i, world, alice, 1) for i in range(8000)]) for r in range(1, 9)]
+        node.execute_many(big)  # one journal record of 64,000 transfers: larger than NATS's max payload
+        records, _ = scan_all(tmp_path / "a" / "journal")
+        assert len(records[-1].payload) > replicator.link.chunk_bytes
+        chunked = [h for h in (replicator.link.call(replicator.link.js.get_msg(stream, s)).headers
+                               for s in range(1, replicator.stream_seq + 1)) if "Rf-Chunk" in h]
+        assert len(chunked) >= 2 and chunked[-1]["Rf-Chunk"].split("/")[0] == chunked[-1]["Rf-Chunk"].split("/")[1]
+        # a primary that dies between chunks: chunk 1 of 2 of a record that never completes
+        headers = dict(chunked[0], **{"Rf-First-Seq": str(node.last_seq + 1), "Rf-Chunk": "1/2",
+                                       "Nats-Msg-Id": "cut-off", "Nats-Expected-Last-Sequence": str(replicator.stream_seq)})
+        replicator._publish_one(node.last_seq + 1, headers, b"x" * 100)
+        follower = Follower(target, tmp_path / "b", "b")
+        try:
+            promote(target, "b")
+            assert follower.follow_until_promoted() == 2  # the fence drops the cut-off record
+            assert follower.engine.last_seq == node.last_seq
+            assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+            assert follower.engine.ledger.get("alice", "BTC").balance == 64_000
+        finally:
+            follower.close()
+    finally:
         node.close()
         replicator.close()

@@ -62,6 +62,9 @@ class ReplicationTarget:
     lease_ms: int = 0
     #: Standby: promote itself when the leader's lease has not been renewed for 2 x lease_ms.
     auto_promote: bool = False
+    #: Primary: put the state hash in every Nth batch (1: every batch; it serialises the whole
+    #: engine state, so large states may want a larger N). Followers check it where present.
+    state_hash_every: int = 1
 
     @property
     def subject(self) -> str:
@@ -73,22 +76,24 @@ class ReplicationTarget:
 
 
 def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
-    """`nats://host:4222/STREAM?replicas=3&lease_ms=3000&auto_promote=1` (stream defaults to RINGFENCE)."""
+    """`nats://host:4222/STREAM?replicas=3&lease_ms=3000&auto_promote=1&state_hash_every=1` (stream
+    defaults to RINGFENCE)."""
     parsed = urlparse(url)
     if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
         raise ConfigError("must be a nats://host:port/STREAM URL", field=option)
     stream = parsed.path.strip("/") or "RINGFENCE"
     if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
         raise ConfigError("the stream name may hold letters, digits, '-' and '_' (at most 64)", field=option)
-    limits = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1)}
-    values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0}
+    limits = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1), "state_hash_every": (1, 1_000_000)}
+    values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0, "state_hash_every": 1}
     for part in filter(None, parsed.query.split("&")):
         key, _, value = part.partition("=")
         if key not in limits or not value.isdigit() or not limits[key][0] <= int(value) <= limits[key][1]:
-            raise ConfigError("options are replicas=1..5, lease_ms=100..600000 and auto_promote=0|1", field=option)
+            raise ConfigError("options are replicas=1..5, lease_ms=100..600000, auto_promote=0|1 and "
+                              "state_hash_every=1..1000000", field=option)
         values[key] = int(value)
     return ReplicationTarget(f"{parsed.scheme}://{parsed.netloc}", stream, values["replicas"], values["lease_ms"],
-                             bool(values["auto_promote"]))
+                             bool(values["auto_promote"]), values["state_hash_every"])
 
 
 class NatsLink:
@@ -109,6 +114,8 @@ class NatsLink:
             self.close()
             raise ConfigError(f"cannot reach NATS at {target.servers}: {type(err).__name__} {err}", field="--replicate") from None
         self.js = self.nc.jetstream()
+        #: Records larger than this go as several messages (headers need room under max_payload).
+        self.chunk_bytes = max(64 * 1024, int(self.nc.max_payload) - 64 * 1024)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = PUBLISH_TIMEOUT_S) -> T:  # float-ok: seconds
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
@@ -262,7 +269,8 @@ class Replicator:
         while seq > 0:
             msg = self.link.call(self.link.js.get_msg(self.target.stream, seq))
             h = msg.headers or {}
-            if h.get("Rf-Kind") == KIND_BATCH:
+            index, _, total = h.get("Rf-Chunk", "1/1").partition("/")
+            if h.get("Rf-Kind") == KIND_BATCH and index == total:  # a record's last chunk: it is complete
                 return int(h["Rf-First-Seq"]) + int(h["Rf-Count"]) - 1, bytes.fromhex(h["Rf-Hash"])
             seq -= 1
         return 0, GENESIS_HASH
@@ -306,24 +314,36 @@ class Replicator:
             raise Fenced(self.lost)
         if self.target.lease_ms and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
             raise Fenced(f"the lease of {self.target.lease_ms} ms expired before batch {first_seq} was published")
-        self._publish(KIND_BATCH, first_seq, count, self.last_hash, record_hash, payload, engine.state_hash())
+        with_hash = (self.published + 1) % self.target.state_hash_every == 0
+        self._publish(KIND_BATCH, first_seq, count, self.last_hash, record_hash, payload,
+                      engine.state_hash() if with_hash else "")
         self.last_hash = record_hash
 
     def _publish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
                  state_hash: str) -> None:
+        """Publish one record; one larger than the server's max payload goes as numbered chunks
+        (`Rf-Chunk: i/n`), each with its expected-last-sequence, the record complete with chunk n."""
+        limit = self.link.chunk_bytes
+        chunks = [payload[i : i + limit] for i in range(0, len(payload), limit)] or [b""]
+        for index, chunk in enumerate(chunks, 1):
+            headers = _headers(kind, self.epoch, first_seq, count, prev, record_hash, state_hash, self.stream_seq)
+            if len(chunks) > 1:
+                headers["Rf-Chunk"] = f"{index}/{len(chunks)}"
+            headers["Nats-Msg-Id"] += f"-c{index}-x{self.stream_seq}"  # a retry of this very publish is stored once
+            self.stream_seq = self._publish_one(first_seq, headers, chunk)
+        self.published += 1
+
+    def _publish_one(self, first_seq: int, headers: dict[str, str], data: bytes) -> int:
         from nats.js.errors import APIError
 
-        headers = _headers(kind, self.epoch, first_seq, count, prev, record_hash, state_hash, self.stream_seq)
         try:
-            ack = self.link.call(self.link.js.publish(self.target.subject, payload, headers=headers,
-                                                      stream=self.target.stream))
+            ack = self.link.call(self.link.js.publish(self.target.subject, data, headers=headers, stream=self.target.stream))
         except APIError as err:
             if getattr(err, "err_code", None) == ERR_WRONG_LAST_SEQUENCE:
                 raise Fenced(f"JetStream refused batch {first_seq}: another node published after stream sequence "
                              f"{self.stream_seq} (this node was deposed at epoch {self.epoch})") from None
             raise
-        self.stream_seq = int(ack.seq)
-        self.published += 1
+        return int(ack.seq)
 
     def close(self) -> None:
         self._stop.set()
@@ -357,6 +377,7 @@ class Follower:
             self.lock.release()
             raise
         self.stream_seq = 0  # last stream message consumed
+        self._pending: tuple[tuple[str, str, int], list[bytes]] | None = None  # chunks of a large record
         self.fence_epoch = 0
         self.batches_applied = 0
 
@@ -404,10 +425,37 @@ class Follower:
             self.stream_seq += 1
             headers = msg.headers or {}
             if headers.get("Rf-Kind") == KIND_FENCE:
+                self._pending = None  # a record cut off by a failover was never acknowledged: dropped
                 self.fence_epoch = max(self.fence_epoch, int(headers["Rf-Epoch"]))
             else:
-                self._apply(headers, msg.data or b"")
+                payload = self._assemble(headers, msg.data or b"")
+                if payload is not None:
+                    self._apply(headers, payload)
             n += 1
+
+    def _assemble(self, headers: dict[str, str], data: bytes) -> bytes | None:
+        """The whole payload once a record's last chunk arrives (None while chunks are pending).
+
+        An incomplete record followed by anything but its next chunk (a fence, a republished
+        record) is dropped: its primary stopped before the last chunk, so it was never acknowledged.
+        """
+        if "Rf-Chunk" not in headers:
+            self._pending = None
+            return data
+        index, total = (int(x) for x in headers["Rf-Chunk"].split("/"))
+        key = (headers["Rf-First-Seq"], headers["Rf-Hash"], total)
+        if index == 1:
+            self._pending = (key, [data])
+        elif self._pending is not None and self._pending[0] == key and len(self._pending[1]) == index - 1:
+            self._pending[1].append(data)
+        else:
+            self._pending = None
+            return None
+        if index < total:
+            return None
+        parts = self._pending[1]
+        self._pending = None
+        return b"".join(parts)
 
     def _fence(self, epoch: int) -> None:
         """Publish the fence at `epoch`: only possible once every stream message has been consumed."""
@@ -417,6 +465,7 @@ class Follower:
             self.poll()
             headers = _headers(KIND_FENCE, epoch, self.writer.next_seq, 0, self.writer.last_hash, self.writer.last_hash,
                                self.engine.state_hash(), self.stream_seq)
+            headers["Nats-Msg-Id"] += f"-x{self.stream_seq}"
             try:
                 ack = self.link.call(self.link.js.publish(self.target.subject, b"", headers=headers,
                                                           stream=self.target.stream))
