@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from ..errors import ConfigError, JournalCorrupt, RingfenceError
 
@@ -67,6 +68,18 @@ class ReplicationTarget:
     state_hash_every: int = 1
 
     @property
+    def display(self) -> str:
+        """The server URL safe to print: a password in it is replaced by ***."""
+        parsed = urlparse(self.servers)
+        if parsed.password is None:
+            return self.servers
+        return self.servers.replace(f":{parsed.password}@", ":***@", 1)
+
+    def display_url(self, **options: object) -> str:
+        query = "&".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in options.items())
+        return f"{self.display}/{self.stream}" + (f"?{query}" if query else "")
+
+    @property
     def subject(self) -> str:
         return f"rf.{self.stream}.batches"
 
@@ -92,7 +105,11 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
             raise ConfigError("options are replicas=1..5, lease_ms=100..600000, auto_promote=0|1 and "
                               "state_hash_every=1..1000000", field=option)
         values[key] = int(value)
-    return ReplicationTarget(f"{parsed.scheme}://{parsed.netloc}", stream, values["replicas"], values["lease_ms"],
+    netloc = parsed.netloc
+    secret = os.environ.get("RINGFENCE_NATS_PASSWORD", "")
+    if parsed.username and parsed.password is None and secret:  # keeps the password out of `ps` output
+        netloc = f"{parsed.username}:{quote(secret, safe='')}@{netloc.split('@', 1)[1]}"
+    return ReplicationTarget(f"{parsed.scheme}://{netloc}", stream, values["replicas"], values["lease_ms"],
                              bool(values["auto_promote"]), values["state_hash_every"])
 
 
@@ -107,12 +124,16 @@ class NatsLink:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="ringfence-nats", daemon=True)
         self._thread.start()
+        async def on_error(err: Exception) -> None:  # one line, no traceback, no URL (it may hold a password)
+            _log.warning("nats: %s: %s", type(err).__name__, str(err)[:200])
+
         try:
             self.nc = self.call(nats.connect(target.servers, connect_timeout=3, max_reconnect_attempts=2,
-                                             allow_reconnect=True))
+                                             allow_reconnect=True, error_cb=on_error))
         except (OSError, asyncio.TimeoutError, NatsError) as err:
             self.close()
-            raise ConfigError(f"cannot reach NATS at {target.servers}: {type(err).__name__} {err}", field="--replicate") from None
+            reason = str(err).replace(urlparse(target.servers).password or "\0", "***")
+            raise ConfigError(f"cannot reach NATS at {target.display}: {type(err).__name__} {reason}", field="--replicate") from None
         self.js = self.nc.jetstream()
         #: Records larger than this go as several messages (headers need room under max_payload).
         self.chunk_bytes = max(64 * 1024, int(self.nc.max_payload) - 64 * 1024)

@@ -36,8 +36,8 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         # a stopped standby closes its journal and lock cleanly (exit 0), as a stopped server does
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         follower = Follower(target, data / "engine", ident, on_progress=say)
-        say(f"standby {ident}: following stream {target.stream} at {target.servers}; promote with: "
-            f"ringfence replication promote --nats {standby} --node-id {ident}")
+        say(f"standby {ident}: following stream {target.stream} at {target.display}; promote with: "
+            f"ringfence replication promote --nats {target.display_url()} --node-id {ident}")
         try:
             follower.follow_until_promoted()
         finally:
@@ -51,6 +51,6 @@ def after_build(exchange: Any, replicator: Replicator | None, say: Callable[[str
         return
     target, ident = replicator.target, replicator.node_id
     caught_up = replicator.attach(exchange.node)
-    say(f"replicating to stream {target.stream} at {target.servers} as {ident}, epoch {replicator.epoch} "
+    say(f"replicating to stream {target.stream} at {target.display} as {ident}, epoch {replicator.epoch} "
         f"({caught_up} records published to catch up); a batch is acknowledged after fsync and the stream's ack")
     return replicator
