@@ -208,3 +208,34 @@ def test_a_record_larger_than_a_nats_message_goes_in_chunks_and_a_cut_off_one_is
     finally:
         node.close()
         replicator.close()
+
+
+def test_a_restarted_standby_checks_the_stream_against_its_journal(tmp_path, stream):
+    target = parse_target(f"{NATS_URL}/{stream}")
+    node, replicator = _primary(tmp_path, stream)
+    try:
+        _fund(node, 1, 5)
+        follower = Follower(target, tmp_path / "b", "b")
+        follower.poll()
+        follower.close()
+        _fund(node, 2, 7)
+        again = Follower(target, tmp_path / "b", "b")  # re-reads the stream from the start
+        try:
+            again.poll()
+            assert again.engine.state_hash() == node.read(lambda e: e.state_hash())
+        finally:
+            again.close()
+        # a standby whose journal is not the stream's history is refused, not silently extended
+        other = new_node(tmp_path / "c")
+        other.open()
+        other.execute(RegisterAsset("ETH", 18, "crypto", "ethereum"))
+        other.close()
+        diverged = Follower(target, tmp_path / "c", "c")
+        try:
+            with pytest.raises(JournalCorrupt, match="diverged"):
+                diverged.poll()
+        finally:
+            diverged.close()
+    finally:
+        node.close()
+        replicator.close()

@@ -371,6 +371,12 @@ class Replicator:
         self.link.close()
 
 
+def _records(journal_dir: Path) -> Any:
+    from ..journal.journal import scan
+
+    return scan(journal_dir, decode_from_seq=2**62)  # verified, payloads not kept
+
+
 class Follower:
     """The standby's side: append each verified batch to its own journal and apply it, until promoted.
 
@@ -390,6 +396,8 @@ class Follower:
         self.lock = DataDirLock(node_dir, f"ringfence serve --standby (node {node_id})")
         try:
             self.engine, _, scan = replay_journal(node_dir, truncate=True)
+            #: last sequence -> record hash of the local journal, to check the stream against on a restart
+            self._local: dict[int, bytes] = {r.last_seq: r.hash for r in _records(node_dir / "journal")}
             self.writer = JournalWriter(node_dir / "journal", next_seq=scan.last_seq + 1, last_hash=scan.last_hash,
                                         tail_segment=scan.tail_segment, tail_size=scan.tail_size)
             self.link = NatsLink(target)
@@ -413,8 +421,11 @@ class Follower:
             raise Fenced(f"stream message {self.stream_seq}: a batch from epoch {epoch} after the fence of epoch "
                          f"{self.fence_epoch}: a deposed primary's write; refusing it")
         w = self.writer
-        if first_seq + count - 1 < w.next_seq:
-            return  # already in the local journal (a restart of the follower)
+        if first_seq + count - 1 < w.next_seq:  # already in the local journal (a restart of the follower)
+            if self._local.get(first_seq + count - 1) != bytes.fromhex(headers["Rf-Hash"]):
+                raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} differs from this standby's "
+                                     "journal: the histories diverged; rebuild this standby on a fresh folder")
+            return
         if first_seq != w.next_seq or bytes.fromhex(headers["Rf-Prev-Hash"]) != w.last_hash:
             raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} does not follow sequence "
                                  f"{w.next_seq - 1} and its record hash")
