@@ -58,6 +58,7 @@ __all__ = ["BackupInvalid", "BackupReport", "create_backup", "verify_backup", "r
 MANIFEST = "MANIFEST.json"
 FORMAT = "ringfence-backup/1"
 IDENTITY_FILE = "identity.sqlite3"
+PG_DUMP_FILE = "identity.pgdump"
 COPY_CHUNK_BYTES = 4 * 1024 * 1024
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -190,6 +191,28 @@ def _copy_identity(src: Path, dest: Path) -> None:
         source.close()
 
 
+def _pg(tool: str, url: str, args: list[str]) -> str:
+    """Run pg_dump / pg_restore against a SQLAlchemy URL; the password goes in PGPASSWORD, not argv."""
+    import subprocess
+
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    env = dict(os.environ)
+    if u.password:
+        env["PGPASSWORD"] = str(u.password)
+    conn = ["--host", u.host or "127.0.0.1", "--port", str(u.port or 5432), "--username", u.username or "postgres",
+            "--dbname", u.database or "postgres"]
+    binary = shutil.which(tool)
+    if binary is None:
+        raise ConfigError(f"{tool} is not installed; it is needed for the PostgreSQL identity database",
+                          field="RINGFENCE_DATABASE_URL")
+    proc = subprocess.run([binary, *conn, *args], env=env, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise ConfigError(f"{tool} failed: {proc.stderr.strip()[:500]}", field="RINGFENCE_DATABASE_URL")
+    return proc.stdout
+
+
 def _write_manifest(dest: Path, manifest: dict[str, Any]) -> None:
     tmp = dest / (MANIFEST + ".tmp")
     with open(tmp, "w") as fh:
@@ -200,7 +223,8 @@ def _write_manifest(dest: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, dest / MANIFEST)
 
 
-def create_backup(src_node: Path, dest: Path, *, identity_db: Path | None = None, progress: Progress = _noop) -> BackupReport:
+def create_backup(src_node: Path, dest: Path, *, identity_db: Path | None = None, identity_pg_url: str | None = None,
+                  progress: Progress = _noop) -> BackupReport:
     """Copy `src_node`'s journal (read-only; the node may be running) into the new folder `dest`."""
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     if any(dest.iterdir()):
@@ -231,6 +255,10 @@ def create_backup(src_node: Path, dest: Path, *, identity_db: Path | None = None
         _copy_identity(identity_db, dest / IDENTITY_FILE)
         files["identity"] = {"name": IDENTITY_FILE, "sha256": _sha256_file(dest / IDENTITY_FILE)}
         report.identity = "SQLite (online backup)"
+    if identity_pg_url:
+        _pg("pg_dump", identity_pg_url, ["--format=custom", "--no-owner", "--no-privileges", "--file", str(dest / PG_DUMP_FILE)])
+        files["identity"] = {"name": PG_DUMP_FILE, "sha256": _sha256_file(dest / PG_DUMP_FILE), "kind": "postgresql"}
+        report.identity = "PostgreSQL (pg_dump, one consistent snapshot)"
     _write_manifest(dest, {
         "format": FORMAT,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -304,9 +332,28 @@ def verify_backup(backup: Path, *, progress: Progress = _noop) -> BackupReport:
     if not report.snapshots_checked[-1][1]:
         report.problems.append(f"the snapshot at sequence {snap.seq} does not match the replayed state and chain head")
     engine.check_invariants()
-    if manifest["files"].get("identity"):
+    identity = manifest["files"].get("identity")
+    if identity and identity.get("kind") == "postgresql":
+        report.identity = _check_pg_dump(backup / PG_DUMP_FILE, report)
+    elif identity:
         report.identity = _check_identity(backup / IDENTITY_FILE, report)
     return report
+
+
+def _check_pg_dump(path: Path, report: BackupReport) -> str:
+    """pg_restore --list reads the whole archive's table of contents: a damaged dump fails here."""
+    import subprocess
+
+    binary = shutil.which("pg_restore")
+    if binary is None:
+        report.notes.append("pg_restore is not installed: the PostgreSQL dump was checked by its SHA-256 only")
+        return "PostgreSQL dump (SHA-256 checked)"
+    proc = subprocess.run([binary, "--list", str(path)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        report.problems.append(f"{PG_DUMP_FILE}: pg_restore cannot read it: {proc.stderr.strip()[:200]}")
+        return "damaged"
+    tables = sum(1 for line in proc.stdout.splitlines() if " TABLE DATA " in line)
+    return f"PostgreSQL dump, {tables} tables"
 
 
 def _check_identity(path: Path, report: BackupReport) -> str:
@@ -324,7 +371,8 @@ def _check_identity(path: Path, report: BackupReport) -> str:
     return f"SQLite, {users} users, integrity {result}"
 
 
-def restore_backup(backup: Path, target: Path, *, to_seq: int | None = None, progress: Progress = _noop) -> BackupReport:
+def restore_backup(backup: Path, target: Path, *, to_seq: int | None = None, identity_pg_url: str | None = None,
+                   progress: Progress = _noop) -> BackupReport:
     """Build a new serve data directory `target` (node in target/engine) as of sequence `to_seq`."""
     manifest = _load_manifest(backup)
     last_seq = int(manifest["last_seq"])
@@ -336,6 +384,9 @@ def restore_backup(backup: Path, target: Path, *, to_seq: int | None = None, pro
     _check_files(backup, manifest, report)
     if report.problems:
         raise BackupInvalid("; ".join(report.problems), field="BACKUPDIR")
+    identity = manifest["files"].get("identity")
+    if identity and identity.get("kind") == "postgresql" and identity_pg_url:
+        _refuse_used_database(identity_pg_url)  # before anything is written
     node = target / "engine"
     node.mkdir(mode=0o700, parents=True)
     lock = DataDirLock(node, "ringfence backup restore")
@@ -352,7 +403,9 @@ def restore_backup(backup: Path, target: Path, *, to_seq: int | None = None, pro
         _write_engine_snapshot(engine, node / "snapshots", scanned.last_hash)
     finally:
         lock.release()
-    if manifest["files"].get("identity"):
+    if identity and identity.get("kind") == "postgresql":
+        report.identity = _restore_pg(backup / PG_DUMP_FILE, identity_pg_url)
+    elif identity:
         shutil.copyfile(backup / IDENTITY_FILE, target / IDENTITY_FILE)
         os.chmod(target / IDENTITY_FILE, 0o600)
         report.identity = "SQLite, as of the backup (identity is not cut at --to-seq)"
@@ -360,6 +413,31 @@ def restore_backup(backup: Path, target: Path, *, to_seq: int | None = None, pro
     report.chain_head, report.state_hash = scanned.last_hash.hex(), replay.state_hash
     report.segments, report.bytes = scanned.segments, scanned.bytes_read
     return report
+
+
+def _refuse_used_database(url: str) -> None:
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine(url)
+    try:
+        tables = inspect(engine).get_table_names()
+    except OperationalError as err:
+        raise ConfigError(f"cannot open the database: {str(err.orig).splitlines()[0] if err.orig else err}",
+                          field="RINGFENCE_DATABASE_URL") from None
+    finally:
+        engine.dispose()
+    if "identity_users" in tables:
+        raise ConfigError("the database already holds identity tables; restore into an empty database",
+                          field="RINGFENCE_DATABASE_URL")
+
+
+def _restore_pg(dump: Path, url: str | None) -> str:
+    """Load the identity dump into the (empty) PostgreSQL database at `url`."""
+    if not url:
+        return f"PostgreSQL dump kept in the backup ({PG_DUMP_FILE}); set RINGFENCE_DATABASE_URL to restore it"
+    _pg("pg_restore", url, ["--no-owner", "--no-privileges", "--exit-on-error", str(dump)])
+    return "PostgreSQL, restored with pg_restore (as of the backup; identity is not cut at --to-seq)"
 
 
 def _restore_journal(src: Path, dest: Path, to_seq: int) -> str | None:

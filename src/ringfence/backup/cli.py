@@ -63,23 +63,23 @@ def create(
 ) -> None:
     """Copy the journal (read-only, the node may keep running), replay it, write a snapshot and a manifest.
 
-    The identity database is copied too when the node uses SQLite; with RINGFENCE_DATABASE_URL on
-    PostgreSQL, back that up with pg_dump. Exit 0 when the backup replayed to a state hash.
+    The identity database is copied too: SQLite with its online backup API, PostgreSQL (when
+    RINGFENCE_DATABASE_URL points at it) with pg_dump. Exit 0 when the backup replayed to a state hash.
 
     Example: ringfence backup create --data ./ringfence-data --to ./backups/2026-12-03
     """
     node = require_node_dir(data, "--data")
-    identity = None if os.environ.get("RINGFENCE_DATABASE_URL", "").startswith("postgresql") else (
-        node.parent / "identity.sqlite3" if node.name == ENGINE_SUBDIR else node / "identity.sqlite3")
+    pg_url = os.environ.get("RINGFENCE_DATABASE_URL", "")
+    pg_url = pg_url if pg_url.startswith("postgresql") else ""
+    identity = None if pg_url else (node.parent / "identity.sqlite3" if node.name == ENGINE_SUBDIR else node / "identity.sqlite3")
     prepare_data_dir(to, "--to")
     try:
         with _progress() as progress:
-            report = create_backup(node, to, identity_db=identity, progress=progress)  # type: ignore[arg-type]
+            report = create_backup(node, to, identity_db=identity, identity_pg_url=pg_url or None,
+                                   progress=progress)  # type: ignore[arg-type]
     except RingfenceError as err:
         fail(str(err), 1)
     console.print(_table(f"backup {to}", report))
-    if identity is None:
-        console.print("identity: in PostgreSQL — back it up with pg_dump")
     console.print(f"backup: [bold green]OK[/] sequence {report.last_seq:,} replayed to state hash {report.state_hash[:16]}…")
 
 
@@ -116,7 +116,8 @@ def restore(
     """Rebuild a data directory from a backup, as of any journal sequence (point-in-time restore).
 
     The restored journal is the backup's up to --to-seq (a batch straddling it is cut after that
-    command); it is replayed and snapshotted before the command returns.
+    command); it is replayed and snapshotted before the command returns. A PostgreSQL identity dump
+    is loaded into the empty database RINGFENCE_DATABASE_URL names (else it stays in the backup).
 
     Example: ringfence backup restore ./backups/2026-12-03 --to ./restored --to-seq 1200
     """
@@ -127,7 +128,9 @@ def restore(
         fail(f"--to: {to} is not empty; restore into a new folder")
     try:
         with _progress() as progress:
-            report = restore_backup(backup, to, to_seq=to_seq, progress=progress)  # type: ignore[arg-type]
+            pg_url = os.environ.get("RINGFENCE_DATABASE_URL", "")
+            report = restore_backup(backup, to, to_seq=to_seq, progress=progress,  # type: ignore[arg-type]
+                                    identity_pg_url=pg_url if pg_url.startswith("postgresql") else None)
     except RingfenceError as err:
         fail(str(err), 1)
     console.print(_table(f"restored {to}", report))
