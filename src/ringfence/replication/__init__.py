@@ -32,7 +32,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from ..errors import ConfigError, JournalCorrupt, RingfenceError
 
@@ -66,6 +66,8 @@ class ReplicationTarget:
     #: Primary: put the state hash in every Nth batch (1: every batch; it serialises the whole
     #: engine state, so large states may want a larger N). Followers check it where present.
     state_hash_every: int = 1
+    #: tls:// only: verify the server's certificate against this CA file (default: the system's CAs).
+    tls_ca: str = ""
 
     @property
     def display(self) -> str:
@@ -76,6 +78,8 @@ class ReplicationTarget:
         return self.servers.replace(f":{parsed.password}@", ":***@", 1)
 
     def display_url(self, **options: object) -> str:
+        if self.tls_ca:
+            options = {"tls_ca": quote(self.tls_ca, safe="/"), **options}
         query = "&".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in options.items())
         return f"{self.display}/{self.stream}" + (f"?{query}" if query else "")
 
@@ -99,18 +103,24 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
         raise ConfigError("the stream name may hold letters, digits, '-' and '_' (at most 64)", field=option)
     limits = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1), "state_hash_every": (1, 1_000_000)}
     values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0, "state_hash_every": 1}
+    tls_ca = ""
     for part in filter(None, parsed.query.split("&")):
         key, _, value = part.partition("=")
+        if key == "tls_ca":  # the CA that signed the NATS server's certificate (tls:// only)
+            tls_ca = unquote(value)
+            if parsed.scheme != "tls" or not Path(tls_ca).is_file():
+                raise ConfigError("tls_ca must name a readable CA file and needs a tls:// URL", field=option)
+            continue
         if key not in limits or not value.isdigit() or not limits[key][0] <= int(value) <= limits[key][1]:
-            raise ConfigError("options are replicas=1..5, lease_ms=100..600000, auto_promote=0|1 and "
-                              "state_hash_every=1..1000000", field=option)
+            raise ConfigError("options are replicas=1..5, lease_ms=100..600000, auto_promote=0|1, "
+                              "state_hash_every=1..1000000 and tls_ca=FILE", field=option)
         values[key] = int(value)
     netloc = parsed.netloc
     secret = os.environ.get("RINGFENCE_NATS_PASSWORD", "")
     if parsed.username and parsed.password is None and secret:  # keeps the password out of `ps` output
         netloc = f"{parsed.username}:{quote(secret, safe='')}@{netloc.split('@', 1)[1]}"
     return ReplicationTarget(f"{parsed.scheme}://{netloc}", stream, values["replicas"], values["lease_ms"],
-                             bool(values["auto_promote"]), values["state_hash_every"])
+                             bool(values["auto_promote"]), values["state_hash_every"], tls_ca)
 
 
 class NatsLink:
@@ -127,10 +137,15 @@ class NatsLink:
         async def on_error(err: Exception) -> None:  # one line, no traceback, no URL (it may hold a password)
             _log.warning("nats: %s: %s", type(err).__name__, str(err)[:200])
 
+        tls: dict[str, Any] = {}
+        if target.servers.startswith("tls://"):
+            import ssl
+
+            tls["tls"] = ssl.create_default_context(cafile=target.tls_ca or None)  # verifies host name and chain
         try:
-            self.nc = self.call(nats.connect(target.servers, connect_timeout=3, max_reconnect_attempts=2,
-                                             allow_reconnect=True, error_cb=on_error))
-        except (OSError, asyncio.TimeoutError, NatsError) as err:
+            self.nc = self.call(nats.connect(target.servers, connect_timeout=3, max_reconnect_attempts=2, reconnect_time_wait=0.5,
+                                             allow_reconnect=True, error_cb=on_error, **tls), 20)
+        except (OSError, asyncio.TimeoutError, NatsError) as err:  # ssl.SSLError is an OSError
             self.close()
             reason = str(err).replace(urlparse(target.servers).password or "\0", "***")
             raise ConfigError(f"cannot reach NATS at {target.display}: {type(err).__name__} {reason}", field="--replicate") from None
