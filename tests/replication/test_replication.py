@@ -113,9 +113,16 @@ def test_standby_follows_and_a_promotion_fences_the_old_primary(tmp_path, stream
                 assert r.status_code == 200, r.text
                 acked.append(f"rep-{i}")
             last = httpx.get(primary.base + "/readyz").json()["last_seq"]
-            m = standby.wait_for(rf"applied through sequence {last} state hash ([0-9a-f]{{64}})")
+            deadline = time.time() + 30
+            while (status := httpx.get(standby.base + "/v1/standby").json())["applied_seq"] < last:
+                assert time.time() < deadline, status
+                time.sleep(0.1)
             primary_state, _, _ = replay_journal(tmp_path / "a" / "engine", until_seq=last)  # read-only
-            assert m.group(1) == primary_state.state_hash(), "the standby's state differs from the primary's"
+            assert status["applied_seq"] == last and status["role"] == "standby", status
+            assert status["state_hash"] == primary_state.state_hash(), "the standby's state differs from the primary's"
+            not_ready = httpx.get(standby.base + "/readyz")
+            assert not_ready.status_code == 503 and not_ready.json()["ready"] is False  # no clients to a standby
+            assert httpx.post(standby.base + "/api/v3/order").status_code in (404, 501)  # it serves nothing else
             out = rf("replication", "promote", "--nats", url, "--node-id", "b").stdout
             assert "promoted b at epoch 2 (was a at epoch 1)" in out
             standby.wait_ready()

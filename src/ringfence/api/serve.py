@@ -139,7 +139,7 @@ def serve(
         def say(line: str) -> None:
             console.print(line, soft_wrap=True)
 
-        replicator = before_build(data, replicate, standby, node_id, port, demo, say)
+        replicator = before_build(data, replicate, standby, node_id, port, demo, say, host)
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips)
         after_build(exchange, replicator, say)
     except RingfenceError as err:

@@ -424,6 +424,7 @@ class Follower:
         self._pending: tuple[tuple[str, str, int], list[bytes]] | None = None  # chunks of a large record
         self.fence_epoch = 0
         self.batches_applied = 0
+        self.last_state_hash = ""  # the newest state hash checked against the primary's
 
     def _apply(self, headers: dict[str, str], payload: bytes) -> None:
         from ..engine.core import ShardHalt
@@ -455,8 +456,10 @@ class Follower:
             except ShardHalt as halt:
                 rebuild_halted(self.node_dir, self.engine, halt)
         expected = headers.get("Rf-State-Hash", "")
-        if expected and self.engine.state_hash() != expected:
-            raise JournalCorrupt(f"after batch {first_seq} the standby's state hash differs from the primary's")
+        if expected:
+            if self.engine.state_hash() != expected:
+                raise JournalCorrupt(f"after batch {first_seq} the standby's state hash differs from the primary's")
+            self.last_state_hash = expected
         self.batches_applied += 1
 
     def poll(self) -> int:
