@@ -23,6 +23,7 @@ hash recomputed from header and payload), the epoch, and the state hash after ap
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -155,6 +156,10 @@ class NatsLink:
 
     def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = PUBLISH_TIMEOUT_S) -> T:  # float-ok: seconds
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
+        """Start `coro` on the link's loop and return at once; `.result(timeout)` waits for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def ensure_stream_and_bucket(self) -> Any:
         from nats.js.api import StorageType, StreamConfig
@@ -339,24 +344,45 @@ class Replicator:
             caught_up += 1
         self.last_hash = prev or tail_hash
         self.node = node
-        node.replicate = self.publish_batch
+        node.replica = self
         if self.target.lease_ms:
             threading.Thread(target=self._lease_loop, name="ringfence-lease", daemon=True).start()
         return caught_up
 
-    def publish_batch(self, first_seq: int, count: int, payload: bytes, record_hash: bytes, engine: Any) -> None:
-        """The node's hook (sequencer thread): returns once JetStream has stored the batch."""
+    def _check_lease(self, first_seq: int) -> None:
         if self.lost is not None:
             raise Fenced(self.lost)
         if self.target.lease_ms and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
-            raise Fenced(f"the lease of {self.target.lease_ms} ms expired before batch {first_seq} was published")
-        with_hash = (self.published + 1) % self.target.state_hash_every == 0
-        self._publish(KIND_BATCH, first_seq, count, self.last_hash, record_hash, payload,
-                      engine.state_hash() if with_hash else "")
-        self.last_hash = record_hash
+            raise Fenced(f"the lease of {self.target.lease_ms} ms expired before batch {first_seq} was replicated")
+
+    def begin(self, first_seq: int, count: int, payload: bytes, record_hash: bytes) -> Any:
+        """`ReplicaLog.begin` (sequencer thread, before the local fsync). A batch that carries no
+        state hash starts publishing now, while the fsync runs; one that carries it waits for
+        `finish` (the hash is of the state after the batch is applied)."""
+        self._check_lease(first_seq)
+        prev, self.last_hash = self.last_hash, record_hash
+        if (self.published + 1) % self.target.state_hash_every == 0:
+            return (first_seq, count, payload, record_hash, prev)
+        return self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, ""))
+
+    def finish(self, token: Any, engine: Any) -> None:
+        """`ReplicaLog.finish` (after apply, before any acknowledgement): returns once JetStream
+        has stored the whole batch."""
+        if isinstance(token, tuple):
+            first_seq, count, payload, record_hash, prev = token
+            self._check_lease(first_seq)
+            self.link.call(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, engine.state_hash()))
+            return
+        token.result(PUBLISH_TIMEOUT_S)
+        if self.target.lease_ms and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
+            raise Fenced(f"the lease of {self.target.lease_ms} ms expired while the batch was being replicated")
 
     def _publish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
                  state_hash: str) -> None:
+        self.link.call(self._apublish(kind, first_seq, count, prev, record_hash, payload, state_hash))
+
+    async def _apublish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
+                        state_hash: str) -> None:
         """Publish one record; one larger than the server's max payload goes as numbered chunks
         (`Rf-Chunk: i/n`), each with its expected-last-sequence, the record complete with chunk n."""
         limit = self.link.chunk_bytes
@@ -366,14 +392,18 @@ class Replicator:
             if len(chunks) > 1:
                 headers["Rf-Chunk"] = f"{index}/{len(chunks)}"
             headers["Nats-Msg-Id"] += f"-c{index}-x{self.stream_seq}"  # a retry of this very publish is stored once
-            self.stream_seq = self._publish_one(first_seq, headers, chunk)
+            self.stream_seq = await self._apublish_one(first_seq, headers, chunk)
         self.published += 1
 
     def _publish_one(self, first_seq: int, headers: dict[str, str], data: bytes) -> int:
+        return self.link.call(self._apublish_one(first_seq, headers, data))
+
+    async def _apublish_one(self, first_seq: int, headers: dict[str, str], data: bytes) -> int:
         from nats.js.errors import APIError
 
         try:
-            ack = self.link.call(self.link.js.publish(self.target.subject, data, headers=headers, stream=self.target.stream))
+            ack = await self.link.js.publish(self.target.subject, data, headers=headers, stream=self.target.stream,
+                                             timeout=PUBLISH_TIMEOUT_S)
         except APIError as err:
             if getattr(err, "err_code", None) == ERR_WRONG_LAST_SEQUENCE:
                 raise Fenced(f"JetStream refused batch {first_seq}: another node published after stream sequence "
