@@ -239,3 +239,37 @@ def test_a_restarted_standby_checks_the_stream_against_its_journal(tmp_path, str
     finally:
         node.close()
         replicator.close()
+
+
+def test_an_fsync_failure_while_the_batch_is_being_published_is_outcome_unknown(tmp_path, stream):
+    """The batch is published while its fsync runs; when the fsync fails the client must hear
+    "outcome unknown" (never "nothing applied"): the stream, and so a standby, may hold it."""
+    import os as _os
+
+    from ringfence.errors import OutcomeUnknown
+
+    failing = {"on": False}
+
+    def sync(fd: int) -> None:
+        if failing["on"]:
+            raise OSError(5, "Input/output error")
+        _os.fdatasync(fd)
+
+    node = new_node(tmp_path / "a", journal_sync=sync)
+    node.open()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000"), "a")
+    replicator.attach(node)
+    node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+    node.execute(OpenAccount("alice", "BTC"))
+    world, alice = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("alice", "BTC").id))
+    failing["on"] = True
+    with pytest.raises(OutcomeUnknown):
+        node.execute(CreateTransfers([Transfer(1, world, alice, 5)]))
+    node.abandon()
+    replicator.close()
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    try:
+        follower.poll()
+        assert follower.engine.ledger.get("alice", "BTC").balance == 5  # the standby did get it
+    finally:
+        follower.close()

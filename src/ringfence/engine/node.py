@@ -76,6 +76,9 @@ class ReplicaLog(Protocol):
 
     def finish(self, token: Any, engine: Engine) -> None: ...
 
+    def settle(self, token: Any) -> None:
+        """After a failed local write: wait (bounded) for a publish `begin` started; never raises."""
+
 
 class ReadGate:
     """Many readers at once, or the one writer (the sequencer applying a batch); the writer first.
@@ -748,11 +751,15 @@ class Node:
             # The record was written, the fsync failed: it may survive and be applied on restart,
             # or not. Telling the client "nothing applied" could make it retry into a duplicate.
             self.failed = err
+            if replica is not None and token is not None:
+                replica.settle(token)
             for _, _, ack in accepted:
                 ack._resolve(error=OutcomeUnknown(f"{err.message}. Outcome unknown: check before retrying", field=None))
             return None
         except OSError as err:
             self.failed = err
+            if replica is not None and token is not None:
+                replica.settle(token)
             for _, _, ack in accepted:
                 if token is None:
                     ack._resolve(error=NotDurable(f"journal write failed ({err.strerror or err}); nothing was applied"))

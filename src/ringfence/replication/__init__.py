@@ -377,6 +377,15 @@ class Replicator:
         if self.target.lease_ms and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
             raise Fenced(f"the lease of {self.target.lease_ms} ms expired while the batch was being replicated")
 
+    def settle(self, token: Any) -> None:
+        """`ReplicaLog.settle`: the local write failed after `begin`; let a started publish finish
+        (it may well succeed: that is why the client hears "outcome unknown")."""
+        if isinstance(token, concurrent.futures.Future):
+            try:
+                token.result(PUBLISH_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - stored or not, the node stops; the outcome stays unknown
+                pass
+
     def _publish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
                  state_hash: str) -> None:
         self.link.call(self._apublish(kind, first_seq, count, prev, record_hash, payload, state_hash))
