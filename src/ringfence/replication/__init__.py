@@ -282,6 +282,10 @@ class Replicator:
             self.revision = int(self.link.call(self.kv.update("leader", self._record(), last=self.revision),
                                                self.target.lease_ms / 1000))
         except KeyWrongLastSequenceError:
+            leader, revision = leader_of(self.link, self.kv)
+            if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) == self.epoch:
+                self.revision = revision  # our own renewal that timed out earlier landed late: still ours
+                return
             self._fence_self(f"the leadership record changed: this node was deposed at epoch {self.epoch}")
             return
         except Exception as err:  # noqa: BLE001 - any failure to renew counts against the lease, checked below
@@ -300,7 +304,11 @@ class Replicator:
     def _lease_loop(self) -> None:
         period = self.target.lease_ms / 3000
         while self.lost is None and not self._stop.wait(period):
-            self._renew()
+            try:
+                self._renew()
+            except Exception as err:  # noqa: BLE001 - the loop must keep watching the lease; a failed renewal
+                if time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
+                    self._fence_self(f"the lease of {self.target.lease_ms} ms expired ({type(err).__name__})")
 
     def _stream_tail(self) -> tuple[int, bytes]:
         """(last journal sequence, record hash) the stream holds from batches (0, genesis when none)."""
