@@ -91,7 +91,8 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     ctx.demo = demo
     exchange = Exchange(data)
     exchange.open()
-    info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips(), "mail": ctx.mail_setup}
+    info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips(),
+                               "mail": ctx.mail_setup, "store": ctx.store.describe()}
     custody = custody_runtime(data, settings, demo, ctx)  # custody
     withdraw_addresses = None
     if demo:
@@ -215,6 +216,13 @@ def serve(
         "(default: RINGFENCE_API_FORWARDED_ALLOW_IPS, else none: the TCP peer is the client).",
         show_default=False,
     ),
+    # --- replication (ringfence.replication, docs/resilience.md) ---
+    replicate: str | None = typer.Option(None, "--replicate", help="Primary: publish every journal batch to this NATS "
+                                         "JetStream stream (nats://host:4222/STREAM) and acknowledge only after its ack."),
+    standby: str | None = typer.Option(None, "--standby", help="Hot standby: follow the stream into DIR, verifying "
+                                       "chain and state hash, until promoted; then serve as the primary."),
+    node_id: str | None = typer.Option(None, "--node-id", help="This node's name in the leadership record "
+                                       "(default: HOSTNAME-PORT)."),
 ) -> None:
     """Run the exchange: Binance-compatible REST + WebSocket API and the web dashboard.
 
@@ -225,6 +233,8 @@ def serve(
     on a local SMTP server and shows it at /dev/mail.
 
     Example: ringfence serve --demo --data ./ringfence-data --port 8000
+
+    Example (replicated): ringfence serve --data ./a --replicate nats://127.0.0.1:4222/RF --node-id a
     """
     import structlog
     import uvicorn
@@ -249,11 +259,20 @@ def serve(
             fail(f"--port: cannot listen on {host}:{port}: {err.strerror or err}")
     public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
     try:
+        # --- replication: a standby follows here until promoted; a primary hooks its node after build ---
+        from ..replication.serving import after_build, before_build
+
+        def say(line: str) -> None:
+            console.print(line, soft_wrap=True)
+
+        replicator = before_build(data, replicate, standby, node_id, port, demo, say, host)
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port))
+        after_build(exchange, replicator, say)
     except RingfenceError as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
+    console.print(f"identity store: {info['store']}", soft_wrap=True)
     mail = info["mail"]
     for warning in mail.warnings:  # type: ignore[attr-defined]
         console.print(f"[yellow]warning:[/] {warning}")
