@@ -170,7 +170,13 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     publisher = PorPublisher(exchange.read, data / "por", secret, sources=sources, keep=settings.por_keep,
                              value_asset=settings.shield_value_asset, every_s=settings.por_every_s,
                              alive=lambda: exchange.node.writer is not None)
-    entry = publisher.publish()
+    from ..errors import ValidationError
+
+    try:
+        entry = publisher.publish()
+    except ValidationError as err:  # a new exchange without any asset yet: nothing to prove
+        publisher.start()  # the schedule publishes once there is
+        return {"publisher": publisher, "waiting": str(err), "every_s": settings.por_every_s}
     publisher.start()
     return {"publisher": publisher, "n": entry["n"], "position": entry["position"], "accounts": entry["accounts"],
             "every_s": settings.por_every_s, "reserves_proven": entry["reserves_proven"]}
@@ -257,6 +263,8 @@ def serve(
     por = info["por"]
     if "off" in por:  # type: ignore[operator]
         console.print(f"[bold yellow]proof of solvency is off:[/] {por['off']}")  # type: ignore[index]
+    elif "waiting" in por:  # type: ignore[operator]
+        console.print(f"proof of solvency: nothing to prove yet ({por['waiting']}); tried again every {por['every_s']} s")  # type: ignore[index]
     else:
         console.print(f"proof of solvency #{por['n']} for {por['accounts']} accounts at {por['position']}, then every "  # type: ignore[index]
                       f"{por['every_s']} s: /por, /por/history, /por/verify, /v1/por/proof")  # type: ignore[index]
