@@ -246,3 +246,45 @@ def test_fees_reach_the_shield_vault_on_chain_and_in_the_ledger(live: Server) ->
     assert 'ringfence_custody_worker_up{worker="shield-sweeper"} 1.0' in metrics
     for asset in ("BTC", "ETH", "USDT"):
         assert f'ringfence_por_coverage_basis_points{{asset="{asset}"}}' in metrics
+
+
+def test_chain_balance_at_a_height_refuses_bad_heights(live: Server) -> None:
+    vault = httpx.get(live.base + "/readyz", timeout=10).json()["custody"]["shield"]["routes"][0]["vault_address"]
+    above = cli("chain", "balance", "--data", str(live.data), "--asset", "BTC", "--address", vault, "--height", "999999999")
+    assert above.returncode == 2 and "height" in above.stderr and "tip" in above.stderr, above.stderr
+    negative = cli("chain", "balance", "--data", str(live.data), "--asset", "BTC", "--address", vault, "--height", "-1")
+    assert negative.returncode == 2 and "--height" in negative.stderr, negative.stderr
+    admin = json.loads((live.data / "custody" / "admin.json").read_text())
+    r = httpx.get(admin["url"] + "/v1/demo/chain/balance", params={"asset": "BTC", "address": vault, "height": "1e3"},
+                  headers={"Authorization": f"Bearer {admin['token']}"}, timeout=10)
+    assert r.status_code == 400 and "height" in r.json()["msg"]
+    # height 0 (genesis): nothing was in the vault yet
+    assert chain_balance(live.data, "BTC", vault, 0) == 0
+
+
+def test_por_page_shows_coverage_per_asset_and_the_shield_verdict(live: Server, tmp_path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium = "/usr/bin/chromium"
+    assert Path(chromium).exists(), "Debian chromium is missing: `make setup` installs it"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(live.base + "/por")
+            expect(page.locator("svg#coverage-chart")).to_be_visible()
+            for asset in ("BTC", "ETH", "USDT"):
+                expect(page.locator(f'polyline.coverage-line[data-asset="{asset}"]')).to_have_count(1)
+                assert page.locator(f'circle.coverage-point[data-asset="{asset}"]').count() >= 2
+            expect(page.locator("#no-evidence")).to_have_count(0)
+            rule = page.locator("#shield-rule")
+            expect(rule).to_be_visible()
+            newest = history(live)[-1]
+            expect(rule).to_contain_text("ALERT" if newest["shield_alert"] else "holds")
+            page.screenshot(path=str(tmp_path / "por-live.png"), full_page=True)
+            print(f"/por screenshot: {tmp_path / 'por-live.png'}")
+            assert not errors, errors
+        finally:
+            browser.close()
