@@ -47,6 +47,8 @@ def custody_runtime(data: Path, settings: object, demo: bool, ctx: object) -> ob
         address_cooling_s=settings.custody_address_cooling_s,  # type: ignore[attr-defined]
         security_lock_s=settings.identity_withdrawal_lock_s,  # type: ignore[attr-defined]
         identity_ctx=ctx,
+        shield_sweep_every_s=settings.shield_sweep_every_s,  # type: ignore[attr-defined]
+        shield_value_asset=settings.shield_value_asset,  # type: ignore[attr-defined]
     )
 
 
@@ -82,6 +84,8 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         overrides["api_forwarded_allow_ips"] = forwarded_allow_ips
     if demo and "RINGFENCE_POR_EVERY_S" not in os.environ:
         overrides["por_every_s"] = 30  # the demo shows the schedule working within a minute
+    if demo and "RINGFENCE_SHIELD_SWEEP_EVERY_S" not in os.environ:
+        overrides["shield_sweep_every_s"] = 60  # custody: the demo's trades reach the shield vault within a minute
     settings = load_settings(**overrides)
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
     # mail (identity/delivery.py): probe SMTP (a ConfigError outside dev mode), or the demo's catcher
@@ -140,8 +144,10 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         chain_admin_token=admin_token,
     )
     # proof of solvency on a schedule and the shield fund rule (issue 15, items 6-7; the block below).
-    # No reserve source until custody runs chains in serve: its runtime passes them here.
-    info["por"] = start_por_publisher(exchange, data, settings, reserve_sources=())
+    # The custody runtime proves its own wallets' reserves (signed by their signers, one height per
+    # chain); its shield sweeper is one of its supervised workers (custody/runtime.py).
+    sources = [custody.reserve_source(exchange.read)] if custody is not None else []  # type: ignore[attr-defined]
+    info["por"] = start_por_publisher(exchange, data, settings, reserve_sources=sources)
     register_por_metrics(app, exchange, data, settings)
     return app, exchange, info
 
@@ -172,7 +178,13 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     publisher = PorPublisher(exchange.read, data / "por", secret, sources=sources, keep=settings.por_keep,
                              value_asset=settings.shield_value_asset, every_s=settings.por_every_s,
                              alive=lambda: exchange.node.writer is not None)
-    entry = publisher.publish()
+    from ..errors import ValidationError
+
+    try:
+        entry = publisher.publish()
+    except ValidationError as err:  # a new exchange without any asset yet: nothing to prove
+        publisher.start()  # the schedule publishes once there is
+        return {"publisher": publisher, "waiting": str(err), "every_s": settings.por_every_s}
     publisher.start()
     return {"publisher": publisher, "n": entry["n"], "position": entry["position"], "accounts": entry["accounts"],
             "every_s": settings.por_every_s, "reserves_proven": entry["reserves_proven"]}
@@ -186,19 +198,6 @@ def register_por_metrics(app: Any, exchange: Any, data: Path, settings: Any) -> 
     while not hasattr(inner, "state") and hasattr(inner, "app"):  # through the ASGI middleware to FastAPI
         inner = inner.app
     inner.state.metrics.registry.register(PorMetrics(exchange.read, data / "por", settings.shield_value_asset))
-
-
-def start_shield_sweeper(node: Any, settings: Any, adapters: dict[str, Any], routes: Sequence[Any]) -> Any:
-    """The shield fund sweeper as a worker in `serve` (issue 15, item 6): every
-    `settings.shield_sweep_every_s` it moves the accrued fee share from the hot wallets into the
-    shield vault on chain and records each move through the node's command path. Called by the
-    custody runtime once it runs chains in serve (it owns the adapters and the hot wallets' signers)."""
-    from ..custody.shield import ShieldSweeper, ShieldSweepWorker
-
-    worker = ShieldSweepWorker(ShieldSweeper(node, adapters, routes, value_asset=settings.shield_value_asset),
-                               settings.shield_sweep_every_s)
-    worker.start()
-    return worker
 
 
 # ---------------------------------------------------------------- end of proof of solvency and shield fund
@@ -290,6 +289,8 @@ def serve(
     por = info["por"]
     if "off" in por:  # type: ignore[operator]
         console.print(f"[bold yellow]proof of solvency is off:[/] {por['off']}")  # type: ignore[index]
+    elif "waiting" in por:  # type: ignore[operator]
+        console.print(f"proof of solvency: nothing to prove yet ({por['waiting']}); tried again every {por['every_s']} s")  # type: ignore[index]
     else:
         console.print(f"proof of solvency #{por['n']} for {por['accounts']} accounts at {por['position']}, then every "  # type: ignore[index]
                       f"{por['every_s']} s: /por, /por/history, /por/verify, /v1/por/proof")  # type: ignore[index]

@@ -13,11 +13,17 @@ pay out of them, and their supervision.
   pipeline, the balancer (sweeps of deposit addresses into hot, and recording confirmed
   transfers), chain reconciliation on every new block (halts withdrawals of an asset whose wallet
   holds less than the ledger says), and the security-change relay (identity's password / second
-  factor / e-mail changes become `RecordSecurityChange` commands, so the engine enforces the lock).
-  Workers only read engine state (`node.read`) and submit commands; they never write state.
+  factor / e-mail changes become `RecordSecurityChange` commands, so the engine enforces the lock),
+  and the shield sweeper (`custody.shield.ShieldSweeper`: the fee share accrued in
+  `insurance:<segment>` moves from the BTC hot wallet into the 2-of-3 shield vault on chain, every
+  `shield_sweep_every_s`). Workers only read engine state (`node.read`) and submit commands; they never write state.
   Chain access is serialised by one lock (the simulator and eth-tester are single-threaded).
 * **Keys.** Demo keys derive from a random seed kept in `DIR/custody/seed` (0600) with
   `localnet.derive_key`, as `LocalNet` does: worthless on any real chain.
+* **Proof of reserves.** `reserve_source(read)` is the `ReserveSource` `serve` hands its proof
+  publisher: every wallet (deposit addresses, hot, warm, cold, the shield vault) signs the
+  snapshot's ownership message with the signer that controls it (`seed_wallet_keys`, shared with
+  `LocalNet`), and every balance of a chain is read at one pinned height, under the chain lock.
 
 Without chain settings (and without `--demo`) nothing here runs and `canDeposit`/`canWithdraw`
 stay false.
@@ -38,10 +44,12 @@ import structlog
 
 from ..errors import ConfigError, RingfenceError, ValidationError
 from .localnet import BTC_MINER_SPK, derive_key, shield_multisig
+from .shield import DEFAULT_VALUE_ASSET
 from .wallets import LocalKeySigner, build_btc_payment, eth_address, p2wpkh_address
 
 __all__ = ["AssetTerms", "DEMO_TERMS", "LocalChains", "CustodyKeys", "CustodyRuntime", "Supervised",
-           "parse_chain_settings", "demo_policy", "relay_security_changes", "STAFF"]
+           "parse_chain_settings", "demo_policy", "relay_security_changes", "STAFF", "RuntimeReserveSource",
+           "SHIELD_MIN_SWEEP_MINOR"]
 
 log = structlog.get_logger("ringfence.custody")
 
@@ -82,11 +90,17 @@ DEMO_TERMS: dict[str, AssetTerms] = {
 }
 #: What the demo treasury puts in the hot wallets at the start (covers the demo's ledger funding).
 DEMO_TREASURY = {"BTC": 110 * 10**8, "ETH": 1_100 * 10**18, "USDT": 12_000_000 * 10**6}
+#: The smallest shield sweep per asset with a shield vault (0.00001 BTC: well above the dust limit;
+#: trading 0.1 BTC at the default 0.1 % fee accrues that much).
+SHIELD_MIN_SWEEP_MINOR = {"BTC": 1_000}
 
 
 def parse_chain_settings(text: str) -> dict[str, str]:
-    """`BTC=local,ETH=local` -> {"BTC": "local", ...}; refuses unknown assets and chain kinds."""
+    """`BTC=local,ETH=local` -> {"BTC": "local", ...}; `none` -> {} (no chains, even with --demo);
+    refuses unknown assets and chain kinds."""
     out: dict[str, str] = {}
+    if text.strip().lower() == "none":
+        return out
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
@@ -275,14 +289,19 @@ class LocalChains:
                 return self.eth.broadcast(self.dev.sign_token_transfer(self.dev.dev_key(1), "USDT", to, amount_minor)).txid
         raise ValidationError(f"the faucet pays BTC, ETH or USDT, not {asset!r}", field="asset")
 
-    def balance(self, asset: str, address: str) -> int:
+    def balance(self, asset: str, address: str, height: int | None = None) -> int:
+        """An address's balance at the tip, or at `height` (a past block of the asset's chain)."""
         if self.adapter("bitcoin" if asset == "BTC" else "ethereum") is None:
             raise ValidationError(f"{asset} is not on this server's chains", field="asset")
+        if height is not None and (isinstance(height, bool) or not isinstance(height, int) or height < 0):
+            raise ValidationError("must be a block height (a whole number >= 0)", field="height")
         with self.lock:
+            if height is not None and height > self.adapter("bitcoin" if asset == "BTC" else "ethereum").current_height():
+                raise ValidationError("is above the chain's tip", field="height")
             if asset == "BTC":
-                return self.btc.balance(self.btc.validate_address(address))
+                return self.btc.balance(self.btc.validate_address(address), height)
             if asset in ("ETH", "USDT"):
-                return self.eth.balance(self.eth.validate_address(address), None, None if asset == "ETH" else asset)
+                return self.eth.balance(self.eth.validate_address(address), height, None if asset == "ETH" else asset)
         raise ValidationError(f"must be BTC, ETH or USDT, not {asset!r}", field="asset")
 
     def adapter(self, chain: str) -> Any:
@@ -427,7 +446,8 @@ class CustodyRuntime:
 
     def __init__(self, data_dir: Path, assets: dict[str, str], *, demo: bool, block_interval_ms: int = 3000,
                  poll_ms: int = 500, address_cooling_s: int = 86400, security_lock_s: int = 86400,
-                 identity_ctx: Any = None) -> None:
+                 identity_ctx: Any = None, shield_sweep_every_s: int = 3600,
+                 shield_value_asset: str = DEFAULT_VALUE_ASSET) -> None:
         if not assets:
             raise ConfigError("no custodied assets configured", field="RINGFENCE_CUSTODY_CHAINS")
         self.data_dir = Path(data_dir)
@@ -438,6 +458,11 @@ class CustodyRuntime:
         self.address_cooling_s = address_cooling_s
         self.security_lock_s = security_lock_s
         self.identity_ctx = identity_ctx
+        if shield_sweep_every_s <= 0:
+            raise ConfigError("must be a positive number of seconds", field="RINGFENCE_SHIELD_SWEEP_EVERY_S")
+        self.shield_sweep_every_s = shield_sweep_every_s
+        self.shield_value_asset = shield_value_asset
+        self.shield_sweeper: Any = None
         cdir = self.data_dir / "custody"
         self.keys = CustodyKeys(load_seed(cdir))
         self.chains = LocalChains(self.data_dir / "chains", self.keys.seed, frozenset(t.chain for t in self.terms.values()))
@@ -560,6 +585,47 @@ class CustodyRuntime:
                 node.execute(AddWithdrawalAddress(account_id, asset, address, 0))
         return addresses
 
+    # ---- proof of reserves and the shield fund ------------------------------------------------
+
+    def assets_by_chain(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, tuple[str, ...]] = {}
+        for a, t in self.terms.items():
+            out[t.chain] = out.get(t.chain, ()) + (a,)
+        return out
+
+    def reserve_wallets(self, read: Callable[[Callable[[Any], Any]], Any]) -> list[Any]:
+        """`WalletKeys` of every wallet: deposit addresses assigned so far (`read` = `Node.read`),
+        hot, warm, cold and the shield vault, each with the signer that controls it."""
+        from ..solvency.reserve_source import seed_wallet_keys
+        from .commands import custody_state
+
+        k = self.keys
+        deposits = read(lambda e: sorted((key.split(":", 1)[0], v[0], v[2]) for key, v in custody_state(e).deposit_addresses.items()))
+        online = [(chain, address, k.signer, k.deposit_key_id(chain, account)) for chain, account, address in deposits]
+        online += [("bitcoin", k.btc_hot, k.signer, "btc-hot"), ("bitcoin", k.btc_warm, k.signer, "btc-warm"),
+                   ("ethereum", k.eth_hot, k.signer, "eth-hot")]
+        return seed_wallet_keys(k.seed, self.assets_by_chain(), online, {"bitcoin": k.cold["btc"], "ethereum": k.cold["eth"]},
+                                k.shield)
+
+    def reserve_source(self, read: Callable[[Callable[[Any], Any]], Any]) -> "RuntimeReserveSource":
+        """The `ReserveSource` `serve` gives its proof-of-solvency publisher."""
+        return RuntimeReserveSource(self, read)
+
+    def shield_routes(self) -> list[Any]:
+        """One route per asset with a shield vault on its chain (BTC: hot -> the 2-of-3 vault)."""
+        from .shield import ShieldRoute
+
+        routes = []
+        if "BTC" in self.terms:
+            routes.append(ShieldRoute("BTC", "btc_hot", self.keys.btc_hot, "btc-hot", self.keys.signer, "shield_btc",
+                                      self.keys.shield, SHIELD_MIN_SWEEP_MINOR["BTC"]))
+        return routes
+
+    def _shield_step(self) -> None:
+        report = self.shield_sweeper.step()
+        if report.sent or report.recorded or report.resent or report.errors:
+            log.info("shield.step", sent=report.sent, recorded=report.recorded, resent=report.resent, errors=report.errors)
+
     # ---- workers ------------------------------------------------------------------------------
 
     def start(self, node: Any) -> None:
@@ -598,6 +664,10 @@ class CustodyRuntime:
         self.workers.append(Supervised("reconcile-chain", self._reconcile, every, lock))
         if self.identity_ctx is not None:
             self.workers.append(Supervised("security-relay", self._relay_security_changes, every, threading.RLock()))
+        from .shield import ShieldSweeper
+
+        self.shield_sweeper = ShieldSweeper(node, adapters, self.shield_routes(), value_asset=self.shield_value_asset)
+        self.workers.append(Supervised("shield-sweeper", self._shield_step, self.shield_sweep_every_s * 1000, lock))
         for w in self.workers:
             w.start(self._stop)
 
@@ -662,6 +732,16 @@ class CustodyRuntime:
             out["chain_reconciliation"] = {"seq": report.seq, "wallets": len(report.chain_rows),
                                            "mismatches": [m.evidence() for m in report.mismatches[:10]],
                                            "halts_submitted": list(report.halts_submitted)}
+        sweeper = self.shield_sweeper
+        if sweeper is not None:
+            last = sweeper.last
+            out["shield"] = {
+                "every_s": self.shield_sweep_every_s,
+                "routes": [{"asset": r.asset, "from_wallet": r.hot_wallet, "to_wallet": r.shield_wallet,
+                            "vault_address": r.shield_address, "min_sweep_minor": str(r.min_sweep_minor)} for r in sweeper.routes],
+                "last_step": None if last is None else {"sent": list(last.sent), "recorded": list(last.recorded),
+                                                        "resent": last.resent, "errors": dict(last.errors)},
+            }
         return out
 
 
@@ -680,6 +760,30 @@ def relay_security_changes(node: Any, identity_ctx: Any, *, limit: int = 100) ->
         except RingfenceError as err:  # e.g. an account id the ledger refuses: skip it, keep relaying
             log.warning("custody.security_relay_refused", event_id=event_id, error=str(err))
     return sent
+
+
+class RuntimeReserveSource:
+    """Proof-of-reserves evidence from the custody runtime's own wallets (a `ReserveSource`).
+
+    For each snapshot: the wallet list is re-read (deposit addresses grow), then, holding the chain
+    lock, each chain's height is pinned and every claim signed; the balance readers it returns take
+    the same lock for every read, so the publisher reads the in-process chains safely while the
+    workers run."""
+
+    name = "custody runtime (serve)"
+
+    def __init__(self, runtime: CustodyRuntime, read: Callable[[Callable[[Any], Any]], Any]) -> None:
+        self.runtime = runtime
+        self.read = read
+
+    def evidence(self, snapshot_id_hex: str) -> Any:
+        from ..solvency.reserve_source import SignerReserveSource
+
+        rt = self.runtime
+        wallets = rt.reserve_wallets(self.read)
+        adapters = {c: rt.chains.adapter(c) for c in sorted(rt.chains.chains)}
+        with rt.chains.lock:
+            return SignerReserveSource(self.name, wallets, adapters, lock=rt.chains.lock).evidence(snapshot_id_hex)
 
 
 class _Copy:
