@@ -171,6 +171,10 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     publisher = PorPublisher(exchange.read, data / "por", secret, sources=sources, keep=settings.por_keep,
                              value_asset=settings.shield_value_asset, every_s=settings.por_every_s,
                              alive=lambda: exchange.node.writer is not None)
+    if not exchange.read(lambda e: len(e.ledger.assets)):  # a node with nothing listed has nothing to prove yet
+        publisher.start()
+        return {"off": f"no asset is listed yet, nothing to prove; the schedule tries every {settings.por_every_s} s",
+                "publisher": publisher}
     entry = publisher.publish()
     publisher.start()
     return {"publisher": publisher, "n": entry["n"], "position": entry["position"], "accounts": entry["accounts"],
@@ -268,6 +272,8 @@ def serve(
         if "custody" in info:
             console.print(f"custody: local chains for {', '.join(info['custody']['assets'])}; faucet: "  # type: ignore[index]
                           f"ringfence chain pay --data {data} --asset BTC --to ADDRESS --amount 0.5")
+    if "custody" in info and info["custody"]["policy"] != "active":  # type: ignore[index]  # custody: no policy yet
+        console.print(f"[bold yellow]custody:[/] {info['custody']['policy']}")  # type: ignore[index]
     por = info["por"]
     if "off" in por:  # type: ignore[operator]
         console.print(f"[bold yellow]proof of solvency is off:[/] {por['off']}")  # type: ignore[index]
