@@ -286,6 +286,8 @@ def serve(
         if "custody" in info:
             console.print(f"custody: local chains for {', '.join(info['custody']['assets'])}; faucet: "  # type: ignore[index]
                           f"ringfence chain pay --data {data} --asset BTC --to ADDRESS --amount 0.5")
+    if "custody" in info and info["custody"]["policy"] != "active":  # type: ignore[index]  # custody: no policy yet
+        console.print(f"[bold yellow]custody:[/] {info['custody']['policy']}")  # type: ignore[index]
     por = info["por"]
     if "off" in por:  # type: ignore[operator]
         console.print(f"[bold yellow]proof of solvency is off:[/] {por['off']}")  # type: ignore[index]

@@ -48,16 +48,19 @@ from .shield import DEFAULT_VALUE_ASSET
 from .wallets import LocalKeySigner, build_btc_payment, eth_address, p2wpkh_address
 
 __all__ = ["AssetTerms", "DEMO_TERMS", "LocalChains", "CustodyKeys", "CustodyRuntime", "Supervised",
-           "parse_chain_settings", "demo_policy", "relay_security_changes", "STAFF", "RuntimeReserveSource",
-           "SHIELD_MIN_SWEEP_MINOR"]
+           "parse_chain_settings", "demo_policy", "relay_security_changes", "DEMO_POLICY_ID", "NO_POLICY",
+           "RuntimeReserveSource", "SHIELD_MIN_SWEEP_MINOR"]
 
 log = structlog.get_logger("ringfence.custody")
 
 #: Binance's network id of each asset's chain (what `network=` and `networkList[].network` say).
 NETWORK_OF_CHAIN = {"bitcoin": "BTC", "ethereum": "ETH"}
-#: Demo staff (approvers); real staff identities come from identity (issue 16).
-STAFF = {"tina": ["treasury"], "tom": ["treasury"], "ana": ["analyst"],
-         "pat": ["policy_admin"], "pia": ["policy_admin"], "pol": ["policy_admin"]}
+#: The demo policy's proposal id. Who approves what is the staff register's business
+#: (`ringfence.staff`): `serve --demo` seeds its genesis (staff/demo.py) before this runtime starts.
+DEMO_POLICY_ID = "p-serve-1"
+#: What bootstrap reports (and `serve` prints) when no withdrawal policy is active outside --demo.
+NO_POLICY = ("no active withdrawal policy: every withdrawal is denied (default deny) until policy admins propose "
+             "and approve one (ringfence policy propose|approve|activate --key ...); see docs/custody.md")
 MAX_BACKOFF_MS = 30_000
 
 
@@ -119,11 +122,12 @@ def parse_chain_settings(text: str) -> dict[str, str]:
 
 
 def demo_policy(terms: dict[str, AssetTerms]) -> dict[str, Any]:
-    """Small withdrawals from a hot wallet go through; larger ones wait for a human review."""
+    """Small withdrawals from a hot wallet go through; larger ones wait for two approvers' signed
+    approvals (staff role `approver`; in the demo ada and cy)."""
     rules: list[dict[str, Any]] = [{"name": "deny-high-risk", "when": {"risk_score_gte": 90}, "action": {"type": "deny"}}]
     for t in terms.values():
         rules.append({"name": f"review-large-{t.asset}", "when": {"asset": [t.asset], "amount_minor_gt": t.review_above_minor},
-                      "action": {"type": "manual_review"}})
+                      "action": {"type": "approvals", "count": 2, "roles": ["approver"]}})
     rules.append({"name": "hot-small", "when": {"wallet_tier": ["hot"]}, "action": {"type": "allow"}})
     return {"version": 1, "approval_ttl_s": 3600, "rules": rules}
 
@@ -503,10 +507,7 @@ class CustodyRuntime:
 
     def bootstrap(self, node: Any) -> dict[str, Any]:
         from ..ledger.commands import RegisterAsset
-        from .commands import (
-            ActivatePolicy, ApprovePolicy, ConfigureCustodyAsset, ProposePolicy, RegisterWallet, SetApprover,
-            SetWithdrawalRules, custody_state,
-        )
+        from .commands import ConfigureCustodyAsset, RegisterWallet, SetWithdrawalRules, custody_state
 
         ex = node.execute
         chains = {t.chain for t in self.terms.values()}
@@ -533,24 +534,57 @@ class CustodyRuntime:
         for name, chain, tier, addrs, public in wallets:
             if name not in have:
                 ex(RegisterWallet(name, chain, tier, addrs, public))
-        approvers = node.read(lambda e: dict(custody_state(e).approvers))
-        for who, roles in STAFF.items():
-            if approvers.get(who) != roles:
-                ex(SetApprover(who, roles))
-        if not node.read(lambda e: custody_state(e).policy_text):
-            text = json.dumps(demo_policy(self.terms))
-            ex(ProposePolicy("p-serve-1", "pat", text))
-            ex(ApprovePolicy("p-serve-1", "pia"))
-            ex(ApprovePolicy("p-serve-1", "pol"))
-            ex(ActivatePolicy("p-serve-1"))
+        policy = self._ensure_policy(node)
         rules = node.read(lambda e: custody_state(e).rules)
         if rules is None or (rules.require_address_book, rules.address_cooling_s, rules.security_lock_s) != (
                 True, self.address_cooling_s, self.security_lock_s):
             ex(SetWithdrawalRules(True, self.address_cooling_s, self.security_lock_s))
-        out: dict[str, Any] = {"assets": sorted(self.terms)}
+        out: dict[str, Any] = {"assets": sorted(self.terms), "policy": policy}
         if self.demo:
             out["treasury"] = self._fund_treasury(node)
         return out
+
+    def _ensure_policy(self, node: Any) -> str:
+        """The withdrawal policy, decided by staff. With an active policy nothing is submitted.
+        `--demo`: the demo's policy admins (pat proposes, pia and pol approve) sign `demo_policy`
+        with their keys from DIR/demo-staff.json, then it is activated (the first policy has no
+        delay). Otherwise no staff are invented: the answer says that no policy is active."""
+        from .commands import ActivatePolicy, custody_state
+
+        if node.read(lambda e: bool(custody_state(e).policy_text)):
+            return "active"
+        if not self.demo:
+            log.warning("custody.no_policy", detail=NO_POLICY)
+            return NO_POLICY
+        from ..staff.decisions import POLICY_ADMIN
+        from ..staff.demo import DEMO_POLICY_ADMINS, demo_staff_keys
+        from ..staff.desk import StaffDesk
+        from ..staff.state import staff_of
+
+        def admins(engine: Any) -> set[str]:
+            return {m.staff_id for m in staff_of(engine).active(POLICY_ADMIN)}
+
+        keys = {s: k for s, k in demo_staff_keys(self.data_dir, DEMO_POLICY_ADMINS).items() if s in node.read(admins)}
+        if len(keys) < len(DEMO_POLICY_ADMINS):
+            msg = (f"{NO_POLICY} (the demo's policy admins {', '.join(DEMO_POLICY_ADMINS)} are not all in the staff register "
+                   f"with their keys in {self.data_dir / 'demo-staff.json'}: a data directory from an older version)")
+            log.warning("custody.no_policy", detail=msg)
+            return msg
+        desk = StaffDesk(keys, time.time_ns)
+        pid = DEMO_POLICY_ID
+
+        def proposal(engine: Any) -> tuple[str, str, list[str]] | None:
+            p = custody_state(engine).proposals.get(pid)
+            return None if p is None else (p.state, p.proposer, list(p.approvals))
+
+        if node.read(proposal) is None:
+            node.execute(desk.propose_policy(pid, json.dumps(demo_policy(self.terms)), DEMO_POLICY_ADMINS[0]))
+        for who in DEMO_POLICY_ADMINS:  # the other two approve (a restart after a crash resumes here)
+            state, proposer, approvals = node.read(proposal)
+            if state == "proposed" and who != proposer and who not in approvals:
+                node.execute(node.read(lambda e, who=who: desk.approve_policy(e, pid, who)))
+        node.execute(ActivatePolicy(pid))
+        return "active"
 
     def _fund_treasury(self, node: Any) -> list[str]:
         """Demo only: the exchange's own coins arrive in the hot wallets (covering the demo's
