@@ -10,7 +10,8 @@ ledger records the same move between the custody accounts that mirror the two wa
 custody's own treasury commands: `RecordTransferSigned` journaled **before** broadcast,
 `RecordInternalTransfer` once final. Every ledger asset still sums to zero; insurance is unchanged.
 
-What is due: `accrued (all segments) - in the vault (ledger custody) - already signed, not yet
+What is due: `accrued (all segments) - (in the vault (ledger custody) - capital paid in by treasury
+funding) - already signed, not yet
 recorded`. A sweep is sent only when that is at least the route's minimum (no dust transactions).
 
 The rule: `shield value >= hot value`, both valued in one asset (default USDT) at the markets'
@@ -85,9 +86,13 @@ def shield_status(engine: Any, value_asset: str = DEFAULT_VALUE_ASSET) -> dict[s
         hot = sum(_balance(ledger, code, "custody", n) for n in hot_wallets if wallets[n].chain == chain)
         in_flight = sum(t.amount_minor for t in transfers.values()
                         if t.state == "signed" and t.asset == code and t.to_wallet in shield_wallets)
+        # the exchange's own capital paid into the vault (RecordTreasuryFunding) is shield fund too,
+        # but it is not the fee share: only what the sweeps brought counts against what accrued
+        capital = sum(t.amount_minor for k, t in transfers.items()
+                      if k.startswith("funding:") and t.asset == code and t.to_wallet in shield_wallets)
         rows.append({"asset": code, "decimals": spec.decimals, "accrued_minor": str(accrued),
-                     "vault_minor": str(vault), "in_flight_minor": str(in_flight),
-                     "due_minor": str(max(accrued - vault - in_flight, 0)), "hot_minor": str(hot),
+                     "vault_minor": str(vault), "capital_minor": str(capital), "in_flight_minor": str(in_flight),
+                     "due_minor": str(max(accrued - (vault - capital) - in_flight, 0)), "hot_minor": str(hot),
                      "vault_wallets": sorted(on_chain_wallets)})
         if vault == 0 and hot == 0:
             continue
