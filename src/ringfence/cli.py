@@ -310,6 +310,12 @@ app.add_typer(_staff_cli.review_app, name="review")
 app.add_typer(_staff_cli.halts_app, name="halts")
 _staff_cli.register_policy_commands(_custody_cli.policy_app)
 app.add_typer(_audit_app, name="audit")
+from .backup.cli import app as _backup_app  # noqa: E402
+app.add_typer(_backup_app, name="backup")
+from .replication.cli import app as _replication_app  # noqa: E402
+app.add_typer(_replication_app, name="replication")
+from .replication.dr_cli import app as _dr_app  # noqa: E402
+app.add_typer(_dr_app, name="dr")
 
 
 def main() -> None:  # console-script entry point

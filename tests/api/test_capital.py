@@ -143,21 +143,60 @@ def test_ccxt_round_trip_deposit_trade_withdraw(money: Server) -> None:
     assert 'ringfence_chain_height{chain="bitcoin"}' in metrics
 
 
-def test_large_withdrawal_waits_for_review_with_reasons(money: Server) -> None:
+def review(data: Path, base: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The staff console (`ringfence review ...`) against the live server, keys from DIR/demo-staff.json."""
+    return cli("review", *args, "--url", base)
+
+
+def staff_key(data: Path, staff_id: str) -> str:
+    return f"{data / 'demo-staff.json'}#{staff_id}"
+
+
+def test_large_withdrawal_waits_for_two_approvers_then_completes_on_chain(money: Server) -> None:
+    """Above the demo's review threshold (2 ETH) a withdrawal waits (status 2, with the rule's
+    reasons) for two approvers' signed approvals through the console; one approval is not enough,
+    the same person twice counts once, a staff member without the approver role is refused; after
+    ada and cy approve it is signed, broadcast and completes, and the destination's balance rises."""
     key = withdraw_key(money.data)
-    res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply",
-                 {"coin": "ETH", "address": key["withdraw_addresses"]["ETH"], "amount": "19.5"})
+    policy = json.loads(cli("policy", "show", "--key", staff_key(money.data, "pat"), "--url", money.base, "--json").stdout)
+    active = json.loads(policy["active_policy"]) if isinstance(policy["active_policy"], str) else policy["active_policy"]
+    assert "approver" in json.dumps(active) and "treasury" not in json.dumps(active), active
+    assert [(p["proposal_id"], p["proposer"], sorted(p["approvals"]), p["state"]) for p in policy["proposals"]] == [
+        ("p-serve-1", "pat", ["pia", "pol"], "active")], policy["proposals"]
+
+    dest = key["withdraw_addresses"]["ETH"]
+    dest_before = chain_balance(money.data, "ETH", dest)
+    res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply", {"coin": "ETH", "address": dest, "amount": "2.5"})
     assert res.status_code == 200, res.text
     wid = res.json()["id"]
 
-    def reviewed():
+    def row() -> dict | None:
         rows = signed(money, key, "GET", "/sapi/v1/capital/withdraw/history", {"coin": "ETH"}).json()
-        row = next((r for r in rows if r["id"] == wid), None)
-        return row if row and row["status"] == 2 else None
+        return next((r for r in rows if r["id"] == wid), None)
 
-    row = wait_for("the large withdrawal to wait for review", reviewed)
-    assert row["info"].startswith("waiting for a human review"), row["info"]
-    assert "mandatory manual review" in row["info"] or "amount" in row["info"], row["info"]
+    waiting = wait_for("the large withdrawal to wait for approvals", lambda: (r := row()) and r["status"] == 2 and r)
+    assert waiting["info"].startswith("waiting for approvals: "), waiting["info"]
+    assert "amount" in waiting["info"], waiting["info"]  # the rule's reason names the amount condition
+
+    listed = review(money.data, money.base, "list", "--key", staff_key(money.data, "cy"), "--json")
+    assert listed.returncode == 0, listed.stderr
+    (queued,) = [w for w in json.loads(listed.stdout)["withdrawals"] if w["withdrawal_id"] == wid]
+    assert queued["rule"] == "review-large-ETH" and queued["required_approvals"] == 2 and queued["state"] == "awaiting_approvals"
+
+    out = review(money.data, money.base, "approve", wid, "--key", staff_key(money.data, "ada"))
+    assert out.returncode == 0 and "1/2" in out.stdout, out.stdout + out.stderr
+    out = review(money.data, money.base, "approve", wid, "--key", staff_key(money.data, "ada"))
+    assert out.returncode == 1 and "rule 'distinct-people'" in out.stderr, out.stderr
+    out = review(money.data, money.base, "approve", wid, "--key", staff_key(money.data, "ben"))  # operator, analyst
+    assert out.returncode == 1 and "rule 'role-required'" in out.stderr, out.stderr
+    time.sleep(1.5)  # several withdrawal-worker passes: one approval of two sends nothing
+    assert row()["status"] == 2 and chain_balance(money.data, "ETH", dest) == dest_before
+
+    out = review(money.data, money.base, "approve", wid, "--key", staff_key(money.data, "cy"))
+    assert out.returncode == 0 and "2/2" in out.stdout, out.stdout + out.stderr
+    done = wait_for("the approved withdrawal to complete", lambda: (r := row()) and r["status"] == 6 and r, 90)
+    assert done["txId"] and done["transactionFee"] == "0.001"
+    assert chain_balance(money.data, "ETH", dest) - dest_before == Decimal("2.5") - Decimal("0.001")
 
 
 BAD = [
@@ -390,14 +429,40 @@ def test_balance_update_on_the_user_data_stream(money: Server) -> None:
 
 def test_chains_from_settings_without_demo(tmp_path) -> None:
     """`RINGFENCE_CUSTODY_CHAINS` picks the custodied assets without --demo: the workers run for
-    BTC only, other coins are not offered, and there is no faucet (demo only)."""
-    srv = Server(tmp_path / "btc-only", env={**ENV, "RINGFENCE_CUSTODY_CHAINS": "BTC=local"}, demo=False)
+    BTC only, other coins are not offered, and there is no faucet (demo only). No staff or policy
+    is invented: serve says that no withdrawal policy is active, and real policy admins (a genesis
+    made with `ringfence staff init`) propose, approve and activate one through the console."""
+    data, keys = tmp_path / "btc-only", tmp_path / "keys"
+    made = cli("staff", "init", "--data", str(data), "--member", "ada:operator,approver", "--member", "ben:operator",
+               "--member", "pat:policy_admin", "--member", "pia:policy_admin", "--member", "pol:policy_admin",
+               "--out-dir", str(keys))
+    assert made.returncode == 0, made.stdout + made.stderr
+    srv = Server(data, env={**ENV, "RINGFENCE_CUSTODY_CHAINS": "BTC=local"}, demo=False)
     try:
         custody = httpx.get(srv.base + "/readyz").json()["custody"]
         assert set(custody["chains"]) == {"bitcoin"} and "deposits-bitcoin" in custody["workers"]
         assert "deposits-ethereum" not in custody["workers"]
         assert not (srv.data / "custody" / "admin.json").exists()
         assert httpx.post(srv.base + "/v1/demo/chain/pay", json={}).status_code == 404
+        assert "custody: no active withdrawal policy" in " ".join(srv.log_text().split()), srv.log_text()[-2000:]
+        url = ("--url", srv.base)
+        shown = json.loads(cli("policy", "show", "--key", str(keys / "pat.key"), "--json", *url).stdout)
+        assert shown == {"active_policy": "", "proposals": []}, "bootstrap proposed nothing"
+
+        from ringfence.custody.localnet import DEFAULT_POLICY
+
+        policy = tmp_path / "policy.json"
+        policy.write_text(json.dumps(DEFAULT_POLICY))
+        assert cli("policy", "propose", "p-1", str(policy), "--key", str(keys / "pat.key"), *url).returncode == 0
+        out = cli("policy", "activate", "p-1", "--key", str(keys / "pat.key"), *url)
+        assert out.returncode == 1 and "approvals first" in out.stderr, out.stderr  # no quorum yet
+        for admin in ("pia", "pol"):
+            out = cli("policy", "approve", "p-1", "--key", str(keys / f"{admin}.key"), *url)
+            assert out.returncode == 0, out.stderr
+        out = cli("policy", "activate", "p-1", "--key", str(keys / "pat.key"), *url)
+        assert out.returncode == 0 and "policy.activated" in out.stdout, out.stdout + out.stderr
+        shown = json.loads(cli("policy", "show", "--key", str(keys / "ada.key"), "--json", *url).stdout)
+        assert shown["active_policy"] and [p["state"] for p in shown["proposals"]] == ["active"]
     finally:
         assert srv.stop() == 0
 

@@ -54,6 +54,8 @@ def test_prod_mode_without_a_token_keeps_metrics_closed(tmp_path_factory):
         "RINGFENCE_IDENTITY_SECRET_KEY_HEX": secrets.token_hex(32),
         "RINGFENCE_IDENTITY_ORIGIN": "https://exchange.example",
         "RINGFENCE_API_METRICS_TOKEN": "",
+        # prod mode probes SMTP at start (tests/api/test_serve_mail.py); this test has no mail server
+        "RINGFENCE_IDENTITY_MAIL_POLL_MS": "0",
     }
     srv = Server(tmp_path_factory.mktemp("prod") / "data", env=env, demo=False)
     try:

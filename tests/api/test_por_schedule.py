@@ -2,14 +2,16 @@
 
 The server publishes a proof every 2 s (RINGFENCE_POR_EVERY_S) with a reserve source plugged in
 through RINGFENCE_POR_RESERVE_SOURCES: LocalNet's wallets on their own local chains, where each
-proof sees 50 BTC more in the hot wallet (tests/api/por_localnet_source.py). Through httpx:
+proof sees 50 BTC more in the hot wallet (tests/api/por_localnet_source.py). The demo's own
+custody chains are off here (RINGFENCE_CUSTODY_CHAINS=none): their source would pin other chains
+of the same names. The custody runtime's own source is tested in test_por_custody.py. Through httpx:
 /por/history lists the proofs; every published root passes the stdlib-only verifier; each proof's
 coverage is recomputed here from its own evidence file (every ownership signature re-checked,
 balances summed) and matches; a user's inclusion proof from an older snapshot still verifies
 against that snapshot's root (and not against a newer one). In Chromium: /por shows the coverage
 chart with one point per proof per asset.
 
-Reproduce by hand: RINGFENCE_POR_EVERY_S=2 PYTHONPATH=src:tests \
+Reproduce by hand: RINGFENCE_POR_EVERY_S=2 RINGFENCE_CUSTODY_CHAINS=none PYTHONPATH=src:tests \
   RINGFENCE_POR_RESERVE_SOURCES=api.por_localnet_source:factory ringfence serve --demo --data /tmp/d
 """
 
@@ -40,6 +42,7 @@ def por_server(tmp_path_factory):
     env = {
         "RINGFENCE_POR_EVERY_S": "2",
         "RINGFENCE_POR_RESERVE_SOURCES": "api.por_localnet_source:factory",
+        "RINGFENCE_CUSTODY_CHAINS": "none",
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
     srv = Server(tmp_path_factory.mktemp("por") / "data", env=env)

@@ -1,24 +1,23 @@
 """Fixtures: every identity test runs on SQLite AND on the real PostgreSQL at 127.0.0.1:5432.
 
-PostgreSQL runs in a fresh schema per test (dropped afterwards). If PostgreSQL is not reachable the
+PostgreSQL runs in a fresh schema per test, created and dropped by the fixture (tests/pg.py). If PostgreSQL is not reachable the
 PostgreSQL half FAILS — it is never skipped. The clock is a settable integer so tests move time.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 from ringfence.identity import IdentityContext, accounts
 from ringfence.settings import Settings
 from ringfence.store import Store
 from ringfence.store.models import Base, OutboxMessage
 
-PG_URL = os.environ.get("RINGFENCE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from pgtest import PG_URL, pg_schema
+
 START_S = 1_800_000_000
 PASSWORD = "correct horse battery staple 42"
 
@@ -34,21 +33,15 @@ class Clock:
         self.now_s += seconds
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def pg_store():
-    """One migrated schema per test session; each test starts from truncated tables."""
-    schema = "rf_test_" + secrets.token_hex(6)
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:  # fails loudly (never skips) when PostgreSQL is missing
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
+    """A fresh PostgreSQL schema per test, migrated on open and dropped afterwards (~70 ms)."""
+    with pg_schema() as schema:
         st = Store.from_url(PG_URL, schema=schema)
-        yield st
-        st.engine.dispose()
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+        try:
+            yield st
+        finally:
+            st.engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -58,11 +51,7 @@ def store(request, tmp_path):
         yield st
         st.engine.dispose()
         return
-    st = request.getfixturevalue("pg_store")
-    names = ", ".join(t.name for t in Base.metadata.sorted_tables)
-    with st.engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    yield st
+    yield request.getfixturevalue("pg_store")
 
 
 @pytest.fixture

@@ -170,27 +170,34 @@ def test_the_sweep_worker_runs_steps_on_its_schedule(net) -> None:
     net.execute(ListMarket("BTCETH", "BTC", "ETH", "spot", tick_size=10**15, lot_size=10**5, min_qty=10**5, band_ppm=0))
     net.execute(PlaceOrder("alice", "BTCETH", "SELL", "LIMIT", "GTC", price=20 * ETH, quantity=2 * BTC))
     net.execute(PlaceOrder("bob", "BTCETH", "BUY", "LIMIT", "GTC", price=20 * ETH, quantity=2 * BTC))
-    from ringfence.api.serve import start_shield_sweeper
-    from ringfence.settings import load_settings
+    import threading
+
+    from ringfence.custody.runtime import Supervised
 
     def sweeps() -> list[str]:
         return net.node.read(lambda e: sorted(t.state for k, t in e.components["custody"].transfers.items()
                                               if k.startswith("shield-")))
 
-    worker = start_shield_sweeper(net.node, load_settings(shield_sweep_every_s=1), {"bitcoin": net.btc},
-                                  localnet_shield_routes(net, 10_000))
+    # the same supervised wrapper `serve`'s custody runtime runs it in (its `shield-sweeper` worker)
+    sweeper = ShieldSweeper(net.node, {"bitcoin": net.btc}, localnet_shield_routes(net, 10_000))
+    worker = Supervised("shield-sweeper", sweeper.step, 200, threading.RLock())
+    stop = threading.Event()
+    worker.start(stop)
     try:
         deadline = time.time() + 30
         while sweeps() != ["signed"] and time.time() < deadline:
             time.sleep(0.2)
-        assert sweeps() == ["signed"], f"no sweep (failures {worker.failures}: {worker.last_error})"
-        net.btc_mine(6)
+        assert sweeps() == ["signed"], f"no sweep ({worker.status()})"
+        with worker.lock:
+            net.btc_mine(6)
         while sweeps() != ["recorded"] and time.time() < deadline:
             time.sleep(0.2)
-        assert sweeps() == ["recorded"], f"sweep not recorded (failures {worker.failures}: {worker.last_error})"
+        assert sweeps() == ["recorded"], f"sweep not recorded ({worker.status()})"
     finally:
-        worker.stop()
-    assert worker.steps >= 2 and net.btc.balance(net.cold["shield"]) == net.ledger.custody("BTC", "shield_btc").balance == 20_000
+        stop.set()
+        worker.join(10)
+    assert worker.steps >= 2 and worker.restarts == 0
+    assert net.btc.balance(net.cold["shield"]) == net.ledger.custody("BTC", "shield_btc").balance == 20_000
 
 
 def test_shield_status_cli_reads_a_live_node(net, tmp_path) -> None:

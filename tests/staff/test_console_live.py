@@ -44,9 +44,12 @@ def test_demo_staff_file_is_private_and_covers_the_roles(server) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     doc = json.loads(path.read_text())
     roles = {e["staff_id"]: set(e["roles"]) for e in doc["staff"]}
-    assert len(roles) == 3 and doc["quorum"] == 2
-    assert set().union(*roles.values()) >= {"operator", "approver", "analyst"}
+    assert len(roles) == 6 and doc["quorum"] == 2
+    assert set().union(*roles.values()) >= {"operator", "approver", "analyst", "policy_admin"}
     assert sum("operator" in r for r in roles.values()) >= 2
+    assert sum("approver" in r for r in roles.values()) >= 2  # a large withdrawal needs two approvers
+    admins = [s for s, r in roles.items() if "policy_admin" in r]
+    assert len(admins) == 3 and all(roles[s] == {"policy_admin"} for s in admins)  # proposer + 2 approvers, no conflicts
 
 
 def test_console_lists_raises_and_lifts_a_halt_with_two_operators(server) -> None:

@@ -112,19 +112,22 @@ def build_chain_admin_router(runtime: Any, token: str) -> APIRouter:
         return JSONResponse({"asset": asset, "txid": txid})
 
     @router.get("/balance")
-    async def balance(request: Request, asset: str = "", address: str = "") -> JSONResponse:
+    async def balance(request: Request, asset: str = "", address: str = "", height: str = "") -> JSONResponse:
         refusal = allowed(request)
         if refusal is not None:
             return refusal
         try:
             d = decimals(asset)
-            minor = await run_in_threadpool(runtime.chains.balance, asset, address)
+            if height and not (height.isascii() and height.isdigit() and len(height) <= 12):
+                raise ValueError("height: must be a block height (a whole number >= 0)")
+            at = int(height) if height else None
+            minor = await run_in_threadpool(runtime.chains.balance, asset, address, at)
         except ValueError as err:
             field = getattr(err, "field", "") or ""
             return JSONResponse({"code": -1100, "msg": f"{field + ': ' if field else ''}{err}"}, status_code=400)
         heights = await run_in_threadpool(runtime.chains.heights)
         chain = runtime.terms[asset].chain
         return JSONResponse({"asset": asset, "address": address, "balance": format_amount(minor, d, trim=True),
-                             "balance_minor": str(minor), "height": heights[chain]})
+                             "balance_minor": str(minor), "height": heights[chain] if at is None else at})
 
     return router

@@ -47,6 +47,8 @@ def custody_runtime(data: Path, settings: object, demo: bool, ctx: object) -> ob
         address_cooling_s=settings.custody_address_cooling_s,  # type: ignore[attr-defined]
         security_lock_s=settings.identity_withdrawal_lock_s,  # type: ignore[attr-defined]
         identity_ctx=ctx,
+        shield_sweep_every_s=settings.shield_sweep_every_s,  # type: ignore[attr-defined]
+        shield_value_asset=settings.shield_value_asset,  # type: ignore[attr-defined]
     )
 
 
@@ -82,6 +84,8 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         overrides["api_forwarded_allow_ips"] = forwarded_allow_ips
     if demo and "RINGFENCE_POR_EVERY_S" not in os.environ:
         overrides["por_every_s"] = 30  # the demo shows the schedule working within a minute
+    if demo and "RINGFENCE_SHIELD_SWEEP_EVERY_S" not in os.environ:
+        overrides["shield_sweep_every_s"] = 60  # custody: the demo's trades reach the shield vault within a minute
     settings = load_settings(**overrides)
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
     # mail (identity/delivery.py): probe SMTP (a ConfigError outside dev mode), or the demo's catcher
@@ -91,7 +95,8 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     ctx.demo = demo
     exchange = Exchange(data)
     exchange.open()
-    info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips(), "mail": ctx.mail_setup}
+    info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips(),
+                               "mail": ctx.mail_setup, "store": ctx.store.describe()}
     custody = custody_runtime(data, settings, demo, ctx)  # custody
     withdraw_addresses = None
     if demo:
@@ -139,8 +144,10 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         chain_admin_token=admin_token,
     )
     # proof of solvency on a schedule and the shield fund rule (issue 15, items 6-7; the block below).
-    # No reserve source until custody runs chains in serve: its runtime passes them here.
-    info["por"] = start_por_publisher(exchange, data, settings, reserve_sources=())
+    # The custody runtime proves its own wallets' reserves (signed by their signers, one height per
+    # chain); its shield sweeper is one of its supervised workers (custody/runtime.py).
+    sources = [custody.reserve_source(exchange.read)] if custody is not None else []  # type: ignore[attr-defined]
+    info["por"] = start_por_publisher(exchange, data, settings, reserve_sources=sources)
     register_por_metrics(app, exchange, data, settings)
     return app, exchange, info
 
@@ -171,7 +178,13 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     publisher = PorPublisher(exchange.read, data / "por", secret, sources=sources, keep=settings.por_keep,
                              value_asset=settings.shield_value_asset, every_s=settings.por_every_s,
                              alive=lambda: exchange.node.writer is not None)
-    entry = publisher.publish()
+    from ..errors import ValidationError
+
+    try:
+        entry = publisher.publish()
+    except ValidationError as err:  # a new exchange without any asset yet: nothing to prove
+        publisher.start()  # the schedule publishes once there is
+        return {"publisher": publisher, "waiting": str(err), "every_s": settings.por_every_s}
     publisher.start()
     return {"publisher": publisher, "n": entry["n"], "position": entry["position"], "accounts": entry["accounts"],
             "every_s": settings.por_every_s, "reserves_proven": entry["reserves_proven"]}
@@ -185,19 +198,6 @@ def register_por_metrics(app: Any, exchange: Any, data: Path, settings: Any) -> 
     while not hasattr(inner, "state") and hasattr(inner, "app"):  # through the ASGI middleware to FastAPI
         inner = inner.app
     inner.state.metrics.registry.register(PorMetrics(exchange.read, data / "por", settings.shield_value_asset))
-
-
-def start_shield_sweeper(node: Any, settings: Any, adapters: dict[str, Any], routes: Sequence[Any]) -> Any:
-    """The shield fund sweeper as a worker in `serve` (issue 15, item 6): every
-    `settings.shield_sweep_every_s` it moves the accrued fee share from the hot wallets into the
-    shield vault on chain and records each move through the node's command path. Called by the
-    custody runtime once it runs chains in serve (it owns the adapters and the hot wallets' signers)."""
-    from ..custody.shield import ShieldSweeper, ShieldSweepWorker
-
-    worker = ShieldSweepWorker(ShieldSweeper(node, adapters, routes, value_asset=settings.shield_value_asset),
-                               settings.shield_sweep_every_s)
-    worker.start()
-    return worker
 
 
 # ---------------------------------------------------------------- end of proof of solvency and shield fund
@@ -215,6 +215,13 @@ def serve(
         "(default: RINGFENCE_API_FORWARDED_ALLOW_IPS, else none: the TCP peer is the client).",
         show_default=False,
     ),
+    # --- replication (ringfence.replication, docs/resilience.md) ---
+    replicate: str | None = typer.Option(None, "--replicate", help="Primary: publish every journal batch to this NATS "
+                                         "JetStream stream (nats://host:4222/STREAM) and acknowledge only after its ack."),
+    standby: str | None = typer.Option(None, "--standby", help="Hot standby: follow the stream into DIR, verifying "
+                                       "chain and state hash, until promoted; then serve as the primary."),
+    node_id: str | None = typer.Option(None, "--node-id", help="This node's name in the leadership record "
+                                       "(default: HOSTNAME-PORT)."),
 ) -> None:
     """Run the exchange: Binance-compatible REST + WebSocket API and the web dashboard.
 
@@ -225,6 +232,8 @@ def serve(
     on a local SMTP server and shows it at /dev/mail.
 
     Example: ringfence serve --demo --data ./ringfence-data --port 8000
+
+    Example (replicated): ringfence serve --data ./a --replicate nats://127.0.0.1:4222/RF --node-id a
     """
     import structlog
     import uvicorn
@@ -249,11 +258,20 @@ def serve(
             fail(f"--port: cannot listen on {host}:{port}: {err.strerror or err}")
     public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
     try:
+        # --- replication: a standby follows here until promoted; a primary hooks its node after build ---
+        from ..replication.serving import after_build, before_build
+
+        def say(line: str) -> None:
+            console.print(line, soft_wrap=True)
+
+        replicator = before_build(data, replicate, standby, node_id, port, demo, say, host)
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port))
+        after_build(exchange, replicator, say)
     except RingfenceError as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
+    console.print(f"identity store: {info['store']}", soft_wrap=True)
     mail = info["mail"]
     for warning in mail.warnings:  # type: ignore[attr-defined]
         console.print(f"[yellow]warning:[/] {warning}")
@@ -268,9 +286,13 @@ def serve(
         if "custody" in info:
             console.print(f"custody: local chains for {', '.join(info['custody']['assets'])}; faucet: "  # type: ignore[index]
                           f"ringfence chain pay --data {data} --asset BTC --to ADDRESS --amount 0.5")
+    if "custody" in info and info["custody"]["policy"] != "active":  # type: ignore[index]  # custody: no policy yet
+        console.print(f"[bold yellow]custody:[/] {info['custody']['policy']}")  # type: ignore[index]
     por = info["por"]
     if "off" in por:  # type: ignore[operator]
         console.print(f"[bold yellow]proof of solvency is off:[/] {por['off']}")  # type: ignore[index]
+    elif "waiting" in por:  # type: ignore[operator]
+        console.print(f"proof of solvency: nothing to prove yet ({por['waiting']}); tried again every {por['every_s']} s")  # type: ignore[index]
     else:
         console.print(f"proof of solvency #{por['n']} for {por['accounts']} accounts at {por['position']}, then every "  # type: ignore[index]
                       f"{por['every_s']} s: /por, /por/history, /por/verify, /v1/por/proof")  # type: ignore[index]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
@@ -77,12 +77,14 @@ def balance(
     data: Path = typer.Option(Path("ringfence-data"), "--data", help=DATA_HELP),
     asset: str = typer.Option(..., "--asset", help="BTC, ETH or USDT"),
     address: str = typer.Option(..., "--address", help="Address to read"),
+    height: Optional[int] = typer.Option(None, "--height", min=0, help="Read at this past block height (default: the tip), e.g. a proof of reserves' pinned height"),
 ) -> None:
-    """Print an address's balance of ASSET on the local chain (a decimal, at the chain tip).
+    """Print an address's balance of ASSET on the local chain (a decimal, at the chain tip or --height).
 
     Example: ringfence chain balance --data ./ringfence-data --asset BTC --address bcrt1q0hrsqle9c5s92egz8gnv3rqh5u6nrunccz345j
     """
-    body = _call(data, "GET", "/v1/demo/chain/balance", params={"asset": asset.upper(), "address": address})
+    params = {"asset": asset.upper(), "address": address, **({"height": str(height)} if height is not None else {})}
+    body = _call(data, "GET", "/v1/demo/chain/balance", params=params)
     typer.echo(body["balance"])
 
 

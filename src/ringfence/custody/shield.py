@@ -10,7 +10,8 @@ ledger records the same move between the custody accounts that mirror the two wa
 custody's own treasury commands: `RecordTransferSigned` journaled **before** broadcast,
 `RecordInternalTransfer` once final. Every ledger asset still sums to zero; insurance is unchanged.
 
-What is due: `accrued (all segments) - in the vault (ledger custody) - already signed, not yet
+What is due: `accrued (all segments) - (in the vault (ledger custody) - capital paid in by treasury
+funding) - already signed, not yet
 recorded`. A sweep is sent only when that is at least the route's minimum (no dust transactions).
 
 The rule: `shield value >= hot value`, both valued in one asset (default USDT) at the markets'
@@ -19,7 +20,9 @@ alert like a breach: an exchange cannot claim a rule it cannot evaluate.
 
 `shield_status(engine)` only reads (call it inside `Node.read`); `ShieldSweeper.step()` decides from
 journaled state and the chain, submits commands through the node and is safe to repeat after a
-crash anywhere (a journaled, unbroadcast transfer is re-sent with the same bytes).
+crash anywhere (a journaled, unbroadcast transfer is re-sent with the same bytes). In `ringfence
+serve` the custody runtime runs `step()` as its supervised `shield-sweeper` worker, under the chain
+lock the other custody workers share, every `RINGFENCE_SHIELD_SWEEP_EVERY_S` (custody/runtime.py).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..errors import RingfenceError, TransactionRejected
 from ..ledger.model import SYSTEM_OWNER
 from .commands import RecordInternalTransfer, custody_state
 
-__all__ = ["ShieldRoute", "ShieldSweeper", "ShieldSweepWorker", "shield_status", "localnet_shield_routes", "SWEEP_PREFIX",
+__all__ = ["ShieldRoute", "ShieldSweeper", "shield_status", "localnet_shield_routes", "SWEEP_PREFIX",
            "DEFAULT_VALUE_ASSET"]
 
 SWEEP_PREFIX = "shield-"  # transfer ids of shield sweeps (Balancer.transfer names them "<kind>-<txid>")
@@ -83,9 +86,13 @@ def shield_status(engine: Any, value_asset: str = DEFAULT_VALUE_ASSET) -> dict[s
         hot = sum(_balance(ledger, code, "custody", n) for n in hot_wallets if wallets[n].chain == chain)
         in_flight = sum(t.amount_minor for t in transfers.values()
                         if t.state == "signed" and t.asset == code and t.to_wallet in shield_wallets)
+        # the exchange's own capital paid into the vault (RecordTreasuryFunding) is shield fund too,
+        # but it is not the fee share: only what the sweeps brought counts against what accrued
+        capital = sum(t.amount_minor for k, t in transfers.items()
+                      if k.startswith("funding:") and t.asset == code and t.to_wallet in shield_wallets)
         rows.append({"asset": code, "decimals": spec.decimals, "accrued_minor": str(accrued),
-                     "vault_minor": str(vault), "in_flight_minor": str(in_flight),
-                     "due_minor": str(max(accrued - vault - in_flight, 0)), "hot_minor": str(hot),
+                     "vault_minor": str(vault), "capital_minor": str(capital), "in_flight_minor": str(in_flight),
+                     "due_minor": str(max(accrued - (vault - capital) - in_flight, 0)), "hot_minor": str(hot),
                      "vault_wallets": sorted(on_chain_wallets)})
         if vault == 0 and hot == 0:
             continue
@@ -208,48 +215,3 @@ def localnet_shield_routes(net: Any, min_sweep_minor: int = 10_000) -> list[Shie
     """The LocalNet's one shield vault (BTC, 2-of-3 multisig) fed from its BTC hot wallet."""
     return [ShieldRoute("BTC", "btc_hot", net.btc_hot, "btc-hot", net.local, "shield_btc", net.cold["shield"],
                         min_sweep_minor)]
-
-
-class ShieldSweepWorker:
-    """Runs `ShieldSweeper.step()` every `every_s` seconds on a daemon thread (a custody worker in
-    `serve`); a failed step is logged and retried on the next tick, never ends the schedule."""
-
-    def __init__(self, sweeper: ShieldSweeper, every_s: int) -> None:
-        import threading
-
-        if every_s <= 0:
-            raise ValueError("every_s must be positive")
-        self.sweeper = sweeper
-        self.every_s = every_s
-        self.steps = 0
-        self.failures = 0
-        self.last_error = ""
-        self._stop = threading.Event()
-        self._thread: Any = None
-
-    def run(self) -> None:
-        import structlog
-
-        log = structlog.get_logger("ringfence.shield")
-        while not self._stop.wait(self.every_s):
-            try:
-                report = self.sweeper.step()
-                self.steps += 1
-                if report.sent or report.recorded or report.errors:
-                    log.info("shield.step", sent=report.sent, recorded=report.recorded, errors=report.errors)
-            except Exception as exc:  # noqa: BLE001 - a chain outage must not end the worker: logged, retried next tick
-                self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("shield.step_failed", error=self.last_error)
-
-    def start(self) -> None:
-        import threading
-
-        if self._thread is None:
-            self._thread = threading.Thread(target=self.run, name="ringfence-shield-sweeper", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout_s: int = 30) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)

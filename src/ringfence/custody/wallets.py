@@ -107,17 +107,19 @@ def build_btc_payment(adapter: Any, *, from_address: str, key_id: str, signer: A
              if (u.txid, u.vout) not in spent_in_mempool and (not u.coinbase or tip - u.height + 1 >= 100)]
     coins.sort(key=lambda u: -u.value_sat)
     want = sum(v for _, v in outputs) if not sweep_all else 0
+    # an output's size follows its script (P2WPKH 31 vB, P2WSH such as the shield vault 43 vB)
+    outputs_vb = sum(9 + len(adapter.script_of_address(a)) for a, _ in outputs)
     picked, total = [], 0
     fee = 0
     for u in coins[:MAX_INPUTS]:
         picked.append(u)
         total += u.value_sat
-        vsize = TX_OVERHEAD_VB + P2WPKH_INPUT_VB * len(picked) + P2WPKH_OUTPUT_VB * (len(outputs) + 1)
+        vsize = TX_OVERHEAD_VB + P2WPKH_INPUT_VB * len(picked) + outputs_vb + P2WPKH_OUTPUT_VB
         fee = vsize * fee_rate_sat_per_vb
         if not sweep_all and total >= want + fee:
             break
     if sweep_all:
-        vsize = TX_OVERHEAD_VB + P2WPKH_INPUT_VB * len(picked) + P2WPKH_OUTPUT_VB
+        vsize = TX_OVERHEAD_VB + P2WPKH_INPUT_VB * len(picked) + 9 + len(adapter.script_of_address(outputs[0][0]))
         fee = vsize * fee_rate_sat_per_vb
         if total - fee < DUST_SAT:
             raise InsufficientFunds(f"{from_address} holds {total} sat, not enough to sweep", field="from_address")

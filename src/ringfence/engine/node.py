@@ -42,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import msgspec
 
@@ -63,10 +63,21 @@ from .core import CommandRejected, Engine, ShardHalt
 from .module import Module
 from .snapshot import list_snapshots, read_snapshot, write_snapshot
 
-__all__ = ["Node", "Ack", "ReadGate", "RecoveryReport", "replay_journal", "command_weight"]
+__all__ = ["Node", "Ack", "ReadGate", "ReplicaLog", "RecoveryReport", "replay_journal", "command_weight"]
 
 _STOP = object()
 _log = logging.getLogger("ringfence.engine")
+
+
+class ReplicaLog(Protocol):
+    """Where a replicated node's batches must arrive before they are acknowledged (ringfence.replication)."""
+
+    def begin(self, first_seq: int, count: int, payload: bytes, record_hash: bytes) -> Any: ...
+
+    def finish(self, token: Any, engine: Engine) -> None: ...
+
+    def settle(self, token: Any) -> None:
+        """After a failed local write: wait (bounded) for a publish `begin` started; never raises."""
 
 
 class ReadGate:
@@ -386,6 +397,12 @@ class Node:
         self.failed: BaseException | None = None
         self.recovery: RecoveryReport | None = None
         self.listeners: list[Callable[[int, int, list[Command], list[list[Event]]], None]] = []
+        #: Replicated mode (ringfence.replication): the replica log every batch must reach before
+        #: anyone is acknowledged. `begin` runs before the local write (it may start publishing
+        #: while the fsync runs), `finish` after the batch is applied; if either raises, the node
+        #: stops and the batch's commands are answered NotDurable (before the write) or
+        #: OutcomeUnknown (after it: the batch may be in the journal and the replica log).
+        self.replica: ReplicaLog | None = None
         self.batches_committed = 0
         self.commands_committed = 0
         #: Sequence number of the last command of the last batch applied; changes once per batch,
@@ -670,20 +687,10 @@ class Node:
         ts_ns = max(self._clock(), engine.now_ns)
         entropy = self._entropy(32)
         payload = encode(Batch(first_seq, ts_ns, entropy, [msgspec.Raw(raw) for _, raw, _ in accepted]))
-        try:
-            writer.append(payload, first_seq, len(accepted))
-        except OutcomeUnknown as err:
-            # The record was written, the fsync failed: it may survive and be applied on restart,
-            # or not. Telling the client "nothing applied" could make it retry into a duplicate.
-            self.failed = err
-            for _, _, ack in accepted:
-                ack._resolve(error=OutcomeUnknown(f"{err.message}. Outcome unknown: check before retrying", field=None))
+        journaled = self._journal(writer, payload, first_seq, accepted)
+        if journaled is None:
             return
-        except OSError as err:
-            self.failed = err
-            for _, _, ack in accepted:
-                ack._resolve(error=NotDurable(f"journal write failed ({err.strerror or err}); nothing was applied"))
-            return
+        token = journaled
         outputs: list[list[Event]] = []
         apply = engine.apply
         # Readers wait while the batch is applied (not while it was journaled above); what they
@@ -711,6 +718,8 @@ class Node:
         self.batches_committed += 1
         self.commands_committed += len(accepted)
         gate.release_write()
+        if self.replica is not None and not self._replicated(first_seq, accepted, token, engine):
+            return
         for i, (_, _, ack) in enumerate(accepted):
             if i in halted:
                 ack._resolve(error=halted[i])
@@ -718,6 +727,60 @@ class Node:
                 ack._resolve(outputs[i], seq=first_seq + i)
         for listener in self.listeners:
             listener(first_seq, ts_ns, [c for c, _, _ in accepted], outputs)
+
+    def _journal(self, writer: JournalWriter, payload: bytes, first_seq: int,
+                 accepted: list[tuple[Command, bytes, Ack]]) -> Any:
+        """Append the batch durably (replicated: start publishing it first). Returns the replica
+        log's token (True when not replicating), or None after answering everyone on failure."""
+        count, replica, token = len(accepted), self.replica, None
+        try:
+            if replica is None:
+                writer.append(payload, first_seq, count)
+                return True
+            record, digest = writer.encode(payload, first_seq, count)
+            try:
+                token = replica.begin(first_seq, count, payload, digest)
+            except BaseException as err:  # fenced or unreachable before anything was written: stop, answer below
+                self.failed = err
+                for _, _, ack in accepted:
+                    ack._resolve(error=NotDurable(f"not replicated ({err}); nothing was applied; this node has stopped"))
+                return None
+            writer.append_record(record, digest, first_seq, count)
+            return token
+        except OutcomeUnknown as err:
+            # The record was written, the fsync failed: it may survive and be applied on restart,
+            # or not. Telling the client "nothing applied" could make it retry into a duplicate.
+            self.failed = err
+            if replica is not None and token is not None:
+                replica.settle(token)
+            for _, _, ack in accepted:
+                ack._resolve(error=OutcomeUnknown(f"{err.message}. Outcome unknown: check before retrying", field=None))
+            return None
+        except OSError as err:
+            self.failed = err
+            if replica is not None and token is not None:
+                replica.settle(token)
+            for _, _, ack in accepted:
+                if token is None:
+                    ack._resolve(error=NotDurable(f"journal write failed ({err.strerror or err}); nothing was applied"))
+                else:  # the replica log may already hold the batch: a standby could apply it
+                    ack._resolve(error=OutcomeUnknown(f"journal write failed ({err.strerror or err}) while the batch was "
+                                                      "being replicated. Outcome unknown: check before retrying"))
+            return None
+
+    def _replicated(self, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], token: Any, engine: Engine) -> bool:
+        """Wait until the replica log holds the batch; on failure stop the node and answer OutcomeUnknown."""
+        assert self.replica is not None
+        try:
+            self.replica.finish(token, engine)
+            return True
+        except BaseException as err:  # fenced off, or the replica log is unreachable: stop, answer everyone
+            self.failed = err
+            _log.critical("engine shard %s stopped: batch %d not replicated: %s", self.data_dir, first_seq, err)
+            for _, _, ack in accepted:
+                ack._resolve(error=OutcomeUnknown(f"the batch was journaled locally but not replicated ({err}); "
+                                                  "this node has stopped. Check on the new primary before retrying"))
+            return False
 
     def _halt(self, engine: Engine, halt: ShardHalt) -> list[Event]:
         """Rebuild the state before the command from snapshot + journal and record the halt; logged once."""

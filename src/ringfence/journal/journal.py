@@ -67,6 +67,7 @@ __all__ = [
     "lock_holder",
     "DurableMark",
     "read_durable_mark",
+    "write_durable_mark",
     "LOCK_FILE",
     "DURABLE_FILE",
     "scan",
@@ -255,6 +256,18 @@ def read_durable_mark(journal_dir: Path) -> DurableMark | None:
         if best is None or last_seq > best.last_seq:
             best = DurableMark(seg, size, last_seq, last_hash)
     return best
+
+
+def write_durable_mark(journal_dir: Path, mark: DurableMark) -> None:
+    """Write `mark` into both slots of `DURABLE` and fsync: for a journal assembled offline (a backup
+    or a restore), whose records are all durable already. Never used on a live node's journal."""
+    body = _encode_mark(mark)
+    slot = body + b"\x00" * (_MARK_SLOT_BYTES - len(body))
+    path = Path(journal_dir) / DURABLE_FILE
+    with open(path, "wb") as fh:
+        fh.write(slot + slot)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,11 +534,22 @@ class JournalWriter:
         recovery) and `OutcomeUnknown` when the record was written but the sync failed (recovery
         applies it if it survived). Either way the writer is poisoned.
         """
+        record, digest = self.encode(payload, first_seq, count)
+        return self.append_record(record, digest, first_seq, count)
+
+    def encode(self, payload: bytes, first_seq: int, count: int) -> tuple[bytes, bytes]:
+        """The record for the next append and its hash (known before it is written: replication
+        publishes it while the fsync runs)."""
+        if first_seq != self.next_seq:
+            raise ValueError(f"journal expects sequence {self.next_seq}, got {first_seq}")
+        return encode_record(payload, first_seq, count, self.last_hash)
+
+    def append_record(self, record: bytes, digest: bytes, first_seq: int, count: int) -> bytes:
+        """Write a record made by `encode` durably; errors as `append`."""
         if self.poisoned is not None:
             raise OutcomeUnknown(f"the journal writer stopped after an earlier failure ({self.poisoned}); restart the node")
         if first_seq != self.next_seq:
             raise ValueError(f"journal expects sequence {self.next_seq}, got {first_seq}")
-        record, digest = encode_record(payload, first_seq, count, self.last_hash)
         try:
             if self._fd is None or self._size >= self.segment_bytes:
                 self._rotate()

@@ -7,8 +7,10 @@ with the one height every balance of that chain is read at. The publisher never 
 source's word: `prove_reserves` checks every signature and script and reads every balance itself.
 
 `SignerReserveSource` is the implementation over custody's wallets: a list of `WalletKeys`
-(address, chain adapter, the `Signer`s and key ids that control it). `localnet_reserve_source`
-builds one from a `custody.localnet.LocalNet` (the local chains of the demo and the tests).
+(address, chain adapter, the `Signer`s and key ids that control it). `seed_wallet_keys` lists the
+wallets of a custody set-up whose offline keys (cold wallets, the 2-of-3 shield vault) derive from
+one seed — shared by `localnet_reserve_source` (a `custody.localnet.LocalNet`, the tests) and the
+custody runtime inside `ringfence serve` (`CustodyRuntime.reserve_source`).
 
 Invariants: a claim is made only for an address whose signature the signer produced right now for
 this snapshot id; all balances of a chain are read at the height pinned once per evidence call;
@@ -18,7 +20,7 @@ amounts are `int` minor units.
 from __future__ import annotations
 
 import base64
-import hashlib
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -34,11 +36,16 @@ __all__ = [
     "WalletKeys",
     "SignerReserveSource",
     "claim_to_json",
+    "seed_wallet_keys",
+    "seed_cold_signer",
+    "shield_vault_keys",
     "localnet_reserve_source",
     "load_reserve_sources",
 ]
 
 MAX_WALLETS = 100_000
+#: The cold wallets' key ids per chain (offline signer, derived from the custody seed).
+COLD_KEY_IDS = {"bitcoin": "btc-cold", "ethereum": "eth-cold"}
 
 
 @dataclass
@@ -71,17 +78,22 @@ class ReserveSource(Protocol):
 
 class AdapterBalanceReader:
     """`ChainBalanceReader` over a custody chain adapter (Bitcoin simulator/node, eth-tester/RPC):
-    both answer `balance(address, height, asset)` at a past height."""
+    both answer `balance(address, height, asset)` at a past height. `lock` (optional) is held
+    around every call: the in-process demo chains are not thread-safe and the custody workers
+    use them too."""
 
-    def __init__(self, adapter: Any) -> None:
+    def __init__(self, adapter: Any, lock: Any = None) -> None:
         self.adapter = adapter
         self.chain = str(adapter.chain)
+        self.lock = lock if lock is not None else nullcontext()
 
     def height(self) -> int:
-        return int(self.adapter.current_height())
+        with self.lock:
+            return int(self.adapter.current_height())
 
     def balance_of(self, address: str, asset: str, height: int) -> int:
-        return int(self.adapter.balance(address, height, asset))
+        with self.lock:
+            return int(self.adapter.balance(address, height, asset))
 
 
 @dataclass(frozen=True)
@@ -138,17 +150,18 @@ class SignerReserveSource:
     """Evidence from the custody wallets themselves: each claim is signed by the wallet's signer(s)
     for the snapshot at hand, and balances are read through the chain adapters at one height."""
 
-    def __init__(self, name: str, wallets: Sequence[WalletKeys], adapters: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, wallets: Sequence[WalletKeys], adapters: Mapping[str, Any], *, lock: Any = None) -> None:
         if len(wallets) > MAX_WALLETS:
             raise ValidationError(f"at most {MAX_WALLETS} wallets per source", field="wallets")
         self.name = name
         self.wallets = list(wallets)
         self.adapters = dict(adapters)
+        self.lock = lock
 
     def evidence(self, snapshot_id_hex: str) -> ReserveEvidence:
         out = ReserveEvidence()
         for chain, adapter in self.adapters.items():
-            reader = AdapterBalanceReader(adapter)
+            reader = AdapterBalanceReader(adapter, self.lock)
             out.readers[chain] = reader
             out.heights[chain] = reader.height()  # pinned once: every balance of this chain is read here
         for w in self.wallets:
@@ -193,40 +206,71 @@ def claim_to_json(c: OwnershipClaim) -> dict[str, Any]:
 
 
 def _seed_key(seed: str, label: str) -> bytes:
-    return hashlib.sha256(f"ringfence-localnet:{seed}:{label}".encode()).digest()
+    from ..custody.localnet import derive_key
+
+    return derive_key(seed, label)  # type: ignore[no-any-return]
+
+
+def seed_cold_signer(seed: str) -> Any:
+    """The cold wallets' offline signer (`btc-cold`, `eth-cold`), keys derived from the seed."""
+    from ..custody.wallets import LocalKeySigner
+
+    return LocalKeySigner({k: _seed_key(seed, k) for k in COLD_KEY_IDS.values()})
+
+
+def shield_vault_keys(seed: str, address: str, assets: tuple[str, ...] = ("BTC",)) -> WalletKeys:
+    """The shield vault, `wsh(sortedmulti(2, k0, k1, k2))` at receive index 0 (`localnet.shield_multisig`):
+    its witness script and two of its three offline signers, derived from the seed like every other
+    local key. Refuses an `address` that is not that vault's."""
+    from embit import bip32
+    from embit.networks import NETWORKS
+
+    from ..custody.localnet import shield_multisig
+    from ..custody.wallets import LocalKeySigner
+
+    vault = shield_multisig(seed)
+    if vault.address(0) != address:
+        raise ValidationError("is not the shield vault derived from this seed", field="address")
+    regtest = NETWORKS["regtest"]
+    child: dict[str, bytes] = {}
+    for n in range(3):
+        root = bip32.HDKey.from_seed(_seed_key(seed, f"shield-{n}"), version=regtest["xprv"])
+        child[f"shield-{n}"] = root.derive("m/48h/1h/0h/2h/0/0").key.secret
+    signer = LocalKeySigner(child)
+    script_hex = vault._derived(0, 0).witness_script().data.hex()
+    return WalletKeys("bitcoin", assets, address, tuple((signer, k) for k in sorted(child)), script_hex=script_hex,
+                      threshold=2)
+
+
+def seed_wallet_keys(seed: str, assets: Mapping[str, tuple[str, ...]], online: Sequence[tuple[str, str, Any, str]],
+                     cold: Mapping[str, str], shield_address: str | None) -> list[WalletKeys]:
+    """Every wallet of a seed-derived custody set-up, each with the signer that controls it.
+
+    `assets`: chain -> the assets its wallets hold (e.g. ethereum -> ETH, USDT). `online`: (chain,
+    address, signer, key id) of the keys the custody workers hold — deposit addresses, hot, warm.
+    `cold`: chain -> the cold wallet's address (`btc-cold` / `eth-cold`, offline signer).
+    `shield_address`: the 2-of-3 shield vault on bitcoin, or None. Chains not in `assets` are skipped.
+    """
+    wallets = [WalletKeys(chain, assets[chain], address, ((signer, key_id),))
+               for chain, address, signer, key_id in online if chain in assets]
+    offline = seed_cold_signer(seed)
+    for chain, address in sorted(cold.items()):
+        if chain in assets:
+            wallets.append(WalletKeys(chain, assets[chain], address, ((offline, COLD_KEY_IDS[chain]),)))
+    if shield_address is not None and "bitcoin" in assets:
+        wallets.append(shield_vault_keys(seed, shield_address, assets["bitcoin"]))
+    return wallets
 
 
 def localnet_reserve_source(net: Any, name: str = "localnet") -> SignerReserveSource:
     """Every wallet of a `LocalNet`: deposit addresses, hot, warm, cold and the 2-of-3 shield vault,
     each signed by the key that controls it (the shield vault by two of its three offline keys)."""
-    from embit import bip32
-    from embit.networks import NETWORKS
-
-    from ..custody.wallets import LocalKeySigner
-
-    wallets: list[WalletKeys] = []
-    for address, key_id in sorted(net.deposit_keys.items()):
-        chain = "ethereum" if address.startswith("0x") else "bitcoin"
-        wallets.append(WalletKeys(chain, ("ETH",) if chain == "ethereum" else ("BTC",), address, ((net.local, key_id),)))
-    cold = LocalKeySigner({"btc-cold": _seed_key(net.seed, "btc-cold"), "eth-cold": _seed_key(net.seed, "eth-cold")})
-    wallets += [
-        WalletKeys("bitcoin", ("BTC",), net.btc_hot, ((net.local, "btc-hot"),)),
-        WalletKeys("bitcoin", ("BTC",), net.btc_warm, ((net.local, "btc-warm"),)),
-        WalletKeys("bitcoin", ("BTC",), net.cold["btc"], ((cold, "btc-cold"),)),
-        WalletKeys("ethereum", ("ETH",), net.eth_hot, ((net.eth_hot_signer, net.eth_hot_key),)),
-        WalletKeys("ethereum", ("ETH",), net.cold["eth"], ((cold, "eth-cold"),)),
-    ]
-    # The shield vault: wsh(sortedmulti(2, k0, k1, k2)) at receive index 0. Its keys are offline
-    # signers; on the local chain they are derived from the LocalNet seed like every other key.
-    regtest = NETWORKS["regtest"]
-    child: dict[str, bytes] = {}
-    for n in range(3):
-        root = bip32.HDKey.from_seed(_seed_key(net.seed, f"shield-{n}"), version=regtest["xprv"])
-        child[f"shield-{n}"] = root.derive("m/48h/1h/0h/2h/0/0").key.secret
-    shield = LocalKeySigner(child)
-    script_hex = net.shield_wallet._derived(0, 0).witness_script().data.hex()
-    wallets.append(WalletKeys("bitcoin", ("BTC",), net.cold["shield"], tuple((shield, k) for k in sorted(child)),
-                              script_hex=script_hex, threshold=2))
+    online = [("ethereum" if address.startswith("0x") else "bitcoin", address, net.local, key_id)
+              for address, key_id in sorted(net.deposit_keys.items())]
+    online += [("bitcoin", net.btc_hot, net.local, "btc-hot"), ("bitcoin", net.btc_warm, net.local, "btc-warm"),
+               ("ethereum", net.eth_hot, net.eth_hot_signer, net.eth_hot_key)]
+    wallets = seed_wallet_keys(net.seed, {"bitcoin": ("BTC",), "ethereum": ("ETH",)}, online,
+                               {"bitcoin": net.cold["btc"], "ethereum": net.cold["eth"]}, net.cold["shield"])
     return SignerReserveSource(name, wallets, {"bitcoin": net.btc, "ethereum": net.eth})
 
 

@@ -422,7 +422,7 @@ review_app.command("freeze")(_deposit_decision("freeze"))
 
 
 def register_policy_commands(policy_app: typer.Typer) -> None:
-    """Add `propose`, `approve`, `show` to the existing `ringfence policy` group."""
+    """Add `propose`, `approve`, `activate`, `show` to the existing `ringfence policy` group."""
 
     @policy_app.command("show")
     def show(key: str = KEY, url: str = URL, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
@@ -482,3 +482,15 @@ def register_policy_commands(policy_app: typer.Typer) -> None:
             _print_events(_run(lambda: client.post(f"/policy/proposals/{proposal_id}/approve",
                                                    {"decision": format_approval(sig)})))
 
+
+    @policy_app.command("activate")
+    def activate_policy(
+        proposal_id: str = typer.Argument(..., help="The scheduled proposal (see `policy show`)."),
+        key: str = KEY, url: str = URL,
+    ) -> None:
+        """Activate a policy proposal its quorum approved, once its delay passed (none for a node's first policy).
+
+        Example: ringfence policy activate p-2 --key pat.key
+        """
+        with _client(key, url) as client:
+            _print_events(_run(lambda: client.post(f"/policy/proposals/{proposal_id}/activate", {})))

@@ -1,10 +1,13 @@
-"""`serve --demo`'s genesis staff: three members, two of them operators (quorum 2), keys in DIR/demo-staff.json.
+"""`serve --demo`'s genesis staff: six members, two of them operators (quorum 2), keys in DIR/demo-staff.json.
 
-The demo is a development setup: the server process creates the three staff keys (in production
+The demo is a development setup: the server process creates the six staff keys (in production
 every member creates their own key and only the public half reaches the server) and writes them,
 with the ids and roles, to `DIR/demo-staff.json` with mode 0600, so the console works at once:
-`ringfence halts lift ID --key DIR/demo-staff.json --staff-id ada ...`. Idempotent: a register that
-exists is left alone (the file from the first start still holds its keys).
+`ringfence halts lift ID --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben ...`. The three
+policy admins (pat, pia, pol) let the custody runtime propose and approve the demo's withdrawal
+policy with signed decisions (`CustodyRuntime.bootstrap`), as three people would with
+`ringfence policy propose|approve`. Idempotent: a register that exists is left alone (the file from
+the first start still holds its keys).
 """
 
 from __future__ import annotations
@@ -19,11 +22,16 @@ from .decisions import StaffKey
 from .desk import StaffDesk
 from .state import staff_of
 
-__all__ = ["DEMO_STAFF", "DEMO_QUORUM", "seed_demo_staff"]
+__all__ = ["DEMO_STAFF", "DEMO_QUORUM", "DEMO_POLICY_ADMINS", "seed_demo_staff", "demo_staff_keys"]
 
-#: Operator, approver and analyst covered; ada and ben are operators, so a 2-of-2 operator quorum works.
+#: Operator, approver and analyst covered; ada and ben are operators, so a 2-of-2 operator quorum works;
+#: ada and cy are the two approvers a large withdrawal needs. pat, pia and pol are policy admins only
+#: (a policy admin may not also approve or sign): one proposes, the two others approve.
 DEMO_STAFF: dict[str, list[str]] = {"ada": ["operator", "approver"], "ben": ["operator", "analyst"],
-                                    "cy": ["approver", "analyst"]}
+                                    "cy": ["approver", "analyst"], "pat": ["policy_admin"],
+                                    "pia": ["policy_admin"], "pol": ["policy_admin"]}
+#: The demo's policy admins (they propose and approve `serve --demo`'s withdrawal policy).
+DEMO_POLICY_ADMINS = ("pat", "pia", "pol")
 DEMO_QUORUM = 2
 
 
@@ -51,3 +59,20 @@ def seed_demo_staff(node: Any, data_dir: Path) -> dict[str, Any]:
     })
     node.execute(StaffDesk(keys, time.time_ns).genesis(DEMO_STAFF, DEMO_QUORUM))
     return {"file": str(path), "created": True, "staff": sorted(DEMO_STAFF)}
+
+
+def demo_staff_keys(data_dir: Path, staff_ids: Any) -> dict[str, StaffKey]:
+    """The keys of `staff_ids` that DIR/demo-staff.json holds (those it lacks are left out)."""
+    from ..errors import ValidationError
+    from .decisions import read_key_file
+
+    path = data_dir / "demo-staff.json"
+    if not path.is_file():
+        return {}
+    keys = {}
+    for staff_id in staff_ids:
+        try:
+            keys[staff_id] = read_key_file(path, staff_id)
+        except ValidationError:
+            continue
+    return keys

@@ -4,6 +4,8 @@ SQLite (embedded default, a file under ringfence-data/) or PostgreSQL when
 ``RINGFENCE_DATABASE_URL`` points at one (``postgresql+psycopg://...``). The schema is created and
 upgraded only by the Alembic migrations shipped in this package (`migrate`), never by create_all.
 Invariant: every unit of work runs in one transaction (`Store.tx`): it commits fully or not at all.
+Opening a store runs the migrations (so `ringfence serve` brings the schema to head on start); a
+database that cannot be reached is a `ConfigError` naming the URL with its password hidden.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import ConfigError
 
-__all__ = ["Store", "make_engine", "migrate", "MIGRATIONS_DIR"]
+__all__ = ["Store", "make_engine", "migrate", "MIGRATIONS_DIR", "safe_url"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -46,6 +49,11 @@ def make_engine(url: str, *, schema: str | None = None) -> Engine:
     raise ConfigError("must be a sqlite:/// or postgresql+psycopg:// URL", field="RINGFENCE_DATABASE_URL")
 
 
+def safe_url(engine: Engine) -> str:
+    """The engine's URL with any password replaced by ***: safe to print and log."""
+    return engine.url.render_as_string(hide_password=True)
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade the schema to `revision` with the migrations shipped in the package."""
     cfg = Config()
@@ -62,12 +70,23 @@ class Store:
     def __init__(self, engine: Engine, *, run_migrations: bool = True) -> None:
         self.engine = engine
         if run_migrations:
-            migrate(engine)
+            try:
+                migrate(engine)
+            except OperationalError as err:
+                # psycopg's reason names host and port, never the password; the URL is redacted
+                reason = str(err.orig).strip().splitlines()[0] if err.orig is not None else "unreachable"
+                raise ConfigError(f"cannot open the database {safe_url(engine)}: {reason}", field="RINGFENCE_DATABASE_URL") from None
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None) -> "Store":
         return cls(make_engine(url, schema=schema))
+
+    def describe(self) -> str:
+        """`postgresql postgresql+psycopg://user:***@host/db, schema revision 0001_identity`."""
+        with self.engine.connect() as conn:
+            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return f"{self.engine.dialect.name} {safe_url(self.engine)}, schema revision {revision}"
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[Session]:

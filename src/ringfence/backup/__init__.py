@@ -1,0 +1,489 @@
+"""Backups of a node: a consistent copy of the journal, a verified snapshot, and restore to any sequence.
+
+A backup is made *beside* a running node, never as a second writer of its directory: the journal's
+segments are copied read-only (the durable mark is read first, so everything it names is already
+on disk when the segments are read), the copy is cut back to its last complete record (a batch the
+writer was still appending is left out, as recovery would leave it), and the copy is replayed from
+genesis. The replay proves every record decodes and applies, checks the node's own snapshots
+against the replayed state at their positions, and writes the backup's snapshot at its last
+sequence. The SQLite identity database (embedded profile) is copied with SQLite's online backup
+API; a PostgreSQL profile is backed up with the database's own tools (`pg_dump`).
+
+Layout of BACKUPDIR (a node directory, so `journal verify BACKUPDIR` reads it too):
+
+```
+MANIFEST.json             what was copied: sequence, chain head, state hash, SHA-256 of every file
+journal/*.rfj, DURABLE    the journal up to the backup's last sequence
+snapshots/<seq>.snap      the engine state at that sequence (its state hash is in the manifest)
+identity.sqlite3          the identity database, when the node used SQLite
+```
+
+Invariants: a backup's journal is a byte-identical prefix of the node's; its manifest is written
+last (a backup without one is incomplete and refused); a restore to sequence N rebuilds exactly the
+state the node had after command N (same state hash as replaying the node's journal to N).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..errors import ConfigError, JournalCorrupt, RingfenceError, SnapshotInvalid, ValidationError
+from ..journal.journal import (
+    GENESIS_HASH,
+    HEADER_SIZE,
+    TRAILER_SIZE,
+    DataDirLock,
+    DurableMark,
+    JournalWriter,
+    Record,
+    read_durable_mark,
+    scan,
+    segment_paths,
+    write_durable_mark,
+)
+
+__all__ = ["BackupInvalid", "BackupReport", "create_backup", "verify_backup", "restore_backup", "MANIFEST", "FORMAT"]
+
+MANIFEST = "MANIFEST.json"
+FORMAT = "ringfence-backup/1"
+IDENTITY_FILE = "identity.sqlite3"
+PG_DUMP_FILE = "identity.pgdump"
+COPY_CHUNK_BYTES = 4 * 1024 * 1024
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+class BackupInvalid(RingfenceError, ValueError):
+    code = "RF_BACKUP_INVALID"
+    http_status = 422
+    default_message = "the backup is incomplete or damaged"
+
+
+class _RawBatch(msgspec.Struct, frozen=True, array_like=True):
+    """A journal payload with its commands left encoded (cutting a batch keeps their exact bytes)."""
+
+    first_seq: int
+    ts_ns: int
+    entropy: bytes
+    commands: list[msgspec.Raw]
+
+
+@dataclass
+class BackupReport:
+    """What a create, verify or restore found; `problems` empty means it passed."""
+
+    directory: str
+    last_seq: int = 0
+    records: int = 0
+    commands: int = 0
+    chain_head: str = ""
+    state_hash: str = ""
+    segments: int = 0
+    bytes: int = 0
+    identity: str = "none"
+    snapshots_checked: list[tuple[int, bool]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(COPY_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _noop(_phase: str, _done: int, _total: int) -> None:
+    return None
+
+
+def _copy_segments(src_journal: Path, dest_journal: Path, progress: Progress) -> DurableMark | None:
+    """Copy every segment read-only; the durable mark is read first so it never names unread bytes."""
+    mark = read_durable_mark(src_journal)
+    paths = segment_paths(src_journal)
+    total = sum(p.stat().st_size for p in paths)
+    done = 0
+    dest_journal.mkdir(parents=True)
+    for path in paths:
+        with open(path, "rb") as src, open(dest_journal / path.name, "wb") as out:
+            while chunk := src.read(COPY_CHUNK_BYTES):
+                out.write(chunk)
+                done += len(chunk)
+                progress("copying journal", done, total)
+            out.flush()
+            os.fsync(out.fileno())
+    return mark
+
+
+def _scan_to_end(journal_dir: Path, *, truncate: bool) -> Any:
+    gen = scan(journal_dir, truncate=truncate)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _replay(node_dir: Path, total: int, progress: Progress, check: dict[int, str] | None = None,
+            until_seq: int | None = None) -> tuple[Any, Any, list[tuple[int, bool]]]:
+    from ..app import replay_journal
+
+    checked: list[tuple[int, bool]] = []
+    done = [0]
+
+    def on_batch(engine: Any, batch: Any, outputs: list[Any]) -> None:
+        last = batch.first_seq + len(outputs) - 1
+        if check and last in check:
+            checked.append((last, engine.state_hash() == check[last]))
+
+    def step(n: int) -> None:
+        done[0] += n
+        progress("replaying", done[0], total)
+
+    engine, report, _ = replay_journal(node_dir, use_snapshots=False, on_batch=on_batch, progress=step, until_seq=until_seq)
+    return engine, report, checked
+
+
+def _node_snapshot_hashes(src_node: Path, up_to_seq: int) -> dict[int, str]:
+    """State hashes the node recorded in its snapshots (a snapshot deleted while we look is skipped)."""
+    from ..engine.snapshot import list_snapshots, read_snapshot
+
+    out: dict[int, str] = {}
+    for path in list_snapshots(src_node / "snapshots"):
+        try:
+            info = read_snapshot(path)
+        except (OSError, SnapshotInvalid):
+            continue
+        if info.seq <= up_to_seq:
+            out[info.seq] = info.state_hash
+    return out
+
+
+def _write_engine_snapshot(engine: Any, snap_dir: Path, journal_hash: bytes) -> Path:
+    from ..engine.snapshot import write_snapshot
+
+    payload = engine.snapshot_bytes()
+    return write_snapshot(snap_dir, engine.last_seq, hashlib.sha256(payload).hexdigest(), journal_hash, payload, keep=1)
+
+
+def _copy_identity(src: Path, dest: Path) -> None:
+    """SQLite's online backup: a consistent copy even while the server writes (WAL mode)."""
+    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
+    try:
+        target = sqlite3.connect(dest)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def _pg(tool: str, url: str, args: list[str]) -> str:
+    """Run pg_dump / pg_restore against a SQLAlchemy URL; the password goes in PGPASSWORD, not argv."""
+    import subprocess
+
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    env = dict(os.environ)
+    if u.password:
+        env["PGPASSWORD"] = str(u.password)
+    conn = ["--host", u.host or "127.0.0.1", "--port", str(u.port or 5432), "--username", u.username or "postgres",
+            "--dbname", u.database or "postgres"]
+    binary = shutil.which(tool)
+    if binary is None:
+        raise ConfigError(f"{tool} is not installed; it is needed for the PostgreSQL identity database",
+                          field="RINGFENCE_DATABASE_URL")
+    proc = subprocess.run([binary, *conn, *args], env=env, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise ConfigError(f"{tool} failed: {proc.stderr.strip()[:500]}", field="RINGFENCE_DATABASE_URL")
+    return proc.stdout
+
+
+def _write_manifest(dest: Path, manifest: dict[str, Any]) -> None:
+    tmp = dest / (MANIFEST + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, dest / MANIFEST)
+
+
+def create_backup(src_node: Path, dest: Path, *, identity_db: Path | None = None, identity_pg_url: str | None = None,
+                  progress: Progress = _noop) -> BackupReport:
+    """Copy `src_node`'s journal (read-only; the node may be running) into the new folder `dest`."""
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise ConfigError(f"{dest} is not empty; a backup goes into a new folder", field="--to")
+    mark = _copy_segments(src_node / "journal", dest / "journal", progress)
+    scanned = _scan_to_end(dest / "journal", truncate=True)  # our copy: cut a half-appended batch
+    if scanned.last_seq == 0:
+        raise ConfigError(f"{src_node} has no committed commands yet; nothing to back up", field="--data")
+    if mark is not None and scanned.last_seq < mark.last_seq:
+        raise JournalCorrupt(f"the copy ends at sequence {scanned.last_seq} but the node acknowledged {mark.last_seq}")
+    assert scanned.tail_segment is not None
+    write_durable_mark(dest / "journal", DurableMark(int(scanned.tail_segment.name[: -len(".rfj")]), scanned.tail_size,
+                                                      scanned.last_seq, scanned.last_hash))
+    engine, replay, checked = _replay(dest, scanned.commands, progress, _node_snapshot_hashes(src_node, scanned.last_seq))
+    snap = _write_engine_snapshot(engine, dest / "snapshots", scanned.last_hash)
+    report = BackupReport(str(dest), scanned.last_seq, scanned.records, scanned.commands, scanned.last_hash.hex(),
+                          replay.state_hash, scanned.segments, scanned.bytes_read, snapshots_checked=checked)
+    if scanned.torn_tail:
+        report.notes.append(f"left out a batch the node was still writing ({scanned.truncated_bytes} bytes)")
+    report.problems.extend(f"the node's snapshot at sequence {seq} differs from the replay" for seq, ok in checked if not ok)
+    if report.problems:
+        raise BackupInvalid("; ".join(report.problems))
+    files = {"journal": [], "snapshot": None, "identity": None}  # type: dict[str, Any]
+    for path in segment_paths(dest / "journal"):
+        files["journal"].append({"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256_file(path)})
+    files["snapshot"] = {"name": snap.name, "seq": engine.last_seq, "sha256": _sha256_file(snap)}
+    if identity_db is not None and identity_db.is_file():
+        _copy_identity(identity_db, dest / IDENTITY_FILE)
+        files["identity"] = {"name": IDENTITY_FILE, "sha256": _sha256_file(dest / IDENTITY_FILE)}
+        report.identity = "SQLite (online backup)"
+    if identity_pg_url:
+        _pg("pg_dump", identity_pg_url, ["--format=custom", "--no-owner", "--no-privileges", "--file", str(dest / PG_DUMP_FILE)])
+        files["identity"] = {"name": PG_DUMP_FILE, "sha256": _sha256_file(dest / PG_DUMP_FILE), "kind": "postgresql"}
+        report.identity = "PostgreSQL (pg_dump, one consistent snapshot)"
+    _write_manifest(dest, {
+        "format": FORMAT,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": str(src_node.resolve()),
+        "last_seq": scanned.last_seq,
+        "records": scanned.records,
+        "commands": scanned.commands,
+        "chain_head": scanned.last_hash.hex(),
+        "state_hash": replay.state_hash,
+        "files": files,
+    })
+    return report
+
+
+def _load_manifest(backup: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((backup / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BackupInvalid(f"{backup} has no {MANIFEST}: not a backup, or one that never finished", field="BACKUPDIR") from None
+    except (OSError, ValueError) as err:
+        raise BackupInvalid(f"{backup / MANIFEST} cannot be read: {err}", field="BACKUPDIR") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupInvalid(f"{backup / MANIFEST} is not a {FORMAT} manifest", field="BACKUPDIR")
+    return manifest
+
+
+def _check_files(backup: Path, manifest: dict[str, Any], report: BackupReport) -> None:
+    files = manifest["files"]
+    listed = {f["name"] for f in files["journal"]}
+    present = {p.name for p in segment_paths(backup / "journal")}
+    for extra in sorted(present - listed):
+        report.problems.append(f"journal/{extra} is not in the manifest")
+    entries = [("journal/" + f["name"], f["sha256"]) for f in files["journal"]]
+    entries.append(("snapshots/" + files["snapshot"]["name"], files["snapshot"]["sha256"]))
+    if files.get("identity"):
+        entries.append((files["identity"]["name"], files["identity"]["sha256"]))
+    for rel, expected in entries:
+        path = backup / rel
+        if not path.is_file():
+            report.problems.append(f"{rel} is missing")
+        elif _sha256_file(path) != expected:
+            report.problems.append(f"{rel} does not match its SHA-256 in the manifest")
+
+
+def verify_backup(backup: Path, *, progress: Progress = _noop) -> BackupReport:
+    """Check every file's hash, the journal's chain, and replay: the state hash must match the manifest."""
+    from ..engine.snapshot import read_snapshot
+
+    manifest = _load_manifest(backup)
+    report = BackupReport(str(backup), identity="none")
+    _check_files(backup, manifest, report)
+    if report.problems:
+        return report
+    try:
+        scanned = _scan_to_end(backup / "journal", truncate=False)
+        engine, replay, _ = _replay(backup, manifest["commands"], progress)
+    except (JournalCorrupt, ValidationError) as err:
+        report.problems.append(f"journal: {err.message}")
+        return report
+    report.last_seq, report.records, report.commands = scanned.last_seq, scanned.records, scanned.commands
+    report.chain_head, report.state_hash = scanned.last_hash.hex(), replay.state_hash
+    report.segments, report.bytes = scanned.segments, scanned.bytes_read
+    if scanned.torn_tail:
+        report.problems.append(f"the journal ends in a torn record: {scanned.torn_tail}")
+    for key, got in (("last_seq", scanned.last_seq), ("chain_head", report.chain_head), ("state_hash", replay.state_hash)):
+        if manifest[key] != got:
+            report.problems.append(f"{key}: the manifest says {manifest[key]}, the replay gives {got}")
+    snap = read_snapshot(backup / "snapshots" / manifest["files"]["snapshot"]["name"])
+    report.snapshots_checked.append((snap.seq, snap.seq == scanned.last_seq and snap.state_hash == replay.state_hash
+                                     and snap.journal_hash == scanned.last_hash))
+    if not report.snapshots_checked[-1][1]:
+        report.problems.append(f"the snapshot at sequence {snap.seq} does not match the replayed state and chain head")
+    engine.check_invariants()
+    identity = manifest["files"].get("identity")
+    if identity and identity.get("kind") == "postgresql":
+        report.identity = _check_pg_dump(backup / PG_DUMP_FILE, report)
+    elif identity:
+        report.identity = _check_identity(backup / IDENTITY_FILE, report)
+    return report
+
+
+def _check_pg_dump(path: Path, report: BackupReport) -> str:
+    """pg_restore --list reads the whole archive's table of contents: a damaged dump fails here."""
+    import subprocess
+
+    binary = shutil.which("pg_restore")
+    if binary is None:
+        report.notes.append("pg_restore is not installed: the PostgreSQL dump was checked by its SHA-256 only")
+        return "PostgreSQL dump (SHA-256 checked)"
+    proc = subprocess.run([binary, "--list", str(path)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        report.problems.append(f"{PG_DUMP_FILE}: pg_restore cannot read it: {proc.stderr.strip()[:200]}")
+        return "damaged"
+    tables = sum(1 for line in proc.stdout.splitlines() if " TABLE DATA " in line)
+    return f"PostgreSQL dump, {tables} tables"
+
+
+def _check_identity(path: Path, report: BackupReport) -> str:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        result = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        users = conn.execute("SELECT count(*) FROM identity_users").fetchone()[0]
+    except sqlite3.DatabaseError as err:
+        report.problems.append(f"{IDENTITY_FILE}: {err}")
+        return "damaged"
+    finally:
+        conn.close()
+    if result != "ok":
+        report.problems.append(f"{IDENTITY_FILE}: integrity check says {result}")
+    return f"SQLite, {users} users, integrity {result}"
+
+
+def restore_backup(backup: Path, target: Path, *, to_seq: int | None = None, identity_pg_url: str | None = None,
+                   progress: Progress = _noop) -> BackupReport:
+    """Build a new serve data directory `target` (node in target/engine) as of sequence `to_seq`."""
+    manifest = _load_manifest(backup)
+    last_seq = int(manifest["last_seq"])
+    if to_seq is None:
+        to_seq = last_seq
+    if not 1 <= to_seq <= last_seq:
+        raise ValidationError(f"must be between 1 and {last_seq} (the backup's last sequence)", field="--to-seq")
+    report = BackupReport(str(target))
+    _check_files(backup, manifest, report)
+    if report.problems:
+        raise BackupInvalid("; ".join(report.problems), field="BACKUPDIR")
+    identity = manifest["files"].get("identity")
+    if identity and identity.get("kind") == "postgresql" and identity_pg_url:
+        _refuse_used_database(identity_pg_url)  # before anything is written
+    node = target / "engine"
+    node.mkdir(mode=0o700, parents=True)
+    lock = DataDirLock(node, "ringfence backup restore")
+    try:
+        cut = _restore_journal(backup / "journal", node / "journal", to_seq)
+        if cut:
+            report.notes.append(cut)
+        engine, replay, _ = _replay(node, to_seq, progress)
+        if engine.last_seq != to_seq:
+            raise BackupInvalid(f"the restored journal ends at {engine.last_seq}, not {to_seq}")
+        if to_seq == last_seq and replay.state_hash != manifest["state_hash"]:
+            raise BackupInvalid("the restored state hash differs from the one the backup recorded")
+        scanned = _scan_to_end(node / "journal", truncate=False)
+        _write_engine_snapshot(engine, node / "snapshots", scanned.last_hash)
+    finally:
+        lock.release()
+    if identity and identity.get("kind") == "postgresql":
+        report.identity = _restore_pg(backup / PG_DUMP_FILE, identity_pg_url)
+    elif identity:
+        shutil.copyfile(backup / IDENTITY_FILE, target / IDENTITY_FILE)
+        os.chmod(target / IDENTITY_FILE, 0o600)
+        report.identity = "SQLite, as of the backup (identity is not cut at --to-seq)"
+    report.last_seq, report.records, report.commands = to_seq, scanned.records, scanned.commands
+    report.chain_head, report.state_hash = scanned.last_hash.hex(), replay.state_hash
+    report.segments, report.bytes = scanned.segments, scanned.bytes_read
+    return report
+
+
+def _refuse_used_database(url: str) -> None:
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine(url)
+    try:
+        tables = inspect(engine).get_table_names()
+    except OperationalError as err:
+        raise ConfigError(f"cannot open the database: {str(err.orig).splitlines()[0] if err.orig else err}",
+                          field="RINGFENCE_DATABASE_URL") from None
+    finally:
+        engine.dispose()
+    if "identity_users" in tables:
+        raise ConfigError("the database already holds identity tables; restore into an empty database",
+                          field="RINGFENCE_DATABASE_URL")
+
+
+def _restore_pg(dump: Path, url: str | None) -> str:
+    """Load the identity dump into the (empty) PostgreSQL database at `url`."""
+    if not url:
+        return f"PostgreSQL dump kept in the backup ({PG_DUMP_FILE}); set RINGFENCE_DATABASE_URL to restore it"
+    _pg("pg_restore", url, ["--no-owner", "--no-privileges", "--exit-on-error", str(dump)])
+    return "PostgreSQL, restored with pg_restore (as of the backup; identity is not cut at --to-seq)"
+
+
+def _restore_journal(src: Path, dest: Path, to_seq: int) -> str | None:
+    """Copy whole records up to `to_seq`; a batch that straddles it is re-written with its first commands.
+
+    Returns a note when a batch was cut (its record then has a new hash: the restored history
+    diverges from the original exactly there, which is what a point-in-time restore means).
+    """
+    prev: Record | None = None
+    straddle: Record | None = None
+    gen = scan(src, truncate=False)
+    for record in gen:
+        if record.last_seq <= to_seq:
+            prev = record
+            if record.last_seq == to_seq:
+                break
+        else:
+            straddle = record
+            break
+    gen.close()
+    if straddle is not None:
+        tail_name, tail_size = straddle.segment, straddle.offset
+    else:
+        assert prev is not None
+        tail_name, tail_size = prev.segment, prev.offset + HEADER_SIZE + len(prev.payload) + TRAILER_SIZE
+    dest.mkdir(parents=True)
+    for path in segment_paths(src):
+        if path.name <= tail_name:
+            shutil.copyfile(path, dest / path.name)
+    tail = dest / tail_name
+    with open(tail, "r+b") as fh:
+        fh.truncate(tail_size)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if straddle is None:
+        assert prev is not None
+        write_durable_mark(dest, DurableMark(int(tail_name[: -len(".rfj")]), tail_size, prev.last_seq, prev.hash))
+        return None
+    batch = msgspec.json.decode(straddle.payload, type=_RawBatch)
+    keep = to_seq - straddle.first_seq + 1
+    cut = _RawBatch(batch.first_seq, batch.ts_ns, batch.entropy, batch.commands[:keep])
+    writer = JournalWriter(dest, next_seq=straddle.first_seq, last_hash=prev.hash if prev else GENESIS_HASH,
+                           tail_segment=tail, tail_size=tail_size)
+    try:
+        writer.append(msgspec.json.encode(cut), straddle.first_seq, keep)  # also writes the durable mark
+    finally:
+        writer.close()
+    return (f"sequence {to_seq} is inside the batch {straddle.first_seq}..{straddle.last_seq}: "
+            f"its first {keep} commands were kept in a new record")

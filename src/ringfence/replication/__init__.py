@@ -1,0 +1,623 @@
+"""The journal replicated over NATS JetStream: a primary that acknowledges only replicated batches,
+a hot standby that follows and verifies, leadership with a fencing epoch.
+
+Stream `S` (file storage) on subject `rf.S.batches` holds one message per journal record: its body
+is the record's payload, its headers the record header (first sequence, count, previous hash,
+record hash), the leader's fencing epoch and the state hash after the batch. The primary publishes
+each batch after its local fsync and apply and before any client is acknowledged, with
+`Nats-Msg-Id` (a retried publish is stored once) and `Nats-Expected-Last-Sequence` (the stream
+refuses a batch from any writer that has not seen every earlier message).
+
+Leadership lives in the JetStream KV bucket `S-leader`, key `leader`: `{"epoch": E, "node": ID}`,
+changed only with revision-checked updates (`ringfence replication promote`), so two promotions
+cannot both win. A promoted standby first catches up with the stream, then publishes a *fence*
+message carrying its new epoch with the expected-last-sequence it verified: from then on every
+publish of the deposed primary is refused by the stream (wrong last sequence), and a follower
+refuses any batch whose epoch is below the newest fence it has seen. A deposed primary stops and
+answers its waiting clients `OutcomeUnknown`: it can never get a batch accepted.
+
+Invariants a follower checks on every message: sequence continuity, the hash chain (the record
+hash recomputed from header and payload), the epoch, and the state hash after applying it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote, urlparse
+
+from ..errors import ConfigError, JournalCorrupt, RingfenceError
+
+__all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "promote", "leader_of", "parse_target"]
+
+T = TypeVar("T")
+_log = logging.getLogger("ringfence.replication")
+KIND_BATCH = "batch"
+KIND_FENCE = "fence"
+PUBLISH_TIMEOUT_S = 5
+ERR_WRONG_LAST_SEQUENCE = 10071
+POLL_S = 0.02  # float-ok: follower poll interval, seconds
+
+
+class Fenced(RingfenceError, PermissionError):
+    code = "RF_FENCED"
+    http_status = 503
+    default_message = "this node is no longer the primary: another node holds a newer epoch"
+
+
+@dataclass(frozen=True)
+class ReplicationTarget:
+    servers: str
+    stream: str
+    replicas: int = 1
+    #: Primary: renew the leadership lease every lease_ms/3 and stop acknowledging when it could
+    #: not for lease_ms. 0: no lease (promotion by operator only).
+    lease_ms: int = 0
+    #: Standby: promote itself when the leader's lease has not been renewed for 2 x lease_ms.
+    auto_promote: bool = False
+    #: Primary: put the state hash in every Nth batch (1: every batch; it serialises the whole
+    #: engine state, so large states may want a larger N). Followers check it where present.
+    state_hash_every: int = 1
+    #: tls:// only: verify the server's certificate against this CA file (default: the system's CAs).
+    tls_ca: str = ""
+
+    @property
+    def display(self) -> str:
+        """The server URL safe to print: a password in it is replaced by ***."""
+        parsed = urlparse(self.servers)
+        if parsed.password is None:
+            return self.servers
+        return self.servers.replace(f":{parsed.password}@", ":***@", 1)
+
+    def display_url(self, **options: object) -> str:
+        if self.tls_ca:
+            options = {"tls_ca": quote(self.tls_ca, safe="/"), **options}
+        query = "&".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in options.items())
+        return f"{self.display}/{self.stream}" + (f"?{query}" if query else "")
+
+    @property
+    def subject(self) -> str:
+        return f"rf.{self.stream}.batches"
+
+    @property
+    def bucket(self) -> str:
+        return f"{self.stream}-leader"
+
+
+def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
+    """`nats://host:4222/STREAM?replicas=3&lease_ms=3000&auto_promote=1&state_hash_every=1` (stream
+    defaults to RINGFENCE)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
+        raise ConfigError("must be a nats://host:port/STREAM URL", field=option)
+    stream = parsed.path.strip("/") or "RINGFENCE"
+    if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
+        raise ConfigError("the stream name may hold letters, digits, '-' and '_' (at most 64)", field=option)
+    limits = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1), "state_hash_every": (1, 1_000_000)}
+    values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0, "state_hash_every": 1}
+    tls_ca = ""
+    for part in filter(None, parsed.query.split("&")):
+        key, _, value = part.partition("=")
+        if key == "tls_ca":  # the CA that signed the NATS server's certificate (tls:// only)
+            tls_ca = unquote(value)
+            if parsed.scheme != "tls" or not Path(tls_ca).is_file():
+                raise ConfigError("tls_ca must name a readable CA file and needs a tls:// URL", field=option)
+            continue
+        if key not in limits or not value.isdigit() or not limits[key][0] <= int(value) <= limits[key][1]:
+            raise ConfigError("options are replicas=1..5, lease_ms=100..600000, auto_promote=0|1, "
+                              "state_hash_every=1..1000000 and tls_ca=FILE", field=option)
+        values[key] = int(value)
+    netloc = parsed.netloc
+    secret = os.environ.get("RINGFENCE_NATS_PASSWORD", "")
+    if parsed.username and parsed.password is None and secret:  # keeps the password out of `ps` output
+        netloc = f"{parsed.username}:{quote(secret, safe='')}@{netloc.split('@', 1)[1]}"
+    return ReplicationTarget(f"{parsed.scheme}://{netloc}", stream, values["replicas"], values["lease_ms"],
+                             bool(values["auto_promote"]), values["state_hash_every"], tls_ca)
+
+
+class NatsLink:
+    """A NATS connection on its own asyncio loop thread, callable from the sequencer thread."""
+
+    def __init__(self, target: ReplicationTarget) -> None:
+        import nats
+        from nats.errors import Error as NatsError
+
+        self.target = target
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ringfence-nats", daemon=True)
+        self._thread.start()
+        async def on_error(err: Exception) -> None:  # one line, no traceback, no URL (it may hold a password)
+            _log.warning("nats: %s: %s", type(err).__name__, str(err)[:200])
+
+        tls: dict[str, Any] = {}
+        if target.servers.startswith("tls://"):
+            import ssl
+
+            tls["tls"] = ssl.create_default_context(cafile=target.tls_ca or None)  # verifies host name and chain
+        try:
+            self.nc = self.call(nats.connect(target.servers, connect_timeout=3, max_reconnect_attempts=2, reconnect_time_wait=0.5,
+                                             allow_reconnect=True, error_cb=on_error, **tls), 20)
+        except (OSError, asyncio.TimeoutError, NatsError) as err:  # ssl.SSLError is an OSError
+            self.close()
+            reason = str(err).replace(urlparse(target.servers).password or "\0", "***")
+            raise ConfigError(f"cannot reach NATS at {target.display}: {type(err).__name__} {reason}", field="--replicate") from None
+        self.js = self.nc.jetstream()
+        #: Records larger than this go as several messages (headers need room under max_payload).
+        self.chunk_bytes = max(64 * 1024, int(self.nc.max_payload) - 64 * 1024)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = PUBLISH_TIMEOUT_S) -> T:  # float-ok: seconds
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
+        """Start `coro` on the link's loop and return at once; `.result(timeout)` waits for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def ensure_stream_and_bucket(self) -> Any:
+        from nats.js.api import StorageType, StreamConfig
+        from nats.js.errors import NotFoundError
+
+        t = self.target
+
+        async def setup() -> Any:
+            try:
+                await self.js.stream_info(t.stream)
+            except NotFoundError:
+                await self.js.add_stream(StreamConfig(name=t.stream, subjects=[t.subject], storage=StorageType.FILE,
+                                                      num_replicas=t.replicas, duplicate_window=120.0))
+            try:
+                return await self.js.key_value(t.bucket)
+            except NotFoundError:  # BucketNotFoundError: first use of this stream
+                return await self.js.create_key_value(bucket=t.bucket, history=16, storage=StorageType.FILE,
+                                                      replicas=t.replicas)
+
+        return self.call(setup())
+
+    def disconnect(self) -> None:
+        """Drop the NATS connection (a partition): every later call fails at once."""
+        self.call(self.nc.close(), 5)
+
+    def close(self) -> None:
+        nc = getattr(self, "nc", None)
+        if nc is not None:
+            try:
+                self.call(nc.close(), 5)
+            except (OSError, asyncio.TimeoutError, RuntimeError):
+                pass  # closing a connection that is already gone
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
+    """The leader record and its KV revision (None, 0 when nobody has claimed leadership yet)."""
+    from nats.js.errors import KeyNotFoundError
+
+    try:
+        entry = link.call(kv.get("leader"))
+    except KeyNotFoundError:
+        return None, 0
+    return json.loads(entry.value), int(entry.revision)
+
+
+def promote(target: ReplicationTarget, node_id: str) -> dict[str, Any]:
+    """Operator command: make `node_id` the leader at the next epoch (revision-checked update)."""
+    link = NatsLink(target)
+    try:
+        kv = link.ensure_stream_and_bucket()
+        current, revision = leader_of(link, kv)
+        epoch = (current or {}).get("epoch", 0) + 1
+        record = {"epoch": epoch, "node": node_id, "promoted_at_ns": time.time_ns()}
+        value = json.dumps(record).encode()
+        link.call(kv.update("leader", value, last=revision) if revision else kv.create("leader", value))
+        return {"previous": current, **record}
+    finally:
+        link.close()
+
+
+def _headers(kind: str, epoch: int, first_seq: int, count: int, prev_hash: bytes, record_hash: bytes,
+             state_hash: str, expected: int) -> dict[str, str]:
+    return {
+        "Nats-Msg-Id": f"rf-e{epoch}-{kind}-{first_seq}",
+        "Nats-Expected-Last-Sequence": str(expected),
+        "Rf-Kind": kind,
+        "Rf-Epoch": str(epoch),
+        "Rf-First-Seq": str(first_seq),
+        "Rf-Count": str(count),
+        "Rf-Prev-Hash": prev_hash.hex(),
+        "Rf-Hash": record_hash.hex(),
+        "Rf-State-Hash": state_hash,
+    }
+
+
+class Replicator:
+    """The primary's side: claims leadership, brings the stream up to its journal, then publishes
+    every batch before it is acknowledged (`attach` installs it as the node's `replicate` hook)."""
+
+    def __init__(self, target: ReplicationTarget, node_id: str) -> None:
+        self.target = target
+        self.node_id = node_id
+        self.link = NatsLink(target)
+        self.kv = self.link.ensure_stream_and_bucket()
+        self.revision = 0
+        self.node: Any = None
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self.epoch = self._claim()
+        self.renewed_at = time.monotonic()
+        info = self.link.call(self.link.js.stream_info(target.stream))
+        self.stream_seq = int(info.state.last_seq)
+        self.last_hash = b""
+        self.published = 0
+
+    def _record(self) -> bytes:
+        return json.dumps({"epoch": self.epoch, "node": self.node_id, "lease_ms": self.target.lease_ms,
+                           "renewed_at_ns": time.time_ns()}).encode()
+
+    def _claim(self) -> int:
+        leader, revision = leader_of(self.link, self.kv)
+        if leader is None:
+            self.epoch = 1
+            self.revision = int(self.link.call(self.kv.create("leader", self._record())))
+            return 1
+        if leader["node"] != self.node_id:
+            raise Fenced(f"node {leader['node']!r} is the primary at epoch {leader['epoch']}; start this node with "
+                         "--standby, or promote it with `ringfence replication promote`", field="--replicate")
+        self.epoch, self.revision = int(leader["epoch"]), revision
+        return self.epoch
+
+    def _renew(self) -> None:
+        """Renew the lease (revision-checked); a changed record means this node was deposed."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        sent = time.monotonic()
+        try:
+            self.revision = int(self.link.call(self.kv.update("leader", self._record(), last=self.revision),
+                                               self.target.lease_ms / 1000))
+        except KeyWrongLastSequenceError:
+            leader, revision = leader_of(self.link, self.kv)
+            if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) == self.epoch:
+                self.revision = revision  # our own renewal that timed out earlier landed late: still ours
+                return
+            self._fence_self(f"the leadership record changed: this node was deposed at epoch {self.epoch}")
+            return
+        except Exception as err:  # noqa: BLE001 - any failure to renew counts against the lease, checked below
+            if time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
+                self._fence_self(f"the lease of {self.target.lease_ms} ms expired: NATS unreachable ({type(err).__name__})")
+            return
+        self.renewed_at = sent
+
+    def _fence_self(self, why: str) -> None:
+        self.lost = why
+        node = self.node
+        if node is not None and node.failed is None:
+            node.failed = Fenced(why)  # refused before journaling from now on
+            _log.critical("replication: %s; this node stops acknowledging", why)
+
+    def _lease_loop(self) -> None:
+        period = self.target.lease_ms / 3000
+        while self.lost is None and not self._stop.wait(period):
+            try:
+                self._renew()
+            except Exception as err:  # noqa: BLE001 - the loop must keep watching the lease; a failed renewal
+                if time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
+                    self._fence_self(f"the lease of {self.target.lease_ms} ms expired ({type(err).__name__})")
+
+    def _stream_tail(self) -> tuple[int, bytes]:
+        """(last journal sequence, record hash) the stream holds from batches (0, genesis when none)."""
+        from ..journal.journal import GENESIS_HASH
+
+        seq = self.stream_seq
+        while seq > 0:
+            msg = self.link.call(self.link.js.get_msg(self.target.stream, seq))
+            h = msg.headers or {}
+            index, _, total = h.get("Rf-Chunk", "1/1").partition("/")
+            if h.get("Rf-Kind") == KIND_BATCH and index == total:  # a record's last chunk: it is complete
+                return int(h["Rf-First-Seq"]) + int(h["Rf-Count"]) - 1, bytes.fromhex(h["Rf-Hash"])
+            seq -= 1
+        return 0, GENESIS_HASH
+
+    def attach(self, node: Any) -> int:
+        """Publish the local journal's records the stream lacks, then hook every new batch. Returns
+        how many records were published to catch up."""
+        from ..journal.journal import scan
+
+        tail_seq, tail_hash = self._stream_tail()
+        if tail_seq > node.last_seq:
+            raise Fenced(f"the stream holds sequence {tail_seq} but this node's journal ends at {node.last_seq}: "
+                         "another primary wrote after it; start it with --standby", field="--replicate")
+        caught_up = 0
+        state_hash = node.read(lambda engine: engine.state_hash())
+        prev = None
+        for record in scan(node.data_dir / "journal"):
+            if record.last_seq <= tail_seq:
+                if record.last_seq == tail_seq and record.hash != tail_hash:
+                    raise Fenced(f"the stream's record at sequence {tail_seq} differs from this node's journal: "
+                                 "the histories diverged; restore this node from the stream", field="--replicate")
+                prev = record.hash
+                continue
+            from ..journal.journal import GENESIS_HASH
+
+            last = record.last_seq == node.last_seq
+            self._publish(KIND_BATCH, record.first_seq, record.count, prev or GENESIS_HASH, record.hash,
+                          record.payload, state_hash if last else "")
+            prev = record.hash
+            caught_up += 1
+        self.last_hash = prev or tail_hash
+        self.node = node
+        node.replica = self
+        if self.target.lease_ms:
+            threading.Thread(target=self._lease_loop, name="ringfence-lease", daemon=True).start()
+        return caught_up
+
+    def _check_lease(self, first_seq: int) -> None:
+        if self.lost is not None:
+            raise Fenced(self.lost)
+        if self.target.lease_ms and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
+            raise Fenced(f"the lease of {self.target.lease_ms} ms expired before batch {first_seq} was replicated")
+
+    def begin(self, first_seq: int, count: int, payload: bytes, record_hash: bytes) -> Any:
+        """`ReplicaLog.begin` (sequencer thread, before the local fsync). A batch that carries no
+        state hash starts publishing now, while the fsync runs; one that carries it waits for
+        `finish` (the hash is of the state after the batch is applied)."""
+        self._check_lease(first_seq)
+        prev, self.last_hash = self.last_hash, record_hash
+        if (self.published + 1) % self.target.state_hash_every == 0:
+            return (first_seq, count, payload, record_hash, prev)
+        return self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, ""))
+
+    def finish(self, token: Any, engine: Any) -> None:
+        """`ReplicaLog.finish` (after apply, before any acknowledgement): returns once JetStream
+        has stored the whole batch."""
+        if isinstance(token, tuple):
+            first_seq, count, payload, record_hash, prev = token
+            self._check_lease(first_seq)
+            self.link.call(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, engine.state_hash()))
+            return
+        token.result(PUBLISH_TIMEOUT_S)
+        if self.target.lease_ms and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
+            raise Fenced(f"the lease of {self.target.lease_ms} ms expired while the batch was being replicated")
+
+    def settle(self, token: Any) -> None:
+        """`ReplicaLog.settle`: the local write failed after `begin`; let a started publish finish
+        (it may well succeed: that is why the client hears "outcome unknown")."""
+        if isinstance(token, concurrent.futures.Future):
+            try:
+                token.result(PUBLISH_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - stored or not, the node stops; the outcome stays unknown
+                pass
+
+    def _publish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
+                 state_hash: str) -> None:
+        self.link.call(self._apublish(kind, first_seq, count, prev, record_hash, payload, state_hash))
+
+    async def _apublish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
+                        state_hash: str) -> None:
+        """Publish one record; one larger than the server's max payload goes as numbered chunks
+        (`Rf-Chunk: i/n`), each with its expected-last-sequence, the record complete with chunk n."""
+        limit = self.link.chunk_bytes
+        chunks = [payload[i : i + limit] for i in range(0, len(payload), limit)] or [b""]
+        for index, chunk in enumerate(chunks, 1):
+            headers = _headers(kind, self.epoch, first_seq, count, prev, record_hash, state_hash, self.stream_seq)
+            if len(chunks) > 1:
+                headers["Rf-Chunk"] = f"{index}/{len(chunks)}"
+            headers["Nats-Msg-Id"] += f"-c{index}-x{self.stream_seq}"  # a retry of this very publish is stored once
+            self.stream_seq = await self._apublish_one(first_seq, headers, chunk)
+        self.published += 1
+
+    def _publish_one(self, first_seq: int, headers: dict[str, str], data: bytes) -> int:
+        return self.link.call(self._apublish_one(first_seq, headers, data))
+
+    async def _apublish_one(self, first_seq: int, headers: dict[str, str], data: bytes) -> int:
+        from nats.js.errors import APIError
+
+        try:
+            ack = await self.link.js.publish(self.target.subject, data, headers=headers, stream=self.target.stream,
+                                             timeout=PUBLISH_TIMEOUT_S)
+        except APIError as err:
+            if getattr(err, "err_code", None) == ERR_WRONG_LAST_SEQUENCE:
+                raise Fenced(f"JetStream refused batch {first_seq}: another node published after stream sequence "
+                             f"{self.stream_seq} (this node was deposed at epoch {self.epoch})") from None
+            raise
+        return int(ack.seq)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.link.close()
+
+
+def _records(journal_dir: Path) -> Any:
+    from ..journal.journal import scan
+
+    return scan(journal_dir, decode_from_seq=2**62)  # verified, payloads not kept
+
+
+class Follower:
+    """The standby's side: append each verified batch to its own journal and apply it, until promoted.
+
+    It is the only writer of its own node directory (it holds that directory's lock); it never
+    writes to the stream except the one fence message that makes it the primary.
+    """
+
+    def __init__(self, target: ReplicationTarget, node_dir: Path, node_id: str,
+                 on_progress: Callable[[str], None] = lambda _: None) -> None:
+        from ..app import replay_journal
+        from ..journal.journal import DataDirLock, JournalWriter, check_node_placement
+
+        self.target, self.node_dir, self.node_id = target, node_dir, node_id
+        self.on_progress = on_progress
+        check_node_placement(node_dir)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = DataDirLock(node_dir, f"ringfence serve --standby (node {node_id})")
+        try:
+            self.engine, _, scan = replay_journal(node_dir, truncate=True)
+            #: last sequence -> record hash of the local journal, to check the stream against on a restart
+            self._local: dict[int, bytes] = {r.last_seq: r.hash for r in _records(node_dir / "journal")}
+            self.writer = JournalWriter(node_dir / "journal", next_seq=scan.last_seq + 1, last_hash=scan.last_hash,
+                                        tail_segment=scan.tail_segment, tail_size=scan.tail_size)
+            self.link = NatsLink(target)
+            self.kv = self.link.ensure_stream_and_bucket()
+        except BaseException:  # release the lock whatever failed, then report it
+            self.lock.release()
+            raise
+        self.stream_seq = 0  # last stream message consumed
+        self._pending: tuple[tuple[str, str, int], list[bytes]] | None = None  # chunks of a large record
+        self.fence_epoch = 0
+        self.batches_applied = 0
+        self.last_state_hash = ""  # the newest state hash checked against the primary's
+
+    def _apply(self, headers: dict[str, str], payload: bytes) -> None:
+        from ..engine.core import ShardHalt
+        from ..engine.node import rebuild_halted
+        from ..journal.journal import encode_record
+
+        first_seq, count = int(headers["Rf-First-Seq"]), int(headers["Rf-Count"])
+        epoch = int(headers["Rf-Epoch"])
+        if epoch < self.fence_epoch:
+            raise Fenced(f"stream message {self.stream_seq}: a batch from epoch {epoch} after the fence of epoch "
+                         f"{self.fence_epoch}: a deposed primary's write; refusing it")
+        w = self.writer
+        if first_seq + count - 1 < w.next_seq:  # already in the local journal (a restart of the follower)
+            if self._local.get(first_seq + count - 1) != bytes.fromhex(headers["Rf-Hash"]):
+                raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} differs from this standby's "
+                                     "journal: the histories diverged; rebuild this standby on a fresh folder")
+            return
+        if first_seq != w.next_seq or bytes.fromhex(headers["Rf-Prev-Hash"]) != w.last_hash:
+            raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} does not follow sequence "
+                                 f"{w.next_seq - 1} and its record hash")
+        _, digest = encode_record(payload, first_seq, count, w.last_hash)
+        if digest.hex() != headers["Rf-Hash"]:
+            raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} fails its record hash")
+        w.append(payload, first_seq, count)
+        batch = self.engine.codec.batch.decode(payload)
+        for i, command in enumerate(batch.commands):
+            try:
+                self.engine.apply(command, first_seq + i, batch.ts_ns, batch.entropy)
+            except ShardHalt as halt:
+                rebuild_halted(self.node_dir, self.engine, halt)
+        expected = headers.get("Rf-State-Hash", "")
+        if expected:
+            if self.engine.state_hash() != expected:
+                raise JournalCorrupt(f"after batch {first_seq} the standby's state hash differs from the primary's")
+            self.last_state_hash = expected
+        self.batches_applied += 1
+
+    def poll(self) -> int:
+        """Consume every stream message available now; returns how many."""
+        from nats.js.errors import NotFoundError
+
+        n = 0
+        while True:
+            try:
+                msg = self.link.call(self.link.js.get_msg(self.target.stream, self.stream_seq + 1))
+            except NotFoundError:
+                return n
+            self.stream_seq += 1
+            headers = msg.headers or {}
+            if headers.get("Rf-Kind") == KIND_FENCE:
+                self._pending = None  # a record cut off by a failover was never acknowledged: dropped
+                self.fence_epoch = max(self.fence_epoch, int(headers["Rf-Epoch"]))
+            else:
+                payload = self._assemble(headers, msg.data or b"")
+                if payload is not None:
+                    self._apply(headers, payload)
+            n += 1
+
+    def _assemble(self, headers: dict[str, str], data: bytes) -> bytes | None:
+        """The whole payload once a record's last chunk arrives (None while chunks are pending).
+
+        An incomplete record followed by anything but its next chunk (a fence, a republished
+        record) is dropped: its primary stopped before the last chunk, so it was never acknowledged.
+        """
+        if "Rf-Chunk" not in headers:
+            self._pending = None
+            return data
+        index, total = (int(x) for x in headers["Rf-Chunk"].split("/"))
+        key = (headers["Rf-First-Seq"], headers["Rf-Hash"], total)
+        if index == 1:
+            self._pending = (key, [data])
+        elif self._pending is not None and self._pending[0] == key and len(self._pending[1]) == index - 1:
+            self._pending[1].append(data)
+        else:
+            self._pending = None
+            return None
+        if index < total:
+            return None
+        parts = self._pending[1]
+        self._pending = None
+        return b"".join(parts)
+
+    def _fence(self, epoch: int) -> None:
+        """Publish the fence at `epoch`: only possible once every stream message has been consumed."""
+        from nats.js.errors import APIError
+
+        while True:
+            self.poll()
+            headers = _headers(KIND_FENCE, epoch, self.writer.next_seq, 0, self.writer.last_hash, self.writer.last_hash,
+                               self.engine.state_hash(), self.stream_seq)
+            headers["Nats-Msg-Id"] += f"-x{self.stream_seq}"
+            try:
+                ack = self.link.call(self.link.js.publish(self.target.subject, b"", headers=headers,
+                                                          stream=self.target.stream))
+            except APIError as err:
+                if getattr(err, "err_code", None) == ERR_WRONG_LAST_SEQUENCE:
+                    continue  # the old primary got one more batch in: apply it, then fence again
+                raise
+            self.stream_seq = int(ack.seq)
+            self.fence_epoch = epoch
+            return
+
+    def follow_until_promoted(self, stop: threading.Event | None = None) -> int:
+        """Follow the stream; when the leader record names this node, fence and return the epoch."""
+        last_report = 0.0  # float-ok: monotonic seconds
+        reported_seq = -1
+        seen: tuple[int, float] = (-1, time.monotonic())  # float-ok: (revision, when it was first seen)
+        while stop is None or not stop.is_set():
+            self.poll()
+            leader, revision = leader_of(self.link, self.kv)
+            if revision != seen[0]:
+                seen = (revision, time.monotonic())
+            elif leader is not None and leader["node"] != self.node_id:
+                self._maybe_take_over(leader, revision, seen[1])
+            if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) > self.fence_epoch:
+                self._fence(int(leader["epoch"]))
+                self.on_progress(f"standby {self.node_id}: promoted at epoch {leader['epoch']}, fenced at stream "
+                                 f"sequence {self.stream_seq}, journal sequence {self.engine.last_seq} state hash {self.engine.state_hash()}")
+                return int(leader["epoch"])
+            now = time.monotonic()
+            if self.engine.last_seq != reported_seq and now - last_report >= 1.0:
+                last_report, reported_seq = now, self.engine.last_seq
+                self.on_progress(f"standby {self.node_id}: applied through sequence {self.engine.last_seq} "
+                                 f"state hash {self.engine.state_hash()} (stream sequence {self.stream_seq})")
+            time.sleep(POLL_S)
+        return 0
+
+    def _maybe_take_over(self, leader: dict[str, Any], revision: int, seen_at: float) -> None:  # float-ok: monotonic s
+        """With auto_promote: the lease went 2 x lease_ms unrenewed, so claim the next epoch."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        lease_ms = int(leader.get("lease_ms", 0))
+        if not (self.target.auto_promote and lease_ms) or time.monotonic() - seen_at < 2 * lease_ms / 1000:
+            return
+        record = {"epoch": int(leader["epoch"]) + 1, "node": self.node_id, "lease_ms": lease_ms,
+                  "renewed_at_ns": time.time_ns(), "took_over_from": leader["node"]}
+        try:
+            self.link.call(self.kv.update("leader", json.dumps(record).encode(), last=revision))
+        except KeyWrongLastSequenceError:
+            return  # renewed or taken meanwhile: keep following
+        self.on_progress(f"standby {self.node_id}: the lease of {leader['node']} expired; claimed epoch {record['epoch']}")
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+            self.link.close()
+        finally:
+            self.lock.release()
+

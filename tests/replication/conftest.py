@@ -1,0 +1,108 @@
+"""Replication fixtures: a unique JetStream stream per test (deleted after), standby processes.
+
+The machine's NATS server (127.0.0.1:4222, JetStream) is required: when it is missing the tests
+FAIL with the connection error, they are never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+NATS_URL = os.environ.get("RINGFENCE_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+async def _delete_stream(stream: str) -> None:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(NATS_URL, connect_timeout=3)
+    try:
+        js = nc.jetstream()
+        for name in (stream, f"KV_{stream}-leader"):
+            try:
+                await js.delete_stream(name)
+            except NotFoundError:
+                pass  # never created (the test failed before using it)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def stream() -> str:
+    """A unique stream name; the stream and its leadership bucket are deleted after the test."""
+    name = "RFTEST" + secrets.token_hex(5).upper()
+
+    async def ping() -> None:  # fails (never skips) when NATS is not there
+        import nats
+
+        nc = await nats.connect(NATS_URL, connect_timeout=3, max_reconnect_attempts=0)
+        await nc.close()
+
+    asyncio.run(ping())
+    yield name
+    asyncio.run(_delete_stream(name))
+
+
+class Standby:
+    """`ringfence serve --standby` as a real process; `wait_ready()` after a promotion."""
+
+    def __init__(self, data: Path, url: str, node_id: str, port: int, env: dict[str, str] | None = None) -> None:
+        self.data, self.port, self.node_id = data, port, node_id
+        self.base = f"http://127.0.0.1:{port}"
+        data.mkdir(parents=True, exist_ok=True)
+        self.log_path = data.parent / f"standby-{node_id}-{port}.log"
+        self.log = open(self.log_path, "w")
+        self.argv = ["serve", "--data", str(data), "--port", str(port), "--standby", url, "--node-id", node_id]
+        self.proc = subprocess.Popen([sys.executable, "-m", "ringfence.cli", *self.argv], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="400",
+                                                                        RINGFENCE_RECONCILE_EVERY_MS="1000", **(env or {})))
+        self.wait_for(r"standby \S+: following stream")
+
+    def text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def wait_for(self, pattern: str, timeout_s: float = 60) -> re.Match[str]:  # float-ok: seconds
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            found = list(re.finditer(pattern, self.text().replace("\n", " ")))
+            if found:
+                return found[-1]
+            if self.proc.poll() is not None:
+                raise AssertionError(f"standby exited {self.proc.returncode}:\n{self.text()[-3000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"standby never logged /{pattern}/; reproduce with: ringfence {' '.join(self.argv)}\n"
+                             + self.text()[-3000:])
+
+    def wait_ready(self, timeout_s: float = 60) -> None:  # float-ok: seconds
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"promoted standby exited {self.proc.returncode}:\n{self.text()[-3000:]}")
+            try:
+                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass  # not listening yet
+            time.sleep(0.2)
+        raise AssertionError("the promoted standby never became ready:\n" + self.text()[-3000:])
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = -9
+        self.log.close()
+        return code

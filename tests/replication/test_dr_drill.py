@@ -1,0 +1,35 @@
+"""`ringfence dr drill` end to end: both scenarios against the real NATS, report written and checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .conftest import NATS_URL
+
+
+def test_dr_drill_kill_and_partition(tmp_path, stream):
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "dr", "drill", "--nats", NATS_URL, "--seed", "5",
+                           "--before", "16", "--after", "6", "--lease-ms", "500", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dr drill: PASSED" in proc.stdout
+    report = {r["scenario"]: r for r in json.loads((out / "report.json").read_text())}
+    assert set(report) == {"kill", "partition"}
+    for r in report.values():
+        assert r["ok"] and r["acknowledged_lost"] == 0 and r["rpo_commands"] == 0, r
+        assert r["state_hash_standby"] == r["state_hash_old_primary_at_cut"] and len(r["state_hash_standby"]) == 64
+        assert r["acknowledged"] >= 8 + 6 and 0 < r["rto_ms"] < 60_000, r
+    assert report["partition"]["old_primary_last_ack_after_failure_ms"] <= 500
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") == 2 and "SIGKILL" in page and "partition" in page and "<script" not in page
+
+
+def test_dr_drill_refuses_a_used_folder(tmp_path):
+    (tmp_path / "x").write_text("keep")
+    proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "dr", "drill", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "not empty" in proc.stdout + proc.stderr
+    assert (tmp_path / "x").read_text() == "keep"

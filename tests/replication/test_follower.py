@@ -1,0 +1,275 @@
+"""The replication protocol in-process against the real NATS JetStream: a node publishing through a
+`Replicator`, a `Follower` applying into its own directory. Each check is one way the protocol
+must refuse: a forged batch, a batch from a deposed epoch, a stale writer, a lost promotion race.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ringfence.app import new_node, replay_journal
+from ringfence.errors import JournalCorrupt
+from ringfence.journal.journal import scan_all
+from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
+from ringfence.ledger.model import Transfer
+from ringfence.replication import Fenced, Follower, NatsLink, Replicator, leader_of, parse_target, promote
+
+from .conftest import NATS_URL
+
+
+def _primary(tmp_path, stream):
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}"), "a")
+    assert replicator.attach(node) == 0
+    node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+    node.execute_many([OpenAccount("alice", "BTC"), OpenAccount("bob", "BTC")])
+    return node, replicator
+
+
+def _fund(node, transfer_id: int, amount: int) -> None:
+    world, alice = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("alice", "BTC").id))
+    node.execute(CreateTransfers([Transfer(transfer_id, world, alice, amount)]))
+
+
+def _publish_raw(replicator, headers, payload=b""):
+    return replicator.link.call(replicator.link.js.publish(replicator.target.subject, payload, headers=headers,
+                                                           stream=replicator.target.stream))
+
+
+def test_follower_rebuilds_the_primary_journal_byte_for_byte(tmp_path, stream):
+    node, replicator = _primary(tmp_path, stream)
+    try:
+        for i in range(1, 6):
+            _fund(node, i, 1000 * i)
+        follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+        try:
+            assert follower.poll() == replicator.published
+            assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+        finally:
+            follower.close()
+        primary_records, _ = scan_all(tmp_path / "a" / "journal")
+        standby_records, _ = scan_all(tmp_path / "b" / "journal")
+        assert [r.hash for r in standby_records] == [r.hash for r in primary_records]
+        engine, _, _ = replay_journal(tmp_path / "b")
+        assert engine.state_hash() == node.read(lambda e: e.state_hash())
+    finally:
+        node.close()
+        replicator.close()
+
+
+def test_follower_refuses_a_forged_batch(tmp_path, stream):
+    node, replicator = _primary(tmp_path, stream)
+    try:
+        msg = replicator.link.call(replicator.link.js.get_msg(stream, replicator.stream_seq))
+        headers = dict(msg.headers)
+        forged = dict(headers, **{"Rf-First-Seq": str(node.last_seq + 1), "Rf-Prev-Hash": headers["Rf-Hash"],
+                                   "Nats-Msg-Id": "forged", "Nats-Expected-Last-Sequence": str(replicator.stream_seq)})
+        _publish_raw(replicator, forged, msg.data.replace(b"bob", b"eve"))
+        follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+        try:
+            with pytest.raises(JournalCorrupt, match="record hash|does not follow"):
+                follower.poll()
+            assert follower.engine.last_seq == node.last_seq  # everything before the forgery applied
+        finally:
+            follower.close()
+    finally:
+        node.close()
+        replicator.close()
+
+
+def test_a_deposed_primary_is_refused_by_the_stream_and_by_followers(tmp_path, stream):
+    target = parse_target(f"{NATS_URL}/{stream}")
+    node, replicator = _primary(tmp_path, stream)
+    try:
+        follower = Follower(target, tmp_path / "b", "b")
+        try:
+            follower.poll()
+            record = promote(target, "b")
+            assert record["epoch"] == 2 and record["previous"]["node"] == "a"
+            assert follower.follow_until_promoted() == 2  # catches up, then publishes the fence
+            before = follower.stream_seq
+            with pytest.raises(Exception) as refused:  # the node answers OutcomeUnknown and stops
+                _fund(node, 99, 1)
+            assert "not replicated" in str(refused.value)
+            assert node.failed is not None and isinstance(node.failed, Fenced)
+            info = replicator.link.call(replicator.link.js.stream_info(stream))
+            assert info.state.last_seq == before, "the deposed primary got a message into the stream"
+            # even a writer that learns the stream's tail is refused by followers: its epoch is old
+            stale = replicator.link.call(replicator.link.js.get_msg(stream, before - 1))
+            headers = dict(stale.headers, **{"Nats-Msg-Id": "stale", "Nats-Expected-Last-Sequence": str(before)})
+            _publish_raw(replicator, headers, stale.data)
+            with pytest.raises(Fenced, match="deposed primary"):
+                follower.poll()
+        finally:
+            follower.close()
+    finally:
+        node.close()
+        replicator.close()
+
+
+def test_leadership_changes_only_with_the_current_revision(tmp_path, stream):
+    target = parse_target(f"{NATS_URL}/{stream}")
+    link = NatsLink(target)
+    try:
+        kv = link.ensure_stream_and_bucket()
+        promote(target, "a")
+        leader, revision = leader_of(link, kv)
+        assert leader["epoch"] == 1
+        promote(target, "b")  # the operator's promotion wins...
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        with pytest.raises(KeyWrongLastSequenceError):  # ...a racing update from the old revision loses
+            link.call(kv.update("leader", json.dumps({"epoch": 2, "node": "c"}).encode(), last=revision))
+        assert leader_of(link, kv)[0]["node"] == "b"
+        with pytest.raises(Fenced, match="'b' is the primary at epoch 2"):
+            Replicator(target, "a")
+    finally:
+        link.close()
+
+
+def test_unreachable_nats_is_a_clear_error():
+    from ringfence.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot reach NATS"):
+        NatsLink(parse_target("nats://127.0.0.1:1/X"))
+
+
+def test_a_partitioned_primary_stops_within_its_lease_and_the_standby_takes_over(tmp_path, stream):
+    """Lease 400 ms: the primary loses NATS (its connection is closed), refuses commands within the
+    lease, and the auto-promoting standby claims the next epoch after 2 x lease without renewals."""
+    import threading
+    import time
+
+    from ringfence.errors import NotDurable
+
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?lease_ms=400"), "a")
+    replicator.attach(node)
+    node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}?auto_promote=1"), tmp_path / "b", "b")
+    promoted: list[int] = []
+    runner = threading.Thread(target=lambda: promoted.append(follower.follow_until_promoted()))
+    try:
+        runner.start()
+        time.sleep(1.0)  # three lease periods: renewals keep the standby from taking over
+        assert not promoted and node.failed is None
+        node.execute(OpenAccount("alice", "BTC"))
+        cut = time.monotonic()
+        replicator.link.disconnect()  # the partition: the primary can reach NATS no more
+        deadline = cut + 5
+        while node.failed is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stopped_after_s = time.monotonic() - cut
+        assert isinstance(node.failed, Fenced) and "lease" in str(node.failed), node.failed
+        assert stopped_after_s <= 0.4 + 0.3, f"stopped acknowledging {stopped_after_s:.3f} s after the partition"
+        with pytest.raises(NotDurable):
+            node.execute(OpenAccount("bob", "BTC"))
+        runner.join(10)
+        assert promoted == [2]
+        assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())  # nothing acknowledged was lost
+    finally:
+        runner.join(1)
+        follower.close()
+        node.close()
+        replicator.close()
+
+
+def test_a_record_larger_than_a_nats_message_goes_in_chunks_and_a_cut_off_one_is_dropped(tmp_path, stream):
+    target = parse_target(f"{NATS_URL}/{stream}")
+    node, replicator = _primary(tmp_path, stream)
+    try:
+        world, alice = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("alice", "BTC").id))
+        big = [CreateTransfers([Transfer(100_000 * r + i, world, alice, 1) for i in range(8000)]) for r in range(1, 17)]
+        node.execute_many(big)  # 128,000 transfers in as few records as the sequencer makes: larger than a NATS message
+        records, _ = scan_all(tmp_path / "a" / "journal")
+        assert max(len(r.payload) for r in records) > replicator.link.chunk_bytes
+        chunked = [h for h in (replicator.link.call(replicator.link.js.get_msg(stream, s)).headers
+                               for s in range(1, replicator.stream_seq + 1)) if "Rf-Chunk" in h]
+        assert len(chunked) >= 2 and chunked[-1]["Rf-Chunk"].split("/")[0] == chunked[-1]["Rf-Chunk"].split("/")[1]
+        # a primary that dies between chunks: chunk 1 of 2 of a record that never completes
+        headers = dict(chunked[0], **{"Rf-First-Seq": str(node.last_seq + 1), "Rf-Chunk": "1/2",
+                                       "Nats-Msg-Id": "cut-off", "Nats-Expected-Last-Sequence": str(replicator.stream_seq)})
+        replicator._publish_one(node.last_seq + 1, headers, b"x" * 100)
+        follower = Follower(target, tmp_path / "b", "b")
+        try:
+            promote(target, "b")
+            assert follower.follow_until_promoted() == 2  # the fence drops the cut-off record
+            assert follower.engine.last_seq == node.last_seq
+            assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+            assert follower.engine.ledger.get("alice", "BTC").balance == 128_000
+        finally:
+            follower.close()
+    finally:
+        node.close()
+        replicator.close()
+
+
+def test_a_restarted_standby_checks_the_stream_against_its_journal(tmp_path, stream):
+    target = parse_target(f"{NATS_URL}/{stream}")
+    node, replicator = _primary(tmp_path, stream)
+    try:
+        _fund(node, 1, 5)
+        follower = Follower(target, tmp_path / "b", "b")
+        follower.poll()
+        follower.close()
+        _fund(node, 2, 7)
+        again = Follower(target, tmp_path / "b", "b")  # re-reads the stream from the start
+        try:
+            again.poll()
+            assert again.engine.state_hash() == node.read(lambda e: e.state_hash())
+        finally:
+            again.close()
+        # a standby whose journal is not the stream's history is refused, not silently extended
+        other = new_node(tmp_path / "c")
+        other.open()
+        other.execute(RegisterAsset("ETH", 18, "crypto", "ethereum"))
+        other.close()
+        diverged = Follower(target, tmp_path / "c", "c")
+        try:
+            with pytest.raises(JournalCorrupt, match="diverged"):
+                diverged.poll()
+        finally:
+            diverged.close()
+    finally:
+        node.close()
+        replicator.close()
+
+
+def test_an_fsync_failure_while_the_batch_is_being_published_is_outcome_unknown(tmp_path, stream):
+    """The batch is published while its fsync runs; when the fsync fails the client must hear
+    "outcome unknown" (never "nothing applied"): the stream, and so a standby, may hold it."""
+    import os as _os
+
+    from ringfence.errors import OutcomeUnknown
+
+    failing = {"on": False}
+
+    def sync(fd: int) -> None:
+        if failing["on"]:
+            raise OSError(5, "Input/output error")
+        _os.fdatasync(fd)
+
+    node = new_node(tmp_path / "a", journal_sync=sync)
+    node.open()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000"), "a")
+    replicator.attach(node)
+    node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+    node.execute(OpenAccount("alice", "BTC"))
+    world, alice = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("alice", "BTC").id))
+    failing["on"] = True
+    with pytest.raises(OutcomeUnknown):
+        node.execute(CreateTransfers([Transfer(1, world, alice, 5)]))
+    node.abandon()
+    replicator.close()
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    try:
+        follower.poll()
+        assert follower.engine.ledger.get("alice", "BTC").balance == 5  # the standby did get it
+    finally:
+        follower.close()

@@ -1,0 +1,87 @@
+"""NATS over TLS: a nats-server with a certificate from a CA made here; the replicating primary and the
+standby verify it (tls://…?tls_ca=FILE), and refuse a server they cannot verify."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from api.conftest import free_port
+from ringfence.app import new_node
+from ringfence.errors import ConfigError
+from ringfence.ledger.commands import RegisterAsset
+from ringfence.replication import Follower, Replicator, parse_target
+
+
+def _cert(subject: str, issuer_key, issuer_name, key, *, ca: bool) -> x509.Certificate:
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                        critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture
+def tls_nats(tmp_path):
+    binary = shutil.which("nats-server")
+    assert binary, "nats-server is not installed on this machine (required, never skipped)"
+    ca_key, srv_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ringfence test CA")])
+    ca = _cert("ringfence test CA", ca_key, ca_name, ca_key, ca=True)
+    srv = _cert("nats", ca_key, ca_name, srv_key, ca=False)
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "srv.pem").write_bytes(srv.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "srv.key").write_bytes(srv_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    port = free_port()
+    proc = subprocess.Popen([binary, "-p", str(port), "-js", "-sd", str(tmp_path / "js"), "--tls", "--tlscert",
+                             str(tmp_path / "srv.pem"), "--tlskey", str(tmp_path / "srv.key")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield port, tmp_path / "ca.pem"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_replication_over_verified_tls(tmp_path, tls_nats):
+    port, ca = tls_nats
+    target = parse_target(f"tls://127.0.0.1:{port}/RFTLS?tls_ca={ca}")
+    node = new_node(tmp_path / "a")
+    node.open()
+    replicator = Replicator(target, "a")
+    try:
+        replicator.attach(node)
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+        follower = Follower(target, tmp_path / "b", "b")
+        try:
+            assert follower.poll() == 1
+            assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+        finally:
+            follower.close()
+    finally:
+        node.close()
+        replicator.close()
+    # without the CA the server's certificate cannot be verified: refused, not downgraded
+    with pytest.raises(ConfigError, match="cannot reach NATS"):
+        Replicator(parse_target(f"tls://127.0.0.1:{port}/RFTLS"), "a")
+    with pytest.raises(ConfigError, match="tls_ca"):
+        parse_target(f"nats://127.0.0.1:{port}/RFTLS?tls_ca={ca}")
