@@ -8,7 +8,10 @@ the file, the line and the rule, so the fix is obvious. Rules:
   why: the handler must re-raise or translate (contain a `raise`), or carry a comment on the
   `except` line explaining why carrying on is right;
 * no function longer than `MAX_FUNCTION_LINES` in the packages that move money (engine, ledger,
-  trading, money.py): a function that moves money is short enough to read at once.
+  trading, money.py): a function that moves money is short enough to read at once;
+* no `x.isdigit()` without `x.isascii() and` before it on the line (`"²".isdigit()` and
+  `"٣".isdigit()` are true, and `int("٣")` is 3: a Unicode digit would pass as a number), unless
+  the line says `# digit-ok: reason`.
 
 The ledger's own rule (nothing outside `ledger/` touches `ledger._*`, `ledger.pending` or balance
 counters) lives beside the ledger, in `tests/ledger/test_only_writer.py`.
@@ -26,6 +29,7 @@ MONEY_PACKAGES = ("engine", "ledger", "trading", "money.py")
 
 _FLOAT = re.compile(r"\bfloat\(|:\s*float\b|->\s*float\b")
 _BROAD = {"Exception", "BaseException"}
+_ISDIGIT = re.compile(r"([\w.\[\]]+)\.isdigit\(\)")
 
 
 def _sources(*parts: str) -> list[Path]:
@@ -49,6 +53,21 @@ def test_no_float_near_money_without_a_reason() -> None:
         if _FLOAT.search(line.split("#", 1)[0]) and "# float-ok" not in line
     ]
     assert not found, "float in src/ringfence without '# float-ok: reason':\n" + "\n".join(found)
+
+
+def _unguarded_isdigit(line: str) -> bool:
+    code = line.split("#", 1)[0]
+    return any(f"{m.group(1)}.isascii() and" not in code for m in _ISDIGIT.finditer(code)) and "# digit-ok" not in line
+
+
+def test_no_unicode_digits_pass_as_numbers() -> None:
+    found = [
+        f"{_name(path)}:{n}: {line.strip()}"
+        for path in _sources()
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if _unguarded_isdigit(line)
+    ]
+    assert not found, "isdigit() without isascii() (Unicode digits pass) in src/ringfence:\n" + "\n".join(found)
 
 
 def _is_broad(handler: ast.ExceptHandler) -> bool:
@@ -93,3 +112,4 @@ def test_the_checks_can_fail(tmp_path: Path) -> None:
     assert _is_broad(handler) and not any(isinstance(n, ast.Raise) for n in ast.walk(handler))
     assert _FLOAT.search("    return float(x)") and _FLOAT.search("def f() -> float:")
     assert not _FLOAT.search("    floaty = 1")
+    assert _unguarded_isdigit("    if ts.isdigit():") and not _unguarded_isdigit("    if ts.isascii() and ts.isdigit():")

@@ -172,7 +172,7 @@ def _explain_bad_decimal(text: str) -> str:
         return "infinity is not allowed; send a finite decimal string"
     if text != text.strip():
         return "must not contain spaces"
-    if "e" in lowered and any(c.isdigit() for c in lowered):
+    if "e" in lowered and any(c.isdigit() for c in lowered):  # digit-ok: detects an exponent to refuse; any digit counts
         return "exponent notation is not allowed; write the number out, e.g. \"1500\" not \"1.5e3\""
     if text.startswith("+"):
         return "must not start with '+'"

@@ -459,6 +459,8 @@ def test_chains_from_settings_without_demo(tmp_path) -> None:
         for admin in ("pia", "pol"):
             out = cli("policy", "approve", "p-1", "--key", str(keys / f"{admin}.key"), *url)
             assert out.returncode == 0, out.stderr
+        out = cli("policy", "activate", "p-1", "--key", str(keys / "ada.key"), *url)  # staff, but not a policy admin
+        assert out.returncode != 0 and "policy admins" in " ".join(out.stderr.split()), out.stdout + out.stderr
         out = cli("policy", "activate", "p-1", "--key", str(keys / "pat.key"), *url)
         assert out.returncode == 0 and "policy.activated" in out.stdout, out.stdout + out.stderr
         shown = json.loads(cli("policy", "show", "--key", str(keys / "ada.key"), "--json", *url).stdout)

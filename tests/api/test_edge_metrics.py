@@ -75,3 +75,14 @@ def test_a_short_token_is_refused_at_start(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--data", str(tmp_path / "data"), "--port", str(free_port())],
                        check=False, capture_output=True, text=True, timeout=60, env={**__import__("os").environ, "RINGFENCE_API_METRICS_TOKEN": "short"})
     assert r.returncode != 0 and "RINGFENCE_API_METRICS_TOKEN" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_readyz_shows_custody_detail_only_with_the_metrics_token(token_server):
+    """`serve --demo` runs custody (local chains): /readyz names each worker's state for everyone,
+    but chain heights, worker errors, reconciliation evidence and the shield vault only with the token."""
+    public = httpx.get(token_server.base + "/readyz").json()["custody"]
+    assert public["running"] is True and public["workers"] and set(public["workers"].values()) <= {"starting", "running", "backing_off", "stopped"}
+    assert not {"chains", "chain_reconciliation", "shield"} & set(public), public
+    assert "last_error" not in str(public)
+    full = httpx.get(token_server.base + "/readyz", headers={"Authorization": f"Bearer {TOKEN}"}).json()["custody"]
+    assert "chains" in full and all("last_error" in w for w in full["workers"].values()), full

@@ -150,6 +150,11 @@ def test_an_ed25519_public_key_registers_once_for_ever(ctx, clock, owner):
     ({"scopes": ["admin"]}, "scopes"),
     ({"scopes": "read"}, "scopes"),
     ({"scopes": ["withdraw"]}, "ip_allowlist"),
+    # a withdraw key's allow-list must name trusted networks, not the Internet (at most /24, /56)
+    ({"scopes": ["withdraw"], "ip_allowlist": ["0.0.0.0/0"]}, "ip_allowlist[0]"),
+    ({"scopes": ["withdraw"], "ip_allowlist": ["192.0.2.7", "::/0"]}, "ip_allowlist[1]"),
+    ({"scopes": ["read", "withdraw"], "ip_allowlist": ["198.51.0.0/16"]}, "ip_allowlist[0]"),
+    ({"scopes": ["withdraw"], "ip_allowlist": ["2001:db8::/48"]}, "ip_allowlist[0]"),
     ({"ip_allowlist": ["10.0.0.0/8", "10.0.0.1/8"]}, "ip_allowlist[1]"),
     ({"ip_allowlist": ["not-an-ip"]}, "ip_allowlist[0]"),
     ({"label": "<script>alert(1)</script>"}, "label"),

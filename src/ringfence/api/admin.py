@@ -383,7 +383,15 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     @endpoint("POST", "/policy/proposals/{proposal_id}/activate", "Activate a scheduled policy once its delay passed")
     async def activate_policy(caller: str, body: dict[str, Any], proposal_id: str) -> Any:
         from ..custody.commands import ActivatePolicy
+        from ..staff import staff_of
+        from ..staff.decisions import POLICY_ADMIN
 
+        # the decision was the proposal and its approvals (signed); switching it on after its delay
+        # is the policy admins' step, and the engine refuses to activate anything older than the
+        # policy in force (no rollback through an old, approved proposal)
+        roles = exchange.read(lambda e: list(m.roles) if (m := staff_of(e).members.get(caller)) else [])
+        if POLICY_ADMIN not in roles:
+            raise Forbidden(f"activating a policy is for policy admins; {caller!r} holds {roles or 'no role'}", field="X-RF-Staff")
         return await submit(ActivatePolicy(proposal_id))
 
     # ---- index (docs/index.md): every change a decision of the staff operator quorum

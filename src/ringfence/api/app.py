@@ -134,6 +134,19 @@ class Observe:
                 log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status[0])
 
 
+def _custody_readiness(custody: Any, detailed: bool) -> dict[str, Any]:
+    """Custody in /readyz: each worker's state for everyone (a load balancer's question); the rest
+    (chain heights, errors, reconciliation evidence, the shield vault) only to whoever may read
+    /metrics: a worker's last error could name an RPC endpoint, and an outsider needs none of it."""
+    if custody is None:
+        return {"running": False}
+    status: dict[str, Any] = custody.status()
+    if detailed:
+        return status
+    return {"running": True, "workers": {name: w["state"] for name, w in status.get("workers", {}).items()},
+            "detail": "the rest with the metrics token (RINGFENCE_API_METRICS_TOKEN), as /metrics"}
+
+
 class MetricsGate:
     """Who may read /metrics: with a token configured, only `Authorization: Bearer <token>`
     (compared in constant time, over digests so the length does not leak either); without one,
@@ -328,7 +341,7 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], summary="Readiness: the engine accepts commands", responses={503: {"description": "not ready"}})
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         node = exchange.node
         from ..risk.halts import active_halts
 
@@ -341,7 +354,7 @@ def create_app(
             "last_seq": exchange.last_seq,
             "halted": node.failed is not None or shard_halted is not None,
             "active_halts": active_count,
-            "custody": custody.status() if custody is not None else {"running": False},
+            "custody": _custody_readiness(custody, metrics_gate.refusal(request.headers.get("authorization")) is None),
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 

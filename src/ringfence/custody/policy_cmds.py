@@ -98,6 +98,11 @@ class ActivatePolicy(Command, tag="custody.policy.activate/1"):
     proposal_id: str
 
 
+def _proposed_after(a: ProposalRec, b: ProposalRec) -> bool:
+    """`a` was proposed after `b` (sequencer time; the id orders two proposals of one batch)."""
+    return (a.proposed_ns, a.id) > (b.proposed_ns, b.id)
+
+
 @MODULE.handles(ActivatePolicy, effect=Effect.ADMIN, scopes=custody_scopes)
 def _activate_policy(engine: Engine, c: ActivatePolicy) -> list[Event]:
     s = custody_state(engine)
@@ -111,7 +116,10 @@ def _activate_policy(engine: Engine, c: ActivatePolicy) -> list[Event]:
     if engine.now_ns < p.effective_ns:
         raise Conflict(f"the policy takes effect in {(p.effective_ns - engine.now_ns) // 10**9} s", field="proposal_id")
     for other in s.proposals.values():
-        if other.state == "active":
+        # the active policy and every older proposal still waiting are superseded: none of them can
+        # be switched on later behind the new one's back (a rollback is a new proposal, with its
+        # approvals and delay)
+        if other is not p and (other.state == "active" or (other.state in ("proposed", "scheduled") and _proposed_after(p, other))):
             other.state = "superseded"
     p.state = "active"
     s.policy_text = p.text

@@ -131,6 +131,25 @@ def _validate_allowlist(entries: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: The widest network a withdraw key may trust (as Binance: withdrawals only from trusted IPs). An
+#: allow-list of 0.0.0.0/0 would keep the rule's words and drop its point.
+WITHDRAW_MIN_PREFIX = {4: 24, 6: 56}
+
+
+def _require_narrow_allowlist_for_withdraw(scopes: tuple[str, ...], allow: tuple[str, ...]) -> None:
+    if "withdraw" not in scopes:
+        return
+    if not allow:
+        raise ValidationError("a key with the withdraw scope must be restricted to trusted IPs", field="ip_allowlist")
+    for i, entry in enumerate(allow):
+        net = ipaddress.ip_network(entry)
+        widest = WITHDRAW_MIN_PREFIX[net.version]
+        if net.prefixlen < widest:
+            raise ValidationError(
+                f"{entry} is too wide for a key with the withdraw scope: at most /{widest} for IPv{net.version} "
+                "(name the trusted addresses or networks)", field=f"ip_allowlist[{i}]")
+
+
 ED25519_PUBLIC_KEY_BYTES = 32
 ED25519_PUBLIC_KEY_MAX_CHARS = 1024
 _ED25519_FORMS = "paste the public half as PEM (-----BEGIN PUBLIC KEY-----) or as base64 of its 32 raw bytes"
@@ -214,8 +233,7 @@ def create_api_key(
     name = validate_label(label)
     allow = _validate_allowlist(ip_allowlist)
     client_ip = validate_ip(ip)
-    if "withdraw" in scope_t and not allow:
-        raise ValidationError("a key with the withdraw scope must be restricted to trusted IPs", field="ip_allowlist")
+    _require_narrow_allowlist_for_withdraw(scope_t, allow)
     if expires_in_s is not None and (not isinstance(expires_in_s, int) or not EXPIRY_MIN_S <= expires_in_s <= EXPIRY_MAX_S):
         raise ValidationError(f"must be between {EXPIRY_MIN_S} and {EXPIRY_MAX_S} seconds", field="expires_in_s")
     raw_public = _parse_ed25519_public_key(public_key) if kind == "ed25519" else None
@@ -477,6 +495,7 @@ def issue_demo_key(
         raise ValidationError("must be 'hmac' or 'ed25519'", field="kind")
     scope_t = _validate_scopes(scopes)
     allow = _validate_allowlist(ip_allowlist)
+    _require_narrow_allowlist_for_withdraw(scope_t, allow)
     raw_public = _parse_ed25519_public_key(public_key) if kind == "ed25519" else None
     now = ctx.now()
     with ctx.store.tx() as db:

@@ -113,7 +113,7 @@ def _sources(items: list[str]) -> list[tuple[str, int]]:
     out = []
     for item in items:
         venue, _, weight = item.partition(":")
-        if not weight.isdigit() and weight:
+        if not (weight.isascii() and weight.isdigit()) and weight:
             fail(f"--source {item}: expected VENUE or VENUE:WEIGHT (a whole number)")
         out.append((venue, int(weight or 1)))
     return out

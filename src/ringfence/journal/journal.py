@@ -102,8 +102,8 @@ SERVE_ENGINE_SUBDIR = "engine"
 
 def _describe_holder(raw: str) -> tuple[str, int | None]:
     pid, _, what = raw.strip().partition("\n")
-    who = f"pid {pid}" if pid.isdigit() else "another process (pid unknown)"
-    return f"{who}{f' ({what.strip()})' if what.strip() else ''}", int(pid) if pid.isdigit() else None
+    who = f"pid {pid}" if (pid.isascii() and pid.isdigit()) else "another process (pid unknown)"
+    return f"{who}{f' ({what.strip()})' if what.strip() else ''}", int(pid) if (pid.isascii() and pid.isdigit()) else None
 
 
 def lock_holder(node_dir: Path) -> tuple[str, int | None] | None:
@@ -336,7 +336,8 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
     report.segments = len(paths)
     mark = read_durable_mark(journal_dir)
     if mark is not None and mark.last_seq > 0:
-        names = {int(p.name[: -len(SEGMENT_SUFFIX)]) for p in paths if p.name[: -len(SEGMENT_SUFFIX)].isdigit()}
+        stems = (p.name[: -len(SEGMENT_SUFFIX)] for p in paths)
+        names = {int(stem) for stem in stems if stem.isascii() and stem.isdigit()}
         if mark.segment_first_seq not in names:
             raise JournalCorrupt(
                 f"journal segment {mark.segment_first_seq:020d}{SEGMENT_SUFFIX} is missing, but the durable mark says "

@@ -37,7 +37,7 @@ def _signers(specs: list[str]) -> dict[int, str]:
     out_: dict[int, str] = {}
     for s in specs:
         ident, sep, url = s.partition("=")
-        if not sep or not ident.isdigit() or not url.startswith("http"):
+        if not sep or not (ident.isascii() and ident.isdigit()) or not url.startswith("http"):
             raise typer.BadParameter(f"{s!r}: expected ID=URL, e.g. 1=http://127.0.0.1:7301", param_hint="--signer")
         out_[int(ident)] = url.rstrip("/")
     return out_

@@ -112,7 +112,7 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
             if parsed.scheme != "tls" or not Path(tls_ca).is_file():
                 raise ConfigError("tls_ca must name a readable CA file and needs a tls:// URL", field=option)
             continue
-        if key not in limits or not value.isdigit() or not limits[key][0] <= int(value) <= limits[key][1]:
+        if key not in limits or not (value.isascii() and value.isdigit()) or not limits[key][0] <= int(value) <= limits[key][1]:
             raise ConfigError("options are replicas=1..5, lease_ms=100..600000, auto_promote=0|1, "
                               "state_hash_every=1..1000000 and tls_ca=FILE", field=option)
         values[key] = int(value)

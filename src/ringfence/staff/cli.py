@@ -393,7 +393,7 @@ def _deposit_decision(kind: str) -> Callable[..., None]:
 
         chain, _, rest = deposit.partition(":")
         txid, _, index_text = rest.rpartition(":")
-        if not chain or not txid or not index_text.isdigit():
+        if not chain or not txid or not (index_text.isascii() and index_text.isdigit()):
             err_console.print("[bold red]error:[/] DEPOSIT: expected CHAIN:TXID:INDEX")
             raise typer.Exit(2)
         k = _run(lambda: load_key(key))

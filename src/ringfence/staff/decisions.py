@@ -141,7 +141,7 @@ def format_approval(sig: StaffSignature) -> str:
 
 def parse_approval(token: str, field: str = "approval") -> StaffSignature:
     parts = token.strip().split(":")
-    if len(parts) != 4 or not parts[0] or not parts[2].isdigit():
+    if len(parts) != 4 or not parts[0] or not (parts[2].isascii() and parts[2].isdigit()):
         raise ValidationError("an approval is STAFF_ID:NONCE:EXPIRES_NS:SIGNATURE", field=field)
     staff_id, nonce, expires, sig = parts
     if not NONCE_RE.fullmatch(nonce) or not HEX_SIG_RE.fullmatch(sig.lower()):

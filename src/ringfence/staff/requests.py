@@ -62,7 +62,7 @@ class RequestVerifier:
         `public_key_of(staff_id)` returns the active member's key (None if unknown or removed)."""
         staff_id = headers.get("x-rf-staff", "")
         ts_text, nonce, sig = headers.get("x-rf-timestamp", ""), headers.get("x-rf-nonce", ""), headers.get("x-rf-signature", "")
-        if not staff_id or not ts_text.isdigit() or not NONCE_RE.fullmatch(nonce) or not HEX_SIG_RE.fullmatch(sig):
+        if not staff_id or not (ts_text.isascii() and ts_text.isdigit()) or not NONCE_RE.fullmatch(nonce) or not HEX_SIG_RE.fullmatch(sig):
             raise AuthenticationFailed("staff requests carry X-RF-Staff, X-RF-Timestamp (ms), X-RF-Nonce (hex) and "
                                        "X-RF-Signature (Ed25519 hex)", field="X-RF-Signature")
         now = self.clock_ms()
