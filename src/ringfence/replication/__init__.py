@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +37,8 @@ from urllib.parse import quote, unquote, urlparse
 
 from ..errors import ConfigError, JournalCorrupt, RingfenceError
 
-__all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "promote", "leader_of", "parse_target"]
+__all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "PromotionRefused", "promote", "leader_of",
+           "parse_target", "PROMOTE_ACTION", "promote_subject"]
 
 T = TypeVar("T")
 _log = logging.getLogger("ringfence.replication")
@@ -207,19 +208,60 @@ def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
     return json.loads(entry.value), int(entry.revision)
 
 
-def promote(target: ReplicationTarget, node_id: str) -> dict[str, Any]:
-    """Operator command: make `node_id` the leader at the next epoch (revision-checked update)."""
+PROMOTE_ACTION = "replication.promote"
+
+
+def promote_subject(stream: str, node_id: str, epoch: int) -> list[Any]:
+    """What each operator signs for a promotion: the stream, the node and the epoch it would lead."""
+    return [stream, node_id, epoch]
+
+
+def request_key(node_id: str) -> str:
+    return f"promote.{node_id}"
+
+
+def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = (), *, epoch: int | None = None,
+            wait_s: float = 0.0) -> dict[str, Any]:  # float-ok: seconds
+    """Operator command: ask the standby `node_id` to take the leadership at the next epoch.
+
+    The request (KV key `promote.NODE`: the epoch and the operators' approval tokens) is verified
+    by the standby itself against the staff register of its own replica at its last applied
+    sequence (`Follower.consider_promotion`); only then does the standby change the leader record
+    (a revision-checked update). With `wait_s`, wait for its verdict: returns the new leader record
+    or raises `PromotionRefused` with the standby's reason."""
     link = NatsLink(target)
     try:
         kv = link.ensure_stream_and_bucket()
-        current, revision = leader_of(link, kv)
-        epoch = (current or {}).get("epoch", 0) + 1
-        record = {"epoch": epoch, "node": node_id, "promoted_at_ns": time.time_ns()}
-        value = json.dumps(record).encode()
-        link.call(kv.update("leader", value, last=revision) if revision else kv.create("leader", value))
-        return {"previous": current, **record}
+        current, _ = leader_of(link, kv)
+        next_epoch = (current or {}).get("epoch", 0) + 1
+        if epoch is not None and epoch != next_epoch:
+            raise PromotionRefused(f"the approvals are for epoch {epoch} but the next epoch is {next_epoch}: "
+                                   "sign again", field="--epoch")
+        request = {"epoch": next_epoch, "node": node_id, "approvals": list(approvals), "status": "requested",
+                   "requested_at_ns": time.time_ns()}
+        revision = int(link.call(kv.put(request_key(node_id), json.dumps(request).encode())))
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            leader, _ = leader_of(link, kv)
+            if leader is not None and leader["node"] == node_id and int(leader["epoch"]) >= next_epoch:
+                return {"previous": current, **leader}
+            answer = json.loads(link.call(kv.get(request_key(node_id))).value)
+            if answer.get("status") == "refused" and answer.get("revision") == revision:
+                raise PromotionRefused(f"standby {node_id} refused the promotion: {answer.get('reason')}",
+                                       field="--key")
+            time.sleep(0.1)
+        if wait_s:
+            raise PromotionRefused(f"standby {node_id} did not answer within {wait_s:g} s: is it running "
+                                   f"`serve --standby` with --node-id {node_id}?", field="--node-id")
+        return {"previous": current, **request}
     finally:
         link.close()
+
+
+class PromotionRefused(RingfenceError, PermissionError):
+    code = "RF_PROMOTION_REFUSED"
+    http_status = 403
+    default_message = "the promotion was refused"
 
 
 def _headers(kind: str, epoch: int, first_seq: int, count: int, prev_hash: bytes, record_hash: bytes,
@@ -472,6 +514,7 @@ class Follower:
         self.fence_epoch = 0
         self.batches_applied = 0
         self.last_state_hash = ""  # the newest state hash checked against the primary's
+        self._request_rev = 0  # the newest promotion request considered
 
     def _apply(self, headers: dict[str, str], payload: bytes) -> None:
         from ..engine.core import ShardHalt
@@ -584,6 +627,8 @@ class Follower:
             leader, revision = leader_of(self.link, self.kv)
             if revision != seen[0]:
                 seen = (revision, time.monotonic())
+            if self.consider_promotion(leader, revision):
+                leader, revision = leader_of(self.link, self.kv)
             elif leader is not None and leader["node"] != self.node_id:
                 self._maybe_take_over(leader, revision, seen[1])
             if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) > self.fence_epoch:
@@ -598,6 +643,75 @@ class Follower:
                                  f"state hash {self.engine.state_hash()} (stream sequence {self.stream_seq})")
             time.sleep(POLL_S)
         return 0
+
+    def verify_promotion(self, request: dict[str, Any], leader: dict[str, Any] | None) -> list[str]:
+        """Check a promotion request against this standby's replica at its last applied sequence.
+
+        With staff registered, the request needs the signatures of the operator quorum over
+        `[stream, node, epoch]` (`staff/state.py` check_quorum: registered, active, operator role,
+        distinct people, valid Ed25519 signature, not expired in sequencer time), each also unexpired
+        by this machine's clock. Without staff, an operator's unsigned request is enough. Returns
+        the approvers' ids; raises with the rule named."""
+        from ..staff.decisions import OPERATOR, parse_approval
+        from ..staff.state import MAX_DECISION_TTL_NS, StaffRefused, check_quorum
+
+        epoch = request.get("epoch")
+        expected = int((leader or {}).get("epoch", 0)) + 1
+        if epoch != expected:
+            raise PromotionRefused(f"the request is for epoch {epoch} but the next epoch is {expected}: sign again",
+                                   field="epoch")
+        tokens = request.get("approvals")
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise PromotionRefused("approvals must be a list of approval tokens", field="approvals")
+        staff = self.engine.components.get("staff")
+        if staff is None or not staff.members:
+            return []  # no staff identities in this exchange: the operator's NATS credentials decide
+        sigs = [parse_approval(t, f"approvals[{i}]") for i, t in enumerate(tokens)]
+        now = time.time_ns()
+        for sig in sigs:
+            if not now < sig.expires_ns <= now + MAX_DECISION_TTL_NS:
+                raise StaffRefused("not-expired", f"the signature of {sig.staff_id!r} is expired or valid for more than "
+                                   f"{MAX_DECISION_TTL_NS // 10**9} s", field="approvals")
+        return check_quorum(self.engine, PROMOTE_ACTION, promote_subject(self.target.stream, self.node_id, expected),
+                            sigs, OPERATOR, field="approvals")
+
+    def consider_promotion(self, leader: dict[str, Any] | None, revision: int) -> bool:
+        """Answer a new promotion request for this node (KV `promote.NODE`): verified, it becomes
+        the leader record (revision-checked against `revision`); refused, the request is marked
+        refused with the reason. Returns whether this node just took the leadership."""
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        key = request_key(self.node_id)
+        try:
+            entry = self.link.call(self.kv.get(key))
+        except KeyNotFoundError:
+            return False
+        if int(entry.revision) == self._request_rev:
+            return False
+        self._request_rev = int(entry.revision)
+        request = json.loads(entry.value)
+        if request.get("status") != "requested":
+            return False
+        try:
+            approvers = self.verify_promotion(request, leader)
+            record = {"epoch": request["epoch"], "node": self.node_id, "lease_ms": int((leader or {}).get("lease_ms", 0)),
+                      "renewed_at_ns": time.time_ns(), "approved_by": approvers}
+            value = json.dumps(record).encode()
+            self.link.call(self.kv.update("leader", value, last=revision) if revision else self.kv.create("leader", value))
+        except KeyWrongLastSequenceError:
+            reason = "the leader record changed while the request was checked: sign again for the new epoch"
+        except RingfenceError as err:
+            reason = str(err)
+        else:
+            answer = dict(request, status="accepted", revision=self._request_rev, approved_by=approvers)
+            self.link.call(self.kv.put(key, json.dumps(answer).encode()))
+            self.on_progress(f"standby {self.node_id}: promotion to epoch {record['epoch']} approved by "
+                             f"{', '.join(approvers) or 'an operator (no staff registered)'}")
+            return True
+        answer = dict(request, status="refused", revision=self._request_rev, reason=reason)
+        self._request_rev = int(self.link.call(self.kv.put(key, json.dumps(answer).encode())))
+        self.on_progress(f"standby {self.node_id}: promotion refused: {reason}")
+        return False
 
     def _maybe_take_over(self, leader: dict[str, Any], revision: int, seen_at: float) -> None:  # float-ok: monotonic s
         """With auto_promote: the lease went 2 x lease_ms unrenewed, so claim the next epoch."""
