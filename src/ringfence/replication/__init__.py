@@ -393,6 +393,12 @@ class Replicator:
             prev = record.hash
             caught_up += 1
         self.last_hash = prev or tail_hash
+        if self.target.lease_ms:
+            # building the node may have taken longer than the lease since it was claimed: renew it
+            # now, so the first batch is not refused for a lease that merely went unrenewed meanwhile
+            self._renew()
+            if self.lost is not None:
+                raise Fenced(self.lost, field="--replicate")
         self.node = node
         node.replica = self
         if self.target.lease_ms:
