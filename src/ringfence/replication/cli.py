@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -91,3 +92,32 @@ def status_cmd(nats: str = typer.Option(..., "--nats", help="The stream: nats://
                                "messages": info.state.messages, "last_stream_seq": info.state.last_seq}))
     finally:
         link.close()
+
+
+@app.command("nats-config")
+def nats_config_cmd(
+    stream: str = typer.Option("RINGFENCE", "--stream", help="The stream the exchange replicates to."),
+    out: Path = typer.Option(..., "--out", help="A new folder for nats-server.conf and one password file per service."),
+    port: int = typer.Option(4222, "--port", min=1, max=65535, help="The port nats-server listens on."),
+    store_dir: str = typer.Option("", "--store-dir", help="JetStream's storage folder (default: nats-server's)."),
+) -> None:
+    """Write a nats-server config with one user per service (rf-node, rf-operator, rf-monitor),
+    each allowed only the subjects its work needs, and each service's password in its own 0600 file.
+
+    A node: RINGFENCE_NATS_PASSWORD=$(cat OUT/rf-node.password) ringfence serve --replicate
+    nats://rf-node@HOST:4222/STREAM. An operator promotes with the rf-operator user, which cannot
+    publish a batch nor write the leader record.
+
+    Example: ringfence replication nats-config --stream RF --out ./nats-auth
+    """
+    from .auth import write_nats_config
+
+    if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
+        fail("--stream: letters, digits, '-' and '_' (at most 64)", 2)
+    try:
+        files = write_nats_config(out, stream, port=port, store_dir=store_dir)
+    except FileExistsError as err:
+        fail(f"--out: {err}", 2)
+    console.print(f"wrote {files['config']} (start: nats-server -c {files['config']})")
+    for service in ("rf-node", "rf-operator", "rf-monitor"):
+        console.print(f"  {service}: password in {files[service]} (mode 0600)")
