@@ -6,6 +6,7 @@ must refuse: a forged batch, a batch from a deposed epoch, a stale writer, a los
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -285,3 +286,37 @@ def test_an_fsync_failure_while_the_batch_is_being_published_is_outcome_unknown(
         assert follower.engine.ledger.get("alice", "BTC").balance == 5  # the standby did get it
     finally:
         follower.close()
+
+
+def test_a_state_hash_computed_off_the_sequencer_is_checked_when_it_arrives(tmp_path, stream):
+    """state_hash_later=1: a forked child hashes the state after every 2nd batch and the hash rides
+    on a later batch; the follower checks each against its own state at that sequence, and a
+    standby whose state diverged (here: a field changed behind the engine's back) is refused."""
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=2&state_hash_later=1"), "a")
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    try:
+        replicator.attach(node)
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+        node.execute_many([OpenAccount("alice", "BTC"), OpenAccount("bob", "BTC")])
+        for i in range(1, 9):
+            _fund(node, i, 10 * i)
+            time.sleep(0.05)  # lets the child finish, so its hash rides on the next batch
+        follower.poll()
+        headers = [replicator.link.call(replicator.link.js.get_msg(stream, s)).headers
+                   for s in range(1, replicator.stream_seq + 1)]
+        assert all(not h.get("Rf-State-Hash") for h in headers)  # nothing hashed on the sequencer thread
+        assert sum("Rf-State-Pending" in h for h in headers) >= 3 and sum("Rf-State-Of" in h for h in headers) >= 2
+        assert follower.later_checked >= 2 and follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+        follower.engine.components["staff"].version += 1  # the standby's state diverges from the primary's
+        for i in range(9, 15):
+            _fund(node, i, 1)
+            time.sleep(0.05)
+        with pytest.raises(JournalCorrupt, match="state hash differs"):
+            follower.poll()
+    finally:
+        follower.close()
+        node.close()
+        replicator.close()

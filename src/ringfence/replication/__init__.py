@@ -70,6 +70,10 @@ class ReplicationTarget:
     state_hash_every: int = 1
     #: tls:// only: verify the server's certificate against this CA file (default: the system's CAs).
     tls_ca: str = ""
+    #: Primary: compute the state hash of every Nth batch off the sequencer thread (a forked child
+    #: hashes a copy-on-write image of the state) and send it in a later batch's headers; the batch
+    #: itself is published at once and marked `Rf-State-Pending`. Followers check it when it comes.
+    state_hash_later: bool = False
 
     @property
     def display(self) -> str:
@@ -103,8 +107,9 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
     stream = parsed.path.strip("/") or "RINGFENCE"
     if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
         raise ConfigError("the stream name may hold letters, digits, '-' and '_' (at most 64)", field=option)
-    limits = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1), "state_hash_every": (1, 1_000_000)}
-    values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0, "state_hash_every": 1}
+    limits = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1), "state_hash_every": (1, 1_000_000),
+              "state_hash_later": (0, 1)}
+    values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0, "state_hash_every": 1, "state_hash_later": 0}
     tls_ca = ""
     for part in filter(None, parsed.query.split("&")):
         key, _, value = part.partition("=")
@@ -115,14 +120,15 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
             continue
         if key not in limits or not value.isdigit() or not limits[key][0] <= int(value) <= limits[key][1]:
             raise ConfigError("options are replicas=1..5, lease_ms=100..600000, auto_promote=0|1, "
-                              "state_hash_every=1..1000000 and tls_ca=FILE", field=option)
+                              "state_hash_every=1..1000000, state_hash_later=0|1 and tls_ca=FILE", field=option)
         values[key] = int(value)
     netloc = parsed.netloc
     secret = os.environ.get("RINGFENCE_NATS_PASSWORD", "")
     if parsed.username and parsed.password is None and secret:  # keeps the password out of `ps` output
         netloc = f"{parsed.username}:{quote(secret, safe='')}@{netloc.split('@', 1)[1]}"
     return ReplicationTarget(f"{parsed.scheme}://{netloc}", stream, values["replicas"], values["lease_ms"],
-                             bool(values["auto_promote"]), values["state_hash_every"], tls_ca)
+                             bool(values["auto_promote"]), values["state_hash_every"], tls_ca,
+                             bool(values["state_hash_later"]))
 
 
 class NatsLink:
@@ -298,6 +304,10 @@ class Replicator:
         self.stream_seq = int(info.state.last_seq)
         self.last_hash = b""
         self.published = 0
+        self._hasher = _ForkedHasher() if target.state_hash_later else None
+        #: time the sequencer thread spent on state hashes (hashing inline, or forking the hasher)
+        self.hash_seconds = 0.0  # float-ok: a measurement, seconds
+        self.hashes = 0
 
     def _record(self) -> bytes:
         return json.dumps({"epoch": self.epoch, "node": self.node_id, "lease_ms": self.target.lease_ms,
@@ -417,9 +427,14 @@ class Replicator:
         `finish` (the hash is of the state after the batch is applied)."""
         self._check_lease(first_seq)
         prev, self.last_hash = self.last_hash, record_hash
-        if (self.published + 1) % self.target.state_hash_every == 0:
+        due = (self.published + 1) % self.target.state_hash_every == 0
+        if due and not self.target.state_hash_later:
             return (first_seq, count, payload, record_hash, prev)
-        return self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, ""))
+        extra = self._hasher.ready() if self._hasher is not None else {}
+        if due and self._hasher is not None and self._hasher.idle():
+            extra["Rf-State-Pending"] = "1"  # this batch's state hash comes in a later batch
+        future = self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, "", extra))
+        return _Later(future, first_seq + count - 1) if "Rf-State-Pending" in extra else future
 
     def finish(self, token: Any, engine: Any) -> None:
         """`ReplicaLog.finish` (after apply, before any acknowledgement): returns once JetStream
@@ -427,8 +442,19 @@ class Replicator:
         if isinstance(token, tuple):
             first_seq, count, payload, record_hash, prev = token
             self._check_lease(first_seq)
-            self.link.call(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, engine.state_hash()))
+            started = time.perf_counter()
+            state_hash = engine.state_hash()
+            self.hash_seconds += time.perf_counter() - started
+            self.hashes += 1
+            self.link.call(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, state_hash))
             return
+        if isinstance(token, _Later):
+            assert self._hasher is not None
+            started = time.perf_counter()
+            self._hasher.start(engine, token.last_seq)  # the state after this batch, hashed by a child
+            self.hash_seconds += time.perf_counter() - started
+            self.hashes += 1
+            token = token.future
         token.result(PUBLISH_TIMEOUT_S)
         if self.target.lease_ms and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
             raise Fenced(f"the lease of {self.target.lease_ms} ms expired while the batch was being replicated")
@@ -436,6 +462,8 @@ class Replicator:
     def settle(self, token: Any) -> None:
         """`ReplicaLog.settle`: the local write failed after `begin`; let a started publish finish
         (it may well succeed: that is why the client hears "outcome unknown")."""
+        if isinstance(token, _Later):
+            token = token.future
         if isinstance(token, concurrent.futures.Future):
             try:
                 token.result(PUBLISH_TIMEOUT_S)
@@ -447,13 +475,15 @@ class Replicator:
         self.link.call(self._apublish(kind, first_seq, count, prev, record_hash, payload, state_hash))
 
     async def _apublish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
-                        state_hash: str) -> None:
+                        state_hash: str, extra: dict[str, str] | None = None) -> None:
         """Publish one record; one larger than the server's max payload goes as numbered chunks
         (`Rf-Chunk: i/n`), each with its expected-last-sequence, the record complete with chunk n."""
         limit = self.link.chunk_bytes
         chunks = [payload[i : i + limit] for i in range(0, len(payload), limit)] or [b""]
         for index, chunk in enumerate(chunks, 1):
             headers = _headers(kind, self.epoch, first_seq, count, prev, record_hash, state_hash, self.stream_seq)
+            if extra and index == len(chunks):  # on the chunk that completes the record
+                headers.update(extra)
             if len(chunks) > 1:
                 headers["Rf-Chunk"] = f"{index}/{len(chunks)}"
             headers["Nats-Msg-Id"] += f"-c{index}-x{self.stream_seq}"  # a retry of this very publish is stored once
@@ -478,7 +508,72 @@ class Replicator:
 
     def close(self) -> None:
         self._stop.set()
+        if self._hasher is not None:
+            self._hasher.close()
         self.link.close()
+
+
+@dataclass(frozen=True)
+class _Later:
+    """`begin`'s token for a batch whose state hash a forked child computes after it is applied."""
+
+    future: "concurrent.futures.Future[None]"
+    last_seq: int
+
+
+class _ForkedHasher:
+    """The state hash off the sequencer thread: `start` forks; the child (a copy-on-write image of
+    the process at that instant, so exactly the state after the batch) hashes it and writes
+    `SEQ HASH` to a pipe; `ready` collects it without blocking, as headers for the next batch
+    (`Rf-State-Of`, `Rf-State-Hash-Of`). One child at a time; the sequencer pays only the fork."""
+
+    def __init__(self) -> None:
+        self._child: tuple[int, int, int] | None = None  # pid, read end, sequence
+
+    def idle(self) -> bool:
+        return self._child is None
+
+    def start(self, engine: Any, last_seq: int) -> None:
+        import gc
+
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: hash, report, leave without running any parent cleanup
+            status = 1
+            try:
+                gc.disable()
+                os.close(read_fd)
+                os.write(write_fd, f"{last_seq} {engine.state_hash()}\n".encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self._child = (pid, read_fd, last_seq)
+
+    def ready(self) -> dict[str, str]:
+        if self._child is None:
+            return {}
+        pid, read_fd, last_seq = self._child
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if not done:
+            return {}
+        self._child = None
+        try:
+            line = os.read(read_fd, 256).decode().split()
+        finally:
+            os.close(read_fd)
+        if status != 0 or len(line) != 2 or line[0] != str(last_seq):
+            _log.warning("replication: the state hash of sequence %d could not be computed (exit %d)", last_seq, status)
+            return {}
+        return {"Rf-State-Of": line[0], "Rf-State-Hash-Of": line[1]}
+
+    def close(self) -> None:
+        if self._child is not None:
+            pid, read_fd, _ = self._child
+            os.waitpid(pid, 0)
+            os.close(read_fd)
+            self._child = None
 
 
 def _records(journal_dir: Path) -> Any:
@@ -521,6 +616,8 @@ class Follower:
         self.batches_applied = 0
         self.last_state_hash = ""  # the newest state hash checked against the primary's
         self._request_rev = 0  # the newest promotion request considered
+        self._later: dict[int, str] = {}  # sequence -> our state hash, awaiting the primary's (state_hash_later)
+        self.later_checked = 0
 
     def _apply(self, headers: dict[str, str], payload: bytes) -> None:
         from ..engine.core import ShardHalt
@@ -532,6 +629,7 @@ class Follower:
         if epoch < self.fence_epoch:
             raise Fenced(f"stream message {self.stream_seq}: a batch from epoch {epoch} after the fence of epoch "
                          f"{self.fence_epoch}: a deposed primary's write; refusing it")
+        self._check_later_hash(headers)
         w = self.writer
         if first_seq + count - 1 < w.next_seq:  # already in the local journal (a restart of the follower)
             if self._local.get(first_seq + count - 1) != bytes.fromhex(headers["Rf-Hash"]):
@@ -551,12 +649,29 @@ class Follower:
                 self.engine.apply(command, first_seq + i, batch.ts_ns, batch.entropy)
             except ShardHalt as halt:
                 rebuild_halted(self.node_dir, self.engine, halt)
+        if headers.get("Rf-State-Pending"):  # the primary's hash of this state comes later: keep ours
+            self._later[first_seq + count - 1] = self.engine.state_hash()
+            while len(self._later) > 64:
+                self._later.pop(min(self._later))
         expected = headers.get("Rf-State-Hash", "")
         if expected:
             if self.engine.state_hash() != expected:
                 raise JournalCorrupt(f"after batch {first_seq} the standby's state hash differs from the primary's")
             self.last_state_hash = expected
         self.batches_applied += 1
+
+    def _check_later_hash(self, headers: dict[str, str]) -> None:
+        """A batch may carry the primary's state hash after an earlier batch (`state_hash_later`)."""
+        if "Rf-State-Of" not in headers:
+            return
+        seq, theirs = int(headers["Rf-State-Of"]), headers["Rf-State-Hash-Of"]
+        ours = self._later.pop(seq, None)
+        if ours is None:
+            return  # applied before this follower started (a restart): nothing of ours to compare
+        if ours != theirs:
+            raise JournalCorrupt(f"after sequence {seq} the standby's state hash differs from the primary's")
+        self.last_state_hash = theirs
+        self.later_checked += 1
 
     def poll(self) -> int:
         """Consume every stream message available now; returns how many."""
