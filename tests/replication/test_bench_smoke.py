@@ -21,8 +21,8 @@ def test_replicate_benchmark_smoke(stream):
     assert set(tp) == {"local", "replicated_hash_every_batch", "replicated_hash_later_every_batch", "replicated_hash_every_64"}
     assert all(v["failed"] is None and v["throughput_per_s"] > 0 for v in tp.values()), tp
     lat = line["latency"]
-    assert set(lat) == {"local", "replicated_hash_every_64", "replicated_hash_later_every_64", "replicated_hash_later_every_8",
-                        "replicated_chain_only"}
+    assert set(lat) == {"local", "replicated_hash_every_64", "replicated_hash_later_every_64", "replicated_hash_every_1024",
+                        "replicated_hash_later_every_1024", "replicated_chain_only"}
     assert all(v["errors"] == 0 and v["p99_us"] > 0 for v in lat.values()), lat
     assert line["bench"] == "replicate"
     assert line["smoke"] is True

@@ -542,6 +542,7 @@ class _ForkedHasher:
             status = 1
             try:
                 gc.disable()
+                os.nice(19)  # the sequencer comes first: the child takes what CPU is left
                 os.close(read_fd)
                 os.write(write_fd, f"{last_seq} {engine.state_hash()}\n".encode())
                 status = 0
