@@ -237,7 +237,8 @@ def test_bad_replication_options_are_refused(tmp_path, args, message):
     assert proc.returncode == 2 and message in out and "Traceback" not in out, out
 
 
-@pytest.mark.parametrize("command", [["replication"], ["replication", "promote"], ["replication", "status"], ["dr"],
+@pytest.mark.parametrize("command", [["replication"], ["replication", "promote"], ["replication", "status"],
+                                     ["replication", "nats-config"], ["journal", "sources"], ["dr"],
                                      ["dr", "drill"], ["serve"]])
 def test_replication_commands_have_help_with_an_example(command):
     out = rf(*command, "--help").stdout
