@@ -1,6 +1,9 @@
 """Ledger transfers through the full durable path: sequencer -> journal (group-commit fsync) -> apply.
 
 Usage: python bench/ledger.py [--smoke] [--seed N]
+       python bench/ledger.py --replicate nats://127.0.0.1:4222 [--smoke] [--seed N]
+         (durable-and-replicated over NATS JetStream against local-only in the same run:
+          bench/replicate.py, results in bench/results/replicate.jsonl)
 
 Measures, on real files with real fsync, in one run:
 1. throughput: TigerBeetle-style requests of 8,190 transfers, two-account and many-account streams,
@@ -145,7 +148,14 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=None, help="where to put the journals (default: a temp dir)")
+    parser.add_argument("--replicate", metavar="NATS_URL", default=None,
+                        help="run the replicated benchmark (bench/replicate.py) against this NATS server instead")
     args = parser.parse_args()
+    if args.replicate:
+        from replicate import run
+
+        run(args.replicate, seed=args.seed, smoke=args.smoke)
+        return
     print(f"seed={args.seed}", file=sys.stderr)
     # The generator and the sequencer share one interpreter: a short GIL switch interval (the
     # default is 5 ms) lets the sequencer run as soon as requests arrive; it is recorded in the result.

@@ -169,6 +169,40 @@ def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="Th
     console.print("journal: [bold green]OK[/]" + (" (torn tail will be truncated on next start)" if report.torn_tail else ""))
 
 
+@journal_app.command("sources")
+def journal_sources(
+    directory: Path = typer.Argument(..., metavar="DIR", help="The data directory `serve --data` takes (or its engine/ folder)."),
+    from_seq: int = typer.Option(1, "--from-seq", min=1, help="The first sequence number to list."),
+    limit: int = typer.Option(1000, "--limit", min=1, max=10_000_000, help="At most this many commands."),
+) -> None:
+    """Who submitted each journaled command, one JSON line each: sequence, command tag and source
+    ("gateway:NODE", "worker:NAME", "staff:ID"; "" for commands journaled without one). Read-only.
+
+    Example: ringfence journal sources ./ringfence-data --from-seq 100 --limit 20
+    """
+    import json
+
+    from .app import new_engine
+    from .engine.commands import tag_of
+    from .journal.journal import scan
+
+    directory = require_node_dir(directory)
+    codec, shown = new_engine().codec, 0
+    for record in scan(directory / "journal", decode_from_seq=from_seq):
+        if record.last_seq < from_seq:
+            continue
+        batch = codec.batch.decode(record.payload)
+        for i, command in enumerate(batch.commands):
+            seq = batch.first_seq + i
+            if seq < from_seq:
+                continue
+            source = batch.sources[i] if i < len(batch.sources) else ""
+            typer.echo(json.dumps({"seq": seq, "command": tag_of(type(command)), "source": source}))
+            shown += 1
+            if shown >= limit:
+                return
+
+
 @journal_app.command("replay")
 def journal_replay(
     directory: Path = typer.Argument(..., metavar="DIR", help="The data directory `serve --data` takes (or its engine/ folder)."),

@@ -6,6 +6,7 @@ must refuse: a forged batch, a batch from a deposed epoch, a stale writer, a los
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ from ringfence.errors import JournalCorrupt
 from ringfence.journal.journal import scan_all
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
-from ringfence.replication import Fenced, Follower, NatsLink, Replicator, leader_of, parse_target, promote
+from ringfence.replication import Fenced, Follower, PromotionRefused, Replicator, leader_of, parse_target, promote
 
 from .conftest import NATS_URL
 
@@ -112,27 +113,39 @@ def test_a_deposed_primary_is_refused_by_the_stream_and_by_followers(tmp_path, s
 
 
 def test_leadership_changes_only_with_the_current_revision(tmp_path, stream):
-    target = parse_target(f"{NATS_URL}/{stream}")
-    link = NatsLink(target)
-    try:
-        kv = link.ensure_stream_and_bucket()
-        promote(target, "a")
-        leader, revision = leader_of(link, kv)
-        assert leader["epoch"] == 1
-        promote(target, "b")  # the operator's promotion wins...
-        from nats.js.errors import KeyWrongLastSequenceError
+    """A promotion is a request until the standby verifies it; then a revision-checked update, so a
+    racing update from the old revision loses. A request for a stale epoch is refused."""
+    from nats.js.errors import KeyWrongLastSequenceError
 
-        with pytest.raises(KeyWrongLastSequenceError):  # ...a racing update from the old revision loses
+    target = parse_target(f"{NATS_URL}/{stream}")
+    node, replicator = _primary(tmp_path, stream)
+    link, kv = replicator.link, replicator.kv
+    follower = Follower(target, tmp_path / "b", "b")
+    try:
+        leader, revision = leader_of(link, kv)
+        assert leader["node"] == "a" and leader["epoch"] == 1
+        with pytest.raises(PromotionRefused, match="next epoch is 2"):
+            promote(target, "b", epoch=5)
+        link.call(kv.put("promote.b", json.dumps({"epoch": 7, "node": "b", "approvals": [], "status": "requested"}).encode()))
+        assert not follower.consider_promotion(leader, revision)  # a stale or forged epoch
+        assert "next epoch is 2" in json.loads(link.call(kv.get("promote.b")).value)["reason"]
+        promote(target, "b")  # only a request: the leader record has not changed
+        assert leader_of(link, kv) == (leader, revision)
+        assert follower.follow_until_promoted() == 2
+        with pytest.raises(KeyWrongLastSequenceError):  # a racing update from the old revision loses
             link.call(kv.update("leader", json.dumps({"epoch": 2, "node": "c"}).encode(), last=revision))
         assert leader_of(link, kv)[0]["node"] == "b"
         with pytest.raises(Fenced, match="'b' is the primary at epoch 2"):
             Replicator(target, "a")
     finally:
-        link.close()
+        follower.close()
+        node.close()
+        replicator.close()
 
 
 def test_unreachable_nats_is_a_clear_error():
     from ringfence.errors import ConfigError
+    from ringfence.replication import NatsLink
 
     with pytest.raises(ConfigError, match="cannot reach NATS"):
         NatsLink(parse_target("nats://127.0.0.1:1/X"))
@@ -273,3 +286,37 @@ def test_an_fsync_failure_while_the_batch_is_being_published_is_outcome_unknown(
         assert follower.engine.ledger.get("alice", "BTC").balance == 5  # the standby did get it
     finally:
         follower.close()
+
+
+def test_a_state_hash_computed_off_the_sequencer_is_checked_when_it_arrives(tmp_path, stream):
+    """state_hash_later=1: a forked child hashes the state after every 2nd batch and the hash rides
+    on a later batch; the follower checks each against its own state at that sequence, and a
+    standby whose state diverged (here: a field changed behind the engine's back) is refused."""
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=2&state_hash_later=1"), "a")
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    try:
+        replicator.attach(node)
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+        node.execute_many([OpenAccount("alice", "BTC"), OpenAccount("bob", "BTC")])
+        for i in range(1, 9):
+            _fund(node, i, 10 * i)
+            time.sleep(0.05)  # lets the child finish, so its hash rides on the next batch
+        follower.poll()
+        headers = [replicator.link.call(replicator.link.js.get_msg(stream, s)).headers
+                   for s in range(1, replicator.stream_seq + 1)]
+        assert all(not h.get("Rf-State-Hash") for h in headers)  # nothing hashed on the sequencer thread
+        assert sum("Rf-State-Pending" in h for h in headers) >= 3 and sum("Rf-State-Of" in h for h in headers) >= 2
+        assert follower.later_checked >= 2 and follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+        follower.engine.components["staff"].version += 1  # the standby's state diverges from the primary's
+        for i in range(9, 15):
+            _fund(node, i, 1)
+            time.sleep(0.05)
+        with pytest.raises(JournalCorrupt, match="state hash differs"):
+            follower.poll()
+    finally:
+        follower.close()
+        node.close()
+        replicator.close()

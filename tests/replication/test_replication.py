@@ -101,6 +101,31 @@ def start_pair(tmp_path: Path, stream: str, pg_url: str) -> tuple[Server, Standb
     return primary, standby, url
 
 
+def promote_is_a_quorum_decision(staff: Path, url: str, primary: Server, trader: Trader) -> None:
+    """Refused, with the primary still serving: one operator alone, a forged second signature, a
+    non-operator as the second signer, a token signed for another node. The standby checks each
+    against the staff register of its own replica."""
+    one = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--wait-s", "30",
+             check=False)
+    assert one.returncode == 1 and "refused by rule 'quorum'" in " ".join((one.stdout + one.stderr).split()), one.stdout + one.stderr
+    ben = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ben", "--sign-only").stdout.strip()
+    staff_id, nonce, expires, signature = ben.split(":")
+    forged = ":".join([staff_id, nonce, expires, ("0" if signature[0] != "0" else "1") + signature[1:]])
+    bad = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--approval", forged,
+             "--wait-s", "30", check=False)
+    assert bad.returncode == 1 and "refused by rule 'signature-valid'" in " ".join((bad.stdout + bad.stderr).split()), bad.stderr
+    cy = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--key", f"{staff}#cy",
+            "--wait-s", "30", check=False)
+    assert cy.returncode == 1 and "refused by rule 'role-required'" in " ".join((cy.stdout + cy.stderr).split()), cy.stderr
+    other = rf("replication", "promote", "--nats", url, "--node-id", "c", "--key", f"{staff}#ben", "--sign-only").stdout.strip()
+    moved = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--approval", other,
+               "--wait-s", "30", check=False)
+    assert moved.returncode == 1 and "signature-valid" in moved.stdout + moved.stderr, moved.stderr
+    status = json.loads(rf("replication", "status", "--nats", url).stdout)
+    assert status["leader"]["node"] == "a" and status["leader"]["epoch"] == 1, status  # nobody was deposed
+    assert trader.place("after-refusals").status_code == 200  # the primary still acknowledges
+
+
 def test_standby_follows_and_a_promotion_fences_the_old_primary(tmp_path, stream):
     with pg_database() as pg_url:
         primary, standby, url = start_pair(tmp_path, stream, pg_url)
@@ -123,8 +148,11 @@ def test_standby_follows_and_a_promotion_fences_the_old_primary(tmp_path, stream
             not_ready = httpx.get(standby.base + "/readyz")
             assert not_ready.status_code == 503 and not_ready.json()["ready"] is False  # no clients to a standby
             assert httpx.post(standby.base + "/api/v3/order").status_code in (404, 501)  # it serves nothing else
-            out = rf("replication", "promote", "--nats", url, "--node-id", "b").stdout
-            assert "promoted b at epoch 2 (was a at epoch 1)" in out
+            promote_is_a_quorum_decision(tmp_path / "a" / "demo-staff.json", url, primary, a)
+            staff = tmp_path / "a" / "demo-staff.json"
+            out = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada",
+                     "--key", f"{staff}#ben").stdout
+            assert "promoted b at epoch 2 (was a at epoch 1); approved by ada, ben" in " ".join(out.split())
             standby.wait_ready()
             # the deposed primary: its next batch is refused by the stream, the client is not acknowledged
             refused = a.place("after-fence")
@@ -179,7 +207,8 @@ def test_sigkill_of_the_primary_loses_no_acknowledged_order(tmp_path, stream):
             stop.set()
             loader.join(20)
             assert len(acked) >= 5, acked
-            rf("replication", "promote", "--nats", url, "--node-id", "b")
+            staff = tmp_path / "a" / "demo-staff.json"
+            rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--key", f"{staff}#ben")
             standby.wait_ready()
             m = standby.wait_for(r"journal sequence (\d+) state hash ([0-9a-f]{64})")
             b = Trader(standby.base, alice)
@@ -208,7 +237,8 @@ def test_bad_replication_options_are_refused(tmp_path, args, message):
     assert proc.returncode == 2 and message in out and "Traceback" not in out, out
 
 
-@pytest.mark.parametrize("command", [["replication"], ["replication", "promote"], ["replication", "status"], ["dr"],
+@pytest.mark.parametrize("command", [["replication"], ["replication", "promote"], ["replication", "status"],
+                                     ["replication", "nats-config"], ["journal", "sources"], ["dr"],
                                      ["dr", "drill"], ["serve"]])
 def test_replication_commands_have_help_with_an_example(command):
     out = rf(*command, "--help").stdout

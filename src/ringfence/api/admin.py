@@ -15,6 +15,7 @@ a refusal by a segregation-of-duties rule names the rule in its message.
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 from typing import Any, Callable
 
 import msgspec
@@ -30,6 +31,9 @@ from .service import Exchange
 
 __all__ = ["build_admin_router", "install_admin_pages", "PREFIX", "staff_view", "halts_view", "review_view", "policy_view",
            "index_admin_view"]
+
+#: The staff member whose signed request is being served (journaled as "staff:ID").
+_CALLER: ContextVar[str] = ContextVar("ringfence_admin_caller", default="")
 
 PREFIX = "/admin/v1"
 MAX_BODY_BYTES = 65_536
@@ -226,7 +230,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         return caller, parsed
 
     async def submit(command: Any) -> dict[str, Any]:
-        events = await exchange.submit(command)
+        events = await exchange.submit(command, source=f"staff:{_CALLER.get()}")
         for e in events:
             if isinstance(e, CommandRejected):
                 raise rejection_error(e)
@@ -238,6 +242,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
             async def handler(request: Request) -> JSONResponse:
                 try:
                     caller, body = await authenticate(request)
+                    _CALLER.set(caller)  # journaled as the source of what this request submits
                     return JSONResponse(await fn(caller, body, **request.path_params))
                 except RingfenceError as err:
                     return _error(err)

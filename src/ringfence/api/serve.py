@@ -267,6 +267,7 @@ def serve(
         replicator = before_build(data, replicate, standby, node_id, port, demo, say, host)
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port))
         after_build(exchange, replicator, say)
+        exchange.source = f"gateway:{node_id or f'{socket.gethostname()}-{port}'}"  # journaled with each command
     except RingfenceError as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None

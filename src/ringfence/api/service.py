@@ -100,12 +100,16 @@ class Exchange:
 
     # ------------------------------------------------------------------ commands
 
-    async def submit(self, command: Command) -> list[Event]:
-        """Journal and apply a command; return its events once read models include them."""
+    #: Who this exchange's gateway is ("gateway:NODE"), journaled with each command it submits.
+    source = ""
+
+    async def submit(self, command: Command, source: str = "") -> list[Event]:
+        """Journal and apply a command; return its events once read models include them. `source`
+        (default: this gateway) is journaled with the command: who submitted it."""
         loop = self.loop
         assert loop is not None, "start() the exchange first"
         fut: asyncio.Future[list[Event]] = loop.create_future()
-        ack = self.node.submit(command)
+        ack = self.node.submit(command, source or self.source)
 
         def done(a: Ack) -> None:
             if a.error is not None:  # refused before the journal: no batch will follow

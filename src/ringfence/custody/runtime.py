@@ -391,6 +391,11 @@ _SavingBitcoinAdapter = _LazyClass(_saving_adapter_class)
 _LoggingEthereumAdapter = _LazyClass(_logging_adapter_class)
 
 
+def _as(node: Any, source: str) -> Any:
+    """The node as the worker `source` sees it: its commands are journaled with its name (docs/resilience.md)."""
+    return node.as_source(source) if hasattr(node, "as_source") else node
+
+
 # ---------------------------------------------------------------------------------- supervision
 
 
@@ -687,7 +692,7 @@ class CustodyRuntime:
         every = self.poll_ms
         self.workers = [Supervised("miner", self.chains.mine, self.block_interval_ms, lock)]
         for chain, adapter in sorted(adapters.items()):
-            watcher = W.DepositWatcher(node, adapter, scorer)
+            watcher = W.DepositWatcher(_as(node, f"worker:deposits-{chain}"), adapter, scorer)
             self.workers.append(Supervised(f"deposits-{chain}", watcher.poll, every, lock))
         hot = {}
         if "bitcoin" in chains:
@@ -695,23 +700,23 @@ class CustodyRuntime:
         if "ethereum" in chains:
             hot["eth_hot"] = W.HotWallet("eth_hot", "ethereum", self.keys.eth_hot, "eth-hot", self.keys.signer)
         facts = identity_risk_facts(self.identity_ctx) if self.identity_ctx is not None else W.no_identity_facts
-        self.withdrawal_worker = W.WithdrawalWorker(node, adapters, hot, identity_facts=facts)
+        self.withdrawal_worker = W.WithdrawalWorker(_as(node, "worker:withdrawals"), adapters, hot, identity_facts=facts)
         if self.crash_at:
             self._arm_crash()
         self.workers.append(Supervised("withdrawals", self.withdrawal_worker.step, every, lock))
         key_of_address: dict[str, str] = {}
-        balancers = {c: W.Balancer(node, a, deposit_signer=self.keys.signer, key_of_address=key_of_address)
+        balancers = {c: W.Balancer(_as(node, "worker:balancer"), a, deposit_signer=self.keys.signer, key_of_address=key_of_address)
                      for c, a in adapters.items()}
         self.workers.append(Supervised("balancer", lambda: self._balance(balancers, key_of_address), every * 2, lock))
         tolerances = {"ETH": 10**16} if "ethereum" in chains else {}  # gas of token withdrawals in flight
-        self.reconciler = Reconciler(node, wallets=self._wallet_specs(adapters), custody=_InFlightView(node),
+        self.reconciler = Reconciler(_as(node, "worker:reconciler"), wallets=self._wallet_specs(adapters), custody=_InFlightView(node),
                                      settings=ReconcileSettings(tolerances_minor=tolerances))
         self.workers.append(Supervised("reconcile-chain", self._reconcile, every, lock))
         if self.identity_ctx is not None:
             self.workers.append(Supervised("security-relay", self._relay_security_changes, every, threading.RLock()))
         from .shield import ShieldSweeper
 
-        self.shield_sweeper = ShieldSweeper(node, adapters, self.shield_routes(), value_asset=self.shield_value_asset)
+        self.shield_sweeper = ShieldSweeper(_as(node, "worker:shield-sweeper"), adapters, self.shield_routes(), value_asset=self.shield_value_asset)
         self.workers.append(Supervised("shield-sweeper", self._shield_step, self.shield_sweep_every_s * 1000, lock))
         for w in self.workers:
             w.start(self._stop)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Iterable, Protocol, Union, cast
 
 import msgspec
 
-__all__ = ["Command", "Event", "Batch", "Codec", "encode", "tag_of"]
+__all__ = ["Command", "Event", "Batch", "SourcedBatch", "Codec", "encode", "tag_of"]
 
 
 class Command(msgspec.Struct, frozen=True, array_like=True, tag=True, forbid_unknown_fields=True):
@@ -46,6 +46,15 @@ class Batch(msgspec.Struct, frozen=True, array_like=True):
     commands: list[Any]
 
 
+class SourcedBatch(Batch, frozen=True, array_like=True):
+    """A `Batch` that also records who submitted each command (`sources[i]` for command `i`:
+    "gateway:NODE", "worker:NAME", "staff:ID"; "" when unknown). Only the journal record holds it
+    (so the hash chain covers it); handlers never see it, so it cannot change the state or its
+    hash. A batch without any source is encoded as a plain `Batch`: older journals read the same."""
+
+    sources: list[str]
+
+
 class DecodedBatch(Protocol):
     """What `Codec.batch` decodes a journal record's payload to: `Batch`'s fields, with the
     commands decoded to the declared command types (a struct built per codec, so not a `Batch`)."""
@@ -58,6 +67,8 @@ class DecodedBatch(Protocol):
     def entropy(self) -> bytes: ...
     @property
     def commands(self) -> list[Any]: ...
+    @property
+    def sources(self) -> list[str]: ...
 
 
 _encoder = msgspec.json.Encoder()
@@ -99,7 +110,8 @@ class Codec:
             msgspec.json.Decoder(
                 msgspec.defstruct(
                     "Batch",
-                    [("first_seq", int), ("ts_ns", int), ("entropy", bytes), ("commands", list[commands])],
+                    [("first_seq", int), ("ts_ns", int), ("entropy", bytes), ("commands", list[commands]),
+                     ("sources", list[str], [])],
                     frozen=True,
                     array_like=True,
                 )

@@ -58,7 +58,7 @@ from ..errors import (
     error_codes,
 )
 from ..journal.journal import DataDirLock, JournalWriter, check_node_placement, scan
-from .commands import Batch, Command, Event, encode
+from .commands import Batch, Command, Event, SourcedBatch, encode
 from .core import CommandRejected, Engine, ShardHalt
 from .module import Module
 from .snapshot import list_snapshots, read_snapshot, write_snapshot
@@ -151,9 +151,10 @@ class Ack:
     command: at 100,000 commands/s the difference is a large share of the sequencer's time.
     """
 
-    __slots__ = ("events", "error", "seq", "_cond", "_callbacks")
+    __slots__ = ("events", "error", "seq", "source", "_cond", "_callbacks")
 
-    def __init__(self, cond: threading.Condition | None = None) -> None:
+    def __init__(self, cond: threading.Condition | None = None, source: str = "") -> None:
+        self.source = source  # who submitted the command: journaled with it (SourcedBatch)
         self.events: list[Event] | None = None
         self.error: BaseException | None = None
         self.seq = 0
@@ -514,9 +515,10 @@ class Node:
             reason = str(err).split(" - at `$", 1)[0]
             raise ValidationError(f"{reason}", field=where) from None
 
-    def submit(self, command: Command) -> Ack:
-        """Queue a command for the sequencer thread; returns its `Ack` at once."""
-        ack = Ack(self._acked)
+    def submit(self, command: Command, source: str = "") -> Ack:
+        """Queue a command for the sequencer thread; returns its `Ack` at once. `source` names the
+        submitter ("gateway:NODE", "worker:NAME", "staff:ID"); it is journaled, never applied."""
+        ack = Ack(self._acked, source)
         if self.failed is not None:
             ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
             return ack
@@ -536,18 +538,18 @@ class Node:
             self._wake.set()
         return ack
 
-    def execute(self, command: Command) -> list[Event]:
+    def execute(self, command: Command, source: str = "") -> list[Event]:
         """Submit one command and wait; a rejection is raised as its `RingfenceError`."""
-        return self.execute_many([command])[0]
+        return self.execute_many([command], source=source)[0]
 
-    def execute_many(self, commands: Iterable[Command], *, raise_rejected: bool = True) -> list[list[Event]]:
+    def execute_many(self, commands: Iterable[Command], *, raise_rejected: bool = True, source: str = "") -> list[list[Event]]:
         """Run commands as one batch (directly when no sequencer thread runs) and wait for all."""
         acks: list[Ack] = []
         if self._thread is None:
             self._gate.refuse_if_reading()  # before anything is journaled
             items = []
             for command in commands:
-                ack = Ack(self._acked)
+                ack = Ack(self._acked, source)
                 acks.append(ack)
                 try:
                     prepared, raw = self.prepare(command)
@@ -557,8 +559,12 @@ class Node:
                 items.append((prepared, raw, ack))
             self._commit(items)
         else:
-            acks = [self.submit(c) for c in commands]
+            acks = [self.submit(c, source) for c in commands]
         return [ack.result() if raise_rejected else ack.wait() for ack in acks]
+
+    def as_source(self, source: str) -> "SourcedNode":
+        """This node as one service sees it: every command it submits is journaled with `source`."""
+        return SourcedNode(self, source)
 
     # ------------------------------------------------------------------ reading state
 
@@ -686,7 +692,10 @@ class Node:
         first_seq = writer.next_seq
         ts_ns = max(self._clock(), engine.now_ns)
         entropy = self._entropy(32)
-        payload = encode(Batch(first_seq, ts_ns, entropy, [msgspec.Raw(raw) for _, raw, _ in accepted]))
+        raws = [msgspec.Raw(raw) for _, raw, _ in accepted]
+        sources = [ack.source for _, _, ack in accepted]
+        payload = encode(SourcedBatch(first_seq, ts_ns, entropy, raws, sources) if any(sources)
+                         else Batch(first_seq, ts_ns, entropy, raws))
         journaled = self._journal(writer, payload, first_seq, accepted)
         if journaled is None:
             return
@@ -857,3 +866,23 @@ def _field_of(err: msgspec.ValidationError, command_type: type) -> str:
         else:
             break
     return "".join(parts) or command_type.__name__
+
+
+class SourcedNode:
+    """A `Node` handed to one service (a worker, a gateway): `submit`, `execute` and `execute_many`
+    journal the service's identity with each command; everything else is the node's."""
+
+    def __init__(self, node: Node, source: str) -> None:
+        self._node, self.source = node, source
+
+    def submit(self, command: Command) -> Ack:
+        return self._node.submit(command, self.source)
+
+    def execute(self, command: Command) -> list[Event]:
+        return self._node.execute(command, self.source)
+
+    def execute_many(self, commands: Iterable[Command], *, raise_rejected: bool = True) -> list[list[Event]]:
+        return self._node.execute_many(commands, raise_rejected=raise_rejected, source=self.source)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node, name)

@@ -182,6 +182,6 @@ def start_demo_feed(exchange: Any) -> FeedWorker | None:
         return None
     first = [q for sim in sims for q in sim.step(time.time_ns())]
     exchange.node.execute_many(first, raise_rejected=False)
-    worker = FeedWorker(exchange.node, [sim.step for sim in sims], ready=lambda: exchange.loop is not None)
+    worker = FeedWorker(exchange.node.as_source("worker:index-feed"), [sim.step for sim in sims], ready=lambda: exchange.loop is not None)
     worker.seed = seed  # type: ignore[attr-defined]
     return worker.start()

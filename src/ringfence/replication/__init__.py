@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +37,8 @@ from urllib.parse import quote, unquote, urlparse
 
 from ..errors import ConfigError, JournalCorrupt, RingfenceError
 
-__all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "promote", "leader_of", "parse_target"]
+__all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "PromotionRefused", "promote", "leader_of",
+           "parse_target", "PROMOTE_ACTION", "promote_subject"]
 
 T = TypeVar("T")
 _log = logging.getLogger("ringfence.replication")
@@ -69,6 +70,10 @@ class ReplicationTarget:
     state_hash_every: int = 1
     #: tls:// only: verify the server's certificate against this CA file (default: the system's CAs).
     tls_ca: str = ""
+    #: Primary: compute the state hash of every Nth batch off the sequencer thread (a forked child
+    #: hashes a copy-on-write image of the state) and send it in a later batch's headers; the batch
+    #: itself is published at once and marked `Rf-State-Pending`. Followers check it when it comes.
+    state_hash_later: bool = False
 
     @property
     def display(self) -> str:
@@ -102,8 +107,9 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
     stream = parsed.path.strip("/") or "RINGFENCE"
     if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
         raise ConfigError("the stream name may hold letters, digits, '-' and '_' (at most 64)", field=option)
-    limits = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1), "state_hash_every": (1, 1_000_000)}
-    values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0, "state_hash_every": 1}
+    limits = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1), "state_hash_every": (1, 1_000_000),
+              "state_hash_later": (0, 1)}
+    values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0, "state_hash_every": 1, "state_hash_later": 0}
     tls_ca = ""
     for part in filter(None, parsed.query.split("&")):
         key, _, value = part.partition("=")
@@ -114,14 +120,15 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
             continue
         if key not in limits or not (value.isascii() and value.isdigit()) or not limits[key][0] <= int(value) <= limits[key][1]:
             raise ConfigError("options are replicas=1..5, lease_ms=100..600000, auto_promote=0|1, "
-                              "state_hash_every=1..1000000 and tls_ca=FILE", field=option)
+                              "state_hash_every=1..1000000, state_hash_later=0|1 and tls_ca=FILE", field=option)
         values[key] = int(value)
     netloc = parsed.netloc
     secret = os.environ.get("RINGFENCE_NATS_PASSWORD", "")
     if parsed.username and parsed.password is None and secret:  # keeps the password out of `ps` output
         netloc = f"{parsed.username}:{quote(secret, safe='')}@{netloc.split('@', 1)[1]}"
     return ReplicationTarget(f"{parsed.scheme}://{netloc}", stream, values["replicas"], values["lease_ms"],
-                             bool(values["auto_promote"]), values["state_hash_every"], tls_ca)
+                             bool(values["auto_promote"]), values["state_hash_every"], tls_ca,
+                             bool(values["state_hash_later"]))
 
 
 class NatsLink:
@@ -207,19 +214,60 @@ def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
     return json.loads(entry.value), int(entry.revision)
 
 
-def promote(target: ReplicationTarget, node_id: str) -> dict[str, Any]:
-    """Operator command: make `node_id` the leader at the next epoch (revision-checked update)."""
+PROMOTE_ACTION = "replication.promote"
+
+
+def promote_subject(stream: str, node_id: str, epoch: int) -> list[Any]:
+    """What each operator signs for a promotion: the stream, the node and the epoch it would lead."""
+    return [stream, node_id, epoch]
+
+
+def request_key(node_id: str) -> str:
+    return f"promote.{node_id}"
+
+
+def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = (), *, epoch: int | None = None,
+            wait_s: float = 0.0) -> dict[str, Any]:  # float-ok: seconds
+    """Operator command: ask the standby `node_id` to take the leadership at the next epoch.
+
+    The request (KV key `promote.NODE`: the epoch and the operators' approval tokens) is verified
+    by the standby itself against the staff register of its own replica at its last applied
+    sequence (`Follower.consider_promotion`); only then does the standby change the leader record
+    (a revision-checked update). With `wait_s`, wait for its verdict: returns the new leader record
+    or raises `PromotionRefused` with the standby's reason."""
     link = NatsLink(target)
     try:
         kv = link.ensure_stream_and_bucket()
-        current, revision = leader_of(link, kv)
-        epoch = (current or {}).get("epoch", 0) + 1
-        record = {"epoch": epoch, "node": node_id, "promoted_at_ns": time.time_ns()}
-        value = json.dumps(record).encode()
-        link.call(kv.update("leader", value, last=revision) if revision else kv.create("leader", value))
-        return {"previous": current, **record}
+        current, _ = leader_of(link, kv)
+        next_epoch = (current or {}).get("epoch", 0) + 1
+        if epoch is not None and epoch != next_epoch:
+            raise PromotionRefused(f"the approvals are for epoch {epoch} but the next epoch is {next_epoch}: "
+                                   "sign again", field="--epoch")
+        request = {"epoch": next_epoch, "node": node_id, "approvals": list(approvals), "status": "requested",
+                   "requested_at_ns": time.time_ns()}
+        revision = int(link.call(kv.put(request_key(node_id), json.dumps(request).encode())))
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            leader, _ = leader_of(link, kv)
+            if leader is not None and leader["node"] == node_id and int(leader["epoch"]) >= next_epoch:
+                return {"previous": current, **leader}
+            answer = json.loads(link.call(kv.get(request_key(node_id))).value)
+            if answer.get("status") == "refused" and answer.get("revision") == revision:
+                raise PromotionRefused(f"standby {node_id} refused the promotion: {answer.get('reason')}",
+                                       field="--key")
+            time.sleep(0.1)
+        if wait_s:
+            raise PromotionRefused(f"standby {node_id} did not answer within {wait_s:g} s: is it running "
+                                   f"`serve --standby` with --node-id {node_id}?", field="--node-id")
+        return {"previous": current, **request}
     finally:
         link.close()
+
+
+class PromotionRefused(RingfenceError, PermissionError):
+    code = "RF_PROMOTION_REFUSED"
+    http_status = 403
+    default_message = "the promotion was refused"
 
 
 def _headers(kind: str, epoch: int, first_seq: int, count: int, prev_hash: bytes, record_hash: bytes,
@@ -256,6 +304,10 @@ class Replicator:
         self.stream_seq = int(info.state.last_seq)
         self.last_hash = b""
         self.published = 0
+        self._hasher = _ForkedHasher() if target.state_hash_later else None
+        #: time the sequencer thread spent on state hashes (hashing inline, or forking the hasher)
+        self.hash_seconds = 0.0  # float-ok: a measurement, seconds
+        self.hashes = 0
 
     def _record(self) -> bytes:
         return json.dumps({"epoch": self.epoch, "node": self.node_id, "lease_ms": self.target.lease_ms,
@@ -351,6 +403,12 @@ class Replicator:
             prev = record.hash
             caught_up += 1
         self.last_hash = prev or tail_hash
+        if self.target.lease_ms:
+            # building the node may have taken longer than the lease since it was claimed: renew it
+            # now, so the first batch is not refused for a lease that merely went unrenewed meanwhile
+            self._renew()
+            if self.lost is not None:
+                raise Fenced(self.lost, field="--replicate")
         self.node = node
         node.replica = self
         if self.target.lease_ms:
@@ -369,9 +427,14 @@ class Replicator:
         `finish` (the hash is of the state after the batch is applied)."""
         self._check_lease(first_seq)
         prev, self.last_hash = self.last_hash, record_hash
-        if (self.published + 1) % self.target.state_hash_every == 0:
+        due = (self.published + 1) % self.target.state_hash_every == 0
+        if due and not self.target.state_hash_later:
             return (first_seq, count, payload, record_hash, prev)
-        return self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, ""))
+        extra = self._hasher.ready() if self._hasher is not None else {}
+        if due and self._hasher is not None and self._hasher.idle():
+            extra["Rf-State-Pending"] = "1"  # this batch's state hash comes in a later batch
+        future = self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, "", extra))
+        return _Later(future, first_seq + count - 1) if "Rf-State-Pending" in extra else future
 
     def finish(self, token: Any, engine: Any) -> None:
         """`ReplicaLog.finish` (after apply, before any acknowledgement): returns once JetStream
@@ -379,8 +442,19 @@ class Replicator:
         if isinstance(token, tuple):
             first_seq, count, payload, record_hash, prev = token
             self._check_lease(first_seq)
-            self.link.call(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, engine.state_hash()))
+            started = time.perf_counter()
+            state_hash = engine.state_hash()
+            self.hash_seconds += time.perf_counter() - started
+            self.hashes += 1
+            self.link.call(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, state_hash))
             return
+        if isinstance(token, _Later):
+            assert self._hasher is not None
+            started = time.perf_counter()
+            self._hasher.start(engine, token.last_seq)  # the state after this batch, hashed by a child
+            self.hash_seconds += time.perf_counter() - started
+            self.hashes += 1
+            token = token.future
         token.result(PUBLISH_TIMEOUT_S)
         if self.target.lease_ms and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
             raise Fenced(f"the lease of {self.target.lease_ms} ms expired while the batch was being replicated")
@@ -388,6 +462,8 @@ class Replicator:
     def settle(self, token: Any) -> None:
         """`ReplicaLog.settle`: the local write failed after `begin`; let a started publish finish
         (it may well succeed: that is why the client hears "outcome unknown")."""
+        if isinstance(token, _Later):
+            token = token.future
         if isinstance(token, concurrent.futures.Future):
             try:
                 token.result(PUBLISH_TIMEOUT_S)
@@ -399,13 +475,15 @@ class Replicator:
         self.link.call(self._apublish(kind, first_seq, count, prev, record_hash, payload, state_hash))
 
     async def _apublish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
-                        state_hash: str) -> None:
+                        state_hash: str, extra: dict[str, str] | None = None) -> None:
         """Publish one record; one larger than the server's max payload goes as numbered chunks
         (`Rf-Chunk: i/n`), each with its expected-last-sequence, the record complete with chunk n."""
         limit = self.link.chunk_bytes
         chunks = [payload[i : i + limit] for i in range(0, len(payload), limit)] or [b""]
         for index, chunk in enumerate(chunks, 1):
             headers = _headers(kind, self.epoch, first_seq, count, prev, record_hash, state_hash, self.stream_seq)
+            if extra and index == len(chunks):  # on the chunk that completes the record
+                headers.update(extra)
             if len(chunks) > 1:
                 headers["Rf-Chunk"] = f"{index}/{len(chunks)}"
             headers["Nats-Msg-Id"] += f"-c{index}-x{self.stream_seq}"  # a retry of this very publish is stored once
@@ -430,7 +508,73 @@ class Replicator:
 
     def close(self) -> None:
         self._stop.set()
+        if self._hasher is not None:
+            self._hasher.close()
         self.link.close()
+
+
+@dataclass(frozen=True)
+class _Later:
+    """`begin`'s token for a batch whose state hash a forked child computes after it is applied."""
+
+    future: "concurrent.futures.Future[None]"
+    last_seq: int
+
+
+class _ForkedHasher:
+    """The state hash off the sequencer thread: `start` forks; the child (a copy-on-write image of
+    the process at that instant, so exactly the state after the batch) hashes it and writes
+    `SEQ HASH` to a pipe; `ready` collects it without blocking, as headers for the next batch
+    (`Rf-State-Of`, `Rf-State-Hash-Of`). One child at a time; the sequencer pays only the fork."""
+
+    def __init__(self) -> None:
+        self._child: tuple[int, int, int] | None = None  # pid, read end, sequence
+
+    def idle(self) -> bool:
+        return self._child is None
+
+    def start(self, engine: Any, last_seq: int) -> None:
+        import gc
+
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: hash, report, leave without running any parent cleanup
+            status = 1
+            try:
+                gc.disable()
+                os.nice(19)  # the sequencer comes first: the child takes what CPU is left
+                os.close(read_fd)
+                os.write(write_fd, f"{last_seq} {engine.state_hash()}\n".encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self._child = (pid, read_fd, last_seq)
+
+    def ready(self) -> dict[str, str]:
+        if self._child is None:
+            return {}
+        pid, read_fd, last_seq = self._child
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if not done:
+            return {}
+        self._child = None
+        try:
+            line = os.read(read_fd, 256).decode().split()
+        finally:
+            os.close(read_fd)
+        if status != 0 or len(line) != 2 or line[0] != str(last_seq):
+            _log.warning("replication: the state hash of sequence %d could not be computed (exit %d)", last_seq, status)
+            return {}
+        return {"Rf-State-Of": line[0], "Rf-State-Hash-Of": line[1]}
+
+    def close(self) -> None:
+        if self._child is not None:
+            pid, read_fd, _ = self._child
+            os.waitpid(pid, 0)
+            os.close(read_fd)
+            self._child = None
 
 
 def _records(journal_dir: Path) -> Any:
@@ -472,6 +616,9 @@ class Follower:
         self.fence_epoch = 0
         self.batches_applied = 0
         self.last_state_hash = ""  # the newest state hash checked against the primary's
+        self._request_rev = 0  # the newest promotion request considered
+        self._later: dict[int, str] = {}  # sequence -> our state hash, awaiting the primary's (state_hash_later)
+        self.later_checked = 0
 
     def _apply(self, headers: dict[str, str], payload: bytes) -> None:
         from ..engine.core import ShardHalt
@@ -483,6 +630,7 @@ class Follower:
         if epoch < self.fence_epoch:
             raise Fenced(f"stream message {self.stream_seq}: a batch from epoch {epoch} after the fence of epoch "
                          f"{self.fence_epoch}: a deposed primary's write; refusing it")
+        self._check_later_hash(headers)
         w = self.writer
         if first_seq + count - 1 < w.next_seq:  # already in the local journal (a restart of the follower)
             if self._local.get(first_seq + count - 1) != bytes.fromhex(headers["Rf-Hash"]):
@@ -502,12 +650,29 @@ class Follower:
                 self.engine.apply(command, first_seq + i, batch.ts_ns, batch.entropy)
             except ShardHalt as halt:
                 rebuild_halted(self.node_dir, self.engine, halt)
+        if headers.get("Rf-State-Pending"):  # the primary's hash of this state comes later: keep ours
+            self._later[first_seq + count - 1] = self.engine.state_hash()
+            while len(self._later) > 64:
+                self._later.pop(min(self._later))
         expected = headers.get("Rf-State-Hash", "")
         if expected:
             if self.engine.state_hash() != expected:
                 raise JournalCorrupt(f"after batch {first_seq} the standby's state hash differs from the primary's")
             self.last_state_hash = expected
         self.batches_applied += 1
+
+    def _check_later_hash(self, headers: dict[str, str]) -> None:
+        """A batch may carry the primary's state hash after an earlier batch (`state_hash_later`)."""
+        if "Rf-State-Of" not in headers:
+            return
+        seq, theirs = int(headers["Rf-State-Of"]), headers["Rf-State-Hash-Of"]
+        ours = self._later.pop(seq, None)
+        if ours is None:
+            return  # applied before this follower started (a restart): nothing of ours to compare
+        if ours != theirs:
+            raise JournalCorrupt(f"after sequence {seq} the standby's state hash differs from the primary's")
+        self.last_state_hash = theirs
+        self.later_checked += 1
 
     def poll(self) -> int:
         """Consume every stream message available now; returns how many."""
@@ -584,6 +749,8 @@ class Follower:
             leader, revision = leader_of(self.link, self.kv)
             if revision != seen[0]:
                 seen = (revision, time.monotonic())
+            if self.consider_promotion(leader, revision):
+                leader, revision = leader_of(self.link, self.kv)
             elif leader is not None and leader["node"] != self.node_id:
                 self._maybe_take_over(leader, revision, seen[1])
             if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) > self.fence_epoch:
@@ -598,6 +765,75 @@ class Follower:
                                  f"state hash {self.engine.state_hash()} (stream sequence {self.stream_seq})")
             time.sleep(POLL_S)
         return 0
+
+    def verify_promotion(self, request: dict[str, Any], leader: dict[str, Any] | None) -> list[str]:
+        """Check a promotion request against this standby's replica at its last applied sequence.
+
+        With staff registered, the request needs the signatures of the operator quorum over
+        `[stream, node, epoch]` (`staff/state.py` check_quorum: registered, active, operator role,
+        distinct people, valid Ed25519 signature, not expired in sequencer time), each also unexpired
+        by this machine's clock. Without staff, an operator's unsigned request is enough. Returns
+        the approvers' ids; raises with the rule named."""
+        from ..staff.decisions import OPERATOR, parse_approval
+        from ..staff.state import MAX_DECISION_TTL_NS, StaffRefused, check_quorum
+
+        epoch = request.get("epoch")
+        expected = int((leader or {}).get("epoch", 0)) + 1
+        if epoch != expected:
+            raise PromotionRefused(f"the request is for epoch {epoch} but the next epoch is {expected}: sign again",
+                                   field="epoch")
+        tokens = request.get("approvals")
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise PromotionRefused("approvals must be a list of approval tokens", field="approvals")
+        staff = self.engine.components.get("staff")
+        if staff is None or not staff.members:
+            return []  # no staff identities in this exchange: the operator's NATS credentials decide
+        sigs = [parse_approval(t, f"approvals[{i}]") for i, t in enumerate(tokens)]
+        now = time.time_ns()
+        for sig in sigs:
+            if not now < sig.expires_ns <= now + MAX_DECISION_TTL_NS:
+                raise StaffRefused("not-expired", f"the signature of {sig.staff_id!r} is expired or valid for more than "
+                                   f"{MAX_DECISION_TTL_NS // 10**9} s", field="approvals")
+        return check_quorum(self.engine, PROMOTE_ACTION, promote_subject(self.target.stream, self.node_id, expected),
+                            sigs, OPERATOR, field="approvals")
+
+    def consider_promotion(self, leader: dict[str, Any] | None, revision: int) -> bool:
+        """Answer a new promotion request for this node (KV `promote.NODE`): verified, it becomes
+        the leader record (revision-checked against `revision`); refused, the request is marked
+        refused with the reason. Returns whether this node just took the leadership."""
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        key = request_key(self.node_id)
+        try:
+            entry = self.link.call(self.kv.get(key))
+        except KeyNotFoundError:
+            return False
+        if int(entry.revision) == self._request_rev:
+            return False
+        self._request_rev = int(entry.revision)
+        request = json.loads(entry.value)
+        if request.get("status") != "requested":
+            return False
+        try:
+            approvers = self.verify_promotion(request, leader)
+            record = {"epoch": request["epoch"], "node": self.node_id, "lease_ms": int((leader or {}).get("lease_ms", 0)),
+                      "renewed_at_ns": time.time_ns(), "approved_by": approvers}
+            value = json.dumps(record).encode()
+            self.link.call(self.kv.update("leader", value, last=revision) if revision else self.kv.create("leader", value))
+        except KeyWrongLastSequenceError:
+            reason = "the leader record changed while the request was checked: sign again for the new epoch"
+        except RingfenceError as err:
+            reason = str(err)
+        else:
+            answer = dict(request, status="accepted", revision=self._request_rev, approved_by=approvers)
+            self.link.call(self.kv.put(key, json.dumps(answer).encode()))
+            self.on_progress(f"standby {self.node_id}: promotion to epoch {record['epoch']} approved by "
+                             f"{', '.join(approvers) or 'an operator (no staff registered)'}")
+            return True
+        answer = dict(request, status="refused", revision=self._request_rev, reason=reason)
+        self._request_rev = int(self.link.call(self.kv.put(key, json.dumps(answer).encode())))
+        self.on_progress(f"standby {self.node_id}: promotion refused: {reason}")
+        return False
 
     def _maybe_take_over(self, leader: dict[str, Any], revision: int, seen_at: float) -> None:  # float-ok: monotonic s
         """With auto_promote: the lease went 2 x lease_ms unrenewed, so claim the next epoch."""

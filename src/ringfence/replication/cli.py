@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -20,23 +22,54 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 def promote_cmd(
     nats: str = typer.Option(..., "--nats", help="The stream: nats://host:4222/STREAM."),
     node_id: str = typer.Option(..., "--node-id", help="The standby to make primary (its serve --node-id)."),
+    keys: list[str] = typer.Option([], "--key", help="An operator's staff key: FILE or DIR/demo-staff.json#ID. Repeatable."),
+    approvals: list[str] = typer.Option([], "--approval", help="Another operator's approval token (from --sign-only). Repeatable."),
+    sign_only: bool = typer.Option(False, "--sign-only", help="Only print your approval token for the submitter."),
+    epoch: int = typer.Option(0, "--epoch", min=0, help="The epoch to sign for (default: the leader's epoch + 1, read from NATS)."),
+    ttl_s: int = typer.Option(600, "--ttl-s", min=10, max=86_400, help="How long your signature may be submitted."),
+    wait_s: int = typer.Option(60, "--wait-s", min=1, max=3600, help="How long to wait for the standby's verdict."),
 ) -> None:
-    """Make a standby the primary at the next fencing epoch (a revision-checked KV update).
+    """Make a standby the primary at the next fencing epoch: a staff quorum decision.
 
-    The standby catches up with the stream, publishes a fence, and starts serving; the old
-    primary's next batch is refused by the stream and it stops acknowledging.
+    Each operator signs `[stream, node, epoch]` (action replication.promote); the standby verifies the
+    signatures against the staff register of its own replica (the operator quorum, as for lifting a
+    halt) and only then takes the leadership with a revision-checked KV update. It catches up with
+    the stream, publishes a fence and starts serving; the old primary's next batch is refused by
+    the stream and it stops acknowledging. An exchange without staff identities needs no --key.
 
-    Example: ringfence replication promote --nats nats://127.0.0.1:4222/RF --node-id b
+    Example: ringfence replication promote --nats nats://127.0.0.1:4222/RF --node-id b --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben
     """
-    from . import parse_target, promote
+    from ..staff.console import load_key
+    from ..staff.decisions import format_approval, parse_approval
+    from . import NatsLink, PROMOTE_ACTION, leader_of, parse_target, promote, promote_subject
 
     try:
-        record = promote(parse_target(nats, "--nats"), node_id)
+        target = parse_target(nats, "--nats")
+        signers = [load_key(k) for k in keys]
+        tokens = [format_approval(parse_approval(t, f"--approval #{i + 1}")) for i, t in enumerate(approvals)]
+        if sign_only and not signers:
+            fail("--sign-only needs your --key", 2)
+        if not epoch and signers:  # --sign-only with --epoch needs no NATS connection
+            link = NatsLink(target)
+            try:
+                current, _ = leader_of(link, link.ensure_stream_and_bucket())
+            finally:
+                link.close()
+            epoch = int((current or {}).get("epoch", 0)) + 1
+        expires = time.time_ns() + ttl_s * 10**9
+        own = [format_approval(k.sign(PROMOTE_ACTION, promote_subject(target.stream, node_id, epoch), expires))
+               for k in signers]
+        if sign_only:
+            for token in own:
+                typer.echo(token)
+            return
+        record = promote(target, node_id, own + tokens, epoch=epoch or None, wait_s=wait_s)
     except RingfenceError as err:
-        fail(str(err), 1)
+        fail(f"refused: {err}", 1)
     previous = record["previous"]
     was = f"{previous['node']} at epoch {previous['epoch']}" if previous else "nobody"
-    console.print(f"promoted {node_id} at epoch {record['epoch']} (was {was})")
+    by = ", ".join(record.get("approved_by") or []) or "an operator (no staff registered)"
+    console.print(f"promoted {node_id} at epoch {record['epoch']} (was {was}); approved by {by}")
 
 
 @app.command("status")
@@ -59,3 +92,32 @@ def status_cmd(nats: str = typer.Option(..., "--nats", help="The stream: nats://
                                "messages": info.state.messages, "last_stream_seq": info.state.last_seq}))
     finally:
         link.close()
+
+
+@app.command("nats-config")
+def nats_config_cmd(
+    stream: str = typer.Option("RINGFENCE", "--stream", help="The stream the exchange replicates to."),
+    out: Path = typer.Option(..., "--out", help="A new folder for nats-server.conf and one password file per service."),
+    port: int = typer.Option(4222, "--port", min=1, max=65535, help="The port nats-server listens on."),
+    store_dir: str = typer.Option("", "--store-dir", help="JetStream's storage folder (default: nats-server's)."),
+) -> None:
+    """Write a nats-server config with one user per service (rf-node, rf-operator, rf-monitor),
+    each allowed only the subjects its work needs, and each service's password in its own 0600 file.
+
+    A node: RINGFENCE_NATS_PASSWORD=$(cat OUT/rf-node.password) ringfence serve --replicate
+    nats://rf-node@HOST:4222/STREAM. An operator promotes with the rf-operator user, which cannot
+    publish a batch nor write the leader record.
+
+    Example: ringfence replication nats-config --stream RF --out ./nats-auth
+    """
+    from .auth import write_nats_config
+
+    if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
+        fail("--stream: letters, digits, '-' and '_' (at most 64)", 2)
+    try:
+        files = write_nats_config(out, stream, port=port, store_dir=store_dir)
+    except FileExistsError as err:
+        fail(f"--out: {err}", 2)
+    console.print(f"wrote {files['config']} (start: nats-server -c {files['config']})")
+    for service in ("rf-node", "rf-operator", "rf-monitor"):
+        console.print(f"  {service}: password in {files[service]} (mode 0600)")

@@ -222,6 +222,16 @@ def _delete_stream(nats_url: str, stream: str) -> None:
     asyncio.run(go())
 
 
+def _operator_quorum(data: Path, stream: str, node_id: str, epoch: int) -> list[str]:
+    """The demo's operators (ada, ben) sign the promotion, as `ringfence replication promote --key` does."""
+    from ..staff.decisions import format_approval, read_key_file
+    from . import PROMOTE_ACTION, promote_subject
+
+    expires = time.time_ns() + 600 * 10**9
+    return [format_approval(read_key_file(data / "demo-staff.json", who).sign(
+        PROMOTE_ACTION, promote_subject(stream, node_id, epoch), expires)) for who in ("ada", "ben")]
+
+
 def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before: int = 60, after: int = 20,
               lease_ms: int = 1000, say: Any = print) -> DrillResult:
     """Run one scenario ('kill' or 'partition') and return what it proved."""
@@ -264,7 +274,7 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
         if scenario == "kill":
             primary.proc.kill()
             primary.proc.wait(10)
-            promote(parse_target(f"{nats_url}/{stream}", "--nats"), "b")
+            promote(parse_target(f"{nats_url}/{stream}", "--nats"), "b", _operator_quorum(workdir / "a", stream, "b", 2))
         else:
             assert proxy is not None
             proxy.cut()

@@ -1,0 +1,80 @@
+"""Per-service NATS credentials for a replicated journal (zero trust inside, docs/resilience.md).
+
+`nats_config(stream, ...)` writes an `authorization` block for nats-server with one user per
+service, each allowed exactly the subjects its work needs:
+
+* `rf-node` — a primary or standby (`serve --replicate|--standby`): publishes batches and fences
+  to `rf.STREAM.batches`, manages its stream and the leadership bucket `STREAM-leader`.
+* `rf-operator` — `ringfence replication promote|status`: reads the stream's and the bucket's
+  state and writes promotion *requests* (`promote.NODE`); it cannot publish a batch nor write the
+  leader record (the standby does that, after verifying the staff quorum).
+* `rf-monitor` — `ringfence replication status` only: reads, writes nothing.
+
+Everyone else (no user, a wrong password) cannot connect. Passwords are random (32 bytes, hex),
+one per service, written with mode 0600: the server's config holds them all, each service gets only
+its own (`DIR/rf-node.password`..., given to serve through `RINGFENCE_NATS_PASSWORD`, so it is not
+on any command line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SERVICES", "permissions", "nats_config", "write_nats_config"]
+
+SERVICES = ("rf-node", "rf-operator", "rf-monitor")
+
+
+def permissions(service: str, stream: str) -> dict[str, Any]:
+    """The subjects `service` may publish to (replies come back on `_INBOX.>`)."""
+    bucket = f"KV_{stream}-leader"
+    read = ["$JS.API.INFO", f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.INFO.{bucket}",
+            f"$JS.API.STREAM.MSG.GET.{bucket}", f"$JS.API.DIRECT.GET.{bucket}", f"$JS.API.DIRECT.GET.{bucket}.>"]
+    if service == "rf-node":
+        publish = ["$JS.API.INFO", f"$JS.API.STREAM.*.{stream}", f"$JS.API.STREAM.*.{bucket}",
+                   f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.STREAM.MSG.GET.{bucket}",
+                   f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{bucket}", f"$JS.API.DIRECT.GET.{bucket}.>",
+                   f"$KV.{stream}-leader.>", f"rf.{stream}.batches"]
+    elif service == "rf-operator":
+        publish = read + [f"$KV.{stream}-leader.promote.>"]
+    elif service == "rf-monitor":
+        publish = read
+    else:
+        raise ValueError(f"unknown service {service!r}; services are {', '.join(SERVICES)}")
+    return {"publish": {"allow": publish}, "subscribe": {"allow": ["_INBOX.>"]}}
+
+
+def nats_config(stream: str, passwords: dict[str, str], *, port: int = 4222, store_dir: str = "") -> str:
+    """A nats-server config (JSON is valid nats-server config syntax) with one user per service."""
+    users = [{"user": s, "password": passwords[s], "permissions": permissions(s, stream)} for s in SERVICES]
+    config: dict[str, Any] = {"port": port, "authorization": {"users": users}}
+    config["jetstream"] = {"store_dir": store_dir} if store_dir else {}
+    return json.dumps(config, indent=2) + "\n"
+
+
+def _write_0600(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def write_nats_config(out: Path, stream: str, *, port: int = 4222, store_dir: str = "") -> dict[str, Path]:
+    """Write `out/nats-server.conf` and `out/SERVICE.password` (all 0600); never overwrites."""
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conf = out / "nats-server.conf"
+    files = {s: out / f"{s}.password" for s in SERVICES}
+    existing = [p for p in [conf, *files.values()] if p.exists()]
+    if existing:
+        raise FileExistsError(f"{existing[0]} exists; credentials are never overwritten (choose another --out)")
+    passwords = {s: secrets.token_hex(32) for s in SERVICES}
+    for s, path in files.items():
+        _write_0600(path, passwords[s] + "\n")
+    _write_0600(conf, nats_config(stream, passwords, port=port, store_dir=store_dir))
+    return {"config": conf, **files}

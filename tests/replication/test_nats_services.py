@@ -1,0 +1,122 @@
+"""Per-service NATS credentials (`ringfence replication nats-config`): a nats-server started here
+with the generated config. The node user replicates and follows; the operator user requests a
+promotion (the standby verifies and takes the leadership) but can neither publish a batch to the
+stream nor write the leader record; the monitor user only reads; a wrong password cannot connect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from api.conftest import free_port
+from ringfence.app import new_node
+from ringfence.errors import ConfigError
+from ringfence.ledger.commands import OpenAccount, RegisterAsset
+from ringfence.replication import Follower, NatsLink, Replicator, leader_of, parse_target, promote
+
+STREAM = "RFSVC"
+
+
+@pytest.fixture
+def nats_services(tmp_path):
+    binary = shutil.which("nats-server")
+    assert binary, "nats-server is not installed on this machine (required, never skipped)"
+    port = free_port()
+    out = tmp_path / "auth"
+    made = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "nats-config", "--stream", STREAM,
+                           "--out", str(out), "--port", str(port), "--store-dir", str(tmp_path / "js")],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert all(oct((out / f).stat().st_mode & 0o777) == "0o600" for f in os.listdir(out))
+    proc = subprocess.Popen([binary, "-c", str(out / "nats-server.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        raise AssertionError("nats-server did not start")
+    passwords = {s: (out / f"{s}.password").read_text().strip() for s in ("rf-node", "rf-operator", "rf-monitor")}
+    yield port, passwords
+    proc.terminate()
+    proc.wait(10)
+
+
+def _url(port: int, user: str, password: str) -> str:
+    return f"nats://{user}:{password}@127.0.0.1:{port}/{STREAM}"
+
+
+async def _try_publish(url: str, subject: str, data: bytes, headers: dict[str, str]) -> str:
+    """Publish through JetStream as the given user; returns "stored" or why not."""
+    import nats
+
+    errors: list[str] = []
+
+    async def on_error(err: Exception) -> None:
+        errors.append(str(err))
+
+    nc = await nats.connect(url.rsplit("/", 1)[0], connect_timeout=3, max_reconnect_attempts=0, error_cb=on_error)
+    try:
+        await nc.jetstream().publish(subject, data, headers=headers, timeout=2)
+        return "stored"
+    except Exception as err:  # noqa: BLE001 - any refusal is what the test wants to see; it checks the reason below
+        return f"{type(err).__name__} {errors}"
+    finally:
+        await nc.close()
+
+
+def test_each_service_may_do_only_its_own_work(tmp_path, nats_services):
+    port, pw = nats_services
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(_url(port, "rf-node", pw["rf-node"])), "a")
+    follower = None
+    try:
+        replicator.attach(node)
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+        node.execute_many([OpenAccount("alice", "BTC"), OpenAccount("bob", "BTC")])
+        last = replicator.stream_seq
+        # a publisher with the operator's (or the monitor's) credentials cannot publish to the stream
+        for user in ("rf-operator", "rf-monitor"):
+            headers = {"Rf-Kind": "batch", "Rf-Epoch": "9", "Nats-Expected-Last-Sequence": str(last)}
+            outcome = asyncio.run(_try_publish(_url(port, user, pw[user]), f"rf.{STREAM}.batches", b"[]", headers))
+            assert outcome != "stored" and "ermission" in outcome, outcome
+        # nor write the leader record directly
+        outcome = asyncio.run(_try_publish(_url(port, "rf-operator", pw["rf-operator"]), f"$KV.{STREAM}-leader.leader",
+                                           json.dumps({"epoch": 9, "node": "x"}).encode(), {}))
+        assert outcome != "stored", outcome
+        info = replicator.link.call(replicator.link.js.stream_info(STREAM))
+        assert info.state.last_seq == last, "a message from a service without the right got into the stream"
+        assert leader_of(replicator.link, replicator.kv)[0]["node"] == "a"
+        # a wrong password, or none, cannot even connect
+        for bad in (_url(port, "rf-node", "wrong-" + pw["rf-node"][:8]), f"nats://127.0.0.1:{port}/{STREAM}"):
+            with pytest.raises(ConfigError, match="cannot reach NATS"):
+                NatsLink(parse_target(bad))
+        # the monitor may not even request a promotion; the operator may, and the standby decides
+        with pytest.raises(Exception):  # noqa: B017 - a permissions violation surfaces as a timeout
+            promote(parse_target(_url(port, "rf-monitor", pw["rf-monitor"])), "b")
+        follower = Follower(parse_target(_url(port, "rf-node", pw["rf-node"])), tmp_path / "b", "b")
+        promote(parse_target(_url(port, "rf-operator", pw["rf-operator"])), "b")
+        assert follower.follow_until_promoted() == 2
+        assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+        status = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats",
+                                 f"nats://rf-monitor@127.0.0.1:{port}/{STREAM}"], capture_output=True, text=True, timeout=60,
+                                env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw["rf-monitor"]))
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert json.loads(status.stdout)["leader"]["node"] == "b"
+    finally:
+        if follower is not None:
+            follower.close()
+        node.close()
+        replicator.close()
