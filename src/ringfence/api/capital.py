@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -288,7 +289,10 @@ class CapitalApi:
             if amount - fee > cfg.max_withdrawal_minor:
                 raise BinanceError(-4023, f"The withdrawal exceeds the maximum amount of {format_amount(cfg.max_withdrawal_minor, d, trim=True)} per withdrawal.")
             if wid not in s.withdrawals:  # a retry of the same withdrawOrderId answers with the same id
-                blocked = withdrawal_blocker(s, engine.now_ns, owner, terms.asset, cfg.chain, address)
+                # the edge previews the rules at the wall clock (the engine's time moves only with commands;
+                # RequestWithdrawal checks again at the sequencer's time)
+                now_ns = max(engine.now_ns, time.time_ns())
+                blocked = withdrawal_blocker(s, now_ns, owner, terms.asset, cfg.chain, address)
                 if blocked is not None:
                     raise _withdraw_error(blocked)
                 acct = engine.ledger.find(owner, terms.asset, "available", "spot")
