@@ -96,6 +96,10 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     base, email = server.web, "saver@example.com"
     totp = sign_up_verify_and_enable_totp(page, base, email)
     fresh_code.used = {totp.now()}  # type: ignore[attr-defined]  # the code that turned TOTP on
+    page.goto(base + "/security")  # an anti-phishing code, so the e-mails below can be told from a phish
+    page.fill("#apc-code", "SAVER-42")
+    page.click("#set-apc")
+    expect(page.locator("#apc")).to_have_text("SAVER-42")
 
     # ---- deposit: the address, its QR code, confirmations progressing to credited
     page.goto(base + "/wallet/deposit")
@@ -160,7 +164,8 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     assert page.evaluate("fetch('/session/v3/addressBook').then(r => r.json())")["entries"] == [], "not before the link"
     shot(page, "3-address-requested")
     mail = latest_mail(page, base, email, "Confirm a new withdrawal address")
-    expect(mail.locator(".mail-body")).to_contain_text("Anti-phishing code:")
+    expect(mail.locator(".mail-subject")).to_contain_text("[SAVER-42]")
+    expect(mail.locator(".mail-body")).to_contain_text("Anti-phishing code: SAVER-42")
     expect(mail.locator(".mail-body")).to_contain_text(dest["BTC"])
     shot(page, "4-address-mail")
     mail.locator('a[href*="/wallet/confirm-address?token="]').click()
@@ -194,7 +199,7 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     expect(wd).to_have_attribute("data-status", "0")
     shot(page, "6-withdrawal-email-sent")
     mail = latest_mail(page, base, email, "Confirm your withdrawal")
-    expect(mail.locator(".mail-body")).to_contain_text("Anti-phishing code:")
+    expect(mail.locator(".mail-body")).to_contain_text("Anti-phishing code: SAVER-42")
     mail.locator('a[href*="/wallet/confirm-withdrawal?id="]').click()
     expect(page.locator("h1")).to_have_text("Withdrawal confirmed")
     page.goto(base + "/wallet/withdraw")

@@ -81,6 +81,15 @@ def _fresh_factor(ctx: IdentityContext, token: str | None, code: str | None) -> 
     return None
 
 
+class _AfterStepUp(Exception):
+    """A refusal after a TOTP step-up rotated the session: the answer must still set the new cookie."""
+
+    def __init__(self, rotated: str | None, err: RingfenceError) -> None:
+        super().__init__(str(err))
+        self.rotated = rotated
+        self.err = err
+
+
 class SessionMoney:
     def __init__(self, capital: CapitalApi, ctx: IdentityContext) -> None:
         self.capital = capital
@@ -118,22 +127,28 @@ class SessionMoney:
                         ip: str) -> str | None:
         """Fresh second factor, identity's record of the change, the e-mail with the sealed link.
         Returns the rotated session token when a TOTP code stepped the session up."""
+        rotated = _fresh_factor(self.ctx, token, code)
+        try:
+            self._record_and_mail(rotated or token, caller, terms, address, ip)
+        except RingfenceError as err:  # e.g. the account was frozen meanwhile: keep the rotated session
+            raise _AfterStepUp(rotated, err) from None
+        return rotated
+
+    def _record_and_mail(self, token: str | None, caller: SessionCaller, terms: Any, address: str, ip: str) -> None:
         from ..identity import events, mail
         from ..store.models import User
 
-        rotated = _fresh_factor(self.ctx, token, code)
-        events.withdrawal_address_changed(self.ctx, rotated or token, ip=ip)
+        events.withdrawal_address_changed(self.ctx, token, ip=ip)
         payload = {"a": caller.account_id, "c": terms.asset, "d": address, "x": self.ctx.now() + LINK_TTL_S,
                    "n": secrets.token_hex(8)}
         sealed = _b64(self.ctx.sealer.seal(json.dumps(payload).encode(), purpose=ADDRESS_PURPOSE))
         cooling = self.capital.runtime.address_cooling_s
         with self.ctx.store.tx() as db:
-            user = db.get(User, sessions.authenticate(self.ctx, rotated or token).user_id)
+            user = db.get(User, sessions.authenticate(self.ctx, token).user_id)
             mail.enqueue(self.ctx, db, user, "withdrawal_address_confirmation", {
                 "asset": terms.asset, "address": address, "network": terms.network, "ip": ip or "unknown",
                 "link": self.link("/wallet/confirm-address", sealed),
                 "cooling": f"{cooling // 3600} h" if cooling >= 3600 else f"{cooling} s"})
-        return rotated
 
     async def confirm_address(self, token: str) -> tuple[str, str]:
         from ..custody.commands import AddWithdrawalAddress
@@ -311,7 +326,11 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
             address = capital.check_address(terms, params.require("address"))
             token = request.cookies.get(sessions.SESSION_COOKIE_NAME)
             ip = gate.client_ip(request)
-            rotated = await run_in_threadpool(money.request_address, token, caller, terms, address, params.get("code"), ip)
+            try:
+                rotated = await run_in_threadpool(money.request_address, token, caller, terms, address, params.get("code"), ip)
+            except _AfterStepUp as after:
+                mapped = from_ringfence(after.err)
+                return with_cookie(mapped.body(), after.rotated, mapped.status)
             return with_cookie({"coin": terms.asset, "address": address, "status": "email_sent",
                                 "info": "e-mail sent: open the link in it to add the address"}, rotated)
 
