@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ringfence.custody.commands import (
-    AddWithdrawalAddress, RecordSecurityChange, SetWithdrawalRules, custody_state, withdrawal_blocker,
+    AddWithdrawalAddress, RecordSecurityChange, RemoveWithdrawalAddress, SetWithdrawalRules, custody_state, withdrawal_blocker,
 )
 from ringfence.custody.state import CustodyState, WithdrawalRules
 from ringfence.errors import RingfenceError
@@ -26,10 +26,9 @@ def _ruled(net) -> None:
 
 
 def _later(net, seconds: int) -> None:
-    """Let time pass. The edge precheck reads the last batch's time (it can only refuse early, never
-    allow early; the handler checks again at the command's own time), so a command lets it move."""
+    """Let time pass, with nothing journaled meanwhile: the precheck runs at the time its batch
+    will carry (the node's clock), and the handler checks again at that same time."""
     net.advance(seconds)
-    net.execute(SetWithdrawalRules(True, COOL_S, LOCK_S))  # answered `unchanged`; the engine's clock moves
 
 
 def _refused(net, wid: str, dest: str, amount: int, code: str) -> None:
@@ -53,6 +52,23 @@ def test_address_must_be_listed_and_cooled(net) -> None:
     _later(net, 2)
     net.request("r4", "alice", "BTC", dest, 1_000_000)
     assert net.state.withdrawals["r4"].state == "confirmed"
+
+
+def test_removed_entry_is_not_listed_any_more(net) -> None:
+    fund_btc(net, "alice", 100_000_000)
+    _ruled(net)
+    dest = outside_btc_address(10)
+    net.execute(AddWithdrawalAddress("alice", "BTC", dest, 0))
+    (ev,) = net.execute(RemoveWithdrawalAddress("alice", "BTC", dest))
+    assert ev.kind == "address_book.removed"
+    _refused(net, "d1", dest, 1_000_000, "RF_ADDRESS_NOT_LISTED")
+    (ev,) = net.execute(RemoveWithdrawalAddress("alice", "BTC", dest))  # a retry changes nothing
+    assert ev.kind == "address_book.unchanged"
+    with pytest.raises(RingfenceError) as info:  # a malformed address is refused, naming the field
+        net.execute(RemoveWithdrawalAddress("alice", "BTC", "not-an-address"))
+    assert info.value.field == "address"
+    net.execute(AddWithdrawalAddress("alice", "BTC", dest))  # added again: it cools again from now
+    _refused(net, "d2", dest, 1_000_000, "RF_ADDRESS_COOLING")
 
 
 def test_operator_pre_cooled_entry_is_usable_at_once(net) -> None:

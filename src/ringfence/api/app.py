@@ -335,6 +335,9 @@ def create_app(
         from .session_trading import install_session_trading  # the dashboard trades on the web session
 
         install_session_trading(app, api, exchange, identity_ctx)
+        from .session_money import install_session_money  # wallet pages: deposit, withdraw, address book
+
+        install_session_money(app, capital, identity_ctx)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness")
     async def healthz() -> dict[str, Any]:

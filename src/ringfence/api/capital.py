@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -221,9 +222,16 @@ class CapitalApi:
 
     async def withdraw(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "withdraw", weight=1)
+        return await self.submit_withdrawal(params, owner)
+
+    async def submit_withdrawal(self, params: Params, owner: str, email_token: str | None = None,
+                                via: str = "api-key") -> dict[str, Any]:
+        """The one withdrawal path (API key or web session): every edge check, then `RequestWithdrawal`.
+        With `email_token` (the web) the request waits for the e-mailed link (Binance status 0);
+        without it (an API key with the withdraw scope) the confirmation is submitted at once."""
         terms = self._coin(params)
         self._network(params, terms)
-        command, token = self._withdraw_command(params, owner, terms)
+        command, token = self._withdraw_command(params, owner, terms, email_token, via)
         if self.identity_ctx is not None:
             from ..identity.events import check_withdrawals_allowed
 
@@ -235,20 +243,27 @@ class CapitalApi:
 
         try:
             await self.ex.submit(command)
-            await self.ex.submit(ConfirmWithdrawalEmail(command.withdrawal_id, command.asset, command.wallet, token))
+            if email_token is None:
+                await self.ex.submit(ConfirmWithdrawalEmail(command.withdrawal_id, command.asset, command.wallet, token))
         except RingfenceError as err:
             raise _withdraw_error(err) from None
         return {"id": command.withdrawal_id}
 
-    def _withdraw_command(self, params: Params, owner: str, terms: Any) -> tuple[Any, str]:
-        """Everything checkable at the edge, against one consistent engine state; nothing changes."""
-        from ..custody.commands import RequestWithdrawal, custody_state, validate_chain_address, withdrawal_blocker
+    def check_address(self, terms: Any, raw: str) -> str:
+        """The address for the coin's network in canonical form, or -4033 (shared by the address book)."""
+        from ..custody.commands import validate_chain_address
 
         try:
-            address = validate_chain_address(terms.chain, "regtest" if terms.chain == "bitcoin" else "tester",
-                                             params.require("address"))
+            return validate_chain_address(terms.chain, "regtest" if terms.chain == "bitcoin" else "tester", raw)
         except RingfenceError as err:
-            raise BinanceError(-4033, f"Illegal address: {err.message}") from None
+            raise BinanceError(-4033, f"Illegal address for {terms.asset} on network {terms.network}: {err.message}") from None
+
+    def _withdraw_command(self, params: Params, owner: str, terms: Any, email_token: str | None = None,
+                          via: str = "api-key") -> tuple[Any, str]:
+        """Everything checkable at the edge, against one consistent engine state; nothing changes."""
+        from ..custody.commands import RequestWithdrawal, custody_state, withdrawal_blocker
+
+        address = self.check_address(terms, params.require("address"))
         raw_amount = params.require("amount")
         try:
             amount = parse_amount(raw_amount, terms.decimals, field="amount", allow_zero=False)
@@ -274,7 +289,10 @@ class CapitalApi:
             if amount - fee > cfg.max_withdrawal_minor:
                 raise BinanceError(-4023, f"The withdrawal exceeds the maximum amount of {format_amount(cfg.max_withdrawal_minor, d, trim=True)} per withdrawal.")
             if wid not in s.withdrawals:  # a retry of the same withdrawOrderId answers with the same id
-                blocked = withdrawal_blocker(s, engine.now_ns, owner, terms.asset, cfg.chain, address)
+                # the edge previews the rules at the wall clock (the engine's time moves only with commands;
+                # RequestWithdrawal checks again at the sequencer's time)
+                now_ns = max(engine.now_ns, time.time_ns())
+                blocked = withdrawal_blocker(s, now_ns, owner, terms.asset, cfg.chain, address)
                 if blocked is not None:
                     raise _withdraw_error(blocked)
                 acct = engine.ledger.find(owner, terms.asset, "available", "spot")
@@ -286,11 +304,11 @@ class CapitalApi:
             return wallet, fee
 
         wallet, fee = self.ex.read(check)
-        token = "api-" + hashlib.sha256(f"{wid}\0{owner}".encode()).hexdigest()
+        token = email_token or "api-" + hashlib.sha256(f"{wid}\0{owner}".encode()).hexdigest()
         ip = ""
         # the destination receives the amount less the fee (Binance's rule); the account pays `amount`
         command = RequestWithdrawal(wid, owner, terms.asset, wallet, address, amount - fee, fee,
-                                    hashlib.sha256(token.encode()).hexdigest(), "api-key", ip)
+                                    hashlib.sha256(token.encode()).hexdigest(), via, ip)
         return command, token
 
     async def withdraw_history(self, request: Request) -> list[dict[str, Any]]:

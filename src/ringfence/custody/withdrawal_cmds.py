@@ -51,7 +51,7 @@ from .state import (
 )
 from .withdrawals import IN_FLIGHT_STATES, OPEN_STATES, ApprovalRec, WithdrawalRec
 
-__all__ = ["AddWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker",
+__all__ = ["AddWithdrawalAddress", "RemoveWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker",
            "AddressNotListed", "AddressCooling", "RequestWithdrawal", "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview", "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal", "CancelWithdrawal", "policy_facts"]
 
 
@@ -170,6 +170,26 @@ def _add_address(engine: Engine, c: AddWithdrawalAddress) -> list[Event]:
     default_s = s.rules.address_cooling_s if s.rules is not None else 0
     s.address_usable_ns[key] = engine.now_ns + (default_s if c.cooling_s < 0 else c.cooling_s) * 10**9
     return [_ev("address_book.added", key, "listed", 0, [f"usable from {s.address_usable_ns[key]} ns"])]
+
+
+class RemoveWithdrawalAddress(Command, tag="custody.address_book.remove/1"):
+    """The account owner removes an entry from its withdrawal address book (the dashboard)."""
+
+    account_id: str
+    asset: str
+    address: str
+
+
+@MODULE.handles(RemoveWithdrawalAddress, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _remove_address(engine: Engine, c: RemoveWithdrawalAddress) -> list[Event]:
+    s = custody_state(engine)
+    cfg = _asset_cfg(s, c.asset)
+    key = f"{c.account_id}|{c.asset}|" + _norm(cfg.chain, validate_chain_address(cfg.chain, cfg.network, c.address))
+    if key not in s.address_book:
+        return [_ev("address_book.unchanged", key, "absent")]
+    del s.address_book[key]
+    s.address_usable_ns.pop(key, None)
+    return [_ev("address_book.removed", key, "removed")]
 
 
 # ---------------------------------------------------------------------------------- withdrawals

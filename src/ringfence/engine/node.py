@@ -658,9 +658,10 @@ class Node:
                 ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
             return
         accepted: list[tuple[Command, bytes, Ack]] = []
+        precheck = self._precheck
         for item in items:
             try:
-                engine.precheck(item[0])
+                precheck(item[0])
             except RingfenceError as err:
                 if accepted:
                     # The precheck saw the state before this batch; an earlier command of the batch
@@ -670,7 +671,7 @@ class Node:
                     accepted = []
                     if self.failed is None:
                         try:
-                            engine.precheck(item[0])
+                            precheck(item[0])
                         except RingfenceError as err2:
                             item[2]._resolve(error=err2)
                             continue
@@ -681,6 +682,19 @@ class Node:
             accepted.append(item)
         if accepted:
             self._write_and_apply(accepted)
+
+    def _precheck(self, command: Command) -> None:
+        """Run a command's precheck at the time its batch will carry (not the last batch's): a rule
+        that depends on time (a cooling period, a lock) is judged as the handler will judge it. The
+        precheck journals nothing, so the engine's time is restored afterwards."""
+        engine = self.engine
+        assert engine is not None
+        saved = engine.now_ns
+        engine.now_ns = max(self._clock(), saved)
+        try:
+            engine.precheck(command)
+        finally:
+            engine.now_ns = saved
 
     def _write_and_apply(self, accepted: list[tuple[Command, bytes, Ack]]) -> None:
         engine, writer = self.engine, self.writer

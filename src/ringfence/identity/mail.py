@@ -92,6 +92,14 @@ TEMPLATES: dict[str, Template] = {
         "Withdrawal of {amount} {asset} to {address}.\nConfirm: {link}",
         True,
     ),
+    "withdrawal_address_confirmation": Template(
+        "Confirm a new withdrawal address",
+        "Someone signed in to your account (with your second factor) asked to add this {asset} withdrawal address:\n"
+        "{address}\nNetwork: {network}\nIP: {ip}\n\nIf it was you, confirm it (the link works for 30 minutes):\n{link}\n\n"
+        "After confirmation the address cools for {cooling} before it can receive withdrawals.\n"
+        "If it was not you, do not click: change your password and freeze your account from the security centre.",
+        True,
+    ),
     "ticket_reply": Template("Reply to your support ticket #{ticket_id}", "{reply}", True, ("reply",)),
 }
 

@@ -1,0 +1,400 @@
+"""Deposits, withdrawals and the withdrawal address book from the signed-in web session.
+
+The dashboard's wallet pages (`/wallet/deposit`, `/wallet/withdraw`, `/wallet/history`) call these
+`/session/v3` endpoints; they run the *same* handlers as `/sapi/v1/capital/...` (`CapitalApi`), with
+the session (cookie, CSRF token, Origin; `session_trading._authenticate`) in place of the API key:
+
+* `GET  /session/v3/capital/config/getall`, `.../deposit/address` (plus the address as an inline SVG
+  QR code, segno), `.../deposit/hisrec`, `.../withdraw/history`: read scope;
+* `POST /session/v3/capital/withdraw/apply` (coin, network, address, amount, code): a fresh second
+  factor — the TOTP `code` in the request (identity's step-up, which rotates the session cookie) or a
+  passkey step-up within 5 minutes — then `CapitalApi.submit_withdrawal` (every edge check, the
+  engine's `RequestWithdrawal` with the same rules), and an e-mail (anti-phishing code) whose link
+  confirms it: Binance status 0 "e-mail sent" until then;
+* `GET/POST/DELETE /session/v3/addressBook`: list (with the cooling state), add (coin, network,
+  address, code: the address is validated for its network at the edge by `CapitalApi.check_address`,
+  a fresh second factor is required and identity records the change, then an e-mail carries a link;
+  only the link submits `AddWithdrawalAddress` with the configured cooling period), remove.
+
+The e-mailed links carry sealed tokens (AES-GCM under identity's key, purpose-bound, 30 minutes);
+the withdrawal's link is the engine's own e-mail token (only its sha256 is journaled).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import secrets
+import time
+from typing import Any, Awaitable, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import RingfenceError
+from ..identity import sessions
+from ..identity.context import IdentityContext
+from .binance import EndpointParams, check_params
+from .binance_errors import BinanceError, from_ringfence
+from .capital import CAPITAL_PARAMS, CapitalApi
+from .session_trading import NO_STORE, PREFIX, SessionCaller, _authenticate, _refuse, _Refused
+
+__all__ = ["build_session_money_router", "install_session_money", "LINK_TTL_S"]
+
+LINK_TTL_S = 1800
+ADDRESS_PURPOSE = "ringfence/address-book/confirm/v1"
+BOOK_ADD = EndpointParams(("coin", "network", "address", "code"), ("coin", "address"))
+BOOK_DEL = EndpointParams(("coin", "address"), ("coin", "address"))
+BOOK_LIST = EndpointParams(("coin",))
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def qr_svg(text: str) -> str:
+    import segno
+
+    svg = segno.make(text, error="m").svg_inline(scale=5, border=4, dark="#000", light="#fff", title="QR code of the deposit address")
+    return svg.replace("<svg ", '<svg id="deposit-qr" role="img" ', 1)
+
+
+def _fresh_factor(ctx: IdentityContext, token: str | None, code: str | None) -> str | None:
+    """A second factor passed now (TOTP `code`: step-up, returns the rotated session token) or within
+    5 minutes (a passkey step-up); raises a RingfenceError otherwise. Runs in a worker thread."""
+    from ..identity import second_factor
+
+    try:
+        if code:
+            return second_factor.step_up(ctx, token, method="totp", value=code).token
+        sessions.require_fresh_second_factor(sessions.authenticate(ctx, token))
+    except RingfenceError as err:  # a wrong or missing code: nothing was submitted
+        raise _Refused(403, f"Second factor not accepted: {err}. Enter the current code of your authenticator app "
+                            "(or confirm with your passkey) and try again.") from None
+    return None
+
+
+class _AfterStepUp(Exception):
+    """A refusal after a TOTP step-up rotated the session: the answer must still set the new cookie."""
+
+    def __init__(self, rotated: str | None, err: RingfenceError) -> None:
+        super().__init__(str(err))
+        self.rotated = rotated
+        self.err = err
+
+
+class SessionMoney:
+    def __init__(self, capital: CapitalApi, ctx: IdentityContext) -> None:
+        self.capital = capital
+        self.ctx = ctx
+        self.used_links: set[str] = set()
+
+    def link(self, path: str, token: str) -> str:
+        return f"{self.ctx.settings.identity_public_url}{path}?token={token}"
+
+    # ---------------------------------------------------------------- address book
+
+    def book(self, owner: str, coin: str | None) -> list[dict[str, Any]]:
+        from ..custody.commands import custody_state
+
+        def read(engine: Any) -> list[tuple[str, int, int]]:
+            s = custody_state(engine)
+            prefix = owner + "|"
+            return [(k, at, s.address_usable_ns.get(k, at)) for k, at in s.address_book.items() if k.startswith(prefix)]
+
+        now = time.time_ns()
+        rows = []
+        for key, added_ns, usable_ns in self.capital.ex.read(read):
+            _, asset, address = key.split("|", 2)
+            if coin and asset != coin:
+                continue
+            terms = self.capital.runtime.terms.get(asset) if self.capital.runtime is not None else None
+            cooling_s = max(0, -(-(usable_ns - now) // 10**9))
+            rows.append({"coin": asset, "network": terms.network if terms else "", "address": address,
+                         "addedTime": added_ns // 10**6, "usableTime": usable_ns // 10**6,
+                         "status": "cooling" if cooling_s else "usable", "coolingSecondsLeft": cooling_s})
+        rows.sort(key=lambda r: (r["coin"], r["addedTime"]))
+        return rows
+
+    def request_address(self, token: str | None, caller: SessionCaller, terms: Any, address: str, code: str | None,
+                        ip: str) -> str | None:
+        """Fresh second factor, identity's record of the change, the e-mail with the sealed link.
+        Returns the rotated session token when a TOTP code stepped the session up."""
+        rotated = _fresh_factor(self.ctx, token, code)
+        try:
+            self._record_and_mail(rotated or token, caller, terms, address, ip)
+        except RingfenceError as err:  # e.g. the account was frozen meanwhile: keep the rotated session
+            raise _AfterStepUp(rotated, err) from None
+        return rotated
+
+    def _record_and_mail(self, token: str | None, caller: SessionCaller, terms: Any, address: str, ip: str) -> None:
+        from ..identity import events, mail
+        from ..store.models import User
+
+        events.withdrawal_address_changed(self.ctx, token, ip=ip)
+        payload = {"a": caller.account_id, "c": terms.asset, "d": address, "x": self.ctx.now() + LINK_TTL_S,
+                   "n": secrets.token_hex(8)}
+        sealed = _b64(self.ctx.sealer.seal(json.dumps(payload).encode(), purpose=ADDRESS_PURPOSE))
+        cooling = self.capital.runtime.address_cooling_s
+        with self.ctx.store.tx() as db:
+            user = db.get(User, sessions.authenticate(self.ctx, token).user_id)
+            mail.enqueue(self.ctx, db, user, "withdrawal_address_confirmation", {
+                "asset": terms.asset, "address": address, "network": terms.network, "ip": ip or "unknown",
+                "link": self.link("/wallet/confirm-address", sealed),
+                "cooling": f"{cooling // 3600} h" if cooling >= 3600 else f"{cooling} s"})
+
+    async def confirm_address(self, token: str) -> tuple[str, str]:
+        from ..custody.commands import AddWithdrawalAddress
+
+        try:
+            raw = self.ctx.sealer.unseal(_unb64(token), purpose=ADDRESS_PURPOSE)
+            payload = json.loads(raw)
+        except (RingfenceError, ValueError):
+            raise BinanceError(-1002, "This confirmation link is not valid.", 400) from None
+        if payload["x"] < self.ctx.now():
+            raise BinanceError(-1002, "This confirmation link expired (30 minutes); add the address again.", 400)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if digest in self.used_links:
+            raise BinanceError(-1002, "This confirmation link was already used.", 400)
+        await self.capital.ex.submit(AddWithdrawalAddress(payload["a"], payload["c"], payload["d"]))
+        self.used_links.add(digest)
+        return payload["c"], payload["d"]
+
+    # ---------------------------------------------------------------- withdrawals
+
+    async def confirm_withdrawal(self, wid: str, token: str) -> Any:
+        from ..custody.commands import ConfirmWithdrawalEmail, custody_state
+
+        rec = self.capital.ex.read(lambda engine: custody_state(engine).withdrawals.get(wid))
+        if rec is None:
+            raise BinanceError(-1002, "This confirmation link is not valid.", 400)
+        await self.capital.ex.submit(ConfirmWithdrawalEmail(wid, rec.asset, rec.wallet, token))
+        return rec
+
+    def mail_withdrawal(self, caller: SessionCaller, wid: str, params: Any, token: str) -> None:
+        from ..identity import mail
+        from ..store.models import User
+
+        with self.ctx.store.tx() as db:
+            from sqlalchemy import select
+
+            user = db.scalars(select(User).where(User.account_id == caller.account_id)).first()
+            mail.enqueue(self.ctx, db, user, "withdrawal_confirmation", {
+                "amount": params.require("amount"), "asset": params.require("coin"), "address": params.require("address"),
+                "link": f"{self.ctx.settings.identity_public_url}/wallet/confirm-withdrawal?id={wid}&token={token}"})
+
+
+_RANK = {"requested": 0, "confirmed": 1, "reviewed": 2, "manual_review": 3, "awaiting_approvals": 3, "approved": 4,
+         "signing": 5, "signed": 6, "broadcast": 7, "settled": 8}
+
+
+def timeline(w: Any) -> list[dict[str, Any]]:
+    """The withdrawal's steps so far, each with its Binance status and its reason, from the engine's
+    record (so a reload or another device shows the same history)."""
+    rank = _RANK.get(w.state, -1)
+    steps = [{"status": 0, "step": "e-mail sent", "info": "waiting for the e-mail confirmation"}]
+    if rank >= 1 or (w.state in ("denied", "rejected") or (w.state == "failed" and w.risk_score)):
+        steps.append({"status": 4, "step": "e-mail confirmed", "info": "the link in the e-mail was opened"})
+    if rank >= 2 or w.risk_reasons or w.risk_score:
+        why = "; ".join(w.risk_reasons) or "nothing unusual"
+        steps.append({"status": 4, "step": "risk review", "info": f"score {w.risk_score}: {why}"})
+    if w.decision:
+        steps.append({"status": 4, "step": "policy", "info": f"{w.decision}: {'; '.join(w.decision_reasons) or w.rule}"})
+    if w.manual_review or w.required_approvals:
+        what = "human review" if w.manual_review else f"{w.required_approvals} approval(s)"
+        got = ", ".join(f"{a.approver} ({a.role})" for a in w.approvals)
+        steps.append({"status": 2, "step": "awaiting approval", "info": f"needs {what}" + (f"; given: {got}" if got else "")})
+    if rank >= 5:
+        steps.append({"status": 4, "step": "processing", "info": "signing" if rank == 5 else f"signed; txid {w.txid}"})
+    if rank >= 7:
+        steps.append({"status": 4, "step": "broadcast", "info": f"{w.confirmations} confirmation(s)"})
+    if w.state == "settled":
+        steps.append({"status": 6, "step": "completed", "info": f"{w.confirmations} confirmations"})
+    elif w.state in ("denied", "rejected"):
+        steps.append({"status": 3, "step": "rejected", "info": w.end_reason or w.state})
+    elif w.state == "failed":
+        cancelled = w.end_reason == "cancelled by the user"
+        steps.append({"status": 1 if cancelled else 5, "step": "cancelled" if cancelled else "failure", "info": w.end_reason})
+    return steps
+
+
+def _binance_response(err: BinanceError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers={**err.headers, **NO_STORE})
+
+
+def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> APIRouter:
+    money = SessionMoney(capital, ctx)
+    gate = capital.gate
+    router = APIRouter()
+
+    async def run(request: Request, spec: EndpointParams, weight: int,
+                  then: Callable[[SessionCaller, Any], Awaitable[Any]]) -> Response:
+        try:
+            await gate.charge(request, weight)
+            caller = await _authenticate(ctx, request)
+            gate.key_limiter.charge(f"session:{caller.session_id}", weight)
+            params = await gate.params(request)
+            check_params(spec, params)
+            result = await then(caller, params)
+        except _Refused as refused:
+            return _refuse(refused.status, refused.msg)
+        except BinanceError as err:
+            return _binance_response(err)
+        except RingfenceError as err:
+            return _binance_response(from_ringfence(err))
+        if isinstance(result, Response):
+            return result
+        return JSONResponse(result, headers=NO_STORE)
+
+    def same(method: str, path: str, fn: Callable[[Request], Awaitable[Any]], weight: int, extra: Callable[[Any], Any] | None = None) -> None:
+        spec = dataclasses.replace(CAPITAL_PARAMS[(method, path)], signed=False)
+
+        async def endpoint(request: Request) -> Response:
+            async def call(caller: SessionCaller, params: Any) -> Any:
+                result = await fn(request)
+                return extra(result) if extra is not None else result
+
+            return await run(request, spec, weight, call)
+
+        endpoint.__name__ = f"session_money_{method.lower()}_{path.strip('/').replace('/', '_')}"
+        router.add_api_route(PREFIX + path, endpoint, methods=[method], response_model=None, include_in_schema=False)
+
+    same("GET", "/capital/config/getall", capital.config_getall, 10)
+    same("GET", "/capital/deposit/address", capital.deposit_address, 10, lambda r: {**r, "qrSvg": qr_svg(r["address"])})
+    same("GET", "/capital/deposit/hisrec", capital.deposit_history, 1)
+    def with_timelines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from ..custody.commands import custody_state
+
+        ids = [r["id"] for r in rows]
+        recs = capital.ex.read(lambda engine: {i: custody_state(engine).withdrawals.get(i) for i in ids})
+        return [{**r, "timeline": timeline(recs[r["id"]]) if recs.get(r["id"]) is not None else []} for r in rows]
+
+    same("GET", "/capital/withdraw/history", capital.withdraw_history, 1, with_timelines)
+
+    apply_spec = dataclasses.replace(CAPITAL_PARAMS[("POST", "/capital/withdraw/apply")], signed=False)
+    apply_spec = dataclasses.replace(apply_spec, honoured=apply_spec.honoured + ("code",))
+
+    def with_cookie(body: dict[str, Any], rotated: str | None, status: int = 200) -> Response:
+        """The answer; after a TOTP step-up it carries the rotated session cookie and its CSRF token."""
+        if rotated:
+            body["csrfToken"] = sessions.csrf_token_for(ctx, rotated)
+        response = JSONResponse(body, status_code=status, headers=NO_STORE)
+        if rotated:
+            response.set_cookie(sessions.SESSION_COOKIE_NAME, rotated, max_age=ctx.settings.identity_session_ttl_s,
+                                path="/", secure=True, httponly=True, samesite="strict")
+        return response
+
+    @router.post(PREFIX + "/capital/withdraw/apply", include_in_schema=False)
+    async def withdraw(request: Request) -> Response:
+        async def go(caller: SessionCaller, params: Any) -> Response:
+            terms = capital._coin(params)
+            capital._network(params, terms)
+            capital._withdraw_command(params, caller.account_id, terms)  # every edge check before the code is spent
+            token = request.cookies.get(sessions.SESSION_COOKIE_NAME)
+            rotated = await run_in_threadpool(_fresh_factor, ctx, token, params.get("code"))
+            email_token = secrets.token_urlsafe(24)
+            try:
+                result = await capital.submit_withdrawal(params, caller.account_id, email_token, via="web-session")
+            except BinanceError as err:  # refused after the step-up: the answer still carries the new session
+                return with_cookie(err.body(), rotated, err.status)
+            await run_in_threadpool(money.mail_withdrawal, caller, result["id"], params, email_token)
+            return with_cookie({**result, "status": 0, "info": "e-mail sent: open the link in it to confirm"}, rotated)
+
+        return await run(request, apply_spec, 1, go)
+
+    @router.get(PREFIX + "/addressBook", include_in_schema=False)
+    async def list_book(request: Request) -> Response:
+        async def go(caller: SessionCaller, params: Any) -> Any:
+            coin = capital._coin(params).asset if params.get("coin") is not None else None
+            return {"cooling": capital.runtime.address_cooling_s if capital.runtime is not None else 0,
+                    "entries": money.book(caller.account_id, coin) if capital.runtime is not None else []}
+
+        return await run(request, BOOK_LIST, 1, go)
+
+    @router.post(PREFIX + "/addressBook", include_in_schema=False)
+    async def add_address(request: Request) -> Response:
+        async def go(caller: SessionCaller, params: Any) -> Response:
+            terms = capital._coin(params)
+            capital._network(params, terms)
+            address = capital.check_address(terms, params.require("address"))
+            token = request.cookies.get(sessions.SESSION_COOKIE_NAME)
+            ip = gate.client_ip(request)
+            try:
+                rotated = await run_in_threadpool(money.request_address, token, caller, terms, address, params.get("code"), ip)
+            except _AfterStepUp as after:
+                mapped = from_ringfence(after.err)
+                return with_cookie(mapped.body(), after.rotated, mapped.status)
+            return with_cookie({"coin": terms.asset, "address": address, "status": "email_sent",
+                                "info": "e-mail sent: open the link in it to add the address"}, rotated)
+
+        return await run(request, BOOK_ADD, 5, go)
+
+    @router.delete(PREFIX + "/addressBook", include_in_schema=False)
+    async def remove_address(request: Request) -> Response:
+        from ..custody.commands import RemoveWithdrawalAddress
+
+        async def go(caller: SessionCaller, params: Any) -> Any:
+            terms = capital._coin(params)
+            address = capital.check_address(terms, params.require("address"))
+            await capital.ex.submit(RemoveWithdrawalAddress(caller.account_id, terms.asset, address))
+            return {"coin": terms.asset, "address": address, "status": "removed"}
+
+        return await run(request, BOOK_DEL, 1, go)
+
+    # ---------------------------------------------------------------- pages and e-mailed links
+
+    from ..identity.web import _render
+
+    @router.get("/wallet/confirm-address", include_in_schema=False)
+    async def confirm_address(token: str = "") -> HTMLResponse:
+        try:
+            asset, address = await money.confirm_address(token)
+        except BinanceError as err:
+            return _render("message.html", 400, title="Address not added", message=err.msg, code=str(err.code))
+        except RingfenceError as err:
+            return _render("message.html", 400, title="Address not added", message=str(err), code=err.code)
+        return _render("message.html", title="Withdrawal address added",
+                       message=f"{address} is in your {asset} address book. It cools before it can receive withdrawals.",
+                       link="/wallet/withdraw")
+
+    @router.get("/wallet/confirm-withdrawal", include_in_schema=False)
+    async def confirm_withdrawal(id: str = "", token: str = "") -> HTMLResponse:  # noqa: A002 (the link's name)
+        try:
+            rec = await money.confirm_withdrawal(id[:64], token[:128])
+        except BinanceError as err:
+            return _render("message.html", 400, title="Withdrawal not confirmed", message=err.msg, code=str(err.code))
+        except RingfenceError as err:
+            return _render("message.html", 400, title="Withdrawal not confirmed", message=str(err), code=err.code)
+        return _render("message.html", title="Withdrawal confirmed",
+                       message=f"Withdrawal {rec.id} is confirmed; follow it on the withdraw page.", link="/wallet/withdraw")
+
+    return router
+
+
+def install_session_money(app: Any, capital: CapitalApi, ctx: IdentityContext) -> None:
+    """Mount the session's capital endpoints, the e-mailed links and the wallet pages."""
+    from importlib import resources
+    from pathlib import Path
+
+    from .app import _page_headers
+
+    app.include_router(build_session_money_router(capital, ctx))
+    static_dir = Path(str(resources.files("ringfence.web") / "dashboard"))
+
+    async def wallet_page(request: Request) -> FileResponse:
+        return FileResponse(static_dir / "wallet.html", headers=_page_headers(request))
+
+    for page in ("deposit", "withdraw", "history"):
+        app.add_api_route(f"/wallet/{page}", wallet_page, methods=["GET"], include_in_schema=False)
+
+    async def wallet_js(request: Request) -> FileResponse:
+        return FileResponse(static_dir / "wallet.js", headers=_page_headers(request))
+
+    app.add_api_route("/dashboard/wallet.js", wallet_js, methods=["GET"], include_in_schema=False)

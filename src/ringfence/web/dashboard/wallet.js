@@ -1,0 +1,169 @@
+// The wallet pages (/wallet/deposit, /wallet/withdraw, /wallet/history) on the signed-in web session:
+// every call goes to /session/v3/... with the session cookie; state changes carry the CSRF token.
+"use strict";
+
+const WITHDRAW_STATUS = {0: "e-mail sent", 1: "cancelled", 2: "awaiting approval", 3: "rejected", 4: "processing", 5: "failure", 6: "completed"};
+const DEPOSIT_STATUS = {0: "pending", 6: "credited", 1: "final", 8: "waiting for you (quarantined)", 7: "frozen", 2: "rejected"};
+const page = location.pathname.split("/").pop();
+let csrf = "";
+let coins = [];
+
+function $(sel) { return document.querySelector(sel); }
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  for (const c of children) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+function when(ms) { return new Date(ms).toISOString().replace("T", " ").slice(0, 19); }
+
+async function call(method, path, params) {
+  const body = params ? new URLSearchParams(params).toString() : "";
+  const url = "/session/v3" + path + (method === "GET" && body ? "?" + body : "");
+  const opts = {method, headers: {}};
+  if (method !== "GET") {
+    opts.headers["X-CSRF-Token"] = csrf;
+    opts.headers["Content-Type"] = "application/x-www-form-urlencoded";
+    opts.body = body;
+  }
+  const r = await fetch(url, opts);
+  const j = await r.json();
+  if (j && j.csrfToken) csrf = j.csrfToken;  // a TOTP step-up rotated the session (also on a refusal after it)
+  if (!r.ok) throw new Error(j.msg || ("HTTP " + r.status));
+  return j;
+}
+
+function fill(select, items) {
+  const keep = select.value;
+  select.replaceChildren(...items.map(([v, t]) => el("option", {value: v}, t)));
+  if (items.some(([v]) => v === keep)) select.value = keep;
+}
+
+// ---------------------------------------------------------------- deposit
+
+async function showAddress() {
+  const coin = $("#dep-coin").value;
+  const net = coins.find(c => c.coin === coin).networkList[0];
+  const a = await call("GET", "/capital/deposit/address", {coin});
+  $("#dep-address").textContent = a.address;
+  $("#dep-qr").innerHTML = a.qrSvg;  // segno's SVG, drawn by the server from the address alone
+  $("#dep-network").textContent = net.network;
+  $("#dep-credit").textContent = net.minConfirm;
+  $("#dep-final").textContent = net.unLockConfirm;
+  document.querySelectorAll(".dep-coin-name").forEach(e => { e.textContent = coin; });
+  $("#dep-box").hidden = false;
+}
+
+function depositRows(tbody, rows) {
+  tbody.replaceChildren(...rows.map(d => el("tr", {"data-txid": d.txId, "data-status": d.status},
+    el("td", {}, when(d.insertTime)), el("td", {}, d.coin), el("td", {class: "amount"}, d.amount),
+    el("td", {class: "confirm"}, d.confirmTimes), el("td", {class: "status"}, DEPOSIT_STATUS[d.status] || d.status),
+    el("td", {class: "txid"}, d.txId))));
+}
+
+// ---------------------------------------------------------------- withdraw
+
+async function refreshBook() {
+  const b = await call("GET", "/addressBook");
+  const c = b.cooling;
+  $("#book-cooling").textContent = c >= 3600 ? (c / 3600) + " h" : c + " s";
+  $("#book tbody").replaceChildren(...b.entries.map(e => {
+    const remove = el("button", {type: "button", class: "remove"}, "Remove");
+    remove.addEventListener("click", () => call("DELETE", "/addressBook", {coin: e.coin, address: e.address})
+      .then(refreshBook).catch(err => { $("#book-status").textContent = err.message; }));
+    return el("tr", {"data-address": e.address, "data-coin": e.coin, "data-state": e.status},
+      el("td", {}, e.coin), el("td", {}, e.network), el("td", {}, e.address),
+      el("td", {class: "state"}, e.status === "cooling" ? "cooling: usable in " + e.coolingSecondsLeft + " s" : "usable"),
+      el("td", {}, remove));
+  }));
+  const coin = $("#wd-coin").value;
+  fill($("#wd-address"), b.entries.filter(e => e.coin === coin)
+    .map(e => [e.address, e.address + (e.status === "cooling" ? " (cooling " + e.coolingSecondsLeft + " s)" : "")]));
+}
+
+async function showLimits() {
+  const coin = $("#wd-coin").value;
+  const net = coins.find(c => c.coin === coin).networkList[0];
+  const acct = await call("GET", "/account");
+  const bal = acct.balances.find(b => b.asset === coin);
+  $("#wd-limits").textContent = `Network ${net.network}: fee ${net.withdrawFee} ${coin} (taken from the amount), ` +
+    `minimum ${net.withdrawMin}, maximum ${net.withdrawMax}; available ${bal ? bal.free : "0"} ${coin}.` +
+    (net.withdrawEnable ? "" : " Withdrawals are paused: " + net.withdrawDesc);
+}
+
+async function refreshWithdrawals() {
+  const rows = await call("GET", "/capital/withdraw/history");
+  $("#withdrawals").replaceChildren(...rows.map(w => el("div", {class: "withdrawal", "data-id": w.id, "data-status": w.status},
+    el("p", {}, `${w.applyTime} · ${w.amount} ${w.coin} (fee ${w.transactionFee}) to ${w.address} · `,
+      el("b", {class: "status"}, WITHDRAW_STATUS[w.status])),
+    el("ol", {class: "timeline"}, ...w.timeline.map(s => el("li", {"data-status": s.status}, s.step + ": " + s.info))))));
+}
+
+// ---------------------------------------------------------------- history
+
+async function refreshHistory() {
+  depositRows($("#hist-deposits tbody"), await call("GET", "/capital/deposit/hisrec"));
+  const ws = await call("GET", "/capital/withdraw/history");
+  $("#hist-withdrawals tbody").replaceChildren(...ws.map(w => el("tr", {"data-id": w.id, "data-status": w.status},
+    el("td", {}, w.applyTime), el("td", {}, w.coin), el("td", {}, w.amount), el("td", {}, w.transactionFee),
+    el("td", {}, w.address), el("td", {class: "status"}, WITHDRAW_STATUS[w.status]), el("td", {}, w.info), el("td", {}, w.txId))));
+}
+
+// ---------------------------------------------------------------- start
+
+function poll(fn, ms) {
+  const run = () => fn().catch(err => { $("#wallet-error").textContent = err.message; $("#wallet-error").hidden = false; })
+    .finally(() => setTimeout(run, ms));
+  run();
+}
+
+async function start() {
+  let me;
+  try {
+    me = await call("GET", "/me");
+  } catch (err) {
+    $("#whoami").textContent = "not signed in";
+    $("#signin-link").hidden = false;
+    return;
+  }
+  csrf = me.csrfToken;
+  $("#whoami").textContent = "signed in as " + me.email;
+  coins = (await call("GET", "/capital/config/getall")).filter(c => c.networkList.length);
+  const options = coins.map(c => [c.coin, c.coin + " (" + c.networkList[0].network + ")"]);
+  const section = document.getElementById(page);
+  if (section) section.hidden = false;
+  if (page === "deposit") {
+    fill($("#dep-coin"), options);
+    $("#dep-coin").addEventListener("change", showAddress);
+    await showAddress();
+    poll(async () => depositRows($("#deposits tbody"), await call("GET", "/capital/deposit/hisrec")), 1000);
+  } else if (page === "withdraw") {
+    fill($("#book-coin"), options);
+    fill($("#wd-coin"), options);
+    $("#wd-coin").addEventListener("change", () => { refreshBook(); showLimits(); });
+    $("#book-form").addEventListener("submit", ev => {
+      ev.preventDefault();
+      $("#book-status").textContent = "…";
+      call("POST", "/addressBook", {coin: $("#book-coin").value, address: $("#book-address").value.trim(), code: $("#book-code").value.trim()})
+        .then(r => { $("#book-status").textContent = r.info; $("#book-address").value = ""; })
+        .catch(err => { $("#book-status").textContent = err.message; })
+        .finally(() => { $("#book-code").value = ""; refreshBook(); });
+    });
+    $("#wd-form").addEventListener("submit", ev => {
+      ev.preventDefault();
+      $("#wd-status").textContent = "…";
+      call("POST", "/capital/withdraw/apply", {coin: $("#wd-coin").value, address: $("#wd-address").value,
+                                                amount: $("#wd-amount").value.trim(), code: $("#wd-code").value.trim()})
+        .then(r => { $("#wd-status").textContent = "Withdrawal " + r.id + ": " + r.info; })
+        .catch(err => { $("#wd-status").textContent = err.message; })
+        .finally(() => { $("#wd-code").value = ""; refreshWithdrawals(); showLimits(); });
+    });
+    await showLimits();
+    poll(refreshBook, 1000);
+    poll(refreshWithdrawals, 1000);
+  } else if (page === "history") {
+    poll(refreshHistory, 2000);
+  }
+}
+
+start();
