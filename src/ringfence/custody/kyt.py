@@ -51,6 +51,7 @@ class KytResult:
     score: int
     reasons: tuple[str, ...]
     category: str = ""  # the blacklist category of a *direct* sender, "" otherwise
+    senders: tuple[str, ...] = ()  # who sent the deposit (the first is where "return to sender" pays)
 
     def __post_init__(self) -> None:
         assert 0 <= self.score <= 100, "KYT score out of range"
@@ -188,20 +189,22 @@ class BuiltinScorer:
         senders = [item.sender] if item.sender else []
         if self.graph is not None and not senders:
             senders = self.graph.senders(item.chain, item.txid)
+        who = tuple(senders[:MAX_FANOUT])
         for s in senders:
             hit = self.blacklist.lookup(item.chain, s)
             if hit is not None:
                 category, source = hit
                 score = 100 if category in FREEZE_CATEGORIES else 95
-                return KytResult(score, (f"sender {s} is blacklisted ({category}: {source})",), category)
+                return KytResult(score, (f"sender {s} is blacklisted ({category}: {source})",), category, who)
         if self.graph is None:
-            return KytResult(0, ())
+            return KytResult(0, (), senders=who)
         hop2_reason = None
         for s in senders[:MAX_FANOUT]:
             for f in self.graph.funders(item.chain, s)[:MAX_FANOUT]:
                 hit = self.blacklist.lookup(item.chain, f)
                 if hit is not None:
-                    return KytResult(self.hop1_score, (f"sender {s} was funded by blacklisted {f} ({hit[0]}): 1 hop",))
+                    return KytResult(self.hop1_score, (f"sender {s} was funded by blacklisted {f} ({hit[0]}): 1 hop",),
+                                     senders=who)
                 if hop2_reason is None:
                     for g in self.graph.funders(item.chain, f)[:MAX_FANOUT]:
                         hit2 = self.blacklist.lookup(item.chain, g)
@@ -209,5 +212,5 @@ class BuiltinScorer:
                             hop2_reason = f"sender {s} <- {f} <- blacklisted {g} ({hit2[0]}): 2 hops"
                             break
         if hop2_reason:
-            return KytResult(self.hop2_score, (hop2_reason,))
-        return KytResult(0, ())
+            return KytResult(self.hop2_score, (hop2_reason,), senders=who)
+        return KytResult(0, (), senders=who)
