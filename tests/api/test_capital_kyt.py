@@ -49,7 +49,11 @@ def tainted_deposit(money: Server, ex: ccxt.binance, amount: str) -> tuple[str, 
         rows = [d for d in ex.fetch_deposits("ETH") if d["txid"] == txid]
         return rows and rows[0]["info"]["status"] == 8 and rows[0]
 
-    return txid, wait_for("the tainted deposit to be quarantined", quarantined)
+    try:
+        return txid, wait_for("the tainted deposit to be quarantined", quarantined)
+    except AssertionError:
+        print([d["info"] for d in ex.fetch_deposits("ETH")])
+        raise
 
 
 def free(ex: ccxt.binance, asset: str) -> Decimal:

@@ -205,7 +205,7 @@ class CapitalApi:
         rows = []
         for (key, chain, tx, _index, asset, address, amount, height, bhash, state, final, seen_ns, reasons, decimals,
              need) in self.ex.read(read):
-            code = DEPOSIT_STATUS.get("final" if final else state, 0)
+            code = DEPOSIT_STATUS.get("final" if final and state == "credited" else state, 0)  # a final quarantined deposit is still 8
             if (coin and asset != coin) or (status >= 0 and code != status) or (txid and tx != txid):
                 continue
             if not start <= _ms(seen_ns) <= end:

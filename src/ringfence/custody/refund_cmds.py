@@ -60,7 +60,7 @@ class ReturnDepositSigned(Command, tag="custody.deposit.return/1", frozen=True):
 
 
 def _hot_wallet(s: Any, chain: str) -> str:
-    hot = sorted(w.id for w in s.wallets.values() if w.chain == chain and w.tier == "hot")
+    hot = sorted(w.name for w in s.wallets.values() if w.chain == chain and w.tier == "hot")
     if not hot:
         raise Conflict(f"no hot wallet on {chain} to pay the return from", field="chain")
     return hot[0]
