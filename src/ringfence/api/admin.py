@@ -81,12 +81,13 @@ def review_view(engine: Any) -> dict[str, Any]:
 
     s = custody_state(engine)
     waiting = [w for w in s.withdrawals.values() if w.state in ("awaiting_approvals", "manual_review")][:MAX_QUEUE]
-    quarantined = [d for d in s.deposits.values() if d.state == "quarantined"][:MAX_QUEUE]
+    quarantined = [d for d in s.deposits.values() if d.state in ("quarantined", "frozen")][:MAX_QUEUE]
     return {
         "withdrawals": [_withdrawal_row(engine, w) for w in waiting],
         "deposits": [{"chain": d.chain, "txid": d.txid, "index": d.index, "key": d.key, "account_id": d.account_id,
                       "asset": d.asset, "amount_minor": str(d.amount_minor), "score": d.score, "reasons": list(d.reasons),
-                      "declaration": d.declaration} for d in quarantined],
+                      "declaration": d.declaration, "state": d.state, "sender": d.sender,
+                      "return_by": list(d.return_by)} for d in quarantined],
     }
 
 
@@ -366,6 +367,18 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         _caller_signed(caller, [decision])
         return await submit(ReviewQuarantineSigned(_text(body, "chain"), _text(body, "txid"), index,
                                                    _text(body, "decision_kind"), _text(body, "reason"), decision))
+
+    @endpoint("POST", "/deposits/return", "Return a quarantined or frozen deposit to its sender (two signed analysts)")
+    async def return_deposit(caller: str, body: dict[str, Any]) -> Any:
+        from ..custody.refund_cmds import ReturnDepositSigned
+
+        index = body.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise ValidationError("index is a non-negative integer", field="index")
+        decision = _sig(body, "decision")
+        _caller_signed(caller, [decision])
+        return await submit(ReturnDepositSigned(_text(body, "chain"), _text(body, "txid"), index, _text(body, "address"),
+                                                _text(body, "reason"), decision))
 
     # ---- policy
 

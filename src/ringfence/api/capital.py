@@ -58,6 +58,8 @@ CAPITAL_PARAMS: dict[tuple[str, str], EndpointParams] = {
         signed=True,
     ),
     ("GET", "/capital/withdraw/history"): EndpointParams(_HIST + ("withdrawOrderId", "idList"), signed=True),
+    # ringfence's own (Binance asks by e-mail): the source-of-funds declaration of a quarantined deposit
+    ("POST", "/capital/deposit/sourceOfFunds"): EndpointParams(("txId", "declaration"), ("txId", "declaration"), signed=True),
 }
 
 WITHDRAW_STATUS = {
@@ -65,7 +67,7 @@ WITHDRAW_STATUS = {
     "awaiting_approvals": 2, "manual_review": 2, "settled": 6, "denied": 3, "rejected": 3, "failed": 5,
 }
 DEPOSIT_STATUS = {"seen": 0, "credited": 6, "final": 1, "quarantined": 8, "frozen": 7, "dropped": 2, "reversed": 2,
-                  "below_minimum": 7}
+                  "below_minimum": 7, "returned": 2}
 ADDRESS_REGEX = {"bitcoin": "^(bcrt1|tb1|bc1)[0-9a-z]{11,71}$", "ethereum": "^(0x)[0-9A-Fa-f]{40}$"}
 MAX_ROWS = 1000
 
@@ -204,7 +206,7 @@ class CapitalApi:
         rows = []
         for (key, chain, tx, _index, asset, address, amount, height, bhash, state, final, seen_ns, reasons, decimals,
              need) in self.ex.read(read):
-            code = DEPOSIT_STATUS.get("final" if final else state, 0)
+            code = DEPOSIT_STATUS.get("final" if final and state == "credited" else state, 0)  # a final quarantined deposit is still 8
             if (coin and asset != coin) or (status >= 0 and code != status) or (txid and tx != txid):
                 continue
             if not start <= _ms(seen_ns) <= end:
@@ -215,10 +217,32 @@ class CapitalApi:
                 "coin": asset, "network": self.runtime.terms[asset].network, "status": code, "address": address,
                 "addressTag": "", "txId": tx, "insertTime": _ms(seen_ns), "transferType": 0,
                 "confirmTimes": f"{confs}/{need}", "unlockConfirm": need, "walletType": 0,
-                "info": "; ".join(reasons) if state in ("quarantined", "frozen") else state,
+                "info": (("returned to sender; " if state == "returned" else "") + "; ".join(reasons)
+                         if state in ("quarantined", "frozen", "returned") else state),
             })
         rows.sort(key=lambda r: -r["insertTime"])
         return rows[offset : offset + limit]
+
+    async def source_of_funds(self, request: Request) -> dict[str, Any]:
+        """File the source-of-funds declaration of the caller's quarantined deposit(s) in `txId`."""
+        from ..custody.commands import FileSourceOfFunds, custody_state
+
+        params, owner = await self.gate.signed(request, "trade", weight=1)
+        txid, text = params.require("txId"), params.require("declaration")
+        if self.runtime is None:
+            raise BinanceError(-4019, "Deposits are not enabled on this server.")
+
+        def find(engine: Any) -> list[tuple[str, int]]:
+            return [(d.chain, d.index) for d in custody_state(engine).deposits.values()
+                    if d.account_id == owner and d.txid == txid and d.state == "quarantined"]
+
+        found = self.ex.read(find)
+        if not found:
+            raise BinanceError(-1100, "Illegal parameter 'txId': no quarantined deposit of this account has that txId.")
+        for chain, index in found:
+            await self.ex.submit(FileSourceOfFunds(chain, txid, index, owner, text))
+        return {"txId": txid, "filed": len(found), "status": DEPOSIT_STATUS["quarantined"],
+                "info": "declaration filed: an analyst reviews it"}
 
     async def withdraw(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "withdraw", weight=1)
@@ -457,4 +481,6 @@ def build_capital_router(api: CapitalApi) -> APIRouter:
     add("/capital/deposit/hisrec", "GET", api.deposit_history, 1, "Deposit history with confirmations (signed)")
     add("/capital/withdraw/apply", "POST", api.withdraw, 1, "Withdraw to an address-book entry (signed, withdraw scope)")
     add("/capital/withdraw/history", "GET", api.withdraw_history, 1, "Withdrawal history with status and reason (signed)")
+    add("/capital/deposit/sourceOfFunds", "POST", api.source_of_funds, 1,
+        "File a source-of-funds declaration for a quarantined deposit (signed, trade scope; ringfence's own)")
     return router

@@ -78,14 +78,15 @@ def build_chain_admin_router(runtime: Any, token: str) -> APIRouter:
         try:
             body = await request.json()
             asset, to, amount = str(body["asset"]), str(body["to"]), str(body["amount"])
+            source = str(body.get("from") or "faucet")
             amount_minor = parse_amount(amount, decimals(asset), field="amount", allow_zero=False)
-            txid = await run_in_threadpool(runtime.chains.pay, asset, to, amount_minor)
+            txid = await run_in_threadpool(runtime.chains.pay, asset, to, amount_minor, source)
         except (KeyError, TypeError, ValueError) as err:  # RingfenceError validation errors are ValueErrors
             field = getattr(err, "field", "") or ""
             return JSONResponse({"code": -1100, "msg": f"{field + ': ' if field else ''}{err}"}, status_code=400)
         except RingfenceError as err:
             return JSONResponse({"code": -1000, "msg": f"{err.code}: {err}"}, status_code=400)
-        return JSONResponse({"asset": asset, "to": to, "amount": amount, "txid": txid})
+        return JSONResponse({"asset": asset, "to": to, "amount": amount, "from": source, "txid": txid})
 
     @router.post("/broadcast")
     async def broadcast(request: Request) -> JSONResponse:

@@ -63,12 +63,15 @@ def pay(
     asset: str = typer.Option(..., "--asset", help="BTC, ETH or USDT"),
     to: str = typer.Option(..., "--to", help="Address to pay (e.g. your deposit address from fetchDepositAddress)"),
     amount: str = typer.Option(..., "--amount", help="Decimal amount, e.g. 0.5"),
+    source: str = typer.Option("faucet", "--from", help="faucet (default), or tainted: ETH from the demo's tainted "
+                               "wallet (funded by a blacklisted address), to try KYT quarantine"),
 ) -> None:
     """Pay AMOUNT of ASSET from the demo faucet wallet on the local chain; prints the txid.
 
     Example: ringfence chain pay --data ./ringfence-data --asset ETH --to 0x6cFC2C15C8d171D69ac608A2a93a82870390D986 --amount 1.5
     """
-    body = _call(data, "POST", "/v1/demo/chain/pay", json={"asset": asset.upper(), "to": to, "amount": amount})
+    body = _call(data, "POST", "/v1/demo/chain/pay",
+                 json={"asset": asset.upper(), "to": to, "amount": amount, "from": source})
     typer.echo(body["txid"])
 
 

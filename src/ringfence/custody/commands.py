@@ -21,6 +21,7 @@ from .deposit_cmds import (
     ReorgDeposits,
     ReviewQuarantine,
 )
+from .refund_cmds import ReturnDepositSigned
 from .policy_cmds import ActivatePolicy, ApprovePolicy, ProposePolicy, SetApprover
 from .staff_cmds import (
     ApprovePolicySigned,
@@ -79,7 +80,7 @@ __all__ = [
     "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
     "CancelWithdrawal", "RemoveWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce",
     "CustodyEvent", "DepositReported",
-    "ApproveWithdrawalSigned", "RejectWithdrawal", "ResolveManualReviewSigned", "ReviewQuarantineSigned",
+    "ApproveWithdrawalSigned", "RejectWithdrawal", "ResolveManualReviewSigned", "ReviewQuarantineSigned", "ReturnDepositSigned",
     "ProposePolicySigned", "ApprovePolicySigned",
     "validate_chain_address", "policy_facts", "reserved_nonce",
 ]

@@ -139,6 +139,7 @@ class CreditDeposit(Command, tag="custody.deposit.credit/1"):
     score: int
     reasons: list[str]
     category: str = ""
+    sender: str = ""  # the first sending address (KYT's graph), kept for "return to sender"
 
 
 def _known_deposit(engine: Engine, c: Any) -> tuple[Any, str, Any]:
@@ -157,6 +158,7 @@ def _pre_credit(engine: Engine, c: CreditDeposit) -> None:
         raise ValidationError("must be 0..100", field="score")
     if len(c.reasons) > MAX_REASONS:
         raise ValidationError(f"at most {MAX_REASONS} reasons", field="reasons")
+    _text(c.sender, "sender", 128)
     if d.state == "seen" and c.confirmations < s.assets[d.asset].credit_confirmations:
         raise Conflict(f"needs {s.assets[d.asset].credit_confirmations} confirmations, has {c.confirmations}",
                        field="confirmations")
@@ -171,6 +173,7 @@ def _credit(engine: Engine, c: CreditDeposit) -> list[Event]:
         return [_ev("deposit.unchanged", d.key, d.state, d.amount_minor)]
     _room(engine, 3)  # the user's account of this kind, onchain and the wallet's custody account
     d.score, d.reasons, d.category = c.score, list(c.reasons), c.category
+    d.sender = c.sender
     events: list[Event] = []
     if c.category in FREEZE_CATEGORIES:
         kind, state = "frozen", "frozen"
@@ -215,8 +218,7 @@ class FileSourceOfFunds(Command, tag="custody.deposit.source_of_funds/1"):
     declaration: str
 
 
-@MODULE.handles(FileSourceOfFunds, effect=Effect.NEUTRAL, scopes=custody_scopes)
-def _file_sof(engine: Engine, c: FileSourceOfFunds) -> list[Event]:
+def _pre_sof(engine: Engine, c: FileSourceOfFunds) -> str:
     s = custody_state(engine)
     key = deposit_key(c.chain, c.txid, c.index)
     d = s.deposits.get(key)
@@ -227,6 +229,14 @@ def _file_sof(engine: Engine, c: FileSourceOfFunds) -> list[Event]:
     text = _text(c.declaration, "declaration", 4000).strip()
     if len(text) < 10:
         raise ValidationError("describe where the funds come from (at least 10 characters)", field="declaration")
+    return text
+
+
+@MODULE.handles(FileSourceOfFunds, precheck=_pre_sof, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _file_sof(engine: Engine, c: FileSourceOfFunds) -> list[Event]:
+    text = _pre_sof(engine, c)
+    d = custody_state(engine).deposits[deposit_key(c.chain, c.txid, c.index)]
+    key = d.key
     d.declaration = text
     return [_ev("deposit.source_of_funds_filed", key, d.state, d.amount_minor)]
 

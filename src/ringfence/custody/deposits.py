@@ -6,6 +6,7 @@ A deposit is keyed by `(chain, txid, index)` (`deposit_key`). Lifecycle:
       │        └───► quarantined ──release──► credited / ──freeze──► frozen
       │        └───► frozen (blacklisted sender, reported)
       └─reorg──► dropped            credited/quarantined/frozen ──reorg before final──► reversed
+                                    quarantined/frozen ──return to sender──► returned
 
 A reversed or dropped deposit may be seen again (the transaction re-mined in the new branch); it
 then starts over at `seen`. Invariant (property-tested): the net amount credited for a key is 0 or
@@ -56,3 +57,7 @@ class DepositRec(msgspec.Struct, array_like=True):
     times_credited: int = 0
     times_reversed: int = 0
     seen_ns: int = 0  # the sequencer's time when the deposit was first observed (Binance's insertTime)
+    sender: str = ""  # the first sending address KYT saw (where "return to sender" pays)
+    return_id: str = ""  # the withdrawal that returns it to the sender, once two analysts decided so
+    return_by: list[str] = []  # analysts who signed "return to sender" (refund_cmds.py)
+    return_reasons: list[str] = []

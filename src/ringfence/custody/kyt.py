@@ -15,7 +15,7 @@ as fields of `CreditDeposit`. Invariant: scores are bounded 0..100 and every sco
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Protocol
@@ -51,6 +51,7 @@ class KytResult:
     score: int
     reasons: tuple[str, ...]
     category: str = ""  # the blacklist category of a *direct* sender, "" otherwise
+    senders: tuple[str, ...] = ()  # who sent the deposit (the first is where "return to sender" pays)
 
     def __post_init__(self) -> None:
         assert 0 <= self.score <= 100, "KYT score out of range"
@@ -112,11 +113,13 @@ class ChainFundingGraph:
 
     Bitcoin: the addresses of a transaction's spent outputs (the simulator's UTXO graph).
     Ethereum: a transaction's `from`, and the senders of transactions into an address within the
-    last `MAX_LOOKBACK_BLOCKS` blocks.
+    last `MAX_LOOKBACK_BLOCKS` blocks. Who paid which address is indexed as blocks arrive (each block
+    is read once), so scoring a deposit does not rescan the chain.
     """
 
     def __init__(self, adapters: dict[str, Any]) -> None:
         self.adapters = adapters
+        self._index: dict[str, _FundingIndex] = {}
 
     def senders(self, chain: str, txid: str) -> list[str]:
         adapter = self.adapters.get(chain)
@@ -147,31 +150,59 @@ class ChainFundingGraph:
         adapter = self.adapters.get(chain)
         if adapter is None:
             return []
-        if chain == "bitcoin":
-            # Every transaction that paid `address`: its senders are the funders.
-            script = adapter.script_of_address(address)
-            out: list[str] = []
-            node = adapter.node
-            for h in range(max(0, node.height - MAX_LOOKBACK_BLOCKS), node.height + 1):
-                for tx in node.block_at(h).txs:
-                    if any(bytes(o.scriptPubKey) == script for o in tx.vout):
-                        from bitcointx.core import b2lx
-
-                        out.extend(self.senders(chain, b2lx(tx.GetTxid())))
-                        if len(out) >= MAX_FANOUT:
-                            return out[:MAX_FANOUT]
-            return out
-        w3 = adapter.w3
-        target = address.lower()
-        tip = w3.eth.block_number
-        out = []
-        for h in range(max(0, tip - MAX_LOOKBACK_BLOCKS), tip + 1):
-            for tx in w3.eth.get_block(h, full_transactions=True)["transactions"]:
-                if tx.get("to") and tx["to"].lower() == target:
-                    out.append(tx["from"])
-                    if len(out) >= MAX_FANOUT:
-                        return out
+        idx = self._refresh(chain, adapter)
+        low = idx.tip - MAX_LOOKBACK_BLOCKS
+        entries = [ref for h, ref in idx.by_to.get(_norm(chain, address), []) if h >= low]
+        if chain != "bitcoin":
+            return entries[:MAX_FANOUT]
+        # Bitcoin: every transaction that paid `address`; its senders are the funders.
+        out: list[str] = []
+        for txid in entries:
+            out.extend(self.senders(chain, txid))
+            if len(out) >= MAX_FANOUT:
+                return out[:MAX_FANOUT]
         return out
+
+    def _refresh(self, chain: str, adapter: Any) -> "_FundingIndex":
+        """Index the blocks mined since the last call (each block is read once, not once per
+        deposit); a changed hash at the last indexed height (a reorg) rebuilds the index."""
+        idx = self._index.get(chain)
+        tip = adapter.current_height()
+        if idx is not None and idx.hashes and adapter.block_hash(idx.last) != idx.hashes[idx.last]:
+            idx = None
+        if idx is None or len(idx.hashes) > 2 * MAX_LOOKBACK_BLOCKS:
+            idx = _FundingIndex()
+            self._index[chain] = idx
+        for h in range(max(idx.last + 1, tip - MAX_LOOKBACK_BLOCKS, 0), tip + 1):
+            if chain == "bitcoin":
+                from bitcointx.core import b2lx
+
+                block = adapter.node.block_at(h)
+                for tx in block.txs:
+                    txid = b2lx(tx.GetTxid())
+                    for o in tx.vout:
+                        to = adapter.address_of_script(bytes(o.scriptPubKey))
+                        if to:
+                            idx.by_to.setdefault(to, []).append((h, txid))
+            else:
+                block = adapter.w3.eth.get_block(h, full_transactions=True)
+                for tx in block["transactions"]:
+                    if tx.get("to"):
+                        idx.by_to.setdefault(tx["to"].lower(), []).append((h, tx["from"]))
+            idx.hashes[h] = adapter.block_hash(h)
+            idx.last = h
+        idx.tip = tip
+        return idx
+
+
+@dataclass
+class _FundingIndex:
+    """Per chain: who paid each address, as (height, sender) for Ethereum or (height, txid) for Bitcoin."""
+
+    last: int = -1
+    tip: int = 0
+    hashes: dict[int, str] = field(default_factory=dict)
+    by_to: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
 
 class BuiltinScorer:
@@ -188,20 +219,22 @@ class BuiltinScorer:
         senders = [item.sender] if item.sender else []
         if self.graph is not None and not senders:
             senders = self.graph.senders(item.chain, item.txid)
+        who = tuple(senders[:MAX_FANOUT])
         for s in senders:
             hit = self.blacklist.lookup(item.chain, s)
             if hit is not None:
                 category, source = hit
                 score = 100 if category in FREEZE_CATEGORIES else 95
-                return KytResult(score, (f"sender {s} is blacklisted ({category}: {source})",), category)
+                return KytResult(score, (f"sender {s} is blacklisted ({category}: {source})",), category, who)
         if self.graph is None:
-            return KytResult(0, ())
+            return KytResult(0, (), senders=who)
         hop2_reason = None
         for s in senders[:MAX_FANOUT]:
             for f in self.graph.funders(item.chain, s)[:MAX_FANOUT]:
                 hit = self.blacklist.lookup(item.chain, f)
                 if hit is not None:
-                    return KytResult(self.hop1_score, (f"sender {s} was funded by blacklisted {f} ({hit[0]}): 1 hop",))
+                    return KytResult(self.hop1_score, (f"sender {s} was funded by blacklisted {f} ({hit[0]}): 1 hop",),
+                                     senders=who)
                 if hop2_reason is None:
                     for g in self.graph.funders(item.chain, f)[:MAX_FANOUT]:
                         hit2 = self.blacklist.lookup(item.chain, g)
@@ -209,5 +242,5 @@ class BuiltinScorer:
                             hop2_reason = f"sender {s} <- {f} <- blacklisted {g} ({hit2[0]}): 2 hops"
                             break
         if hop2_reason:
-            return KytResult(self.hop2_score, (hop2_reason,))
-        return KytResult(0, ())
+            return KytResult(self.hop2_score, (hop2_reason,), senders=who)
+        return KytResult(0, (), senders=who)

@@ -62,6 +62,8 @@ DEMO_POLICY_ID = "p-serve-1"
 NO_POLICY = ("no active withdrawal policy: every withdrawal is denied (default deny) until policy admins propose "
              "and approve one (ringfence policy propose|approve|activate --key ...); see docs/custody.md")
 MAX_BACKOFF_MS = 30_000
+#: Where the demo faucet pays from: its own wallets, or (ETH) the tainted demo wallet (KYT tests).
+PAY_SOURCES = ("faucet", "tainted")
 
 
 @dataclass(frozen=True)
@@ -277,12 +279,22 @@ class LocalChains:
         with self.lock:
             return {chain: self.adapter(chain).current_height() for chain in sorted(self.chains)}
 
-    def pay(self, asset: str, to: str, amount_minor: int) -> str:
-        """The demo faucet: pay from a demo wallet on the local chain; returns the txid."""
+    def pay(self, asset: str, to: str, amount_minor: int, source: str = "faucet") -> str:
+        """The demo faucet: pay from a demo wallet on the local chain; returns the txid.
+
+        `source="tainted"` (ETH only) pays from the demo's tainted wallet instead: a wallet funded
+        by an address on the sample KYT blacklist (eth-tester dev key 9, `exploit`), so the deposit
+        scores one hop of taint (90 > 85) and lands in quarantine."""
         if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
             raise ValidationError("must be a positive amount", field="amount")
+        if source not in PAY_SOURCES:
+            raise ValidationError(f"must be one of {', '.join(PAY_SOURCES)}", field="from")
         if self.adapter("bitcoin" if asset == "BTC" else "ethereum") is None:
             raise ValidationError(f"{asset} is not on this server's chains", field="asset")
+        if source == "tainted":
+            if asset != "ETH":
+                raise ValidationError("the tainted demo wallet pays ETH only", field="from")
+            return self._pay_tainted(to, amount_minor)
         with self.lock:
             if asset == "BTC":
                 to = self.btc.validate_address(to, "to")
@@ -296,6 +308,23 @@ class LocalChains:
             if asset == "USDT":
                 return self.eth.broadcast(self.dev.sign_token_transfer(self.dev.dev_key(1), "USDT", to, amount_minor)).txid
         raise ValidationError(f"the faucet pays BTC, ETH or USDT, not {asset!r}", field="asset")
+
+    def tainted_eth(self) -> tuple[bytes, str]:
+        """The demo's tainted ETH wallet: (key, address), derived from the seed."""
+        from eth_account import Account
+
+        key = derive_key(self.faucet.seed, "faucet-tainted-eth")
+        return key, str(Account.from_key(key).address)
+
+    def _pay_tainted(self, to: str, amount_minor: int) -> str:
+        key, address = self.tainted_eth()
+        with self.lock:
+            to = self.eth.validate_address(to, "to")
+            gas_room = 10**16
+            if self.eth.balance(address, None, None) < amount_minor + gas_room:
+                # the blacklisted sample address (dev key 9) funds the wallet: that is the taint
+                self.eth.broadcast(self.dev.sign_transfer(self.dev.dev_key(9), address, amount_minor + gas_room))
+            return str(self.eth.broadcast(self.dev.sign_transfer(key, to, amount_minor)).txid)
 
     def balance(self, asset: str, address: str, height: int | None = None) -> int:
         """An address's balance at the tip, or at `height` (a past block of the asset's chain)."""

@@ -123,7 +123,7 @@ class DepositWatcher:
                 result = self.scorer.score(KytInput(d.chain, d.txid, d.index, d.asset, d.address, d.amount_minor, sender))
                 _crash(self, "after_score")
                 self.node.execute(CreditDeposit(d.chain, d.txid, d.index, confs, result.score, list(result.reasons),
-                                                result.category))
+                                                result.category, result.senders[0] if result.senders else ""))
                 sent += 1
             if confs >= cfg.finality_confirmations:
                 self.node.execute(FinalizeDeposit(d.chain, d.txid, d.index, confs))

@@ -326,8 +326,9 @@ def list_review(key: str = KEY, url: str = URL, as_json: bool = typer.Option(Fal
                       ", ".join(f"{h['withdrawal_id']} {h['state']}" for h in w["user_history"]))
     console.print(table)
     for d in view["deposits"]:
-        console.print(f"quarantined deposit {d['chain']}:{d['txid']}:{d['index']} of {d['account_id']} "
-                      f"({d['amount_minor']} {d['asset']} minor, score {d['score']}): declaration {d['declaration']!r}")
+        console.print(f"{d['state']} deposit {d['chain']}:{d['txid']}:{d['index']} of {d['account_id']} "
+                      f"({d['amount_minor']} {d['asset']} minor, score {d['score']}, from {d['sender'] or '?'}): "
+                      f"declaration {d['declaration']!r}" + (f"; return signed by {', '.join(d['return_by'])}" if d["return_by"] else ""))
 
 
 @review_app.command("approve")
@@ -416,6 +417,41 @@ def _deposit_decision(kind: str) -> Callable[..., None]:
 
 review_app.command("release")(_deposit_decision("release"))
 review_app.command("freeze")(_deposit_decision("freeze"))
+
+
+@review_app.command("return")
+def return_deposit(
+    deposit: str = typer.Argument(..., help="CHAIN:TXID:INDEX of a quarantined or frozen deposit (see `review list`)."),
+    reason: str = typer.Option(..., "--reason", help="Why the coins go back."),
+    key: str = KEY, ttl_s: int = TTL, url: str = URL,
+) -> None:
+    """Return a quarantined or frozen deposit to its sender (signed analyst; two different analysts must sign).
+
+    The amount less the withdrawal fee goes back on chain to the address that sent it.
+
+    Example: ringfence review return ethereum:0xabc…:0 --reason "no source of funds given" --key DIR/demo-staff.json#ben
+    """
+    from ..custody.deposits import deposit_key
+    from ..custody.refund_cmds import return_subject
+
+    chain, _, rest = deposit.partition(":")
+    txid, _, index_text = rest.rpartition(":")
+    if not chain or not txid or not index_text.isdigit():
+        err_console.print("[bold red]error:[/] DEPOSIT: expected CHAIN:TXID:INDEX")
+        raise typer.Exit(2)
+    k = _run(lambda: load_key(key))
+    with AdminClient(url, k) as client:
+        found = [d for d in _run(lambda: client.get("/review"))["deposits"]
+                 if (d["chain"], d["txid"], d["index"]) == (chain, txid, int(index_text))]
+        if not found:
+            err_console.print(f"[bold red]refused:[/] no quarantined or frozen deposit {deposit}")
+            raise typer.Exit(1)
+        sender = found[0]["sender"]
+        subject = return_subject(deposit_key(chain, txid, int(index_text)), int(found[0]["amount_minor"]), sender, reason)
+        sig = k.sign("deposit.return", subject, _expires(ttl_s))
+        _print_events(_run(lambda: client.post("/deposits/return", {
+            "chain": chain, "txid": txid, "index": int(index_text), "address": sender, "reason": reason,
+            "decision": format_approval(sig)})))
 
 
 # ------------------------------------------------------------------------------------- policy
