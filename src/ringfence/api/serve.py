@@ -84,6 +84,12 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         overrides["api_forwarded_allow_ips"] = forwarded_allow_ips
     if demo and "RINGFENCE_POR_EVERY_S" not in os.environ:
         overrides["por_every_s"] = 30  # the demo shows the schedule working within a minute
+    # the demo's waits are minutes, not a day, so a newcomer sees a new address cool down and a
+    # withdrawal go out after turning on 2FA (production keeps 24 h; both are settings)
+    if demo and "RINGFENCE_CUSTODY_ADDRESS_COOLING_S" not in os.environ:
+        overrides["custody_address_cooling_s"] = 600
+    if demo and "RINGFENCE_IDENTITY_WITHDRAWAL_LOCK_S" not in os.environ:
+        overrides["identity_withdrawal_lock_s"] = 600
     if demo and "RINGFENCE_SHIELD_SWEEP_EVERY_S" not in os.environ:
         overrides["shield_sweep_every_s"] = 60  # custody: the demo's trades reach the shield vault within a minute
     settings = load_settings(**overrides)
