@@ -189,6 +189,15 @@ class ShardHalted(RingfenceError):
     default_message = "the engine shard is halted after a broken invariant; an operator must look"
 
 
+class PrecheckFailed(RingfenceError):
+    """A command's precheck failed on an unexpected error (a bug): that command is refused, nothing
+    changed, the node carries on. The cause is logged by whoever catches it, not sent to the client."""
+
+    code = "RF_PRECHECK_FAILED"
+    http_status = 500
+    default_message = "the command could not be checked; it was refused and nothing changed"
+
+
 class NotDurable(RingfenceError, OSError):
     code = "RF_NOT_DURABLE"
     http_status = 503
@@ -340,3 +349,4 @@ class ChainUnavailable(RingfenceError, ConnectionError):
 
 
 __all__ += ["InvalidAddress", "UnsupportedAsset", "TransactionRejected", "ChainUnavailable"]
+__all__ += ["PrecheckFailed"]

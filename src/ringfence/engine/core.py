@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import msgspec
 
-from ..errors import InvariantViolation, RingfenceError, ShardHalted
+from ..errors import InvariantViolation, PrecheckFailed, RingfenceError, ShardHalted
 from .commands import Codec, Command, Event, encode
 from .module import NEVER, CommandSpec, Handler, Module, StateComponent
 
@@ -185,10 +185,20 @@ class Engine:
         spec = self.command_specs.get(type(command))
         if spec is None or spec.handler is None:
             raise RingfenceError(f"no module of this engine handles command {type(command).__name__}")
-        for guard in self._all_guards:
-            guard(self, command)
-        if spec.precheck is not None:
-            spec.precheck(self, command)
+        try:
+            for guard in self._all_guards:
+                guard(self, command)
+            if spec.precheck is not None:
+                spec.precheck(self, command)
+        except RingfenceError:
+            raise
+        except Exception as err:
+            # A precheck only reads, so a bug in one refuses that command and nothing else: the
+            # alternative (the error escaping into the sequencer) stopped the whole node and left
+            # the batch's callers waiting for ever.
+            raise PrecheckFailed(
+                f"{type(command).__name__} could not be checked ({type(err).__name__}); it was refused and nothing changed"
+            ) from err
 
     def _halted_message(self) -> str:
         if self.broken is not None:
