@@ -165,7 +165,7 @@ def init(
 def list_staff(key: str = KEY, url: str = URL, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The staff register of a live node: ids, roles, keys, status.
 
-    Example: ringfence staff list --key ./ringfence-data/demo-staff.json#ada
+    Example: ringfence staff list --key ./ringfence-data/serve/demo-staff.json#ada
     """
     with _client(key, url) as client:
         view = _run(lambda: client.get("/staff"))
@@ -232,7 +232,7 @@ def remove(
 def list_halts(key: str = KEY, url: str = URL, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Active halts (with the sequence each was raised at) and recent lifts.
 
-    Example: ringfence halts list --key ./ringfence-data/demo-staff.json#ada
+    Example: ringfence halts list --key ./ringfence-data/serve/demo-staff.json#ada
     """
     with _client(key, url) as client:
         view = _run(lambda: client.get("/halts"))
@@ -308,7 +308,7 @@ def lift_halt(
 def list_review(key: str = KEY, url: str = URL, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Withdrawals awaiting approvals or manual review (with the rule, reasons and the user's history), and quarantined deposits.
 
-    Example: ringfence review list --key ./ringfence-data/demo-staff.json#cy
+    Example: ringfence review list --key ./ringfence-data/serve/demo-staff.json#cy
     """
     with _client(key, url) as client:
         view = _run(lambda: client.get("/review"))
@@ -436,7 +436,7 @@ def return_deposit(
 
     chain, _, rest = deposit.partition(":")
     txid, _, index_text = rest.rpartition(":")
-    if not chain or not txid or not index_text.isdigit():
+    if not chain or not txid or not (index_text.isascii() and index_text.isdigit()):
         err_console.print("[bold red]error:[/] DEPOSIT: expected CHAIN:TXID:INDEX")
         raise typer.Exit(2)
     k = _run(lambda: load_key(key))

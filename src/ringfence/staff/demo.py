@@ -53,7 +53,7 @@ def seed_demo_staff(node: Any, data_dir: Path) -> dict[str, Any]:
     keys = {s: StaffKey.generate(s) for s in DEMO_STAFF}
     _write_0600(path, {
         "quorum": DEMO_QUORUM,
-        "note": "demo staff signing keys (development only); use with --key FILE --staff-id ID",
+        "note": "demo staff signing keys (development only); use with --key FILE#ID (e.g. --key DIR/demo-staff.json#ada)",
         "staff": [{"staff_id": s, "roles": DEMO_STAFF[s], "public_key": k.public_hex, "private_key": k.seed_hex}
                   for s, k in keys.items()],
     })

@@ -74,13 +74,20 @@ function say(text, ok) {
 }
 
 async function act(what, fn) {
+  // the tables are redrawn before the outcome is shown: whatever is typed after the message
+  // appears goes into rows that stay
+  let message, ok;
   try {
     const result = await fn();
-    say(`${what}: accepted (${result.accepted})`, true);
+    [message, ok] = [`${what}: accepted (${result.accepted})`, true];
   } catch (err) {
-    say(`${what}: ${err.message}`, false);
+    [message, ok] = [`${what}: ${err.message}`, false];
   }
-  await refresh();
+  try {
+    await refresh();
+  } finally {
+    say(message, ok);
+  }
 }
 
 function renderHalts(view) {
