@@ -780,26 +780,35 @@ def _symbol_list(raw: str) -> list[str]:
     return value
 
 
+def add_binance_route(router: APIRouter, gate: Any, spec: EndpointParams, path: str, method: str,
+                      fn: Callable[[Request], Awaitable[Any]], weight: int, summary: str, *, name: str,
+                      openapi_extra: dict[str, Any]) -> None:
+    """One Binance-style endpoint: charge its weight, check its parameters against `spec`, run `fn`,
+    and answer every refusal in Binance's {code, msg} form (the spot and the capital routers)."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            await gate.charge(request, weight)
+            check_params(spec, await gate.params(request))
+            result = await fn(request)
+        except BinanceError as err:
+            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        except RingfenceError as err:
+            mapped = from_ringfence(err)
+            return JSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
+        return JSONResponse(result)
+
+    endpoint.__name__ = name
+    router.add_api_route(path, endpoint, methods=[method], summary=summary, openapi_extra=openapi_extra, response_model=None)
+
+
 def build_router(api: BinanceApi) -> APIRouter:
     router = APIRouter(prefix="/api/v3", tags=["binance spot v3"])
 
     def add(path: str, method: str, fn: Callable[[Request], Awaitable[Any]], weight: int, summary: str, *, key_only: bool = False) -> None:
         spec = ENDPOINT_PARAMS[(method, path)]
-
-        async def endpoint(request: Request) -> Response:
-            try:
-                await api.gate.charge(request, weight)
-                check_params(spec, await api.gate.params(request))
-                result = await fn(request)
-            except BinanceError as err:
-                return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-            except RingfenceError as err:
-                mapped = from_ringfence(err)
-                return JSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
-            return JSONResponse(result)
-
-        endpoint.__name__ = f"{method.lower()}_{path.strip('/').replace('/', '_') or 'root'}"
-        router.add_api_route(path, endpoint, methods=[method], summary=summary, openapi_extra=_doc(spec, key_only), response_model=None)
+        add_binance_route(router, api.gate, spec, path, method, fn, weight, summary,
+                          name=f"{method.lower()}_{path.strip('/').replace('/', '_') or 'root'}", openapi_extra=_doc(spec, key_only))
 
     add("/ping", "GET", api.ping, 1, "Test connectivity")
     add("/time", "GET", api.time, 1, "Server time (ms)")

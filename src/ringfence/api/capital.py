@@ -32,12 +32,11 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InvalidAmount, RingfenceError
 from ..money import format_amount, parse_amount
-from .binance import EndpointParams, _doc, check_params
+from .binance import EndpointParams, _doc, add_binance_route
 from .binance_errors import BinanceError, from_ringfence
 from .gateway import Params
 
@@ -460,21 +459,8 @@ def build_capital_router(api: CapitalApi) -> APIRouter:
 
     def add(path: str, method: str, fn: Callable[[Request], Awaitable[Any]], weight: int, summary: str) -> None:
         spec = CAPITAL_PARAMS[(method, path)]
-
-        async def endpoint(request: Request) -> Response:
-            try:
-                await api.gate.charge(request, weight)
-                check_params(spec, await api.gate.params(request))
-                result = await fn(request)
-            except BinanceError as err:
-                return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-            except RingfenceError as err:
-                mapped = from_ringfence(err)
-                return JSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
-            return JSONResponse(result)
-
-        endpoint.__name__ = f"sapi_{method.lower()}_{path.strip('/').replace('/', '_')}"
-        router.add_api_route(path, endpoint, methods=[method], summary=summary, openapi_extra=_doc(spec), response_model=None)
+        add_binance_route(router, api.gate, spec, path, method, fn, weight, summary,
+                          name=f"sapi_{method.lower()}_{path.strip('/').replace('/', '_')}", openapi_extra=_doc(spec))
 
     add("/capital/config/getall", "GET", api.config_getall, 10, "Coins, networks, fees and limits (signed)")
     add("/capital/deposit/address", "GET", api.deposit_address, 10, "The account's deposit address for a coin (signed)")
