@@ -135,6 +135,13 @@ def _sig(body: dict[str, Any], name: str) -> StaffSignature:
     return parse_approval(value, name)
 
 
+def _callers_decision(caller: str, body: dict[str, Any]) -> StaffSignature:
+    """The body's `decision` token, which the request's own signer must have signed."""
+    decision = _sig(body, "decision")
+    _caller_signed(caller, [decision])
+    return decision
+
+
 def _sigs(body: dict[str, Any], name: str = "approvals") -> list[StaffSignature]:
     values = body.get(name)
     if not isinstance(values, list) or not 1 <= len(values) <= 32 or not all(isinstance(v, str) for v in values):
@@ -307,8 +314,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     async def raise_halt(caller: str, body: dict[str, Any]) -> Any:
         from ..risk.halts import RaiseHaltSigned
 
-        decision = _sig(body, "decision")
-        _caller_signed(caller, [decision])
+        decision = _callers_decision(caller, body)
         return await submit(RaiseHaltSigned(_text(body, "halt_id"), _text(body, "scope_kind"), _text(body, "scope"),
                                             _text(body, "level"), _text(body, "reason"), decision))
 
@@ -330,8 +336,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         from ..custody.staff_cmds import ApproveWithdrawalSigned
 
         w = await _scoped(withdrawal_id)
-        decision = _sig(body, "decision")
-        _caller_signed(caller, [decision])
+        decision = _callers_decision(caller, body)
         return await submit(ApproveWithdrawalSigned(withdrawal_id, w["asset"], w["wallet"], _text(body, "role"), decision))
 
     @endpoint("POST", "/withdrawals/{withdrawal_id}/reject", "Reject a withdrawal awaiting approvals (signed approver)")
@@ -339,8 +344,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         from ..custody.staff_cmds import RejectWithdrawal
 
         w = await _scoped(withdrawal_id)
-        decision = _sig(body, "decision")
-        _caller_signed(caller, [decision])
+        decision = _callers_decision(caller, body)
         return await submit(RejectWithdrawal(withdrawal_id, w["asset"], w["wallet"], _text(body, "reason"), decision))
 
     @endpoint("POST", "/withdrawals/{withdrawal_id}/review", "Resolve a manual review (signed analyst)")
@@ -351,8 +355,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         approve = body.get("approve")
         if not isinstance(approve, bool):
             raise ValidationError("approve must be true or false", field="approve")
-        decision = _sig(body, "decision")
-        _caller_signed(caller, [decision])
+        decision = _callers_decision(caller, body)
         return await submit(ResolveManualReviewSigned(withdrawal_id, w["asset"], w["wallet"], approve,
                                                       _text(body, "reason"), decision))
 
@@ -363,8 +366,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         index = body.get("index")
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise ValidationError("index is a non-negative integer", field="index")
-        decision = _sig(body, "decision")
-        _caller_signed(caller, [decision])
+        decision = _callers_decision(caller, body)
         return await submit(ReviewQuarantineSigned(_text(body, "chain"), _text(body, "txid"), index,
                                                    _text(body, "decision_kind"), _text(body, "reason"), decision))
 
@@ -375,8 +377,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         index = body.get("index")
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise ValidationError("index is a non-negative integer", field="index")
-        decision = _sig(body, "decision")
-        _caller_signed(caller, [decision])
+        decision = _callers_decision(caller, body)
         return await submit(ReturnDepositSigned(_text(body, "chain"), _text(body, "txid"), index, _text(body, "address"),
                                                 _text(body, "reason"), decision))
 
@@ -386,16 +387,14 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     async def propose_policy(caller: str, body: dict[str, Any]) -> Any:
         from ..custody.staff_cmds import ProposePolicySigned
 
-        decision = _sig(body, "decision")
-        _caller_signed(caller, [decision])
+        decision = _callers_decision(caller, body)
         return await submit(ProposePolicySigned(_text(body, "proposal_id"), _text(body, "policy_json"), decision))
 
     @endpoint("POST", "/policy/proposals/{proposal_id}/approve", "Approve a policy proposal (signed, another policy admin)")
     async def approve_policy(caller: str, body: dict[str, Any], proposal_id: str) -> Any:
         from ..custody.staff_cmds import ApprovePolicySigned
 
-        decision = _sig(body, "decision")
-        _caller_signed(caller, [decision])
+        decision = _callers_decision(caller, body)
         return await submit(ApprovePolicySigned(proposal_id, decision))
 
     @endpoint("POST", "/policy/proposals/{proposal_id}/activate", "Activate a scheduled policy once its delay passed")
