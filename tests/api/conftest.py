@@ -72,3 +72,9 @@ def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("serve") / "data")
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`ringfence ARGS` in a child process with this checkout's sources (the console, the faucet)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    return subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, env=env, timeout=60)

@@ -23,7 +23,7 @@ import ccxt
 import httpx
 import pytest
 
-from .conftest import Server
+from .conftest import Server, cli
 
 BLOCK_MS = "500"
 ENV = {"RINGFENCE_CUSTODY_BLOCK_INTERVAL_MS": BLOCK_MS, "RINGFENCE_CUSTODY_POLL_MS": "200"}
@@ -35,10 +35,6 @@ def money(tmp_path_factory):
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
-    return subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, env=env, timeout=60)
 
 
 def withdraw_key(data: Path) -> dict:

@@ -18,9 +18,6 @@ shield vault) every 2 s (RINGFENCE_POR_EVERY_S) and runs the shield sweeper ever
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -31,7 +28,7 @@ import pytest
 from ringfence.solvency.pol_verifier import check_root_document, verify_proof
 from ringfence.solvency.reserves import load_claims
 
-from .conftest import Server
+from .conftest import Server, cli
 from .test_rest import signed_query
 
 ENV = {
@@ -50,10 +47,6 @@ def live(tmp_path_factory):
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
-    return subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, env=env, timeout=60)
 
 
 def chain_balance(data: Path, asset: str, address: str, height: int | None = None) -> int:

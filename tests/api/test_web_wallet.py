@@ -16,10 +16,7 @@ Screenshots go to docs/img/wallet-*.png.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -29,7 +26,7 @@ import pytest
 import segno
 from playwright.sync_api import expect
 
-from .conftest import Server
+from .conftest import Server, cli
 from .test_web_session import IMG, browser, last_seq, sign_up_verify_and_enable_totp, wait_for_mail  # noqa: F401 (fixture)
 
 COOLING_S = 20
@@ -44,10 +41,6 @@ def server(tmp_path_factory):
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
-    return subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, env=env, timeout=60)
 
 
 def chain_balance(data: Path, asset: str, address: str) -> Decimal:
