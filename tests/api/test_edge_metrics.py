@@ -34,7 +34,7 @@ def token_server(tmp_path_factory):
     "Bearer " + TOKEN.upper(),
     "Basic " + TOKEN,
     TOKEN,
-])
+], ids=["none", "empty", "bearer-alone", "one-short", "one-long", "upper-case", "basic", "no-scheme"])  # the token is random
 def test_metrics_need_the_bearer_token(token_server, authorization):
     headers = {} if authorization is None else {"Authorization": authorization}
     r = httpx.get(token_server.base + "/metrics", headers=headers)

@@ -30,7 +30,7 @@ from .conftest import Server, cli
 from .test_web_session import IMG, browser, last_seq, sign_up_verify_and_enable_totp, wait_for_mail  # noqa: F401 (fixture)
 
 COOLING_S = 20
-ENV = {"RINGFENCE_CUSTODY_BLOCK_INTERVAL_MS": "500", "RINGFENCE_CUSTODY_POLL_MS": "200",
+ENV = {"RINGFENCE_CUSTODY_BLOCK_INTERVAL_MS": "800", "RINGFENCE_CUSTODY_POLL_MS": "200",
        "RINGFENCE_CUSTODY_ADDRESS_COOLING_S": str(COOLING_S), "RINGFENCE_IDENTITY_WITHDRAWAL_LOCK_S": "2"}
 
 
@@ -113,15 +113,18 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     txid = paid.stdout.strip()
     row = page.locator(f'#deposits tr[data-txid="{txid}"]')
     expect(row).to_have_count(1, timeout=30_000)
-    seen = set()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if row.count():
-            seen.add((row.locator("td.confirm").inner_text(), row.locator("td.status").inner_text()))
-            if row.get_attribute("data-status") == "1":
+    seen: set[tuple[str, str]] = set()
+    deadline, status = time.monotonic() + 60, None
+    while time.monotonic() < deadline:  # one read of the row per sample: the page may redraw between reads
+        sample = row.evaluate("r => [r.dataset.status, r.querySelector('td.confirm').textContent,"
+                              " r.querySelector('td.status').textContent]") if row.count() else None
+        if sample:
+            status = sample[0]
+            seen.add((sample[1], sample[2]))
+            if status == "1":
                 break
-        time.sleep(0.2)
-    assert row.get_attribute("data-status") == "1", seen
+        time.sleep(0.1)
+    assert status == "1", seen
     assert len({c for c, _ in seen}) >= 2, f"the confirmations should be seen progressing: {seen}"
     assert {"credited", "final"} & {s for _, s in seen}, seen
     expect(row.locator("td.amount")).to_have_text("0.5")
