@@ -99,9 +99,14 @@ def test_staff_are_added_and_removed_by_the_quorum_only(server, tmp_path) -> Non
     assert out.returncode == 1 and "rule 'quorum'" in out.stderr, out.stderr
     members = json.loads(cli("staff", "list", "--key", key(server, "ada"), "--json", *url).stdout)["members"]
     assert "dora" not in [m["staff_id"] for m in members]
-    out = cli("staff", "add", "--new-key", str(new_key), "--role", "approver", "--reason", "hired",
+    out = cli("staff", "add", "--new-key", str(new_key), "--role", "approver", "--reason", "hired", "--account", "u_bad id",
               "--key", key(server, "ada"), "--key", key(server, "ben"), *url)
+    assert out.returncode != 0 and "member.accounts" in out.stderr, out.stderr
+    out = cli("staff", "add", "--new-key", str(new_key), "--role", "approver", "--reason", "hired",
+              "--account", "u_0123456789abcdef01234567", "--key", key(server, "ada"), "--key", key(server, "ben"), *url)
     assert out.returncode == 0, out.stderr
+    members = json.loads(cli("staff", "list", "--key", key(server, "ada"), "--json", *url).stdout)["members"]
+    assert {m["staff_id"]: m["accounts"] for m in members}["dora"] == ["u_0123456789abcdef01234567"]
     out = cli("staff", "list", "--key", str(new_key), *url)  # the new member signs requests at once
     assert out.returncode == 0 and "dora" in out.stdout
     out = cli("staff", "remove", "dora", "--reason", "left", "--key", key(server, "ada"), "--key", key(server, "ben"), *url)

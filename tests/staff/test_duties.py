@@ -8,9 +8,9 @@ import json
 import pytest
 
 from ringfence.custody.commands import ApproveWithdrawal, SetApprover, custody_state
-from ringfence.errors import Forbidden
+from ringfence.errors import Forbidden, ValidationError
 from ringfence.risk.halts import Halt, LiftHalt, LiftHaltSigned, RegisterOperators, halts_of
-from ringfence.staff import StaffKey, StaffSignature, staff_of
+from ringfence.staff import AddStaff, StaffEntry, StaffKey, StaffSignature, staff_of
 from ringfence.staff.state import MAX_DECISION_TTL_NS
 
 from .rig import POLICY, Rig
@@ -28,6 +28,25 @@ def test_approving_own_withdrawal_is_refused() -> None:
     w = rig.withdrawal("w-mal", 2 * 10**18, account="mal")
     assert w.state == "awaiting_approvals"
     rig.refused(rig.desk.approve_withdrawal(rig.engine, "w-mal", "mal", "approver"), "never-the-initiator")
+
+
+def test_a_staff_member_never_decides_on_the_customer_account_they_hold() -> None:
+    """Staff ids and customer account ids differ ("dora" vs "alice"): the accounts a member holds are
+    registered with them, signed by the quorum, and never-the-initiator reads them."""
+    rig = Rig().custody()
+    dora = StaffKey.generate("dora")
+    bad = rig.desk.add(rig.engine, dora, ["approver"], "hired", ["ada", "ben"])
+    bad = AddStaff(StaffEntry("dora", ["approver"], dora.public_hex, ["alice", "alice"]), bad.proof, bad.reason, bad.approvals)
+    with pytest.raises(ValidationError) as err:
+        rig.engine.precheck(bad)
+    assert err.value.field == "member.accounts"
+    rig.run(rig.desk.add(rig.engine, dora, ["approver"], "hired", ["ada", "ben"], accounts=["alice"]))
+    assert staff_of(rig.engine).members["dora"].accounts == ("alice",)
+    rig.withdrawal("w-own", 2 * 10**18, account="alice")
+    rig.refused(rig.desk.approve_withdrawal(rig.engine, "w-own", "dora", "approver"), "never-the-initiator")
+    rig.withdrawal("w-other", 2 * 10**18, account="mal")  # another customer's withdrawal: dora may approve
+    rig.run(rig.desk.approve_withdrawal(rig.engine, "w-other", "dora", "approver"))
+    assert [a.approver for a in custody_state(rig.engine).withdrawals["w-other"].approvals] == ["dora"]
 
 
 def test_two_roles_held_by_one_identity_count_once() -> None:

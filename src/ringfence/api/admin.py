@@ -291,11 +291,14 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
 
         member = body.get("member")
         if not isinstance(member, dict):
-            raise ValidationError("member is {staff_id, roles, public_key}", field="member")
+            raise ValidationError("member is {staff_id, roles, public_key, accounts}", field="member")
         roles = member.get("roles")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise ValidationError("roles is a list of role names", field="member.roles")
-        entry = StaffEntry(_text(member, "staff_id"), list(roles), _text(member, "public_key"))
+        accounts = member.get("accounts", [])
+        if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
+            raise ValidationError("accounts is a list of the new member's own customer account ids", field="member.accounts")
+        entry = StaffEntry(_text(member, "staff_id"), list(roles), _text(member, "public_key"), list(accounts))
         approvals = _sigs(body)
         _caller_signed(caller, approvals)
         return await submit(AddStaff(entry, _sig(body, "proof"), _text(body, "reason"), approvals))

@@ -28,7 +28,7 @@ from ..engine.core import Engine
 from ..engine.module import Effect
 from ..errors import Conflict, ValidationError
 from ..staff.decisions import ANALYST, StaffSignature
-from ..staff.state import StaffRefused, check_decision, consume
+from ..staff.state import StaffRefused, check_decision, consume, not_initiator
 from .deposit_cmds import _known_deposit
 from .module import MODULE, custody_scopes
 from .state import _ev, _room, _system, _text, _user, custody_state
@@ -72,8 +72,7 @@ def _pre_return(engine: Engine, c: ReturnDepositSigned) -> tuple[str, str]:
     if not reason.strip():
         raise ValidationError("a decision needs a reason", field="reason")
     who = getattr(c.decision, "staff_id", "")
-    if who == d.account_id:
-        raise StaffRefused("never-the-initiator", f"{who!r} may not decide on their own deposit", field="decision")
+    not_initiator(engine, who, d.account_id, "deposit")
     if d.state not in RETURNABLE_STATES:
         raise Conflict(f"deposit is {d.state}, not quarantined or frozen", field="txid")
     if not d.sender:

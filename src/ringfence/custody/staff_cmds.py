@@ -31,7 +31,7 @@ from ..engine.core import Engine
 from ..engine.module import Effect
 from ..errors import Conflict, NotFound, ValidationError
 from ..staff.decisions import ANALYST, APPROVER, POLICY_ADMIN, StaffSignature
-from ..staff.state import StaffRefused, check_decision, consume
+from ..staff.state import StaffRefused, check_decision, consume, not_initiator
 from .deposit_cmds import _known_deposit, release_or_freeze
 from .module import MODULE, custody_scopes
 from .policy import parse_policy
@@ -97,11 +97,6 @@ def _reason(value: object, field: str = "reason") -> str:
     return text
 
 
-def _not_initiator(staff_id: str, account_id: str, what: str) -> None:
-    if staff_id == account_id:
-        raise StaffRefused("never-the-initiator", f"{staff_id!r} may not decide on their own {what}", field="decision")
-
-
 # ------------------------------------------------------------------------------- withdrawals
 
 
@@ -118,7 +113,7 @@ def _pre_approve(engine: Engine, c: ApproveWithdrawalSigned) -> None:
     w = _withdrawal(s, c.withdrawal_id)
     _scoped(w, c.asset, c.wallet)
     who = getattr(c.decision, "staff_id", "")
-    _not_initiator(who, w.account_id, "withdrawal")
+    not_initiator(engine, who, w.account_id, "withdrawal")
     if w.state != "awaiting_approvals":
         raise Conflict(f"withdrawal is {w.state}, not awaiting approvals", field="withdrawal_id")
     if c.role not in w.approver_roles:
@@ -165,7 +160,7 @@ def _pre_reject(engine: Engine, c: RejectWithdrawal) -> None:
     w = _withdrawal(s, c.withdrawal_id)
     _scoped(w, c.asset, c.wallet)
     reason = _reason(c.reason)
-    _not_initiator(getattr(c.decision, "staff_id", ""), w.account_id, "withdrawal")
+    not_initiator(engine, getattr(c.decision, "staff_id", ""), w.account_id, "withdrawal")
     if w.state != "awaiting_approvals":
         raise Conflict(f"withdrawal is {w.state}, not awaiting approvals", field="withdrawal_id")
     check_decision(engine, "withdrawal.reject", reject_subject(w, reason), c.decision, APPROVER)
@@ -196,7 +191,7 @@ def _pre_manual(engine: Engine, c: ResolveManualReviewSigned) -> None:
     reason = _reason(c.reason)
     if not isinstance(c.approve, bool):
         raise ValidationError("approve must be true or false", field="approve")
-    _not_initiator(getattr(c.decision, "staff_id", ""), w.account_id, "withdrawal")
+    not_initiator(engine, getattr(c.decision, "staff_id", ""), w.account_id, "withdrawal")
     if w.state != "manual_review":
         raise Conflict(f"withdrawal is {w.state}, not in manual review", field="withdrawal_id")
     check_decision(engine, "withdrawal.manual_review", manual_review_subject(w, c.approve, reason), c.decision, ANALYST)
@@ -233,7 +228,7 @@ def _pre_quarantine(engine: Engine, c: ReviewQuarantineSigned) -> str:
     if c.decision_kind not in ("release", "freeze"):
         raise ValidationError("must be release or freeze", field="decision_kind")
     reason = _reason(c.reason)
-    _not_initiator(getattr(c.decision, "staff_id", ""), d.account_id, "deposit")
+    not_initiator(engine, getattr(c.decision, "staff_id", ""), d.account_id, "deposit")
     check_decision(engine, "deposit.review", quarantine_subject(key, d.amount_minor, c.decision_kind, reason),
                    c.decision, ANALYST)
     if d.state != "quarantined":

@@ -94,6 +94,8 @@ ROLES = {"ops1": ["approver"], "ops2": ["approver"], "ops3": ["approver"], "ana1
          "pa1": ["policy_admin"], "pa2": ["policy_admin"], "pa3": ["policy_admin"],
          "op1": ["operator"], "op2": ["operator"], "op3": ["operator"]}
 QUORUM = 2
+#: Staff who are also customers here: never-the-initiator refuses their decisions on these accounts.
+STAFF_ACCOUNTS = {"ops3": ["ann"], "ana2": ["ben"]}
 #: The withdrawal policy (first match wins): deny above 4 BTC / 90k USDT; two approvers above 0.5 BTC /
 #: 20k USDT; one approver for more than 0.05 BTC to an address not on the allow list, or when a user's
 #: USDT withdrawals in the last hour would pass 12k; allow the rest. MODEL_RULES is the same policy in
@@ -217,9 +219,10 @@ class Workload:
                                        max_ahead_ns=INDEX["max_ahead_ns"]))
         keys = {who: StaffKey(who, Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))) for who in ROLES}
         self.desk = StaffDesk(keys, self._clock, nonce=lambda: self.rng.randbytes(16).hex())
-        commands.append(self.desk.genesis(ROLES, QUORUM))
+        commands.append(self.desk.genesis(ROLES, QUORUM, STAFF_ACCOUNTS))
         for who, roles in ROLES.items():
             model.roles[who] = set(roles)
+            model.staff_accounts[who] = set(STAFF_ACCOUNTS.get(who, ()))
         model.rules = list(MODEL_RULES)
         self.operator_keys = {who: k for who, k in keys.items() if "operator" in ROLES[who]}
         self.retired_keys, self.spent_lift = {}, []

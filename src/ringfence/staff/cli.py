@@ -23,7 +23,7 @@ from rich.table import Table
 
 from ..errors import RingfenceError
 from .console import DEFAULT_URL, AdminClient, load_key
-from .decisions import ROLES, StaffEntry, StaffKey, StaffSignature, format_approval, parse_approval, write_key_file
+from .decisions import ROLES, StaffKey, StaffSignature, format_approval, parse_approval, write_key_file
 
 __all__ = ["staff_app", "review_app", "halts_app", "register_policy_commands"]
 
@@ -186,21 +186,24 @@ def add(
     new_key: Path = typer.Option(..., "--new-key", help="The new member's key file (from `staff keygen`): signs the proof of possession."),
     roles: list[str] = typer.Option(..., "--role", help=f"A role of the new member ({', '.join(ROLES)}). Repeatable."),
     reason: str = typer.Option(..., "--reason", help="Why; every approver signs the same text."),
+    accounts: list[str] = typer.Option([], "--account", help="A customer account id (u_...) the new member holds here: "
+                                       "they may never decide on its withdrawals or deposits. Repeatable."),
     keys: list[str] = KEYS, approvals: list[str] = APPROVALS, sign_only: bool = SIGN_ONLY, ttl_s: int = TTL, url: str = URL,
 ) -> None:
     """Add a staff member: an operator quorum signs (AddStaff), and the new key proves itself.
 
-    Example: ringfence staff add --new-key dora.key --role approver --reason "hired" --key ada.key --approval ben:...
+    Example: ringfence staff add --new-key dora.key --role approver --account u_0123456789abcdef01234567 --reason "hired" --key ada.key --approval ben:...
     """
     from .commands import add_subject
 
     new = _run(lambda: load_key(str(new_key)))
-    entry = StaffEntry(new.staff_id, sorted(set(roles)), new.public_hex)
+    entry = new.entry(roles, accounts)
     with AdminClient(url, _keys(keys)[0]) as client:
         version = _run(lambda: client.get("/staff"))["version"]
     subject = add_subject(entry, reason, version)
     proof = format_approval(new.sign("staff.add", subject, _expires(ttl_s)))
-    body = {"member": {"staff_id": entry.staff_id, "roles": entry.roles, "public_key": entry.public_key},
+    body = {"member": {"staff_id": entry.staff_id, "roles": entry.roles, "public_key": entry.public_key,
+                       "accounts": entry.accounts},
             "reason": reason, "proof": proof}
     _print_events(_quorum_submit(_keys(keys), approvals, "staff.add", subject, ttl_s, sign_only,
                                  lambda c, toks: c.post("/staff", {**body, "approvals": toks}), url))

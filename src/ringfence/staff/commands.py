@@ -127,7 +127,8 @@ def _genesis(engine: Engine, c: StaffGenesis) -> list[Event]:
     consume(engine, c.signatures)
     state = staff_of(engine)
     for e in c.members:
-        state.members[e.staff_id] = StaffMember(e.staff_id, tuple(sorted(e.roles)), e.public_key, "active", engine.seq)
+        state.members[e.staff_id] = StaffMember(e.staff_id, tuple(sorted(e.roles)), e.public_key, "active", engine.seq,
+                                               accounts=tuple(sorted(e.accounts)))
     state.quorum = c.quorum
     state.version += 1
     ids = sorted(e.staff_id for e in c.members)
@@ -157,7 +158,8 @@ def _add(engine: Engine, c: AddStaff) -> list[Event]:
     consume(engine, [*c.approvals, c.proof])
     state = staff_of(engine)
     e = c.member
-    state.members[e.staff_id] = StaffMember(e.staff_id, tuple(sorted(e.roles)), e.public_key, "active", engine.seq)
+    state.members[e.staff_id] = StaffMember(e.staff_id, tuple(sorted(e.roles)), e.public_key, "active", engine.seq,
+                                               accounts=tuple(sorted(e.accounts)))
     state.version += 1
     return [StaffChanged("added", [e.staff_id], state.version, approvers, c.reason)]
 

@@ -67,16 +67,22 @@ class StaffSignature(msgspec.Struct, frozen=True, array_like=True, forbid_unknow
 
 
 class StaffEntry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
-    """A staff member as registered: id, roles, Ed25519 public key (64 lowercase hex characters)."""
+    """A staff member as registered: id, roles, Ed25519 public key (64 lowercase hex characters), and the
+    customer accounts the person holds at this exchange (declared at registration, signed by the quorum
+    with the rest): never-the-initiator refuses their decisions on those accounts' withdrawals and
+    deposits. Older journals (entries of three items) decode with no accounts; the signed subject of an
+    entry without accounts is the three items it always was, so their signatures still verify."""
 
     staff_id: str
     roles: list[str]
     public_key: str
+    accounts: list[str] = []
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, StaffEntry):
-        return [value.staff_id, sorted(value.roles), value.public_key]
+        plain = [value.staff_id, sorted(value.roles), value.public_key]
+        return plain + [sorted(value.accounts)] if value.accounts else plain
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -124,8 +130,8 @@ class StaffKey:
         return self.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                               serialization.NoEncryption()).hex()
 
-    def entry(self, roles: Sequence[str]) -> StaffEntry:
-        return StaffEntry(self.staff_id, sorted(set(roles)), self.public_hex)
+    def entry(self, roles: Sequence[str], accounts: Sequence[str] = ()) -> StaffEntry:
+        return StaffEntry(self.staff_id, sorted(set(roles)), self.public_hex, sorted(set(accounts)))
 
     def sign(self, action: str, subject: Sequence[Any], expires_ns: int, nonce: str | None = None) -> StaffSignature:
         return sign_decision(self.private_key, self.staff_id, action, subject, expires_ns, nonce)

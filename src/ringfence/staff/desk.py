@@ -45,13 +45,16 @@ class StaffDesk:
 
     # ------------------------------------------------------------------ staff
 
-    def genesis(self, roles: Mapping[str, Sequence[str]], quorum: int) -> StaffGenesis:
-        members = [self.keys[s].entry(r) for s, r in roles.items()]
+    def genesis(self, roles: Mapping[str, Sequence[str]], quorum: int,
+                accounts: Mapping[str, Sequence[str]] | None = None) -> StaffGenesis:
+        """`accounts`: the customer accounts each member holds here (never-the-initiator)."""
+        members = [self.keys[s].entry(r, (accounts or {}).get(s, ())) for s, r in roles.items()]
         subject = genesis_subject(members, quorum)
         return StaffGenesis(members, quorum, [self.sign(s, "staff.genesis", subject) for s in roles])
 
-    def add(self, engine: Engine, new: StaffKey, roles: Sequence[str], reason: str, approvers: Iterable[str]) -> AddStaff:
-        entry = new.entry(roles)
+    def add(self, engine: Engine, new: StaffKey, roles: Sequence[str], reason: str, approvers: Iterable[str],
+            accounts: Sequence[str] = ()) -> AddStaff:
+        entry = new.entry(roles, accounts)
         subject = add_subject(entry, reason, staff_of(engine).version)
         proof = new.sign("staff.add", subject, self.clock() + self.ttl_ns, self.nonce())
         self.keys[new.staff_id] = new

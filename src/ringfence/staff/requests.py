@@ -47,11 +47,17 @@ def signed_headers(key: StaffKey, method: str, path: str, query: str, body: byte
 
 
 class RequestVerifier:
-    """Checks request signatures; remembers nonces for the window (bounded), thread-safe."""
+    """Checks request signatures; remembers nonces for the window (bounded), thread-safe.
+
+    The nonces live in memory, so a request signed before this process started is refused (its nonce
+    may have been seen by the previous process): a restart never reopens a replay window. When the
+    store is full of nonces still inside the window, new requests are refused rather than a live
+    nonce forgotten."""
 
     def __init__(self, *, window_ms: int = WINDOW_MS, clock_ms: "collections.abc.Callable[[], int] | None" = None) -> None:
         self.window_ms = window_ms
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self.not_before_ms = self.clock_ms()
         self._seen: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -70,6 +76,9 @@ class RequestVerifier:
         if abs(now - ts) > self.window_ms:
             raise AuthenticationFailed(f"X-RF-Timestamp is more than {self.window_ms // 1000} s from the server's clock",
                                        field="X-RF-Timestamp")
+        if ts < self.not_before_ms:
+            raise AuthenticationFailed("X-RF-Timestamp is from before the server started; sign the request again",
+                                       field="X-RF-Timestamp")
         key_hex = public_key_of(staff_id)
         try:
             if key_hex is None:
@@ -81,10 +90,13 @@ class RequestVerifier:
             raise AuthenticationFailed("the request signature does not verify for an active staff member",
                                        field="X-RF-Signature") from None
         with self._lock:
-            while self._seen and (len(self._seen) >= MAX_NONCES or next(iter(self._seen.values())) < now - 2 * self.window_ms):
+            while self._seen and next(iter(self._seen.values())) < now - 2 * self.window_ms:
                 self._seen.popitem(last=False)
             marker = f"{staff_id}/{nonce}"
             if marker in self._seen:
                 raise AuthenticationFailed("this request was already received (a replay)", field="X-RF-Nonce")
+            if len(self._seen) >= MAX_NONCES:
+                raise AuthenticationFailed(f"more than {MAX_NONCES} staff requests in {2 * self.window_ms // 1000} s; "
+                                           "try again shortly", field="X-RF-Nonce")
             self._seen[marker] = now
         return staff_id

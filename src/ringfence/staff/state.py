@@ -45,6 +45,7 @@ __all__ = [
     "StaffState",
     "StaffRefused",
     "staff_of",
+    "not_initiator",
     "check_decision",
     "check_quorum",
     "consume",
@@ -63,6 +64,8 @@ MAX_NONCES = 200_000
 PRUNE_AT = 10_000
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_ACCOUNT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+MAX_STAFF_ACCOUNTS = 16
 _HEX128 = re.compile(r"[0-9a-f]{128}")
 #: Roles one person may not hold together: a policy admin could approve or sign under rules they
 #: just wrote (as `keys/duties.py` has it for transfers).
@@ -85,17 +88,24 @@ class StaffMember:
     status: str  # active | removed
     added_seq: int
     removed_seq: int = 0
+    accounts: tuple[str, ...] = ()  # the customer accounts this person holds (never-the-initiator)
 
     def row(self) -> list[Any]:
-        return [self.staff_id, list(self.roles), self.public_key, self.status, self.added_seq, self.removed_seq]
+        row = [self.staff_id, list(self.roles), self.public_key, self.status, self.added_seq, self.removed_seq]
+        return row + [list(self.accounts)] if self.accounts else row  # snapshots without accounts hash as before
 
     @classmethod
     def from_row(cls, row: list[Any]) -> "StaffMember":
-        return cls(row[0], tuple(row[1]), row[2], row[3], row[4], row[5])
+        return cls(row[0], tuple(row[1]), row[2], row[3], row[4], row[5], tuple(row[6]) if len(row) > 6 else ())
 
     def as_dict(self) -> dict[str, Any]:
         return {"staff_id": self.staff_id, "roles": list(self.roles), "public_key": self.public_key,
-                "status": self.status, "added_seq": self.added_seq, "removed_seq": self.removed_seq}
+                "status": self.status, "added_seq": self.added_seq, "removed_seq": self.removed_seq,
+                "accounts": list(self.accounts)}
+
+    def holds_account(self, account_id: str) -> bool:
+        """Whether `account_id` is one of this person's own customer accounts (or their staff id itself)."""
+        return account_id == self.staff_id or account_id in self.accounts
 
     def valid_at(self, seq: int) -> bool:
         """Whether this key could sign a decision applied at sequence `seq`."""
@@ -156,6 +166,14 @@ def staff_of(engine: Engine) -> StaffState:
 # ------------------------------------------------------------------------------------- checks
 
 
+def not_initiator(engine: Engine, staff_id: str, account_id: str, what: str) -> None:
+    """Rule never-the-initiator: refused when `account_id` is the decider's own — their staff id, or a
+    customer account registered with them (`StaffEntry.accounts`)."""
+    member = staff_of(engine).members.get(staff_id)
+    if staff_id == account_id or (member is not None and member.holds_account(account_id)):
+        raise StaffRefused("never-the-initiator", f"{staff_id!r} may not decide on their own {what}", field="decision")
+
+
 def validate_entry(entry: Any, field: str) -> StaffEntry:
     """A new member's id, roles and key are well-formed and the roles do not conflict. Raises."""
     if not isinstance(entry, StaffEntry):
@@ -170,6 +188,10 @@ def validate_entry(entry: Any, field: str) -> StaffEntry:
         if pair <= set(roles):
             raise StaffRefused("conflicting-roles", f"one person may not hold both {' and '.join(sorted(pair))}",
                                field=f"{field}.roles")
+    if len(entry.accounts) > MAX_STAFF_ACCOUNTS or len(set(entry.accounts)) != len(entry.accounts) \
+            or any(not isinstance(a, str) or not _ACCOUNT_RE.fullmatch(a) for a in entry.accounts):
+        raise ValidationError(f"accounts must be at most {MAX_STAFF_ACCOUNTS} distinct account ids of 1-64 characters"
+                              " of A-Z a-z 0-9 _ . : -", field=f"{field}.accounts")
     if not _HEX64.fullmatch(entry.public_key):
         raise ValidationError("public_key must be 64 lowercase hex characters (Ed25519)", field=f"{field}.public_key")
     try:

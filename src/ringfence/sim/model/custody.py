@@ -83,6 +83,7 @@ class CustodyModel(Books):
         self.withdrawals: dict[str, MWithdrawal] = {}
         self.frozen_accounts: set[str] = set()
         self.roles: dict[str, set[str]] = {}
+        self.staff_accounts: dict[str, set[str]] = {}  # staff id -> the customer accounts they hold
         #: The withdrawal policy, first match wins: (asset or "" for any, amount_gt, only to addresses
         #: not on the user's allow list, (window_s, gt) the user's withdrawals in the window plus
         #: this one must exceed or None, action, approvals, roles).
@@ -188,12 +189,16 @@ class CustodyModel(Books):
         d.declaration = c.declaration.strip()
         return [("deposit", key, d.state)]
 
+    def _own(self, who: str, account: str) -> bool:
+        """never-the-initiator: the account is the decider's own (their id, or one registered with them)."""
+        return who == account or account in self.staff_accounts.get(who, set())
+
     def review_quarantine(self, c: Any) -> list[tuple[Any, ...]]:
         key, d = self._deposit(c)
         if c.decision_kind not in ("release", "freeze"):
             raise Refuse("RF_VALIDATION")
         who = c.decision.staff_id  # a signed staff decision (the engine verifies the signature)
-        if who == d.account or "analyst" not in self.roles.get(who, set()):
+        if self._own(who, d.account) or "analyst" not in self.roles.get(who, set()):
             raise Refuse("RF_SEGREGATION_OF_DUTIES")
         if d.state != "quarantined" or (c.decision_kind == "release" and not d.declaration):
             raise Refuse("RF_CONFLICT")
@@ -397,7 +402,7 @@ class CustodyModel(Books):
     def approve(self, c: Any) -> list[tuple[Any, ...]]:
         w = self._w(c)
         who = c.decision.staff_id
-        if who == w.account:
+        if self._own(who, w.account):
             raise Refuse("RF_SEGREGATION_OF_DUTIES")  # never the initiator
         if w.state != "awaiting_approvals":
             raise Refuse("RF_CONFLICT")
@@ -415,7 +420,7 @@ class CustodyModel(Books):
         if not c.reason.strip():
             raise Refuse("RF_VALIDATION")
         who = c.decision.staff_id
-        if who == w.account:
+        if self._own(who, w.account):
             raise Refuse("RF_SEGREGATION_OF_DUTIES")
         if w.state != "manual_review":
             raise Refuse("RF_CONFLICT")
