@@ -70,6 +70,7 @@ class Method:
     auth: str = "signed"
 
 
+INTERNAL = BinanceError(-1000, "An unknown error occurred while processing the request.", 500)
 _NONE = EndpointParams()
 _SIGNED = EndpointParams(signed=True)
 #: method -> what it reads and costs. Weights are the REST endpoints' (and Binance's).
@@ -224,6 +225,9 @@ class WsApi:
         except RingfenceError as err:
             mapped = from_ringfence(err)
             return self.frame(rid, mapped.status, error=mapped, weight_used=used, rate_limits=rate_limits)
+        except Exception:  # a bug, never a client's doing: answer it and keep the connection
+            log.exception("ws_api.request_failed")
+            return self.frame(rid, 500, error=INTERNAL, weight_used=used, rate_limits=rate_limits)
         if not asyncio.iscoroutine(outcome):
             return self.frame(rid, 200, result=outcome, weight_used=used, rate_limits=rate_limits)
 
@@ -235,6 +239,9 @@ class WsApi:
             except RingfenceError as err:
                 mapped = from_ringfence(err)
                 return self.frame(rid, mapped.status, error=mapped, weight_used=used, rate_limits=rate_limits)
+            except Exception:
+                log.exception("ws_api.request_failed")
+                return self.frame(rid, 500, error=INTERNAL, weight_used=used, rate_limits=rate_limits)
             return self.frame(rid, 200, result=result, weight_used=used, rate_limits=rate_limits)
 
         return finish()
@@ -302,7 +309,13 @@ class WsApi:
                 self._unsubscribe(session)
             session.api_key = session.principal = session.authorized_ms = None
             return session.status()
-        assert owner is not None
+        if name == "userDataStream.unsubscribe":
+            wanted = params.integer("subscriptionId") if params.get("subscriptionId") is not None else None
+            if session.subscription_owner is None or (wanted is not None and wanted != session.conn.subscription_id):
+                raise BinanceError(-2035, "User Data Stream subscription not active.")
+            self._unsubscribe(session)
+            return {}
+        assert owner is not None, name
         if name == "order.place":
             m, command, resp_type = api.place_command(params, owner)
             return api.submit_order(m, command, resp_type)
@@ -330,12 +343,6 @@ class WsApi:
             self.hub.subscribe_user(session.conn, owner, subscription_id)
             session.subscription_owner = owner
             return {"subscriptionId": subscription_id}
-        if name == "userDataStream.unsubscribe":
-            wanted = params.integer("subscriptionId", default=-1) if params.get("subscriptionId") is not None else None
-            if session.subscription_owner is None or (wanted is not None and wanted != session.conn.subscription_id):
-                raise BinanceError(-2035, "User Data Stream subscription not active.")
-            self._unsubscribe(session)
-            return {}
         raise BinanceError(-1020, f"This operation is not supported: '{name}'.")  # not reached: METHODS lists what runs
 
     def _unsubscribe(self, session: Session) -> None:
@@ -353,10 +360,7 @@ def build_ws_api_router(api: BinanceApi, hub: StreamHub) -> APIRouter:
 
     async def answer_later(session: Session, pending: Awaitable[str]) -> None:
         try:
-            text = await pending
-        except Exception:  # never expected: every refusal is a BinanceError answered in finish()
-            log.exception("ws_api.request_failed")
-            text = json.dumps({"id": None, "status": 500, "error": {"code": -1000, "msg": "An unknown error occurred while processing the request."}})
+            text = await pending  # finish() answers every outcome, errors included
         finally:
             session.in_flight.release()
         session.conn.offer(text)
