@@ -184,7 +184,7 @@ async def _ws_api_worker(ws_url: str, key: dict, seconds: float, connections: in
                 await send()
 
     sockets = []
-    for i in range(connections):
+    for _ in range(connections):
         ws = await websockets.connect(ws_url, max_queue=None)
         params = {"apiKey": key["api_key"], "timestamp": time.time_ns() // 1_000_000}
         payload = "&".join(f"{k}={v}" for k, v in sorted(params.items()))

@@ -2,7 +2,7 @@
 
 1. The unmodified ccxt pro `binance` class, only its URLs pointed at the local server: bob rests a
    sell with `create_order_ws`, alice (signing with her Ed25519 key) takes it, `fetch_order_ws`,
-   `fetch_open_orders_ws` and `cancel_order_ws` agree with REST, and `watch_orders` receives the
+   `fetch_open_orders_ws`, `cancel_order_ws` and `cancel_all_orders_ws` agree with REST, and `watch_orders` receives the
    user data stream over the same socket.
 2. A raw `websockets` client: one `session.logon` with the Ed25519 key, then orders with no
    signature, the user data stream on the same connection, session.status / logout.
@@ -192,6 +192,12 @@ def test_ccxt_pro_places_fetches_cancels_and_watches_orders_over_the_ws_api(serv
             assert rest_order(server, bob_key, ask["id"])["status"] == "CANCELED"
             assert ask["id"] not in {o["id"] for o in await bob.fetch_open_orders_ws("BTC/USDT")}
 
+            for price in (61500.00, 61500.01):
+                await bob.create_order_ws("BTC/USDT", "limit", "sell", 0.001, price)
+            cleared = await bob.cancel_all_orders_ws("BTC/USDT")
+            assert len(cleared) == 2 and all(o["status"] == "canceled" for o in cleared)
+            assert rest_open_orders(server, bob_key) == []
+
             # Binance's error codes reach ccxt's exception classes
             with pytest.raises(ccxtpro.InsufficientFunds):
                 await bob.create_order_ws("BTC/USDT", "limit", "sell", 1000, 61000.01)
@@ -322,12 +328,16 @@ def test_bad_frames_and_refusals_get_binance_codes_and_change_nothing(server):
 
 def test_revoking_the_logged_on_key_stops_the_next_request(server):
     """A key revoked (through the identity service, on the server's own database) after
-    `session.logon` fails on the logged-on connection's very next request."""
+    `session.logon` fails on the logged-on connection's very next request, although the session
+    answers from its last check while the identity database has not changed (PRAGMA data_version)."""
     from ringfence.identity import accounts, api_keys, second_factor
 
     from .test_ed25519_keys import PASSWORD, _identity_ctx, _user_with_totp
 
+    from ringfence.api.auth import IdentityAuthenticator
+
     ctx, _ = _identity_ctx(server)
+    watcher = IdentityAuthenticator(ctx)
     email = "ws-api-revoke@example.com"
     totp = _user_with_totp(ctx, email)
     token = accounts.login(ctx, email, PASSWORD, ip="127.0.0.1").session.token
@@ -343,9 +353,12 @@ def test_revoking_the_logged_on_key_stops_the_next_request(server):
         async with websockets.connect(ws_api_url(server)) as ws:
             c = Client(ws)
             assert (await c.call("session.logon", ed25519_signed(entry, {})))["status"] == 200
-            ok = await c.call("openOrders.status", {"symbol": "BTCUSDT", "timestamp": now_ms()})
-            assert ok["status"] == 200 and ok["result"] == []
+            for _ in range(3):  # checked once, then answered from the session while the identity database is unchanged
+                ok = await c.call("openOrders.status", {"symbol": "BTCUSDT", "timestamp": now_ms()})
+                assert ok["status"] == 200 and ok["result"] == []
+            before = watcher.change_version()
             api_keys.revoke_api_key(ctx, token, created.key_id)
+            assert watcher.change_version() != before  # what tells the server's sessions to check again
             gone = await c.call("openOrders.status", {"symbol": "BTCUSDT", "timestamp": now_ms()})
             assert gone["status"] == 401 and gone["error"]["code"] == -2015 and "revoked" in gone["error"]["msg"]
             again = await c.call("session.logon", ed25519_signed(entry, {}))

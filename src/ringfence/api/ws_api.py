@@ -10,8 +10,10 @@ Every method runs the REST endpoint's own code (api/binance.py): the same parame
 (`ENDPOINT_PARAMS`: unknown parameters -1104, refused ones, empty values), the same validation and
 engine command, the same answer and Binance error codes, the same request weight charged to the
 same per-IP and per-key limiters as REST, the same `recvWindow` and replay checks. A logged-on
-session re-checks its key on every request (revocation, expiry, freeze, IP allow-list, scope: the
-identity service's row as it is now), so a revoked key stops the very next request here too.
+session's key is as good as a REST request's on every request (revocation, expiry, freeze, IP
+allow-list, scope), so a revoked key stops the very next request here too: the key's row is read
+again unless nothing has been committed to the identity database since the session last read it
+(`IdentityAuthenticator.change_version`, SQLite's data_version; expiry is compared with the clock).
 
 Signatures over params: every param except `signature`, sorted by name, `name=value` joined with
 `&`; JSON strings as they are, numbers as written, booleans `true`/`false` (Binance's rule).
@@ -125,6 +127,8 @@ class Session:
         self.api_key: str | None = None
         self.principal: ApiPrincipal | None = None
         self.authorized_ms: int | None = None
+        #: the identity database's change version when the logged-on key was last checked
+        self.checked_version: int | None = None
         self.return_rate_limits = return_rate_limits
         self.subscription_owner: str | None = None
         self.next_subscription_id = 0
@@ -255,6 +259,7 @@ class WsApi:
             raise BinanceError(-1002, f"You are not authorized to execute this request: '{name}' needs a session logged on with session.logon "
                                       "(or use userDataStream.subscribe.signature with signed params).", 401)
         if signed:
+            version = self.change_version() if method.auth == "logon" else None
             principal = await self.verify_signed(session, texts, params, method.scope or "read")
             if method.auth == "logon":
                 if principal.kind != "ed25519":
@@ -263,6 +268,7 @@ class WsApi:
                 if session.subscription_owner not in (None, principal.account_id):
                     self._unsubscribe(session)  # another account logs on: the previous one's events stop here
                 session.api_key, session.principal, session.authorized_ms = texts["apiKey"], principal, now_ms()
+                session.checked_version = version
             self.gate.key_limiter.charge("key:" + texts["apiKey"], method.weight)
             return principal.account_id
         if session.principal is None or session.api_key is None:
@@ -271,12 +277,26 @@ class WsApi:
         # now (revoked, expired, frozen, IP allow-list, scope: the identity service's live row).
         if method.spec.signed:
             check_timestamp(params, now_ms())
-        try:
-            owner: str = await run_in_threadpool(self.gate.auth.owner_of, session.api_key, session.ip, method.scope or "read")
-        except RingfenceError as err:
-            raise from_ringfence(err) from None
+        scope = method.scope or "read"
+        version = self.change_version()
+        principal = session.principal
+        if (version is not None and version == session.checked_version and scope in principal.scopes
+                and (principal.expires_at_s is None or time.time_ns() // 1_000_000_000 < principal.expires_at_s)):
+            # Nothing committed to the identity database since this key was last checked: its row,
+            # its user and its allow-list are as they were, so the check would answer the same.
+            owner = principal.account_id
+        else:
+            try:
+                owner = await run_in_threadpool(self.gate.auth.owner_of, session.api_key, session.ip, scope)
+            except RingfenceError as err:
+                raise from_ringfence(err) from None
+            session.checked_version = version  # read before the check: a commit during it forces another
         self.gate.key_limiter.charge("key:" + session.api_key, method.weight)
         return owner
+
+    def change_version(self) -> int | None:
+        probe = getattr(self.gate.auth, "change_version", None)
+        return probe() if probe is not None else None
 
     async def verify_signed(self, session: Session, texts: dict[str, str], params: Params, scope: str) -> ApiPrincipal:
         api_key = texts.get("apiKey")
@@ -307,7 +327,7 @@ class WsApi:
         if name == "session.logout":
             if session.subscription_owner is not None and session.principal is not None:
                 self._unsubscribe(session)
-            session.api_key = session.principal = session.authorized_ms = None
+            session.api_key = session.principal = session.authorized_ms = session.checked_version = None
             return session.status()
         if name == "userDataStream.unsubscribe":
             wanted = params.integer("subscriptionId") if params.get("subscriptionId") is not None else None
