@@ -46,7 +46,7 @@ from .binance_errors import BinanceError, from_ringfence, mandatory
 from .gateway import Params, check_timestamp
 from .ws import CLOSE_TIMEOUT_S, SLOW_CONSUMER, Connection, StreamHub
 
-__all__ = ["build_ws_api_router", "signature_payload", "METHODS"]
+__all__ = ["build_ws_api_router", "signature_payload", "param_text", "WsApi", "METHODS"]
 
 log = logging.getLogger("ringfence.api.ws_api")
 
@@ -103,7 +103,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
 
 
-def _param_text(name: str, value: Any) -> str:
+def param_text(name: str, value: Any) -> str:
     """A JSON param value as the text it is signed and read as; objects and arrays are refused."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -153,7 +153,8 @@ class WsApi:
 
     # ------------------------------------------------------------------ frames
 
-    def parse(self, message: str) -> tuple[Any, str, dict[str, Any]]:
+    @staticmethod
+    def parse(message: str) -> tuple[Any, Any, Any]:
         """(id, method, params) of a request frame, or a BinanceError naming what is wrong."""
         if json_nesting_depth(message, MAX_FRAME_DEPTH) > MAX_FRAME_DEPTH:
             raise BinanceError(-1135, f"Invalid JSON Request: nested deeper than {MAX_FRAME_DEPTH} levels.")
@@ -212,7 +213,7 @@ class WsApi:
                 raise BinanceError(-1020, f"This operation is not supported: unknown method '{method_name[:60]}'. Methods: {', '.join(METHODS)}.")
             if not isinstance(raw, dict):
                 raise BinanceError(-1135, "Invalid 'params' in JSON request; expected an object.")
-            texts = {str(k): _param_text(str(k), v) for k, v in raw.items()}
+            texts = {str(k): param_text(str(k), v) for k, v in raw.items()}
             if "returnRateLimits" in texts:
                 choice = texts["returnRateLimits"]
                 if choice not in ("true", "false"):
