@@ -7,7 +7,10 @@ Starts a real `ringfence serve --demo` process, then (client load in separate pr
 2. signed `POST /api/v3/order` (IOC limit orders that do not cross, so every one goes through
    authentication, the journal with fsync, the engine and the read models, and then expires):
    throughput and latency p50/p99/p99.9;
-3. WebSocket fan-out: N subscribers on `btcusdt@depth`; resting orders placed and cancelled;
+3. WebSocket API orders (`/ws-api/v3`): N connections, each logged on once with the demo's Ed25519
+   key, then unsigned `order.place` with the same IOC orders: closed loop (one outstanding per
+   connection, like the REST clients) and pipelined (8 outstanding per connection);
+4. WebSocket fan-out: N subscribers on `btcusdt@depth`; resting orders placed and cancelled;
    latency from the diff's event time (`E`, the sequencer's timestamp) to each subscriber's receipt.
 """
 
@@ -137,6 +140,95 @@ def run_http(base: str, kind: str, keys: list[dict], seconds: float, procs: int,
     }
 
 
+# ---------------------------------------------------------------- WebSocket API orders
+
+
+async def _ws_api_worker(ws_url: str, key: dict, seconds: float, connections: int, window: int, seed: int, out: list) -> None:  # float-ok
+    """`connections` sockets to /ws-api/v3, each logged on once (`session.logon`, Ed25519), then
+    unsigned `order.place` requests, `window` outstanding per socket (1: the same closed loop as a
+    REST client). The same IOC orders as the REST figure."""
+    import base64
+
+    import websockets
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    rng = random.Random(seed)
+    private = Ed25519PrivateKey.from_private_bytes(base64.b64decode(key["private_key"]))
+    stop = time.perf_counter() + seconds
+
+    async def one(ws, first_id: int) -> None:  # type: ignore[no-untyped-def]
+        sent: dict[str, int] = {}
+        next_id = first_id
+
+        async def send() -> None:
+            nonlocal next_id
+            next_id += 1
+            side = "BUY" if rng.random() < 0.5 else "SELL"  # float-ok: coin flip
+            rid = str(next_id)
+            request = {"id": rid, "method": "order.place", "params": {
+                "symbol": "BTCUSDT", "side": side, "type": "LIMIT", "timeInForce": "IOC", "quantity": "0.0010",
+                "price": "60000.00" if side == "BUY" else "62000.00",  # never crosses
+                "newClientOrderId": f"w{rng.getrandbits(64):x}", "timestamp": time.time_ns() // 1_000_000, "recvWindow": 60000}}
+            sent[rid] = time.perf_counter_ns()
+            await ws.send(json.dumps(request))
+
+        for _ in range(window):
+            await send()
+        while sent:
+            reply = json.loads(await ws.recv())
+            started = sent.pop(str(reply.get("id")), None)
+            if started is None:
+                continue
+            out.append((time.perf_counter_ns() - started, reply.get("status")))
+            if time.perf_counter() < stop:
+                await send()
+
+    sockets = []
+    for _ in range(connections):
+        ws = await websockets.connect(ws_url, max_queue=None)
+        params = {"apiKey": key["api_key"], "timestamp": time.time_ns() // 1_000_000}
+        payload = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+        params["signature"] = base64.b64encode(private.sign(payload.encode())).decode()
+        await ws.send(json.dumps({"id": "logon", "method": "session.logon", "params": params}))
+        logon = json.loads(await ws.recv())
+        assert logon.get("status") == 200, logon
+        sockets.append(ws)
+    await asyncio.gather(*(one(ws, i * 10_000_000) for i, ws in enumerate(sockets)))
+    for ws in sockets:
+        await ws.close()
+
+
+def ws_api_process(ws_url: str, key: dict, seconds: float, connections: int, window: int, seed: int, queue: mp.Queue) -> None:  # float-ok
+    out: list = []
+    asyncio.run(_ws_api_worker(ws_url, key, seconds, connections, window, seed, out))
+    queue.put(out)
+
+
+def run_ws_api(base: str, key: dict, seconds: float, connections: int, window: int, seed: int) -> dict:  # float-ok
+    queue: mp.Queue = mp.Queue()
+    worker = mp.Process(target=ws_api_process, args=(base.replace("http://", "ws://") + "/ws-api/v3", key, seconds, connections, window, seed, queue))
+    worker.start()
+    samples_status = queue.get()
+    worker.join()
+    samples = [ns for ns, _ in samples_status]
+    statuses: dict[str, int] = {}
+    for _, code in samples_status:
+        statuses[str(code)] = statuses.get(str(code), 0) + 1
+    ok = statuses.get("200", 0)
+    return {
+        "requests": len(samples),
+        "ok": ok,
+        "statuses": statuses,
+        "throughput_per_s": int(ok / seconds),
+        "p50_us": percentile_us(samples, 50),
+        "p99_us": percentile_us(samples, 99),
+        "p999_us": percentile_us(samples, 99.9),
+        "connections": connections,
+        "outstanding_per_connection": window,
+        "logons": connections,
+    }
+
+
 # ---------------------------------------------------------------- WebSocket fan-out
 
 
@@ -238,8 +330,22 @@ def main() -> None:
         result["signed_orders"] = orders_result
         result["throughput_per_s"] = orders_result["throughput_per_s"]
         result["p99_us"] = orders_result["p99_us"]
+        ed25519 = next(k for k in json.loads((data / "demo-keys.json").read_text()) if k.get("kind") == "ed25519")
+        ws_orders = run_ws_api(base, ed25519, seconds, conc, 1, args.seed)
+        ws_orders["name"] = "WebSocket API order.place after one session.logon per connection, closed loop like the REST clients"
+        ws_pipelined = run_ws_api(base, ed25519, seconds, conc, 8, args.seed + 1)
+        ws_pipelined["name"] = "the same, 8 orders outstanding per connection (pipelined)"
+        result["ws_api_orders"] = ws_orders
+        result["ws_api_orders_pipelined"] = ws_pipelined
+        ping = result["baseline"]["throughput_per_s"] or 1
+        result["ratios"] = {
+            "signed_rest_orders_to_ping": round(orders_result["throughput_per_s"] / ping, 3),
+            "ws_api_orders_to_ping": round(ws_orders["throughput_per_s"] / ping, 3),
+            "ws_api_pipelined_orders_to_ping": round(ws_pipelined["throughput_per_s"] / ping, 3),
+            "ws_api_orders_to_signed_rest_orders": round(ws_orders["throughput_per_s"] / max(1, orders_result["throughput_per_s"]), 3),
+        }
         result["ws_fanout"] = run_fanout(base, keys, subscribers, orders, seconds + 10)
-        result["goal"] = {"signed_orders_per_s": 20_000, "order_p99_us": 10_000, "ws_fanout_p99_us": 50_000, "ws_subscribers": 1000}
+        result["goal"] = {"signed_orders_to_ping": 0.5, "signed_orders_per_s": 20_000, "order_p99_us": 10_000, "ws_fanout_p99_us": 50_000, "ws_subscribers": 1000}
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)

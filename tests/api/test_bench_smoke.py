@@ -14,5 +14,8 @@ def test_api_benchmark_smoke():
     assert line["bench"] == "api" and line["smoke"] is True and "seed=1" in out.stderr
     assert line["signed_orders"]["ok"] > 0 and line["signed_orders"]["statuses"].keys() == {"200"}
     assert line["baseline"]["ok"] > 0
+    for figure in ("ws_api_orders", "ws_api_orders_pipelined"):  # one logon per connection, then unsigned orders
+        assert line[figure]["ok"] > 0 and line[figure]["statuses"].keys() == {"200"}, line[figure]
+    assert line["ratios"]["ws_api_orders_to_ping"] > 0
     fan = line["ws_fanout"]
     assert fan["diff_messages_received"] == fan["expected_messages"] > 0

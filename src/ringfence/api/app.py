@@ -283,7 +283,7 @@ def create_app(
     app = FastAPI(
         title="ringfence",
         version="0.1.0",
-        description="Binance-compatible spot API (`/api/v3`), native API (`/v1`), WebSocket streams (`/ws`, `/stream`).",
+        description="Binance-compatible spot API (`/api/v3`), native API (`/v1`), WebSocket streams (`/ws`, `/stream`), WebSocket API (`/ws-api/v3`).",
         lifespan=lifespan,
         # FastAPI's /docs and /redoc pages load their scripts from a CDN; nothing here may. The
         # OpenAPI document itself is served at /openapi.json (load it into any OpenAPI viewer).
@@ -321,6 +321,9 @@ def create_app(
     app.include_router(build_admin_router(exchange))
     install_admin_pages(app)
     app.include_router(build_ws_router(hub))
+    from .ws_api import build_ws_api_router  # Binance's WebSocket API: order entry at /ws-api/v3
+
+    app.include_router(build_ws_api_router(api, hub))
     from ..index.api import build_index_router  # index and mark price (docs/index.md)
 
     app.include_router(build_index_router(exchange, gate))

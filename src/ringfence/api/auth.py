@@ -48,6 +48,8 @@ class IdentityAuthenticator:
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
+        self._version_conn: Any = None
+        self._version_lock = threading.Lock()
 
     def verify(self, api_key: str, payload: bytes, signature: str, client_ip: str, scope: str) -> ApiPrincipal:
         from ..identity.api_keys import verify_api_request
@@ -58,6 +60,24 @@ class IdentityAuthenticator:
         from ..identity.api_keys import principal_for_key
 
         return principal_for_key(self.ctx, api_key, client_ip, scope).account_id
+
+    def change_version(self) -> int | None:
+        """A number that changes whenever any connection, of any process, commits to the identity
+        database: SQLite's `PRAGMA data_version` read on a connection of our own (which itself never
+        writes). None where there is no such counter (PostgreSQL, an in-memory database): callers
+        then read the key row itself. While it is unchanged, no key, user or allow-list row has
+        changed, so a key checked at that version is still what it was (the WebSocket API's
+        logged-on sessions use this to skip the SQL transaction per order, api/ws_api.py)."""
+        with self._version_lock:
+            if self._version_conn is None:
+                import sqlite3
+
+                url = self.ctx.store.engine.url
+                if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+                    return None
+                self._version_conn = sqlite3.connect(url.database, check_same_thread=False)  # only ever reads the pragma
+            row = self._version_conn.execute("PRAGMA data_version").fetchone()
+            return int(row[0])
 
 
 class ListenKeys:

@@ -495,6 +495,9 @@ class BinanceApi:
 
     async def account(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "read")
+        return self.account_view(params, owner)
+
+    def account_view(self, params: Params, owner: str) -> dict[str, Any]:
         omit_zero = params.boolean("omitZeroBalances", default=False)
         balances = [
             {"asset": code, "free": format_amount(free, d), "locked": format_amount(locked, d)}
@@ -573,6 +576,10 @@ class BinanceApi:
     async def new_order(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "trade", weight=1)
         m, command, resp_type = self.place_command(params, owner)
+        return await self.submit_order(m, command, resp_type)
+
+    async def submit_order(self, m: MarketInfo, command: PlaceOrder, resp_type: str) -> dict[str, Any]:
+        """Journal a validated `place_command` and answer as Binance does (REST and WebSocket API)."""
         events = await self.ex.submit(command)
         accepted = None
         for e in events:
@@ -610,6 +617,9 @@ class BinanceApi:
         balance is not checked (`-2010 insufficient balance` can only come from `POST order`).
         """
         params, owner = await self.gate.signed(request, "trade", weight=1)
+        return await self.check_test_order(params, owner)
+
+    async def check_test_order(self, params: Params, owner: str) -> dict[str, Any]:
         m, command, _ = self.place_command(params, owner)
         with_rates = params.boolean("computeCommissionRates", default=False)
         rejected = await self.ex.check_order(command)
@@ -638,11 +648,18 @@ class BinanceApi:
 
     async def get_order(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "read", weight=4)
+        return self.order_status(params, owner)
+
+    def order_status(self, params: Params, owner: str) -> dict[str, Any]:
         m = self.market(params)
         return self.order_view(m, self._find(params, owner, m, -2013))
 
     async def cancel_order(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "trade", weight=1)
+        return await self.submit_cancel(*self.cancel_command(params, owner))
+
+    def cancel_command(self, params: Params, owner: str) -> tuple[MarketInfo, OrderRecord, str | None, CancelOrder]:
+        """Validate a cancel and find its order; nothing is submitted yet."""
         m = self.market(params)
         cancel_id = params.get("newClientOrderId")
         if cancel_id is not None and not _valid_coid(cancel_id):
@@ -651,7 +668,10 @@ class BinanceApi:
         record = self._find(params, owner, m, -2011)
         if restriction and record.status in ("NEW", "PARTIALLY_FILLED") and record.status != restriction[len("ONLY_") :]:
             raise BinanceError(-2011, "Order was not canceled due to cancel restrictions.")
-        events = await self.ex.submit(CancelOrder(owner=owner, symbol=m.symbol, order_id=record.order_id))
+        return m, record, cancel_id, CancelOrder(owner=owner, symbol=m.symbol, order_id=record.order_id)
+
+    async def submit_cancel(self, m: MarketInfo, record: OrderRecord, cancel_id: str | None, command: CancelOrder) -> dict[str, Any]:
+        events = await self.ex.submit(command)
         for e in events:
             if isinstance(e, OrderRejected):
                 raise from_order_rejection(e.reason, e.message, e.field)
@@ -663,9 +683,15 @@ class BinanceApi:
 
     async def cancel_all(self, request: Request) -> list[dict[str, Any]]:
         params, owner = await self.gate.signed(request, "trade", weight=1)
+        return await self.submit_cancel_all(*self.cancel_all_command(params, owner))
+
+    def cancel_all_command(self, params: Params, owner: str) -> tuple[MarketInfo, set[int], CancelAll]:
         m = self.market(params)
         before = {r.order_id for r in self.ex.history.open_orders(owner, m.symbol)}
-        events = await self.ex.submit(CancelAll(owner=owner, symbol=m.symbol))
+        return m, before, CancelAll(owner=owner, symbol=m.symbol)
+
+    async def submit_cancel_all(self, m: MarketInfo, before: set[int], command: CancelAll) -> list[dict[str, Any]]:
+        events = await self.ex.submit(command)
         for e in events:
             if isinstance(e, OrderRejected):
                 raise from_order_rejection(e.reason, e.message, e.field)
@@ -680,6 +706,9 @@ class BinanceApi:
 
     async def open_orders(self, request: Request) -> list[dict[str, Any]]:
         params, owner = await self.gate.signed(request, "read", weight=6)
+        return self.open_orders_of(params, owner)
+
+    def open_orders_of(self, params: Params, owner: str) -> list[dict[str, Any]]:
         symbol = params.get("symbol")
         if symbol is not None and not self.ex.has_market(symbol):
             raise BinanceError(-1121, "Invalid symbol.")

@@ -309,7 +309,7 @@ def serve(
         feed = start_demo_feed(exchange)
         if feed is not None:
             console.print(f"index feed: simulated venues sim1..sim5 (seed {feed.seed}) for BTCUSDT, ETHUSDT: /v1/index, /fapi/v1/premiumIndex")  # type: ignore[attr-defined]
-    console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, OpenAPI /openapi.json, metrics /metrics)")
+    console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, WebSocket API /ws-api/v3, OpenAPI /openapi.json, metrics /metrics)")
     import signal
 
     # uvicorn drains and shuts down on SIGTERM, then re-raises the signal to the handler that was

@@ -44,6 +44,8 @@ MAX_QUEUE = 10_000
 MAX_QUEUE_BYTES = 4 * 1024 * 1024
 #: Raised and lifted halts (venue-wide stream; Binance has no equivalent).
 HALTS_STREAM = "!halts"
+#: Internal stream names of WebSocket API user data subscriptions (not a name a client can subscribe to).
+USER_STREAM_PREFIX = "~user:"
 MAX_STREAMS_PER_CONNECTION = 200
 MAX_CONNECTIONS = 5_000
 #: Concurrent connections from one client address (the TCP peer, or X-Forwarded-For from a trusted
@@ -67,6 +69,8 @@ class Connection:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.queued_chars = 0
         self.streams: set[str] = set()
+        #: WebSocket API connections (api/ws_api.py): events go out as {"subscriptionId": n, "event": ...}
+        self.subscription_id: int | None = None
         self.dropped = False
         #: Set when the client stopped keeping up: the handler closes the connection.
         self.slow = asyncio.Event()
@@ -134,6 +138,18 @@ class StreamHub:
             self.subs.setdefault(name, set()).add(conn)
         return []
 
+    def subscribe_user(self, conn: Connection, owner: str, subscription_id: int) -> None:
+        """A WebSocket API connection's user data stream (`userDataStream.subscribe`): the account's
+        events, wrapped with the subscription id as Binance's WebSocket API sends them."""
+        name = USER_STREAM_PREFIX + owner
+        conn.subscription_id = subscription_id
+        conn.streams.add(name)
+        self.subs.setdefault(name, set()).add(conn)
+
+    def unsubscribe_user(self, conn: Connection) -> None:
+        self.unsubscribe(conn, [n for n in conn.streams if n.startswith(USER_STREAM_PREFIX)])
+        conn.subscription_id = None
+
     def unsubscribe(self, conn: Connection, names: list[str]) -> None:
         for name in names:
             conn.streams.discard(name)
@@ -172,7 +188,9 @@ class StreamHub:
         raw = json.dumps(payload, separators=(",", ":"))
         combined = None
         for conn in list(subscribers):
-            if conn.combined:
+            if conn.subscription_id is not None:
+                text = '{"subscriptionId":' + str(conn.subscription_id) + ',"event":' + raw + "}"
+            elif conn.combined:
                 if combined is None:
                     combined = '{"stream":' + json.dumps(stream) + ',"data":' + raw + "}"
                 text = combined
@@ -316,7 +334,14 @@ class StreamHub:
     # ------------------------------------------------------------------ user data
 
     def _user_streams(self, owner: str) -> list[str]:
-        return [name for name in self.subs if "@" not in name and name != HALTS_STREAM and self.listen_keys.owner(name) == owner]
+        streams = [
+            name
+            for name in self.subs
+            if "@" not in name and name != HALTS_STREAM and not name.startswith(USER_STREAM_PREFIX) and self.listen_keys.owner(name) == owner
+        ]
+        if USER_STREAM_PREFIX + owner in self.subs:
+            streams.append(USER_STREAM_PREFIX + owner)
+        return streams
 
     def on_user_event(self, owner: str, kind: str, payload: Any) -> None:
         streams = self._user_streams(owner)

@@ -92,6 +92,10 @@ class ApiPrincipal:
     user_id: int
     key_id: int
     scopes: tuple[str, ...]
+    #: "hmac" or "ed25519" (the WebSocket API's session.logon accepts Ed25519 keys only, as Binance's)
+    kind: str = "hmac"
+    #: when the key stops working (unix seconds), or None
+    expires_at_s: int | None = None
 
 
 def hmac_signature(secret: str, payload: bytes | str) -> str:
@@ -413,7 +417,7 @@ def _principal(ctx: IdentityContext, db: object, row: ApiKey, ip: str, required_
     scopes = tuple(row.scopes.split(","))
     if required_scope not in scopes:
         raise Forbidden(f"this API key lacks the '{required_scope}' scope", field="scope")
-    return ApiPrincipal(user.account_id, user.id, row.id, scopes)
+    return ApiPrincipal(user.account_id, user.id, row.id, scopes, row.kind, row.expires_at_s)
 
 
 def _check_arguments(api_key: object, client_ip: object, required_scope: str) -> str:
