@@ -155,8 +155,10 @@ def _restore(engine: Engine, data: list[Any]) -> TradingState:
         m = Market(symbol, base, quote, segment, 10 ** ledger.assets.get(base).decimals)
         for name, value in zip(_MARKET_CONFIG, config):
             setattr(m, name, value)
-        m.status, m.auto_reduce, m.out_of_band, m.out_of_band_since_ns, ref, m.last_price = status
-        m.status = MarketStatus(m.status)
+        # Snapshots hold the status as its string; the market keeps the member (a compiled `Market`
+        # checks the attribute's type, so convert before assigning).
+        status_word, m.auto_reduce, m.out_of_band, m.out_of_band_since_ns, ref, m.last_price = status
+        m.status = MarketStatus(status_word)
         m.set_reference(ref)
         _bind_accounts(ledger, m)
         for row in resting:
@@ -177,8 +179,8 @@ def _order_from_row(ledger: Any, m: Market, row: list[Any]) -> Order:
         o.id,
         o.owner,
         o.is_buy,
-        o.type,
-        o.tif,
+        typ,
+        tif,
         o.price,
         o.qty,
         o.leaves,
@@ -188,12 +190,13 @@ def _order_from_row(ledger: Any, m: Market, row: list[Any]) -> Order:
         o.stop_price,
         o.protect,
         o.coid,
-        o.stp,
+        stp,
         o.hold_id,
         o.ts_ns,
     ) = row
-    # Snapshots hold the strings; the engine works with the members.
-    o.type, o.tif, o.stp = OrderType(o.type), TimeInForce(o.tif), SelfTradePrevention(o.stp)
+    # Snapshots hold the strings; the engine works with the members (converted before they are
+    # assigned: a compiled `Order` checks each attribute's type).
+    o.type, o.tif, o.stp = OrderType(typ), TimeInForce(tif), SelfTradePrevention(stp)
     pay_asset, recv_asset = (m.quote, m.base) if o.is_buy else (m.base, m.quote)
     o.pay = ledger.get(o.owner, pay_asset, "available", m.segment)
     o.recv = ledger.get(o.owner, recv_asset, "available", m.segment)
