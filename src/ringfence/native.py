@@ -207,9 +207,11 @@ def build(verbose: bool = False) -> bool:
         if proc.returncode or not library.exists() or not all(p.exists() for p in built.values()):
             _remove_build()
             compiler = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+            lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "error" in line.lower()]
             _warn(
-                f"the compiled hot path could not be built (exit {proc.returncode}; compiler {compiler!r}; is a C compiler "
-                "and Python's headers installed?): falling back to pure Python, which is correct but slower"
+                f"the compiled hot path could not be built (exit {proc.returncode}; C compiler {compiler!r}; "
+                f"{lines[-1].strip()[:200] if lines else 'no error line'}). Is a C compiler with Python's headers "
+                "installed? Falling back to pure Python: the same results, slower"
             )
             return False
         # Replace, never overwrite in place: a running process may have the old library mapped.

@@ -137,7 +137,7 @@ def test_no_compiler_falls_back_to_pure_python_with_a_warning(built: Path, tmp_p
     assert list(trading.glob("*.so"))
     proc = _run(tree, "-m", "ringfence.native", "build", env={"CC": "/bin/false"})
     assert proc.returncode == 0, proc.stderr  # the set-up (make demo / make test) carries on
-    assert "could not be built" in proc.stderr and "falling back to pure Python" in proc.stderr
+    assert "could not be built" in proc.stderr and "Falling back to pure Python" in proc.stderr
     assert "'/bin/false'" in proc.stderr
     assert not list(trading.glob("*.so")) and not (trading / "_native.json").exists()
     status, stderr = _status(tree)
