@@ -128,6 +128,11 @@ def activate() -> dict[str, Any]:
     if _state:
         return _state
     kind, why = _decide()
+    if kind == "compiled":
+        try:  # the group's shared library loads (built for this interpreter, not truncated)
+            importlib.import_module(GROUP + "__mypyc")
+        except ImportError as err:
+            kind, why = "stale", f"the compiled build does not load ({err})"
     if kind == "stale":
         _warn(f"{why}: the compiled hot path is NOT used, running pure Python; rebuild with `make native`")
         kind = "pure"

@@ -148,3 +148,12 @@ def test_no_compiler_falls_back_to_pure_python_with_a_warning(built: Path, tmp_p
     child = json.loads(run.stdout.strip().splitlines()[-1])
     assert child["implementation"] == "pure" and child["commands"] == 2000 and not child["halted"]
     assert child["event_kinds"].get("Trade", 0) > 0
+
+
+def test_a_build_that_does_not_load_is_refused(built: Path, tmp_path: Path) -> None:
+    tree = _copy_tree(tmp_path, with_build=built)
+    (library,) = (tree / "ringfence" / "trading").glob("_native__mypyc*.so")
+    library.write_bytes(b"not a shared library")
+    status, stderr = _status(tree)
+    assert status["implementation"] == "pure" and status["reason"].startswith("the compiled build does not load")
+    assert "NOT used, running pure Python" in stderr
