@@ -5,6 +5,8 @@
 #                    (Chromium for the browser tests among them), lint (ruff, mypy), run every test
 #   make lint        ruff over src, tests and bench; mypy (pyproject.toml: strict on engine, ledger,
 #                    trading, money)
+#   make native      compile the matching hot path with mypyc in place (run by the set-ups above;
+#                    without a C compiler it warns and the exchange runs the same code as pure Python)
 # The demo needs no Debian package beyond Python itself: coincurve ships its own libsecp256k1,
 # embit falls back to its pure-Python one, GnuPG is loaded only for PGP features and SoftHSM only
 # by the HSM signer, none of which the demo uses; no browser, no browser libraries.
@@ -13,22 +15,26 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-dev
+# The compiled hot path (src/ringfence/native.py: COMPILED) and the stamp its build writes.
+NATIVE_SOURCES := $(addprefix src/ringfence/trading/,book.py matching.py orders.py state.py admin.py) src/ringfence/native.py
+NATIVE_STAMP := src/ringfence/trading/_native.json
 
-.PHONY: setup setup-demo demo serve-demo lint test bench clean
+.PHONY: setup setup-demo demo serve-demo lint test bench clean native
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Runtime packages only (pyproject.toml `dependencies`): what `ringfence demo` and `ringfence serve` need.
+# Runtime packages only (pyproject.toml `dependencies`), plus the `native` extra (mypy, whose mypyc
+# compiles the hot path): what `ringfence demo` and `ringfence serve` need.
 $(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[native]'
 	touch $(DEMO_STAMP)
 
 # Runtime plus the `dev` extra: pytest, hypothesis, Playwright (its Python package; the browser
 # is Debian's chromium below, never a downloaded one), ccxt, linters.
 $(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,native]'
 	touch $(TEST_STAMP) $(DEMO_STAMP)
 
 # Debian packages the tests need: libsecp256k1 (python-bitcointx, custody), SoftHSM2 (the PKCS#11
@@ -36,9 +42,18 @@ $(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
 # Installed only when missing, in one apt run.
 TEST_APT_PACKAGES := libsecp256k1-1 softhsm2 gnupg chromium
 
-setup-demo: $(DEMO_STAMP)
+# Compile the hot path in place (beside the sources; *.so and the stamp are git-ignored). Rebuilt
+# when a compiled source changes. Never fails the set-up: with no compiler or no mypyc it prints a
+# warning and the exchange runs pure Python (an import refuses a stale build the same way).
+$(NATIVE_STAMP): $(NATIVE_SOURCES) | $(DEMO_STAMP)
+	$(PY) -m ringfence.native build
 
-setup: $(TEST_STAMP)
+native: $(DEMO_STAMP)
+	$(PY) -m ringfence.native build
+
+setup-demo: $(DEMO_STAMP) $(NATIVE_STAMP)
+
+setup: $(TEST_STAMP) $(NATIVE_STAMP)
 	@missing=""; for p in $(TEST_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
@@ -64,3 +79,4 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) ringfence-data .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	rm -f src/ringfence/trading/*.so $(NATIVE_STAMP)

@@ -10,7 +10,11 @@ What it measures (one JSON line on stdout, appended to bench/results/matching.js
   hundreds of levels (3,000,000 commands in the full run). The multi-market mix: 4 books, 5,000
   accounts, 30 % GTC, 10 % IOC, 5 % market orders (by quantity and by quote amount), 20 % cancels,
   35 % moves.
-* **Baseline: raw matching** — `Engine.apply` on one command at a time, no journal.
+* **Baseline: raw matching** — `Engine.apply` on one command at a time, no journal, on the hot
+  path this process loaded (compiled with mypyc when built: `ringfence/native.py`), and the same
+  raw run of the same seeded workload on **pure Python** in a child interpreter started with
+  `RINGFENCE_PURE=1` (`raw_pure_python_per_s`; `--no-pure` skips it). The durable runs below use
+  the hot path of this process, so "compiled vs pure-Python vs durable" are all in one line.
 * **Full path through `Node`** (sequencer, journal with group-commit fsync, ledger holds,
   matching, events): (a) one command per order, submitted as fast as the node takes them;
   (b) orders coalesced by a gateway into `TradingBatch` commands of up to 512 actions.
@@ -60,6 +64,7 @@ SINGLE_COMMANDS_CAP = 1_000_000
 #: Throughput runs keep at most this many orders submitted but not yet acknowledged.
 IN_FLIGHT_ORDERS = 65_536
 POLL_S = [0.0]  # float-ok: seconds between sender polls (0 = spin), set from --sender-poll-us
+HOT_PATH = ["?"]  # "compiled" | "pure" | "mixed": what this process loaded (ringfence/native.py)
 
 
 def log(msg: str) -> None:
@@ -290,7 +295,40 @@ def paced_latency(w: Workload, data: Path, seconds: float, coalesce: bool) -> di
     }
 
 
-def run_workload(w: Workload, n: int, latency_s: float, tmp: Path, smoke: bool) -> dict[str, Any]:  # float-ok: seconds
+WORKLOADS = {
+    "core": ("exchange-core mix", ["BTCUSDT"], 1000, (0.09, 0.03, 0.06, 0.0)),
+    "multi": ("multi-market mix", ["BTCUSDT", "ETHUSDT", "SOLUSDT", "ADAUSDT"], 5000, (0.30, 0.10, 0.20, 0.05)),
+}
+
+
+def raw_only(kind: str, n: int, seed: int) -> dict[str, Any]:
+    """Child side of the pure-Python baseline: generate the same workload, time the raw run."""
+    from ringfence import native
+
+    name, symbols, accounts, shares = WORKLOADS[kind]
+    w = Workload(name, symbols, accounts, shares, seed)
+    w.generate(n)
+    gc.collect()
+    gc.freeze()
+    raw_s, raw_cpu, engine = raw_run(w)
+    return {"implementation": native.status()["implementation"], "raw_per_s": int(n / raw_s),
+            "raw_per_cpu_s": int(n / raw_cpu), "state_hash": engine.state_hash()}
+
+
+def raw_pure_python(kind: str, n: int, seed: int) -> dict[str, Any]:
+    """The raw run of the same workload in a fresh interpreter on pure Python (RINGFENCE_PURE=1)."""
+    env = {**os.environ, "RINGFENCE_PURE": "1"}
+    proc = subprocess.run([sys.executable, __file__, "--raw-only", kind, "--commands", str(n), "--seed", str(seed)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"pure-Python raw run failed:\n{proc.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if out["implementation"] != "pure":
+        raise SystemExit(f"the pure-Python raw run loaded {out['implementation']}")
+    return out
+
+
+def run_workload(w: Workload, n: int, latency_s: float, tmp: Path, smoke: bool, kind: str = "", pure: bool = True) -> dict[str, Any]:  # float-ok: seconds
     log(f"{w.name}: generating {n:,} commands")
     t = time.perf_counter()
     w.generate(n)
@@ -299,8 +337,15 @@ def run_workload(w: Workload, n: int, latency_s: float, tmp: Path, smoke: bool) 
     # move it out of the cyclic GC's way so collections do not rescan it over and over.
     gc.collect()
     gc.freeze()
-    raw_s, raw_cpu, _ = raw_run(w)
-    log(f"{w.name}: raw matching {n / raw_s:,.0f} commands/s ({n / raw_cpu:,.0f} per CPU-second)")
+    raw_s, raw_cpu, raw_engine = raw_run(w)
+    log(f"{w.name}: raw matching ({HOT_PATH[0]}) {n / raw_s:,.0f} commands/s ({n / raw_cpu:,.0f} per CPU-second)")
+    pure_raw: dict[str, Any] | None = None
+    if pure and kind:
+        pure_raw = raw_pure_python(kind, n, w.seed)
+        if pure_raw["state_hash"] != raw_engine.state_hash():
+            raise SystemExit(f"{w.name}: pure Python ended in another state than {HOT_PATH[0]}")
+        log(f"{w.name}: raw matching (pure Python) {pure_raw['raw_per_s']:,} commands/s ({pure_raw['raw_per_cpu_s']:,} per CPU-second); same state hash")
+    del raw_engine
     batched_s, batched_cpu, batched_batches = node_throughput(w, tmp / "batched", GATEWAY_BATCH)
     log(f"{w.name}: node, TradingBatch x{GATEWAY_BATCH}: {n / batched_s:,.0f}/s ({n / batched_cpu:,.0f} per CPU-second) in {batched_batches} journal batches")
     n_single = min(n, SINGLE_COMMANDS_CAP)
@@ -312,8 +357,11 @@ def run_workload(w: Workload, n: int, latency_s: float, tmp: Path, smoke: bool) 
     log(f"{w.name}: latency, gateway coalescing: {lat_gw}")
     return {
         "workload": w.describe(),
+        "hot_path": HOT_PATH[0],
         "raw_matching_per_s": int(n / raw_s),
         "raw_matching_per_cpu_s": int(n / raw_cpu),
+        "raw_pure_python_per_s": pure_raw["raw_per_s"] if pure_raw else None,
+        "raw_pure_python_per_cpu_s": pure_raw["raw_per_cpu_s"] if pure_raw else None,
         "durable_single_commands_per_s": int(n_single / single_s),
         "durable_single_commands_per_cpu_s": int(n_single / single_cpu),
         "durable_single_commands_measured_on": n_single,
@@ -424,7 +472,16 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/results/matching.jsonl")
     ap.add_argument("--switch-interval-us", type=int, default=200, help="GIL switch interval (CPython default 5000)")
     ap.add_argument("--sender-poll-us", type=int, default=0, help="paced sender: sleep between polls (0 = spin with sleep(0))")
+    ap.add_argument("--no-pure", action="store_true", help="skip the pure-Python raw baseline (a child interpreter)")
+    ap.add_argument("--raw-only", choices=sorted(WORKLOADS), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.raw_only:
+        print(json.dumps(raw_only(args.raw_only, args.commands, args.seed)))
+        return
+    from ringfence import native
+
+    HOT_PATH[0] = native.status()["implementation"]
+    log(f"matching {native.describe()}")
     POLL_S[0] = args.sender_poll_us / 1e6  # float-ok: seconds
     # The sender (gateway) and the sequencer share one GIL; CPython's default 5 ms switch interval
     # would put up to 5 ms of waiting into every hand-over. A server process sets this the same way.
@@ -436,17 +493,9 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rf-bench-matching-", dir=os.environ.get("RINGFENCE_BENCH_DIR")) as tmp_s:
         tmp = Path(tmp_s)
-        core = run_workload(
-            Workload("exchange-core mix", ["BTCUSDT"], 1000, (0.09, 0.03, 0.06, 0.0), args.seed), n, latency_s, tmp, args.smoke
-        )
+        core = run_workload(Workload(*WORKLOADS["core"], args.seed), n, latency_s, tmp, args.smoke, "core", not args.no_pure)
         multi_n = n // 3
-        multi = run_workload(
-            Workload("multi-market mix", ["BTCUSDT", "ETHUSDT", "SOLUSDT", "ADAUSDT"], 5000, (0.30, 0.10, 0.20, 0.05), args.seed + 1),
-            multi_n,
-            latency_s,
-            tmp,
-            args.smoke,
-        )
+        multi = run_workload(Workload(*WORKLOADS["multi"], args.seed + 1), multi_n, latency_s, tmp, args.smoke, "multi", not args.no_pure)
     structures = price_index_alternatives(args.seed, 20_000 if args.smoke else 300_000)
     log(f"price index alternatives: {structures}")
     best_durable = max(core["durable_single_commands_per_s"], core["durable_batched_per_s"])
@@ -469,10 +518,16 @@ def main() -> None:
         "offered_per_s": OFFERED_PER_S,
         "gil_switch_interval_us": args.switch_interval_us,
         "seconds": round(time.perf_counter() - started, 1),  # float-ok: report
+        "hot_path": HOT_PATH[0],
         "baseline": {
-            "name": "raw matching, no journal (Engine.apply per command)",
+            "name": f"raw matching, no journal (Engine.apply per command), {HOT_PATH[0]}",
             "throughput_per_s": core["raw_matching_per_s"],
             "throughput_per_cpu_s": core["raw_matching_per_cpu_s"],
+        },
+        "pure_python_raw": {
+            "name": "the same raw run on pure Python (RINGFENCE_PURE=1, a child interpreter)",
+            "throughput_per_s": core["raw_pure_python_per_s"],
+            "throughput_per_cpu_s": core["raw_pure_python_per_cpu_s"],
         },
         "throughput_per_cpu_s": core["durable_batched_per_cpu_s"],
         "goal": GOAL,

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from ringfence.custody import withdrawal_cmds
 from ringfence.sim import SimulationFailure, run_simulation
-from ringfence.trading import orders
 
 CI_STEPS = 3_000
 
@@ -149,23 +148,49 @@ def test_the_auditor_imports_no_engine_code():
                     assert alias.name.split(".")[0] in sys.stdlib_module_names, (path.name, alias.name)
 
 
-def test_a_rejection_that_changed_state_is_caught(tmp_path, monkeypatch):
+_PLANT_REJECTION_FAULT = """
+import sys
+from ringfence import native
+from ringfence.sim import SimulationFailure, run_simulation
+from ringfence.trading import orders
+
+assert native.status()["implementation"] == "pure", native.status()
+original = orders._qty_problem
+
+def mutating_qty_problem(m, qty):
+    problem = original(m, qty)
+    if problem is not None:
+        m.last_price += 1
+    return problem
+
+orders._qty_problem = mutating_qty_problem
+try:
+    run_simulation(1, int(sys.argv[2]), sys.argv[1])
+except SimulationFailure as failure:
+    print(failure)
+    sys.exit(0)
+sys.exit("the planted fault was not caught")
+"""
+
+
+def test_a_rejection_that_changed_state_is_caught(tmp_path):
     """Plant issue 14's fault #1: a handler mutates, then refuses. Here a quantity off the lot is
-    rejected after the market's last price was bumped; the sim names the changed field."""
-    original = orders._qty_problem
+    rejected after the market's last price was bumped; the sim names the changed field.
 
-    def mutating_qty_problem(m, qty):
-        problem = original(m, qty)
-        if problem is not None:
-            m.last_price += 1
-        return problem
+    The fault is planted in `orders`, one of the modules the compiled hot path compiles, whose
+    compiled callers call it directly (a monkeypatched module attribute never reaches them): so
+    this runs in a child on pure Python (RINGFENCE_PURE=1, see docs/engine.md)."""
+    import subprocess
+    import sys
 
-    monkeypatch.setattr(orders, "_qty_problem", mutating_qty_problem)
-    with pytest.raises(SimulationFailure) as info:
-        # seed 1: its first hit is a plain rejection (with seed 3 since the index joined the workload,
-        # the first hit is inside a TradingBatch with an accepted action: caught by the audit instead)
-        run_simulation(1, CI_STEPS, tmp_path)
-    text = str(info.value)
+    script = tmp_path / "plant.py"
+    script.write_text(_PLANT_REJECTION_FAULT)
+    # seed 1: its first hit is a plain rejection (with seed 3 since the index joined the workload,
+    # the first hit is inside a TradingBatch with an accepted action: caught by the audit instead)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), str(CI_STEPS)],
+                          env={**os.environ, "RINGFENCE_PURE": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
     print(text)
     assert "rejected" in text and "changed state" in text and "ringfence sim --seed 1" in text
 

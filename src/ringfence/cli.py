@@ -82,13 +82,17 @@ app.add_typer(_por_app, name="por")
 
 @app.command()
 def version() -> None:
-    """Print the ringfence version.
+    """Print the ringfence version, and which matching hot path this install runs.
+
+    The second line says whether the order book and matching loop run compiled (mypyc) or as pure
+    Python, and why (not built, RINGFENCE_PURE=1, a stale build): see docs/engine.md.
 
     Example: ringfence version
     """
-    from . import __version__
+    from . import __version__, native
 
     typer.echo(__version__)
+    typer.echo(native.describe())
 
 
 @app.command()

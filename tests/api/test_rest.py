@@ -251,3 +251,15 @@ def test_proof_of_liabilities_on_the_api(alice, server):
     other = alice.get("/v1/por/proof", {"account_id": "bob"}, signed=True).json()
     assert other["account_id"] == "alice"
     assert alice.http.get("/v1/por/proof").status_code == 401
+
+
+def test_serve_says_which_matching_hot_path_runs(server):
+    # `ringfence serve` prints at start-up whether the order book and matching loop run compiled
+    # (mypyc) or as pure Python; `ringfence version` against the same sources says the same.
+    from .conftest import cli
+
+    lines = [line for line in server.log_text().splitlines() if "matching hot path:" in line]
+    assert len(lines) == 1, server.log_text()[-2000:]
+    version = cli("version")
+    assert version.returncode == 0, version.stderr
+    assert lines[0] == f"ringfence: matching {version.stdout.splitlines()[1]}"

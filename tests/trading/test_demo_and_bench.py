@@ -52,3 +52,6 @@ def test_bench_smoke_prints_one_json_line() -> None:
     data = json.loads(lines[0])
     assert data["bench"] == "matching" and data["throughput_per_s"] > 0 and data["baseline"]["throughput_per_s"] > 0
     assert data["workload"]["commands"] == 4000
+    # compiled (if this tree is built) vs pure Python (a RINGFENCE_PURE=1 child) vs durable, in one line
+    assert data["hot_path"] in ("compiled", "pure")
+    assert data["pure_python_raw"]["throughput_per_s"] > 0 and data["exchange_core"]["raw_pure_python_per_s"] > 0

@@ -278,6 +278,9 @@ def serve(
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
+    from .. import native
+
+    console.print(f"ringfence: matching {native.describe()}", soft_wrap=True)  # compiled or pure Python, and why
     console.print(f"identity store: {info['store']}", soft_wrap=True)
     mail = info["mail"]
     for warning in mail.warnings:  # type: ignore[attr-defined]

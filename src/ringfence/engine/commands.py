@@ -11,6 +11,17 @@ Packages declare their command and event types in their engine `Module` (`engine
 the decoders (`Codec`) are built from the types an engine's modules declare, never from the live
 subclass registry, so this module knows no domain package and a stray subclass decodes nowhere. Fields hold only `int`, `str`, `bytes`, `bool`, lists and
 nested structs — never floats.
+
+Every command and event type is `gc=False` (set on `Command` and `Event`; msgspec passes the setting
+on to subclasses): the cyclic garbage collector does not track them. msgspec's own words (the
+`Struct` docstring, 0.22.0): it "will prevent reference cycles composed of only gc=False [structs]
+from being collected. It is the user's responsibility to ensure that reference cycles don't occur".
+Ours cannot form one: their fields hold only int, str, bytes, bool, lists and tuples of those and
+other gc=False structs (no `Any`, no dict, no object of ours; `tests/engine/test_gc_free_types.py`
+checks every declared type), the structs are frozen, and the engine never appends a struct to a list
+inside itself. A decoded journal is a tree by construction. Untracked, the millions of commands and
+events in flight on the durable path cost the collector nothing: it neither scans them nor counts
+them towards a collection (measured in bench/matching.py).
 """
 
 from __future__ import annotations
@@ -22,14 +33,14 @@ import msgspec
 __all__ = ["Command", "Event", "Batch", "SourcedBatch", "Codec", "encode", "tag_of"]
 
 
-class Command(msgspec.Struct, frozen=True, array_like=True, tag=True, forbid_unknown_fields=True):
+class Command(msgspec.Struct, frozen=True, array_like=True, tag=True, forbid_unknown_fields=True, gc=False):
     """Base of every command. Subclasses set `tag="name/1"` in the class statement."""
 
     #: Limits checked at the edge: how many items a list field may hold, and so on.
     MAX_ITEMS: ClassVar[int] = 8190
 
 
-class Event(msgspec.Struct, frozen=True, array_like=True, tag=True):
+class Event(msgspec.Struct, frozen=True, array_like=True, tag=True, gc=False):
     """Base of every event the engine emits. Events are derived; the journal stores commands."""
 
 

@@ -57,7 +57,7 @@ NONCE_RE = re.compile(r"[0-9a-f]{16,64}")
 HEX_SIG_RE = re.compile(r"[0-9a-f]{128}")
 
 
-class StaffSignature(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+class StaffSignature(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, gc=False):
     """One staff member's signature over one decision (see the module docstring)."""
 
     staff_id: str
@@ -66,7 +66,7 @@ class StaffSignature(msgspec.Struct, frozen=True, array_like=True, forbid_unknow
     signature: str
 
 
-class StaffEntry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+class StaffEntry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, gc=False):
     """A staff member as registered: id, roles, Ed25519 public key (64 lowercase hex characters), and the
     customer accounts the person holds at this exchange (declared at registration, signed by the quorum
     with the rest): never-the-initiator refuses their decisions on those accounts' withdrawals and

@@ -6,6 +6,12 @@ registered on import) and the event-fed read model
 `ringfence.trading.marketdata.MarketData`. See docs/trading.md.
 """
 
+# First: choose the compiled or the pure-Python hot path (ringfence/native.py) before any of its
+# modules is imported.
+from .. import native as _native
+
+_native.activate()
+
 from . import admin, commands, matching, orders, state  # noqa: F401  (registers commands, handlers and the component)
 
 __all__ = ["admin", "commands", "matching", "orders", "state"]

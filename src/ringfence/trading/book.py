@@ -21,16 +21,16 @@ Invariants (`Market.check_invariants`, property-tested):
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from typing import Any
+from typing import Any, Final
 
 from ..errors import InvariantViolation
 from .vocabulary import MarketStatus, OrderType, SelfTradePrevention, Side, TimeInForce
 
 __all__ = ["Order", "Level", "Market", "ACTIVE", "REDUCE_ONLY", "HALTED", "MARKET_STATUSES"]
 
-ACTIVE = MarketStatus.ACTIVE
-REDUCE_ONLY = MarketStatus.REDUCE_ONLY
-HALTED = MarketStatus.HALTED
+ACTIVE: Final = MarketStatus.ACTIVE
+REDUCE_ONLY: Final = MarketStatus.REDUCE_ONLY
+HALTED: Final = MarketStatus.HALTED
 MARKET_STATUSES = tuple(MarketStatus)
 
 

@@ -5,7 +5,7 @@ event (with a reason code from `REASONS`) and changes nothing. Accepted orders r
 matching loop in `matching.py`.
 """
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Final, NamedTuple
 
 from ..engine.commands import Event
 from ..engine.core import Engine
@@ -51,10 +51,16 @@ from .vocabulary import OrderType, SelfTradePrevention, Side, TimeInForce
 __all__ = ["REASONS", "check_place"]
 
 # Members as module constants (a global is ~10x cheaper than `OrderType.MARKET` in CPython 3.11).
-_BUY, _SELL = Side.BUY, Side.SELL
-_LIMIT_MAKER, _MARKET = OrderType.LIMIT_MAKER, OrderType.MARKET
-_STOP_LIMIT, _STOP_MARKET = OrderType.STOP_LIMIT, OrderType.STOP_MARKET
-_GTC, _IOC, _FOK = TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK
+# `Final`: compiled (ringfence/native.py), each is a C static rather than a module-dict lookup.
+_BUY: Final = Side.BUY
+_SELL: Final = Side.SELL
+_LIMIT_MAKER: Final = OrderType.LIMIT_MAKER
+_MARKET: Final = OrderType.MARKET
+_STOP_LIMIT: Final = OrderType.STOP_LIMIT
+_STOP_MARKET: Final = OrderType.STOP_MARKET
+_GTC: Final = TimeInForce.GTC
+_IOC: Final = TimeInForce.IOC
+_FOK: Final = TimeInForce.FOK
 
 #: Every reason an action can be refused with (stable: clients switch on them).
 REASONS = (
@@ -208,7 +214,7 @@ _Words = tuple[bool, OrderType, TimeInForce, SelfTradePrevention, bool, bool]
 
 #: Every well-formed (side, order type, time in force, STP mode) of a command -> its `_Words`:
 #: one lookup checks and converts all four (on a miss `_word_refusal` says which is wrong).
-_WORDS: dict[tuple[str, str, str, str], _Words] = {
+_WORDS: Final[dict[tuple[str, str, str, str], _Words]] = {
     (side.value, typ.value, tif.value, stp.value): (
         _SIDES[side], typ, tif, stp, typ in _LIMITISH, typ == _STOP_LIMIT or typ == _STOP_MARKET
     )
@@ -480,7 +486,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
 # market rules are answered by events in `apply`.
 
 
-_DISPATCH: dict[type, Callable[[Engine, TradingState, Any, list[Event]], None]] = {
+_DISPATCH: Final[dict[type, Callable[[Engine, TradingState, Any, list[Event]], None]]] = {
     PlaceOrder: _place,
     CancelOrder: _cancel,
     CancelAll: _cancel_all,

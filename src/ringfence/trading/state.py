@@ -6,7 +6,7 @@ live here with the vocabulary of order types, time in force and self-trade modes
 """
 
 import re
-from typing import Any
+from typing import Any, Final
 
 from ..engine.core import Engine
 from .module import MODULE
@@ -30,26 +30,26 @@ DEFAULT_MAKER_RATE_PPM = 1000
 DEFAULT_TAKER_RATE_PPM = 1000
 MAX_FEE_RATE_PPM = 100_000  # 10 %: a fee can never exceed what the payer receives
 MAX_FEE_TIERS = 1000
-MAX_PRICE = 10**30
-MAX_QTY = 10**30
+MAX_PRICE: Final = 10**30
+MAX_QTY: Final = 10**30
 MAX_MARKETS = 10_000
 MAX_OPEN_ORDERS_CAP = 100_000
 MAX_BOOK_ORDERS_CAP = 10_000_000
 MAX_LEVELS_CAP = 1_000_000
 
 _SYMBOL_RE = re.compile(r"[A-Z0-9]{2,20}")
-_OWNER_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
-_COID_RE = re.compile(r"[.A-Za-z0-9:/_\-]{1,36}")
+_OWNER_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
+_COID_RE: Final = re.compile(r"[.A-Za-z0-9:/_\-]{1,36}")
 # A command's strings -> the enum members (one dict lookup validates and converts; a plain string
 # finds its member because a StrEnum member hashes and compares as its value).
-_SIDES: dict[str, bool] = {Side.BUY: True, Side.SELL: False}
-_LIMITISH = frozenset((OrderType.LIMIT, OrderType.LIMIT_MAKER, OrderType.STOP_LIMIT))
+_SIDES: Final[dict[str, bool]] = {Side.BUY: True, Side.SELL: False}
+_LIMITISH: Final = frozenset((OrderType.LIMIT, OrderType.LIMIT_MAKER, OrderType.STOP_LIMIT))
 _TYPES: dict[str, OrderType] = {t.value: t for t in OrderType}
 _TIFS: dict[str, TimeInForce] = {t.value: t for t in TimeInForce}
 _STPS: dict[str, SelfTradePrevention] = {s.value: s for s in SelfTradePrevention}
-_PPM = 1_000_000
+_PPM: Final = 1_000_000
 #: Owners already seen to be well-formed (a pure cache: validation gives the same answer without it).
-_VALID_OWNERS: set[str] = set()
+_VALID_OWNERS: Final[set[str]] = set()
 
 
 class TradingState:
@@ -155,8 +155,10 @@ def _restore(engine: Engine, data: list[Any]) -> TradingState:
         m = Market(symbol, base, quote, segment, 10 ** ledger.assets.get(base).decimals)
         for name, value in zip(_MARKET_CONFIG, config):
             setattr(m, name, value)
-        m.status, m.auto_reduce, m.out_of_band, m.out_of_band_since_ns, ref, m.last_price = status
-        m.status = MarketStatus(m.status)
+        # Snapshots hold the status as its string; the market keeps the member (a compiled `Market`
+        # checks the attribute's type, so convert before assigning).
+        status_word, m.auto_reduce, m.out_of_band, m.out_of_band_since_ns, ref, m.last_price = status
+        m.status = MarketStatus(status_word)
         m.set_reference(ref)
         _bind_accounts(ledger, m)
         for row in resting:
@@ -177,8 +179,8 @@ def _order_from_row(ledger: Any, m: Market, row: list[Any]) -> Order:
         o.id,
         o.owner,
         o.is_buy,
-        o.type,
-        o.tif,
+        typ,
+        tif,
         o.price,
         o.qty,
         o.leaves,
@@ -188,12 +190,13 @@ def _order_from_row(ledger: Any, m: Market, row: list[Any]) -> Order:
         o.stop_price,
         o.protect,
         o.coid,
-        o.stp,
+        stp,
         o.hold_id,
         o.ts_ns,
     ) = row
-    # Snapshots hold the strings; the engine works with the members.
-    o.type, o.tif, o.stp = OrderType(o.type), TimeInForce(o.tif), SelfTradePrevention(o.stp)
+    # Snapshots hold the strings; the engine works with the members (converted before they are
+    # assigned: a compiled `Order` checks each attribute's type).
+    o.type, o.tif, o.stp = OrderType(typ), TimeInForce(tif), SelfTradePrevention(stp)
     pay_asset, recv_asset = (m.quote, m.base) if o.is_buy else (m.base, m.quote)
     o.pay = ledger.get(o.owner, pay_asset, "available", m.segment)
     o.recv = ledger.get(o.owner, recv_asset, "available", m.segment)
