@@ -148,6 +148,8 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         metrics_open_without_token=settings.mode == "dev",
         custody=custody,
         chain_admin_token=admin_token,
+        monitoring_rules=settings.monitoring_rules,
+        monitoring_poll_ms=settings.monitoring_poll_ms,
     )
     # proof of solvency on a schedule and the shield fund rule (issue 15, items 6-7; the block below).
     # The custody runtime proves its own wallets' reserves (signed by their signers, one height per

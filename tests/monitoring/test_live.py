@@ -1,0 +1,167 @@
+"""Monitoring in a real `ringfence serve --demo`: events from the web sign-in form and the Binance API
+reach the stream, the rules raise alerts with explanations, and an analyst works the case through
+staff-signed requests to `/admin/v1/...` and in the staff console page in Chromium."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from ringfence.staff.decisions import format_approval, read_key_file
+from ringfence.staff.requests import signed_headers
+from tests.api.conftest import Server
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("mon") / "data", env={"RINGFENCE_MONITORING_POLL_MS": "50"})
+    yield srv
+    assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
+
+
+def admin(server: Server, method: str, path: str, body: dict | None = None, staff: str = "cy") -> httpx.Response:
+    key = read_key_file(server.data / "demo-staff.json", staff)
+    full, _, query = path.partition("?")
+    raw = json.dumps(body).encode() if body is not None else b""
+    headers = signed_headers(key, method, full, query, raw)
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    return httpx.request(method, server.base + path, headers=headers, content=raw or None)
+
+
+def poll(fn, what: str, timeout_s: float = 15):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = fn()
+        if out:
+            return out
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def alerts_for(server: Server, rule: str, account: str) -> list[dict]:
+    r = admin(server, "GET", "/admin/v1/alerts?limit=100")
+    assert r.status_code == 200, r.text
+    return [a for a in r.json()["alerts"] if a["rule"] == rule and a["account_id"] == account]
+
+
+def test_admin_monitoring_needs_a_signed_staff_request(server) -> None:
+    assert httpx.get(server.base + "/admin/v1/alerts").status_code == 401
+    assert httpx.get(server.base + "/admin/v1/cases").status_code == 401
+    status = admin(server, "GET", "/admin/v1/monitoring").json()
+    assert {r["name"] for r in status["rules"]} >= {"failed-sign-ins", "new-device-then-api-key", "wash-trade", "spoofing"}
+    assert admin(server, "GET", "/admin/v1/cases?status=weird").json()["field"] == "status"
+
+
+def test_failed_sign_ins_raise_an_alert_that_an_analyst_works_to_a_close(server) -> None:
+    for _ in range(5):  # the real sign-in form, a wrong password each time
+        web = server.base.replace("127.0.0.1", "localhost")  # the origin the sign-in pages belong to
+        r = httpx.post(web + "/login", data={"email": "bob@demo.ringfence.local", "password": "not the password"},
+                       headers={"Origin": web, "User-Agent": "guesser/1.0"})
+        assert r.status_code in (401, 429), r.text
+    [alert] = poll(lambda: alerts_for(server, "failed-sign-ins", "bob"), "the failed-sign-ins alert")
+    assert "5 sign_in_failed events for account_id bob" in alert["explanation"] and len(alert["evidence"]) == 5
+
+    case_id = alert["case_id"]
+    cases = admin(server, "GET", "/admin/v1/cases?status=active").json()["cases"]
+    assert [c for c in cases if c["case_id"] == case_id][0]["account_id"] == "bob"
+    path = f"/admin/v1/cases/{case_id}"
+    assert admin(server, "POST", path + "/assign", {"assignee": "nobody"}).json()["field"] == "assignee"
+    assert admin(server, "POST", path + "/assign", {"assignee": "cy"}).json()["assignee"] == "cy"
+    assert admin(server, "POST", path + "/note", {"note": "guessing from one address"}).status_code == 200
+    assert admin(server, "POST", path + "/escalate", {"note": "needs a second look"}).json()["status"] == "escalated"
+
+    # pausing withdrawals needs the analyst's own signed decision over (case, account, reason)
+    cy = read_key_file(server.data / "demo-staff.json", "cy")
+    expires = time.time_ns() + 600 * 10**9
+    token = format_approval(cy.sign("monitoring.pause_withdrawals", [case_id, "bob", "guessing"], expires))
+    wrong = format_approval(cy.sign("monitoring.pause_withdrawals", [case_id, "bob", "other reason"], expires))
+    refused = admin(server, "POST", path + "/actions", {"action": "pause_withdrawals", "reason": "guessing", "decision": wrong})
+    assert refused.status_code in (400, 401, 403) and refused.json()["field"] == "decision", refused.text
+    ada = read_key_file(server.data / "demo-staff.json", "ada")  # an operator without the analyst role
+    not_analyst = format_approval(ada.sign("monitoring.pause_withdrawals", [case_id, "bob", "guessing"], expires))
+    r = admin(server, "POST", path + "/actions", {"action": "pause_withdrawals", "reason": "guessing", "decision": not_analyst},
+              staff="ada")
+    assert r.status_code == 403 and "role-required" in r.json()["message"], r.text
+    done = admin(server, "POST", path + "/actions", {"action": "pause_withdrawals", "reason": "guessing", "decision": token})
+    assert done.status_code == 200, done.text
+    assert done.json()["actions"][-1]["decision"] == token
+    again = admin(server, "POST", path + "/actions", {"action": "pause_withdrawals", "reason": "guessing", "decision": token})
+    assert again.status_code == 409, again.text
+
+    assert admin(server, "POST", path + "/close", {"reason": "maybe", "note": "x"}).json()["field"] == "reason"
+    closed = admin(server, "POST", path + "/close", {"reason": "resolved", "note": "user reset the password"}).json()
+    assert closed["status"] == "closed" and closed["closed_reason"].startswith("resolved")
+    assert [a["action"] for a in closed["actions"]] == ["assign", "note", "escalate", "pause_withdrawals", "close"]
+    assert admin(server, "POST", path + "/note", {"note": "late"}).status_code == 409
+
+
+def _signed(secret: str, params: dict) -> str:
+    full = dict(params, timestamp=str(int(time.time() * 1000)), recvWindow="10000")
+    payload = urlencode(full)
+    return payload + "&signature=" + hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+
+
+def test_a_self_trade_through_the_api_is_flagged_as_wash_trading(server) -> None:
+    alice = server.keys["alice"]
+    headers = {"X-MBX-APIKEY": alice["api_key"], "Content-Type": "application/x-www-form-urlencoded"}
+    book = httpx.get(server.base + "/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 1}).json()
+    bid, ask = (int(round(float(book[side][0][0]) * 100)) for side in ("bids", "asks"))  # float-ok: test reads a price
+    assert ask - bid >= 2, book
+    price = f"{(ask - 1) // 100}.{(ask - 1) % 100:02d}"  # inside the spread: the buy meets alice's own sell first
+    for side in ("SELL", "BUY"):
+        body = _signed(alice["api_secret"], {"symbol": "BTCUSDT", "side": side, "type": "LIMIT", "timeInForce": "GTC",
+                                             "price": price, "quantity": "0.0010", "selfTradePreventionMode": "NONE"})
+        r = httpx.post(server.base + "/api/v3/order", content=body, headers=headers)
+        assert r.status_code == 200, r.text
+    [alert] = poll(lambda: alerts_for(server, "wash-trade", "alice"), "the wash-trade alert")
+    assert "same account on both sides (self-trade)" in alert["explanation"]
+    # the API calls themselves are on the stream too, with the caller's account and weight
+    status = admin(server, "GET", "/admin/v1/monitoring").json()
+    assert status["events_scored"] > 0 and status["outbox"]["dropped"] == 0
+
+
+def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
+    poll(lambda: alerts_for(server, "wash-trade", "alice"), "an alert to show")
+    doc = json.loads(Path(server.data / "demo-staff.json").read_text())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.base + "/admin")
+        page.fill("#keyfile", json.dumps(doc))
+        page.fill("#staffid", "ben")
+        page.click("#signin")
+        expect(page.locator("#who")).to_have_text("signed in as ben")
+        row = page.locator('#alerts tr[data-rule="wash-trade"]').first
+        expect(row).to_contain_text("self-trade")
+        case_id = row.locator("td").nth(5).inner_text()
+        case_row = page.locator(f'#cases tr[data-case="{case_id}"]')
+        expect(case_row).to_contain_text("alice")
+        case_row.locator(".case-assign").click()
+        expect(page.locator("#status")).to_contain_text("accepted (case.assign)")
+        expect(page.locator(f'#cases tr[data-case="{case_id}"]')).to_contain_text("ben")
+        case_row = page.locator(f'#cases tr[data-case="{case_id}"]')
+        case_row.locator(".case-note").fill("own orders crossed")
+        case_row.locator(".case-freeze-account").click()
+        expect(page.locator("#status")).to_contain_text("accepted (case.freeze_account)")
+        browser.close()
+        assert not errors, errors
+    detail = admin(server, "GET", f"/admin/v1/cases/{case_id}").json()
+    assert detail["actions"][-1]["action"] == "freeze_account" and detail["actions"][-1]["staff_id"] == "ben"
+    # the freeze is real: alice's API key no longer works
+    alice = server.keys["alice"]
+    r = httpx.get(server.base + "/api/v3/account?" + _signed(alice["api_secret"], {}), headers={"X-MBX-APIKEY": alice["api_key"]})
+    assert r.status_code in (400, 401), r.text
