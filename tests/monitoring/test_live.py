@@ -165,3 +165,25 @@ def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
     alice = server.keys["alice"]
     r = httpx.get(server.base + "/api/v3/account?" + _signed(alice["api_secret"], {}), headers={"X-MBX-APIKEY": alice["api_key"]})
     assert r.status_code in (400, 401), r.text
+
+
+def test_backtest_replays_the_recorded_stream_with_a_rule_file(server, tmp_path) -> None:
+    from tests.api.conftest import cli
+
+    poll(lambda: alerts_for(server, "failed-sign-ins", "bob"), "the recorded failed sign-ins")
+    stream = tmp_path / "stream.jsonl"
+    out = cli("monitoring", "export", "--data", str(server.data), "--out", str(stream))
+    assert out.returncode == 0, out.stderr
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"version": 1, "rules": [
+        {"name": "three-failures", "type": "threshold", "match": {"kind": ["sign_in_failed"]}, "window_s": 600, "count_gte": 3}]}))
+    for source in (("--events", str(stream)), ("--data", str(server.data))):
+        out = cli("monitoring", "backtest", "--rules", str(rules), *source, "--from", "2020-01-01T00:00:00Z", "--json")
+        assert out.returncode == 0, out.stderr
+        lines = [json.loads(x) for x in out.stdout.splitlines()]
+        assert lines[-1]["hits_per_rule"] == {"three-failures": 1} and lines[-1]["events_scored"] > 5
+        assert lines[0]["account_id"] == "bob" and "3 sign_in_failed events" in lines[0]["explanation"]
+    rules.write_text('{"version": 1, "rules": [{"name": "x", "type": "threshold", "window_s": -1}]}')
+    out = cli("monitoring", "backtest", "--rules", str(rules), "--events", str(stream))
+    assert out.returncode == 1 and "rules[0].window_s" in out.stdout
+    assert "Example:" in cli("monitoring", "backtest", "--help").stdout
