@@ -25,7 +25,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("mon") / "data", env={"RINGFENCE_MONITORING_POLL_MS": "50"})
+    srv = Server(tmp_path_factory.mktemp("mon") / "data", env={"RINGFENCE_MONITORING_POLL_MS": "50",
+                                                                      "RINGFENCE_TRADING_STP_MARKETS": "ETHUSDT=NONE"})
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
@@ -113,13 +114,38 @@ def _signed(secret: str, params: dict) -> str:
     return payload + "&signature=" + hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
 
 
-def test_a_self_trade_through_the_api_is_flagged_as_wash_trading(server) -> None:
-    alice = server.keys["alice"]
-    headers = {"X-MBX-APIKEY": alice["api_key"], "Content-Type": "application/x-www-form-urlencoded"}
+def _inside_spread(server: Server) -> str:
     book = httpx.get(server.base + "/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 1}).json()
     bid, ask = (int(round(float(book[side][0][0]) * 100)) for side in ("bids", "asks"))  # float-ok: test reads a price
     assert ask - bid >= 2, book
-    price = f"{(ask - 1) // 100}.{(ask - 1) % 100:02d}"  # inside the spread: the buy meets alice's own sell first
+    return f"{(ask - 1) // 100}.{(ask - 1) % 100:02d}"  # a buy at this price meets a sell at it before the book's asks
+
+
+def test_self_trades_are_prevented_by_default_expire_taker_configurable_per_market(server) -> None:
+    info = {s["symbol"]: s for s in httpx.get(server.base + "/api/v3/exchangeInfo").json()["symbols"]}
+    assert info["BTCUSDT"]["defaultSelfTradePreventionMode"] == "EXPIRE_TAKER"
+    assert info["ETHUSDT"]["defaultSelfTradePreventionMode"] == "NONE"  # RINGFENCE_TRADING_STP_MARKETS
+    bob = server.keys["bob"]
+    headers = {"X-MBX-APIKEY": bob["api_key"], "Content-Type": "application/x-www-form-urlencoded"}
+    price = _inside_spread(server)
+    sent = {}
+    for side in ("SELL", "BUY"):  # no selfTradePreventionMode: the market's default applies
+        body = _signed(bob["api_secret"], {"symbol": "BTCUSDT", "side": side, "type": "LIMIT", "timeInForce": "GTC",
+                                           "price": price, "quantity": "0.0010"})
+        r = httpx.post(server.base + "/api/v3/order", content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        sent[side] = r.json()
+    assert sent["BUY"]["status"] == "EXPIRED_IN_MATCH" and sent["BUY"]["fills"] == [], sent["BUY"]
+    assert sent["SELL"]["status"] == "NEW"
+    r = httpx.delete(server.base + "/api/v3/order?" + _signed(bob["api_secret"], {"symbol": "BTCUSDT", "orderId": sent["SELL"]["orderId"]}),
+                     headers={"X-MBX-APIKEY": bob["api_key"]})
+    assert r.status_code == 200, r.text
+
+
+def test_a_self_trade_through_the_api_is_flagged_as_wash_trading(server) -> None:
+    alice = server.keys["alice"]
+    headers = {"X-MBX-APIKEY": alice["api_key"], "Content-Type": "application/x-www-form-urlencoded"}
+    price = _inside_spread(server)
     for side in ("SELL", "BUY"):
         body = _signed(alice["api_secret"], {"symbol": "BTCUSDT", "side": side, "type": "LIMIT", "timeInForce": "GTC",
                                              "price": price, "quantity": "0.0010", "selfTradePreventionMode": "NONE"})

@@ -223,6 +223,7 @@ def create_app(
     chain_admin_token: str = "",
     monitoring_rules: str = "",
     monitoring_poll_ms: int = 200,
+    stp: tuple[str, dict[str, str]] = ("EXPIRE_TAKER", {}),
 ) -> FastAPI:
     metrics = Metrics(exchange)
     monitor = None
@@ -234,6 +235,7 @@ def create_app(
         exchange.batch_subscribers.append(engine_subscriber(exchange, monitor.outbox))
     hub = StreamHub(exchange, gate.listen_keys)
     api = BinanceApi(exchange, gate)
+    api.stp_default, api.stp_markets = stp[0], dict(stp[1])  # self-trade prevention defaults (docs/trading.md)
     # ---- custody (issue 15): capital endpoints, balanceUpdate, the custody runtime's workers
     from .capital import CapitalApi, balance_updates, build_capital_router
 

@@ -126,10 +126,11 @@ class Hit:
     at_ms: int
     explanation: str
     evidence: tuple[int, ...]
+    related: tuple[str, ...] = ()  # other accounts the hit names (the other side of a wash trade)
 
     def as_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "severity": self.severity, "account_id": self.account_id, "at_ms": self.at_ms,
-                "explanation": self.explanation, "evidence": list(self.evidence)}
+                "explanation": self.explanation, "evidence": list(self.evidence), "related": list(self.related)}
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -271,10 +272,24 @@ class Scorer:
         self._sums: dict[tuple[str, str], int] = {}
         self._seq: dict[str, collections.OrderedDict[str, list[tuple[int, tuple[int, ...]] | None]]] = {
             r.name: collections.OrderedDict() for r in ruleset.rules}
-        # account linking: attribute value -> accounts seen with it (bounded)
-        self._seen: dict[str, collections.OrderedDict[str, set[str]]] = {a: collections.OrderedDict() for a in LINK_ATTRS}
+        # account linking: account -> the (attribute, value) pairs it was seen with (bounded)
+        self._attrs: collections.OrderedDict[str, set[tuple[str, str]]] = collections.OrderedDict()
         self._orders: collections.OrderedDict[tuple[str, int], tuple[int, int, int, int]] = collections.OrderedDict()
         self.events_scored = 0
+        # which rules can fire on an event of each kind (the others are not even called)
+        self._by_kind: dict[str, list[Any]] = collections.defaultdict(list)
+        for rule in ruleset.rules:
+            kinds: set[str] = set()
+            if rule.match is not None:
+                kinds |= rule.match.kinds
+            for step in rule.steps:
+                kinds |= step.kinds
+            if rule.type == "wash_trade":
+                kinds.add("trade")
+            if rule.type == "spoofing":
+                kinds.add("order_canceled")
+            for kind in kinds:
+                self._by_kind[kind].append((rule, getattr(self, "_" + rule.type)))
 
     # -- helpers
 
@@ -304,28 +319,23 @@ class Scorer:
 
     def linked(self, a: str, b: str, attrs: Iterable[str], ignore: frozenset[str]) -> list[str]:
         """The attribute values (`ip=...`) accounts `a` and `b` were both seen with."""
-        shared = []
-        for attr in attrs:
-            for value, accounts in self._seen[attr].items():
-                if value not in ignore and a in accounts and b in accounts:
-                    shared.append(f"{attr}={value}")
-        return shared
+        wanted = set(attrs)
+        shared = self._attrs.get(a, set()) & self._attrs.get(b, set())
+        return sorted(f"{attr}={value}" for attr, value in shared if attr in wanted and value not in ignore)
 
     def _remember(self, e: Event) -> None:
         if not e.account_id:
             return
-        for attr in LINK_ATTRS:
-            value = e.ip if attr == "ip" else e.device
-            if not value:
-                continue
-            seen = self._seen[attr]
-            accounts = seen.get(value)
-            if accounts is None:
-                accounts = seen[value] = set()
-                if len(seen) > MAX_LINK_VALUES:
-                    seen.popitem(last=False)
-            if len(accounts) < 1000:
-                accounts.add(e.account_id)
+        mine = self._attrs.get(e.account_id)
+        if mine is None:
+            mine = self._attrs[e.account_id] = set()
+            if len(self._attrs) > MAX_LINK_VALUES:
+                self._attrs.popitem(last=False)
+        if len(mine) < 100:
+            if e.ip:
+                mine.add(("ip", e.ip))
+            if e.device:
+                mine.add(("device", e.device))
 
     # -- the one entry point
 
@@ -333,8 +343,8 @@ class Scorer:
         self.events_scored += 1
         self._remember(e)
         hits: list[Hit] = []
-        for rule in self.ruleset.rules:
-            hit = getattr(self, "_" + rule.type)(rule, e)
+        for rule, check in self._by_kind.get(e.kind, ()):
+            hit = check(rule, e)
             if hit is not None:
                 hits.append(hit)
         if e.kind == "order_placed":
@@ -431,7 +441,8 @@ class Scorer:
         ids = tuple(i for _, i, _ in dq)
         self._reset(rule, pair)
         return Hit(rule.name, rule.severity, taker, e.at_ms,
-                   f"{len(ids)} trade(s) in {e.data.get('symbol', '?')} between {why} within {_span(dq[0][0], e.at_ms)}", ids)
+                   f"{len(ids)} trade(s) in {e.data.get('symbol', '?')} between {why} within {_span(dq[0][0], e.at_ms)}", ids,
+                   related=() if maker == taker else (maker,))
 
     def _note_order(self, e: Event) -> None:
         oid = e.num("order_id")
