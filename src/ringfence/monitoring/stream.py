@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Iterator
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from ..store import Store
@@ -86,9 +86,10 @@ class Outbox:
             except Exception:  # resolving is best effort; the event is kept as it is
                 log.exception("monitoring.resolve_failed")
         try:
-            with self.store.tx() as db:
-                db.add_all([MonitoringEvent(kind=r["kind"], source=r["source"], user_id=None, account_id=r["account_id"],
-                                            ip=r["ip"], device=r["device"], at_ms=r["at_ms"], data=_data(r["data"])) for r in rows])
+            with self.store.tx() as db:  # one multi-row INSERT (executemany), not one ORM object per event
+                db.execute(insert(MonitoringEvent), [
+                    {"kind": r["kind"], "source": r["source"], "user_id": None, "account_id": r["account_id"], "ip": r["ip"],
+                     "device": r["device"], "at_ms": r["at_ms"], "data": _data(r["data"])} for r in rows])
         except Exception:
             self.errors += 1
             log.exception("monitoring.outbox_write_failed", rows=len(rows))
