@@ -213,3 +213,36 @@ def test_backtest_replays_the_recorded_stream_with_a_rule_file(server, tmp_path)
     out = cli("monitoring", "backtest", "--rules", str(rules), "--events", str(stream))
     assert out.returncode == 1 and "rules[0].window_s" in out.stdout
     assert "Example:" in cli("monitoring", "backtest", "--help").stdout
+
+
+def test_a_new_device_then_an_api_key_in_the_browser_raises_the_sequence_alert(server) -> None:
+    from tests.api.test_web_session import PASSWORD, sign_up_verify_and_enable_totp
+
+    web = server.base.replace("127.0.0.1", "localhost")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        own = browser.new_context(user_agent="HomeLaptop/1.0")
+        totp = sign_up_verify_and_enable_totp(own.new_page(), web, "victim@example.com")  # the first device: learnt silently
+        other = browser.new_context(user_agent="Mallory/6.6")  # someone else's machine, with the password and a code
+        page = other.new_page()
+        page.goto(web + "/login")
+        page.fill("#email", "victim@example.com")
+        page.fill("#password", PASSWORD)
+        page.click("#signin")
+        page.wait_for_url(web + "/login/2fa")
+        page.fill("#code", totp.at(time.time() + 30))  # the next step's code (the confirm used this one)
+        page.click("#verify-totp")
+        page.wait_for_url(web + "/security")
+        page.fill("#key-label", "bot")
+        page.click("#create-key")
+        expect(page.locator("h1")).to_contain_text("API key")
+        browser.close()
+
+    def hit() -> list[dict]:
+        alerts = admin(server, "GET", "/admin/v1/alerts?rule=new-device-then-api-key").json()["alerts"]
+        return alerts
+
+    [alert] = poll(hit, "the new-device-then-api-key alert")
+    assert "new_country_sign_in/new_device_sign_in, then api_key_created" in alert["explanation"], alert
+    case = admin(server, "GET", f"/admin/v1/cases/{alert['case_id']}").json()
+    assert case["account_id"] == alert["account_id"] and case["status"] == "open"
