@@ -65,12 +65,17 @@ def test_admin_monitoring_needs_a_signed_staff_request(server) -> None:
     assert admin(server, "GET", "/admin/v1/cases?status=weird").json()["field"] == "status"
 
 
-def test_failed_sign_ins_raise_an_alert_that_an_analyst_works_to_a_close(server) -> None:
-    for _ in range(5):  # the real sign-in form, a wrong password each time
-        web = server.base.replace("127.0.0.1", "localhost")  # the origin the sign-in pages belong to
+@pytest.fixture(scope="module")
+def bob_guessed(server) -> None:
+    """Five wrong passwords for bob through the real sign-in form (once per module)."""
+    web = server.base.replace("127.0.0.1", "localhost")  # the origin the sign-in pages belong to
+    for _ in range(5):
         r = httpx.post(web + "/login", data={"email": "bob@demo.ringfence.local", "password": "not the password"},
                        headers={"Origin": web, "User-Agent": "guesser/1.0"})
         assert r.status_code in (401, 429), r.text
+
+
+def test_failed_sign_ins_raise_an_alert_that_an_analyst_works_to_a_close(server, bob_guessed) -> None:
     [alert] = poll(lambda: alerts_for(server, "failed-sign-ins", "bob"), "the failed-sign-ins alert")
     assert "5 sign_in_failed events for account_id bob" in alert["explanation"] and len(alert["evidence"]) == 5
 
@@ -193,7 +198,7 @@ def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
     assert r.status_code in (400, 401), r.text
 
 
-def test_backtest_replays_the_recorded_stream_with_a_rule_file(server, tmp_path) -> None:
+def test_backtest_replays_the_recorded_stream_with_a_rule_file(server, bob_guessed, tmp_path) -> None:
     from tests.api.conftest import cli
 
     poll(lambda: alerts_for(server, "failed-sign-ins", "bob"), "the recorded failed sign-ins")
@@ -246,3 +251,27 @@ def test_a_new_device_then_an_api_key_in_the_browser_raises_the_sequence_alert(s
     assert "new_country_sign_in/new_device_sign_in, then api_key_created" in alert["explanation"], alert
     case = admin(server, "GET", f"/admin/v1/cases/{alert['case_id']}").json()
     assert case["account_id"] == alert["account_id"] and case["status"] == "open"
+
+
+def test_deidentified_export_of_the_live_stream(server, bob_guessed, tmp_path) -> None:
+    from tests.api.conftest import cli
+
+    poll(lambda: alerts_for(server, "failed-sign-ins", "bob"), "events to export")
+    key, out = tmp_path / "pseudo.key", tmp_path / "deid.jsonl"
+    run = cli("monitoring", "deidentify", "--data", str(server.data), "--key-file", str(key), "--new-key", "--k", "1",
+              "--out", str(out))
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["k_achieved"] >= 1 and report["records_out"] > 0 and oct(key.stat().st_mode)[-3:] == "600"
+    text = out.read_text()
+    for secret in ('"alice"', '"bob"', "127.0.0.1", "guesser/1.0", server.keys["alice"]["api_key"][:8]):
+        assert secret not in text, secret
+    rows = [json.loads(x) for x in text.splitlines()]
+    assert {r["network"] for r in rows if r["network"]} <= {"127.0.0.0/24"}
+    dictionary = json.loads((tmp_path / "deid.jsonl.dictionary.json").read_text())
+    assert set().union(*(r.keys() for r in rows)) <= set(dictionary["fields"])
+    # a stricter k suppresses more; a new key gives unlinkable pseudonyms; an existing key file is never overwritten
+    strict = cli("monitoring", "deidentify", "--data", str(server.data), "--key-file", str(key), "--k", "50", "--out", str(out))
+    assert json.loads(strict.stdout.strip().splitlines()[-1])["suppressed"] > report["suppressed"]
+    again = cli("monitoring", "deidentify", "--data", str(server.data), "--key-file", str(key), "--new-key", "--out", str(out))
+    assert again.returncode == 1 and "--key-file" in again.stdout
