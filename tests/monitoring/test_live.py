@@ -275,3 +275,18 @@ def test_deidentified_export_of_the_live_stream(server, bob_guessed, tmp_path) -
     assert json.loads(strict.stdout.strip().splitlines()[-1])["suppressed"] > report["suppressed"]
     again = cli("monitoring", "deidentify", "--data", str(server.data), "--key-file", str(key), "--new-key", "--out", str(out))
     assert again.returncode == 1 and "--key-file" in again.stdout
+
+
+def test_linked_accounts_from_the_live_stream(server, bob_guessed) -> None:
+    # alice and bob call the API from this test's address and client: the same IP and device
+    for who in ("alice", "bob"):
+        k = server.keys[who]
+        r = httpx.get(server.base + "/api/v3/account?" + _signed(k["api_secret"], {}), headers={"X-MBX-APIKEY": k["api_key"]})
+        assert r.status_code in (200, 401), r.text  # alice may be frozen by the console test
+
+    def linked() -> dict | None:
+        c = admin(server, "GET", "/admin/v1/links?account_id=bob").json()["cluster"]
+        return c if c and "alice" in c["members"] else None
+
+    cluster = poll(linked, "alice and bob linked")
+    assert any(link["attribute"] == "ip" and link["value"] == "127.0.0.1" for link in cluster["links"]), cluster

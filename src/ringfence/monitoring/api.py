@@ -50,6 +50,14 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
     async def get_case(caller: str, body: dict[str, Any], case_id: str) -> Any:
         return cases.case_detail(store, _query_int(case_id, "case_id", 0))
 
+    @endpoint("GET", "/links", "Linked-account clusters (shared IP, device, withdrawal destination, deposit source, "
+              "trades between them); ?account_id= for one account's cluster")
+    async def get_links(caller: str, body: dict[str, Any]) -> Any:
+        account = query(body).get("account_id", "")
+        if account:
+            return {"cluster": monitor.clusters(account)}
+        return {"clusters": monitor.clusters()}
+
     @endpoint("GET", "/monitoring", "The monitoring worker: rules, cursor, lag, outbox counters")
     async def get_monitoring(caller: str, body: dict[str, Any]) -> Any:
         return monitor.status()

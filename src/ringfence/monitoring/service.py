@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from ..store import Store
 from ..store.models import MonitoringAlert, MonitoringCase, MonitoringCursor, MonitoringEvent
 from .cases import store_hits
+from .linking import LinkGraph
 from .rules import RuleSet, Scorer, default_rules, parse_rules
 from .stream import Outbox, custody_resolver, read_after
 
@@ -41,6 +42,8 @@ class Monitor:
         self.poll_ms = max(10, poll_ms)
         self.outbox = Outbox(store, resolve=custody_resolver(exchange))
         self.scorer = Scorer(ruleset)
+        self.links = LinkGraph()
+        self._links_lock = threading.Lock()
         self.cursor = 0
         self.alerts_raised = 0
         self.errors = 0
@@ -65,6 +68,7 @@ class Monitor:
                 break
             for e in batch:
                 self.scorer.process(e)
+                self.links.add(e)
             warm_from = batch[-1].id
         self._thread = threading.Thread(target=self._run, name="ringfence-monitoring", daemon=True)
         self._thread.start()
@@ -92,13 +96,20 @@ class Monitor:
         if not events:
             return 0
         hits = []
-        for e in events:
-            hits.extend(self.scorer.process(e))
+        with self._links_lock:
+            for e in events:
+                hits.extend(self.scorer.process(e))
+                self.links.add(e)
         now_ms = time.time_ns() // 1_000_000
         store_hits(self.store, hits, now_ms, cursor=(CURSOR, events[-1].id))
         self.cursor = events[-1].id
         self.alerts_raised += len(hits)
         return len(events)
+
+    def clusters(self, account_id: str = "") -> Any:
+        """Linked-account clusters (linking.py), or the one holding `account_id`."""
+        with self._links_lock:
+            return self.links.cluster_of(account_id) if account_id else self.links.clusters()
 
     def status(self) -> dict[str, Any]:
         with self.store.tx() as db:
