@@ -35,3 +35,19 @@ def test_pseudonyms_link_within_a_key_and_not_across_keys() -> None:
     other = PseudonymKey("k2", b"\x02" * 32)
     assert KEY.pseudonym("alice") == KEY.pseudonym("alice") != KEY.pseudonym("bob")
     assert KEY.pseudonym("alice") != other.pseudonym("alice")
+
+
+def test_every_monitoring_command_has_help_with_an_example_and_key_files_are_never_overwritten(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    runner = CliRunner()
+    for command in ("check", "backtest", "export", "deidentify"):
+        out = runner.invoke(app, ["monitoring", command, "--help"])
+        assert out.exit_code == 0 and "Example:" in out.stdout, (command, out.stdout)
+    key = tmp_path / "k.json"
+    key.write_text("{}")
+    out = runner.invoke(app, ["monitoring", "deidentify", "--events", str(tmp_path / "none.jsonl"), "--key-file", str(key),
+                              "--new-key", "--out", str(tmp_path / "o.jsonl")])
+    assert out.exit_code == 1 and "--key-file" in out.stdout and key.read_text() == "{}"
