@@ -137,3 +137,22 @@ def test_wash_trading_self_and_linked_and_spoofing() -> None:
                            data={"symbol": "BTCUSDT", "order_id": i, "leaves": 5}))
     hits = [h for e in spoof for h in s.process(e)]
     assert [h.rule for h in hits] == ["spoofing"] and hits[0].evidence == (11, 13, 15)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 1000), max_size=20), st.integers(2, 10), st.integers(0, 4))
+def test_baseline_flags_exactly_the_outliers_against_the_accounts_own_history(amounts, multiple, min_history) -> None:
+    rs = ruleset({"name": "o", "type": "baseline", "match": {"kind": ["w"]}, "field": "amount_minor",
+                  "multiple_gte": multiple, "min_history": min_history, "window_s": 1})
+    events = [Event(i + 1, "w", i, account_id="u", data={"amount_minor": a, "asset": "BTC"}) for i, a in enumerate(amounts)]
+    got = [h.evidence[0] for h in backtest(rs, events)[0]]
+    want = [i + 1 for i, a in enumerate(amounts) if i >= min_history and i > 0 and a >= multiple * max(amounts[:i])]
+    assert got == want
+
+
+def test_baseline_new_attribute_value_after_enough_history() -> None:
+    rs = ruleset({"name": "n", "type": "baseline", "match": {"kind": ["w"]}, "attribute": "address", "min_history": 2,
+                  "window_s": 1})
+    addrs = ["x", "x", "y", "x", "z"]
+    hits, _ = backtest(rs, [Event(i + 1, "w", i, account_id="u", data={"address": a}) for i, a in enumerate(addrs)])
+    assert [h.evidence for h in hits] == [(3,), (5,)] and "address y never seen" in hits[0].explanation

@@ -15,6 +15,10 @@ Rule types:
   then a withdrawal within 1 h").
 * `wash_trade` — a trade whose two sides are the same account (self-trade) or accounts linked by a
   shared `linked_by` attribute (ip, device) seen on any event; `min_trades` in `window_s`.
+* `baseline` — the account's own history (online, per account and asset): with `field`, a value at
+  least `multiple_gte` times the largest of its previous ones; with `attribute` (ip, device or a
+  string data field such as `address`), a value never seen before; either only once the account
+  has `min_history` earlier matching events.
 * `spoofing` — orders of at least `min_notional_minor` (quote minor units), resting within
   `max_touch_bp` of the best price on their side, cancelled unfilled within `max_life_ms`;
   `count_gte` of them in `window_s` by one account.
@@ -40,7 +44,7 @@ from .events import Event
 
 __all__ = ["Rule", "RuleSet", "Hit", "Scorer", "parse_rules", "default_rules", "backtest", "RULE_TYPES"]
 
-RULE_TYPES = ("threshold", "velocity", "sequence", "wash_trade", "spoofing")
+RULE_TYPES = ("threshold", "velocity", "sequence", "wash_trade", "spoofing", "baseline")
 SEVERITIES = ("low", "medium", "high")
 GROUP_BY = ("account_id", "ip", "device")
 LINK_ATTRS = ("ip", "device")
@@ -58,6 +62,7 @@ _FIELDS = {
     "sequence": {"steps", "group_by", "window_s"},
     "wash_trade": {"linked_by", "window_s", "min_trades", "ignore"},
     "spoofing": {"window_s", "count_gte", "min_notional_minor", "max_touch_bp", "max_life_ms"},
+    "baseline": {"match", "field", "attribute", "multiple_gte", "min_history", "window_s"},
 }
 
 
@@ -107,6 +112,9 @@ class Rule:
     min_notional_minor: int = 0
     max_touch_bp: int = 10_000
     max_life_ms: int = 0
+    attribute: str = ""
+    multiple_gte: int = 0
+    min_history: int = 0
 
 
 @dataclass(frozen=True)
@@ -213,6 +221,14 @@ def _rule(raw: Any, where: str) -> Rule:
             raise ValidationError("must be a list of attribute values (shared NAT addresses...) that link nobody",
                                   field=f"{where}.ignore")
         args.update(linked_by=tuple(linked), ignore=frozenset(ignore), min_trades=_int(raw, "min_trades", where, high=1_000_000))
+    elif kind == "baseline":
+        fld, attr = raw.get("field", ""), raw.get("attribute", "")
+        if not isinstance(fld, str) or not isinstance(attr, str) or bool(fld) == bool(attr):
+            raise ValidationError("name exactly one of field (an integer data field: amount outliers) or attribute "
+                                  "(ip, device or a string data field: never-seen values)", field=f"{where}.field")
+        args.update(match=_match(raw.get("match"), f"{where}.match"), field=fld, attribute=attr,
+                    min_history=_int(raw, "min_history", where, low=0, high=10_000),
+                    multiple_gte=_int(raw, "multiple_gte", where, high=1_000_000) if fld else 0)
     else:
         args.update(count_gte=_int(raw, "count_gte", where, high=1_000_000),
                     min_notional_minor=_int(raw, "min_notional_minor", where, low=0),
@@ -275,6 +291,7 @@ class Scorer:
         # account linking: account -> the (attribute, value) pairs it was seen with (bounded)
         self._attrs: collections.OrderedDict[str, set[tuple[str, str]]] = collections.OrderedDict()
         self._orders: collections.OrderedDict[tuple[str, int], tuple[int, int, int, int]] = collections.OrderedDict()
+        self._baselines: dict[str, collections.OrderedDict[str, list[Any]]] = {}
         self.events_scored = 0
         # which rules can fire on an event of each kind (the others are not even called)
         self._by_kind: dict[str, list[Any]] = collections.defaultdict(list)
@@ -443,6 +460,41 @@ class Scorer:
         return Hit(rule.name, rule.severity, taker, e.at_ms,
                    f"{len(ids)} trade(s) in {e.data.get('symbol', '?')} between {why} within {_span(dq[0][0], e.at_ms)}", ids,
                    related=() if maker == taker else (maker,))
+
+    def _baseline(self, rule: Rule, e: Event) -> Hit | None:
+        assert rule.match is not None
+        if not e.account_id or not rule.match(e):
+            return None
+        asset = e.data.get("asset")
+        key = f"{e.account_id}|{asset}" if isinstance(asset, str) else e.account_id
+        per = self._baselines.setdefault(rule.name, collections.OrderedDict())
+        state = per.get(key)
+        if state is None:
+            state = per[key] = [0, 0, set()]  # count, max, values seen
+            if len(per) > MAX_KEYS_PER_RULE:
+                per.popitem(last=False)
+        count, biggest, seen = state
+        hit = None
+        what = "" if not isinstance(asset, str) else f" {asset}"
+        if rule.field:
+            value = e.num(rule.field)
+            if count >= rule.min_history and biggest > 0 and value >= rule.multiple_gte * biggest:
+                hit = Hit(rule.name, rule.severity, e.account_id, e.at_ms,
+                          f"{rule.field} {value}{what} is {value // biggest}x the largest of this account's {count} previous "
+                          f"{rule.match.describe()} events ({biggest}; outlier at {rule.multiple_gte}x)", (e.id,))
+            state[0], state[1] = count + 1, max(biggest, value)
+        else:
+            attr = rule.attribute
+            value_s = e.ip if attr == "ip" else e.device if attr == "device" else str(e.data.get(attr, ""))
+            if not value_s:
+                return None
+            if count >= rule.min_history and value_s not in seen:
+                hit = Hit(rule.name, rule.severity, e.account_id, e.at_ms,
+                          f"{attr} {value_s} never seen in this account's {count} previous {rule.match.describe()} events", (e.id,))
+            state[0] = count + 1
+            if len(seen) < 1000:
+                seen.add(value_s)
+        return hit
 
     def _note_order(self, e: Event) -> None:
         oid = e.num("order_id")
