@@ -143,7 +143,7 @@ def test_wash_trading_self_and_linked_and_spoofing() -> None:
 @given(st.lists(st.integers(1, 1000), max_size=20), st.integers(2, 10), st.integers(0, 4))
 def test_baseline_flags_exactly_the_outliers_against_the_accounts_own_history(amounts, multiple, min_history) -> None:
     rs = ruleset({"name": "o", "type": "baseline", "match": {"kind": ["w"]}, "field": "amount_minor",
-                  "multiple_gte": multiple, "min_history": min_history, "window_s": 1})
+                  "multiple_gte": multiple, "min_history": min_history})
     events = [Event(i + 1, "w", i, account_id="u", data={"amount_minor": a, "asset": "BTC"}) for i, a in enumerate(amounts)]
     got = [h.evidence[0] for h in backtest(rs, events)[0]]
     want = [i + 1 for i, a in enumerate(amounts) if i >= min_history and i > 0 and a >= multiple * max(amounts[:i])]

@@ -199,7 +199,8 @@ def _rule(raw: Any, where: str) -> Rule:
     if group_by not in GROUP_BY:
         raise ValidationError(f"must be one of {', '.join(GROUP_BY)}", field=f"{where}.group_by")
     args: dict[str, Any] = {"name": name, "type": kind, "severity": severity, "description": description,
-                            "group_by": group_by, "window_s": _int(raw, "window_s", where, high=MAX_WINDOW_S)}
+                            "group_by": group_by,
+                            "window_s": 1 if kind == "baseline" and "window_s" not in raw else _int(raw, "window_s", where, high=MAX_WINDOW_S)}
     if kind == "threshold":
         args.update(match=_match(raw.get("match"), f"{where}.match"), count_gte=_int(raw, "count_gte", where, high=1_000_000))
     elif kind == "velocity":
