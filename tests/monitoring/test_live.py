@@ -163,6 +163,28 @@ def test_a_self_trade_through_the_api_is_flagged_as_wash_trading(server) -> None
     assert status["events_scored"] > 0 and status["outbox"]["dropped"] == 0
 
 
+def test_two_linked_accounts_trading_with_each_other_raise_wash_trade_and_a_flagged_cluster(server) -> None:
+    """bob sells, alice buys from him; both call the API from this test (one address, one client)."""
+    price = _inside_spread(server)
+    for who, side in (("bob", "SELL"), ("alice", "BUY")):
+        k = server.keys[who]
+        body = _signed(k["api_secret"], {"symbol": "BTCUSDT", "side": side, "type": "LIMIT", "timeInForce": "GTC",
+                                         "price": price, "quantity": "0.0010", "selfTradePreventionMode": "NONE"})
+        r = httpx.post(server.base + "/api/v3/order", content=body,
+                       headers={"X-MBX-APIKEY": k["api_key"], "Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 200, r.text
+    assert r.json()["fills"], r.json()
+
+    def raised() -> list[dict]:
+        alerts = admin(server, "GET", "/admin/v1/alerts?rule=linked-cluster").json()["alerts"]
+        return [a for a in alerts if "traded with each other" in a["explanation"]]
+
+    [alert] = poll(raised, "the linked-cluster alert")
+    assert "alice" in alert["explanation"] and "bob" in alert["explanation"] and alert["severity"] == "high"
+    wash = poll(lambda: [a for a in admin(server, "GET", "/admin/v1/alerts?rule=wash-trade").json()["alerts"]
+                         if "linked accounts" in a["explanation"]], "the linked wash-trade alert")
+    assert "shared device=python-httpx" in wash[0]["explanation"], wash
+
 def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
     poll(lambda: alerts_for(server, "wash-trade", "alice"), "an alert to show")
     doc = json.loads(Path(server.data / "demo-staff.json").read_text())
@@ -176,8 +198,8 @@ def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
         page.fill("#staffid", "ben")
         page.click("#signin")
         expect(page.locator("#who")).to_have_text("signed in as ben")
-        row = page.locator('#alerts tr[data-rule="wash-trade"]').first
-        expect(row).to_contain_text("self-trade")
+        row = page.locator('#alerts tr[data-rule="wash-trade"]', has_text="self-trade").first
+        expect(row).to_contain_text("alice")
         case_id = row.locator("td").nth(5).inner_text()
         case_row = page.locator(f'#cases tr[data-case="{case_id}"]')
         expect(case_row).to_contain_text("alice")
@@ -287,3 +309,4 @@ def test_linked_accounts_from_the_live_stream(server, bob_guessed) -> None:
 
     cluster = poll(linked, "alice and bob linked")
     assert any(link["attribute"] == "ip" and link["value"] == "127.0.0.1" for link in cluster["links"]), cluster
+

@@ -70,13 +70,13 @@ class LinkGraph:
 
         shared: list[tuple[str, str, list[str]]] = []
         ignored: list[dict[str, Any]] = []
-        for (attr, value), members in sorted(self.values.items()):
-            if len(members) < 2:
+        for (attr, value), seen in sorted(self.values.items()):
+            if len(seen) < 2:
                 continue
-            if len(members) > self.max_fanout:
-                ignored.append({"attribute": attr, "value": value, "accounts": len(members)})
+            if len(seen) > self.max_fanout:
+                ignored.append({"attribute": attr, "value": value, "accounts": len(seen)})
                 continue
-            ordered = sorted(members)
+            ordered = sorted(seen)
             shared.append((attr, value, ordered))
             for other in ordered[1:]:
                 union(ordered[0], other)
@@ -85,7 +85,7 @@ class LinkGraph:
         groups: dict[str, list[str]] = collections.defaultdict(list)
         for a in self.accounts:
             groups[find(a)].append(a)
-        out = []
+        out: list[dict[str, Any]] = []
         for root, members in sorted(groups.items()):
             if len(members) < 2:
                 continue
@@ -101,7 +101,7 @@ class LinkGraph:
                                    f"{link['value']} (cross-collateral or mule activity)")
             out.append({"cluster": root, "members": sorted(members), "links": links, "internal_trades": internal,
                         "flagged": bool(reasons), "reasons": reasons})
-        out.sort(key=lambda c: (-int(c["flagged"]), -len(c["members"]), c["cluster"]))
+        out.sort(key=lambda c: (0 if c["flagged"] else 1, -len(c["members"]), str(c["cluster"])))
         return out + ([{"ignored_values": ignored}] if ignored else [])
 
     def cluster_of(self, account_id: str) -> dict[str, Any] | None:

@@ -9,6 +9,8 @@ raised again). Nothing here runs on the engine's sequencer thread.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -21,13 +23,16 @@ from ..store import Store
 from ..store.models import MonitoringAlert, MonitoringCase, MonitoringCursor, MonitoringEvent
 from .cases import store_hits
 from .linking import LinkGraph
-from .rules import RuleSet, Scorer, default_rules, parse_rules
+from .rules import Hit, RuleSet, Scorer, default_rules, parse_rules
 from .stream import Outbox, custody_resolver, read_after
 
 __all__ = ["Monitor", "load_rules"]
 
 log = structlog.get_logger("ringfence.monitoring")
 CURSOR = "rules"
+CLUSTER_RULE = "linked-cluster"
+CLUSTER_CHECK_MS = 1_000
+LINK_KINDS = frozenset({"trade", "withdrawal_requested", "deposit_credited"})
 
 
 def load_rules(path: str) -> RuleSet:
@@ -44,6 +49,8 @@ class Monitor:
         self.scorer = Scorer(ruleset)
         self.links = LinkGraph()
         self._links_lock = threading.Lock()
+        self._clusters_raised: set[str] = set()
+        self._clusters_checked_ms = 0
         self.cursor = 0
         self.alerts_raised = 0
         self.errors = 0
@@ -70,6 +77,9 @@ class Monitor:
                 self.scorer.process(e)
                 self.links.add(e)
             warm_from = batch[-1].id
+        with self.store.tx() as db:  # flagged clusters already raised (their signature ends the explanation)
+            for text in db.scalars(select(MonitoringAlert.explanation).where(MonitoringAlert.rule == CLUSTER_RULE)):
+                self._clusters_raised.add(text.rsplit("[", 1)[-1].rstrip("]"))
         self._thread = threading.Thread(target=self._run, name="ringfence-monitoring", daemon=True)
         self._thread.start()
 
@@ -101,10 +111,31 @@ class Monitor:
                 hits.extend(self.scorer.process(e))
                 self.links.add(e)
         now_ms = time.time_ns() // 1_000_000
+        if any(e.kind in LINK_KINDS for e in events) and now_ms - self._clusters_checked_ms >= CLUSTER_CHECK_MS:
+            self._clusters_checked_ms = now_ms
+            hits.extend(self._flagged_clusters(events[-1].at_ms))
         store_hits(self.store, hits, now_ms, cursor=(CURSOR, events[-1].id))
         self.cursor = events[-1].id
         self.alerts_raised += len(hits)
         return len(events)
+
+    def _flagged_clusters(self, at_ms: int) -> list[Hit]:
+        """One `linked-cluster` alert per flagged cluster (members and reasons), raised once."""
+        hits = []
+        with self._links_lock:
+            clusters = self.links.clusters()
+        for c in clusters:
+            if not c.get("flagged"):
+                continue
+            members = c["members"]
+            signature = hashlib.sha256(json.dumps([members, c["reasons"]]).encode()).hexdigest()[:16]
+            if signature in self._clusters_raised:
+                continue
+            self._clusters_raised.add(signature)
+            hits.append(Hit(CLUSTER_RULE, "high", members[0], at_ms,
+                            f"linked accounts {', '.join(members[:10])}{' …' if len(members) > 10 else ''}: "
+                            + "; ".join(c["reasons"]) + f" [{signature}]", (), related=tuple(members[1:])))
+        return hits
 
     def clusters(self, account_id: str = "") -> Any:
         """Linked-account clusters (linking.py), or the one holding `account_id`."""
