@@ -25,8 +25,19 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    # the shipped rules, with the per-address stuffing threshold at 8 so the test signs in wrongly 8 times, not 20
+    # (a wrong password costs an argon2 hash, seconds on a busy machine)
+    from ringfence.monitoring.rules import default_rules  # noqa: F401  (the file below must stay valid)
+
+    rules = json.loads((Path(__file__).resolve().parents[2] / "src/ringfence/monitoring/data/default-rules.json").read_text())
+    for rule in rules["rules"]:
+        if rule["name"] == "failed-sign-ins-per-ip":
+            rule["count_gte"] = 8
+    path = tmp_path_factory.mktemp("rules") / "rules.json"
+    path.write_text(json.dumps(rules))
     srv = Server(tmp_path_factory.mktemp("mon") / "data", env={"RINGFENCE_MONITORING_POLL_MS": "50",
-                                                                      "RINGFENCE_TRADING_STP_MARKETS": "ETHUSDT=NONE"})
+                                                                      "RINGFENCE_TRADING_STP_MARKETS": "ETHUSDT=NONE",
+                                                                      "RINGFENCE_MONITORING_RULES": str(path)})
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
@@ -220,6 +231,17 @@ def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
     assert r.status_code in (400, 401), r.text
 
 
+def ringfence(*args: str):  # type: ignore[no-untyped-def]
+    """`ringfence ARGS` in this process (typer's runner: the same command code, no interpreter start-up)."""
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    result.returncode = result.exit_code
+    return result
+
+
 def test_backtest_replays_the_recorded_stream_with_a_rule_file(server, bob_guessed, tmp_path) -> None:
     from tests.api.conftest import cli
 
@@ -231,13 +253,13 @@ def test_backtest_replays_the_recorded_stream_with_a_rule_file(server, bob_guess
     rules.write_text(json.dumps({"version": 1, "rules": [
         {"name": "three-failures", "type": "threshold", "match": {"kind": ["sign_in_failed"]}, "window_s": 600, "count_gte": 3}]}))
     for source in (("--events", str(stream)), ("--data", str(server.data))):
-        out = cli("monitoring", "backtest", "--rules", str(rules), *source, "--from", "2020-01-01T00:00:00Z", "--json")
-        assert out.returncode == 0, out.stderr
+        out = ringfence("monitoring", "backtest", "--rules", str(rules), *source, "--from", "2020-01-01T00:00:00Z", "--json")
+        assert out.returncode == 0, out.output
         lines = [json.loads(x) for x in out.stdout.splitlines()]
         assert lines[-1]["hits_per_rule"] == {"three-failures": 1} and lines[-1]["events_scored"] > 5
         assert lines[0]["account_id"] == "bob" and "3 sign_in_failed events" in lines[0]["explanation"]
     rules.write_text('{"version": 1, "rules": [{"name": "x", "type": "threshold", "window_s": -1}]}')
-    out = cli("monitoring", "backtest", "--rules", str(rules), "--events", str(stream))
+    out = ringfence("monitoring", "backtest", "--rules", str(rules), "--events", str(stream))
     assert out.returncode == 1 and "rules[0].window_s" in out.stdout
 
 
@@ -275,13 +297,11 @@ def test_a_new_device_then_an_api_key_in_the_browser_raises_the_sequence_alert(s
 
 
 def test_deidentified_export_of_the_live_stream(server, bob_guessed, tmp_path) -> None:
-    from tests.api.conftest import cli
-
     poll(lambda: alerts_for(server, "failed-sign-ins", "bob"), "events to export")
     key, out = tmp_path / "pseudo.key", tmp_path / "deid.jsonl"
-    run = cli("monitoring", "deidentify", "--data", str(server.data), "--key-file", str(key), "--new-key", "--k", "1",
+    run = ringfence("monitoring", "deidentify", "--data", str(server.data), "--key-file", str(key), "--new-key", "--k", "1",
               "--out", str(out))
-    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.returncode == 0, run.output
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["k_achieved"] >= 1 and report["records_out"] > 0 and oct(key.stat().st_mode)[-3:] == "600"
     text = out.read_text()
@@ -292,7 +312,7 @@ def test_deidentified_export_of_the_live_stream(server, bob_guessed, tmp_path) -
     dictionary = json.loads((tmp_path / "deid.jsonl.dictionary.json").read_text())
     assert set().union(*(r.keys() for r in rows)) <= set(dictionary["fields"])
     # a stricter k suppresses more; a new key gives unlinkable pseudonyms; an existing key file is never overwritten
-    strict = cli("monitoring", "deidentify", "--data", str(server.data), "--key-file", str(key), "--k", "50", "--out", str(out))
+    strict = ringfence("monitoring", "deidentify", "--data", str(server.data), "--key-file", str(key), "--k", "50", "--out", str(out))
     assert json.loads(strict.stdout.strip().splitlines()[-1])["suppressed"] > report["suppressed"]
 
 
@@ -310,3 +330,20 @@ def test_linked_accounts_from_the_live_stream(server, bob_guessed) -> None:
     cluster = poll(linked, "alice and bob linked")
     assert any(link["attribute"] == "ip" and link["value"] == "127.0.0.1" for link in cluster["links"]), cluster
 
+
+
+def test_guessing_across_unknown_e_mails_from_one_address_is_credential_stuffing(server) -> None:
+    web = server.base.replace("127.0.0.1", "localhost")
+    statuses = set()
+    for i in range(8):
+        r = httpx.post(web + "/login", data={"email": f"nobody{i}@example.com", "password": "hunter2"},
+                       headers={"Origin": web, "User-Agent": "stuffer/2.0"})
+        statuses.add(r.status_code)
+    assert statuses <= {401, 429}, statuses
+
+    def hit() -> list[dict]:
+        return admin(server, "GET", "/admin/v1/alerts?rule=failed-sign-ins-per-ip").json()["alerts"]
+
+    [alert] = poll(hit, "the failed-sign-ins-per-ip alert")
+    assert alert["account_id"] == "ip:127.0.0.1" and "8 sign_in_failed/sign_in_failed_unknown events" in alert["explanation"]
+    assert "threshold: 8 in 600 s" in alert["explanation"]  # the server runs the rule file it was given

@@ -199,6 +199,10 @@ def login(
             if not ok:
                 lock_s = throttle.record_failure(db, key, now, free_failures=s.identity_lockout_free_failures,
                                                  base_s=s.identity_lockout_base_s, max_s=s.identity_lockout_max_s)
+                if user is None:  # no account to record it on: the monitoring stream still sees the attempt
+                    from ..monitoring.stream import add_in_tx
+
+                    add_in_tx(db, "sign_in_failed_unknown", source="identity", at_ms=now * 1000, ip=client_ip, device=agent)
                 if user is not None:
                     record_event(db, user_id=user.id, kind="sign_in_failed", at_s=now, ip=client_ip, device=agent)
                     if lock_s:
