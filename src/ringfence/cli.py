@@ -75,6 +75,10 @@ def _root(
     """ringfence: an exchange core where every balance is provable."""
 
 
+from .monitoring.cli import app as _monitoring_app  # noqa: E402
+
+app.add_typer(_monitoring_app, name="monitoring")
+
 from .solvency.cli import app as _por_app  # noqa: E402
 
 app.add_typer(_por_app, name="por")

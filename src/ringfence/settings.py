@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     api_metrics_token: str = ""
     # The reconciler inside `ringfence serve`: internal checks every this many ms (0 = off).
     reconcile_every_ms: int = Field(default=5_000, ge=0, le=600_000)
+    # Monitoring (docs/monitoring.md): the rule set (a JSON file; empty = the shipped default rules)
+    # and how often the worker reads the event stream (ms; 0 = no monitoring worker).
+    monitoring_rules: str = Field(default="", max_length=1000)
+    # Self-trade prevention when an order names none (Binance's default is EXPIRE_TAKER), and
+    # per-market overrides "BTCUSDT=NONE,ETHUSDT=EXPIRE_BOTH" (modes NONE, EXPIRE_TAKER, EXPIRE_MAKER, EXPIRE_BOTH).
+    trading_stp_default: str = "EXPIRE_TAKER"
+    trading_stp_markets: str = Field(default="", max_length=4000)
+    monitoring_poll_ms: int = Field(default=200, ge=0, le=60_000)
     # Proof of solvency inside `ringfence serve`: one proof at start, then one every this many
     # seconds (0 = only at start; `serve --demo` uses 30 unless set), the newest `por_keep` kept.
     por_every_s: int = Field(default=600, ge=0, le=7 * 86_400)

@@ -208,7 +208,7 @@ def install_admin_pages(app: Any) -> None:
         return FileResponse(pages / name, headers=headers(request))
 
 
-def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = None) -> APIRouter:
+def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = None, monitor: Any = None) -> APIRouter:
     verifier = verifier or RequestVerifier()
     router = APIRouter(prefix=PREFIX, tags=["admin"])
 
@@ -228,7 +228,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         headers = {k.lower(): v for k, v in request.headers.items()}
         caller = verifier.verify(headers, request.method, request.url.path, request.url.query, body, key_of)
         if request.method == "GET":
-            return caller, {}
+            return caller, {"__query__": dict(request.query_params)}
         try:
             parsed = json.loads(body or b"{}")
         except ValueError:
@@ -452,4 +452,8 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         return await submit(OverrideReferencePrice(_text(body, "symbol"), _int(body.get("price_minor"), "price_minor"),
                                                    _text(body, "reason"), approvals))
 
+    if monitor is not None:  # monitoring: alerts, cases, the analyst workflow (docs/monitoring.md)
+        from ..monitoring.api import install as install_monitoring
+
+        install_monitoring(endpoint, exchange, monitor, _callers_decision)
     return router

@@ -221,10 +221,21 @@ def create_app(
     metrics_open_without_token: bool = True,
     custody: Any = None,
     chain_admin_token: str = "",
+    monitoring_rules: str = "",
+    monitoring_poll_ms: int = 200,
+    stp: tuple[str, dict[str, str]] = ("EXPIRE_TAKER", {}),
 ) -> FastAPI:
     metrics = Metrics(exchange)
+    monitor = None
+    if identity_ctx is not None and monitoring_poll_ms:  # monitoring: the event stream and rules (docs/monitoring.md)
+        from ..monitoring.service import Monitor, load_rules
+        from ..monitoring.stream import engine_subscriber
+
+        monitor = Monitor(identity_ctx.store, exchange, load_rules(monitoring_rules), poll_ms=monitoring_poll_ms)
+        exchange.batch_subscribers.append(engine_subscriber(exchange, monitor.outbox))
     hub = StreamHub(exchange, gate.listen_keys)
     api = BinanceApi(exchange, gate)
+    api.stp_default, api.stp_markets = stp[0], dict(stp[1])  # self-trade prevention defaults (docs/trading.md)
     # ---- custody (issue 15): capital endpoints, balanceUpdate, the custody runtime's workers
     from .capital import CapitalApi, balance_updates, build_capital_router
 
@@ -246,6 +257,8 @@ def create_app(
         exchange.start(asyncio.get_running_loop())
         if custody is not None:
             custody.start(exchange.node)
+        if monitor is not None:
+            monitor.start()
         quiet_client_garbage()
         stop = threading.Event()
         worker = None
@@ -277,6 +290,8 @@ def create_app(
                 worker.join(10)
             if custody is not None:
                 custody.stop()
+            if monitor is not None:
+                monitor.stop()
             exchange.close()
             log.info("ringfence.stopped")
 
@@ -318,7 +333,7 @@ def create_app(
         app.include_router(build_chain_admin_router(custody, chain_admin_token))
     from .admin import build_admin_router, install_admin_pages  # staff console: signed requests and decisions (docs/staff.md)
 
-    app.include_router(build_admin_router(exchange))
+    app.include_router(build_admin_router(exchange, monitor=monitor))
     install_admin_pages(app)
     app.include_router(build_ws_router(hub))
     from .ws_api import build_ws_api_router  # Binance's WebSocket API: order entry at /ws-api/v3
@@ -506,6 +521,10 @@ def create_app(
             return JSONResponse({"code": -1000, "msg": "not found"}, status_code=404)
         return FileResponse(static_dir / name, headers=_page_headers(request))
 
+    if monitor is not None:
+        from ..monitoring.stream import ApiCallRecorder
+
+        return SecurityHeaders(BodyLimit(ApiCallRecorder(app, monitor.outbox), max_body_bytes))  # type: ignore[return-value]
     return SecurityHeaders(BodyLimit(app, max_body_bytes))  # type: ignore[return-value]
 
 

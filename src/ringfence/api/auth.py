@@ -139,6 +139,7 @@ class ApiGate:
         return request.client.host if request.client else "127.0.0.1"
 
     async def charge(self, request: Request, weight: int) -> None:
+        request.state.rf_weight = getattr(request.state, "rf_weight", 0) + weight  # monitoring: api_call events
         self.ip_limiter.charge("ip:" + self.client_ip(request), weight)
 
     async def body_text(self, request: Request) -> str:
@@ -174,6 +175,7 @@ class ApiGate:
             # checks run, only the caller proof differs.
             if scope not in session.scopes:
                 raise BinanceError(-1002, f"This session may not '{scope}': {session.why_not(scope)}", 403)
+            request.state.rf_account = session.account_id  # monitoring: api_call events
             return await self.params(request), session.account_id
         api_key = request.headers.get("x-mbx-apikey")
         if not api_key:
@@ -190,6 +192,7 @@ class ApiGate:
         except RingfenceError as err:
             raise from_ringfence(err) from None
         self.replays.check_and_remember(principal.key_id, payload, now_ms, params.integer("timestamp"))
+        request.state.rf_account = principal.account_id  # monitoring: api_call events
         if weight:
             self.key_limiter.charge("key:" + api_key, weight)
         return params, principal.account_id

@@ -202,6 +202,13 @@ class BinanceApi:
         self.ex = exchange
         self.gate = gate  # ApiGate: authentication, rate limits, replay guard
         self.capital: Any = None  # api.capital.CapitalApi: what canDeposit / canWithdraw say
+        #: Self-trade prevention when an order names none: EXPIRE_TAKER as Binance's, per market
+        #: overrides from RINGFENCE_TRADING_STP_MARKETS (`stp_defaults`).
+        self.stp_default = "EXPIRE_TAKER"
+        self.stp_markets: dict[str, str] = {}
+
+    def stp_for(self, symbol: str) -> str:
+        return self.stp_markets.get(symbol, self.stp_default)
 
     # ------------------------------------------------------------------ helpers
 
@@ -308,7 +315,7 @@ class BinanceApi:
             "pegInstructionsAllowed": False,
             "filters": filters,
             "permissions": ["SPOT"],
-            "defaultSelfTradePreventionMode": "NONE",
+            "defaultSelfTradePreventionMode": self.stp_for(m.symbol),
             "allowedSelfTradePreventionModes": list(STP_MODES),
             "segment": m.segment,
         }
@@ -556,7 +563,7 @@ class BinanceApi:
         coid = params.get("newClientOrderId") or "rf-" + secrets.token_hex(10)
         if not _valid_coid(coid):
             raise BinanceError(-1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is '^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.")
-        stp = params.choice("selfTradePreventionMode", STP_MODES, default="NONE")
+        stp = params.choice("selfTradePreventionMode", STP_MODES, default=self.stp_for(m.symbol))
         resp_type = params.choice("newOrderRespType", ("ACK", "RESULT", "FULL"), default="FULL")
         command = PlaceOrder(
             owner=owner,
@@ -807,6 +814,22 @@ def _symbol_list(raw: str) -> list[str]:
     if not isinstance(value, list) or not value or len(value) > 100 or not all(isinstance(s, str) for s in value):
         raise BinanceError(-1100, "Illegal characters found in parameter 'symbols'; send a JSON array of 1-100 symbol strings.")
     return value
+
+
+def stp_defaults(default: str, per_market: str) -> tuple[str, dict[str, str]]:
+    """Parse the STP settings: a mode, and `SYMBOL=MODE,...` overrides; a ConfigError names the setting."""
+    from ..errors import ConfigError
+
+    if default not in STP_MODES:
+        raise ConfigError(f"must be one of {', '.join(STP_MODES)}", field="RINGFENCE_TRADING_STP_DEFAULT")
+    out: dict[str, str] = {}
+    for item in filter(None, (x.strip() for x in per_market.split(","))):
+        symbol, _, mode = item.partition("=")
+        if not symbol.strip() or mode.strip() not in STP_MODES:
+            raise ConfigError(f"must be SYMBOL=MODE pairs, MODE one of {', '.join(STP_MODES)}; got {item!r}",
+                              field="RINGFENCE_TRADING_STP_MARKETS")
+        out[symbol.strip()] = mode.strip()
+    return default, out
 
 
 def add_binance_route(router: APIRouter, gate: Any, spec: EndpointParams, path: str, method: str,

@@ -67,6 +67,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     from ..store import Store
     from .app import create_app
     from .auth import ApiGate, IdentityAuthenticator
+    from .binance import stp_defaults
     from .demo import seed_demo, write_demo_keys
     from .service import Exchange
 
@@ -148,6 +149,9 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         metrics_open_without_token=settings.mode == "dev",
         custody=custody,
         chain_admin_token=admin_token,
+        monitoring_rules=settings.monitoring_rules,
+        monitoring_poll_ms=settings.monitoring_poll_ms,
+        stp=stp_defaults(settings.trading_stp_default, settings.trading_stp_markets),
     )
     # proof of solvency on a schedule and the shield fund rule (issue 15, items 6-7; the block below).
     # The custody runtime proves its own wallets' reserves (signed by their signers, one height per

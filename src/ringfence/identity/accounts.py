@@ -133,7 +133,7 @@ def verify_email(ctx: IdentityContext, token: object) -> str:
 def note_sign_in(ctx: IdentityContext, db: Session, user: User, *, ip: str, user_agent: str, country: str | None) -> None:
     """Record the sign-in; alert on a new device/IP or a new country (not on the very first sign-in)."""
     now = ctx.now()
-    record_event(db, user_id=user.id, kind="sign_in", at_s=now, ip=ip)
+    record_event(db, user_id=user.id, kind="sign_in", at_s=now, ip=ip, device=user_agent)
     known = set(db.scalars(select(KnownDevice.fingerprint).where(KnownDevice.user_id == user.id).limit(10_000)).all())
     # Fingerprints are "d" + hash(ip|agent) or "c" + hash(country). The first of each kind is learnt
     # silently (a first sign-in is not "new"); later unseen ones raise an event (and mail for devices).
@@ -149,10 +149,12 @@ def note_sign_in(ctx: IdentityContext, db: Session, user: User, *, ip: str, user
         if first_of_kind:
             continue
         if kind == "d":
-            record_event(db, user_id=user.id, kind="new_device_sign_in", at_s=now, ip=ip, detail=user_agent)
+            record_event(db, user_id=user.id, kind="new_device_sign_in", at_s=now, ip=ip, detail=user_agent,
+                         device=user_agent)
             mail.enqueue(ctx, db, user, "new_sign_in", {"ip": ip, "device": user_agent or "unknown"})
         else:
-            record_event(db, user_id=user.id, kind="new_country_sign_in", at_s=now, ip=ip, detail=str(country).upper())
+            record_event(db, user_id=user.id, kind="new_country_sign_in", at_s=now, ip=ip, detail=str(country).upper(),
+                         device=user_agent)
 
 
 def _second_factor_methods(db: Session, user: User) -> tuple[str, ...]:
@@ -197,8 +199,12 @@ def login(
             if not ok:
                 lock_s = throttle.record_failure(db, key, now, free_failures=s.identity_lockout_free_failures,
                                                  base_s=s.identity_lockout_base_s, max_s=s.identity_lockout_max_s)
+                if user is None:  # no account to record it on: the monitoring stream still sees the attempt
+                    from ..monitoring.stream import add_in_tx
+
+                    add_in_tx(db, "sign_in_failed_unknown", source="identity", at_ms=now * 1000, ip=client_ip, device=agent)
                 if user is not None:
-                    record_event(db, user_id=user.id, kind="sign_in_failed", at_s=now, ip=client_ip)
+                    record_event(db, user_id=user.id, kind="sign_in_failed", at_s=now, ip=client_ip, device=agent)
                     if lock_s:
                         record_event(db, user_id=user.id, kind="account_locked", at_s=now, ip=client_ip, detail=f"{lock_s} s")
                 pending = AuthenticationFailed(LOGIN_FAILED_MESSAGE)

@@ -55,9 +55,15 @@ class SecurityEventView:
     at_s: int
 
 
-def record_event(db: Session, *, user_id: int | None, kind: str, at_s: int, ip: str = "", detail: str = "") -> None:
+def record_event(db: Session, *, user_id: int | None, kind: str, at_s: int, ip: str = "", detail: str = "",
+                 device: str = "") -> None:
+    """Record a security event, and the same event on the monitoring stream in the same transaction."""
     assert kind in EVENT_KINDS, f"unknown security event kind {kind!r}"
+    from ..monitoring.stream import add_in_tx
+
     db.add(SecurityEvent(user_id=user_id, kind=kind, ip=ip[:64], detail=detail[:DETAIL_MAX_CHARS], at_s=at_s))
+    add_in_tx(db, kind, source="identity", at_ms=at_s * 1000, user_id=user_id, ip=ip, device=device,
+              data={"detail": detail[:DETAIL_MAX_CHARS]} if detail else None)
 
 
 def credential_changed(

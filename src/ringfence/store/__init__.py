@@ -83,7 +83,7 @@ class Store:
         return cls(make_engine(url, schema=schema))
 
     def describe(self) -> str:
-        """`postgresql postgresql+psycopg://user:***@host/db, schema revision 0001_identity`."""
+        """`postgresql postgresql+psycopg://user:***@host/db, schema revision 0002_monitoring`."""
         with self.engine.connect() as conn:
             revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         return f"{self.engine.dialect.name} {safe_url(self.engine)}, schema revision {revision}"

@@ -28,6 +28,11 @@ __all__ = [
     "SecurityEvent",
     "FreezeToken",
     "SecureTicket",
+    "MonitoringEvent",
+    "MonitoringAlert",
+    "MonitoringCase",
+    "MonitoringCaseAction",
+    "MonitoringCursor",
 ]
 
 
@@ -213,3 +218,75 @@ class SecureTicket(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("identity_users.id", ondelete="CASCADE"), nullable=False, index=True)
     ciphertext: Mapped[str] = mapped_column(Text, nullable=False)
     created_at_s: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+# ---------------------------------------------------------------- monitoring (docs/monitoring.md)
+
+
+class MonitoringEvent(Base):
+    """The monitoring stream's durable outbox: one row per event, in `id` order (the stream order).
+    Identity writes its rows in the same transaction as the change they describe; the API edge and
+    the engine's batch subscriber write theirs in batches off the request path."""
+
+    __tablename__ = "monitoring_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(40), nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    account_id: Mapped[str] = mapped_column(String(40), nullable=False, default="")
+    ip: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    device: Mapped[str] = mapped_column(String(256), nullable=False, default="")
+    at_ms: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    data: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+
+
+class MonitoringAlert(Base):
+    __tablename__ = "monitoring_alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(String(64), nullable=False)
+    severity: Mapped[str] = mapped_column(String(8), nullable=False)
+    account_id: Mapped[str] = mapped_column(String(40), nullable=False, index=True)
+    explanation: Mapped[str] = mapped_column(Text, nullable=False)
+    evidence: Mapped[str] = mapped_column(Text, nullable=False, default="[]")
+    at_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("monitoring_cases.id", ondelete="SET NULL"), nullable=True, index=True)
+
+
+class MonitoringCase(Base):
+    __tablename__ = "monitoring_cases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(40), nullable=False, index=True)
+    status: Mapped[str] = mapped_column(String(12), nullable=False)  # open | escalated | closed
+    severity: Mapped[str] = mapped_column(String(8), nullable=False)
+    assignee: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    opened_at_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    closed_reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
+class MonitoringCaseAction(Base):
+    """The case's log: every analyst step with who took it; `decision` holds the signed decision
+    token of an action on the account (its nonce is unique: a token is used once)."""
+
+    __tablename__ = "monitoring_case_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("monitoring_cases.id", ondelete="CASCADE"), nullable=False, index=True)
+    staff_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    action: Mapped[str] = mapped_column(String(24), nullable=False)
+    detail: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    decision: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    decision_nonce: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class MonitoringCursor(Base):
+    """How far a consumer of the stream has read (event id), so a restart resumes there."""
+
+    __tablename__ = "monitoring_cursor"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)

@@ -169,6 +169,52 @@ function renderWithdrawals(view) {
   }
 }
 
+// Monitoring (docs/monitoring.md): cases with their alerts, the analyst's workflow and signed actions.
+async function renderMonitoring() {
+  const [alerts, cases] = await Promise.all([api("GET", "/alerts"), api("GET", "/cases")]);
+  const abody = $("alerts").tBodies[0];
+  abody.replaceChildren();
+  for (const a of alerts.alerts) {
+    const row = abody.insertRow();
+    row.dataset.alert = String(a.alert_id);
+    row.dataset.rule = a.rule;
+    [String(a.alert_id), a.rule, a.severity, a.account_id, a.explanation, String(a.case_id)].forEach((t) => cell(row, t));
+  }
+  const body = $("cases").tBodies[0];
+  body.replaceChildren();
+  for (const c of cases.cases) {
+    const row = body.insertRow();
+    row.dataset.case = String(c.case_id);
+    [String(c.case_id), c.account_id, c.severity, c.status + (c.closed_reason ? ` (${c.closed_reason})` : ""), c.assignee || "—",
+      String(c.alerts)].forEach((t) => cell(row, t));
+    const td = cell(row, "");
+    if (c.status === "closed") continue;
+    const note = control(td, "input", { placeholder: "note / reason", className: "case-note" });
+    const path = `/cases/${c.case_id}`;
+    control(td, "button", { type: "button", textContent: "Assign to me", className: "case-assign" }).addEventListener("click", () =>
+      act(`assign case ${c.case_id}`, () => api("POST", `${path}/assign`, { assignee: me.staffId })));
+    control(td, "button", { type: "button", textContent: "Add note", className: "case-add-note" }).addEventListener("click", () =>
+      act(`note on case ${c.case_id}`, () => api("POST", `${path}/note`, { note: note.value })));
+    if (c.status === "open") {
+      control(td, "button", { type: "button", textContent: "Escalate", className: "case-escalate" }).addEventListener("click", () =>
+        act(`escalate case ${c.case_id}`, () => api("POST", `${path}/escalate`, { note: note.value })));
+    }
+    const reason = control(td, "select", { className: "case-close-reason" });
+    for (const r of ["false_positive", "confirmed_abuse", "resolved", "duplicate", "reported"]) {
+      control(reason, "option", { value: r, textContent: r.replace("_", " ") });
+    }
+    control(td, "button", { type: "button", textContent: "Close", className: "case-close" }).addEventListener("click", () =>
+      act(`close case ${c.case_id}`, () => api("POST", `${path}/close`, { reason: reason.value, note: note.value })));
+    for (const [label, action] of [["Freeze account (signed)", "freeze_account"], ["Pause withdrawals (signed)", "pause_withdrawals"]]) {
+      control(td, "button", { type: "button", textContent: label, className: `case-${action.replace("_", "-")}` }).addEventListener("click", () =>
+        act(`${action} for case ${c.case_id}`, async () => api("POST", `${path}/actions`, {
+          action, reason: note.value,
+          decision: await decisionToken(`monitoring.${action}`, [c.case_id, c.account_id, note.value]),
+        })));
+    }
+  }
+}
+
 async function sha256Hex(text) {
   return hex(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
 }
@@ -178,6 +224,7 @@ async function refresh() {
     api("GET", "/policy")]);
   renderHalts(halts);
   renderWithdrawals(review);
+  await renderMonitoring();
   const proposals = $("proposals").tBodies[0];
   proposals.replaceChildren();
   for (const p of policy.proposals) {

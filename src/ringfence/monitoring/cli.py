@@ -1,0 +1,186 @@
+"""`ringfence monitoring ...`: check a rule set, back-test it on a recorded stream, export the stream."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import typer
+from rich.console import Console
+
+from ..errors import RingfenceError, ValidationError
+from .events import Event, from_json, to_json
+
+app = typer.Typer(help="Monitoring: rule sets, back-tests over the recorded event stream, exports (docs/monitoring.md).",
+                  no_args_is_help=True)
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _time_ms(text: str | None, name: str, default: int) -> int:
+    """An ISO 8601 time (UTC unless it says otherwise) or milliseconds since the epoch."""
+    if not text:
+        return default
+    if text.isascii() and text.isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError("must be an ISO 8601 time (2026-12-03T16:00:00Z) or milliseconds since the epoch",
+                              field=name) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp()) * 1000 + dt.microsecond // 1000
+
+
+def _store(data: Path | None, database_url: str | None):  # type: ignore[no-untyped-def]
+    from ..store import Store
+
+    if database_url:
+        return Store.from_url(database_url)
+    path = (data or Path("ringfence-data")) / "identity.sqlite3"
+    if not path.exists():
+        raise ValidationError(f"no store at {path}: name the server's --data DIR or --database-url", field="--data")
+    return Store.from_url(f"sqlite:///{path.resolve()}")
+
+
+def _events(events: Path | None, data: Path | None, database_url: str | None, start: int, end: int) -> Iterator[Event]:
+    if events is not None:
+        with events.open() as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    e = from_json(line, where=f"{events}:{n}")
+                    if start <= e.at_ms <= end:
+                        yield e
+        return
+    from .stream import read_range
+
+    yield from read_range(_store(data, database_url), start, end)
+
+
+def _fail(err: RingfenceError) -> None:
+    where = f" ({err.field})" if err.field else ""
+    console.print(f"[red]error{where}:[/red] {err.message}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command("check")
+def check(rules: Path = typer.Argument(..., help="The rule set (JSON) to validate.")) -> None:
+    """Validate a rule set; prints its rules, or the JSON path of the first problem.
+
+    Example: ringfence monitoring check my-rules.json
+    """
+    from .rules import parse_rules
+
+    try:
+        rs = parse_rules(rules.read_text())
+    except RingfenceError as err:
+        _fail(err)
+        return
+    for r in rs.rules:
+        console.print(f"{r.name}: {r.type}, {r.severity}, window {r.window_s} s — {r.description}", soft_wrap=True)
+
+
+@app.command("backtest")
+def backtest_cmd(
+    rules: Path = typer.Option(None, "--rules", help="The rule set (JSON); default: the shipped rules."),
+    events: Path = typer.Option(None, "--events", help="A recorded stream (JSON lines from `monitoring export`)."),
+    data: Path = typer.Option(None, "--data", help="Read the stream from a server's data directory (DIR/identity.sqlite3)."),
+    database_url: str = typer.Option(None, "--database-url", help="Read the stream from this database instead."),
+    start: str = typer.Option(None, "--from", help="Only events at or after this time (ISO 8601 or ms)."),
+    end: str = typer.Option(None, "--to", help="Only events at or before this time (ISO 8601 or ms)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per hit, then a summary object."),
+) -> None:
+    """Run a rule set over a recorded stream: every hit with its explanation, and hits per rule.
+
+    The scoring is the live worker's (same code, no clock), so a back-test shows what the rules
+    would have raised. Nothing is written.
+
+    Example: ringfence monitoring backtest --rules my-rules.json --data ./ringfence-data --from 2026-12-01T00:00:00Z
+    """
+    from .rules import backtest, default_rules, parse_rules
+
+    try:
+        rs = parse_rules(rules.read_text()) if rules else default_rules()
+        lo, hi = _time_ms(start, "--from", 0), _time_ms(end, "--to", 2**62)
+        hits, scored = backtest(rs, _events(events, data, database_url, lo, hi))
+    except RingfenceError as err:
+        _fail(err)
+        return
+    per_rule = {r.name: 0 for r in rs.rules}
+    for h in hits:
+        per_rule[h.rule] += 1
+        if as_json:
+            print(json.dumps(h.as_dict(), separators=(",", ":")))
+        else:
+            console.print(f"[bold]{h.rule}[/bold] ({h.severity}) {h.account_id}: {h.explanation} — events {list(h.evidence)}",
+                          soft_wrap=True)
+    summary = {"events_scored": scored, "hits": len(hits), "hits_per_rule": per_rule}
+    if as_json:
+        print(json.dumps(summary, separators=(",", ":")))
+    else:
+        console.print(f"{scored} events scored, {len(hits)} hits: " + ", ".join(f"{k} {v}" for k, v in per_rule.items()),
+                      soft_wrap=True)
+
+
+@app.command("export")
+def export_cmd(
+    out: Path = typer.Option(..., "--out", help="Where to write the stream (JSON lines)."),
+    data: Path = typer.Option(None, "--data", help="The server's data directory (DIR/identity.sqlite3)."),
+    database_url: str = typer.Option(None, "--database-url", help="Or the database URL."),
+    start: str = typer.Option(None, "--from", help="Only events at or after this time (ISO 8601 or ms)."),
+    end: str = typer.Option(None, "--to", help="Only events at or before this time (ISO 8601 or ms)."),
+) -> None:
+    """Write the recorded stream as JSON lines (identifiable: for back-tests inside the exchange).
+
+    Example: ringfence monitoring export --data ./ringfence-data --out stream.jsonl --from 2026-12-01
+    """
+    try:
+        lo, hi = _time_ms(start, "--from", 0), _time_ms(end, "--to", 2**62)
+        n = 0
+        with out.open("w") as fh:
+            for e in _events(None, data, database_url, lo, hi):
+                fh.write(to_json(e) + "\n")
+                n += 1
+    except RingfenceError as err:
+        _fail(err)
+        return
+    console.print(f"{n} events written to {out}")
+
+
+@app.command("deidentify")
+def deidentify_cmd(
+    out: Path = typer.Option(..., "--out", help="Where to write the de-identified records (JSON lines)."),
+    key_file: Path = typer.Option(..., "--key-file", help="The pseudonym key file {key_id, key_hex} (kept inside the exchange)."),
+    new_key: bool = typer.Option(False, "--new-key", help="Create the key file (mode 0600) first; refuses to overwrite one."),
+    k: int = typer.Option(5, "--k", help="Suppress records whose quasi-identifiers fewer than k pseudonyms share."),
+    data: Path = typer.Option(None, "--data", help="The server's data directory (DIR/identity.sqlite3)."),
+    events: Path = typer.Option(None, "--events", help="Or a recorded stream (JSON lines from `monitoring export`)."),
+    database_url: str = typer.Option(None, "--database-url", help="Or the database URL."),
+    start: str = typer.Option(None, "--from", help="Only events at or after this time (ISO 8601 or ms)."),
+    end: str = typer.Option(None, "--to", help="Only events at or before this time (ISO 8601 or ms)."),
+) -> None:
+    """Export the stream for outside models: keyed pseudonyms, generalised fields, a k-anonymity
+    check (k reported), and a data dictionary beside the output (OUT.dictionary.json).
+
+    Example: ringfence monitoring deidentify --data ./ringfence-data/serve --key-file pseudo.key --new-key --k 5 --out deid.jsonl
+    """
+    from .deid import DICTIONARY, deidentify, new_key_file, read_key_file
+
+    try:
+        if new_key and key_file.exists():
+            raise ValidationError(f"{key_file} exists; rotate by naming a new file", field="--key-file")
+        key = new_key_file(key_file) if new_key else read_key_file(key_file)
+        lo, hi = _time_ms(start, "--from", 0), _time_ms(end, "--to", 2**62)
+        records, report = deidentify(_events(events, data, database_url, lo, hi), key, k=k)
+    except RingfenceError as err:
+        _fail(err)
+        return
+    with out.open("w") as fh:
+        for r in records:
+            fh.write(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n")
+    dictionary = out.with_name(out.name + ".dictionary.json")
+    dictionary.write_text(json.dumps({"fields": DICTIONARY, "report": report}, indent=2) + "\n")
+    print(json.dumps(report, separators=(",", ":")))

@@ -1,0 +1,156 @@
+"""The monitoring worker inside `ringfence serve`: the outbox writer plus a scorer thread.
+
+The scorer reads the stream from its cursor (`monitoring_cursor`, name "rules"), runs every event
+through the rule set and stores the hits as alerts in cases; the cursor moves in the same
+transaction as the alerts, so a restart neither loses nor repeats an alert. On start the rules'
+windows are warmed with the events of the longest window before the cursor (their hits are not
+raised again). Nothing here runs on the engine's sequencer thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select
+
+from ..store import Store
+from ..store.models import MonitoringAlert, MonitoringCase, MonitoringCursor, MonitoringEvent
+from .cases import store_hits
+from .linking import LinkGraph
+from .rules import Hit, RuleSet, Scorer, default_rules, parse_rules
+from .stream import Outbox, custody_resolver, read_after
+
+__all__ = ["Monitor", "load_rules"]
+
+log = structlog.get_logger("ringfence.monitoring")
+CURSOR = "rules"
+CLUSTER_RULE = "linked-cluster"
+CLUSTER_CHECK_MS = 1_000
+LINK_KINDS = frozenset({"trade", "withdrawal_requested", "deposit_credited"})
+
+
+def load_rules(path: str) -> RuleSet:
+    return parse_rules(Path(path).read_text()) if path else default_rules()
+
+
+class Monitor:
+    def __init__(self, store: Store, exchange: Any, ruleset: RuleSet, *, poll_ms: int = 200) -> None:
+        self.store = store
+        self.exchange = exchange
+        self.ruleset = ruleset
+        self.poll_ms = max(10, poll_ms)
+        self.outbox = Outbox(store, resolve=custody_resolver(exchange))
+        self.scorer = Scorer(ruleset)
+        self.links = LinkGraph()
+        self._links_lock = threading.Lock()
+        self._clusters_raised: set[str] = set()
+        self._clusters_checked_ms = 0
+        self.cursor = 0
+        self.alerts_raised = 0
+        self.errors = 0
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.outbox.start()
+        with self.store.tx() as db:
+            row = db.get(MonitoringCursor, CURSOR)
+            self.cursor = row.position if row is not None else 0
+            last_at = db.scalar(select(MonitoringEvent.at_ms).where(MonitoringEvent.id == self.cursor)) or 0
+            first = db.scalar(select(func.min(MonitoringEvent.id)).where(
+                MonitoringEvent.at_ms >= last_at - self.ruleset.max_window_ms(), MonitoringEvent.id <= self.cursor))
+        warm_from = (first or self.cursor + 1) - 1
+        while warm_from < self.cursor:  # warm the windows; these events' hits were stored before
+            batch = [e for e in read_after(self.store, warm_from) if e.id <= self.cursor]
+            if not batch:
+                break
+            for e in batch:
+                self.scorer.process(e)
+                self.links.add(e)
+            warm_from = batch[-1].id
+        with self.store.tx() as db:  # flagged clusters already raised (their signature ends the explanation)
+            for text in db.scalars(select(MonitoringAlert.explanation).where(MonitoringAlert.rule == CLUSTER_RULE)):
+                self._clusters_raised.add(text.rsplit("[", 1)[-1].rstrip("]"))
+        self._thread = threading.Thread(target=self._run, name="ringfence-monitoring", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.outbox.stop()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.step()  # what the outbox wrote last
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_ms / 1000):
+            try:
+                while self.step():
+                    pass
+            except Exception as err:  # logged and retried; the cursor did not move
+                self.errors += 1
+                self.last_error = type(err).__name__
+                log.exception("monitoring.step_failed")
+
+    def step(self) -> int:
+        """Score the next batch of events; returns how many were read."""
+        events = read_after(self.store, self.cursor)
+        if not events:
+            return 0
+        hits = []
+        with self._links_lock:
+            for e in events:
+                hits.extend(self.scorer.process(e))
+                self.links.add(e)
+        now_ms = time.time_ns() // 1_000_000
+        if any(e.kind in LINK_KINDS for e in events) and now_ms - self._clusters_checked_ms >= CLUSTER_CHECK_MS:
+            self._clusters_checked_ms = now_ms
+            hits.extend(self._flagged_clusters(events[-1].at_ms))
+        store_hits(self.store, hits, now_ms, cursor=(CURSOR, events[-1].id))
+        self.cursor = events[-1].id
+        self.alerts_raised += len(hits)
+        return len(events)
+
+    def _flagged_clusters(self, at_ms: int) -> list[Hit]:
+        """One `linked-cluster` alert per flagged cluster (members and reasons), raised once."""
+        hits = []
+        with self._links_lock:
+            clusters = self.links.clusters()
+        for c in clusters:
+            if not c.get("flagged"):
+                continue
+            members = c["members"]
+            signature = hashlib.sha256(json.dumps([members, c["reasons"]]).encode()).hexdigest()[:16]
+            if signature in self._clusters_raised:
+                continue
+            self._clusters_raised.add(signature)
+            hits.append(Hit(CLUSTER_RULE, "high", members[0], at_ms,
+                            f"linked accounts {', '.join(members[:10])}{' …' if len(members) > 10 else ''}: "
+                            + "; ".join(c["reasons"]) + f" [{signature}]", (), related=tuple(members[1:])))
+        return hits
+
+    def clusters(self, account_id: str = "") -> Any:
+        """Linked-account clusters (linking.py), or the one holding `account_id`."""
+        with self._links_lock:
+            return self.links.cluster_of(account_id) if account_id else self.links.clusters()
+
+    def status(self) -> dict[str, Any]:
+        with self.store.tx() as db:
+            newest = db.scalar(select(func.max(MonitoringEvent.id))) or 0
+            alerts = db.scalar(select(func.count()).select_from(MonitoringAlert)) or 0
+            active = db.scalar(select(func.count()).select_from(MonitoringCase).where(MonitoringCase.status != "closed")) or 0
+        return {"rules": [{"name": r.name, "type": r.type, "severity": r.severity, "description": r.description}
+                          for r in self.ruleset.rules],
+                "cursor": self.cursor, "newest_event": newest, "lag_events": max(0, newest - self.cursor),
+                "events_scored": self.scorer.events_scored, "alerts_total": alerts, "active_cases": active,
+                "outbox": {"queued": len(self.outbox._queue), "written": self.outbox.written, "dropped": self.outbox.dropped,
+                           "errors": self.outbox.errors},
+                "errors": self.errors, "last_error": self.last_error}

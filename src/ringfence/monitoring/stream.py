@@ -1,0 +1,275 @@
+"""The event stream's durable outbox (`monitoring_events`) and its writers and readers.
+
+* Identity writes its events with `add_in_tx` inside the transaction of the change itself (a sign-in,
+  a failed sign-in, a password change...), so an event exists exactly when the change does.
+* The API edge (`ApiCallRecorder`), the admin API and the engine's batch subscriber
+  (`engine_subscriber`) call `Outbox.publish`, which only appends to a bounded in-memory queue; a
+  background thread writes the queue in batches. Nothing here runs on the engine's sequencer or
+  waits for the database on a request. A full queue drops the event and counts it
+  (`Outbox.dropped`, shown in `GET /admin/v1/monitoring`).
+* Engine events (orders, cancels, trades, deposits, withdrawals) come from the committed batches,
+  i.e. what the journal holds; each carries its journal `seq`, so a gap is visible and the engine's
+  own record can be replayed (`ringfence journal`) when one is suspected.
+
+`read_after(store, after_id)` returns events in stream order with identity's `user_id` resolved to
+the account id.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import structlog
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from ..store import Store
+from ..store.models import MonitoringEvent, User
+from .events import Event
+
+__all__ = ["Outbox", "add_in_tx", "read_after", "read_range", "engine_subscriber", "ApiCallRecorder"]
+
+log = structlog.get_logger("ringfence.monitoring")
+MAX_QUEUE = 100_000
+FLUSH_BATCH = 2_000
+
+
+def _data(data: dict[str, Any] | None) -> str:
+    return json.dumps(data or {}, separators=(",", ":"), sort_keys=True)
+
+
+def add_in_tx(db: Session, kind: str, *, source: str, at_ms: int, user_id: int | None = None, account_id: str = "",
+              ip: str = "", device: str = "", data: dict[str, Any] | None = None) -> None:
+    """Add one event to the caller's transaction (it commits or rolls back with the change)."""
+    db.add(MonitoringEvent(kind=kind, source=source, user_id=user_id, account_id=account_id[:40], ip=ip[:64],
+                           device=device[:256], at_ms=at_ms, data=_data(data)))
+
+
+class Outbox:
+    """A bounded queue written to `monitoring_events` by one background thread."""
+
+    def __init__(self, store: Store, *, flush_ms: int = 100, max_queue: int = MAX_QUEUE,
+                 resolve: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+        self.store = store
+        self.flush_ms = flush_ms
+        self.max_queue = max_queue
+        self.resolve = resolve
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+        self.written = 0
+        self.errors = 0
+
+    def publish(self, kind: str, *, source: str, at_ms: int | None = None, account_id: str = "", ip: str = "",
+                device: str = "", data: dict[str, Any] | None = None) -> None:
+        if len(self._queue) >= self.max_queue:
+            self.dropped += 1
+            return
+        self._queue.append({"kind": kind, "source": source, "at_ms": at_ms if at_ms is not None else time.time_ns() // 1_000_000,
+                            "account_id": account_id[:40], "ip": ip[:64], "device": device[:256], "data": data or {}})
+
+    def flush(self) -> int:
+        rows: list[dict[str, Any]] = []
+        while self._queue and len(rows) < FLUSH_BATCH:
+            rows.append(self._queue.popleft())
+        if not rows:
+            return 0
+        if self.resolve is not None:
+            try:
+                self.resolve(rows)
+            except Exception:  # resolving is best effort; the event is kept as it is
+                log.exception("monitoring.resolve_failed")
+        try:
+            with self.store.tx() as db:  # one multi-row INSERT (executemany), not one ORM object per event
+                db.execute(insert(MonitoringEvent), [
+                    {"kind": r["kind"], "source": r["source"], "user_id": None, "account_id": r["account_id"], "ip": r["ip"],
+                     "device": r["device"], "at_ms": r["at_ms"], "data": _data(r["data"])} for r in rows])
+        except Exception:
+            self.errors += 1
+            log.exception("monitoring.outbox_write_failed", rows=len(rows))
+            for r in reversed(rows):  # keep them for the next attempt
+                self._queue.appendleft(r)
+            return 0
+        self.written += len(rows)
+        return len(rows)
+
+    def start(self) -> None:
+        def run() -> None:
+            while not self._stop.is_set():
+                self._wake.wait(self.flush_ms / 1000)
+                self._wake.clear()
+                while self.flush() and not self._stop.is_set():
+                    pass
+            while self.flush():
+                pass
+
+        self._thread = threading.Thread(target=run, name="ringfence-monitoring-outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def _row_event(r: MonitoringEvent, account: str | None) -> Event:
+    try:
+        data = json.loads(r.data)
+    except ValueError:
+        data = {}
+    return Event(r.id, r.kind, r.at_ms, account_id=r.account_id or account or "", ip=r.ip, device=r.device,
+                 source=r.source, data=data if isinstance(data, dict) else {})
+
+
+def read_after(store: Store, after_id: int, *, limit: int = 5_000) -> list[Event]:
+    with store.tx() as db:
+        rows = db.execute(
+            select(MonitoringEvent, User.account_id).outerjoin(User, User.id == MonitoringEvent.user_id)
+            .where(MonitoringEvent.id > after_id).order_by(MonitoringEvent.id).limit(limit)).all()
+        return [_row_event(r, acct) for r, acct in rows]
+
+
+def read_range(store: Store, from_ms: int = 0, to_ms: int = 2**62) -> Iterator[Event]:
+    """The recorded stream between two times, in stream order (for `ringfence monitoring backtest`)."""
+    after = 0
+    while True:
+        batch = read_after(store, after)
+        if not batch:
+            return
+        for e in batch:
+            if from_ms <= e.at_ms <= to_ms:
+                yield e
+        after = batch[-1].id
+
+
+# ------------------------------------------------------------------------------ the engine's events
+
+
+def engine_subscriber(exchange: Any, outbox: Outbox) -> Callable[[int, int, list[list[Any]], dict[str, int]], None]:
+    """A batch subscriber (`Exchange.batch_subscribers`): orders, cancels and trades of each
+    committed batch into the outbox, with their journal seq. Runs on the loop thread after the read
+    models; it only builds small dicts and appends them."""
+    from ..custody.state import CustodyEvent
+    from ..trading.commands import OrderAccepted, OrderCanceled, Trade
+
+    def touch_bp(symbol: str, side: str, price: int) -> int:
+        try:
+            md = exchange.marketdata[symbol]
+            levels = md.bids if side == "BUY" else md.asks
+            best = (max(levels) if side == "BUY" else min(levels)) if levels else 0
+        except Exception:
+            return 10_000
+        if best <= 0 or price <= 0:
+            return 10_000
+        return min(10_000, abs(best - price) * 10_000 // best)
+
+    def on_batch(first_seq: int, ts_ns: int, outputs: list[list[Any]], before: dict[str, int]) -> None:
+        at_ms = ts_ns // 1_000_000
+        for offset, events in enumerate(outputs):
+            seq = first_seq + offset
+            for e in events:
+                t = type(e)
+                if t is Trade:
+                    outbox.publish("trade", source="engine", at_ms=at_ms, account_id=e.taker_owner,
+                                   data={"seq": seq, "symbol": e.symbol, "trade_id": e.trade_id, "price": e.price,
+                                         "quantity": e.quantity, "quote_qty": e.quote_qty, "maker_owner": e.maker_owner,
+                                         "taker_side": e.taker_side})
+                elif t is OrderAccepted:
+                    notional = 0
+                    if e.price and e.quantity:
+                        try:
+                            notional = e.price * e.quantity // 10 ** exchange.market(e.symbol).base_decimals
+                        except Exception:
+                            notional = 0
+                    outbox.publish("order_placed", source="engine", at_ms=at_ms, account_id=e.owner,
+                                   data={"seq": seq, "symbol": e.symbol, "order_id": e.order_id, "side": e.side,
+                                         "order_type": e.order_type, "price": e.price, "quantity": e.quantity,
+                                         "notional_minor": notional, "touch_bp": touch_bp(e.symbol, e.side, e.price)})
+                elif t is OrderCanceled:
+                    outbox.publish("order_canceled", source="engine", at_ms=at_ms, account_id=e.owner,
+                                   data={"seq": seq, "symbol": e.symbol, "order_id": e.order_id, "side": e.side,
+                                         "price": e.price, "leaves": e.leaves, "reason": e.reason})
+                elif t is CustodyEvent and e.kind in ("withdrawal.requested", "deposit.credited"):
+                    kind = "withdrawal_requested" if e.kind == "withdrawal.requested" else "deposit_credited"
+                    outbox.publish(kind, source="engine", at_ms=at_ms,
+                                   data={"seq": seq, "ref": e.ref, "amount_minor": e.amount_minor, "state": e.state})
+
+    return on_batch
+
+
+def custody_resolver(exchange: Any) -> Callable[[list[dict[str, Any]]], None]:
+    """Fill account, asset and chain data into deposit/withdrawal events (in the outbox's thread)."""
+
+    def resolve(rows: list[dict[str, Any]]) -> None:
+        wanted = [r for r in rows if r["kind"] in ("withdrawal_requested", "deposit_credited")]
+        if not wanted:
+            return
+
+        def read(engine: Any) -> None:
+            from ..custody.state import custody_state
+
+            s = custody_state(engine)
+            for r in wanted:
+                ref = r["data"]["ref"]
+                if r["kind"] == "withdrawal_requested":
+                    w = s.withdrawals.get(ref)
+                    if w is not None:
+                        r["account_id"] = w.account_id
+                        r["data"].update(asset=w.asset, address=w.address, wallet=w.wallet)
+                else:
+                    d = s.deposits.get(ref)
+                    if d is not None:
+                        r["account_id"] = d.account_id or ""
+                        r["data"].update(asset=d.asset, chain=d.chain, txid=d.txid, sender=d.sender or "", score=d.score)
+
+        exchange.read(read)
+
+    return resolve
+
+
+# ------------------------------------------------------------------------------ the API edge
+
+
+class ApiCallRecorder:
+    """ASGI middleware: one `api_call` event per request to the API (`/api/`, `/sapi/`, `/v1/`):
+    route, method, status, weight, client IP, user agent, the caller's account and the API key's
+    first 8 characters (never the key or any secret). It only appends to the outbox queue."""
+
+    PREFIXES = ("/api/", "/sapi/", "/v1/")
+
+    def __init__(self, app: Any, outbox: Outbox) -> None:
+        self.app = app
+        self.outbox = outbox
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(self.PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def observed(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            state = scope.get("state") or {}
+            headers = dict(scope.get("headers") or ())
+            key = headers.get(b"x-mbx-apikey", b"")[:8].decode("ascii", "replace")
+            client = scope.get("client")
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.outbox.publish("api_call", source="api", account_id=str(state.get("rf_account", "")),
+                                ip=client[0] if client else "",
+                                device=headers.get(b"user-agent", b"")[:256].decode("ascii", "replace"),
+                                data={"method": scope.get("method", ""), "endpoint": route, "status": status[0],
+                                      "weight": int(state.get("rf_weight", 0)), "key_prefix": key,
+                                      "error": status[0] >= 400})
