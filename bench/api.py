@@ -8,7 +8,8 @@ Starts a real `ringfence serve --demo` process, then (client load in separate pr
    authentication, the journal with fsync, the engine and the read models, and then expires):
    throughput and latency p50/p99/p99.9;
 3. WebSocket fan-out: N subscribers on `btcusdt@depth`; resting orders placed and cancelled;
-   latency from the diff's event time (`E`, the sequencer's timestamp) to each subscriber's receipt.
+   latency from the diff's event time (`E`, the sequencer's timestamp) to each subscriber's receipt
+   (measured by bench/fanout.py, which also has the same-run baselines for it).
 """
 
 from __future__ import annotations
@@ -216,6 +217,25 @@ def run_fanout(base: str, keys: list[dict], subscribers: int, orders: int, secon
     }
 
 
+def server_source() -> str:
+    """Which ringfence the server runs (PYTHONPATH decides): lets one bench script measure two trees."""
+    out = subprocess.run([sys.executable, "-c", "import ringfence, os; print(os.path.dirname(ringfence.__file__))"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def fanout_figure(subscribers: int, orders: int, seed: int) -> dict:
+    """The fan-out figure, measured by bench/fanout.py's lean clients on a server of its own (the
+    websockets-library clients of `run_fanout` cost more CPU than the server on 2 cores, and 1,000
+    of them from one address exceed the 50-connections-per-address limit)."""
+    from fanout import run as fanout_run
+
+    fig = fanout_run(subscribers, orders, seed, {}, 0.02)
+    fig["expected_messages"] = fig["diffs_expected"]
+    fig["diff_messages_received"] = fig["diffs_received"]
+    fig["note"] = "bench/fanout.py: latency from the diff's sequencer timestamp (ms resolution) to receipt"
+    return fig
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
@@ -238,7 +258,8 @@ def main() -> None:
         result["signed_orders"] = orders_result
         result["throughput_per_s"] = orders_result["throughput_per_s"]
         result["p99_us"] = orders_result["p99_us"]
-        result["ws_fanout"] = run_fanout(base, keys, subscribers, orders, seconds + 10)
+        result["ws_fanout"] = fanout_figure(subscribers, orders, args.seed)
+        result["server_src"] = server_source()
         result["goal"] = {"signed_orders_per_s": 20_000, "order_p99_us": 10_000, "ws_fanout_p99_us": 50_000, "ws_subscribers": 1000}
     finally:
         server.send_signal(signal.SIGTERM)

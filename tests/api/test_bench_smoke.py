@@ -16,3 +16,4 @@ def test_api_benchmark_smoke():
     assert line["baseline"]["ok"] > 0
     fan = line["ws_fanout"]
     assert fan["diff_messages_received"] == fan["expected_messages"] > 0
+    assert fan["gaps"] == 0 and fan["server_fanout"]["messages"] > 0

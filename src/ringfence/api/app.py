@@ -224,6 +224,8 @@ def create_app(
 ) -> FastAPI:
     metrics = Metrics(exchange)
     hub = StreamHub(exchange, gate.listen_keys)
+    hub.fanout_seconds = Histogram("ringfence_ws_fanout_seconds", "Time to write one market-data message to all its subscribers",
+                                   buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0), registry=metrics.registry)
     api = BinanceApi(exchange, gate)
     # ---- custody (issue 15): capital endpoints, balanceUpdate, the custody runtime's workers
     from .capital import CapitalApi, balance_updates, build_capital_router

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -178,6 +179,8 @@ class StreamHub:
         #: Write frames straight to uvicorn's transport where possible (`direct_protocol`); False
         #: sends every message through a per-connection queue and `send_text` (the reference path).
         self.direct_writes = os.environ.get("RINGFENCE_WS_DIRECT_WRITES", "1") != "0"
+        #: A prometheus Histogram (set by the app): seconds to serialise and write one message to all its subscribers.
+        self.fanout_seconds: Any = None
         exchange.batch_subscribers.append(self.on_batch)
         exchange.history.subscribers.append(self.on_user_event)
         self._touched_owners: dict[str, set[str]] = {}
@@ -244,6 +247,7 @@ class StreamHub:
         subscribers = self.subs.get(stream)
         if not subscribers:
             return
+        started = time.perf_counter()
         raw = json.dumps(payload, separators=(",", ":"))
         combined = None
         raw_frame = combined_frame = None
@@ -264,6 +268,8 @@ class StreamHub:
                 self.messages_sent += 1
             else:  # a slow consumer: no more data for it; its handler closes it and drops it
                 self.unsubscribe(conn, list(conn.streams))
+        if self.fanout_seconds is not None:
+            self.fanout_seconds.observe(time.perf_counter() - started)
 
     # ------------------------------------------------------------------ market data fan-out
 
