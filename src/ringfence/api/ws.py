@@ -113,6 +113,24 @@ def direct_protocol(ws: WebSocket) -> Any:
     return proto
 
 
+def close_direct(proto: Any, code: int, reason: str) -> bool:
+    """Close a directly written connection without waiting for it to drain: the close frame goes
+    after what is already buffered, and the socket is aborted (buffer dropped) if the client has not
+    completed the closing handshake within CLOSE_TIMEOUT_S. A client that stopped reading holds
+    no memory past that. False when this could not be done (then close the usual way)."""
+    try:
+        transport = proto.transport
+        if proto.close_sent or proto.disconnected or transport.is_closing():
+            return True  # already closing: nothing to add
+        proto.conn.send_close(code, reason)
+        transport.write(b"".join(proto.conn.data_to_send()))
+        proto.close_sent = True
+        proto.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, transport.abort)
+        return True
+    except Exception:  # uvicorn's internals moved: fall back to the ASGI close
+        return False
+
+
 class Connection:
     def __init__(self, ws: WebSocket, combined: bool, ip: str = "") -> None:
         self.ws = ws
@@ -583,6 +601,8 @@ def build_ws_router(hub: StreamHub) -> APIRouter:
             for task in tasks:
                 task.cancel()  # no await here: a client that left is forgotten at once
             hub.drop(conn)  # before the close frame, which may wait for a client that does not read
+            if reason == SLOW_CONSUMER and conn.direct is not None and close_direct(conn.direct, *reason):
+                reason = None
             if reason is not None:
                 await close(ws, *reason)
         except WebSocketDisconnect:
