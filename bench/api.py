@@ -11,7 +11,8 @@ Starts a real `ringfence serve --demo` process, then (client load in separate pr
    key, then unsigned `order.place` with the same IOC orders: closed loop (one outstanding per
    connection, like the REST clients) and pipelined (8 outstanding per connection);
 4. WebSocket fan-out: N subscribers on `btcusdt@depth`; resting orders placed and cancelled;
-   latency from the diff's event time (`E`, the sequencer's timestamp) to each subscriber's receipt.
+   latency from the diff's event time (`E`, the sequencer's timestamp) to each subscriber's receipt
+   (measured by bench/fanout.py, which also has the same-run baselines for it).
 """
 
 from __future__ import annotations
@@ -232,80 +233,23 @@ def run_ws_api(base: str, key: dict, seconds: float, connections: int, window: i
 # ---------------------------------------------------------------- WebSocket fan-out
 
 
-async def _subscribers(ws_base: str, n: int, seconds: float, out: list) -> None:  # float-ok
-    import websockets
-
-    conns = []
-    for _ in range(n):
-        conns.append(await websockets.connect(ws_base + "/ws/btcusdt@depth", max_queue=None))
-    stop = time.time() + seconds
-
-    async def reader(ws) -> None:  # type: ignore[no-untyped-def]
-        while time.time() < stop:
-            try:
-                raw = await asyncio.wait_for(ws.recv(), timeout=max(0.05, stop - time.time()))
-            except (asyncio.TimeoutError, websockets.ConnectionClosed):
-                continue
-            received_ms = time.time_ns() / 1e6  # float-ok: latency measurement
-            out.append(received_ms - json.loads(raw)["E"])
-
-    await asyncio.gather(*(reader(ws) for ws in conns))
-    for ws in conns:
-        await ws.close()
+def server_source() -> str:
+    """Which ringfence the server runs (PYTHONPATH decides): lets one bench script measure two trees."""
+    out = subprocess.run([sys.executable, "-c", "import ringfence, os; print(os.path.dirname(ringfence.__file__))"], capture_output=True, text=True)
+    return out.stdout.strip()
 
 
-def subscriber_process(ws_base: str, n: int, seconds: float, queue: mp.Queue, ready: mp.Event) -> None:  # float-ok
-    out: list = []
+def fanout_figure(subscribers: int, orders: int, seed: int) -> dict:
+    """The fan-out figure, measured by bench/fanout.py's lean clients on a server of its own (websockets-library
+    clients cost more CPU than the server on 2 cores, and 1,000
+    of them from one address exceed the 50-connections-per-address limit)."""
+    from fanout import run as fanout_run
 
-    async def main() -> None:
-        task = asyncio.create_task(_subscribers(ws_base, n, seconds, out))
-        await asyncio.sleep(min(5.0, seconds / 3))
-        ready.set()
-        await task
-
-    asyncio.run(main())
-    queue.put(out)
-
-
-def run_fanout(base: str, keys: list[dict], subscribers: int, orders: int, seconds: float) -> dict:  # float-ok
-    import httpx
-
-    ws_base = base.replace("http://", "ws://")
-    queue: mp.Queue = mp.Queue()
-    ready = mp.Event()
-    per_proc = max(1, subscribers // 2)
-    procs = [mp.Process(target=subscriber_process, args=(ws_base, per_proc, seconds, queue, ready)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    ready.wait(60)
-    time.sleep(1.0)
-    key = keys[0]
-    with httpx.Client(base_url=base, timeout=10) as http:
-        for i in range(orders):
-            params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.0010", "price": f"{60990 - (i % 50)}.00", "timestamp": str(time.time_ns() // 1_000_000), "recvWindow": "60000"}
-            payload = urlencode(params)
-            sig = hmac.new(key["api_secret"].encode(), payload.encode(), hashlib.sha256).hexdigest()
-            r = http.post("/api/v3/order", content=payload + "&signature=" + sig, headers={"X-MBX-APIKEY": key["api_key"], "Content-Type": "application/x-www-form-urlencoded"})
-            order_id = r.json()["orderId"]
-            time.sleep(0.02)
-            q = urlencode({"symbol": "BTCUSDT", "orderId": str(order_id), "timestamp": str(time.time_ns() // 1_000_000), "recvWindow": "60000"})
-            sig = hmac.new(key["api_secret"].encode(), q.encode(), hashlib.sha256).hexdigest()
-            http.delete("/api/v3/order?" + q + "&signature=" + sig, headers={"X-MBX-APIKEY": key["api_key"]})
-            time.sleep(0.02)
-    results = [queue.get() for _ in procs]
-    for p in procs:
-        p.join()
-    lat_ms = [x for r in results for x in r]
-    lat_ns = [int(x * 1e6) for x in lat_ms]
-    return {
-        "subscribers": per_proc * 2,
-        "diff_messages_received": len(lat_ms),
-        "expected_messages": per_proc * 2 * orders * 2,
-        "p50_us": percentile_us(lat_ns, 50),
-        "p99_us": percentile_us(lat_ns, 99),
-        "p999_us": percentile_us(lat_ns, 99.9),
-        "note": "latency from the diff's sequencer timestamp (ms resolution) to receipt",
-    }
+    fig = fanout_run(subscribers, orders, seed, {}, 0.02)
+    fig["expected_messages"] = fig["diffs_expected"]
+    fig["diff_messages_received"] = fig["diffs_received"]
+    fig["note"] = "bench/fanout.py: latency from the diff's sequencer timestamp (ms resolution) to receipt"
+    return fig
 
 
 def main() -> None:
@@ -344,8 +288,9 @@ def main() -> None:
             "ws_api_pipelined_orders_to_ping": round(ws_pipelined["throughput_per_s"] / ping, 3),
             "ws_api_orders_to_signed_rest_orders": round(ws_orders["throughput_per_s"] / max(1, orders_result["throughput_per_s"]), 3),
         }
-        result["ws_fanout"] = run_fanout(base, keys, subscribers, orders, seconds + 10)
-        result["goal"] = {"signed_orders_to_ping": 0.5, "signed_orders_per_s": 20_000, "order_p99_us": 10_000, "ws_fanout_p99_us": 50_000, "ws_subscribers": 1000}
+        result["ws_fanout"] = fanout_figure(subscribers, orders, args.seed)
+        result["server_src"] = server_source()
+        result["goal"] = {"signed_orders_to_ping": 0.5, "order_p99_us": 10_000, "ws_fanout_p99_us": 50_000, "ws_subscribers": 1000}
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)

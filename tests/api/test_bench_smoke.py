@@ -19,3 +19,4 @@ def test_api_benchmark_smoke():
     assert line["ratios"]["ws_api_orders_to_ping"] > 0
     fan = line["ws_fanout"]
     assert fan["diff_messages_received"] == fan["expected_messages"] > 0
+    assert fan["gaps"] == 0 and fan["server_fanout"]["messages"] > 0

@@ -234,6 +234,8 @@ def create_app(
         monitor = Monitor(identity_ctx.store, exchange, load_rules(monitoring_rules), poll_ms=monitoring_poll_ms)
         exchange.batch_subscribers.append(engine_subscriber(exchange, monitor.outbox))
     hub = StreamHub(exchange, gate.listen_keys)
+    hub.fanout_seconds = Histogram("ringfence_ws_fanout_seconds", "Time to write one market-data message to all its subscribers",
+                                   buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0), registry=metrics.registry)
     api = BinanceApi(exchange, gate)
     api.stp_default, api.stp_markets = stp[0], dict(stp[1])  # self-trade prevention defaults (docs/trading.md)
     # ---- custody (issue 15): capital endpoints, balanceUpdate, the custody runtime's workers

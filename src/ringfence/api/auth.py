@@ -3,8 +3,9 @@
 * Parameters are parsed once per request (query string plus form body) and cached.
 * Signed requests: `X-MBX-APIKEY`, timestamp within `recvWindow`, signature checked by the identity
   service (HMAC keys are stored encrypted, Ed25519 keys as public keys only; IP allow-lists,
-  scopes, expiry and revocation are checked on every request, so a revoked key fails on its very
-  next request), then (key id, hash of the signed bytes) is remembered so the request cannot run
+  scopes, expiry and revocation are checked on every request against a verified-key cache that
+  any revocation, scope, allow-list or freeze commit empties first, so a revoked key fails on its
+  very next request; identity/key_cache.py), then (key id, hash of the signed bytes) is remembered so the request cannot run
   twice, whatever spelling of the signature a replay uses.
 * An unknown key is answered 401 -2015, a signature that does not verify 400 -1022; the identity
   service does the same work for both.
@@ -44,19 +45,35 @@ class Authenticator(Protocol):
 
 
 class IdentityAuthenticator:
-    """Authenticates against the identity service's API keys (SQLite or PostgreSQL)."""
+    """Authenticates against the identity service's API keys (SQLite or PostgreSQL), through the
+    verified-key cache (identity/key_cache.py): SQL is read on a miss only, and any commit that
+    could withdraw a key's access empties the cache before the next request is checked."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, *, cache: bool = True) -> None:
         self.ctx = ctx
         self._version_conn: Any = None
         self._version_lock = threading.Lock()
+        self.cache = None
+        if cache:
+            from ..identity.key_cache import VerifiedKeyCache
+
+            self.cache = VerifiedKeyCache(ctx)
+            self.cache.start()
+
+    def verify_cached(self, api_key: str, payload: bytes, signature: str, client_ip: str, scope: str) -> ApiPrincipal | None:
+        """The answer without I/O (fit for the event loop), or None: call `verify` in a thread."""
+        return self.cache.verify_cached(api_key, payload, signature, client_ip, scope) if self.cache is not None else None
 
     def verify(self, api_key: str, payload: bytes, signature: str, client_ip: str, scope: str) -> ApiPrincipal:
+        if self.cache is not None:
+            return self.cache.verify(api_key, payload, signature, client_ip, scope)
         from ..identity.api_keys import verify_api_request
 
         return verify_api_request(self.ctx, api_key, payload, signature, client_ip, scope)
 
     def owner_of(self, api_key: str, client_ip: str, scope: str) -> str:
+        if self.cache is not None:
+            return self.cache.principal(api_key, client_ip, scope).account_id
         from ..identity.api_keys import principal_for_key
 
         return principal_for_key(self.ctx, api_key, client_ip, scope).account_id
@@ -187,8 +204,13 @@ class ApiGate:
             raise BinanceError(-1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
         now_ms = time.time_ns() // 1_000_000
         check_timestamp(params, now_ms)
+        ip = self.client_ip(request)
         try:
-            principal = await run_in_threadpool(self.auth.verify, api_key, payload, signature, self.client_ip(request), scope)
+            # A cached key is checked right here (microseconds, no I/O); a miss reads SQL in a thread.
+            cached = getattr(self.auth, "verify_cached", None)
+            principal = cached(api_key, payload, signature, ip, scope) if cached is not None else None
+            if principal is None:
+                principal = await run_in_threadpool(self.auth.verify, api_key, payload, signature, ip, scope)
         except RingfenceError as err:
             raise from_ringfence(err) from None
         self.replays.check_and_remember(principal.key_id, payload, now_ms, params.integer("timestamp"))

@@ -328,8 +328,14 @@ def serve(
     proxies = list(info["forwarded_allow_ips"])  # type: ignore[call-overload]
     if proxies:
         console.print(f"trusting X-Forwarded-For/-Proto from: {', '.join(proxies)}")
+    from .ws import KeepRawWebSocketSend
+
     uvicorn.run(
-        app, host=host, port=port, log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10,
+        KeepRawWebSocketSend(app),  # lets market data be written to the WebSocket transports directly (api/ws.py)
+        # No permessage-deflate: market data goes out as one pre-built frame written to every
+        # subscriber (api/ws.py); compression would make each copy different and cost CPU per client.
+        host=host, port=port, log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10,
+        ws_per_message_deflate=False,
         proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [],
     )
 

@@ -25,6 +25,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
+import time
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -36,12 +39,18 @@ from ..trading.marketdata import KLINE_INTERVALS_NS
 from .orders import OrderRecord
 from .service import Exchange
 
-__all__ = ["StreamHub", "build_ws_router", "quiet_client_garbage"]
+__all__ = ["KeepRawWebSocketSend", "StreamHub", "build_ws_router", "quiet_client_garbage"]
 
 #: Per connection, messages waiting to be sent: at most this many, and at most this many characters
 #: of JSON text (ASCII: one byte each); past either bound the client is a slow consumer (1008).
+#: On a connection written to directly (see `direct_protocol`) the bound is on the bytes asyncio
+#: holds for the socket (what the kernel did not take). RINGFENCE_WS_MAX_QUEUE_BYTES overrides it.
 MAX_QUEUE = 10_000
-MAX_QUEUE_BYTES = 4 * 1024 * 1024
+MAX_QUEUE_BYTES = int(os.environ.get("RINGFENCE_WS_MAX_QUEUE_BYTES", 4 * 1024 * 1024))
+#: The kernel's send buffer of a directly written connection, fixed (Linux would grow it up to
+#: tcp_wmem's 4 MiB per socket): bounds kernel memory per subscriber and makes "slow" mean the same
+#: on every machine. RINGFENCE_WS_SNDBUF_BYTES overrides it.
+SNDBUF_BYTES = int(os.environ.get("RINGFENCE_WS_SNDBUF_BYTES", 256 * 1024))
 #: Raised and lifted halts (venue-wide stream; Binance has no equivalent).
 HALTS_STREAM = "!halts"
 #: Internal stream names of WebSocket API user data subscriptions (not a name a client can subscribe to).
@@ -60,6 +69,70 @@ MAX_REQUEST_CHARS = 4096
 MAX_REQUEST_DEPTH = 4
 
 
+def text_frame(data: bytes) -> bytes:
+    """One unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2) around `data`: what a server
+    sends, identical for every client that did not negotiate an extension."""
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + data
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + data
+
+
+RAW_SEND_KEY = "ringfence.ws_raw_send"
+
+
+class KeepRawWebSocketSend:
+    """ASGI wrapper (outermost, in serve.py): keeps the server's own `send` of a WebSocket
+    connection in its scope, under RAW_SEND_KEY, before Starlette wraps it; `direct_protocol`
+    finds uvicorn's protocol object through it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            scope[RAW_SEND_KEY] = send
+        await self.app(scope, receive, send)
+
+
+def direct_protocol(ws: WebSocket) -> Any:
+    """uvicorn's WebSocket protocol object behind `ws` when frames can be written straight to its
+    transport (the sans-I/O implementation, no extension such as permessage-deflate negotiated),
+    else None (then messages go through the queue and `send_text`)."""
+    proto = getattr(ws.scope.get(RAW_SEND_KEY), "__self__", None)
+    conn = getattr(proto, "conn", None)
+    transport = getattr(proto, "transport", None)
+    if conn is None or transport is None or not hasattr(proto, "close_sent") or getattr(conn, "extensions", None):
+        return None
+    if not callable(getattr(transport, "get_write_buffer_size", None)):
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_BYTES)
+    return proto
+
+
+def close_direct(proto: Any, code: int, reason: str) -> bool:
+    """Close a directly written connection without waiting for it to drain: the close frame goes
+    after what is already buffered, and the socket is aborted (buffer dropped) if the client has not
+    completed the closing handshake within CLOSE_TIMEOUT_S. A client that stopped reading holds
+    no memory past that. False when this could not be done (then close the usual way)."""
+    try:
+        transport = proto.transport
+        if proto.close_sent or proto.disconnected or transport.is_closing():
+            return True  # already closing: nothing to add
+        proto.conn.send_close(code, reason)
+        transport.write(b"".join(proto.conn.data_to_send()))
+        proto.close_sent = True
+        proto.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, transport.abort)
+        return True
+    except Exception:  # uvicorn's internals moved: fall back to the ASGI close
+        return False
+
+
 class Connection:
     def __init__(self, ws: WebSocket, combined: bool, ip: str = "") -> None:
         self.ws = ws
@@ -74,19 +147,37 @@ class Connection:
         self.dropped = False
         #: Set when the client stopped keeping up: the handler closes the connection.
         self.slow = asyncio.Event()
+        #: uvicorn's protocol when frames are written to the socket directly (`direct_protocol`).
+        self.direct: Any = None
 
-    def offer(self, text: str) -> bool:
-        """Queue `text` without waiting; False (and the connection marked slow) when it is full."""
+    def offer(self, text: str, frame: bytes | None = None) -> bool:
+        """Queue `text` without waiting (or, on a direct connection, write its frame — `frame` if
+        the caller built it once for every subscriber); False (and the connection marked slow)
+        when it is full."""
         if self.dropped:
             return False
+        direct = self.direct
+        if direct is not None:
+            transport = direct.transport
+            if direct.close_sent or direct.disconnected or transport.is_closing():
+                return False  # closing: the handler is ending it
+            if frame is None:
+                frame = text_frame(text.encode())
+            if transport.get_write_buffer_size() + len(frame) > MAX_QUEUE_BYTES:
+                return self._slow()
+            transport.write(frame)  # sent now if the socket takes it, else buffered by asyncio
+            return True
         if self.queue.qsize() >= MAX_QUEUE or self.queued_chars + len(text) > MAX_QUEUE_BYTES:
-            self.dropped = True
-            self.discard()
-            self.slow.set()
-            return False
+            return self._slow()
         self.queue.put_nowait(text)
         self.queued_chars += len(text)
         return True
+
+    def _slow(self) -> bool:
+        self.dropped = True
+        self.discard()
+        self.slow.set()
+        return False
 
     async def next(self) -> str:
         text = await self.queue.get()
@@ -107,6 +198,11 @@ class StreamHub:
         self.connections: set[Connection] = set()
         self.per_ip: dict[str, int] = {}
         self.messages_sent = 0
+        #: Write frames straight to uvicorn's transport where possible (`direct_protocol`); False
+        #: sends every message through a per-connection queue and `send_text` (the reference path).
+        self.direct_writes = os.environ.get("RINGFENCE_WS_DIRECT_WRITES", "1") != "0"
+        #: A prometheus Histogram (set by the app): seconds to serialise and write one message to all its subscribers.
+        self.fanout_seconds: Any = None
         exchange.batch_subscribers.append(self.on_batch)
         exchange.history.subscribers.append(self.on_user_event)
         self._touched_owners: dict[str, set[str]] = {}
@@ -185,8 +281,10 @@ class StreamHub:
         subscribers = self.subs.get(stream)
         if not subscribers:
             return
+        started = time.perf_counter()
         raw = json.dumps(payload, separators=(",", ":"))
         combined = None
+        raw_frame = combined_frame = None
         for conn in list(subscribers):
             if conn.subscription_id is not None:
                 text = '{"subscriptionId":' + str(conn.subscription_id) + ',"event":' + raw + "}"
@@ -194,12 +292,20 @@ class StreamHub:
                 if combined is None:
                     combined = '{"stream":' + json.dumps(stream) + ',"data":' + raw + "}"
                 text = combined
+                if conn.direct is not None and combined_frame is None:
+                    combined_frame = text_frame(combined.encode())
+                frame = combined_frame
             else:
                 text = raw
-            if conn.offer(text):
+                if conn.direct is not None and raw_frame is None:
+                    raw_frame = text_frame(raw.encode())
+                frame = raw_frame
+            if conn.offer(text, frame):
                 self.messages_sent += 1
             else:  # a slow consumer: no more data for it; its handler closes it and drops it
                 self.unsubscribe(conn, list(conn.streams))
+        if self.fanout_seconds is not None:
+            self.fanout_seconds.observe(time.perf_counter() - started)
 
     # ------------------------------------------------------------------ market data fan-out
 
@@ -499,6 +605,9 @@ def build_ws_router(hub: StreamHub) -> APIRouter:
                 await ws.send_text(json.dumps({"error": {"code": 2, "msg": f"Invalid request: unknown stream {bad[0][:80]}"}}))
                 await close(ws, 1008, "unknown stream")
                 return
+            # Before the first message can be offered (no await in between): from here on every
+            # frame of this connection, data and replies, takes the same path, in order.
+            conn.direct = direct_protocol(ws) if hub.direct_writes else None
             reader = asyncio.create_task(read_requests(ws, conn))
             sender = asyncio.create_task(send_queued(ws, conn))
             slow = asyncio.create_task(conn.slow.wait())
@@ -517,6 +626,8 @@ def build_ws_router(hub: StreamHub) -> APIRouter:
             for task in tasks:
                 task.cancel()  # no await here: a client that left is forgotten at once
             hub.drop(conn)  # before the close frame, which may wait for a client that does not read
+            if reason == SLOW_CONSUMER and conn.direct is not None and close_direct(conn.direct, *reason):
+                reason = None
             if reason is not None:
                 await close(ws, *reason)
         except WebSocketDisconnect:

@@ -5,8 +5,10 @@ Invariants:
   (security event, withdrawal lock, e-mail with freeze link).
 - The HMAC secret is returned once by `create_api_key` and stored only AES-GCM sealed (bound to the
   key's hash); the API key itself is stored as a keyed hash plus an 8-character display prefix.
-- `verify_api_request` reads the key row on every call (no cache), so revocation, expiry and a
-  freeze take effect on the very next request. Signatures are compared in constant time.
+- `verify_api_request` reads the key row on every call (no cache); the API process goes through
+  `key_cache.VerifiedKeyCache`, which keeps verified keys in memory and drops them before the next
+  request whenever a revocation, scope, allow-list, expiry or freeze change commits, so those take
+  effect on the very next request either way. Signatures are compared in constant time.
 - Scopes are a subset of read/trade/withdraw; `withdraw` keys must carry an IP allow-list.
 - Binance-style signing: HMAC key -> signature = hex(HMAC_SHA256(secret, payload));
   Ed25519 key -> signature = base64(Ed25519_sign(private_key, payload)).
@@ -26,7 +28,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 
 from ..errors import AccountFrozen, Conflict, Forbidden, NotFound, Unauthorized, ValidationError
@@ -318,11 +320,41 @@ def revoke_api_key(ctx: IdentityContext, token: object, key_id: int, *, ip: obje
             record_event(db, user_id=info.user_id, kind="api_key_revoked", at_s=ctx.now(), ip=client_ip, detail=row.key_prefix)
 
 
-def _ip_allowed(row: ApiKey, client_ip: str) -> bool:
-    if not row.ip_allowlist:
+def _ip_allowed(key: "KeySnapshot", client_ip: str) -> bool:
+    if not key.allow:
         return True
     addr = ipaddress.ip_address(client_ip)
-    return any(addr in ipaddress.ip_network(net) for net in row.ip_allowlist.split(","))
+    return any(addr in net for net in key.allow)
+
+
+@dataclass(frozen=True)
+class KeySnapshot:
+    """What the checks of one API key use, read in one transaction: the key row and its owner's
+    freeze flag. The HMAC secret stays sealed (unsealed per request, a few microseconds); an
+    Ed25519 key is kept parsed. `identity/key_cache.py` keeps these between requests."""
+
+    key_id: int
+    user_id: int
+    account_id: str
+    kind: str
+    key_hash: str
+    secret_enc: bytes | None
+    verifier: Ed25519PublicKey | None
+    scopes: tuple[str, ...]
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    expires_at_s: int | None
+    revoked_at_s: int | None
+    frozen: bool
+    last_used_at_s: int | None
+
+
+def _snapshot(row: ApiKey, account_id: str, frozen: bool) -> KeySnapshot:
+    return KeySnapshot(
+        row.id, row.user_id, account_id, row.kind, row.key_hash, row.secret_enc,
+        Ed25519PublicKey.from_public_bytes(row.public_key) if row.kind == "ed25519" and row.public_key else None,
+        tuple(row.scopes.split(",")), tuple(ipaddress.ip_network(x) for x in row.ip_allowlist.split(",") if x),
+        row.expires_at_s, row.revoked_at_s, bool(frozen), row.last_used_at_s,
+    )
 
 
 HMAC_SIGNATURE_HEX_CHARS = 64
@@ -374,50 +406,80 @@ def _dummy_secret(ctx: IdentityContext) -> bytes:
     return ctx.sealer.unseal(sealed, purpose=_DUMMY_PURPOSE)
 
 
-def _signature_ok(ctx: IdentityContext, row: ApiKey | None, payload: bytes, signature: str) -> bool:
-    if row is None or row.kind == "hmac":
+def _signature_ok(ctx: IdentityContext, key: KeySnapshot | None, payload: bytes, signature: str) -> bool:
+    if key is None or key.kind == "hmac":
         secret = (
-            ctx.sealer.unseal(row.secret_enc, purpose="apikey:" + row.key_hash)
-            if row is not None and row.secret_enc
+            ctx.sealer.unseal(key.secret_enc, purpose="apikey:" + key.key_hash)
+            if key is not None and key.secret_enc
             else _dummy_secret(ctx)
         )
         expected = hmac.new(secret, payload, hashlib.sha256).digest()
         sent = decode_signature("hmac", signature)
         ok = hmac.compare_digest(expected, sent if sent is not None else bytes(32))
-        return ok and sent is not None and row is not None
-    assert row.public_key is not None
+        return ok and sent is not None and key is not None
+    assert key.verifier is not None
     raw = decode_signature("ed25519", signature)
     if raw is None:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(row.public_key).verify(raw, payload)
+        key.verifier.verify(raw, payload)
         return True
     except (InvalidSignature, ValueError):
         return False
 
 
-def _lookup(ctx: IdentityContext, db: object, api_key: str) -> ApiKey | None:
-    return db.scalars(select(ApiKey).where(ApiKey.key_hash == ctx.sealer.token_digest("apikey:" + api_key))).first()  # type: ignore[attr-defined]
+def key_digest(ctx: IdentityContext, api_key: str) -> str:
+    """The keyed hash an API key is stored (and cached) under."""
+    return ctx.sealer.token_digest("apikey:" + api_key)
 
 
-def _principal(ctx: IdentityContext, db: object, row: ApiKey, ip: str, required_scope: str, now: int) -> ApiPrincipal:
+def load_key(ctx: IdentityContext, digest: str) -> KeySnapshot | None:
+    """The key stored under `digest` (see `key_digest`) and its owner's freeze flag, as they are
+    now (one short read transaction), or None."""
+    with ctx.store.tx() as db:  # one query, the same for a known and an unknown key
+        found = db.execute(select(ApiKey, User.account_id, User.frozen).join(User, User.id == ApiKey.user_id).where(ApiKey.key_hash == digest)).first()
+        return _snapshot(*found) if found is not None else None
+
+
+def admit(key: KeySnapshot, ip: str, required_scope: str, now: int) -> ApiPrincipal:
     """The one copy of the checks every use of an API key passes, signed or key-only: not revoked,
-    not expired, account not frozen, client IP on the allow-list, scope granted. Reads the row
-    as it is now (no cache), so a revocation or a freeze stops the very next request."""
-    if row.revoked_at_s is not None:
+    not expired, account not frozen, client IP on the allow-list, scope granted. The snapshot is
+    read fresh from the store or comes from `key_cache`, which drops it before serving the next
+    request once any of these facts changes."""
+    if key.revoked_at_s is not None:
         raise Unauthorized("this API key was revoked", field="api_key")
-    if row.expires_at_s is not None and now >= row.expires_at_s:
+    if key.expires_at_s is not None and now >= key.expires_at_s:
         raise Unauthorized("this API key has expired; create a new one", field="api_key")
-    user = db.get(User, row.user_id)  # type: ignore[attr-defined]
-    assert user is not None
-    if user.frozen:
+    if key.frozen:
         raise AccountFrozen()
-    if not _ip_allowed(row, ip):
+    if not _ip_allowed(key, ip):
         raise Forbidden(f"requests from {ip} are not on this API key's IP allow-list", field="client_ip")
-    scopes = tuple(row.scopes.split(","))
-    if required_scope not in scopes:
+    if required_scope not in key.scopes:
         raise Forbidden(f"this API key lacks the '{required_scope}' scope", field="scope")
-    return ApiPrincipal(user.account_id, user.id, row.id, scopes, row.kind, row.expires_at_s)
+    return ApiPrincipal(key.account_id, key.user_id, key.key_id, key.scopes, key.kind, key.expires_at_s)
+
+
+def check_signed(ctx: IdentityContext, key: KeySnapshot | None, data: bytes, signature: str, ip: str, required_scope: str, now: int) -> ApiPrincipal:
+    """Signature then `admit`, no I/O. An unknown key (None) costs the same work as a wrong signature."""
+    signature_ok = _signature_ok(ctx, key, data, signature)
+    if key is None:
+        raise Unauthorized("no such API key", field="api_key")
+    if not signature_ok:
+        raise Unauthorized("the signature is not valid for this key and request", field="signature")
+    return admit(key, ip, required_scope, now)
+
+
+def last_used_due(key: KeySnapshot, now: int) -> bool:
+    return key.last_used_at_s is None or now - key.last_used_at_s >= LAST_USED_RESOLUTION_S
+
+
+def touch_last_used(ctx: IdentityContext, key_id: int, now: int) -> None:
+    """Record that a key was used (at most once per LAST_USED_RESOLUTION_S per key)."""
+    with ctx.store.tx() as db:
+        # Core on the connection, not an ORM UPDATE: recording use changes nobody's access, so it
+        # must not bump the key generation (store/key_generation.py) and empty every API key cache.
+        table = ApiKey.__table__
+        db.connection().execute(update(table).where(table.c.id == key_id).values(last_used_at_s=now))
 
 
 def _check_arguments(api_key: object, client_ip: object, required_scope: str) -> str:
@@ -427,6 +489,17 @@ def _check_arguments(api_key: object, client_ip: object, required_scope: str) ->
     if not isinstance(api_key, str) or len(api_key) != 64:
         raise Unauthorized("the API key is missing or malformed", field="api_key")
     return validate_ip(client_ip, field="client_ip")
+
+
+def check_signed_arguments(api_key: object, payload: bytes | str, signature: object, client_ip: object, required_scope: str) -> tuple[str, bytes]:
+    """The argument checks of a signed request (shared with `key_cache`): the client IP and the payload's bytes."""
+    ip = _check_arguments(api_key, client_ip, required_scope)
+    if not isinstance(signature, str) or not 1 <= len(signature) <= 256:
+        raise Unauthorized("the signature is missing or malformed", field="signature")
+    data = payload.encode() if isinstance(payload, str) else payload
+    if not isinstance(data, bytes) or len(data) > PAYLOAD_MAX_BYTES:
+        raise ValidationError(f"must be at most {PAYLOAD_MAX_BYTES} bytes", field="payload")
+    return ip, data
 
 
 def verify_api_request(
@@ -439,39 +512,32 @@ def verify_api_request(
     Forbidden: IP not on the key's allow-list, scope missing, account frozen. ValidationError:
     malformed arguments. An unknown key costs the same work as a wrong signature.
     """
-    ip = _check_arguments(api_key, client_ip, required_scope)
-    assert isinstance(api_key, str)
-    if not isinstance(signature, str) or not 1 <= len(signature) <= 256:
-        raise Unauthorized("the signature is missing or malformed", field="signature")
-    data = payload.encode() if isinstance(payload, str) else payload
-    if not isinstance(data, bytes) or len(data) > PAYLOAD_MAX_BYTES:
-        raise ValidationError(f"must be at most {PAYLOAD_MAX_BYTES} bytes", field="payload")
+    ip, data = check_signed_arguments(api_key, payload, signature, client_ip, required_scope)
+    assert isinstance(api_key, str) and isinstance(signature, str)
     now = ctx.now()
-    with ctx.store.tx() as db:
-        row = _lookup(ctx, db, api_key)
-        signature_ok = _signature_ok(ctx, row, data, signature)
-        if row is None:
-            raise Unauthorized("no such API key", field="api_key")
-        if not signature_ok:
-            raise Unauthorized("the signature is not valid for this key and request", field="signature")
-        principal = _principal(ctx, db, row, ip, required_scope, now)
-        if row.last_used_at_s is None or now - row.last_used_at_s >= LAST_USED_RESOLUTION_S:
-            row.last_used_at_s = now
-        return principal
+    key = load_key(ctx, key_digest(ctx, api_key))
+    principal = check_signed(ctx, key, data, signature, ip, required_scope, now)
+    assert key is not None
+    if last_used_due(key, now):
+        touch_last_used(ctx, key.key_id, now)
+    return principal
+
+
+def check_key_arguments(api_key: object, client_ip: object, required_scope: str) -> str:
+    """The argument checks of a key-only request (shared with `key_cache`): the client IP."""
+    return _check_arguments(api_key, client_ip, required_scope)
 
 
 def principal_for_key(ctx: IdentityContext, api_key: object, client_ip: object, required_scope: str) -> ApiPrincipal:
     """Who owns `api_key`, for the few Binance endpoints authenticated by the key alone
     (`userDataStream`); the same revocation, expiry, freeze, IP and scope checks as a signed
-    request, because both call `_admit`."""
+    request, because both call `admit`."""
     ip = _check_arguments(api_key, client_ip, required_scope)
     assert isinstance(api_key, str)
-    now = ctx.now()
-    with ctx.store.tx() as db:
-        row = _lookup(ctx, db, api_key)
-        if row is None:
-            raise Unauthorized("no such API key", field="api_key")
-        return _principal(ctx, db, row, ip, required_scope, now)
+    key = load_key(ctx, key_digest(ctx, api_key))
+    if key is None:
+        raise Unauthorized("no such API key", field="api_key")
+    return admit(key, ip, required_scope, ctx.now())
 
 
 def issue_demo_key(

@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import ConfigError
+from . import key_generation  # noqa: F401  (registers the API key generation hooks on every session)
 
 __all__ = ["Store", "make_engine", "migrate", "MIGRATIONS_DIR", "safe_url"]
 
@@ -83,7 +84,7 @@ class Store:
         return cls(make_engine(url, schema=schema))
 
     def describe(self) -> str:
-        """`postgresql postgresql+psycopg://user:***@host/db, schema revision 0002_monitoring`."""
+        """`postgresql postgresql+psycopg://user:***@host/db, schema revision 0003_api_key_generation`."""
         with self.engine.connect() as conn:
             revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         return f"{self.engine.dialect.name} {safe_url(self.engine)}, schema revision {revision}"

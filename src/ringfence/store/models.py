@@ -24,6 +24,7 @@ __all__ = [
     "WebAuthnChallenge",
     "KnownDevice",
     "ApiKey",
+    "ApiKeyGeneration",
     "OutboxMessage",
     "SecurityEvent",
     "FreezeToken",
@@ -290,3 +291,14 @@ class MonitoringCursor(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     position: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class ApiKeyGeneration(Base):
+    """One row (id 1): a counter bumped in the same transaction as any change that can withdraw an
+    API key's access (revocation, scopes, IP allow-list, expiry, secret, the owner's freeze). API
+    processes cache verified keys and drop the cache when it moves (identity/key_cache.py)."""
+
+    __tablename__ = "identity_api_key_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False)

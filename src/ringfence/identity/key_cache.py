@@ -1,0 +1,173 @@
+"""Verified API keys kept in the API process, so a signed request costs no SQL round trip.
+
+What is cached: per API key (under its keyed hash), the `KeySnapshot` the checks use — key id,
+owner, kind, the HMAC secret still sealed (unsealed per request) or the parsed Ed25519 public key,
+scopes, IP allow-list, expiry, revocation time and the owner's freeze flag. Every request still
+runs the whole check (`api_keys.check_signed`: signature, revoked, expired, frozen, IP, scope)
+against the snapshot; only the read is saved. Unknown keys are never cached (a flood of made-up
+keys cannot fill memory); they take the SQL path as before.
+
+Invalidation (the invariant: a change that withdraws access takes effect on the next request):
+
+* Every transaction that changes what `admit` looks at — an API key's revocation, scopes,
+  allow-list, expiry, secret or owner, a key deleted, a user's freeze flag, or any bulk UPDATE or
+  DELETE of those tables — also bumps `identity_api_key_generation.value` in the same transaction.
+  SQLAlchemy session hooks (`store/key_generation.py`, installed with the store) do it for every session, so no code path can forget.
+* In the process that committed (today: the only one; `ringfence serve` runs the web security
+  centre, the freeze link and the API together), the commit also bumps an in-memory generation
+  before `Store.tx` returns, so the cache is empty before the revoke's HTTP response is sent.
+* Other processes (a CLI on the same database; gateway processes later) see the store counter
+  through a watcher thread that reads it every `poll_s`. A cache whose watcher has not read the
+  counter within `stale_after_s` is bypassed (SQL for every request) rather than trusted: the cache
+  fails closed. For several gateways the revoking side should wait for the gateways to acknowledge
+  the new generation before answering (docs/api.md, "API key cache").
+* A request that filled the cache from a read that raced with a change does not store it: the
+  generation is taken before the read and the entry is kept only if it has not moved.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+
+from sqlalchemy import text
+
+from ..store import key_generation
+from . import api_keys
+from .api_keys import ApiPrincipal, KeySnapshot
+from .context import IdentityContext
+
+__all__ = ["VerifiedKeyCache"]
+
+log = logging.getLogger(__name__)
+
+class VerifiedKeyCache:
+    """See the module docstring. Thread-safe: used from the event loop and the thread pool."""
+
+    def __init__(self, ctx: IdentityContext, *, max_entries: int = 100_000, poll_s: float = 0.05, stale_after_s: float = 2.0) -> None:  # float-ok: seconds
+        self.ctx = ctx
+        self.max_entries = max_entries
+        self.poll_s = poll_s
+        self.stale_after_s = stale_after_s
+        self._entries: dict[str, KeySnapshot] = {}
+        self._lock = threading.Lock()
+        self._store_generation = -1
+        self._polled_at = 0.0  # float-ok: monotonic seconds of the watcher's last successful read
+        self._generation = (-1, -1)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.hits = 0
+        self.misses = 0
+
+    # ------------------------------------------------------------------ generation
+
+    def read_store_generation(self) -> int:
+        with self.ctx.store.engine.connect() as conn:
+            return int(conn.execute(text("SELECT value FROM identity_api_key_generation WHERE id = 1")).scalar_one())
+
+    def start(self) -> None:
+        """Read the store's counter once, then keep watching it in a daemon thread."""
+        if self._watcher is not None:
+            return
+        self._store_generation = self.read_store_generation()
+        self._polled_at = time.monotonic()
+        self._watcher = threading.Thread(target=self._watch, name="api-key-cache-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        failing = False
+        while not self._stop.wait(self.poll_s):
+            try:
+                value = self.read_store_generation()
+            except Exception as err:  # the database is away: the cache goes stale and is bypassed
+                if not failing:
+                    log.warning("API key cache: cannot read the key generation (%s); verifying keys in SQL until it can", type(err).__name__)
+                failing = True
+                continue
+            failing = False
+            self._store_generation = value
+            self._polled_at = time.monotonic()
+
+    def _current(self) -> tuple[int, int] | None:
+        """The generation to compare entries with, or None when the cache may not be trusted."""
+        if self._watcher is None or time.monotonic() - self._polled_at > self.stale_after_s:
+            return None
+        return (key_generation.local_generation(), self._store_generation)
+
+    def _get(self, digest: str) -> KeySnapshot | None:
+        current = self._current()
+        if current is None:
+            return None
+        with self._lock:
+            if current != self._generation:
+                self._entries.clear()
+                self._generation = current
+            return self._entries.get(digest)
+
+    def _load(self, digest: str) -> KeySnapshot | None:
+        before = self._current()
+        key = api_keys.load_key(self.ctx, digest)
+        if key is None or before is None:
+            return key
+        with self._lock:
+            if self._current() == before:  # nothing committed a change while we read
+                if before != self._generation:
+                    self._entries.clear()
+                    self._generation = before
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+                self._entries[digest] = key
+        return key
+
+    def _remember_use(self, digest: str, key: KeySnapshot, now: int) -> None:
+        api_keys.touch_last_used(self.ctx, key.key_id, now)
+        with self._lock:
+            if self._entries.get(digest) is key:
+                self._entries[digest] = replace(key, last_used_at_s=now)
+
+    # ------------------------------------------------------------------ the two entry points
+
+    def verify_cached(self, api_key: object, payload: bytes | str, signature: object, client_ip: object, scope: str) -> ApiPrincipal | None:
+        """`verify` without any I/O (safe on the event loop): the principal, an error, or None when
+        the key is not cached or its last-use time is due to be written (call `verify` then)."""
+        ip, data = api_keys.check_signed_arguments(api_key, payload, signature, client_ip, scope)
+        assert isinstance(api_key, str) and isinstance(signature, str)
+        key = self._get(api_keys.key_digest(self.ctx, api_key))
+        now = self.ctx.now()
+        if key is None or api_keys.last_used_due(key, now):
+            return None
+        self.hits += 1
+        return api_keys.check_signed(self.ctx, key, data, signature, ip, scope, now)
+
+    def verify(self, api_key: object, payload: bytes | str, signature: object, client_ip: object, scope: str) -> ApiPrincipal:
+        """The same answers as `api_keys.verify_api_request`, reading SQL only on a cache miss."""
+        ip, data = api_keys.check_signed_arguments(api_key, payload, signature, client_ip, scope)
+        assert isinstance(api_key, str) and isinstance(signature, str)
+        digest = api_keys.key_digest(self.ctx, api_key)
+        key = self._get(digest)
+        if key is None:
+            self.misses += 1
+            key = self._load(digest)
+        now = self.ctx.now()
+        principal = api_keys.check_signed(self.ctx, key, data, signature, ip, scope, now)
+        assert key is not None
+        if api_keys.last_used_due(key, now):
+            self._remember_use(digest, key, now)
+        return principal
+
+    def principal(self, api_key: object, client_ip: object, scope: str) -> ApiPrincipal:
+        """The same answers as `api_keys.principal_for_key` (key-only endpoints)."""
+        ip = api_keys.check_key_arguments(api_key, client_ip, scope)
+        assert isinstance(api_key, str)
+        digest = api_keys.key_digest(self.ctx, api_key)
+        key = self._get(digest) or self._load(digest)
+        if key is None:
+            from ..errors import Unauthorized
+
+            raise Unauthorized("no such API key", field="api_key")
+        return api_keys.admit(key, ip, scope, self.ctx.now())

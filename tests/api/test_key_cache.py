@@ -1,0 +1,145 @@
+"""The verified-key cache (identity/key_cache.py) against a real `serve --demo` process, with httpx:
+a key is created in the security centre (sign up, e-mail link, TOTP, form with CSRF token), used
+(so it is cached), revoked through the same security centre, and the very next signed request is
+refused. A change committed by another process (the store's generation counter) is seen too.
+
+Reproduce by hand: `ringfence serve --demo --data /tmp/rf --port 8000`, sign up at /signup, confirm
+at /dev/mail, turn on TOTP, create an API key at /security, call GET /api/v3/account with it,
+revoke it at /security, call again: -2015 "this API key was revoked".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from html import unescape
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+import pyotp
+import pytest
+
+PASSWORD = "correct horse battery staple 42"
+_last_ts = [0]
+
+
+class Browserless:
+    """httpx with the session cookies carried by hand: they are `Secure` (`__Host-`), which the
+    standard cookie jar will not send over http://127.0.0.1 (a browser treats loopback as secure)."""
+
+    def __init__(self, base: str) -> None:
+        self.http = httpx.Client(base_url=base, timeout=10)
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, **kw) -> httpx.Response:
+        headers = dict(kw.pop("headers", {}) or {})
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        r = self.http.request(method, path, headers=headers, **kw)
+        for line in r.headers.get_list("set-cookie"):
+            name, _, rest = line.partition("=")
+            value = rest.split(";", 1)[0]
+            if value and "max-age=0" not in line.lower():
+                self.cookies[name.strip()] = value
+            else:
+                self.cookies.pop(name.strip(), None)
+        return r
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html) or re.search(r'name="csrf-token" content="([^"]+)"', html)
+    assert m, html[:2000]
+    return m.group(1)
+
+
+def signed_account(http: httpx.Client, key: str, secret: str) -> httpx.Response:
+    ts = max(int(time.time() * 1000), _last_ts[0] + 1)
+    _last_ts[0] = ts
+    payload = urlencode({"timestamp": str(ts), "recvWindow": "10000"})
+    sig = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+    return http.get(f"/api/v3/account?{payload}&signature={sig}", headers={"X-MBX-APIKEY": key})
+
+
+@pytest.fixture(scope="module")
+def user(server):
+    """A signed-in user with TOTP on, in the security centre of the live server."""
+    b = Browserless(server.base)
+    email = f"cache{int(time.time() * 1000)}@example.com"
+    r = b.request("POST", "/signup", data={"email": email, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 30
+    link = None
+    while link is None:  # the demo's mail worker delivers to /dev/mail every 2 s
+        page = b.request("GET", "/dev/mail").text
+        for m in re.finditer(r'href="([^"]*/verify-email\?token=[^"]+)"', page):
+            block = page[max(0, m.start() - 3000) : m.start()]
+            if email in block:
+                link = unescape(m.group(1))
+        assert link is not None or time.monotonic() < deadline, "no verification mail at /dev/mail"
+        if link is None:
+            time.sleep(0.3)
+    parts = urlsplit(link)
+    assert b.request("GET", parts.path + "?" + parts.query).status_code == 200
+    r = b.request("POST", "/login", data={"email": email, "password": PASSWORD})
+    assert r.status_code in (200, 303), r.text
+    page = b.request("GET", "/security").text
+    setup = b.request("POST", "/security/totp/begin", data={"csrf_token": csrf_of(page)}).text
+    totp = pyotp.TOTP(re.search(r'id="totp-secret">([A-Z2-7]+)<', setup).group(1))
+    r = b.request("POST", "/security/totp/confirm", data={"csrf_token": csrf_of(setup), "code": totp.now()})
+    assert r.status_code == 200, r.text
+    yield b
+    b.http.close()
+
+
+def create_key(b: Browserless) -> tuple[str, str, int]:
+    page = b.request("GET", "/security").text
+    r = b.request("POST", "/security/api-keys", data={"csrf_token": csrf_of(page), "label": "cache test", "scopes": "read", "kind": "hmac"})
+    assert r.status_code == 200, r.text
+    key = re.search(r'id="api-key">([0-9a-f]{64})<', r.text).group(1)
+    secret = re.search(r'id="api-secret">([0-9a-f]{64})<', r.text).group(1)
+    page = b.request("GET", "/security").text
+    key_id = int(re.findall(r'action="/security/api-keys/(\d+)/revoke"', page)[-1])
+    return key, secret, key_id
+
+
+def test_a_key_revoked_in_the_security_centre_is_refused_on_the_very_next_request(server, user):
+    key, secret, key_id = create_key(user)
+    with httpx.Client(base_url=server.base, timeout=10) as http:
+        for _ in range(5):  # the first fills the cache, the others are answered from it
+            r = signed_account(http, key, secret)
+            assert r.status_code == 200, r.text
+        page = user.request("GET", "/security").text
+        r = user.request("POST", f"/security/api-keys/{key_id}/revoke", data={"csrf_token": csrf_of(page)})
+        assert r.status_code == 303, r.text
+        r = signed_account(http, key, secret)  # the very next request
+        assert r.status_code == 401 and r.json()["code"] == -2015 and "revoked" in r.json()["msg"], r.text
+
+
+def test_a_revocation_committed_by_another_process_is_seen_within_the_watch_interval(server, user):
+    """Another process (here: this test, on the server's SQLite file) revokes a cached key; the
+    server's watcher reads the store's generation counter every 50 ms and drops its cache."""
+    from ringfence.identity import api_keys
+    from ringfence.identity.context import IdentityContext
+    from ringfence.settings import load_settings
+    from ringfence.store import Store
+
+    key, secret, key_id = create_key(user)
+    with httpx.Client(base_url=server.base, timeout=10) as http:
+        for _ in range(3):
+            assert signed_account(http, key, secret).status_code == 200
+        url = f"sqlite:///{server.data / 'identity.sqlite3'}"
+        ctx = IdentityContext(store=Store.from_url(url), settings=load_settings(database_url=url))  # the demo's dev key
+        token = user.cookies["__Host-rf_session"]
+        api_keys.revoke_api_key(ctx, token, key_id)
+        revoked_at = time.monotonic()
+        while True:
+            r = signed_account(http, key, secret)
+            if r.status_code == 401:
+                break
+            assert r.status_code == 200, r.text
+            assert time.monotonic() - revoked_at < 1.0, "the server kept accepting a key revoked by another process"
+        assert r.json()["code"] == -2015, r.text
+        print(f"refused {1000 * (time.monotonic() - revoked_at):.0f} ms after the other process committed")
+
