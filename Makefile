@@ -71,8 +71,9 @@ lint: setup
 	$(PY) -m ruff check src tests bench
 	$(PY) -m mypy
 
+# Two workers, a test file at a time on each: most tests wait on live servers, so two cores keep busy.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: setup
 	$(PY) bench/ledger.py
