@@ -194,7 +194,7 @@ function initChart() {
     // the attribution its licence NOTICE asks for is the link under the chart instead (index.html).
     layout: { background: { color: "#11171d" }, textColor: "#9fb3c8", attributionLogo: false },
     grid: { vertLines: { color: "#1c252e" }, horzLines: { color: "#1c252e" } },
-    timeScale: { timeVisible: true, secondsVisible: false, borderColor: "#22303c" },
+    timeScale: { timeVisible: true, secondsVisible: false, borderColor: "#22303c", rightOffset: 8, barSpacing: 10 },
     rightPriceScale: { borderColor: "#22303c" },
   });
   chart.candles = chart.api.addSeries(LWC.CandlestickSeries, {
@@ -217,7 +217,7 @@ function drawChart() {
   const bars = state.klines.map(bar);
   chart.candles.setData(bars.map((b) => b[0]));
   chart.volume.setData(bars.map((b) => b[1]));
-  chart.api.timeScale().fitContent();
+  chart.api.timeScale().scrollToRealTime();
   drawFills();
 }
 
@@ -252,7 +252,12 @@ function drawDepth() { // cumulative quantity per price, bids left (green), asks
   g.clearRect(0, 0, c.width, c.height);
   if (!bids.length && !asks.length) { g.fillStyle = "#7a8a99"; g.fillText("empty book", 10, 20); return; }
   const prices = [...bids, ...asks].map((l) => parseFloat(l[0]));
-  const lo = Math.min(...prices), hi = Math.max(...prices), span = hi - lo || 1;
+  let lo = Math.min(...prices), hi = Math.max(...prices);
+  if (bids.length && asks.length) { // centred on the mid price, as traders expect
+    const mid = (parseFloat(bids[0][0]) + parseFloat(asks[0][0])) / 2, w = Math.max(mid - lo, hi - mid);
+    lo = mid - w; hi = mid + w;
+  }
+  const span = hi - lo || 1;
   const top = Math.max(...[...bids, ...asks].map((l) => l[1])) || 1;
   const x = (p) => 8 + ((parseFloat(p) - lo) / span) * (c.width - 16);
   const y = (q) => c.height - 14 - (q / top) * (c.height - 24);
@@ -267,8 +272,9 @@ function drawDepth() { // cumulative quantity per price, bids left (green), asks
     g.fillStyle = fill; g.fill(); g.strokeStyle = line; g.stroke();
   }
   g.fillStyle = "#7a8a99";
-  g.fillText(String(lo), 8, c.height - 2);
-  g.textAlign = "right"; g.fillText(String(hi), c.width - 8, c.height - 2); g.textAlign = "left";
+  const label = (v) => v.toFixed(Math.min(8, (bids[0] || asks[0])[0].split(".")[1]?.length || 0));
+  g.fillText(label(lo), 8, c.height - 2);
+  g.textAlign = "right"; g.fillText(label(hi), c.width - 8, c.height - 2); g.textAlign = "left";
 }
 
 // ---------------------------------------------------------------- private data
