@@ -358,6 +358,10 @@ def create_app(
         from .session_money import install_session_money  # wallet pages: deposit, withdraw, address book
 
         install_session_money(app, capital, identity_ctx)
+        if por_dir is not None:  # the security centre's "your proof": the user's own proof on the session
+            from .por import build_session_por_router
+
+            app.include_router(build_session_por_router(por_dir, gate, identity_ctx), include_in_schema=False)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness")
     async def healthz() -> dict[str, Any]:
@@ -522,6 +526,18 @@ def create_app(
         if name not in ("app.js", "style.css"):
             return JSONResponse({"code": -1000, "msg": "not found"}, status_code=404)
         return FileResponse(static_dir / name, headers=_page_headers(request))
+
+    vendor_dir = Path(str(resources.files("ringfence.web") / "static" / "vendor"))
+    vendored = {"lightweight-charts.js": ("lightweight-charts.standalone.production.js", "application/javascript"),
+                "LICENSE.lightweight-charts": ("LICENSE.lightweight-charts", "text/plain")}
+
+    @app.get("/dashboard/vendor/{name}", include_in_schema=False)
+    async def dashboard_vendor(request: Request, name: str) -> Response:
+        """Third-party files shipped in the package (web/static/vendor/README.md): no CDN at run time."""
+        if name not in vendored:
+            return JSONResponse({"code": -1000, "msg": "not found"}, status_code=404)
+        file, media = vendored[name]
+        return FileResponse(vendor_dir / file, media_type=media, headers=_page_headers(request))
 
     if monitor is not None:
         from ..monitoring.stream import ApiCallRecorder

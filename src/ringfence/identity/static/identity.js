@@ -47,7 +47,48 @@ async function passkeyCreate() {
   const done = await post("/webauthn/register", body);
   window.location.href = done.redirect;
 }
+// The security centre's "your proof" box: which published proof holds the user's balances (on the session),
+// and a check of the user's own inclusion proof in the browser with the offline verifier (/por/verifier.js).
+async function loadOwnProof() {
+  const status = document.getElementById("proof-status");
+  if (!status) return;
+  const r = await fetch("/session/v3/por/mine", { credentials: "same-origin" });
+  const mine = await r.json();
+  if (!r.ok) { status.textContent = mine.msg || "Your proof could not be loaded."; return; }
+  if (!mine.included) {
+    status.textContent = (mine.n ? "Your balances are not in proof #" + mine.n + ": " : "") + (mine.msg || "") +
+      (mine.everyS ? " A new proof is published every " + mine.everyS + " s." : "");
+    status.dataset.state = "absent";
+    return;
+  }
+  status.textContent = "Your balances are in proof #" + mine.n + (mine.publishedAt ? " (published " + mine.publishedAt + ")" : "") + ".";
+  status.dataset.n = mine.n;
+  status.dataset.state = "included";
+  document.getElementById("download-proof").href = mine.downloadUrl;
+  document.getElementById("proof-root").href = mine.rootUrl;
+  document.getElementById("proof-actions").hidden = false;
+  document.getElementById("verify-proof").addEventListener("click", () => verifyOwnProof(mine).catch((e) => {
+    const v = document.getElementById("proof-verdict"); v.textContent = "por: INVALID: " + e.message; v.className = "error"; v.dataset.done = "1";
+  }));
+}
+async function verifyOwnProof(mine) {
+  const verdict = document.getElementById("proof-verdict");
+  verdict.textContent = "Verifying…"; verdict.className = ""; delete verdict.dataset.done;
+  const [proof, root] = await Promise.all([mine.proofUrl, mine.rootUrl].map(async (url) => {
+    const r = await fetch(url, { credentials: "same-origin" });
+    if (!r.ok) throw new Error(url + " answered " + r.status);
+    return r.text();
+  }));
+  const result = await window.ringfencePor.verify(proof, root);
+  const out = document.getElementById("proof-output");
+  out.textContent = result.lines.join("\n"); out.hidden = false;
+  verdict.textContent = result.ok ? "Verified: your balances are included in proof #" + mine.n + " (por: VALID)." : result.lines[result.lines.length - 1];
+  verdict.className = result.ok ? "valid" : "error";
+  verdict.dataset.ok = result.ok ? "1" : "0";
+  verdict.dataset.done = "1";
+}
 document.addEventListener("DOMContentLoaded", () => {
+  loadOwnProof().catch((e) => { const s = document.getElementById("proof-status"); if (s) s.textContent = e.message; });
   const bind = (id, fn) => { const el = document.getElementById(id); if (el) el.addEventListener("click", () => fn().catch(showError)); };
   bind("passkey-login", () => passkeyGet("/webauthn/login/options", "/webauthn/login"));
   bind("step-up-passkey", () => passkeyGet("/webauthn/step-up/options", "/webauthn/step-up"));

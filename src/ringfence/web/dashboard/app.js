@@ -1,13 +1,21 @@
 // ringfence dashboard: plain JavaScript, no CDN, no build step.
 // Money stays as decimal strings from the server; the only numbers computed here are for drawing
-// the chart and for sorting book levels (exactly, via BigInt on the fixed-decimal strings).
+// the charts and for sorting book levels (exactly, via BigInt on the fixed-decimal strings).
+// Charts: TradingView's lightweight-charts (vendored in the package, web/static/vendor/README.md,
+// served at /dashboard/vendor/lightweight-charts.js): 1m candles and volume from /api/v3/klines,
+// live from the <symbol>@kline_1m stream, the signed-in user's fills (/session/v3/myTrades) as
+// markers; the depth chart is a small canvas of our own from the order book.
 "use strict";
 
 const state = {
   markets: {}, symbol: null, me: null, csrf: null,
   book: { bids: new Map(), asks: new Map(), lastUpdateId: 0, buffer: [], ready: false },
-  ws: null, userWs: null, klines: [], trades: [],
+  ws: null, userWs: null, klines: [], trades: [], fills: [],
 };
+const INTERVAL_S = 60;  // the candles' interval (1m)
+// The chart's objects, also for tests and curious users: ringfenceChart.candles.data(), .markers.markers().
+const chart = { api: null, candles: null, volume: null, markers: null, liveUpdates: 0, depth: { bids: [], asks: [] } };
+window.ringfenceChart = chart;
 
 const $ = (id) => document.getElementById(id);
 // Private calls go to /session/v3 with the session cookie (HttpOnly: this script never sees it)
@@ -73,6 +81,7 @@ async function selectMarket(symbol) {
   $("symbol-title").textContent = symbol;
   state.book = { bids: new Map(), asks: new Map(), lastUpdateId: 0, buffer: [], ready: false };
   state.trades = [];
+  state.fills = [];
   openMarketStream(symbol);
   const [klines, trades] = await Promise.all([
     api("GET", "/api/v3/klines", { symbol, interval: "1m", limit: "120" }),
@@ -131,6 +140,7 @@ function renderBook() {
   const bestAsk = asks.length ? asks[asks.length - 1][0] : "—";
   const bestBid = bids.length ? bids[0][0] : "—";
   $("spread").textContent = `bid ${bestBid} · ask ${bestAsk}`;
+  drawDepth();
 }
 
 // ---------------------------------------------------------------- streams
@@ -155,9 +165,10 @@ function openMarketStream(symbol) {
       const k = data.k;
       const row = [k.t, k.o, k.h, k.l, k.c, k.v];
       const last = state.klines[state.klines.length - 1];
+      if (last && last[0] > k.t) return;  // an old bar: the chart only moves forward
       if (last && last[0] === k.t) state.klines[state.klines.length - 1] = row;
       else state.klines.push(row);
-      drawChart();
+      updateChart(row);
     }
   };
 }
@@ -174,21 +185,96 @@ function renderTrades() {
   $("last-price").textContent = state.trades.length ? state.trades[0].p : "";
 }
 
-function drawChart() {
-  const c = $("chart"), g = c.getContext("2d");
-  g.clearRect(0, 0, c.width, c.height);
-  const rows = state.klines;
-  if (!rows.length) { g.fillStyle = "#7a8a99"; g.fillText("no trades yet", 10, 20); return; }
-  const hi = Math.max(...rows.map((r) => parseFloat(r[2]))), lo = Math.min(...rows.map((r) => parseFloat(r[3])));
-  const span = hi - lo || 1, w = c.width / Math.max(rows.length, 30);
-  const y = (v) => c.height - 10 - ((parseFloat(v) - lo) / span) * (c.height - 20);
-  rows.forEach((r, i) => {
-    const up = parseFloat(r[4]) >= parseFloat(r[1]);
-    g.strokeStyle = g.fillStyle = up ? "#81c784" : "#e57373";
-    const x = i * w + w / 2;
-    g.beginPath(); g.moveTo(x, y(r[2])); g.lineTo(x, y(r[3])); g.stroke();
-    g.fillRect(x - w * 0.3, Math.min(y(r[1]), y(r[4])), w * 0.6, Math.max(1, Math.abs(y(r[1]) - y(r[4]))));
+function initChart() {
+  const LWC = window.LightweightCharts;
+  if (!LWC) { $("chart").textContent = "chart library missing"; return; }
+  chart.api = LWC.createChart($("chart"), {
+    autoSize: true,
+    // The library's logo injects a <style> element, which the dashboard's CSP (style-src 'self') refuses;
+    // the attribution its licence NOTICE asks for is the link under the chart instead (index.html).
+    layout: { background: { color: "#11171d" }, textColor: "#9fb3c8", attributionLogo: false },
+    grid: { vertLines: { color: "#1c252e" }, horzLines: { color: "#1c252e" } },
+    timeScale: { timeVisible: true, secondsVisible: false, borderColor: "#22303c", rightOffset: 8, barSpacing: 10 },
+    rightPriceScale: { borderColor: "#22303c" },
   });
+  chart.candles = chart.api.addSeries(LWC.CandlestickSeries, {
+    upColor: "#81c784", downColor: "#e57373", wickUpColor: "#81c784", wickDownColor: "#e57373", borderVisible: false,
+  });
+  chart.candles.priceScale().applyOptions({ scaleMargins: { top: 0.08, bottom: 0.28 } });
+  chart.volume = chart.api.addSeries(LWC.HistogramSeries, { priceFormat: { type: "volume" }, priceScaleId: "volume", lastValueVisible: false, priceLineVisible: false });
+  chart.volume.priceScale().applyOptions({ scaleMargins: { top: 0.78, bottom: 0 } });
+  chart.markers = LWC.createSeriesMarkers(chart.candles, []);
+}
+
+function bar(row) { // a /klines row or a stream kline -> the candle and the volume bar
+  const time = Math.floor(row[0] / 1000);
+  const [o, h, l, c, v] = row.slice(1, 6).map(parseFloat);  // drawing only
+  return [{ time, open: o, high: h, low: l, close: c }, { time, value: v, color: c >= o ? "#2e6b5b" : "#7b3b3b" }];
+}
+
+function drawChart() {
+  if (!chart.api) return;
+  const bars = state.klines.map(bar);
+  chart.candles.setData(bars.map((b) => b[0]));
+  chart.volume.setData(bars.map((b) => b[1]));
+  chart.api.timeScale().scrollToRealTime();
+  drawFills();
+}
+
+function updateChart(row) {
+  if (!chart.api) return;
+  const [candle, volume] = bar(row);
+  chart.candles.update(candle);
+  chart.volume.update(volume);
+  chart.liveUpdates += 1;
+}
+
+function drawFills() { // the user's own fills, one marker each at the candle of its minute
+  if (!chart.markers) return;
+  const first = state.klines.length ? Math.floor(state.klines[0][0] / 1000) : Infinity;
+  const marks = state.fills
+    .map((f) => ({ f, time: Math.floor(f.time / 1000 / INTERVAL_S) * INTERVAL_S }))
+    .filter((m) => m.time >= first)
+    .sort((a, b) => a.time - b.time || a.f.id - b.f.id)
+    .map(({ f, time }) => ({
+      time, id: String(f.id), position: f.isBuyer ? "belowBar" : "aboveBar", shape: f.isBuyer ? "arrowUp" : "arrowDown",
+      color: f.isBuyer ? "#4fc3f7" : "#ffb74d", text: `${f.isBuyer ? "bought" : "sold"} ${f.qty} @ ${f.price}`,
+    }));
+  chart.markers.setMarkers(marks);
+}
+
+function drawDepth() { // cumulative quantity per price, bids left (green), asks right (red)
+  const c = $("depth"), g = c.getContext("2d");
+  const cum = (levels) => { let t = 0; return levels.map(([p, q]) => [p, (t += parseFloat(q))]); };
+  const bids = cum(sortedLevels(state.book.bids, true).slice(0, 50));
+  const asks = cum(sortedLevels(state.book.asks, false).slice(0, 50));
+  chart.depth = { bids, asks };
+  g.clearRect(0, 0, c.width, c.height);
+  if (!bids.length && !asks.length) { g.fillStyle = "#7a8a99"; g.fillText("empty book", 10, 20); return; }
+  const prices = [...bids, ...asks].map((l) => parseFloat(l[0]));
+  let lo = Math.min(...prices), hi = Math.max(...prices);
+  if (bids.length && asks.length) { // centred on the mid price, as traders expect
+    const mid = (parseFloat(bids[0][0]) + parseFloat(asks[0][0])) / 2, w = Math.max(mid - lo, hi - mid);
+    lo = mid - w; hi = mid + w;
+  }
+  const span = hi - lo || 1;
+  const top = Math.max(...[...bids, ...asks].map((l) => l[1])) || 1;
+  const x = (p) => 8 + ((parseFloat(p) - lo) / span) * (c.width - 16);
+  const y = (q) => c.height - 14 - (q / top) * (c.height - 24);
+  for (const [levels, line, fill] of [[bids, "#81c784", "rgba(129,199,132,.25)"], [asks, "#e57373", "rgba(229,115,115,.25)"]]) {
+    if (!levels.length) continue;
+    g.beginPath();
+    g.moveTo(x(levels[0][0]), y(0));
+    let prev = 0;
+    for (const [p, q] of levels) { g.lineTo(x(p), y(prev)); g.lineTo(x(p), y(q)); prev = q; }
+    g.lineTo(x(levels[levels.length - 1][0]), y(0));
+    g.closePath();
+    g.fillStyle = fill; g.fill(); g.strokeStyle = line; g.stroke();
+  }
+  g.fillStyle = "#7a8a99";
+  const label = (v) => v.toFixed(Math.min(8, (bids[0] || asks[0])[0].split(".")[1]?.length || 0));
+  g.fillText(label(lo), 8, c.height - 2);
+  g.textAlign = "right"; g.fillText(label(hi), c.width - 8, c.height - 2); g.textAlign = "left";
 }
 
 // ---------------------------------------------------------------- private data
@@ -196,11 +282,14 @@ function drawChart() {
 async function refreshPrivate() {
   if (!state.me || !state.symbol) return;
   try {
-    const [account, open, all] = await Promise.all([
+    const symbol = state.symbol;
+    const [account, open, all, fills] = await Promise.all([
       api("GET", "/account", {}, true),
-      api("GET", "/openOrders", { symbol: state.symbol }, true),
-      api("GET", "/allOrders", { symbol: state.symbol, limit: "20" }, true),
+      api("GET", "/openOrders", { symbol }, true),
+      api("GET", "/allOrders", { symbol, limit: "20" }, true),
+      api("GET", "/myTrades", { symbol, limit: "500" }, true),
     ]);
+    if (symbol === state.symbol) { state.fills = fills; drawFills(); }
     const m = state.markets[state.symbol];
     const bal = $("balances").tBodies[0];
     bal.textContent = "";
@@ -339,6 +428,7 @@ function openHaltStream() {
 }
 
 window.addEventListener("DOMContentLoaded", () => {
+  initChart();
   refreshHalts();
   openHaltStream();
   $("order-form").addEventListener("submit", placeOrder);

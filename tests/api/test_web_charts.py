@@ -1,0 +1,193 @@
+"""The dashboard's charts and the security centre's "your proof" box against a real
+`ringfence serve --demo` process, in Debian's Chromium (Playwright), on the signed-in web session
+(issue 19, items 2 and 3):
+
+a newcomer signs up (as in test_web_session.py) → on the dashboard the candlestick chart
+(lightweight-charts, vendored; read through its own API: `ringfenceChart.candles.data()`) holds the
+same bars as /api/v3/klines → a resting bid shows in the depth chart → a market order from the
+session fills: the live kline stream updates the last candle and its volume to what /klines says,
+and the user's fill is a marker on that candle → in the security centre "your balances are in proof
+#N": Verify recomputes the user's own inclusion proof in the browser (the offline verifier's code,
+/por/verifier.js) and says VALID; the same proof with one balance changed is refused; the download
+is the user's proof file, which the stdlib verifier accepts against that proof's published root.
+
+Screenshots go to docs/img/charts-*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from ringfence.solvency.pol_verifier import verify_proof
+
+from .conftest import Server
+from .test_web_session import IMG, browser, sign_up_verify_and_enable_totp  # noqa: F401 (fixture)
+
+SYMBOL = "AAPLXUSDT"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # a proof every 2 s, so that the newcomer's balances are in one soon after the demo funds arrive
+    srv = Server(tmp_path_factory.mktemp("charts") / "data", env={"RINGFENCE_POR_EVERY_S": "2"})
+    srv.web = srv.base.replace("127.0.0.1", "localhost")
+    yield srv
+    assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
+
+
+def shot(page, name: str) -> None:
+    IMG.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(IMG / f"charts-{name}.png"), full_page=True)
+
+
+def poll(what: str, fn, timeout_s: float = 20.0, every_s: float = 0.1):
+    """fn() until it returns something truthy; fail naming `what` and the last value after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fn()
+        if value and not (isinstance(value, tuple) and value[0] is None):
+            return value
+        assert time.monotonic() < deadline, f"{what}: still {value!r} after {timeout_s} s"
+        time.sleep(every_s)
+
+
+def as_bar(row: list) -> dict:
+    """A /klines row as the chart holds it (time in seconds; prices as drawn)."""
+    return {"time": row[0] // 1000, "open": float(row[1]), "high": float(row[2]), "low": float(row[3]), "close": float(row[4]),
+            "volume": float(row[5])}
+
+
+CHART_BARS = """() => {
+  const c = window.ringfenceChart, vol = new Map(c.volume.data().map((v) => [v.time, v.value]));
+  return c.candles.data().map((b) => ({time: b.time, open: b.open, high: b.high, low: b.low, close: b.close,
+                                        volume: vol.get(b.time)}));
+}"""
+
+
+def test_candles_volume_depth_fills_and_own_proof_verified(server, browser):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # CSP refusals show here
+    base = server.web
+    sign_up_verify_and_enable_totp(page, base, "charts@example.com")
+    errors.clear()  # the sign-up pages are test_web_session's business
+
+    page.goto(base + "/")
+    expect(page.locator("#whoami")).to_have_text("signed in as charts@example.com")
+    page.click("#demo-funds")
+    expect(page.locator("#order-status")).to_contain_text("Demo funds added")
+    page.locator("#markets button", has_text=SYMBOL).click()
+    expect(page.locator("#symbol-title")).to_have_text(SYMBOL)
+
+    # the chart is lightweight-charts, served by the exchange itself (no CDN), with /klines' bars
+    lib = httpx.get(server.base + "/dashboard/vendor/lightweight-charts.js")
+    assert lib.status_code == 200 and "Lightweight Charts" in lib.text[:400] and "5.2.1" in lib.text[:400]
+    assert page.evaluate("typeof window.LightweightCharts.createChart") == "function"
+    assert page.locator("#chart canvas").count() >= 1
+
+    def klines() -> list:
+        return httpx.get(server.base + "/api/v3/klines", params={"symbol": SYMBOL, "interval": "1m", "limit": "120"}).json()
+
+    def chart_matches_klines():
+        rest, drawn = [as_bar(r) for r in klines()], page.evaluate(CHART_BARS)
+        return [rest] if drawn == rest else (None, "chart", drawn[-2:], "klines", rest[-2:])
+
+    poll("the chart's bars equal /api/v3/klines", chart_matches_klines)
+
+    # a resting bid from the session shows in the depth chart (cumulative, from the book)
+    page.select_option("#side", "BUY")
+    page.select_option("#otype", "LIMIT")
+    page.fill("#price", "188.00")
+    page.fill("#qty", "3.00")
+    page.click("#place")
+    expect(page.locator("#order-status")).to_contain_text("NEW")
+    depth = poll("the bid at 188 in the depth chart",
+                 lambda: (d := page.evaluate("window.ringfenceChart.depth")) and any(p == "188.000000" for p, _ in d["bids"]) and d)
+    bids = depth["bids"]
+    assert [q for _, q in bids] == sorted(q for _, q in bids), "the depth is cumulative"
+    i = next(k for k, (p, _) in enumerate(bids) if p == "188.000000")
+    assert bids[i][1] - (bids[i - 1][1] if i else 0) == 3.0, bids  # the level adds the order's 3.00
+    assert depth["asks"] and float(depth["asks"][0][0]) > float(bids[0][0])
+
+    # a market order from the session: the kline stream moves the last candle, the fill is marked
+    updates_before = page.evaluate("window.ringfenceChart.liveUpdates")
+    page.select_option("#otype", "MARKET")
+    page.fill("#qty", "1.00")
+    page.click("#place")
+    expect(page.locator("#order-status")).to_contain_text("FILLED")
+    fills = page.evaluate(f"fetch('/session/v3/myTrades?symbol={SYMBOL}').then(r => r.json())")
+    assert len(fills) == 1 and fills[0]["isBuyer"], fills
+    fill = fills[0]
+    bar_time = fill["time"] // 60_000 * 60
+
+    poll("a live kline update after the fill", lambda: page.evaluate("window.ringfenceChart.liveUpdates") > updates_before)
+    [rest] = poll("the chart's bars equal /api/v3/klines after the fill", chart_matches_klines)
+    last = next(b for b in rest if b["time"] == bar_time)
+    assert last["volume"] >= float(fill["qty"]) and last["low"] <= float(fill["price"]) <= last["high"], (last, fill)
+
+    markers = poll("the fill's marker", lambda: page.evaluate("window.ringfenceChart.markers.markers()"))
+    assert markers == [{"time": bar_time, "id": str(fill["id"]), "position": "belowBar", "shape": "arrowUp", "color": "#4fc3f7",
+                        "text": f"bought {fill['qty']} @ {fill['price']}"}], markers
+    assert page.evaluate("window.ringfenceChart.candles.data().some(b => b.time === %d)" % bar_time)
+    shot(page, "1-candles-volume-depth-fill")
+
+    # ---- the security centre: "your balances are in proof #N", verified in the browser
+    def included():
+        page.goto(base + "/security")
+        status = page.locator("#proof-status")
+        expect(status).not_to_contain_text("Looking for")
+        return status.get_attribute("data-state") == "included" and status.get_attribute("data-n")
+
+    n = int(poll("the newcomer's balances in a published proof", included, timeout_s=40, every_s=0.5))
+    expect(page.locator("#proof-status")).to_contain_text(f"Your balances are in proof #{n}")
+    page.click("#verify-proof")
+    verdict = page.locator("#proof-verdict[data-done]")
+    expect(verdict).to_have_text(f"Verified: your balances are included in proof #{n} (por: VALID).")
+    assert verdict.get_attribute("data-ok") == "1"
+    account = page.inner_text("#account-id")
+    expect(page.locator("#proof-output")).to_contain_text(f"account:  {account}")
+    expect(page.locator("#proof-output")).to_contain_text("USDT")
+    shot(page, "2-proof-verified")
+
+    # the same check refuses a proof whose balance was changed on the way (one minor unit more)
+    def tamper(route):
+        doc = route.fetch().json()
+        k = next(i for i, b in enumerate(doc["balances"]) if int(b) > 0)
+        doc["balances"][k] = str(int(doc["balances"][k]) + 1)
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(doc))
+
+    page.route("**/session/v3/por/proof?*", tamper)
+    page.reload()
+    expect(page.locator("#proof-status")).to_contain_text("Your balances are in proof #")
+    page.click("#verify-proof")
+    expect(verdict).to_contain_text("por: INVALID: root.hash: the path does not lead to the root hash")
+    assert verdict.get_attribute("data-ok") == "0"
+    shot(page, "3-tampered-proof-refused")
+    page.unroute("**/session/v3/por/proof?*")
+
+    # the download is the user's own proof file; the stdlib verifier accepts it against its root
+    page.reload()
+    n = int(poll("proof status", lambda: page.locator("#proof-status").get_attribute("data-n")))
+    with page.expect_download() as dl:
+        page.click("#download-proof")
+    download = dl.value
+    assert download.suggested_filename == f"ringfence-proof-{n}.json"
+    proof = Path(download.path()).read_text()
+    assert json.loads(proof)["account_id"] == account
+    root = httpx.get(server.base + f"/por/history/{n}/root.json").text
+    assert verify_proof(proof, root) == (True, "valid")
+    assert verify_proof(proof.replace(account, account + "x"), root)[0] is False  # another account's claim: refused
+
+    # the session endpoints need a session
+    r = httpx.get(server.base + "/session/v3/por/proof")
+    assert r.status_code == 401 and r.json()["code"] == -1002
+    assert not errors, errors
+    context.close()
