@@ -65,7 +65,33 @@ def wait_for_mail(page, base: str, to: str, timeout_s: float = 30) -> None:
         time.sleep(0.5)
 
 
-def sign_up_verify_and_enable_totp(page, base: str, email: str, screenshots: bool = False) -> pyotp.TOTP:
+def confirm_first_factor_from_mail(page, base: str, email: str, timeout_s: float = 30) -> str:
+    """In a second tab: open the "confirm your new second factor" e-mail at /dev/mail, follow its link and
+    press the confirm button. Returns the link (single-use). The caller's page stays where it was."""
+    tab = page.context.new_page()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        tab.goto(base + "/dev/mail")
+        mail = tab.locator(f'section.mail[data-to="{email}"]').filter(has_text="Confirm your new second factor")
+        if mail.count():
+            break
+        assert time.monotonic() < deadline, f"no factor confirmation mail to {email} after {timeout_s} s"
+        time.sleep(0.5)
+    mail = mail.first
+    expect(mail.locator(".mail-body")).to_contain_text("Anti-phishing code:")
+    expect(mail.locator(".mail-body")).to_contain_text("If it was NOT you")
+    assert mail.locator('a[href*="/security/freeze?token="]').count() == 1  # how to report it
+    link = mail.locator('a[href*="/security/confirm-factor?token="]')
+    href = link.get_attribute("href")
+    assert href
+    link.click()
+    tab.click("#confirm-factor")
+    expect(tab.locator("h1")).to_have_text("Second factor confirmed")
+    tab.close()
+    return href
+
+
+def sign_up_verify_and_enable_totp(page, base: str, email: str, screenshots: bool = False, confirm: bool = True) -> pyotp.TOTP:
     page.goto(base + "/signup")
     page.fill("#email", email)
     page.fill("#password", PASSWORD)
@@ -108,6 +134,8 @@ def sign_up_verify_and_enable_totp(page, base: str, email: str, screenshots: boo
     page.fill("#code", totp.now())
     page.click("#confirm-totp")
     expect(page.locator("#recovery-codes li")).to_have_count(10)
+    if confirm:  # a first second factor counts only once confirmed from the account's e-mail
+        confirm_first_factor_from_mail(page, base, email)
     return totp
 
 
@@ -323,3 +351,42 @@ def test_session_requests_are_weighed_per_session(tmp_path, browser):
         context.close()
     finally:
         assert srv.stop() == 0
+
+
+def test_a_first_second_factor_counts_only_after_the_email_confirmation(server, browser):
+    """Security row 19.1: someone holding only the password enrols TOTP; the session still cannot trade
+    until the link mailed to the account (anti-phishing code, freeze link) is confirmed; the link works once."""
+    context = browser.new_context()
+    page = context.new_page()
+    base = server.web
+    email = "pending-2fa@example.com"
+    sign_up_verify_and_enable_totp(page, base, email, confirm=False)
+    page.goto(base + "/security")
+    expect(page.locator("#factor-pending")).to_contain_text("not confirmed yet")
+    page.goto(base + "/")
+    me = page.evaluate("fetch('/session/v3/me').then(r => r.json())")
+    assert me["scopes"] == ["read"] and me["secondFactorPending"] is True and me["secondFactor"] is False, me
+    order = "symbol=AAPLXUSDT&side=BUY&type=LIMIT&timeInForce=GTC&price=189.00&quantity=1.00"
+    js = """([body, csrf]) => fetch('/session/v3/order', {method: 'POST', body,
+             headers: {'Content-Type': 'application/x-www-form-urlencoded', 'X-CSRF-Token': csrf}})
+             .then(async r => [r.status, await r.json()])"""
+    before_seq = last_seq(server)
+    status, body = page.evaluate(js, [order, me["csrfToken"]])
+    assert status == 403 and body["code"] == -1002 and "confirm your new second factor" in body["msg"], body
+    assert last_seq(server) == before_seq  # refused before the engine: nothing journaled
+
+    href = confirm_first_factor_from_mail(page, base, email)
+    page.goto(base + "/")
+    expect(page.locator("#whoami")).to_have_text(f"signed in as {email}")
+    me = page.evaluate("fetch('/session/v3/me').then(r => r.json())")
+    assert me["scopes"] == ["read", "trade"] and me["secondFactorPending"] is False, me
+    page.click("#demo-funds")
+    expect(page.locator("#order-status")).to_contain_text("Demo funds added")
+    status, body = page.evaluate(js, [order, me["csrfToken"]])
+    assert status == 200 and body["status"] == "NEW", body
+
+    # the link is single-use: a second confirmation is refused with a clear message
+    page.goto(href)
+    page.click("#confirm-factor")
+    expect(page.locator("#message")).to_contain_text("invalid, already used or expired")
+    context.close()

@@ -120,8 +120,19 @@ def enable_totp(ctx, clock, email: str = "alice@example.com"):
     enrollment = sf.begin_totp_enrollment(ctx, token)
     totp = pyotp.TOTP(enrollment.secret_base32)
     issued, codes = sf.confirm_totp_enrollment(ctx, token, totp.at(clock.now_s))
+    confirm_first_factor_by_mail(ctx, email)
     clock.advance(30)
     return totp, issued.token, codes
+
+
+def confirm_first_factor_by_mail(ctx, email: str = "alice@example.com") -> str:
+    """Click the link of the latest "confirm your new second factor" e-mail. Returns the account_id."""
+    from ringfence.identity import second_factor as sf
+
+    msg = outbox(ctx, to=email, template="second_factor_confirm")[-1]
+    link = re.search(r"/security/confirm-factor\?token=([A-Za-z0-9_\-]+)", msg.body)
+    assert link, msg.body
+    return sf.confirm_first_factor(ctx, link.group(1))
 
 
 def snapshot(ctx) -> dict[str, list[tuple]]:

@@ -11,7 +11,7 @@ from ringfence.identity import sessions
 from ringfence.store.models import RecoveryCode, SecurityEvent, User, WebAuthnCredential
 
 from .authenticator import SoftAuthenticator
-from .conftest import enable_totp, outbox, register, sign_in
+from .conftest import confirm_first_factor_by_mail, enable_totp, outbox, register, sign_in
 
 
 def user_row(ctx) -> User:
@@ -136,6 +136,7 @@ def register_passkey(ctx, token):
     auth = SoftAuthenticator()
     options = sf.begin_passkey_registration(ctx, token)
     issued = sf.finish_passkey_registration(ctx, token, auth.create(options), label="YubiKey 5")
+    confirm_first_factor_by_mail(ctx)
     return auth, issued.token
 
 
@@ -216,3 +217,61 @@ def test_property_each_recovery_code_works_exactly_once(ctx, clock, order):
     with ctx.store.tx() as db:
         used_rows = db.scalars(select(RecoveryCode).where(RecoveryCode.used_at_s.is_not(None))).all()
     assert len(used_rows) == len(state["used"])
+
+
+def _confirm_token(ctx, email: str = "alice@example.com") -> str:
+    import re
+
+    body = outbox(ctx, to=email, template="second_factor_confirm")[-1].body
+    m = re.search(r"/security/confirm-factor\?token=([A-Za-z0-9_\-]+)", body)
+    assert m, body
+    return m.group(1)
+
+
+def test_first_factor_counts_only_after_the_email_confirmation_which_works_once(ctx, clock):
+    import pyotp
+
+    register(ctx)
+    token = sign_in(ctx).session.token
+    enrollment = sf.begin_totp_enrollment(ctx, token)
+    totp = pyotp.TOTP(enrollment.secret_base32)
+    issued, _ = sf.confirm_totp_enrollment(ctx, token, totp.at(clock.now_s))
+    mail = outbox(ctx, template="second_factor_confirm")[-1]
+    assert "Anti-phishing code" in mail.body and "/security/freeze?token=" in mail.body and "NOT you" in mail.body
+    info = sessions.authenticate(ctx, issued.token)
+    assert info.second_factor_pending and not info.second_factor_enabled
+    with pytest.raises(SecondFactorRequired, match="confirm your new second factor"):
+        sessions.require_fresh_second_factor(info)
+    assert not sign_in(ctx).second_factor_required  # an unconfirmed factor (maybe an intruder's) is not asked for
+    link = _confirm_token(ctx)
+    with pytest.raises(ValidationError):
+        sf.confirm_first_factor(ctx, "short")
+    sf.confirm_first_factor(ctx, link)
+    sessions.require_fresh_second_factor(sessions.authenticate(ctx, issued.token))
+    with pytest.raises(Unauthorized, match="already used"):
+        sf.confirm_first_factor(ctx, link)
+    assert sign_in(ctx).second_factor_required
+    # a second factor added later (one already counts) needs no new confirmation
+    auth = SoftAuthenticator()
+    clock.advance(30)
+    fresh = sf.step_up(ctx, issued.token, method="totp", value=totp.at(clock.now_s)).token
+    fresh = sf.finish_passkey_registration(ctx, fresh, auth.create(sf.begin_passkey_registration(ctx, fresh))).token
+    assert len(outbox(ctx, template="second_factor_confirm")) == 1
+    sessions.require_fresh_second_factor(sessions.authenticate(ctx, fresh))
+
+
+def test_first_factor_confirmation_link_expires(ctx, clock):
+    register(ctx)
+    token = sign_in(ctx).session.token
+    auth = SoftAuthenticator()
+    issued = sf.finish_passkey_registration(ctx, token, auth.create(sf.begin_passkey_registration(ctx, token)), label="key")
+    link = _confirm_token(ctx)
+    assert "passkey 'key'" in outbox(ctx, template="second_factor_confirm")[-1].body
+    clock.advance(ctx.settings.identity_email_token_ttl_s + 1)
+    with pytest.raises(Unauthorized, match="expired"):
+        sf.confirm_first_factor(ctx, link)
+    assert issued.token
+    later = sign_in(ctx)  # (the enrolment session has ended by now)
+    assert not later.second_factor_required
+    info = sessions.authenticate(ctx, later.session.token)
+    assert info.second_factor_pending and not info.second_factor_enabled  # still does not count

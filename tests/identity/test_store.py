@@ -103,6 +103,9 @@ def test_property_no_secret_is_stored_in_plaintext(store, clock, password):
 
     enrollment = sf.begin_totp_enrollment(ctx, result.session.token)
     issued, codes = sf.confirm_totp_enrollment(ctx, result.session.token, pyotp.TOTP(enrollment.secret_base32).at(clock.now_s))
+    from .conftest import confirm_first_factor_by_mail
+
+    confirm_first_factor_by_mail(ctx, email)
     key = api_keys.create_api_key(ctx, issued.token, scopes=["read"])
     dump = _dump(store)
     secrets = [password, enrollment.secret_base32, issued.token, result.session.token, key.secret, key.api_key]

@@ -37,6 +37,14 @@ def test_lift_a_halt_from_the_console_page(server, tmp_path) -> None:
     assert Path(CHROMIUM).exists(), "Debian chromium is missing"
     staff_file = server.data / "demo-staff.json"
     url = ("--url", server.base)
+    # a feed key registered from the command line by the operator quorum (ada submits, ben approves),
+    # before the halt (a halt stops admin changes); the page lists it
+    feed_key = "ab" * 32
+    feed = ("index", "register-feed", "--venue", "pagevenue", "--public-key", feed_key)
+    approval = cli(*feed, "--key", f"{staff_file}#ben", "--sign-only", *url)
+    assert approval.returncode == 0, approval.stderr
+    done = cli(*feed, "--key", f"{staff_file}#ada", "--approval", approval.stdout.strip(), *url)
+    assert done.returncode == 0, done.stdout + done.stderr
     assert cli("halts", "raise", "page-1", "--reason", "page test", "--key", f"{staff_file}#ada", *url).returncode == 0
     token = cli("halts", "lift", "page-1", "--reason", "fixed", "--key", f"{staff_file}#ada", "--sign-only", *url).stdout.strip()
     assert token.startswith("ada:")
@@ -63,6 +71,7 @@ def test_lift_a_halt_from_the_console_page(server, tmp_path) -> None:
         expect(page.locator("#status")).to_contain_text("accepted (LiftHaltSigned)")
         expect(page.locator('#halts tr[data-halt="page-1"]')).to_have_count(0)
         expect(page.locator("#staff")).to_contain_text("ada")
+        expect(page.locator('#feed-keys tr[data-venue="pagevenue"]')).to_contain_text(feed_key)
         page.screenshot(path=str(tmp_path / "admin.png"), full_page=True)
         print(f"screenshot: {tmp_path / 'admin.png'}")
         assert not errors, errors

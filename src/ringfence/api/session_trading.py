@@ -15,7 +15,8 @@ proof of who is calling differs, and it is checked here before any handler runs:
   (RINGFENCE_IDENTITY_ORIGIN); a request with a foreign `Origin` or `Sec-Fetch-Site: cross-site` is
   refused whatever its method;
 * the session's scopes: `read` for every signed-in session; `trade` only for a session that
-  passed a second factor (TOTP or passkey) — a stolen password alone cannot trade. Withdrawals,
+  passed a second factor (TOTP or passkey) that counts — a first factor counts only once confirmed
+  from the account's e-mail, so a stolen password alone cannot trade even by enrolling one. Withdrawals,
   API keys and credential changes stay in the security centre behind a fresh step-up;
 * request weight per client IP (as `/api/v3`) and, the endpoint's full weight, per session (the
   per-key limit, RINGFENCE_API_KEY_WEIGHT_PER_MIN): 429 with Retry-After, then a 418 ban.
@@ -57,8 +58,11 @@ class SessionCaller:
     email: str
     second_factor_enabled: bool
     scopes: tuple[str, ...]
+    second_factor_pending: bool = False  # a first factor enrolled but not yet confirmed from the e-mail
 
     def why_not(self, scope: str) -> str:
+        if scope == "trade" and self.second_factor_pending:
+            return sessions.PENDING_FACTOR_MESSAGE + "."
         if scope == "trade" and not self.second_factor_enabled:
             return "turn on two-factor authentication (authenticator app or passkey) in the security centre, then sign in again."
         if scope == "trade":
@@ -99,7 +103,7 @@ def _caller(ctx: IdentityContext, token: str | None, csrf: str | None, state_cha
         raise _Refused(status, str(err)) from None
     can_trade = info.second_factor_enabled and info.second_factor_at_s is not None
     return SessionCaller(info.session_id, info.account_id, info.email, info.second_factor_enabled,
-                         ("read", "trade") if can_trade else ("read",))
+                         ("read", "trade") if can_trade else ("read",), info.second_factor_pending)
 
 
 async def _authenticate(ctx: IdentityContext, request: Request) -> SessionCaller:
@@ -170,6 +174,7 @@ def build_session_router(api: BinanceApi, ctx: IdentityContext, *, demo_funds: C
                 "account": caller.account_id,
                 "scopes": list(caller.scopes),
                 "secondFactor": caller.second_factor_enabled,
+                "secondFactorPending": caller.second_factor_pending,
                 "csrfToken": sessions.csrf_token_for(ctx, token),
                 "demoFunds": demo_funds is not None,
             }

@@ -161,6 +161,8 @@ def _second_factor_methods(db: Session, user: User) -> tuple[str, ...]:
     from ..store.models import WebAuthnCredential
 
     methods: list[str] = []
+    if sessions.factor_confirmation_pending(db, user):
+        return ()  # an unconfirmed first factor does not count (it may be an intruder's): password only
     if user.totp_enabled:
         methods += ["totp", "recovery_code"]
     if db.scalars(select(WebAuthnCredential.id).where(WebAuthnCredential.user_id == user.id).limit(1)).first() is not None:

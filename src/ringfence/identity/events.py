@@ -25,6 +25,7 @@ __all__ = [
     "SecurityEventView",
     "record_event",
     "credential_changed",
+    "freeze_link",
     "freeze_account",
     "check_withdrawals_allowed",
     "recent_events",
@@ -41,7 +42,7 @@ CREDENTIAL_CHANGES = frozenset(
 EVENT_KINDS = CREDENTIAL_CHANGES | {
     "signed_up", "email_verified", "sign_in", "new_device_sign_in", "new_country_sign_in", "sign_in_failed",
     "second_factor_failed", "recovery_code_used", "session_revoked", "logout_everywhere", "account_frozen",
-    "account_locked", "api_key_revoked",
+    "account_locked", "api_key_revoked", "second_factor_confirmed",
 }
 DETAIL_MAX_CHARS = 512
 RECENT_EVENTS_MAX = 200
@@ -74,16 +75,7 @@ def credential_changed(
     now = ctx.now()
     record_event(db, user_id=user.id, kind=change, at_s=now, ip=ip)
     user.withdrawals_locked_until_s = max(user.withdrawals_locked_until_s, now + ctx.settings.identity_withdrawal_lock_s)
-    token = new_token()
-    db.add(
-        FreezeToken(
-            user_id=user.id,
-            token_hash=ctx.sealer.token_digest(token),
-            reason=change,
-            expires_at_s=now + ctx.settings.identity_freeze_token_ttl_s,
-        )
-    )
-    link = f"{ctx.settings.identity_public_url}/security/freeze?token={token}"
+    link = freeze_link(ctx, db, user, reason=change)
     params: dict[str, object] = {
         "change": change.replace("_", " "), "ip": ip or "unknown", "locked_until": user.withdrawals_locked_until_s,
         "freeze_link": link,
@@ -92,6 +84,14 @@ def credential_changed(
     for addr in also_notify:
         mail.enqueue(ctx, db, user, "credential_changed", params, to_addr=addr)
     return user.withdrawals_locked_until_s
+
+
+def freeze_link(ctx: IdentityContext, db: Session, user: User, *, reason: str) -> str:
+    """Mint a single-use "this wasn't me" freeze token and return its link (for an e-mail)."""
+    token = new_token()
+    db.add(FreezeToken(user_id=user.id, token_hash=ctx.sealer.token_digest(token), reason=reason[:40],
+                       expires_at_s=ctx.now() + ctx.settings.identity_freeze_token_ttl_s))
+    return f"{ctx.settings.identity_public_url}/security/freeze?token={token}"
 
 
 def freeze_account(ctx: IdentityContext, token: object, *, ip: str = "") -> str:

@@ -75,6 +75,15 @@ TEMPLATES: dict[str, Template] = {
         "If this wasn't you, freeze your account now with one click:\n{freeze_link}",
         True,
     ),
+    "second_factor_confirm": Template(
+        "Confirm your new second factor",
+        "Someone signed in to your account with your password and set up its first second factor: {factor}.\nIP: {ip}\n\n"
+        "Until it is confirmed from this e-mail it does not count: no trading, no API keys, no withdrawals.\n"
+        "If it was you, confirm it (the link works once, for {hours} hours):\n{link}\n\n"
+        "If it was NOT you, do not click that link: your password is known to someone else. Freeze your account "
+        "with one click, then contact support and change your password:\n{freeze_link}",
+        True,
+    ),
     "account_frozen": Template(
         "Your account is frozen",
         "Your account was frozen from a 'this wasn't me' link. All sessions and API keys were "

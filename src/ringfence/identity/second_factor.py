@@ -11,6 +11,10 @@ Invariants:
 - Wrong codes are rate-limited per user and locked out with exponential backoff; the failure counter,
   the lock and a `second_factor_failed` event are the only state a failed attempt changes.
 - Enabling/disabling a factor is a credential change: withdrawal lock + e-mail with freeze link.
+- The FIRST second factor of an account (none counts yet) is enrolled pending: it counts (sessions,
+  step-up, trading, API keys) only after the single-use, expiring link mailed to the account's
+  address (with the anti-phishing code and the freeze link) is confirmed (`confirm_first_factor`).
+  Someone holding only a stolen password can enrol a factor but never make it count.
 """
 
 from __future__ import annotations
@@ -40,11 +44,11 @@ from webauthn.helpers.structs import (
 )
 
 from ..errors import AuthenticationFailed, Conflict, NotFound, RateLimited, RingfenceError, ValidationError
-from ..store.models import RecoveryCode, User, WebAuthnChallenge, WebAuthnCredential
+from ..store.models import EmailToken, RecoveryCode, User, WebAuthnChallenge, WebAuthnCredential
 from . import mail, sessions, throttle
-from .accounts import note_sign_in
+from .accounts import _consume_email_token, _email_token, note_sign_in
 from .context import IdentityContext
-from .events import credential_changed, record_event
+from .events import credential_changed, freeze_link, record_event
 from .fields import validate_ip, validate_label
 from .sealing import constant_time_equal
 
@@ -60,6 +64,7 @@ __all__ = [
     "begin_passkey_challenge",
     "complete_login",
     "step_up",
+    "confirm_first_factor",
     "RECOVERY_CODE_COUNT",
     "TOTP_STEP_S",
     "TOTP_DRIFT_STEPS",
@@ -100,6 +105,43 @@ def _match_totp_step(totp: pyotp.TOTP, code: str, now_s: int) -> int | None:
         if constant_time_equal(totp.at(step * TOTP_STEP_S), code):
             found = step
     return found
+
+
+def _mail_first_factor_confirmation(ctx: IdentityContext, db: Session, user: User, *, factor: str, ip: str) -> None:
+    """A first second factor was just enrolled: mail the single-use confirmation link (and the freeze link)."""
+    token = _email_token(ctx, db, user, purpose=sessions.FACTOR_CONFIRM_PURPOSE, email=user.email)
+    mail.enqueue(ctx, db, user, "second_factor_confirm", {
+        "factor": factor, "ip": ip or "unknown",
+        "link": f"{ctx.settings.identity_public_url}/security/confirm-factor?token={token}",
+        "hours": max(1, ctx.settings.identity_email_token_ttl_s // 3600),
+        "freeze_link": freeze_link(ctx, db, user, reason="first_factor_enrolled"),
+    })
+
+
+def _drop_pending_confirmations(db: Session, user: User) -> None:
+    """The last factor was removed: a confirmation link left over must not confirm a later enrolment."""
+    if not sessions.has_enrolled_factor(db, user):
+        db.execute(delete(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose == sessions.FACTOR_CONFIRM_PURPOSE,
+                                            EmailToken.used_at_s.is_(None)))
+
+
+def confirm_first_factor(ctx: IdentityContext, token: object, *, ip: object = "127.0.0.1") -> str:
+    """Consume the e-mailed link that confirms a first second factor; from now on it counts. Returns the account_id."""
+    client_ip = validate_ip(ip)
+    with ctx.store.tx() as db:
+        row = _consume_email_token(ctx, db, token, sessions.FACTOR_CONFIRM_PURPOSE)
+        user = db.get(User, row.user_id)
+        assert user is not None
+        if user.frozen:
+            raise Conflict("this account is frozen; contact support", field="token")
+        if not sessions.has_enrolled_factor(db, user):
+            raise Conflict("the second factor this link confirms was removed; set one up again", field="token")
+        now = ctx.now()
+        for other in db.scalars(select(EmailToken).where(
+                EmailToken.user_id == user.id, EmailToken.purpose == sessions.FACTOR_CONFIRM_PURPOSE, EmailToken.used_at_s.is_(None))):
+            other.used_at_s = now
+        record_event(db, user_id=user.id, kind="second_factor_confirmed", at_s=now, ip=client_ip)
+        return user.account_id
 
 
 def _require_2fa_change_allowed(ctx: IdentityContext, db: Session, info: sessions.SessionInfo) -> User:
@@ -150,10 +192,13 @@ def confirm_totp_enrollment(
         step = _match_totp_step(_totp_for(ctx, user), value, now)
         if step is None:
             raise AuthenticationFailed("the code is not correct; check the time on your phone and retry", field="code")
+        first = not sessions.has_second_factor(db, user)
         user.totp_enabled = True
         user.totp_last_step = step
         codes = _new_recovery_codes(ctx, db, user)
         credential_changed(ctx, db, user, change="totp_enabled", ip=client_ip)
+        if first:
+            _mail_first_factor_confirmation(ctx, db, user, factor="authenticator app", ip=client_ip)
         issued = sessions.rotate(ctx, db, row, user, second_factor_at_s=now)
         return issued, codes
 
@@ -169,6 +214,7 @@ def disable_totp(ctx: IdentityContext, token: object, *, ip: object = "127.0.0.1
         user.totp_secret_enc = None
         user.totp_last_step = 0
         db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+        _drop_pending_confirmations(db, user)
         credential_changed(ctx, db, user, change="totp_disabled", ip=client_ip)
 
 
@@ -255,11 +301,14 @@ def finish_passkey_registration(
             if db.scalars(select(WebAuthnCredential.id).where(WebAuthnCredential.credential_id == verified.credential_id)).first():
                 pending = Conflict("this passkey is already registered", field="credential")
             else:
+                first = not sessions.has_second_factor(db, user)
                 db.add(WebAuthnCredential(
                     user_id=user.id, credential_id=verified.credential_id, public_key=verified.credential_public_key,
                     sign_count=verified.sign_count, label=name, created_at_s=ctx.now(),
                 ))
                 credential_changed(ctx, db, user, change="passkey_added", ip=client_ip)
+                if first:
+                    _mail_first_factor_confirmation(ctx, db, user, factor=f"passkey '{name}'", ip=client_ip)
                 issued = sessions.rotate(ctx, db, row, user, second_factor_at_s=ctx.now())
     if pending is not None:
         raise pending
@@ -276,6 +325,8 @@ def remove_passkey(ctx: IdentityContext, token: object, passkey_id: int, *, ip: 
         if cred is None or cred.user_id != user.id:
             raise NotFound("no such passkey on your account", field="passkey_id")
         db.delete(cred)
+        db.flush()
+        _drop_pending_confirmations(db, user)
         credential_changed(ctx, db, user, change="passkey_removed", ip=client_ip)
 
 

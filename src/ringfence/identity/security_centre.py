@@ -37,6 +37,7 @@ class SecurityOverview:
     api_keys: list[api_keys.ApiKeyView]
     sessions: list[sessions.SessionView]
     events: list[events.SecurityEventView]
+    second_factor_pending: bool = False  # a first factor waits for its e-mail confirmation
 
 
 def overview(ctx: IdentityContext, token: object, *, fresh_max_age_s: int = 300) -> SecurityOverview:
@@ -56,4 +57,5 @@ def overview(ctx: IdentityContext, token: object, *, fresh_max_age_s: int = 300)
         anti_phishing_code=snapshot[3], pgp_fingerprint=snapshot[4], withdrawals_locked_until_s=snapshot[5],
         passkeys=passkeys, api_keys=api_keys.list_api_keys(ctx, token)[:30],
         sessions=sessions.list_sessions(ctx, token), events=events.recent_events(ctx, info.user_id, limit=50),
+        second_factor_pending=info.second_factor_pending,
     )

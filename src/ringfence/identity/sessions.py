@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..errors import AccountFrozen, Forbidden, SecondFactorRequired, Unauthorized
-from ..store.models import AuthSession, User, WebAuthnCredential
+from ..store.models import AuthSession, EmailToken, User, WebAuthnCredential
 from .context import IdentityContext
 from .sealing import constant_time_equal, new_token
 
@@ -38,10 +38,17 @@ __all__ = [
     "session_cookie",
     "require_fresh_second_factor",
     "has_second_factor",
+    "has_enrolled_factor",
+    "factor_confirmation_pending",
+    "FACTOR_CONFIRM_PURPOSE",
+    "PENDING_FACTOR_MESSAGE",
     "SessionView",
 ]
 
 SESSION_COOKIE_NAME = "__Host-rf_session"
+FACTOR_CONFIRM_PURPOSE = "factor_confirm"  # EmailToken.purpose of a first second factor's e-mail confirmation
+PENDING_FACTOR_MESSAGE = ("confirm your new second factor first: open the link we e-mailed to you (it carries your "
+                          "anti-phishing code); until then it does not count")
 TOKEN_MAX_CHARS = 128
 
 
@@ -64,6 +71,7 @@ class SessionInfo:
     second_factor_enabled: bool
     second_factor_at_s: int | None
     checked_at_s: int
+    second_factor_pending: bool = False  # enrolled, but its first-enrolment e-mail is not confirmed yet
 
 
 @dataclass(frozen=True)
@@ -76,10 +84,24 @@ class SessionView:
     current: bool
 
 
-def has_second_factor(db: Session, user: User) -> bool:
+def has_enrolled_factor(db: Session, user: User) -> bool:
+    """TOTP on or a passkey registered, whether or not the first enrolment was confirmed by e-mail."""
     if user.totp_enabled:
         return True
     return db.scalars(select(WebAuthnCredential.id).where(WebAuthnCredential.user_id == user.id).limit(1)).first() is not None
+
+
+def factor_confirmation_pending(db: Session, user: User) -> bool:
+    """A first second factor was enrolled and its e-mail link (`FACTOR_CONFIRM_PURPOSE`) is not used yet."""
+    return db.scalars(select(EmailToken.id).where(
+        EmailToken.user_id == user.id, EmailToken.purpose == FACTOR_CONFIRM_PURPOSE, EmailToken.used_at_s.is_(None),
+    ).limit(1)).first() is not None
+
+
+def has_second_factor(db: Session, user: User) -> bool:
+    """A second factor that counts: enrolled AND (for the first one) confirmed from the account's e-mail.
+    Someone holding only a stolen password can enrol a factor but not confirm it, so it never counts."""
+    return has_enrolled_factor(db, user) and not factor_confirmation_pending(db, user)
 
 
 def issue(
@@ -136,16 +158,19 @@ def authenticate(ctx: IdentityContext, token: object) -> SessionInfo:
     with ctx.store.tx() as db:
         row, user = load_session(ctx, db, token)
         row.last_seen_at_s = ctx.now()
+        pending = factor_confirmation_pending(db, user)
         return SessionInfo(
             session_id=row.id, user_id=user.id, account_id=user.account_id, email=user.email,
-            second_factor_enabled=has_second_factor(db, user), second_factor_at_s=row.second_factor_at_s,
-            checked_at_s=ctx.now(),
+            second_factor_enabled=not pending and has_enrolled_factor(db, user), second_factor_at_s=row.second_factor_at_s,
+            checked_at_s=ctx.now(), second_factor_pending=pending,
         )
 
 
 def require_fresh_second_factor(session: SessionInfo, max_age_s: int = 300) -> None:
     """Raise SecondFactorRequired unless a second factor was passed within `max_age_s` of the check."""
     assert 0 < max_age_s <= 86400
+    if session.second_factor_pending:
+        raise SecondFactorRequired(PENDING_FACTOR_MESSAGE)
     if not session.second_factor_enabled:
         raise SecondFactorRequired("enable two-factor authentication (authenticator app or passkey) first")
     if session.second_factor_at_s is None or session.checked_at_s - session.second_factor_at_s > max_age_s:

@@ -309,6 +309,19 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         response.delete_cookie(sessions.SESSION_COOKIE_NAME, path="/", secure=True, httponly=True, samesite="strict")
         return response
 
+    @router.get("/security/confirm-factor", response_class=HTMLResponse)
+    def confirm_factor_page(token: str = "") -> HTMLResponse:
+        # GET changes nothing (a mail scanner's prefetch must not confirm an intruder's factor): one POST button.
+        return _render("confirm_factor.html", token=token)
+
+    @router.post("/security/confirm-factor", response_class=HTMLResponse)
+    async def confirm_factor(request: Request) -> HTMLResponse:
+        form = await _form(request)
+        second_factor.confirm_first_factor(ctx, form.get("token", ""), ip=_client_ip(request))
+        return _render("message.html", title="Second factor confirmed",
+                       message="Your second factor is confirmed and now protects your account: you can trade and "
+                               "create API keys after signing in with it.", link="/security")
+
     @router.get("/security/freeze", response_class=HTMLResponse)
     def freeze_page(token: str = "") -> HTMLResponse:
         # GET never changes anything (mail scanners prefetch links); the one click is the POST button.

@@ -220,8 +220,8 @@ async function sha256Hex(text) {
 }
 
 async function refresh() {
-  const [halts, review, staff, policy] = await Promise.all([api("GET", "/halts"), api("GET", "/review"), api("GET", "/staff"),
-    api("GET", "/policy")]);
+  const [halts, review, staff, policy, index] = await Promise.all([api("GET", "/halts"), api("GET", "/review"), api("GET", "/staff"),
+    api("GET", "/policy"), api("GET", "/index")]);
   renderHalts(halts);
   renderWithdrawals(review);
   await renderMonitoring();
@@ -239,6 +239,15 @@ async function refresh() {
         })));
     }
   }
+  const feeds = $("feed-keys").tBodies[0];
+  feeds.replaceChildren();
+  for (const [venue, key] of Object.entries(index.feed_keys)) {
+    const row = feeds.insertRow();
+    row.dataset.venue = venue;
+    [venue, key].forEach((t) => cell(row, t));
+  }
+  $("index-symbols").textContent = index.symbols.length ? index.symbols.join(", ") : "none";
+  $("index-version").textContent = String(index.version);
   const members = $("staff").tBodies[0];
   members.replaceChildren();
   for (const m of staff.members) {
