@@ -1,0 +1,5 @@
+"""Linear USDT-margined perpetuals in the `derivatives` segment (docs/derivatives.md)."""
+
+from .module import MODULE
+
+__all__ = ["MODULE"]
