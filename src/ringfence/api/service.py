@@ -180,7 +180,9 @@ class Exchange:
         Binance's account has one balance per asset; ringfence keeps one per segment (spot,
         tokenized, ...). The Binance view shows what the user owns in total; `/v1/account` shows
         the split, which is what each market can use. Read in one go between batches, so a hold
-        moving funds from free to locked is never seen half done.
+        moving funds from free to locked is never seen half done. The `derivatives` segment is
+        the futures wallet (Binance's USDⓈ-M account, `/fapi/v2/account`), not part of this one:
+        collateral enters and leaves it only by `/sapi/v1/asset/transfer`.
         """
 
         def read(engine: Any) -> list[tuple[str, int, int, int]]:
@@ -190,6 +192,8 @@ class Exchange:
                 free = locked = 0
                 found = False
                 for segment in ledger.segments:
+                    if segment == "derivatives":
+                        continue
                     account = ledger.find(owner, asset.code, "available", segment)
                     if account is not None:
                         found = True

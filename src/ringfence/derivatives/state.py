@@ -69,7 +69,8 @@ class Perp:
 
     @classmethod
     def from_row(cls, r: list[Any]) -> "Perp":
-        p = cls(*r[:4], [Bracket(*b) for b in r[4]], *r[5:16])  # type: ignore[misc]
+        p = cls(r[0], r[1], r[2], r[3], [Bracket(*b) for b in r[4]], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+                r[13], r[14], r[15])
         p.open_interest, p.last_rate_ppm, p.last_funding_ns, p.next_funding_ns = r[16:20]
         return p
 
