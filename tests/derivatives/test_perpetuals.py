@@ -207,3 +207,27 @@ def test_random_trading_keeps_every_invariant_and_replays(seed):
     for o in owners:
         s = account_summary(d.engine, o)
         assert s["equity"] == s["cross_equity"] + s["isolated_margin"] + s["isolated_upnl"]
+
+
+def test_derivatives_equity_is_in_the_proof_of_liabilities_and_a_negative_one_is_a_debt():
+    from ringfence.solvency.ledger_source import liability_entries, snapshot_from_engine
+
+    d = perp_world(owners=("alice", "bob", "carol"), usdt=10_000)
+    quote = with_index(d)
+    quote("60000")
+    order(d, "bob", "SELL", "60000", "1")
+    order(d, "alice", "BUY", "60000", "1")  # alice long 1 BTC on a 10,000 USDT wallet
+    # the index (and so the mark) falls far: alice's unrealised loss is larger than her wallet
+    quote("45000")
+    order(d, "carol", "BUY", "45000", "0.0001")
+    order(d, "carol", "SELL", "45000", "0.0001")  # last trade at 45000: the mark's median follows
+    from ringfence.derivatives.state import account_summary
+
+    s = account_summary(d.engine, "alice")
+    assert s["equity"] < 0
+    rows = [r for r in liability_entries(d.engine) if r[0] == "alice" and r[1] == "USDT"]
+    assert sum(r[2] for r in rows) == s["equity"]
+    snap = snapshot_from_engine(d.engine)
+    assert snap.debts_minor["USDT"] == -s["equity"]  # listed as a debt, not netted against bob's gain
+    bob = account_summary(d.engine, "bob")
+    assert bob["equity"] > 10_000 * USDT
