@@ -242,12 +242,11 @@ def account_summary(engine: Engine, owner: str, asset: str = "USDT") -> dict[str
     wallet_free = w.available if w is not None else 0
     order_margin = w.debits_pending if w is not None else 0
     cross_margin = iso_margin = cross_upnl = iso_upnl = maint = 0
-    for (o, sym), pos in st.positions.items():
-        if o != owner:
+    for sym, p in st.perps.items():  # a few markets: never a scan of every position
+        pos = st.positions.get((owner, sym))
+        if pos is None or p.quote != asset:
             continue
-        p = st.perps[sym]
-        if p.quote != asset:
-            continue
+        o = owner
         mark = mark_of_perp(engine, p)
         u = unrealized(pos, mark, p.scale)
         if (o, sym) in st.isolated:
@@ -268,9 +267,9 @@ def account_summary(engine: Engine, owner: str, asset: str = "USDT") -> dict[str
 
 def cross_upnl(engine: Engine, st: DerivativesState, owner: str, asset: str) -> int:
     total = 0
-    for (o, sym), pos in st.positions.items():
-        if o == owner and (o, sym) not in st.isolated and st.perps[sym].quote == asset:
-            p = st.perps[sym]
+    for sym, p in st.perps.items():
+        pos = st.positions.get((owner, sym))
+        if pos is not None and (owner, sym) not in st.isolated and p.quote == asset:
             total += unrealized(pos, mark_of_perp(engine, p), p.scale)
     return total
 
