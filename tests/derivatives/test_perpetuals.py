@@ -231,3 +231,51 @@ def test_derivatives_equity_is_in_the_proof_of_liabilities_and_a_negative_one_is
     assert snap.debts_minor["USDT"] == -s["equity"]  # listed as a debt, not netted against bob's gain
     bob = account_summary(d.engine, "bob")
     assert bob["equity"] > 10_000 * USDT
+
+
+def test_margin_check_agrees_with_the_account_summary():
+    from ringfence.derivatives.state import margin_check
+
+    d = perp_world(owners=("alice", "bob", "carol"), usdt=10_000)
+    quote = with_index(d)
+    quote("60000")
+    order(d, "bob", "SELL", "60000", "1")
+    order(d, "alice", "BUY", "60000", "1")
+    assert margin_check(d.engine) == []
+    quote("50000")
+    order(d, "carol", "BUY", "50000", "0.0001")
+    order(d, "carol", "SELL", "50000", "0.0001")
+    s = account_summary(d.engine, "alice")
+    below = margin_check(d.engine)
+    assert below == [("alice", "USDT", s["cross_equity"], s["cross_maint"])] and s["cross_equity"] < s["cross_maint"]
+
+
+def test_risk_benchmark_smoke():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "risk.py"
+    out = subprocess.run([sys.executable, str(bench), "--smoke"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["bench"] == "risk" and line["smoke"] is True and "seed=1" in out.stderr
+    assert line["margin_check"]["positions"] >= 10_000 and line["orders"]["perp"]["trades"] > 0
+    assert line["orders"]["perp"]["trades"] == line["orders"]["baseline"]["trades"]  # the same stream matched alike
+
+
+def test_a_stale_index_makes_the_perpetual_reduce_only():
+    d = perp_world()
+    quote = with_index(d)
+    quote("60000")
+    order(d, "bob", "SELL", "60000", "1")
+    order(d, "alice", "BUY", "60000", "1")
+    d.ts_ns += 2 * 3600 * 10**9  # the only source goes stale: the index module marks it short
+    order(d, "carol", "BUY", "59000", "0.0001")
+    assert d.engine.components["index"].symbols["BTCUSDT"].short
+    r = rejected(order(d, "carol", "BUY", "59000", "0.1"))
+    assert r.reason == "MARKET_NOT_ACTIVE" and "index" in r.message
+    order(d, "bob", "BUY", "60100", "0.5")  # bob reduces his short: accepted and rests
+    assert not rejected(order(d, "alice", "SELL", "60100", "0.5", reduce_only=1))
+    assert derivatives_state(d.engine).positions[("alice", PERP)].size == qty("0.5")

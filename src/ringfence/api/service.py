@@ -161,7 +161,11 @@ class Exchange:
     # ------------------------------------------------------------------ queries (loop thread)
 
     def markets(self) -> list[MarketInfo]:
-        return self.read(lambda engine: [_market_info(engine, s) for s in sorted(trading_state(engine).markets)])
+        """The spot-style markets (spot, tokenized). Perpetuals (`Market.contract`) are listed by the
+        futures API (`/fapi/v1/exchangeInfo`): in a Binance spot listing `BTCUSDTPERP` would read as
+        a second BTC/USDT market."""
+        return self.read(lambda engine: [_market_info(engine, s) for s, m in sorted(trading_state(engine).markets.items())
+                                         if m.contract is None])
 
     def market(self, symbol: str) -> MarketInfo:
         """Raises KeyError for an unknown symbol (callers check `has_market` first)."""

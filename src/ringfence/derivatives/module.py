@@ -95,6 +95,16 @@ class Contract:
     def __init__(self, engine: Engine, symbol: str) -> None:
         self.engine = engine
         self.symbol = symbol
+        self._ledger: Any = None
+        self._accounts: tuple[Any, Any, Any] = (None, None, None)
+
+    def _system(self, p: Perp) -> tuple[Any, Any, Any]:
+        """(PnL pool, fees, insurance) of this market, looked up once per ledger object."""
+        ledger = self.engine.ledger
+        if self._ledger is not ledger:
+            self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
+            self._ledger = ledger
+        return self._accounts
 
     # -- placing: how much margin an order holds, or why it is refused
 
@@ -124,6 +134,11 @@ class Contract:
             return ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0
         size_now = abs(pos.size) if pos is not None else 0
         if open_q:
+            index = engine.components.get("index")
+            s = index.symbols.get(p.index_symbol) if index is not None else None
+            if s is not None and s.short:  # the index lost its sources: the perpetual only reduces
+                return ("MARKET_NOT_ACTIVE", "symbol",
+                        f"the {p.index_symbol} index has fewer than {s.min_sources} live sources: only reducing orders are accepted"), 0, 0
             oi_after = p.open_interest + open_q
             if p.max_oi and oi_after > p.max_oi:
                 return ("OPEN_INTEREST_CAP", "quantity",
@@ -190,7 +205,8 @@ class Contract:
         key = (owner, p.symbol)
         iso = key in st.isolated
         pos = st.positions.get(key) or Position()
-        acct = ledger.open_account(owner, p.quote, "isolated" if iso else "margin", SEGMENT)[0]
+        kind = "isolated" if iso else "margin"
+        acct = ledger.find(owner, p.quote, kind, SEGMENT) or ledger.open_account(owner, p.quote, kind, SEGMENT)[0]
         # 2. The position's margin comes back to the wallet; it is posted again for what remains.
         released = pos.margin
         ledger.move(acct, w, released)
@@ -223,7 +239,7 @@ class Contract:
         # 4. Realised PnL through the market's pool; a loss the owner cannot pay is the insurance
         #    fund's (an isolated position pays only from its own margin).
         covered = 0
-        pool = pool_of(ledger, p)
+        pool, fees, insurance = self._system(p)
         if realized > 0:
             ledger.move(pool, w, realized)
         elif realized < 0:
@@ -233,12 +249,12 @@ class Contract:
             ledger.move(w, pool, paid)
             covered = loss - paid
             if covered:
-                ledger.move(ledger.insurance(p.quote, SEGMENT), pool, covered)
+                ledger.move(insurance, pool, covered)
         # 5. The fee, in the quote asset: ceil(notional × rate); the shield fund's tenth rounds down.
         fee = min(ceil_div(notional * rate_ppm, PPM), w.available)
         shield = fee // 10
-        ledger.move(w, ledger.fees(p.quote, SEGMENT), fee - shield)
-        ledger.move(w, ledger.insurance(p.quote, SEGMENT), shield)
+        ledger.move(w, fees, fee - shield)
+        ledger.move(w, insurance, shield)
         # 6. Initial margin of what remains (plus isolated margin added by hand), posted again.
         if pos.size:
             target = initial_margin(st, p, owner, abs(pos.size), pos.cost, p.open_interest)

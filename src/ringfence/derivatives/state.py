@@ -320,3 +320,62 @@ def check_invariants(st: DerivativesState) -> None:
                 raise InvariantViolation(f"{a.name}: {a.balance} != its positions' margin")
             if a.debits_pending:
                 raise InvariantViolation(f"{a.name}: margin accounts hold no pending transfers")
+
+
+def margin_check(engine: Engine) -> list[tuple[str, str, int, int]]:
+    """Mark every position to market and compare each margin account's equity with its maintenance
+    margin: `(owner, scope, equity, maintenance)` for each one below (scope: the margin asset for
+    a cross account, the symbol for an isolated position). One pass, marks computed once per
+    market; what liquidation will read. The arithmetic is `unrealized` and `maint_margin`'s,
+    inlined (this is the hot loop of the risk engine: bench/risk.py)."""
+    st = derivatives_state(engine)
+    if not st.positions:
+        return []
+    ledger = engine.ledger
+    per_market = {}
+    for sym, p in st.perps.items():
+        b0 = p.brackets[0]
+        per_market[sym] = (mark_of_perp(engine, p), p.scale, b0.cap, b0.mmr_ppm, b0.maint_amount, p.brackets, p.quote)
+    one_asset = len({p.quote for p in st.perps.values()}) == 1
+    cross: dict[Any, list[int]] = {}
+    out: list[tuple[str, str, int, int]] = []
+    isolated = st.isolated
+    for key, pos in st.positions.items():
+        mark, scale, cap0, mmr, cum, brackets, quote = per_market[key[1]]
+        size = pos.size
+        if size > 0:
+            upnl = size * mark // scale - pos.cost
+            n = -(-size * mark // scale)
+        else:
+            n = -(size * mark // scale)
+            upnl = pos.cost - n
+        if n > cap0:
+            for b in brackets:
+                if n <= b.cap:
+                    break
+            mmr, cum = b.mmr_ppm, b.maint_amount
+        mm = -(-n * mmr // PPM) - cum
+        if mm < 0:
+            mm = 0
+        if isolated and key in isolated:
+            eq = pos.margin + upnl
+            if eq < mm:
+                out.append((key[0], key[1], eq, mm))
+            continue
+        ck = key[0] if one_asset else (key[0], quote)
+        acc = cross.get(ck)
+        if acc is None:
+            cross[ck] = [pos.margin + upnl, mm]
+        else:
+            acc[0] += pos.margin + upnl
+            acc[1] += mm
+    find = ledger.find
+    the_asset = next(iter(st.perps.values())).quote
+    for ck, (eq, mm) in cross.items():
+        owner, asset = (ck, the_asset) if one_asset else ck
+        w = find(owner, asset, "available", SEGMENT)
+        if w is not None:
+            eq += w.balance
+        if eq < mm:
+            out.append((owner, asset, eq, mm))
+    return out
