@@ -279,3 +279,20 @@ def test_a_stale_index_makes_the_perpetual_reduce_only():
     order(d, "bob", "BUY", "60100", "0.5")  # bob reduces his short: accepted and rests
     assert not rejected(order(d, "alice", "SELL", "60100", "0.5", reduce_only=1))
     assert derivatives_state(d.engine).positions[("alice", PERP)].size == qty("0.5")
+
+
+def test_a_position_holding_the_whole_wallet_can_still_be_closed():
+    d = perp_world(owners=("alice", "bob"), usdt=10_000)
+    assert not rejected(d.apply(SetLeverage("alice", PERP, 1)))
+    # at 1x, 0.16 BTC at 60000 is 9,600 USDT of margin and ~9.6 of fees: nearly the whole wallet
+    order(d, "bob", "SELL", "60000", "0.16")
+    order(d, "alice", "BUY", "60000", "0.16")
+    w = d.engine.ledger.get("alice", "USDT", "available", "derivatives")
+    transfer(d, "alice", w.available, "UMFUTURE_MAIN")  # nothing free is left in the wallet
+    assert w.available == 0
+    assert rejected(order(d, "alice", "BUY", "60000", "0.0001")).reason == "MARGIN_INSUFFICIENT"
+    order(d, "bob", "BUY", "60000", "0.16")
+    ev = order(d, "alice", "SELL", "60000", "0.16", reduce_only=1)
+    assert not rejected(ev), ev
+    assert ("alice", PERP) not in derivatives_state(d.engine).positions
+    d.engine.check_invariants()

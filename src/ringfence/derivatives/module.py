@@ -96,6 +96,7 @@ class Contract:
         self.engine = engine
         self.symbol = symbol
         self._ledger: Any = None
+        self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
         self._accounts: tuple[Any, Any, Any] = (None, None, None)
 
     def _system(self, p: Perp) -> tuple[Any, Any, Any]:
@@ -158,12 +159,35 @@ class Contract:
         fee_reserve = ceil_div(ceil_div(price * qty, p.scale) * taker_ppm, PPM)
         hold = max(1, im + fee_reserve)
         w = wallet(engine.ledger, c.owner, p.quote)
-        free = w.available if w is not None else 0
-        free += min(0, cross_upnl(engine, st, c.owner, p.quote))
+        wallet_free = w.available if w is not None else 0
+        self._borrow = 0
+        if not open_q and pos is not None and hold > wallet_free:
+            # A purely reducing order may take its hold (the fee reserve) out of the position's own
+            # margin: closing must never need fresh collateral (`before_hold` moves it back).
+            if hold <= wallet_free + pos.margin:
+                self._borrow = hold - wallet_free
+                return None, protect, hold
+        free = wallet_free + min(0, cross_upnl(engine, st, c.owner, p.quote))
         if hold > free:
             return ("MARGIN_INSUFFICIENT", "quantity",
                     f"Margin is insufficient: the order needs {hold} {p.quote} minor units, {max(free, 0)} are free"), 0, 0
         return None, protect, hold
+
+    def before_hold(self, engine: Engine, m: Any, c: PlaceOrder) -> None:
+        """Every check passed and trading is about to hold the order's margin: move what a purely
+        reducing order borrows from its position's margin back to the wallet first."""
+        if not self._borrow:
+            return
+        st = derivatives_state(engine)
+        p = st.perps[self.symbol]
+        key = (c.owner, self.symbol)
+        pos = st.positions[key]
+        ledger = engine.ledger
+        acct = ledger.get(c.owner, p.quote, "isolated" if key in st.isolated else "margin", SEGMENT)
+        ledger.move(acct, ledger.get(c.owner, p.quote, "available", SEGMENT), self._borrow)
+        pos.margin -= self._borrow
+        pos.extra = min(pos.extra, pos.margin)
+        self._borrow = 0
 
     def _reducible(self, st: DerivativesState, m: Any, owner: str, is_buy: bool) -> int:
         """How much of an order on side `is_buy` would reduce the owner's position: the position's

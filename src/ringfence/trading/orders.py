@@ -154,14 +154,16 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     if m.contract is not None:
         pay_asset = recv_asset = m.quote
     pay, recv = ledger.find_pair(c.owner, pay_asset, recv_asset, "available", segment)
-    if hold_minor:
-        if pay is None or not ledger.can_hold(pay, hold_minor):
+    if hold_minor:  # (a perpetual's margin was checked by its contract, which may still move some)
+        if pay is None or (m.contract is None and not ledger.can_hold(pay, hold_minor)):
             return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
     if (recv is None or pay is None) and not ledger.can_open_accounts((recv is None) + (pay is None)):
         return _reject(ev, "PLACE", c, "SHARD_FULL", "owner", "this shard cannot open more accounts; contact support")
     if dry_run:
         return
     # ---- every check passed: mutate from here on ----
+    if m.contract is not None:
+        m.contract.before_hold(engine, m, c)
     if recv is None:
         recv = ledger.open_account(c.owner, recv_asset, "available", segment)[0]
     if pay is None:
