@@ -167,6 +167,8 @@ def _restore(engine: Engine, data: list[Any]) -> TradingState:
         m.status = MarketStatus(m.status)
         m.set_reference(ref)
         _bind_accounts(ledger, m)
+        for bind in MARKET_BINDERS:  # before the orders: a perpetual's orders pay and receive margin
+            bind(engine, m)
         for row in resting:
             o = _order_from_row(ledger, m, row)
             m.rest(o)
@@ -176,8 +178,6 @@ def _restore(engine: Engine, data: list[Any]) -> TradingState:
             m.index(o)
             m.add_stop(o)
         st.markets[symbol] = m
-        for bind in MARKET_BINDERS:
-            bind(engine, m)
     return st
 
 
@@ -205,6 +205,8 @@ def _order_from_row(ledger: Any, m: Market, row: list[Any]) -> Order:
     # Snapshots hold the strings; the engine works with the members.
     o.type, o.tif, o.stp = OrderType(o.type), TimeInForce(o.tif), SelfTradePrevention(o.stp)
     pay_asset, recv_asset = (m.quote, m.base) if o.is_buy else (m.base, m.quote)
+    if m.contract is not None:  # a perpetual's order holds and settles margin in the quote asset
+        pay_asset = recv_asset = m.quote
     o.pay = ledger.get(o.owner, pay_asset, "available", m.segment)
     o.recv = ledger.get(o.owner, recv_asset, "available", m.segment)
     return o
