@@ -9,7 +9,7 @@ from ringfence.engine.core import CommandRejected
 
 from tests.trading.scenario import Driver, btcusdt, price, qty
 
-__all__ = ["PERP", "BRACKETS", "perp_world", "Driver", "price", "qty", "order", "transfer", "rejected"]
+__all__ = ["PERP", "BRACKETS", "USDT", "perp_world", "Driver", "price", "qty", "order", "transfer", "rejected", "with_index"]
 
 PERP = "BTCUSDTPERP"
 USDT = 10**6

@@ -166,3 +166,27 @@ class FundingSettled(Event, tag="perp.funding/1", gc=False, frozen=True):
     insurance_covered: int
     owners: list[str]
     amounts: list[int]
+
+
+class LiquidateAccount(Command, tag="perp.liquidate/1", gc=False, frozen=True):
+    """One liquidation step of `owner`'s cross account in `asset` (submitted by the liquidation
+    worker when `margin_check` finds it below maintenance; refused when it is not)."""
+
+    owner: str
+    asset: str
+
+
+class LiquidationStep(Event, tag="perp.liquidation/1", gc=False, frozen=True):
+    """A step: the account's orders cancelled, then an IOC of `ordered` at `limit_price` (the band
+    edge) against `depth_in_band`; `filled` of it traded; the next step not before `next_ns`."""
+
+    owner: str
+    symbol: str
+    equity: int
+    maintenance: int
+    side: str
+    ordered: int
+    filled: int
+    limit_price: int
+    depth_in_band: int
+    next_ns: int

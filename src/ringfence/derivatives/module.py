@@ -161,12 +161,12 @@ class Contract:
         w = wallet(engine.ledger, c.owner, p.quote)
         wallet_free = w.available if w is not None else 0
         self._borrow = 0
-        if not open_q and pos is not None and hold > wallet_free:
-            # A purely reducing order may take its hold (the fee reserve) out of the position's own
-            # margin: closing must never need fresh collateral (`before_hold` moves it back).
-            if hold <= wallet_free + pos.margin:
-                self._borrow = hold - wallet_free
-                return None, protect, hold
+        if not open_q and pos is not None and hold <= wallet_free + pos.margin:
+            # A purely reducing order never adds risk: an unrealised loss does not stop it, and it
+            # may take its hold (the fee reserve) out of the position's own margin when the wallet
+            # has too little free — closing never needs fresh collateral (`before_hold`).
+            self._borrow = max(0, hold - wallet_free)
+            return None, protect, hold
         free = wallet_free + min(0, cross_upnl(engine, st, c.owner, p.quote))
         if hold > free:
             return ("MARGIN_INSUFFICIENT", "quantity",

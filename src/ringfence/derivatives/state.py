@@ -95,6 +95,8 @@ class DerivativesState:
     leverage: dict[tuple[str, str], int] = field(default_factory=dict)
     isolated: set[tuple[str, str]] = field(default_factory=set)
     next_tran_id: int = 1
+    #: (owner, asset) -> sequencer time before which no next liquidation step runs.
+    liq_next_ns: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Set by `PlacePerpOrder` around its call into trading (never outside one command).
     reduce_only: bool = False
 
@@ -119,6 +121,7 @@ def _snapshot(st: DerivativesState) -> Any:
         sorted([o, s, lev] for (o, s), lev in st.leverage.items()),
         sorted([o, s] for o, s in st.isolated),
         st.next_tran_id,
+        *([sorted([o, a, t] for (o, a), t in st.liq_next_ns.items())] if st.liq_next_ns else []),
     ]
 
 
@@ -126,7 +129,8 @@ def _restore(engine: Engine, data: Any) -> DerivativesState:
     st = DerivativesState(engine)
     if data is None:
         return st
-    perps, positions, leverage, isolated, st.next_tran_id = data
+    perps, positions, leverage, isolated, st.next_tran_id = data[:5]
+    st.liq_next_ns = {(o, a): t for o, a, t in data[5]} if len(data) > 5 else {}
     st.perps = {r[0]: Perp.from_row(r) for r in perps}
     st.positions = {(r[0], r[1]): Position(*r[2:]) for r in positions}
     st.leverage = {(o, s): lev for o, s, lev in leverage}
