@@ -157,3 +157,27 @@ def test_ccxt_binanceusdm_loads_transfers_trades_and_reads_positions(server):
     closed = alice.create_order("ETH/USDT:USDT", "market", "sell", 0.5, params={"reduceOnly": True})
     assert closed["status"] == "closed"
     assert not [p for p in alice.fetch_positions(["ETH/USDT:USDT"]) if p["contracts"]]
+
+
+def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
+    bob = Client(server, "bob")
+    rest = ok(bob.call("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.010", "price": "2500"}))
+    before = ok(bob.call("GET", "/fapi/v2/account"))
+    positions = ok(bob.call("GET", "/fapi/v3/positionRisk"))
+    assert server.stop() == 0
+    again = Server(server.data)  # the same data directory: snapshot + journal, demo seeding idempotent
+    try:
+        bob2 = Client(again, "bob")
+        now = ok(bob2.call("GET", "/fapi/v3/positionRisk"))
+        assert positions and len(now) == len(positions)  # type: ignore[arg-type]
+        for a, b in zip(now, positions):  # type: ignore[call-overload]
+            assert (a["symbol"], a["positionAmt"], a["entryPrice"], a["positionInitialMargin"]) == (
+                b["symbol"], b["positionAmt"], b["entryPrice"], b["positionInitialMargin"])
+        after = ok(bob2.call("GET", "/fapi/v2/account"))
+        assert after["totalWalletBalance"] == before["totalWalletBalance"]  # type: ignore[index]
+        open_ids = [o["orderId"] for o in ok(bob2.call("GET", "/fapi/v1/openOrders", {"symbol": "ETHUSDT"}))]  # type: ignore[union-attr]
+        assert rest["orderId"] in open_ids  # type: ignore[index]
+        gone = ok(bob2.call("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDT", "orderId": str(rest["orderId"])}))  # type: ignore[index]
+        assert gone["status"] == "CANCELED"  # type: ignore[index]
+    finally:
+        again.stop()
