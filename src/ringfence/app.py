@@ -23,11 +23,12 @@ from .ledger.commands import MODULE as LEDGER
 from .risk.halts import MODULE as HALTS
 from .staff import MODULE as STAFF
 from .trading.module import MODULE as TRADING  # the package imports every trading handler file
+from .derivatives.module import MODULE as DERIVATIVES
 
 __all__ = ["standard_modules", "new_engine", "new_node", "replay_journal", "engine_from_snapshot"]
 
 #: The modules of a standard spot shard, ledger first.
-STANDARD_MODULES: tuple[Module, ...] = (LEDGER, TRADING, CUSTODY, HALTS, STAFF, INDEX)
+STANDARD_MODULES: tuple[Module, ...] = (LEDGER, TRADING, CUSTODY, HALTS, STAFF, INDEX, DERIVATIVES)
 
 
 def standard_modules(*extra: Module) -> tuple[Module, ...]:

@@ -111,4 +111,4 @@ def test_the_ledger_is_the_root_state_so_the_encoding_is_unchanged() -> None:
     # the index module holds nothing yet: a state that snapshots None is left out of the hash
     assert [name for name, _ in state[4]] == ["custody", "halts", "staff", "trading"]
     assert isinstance(state[3], list) and len(state[3]) == 7  # Ledger.snapshot_state
-    assert [m.name for m in standard_modules()] == ["ledger", "trading", "custody", "halts", "staff", "index"]
+    assert [m.name for m in standard_modules()] == ["ledger", "trading", "custody", "halts", "staff", "index", "derivatives"]

@@ -344,6 +344,9 @@ def create_app(
     from ..index.api import build_index_router  # index and mark price (docs/index.md)
 
     app.include_router(build_index_router(exchange, gate))
+    from ..derivatives.api import FuturesApi, build_futures_router  # perpetuals, Binance USDⓈ-M (docs/derivatives.md)
+
+    app.include_router(build_futures_router(FuturesApi(exchange, gate)))
     if por_dir is not None:
         from .por import build_por_router
 

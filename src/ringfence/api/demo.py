@@ -131,7 +131,9 @@ def seed_demo(node: Node) -> dict[str, Any]:
             orders.append(PlaceOrder(owner=MARKET_MAKER, symbol=m.symbol, side="SELL", price=ref + offset, quantity=size * level, client_order_id=f"mm-{m.symbol}-s{level}"))
         node.execute_many(orders)
         placed += len(orders)
-    return {"markets": listed, "transfers_applied": newly_funded, "ladder_orders": placed}
+    from ..derivatives.demo import seed_perpetuals  # BTCUSDT / ETHUSDT perpetuals (docs/derivatives.md)
+
+    return {"markets": listed, "transfers_applied": newly_funded, "ladder_orders": placed, **seed_perpetuals(node)}
 
 
 #: The demo account that also gets an Ed25519 key, so clients can try Ed25519 signing.

@@ -316,6 +316,9 @@ def serve(
         feed = start_demo_feed(exchange)
         if feed is not None:
             console.print(f"index feed: simulated venues sim1..sim5 (seed {feed.seed}) for BTCUSDT, ETHUSDT: /v1/index, /fapi/v1/premiumIndex")  # type: ignore[attr-defined]
+    from ..derivatives.worker import start_liquidation_worker  # accounts below maintenance (docs/derivatives.md)
+
+    start_liquidation_worker(exchange)
     console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, WebSocket API /ws-api/v3, OpenAPI /openapi.json, metrics /metrics)")
     import signal
 

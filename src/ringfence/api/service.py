@@ -161,7 +161,11 @@ class Exchange:
     # ------------------------------------------------------------------ queries (loop thread)
 
     def markets(self) -> list[MarketInfo]:
-        return self.read(lambda engine: [_market_info(engine, s) for s in sorted(trading_state(engine).markets)])
+        """The spot-style markets (spot, tokenized). Perpetuals (`Market.contract`) are listed by the
+        futures API (`/fapi/v1/exchangeInfo`): in a Binance spot listing `BTCUSDTPERP` would read as
+        a second BTC/USDT market."""
+        return self.read(lambda engine: [_market_info(engine, s) for s, m in sorted(trading_state(engine).markets.items())
+                                         if m.contract is None])
 
     def market(self, symbol: str) -> MarketInfo:
         """Raises KeyError for an unknown symbol (callers check `has_market` first)."""
@@ -180,7 +184,9 @@ class Exchange:
         Binance's account has one balance per asset; ringfence keeps one per segment (spot,
         tokenized, ...). The Binance view shows what the user owns in total; `/v1/account` shows
         the split, which is what each market can use. Read in one go between batches, so a hold
-        moving funds from free to locked is never seen half done.
+        moving funds from free to locked is never seen half done. The `derivatives` segment is
+        the futures wallet (Binance's USDⓈ-M account, `/fapi/v2/account`), not part of this one:
+        collateral enters and leaves it only by `/sapi/v1/asset/transfer`.
         """
 
         def read(engine: Any) -> list[tuple[str, int, int, int]]:
@@ -190,6 +196,8 @@ class Exchange:
                 free = locked = 0
                 found = False
                 for segment in ledger.segments:
+                    if segment == "derivatives":
+                        continue
                     account = ledger.find(owner, asset.code, "available", segment)
                     if account is not None:
                         found = True

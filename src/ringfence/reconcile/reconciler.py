@@ -373,6 +373,9 @@ class ShadowBook:
         self.markets: dict[str, tuple[str, str, str]] = {}
         self.trading_owners: set[str] = set()
         self.unmodelled: dict[str, int] = {}
+        #: Perpetual markets (derivatives/): their fills move margin, PnL and fees, which this book
+        #: does not model yet, so they count as unmodelled instead of being folded as spot fills.
+        self.perps: set[str] = set()
 
     def post(self, debit: int, credit: int, amount: int) -> None:
         b = self.balance
@@ -547,8 +550,15 @@ class JournalFold:
                 book.release(ev.pending_id, ev.released)
             elif ename == "MarketListed":
                 book.markets[ev.symbol] = (ev.base, ev.quote, ev.segment)
+            elif ename == "PerpetualListed":
+                book.perps.add(ev.symbol)
             elif ename == "Trade":
-                self._fold_trade(ev)
+                if ev.symbol in book.perps:
+                    book.unmodelled["PerpetualFill"] = book.unmodelled.get("PerpetualFill", 0) + 1
+                else:
+                    self._fold_trade(ev)
+            elif ename == "FundingSettled":
+                book.unmodelled["FundingSettled"] = book.unmodelled.get("FundingSettled", 0) + 1
             elif ename in ("OrderAccepted",):
                 book.trading_owners.add(ev.owner)
         if rejected:

@@ -3,7 +3,8 @@
 A user's liability per asset is the sum, over every account the user owns (every kind — available,
 margin, quarantine... — and every segment), of the posted balance `credits_posted - debits_posted`.
 Funds reserved by open orders or pending withdrawals are still the user's (a reservation moves
-nothing until it is posted), so they count. The sum is floored at zero per user and asset; a
+nothing until it is posted), so they count; so does each open perpetual position's unrealised PnL
+at mark (derivatives equity = wallet + margin + unrealised PnL). The sum is floored at zero per user and asset; a
 negative sum is reported as a debt and never reduces liabilities (LiabilitySnapshot does that).
 System accounts (world, fees, insurance, custody, clearing) are the exchange's own and are left out.
 
@@ -25,10 +26,21 @@ __all__ = ["liability_entries", "snapshot_from_engine", "snapshot_from_journal"]
 
 
 def liability_entries(engine: Engine) -> Iterator[tuple[str, str, int]]:
-    """(account_id, asset, balance_minor) for every user-owned account."""
+    """(account_id, asset, balance_minor) for every user-owned account, then each open perpetual
+    position's unrealised PnL at mark (in its margin asset; negative allowed): with the owner's
+    derivatives wallet and margin accounts above, that is the owner's derivatives equity. A user
+    whose sum is negative is listed as a debt (LiabilitySnapshot), never netted against another."""
     for account in engine.ledger.iter_accounts():
         if account.owner != SYSTEM_OWNER:
             yield account.owner, account.asset, account.balance
+    st = engine.components.get("derivatives")
+    if st is not None and st.positions:
+        from ..derivatives.state import mark_of_perp, unrealized
+
+        marks = {sym: mark_of_perp(engine, p) for sym, p in st.perps.items()}
+        for (owner, sym), pos in sorted(st.positions.items()):
+            p = st.perps[sym]
+            yield owner, p.quote, unrealized(pos, marks[sym], p.scale)
 
 
 def snapshot_from_engine(engine: Engine) -> LiabilitySnapshot:

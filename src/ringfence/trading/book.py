@@ -171,6 +171,10 @@ class Market:
         # The ledger's `ClearingAccounts` of this market (of the engine's current ledger; re-bound
         # on restore): fills settle through them, holds pay into them.
         self.clearing: Any = None
+        # A perpetual's contract rules (`ringfence.derivatives`), None for spot: its orders hold
+        # margin in the quote asset and its fills change positions instead of delivering the base.
+        # Not part of the trading snapshot: the derivatives module binds it (`MARKET_BINDERS`).
+        self.contract: Any = None
 
     # ------------------------------------------------------------------ band
 

@@ -99,24 +99,29 @@ def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, price_m
         buyer, seller, buyer_rate_ppm, seller_rate_ppm = t, mk, taker_rate_ppm, maker_rate_ppm
     else:
         buyer, seller, buyer_rate_ppm, seller_rate_ppm = mk, t, maker_rate_ppm, taker_rate_ppm
-    buyer_fee_minor = -(-qty_minor * buyer_rate_ppm // _PPM)  # ceil: fees round up to the minor unit
-    seller_fee_minor = -(-notional_minor * seller_rate_ppm // _PPM)
-    buyer_shield_minor = buyer_fee_minor // 10  # the shield fund's share rounds down; fees get the rest
-    seller_shield_minor = seller_fee_minor // 10
-    # The ledger checks the holds cover the fill and the parts add up; it halts the shard if not.
-    ledger.settle_fill(
-        m.clearing,
-        buyer.hold_id,
-        seller.hold_id,
-        buyer.recv,
-        seller.recv,
-        qty_minor,
-        notional_minor,
-        buyer_fee_minor,
-        buyer_shield_minor,
-        seller_fee_minor,
-        seller_shield_minor,
-    )
+    if m.contract is not None:  # a perpetual: positions change, margin and fees in the quote asset
+        buyer_fee_minor, seller_fee_minor = m.contract.fill(
+            m, buyer, seller, price_minor, qty_minor, notional_minor, buyer_rate_ppm, seller_rate_ppm, ev
+        )
+    else:
+        buyer_fee_minor = -(-qty_minor * buyer_rate_ppm // _PPM)  # ceil: fees round up to the minor unit
+        seller_fee_minor = -(-notional_minor * seller_rate_ppm // _PPM)
+        buyer_shield_minor = buyer_fee_minor // 10  # the shield fund's share rounds down; fees get the rest
+        seller_shield_minor = seller_fee_minor // 10
+        # The ledger checks the holds cover the fill and the parts add up; it halts the shard if not.
+        ledger.settle_fill(
+            m.clearing,
+            buyer.hold_id,
+            seller.hold_id,
+            buyer.recv,
+            seller.recv,
+            qty_minor,
+            notional_minor,
+            buyer_fee_minor,
+            buyer_shield_minor,
+            seller_fee_minor,
+            seller_shield_minor,
+        )
     t.leaves -= qty_minor
     t.filled += qty_minor
     t.cum_quote += notional_minor
@@ -273,7 +278,7 @@ def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]
         ledger.end_hold(o.hold_id)  # FILLED: give back what a buy below its limit did not spend
     elif o.tif == _GTC and o.type in _LIMITISH:
         # A buy that filled below its limit gives back what its rest no longer needs.
-        if o.is_buy and not ledger.resize_hold_to(o.hold_id, o.pay, o.leaves * o.price // m.base_scale):
+        if o.is_buy and m.contract is None and not ledger.resize_hold_to(o.hold_id, o.pay, o.leaves * o.price // m.base_scale):
             raise InvariantViolation(f"order {o.id}: its hold cannot cover its rest")
         m.rest(o)
         m.index(o)

@@ -146,22 +146,30 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     refusal = _market_refusal(m, c, parsed)
     if refusal is not None:
         return _reject(ev, "PLACE", c, *refusal)
-    if limitish:  # a limit buy holds what it can cost at its price, a sell its quantity
+    if m.contract is not None:  # a perpetual: margin in the quote asset (ringfence.derivatives)
+        contract_refusal, protect_minor, hold_minor = m.contract.order_hold(engine, m, c, parsed)
+        if contract_refusal is not None:
+            return _reject(ev, "PLACE", c, *contract_refusal)
+    elif limitish:  # a limit buy holds what it can cost at its price, a sell its quantity
         protect_minor, hold_minor = 0, (c.price * c.quantity // m.base_scale if is_buy else c.quantity)
     else:
         protect_minor, hold_minor = _protection_and_hold(m, c, parsed)
     ledger = engine.ledger
     segment = m.segment
     pay_asset, recv_asset = (m.quote, m.base) if is_buy else (m.base, m.quote)
+    if m.contract is not None:
+        pay_asset = recv_asset = m.quote
     pay, recv = ledger.find_pair(c.owner, pay_asset, recv_asset, "available", segment)
-    if hold_minor:
-        if pay is None or not ledger.can_hold(pay, hold_minor):
+    if hold_minor:  # (a perpetual's margin was checked by its contract, which may still move some)
+        if pay is None or (m.contract is None and not ledger.can_hold(pay, hold_minor)):
             return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
     if (recv is None or pay is None) and not ledger.can_open_accounts((recv is None) + (pay is None)):
         return _reject(ev, "PLACE", c, "SHARD_FULL", "owner", "this shard cannot open more accounts; contact support")
     if dry_run:
         return
     # ---- every check passed: mutate from here on ----
+    if m.contract is not None:
+        m.contract.before_hold(engine, m, c)
     if recv is None:
         recv = ledger.open_account(c.owner, recv_asset, "available", segment)[0]
     if pay is None:
@@ -358,7 +366,7 @@ def _open_order(
     o.pay = pay
     o.recv = recv
     o.ts_ns = engine.now_ns
-    o.hold_id = ledger.hold(pay, m.clearing.quote if is_buy else m.clearing.base, hold_minor) if hold_minor else 0
+    o.hold_id = ledger.hold(pay, m.clearing.quote if is_buy or m.contract is not None else m.clearing.base, hold_minor) if hold_minor else 0
     ev.append(OrderAccepted(m.symbol, oid, owner, coid, c.side, typ, o.tif, price_minor, qty_minor, quote_minor, stop_minor, stp, hold_minor))
     if not hold_minor:  # a market order that met an empty book: nothing was held, nothing can fill
         ev.append(OrderExpired(m.symbol, oid, owner, c.side, 0, qty_minor, False, "NO_LIQUIDITY", 0))
@@ -423,6 +431,8 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         return _reject(ev, "AMEND", c, "UNKNOWN_ORDER", "order_id", "Unknown order sent.", oid)
     if o.level is None:
         return _reject(ev, "AMEND", c, "ORDER_NOT_AMENDABLE", "order_id", "only resting limit orders can be amended", oid)
+    if m.contract is not None:
+        return _reject(ev, "AMEND", c, "ORDER_NOT_AMENDABLE", "order_id", "perpetual orders cannot be amended yet: cancel and place again", oid)
     price_minor = c.price or o.price
     qty_minor = c.quantity or o.qty
     if not 0 < price_minor <= MAX_PRICE or not 0 < qty_minor <= MAX_QTY:

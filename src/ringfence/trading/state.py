@@ -23,7 +23,12 @@ __all__ = [
     "MAX_PRICE",
     "MAX_QTY",
     "MAX_FEE_RATE_PPM",
+    "MARKET_BINDERS",
 ]
+
+#: Called with `(engine, market)` for every market a snapshot restores (the derivatives module binds
+#: its contract rules to its perpetuals this way; its own state is restored before trading's).
+MARKET_BINDERS: list[Any] = []
 
 #: Binance's default spot rates: 0.1 % maker and taker (in millionths).
 DEFAULT_MAKER_RATE_PPM = 1000
@@ -83,7 +88,10 @@ class TradingState:
                 if p is None or p.status != "pending" or p.credit_id != (clear_base.id if p.asset == m.base else clear_quote.id):
                     raise InvariantViolation(f"open order {o.id} lost its hold")
                 if o.level is not None:  # resting: the hold covers exactly what can still trade
-                    need = o.leaves * o.price // m.base_scale if o.is_buy else o.leaves
+                    if m.contract is not None:
+                        need = m.contract.rest_need(m, o)
+                    else:
+                        need = o.leaves * o.price // m.base_scale if o.is_buy else o.leaves
                     if p.remaining != need:
                         raise InvariantViolation(f"order {o.id} holds {p.remaining}, needs {need}")
                 if p.asset == m.base:
@@ -161,6 +169,8 @@ def _restore(engine: Engine, data: list[Any]) -> TradingState:
         m.status = MarketStatus(status_word)
         m.set_reference(ref)
         _bind_accounts(ledger, m)
+        for bind in MARKET_BINDERS:  # before the orders: a perpetual's orders pay and receive margin
+            bind(engine, m)
         for row in resting:
             o = _order_from_row(ledger, m, row)
             m.rest(o)
@@ -198,6 +208,8 @@ def _order_from_row(ledger: Any, m: Market, row: list[Any]) -> Order:
     # assigned: a compiled `Order` checks each attribute's type).
     o.type, o.tif, o.stp = OrderType(typ), TimeInForce(tif), SelfTradePrevention(stp)
     pay_asset, recv_asset = (m.quote, m.base) if o.is_buy else (m.base, m.quote)
+    if m.contract is not None:  # a perpetual's order holds and settles margin in the quote asset
+        pay_asset = recv_asset = m.quote
     o.pay = ledger.get(o.owner, pay_asset, "available", m.segment)
     o.recv = ledger.get(o.owner, recv_asset, "available", m.segment)
     return o

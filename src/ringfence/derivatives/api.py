@@ -1,0 +1,511 @@
+"""Binance USDⓈ-M futures endpoints over the `derivatives` module (the subset ccxt `binanceusdm`
+needs to load markets, move collateral, set leverage and margin type, trade and read positions).
+
+Symbols: the futures API names a perpetual as Binance does (`BTCUSDT`); inside the engine it is
+`BTCUSDTPERP` (`<BASE><QUOTE>PERP`), so it never clashes with the spot market `BTCUSDT`. Amounts
+are integers inside and decimal strings at this edge (the quote asset's decimals for money and
+prices, the base asset's for quantities); a value with more decimals than that is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable
+
+from fastapi import APIRouter, Request
+
+from ..engine.core import CommandRejected
+from ..errors import InsufficientFunds, RingfenceError
+from ..money import format_amount, parse_amount
+from ..trading.commands import CancelOrder, OrderAccepted, OrderRejected
+from ..api.binance import EndpointParams, _doc, add_binance_route
+from ..api.binance_errors import BinanceError, from_order_rejection, from_ringfence
+from ..api.gateway import Params
+from .commands import AdjustIsolatedMargin, FuturesTransfer, PlacePerpOrder, SetLeverage, SetMarginType
+from .state import (
+    PPM,
+    account_summary,
+    bracket_for,
+    ceil_div,
+    derivatives_state,
+    maint_margin,
+    mark_of_perp,
+    notional_at,
+    unrealized,
+)
+
+__all__ = ["FuturesApi", "build_futures_router", "FAPI_PARAMS", "external_symbol", "SUFFIX"]
+
+SUFFIX = "PERP"
+_ORDER = ("symbol", "side", "type", "quantity", "price", "timeInForce", "reduceOnly", "newClientOrderId", "positionSide",
+          "newOrderRespType", "stopPrice", "workingType", "priceProtect", "selfTradePreventionMode", "priceMatch", "goodTillDate")
+FAPI_PARAMS: dict[tuple[str, str], EndpointParams] = {
+    ("POST", "/sapi/v1/asset/transfer"): EndpointParams(("type", "asset", "amount", "fromSymbol", "toSymbol"), ("type", "asset", "amount"), signed=True),
+    ("GET", "/fapi/v1/exchangeInfo"): EndpointParams(),
+    ("GET", "/fapi/v1/ping"): EndpointParams(),
+    ("GET", "/fapi/v1/time"): EndpointParams(),
+    ("POST", "/fapi/v1/order"): EndpointParams(_ORDER, ("symbol", "side", "type"), signed=True),
+    ("DELETE", "/fapi/v1/order"): EndpointParams(("symbol", "orderId", "origClientOrderId"), ("symbol",), signed=True),
+    ("GET", "/fapi/v1/order"): EndpointParams(("symbol", "orderId", "origClientOrderId"), ("symbol",), signed=True),
+    ("GET", "/fapi/v1/openOrders"): EndpointParams(("symbol",), signed=True),
+    ("POST", "/fapi/v1/leverage"): EndpointParams(("symbol", "leverage"), ("symbol", "leverage"), signed=True),
+    ("POST", "/fapi/v1/marginType"): EndpointParams(("symbol", "marginType"), ("symbol", "marginType"), signed=True),
+    ("POST", "/fapi/v1/positionMargin"): EndpointParams(("symbol", "amount", "type", "positionSide"), ("symbol", "amount", "type"), signed=True),
+    ("GET", "/fapi/v1/leverageBracket"): EndpointParams(("symbol",), signed=True),
+    ("GET", "/fapi/v2/positionRisk"): EndpointParams(("symbol",), signed=True),
+    ("GET", "/fapi/v3/positionRisk"): EndpointParams(("symbol",), signed=True),
+    ("GET", "/fapi/v2/account"): EndpointParams(signed=True),
+    ("GET", "/fapi/v3/account"): EndpointParams(signed=True),
+}
+
+#: Order rejections of a perpetual -> Binance futures codes.
+_REJECTIONS = {
+    "MARGIN_INSUFFICIENT": (-2019, "Margin is insufficient."),
+    "REDUCE_ONLY_REJECTED": (-2022, "ReduceOnly Order is rejected."),
+    "CONCENTRATION_LIMIT": (-2027, "Exceeded the maximum allowable position at current leverage."),
+    "OPEN_INTEREST_CAP": (-2027, "Exceeded the maximum allowable position at current leverage."),
+}
+
+
+def external_symbol(internal: str) -> str:
+    return internal[: -len(SUFFIX)] if internal.endswith(SUFFIX) else internal
+
+
+def _ms(ns: int) -> int:
+    return ns // 1_000_000
+
+
+def _order_error(e: OrderRejected) -> BinanceError:
+    if e.reason in _REJECTIONS:
+        code, text = _REJECTIONS[e.reason]
+        return BinanceError(code, f"{text} ({e.message})" if e.message and e.message != text else text)
+    return from_order_rejection(e.reason, e.message, e.field)
+
+
+def _refusal(err: RingfenceError) -> BinanceError:
+    if isinstance(err, InsufficientFunds) or err.code == "RF_INSUFFICIENT_FUNDS":
+        return BinanceError(-2019 if err.field != "leverage" else -4028, f"Margin is insufficient. ({err.message})")
+    if err.field == "symbol" and err.code == "RF_NOT_FOUND":
+        return BinanceError(-1121, "Invalid symbol.")
+    if err.code == "RF_VALIDATION":
+        codes = {"leverage": -4028, "marginType": -4048, "type": -1100, "amount": -4003}
+        return BinanceError(codes.get(err.field or "", -1100), err.message)
+    return from_ringfence(err)
+
+
+class FuturesApi:
+    def __init__(self, exchange: Any, gate: Any) -> None:
+        self.ex = exchange
+        self.gate = gate
+
+    # ------------------------------------------------------------------ helpers
+
+    def _perp(self, params: Params, engine: Any | None = None) -> Any:
+        symbol = params.require("symbol")
+        internal = symbol + SUFFIX
+
+        def find(engine: Any) -> Any:
+            st = derivatives_state(engine)
+            p = st.perps.get(internal)
+            if p is None:
+                return None
+            ledger = engine.ledger
+            return (p.symbol, p.quote, ledger.assets.get(p.quote).decimals, ledger.assets.get(p.base).decimals)
+
+        found = find(engine) if engine is not None else self.ex.read(find)
+        if found is None:
+            raise BinanceError(-1121, "Invalid symbol.")
+        return found
+
+    async def _submit(self, command: Any) -> list[Any]:
+        try:
+            events = await self.ex.submit(command)
+        except RingfenceError as err:
+            raise _refusal(err) from err
+        for e in events:
+            if isinstance(e, CommandRejected):
+                raise _refusal(_as_error(e))
+        return events  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ public
+
+    async def ping(self, request: Request) -> dict[str, Any]:
+        return {}
+
+    async def server_time(self, request: Request) -> dict[str, Any]:
+        return {"serverTime": time.time_ns() // 1_000_000}
+
+    async def exchange_info(self, request: Request) -> dict[str, Any]:
+        def read(engine: Any) -> list[dict[str, Any]]:
+            st = derivatives_state(engine)
+            trading = engine.components["trading"]
+            ledger = engine.ledger
+            out = []
+            for sym in sorted(st.perps):
+                p = st.perps[sym]
+                m = trading.markets[sym]
+                qd, bd = ledger.assets.get(p.quote).decimals, ledger.assets.get(p.base).decimals
+                status = {"ACTIVE": "TRADING", "REDUCE_ONLY": "SETTLING", "HALTED": "HALT"}.get(str(m.status.value), "HALT")
+                price_precision = qd - (len(str(m.tick)) - len(str(m.tick).rstrip("0")))
+                qty_precision = bd - (len(str(m.lot)) - len(str(m.lot).rstrip("0")))
+                b0 = p.brackets[0]
+                out.append({
+                    "symbol": external_symbol(sym), "pair": external_symbol(sym), "contractType": "PERPETUAL",
+                    "deliveryDate": 4133404800000, "onboardDate": 1569398400000, "status": status,
+                    "maintMarginPercent": format_amount(b0.mmr_ppm * 100, 6), "requiredMarginPercent": format_amount(ceil_div(100 * PPM, b0.max_leverage), 6),
+                    "baseAsset": p.base, "quoteAsset": p.quote, "marginAsset": p.quote,
+                    "pricePrecision": max(price_precision, 0), "quantityPrecision": max(qty_precision, 0),
+                    "baseAssetPrecision": bd, "quotePrecision": qd, "underlyingType": "COIN", "underlyingSubType": [],
+                    "settlePlan": 0, "triggerProtect": "0.0500", "liquidationFee": "0.012500", "marketTakeBound": "0.05",
+                    "maxMoveOrderLimit": 10000,
+                    "filters": [
+                        {"filterType": "PRICE_FILTER", "minPrice": format_amount(m.tick, qd), "maxPrice": format_amount(10**30 // 10**qd * 10**qd, qd),
+                         "tickSize": format_amount(m.tick, qd)},
+                        {"filterType": "LOT_SIZE", "minQty": format_amount(m.min_qty, bd), "maxQty": format_amount(min(m.max_qty, 10**24), bd),
+                         "stepSize": format_amount(m.lot, bd)},
+                        {"filterType": "MARKET_LOT_SIZE", "minQty": format_amount(m.min_qty, bd), "maxQty": format_amount(min(m.max_qty, 10**24), bd),
+                         "stepSize": format_amount(m.lot, bd)},
+                        {"filterType": "MAX_NUM_ORDERS", "limit": m.max_open_per_account},
+                        {"filterType": "MIN_NOTIONAL", "notional": format_amount(m.min_notional, qd)},
+                    ],
+                    "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK"],
+                    "internalSymbol": sym,
+                })
+            return out
+
+        symbols = self.ex.read(read)
+        assets = sorted({s["marginAsset"] for s in symbols})
+        return {
+            "timezone": "UTC", "serverTime": time.time_ns() // 1_000_000, "futuresType": "U_MARGINED",
+            "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400}],
+            "exchangeFilters": [], "assets": [{"asset": a, "marginAvailable": True, "autoAssetExchange": None} for a in assets],
+            "symbols": symbols,
+        }
+
+    # ------------------------------------------------------------------ collateral
+
+    async def transfer(self, request: Request) -> dict[str, Any]:
+        params, owner = await self.gate.signed(request, "trade", weight=1)
+        kind = params.choice("type", ("MAIN_UMFUTURE", "UMFUTURE_MAIN"), code=-1100)
+        for unsupported in ("fromSymbol", "toSymbol"):
+            if params.get(unsupported) is not None:
+                raise BinanceError(-1106, f"Parameter '{unsupported}' sent when not required: isolated margin accounts are not transferable here.")
+        asset = params.require("asset").upper()
+        decimals = self.ex.read(lambda e: e.ledger.assets.get(asset).decimals if asset in e.ledger.assets else None)
+        if decimals is None:
+            raise BinanceError(-4003, f"Unknown asset {asset}.")
+        amount = parse_amount(params.require("amount"), decimals, field="amount")
+        if amount <= 0:
+            raise BinanceError(-4003, "Quantity less than or equal to zero.")
+        events = await self._submit(FuturesTransfer(owner, asset, amount, kind))
+        return {"tranId": next(e.tran_id for e in events if hasattr(e, "tran_id"))}
+
+    async def leverage(self, request: Request) -> dict[str, Any]:
+        params, owner = await self.gate.signed(request, "trade", weight=1)
+        sym, quote, qd, _ = self._perp(params)
+        lev = params.integer("leverage", low=1, high=125)
+        events = await self._submit(SetLeverage(owner, sym, lev))
+        e = next(e for e in events if hasattr(e, "max_notional"))
+        return {"leverage": e.leverage, "maxNotionalValue": format_amount(e.max_notional, qd, trim=True), "symbol": external_symbol(sym)}
+
+    async def margin_type(self, request: Request) -> dict[str, Any]:
+        params, owner = await self.gate.signed(request, "trade", weight=1)
+        sym, *_ = self._perp(params)
+        kind = params.require("marginType").upper()
+        if kind == "CROSS":
+            kind = "CROSSED"
+        await self._submit(SetMarginType(owner, sym, kind))
+        return {"code": 200, "msg": "success"}
+
+    async def position_margin(self, request: Request) -> dict[str, Any]:
+        params, owner = await self.gate.signed(request, "trade", weight=1)
+        sym, quote, qd, _ = self._perp(params)
+        action = params.integer("type", low=1, high=2)
+        amount = parse_amount(params.require("amount"), qd, field="amount")
+        if amount <= 0:
+            raise BinanceError(-4003, "Quantity less than or equal to zero.")
+        await self._submit(AdjustIsolatedMargin(owner, sym, amount, action))
+        return {"amount": format_amount(amount, qd, trim=True), "code": 200,
+                "msg": "Successfully modify position margin.", "type": action}
+
+    # ------------------------------------------------------------------ orders
+
+    async def new_order(self, request: Request) -> dict[str, Any]:
+        params, owner = await self.gate.signed(request, "trade", weight=1)
+        sym, quote, qd, bd = self._perp(params)
+        side = params.choice("side", ("BUY", "SELL"))
+        typ = params.choice("type", ("LIMIT", "MARKET"), code=-1116)
+        if (params.get("positionSide") or "BOTH") != "BOTH":
+            raise BinanceError(-4061, "Order's position side does not match user's setting: one-way mode only (positionSide BOTH).")
+        for unsupported in ("stopPrice", "priceMatch", "goodTillDate"):
+            if params.get(unsupported) is not None:
+                raise BinanceError(-1106, f"Parameter '{unsupported}' sent when not required: {typ} orders only here.")
+        qty = parse_amount(params.require("quantity"), bd, field="quantity")
+        reduce_only = params.boolean("reduceOnly", default=False)
+        if typ == "LIMIT":
+            price = parse_amount(params.require("price"), qd, field="price")
+            tif = params.choice("timeInForce", ("GTC", "IOC", "FOK"), default="GTC")
+        else:
+            if params.get("price") is not None:
+                raise BinanceError(-1106, "Parameter 'price' sent when not required.")
+            price, tif = 0, "IOC"
+        coid = params.get("newClientOrderId") or ""
+        stp = params.get("selfTradePreventionMode")
+        if stp not in (None, "NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"):
+            raise BinanceError(-1100, "Illegal characters found in parameter 'selfTradePreventionMode'.")
+        command = PlacePerpOrder(owner, sym, side, typ, tif, price, qty, 0, coid, int(reduce_only))
+        events = await self._submit(command)
+        accepted = None
+        for e in events:
+            if isinstance(e, OrderRejected):
+                raise _order_error(e)
+            if isinstance(e, OrderAccepted):
+                accepted = e
+        if accepted is None:
+            raise BinanceError(-1000, "The order was not accepted; try again.", 500)
+        record = self.ex.history.orders.get(accepted.order_id)
+        if record is None:
+            raise BinanceError(-1000, "The order was accepted but its record is not available yet.", 500)
+        return self._order_view(record, qd, bd, reduce_only)
+
+    def _order_view(self, r: Any, qd: int, bd: int, reduce_only: bool = False) -> dict[str, Any]:
+        executed = r.executed
+        avg = r.cum_quote * 10**bd // executed if executed else 0
+        typ = str(r.order_type.value)
+        return {
+            "orderId": r.order_id, "symbol": external_symbol(r.symbol), "status": str(r.status),
+            "clientOrderId": r.client_order_id or f"rf-{r.order_id}", "price": format_amount(r.price, qd),
+            "avgPrice": format_amount(avg, qd), "origQty": format_amount(r.quantity, bd),
+            "executedQty": format_amount(executed, bd), "cumQty": format_amount(executed, bd),
+            "cumQuote": format_amount(r.cum_quote, qd), "timeInForce": str(r.tif.value), "type": typ,
+            "reduceOnly": reduce_only, "closePosition": False, "side": str(r.side.value), "positionSide": "BOTH",
+            "stopPrice": "0", "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": typ,
+            "priceMatch": "NONE", "selfTradePreventionMode": "NONE", "goodTillDate": 0,
+            "updateTime": r.update_ms, "time": r.time_ms,
+        }
+
+    def _find(self, params: Params, owner: str, sym: str) -> Any:
+        order_id = params.integer("orderId", default=0)
+        coid = params.get("origClientOrderId") or ""
+        if not order_id and not coid:
+            raise BinanceError(-1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
+        orders = self.ex.history.orders
+        record = orders.get(order_id) if order_id else next(
+            (o for o in reversed(list(orders.values())) if o.owner == owner and o.symbol == sym and o.client_order_id == coid), None)
+        if record is None or record.owner != owner or record.symbol != sym:
+            raise BinanceError(-2013, "Order does not exist.")
+        return record
+
+    async def cancel_order(self, request: Request) -> dict[str, Any]:
+        params, owner = await self.gate.signed(request, "trade", weight=1)
+        sym, quote, qd, bd = self._perp(params)
+        record = self._find(params, owner, sym)
+        events = await self._submit(CancelOrder(owner, sym, record.order_id))
+        for e in events:
+            if isinstance(e, OrderRejected):
+                raise BinanceError(-2011, "Unknown order sent.") if e.reason == "UNKNOWN_ORDER" else _order_error(e)
+        return self._order_view(self.ex.history.orders.get(record.order_id) or record, qd, bd)
+
+    async def get_order(self, request: Request) -> dict[str, Any]:
+        params, owner = await self.gate.signed(request, "read", weight=1)
+        sym, quote, qd, bd = self._perp(params)
+        return self._order_view(self._find(params, owner, sym), qd, bd)
+
+    async def open_orders(self, request: Request) -> list[dict[str, Any]]:
+        params, owner = await self.gate.signed(request, "read", weight=1)
+
+        def read(engine: Any) -> list[tuple[int, str, int, int]]:
+            st = derivatives_state(engine)
+            rows = []
+            for sym, p in st.perps.items():
+                if params.get("symbol") and external_symbol(sym) != params.get("symbol"):
+                    continue
+                m = engine.components["trading"].markets[sym]
+                qd, bd = engine.ledger.assets.get(p.quote).decimals, engine.ledger.assets.get(p.base).decimals
+                rows += [(oid, sym, qd, bd) for oid in sorted(m.by_owner.get(owner, {}))]
+            return rows
+
+        out = []
+        for oid, _, qd, bd in self.ex.read(read):
+            record = self.ex.history.orders.get(oid)
+            if record is not None:
+                out.append(self._order_view(record, qd, bd))
+        return out
+
+    # ------------------------------------------------------------------ positions and account
+
+    async def leverage_bracket(self, request: Request) -> list[dict[str, Any]]:
+        params, owner = await self.gate.signed(request, "read", weight=1)
+
+        def read(engine: Any) -> list[dict[str, Any]]:
+            st = derivatives_state(engine)
+            out = []
+            for sym in sorted(st.perps):
+                if params.get("symbol") and external_symbol(sym) != params.get("symbol"):
+                    continue
+                p = st.perps[sym]
+                qd = engine.ledger.assets.get(p.quote).decimals
+                floor = 0
+                rows = []
+                for i, b in enumerate(p.brackets):
+                    # Binance sends JSON numbers here; decimal strings say the same without a float
+                    rows.append({"bracket": i + 1, "initialLeverage": b.max_leverage,
+                                 "notionalCap": format_amount(b.cap, qd, trim=True), "notionalFloor": format_amount(floor, qd, trim=True),
+                                 "maintMarginRatio": format_amount(b.mmr_ppm, 6, trim=True), "cum": format_amount(b.maint_amount, qd, trim=True)})
+                    floor = b.cap
+                out.append({"symbol": external_symbol(sym), "notionalCoef": "1", "brackets": rows})
+            return out
+
+        return self.ex.read(read)  # type: ignore[no-any-return]
+
+    def _positions(self, engine: Any, owner: str, symbol: str | None) -> list[dict[str, Any]]:
+        st = derivatives_state(engine)
+        ledger = engine.ledger
+        out = []
+        summary_by_asset: dict[str, dict[str, int]] = {}
+        for sym in sorted(st.perps):
+            if symbol and external_symbol(sym) != symbol:
+                continue
+            p = st.perps[sym]
+            qd, bd = ledger.assets.get(p.quote).decimals, ledger.assets.get(p.base).decimals
+            key = (owner, sym)
+            pos = st.positions.get(key)
+            mark = mark_of_perp(engine, p)
+            iso = key in st.isolated
+            lev = st.leverage.get(key, p.default_leverage)
+            if pos is None:
+                size = cost = margin = upnl = mm = notional = 0
+                liq = 0
+            else:
+                size, cost, margin = pos.size, pos.cost, pos.margin
+                upnl = unrealized(pos, mark, p.scale)
+                mm = maint_margin(p, pos, mark)
+                notional = notional_at(pos, mark, p.scale) * (1 if size > 0 else -1)
+                if iso:
+                    collateral = margin
+                else:
+                    if p.quote not in summary_by_asset:
+                        summary_by_asset[p.quote] = account_summary(engine, owner, p.quote)
+                    s = summary_by_asset[p.quote]
+                    collateral = s["cross_equity"] - upnl - (s["cross_maint"] - mm)
+                b = bracket_for(p, abs(notional)) or p.brackets[-1]
+                liq = _liquidation_price(size, cost, collateral, b.mmr_ppm, b.maint_amount, p.scale)
+            entry = cost * p.scale // abs(size) if size else 0
+            m = engine.components["trading"].markets[sym]
+            open_im = sum(ledger.hold_remaining(o.hold_id) for o in m.by_owner.get(owner, {}).values())
+            out.append({
+                "symbol": external_symbol(sym), "positionSide": "BOTH", "positionAmt": format_amount(size, bd),
+                "entryPrice": format_amount(entry, qd), "breakEvenPrice": format_amount(entry, qd),
+                "markPrice": format_amount(mark, qd), "unRealizedProfit": format_amount(upnl, qd),
+                "liquidationPrice": format_amount(liq, qd), "isolatedMargin": format_amount(margin + upnl if iso else 0, qd),
+                "notional": format_amount(notional, qd), "marginAsset": p.quote,
+                "isolatedWallet": format_amount(margin if iso else 0, qd),
+                "initialMargin": format_amount(margin + open_im, qd), "maintMargin": format_amount(mm, qd),
+                "positionInitialMargin": format_amount(margin, qd), "openOrderInitialMargin": format_amount(open_im, qd),
+                "adl": 0, "bidNotional": "0", "askNotional": "0", "updateTime": _ms(engine.now_ns),
+                "marginType": "isolated" if iso else "cross", "leverage": str(lev), "isolated": iso,
+                "maxNotionalValue": format_amount(max((b.cap for b in p.brackets if b.max_leverage >= lev), default=0), qd),
+                "isAutoAddMargin": "false",
+            })
+        return out
+
+    async def position_risk(self, request: Request) -> list[dict[str, Any]]:
+        params, owner = await self.gate.signed(request, "read", weight=5)
+        symbol = params.get("symbol")
+        rows = self.ex.read(lambda engine: self._positions(engine, owner, symbol))
+        if symbol and not rows:
+            raise BinanceError(-1121, "Invalid symbol.")
+        return rows if symbol else [r for r in rows if r["positionAmt"].strip("0.-")]  # type: ignore[no-any-return]
+
+    async def account(self, request: Request) -> dict[str, Any]:
+        params, owner = await self.gate.signed(request, "read", weight=5)
+
+        def read(engine: Any) -> dict[str, Any]:
+            st = derivatives_state(engine)
+            ledger = engine.ledger
+            assets = sorted({p.quote for p in st.perps.values()})
+            rows = []
+            totals: dict[str, int] = {}
+            for a in assets:
+                qd = ledger.assets.get(a).decimals
+                s = account_summary(engine, owner, a)
+                wallet_balance = s["wallet"] + s["cross_margin"] + s["isolated_margin"]
+                upnl = s["cross_upnl"] + s["isolated_upnl"]
+                im = s["cross_margin"] + s["isolated_margin"] + s["order_margin"]
+                row: dict[str, Any] = {
+                    "asset": a, "walletBalance": wallet_balance, "unrealizedProfit": upnl, "marginBalance": wallet_balance + upnl,
+                    "maintMargin": s["cross_maint"], "initialMargin": im, "positionInitialMargin": s["cross_margin"] + s["isolated_margin"],
+                    "openOrderInitialMargin": s["order_margin"], "crossWalletBalance": s["wallet"] + s["cross_margin"],
+                    "crossUnPnl": s["cross_upnl"], "availableBalance": s["withdrawable"], "maxWithdrawAmount": s["withdrawable"],
+                }
+                for k, v in row.items():
+                    if k != "asset":
+                        totals[k] = totals.get(k, 0) + v  # type: ignore[operator]
+                rows.append({k: (format_amount(v, qd) if k != "asset" else v) for k, v in row.items()} | {
+                    "marginAvailable": True, "updateTime": _ms(engine.now_ns)})
+            qd = ledger.assets.get(assets[0]).decimals if assets else 6
+            positions = [{k: r[k] for k in ("symbol", "positionSide", "positionAmt", "unRealizedProfit", "isolatedMargin", "notional",
+                                            "isolatedWallet", "initialMargin", "maintMargin", "updateTime")}
+                         for r in self._positions(engine, owner, None) if r["positionAmt"].strip("0.-")]
+            t = lambda k: format_amount(totals.get(k, 0), qd)  # noqa: E731
+            return {
+                "totalInitialMargin": t("initialMargin"), "totalMaintMargin": t("maintMargin"),
+                "totalWalletBalance": t("walletBalance"), "totalUnrealizedProfit": t("unrealizedProfit"),
+                "totalMarginBalance": t("marginBalance"), "totalPositionInitialMargin": t("positionInitialMargin"),
+                "totalOpenOrderInitialMargin": t("openOrderInitialMargin"), "totalCrossWalletBalance": t("crossWalletBalance"),
+                "totalCrossUnPnl": t("crossUnPnl"), "availableBalance": t("availableBalance"),
+                "maxWithdrawAmount": t("maxWithdrawAmount"), "assets": rows, "positions": positions,
+                "canTrade": True, "canDeposit": True, "canWithdraw": True, "feeTier": 0, "multiAssetsMargin": False,
+            }
+
+        return self.ex.read(read)  # type: ignore[no-any-return]
+
+
+def _liquidation_price(size: int, cost: int, collateral: int, mmr_ppm: int, maint_amount: int, scale: int) -> int:
+    """Where equity meets maintenance margin, for this position alone against `collateral`:
+    long `(cost − collateral − cum) / (size × (1 − mmr))`, short `(cost + collateral + cum) / (|size| × (1 + mmr))`
+    (rounded towards the mark: up for a long, down for a short); 0 when there is none."""
+    if not size:
+        return 0
+    if size > 0:
+        num = (cost - collateral - maint_amount) * scale * PPM
+        return max(0, ceil_div(num, size * (PPM - mmr_ppm))) if num > 0 else 0
+    num = (cost + collateral + maint_amount) * scale * PPM
+    return max(0, num // (-size * (PPM + mmr_ppm)))
+
+
+def _as_error(rejected: CommandRejected) -> RingfenceError:
+    from ..errors import Conflict, Forbidden, NotFound, ValidationError
+
+    kind = {"RF_VALIDATION": ValidationError, "RF_NOT_FOUND": NotFound, "RF_FORBIDDEN": Forbidden, "RF_CONFLICT": Conflict,
+            "RF_INSUFFICIENT_FUNDS": InsufficientFunds}
+    err = kind.get(rejected.code, RingfenceError)(rejected.message, field=rejected.field or None)
+    err.code = rejected.code
+    return err
+
+
+def build_futures_router(api: FuturesApi) -> APIRouter:
+    router = APIRouter(tags=["binance usd-m futures"])
+
+    def add(path: str, method: str, fn: Callable[[Request], Awaitable[Any]], weight: int, summary: str) -> None:
+        spec = FAPI_PARAMS[(method, path)]
+        add_binance_route(router, api.gate, spec, path, method, fn, weight, summary,
+                          name=f"fapi_{method.lower()}_{path.strip('/').replace('/', '_')}", openapi_extra=_doc(spec))
+
+    add("/sapi/v1/asset/transfer", "POST", api.transfer, 1, "Move collateral between spot and USDⓈ-M futures (MAIN_UMFUTURE / UMFUTURE_MAIN; signed)")
+    add("/fapi/v1/ping", "GET", api.ping, 1, "Test connectivity (futures)")
+    add("/fapi/v1/time", "GET", api.server_time, 1, "Server time (futures)")
+    add("/fapi/v1/exchangeInfo", "GET", api.exchange_info, 1, "Perpetual markets, filters and margin assets")
+    add("/fapi/v1/order", "POST", api.new_order, 1, "New perpetual order: LIMIT / MARKET, reduceOnly (signed)")
+    add("/fapi/v1/order", "DELETE", api.cancel_order, 1, "Cancel a perpetual order (signed)")
+    add("/fapi/v1/order", "GET", api.get_order, 1, "Query a perpetual order (signed)")
+    add("/fapi/v1/openOrders", "GET", api.open_orders, 1, "Open perpetual orders (signed)")
+    add("/fapi/v1/leverage", "POST", api.leverage, 1, "Set a symbol's leverage, within its brackets (signed)")
+    add("/fapi/v1/marginType", "POST", api.margin_type, 1, "ISOLATED or CROSSED, with no position or open order (signed)")
+    add("/fapi/v1/positionMargin", "POST", api.position_margin, 1, "Add (type 1) or remove (type 2) isolated margin (signed)")
+    add("/fapi/v1/leverageBracket", "GET", api.leverage_bracket, 1, "Leverage brackets: notional caps, max leverage, maintenance rates (signed)")
+    add("/fapi/v2/positionRisk", "GET", api.position_risk, 5, "Positions with mark price, unrealised PnL, liquidation price (signed)")
+    add("/fapi/v3/positionRisk", "GET", api.position_risk, 5, "Positions with mark price, unrealised PnL, margins (signed)")
+    add("/fapi/v2/account", "GET", api.account, 5, "Futures account: wallet, margins, unrealised PnL, positions (signed)")
+    add("/fapi/v3/account", "GET", api.account, 5, "Futures account: wallet, margins, unrealised PnL, positions (signed)")
+    return router

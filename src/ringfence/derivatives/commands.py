@@ -1,0 +1,192 @@
+"""Commands and events of the `derivatives` module (linear USDT-margined perpetuals).
+
+Every amount is an integer in minor units: quantities in the base asset's minor units, prices
+in quote minor units per whole base unit, money in quote minor units. Rates are in millionths
+(ppm). See docs/derivatives.md for the rules and every rounding.
+"""
+
+from __future__ import annotations
+
+from ..engine.commands import Command, Event
+
+__all__ = [
+    "ListPerpetual", "FuturesTransfer", "SetLeverage", "SetMarginType", "AdjustIsolatedMargin", "PlacePerpOrder",
+    "PerpetualListed", "FuturesTransferred", "LeverageSet", "MarginTypeSet", "IsolatedMarginAdjusted",
+    "PositionChanged", "FundingSettled",
+]
+
+
+class ListPerpetual(Command, tag="perp.list/1", gc=False, frozen=True):
+    """List a linear perpetual `symbol` (internal name, e.g. BTCUSDTPERP) on `base`/`quote` in the
+    `derivatives` segment, marked against the index of `index_symbol`.
+
+    `brackets`: rows `[notional_cap, max_leverage, maint_margin_rate_ppm, maint_amount]`, caps
+    ascending (the last one is the largest notional allowed), Binance's leverage brackets.
+    """
+
+    symbol: str
+    base: str
+    quote: str
+    index_symbol: str
+    brackets: list[list[int]]
+    tick_size: int = 1
+    lot_size: int = 1
+    min_qty: int = 1
+    max_qty: int = 10**30
+    min_notional: int = 0
+    default_leverage: int = 20
+    #: Notional (quote minor units) the impact bid/ask prices are measured at.
+    impact_notional: int = 0
+    interest_ppm: int = 100  # 0.01 % per funding interval
+    funding_clamp_ppm: int = 500  # ±0.05 %
+    funding_cap_ppm: int = 7_500  # ±0.75 %
+    funding_interval_ns: int = 8 * 3600 * 10**9
+    #: Open interest cap in base minor units (0: none).
+    max_open_interest: int = 0
+    #: Largest share of the open interest one account may hold, in ppm (0: no limit) ...
+    max_account_share_ppm: int = 0
+    #: ... once the open interest is above this many base minor units (a new market is not stuck).
+    share_floor_qty: int = 0
+    #: Initial margin rate added per unit of share: imr = max(1/leverage, share × this / 10^6).
+    concentration_imr_ppm: int = 0
+
+
+class FuturesTransfer(Command, tag="perp.transfer/1", gc=False, frozen=True):
+    """Move `amount` of `asset` between the owner's spot and derivatives wallets (Binance's
+    `/sapi/v1/asset/transfer` types MAIN_UMFUTURE and UMFUTURE_MAIN)."""
+
+    owner: str
+    asset: str
+    amount: int
+    direction: str
+
+
+class SetLeverage(Command, tag="perp.leverage/1", gc=False, frozen=True):
+    owner: str
+    symbol: str
+    leverage: int
+
+
+class SetMarginType(Command, tag="perp.margin_type/1", gc=False, frozen=True):
+    owner: str
+    symbol: str
+    margin_type: str  # ISOLATED or CROSSED
+
+
+class AdjustIsolatedMargin(Command, tag="perp.isolated_margin/1", gc=False, frozen=True):
+    """Add (`action` 1) or remove (`action` 2) isolated margin of the owner's position (Binance's
+    `/fapi/v1/positionMargin` types)."""
+
+    owner: str
+    symbol: str
+    amount: int
+    action: int
+
+
+class PlacePerpOrder(Command, tag="perp.order/1", gc=False, frozen=True):
+    """A perpetual order: trading's `PlaceOrder` plus `reduce_only` (0 or 1)."""
+
+    owner: str
+    symbol: str
+    side: str
+    order_type: str = "LIMIT"
+    tif: str = "GTC"
+    price: int = 0
+    quantity: int = 0
+    stop_price: int = 0
+    client_order_id: str = ""
+    reduce_only: int = 0
+
+
+class PerpetualListed(Event, tag="perp.listed/1", gc=False, frozen=True):
+    symbol: str
+    base: str
+    quote: str
+    index_symbol: str
+    next_funding_ns: int
+
+
+class FuturesTransferred(Event, tag="perp.transferred/1", gc=False, frozen=True):
+    owner: str
+    asset: str
+    amount: int
+    direction: str
+    tran_id: int
+
+
+class LeverageSet(Event, tag="perp.leverage_set/1", gc=False, frozen=True):
+    owner: str
+    symbol: str
+    leverage: int
+    max_notional: int
+
+
+class MarginTypeSet(Event, tag="perp.margin_type_set/1", gc=False, frozen=True):
+    owner: str
+    symbol: str
+    margin_type: str
+
+
+class IsolatedMarginAdjusted(Event, tag="perp.isolated_adjusted/1", gc=False, frozen=True):
+    owner: str
+    symbol: str
+    amount: int
+    action: int
+    isolated_margin: int
+
+
+class PositionChanged(Event, tag="perp.position/1", gc=False, frozen=True):
+    """One side of a fill applied to a position: the new size (signed) and cost, the realised PnL
+    of the part that closed, the fee paid, and what the insurance fund covered (bankrupt part)."""
+
+    owner: str
+    symbol: str
+    trade_price: int
+    trade_qty: int
+    size: int
+    cost: int
+    margin: int
+    realized_pnl: int
+    fee: int
+    insurance_covered: int
+
+
+class FundingSettled(Event, tag="perp.funding/1", gc=False, frozen=True):
+    """A funding round of one market: `owners[i]` received `amounts[i]` (negative: paid)."""
+
+    symbol: str
+    funding_time_ns: int
+    rate_ppm: int
+    premium_ppm: int
+    index_price: int
+    mark_price: int
+    paid: int
+    received: int
+    to_insurance: int
+    insurance_covered: int
+    owners: list[str]
+    amounts: list[int]
+
+
+class LiquidateAccount(Command, tag="perp.liquidate/1", gc=False, frozen=True):
+    """One liquidation step of `owner`'s cross account in `asset` (submitted by the liquidation
+    worker when `margin_check` finds it below maintenance; refused when it is not)."""
+
+    owner: str
+    asset: str
+
+
+class LiquidationStep(Event, tag="perp.liquidation/1", gc=False, frozen=True):
+    """A step: the account's orders cancelled, then an IOC of `ordered` at `limit_price` (the band
+    edge) against `depth_in_band`; `filled` of it traded; the next step not before `next_ns`."""
+
+    owner: str
+    symbol: str
+    equity: int
+    maintenance: int
+    side: str
+    ordered: int
+    filled: int
+    limit_price: int
+    depth_in_band: int
+    next_ns: int

@@ -1,0 +1,690 @@
+"""The `derivatives` engine module: linear perpetuals in the `derivatives` segment.
+
+Orders on a perpetual go through trading's matching engine unchanged; the market carries a
+`Contract` (`Market.contract`) that trading asks for an order's margin hold and hands each fill
+to, and the fill changes positions instead of delivering the base asset. Money moves only through
+the ledger's public API (`hold`, `capture`, `move`); docs/derivatives.md has the rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..engine.commands import Event
+from ..engine.core import Engine
+from ..engine.module import Effect, Module, Scope
+from ..errors import InsufficientFunds, NotFound, ValidationError
+from ..trading.admin import _list_market
+from ..trading.commands import ListMarket, PlaceOrder
+from ..trading.module import market_scopes
+from ..trading.state import MARKET_BINDERS, MAX_PRICE, MAX_QTY, trading_state
+from .commands import (
+    AdjustIsolatedMargin,
+    FundingSettled,
+    FuturesTransfer,
+    FuturesTransferred,
+    IsolatedMarginAdjusted,
+    LeverageSet,
+    ListPerpetual,
+    MarginTypeSet,
+    PerpetualListed,
+    PlacePerpOrder,
+    PositionChanged,
+    SetLeverage,
+    SetMarginType,
+)
+from .state import (
+    PPM,
+    SEGMENT,
+    Bracket,
+    DerivativesState,
+    Perp,
+    Position,
+    _factory,
+    _restore,
+    _snapshot,
+    bracket_for,
+    ceil_div,
+    concentration_imr_ppm,
+    cross_upnl,
+    derivatives_state,
+    effective_leverage,
+    funding_account,
+    initial_margin,
+    mark_of_perp,
+    pool_of,
+    wallet,
+)
+
+__all__ = ["MODULE", "Contract", "CONTRACT_REASONS"]
+
+#: The order rejections a perpetual adds to trading's `REASONS` (each covered in tests/derivatives).
+CONTRACT_REASONS = ("MARGIN_INSUFFICIENT", "REDUCE_ONLY_REJECTED", "CONCENTRATION_LIMIT", "OPEN_INTEREST_CAP")
+
+MODULE = Module("derivatives")
+MODULE.declare_events(
+    PerpetualListed, FuturesTransferred, LeverageSet, MarginTypeSet, IsolatedMarginAdjusted, PositionChanged, FundingSettled
+)
+MODULE.declare_state(_factory, _snapshot, _restore, check_invariants=lambda st: st.check_invariants())
+
+_MAX_AMOUNT = 2**127 - 1
+_DIRECTIONS = ("MAIN_UMFUTURE", "UMFUTURE_MAIN")
+_MAX_BRACKETS = 20
+
+
+def _int(value: object, name: str, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValidationError(f"{name} must be an integer between {lo} and {hi}", field=name)
+    return value
+
+
+def _perp(engine: Engine, symbol: object) -> Perp:
+    st = derivatives_state(engine)
+    p = st.perps.get(symbol) if isinstance(symbol, str) else None
+    if p is None:
+        raise NotFound(f"unknown perpetual {symbol!r}", field="symbol")
+    return p
+
+
+# ------------------------------------------------------------------------------ the contract hook
+
+
+class Contract:
+    """What trading asks a perpetual market (see `Market.contract`)."""
+
+    def __init__(self, engine: Engine, symbol: str) -> None:
+        self.engine = engine
+        self.symbol = symbol
+        self._ledger: Any = None
+        self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
+        self._accounts: tuple[Any, Any, Any] = (None, None, None)
+
+    def _system(self, p: Perp) -> tuple[Any, Any, Any]:
+        """(PnL pool, fees, insurance) of this market, looked up once per ledger object."""
+        ledger = self.engine.ledger
+        if self._ledger is not ledger:
+            self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
+            self._ledger = ledger
+        return self._accounts
+
+    # -- placing: how much margin an order holds, or why it is refused
+
+    def order_hold(self, engine: Engine, m: Any, c: PlaceOrder, words: Any) -> tuple[tuple[str, str, str] | None, int, int]:
+        from ..trading.orders import _protection_and_hold
+
+        st = derivatives_state(engine)
+        p = st.perps[self.symbol]
+        is_buy, limitish = words[0], words[4]
+        if c.quote_amount:
+            return ("INVALID_PARAMETER", "quote_amount", "perpetual orders are sized by quantity, not quote amount"), 0, 0
+        protect = 0
+        if limitish:
+            price = c.price
+        else:
+            protect, _ = _protection_and_hold(m, c, words)
+            price = protect
+            if not price:  # an empty book: trading accepts and expires it at once, nothing held
+                return (None, 0, 0) if not st.reduce_only or self._reducible(st, m, c.owner, is_buy) else (
+                    ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0)
+        qty = c.quantity
+        pos = st.positions.get((c.owner, self.symbol))
+        reducible = self._reducible(st, m, c.owner, is_buy)
+        close_q = min(qty, reducible)
+        open_q = qty - close_q
+        if st.reduce_only and open_q:
+            return ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0
+        size_now = abs(pos.size) if pos is not None else 0
+        if open_q:
+            index = engine.components.get("index")
+            s = index.symbols.get(p.index_symbol) if index is not None else None
+            if s is not None and s.short:  # the index lost its sources: the perpetual only reduces
+                return ("MARKET_NOT_ACTIVE", "symbol",
+                        f"the {p.index_symbol} index has fewer than {s.min_sources} live sources: only reducing orders are accepted"), 0, 0
+            oi_after = p.open_interest + open_q
+            if p.max_oi and oi_after > p.max_oi:
+                return ("OPEN_INTEREST_CAP", "quantity",
+                        f"the order would take {self.symbol}'s open interest to {oi_after}, above its cap {p.max_oi}"), 0, 0
+            mine = size_now + open_q if not close_q else open_q
+            if p.max_share_ppm and oi_after > p.share_floor and mine * PPM > p.max_share_ppm * oi_after:
+                return ("CONCENTRATION_LIMIT", "quantity",
+                        f"the position would hold {mine * PPM // oi_after} ppm of {self.symbol}'s open interest, "
+                        f"above the per-account limit {p.max_share_ppm} ppm"), 0, 0
+            notional_after = ceil_div(price * mine, p.scale)
+            if bracket_for(p, notional_after) is None:
+                return ("CONCENTRATION_LIMIT", "quantity",
+                        f"the position's notional {notional_after} would exceed the largest bracket {p.brackets[-1].cap}"), 0, 0
+        open_notional = ceil_div(price * open_q, p.scale)
+        im = initial_margin(st, p, c.owner, size_now + open_q, open_notional, p.open_interest + open_q)
+        taker_ppm = trading_state(engine).rates(c.owner)[1]
+        fee_reserve = ceil_div(ceil_div(price * qty, p.scale) * taker_ppm, PPM)
+        hold = max(1, im + fee_reserve)
+        w = wallet(engine.ledger, c.owner, p.quote)
+        wallet_free = w.available if w is not None else 0
+        self._borrow = 0
+        if not open_q and pos is not None and hold <= wallet_free + pos.margin:
+            # A purely reducing order never adds risk: an unrealised loss does not stop it, and it
+            # may take its hold (the fee reserve) out of the position's own margin when the wallet
+            # has too little free — closing never needs fresh collateral (`before_hold`).
+            self._borrow = max(0, hold - wallet_free)
+            return None, protect, hold
+        free = wallet_free + min(0, cross_upnl(engine, st, c.owner, p.quote))
+        if hold > free:
+            return ("MARGIN_INSUFFICIENT", "quantity",
+                    f"Margin is insufficient: the order needs {hold} {p.quote} minor units, {max(free, 0)} are free"), 0, 0
+        return None, protect, hold
+
+    def before_hold(self, engine: Engine, m: Any, c: PlaceOrder) -> None:
+        """Every check passed and trading is about to hold the order's margin: move what a purely
+        reducing order borrows from its position's margin back to the wallet first."""
+        if not self._borrow:
+            return
+        st = derivatives_state(engine)
+        p = st.perps[self.symbol]
+        key = (c.owner, self.symbol)
+        pos = st.positions[key]
+        ledger = engine.ledger
+        acct = ledger.get(c.owner, p.quote, "isolated" if key in st.isolated else "margin", SEGMENT)
+        ledger.move(acct, ledger.get(c.owner, p.quote, "available", SEGMENT), self._borrow)
+        pos.margin -= self._borrow
+        pos.extra = min(pos.extra, pos.margin)
+        self._borrow = 0
+
+    def _reducible(self, st: DerivativesState, m: Any, owner: str, is_buy: bool) -> int:
+        """How much of an order on side `is_buy` would reduce the owner's position: the position's
+        size on the other side less what the owner's open orders on this side already cover."""
+        pos = st.positions.get((owner, self.symbol))
+        if pos is None or (pos.size > 0) == is_buy:
+            return 0
+        covered = sum(o.leaves for o in m.by_owner.get(owner, {}).values() if o.is_buy == is_buy)
+        return max(0, abs(pos.size) - covered)
+
+    def rest_need(self, m: Any, o: Any) -> int:
+        """What a resting order's hold reserves: its first hold pro rata of what is left, rounded up."""
+        h = self.engine.ledger.pending_hold(o.hold_id)
+        return ceil_div(h.amount * o.leaves, o.qty)
+
+    # -- a fill
+
+    def fill(self, m: Any, buyer: Any, seller: Any, price: int, qty: int, notional: int,
+             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Event]) -> tuple[int, int]:
+        engine = self.engine
+        st = derivatives_state(engine)
+        p = st.perps[self.symbol]
+        buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev)
+        seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev)
+        return buyer_fee, seller_fee
+
+    def _side(self, st: DerivativesState, p: Perp, m: Any, o: Any, is_buy: bool, price: int, qty: int,
+              notional: int, rate_ppm: int, ev: list[Event]) -> int:
+        ledger = self.engine.ledger
+        owner = o.owner
+        w = o.pay
+        # 1. What the fill frees of the order's hold goes back to the wallet (capture, pay back).
+        h = ledger.pending_hold(o.hold_id)
+        leaves_after = o.leaves - qty
+        take = h.remaining - ceil_div(h.amount * leaves_after, o.qty)
+        if take > 0:
+            ledger.capture(o.hold_id, take)
+            ledger.move(m.clearing.quote, w, take)
+        key = (owner, p.symbol)
+        iso = key in st.isolated
+        pos = st.positions.get(key) or Position()
+        kind = "isolated" if iso else "margin"
+        acct = ledger.find(owner, p.quote, kind, SEGMENT) or ledger.open_account(owner, p.quote, kind, SEGMENT)[0]
+        # 2. The position's margin comes back to the wallet; it is posted again for what remains.
+        released = pos.margin
+        ledger.move(acct, w, released)
+        pos.margin = 0
+        # 3. The position: open, increase, reduce or flip (docs/derivatives.md, "Positions").
+        longs_before = pos.size if pos.size > 0 else 0
+        signed = qty if is_buy else -qty
+        realized = 0
+        if pos.size == 0 or (pos.size > 0) == is_buy:
+            pos.size += signed
+            pos.cost += notional
+        else:
+            size_abs = abs(pos.size)
+            close_q = min(qty, size_abs)
+            close_notional = price * close_q // p.scale
+            if pos.size > 0:  # closing a long: its cost share rounds up (less profit)
+                closed_cost = ceil_div(pos.cost * close_q, size_abs)
+                realized = close_notional - closed_cost
+            else:  # closing a short: its cost share rounds down (less profit)
+                closed_cost = pos.cost * close_q // size_abs
+                realized = closed_cost - close_notional
+            pos.cost -= closed_cost
+            pos.size += close_q if is_buy else -close_q
+            open_q = qty - close_q
+            if open_q:  # a flip: the position was closed whole (cost 0), the rest opens
+                pos.size += open_q if is_buy else -open_q
+                pos.cost = price * open_q // p.scale
+        p.open_interest += (pos.size if pos.size > 0 else 0) - longs_before
+        pos.realized += realized
+        # 4. Realised PnL through the market's pool; a loss the owner cannot pay is the insurance
+        #    fund's (an isolated position pays only from its own margin).
+        covered = 0
+        pool, fees, insurance = self._system(p)
+        if realized > 0:
+            ledger.move(pool, w, realized)
+        elif realized < 0:
+            loss = -realized
+            budget = min(w.available, released) if iso else w.available
+            paid = min(loss, budget)
+            ledger.move(w, pool, paid)
+            covered = loss - paid
+            if covered:
+                ledger.move(insurance, pool, covered)
+        # 5. The fee, in the quote asset: ceil(notional × rate); the shield fund's tenth rounds down.
+        fee = min(ceil_div(notional * rate_ppm, PPM), w.available)
+        shield = fee // 10
+        ledger.move(w, fees, fee - shield)
+        ledger.move(w, insurance, shield)
+        # 6. Initial margin of what remains (plus isolated margin added by hand), posted again.
+        if pos.size:
+            target = initial_margin(st, p, owner, abs(pos.size), pos.cost, p.open_interest)
+            if iso:
+                target += pos.extra
+            post = min(target, w.available)
+            ledger.move(w, acct, post)
+            pos.margin = post
+            st.positions[key] = pos
+        else:
+            st.positions.pop(key, None)
+            pos.extra = 0
+        ev.append(PositionChanged(owner, p.symbol, price, signed, pos.size, pos.cost, pos.margin, realized, fee, covered))
+        return fee
+
+
+def _bind(engine: Engine, m: Any) -> None:
+    st = engine.components.get("derivatives")
+    if st is not None and m.symbol in st.perps:
+        m.contract = Contract(engine, m.symbol)
+
+
+MARKET_BINDERS.append(_bind)
+
+
+# ------------------------------------------------------------------------------ listing
+
+
+def _validate_list(engine: Engine, c: ListPerpetual) -> None:
+    if not isinstance(c.brackets, list) or not 1 <= len(c.brackets) <= _MAX_BRACKETS:
+        raise ValidationError(f"brackets must list 1 to {_MAX_BRACKETS} rows", field="brackets")
+    cap_before = 0
+    for i, row in enumerate(c.brackets):
+        if not isinstance(row, list) or len(row) != 4:
+            raise ValidationError("each bracket is [notional_cap, max_leverage, maint_margin_rate_ppm, maint_amount]", field=f"brackets[{i}]")
+        cap, lev, mmr, cum = row
+        _int(cap, f"brackets[{i}].notional_cap", cap_before + 1, MAX_PRICE)
+        _int(lev, f"brackets[{i}].max_leverage", 1, 125)
+        _int(mmr, f"brackets[{i}].maint_margin_rate_ppm", 1, PPM // (2 * lev))  # MM at most half the IM
+        _int(cum, f"brackets[{i}].maint_amount", 0, MAX_PRICE)
+        cap_before = cap
+    _int(c.default_leverage, "default_leverage", 1, c.brackets[0][1])
+    _int(c.impact_notional, "impact_notional", 0, MAX_PRICE)
+    _int(c.interest_ppm, "interest_ppm", -PPM // 100, PPM // 100)
+    _int(c.funding_clamp_ppm, "funding_clamp_ppm", 0, PPM // 10)
+    _int(c.funding_cap_ppm, "funding_cap_ppm", 1, PPM // 10)
+    _int(c.funding_interval_ns, "funding_interval_ns", 60 * 10**9, 24 * 3600 * 10**9)
+    _int(c.max_open_interest, "max_open_interest", 0, MAX_QTY)
+    _int(c.max_account_share_ppm, "max_account_share_ppm", 0, PPM)
+    _int(c.share_floor_qty, "share_floor_qty", 0, MAX_QTY)
+    _int(c.concentration_imr_ppm, "concentration_imr_ppm", 0, 10 * PPM)
+    if not isinstance(c.index_symbol, str) or not 2 <= len(c.index_symbol) <= 20:
+        raise ValidationError("index_symbol must name the index of the underlying (e.g. BTCUSDT)", field="index_symbol")
+    if c.symbol in derivatives_state(engine).perps:
+        raise ValidationError(f"perpetual {c.symbol} is already listed", field="symbol")
+
+
+def _as_list_market(c: ListPerpetual) -> ListMarket:
+    return ListMarket(c.symbol, c.base, c.quote, SEGMENT, c.tick_size, c.lot_size, c.min_qty, c.max_qty, c.min_notional,
+                      band_ppm=0, band_timeout_ns=0)
+
+
+def _precheck_list(engine: Engine, c: ListPerpetual) -> None:
+    from ..trading.admin import _precheck_list_market
+
+    _precheck_list_market(engine, _as_list_market(c))
+
+
+@MODULE.handles(ListPerpetual, precheck=_precheck_list, effect=Effect.ADMIN, scopes=market_scopes)
+def _list(engine: Engine, c: ListPerpetual) -> list[Event]:
+    from ..trading.admin import _validate_list_market
+
+    _validate_list(engine, c)
+    lm = _as_list_market(c)
+    _validate_list_market(engine, lm)
+    # ---- checked: list the market in trading, then the contract
+    ev = list(_list_market(engine, lm))
+    st = derivatives_state(engine)
+    ledger = engine.ledger
+    interval = c.funding_interval_ns
+    nxt = (engine.now_ns // interval + 1) * interval
+    p = Perp(c.symbol, c.base, c.quote, c.index_symbol, [Bracket(*r) for r in c.brackets], c.default_leverage,
+             c.impact_notional, c.interest_ppm, c.funding_clamp_ppm, c.funding_cap_ppm, interval, c.max_open_interest,
+             c.max_account_share_ppm, c.share_floor_qty, c.concentration_imr_ppm, 10 ** ledger.assets.get(c.base).decimals,
+             next_funding_ns=nxt)
+    st.perps[c.symbol] = p
+    pool_of(ledger, p)
+    funding_account(ledger, c.quote)
+    trading_state(engine).markets[c.symbol].contract = Contract(engine, c.symbol)
+    engine.wake_at(nxt)
+    ev.append(PerpetualListed(c.symbol, c.base, c.quote, c.index_symbol, nxt))
+    return ev
+
+
+# ------------------------------------------------------------------------------ transfers
+
+
+def _transfer_scopes(engine: Engine, c: FuturesTransfer) -> list[Scope]:
+    return [("segment", "spot"), ("segment", SEGMENT), ("asset", c.asset)]
+
+
+def _transfer_effect(engine: Engine, c: FuturesTransfer) -> Effect:
+    return Effect.REDUCES_RISK if c.direction == "MAIN_UMFUTURE" else Effect.MOVES_FUNDS_OUT
+
+
+def _check_transfer(engine: Engine, c: FuturesTransfer) -> tuple[Any, Any, bool]:
+    if c.direction not in _DIRECTIONS:
+        raise ValidationError(f"type must be one of {', '.join(_DIRECTIONS)}", field="type")
+    _int(c.amount, "amount", 1, _MAX_AMOUNT)
+    ledger = engine.ledger
+    asset = ledger.assets.get(c.asset, "asset")
+    st = derivatives_state(engine)
+    if not any(p.quote == asset.code for p in st.perps.values()):
+        raise ValidationError(f"{c.asset} is not a margin asset of any perpetual", field="asset")
+    spot = ledger.find(c.owner, c.asset, "available", "spot")
+    fut = wallet(ledger, c.owner, c.asset)
+    into = c.direction == "MAIN_UMFUTURE"
+    source = spot if into else fut
+    free = source.available if source is not None else 0
+    if not into:
+        free += min(0, cross_upnl(engine, st, c.owner, c.asset))
+    if c.amount > free:
+        where = "spot" if into else "futures"
+        raise InsufficientFunds(f"the {where} wallet has {max(free, 0)} {c.asset} minor units free, less than {c.amount}", field="amount")
+    if not ledger.can_open_accounts(1):
+        raise ValidationError("the shard cannot open more accounts", field="owner")
+    return spot, fut, into
+
+
+@MODULE.handles(FuturesTransfer, effect=_transfer_effect, scopes=_transfer_scopes,
+                precheck=lambda engine, c: (_check_transfer(engine, c), None)[1])
+def _transfer(engine: Engine, c: FuturesTransfer) -> list[Event]:
+    spot, fut, into = _check_transfer(engine, c)
+    ledger = engine.ledger
+    if fut is None:
+        fut = ledger.open_account(c.owner, c.asset, "available", SEGMENT)[0]
+    if into:
+        ledger.move(spot, fut, c.amount)
+    else:
+        ledger.move(fut, spot, c.amount)
+    st = derivatives_state(engine)
+    tid = st.next_tran_id
+    st.next_tran_id = tid + 1
+    return [FuturesTransferred(c.owner, c.asset, c.amount, c.direction, tid)]
+
+
+# ------------------------------------------------------------------------------ leverage, margin type
+
+
+def _perp_scopes(engine: Engine, c: Any) -> list[Scope]:
+    return market_scopes(engine, c)
+
+
+def _check_leverage(engine: Engine, c: SetLeverage) -> tuple[Perp, int]:
+    p = _perp(engine, c.symbol)
+    _int(c.leverage, "leverage", 1, 125)
+    st = derivatives_state(engine)
+    pos = st.positions.get((c.owner, c.symbol))
+    cost = pos.cost if pos is not None else 0
+    b = bracket_for(p, cost) or p.brackets[-1]
+    if c.leverage > b.max_leverage:
+        raise ValidationError(
+            f"leverage {c.leverage} is above {b.max_leverage}, the most allowed for a position of notional {cost}", field="leverage")
+    grow = 0
+    if pos is not None:
+        old = st.leverage.get((c.owner, c.symbol))
+        st.leverage[(c.owner, c.symbol)] = c.leverage
+        try:
+            target = initial_margin(st, p, c.owner, abs(pos.size), pos.cost, p.open_interest) + pos.extra
+        finally:
+            if old is None:
+                del st.leverage[(c.owner, c.symbol)]
+            else:
+                st.leverage[(c.owner, c.symbol)] = old
+        grow = target - pos.margin
+        w = wallet(engine.ledger, c.owner, p.quote)
+        if grow > 0 and grow > (w.available if w is not None else 0):
+            raise InsufficientFunds("Margin is insufficient for this leverage.", field="leverage")
+    return p, grow
+
+
+@MODULE.handles(SetLeverage, effect=Effect.NEUTRAL, scopes=_perp_scopes, precheck=lambda e, c: (_check_leverage(e, c), None)[1])
+def _set_leverage(engine: Engine, c: SetLeverage) -> list[Event]:
+    p, grow = _check_leverage(engine, c)
+    st = derivatives_state(engine)
+    st.leverage[(c.owner, c.symbol)] = c.leverage
+    key = (c.owner, c.symbol)
+    pos = st.positions.get(key)
+    if pos is not None and grow:
+        ledger = engine.ledger
+        w = wallet(ledger, c.owner, p.quote)
+        acct = ledger.find(c.owner, p.quote, "isolated" if key in st.isolated else "margin", SEGMENT)
+        if grow > 0:
+            ledger.move(w, acct, grow)
+        else:
+            ledger.move(acct, w, -grow)
+        pos.margin += grow
+    cap = max((b.cap for b in p.brackets if b.max_leverage >= c.leverage), default=0)
+    return [LeverageSet(c.owner, c.symbol, c.leverage, cap)]
+
+
+def _check_margin_type(engine: Engine, c: SetMarginType) -> Perp:
+    p = _perp(engine, c.symbol)
+    if c.margin_type not in ("ISOLATED", "CROSSED"):
+        raise ValidationError("marginType must be ISOLATED or CROSSED", field="marginType")
+    st = derivatives_state(engine)
+    if (c.owner, c.symbol) in st.positions:
+        raise ValidationError("Margin type cannot be changed if there exists position.", field="marginType")
+    m = trading_state(engine).markets[c.symbol]
+    if m.by_owner.get(c.owner):
+        raise ValidationError("Margin type cannot be changed if there exists open orders.", field="marginType")
+    return p
+
+
+@MODULE.handles(SetMarginType, effect=Effect.NEUTRAL, scopes=_perp_scopes, precheck=lambda e, c: (_check_margin_type(e, c), None)[1])
+def _set_margin_type(engine: Engine, c: SetMarginType) -> list[Event]:
+    _check_margin_type(engine, c)
+    st = derivatives_state(engine)
+    if c.margin_type == "ISOLATED":
+        st.isolated.add((c.owner, c.symbol))
+    else:
+        st.isolated.discard((c.owner, c.symbol))
+    return [MarginTypeSet(c.owner, c.symbol, c.margin_type)]
+
+
+def _check_adjust(engine: Engine, c: AdjustIsolatedMargin) -> tuple[Perp, Position]:
+    p = _perp(engine, c.symbol)
+    _int(c.amount, "amount", 1, _MAX_AMOUNT)
+    if c.action not in (1, 2):
+        raise ValidationError("type must be 1 (add margin) or 2 (reduce margin)", field="type")
+    st = derivatives_state(engine)
+    key = (c.owner, c.symbol)
+    if key not in st.isolated:
+        raise ValidationError("Margin is only adjustable for an isolated position; set marginType ISOLATED first", field="symbol")
+    pos = st.positions.get(key)
+    if pos is None:
+        raise ValidationError("There is no position to adjust margin of.", field="symbol")
+    if c.action == 1:
+        w = wallet(engine.ledger, c.owner, p.quote)
+        if c.amount > (w.available if w is not None else 0):
+            raise InsufficientFunds("Margin is insufficient.", field="amount")
+    elif c.amount > pos.extra:
+        raise InsufficientFunds(f"at most {pos.extra} can be removed: the margin added above the initial margin", field="amount")
+    return p, pos
+
+
+@MODULE.handles(AdjustIsolatedMargin, effect=lambda e, c: Effect.REDUCES_RISK if c.action == 1 else Effect.OPENS_RISK,
+                scopes=_perp_scopes, precheck=lambda e, c: (_check_adjust(e, c), None)[1])
+def _adjust(engine: Engine, c: AdjustIsolatedMargin) -> list[Event]:
+    p, pos = _check_adjust(engine, c)
+    ledger = engine.ledger
+    w = wallet(ledger, c.owner, p.quote)
+    acct = ledger.get(c.owner, p.quote, "isolated", SEGMENT)
+    if c.action == 1:
+        ledger.move(w, acct, c.amount)
+        pos.margin += c.amount
+        pos.extra += c.amount
+    else:
+        ledger.move(acct, w, c.amount)
+        pos.margin -= c.amount
+        pos.extra -= c.amount
+    return [IsolatedMarginAdjusted(c.owner, c.symbol, c.amount, c.action, pos.margin)]
+
+
+# ------------------------------------------------------------------------------ orders
+
+
+def _order_precheck(engine: Engine, c: PlacePerpOrder) -> None:
+    _perp(engine, c.symbol)
+    if c.reduce_only not in (0, 1):
+        raise ValidationError("reduce_only must be 0 or 1", field="reduce_only")
+
+
+@MODULE.handles(PlacePerpOrder, precheck=_order_precheck, scopes=_perp_scopes,
+                effect=lambda e, c: Effect.REDUCES_RISK if c.reduce_only == 1 else Effect.OPENS_RISK)
+def _place(engine: Engine, c: PlacePerpOrder) -> list[Event]:
+    from ..trading.orders import _place as trading_place
+
+    _order_precheck(engine, c)
+    st = derivatives_state(engine)
+    ev: list[Event] = []
+    order = PlaceOrder(c.owner, c.symbol, c.side, c.order_type, c.tif, c.price, c.quantity, 0, c.stop_price, c.client_order_id)
+    st.reduce_only = c.reduce_only == 1
+    try:
+        trading_place(engine, trading_state(engine), order, ev)
+    finally:
+        st.reduce_only = False
+    return ev
+
+
+# ------------------------------------------------------------------------------ funding
+
+
+def impact_prices(m: Any, notional: int, scale: int) -> tuple[int, int]:
+    """(impact bid, impact ask): the average price of selling / buying `notional` against the book
+    (bid rounded down, ask up); 0 when the side cannot absorb it."""
+
+    def walk(prices: list[int], book: dict[int, Any], is_bid: bool) -> int:
+        need = notional
+        qty = spent = 0
+        for price in (reversed(prices) if is_bid else prices):
+            level_qty = book[price].total
+            level_notional = price * level_qty // scale
+            if level_notional >= need:
+                q = ceil_div(need * scale, price)
+                qty += q
+                spent += need
+                need = 0
+                break
+            qty += level_qty
+            spent += level_notional
+            need -= level_notional
+        if need > 0 or not qty:
+            return 0
+        return spent * scale // qty if is_bid else ceil_div(spent * scale, qty)
+
+    if notional <= 0:
+        return 0, 0
+    return walk(m.bid_prices, m.bids, True), walk(m.ask_prices, m.asks, False)
+
+
+def funding_rate(p: Perp, index: int, impact_bid: int, impact_ask: int) -> tuple[int, int]:
+    """(rate, premium) in ppm: premium = (max(0, bid − index) − max(0, index − ask)) / index (floor);
+    rate = premium + clamp(interest − premium, ±clamp), then capped at ±cap."""
+    if not index or not impact_bid or not impact_ask:
+        premium = 0
+    else:
+        premium = (max(0, impact_bid - index) - max(0, index - impact_ask)) * PPM // index
+    rate = premium + max(-p.clamp_ppm, min(p.clamp_ppm, p.interest_ppm - premium))
+    return max(-p.cap_ppm, min(p.cap_ppm, rate)), premium
+
+
+def _fund(engine: Engine, st: DerivativesState, p: Perp) -> list[Event]:
+    ledger = engine.ledger
+    m = trading_state(engine).markets[p.symbol]
+    index_state = engine.components.get("index")
+    s = index_state.symbols.get(p.index_symbol) if index_state is not None else None
+    index = s.index_minor if s is not None else 0
+    mark = mark_of_perp(engine, p)
+    when = p.next_funding_ns
+    p.next_funding_ns = (engine.now_ns // p.interval_ns + 1) * p.interval_ns
+    p.last_funding_ns = when
+    if not index or not mark:
+        p.last_rate_ppm = 0
+        return [FundingSettled(p.symbol, when, 0, 0, index, mark, 0, 0, 0, 0, [], [])]
+    bid, ask = impact_prices(m, p.impact_notional, p.scale)
+    rate, premium = funding_rate(p, index, bid, ask)
+    p.last_rate_ppm = rate
+    pool = funding_account(ledger, p.quote)
+    insurance = ledger.insurance(p.quote, SEGMENT)
+    owners: list[str] = []
+    amounts: list[int] = []
+    paid = received = covered = 0
+    rows = sorted(((o, pos) for (o, sym), pos in st.positions.items() if sym == p.symbol), key=lambda r: r[0])
+    # Payers first (longs when the rate is positive): ceil; then receivers: floor.
+    for payer_pass in (True, False):
+        for owner, pos in rows:
+            pays = (pos.size > 0) == (rate > 0)
+            if pays != payer_pass or not rate:
+                continue
+            base = abs(pos.size) * mark * abs(rate)
+            key = (owner, p.symbol)
+            iso = key in st.isolated
+            w = wallet(ledger, owner, p.quote)
+            if pays:
+                due = ceil_div(base, p.scale * PPM)
+                if iso:
+                    acct = ledger.get(owner, p.quote, "isolated", SEGMENT)
+                    take = min(due, pos.margin)
+                    ledger.move(acct, pool, take)
+                    pos.margin -= take
+                    pos.extra = min(pos.extra, pos.margin)
+                else:
+                    take = min(due, w.available)
+                    ledger.move(w, pool, take)
+                if due > take:
+                    ledger.move(insurance, pool, due - take)
+                    covered += due - take
+                paid += due
+                owners.append(owner)
+                amounts.append(-due)
+            else:
+                got = base // (p.scale * PPM)
+                if iso:
+                    ledger.move(pool, ledger.get(owner, p.quote, "isolated", SEGMENT), got)
+                    pos.margin += got
+                else:
+                    ledger.move(pool, w, got)
+                received += got
+                owners.append(owner)
+                amounts.append(got)
+    dust = pool.balance
+    ledger.move(pool, insurance, dust)
+    return [FundingSettled(p.symbol, when, rate, premium, index, mark, paid, received, dust, covered, owners, amounts)]
+
+
+@MODULE.timer(lambda st: st.next_funding_ns())
+def _funding_timer(engine: Engine) -> list[Event]:
+    st = derivatives_state(engine)
+    ev: list[Event] = []
+    for sym in sorted(st.perps):
+        p = st.perps[sym]
+        if engine.now_ns >= p.next_funding_ns:
+            ev.extend(_fund(engine, st, p))
+    return ev
+
+
+# Re-exported for the API and tests
+__all__ += ["impact_prices", "funding_rate", "concentration_imr_ppm", "effective_leverage"]

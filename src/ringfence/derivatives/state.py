@@ -1,0 +1,385 @@
+"""The derivatives module's state, its arithmetic (margin, PnL, mark) and its invariants.
+
+Integers only; every division rounds against the user (docs/derivatives.md, "Rounding"):
+`ceil` is `-(-a // b)`, `floor` is `a // b`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine.core import Engine
+from ..engine.module import NEVER
+from ..errors import InvariantViolation
+
+__all__ = [
+    "SEGMENT", "PPM", "Bracket", "Perp", "Position", "DerivativesState", "derivatives_state", "ceil_div",
+    "mark_of_perp", "unrealized", "maint_margin", "bracket_for", "effective_leverage", "initial_margin",
+    "account_summary", "wallet", "pool_of", "funding_account",
+]
+
+SEGMENT = "derivatives"
+PPM = 1_000_000
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(slots=True)
+class Bracket:
+    cap: int  # largest position notional (quote minor units) of this bracket
+    max_leverage: int
+    mmr_ppm: int  # maintenance margin rate
+    maint_amount: int  # Binance's "cum": MM = notional × mmr − maint_amount
+
+    def row(self) -> list[int]:
+        return [self.cap, self.max_leverage, self.mmr_ppm, self.maint_amount]
+
+
+@dataclass(slots=True)
+class Perp:
+    symbol: str
+    base: str
+    quote: str
+    index_symbol: str
+    brackets: list[Bracket]
+    default_leverage: int
+    impact_notional: int
+    interest_ppm: int
+    clamp_ppm: int
+    cap_ppm: int
+    interval_ns: int
+    max_oi: int
+    max_share_ppm: int
+    share_floor: int
+    conc_imr_ppm: int
+    scale: int  # 10 ** base decimals
+    open_interest: int = 0  # sum of the long sizes (= the short sizes)
+    last_rate_ppm: int = 0
+    last_funding_ns: int = 0
+    next_funding_ns: int = 0
+
+    def row(self) -> list[Any]:
+        return [self.symbol, self.base, self.quote, self.index_symbol, [b.row() for b in self.brackets],
+                self.default_leverage, self.impact_notional, self.interest_ppm, self.clamp_ppm, self.cap_ppm,
+                self.interval_ns, self.max_oi, self.max_share_ppm, self.share_floor, self.conc_imr_ppm, self.scale,
+                self.open_interest, self.last_rate_ppm, self.last_funding_ns, self.next_funding_ns]
+
+    @classmethod
+    def from_row(cls, r: list[Any]) -> "Perp":
+        p = cls(r[0], r[1], r[2], r[3], [Bracket(*b) for b in r[4]], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+                r[13], r[14], r[15])
+        p.open_interest, p.last_rate_ppm, p.last_funding_ns, p.next_funding_ns = r[16:20]
+        return p
+
+
+@dataclass(slots=True)
+class Position:
+    size: int = 0  # signed: > 0 long, < 0 short (base minor units)
+    cost: int = 0  # entry notional of the open size (quote minor units, >= 0)
+    margin: int = 0  # posted into the owner's `margin` (cross) or `isolated` account for this position
+    extra: int = 0  # isolated only: margin added by hand on top of the initial margin
+    realized: int = 0  # cumulative realised PnL (report only)
+
+    def row(self) -> list[int]:
+        return [self.size, self.cost, self.margin, self.extra, self.realized]
+
+
+@dataclass
+class DerivativesState:
+    engine: Any = None
+    perps: dict[str, Perp] = field(default_factory=dict)
+    positions: dict[tuple[str, str], Position] = field(default_factory=dict)
+    leverage: dict[tuple[str, str], int] = field(default_factory=dict)
+    isolated: set[tuple[str, str]] = field(default_factory=set)
+    next_tran_id: int = 1
+    #: (owner, asset) -> sequencer time before which no next liquidation step runs.
+    liq_next_ns: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Set by `PlacePerpOrder` around its call into trading (never outside one command).
+    reduce_only: bool = False
+
+    def next_funding_ns(self) -> int:
+        return min((p.next_funding_ns for p in self.perps.values()), default=NEVER)
+
+    def check_invariants(self) -> None:
+        check_invariants(self)
+
+
+def derivatives_state(engine: Engine) -> DerivativesState:
+    st: DerivativesState = engine.components["derivatives"]
+    return st
+
+
+def _snapshot(st: DerivativesState) -> Any:
+    if not st.perps and not st.positions:
+        return None  # nothing listed: the state hash is what it was before the module existed
+    return [
+        [st.perps[s].row() for s in sorted(st.perps)],
+        sorted([o, s, *p.row()] for (o, s), p in st.positions.items()),
+        sorted([o, s, lev] for (o, s), lev in st.leverage.items()),
+        sorted([o, s] for o, s in st.isolated),
+        st.next_tran_id,
+        *([sorted([o, a, t] for (o, a), t in st.liq_next_ns.items())] if st.liq_next_ns else []),
+    ]
+
+
+def _restore(engine: Engine, data: Any) -> DerivativesState:
+    st = DerivativesState(engine)
+    if data is None:
+        return st
+    perps, positions, leverage, isolated, st.next_tran_id = data[:5]
+    st.liq_next_ns = {(o, a): t for o, a, t in data[5]} if len(data) > 5 else {}
+    st.perps = {r[0]: Perp.from_row(r) for r in perps}
+    st.positions = {(r[0], r[1]): Position(*r[2:]) for r in positions}
+    st.leverage = {(o, s): lev for o, s, lev in leverage}
+    st.isolated = {(o, s) for o, s in isolated}
+    return st
+
+
+def _factory(engine: Engine) -> DerivativesState:
+    return DerivativesState(engine)
+
+
+# ------------------------------------------------------------------------------ accounts
+
+
+def wallet(ledger: Any, owner: str, asset: str) -> Any:
+    """The owner's derivatives wallet (cross collateral), or None."""
+    return ledger.find(owner, asset, "available", SEGMENT)
+
+
+def pool_of(ledger: Any, p: Perp) -> Any:
+    """The market's PnL pool: pays realised profits, receives realised losses."""
+    return ledger.open_system_account(p.quote, "pnl_" + p.symbol.lower(), SEGMENT)
+
+
+def funding_account(ledger: Any, asset: str) -> Any:
+    return ledger.open_system_account(asset, "funding", SEGMENT)
+
+
+# ------------------------------------------------------------------------------ arithmetic
+
+
+def bracket_for(p: Perp, notional: int) -> Bracket | None:
+    """The bracket whose cap is the first at or above `notional` (None: above the last cap)."""
+    for b in p.brackets:
+        if notional <= b.cap:
+            return b
+    return None
+
+
+def effective_leverage(st: DerivativesState, p: Perp, owner: str, notional: int) -> int:
+    """The owner's leverage setting, lowered to the bracket's maximum for `notional`."""
+    lev = st.leverage.get((owner, p.symbol), p.default_leverage)
+    b = bracket_for(p, notional) or p.brackets[-1]
+    return min(lev, b.max_leverage)
+
+
+def concentration_imr_ppm(p: Perp, size_abs: int, open_interest: int) -> int:
+    """dYdX-style: the initial margin rate a concentrated position needs, share × factor."""
+    if not p.conc_imr_ppm or open_interest <= 0:
+        return 0
+    share_ppm = ceil_div(size_abs * PPM, open_interest)
+    return ceil_div(share_ppm * p.conc_imr_ppm, PPM)
+
+
+def initial_margin(st: DerivativesState, p: Perp, owner: str, size_abs: int, cost: int, open_interest: int) -> int:
+    """IM of a position (or an order's opening part) of entry notional `cost`:
+    `max(ceil(cost / leverage), ceil(cost × concentration_rate))`."""
+    if cost <= 0:
+        return 0
+    im = ceil_div(cost, effective_leverage(st, p, owner, cost))
+    conc = concentration_imr_ppm(p, size_abs, open_interest)
+    if conc:
+        im = max(im, ceil_div(cost * conc, PPM))
+    return im
+
+
+def mark_of_perp(engine: Engine, p: Perp) -> int:
+    """The perpetual's mark price (docs/index.md's formula with this market's last trade and its
+    funding basis `last rate × time left / interval`), else its last trade price, else 0."""
+    from ..index.mark import ma_basis, mark_price
+
+    trading = engine.components.get("trading")
+    m = trading.markets.get(p.symbol) if trading is not None else None
+    last = m.last_price if m is not None else 0
+    index = engine.components.get("index")
+    s = index.symbols.get(p.index_symbol) if index is not None else None
+    if s is None or not s.index_minor:
+        return int(last)
+    left = max(0, p.next_funding_ns - engine.now_ns)
+    basis_ppm = p.last_rate_ppm * left // p.interval_ns if p.interval_ns else 0
+    ma, _ = ma_basis(s, engine.now_ns)
+    return mark_price(s.index_minor, basis_ppm, ma, last)
+
+
+def unrealized(pos: Position, mark: int, scale: int) -> int:
+    """Unrealised PnL at `mark`: the position's value rounded against the owner."""
+    if not pos.size or not mark:
+        return 0
+    if pos.size > 0:
+        return pos.size * mark // scale - pos.cost
+    return pos.cost - ceil_div(-pos.size * mark, scale)
+
+
+def notional_at(pos: Position, mark: int, scale: int) -> int:
+    return ceil_div(abs(pos.size) * mark, scale)
+
+
+def maint_margin(p: Perp, pos: Position, mark: int) -> int:
+    """`max(0, ceil(notional × mmr) − maint_amount)` at mark (the bracket of that notional)."""
+    if not pos.size:
+        return 0
+    n = notional_at(pos, mark or (pos.cost * p.scale // abs(pos.size)), p.scale)
+    b = bracket_for(p, n) or p.brackets[-1]
+    return max(0, ceil_div(n * b.mmr_ppm, PPM) - b.maint_amount)
+
+
+def account_summary(engine: Engine, owner: str, asset: str = "USDT") -> dict[str, int]:
+    """The owner's derivatives account in `asset`: wallet, margins, unrealised PnL, equity."""
+    st = derivatives_state(engine)
+    ledger = engine.ledger
+    w = wallet(ledger, owner, asset)
+    wallet_balance = w.balance if w is not None else 0
+    wallet_free = w.available if w is not None else 0
+    order_margin = w.debits_pending if w is not None else 0
+    cross_margin = iso_margin = cross_upnl = iso_upnl = maint = 0
+    for sym, p in st.perps.items():  # a few markets: never a scan of every position
+        pos = st.positions.get((owner, sym))
+        if pos is None or p.quote != asset:
+            continue
+        o = owner
+        mark = mark_of_perp(engine, p)
+        u = unrealized(pos, mark, p.scale)
+        if (o, sym) in st.isolated:
+            iso_margin += pos.margin
+            iso_upnl += u
+        else:
+            cross_margin += pos.margin
+            cross_upnl += u
+            maint += maint_margin(p, pos, mark)
+    cross_equity = wallet_balance + cross_margin + cross_upnl
+    return {
+        "wallet": wallet_balance, "free": wallet_free, "order_margin": order_margin, "cross_margin": cross_margin,
+        "isolated_margin": iso_margin, "cross_upnl": cross_upnl, "isolated_upnl": iso_upnl,
+        "cross_equity": cross_equity, "equity": cross_equity + iso_margin + iso_upnl, "cross_maint": maint,
+        "withdrawable": max(0, wallet_free + min(0, cross_upnl)),
+    }
+
+
+def cross_upnl(engine: Engine, st: DerivativesState, owner: str, asset: str) -> int:
+    total = 0
+    for sym, p in st.perps.items():
+        pos = st.positions.get((owner, sym))
+        if pos is not None and (owner, sym) not in st.isolated and p.quote == asset:
+            total += unrealized(pos, mark_of_perp(engine, p), p.scale)
+    return total
+
+
+# ------------------------------------------------------------------------------ invariants
+
+
+def check_invariants(st: DerivativesState) -> None:
+    """Longs = shorts per market; the PnL pool holds exactly minus the positions' signed cost; each
+    owner's margin accounts hold exactly their positions' margins; the funding account is empty."""
+    engine = st.engine
+    if engine is None or not st.perps:
+        if st.positions:
+            raise InvariantViolation("positions without a listed perpetual")
+        return
+    ledger = engine.ledger
+    net: dict[str, int] = {s: 0 for s in st.perps}
+    longs: dict[str, int] = {s: 0 for s in st.perps}
+    signed_cost: dict[str, int] = {s: 0 for s in st.perps}
+    margins: dict[tuple[str, str, str], int] = {}
+    for (owner, sym), pos in st.positions.items():
+        p = st.perps[sym]
+        if pos.size == 0 or pos.cost < 0 or pos.margin < 0 or pos.extra < 0:
+            raise InvariantViolation(f"position {owner}/{sym} is malformed: {pos.row()}")
+        net[sym] += pos.size
+        if pos.size > 0:
+            longs[sym] += pos.size
+        signed_cost[sym] += pos.cost if pos.size > 0 else -pos.cost
+        kind = "isolated" if (owner, sym) in st.isolated else "margin"
+        key = (owner, p.quote, kind)
+        margins[key] = margins.get(key, 0) + pos.margin
+    for sym, p in st.perps.items():
+        if net[sym]:
+            raise InvariantViolation(f"{sym}: longs and shorts differ by {net[sym]}")
+        if longs[sym] != p.open_interest:
+            raise InvariantViolation(f"{sym}: open interest {p.open_interest} != longs {longs[sym]}")
+        pool = pool_of(ledger, p)
+        if pool.balance != -signed_cost[sym]:
+            raise InvariantViolation(f"{sym}: PnL pool {pool.balance} != -(signed cost) {-signed_cost[sym]}")
+        if pool.debits_pending or pool.credits_pending:
+            raise InvariantViolation(f"{sym}: the PnL pool has pending transfers")
+    for asset in {p.quote for p in st.perps.values()}:
+        if funding_account(ledger, asset).balance:
+            raise InvariantViolation("the funding account keeps a balance after a funding round")
+    for a in ledger.iter_accounts():
+        if a.segment == SEGMENT and a.kind in ("margin", "isolated") and a.owner != "system":
+            if a.balance != margins.get((a.owner, a.asset, a.kind), 0):
+                raise InvariantViolation(f"{a.name}: {a.balance} != its positions' margin")
+            if a.debits_pending:
+                raise InvariantViolation(f"{a.name}: margin accounts hold no pending transfers")
+
+
+def margin_check(engine: Engine) -> list[tuple[str, str, int, int]]:
+    """Mark every position to market and compare each margin account's equity with its maintenance
+    margin: `(owner, scope, equity, maintenance)` for each one below (scope: the margin asset for
+    a cross account, the symbol for an isolated position). One pass, marks computed once per
+    market; what liquidation will read. The arithmetic is `unrealized` and `maint_margin`'s,
+    inlined (this is the hot loop of the risk engine: bench/risk.py)."""
+    st = derivatives_state(engine)
+    if not st.positions:
+        return []
+    ledger = engine.ledger
+    per_market = {}
+    for sym, p in st.perps.items():
+        b0 = p.brackets[0]
+        per_market[sym] = (mark_of_perp(engine, p), p.scale, b0.cap, b0.mmr_ppm, b0.maint_amount, p.brackets, p.quote)
+    one_asset = len({p.quote for p in st.perps.values()}) == 1
+    cross: dict[Any, list[int]] = {}
+    out: list[tuple[str, str, int, int]] = []
+    isolated = st.isolated
+    for key, pos in st.positions.items():
+        mark, scale, cap0, mmr, cum, brackets, quote = per_market[key[1]]
+        size = pos.size
+        if size > 0:
+            upnl = size * mark // scale - pos.cost
+            n = -(-size * mark // scale)
+        else:
+            n = -(size * mark // scale)
+            upnl = pos.cost - n
+        if n > cap0:
+            for b in brackets:
+                if n <= b.cap:
+                    break
+            mmr, cum = b.mmr_ppm, b.maint_amount
+        mm = -(-n * mmr // PPM) - cum
+        if mm < 0:
+            mm = 0
+        if isolated and key in isolated:
+            eq = pos.margin + upnl
+            if eq < mm:
+                out.append((key[0], key[1], eq, mm))
+            continue
+        ck = key[0] if one_asset else (key[0], quote)
+        acc = cross.get(ck)
+        if acc is None:
+            cross[ck] = [pos.margin + upnl, mm]
+        else:
+            acc[0] += pos.margin + upnl
+            acc[1] += mm
+    find = ledger.find
+    the_asset = next(iter(st.perps.values())).quote
+    for ck, (eq, mm) in cross.items():
+        owner, asset = (ck, the_asset) if one_asset else ck
+        w = find(owner, asset, "available", SEGMENT)
+        if w is not None:
+            eq += w.balance
+        if eq < mm:
+            out.append((owner, asset, eq, mm))
+    return out

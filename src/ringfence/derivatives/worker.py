@@ -1,0 +1,59 @@
+"""The liquidation worker: reads the node between batches (`margin_check`) and submits one
+`LiquidateAccount` per account below maintenance; the engine decides (and refuses what no longer
+applies). `ringfence serve` runs it; it never touches state itself."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import structlog
+
+from ..errors import RingfenceError
+from .commands import LiquidateAccount
+from .liquidation import liquidation_targets
+
+__all__ = ["LiquidationWorker", "start_liquidation_worker"]
+
+log = structlog.get_logger("ringfence.derivatives")
+
+
+class LiquidationWorker:
+    def __init__(self, node: Any, interval_s: float = 1.0) -> None:  # float-ok: a poll period
+        self.node = node
+        self.interval_s = interval_s
+        self.stop = threading.Event()
+        self.submitted = 0
+        self.refused = 0
+        self.thread: threading.Thread | None = None
+
+    def round(self) -> int:
+        """One pass: submit a step for every account below maintenance; returns how many."""
+        targets = self.node.read(lambda engine: liquidation_targets(engine) if "derivatives" in engine.components else [])
+        for owner, asset in targets:
+            try:
+                self.node.execute(LiquidateAccount(owner, asset))
+                self.submitted += 1
+            except RingfenceError as err:  # recovered in between, cooling down, or the node stopped
+                self.refused += 1
+                log.info("liquidation.refused", owner=owner, asset=asset, error=err.code)
+        return len(targets)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            if self.node.failed is not None or self.node.writer is None:
+                return
+            try:
+                self.round()
+            except RingfenceError as err:
+                log.info("liquidation.worker_stopped", error=str(err))
+                return
+
+    def start(self) -> "LiquidationWorker":
+        self.thread = threading.Thread(target=self.run, name="ringfence-liquidation", daemon=True)
+        self.thread.start()
+        return self
+
+
+def start_liquidation_worker(exchange: Any) -> LiquidationWorker:
+    return LiquidationWorker(exchange.node).start()

@@ -1,0 +1,183 @@
+"""Perpetuals in the running exchange: a real `ringfence serve --demo` process, driven with httpx over
+the Binance USDⓈ-M endpoints and with the unmodified ccxt `binanceusdm` class."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from api.conftest import Server  # noqa: E402  (tests/api/conftest.py: a real server on a free port)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("perps") / "data")
+    yield srv
+    srv.stop()
+
+
+class Client:
+    def __init__(self, server: Server, account: str) -> None:
+        self.key = server.keys[account]["api_key"]
+        self.secret = server.keys[account]["api_secret"]
+        self.http = httpx.Client(base_url=server.base, timeout=10)
+
+    def _signed(self, params: dict) -> str:
+        full = dict(params, timestamp=str(int(time.time() * 1000)), recvWindow="10000")
+        payload = urlencode(full)
+        return payload + "&signature=" + hmac.new(self.secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+
+    def call(self, method: str, path: str, params: dict | None = None) -> httpx.Response:
+        headers = {"X-MBX-APIKEY": self.key}
+        if method == "GET" or method == "DELETE":
+            return self.http.request(method, path + "?" + self._signed(params or {}), headers=headers)
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        return self.http.request(method, path, content=self._signed(params or {}), headers=headers)
+
+
+def ok(r: httpx.Response) -> object:
+    assert r.status_code == 200, (r.status_code, r.text)
+    return r.json()
+
+
+def spot_usdt(c: Client) -> Decimal:
+    bal = ok(c.call("GET", "/api/v3/account"))["balances"]  # type: ignore[index]
+    return sum((Decimal(b["free"]) for b in bal if b["asset"] == "USDT"), Decimal(0))
+
+
+def test_exchange_info_lists_the_perpetuals(server):
+    info = httpx.get(server.base + "/fapi/v1/exchangeInfo").json()
+    by = {s["symbol"]: s for s in info["symbols"]}
+    assert {"BTCUSDT", "ETHUSDT"} <= set(by)
+    btc = by["BTCUSDT"]
+    assert btc["contractType"] == "PERPETUAL" and btc["marginAsset"] == "USDT" and btc["status"] == "TRADING"
+    assert btc["internalSymbol"] == "BTCUSDTPERP"  # never the spot BTCUSDT
+    tick = next(f for f in btc["filters"] if f["filterType"] == "PRICE_FILTER")["tickSize"]
+    assert Decimal(tick) == Decimal("0.1")
+
+
+def test_transfer_trade_positions_over_http(server):
+    alice, bob = Client(server, "alice"), Client(server, "bob")
+    acct = ok(alice.call("GET", "/fapi/v2/account"))
+    wallet0 = Decimal(acct["totalWalletBalance"])  # type: ignore[index]
+    assert wallet0 >= Decimal("20000")  # the demo funded it
+    # collateral moves only by an explicit transfer
+    r = ok(alice.call("POST", "/sapi/v1/asset/transfer", {"type": "MAIN_UMFUTURE", "asset": "USDT", "amount": "1000.5"}))
+    assert r["tranId"] > 0  # type: ignore[index]
+    assert Decimal(ok(alice.call("GET", "/fapi/v3/account"))["totalWalletBalance"]) == wallet0 + Decimal("1000.5")  # type: ignore[index]
+    bad = alice.call("POST", "/sapi/v1/asset/transfer", {"type": "UMFUTURE_MAIN", "asset": "USDT", "amount": "99999999"})
+    assert bad.status_code == 400 and bad.json()["code"] == -2019
+    bad = alice.call("POST", "/sapi/v1/asset/transfer", {"type": "MAIN_UMFUTURE", "asset": "USDT", "amount": "1.0000001"})
+    assert bad.status_code == 400 and "amount" in bad.json()["msg"]
+    # leverage and margin type
+    lev = ok(alice.call("POST", "/fapi/v1/leverage", {"symbol": "BTCUSDT", "leverage": "10"}))
+    assert lev["leverage"] == 10 and lev["symbol"] == "BTCUSDT"  # type: ignore[index]
+    bad = alice.call("POST", "/fapi/v1/leverage", {"symbol": "BTCUSDT", "leverage": "126"})
+    assert bad.status_code == 400
+    assert ok(bob.call("POST", "/fapi/v1/marginType", {"symbol": "BTCUSDT", "marginType": "ISOLATED"}))["code"] == 200  # type: ignore[index]
+    # bob rests a sell inside the maker's spread; alice buys it with a limit, then market-buys more
+    ask = ok(bob.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "SELL", "type": "LIMIT", "timeInForce": "GTC",
+                                                 "quantity": "0.010", "price": "61000.1"}))
+    assert ask["status"] == "NEW"  # type: ignore[index]
+    buy = ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                                                   "quantity": "0.010", "price": "61000.1"}))
+    assert buy["status"] == "FILLED" and Decimal(buy["avgPrice"]) == Decimal("61000.1")  # type: ignore[index]
+    pos = ok(alice.call("GET", "/fapi/v3/positionRisk", {"symbol": "BTCUSDT"}))[0]  # type: ignore[index]
+    assert Decimal(pos["positionAmt"]) == Decimal("0.01") and Decimal(pos["entryPrice"]) == Decimal("61000.1")
+    assert Decimal(pos["positionInitialMargin"]) == Decimal("61.0001")  # 610.001 at 10x
+    assert Decimal(pos["markPrice"]) > 0 and Decimal(pos["liquidationPrice"]) < Decimal("61000")
+    bpos = ok(bob.call("GET", "/fapi/v3/positionRisk", {"symbol": "BTCUSDT"}))[0]  # type: ignore[index]
+    assert Decimal(bpos["positionAmt"]) == Decimal("-0.01") and bpos["marginType"] == "isolated"
+    # isolated margin added and removed
+    r = ok(bob.call("POST", "/fapi/v1/positionMargin", {"symbol": "BTCUSDT", "amount": "5", "type": "1"}))
+    assert r["code"] == 200  # type: ignore[index]
+    assert bob.call("POST", "/fapi/v1/positionMargin", {"symbol": "BTCUSDT", "amount": "6", "type": "2"}).status_code == 400
+    # reduce-only larger than the position is refused with Binance's -2022, and changes nothing
+    bad = alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.020", "reduceOnly": "true"})
+    assert bad.status_code == 400 and bad.json()["code"] == -2022
+    # an order too large for the margin: -2019
+    bad = alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "100", "price": "60000"})
+    assert bad.status_code == 400 and bad.json()["code"] == -2019, bad.text
+    # a resting order, then cancelled
+    rest = ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.001", "price": "50000"}))
+    held = Decimal(ok(alice.call("GET", "/fapi/v2/account"))["totalOpenOrderInitialMargin"])  # type: ignore[index]
+    assert held > 0
+    gone = ok(alice.call("DELETE", "/fapi/v1/order", {"symbol": "BTCUSDT", "orderId": str(rest["orderId"])}))  # type: ignore[index]
+    assert gone["status"] == "CANCELED"  # type: ignore[index]
+    # close with a reduce-only market order: the position is flat and realised PnL is in the wallet
+    closed = ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.010", "reduceOnly": "true"}))
+    assert closed["status"] == "FILLED"  # type: ignore[index]
+    assert ok(alice.call("GET", "/fapi/v3/positionRisk")) == []
+    # and back to spot
+    before = spot_usdt(alice)
+    ok(alice.call("POST", "/sapi/v1/asset/transfer", {"type": "UMFUTURE_MAIN", "asset": "USDT", "amount": "100"}))
+    assert spot_usdt(alice) - before == Decimal("100")
+
+
+def make_usdm(base: str, api_key: str, secret: str):  # type: ignore[no-untyped-def]
+    import ccxt
+
+    ex = ccxt.binanceusdm({"apiKey": api_key, "secret": secret,
+                           "options": {"fetchCurrencies": False, "adjustForTimeDifference": False, "fetchMargins": False}})
+    for name, url in list(ex.urls["api"].items()):
+        if isinstance(url, str):
+            ex.urls["api"][name] = base.rstrip("/") + urlsplit(url).path
+    return ex
+
+
+def test_ccxt_binanceusdm_loads_transfers_trades_and_reads_positions(server):
+    alice = make_usdm(server.base, server.keys["alice"]["api_key"], server.keys["alice"]["api_secret"])
+    bob = make_usdm(server.base, server.keys["bob"]["api_key"], server.keys["bob"]["api_secret"])
+    markets = alice.load_markets()
+    m = markets["ETH/USDT:USDT"]
+    assert m["swap"] and m["linear"] and m["id"] == "ETHUSDT" and m["settle"] == "USDT"
+    t = alice.transfer("USDT", 50, "spot", "swap")
+    assert t["id"]
+    alice.set_leverage(5, "ETH/USDT:USDT")
+    bob.load_markets()
+    bob.create_order("ETH/USDT:USDT", "limit", "sell", 0.5, 3000.01)
+    o = alice.create_order("ETH/USDT:USDT", "limit", "buy", 0.5, 3000.01)
+    assert o["status"] == "closed" and o["filled"] == 0.5
+    positions = [p for p in alice.fetch_positions(["ETH/USDT:USDT"]) if p["contracts"]]
+    assert len(positions) == 1
+    p = positions[0]
+    assert p["side"] == "long" and p["contracts"] == 0.5 and p["entryPrice"] == 3000.01
+    assert p["marginMode"] == "cross" and p["leverage"] == 5
+    bal = alice.fetch_balance()
+    assert bal["USDT"]["total"] > 0 and bal["USDT"]["used"] > 0
+    closed = alice.create_order("ETH/USDT:USDT", "market", "sell", 0.5, params={"reduceOnly": True})
+    assert closed["status"] == "closed"
+    assert not [p for p in alice.fetch_positions(["ETH/USDT:USDT"]) if p["contracts"]]
+
+
+def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
+    bob = Client(server, "bob")
+    rest = ok(bob.call("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.010", "price": "2500"}))
+    before = ok(bob.call("GET", "/fapi/v2/account"))
+    positions = ok(bob.call("GET", "/fapi/v3/positionRisk"))
+    assert server.stop() == 0
+    again = Server(server.data)  # the same data directory: snapshot + journal, demo seeding idempotent
+    try:
+        bob2 = Client(again, "bob")
+        now = ok(bob2.call("GET", "/fapi/v3/positionRisk"))
+        assert positions and len(now) == len(positions)  # type: ignore[arg-type]
+        for a, b in zip(now, positions):  # type: ignore[call-overload]
+            assert (a["symbol"], a["positionAmt"], a["entryPrice"], a["positionInitialMargin"]) == (
+                b["symbol"], b["positionAmt"], b["entryPrice"], b["positionInitialMargin"])
+        after = ok(bob2.call("GET", "/fapi/v2/account"))
+        assert after["totalWalletBalance"] == before["totalWalletBalance"]  # type: ignore[index]
+        open_ids = [o["orderId"] for o in ok(bob2.call("GET", "/fapi/v1/openOrders", {"symbol": "ETHUSDT"}))]  # type: ignore[union-attr]
+        assert rest["orderId"] in open_ids  # type: ignore[index]
+        gone = ok(bob2.call("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDT", "orderId": str(rest["orderId"])}))  # type: ignore[index]
+        assert gone["status"] == "CANCELED"  # type: ignore[index]
+    finally:
+        again.stop()

@@ -1,0 +1,77 @@
+"""Liquidation by liquidity: partial IOC steps inside a band, cool-down, insurance for a bankrupt
+remainder, and spot balances and holds byte-identical throughout."""
+
+from __future__ import annotations
+
+from ringfence.derivatives.commands import LiquidateAccount, SetLeverage
+from ringfence.derivatives.liquidation import COOLDOWN_NS, liquidation_targets
+from ringfence.derivatives.state import account_summary, derivatives_state
+from ringfence.engine.core import CommandRejected
+
+from .perpworld import PERP, USDT, order, perp_world, price, qty, rejected, with_index
+
+
+def _spot_rows(d):
+    ledger = d.engine.ledger
+    accounts = sorted(a.as_row() for a in ledger.iter_accounts() if a.segment == "spot")
+    holds = sorted((h.id, h.remaining) for h in ledger.open_holds() if ledger.account(h.debit_id).segment == "spot")
+    return accounts, holds
+
+
+def test_an_account_below_maintenance_is_reduced_in_steps_and_spot_is_never_touched():
+    d = perp_world(owners=("alice", "bob", "carol", "dave"), usdt=10_000)
+    d.fund("alice", "USDT", 5_000 * USDT)  # spot money of the liquidated user: never touched
+    assert not rejected(d.place("alice", "BUY", price("30000"), qty("0.01")))  # ... nor her resting spot order's hold
+    quote = with_index(d)
+    quote("60000")
+    for o in ("alice", "bob"):
+        assert not rejected(d.apply(SetLeverage(o, PERP, 20)))
+    assert not rejected(order(d, "bob", "SELL", "60000", "2"))
+    order(d, "alice", "BUY", "60000", "2")  # 120k notional at 20x on a 10k wallet
+    order(d, "alice", "BUY", "50000", "0.01")  # a resting perpetual order: cancelled by the liquidation
+    spot_before = _spot_rows(d)
+    # not below maintenance: refused, nothing changes
+    assert isinstance(rejected(d.apply(LiquidateAccount("alice", "USDT"))), CommandRejected)
+    # the market falls; carol and dave bid inside the band
+    quote("55200")
+    order(d, "carol", "BUY", "55200", "0.3")
+    order(d, "dave", "BUY", "55100", "0.3")
+    order(d, "dave", "SELL", "55200", "0.0001")  # last trade 55200: the mark follows the index
+    s = account_summary(d.engine, "alice")
+    assert s["cross_equity"] < s["cross_maint"]
+    assert liquidation_targets(d.engine) == [("alice", "USDT")]
+    ev = d.apply(LiquidateAccount("alice", "USDT"))
+    step = [e for e in ev if type(e).__name__ == "LiquidationStep"][0]
+    assert type(ev[0]).__name__ == "OrderCanceled"  # her open orders went first
+    assert 0 < step.filled == step.ordered <= step.depth_in_band // 2 + qty("0.0001")
+    assert derivatives_state(d.engine).positions[("alice", PERP)].size == qty("2") - step.filled
+    # cooling down: refused until the cool-down is over, and the worker does not ask
+    assert isinstance(rejected(d.apply(LiquidateAccount("alice", "USDT"))), CommandRejected)
+    assert liquidation_targets(d.engine) == []
+    d.ts_ns += COOLDOWN_NS
+    quote("55200")
+    ev = d.apply(LiquidateAccount("alice", "USDT"))
+    assert [e for e in ev if type(e).__name__ == "LiquidationStep"][0].filled > 0
+    d.engine.check_invariants()
+    assert _spot_rows(d) == spot_before  # spot balances and holds byte-identical
+
+
+def test_a_bankrupt_remainder_is_paid_by_the_insurance_fund():
+    d = perp_world(owners=("alice", "bob", "carol"), usdt=10_000)
+    quote = with_index(d)
+    quote("60000")
+    for o, lev in (("alice", 20), ("bob", 20), ("carol", 50)):
+        assert not rejected(d.apply(SetLeverage(o, PERP, lev)))
+    assert not rejected(order(d, "bob", "SELL", "60000", "3"))
+    order(d, "alice", "BUY", "60000", "3")  # 180k at 20x on a 10k wallet
+    insurance = d.engine.ledger.insurance("USDT", "derivatives")
+    before = insurance.balance
+    quote("56000")  # a 4k fall on 3 BTC = 12k loss > 10k wallet
+    assert not rejected(order(d, "carol", "BUY", "55900", "5"))
+    order(d, "bob", "SELL", "56000", "0.0001")
+    order(d, "carol", "BUY", "56000", "0.0001")
+    ev = d.apply(LiquidateAccount("alice", "USDT"))
+    changed = [e for e in ev if type(e).__name__ == "PositionChanged" and e.owner == "alice"]
+    assert changed and sum(e.insurance_covered for e in changed) > 0
+    assert insurance.balance < before + sum(e.fee for e in changed)  # the fund paid
+    d.engine.check_invariants()
