@@ -107,13 +107,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _prctl() -> Any:
+    """libc's prctl, looked up in the parent (the child between fork and exec must not load libraries)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec: one system call, nothing else
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _secret_file(path: Path, nbytes: int = 24) -> str:
@@ -141,7 +150,7 @@ class SignerFleet:
         from ..keys.tls import ensure_identity
 
         self.identity = ensure_identity(self.root / "coordinator", "ringfence-coordinator",
-                                        _secret_file(self.root / "coordinator.passphrase"))
+                                        _secret_file(self.root / "coordinator.passphrase"))  # = coordinator_identity
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.urls: dict[int, str] = {}
         self.logs: dict[int, Any] = {}
@@ -378,7 +387,7 @@ def start_btc_hot(data_dir: Path) -> tuple[SignerFleet | None, FrostTaprootSigne
     --coordinator-cert DIR/signers/coordinator/tls.crt`), each pinned by its certificate in
     `RINGFENCE_BTC_SIGNER_CERTS` (`1=PATH,2=PATH,3=PATH`), with the bearer token
     `RINGFENCE_SIGNER_TOKEN`."""
-    from ..keys.tls import ClientTLS, ensure_identity
+    from ..keys.tls import ClientTLS
 
     spec = os.environ.get("RINGFENCE_BTC_SIGNERS", "spawn").strip()
     record = Path(data_dir) / "custody" / "btc-hot.json"
@@ -398,9 +407,16 @@ def start_btc_hot(data_dir: Path) -> tuple[SignerFleet | None, FrostTaprootSigne
     if set(pins) != set(urls) or any(not u.startswith("https://") for u in urls.values()):
         raise ConfigError("every signer needs an https:// URL and a pinned certificate (ID=PATH)",
                           field="RINGFENCE_BTC_SIGNER_CERTS")
+    return None, open_btc_hot(record, urls, token, tls=ClientTLS(coordinator_identity(Path(data_dir)), pins))
+
+
+def coordinator_identity(data_dir: Path) -> Any:
+    """`serve`'s TLS identity towards its signers: DIR/signers/coordinator/tls.crt (the certificate
+    the signers pin) and its encrypted key; created on first use."""
+    from ..keys.tls import ensure_identity
+
     root = Path(data_dir) / "signers"
-    identity = ensure_identity(root / "coordinator", "ringfence-coordinator", _secret_file(root / "coordinator.passphrase"))
-    return None, open_btc_hot(record, urls, token, tls=ClientTLS(identity, pins))
+    return ensure_identity(root / "coordinator", "ringfence-coordinator", _secret_file(root / "coordinator.passphrase"))
 
 
 def parse_signer_urls_like(text: str) -> dict[int, str]:

@@ -323,3 +323,15 @@ def sign_psbt_cmd(psbt: Path = typer.Option(..., help="the PSBT file (base64)"),
         raise typer.Exit(2)
     out.write_text(signed + "\n")
     typer.echo(f"{added} signature(s) added; wrote {out}")
+
+
+@signer_app.command("coordinator-cert", help=(
+    "Create (once) and print the coordinator certificate of a `serve` data directory: the certificate each "
+    "signer pins with `ringfence signer run --coordinator-cert`. Prints its path and SHA-256 fingerprint.\n\n"
+    "Example: ringfence signer coordinator-cert --data ./ringfence-data"))
+def signer_coordinator_cert(data: Path = typer.Option(Path("ringfence-data"), "--data", help="serve's data directory")) -> None:
+    from ..custody.btc_signing import coordinator_identity
+    from .tls import fingerprint
+
+    identity = coordinator_identity(data)
+    typer.echo(f"{identity.cert}\nsha256 {fingerprint(identity.cert)}")
