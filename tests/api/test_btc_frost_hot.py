@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Server
+from .conftest import Server, cli
 from .frost_shares import combined_secrets, share
 from .test_capital import ENV, signed, wait_for, withdraw_key
 
@@ -181,6 +181,58 @@ def _signer_pids(srv: Server) -> dict[int, int]:
         if b"ringfence.keys.signer_server" in argv and int(stat[1]) == srv.proc.pid:
             out[int(argv[argv.index(b"--identifier") + 1])] = int(entry.name)
     return out
+
+
+def test_cold_to_hot_refill_through_offline_psbt_signing(frost_server: Server, tmp_path: Path) -> None:
+    """`ringfence cold refill` -> the nominated holders sign offline with `ringfence keys sign-psbt` ->
+    `ringfence cold submit`: the refill is journaled, broadcast, mined, and the hot wallet holds it.
+    A PSBT signed by a holder who was not nominated is refused and changes nothing."""
+    from embit import bip32
+
+    from ringfence.keys.multisig import nominate_for_transaction
+
+    data = frost_server.data
+    status = httpx.get(frost_server.base + "/readyz").json()["custody"]
+    assert status["wallet_signers"]["btc_cold"].startswith("p2wsh 2-of-3 multisig")
+    cold_addr = json.loads((data / "custody" / "btc-cold.json").read_text())
+    hot = _record(data)["address"]
+    hot_before = _chain_sat(data, hot)
+    made = cli("cold", "refill", "--data", str(data), "--amount", "1.25", "--out", str(tmp_path / "refill.psbt"))
+    assert made.returncode == 0, made.stderr
+    lines = made.stdout.split("\n")
+    refill_id = lines[0].split()[1]
+    txid, position = lines[1].split()[1], int(lines[2].split()[1])
+    nominated = [line.split()[1:] for line in lines if line.startswith("nominated ")]
+    assert len(nominated) == 2 and all(Path(f).exists() for _, f in nominated)
+    holders = {bip32.HDKey.from_string(p.read_text().strip()).my_fingerprint.hex(): p
+               for p in sorted((data / "cold-holders").glob("holder-*.tprv"))}
+    # anyone can recompute the nomination from the transaction id and the journal position
+    assert sorted(fp for fp, _ in nominated) == list(nominate_for_transaction(sorted(holders), 2, txid, position).selected)
+    outsider = next(fp for fp in holders if fp not in dict(nominated))
+
+    def sign(fp: str, name: str) -> Path:
+        res = cli("keys", "sign-psbt", "--psbt", str(tmp_path / "refill.psbt"), "--key", str(holders[fp]),
+                  "--out", str(tmp_path / name))
+        assert res.returncode == 0, res.stderr
+        return tmp_path / name
+
+    bad = cli("cold", "submit", "--data", str(data), "--id", refill_id,
+              "--psbt", str(sign(nominated[0][0], "a.psbt")), "--psbt", str(sign(outsider, "x.psbt")))
+    assert bad.returncode != 0 and "nominated" in bad.stderr.lower(), bad.stderr
+    ok = cli("cold", "submit", "--data", str(data), "--id", refill_id,
+             "--psbt", str(tmp_path / "a.psbt"), "--psbt", str(sign(nominated[1][0], "b.psbt")))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.split()[0] == txid and f"refill-{position}-" in ok.stdout
+    wait_for("the refill to reach the hot wallet", lambda: _chain_sat(data, hot) >= hot_before + 125_000_000, 60)
+    assert cold_addr["m"] == 2
+
+
+def _chain_sat(data: Path, address: str) -> int:
+    from decimal import Decimal
+
+    from .test_capital import chain_balance
+
+    return int(chain_balance(data, "BTC", address) * Decimal(10**8))
 
 
 def test_a_lost_signer_leaves_a_quorum_that_pays(frost_server: Server) -> None:

@@ -439,7 +439,7 @@ def wallet_signers(runtime: Any) -> dict[str, str]:
             "btc_deposit": "single keys per address, derived from DIR/custody/seed (dev; swept into hot)",
             "btc_hot": f"{hot.signer_type} (signer processes {', '.join(map(str, hot.holders))})",
             "btc_warm": "single key derived from DIR/custody/seed (dev)",
-            "btc_cold": "single offline key (dev)",
+            "btc_cold": runtime.cold_vault.signer_type if runtime.cold_vault is not None else "single offline key (dev)",
             "shield_btc": "p2wsh 2-of-3 multisig, offline keys",
         })
     if "ethereum" in chains:

@@ -511,11 +511,16 @@ class CustodyRuntime:
         #: The BTC hot wallet: a FROST 2-of-3 Taproot key held by signer processes (btc_signing.py).
         self.btc_signers: Any = None
         self.btc_hot_signer: Any = None
+        self.cold_vault: Any = None
         if "bitcoin" in {t.chain for t in self.terms.values()}:
             from .btc_signing import start_btc_hot
 
             self.btc_signers, self.btc_hot_signer = start_btc_hot(self.data_dir)
             self.keys.btc_hot = self.btc_hot_signer.address()
+            from .cold_refill import open_cold_vault  # btc_cold: P2WSH 2-of-3, offline holders (cold_refill.py)
+
+            self.cold_vault = open_cold_vault(self.data_dir)
+            self.keys.cold["btc"] = self.cold_vault.address
         self.node: Any = None
         self.workers: list[Supervised] = []
         self._stop = threading.Event()
@@ -588,6 +593,10 @@ class CustodyRuntime:
         out: dict[str, Any] = {"assets": sorted(self.terms), "policy": policy}
         if self.demo:
             out["treasury"] = self._fund_treasury(node)
+            if self.cold_vault is not None:
+                from .cold_refill import fund_demo_cold
+
+                out["treasury"] += fund_demo_cold(self, node)
         return out
 
     def _ensure_policy(self, node: Any) -> str:
@@ -691,7 +700,8 @@ class CustodyRuntime:
         online = [(chain, address, k.signer, k.deposit_key_id(chain, account)) for chain, account, address in deposits]
         online += [("bitcoin", k.btc_hot, self.btc_hot_signer, "btc-hot"), ("bitcoin", k.btc_warm, k.signer, "btc-warm"),
                    ("ethereum", k.eth_hot, k.signer, "eth-hot")]
-        return seed_wallet_keys(k.seed, self.assets_by_chain(), online, {"bitcoin": k.cold["btc"], "ethereum": k.cold["eth"]},
+        cold = {"ethereum": k.cold["eth"]} if self.cold_vault is not None else {"bitcoin": k.cold["btc"], "ethereum": k.cold["eth"]}
+        return seed_wallet_keys(k.seed, self.assets_by_chain(), online, cold,  # the BTC cold vault signs offline only
                                 k.shield)
 
     def reserve_source(self, read: Callable[[Callable[[Any], Any]], Any]) -> "RuntimeReserveSource":
