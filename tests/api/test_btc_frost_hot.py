@@ -183,21 +183,25 @@ def _signer_pids(srv: Server) -> dict[int, int]:
     return out
 
 
-def test_cold_to_hot_refill_through_offline_psbt_signing(frost_server: Server, tmp_path: Path) -> None:
-    """`ringfence cold refill` -> the nominated holders sign offline with `ringfence keys sign-psbt` ->
-    `ringfence cold submit`: the refill is journaled, broadcast, mined, and the hot wallet holds it.
-    A PSBT signed by a holder who was not nominated is refused and changes nothing."""
+@pytest.mark.parametrize("tier,amount", [("cold", "1.25"), ("warm", "0.5")])
+def test_vault_to_hot_refill_through_offline_psbt_signing(frost_server: Server, tmp_path: Path, tier: str,
+                                                           amount: str) -> None:
+    """`ringfence cold refill [--from warm]` -> the nominated holders sign offline with `ringfence keys
+    sign-psbt` -> `ringfence cold submit`: the refill is journaled, broadcast, mined, and the hot
+    wallet holds it. A PSBT signed by a holder who was not nominated is refused and changes nothing."""
+    from decimal import Decimal
+
     from embit import bip32
 
     from ringfence.keys.multisig import nominate_for_transaction
 
     data = frost_server.data
     status = httpx.get(frost_server.base + "/readyz").json()["custody"]
-    assert status["wallet_signers"]["btc_cold"].startswith("p2wsh 2-of-3 multisig")
-    cold_addr = json.loads((data / "custody" / "btc-cold.json").read_text())
+    assert status["wallet_signers"][f"btc_{tier}"].startswith("p2wsh 2-of-3 multisig")
+    assert json.loads((data / "custody" / f"btc-{tier}.json").read_text())["m"] == 2
     hot = _record(data)["address"]
     hot_before = _chain_sat(data, hot)
-    made = cli("cold", "refill", "--data", str(data), "--amount", "1.25", "--out", str(tmp_path / "refill.psbt"))
+    made = cli("cold", "refill", "--data", str(data), "--from", tier, "--amount", amount, "--out", str(tmp_path / "refill.psbt"))
     assert made.returncode == 0, made.stderr
     lines = made.stdout.split("\n")
     refill_id = lines[0].split()[1]
@@ -205,7 +209,7 @@ def test_cold_to_hot_refill_through_offline_psbt_signing(frost_server: Server, t
     nominated = [line.split()[1:] for line in lines if line.startswith("nominated ")]
     assert len(nominated) == 2 and all(Path(f).exists() for _, f in nominated)
     holders = {bip32.HDKey.from_string(p.read_text().strip()).my_fingerprint.hex(): p
-               for p in sorted((data / "cold-holders").glob("holder-*.tprv"))}
+               for p in sorted((data / f"{tier}-holders").glob("holder-*.tprv"))}
     # anyone can recompute the nomination from the transaction id and the journal position
     assert sorted(fp for fp, _ in nominated) == list(nominate_for_transaction(sorted(holders), 2, txid, position).selected)
     outsider = next(fp for fp in holders if fp not in dict(nominated))
@@ -223,8 +227,8 @@ def test_cold_to_hot_refill_through_offline_psbt_signing(frost_server: Server, t
              "--psbt", str(tmp_path / "a.psbt"), "--psbt", str(sign(nominated[1][0], "b.psbt")))
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.split()[0] == txid and f"refill-{position}-" in ok.stdout
-    wait_for("the refill to reach the hot wallet", lambda: _chain_sat(data, hot) >= hot_before + 125_000_000, 60)
-    assert cold_addr["m"] == 2
+    want = hot_before + int(Decimal(amount) * 10**8)
+    wait_for("the refill to reach the hot wallet", lambda: _chain_sat(data, hot) >= want, 60)
 
 
 def _chain_sat(data: Path, address: str) -> int:

@@ -139,6 +139,12 @@ def build_chain_admin_router(runtime: Any, token: str) -> APIRouter:
             return _refuse(404, "this server has no BTC cold vault")
         return refusal
 
+    def _vault(tier: str) -> Any:
+        vaults = getattr(runtime, "btc_vaults", {})
+        if tier not in vaults:
+            raise ValueError(f"from: must be one of {', '.join(sorted(vaults))}")
+        return vaults[tier]
+
     def _cold_error(err: Exception) -> JSONResponse:
         field = getattr(err, "field", "") or ""
         code = getattr(err, "code", "")
@@ -153,10 +159,11 @@ def build_chain_admin_router(runtime: Any, token: str) -> APIRouter:
         try:
             body = await request.json()
             amount_minor = parse_amount(str(body["amount"]), 8, field="amount", allow_zero=False)
-            doc = await run_in_threadpool(runtime.cold_vault.create_refill, runtime, amount_minor)
+            vault = _vault(str(body.get("from") or "cold"))
+            doc = await run_in_threadpool(vault.create_refill, runtime, amount_minor)
         except (KeyError, TypeError, ValueError, RingfenceError) as err:
             return _cold_error(err)
-        holders = runtime.cold_vault.holder_files(runtime.data_dir)
+        holders = vault.holder_files(runtime.data_dir)
         return JSONResponse({**doc, "nominated_holder_files": [holders.get(fp, "") for fp in doc["nomination"]["selected"]]})
 
     @router.post("/cold/refill/{refill_id}/submit")
@@ -169,7 +176,8 @@ def build_chain_admin_router(runtime: Any, token: str) -> APIRouter:
             psbts = body["psbts"]
             if not isinstance(psbts, list) or not all(isinstance(p, str) for p in psbts):
                 raise ValueError("psbts: a list of base64 PSBTs")
-            doc = await run_in_threadpool(runtime.cold_vault.submit, runtime, refill_id, psbts)
+            doc = await run_in_threadpool(_vault("warm" if refill_id.startswith("warm") else "cold").submit, runtime,
+                                          refill_id, psbts)
         except (KeyError, TypeError, ValueError, RingfenceError) as err:
             return _cold_error(err)
         return JSONResponse(doc)

@@ -438,7 +438,8 @@ def wallet_signers(runtime: Any) -> dict[str, str]:
         out.update({
             "btc_deposit": "single keys per address, derived from DIR/custody/seed (dev; swept into hot)",
             "btc_hot": f"{hot.signer_type} (signer processes {', '.join(map(str, hot.holders))})",
-            "btc_warm": "single key derived from DIR/custody/seed (dev)",
+            "btc_warm": (runtime.btc_vaults["warm"].signer_type if runtime.btc_vaults
+                         else "single key derived from DIR/custody/seed (dev)"),
             "btc_cold": runtime.cold_vault.signer_type if runtime.cold_vault is not None else "single offline key (dev)",
             "shield_btc": "p2wsh 2-of-3 multisig, offline keys",
         })

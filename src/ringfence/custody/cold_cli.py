@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 cold_app = typer.Typer(name="cold", no_args_is_help=True, help=(
-    "Cold -> hot refills of the BTC cold vault (P2WSH 2-of-3): build the PSBT with a quorum nominated for it, "
+    "Refills of the BTC hot wallet from the cold or warm vault (P2WSH 2-of-3): build the PSBT with a quorum nominated for it, "
     "sign offline with `ringfence keys sign-psbt`, bring the signatures back.\n\n"
     "Example: ringfence cold refill --data ./ringfence-data --amount 1.5 --out refill.psbt"))
 
@@ -17,15 +17,16 @@ DATA_HELP = "Data directory of the running `ringfence serve --demo`."
 
 
 @cold_app.command("refill", help=(
-    "Ask the server for a refill PSBT of AMOUNT BTC from the cold vault to the hot wallet; writes it to --out and "
+    "Ask the server for a refill PSBT of AMOUNT BTC from the cold (or --from warm) vault to the hot wallet; writes it to --out and "
     "prints the refill id, the nominated holders (fingerprints) and, in the demo, their key files.\n\n"
     "Example: ringfence cold refill --data ./ringfence-data --amount 1.5 --out refill.psbt"))
 def refill(data: Path = typer.Option(Path("ringfence-data"), "--data", help=DATA_HELP),
            amount: str = typer.Option(..., help="BTC amount, e.g. 1.5"),
+           source: str = typer.Option("cold", "--from", help="cold (default) or warm: which P2WSH vault pays"),
            out: Path = typer.Option(..., help="where to write the unsigned PSBT (base64)")) -> None:
     from ..chains.faucet_cli import _call
 
-    doc = _call(data, "POST", "/v1/demo/chain/cold/refill", json={"amount": amount})
+    doc = _call(data, "POST", "/v1/demo/chain/cold/refill", json={"amount": amount, "from": source})
     out.write_text(doc["psbt"] + "\n")
     typer.echo(f"refill {doc['id']}\ntxid {doc['txid']}\njournal_position {doc['journal_position']}")
     for fp, f in zip(doc["nomination"]["selected"], doc["nominated_holder_files"]):

@@ -42,37 +42,42 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text + "\n")
 
 
-def open_cold_vault(data_dir: Path) -> "ColdVault":
-    """The vault's descriptor; on first start, the three holders' roots are made and written out."""
+def open_cold_vault(data_dir: Path, tier: str = "cold") -> "ColdVault":
+    """The vault's descriptor (`tier` cold or warm); on first start, the three holders' roots are made
+    and written out (`DIR/cold-holders/`, `DIR/warm-holders/`)."""
     from embit import bip32
     from embit.networks import NETWORKS
 
     from ..keys.multisig import holder_xpub_entry
 
-    record = Path(data_dir) / "custody" / "btc-cold.json"
+    if tier not in ("cold", "warm"):
+        raise ValidationError("must be cold or warm", field="from")
+    record = Path(data_dir) / "custody" / f"btc-{tier}.json"
     if not record.exists():
         entries = []
         for i in range(1, COLD_N + 1):
             root = bip32.HDKey.from_seed(secrets.token_bytes(32), version=NETWORKS["regtest"]["xprv"])
-            _write_private(Path(data_dir) / "cold-holders" / f"holder-{i}.tprv", root.to_string())
+            _write_private(Path(data_dir) / f"{tier}-holders" / f"holder-{i}.tprv", root.to_string())
             entries.append(holder_xpub_entry(root))
             del root
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"descriptor": f"wsh(sortedmulti({COLD_M},{','.join(entries)}))", "m": COLD_M},
                                      indent=1))
-    return ColdVault(Path(data_dir), json.loads(record.read_text())["descriptor"])
+    return ColdVault(Path(data_dir), json.loads(record.read_text())["descriptor"], tier)
 
 
 class ColdVault:
-    def __init__(self, data_dir: Path, descriptor: str) -> None:
+    def __init__(self, data_dir: Path, descriptor: str, tier: str = "cold") -> None:
         from ..keys.multisig import ColdWallet
 
+        self.tier = tier
+        self.wallet_name = f"btc_{tier}"
         self.dir = Path(data_dir) / "custody" / "refills"
         self.wallet = ColdWallet(descriptor)
         self.address = self.wallet.address(0)
         self._lock = threading.Lock()
 
-    signer_type = f"p2wsh {COLD_M}-of-{COLD_N} multisig, offline holders, quorum nominated per transaction"
+    signer_type = f"p2wsh {COLD_M}-of-{COLD_N} multisig, separate holders, quorum nominated per transaction"
 
     def holder_files(self, data_dir: Path) -> dict[str, str]:
         """fingerprint -> the holder's file (demo: where each 'offline machine' keeps its key)."""
@@ -80,7 +85,7 @@ class ColdVault:
 
         out = {}
         for i in range(1, COLD_N + 1):
-            path = Path(data_dir) / "cold-holders" / f"holder-{i}.tprv"
+            path = Path(data_dir) / f"{self.tier}-holders" / f"holder-{i}.tprv"
             if path.exists():
                 out[bip32.HDKey.from_string(path.read_text().strip()).my_fingerprint.hex()] = str(path)
         return out
@@ -111,7 +116,7 @@ class ColdVault:
                 if total >= amount_minor + fee:
                     break
             if total < amount_minor + fee:
-                raise InsufficientFunds(f"the cold vault holds {total} spendable sat, needs {amount_minor + fee}",
+                raise InsufficientFunds(f"the {self.tier} vault holds {total} spendable sat, needs {amount_minor + fee}",
                                         field="amount")
             outputs = [(bytes(adapter.script_of_address(hot)), amount_minor)]
             change = total - amount_minor - fee
@@ -124,8 +129,8 @@ class ColdVault:
         txid = PSBT.from_string(psbt).tx.txid().hex()
         position = int(runtime.node.read(lambda e: e.last_seq))
         nom = nominate_for_transaction(self.wallet.holders, COLD_M, txid, position)
-        refill_id = f"r{position}-{txid[:12]}"
-        doc = {"id": refill_id, "psbt": psbt, "txid": txid, "journal_position": position, "amount_minor": amount_minor,
+        refill_id = f"{self.tier}{position}-{txid[:12]}"
+        doc = {"id": refill_id, "from_wallet": self.wallet_name, "psbt": psbt, "txid": txid, "journal_position": position, "amount_minor": amount_minor,
                "fee_minor": fee, "nomination": nom.to_dict(), "state": "awaiting_signatures"}
         with self._lock:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -168,28 +173,33 @@ class ColdVault:
                             "selected": tuple(doc["nomination"]["selected"])})
         raw = self.wallet.finalize(base.to_string(), nom, transaction_seed(doc["txid"], doc["journal_position"]).hex())
         node = runtime.node
-        if not node.read(lambda e: "btc_cold" in custody_state(e).wallets):
-            raise ConfigError("no btc_cold wallet registered", field="wallet")
+        if not node.read(lambda e: self.wallet_name in custody_state(e).wallets):
+            raise ConfigError(f"no {self.wallet_name} wallet registered", field="wallet")
         tid = f"refill-{doc['journal_position']}-{doc['txid'][:40]}"
         with runtime.chains.lock:
             balancer = Balancer(node, runtime.chains.adapter("bitcoin"), deposit_signer=None, key_of_address={})
-            balancer._journal_and_send(tid, "BTC", "btc_cold", "btc_hot", int(doc["amount_minor"]), int(doc["fee_minor"]),
+            balancer._journal_and_send(tid, "BTC", self.wallet_name, "btc_hot", int(doc["amount_minor"]), int(doc["fee_minor"]),
                                        doc["txid"], raw)
         doc.update(state="broadcast", transfer_id=tid)
         (self.dir / f"{refill_id}.json").write_text(json.dumps(doc, indent=1))
         return doc
 
 
-DEMO_COLD_FUND_MINOR = 20 * 10**8
+DEMO_VAULT_FUND_MINOR = {"cold": 20 * 10**8, "warm": 5 * 10**8}
 
 
 def fund_demo_cold(runtime: Any, node: Any) -> list[str]:
-    """Demo only: 20 BTC of the exchange's own arrive in the cold vault (`RecordTreasuryFunding`)."""
+    """Demo only: 20 BTC of the exchange's own arrive in the cold vault and 5 in the warm one
+    (`RecordTreasuryFunding`)."""
     from .commands import RecordTreasuryFunding, custody_state
 
-    if "funding:demo-cold-BTC" in node.read(lambda e: set(custody_state(e).transfers)):
-        return []
-    txid = runtime.chains.pay("BTC", runtime.cold_vault.address, DEMO_COLD_FUND_MINOR)
-    runtime.chains.mine()
-    node.execute(RecordTreasuryFunding("demo-cold-BTC", "BTC", "btc_cold", DEMO_COLD_FUND_MINOR, txid))
-    return ["BTC cold"]
+    funded = []
+    for vault in runtime.btc_vaults.values():
+        if f"funding:demo-{vault.tier}-BTC" in node.read(lambda e: set(custody_state(e).transfers)):
+            continue
+        amount = DEMO_VAULT_FUND_MINOR[vault.tier]
+        txid = runtime.chains.pay("BTC", vault.address, amount)
+        runtime.chains.mine()
+        node.execute(RecordTreasuryFunding(f"demo-{vault.tier}-BTC", "BTC", vault.wallet_name, amount, txid))
+        funded.append(f"BTC {vault.tier}")
+    return funded

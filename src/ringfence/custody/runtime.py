@@ -512,6 +512,7 @@ class CustodyRuntime:
         self.btc_signers: Any = None
         self.btc_hot_signer: Any = None
         self.cold_vault: Any = None
+        self.btc_vaults: dict[str, Any] = {}
         if "bitcoin" in {t.chain for t in self.terms.values()}:
             from .btc_signing import start_btc_hot
 
@@ -519,8 +520,10 @@ class CustodyRuntime:
             self.keys.btc_hot = self.btc_hot_signer.address()
             from .cold_refill import open_cold_vault  # btc_cold: P2WSH 2-of-3, offline holders (cold_refill.py)
 
-            self.cold_vault = open_cold_vault(self.data_dir)
+            self.btc_vaults = {t: open_cold_vault(self.data_dir, t) for t in ("warm", "cold")}
+            self.cold_vault = self.btc_vaults["cold"]
             self.keys.cold["btc"] = self.cold_vault.address
+            self.keys.btc_warm = self.btc_vaults["warm"].address
         self.node: Any = None
         self.workers: list[Supervised] = []
         self._stop = threading.Event()
@@ -698,8 +701,10 @@ class CustodyRuntime:
         k = self.keys
         deposits = read(lambda e: sorted((key.split(":", 1)[0], v[0], v[2]) for key, v in custody_state(e).deposit_addresses.items()))
         online = [(chain, address, k.signer, k.deposit_key_id(chain, account)) for chain, account, address in deposits]
-        online += [("bitcoin", k.btc_hot, self.btc_hot_signer, "btc-hot"), ("bitcoin", k.btc_warm, k.signer, "btc-warm"),
-                   ("ethereum", k.eth_hot, k.signer, "eth-hot")]
+        online += [("bitcoin", k.btc_hot, self.btc_hot_signer, "btc-hot")]
+        if not self.btc_vaults:  # the warm vault's holders sign PSBTs only (cold_refill.py)
+            online += [("bitcoin", k.btc_warm, k.signer, "btc-warm")]
+        online += [("ethereum", k.eth_hot, k.signer, "eth-hot")]
         cold = {"ethereum": k.cold["eth"]} if self.cold_vault is not None else {"bitcoin": k.cold["btc"], "ethereum": k.cold["eth"]}
         return seed_wallet_keys(k.seed, self.assets_by_chain(), online, cold,  # the BTC cold vault signs offline only
                                 k.shield)
