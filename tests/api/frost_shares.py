@@ -20,7 +20,22 @@ def share(data: Path, i: int, key_id: str = "btc-hot") -> frost.ThresholdKeyPack
 
 def combined_secrets(data: Path, ids: tuple[int, ...] = (1, 2)) -> tuple[int, int]:
     """(group secret, Taproot-tweaked output secret) from `ids`' shares: the whole key that no
-    process of the exchange may hold."""
+    process of the exchange may hold. Checked against the recorded group key; re-read while a
+    scheduled refresh is between two signers' share files."""
+    import json
+    import time
+
+    want = json.loads((data / "custody" / "btc-hot.json").read_text())["group_public_key"]
+    deadline = time.monotonic() + 30
+    while True:
+        got = _combine(data, ids)
+        if coincurve.PrivateKey(got[0].to_bytes(32, "big")).public_key.format().hex() == want:
+            return got
+        assert time.monotonic() < deadline, "the shares never combined to the recorded group key"
+        time.sleep(0.05)
+
+
+def _combine(data: Path, ids: tuple[int, ...]) -> tuple[int, int]:
     kps = [share(data, i) for i in ids]
     cs = kps[0].suite
     n = cs.group.order

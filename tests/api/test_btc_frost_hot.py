@@ -154,6 +154,14 @@ def test_no_process_of_the_exchange_holds_the_hot_key(frost_server: Server) -> N
     assert len(pids) == 3
     # positive control: the same scan finds signer 1's share-store key (AES-256, derived from its
     # passphrase) in signer 1's memory, where it must be; and no signer's store key is in the server
+    # the warm and cold vaults' holder keys were made in another process: none is in the server
+    from embit import bip32
+
+    for path in sorted(frost_server.data.glob("*-holders/holder-*.tprv")):
+        root = bip32.HDKey.from_string(path.read_text().strip())
+        child = root.derive("m/48h/1h/0h/2h/0/0")
+        holder = {"xprv": path.read_text().strip().encode(), "root": root.key.secret, "child": child.key.secret}
+        assert _scan(frost_server.proc.pid, holder) == set(), f"the server holds key material of {path.name}"
     keys = {i: _store_key(frost_server.data, i) for i in (1, 2, 3)}
     assert "big-endian" in _scan(pids[1], {"big-endian": keys[1]}), "positive control: the scan finds a key where one is"
     assert _scan(frost_server.proc.pid, {f"store{i}": k for i, k in keys.items()}) == set()

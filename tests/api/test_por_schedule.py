@@ -97,7 +97,7 @@ def test_each_scheduled_proof_verifies_and_its_coverage_comes_from_its_evidence(
         # snapshot and each counted address's balance comes from the report's per-address list.
         claims = load_claims(evidence)
         assert claims and all(c.verify(p["snapshot_id"])[0] for c in claims), "a published ownership proof does not verify"
-        assert {c.type for c in claims} == {"bitcoin", "bitcoin-multisig", "bitcoin-taproot", "evm"}
+        assert {c.type for c in claims} == {"bitcoin", "bitcoin-multisig", "evm"}
         assert report["chain_heights"] == evidence["heights"]
         per_asset: dict[str, int] = {}
         for a in report["addresses"]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import ConfigError, InsufficientFunds, ValidationError
 
-__all__ = ["ColdVault", "open_cold_vault", "COLD_M", "COLD_N"]
+__all__ = ["ColdVault", "open_cold_vault", "open_vaults", "start_vault_ceremony", "COLD_M", "COLD_N"]
 
 COLD_M, COLD_N = 2, 3
 P2WSH_2OF3_INPUT_VB = 105
@@ -42,28 +42,45 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text + "\n")
 
 
-def open_cold_vault(data_dir: Path, tier: str = "cold") -> "ColdVault":
-    """The vault's descriptor (`tier` cold or warm); on first start, the three holders' roots are made
-    and written out (`DIR/cold-holders/`, `DIR/warm-holders/`)."""
-    from embit import bip32
-    from embit.networks import NETWORKS
-
-    from ..keys.multisig import holder_xpub_entry
-
+def _record(data_dir: Path, tier: str) -> Path:
     if tier not in ("cold", "warm"):
         raise ValidationError("must be cold or warm", field="from")
-    record = Path(data_dir) / "custody" / f"btc-{tier}.json"
-    if not record.exists():
-        entries = []
-        for i in range(1, COLD_N + 1):
-            root = bip32.HDKey.from_seed(secrets.token_bytes(32), version=NETWORKS["regtest"]["xprv"])
-            _write_private(Path(data_dir) / f"{tier}-holders" / f"holder-{i}.tprv", root.to_string())
-            entries.append(holder_xpub_entry(root))
-            del root
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"descriptor": f"wsh(sortedmulti({COLD_M},{','.join(entries)}))", "m": COLD_M},
-                                     indent=1))
-    return ColdVault(Path(data_dir), json.loads(record.read_text())["descriptor"], tier)
+    return Path(data_dir) / "custody" / f"btc-{tier}.json"
+
+
+def start_vault_ceremony(data_dir: Path, tiers: tuple[str, ...] = ("warm", "cold")) -> Any:
+    """Vaults without a record get their three holders' keys made in a child process (a stand-in
+    for the key ceremony on the holders' machines), so not even the first run of `serve` has them in
+    its memory. Returns the running child (or None); `open_vaults` waits for it."""
+    import subprocess
+    import sys
+
+    missing = [t for t in tiers if not _record(data_dir, t).exists()]
+    if not missing:
+        return None
+    return subprocess.Popen([sys.executable, "-m", "ringfence.custody.cold_refill", str(data_dir), *missing],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+
+
+def open_vaults(data_dir: Path, tiers: tuple[str, ...] = ("warm", "cold"), ceremony: Any = None) -> dict[str, "ColdVault"]:
+    """The vaults' descriptors (`DIR/custody/btc-TIER.json`), recording the ceremony's output first."""
+    if ceremony is None:
+        ceremony = start_vault_ceremony(data_dir, tiers)
+    if ceremony is not None:
+        out, err = ceremony.communicate(timeout=180)
+        if ceremony.returncode != 0:
+            raise ConfigError(f"making the vaults' holder keys failed: {err[-300:]}", field="vault")
+        for tier, entries in json.loads(out).items():
+            record = _record(data_dir, tier)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"descriptor": f"wsh(sortedmulti({COLD_M},{','.join(entries)}))", "m": COLD_M},
+                                         indent=1))
+    return {t: ColdVault(Path(data_dir), json.loads(_record(data_dir, t).read_text())["descriptor"], t) for t in tiers}
+
+
+def open_cold_vault(data_dir: Path, tier: str = "cold") -> "ColdVault":
+    """One vault (`tier` cold or warm), made on first use."""
+    return open_vaults(data_dir, (tier,))[tier]
 
 
 class ColdVault:
@@ -203,3 +220,25 @@ def fund_demo_cold(runtime: Any, node: Any) -> list[str]:
         node.execute(RecordTreasuryFunding(f"demo-{vault.tier}-BTC", "BTC", vault.wallet_name, amount, txid))
         funded.append(f"BTC {vault.tier}")
     return funded
+
+
+def _make_holders(data_dir: Path, tier: str) -> list[str]:
+    """Run as `python -m ringfence.custody.cold_refill DIR TIER`: make the vault's three holder roots,
+    write each to DIR/TIER-holders/holder-N.tprv (0600), print their descriptor entries (xpubs)."""
+    from embit import bip32
+    from embit.networks import NETWORKS
+
+    from ..keys.multisig import holder_xpub_entry
+
+    entries = []
+    for i in range(1, COLD_N + 1):
+        root = bip32.HDKey.from_seed(secrets.token_bytes(32), version=NETWORKS["regtest"]["xprv"])
+        _write_private(Path(data_dir) / f"{tier}-holders" / f"holder-{i}.tprv", root.to_string())
+        entries.append(holder_xpub_entry(root))
+    return entries
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps({tier: _make_holders(Path(sys.argv[1]), tier) for tier in sys.argv[2:]}))

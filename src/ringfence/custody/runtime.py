@@ -515,12 +515,12 @@ class CustodyRuntime:
         self.btc_vaults: dict[str, Any] = {}
         if "bitcoin" in {t.chain for t in self.terms.values()}:
             from .btc_signing import start_btc_hot
+            from .cold_refill import open_vaults, start_vault_ceremony  # btc_warm/btc_cold: P2WSH 2-of-3 vaults
 
+            ceremony = start_vault_ceremony(self.data_dir)  # first start only; runs beside the signers' start
             self.btc_signers, self.btc_hot_signer = start_btc_hot(self.data_dir)
             self.keys.btc_hot = self.btc_hot_signer.address()
-            from .cold_refill import open_cold_vault  # btc_cold: P2WSH 2-of-3, offline holders (cold_refill.py)
-
-            self.btc_vaults = {t: open_cold_vault(self.data_dir, t) for t in ("warm", "cold")}
+            self.btc_vaults = open_vaults(self.data_dir, ceremony=ceremony)
             self.cold_vault = self.btc_vaults["cold"]
             self.keys.cold["btc"] = self.cold_vault.address
             self.keys.btc_warm = self.btc_vaults["warm"].address
