@@ -70,4 +70,8 @@ def test_serve_uses_signers_started_with_ringfence_signer_run(tmp_path: Path) ->
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(10)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)

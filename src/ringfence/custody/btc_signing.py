@@ -188,6 +188,7 @@ class SignerFleet:
     def wait_ready(self, timeout_s: int = 60, ids: Any = None) -> None:
         deadline = time.monotonic() + timeout_s
         pending = set(ids or self.urls)
+        contexts: dict[int, Any] = {}  # one TLS context per signer (loading the encrypted key is not free)
         while pending:
             for i in sorted(pending):
                 if self.procs[i].poll() is not None:
@@ -195,8 +196,10 @@ class SignerFleet:
                                       f"{self.root / f'signer-{i}.log'}", field="signers")
                 if not (self.store_dir(i) / "tls.crt").exists():
                     continue  # the signer creates its certificate on first start
+                if i not in contexts:
+                    contexts[i] = self.tls().context(i)
                 try:
-                    if httpx.get(self.urls[i] + "/health", timeout=1, verify=self.tls().context(i)).status_code == 200:
+                    if httpx.get(self.urls[i] + "/health", timeout=2, verify=contexts[i]).status_code == 200:
                         pending.discard(i)
                 except httpx.HTTPError:
                     pass
