@@ -3,8 +3,10 @@
 python bench/signing.py [--smoke] [--seed N]
 
 Measures, in one run:
-- FROST(secp256k1, BIP-340) 2-of-3 end to end: coordinator -> two signer processes over HTTP on
-  127.0.0.1 (real uvicorn servers, encrypted share stores, durable nonce stores) -> aggregate -> verify.
+- FROST(secp256k1, BIP-340) 2-of-3 end to end: coordinator -> two signer processes over mutually
+  authenticated TLS 1.3 with pinned Ed25519 certificates (what `serve` uses) on 127.0.0.1; the same run
+  over plain HTTP with the bearer token (the transport before) is the same-run baseline
+  (`baseline_loopback_http`). Real uvicorn servers, encrypted share stores, durable nonce stores -> aggregate -> verify.
   Closed loop (latency p50/p99 per threshold signature, throughput) and a paced open-loop run at half the
   closed-loop rate (latency counted from the scheduled send time, so coordinated omission is counted).
 - FROST 2-of-3 in one process (no network, no stores): the protocol's own cost.
@@ -72,17 +74,25 @@ def start_signers(tmp: Path, token: str, n: int) -> tuple[dict[int, str], list[s
     return urls, procs
 
 
-def bench_frost_processes(n_sigs: int, rng: random.Random, tmp: Path) -> dict:
+def bench_frost_processes(n_sigs: int, rng: random.Random, tmp: Path, *, mtls: bool) -> dict:
     import coincurve
 
     from ringfence.keys.coordinator import ThresholdCoordinator
     from ringfence.keys.frost import FROST_SECP256K1_SHA256
     from ringfence.keys.interface import Scheme, SigningRequest
 
-    token = "bench-token-" + "y" * 24
-    urls, procs = start_signers(tmp, token, 3)
+    fleet = None
+    if mtls:  # the transport `serve` uses: TLS 1.3, pinned Ed25519 certificates both ways
+        from ringfence.custody.btc_signing import SignerFleet
+
+        os.environ["PYTHONPATH"] = str(ROOT / "src")
+        fleet = SignerFleet(tmp / "fleet", name="bench")
+        urls, token, procs = fleet.start(), fleet.token, []
+    else:
+        token = "bench-token-" + "y" * 24
+        urls, procs = start_signers(tmp, token, 3)
     try:
-        c = ThresholdCoordinator(urls, token)
+        c = ThresholdCoordinator(urls, token, tls=fleet.tls() if fleet is not None else None)
         t0 = time.perf_counter()
         c.create_key("bench-key", FROST_SECP256K1_SHA256.name, 2, [1, 2, 3])
         dkg_ms = (time.perf_counter() - t0) * 1000
@@ -127,6 +137,8 @@ def bench_frost_processes(n_sigs: int, rng: random.Random, tmp: Path) -> dict:
             p.terminate()
         for p in procs:
             p.wait(10)
+        if fleet is not None:
+            fleet.stop()
 
 
 def bench_frost_inprocess(n_sigs: int) -> float:
@@ -207,7 +219,8 @@ def main() -> None:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rf-bench-signing-") as d:
         tmp = Path(d)
-        frost_proc = bench_frost_processes(n_frost, rng, tmp)
+        frost_proc = bench_frost_processes(n_frost, rng, tmp / "mtls", mtls=True)
+        frost_plain = bench_frost_processes(n_frost, rng, tmp / "plain", mtls=False)
         inproc = bench_frost_inprocess(n_frost)
         hsm = bench_hsm(n_hsm, tmp)
     base = bench_baseline(2000 if args.smoke else 20000)
@@ -220,7 +233,7 @@ def main() -> None:
         "seed": args.seed, "smoke": args.smoke,
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
         "workload": {"frost_signatures": n_frost, "threshold": "2-of-3", "scheme": "frost-secp256k1-bip340",
-                     "transport": "HTTP/1.1 loopback, 3 signer processes", "hsm_signatures": n_hsm,
+                     "transport": "HTTP/1.1 over mutual TLS 1.3 (pinned Ed25519 certificates), loopback, 3 signer processes", "hsm_signatures": n_hsm,
                      "hsm": "SoftHSM2 secp256k1 ECDSA via PKCS#11 + attestation check"},
         "throughput_per_s": frost_proc["throughput_per_s"], "p50_ms": frost_proc["p50_ms"],
         "p99_ms": frost_proc["p99_ms"], "max_ms": frost_proc["max_ms"], "dkg_ms": frost_proc["dkg_ms"],
@@ -229,6 +242,8 @@ def main() -> None:
         "hsm_raw_pkcs11_sign_per_s": hsm["raw_pkcs11_sign_per_s"],
         "seconds": round(time.perf_counter() - t_all, 2),
         "baseline": {"name": "single-key BIP-340 sign, coincurve/libsecp256k1", "throughput_per_s": round(base, 1)},
+        "baseline_loopback_http": {"name": "the same FROST 2-of-3 run over plain HTTP + bearer token (before mTLS)",
+                                   **frost_plain},
         "goal": {"p50_ms": 50, "p99_ms": 50},
     }
     text = json.dumps(line)

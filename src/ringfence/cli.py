@@ -337,6 +337,12 @@ app.add_typer(_chain_app, name="chain")
 
 from .keys.cli import app as _keys_app  # noqa: E402
 app.add_typer(_keys_app, name="keys")
+from .keys.cli import signer_app as _signer_app  # noqa: E402
+
+app.add_typer(_signer_app, name="signer")
+from .custody.cold_cli import cold_app as _cold_app  # noqa: E402
+
+app.add_typer(_cold_app, name="cold")
 
 from .custody import cli as _custody_cli  # noqa: E402
 app.add_typer(_custody_cli.custody_app, name="custody")

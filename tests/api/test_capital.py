@@ -263,19 +263,16 @@ def test_embedded_default_without_chains_says_no_deposits(tmp_path) -> None:
         assert srv.stop() == 0
 
 
-def _hot_key(data: Path, label: str) -> bytes:
-    from ringfence.custody.localnet import derive_key
-
-    return derive_key((data / "custody" / "seed").read_text().strip(), label)
-
-
 def test_theft_from_the_hot_wallet_pauses_withdrawals_within_a_block(tmp_path) -> None:
-    """Someone with the hot wallet's key moves coins out behind the exchange's back: chain
-    reconciliation sees the shortfall at the next block and pauses BTC withdrawals."""
+    """Someone who stole two of the hot wallet's three signer shares moves coins out behind the
+    exchange's back: chain reconciliation sees the shortfall at the next block and pauses BTC
+    withdrawals."""
     from ringfence.chains.bitcoin.adapter import BitcoinAdapter
     from ringfence.chains.bitcoin.simulator import BitcoinSimulator
     from ringfence.custody.runtime import CustodyKeys
-    from ringfence.custody.wallets import LocalKeySigner, build_btc_payment
+    from ringfence.custody.wallets import build_btc_payment
+
+    from .frost_shares import StolenTaprootKey
 
     srv = Server(tmp_path / "theft", env=ENV)
     try:
@@ -283,8 +280,9 @@ def test_theft_from_the_hot_wallet_pauses_withdrawals_within_a_block(tmp_path) -
         keys = CustodyKeys((srv.data / "custody" / "seed").read_text().strip())
         sim = BitcoinSimulator.load(srv.data / "chains" / "bitcoin.json")  # the chain as the server saved it
         adapter = BitcoinAdapter(sim, "regtest")
-        thief = LocalKeySigner({"hot": _hot_key(srv.data, "btc-hot")})
-        raw, theft_txid, _fee = build_btc_payment(adapter, from_address=keys.btc_hot, key_id="hot", signer=thief,
+        thief = StolenTaprootKey(srv.data)
+        hot = json.loads((srv.data / "custody" / "btc-hot.json").read_text())["address"]
+        raw, theft_txid, _fee = build_btc_payment(adapter, from_address=hot, key_id="hot", signer=thief,
                                              outputs=[(keys.outside_address("bitcoin", "thief"), 5 * 10**8)],
                                              fee_rate_sat_per_vb=5, request_id="theft", reason="theft")
         sent = cli("chain", "broadcast", "--data", str(srv.data), "--asset", "BTC", "--raw-tx", raw.hex())

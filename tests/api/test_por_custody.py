@@ -125,7 +125,9 @@ def test_live_proofs_prove_the_custody_wallets_at_pinned_heights(live: Server) -
         # every claim re-verified independently for this snapshot; the wallets that hold coins are in it
         claims = load_claims(evidence)
         assert claims and all(c.verify(p["snapshot_id"])[0] for c in claims), [c.verify(p["snapshot_id"]) for c in claims]
-        assert {c.type for c in claims} == {"bitcoin", "bitcoin-multisig", "evm"}
+        assert {c.type for c in claims} == {"bitcoin", "bitcoin-multisig", "bitcoin-taproot", "evm"}
+        hot = json.loads((srv.data / "custody" / "btc-hot.json").read_text())["address"]
+        assert [c.address for c in claims if c.type == "bitcoin-taproot"] == [hot], "the FROST hot wallet signs its claim"
         by_asset: dict[str, set[str]] = {}
         for c in claims:
             by_asset.setdefault(c.asset, set()).add(c.address)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from ringfence.app import new_node
 from ringfence.custody.runtime import DEMO_POLICY_ID, NO_POLICY, CustodyRuntime, demo_policy
 from ringfence.custody.state import custody_state
@@ -26,8 +28,20 @@ def _proposals(node) -> dict:
     return node.read(lambda e: {p.id: (p.state, p.proposer, list(p.approvals)) for p in custody_state(e).proposals.values()})
 
 
+_RUNTIMES: list[CustodyRuntime] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_runtimes():
+    yield
+    while _RUNTIMES:
+        _RUNTIMES.pop().stop()  # the BTC hot wallet's signer processes end with the runtime
+
+
 def _runtime(data, demo: bool) -> CustodyRuntime:
-    return CustodyRuntime(data, {"BTC": "local"}, demo=demo)
+    rt = CustodyRuntime(data, {"BTC": "local"}, demo=demo)
+    _RUNTIMES.append(rt)
+    return rt
 
 
 def test_demo_bootstrap_signs_the_policy_and_a_restart_submits_nothing(tmp_path) -> None:

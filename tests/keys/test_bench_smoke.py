@@ -18,4 +18,7 @@ def test_bench_signing_smoke(tmp_path: Path) -> None:
     assert line["bench"] == "signing" and line["seed"] == 3
     assert line["throughput_per_s"] > 0 and line["hsm_per_s"] > 0 and line["baseline"]["throughput_per_s"] > 0
     assert line["p50_ms"] <= line["p99_ms"]
+    assert "mutual TLS" in line["workload"]["transport"]
+    plain = line["baseline_loopback_http"]
+    assert plain["throughput_per_s"] > 0 and plain["p50_ms"] <= plain["p99_ms"]
     assert (tmp_path / "signing.jsonl").read_text().strip() == res.stdout.strip().splitlines()[-1]

@@ -131,4 +131,55 @@ def build_chain_admin_router(runtime: Any, token: str) -> APIRouter:
         return JSONResponse({"asset": asset, "address": address, "balance": format_amount(minor, d, trim=True),
                              "balance_minor": str(minor), "height": heights[chain] if at is None else at})
 
+    # ---- cold -> hot refills through offline PSBT signing (custody/cold_refill.py; `ringfence cold`)
+
+    def _cold(request: Request) -> JSONResponse | None:
+        refusal = allowed(request)
+        if refusal is None and getattr(runtime, "cold_vault", None) is None:
+            return _refuse(404, "this server has no BTC cold vault")
+        return refusal
+
+    def _vault(tier: str) -> Any:
+        vaults = getattr(runtime, "btc_vaults", {})
+        if tier not in vaults:
+            raise ValueError(f"from: must be one of {', '.join(sorted(vaults))}")
+        return vaults[tier]
+
+    def _cold_error(err: Exception) -> JSONResponse:
+        field = getattr(err, "field", "") or ""
+        code = getattr(err, "code", "")
+        return JSONResponse({"code": -1100, "msg": f"{code + ': ' if code else ''}{field + ': ' if field else ''}{err}"},
+                            status_code=400)
+
+    @router.post("/cold/refill")
+    async def cold_refill(request: Request) -> JSONResponse:
+        refusal = _cold(request)
+        if refusal is not None:
+            return refusal
+        try:
+            body = await request.json()
+            amount_minor = parse_amount(str(body["amount"]), 8, field="amount", allow_zero=False)
+            vault = _vault(str(body.get("from") or "cold"))
+            doc = await run_in_threadpool(vault.create_refill, runtime, amount_minor)
+        except (KeyError, TypeError, ValueError, RingfenceError) as err:
+            return _cold_error(err)
+        holders = vault.holder_files(runtime.data_dir)
+        return JSONResponse({**doc, "nominated_holder_files": [holders.get(fp, "") for fp in doc["nomination"]["selected"]]})
+
+    @router.post("/cold/refill/{refill_id}/submit")
+    async def cold_submit(request: Request, refill_id: str) -> JSONResponse:
+        refusal = _cold(request)
+        if refusal is not None:
+            return refusal
+        try:
+            body = await request.json()
+            psbts = body["psbts"]
+            if not isinstance(psbts, list) or not all(isinstance(p, str) for p in psbts):
+                raise ValueError("psbts: a list of base64 PSBTs")
+            doc = await run_in_threadpool(_vault("warm" if refill_id.startswith("warm") else "cold").submit, runtime,
+                                          refill_id, psbts)
+        except (KeyError, TypeError, ValueError, RingfenceError) as err:
+            return _cold_error(err)
+        return JSONResponse(doc)
+
     return router

@@ -508,6 +508,22 @@ class CustodyRuntime:
         cdir = self.data_dir / "custody"
         self.keys = CustodyKeys(load_seed(cdir))
         self.chains = LocalChains(self.data_dir / "chains", self.keys.seed, frozenset(t.chain for t in self.terms.values()))
+        #: The BTC hot wallet: a FROST 2-of-3 Taproot key held by signer processes (btc_signing.py).
+        self.btc_signers: Any = None
+        self.btc_hot_signer: Any = None
+        self.cold_vault: Any = None
+        self.btc_vaults: dict[str, Any] = {}
+        if "bitcoin" in {t.chain for t in self.terms.values()}:
+            from .btc_signing import start_btc_hot
+            from .cold_refill import open_vaults, start_vault_ceremony  # btc_warm/btc_cold: P2WSH 2-of-3 vaults
+
+            ceremony = start_vault_ceremony(self.data_dir)  # first start only; runs beside the signers' start
+            self.btc_signers, self.btc_hot_signer = start_btc_hot(self.data_dir)
+            self.keys.btc_hot = self.btc_hot_signer.address()
+            self.btc_vaults = open_vaults(self.data_dir, ceremony=ceremony)
+            self.cold_vault = self.btc_vaults["cold"]
+            self.keys.cold["btc"] = self.cold_vault.address
+            self.keys.btc_warm = self.btc_vaults["warm"].address
         self.node: Any = None
         self.workers: list[Supervised] = []
         self._stop = threading.Event()
@@ -580,6 +596,10 @@ class CustodyRuntime:
         out: dict[str, Any] = {"assets": sorted(self.terms), "policy": policy}
         if self.demo:
             out["treasury"] = self._fund_treasury(node)
+            if self.cold_vault is not None:
+                from .cold_refill import fund_demo_cold
+
+                out["treasury"] += fund_demo_cold(self, node)
         return out
 
     def _ensure_policy(self, node: Any) -> str:
@@ -681,9 +701,12 @@ class CustodyRuntime:
         k = self.keys
         deposits = read(lambda e: sorted((key.split(":", 1)[0], v[0], v[2]) for key, v in custody_state(e).deposit_addresses.items()))
         online = [(chain, address, k.signer, k.deposit_key_id(chain, account)) for chain, account, address in deposits]
-        online += [("bitcoin", k.btc_hot, k.signer, "btc-hot"), ("bitcoin", k.btc_warm, k.signer, "btc-warm"),
-                   ("ethereum", k.eth_hot, k.signer, "eth-hot")]
-        return seed_wallet_keys(k.seed, self.assets_by_chain(), online, {"bitcoin": k.cold["btc"], "ethereum": k.cold["eth"]},
+        online += [("bitcoin", k.btc_hot, self.btc_hot_signer, "btc-hot")]
+        if not self.btc_vaults:  # the warm vault's holders sign PSBTs only (cold_refill.py)
+            online += [("bitcoin", k.btc_warm, k.signer, "btc-warm")]
+        online += [("ethereum", k.eth_hot, k.signer, "eth-hot")]
+        cold = {"ethereum": k.cold["eth"]} if self.cold_vault is not None else {"bitcoin": k.cold["btc"], "ethereum": k.cold["eth"]}
+        return seed_wallet_keys(k.seed, self.assets_by_chain(), online, cold,  # the BTC cold vault signs offline only
                                 k.shield)
 
     def reserve_source(self, read: Callable[[Callable[[Any], Any]], Any]) -> "RuntimeReserveSource":
@@ -696,7 +719,7 @@ class CustodyRuntime:
 
         routes = []
         if "BTC" in self.terms:
-            routes.append(ShieldRoute("BTC", "btc_hot", self.keys.btc_hot, "btc-hot", self.keys.signer, "shield_btc",
+            routes.append(ShieldRoute("BTC", "btc_hot", self.keys.btc_hot, "btc-hot", self.btc_hot_signer, "shield_btc",
                                       self.keys.shield, SHIELD_MIN_SWEEP_MINOR["BTC"]))
         return routes
 
@@ -725,7 +748,7 @@ class CustodyRuntime:
             self.workers.append(Supervised(f"deposits-{chain}", watcher.poll, every, lock))
         hot = {}
         if "bitcoin" in chains:
-            hot["btc_hot"] = W.HotWallet("btc_hot", "bitcoin", self.keys.btc_hot, "btc-hot", self.keys.signer)
+            hot["btc_hot"] = W.HotWallet("btc_hot", "bitcoin", self.keys.btc_hot, "btc-hot", self.btc_hot_signer)
         if "ethereum" in chains:
             hot["eth_hot"] = W.HotWallet("eth_hot", "ethereum", self.keys.eth_hot, "eth-hot", self.keys.signer)
         facts = identity_risk_facts(self.identity_ctx) if self.identity_ctx is not None else W.no_identity_facts
@@ -743,6 +766,10 @@ class CustodyRuntime:
         self.workers.append(Supervised("reconcile-chain", self._reconcile, every, lock))
         if self.identity_ctx is not None:
             self.workers.append(Supervised("security-relay", self._relay_security_changes, every, threading.RLock()))
+        if self.btc_hot_signer is not None:  # proactive share refresh of the FROST hot wallet (btc_signing.py)
+            from .btc_signing import refresh_worker
+
+            self.workers.append(refresh_worker(self, Supervised, lock))
         from .shield import ShieldSweeper
 
         self.shield_sweeper = ShieldSweeper(_as(node, "worker:shield-sweeper"), adapters, self.shield_routes(), value_asset=self.shield_value_asset)
@@ -803,9 +830,17 @@ class CustodyRuntime:
         self._stop.set()
         for w in self.workers:
             w.join(10)
+        if self.btc_hot_signer is not None:
+            self.btc_hot_signer.close()
+        if self.btc_signers is not None:
+            self.btc_signers.stop()
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"chains": self.chains.heights(), "workers": {w.name: w.status() for w in self.workers}}
+        if self.btc_hot_signer is not None:
+            from .btc_signing import wallet_signers
+
+            out["wallet_signers"] = wallet_signers(self)
         report = self.last_chain_report
         if report is not None:
             out["chain_reconciliation"] = {"seq": report.seq, "wallets": len(report.chain_rows),

@@ -98,6 +98,12 @@ def build_btc_payment(adapter: Any, *, from_address: str, key_id: str, signer: A
     from bitcointx.core.script import CScript, CScriptWitness, OP_CHECKSIG, OP_DUP, OP_EQUALVERIFY, OP_HASH160, \
         SIGHASH_ALL, SIGVERSION_WITNESS_V0, SignatureHash
 
+    if getattr(signer, "taproot", False):  # a FROST Taproot hot wallet (btc_signing.py)
+        from .btc_signing import build_taproot_payment
+
+        return build_taproot_payment(adapter, from_address=from_address, key_id=key_id, signer=signer, outputs=outputs,
+                                     fee_rate_sat_per_vb=fee_rate_sat_per_vb, request_id=request_id, reason=reason,
+                                     requested_by=requested_by, sweep_all=sweep_all)
     if not outputs or any(v <= 0 for _, v in outputs) and not sweep_all:
         raise ValidationError("needs outputs with positive amounts", field="outputs")
     node = adapter.node

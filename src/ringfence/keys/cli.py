@@ -259,3 +259,79 @@ def verify_log(log: Path = typer.Option(DEFAULT_LOG, help="The key-operation log
     except RingfenceError as err:
         fail(f"--log: {err}", 1)
     typer.echo(f"key-operation log ok: {n} entries")
+
+
+signer_app = typer.Typer(name="signer", no_args_is_help=True, help=(
+    "Run a FROST signer process (one share of a threshold key, its own encrypted share store).\n\n"
+    "Example: RINGFENCE_SIGNER_PASSPHRASE=... RINGFENCE_SIGNER_TOKEN=... ringfence signer run --store ./s1 "
+    "--identifier 1 --port 7301 --create --coordinator-cert coordinator.crt"))
+
+
+@signer_app.command("run", help=(
+    "Serve one signer over mutually authenticated TLS 1.3 (pinned Ed25519 certificates): only the coordinator "
+    "whose certificate is --coordinator-cert may connect; this signer's own certificate is STORE/tls.crt (created "
+    "on first start; give it to the coordinator to pin, e.g. RINGFENCE_BTC_SIGNER_CERTS of `serve`). The passphrase "
+    "and bearer token come from RINGFENCE_SIGNER_PASSPHRASE and RINGFENCE_SIGNER_TOKEN, never argv.\n\n"
+    "Example: ringfence signer run --store ./s1 --identifier 1 --port 7301 --create "
+    "--coordinator-cert ./data/signers/coordinator/tls.crt"))
+def signer_run(store: Path = typer.Option(..., help="share store directory"),
+               identifier: int = typer.Option(..., help="this signer's FROST identifier (1..255)"),
+               port: int = typer.Option(..., help="TCP port"),
+               name: str = typer.Option("", help="name in logs (default signer-ID)"),
+               host: str = typer.Option("127.0.0.1", help="address to bind"),
+               create: bool = typer.Option(False, help="create the share store if it does not exist"),
+               coordinator_cert: Path = typer.Option(None, help="the coordinator's pinned certificate (PEM); "
+                                                     "without it: plain HTTP on loopback (tests only)"),
+               policy_public_key: str = typer.Option("", help="hex Ed25519 key: sign only with its attestations")) -> None:
+    from .signer_server import main
+
+    argv = ["--store", str(store), "--identifier", str(identifier), "--name", name or f"signer-{identifier}",
+            "--port", str(port), "--host", host]
+    if create:
+        argv.append("--create")
+    if coordinator_cert is not None:
+        argv += ["--coordinator-cert", str(coordinator_cert)]
+    if policy_public_key:
+        argv += ["--policy-public-key", policy_public_key]
+    main(argv)
+
+
+@app.command("sign-psbt", help=(
+    "Sign a PSBT offline with one cold key holder's BIP-32 root key (no network): adds this holder's "
+    "signatures to every input it has a key in and writes the PSBT back out, for the next holder or the "
+    "wallet. The key comes from RINGFENCE_COLD_XPRV or the file --key (one tprv/xprv line, mode 0600), never "
+    "argv. Refuses a PSBT whose outputs exceed its inputs, and says when this key signs nothing.\n\n"
+    "Example: ringfence keys sign-psbt --psbt refill.psbt --key holder-2.xprv --out refill.2.psbt"))
+def sign_psbt_cmd(psbt: Path = typer.Option(..., help="the PSBT file (base64)"),
+                  out: Path = typer.Option(..., help="where to write the signed PSBT (base64)"),
+                  key: Path = typer.Option(None, help="file holding this holder's root tprv/xprv")) -> None:
+    from ..chains.bitcoin.signer import sign_psbt
+    from ..errors import ValidationError
+
+    xprv = os.environ.get("RINGFENCE_COLD_XPRV", "").strip()
+    if not xprv:
+        if key is None:
+            raise typer.BadParameter("give --key FILE or set RINGFENCE_COLD_XPRV", param_hint="--key")
+        xprv = key.read_text().strip()
+    try:
+        signed, added = sign_psbt(psbt.read_text().strip(), xprv)
+    except ValidationError as exc:
+        console.print(f"[red]refused[/]: {exc}")
+        raise typer.Exit(2) from None
+    if added == 0:
+        console.print("[red]refused[/]: this key has no key in the PSBT's inputs (nothing signed)")
+        raise typer.Exit(2)
+    out.write_text(signed + "\n")
+    typer.echo(f"{added} signature(s) added; wrote {out}")
+
+
+@signer_app.command("coordinator-cert", help=(
+    "Create (once) and print the coordinator certificate of a `serve` data directory: the certificate each "
+    "signer pins with `ringfence signer run --coordinator-cert`. Prints its path and SHA-256 fingerprint.\n\n"
+    "Example: ringfence signer coordinator-cert --data ./ringfence-data"))
+def signer_coordinator_cert(data: Path = typer.Option(Path("ringfence-data"), "--data", help="serve's data directory")) -> None:
+    from ..custody.btc_signing import coordinator_identity
+    from .tls import fingerprint
+
+    identity = coordinator_identity(data)
+    typer.echo(f"{identity.cert}\nsha256 {fingerprint(identity.cert)}")

@@ -31,6 +31,18 @@ POOL_REFILL = 20
 TIMEOUT_S = 10.0
 
 
+def _why(exc: BaseException) -> str:
+    """A transport failure in a word; a refused TLS handshake says that it was one."""
+    import ssl
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS authentication failed: {getattr(seen, 'reason', None) or seen.__class__.__name__}"
+        seen = seen.__cause__ or seen.__context__
+    return exc.__class__.__name__
+
+
 class PublicKeyPackage:
     """The public half of a threshold key (group key + verifying shares), as the coordinator sees it."""
 
@@ -45,12 +57,17 @@ class PublicKeyPackage:
 
 
 class ThresholdCoordinator:
-    def __init__(self, signers: Mapping[int, str], token: str, *, actor: str = "coordinator") -> None:
+    def __init__(self, signers: Mapping[int, str], token: str, *, actor: str = "coordinator", tls: Any = None) -> None:
+        """`tls`: a `tls.ClientTLS` (our certificate and each signer's pinned one) for mutually
+        authenticated TLS; without it, plain HTTP with the bearer token (tests, loopback baseline)."""
         if not signers:
             raise ValidationError("need at least one signer url", field="signers")
         self.signers = dict(signers)
         self.actor = actor
-        self._http = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT_S)
+        self.tls = tls
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._http = httpx.Client(headers=self._headers, timeout=TIMEOUT_S)
+        self._clients: dict[int, httpx.Client] = {}
         self._pool: dict[tuple[str, int], deque[dict[str, Any]]] = {}
         self._keys: dict[str, PublicKeyPackage] = {}
         self._lock = threading.Lock()
@@ -62,14 +79,25 @@ class ThresholdCoordinator:
         self._bg.shutdown(wait=True)
         self._exec.shutdown(wait=False)
         self._http.close()
+        for c in self._clients.values():
+            c.close()
 
     # ---------------------------------------------------------------------------- transport
+    def _client(self, i: int) -> httpx.Client:
+        """One connection pool per signer; with TLS it trusts only that signer's pinned certificate."""
+        if self.tls is None:
+            return self._http
+        with self._lock:
+            c = self._clients.get(i)
+            if c is None:
+                c = self._clients[i] = httpx.Client(headers=self._headers, timeout=TIMEOUT_S, verify=self.tls.context(i))
+            return c
+
     def _post(self, i: int, path: str, body: dict[str, Any]) -> Any:
         try:
-            r = self._http.post(self.signers[i] + path, json=body)
+            r = self._client(i).post(self.signers[i] + path, json=body)
         except httpx.HTTPError as exc:
-            raise SignerUnavailable(f"signer {i} unreachable ({exc.__class__.__name__})", field="signer",
-                                    signer=i) from None
+            raise SignerUnavailable(f"signer {i} unreachable ({_why(exc)})", field="signer", signer=i) from None
         if r.status_code != 200:
             d = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
             err: type[RingfenceError] = ValidationError
@@ -85,9 +113,9 @@ class ThresholdCoordinator:
 
     def _get(self, i: int, path: str) -> Any:
         try:
-            r = self._http.get(self.signers[i] + path)
+            r = self._client(i).get(self.signers[i] + path)
         except httpx.HTTPError as exc:
-            raise SignerUnavailable(f"signer {i} unreachable ({exc.__class__.__name__})", field="signer") from None
+            raise SignerUnavailable(f"signer {i} unreachable ({_why(exc)})", field="signer", signer=i) from None
         r.raise_for_status()
         return r.json()
 
@@ -161,11 +189,16 @@ class ThresholdCoordinator:
         if pkg is None:
             ids = sorted(self.signers)
             pub = {}
+            unreachable = []
             for i in ids:
                 try:
                     pub[i] = self._get(i, f"/v1/keys/{key_id}")
-                except (httpx.HTTPError, SignerUnavailable):
+                except httpx.HTTPError:
                     continue
+                except SignerUnavailable as exc:
+                    unreachable.append(str(exc))
+            if not pub and len(unreachable) == len(ids):
+                raise SignerUnavailable("; ".join(unreachable), field="signer")
             if not pub:
                 raise ValidationError("no signer holds this key", field="key_id")
             pkg = self._adopt(key_id, pub)

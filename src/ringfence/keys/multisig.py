@@ -33,7 +33,7 @@ from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from ..errors import QuorumNotNominated, ValidationError
 
-__all__ = ["Nomination", "nominate_quorum", "ColdWallet", "holder_xpub_entry", "sign_psbt_offline", "MAX_HOLDERS"]
+__all__ = ["Nomination", "nominate_quorum", "nominate_for_transaction", "transaction_seed", "ColdWallet", "holder_xpub_entry", "sign_psbt_offline", "MAX_HOLDERS"]
 
 MAX_HOLDERS = 15  # P2WSH multisig standardness limit
 MAX_INPUTS = 200
@@ -69,6 +69,30 @@ def nominate_quorum(holders: Sequence[str], m: int, block_hash: bytes, request_i
     seed = hashlib.sha256(block_hash + request_id.encode()).digest()
     ranked = sorted(holders, key=lambda h: hashlib.sha256(seed + bytes.fromhex(h)).digest())
     return Nomination(request_id, block_height, block_hash.hex(), tuple(holders), m, tuple(sorted(ranked[:m])))
+
+
+def transaction_seed(unsigned_txid: str, journal_position: int) -> bytes:
+    """The nomination seed of one transaction: SHA256("ringfence-quorum-v1" || txid || position), from
+    the unsigned transaction's id and the journal position at which it was recorded. Both are in the
+    journal, so an auditor recomputes the quorum offline; the engine reads no randomness."""
+    try:
+        txid = bytes.fromhex(unsigned_txid)
+    except ValueError:
+        raise ValidationError("must be 64 hex characters", field="txid") from None
+    if len(txid) != 32:
+        raise ValidationError("must be 64 hex characters", field="txid")
+    if not isinstance(journal_position, int) or journal_position < 0:
+        raise ValidationError("must be a journal position >= 0", field="journal_position")
+    return hashlib.sha256(b"ringfence-quorum-v1" + txid + journal_position.to_bytes(8, "big")).digest()
+
+
+def nominate_for_transaction(holders: Sequence[str], m: int, unsigned_txid: str, journal_position: int) -> Nomination:
+    """The quorum of one cold transaction (the M holders ranked lowest under `transaction_seed`).
+    Checked like any nomination: `nomination.verify(transaction_seed(txid, position).hex())`.
+    Unlike a future block hash, a transaction id can be ground by whoever builds the transaction
+    (change amount, input choice); the builder is the server, which holds none of the keys."""
+    seed = transaction_seed(unsigned_txid, journal_position)
+    return nominate_quorum(holders, m, seed, f"tx:{unsigned_txid}", journal_position)
 
 
 def holder_xpub_entry(root: bip32.HDKey, network: str = "regtest") -> str:

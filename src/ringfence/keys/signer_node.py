@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -57,6 +59,16 @@ def _key_id(key_id: str) -> str:
     if not isinstance(key_id, str) or not KEY_ID_PATTERN.match(key_id):
         raise ValidationError("must match [a-z0-9][a-z0-9._:-]{0,63}", field="key_id")
     return key_id
+
+
+def _crash_once_hook() -> None:
+    """Test hook: with RINGFENCE_SIGNER_CRASH_ONCE=PATH and that file present, delete it and die
+    (SIGKILL) right after the nonce was consumed and before the share is computed: a crash in the
+    middle of a signature. Without the variable nothing happens."""
+    flag = os.environ.get("RINGFENCE_SIGNER_CRASH_ONCE")
+    if flag and os.path.exists(flag):
+        os.unlink(flag)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class SignerNode:
@@ -127,6 +139,7 @@ class SignerNode:
         kp = self._kp(key_id, sch)
         comms = [SigningCommitments.from_dict(kp.suite, c) for c in commitments]
         nonces = self.nonces.consume(key_id, nonce_id)  # durable before any share exists
+        _crash_once_hook()
         z = frost.sign_share(kp, nonces, message, comms)
         self.log.append(actor=self.name, action="sign_share", key_id=key_id, reason=f"request {request_id}",
                         scheme=sch.value, signers=[c.identifier for c in comms])

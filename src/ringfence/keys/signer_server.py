@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--create", action="store_true", help="create the share store if it does not exist")
     ap.add_argument("--policy-public-key", default=None, help="hex Ed25519 key; if set, sign only with attestations")
+    ap.add_argument("--coordinator-cert", type=Path, default=None,
+                    help="mutual TLS: the coordinator's pinned certificate (PEM); the only client accepted. This "
+                         "signer's own Ed25519 certificate is STORE/tls.crt (created on first start)")
     args = ap.parse_args(argv)
     passphrase = os.environ.get("RINGFENCE_SIGNER_PASSPHRASE", "")
     token = os.environ.get("RINGFENCE_SIGNER_TOKEN", "")
@@ -142,7 +145,18 @@ def main(argv: list[str] | None = None) -> None:
                      policy_public_key=bytes.fromhex(args.policy_public_key) if args.policy_public_key else None)
     import uvicorn
 
-    uvicorn.run(create_app(node, token), host=args.host, port=args.port, log_level="warning", access_log=False)
+    ssl_args: dict[str, Any] = {}
+    if args.coordinator_cert is not None:
+        import ssl
+
+        from .tls import _check_pin, ensure_identity
+
+        _check_pin(args.coordinator_cert, "coordinator")
+        me = ensure_identity(args.store, args.name, passphrase)
+        ssl_args = {"ssl_certfile": str(me.cert), "ssl_keyfile": str(me.key), "ssl_keyfile_password": me.password,
+                    "ssl_ca_certs": str(args.coordinator_cert), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    uvicorn.run(create_app(node, token), host=args.host, port=args.port, log_level="warning", access_log=False,
+                **ssl_args)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,15 @@ def _bip137(signer: Any, key_id: str, message: str, header_base: int) -> tuple[s
     return base64.b64encode(bytes([header_base + recid]) + rs).decode("ascii"), pub
 
 
+def _bip340(signer: Any, key_id: str, message: str) -> str:
+    from ..keys.interface import Scheme, SigningRequest
+
+    digest = bitcoin_message_hash(message)
+    sig = signer.sign(SigningRequest(request_id=f"por-{digest.hex()[:24]}", key_id=key_id, digest=digest,
+                                     scheme=Scheme.TAPROOT_KEYPATH, requested_by="por-publisher", reason="proof of reserves"))
+    return bytes(sig.signature).hex()
+
+
 def _eip191(signer: Any, key_id: str, message: str) -> str:
     from eth_utils import keccak
 
@@ -176,6 +185,10 @@ class SignerReserveSource:
         if w.chain == "ethereum":
             signer, key_id = w.keys[0]
             return OwnershipClaim(w.chain, asset, w.address, "evm", signature=_eip191(signer, key_id, message))
+        if not w.script_hex and getattr(w.keys[0][0], "taproot", False):
+            signer, key_id = w.keys[0]  # a FROST Taproot key (the hot wallet): a BIP-340 signature by a quorum
+            return OwnershipClaim(w.chain, asset, w.address, "bitcoin-taproot", network=w.network,
+                                  signature=_bip340(signer, key_id, message))
         if not w.script_hex:
             signer, key_id = w.keys[0]
             sig, _ = _bip137(signer, key_id, message, 39)  # 39-42: P2WPKH
@@ -195,7 +208,7 @@ class SignerReserveSource:
 def claim_to_json(c: OwnershipClaim) -> dict[str, Any]:
     """The claim as the evidence file (`load_claims`) reads it back."""
     out: dict[str, Any] = {"chain": c.chain, "asset": c.asset, "address": c.address, "type": c.type}
-    if c.type in ("evm", "bitcoin"):
+    if c.type in ("evm", "bitcoin", "bitcoin-taproot"):
         out["signature"] = c.signature
     if c.type != "evm":
         out["network"] = c.network

@@ -167,6 +167,24 @@ def verify_bitcoin_ownership(address: str, message: str, signature_b64: str,
     return True, "valid"
 
 
+def verify_taproot_ownership(address: str, message: str, signature_hex: str, network: str = "main") -> tuple[bool, str]:
+    """A P2TR key-path address (e.g. a FROST threshold key): a BIP-340 signature by its output key
+    over the BIP-137 message hash."""
+    net = _network(network)
+    try:
+        spk = script.address_to_scriptpubkey(address).data
+    except Exception:  # noqa: BLE001 - embit raises several types for a bad address
+        return False, "address does not decode"
+    if len(spk) != 34 or spk[:2] != b"\x51\x20" or script.Script(spk).address(net) != address:
+        return False, "not a taproot address of this network"
+    try:
+        sig = bytes.fromhex(signature_hex)
+        ok = len(sig) == 64 and coincurve.PublicKeyXOnly(spk[2:]).verify(sig, bitcoin_message_hash(message))
+    except (ValueError, TypeError):
+        ok = False
+    return (True, "valid") if ok else (False, "BIP-340 signature does not verify for the output key")
+
+
 def _parse_multisig(redeem: bytes) -> tuple[int, list[bytes]]:
     """OP_m <33-byte keys> OP_n OP_CHECKMULTISIG -> (m, keys); ValueError otherwise."""
     if len(redeem) < 3 or redeem[-1] != 0xAE:
@@ -349,7 +367,7 @@ def _int_str(value: Any, where: str) -> int:
 # Claims and the reserves total
 # --------------------------------------------------------------------------------------------
 
-CLAIM_TYPES = ("evm", "bitcoin", "bitcoin-multisig")
+CLAIM_TYPES = ("evm", "bitcoin", "bitcoin-multisig", "bitcoin-taproot")
 
 
 @dataclass(frozen=True)
@@ -396,6 +414,8 @@ class OwnershipClaim:
             return verify_evm_ownership(self.address, message, self.signature)
         if self.type == "bitcoin":
             return verify_bitcoin_ownership(self.address, message, self.signature, self.network)
+        if self.type == "bitcoin-taproot":
+            return verify_taproot_ownership(self.address, message, self.signature, self.network)
         return verify_multisig_ownership(self.address, message, self.script, self.pubkeys, self.threshold,
                                          self.signatures, self.network, self.wrapping)
 

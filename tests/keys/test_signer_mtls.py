@@ -1,0 +1,156 @@
+"""Signer transport with pinned keys (issue 16, item 4): coordinator and signers authenticate each
+other with TLS 1.3 and pinned Ed25519 certificates. A man in the middle with its own key is refused
+in both directions, for a DKG and for a signature: the coordinator refuses its certificate (nothing
+reaches the signer), and the signer refuses it as a client, even when it holds the bearer token."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+
+from ringfence.custody.btc_signing import SignerFleet
+from ringfence.errors import SignerUnavailable
+from ringfence.keys.coordinator import ThresholdCoordinator
+from ringfence.keys.interface import Scheme, SigningRequest
+from ringfence.keys.tls import ClientTLS, ensure_identity, fingerprint
+
+SUITE = "FROST(secp256k1, SHA-256)"
+
+
+class Mitm:
+    """A TLS-terminating proxy with its own Ed25519 certificate in front of one signer: it presents
+    its own certificate downstream and its own client certificate upstream, and relays bytes."""
+
+    def __init__(self, root: Path, upstream: tuple[str, int], upstream_cert: Path) -> None:
+        self.me = ensure_identity(root / "mallory", "mallory", "mallory-passphrase")
+        self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server_ctx.load_cert_chain(str(self.me.cert), str(self.me.key), password=self.me.password)
+        self.client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.client_ctx.check_hostname = False
+        self.client_ctx.load_verify_locations(str(upstream_cert))  # mallory may well know the signer's cert
+        self.client_ctx.load_cert_chain(str(self.me.cert), str(self.me.key), password=self.me.password)
+        self.upstream = upstream
+        self.events: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(raw,), daemon=True).start()
+
+    def _one(self, raw: socket.socket) -> None:
+        try:
+            down = self.server_ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.events.append(f"downstream refused: {exc.__class__.__name__}")
+            raw.close()
+            return
+        self.events.append("downstream accepted")
+        try:
+            up = self.client_ctx.wrap_socket(socket.create_connection(self.upstream), server_hostname="127.0.0.1")
+            data = down.recv(65536)
+            up.sendall(data)
+            answer = up.recv(65536)  # TLS 1.3: a refused client certificate shows up on the first read
+            if not answer:
+                raise ConnectionError("closed")
+            self.events.append("relayed")
+            down.sendall(answer)
+        except (ssl.SSLError, OSError, ConnectionError) as exc:
+            self.events.append(f"upstream refused: {exc.__class__.__name__}")
+        finally:
+            down.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    f = SignerFleet(tmp_path_factory.mktemp("mtls") / "signers")
+    f.start()
+    yield f
+    f.stop()
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _req(rid: str) -> SigningRequest:
+    return SigningRequest(rid, "k-mtls", bytes(range(32)), Scheme.TAPROOT_KEYPATH, "test", "mtls test")
+
+
+def test_pinned_mutual_tls_dkg_and_signing_work(fleet: SignerFleet) -> None:
+    coord = ThresholdCoordinator(fleet.urls, fleet.token, tls=fleet.tls())
+    try:
+        coord.create_key("k-mtls", SUITE, 2, [1, 2, 3])
+        sig = coord.sign(_req("ok-1"), [1, 2])
+        assert len(sig.signature) == 64 and sig.signers == ("frost:1", "frost:2")
+    finally:
+        coord.close()
+    assert all(u.startswith("https://") for u in fleet.urls.values())
+    fps = {fingerprint(fleet.store_dir(i) / "tls.crt") for i in (1, 2, 3)} | {fingerprint(fleet.identity.cert)}
+    assert len(fps) == 4, "every party has its own key"
+
+
+def test_coordinator_refuses_a_man_in_the_middle_for_dkg_and_signing(fleet: SignerFleet, tmp_path) -> None:
+    mitm = Mitm(tmp_path, ("127.0.0.1", _port(fleet.urls[2])), fleet.store_dir(2) / "tls.crt")
+    urls = {**fleet.urls, 2: mitm.url}
+    coord = ThresholdCoordinator(urls, fleet.token, tls=fleet.tls())  # pins signer 2's real certificate
+    try:
+        with pytest.raises(SignerUnavailable, match="signer 2 unreachable.*TLS authentication failed"):
+            coord.create_key("k-mitm-dkg", SUITE, 2, [1, 2, 3])
+        with pytest.raises(SignerUnavailable, match="signer 2 unreachable.*TLS authentication failed"):
+            coord.sign(_req("mitm-1"), [1, 2])
+        # without a fixed quorum the coordinator goes round the intercepted signer: 1 and 3 sign
+        assert coord.sign(_req("mitm-2")).signers == ("frost:1", "frost:3")
+    finally:
+        coord.close()
+        mitm.close()
+    assert mitm.events and all(e.startswith("downstream refused") for e in mitm.events), mitm.events
+    for i in (1, 2, 3):
+        assert not (fleet.store_dir(i) / "shares" / "k-mitm-dkg.bin").exists(), "a DKG through a MITM stored nothing"
+
+
+def test_signer_refuses_a_man_in_the_middle_as_client_for_dkg_and_signing(fleet: SignerFleet, tmp_path) -> None:
+    """Mallory knows the URLs, the signers' certificates and even the bearer token, but has her own key."""
+    mallory = ensure_identity(tmp_path / "mallory-coord", "mallory", "mallory-passphrase")
+    pins = {i: fleet.store_dir(i) / "tls.crt" for i in (1, 2, 3)}
+    coord = ThresholdCoordinator(fleet.urls, fleet.token, tls=ClientTLS(mallory, pins))
+    try:
+        # TLS 1.3: the server checks the client certificate after the client finished its side, so
+        # mallory sees an alert or a closed connection, depending on timing
+        with pytest.raises(SignerUnavailable, match="unreachable"):
+            coord.create_key("k-mallory", SUITE, 2, [1, 2, 3])
+        with pytest.raises(SignerUnavailable, match="unreachable"):
+            coord.sign(_req("mallory-1"), [1, 2])
+    finally:
+        coord.close()
+    # and as a relay: a client that trusts anything, through the proxy, still does not reach signer 2
+    import httpx
+
+    mitm = Mitm(tmp_path, ("127.0.0.1", _port(fleet.urls[2])), fleet.store_dir(2) / "tls.crt")
+    try:
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(mitm.url + "/v1/commit", json={"key_id": "k-mtls", "count": 1},
+                       headers={"Authorization": f"Bearer {fleet.token}"}, verify=False, timeout=5)
+    finally:
+        mitm.close()
+    assert "downstream accepted" in mitm.events and any(e.startswith("upstream refused") for e in mitm.events), mitm.events
+    assert "relayed" not in mitm.events
+    for i in (1, 2, 3):
+        assert not (fleet.store_dir(i) / "shares" / "k-mallory.bin").exists()
+        assert "mallory" not in (fleet.store_dir(i) / "keyops.jsonl").read_text(), "no request of mallory's was served"
