@@ -19,6 +19,7 @@ from .deposit_cmds import (
     FinalizeDeposit,
     ObserveDeposit,
     ReorgDeposits,
+    RelocateDeposit,
     ReviewQuarantine,
 )
 from .refund_cmds import ReturnDepositSigned
@@ -73,7 +74,7 @@ from .withdrawal_cmds import (
 
 __all__ = [
     "CustodyState", "custody_state",
-    "ConfigureCustodyAsset", "RegisterWallet", "AssignDepositAddress", "ObserveDeposit", "ReorgDeposits",
+    "ConfigureCustodyAsset", "RegisterWallet", "AssignDepositAddress", "ObserveDeposit", "ReorgDeposits", "RelocateDeposit",
     "CreditDeposit", "FinalizeDeposit", "FileSourceOfFunds", "ReviewQuarantine", "SetApprover",
     "AddWithdrawalAddress", "ProposePolicy", "ApprovePolicy", "ActivatePolicy", "RequestWithdrawal",
     "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview",
