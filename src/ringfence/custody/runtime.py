@@ -91,7 +91,7 @@ class AssetTerms:
 DEMO_TERMS: dict[str, AssetTerms] = {
     "BTC": AssetTerms("BTC", "bitcoin", 8, 2, 4, 10_000, 100_000, 5 * 10**8, 10_000, 10_000_000, 10_000),
     "ETH": AssetTerms("ETH", "ethereum", 18, 2, 4, 10**15, 10**16, 100 * 10**18, 10**15, 2 * 10**18, 10**15),
-    "USDT": AssetTerms("USDT", "ethereum", 6, 2, 4, 10**6, 10 * 10**6, 10**12, 10**6, 5_000 * 10**6, 10**12),
+    "USDT": AssetTerms("USDT", "ethereum", 6, 2, 4, 10**6, 10 * 10**6, 10**12, 10**6, 5_000 * 10**6, 100 * 10**6),
 }
 #: What the demo treasury puts in the hot wallets at the start (covers the demo's ledger funding).
 DEMO_TREASURY = {"BTC": 110 * 10**8, "ETH": 1_100 * 10**18, "USDT": 12_000_000 * 10**6}
@@ -512,6 +512,7 @@ class CustodyRuntime:
         self.workers: list[Supervised] = []
         self._stop = threading.Event()
         self.reconciler: Any = None
+        self.token_sweepers: list[Any] = []
         self.last_chain_report: Any = None
         #: Test hook (demo only): SIGKILL the process at this withdrawal-worker point (e.g. after_record_signed).
         self.crash_at = os.environ.get("RINGFENCE_CUSTODY_CRASH_AT", "") if demo else ""
@@ -736,6 +737,7 @@ class CustodyRuntime:
         key_of_address: dict[str, str] = {}
         balancers = {c: W.Balancer(_as(node, "worker:balancer"), a, deposit_signer=self.keys.signer, key_of_address=key_of_address)
                      for c, a in adapters.items()}
+        self.token_sweepers = self._token_sweepers(node, balancers, key_of_address)
         self.workers.append(Supervised("balancer", lambda: self._balance(balancers, key_of_address), every * 2, lock))
         tolerances = {"ETH": 10**16} if "ethereum" in chains else {}  # gas of token withdrawals in flight
         self.reconciler = Reconciler(_as(node, "worker:reconciler"), wallets=self._wallet_specs(adapters), custody=_InFlightView(node),
@@ -783,11 +785,27 @@ class CustodyRuntime:
         for chain, b in balancers.items():
             b.resend_pending()
             native = "BTC" if chain == "bitcoin" else "ETH"
+            tokens = [ts for ts in self.token_sweepers if ts.adapter.chain == chain]
             if native in self.terms:
                 t = self.terms[native]
                 hot = self.keys.btc_hot if chain == "bitcoin" else self.keys.eth_hot
-                b.sweep(native, f"{chain[:3]}_deposit", f"{chain[:3]}_hot", hot, t.sweep_min_minor)
+                if not any(ts.busy() for ts in tokens):  # one transfer at a time out of a deposit address's ETH
+                    b.sweep(native, f"{chain[:3]}_deposit", f"{chain[:3]}_hot", hot, t.sweep_min_minor)
                 b.record_confirmed(native, t.credit_confirmations)
+            for ts in tokens:
+                ts.step(self.terms[ts.token].credit_confirmations)
+
+    def _token_sweepers(self, node: Any, balancers: dict[str, Any], key_of_address: dict[str, str]) -> list[Any]:
+        """ERC-20 sweeps (custody.token_sweeps): gas top-up from hot, then the tokens into hot."""
+        from .token_sweeps import TokenSweeper
+
+        if "ethereum" not in balancers or "ETH" not in self.terms:
+            return []
+        return [TokenSweeper(_as(node, "worker:balancer"), self.chains.adapter("ethereum"), balancers["ethereum"], token=a,
+                             deposit_wallet="eth_deposit", hot_wallet="eth_hot", hot_address=self.keys.eth_hot,
+                             hot_key_id="eth-hot", hot_signer=self.keys.signer, deposit_signer=self.keys.signer,
+                             key_of_address=key_of_address, min_minor=t.sweep_min_minor)
+                for a, t in sorted(self.terms.items()) if t.chain == "ethereum" and a != "ETH"]
 
     def _reconcile(self) -> None:
         # the wallets' addresses grow as deposit addresses are assigned: re-read them every pass
@@ -811,6 +829,9 @@ class CustodyRuntime:
             out["chain_reconciliation"] = {"seq": report.seq, "wallets": len(report.chain_rows),
                                            "mismatches": [m.evidence() for m in report.mismatches[:10]],
                                            "halts_submitted": list(report.halts_submitted)}
+        if self.token_sweepers:
+            out["token_sweeps"] = {ts.token: {"gas_top_ups": ts.topped_up, "sweeps": ts.swept, "min_minor": str(ts.min_minor)}
+                                   for ts in self.token_sweepers}
         sweeper = self.shield_sweeper
         if sweeper is not None:
             last = sweeper.last
