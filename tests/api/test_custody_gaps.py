@@ -85,3 +85,40 @@ def test_a_deposit_not_final_at_a_restart_becomes_final_and_an_asset_halt_holds_
         assert _eth(again, key) == before + Decimal("0.35")
     finally:
         assert again.stop() == 0
+
+
+def test_hot_wallets_drain_to_cold_by_the_policy_band(tmp_path) -> None:
+    """`RINGFENCE_DEMO_HOT_BAND=4000,5000,6000` puts a band for ETH and USDT in the demo's policy.
+    The treasury fills the hot wallet (100 % of reserves, above 60 %): the rebalancer proposes, the
+    engine authorizes and the chain executes a drain of each asset to cold down to 50 %, recorded
+    in the ledger, with chain reconciliation clean afterwards."""
+    from ringfence.custody.runtime import DEMO_TREASURY, CustodyKeys, load_seed
+
+    from .test_capital import chain_balance
+
+    data = tmp_path / "data"
+    srv = Server(data, env={**FAST, "RINGFENCE_DEMO_HOT_BAND": "4000,5000,6000"})
+    try:
+        cold = CustodyKeys(load_seed(data / "custody")).cold["eth"]
+
+        def drained() -> dict | None:
+            custody = httpx.get(srv.base + "/readyz").json()["custody"]
+            rb = custody.get("rebalancer", {})
+            return custody if rb.get("executed", 0) >= 2 else None
+
+        wait_for("both drains to be executed", drained, 60)
+        eth, usdt = DEMO_TREASURY["ETH"] // 2, DEMO_TREASURY["USDT"] // 2
+        wait_for("the cold wallet to hold half the ETH and USDT on chain",
+                 lambda: chain_balance(data, "ETH", cold) == Decimal(eth) / 10**18
+                 and chain_balance(data, "USDT", cold) == Decimal(usdt) / 10**6, 60)
+
+        def recorded_and_reconciled() -> dict | None:
+            custody = httpx.get(srv.base + "/readyz").json()["custody"]
+            rec = custody.get("chain_reconciliation", {})
+            return custody if rec.get("seq", 0) > 0 and rec.get("mismatches") == [] and custody["workers"]["rebalancer"]["state"] == "running" else None
+
+        wait_for("a clean chain reconciliation after the drains", recorded_and_reconciled, 30)
+        assert [h for h in httpx.get(srv.base + "/v1/halts").json() if h["scope"] in ("ETH", "USDT")] == []
+        assert httpx.get(srv.base + "/readyz").json()["custody"]["rebalancer"]["proposed"] == 2
+    finally:
+        assert srv.stop() == 0

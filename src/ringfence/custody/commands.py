@@ -23,6 +23,7 @@ from .deposit_cmds import (
     ReviewQuarantine,
 )
 from .refund_cmds import ReturnDepositSigned
+from .rebalance_cmds import AuthorizeRebalance
 from .policy_cmds import ActivatePolicy, ApprovePolicy, ProposePolicy, SetApprover
 from .staff_cmds import (
     ApprovePolicySigned,
@@ -79,7 +80,7 @@ __all__ = [
     "AddWithdrawalAddress", "ProposePolicy", "ApprovePolicy", "ActivatePolicy", "RequestWithdrawal",
     "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview",
     "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
-    "CancelWithdrawal", "RemoveWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce",
+    "CancelWithdrawal", "RemoveWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce", "AuthorizeRebalance",
     "CustodyEvent", "DepositReported",
     "ApproveWithdrawalSigned", "RejectWithdrawal", "ResolveManualReviewSigned", "ReviewQuarantineSigned", "ReturnDepositSigned",
     "ProposePolicySigned", "ApprovePolicySigned",

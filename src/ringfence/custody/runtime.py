@@ -127,15 +127,33 @@ def parse_chain_settings(text: str) -> dict[str, str]:
     return out
 
 
-def demo_policy(terms: dict[str, AssetTerms]) -> dict[str, Any]:
+def demo_hot_band(text: str) -> list[dict[str, Any]]:
+    """`RINGFENCE_DEMO_HOT_BAND=MIN,TARGET,MAX` (basis points of reserves held hot) -> the demo policy's
+    `balancing` section for ETH and USDT; empty (no automatic drains or refills) when unset."""
+    if not text.strip():
+        return []
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ConfigError("write MIN,TARGET,MAX in basis points, e.g. 500,1000,2000", field="RINGFENCE_DEMO_HOT_BAND")
+    lo, mid, hi = (int(p) for p in parts)
+    if not 0 <= lo <= mid <= hi <= 10_000:
+        raise ConfigError("need 0 <= MIN <= TARGET <= MAX <= 10000", field="RINGFENCE_DEMO_HOT_BAND")
+    return [{"asset": a, "hot_min_bp": lo, "hot_target_bp": mid, "hot_max_bp": hi} for a in ("ETH", "USDT")]
+
+
+def demo_policy(terms: dict[str, AssetTerms], band: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Small withdrawals from a hot wallet go through; larger ones wait for two approvers' signed
-    approvals (staff role `approver`; in the demo ada and cy)."""
+    approvals (staff role `approver`; in the demo ada and cy). `band`: the policy's balancing section."""
     rules: list[dict[str, Any]] = [{"name": "deny-high-risk", "when": {"risk_score_gte": 90}, "action": {"type": "deny"}}]
     for t in terms.values():
         rules.append({"name": f"review-large-{t.asset}", "when": {"asset": [t.asset], "amount_minor_gt": t.review_above_minor},
                       "action": {"type": "approvals", "count": 2, "roles": ["approver"]}})
     rules.append({"name": "hot-small", "when": {"wallet_tier": ["hot"]}, "action": {"type": "allow"}})
-    return {"version": 1, "approval_ttl_s": 3600, "rules": rules}
+    out: dict[str, Any] = {"version": 1, "approval_ttl_s": 3600, "rules": rules}
+    band = [b for b in band or [] if b["asset"] in terms]
+    if band:
+        out["balancing"] = band
+    return out
 
 
 # --------------------------------------------------------------------------------------- keys
@@ -513,6 +531,7 @@ class CustodyRuntime:
         self._stop = threading.Event()
         self.reconciler: Any = None
         self.token_sweepers: list[Any] = []
+        self.rebalancer: Any = None
         self.last_chain_report: Any = None
         #: Test hook (demo only): SIGKILL the process at this withdrawal-worker point (e.g. after_record_signed).
         self.crash_at = os.environ.get("RINGFENCE_CUSTODY_CRASH_AT", "") if demo else ""
@@ -617,7 +636,8 @@ class CustodyRuntime:
             return None if p is None else (p.state, p.proposer, list(p.approvals))
 
         if node.read(proposal) is None:
-            node.execute(desk.propose_policy(pid, json.dumps(demo_policy(self.terms)), DEMO_POLICY_ADMINS[0]))
+            band = demo_hot_band(os.environ.get("RINGFENCE_DEMO_HOT_BAND", ""))
+            node.execute(desk.propose_policy(pid, json.dumps(demo_policy(self.terms, band)), DEMO_POLICY_ADMINS[0]))
         for who in DEMO_POLICY_ADMINS:  # the other two approve (a restart after a crash resumes here)
             state, proposer, approvals = node.read(proposal)
             if state == "proposed" and who != proposer and who not in approvals:
@@ -739,6 +759,9 @@ class CustodyRuntime:
                      for c, a in adapters.items()}
         self.token_sweepers = self._token_sweepers(node, balancers, key_of_address)
         self.workers.append(Supervised("balancer", lambda: self._balance(balancers, key_of_address), every * 2, lock))
+        self.rebalancer = self._rebalancer(node, balancers)
+        if self.rebalancer is not None:
+            self.workers.append(Supervised("rebalancer", self.rebalancer.step, every * 2, lock))
         tolerances = {"ETH": 10**16} if "ethereum" in chains else {}  # gas of token withdrawals in flight
         self.reconciler = Reconciler(_as(node, "worker:reconciler"), wallets=self._wallet_specs(adapters), custody=_InFlightView(node),
                                      settings=ReconcileSettings(tolerances_minor=tolerances))
@@ -795,6 +818,18 @@ class CustodyRuntime:
             for ts in tokens:
                 ts.step(self.terms[ts.token].credit_confirmations)
 
+    def _rebalancer(self, node: Any, balancers: dict[str, Any]) -> Any:
+        """Hot <-> cold moves of the Ethereum assets by the policy's bands (custody.rebalance)."""
+        from .rebalance import Rebalancer, WalletKey
+
+        assets = [a for a, t in sorted(self.terms.items()) if t.chain == "ethereum"]
+        if "ethereum" not in balancers or not assets:
+            return None
+        k = self.keys
+        return Rebalancer(_as(node, "worker:rebalancer"), self.chains.adapter("ethereum"), balancers["ethereum"], assets=assets,
+                          hot=WalletKey("eth_hot", k.eth_hot, "eth-hot", k.signer),
+                          cold=WalletKey("eth_cold", k.cold["eth"], "eth-cold", k.signer))
+
     def _token_sweepers(self, node: Any, balancers: dict[str, Any], key_of_address: dict[str, str]) -> list[Any]:
         """ERC-20 sweeps (custody.token_sweeps): gas top-up from hot, then the tokens into hot."""
         from .token_sweeps import TokenSweeper
@@ -829,6 +864,9 @@ class CustodyRuntime:
             out["chain_reconciliation"] = {"seq": report.seq, "wallets": len(report.chain_rows),
                                            "mismatches": [m.evidence() for m in report.mismatches[:10]],
                                            "halts_submitted": list(report.halts_submitted)}
+        rb = self.rebalancer
+        if rb is not None:
+            out["rebalancer"] = {"proposed": rb.proposed, "executed": rb.executed, "last_refusal": rb.last_refusal}
         if self.token_sweepers:
             out["token_sweeps"] = {ts.token: {"gas_top_ups": ts.topped_up, "sweeps": ts.swept, "min_minor": str(ts.min_minor)}
                                    for ts in self.token_sweepers}

@@ -66,12 +66,20 @@ class RecordTransferSigned(Command, tag="custody.internal_transfer.signed/1"):
     raw_tx: str
 
 
-@MODULE.handles(RecordTransferSigned, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _pre_transfer_signed(engine: Engine, c: RecordTransferSigned) -> None:
+    from .rebalance_cmds import check_signed_against_authorization
+
+    check_signed_against_authorization(engine, c)
+
+
+@MODULE.handles(RecordTransferSigned, precheck=_pre_transfer_signed, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _transfer_signed(engine: Engine, c: RecordTransferSigned) -> list[Event]:
     s = custody_state(engine)
     _check_id(c.transfer_id, "transfer_id")
     t = s.transfers.get(c.transfer_id)
-    if t is not None:
+    if t is not None and t.state == "authorized":  # the rebalance the engine authorized, now signed
+        _pre_transfer_signed(engine, c)
+    elif t is not None:
         if t.txid != c.txid:
             raise Conflict(f"transfer {c.transfer_id} already has transaction {t.txid}", field="txid")
         return [_ev("internal_transfer.unchanged", c.transfer_id, t.state, t.amount_minor)]

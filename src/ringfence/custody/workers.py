@@ -459,8 +459,10 @@ class Balancer:
         return done
 
     def transfer(self, asset: str, *, from_wallet: str, from_address: str, key_id: str, signer: Any, to_wallet: str,
-                 to_address: str, amount_minor: int, kind: str) -> str:
-        """Send `amount_minor` between two of our wallets (a drain to cold or a refill from warm)."""
+                 to_address: str, amount_minor: int, kind: str, transfer_id: str = "") -> str:
+        """Send `amount_minor` between two of our wallets (a drain to cold or a refill from warm).
+        `transfer_id`: the id of a rebalance the engine authorized (`AuthorizeRebalance`); an ERC-20
+        token is sent with the contract's `transfer()` (its gas in ETH, recorded by `TokenSweeper`)."""
         if self.adapter.chain == "bitcoin":
             rate = self.adapter.estimate_fee().fee_rate_minor
             raw, txid, fee = build_btc_payment(self.adapter, from_address=from_address, key_id=key_id, signer=signer,
@@ -478,11 +480,21 @@ class Balancer:
                 nonce = self.node.read(lambda e: reserved_nonce(custody_state(e), purpose))
             else:
                 nonce = self.adapter.w3.eth.get_transaction_count(from_address, "pending")
-            raw, txid, fee = build_eth_payment(self.adapter, key_id=key_id, signer=signer, to=to_address,
-                                               value_wei=amount_minor, nonce=nonce, max_fee_per_gas=fee_q.fee_rate_minor,
-                                               priority_fee_per_gas=fee_q.priority_fee_minor,
-                                               request_id=f"{kind}-{from_wallet}", reason=f"{kind} {from_wallet}->{to_wallet}")
-        self._journal_and_send(f"{kind}-{txid[:40]}", asset, from_wallet, to_wallet, amount_minor, fee, txid, raw)
+            if asset != self.adapter.native_asset:
+                from .wallets import ERC20_TRANSFER_GAS, erc20_transfer_data
+
+                raw, txid, _gas = build_eth_payment(self.adapter, key_id=key_id, signer=signer, to=self.adapter.token(asset).contract,
+                                                    value_wei=0, nonce=nonce, max_fee_per_gas=fee_q.fee_rate_minor,
+                                                    priority_fee_per_gas=fee_q.priority_fee_minor, request_id=f"{kind}-{from_wallet}",
+                                                    reason=f"{kind} {from_wallet}->{to_wallet}",
+                                                    data=erc20_transfer_data(to_address, amount_minor), gas=ERC20_TRANSFER_GAS)
+                fee = 0  # paid in ETH: recorded as the transfer's gas once confirmed
+            else:
+                raw, txid, fee = build_eth_payment(self.adapter, key_id=key_id, signer=signer, to=to_address,
+                                                   value_wei=amount_minor, nonce=nonce, max_fee_per_gas=fee_q.fee_rate_minor,
+                                                   priority_fee_per_gas=fee_q.priority_fee_minor,
+                                                   request_id=f"{kind}-{from_wallet}", reason=f"{kind} {from_wallet}->{to_wallet}")
+        self._journal_and_send(transfer_id or f"{kind}-{txid[:40]}", asset, from_wallet, to_wallet, amount_minor, fee, txid, raw)
         return txid
 
 
