@@ -100,8 +100,9 @@ DEMO_TREASURY = {"BTC": 110 * 10**8, "ETH": 1_100 * 10**18, "USDT": 12_000_000 *
 #: is about 27.5M), so the demo shows the rule holding, and an alert only when something drains it.
 DEMO_SHIELD_FUND = {"BTC": 450 * 10**8}
 #: The smallest shield sweep per asset with a shield vault (0.00001 BTC: well above the dust limit;
-#: trading 0.1 BTC at the default 0.1 % fee accrues that much).
-SHIELD_MIN_SWEEP_MINOR = {"BTC": 1_000}
+#: trading 0.1 BTC at the default 0.1 % fee accrues that much; 0.0001 ETH and 0.1 USDT: demo sizes, so a
+#: few trades show a sweep — a real deployment sets them above the sweep's gas).
+SHIELD_MIN_SWEEP_MINOR = {"BTC": 1_000, "ETH": 10**14, "USDT": 10**5}
 
 
 def parse_chain_settings(text: str) -> dict[str, str]:
@@ -188,6 +189,9 @@ class CustodyKeys:
         self.cold = {"btc": p2wpkh_address(self.signer.public_key("btc-cold")),
                      "eth": eth_address(self.signer.public_key("eth-cold"))}
         self.shield = shield_multisig(seed).address(0)
+        #: The shield fund's Ethereum vault (ETH and USDT): one offline key, not a multisig contract
+        #: (the local chain has no Safe); its coins are proven by that key's signature like cold's.
+        self.shield_eth = eth_address(self.signer.public_key("eth-shield"))
 
     @staticmethod
     def deposit_key_id(chain: str, account_id: str) -> str:
@@ -587,7 +591,8 @@ class CustodyRuntime:
                         ("shield_btc", "bitcoin", "shield", [k.shield], True)]
         if "ethereum" in chains:
             wallets += [("eth_deposit", "ethereum", "deposit", [], False), ("eth_hot", "ethereum", "hot", [k.eth_hot], False),
-                        ("eth_cold", "ethereum", "cold", [k.cold["eth"]], False)]
+                        ("eth_cold", "ethereum", "cold", [k.cold["eth"]], False),
+                        ("shield_eth", "ethereum", "shield", [k.shield_eth], True)]
         have = node.read(lambda e: set(custody_state(e).wallets))
         for name, chain, tier, addrs, public in wallets:
             if name not in have:
@@ -703,7 +708,7 @@ class CustodyRuntime:
         deposits = read(lambda e: sorted((key.split(":", 1)[0], v[0], v[2]) for key, v in custody_state(e).deposit_addresses.items()))
         online = [(chain, address, k.signer, k.deposit_key_id(chain, account)) for chain, account, address in deposits]
         online += [("bitcoin", k.btc_hot, k.signer, "btc-hot"), ("bitcoin", k.btc_warm, k.signer, "btc-warm"),
-                   ("ethereum", k.eth_hot, k.signer, "eth-hot")]
+                   ("ethereum", k.eth_hot, k.signer, "eth-hot"), ("ethereum", k.shield_eth, k.signer, "eth-shield")]
         return seed_wallet_keys(k.seed, self.assets_by_chain(), online, {"bitcoin": k.cold["btc"], "ethereum": k.cold["eth"]},
                                 k.shield)
 
@@ -712,13 +717,18 @@ class CustodyRuntime:
         return RuntimeReserveSource(self, read)
 
     def shield_routes(self) -> list[Any]:
-        """One route per asset with a shield vault on its chain (BTC: hot -> the 2-of-3 vault)."""
+        """One route per asset with a shield vault on its chain (BTC: hot -> the 2-of-3 vault; ETH and
+        the ERC-20 USDT: the Ethereum hot wallet -> the Ethereum shield vault)."""
         from .shield import ShieldRoute
 
         routes = []
         if "BTC" in self.terms:
             routes.append(ShieldRoute("BTC", "btc_hot", self.keys.btc_hot, "btc-hot", self.keys.signer, "shield_btc",
                                       self.keys.shield, SHIELD_MIN_SWEEP_MINOR["BTC"]))
+        for asset in ("ETH", "USDT"):
+            if asset in self.terms and "ETH" in self.terms:
+                routes.append(ShieldRoute(asset, "eth_hot", self.keys.eth_hot, "eth-hot", self.keys.signer, "shield_eth",
+                                          self.keys.shield_eth, SHIELD_MIN_SWEEP_MINOR[asset]))
         return routes
 
     def _shield_step(self) -> None:

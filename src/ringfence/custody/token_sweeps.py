@@ -103,7 +103,8 @@ class TokenSweeper:
         done = 0
         signed = self.node.read(lambda e: [(t.id, t.from_wallet, t.to_wallet, t.amount_minor, t.txid)
                                            for t in custody_state(e).transfers.values()
-                                           if t.state == "signed" and t.asset == self.token])
+                                           if t.state == "signed" and t.asset == self.token
+                                           and not t.id.startswith("shield-")])  # the shield sweeper records its own
         for tid, src, dst, amount, txid in signed:
             status = self.adapter.tx_status(txid)
             if status.state is not TxState.CONFIRMED or status.confirmations < min_confirmations:
