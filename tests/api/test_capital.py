@@ -364,6 +364,10 @@ def test_usdt_deposit_then_withdrawal_pays_gas_in_eth_and_reconciles(money: Serv
     and USDT wallets both still match the chain (no mismatch, no halt)."""
     key = withdraw_key(money.data)
     address = signed(money, key, "GET", "/sapi/v1/capital/deposit/address", {"coin": "USDT", "network": "ETH"}).json()["address"]
+    from ringfence.custody.runtime import CustodyKeys, load_seed
+
+    hot = CustodyKeys(load_seed(money.data / "custody")).eth_hot
+    hot_before = chain_balance(money.data, "USDT", hot)
     paid = cli("chain", "pay", "--data", str(money.data), "--asset", "USDT", "--to", address, "--amount", "250")
     assert paid.returncode == 0, paid.stderr
     txid = paid.stdout.strip()
@@ -374,6 +378,12 @@ def test_usdt_deposit_then_withdrawal_pays_gas_in_eth_and_reconciles(money: Serv
 
     row = wait_for("the USDT deposit to be credited", credited)
     assert row["amount"] == "250" and row["network"] == "ETH"
+    # the sweep: the hot wallet sends the deposit address gas, then the address sends its USDT to hot
+    wait_for("the USDT to be swept out of the deposit address", lambda: chain_balance(money.data, "USDT", address) == 0)
+    assert chain_balance(money.data, "USDT", hot) == hot_before + 250
+    assert chain_balance(money.data, "ETH", address) > 0, "the gas top-up's change stays at the address"
+    sweeps = httpx.get(money.base + "/readyz").json()["custody"]["token_sweeps"]["USDT"]
+    assert sweeps["gas_top_ups"] >= 1 and sweeps["sweeps"] >= 1, sweeps
     dest = key["withdraw_addresses"]["USDT"]
     before = chain_balance(money.data, "USDT", dest)
     res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply", {"coin": "USDT", "address": dest, "amount": "20", "network": "ETH"})

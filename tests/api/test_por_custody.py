@@ -173,8 +173,10 @@ def _commission_minor(fills: list[dict], asset: str) -> list[int]:
 def test_fees_reach_the_shield_vault_on_chain_and_in_the_ledger(live: Server) -> None:
     srv = live
     status = httpx.get(srv.base + "/readyz", timeout=10).json()["custody"]
-    (route,) = status["shield"]["routes"]
-    assert (route["asset"], route["from_wallet"], route["to_wallet"]) == ("BTC", "btc_hot", "shield_btc")
+    routes = {r["asset"]: r for r in status["shield"]["routes"]}
+    assert {a: (r["from_wallet"], r["to_wallet"]) for a, r in routes.items()} == {
+        "BTC": ("btc_hot", "shield_btc"), "ETH": ("eth_hot", "shield_eth"), "USDT": ("eth_hot", "shield_eth")}
+    route = routes["BTC"]
     assert status["workers"]["shield-sweeper"]["state"] == "running"
     vault = route["vault_address"]
     # the demo's treasury paid its shield capital into the vault at start (CoinEx's rule holds)
@@ -214,7 +216,11 @@ def test_fees_reach_the_shield_vault_on_chain_and_in_the_ledger(live: Server) ->
         str(accrued), str(capital + accrued), str(capital), "0", "0")
     assert btc["vault_wallets"] == ["shield_btc"]
     # CoinEx's rule with its verdict: the vault valued at the last BTCUSDT price vs every hot wallet
-    assert shield["shield_value_minor"] == str((capital + accrued) * 61_000_010_000 // 10**8)
+    # (the maker's USDT fee share goes to the Ethereum vault, USDT is the value asset itself)
+    usdt_vault = int(next(r for r in shield["assets"] if r["asset"] == "USDT")["vault_minor"])
+    eth_vault = int(next((r for r in shield["assets"] if r["asset"] == "ETH"), {"vault_minor": "0"})["vault_minor"])
+    if eth_vault == 0:
+        assert shield["shield_value_minor"] == str((capital + accrued) * 61_000_010_000 // 10**8 + usdt_vault)
     assert shield["applicable"] and shield["ok"] is (int(shield["shield_value_minor"]) >= int(shield["hot_value_minor"]))
     assert shield["ok"] is True and shield["alert"] is False  # the demo's vault is worth more than its hot wallets
     # the vault's coins are reserves of the newest proof, counted through its 2-of-3 multisig claim
@@ -287,3 +293,50 @@ def test_por_page_shows_coverage_per_asset_and_the_shield_verdict(live: Server, 
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_eth_and_usdt_fee_shares_reach_the_ethereum_shield_vault(live: Server) -> None:
+    """The fee share accrued in ETH and USDT is swept from the Ethereum hot wallet into the shield
+    fund's Ethereum vault (`shield_eth`) by real transactions (the USDT one pays its gas in ETH),
+    recorded in the ledger, and the vault is proven in the newest proof of reserves."""
+    srv = live
+    routes = {r["asset"]: r for r in httpx.get(srv.base + "/readyz", timeout=10).json()["custody"]["shield"]["routes"]}
+    vault = routes["ETH"]["vault_address"]
+    assert routes["USDT"]["vault_address"] == vault
+    eth_before, usdt_before = chain_balance(srv.data, "ETH", vault), chain_balance(srv.data, "USDT", vault)
+    # bob rests 1 ETH inside the spread, alice takes it: alice pays 0.001 ETH, bob about 3 USDT of fees
+    book = httpx.get(srv.base + "/api/v3/depth", params={"symbol": "ETHUSDT", "limit": 5}).json()
+    price = str(Decimal(book["asks"][0][0]) - Decimal("0.01")) if book["asks"] else "3000.00"
+    assert not book["bids"] or Decimal(book["bids"][0][0]) < Decimal(price), book  # bob's order rests
+    sell = signed(srv, srv.keys["bob"], "POST", "/api/v3/order", {"symbol": "ETHUSDT", "side": "SELL", "type": "LIMIT",
+                                                                   "timeInForce": "GTC", "quantity": "1", "price": price})
+    assert sell.status_code == 200, sell.text
+    buy = signed(srv, srv.keys["alice"], "POST", "/api/v3/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT",
+                                                                    "timeInForce": "IOC", "quantity": "1", "price": price,
+                                                                    "newOrderRespType": "FULL"})
+    assert buy.status_code == 200 and buy.json()["status"] == "FILLED", buy.text
+    eth_fee_share = sum(f // 10 for f in _commission_minor(buy.json()["fills"], "ETH"))
+    assert eth_fee_share == 10**14  # a tenth of 0.1 % of 1 ETH
+
+    wait_for("the ETH and USDT fee shares in the Ethereum shield vault on chain",
+             lambda: chain_balance(srv.data, "ETH", vault) - eth_before >= eth_fee_share
+             and chain_balance(srv.data, "USDT", vault) > usdt_before or None, srv, 60)
+
+    def recorded() -> dict | None:
+        newest = history(srv)[-1]
+        _, report, _ = proof_files(srv, newest["n"])
+        rows = {r["asset"]: r for r in report["shield"]["assets"]}
+        ok = all(a in rows and rows[a]["due_minor"] == "0" and rows[a]["in_flight_minor"] == "0"
+                 and int(rows[a]["vault_minor"]) > 0 for a in ("ETH", "USDT"))
+        return report if ok else None
+
+    report = wait_for("the ledger to record both sweeps (custody:shield_eth)", recorded, srv, 60)
+    rows = {r["asset"]: r for r in report["shield"]["assets"]}
+    assert rows["ETH"]["vault_wallets"] == rows["USDT"]["vault_wallets"] == ["shield_eth"]
+    held = {(a["asset"], a["address"].lower()): a for a in report["addresses"]}
+    for asset in ("ETH", "USDT"):  # proven by the vault key's signature; on chain what the ledger booked
+        row = held[(asset, vault.lower())]
+        assert row["status"] == "counted" and row["balance_minor"] == rows[asset]["vault_minor"], (row, rows[asset])
+    status = httpx.get(srv.base + "/readyz", timeout=10).json()["custody"]
+    assert status["shield"]["last_step"]["errors"] == {}
+    assert [h for h in httpx.get(srv.base + "/v1/halts").json() if h["scope"] in ("ETH", "USDT")] == []

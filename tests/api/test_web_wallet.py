@@ -219,3 +219,44 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     assert r.status_code == 401  # and without the session cookie nothing is shown
     assert not errors, errors
     context.close()
+
+
+def test_a_quarantined_deposit_gets_its_source_of_funds_declaration_on_the_deposit_page(server, browser):  # noqa: F811
+    """A deposit from the demo's tainted wallet is quarantined; the deposit page shows the
+    source-of-funds form for it; a too-short declaration is refused with the field named and
+    changes nothing; a real one is filed (the row's info says so, and the journal has it)."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    base, email = server.web, "declarer@example.com"
+    sign_up_verify_and_enable_totp(page, base, email)
+    page.goto(base + "/wallet/deposit")
+    expect(page.locator("#whoami")).to_have_text(f"signed in as {email}")
+    page.select_option("#dep-coin", "ETH")
+    expect(page.locator("#dep-address")).to_have_text(re.compile(r"^0x[0-9a-fA-F]{40}$"))
+    address = page.inner_text("#dep-address")
+    expect(page.locator("#sof")).to_be_hidden()
+    paid = cli("chain", "pay", "--data", str(server.data), "--asset", "ETH", "--to", address, "--amount", "0.2", "--from", "tainted")
+    assert paid.returncode == 0, paid.stderr
+    txid = paid.stdout.strip()
+    row = page.locator(f'#deposits tr[data-txid="{txid}"]')
+    expect(row).to_have_attribute("data-status", "8", timeout=30_000)
+    expect(page.locator("#sof")).to_be_visible()
+    expect(page.locator("#sof-txid")).to_have_value(txid)
+    expect(page.locator("#sof-reason")).to_contain_text("blacklisted")
+
+    before = last_seq(server)
+    page.fill("#sof-text", "gift")
+    page.click("#sof-submit")
+    expect(page.locator("#sof-status")).to_contain_text("declaration")
+    expect(page.locator("#sof-status")).to_contain_text("10 characters")
+    assert last_seq(server) == before, "a refused declaration journals nothing"
+
+    page.fill("#sof-text", "Salary from my employer, paid out of my own hardware wallet")
+    page.click("#sof-submit")
+    expect(page.locator("#sof-status")).to_have_text("declaration filed: an analyst reviews it")
+    expect(page.locator("#sof-reason")).to_contain_text("source of funds declared", timeout=10_000)
+    shot(page, "5-source-of-funds")
+    assert errors == []
+    context.close()

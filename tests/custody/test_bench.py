@@ -1,4 +1,5 @@
-"""`bench/custody.py --smoke` runs and prints one JSON result line with both rates and their baselines."""
+"""`bench/custody.py --smoke` runs and prints one JSON result line with both rates and their baselines,
+for the Ethereum chain and (`"bitcoin"`) the Bitcoin simulator."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def test_bench_smoke() -> None:
     line = json.loads(out.stdout.strip().splitlines()[-1])
     assert line["bench"] == "custody" and line["smoke"] is True and line["seed"] == 3
     assert line["workload"]["deposits"] == 6 and line["workload"]["withdrawals"] == 4
-    for part in ("deposits", "withdrawals"):
-        assert line[part]["throughput_per_s"] > 0 and line[part]["baseline"]["throughput_per_s"] > 0
-        assert line[part]["ratio_to_baseline"] > 0
+    for section in (line, line["bitcoin"]):  # eth-tester, then the Bitcoin simulator (same run)
+        for part in ("deposits", "withdrawals"):
+            assert section[part]["throughput_per_s"] > 0 and section[part]["baseline"]["throughput_per_s"] > 0
+            assert section[part]["ratio_to_baseline"] > 0
+    assert line["bitcoin"]["workload"] == {"chain": "bitcoin (UTXO simulator)", "deposits": 6, "withdrawals": 4}
     assert line["goal"] == {"ratio_to_baseline": 0.8}

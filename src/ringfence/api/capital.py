@@ -195,16 +195,16 @@ class CapitalApi:
         if self.runtime is None:
             return []
 
-        def read(engine: Any) -> list[tuple[Any, Any, int]]:
+        def read(engine: Any) -> list[tuple[Any, ...]]:
             s = custody_state(engine)
             return [(d.key, d.chain, d.txid, d.index, d.asset, d.address, d.amount_minor, d.height, d.block_hash, d.state,
                      d.final, d.seen_ns, d.reasons[:3], engine.ledger.assets.get(d.asset).decimals,
-                     s.assets[d.asset].finality_confirmations)
+                     s.assets[d.asset].finality_confirmations, bool(d.declaration))
                     for d in s.deposits.values() if d.account_id == owner]
 
         rows = []
         for (key, chain, tx, _index, asset, address, amount, height, bhash, state, final, seen_ns, reasons, decimals,
-             need) in self.ex.read(read):
+             need, declared) in self.ex.read(read):
             code = DEPOSIT_STATUS.get("final" if final and state == "credited" else state, 0)  # a final quarantined deposit is still 8
             if (coin and asset != coin) or (status >= 0 and code != status) or (txid and tx != txid):
                 continue
@@ -216,7 +216,9 @@ class CapitalApi:
                 "coin": asset, "network": self.runtime.terms[asset].network, "status": code, "address": address,
                 "addressTag": "", "txId": tx, "insertTime": _ms(seen_ns), "transferType": 0,
                 "confirmTimes": f"{confs}/{need}", "unlockConfirm": need, "walletType": 0,
-                "info": (("returned to sender; " if state == "returned" else "") + "; ".join(reasons)
+                "info": (("returned to sender; " if state == "returned" else "")
+                         + ("source of funds declared, an analyst reviews it; " if declared and state == "quarantined" else "")
+                         + "; ".join(reasons)
                          if state in ("quarantined", "frozen", "returned") else state),
             })
         rows.sort(key=lambda r: -r["insertTime"])

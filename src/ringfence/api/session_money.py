@@ -269,6 +269,7 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
     same("GET", "/capital/config/getall", capital.config_getall, 10)
     same("GET", "/capital/deposit/address", capital.deposit_address, 10, lambda r: {**r, "qrSvg": qr_svg(r["address"])})
     same("GET", "/capital/deposit/hisrec", capital.deposit_history, 1)
+    same("POST", "/capital/deposit/sourceOfFunds", capital.source_of_funds, 1)  # the deposit page's declaration form
     def with_timelines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from ..custody.commands import custody_state
 

@@ -19,9 +19,11 @@ from .deposit_cmds import (
     FinalizeDeposit,
     ObserveDeposit,
     ReorgDeposits,
+    RelocateDeposit,
     ReviewQuarantine,
 )
 from .refund_cmds import ReturnDepositSigned
+from .rebalance_cmds import AuthorizeRebalance
 from .policy_cmds import ActivatePolicy, ApprovePolicy, ProposePolicy, SetApprover
 from .staff_cmds import (
     ApprovePolicySigned,
@@ -73,12 +75,12 @@ from .withdrawal_cmds import (
 
 __all__ = [
     "CustodyState", "custody_state",
-    "ConfigureCustodyAsset", "RegisterWallet", "AssignDepositAddress", "ObserveDeposit", "ReorgDeposits",
+    "ConfigureCustodyAsset", "RegisterWallet", "AssignDepositAddress", "ObserveDeposit", "ReorgDeposits", "RelocateDeposit",
     "CreditDeposit", "FinalizeDeposit", "FileSourceOfFunds", "ReviewQuarantine", "SetApprover",
     "AddWithdrawalAddress", "ProposePolicy", "ApprovePolicy", "ActivatePolicy", "RequestWithdrawal",
     "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview",
     "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
-    "CancelWithdrawal", "RemoveWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce",
+    "CancelWithdrawal", "RemoveWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce", "AuthorizeRebalance",
     "CustodyEvent", "DepositReported",
     "ApproveWithdrawalSigned", "RejectWithdrawal", "ResolveManualReviewSigned", "ReviewQuarantineSigned", "ReturnDepositSigned",
     "ProposePolicySigned", "ApprovePolicySigned",

@@ -8,7 +8,7 @@ from typing import Any
 from ..engine.commands import Command, Event
 from ..engine.core import Engine
 from ..engine.module import Effect
-from .module import MODULE, custody_scopes
+from .module import MODULE, chain_scopes, custody_scopes, deposit_scopes
 from ..errors import Conflict, Forbidden, NotFound, UnsupportedAsset, ValidationError
 from .deposits import CREDITED_STATES, DepositRec, deposit_key
 from .kyt import FREEZE_CATEGORIES, QUARANTINE_ABOVE
@@ -28,7 +28,7 @@ from .state import (
     custody_state,
 )
 
-__all__ = ["ObserveDeposit", "ReorgDeposits", "CreditDeposit", "FinalizeDeposit", "FileSourceOfFunds", "ReviewQuarantine"]
+__all__ = ["ObserveDeposit", "RelocateDeposit", "ReorgDeposits", "CreditDeposit", "FinalizeDeposit", "FileSourceOfFunds", "ReviewQuarantine"]
 
 
 # ------------------------------------------------------------------------------------ deposits
@@ -83,6 +83,42 @@ def _observe(engine: Engine, c: ObserveDeposit) -> list[Event]:
     return [_ev("deposit.seen", key, "seen", c.amount_minor, [f"block {c.height}"])]
 
 
+class RelocateDeposit(Command, tag="custody.deposit.relocate/1"):
+    """A non-final deposit's transaction is on the chain in another block than the one recorded
+    (the chain replaced that block while the watcher was not looking, e.g. across a restart, and
+    the same transaction was mined again): confirmations count from the new block. The credit, if
+    any, stays: the coins are on the canonical chain; finality waits for the new block's depth."""
+
+    chain: str
+    txid: str
+    index: int
+    height: int
+    block_hash: str
+
+
+def _pre_relocate(engine: Engine, c: RelocateDeposit) -> None:
+    _s, key, d = _known_deposit(engine, c)
+    if isinstance(c.height, bool) or c.height < 0:
+        raise ValidationError("must be a block height >= 0", field="height")
+    _text(c.block_hash, "block_hash", 130)
+    if not c.block_hash:
+        raise ValidationError("must name the block", field="block_hash")
+    if d.final:
+        raise Conflict(f"deposit {key} is final: its block cannot move", field="txid")
+    if d.state in ("dropped", "reversed", "below_minimum", "returned"):
+        raise Conflict(f"deposit {key} is {d.state}", field="txid")
+
+
+@MODULE.handles(RelocateDeposit, precheck=_pre_relocate, effect=Effect.NEUTRAL, scopes=deposit_scopes)
+def _relocate(engine: Engine, c: RelocateDeposit) -> list[Event]:
+    _pre_relocate(engine, c)
+    _s, key, d = _known_deposit(engine, c)
+    if (d.height, d.block_hash) == (c.height, c.block_hash):
+        return [_ev("deposit.unchanged", key, d.state, d.amount_minor)]
+    d.height, d.block_hash = c.height, c.block_hash
+    return [_ev("deposit.moved", key, d.state, d.amount_minor, [f"now in block {c.height}"])]
+
+
 class ReorgDeposits(Command, tag="custody.deposit.reorg/1"):
     """Blocks from `fork_height` up were replaced: reverse every non-final deposit in them."""
 
@@ -114,7 +150,7 @@ def _pre_reorg(engine: Engine, c: ReorgDeposits) -> None:
         raise ValidationError("must be >= 0", field="fork_height")
 
 
-@MODULE.handles(ReorgDeposits, precheck=_pre_reorg, effect=Effect.NEUTRAL, scopes=custody_scopes)
+@MODULE.handles(ReorgDeposits, precheck=_pre_reorg, effect=Effect.NEUTRAL, scopes=chain_scopes)
 def _reorg(engine: Engine, c: ReorgDeposits) -> list[Event]:
     s = custody_state(engine)
     events: list[Event] = []
@@ -164,7 +200,7 @@ def _pre_credit(engine: Engine, c: CreditDeposit) -> None:
                        field="confirmations")
 
 
-@MODULE.handles(CreditDeposit, precheck=_pre_credit, effect=Effect.NEUTRAL, scopes=custody_scopes)
+@MODULE.handles(CreditDeposit, precheck=_pre_credit, effect=Effect.NEUTRAL, scopes=deposit_scopes)
 def _credit(engine: Engine, c: CreditDeposit) -> list[Event]:
     _pre_credit(engine, c)
     s = custody_state(engine)
@@ -198,7 +234,7 @@ class FinalizeDeposit(Command, tag="custody.deposit.finalize/1"):
     confirmations: int
 
 
-@MODULE.handles(FinalizeDeposit, effect=Effect.NEUTRAL, scopes=custody_scopes)
+@MODULE.handles(FinalizeDeposit, effect=Effect.NEUTRAL, scopes=deposit_scopes)
 def _finalize(engine: Engine, c: FinalizeDeposit) -> list[Event]:
     s, key, d = _known_deposit(engine, c)
     need = s.assets[d.asset].finality_confirmations
@@ -232,7 +268,7 @@ def _pre_sof(engine: Engine, c: FileSourceOfFunds) -> str:
     return text
 
 
-@MODULE.handles(FileSourceOfFunds, precheck=_pre_sof, effect=Effect.NEUTRAL, scopes=custody_scopes)
+@MODULE.handles(FileSourceOfFunds, precheck=_pre_sof, effect=Effect.NEUTRAL, scopes=deposit_scopes)
 def _file_sof(engine: Engine, c: FileSourceOfFunds) -> list[Event]:
     text = _pre_sof(engine, c)
     d = custody_state(engine).deposits[deposit_key(c.chain, c.txid, c.index)]
@@ -250,7 +286,7 @@ class ReviewQuarantine(Command, tag="custody.deposit.review/1"):
     reason: str
 
 
-@MODULE.handles(ReviewQuarantine, precheck=refuse_unsigned, effect=Effect.NEUTRAL, scopes=custody_scopes)
+@MODULE.handles(ReviewQuarantine, precheck=refuse_unsigned, effect=Effect.NEUTRAL, scopes=deposit_scopes)
 def _review_quarantine(engine: Engine, c: ReviewQuarantine) -> list[Event]:
     s, key, d = _known_deposit(engine, c)
     if c.decision not in ("release", "freeze"):

@@ -15,7 +15,7 @@ from typing import Any
 from ..engine.core import Engine
 from ..engine.module import Module, Scope
 
-__all__ = ["MODULE", "custody_scopes"]
+__all__ = ["MODULE", "custody_scopes", "deposit_scopes", "chain_scopes"]
 
 MODULE = Module("custody")
 
@@ -33,3 +33,23 @@ def custody_scopes(engine: Engine, command: Any) -> list[Scope]:
     if isinstance(segment, str):
         out.append(("segment", segment))
     return out
+
+
+def deposit_scopes(engine: Engine, command: Any) -> list[Scope]:
+    """A command naming a deposit by `chain`, `txid`, `index` touches that deposit's asset and
+    wallet (read from the deposit record), so an asset halt stops it like any custody command.
+    An unknown deposit touches nothing here: its handler refuses it anyway."""
+    from .deposits import deposit_key
+    from .state import custody_state
+
+    d = custody_state(engine).deposits.get(deposit_key(str(command.chain), str(command.txid), int(command.index)))
+    if d is None:
+        return []
+    return [("asset", d.asset), ("asset", f"{d.asset}@{d.wallet}")]
+
+
+def chain_scopes(engine: Engine, command: Any) -> list[Scope]:
+    """A command about a whole chain (a reorg) touches every custodied asset on that chain."""
+    from .state import custody_state
+
+    return [("asset", a) for a, cfg in sorted(custody_state(engine).assets.items()) if cfg.chain == command.chain]

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ValidationError
 
-__all__ = ["Policy", "Rule", "Facts", "Decision", "parse_policy", "evaluate", "ACTIONS", "MAX_RULES"]
+__all__ = ["Policy", "Rule", "Facts", "Decision", "HotBand", "parse_policy", "evaluate", "ACTIONS", "MAX_RULES"]
 
 MAX_RULES = 200
 MAX_POLICY_BYTES = 64 * 1024
@@ -63,11 +63,27 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class HotBand:
+    """The hot wallet's share of an asset's reserves (basis points), from the policy's `balancing`
+    section: above `max_bp` hot drains to cold down to `target_bp`; below `min_bp` cold refills it
+    up to `target_bp` (`custody.rebalance`)."""
+
+    asset: str
+    min_bp: int
+    target_bp: int
+    max_bp: int
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int
     approval_ttl_s: int
     rules: tuple[Rule, ...]
     text: str  # canonical JSON (sorted keys), what the engine journals and hashes
+    balancing: tuple[HotBand, ...] = ()
+
+    def band(self, asset: str) -> HotBand | None:
+        return next((b for b in self.balancing if b.asset == asset), None)
 
     def velocity_windows(self) -> set[int]:
         out: set[int] = set()
@@ -186,7 +202,7 @@ def parse_policy(text: str | bytes | dict[str, Any]) -> Policy:
             raise _err("$", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(raw, dict):
         raise _err("$", "must be a JSON object")
-    extra = set(raw) - {"version", "approval_ttl_s", "rules", "description"}
+    extra = set(raw) - {"version", "approval_ttl_s", "rules", "description", "balancing"}
     if extra:
         raise _err("$", f"unknown key(s) {sorted(extra)}")
     if raw.get("version") != 1:
@@ -209,7 +225,26 @@ def parse_policy(text: str | bytes | dict[str, Any]) -> Policy:
         kind, count, roles, delay = _parse_action(r["action"], p + ".action")
         rules.append(Rule(name, when, kind, count, roles, delay))
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"))
-    return Policy(1, ttl, tuple(rules), canonical)
+    return Policy(1, ttl, tuple(rules), canonical, _parse_balancing(raw.get("balancing", [])))
+
+
+def _parse_balancing(raw: Any) -> tuple[HotBand, ...]:
+    """`"balancing": [{"asset": "ETH", "hot_min_bp": 500, "hot_target_bp": 1000, "hot_max_bp": 2000}, ...]`."""
+    if not isinstance(raw, list) or len(raw) > 50:
+        raise _err("balancing", "must be a list of up to 50 {asset, hot_min_bp, hot_target_bp, hot_max_bp}")
+    out: list[HotBand] = []
+    for i, b in enumerate(raw):
+        p = f"balancing[{i}]"
+        if not isinstance(b, dict) or set(b) != {"asset", "hot_min_bp", "hot_target_bp", "hot_max_bp"}:
+            raise _err(p, "must be {\"asset\", \"hot_min_bp\", \"hot_target_bp\", \"hot_max_bp\"}")
+        asset = b["asset"]
+        if not isinstance(asset, str) or not asset or len(asset) > 16 or any(x.asset == asset for x in out):
+            raise _err(p + ".asset", "must be an asset code, once")
+        lo, mid, hi = (_int(b[k], f"{p}.{k}", 0, 10_000) for k in ("hot_min_bp", "hot_target_bp", "hot_max_bp"))
+        if not lo <= mid <= hi:
+            raise _err(p, "need hot_min_bp <= hot_target_bp <= hot_max_bp")
+        out.append(HotBand(asset, lo, mid, hi))
+    return tuple(out)
 
 
 def _holds(rule: Rule, f: Facts) -> tuple[bool, list[str]]:

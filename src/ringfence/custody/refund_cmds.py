@@ -30,7 +30,7 @@ from ..errors import Conflict, ValidationError
 from ..staff.decisions import ANALYST, StaffSignature
 from ..staff.state import StaffRefused, check_decision, consume, not_initiator
 from .deposit_cmds import _known_deposit
-from .module import MODULE, custody_scopes
+from .module import MODULE, deposit_scopes
 from .state import _ev, _room, _system, _text, _user, custody_state
 from .withdrawals import WithdrawalRec
 
@@ -99,7 +99,7 @@ def _pre_return(engine: Engine, c: ReturnDepositSigned) -> tuple[str, str]:
     return key, wallet
 
 
-@MODULE.handles(ReturnDepositSigned, precheck=_pre_return, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
+@MODULE.handles(ReturnDepositSigned, precheck=_pre_return, effect=Effect.MOVES_FUNDS_OUT, scopes=deposit_scopes)
 def _return(engine: Engine, c: ReturnDepositSigned) -> list[Event]:
     key, wallet = _pre_return(engine, c)
     consume(engine, [c.decision])

@@ -91,7 +91,7 @@ class AssetTerms:
 DEMO_TERMS: dict[str, AssetTerms] = {
     "BTC": AssetTerms("BTC", "bitcoin", 8, 2, 4, 10_000, 100_000, 5 * 10**8, 10_000, 10_000_000, 10_000),
     "ETH": AssetTerms("ETH", "ethereum", 18, 2, 4, 10**15, 10**16, 100 * 10**18, 10**15, 2 * 10**18, 10**15),
-    "USDT": AssetTerms("USDT", "ethereum", 6, 2, 4, 10**6, 10 * 10**6, 10**12, 10**6, 5_000 * 10**6, 10**12),
+    "USDT": AssetTerms("USDT", "ethereum", 6, 2, 4, 10**6, 10 * 10**6, 10**12, 10**6, 5_000 * 10**6, 100 * 10**6),
 }
 #: What the demo treasury puts in the hot wallets at the start (covers the demo's ledger funding).
 DEMO_TREASURY = {"BTC": 110 * 10**8, "ETH": 1_100 * 10**18, "USDT": 12_000_000 * 10**6}
@@ -100,8 +100,9 @@ DEMO_TREASURY = {"BTC": 110 * 10**8, "ETH": 1_100 * 10**18, "USDT": 12_000_000 *
 #: is about 27.5M), so the demo shows the rule holding, and an alert only when something drains it.
 DEMO_SHIELD_FUND = {"BTC": 450 * 10**8}
 #: The smallest shield sweep per asset with a shield vault (0.00001 BTC: well above the dust limit;
-#: trading 0.1 BTC at the default 0.1 % fee accrues that much).
-SHIELD_MIN_SWEEP_MINOR = {"BTC": 1_000}
+#: trading 0.1 BTC at the default 0.1 % fee accrues that much; 0.0001 ETH and 0.1 USDT: demo sizes, so a
+#: few trades show a sweep — a real deployment sets them above the sweep's gas).
+SHIELD_MIN_SWEEP_MINOR = {"BTC": 1_000, "ETH": 10**14, "USDT": 10**5}
 
 
 def parse_chain_settings(text: str) -> dict[str, str]:
@@ -127,15 +128,33 @@ def parse_chain_settings(text: str) -> dict[str, str]:
     return out
 
 
-def demo_policy(terms: dict[str, AssetTerms]) -> dict[str, Any]:
+def demo_hot_band(text: str) -> list[dict[str, Any]]:
+    """`RINGFENCE_DEMO_HOT_BAND=MIN,TARGET,MAX` (basis points of reserves held hot) -> the demo policy's
+    `balancing` section for ETH and USDT; empty (no automatic drains or refills) when unset."""
+    if not text.strip():
+        return []
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ConfigError("write MIN,TARGET,MAX in basis points, e.g. 500,1000,2000", field="RINGFENCE_DEMO_HOT_BAND")
+    lo, mid, hi = (int(p) for p in parts)
+    if not 0 <= lo <= mid <= hi <= 10_000:
+        raise ConfigError("need 0 <= MIN <= TARGET <= MAX <= 10000", field="RINGFENCE_DEMO_HOT_BAND")
+    return [{"asset": a, "hot_min_bp": lo, "hot_target_bp": mid, "hot_max_bp": hi} for a in ("ETH", "USDT")]
+
+
+def demo_policy(terms: dict[str, AssetTerms], band: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Small withdrawals from a hot wallet go through; larger ones wait for two approvers' signed
-    approvals (staff role `approver`; in the demo ada and cy)."""
+    approvals (staff role `approver`; in the demo ada and cy). `band`: the policy's balancing section."""
     rules: list[dict[str, Any]] = [{"name": "deny-high-risk", "when": {"risk_score_gte": 90}, "action": {"type": "deny"}}]
     for t in terms.values():
         rules.append({"name": f"review-large-{t.asset}", "when": {"asset": [t.asset], "amount_minor_gt": t.review_above_minor},
                       "action": {"type": "approvals", "count": 2, "roles": ["approver"]}})
     rules.append({"name": "hot-small", "when": {"wallet_tier": ["hot"]}, "action": {"type": "allow"}})
-    return {"version": 1, "approval_ttl_s": 3600, "rules": rules}
+    out: dict[str, Any] = {"version": 1, "approval_ttl_s": 3600, "rules": rules}
+    band = [b for b in band or [] if b["asset"] in terms]
+    if band:
+        out["balancing"] = band
+    return out
 
 
 # --------------------------------------------------------------------------------------- keys
@@ -170,6 +189,9 @@ class CustodyKeys:
         self.cold = {"btc": p2wpkh_address(self.signer.public_key("btc-cold")),
                      "eth": eth_address(self.signer.public_key("eth-cold"))}
         self.shield = shield_multisig(seed).address(0)
+        #: The shield fund's Ethereum vault (ETH and USDT): one offline key, not a multisig contract
+        #: (the local chain has no Safe); its coins are proven by that key's signature like cold's.
+        self.shield_eth = eth_address(self.signer.public_key("eth-shield"))
 
     @staticmethod
     def deposit_key_id(chain: str, account_id: str) -> str:
@@ -528,6 +550,8 @@ class CustodyRuntime:
         self.workers: list[Supervised] = []
         self._stop = threading.Event()
         self.reconciler: Any = None
+        self.token_sweepers: list[Any] = []
+        self.rebalancer: Any = None
         self.last_chain_report: Any = None
         #: Test hook (demo only): SIGKILL the process at this withdrawal-worker point (e.g. after_record_signed).
         self.crash_at = os.environ.get("RINGFENCE_CUSTODY_CRASH_AT", "") if demo else ""
@@ -583,7 +607,8 @@ class CustodyRuntime:
                         ("shield_btc", "bitcoin", "shield", [k.shield], True)]
         if "ethereum" in chains:
             wallets += [("eth_deposit", "ethereum", "deposit", [], False), ("eth_hot", "ethereum", "hot", [k.eth_hot], False),
-                        ("eth_cold", "ethereum", "cold", [k.cold["eth"]], False)]
+                        ("eth_cold", "ethereum", "cold", [k.cold["eth"]], False),
+                        ("shield_eth", "ethereum", "shield", [k.shield_eth], True)]
         have = node.read(lambda e: set(custody_state(e).wallets))
         for name, chain, tier, addrs, public in wallets:
             if name not in have:
@@ -636,7 +661,8 @@ class CustodyRuntime:
             return None if p is None else (p.state, p.proposer, list(p.approvals))
 
         if node.read(proposal) is None:
-            node.execute(desk.propose_policy(pid, json.dumps(demo_policy(self.terms)), DEMO_POLICY_ADMINS[0]))
+            band = demo_hot_band(os.environ.get("RINGFENCE_DEMO_HOT_BAND", ""))
+            node.execute(desk.propose_policy(pid, json.dumps(demo_policy(self.terms, band)), DEMO_POLICY_ADMINS[0]))
         for who in DEMO_POLICY_ADMINS:  # the other two approve (a restart after a crash resumes here)
             state, proposer, approvals = node.read(proposal)
             if state == "proposed" and who != proposer and who not in approvals:
@@ -704,7 +730,7 @@ class CustodyRuntime:
         online += [("bitcoin", k.btc_hot, self.btc_hot_signer, "btc-hot")]
         if not self.btc_vaults:  # the warm vault's holders sign PSBTs only (cold_refill.py)
             online += [("bitcoin", k.btc_warm, k.signer, "btc-warm")]
-        online += [("ethereum", k.eth_hot, k.signer, "eth-hot")]
+        online += [("ethereum", k.eth_hot, k.signer, "eth-hot"), ("ethereum", k.shield_eth, k.signer, "eth-shield")]
         cold = {"ethereum": k.cold["eth"]} if self.cold_vault is not None else {"bitcoin": k.cold["btc"], "ethereum": k.cold["eth"]}
         return seed_wallet_keys(k.seed, self.assets_by_chain(), online, cold,  # the BTC cold vault signs offline only
                                 k.shield)
@@ -714,13 +740,18 @@ class CustodyRuntime:
         return RuntimeReserveSource(self, read)
 
     def shield_routes(self) -> list[Any]:
-        """One route per asset with a shield vault on its chain (BTC: hot -> the 2-of-3 vault)."""
+        """One route per asset with a shield vault on its chain (BTC: hot -> the 2-of-3 vault; ETH and
+        the ERC-20 USDT: the Ethereum hot wallet -> the Ethereum shield vault)."""
         from .shield import ShieldRoute
 
         routes = []
         if "BTC" in self.terms:
             routes.append(ShieldRoute("BTC", "btc_hot", self.keys.btc_hot, "btc-hot", self.btc_hot_signer, "shield_btc",
                                       self.keys.shield, SHIELD_MIN_SWEEP_MINOR["BTC"]))
+        for asset in ("ETH", "USDT"):
+            if asset in self.terms and "ETH" in self.terms:
+                routes.append(ShieldRoute(asset, "eth_hot", self.keys.eth_hot, "eth-hot", self.keys.signer, "shield_eth",
+                                          self.keys.shield_eth, SHIELD_MIN_SWEEP_MINOR[asset]))
         return routes
 
     def _shield_step(self) -> None:
@@ -759,7 +790,11 @@ class CustodyRuntime:
         key_of_address: dict[str, str] = {}
         balancers = {c: W.Balancer(_as(node, "worker:balancer"), a, deposit_signer=self.keys.signer, key_of_address=key_of_address)
                      for c, a in adapters.items()}
+        self.token_sweepers = self._token_sweepers(node, balancers, key_of_address)
         self.workers.append(Supervised("balancer", lambda: self._balance(balancers, key_of_address), every * 2, lock))
+        self.rebalancer = self._rebalancer(node, balancers)
+        if self.rebalancer is not None:
+            self.workers.append(Supervised("rebalancer", self.rebalancer.step, every * 2, lock))
         tolerances = {"ETH": 10**16} if "ethereum" in chains else {}  # gas of token withdrawals in flight
         self.reconciler = Reconciler(_as(node, "worker:reconciler"), wallets=self._wallet_specs(adapters), custody=_InFlightView(node),
                                      settings=ReconcileSettings(tolerances_minor=tolerances))
@@ -810,11 +845,39 @@ class CustodyRuntime:
         for chain, b in balancers.items():
             b.resend_pending()
             native = "BTC" if chain == "bitcoin" else "ETH"
+            tokens = [ts for ts in self.token_sweepers if ts.adapter.chain == chain]
             if native in self.terms:
                 t = self.terms[native]
                 hot = self.keys.btc_hot if chain == "bitcoin" else self.keys.eth_hot
-                b.sweep(native, f"{chain[:3]}_deposit", f"{chain[:3]}_hot", hot, t.sweep_min_minor)
+                if not any(ts.busy() for ts in tokens):  # one transfer at a time out of a deposit address's ETH
+                    b.sweep(native, f"{chain[:3]}_deposit", f"{chain[:3]}_hot", hot, t.sweep_min_minor)
                 b.record_confirmed(native, t.credit_confirmations)
+            for ts in tokens:
+                ts.step(self.terms[ts.token].credit_confirmations)
+
+    def _rebalancer(self, node: Any, balancers: dict[str, Any]) -> Any:
+        """Hot <-> cold moves of the Ethereum assets by the policy's bands (custody.rebalance)."""
+        from .rebalance import Rebalancer, WalletKey
+
+        assets = [a for a, t in sorted(self.terms.items()) if t.chain == "ethereum"]
+        if "ethereum" not in balancers or not assets:
+            return None
+        k = self.keys
+        return Rebalancer(_as(node, "worker:rebalancer"), self.chains.adapter("ethereum"), balancers["ethereum"], assets=assets,
+                          hot=WalletKey("eth_hot", k.eth_hot, "eth-hot", k.signer),
+                          cold=WalletKey("eth_cold", k.cold["eth"], "eth-cold", k.signer))
+
+    def _token_sweepers(self, node: Any, balancers: dict[str, Any], key_of_address: dict[str, str]) -> list[Any]:
+        """ERC-20 sweeps (custody.token_sweeps): gas top-up from hot, then the tokens into hot."""
+        from .token_sweeps import TokenSweeper
+
+        if "ethereum" not in balancers or "ETH" not in self.terms:
+            return []
+        return [TokenSweeper(_as(node, "worker:balancer"), self.chains.adapter("ethereum"), balancers["ethereum"], token=a,
+                             deposit_wallet="eth_deposit", hot_wallet="eth_hot", hot_address=self.keys.eth_hot,
+                             hot_key_id="eth-hot", hot_signer=self.keys.signer, deposit_signer=self.keys.signer,
+                             key_of_address=key_of_address, min_minor=t.sweep_min_minor)
+                for a, t in sorted(self.terms.items()) if t.chain == "ethereum" and a != "ETH"]
 
     def _reconcile(self) -> None:
         # the wallets' addresses grow as deposit addresses are assigned: re-read them every pass
@@ -846,6 +909,12 @@ class CustodyRuntime:
             out["chain_reconciliation"] = {"seq": report.seq, "wallets": len(report.chain_rows),
                                            "mismatches": [m.evidence() for m in report.mismatches[:10]],
                                            "halts_submitted": list(report.halts_submitted)}
+        rb = self.rebalancer
+        if rb is not None:
+            out["rebalancer"] = {"proposed": rb.proposed, "executed": rb.executed, "last_refusal": rb.last_refusal}
+        if self.token_sweepers:
+            out["token_sweeps"] = {ts.token: {"gas_top_ups": ts.topped_up, "sweeps": ts.swept, "min_minor": str(ts.min_minor)}
+                                   for ts in self.token_sweepers}
         sweeper = self.shield_sweeper
         if sweeper is not None:
             last = sweeper.last

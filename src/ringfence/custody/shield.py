@@ -202,12 +202,14 @@ class ShieldSweeper:
                 continue
             if status.state is not TxState.CONFIRMED or status.confirmations < final:
                 continue
-            fee = t.network_fee_minor
+            fee, gas_asset, gas = t.network_fee_minor, "", 0
             if chain == "ethereum":
                 receipt = adapter.w3.eth.get_transaction_receipt(t.txid)
                 fee = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+                if t.asset != adapter.native_asset:  # an ERC-20 sweep: its gas is ETH from the same hot wallet
+                    fee, gas_asset, gas = 0, adapter.native_asset, fee
             self.node.execute(RecordInternalTransfer(t.id, t.asset, t.from_wallet, t.to_wallet, t.amount_minor, fee,
-                                                     t.txid))
+                                                     t.txid, gas_asset, gas))
             report.recorded.append(t.id)
 
 

@@ -33,7 +33,7 @@ from ..errors import Conflict, NotFound, ValidationError
 from ..staff.decisions import ANALYST, APPROVER, POLICY_ADMIN, StaffSignature
 from ..staff.state import StaffRefused, check_decision, consume, not_initiator
 from .deposit_cmds import _known_deposit, release_or_freeze
-from .module import MODULE, custody_scopes
+from .module import MODULE, custody_scopes, deposit_scopes
 from .policy import parse_policy
 from .state import POLICY_DELAY_NS, POLICY_QUORUM, ProposalRec, _check_id, _ev, _move_state, _room, _scoped, _text, _withdrawal, custody_state
 from .withdrawal_cmds import _valid_approvals, _void
@@ -239,7 +239,7 @@ def _pre_quarantine(engine: Engine, c: ReviewQuarantineSigned) -> str:
     return key
 
 
-@MODULE.handles(ReviewQuarantineSigned, precheck=_pre_quarantine, effect=Effect.NEUTRAL, scopes=custody_scopes)
+@MODULE.handles(ReviewQuarantineSigned, precheck=_pre_quarantine, effect=Effect.NEUTRAL, scopes=deposit_scopes)
 def _review_quarantine(engine: Engine, c: ReviewQuarantineSigned) -> list[Event]:
     key = _pre_quarantine(engine, c)
     consume(engine, [c.decision])

@@ -38,6 +38,10 @@ class RecordInternalTransfer(Command, tag="custody.internal_transfer/1"):
     amount_minor: int
     network_fee_minor: int
     txid: str
+    #: A token transfer's gas is paid in the chain's native asset by the sending address (a USDT
+    #: sweep out of a deposit address burns that address's ETH): `custody:<from>:<gas_asset> -> onchain`.
+    gas_asset: str = ""
+    gas_fee_minor: int = 0
 
 
 def _check_internal(s: CustodyState, asset: str, from_wallet: str, to_wallet: str, amount: int, fee: int) -> None:
@@ -62,12 +66,20 @@ class RecordTransferSigned(Command, tag="custody.internal_transfer.signed/1"):
     raw_tx: str
 
 
-@MODULE.handles(RecordTransferSigned, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _pre_transfer_signed(engine: Engine, c: RecordTransferSigned) -> None:
+    from .rebalance_cmds import check_signed_against_authorization
+
+    check_signed_against_authorization(engine, c)
+
+
+@MODULE.handles(RecordTransferSigned, precheck=_pre_transfer_signed, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _transfer_signed(engine: Engine, c: RecordTransferSigned) -> list[Event]:
     s = custody_state(engine)
     _check_id(c.transfer_id, "transfer_id")
     t = s.transfers.get(c.transfer_id)
-    if t is not None:
+    if t is not None and t.state == "authorized":  # the rebalance the engine authorized, now signed
+        _pre_transfer_signed(engine, c)
+    elif t is not None:
         if t.txid != c.txid:
             raise Conflict(f"transfer {c.transfer_id} already has transaction {t.txid}", field="txid")
         return [_ev("internal_transfer.unchanged", c.transfer_id, t.state, t.amount_minor)]
@@ -79,7 +91,20 @@ def _transfer_signed(engine: Engine, c: RecordTransferSigned) -> list[Event]:
     return [_ev("internal_transfer.signed", c.transfer_id, "signed", c.amount_minor, [c.txid])]
 
 
-@MODULE.handles(RecordInternalTransfer, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _pre_internal(engine: Engine, c: RecordInternalTransfer) -> int:
+    """The amounts, wallets and gas fields (all before anything changes). Returns the gas fee."""
+    s = custody_state(engine)
+    _check_internal(s, c.asset, c.from_wallet, c.to_wallet, c.amount_minor, c.network_fee_minor)
+    gas = _check_amount(c.gas_fee_minor, "gas_fee_minor", allow_zero=True)
+    if c.gas_asset and (c.gas_asset == c.asset or c.gas_asset not in s.assets
+                        or s.assets[c.gas_asset].chain != s.assets[c.asset].chain):
+        raise ValidationError(f"must be the native asset of {s.assets[c.asset].chain}, not {c.gas_asset!r}", field="gas_asset")
+    if gas and not c.gas_asset:
+        raise ValidationError("a gas fee needs its asset", field="gas_asset")
+    return gas
+
+
+@MODULE.handles(RecordInternalTransfer, precheck=_pre_internal, effect=Effect.NEUTRAL, scopes=custody_scopes)
 def _internal(engine: Engine, c: RecordInternalTransfer) -> list[Event]:
     s = custody_state(engine)
     _check_id(c.transfer_id, "transfer_id")
@@ -89,11 +114,13 @@ def _internal(engine: Engine, c: RecordInternalTransfer) -> list[Event]:
     if t is not None and (t.txid, t.asset, t.from_wallet, t.to_wallet, t.amount_minor) != (
             c.txid, c.asset, c.from_wallet, c.to_wallet, c.amount_minor):
         raise Conflict("does not match the signed transfer with this id", field="transfer_id")
-    _check_internal(s, c.asset, c.from_wallet, c.to_wallet, c.amount_minor, c.network_fee_minor)
-    _room(engine, 3)  # both wallets' custody accounts and onchain, on first use
+    gas = _pre_internal(engine, c)
+    _room(engine, 5 if gas else 3)  # both wallets' custody accounts and onchain (and the gas asset's), on first use
     led = engine.ledger
     led.move(led.custody(c.asset, c.from_wallet), led.custody(c.asset, c.to_wallet), c.amount_minor)
     led.move(led.custody(c.asset, c.from_wallet), _system(engine, c.asset, "onchain"), c.network_fee_minor)
+    if gas:
+        led.move(led.custody(c.gas_asset, c.from_wallet), _system(engine, c.gas_asset, "onchain"), gas)
     s.transfers[c.transfer_id] = TransferRec(c.transfer_id, c.asset, c.from_wallet, c.to_wallet, c.amount_minor,
                                              c.network_fee_minor, c.txid)
     return [_ev("internal_transfer.recorded", c.transfer_id, f"{c.from_wallet}->{c.to_wallet}", c.amount_minor, [c.txid])]

@@ -32,7 +32,7 @@ from ..errors import Conflict, RingfenceError, TransactionRejected
 from ..chains.adapter import Direction, TxState
 from .commands import (
     AuthorizeSigning, CreditDeposit, DecideWithdrawal, FailWithdrawal, FinalizeDeposit, ObserveDeposit,
-    RecordBroadcast, RecordInternalTransfer, RecordRiskReview, RecordSignedTx, ReorgDeposits, SettleWithdrawal,
+    RecordBroadcast, RecordInternalTransfer, RecordRiskReview, RecordSignedTx, RelocateDeposit, ReorgDeposits, SettleWithdrawal,
     custody_state,
 )
 from .deposits import CREDITED_STATES
@@ -64,23 +64,48 @@ def _already_observed(state: Any, chain: str, t: Any, block: Any) -> bool:
     from .deposits import deposit_key
 
     d = state.deposits.get(deposit_key(chain, t.txid, t.index))
-    return d is not None and d.state not in ("dropped", "reversed") and (d.height, d.block_hash) == (block.height, block.block_hash)
+    if d is None or d.state in ("dropped", "reversed"):
+        return False
+    # a credited deposit found again in another block (a rescan after a restart, whose chain
+    # replaced the block) is the confirmations step's business (`RelocateDeposit`), not a new sighting
+    return d.state != "seen" or (d.height, d.block_hash) == (block.height, block.block_hash)
+
+
+def resume_height(state: Any, chain: str) -> int:
+    """Where a deposit watcher starts scanning, from the journaled deposits alone: just below the
+    oldest non-final deposit, and never above the newest deposit seen (every block after it must be
+    scanned again: it may hold deposits made while nobody watched). 0 without deposits."""
+    seen = [d for d in state.deposits.values() if d.chain == chain]
+    if not seen:
+        return 0
+    start = max(d.height for d in seen)
+    open_heights = [d.height for d in seen if not d.final and d.state in ("seen", *CREDITED_STATES)]
+    if open_heights:
+        start = min(start, min(open_heights))
+    return max(0, start - 1)
 
 
 class DepositWatcher:
-    def __init__(self, node: Any, adapter: Any, scorer: Scorer, *, since_height: int = 0) -> None:
+    def __init__(self, node: Any, adapter: Any, scorer: Scorer, *, since_height: int | None = None) -> None:
         self.node = node
         self.adapter = adapter
         self.scorer = scorer
         self.chain = adapter.chain
-        # Restarting from 0 is safe (ObserveDeposit is idempotent by (chain, txid, index)); a
-        # production deployment persists the cursor and starts at the oldest non-final deposit.
-        self.cursor = since_height
+        # None: resume from the journal on the first poll (`resume_height`): a restarted watcher
+        # rescans from its oldest open deposit (ObserveDeposit is idempotent by (chain, txid, index)).
+        self.cursor: int = 0
+        self._resume = since_height is None
+        if since_height is not None:
+            self.cursor = since_height
         self.crash_at: str | None = None
+        self.errors: dict[str, str] = {}  # deposit key -> why its last step was refused
 
     def poll(self) -> int:
         """One pass: scan new blocks, then credit/finalize by confirmations. Returns commands sent."""
         sent = 0
+        if self._resume:
+            self.cursor = self.node.read(lambda e: resume_height(custody_state(e), self.chain))
+            self._resume = False
         for _ in range(100):  # at most 100 * 500 blocks per poll
             res = self.adapter.scan(self.cursor, self.node.read(lambda e: custody_state(e).watched(self.chain)))
             if res.reorg is not None:
@@ -95,13 +120,33 @@ class DepositWatcher:
                         continue
                     if self.node.read(lambda e, t=t, b=block: _already_observed(custody_state(e), self.chain, t, b)):
                         continue  # a rescan after a restart: nothing new to journal
-                    self.node.execute(ObserveDeposit(self.chain, t.txid, t.index, t.asset, t.address, t.amount_minor,
-                                                     block.height, block.block_hash))
+                    try:
+                        self.node.execute(ObserveDeposit(self.chain, t.txid, t.index, t.asset, t.address, t.amount_minor,
+                                                         block.height, block.block_hash))
+                    except RingfenceError as exc:  # e.g. the asset is halted: scan this block again next time
+                        self.errors[f"{self.chain}:{t.txid}:{t.index}"] = f"{exc.code}: {exc}"
+                        self.cursor = max(0, block.height - 1)
+                        return sent + self._confirmations()
                     sent += 1
             self.cursor = res.scanned_to_height
             if res.scanned_to_height >= res.tip_height:
                 break
         return sent + self._confirmations()
+
+    def _relocate(self, d: Any) -> Any:
+        """A credited, non-final deposit whose recorded block is no longer on the chain (replaced
+        while nobody watched: the reorg tracker of a restarted watcher starts empty). If its
+        transaction is in another block now, the deposit moves there (`RelocateDeposit`) and its
+        confirmations count from that block; if not, the blocks from its height were reorganised
+        away: `ReorgDeposits` reverses it and the scan starts again below it."""
+        status = self.adapter.tx_status(d.txid)
+        if status.state is TxState.CONFIRMED and status.block_height is not None and status.block_hash:
+            self.node.execute(RelocateDeposit(d.chain, d.txid, d.index, status.block_height, status.block_hash))
+            d.height, d.block_hash = status.block_height, status.block_hash
+            return d
+        self.node.execute(ReorgDeposits(self.chain, d.height))
+        self.cursor = min(self.cursor, max(0, d.height - 1))
+        return None
 
     def _confs(self, height: int, block_hash: str, tip: int) -> int:
         if height > tip or self.adapter.block_hash(height) != block_hash:
@@ -117,17 +162,33 @@ class DepositWatcher:
                     if d.chain == self.chain and not d.final and d.state in ("seen", *CREDITED_STATES)]
 
         for d, cfg in self.node.read(open_deposits):
+            try:
+                sent += self._advance(d, cfg, tip)
+            except RingfenceError as exc:
+                # e.g. a halt on the asset (RF_HALTED): this deposit waits, the others go on
+                self.errors[d.key] = f"{exc.code}: {exc}"
+                continue
+            self.errors.pop(d.key, None)
+        return sent
+
+    def _advance(self, d: Any, cfg: Any, tip: int) -> int:
+        sent = 0
+        confs = self._confs(d.height, d.block_hash, tip)
+        if confs == 0 and d.state != "seen":
+            sent += 1
+            if self._relocate(d) is None:
+                return sent
             confs = self._confs(d.height, d.block_hash, tip)
-            if d.state == "seen" and confs >= cfg.credit_confirmations:
-                sender = None
-                result = self.scorer.score(KytInput(d.chain, d.txid, d.index, d.asset, d.address, d.amount_minor, sender))
-                _crash(self, "after_score")
-                self.node.execute(CreditDeposit(d.chain, d.txid, d.index, confs, result.score, list(result.reasons),
-                                                result.category, result.senders[0] if result.senders else ""))
-                sent += 1
-            if confs >= cfg.finality_confirmations:
-                self.node.execute(FinalizeDeposit(d.chain, d.txid, d.index, confs))
-                sent += 1
+        if d.state == "seen" and confs >= cfg.credit_confirmations:
+            sender = None
+            result = self.scorer.score(KytInput(d.chain, d.txid, d.index, d.asset, d.address, d.amount_minor, sender))
+            _crash(self, "after_score")
+            self.node.execute(CreditDeposit(d.chain, d.txid, d.index, confs, result.score, list(result.reasons),
+                                            result.category, result.senders[0] if result.senders else ""))
+            sent += 1
+        if confs >= cfg.finality_confirmations:
+            self.node.execute(FinalizeDeposit(d.chain, d.txid, d.index, confs))
+            sent += 1
         return sent
 
 
@@ -398,8 +459,10 @@ class Balancer:
         return done
 
     def transfer(self, asset: str, *, from_wallet: str, from_address: str, key_id: str, signer: Any, to_wallet: str,
-                 to_address: str, amount_minor: int, kind: str) -> str:
-        """Send `amount_minor` between two of our wallets (a drain to cold or a refill from warm)."""
+                 to_address: str, amount_minor: int, kind: str, transfer_id: str = "") -> str:
+        """Send `amount_minor` between two of our wallets (a drain to cold or a refill from warm).
+        `transfer_id`: the id of a rebalance the engine authorized (`AuthorizeRebalance`); an ERC-20
+        token is sent with the contract's `transfer()` (its gas in ETH, recorded by `TokenSweeper`)."""
         if self.adapter.chain == "bitcoin":
             rate = self.adapter.estimate_fee().fee_rate_minor
             raw, txid, fee = build_btc_payment(self.adapter, from_address=from_address, key_id=key_id, signer=signer,
@@ -417,11 +480,21 @@ class Balancer:
                 nonce = self.node.read(lambda e: reserved_nonce(custody_state(e), purpose))
             else:
                 nonce = self.adapter.w3.eth.get_transaction_count(from_address, "pending")
-            raw, txid, fee = build_eth_payment(self.adapter, key_id=key_id, signer=signer, to=to_address,
-                                               value_wei=amount_minor, nonce=nonce, max_fee_per_gas=fee_q.fee_rate_minor,
-                                               priority_fee_per_gas=fee_q.priority_fee_minor,
-                                               request_id=f"{kind}-{from_wallet}", reason=f"{kind} {from_wallet}->{to_wallet}")
-        self._journal_and_send(f"{kind}-{txid[:40]}", asset, from_wallet, to_wallet, amount_minor, fee, txid, raw)
+            if asset != self.adapter.native_asset:
+                from .wallets import ERC20_TRANSFER_GAS, erc20_transfer_data
+
+                raw, txid, _gas = build_eth_payment(self.adapter, key_id=key_id, signer=signer, to=self.adapter.token(asset).contract,
+                                                    value_wei=0, nonce=nonce, max_fee_per_gas=fee_q.fee_rate_minor,
+                                                    priority_fee_per_gas=fee_q.priority_fee_minor, request_id=f"{kind}-{from_wallet}",
+                                                    reason=f"{kind} {from_wallet}->{to_wallet}",
+                                                    data=erc20_transfer_data(to_address, amount_minor), gas=ERC20_TRANSFER_GAS)
+                fee = 0  # paid in ETH: recorded as the transfer's gas once confirmed
+            else:
+                raw, txid, fee = build_eth_payment(self.adapter, key_id=key_id, signer=signer, to=to_address,
+                                                   value_wei=amount_minor, nonce=nonce, max_fee_per_gas=fee_q.fee_rate_minor,
+                                                   priority_fee_per_gas=fee_q.priority_fee_minor,
+                                                   request_id=f"{kind}-{from_wallet}", reason=f"{kind} {from_wallet}->{to_wallet}")
+        self._journal_and_send(transfer_id or f"{kind}-{txid[:40]}", asset, from_wallet, to_wallet, amount_minor, fee, txid, raw)
         return txid
 
 

@@ -197,9 +197,18 @@ class BitcoinSimulator:
         h = self.tx_height.get(txid)
         if h is None:
             return None
-        for tx in self.blocks[h].txs:
-            if b2lx(tx.GetTxid()) == txid:
-                return tx
+        block = self.blocks[h]
+        # python-bitcointx recomputes a txid on every GetTxid(): index a block's transactions once
+        # (keyed by block hash, so a block replaced by a reorg is indexed again)
+        cache: dict[str, tuple[str, CTransaction]] = self.__dict__.setdefault("_tx_index", {})
+        hit = cache.get(txid)
+        if hit is not None and hit[0] == block.block_hash:
+            return hit[1]
+        for tx in block.txs:
+            cache[b2lx(tx.GetTxid())] = (block.block_hash, tx)
+        hit = cache.get(txid)
+        if hit is not None and hit[0] == block.block_hash:
+            return hit[1]
         raise InvariantViolation(f"tx index points at block {h} which lacks {txid}")
 
     # ---- mempool -------------------------------------------------------------------------------

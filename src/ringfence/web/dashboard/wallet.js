@@ -61,6 +61,17 @@ function depositRows(tbody, rows) {
     el("td", {class: "txid"}, d.txId))));
 }
 
+// The source-of-funds form: one entry per quarantined deposit (status 8); the form sits outside
+// the table the poll redraws, so a declaration being typed is never wiped.
+let quarantined = [];
+function showQuarantined(rows) {
+  quarantined = rows.filter(d => d.status === 8);
+  fill($("#sof-txid"), quarantined.map(d => [d.txId, d.amount + " " + d.coin + " (" + d.txId.slice(0, 14) + "…)"]));
+  const chosen = quarantined.find(d => d.txId === $("#sof-txid").value);
+  $("#sof-reason").textContent = chosen ? chosen.info : "";
+  $("#sof").hidden = quarantined.length === 0;
+}
+
 // ---------------------------------------------------------------- withdraw
 
 async function refreshBook() {
@@ -136,7 +147,18 @@ async function start() {
     fill($("#dep-coin"), options);
     $("#dep-coin").addEventListener("change", showAddress);
     await showAddress();
-    poll(async () => depositRows($("#deposits tbody"), await call("GET", "/capital/deposit/hisrec")), 1000);
+    $("#sof-form").addEventListener("submit", ev => {
+      ev.preventDefault();
+      $("#sof-status").textContent = "…";
+      call("POST", "/capital/deposit/sourceOfFunds", {txId: $("#sof-txid").value, declaration: $("#sof-text").value.trim()})
+        .then(r => { $("#sof-status").textContent = r.info; $("#sof-text").value = ""; })
+        .catch(err => { $("#sof-status").textContent = err.message; });
+    });
+    poll(async () => {
+      const rows = await call("GET", "/capital/deposit/hisrec");
+      depositRows($("#deposits tbody"), rows);
+      showQuarantined(rows);
+    }, 1000);
   } else if (page === "withdraw") {
     fill($("#book-coin"), options);
     fill($("#wd-coin"), options);
