@@ -286,8 +286,9 @@ class StreamHub:
         combined = None
         raw_frame = combined_frame = None
         for conn in list(subscribers):
-            if conn.subscription_id is not None:
+            if conn.subscription_id is not None:  # a WebSocket API session: its own wrapper, its own frame
                 text = '{"subscriptionId":' + str(conn.subscription_id) + ',"event":' + raw + "}"
+                frame = None
             elif conn.combined:
                 if combined is None:
                     combined = '{"stream":' + json.dumps(stream) + ',"data":' + raw + "}"
