@@ -15,7 +15,7 @@ import hmac
 import re
 import time
 from html import unescape
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pyotp
@@ -62,6 +62,19 @@ def signed_account(http: httpx.Client, key: str, secret: str) -> httpx.Response:
     return http.get(f"/api/v3/account?{payload}&signature={sig}", headers={"X-MBX-APIKEY": key})
 
 
+def mailed_link(b: "Browserless", email: str, path: str) -> str:
+    """The newest link to `path` in a mail to `email` at the demo's /dev/mail (delivered every 2 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        page = b.request("GET", "/dev/mail").text
+        links = [unescape(m.group(1)) for m in re.finditer(r'href="([^"]*' + re.escape(path) + r'\?token=[^"]+)"', page)
+                 if email in page[max(0, m.start() - 3000) : m.start()]]
+        if links:
+            return links[0]
+        assert time.monotonic() < deadline, f"no mail with a {path} link for {email} at /dev/mail"
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def user(server):
     """A signed-in user with TOTP on, in the security centre of the live server."""
@@ -69,18 +82,7 @@ def user(server):
     email = f"cache{int(time.time() * 1000)}@example.com"
     r = b.request("POST", "/signup", data={"email": email, "password": PASSWORD})
     assert r.status_code == 200, r.text
-    deadline = time.monotonic() + 30
-    link = None
-    while link is None:  # the demo's mail worker delivers to /dev/mail every 2 s
-        page = b.request("GET", "/dev/mail").text
-        for m in re.finditer(r'href="([^"]*/verify-email\?token=[^"]+)"', page):
-            block = page[max(0, m.start() - 3000) : m.start()]
-            if email in block:
-                link = unescape(m.group(1))
-        assert link is not None or time.monotonic() < deadline, "no verification mail at /dev/mail"
-        if link is None:
-            time.sleep(0.3)
-    parts = urlsplit(link)
+    parts = urlsplit(mailed_link(b, email, "/verify-email"))
     assert b.request("GET", parts.path + "?" + parts.query).status_code == 200
     r = b.request("POST", "/login", data={"email": email, "password": PASSWORD})
     assert r.status_code in (200, 303), r.text
@@ -89,6 +91,8 @@ def user(server):
     totp = pyotp.TOTP(re.search(r'id="totp-secret">([A-Z2-7]+)<', setup).group(1))
     r = b.request("POST", "/security/totp/confirm", data={"csrf_token": csrf_of(setup), "code": totp.now()})
     assert r.status_code == 200, r.text
+    token = parse_qs(urlsplit(mailed_link(b, email, "/security/confirm-factor")).query)["token"][0]  # the first factor counts once confirmed
+    assert b.request("POST", "/security/confirm-factor", data={"token": token}).status_code == 200
     yield b
     b.http.close()
 

@@ -71,6 +71,13 @@ class IdentityAuthenticator:
 
         return verify_api_request(self.ctx, api_key, payload, signature, client_ip, scope)
 
+    def owner_of_now(self, api_key: str, client_ip: str, scope: str) -> str:
+        """`owner_of` after reading the key generation now: a change committed by another process a
+        moment ago is seen even before the cache's watcher polls."""
+        if self.cache is not None:
+            self.cache.sync()
+        return self.owner_of(api_key, client_ip, scope)
+
     def owner_of(self, api_key: str, client_ip: str, scope: str) -> str:
         if self.cache is not None:
             return self.cache.principal(api_key, client_ip, scope).account_id

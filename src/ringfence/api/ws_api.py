@@ -288,7 +288,8 @@ class WsApi:
             owner = principal.account_id
         else:
             try:
-                owner = await run_in_threadpool(self.gate.auth.owner_of, session.api_key, session.ip, scope)
+                check = getattr(self.gate.auth, "owner_of_now", self.gate.auth.owner_of)  # the database changed: no cached answer
+                owner = await run_in_threadpool(check, session.api_key, session.ip, scope)
             except RingfenceError as err:
                 raise from_ringfence(err) from None
             session.checked_version = version  # read before the check: a commit during it forces another

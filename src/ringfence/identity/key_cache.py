@@ -76,6 +76,13 @@ class VerifiedKeyCache:
         self._watcher = threading.Thread(target=self._watch, name="api-key-cache-watcher", daemon=True)
         self._watcher.start()
 
+    def sync(self) -> None:
+        """Read the store's counter now instead of waiting for the watcher: for a caller that knows
+        the database changed (the WebSocket API's logged-on sessions watch SQLite's data_version)."""
+        value = self.read_store_generation()
+        self._store_generation = value
+        self._polled_at = time.monotonic()
+
     def stop(self) -> None:
         self._stop.set()
 
