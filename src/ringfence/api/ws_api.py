@@ -244,7 +244,7 @@ class WsApi:
             except RingfenceError as err:
                 mapped = from_ringfence(err)
                 return self.frame(rid, mapped.status, error=mapped, weight_used=used, rate_limits=rate_limits)
-            except Exception:
+            except Exception:  # a fault of ours: logged, this request answered 500, the connection lives on
                 log.exception("ws_api.request_failed")
                 return self.frame(rid, 500, error=INTERNAL, weight_used=used, rate_limits=rate_limits)
             return self.frame(rid, 200, result=result, weight_used=used, rate_limits=rate_limits)

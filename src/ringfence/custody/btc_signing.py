@@ -197,7 +197,12 @@ class SignerFleet:
                 if not (self.store_dir(i) / "tls.crt").exists():
                     continue  # the signer creates its certificate on first start
                 if i not in contexts:
-                    contexts[i] = self.tls().context(i)
+                    try:
+                        contexts[i] = self.tls().context(i)
+                    except ConfigError:  # a certificate still being written (older signers): read it again
+                        if time.monotonic() > deadline:
+                            raise
+                        continue
                 try:
                     if httpx.get(self.urls[i] + "/health", timeout=2, verify=contexts[i]).status_code == 200:
                         pending.discard(i)
@@ -224,7 +229,7 @@ class SignerFleet:
         if fh is not None:
             fh.close()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:  # float-ok: seconds to wait
         """SIGTERM to every signer at once, SIGKILL to any still running after `timeout_s`."""
         for p in self.procs.values():
             if p.poll() is None:
@@ -458,7 +463,7 @@ def refresh_worker(runtime: Any, supervised: Any, lock: Any) -> Any:
     seconds (default one day), checked every minute at most; under the chain lock, so no
     withdrawal is being signed while the shares change."""
     text = os.environ.get("RINGFENCE_BTC_REFRESH_EVERY_S", "86400").strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ConfigError("must be a whole number of seconds", field="RINGFENCE_BTC_REFRESH_EVERY_S")
     refresher = ShareRefresher(runtime.btc_hot_signer, Path(runtime.data_dir) / "custody" / "btc-hot.json", int(text))
     runtime.btc_refresher = refresher

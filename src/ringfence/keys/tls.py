@@ -61,7 +61,9 @@ def ensure_identity(directory: Path, name: str, password: str) -> TlsIdentity:
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem_key)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    partial = cert_path.with_name(cert_path.name + ".tmp")  # whole or absent: a reader polls for this file
+    partial.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.replace(partial, cert_path)
     return TlsIdentity(cert_path, key_path, password)
 
 

@@ -90,7 +90,7 @@ class Outbox:
                 db.execute(insert(MonitoringEvent), [
                     {"kind": r["kind"], "source": r["source"], "user_id": None, "account_id": r["account_id"], "ip": r["ip"],
                      "device": r["device"], "at_ms": r["at_ms"], "data": _data(r["data"])} for r in rows])
-        except Exception:
+        except Exception:  # the store is away: counted, logged, the rows kept for the next attempt
             self.errors += 1
             log.exception("monitoring.outbox_write_failed", rows=len(rows))
             for r in reversed(rows):  # keep them for the next attempt
@@ -164,7 +164,7 @@ def engine_subscriber(exchange: Any, outbox: Outbox) -> Callable[[int, int, list
             md = exchange.marketdata[symbol]
             levels = md.bids if side == "BUY" else md.asks
             best = (max(levels) if side == "BUY" else min(levels)) if levels else 0
-        except Exception:
+        except Exception:  # no book for the symbol (a perpetual, a delisted market): scored as far from the touch
             return 10_000
         if best <= 0 or price <= 0:
             return 10_000
@@ -186,7 +186,7 @@ def engine_subscriber(exchange: Any, outbox: Outbox) -> Callable[[int, int, list
                     if e.price and e.quantity:
                         try:
                             notional = e.price * e.quantity // 10 ** exchange.market(e.symbol).base_decimals
-                        except Exception:
+                        except Exception:  # an unknown market: the event is still recorded, without a notional
                             notional = 0
                     outbox.publish("order_placed", source="engine", at_ms=at_ms, account_id=e.owner,
                                    data={"seq": seq, "symbol": e.symbol, "order_id": e.order_id, "side": e.side,

@@ -34,6 +34,9 @@ MOVES_FUNDS_OUT = frozenset({"RequestWithdrawal", "ApproveWithdrawal", "ApproveW
                              "RecordSignedTx"})
 #: Commands that always reduce risk: no level refuses them.
 ALWAYS_REDUCES = frozenset({"CancelOrder", "CancelAll"})
+#: Commands that name a deposit (chain, txid, index): the deposit's asset and wallet are their scope.
+DEPOSIT_SCOPED = frozenset({"CreditDeposit", "FinalizeDeposit", "FileSourceOfFunds", "ReviewQuarantine",
+                            "ReviewQuarantineSigned", "ReturnDepositSigned", "RelocateDeposit"})
 #: The halt module's own commands: never refused by a halt.
 HALT_COMMANDS = frozenset({"Halt", "LiftHalt", "RegisterOperators", "LiftHaltSigned", "RaiseHaltSigned",
                            "StaffGenesis", "AddStaff", "RemoveStaff"})
@@ -70,12 +73,18 @@ class HaltsModel(Books):
         and quote; custody its `asset`, `asset@wallet` and `segment` fields; asset, segment and fee
         tier configuration nothing but the venue. Known gaps of those declarations, mirrored here:
         a post or void names no accounts (ids 0), so it passes an asset or segment halt of the
-        hold it settles; `CreditDeposit`, `FinalizeDeposit`, `ReorgDeposits`, `FileSourceOfFunds`
-        and `ReviewQuarantine` carry no `asset`, so an asset halt does not stop them (while
-        `ObserveDeposit`, which does, is refused)."""
+        hold it settles. A command naming a deposit by chain, txid and index (`CreditDeposit`,
+        `FinalizeDeposit`, `FileSourceOfFunds`, the quarantine review, the return, the relocation)
+        touches that deposit's asset and `asset@wallet`; `ReorgDeposits` every custodied asset on
+        its chain."""
         out = [("venue", "*")]
         if name in NO_SCOPES:
             return out
+        if name in DEPOSIT_SCOPED:
+            d = self.deposits.get(f"{cmd.chain}:{cmd.txid}:{cmd.index}")
+            return out + ([("asset", d.asset), ("asset", f"{d.asset}@{d.wallet}")] if d is not None else [])
+        if name == "ReorgDeposits":
+            return out + [("asset", a) for a, cfg in sorted(self.custody.items()) if cfg.chain == cmd.chain]
         symbol = getattr(cmd, "symbol", None)
         if isinstance(symbol, str):
             out.append(("market", symbol))
