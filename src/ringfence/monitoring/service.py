@@ -51,6 +51,7 @@ class Monitor:
         self._links_lock = threading.Lock()
         self._clusters_raised: set[str] = set()
         self._clusters_checked_ms = 0
+        self._clusters_dirty = False
         self.cursor = 0
         self.alerts_raised = 0
         self.errors = 0
@@ -103,19 +104,24 @@ class Monitor:
     def step(self) -> int:
         """Score the next batch of events; returns how many were read."""
         events = read_after(self.store, self.cursor)
-        if not events:
+        now_ms = time.time_ns() // 1_000_000
+        # The links changed since the last cluster check: check again once CLUSTER_CHECK_MS has passed,
+        # whether or not more events come (a trade in a batch inside the interval is checked later).
+        self._clusters_dirty = self._clusters_dirty or any(e.kind in LINK_KINDS for e in events)
+        due = self._clusters_dirty and now_ms - self._clusters_checked_ms >= CLUSTER_CHECK_MS
+        if not events and not due:
             return 0
         hits = []
         with self._links_lock:
             for e in events:
                 hits.extend(self.scorer.process(e))
                 self.links.add(e)
-        now_ms = time.time_ns() // 1_000_000
-        if any(e.kind in LINK_KINDS for e in events) and now_ms - self._clusters_checked_ms >= CLUSTER_CHECK_MS:
-            self._clusters_checked_ms = now_ms
-            hits.extend(self._flagged_clusters(events[-1].at_ms))
-        store_hits(self.store, hits, now_ms, cursor=(CURSOR, events[-1].id))
-        self.cursor = events[-1].id
+        if due:
+            self._clusters_checked_ms, self._clusters_dirty = now_ms, False
+            hits.extend(self._flagged_clusters(events[-1].at_ms if events else now_ms))
+        cursor = events[-1].id if events else self.cursor
+        store_hits(self.store, hits, now_ms, cursor=(CURSOR, cursor))
+        self.cursor = cursor
         self.alerts_raised += len(hits)
         return len(events)
 
