@@ -395,27 +395,38 @@ def _deposit_decision(kind: str) -> Callable[..., None]:
         from ..custody.deposits import deposit_key
         from ..custody.staff_cmds import quarantine_subject
 
-        chain, _, rest = deposit.partition(":")
-        txid, _, index_text = rest.rpartition(":")
-        if not chain or not txid or not (index_text.isascii() and index_text.isdigit()):
-            err_console.print("[bold red]error:[/] DEPOSIT: expected CHAIN:TXID:INDEX")
-            raise typer.Exit(2)
+        chain, txid, index = _deposit_ref(deposit)
         k = _run(lambda: load_key(key))
         with AdminClient(url, k) as client:
-            found = [d for d in _run(lambda: client.get("/review"))["deposits"]
-                     if (d["chain"], d["txid"], d["index"]) == (chain, txid, int(index_text))]
-            if not found:
-                err_console.print(f"[bold red]refused:[/] no quarantined deposit {deposit}")
-                raise typer.Exit(1)
-            subject = quarantine_subject(deposit_key(chain, txid, int(index_text)), int(found[0]["amount_minor"]), kind, reason)
+            found = _queued_deposit(client, chain, txid, index, f"no quarantined deposit {deposit}")
+            subject = quarantine_subject(deposit_key(chain, txid, index), int(found["amount_minor"]), kind, reason)
             sig = k.sign("deposit.review", subject, _expires(ttl_s))
             _print_events(_run(lambda: client.post("/deposits/review", {
-                "chain": chain, "txid": txid, "index": int(index_text), "decision_kind": kind, "reason": reason,
+                "chain": chain, "txid": txid, "index": index, "decision_kind": kind, "reason": reason,
                 "decision": format_approval(sig)})))
 
     command.__doc__ = (f"{kind.capitalize()} a quarantined deposit (signed analyst decision).\n\n"
                        f"    Example: ringfence review {kind} ethereum:0xabc…:0 --reason \"invoice checked\" --key cy.key\n")
     return command
+
+
+def _deposit_ref(deposit: str) -> tuple[str, str, int]:
+    """CHAIN:TXID:INDEX (the form `review list` prints), or exit 2 naming the argument."""
+    chain, _, rest = deposit.partition(":")
+    txid, _, index_text = rest.rpartition(":")
+    if not chain or not txid or not (index_text.isascii() and index_text.isdigit()):
+        err_console.print("[bold red]error:[/] DEPOSIT: expected CHAIN:TXID:INDEX")
+        raise typer.Exit(2)
+    return chain, txid, int(index_text)
+
+
+def _queued_deposit(client: Any, chain: str, txid: str, index: int, missing: str) -> dict[str, Any]:
+    """The deposit as the review queue shows it (amount, sender), or exit 1 with `missing`."""
+    found = [d for d in _run(lambda: client.get("/review"))["deposits"] if (d["chain"], d["txid"], d["index"]) == (chain, txid, index)]
+    if not found:
+        err_console.print(f"[bold red]refused:[/] {missing}")
+        raise typer.Exit(1)
+    return found[0]  # type: ignore[no-any-return]
 
 
 review_app.command("release")(_deposit_decision("release"))
@@ -437,23 +448,15 @@ def return_deposit(
     from ..custody.deposits import deposit_key
     from ..custody.refund_cmds import return_subject
 
-    chain, _, rest = deposit.partition(":")
-    txid, _, index_text = rest.rpartition(":")
-    if not chain or not txid or not (index_text.isascii() and index_text.isdigit()):
-        err_console.print("[bold red]error:[/] DEPOSIT: expected CHAIN:TXID:INDEX")
-        raise typer.Exit(2)
+    chain, txid, index = _deposit_ref(deposit)
     k = _run(lambda: load_key(key))
     with AdminClient(url, k) as client:
-        found = [d for d in _run(lambda: client.get("/review"))["deposits"]
-                 if (d["chain"], d["txid"], d["index"]) == (chain, txid, int(index_text))]
-        if not found:
-            err_console.print(f"[bold red]refused:[/] no quarantined or frozen deposit {deposit}")
-            raise typer.Exit(1)
-        sender = found[0]["sender"]
-        subject = return_subject(deposit_key(chain, txid, int(index_text)), int(found[0]["amount_minor"]), sender, reason)
+        found = _queued_deposit(client, chain, txid, index, f"no quarantined or frozen deposit {deposit}")
+        sender = found["sender"]
+        subject = return_subject(deposit_key(chain, txid, index), int(found["amount_minor"]), sender, reason)
         sig = k.sign("deposit.return", subject, _expires(ttl_s))
         _print_events(_run(lambda: client.post("/deposits/return", {
-            "chain": chain, "txid": txid, "index": int(index_text), "address": sender, "reason": reason,
+            "chain": chain, "txid": txid, "index": index, "address": sender, "reason": reason,
             "decision": format_approval(sig)})))
 
 
