@@ -95,6 +95,10 @@ def test_failed_sign_ins_raise_an_alert_that_an_analyst_works_to_a_close(server,
     assert [c for c in cases if c["case_id"] == case_id][0]["account_id"] == "bob"
     path = f"/admin/v1/cases/{case_id}"
     assert admin(server, "POST", path + "/assign", {"assignee": "nobody"}).json()["field"] == "assignee"
+    assert admin(server, "POST", path + "/assign", {"assignee": "ada"}).json()["field"] == "assignee"  # no analyst
+    for outsider in ("ada", "pat"):  # operator/approver, policy admin: a case is an analyst's to work or close
+        refused = admin(server, "POST", path + "/close", {"reason": "false_positive", "note": "not mine"}, staff=outsider)
+        assert refused.status_code == 403 and "role-required" in refused.text, refused.text
     assert admin(server, "POST", path + "/assign", {"assignee": "cy"}).json()["assignee"] == "cy"
     assert admin(server, "POST", path + "/note", {"note": "guessing from one address"}).status_code == 200
     assert admin(server, "POST", path + "/escalate", {"note": "needs a second look"}).json()["status"] == "escalated"

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from ..errors import ValidationError
 from ..staff.decisions import ANALYST
+from ..staff.state import StaffRefused
 from . import cases
 
 __all__ = ["install"]
@@ -62,12 +63,13 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
     async def get_monitoring(caller: str, body: dict[str, Any]) -> Any:
         return monitor.status()
 
-    def is_staff(staff_id: str) -> bool:
+    def is_analyst(staff_id: str) -> bool:
+        """An active staff member with the analyst role: who works cases and whom a case is assigned to."""
         from ..staff import staff_of
 
         def read(engine: Any) -> bool:
             m = staff_of(engine).members.get(staff_id)
-            return m is not None and m.status == "active"
+            return m is not None and m.status == "active" and ANALYST in m.roles
 
         return bool(exchange.read(read))
 
@@ -79,7 +81,9 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
             @endpoint("POST", f"/cases/{{case_id}}/{step_name}", f"Case workflow: {step_name} (signed staff request)")
             async def case_step(caller: str, body: dict[str, Any], case_id: str) -> Any:
                 cid = _query_int(case_id, "case_id", 0)
-                out = cases.step(store, cid, caller, step_name, body, time.time_ns() // 1_000_000, is_staff)
+                if not is_analyst(caller):  # an operator or a policy admin must not close or take over a case
+                    raise StaffRefused("role-required", f"{caller!r} is no analyst: cases are worked by analysts", field="X-RF-Staff")
+                out = cases.step(store, cid, caller, step_name, body, time.time_ns() // 1_000_000, is_analyst)
                 publish(caller, "case." + step_name, cid)
                 return {"accepted": "case." + step_name, **out}
 

@@ -132,15 +132,15 @@ def _text(value: object, field: str, *, required: bool = True, max_chars: int = 
 
 
 def step(store: Store, case_id: int, staff_id: str, action: str, body: dict[str, Any], now_ms: int,
-         is_staff: Callable[[str], bool]) -> dict[str, Any]:
+         is_analyst: Callable[[str], bool]) -> dict[str, Any]:
     """One workflow step (assign, note, escalate, close); validates everything before changing anything."""
     if action not in STEPS:
         raise ValidationError(f"must be one of {', '.join(STEPS)}", field="action")
     detail = ""
     if action == "assign":
         assignee = _text(body.get("assignee"), "assignee", max_chars=64)
-        if not is_staff(assignee):
-            raise ValidationError(f"{assignee!r} is not an active staff member", field="assignee")
+        if not is_analyst(assignee):
+            raise ValidationError(f"{assignee!r} is not an active analyst", field="assignee")
         detail = assignee
     elif action == "note":
         detail = _text(body.get("note"), "note")
