@@ -89,7 +89,14 @@ async function verifyOwnProof(mine) {
 }
 document.addEventListener("DOMContentLoaded", () => {
   loadOwnProof().catch((e) => { const s = document.getElementById("proof-status"); if (s) s.textContent = e.message; });
-  const bind = (id, fn) => { const el = document.getElementById(id); if (el) el.addEventListener("click", () => fn().catch(showError)); };
+  // The passkey buttons are served disabled and come alive here, once their handler is bound: a click that
+  // lands before the script has run would otherwise do nothing at all.
+  const bind = (id, fn) => {
+    const el = document.getElementById(id);
+    if (!el) return;
+    el.addEventListener("click", () => fn().catch(showError));
+    el.disabled = false;
+  };
   bind("passkey-login", () => passkeyGet("/webauthn/login/options", "/webauthn/login"));
   bind("step-up-passkey", () => passkeyGet("/webauthn/step-up/options", "/webauthn/step-up"));
   bind("add-passkey", passkeyCreate);
