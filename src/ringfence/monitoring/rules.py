@@ -19,6 +19,11 @@ Rule types:
   least `multiple_gte` times the largest of its previous ones; with `attribute` (ip, device or a
   string data field such as `address`), a value never seen before; either only once the account
   has `min_history` earlier matching events.
+* `behaviour` — the behavioural model (models.py): each event matching `match` is scored against its
+  account's own baselines (devices, networks, countries, sign-in hours, sensitive actions, endpoints,
+  withdrawal amounts and destinations, order sizes) once the account has `min_history` learnt events;
+  the scores (milli-bits) of one account's events within `window_s` add up, and the rule fires when
+  they reach `score_gte`, with the `top` features that drove the score and their contributions.
 * `spoofing` — orders of at least `min_notional_minor` (quote minor units), resting within
   `max_touch_bp` of the best price on their side, cancelled unfilled within `max_life_ms`;
   `count_gte` of them in `window_s` by one account.
@@ -41,10 +46,11 @@ from typing import Any, Iterable
 
 from ..errors import ValidationError
 from .events import Event
+from .models import FEATURES, SETTLE_MS, Assessment, Baselines, describe
 
 __all__ = ["Rule", "RuleSet", "Hit", "Scorer", "parse_rules", "default_rules", "backtest", "RULE_TYPES"]
 
-RULE_TYPES = ("threshold", "velocity", "sequence", "wash_trade", "spoofing", "baseline")
+RULE_TYPES = ("threshold", "velocity", "sequence", "wash_trade", "spoofing", "baseline", "behaviour", "pump")
 SEVERITIES = ("low", "medium", "high")
 GROUP_BY = ("account_id", "ip", "device")
 LINK_ATTRS = ("ip", "device")
@@ -55,6 +61,7 @@ MAX_RULES_BYTES = 64 * 1024
 MAX_KEYS_PER_RULE = 200_000
 MAX_LINK_VALUES = 200_000
 MAX_PENDING_ORDERS = 200_000
+MAX_BEHAVIOUR_WINDOW = 100  # scored events kept per account and behaviour rule
 _COMMON = {"name", "type", "severity", "description"}
 _FIELDS = {
     "threshold": {"match", "group_by", "window_s", "count_gte"},
@@ -63,6 +70,8 @@ _FIELDS = {
     "wash_trade": {"linked_by", "window_s", "min_trades", "ignore"},
     "spoofing": {"window_s", "count_gte", "min_notional_minor", "max_touch_bp", "max_life_ms"},
     "baseline": {"match", "field", "attribute", "multiple_gte", "min_history", "window_s"},
+    "behaviour": {"match", "window_s", "score_gte", "min_history", "top", "settle_s"},
+    "pump": {"window_s", "rise_bp", "dump_bp", "max_quote_minor", "max_group", "group_share_bp", "min_trades"},
 }
 
 
@@ -115,6 +124,14 @@ class Rule:
     attribute: str = ""
     multiple_gte: int = 0
     min_history: int = 0
+    score_gte: int = 0
+    top: int = 5
+    settle_s: int = SETTLE_MS // 1000
+    rise_bp: int = 0
+    dump_bp: int = 0
+    max_quote_minor: int = 0
+    max_group: int = 0
+    group_share_bp: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,10 +152,17 @@ class Hit:
     explanation: str
     evidence: tuple[int, ...]
     related: tuple[str, ...] = ()  # other accounts the hit names (the other side of a wash trade)
+    score: int = 0  # a behaviour rule's score, milli-bits
+    features: tuple[tuple[str, int, str], ...] = ()  # (feature, contribution in milli-bits, what was unusual), strongest first
 
     def as_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "severity": self.severity, "account_id": self.account_id, "at_ms": self.at_ms,
-                "explanation": self.explanation, "evidence": list(self.evidence), "related": list(self.related)}
+                "explanation": self.explanation, "evidence": list(self.evidence), "related": list(self.related),
+                "score": self.score, "features": features_json(self.features)}
+
+
+def features_json(features: tuple[tuple[str, int, str], ...] | list[Any]) -> list[dict[str, Any]]:
+    return [{"feature": f, "contribution": mb, "detail": d} for f, mb, d in features]
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -230,6 +254,16 @@ def _rule(raw: Any, where: str) -> Rule:
         args.update(match=_match(raw.get("match"), f"{where}.match"), field=fld, attribute=attr,
                     min_history=_int(raw, "min_history", where, low=0, high=10_000),
                     multiple_gte=_int(raw, "multiple_gte", where, high=1_000_000) if fld else 0)
+    elif kind == "behaviour":
+        args.update(match=_match(raw.get("match"), f"{where}.match"), score_gte=_int(raw, "score_gte", where, high=10_000_000),
+                    min_history=_int(raw, "min_history", where, low=0, high=10_000),
+                    top=_int(raw, "top", where, high=len(FEATURES)) if "top" in raw else 5,
+                    settle_s=_int(raw, "settle_s", where, low=0, high=7 * 86400) if "settle_s" in raw else SETTLE_MS // 1000)
+    elif kind == "pump":
+        args.update(rise_bp=_int(raw, "rise_bp", where, high=1_000_000), dump_bp=_int(raw, "dump_bp", where, high=10_000),
+                    max_quote_minor=_int(raw, "max_quote_minor", where), max_group=_int(raw, "max_group", where, high=100),
+                    group_share_bp=_int(raw, "group_share_bp", where, high=10_000),
+                    min_trades=_int(raw, "min_trades", where, high=1_000_000))
     else:
         args.update(count_gte=_int(raw, "count_gte", where, high=1_000_000),
                     min_notional_minor=_int(raw, "min_notional_minor", where, low=0),
@@ -293,6 +327,12 @@ class Scorer:
         self._attrs: collections.OrderedDict[str, set[tuple[str, str]]] = collections.OrderedDict()
         self._orders: collections.OrderedDict[tuple[str, int], tuple[int, int, int, int]] = collections.OrderedDict()
         self._baselines: dict[str, collections.OrderedDict[str, list[Any]]] = {}
+        # the behavioural model (models.py): one set of per-account baselines shared by the behaviour rules
+        behaviour = [r for r in ruleset.rules if r.type == "behaviour"]
+        self.model: Baselines | None = Baselines(settle_ms=max(r.settle_s for r in behaviour) * 1000) if behaviour else None
+        self._assessed: tuple[int, Assessment] | None = None
+        self._behaviour_windows: dict[str, collections.OrderedDict[str, collections.deque[tuple[int, int, Assessment]]]] = {}
+        self._markets: dict[str, collections.OrderedDict[str, list[Any]]] = {}  # symbol -> [trades in the window, their quote sum]
         self.events_scored = 0
         # which rules can fire on an event of each kind (the others are not even called)
         self._by_kind: dict[str, list[Any]] = collections.defaultdict(list)
@@ -302,7 +342,7 @@ class Scorer:
                 kinds |= rule.match.kinds
             for step in rule.steps:
                 kinds |= step.kinds
-            if rule.type == "wash_trade":
+            if rule.type in ("wash_trade", "pump"):
                 kinds.add("trade")
             if rule.type == "spoofing":
                 kinds.add("order_canceled")
@@ -367,7 +407,20 @@ class Scorer:
                 hits.append(hit)
         if e.kind == "order_placed":
             self._note_order(e)
+        if self.model is not None:
+            self.model.learn(e)
+            self._assessed = None
         return hits
+
+    def assess(self, e: Event) -> Assessment:
+        """The behavioural model's score of `e` against its account's history before it."""
+        assert self.model is not None
+        cached = self._assessed
+        if cached is not None and cached[0] == e.id:
+            return cached[1]
+        a = self.model.assess(e)
+        self._assessed = (e.id, a)
+        return a
 
     def _threshold(self, rule: Rule, e: Event) -> Hit | None:
         assert rule.match is not None
@@ -497,6 +550,106 @@ class Scorer:
                 seen.add(value_s)
         return hit
 
+    def _behaviour(self, rule: Rule, e: Event) -> Hit | None:
+        assert rule.match is not None
+        if not e.account_id or not rule.match(e):
+            return None
+        a = self.assess(e)
+        if a.score <= 0 or a.history < rule.min_history:
+            return None
+        per = self._behaviour_windows.setdefault(rule.name, collections.OrderedDict())
+        dq = per.get(e.account_id)
+        if dq is None:
+            dq = per[e.account_id] = collections.deque()
+            if len(per) > MAX_KEYS_PER_RULE:
+                per.popitem(last=False)
+        floor = e.at_ms - rule.window_s * 1000
+        while dq and dq[0][0] < floor:
+            dq.popleft()
+        dq.append((e.at_ms, e.id, a))
+        if len(dq) > MAX_BEHAVIOUR_WINDOW:
+            dq.popleft()
+        total, features = _merge(dq)
+        if total < rule.score_gte:
+            return None
+        del per[e.account_id]
+        features = features[:rule.top]
+        return Hit(rule.name, rule.severity, e.account_id, e.at_ms,
+                   f"behaviour score {total / 1000:.1f} bits over {len(dq)} event(s) within "  # float-ok: display
+                   f"{_span(dq[0][0], e.at_ms)} against this account's own history (threshold {rule.score_gte / 1000:.1f} bits): "  # float-ok
+                   + describe(features, rule.top), tuple(x[1] for x in dq), score=total, features=features)
+
+    def _pump(self, rule: Rule, e: Event) -> Hit | None:
+        """A thin market whose price rose `rise_bp` within `window_s`, the rise bought mostly by a small
+        group (≤ `max_group` accounts, ≥ `group_share_bp` of the buying), then fell `dump_bp` from the
+        peak with the same group selling — a pump and dump."""
+        symbol = str(e.data.get("symbol", ""))
+        taker, maker = e.account_id, e.data.get("maker_owner")
+        price, qty = e.num("price"), e.num("quantity")
+        if not symbol or not taker or not isinstance(maker, str) or price <= 0 or qty <= 0:
+            return None
+        quote = e.num("quote_qty") or price * qty // 100_000_000
+        side = e.data.get("taker_side", "BUY")
+        buyer, seller = (taker, maker) if side == "BUY" else (maker, taker)
+        per = self._markets.setdefault(rule.name, collections.OrderedDict())
+        state = per.get(symbol)
+        if state is None:
+            state = per[symbol] = [collections.deque(), 0]
+            if len(per) > MAX_KEYS_PER_RULE:
+                per.popitem(last=False)
+        dq: collections.deque[tuple[int, int, int, int, str, str]] = state[0]
+        floor = e.at_ms - rule.window_s * 1000
+        while dq and dq[0][0] < floor:
+            state[1] -= dq.popleft()[3]
+        dq.append((e.at_ms, e.id, price, quote, buyer, seller))
+        state[1] += quote
+        traded = state[1]
+        if len(dq) < rule.min_trades or traded > rule.max_quote_minor:
+            return None  # too few trades, or not a thin market (in this window)
+        peak_i = max(range(len(dq)), key=lambda i: (dq[i][2], -i))
+        peak = dq[peak_i][2]
+        if price * 10_000 > peak * (10_000 - rule.dump_bp):
+            return None  # no dump (yet)
+        low_i = min(range(peak_i + 1), key=lambda i: (dq[i][2], -i))
+        low = dq[low_i][2]
+        if low <= 0 or (peak - low) * 10_000 < rule.rise_bp * low:
+            return None
+        rise = [dq[i] for i in range(low_i + 1, peak_i + 1)]
+        dump = [dq[i] for i in range(peak_i + 1, len(dq))]
+        bought: dict[str, int] = {}
+        for t in rise:
+            bought[t[4]] = bought.get(t[4], 0) + t[3]
+        rise_quote = sum(bought.values())
+        group: list[str] = []  # the fewest top buyers that bought group_share_bp of the rise
+        group_bought = 0
+        for a in sorted(bought, key=lambda a: (-bought[a], a)):
+            if group_bought * 10_000 >= rule.group_share_bp * rise_quote:
+                break
+            group.append(a)
+            group_bought += bought[a]
+        if not rise_quote or len(group) > rule.max_group or group_bought * 10_000 < rule.group_share_bp * rise_quote:
+            return None
+        members = set(group)
+        # the group also holds every other buyer of the rise or seller of the dump linked to it (shared device or IP)
+        for other in sorted({t[4] for t in rise} | {t[5] for t in dump}):
+            if other not in members and any(self.linked(other, m, ("ip", "device"), frozenset()) for m in group[:rule.max_group]):
+                group.append(other)
+                members.add(other)
+        dump_quote = sum(t[3] for t in dump)
+        group_sold = sum(t[3] for t in dump if t[5] in members)
+        if not dump_quote or group_sold * 10_000 < rule.group_share_bp * dump_quote:
+            return None
+        links = sorted({v for a in group for b in group if a < b for v in self.linked(a, b, ("ip", "device"), frozenset())})
+        ids = tuple(t[1] for t in dq)
+        del per[symbol]
+        return Hit(rule.name, rule.severity, group[0], e.at_ms,
+                   f"{symbol}: price rose {(peak - low) * 100 // low}% ({low} to {peak}) within {_span(dq[low_i][0], dq[peak_i][0])} "
+                   f"on a thin market ({traded} quote minor units traded in the window), "
+                   f"{group_bought * 100 // rise_quote}% of the rise bought by {len(group)} account(s) {', '.join(group)}"
+                   + (f" (linked: {', '.join(links[:3])})" if links else "")
+                   + f", then fell {(peak - price) * 100 // peak}% from the peak with {group_sold * 100 // dump_quote}% of the "
+                   f"selling by the same group", ids, related=tuple(group[1:]))
+
     def _note_order(self, e: Event) -> None:
         oid = e.num("order_id")
         self._orders[(str(e.data.get("symbol", "")), oid)] = (e.at_ms, e.num("quantity"), e.num("notional_minor"),
@@ -523,6 +676,30 @@ class Scorer:
         return Hit(rule.name, rule.severity, e.account_id, e.at_ms,
                    f"{len(ids)} orders of at least {rule.min_notional_minor} (quote minor units) within {rule.max_touch_bp} bp of "
                    f"the touch cancelled unfilled within {rule.max_life_ms} ms of placement, in {_span(dq[0][0], e.at_ms)}", ids)
+
+
+def _merge(dq: Iterable[tuple[int, int, Assessment]]) -> tuple[int, tuple[tuple[str, int, str], ...]]:
+    """A window's score and its features, strongest first. The same unusual value (a new device, a
+    first password change) on several learnt events counts once, at its strongest; every event that
+    is not learnt (a failed sign-in) is new evidence and counts."""
+    best: dict[tuple[str, str, int], tuple[int, str]] = {}
+    for _, eid, a in dq:
+        for (feature, mb, detail), value in zip(a.contributions, a.values):
+            key = (feature, value, eid if a.repeatable else 0)
+            got = best.get(key)
+            if got is None or mb > got[0]:
+                best[key] = (mb, detail)
+    merged: dict[str, list[Any]] = {}
+    for (feature, _, _), (mb, detail) in best.items():
+        got = merged.get(feature)
+        if got is None:
+            merged[feature] = [mb, mb, detail]
+        else:
+            got[0] += mb
+            if mb > got[1]:
+                got[1], got[2] = mb, detail
+    features = tuple(sorted(((f, v[0], v[2]) for f, v in merged.items()), key=lambda c: (-c[1], c[0])))
+    return sum(f[1] for f in features), features
 
 
 def backtest(ruleset: RuleSet, events: Iterable[Event]) -> tuple[list[Hit], int]:

@@ -13,7 +13,11 @@ them (`CATCHES`):
 * `wash_ring` — two or three accounts on one device trading with each other;
 * `spoofer` — large orders at the touch, pulled unfilled within a second or two, repeatedly;
 * `structuring` — many BTC withdrawals each below 0.5 BTC adding up to more than 2 BTC in a day;
-* `tainted_deposit` — a deposit from a high-risk source (KYT score 50-100).
+* `tainted_deposit` — a deposit from a high-risk source (KYT score 50-100);
+* `pump` — two or three accounts on one device, on a thin market of their own (a few trades an hour
+  between ordinary users), buy the price up 25-60% in minutes against ordinary users' orders, then
+  sell it down. The confounder: thin markets with a genuine rally, bought by many unrelated users and
+  sold off the same way.
 
 Deterministic for a seed (random.Random only; no clock). Replaying it through the API of a live
 exchange is not implemented yet: it feeds the scorer directly.
@@ -26,20 +30,28 @@ from dataclasses import dataclass, field
 
 from .events import Event
 
-__all__ = ["TYPOLOGIES", "CATCHES", "Synthetic", "generate"]
+__all__ = ["TYPOLOGIES", "CATCHES", "CATCHES_RULES_ONLY", "Synthetic", "generate", "score_typologies"]
 
-TYPOLOGIES = ("account_takeover", "credential_stuffing", "wash_ring", "spoofer", "structuring", "tainted_deposit")
+TYPOLOGIES = ("account_takeover", "credential_stuffing", "wash_ring", "spoofer", "structuring", "tainted_deposit", "pump")
 CATCHES: dict[str, tuple[str, ...]] = {
-    "account_takeover": ("password-address-withdrawal", "new-device-then-api-key"),
-    "credential_stuffing": ("failed-sign-ins",),
+    "account_takeover": ("behaviour-account-takeover",),
+    "credential_stuffing": ("behaviour-failed-sign-ins",),
     "wash_ring": ("wash-trade",),
     "spoofer": ("spoofing",),
     "structuring": ("btc-withdrawal-velocity",),
     "tainted_deposit": ("tainted-deposit",),
+    "pump": ("pump-and-dump",),
+}
+#: what the rules alone (no behavioural model) were measured with, for the before/after table
+CATCHES_RULES_ONLY: dict[str, tuple[str, ...]] = {
+    **CATCHES,
+    "account_takeover": ("password-address-withdrawal", "new-device-then-api-key"),
+    "credential_stuffing": ("failed-sign-ins",),
 }
 DAY_MS = 86_400_000
 BTC = 100_000_000
 TOUCH_PRICE = 61_000_000_000  # 61000 USDT in USDT minor units (6 decimals); quantities in BTC minor units (8)
+THIN_PRICE = 1_000_000  # 1 USDT: the thin markets' opening price (6 decimals); quantities in 8 decimals
 
 
 @dataclass
@@ -128,6 +140,8 @@ def generate(seed: int, users: int = 1000, *, typology_share_bp: int = 300) -> S
                   score=rng.choice((0, 0, 0, 5, 10, 20, 35)))
     # --- typologies
     for typ in TYPOLOGIES:
+        if typ == "pump":
+            continue  # on thin markets of their own, below
         count = max(2, users * typology_share_bp // 10_000)
         pool = [a for a in accounts if a not in truth]
         chosen = rng.sample(pool, count if typ != "wash_ring" else min(len(pool), count * 2))
@@ -180,18 +194,88 @@ def generate(seed: int, users: int = 1000, *, typology_share_bp: int = 300) -> S
             elif typ == "tainted_deposit":
                 g.add(t, "deposit_credited", a, asset="BTC", amount_minor=rng.randrange(BTC // 100, BTC),
                       score=rng.randrange(50, 101))
+    _thin_markets(g, accounts, truth, users * typology_share_bp // 10_000)
     g.rows.sort(key=lambda r: (r[0], r[1]))
     events = [Event(i + 1, kind, at, account_id=acct, ip=ip, device=dev, source="synthetic", data=data)  # type: ignore[arg-type]
               for i, (at, _, kind, acct, ip, dev, data) in enumerate(g.rows)]
     return Synthetic(events, truth, accounts)
 
 
-def score_typologies(hits: list[tuple[str, tuple[str, ...]]], truth: dict[str, str]) -> dict[str, dict[str, object]]:
+def _thin_trade(g: _Gen, at: int, symbol: str, taker: str, maker: str, side: str, price: int, device: str = "",
+                ip: str = "") -> None:
+    qty = g.rng.randrange(100, 3_000) * 100_000_000  # 100-3,000 units
+    g.add(at, "trade", taker, ip, device, symbol=symbol, maker_owner=maker, taker_side=side, price=price, quantity=qty,
+          quote_qty=price * qty // 100_000_000)
+
+
+def _thin_markets(g: _Gen, accounts: list[str], truth: dict[str, str], pump_accounts: int) -> None:
+    """Thin markets: background trades between ordinary users; one pump group per pump market, and a
+    genuine rally (many unrelated buyers, then sellers) on as many other thin markets."""
+    rng = g.rng
+    normal = [a for a in accounts if a not in truth]
+    pool = list(normal)
+    groups: list[list[str]] = []
+    target = max(2, pump_accounts)
+    while sum(len(x) for x in groups) < target and len(pool) > 3:
+        size = rng.choice((2, 3))
+        members = rng.sample(pool, size)
+        for m in members:
+            pool.remove(m)
+        groups.append(members)
+    for k in range(2 * len(groups)):
+        symbol = f"THIN{k}USDT"
+        price = THIN_PRICE
+        t = rng.randrange(DAY_MS // 8)
+        start = DAY_MS // 2 + rng.randrange(DAY_MS // 3)  # like the other typologies: after most ordinary activity
+
+        def background(t: int, price: int, until: int) -> tuple[int, int]:
+            """A trade every 10-60 minutes between ordinary users, the price wandering ±3%."""
+            while True:
+                t += rng.randrange(600_000, 3_600_000)
+                if t >= until:
+                    return t, price
+                price = max(1_000, price * rng.randrange(9_700, 10_301) // 10_000)
+                taker, maker = rng.sample(normal, 2)
+                _thin_trade(g, t, symbol, taker, maker, rng.choice(("BUY", "SELL")), price)
+
+        _, price = background(t, price, start)
+        t = start
+        group = groups[k] if k < len(groups) else []
+        others = [a for a in normal if a not in group] if group else normal
+        if group:  # a pump: the group buys it up, then sells it down
+            device, ip = f"pump/{rng.randrange(10**9)}", f"91.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+            for a in group:
+                truth[a] = "pump"
+                g.add(t, "sign_in", a, ip, device)
+        # the rise (the group's buying, or many unrelated buyers), then the fall
+        for i in range(rng.randrange(8, 15)):
+            t += rng.randrange(20_000, 120_000)
+            price = price * rng.randrange(10_300, 10_700) // 10_000
+            if group:  # every member buys at least once
+                _thin_trade(g, t, symbol, group[i] if i < len(group) else rng.choice(group), rng.choice(others), "BUY", price,
+                            device, ip)
+            else:
+                taker, maker = rng.sample(normal, 2)
+                _thin_trade(g, t, symbol, taker, maker, "BUY", price)
+        for _ in range(rng.randrange(3, 7)):
+            t += rng.randrange(10_000, 60_000)
+            price = price * rng.randrange(9_000, 9_500) // 10_000
+            if group:
+                _thin_trade(g, t, symbol, rng.choice(group), rng.choice(others), "SELL", price, device, ip)
+            else:
+                taker, maker = rng.sample(normal, 2)
+                _thin_trade(g, t, symbol, taker, maker, "SELL", price)
+        background(t, price, DAY_MS)
+
+
+def score_typologies(hits: list[tuple[str, tuple[str, ...]]], truth: dict[str, str],
+                     catches: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, object]]:
     """Precision and recall per typology from (rule, accounts named) hits: an account counts as
-    flagged for a typology when a rule meant for it named the account. Integers only: per-mille."""
+    flagged for a typology when a rule meant for it (`catches`, default `CATCHES`) named the account.
+    Integers only: per-mille."""
     out: dict[str, dict[str, object]] = {}
     for typ in TYPOLOGIES:
-        rules = set(CATCHES[typ])
+        rules = set((catches or CATCHES)[typ])
         flagged = {a for r, named in hits if r in rules for a in named}
         actual = {a for a, t in truth.items() if t == typ}
         tp = len(flagged & actual)
