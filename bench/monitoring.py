@@ -4,14 +4,19 @@
 
 Workload (seeded, `ringfence.monitoring.synth`): N accounts signing in, calling the API, placing,
 cancelling and trading, withdrawing and depositing, plus labelled typologies (account takeover,
-credential stuffing, wash rings, spoofers, structuring, tainted deposits), time-ordered.
+credential stuffing, wash rings, spoofers, structuring, tainted deposits, pump-and-dump groups on
+thin markets), time-ordered.
 
 * `throughput_per_s`: events scored per second by the shipped rule set (closed loop, one thread);
   `p50_us`/`p99_us`/`p999_us`: the decision latency of one event (`Scorer.process`).
 * `outbox_write_per_s`: events written to the durable outbox (`monitoring_events`, SQLite in a
   temporary directory, the embedded default) in the worker's batches.
 * `typologies`: precision and recall per typology (per-mille) on a held-aside seed (seed + 1000):
-  an account counts as flagged when a rule meant for its typology names it.
+  an account counts as flagged when a rule meant for its typology names it (`synth.CATCHES`:
+  account takeover and credential stuffing by the behavioural model's rules);
+  `typologies_rules_only`: the same hits scored as before the model (`synth.CATCHES_RULES_ONLY`:
+  the sequence and threshold rules for those two typologies).
+* `without_model`: the throughput of the same rule set less its behaviour rules (the model's cost).
 * Baseline, same run: the same events through a rule set of one threshold rule.
 Goal (issue 20): >= 10,000 events/s and p99 <= 10 ms; >= 0.9 recall at >= 0.8 precision per typology.
 The generator was written beside the rules, so the detection figures say the rules catch these
@@ -29,8 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, percentile_us  # noqa: E402
 
-from ringfence.monitoring.rules import Scorer, default_rules, parse_rules  # noqa: E402
-from ringfence.monitoring.synth import generate, score_typologies  # noqa: E402
+from ringfence.monitoring.rules import RuleSet, Scorer, default_rules, parse_rules  # noqa: E402
+from ringfence.monitoring.synth import CATCHES_RULES_ONLY, generate, score_typologies  # noqa: E402
 
 BASELINE_RULES = ('{"version": 1, "rules": [{"name": "failed-sign-ins", "type": "threshold", '
                   '"match": {"kind": ["sign_in_failed"]}, "window_s": 600, "count_gte": 5}]}')
@@ -79,9 +84,13 @@ def main() -> None:
     rules = default_rules()
     seconds, samples, _ = score(rules, data.events)
     base_seconds, _, _ = score(parse_rules(BASELINE_RULES), data.events)
+    no_model = RuleSet(1, tuple(r for r in rules.rules if r.type != "behaviour"))
+    no_model_seconds, _, _ = score(no_model, data.events)
     held = generate(args.seed + 1000, users)
     _, _, hits = score(rules, held.events)
-    table = score_typologies([(h.rule, (h.account_id, *h.related)) for h in hits], held.truth)
+    named = [(h.rule, (h.account_id, *h.related)) for h in hits]
+    table = score_typologies(named, held.truth)
+    before = score_typologies(named, held.truth, CATCHES_RULES_ONLY)
     n = len(data.events)
     emit("monitoring", {
         "seed": args.seed,
@@ -89,8 +98,9 @@ def main() -> None:
         "throughput_per_s": int(n / seconds), "p50_us": percentile_us(samples, 50), "p99_us": percentile_us(samples, 99),
         "p999_us": percentile_us(samples, 99.9), "seconds": round(seconds, 3),
         "outbox_write_per_s": outbox_rate(data.events, 2_000 if args.smoke else 50_000),
-        "typologies": table,
+        "typologies": table, "typologies_rules_only": before,
         "baseline": {"name": "the same events, one threshold rule", "throughput_per_s": int(n / base_seconds)},
+        "without_model": {"name": "the same rules less the behaviour rules", "throughput_per_s": int(n / no_model_seconds)},
         "goal": {"throughput_per_s": 10_000, "p99_us": 10_000, "recall_permille": 900, "precision_permille": 800},
     }, smoke=args.smoke)
 

@@ -1,5 +1,6 @@
-"""bench/monitoring.py in smoke mode: it runs, emits its JSON line, and the shipped rules still
-catch every synthetic typology (recall) on the held-aside seed; the generator is deterministic."""
+"""bench/monitoring.py in smoke mode: it runs, emits its JSON line, and the shipped rules (with the
+behavioural model) catch every synthetic typology on the held-aside seed at the issue's goal (recall
+>= 0.9 at precision >= 0.8); the generator is deterministic."""
 
 import json
 import subprocess
@@ -19,7 +20,8 @@ def test_monitoring_benchmark_smoke() -> None:
     assert line["throughput_per_s"] > 0 and line["outbox_write_per_s"] > 0 and line["baseline"]["throughput_per_s"] > 0
     assert set(line["typologies"]) == set(TYPOLOGIES)
     for typ, row in line["typologies"].items():
-        assert row["accounts"] > 0 and row["recall_permille"] >= 900, (typ, row)
+        assert row["accounts"] > 0 and row["recall_permille"] >= 900 and row["precision_permille"] >= 800, (typ, row)
+    assert set(line["typologies_rules_only"]) == set(TYPOLOGIES) and line["without_model"]["throughput_per_s"] > 0
 
 
 def test_the_generator_is_deterministic_for_a_seed() -> None:

@@ -33,6 +33,8 @@ def server(tmp_path_factory):
     for rule in rules["rules"]:
         if rule["name"] == "failed-sign-ins-per-ip":
             rule["count_gte"] = 8
+        if rule["type"] == "behaviour":  # a device or network is familiar after 1 s here (an hour by default)
+            rule["settle_s"] = 1
     path = tmp_path_factory.mktemp("rules") / "rules.json"
     path.write_text(json.dumps(rules))
     srv = Server(tmp_path_factory.mktemp("mon") / "data", env={"RINGFENCE_MONITORING_POLL_MS": "50",
@@ -200,6 +202,45 @@ def test_two_linked_accounts_trading_with_each_other_raise_wash_trade_and_a_flag
                          if "linked accounts" in a["explanation"]], "the linked wash-trade alert")
     assert "shared device=python-httpx" in wash[0]["explanation"], wash
 
+def _capital(server: Server, key: dict, method: str, path: str, params: dict, agent: str) -> httpx.Response:
+    body = _signed(key["api_secret"], params)
+    headers = {"X-MBX-APIKEY": key["api_key"], "User-Agent": agent}
+    if method == "POST":
+        return httpx.post(server.base + path, content=body, headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
+    return httpx.get(f"{server.base}{path}?{body}", headers=headers)
+
+
+def test_a_takeover_like_session_and_withdrawal_raise_a_behaviour_alert_with_its_features(server) -> None:
+    """alice's usual client reads her account; then a client she never used explores the wallet
+    endpoints and withdraws: the behavioural model scores it against her own history and the analyst
+    sees the features that drove the score on the alert."""
+    usual = server.keys["alice"]
+    for _ in range(6):
+        r = _capital(server, usual, "GET", "/api/v3/account", {}, "python-httpx/usual")
+        assert r.status_code == 200, r.text
+    poll(lambda: (admin(server, "GET", "/admin/v1/baselines?account_id=alice").json()["baseline"] or {}).get("events", 0) >= 6,
+         "alice's baseline")
+    time.sleep(1.1)  # the rule file's settle_s: her usual client is familiar from now on
+    entries = json.loads((server.data / "demo-keys.json").read_text())
+    [wkey] = [e for e in entries if "withdraw" in e.get("scopes", [])]
+    intruder = "Mallory/6.6"
+    assert _capital(server, wkey, "GET", "/sapi/v1/capital/config/getall", {}, intruder).status_code == 200
+    assert _capital(server, wkey, "GET", "/sapi/v1/capital/deposit/address", {"coin": "BTC"}, intruder).status_code == 200
+    r = _capital(server, wkey, "POST", "/sapi/v1/capital/withdraw/apply",
+                 {"coin": "BTC", "address": wkey["withdraw_addresses"]["BTC"], "amount": "0.01", "network": "BTC"}, intruder)
+    assert r.status_code == 200, r.text
+
+    [alert] = poll(lambda: alerts_for(server, "behaviour-account-takeover", "alice"), "the behaviour alert")
+    assert alert["severity"] == "high" and alert["score"] >= 8_000 and "behaviour score" in alert["explanation"]
+    features = {f["feature"]: f for f in alert["features"]}
+    assert "Mallory/6.6" in features["device"]["detail"] and features["device"]["contribution"] > 0, features
+    assert "endpoint" in features and sum(f["contribution"] for f in alert["features"]) <= alert["score"]
+    assert [f["contribution"] for f in alert["features"]] == sorted((f["contribution"] for f in alert["features"]), reverse=True)
+    baseline = admin(server, "GET", "/admin/v1/baselines?account_id=alice").json()["baseline"]
+    assert any(d == "python-httpx/usual" for d, _ in baseline["devices"]), baseline
+    assert admin(server, "GET", "/admin/v1/baselines").json()["field"] == "account_id"
+
+
 def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
     poll(lambda: alerts_for(server, "wash-trade", "alice"), "an alert to show")
     doc = json.loads(Path(server.data / "demo-staff.json").read_text())
@@ -215,6 +256,9 @@ def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
         expect(page.locator("#who")).to_have_text("signed in as ben")
         row = page.locator('#alerts tr[data-rule="wash-trade"]', has_text="self-trade").first
         expect(row).to_contain_text("alice")
+        # the behaviour alert shows its score and the features that drove it
+        model = page.locator('#alerts tr[data-rule="behaviour-account-takeover"]', has_text="alice").first
+        expect(model.locator('.alert-features li[data-feature="device"]')).to_contain_text("Mallory/6.6")
         case_id = row.locator("td").nth(5).inner_text()
         case_row = page.locator(f'#cases tr[data-case="{case_id}"]')
         expect(case_row).to_contain_text("alice")

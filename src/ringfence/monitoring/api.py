@@ -6,6 +6,7 @@
 * `POST /admin/v1/cases/{id}/assign|note|escalate|close` — the analyst workflow;
 * `POST /admin/v1/cases/{id}/actions` — `{"action": "freeze_account"|"pause_withdrawals", "reason",
   "decision"}`: an account action on the analyst's signed decision (cases.py);
+* `GET /admin/v1/baselines?account_id=` — the behavioural model's baseline of one account;
 * `GET /admin/v1/monitoring` — the worker: rules, cursor, lag, outbox counters.
 """
 
@@ -58,6 +59,14 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
         if account:
             return {"cluster": monitor.clusters(account)}
         return {"clusters": monitor.clusters()}
+
+    @endpoint("GET", "/baselines", "The behavioural model's baseline of one account (?account_id=): its devices, networks, "
+              "countries, sign-in hours, endpoints, withdrawals and orders as learnt")
+    async def get_baseline(caller: str, body: dict[str, Any]) -> Any:
+        account = query(body).get("account_id", "")
+        if not account:
+            raise ValidationError("name the account whose baseline to show", field="account_id")
+        return {"baseline": monitor.baseline(account)}
 
     @endpoint("GET", "/monitoring", "The monitoring worker: rules, cursor, lag, outbox counters")
     async def get_monitoring(caller: str, body: dict[str, Any]) -> Any:

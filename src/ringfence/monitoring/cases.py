@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from ..errors import Conflict, NotFound, ValidationError
 from ..store import Store
 from ..store.models import ApiKey, AuthSession, MonitoringAlert, MonitoringCase, MonitoringCaseAction, MonitoringCursor, User
-from .rules import Hit
+from .rules import Hit, features_json
 
 __all__ = ["store_hits", "list_alerts", "list_cases", "case_detail", "step", "account_action", "CLOSE_REASONS",
            "ACCOUNT_ACTIONS", "action_subject"]
@@ -63,14 +63,16 @@ def store_hits(store: Store, hits: list[Hit], now_ms: int, *, cursor: tuple[str,
                 case.severity = h.severity
             case.updated_at_ms = now_ms
             db.add(MonitoringAlert(rule=h.rule, severity=h.severity, account_id=h.account_id[:40], explanation=h.explanation,
-                                   evidence=json.dumps(list(h.evidence)), at_ms=h.at_ms, case_id=case.id))
+                                   evidence=json.dumps(list(h.evidence)), at_ms=h.at_ms, case_id=case.id, score=h.score,
+                                   features=json.dumps(features_json(h.features))))
             touched.append(case.id)
     return touched
 
 
 def _alert(a: MonitoringAlert) -> dict[str, Any]:
     return {"alert_id": a.id, "rule": a.rule, "severity": a.severity, "account_id": a.account_id,
-            "explanation": a.explanation, "evidence": json.loads(a.evidence), "at_ms": a.at_ms, "case_id": a.case_id}
+            "explanation": a.explanation, "evidence": json.loads(a.evidence), "at_ms": a.at_ms, "case_id": a.case_id,
+            "score": a.score, "features": json.loads(a.features or "[]")}
 
 
 def _case(c: MonitoringCase, alerts: int) -> dict[str, Any]:

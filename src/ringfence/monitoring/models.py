@@ -41,6 +41,7 @@ are the same statistics (frequencies with Laplace smoothing, running maxima), ke
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,7 @@ MAX_VALUES = 64
 HOUR_MS = 3_600_000
 
 
+@functools.lru_cache(maxsize=65_536)
 def network_of(ip: str) -> str:
     """The /24 of an IPv4 address, the /48 of an IPv6 one ('' for none)."""
     if not ip:
@@ -87,7 +89,9 @@ def _rarity(counts: dict[str, int], total: int, value: str) -> int:
     """Milli-bits of surprise of `value` against `counts` (module docstring), ≥ 0."""
     k = len(counts)
     c = counts.get(value, 0)
-    return max(0, _millibits(total + k + 1, c + 1) - _millibits(k + 1, 1))
+    if (c + 1) * (k + 1) >= total + k + 1:  # as likely as a uniform pick or more: 0, without a logarithm
+        return 0
+    return max(0, _millibits(total + k + 1, (c + 1) * (k + 1)))
 
 
 def _ratio_bits(value: int, reference: int) -> int:
@@ -112,7 +116,7 @@ class Profile:
 
     def __init__(self) -> None:
         self.events = 0
-        self.pending: collections.deque[tuple[int, str, str]] = collections.deque()  # (at_ms, feature, value) not yet settled
+        self.pending: collections.deque[tuple[int, str, str, str]] = collections.deque()  # (at_ms, device, network, country) not yet settled
         self.devices: dict[str, int] = {}
         self.device_n = 0
         self.networks: dict[str, int] = {}
@@ -161,16 +165,17 @@ class Baselines:
     def _settle(self, p: Profile, now_ms: int) -> None:
         """Count the device, network and country observations made at least `settle_ms` before `now_ms`."""
         pending = p.pending
-        while pending and pending[0][0] <= now_ms - self.settle_ms:
-            _, feature, value = pending.popleft()
-            if feature == "device":
-                _learn(p.devices, value)
+        floor = now_ms - self.settle_ms
+        while pending and pending[0][0] <= floor:
+            _, device, net, country = pending.popleft()
+            if device:
+                _learn(p.devices, device)
                 p.device_n += 1
-            elif feature == "network":
-                _learn(p.networks, value)
+            if net:
+                _learn(p.networks, net)
                 p.network_n += 1
-            else:
-                _learn(p.countries, value)
+            if country:
+                _learn(p.countries, country)
                 p.country_n += 1
 
     def assess(self, e: Event) -> Assessment:
@@ -179,54 +184,75 @@ class Baselines:
             return Assessment(0, 0, ())
         if p.pending:
             self._settle(p, e.at_ms)
-        out: list[tuple[str, int, str, str]] = []
-
-        def add(feature: str, mb: int, detail: str, value: str = "") -> None:
+        out: list[tuple[str, int, str, str]] = []  # (feature, milli-bits, what was unusual, the value); details only when > 0
+        device = e.device
+        if device:
+            mb = _rarity(p.devices, p.device_n, device)
             if mb > 0:
-                out.append((feature, min(mb, CAPS[feature]), detail, value))
-
-        if e.device:
-            add("device", _rarity(p.devices, p.device_n, e.device),
-                f"device {e.device[:60]} seen {p.devices.get(e.device, 0)} of {p.device_n} times", e.device)
+                out.append(("device", min(mb, CAPS["device"]), f"device {device[:60]} seen {p.devices.get(device, 0)} of "
+                            f"{p.device_n} times", device))
         net = network_of(e.ip)
         if net:
-            add("network", _rarity(p.networks, p.network_n, net), f"network {net} seen {p.networks.get(net, 0)} of {p.network_n} times", net)
-        country = e.data.get("country")
+            mb = _rarity(p.networks, p.network_n, net)
+            if mb > 0:
+                out.append(("network", min(mb, CAPS["network"]), f"network {net} seen {p.networks.get(net, 0)} of "
+                            f"{p.network_n} times", net))
+        data = e.data
+        country = data.get("country")
         if isinstance(country, str) and country:
-            add("country", _rarity(p.countries, p.country_n, country),
-                f"country {country} seen {p.countries.get(country, 0)} of {p.country_n} times", country)
+            mb = _rarity(p.countries, p.country_n, country)
+            if mb > 0:
+                out.append(("country", min(mb, CAPS["country"]), f"country {country} seen {p.countries.get(country, 0)} of "
+                            f"{p.country_n} times", country))
         kind = e.kind
-        if kind in SIGN_IN_KINDS and p.sign_ins:
-            h = e.at_ms // HOUR_MS % 24
-            near = p.hours[h] + p.hours[(h + 1) % 24] + p.hours[(h - 1) % 24]
-            # against 8 three-hour slots with one pseudo-sign-in each; 0 when the hour is as likely as any
-            add("hour", _millibits(p.sign_ins + 8, near + 1) - 3_000,
-                f"sign-in at {h:02d}h UTC; {near} of {p.sign_ins} earlier sign-ins within an hour of it", str(h))
-        if kind in SENSITIVE_KINDS:
-            done = p.kinds.get(kind, 0)
-            add("action", _millibits(p.events + 2, done + 1) - 1_000, f"{kind} done {done} times in {p.events} events", kind)
         if kind == "api_call":
-            ep = e.data.get("endpoint")
+            ep = data.get("endpoint")
             if isinstance(ep, str) and ep:
-                add("endpoint", _rarity(p.endpoints, p.endpoint_n, ep), f"endpoint {ep[:60]} called {p.endpoints.get(ep, 0)} of {p.endpoint_n} times", ep)
+                mb = _rarity(p.endpoints, p.endpoint_n, ep)
+                if mb > 0:
+                    out.append(("endpoint", min(mb, CAPS["endpoint"]), f"endpoint {ep[:60]} called {p.endpoints.get(ep, 0)} "
+                                f"of {p.endpoint_n} times", ep))
+        elif kind in SIGN_IN_KINDS:
+            if p.sign_ins:
+                h = e.at_ms // HOUR_MS % 24
+                near = p.hours[h] + p.hours[(h + 1) % 24] + p.hours[(h - 1) % 24]
+                # against 8 three-hour slots with one pseudo-sign-in each; 0 when the hour is as likely as any
+                mb = _millibits(p.sign_ins + 8, near + 1) - 3_000
+                if mb > 0:
+                    out.append(("hour", min(mb, CAPS["hour"]), f"sign-in at {h:02d}h UTC; {near} of {p.sign_ins} earlier "
+                                "sign-ins within an hour of it", str(h)))
+        elif kind in SENSITIVE_KINDS:
+            done = p.kinds.get(kind, 0)
+            mb = _millibits(p.events + 2, done + 1) - 1_000
+            if mb > 0:
+                out.append(("action", min(mb, CAPS["action"]), f"{kind} done {done} times in {p.events} events", kind))
         elif kind == "withdrawal_requested":
-            asset = str(e.data.get("asset", ""))
+            asset = str(data.get("asset", ""))
             amount = e.num("amount_minor")
             before = p.w_count.get(asset, 0)
             if amount > 0:
                 if before:
-                    add("amount", _ratio_bits(amount, p.w_max[asset]),
-                        f"{amount} {asset} is more than the largest of {before} earlier withdrawals ({p.w_max[asset]})", asset)
+                    mb = _ratio_bits(amount, p.w_max[asset])
+                    if mb > 0:
+                        out.append(("amount", min(mb, CAPS["amount"]), f"{amount} {asset} is more than the largest of "
+                                    f"{before} earlier withdrawals ({p.w_max[asset]})", asset))
                 else:
-                    add("amount", 1_000, f"first {asset} withdrawal ({amount})", asset)
-            address = e.data.get("address")
+                    out.append(("amount", 1_000, f"first {asset} withdrawal ({amount})", asset))
+            address = data.get("address")
             total = sum(p.w_count.values())
             if isinstance(address, str) and address and total:
-                add("destination", _rarity(p.destinations, total, address),
-                    f"address {address[:20]}… used {p.destinations.get(address, 0)} of {total} earlier withdrawals", address)
+                mb = _rarity(p.destinations, total, address)
+                if mb > 0:
+                    out.append(("destination", min(mb, CAPS["destination"]), f"address {address[:20]}… used "
+                                f"{p.destinations.get(address, 0)} of {total} earlier withdrawals", address))
         elif kind == "order_placed" and p.o_count >= 3:
-            add("order_size", _ratio_bits(e.num("notional_minor"), p.o_max) - 1_000,
-                f"order notional {e.num('notional_minor')} vs the largest of {p.o_count} earlier ({p.o_max})")
+            notional = e.num("notional_minor")
+            mb = _ratio_bits(notional, p.o_max) - 1_000
+            if mb > 0:
+                out.append(("order_size", min(mb, CAPS["order_size"]), f"order notional {notional} vs the largest of "
+                            f"{p.o_count} earlier ({p.o_max})", ""))
+        if not out:
+            return Assessment(0, p.events, ())
         out.sort(key=lambda c: (-c[1], c[0], c[3]))
         return Assessment(sum(c[1] for c in out), p.events, tuple(c[:3] for c in out), tuple(c[3] for c in out),
                           kind in UNTRUSTED_KINDS)
@@ -247,15 +273,13 @@ class Baselines:
         self.events_learnt += 1
         p.events += 1
         _learn(p.kinds, kind)
-        at = e.at_ms
         pending = p.pending
         net = network_of(e.ip)
         country = e.data.get("country")
-        for feature, value in (("device", e.device), ("network", net), ("country", country if isinstance(country, str) else "")):
-            if value:
-                if len(pending) >= MAX_PENDING:  # a flood: the oldest observation counts now
-                    self._settle(p, pending[0][0] + self.settle_ms)
-                pending.append((at, feature, value))
+        if e.device or net or country:
+            if len(pending) >= MAX_PENDING:  # a flood: the oldest observation counts now
+                self._settle(p, pending[0][0] + self.settle_ms)
+            pending.append((e.at_ms, e.device, net, country if isinstance(country, str) else ""))
         if kind in SIGN_IN_KINDS:
             p.hours[e.at_ms // HOUR_MS % 24] += 1
             p.sign_ins += 1

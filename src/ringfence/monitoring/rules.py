@@ -691,13 +691,13 @@ def _merge(dq: Iterable[tuple[int, int, Assessment]]) -> tuple[int, tuple[tuple[
                 best[key] = (mb, detail)
     merged: dict[str, list[Any]] = {}
     for (feature, _, _), (mb, detail) in best.items():
-        got = merged.get(feature)
-        if got is None:
+        acc = merged.get(feature)
+        if acc is None:
             merged[feature] = [mb, mb, detail]
         else:
-            got[0] += mb
-            if mb > got[1]:
-                got[1], got[2] = mb, detail
+            acc[0] += mb
+            if mb > acc[1]:
+                acc[1], acc[2] = mb, detail
     features = tuple(sorted(((f, v[0], v[2]) for f, v in merged.items()), key=lambda c: (-c[1], c[0])))
     return sum(f[1] for f in features), features
 

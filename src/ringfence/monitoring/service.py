@@ -148,6 +148,12 @@ class Monitor:
         with self._links_lock:
             return self.links.cluster_of(account_id) if account_id else self.links.clusters()
 
+    def baseline(self, account_id: str) -> dict[str, Any] | None:
+        """The behavioural model's baseline of one account (models.py), or None (no behaviour rule, or unseen)."""
+        with self._links_lock:
+            model = self.scorer.model
+            return model.summary(account_id) if model is not None else None
+
     def status(self) -> dict[str, Any]:
         with self.store.tx() as db:
             newest = db.scalar(select(func.max(MonitoringEvent.id))) or 0
@@ -157,6 +163,8 @@ class Monitor:
                           for r in self.ruleset.rules],
                 "cursor": self.cursor, "newest_event": newest, "lag_events": max(0, newest - self.cursor),
                 "events_scored": self.scorer.events_scored, "alerts_total": alerts, "active_cases": active,
+                "model": {"accounts": len(self.scorer.model.profiles), "events_learnt": self.scorer.model.events_learnt}
+                if self.scorer.model is not None else None,
                 "outbox": {"queued": len(self.outbox._queue), "written": self.outbox.written, "dropped": self.outbox.dropped,
                            "errors": self.outbox.errors},
                 "errors": self.errors, "last_error": self.last_error}

@@ -228,7 +228,7 @@ def _thin_markets(g: _Gen, accounts: list[str], truth: dict[str, str], pump_acco
         t = rng.randrange(DAY_MS // 8)
         start = DAY_MS // 2 + rng.randrange(DAY_MS // 3)  # like the other typologies: after most ordinary activity
 
-        def background(t: int, price: int, until: int) -> tuple[int, int]:
+        def background(t: int, price: int, until: int, symbol: str = symbol) -> tuple[int, int]:
             """A trade every 10-60 minutes between ordinary users, the price wandering ±3%."""
             while True:
                 t += rng.randrange(600_000, 3_600_000)

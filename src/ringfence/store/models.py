@@ -252,6 +252,9 @@ class MonitoringAlert(Base):
     explanation: Mapped[str] = mapped_column(Text, nullable=False)
     evidence: Mapped[str] = mapped_column(Text, nullable=False, default="[]")
     at_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # a behaviour rule's score (milli-bits) and its features: [{"feature", "contribution", "detail"}] (migration 0004_models)
+    score: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    features: Mapped[str] = mapped_column(Text, nullable=False, default="[]", server_default="[]")
     case_id: Mapped[int | None] = mapped_column(ForeignKey("monitoring_cases.id", ondelete="SET NULL"), nullable=True, index=True)
 
 

@@ -179,6 +179,20 @@ async function renderMonitoring() {
     row.dataset.alert = String(a.alert_id);
     row.dataset.rule = a.rule;
     [String(a.alert_id), a.rule, a.severity, a.account_id, a.explanation, String(a.case_id)].forEach((t) => cell(row, t));
+    // a behaviour rule's alert: its score and the features that drove it (milli-bits shown as bits)
+    const bits = (mb) => `${Math.floor(mb / 1000)}.${Math.floor((mb % 1000) / 100)}`;
+    const td = cell(row, a.score ? `${bits(a.score)} bits` : "");
+    td.className = "alert-features";
+    if (a.features && a.features.length) {
+      const list = document.createElement("ul");
+      for (const f of a.features) {
+        const li = document.createElement("li");
+        li.dataset.feature = f.feature;
+        li.textContent = `${f.feature} ${bits(f.contribution)} — ${f.detail}`;
+        list.appendChild(li);
+      }
+      td.appendChild(list);
+    }
   }
   const body = $("cases").tBodies[0];
   body.replaceChildren();
