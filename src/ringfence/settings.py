@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     trading_stp_default: str = "EXPIRE_TAKER"
     trading_stp_markets: str = Field(default="", max_length=4000)
     monitoring_poll_ms: int = Field(default=200, ge=0, le=60_000)
+    # A GeoIP country database (an MMDB file, e.g. GeoLite2-Country.mmdb; nothing is downloaded): the
+    # monitoring worker adds the client IP's country to each event (docs/monitoring.md). Empty: none.
+    monitoring_geoip: str = Field(default="", max_length=1000)
     # Proof of solvency inside `ringfence serve`: one proof at start, then one every this many
     # seconds (0 = only at start; `serve --demo` uses 30 unless set), the newest `por_keep` kept.
     por_every_s: int = Field(default=600, ge=0, le=7 * 86_400)

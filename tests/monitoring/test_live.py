@@ -37,9 +37,13 @@ def server(tmp_path_factory):
             rule["settle_s"] = 1
     path = tmp_path_factory.mktemp("rules") / "rules.json"
     path.write_text(json.dumps(rules))
+    from ringfence.monitoring.geoip import write_country_db  # a small country database made here: nothing downloaded
+
+    geo = write_country_db(path.with_name("country.mmdb"), {"127.0.0.0/8": "ZZ", "185.1.2.0/24": "RU"})
     srv = Server(tmp_path_factory.mktemp("mon") / "data", env={"RINGFENCE_MONITORING_POLL_MS": "50",
                                                                       "RINGFENCE_TRADING_STP_MARKETS": "ETHUSDT=NONE",
-                                                                      "RINGFENCE_MONITORING_RULES": str(path)})
+                                                                      "RINGFENCE_MONITORING_RULES": str(path),
+                                                                      "RINGFENCE_MONITORING_GEOIP": str(geo)})
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
@@ -238,6 +242,7 @@ def test_a_takeover_like_session_and_withdrawal_raise_a_behaviour_alert_with_its
     assert [f["contribution"] for f in alert["features"]] == sorted((f["contribution"] for f in alert["features"]), reverse=True)
     baseline = admin(server, "GET", "/admin/v1/baselines?account_id=alice").json()["baseline"]
     assert any(d == "python-httpx/usual" for d, _ in baseline["devices"]), baseline
+    assert baseline["countries"] and baseline["countries"][0][0] == "ZZ", baseline  # the GeoIP database's country for 127/8
     assert admin(server, "GET", "/admin/v1/baselines").json()["field"] == "account_id"
 
 

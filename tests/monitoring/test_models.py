@@ -181,3 +181,19 @@ def test_the_generator_labels_pump_groups_on_thin_markets() -> None:
     assert len(pumps) >= 2
     thin = {e.data["symbol"] for e in data.events if e.kind == "trade" and e.account_id in pumps and e.device.startswith("pump/")}
     assert thin and all(s.startswith("THIN") for s in thin)
+
+
+def test_geoip_reads_a_country_database_written_here(tmp_path) -> None:
+    from ringfence.errors import ConfigError
+    from ringfence.monitoring.geoip import GeoIP, write_country_db
+    from ringfence.monitoring.service import Monitor
+
+    path = write_country_db(tmp_path / "c.mmdb", {"10.0.0.0/8": "DE", "10.1.2.0/24": "FR", "185.1.2.0/24": "RU"})
+    geo = GeoIP(path)
+    got = {ip: geo.country(ip) for ip in ("10.9.9.9", "10.1.2.3", "185.1.2.200", "185.1.3.1", "2001:db8::1", "not an ip")}
+    assert got == {"10.9.9.9": "DE", "10.1.2.3": "FR", "185.1.2.200": "RU", "185.1.3.1": "", "2001:db8::1": "", "not an ip": ""}
+    geo.close()
+    (tmp_path / "junk.mmdb").write_bytes(b"not a database")
+    with pytest.raises(ConfigError) as err:
+        Monitor(None, None, parse_rules('{"version": 1, "rules": []}'), geoip=str(tmp_path / "junk.mmdb"))  # type: ignore[arg-type]
+    assert err.value.field == "RINGFENCE_MONITORING_GEOIP"

@@ -223,6 +223,7 @@ def create_app(
     chain_admin_token: str = "",
     monitoring_rules: str = "",
     monitoring_poll_ms: int = 200,
+    monitoring_geoip: str = "",
     stp: tuple[str, dict[str, str]] = ("EXPIRE_TAKER", {}),
 ) -> FastAPI:
     metrics = Metrics(exchange)
@@ -231,7 +232,8 @@ def create_app(
         from ..monitoring.service import Monitor, load_rules
         from ..monitoring.stream import engine_subscriber
 
-        monitor = Monitor(identity_ctx.store, exchange, load_rules(monitoring_rules), poll_ms=monitoring_poll_ms)
+        monitor = Monitor(identity_ctx.store, exchange, load_rules(monitoring_rules), poll_ms=monitoring_poll_ms,
+                          geoip=monitoring_geoip)
         exchange.batch_subscribers.append(engine_subscriber(exchange, monitor.outbox))
     hub = StreamHub(exchange, gate.listen_keys)
     hub.fanout_seconds = Histogram("ringfence_ws_fanout_seconds", "Time to write one market-data message to all its subscribers",

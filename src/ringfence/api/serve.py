@@ -151,6 +151,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         chain_admin_token=admin_token,
         monitoring_rules=settings.monitoring_rules,
         monitoring_poll_ms=settings.monitoring_poll_ms,
+        monitoring_geoip=settings.monitoring_geoip,
         stp=stp_defaults(settings.trading_stp_default, settings.trading_stp_markets),
     )
     # proof of solvency on a schedule and the shield fund rule (issue 15, items 6-7; the block below).

@@ -31,7 +31,7 @@ logarithm is IEEE-754 double arithmetic rounded to integer milli-bits; no float 
 amounts are compared as integers and only their ratio's logarithm is a float). Memory is bounded:
 at most `MAX_ACCOUNTS` profiles (the least recently seen is dropped), `MAX_VALUES` values per feature.
 
-Why no library: `river` (0.26.1, installable here) brings numpy and scipy into the server for what
+Why no library: `river` (0.26.1, installable here) brings scipy and narwhals into the server for what
 is, per account, a handful of counters; its anomaly detectors (HalfSpaceTrees, one-class SVM) score
 a feature vector against the whole population and give no per-feature attribution, which an analyst
 needs on every alert. scikit-learn fits batches, not per-account online updates. The counters here

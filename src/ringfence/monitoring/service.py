@@ -21,7 +21,10 @@ from sqlalchemy import func, select
 
 from ..store import Store
 from ..store.models import MonitoringAlert, MonitoringCase, MonitoringCursor, MonitoringEvent
+from ..errors import ConfigError
 from .cases import store_hits
+from .events import Event
+from .geoip import GeoIP
 from .linking import LinkGraph
 from .rules import Hit, RuleSet, Scorer, default_rules, parse_rules
 from .stream import Outbox, custody_resolver, read_after
@@ -40,8 +43,14 @@ def load_rules(path: str) -> RuleSet:
 
 
 class Monitor:
-    def __init__(self, store: Store, exchange: Any, ruleset: RuleSet, *, poll_ms: int = 200) -> None:
+    def __init__(self, store: Store, exchange: Any, ruleset: RuleSet, *, poll_ms: int = 200, geoip: str = "") -> None:
         self.store = store
+        self.geoip: GeoIP | None = None
+        if geoip:
+            try:
+                self.geoip = GeoIP(geoip)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"cannot read the GeoIP database {geoip!r}: {err}", field="RINGFENCE_MONITORING_GEOIP") from None
         self.exchange = exchange
         self.ruleset = ruleset
         self.poll_ms = max(10, poll_ms)
@@ -71,7 +80,7 @@ class Monitor:
                 MonitoringEvent.at_ms >= last_at - self.ruleset.max_window_ms(), MonitoringEvent.id <= self.cursor))
         warm_from = (first or self.cursor + 1) - 1
         while warm_from < self.cursor:  # warm the windows; these events' hits were stored before
-            batch = [e for e in read_after(self.store, warm_from) if e.id <= self.cursor]
+            batch = self._located([e for e in read_after(self.store, warm_from) if e.id <= self.cursor])
             if not batch:
                 break
             for e in batch:
@@ -103,7 +112,7 @@ class Monitor:
 
     def step(self) -> int:
         """Score the next batch of events; returns how many were read."""
-        events = read_after(self.store, self.cursor)
+        events = self._located(read_after(self.store, self.cursor))
         now_ms = time.time_ns() // 1_000_000
         # The links changed since the last cluster check: check again once CLUSTER_CHECK_MS has passed,
         # whether or not more events come (a trade in a batch inside the interval is checked later).
@@ -124,6 +133,21 @@ class Monitor:
         self.cursor = cursor
         self.alerts_raised += len(hits)
         return len(events)
+
+    def _located(self, events: list[Event]) -> list[Event]:
+        """With a GeoIP database: each event with an IP and no country gets `data.country` (when known)."""
+        geo = self.geoip
+        if geo is None:
+            return events
+        out = []
+        for e in events:
+            if e.ip and "country" not in e.data:
+                country = geo.country(e.ip)
+                if country:
+                    e = Event(e.id, e.kind, e.at_ms, account_id=e.account_id, ip=e.ip, device=e.device, source=e.source,
+                              data={**e.data, "country": country})
+            out.append(e)
+        return out
 
     def _flagged_clusters(self, at_ms: int) -> list[Hit]:
         """One `linked-cluster` alert per flagged cluster (members and reasons), raised once."""
@@ -167,4 +191,5 @@ class Monitor:
                 if self.scorer.model is not None else None,
                 "outbox": {"queued": len(self.outbox._queue), "written": self.outbox.written, "dropped": self.outbox.dropped,
                            "errors": self.outbox.errors},
+                "geoip": self.geoip.path if self.geoip is not None else "",
                 "errors": self.errors, "last_error": self.last_error}
