@@ -244,6 +244,13 @@ def test_a_takeover_like_session_and_withdrawal_raise_a_behaviour_alert_with_its
     assert any(d == "python-httpx/usual" for d, _ in baseline["devices"]), baseline
     assert baseline["countries"] and baseline["countries"][0][0] == "ZZ", baseline  # the GeoIP database's country for 127/8
     assert admin(server, "GET", "/admin/v1/baselines").json()["field"] == "account_id"
+    # the same through the CLI against the live node (signed with the analyst's key)
+    staff_key = f"{server.data / 'demo-staff.json'}#cy"
+    out = ringfence("monitoring", "alerts", "--key", staff_key, "--url", server.base, "--rule", "behaviour-account-takeover",
+                    "--account", "alice")
+    assert out.returncode == 0 and "behaviour-account-takeover" in out.stdout and "Mallory/6.6" in out.stdout, out.output
+    out = ringfence("monitoring", "baseline", "alice", "--key", staff_key, "--url", server.base)
+    assert out.returncode == 0 and json.loads(out.stdout)["account_id"] == "alice", out.output
 
 
 def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:

@@ -48,7 +48,7 @@ def scores(events: list[Event]) -> list[tuple[int, tuple]]:
     return out
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(streams)
 def test_the_same_stream_gives_the_same_scores_and_hits(events) -> None:
     first, again = scores(events), scores(list(events))

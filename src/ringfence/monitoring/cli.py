@@ -1,4 +1,6 @@
-"""`ringfence monitoring ...`: check a rule set, back-test it on a recorded stream, export the stream."""
+"""`ringfence monitoring ...`: check a rule set, back-test it on a recorded stream, export the stream;
+against a live node (signed staff requests): the newest alerts with their model features, and one
+account's behavioural baseline."""
 
 from __future__ import annotations
 
@@ -184,3 +186,67 @@ def deidentify_cmd(
     dictionary = out.with_name(out.name + ".dictionary.json")
     dictionary.write_text(json.dumps({"fields": DICTIONARY, "report": report}, indent=2) + "\n")
     print(json.dumps(report, separators=(",", ":")))
+
+
+# ------------------------------------------------------------------------------ against a live node
+
+STAFF_KEY = typer.Option(..., "--key", help="Your staff key file (FILE, or DIR/demo-staff.json#ID).")
+
+
+def _admin_get(key: str, url: str, path: str, query: dict[str, str]):  # type: ignore[no-untyped-def]
+    from urllib.parse import urlencode
+
+    from ..staff.console import AdminClient, load_key
+
+    try:
+        with AdminClient(url, load_key(key)) as client:
+            return client.get(path, urlencode({k: v for k, v in query.items() if v}))
+    except RingfenceError as err:
+        _fail(err)
+
+
+def _default_url() -> str:
+    from ..staff.console import DEFAULT_URL
+
+    return DEFAULT_URL
+
+
+@app.command("alerts")
+def alerts_cmd(
+    key: str = STAFF_KEY,
+    url: str = typer.Option(None, "--url", help="The running server (default $RINGFENCE_URL or http://127.0.0.1:8000)."),
+    account: str = typer.Option("", "--account", help="Only this account's alerts."),
+    rule: str = typer.Option("", "--rule", help="Only this rule's alerts (e.g. behaviour-account-takeover)."),
+    limit: int = typer.Option(20, "--limit", min=1, max=500, help="How many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON."),
+) -> None:
+    """The newest alerts of a live node: rule, account, explanation, and for a behaviour rule its
+    score and the features that drove it (GET /admin/v1/alerts, a signed staff request).
+
+    Example: ringfence monitoring alerts --key ./ringfence-data/serve/demo-staff.json#cy --rule behaviour-account-takeover
+    """
+    out = _admin_get(key, url or _default_url(), "/alerts", {"account_id": account, "rule": rule, "limit": str(limit)})
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    for a in out["alerts"]:
+        console.print(f"#{a['alert_id']} [bold]{a['rule']}[/bold] ({a['severity']}) {a['account_id']} case {a['case_id']}: "
+                      f"{a['explanation']}", soft_wrap=True)
+        for f in a.get("features") or []:
+            console.print(f"    {f['feature']:<12} {f['contribution'] // 1000}.{f['contribution'] % 1000 // 100} bits  {f['detail']}",
+                          soft_wrap=True)
+
+
+@app.command("baseline")
+def baseline_cmd(
+    account: str = typer.Argument(..., help="The account whose baseline to show."),
+    key: str = STAFF_KEY,
+    url: str = typer.Option(None, "--url", help="The running server (default $RINGFENCE_URL or http://127.0.0.1:8000)."),
+) -> None:
+    """What the behavioural model learnt of one account on a live node: devices, networks,
+    countries, sign-in hours, endpoints, withdrawals, orders (GET /admin/v1/baselines), as JSON.
+
+    Example: ringfence monitoring baseline alice --key ./ringfence-data/serve/demo-staff.json#cy
+    """
+    out = _admin_get(key, url or _default_url(), "/baselines", {"account_id": account})
+    print(json.dumps(out["baseline"], indent=2))

@@ -61,14 +61,14 @@ class AdminClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, query: str = "") -> Any:
         full = PREFIX + path
         raw = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
-        headers = signed_headers(self.key, method, full, "", raw)
+        headers = signed_headers(self.key, method, full, query, raw)  # the query string is signed too
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            response = self.http.request(method, self.base + full, content=raw, headers=headers)
+            response = self.http.request(method, self.base + full + (f"?{query}" if query else ""), content=raw, headers=headers)
         except httpx.HTTPError as err:
             raise RingfenceError(f"cannot reach {self.base}: {err}") from None
         try:
@@ -79,8 +79,8 @@ class AdminClient:
             raise AdminError(response.status_code, payload if isinstance(payload, dict) else {"message": str(payload)})
         return payload
 
-    def get(self, path: str) -> Any:
-        return self.request("GET", path)
+    def get(self, path: str, query: str = "") -> Any:
+        return self.request("GET", path, query=query)
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("POST", path, body)
