@@ -62,6 +62,18 @@ def test_the_same_stream_gives_the_same_scores_and_hits(events) -> None:
         assert h["score"] >= 6000 and h["features"] and h["evidence"]
 
 
+@settings(max_examples=4, deadline=None)
+@given(st.integers(0, 10**9))
+def test_the_same_seed_gives_the_same_scores_and_alerts(seed: int) -> None:
+    from ringfence.monitoring.rules import default_rules
+
+    runs = []
+    for _ in range(2):
+        data, scorer = generate(seed, 120), Scorer(default_rules())
+        runs.append([(scorer.assess(e).score if e.account_id else 0, [h.as_dict() for h in scorer.process(e)]) for e in data.events])
+    assert runs[0] == runs[1] and any(score for score, _ in runs[0])
+
+
 @settings(max_examples=40, deadline=None)
 @given(streams)
 def test_an_account_without_history_scores_nothing_and_failures_are_never_learnt(events) -> None:
