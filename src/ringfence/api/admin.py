@@ -181,6 +181,13 @@ LIST_MARKET_INTS = ("tick_size", "lot_size", "min_qty", "max_qty", "min_notional
                     "market_slippage_ppm", "max_open_orders_per_account", "max_book_orders", "max_price_levels")
 
 
+def _big_int(value: object, name: str) -> int:
+    """Like `_int`, for limits up to 10**30 (`max_qty`): a digit string of up to 39 characters."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 39:
+        return int(value)
+    return _int(value, name)
+
+
 def list_market_command(body: dict[str, Any]) -> Any:
     """The `ListMarket` a request body describes (the engine validates the values and names the field)."""
     from ..trading.commands import ListMarket
@@ -191,7 +198,7 @@ def list_market_command(body: dict[str, Any]) -> Any:
     unknown = sorted(set(market) - {"symbol", "base", "quote", "segment", *LIST_MARKET_INTS})
     if unknown:
         raise ValidationError(f"unknown field(s) {', '.join(unknown)}", field=f"market.{unknown[0]}")
-    ints = {k: _int(market[k], k) for k in LIST_MARKET_INTS if k in market}
+    ints = {k: _big_int(market[k], f"market.{k}") for k in LIST_MARKET_INTS if k in market}
     return ListMarket(_text(market, "symbol"), _text(market, "base"), _text(market, "quote"),
                       str(market.get("segment") or "spot"), **ints)
 

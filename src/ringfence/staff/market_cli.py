@@ -14,7 +14,7 @@ BTC) and are turned into minor units with the asset's decimals the node reports;
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import typer
 from rich.table import Table
@@ -37,7 +37,7 @@ from .cli import (
     err_console,
 )
 from .console import AdminClient
-from .decisions import format_approval, parse_approval
+from .decisions import format_approval
 
 __all__ = ["market_app"]
 
@@ -291,6 +291,10 @@ def ref_price(
 _STATUSES = ("ACTIVE", "REDUCE_ONLY", "HALTED")
 
 
+def _lifter(halt_id: str, reason: str) -> Callable[[AdminClient, list[str]], Any]:
+    return lambda client, tokens: client.post(f"/halts/{halt_id}/lift", {"reason": reason, "approvals": tokens})
+
+
 @market_app.command("status")
 def market_status(
     symbol: str = typer.Argument(..., help="The market (see `market list`)."),
@@ -353,12 +357,8 @@ def market_status(
                 token = format_approval(k.sign("halt.lift", subject, _expires(ttl_s)))
                 typer.echo(token if len(halts) == 1 else f"{h['halt_id']}={token}")
             continue
-        for t in by_halt[h["halt_id"]]:
-            _run(lambda: parse_approval(t, "--approval"))
-        result = _quorum_submit(ks, by_halt[h["halt_id"]], "halt.lift", subject, ttl_s, False,
-                                lambda c, toks, hid=h["halt_id"]: c.post(f"/halts/{hid}/lift",
-                                                                          {"reason": reason, "approvals": toks}), url)
-        _print_events(result)
+        _print_events(_quorum_submit(ks, by_halt[h["halt_id"]], "halt.lift", subject, ttl_s, False,
+                                     _lifter(h["halt_id"], reason), url))
     if not sign_only:
         with AdminClient(url, ks[0]) as client:
             console.print(f"{symbol} is now {_market_row(_view(client), symbol)['status']}")
