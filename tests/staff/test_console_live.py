@@ -144,12 +144,16 @@ def test_admin_requests_are_authenticated_by_signature(server) -> None:
 # start per call) against the same live server; the server's state is read back through the public API.
 
 
-def market_cli(*args: str) -> Any:
+def ringfence(*args: str) -> Any:
     from typer.testing import CliRunner
 
     from ringfence.cli import app
 
-    return CliRunner().invoke(app, ["market", *args], env={"COLUMNS": "200"})
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+def market_cli(*args: str) -> Any:
+    return ringfence("market", *args)
 
 
 def exchange_info(server: Server) -> dict[str, dict[str, Any]]:
@@ -240,13 +244,24 @@ def test_a_market_is_listed_reopened_repriced_and_delisted_by_the_operator_quoru
     markets = {m["symbol"]: m for m in httpx.get(server.base + "/v1/markets").json()}
     assert markets["ETHBTC"]["reference_price"] == "0.05000000"
 
-    # delist: alice's resting order is canceled and her BTC hold released
+    # alice's resting order (the delisting below cancels it and releases her BTC hold)
     free, locked = btc_balance(server)
     placed = binance(server, "POST", "/api/v3/order", {"symbol": "ETHBTC", "side": "BUY", "type": "LIMIT",
                                                        "timeInForce": "GTC", "price": "0.0500", "quantity": "1.00"})
     assert placed.status_code == 200, placed.text
     assert btc_balance(server) != (free, locked)
-    assert admin_markets(server)["markets"][[m["symbol"] for m in admin_markets(server)["markets"]].index("ETHBTC")]["open_orders"] == 1
+    assert {m["symbol"]: m["open_orders"] for m in admin_markets(server)["markets"]}["ETHBTC"] == 1
+    # once the market follows an index, the same command is the index override (its own change counter)
+    out = ringfence("index", "configure", "--symbol", "ETHBTC", "--source", "venue-a", "--min-sources", "1",
+                    "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 0, out.output
+    assert exchange_info(server)["ETHBTC"]["status"] == "BREAK"  # no quote yet: the index makes it REDUCE_ONLY
+    out = market_cli("ref-price", "ETHBTC", "--price", "0.06", "--reason", "feed incident", "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 0 and "ReferenceOverridden" in out.stdout, out.output
+    markets = {m["symbol"]: m for m in httpx.get(server.base + "/v1/markets").json()}
+    assert markets["ETHBTC"]["reference_price"] == "0.06000000"
+
+    # delist (it passes the REDUCE_ONLY the index's missing quotes raised: a delisting only reduces risk)
     out = market_cli("delist", "ETHBTC", "--reason", "wound down", "--key", ada, *url)
     assert out.exit_code == 1 and "rule 'quorum'" in out.stderr, out.output
     assert "ETHBTC" in exchange_info(server)
@@ -284,3 +299,6 @@ def test_fee_tiers_are_set_by_the_quorum_and_shown_on_the_account(server) -> Non
     view = admin_markets(server)
     assert {"account": "alice", "tier": 3} in view["account_tiers"]
     assert {"tier": 3, "maker_rate_ppm": 200, "taker_rate_ppm": 500} in view["fee_tiers"]
+    table = market_cli("list", "--key", ada, "--url", server.base)
+    assert table.exit_code == 0 and "tier 3: maker 200 ppm, taker 500 ppm" in table.stdout and "alice → 3" in table.stdout
+    assert "BTCUSDT" in table.stdout and "0.01" in table.stdout, table.stdout

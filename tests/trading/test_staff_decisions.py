@@ -134,3 +134,6 @@ def test_delisting_cancels_every_order_and_releases_every_hold(orders: list[tupl
         assert acct.debits_pending == 0, f"{owner} {asset} still held after a delisting"
     assert market.clearing.base.credits_pending == market.clearing.quote.credits_pending == 0
     rig.engine.check_invariants()
+    # the symbol can be listed again (a new decision, against the moved counter)
+    rig.run(listed(rig))
+    assert not trading_state(rig.engine).markets["BTCUSDT"].orders
