@@ -260,6 +260,7 @@ function formValues(form) {
 }
 
 let marketsView = null;
+const NO_LIMIT = "1" + "0".repeat(30); // ListMarket's default max_qty
 
 function renderMarkets(view) {
   marketsView = view;
@@ -270,8 +271,8 @@ function renderMarkets(view) {
     const row = body.insertRow();
     row.dataset.symbol = m.symbol;
     const qd = view.assets[m.quote], bd = view.assets[m.base];
-    [m.symbol, m.segment, m.status, fromMinor(m.tick_size, qd), fromMinor(m.lot_size, bd), fromMinor(m.min_qty, bd),
-      fromMinor(m.max_qty, bd), fromMinor(m.min_notional, qd), m.band_ppm ? `±${m.band_ppm / 10000} %` : "none",
+    [m.kind === "perpetual" ? `${m.symbol} (perpetual)` : m.symbol, m.segment, m.status, fromMinor(m.tick_size, qd), fromMinor(m.lot_size, bd), fromMinor(m.min_qty, bd),
+      m.max_qty === NO_LIMIT ? "no limit" : fromMinor(m.max_qty, bd), fromMinor(m.min_notional, qd), m.band_ppm ? `±${m.band_ppm / 10000} %` : "none",
       fromMinor(m.reference_price, qd) + (m.indexed ? " (index)" : ""), String(m.open_orders)].forEach((t) => cell(row, t));
     const td = cell(row, "");
     const reason = control(td, "input", { placeholder: "reason", className: "market-reason", ariaLabel: `reason for ${m.symbol}` });
@@ -294,6 +295,7 @@ function renderMarkets(view) {
         () => [m.symbol, { int: priceMinor() }, reason.value, view.version],
         (approvals) => api("POST", `/markets/${m.symbol}/reference`, { price_minor: priceMinor(), reason: reason.value, approvals }));
     }
+    if (m.kind === "perpetual") continue; // a perpetual's positions need a settlement first: not delisted here
     quorum(td, `delist ${m.symbol}`, "market-delist", "market.delist", () => [m.symbol, reason.value, view.version],
       (approvals) => api("POST", `/markets/${m.symbol}/delist`, { reason: reason.value, approvals }));
   }
@@ -323,7 +325,7 @@ function wireMarketForms() {
     if (qd === undefined) throw new Error(`quote: unknown asset ${f.quote}`);
     const lot = toMinor(f.lot_size, bd, "lot size");
     return { symbol: f.symbol, base: f.base, quote: f.quote, segment: f.segment || "spot", tick_size: toMinor(f.tick_size, qd, "tick size"),
-      lot_size: lot, min_qty: lot, max_qty: "1" + "0".repeat(30), min_notional: toMinor(f.min_notional, qd, "min notional"),
+      lot_size: lot, min_qty: lot, max_qty: NO_LIMIT, min_notional: toMinor(f.min_notional, qd, "min notional"),
       band_ppm: intField(f.band_ppm, "band"), band_timeout_ns: "60000000000", market_slippage_ppm: 50000,
       max_open_orders_per_account: 200, max_book_orders: 200000, max_price_levels: 20000, reason: f.reason };
   };
