@@ -231,7 +231,11 @@ def test_a_market_is_listed_reopened_repriced_and_delisted_by_the_operator_quoru
     assert exchange_info(server)["ETHBTC"]["status"] == "HALT"
     out = market_cli("status", "ETHBTC", "REDUCE_ONLY", "--reason", "one side only", "--key", ben, *url)
     assert out.exit_code == 0 and "stays HALTED" in out.stdout, out.output
-    out = market_cli("status", "ETHBTC", "ACTIVE", "--reason", "prints corrected", "--key", ada, "--key", ben, *url)
+    # two halts on the market now: ben's approvals name each (HALT_ID=TOKEN), ada submits both lifts
+    tokens = market_cli("status", "ETHBTC", "ACTIVE", "--reason", "prints corrected", "--key", ben, "--sign-only", *url).stdout.split()
+    assert sorted(t.split("=")[0] for t in tokens) == ["ETHBTC.status.halted", "ETHBTC.status.reduce_only"], tokens
+    approvals = [a for t in tokens for a in ("--approval", t)]
+    out = market_cli("status", "ETHBTC", "ACTIVE", "--reason", "prints corrected", "--key", ada, *approvals, *url)
     assert out.exit_code == 0 and "ETHBTC is now ACTIVE" in out.stdout, out.output
     assert exchange_info(server)["ETHBTC"]["status"] == "TRADING"
 
