@@ -295,6 +295,8 @@ def test_fee_tiers_are_set_by_the_quorum_and_shown_on_the_account(server) -> Non
     out = market_cli("account-fee", "alice", "--tier", "3", "--reason", "mm agreement", "--key", ada, *url)
     assert out.exit_code == 1 and "rule 'quorum'" in out.stderr, out.output
     assert binance(server, "GET", "/api/v3/account", {}).json()["makerCommission"] == 10
+    out = market_cli("account-fee", "alcie", "--tier", "3", "--reason", "mm agreement", "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 1 and "account" in out.stderr and "alcie" in out.stderr, out.output  # a typo: no such account
     out = market_cli("account-fee", "alice", "--tier", "3", "--reason", "mm agreement", "--key", ada, "--approval", token, *url)
     assert out.exit_code == 0, out.output
     account = binance(server, "GET", "/api/v3/account", {}).json()

@@ -32,7 +32,7 @@ from typing import Any
 from ..engine.commands import Command, Event
 from ..engine.core import Engine
 from ..engine.module import Effect
-from ..errors import Conflict, Forbidden, ValidationError
+from ..errors import Conflict, Forbidden, NotFound, ValidationError
 from ..staff.decisions import OPERATOR, StaffSignature
 from ..staff.state import check_quorum, consume, staff_of
 from .admin import (
@@ -241,6 +241,10 @@ def _pre_account_tier(engine: Engine, c: SetAccountFeeTierSigned) -> list[str]:
     if c.assignment.tier not in trading_state(engine).tiers:
         raise ValidationError(f"fee tier {c.assignment.tier} is not defined; define it first (ringfence market fees)",
                               field="tier")
+    owner, ledger = c.assignment.owner, engine.ledger
+    if c.assignment.tier and not any(ledger.find(owner, a.code, "available", seg) is not None
+                                     for a in list(ledger.assets) for seg in ledger.segments):
+        raise NotFound(f"no account {owner!r} holds anything here (a typo?)", field="account")
     # never-the-initiator: nobody approves a fee tier for a customer account they hold themselves
     holders = [m.staff_id for m in staff_of(engine).members.values() if m.holds_account(c.assignment.owner)]
     subject = account_tier_subject(c.assignment, reason, _version(engine))
