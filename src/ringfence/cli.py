@@ -356,6 +356,8 @@ from .staff.audit import audit_app as _audit_app  # noqa: E402
 app.add_typer(_staff_cli.staff_app, name="staff")
 app.add_typer(_staff_cli.review_app, name="review")
 app.add_typer(_staff_cli.halts_app, name="halts")
+from .staff.market_cli import market_app as _market_app  # noqa: E402  (markets and fees: operator quorum)
+app.add_typer(_market_app, name="market")
 _staff_cli.register_policy_commands(_custody_cli.policy_app)
 app.add_typer(_audit_app, name="audit")
 from .backup.cli import app as _backup_app  # noqa: E402

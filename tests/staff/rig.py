@@ -70,13 +70,13 @@ class Rig:
     (journaled, wall-clock sequencer time)."""
 
     def __init__(self, seed: int = 1, *, staff: dict[str, list[str]] | None = None, quorum: int = 2,
-                 node: Any = None) -> None:
+                 node: Any = None, accounts: dict[str, list[str]] | None = None) -> None:
         self.node = node
         self.engine = node.engine if node is not None else new_engine()
         self.now = START_NS
         self.keys = {s: StaffKey.from_seed_hex(s, hashlib.sha256(f"{seed}/{s}".encode()).hexdigest()) for s in ROLES}
         self.desk = StaffDesk(self.keys, (lambda: self.now) if node is None else time.time_ns)
-        self.run(self.desk.genesis(staff or ROLES, quorum))
+        self.run(self.desk.genesis(staff or ROLES, quorum, accounts=accounts))
 
     def run(self, command: Any) -> list[Any]:
         if self.node is not None:

@@ -1,6 +1,7 @@
 """The staff console page in a real browser (Playwright driving Debian's Chromium) against a real
 `serve --demo`: sign in with a demo staff key, see the halt, fail to lift it alone (the quorum rule
-is shown), lift it with a second operator's approval token; the key never leaves the page (every
+is shown), lift it with a second operator's approval token; see the markets with their filters and
+set a fee tier with an approval signed on the command line; the key never leaves the page (every
 request and decision is signed with WebCrypto Ed25519 and verified by the server and the engine)."""
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def test_lift_a_halt_from_the_console_page(server, tmp_path) -> None:
     assert cli("halts", "raise", "page-1", "--reason", "page test", "--key", f"{staff_file}#ada", *url).returncode == 0
     token = cli("halts", "lift", "page-1", "--reason", "fixed", "--key", f"{staff_file}#ada", "--sign-only", *url).stdout.strip()
     assert token.startswith("ada:")
+    # ada's approval of a fee tier, signed on the command line; ben submits it from the page, which signs
+    # the same decision in the browser (the two encodings must agree to the byte for the engine to accept)
+    fee_token = cli("market", "fees", "2", "--maker", "0.0002", "--taker", "0.0004", "--reason", "page tier",
+                    "--key", f"{staff_file}#ada", "--sign-only", *url).stdout.strip()
+    assert fee_token.startswith("ada:")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -70,6 +76,16 @@ def test_lift_a_halt_from_the_console_page(server, tmp_path) -> None:
         row.locator(".lift-submit").click()
         expect(page.locator("#status")).to_contain_text("accepted (LiftHaltSigned)")
         expect(page.locator('#halts tr[data-halt="page-1"]')).to_have_count(0)
+        market = page.locator('#markets tr[data-symbol="BTCUSDT"]')  # the markets with their filters
+        expect(market).to_contain_text("ACTIVE")
+        expect(market).to_contain_text("0.01")
+        form = page.locator("#fee-tier")
+        for name, value in (("tier", "2"), ("maker_rate_ppm", "200"), ("taker_rate_ppm", "400"), ("reason", "page tier")):
+            form.locator(f'[name="{name}"]').fill(value)
+        form.locator(".fee-tier-approvals").fill(fee_token)
+        form.locator(".fee-tier-submit").click()
+        expect(page.locator("#status")).to_contain_text("accepted (SetFeeTierSigned)")
+        expect(page.locator('#fee-tiers tr[data-tier="2"]')).to_contain_text("400")
         expect(page.locator("#staff")).to_contain_text("ada")
         expect(page.locator('#feed-keys tr[data-venue="pagevenue"]')).to_contain_text(feed_key)
         page.screenshot(path=str(tmp_path / "admin.png"), full_page=True)

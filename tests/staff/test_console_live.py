@@ -8,11 +8,16 @@ two operators' signatures lift it. Requests that are unsigned, forged, stale or 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import stat
 import subprocess
 import sys
+import time
+from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -132,3 +137,174 @@ def test_admin_requests_are_authenticated_by_signature(server) -> None:
     stale = signed_headers(ada, "GET", "/admin/v1/halts", "", b"")
     stale["X-RF-Timestamp"] = str(int(stale["X-RF-Timestamp"]) - 120_000)
     assert _get(server, "/admin/v1/halts", stale).status_code == 401
+
+
+# ------------------------------------------------------------------------------- markets and fees
+# `ringfence market ...` run in-process (typer's CliRunner: the same command code, without a Python
+# start per call) against the same live server; the server's state is read back through the public API.
+
+
+def ringfence(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+def market_cli(*args: str) -> Any:
+    return ringfence("market", *args)
+
+
+def exchange_info(server: Server) -> dict[str, dict[str, Any]]:
+    return {s["symbol"]: s for s in httpx.get(server.base + "/api/v3/exchangeInfo").json()["symbols"]}
+
+
+def binance(server: Server, method: str, path: str, params: dict[str, Any]) -> httpx.Response:
+    key = server.keys["alice"]
+    query = urlencode({**params, "timestamp": int(time.time() * 1000), "recvWindow": 10000})
+    sig = hmac.new(key["api_secret"].encode(), query.encode(), hashlib.sha256).hexdigest()
+    headers = {"X-MBX-APIKEY": key["api_key"]}
+    if method == "POST":
+        return httpx.post(server.base + path, content=f"{query}&signature={sig}",
+                          headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
+    return httpx.get(f"{server.base}{path}?{query}&signature={sig}", headers=headers)
+
+
+def btc_balance(server: Server) -> tuple[str, str]:
+    [btc] = [b for b in binance(server, "GET", "/api/v3/account", {}).json()["balances"] if b["asset"] == "BTC"]
+    return btc["free"], btc["locked"]
+
+
+def admin_markets(server: Server) -> dict[str, Any]:
+    out = market_cli("list", "--json", "--key", key(server, "cy"), "--url", server.base)
+    assert out.exit_code == 0, out.output
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+ETHBTC = ("add", "ETHBTC", "--base", "ETH", "--quote", "BTC", "--tick-size", "0.0001", "--lot-size", "0.01",
+          "--min-notional", "0.001", "--band-ppm", "200000", "--reason", "listing committee 7")
+
+
+def test_a_market_is_listed_reopened_repriced_and_delisted_by_the_operator_quorum(server) -> None:
+    url = ("--url", server.base)
+    ada, ben, cy = key(server, "ada"), key(server, "ben"), key(server, "cy")
+    version = admin_markets(server)["version"]
+
+    # refusals change nothing: one operator; a second signer without the operator role; bad filters
+    out = market_cli(*ETHBTC, "--key", ada, *url)
+    assert out.exit_code == 1 and "rule 'quorum'" in out.stderr, out.output
+    token = market_cli(*ETHBTC, "--key", cy, "--sign-only", *url).stdout.strip()
+    out = market_cli(*ETHBTC, "--key", ada, "--approval", token, *url)
+    assert out.exit_code == 1 and "rule 'role-required'" in out.stderr, out.output
+    bad_lot = [("0.00001" if a == "0.01" else a) for a in ETHBTC]  # 10**4 * 10**13 is not a multiple of 10**18
+    out = market_cli(*bad_lot, "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 1 and "lot_size" in out.stderr, out.output
+    out = market_cli(*[("0.1.2" if a == "0.0001" else a) for a in ETHBTC], "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 2 and "--tick-size" in out.stderr, out.output
+    assert "ETHBTC" not in exchange_info(server) and admin_markets(server)["version"] == version
+
+    # ben signs on his terminal, ada submits with his token: listed with every filter
+    token = market_cli(*ETHBTC, "--key", ben, "--sign-only", *url).stdout.strip()
+    assert token.startswith("ben:")
+    out = market_cli(*ETHBTC, "--key", ada, "--approval", token, *url)
+    assert out.exit_code == 0 and "ListMarketSigned" in out.stdout, out.output
+    info = exchange_info(server)["ETHBTC"]
+    filters = {f["filterType"]: f for f in info["filters"]}
+    assert info["status"] == "TRADING" and (info["baseAsset"], info["quoteAsset"]) == ("ETH", "BTC")
+    assert filters["PRICE_FILTER"]["tickSize"] == "0.00010000"
+    assert filters["LOT_SIZE"]["stepSize"] == filters["LOT_SIZE"]["minQty"] == "0.010000000000000000"
+    assert filters["NOTIONAL"]["minNotional"] == "0.00100000"
+    assert filters["PERCENT_PRICE_BY_SIDE"]["bidMultiplierUp"] == "1.2"
+    out = market_cli(*ETHBTC, "--key", ada, "--approval", token, *url)  # the same approvals again: spent
+    assert out.exit_code == 1, out.output
+    assert admin_markets(server)["version"] == version + 1
+
+    # status: one operator halts it; one operator cannot reopen it, the quorum can
+    out = market_cli("status", "ETHBTC", "HALTED", "--reason", "bad prints", "--key", cy, *url)
+    assert out.exit_code == 1 and "rule 'role-required'" in out.stderr, out.output
+    out = market_cli("status", "ETHBTC", "HALTED", "--reason", "bad prints", "--key", ada, *url)
+    assert out.exit_code == 0, out.output
+    assert exchange_info(server)["ETHBTC"]["status"] == "HALT"
+    out = market_cli("status", "ETHBTC", "ACTIVE", "--reason", "prints corrected", "--key", ada, *url)
+    assert out.exit_code == 1 and "rule 'quorum'" in out.stderr, out.output
+    assert exchange_info(server)["ETHBTC"]["status"] == "HALT"
+    out = market_cli("status", "ETHBTC", "REDUCE_ONLY", "--reason", "one side only", "--key", ben, *url)
+    assert out.exit_code == 0 and "stays HALTED" in out.stdout, out.output
+    # two halts on the market now: ben's approvals name each (HALT_ID=TOKEN), ada submits both lifts
+    tokens = market_cli("status", "ETHBTC", "ACTIVE", "--reason", "prints corrected", "--key", ben, "--sign-only", *url).stdout.split()
+    assert sorted(t.split("=")[0] for t in tokens) == ["ETHBTC.status.halted", "ETHBTC.status.reduce_only"], tokens
+    approvals = [a for t in tokens for a in ("--approval", t)]
+    out = market_cli("status", "ETHBTC", "ACTIVE", "--reason", "prints corrected", "--key", ada, *approvals, *url)
+    assert out.exit_code == 0 and "ETHBTC is now ACTIVE" in out.stdout, out.output
+    assert exchange_info(server)["ETHBTC"]["status"] == "TRADING"
+
+    # reference price: the quorum only; the band's reference moves
+    price = ("ref-price", "ETHBTC", "--price", "0.05", "--reason", "no index yet")
+    out = market_cli(*price, "--key", ben, *url)
+    assert out.exit_code == 1 and "rule 'quorum'" in out.stderr, out.output
+    out = market_cli(*price, "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 0, out.output
+    markets = {m["symbol"]: m for m in httpx.get(server.base + "/v1/markets").json()}
+    assert markets["ETHBTC"]["reference_price"] == "0.05000000"
+
+    # alice's resting order (the delisting below cancels it and releases her BTC hold)
+    free, locked = btc_balance(server)
+    placed = binance(server, "POST", "/api/v3/order", {"symbol": "ETHBTC", "side": "BUY", "type": "LIMIT",
+                                                       "timeInForce": "GTC", "price": "0.0500", "quantity": "1.00"})
+    assert placed.status_code == 200, placed.text
+    assert btc_balance(server) != (free, locked)
+    assert {m["symbol"]: m["open_orders"] for m in admin_markets(server)["markets"]}["ETHBTC"] == 1
+    # once the market follows an index, the same command is the index override (its own change counter)
+    out = ringfence("index", "configure", "--symbol", "ETHBTC", "--source", "venue-a", "--min-sources", "1",
+                    "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 0, out.output
+    assert exchange_info(server)["ETHBTC"]["status"] == "BREAK"  # no quote yet: the index makes it REDUCE_ONLY
+    out = market_cli("ref-price", "ETHBTC", "--price", "0.06", "--reason", "feed incident", "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 0 and "ReferenceOverridden" in out.stdout, out.output
+    markets = {m["symbol"]: m for m in httpx.get(server.base + "/v1/markets").json()}
+    assert markets["ETHBTC"]["reference_price"] == "0.06000000"
+
+    # delist (it passes the REDUCE_ONLY the index's missing quotes raised: a delisting only reduces risk)
+    out = market_cli("delist", "ETHBTC", "--reason", "wound down", "--key", ada, *url)
+    assert out.exit_code == 1 and "rule 'quorum'" in out.stderr, out.output
+    assert "ETHBTC" in exchange_info(server)
+    out = market_cli("delist", "ETHBTC", "--reason", "wound down", "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 0 and "MarketDelisted" in out.stdout and "DELISTED" in out.stdout, out.output
+    assert "ETHBTC" not in exchange_info(server)
+    assert btc_balance(server) == (free, locked)
+
+
+def test_fee_tiers_are_set_by_the_quorum_and_shown_on_the_account(server) -> None:
+    url = ("--url", server.base)
+    ada, ben = key(server, "ada"), key(server, "ben")
+    before = binance(server, "GET", "/api/v3/account", {}).json()
+    assert (before["makerCommission"], before["takerCommission"]) == (10, 10)
+    tier = ("fees", "3", "--maker", "0.0002", "--taker", "0.0005", "--reason", "maker programme")
+    out = market_cli(*tier, "--key", ada, *url)
+    assert out.exit_code == 1 and "rule 'quorum'" in out.stderr, out.output
+    out = market_cli("fees", "3", "--maker", "0.2", "--taker", "0.0005", "--reason", "x", "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 1 and "maker_rate_ppm" in out.stderr, out.output  # 20 % is over the cap
+    out = market_cli("account-fee", "alice", "--tier", "3", "--reason", "mm agreement", "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 1 and "tier" in out.stderr, out.output  # tier 3 is not defined yet
+    assert [t["tier"] for t in admin_markets(server)["fee_tiers"]] == [0]
+    out = market_cli(*tier, "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 0, out.output
+    token = market_cli("account-fee", "alice", "--tier", "3", "--reason", "mm agreement", "--key", ben, "--sign-only",
+                       *url).stdout.strip()
+    out = market_cli("account-fee", "alice", "--tier", "3", "--reason", "mm agreement", "--key", ada, *url)
+    assert out.exit_code == 1 and "rule 'quorum'" in out.stderr, out.output
+    assert binance(server, "GET", "/api/v3/account", {}).json()["makerCommission"] == 10
+    out = market_cli("account-fee", "alcie", "--tier", "3", "--reason", "mm agreement", "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 1 and "account" in out.stderr and "alcie" in out.stderr, out.output  # a typo: no such account
+    out = market_cli("account-fee", "alice", "--tier", "3", "--reason", "mm agreement", "--key", ada, "--approval", token, *url)
+    assert out.exit_code == 0, out.output
+    account = binance(server, "GET", "/api/v3/account", {}).json()
+    assert (account["makerCommission"], account["takerCommission"]) == (2, 5)
+    assert account["commissionRates"]["maker"] == "0.00020000" and account["commissionRates"]["taker"] == "0.00050000"
+    view = admin_markets(server)
+    assert {"account": "alice", "tier": 3} in view["account_tiers"]
+    assert {"tier": 3, "maker_rate_ppm": 200, "taker_rate_ppm": 500} in view["fee_tiers"]
+    table = market_cli("list", "--key", ada, "--url", server.base)
+    assert table.exit_code == 0 and "tier 3: maker 200 ppm, taker 500 ppm" in table.stdout and "alice → 3" in table.stdout
+    assert "BTCUSDT" in table.stdout and "0.01" in table.stdout, table.stdout

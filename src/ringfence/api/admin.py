@@ -30,7 +30,7 @@ from ..staff.requests import RequestVerifier
 from .service import Exchange
 
 __all__ = ["build_admin_router", "install_admin_pages", "PREFIX", "staff_view", "halts_view", "review_view", "policy_view",
-           "index_admin_view"]
+           "index_admin_view", "markets_admin_view", "list_market_command"]
 
 #: The staff member whose signed request is being served (journaled as "staff:ID").
 _CALLER: ContextVar[str] = ContextVar("ringfence_admin_caller", default="")
@@ -174,6 +174,63 @@ def index_admin_view(engine: Any) -> dict[str, Any]:
 
     st = index_state(engine)
     return {"version": st.version, "feed_keys": dict(sorted(st.feed_keys.items())), "symbols": sorted(st.symbols)}
+
+
+#: ListMarket's integer fields (minor units, nanoseconds, ppm, counts): optional in a request body.
+LIST_MARKET_INTS = ("tick_size", "lot_size", "min_qty", "max_qty", "min_notional", "band_ppm", "band_timeout_ns",
+                    "market_slippage_ppm", "max_open_orders_per_account", "max_book_orders", "max_price_levels")
+
+
+def _big_int(value: object, name: str) -> int:
+    """Like `_int`, for limits up to 10**30 (`max_qty`): a digit string of up to 39 characters."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 39:
+        return int(value)
+    return _int(value, name)
+
+
+def list_market_command(body: dict[str, Any]) -> Any:
+    """The `ListMarket` a request body describes (the engine validates the values and names the field)."""
+    from ..trading.commands import ListMarket
+
+    market = body.get("market")
+    if not isinstance(market, dict):
+        raise ValidationError("market is {symbol, base, quote, segment, tick_size, lot_size, ...}", field="market")
+    unknown = sorted(set(market) - {"symbol", "base", "quote", "segment", *LIST_MARKET_INTS})
+    if unknown:
+        raise ValidationError(f"unknown field(s) {', '.join(unknown)}", field=f"market.{unknown[0]}")
+    ints = {k: _big_int(market[k], f"market.{k}") for k in LIST_MARKET_INTS if k in market}
+    return ListMarket(_text(market, "symbol"), _text(market, "base"), _text(market, "quote"),
+                      str(market.get("segment") or "spot"), **ints)
+
+
+def markets_admin_view(engine: Any) -> dict[str, Any]:
+    """What an operator needs to decide on markets and fees: every market's rules (minor units),
+    status (halts included), reference price and open orders; the fee tiers, the accounts on a tier,
+    and the change counter the next decision signs."""
+    from ..risk.halts import market_status
+    from ..trading.state import trading_state
+
+    st = trading_state(engine)
+    index = engine.components.get("index")
+    indexed = set(getattr(index, "symbols", {}) or ())
+    markets = []
+    for symbol in sorted(st.markets):
+        m = st.markets[symbol]
+        markets.append({
+            "symbol": symbol, "base": m.base, "quote": m.quote, "segment": m.segment,
+            "kind": "perpetual" if m.contract is not None else "spot",
+            "status": market_status(engine, symbol), "tick_size": str(m.tick), "lot_size": str(m.lot),
+            "min_qty": str(m.min_qty), "max_qty": str(m.max_qty), "min_notional": str(m.min_notional),
+            "band_ppm": m.band_ppm, "band_timeout_ns": m.band_timeout_ns, "market_slippage_ppm": m.slippage_ppm,
+            "max_open_orders_per_account": m.max_open_per_account, "max_book_orders": m.max_book_orders,
+            "max_price_levels": m.max_levels, "reference_price": str(m.ref_price), "indexed": symbol in indexed,
+            "open_orders": len(m.orders),
+        })
+    ledger = engine.ledger
+    return {"version": st.admin_version, "markets": markets,
+            "assets": {a.code: a.decimals for a in list(ledger.assets)}, "segments": list(ledger.segments),
+            "fee_tiers": [{"tier": t, "maker_rate_ppm": mk, "taker_rate_ppm": tk} for t, (mk, tk) in sorted(st.tiers.items())],
+            "account_tiers": [{"account": o, "tier": t} for o, t in sorted(st.account_tier.items())][:MAX_QUEUE]}
 
 
 def _caller_signed(caller: str, sigs: list[StaffSignature]) -> None:
@@ -451,6 +508,60 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         _caller_signed(caller, approvals)
         return await submit(OverrideReferencePrice(_text(body, "symbol"), _int(body.get("price_minor"), "price_minor"),
                                                    _text(body, "reason"), approvals))
+
+    # ---- markets and fees (docs/staff.md, "Markets and fees"): system-wide changes, operator quorum
+
+    @endpoint("GET", "/markets", "Markets with their filters, status and reference price; fee tiers; the trading change counter")
+    async def get_markets(caller: str, body: dict[str, Any]) -> Any:
+        return exchange.read(markets_admin_view)
+
+    @endpoint("POST", "/markets", "List a market with its filters (ListMarketSigned: operator quorum)")
+    async def list_market(caller: str, body: dict[str, Any]) -> Any:
+        from ..trading.staff_cmds import ListMarketSigned
+
+        approvals = _sigs(body)
+        _caller_signed(caller, approvals)
+        return await submit(ListMarketSigned(list_market_command(body), _text(body, "reason"), approvals))
+
+    @endpoint("POST", "/markets/{symbol}/delist", "Delist a market: its open orders are canceled and their holds "
+              "released (DelistMarketSigned: operator quorum)")
+    async def delist_market(caller: str, body: dict[str, Any], symbol: str) -> Any:
+        from ..trading.staff_cmds import DelistMarketSigned
+
+        approvals = _sigs(body)
+        _caller_signed(caller, approvals)
+        return await submit(DelistMarketSigned(symbol, _text(body, "reason"), approvals))
+
+    @endpoint("POST", "/markets/{symbol}/reference", "Set a market's band reference price (SetReferencePriceSigned: "
+              "operator quorum; a market that follows an index takes POST /index/override)")
+    async def set_reference(caller: str, body: dict[str, Any], symbol: str) -> Any:
+        from ..trading.staff_cmds import SetReferencePriceSigned
+
+        approvals = _sigs(body)
+        _caller_signed(caller, approvals)
+        return await submit(SetReferencePriceSigned(symbol, _int(body.get("price_minor"), "price_minor"),
+                                                    _text(body, "reason"), approvals))
+
+    @endpoint("POST", "/fees/tiers", "Define a fee tier's maker and taker rates (SetFeeTierSigned: operator quorum)")
+    async def set_fee_tier(caller: str, body: dict[str, Any]) -> Any:
+        from ..trading.commands import SetFeeTier
+        from ..trading.staff_cmds import SetFeeTierSigned
+
+        tier = SetFeeTier(_int(body.get("tier"), "tier"), _int(body.get("maker_rate_ppm"), "maker_rate_ppm"),
+                          _int(body.get("taker_rate_ppm"), "taker_rate_ppm"))
+        approvals = _sigs(body)
+        _caller_signed(caller, approvals)
+        return await submit(SetFeeTierSigned(tier, _text(body, "reason"), approvals))
+
+    @endpoint("POST", "/fees/accounts", "Put an account on a fee tier (SetAccountFeeTierSigned: operator quorum)")
+    async def set_account_fee_tier(caller: str, body: dict[str, Any]) -> Any:
+        from ..trading.commands import SetAccountFeeTier
+        from ..trading.staff_cmds import SetAccountFeeTierSigned
+
+        assignment = SetAccountFeeTier(_text(body, "account"), _int(body.get("tier"), "tier"))
+        approvals = _sigs(body)
+        _caller_signed(caller, approvals)
+        return await submit(SetAccountFeeTierSigned(assignment, _text(body, "reason"), approvals))
 
     if monitor is not None:  # monitoring: alerts, cases, the analyst workflow (docs/monitoring.md)
         from ..monitoring.api import install as install_monitoring

@@ -511,12 +511,16 @@ class BinanceApi:
             for code, d, free, locked in self.ex.balances(owner)
             if not (omit_zero and free == 0 and locked == 0)
         ]
+        # the owner's fee tier (`ringfence market fees|account-fee`): Binance's commissions in basis
+        # points (whole ones, rounded down: display only) and the exact rates as fractions
+        maker_ppm, taker_ppm = self.ex.rates(owner)
         return {
-            "makerCommission": 10,
-            "takerCommission": 10,
+            "makerCommission": maker_ppm // 100,
+            "takerCommission": taker_ppm // 100,
             "buyerCommission": 0,
             "sellerCommission": 0,
-            "commissionRates": {"maker": "0.00100000", "taker": "0.00100000", "buyer": "0.00000000", "seller": "0.00000000"},
+            "commissionRates": {"maker": format_amount(maker_ppm * 100, 8), "taker": format_amount(taker_ppm * 100, 8),
+                                "buyer": "0.00000000", "seller": "0.00000000"},
             "canTrade": True,
             "canWithdraw": self.capital is not None and self.capital.can_withdraw(owner),
             "canDeposit": self.capital is not None and self.capital.can_deposit(owner),

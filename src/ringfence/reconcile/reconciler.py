@@ -414,6 +414,8 @@ _MODELLED = {
     "RegisterAsset", "RegisterSegment", "OpenAccount", "Halt", "LiftHalt", "RegisterOperators",
     "LiftHaltSigned", "RaiseHaltSigned", "StaffGenesis", "AddStaff", "RemoveStaff",
     "ListMarket", "SetMarketStatus", "SetReferencePrice", "SetFeeTier", "SetAccountFeeTier",
+    # their signed forms (trading/staff_cmds.py); a delisting only ends holds (OrderCanceled)
+    "ListMarketSigned", "DelistMarketSigned", "SetReferencePriceSigned", "SetFeeTierSigned", "SetAccountFeeTierSigned",
     "CreateTransfers", "PlaceOrder", "CancelOrder", "CancelAll", "AmendOrder", "TradingBatch",
     # the index (index/): feed keys, parameters, quotes and overrides move no money
     "RegisterFeedKey", "ConfigureIndex", "SubmitQuote", "OverrideReferencePrice",

@@ -12,6 +12,6 @@ from .. import native as _native
 
 _native.activate()
 
-from . import admin, commands, matching, orders, state  # noqa: F401  (registers commands, handlers and the component)
+from . import admin, commands, matching, orders, staff_cmds, state  # noqa: F401  (registers commands, handlers and the component)
 
-__all__ = ["admin", "commands", "matching", "orders", "state"]
+__all__ = ["admin", "commands", "matching", "orders", "staff_cmds", "state"]

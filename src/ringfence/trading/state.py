@@ -67,6 +67,9 @@ class TradingState:
         self.next_trade_id = 1
         self.tiers: dict[int, tuple[int, int]] = {0: (DEFAULT_MAKER_RATE_PPM, DEFAULT_TAKER_RATE_PPM)}
         self.account_tier: dict[str, int] = {}
+        #: Trading decisions of the staff operator quorum so far (`staff_cmds.py`): every decision
+        #: signs the current value, so one set of approvals is good for exactly one change.
+        self.admin_version = 0
 
     def rates(self, owner: str) -> tuple[int, int]:
         """`(maker_rate_ppm, taker_rate_ppm)` of `owner`'s fee tier."""
@@ -143,18 +146,21 @@ def _snapshot(st: TradingState) -> list[Any]:
                 [o.row() for o in stops],
             ]
         )
-    return [
+    out = [
         st.next_order_id,
         st.next_trade_id,
         sorted([t, mk, tk] for t, (mk, tk) in st.tiers.items()),
         sorted([o, t] for o, t in st.account_tier.items()),
         markets,
     ]
+    # appended only once a signed decision was taken: older snapshots (and their hashes) stay as they were
+    return out + [st.admin_version] if st.admin_version else out
 
 
 def _restore(engine: Engine, data: list[Any]) -> TradingState:
     st = TradingState(engine)
-    next_order_id, next_trade_id, tiers, account_tier, markets = data
+    next_order_id, next_trade_id, tiers, account_tier, markets = data[:5]
+    st.admin_version = data[5] if len(data) > 5 else 0
     st.next_order_id, st.next_trade_id = next_order_id, next_trade_id
     st.tiers = {t: (mk, tk) for t, mk, tk in tiers}
     st.account_tier = {o: t for o, t in account_tier}

@@ -229,13 +229,165 @@ async function renderMonitoring() {
   }
 }
 
+// Markets and fees (docs/staff.md, "Markets and fees"). Amounts are typed in the asset's units and
+// turned into minor units here exactly (digit strings: no float touches an amount).
+function toMinor(text, decimals, field) {
+  const m = /^([0-9]+)(?:\.([0-9]+))?$/.exec(text.trim());
+  if (!m || (m[2] || "").length > decimals) throw new Error(`${field}: a decimal with at most ${decimals} decimals is required`);
+  const digits = (m[1] + (m[2] || "").padEnd(decimals, "0")).replace(/^0+(?=.)/, "");
+  return digits;
+}
+
+function fromMinor(digits, decimals) {
+  const padded = String(digits).padStart(decimals + 1, "0");
+  const whole = padded.slice(0, padded.length - decimals);
+  const frac = padded.slice(padded.length - decimals).replace(/0+$/, "");
+  return frac ? `${whole}.${frac}` : whole;
+}
+
+function intField(text, field) {
+  if (!/^[0-9]{1,18}$/.test(text.trim())) throw new Error(`${field}: a whole number is required`);
+  return Number(text.trim());
+}
+
+// A quorum decision's controls: sign my approval (a token for the next operator) or submit with theirs.
+function quorum(td, what, cls, action, subject, submit) {
+  const others = control(td, "textarea", { placeholder: "other operators' approval tokens, one per line", rows: 2, className: `${cls}-approvals` });
+  const mine = control(td, "button", { type: "button", textContent: "Sign my approval", className: `${cls}-sign` });
+  const go = control(td, "button", { type: "button", textContent: `${what} with approvals`, className: `${cls}-submit` });
+  const token = control(td, "output", { className: `${cls}-token` });
+  mine.addEventListener("click", async () => {
+    try {
+      token.value = await decisionToken(action, subject());
+    } catch (err) {
+      say(`${what}: ${err.message}`, false);
+    }
+  });
+  go.addEventListener("click", () => act(what, async () => {
+    const approvals = [await decisionToken(action, subject()), ...others.value.split(/\s+/).filter(Boolean)];
+    return submit(approvals);
+  }));
+}
+
+function formValues(form) {
+  return Object.fromEntries(Array.from(form.elements).filter((e) => e.name).map((e) => [e.name, e.value]));
+}
+
+let marketsView = null;
+const NO_LIMIT = "1" + "0".repeat(30); // ListMarket's default max_qty
+
+function renderMarkets(view) {
+  marketsView = view;
+  $("markets-version").textContent = String(view.version);
+  const body = $("markets").tBodies[0];
+  body.replaceChildren();
+  for (const m of view.markets) {
+    const row = body.insertRow();
+    row.dataset.symbol = m.symbol;
+    const qd = view.assets[m.quote], bd = view.assets[m.base];
+    [m.kind === "perpetual" ? `${m.symbol} (perpetual)` : m.symbol, m.segment, m.status, fromMinor(m.tick_size, qd), fromMinor(m.lot_size, bd), fromMinor(m.min_qty, bd),
+      m.max_qty === NO_LIMIT ? "no limit" : fromMinor(m.max_qty, bd), fromMinor(m.min_notional, qd), m.band_ppm ? `±${m.band_ppm / 10000} %` : "none",
+      fromMinor(m.reference_price, qd) + (m.indexed ? " (index)" : ""), String(m.open_orders)].forEach((t) => cell(row, t));
+    const td = cell(row, "");
+    const reason = control(td, "input", { placeholder: "reason", className: "market-reason", ariaLabel: `reason for ${m.symbol}` });
+    for (const level of ["HALTED", "REDUCE_ONLY"]) {
+      control(td, "button", { type: "button", textContent: level === "HALTED" ? "Halt" : "Reduce only", className: `market-${level.toLowerCase()}` })
+        .addEventListener("click", () => act(`${level} ${m.symbol}`, async () => {
+          const haltId = `${m.symbol}.status.${level.toLowerCase()}`;
+          return api("POST", "/halts", { halt_id: haltId, scope_kind: "market", scope: m.symbol, level, reason: reason.value,
+            decision: await decisionToken("halt.raise", [haltId, "market", m.symbol, level, reason.value]) });
+        }));
+    }
+    const price = control(td, "input", { placeholder: "reference price", className: "market-price", ariaLabel: `reference price of ${m.symbol}` });
+    const priceMinor = () => toMinor(price.value, qd, "reference price");
+    if (m.indexed) {
+      quorum(td, `override ${m.symbol}`, "market-ref", "index.override",
+        () => [m.symbol, { int: priceMinor() }, reason.value, indexVersion],
+        (approvals) => api("POST", "/index/override", { symbol: m.symbol, price_minor: priceMinor(), reason: reason.value, approvals }));
+    } else {
+      quorum(td, `reprice ${m.symbol}`, "market-ref", "market.reference",
+        () => [m.symbol, { int: priceMinor() }, reason.value, view.version],
+        (approvals) => api("POST", `/markets/${m.symbol}/reference`, { price_minor: priceMinor(), reason: reason.value, approvals }));
+    }
+    if (m.kind === "perpetual") continue; // a perpetual's positions need a settlement first: not delisted here
+    quorum(td, `delist ${m.symbol}`, "market-delist", "market.delist", () => [m.symbol, reason.value, view.version],
+      (approvals) => api("POST", `/markets/${m.symbol}/delist`, { reason: reason.value, approvals }));
+  }
+  const tiers = $("fee-tiers").tBodies[0];
+  tiers.replaceChildren();
+  for (const t of view.fee_tiers) {
+    const row = tiers.insertRow();
+    row.dataset.tier = String(t.tier);
+    [String(t.tier), String(t.maker_rate_ppm), String(t.taker_rate_ppm)].forEach((x) => cell(row, x));
+  }
+  const accounts = $("account-tiers").tBodies[0];
+  accounts.replaceChildren();
+  for (const a of view.account_tiers) {
+    const row = accounts.insertRow();
+    row.dataset.account = a.account;
+    [a.account, String(a.tier)].forEach((x) => cell(row, x));
+  }
+}
+
+// The three forms are wired once; their subjects read the view of the latest refresh.
+function wireMarketForms() {
+  const listing = $("list-market");
+  const listed = () => {
+    const f = formValues(listing), v = marketsView;
+    const bd = v.assets[f.base], qd = v.assets[f.quote];
+    if (bd === undefined) throw new Error(`base: unknown asset ${f.base}`);
+    if (qd === undefined) throw new Error(`quote: unknown asset ${f.quote}`);
+    const lot = toMinor(f.lot_size, bd, "lot size");
+    return { symbol: f.symbol, base: f.base, quote: f.quote, segment: f.segment || "spot", tick_size: toMinor(f.tick_size, qd, "tick size"),
+      lot_size: lot, min_qty: lot, max_qty: NO_LIMIT, min_notional: toMinor(f.min_notional, qd, "min notional"),
+      band_ppm: intField(f.band_ppm, "band"), band_timeout_ns: "60000000000", market_slippage_ppm: 50000,
+      max_open_orders_per_account: 200, max_book_orders: 200000, max_price_levels: 20000, reason: f.reason };
+  };
+  quorum(listing, "list market", "list-market", "market.list", () => {
+    const m = listed();
+    return [m.symbol, m.base, m.quote, m.segment, { int: m.tick_size }, { int: m.lot_size }, { int: m.min_qty }, { int: m.max_qty },
+      { int: m.min_notional }, m.band_ppm, { int: m.band_timeout_ns }, m.market_slippage_ppm, m.max_open_orders_per_account,
+      m.max_book_orders, m.max_price_levels, m.reason, marketsView.version];
+  }, (approvals) => {
+    const { reason, ...market } = listed();
+    return api("POST", "/markets", { market, reason, approvals });
+  });
+  const fee = $("fee-tier");
+  const tier = () => {
+    const f = formValues(fee);
+    return [intField(f.tier, "tier"), intField(f.maker_rate_ppm, "maker rate"), intField(f.taker_rate_ppm, "taker rate"), f.reason];
+  };
+  quorum(fee, "set fee tier", "fee-tier", "fee.tier", () => [...tier(), marketsView.version], (approvals) => {
+    const [t, maker, taker, reason] = tier();
+    return api("POST", "/fees/tiers", { tier: t, maker_rate_ppm: maker, taker_rate_ppm: taker, reason, approvals });
+  });
+  const account = $("account-fee");
+  const assignment = () => {
+    const f = formValues(account);
+    return [f.account, intField(f.tier, "tier"), f.reason];
+  };
+  quorum(account, "set account fee tier", "account-fee", "fee.account_tier", () => [...assignment(), marketsView.version], (approvals) => {
+    const [acct, t, reason] = assignment();
+    return api("POST", "/fees/accounts", { account: acct, tier: t, reason, approvals });
+  });
+  $("raise-halt-submit").addEventListener("click", () => {
+    const f = formValues($("raise-halt"));
+    act(`raise ${f.halt_id}`, async () => api("POST", "/halts", { ...f,
+      decision: await decisionToken("halt.raise", [f.halt_id, f.scope_kind, f.scope, f.level, f.reason]) }));
+  });
+}
+
+let indexVersion = 0;
+
 async function sha256Hex(text) {
   return hex(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
 }
 
 async function refresh() {
-  const [halts, review, staff, policy, index] = await Promise.all([api("GET", "/halts"), api("GET", "/review"), api("GET", "/staff"),
-    api("GET", "/policy"), api("GET", "/index")]);
+  const [halts, review, staff, policy, index, markets] = await Promise.all([api("GET", "/halts"), api("GET", "/review"),
+    api("GET", "/staff"), api("GET", "/policy"), api("GET", "/index"), api("GET", "/markets")]);
+  indexVersion = index.version;
+  renderMarkets(markets);
   renderHalts(halts);
   renderWithdrawals(review);
   await renderMonitoring();
@@ -291,4 +443,7 @@ async function signIn() {
   }
 }
 
-document.addEventListener("DOMContentLoaded", () => $("signin").addEventListener("click", signIn));
+document.addEventListener("DOMContentLoaded", () => {
+  $("signin").addEventListener("click", signIn);
+  wireMarketForms();
+});
