@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -13,9 +14,10 @@ GROUPS = ["staff", "review", "halts", "market", "policy", "audit", "reconcile"]
 
 def _commands() -> list[list[str]]:
     root = typer.main.get_command(app)
+    ctx = click.Context(root)
     out = []
     for group in GROUPS:
-        sub = root.commands[group]  # type: ignore[attr-defined]
+        sub = root.get_command(ctx, group)  # type: ignore[attr-defined]  (mounted lazily: cli.LAZY)
         out += [[group, name] for name in sub.commands]
     return out
 
