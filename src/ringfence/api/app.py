@@ -346,7 +346,11 @@ def create_app(
     app.include_router(build_index_router(exchange, gate))
     from ..derivatives.api import FuturesApi, build_futures_router  # perpetuals, Binance USDⓈ-M (docs/derivatives.md)
 
-    app.include_router(build_futures_router(FuturesApi(exchange, gate)))
+    futures = FuturesApi(exchange, gate, api)
+    app.include_router(build_futures_router(futures))
+    from ..derivatives.stream import FuturesUserStream  # ORDER_TRADE_UPDATE / ACCOUNT_UPDATE to futures listen keys
+
+    FuturesUserStream(futures, hub)
     if por_dir is not None:
         from .por import build_por_router
 
