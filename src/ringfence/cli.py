@@ -66,6 +66,9 @@ app.add_typer(_trading_app, name="trading")
 from .index.cli import app as _index_app  # noqa: E402
 
 app.add_typer(_index_app, name="index")
+from .derivatives.cli import app as _futures_app  # noqa: E402
+
+app.add_typer(_futures_app, name="futures")
 
 
 @app.callback()
