@@ -267,18 +267,22 @@ def test_futures_user_stream_through_ccxt_pro(server):
         try:
             await ex.load_markets()
             orders = asyncio.create_task(ex.watch_orders(S))
-            balance = asyncio.create_task(ex.watch_balance())
             await asyncio.sleep(0.3)
             placed = await ex.create_order(S, "limit", "buy", 0.01, 2500)
             seen = await asyncio.wait_for(orders, 10)
             assert [(o["id"], o["status"], o["amount"], o["price"], o["symbol"]) for o in seen] == [(placed["id"], "open", 0.01, 2500.0, S)]
-            bal = await asyncio.wait_for(balance, 10)
-            assert Decimal(str(bal["USDT"]["total"])) == _total_wallet(raw)
             orders = asyncio.create_task(ex.watch_orders(S))
             await asyncio.sleep(0.3)
             await ex.cancel_order(placed["id"], S)
             seen = await asyncio.wait_for(orders, 10)
             assert [(o["id"], o["status"]) for o in seen] == [(placed["id"], "canceled")]
+            # a transfer from spot changes the futures wallet: ACCOUNT_UPDATE (m DEPOSIT) -> watchBalance
+            balance = asyncio.create_task(ex.watch_balance())
+            await asyncio.sleep(0.3)
+            await ex.transfer("USDT", 1.5, "spot", "swap")
+            bal = await asyncio.wait_for(balance, 10)
+            assert Decimal(str(bal["USDT"]["total"])) == _total_wallet(raw)
+            assert bal["info"]["a"]["m"] == "DEPOSIT"
         finally:
             await ex.close()
 

@@ -3,7 +3,8 @@
 Streams: `<symbol>@depth` (and `@depth@100ms`): diffs with first/last update ids (`U`/`u`) so a
 client can rebuild the book from a REST snapshot exactly; `<symbol>@trade`; `<symbol>@kline_<i>`;
 `<symbol>@ticker`; and `<listenKey>`: the user data stream (`executionReport`,
-`outboundAccountPosition`). Raw streams at `/ws/<stream>`, combined at `/stream?streams=a/b`
+`outboundAccountPosition`; a futures key gets `ORDER_TRADE_UPDATE` / `ACCOUNT_UPDATE` from
+derivatives/stream.py instead, also at `/private/ws?listenKey=`). Raw streams at `/ws/<stream>`, combined at `/stream?streams=a/b`
 (`{"stream": name, "data": payload}`); `{"method": "SUBSCRIBE", "params": [...], "id": n}`
 messages work on both. Garbage gets an answer, never an exception: a binary frame closes with
 1003, an oversized request with 1009, and invalid JSON, JSON nested too deep (checked before the

@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any, Iterable
 
 from ..trading.commands import Trade
-from .commands import FundingSettled, FuturesTransferred, PerpetualListed, PositionChanged
+from .commands import FundingSettled, FuturesTransferred, IsolatedMarginAdjusted, MarginTypeSet, PerpetualListed, PositionChanged
 
 __all__ = ["FuturesHistory", "MAX_ROWS_PER_ACCOUNT", "MAX_FUNDING_ROUNDS"]
 
@@ -70,9 +70,10 @@ class FuturesHistory:
                 self.touched[e.owner] = "DEPOSIT" if into else "WITHDRAW"
             elif t is PerpetualListed:
                 self.perps[e.symbol] = (e.base, e.quote)
-            elif getattr(e, "symbol", None) in self.perps and isinstance(getattr(e, "owner", None), str):
-                # leverage, margin type, isolated margin, order holds: the account changed
-                self.touched.setdefault(e.owner, "ORDER")
+            elif t is MarginTypeSet or t is IsolatedMarginAdjusted:
+                # Binance pushes no ACCOUNT_UPDATE for orders that rest or are cancelled: only fills,
+                # funding, transfers and these
+                self.touched.setdefault(e.owner, "MARGIN_TYPE_CHANGE" if t is MarginTypeSet else "MARGIN_TRANSFER")
 
     def _fill(self, e: Trade, pending: list[PositionChanged], ts_ms: int) -> None:
         quote = self.perps[e.symbol][1]

@@ -7,7 +7,9 @@ consumers): the hub accepts a futures key as a stream name, and this module publ
 Order events come from trading's order history as they are folded (the spot stream skips perpetual
 orders); after each batch, every account whose futures wallet or positions changed gets one
 ACCOUNT_UPDATE read from the engine (wallet balance per margin asset and every position at mark),
-with the reason Binance gives (`ORDER`, `FUNDING_FEE`, `DEPOSIT`, `WITHDRAW`).
+with the reason Binance gives (`ORDER`: a fill; `FUNDING_FEE`; `DEPOSIT` / `WITHDRAW`: a transfer from or
+to spot; `MARGIN_TYPE_CHANGE`; `MARGIN_TRANSFER`: isolated margin added or removed). As on Binance,
+an order that rests or is cancelled changes no balance and pushes no ACCOUNT_UPDATE.
 """
 
 from __future__ import annotations
