@@ -502,12 +502,14 @@ def create_app(
 
         return exchange.read(insurance_funds)  # type: ignore[no-any-return]
 
+    from ..derivatives.risk_view import CachedRiskView
+
+    risk_cache = CachedRiskView(exchange)
+
     @app.get("/v1/risk", tags=["native"], summary="Risk: insurance fund per segment; per perpetual mark, index, open interest, "
              "funding; the positions nearest to liquidation (without owners)")
     async def v1_risk() -> dict[str, Any]:
-        from ..derivatives.risk_view import risk_view
-
-        return exchange.read(risk_view)  # type: ignore[no-any-return]
+        return risk_cache.get()
 
     @app.get("/v1/account", tags=["native"], summary="Balances per segment (signed like /api/v3/account)", responses=ERROR_RESPONSES)
     async def v1_account(owner: str = Depends(gate.caller("read", weight=20))) -> JSONResponse:

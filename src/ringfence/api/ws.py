@@ -4,9 +4,9 @@ Streams: `<symbol>@depth` (and `@depth@100ms`): diffs with first/last update ids
 client can rebuild the book from a REST snapshot exactly; `<symbol>@trade`; `<symbol>@kline_<i>`;
 `<symbol>@ticker`; and `<listenKey>`: the user data stream (`executionReport`,
 `outboundAccountPosition`; a futures key gets `ORDER_TRADE_UPDATE` / `ACCOUNT_UPDATE` from
-derivatives/stream.py instead, also at `/private/ws?listenKey=`). Raw streams at `/ws/<stream>`, combined at `/stream?streams=a/b`
-(`{"stream": name, "data": payload}`); `{"method": "SUBSCRIBE", "params": [...], "id": n}`
-messages work on both. Garbage gets an answer, never an exception: a binary frame closes with
+derivatives/stream.py instead, also at `/private/ws?listenKey=`). Raw streams at `/ws/<stream>`,
+combined at `/stream?streams=a/b` (`{"stream": name, "data": payload}`);
+`{"method": "SUBSCRIBE", "params": [...], "id": n}` messages work on both. Garbage gets an answer, never an exception: a binary frame closes with
 1003, an oversized request with 1009, and invalid JSON, JSON nested too deep (checked before the
 parser runs) or a malformed request get `{"error": {"code": 3, ...}}` on a connection that stays
 open; invalid UTF-8 in a text frame is closed with 1007 by the WebSocket layer itself.

@@ -6,11 +6,15 @@ Public, like Binance's open interest and insurance fund pages: positions are lis
 owner. An account's *margin ratio* is Binance's: maintenance margin / margin balance (cross: the
 account's cross equity against the sum of its cross positions' maintenance; isolated: the position's
 margin + unrealised PnL against its maintenance); at 100 % the account is liquidated. The list is
-the `NEAR_LIQUIDATION_ROWS` highest ratios; computing it marks every position (like `margin_check`).
+the `NEAR_LIQUIDATION_ROWS` highest ratios; computing it marks every position (like `margin_check`)
+between two batches, so `CachedRiskView` serves one computation for `MAX_AGE_S` to any number of
+readers (the page polls every 2 s): the engine pays for it at most once a second.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from ..engine.core import Engine
@@ -18,9 +22,29 @@ from ..index.view import rate_text
 from ..money import format_amount
 from .state import PPM, SEGMENT, account_summary, derivatives_state, maint_margin, mark_of_perp, notional_at, unrealized
 
-__all__ = ["insurance_funds", "risk_view", "NEAR_LIQUIDATION_ROWS"]
+__all__ = ["insurance_funds", "risk_view", "CachedRiskView", "NEAR_LIQUIDATION_ROWS"]
 
 NEAR_LIQUIDATION_ROWS = 20
+
+
+class CachedRiskView:
+    """`risk_view` of a running exchange, recomputed at most every `MAX_AGE_S` seconds."""
+
+    MAX_AGE_S = 1.0
+
+    def __init__(self, exchange: Any) -> None:
+        self.exchange = exchange
+        self._view: dict[str, Any] | None = None
+        self._at = 0.0  # float-ok: monotonic seconds, not money
+        self._lock = threading.Lock()
+
+    def get(self) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            if self._view is None or now - self._at >= self.MAX_AGE_S:
+                self._view = self.exchange.read(risk_view)
+                self._at = now
+            return self._view
 
 
 def insurance_funds(engine: Engine) -> list[dict[str, Any]]:
