@@ -321,6 +321,9 @@ def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
     rest = ok(bob.call("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.010", "price": "2500"}))
     before = ok(bob.call("GET", "/fapi/v2/account"))
     positions = ok(bob.call("GET", "/fapi/v3/positionRisk"))
+    income = ok(bob.call("GET", "/fapi/v1/income", {"limit": "1000"}))
+    fills = ok(bob.call("GET", "/fapi/v1/userTrades", {"symbol": "BTCUSDT"}))
+    assert income and fills
     assert server.stop() == 0
     again = Server(server.data)  # the same data directory: snapshot + journal, demo seeding idempotent
     try:
@@ -332,6 +335,9 @@ def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
                 b["symbol"], b["positionAmt"], b["entryPrice"], b["positionInitialMargin"])
         after = ok(bob2.call("GET", "/fapi/v2/account"))
         assert after["totalWalletBalance"] == before["totalWalletBalance"]  # type: ignore[index]
+        # the futures read model is rebuilt from the journal: the same income and fills, ids included
+        assert ok(bob2.call("GET", "/fapi/v1/income", {"limit": "1000"})) == income
+        assert ok(bob2.call("GET", "/fapi/v1/userTrades", {"symbol": "BTCUSDT"})) == fills
         open_ids = [o["orderId"] for o in ok(bob2.call("GET", "/fapi/v1/openOrders", {"symbol": "ETHUSDT"}))]  # type: ignore[union-attr]
         assert rest["orderId"] in open_ids  # type: ignore[index]
         gone = ok(bob2.call("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDT", "orderId": str(rest["orderId"])}))  # type: ignore[index]
