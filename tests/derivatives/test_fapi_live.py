@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import sys
 import time
 from decimal import Decimal
@@ -108,7 +109,7 @@ def test_transfer_trade_positions_over_http(server):
     bad = alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "100", "price": "60000"})
     assert bad.status_code == 400 and bad.json()["code"] == -2019, bad.text
     # a resting order, then cancelled
-    rest = ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.001", "price": "50000"}))
+    rest = ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.001", "price": "60000"}))
     held = Decimal(ok(alice.call("GET", "/fapi/v2/account"))["totalOpenOrderInitialMargin"])  # type: ignore[index]
     assert held > 0
     gone = ok(alice.call("DELETE", "/fapi/v1/order", {"symbol": "BTCUSDT", "orderId": str(rest["orderId"])}))  # type: ignore[index]
@@ -276,6 +277,15 @@ def test_futures_user_stream_through_ccxt_pro(server):
             await ex.cancel_order(placed["id"], S)
             seen = await asyncio.wait_for(orders, 10)
             assert [(o["id"], o["status"]) for o in seen] == [(placed["id"], "canceled")]
+            # a fill: TRADE with its fee in the margin asset, then FILLED; closed again reduce-only
+            orders = asyncio.create_task(ex.watch_orders(S))
+            await asyncio.sleep(0.3)
+            taken = await ex.create_order(S, "market", "buy", 0.01)
+            seen = await asyncio.wait_for(orders, 10)
+            mine = [o for o in seen if o["id"] == taken["id"]]
+            assert mine and mine[-1]["status"] == "closed" and mine[-1]["filled"] == 0.01
+            assert mine[-1]["fee"]["currency"] == "USDT" and mine[-1]["fee"]["cost"] > 0
+            await ex.create_order(S, "market", "sell", 0.01, params={"reduceOnly": True})
             # a transfer from spot changes the futures wallet: ACCOUNT_UPDATE (m DEPOSIT) -> watchBalance
             balance = asyncio.create_task(ex.watch_balance())
             await asyncio.sleep(0.3)
@@ -287,6 +297,19 @@ def test_futures_user_stream_through_ccxt_pro(server):
             await ex.close()
 
     asyncio.run(run())
+    # the spot stream carries spot orders only: a perpetual order placed first never reaches it
+    from websockets.sync.client import connect
+
+    spot_key = httpx.post(server.base + "/api/v3/userDataStream", headers=headers).json()["listenKey"]
+    assert httpx.put(server.base + "/fapi/v1/listenKey", params={"listenKey": spot_key}, headers=headers).json()["code"] == -1125
+    with connect(server.base.replace("http://", "ws://") + "/ws/" + spot_key) as ws:
+        perp = ok(raw.call("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.010", "price": "2500"}))
+        spot = ok(raw.call("POST", "/api/v3/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                                                     "quantity": "0.001", "price": "60000"}))
+        first = json.loads(ws.recv(timeout=10))
+        assert (first["e"], first["s"], first["i"]) == ("executionReport", "BTCUSDT", spot["orderId"])  # type: ignore[index]
+    ok(raw.call("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDT", "orderId": str(perp["orderId"])}))  # type: ignore[index]
+    ok(raw.call("DELETE", "/api/v3/order", {"symbol": "BTCUSDT", "orderId": str(spot["orderId"])}))  # type: ignore[index]
     assert httpx.delete(server.base + "/fapi/v1/listenKey", headers=headers).json() == {}
     assert httpx.put(server.base + "/fapi/v1/listenKey", headers=headers).json()["code"] == -1125
 
