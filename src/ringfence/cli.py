@@ -32,6 +32,7 @@ LAZY: dict[str, tuple[str, str]] = {
     "identity": ("ringfence.identity.cli", "app"),
     "trading": ("ringfence.trading.cli", "app"),
     "index": ("ringfence.index.cli", "app"),
+    "futures": ("ringfence.derivatives.cli", "app"),
     "monitoring": ("ringfence.monitoring.cli", "app"),
     "por": ("ringfence.solvency.cli", "app"),
     "chains": ("ringfence.chains.cli", "app"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import sys
 import time
 from decimal import Decimal
@@ -108,7 +109,7 @@ def test_transfer_trade_positions_over_http(server):
     bad = alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "100", "price": "60000"})
     assert bad.status_code == 400 and bad.json()["code"] == -2019, bad.text
     # a resting order, then cancelled
-    rest = ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.001", "price": "50000"}))
+    rest = ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.001", "price": "60000"}))
     held = Decimal(ok(alice.call("GET", "/fapi/v2/account"))["totalOpenOrderInitialMargin"])  # type: ignore[index]
     assert held > 0
     gone = ok(alice.call("DELETE", "/fapi/v1/order", {"symbol": "BTCUSDT", "orderId": str(rest["orderId"])}))  # type: ignore[index]
@@ -159,11 +160,193 @@ def test_ccxt_binanceusdm_loads_transfers_trades_and_reads_positions(server):
     assert not [p for p in alice.fetch_positions(["ETH/USDT:USDT"]) if p["contracts"]]
 
 
+def _total_wallet(c: Client) -> Decimal:
+    return Decimal(ok(c.call("GET", "/fapi/v2/account"))["totalWalletBalance"])  # type: ignore[index]
+
+
+def test_ccxt_binanceusdm_market_data_history_and_funding_match_the_engine(server):
+    """Every everyday ccxt call of a perpetual, each number checked against the engine's own state
+    (its book at /v1/book, its wallet at /fapi/v2/account, its perpetual at /v1/risk) or against
+    the fills this test made."""
+    S = "BTC/USDT:USDT"
+    alice = make_usdm(server.base, server.keys["alice"]["api_key"], server.keys["alice"]["api_secret"])
+    bob = make_usdm(server.base, server.keys["bob"]["api_key"], server.keys["bob"]["api_secret"])
+    alice.load_markets()
+    bob.load_markets()
+    raw_alice = Client(server, "alice")
+    wallet0 = _total_wallet(raw_alice)
+    since = int(time.time() * 1000) - 1
+    # bob rests a sell inside the maker's spread; alice takes it, then sells it back to the maker's bid
+    bob.create_order(S, "limit", "sell", 0.002, 61000.1)
+    bought = alice.create_order(S, "limit", "buy", 0.002, 61000.1)
+    assert bought["status"] == "closed"
+    best_bid = Decimal(httpx.get(server.base + "/v1/book", params={"symbol": "BTCUSDTPERP"}).json()["bids"][0][0])
+    sold = alice.create_order(S, "market", "sell", 0.002, params={"reduceOnly": True})
+    assert sold["status"] == "closed" and Decimal(str(sold["average"])) == best_bid
+    # fetchMyTrades (/fapi/v1/userTrades): both fills, with their realised PnL and fees
+    mine = alice.fetch_my_trades(S, since=since)
+    assert [(t["side"], t["amount"], Decimal(str(t["price"]))) for t in mine] == [("buy", 0.002, Decimal("61000.1")), ("sell", 0.002, best_bid)]
+    assert [t["order"] for t in mine] == [bought["id"], sold["id"]]
+    pnl = (best_bid - Decimal("61000.1")) * Decimal("0.002")
+    assert Decimal(mine[0]["info"]["realizedPnl"]) == 0 and Decimal(mine[1]["info"]["realizedPnl"]) == pnl
+    assert all(t["fee"]["currency"] == "USDT" and t["fee"]["cost"] > 0 and t["takerOrMaker"] == "taker" for t in mine)
+    fees = sum(Decimal(t["info"]["commission"]) for t in mine)
+    # fetchLedger (/fapi/v1/income): the two commissions and the realised PnL, which explain the wallet to the unit
+    ledger = alice.fetch_ledger("USDT", since=since)
+    assert sorted((e["type"], e["info"]["incomeType"]) for e in ledger) == [("commission", "COMMISSION"), ("commission", "COMMISSION"),
+                                                                             ("trade", "REALIZED_PNL")]
+    assert {e["referenceId"] for e in ledger} == {t["id"] for t in mine}
+    income = sum(Decimal(e["info"]["income"]) for e in ledger)
+    assert income == pnl - fees
+    assert _total_wallet(raw_alice) - wallet0 == income
+    transfers = ok(raw_alice.call("GET", "/fapi/v1/income", {"incomeType": "TRANSFER"}))
+    assert transfers and all(r["incomeType"] == "TRANSFER" and r["asset"] == "USDT" for r in transfers)  # type: ignore[union-attr]
+    bad = raw_alice.call("GET", "/fapi/v1/income", {"incomeType": "NOPE"})
+    assert bad.status_code == 400 and "incomeType" in bad.json()["msg"]
+    # fetchTrades (aggTrades by default, and /fapi/v1/trades): the same fills under the same ids
+    public = alice.fetch_trades(S, limit=1000)
+    assert [t["id"] for t in public[-2:]] == [t["id"] for t in mine]
+    assert [t["id"] for t in alice.fetch_trades(S, params={"fetchTradesMethod": "fapiPublicGetTrades"})][-2:] == [t["id"] for t in mine]
+    assert public[-1]["side"] == "sell" and public[-2]["side"] == "buy"
+    # fetchOHLCV (/fapi/v1/klines): the last candle closes at the last trade; volumes add up to the trades
+    candles = alice.fetch_ohlcv(S, "1m", limit=1000)
+    assert Decimal(str(candles[-1][4])) == best_bid
+    assert sum(Decimal(str(c[5])) for c in candles) == sum(Decimal(str(t["amount"])) for t in public)
+    # fetchOrderBook (/fapi/v1/depth) is the engine's book; fetchBidsAsks and fetchTicker agree with it
+    book = alice.fetch_order_book(S, 5)
+    engine_book = httpx.get(server.base + "/v1/book", params={"symbol": "BTCUSDTPERP"}).json()
+    assert [[Decimal(str(p)), Decimal(str(q))] for p, q in book["bids"]] == [[Decimal(p), Decimal(q)] for p, q in engine_book["bids"][:5]]
+    assert [[Decimal(str(p)), Decimal(str(q))] for p, q in book["asks"]] == [[Decimal(p), Decimal(q)] for p, q in engine_book["asks"][:5]]
+    ba = alice.fetch_bids_asks([S])[S]
+    assert (ba["bid"], ba["ask"]) == (book["bids"][0][0], book["asks"][0][0])
+    ticker = alice.fetch_ticker(S)
+    assert ticker["symbol"] == S and Decimal(str(ticker["last"])) == best_bid and ticker["bid"] is None  # USDⓈ-M: no book fields
+    assert set(alice.fetch_tickers()) == {"BTC/USDT:USDT", "ETH/USDT:USDT"}
+    assert Decimal(str(alice.fetch_last_prices([S])[S]["price"])) == best_bid
+    # fetchFundingRate / fetchMarkPrice (/fapi/v1/premiumIndex) and the history (/fapi/v1/fundingRate)
+    risk = {m["symbol"]: m for m in httpx.get(server.base + "/v1/risk").json()["markets"]}["BTCUSDT"]
+    fr = alice.fetch_funding_rate(S)
+    assert fr["fundingTimestamp"] == risk["nextFundingTime"] and fr["fundingRate"] == float(risk["lastFundingRate"])
+    assert fr["interestRate"] == 0.0001 and Decimal(str(fr["markPrice"])) == Decimal(risk["markPrice"])
+    position_mark = ok(raw_alice.call("GET", "/fapi/v3/positionRisk", {"symbol": "BTCUSDT"}))[0]["markPrice"]  # type: ignore[index]
+    assert Decimal(str(alice.fetch_mark_price(S)["markPrice"])) == Decimal(position_mark)
+    assert alice.fetch_funding_rate_history(S) == []  # no round yet: the demo's interval is 8 h (tests/derivatives/test_futures_history.py)
+    assert alice.fetch_funding_history(S) == []
+    tiers = alice.fetch_leverage_tiers([S])[S]
+    assert tiers[0]["maxLeverage"] == 125 and tiers[0]["maxNotional"] == 50_000
+    oi = httpx.get(server.base + "/fapi/v1/openInterest", params={"symbol": "BTCUSDT"}).json()
+    assert oi["openInterest"] == risk["openInterest"]
+    # validation at the edge: unknown symbols and malformed parameters name what is wrong
+    assert httpx.get(server.base + "/fapi/v1/depth", params={"symbol": "NOPE"}).json()["code"] == -1121
+    r = httpx.get(server.base + "/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "7m"}).json()
+    assert r["code"] == -1100 and "interval" in r["msg"]
+    r = httpx.get(server.base + "/fapi/v1/trades", params={"symbol": "BTCUSDT", "limit": "0"}).json()
+    assert r["code"] == -1100 and "limit" in r["msg"]
+
+
+def test_futures_user_stream_through_ccxt_pro(server):
+    """listenKey and the futures user data stream: ccxt pro's watchOrders and watchBalance."""
+    import asyncio
+
+    import ccxt.pro
+
+    S = "ETH/USDT:USDT"
+    raw = Client(server, "alice")
+    headers = {"X-MBX-APIKEY": raw.key}
+    key = httpx.post(server.base + "/fapi/v1/listenKey", headers=headers).json()["listenKey"]
+    assert httpx.post(server.base + "/fapi/v1/listenKey", headers=headers).json()["listenKey"] == key  # one per account
+    assert httpx.put(server.base + "/fapi/v1/listenKey", headers=headers).json()["listenKey"] == key
+    assert httpx.put(server.base + "/fapi/v1/listenKey", params={"listenKey": "x" * 60}, headers=headers).json()["code"] == -1125
+
+    async def run() -> None:
+        ex = ccxt.pro.binanceusdm({"apiKey": raw.key, "secret": raw.secret,
+                                   "options": {"fetchCurrencies": False, "adjustForTimeDifference": False, "fetchMargins": False}})
+        for name, url in list(ex.urls["api"].items()):
+            if isinstance(url, str):
+                ex.urls["api"][name] = server.base + urlsplit(url).path
+        ex.urls["api"]["ws"]["linear"] = server.base.replace("http://", "ws://") + "/ws"  # ccxt opens /private/ws?listenKey=
+        try:
+            await ex.load_markets()
+            orders = asyncio.create_task(ex.watch_orders(S))
+            await asyncio.sleep(0.3)
+            placed = await ex.create_order(S, "limit", "buy", 0.01, 2500)
+            seen = await asyncio.wait_for(orders, 10)
+            assert [(o["id"], o["status"], o["amount"], o["price"], o["symbol"]) for o in seen] == [(placed["id"], "open", 0.01, 2500.0, S)]
+            orders = asyncio.create_task(ex.watch_orders(S))
+            await asyncio.sleep(0.3)
+            await ex.cancel_order(placed["id"], S)
+            seen = await asyncio.wait_for(orders, 10)
+            assert [(o["id"], o["status"]) for o in seen] == [(placed["id"], "canceled")]
+            # a fill: TRADE with its fee in the margin asset, then FILLED; closed again reduce-only
+            orders = asyncio.create_task(ex.watch_orders(S))
+            await asyncio.sleep(0.3)
+            taken = await ex.create_order(S, "market", "buy", 0.01)
+            seen = await asyncio.wait_for(orders, 10)
+            mine = [o for o in seen if o["id"] == taken["id"]]
+            assert mine and mine[-1]["status"] == "closed" and mine[-1]["filled"] == 0.01
+            assert mine[-1]["fee"]["currency"] == "USDT" and mine[-1]["fee"]["cost"] > 0
+            await ex.create_order(S, "market", "sell", 0.01, params={"reduceOnly": True})
+            # a transfer from spot changes the futures wallet: ACCOUNT_UPDATE (m DEPOSIT) -> watchBalance
+            balance = asyncio.create_task(ex.watch_balance())
+            await asyncio.sleep(0.3)
+            await ex.transfer("USDT", 1.5, "spot", "swap")
+            bal = await asyncio.wait_for(balance, 10)
+            assert Decimal(str(bal["USDT"]["total"])) == _total_wallet(raw)
+            assert bal["info"]["a"]["m"] == "DEPOSIT"
+        finally:
+            await ex.close()
+
+    asyncio.run(run())
+    # the spot stream carries spot orders only: a perpetual order placed first never reaches it
+    from websockets.sync.client import connect
+
+    spot_key = httpx.post(server.base + "/api/v3/userDataStream", headers=headers).json()["listenKey"]
+    assert httpx.put(server.base + "/fapi/v1/listenKey", params={"listenKey": spot_key}, headers=headers).json()["code"] == -1125
+    with connect(server.base.replace("http://", "ws://") + "/ws/" + spot_key) as ws:
+        perp = ok(raw.call("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.010", "price": "2500"}))
+        spot = ok(raw.call("POST", "/api/v3/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                                                     "quantity": "0.001", "price": "60000"}))
+        first = json.loads(ws.recv(timeout=10))
+        assert (first["e"], first["s"], first["i"]) == ("executionReport", "BTCUSDT", spot["orderId"])  # type: ignore[index]
+    ok(raw.call("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDT", "orderId": str(perp["orderId"])}))  # type: ignore[index]
+    ok(raw.call("DELETE", "/api/v3/order", {"symbol": "BTCUSDT", "orderId": str(spot["orderId"])}))  # type: ignore[index]
+    assert httpx.delete(server.base + "/fapi/v1/listenKey", headers=headers).json() == {}
+    assert httpx.put(server.base + "/fapi/v1/listenKey", headers=headers).json()["code"] == -1125
+
+
+def test_risk_page_shows_funds_open_interest_and_positions(server):
+    from playwright.sync_api import sync_playwright
+
+    view = httpx.get(server.base + "/v1/risk").json()
+    fund = next(s for s in view["segments"] if s["segment"] == "derivatives")["insurance_fund"][0]
+    btc = next(m for m in view["markets"] if m["symbol"] == "BTCUSDT")
+    assert Decimal(btc["openInterest"]) > 0 and view["positions"] >= 1 and view["nearLiquidation"]
+    assert all("owner" not in p for p in view["nearLiquidation"])  # public: no owners
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium")
+        try:
+            page = browser.new_page()
+            page.goto(server.base + "/risk")
+            page.wait_for_selector("#markets tbody tr")
+            rows = page.locator("#markets tbody tr")
+            assert rows.count() == len(view["markets"])
+            btc_row = page.locator("#markets tbody tr", has_text="BTCUSDT").locator("td")
+            assert btc_row.nth(3).inner_text() == btc["openInterest"]
+            assert page.locator("#segments tbody tr", has_text="derivatives").inner_text().endswith(f"{fund['balance']} {fund['asset']}")
+            assert page.locator("#near-liquidation tbody tr").count() == min(20, view["positions"])
+            assert page.locator("#markets tbody tr td").nth(7).inner_text().count(":") == 2  # the funding countdown
+        finally:
+            browser.close()
+
+
 def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
     bob = Client(server, "bob")
     rest = ok(bob.call("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.010", "price": "2500"}))
     before = ok(bob.call("GET", "/fapi/v2/account"))
     positions = ok(bob.call("GET", "/fapi/v3/positionRisk"))
+    income = ok(bob.call("GET", "/fapi/v1/income", {"limit": "1000"}))
+    fills = ok(bob.call("GET", "/fapi/v1/userTrades", {"symbol": "BTCUSDT"}))
+    assert income and fills
     assert server.stop() == 0
     again = Server(server.data)  # the same data directory: snapshot + journal, demo seeding idempotent
     try:
@@ -175,6 +358,9 @@ def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
                 b["symbol"], b["positionAmt"], b["entryPrice"], b["positionInitialMargin"])
         after = ok(bob2.call("GET", "/fapi/v2/account"))
         assert after["totalWalletBalance"] == before["totalWalletBalance"]  # type: ignore[index]
+        # the futures read model is rebuilt from the journal: the same income and fills, ids included
+        assert ok(bob2.call("GET", "/fapi/v1/income", {"limit": "1000"})) == income
+        assert ok(bob2.call("GET", "/fapi/v1/userTrades", {"symbol": "BTCUSDT"})) == fills
         open_ids = [o["orderId"] for o in ok(bob2.call("GET", "/fapi/v1/openOrders", {"symbol": "ETHUSDT"}))]  # type: ignore[union-attr]
         assert rest["orderId"] in open_ids  # type: ignore[index]
         gone = ok(bob2.call("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDT", "orderId": str(rest["orderId"])}))  # type: ignore[index]

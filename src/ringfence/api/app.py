@@ -348,7 +348,11 @@ def create_app(
     app.include_router(build_index_router(exchange, gate))
     from ..derivatives.api import FuturesApi, build_futures_router  # perpetuals, Binance USDⓈ-M (docs/derivatives.md)
 
-    app.include_router(build_futures_router(FuturesApi(exchange, gate)))
+    futures = FuturesApi(exchange, gate, api)
+    app.include_router(build_futures_router(futures))
+    from ..derivatives.stream import FuturesUserStream  # ORDER_TRADE_UPDATE / ACCOUNT_UPDATE to futures listen keys
+
+    FuturesUserStream(futures, hub)
     if por_dir is not None:
         from .por import build_por_router
 
@@ -496,19 +500,18 @@ def create_app(
 
     @app.get("/v1/segments", tags=["native"], summary="Risk segments and their shield (insurance) fund balances")
     async def v1_segments() -> list[dict[str, Any]]:
-        def read(engine: Any) -> list[dict[str, Any]]:
-            ledger = engine.ledger
-            out = []
-            for segment in ledger.segments:
-                funds = []
-                for asset in list(ledger.assets):
-                    account = ledger.find("system", asset.code, "insurance", segment)
-                    if account is not None and account.balance:
-                        funds.append({"asset": asset.code, "balance": format_amount(account.balance, asset.decimals)})
-                out.append({"segment": segment, "insurance_fund": funds})
-            return out
+        from ..derivatives.risk_view import insurance_funds
 
-        return exchange.read(read)
+        return exchange.read(insurance_funds)  # type: ignore[no-any-return]
+
+    from ..derivatives.risk_view import CachedRiskView
+
+    risk_cache = CachedRiskView(exchange)
+
+    @app.get("/v1/risk", tags=["native"], summary="Risk: insurance fund per segment; per perpetual mark, index, open interest, "
+             "funding; the positions nearest to liquidation (without owners)")
+    async def v1_risk() -> dict[str, Any]:
+        return risk_cache.get()
 
     @app.get("/v1/account", tags=["native"], summary="Balances per segment (signed like /api/v3/account)", responses=ERROR_RESPONSES)
     async def v1_account(owner: str = Depends(gate.caller("read", weight=20))) -> JSONResponse:
@@ -528,9 +531,14 @@ def create_app(
 
     @app.get("/dashboard/{name}", include_in_schema=False)
     async def dashboard_asset(request: Request, name: str) -> Response:
-        if name not in ("app.js", "style.css"):
+        if name not in ("app.js", "style.css", "risk.js"):
             return JSONResponse({"code": -1000, "msg": "not found"}, status_code=404)
         return FileResponse(static_dir / name, headers=_page_headers(request))
+
+    @app.get("/risk", include_in_schema=False)
+    async def risk_page(request: Request) -> FileResponse:
+        """Insurance funds, open interest, funding and the positions nearest liquidation (/v1/risk)."""
+        return FileResponse(static_dir / "risk.html", headers=_page_headers(request))
 
     vendor_dir = Path(str(resources.files("ringfence.web") / "static" / "vendor"))
     vendored = {"lightweight-charts.js": ("lightweight-charts.standalone.production.js", "application/javascript"),

@@ -105,21 +105,33 @@ class IdentityAuthenticator:
 
 
 class ListenKeys:
+    """Listen keys of user data streams. A key is of one kind: `spot` (`/api/v3/userDataStream`,
+    executionReport) or `futures` (`/fapi/v1/listenKey`, ORDER_TRADE_UPDATE / ACCOUNT_UPDATE); each
+    stream publishes only to keys of its kind. As on Binance, an account has one futures key: asking
+    for one again returns it, extended."""
+
     VALID_S = 3600
     MAX_PER_ACCOUNT = 10
+    KINDS = ("spot", "futures")
 
     def __init__(self) -> None:
-        self._keys: dict[str, tuple[str, float]] = {}  # float-ok: monotonic expiry time
+        self._keys: dict[str, tuple[str, float, str]] = {}  # float-ok: monotonic expiry time
         self._lock = threading.Lock()
 
-    def create(self, owner: str) -> str:
+    def create(self, owner: str, kind: str = "spot") -> str:
+        assert kind in self.KINDS, kind
         with self._lock:
             self._purge()
-            mine = [k for k, (o, _) in self._keys.items() if o == owner]
+            mine = [k for k, (o, _, kd) in self._keys.items() if o == owner]
+            if kind == "futures":
+                for k in mine:
+                    if self._keys[k][2] == kind:
+                        self._keys[k] = (owner, time.monotonic() + self.VALID_S, kind)
+                        return k
             if len(mine) >= self.MAX_PER_ACCOUNT:
                 del self._keys[mine[0]]
             key = secrets.token_urlsafe(45)[:60]
-            self._keys[key] = (owner, time.monotonic() + self.VALID_S)
+            self._keys[key] = (owner, time.monotonic() + self.VALID_S, kind)
             return key
 
     def keepalive(self, key: str, owner: str) -> None:
@@ -127,7 +139,7 @@ class ListenKeys:
             entry = self._keys.get(key)
             if entry is None or entry[0] != owner:
                 raise BinanceError(-1125, "This listenKey does not exist.")
-            self._keys[key] = (owner, time.monotonic() + self.VALID_S)
+            self._keys[key] = (owner, time.monotonic() + self.VALID_S, entry[2])
 
     def close(self, key: str, owner: str) -> None:
         with self._lock:
@@ -136,16 +148,26 @@ class ListenKeys:
                 raise BinanceError(-1125, "This listenKey does not exist.")
             del self._keys[key]
 
-    def owner(self, key: str) -> str | None:
+    def futures_key(self, owner: str) -> str:
+        """The owner's live futures key (PUT/DELETE /fapi/v1/listenKey name none), or -1125."""
+        with self._lock:
+            now = time.monotonic()
+            for k, (o, exp, kd) in self._keys.items():
+                if o == owner and kd == "futures" and exp >= now:
+                    return k
+        raise BinanceError(-1125, "This listenKey does not exist.")
+
+    def owner(self, key: str, kind: str | None = "spot") -> str | None:
+        """Whose key this is (None: unknown, expired, or of another kind; `kind=None`: any kind)."""
         with self._lock:
             entry = self._keys.get(key)
-            if entry is None or entry[1] < time.monotonic():
+            if entry is None or entry[1] < time.monotonic() or (kind is not None and entry[2] != kind):
                 return None
             return entry[0]
 
     def _purge(self) -> None:
         now = time.monotonic()
-        for key in [k for k, (_, exp) in self._keys.items() if exp < now]:
+        for key in [k for k, (_, exp, _kd) in self._keys.items() if exp < now]:
             del self._keys[key]
 
 

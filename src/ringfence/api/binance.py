@@ -322,7 +322,10 @@ class BinanceApi:
 
     async def depth(self, request: Request) -> dict[str, Any]:
         params = await self.gate.params(request)
-        m = self.market(params)
+        return self.depth_view(self.market(params), params)
+
+    def depth_view(self, m: MarketInfo, params: Params) -> dict[str, Any]:
+        """The book snapshot of `m` (spot here, a perpetual in the futures API)."""
         limit = params.integer("limit", default=100, low=1, high=5000)
         snap = self.ex.marketdata[m.symbol].snapshot(limit) if m.symbol in self.ex.marketdata.symbols else {"last_update_id": 0, "bids": [], "asks": []}
         return {
@@ -343,7 +346,9 @@ class BinanceApi:
 
     async def trades(self, request: Request) -> list[dict[str, Any]]:
         params = await self.gate.params(request)
-        m = self.market(params)
+        return self.trades_view(self.market(params), params)
+
+    def trades_view(self, m: MarketInfo, params: Params) -> list[dict[str, Any]]:
         return [
             {
                 "id": t["id"],
@@ -359,8 +364,11 @@ class BinanceApi:
 
     async def agg_trades(self, request: Request) -> list[dict[str, Any]]:
         params = await self.gate.params(request)
-        m = self.market(params)
-        return [
+        return self.agg_trades_view(self.market(params), params)
+
+    def agg_trades_view(self, m: MarketInfo, params: Params, *, best_match: bool = True) -> list[dict[str, Any]]:
+        """`best_match` False leaves out `M` (Binance's futures aggTrades has none; ccxt reads it as spot)."""
+        rows = [
             {
                 "a": t["id"],
                 "p": self.px(m, t["price"]),
@@ -373,10 +381,16 @@ class BinanceApi:
             }
             for t in self._trades(m, params)
         ]
+        if not best_match:
+            for r in rows:
+                del r["M"]
+        return rows
 
     async def klines(self, request: Request) -> list[list[Any]]:
         params = await self.gate.params(request)
-        m = self.market(params)
+        return self.klines_view(self.market(params), params)
+
+    def klines_view(self, m: MarketInfo, params: Params) -> list[list[Any]]:
         interval = params.choice("interval", KLINE_INTERVALS)
         tz = params.get("timeZone")
         if tz is not None and tz not in UTC_NAMES:

@@ -32,6 +32,7 @@ from ..trading.commands import OrderRejected, PlaceOrder
 from ..trading.orders import check_place
 from ..trading.state import trading_state
 from .orders import OrderHistory
+from ..derivatives.history import FuturesHistory
 from ..app import new_node
 
 __all__ = ["Exchange", "MarketInfo"]
@@ -64,6 +65,8 @@ class Exchange:
         self.node = new_node(self.data_dir / "engine", fsync=fsync)
         self.marketdata = MarketData()
         self.history = OrderHistory()
+        #: Perpetual fills with realised PnL, income, funding rounds (derivatives/history.py).
+        self.futures = FuturesHistory()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready: collections.deque[tuple[asyncio.Future[list[Event]], Ack]] = collections.deque()
         #: Called on the loop thread after read models absorbed a batch: fn(first_seq, ts_ns, outputs, md_before).
@@ -77,6 +80,7 @@ class Exchange:
 
         def feed(engine: Any, batch: Any, outputs: list[list[Event]]) -> None:
             self.marketdata.on_replay(engine, batch, outputs)
+            self.futures.on_replay(engine, batch, outputs)
             self.history.on_replay(engine, batch, outputs)
 
         self.node.open(on_replay=feed)
@@ -127,6 +131,7 @@ class Exchange:
     def _absorb(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]]) -> None:
         before = {s: sd.update_id for s, sd in self.marketdata.symbols.items()}
         self.marketdata.on_batch(first_seq, ts_ns, commands, outputs)
+        self.futures.on_batch(first_seq, ts_ns, commands, outputs)  # before history: its user-stream callbacks read fill PnL
         self.history.on_batch(first_seq, ts_ns, commands, outputs)
         ready = self._ready
         while ready:

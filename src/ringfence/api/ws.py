@@ -3,9 +3,10 @@
 Streams: `<symbol>@depth` (and `@depth@100ms`): diffs with first/last update ids (`U`/`u`) so a
 client can rebuild the book from a REST snapshot exactly; `<symbol>@trade`; `<symbol>@kline_<i>`;
 `<symbol>@ticker`; and `<listenKey>`: the user data stream (`executionReport`,
-`outboundAccountPosition`). Raw streams at `/ws/<stream>`, combined at `/stream?streams=a/b`
-(`{"stream": name, "data": payload}`); `{"method": "SUBSCRIBE", "params": [...], "id": n}`
-messages work on both. Garbage gets an answer, never an exception: a binary frame closes with
+`outboundAccountPosition`; a futures key gets `ORDER_TRADE_UPDATE` / `ACCOUNT_UPDATE` from
+derivatives/stream.py instead, also at `/private/ws?listenKey=`). Raw streams at `/ws/<stream>`,
+combined at `/stream?streams=a/b` (`{"stream": name, "data": payload}`);
+`{"method": "SUBSCRIBE", "params": [...], "id": n}` messages work on both. Garbage gets an answer, never an exception: a binary frame closes with
 1003, an oversized request with 1009, and invalid JSON, JSON nested too deep (checked before the
 parser runs) or a malformed request get `{"error": {"code": 3, ...}}` on a connection that stays
 open; invalid UTF-8 in a text frame is closed with 1007 by the WebSocket layer itself.
@@ -210,7 +211,7 @@ class StreamHub:
     # ------------------------------------------------------------------ subscriptions
 
     def valid_stream(self, name: str) -> bool:
-        if name == HALTS_STREAM or self.listen_keys.owner(name) is not None:
+        if name == HALTS_STREAM or self.listen_keys.owner(name, kind=None) is not None:  # spot or futures key
             return True
         if "@" not in name:
             return False
@@ -459,6 +460,8 @@ class StreamHub:
             fill = None
         else:
             record, fill = payload
+        if record.symbol in self.ex.futures.perps:
+            return  # a perpetual's order: the futures user stream reports it (derivatives/stream.py)
         m = self.ex.market(record.symbol)
         self._touched_owners.setdefault(owner, set()).update((m.base, m.quote))
         exec_type = {"NEW": "NEW", "CANCELED": "CANCELED", "EXPIRED": "EXPIRED", "EXPIRED_IN_MATCH": "TRADE_PREVENTION"}.get(record.status, "TRADE")
@@ -645,6 +648,12 @@ def build_ws_router(hub: StreamHub) -> APIRouter:
     @router.websocket("/ws/{stream:path}")
     async def ws_raw(ws: WebSocket, stream: str) -> None:
         await serve(ws, [s for s in stream.split("/") if s], False)
+
+    @router.websocket("/private/ws")
+    async def ws_private(ws: WebSocket) -> None:
+        """Binance USDⓈ-M's user data stream URL (`/private/ws?listenKey=`); `/ws/<listenKey>` works too."""
+        key = ws.query_params.get("listenKey", "")
+        await serve(ws, [key], False)  # an empty or unknown key is refused like an unknown stream
 
     @router.websocket("/stream")
     async def ws_combined(ws: WebSocket) -> None:

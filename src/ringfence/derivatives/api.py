@@ -21,6 +21,7 @@ from ..trading.commands import CancelOrder, OrderAccepted, OrderRejected
 from ..api.binance import EndpointParams, _doc, add_binance_route
 from ..api.binance_errors import BinanceError, from_order_rejection, from_ringfence
 from ..api.gateway import Params
+from ..index.view import rate_text
 from .commands import AdjustIsolatedMargin, FuturesTransfer, PlacePerpOrder, SetLeverage, SetMarginType
 from .state import (
     PPM,
@@ -56,7 +57,32 @@ FAPI_PARAMS: dict[tuple[str, str], EndpointParams] = {
     ("GET", "/fapi/v3/positionRisk"): EndpointParams(("symbol",), signed=True),
     ("GET", "/fapi/v2/account"): EndpointParams(signed=True),
     ("GET", "/fapi/v3/account"): EndpointParams(signed=True),
+    # market data (public): the spot read models' views of the perpetual's market
+    ("GET", "/fapi/v1/depth"): EndpointParams(("symbol", "limit"), ("symbol",)),
+    ("GET", "/fapi/v1/trades"): EndpointParams(("symbol", "limit"), ("symbol",)),
+    ("GET", "/fapi/v1/aggTrades"): EndpointParams(("symbol", "fromId", "startTime", "endTime", "limit"), ("symbol",)),
+    ("GET", "/fapi/v1/klines"): EndpointParams(("symbol", "interval", "startTime", "endTime", "limit"), ("symbol", "interval")),
+    ("GET", "/fapi/v1/ticker/24hr"): EndpointParams(("symbol",)),
+    ("GET", "/fapi/v1/ticker/price"): EndpointParams(("symbol",)),
+    ("GET", "/fapi/v2/ticker/price"): EndpointParams(("symbol",)),
+    ("GET", "/fapi/v1/ticker/bookTicker"): EndpointParams(("symbol",)),
+    ("GET", "/fapi/v1/fundingRate"): EndpointParams(("symbol", "startTime", "endTime", "limit")),
+    ("GET", "/fapi/v1/openInterest"): EndpointParams(("symbol",), ("symbol",)),
+    # history (signed): the futures read model (derivatives/history.py)
+    ("GET", "/fapi/v1/userTrades"): EndpointParams(("symbol", "orderId", "startTime", "endTime", "fromId", "limit"), ("symbol",), signed=True),
+    ("GET", "/fapi/v1/income"): EndpointParams(("symbol", "incomeType", "startTime", "endTime", "page", "limit"), signed=True),
+    # the user data stream (API key only, as Binance)
+    ("POST", "/fapi/v1/listenKey"): EndpointParams(),
+    ("PUT", "/fapi/v1/listenKey"): EndpointParams(("listenKey",)),
+    ("DELETE", "/fapi/v1/listenKey"): EndpointParams(("listenKey",)),
 }
+
+#: Binance's income types; ringfence writes TRANSFER, REALIZED_PNL, COMMISSION and FUNDING_FEE.
+INCOME_TYPES = ("TRANSFER", "WELCOME_BONUS", "REALIZED_PNL", "FUNDING_FEE", "COMMISSION", "INSURANCE_CLEAR", "REFERRAL_KICKBACK",
+                "COMMISSION_REBATE", "API_REBATE", "CONTEST_REWARD", "CROSS_COLLATERAL_TRANSFER", "OPTIONS_PREMIUM_FEE",
+                "OPTIONS_SETTLE_PROFIT", "INTERNAL_TRANSFER", "AUTO_EXCHANGE", "DELIVERED_SETTELMENT", "COIN_SWAP_DEPOSIT",
+                "COIN_SWAP_WITHDRAW", "POSITION_LIMIT_INCREASE_FEE", "STRATEGY_UMFUTURES_TRANSFER", "FEE_RETURN", "BFUSD_REWARD")
+
 
 #: Order rejections of a perpetual -> Binance futures codes.
 _REJECTIONS = {
@@ -94,9 +120,14 @@ def _refusal(err: RingfenceError) -> BinanceError:
 
 
 class FuturesApi:
-    def __init__(self, exchange: Any, gate: Any) -> None:
+    def __init__(self, exchange: Any, gate: Any, spot: Any = None) -> None:
+        from ..api.binance import BinanceApi
+
         self.ex = exchange
         self.gate = gate
+        #: The spot API: its market-data views (depth, trades, klines, ticker) serve a perpetual's
+        #: market too, from the same read models; this API names the symbol as Binance USDⓈ-M does.
+        self.spot = spot if spot is not None else BinanceApi(exchange, gate)
 
     # ------------------------------------------------------------------ helpers
 
@@ -332,6 +363,158 @@ class FuturesApi:
                 out.append(self._order_view(record, qd, bd))
         return out
 
+    # ------------------------------------------------------------------ market data (public)
+
+    def _market(self, params: Params) -> Any:
+        """The perpetual's `MarketInfo` (internal symbol) for the futures symbol sent, or -1121."""
+        sym = self._perp(params)[0]
+        return self.ex.market(sym)
+
+    def _perp_symbols(self, params: Params) -> tuple[list[str], bool]:
+        """(internal symbols, one asked for): `symbol` or every perpetual."""
+        if params.get("symbol"):
+            return [self._perp(params)[0]], True
+        return self.ex.read(lambda engine: sorted(derivatives_state(engine).perps)), False
+
+    async def depth(self, request: Request) -> dict[str, Any]:
+        params = await self.gate.params(request)
+        m = self._market(params)
+        now = time.time_ns() // 1_000_000
+        return self.spot.depth_view(m, params) | {"E": now, "T": now}  # type: ignore[no-any-return]
+
+    async def trades(self, request: Request) -> list[dict[str, Any]]:
+        params = await self.gate.params(request)
+        rows = self.spot.trades_view(self._market(params), params)
+        for r in rows:
+            del r["isBestMatch"]  # spot only
+        return rows  # type: ignore[no-any-return]
+
+    async def agg_trades(self, request: Request) -> list[dict[str, Any]]:
+        params = await self.gate.params(request)
+        return self.spot.agg_trades_view(self._market(params), params, best_match=False)  # type: ignore[no-any-return]
+
+    async def klines(self, request: Request) -> list[list[Any]]:
+        params = await self.gate.params(request)
+        return self.spot.klines_view(self._market(params), params)  # type: ignore[no-any-return]
+
+    def _ticker(self, sym: str) -> dict[str, Any]:
+        t = self.spot.ticker_view(self.ex.market(sym))
+        t["symbol"] = external_symbol(sym)
+        return t
+
+    async def ticker_24hr(self, request: Request) -> Any:
+        params = await self.gate.params(request)
+        syms, single = self._perp_symbols(params)
+        views = []
+        for sym in syms:
+            t = self._ticker(sym)
+            # Binance USDⓈ-M's 24 h ticker has no book fields (ccxt reads `bidQty` as a spot ticker)
+            for k in ("bidPrice", "bidQty", "askPrice", "askQty", "prevClosePrice"):
+                del t[k]
+            views.append(t)
+        return views[0] if single else views
+
+    async def ticker_price(self, request: Request) -> Any:
+        params = await self.gate.params(request)
+        syms, single = self._perp_symbols(params)
+        views = [{"symbol": t["symbol"], "price": t["lastPrice"], "time": t["closeTime"]} for t in map(self._ticker, syms)]
+        return views[0] if single else views
+
+    async def book_ticker(self, request: Request) -> Any:
+        params = await self.gate.params(request)
+        syms, single = self._perp_symbols(params)
+        views = [{k: t[k] for k in ("symbol", "bidPrice", "bidQty", "askPrice", "askQty")} | {"time": t["closeTime"]}
+                 for t in map(self._ticker, syms)]
+        return views[0] if single else views
+
+    async def funding_rate(self, request: Request) -> list[dict[str, Any]]:
+        """Past funding rounds (`FundingSettled`), oldest first: the last `limit`, or from `startTime`."""
+        params = await self.gate.params(request)
+        syms, _ = self._perp_symbols(params)
+        limit = params.integer("limit", default=100, low=1, high=1000)
+        start = params.integer("startTime", default=0)
+        end = params.integer("endTime", default=2**62)
+        qd = self.ex.read(lambda engine: {s: engine.ledger.assets.get(derivatives_state(engine).perps[s].quote).decimals for s in syms})
+        rows = sorted((r for s in syms for r in self.ex.futures.funding_of(s) if start <= r["time"] <= end),
+                      key=lambda r: (r["time"], r["symbol"]))
+        rows = rows[:limit] if start else rows[-limit:]
+        return [{"symbol": external_symbol(r["symbol"]), "fundingTime": r["time"],
+                 "fundingRate": rate_text(r["rate_ppm"]), "markPrice": format_amount(r["mark"], qd[r["symbol"]])} for r in rows]
+
+    async def open_interest(self, request: Request) -> dict[str, Any]:
+        params = await self.gate.params(request)
+        sym, _, _, bd = self._perp(params)
+        oi = self.ex.read(lambda engine: derivatives_state(engine).perps[sym].open_interest)
+        return {"symbol": external_symbol(sym), "openInterest": format_amount(oi, bd), "time": time.time_ns() // 1_000_000}
+
+    # ------------------------------------------------------------------ history (signed)
+
+    async def user_trades(self, request: Request) -> list[dict[str, Any]]:
+        params, owner = await self.gate.signed(request, "read", weight=5)
+        sym, quote, qd, bd = self._perp(params)
+        limit = params.integer("limit", default=500, low=1, high=1000)
+        start = params.integer("startTime", default=0)
+        end = params.integer("endTime", default=2**62)
+        order_id = params.integer("orderId", default=0)
+        from_id = params.integer("fromId", default=0)
+        if from_id and (params.get("startTime") or params.get("endTime")):
+            raise BinanceError(-1106, "Parameter 'fromId' sent when not required: send it without 'startTime' and 'endTime'.")
+        rows = [t for t in self.ex.futures.user_trades(owner, sym)
+                if start <= t["time"] <= end and (not order_id or t["orderId"] == order_id) and t["id"] >= from_id]
+        rows = rows[:limit] if (start or from_id) else rows[-limit:]
+        return [{
+            "symbol": external_symbol(sym), "id": t["id"], "orderId": t["orderId"], "side": t["side"],
+            "price": format_amount(t["price"], qd), "qty": format_amount(t["qty"], bd),
+            "realizedPnl": format_amount(t["realizedPnl"], qd), "marginAsset": t["marginAsset"],
+            "quoteQty": format_amount(t["quoteQty"], qd), "commission": format_amount(t["commission"], qd),
+            "commissionAsset": t["commissionAsset"], "time": t["time"], "positionSide": "BOTH",
+            "buyer": t["buyer"], "maker": t["maker"],
+        } for t in rows]
+
+    async def income(self, request: Request) -> list[dict[str, Any]]:
+        """The futures wallet's income ledger: realised PnL, commissions, funding, transfers."""
+        params, owner = await self.gate.signed(request, "read", weight=30)
+        sym = self._perp(params)[0] if params.get("symbol") else None
+        kind = params.choice("incomeType", INCOME_TYPES) if params.get("incomeType") else None
+        limit = params.integer("limit", default=100, low=1, high=1000)
+        page = params.integer("page", default=1, low=1, high=10_000)
+        start = params.integer("startTime", default=0)
+        end = params.integer("endTime", default=2**62)
+        rows = [r for r in self.ex.futures.income_of(owner)
+                if (sym is None or r["symbol"] == sym) and (kind is None or r["incomeType"] == kind) and start <= r["time"] <= end]
+        if start:
+            rows = rows[(page - 1) * limit: page * limit]
+        else:  # the most recent `limit` (page 1), the `limit` before them (page 2) ...
+            stop = max(0, len(rows) - (page - 1) * limit)
+            rows = rows[max(0, stop - limit): stop]
+        decimals = self.ex.read(lambda engine: {r["asset"]: engine.ledger.assets.get(r["asset"]).decimals for r in rows})
+        return [r | {"symbol": external_symbol(r["symbol"]), "income": format_amount(r["income"], decimals[r["asset"]])} for r in rows]
+
+    # ------------------------------------------------------------------ user data stream
+
+    async def listen_key_new(self, request: Request) -> dict[str, Any]:
+        owner = await self.gate.key_only(request)
+        return {"listenKey": self.gate.listen_keys.create(owner, kind="futures")}
+
+    async def listen_key_keepalive(self, request: Request) -> dict[str, Any]:
+        owner = await self.gate.key_only(request)
+        key = self._own_key(await self.gate.params(request), owner)
+        self.gate.listen_keys.keepalive(key, owner)
+        return {"listenKey": key}
+
+    async def listen_key_close(self, request: Request) -> dict[str, Any]:
+        owner = await self.gate.key_only(request)
+        self.gate.listen_keys.close(self._own_key(await self.gate.params(request), owner), owner)
+        return {}
+
+    def _own_key(self, params: Params, owner: str) -> str:
+        """Binance's futures endpoints name no key (an account has one); a key sent must be it."""
+        key = self.gate.listen_keys.futures_key(owner)
+        sent = params.get("listenKey")
+        if sent is not None and sent != key:
+            raise BinanceError(-1125, "This listenKey does not exist.")
+        return key  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ positions and account
 
     async def leverage_bracket(self, request: Request) -> list[dict[str, Any]]:
@@ -490,7 +673,8 @@ def build_futures_router(api: FuturesApi) -> APIRouter:
     def add(path: str, method: str, fn: Callable[[Request], Awaitable[Any]], weight: int, summary: str) -> None:
         spec = FAPI_PARAMS[(method, path)]
         add_binance_route(router, api.gate, spec, path, method, fn, weight, summary,
-                          name=f"fapi_{method.lower()}_{path.strip('/').replace('/', '_')}", openapi_extra=_doc(spec))
+                          name=f"fapi_{method.lower()}_{path.strip('/').replace('/', '_')}",
+                          openapi_extra=_doc(spec, key_only=path.endswith("/listenKey")))
 
     add("/sapi/v1/asset/transfer", "POST", api.transfer, 1, "Move collateral between spot and USDⓈ-M futures (MAIN_UMFUTURE / UMFUTURE_MAIN; signed)")
     add("/fapi/v1/ping", "GET", api.ping, 1, "Test connectivity (futures)")
@@ -508,4 +692,19 @@ def build_futures_router(api: FuturesApi) -> APIRouter:
     add("/fapi/v3/positionRisk", "GET", api.position_risk, 5, "Positions with mark price, unrealised PnL, margins (signed)")
     add("/fapi/v2/account", "GET", api.account, 5, "Futures account: wallet, margins, unrealised PnL, positions (signed)")
     add("/fapi/v3/account", "GET", api.account, 5, "Futures account: wallet, margins, unrealised PnL, positions (signed)")
+    add("/fapi/v1/depth", "GET", api.depth, 5, "Order book of a perpetual")
+    add("/fapi/v1/trades", "GET", api.trades, 5, "Recent trades of a perpetual")
+    add("/fapi/v1/aggTrades", "GET", api.agg_trades, 20, "Aggregate trades of a perpetual (one per fill)")
+    add("/fapi/v1/klines", "GET", api.klines, 5, "Candlesticks of a perpetual's trades")
+    add("/fapi/v1/ticker/24hr", "GET", api.ticker_24hr, 1, "24 h statistics of a perpetual (all without symbol)")
+    add("/fapi/v1/ticker/price", "GET", api.ticker_price, 1, "Last price of a perpetual (all without symbol)")
+    add("/fapi/v2/ticker/price", "GET", api.ticker_price, 1, "Last price of a perpetual (all without symbol)")
+    add("/fapi/v1/ticker/bookTicker", "GET", api.book_ticker, 1, "Best bid and ask of a perpetual (all without symbol)")
+    add("/fapi/v1/fundingRate", "GET", api.funding_rate, 1, "Funding rate history: the rounds settled, with their mark price")
+    add("/fapi/v1/openInterest", "GET", api.open_interest, 1, "Open interest of a perpetual (the sum of long positions)")
+    add("/fapi/v1/userTrades", "GET", api.user_trades, 5, "The account's perpetual fills with realised PnL (signed)")
+    add("/fapi/v1/income", "GET", api.income, 30, "Income history: realised PnL, commission, funding fee, transfer (signed)")
+    add("/fapi/v1/listenKey", "POST", api.listen_key_new, 1, "Start (or extend) the futures user data stream; API key only")
+    add("/fapi/v1/listenKey", "PUT", api.listen_key_keepalive, 1, "Keep the futures user data stream alive; API key only")
+    add("/fapi/v1/listenKey", "DELETE", api.listen_key_close, 1, "Close the futures user data stream; API key only")
     return router

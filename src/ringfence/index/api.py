@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from ..engine.core import CommandRejected
 from ..errors import RingfenceError
 from .commands import SubmitQuote
-from .view import index_symbols, index_view, premium_index_view
+from .view import index_symbols, index_view, premium_index_symbols, premium_index_view
 
 __all__ = ["build_index_router"]
 
@@ -68,7 +68,7 @@ _QUOTE_FIELDS = [("venue", True), ("symbol", True), ("price_minor", True), ("sou
 def build_index_router(exchange: Any, gate: Any) -> APIRouter:
     router = APIRouter(tags=["index"])
 
-    async def _one_or_all(request: Request, view: Any, weight: int) -> JSONResponse:
+    async def _one_or_all(request: Request, view: Any, weight: int, symbols: Any = index_symbols) -> JSONResponse:
         from ..api.binance_errors import BinanceError
 
         try:
@@ -82,7 +82,7 @@ def build_index_router(exchange: Any, gate: Any) -> APIRouter:
         if symbol:
             row = exchange.read(lambda engine: view(engine, symbol))
             return JSONResponse(row) if row is not None else JSONResponse(_INVALID_SYMBOL, status_code=400)
-        rows = exchange.read(lambda engine: [view(engine, s) for s in index_symbols(engine)])
+        rows = exchange.read(lambda engine: [view(engine, s) for s in symbols(engine)])
         return JSONResponse(rows)
 
     @router.get("/v1/index", summary="Index and mark price of a symbol with its sources, weights and staleness (all without symbol)",
@@ -90,10 +90,10 @@ def build_index_router(exchange: Any, gate: Any) -> APIRouter:
     async def v1_index(request: Request) -> JSONResponse:
         return await _one_or_all(request, index_view, 2)
 
-    @router.get("/fapi/v1/premiumIndex", summary="Mark and index price in Binance USDⓈ-M shape (spot: funding 0)",
+    @router.get("/fapi/v1/premiumIndex", summary="Mark and index price, last funding rate and next funding time of a perpetual (Binance USDⓈ-M shape)",
                 openapi_extra=_openapi([("symbol", False)], {}))
     async def premium_index(request: Request) -> JSONResponse:
-        return await _one_or_all(request, premium_index_view, 1)
+        return await _one_or_all(request, premium_index_view, 1, premium_index_symbols)
 
     @router.post("/v1/index/quote", summary="Submit one venue quote signed by its registered feed key (feed workers)",
                  openapi_extra=_openapi(_QUOTE_FIELDS, {"403": "The venue is not a source of the index, or has no feed key",

@@ -14,7 +14,7 @@ from .mark import mark_of
 from .price import PPM, compute_index
 from .state import SymbolIndex
 
-__all__ = ["index_symbols", "index_view", "premium_index_view"]
+__all__ = ["index_symbols", "index_view", "premium_index_view", "premium_index_symbols", "rate_text"]
 
 
 def _decimals(engine: Engine, symbol: str) -> int | None:
@@ -105,22 +105,48 @@ def index_view(engine: Engine, symbol: str) -> dict[str, Any] | None:
 
 
 def premium_index_view(engine: Engine, symbol: str) -> dict[str, Any] | None:
-    """Binance `GET /fapi/v1/premiumIndex` shape. Spot has no funding: rates are zero and there is
-    no next funding time (0) until perpetuals list."""
+    """Binance `GET /fapi/v1/premiumIndex` shape. For a listed perpetual (`BTCUSDT` names
+    `BTCUSDTPERP`, docs/derivatives.md) its own mark price, the last funding rate, the interest rate
+    and the next funding time; for an index with no perpetual, spot has no funding: rates are zero
+    and there is no next funding time (0)."""
     state = engine.components.get("index")
     s = state.symbols.get(symbol) if state is not None else None
-    if s is None:
+    deriv = engine.components.get("derivatives")
+    perp = deriv.perps.get(symbol + "PERP") if deriv is not None else None
+    if s is None and perp is None:
         return None
-    d = _decimals(engine, symbol)
-    mark = mark_of(engine, symbol)
-    index = _px(s.index_minor, d) if s.index_minor else "0"
+    if perp is not None:
+        from ..derivatives.state import mark_of_perp
+
+        d: int | None = int(engine.ledger.assets.get(perp.quote).decimals)
+        s = state.symbols.get(perp.index_symbol) if state is not None else None
+        mark_minor = mark_of_perp(engine, perp)
+        rate, interest, next_ms = rate_text(perp.last_rate_ppm), rate_text(perp.interest_ppm), perp.next_funding_ns // 1_000_000
+    else:
+        d = _decimals(engine, symbol)
+        mark = mark_of(engine, symbol)
+        mark_minor = mark.mark_minor if mark else 0
+        rate, interest, next_ms = "0.00000000", "0.00000000", 0
+    index = _px(s.index_minor, d) if s is not None and s.index_minor else "0"
     return {
         "symbol": symbol,
-        "markPrice": _px(mark.mark_minor, d) if mark else "0",
+        "markPrice": _px(mark_minor, d) if mark_minor else "0",
         "indexPrice": index,
         "estimatedSettlePrice": index,
-        "lastFundingRate": "0.00000000",
-        "interestRate": "0.00000000",
-        "nextFundingTime": 0,
+        "lastFundingRate": rate,
+        "interestRate": interest,
+        "nextFundingTime": next_ms,
         "time": engine.now_ns // 1_000_000,
     }
+
+
+def premium_index_symbols(engine: Engine) -> list[str]:
+    """What `premiumIndex` lists without a symbol: every index and every perpetual (futures names)."""
+    deriv = engine.components.get("derivatives")
+    perps = [p[: -len("PERP")] for p in deriv.perps] if deriv is not None else []
+    return sorted(set(index_symbols(engine)) | set(perps))
+
+
+def rate_text(ppm: int) -> str:
+    """A rate in millionths as Binance's 8-decimal string (100 ppm -> "0.00010000"): funding rates."""
+    return ("-" if ppm < 0 else "") + format_amount(abs(ppm) * 100, 8)

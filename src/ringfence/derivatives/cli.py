@@ -1,0 +1,60 @@
+"""`ringfence futures …`: the perpetuals' risk view of a running node (GET /v1/risk, the /risk page)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Perpetual futures: the risk view (insurance funds, open interest, funding, positions near liquidation).\n\n"
+                  "Example: ringfence futures risk --url http://127.0.0.1:8000", no_args_is_help=True)
+
+
+@app.command("risk")
+def risk(
+    url: str = typer.Option(..., "--url", help="A running node's base URL (reads GET /v1/risk)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON of /v1/risk instead of tables."),
+) -> None:
+    """Insurance fund per segment; per perpetual mark, index, open interest and funding; the positions
+    nearest to liquidation (margin ratio = maintenance / margin balance; owners are not shown).
+
+    Example: ringfence futures risk --url http://127.0.0.1:8000 --json
+    """
+    import httpx
+
+    from ..cli_paths import fail
+
+    try:
+        r = httpx.get(url.rstrip("/") + "/v1/risk", timeout=10)
+    except httpx.HTTPError as err:
+        fail(f"--url: {url} did not answer: {type(err).__name__}", 1)
+    if r.status_code != 200:
+        fail(f"--url: {url} answered HTTP {r.status_code} for /v1/risk", 1)
+    view: dict[str, Any] = r.json()
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+        return
+    console = Console()
+    funds = Table(title="Insurance funds")
+    for col in ("segment", "fund"):
+        funds.add_column(col)
+    for s in view["segments"]:
+        funds.add_row(s["segment"], ", ".join(f"{f['balance']} {f['asset']}" for f in s["insurance_fund"]) or "0")
+    console.print(funds)
+    markets = Table(title="Perpetuals")
+    for col in ("symbol", "mark", "index", "open interest", "value", "long/short accounts", "last funding rate", "next funding (ms)"):
+        markets.add_column(col)
+    for m in view["markets"]:
+        markets.add_row(m["symbol"], m["markPrice"], str(m["indexPrice"]), m["openInterest"], m["openInterestValue"],
+                        f"{m['longAccounts']}/{m['shortAccounts']}", m["lastFundingRate"], str(m["nextFundingTime"]))
+    console.print(markets)
+    near = Table(title=f"Nearest to liquidation ({view['positions']} positions)")
+    for col in ("symbol", "side", "size", "notional", "mark", "uPnL", "maintenance", "margin", "ratio %"):
+        near.add_column(col)
+    for p in view["nearLiquidation"]:
+        near.add_row(p["symbol"], p["side"], p["positionAmt"], p["notional"], p["markPrice"], p["unRealizedProfit"],
+                     p["maintMargin"], p["marginType"], p["marginRatioPercent"])
+    console.print(near)
