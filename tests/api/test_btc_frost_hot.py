@@ -194,14 +194,18 @@ def _signer_pids(srv: Server) -> dict[int, int]:
 @pytest.mark.parametrize("tier,amount", [("cold", "1.25"), ("warm", "0.5")])
 def test_vault_to_hot_refill_through_offline_psbt_signing(frost_server: Server, tmp_path: Path, tier: str,
                                                            amount: str) -> None:
-    """`ringfence cold refill [--from warm]` -> the nominated holders sign offline with `ringfence keys
+    """`ringfence cold refill [--from warm]` with two operators' keys (a staff-signed request to the
+    admin API; the engine checks the quorum) -> the nominated holders sign offline with `ringfence keys
     sign-psbt` -> `ringfence cold submit`: the refill is journaled, broadcast, mined, and the hot
-    wallet holds it. A PSBT signed by a holder who was not nominated is refused and changes nothing."""
+    wallet holds it. One operator alone, an approver, or a PSBT signed by a holder who was not
+    nominated is refused and changes nothing; the old token-only demo endpoint is gone."""
     from decimal import Decimal
 
     from embit import bip32
 
     from ringfence.keys.multisig import nominate_for_transaction
+
+    from .test_capital import staff_key
 
     data = frost_server.data
     status = httpx.get(frost_server.base + "/readyz").json()["custody"]
@@ -209,32 +213,48 @@ def test_vault_to_hot_refill_through_offline_psbt_signing(frost_server: Server, 
     assert json.loads((data / "custody" / f"btc-{tier}.json").read_text())["m"] == 2
     hot = _record(data)["address"]
     hot_before = _chain_sat(data, hot)
-    made = cli("cold", "refill", "--data", str(data), "--from", tier, "--amount", amount, "--out", str(tmp_path / "refill.psbt"))
+    url = ("--url", frost_server.base)
+    psbt_file = tmp_path / "refill.psbt"
+    refill_id = f"{tier}-t{tmp_path.name[-6:].replace('_', '')}"
+    decide = ("cold", "refill", "--from", tier, "--amount", amount, "--out", str(psbt_file), "--id", refill_id)
+
+    # refused: one operator alone (quorum), an operator and an approver who is no operator (role-required)
+    alone = cli(*decide, "--key", staff_key(data, "ada"), *url)
+    assert alone.returncode != 0 and "rule 'quorum'" in alone.stderr, alone.stderr
+    wrong = cli(*decide, "--key", staff_key(data, "ada"), "--key", staff_key(data, "cy"), *url)
+    assert wrong.returncode != 0 and "rule 'role-required'" in wrong.stderr, wrong.stderr
+    assert not psbt_file.exists(), "a refused refill made a PSBT"  # (and its id is still free: used below)
+    # the token-only demo endpoint that let anyone with the loopback token start a refill is gone
+    token = json.loads((data / "custody" / "admin.json").read_text())["token"]
+    old = httpx.post(frost_server.base + "/v1/demo/chain/cold/refill", json={"amount": amount, "from": tier},
+                     headers={"Authorization": f"Bearer {token}"})
+    assert old.status_code == 404, old.text
+
+    made = cli(*decide, "--key", staff_key(data, "ada"), "--key", staff_key(data, "ben"), *url)
     assert made.returncode == 0, made.stderr
     lines = made.stdout.split("\n")
-    refill_id = lines[0].split()[1]
+    assert lines[0].split()[1] == refill_id
     txid, position = lines[1].split()[1], int(lines[2].split()[1])
     nominated = [line.split()[1:] for line in lines if line.startswith("nominated ")]
     assert len(nominated) == 2 and all(Path(f).exists() for _, f in nominated)
     holders = {bip32.HDKey.from_string(p.read_text().strip()).my_fingerprint.hex(): p
                for p in sorted((data / f"{tier}-holders").glob("holder-*.tprv"))}
-    # anyone can recompute the nomination from the transaction id and the journal position
+    # anyone can recompute the nomination from the transaction id and the decision's journal position
     assert sorted(fp for fp, _ in nominated) == list(nominate_for_transaction(sorted(holders), 2, txid, position).selected)
     outsider = next(fp for fp in holders if fp not in dict(nominated))
 
     def sign(fp: str, name: str) -> Path:
-        res = cli("keys", "sign-psbt", "--psbt", str(tmp_path / "refill.psbt"), "--key", str(holders[fp]),
-                  "--out", str(tmp_path / name))
+        res = cli("keys", "sign-psbt", "--psbt", str(psbt_file), "--key", str(holders[fp]), "--out", str(tmp_path / name))
         assert res.returncode == 0, res.stderr
         return tmp_path / name
 
-    bad = cli("cold", "submit", "--data", str(data), "--id", refill_id,
-              "--psbt", str(sign(nominated[0][0], "a.psbt")), "--psbt", str(sign(outsider, "x.psbt")))
+    bad = cli("cold", "submit", "--id", refill_id, "--psbt", str(sign(nominated[0][0], "a.psbt")),
+              "--psbt", str(sign(outsider, "x.psbt")), "--key", staff_key(data, "ada"), *url)
     assert bad.returncode != 0 and "nominated" in bad.stderr.lower(), bad.stderr
-    ok = cli("cold", "submit", "--data", str(data), "--id", refill_id,
-             "--psbt", str(tmp_path / "a.psbt"), "--psbt", str(sign(nominated[1][0], "b.psbt")))
+    ok = cli("cold", "submit", "--id", refill_id, "--psbt", str(tmp_path / "a.psbt"),
+             "--psbt", str(sign(nominated[1][0], "b.psbt")), "--key", staff_key(data, "ben"), *url)
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.split()[0] == txid and f"refill-{position}-" in ok.stdout
+    assert ok.stdout.split()[0] == txid and f"transfer {refill_id} broadcast" in ok.stdout
     want = hot_before + int(Decimal(amount) * 10**8)
     wait_for("the refill to reach the hot wallet", lambda: _chain_sat(data, hot) >= want, 60)
 
