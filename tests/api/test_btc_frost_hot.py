@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 from .conftest import Server, cli
+from ringfence.keys import frost
+
 from .frost_shares import combined_secrets, share
 from .test_capital import ENV, signed, wait_for, withdraw_key
 
@@ -218,11 +220,13 @@ def test_vault_to_hot_refill_through_offline_psbt_signing(frost_server: Server, 
     refill_id = f"{tier}-t{tmp_path.name[-6:].replace('_', '')}"
     decide = ("cold", "refill", "--from", tier, "--amount", amount, "--out", str(psbt_file), "--id", refill_id)
 
-    # refused: one operator alone (quorum), an operator and an approver who is no operator (role-required)
-    alone = cli(*decide, "--key", staff_key(data, "ada"), *url)
-    assert alone.returncode != 0 and "rule 'quorum'" in alone.stderr, alone.stderr
-    wrong = cli(*decide, "--key", staff_key(data, "ada"), "--key", staff_key(data, "cy"), *url)
-    assert wrong.returncode != 0 and "rule 'role-required'" in wrong.stderr, wrong.stderr
+    # refused: one operator alone (cold: quorum), an operator with an approver who is no operator (warm: role-required)
+    if tier == "cold":
+        refused = cli(*decide, "--key", staff_key(data, "ada"), *url)
+        assert refused.returncode != 0 and "rule 'quorum'" in refused.stderr, refused.stderr
+    else:
+        refused = cli(*decide, "--key", staff_key(data, "ada"), "--key", staff_key(data, "cy"), *url)
+        assert refused.returncode != 0 and "rule 'role-required'" in refused.stderr, refused.stderr
     assert not psbt_file.exists(), "a refused refill made a PSBT"  # (and its id is still free: used below)
     # the token-only demo endpoint that let anyone with the loopback token start a refill is gone
     token = json.loads((data / "custody" / "admin.json").read_text())["token"]
@@ -267,24 +271,89 @@ def _chain_sat(data: Path, address: str) -> int:
     return int(chain_balance(data, "BTC", address) * Decimal(10**8))
 
 
+def _withdraw_btc(srv: Server, amount: str) -> str:
+    key = withdraw_key(srv.data)
+    res = signed(srv, key, "POST", "/sapi/v1/capital/withdraw/apply",
+                 {"coin": "BTC", "address": key["withdraw_addresses"]["BTC"], "amount": amount})
+    assert res.status_code == 200, res.text
+    wid = res.json()["id"]
+
+    def completed():
+        rows = signed(srv, key, "GET", "/sapi/v1/capital/withdraw/history", {"coin": "BTC"}).json()
+        return next((r for r in rows if r["id"] == wid and r["status"] == 6), None)
+
+    wait_for(f"the BTC withdrawal {wid} to complete", completed, 90)
+    return str(wid)
+
+
+def _signed_by(srv: Server, wid: str, ids) -> list[int]:
+    return [i for i in ids if f"request wd-{wid}:0" in (srv.data / "signers" / f"signer-{i}" / "keyops.jsonl").read_text()]
+
+
+def test_reshare_replaces_a_signer_under_an_operator_quorum_and_the_key_stays(frost_server: Server, tmp_path: Path) -> None:
+    """`ringfence keys reshare --add 4 --remove 3` against the live node: one operator alone is refused
+    (quorum); a decision that pins a certificate which is not signer 4's is accepted by the engine but
+    the coordinator refuses signer 4's handshake and nothing changes hands; with two operators the node
+    starts signer 4, a quorum of {1, 2} re-deals, signer 3's share is deleted. The group key and the
+    address stay, {1, 4} combine to the key, signer 1's old share does not combine with the new ones,
+    and a withdrawal is then signed by two of {1, 2, 4} and mined."""
+    from ringfence.keys.tls import ensure_identity
+    from ringfence.staff.console import AdminClient, load_key
+
+    from .test_capital import staff_key
+
+    data = frost_server.data
+    rec0 = _record(data)
+    assert rec0["signers"] == [1, 2, 3]
+    url = ("--url", frost_server.base)
+    ada, ben = staff_key(data, "ada"), staff_key(data, "ben")
+    change = ("keys", "reshare", "--key-id", "btc-hot", "--remove", "3", "--reason", "signer 3's host is retired")
+    old1 = share(data, 1)
+
+    alone = cli(*change, "--add", "4", "--key", ada, *url)
+    assert alone.returncode != 0 and "rule 'quorum'" in alone.stderr, alone.stderr
+    with AdminClient(frost_server.base, load_key(ada)) as admin:
+        view = admin.get("/keys/btc-hot")
+        assert view["generation"] == 0 and view["threshold"] == 2
+        spare = next(s for s in view["signers"] if s["id"] == 4)  # started by the CLI; it holds no share
+        assert not spare["holder"] and spare["fingerprint"] and spare["url"].startswith("https://")
+        bogus = ensure_identity(tmp_path / "bogus", "not-signer-4", "bogus-passphrase")
+        wrong = cli(*change, "--add", f"4={spare['url']}", "--cert", f"4={bogus.cert}", "--key", ada, "--key", ben, *url)
+        assert wrong.returncode != 0 and "signer 4 unreachable (TLS authentication failed" in wrong.stderr, wrong.stderr
+        assert _record(data)["signers"] == [1, 2, 3] and (data / "signers" / "signer-3" / "shares" / "btc-hot.bin").exists()
+        assert not (data / "signers" / "signer-4" / "shares" / "btc-hot.bin").exists()
+        assert admin.get("/keys/btc-hot")["generation"] == 1, "the decision was journaled; its ceremony failed"
+
+        ok = cli(*change, "--add", "4", "--key", ada, "--key", ben, *url)
+        assert ok.returncode == 0, ok.stderr
+        assert "generation 2: signers 1,2,4 threshold 2; retired 3" in ok.stdout, ok.stdout
+        after = admin.get("/keys/btc-hot")
+    rec = _record(data)
+    assert (rec["signers"], rec["threshold"], rec["generation"]) == ([1, 2, 4], 2, 2)
+    assert (rec["group_public_key"], rec["output_key"], rec["address"]) == (rec0["group_public_key"], rec0["output_key"],
+                                                                            rec0["address"])
+    assert after["address"] == rec0["address"] and [s["id"] for s in after["signers"] if s["holder"]] == [1, 2, 4]
+    assert not (data / "signers" / "signer-3" / "shares" / "btc-hot.bin").exists(), "the removed signer's share is gone"
+    assert "share_deleted" in (data / "signers" / "signer-3" / "keyops.jsonl").read_text()
+    plain, _ = combined_secrets(data, (1, 4))  # checked against the recorded group key inside
+    new4 = share(data, 4)
+    cs = new4.suite
+    mixed = (frost.derive_interpolating_value(cs, [1, 4], 1) * old1.secret_share
+             + frost.derive_interpolating_value(cs, [1, 4], 4) * new4.secret_share) % cs.group.order
+    assert mixed != plain, "an old share still combines with the new ones"
+    assert combined_secrets(data, (2, 4))[0] == plain
+    wid = _withdraw_btc(frost_server, "0.012")
+    by = _signed_by(frost_server, wid, (1, 2, 3, 4))
+    assert len(by) == 2 and 3 not in by, by
+
+
 def test_a_lost_signer_leaves_a_quorum_that_pays(frost_server: Server) -> None:
-    """Signer 1's machine is gone (SIGKILL): withdrawals are still signed, by signers 2 and 3."""
+    """Signer 1's machine is gone (SIGKILL): withdrawals are still signed, by the two other holders."""
     import os
     import signal
 
     pids = _signer_pids(frost_server)
     os.kill(pids[1], signal.SIGKILL)
-    key = withdraw_key(frost_server.data)
-    res = signed(frost_server, key, "POST", "/sapi/v1/capital/withdraw/apply",
-                 {"coin": "BTC", "address": key["withdraw_addresses"]["BTC"], "amount": "0.011"})
-    assert res.status_code == 200, res.text
-    wid = res.json()["id"]
-
-    def completed():
-        rows = signed(frost_server, key, "GET", "/sapi/v1/capital/withdraw/history", {"coin": "BTC"}).json()
-        return next((r for r in rows if r["id"] == wid and r["status"] == 6), None)
-
-    wait_for("the BTC withdrawal to complete without signer 1", completed, 90)
-    by = [i for i in (1, 2, 3) if f"request wd-{wid}:0" in
-          (frost_server.data / "signers" / f"signer-{i}" / "keyops.jsonl").read_text()]
-    assert by == [2, 3], by
+    wid = _withdraw_btc(frost_server, "0.011")
+    others = [i for i in _record(frost_server.data)["signers"] if i != 1]
+    assert _signed_by(frost_server, wid, (1, 2, 3, 4)) == others[:2]

@@ -561,6 +561,18 @@ def resolve_signers(runtime: Any, entries: list[dict[str, Any]]) -> dict[int, tu
     return out
 
 
+def _pin(coord: Any, pins: Mapping[int, Path]) -> None:
+    """Pin `pins` in the coordinator, dropping a connection pool that trusted another certificate."""
+    if coord.tls is None:
+        return
+    for i, cert in pins.items():
+        if coord.tls.pins.get(i) != cert:
+            coord.tls.add({i: cert})
+            stale = coord._clients.pop(i, None)
+            if stale is not None:
+                stale.close()
+
+
 def reshare_hot_key(runtime: Any, signers: Mapping[int, tuple[str, Path, str]], threshold: int, reason: str,
                     generation: int) -> dict[str, Any]:
     """Run the reshare the operators decided: a quorum of today's holders re-deals the key to `signers`
@@ -573,18 +585,27 @@ def reshare_hot_key(runtime: Any, signers: Mapping[int, tuple[str, Path, str]], 
     with runtime.chains.lock:
         old = coord.key(signer.key_id)
         old_ids = sorted(old.kp.verifying_shares)
-        if coord.tls is not None:
-            for i, (_, cert, _) in signers.items():
-                if coord.tls.pins.get(i) != cert:
-                    coord.tls.add({i: cert})
-                    stale = coord._clients.pop(i, None)  # a client pinned to another certificate
-                    if stale is not None:
-                        stale.close()
+        saved_pins = dict(coord.tls.pins) if coord.tls is not None else {}
+        saved_urls = dict(coord.signers)
+        _pin(coord, {i: cert for i, (_, cert, _) in signers.items()})
         if fleet is not None:  # one machine: the peers' pins are files this node may write (docs/keys.md)
             fleet.pin_peers({i: cert for i, (_, cert, _) in signers.items()}
                             | {i: fleet.store_dir(i) / "tls.crt" for i in old_ids if i not in signers})
         quorum = sorted(old_ids, key=lambda i: (i not in signers, i))[: old.kp.threshold]
-        pkg = coord.reshare(signer.key_id, quorum, {i: url for i, (url, _, _) in signers.items()}, threshold, reason)
+        try:
+            pkg = coord.reshare(signer.key_id, quorum, {i: url for i, (url, _, _) in signers.items()}, threshold, reason)
+        except BaseException:
+            # the shares did not change hands: the coordinator forgets the pins and URLs of this attempt
+            coord.signers.clear()
+            coord.signers.update(saved_urls)
+            if coord.tls is not None:
+                for i in [i for i in coord.tls.pins if i not in saved_pins]:
+                    del coord.tls.pins[i]
+                    stale = coord._clients.pop(i, None)
+                    if stale is not None:
+                        stale.close()
+            _pin(coord, saved_pins)
+            raise
         output = coord.public_key(signer.key_id, Scheme.TAPROOT_KEYPATH)
         if pkg.raw["group_public_key"] != old.raw["group_public_key"] or output != signer.output_key:
             raise SigningRefused("the reshare changed the hot wallet's key", field="key_id")

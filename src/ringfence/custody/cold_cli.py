@@ -50,7 +50,7 @@ def refill(amount: str = typer.Option(..., help="BTC amount, e.g. 1.5"),
     subject = refill_subject(refill_id, "BTC", f"btc_{source}", "btc_hot", amount_minor)
     body = {"from": source, "amount": amount, "refill_id": refill_id}
     doc = _quorum_submit(_keys(keys), approvals, "vault.refill", subject, ttl_s, sign_only,
-                         lambda c, toks: c.post("/vault-refills", {**body, "approvals": toks}), url)
+                         lambda c, toks: c.post("/vault-refills", {**body, "approvals": toks}), url, timeout_s=60)
     if doc is None:
         return
     out.write_text(doc["psbt"] + "\n")
@@ -68,7 +68,7 @@ def submit(refill_id: str = typer.Option(..., "--id", help="the refill id printe
            key: str = KEY, url: str = URL) -> None:
     from ..staff.console import AdminClient, load_key
 
-    with AdminClient(url, _run(lambda: load_key(key))) as client:
+    with AdminClient(url, _run(lambda: load_key(key)), timeout_s=60) as client:
         doc = _run(lambda: client.post(f"/vault-refills/{refill_id}/submit",
                                        {"psbts": [p.read_text().strip() for p in psbt]}))
     typer.echo(f"{doc['txid']}\ntransfer {doc.get('transfer_id', '')} {doc['state']}")

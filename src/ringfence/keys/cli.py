@@ -384,7 +384,7 @@ def reshare_live(key_id: str = typer.Option("btc-hot", "--key-id", help="the thr
             raise typer.BadParameter(f"{spec!r}: expected N or N=https://HOST:PORT", param_hint="--add")
         added[int(ident)] = where
     signing = _keys(keys)
-    with AdminClient(url, signing[0]) as client:
+    with AdminClient(url, signing[0], timeout_s=120) as client:  # starting a signer takes seconds
         view = _run(lambda: client.get(f"/keys/{key_id}"))
         known = {s["id"]: s for s in view["signers"]}
         entries: dict[int, dict[str, object]] = {}
@@ -410,7 +410,8 @@ def reshare_live(key_id: str = typer.Option("btc-hot", "--key-id", help="the thr
     body = {"generation": gen, "threshold": new_threshold, "reason": reason,
             "signers": [{k: v for k, v in e.items() if k != "fp" and v} for _, e in sorted(entries.items())]}
     result = _quorum_submit(signing, approvals, "keys.reshare", subject, ttl_s, sign_only,
-                            lambda c, toks: c.post(f"/keys/{key_id}/reshare", {**body, "approvals": toks}), url)
+                            lambda c, toks: c.post(f"/keys/{key_id}/reshare", {**body, "approvals": toks}), url,
+                            timeout_s=180)  # the ceremony waits for the chain lock and runs three rounds
     if result is None:
         return
     typer.echo(f"reshared {key_id} generation {result['generation']}: signers "
