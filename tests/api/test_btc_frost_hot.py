@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import struct
+import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -201,8 +203,6 @@ def test_vault_to_hot_refill_through_offline_psbt_signing(frost_server: Server, 
     sign-psbt` -> `ringfence cold submit`: the refill is journaled, broadcast, mined, and the hot
     wallet holds it. One operator alone, an approver, or a PSBT signed by a holder who was not
     nominated is refused and changes nothing; the old token-only demo endpoint is gone."""
-    from decimal import Decimal
-
     from embit import bip32
 
     from ringfence.keys.multisig import nominate_for_transaction
@@ -220,14 +220,19 @@ def test_vault_to_hot_refill_through_offline_psbt_signing(frost_server: Server, 
     refill_id = f"{tier}-t{tmp_path.name[-6:].replace('_', '')}"
     decide = ("cold", "refill", "--from", tier, "--amount", amount, "--out", str(psbt_file), "--id", refill_id)
 
-    # refused: one operator alone (cold: quorum), an operator with an approver who is no operator (warm: role-required)
-    if tier == "cold":
-        refused = cli(*decide, "--key", staff_key(data, "ada"), *url)
-        assert refused.returncode != 0 and "rule 'quorum'" in refused.stderr, refused.stderr
-    else:
-        refused = cli(*decide, "--key", staff_key(data, "ada"), "--key", staff_key(data, "cy"), *url)
-        assert refused.returncode != 0 and "rule 'role-required'" in refused.stderr, refused.stderr
-    assert not psbt_file.exists(), "a refused refill made a PSBT"  # (and its id is still free: used below)
+    # refused (the same request the CLI sends, from this process): one operator alone (quorum), an operator
+    # with an approver who is no operator (role-required)
+    from ringfence.custody.vault_cmds import refill_subject
+    from ringfence.staff.console import AdminClient, AdminError, load_key
+    from ringfence.staff.decisions import format_approval
+
+    subject = refill_subject(refill_id, "BTC", f"btc_{tier}", "btc_hot", int(Decimal(amount) * 10**8))
+    with AdminClient(frost_server.base, load_key(staff_key(data, "ada")), timeout_s=60) as admin:
+        for signers, rule in ((["ada"], "quorum"), (["ada", "cy"], "role-required")):
+            tokens = [format_approval(load_key(staff_key(data, s)).sign("vault.refill", subject, time.time_ns() + 60 * 10**9))
+                      for s in signers]
+            with pytest.raises(AdminError, match=f"rule '{rule}'"):
+                admin.post("/vault-refills", {"from": tier, "amount": amount, "refill_id": refill_id, "approvals": tokens})
     # the token-only demo endpoint that let anyone with the loopback token start a refill is gone
     token = json.loads((data / "custody" / "admin.json").read_text())["token"]
     old = httpx.post(frost_server.base + "/v1/demo/chain/cold/refill", json={"amount": amount, "from": tier},
@@ -297,8 +302,10 @@ def test_reshare_replaces_a_signer_under_an_operator_quorum_and_the_key_stays(fr
     starts signer 4, a quorum of {1, 2} re-deals, signer 3's share is deleted. The group key and the
     address stay, {1, 4} combine to the key, signer 1's old share does not combine with the new ones,
     and a withdrawal is then signed by two of {1, 2, 4} and mined."""
-    from ringfence.keys.tls import ensure_identity
-    from ringfence.staff.console import AdminClient, load_key
+    from ringfence.custody.vault_cmds import reshare_subject
+    from ringfence.keys.tls import ensure_identity, fingerprint
+    from ringfence.staff.console import AdminClient, AdminError, load_key
+    from ringfence.staff.decisions import format_approval
 
     from .test_capital import staff_key
 
@@ -312,14 +319,21 @@ def test_reshare_replaces_a_signer_under_an_operator_quorum_and_the_key_stays(fr
 
     alone = cli(*change, "--add", "4", "--key", ada, *url)
     assert alone.returncode != 0 and "rule 'quorum'" in alone.stderr, alone.stderr
-    with AdminClient(frost_server.base, load_key(ada)) as admin:
+    with AdminClient(frost_server.base, load_key(ada), timeout_s=120) as admin:
         view = admin.get("/keys/btc-hot")
         assert view["generation"] == 0 and view["threshold"] == 2
         spare = next(s for s in view["signers"] if s["id"] == 4)  # started by the CLI; it holds no share
+        fps = {s["id"]: s["fingerprint"] for s in view["signers"]}
         assert not spare["holder"] and spare["fingerprint"] and spare["url"].startswith("https://")
+        # the request `--add 4=URL --cert 4=PEM` sends, from this process, with a certificate that is not signer 4's
         bogus = ensure_identity(tmp_path / "bogus", "not-signer-4", "bogus-passphrase")
-        wrong = cli(*change, "--add", f"4={spare['url']}", "--cert", f"4={bogus.cert}", "--key", ada, "--key", ben, *url)
-        assert wrong.returncode != 0 and "signer 4 unreachable (TLS authentication failed" in wrong.stderr, wrong.stderr
+        pairs = [[1, fps[1]], [2, fps[2]], [4, fingerprint(bogus.cert)]]
+        subject = reshare_subject("btc-hot", 0, pairs, 2, "signer 3's host is retired")
+        tokens = [format_approval(load_key(k).sign("keys.reshare", subject, time.time_ns() + 60 * 10**9)) for k in (ada, ben)]
+        with pytest.raises(AdminError, match=r"signer 4 unreachable \(TLS authentication failed"):
+            admin.post("/keys/btc-hot/reshare", {
+                "generation": 0, "threshold": 2, "reason": "signer 3's host is retired", "approvals": tokens,
+                "signers": [{"id": 1}, {"id": 2}, {"id": 4, "url": spare["url"], "certificate": bogus.cert.read_text()}]})
         assert _record(data)["signers"] == [1, 2, 3] and (data / "signers" / "signer-3" / "shares" / "btc-hot.bin").exists()
         assert not (data / "signers" / "signer-4" / "shares" / "btc-hot.bin").exists()
         assert admin.get("/keys/btc-hot")["generation"] == 1, "the decision was journaled; its ceremony failed"

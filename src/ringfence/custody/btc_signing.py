@@ -505,11 +505,10 @@ def start_spare_signer(runtime: Any, ident: int) -> dict[str, Any]:
     holders = set(runtime.btc_hot_signer.coordinator.key(runtime.btc_hot_signer.key_id).kp.verifying_shares)
     if ident in holders:
         raise ValidationError(f"signer {ident} already holds a share", field="id")
-    with runtime.chains.lock:
-        if ident not in fleet.procs or fleet.procs[ident].poll() is not None:
-            fleet.pin_peers({i: fleet.signer_identity(i).cert for i in sorted(holders | {ident})})
-            fleet.start_one(ident)
-            fleet.wait_ready(60, ids=[ident])
+    if ident not in fleet.procs or fleet.procs[ident].poll() is not None:  # (no chain lock: it signs nothing)
+        fleet.pin_peers({i: fleet.signer_identity(i).cert for i in sorted(holders | {ident})})
+        fleet.start_one(ident)
+        fleet.wait_ready(60, ids=[ident])
     cert = fleet.store_dir(ident) / "tls.crt"
     return {"id": ident, "url": fleet.urls[ident], "certificate": cert.read_text(), "fingerprint": fingerprint(cert)}
 
@@ -612,8 +611,9 @@ def reshare_hot_key(runtime: Any, signers: Mapping[int, tuple[str, Path, str]], 
         signer.threshold, signer.holders = threshold, tuple(sorted(signers))
         removed = [i for i in old_ids if i not in signers]
         if fleet is not None:
-            for i in removed:
+            for i in removed:  # it holds nothing now: stopped, and no longer one of the fleet
                 fleet.stop_one(i)
+                fleet.urls.pop(i, None)
         rec = json.loads(record.read_text())
         rec.update(signers=sorted(signers), threshold=threshold, generation=generation,
                    reshares=int(rec.get("reshares", 0)) + 1)
