@@ -42,6 +42,12 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text + "\n")
 
 
+def _plain_id(text: str) -> bool:
+    """ASCII letters, digits and '-' only, at most 40 characters (a refill id is also a file name)."""
+    bare = text.replace("-", "")
+    return 0 < len(text) <= 40 and bare.isascii() and bare.isalnum()
+
+
 def _record(data_dir: Path, tier: str) -> Path:
     if tier not in ("cold", "warm"):
         raise ValidationError("must be cold or warm", field="from")
@@ -128,7 +134,7 @@ class ColdVault:
 
         if not isinstance(amount_minor, int) or amount_minor < 10_000:
             raise ValidationError("must be at least 0.0001 BTC", field="amount")
-        if not refill_id.replace("-", "").isalnum() or not refill_id.startswith(self.tier) or len(refill_id) > 40:
+        if not _plain_id(refill_id) or not refill_id.startswith(self.tier) or len(refill_id) > 40:
             raise ValidationError(f"a refill id is {self.tier}-<letters and digits>, at most 40 characters", field="refill_id")
         if (self.dir / f"{refill_id}.json").exists():
             raise ValidationError("this refill id is taken", field="refill_id")
@@ -161,7 +167,7 @@ class ColdVault:
         return doc
 
     def refill(self, refill_id: str) -> dict[str, Any]:
-        if not refill_id.replace("-", "").isalnum() or len(refill_id) > 40:
+        if not _plain_id(refill_id):
             raise ValidationError("unknown refill id", field="id")
         path = self.dir / f"{refill_id}.json"
         if not path.exists():
