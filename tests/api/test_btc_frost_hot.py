@@ -266,6 +266,19 @@ def test_vault_to_hot_refill_through_offline_psbt_signing(frost_server: Server, 
     assert ok.stdout.split()[0] == txid and f"transfer {refill_id} broadcast" in ok.stdout
     want = hot_before + int(Decimal(amount) * 10**8)
     wait_for("the refill to reach the hot wallet", lambda: _chain_sat(data, hot) >= want, 60)
+    if tier == "warm":  # a refill decided but never signed is dropped by one operator and can never be submitted
+        later = f"{refill_id}x"
+        subject = refill_subject(later, "BTC", "btc_warm", "btc_hot", 10**7)
+        tokens = [format_approval(load_key(staff_key(data, s)).sign("vault.refill", subject, time.time_ns() + 60 * 10**9))
+                  for s in ("ada", "ben")]
+        ada = load_key(staff_key(data, "ada"))
+        with AdminClient(frost_server.base, ada, timeout_s=60) as admin:
+            admin.post("/vault-refills", {"from": "warm", "amount": "0.1", "refill_id": later, "approvals": tokens})
+            why = "holder 2 is unreachable"
+            decision = format_approval(ada.sign("vault.refill.cancel", [later, why], time.time_ns() + 60 * 10**9))
+            assert admin.post(f"/vault-refills/{later}/cancel", {"reason": why, "decision": decision})["state"] == "cancelled"
+            with pytest.raises(AdminError, match="is cancelled"):
+                admin.post(f"/vault-refills/{later}/submit", {"psbts": [psbt_file.read_text().strip()]})
 
 
 def _chain_sat(data: Path, address: str) -> int:

@@ -9,7 +9,8 @@ import pytest
 
 from ringfence.custody.commands import AuthorizeVaultRefillSigned, RecordTransferSigned, RecordTreasuryFunding
 from ringfence.custody.state import CustodyState
-from ringfence.custody.vault_cmds import ReshareSignersSigned, refill_subject, reshare_subject, signer_set
+from ringfence.custody.vault_cmds import (CancelVaultRefillSigned, ReshareSignersSigned, cancel_refill_subject,
+                                          refill_subject, reshare_subject, signer_set)
 from ringfence.errors import RingfenceError
 
 TXID = "ab" * 32
@@ -52,6 +53,17 @@ def test_a_vault_refill_needs_the_operator_quorum_over_exactly_it(net) -> None:
              "does not match")
     net.execute(RecordTransferSigned("warm-1", "BTC", "btc_warm", "btc_hot", 1_000_000, 500, TXID, "00"))
     assert net.state.transfers["warm-1"].state == "signed"
+
+    def cancel(rid, who, reason="holder unreachable"):
+        return CancelVaultRefillSigned(rid, "BTC", reason, net.desk.sign(who, "vault.refill.cancel",
+                                                                         cancel_refill_subject(rid, reason)))
+
+    _refused(net, cancel("warm-1", "tina"), "is signed, not authorized")  # a signed refill is on its way
+    net.execute(_refill(net, ["tina", "tom"], rid="warm-2", amount=100_000))
+    _refused(net, cancel("warm-2", "ana"), "rule 'role-required'")
+    net.execute(cancel("warm-2", "tina"))  # one operator: dropping a refill moves nothing
+    assert net.state.transfers["warm-2"].state == "cancelled"
+    _refused(net, RecordTransferSigned("warm-2", "BTC", "btc_warm", "btc_hot", 100_000, 500, TXID, "00"), "was cancelled")
 
 
 def test_a_signer_set_change_is_an_operator_decision_for_one_generation(net) -> None:

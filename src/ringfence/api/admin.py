@@ -460,5 +460,5 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     if custody is not None:  # vault refills and threshold keys' signer sets (api/custody_admin.py)
         from .custody_admin import install as install_custody
 
-        install_custody(endpoint, exchange, custody, _sigs, _caller_signed, submit)
+        install_custody(endpoint, exchange, custody, _sigs, _caller_signed, submit, _callers_decision)
     return router

@@ -8,6 +8,8 @@ endpoint; docs/custody.md, docs/keys.md):
 * `POST /admin/v1/vault-refills/{id}/submit` — `{"psbts": [...]}` (an operator): the holders'
   signatures come back; finalised only with exactly the nominated holders, journaled
   (`RecordTransferSigned`) and then broadcast;
+* `POST /admin/v1/vault-refills/{id}/cancel` — `{"reason", "decision"}` (one operator): a refill
+  nobody signed is dropped (`CancelVaultRefillSigned`) and can never be signed; its coins are free;
 * `GET /admin/v1/keys/{key_id}` — a threshold key's signer set: generation, threshold, each signer's
   URL and pinned certificate fingerprint;
 * `POST /admin/v1/keys/{key_id}/signers` — `{"id": N}` (an operator; only when `serve` runs the
@@ -33,7 +35,8 @@ __all__ = ["install"]
 
 
 def install(endpoint: Callable[..., Any], exchange: Any, custody: Any, sigs: Callable[[dict[str, Any]], Any],
-            caller_signed: Callable[[str, Any], None], submit: Callable[[Any], Any]) -> None:
+            caller_signed: Callable[[str, Any], None], submit: Callable[[Any], Any],
+            callers_decision: Callable[[str, dict[str, Any]], Any]) -> None:
     from ..staff import staff_of
 
     def operator(caller: str, what: str) -> None:
@@ -89,6 +92,16 @@ def install(endpoint: Callable[..., Any], exchange: Any, custody: Any, sigs: Cal
         await submit(RecordTransferSigned(doc["id"], "BTC", doc["from_wallet"], doc["to_wallet"], int(doc["amount_minor"]),
                                           int(doc["fee_minor"]), doc["txid"], raw.hex()))
         return await run_in_threadpool(v.broadcast, custody, doc, raw)
+
+    @endpoint("POST", "/vault-refills/{refill_id}/cancel", "Drop a refill nobody signed (CancelVaultRefillSigned: one operator)")
+    async def cancel_refill(caller: str, body: dict[str, Any], refill_id: str) -> Any:
+        from ..custody.vault_cmds import CancelVaultRefillSigned
+
+        v = vault("warm" if refill_id.startswith("warm") else "cold")
+        v.refill(refill_id)  # a refill of this node's
+        decision = callers_decision(caller, body)
+        await submit(CancelVaultRefillSigned(refill_id, "BTC", text(body, "reason"), decision))
+        return await run_in_threadpool(v.cancelled, refill_id)
 
     # ---- threshold keys: the signer set, reshare
 

@@ -72,3 +72,24 @@ def submit(refill_id: str = typer.Option(..., "--id", help="the refill id printe
         doc = _run(lambda: client.post(f"/vault-refills/{refill_id}/submit",
                                        {"psbts": [p.read_text().strip() for p in psbt]}))
     typer.echo(f"{doc['txid']}\ntransfer {doc.get('transfer_id', '')} {doc['state']}")
+
+
+@cold_app.command("cancel", help=(
+    "Drop a refill whose holders never signed (one operator's signed decision): it can never be signed "
+    "afterwards and its coins may be offered to the next refill.\n\n"
+    "Example: ringfence cold cancel --id cold-1a2b3c --reason 'holder 3 unreachable' --key ./data/demo-staff.json#ada"))
+def cancel(refill_id: str = typer.Option(..., "--id", help="the refill id printed by `ringfence cold refill`"),
+           reason: str = typer.Option(..., "--reason", help="why"), key: str = KEY, ttl_s: int = TTL,
+           url: str = URL) -> None:
+    import time
+
+    from ..staff.console import AdminClient, load_key
+    from ..staff.decisions import format_approval
+    from .vault_cmds import cancel_refill_subject
+
+    me = _run(lambda: load_key(key))
+    decision = format_approval(me.sign("vault.refill.cancel", cancel_refill_subject(refill_id, reason),
+                                       time.time_ns() + ttl_s * 10**9))
+    with AdminClient(url, me, timeout_s=60) as client:
+        doc = _run(lambda: client.post(f"/vault-refills/{refill_id}/cancel", {"reason": reason, "decision": decision}))
+    typer.echo(f"refill {doc['id']} {doc['state']}")

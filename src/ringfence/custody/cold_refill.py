@@ -203,6 +203,12 @@ class ColdVault:
         raw = self.wallet.finalize(base.to_string(), nom, transaction_seed(doc["txid"], doc["journal_position"]).hex())
         return doc, raw
 
+    def cancelled(self, refill_id: str) -> dict[str, Any]:
+        """After the engine accepted `CancelVaultRefillSigned`: its coins may be offered again."""
+        doc = {**self.refill(refill_id), "state": "cancelled"}
+        (self.dir / f"{refill_id}.json").write_text(json.dumps(doc, indent=1))
+        return doc
+
     def broadcast(self, runtime: Any, doc: dict[str, Any], raw: bytes) -> dict[str, Any]:
         """After `RecordTransferSigned` was journaled: send it (the balancer records it once confirmed)."""
         with runtime.chains.lock:

@@ -25,7 +25,7 @@ from .deposit_cmds import (
 )
 from .refund_cmds import ReturnDepositSigned
 from .rebalance_cmds import AuthorizeRebalance
-from .vault_cmds import AuthorizeVaultRefillSigned, ReshareSignersSigned
+from .vault_cmds import AuthorizeVaultRefillSigned, CancelVaultRefillSigned, ReshareSignersSigned
 from .policy_cmds import ActivatePolicy, ApprovePolicy, ProposePolicy, SetApprover
 from .staff_cmds import (
     ApprovePolicySigned,
@@ -83,7 +83,7 @@ __all__ = [
     "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview",
     "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
     "CancelWithdrawal", "RemoveWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce", "AuthorizeRebalance",
-    "AuthorizeVaultRefillSigned", "ReshareSignersSigned",
+    "AuthorizeVaultRefillSigned", "CancelVaultRefillSigned", "ReshareSignersSigned",
     "CustodyEvent", "DepositReported",
     "ApproveWithdrawalSigned", "RejectWithdrawal", "ResolveManualReviewSigned", "ReviewQuarantineSigned", "ReturnDepositSigned",
     "ProposePolicySigned", "ApprovePolicySigned",

@@ -99,7 +99,9 @@ class TransferRec(msgspec.Struct, array_like=True):
     amount_minor: int
     network_fee_minor: int
     txid: str
-    state: str = "recorded"  # "signed" (journaled before broadcast) | "recorded" (confirmed, in the ledger)
+    #: "authorized" (a rebalance or vault refill decided) | "signed" (journaled before broadcast) |
+    #: "recorded" (confirmed, in the ledger) | "cancelled" (a vault refill dropped unsigned)
+    state: str = "recorded"
     raw_tx: str = ""
 
 

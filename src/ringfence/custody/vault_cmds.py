@@ -34,7 +34,8 @@ from ..staff.state import check_quorum, consume
 from .module import MODULE, custody_scopes
 from .state import TransferRec, _asset_cfg, _check_amount, _check_id, _ev, _text, _wallet, custody_state
 
-__all__ = ["AuthorizeVaultRefillSigned", "ReshareSignersSigned", "refill_subject", "reshare_subject", "signer_set",
+__all__ = ["AuthorizeVaultRefillSigned", "CancelVaultRefillSigned", "ReshareSignersSigned", "refill_subject",
+           "cancel_refill_subject", "reshare_subject", "signer_set",
            "VAULT_TIERS", "MAX_SIGNERS"]
 
 VAULT_TIERS = ("warm", "cold")
@@ -105,12 +106,55 @@ def _authorize_refill(engine: Engine, c: AuthorizeVaultRefillSigned) -> list[Eve
                 [c.txid, f"seq={engine.seq}", *(f"approved_by={a}" for a in approvers)])]
 
 
+def cancel_refill_subject(refill_id: str, reason: str) -> list[Any]:
+    """What the operator signs to drop a refill nobody signed (action `vault.refill.cancel`)."""
+    return [refill_id, reason]
+
+
+class CancelVaultRefillSigned(Command, tag="custody.vault_refill.cancel/1", frozen=True):
+    """One operator drops an authorized refill whose holders never signed (it moves nothing, so one
+    signature suffices); it can never be signed afterwards."""
+
+    refill_id: str
+    asset: str
+    reason: str
+    decision: StaffSignature
+
+
+def _pre_cancel(engine: Engine, c: CancelVaultRefillSigned) -> None:
+    from ..staff.state import check_decision
+
+    s = custody_state(engine)
+    t = s.transfers.get(c.refill_id)
+    if t is None or t.asset != c.asset or s.wallets.get(t.from_wallet) is None \
+            or s.wallets[t.from_wallet].tier not in VAULT_TIERS:
+        raise ValidationError(f"no vault refill {c.refill_id!r} of {c.asset}", field="refill_id")
+    if t.state != "authorized":
+        raise Conflict(f"refill {c.refill_id} is {t.state}, not authorized: only an unsigned refill is cancelled",
+                       field="refill_id")
+    reason = _text(c.reason, "reason", MAX_REASON)
+    if not reason.strip():
+        raise ValidationError("a decision needs a reason", field="reason")
+    check_decision(engine, "vault.refill.cancel", cancel_refill_subject(c.refill_id, reason), c.decision, OPERATOR)
+
+
+@MODULE.handles(CancelVaultRefillSigned, precheck=_pre_cancel, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _cancel_refill(engine: Engine, c: CancelVaultRefillSigned) -> list[Event]:
+    _pre_cancel(engine, c)
+    consume(engine, [c.decision])
+    t = custody_state(engine).transfers[c.refill_id]
+    t.state = "cancelled"
+    return [_ev("vault_refill.cancelled", c.refill_id, "cancelled", t.amount_minor, [c.reason, f"by={c.decision.staff_id}"])]
+
+
 def check_vault_transfer(engine: Engine, c: Any) -> None:
     """`RecordTransferSigned`'s rule for transfers out of a vault: authorized, and exactly as authorized."""
     from ..errors import Forbidden
 
     s = custody_state(engine)
     t = s.transfers.get(c.transfer_id)
+    if t is not None and t.state == "cancelled":
+        raise Conflict(f"refill {t.id} was cancelled by an operator", field="transfer_id")
     if t is not None and t.state == "authorized" and t.txid and t.txid != c.txid:
         raise Conflict(f"transaction {c.txid} is not the one authorized for {t.id} ({t.txid})", field="txid")
     src = s.wallets.get(c.from_wallet)
