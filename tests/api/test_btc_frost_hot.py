@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import struct
+import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 
 from .conftest import Server, cli
+from ringfence.keys import frost
+
 from .frost_shares import combined_secrets, share
 from .test_capital import ENV, signed, wait_for, withdraw_key
 
@@ -194,14 +198,16 @@ def _signer_pids(srv: Server) -> dict[int, int]:
 @pytest.mark.parametrize("tier,amount", [("cold", "1.25"), ("warm", "0.5")])
 def test_vault_to_hot_refill_through_offline_psbt_signing(frost_server: Server, tmp_path: Path, tier: str,
                                                            amount: str) -> None:
-    """`ringfence cold refill [--from warm]` -> the nominated holders sign offline with `ringfence keys
+    """`ringfence cold refill [--from warm]` with two operators' keys (a staff-signed request to the
+    admin API; the engine checks the quorum) -> the nominated holders sign offline with `ringfence keys
     sign-psbt` -> `ringfence cold submit`: the refill is journaled, broadcast, mined, and the hot
-    wallet holds it. A PSBT signed by a holder who was not nominated is refused and changes nothing."""
-    from decimal import Decimal
-
+    wallet holds it. One operator alone, an approver, or a PSBT signed by a holder who was not
+    nominated is refused and changes nothing; the old token-only demo endpoint is gone."""
     from embit import bip32
 
     from ringfence.keys.multisig import nominate_for_transaction
+
+    from .test_capital import staff_key
 
     data = frost_server.data
     status = httpx.get(frost_server.base + "/readyz").json()["custody"]
@@ -209,34 +215,70 @@ def test_vault_to_hot_refill_through_offline_psbt_signing(frost_server: Server, 
     assert json.loads((data / "custody" / f"btc-{tier}.json").read_text())["m"] == 2
     hot = _record(data)["address"]
     hot_before = _chain_sat(data, hot)
-    made = cli("cold", "refill", "--data", str(data), "--from", tier, "--amount", amount, "--out", str(tmp_path / "refill.psbt"))
+    url = ("--url", frost_server.base)
+    psbt_file = tmp_path / "refill.psbt"
+    refill_id = f"{tier}-t{tmp_path.name[-6:].replace('_', '')}"
+    decide = ("cold", "refill", "--from", tier, "--amount", amount, "--out", str(psbt_file), "--id", refill_id)
+
+    # refused (the same request the CLI sends, from this process): one operator alone (quorum), an operator
+    # with an approver who is no operator (role-required)
+    from ringfence.custody.vault_cmds import refill_subject
+    from ringfence.staff.console import AdminClient, AdminError, load_key
+    from ringfence.staff.decisions import format_approval
+
+    subject = refill_subject(refill_id, "BTC", f"btc_{tier}", "btc_hot", int(Decimal(amount) * 10**8))
+    with AdminClient(frost_server.base, load_key(staff_key(data, "ada")), timeout_s=60) as admin:
+        for signers, rule in ((["ada"], "quorum"), (["ada", "cy"], "role-required")):
+            tokens = [format_approval(load_key(staff_key(data, s)).sign("vault.refill", subject, time.time_ns() + 60 * 10**9))
+                      for s in signers]
+            with pytest.raises(AdminError, match=f"rule '{rule}'"):
+                admin.post("/vault-refills", {"from": tier, "amount": amount, "refill_id": refill_id, "approvals": tokens})
+    # the token-only demo endpoint that let anyone with the loopback token start a refill is gone
+    token = json.loads((data / "custody" / "admin.json").read_text())["token"]
+    old = httpx.post(frost_server.base + "/v1/demo/chain/cold/refill", json={"amount": amount, "from": tier},
+                     headers={"Authorization": f"Bearer {token}"})
+    assert old.status_code == 404, old.text
+
+    made = cli(*decide, "--key", staff_key(data, "ada"), "--key", staff_key(data, "ben"), *url)
     assert made.returncode == 0, made.stderr
     lines = made.stdout.split("\n")
-    refill_id = lines[0].split()[1]
+    assert lines[0].split()[1] == refill_id
     txid, position = lines[1].split()[1], int(lines[2].split()[1])
     nominated = [line.split()[1:] for line in lines if line.startswith("nominated ")]
     assert len(nominated) == 2 and all(Path(f).exists() for _, f in nominated)
     holders = {bip32.HDKey.from_string(p.read_text().strip()).my_fingerprint.hex(): p
                for p in sorted((data / f"{tier}-holders").glob("holder-*.tprv"))}
-    # anyone can recompute the nomination from the transaction id and the journal position
+    # anyone can recompute the nomination from the transaction id and the decision's journal position
     assert sorted(fp for fp, _ in nominated) == list(nominate_for_transaction(sorted(holders), 2, txid, position).selected)
     outsider = next(fp for fp in holders if fp not in dict(nominated))
 
     def sign(fp: str, name: str) -> Path:
-        res = cli("keys", "sign-psbt", "--psbt", str(tmp_path / "refill.psbt"), "--key", str(holders[fp]),
-                  "--out", str(tmp_path / name))
+        res = cli("keys", "sign-psbt", "--psbt", str(psbt_file), "--key", str(holders[fp]), "--out", str(tmp_path / name))
         assert res.returncode == 0, res.stderr
         return tmp_path / name
 
-    bad = cli("cold", "submit", "--data", str(data), "--id", refill_id,
-              "--psbt", str(sign(nominated[0][0], "a.psbt")), "--psbt", str(sign(outsider, "x.psbt")))
+    bad = cli("cold", "submit", "--id", refill_id, "--psbt", str(sign(nominated[0][0], "a.psbt")),
+              "--psbt", str(sign(outsider, "x.psbt")), "--key", staff_key(data, "ada"), *url)
     assert bad.returncode != 0 and "nominated" in bad.stderr.lower(), bad.stderr
-    ok = cli("cold", "submit", "--data", str(data), "--id", refill_id,
-             "--psbt", str(tmp_path / "a.psbt"), "--psbt", str(sign(nominated[1][0], "b.psbt")))
+    ok = cli("cold", "submit", "--id", refill_id, "--psbt", str(tmp_path / "a.psbt"),
+             "--psbt", str(sign(nominated[1][0], "b.psbt")), "--key", staff_key(data, "ben"), *url)
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.split()[0] == txid and f"refill-{position}-" in ok.stdout
+    assert ok.stdout.split()[0] == txid and f"transfer {refill_id} broadcast" in ok.stdout
     want = hot_before + int(Decimal(amount) * 10**8)
     wait_for("the refill to reach the hot wallet", lambda: _chain_sat(data, hot) >= want, 60)
+    if tier == "warm":  # a refill decided but never signed is dropped by one operator and can never be submitted
+        later = f"{refill_id}x"
+        subject = refill_subject(later, "BTC", "btc_warm", "btc_hot", 10**7)
+        tokens = [format_approval(load_key(staff_key(data, s)).sign("vault.refill", subject, time.time_ns() + 60 * 10**9))
+                  for s in ("ada", "ben")]
+        ada = load_key(staff_key(data, "ada"))
+        with AdminClient(frost_server.base, ada, timeout_s=60) as admin:
+            admin.post("/vault-refills", {"from": "warm", "amount": "0.1", "refill_id": later, "approvals": tokens})
+            why = "holder 2 is unreachable"
+            decision = format_approval(ada.sign("vault.refill.cancel", [later, why], time.time_ns() + 60 * 10**9))
+            assert admin.post(f"/vault-refills/{later}/cancel", {"reason": why, "decision": decision})["state"] == "cancelled"
+            with pytest.raises(AdminError, match="is cancelled"):
+                admin.post(f"/vault-refills/{later}/submit", {"psbts": [psbt_file.read_text().strip()]})
 
 
 def _chain_sat(data: Path, address: str) -> int:
@@ -247,24 +289,98 @@ def _chain_sat(data: Path, address: str) -> int:
     return int(chain_balance(data, "BTC", address) * Decimal(10**8))
 
 
+def _withdraw_btc(srv: Server, amount: str) -> str:
+    key = withdraw_key(srv.data)
+    res = signed(srv, key, "POST", "/sapi/v1/capital/withdraw/apply",
+                 {"coin": "BTC", "address": key["withdraw_addresses"]["BTC"], "amount": amount})
+    assert res.status_code == 200, res.text
+    wid = res.json()["id"]
+
+    def completed():
+        rows = signed(srv, key, "GET", "/sapi/v1/capital/withdraw/history", {"coin": "BTC"}).json()
+        return next((r for r in rows if r["id"] == wid and r["status"] == 6), None)
+
+    wait_for(f"the BTC withdrawal {wid} to complete", completed, 90)
+    return str(wid)
+
+
+def _signed_by(srv: Server, wid: str, ids) -> list[int]:
+    return [i for i in ids if f"request wd-{wid}:0" in (srv.data / "signers" / f"signer-{i}" / "keyops.jsonl").read_text()]
+
+
+def test_reshare_replaces_a_signer_under_an_operator_quorum_and_the_key_stays(frost_server: Server, tmp_path: Path) -> None:
+    """`ringfence keys reshare --add 4 --remove 3` against the live node: one operator alone is refused
+    (quorum); a decision that pins a certificate which is not signer 4's is accepted by the engine but
+    the coordinator refuses signer 4's handshake and nothing changes hands; with two operators the node
+    starts signer 4, a quorum of {1, 2} re-deals, signer 3's share is deleted. The group key and the
+    address stay, {1, 4} combine to the key, signer 1's old share does not combine with the new ones,
+    and a withdrawal is then signed by two of {1, 2, 4} and mined."""
+    from ringfence.custody.vault_cmds import reshare_subject
+    from ringfence.keys.tls import ensure_identity, fingerprint
+    from ringfence.staff.console import AdminClient, AdminError, load_key
+    from ringfence.staff.decisions import format_approval
+
+    from .test_capital import staff_key
+
+    data = frost_server.data
+    rec0 = _record(data)
+    assert rec0["signers"] == [1, 2, 3]
+    url = ("--url", frost_server.base)
+    ada, ben = staff_key(data, "ada"), staff_key(data, "ben")
+    change = ("keys", "reshare", "--key-id", "btc-hot", "--remove", "3", "--reason", "signer 3's host is retired")
+    old1 = share(data, 1)
+
+    alone = cli(*change, "--add", "4", "--key", ada, *url)
+    assert alone.returncode != 0 and "rule 'quorum'" in alone.stderr, alone.stderr
+    with AdminClient(frost_server.base, load_key(ada), timeout_s=120) as admin:
+        view = admin.get("/keys/btc-hot")
+        assert view["generation"] == 0 and view["threshold"] == 2
+        spare = next(s for s in view["signers"] if s["id"] == 4)  # started by the CLI; it holds no share
+        fps = {s["id"]: s["fingerprint"] for s in view["signers"]}
+        assert not spare["holder"] and spare["fingerprint"] and spare["url"].startswith("https://")
+        # the request `--add 4=URL --cert 4=PEM` sends, from this process, with a certificate that is not signer 4's
+        bogus = ensure_identity(tmp_path / "bogus", "not-signer-4", "bogus-passphrase")
+        pairs = [[1, fps[1]], [2, fps[2]], [4, fingerprint(bogus.cert)]]
+        subject = reshare_subject("btc-hot", 0, pairs, 2, "signer 3's host is retired")
+        tokens = [format_approval(load_key(k).sign("keys.reshare", subject, time.time_ns() + 60 * 10**9)) for k in (ada, ben)]
+        with pytest.raises(AdminError, match=r"signer 4 unreachable \(TLS authentication failed"):
+            admin.post("/keys/btc-hot/reshare", {
+                "generation": 0, "threshold": 2, "reason": "signer 3's host is retired", "approvals": tokens,
+                "signers": [{"id": 1}, {"id": 2}, {"id": 4, "url": spare["url"], "certificate": bogus.cert.read_text()}]})
+        assert _record(data)["signers"] == [1, 2, 3] and (data / "signers" / "signer-3" / "shares" / "btc-hot.bin").exists()
+        assert not (data / "signers" / "signer-4" / "shares" / "btc-hot.bin").exists()
+        assert admin.get("/keys/btc-hot")["generation"] == 1, "the decision was journaled; its ceremony failed"
+
+        ok = cli(*change, "--add", "4", "--key", ada, "--key", ben, *url)
+        assert ok.returncode == 0, ok.stderr
+        assert "generation 2: signers 1,2,4 threshold 2; retired 3" in ok.stdout, ok.stdout
+        after = admin.get("/keys/btc-hot")
+    rec = _record(data)
+    assert (rec["signers"], rec["threshold"], rec["generation"]) == ([1, 2, 4], 2, 2)
+    assert (rec["group_public_key"], rec["output_key"], rec["address"]) == (rec0["group_public_key"], rec0["output_key"],
+                                                                            rec0["address"])
+    assert after["address"] == rec0["address"] and [s["id"] for s in after["signers"] if s["holder"]] == [1, 2, 4]
+    assert not (data / "signers" / "signer-3" / "shares" / "btc-hot.bin").exists(), "the removed signer's share is gone"
+    assert "share_deleted" in (data / "signers" / "signer-3" / "keyops.jsonl").read_text()
+    plain, _ = combined_secrets(data, (1, 4))  # checked against the recorded group key inside
+    new4 = share(data, 4)
+    cs = new4.suite
+    mixed = (frost.derive_interpolating_value(cs, [1, 4], 1) * old1.secret_share
+             + frost.derive_interpolating_value(cs, [1, 4], 4) * new4.secret_share) % cs.group.order
+    assert mixed != plain, "an old share still combines with the new ones"
+    assert combined_secrets(data, (2, 4))[0] == plain
+    wid = _withdraw_btc(frost_server, "0.012")
+    by = _signed_by(frost_server, wid, (1, 2, 3, 4))
+    assert len(by) == 2 and 3 not in by, by
+
+
 def test_a_lost_signer_leaves_a_quorum_that_pays(frost_server: Server) -> None:
-    """Signer 1's machine is gone (SIGKILL): withdrawals are still signed, by signers 2 and 3."""
+    """Signer 1's machine is gone (SIGKILL): withdrawals are still signed, by the two other holders."""
     import os
     import signal
 
     pids = _signer_pids(frost_server)
     os.kill(pids[1], signal.SIGKILL)
-    key = withdraw_key(frost_server.data)
-    res = signed(frost_server, key, "POST", "/sapi/v1/capital/withdraw/apply",
-                 {"coin": "BTC", "address": key["withdraw_addresses"]["BTC"], "amount": "0.011"})
-    assert res.status_code == 200, res.text
-    wid = res.json()["id"]
-
-    def completed():
-        rows = signed(frost_server, key, "GET", "/sapi/v1/capital/withdraw/history", {"coin": "BTC"}).json()
-        return next((r for r in rows if r["id"] == wid and r["status"] == 6), None)
-
-    wait_for("the BTC withdrawal to complete without signer 1", completed, 90)
-    by = [i for i in (1, 2, 3) if f"request wd-{wid}:0" in
-          (frost_server.data / "signers" / f"signer-{i}" / "keyops.jsonl").read_text()]
-    assert by == [2, 3], by
+    wid = _withdraw_btc(frost_server, "0.011")
+    others = [i for i in _record(frost_server.data)["signers"] if i != 1]
+    assert _signed_by(frost_server, wid, (1, 2, 3, 4)) == others[:2]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from ringfence.custody.commands import RecordInternalTransfer, RecordTreasuryFunding
-from ringfence.custody.wallets import BalancingRule, Move, plan_balancing
-from ringfence.errors import RingfenceError
+from ringfence.custody.commands import (AuthorizeVaultRefillSigned, RecordInternalTransfer, RecordTransferSigned,
+                                       RecordTreasuryFunding)
+from ringfence.custody.vault_cmds import refill_subject
+from ringfence.custody.wallets import BalancingRule, Move, build_btc_payment, plan_balancing
+from ringfence.errors import Forbidden, RingfenceError
 
 from .flows import fund_btc
 
@@ -58,9 +60,22 @@ def test_sweep_drain_and_refill_on_chain(net) -> None:
     top_up = net.btc_send(net.btc_warm, 20_000_000)
     net.btc_mine(1)
     net.execute(RecordTreasuryFunding("f-1", "BTC", "btc_warm", 20_000_000, top_up))
-    net.btc_balancer.transfer("BTC", from_wallet="btc_warm", from_address=net.btc_warm, key_id="btc-warm",
-                              signer=net.local, to_wallet="btc_hot", to_address=net.btc_hot, amount_minor=10_000_000,
-                              kind="refill")
+    # a transfer out of a vault without a decision is refused (custody/vault_cmds.py), nothing journaled
+    refill = dict(from_wallet="btc_warm", from_address=net.btc_warm, key_id="btc-warm", signer=net.local,
+                  to_wallet="btc_hot", to_address=net.btc_hot, amount_minor=10_000_000, kind="refill")
+    seq = net.node.engine.last_seq
+    with pytest.raises(Forbidden, match="needs a decision first"):
+        net.btc_balancer.transfer("BTC", **refill)
+    assert net.node.engine.last_seq == seq
+    # the operator quorum decides it for exactly this transaction; then it is journaled and sent
+    raw, txid, fee = build_btc_payment(net.btc, from_address=net.btc_warm, key_id="btc-warm", signer=net.local,
+                                       outputs=[(net.btc_hot, 10_000_000)], fee_rate_sat_per_vb=2, request_id="r-1",
+                                       reason="refill")
+    subject = refill_subject("warm-r1", "BTC", "btc_warm", "btc_hot", 10_000_000)
+    net.execute(AuthorizeVaultRefillSigned("warm-r1", "BTC", "btc_warm", "btc_hot", 10_000_000, fee, txid,
+                                           net.desk.signs(["tina", "tom"], "vault.refill", subject)))
+    net.execute(RecordTransferSigned("warm-r1", "BTC", "btc_warm", "btc_hot", 10_000_000, fee, txid, raw.hex()))
+    net.btc.broadcast(raw)
     net.btc_mine(1)
     net.btc_balancer.record_confirmed("BTC", 1)
     _chain_matches_ledger(net)

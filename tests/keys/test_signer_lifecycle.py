@@ -47,6 +47,8 @@ def test_refresh_reshare_and_lost_share(fleet: SignerFleet) -> None:
         url4 = fleet.start_one(4)
         fleet.wait_ready(ids=[4])
         coord.tls.add({4: fleet.store_dir(4) / "tls.crt"})
+        # the signers pin each other: the dealers seal shares to signer 4 only once they pin it
+        fleet.pin_peers({i: fleet.store_dir(i) / "tls.crt" for i in (1, 2, 3, 4)})
         new = coord.reshare("k-life", [1, 2], {1: fleet.urls[1], 2: fleet.urls[2], 4: url4}, 2, "replace signer 3")
         assert new.raw["group_public_key"] == pub and sorted(new.kp.verifying_shares) == [1, 2, 4]
         assert not (fleet.store_dir(3) / "shares" / "k-life.bin").exists(), "the replaced signer's share is deleted"

@@ -154,3 +154,54 @@ def test_signer_refuses_a_man_in_the_middle_as_client_for_dkg_and_signing(fleet:
     for i in (1, 2, 3):
         assert not (fleet.store_dir(i) / "shares" / "k-mallory.bin").exists()
         assert "mallory" not in (fleet.store_dir(i) / "keyops.jsonl").read_text(), "no request of mallory's was served"
+
+
+class SubstitutingCoordinator(ThresholdCoordinator):
+    """A malicious coordinator: it hands the other signers its own X25519 key as signer 2's transport
+    key, so that it could open the shares they seal to signer 2 (the man in the middle of a DKG)."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        from ringfence.keys import transport
+
+        self.mine = transport.new_transport_key()
+        self.mine_hex = transport.public_bytes(self.mine).hex()
+
+    def _transport(self, ids):
+        keys, proofs = super()._transport(ids)
+        if "2" in keys:
+            keys["2"] = self.mine_hex
+        return keys, proofs
+
+
+def test_signers_pin_each_other_a_substituted_transport_key_or_an_unpinned_signer_is_refused(fleet: SignerFleet) -> None:
+    """Signers pin each other (STORE/peers/signer-N.crt): each seals round-two shares only to a transport key
+    signed by a peer certificate it pinned. A coordinator that swaps signer 2's key for its own is refused by
+    the others before any share leaves; a signer whose certificate no peer pinned (a fourth signer started
+    without pins) is refused by every pinned signer, naming it; once pinned, the same DKG succeeds."""
+    from ringfence.errors import CeremonyFailed
+
+    evil = SubstitutingCoordinator(fleet.urls, fleet.token, tls=fleet.tls())
+    try:
+        with pytest.raises(CeremonyFailed, match="signer 2's transport key is not signed by its pinned certificate"):
+            evil.create_key("k-swap", SUITE, 2, [1, 2, 3])
+    finally:
+        evil.close()
+    for i in (1, 2, 3):
+        assert not (fleet.store_dir(i) / "shares" / "k-swap.bin").exists()
+
+    fleet.start_one(4)  # its own certificate; no peer pins it, and it pins nobody
+    fleet.wait_ready(60, ids=[4])
+    coord = ThresholdCoordinator(fleet.urls, fleet.token, tls=fleet.tls())
+    try:
+        with pytest.raises(CeremonyFailed, match="signer 4 is not pinned by signer 1") as refused:
+            coord.create_key("k-unpinned", SUITE, 2, [1, 4])
+        assert refused.value.details["culprit"] == 4
+        assert not any((fleet.store_dir(i) / "shares" / "k-unpinned.bin").exists() for i in (1, 4))
+        fleet.pin_peers({i: fleet.store_dir(i) / "tls.crt" for i in (1, 2, 3, 4)})
+        coord.create_key("k-pinned", SUITE, 2, [1, 4])
+        assert coord.sign(SigningRequest("pinned-1", "k-pinned", bytes(32), Scheme.TAPROOT_KEYPATH, "t", "t"),
+                          [1, 4]).signers == ("frost:1", "frost:4")
+    finally:
+        coord.close()
+        fleet.stop_one(4)

@@ -265,7 +265,8 @@ def install_admin_pages(app: Any) -> None:
         return FileResponse(pages / name, headers=headers(request))
 
 
-def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = None, monitor: Any = None) -> APIRouter:
+def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = None, monitor: Any = None,
+                       custody: Any = None) -> APIRouter:
     verifier = verifier or RequestVerifier()
     router = APIRouter(prefix=PREFIX, tags=["admin"])
 
@@ -567,4 +568,8 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         from ..monitoring.api import install as install_monitoring
 
         install_monitoring(endpoint, exchange, monitor, _callers_decision)
+    if custody is not None:  # vault refills and threshold keys' signer sets (api/custody_admin.py)
+        from .custody_admin import install as install_custody
+
+        install_custody(endpoint, exchange, custody, _sigs, _caller_signed, submit, _callers_decision)
     return router

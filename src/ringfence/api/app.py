@@ -337,7 +337,7 @@ def create_app(
         app.include_router(build_chain_admin_router(custody, chain_admin_token))
     from .admin import build_admin_router, install_admin_pages  # staff console: signed requests and decisions (docs/staff.md)
 
-    app.include_router(build_admin_router(exchange, monitor=monitor))
+    app.include_router(build_admin_router(exchange, monitor=monitor, custody=custody))
     install_admin_pages(app)
     app.include_router(build_ws_router(hub))
     from .ws_api import build_ws_api_router  # Binance's WebSocket API: order entry at /ws-api/v3

@@ -34,7 +34,7 @@ import coincurve
 import httpx
 import structlog
 
-from ..errors import ConfigError, InsufficientFunds, SigningRefused, ValidationError
+from ..errors import ConfigError, SigningRefused, ValidationError
 from ..keys.interface import Scheme, Signature, SigningRequest
 
 __all__ = ["FrostTaprootSigner", "SignerFleet", "open_btc_hot", "build_taproot_payment", "p2tr_address",
@@ -45,9 +45,6 @@ log = structlog.get_logger("ringfence.custody.signers")
 BTC_HOT_KEY_ID = "btc-hot"
 SIGNER_TYPE = "frost-taproot"
 P2TR_INPUT_VB = 58  # 41 base + 66/4 witness (one 64-byte BIP-340 signature)
-TX_OVERHEAD_VB = 11
-MAX_INPUTS = 200
-DUST_SAT = 546
 SUITE = "FROST(secp256k1, SHA-256)"
 
 
@@ -158,9 +155,38 @@ class SignerFleet:
     def store_dir(self, i: int) -> Path:
         return self.root / f"signer-{i}"
 
+    def holder_ids(self) -> list[int]:
+        """The signers to start: 1..count at first, then those the hot key's record names (a reshare
+        changes them)."""
+        record = self.root.parent / "custody" / "btc-hot.json"
+        if record.exists():
+            return [int(i) for i in json.loads(record.read_text())["signers"]]
+        return list(range(1, self.count + 1))
+
+    def signer_identity(self, i: int) -> Any:
+        """Signer i's TLS identity (made here before its first start, so its peers can pin it at once;
+        the signer process opens the same files)."""
+        from ..keys.tls import ensure_identity
+
+        return ensure_identity(self.store_dir(i), f"{self.name}-{i}", _secret_file(self.root / f"signer-{i}.passphrase"))
+
+    def pin_peers(self, certs: Mapping[int, Path]) -> None:
+        """Write each signer's pin of every other one (`STORE/peers/signer-J.crt`). In production each
+        signer's operator places these files on the signer's machine; here all signers share one."""
+        for i in certs:
+            peers = self.store_dir(i) / "peers"
+            peers.mkdir(parents=True, exist_ok=True)
+            for j, cert in certs.items():
+                if j != i:
+                    tmp = peers / f".signer-{j}.crt.tmp"
+                    tmp.write_bytes(Path(cert).read_bytes())
+                    os.replace(tmp, peers / f"signer-{j}.crt")
+
     def start_one(self, i: int, port: int | None = None) -> str:
         store = self.store_dir(i)
         passphrase = _secret_file(self.root / f"signer-{i}.passphrase")
+        self.signer_identity(i)
+        (store / "peers").mkdir(parents=True, exist_ok=True)
         port = port or _free_port()
         env = dict(os.environ, RINGFENCE_SIGNER_PASSPHRASE=passphrase, RINGFENCE_SIGNER_TOKEN=self.token)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -168,7 +194,7 @@ class SignerFleet:
         self.procs[i] = subprocess.Popen(
             [sys.executable, "-m", "ringfence.keys.signer_server", "--store", str(store), "--identifier", str(i),
              "--name", f"{self.name}-{i}", "--port", str(port), "--create",
-             "--coordinator-cert", str(self.identity.cert)],
+             "--coordinator-cert", str(self.identity.cert), "--peer-certs", str(store / "peers")],
             stdout=self.logs[i], stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         self.urls[i] = f"https://127.0.0.1:{port}"
         return self.urls[i]
@@ -180,7 +206,9 @@ class SignerFleet:
         return ClientTLS(self.identity, {i: self.store_dir(i) / "tls.crt" for i in self.urls})
 
     def start(self, timeout_s: int = 60) -> dict[int, str]:
-        for i in range(1, self.count + 1):
+        ids = self.holder_ids()
+        self.pin_peers({i: self.signer_identity(i).cert for i in ids})
+        for i in ids:
             self.start_one(i)
         self.wait_ready(timeout_s)
         return dict(self.urls)
@@ -299,53 +327,27 @@ def build_taproot_payment(adapter: Any, *, from_address: str, key_id: str, signe
                           fee_rate_sat_per_vb: int, request_id: str, reason: str, requested_by: str = "custody-signer",
                           sweep_all: bool = False) -> tuple[bytes, str, int]:
     """Pay `outputs` from the P2TR `from_address` (change back to it), each input signed by a
-    BIP-340 key-path signature from `signer`. Returns (raw_tx, txid, fee_sat)."""
-    from bitcointx.core import COutPoint, CMutableTransaction, CTxIn, CTxInWitness, CTxOut, b2lx, lx
+    BIP-340 key-path signature from `signer`; the coins are chosen by `wallets.plan_btc_spend`, as
+    for every Bitcoin wallet. Returns (raw_tx, txid, fee_sat)."""
+    from bitcointx.core import CTxInWitness, CTxOut, b2lx
     from bitcointx.core.script import CScript, CScriptWitness, SignatureHashSchnorr
 
-    if not outputs or (any(v <= 0 for _, v in outputs) and not sweep_all):
-        raise ValidationError("needs outputs with positive amounts", field="outputs")
+    from .wallets import btc_unsigned_tx, plan_btc_spend
+
     own = bytes(adapter.script_of_address(from_address))
     if len(own) != 34 or own[:2] != b"\x51\x20" or own[2:] != signer.public_key(key_id, Scheme.TAPROOT_KEYPATH):
         raise ValidationError("the address is not this signer's Taproot output", field="from_address")
-    spent_in_mempool = set(getattr(adapter.node, "_mempool_spends", {}))
-    tip = adapter.current_height()
-    coins = [u for u in adapter.unspent(from_address)
-             if (u.txid, u.vout) not in spent_in_mempool and (not u.coinbase or tip - u.height + 1 >= 100)]
-    coins.sort(key=lambda u: -u.value_sat)
-    outputs_vb = sum(9 + len(adapter.script_of_address(a)) for a, _ in outputs)
-    change_vb = 9 + len(own)
-    want = 0 if sweep_all else sum(v for _, v in outputs)
-    picked: list[Any] = []
-    total = fee = 0
-    for u in coins[:MAX_INPUTS]:
-        picked.append(u)
-        total += u.value_sat
-        fee = (TX_OVERHEAD_VB + P2TR_INPUT_VB * len(picked) + outputs_vb + (0 if sweep_all else change_vb)) * fee_rate_sat_per_vb
-        if not sweep_all and total >= want + fee:
-            break
-    if sweep_all:
-        if total - fee < DUST_SAT:
-            raise InsufficientFunds(f"{from_address} holds {total} sat, not enough to sweep", field="from_address")
-        outputs = [(outputs[0][0], total - fee)]
-        want = total - fee
-    elif total < want + fee:
-        raise InsufficientFunds(f"{from_address} holds {total} spendable sat, needs {want + fee}", field="amount_minor")
-    change = total - want - fee
-    vout = [CTxOut(v, CScript(adapter.script_of_address(a))) for a, v in outputs]
-    if change >= DUST_SAT:
-        vout.append(CTxOut(change, CScript(own)))
-    else:
-        fee += change
-    tx = CMutableTransaction([CTxIn(COutPoint(lx(u.txid), u.vout)) for u in picked], vout)
-    spent = [CTxOut(u.value_sat, CScript(own)) for u in picked]
+    spend = plan_btc_spend(adapter, from_address=from_address, outputs=outputs, fee_rate_sat_per_vb=fee_rate_sat_per_vb,
+                           input_vb=P2TR_INPUT_VB, sweep_all=sweep_all)
+    tx = btc_unsigned_tx(adapter, spend, from_address)
+    spent = [CTxOut(u.value_sat, CScript(own)) for u in spend.coins]
     wits = []
-    for i in range(len(picked)):
+    for i in range(len(spend.coins)):
         digest = bytes(SignatureHashSchnorr(tx, i, spent, hashtype=None))
         sig = signer.sign(SigningRequest(f"{request_id}:{i}", key_id, digest, Scheme.TAPROOT_KEYPATH, requested_by, reason))
         wits.append(CTxInWitness(CScriptWitness([bytes(sig.signature)])))
     tx.wit.vtxinwit = wits
-    return tx.serialize(), b2lx(tx.GetTxid()), fee
+    return tx.serialize(), b2lx(tx.GetTxid()), spend.fee_sat
 
 
 class ShareRefresher:
@@ -468,3 +470,156 @@ def refresh_worker(runtime: Any, supervised: Any, lock: Any) -> Any:
     refresher = ShareRefresher(runtime.btc_hot_signer, Path(runtime.data_dir) / "custody" / "btc-hot.json", int(text))
     runtime.btc_refresher = refresher
     return supervised("btc-key-refresh", refresher.step, min(refresher.every_s, 60) * 1000, lock)
+
+
+# ------------------------------------------------------------------------ reshare on a live node
+
+
+def signer_set_view(runtime: Any) -> dict[str, Any]:
+    """The hot key's signers as the node's coordinator knows them: holders, spares, URLs, pins."""
+    from ..keys.tls import fingerprint
+
+    signer = runtime.btc_hot_signer
+    coord = signer.coordinator
+    pkg = coord.key(signer.key_id)
+    holders = sorted(pkg.kp.verifying_shares)
+    pins = dict(coord.tls.pins) if coord.tls is not None else {}
+    ids = sorted(set(holders) | set(coord.signers) | set(getattr(runtime.btc_signers, "urls", {})))
+    urls = {**getattr(runtime.btc_signers, "urls", {}), **coord.signers}
+    if runtime.btc_signers is not None:
+        pins = {**{i: runtime.btc_signers.store_dir(i) / "tls.crt" for i in runtime.btc_signers.urls}, **pins}
+    return {"key_id": signer.key_id, "threshold": pkg.kp.threshold, "group_public_key": pkg.raw["group_public_key"],
+            "address": signer.address(),
+            "signers": [{"id": i, "url": urls.get(i, ""), "holder": i in holders,
+                         "fingerprint": fingerprint(pins[i]) if i in pins and Path(pins[i]).exists() else ""} for i in ids]}
+
+
+def start_spare_signer(runtime: Any, ident: int) -> dict[str, Any]:
+    """`serve` that runs its signers itself starts signer `ident` (no share yet) and answers its pin."""
+    from ..keys.tls import fingerprint
+
+    fleet = runtime.btc_signers
+    if fleet is None:
+        raise ValidationError("this node's signers run elsewhere: start the new one with `ringfence signer run` and "
+                              "name its URL and certificate in the reshare", field="id")
+    holders = set(runtime.btc_hot_signer.coordinator.key(runtime.btc_hot_signer.key_id).kp.verifying_shares)
+    if ident in holders:
+        raise ValidationError(f"signer {ident} already holds a share", field="id")
+    if ident not in fleet.procs or fleet.procs[ident].poll() is not None:  # (no chain lock: it signs nothing)
+        fleet.pin_peers({i: fleet.signer_identity(i).cert for i in sorted(holders | {ident})})
+        fleet.start_one(ident)
+        fleet.wait_ready(60, ids=[ident])
+    cert = fleet.store_dir(ident) / "tls.crt"
+    return {"id": ident, "url": fleet.urls[ident], "certificate": cert.read_text(), "fingerprint": fingerprint(cert)}
+
+
+MAX_PEM_CHARS = 8_000
+
+
+def resolve_signers(runtime: Any, entries: list[dict[str, Any]]) -> dict[int, tuple[str, Path, str]]:
+    """The reshare request's signers -> {id: (url, pinned certificate file, its fingerprint)}. A signer
+    named with a `certificate` (PEM) is pinned to exactly that one; otherwise to the certificate this
+    node already pins (a current holder, or a spare it started)."""
+    from cryptography import x509
+
+    from ..keys.tls import fingerprint
+
+    signer, fleet = runtime.btc_hot_signer, runtime.btc_signers
+    coord = signer.coordinator
+    known_pins = dict(coord.tls.pins) if coord.tls is not None else {}
+    known_urls = {**(fleet.urls if fleet is not None else {}), **coord.signers}
+    out: dict[int, tuple[str, Path, str]] = {}
+    for n, e in enumerate(entries[:16]):
+        ident = e.get("id")
+        if isinstance(ident, bool) or not isinstance(ident, int) or not 1 <= ident <= 255 or ident in out:
+            raise ValidationError("distinct signer identifiers 1..255", field=f"signers[{n}].id")
+        url = e.get("url") or known_urls.get(ident, "")
+        if not isinstance(url, str) or not url.startswith("https://") or len(url) > 200:
+            raise ValidationError("an https:// URL (mutual TLS)", field=f"signers[{n}].url")
+        pem = e.get("certificate")
+        if pem is not None:
+            if not isinstance(pem, str) or len(pem) > MAX_PEM_CHARS:
+                raise ValidationError("a PEM certificate", field=f"signers[{n}].certificate")
+            try:
+                x509.load_pem_x509_certificate(pem.encode())
+            except ValueError:
+                raise ValidationError("not a PEM certificate", field=f"signers[{n}].certificate") from None
+            pins = Path(runtime.data_dir) / "signers" / "pins"
+            pins.mkdir(parents=True, exist_ok=True)
+            tmp = pins / f".signer-{ident}.tmp"
+            tmp.write_text(pem)
+            path = pins / f"signer-{ident}-{fingerprint(tmp)[:16]}.crt"
+            os.replace(tmp, path)
+        elif ident in known_pins:
+            path = Path(known_pins[ident])
+        elif fleet is not None and (fleet.store_dir(ident) / "tls.crt").exists() and ident in fleet.urls:
+            path = fleet.store_dir(ident) / "tls.crt"
+        else:
+            raise ValidationError(f"signer {ident} is not known to this node: give its certificate", field=f"signers[{n}]")
+        out[ident] = (url.rstrip("/"), path, fingerprint(path))
+    return out
+
+
+def _pin(coord: Any, pins: Mapping[int, Path]) -> None:
+    """Pin `pins` in the coordinator, dropping a connection pool that trusted another certificate."""
+    if coord.tls is None:
+        return
+    for i, cert in pins.items():
+        if coord.tls.pins.get(i) != cert:
+            coord.tls.add({i: cert})
+            stale = coord._clients.pop(i, None)
+            if stale is not None:
+                stale.close()
+
+
+def reshare_hot_key(runtime: Any, signers: Mapping[int, tuple[str, Path, str]], threshold: int, reason: str,
+                    generation: int) -> dict[str, Any]:
+    """Run the reshare the operators decided: a quorum of today's holders re-deals the key to `signers`
+    with `threshold`; removed holders delete their share; the group key, the Taproot output key and so
+    the address do not change (checked). Under the chain lock: nothing is signed meanwhile."""
+    signer = runtime.btc_hot_signer
+    coord = signer.coordinator
+    fleet = runtime.btc_signers
+    record = Path(runtime.data_dir) / "custody" / "btc-hot.json"
+    with runtime.chains.lock:
+        old = coord.key(signer.key_id)
+        old_ids = sorted(old.kp.verifying_shares)
+        saved_pins = dict(coord.tls.pins) if coord.tls is not None else {}
+        saved_urls = dict(coord.signers)
+        _pin(coord, {i: cert for i, (_, cert, _) in signers.items()})
+        if fleet is not None:  # one machine: the peers' pins are files this node may write (docs/keys.md)
+            fleet.pin_peers({i: cert for i, (_, cert, _) in signers.items()}
+                            | {i: fleet.store_dir(i) / "tls.crt" for i in old_ids if i not in signers})
+        quorum = sorted(old_ids, key=lambda i: (i not in signers, i))[: old.kp.threshold]
+        try:
+            pkg = coord.reshare(signer.key_id, quorum, {i: url for i, (url, _, _) in signers.items()}, threshold, reason)
+        except BaseException:
+            # the shares did not change hands: the coordinator forgets the pins and URLs of this attempt
+            coord.signers.clear()
+            coord.signers.update(saved_urls)
+            if coord.tls is not None:
+                for i in [i for i in coord.tls.pins if i not in saved_pins]:
+                    del coord.tls.pins[i]
+                    stale = coord._clients.pop(i, None)
+                    if stale is not None:
+                        stale.close()
+            _pin(coord, saved_pins)
+            raise
+        output = coord.public_key(signer.key_id, Scheme.TAPROOT_KEYPATH)
+        if pkg.raw["group_public_key"] != old.raw["group_public_key"] or output != signer.output_key:
+            raise SigningRefused("the reshare changed the hot wallet's key", field="key_id")
+        signer.threshold, signer.holders = threshold, tuple(sorted(signers))
+        removed = [i for i in old_ids if i not in signers]
+        if fleet is not None:
+            for i in removed:  # it holds nothing now: stopped, and no longer one of the fleet
+                fleet.stop_one(i)
+                fleet.urls.pop(i, None)
+        rec = json.loads(record.read_text())
+        rec.update(signers=sorted(signers), threshold=threshold, generation=generation,
+                   reshares=int(rec.get("reshares", 0)) + 1)
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=1))
+        os.replace(tmp, record)
+    log.info("custody.btc_hot_reshared", key_id=signer.key_id, signers=sorted(signers), threshold=threshold,
+             dealers=quorum, retired=removed)
+    return {**signer_set_view(runtime), "generation": generation, "dealers": quorum, "retired": removed}

@@ -5,14 +5,16 @@ offline PSBT signing with a quorum nominated per transaction.
   `DIR/cold-holders/holder-N.tprv` (mode 0600): the demo's stand-in for three offline machines.
   `serve` keeps only the descriptor (`wsh(sortedmulti(2, xpub1, xpub2, xpub3))`, in
   `DIR/custody/btc-cold.json`), never a private key of the vault.
-* **Refill** (`ringfence cold refill`, `POST /v1/demo/cold/refill`): a PSBT spending vault coins
-  to the hot wallet (change back to the vault); the quorum is `nominate_for_transaction(holders,
-  2, unsigned txid, journal position)`; both are in the refill's transfer id once journaled, so an
-  auditor recomputes the nomination offline.
+* **Refill** (`ringfence cold refill`, `POST /admin/v1/vault-refills`, a staff-signed request): the
+  node builds a PSBT spending vault coins to the hot wallet (change back to the vault) and submits
+  the operator quorum's signed decision with its txid (`AuthorizeVaultRefillSigned`, verified in the
+  engine); the holders' quorum is `nominate_for_transaction(holders, 2, txid, the decision's journal
+  sequence)`, both journaled, so an auditor recomputes the nomination offline.
 * **Signing** happens offline: `ringfence keys sign-psbt --key holder-N.tprv` by each nominated
-  holder. **Submit** (`ringfence cold submit`): the signatures are merged into the PSBT, the wallet
-  finalises it only if every input is signed by exactly the nominated holders (checked by the script
-  interpreter), and the transfer is journaled (`RecordTransferSigned`) before it is broadcast; the
+  holder. **Submit** (`ringfence cold submit`, `POST /admin/v1/vault-refills/ID/submit`): the
+  signatures are merged into the PSBT, the wallet finalises it only if every input is signed by
+  exactly the nominated holders (checked by the script interpreter), and the transfer is journaled
+  (`RecordTransferSigned`, which must match the authorized refill) before it is broadcast; the
   balancer records it once confirmed (`RecordInternalTransfer`).
 """
 
@@ -25,14 +27,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, InsufficientFunds, ValidationError
+from ..errors import ConfigError, ValidationError
 
 __all__ = ["ColdVault", "open_cold_vault", "open_vaults", "start_vault_ceremony", "COLD_M", "COLD_N"]
 
 COLD_M, COLD_N = 2, 3
 P2WSH_2OF3_INPUT_VB = 105
-TX_OVERHEAD_VB = 11
-DUST_SAT = 546
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -40,6 +40,12 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text + "\n")
+
+
+def _plain_id(text: str) -> bool:
+    """ASCII letters, digits and '-' only, at most 40 characters (a refill id is also a file name)."""
+    bare = text.replace("-", "")
+    return 0 < len(text) <= 40 and bare.isascii() and bare.isalnum()
 
 
 def _record(data_dir: Path, tier: str) -> Path:
@@ -109,53 +115,59 @@ class ColdVault:
 
     # ---- refill: build, nominate --------------------------------------------------------------
 
-    def create_refill(self, runtime: Any, amount_minor: int) -> dict[str, Any]:
+    def _reserved_coins(self) -> set[tuple[str, int]]:
+        """Coins of refills still waiting for their holders' signatures (not offered twice)."""
+        out: set[tuple[str, int]] = set()
+        for path in sorted(self.dir.glob(f"{self.tier}*.json")) if self.dir.exists() else []:
+            doc = json.loads(path.read_text())
+            if doc.get("state") == "awaiting_signatures":
+                out.update((str(t), int(v)) for t, v in doc.get("coins", []))
+        return out
+
+    def build_refill(self, runtime: Any, refill_id: str, amount_minor: int) -> dict[str, Any]:
+        """The unsigned refill transaction (PSBT) paying `amount_minor` to the hot wallet, change back
+        to the vault; coins chosen by `wallets.plan_btc_spend` like every Bitcoin wallet's. Nothing is
+        journaled or stored here: the operators' decision (`AuthorizeVaultRefillSigned`) comes next."""
         from embit.psbt import PSBT
 
-        from ..keys.multisig import nominate_for_transaction
+        from .wallets import plan_btc_spend
 
         if not isinstance(amount_minor, int) or amount_minor < 10_000:
             raise ValidationError("must be at least 0.0001 BTC", field="amount")
+        if not _plain_id(refill_id) or not refill_id.startswith(self.tier) or len(refill_id) > 40:
+            raise ValidationError(f"a refill id is {self.tier}-<letters and digits>, at most 40 characters", field="refill_id")
+        if (self.dir / f"{refill_id}.json").exists():
+            raise ValidationError("this refill id is taken", field="refill_id")
         adapter = runtime.chains.adapter("bitcoin")
         hot = runtime.keys.btc_hot
         with runtime.chains.lock:
-            tip = adapter.current_height()
-            spent = set(getattr(adapter.node, "_mempool_spends", {}))
-            coins = sorted((u for u in adapter.unspent(self.address) if (u.txid, u.vout) not in spent
-                            and (not u.coinbase or tip - u.height + 1 >= 100)), key=lambda u: -u.value_sat)
-            rate = adapter.estimate_fee().fee_rate_minor
-            out_vb = 9 + len(adapter.script_of_address(hot)) + 9 + 34
-            picked, total, fee = [], 0, 0
-            for u in coins[:50]:
-                picked.append(u)
-                total += u.value_sat
-                fee = (TX_OVERHEAD_VB + P2WSH_2OF3_INPUT_VB * len(picked) + out_vb) * rate
-                if total >= amount_minor + fee:
-                    break
-            if total < amount_minor + fee:
-                raise InsufficientFunds(f"the {self.tier} vault holds {total} spendable sat, needs {amount_minor + fee}",
-                                        field="amount")
+            spend = plan_btc_spend(adapter, from_address=self.address, outputs=[(hot, amount_minor)],
+                                   fee_rate_sat_per_vb=adapter.estimate_fee().fee_rate_minor,
+                                   input_vb=P2WSH_2OF3_INPUT_VB, exclude=self._reserved_coins())
             outputs = [(bytes(adapter.script_of_address(hot)), amount_minor)]
-            change = total - amount_minor - fee
-            if change >= DUST_SAT:
-                outputs.append((bytes(self.wallet.script_pubkey(0)), change))
-            else:
-                fee += change
+        if spend.change_sat:
+            outputs.append((bytes(self.wallet.script_pubkey(0)), spend.change_sat))
         psbt = self.wallet.create_psbt([{"txid": u.txid, "vout": u.vout, "amount_sat": u.value_sat, "index": 0}
-                                        for u in picked], outputs, fee)
-        txid = PSBT.from_string(psbt).tx.txid().hex()
-        position = int(runtime.node.read(lambda e: e.last_seq))
-        nom = nominate_for_transaction(self.wallet.holders, COLD_M, txid, position)
-        refill_id = f"{self.tier}{position}-{txid[:12]}"
-        doc = {"id": refill_id, "from_wallet": self.wallet_name, "psbt": psbt, "txid": txid, "journal_position": position, "amount_minor": amount_minor,
-               "fee_minor": fee, "nomination": nom.to_dict(), "state": "awaiting_signatures"}
+                                        for u in spend.coins], outputs, spend.fee_sat)
+        return {"id": refill_id, "from_wallet": self.wallet_name, "to_wallet": "btc_hot", "psbt": psbt,
+                "txid": PSBT.from_string(psbt).tx.txid().hex(), "amount_minor": amount_minor, "fee_minor": spend.fee_sat,
+                "coins": [[u.txid, u.vout] for u in spend.coins]}
+
+    def record_authorized(self, doc: dict[str, Any], position: int, approvers: list[str]) -> dict[str, Any]:
+        """After the engine accepted the decision at journal sequence `position`: nominate the holders'
+        quorum from (txid, position), both journaled, and keep the refill for `submit`."""
+        from ..keys.multisig import nominate_for_transaction
+
+        nom = nominate_for_transaction(self.wallet.holders, COLD_M, doc["txid"], position)
+        doc = {**doc, "journal_position": position, "nomination": nom.to_dict(), "approved_by": approvers,
+               "state": "awaiting_signatures"}
         with self._lock:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / f"{refill_id}.json").write_text(json.dumps(doc, indent=1))
+            (self.dir / f"{doc['id']}.json").write_text(json.dumps(doc, indent=1))
         return doc
 
     def refill(self, refill_id: str) -> dict[str, Any]:
-        if not refill_id.replace("-", "").isalnum() or len(refill_id) > 40:
+        if not _plain_id(refill_id):
             raise ValidationError("unknown refill id", field="id")
         path = self.dir / f"{refill_id}.json"
         if not path.exists():
@@ -164,16 +176,16 @@ class ColdVault:
 
     # ---- refill: merge signatures, finalise, journal, broadcast ---------------------------------
 
-    def submit(self, runtime: Any, refill_id: str, signed_psbts: list[str]) -> dict[str, Any]:
+    def finalize(self, refill_id: str, signed_psbts: list[str]) -> tuple[dict[str, Any], bytes]:
+        """Merge the holders' signatures; the wallet finalises only if every input is signed by exactly
+        the nominated holders. Returns the refill and the final transaction."""
         from embit.psbt import PSBT
 
         from ..keys.multisig import Nomination, transaction_seed
-        from .commands import custody_state
-        from .workers import Balancer
 
         doc = self.refill(refill_id)
         if doc["state"] != "awaiting_signatures":
-            return doc
+            raise ValidationError(f"refill {refill_id} is {doc['state']}", field="id")
         if not 1 <= len(signed_psbts) <= COLD_N:
             raise ValidationError(f"give 1..{COLD_N} signed PSBTs", field="psbts")
         base = PSBT.from_string(doc["psbt"])
@@ -189,16 +201,20 @@ class ColdVault:
         nom = Nomination(**{**doc["nomination"], "holders": tuple(doc["nomination"]["holders"]),
                             "selected": tuple(doc["nomination"]["selected"])})
         raw = self.wallet.finalize(base.to_string(), nom, transaction_seed(doc["txid"], doc["journal_position"]).hex())
-        node = runtime.node
-        if not node.read(lambda e: self.wallet_name in custody_state(e).wallets):
-            raise ConfigError(f"no {self.wallet_name} wallet registered", field="wallet")
-        tid = f"refill-{doc['journal_position']}-{doc['txid'][:40]}"
-        with runtime.chains.lock:
-            balancer = Balancer(node, runtime.chains.adapter("bitcoin"), deposit_signer=None, key_of_address={})
-            balancer._journal_and_send(tid, "BTC", self.wallet_name, "btc_hot", int(doc["amount_minor"]), int(doc["fee_minor"]),
-                                       doc["txid"], raw)
-        doc.update(state="broadcast", transfer_id=tid)
+        return doc, raw
+
+    def cancelled(self, refill_id: str) -> dict[str, Any]:
+        """After the engine accepted `CancelVaultRefillSigned`: its coins may be offered again."""
+        doc = {**self.refill(refill_id), "state": "cancelled"}
         (self.dir / f"{refill_id}.json").write_text(json.dumps(doc, indent=1))
+        return doc
+
+    def broadcast(self, runtime: Any, doc: dict[str, Any], raw: bytes) -> dict[str, Any]:
+        """After `RecordTransferSigned` was journaled: send it (the balancer records it once confirmed)."""
+        with runtime.chains.lock:
+            runtime.chains.adapter("bitcoin").broadcast(raw)
+        doc = {**doc, "state": "broadcast", "transfer_id": doc["id"]}
+        (self.dir / f"{doc['id']}.json").write_text(json.dumps(doc, indent=1))
         return doc
 
 

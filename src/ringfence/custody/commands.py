@@ -6,7 +6,8 @@
 * `policy_cmds.py` — approvers and the quorum-approved withdrawal policy;
 * `staff_cmds.py` — staff decisions (approvals, reviews, policy votes), each signed by its maker;
 * `withdrawal_cmds.py` — the address book and a withdrawal from request to settle or fail;
-* `treasury_cmds.py` — sweeps, refills, drains and treasury funding between the exchange's wallets.
+* `treasury_cmds.py` — sweeps, refills, drains and treasury funding between the exchange's wallets;
+* `vault_cmds.py` — operator-quorum decisions: refills out of the vaults, threshold keys' signer sets.
 
 Importing this module registers every custody command, handler and the state component.
 """
@@ -24,6 +25,7 @@ from .deposit_cmds import (
 )
 from .refund_cmds import ReturnDepositSigned
 from .rebalance_cmds import AuthorizeRebalance
+from .vault_cmds import AuthorizeVaultRefillSigned, CancelVaultRefillSigned, ReshareSignersSigned
 from .policy_cmds import ActivatePolicy, ApprovePolicy, ProposePolicy, SetApprover
 from .staff_cmds import (
     ApprovePolicySigned,
@@ -81,6 +83,7 @@ __all__ = [
     "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview",
     "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
     "CancelWithdrawal", "RemoveWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce", "AuthorizeRebalance",
+    "AuthorizeVaultRefillSigned", "CancelVaultRefillSigned", "ReshareSignersSigned",
     "CustodyEvent", "DepositReported",
     "ApproveWithdrawalSigned", "RejectWithdrawal", "ResolveManualReviewSigned", "ReviewQuarantineSigned", "ReturnDepositSigned",
     "ProposePolicySigned", "ApprovePolicySigned",

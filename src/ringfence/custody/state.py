@@ -99,7 +99,9 @@ class TransferRec(msgspec.Struct, array_like=True):
     amount_minor: int
     network_fee_minor: int
     txid: str
-    state: str = "recorded"  # "signed" (journaled before broadcast) | "recorded" (confirmed, in the ledger)
+    #: "authorized" (a rebalance or vault refill decided) | "signed" (journaled before broadcast) |
+    #: "recorded" (confirmed, in the ledger) | "cancelled" (a vault refill dropped unsigned)
+    state: str = "recorded"
     raw_tx: str = ""
 
 
@@ -132,6 +134,8 @@ class CustodyState:
         self.address_usable_ns: dict[str, int] = {}  # "account|asset|addr" -> first ns it may receive
         self.security_locks: dict[str, int] = {}  # account_id -> ns until which withdrawals are locked
         self.security_relay_pos = 0  # the last identity security event id recorded
+        #: key_id -> [generation, [[identifier, certificate fingerprint], ...], threshold] (vault_cmds.py)
+        self.signer_sets: dict[str, list[Any]] = {}
         self._policy: Policy | None = None
 
     # --- queries for reconciliation (issue #9) and workers --------------------------------------
@@ -201,6 +205,8 @@ class CustodyState:
             sorted(self.address_usable_ns.items()),
             sorted(self.security_locks.items()),
             self.security_relay_pos,
+            # appended only once a key has a decided signer set: snapshots before it hash as they did
+            *([sorted(self.signer_sets.items())] if self.signer_sets else []),
         ])
 
     @classmethod
@@ -223,6 +229,8 @@ class CustodyState:
             s.address_usable_ns = dict((k, v) for k, v in data[12])
             s.security_locks = dict((k, v) for k, v in data[13])
             s.security_relay_pos = data[14]
+        if len(data) > 15:
+            s.signer_sets = {k: v for k, v in data[15]}
         return s
 
 

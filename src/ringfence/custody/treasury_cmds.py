@@ -68,8 +68,10 @@ class RecordTransferSigned(Command, tag="custody.internal_transfer.signed/1"):
 
 def _pre_transfer_signed(engine: Engine, c: RecordTransferSigned) -> None:
     from .rebalance_cmds import check_signed_against_authorization
+    from .vault_cmds import check_vault_transfer
 
     check_signed_against_authorization(engine, c)
+    check_vault_transfer(engine, c)
 
 
 @MODULE.handles(RecordTransferSigned, precheck=_pre_transfer_signed, effect=Effect.NEUTRAL, scopes=custody_scopes)

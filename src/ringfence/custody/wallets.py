@@ -25,12 +25,11 @@ import coincurve
 from ..errors import InsufficientFunds, SigningRefused, ValidationError
 from ..keys.interface import Scheme, Signature, SigningRequest
 
-__all__ = ["LocalKeySigner", "build_btc_payment", "build_eth_payment", "p2wpkh_address", "eth_address",
+__all__ = ["LocalKeySigner", "build_btc_payment", "plan_btc_spend", "btc_unsigned_tx", "BtcSpend", "build_eth_payment", "p2wpkh_address", "eth_address",
            "BalancingRule", "Move", "plan_balancing", "DUST_SAT"]
 
 DUST_SAT = 546
 P2WPKH_INPUT_VB = 68
-P2WPKH_OUTPUT_VB = 31
 TX_OVERHEAD_VB = 11
 ETH_TRANSFER_GAS = 21_000
 MAX_INPUTS = 200
@@ -89,12 +88,75 @@ def _der(sig64: bytes) -> bytes:
     return b"\x30" + bytes([len(body)]) + body
 
 
+@dataclass(frozen=True)
+class BtcSpend:
+    """A planned spend of one address's coins: the coins, the outputs (a sweep's single output is
+    sized here), the change back to the address (0 when it would be dust: it goes to the fee) and the fee."""
+
+    coins: list[Any]
+    outputs: list[tuple[str, int]]
+    change_sat: int
+    fee_sat: int
+
+
+def plan_btc_spend(adapter: Any, *, from_address: str, outputs: list[tuple[str, int]], fee_rate_sat_per_vb: int,
+                   input_vb: int, sweep_all: bool = False, exclude: Any = ()) -> BtcSpend:
+    """Choose coins of `from_address` (largest first, confirmed coinbase only when mature, none spent in
+    the mempool or named in `exclude` as (txid, vout)) for `outputs` at `fee_rate_sat_per_vb`; each
+    input weighs `input_vb` (P2WPKH 68, P2TR key path 58, P2WSH 2-of-3 105). One coin selection for
+    every Bitcoin wallet (the P2WPKH and FROST Taproot hot wallets, sweeps, the P2WSH vaults' refills).
+
+    Conservation: sum(coins) == sum(outputs) + change_sat + fee_sat (asserted)."""
+    if not outputs or (any(v <= 0 for _, v in outputs) and not sweep_all):
+        raise ValidationError("needs outputs with positive amounts", field="outputs")
+    skip = set(getattr(adapter.node, "_mempool_spends", {})) | set(exclude)
+    tip = adapter.current_height()
+    coins = [u for u in adapter.unspent(from_address)
+             if (u.txid, u.vout) not in skip and (not u.coinbase or tip - u.height + 1 >= 100)]
+    coins.sort(key=lambda u: -u.value_sat)
+    # an output's size follows its script (P2WPKH 31 vB, P2TR and P2WSH 43 vB)
+    outputs_vb = sum(9 + len(adapter.script_of_address(a)) for a, _ in outputs)
+    change_vb = 0 if sweep_all else 9 + len(adapter.script_of_address(from_address))
+    want = 0 if sweep_all else sum(v for _, v in outputs)
+    picked: list[Any] = []
+    total = fee = 0
+    for u in coins[:MAX_INPUTS]:
+        picked.append(u)
+        total += u.value_sat
+        fee = (TX_OVERHEAD_VB + input_vb * len(picked) + outputs_vb + change_vb) * fee_rate_sat_per_vb
+        if not sweep_all and total >= want + fee:
+            break
+    if sweep_all:
+        if total - fee < DUST_SAT:
+            raise InsufficientFunds(f"{from_address} holds {total} sat, not enough to sweep", field="from_address")
+        outputs = [(outputs[0][0], total - fee)]
+        want = total - fee
+    elif total < want + fee:
+        raise InsufficientFunds(f"{from_address} holds {total} spendable sat, needs {want + fee}", field="amount_minor")
+    change = total - want - fee
+    if change < DUST_SAT:
+        fee, change = fee + change, 0
+    assert sum(u.value_sat for u in picked) == sum(v for _, v in outputs) + change + fee, "a spend created or lost satoshis"
+    return BtcSpend(picked, list(outputs), change, fee)
+
+
+def btc_unsigned_tx(adapter: Any, spend: BtcSpend, change_address: str) -> Any:
+    """The unsigned transaction of a planned spend (change, if any, last)."""
+    from bitcointx.core import COutPoint, CMutableTransaction, CTxIn, CTxOut, lx
+    from bitcointx.core.script import CScript
+
+    vout = [CTxOut(v, CScript(adapter.script_of_address(a))) for a, v in spend.outputs]
+    if spend.change_sat:
+        vout.append(CTxOut(spend.change_sat, CScript(adapter.script_of_address(change_address))))
+    return CMutableTransaction([CTxIn(COutPoint(lx(u.txid), u.vout)) for u in spend.coins], vout)
+
+
 def build_btc_payment(adapter: Any, *, from_address: str, key_id: str, signer: Any, outputs: list[tuple[str, int]],
                       fee_rate_sat_per_vb: int, request_id: str, reason: str, requested_by: str = "custody-signer",
                       sweep_all: bool = False) -> tuple[bytes, str, int]:
     """Pay `outputs` from the P2WPKH `from_address` (change back to it). With `sweep_all`, the single
     output receives everything minus the fee. Returns (raw_tx, txid, fee_sat)."""
-    from bitcointx.core import COutPoint, CMutableTransaction, CTxIn, CTxInWitness, CTxOut, b2lx, lx
+    from bitcointx.core import CTxInWitness, b2lx
     from bitcointx.core.script import CScript, CScriptWitness, OP_CHECKSIG, OP_DUP, OP_EQUALVERIFY, OP_HASH160, \
         SIGHASH_ALL, SIGVERSION_WITNESS_V0, SignatureHash
 
@@ -104,52 +166,19 @@ def build_btc_payment(adapter: Any, *, from_address: str, key_id: str, signer: A
         return build_taproot_payment(adapter, from_address=from_address, key_id=key_id, signer=signer, outputs=outputs,
                                      fee_rate_sat_per_vb=fee_rate_sat_per_vb, request_id=request_id, reason=reason,
                                      requested_by=requested_by, sweep_all=sweep_all)
-    if not outputs or any(v <= 0 for _, v in outputs) and not sweep_all:
-        raise ValidationError("needs outputs with positive amounts", field="outputs")
-    node = adapter.node
-    spent_in_mempool = set(getattr(node, "_mempool_spends", {}))
-    tip = adapter.current_height()
-    coins = [u for u in adapter.unspent(from_address)
-             if (u.txid, u.vout) not in spent_in_mempool and (not u.coinbase or tip - u.height + 1 >= 100)]
-    coins.sort(key=lambda u: -u.value_sat)
-    want = sum(v for _, v in outputs) if not sweep_all else 0
-    # an output's size follows its script (P2WPKH 31 vB, P2WSH such as the shield vault 43 vB)
-    outputs_vb = sum(9 + len(adapter.script_of_address(a)) for a, _ in outputs)
-    picked, total = [], 0
-    fee = 0
-    for u in coins[:MAX_INPUTS]:
-        picked.append(u)
-        total += u.value_sat
-        vsize = TX_OVERHEAD_VB + P2WPKH_INPUT_VB * len(picked) + outputs_vb + P2WPKH_OUTPUT_VB
-        fee = vsize * fee_rate_sat_per_vb
-        if not sweep_all and total >= want + fee:
-            break
-    if sweep_all:
-        vsize = TX_OVERHEAD_VB + P2WPKH_INPUT_VB * len(picked) + 9 + len(adapter.script_of_address(outputs[0][0]))
-        fee = vsize * fee_rate_sat_per_vb
-        if total - fee < DUST_SAT:
-            raise InsufficientFunds(f"{from_address} holds {total} sat, not enough to sweep", field="from_address")
-        outputs = [(outputs[0][0], total - fee)]
-        want = total - fee
-    elif total < want + fee:
-        raise InsufficientFunds(f"{from_address} holds {total} spendable sat, needs {want + fee}", field="amount_minor")
-    change = total - want - fee
-    vout = [CTxOut(v, CScript(adapter.script_of_address(a))) for a, v in outputs]
-    if change >= DUST_SAT:
-        vout.append(CTxOut(change, CScript(adapter.script_of_address(from_address))))
-    else:
-        fee += change
-    tx = CMutableTransaction([CTxIn(COutPoint(lx(u.txid), u.vout)) for u in picked], vout)
+    spend = plan_btc_spend(adapter, from_address=from_address, outputs=outputs, fee_rate_sat_per_vb=fee_rate_sat_per_vb,
+                           input_vb=P2WPKH_INPUT_VB, sweep_all=sweep_all)
+    tx = btc_unsigned_tx(adapter, spend, from_address)
     pub = signer.public_key(key_id, Scheme.ECDSA_SECP256K1)
     h160 = hashlib.new("ripemd160", hashlib.sha256(pub).digest()).digest()
     script_code = CScript([OP_DUP, OP_HASH160, h160, OP_EQUALVERIFY, OP_CHECKSIG])
     wits = []
-    for i, u in enumerate(picked):
+    for i, u in enumerate(spend.coins):
         digest = bytes(SignatureHash(script_code, tx, i, SIGHASH_ALL, amount=u.value_sat, sigversion=SIGVERSION_WITNESS_V0))
         sig = signer.sign(SigningRequest(f"{request_id}:{i}", key_id, digest, Scheme.ECDSA_SECP256K1, requested_by, reason))
         wits.append(CTxInWitness(CScriptWitness([_der(sig.signature[:64]) + bytes([SIGHASH_ALL]), pub])))
     tx.wit.vtxinwit = wits
-    return tx.serialize(), b2lx(tx.GetTxid()), fee
+    return tx.serialize(), b2lx(tx.GetTxid()), spend.fee_sat
 
 
 def eth_unsigned(adapter: Any, *, to: str, value_wei: int, nonce: int, max_fee_per_gas: int, priority_fee_per_gas: int,

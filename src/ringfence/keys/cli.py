@@ -273,7 +273,7 @@ signer_app = typer.Typer(name="signer", no_args_is_help=True, help=(
     "on first start; give it to the coordinator to pin, e.g. RINGFENCE_BTC_SIGNER_CERTS of `serve`). The passphrase "
     "and bearer token come from RINGFENCE_SIGNER_PASSPHRASE and RINGFENCE_SIGNER_TOKEN, never argv.\n\n"
     "Example: ringfence signer run --store ./s1 --identifier 1 --port 7301 --create "
-    "--coordinator-cert ./data/signers/coordinator/tls.crt"))
+    "--coordinator-cert ./data/signers/coordinator/tls.crt --peer-certs ./s1-peers"))
 def signer_run(store: Path = typer.Option(..., help="share store directory"),
                identifier: int = typer.Option(..., help="this signer's FROST identifier (1..255)"),
                port: int = typer.Option(..., help="TCP port"),
@@ -282,7 +282,10 @@ def signer_run(store: Path = typer.Option(..., help="share store directory"),
                create: bool = typer.Option(False, help="create the share store if it does not exist"),
                coordinator_cert: Path = typer.Option(None, help="the coordinator's pinned certificate (PEM); "
                                                      "without it: plain HTTP on loopback (tests only)"),
-               policy_public_key: str = typer.Option("", help="hex Ed25519 key: sign only with its attestations")) -> None:
+               policy_public_key: str = typer.Option("", help="hex Ed25519 key: sign only with its attestations"),
+               peer_certs: Path = typer.Option(None, help="directory of the other signers' pinned certificates "
+                                               "(signer-N.crt, read at every ceremony): shares are sealed only to "
+                                               "transport keys a pinned peer signed")) -> None:
     from .signer_server import main
 
     argv = ["--store", str(store), "--identifier", str(identifier), "--name", name or f"signer-{identifier}",
@@ -293,6 +296,8 @@ def signer_run(store: Path = typer.Option(..., help="share store directory"),
         argv += ["--coordinator-cert", str(coordinator_cert)]
     if policy_public_key:
         argv += ["--policy-public-key", policy_public_key]
+    if peer_certs is not None:
+        argv += ["--peer-certs", str(peer_certs)]
     main(argv)
 
 
@@ -335,3 +340,80 @@ def signer_coordinator_cert(data: Path = typer.Option(Path("ringfence-data"), "-
 
     identity = coordinator_identity(data)
     typer.echo(f"{identity.cert}\nsha256 {fingerprint(identity.cert)}")
+
+
+@app.command("reshare", help=(
+    "Change the signer set or threshold of a live node's threshold key (the BTC hot wallet, btc-hot) without moving "
+    "funds: an operator quorum signs the new set (each signer's identifier and pinned certificate fingerprint) and "
+    "threshold; the engine checks the decision (ReshareSignersSigned); the node then has a quorum of today's holders "
+    "re-deal the key, removed signers delete their share, and the old shares stop combining with the new ones. The "
+    "group key and the address stay. --add N alone: a node that runs its signers starts signer N; --add N=URL with "
+    "--cert N=PATH: a signer run elsewhere (`ringfence signer run`). Others approve with --sign-only (same flags).\n\n"
+    "Example: ringfence keys reshare --key-id btc-hot --add 4 --remove 3 --reason 'signer 3 host retired' "
+    "--key ./data/demo-staff.json#ada --key ./data/demo-staff.json#ben"))
+def reshare_live(key_id: str = typer.Option("btc-hot", "--key-id", help="the threshold key"),
+                 add: list[str] = typer.Option([], "--add", help="N or N=https://HOST:PORT: a signer to add. Repeatable."),
+                 cert: list[str] = typer.Option([], "--cert", help="N=PATH: the added signer's certificate (PEM). Repeatable."),
+                 remove: list[int] = typer.Option([], "--remove", help="a signer to remove. Repeatable."),
+                 threshold: int = typer.Option(0, "--threshold", help="the new threshold (default: today's)"),
+                 reason: str = typer.Option(..., "--reason", help="why; every approver signs the same text"),
+                 generation: int = typer.Option(-1, "--generation", help="the generation this replaces (default: the "
+                                                "node's current one; approvers pin it with the submitter)"),
+                 keys: list[str] = typer.Option(..., "--key", help="staff key file(s): FILE or DIR/demo-staff.json#ID; "
+                                                "the first one sends the request. Repeatable."),
+                 approvals: list[str] = typer.Option([], "--approval", help="another operator's token (from --sign-only)."),
+                 sign_only: bool = typer.Option(False, "--sign-only", help="only print your approval token"),
+                 ttl_s: int = typer.Option(600, "--ttl-s", min=10, max=86_400, help="how long your signature may be submitted"),
+                 url: str = typer.Option(os.environ.get("RINGFENCE_URL", "http://127.0.0.1:8000"), "--url",
+                                         help="the running server")) -> None:
+    from ..custody.vault_cmds import reshare_subject
+    from ..staff.cli import _keys, _quorum_submit, _run, err_console
+    from ..staff.console import AdminClient
+    from .tls import fingerprint
+
+    certs: dict[int, Path] = {}
+    for spec in cert:
+        ident, sep, path = spec.partition("=")
+        if not sep or not (ident.isascii() and ident.isdigit()) or not Path(path).is_file():
+            raise typer.BadParameter(f"{spec!r}: expected N=PATH of a PEM certificate", param_hint="--cert")
+        certs[int(ident)] = Path(path)
+    added: dict[int, str] = {}
+    for spec in add:
+        ident, _, where = spec.partition("=")
+        if not (ident.isascii() and ident.isdigit()) or not 1 <= int(ident) <= 255:
+            raise typer.BadParameter(f"{spec!r}: expected N or N=https://HOST:PORT", param_hint="--add")
+        added[int(ident)] = where
+    signing = _keys(keys)
+    with AdminClient(url, signing[0], timeout_s=120) as client:  # starting a signer takes seconds
+        view = _run(lambda: client.get(f"/keys/{key_id}"))
+        known = {s["id"]: s for s in view["signers"]}
+        entries: dict[int, dict[str, object]] = {}
+        for s in view["signers"]:
+            if s["holder"] and s["id"] not in remove:
+                entries[s["id"]] = {"id": s["id"], "fp": s["fingerprint"]}
+        for ident, where in added.items():
+            if ident in certs:
+                entries[ident] = {"id": ident, "url": where, "certificate": certs[ident].read_text(),
+                                  "fp": fingerprint(certs[ident])}
+            elif ident in known and known[ident]["fingerprint"]:
+                entries[ident] = {"id": ident, "fp": known[ident]["fingerprint"]}
+            else:  # the node runs its signers: it starts this one (holding no share) and answers its pin
+                started = _run(lambda i=ident: client.post(f"/keys/{key_id}/signers", {"id": i}))  # type: ignore[misc]
+                entries[ident] = {"id": ident, "fp": started["fingerprint"]}
+    if any(not e["fp"] for e in entries.values()):
+        err_console.print("[bold red]error:[/] a signer without a pinned certificate: give --cert N=PATH")
+        raise typer.Exit(2)
+    new_threshold = threshold or int(view["threshold"])
+    gen = view["generation"] if generation < 0 else generation
+    pairs = [[i, str(e["fp"])] for i, e in sorted(entries.items())]
+    subject = reshare_subject(key_id, gen, pairs, new_threshold, reason)
+    body = {"generation": gen, "threshold": new_threshold, "reason": reason,
+            "signers": [{k: v for k, v in e.items() if k != "fp" and v} for _, e in sorted(entries.items())]}
+    result = _quorum_submit(signing, approvals, "keys.reshare", subject, ttl_s, sign_only,
+                            lambda c, toks: c.post(f"/keys/{key_id}/reshare", {**body, "approvals": toks}), url,
+                            timeout_s=180)  # the ceremony waits for the chain lock and runs three rounds
+    if result is None:
+        return
+    typer.echo(f"reshared {key_id} generation {result['generation']}: signers "
+               f"{','.join(str(s['id']) for s in result['signers'] if s['holder'])} threshold {result['threshold']}; "
+               f"retired {','.join(map(str, result['retired'])) or 'none'}; address {result['address']} (unchanged)")

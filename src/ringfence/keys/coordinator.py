@@ -124,15 +124,23 @@ class ThresholdCoordinator:
         return {i: f.result() for i, f in futs.items()}
 
     def transport_keys(self, ids: Sequence[int]) -> dict[int, str]:
-        return {i: d["transport_public_key"] for i, d in self._all(ids, lambda i: self._get(i, "/v1/identity")).items()}
+        return self._transport(ids)[0]
+
+    def _transport(self, ids: Sequence[int]) -> tuple[dict[str, str], dict[str, str]]:
+        """Each signer's X25519 transport key and its proof (signed with the signer's pinned TLS key):
+        the other signers check the proof against their own pin of that signer before they seal a
+        share to the key (`SignerNode.check_peers`), so the coordinator cannot slip in a key of its own."""
+        docs = self._all(ids, lambda i: self._get(i, "/v1/identity"))
+        return ({str(i): d["transport_public_key"] for i, d in docs.items()},
+                {str(i): d["transport_key_proof"] for i, d in docs.items() if d.get("transport_key_proof")})
 
     # ---------------------------------------------------------------------------- ceremonies
     def create_key(self, key_id: str, ciphersuite: str, threshold: int, participants: Sequence[int]) -> PublicKeyPackage:
         ids = sorted(participants)
-        tk = {str(i): v for i, v in self.transport_keys(ids).items()}
+        tk, proofs = self._transport(ids)
         r1 = self._all(ids, lambda i: self._post(i, "/v1/dkg/round1", {"key_id": key_id, "ciphersuite": ciphersuite,
                                                                          "threshold": threshold, "participants": ids,
-                                                                         "transport_keys": tk}))
+                                                                         "transport_keys": tk, "transport_proofs": proofs}))
         pkgs = [r1[i] for i in ids]
         r2 = self._all(ids, lambda i: self._post(i, "/v1/dkg/round2", {"key_id": key_id, "packages": pkgs})["sealed"])
         fin = self._all(ids, lambda j: self._post(j, "/v1/dkg/finish", {
@@ -153,8 +161,9 @@ class ThresholdCoordinator:
 
     def refresh(self, key_id: str) -> PublicKeyPackage:
         ids = sorted(self.key(key_id).kp.verifying_shares)
-        tk = {str(i): v for i, v in self.transport_keys(ids).items()}
-        r1 = self._all(ids, lambda i: self._post(i, "/v1/refresh/round1", {"key_id": key_id, "transport_keys": tk}))
+        tk, proofs = self._transport(ids)
+        r1 = self._all(ids, lambda i: self._post(i, "/v1/refresh/round1", {"key_id": key_id, "transport_keys": tk,
+                                                                             "transport_proofs": proofs}))
         pkgs = [r1[i] for i in ids]
         r2 = self._all(ids, lambda i: self._post(i, "/v1/refresh/round2", {"key_id": key_id, "packages": pkgs})["sealed"])
         fin = self._all(ids, lambda j: self._post(j, "/v1/refresh/finish", {
@@ -167,10 +176,10 @@ class ThresholdCoordinator:
         old = self.key(key_id)
         self.signers.update(new_signers)
         new_ids = sorted(new_signers)
-        tk = {str(i): v for i, v in self.transport_keys(new_ids).items()}
+        tk, proofs = self._transport(new_ids)
         dealt = self._all(sorted(quorum), lambda i: self._post(i, "/v1/reshare/deal", {
             "key_id": key_id, "quorum": sorted(quorum), "new_participants": new_ids,
-            "new_threshold": new_threshold, "transport_keys": tk}))
+            "new_threshold": new_threshold, "transport_keys": tk, "transport_proofs": proofs}))
         pkgs = [dealt[i]["package"] for i in sorted(quorum)]
         fin = self._all(new_ids, lambda j: self._post(j, "/v1/reshare/receive", {
             "key_id": key_id, "old_public": old.raw, "quorum": sorted(quorum), "new_participants": new_ids,

@@ -8,6 +8,12 @@ Invariants:
 - A signature share is computed only after its nonce was durably consumed (`NonceStore.consume`).
 - If the node was started with a policy public key, it signs only digests with a valid
   policy-approval attestation for the same key and digest.
+- Signers pin each other (`pin_peers`): the node signs its transport key with its TLS identity key,
+  and before it seals a round-two share to another participant it checks that participant's
+  transport key against its own pin of that participant's certificate (`PEERS/signer-N.crt`). An
+  unpinned participant, or a key the pinned certificate did not sign, aborts the ceremony
+  (`RF_CEREMONY_FAILED`) before any share leaves: a coordinator cannot put a key of its own in the
+  middle of a DKG, refresh or reshare.
 """
 
 from __future__ import annotations
@@ -86,14 +92,57 @@ class SignerNode:
         self._pending: dict[tuple[str, str], Any] = {}  # (ceremony, key_id) -> in-flight protocol state
         self._cache: dict[tuple[str, Scheme], ThresholdKeyPackage] = {}
         self._lock = threading.Lock()
+        self._identity_key: Any = None  # Ed25519 (the TLS key): signs our transport key
+        self._peers_dir: Path | None = None  # pinned certificates of the other signers
+
+    def pin_peers(self, identity_key: Any, peers_dir: Path | None) -> None:
+        """Sign our transport key with `identity_key`; with `peers_dir`, seal shares only to pinned peers."""
+        self._identity_key = identity_key
+        self._peers_dir = Path(peers_dir) if peers_dir is not None else None
+
+    @staticmethod
+    def transport_statement(identifier: int, transport_key_hex: str) -> bytes:
+        return f"ringfence-signer-transport-v1|{identifier}|{transport_key_hex}".encode()
+
+    def check_peers(self, transport_keys: Mapping[int, str], proofs: Mapping[int, str]) -> None:
+        """Every other participant is pinned here and its transport key is signed by its pinned certificate;
+        our own entry is our key. Raises `CeremonyFailed` naming the participant; without peer pins, nothing."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        from ..errors import CeremonyFailed
+        from .tls import certificate_key
+
+        own = transport.public_bytes(self._transport).hex()
+        if str(transport_keys.get(self.identifier, own)) != own:
+            raise CeremonyFailed(f"the transport key given for this signer ({self.identifier}) is not its own",
+                                 field="transport_keys")
+        if self._peers_dir is None:
+            return
+        for j, key_hex in sorted(transport_keys.items()):
+            if j == self.identifier:
+                continue
+            pin = self._peers_dir / f"signer-{j}.crt"
+            if not pin.is_file():
+                raise CeremonyFailed(f"signer {j} is not pinned by signer {self.identifier} (no {pin.name}): "
+                                     "refused to seal a share to it", field="transport_keys", culprit=j)
+            try:
+                Ed25519PublicKey.from_public_bytes(certificate_key(pin)).verify(
+                    bytes.fromhex(proofs.get(j, "")), self.transport_statement(j, str(key_hex)))
+            except (InvalidSignature, ValueError):
+                raise CeremonyFailed(f"signer {j}'s transport key is not signed by its pinned certificate",
+                                     field="transport_keys", culprit=j) from None
 
     def close(self) -> None:
         self.nonces.close()
 
     # ------------------------------------------------------------------------- identity, keys
     def identity(self) -> dict[str, Any]:
-        return {"identifier": self.identifier, "name": self.name,
-                "transport_public_key": transport.public_bytes(self._transport).hex(), "keys": self.store.key_ids()}
+        key_hex = transport.public_bytes(self._transport).hex()
+        out = {"identifier": self.identifier, "name": self.name, "transport_public_key": key_hex, "keys": self.store.key_ids()}
+        if self._identity_key is not None:
+            out["transport_key_proof"] = self._identity_key.sign(self.transport_statement(self.identifier, key_hex)).hex()
+        return out
 
     def public_package(self, key_id: str) -> dict[str, Any]:
         return self.store.get(_key_id(key_id)).public_dict()
@@ -183,8 +232,9 @@ class SignerNode:
         return out
 
     def dkg_round1(self, key_id: str, ciphersuite: str, threshold: int, participants: Sequence[int],
-                   transport_keys: Mapping[int, str]) -> dict[str, Any]:
+                   transport_keys: Mapping[int, str], proofs: Mapping[int, str] | None = None) -> dict[str, Any]:
         key_id = _key_id(key_id)
+        self.check_peers(transport_keys, proofs or {})
         if self.store.has(key_id):
             raise ValidationError("a key with this id already exists in this store", field="key_id")
         if ciphersuite not in (frost.FROST_SECP256K1_SHA256.name, frost.FROST_ED25519_SHA512.name):
@@ -208,8 +258,10 @@ class SignerNode:
         return kp.public_dict()
 
     # ------------------------------------------------------------------------------- refresh
-    def refresh_round1(self, key_id: str, transport_keys: Mapping[int, str]) -> dict[str, Any]:
+    def refresh_round1(self, key_id: str, transport_keys: Mapping[int, str],
+                       proofs: Mapping[int, str] | None = None) -> dict[str, Any]:
         kp = self.store.get(_key_id(key_id))
+        self.check_peers(transport_keys, proofs or {})
         r = dkg.RefreshParticipant(kp)
         pkg = r.round1()
         self._start_ceremony(("refresh", key_id), (r, dict(transport_keys)))
@@ -231,8 +283,9 @@ class SignerNode:
 
     # ------------------------------------------------------------------------------- reshare
     def reshare_deal(self, key_id: str, quorum: Sequence[int], new_participants: Sequence[int], new_threshold: int,
-                     transport_keys: Mapping[int, str]) -> dict[str, Any]:
+                     transport_keys: Mapping[int, str], proofs: Mapping[int, str] | None = None) -> dict[str, Any]:
         kp = self.store.get(_key_id(key_id))
+        self.check_peers(transport_keys, proofs or {})
         pkg, shares = dkg.ReshareDealer(kp, list(quorum), list(new_participants), new_threshold).deal()
         return {"package": pkg.to_dict(kp.suite), "sealed": self._seal_all("reshare", key_id, shares, transport_keys, kp.suite)}
 

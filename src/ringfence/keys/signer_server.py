@@ -26,6 +26,13 @@ MIN_TOKEN_CHARS = 24
 MAX_BODY_BYTES = 1 << 20
 
 
+def _proofs(body: dict[str, Any]) -> dict[int, str]:
+    proofs = body.get("transport_proofs") or {}
+    if not isinstance(proofs, dict):
+        raise ValidationError("an object of identifier -> proof", field="transport_proofs")
+    return {int(k): str(v) for k, v in proofs.items()}
+
+
 def create_app(node: SignerNode, token: str) -> Any:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -84,7 +91,7 @@ def create_app(node: SignerNode, token: str) -> Any:
     def dkg1(body: dict[str, Any]) -> dict[str, Any]:
         return node.dkg_round1(body["key_id"], body["ciphersuite"], int(body["threshold"]),
                                [int(x) for x in body["participants"]],
-                               {int(k): v for k, v in body["transport_keys"].items()})
+                               {int(k): v for k, v in body["transport_keys"].items()}, _proofs(body))
 
     @app.post("/v1/dkg/round2")
     def dkg2(body: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +103,7 @@ def create_app(node: SignerNode, token: str) -> Any:
 
     @app.post("/v1/refresh/round1")
     def ref1(body: dict[str, Any]) -> dict[str, Any]:
-        return node.refresh_round1(body["key_id"], {int(k): v for k, v in body["transport_keys"].items()})
+        return node.refresh_round1(body["key_id"], {int(k): v for k, v in body["transport_keys"].items()}, _proofs(body))
 
     @app.post("/v1/refresh/round2")
     def ref2(body: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +117,7 @@ def create_app(node: SignerNode, token: str) -> Any:
     def rs1(body: dict[str, Any]) -> dict[str, Any]:
         return node.reshare_deal(body["key_id"], [int(x) for x in body["quorum"]],
                                  [int(x) for x in body["new_participants"]], int(body["new_threshold"]),
-                                 {int(k): v for k, v in body["transport_keys"].items()})
+                                 {int(k): v for k, v in body["transport_keys"].items()}, _proofs(body))
 
     @app.post("/v1/reshare/receive")
     def rs2(body: dict[str, Any]) -> dict[str, Any]:
@@ -135,10 +142,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--create", action="store_true", help="create the share store if it does not exist")
     ap.add_argument("--policy-public-key", default=None, help="hex Ed25519 key; if set, sign only with attestations")
+    ap.add_argument("--peer-certs", type=Path, default=None,
+                    help="the other signers' pinned certificates, DIR/signer-N.crt (read at every ceremony): this "
+                         "signer seals shares only to transport keys signed by a pinned peer")
     ap.add_argument("--coordinator-cert", type=Path, default=None,
                     help="mutual TLS: the coordinator's pinned certificate (PEM); the only client accepted. This "
                          "signer's own Ed25519 certificate is STORE/tls.crt (created on first start)")
     args = ap.parse_args(argv)
+    if args.peer_certs is not None and args.coordinator_cert is None:
+        ap.error("--peer-certs needs --coordinator-cert (the signer's own certificate is what its peers pin)")
     passphrase = os.environ.get("RINGFENCE_SIGNER_PASSPHRASE", "")
     token = os.environ.get("RINGFENCE_SIGNER_TOKEN", "")
     node = open_node(args.store, passphrase, args.identifier, args.name, create=args.create,
@@ -149,10 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.coordinator_cert is not None:
         import ssl
 
-        from .tls import _check_pin, ensure_identity
+        from .tls import _check_pin, ensure_identity, load_identity_key
 
         _check_pin(args.coordinator_cert, "coordinator")
         me = ensure_identity(args.store, args.name, passphrase)
+        node.pin_peers(load_identity_key(me), args.peer_certs)
         ssl_args = {"ssl_certfile": str(me.cert), "ssl_keyfile": str(me.key), "ssl_keyfile_password": me.password,
                     "ssl_ca_certs": str(args.coordinator_cert), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     uvicorn.run(create_app(node, token), host=args.host, port=args.port, log_level="warning", access_log=False,

@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from ..errors import ConfigError
 
-__all__ = ["ensure_identity", "fingerprint", "client_context", "ClientTLS", "TlsIdentity"]
+__all__ = ["ensure_identity", "fingerprint", "load_identity_key", "certificate_key", "client_context", "ClientTLS", "TlsIdentity"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,24 @@ def ensure_identity(directory: Path, name: str, password: str) -> TlsIdentity:
     partial.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     os.replace(partial, cert_path)
     return TlsIdentity(cert_path, key_path, password)
+
+
+def load_identity_key(identity: TlsIdentity) -> Ed25519PrivateKey:
+    """The party's Ed25519 key (decrypted with its password): it also signs the signer's transport key."""
+    key = serialization.load_pem_private_key(Path(identity.key).read_bytes(), password=identity.password.encode())
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{identity.key} is not an Ed25519 key", field="tls.key")
+    return key
+
+
+def certificate_key(cert_path: Path) -> bytes:
+    """The raw Ed25519 public key of a pinned certificate (what verifies that party's signatures)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    pub = x509.load_pem_x509_certificate(Path(cert_path).read_bytes()).public_key()
+    if not isinstance(pub, Ed25519PublicKey):
+        raise ConfigError(f"{cert_path} does not hold an Ed25519 key", field="pin")
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def fingerprint(cert_path: Path) -> str:

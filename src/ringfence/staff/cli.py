@@ -74,14 +74,15 @@ def _approvals(tokens: list[str]) -> list[StaffSignature]:
 
 
 def _quorum_submit(keys: list[StaffKey], tokens: list[str], action: str, subject: list[Any], ttl_s: int,
-                   sign_only: bool, send: Callable[[AdminClient, list[str]], Any], url: str) -> Any:
+                   sign_only: bool, send: Callable[[AdminClient, list[str]], Any], url: str,
+                   timeout_s: int = 10) -> Any:
     sigs = [k.sign(action, subject, _expires(ttl_s)) for k in keys]
     if sign_only:
         for s in sigs:
             typer.echo(format_approval(s))
         return None
     all_tokens = [format_approval(s) for s in sigs] + [format_approval(a) for a in _approvals(tokens)]
-    with AdminClient(url, keys[0]) as client:
+    with AdminClient(url, keys[0], timeout_s=timeout_s) as client:
         return _run(lambda: send(client, all_tokens))
 
 
