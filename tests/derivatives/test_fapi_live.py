@@ -159,6 +159,26 @@ def test_ccxt_binanceusdm_loads_transfers_trades_and_reads_positions(server):
     assert not [p for p in alice.fetch_positions(["ETH/USDT:USDT"]) if p["contracts"]]
 
 
+def test_a_resting_reduce_only_order_never_opens_the_other_side(server):
+    """The attacker review's reproduction, over HTTP: buy 0.001, rest a reduce-only sell 0.001,
+    close with a plain market sell. The resting order is expired (Binance's behaviour) and a later
+    buyer at its price finds nothing of alice's: she stays flat."""
+    alice, bob = Client(server, "alice"), Client(server, "bob")
+    o = {"symbol": "BTCUSDT", "type": "LIMIT", "timeInForce": "GTC"}
+    ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.001"}))
+    ro = ok(alice.call("POST", "/fapi/v1/order", o | {"side": "SELL", "quantity": "0.001", "price": "64000", "reduceOnly": "true"}))
+    assert ro["status"] == "NEW" and ro["reduceOnly"] is True  # type: ignore[index]
+    ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.001"}))
+    assert ok(alice.call("GET", "/fapi/v3/positionRisk")) == []
+    gone = ok(alice.call("GET", "/fapi/v1/order", {"symbol": "BTCUSDT", "orderId": str(ro["orderId"])}))  # type: ignore[index]
+    assert gone["status"] == "EXPIRED"  # type: ignore[index]
+    assert ok(alice.call("GET", "/fapi/v1/openOrders", {"symbol": "BTCUSDT"})) == []
+    bought = ok(bob.call("POST", "/fapi/v1/order", o | {"side": "BUY", "quantity": "0.001", "price": "64000", "timeInForce": "IOC"}))
+    assert bought["status"] == "FILLED"  # type: ignore[index]  # from the market maker's asks, never alice's
+    assert ok(alice.call("GET", "/fapi/v3/positionRisk")) == []
+    ok(bob.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.001"}))
+
+
 def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
     bob = Client(server, "bob")
     rest = ok(bob.call("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.010", "price": "2500"}))
