@@ -172,6 +172,8 @@ class Contract:
             # may take its hold (the fee reserve) out of the position's own margin when the wallet
             # has too little free — closing never needs fresh collateral (`before_hold`).
             self._borrow = max(0, hold - wallet_free)
+            if st.liquidating_isolated == (c.owner, self.symbol):  # its own margin pays its liquidation
+                self._borrow = min(hold, pos.margin)
             return None, protect, hold
         free = wallet_free + min(0, cross_upnl(engine, st, c.owner, p.quote))
         if hold > free:
@@ -262,6 +264,7 @@ class Contract:
             ledger.move(m.clearing.quote, w, take)
         key = (owner, p.symbol)
         iso = key in st.isolated
+        own_margin_only = st.liquidating_isolated == key  # a LiquidatePosition step: the wallet never pays
         pos = st.positions.get(key) or Position()
         kind = "isolated" if iso else "margin"
         acct = ledger.find(owner, p.quote, kind, SEGMENT) or ledger.open_account(owner, p.quote, kind, SEGMENT)[0]
@@ -302,7 +305,7 @@ class Contract:
             ledger.move(pool, w, realized)
         elif realized < 0:
             loss = -realized
-            budget = min(w.available, released) if iso else w.available
+            budget = min(w.available, released + max(take, 0) if own_margin_only else released) if iso else w.available
             paid = min(loss, budget)
             ledger.move(w, pool, paid)
             covered = loss - paid
@@ -310,6 +313,10 @@ class Contract:
                 ledger.move(insurance, pool, covered)
         # 5. The fee, in the quote asset: ceil(notional × rate); the shield fund's tenth rounds down.
         fee = min(ceil_div(notional * rate_ppm, PPM), w.available)
+        # What the position's margin (and its order's hold, borrowed from it) brought and the loss left.
+        own_left = released + max(take, 0) - (-realized - covered if realized < 0 else 0)
+        if own_margin_only:
+            fee = max(0, min(fee, own_left))
         shield = fee // 10
         ledger.move(w, fees, fee - shield)
         ledger.move(w, insurance, shield)
@@ -319,6 +326,8 @@ class Contract:
             if iso:
                 target += pos.extra
             post = min(target, w.available)
+            if own_margin_only:
+                post = max(0, min(post, own_left - fee))
             ledger.move(w, acct, post)
             pos.margin = post
             st.positions[key] = pos

@@ -99,6 +99,9 @@ class DerivativesState:
     liq_next_ns: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Set by `PlacePerpOrder` around its call into trading (never outside one command).
     reduce_only: bool = False
+    #: (owner, symbol) of the isolated position a `LiquidatePosition` step is closing (within it only):
+    #: its order's hold is borrowed from the position's margin and its fills pay only from that.
+    liquidating_isolated: tuple[str, str] | None = None
     #: symbol -> ids of the open reduce-only orders on it (pruned as they end).
     reduce_only_orders: dict[str, set[int]] = field(default_factory=dict)
 
