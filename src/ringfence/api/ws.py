@@ -348,6 +348,8 @@ class StreamHub:
                             "evidence": e.evidence,
                         },
                     )
+                if kind == "AutoDeleveraged":  # both sides, on their user data streams (derivatives/adl.py)
+                    self._auto_deleveraged(e, event_ms)
                 if type(e) is Trade:
                     touched.add(e.symbol)
                     low = e.symbol.lower()
@@ -495,6 +497,14 @@ class StreamHub:
         }
         for stream in streams:
             self.publish(stream, report)
+
+    def _auto_deleveraged(self, e: Any, event_ms: int) -> None:
+        from ..derivatives.api import adl_order_updates
+
+        m = self.ex.market(e.symbol)
+        for owner, payload in adl_order_updates(e, m.base_decimals, m.quote_decimals, event_ms):
+            for stream in self._user_streams(owner):
+                self.publish(stream, payload)
 
     def _account_positions(self, event_ms: int) -> None:
         touched, self._touched_owners = self._touched_owners, {}

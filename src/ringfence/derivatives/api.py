@@ -22,6 +22,7 @@ from ..api.binance import EndpointParams, _doc, add_binance_route
 from ..api.binance_errors import BinanceError, from_order_rejection, from_ringfence
 from ..api.gateway import Params
 from .commands import AdjustIsolatedMargin, FuturesTransfer, PlacePerpOrder, SetLeverage, SetMarginType
+from .adl import adl_quantile, adl_ranking
 from .state import (
     PPM,
     account_summary,
@@ -34,7 +35,7 @@ from .state import (
     unrealized,
 )
 
-__all__ = ["FuturesApi", "build_futures_router", "FAPI_PARAMS", "external_symbol", "SUFFIX"]
+__all__ = ["FuturesApi", "build_futures_router", "FAPI_PARAMS", "external_symbol", "SUFFIX", "adl_order_updates"]
 
 SUFFIX = "PERP"
 _ORDER = ("symbol", "side", "type", "quantity", "price", "timeInForce", "reduceOnly", "newClientOrderId", "positionSide",
@@ -54,6 +55,9 @@ FAPI_PARAMS: dict[tuple[str, str], EndpointParams] = {
     ("GET", "/fapi/v1/leverageBracket"): EndpointParams(("symbol",), signed=True),
     ("GET", "/fapi/v2/positionRisk"): EndpointParams(("symbol",), signed=True),
     ("GET", "/fapi/v3/positionRisk"): EndpointParams(("symbol",), signed=True),
+    ("GET", "/fapi/v1/adlQuantile"): EndpointParams(("symbol",), signed=True),
+    ("POST", "/fapi/v1/listenKey"): EndpointParams(),
+    ("PUT", "/fapi/v1/listenKey"): EndpointParams(),
     ("GET", "/fapi/v2/account"): EndpointParams(signed=True),
     ("GET", "/fapi/v3/account"): EndpointParams(signed=True),
 }
@@ -373,10 +377,12 @@ class FuturesApi:
             mark = mark_of_perp(engine, p)
             iso = key in st.isolated
             lev = st.leverage.get(key, p.default_leverage)
+            adl = 0
             if pos is None:
                 size = cost = margin = upnl = mm = notional = 0
                 liq = 0
             else:
+                adl = adl_quantile(adl_ranking(engine, p, pos.size > 0), owner)
                 size, cost, margin = pos.size, pos.cost, pos.margin
                 upnl = unrealized(pos, mark, p.scale)
                 mm = maint_margin(p, pos, mark)
@@ -402,7 +408,7 @@ class FuturesApi:
                 "isolatedWallet": format_amount(margin if iso else 0, qd),
                 "initialMargin": format_amount(margin + open_im, qd), "maintMargin": format_amount(mm, qd),
                 "positionInitialMargin": format_amount(margin, qd), "openOrderInitialMargin": format_amount(open_im, qd),
-                "adl": 0, "bidNotional": "0", "askNotional": "0", "updateTime": _ms(engine.now_ns),
+                "adl": adl, "bidNotional": "0", "askNotional": "0", "updateTime": _ms(engine.now_ns),
                 "marginType": "isolated" if iso else "cross", "leverage": str(lev), "isolated": iso,
                 "maxNotionalValue": format_amount(max((b.cap for b in p.brackets if b.max_leverage >= lev), default=0), qd),
                 "isAutoAddMargin": "false",
@@ -416,6 +422,33 @@ class FuturesApi:
         if symbol and not rows:
             raise BinanceError(-1121, "Invalid symbol.")
         return rows if symbol else [r for r in rows if r["positionAmt"].strip("0.-")]  # type: ignore[no-any-return]
+
+    async def adl_quantile(self, request: Request) -> list[dict[str, Any]]:
+        """Binance's `GET /fapi/v1/adlQuantile`: for each symbol the owner holds a position on, its
+        place in the ADL ranking, 0..4 (4: deleveraged first); one-way mode, so `BOTH` is the
+        position's and the side it is on has the same value."""
+        params, owner = await self.gate.signed(request, "read", weight=5)
+        symbol = params.get("symbol")
+
+        def read(engine: Any) -> list[dict[str, Any]]:
+            st = derivatives_state(engine)
+            out = []
+            for sym in sorted(st.perps):
+                pos = st.positions.get((owner, sym))
+                if pos is None or (symbol and external_symbol(sym) != symbol):
+                    continue
+                q = adl_quantile(adl_ranking(engine, st.perps[sym], pos.size > 0), owner)
+                out.append({"symbol": external_symbol(sym),
+                            "adlQuantile": {"LONG": q if pos.size > 0 else 0, "SHORT": q if pos.size < 0 else 0, "BOTH": q}})
+            return out
+
+        return self.ex.read(read)  # type: ignore[no-any-return]
+
+    async def listen_key(self, request: Request) -> dict[str, Any]:
+        """`POST|PUT /fapi/v1/listenKey`: the account's user data stream (`/ws/<listenKey>`), the same
+        stream as the spot API's; auto-deleveraging arrives on it as `ORDER_TRADE_UPDATE`."""
+        owner = await self.gate.key_only(request)
+        return {"listenKey": self.gate.listen_keys.create(owner)}
 
     async def account(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "read", weight=5)
@@ -474,6 +507,22 @@ def _liquidation_price(size: int, cost: int, collateral: int, mmr_ppm: int, main
     return max(0, num // (-size * (PPM + mmr_ppm)))
 
 
+def adl_order_updates(e: Any, base_decimals: int, quote_decimals: int, event_ms: int) -> list[tuple[str, dict[str, Any]]]:
+    """An `AutoDeleveraged` event as Binance's futures `ORDER_TRADE_UPDATE`, one for each side
+    (client order id `adl_autoclose`, as Binance marks ADL closes; no order id: none was placed)."""
+    q, px = format_amount(e.quantity, base_decimals), format_amount(e.price, quote_decimals)
+    out = []
+    for owner, side, realized in ((e.owner, e.side, e.owner_realized_pnl),
+                                  (e.counterparty, "BUY" if e.side == "SELL" else "SELL", e.counterparty_realized_pnl)):
+        out.append((owner, {"e": "ORDER_TRADE_UPDATE", "E": event_ms, "T": event_ms, "o": {
+            "s": external_symbol(e.symbol), "c": "adl_autoclose", "S": side, "o": "LIMIT", "f": "IOC", "q": q, "p": px,
+            "ap": px, "sp": "0", "x": "TRADE", "X": "FILLED", "i": 0, "l": q, "z": q, "L": px, "N": "USDT", "n": "0",
+            "T": event_ms, "t": 0, "b": "0", "a": "0", "m": False, "R": True, "wt": "CONTRACT_PRICE", "ot": "LIMIT",
+            "ps": "BOTH", "cp": False, "rp": format_amount(realized, quote_decimals), "pP": False, "si": 0, "ss": 0,
+            "V": "NONE", "pm": "NONE", "gtd": 0}}))
+    return out
+
+
 def _as_error(rejected: CommandRejected) -> RingfenceError:
     from ..errors import Conflict, Forbidden, NotFound, ValidationError
 
@@ -506,6 +555,9 @@ def build_futures_router(api: FuturesApi) -> APIRouter:
     add("/fapi/v1/leverageBracket", "GET", api.leverage_bracket, 1, "Leverage brackets: notional caps, max leverage, maintenance rates (signed)")
     add("/fapi/v2/positionRisk", "GET", api.position_risk, 5, "Positions with mark price, unrealised PnL, liquidation price (signed)")
     add("/fapi/v3/positionRisk", "GET", api.position_risk, 5, "Positions with mark price, unrealised PnL, margins (signed)")
+    add("/fapi/v1/adlQuantile", "GET", api.adl_quantile, 5, "ADL quantile of each position, 0..4 (signed)")
+    add("/fapi/v1/listenKey", "POST", api.listen_key, 1, "Start a user data stream (futures; the account's one stream)")
+    add("/fapi/v1/listenKey", "PUT", api.listen_key, 1, "Keep a user data stream alive (futures)")
     add("/fapi/v2/account", "GET", api.account, 5, "Futures account: wallet, margins, unrealised PnL, positions (signed)")
     add("/fapi/v3/account", "GET", api.account, 5, "Futures account: wallet, margins, unrealised PnL, positions (signed)")
     return router
