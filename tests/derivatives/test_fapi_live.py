@@ -168,6 +168,8 @@ def test_a_resting_reduce_only_order_never_opens_the_other_side(server):
     ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.001"}))
     ro = ok(alice.call("POST", "/fapi/v1/order", o | {"side": "SELL", "quantity": "0.001", "price": "64000", "reduceOnly": "true"}))
     assert ro["status"] == "NEW" and ro["reduceOnly"] is True  # type: ignore[index]
+    listed = ok(alice.call("GET", "/fapi/v1/openOrders", {"symbol": "BTCUSDT"}))
+    assert [(o["orderId"], o["reduceOnly"]) for o in listed] == [(ro["orderId"], True)]  # type: ignore[index,union-attr]
     ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.001"}))
     assert ok(alice.call("GET", "/fapi/v3/positionRisk")) == []
     gone = ok(alice.call("GET", "/fapi/v1/order", {"symbol": "BTCUSDT", "orderId": str(ro["orderId"])}))  # type: ignore[index]

@@ -36,7 +36,7 @@ from .state import (
     wallet,
 )
 
-__all__ = ["adl_score", "adl_ranking", "adl_quantile", "bankruptcy_price", "deleverage", "ADL_QUANTILES"]
+__all__ = ["adl_score", "adl_ranking", "adl_quantile", "adl_quantiles", "bankruptcy_price", "deleverage", "ADL_QUANTILES"]
 
 ADL_QUANTILES = 5  # 0..4, Binance's `adlQuantile`
 
@@ -77,6 +77,13 @@ def adl_quantile(ranking: list[tuple[str, Fraction]], owner: str) -> int:
         if o == owner:
             return ADL_QUANTILES - 1 - ADL_QUANTILES * place // n
     return 0
+
+
+def adl_quantiles(engine: Engine, p: Perp, long_side: bool) -> dict[str, int]:
+    """Every position's ADL quantile on one side of `p` (one ranking pass)."""
+    ranking = adl_ranking(engine, p, long_side)
+    n = len(ranking)
+    return {o: ADL_QUANTILES - 1 - ADL_QUANTILES * place // n for place, (o, _) in enumerate(ranking)}
 
 
 def bankruptcy_price(p: Perp, size: int, cost: int, collateral: int, tick: int) -> int:

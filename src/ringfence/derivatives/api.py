@@ -22,7 +22,7 @@ from ..api.binance import EndpointParams, _doc, add_binance_route
 from ..api.binance_errors import BinanceError, from_order_rejection, from_ringfence
 from ..api.gateway import Params
 from .commands import AdjustIsolatedMargin, FuturesTransfer, PlacePerpOrder, SetLeverage, SetMarginType
-from .adl import adl_quantile, adl_ranking
+from .adl import adl_quantiles
 from .state import (
     PPM,
     account_summary,
@@ -38,6 +38,7 @@ from .state import (
 __all__ = ["FuturesApi", "build_futures_router", "FAPI_PARAMS", "external_symbol", "SUFFIX", "adl_order_updates"]
 
 SUFFIX = "PERP"
+ADL_REFRESH_S = 1.0  # float-ok: a cache age in seconds, not money
 _ORDER = ("symbol", "side", "type", "quantity", "price", "timeInForce", "reduceOnly", "newClientOrderId", "positionSide",
           "newOrderRespType", "stopPrice", "workingType", "priceProtect", "selfTradePreventionMode", "priceMatch", "goodTillDate")
 FAPI_PARAMS: dict[tuple[str, str], EndpointParams] = {
@@ -101,6 +102,19 @@ class FuturesApi:
     def __init__(self, exchange: Any, gate: Any) -> None:
         self.ex = exchange
         self.gate = gate
+        #: (symbol, long side) -> (when, {owner: ADL quantile}): a ranking is one pass over
+        #: the market's positions, so it is recomputed at most every ADL_REFRESH_S (Binance: 30 s),
+        #: or at once for a position it does not list yet. One entry per market side: bounded.
+        self._adl: dict[tuple[str, bool], tuple[float, dict[str, int]]] = {}
+
+    def _adl_quantile(self, engine: Any, p: Any, owner: str, long_side: bool) -> int:
+        key = (p.symbol, long_side)
+        hit = self._adl.get(key)
+        now = time.monotonic()
+        if hit is None or now - hit[0] > ADL_REFRESH_S or owner not in hit[1]:
+            hit = (now, adl_quantiles(engine, p, long_side))
+            self._adl[key] = hit
+        return hit[1].get(owner, 0)
 
     # ------------------------------------------------------------------ helpers
 
@@ -313,12 +327,13 @@ class FuturesApi:
     async def get_order(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "read", weight=1)
         sym, quote, qd, bd = self._perp(params)
-        return self._order_view(self._find(params, owner, sym), qd, bd)
+        record = self._find(params, owner, sym)
+        return self._order_view(record, qd, bd, self.ex.read(lambda e: _is_reduce_only(e, sym, record.order_id)))
 
     async def open_orders(self, request: Request) -> list[dict[str, Any]]:
         params, owner = await self.gate.signed(request, "read", weight=1)
 
-        def read(engine: Any) -> list[tuple[int, str, int, int]]:
+        def read(engine: Any) -> list[tuple[int, str, int, int, bool]]:
             st = derivatives_state(engine)
             rows = []
             for sym, p in st.perps.items():
@@ -326,14 +341,15 @@ class FuturesApi:
                     continue
                 m = engine.components["trading"].markets[sym]
                 qd, bd = engine.ledger.assets.get(p.quote).decimals, engine.ledger.assets.get(p.base).decimals
-                rows += [(oid, sym, qd, bd) for oid in sorted(m.by_owner.get(owner, {}))]
+                ro = st.reduce_only_orders.get(sym, set())
+                rows += [(oid, sym, qd, bd, oid in ro) for oid in sorted(m.by_owner.get(owner, {}))]
             return rows
 
         out = []
-        for oid, _, qd, bd in self.ex.read(read):
+        for oid, _, qd, bd, reduce_only in self.ex.read(read):
             record = self.ex.history.orders.get(oid)
             if record is not None:
-                out.append(self._order_view(record, qd, bd))
+                out.append(self._order_view(record, qd, bd, reduce_only))
         return out
 
     # ------------------------------------------------------------------ positions and account
@@ -382,7 +398,7 @@ class FuturesApi:
                 size = cost = margin = upnl = mm = notional = 0
                 liq = 0
             else:
-                adl = adl_quantile(adl_ranking(engine, p, pos.size > 0), owner)
+                adl = self._adl_quantile(engine, p, owner, pos.size > 0)
                 size, cost, margin = pos.size, pos.cost, pos.margin
                 upnl = unrealized(pos, mark, p.scale)
                 mm = maint_margin(p, pos, mark)
@@ -423,7 +439,7 @@ class FuturesApi:
             raise BinanceError(-1121, "Invalid symbol.")
         return rows if symbol else [r for r in rows if r["positionAmt"].strip("0.-")]  # type: ignore[no-any-return]
 
-    async def adl_quantile(self, request: Request) -> list[dict[str, Any]]:
+    async def adl_quantile_endpoint(self, request: Request) -> list[dict[str, Any]]:
         """Binance's `GET /fapi/v1/adlQuantile`: for each symbol the owner holds a position on, its
         place in the ADL ranking, 0..4 (4: deleveraged first); one-way mode, so `BOTH` is the
         position's and the side it is on has the same value."""
@@ -437,7 +453,7 @@ class FuturesApi:
                 pos = st.positions.get((owner, sym))
                 if pos is None or (symbol and external_symbol(sym) != symbol):
                     continue
-                q = adl_quantile(adl_ranking(engine, st.perps[sym], pos.size > 0), owner)
+                q = self._adl_quantile(engine, st.perps[sym], owner, pos.size > 0)
                 out.append({"symbol": external_symbol(sym),
                             "adlQuantile": {"LONG": q if pos.size > 0 else 0, "SHORT": q if pos.size < 0 else 0, "BOTH": q}})
             return out
@@ -523,6 +539,11 @@ def adl_order_updates(e: Any, base_decimals: int, quote_decimals: int, event_ms:
     return out
 
 
+def _is_reduce_only(engine: Any, symbol: str, order_id: int) -> bool:
+    """Is `order_id` an open reduce-only order (a closed one is no longer known as such)?"""
+    return order_id in derivatives_state(engine).reduce_only_orders.get(symbol, ())
+
+
 def _as_error(rejected: CommandRejected) -> RingfenceError:
     from ..errors import Conflict, Forbidden, NotFound, ValidationError
 
@@ -555,7 +576,7 @@ def build_futures_router(api: FuturesApi) -> APIRouter:
     add("/fapi/v1/leverageBracket", "GET", api.leverage_bracket, 1, "Leverage brackets: notional caps, max leverage, maintenance rates (signed)")
     add("/fapi/v2/positionRisk", "GET", api.position_risk, 5, "Positions with mark price, unrealised PnL, liquidation price (signed)")
     add("/fapi/v3/positionRisk", "GET", api.position_risk, 5, "Positions with mark price, unrealised PnL, margins (signed)")
-    add("/fapi/v1/adlQuantile", "GET", api.adl_quantile, 5, "ADL quantile of each position, 0..4 (signed)")
+    add("/fapi/v1/adlQuantile", "GET", api.adl_quantile_endpoint, 5, "ADL quantile of each position, 0..4 (signed)")
     add("/fapi/v1/listenKey", "POST", api.listen_key, 1, "Start a user data stream (futures; the account's one stream)")
     add("/fapi/v1/listenKey", "PUT", api.listen_key, 1, "Keep a user data stream alive (futures)")
     add("/fapi/v2/account", "GET", api.account, 5, "Futures account: wallet, margins, unrealised PnL, positions (signed)")
