@@ -26,8 +26,11 @@ def _size(d, owner):
 
 
 def _spot_rows(d):
+    """Every spot account and every spot hold, as plain rows (byte-identical or not)."""
     ledger = d.engine.ledger
-    return sorted(a.as_row() for a in ledger.iter_accounts() if a.segment == "spot")
+    accounts = sorted(a.as_row() for a in ledger.iter_accounts() if a.segment == "spot")
+    holds = sorted((h.id, h.remaining) for h in ledger.open_holds() if ledger.account(h.debit_id).segment == "spot")
+    return accounts, holds
 
 
 def _money(d, owners):
@@ -75,6 +78,8 @@ def test_a_bankrupt_position_in_an_empty_book_is_deleveraged_in_adl_order():
                       longs_extra=[("frank", "3", 200_000)])
     ledger = d.engine.ledger
     insurance = ledger.insurance("USDT", "derivatives")
+    d.fund("alice", "USDT", 5_000 * USDT)  # alice's spot money and her resting spot order: never touched
+    assert not rejected(d.place("alice", "BUY", price("30000"), qty("0.01")))
     _set_mark(d, quote, "56000")  # alice: 3 BTC long from 60000 on a 10,000 wallet: -12,000 at mark
     s = account_summary(d.engine, "alice")
     assert s["cross_equity"] < 0 and -s["cross_equity"] > insurance.balance  # the fund cannot cover it
@@ -104,11 +109,30 @@ def test_a_bankrupt_position_in_an_empty_book_is_deleveraged_in_adl_order():
 
 
 def test_no_adl_while_the_insurance_fund_can_cover_or_the_book_can_close():
+    # not bankrupt at mark (below maintenance, equity still positive): no ADL
     d, quote = _world(shorts=[("bob", "1", 10_000)])
     _set_mark(d, quote, "55000")  # alice: 1 BTC from 60000 on 10,000: -5,000 at mark, still solvent
     ev = d.apply(LiquidateAccount("alice", "USDT"))
-    assert not [e for e in ev if type(e).__name__ == "AutoDeleveraged"]  # equity >= 0: not bankrupt
+    assert not [e for e in ev if type(e).__name__ == "AutoDeleveraged"]
     assert _size(d, "alice") == qty("1")
+    # bankrupt by a few USDT, which the insurance fund (a tenth of the fees so far) can cover: no ADL
+    d, quote = _world(shorts=[("bob", "1", 10_000)])
+    equity = account_summary(d.engine, "alice")["cross_equity"]
+    px = (60_000 * USDT - equity - 5 * USDT) // 10_000 * 10_000  # on a tick: about 5 USDT of deficit
+    _set_mark(d, quote, f"{px // USDT}.{px % USDT // 10_000:02d}")
+    deficit = -account_summary(d.engine, "alice")["cross_equity"]
+    assert 0 < deficit < d.engine.ledger.insurance("USDT", "derivatives").balance
+    ev = d.apply(LiquidateAccount("alice", "USDT"))
+    assert not [e for e in ev if type(e).__name__ == "AutoDeleveraged"] and _size(d, "alice") == qty("1")
+    # bankrupt far beyond the fund, but the book holds bids above the bankruptcy price: they close it
+    d, quote = _world(shorts=[("bob", "1", 10_000), ("carol", "1", 10_000)])
+    _set_mark(d, quote, "45000")
+    order(d, "carol", "BUY", "59900", "2")  # carol's bid, above alice's bankruptcy price (about 50,000)
+    ev = d.apply(LiquidateAccount("alice", "USDT"))
+    assert not [e for e in ev if type(e).__name__ == "AutoDeleveraged"]
+    assert 0 < _size(d, "alice") < qty("2")  # a step closed part of it in the book
+    assert -account_summary(d.engine, "alice")["cross_equity"] > d.engine.ledger.insurance("USDT", "derivatives").balance
+    d.engine.check_invariants()
 
 
 def test_an_isolated_position_is_liquidated_on_its_own_margin_only():
