@@ -25,7 +25,6 @@ from .state import (
     SEGMENT,
     DerivativesState,
     Perp,
-    account_summary,
     ceil_div,
     derivatives_state,
     initial_margin,
@@ -41,32 +40,42 @@ __all__ = ["adl_score", "adl_ranking", "adl_quantile", "adl_quantiles", "bankrup
 ADL_QUANTILES = 5  # 0..4, Binance's `adlQuantile`
 
 
-def adl_score(engine: Engine, st: DerivativesState, p: Perp, owner: str, mark: int, cross: dict[str, int] | None = None) -> Fraction:
-    """The ranking score of `owner`'s position on `p` at `mark` (higher: deleveraged first)."""
-    pos = st.positions[(owner, p.symbol)]
-    upnl = unrealized(pos, mark, p.scale)
-    notional = notional_at(pos, mark, p.scale) if mark else pos.cost
-    if (owner, p.symbol) in st.isolated:
-        equity = pos.margin + upnl
-    else:
-        s = cross if cross is not None else account_summary(engine, owner, p.quote)
-        equity = s["cross_equity"]
+def adl_score(upnl: int, notional: int, cost: int, equity: int) -> Fraction:
+    """The ranking score of a position (higher: deleveraged first): its unrealised PnL, notional at
+    mark and entry cost, and the equity behind it (cross equity, or the isolated margin + PnL)."""
     equity = max(1, equity)  # no equity left: the highest leverage a minor unit gives
-    cost = max(1, pos.cost)
+    cost = max(1, cost)
+    notional = max(1, notional)
     if upnl > 0:
-        return Fraction(upnl * max(1, notional), cost * equity)
-    return Fraction(upnl * equity, cost * max(1, notional))
+        return Fraction(upnl * notional, cost * equity)
+    return Fraction(upnl * equity, cost * notional)
 
 
 def adl_ranking(engine: Engine, p: Perp, long_side: bool) -> list[tuple[str, Fraction]]:
-    """The positions on one side of `p`, first deleveraged first: `(owner, score)`."""
+    """The positions on one side of `p`, first deleveraged first: `(owner, score)`. One pass over the
+    market's positions; the marks of the owner's other markets (its cross equity) computed once."""
     st = derivatives_state(engine)
-    mark = mark_of_perp(engine, p)
+    marks = {sym: mark_of_perp(engine, q) for sym, q in st.perps.items() if q.quote == p.quote}
+    mark = marks[p.symbol]
+    ledger = engine.ledger
     rows = []
     for (owner, sym), pos in st.positions.items():
-        if sym == p.symbol and (pos.size > 0) == long_side:
-            rows.append((owner, adl_score(engine, st, p, owner, mark)))
-    rows.sort(key=lambda r: (-r[1], r[0]))
+        if sym != p.symbol or (pos.size > 0) != long_side:
+            continue
+        upnl = unrealized(pos, mark, p.scale)
+        notional = notional_at(pos, mark, p.scale) if mark else pos.cost
+        if (owner, sym) in st.isolated:
+            equity = pos.margin + upnl
+        else:  # the owner's cross equity: its wallet, cross margins and cross PnL in this asset
+            w = wallet(ledger, owner, p.quote)
+            equity = w.balance if w is not None else 0
+            for other, m in marks.items():
+                q = st.positions.get((owner, other))
+                if q is not None and (owner, other) not in st.isolated:
+                    equity += q.margin + unrealized(q, m, st.perps[other].scale)
+        rows.append((owner, adl_score(upnl, notional, pos.cost, equity)))
+    rows.sort(key=lambda r: r[0])  # ties: by owner (a stable sort keeps this order among equals)
+    rows.sort(key=lambda r: r[1], reverse=True)
     return rows
 
 
