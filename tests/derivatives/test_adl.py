@@ -217,3 +217,29 @@ def test_adl_conserves_money_and_follows_the_ranking(seed):
     for i, (cmd, ts, _) in enumerate(d.log):
         e2.apply(cmd, i + 1, ts, b"\x00" * 32)
     assert e2.state_hash() == d.engine.state_hash()
+
+
+def test_a_bankrupt_short_is_deleveraged_against_the_longs_at_its_bankruptcy_price():
+    d = perp_world(owners=("alice", "bob", "carol", "eve"), usdt=10_000)
+    quote = with_index(d)
+    quote("60000")
+    for o in ("alice", "bob", "carol"):
+        assert not rejected(d.apply(SetLeverage(o, PERP, 50)))
+    order(d, "alice", "BUY", "60000", "1")
+    order(d, "carol", "BUY", "60000", "2")
+    order(d, "bob", "SELL", "60000", "3")  # bob: 3 BTC short on a 10,000 wallet
+    ledger = d.engine.ledger
+    pos = derivatives_state(d.engine).positions[("bob", PERP)]
+    collateral = ledger.get("bob", "USDT", "available", "derivatives").balance + pos.margin
+    bk = bankruptcy_price(derivatives_state(d.engine).perps[PERP], pos.size, pos.cost, collateral, market_of(d.engine, PERP).tick)
+    owners = ("alice", "bob", "carol", "eve")
+    _set_mark(d, quote, "64000")  # -12,000 at mark
+    before = _money(d, owners)
+    ev = d.apply(LiquidateAccount("bob", "USDT"))
+    adl = [e for e in ev if type(e).__name__ == "AutoDeleveraged"]
+    # alice and carol have the same PnL % and alice the smaller position on the same wallet: less
+    # effective leverage, so carol goes first
+    assert [(e.counterparty, e.quantity, e.side, e.price) for e in adl] == [("carol", qty("2"), "BUY", bk), ("alice", qty("1"), "BUY", bk)]
+    assert price("60000") < bk < price("64000") and _size(d, "bob") == 0
+    assert abs(_money(d, owners) - before) <= 2 * len(owners)
+    d.engine.check_invariants()
