@@ -58,7 +58,6 @@ FAPI_PARAMS: dict[tuple[str, str], EndpointParams] = {
     ("GET", "/fapi/v3/positionRisk"): EndpointParams(("symbol",), signed=True),
     ("GET", "/fapi/v1/adlQuantile"): EndpointParams(("symbol",), signed=True),
     ("POST", "/fapi/v1/listenKey"): EndpointParams(),
-    ("PUT", "/fapi/v1/listenKey"): EndpointParams(),
     ("GET", "/fapi/v2/account"): EndpointParams(signed=True),
     ("GET", "/fapi/v3/account"): EndpointParams(signed=True),
 }
@@ -461,8 +460,9 @@ class FuturesApi:
         return self.ex.read(read)  # type: ignore[no-any-return]
 
     async def listen_key(self, request: Request) -> dict[str, Any]:
-        """`POST|PUT /fapi/v1/listenKey`: the account's user data stream (`/ws/<listenKey>`), the same
-        stream as the spot API's; auto-deleveraging arrives on it as `ORDER_TRADE_UPDATE`."""
+        """`POST /fapi/v1/listenKey`: a listen key for the account's user data stream (`/ws/<listenKey>`,
+        the same stream as the spot API's, valid an hour; `PUT /api/v3/userDataStream` keeps it
+        alive); auto-deleveraging arrives on it as `ORDER_TRADE_UPDATE`."""
         owner = await self.gate.key_only(request)
         return {"listenKey": self.gate.listen_keys.create(owner)}
 
@@ -578,7 +578,6 @@ def build_futures_router(api: FuturesApi) -> APIRouter:
     add("/fapi/v3/positionRisk", "GET", api.position_risk, 5, "Positions with mark price, unrealised PnL, margins (signed)")
     add("/fapi/v1/adlQuantile", "GET", api.adl_quantile_endpoint, 5, "ADL quantile of each position, 0..4 (signed)")
     add("/fapi/v1/listenKey", "POST", api.listen_key, 1, "Start a user data stream (futures; the account's one stream)")
-    add("/fapi/v1/listenKey", "PUT", api.listen_key, 1, "Keep a user data stream alive (futures)")
     add("/fapi/v2/account", "GET", api.account, 5, "Futures account: wallet, margins, unrealised PnL, positions (signed)")
     add("/fapi/v3/account", "GET", api.account, 5, "Futures account: wallet, margins, unrealised PnL, positions (signed)")
     return router
