@@ -25,6 +25,8 @@ Only `derivatives` accounts move: spot balances and holds are never touched.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 from ..engine.commands import Event
 from ..engine.core import Engine
@@ -112,14 +114,17 @@ def _step(engine: Engine, owner: str, sym: str, cool_key: tuple[str, str], equit
     selling = pos.size > 0
     if selling:  # sell into the bids, no lower than the band edge (rounded up to a tick)
         limit = ceil_div(mark * (PPM - BAND_PPM) // PPM, m.tick) * m.tick
-        depth = sum(m.bids[px].total for px in m.bid_prices if px >= limit)
     else:
         limit = mark * (PPM + BAND_PPM) // PPM // m.tick * m.tick
-        depth = sum(m.asks[px].total for px in m.ask_prices if px <= limit)
-    step = depth * STEP_PPM // PPM // m.lot * m.lot
-    if not step and depth >= m.lot:
-        step = m.lot
-    step = min(step, abs(pos.size))
+    step, depth = _step_size(m, selling, limit, abs(pos.size))
+    # Past the bankruptcy price every fill is a loss beyond the collateral, the insurance fund's:
+    # when the fund could not pay what this step would lose there (walking the book as the order
+    # would), the order goes no further than the bankruptcy price; what the book cannot take there
+    # is auto-deleveraged below.
+    bk = bankruptcy_price(p, pos.size, pos.cost, _collateral(engine, owner, sym), m.tick)
+    if engine.ledger.insurance(p.quote, SEGMENT).balance < _beyond_bankruptcy(m, selling, limit, step, bk, p.scale):
+        limit = bk
+        step, depth = _step_size(m, selling, limit, abs(pos.size))
     nxt = engine.now_ns + COOLDOWN_NS
     st.liq_next_ns[cool_key] = nxt
     filled = 0
@@ -139,6 +144,47 @@ def _step(engine: Engine, owner: str, sym: str, cool_key: tuple[str, str], equit
     _auto_deleverage_if_needed(engine, owner, sym, ev)
 
 
+def _step_size(m: Any, selling: bool, limit: int, size: int) -> tuple[int, int]:
+    """(quantity of the step's order, depth of the opposite side at `limit` or better): `STEP_PPM` of
+    that depth in whole lots, at least one lot when there is one, at most the position."""
+    if selling:
+        depth = sum(m.bids[px].total for px in m.bid_prices if px >= limit)
+    else:
+        depth = sum(m.asks[px].total for px in m.ask_prices if px <= limit)
+    step = depth * STEP_PPM // PPM // m.lot * m.lot
+    if not step and depth >= m.lot:
+        step = m.lot
+    return min(step, size), depth
+
+
+def _beyond_bankruptcy(m: Any, selling: bool, limit: int, qty: int, bk: int, scale: int) -> int:
+    """What filling `qty` against the book, best price first down to `limit`, would lose past the
+    bankruptcy price `bk` (rounded up): Σ |bk − price| × fill over the fills on the wrong side of it."""
+    loss = 0
+    left = qty
+    prices = reversed(m.bid_prices) if selling else iter(m.ask_prices)
+    for px in prices:
+        if not left or (px < limit if selling else px > limit):
+            break
+        q = min(left, (m.bids if selling else m.asks)[px].total)
+        left -= q
+        beyond = (bk - px) if selling else (px - bk)
+        if beyond > 0:
+            loss += beyond * q
+    return ceil_div(loss, scale)
+
+
+def _collateral(engine: Engine, owner: str, sym: str) -> int:
+    """What the position can pay its loss with: an isolated position's margin; for a cross one the
+    wallet and the position's margin (the owner's orders on the asset are cancelled by then)."""
+    st = derivatives_state(engine)
+    pos = st.positions[(owner, sym)]
+    if (owner, sym) in st.isolated:
+        return pos.margin
+    w = wallet(engine.ledger, owner, st.perps[sym].quote)
+    return (w.balance if w is not None else 0) + pos.margin
+
+
 def _auto_deleverage_if_needed(engine: Engine, owner: str, sym: str, ev: list[Event]) -> None:
     """ADL (docs/derivatives.md): the position left is bankrupt at mark (its collateral + PnL < 0),
     the book holds less than it on the other side at its bankruptcy price or better, and the
@@ -152,12 +198,10 @@ def _auto_deleverage_if_needed(engine: Engine, owner: str, sym: str, ev: list[Ev
     m = trading_state(engine).markets[sym]
     mark = mark_of_perp(engine, p) or m.last_price
     ledger = engine.ledger
+    collateral = _collateral(engine, owner, sym)
     if (owner, sym) in st.isolated:
-        collateral = pos.margin
         equity = pos.margin + unrealized(pos, mark, p.scale)
     else:
-        w = wallet(ledger, owner, p.quote)
-        collateral = (w.balance if w is not None else 0) + pos.margin  # what it can pay: its orders are cancelled
         equity = account_summary(engine, owner, p.quote)["cross_equity"]
     deficit = -equity
     if deficit <= 0 or ledger.insurance(p.quote, SEGMENT).balance >= deficit:
