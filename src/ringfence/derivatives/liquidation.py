@@ -12,7 +12,9 @@ isolated position; the liquidation worker submits both, the engine decides):
 3. the position (cross: the one with the largest notional at mark) is reduced by one IOC
    reduce-only limit order of the owner at the band edge `mark × (1 ∓ BAND_PPM)` (never deeper into
    the book), for `STEP_PPM` of the opposite side's depth inside the band (whole lots; at least one
-   lot when the band holds one), at most the position; an isolated position's order borrows its
+   lot when the band holds one), at most the position — limited to the bankruptcy price instead
+   when the insurance fund could not pay what the order would lose past it; an isolated position's
+   order borrows its
    hold from the position's margin, and its fills pay the loss, the fee and the margin posted again
    only out of what that margin brought — the cross wallet is never debited;
 4. a loss the collateral cannot pay is the derivatives insurance fund's (the fill's own rule);
