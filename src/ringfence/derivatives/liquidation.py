@@ -14,9 +14,8 @@ isolated position; the liquidation worker submits both, the engine decides):
    the book), for `STEP_PPM` of the opposite side's depth inside the band (whole lots; at least one
    lot when the band holds one), at most the position — limited to the bankruptcy price instead
    when the insurance fund could not pay what the order would lose past it; an isolated position's
-   order borrows its
-   hold from the position's margin, and its fills pay the loss, the fee and the margin posted again
-   only out of what that margin brought — the cross wallet is never debited;
+   order borrows its hold from the position's margin, and its fills pay the loss, the fee and the
+   margin posted again only out of what that margin brought — the cross wallet is never debited;
 4. a loss the collateral cannot pay is the derivatives insurance fund's (the fill's own rule);
 5. auto-deleveraging (`adl.py`): if what is left is bankrupt at mark, the book holds less than it on
    the other side at its bankruptcy price or better, and the insurance fund holds less than the
