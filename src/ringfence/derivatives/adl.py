@@ -178,7 +178,7 @@ def deleverage(engine: Engine, owner: str, symbol: str, collateral: int, ev: lis
             break
         theirs = st.positions[(other, symbol)]
         q = min(left, abs(theirs.size))
-        # the counterparty's side first (its profit comes out of the pool the bankrupt side pays)
+        # both legs at one price and one notional: what the pool pays one side it takes from the other
         r_other = _close_at(engine, st, p, other, q, price, ev)
         r_owner = _close_at(engine, st, p, owner, q, price, ev)
         after = st.positions.get((other, symbol))
@@ -187,6 +187,7 @@ def deleverage(engine: Engine, owner: str, symbol: str, collateral: int, ev: lis
         left -= q
         done += q
         touched.append(other)
+    assert not left and (owner, symbol) not in st.positions, "longs = shorts: the other side holds at least the position"
     for o in sorted(set(touched)):
         trim_reduce_only(engine, st, m, o, ev)
     return done
