@@ -339,6 +339,109 @@ def test_risk_page_shows_funds_open_interest_and_positions(server):
             browser.close()
 
 
+def test_a_resting_reduce_only_order_never_opens_the_other_side(server):
+    """The attacker review's reproduction, over HTTP: buy 0.001, rest a reduce-only sell 0.001,
+    close with a plain market sell. The resting order is expired (Binance's behaviour) and a later
+    buyer at its price finds nothing of alice's: she stays flat."""
+    alice, bob = Client(server, "alice"), Client(server, "bob")
+    o = {"symbol": "BTCUSDT", "type": "LIMIT", "timeInForce": "GTC"}
+    ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.001"}))
+    ro = ok(alice.call("POST", "/fapi/v1/order", o | {"side": "SELL", "quantity": "0.001", "price": "64000", "reduceOnly": "true"}))
+    assert ro["status"] == "NEW" and ro["reduceOnly"] is True  # type: ignore[index]
+    listed = ok(alice.call("GET", "/fapi/v1/openOrders", {"symbol": "BTCUSDT"}))
+    assert [(o["orderId"], o["reduceOnly"]) for o in listed] == [(ro["orderId"], True)]  # type: ignore[index,union-attr]
+    ok(alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.001"}))
+    assert ok(alice.call("GET", "/fapi/v3/positionRisk")) == []
+    gone = ok(alice.call("GET", "/fapi/v1/order", {"symbol": "BTCUSDT", "orderId": str(ro["orderId"])}))  # type: ignore[index]
+    assert gone["status"] == "EXPIRED"  # type: ignore[index]
+    assert ok(alice.call("GET", "/fapi/v1/openOrders", {"symbol": "BTCUSDT"})) == []
+    bought = ok(bob.call("POST", "/fapi/v1/order", o | {"side": "BUY", "quantity": "0.001", "price": "64000", "timeInForce": "IOC"}))
+    assert bought["status"] == "FILLED"  # type: ignore[index]  # from the market maker's asks, never alice's
+    assert ok(alice.call("GET", "/fapi/v3/positionRisk")) == []
+    ok(bob.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.001"}))
+
+
+def _book(server: Server) -> tuple[list, list]:
+    b = httpx.get(server.base + "/v1/book", params={"symbol": "BTCUSDTPERP"}).json()
+    return b["bids"], b["asks"]
+
+
+def _insurance(server: Server) -> Decimal:
+    rows = httpx.get(server.base + "/v1/segments").json()
+    funds = next(r["insurance_fund"] for r in rows if r["segment"] == "derivatives")
+    return sum((Decimal(f["balance"]) for f in funds if f["asset"] == "USDT"), Decimal(0))
+
+
+def _user_stream(c: Client, server: Server):  # type: ignore[no-untyped-def]
+    from websockets.sync.client import connect
+
+    key = ok(c.http.post("/fapi/v1/listenKey", headers={"X-MBX-APIKEY": c.key}))["listenKey"]  # type: ignore[index]
+    return connect(server.base.replace("http", "ws") + "/ws/" + key)
+
+
+def test_a_bankrupt_position_is_auto_deleveraged_over_the_live_api(server):
+    """An illiquid book (the market maker's BTCUSDT ladder taken out), an insurance fund far smaller
+    than the deficit: alice's long is deleveraged against bob's short at her bankruptcy price by the
+    running liquidation worker; both get ORDER_TRADE_UPDATE `adl_autoclose` on their user data
+    streams; users' equity + insurance + fees is unchanged."""
+    import json
+
+    alice, bob = Client(server, "alice"), Client(server, "bob")
+    lim = {"symbol": "BTCUSDT", "type": "LIMIT"}
+    # bob takes out both sides of the ladder (the market maker ends flat, and so does bob)
+    bids, asks = _book(server)
+    assert bids and asks
+    ok(bob.call("POST", "/fapi/v1/order", lim | {"side": "SELL", "timeInForce": "IOC", "price": bids[-1][0],
+                                                 "quantity": str(sum(Decimal(q) for _, q in bids))}))
+    ok(bob.call("POST", "/fapi/v1/order", lim | {"side": "BUY", "timeInForce": "IOC", "price": asks[-1][0],
+                                                 "quantity": str(sum(Decimal(q) for _, q in asks))}))
+    assert _book(server) == ([], [])
+    assert Decimal(ok(bob.call("GET", "/fapi/v3/positionRisk", {"symbol": "BTCUSDT"}))[0]["positionAmt"]) == 0  # type: ignore[index]
+    ok(bob.call("POST", "/fapi/v1/order", lim | {"side": "SELL", "timeInForce": "GTC", "price": "61000", "quantity": "2"}))
+    ok(alice.call("POST", "/fapi/v1/order", lim | {"side": "BUY", "timeInForce": "GTC", "price": "61000", "quantity": "2"}))
+    a_pos = ok(alice.call("GET", "/fapi/v3/positionRisk", {"symbol": "BTCUSDT"}))[0]  # type: ignore[index]
+    b_pos = ok(bob.call("GET", "/fapi/v3/positionRisk", {"symbol": "BTCUSDT"}))[0]  # type: ignore[index]
+    assert (Decimal(a_pos["positionAmt"]), Decimal(b_pos["positionAmt"]), a_pos["adl"], b_pos["adl"]) == (2, -2, 4, 4)
+    assert ok(bob.call("GET", "/fapi/v1/adlQuantile", {"symbol": "BTCUSDT"})) == [
+        {"symbol": "BTCUSDT", "adlQuantile": {"LONG": 0, "SHORT": 4, "BOTH": 4}}]
+
+    def money() -> Decimal:
+        return sum((Decimal(ok(c.call("GET", "/fapi/v2/account"))["totalMarginBalance"]) for c in (alice, bob)),  # type: ignore[index]
+                   Decimal(0)) + _insurance(server)
+
+    before = money()
+    collateral = Decimal(ok(alice.call("GET", "/fapi/v2/account"))["totalWalletBalance"])  # type: ignore[index]
+    bankruptcy = ((Decimal(122000) - collateral) / 2 / Decimal("0.1")).to_integral_value(rounding="ROUND_CEILING") * Decimal("0.1")
+    with _user_stream(alice, server) as a_ws, _user_stream(bob, server) as b_ws:
+        # the last trade (the mark: the demo runs no index feed here) at 45,000: a self-trade of bob's
+        ok(bob.call("POST", "/fapi/v1/order", lim | {"side": "BUY", "timeInForce": "GTC", "price": "45000", "quantity": "0.001"}))
+        ok(bob.call("POST", "/fapi/v1/order", lim | {"side": "SELL", "timeInForce": "GTC", "price": "45000", "quantity": "0.001"}))
+        got: dict[str, list[dict]] = {"alice": [], "bob": []}
+        fees = Decimal(0)
+        deadline = time.time() + 15
+        while time.time() < deadline and not (got["alice"] and got["bob"]):
+            for name, ws in (("alice", a_ws), ("bob", b_ws)):
+                try:
+                    msg = json.loads(ws.recv(timeout=0.2))
+                except TimeoutError:
+                    continue
+                if msg.get("e") != "ORDER_TRADE_UPDATE":
+                    continue
+                if msg["o"]["c"] == "adl_autoclose":
+                    got[name].append(msg["o"])
+                elif msg["o"]["x"] == "TRADE" and name == "bob":
+                    fee = Decimal(msg["o"]["n"])  # the self-trade's two fees; a tenth of each to the insurance fund
+                    fees += fee - (fee * 10**6 // 10) / 10**6
+    assert got["alice"] and got["bob"], "no ADL on the user data streams; see " + server.log.name
+    a, b = got["alice"][0], got["bob"][0]
+    assert (a["c"], a["S"], Decimal(a["q"]), b["c"], b["S"], Decimal(b["q"])) == ("adl_autoclose", "SELL", 2, "adl_autoclose", "BUY", 2)
+    assert Decimal(a["L"]) == Decimal(b["L"]) == bankruptcy and Decimal("45000") < bankruptcy < Decimal("61000")
+    assert ok(alice.call("GET", "/fapi/v3/positionRisk")) == []
+    assert Decimal(ok(alice.call("GET", "/fapi/v2/account"))["totalWalletBalance"]) >= 0  # type: ignore[index]
+    assert money() == before - fees  # users' equity + insurance + fees: unchanged
+    assert _book(server) == ([], [])
+
+
 def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
     bob = Client(server, "bob")
     rest = ok(bob.call("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.010", "price": "2500"}))

@@ -3,7 +3,7 @@ remainder, and spot balances and holds byte-identical throughout."""
 
 from __future__ import annotations
 
-from ringfence.derivatives.commands import LiquidateAccount, SetLeverage
+from ringfence.derivatives.commands import LiquidateAccount, PlacePerpOrder, SetLeverage
 from ringfence.derivatives.liquidation import COOLDOWN_NS, liquidation_targets
 from ringfence.derivatives.state import account_summary, derivatives_state
 from ringfence.engine.core import CommandRejected
@@ -56,7 +56,10 @@ def test_an_account_below_maintenance_is_reduced_in_steps_and_spot_is_never_touc
     assert _spot_rows(d) == spot_before  # spot balances and holds byte-identical
 
 
-def test_a_bankrupt_remainder_is_paid_by_the_insurance_fund():
+def test_a_bankrupt_remainder_is_paid_by_the_insurance_fund_when_it_can():
+    from ringfence.derivatives.adl import bankruptcy_price
+    from ringfence.trading.state import market_of
+
     d = perp_world(owners=("alice", "bob", "carol"), usdt=10_000)
     quote = with_index(d)
     quote("60000")
@@ -65,13 +68,47 @@ def test_a_bankrupt_remainder_is_paid_by_the_insurance_fund():
     assert not rejected(order(d, "bob", "SELL", "60000", "3"))
     order(d, "alice", "BUY", "60000", "3")  # 180k at 20x on a 10k wallet
     insurance = d.engine.ledger.insurance("USDT", "derivatives")
-    before = insurance.balance
     quote("56000")  # a 4k fall on 3 BTC = 12k loss > 10k wallet
-    assert not rejected(order(d, "carol", "BUY", "55900", "5"))
     order(d, "bob", "SELL", "56000", "0.0001")
     order(d, "carol", "BUY", "56000", "0.0001")
+    st = derivatives_state(d.engine)
+    pos = st.positions[("alice", PERP)]
+    collateral = d.engine.ledger.get("alice", "USDT", "available", "derivatives").balance + pos.margin
+    bk = bankruptcy_price(st.perps[PERP], pos.size, pos.cost, collateral, market_of(d.engine, PERP).tick)
+    # carol bids two ticks under alice's bankruptcy price, enough for the whole position in one step:
+    # closing there loses 0.02 USDT a BTC more than alice has, which the fund (a tenth of the fees so
+    # far) can pay
+    assert not rejected(d.apply(PlacePerpOrder("carol", PERP, "BUY", price=bk - 2 * 10_000, quantity=qty("7"))))
+    before = insurance.balance
+    assert before > 0
     ev = d.apply(LiquidateAccount("alice", "USDT"))
     changed = [e for e in ev if type(e).__name__ == "PositionChanged" and e.owner == "alice"]
     assert changed and sum(e.insurance_covered for e in changed) > 0
-    assert insurance.balance < before + sum(e.fee for e in changed)  # the fund paid
+    fills = [e for e in ev if type(e).__name__ == "PositionChanged"]
+    covered = sum(e.insurance_covered for e in fills)
+    assert insurance.balance == before + sum(e.fee // 10 for e in fills) - covered  # the fund paid (its shield share aside)
+    assert ("alice", PERP) not in st.positions  # closed in the book whole, nothing left to deleverage
+    assert not [e for e in ev if type(e).__name__ == "AutoDeleveraged"]
+    d.engine.check_invariants()
+
+
+def test_a_liquidation_never_sells_past_the_bankruptcy_price_the_fund_cannot_pay():
+    d = perp_world(owners=("alice", "bob", "carol"), usdt=10_000)
+    quote = with_index(d)
+    quote("60000")
+    for o, lev in (("alice", 20), ("bob", 20), ("carol", 50)):
+        assert not rejected(d.apply(SetLeverage(o, PERP, lev)))
+    assert not rejected(order(d, "bob", "SELL", "60000", "3"))
+    order(d, "alice", "BUY", "60000", "3")
+    quote("56000")
+    assert not rejected(order(d, "carol", "BUY", "55900", "5"))  # bids far under the bankruptcy price
+    order(d, "bob", "SELL", "56000", "0.0001")
+    order(d, "carol", "BUY", "56000", "0.0001")
+    insurance = d.engine.ledger.insurance("USDT", "derivatives")
+    before = insurance.balance
+    ev = d.apply(LiquidateAccount("alice", "USDT"))
+    step = [e for e in ev if type(e).__name__ == "LiquidationStep"][0]
+    assert step.filled == 0 and step.limit_price > price("56000")  # the order stopped at the bankruptcy price
+    assert [e.counterparty for e in ev if type(e).__name__ == "AutoDeleveraged"] == ["bob"]
+    assert insurance.balance == before  # the fund paid nothing; bob gave up the profit alice could not pay
     d.engine.check_invariants()

@@ -47,7 +47,7 @@ def test_replay_and_reconcile_with_perpetual_fills(tmp_path: Path) -> None:
 def test_the_liquidation_worker_steps_an_account_below_maintenance(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from ringfence.derivatives.commands import SetLeverage
+    from ringfence.derivatives.commands import SetLeverage, SetMarginType
     from ringfence.derivatives.worker import LiquidationWorker
     from ringfence.index.commands import ConfigureIndex, RegisterFeedKey
     from ringfence.index.feeds import FeedSigner
@@ -66,7 +66,7 @@ def test_the_liquidation_worker_steps_an_account_below_maintenance(tmp_path: Pat
         def quote(px: int) -> None:
             node.execute(signer.quote("BTCUSDT", px * USDT, time.time_ns()))
 
-        for i, o in enumerate(("alice", "bob", "carol")):
+        for i, o in enumerate(("alice", "bob", "carol", "dave")):
             node.execute(OpenAccount(o, "USDT", "available", "spot"))
             acct = node.engine.ledger.get(o, "USDT", "available", "spot")
             node.execute(CreateTransfers([Transfer(i + 1, node.engine.ledger.world("USDT").id, acct.id, 10_000 * USDT)]))
@@ -75,14 +75,19 @@ def test_the_liquidation_worker_steps_an_account_below_maintenance(tmp_path: Pat
         quote(60_000)
         node.execute(PlacePerpOrder("bob", PERP, "SELL", price=60_000 * USDT, quantity=2 * 10**8))
         node.execute(PlacePerpOrder("alice", PERP, "BUY", price=60_000 * USDT, quantity=2 * 10**8))
+        node.execute(SetMarginType("dave", PERP, "ISOLATED"))  # dave's isolated long: liquidated on its own
+        node.execute(SetLeverage("dave", PERP, 50))
+        node.execute(PlacePerpOrder("bob", PERP, "SELL", price=60_000 * USDT, quantity=10**7))
+        node.execute(PlacePerpOrder("dave", PERP, "BUY", price=60_000 * USDT, quantity=10**7))
         worker = LiquidationWorker(node)
         assert worker.round() == 0  # nobody is below maintenance
         quote(55_200)
         node.execute(PlacePerpOrder("carol", PERP, "BUY", price=55_200 * USDT, quantity=5 * 10**7))
         node.execute(PlacePerpOrder("bob", PERP, "SELL", price=55_200 * USDT, quantity=10**4))  # last trade 55,200
-        assert worker.round() == 1 and worker.submitted == 1
+        assert worker.round() == 2 and worker.submitted == 2  # alice's cross account, dave's isolated position
         positions = node.engine.components["derivatives"].positions
         assert 0 < positions[("alice", PERP)].size < 2 * 10**8
+        assert positions.get(("dave", PERP)) is None or positions[("dave", PERP)].size < 10**7
         assert worker.round() == 0  # cooling down
         node.engine.check_invariants()
     finally:

@@ -92,6 +92,7 @@ class OrderHistory:
         self.open: dict[str, dict[int, None]] = {}
         self.trades: dict[str, deque[dict[str, Any]]] = {}
         self.markets: dict[str, tuple[str, str]] = {}  # symbol -> (base, quote)
+        self.perps: set[str] = set()  # perpetuals: both sides pay their fee in the quote (margin) asset
         #: Callbacks `(owner, kind, payload)` for the user data stream.
         self.subscribers: list[Any] = []
 
@@ -145,6 +146,8 @@ class OrderHistory:
                     record.update_ms = ts_ms
             elif t is MarketListed:
                 self.markets[e.symbol] = (e.base, e.quote)
+            elif t.__name__ == "PerpetualListed":
+                self.perps.add(e.symbol)
 
     def _accepted(self, e: OrderAccepted, ts_ms: int) -> None:
         record = OrderRecord(e, ts_ms)
@@ -183,7 +186,7 @@ class OrderHistory:
                 "qty": e.quantity,
                 "quoteQty": e.quote_qty,
                 "commission": fee,
-                "commissionAsset": base if is_buyer else quote,
+                "commissionAsset": base if is_buyer and e.symbol not in self.perps else quote,
                 "time": ts_ms,
                 "isBuyer": is_buyer,
                 "isMaker": is_maker,

@@ -23,6 +23,7 @@ from ..api.binance_errors import BinanceError, from_order_rejection, from_ringfe
 from ..api.gateway import Params
 from ..index.view import rate_text
 from .commands import AdjustIsolatedMargin, FuturesTransfer, PlacePerpOrder, SetLeverage, SetMarginType
+from .adl import adl_quantiles
 from .state import (
     PPM,
     account_summary,
@@ -35,9 +36,10 @@ from .state import (
     unrealized,
 )
 
-__all__ = ["FuturesApi", "build_futures_router", "FAPI_PARAMS", "external_symbol", "SUFFIX"]
+__all__ = ["FuturesApi", "build_futures_router", "FAPI_PARAMS", "external_symbol", "SUFFIX", "adl_order_updates"]
 
 SUFFIX = "PERP"
+ADL_REFRESH_S = 1.0  # float-ok: a cache age in seconds, not money
 _ORDER = ("symbol", "side", "type", "quantity", "price", "timeInForce", "reduceOnly", "newClientOrderId", "positionSide",
           "newOrderRespType", "stopPrice", "workingType", "priceProtect", "selfTradePreventionMode", "priceMatch", "goodTillDate")
 FAPI_PARAMS: dict[tuple[str, str], EndpointParams] = {
@@ -55,6 +57,7 @@ FAPI_PARAMS: dict[tuple[str, str], EndpointParams] = {
     ("GET", "/fapi/v1/leverageBracket"): EndpointParams(("symbol",), signed=True),
     ("GET", "/fapi/v2/positionRisk"): EndpointParams(("symbol",), signed=True),
     ("GET", "/fapi/v3/positionRisk"): EndpointParams(("symbol",), signed=True),
+    ("GET", "/fapi/v1/adlQuantile"): EndpointParams(("symbol",), signed=True),
     ("GET", "/fapi/v2/account"): EndpointParams(signed=True),
     ("GET", "/fapi/v3/account"): EndpointParams(signed=True),
     # market data (public): the spot read models' views of the perpetual's market
@@ -128,6 +131,19 @@ class FuturesApi:
         #: The spot API: its market-data views (depth, trades, klines, ticker) serve a perpetual's
         #: market too, from the same read models; this API names the symbol as Binance USDⓈ-M does.
         self.spot = spot if spot is not None else BinanceApi(exchange, gate)
+        #: (symbol, long side) -> (when, {owner: ADL quantile}): a ranking is one pass over
+        #: the market's positions, so it is recomputed at most every ADL_REFRESH_S (Binance: 30 s),
+        #: or at once for a position it does not list yet. One entry per market side: bounded.
+        self._adl: dict[tuple[str, bool], tuple[float, dict[str, int]]] = {}
+
+    def _adl_quantile(self, engine: Any, p: Any, owner: str, long_side: bool) -> int:
+        key = (p.symbol, long_side)
+        hit = self._adl.get(key)
+        now = time.monotonic()
+        if hit is None or now - hit[0] > ADL_REFRESH_S or owner not in hit[1]:
+            hit = (now, adl_quantiles(engine, p, long_side))
+            self._adl[key] = hit
+        return hit[1].get(owner, 0)
 
     # ------------------------------------------------------------------ helpers
 
@@ -340,12 +356,13 @@ class FuturesApi:
     async def get_order(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "read", weight=1)
         sym, quote, qd, bd = self._perp(params)
-        return self._order_view(self._find(params, owner, sym), qd, bd)
+        record = self._find(params, owner, sym)
+        return self._order_view(record, qd, bd, self.ex.read(lambda e: _is_reduce_only(e, sym, record.order_id)))
 
     async def open_orders(self, request: Request) -> list[dict[str, Any]]:
         params, owner = await self.gate.signed(request, "read", weight=1)
 
-        def read(engine: Any) -> list[tuple[int, str, int, int]]:
+        def read(engine: Any) -> list[tuple[int, str, int, int, bool]]:
             st = derivatives_state(engine)
             rows = []
             for sym, p in st.perps.items():
@@ -353,14 +370,15 @@ class FuturesApi:
                     continue
                 m = engine.components["trading"].markets[sym]
                 qd, bd = engine.ledger.assets.get(p.quote).decimals, engine.ledger.assets.get(p.base).decimals
-                rows += [(oid, sym, qd, bd) for oid in sorted(m.by_owner.get(owner, {}))]
+                ro = st.reduce_only_orders.get(sym, set())
+                rows += [(oid, sym, qd, bd, oid in ro) for oid in sorted(m.by_owner.get(owner, {}))]
             return rows
 
         out = []
-        for oid, _, qd, bd in self.ex.read(read):
+        for oid, _, qd, bd, reduce_only in self.ex.read(read):
             record = self.ex.history.orders.get(oid)
             if record is not None:
-                out.append(self._order_view(record, qd, bd))
+                out.append(self._order_view(record, qd, bd, reduce_only))
         return out
 
     # ------------------------------------------------------------------ market data (public)
@@ -556,10 +574,12 @@ class FuturesApi:
             mark = mark_of_perp(engine, p)
             iso = key in st.isolated
             lev = st.leverage.get(key, p.default_leverage)
+            adl = 0
             if pos is None:
                 size = cost = margin = upnl = mm = notional = 0
                 liq = 0
             else:
+                adl = self._adl_quantile(engine, p, owner, pos.size > 0)
                 size, cost, margin = pos.size, pos.cost, pos.margin
                 upnl = unrealized(pos, mark, p.scale)
                 mm = maint_margin(p, pos, mark)
@@ -585,7 +605,7 @@ class FuturesApi:
                 "isolatedWallet": format_amount(margin if iso else 0, qd),
                 "initialMargin": format_amount(margin + open_im, qd), "maintMargin": format_amount(mm, qd),
                 "positionInitialMargin": format_amount(margin, qd), "openOrderInitialMargin": format_amount(open_im, qd),
-                "adl": 0, "bidNotional": "0", "askNotional": "0", "updateTime": _ms(engine.now_ns),
+                "adl": adl, "bidNotional": "0", "askNotional": "0", "updateTime": _ms(engine.now_ns),
                 "marginType": "isolated" if iso else "cross", "leverage": str(lev), "isolated": iso,
                 "maxNotionalValue": format_amount(max((b.cap for b in p.brackets if b.max_leverage >= lev), default=0), qd),
                 "isAutoAddMargin": "false",
@@ -599,6 +619,27 @@ class FuturesApi:
         if symbol and not rows:
             raise BinanceError(-1121, "Invalid symbol.")
         return rows if symbol else [r for r in rows if r["positionAmt"].strip("0.-")]  # type: ignore[no-any-return]
+
+    async def adl_quantile_endpoint(self, request: Request) -> list[dict[str, Any]]:
+        """Binance's `GET /fapi/v1/adlQuantile`: for each symbol the owner holds a position on, its
+        place in the ADL ranking, 0..4 (4: deleveraged first); one-way mode, so `BOTH` is the
+        position's and the side it is on has the same value."""
+        params, owner = await self.gate.signed(request, "read", weight=5)
+        symbol = params.get("symbol")
+
+        def read(engine: Any) -> list[dict[str, Any]]:
+            st = derivatives_state(engine)
+            out = []
+            for sym in sorted(st.perps):
+                pos = st.positions.get((owner, sym))
+                if pos is None or (symbol and external_symbol(sym) != symbol):
+                    continue
+                q = self._adl_quantile(engine, st.perps[sym], owner, pos.size > 0)
+                out.append({"symbol": external_symbol(sym),
+                            "adlQuantile": {"LONG": q if pos.size > 0 else 0, "SHORT": q if pos.size < 0 else 0, "BOTH": q}})
+            return out
+
+        return self.ex.read(read)  # type: ignore[no-any-return]
 
     async def account(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "read", weight=5)
@@ -657,6 +698,27 @@ def _liquidation_price(size: int, cost: int, collateral: int, mmr_ppm: int, main
     return max(0, num // (-size * (PPM + mmr_ppm)))
 
 
+def adl_order_updates(e: Any, base_decimals: int, quote_decimals: int, event_ms: int) -> list[tuple[str, dict[str, Any]]]:
+    """An `AutoDeleveraged` event as Binance's futures `ORDER_TRADE_UPDATE`, one for each side
+    (client order id `adl_autoclose`, as Binance marks ADL closes; no order id: none was placed)."""
+    q, px = format_amount(e.quantity, base_decimals), format_amount(e.price, quote_decimals)
+    out = []
+    for owner, side, realized in ((e.owner, e.side, e.owner_realized_pnl),
+                                  (e.counterparty, "BUY" if e.side == "SELL" else "SELL", e.counterparty_realized_pnl)):
+        out.append((owner, {"e": "ORDER_TRADE_UPDATE", "E": event_ms, "T": event_ms, "o": {
+            "s": external_symbol(e.symbol), "c": "adl_autoclose", "S": side, "o": "LIMIT", "f": "IOC", "q": q, "p": px,
+            "ap": px, "sp": "0", "x": "TRADE", "X": "FILLED", "i": 0, "l": q, "z": q, "L": px, "N": "USDT", "n": "0",
+            "T": event_ms, "t": 0, "b": "0", "a": "0", "m": False, "R": True, "wt": "CONTRACT_PRICE", "ot": "LIMIT",
+            "ps": "BOTH", "cp": False, "rp": format_amount(realized, quote_decimals), "pP": False, "si": 0, "ss": 0,
+            "V": "NONE", "pm": "NONE", "gtd": 0}}))
+    return out
+
+
+def _is_reduce_only(engine: Any, symbol: str, order_id: int) -> bool:
+    """Is `order_id` an open reduce-only order (a closed one is no longer known as such)?"""
+    return order_id in derivatives_state(engine).reduce_only_orders.get(symbol, ())
+
+
 def _as_error(rejected: CommandRejected) -> RingfenceError:
     from ..errors import Conflict, Forbidden, NotFound, ValidationError
 
@@ -690,6 +752,7 @@ def build_futures_router(api: FuturesApi) -> APIRouter:
     add("/fapi/v1/leverageBracket", "GET", api.leverage_bracket, 1, "Leverage brackets: notional caps, max leverage, maintenance rates (signed)")
     add("/fapi/v2/positionRisk", "GET", api.position_risk, 5, "Positions with mark price, unrealised PnL, liquidation price (signed)")
     add("/fapi/v3/positionRisk", "GET", api.position_risk, 5, "Positions with mark price, unrealised PnL, margins (signed)")
+    add("/fapi/v1/adlQuantile", "GET", api.adl_quantile_endpoint, 5, "ADL quantile of each position, 0..4 (signed)")
     add("/fapi/v2/account", "GET", api.account, 5, "Futures account: wallet, margins, unrealised PnL, positions (signed)")
     add("/fapi/v3/account", "GET", api.account, 5, "Futures account: wallet, margins, unrealised PnL, positions (signed)")
     add("/fapi/v1/depth", "GET", api.depth, 5, "Order book of a perpetual")

@@ -12,7 +12,7 @@ from ..engine.commands import Command, Event
 __all__ = [
     "ListPerpetual", "FuturesTransfer", "SetLeverage", "SetMarginType", "AdjustIsolatedMargin", "PlacePerpOrder",
     "PerpetualListed", "FuturesTransferred", "LeverageSet", "MarginTypeSet", "IsolatedMarginAdjusted",
-    "PositionChanged", "FundingSettled",
+    "PositionChanged", "FundingSettled", "LiquidateAccount", "LiquidationStep", "LiquidatePosition", "AutoDeleveraged",
 ]
 
 
@@ -190,3 +190,30 @@ class LiquidationStep(Event, tag="perp.liquidation/1", gc=False, frozen=True):
     limit_price: int
     depth_in_band: int
     next_ns: int
+
+
+class LiquidatePosition(Command, tag="perp.liquidate_isolated/1", gc=False, frozen=True):
+    """One liquidation step of `owner`'s isolated position on `symbol` (submitted by the liquidation
+    worker when `margin_check` finds the position's margin + PnL below its maintenance; refused
+    when it is not). Only that position's own margin pays: the cross wallet is never debited."""
+
+    owner: str
+    symbol: str
+
+
+class AutoDeleveraged(Event, tag="perp.adl/1", gc=False, frozen=True):
+    """Auto-deleveraging: `quantity` of bankrupt `owner`'s position on `symbol` closed against
+    `counterparty`'s opposite position (its place `rank` in the ADL ranking, 0 first) at the
+    bankruptcy `price`; `side` is the bankrupt owner's (SELL closes a long). Both realised PnLs and
+    the counterparty's size after are reported."""
+
+    symbol: str
+    owner: str
+    counterparty: str
+    side: str
+    quantity: int
+    price: int
+    rank: int
+    owner_realized_pnl: int
+    counterparty_realized_pnl: int
+    counterparty_size: int

@@ -1,20 +1,32 @@
-"""Liquidation by liquidity: an account below maintenance is reduced in partial steps.
+"""Liquidation by liquidity: a margin account below maintenance is reduced in partial steps, and a
+bankrupt remainder the book and the insurance fund cannot absorb is auto-deleveraged.
 
-`LiquidateAccount(owner, asset)` (the liquidation worker submits it; the engine decides):
+`LiquidateAccount(owner, asset)` (a cross account) and `LiquidatePosition(owner, symbol)` (an
+isolated position; the liquidation worker submits both, the engine decides):
 
-1. refused unless the owner's cross account in `asset` has equity < maintenance margin at mark, and
-   unless its cool-down (`COOLDOWN_NS` after the last step) is over;
-2. the owner's open orders on every perpetual of that asset are cancelled (their holds released);
-3. the position with the largest notional at mark is reduced by one IOC reduce-only limit order of
-   the owner at the band edge `mark × (1 ∓ BAND_PPM)` (never deeper into the book), for
-   `STEP_PPM` of the opposite side's depth inside the band (whole lots; at least one lot when
-   the band holds one), at most the position;
-4. a loss the wallet cannot pay is the derivatives insurance fund's (the fill's own rule).
+1. refused unless the cross account's equity (for an isolated position: its margin + PnL) is below
+   its maintenance margin at mark, and unless its cool-down (`COOLDOWN_NS` after the last step) is
+   over;
+2. the owner's open orders are cancelled: on every perpetual of that asset (cross), on that market
+   (isolated);
+3. the position (cross: the one with the largest notional at mark) is reduced by one IOC
+   reduce-only limit order of the owner at the band edge `mark × (1 ∓ BAND_PPM)` (never deeper into
+   the book), for `STEP_PPM` of the opposite side's depth inside the band (whole lots; at least one
+   lot when the band holds one), at most the position — limited to the bankruptcy price instead
+   when the insurance fund could not pay what the order would lose past it; an isolated position's
+   order borrows its hold from the position's margin, and its fills pay the loss, the fee and the
+   margin posted again only out of what that margin brought — the cross wallet is never debited;
+4. a loss the collateral cannot pay is the derivatives insurance fund's (the fill's own rule);
+5. auto-deleveraging (`adl.py`): if what is left is bankrupt at mark, the book holds less than it on
+   the other side at its bankruptcy price or better, and the insurance fund holds less than the
+   deficit, the rest is closed against the opposite positions in ADL order at the bankruptcy price.
 
 Only `derivatives` accounts move: spot balances and holds are never touched.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 from ..engine.commands import Event
@@ -23,9 +35,21 @@ from ..engine.module import Effect, Scope
 from ..errors import Conflict, ValidationError
 from ..trading.commands import CancelAll, PlaceOrder, Trade
 from ..trading.state import trading_state
-from .commands import LiquidateAccount, LiquidationStep
+from .adl import bankruptcy_price, deleverage
+from .commands import AutoDeleveraged, LiquidateAccount, LiquidatePosition, LiquidationStep
 from .module import MODULE
-from .state import PPM, SEGMENT, account_summary, ceil_div, derivatives_state, mark_of_perp, notional_at
+from .state import (
+    PPM,
+    SEGMENT,
+    account_summary,
+    ceil_div,
+    derivatives_state,
+    maint_margin,
+    mark_of_perp,
+    notional_at,
+    unrealized,
+    wallet,
+)
 
 __all__ = ["COOLDOWN_NS", "BAND_PPM", "STEP_PPM", "liquidation_targets"]
 
@@ -33,7 +57,7 @@ COOLDOWN_NS = 5 * 10**9
 BAND_PPM = 10_000  # 1 %: never walk the book further than this from the mark
 STEP_PPM = 500_000  # half of the depth inside the band per step
 
-MODULE.declare_events(LiquidationStep)
+MODULE.declare_events(LiquidationStep, AutoDeleveraged)
 
 
 def _scopes(engine: Engine, c: LiquidateAccount) -> list[Scope]:
@@ -60,7 +84,7 @@ def _check(engine: Engine, c: LiquidateAccount) -> tuple[dict[str, int], list[st
 @MODULE.handles(LiquidateAccount, effect=Effect.REDUCES_RISK, scopes=_scopes,
                 precheck=lambda e, c: (_check(e, c), None)[1])
 def _liquidate(engine: Engine, c: LiquidateAccount) -> list[Event]:
-    from ..trading.orders import _cancel_all, _place
+    from ..trading.orders import _cancel_all
 
     summary, syms = _check(engine, c)
     st = derivatives_state(engine)
@@ -72,48 +96,182 @@ def _liquidate(engine: Engine, c: LiquidateAccount) -> list[Event]:
     # the largest position at mark
     best = max(syms, key=lambda s: (notional_at(st.positions[(c.owner, s)], mark_of_perp(engine, st.perps[s]) or 1,
                                                 st.perps[s].scale), s))
-    p = st.perps[best]
-    pos = st.positions[(c.owner, best)]
-    m = ts.markets[best]
+    _step(engine, c.owner, best, (c.owner, c.asset), summary["cross_equity"], summary["cross_maint"], ev)
+    return ev
+
+
+def _step(engine: Engine, owner: str, sym: str, cool_key: tuple[str, str], equity: int, maintenance: int,
+          ev: list[Event]) -> None:
+    """Steps 3-5 of a liquidation, for the position `owner` holds on `sym`: one IOC at the band edge,
+    then auto-deleveraging if the book cannot take the rest and the insurance fund cannot cover it."""
+    from ..trading.orders import _place
+
+    st = derivatives_state(engine)
+    ts = trading_state(engine)
+    p = st.perps[sym]
+    pos = st.positions[(owner, sym)]
+    m = ts.markets[sym]
     mark = mark_of_perp(engine, p) or m.last_price
     selling = pos.size > 0
     if selling:  # sell into the bids, no lower than the band edge (rounded up to a tick)
         limit = ceil_div(mark * (PPM - BAND_PPM) // PPM, m.tick) * m.tick
-        depth = sum(m.bids[px].total for px in m.bid_prices if px >= limit)
     else:
         limit = mark * (PPM + BAND_PPM) // PPM // m.tick * m.tick
+    step, depth = _step_size(m, selling, limit, abs(pos.size))
+    # Past the bankruptcy price every fill is a loss beyond the collateral, the insurance fund's:
+    # when the fund could not pay what this step would lose there (walking the book as the order
+    # would), the order goes no further than the bankruptcy price; what the book cannot take there
+    # is auto-deleveraged below.
+    bk = bankruptcy_price(p, pos.size, pos.cost, _collateral(engine, owner, sym), m.tick)
+    if engine.ledger.insurance(p.quote, SEGMENT).balance < _beyond_bankruptcy(m, selling, limit, step, bk, p.scale):
+        limit = bk
+        step, depth = _step_size(m, selling, limit, abs(pos.size))
+    nxt = engine.now_ns + COOLDOWN_NS
+    st.liq_next_ns[cool_key] = nxt
+    filled = 0
+    isolated = (owner, sym) in st.isolated
+    if step and limit > 0:
+        st.reduce_only = True
+        st.liquidating_isolated = (owner, sym) if isolated else None
+        try:
+            order: list[Event] = []
+            _place(engine, ts, PlaceOrder(owner, sym, "SELL" if selling else "BUY", "LIMIT", "IOC", limit, step), order)
+        finally:
+            st.reduce_only = False
+            st.liquidating_isolated = None
+        filled = sum(e.quantity for e in order if isinstance(e, Trade))
+        ev.extend(order)
+    ev.append(LiquidationStep(owner, sym, equity, maintenance, "SELL" if selling else "BUY", step, filled, limit, depth, nxt))
+    _auto_deleverage_if_needed(engine, owner, sym, ev)
+
+
+def _step_size(m: Any, selling: bool, limit: int, size: int) -> tuple[int, int]:
+    """(quantity of the step's order, depth of the opposite side at `limit` or better): `STEP_PPM` of
+    that depth in whole lots, at least one lot when there is one, at most the position."""
+    if selling:
+        depth = sum(m.bids[px].total for px in m.bid_prices if px >= limit)
+    else:
         depth = sum(m.asks[px].total for px in m.ask_prices if px <= limit)
     step = depth * STEP_PPM // PPM // m.lot * m.lot
     if not step and depth >= m.lot:
         step = m.lot
-    step = min(step, abs(pos.size))
-    nxt = engine.now_ns + COOLDOWN_NS
-    st.liq_next_ns[(c.owner, c.asset)] = nxt
-    filled = 0
-    if step and limit > 0:
-        st.reduce_only = True
-        try:
-            order: list[Event] = []
-            _place(engine, ts, PlaceOrder(c.owner, best, "SELL" if selling else "BUY", "LIMIT", "IOC", limit, step), order)
-        finally:
-            st.reduce_only = False
-        filled = sum(e.quantity for e in order if isinstance(e, Trade))
-        ev.extend(order)
-    ev.append(LiquidationStep(c.owner, best, summary["cross_equity"], summary["cross_maint"], "SELL" if selling else "BUY",
-                              step, filled, limit, depth, nxt))
+    return min(step, size), depth
+
+
+def _beyond_bankruptcy(m: Any, selling: bool, limit: int, qty: int, bk: int, scale: int) -> int:
+    """What filling `qty` against the book, best price first down to `limit`, would lose past the
+    bankruptcy price `bk` (rounded up): Σ |bk − price| × fill over the fills on the wrong side of it."""
+    loss = 0
+    left = qty
+    prices = reversed(m.bid_prices) if selling else iter(m.ask_prices)
+    for px in prices:
+        if not left or (px < limit if selling else px > limit):
+            break
+        q = min(left, (m.bids if selling else m.asks)[px].total)
+        left -= q
+        beyond = (bk - px) if selling else (px - bk)
+        if beyond > 0:
+            loss += beyond * q
+    return ceil_div(loss, scale)
+
+
+def _collateral(engine: Engine, owner: str, sym: str) -> int:
+    """What the position can pay its loss with: an isolated position's margin; for a cross one the
+    wallet and the position's margin (the owner's orders on the asset are cancelled by then)."""
+    st = derivatives_state(engine)
+    pos = st.positions[(owner, sym)]
+    if (owner, sym) in st.isolated:
+        return pos.margin
+    w = wallet(engine.ledger, owner, st.perps[sym].quote)
+    return (w.balance if w is not None else 0) + pos.margin
+
+
+def _auto_deleverage_if_needed(engine: Engine, owner: str, sym: str, ev: list[Event]) -> None:
+    """ADL (docs/derivatives.md): the position left is bankrupt at mark (its collateral + PnL < 0),
+    the book holds less than it on the other side at its bankruptcy price or better, and the
+    derivatives insurance fund holds less than the deficit: close it against the opposite side in
+    ADL order at the bankruptcy price."""
+    st = derivatives_state(engine)
+    pos = st.positions.get((owner, sym))
+    if pos is None:
+        return
+    p = st.perps[sym]
+    m = trading_state(engine).markets[sym]
+    mark = mark_of_perp(engine, p) or m.last_price
+    ledger = engine.ledger
+    collateral = _collateral(engine, owner, sym)
+    if (owner, sym) in st.isolated:
+        equity = pos.margin + unrealized(pos, mark, p.scale)
+    else:
+        equity = account_summary(engine, owner, p.quote)["cross_equity"]
+    deficit = -equity
+    if deficit <= 0 or ledger.insurance(p.quote, SEGMENT).balance >= deficit:
+        return
+    price = bankruptcy_price(p, pos.size, pos.cost, collateral, m.tick)
+    if pos.size > 0:
+        book = sum(m.bids[px].total for px in m.bid_prices if px >= price)
+    else:
+        book = sum(m.asks[px].total for px in m.ask_prices if px <= price)
+    if book >= abs(pos.size):
+        return
+    deleverage(engine, owner, sym, collateral, ev)
+
+
+# ------------------------------------------------------------------------------ isolated positions
+
+
+def _check_isolated(engine: Engine, c: LiquidatePosition) -> tuple[int, int]:
+    st = derivatives_state(engine)
+    p = st.perps.get(c.symbol) if isinstance(c.symbol, str) else None
+    if p is None:
+        raise ValidationError(f"unknown perpetual {c.symbol!r}", field="symbol")
+    key = (c.owner, c.symbol)
+    pos = st.positions.get(key)
+    if pos is None or key not in st.isolated:
+        raise Conflict(f"{c.owner} has no isolated position on {c.symbol}", field="owner")
+    mark = mark_of_perp(engine, p)
+    equity = pos.margin + unrealized(pos, mark, p.scale)
+    maint = maint_margin(p, pos, mark)
+    if equity >= maint:
+        raise Conflict(f"{c.owner}'s {c.symbol} margin + PnL {equity} is not below maintenance {maint}", field="owner")
+    until = st.liq_next_ns.get(key, 0)
+    if engine.now_ns < until:
+        raise Conflict(f"{c.owner}'s {c.symbol} position is cooling down after a liquidation step until {until}", field="owner")
+    return equity, maint
+
+
+def _isolated_scopes(engine: Engine, c: LiquidatePosition) -> list[Scope]:
+    st = derivatives_state(engine)
+    p = st.perps.get(c.symbol) if isinstance(c.symbol, str) else None
+    return [("segment", SEGMENT), ("asset", p.quote if p is not None else "USDT")]
+
+
+@MODULE.handles(LiquidatePosition, effect=Effect.REDUCES_RISK, scopes=_isolated_scopes,
+                precheck=lambda e, c: (_check_isolated(e, c), None)[1])
+def _liquidate_isolated(engine: Engine, c: LiquidatePosition) -> list[Event]:
+    """An isolated position's liquidation step: only its orders on that market are cancelled, and
+    only its own margin pays (the order's hold is borrowed from it; the loss, the fee and the margin
+    posted again are capped at what the position's margin brought)."""
+    from ..trading.orders import _cancel_all
+
+    equity, maint = _check_isolated(engine, c)
+    ts = trading_state(engine)
+    ev: list[Event] = []
+    if ts.markets[c.symbol].by_owner.get(c.owner):
+        _cancel_all(engine, ts, CancelAll(c.owner, c.symbol), ev)
+    _step(engine, c.owner, c.symbol, (c.owner, c.symbol), equity, maint, ev)
     return ev
 
 
 def liquidation_targets(engine: Engine) -> list[tuple[str, str]]:
-    """(owner, asset) of every cross account below maintenance and not cooling down: what the
-    liquidation worker submits (`margin_check`, read between batches)."""
+    """(owner, asset) of every cross account and (owner, symbol) of every isolated position below
+    maintenance and not cooling down: what the liquidation worker submits (`LiquidateAccount`,
+    `LiquidatePosition`; `margin_check`, read between batches)."""
     from .state import margin_check
 
     st = derivatives_state(engine)
     out = []
     for owner, scope, _, _ in margin_check(engine):
-        if scope in st.perps:  # an isolated position: not liquidated yet
-            continue
         if engine.now_ns >= st.liq_next_ns.get((owner, scope), 0):
             out.append((owner, scope))
     return out

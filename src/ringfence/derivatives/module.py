@@ -98,6 +98,12 @@ class Contract:
         self._ledger: Any = None
         self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
         self._accounts: tuple[Any, Any, Any] = (None, None, None)
+        self._touched: set[str] = set()  # owners whose position a fill changed in the current match
+
+    @property
+    def has_reduce_only(self) -> bool:
+        """Does this market have an open reduce-only order (trading's matching loop asks first)?"""
+        return bool(derivatives_state(self.engine).reduce_only_orders.get(self.symbol))
 
     def _system(self, p: Perp) -> tuple[Any, Any, Any]:
         """(PnL pool, fees, insurance) of this market, looked up once per ledger object."""
@@ -166,6 +172,8 @@ class Contract:
             # may take its hold (the fee reserve) out of the position's own margin when the wallet
             # has too little free — closing never needs fresh collateral (`before_hold`).
             self._borrow = max(0, hold - wallet_free)
+            if st.liquidating_isolated == (c.owner, self.symbol):  # its own margin pays its liquidation
+                self._borrow = min(hold, pos.margin)
             return None, protect, hold
         free = wallet_free + min(0, cross_upnl(engine, st, c.owner, p.quote))
         if hold > free:
@@ -174,11 +182,14 @@ class Contract:
         return None, protect, hold
 
     def before_hold(self, engine: Engine, m: Any, c: PlaceOrder) -> None:
-        """Every check passed and trading is about to hold the order's margin: move what a purely
-        reducing order borrows from its position's margin back to the wallet first."""
+        """Every check passed and trading is about to hold the order's margin: remember a
+        reduce-only order's id (the next one trading gives), and move what a purely reducing order
+        borrows from its position's margin back to the wallet first."""
+        st = derivatives_state(engine)
+        if st.reduce_only:
+            st.reduce_only_orders.setdefault(self.symbol, set()).add(trading_state(engine).next_order_id)
         if not self._borrow:
             return
-        st = derivatives_state(engine)
         p = st.perps[self.symbol]
         key = (c.owner, self.symbol)
         pos = st.positions[key]
@@ -197,6 +208,31 @@ class Contract:
             return 0
         covered = sum(o.leaves for o in m.by_owner.get(owner, {}).values() if o.is_buy == is_buy)
         return max(0, abs(pos.size) - covered)
+
+    def fill_cap(self, o: Any) -> int:
+        """How much order `o` may fill now: a reduce-only order at most the position it reduces (0
+        when the position is gone or on its own side), any other order without limit."""
+        st = derivatives_state(self.engine)
+        if o.id not in st.reduce_only_orders.get(self.symbol, ()):
+            return MAX_QTY
+        pos = st.positions.get((o.owner, self.symbol))
+        if pos is None or (pos.size > 0) == o.is_buy:
+            return 0
+        return abs(pos.size)
+
+    def after_match(self, m: Any, ev: list[Event]) -> None:
+        """After an order has matched (its fills and the stops they fired): the reduce-only orders
+        of every owner whose position changed are cut down to it (Binance expires them)."""
+        touched, self._touched = self._touched, set()
+        st = derivatives_state(self.engine)
+        ids = st.reduce_only_orders.get(self.symbol)
+        if not ids:
+            return
+        for owner in sorted(touched):
+            trim_reduce_only(self.engine, st, m, owner, ev)
+        ids.intersection_update(m.orders)
+        if not ids:
+            del st.reduce_only_orders[self.symbol]
 
     def rest_need(self, m: Any, o: Any) -> int:
         """What a resting order's hold reserves: its first hold pro rata of what is left, rounded up."""
@@ -228,6 +264,7 @@ class Contract:
             ledger.move(m.clearing.quote, w, take)
         key = (owner, p.symbol)
         iso = key in st.isolated
+        own_margin_only = st.liquidating_isolated == key  # a LiquidatePosition step: the wallet never pays
         pos = st.positions.get(key) or Position()
         kind = "isolated" if iso else "margin"
         acct = ledger.find(owner, p.quote, kind, SEGMENT) or ledger.open_account(owner, p.quote, kind, SEGMENT)[0]
@@ -268,7 +305,7 @@ class Contract:
             ledger.move(pool, w, realized)
         elif realized < 0:
             loss = -realized
-            budget = min(w.available, released) if iso else w.available
+            budget = min(w.available, released + max(take, 0) if own_margin_only else released) if iso else w.available
             paid = min(loss, budget)
             ledger.move(w, pool, paid)
             covered = loss - paid
@@ -276,6 +313,10 @@ class Contract:
                 ledger.move(insurance, pool, covered)
         # 5. The fee, in the quote asset: ceil(notional × rate); the shield fund's tenth rounds down.
         fee = min(ceil_div(notional * rate_ppm, PPM), w.available)
+        # What the position's margin (and its order's hold, borrowed from it) brought and the loss left.
+        own_left = released + max(take, 0) - (-realized - covered if realized < 0 else 0)
+        if own_margin_only:
+            fee = max(0, min(fee, own_left))
         shield = fee // 10
         ledger.move(w, fees, fee - shield)
         ledger.move(w, insurance, shield)
@@ -285,6 +326,8 @@ class Contract:
             if iso:
                 target += pos.extra
             post = min(target, w.available)
+            if own_margin_only:
+                post = max(0, min(post, own_left - fee))
             ledger.move(w, acct, post)
             pos.margin = post
             st.positions[key] = pos
@@ -292,7 +335,45 @@ class Contract:
             st.positions.pop(key, None)
             pos.extra = 0
         ev.append(PositionChanged(owner, p.symbol, price, signed, pos.size, pos.cost, pos.margin, realized, fee, covered))
+        self._touched.add(owner)
         return fee
+
+
+def trim_reduce_only(engine: Engine, st: DerivativesState, m: Any, owner: str, ev: list[Event]) -> None:
+    """Cut `owner`'s open reduce-only orders on market `m` down to the position, oldest first: one
+    on the side that would open or grow it is expired; on the reducing side they keep, together, at
+    most the position's size — the one that straddles it is cut down (`OrderAmended`, keeping its
+    place; its hold shrinks to its pro-rata share through the ledger), the later ones are expired."""
+    from ..trading.commands import OrderAmended, OrderExpired
+    from ..trading.matching import _close, _take_out
+
+    ids = st.reduce_only_orders.get(m.symbol)
+    if not ids:
+        return
+    mine = sorted(i for i in ids if i in m.orders and m.orders[i].owner == owner)
+    if not mine:
+        return
+    pos = st.positions.get((owner, m.symbol))
+    room = abs(pos.size) if pos is not None else 0
+    ledger = engine.ledger
+    for oid in mine:
+        o = m.orders[oid]
+        keep = min(o.leaves, room) if pos is not None and (pos.size > 0) != o.is_buy else 0
+        room -= keep
+        if keep == o.leaves:
+            continue
+        if keep == 0:
+            resting = _take_out(m, o)
+            _close(ledger, m, o, ev, OrderExpired, "REDUCE_ONLY", resting)
+            ids.discard(oid)
+            continue
+        if o.level is not None:
+            o.level.total -= o.leaves - keep
+        o.leaves = keep
+        o.qty = o.filled + keep
+        h = ledger.pending_hold(o.hold_id)
+        ledger.resize_hold_to(o.hold_id, o.pay, ceil_div(h.amount * keep, o.qty))  # shrinks: always succeeds
+        ev.append(OrderAmended(m.symbol, oid, o.price, o.qty, keep, True))
 
 
 def _bind(engine: Engine, m: Any) -> None:

@@ -99,6 +99,11 @@ class DerivativesState:
     liq_next_ns: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Set by `PlacePerpOrder` around its call into trading (never outside one command).
     reduce_only: bool = False
+    #: (owner, symbol) of the isolated position a `LiquidatePosition` step is closing (within it only):
+    #: its order's hold is borrowed from the position's margin and its fills pay only from that.
+    liquidating_isolated: tuple[str, str] | None = None
+    #: symbol -> ids of the open reduce-only orders on it (pruned as they end).
+    reduce_only_orders: dict[str, set[int]] = field(default_factory=dict)
 
     def next_funding_ns(self) -> int:
         return min((p.next_funding_ns for p in self.perps.values()), default=NEVER)
@@ -115,13 +120,16 @@ def derivatives_state(engine: Engine) -> DerivativesState:
 def _snapshot(st: DerivativesState) -> Any:
     if not st.perps and not st.positions:
         return None  # nothing listed: the state hash is what it was before the module existed
+    ro = [[sym, sorted(ids)] for sym, ids in sorted(st.reduce_only_orders.items()) if ids]
     return [
         [st.perps[s].row() for s in sorted(st.perps)],
         sorted([o, s, *p.row()] for (o, s), p in st.positions.items()),
         sorted([o, s, lev] for (o, s), lev in st.leverage.items()),
         sorted([o, s] for o, s in st.isolated),
         st.next_tran_id,
-        *([sorted([o, a, t] for (o, a), t in st.liq_next_ns.items())] if st.liq_next_ns else []),
+        # optional tails (older snapshots end earlier): liquidation cool-downs, reduce-only orders
+        *([sorted([o, a, t] for (o, a), t in st.liq_next_ns.items())] if st.liq_next_ns or ro else []),
+        *([ro] if ro else []),
     ]
 
 
@@ -131,6 +139,7 @@ def _restore(engine: Engine, data: Any) -> DerivativesState:
         return st
     perps, positions, leverage, isolated, st.next_tran_id = data[:5]
     st.liq_next_ns = {(o, a): t for o, a, t in data[5]} if len(data) > 5 else {}
+    st.reduce_only_orders = {sym: set(ids) for sym, ids in data[6]} if len(data) > 6 else {}
     st.perps = {r[0]: Perp.from_row(r) for r in perps}
     st.positions = {(r[0], r[1]): Position(*r[2:]) for r in positions}
     st.leverage = {(o, s): lev for o, s, lev in leverage}
@@ -315,6 +324,7 @@ def check_invariants(st: DerivativesState) -> None:
             raise InvariantViolation(f"{sym}: PnL pool {pool.balance} != -(signed cost) {-signed_cost[sym]}")
         if pool.debits_pending or pool.credits_pending:
             raise InvariantViolation(f"{sym}: the PnL pool has pending transfers")
+    _check_reduce_only(st)
     for asset in {p.quote for p in st.perps.values()}:
         if funding_account(ledger, asset).balance:
             raise InvariantViolation("the funding account keeps a balance after a funding round")
@@ -324,6 +334,26 @@ def check_invariants(st: DerivativesState) -> None:
                 raise InvariantViolation(f"{a.name}: {a.balance} != its positions' margin")
             if a.debits_pending:
                 raise InvariantViolation(f"{a.name}: margin accounts hold no pending transfers")
+
+
+def _check_reduce_only(st: DerivativesState) -> None:
+    """A reduce-only order can never open or grow a position: the owner's open reduce-only orders on
+    a market are all on the side that reduces the position, and together no larger than it."""
+    trading = st.engine.components.get("trading")
+    for sym, ids in st.reduce_only_orders.items():
+        m = trading.markets[sym]
+        room: dict[str, int] = {}
+        for oid in ids:
+            o = m.orders.get(oid)
+            if o is None:
+                continue  # ended (cancelled, filled): pruned at the market's next match
+            pos = st.positions.get((o.owner, sym))
+            if pos is None or (pos.size > 0) == o.is_buy:
+                raise InvariantViolation(f"reduce-only order {oid} of {o.owner} would open or grow a {sym} position")
+            left = room.get(o.owner, abs(pos.size)) - o.leaves
+            if left < 0:
+                raise InvariantViolation(f"{o.owner}'s reduce-only orders on {sym} exceed the position {pos.size}")
+            room[o.owner] = left
 
 
 def margin_check(engine: Engine) -> list[tuple[str, str, int, int]]:

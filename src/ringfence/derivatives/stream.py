@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..money import format_amount
-from .api import SUFFIX, FuturesApi, external_symbol
+from .api import SUFFIX, FuturesApi, adl_order_updates, external_symbol
+from .commands import AutoDeleveraged
 from .state import account_summary, derivatives_state
 
 __all__ = ["FuturesUserStream"]
@@ -70,6 +71,13 @@ class FuturesUserStream:
     def on_batch(self, first_seq: int, ts_ns: int, outputs: list[list[Any]], before: dict[str, int]) -> None:
         touched = self.ex.futures.take_touched()  # taken every batch, listened to or not
         event_ms = ts_ns // 1_000_000
+        for events in outputs:  # auto-deleveraging: both sides get an ORDER_TRADE_UPDATE (derivatives/adl.py)
+            for e in events:
+                if type(e) is AutoDeleveraged:
+                    m = self.ex.market(e.symbol)
+                    for owner, payload in adl_order_updates(e, m.base_decimals, m.quote_decimals, event_ms):
+                        for stream in self._streams(owner):
+                            self.hub.publish(stream, payload)
         for owner, reason in touched.items():
             streams = self._streams(owner)
             if not streams:

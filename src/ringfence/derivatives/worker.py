@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from ..errors import RingfenceError
-from .commands import LiquidateAccount
+from .commands import LiquidateAccount, LiquidatePosition
 from .liquidation import liquidation_targets
 
 __all__ = ["LiquidationWorker", "start_liquidation_worker"]
@@ -29,14 +29,20 @@ class LiquidationWorker:
 
     def round(self) -> int:
         """One pass: submit a step for every account below maintenance; returns how many."""
-        targets = self.node.read(lambda engine: liquidation_targets(engine) if "derivatives" in engine.components else [])
-        for owner, asset in targets:
+        def read(engine: Any) -> list[tuple[str, str, bool]]:
+            if "derivatives" not in engine.components:
+                return []
+            perps = engine.components["derivatives"].perps
+            return [(owner, scope, scope in perps) for owner, scope in liquidation_targets(engine)]
+
+        targets = self.node.read(read)
+        for owner, scope, isolated in targets:  # scope: the margin asset, or an isolated position's symbol
             try:
-                self.node.execute(LiquidateAccount(owner, asset))
+                self.node.execute(LiquidatePosition(owner, scope) if isolated else LiquidateAccount(owner, scope))
                 self.submitted += 1
             except RingfenceError as err:  # recovered in between, cooling down, or the node stopped
                 self.refused += 1
-                log.info("liquidation.refused", owner=owner, asset=asset, error=err.code)
+                log.info("liquidation.refused", owner=owner, scope=scope, error=err.code)
         return len(targets)
 
     def run(self) -> None:

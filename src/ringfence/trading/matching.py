@@ -172,6 +172,7 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int,
     owner = t.owner
     qmode = not t.qty  # an order by quote amount
     scale, lot = m.base_scale, m.lot
+    contract = m.contract  # a perpetual's rules: a reduce-only order never fills past its position
     while prices:
         price_minor = prices[0] if is_buy else prices[-1]
         if (price_minor > limit_minor) if is_buy else (price_minor < limit_minor):
@@ -208,6 +209,21 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int,
                     qty_minor = cap_minor
             elif qty_minor > t.leaves:
                 qty_minor = t.leaves
+            if contract is not None and contract.has_reduce_only:
+                maker_cap = contract.fill_cap(mk)
+                if maker_cap == 0:  # a resting reduce-only order with nothing left to reduce: expired
+                    nxt = mk.next
+                    _take_out(m, mk)
+                    _close(ledger, m, mk, ev, OrderExpired, "REDUCE_ONLY", True)
+                    mk = nxt
+                    continue
+                taker_cap = contract.fill_cap(t)
+                if taker_cap == 0:
+                    return "REDUCE_ONLY"
+                if qty_minor > maker_cap:
+                    qty_minor = maker_cap
+                if qty_minor > taker_cap:
+                    qty_minor = taker_cap
             _fill(st, ledger, m, t, mk, price_minor, qty_minor, ev)
             if mk.leaves == 0:
                 nxt = mk.next
@@ -262,7 +278,7 @@ def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]
         _close(ledger, m, o, ev, OrderExpired, "FOK_NOT_FILLABLE", False)
         return
     stopped = _match(st, ledger, m, o, limit_minor, ev) if limit_minor else "NO_LIQUIDITY"
-    if stopped == "SELF_TRADE_PREVENTED":
+    if stopped == "SELF_TRADE_PREVENTED" or stopped == "REDUCE_ONLY":
         _close(ledger, m, o, ev, OrderExpired, stopped, False)
     elif not o.qty:
         # By quote amount: FILLED once the rest cannot buy (or sell for) one more lot. The last

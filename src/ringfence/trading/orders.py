@@ -379,6 +379,8 @@ def _open_order(
     _execute(st, ledger, m, o, ev)
     if st.next_trade_id != before and (m.stops_buy or m.stops_sell):
         _trigger_stops(st, ledger, m, ev)
+    if m.contract is not None:  # a perpetual: cut down reduce-only orders the fills left too large
+        m.contract.after_match(m, ev)
 
 
 # ------------------------------------------------------------------------------ cancel / amend
