@@ -67,6 +67,10 @@ from .index.cli import app as _index_app  # noqa: E402
 
 app.add_typer(_index_app, name="index")
 
+from .i18n.cli import app as _fiat_app  # noqa: E402  (languages and currencies: docs/i18n.md)
+
+app.add_typer(_fiat_app, name="fiat")
+
 
 @app.callback()
 def _root(

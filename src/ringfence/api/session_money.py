@@ -389,8 +389,10 @@ def install_session_money(app: Any, capital: CapitalApi, ctx: IdentityContext) -
     app.include_router(build_session_money_router(capital, ctx))
     static_dir = Path(str(resources.files("ringfence.web") / "dashboard"))
 
-    async def wallet_page(request: Request) -> FileResponse:
-        return FileResponse(static_dir / "wallet.html", headers=_page_headers(request))
+    async def wallet_page(request: Request) -> HTMLResponse:
+        from ..web.pages import render_page  # in the visitor's language (docs/i18n.md)
+
+        return HTMLResponse(await render_page(request, "wallet.html"), headers=_page_headers(request))
 
     for page in ("deposit", "withdraw", "history"):
         app.add_api_route(f"/wallet/{page}", wallet_page, methods=["GET"], include_in_schema=False)
