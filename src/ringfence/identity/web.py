@@ -405,7 +405,7 @@ def _segments(body: str) -> list[tuple[str, str]]:
 def create_dev_mail_router(ctx: IdentityContext) -> APIRouter:
     """`/dev/mail`: what the demo's local mail catcher received. Only mounted in dev mode with a
     catcher running (`serve --demo`); elsewhere the path does not exist (404)."""
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(page_locale)])
 
     @router.get("/dev/mail", response_class=HTMLResponse)
     def dev_mail() -> HTMLResponse:

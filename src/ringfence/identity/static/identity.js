@@ -27,6 +27,11 @@ async function loadCatalogue() {
     if (r.ok) I18N.messages = (await r.json()).messages;
   } catch (e) { /* English, the message ids themselves */ }
 }
+function localTime(iso) { // a timestamp as the page's language writes it (Latin digits, as the server's Babel formats)
+  const lang = document.documentElement.lang || "en";
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toLocaleString(lang + (lang === "ar" ? "-u-nu-latn" : ""), { dateStyle: "medium", timeStyle: "medium" });
+}
 function csrf() { const m = document.querySelector('meta[name="csrf-token"]'); return m ? m.content : ""; }
 async function post(url, body) {
   const r = await fetch(url, { method: "POST", credentials: "same-origin",
@@ -76,7 +81,7 @@ async function loadOwnProof() {
     status.dataset.state = "absent";
     return;
   }
-  status.textContent = mine.publishedAt ? _("Your balances are in proof #%(n)s (published %(time)s).", { n: mine.n, time: mine.publishedAt })
+  status.textContent = mine.publishedAt ? _("Your balances are in proof #%(n)s (published %(time)s).", { n: mine.n, time: localTime(mine.publishedAt) })
     : _("Your balances are in proof #%(n)s.", { n: mine.n });
   status.dataset.n = mine.n;
   status.dataset.state = "included";
