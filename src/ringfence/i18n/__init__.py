@@ -74,7 +74,7 @@ def negotiate(cookie: str | None, profile: str | None, accept_language: str | No
         q = 1.0
         if params.strip().startswith("q="):
             try:
-                q = float(params.strip()[2:])  # a browser's preference weight, not money
+                q = float(params.strip()[2:])  # float-ok: a browser's preference weight (q=0.8), not money
             except ValueError:
                 continue
         found = normalize_locale(tag)
