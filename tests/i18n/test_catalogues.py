@@ -159,3 +159,24 @@ def test_reading_a_po_file_round_trips():  # the catalogues stay parseable by th
     for code in TRANSLATED:
         buf = io.BytesIO((locale_dir() / code / "LC_MESSAGES" / "ringfence.po").read_bytes())
         assert len(read_po(buf, locale=code)) == len(template_ids())
+
+
+def test_the_proof_page_in_german_and_arabic():
+    from ringfence.i18n import direction, format_iso_time, gettext_for
+    from ringfence.solvency.history_page import render_por_page
+
+    proof = {"n": 7, "published_at": "2026-12-04T16:00:37Z", "position": "journal:113", "root_hash": "ab" * 32, "accounts": 1234,
+             "leaf_count": 16, "assets": [{"asset": "BTC", "coverage_bp": 10_512, "reserves_minor": 1}], "files": ["root.json"],
+             "shield_ok": True, "shield_alert": False, "reserves_proven": False, "reserves_note": "no chains"}
+    doc = {"proofs": [proof], "every_s": 30, "reserve_sources": []}
+
+    def page(code: str) -> str:
+        return render_por_page(doc, {}, doc, gettext_for(code), code, direction(code), lambda n: format_amount(str(n), code),
+                               lambda iso: format_iso_time(iso, code))
+
+    de = page("de")
+    assert '<html lang="de" dir="ltr">' in de and "<h1>Solvenznachweis</h1>" in de
+    assert "veröffentlicht 04.12.2026, 16:00:37 UTC" in de and "1.234 Konten" in de and "Deckung BTC" in de
+    ar = page("ar")
+    assert '<html lang="ar" dir="rtl">' in ar and "إثبات الملاءة" in ar and "لا يوجد دليل على الاحتياطيات." in ar
+    assert "<h1>Proof of solvency</h1>" in render_por_page(doc, {}, doc)  # English without a translator

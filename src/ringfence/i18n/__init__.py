@@ -165,6 +165,17 @@ def markup_gettext_for(locale: str) -> Callable[..., Any]:
     return _m
 
 
+def format_iso_time(iso: str, locale: str) -> str:
+    """An ISO 8601 UTC time ("2026-12-04T16:00:37Z") as the locale writes it; unparseable text unchanged."""
+    import datetime as dt
+
+    try:
+        at = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    return format_time(int(at.timestamp()), locale)
+
+
 def page_context(locale: str) -> dict[str, Any]:
     """What every server-rendered page needs: `_`, `_m`, `lang`, `dir`, and the selector's choices."""
     return {
@@ -183,7 +194,7 @@ def request_locale(request: Any, profile: str | None = None) -> str:
     return negotiate(request.cookies.get(COOKIE), profile, request.headers.get("accept-language"))
 
 
-__all__ += ["request_locale", "N_"]
+__all__ += ["request_locale", "N_", "format_iso_time"]
 
 
 def N_(message: str) -> str:

@@ -91,7 +91,7 @@ def _english(message: str, **params: Any) -> str:
 
 def render_por_page(history: Mapping[str, Any], latest: Mapping[str, Any], settings: Mapping[str, Any],
                     _: Callable[..., str] = _english, lang: str = "en", direction: str = "ltr",
-                    fmt_int: Callable[[int], str] = str) -> str:
+                    fmt_int: Callable[[int], str] = str, fmt_time: Callable[[str], str] = str) -> str:
     """The page in one language (`_` from `ringfence.i18n.gettext_for`; English by default)."""
     esc = html.escape
     proofs = history["proofs"]
@@ -112,7 +112,7 @@ def render_por_page(history: Mapping[str, Any], latest: Mapping[str, Any], setti
     sources = ", ".join(settings.get("reserve_sources", ())) or _("none")
     n = head["n"]
     latest_text = esc(_("Newest proof #%(n)s, published %(time)s at journal position %(position)s; liabilities root:",
-                        n=n, time=head["published_at"], position=head["position"]))
+                        n=n, time=fmt_time(head["published_at"]), position=head["position"]))
     counts_text = esc(_("%(accounts)s accounts, %(leaves)s leaves.", accounts=fmt_int(head["accounts"]), leaves=fmt_int(head["leaf_count"])))
     schedule_text = esc(_("A proof is published every %(seconds)s s; %(kept)s kept. Reserve sources: %(sources)s.",
                           seconds=str(settings.get("every_s", "?")), kept=fmt_int(len(proofs)), sources=sources))
