@@ -52,14 +52,17 @@ def _back(form_next: object) -> str:
 
 
 def build_i18n_router(rates: FiatRates, rates_token: str, identity_ctx: Any = None, secure_cookies: bool = True) -> APIRouter:
+    from ..api.binance import ERROR_RESPONSES  # the error shape every endpoint documents
+
     router = APIRouter()
 
-    @router.get("/i18n/locales", tags=["languages"], summary="Languages with a catalogue: code, own name, text direction")
+    @router.get("/i18n/locales", tags=["languages"], summary="Languages with a catalogue: code, own name, text direction",
+                responses=ERROR_RESPONSES)
     async def locales() -> list[dict[str, str]]:
         return [{"code": c, "name": native_name(c), "dir": direction(c)} for c in LOCALES]
 
     @router.get("/i18n/catalog/{name}", tags=["languages"], summary="One language's catalogue for the dashboard's script",
-                responses={404: {"description": "no such language"}})
+                responses={**ERROR_RESPONSES, "404": {"description": "no such language"}})
     async def catalog(name: str) -> Response:
         code = name.removesuffix(".json")
         if code not in LOCALES:
@@ -99,17 +102,19 @@ def build_i18n_router(rates: FiatRates, rates_token: str, identity_ctx: Any = No
         set_cookie(response, FIAT_COOKIE, code)
         return response
 
-    @router.get("/v1/fiat/currencies", tags=["fiat"], summary="ISO 4217 currencies with their minor units (display only)")
+    @router.get("/v1/fiat/currencies", tags=["fiat"], summary="ISO 4217 currencies with their minor units (display only)",
+                responses=ERROR_RESPONSES)
     async def fiat_currencies(request: Request, locale: str | None = Query(None, description="Names in this language")) -> dict[str, Any]:
         lang = normalize_locale(locale) or request_locale(request)
         return {"count": len(currencies()), "currencies": currency_rows(lang)}
 
-    @router.get("/v1/fiat/rates", tags=["fiat"], summary="Current display rates: fiat per USD, USD per asset (decimal strings)")
+    @router.get("/v1/fiat/rates", tags=["fiat"], summary="Current display rates: fiat per USD, USD per asset (decimal strings)",
+                responses=ERROR_RESPONSES)
     async def fiat_rates() -> dict[str, Any]:
         return rates.document()
 
     @router.post("/v1/fiat/rates", tags=["fiat"], summary="Push display rates (Authorization: Bearer <rates token>)",
-                 responses={401: {"description": "missing or wrong token"}, 400: {"description": "a rate is not valid"}})
+                 responses=ERROR_RESPONSES)
     async def push_rates(request: Request) -> Response:
         sent = request.headers.get("authorization", "")
         if not rates_token or not hmac.compare_digest(sent.encode(), f"Bearer {rates_token}".encode()):
@@ -123,7 +128,8 @@ def build_i18n_router(rates: FiatRates, rates_token: str, identity_ctx: Any = No
             return JSONResponse({"code": -1100, "msg": "Illegal parameter 'body': must be JSON"}, status_code=400)
         return JSONResponse({"accepted": counts, "asOfMs": rates.as_of_ms})
 
-    @router.get("/v1/fiat/value", tags=["fiat"], summary="Amounts valued in a fiat currency, formatted for the language (display only)")
+    @router.get("/v1/fiat/value", tags=["fiat"], summary="Amounts valued in a fiat currency, formatted for the language (display only)",
+                responses=ERROR_RESPONSES)
     async def fiat_value(request: Request, amounts: str = Query(..., max_length=2000, description="ASSET:amount,… e.g. BTC:1.5,USDT:20"),
                          currency: str | None = Query(None, description="ISO 4217 code (default: the rf_fiat cookie, else USD)"),
                          locale: str | None = Query(None)) -> Response:
