@@ -33,6 +33,7 @@ LAZY: dict[str, tuple[str, str]] = {
     "trading": ("ringfence.trading.cli", "app"),
     "index": ("ringfence.index.cli", "app"),
     "futures": ("ringfence.derivatives.cli", "app"),
+    "fiat": ("ringfence.i18n.cli", "app"),
     "monitoring": ("ringfence.monitoring.cli", "app"),
     "por": ("ringfence.solvency.cli", "app"),
     "chains": ("ringfence.chains.cli", "app"),

@@ -61,7 +61,7 @@ def test_identity_pages_are_served_beside_the_dashboard(server, browser):
     page.goto(server.base.replace("127.0.0.1", "localhost") + "/")
     page.click("#account-links >> text=Sign up")
     expect(page).to_have_url(server.base.replace("127.0.0.1", "localhost") + "/signup")
-    expect(page.locator("form")).to_be_visible()
+    expect(page.locator("form[action='/signup']")).to_be_visible()  # beside the language selector's form
     response = page.request.get(server.base + "/security", max_redirects=0)
     assert response.status == 303 and response.headers["location"] == "/login"  # no session yet
     headers = page.request.get(server.base + "/login").headers

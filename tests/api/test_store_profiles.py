@@ -57,7 +57,7 @@ def test_serve_runs_identity_and_api_keys_on_the_selected_store(kind, tmp_path):
         srv = Server(tmp_path / "data", env=env)
         try:
             assert f"identity store: {kind} " in srv.log_text()
-            assert "schema revision 0003_api_key_generation" in srv.log_text()
+            assert "schema revision 0005_i18n" in srv.log_text()
             alice = srv.keys["alice"]
             with httpx.Client(base_url=srv.base, timeout=10) as http:
                 ok = http.get("/api/v3/account?" + _signed(alice["api_secret"], {}), headers={"X-MBX-APIKEY": alice["api_key"]})
@@ -80,7 +80,7 @@ def test_serve_runs_identity_and_api_keys_on_the_selected_store(kind, tmp_path):
             with httpx.Client(base_url=again.base, timeout=10) as http:
                 ok = http.get("/api/v3/account?" + _signed(alice["api_secret"], {}), headers={"X-MBX-APIKEY": alice["api_key"]})
                 assert ok.status_code == 200, ok.text
-            assert _rows(url, "SELECT version_num FROM alembic_version") == [("0003_api_key_generation",)]
+            assert _rows(url, "SELECT version_num FROM alembic_version") == [("0005_i18n",)]
         finally:
             assert again.stop() == 0
 

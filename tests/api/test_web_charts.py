@@ -17,7 +17,9 @@ Screenshots go to docs/img/charts-*.png.
 from __future__ import annotations
 
 import json
+import re
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -26,7 +28,7 @@ from playwright.sync_api import expect
 
 from ringfence.solvency.pol_verifier import verify_proof
 
-from .conftest import Server
+from .conftest import Server, cli
 from .test_web_session import IMG, browser, sign_up_verify_and_enable_totp  # noqa: F401 (fixture)
 
 SYMBOL = "AAPLXUSDT"
@@ -77,7 +79,7 @@ def test_candles_volume_depth_fills_and_own_proof_verified(server, browser):  # 
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # CSP refusals show here
     base = server.web
-    sign_up_verify_and_enable_totp(page, base, "charts@example.com")
+    totp = sign_up_verify_and_enable_totp(page, base, "charts@example.com")
     errors.clear()  # the sign-up pages are test_web_session's business
 
     page.goto(base + "/")
@@ -190,4 +192,118 @@ def test_candles_volume_depth_fills_and_own_proof_verified(server, browser):  # 
     r = httpx.get(server.base + "/session/v3/por/proof")
     assert r.status_code == 401 and r.json()["code"] == -1002
     assert not errors, errors
+
+    languages_and_fiat(server, page, base, totp)
+    assert not errors, errors
     context.close()
+
+
+def languages_and_fiat(server, page, base: str, totp) -> None:
+    """Issue 19 item 6, on the same signed-in session: Arabic (right to left) and German through the
+    selector, the profile keeps the choice (the next e-mail is German, with the anti-phishing code),
+    balances also in a fiat currency from the display rates, and the rates feed command against
+    this live node. Screenshots: docs/img/i18n-*.png."""
+    def i18n_shot(name: str) -> None:
+        IMG.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(IMG / f"i18n-{name}.png"), full_page=True)
+
+    # ---- Arabic from the selector on the security centre: translated, laid out right to left
+    page.goto(base + "/security")
+    with page.expect_navigation():
+        page.select_option("#lang-select", "ar")  # identity.js sends the form on change
+    html = page.locator("html")
+    expect(html).to_have_attribute("dir", "rtl")
+    expect(html).to_have_attribute("lang", "ar")
+    expect(page.locator("h1")).to_have_text("مركز الأمان")
+    # identity.js's text, from the JSON catalogue (a proof every 2 s here: the number moves on)
+    expect(page.locator("#proof-status")).to_contain_text(re.compile(r"أرصدتك موجودة في الإثبات رقم \d+"))
+    who = page.locator("#who").bounding_box()
+    assert who and who["x"] > 700, who  # the signed-in line starts at the right
+    i18n_shot("1-security-centre-ar")
+
+    page.goto(base + "/")
+    expect(html).to_have_attribute("dir", "rtl")
+    expect(page.locator("#book-panel h2")).to_contain_text("دفتر الأوامر")
+    expect(page.locator("#whoami")).to_have_text("مسجّل الدخول باسم charts@example.com")
+    page.locator("#markets button", has_text=SYMBOL).click()
+    expect(page.locator("#balances tbody tr")).to_have_count(2)
+    book, trade = page.locator("#book-panel").bounding_box(), page.locator("#trade-panel").bounding_box()
+    assert book and trade and book["x"] > trade["x"], (book, trade)  # the grid mirrored: the book on the right
+    # fiat: the demo's offline rates, the values the server computes (integers, floored), formatted for Arabic
+    with page.expect_navigation():
+        page.select_option("#fiat-select", "EUR")
+    expect(page.locator("#fiat-head")).to_have_text("القيمة (EUR)")
+    total = page.locator("#fiat-total")
+    expect(total).to_contain_text("€")
+    rows = page.locator("#balances tbody tr")
+    amounts = ",".join(f"{r.get_attribute('data-asset')}:{Decimal(r.get_attribute('data-free')) + Decimal(r.get_attribute('data-locked'))}"
+                       for r in rows.all())  # each balance whole (free + locked), as the page sends it
+    want = httpx.get(server.base + "/v1/fiat/value", params={"amounts": amounts, "currency": "EUR", "locale": "ar"}).json()
+    assert want["complete"] and int(want["totalMinor"]) > 0, want
+    expect(total).to_have_attribute("data-minor", want["totalMinor"])
+    expect(total).to_have_text(want["totalFormatted"])
+    i18n_shot("2-dashboard-ar-eur")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+
+    # ---- German: the dashboard and its script's strings, numbers with a decimal comma
+    with page.expect_navigation():
+        page.select_option("#lang-select", "de")
+    expect(html).to_have_attribute("dir", "ltr")
+    expect(html).to_have_attribute("lang", "de")
+    expect(page.locator("#book-panel h2")).to_contain_text("Orderbuch")
+    expect(page.locator("#whoami")).to_have_text("angemeldet als charts@example.com")
+    page.locator("#markets button", has_text=SYMBOL).click()
+    usdt = page.locator('#balances tr[data-asset="USDT"]')
+    expect(usdt.locator("td.free")).to_have_text(usdt.get_attribute("data-free").replace(".", ","))
+    expect(total).to_have_text(re.compile(r"^[0-9.]+,[0-9]{2}\xa0€$"))
+    i18n_shot("3-dashboard-de-eur")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400  # longer words, still no sideways scrolling
+
+    # the rates feed command against this live node: new rates show; a wrong token changes nothing
+    token_file = str(server.data / "rates-token")
+    pushed = cli("fiat", "feed", "--target", server.base, "--token-file", token_file, "--rates", str(write_rates(server.data)))
+    assert pushed.returncode == 0 and "1 fiat rates, 2 asset prices accepted" in pushed.stdout, pushed.stdout + pushed.stderr
+    rates = httpx.get(server.base + "/v1/fiat/rates").json()
+    assert rates["fiat"]["EUR"] == "0.5" and rates["assets"]["USDT"] == "1" and rates["source"] == "test feed"
+    refused = cli("fiat", "feed", "--target", server.base, "--token", "wrong", "--demo")
+    assert refused.returncode == 1 and "rates token" in refused.stderr, refused.stderr
+    assert httpx.get(server.base + "/v1/fiat/rates").json() == rates
+    page.reload()
+    page.locator("#markets button", has_text=SYMBOL).click()
+    want = httpx.get(server.base + "/v1/fiat/value", params={"amounts": amounts, "currency": "EUR", "locale": "de"}).json()
+    expect(total).to_have_attribute("data-minor", want["totalMinor"])
+    expect(total).to_have_text(want["totalFormatted"])
+    currencies = httpx.get(server.base + "/v1/fiat/currencies", params={"locale": "de"}).json()
+    assert currencies["count"] >= 90 and len(currencies["currencies"]) == currencies["count"]
+    assert {"code": "JPY", "name": "Japanischer Yen", "minorUnits": 0} in currencies["currencies"]
+    assert page.locator("#fiat-select option").count() == currencies["count"]
+
+    # the profile kept German: the security centre is German, and so is the next e-mail, with the code
+    page.goto(base + "/security")
+    expect(page.locator("h1")).to_have_text("Sicherheitscenter")
+    # the next step's code: the current one may be the one TOTP was just turned on with (a code works once);
+    # the server accepts one step of drift either side
+    page.fill("#step-up-code", totp.at(int(time.time()) + 30))
+    page.click("#step-up")
+    expect(page.locator("#fresh-status")).to_have_text("bestätigt")
+    page.fill("#apc-code", "Rhein-Otter_7")
+    page.click("#set-apc")
+    expect(page.locator("#apc")).to_have_text("Rhein-Otter_7")
+    i18n_shot("4-security-centre-de")
+    mail = poll("the German security mail", lambda: (page.goto(base + "/dev/mail") or True) and (
+        m := page.locator('section.mail[data-to="charts@example.com"]').filter(has_text="[Rhein-Otter_7]")).count() and m.first, every_s=0.5)
+    expect(mail.locator(".mail-subject")).to_contain_text("[Rhein-Otter_7] Sicherheitsänderung an Ihrem Konto: ")
+    expect(mail.locator(".mail-body")).to_contain_text("Anti-Phishing-Code: Rhein-Otter_7")
+    expect(mail.locator(".mail-body")).to_contain_text("frieren Sie Ihr Konto jetzt mit einem Klick ein")
+    i18n_shot("5-mail-de")
+
+    # the proof page follows the language too
+    page.goto(base + "/por")
+    expect(page.locator("h1")).to_have_text("Solvenznachweis")
+    expect(page.locator("#history thead")).to_contain_text("veröffentlicht (UTC)")
+
+
+def write_rates(data: Path) -> Path:
+    path = data.parent / "rates.json"
+    path.write_text(json.dumps({"source": "test feed", "fiat": {"EUR": "0.5"}, "assets": {"USDT": "1", "AAPLX": "200"}}))
+    return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import pathlib
 import re
 import socket
@@ -167,3 +169,37 @@ def test_property_code_always_present(ctx, code, template):
     params = {f: "value" for _, f, _, _ in string.Formatter().parse(tpl.subject + tpl.body) if f}
     subject, body, _ = mail.compose(ctx, user, template, params)
     assert f"[{code}]" in subject and f"Anti-phishing code: {code}" in body
+
+
+def test_mail_goes_out_in_the_users_language_with_the_code(ctx, clock, smtp):
+    """Signed up from a German page, the user's mail is German (docs/i18n.md), the anti-phishing code in
+    the subject and the first body line, the link intact; the language can change later (the selector)."""
+    accounts.sign_up(ctx, "grete@example.com", "correct horse battery staple 42", ip="198.51.100.9", locale="de")
+    [verify] = outbox(ctx, to="grete@example.com", template="verify_email")
+    assert verify.subject == "Bestätigen Sie Ihre E-Mail-Adresse", verify.subject
+    assert verify.body.startswith("Anti-Phishing-Code: nicht gesetzt.") and "Willkommen bei ringfence." in verify.body
+    assert "/verify-email?token=" in verify.body
+    accounts.verify_email(ctx, re.search(r"token=([A-Za-z0-9_\-]+)", verify.body).group(1))
+    with ctx.store.tx() as db:
+        db.scalars(select(User).where(User.email == "grete@example.com")).one().anti_phishing_code = "Rhein-Otter_9"
+    user = user_row(ctx, "grete@example.com")
+    subject, body, _ = mail.compose(ctx, user, "withdrawal_confirmation",
+                                    {"amount": "0.5", "asset": "BTC", "address": "bc1qxyz", "link": "https://x/c?t=1"})
+    assert subject == "[Rhein-Otter_9] Bestätigen Sie Ihre Auszahlung"
+    assert body.splitlines()[0] == "Anti-Phishing-Code: Rhein-Otter_9"
+    assert "Auszahlung von 0.5 BTC an bc1qxyz.\nBestätigen: https://x/c?t=1" in body
+    # delivered over real SMTP as UTF-8, umlauts intact
+    assert mail.deliver_due(ctx).sent == 1
+    sent = smtp.messages[-1][2]
+    assert smtp.messages[-1][1] == ["grete@example.com"]
+    parsed = email.message_from_string(sent, policy=email.policy.default)
+    assert parsed["Subject"] == "Bestätigen Sie Ihre E-Mail-Adresse"
+    assert parsed.get_content().startswith("Anti-Phishing-Code: nicht gesetzt.")
+    # the selector changes the profile's language; an unknown one is refused, nothing changed
+    token = accounts.login(ctx, "grete@example.com", "correct horse battery staple 42", ip="198.51.100.9", user_agent="t").session.token
+    assert accounts.set_locale(ctx, token, "ar") == "ar" and accounts.profile_locale(ctx, token) == "ar"
+    with pytest.raises(ValidationError):
+        accounts.set_locale(ctx, token, "xx")
+    assert accounts.profile_locale(ctx, token) == "ar"
+    subject, body, _ = mail.compose(ctx, user_row(ctx, "grete@example.com"), "account_frozen", {})
+    assert subject == "[Rhein-Otter_9] حسابك مجمَّد" and body.startswith("رمز مكافحة التصيّد: Rhein-Otter_9")

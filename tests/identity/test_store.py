@@ -28,7 +28,7 @@ def test_migrations_match_models(store):
 def test_migrate_is_idempotent(store):
     migrate(store.engine)
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004_models"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005_i18n"
 
 
 def test_postgres_backend_really_is_postgres(store, request):

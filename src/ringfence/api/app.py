@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 import structlog
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -225,6 +225,8 @@ def create_app(
     monitoring_poll_ms: int = 200,
     monitoring_geoip: str = "",
     stp: tuple[str, dict[str, str]] = ("EXPIRE_TAKER", {}),
+    fiat_rates: Any = None,
+    rates_token: str = "",
 ) -> FastAPI:
     metrics = Metrics(exchange)
     monitor = None
@@ -371,6 +373,12 @@ def create_app(
             from .por import build_session_por_router
 
             app.include_router(build_session_por_router(por_dir, gate, identity_ctx), include_in_schema=False)
+
+    from ..i18n.api import build_i18n_router  # languages, fiat currencies, display rates (docs/i18n.md)
+    from ..i18n.fiat import FiatRates
+
+    app.state.fiat_rates = fiat_rates if fiat_rates is not None else FiatRates()
+    app.include_router(build_i18n_router(app.state.fiat_rates, rates_token, identity_ctx))
 
     @app.get("/healthz", tags=["operations"], summary="Liveness")
     async def healthz() -> dict[str, Any]:
@@ -526,12 +534,14 @@ def create_app(
     static_dir = Path(str(resources.files("ringfence.web") / "dashboard"))
 
     @app.get("/", include_in_schema=False)
-    async def dashboard(request: Request) -> FileResponse:
-        return FileResponse(static_dir / "index.html", headers=_page_headers(request))
+    async def dashboard(request: Request) -> Response:
+        from ..web.pages import render_page  # in the visitor's language (docs/i18n.md)
+
+        return HTMLResponse(await render_page(request, "index.html"), headers=_page_headers(request))
 
     @app.get("/dashboard/{name}", include_in_schema=False)
     async def dashboard_asset(request: Request, name: str) -> Response:
-        if name not in ("app.js", "style.css", "risk.js"):
+        if name not in ("app.js", "i18n.js", "style.css", "risk.js"):
             return JSONResponse({"code": -1000, "msg": "not found"}, status_code=404)
         return FileResponse(static_dir / name, headers=_page_headers(request))
 

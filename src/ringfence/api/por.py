@@ -106,8 +106,11 @@ def build_por_router(por_dir: Path, gate: Any) -> APIRouter:
         return None
 
     @router.get("/por", response_class=HTMLResponse, summary="Proof of solvency: newest proof, coverage per asset over time, shield fund rule, every kept proof")
-    async def report() -> Response:
+    async def report(request: Request) -> Response:
+        from ..i18n import direction, format_amount, format_iso_time, gettext_for, request_locale
         from ..solvency.history_page import render_por_page
+
+        locale = request_locale(request)  # the selector's cookie, else Accept-Language (docs/i18n.md)
 
         doc = history()
         if doc["proofs"]:
@@ -116,7 +119,8 @@ def build_por_router(por_dir: Path, gate: Any) -> APIRouter:
                 latest = json.loads((head / "reserves.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 latest = {}
-            return page(html=render_por_page(doc, latest, doc))
+            return page(html=render_por_page(doc, latest, doc, gettext_for(locale), locale.replace("_", "-"), direction(locale),
+                                             lambda n: format_amount(str(int(n)), locale), lambda iso: format_iso_time(iso, locale)))
         path = por_dir / "report.html"
         return page(path) if path.exists() else missing()
 

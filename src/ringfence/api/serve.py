@@ -137,6 +137,8 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         ban_after=settings.api_ban_after,
         ban_s=settings.api_ban_s,
     )
+    from ..i18n.fiat import FiatRates, load_or_create_token
+
     app = create_app(
         exchange,
         gate,
@@ -153,6 +155,9 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         monitoring_poll_ms=settings.monitoring_poll_ms,
         monitoring_geoip=settings.monitoring_geoip,
         stp=stp_defaults(settings.trading_stp_default, settings.trading_stp_markets),
+        # display-only fiat rates (docs/i18n.md): the last pushed, or the demo's offline source
+        fiat_rates=FiatRates.open(data, demo=demo),
+        rates_token=load_or_create_token(data),
     )
     # proof of solvency on a schedule and the shield fund rule (issue 15, items 6-7; the block below).
     # The custody runtime proves its own wallets' reserves (signed by their signers, one height per

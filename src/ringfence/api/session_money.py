@@ -351,30 +351,35 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
 
     # ---------------------------------------------------------------- pages and e-mailed links
 
-    from ..identity.web import _render
+    from ..identity.web import _render, _t, page_locale
 
+    # the e-mailed links' pages, in the reader's language (the cookie, the profile, Accept-Language)
     @router.get("/wallet/confirm-address", include_in_schema=False)
-    async def confirm_address(token: str = "") -> HTMLResponse:
+    async def confirm_address(request: Request, token: str = "") -> HTMLResponse:
+        await page_locale(request)
         try:
             asset, address = await money.confirm_address(token)
         except BinanceError as err:
-            return _render("message.html", 400, title="Address not added", message=err.msg, code=str(err.code))
+            return _render("message.html", 400, title=_t("Address not added"), message=err.msg, code=str(err.code))
         except RingfenceError as err:
-            return _render("message.html", 400, title="Address not added", message=str(err), code=err.code)
-        return _render("message.html", title="Withdrawal address added",
-                       message=f"{address} is in your {asset} address book. It cools before it can receive withdrawals.",
+            return _render("message.html", 400, title=_t("Address not added"), message=str(err), code=err.code)
+        return _render("message.html", title=_t("Withdrawal address added"),
+                       message=_t("%(address)s is in your %(asset)s address book. It cools before it can receive withdrawals.",
+                                  address=address, asset=asset),
                        link="/wallet/withdraw")
 
     @router.get("/wallet/confirm-withdrawal", include_in_schema=False)
-    async def confirm_withdrawal(id: str = "", token: str = "") -> HTMLResponse:  # noqa: A002 (the link's name)
+    async def confirm_withdrawal(request: Request, id: str = "", token: str = "") -> HTMLResponse:  # noqa: A002 (the link's name)
+        await page_locale(request)
         try:
             rec = await money.confirm_withdrawal(id[:64], token[:128])
         except BinanceError as err:
-            return _render("message.html", 400, title="Withdrawal not confirmed", message=err.msg, code=str(err.code))
+            return _render("message.html", 400, title=_t("Withdrawal not confirmed"), message=err.msg, code=str(err.code))
         except RingfenceError as err:
-            return _render("message.html", 400, title="Withdrawal not confirmed", message=str(err), code=err.code)
-        return _render("message.html", title="Withdrawal confirmed",
-                       message=f"Withdrawal {rec.id} is confirmed; follow it on the withdraw page.", link="/wallet/withdraw")
+            return _render("message.html", 400, title=_t("Withdrawal not confirmed"), message=str(err), code=err.code)
+        return _render("message.html", title=_t("Withdrawal confirmed"),
+                       message=_t("Withdrawal %(id)s is confirmed; follow it on the withdraw page.", id=rec.id),
+                       link="/wallet/withdraw")
 
     return router
 
@@ -389,8 +394,10 @@ def install_session_money(app: Any, capital: CapitalApi, ctx: IdentityContext) -
     app.include_router(build_session_money_router(capital, ctx))
     static_dir = Path(str(resources.files("ringfence.web") / "dashboard"))
 
-    async def wallet_page(request: Request) -> FileResponse:
-        return FileResponse(static_dir / "wallet.html", headers=_page_headers(request))
+    async def wallet_page(request: Request) -> HTMLResponse:
+        from ..web.pages import render_page  # in the visitor's language (docs/i18n.md)
+
+        return HTMLResponse(await render_page(request, "wallet.html"), headers=_page_headers(request))
 
     for page in ("deposit", "withdraw", "history"):
         app.add_api_route(f"/wallet/{page}", wallet_page, methods=["GET"], include_in_schema=False)

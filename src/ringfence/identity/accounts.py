@@ -24,6 +24,7 @@ from ..errors import AccountFrozen, AuthenticationFailed, Conflict, Forbidden, R
 from ..store.models import AuthSession, EmailToken, KnownDevice, User
 from . import mail, sessions, throttle
 from .context import IdentityContext
+from ..i18n import N_, normalize_locale
 from .events import credential_changed, record_event
 from .fields import PASSWORD_MAX_CHARS, normalize_email, validate_anti_phishing_code, validate_ip, validate_user_agent
 from .passwords import check_password_policy
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 LOGIN_FAILED_MESSAGE = "the e-mail or password is incorrect"
-SIGN_UP_MESSAGE = "check your inbox: we sent a link to confirm the address"
+SIGN_UP_MESSAGE = N_("check your inbox: we sent a link to confirm the address")
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ def _email_token(ctx: IdentityContext, db: Session, user: User, *, purpose: str,
     return token
 
 
-def sign_up(ctx: IdentityContext, email: object, password: object, *, ip: object) -> SignUpReceipt:
-    """Register an e-mail + password and mail a verification link. Rate-limited per IP."""
+def sign_up(ctx: IdentityContext, email: object, password: object, *, ip: object, locale: str | None = None) -> SignUpReceipt:
+    """Register an e-mail + password and mail a verification link (in `locale`, the page's language,
+    which becomes the profile's). Rate-limited per IP."""
     addr = normalize_email(email)
     pw = check_password_policy(password, email=addr)
     client_ip = validate_ip(ip)
@@ -95,6 +97,7 @@ def sign_up(ctx: IdentityContext, email: object, password: object, *, ip: object
                     account_id="u_" + secrets.token_hex(12), email=addr, email_verified=False,
                     password_hash=ctx.passwords.hash(pw), created_at_s=now, totp_enabled=False, totp_last_step=0,
                     mfa_failures=0, mfa_locked_until_s=0, withdrawals_locked_until_s=0, frozen=False,
+                    locale=normalize_locale(locale),
                 )
                 db.add(user)
                 try:
@@ -107,6 +110,32 @@ def sign_up(ctx: IdentityContext, email: object, password: object, *, ip: object
                 mail.enqueue(ctx, db, user, "verify_email", {"link": f"{ctx.settings.identity_public_url}/verify-email?token={token}"})
     _raise_pending(pending)
     return SignUpReceipt(SIGN_UP_MESSAGE)
+
+
+def set_locale(ctx: IdentityContext, token: object, locale: object) -> str:
+    """The signed-in user's language (the selector on any page): pages and e-mails use it."""
+    chosen = normalize_locale(locale)
+    if chosen is None:
+        raise ValidationError("is not a language with a catalogue (GET /i18n/locales)", field="locale")
+    info = sessions.authenticate(ctx, token)
+    with ctx.store.tx() as db:
+        user = db.get(User, info.user_id)
+        assert user is not None
+        user.locale = chosen
+    return chosen
+
+
+def profile_locale(ctx: IdentityContext, token: object) -> str | None:
+    """The signed-in user's language, or None (not signed in, or never chosen)."""
+    if not token:
+        return None
+    try:
+        info = sessions.authenticate(ctx, token)
+    except RingfenceError:
+        return None
+    with ctx.store.tx() as db:
+        user = db.get(User, info.user_id)
+        return user.locale if user is not None else None
 
 
 def _consume_email_token(ctx: IdentityContext, db: Session, token: object, purpose: str) -> EmailToken:

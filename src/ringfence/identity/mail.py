@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import ConfigError, ValidationError
+from ..i18n import DEFAULT, N_, normalize_locale, translations
 from ..settings import Settings
 from ..store.models import OutboxMessage, User
 from .context import IdentityContext
@@ -46,70 +47,70 @@ class Template:
 
 TEMPLATES: dict[str, Template] = {
     "verify_email": Template(
-        "Confirm your e-mail address",
-        "Welcome to ringfence. Confirm this address to activate your account:\n{link}\n\n"
-        "The link works once and expires in 24 hours. If you did not sign up, ignore this message.",
+        N_("Confirm your e-mail address"),
+        N_("Welcome to ringfence. Confirm this address to activate your account:\n{link}\n\n"
+        "The link works once and expires in 24 hours. If you did not sign up, ignore this message."),
         False,
     ),
     "signup_existing": Template(
-        "Sign-up attempt with your e-mail address",
-        "Someone tried to create a ringfence account with this address, which already has one.\n"
-        "If it was you, sign in instead. If not, you can ignore this message; nothing was changed.",
+        N_("Sign-up attempt with your e-mail address"),
+        N_("Someone tried to create a ringfence account with this address, which already has one.\n"
+        "If it was you, sign in instead. If not, you can ignore this message; nothing was changed."),
         False,
     ),
     "email_change_confirm": Template(
-        "Confirm your new e-mail address",
-        "Confirm that this address should become the e-mail of your ringfence account:\n{link}",
+        N_("Confirm your new e-mail address"),
+        N_("Confirm that this address should become the e-mail of your ringfence account:\n{link}"),
         False,
     ),
     "new_sign_in": Template(
-        "New sign-in to your account",
-        "Your account was signed in from a new device or network.\nIP: {ip}\nDevice: {device}\n\n"
-        "If this wasn't you, change your password and contact support.",
+        N_("New sign-in to your account"),
+        N_("Your account was signed in from a new device or network.\nIP: {ip}\nDevice: {device}\n\n"
+        "If this wasn't you, change your password and contact support."),
         True,
     ),
     "credential_changed": Template(
-        "Security change on your account: {change}",
-        "This security setting of your account changed: {change}.\nIP: {ip}\n"
+        N_("Security change on your account: {change}"),
+        N_("This security setting of your account changed: {change}.\nIP: {ip}\n"
         "For your protection withdrawals are locked until {locked_until} (Unix time).\n\n"
-        "If this wasn't you, freeze your account now with one click:\n{freeze_link}",
+        "If this wasn't you, freeze your account now with one click:\n{freeze_link}"),
         True,
     ),
     "second_factor_confirm": Template(
-        "Confirm your new second factor",
-        "Someone signed in to your account with your password and set up its first second factor: {factor}.\nIP: {ip}\n\n"
+        N_("Confirm your new second factor"),
+        N_("Someone signed in to your account with your password and set up its first second factor: {factor}.\nIP: {ip}\n\n"
         "Until it is confirmed from this e-mail it does not count: no trading, no API keys, no withdrawals.\n"
         "If it was you, confirm it (the link works once, for {hours} hours):\n{link}\n\n"
         "If it was NOT you, do not click that link: your password is known to someone else. Freeze your account "
-        "with one click, then contact support and change your password:\n{freeze_link}",
+        "with one click, then contact support and change your password:\n{freeze_link}"),
         True,
     ),
     "account_frozen": Template(
-        "Your account is frozen",
-        "Your account was frozen from a 'this wasn't me' link. All sessions and API keys were "
-        "stopped and withdrawals are disabled. Contact support to recover the account.",
+        N_("Your account is frozen"),
+        N_("Your account was frozen from a 'this wasn't me' link. All sessions and API keys were "
+        "stopped and withdrawals are disabled. Contact support to recover the account."),
         True,
     ),
     "second_factor_failed": Template(
-        "Failed second-factor attempts",
-        "Several wrong second-factor codes were entered for your account.\nIP: {ip}\n"
-        "If this wasn't you, your password is known to someone else: change it now.",
+        N_("Failed second-factor attempts"),
+        N_("Several wrong second-factor codes were entered for your account.\nIP: {ip}\n"
+        "If this wasn't you, your password is known to someone else: change it now."),
         True,
     ),
     "withdrawal_confirmation": Template(
-        "Confirm your withdrawal",
-        "Withdrawal of {amount} {asset} to {address}.\nConfirm: {link}",
+        N_("Confirm your withdrawal"),
+        N_("Withdrawal of {amount} {asset} to {address}.\nConfirm: {link}"),
         True,
     ),
     "withdrawal_address_confirmation": Template(
-        "Confirm a new withdrawal address",
-        "Someone signed in to your account (with your second factor) asked to add this {asset} withdrawal address:\n"
+        N_("Confirm a new withdrawal address"),
+        N_("Someone signed in to your account (with your second factor) asked to add this {asset} withdrawal address:\n"
         "{address}\nNetwork: {network}\nIP: {ip}\n\nIf it was you, confirm it (the link works for 30 minutes):\n{link}\n\n"
         "After confirmation the address cools for {cooling} before it can receive withdrawals.\n"
-        "If it was not you, do not click: change your password and freeze your account from the security centre.",
+        "If it was not you, do not click: change your password and freeze your account from the security centre."),
         True,
     ),
-    "ticket_reply": Template("Reply to your support ticket #{ticket_id}", "{reply}", True, ("reply",)),
+    "ticket_reply": Template(N_("Reply to your support ticket #{ticket_id}"), "{reply}", True, ("reply",)),
 }
 
 
@@ -138,14 +139,19 @@ def compose(ctx: IdentityContext, user: User | None, template: str, params: dict
     tpl = TEMPLATES.get(template)
     if tpl is None:
         raise ValidationError(f"must be one of {sorted(TEMPLATES)}", field="template")
-    subject = _render(tpl.subject, params)
-    body = _render(tpl.body, params, multiline_fields=tpl.multiline_fields)
+    # in the user's language (their profile's; English without one): the same placeholders in every
+    # catalogue (tests/i18n/test_catalogues.py), so a translation cannot drop the link or the code
+    gettext = translations(normalize_locale(getattr(user, "locale", None)) or DEFAULT).gettext
+    subject = _render(gettext(tpl.subject), params)
+    body = _render(gettext(tpl.body), params, multiline_fields=tpl.multiline_fields)
     code = user.anti_phishing_code if user is not None else None
     if code:
         subject = f"[{code}] {subject}"
-        header = f"Anti-phishing code: {code}\n(ringfence always shows this code. A message without it is not from us.)\n\n"
+        header = gettext(N_("Anti-phishing code: {code}\n(ringfence always shows this code. A message without it is "
+                            "not from us.)")).format(code=code) + "\n\n"
     else:
-        header = "Anti-phishing code: not set. Set one in your security centre so you can recognise our e-mails.\n\n"
+        header = gettext(N_("Anti-phishing code: not set. Set one in your security centre so you can recognise our "
+                            "e-mails.")) + "\n\n"
     body = header + body
     encrypted = False
     if tpl.sensitive and user is not None and user.pgp_fingerprint:

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import re
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from importlib import resources
 from typing import Any, AsyncIterator
 
@@ -24,6 +25,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from ..errors import Forbidden, RingfenceError, Unauthorized, ValidationError
+from ..i18n import format_amount, gettext_for, page_context, request_locale
 from . import accounts, api_keys, events, pgp_keys, second_factor, sessions
 from .context import IdentityContext
 from .security_centre import overview
@@ -57,8 +59,33 @@ def totp_qr_svg(provisioning_uri: str) -> Markup:
     return Markup(svg.replace("<svg ", '<svg id="totp-qr" role="img" ', 1))
 
 
+#: The page's language and path, set per request by `page_locale` (an async dependency, so the sync
+#: handlers that render in the thread pool see it): the selector's cookie, the profile, Accept-Language.
+_PAGE_LOCALE: ContextVar[str] = ContextVar("page_locale", default="en")
+_PAGE_PATH: ContextVar[str] = ContextVar("page_path", default="/")
+
+
+async def page_locale(request: Request) -> None:
+    from starlette.concurrency import run_in_threadpool
+
+    ctx = getattr(request.app.state, "identity_ctx", None)
+    token = _token(request)
+    profile = await run_in_threadpool(accounts.profile_locale, ctx, token) if ctx is not None and token else None
+    _PAGE_LOCALE.set(request_locale(request, profile))
+    _PAGE_PATH.set(request.url.path)
+
+
+def _t(message: str, **params: Any) -> str:
+    """`message` in the page's language."""
+    return gettext_for(_PAGE_LOCALE.get())(message, **params)
+
+
 def _render(name: str, status_code: int = 200, **params: Any) -> HTMLResponse:
-    return HTMLResponse(_env.get_template(name).render(**params), status_code=status_code)
+    locale = _PAGE_LOCALE.get()
+    page = page_context(locale)
+    page.update(here=_PAGE_PATH.get(), fmt_number=lambda n: format_amount(str(int(n)), locale))
+    page.update(params)
+    return HTMLResponse(_env.get_template(name).render(**page), status_code=status_code)
 
 
 def _client_ip(request: Request) -> str:
@@ -107,7 +134,7 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         if origin is not None and origin != ctx.settings.identity_origin:
             raise Forbidden("cross-site requests are not allowed", field="origin")
 
-    router = APIRouter(dependencies=[Depends(same_origin_only)])
+    router = APIRouter(dependencies=[Depends(same_origin_only), Depends(page_locale)])
 
     @router.get("/static/identity.js")
     def static_js() -> Response:
@@ -126,13 +153,14 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     @router.post("/signup", response_class=HTMLResponse)
     async def signup(request: Request) -> HTMLResponse:
         form = await _form(request)
-        receipt = accounts.sign_up(ctx, form.get("email", ""), form.get("password", ""), ip=_client_ip(request))
-        return _render("message.html", title="Check your inbox", message=receipt.message)
+        receipt = accounts.sign_up(ctx, form.get("email", ""), form.get("password", ""), ip=_client_ip(request),
+                                   locale=_PAGE_LOCALE.get())
+        return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message))
 
     @router.get("/verify-email", response_class=HTMLResponse)
     def verify(token: str = "") -> HTMLResponse:
         accounts.verify_email(ctx, token)
-        return _render("message.html", title="E-mail confirmed", message="Your address is confirmed. You can sign in now.",
+        return _render("message.html", title=_t("E-mail confirmed"), message=_t("Your address is confirmed. You can sign in now."),
                        link="/login")
 
     @router.get("/login", response_class=HTMLResponse)
@@ -318,9 +346,9 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     async def confirm_factor(request: Request) -> HTMLResponse:
         form = await _form(request)
         second_factor.confirm_first_factor(ctx, form.get("token", ""), ip=_client_ip(request))
-        return _render("message.html", title="Second factor confirmed",
-                       message="Your second factor is confirmed and now protects your account: you can trade and "
-                               "create API keys after signing in with it.", link="/security")
+        return _render("message.html", title=_t("Second factor confirmed"),
+                       message=_t("Your second factor is confirmed and now protects your account: you can trade and "
+                                  "create API keys after signing in with it."), link="/security")
 
     @router.get("/security/freeze", response_class=HTMLResponse)
     def freeze_page(token: str = "") -> HTMLResponse:
@@ -331,8 +359,8 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     async def freeze(request: Request) -> HTMLResponse:
         form = await _form(request)
         events.freeze_account(ctx, form.get("token", ""), ip=_client_ip(request))
-        return _render("message.html", title="Account frozen",
-                       message="Your account is frozen: all sessions and API keys are stopped. Contact support.")
+        return _render("message.html", title=_t("Account frozen"),
+                       message=_t("Your account is frozen: all sessions and API keys are stopped. Contact support."))
 
     return router
 
@@ -377,7 +405,7 @@ def _segments(body: str) -> list[tuple[str, str]]:
 def create_dev_mail_router(ctx: IdentityContext) -> APIRouter:
     """`/dev/mail`: what the demo's local mail catcher received. Only mounted in dev mode with a
     catcher running (`serve --demo`); elsewhere the path does not exist (404)."""
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(page_locale)])
 
     @router.get("/dev/mail", response_class=HTMLResponse)
     def dev_mail() -> HTMLResponse:
@@ -409,6 +437,7 @@ def install(app: FastAPI, ctx: IdentityContext) -> None:
     """Add the identity pages (sign-up, sign-in, security centre) to an existing app, with their
     security headers and error pages; `ringfence serve` serves them beside the dashboard, and runs
     the mail worker (and, with --demo, the mail catcher and /dev/mail) that `ctx.mail_setup` holds."""
+    app.state.identity_ctx = ctx
     app.include_router(create_router(ctx), include_in_schema=False)
     paths = {route.path for route in create_router(ctx).routes}  # type: ignore[attr-defined]
     setup = ctx.mail_setup
@@ -426,13 +455,21 @@ def install(app: FastAPI, ctx: IdentityContext) -> None:
     async def identity_error(request: Request, exc: RingfenceError) -> Response:
         if request.url.path.startswith("/webauthn/") or not request.url.path.startswith(prefixes):
             return JSONResponse(exc.to_dict(), status_code=exc.http_status)
-        return _render("message.html", status_code=exc.http_status, title="That did not work", message=str(exc),
+        _PAGE_LOCALE.set(request_locale(request))
+        _PAGE_PATH.set(request.url.path)
+        # the error's own text stays English (it names the field; docs/i18n.md), the page around it is translated
+        return _render("message.html", status_code=exc.http_status, title=_t("That did not work"), message=str(exc),
                        code=exc.code)
 
 
 def create_app(ctx: IdentityContext) -> FastAPI:
     app = FastAPI(title="ringfence identity", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.identity_ctx = ctx
     app.include_router(create_router(ctx))
+    from ..i18n.api import build_i18n_router  # the language selector and the script's catalogue
+    from ..i18n.fiat import FiatRates
+
+    app.include_router(build_i18n_router(FiatRates(), "", ctx))
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -445,7 +482,10 @@ def create_app(ctx: IdentityContext) -> FastAPI:
     async def ringfence_error(request: Request, exc: RingfenceError) -> Response:
         if request.url.path.startswith("/webauthn/"):
             return JSONResponse(exc.to_dict(), status_code=exc.http_status)
-        return _render("message.html", status_code=exc.http_status, title="That did not work", message=str(exc),
+        _PAGE_LOCALE.set(request_locale(request))
+        _PAGE_PATH.set(request.url.path)
+        # the error's own text stays English (it names the field; docs/i18n.md), the page around it is translated
+        return _render("message.html", status_code=exc.http_status, title=_t("That did not work"), message=str(exc),
                        code=exc.code)
 
     return app

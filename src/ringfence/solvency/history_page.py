@@ -9,8 +9,9 @@ that came from a file is HTML-escaped.
 from __future__ import annotations
 
 import html
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from ..i18n import N_
 from .report import render_shield
 
 __all__ = ["render_por_page", "coverage_chart_svg"]
@@ -75,13 +76,23 @@ def coverage_chart_svg(proofs: Sequence[Mapping[str, Any]]) -> str:
     return "".join(parts)
 
 
-def _cell(row: Mapping[str, Any]) -> str:
+def _cell(row: Mapping[str, Any], _: Callable[..., str]) -> str:
     if row.get("coverage_bp") is None:
-        return "no reserve evidence" if row.get("reserves_minor") is None else "no liabilities"
+        return _("no reserve evidence") if row.get("reserves_minor") is None else _("no liabilities")
     return _pct(int(row["coverage_bp"]))
 
 
-def render_por_page(history: Mapping[str, Any], latest: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+COVERAGE_OF = N_("%(asset)s coverage")
+
+
+def _english(message: str, **params: Any) -> str:
+    return message % params if params else message
+
+
+def render_por_page(history: Mapping[str, Any], latest: Mapping[str, Any], settings: Mapping[str, Any],
+                    _: Callable[..., str] = _english, lang: str = "en", direction: str = "ltr",
+                    fmt_int: Callable[[int], str] = str, fmt_time: Callable[[str], str] = str) -> str:
+    """The page in one language (`_` from `ringfence.i18n.gettext_for`; English by default)."""
     esc = html.escape
     proofs = history["proofs"]
     head = proofs[-1]
@@ -89,41 +100,58 @@ def render_por_page(history: Mapping[str, Any], latest: Mapping[str, Any], setti
     rows = []
     for p in reversed(proofs):
         by_asset = {r["asset"]: r for r in p["assets"]}
-        cells = "".join(f"<td class=num>{esc(_cell(by_asset[a])) if a in by_asset else ''}</td>" for a in assets)
+        cells = "".join(f"<td class=num>{esc(_cell(by_asset[a], _)) if a in by_asset else ''}</td>" for a in assets)
         links = " ".join(f'<a href="/por/history/{p["n"]}/{esc(f)}">{esc(f)}</a>' for f in p["files"])
-        shield = {True: "ok", False: "ALERT", None: "n/a" if not p["shield_alert"] else "ALERT (unpriced)"}[p["shield_ok"]]
+        shield = {True: _("ok"), False: _("ALERT"), None: _("n/a") if not p["shield_alert"] else _("ALERT (unpriced)")}[p["shield_ok"]]
         rows.append(f'<tr data-n="{p["n"]}"><td>{p["n"]}</td><td>{esc(p["published_at"])}</td><td><code>{esc(p["position"])}'
                     f'</code></td><td><code title="{esc(p["root_hash"])}">{esc(p["root_hash"][:16])}…</code></td>'
                     f"{cells}<td>{esc(shield)}</td><td>{links}</td></tr>")
+    no_evidence = esc(_("No reserve evidence."))
     evidence = ("" if head["reserves_proven"] else
-                f'<p id="no-evidence"><strong>No reserve evidence.</strong> {esc(head["reserves_note"])}</p>')
-    sources = ", ".join(settings.get("reserve_sources", ())) or "none"
+                f'<p id="no-evidence"><strong>{no_evidence}</strong> {esc(head["reserves_note"])}</p>')
+    sources = ", ".join(settings.get("reserve_sources", ())) or _("none")
+    n = head["n"]
+    latest_text = esc(_("Newest proof #%(n)s, published %(time)s at journal position %(position)s; liabilities root:",
+                        n=n, time=fmt_time(head["published_at"]), position=head["position"]))
+    counts_text = esc(_("%(accounts)s accounts, %(leaves)s leaves.", accounts=fmt_int(head["accounts"]), leaves=fmt_int(head["leaf_count"])))
+    schedule_text = esc(_("A proof is published every %(seconds)s s; %(kept)s kept. Reserve sources: %(sources)s.",
+                          seconds=str(settings.get("every_s", "?")), kept=fmt_int(len(proofs)), sources=sources))
+    t = [esc(x) for x in (
+        _("Proof of solvency"),
+        _("Proof of solvency"),
+        _("Check your own balance with the offline verifier"),
+        _("Coverage per asset over time"),
+        _("Coverage = reserves ÷ liabilities, floored to two decimals, from each proof's own evidence: ownership signed by the wallets' signers for that snapshot and balances at one height per chain."),
+        _("All kept proofs"),
+        _("published (UTC)"),
+        _("position"),
+        _("root"),
+        _("shield rule"),
+        _("files"),
+    )]
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="{esc(lang)}" dir="{esc(direction)}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>ringfence proof of solvency — proof #{head['n']}</title>
+<title>ringfence — {t[0]} — #{n}</title>
 <style>
 body{{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}}
 table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padding:.3rem .6rem}}
-.num{{text-align:right;font-variant-numeric:tabular-nums}}code{{font-size:.85em}}
-.rule-alert{{color:#b71c1c}}.rule-ok{{color:#1b5e20}}
+.num{{text-align:end;font-variant-numeric:tabular-nums}}code{{font-size:.85em}}
+.rule-alert{{color:#b71c1c}}.rule-ok{{color:#1b5e20}}svg,code{{direction:ltr}}
 </style></head><body>
-<h1>Proof of solvency</h1>
-<p id="latest">Newest proof <strong>#{head['n']}</strong>, published {esc(head['published_at'])} at journal position
-<code>{esc(head['position'])}</code>; liabilities root <code id="liabilities-root">{esc(head['root_hash'])}</code>
-({head['accounts']} accounts, {head['leaf_count']} leaves). Full report: <a href="/por/history/{head['n']}/report.html">report.html</a>;
-check your own balance with the <a href="/por/verify">offline verifier</a>.</p>
-<p id="schedule">A proof is published every {esc(str(settings.get('every_s', '?')))} s; {len(proofs)} kept.
-Reserve sources: {esc(sources)}.</p>
+<h1>{t[1]}</h1>
+<p id="latest">{latest_text} <code id="liabilities-root" dir="ltr">{esc(head['root_hash'])}</code>
+({counts_text}) <a href="/por/history/{n}/report.html">report.html</a> ·
+<a href="/por/verify">{t[2]}</a></p>
+<p id="schedule">{schedule_text}</p>
 {evidence}
-<h2>Coverage per asset over time</h2>
+<h2>{t[3]}</h2>
 {coverage_chart_svg(proofs)}
-<p>Coverage = reserves ÷ liabilities, floored to two decimals, from each proof's own evidence: ownership signed by the
-wallets' signers for that snapshot and balances at one height per chain.</p>
+<p>{t[4]}</p>
 {render_shield(latest.get('shield'))}
-<h2>All kept proofs</h2>
-<table id="history"><thead><tr><th>#</th><th>published (UTC)</th><th>position</th><th>root</th>
-{''.join(f'<th>{esc(a)} coverage</th>' for a in assets)}<th>shield rule</th><th>files</th></tr></thead>
+<h2>{t[5]}</h2>
+<table id="history"><thead><tr><th>#</th><th>{t[6]}</th><th>{t[7]}</th><th>{t[8]}</th>
+{''.join(f'<th>{esc(_(COVERAGE_OF, asset=a))}</th>' for a in assets)}<th>{t[9]}</th><th>{t[10]}</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 </body></html>
 """

@@ -61,6 +61,7 @@ class User(Base):
     withdrawals_locked_until_s: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     frozen: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     pending_email: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    locale: Mapped[str | None] = mapped_column(String(16), nullable=True)  # pages and e-mails (docs/i18n.md)
 
 
 class EmailToken(Base):

@@ -12,6 +12,26 @@ function bufToB64url(buf) {
   for (const b of bytes) bin += String.fromCharCode(b);
   return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
+// The page's language: its catalogue as JSON (/i18n/catalog/<locale>.json; the CSP forbids an inline one).
+const I18N = { messages: {} };
+function _(message, params) {
+  let text = I18N.messages[message] || message;
+  if (params) text = text.replace(/%\((\w+)\)s/g, (m, k) => String(params[k]));
+  return text;
+}
+async function loadCatalogue() {
+  const lang = (document.documentElement.lang || "en").replace("-", "_");
+  if (lang === "en") return;
+  try {
+    const r = await fetch("/i18n/catalog/" + encodeURIComponent(lang) + ".json");
+    if (r.ok) I18N.messages = (await r.json()).messages;
+  } catch (e) { /* English, the message ids themselves */ }
+}
+function localTime(iso) { // a timestamp as the page's language writes it (Latin digits, as the server's Babel formats)
+  const lang = document.documentElement.lang || "en";
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toLocaleString(lang + (lang === "ar" ? "-u-nu-latn" : ""), { dateStyle: "medium", timeStyle: "medium" });
+}
 function csrf() { const m = document.querySelector('meta[name="csrf-token"]'); return m ? m.content : ""; }
 async function post(url, body) {
   const r = await fetch(url, { method: "POST", credentials: "same-origin",
@@ -54,14 +74,15 @@ async function loadOwnProof() {
   if (!status) return;
   const r = await fetch("/session/v3/por/mine", { credentials: "same-origin" });
   const mine = await r.json();
-  if (!r.ok) { status.textContent = mine.msg || "Your proof could not be loaded."; return; }
+  if (!r.ok) { status.textContent = mine.msg || _("Your proof could not be loaded."); return; }
   if (!mine.included) {
-    status.textContent = (mine.n ? "Your balances are not in proof #" + mine.n + ": " : "") + (mine.msg || "") +
-      (mine.everyS ? " A new proof is published every " + mine.everyS + " s." : "");
+    status.textContent = (mine.n ? _("Your balances are not in proof #%(n)s:", { n: mine.n }) + " " : "") + (mine.msg || "") +
+      (mine.everyS ? " " + _("A new proof is published every %(seconds)s s.", { seconds: mine.everyS }) : "");
     status.dataset.state = "absent";
     return;
   }
-  status.textContent = "Your balances are in proof #" + mine.n + (mine.publishedAt ? " (published " + mine.publishedAt + ")" : "") + ".";
+  status.textContent = mine.publishedAt ? _("Your balances are in proof #%(n)s (published %(time)s).", { n: mine.n, time: localTime(mine.publishedAt) })
+    : _("Your balances are in proof #%(n)s.", { n: mine.n });
   status.dataset.n = mine.n;
   status.dataset.state = "included";
   document.getElementById("download-proof").href = mine.downloadUrl;
@@ -73,7 +94,7 @@ async function loadOwnProof() {
 }
 async function verifyOwnProof(mine) {
   const verdict = document.getElementById("proof-verdict");
-  verdict.textContent = "Verifying…"; verdict.className = ""; delete verdict.dataset.done;
+  verdict.textContent = _("Verifying…"); verdict.className = ""; delete verdict.dataset.done;
   const [proof, root] = await Promise.all([mine.proofUrl, mine.rootUrl].map(async (url) => {
     const r = await fetch(url, { credentials: "same-origin" });
     if (!r.ok) throw new Error(url + " answered " + r.status);
@@ -82,12 +103,19 @@ async function verifyOwnProof(mine) {
   const result = await window.ringfencePor.verify(proof, root);
   const out = document.getElementById("proof-output");
   out.textContent = result.lines.join("\n"); out.hidden = false;
-  verdict.textContent = result.ok ? "Verified: your balances are included in proof #" + mine.n + " (por: VALID)." : result.lines[result.lines.length - 1];
+  verdict.textContent = result.ok ? _("Verified: your balances are included in proof #%(n)s (por: VALID).", { n: mine.n }) : result.lines[result.lines.length - 1];
   verdict.className = result.ok ? "valid" : "error";
   verdict.dataset.ok = result.ok ? "1" : "0";
   verdict.dataset.done = "1";
 }
-document.addEventListener("DOMContentLoaded", () => {
+// The language selector (every page): send the choice as soon as it changes (the button stays for no-script use).
+function bindLanguageSelector() {
+  const select = document.getElementById("lang-select");
+  if (select) select.addEventListener("change", () => select.form.submit());
+}
+document.addEventListener("DOMContentLoaded", async () => {
+  bindLanguageSelector();
+  await loadCatalogue();
   loadOwnProof().catch((e) => { const s = document.getElementById("proof-status"); if (s) s.textContent = e.message; });
   // The passkey buttons are served disabled and come alive here, once their handler is bound: a click that
   // lands before the script has run would otherwise do nothing at all.

@@ -18,6 +18,22 @@ const chart = { api: null, candles: null, volume: null, markers: null, liveUpdat
 window.ringfenceChart = chart;
 
 const $ = (id) => document.getElementById(id);
+// The page's language (i18n.js): `_` translates, `num` writes a decimal string for the locale (display only).
+const { _, num } = window.rfI18n;
+function statusText(s) { // order statuses and sides as the catalogue has them (each spelled out for extraction)
+  switch (s) {
+    case "NEW": return _("NEW");
+    case "PARTIALLY_FILLED": return _("PARTIALLY_FILLED");
+    case "FILLED": return _("FILLED");
+    case "CANCELED": return _("CANCELED");
+    case "EXPIRED": return _("EXPIRED");
+    case "EXPIRED_IN_MATCH": return _("EXPIRED_IN_MATCH");
+    case "REJECTED": return _("REJECTED");
+    case "BUY": return _("BUY");
+    case "SELL": return _("SELL");
+    default: return s;
+  }
+}
 // Private calls go to /session/v3 with the session cookie (HttpOnly: this script never sees it)
 // and, for changes, the session's CSRF token. No API key or secret ever reaches the browser.
 const SESSION = "/session/v3";
@@ -32,7 +48,7 @@ async function api(method, path, params = {}, session = false) {
   const headers = {};
   let url = session ? SESSION + path : path, body;
   if (session && method !== "GET") {
-    if (!state.csrf) throw new Error("sign in first");
+    if (!state.csrf) throw new Error(_("sign in first"));
     headers["X-CSRF-Token"] = state.csrf;
   }
   if (method === "POST") {
@@ -133,13 +149,13 @@ function renderBook() {
     for (const [p, q] of levels) {
       const row = body.insertRow();
       row.dataset.price = p;
-      cell(row, p);
-      cell(row, q);
+      cell(row, num(p));
+      cell(row, num(q));
     }
   }
   const bestAsk = asks.length ? asks[asks.length - 1][0] : "—";
   const bestBid = bids.length ? bids[0][0] : "—";
-  $("spread").textContent = `bid ${bestBid} · ask ${bestAsk}`;
+  $("spread").textContent = _("bid %(bid)s · ask %(ask)s", { bid: num(bestBid), ask: num(bestAsk) });
   drawDepth();
 }
 
@@ -178,16 +194,16 @@ function renderTrades() {
   body.textContent = "";
   for (const t of state.trades) {
     const row = body.insertRow();
-    cell(row, t.p);
-    cell(row, t.q);
-    cell(row, new Date(t.T).toLocaleTimeString());
+    cell(row, num(t.p));
+    cell(row, num(t.q));
+    cell(row, window.rfI18n.time(t.T));
   }
-  $("last-price").textContent = state.trades.length ? state.trades[0].p : "";
+  $("last-price").textContent = state.trades.length ? num(state.trades[0].p) : "";
 }
 
 function initChart() {
   const LWC = window.LightweightCharts;
-  if (!LWC) { $("chart").textContent = "chart library missing"; return; }
+  if (!LWC) { $("chart").textContent = _("chart library missing"); return; }
   chart.api = LWC.createChart($("chart"), {
     autoSize: true,
     // The library's logo injects a <style> element, which the dashboard's CSP (style-src 'self') refuses;
@@ -196,6 +212,7 @@ function initChart() {
     grid: { vertLines: { color: "#1c252e" }, horzLines: { color: "#1c252e" } },
     timeScale: { timeVisible: true, secondsVisible: false, borderColor: "#22303c", rightOffset: 8, barSpacing: 10 },
     rightPriceScale: { borderColor: "#22303c" },
+    localization: { locale: window.rfI18n.intlLocale },
   });
   chart.candles = chart.api.addSeries(LWC.CandlestickSeries, {
     upColor: "#81c784", downColor: "#e57373", wickUpColor: "#81c784", wickDownColor: "#e57373", borderVisible: false,
@@ -238,7 +255,8 @@ function drawFills() { // the user's own fills, one marker each at the candle of
     .sort((a, b) => a.time - b.time || a.f.id - b.f.id)
     .map(({ f, time }) => ({
       time, id: String(f.id), position: f.isBuyer ? "belowBar" : "aboveBar", shape: f.isBuyer ? "arrowUp" : "arrowDown",
-      color: f.isBuyer ? "#4fc3f7" : "#ffb74d", text: `${f.isBuyer ? "bought" : "sold"} ${f.qty} @ ${f.price}`,
+      color: f.isBuyer ? "#4fc3f7" : "#ffb74d",
+      text: f.isBuyer ? _("bought %(qty)s @ %(price)s", { qty: num(f.qty), price: num(f.price) }) : _("sold %(qty)s @ %(price)s", { qty: num(f.qty), price: num(f.price) }),
     }));
   chart.markers.setMarkers(marks);
 }
@@ -250,7 +268,7 @@ function drawDepth() { // cumulative quantity per price, bids left (green), asks
   const asks = cum(sortedLevels(state.book.asks, false).slice(0, 50));
   chart.depth = { bids, asks };
   g.clearRect(0, 0, c.width, c.height);
-  if (!bids.length && !asks.length) { g.fillStyle = "#7a8a99"; g.fillText("empty book", 10, 20); return; }
+  if (!bids.length && !asks.length) { g.fillStyle = "#7a8a99"; g.fillText(_("empty book"), 10, 20); return; }
   const prices = [...bids, ...asks].map((l) => parseFloat(l[0]));
   let lo = Math.min(...prices), hi = Math.max(...prices);
   if (bids.length && asks.length) { // centred on the mid price, as traders expect
@@ -297,16 +315,18 @@ async function refreshPrivate() {
       if (m && b.asset !== m.baseAsset && b.asset !== m.quoteAsset) continue;
       const row = bal.insertRow();
       row.dataset.asset = b.asset;
-      cell(row, b.asset); cell(row, b.free, "free"); cell(row, b.locked, "locked");
+      row.dataset.free = b.free; row.dataset.locked = b.locked;
+      cell(row, b.asset); cell(row, num(b.free), "free"); cell(row, num(b.locked), "locked"); cell(row, "", "fiat");
     }
+    refreshFiat();
     const oo = $("open-orders").tBodies[0];
     oo.textContent = "";
     for (const o of open) {
       const row = oo.insertRow();
       row.dataset.orderId = o.orderId;
-      cell(row, o.orderId); cell(row, o.side); cell(row, o.price); cell(row, o.origQty); cell(row, o.executedQty);
+      cell(row, o.orderId); cell(row, statusText(o.side)); cell(row, num(o.price)); cell(row, num(o.origQty)); cell(row, num(o.executedQty));
       const btn = document.createElement("button");
-      btn.textContent = "Cancel";
+      btn.textContent = _("Cancel");
       btn.className = "cancel";
       btn.addEventListener("click", () => cancelOrder(o.orderId));
       row.insertCell().appendChild(btn);
@@ -315,10 +335,35 @@ async function refreshPrivate() {
     hist.textContent = "";
     for (const o of all.slice().reverse()) {
       const row = hist.insertRow();
-      cell(row, o.orderId); cell(row, o.side); cell(row, o.price); cell(row, o.origQty); cell(row, o.status);
+      cell(row, o.orderId); cell(row, statusText(o.side)); cell(row, num(o.price)); cell(row, num(o.origQty)); cell(row, statusText(o.status));
     }
   } catch (e) {
     status(e.message, true);
+  }
+}
+
+// ---------------------------------------------------------------- fiat values (display only)
+
+function plus(a, b) { // two decimal strings with the same decimals -> their sum, exactly (BigInt)
+  const decimals = (a.split(".")[1] || "").length;
+  const digits = (scaled(a) + scaled(b)).toString().padStart(decimals + 1, "0");
+  return decimals ? digits.slice(0, -decimals) + "." + digits.slice(-decimals) : digits;
+}
+
+async function refreshFiat() { // each shown balance (free + locked) in the chosen fiat currency, from the rates feed
+  const rows = [...$("balances").tBodies[0].rows];
+  if (!rows.length) { $("fiat-total").textContent = ""; return; }
+  const amounts = rows.map((r) => `${r.dataset.asset}:${plus(r.dataset.free, r.dataset.locked)}`).join(",");
+  try {
+    const v = await api("GET", "/v1/fiat/value", { amounts, currency: window.rfI18n.fiat, locale: window.rfI18n.locale });
+    for (const [i, r] of rows.entries()) {
+      const cellEl = r.querySelector("td.fiat");
+      if (cellEl) cellEl.textContent = v.rows[i] && v.rows[i].valueFormatted !== null ? v.rows[i].valueFormatted : _("no rate");
+    }
+    $("fiat-total").textContent = v.totalFormatted + (v.complete ? "" : " *");
+    $("fiat-total").dataset.minor = v.totalMinor;
+  } catch (e) {
+    $("fiat-total").textContent = _("no rate");
   }
 }
 
@@ -347,7 +392,7 @@ async function placeOrder(ev) {
   if (type === "LIMIT") params.timeInForce = "GTC";
   try {
     const o = await api("POST", "/order", params, true);
-    status(`order ${o.orderId}: ${o.status}`, false);
+    status(_("order %(id)s: %(status)s", { id: o.orderId, status: statusText(o.status) }), false);
   } catch (e) {
     status(e.message, true);
   }
@@ -357,7 +402,7 @@ async function placeOrder(ev) {
 async function cancelOrder(orderId) {
   try {
     const o = await api("DELETE", "/order", { symbol: state.symbol, orderId: String(orderId) }, true);
-    status(`order ${o.orderId}: ${o.status}`, false);
+    status(_("order %(id)s: %(status)s", { id: o.orderId, status: statusText(o.status) }), false);
   } catch (e) {
     status(e.message, true);
   }
@@ -371,14 +416,14 @@ async function loadSession() {
     state.me = await api("GET", "/me", {}, true);
   } catch (e) {
     state.me = state.csrf = null;
-    $("whoami").textContent = e.status === 401 ? "not signed in" : "session: " + e.message;
+    $("whoami").textContent = e.status === 401 ? _("not signed in") : _("session: %(error)s", { error: e.message });
     $("signed-out").hidden = false;
     $("signed-in").hidden = true;
     $("account-links").hidden = false;
     return;
   }
   state.csrf = state.me.csrfToken;
-  $("whoami").textContent = `signed in as ${state.me.email}`;
+  $("whoami").textContent = _("signed in as %(email)s", { email: state.me.email });
   $("logout-csrf").value = state.csrf;
   $("signed-out").hidden = true;
   $("signed-in").hidden = false;
@@ -427,7 +472,8 @@ function openHaltStream() {
   ws.onmessage = () => refreshHalts();
 }
 
-window.addEventListener("DOMContentLoaded", () => {
+window.addEventListener("DOMContentLoaded", async () => {
+  await window.rfI18n.ready;  // the catalogue first: everything below draws text
   initChart();
   refreshHalts();
   openHaltStream();

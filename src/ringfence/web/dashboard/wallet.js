@@ -2,8 +2,14 @@
 // every call goes to /session/v3/... with the session cookie; state changes carry the CSRF token.
 "use strict";
 
-const WITHDRAW_STATUS = {0: "e-mail sent", 1: "cancelled", 2: "awaiting approval", 3: "rejected", 4: "processing", 5: "failure", 6: "completed"};
-const DEPOSIT_STATUS = {0: "pending", 6: "credited", 1: "final", 8: "waiting for you (quarantined)", 7: "frozen", 2: "rejected"};
+// The page's language (i18n.js): `_` translates (the catalogue is loaded before start() draws anything).
+const { _, num } = window.rfI18n;
+function withdrawStatus(s) {
+  return {0: _("e-mail sent"), 1: _("cancelled"), 2: _("awaiting approval"), 3: _("rejected"), 4: _("processing"), 5: _("failure"), 6: _("completed")}[s];
+}
+function depositStatus(s) {
+  return {0: _("pending"), 6: _("credited"), 1: _("final"), 8: _("waiting for you (quarantined)"), 7: _("frozen"), 2: _("rejected")}[s];
+}
 const page = location.pathname.split("/").pop();
 let csrf = "";
 let coins = [];
@@ -56,8 +62,8 @@ async function showAddress() {
 
 function depositRows(tbody, rows) {
   tbody.replaceChildren(...rows.map(d => el("tr", {"data-txid": d.txId, "data-status": d.status},
-    el("td", {}, when(d.insertTime)), el("td", {}, d.coin), el("td", {class: "amount"}, d.amount),
-    el("td", {class: "confirm"}, d.confirmTimes), el("td", {class: "status"}, DEPOSIT_STATUS[d.status] || d.status),
+    el("td", {}, when(d.insertTime)), el("td", {}, d.coin), el("td", {class: "amount"}, num(d.amount)),
+    el("td", {class: "confirm"}, d.confirmTimes), el("td", {class: "status"}, depositStatus(d.status) || d.status),
     el("td", {class: "txid"}, d.txId))));
 }
 
@@ -79,17 +85,17 @@ async function refreshBook() {
   const c = b.cooling;
   $("#book-cooling").textContent = c >= 3600 ? (c / 3600) + " h" : c + " s";
   $("#book tbody").replaceChildren(...b.entries.map(e => {
-    const remove = el("button", {type: "button", class: "remove"}, "Remove");
+    const remove = el("button", {type: "button", class: "remove"}, _("Remove"));
     remove.addEventListener("click", () => call("DELETE", "/addressBook", {coin: e.coin, address: e.address})
       .then(refreshBook).catch(err => { $("#book-status").textContent = err.message; }));
     return el("tr", {"data-address": e.address, "data-coin": e.coin, "data-state": e.status},
       el("td", {}, e.coin), el("td", {}, e.network), el("td", {}, e.address),
-      el("td", {class: "state"}, e.status === "cooling" ? "cooling: usable in " + e.coolingSecondsLeft + " s" : "usable"),
+      el("td", {class: "state"}, e.status === "cooling" ? _("cooling: usable in %(seconds)s s", {seconds: e.coolingSecondsLeft}) : _("usable")),
       el("td", {}, remove));
   }));
   const coin = $("#wd-coin").value;
   fill($("#wd-address"), b.entries.filter(e => e.coin === coin)
-    .map(e => [e.address, e.address + (e.status === "cooling" ? " (cooling " + e.coolingSecondsLeft + " s)" : "")]));
+    .map(e => [e.address, e.address + (e.status === "cooling" ? " " + _("(cooling %(seconds)s s)", {seconds: e.coolingSecondsLeft}) : "")]));
 }
 
 async function showLimits() {
@@ -97,16 +103,16 @@ async function showLimits() {
   const net = coins.find(c => c.coin === coin).networkList[0];
   const acct = await call("GET", "/account");
   const bal = acct.balances.find(b => b.asset === coin);
-  $("#wd-limits").textContent = `Network ${net.network}: fee ${net.withdrawFee} ${coin} (taken from the amount), ` +
-    `minimum ${net.withdrawMin}, maximum ${net.withdrawMax}; available ${bal ? bal.free : "0"} ${coin}.` +
-    (net.withdrawEnable ? "" : " Withdrawals are paused: " + net.withdrawDesc);
+  $("#wd-limits").textContent = _("Network %(network)s: fee %(fee)s %(coin)s (taken from the amount), minimum %(min)s, maximum %(max)s; available %(free)s %(coin)s.",
+    {network: net.network, fee: num(net.withdrawFee), coin, min: num(net.withdrawMin), max: num(net.withdrawMax), free: num(bal ? bal.free : "0")}) +
+    (net.withdrawEnable ? "" : " " + _("Withdrawals are paused: %(reason)s", {reason: net.withdrawDesc}));
 }
 
 async function refreshWithdrawals() {
   const rows = await call("GET", "/capital/withdraw/history");
   $("#withdrawals").replaceChildren(...rows.map(w => el("div", {class: "withdrawal", "data-id": w.id, "data-status": w.status},
-    el("p", {}, `${w.applyTime} · ${w.amount} ${w.coin} (fee ${w.transactionFee}) to ${w.address} · `,
-      el("b", {class: "status"}, WITHDRAW_STATUS[w.status])),
+    el("p", {}, _("%(time)s · %(amount)s %(coin)s (fee %(fee)s) to %(address)s", {time: w.applyTime, amount: num(w.amount), coin: w.coin, fee: num(w.transactionFee), address: w.address}) + " · ",
+      el("b", {class: "status"}, withdrawStatus(w.status))),
     el("ol", {class: "timeline"}, ...w.timeline.map(s => el("li", {"data-status": s.status}, s.step + ": " + s.info))))));
 }
 
@@ -116,8 +122,8 @@ async function refreshHistory() {
   depositRows($("#hist-deposits tbody"), await call("GET", "/capital/deposit/hisrec"));
   const ws = await call("GET", "/capital/withdraw/history");
   $("#hist-withdrawals tbody").replaceChildren(...ws.map(w => el("tr", {"data-id": w.id, "data-status": w.status},
-    el("td", {}, w.applyTime), el("td", {}, w.coin), el("td", {}, w.amount), el("td", {}, w.transactionFee),
-    el("td", {}, w.address), el("td", {class: "status"}, WITHDRAW_STATUS[w.status]), el("td", {}, w.info), el("td", {}, w.txId))));
+    el("td", {}, w.applyTime), el("td", {}, w.coin), el("td", {}, num(w.amount)), el("td", {}, num(w.transactionFee)),
+    el("td", {}, w.address), el("td", {class: "status"}, withdrawStatus(w.status)), el("td", {}, w.info), el("td", {}, w.txId))));
 }
 
 // ---------------------------------------------------------------- start
@@ -129,16 +135,17 @@ function poll(fn, ms) {
 }
 
 async function start() {
+  await window.rfI18n.ready;
   let me;
   try {
     me = await call("GET", "/me");
   } catch (err) {
-    $("#whoami").textContent = "not signed in";
+    $("#whoami").textContent = _("not signed in");
     $("#signin-link").hidden = false;
     return;
   }
   csrf = me.csrfToken;
-  $("#whoami").textContent = "signed in as " + me.email;
+  $("#whoami").textContent = _("signed in as %(email)s", {email: me.email});
   coins = (await call("GET", "/capital/config/getall")).filter(c => c.networkList.length);
   const options = coins.map(c => [c.coin, c.coin + " (" + c.networkList[0].network + ")"]);
   const section = document.getElementById(page);
@@ -176,7 +183,7 @@ async function start() {
       $("#wd-status").textContent = "…";
       call("POST", "/capital/withdraw/apply", {coin: $("#wd-coin").value, address: $("#wd-address").value,
                                                 amount: $("#wd-amount").value.trim(), code: $("#wd-code").value.trim()})
-        .then(r => { $("#wd-status").textContent = "Withdrawal " + r.id + ": " + r.info; })
+        .then(r => { $("#wd-status").textContent = _("Withdrawal %(id)s: %(info)s", {id: r.id, info: r.info}); })
         .catch(err => { $("#wd-status").textContent = err.message; })
         .finally(() => { $("#wd-code").value = ""; refreshWithdrawals(); showLimits(); });
     });

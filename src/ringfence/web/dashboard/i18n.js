@@ -1,0 +1,41 @@
+// The dashboard's language and fiat currency (docs/i18n.md). The page is served in the chosen language
+// (<meta name="rf-locale">); the strings this script's pages draw come from the same gettext catalogue as
+// JSON (/i18n/catalog/<locale>.json: the CSP forbids an inline one). Numbers stay decimal strings: `num`
+// writes one in the locale's digits and decimal sign, every decimal kept (Intl formats a string exactly),
+// without group separators, so the book's and the orders' columns align as on a trading screen.
+"use strict";
+window.rfI18n = (() => {
+  const meta = (name) => (document.querySelector(`meta[name="${name}"]`) || {}).content || "";
+  const locale = meta("rf-locale") || "en";
+  const fiat = meta("rf-fiat") || "USD";
+  // Latin digits in every language, as the server's formatting (Babel) writes them
+  const intlLocale = locale.replace("_", "-") + (locale === "ar" ? "-u-nu-latn" : "");
+  let messages = {};
+  const ready = locale === "en" ? Promise.resolve() : fetch(`/i18n/catalog/${encodeURIComponent(locale)}.json`)
+    .then((r) => (r.ok ? r.json() : { messages: {} }))
+    .then((c) => { messages = c.messages || {}; })
+    .catch(() => { /* English, the message ids themselves */ });
+  function _(message, params) {
+    let text = messages[message] || message;
+    if (params) text = text.replace(/%\((\w+)\)s/g, (m, k) => String(params[k]));
+    return text;
+  }
+  const formats = new Map();
+  function num(s) {
+    if (s === undefined || s === null || s === "") return s;
+    const text = String(s);
+    const decimals = (text.split(".")[1] || "").length;
+    if (!formats.has(decimals)) {
+      formats.set(decimals, new Intl.NumberFormat(intlLocale, { useGrouping: false, minimumFractionDigits: decimals, maximumFractionDigits: decimals }));
+    }
+    try { return formats.get(decimals).format(text); } catch (e) { return text; }
+  }
+  function time(ms) { return new Date(ms).toLocaleTimeString(intlLocale); }
+  document.addEventListener("DOMContentLoaded", () => {  // the selectors send the choice as soon as it changes
+    for (const id of ["lang-select", "fiat-select"]) {
+      const el = document.getElementById(id);
+      if (el) el.addEventListener("change", () => el.form.submit());
+    }
+  });
+  return { _, num, time, locale, intlLocale, fiat, ready };
+})();
