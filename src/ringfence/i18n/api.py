@@ -52,7 +52,9 @@ def _back(form_next: object) -> str:
 
 
 def build_i18n_router(rates: FiatRates, rates_token: str, identity_ctx: Any = None, secure_cookies: bool = True) -> APIRouter:
-    from ..api.binance import ERROR_RESPONSES  # the error shape every endpoint documents
+    from ..api.binance import ERROR_RESPONSES as _ERRORS  # the error shape every endpoint documents
+
+    ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {k: v for k, v in _ERRORS.items()}
 
     router = APIRouter()
 
