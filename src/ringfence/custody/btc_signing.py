@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import coincurve
 import httpx
@@ -206,12 +206,16 @@ class SignerFleet:
         return ClientTLS(self.identity, {i: self.store_dir(i) / "tls.crt" for i in self.urls})
 
     def start(self, timeout_s: int = 60) -> dict[int, str]:
+        self.spawn()
+        self.wait_ready(timeout_s)
+        return dict(self.urls)
+
+    def spawn(self) -> None:
+        """Start the holders' processes without waiting for them (`wait_ready` does)."""
         ids = self.holder_ids()
         self.pin_peers({i: self.signer_identity(i).cert for i in ids})
         for i in ids:
             self.start_one(i)
-        self.wait_ready(timeout_s)
-        return dict(self.urls)
 
     def wait_ready(self, timeout_s: int = 60, ids: Any = None) -> None:
         deadline = time.monotonic() + timeout_s
@@ -397,6 +401,12 @@ def start_btc_hot(data_dir: Path) -> tuple[SignerFleet | None, FrostTaprootSigne
     --coordinator-cert DIR/signers/coordinator/tls.crt`), each pinned by its certificate in
     `RINGFENCE_BTC_SIGNER_CERTS` (`1=PATH,2=PATH,3=PATH`), with the bearer token
     `RINGFENCE_SIGNER_TOKEN`."""
+    return begin_btc_hot(data_dir)()
+
+
+def begin_btc_hot(data_dir: Path) -> Callable[[], tuple[SignerFleet | None, FrostTaprootSigner]]:
+    """`start_btc_hot` in two steps: the signer processes are spawned now, and the returned function
+    waits for them and opens the wallet — so `serve` can load its chains while they start."""
     from ..keys.tls import ClientTLS
 
     spec = os.environ.get("RINGFENCE_BTC_SIGNERS", "spawn").strip()
@@ -404,11 +414,20 @@ def start_btc_hot(data_dir: Path) -> tuple[SignerFleet | None, FrostTaprootSigne
     if spec in ("", "spawn"):
         fleet = SignerFleet(Path(data_dir) / "signers")
         try:
-            urls = fleet.start()
-            return fleet, open_btc_hot(record, urls, fleet.token, tls=fleet.tls())
+            fleet.spawn()
         except BaseException:
             fleet.stop()
             raise
+
+        def finish() -> tuple[SignerFleet | None, FrostTaprootSigner]:
+            try:
+                fleet.wait_ready()
+                return fleet, open_btc_hot(record, dict(fleet.urls), fleet.token, tls=fleet.tls())
+            except BaseException:
+                fleet.stop()
+                raise
+
+        return finish
     token = os.environ.get("RINGFENCE_SIGNER_TOKEN", "")
     if not token:
         raise ConfigError("set the signers' bearer token", field="RINGFENCE_SIGNER_TOKEN")
@@ -417,7 +436,7 @@ def start_btc_hot(data_dir: Path) -> tuple[SignerFleet | None, FrostTaprootSigne
     if set(pins) != set(urls) or any(not u.startswith("https://") for u in urls.values()):
         raise ConfigError("every signer needs an https:// URL and a pinned certificate (ID=PATH)",
                           field="RINGFENCE_BTC_SIGNER_CERTS")
-    return None, open_btc_hot(record, urls, token, tls=ClientTLS(coordinator_identity(Path(data_dir)), pins))
+    return lambda: (None, open_btc_hot(record, urls, token, tls=ClientTLS(coordinator_identity(Path(data_dir)), pins)))
 
 
 def coordinator_identity(data_dir: Path) -> Any:

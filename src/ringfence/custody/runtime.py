@@ -528,19 +528,22 @@ class CustodyRuntime:
         self.shield_value_asset = shield_value_asset
         self.shield_sweeper: Any = None
         cdir = self.data_dir / "custody"
-        self.keys = CustodyKeys(load_seed(cdir))
-        self.chains = LocalChains(self.data_dir / "chains", self.keys.seed, frozenset(t.chain for t in self.terms.values()))
         #: The BTC hot wallet: a FROST 2-of-3 Taproot key held by signer processes (btc_signing.py).
         self.btc_signers: Any = None
         self.btc_hot_signer: Any = None
         self.cold_vault: Any = None
         self.btc_vaults: dict[str, Any] = {}
-        if "bitcoin" in {t.chain for t in self.terms.values()}:
-            from .btc_signing import start_btc_hot
+        bitcoin = "bitcoin" in {t.chain for t in self.terms.values()}
+        if bitcoin:
+            from .btc_signing import begin_btc_hot
             from .cold_refill import open_vaults, start_vault_ceremony  # btc_warm/btc_cold: P2WSH 2-of-3 vaults
 
             ceremony = start_vault_ceremony(self.data_dir)  # first start only; runs beside the signers' start
-            self.btc_signers, self.btc_hot_signer = start_btc_hot(self.data_dir)
+            finish_btc_hot = begin_btc_hot(self.data_dir)  # the signer processes start while the chains load
+        self.keys = CustodyKeys(load_seed(cdir))
+        self.chains = LocalChains(self.data_dir / "chains", self.keys.seed, frozenset(t.chain for t in self.terms.values()))
+        if bitcoin:
+            self.btc_signers, self.btc_hot_signer = finish_btc_hot()
             self.keys.btc_hot = self.btc_hot_signer.address()
             self.btc_vaults = open_vaults(self.data_dir, ceremony=ceremony)
             self.cold_vault = self.btc_vaults["cold"]
