@@ -326,3 +326,27 @@ def test_snapshot_restore_keeps_the_contracts_bound_and_the_same_future():
         assert a == b and not rejected(a)
     assert restored.state_hash() == d.engine.state_hash()
     assert derivatives_state(restored).positions[("carol", PERP)].size == qty("0.5")
+
+
+def test_a_spot_market_cannot_be_listed_in_the_derivatives_segment():
+    """The attacker review: a spot listing in `derivatives` would hold users' margin with a plain spot
+    hold, past the margin check. It is refused (plain and quorum-signed listings share the rule);
+    the perpetual beside it still lists, and nothing of the refusal changes the state."""
+    from ringfence.trading.commands import ListMarket
+
+    import pytest
+
+    from ringfence.errors import ValidationError
+
+    from tests.staff.rig import domain_hash
+
+    d = perp_world()
+    spot_in_margin = ListMarket("BTCUSDX", "BTC", "USDT", "derivatives", 10_000, 10_000, 10_000)
+    before, full = domain_hash(d.engine), d.engine.state_hash()
+    with pytest.raises(ValidationError, match="holds margin"):
+        d.engine.precheck(spot_in_margin)  # at the edge
+    assert d.engine.state_hash() == full
+    r = rejected(d.apply(spot_in_margin))  # and by the handler
+    assert r is not None and r.field == "segment" and "margin" in r.message
+    assert domain_hash(d.engine) == before
+    assert not any(isinstance(e, CommandRejected) for e in d.apply(ListMarket("BTCUSDX", "BTC", "USDT", "spot", 10_000, 10_000, 10_000)))

@@ -80,6 +80,12 @@ def test_admin_monitoring_needs_a_signed_staff_request(server) -> None:
     status = admin(server, "GET", "/admin/v1/monitoring").json()
     assert {r["name"] for r in status["rules"]} >= {"failed-sign-ins", "new-device-then-api-key", "wash-trade", "spoofing"}
     assert admin(server, "GET", "/admin/v1/cases?status=weird").json()["field"] == "status"
+    # what monitoring knows about customers is for analysts: an operator (ada) and a policy admin (pat) are refused
+    for staff in ("ada", "pat"):
+        for path in ("/admin/v1/alerts", "/admin/v1/cases", "/admin/v1/cases/1", "/admin/v1/links",
+                     "/admin/v1/baselines?account_id=alice"):
+            r = admin(server, "GET", path, staff=staff)
+            assert r.status_code == 403 and "analyst" in r.json()["message"], (staff, path, r.text)
 
 
 @pytest.fixture(scope="module")

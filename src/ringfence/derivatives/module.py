@@ -14,7 +14,7 @@ from ..engine.commands import Event
 from ..engine.core import Engine
 from ..engine.module import Effect, Module, Scope
 from ..errors import InsufficientFunds, NotFound, ValidationError
-from ..trading.admin import _list_market
+from ..trading.admin import MARGIN_SEGMENTS, _list_market
 from ..trading.commands import ListMarket, PlaceOrder
 from ..trading.module import market_scopes
 from ..trading.state import MARKET_BINDERS, MAX_PRICE, MAX_QTY, trading_state
@@ -383,6 +383,7 @@ def _bind(engine: Engine, m: Any) -> None:
 
 
 MARKET_BINDERS.append(_bind)
+MARGIN_SEGMENTS.add(SEGMENT)  # no spot market in the derivatives segment (trading/admin.py)
 
 
 # ------------------------------------------------------------------------------ listing

@@ -37,24 +37,35 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
     def query(body: dict[str, Any]) -> dict[str, str]:
         return body.get("__query__", {})  # type: ignore[no-any-return]
 
+    def analysts_only(caller: str) -> None:
+        """Alerts, cases, links and baselines describe customers (devices, networks, hours, amounts):
+        analysts read them; an operator or a policy admin has no need to."""
+        if not is_analyst(caller):
+            raise StaffRefused("role-required", f"{caller!r} is no analyst: monitoring data about customers is for analysts",
+                               field="X-RF-Staff")
+
     @endpoint("GET", "/alerts", "Monitoring alerts, newest first (rule, severity, account, explanation, evidence event ids)")
     async def get_alerts(caller: str, body: dict[str, Any]) -> Any:
+        analysts_only(caller)
         q = query(body)
         return {"alerts": cases.list_alerts(store, limit=_query_int(q.get("limit"), "limit", 100),
                                             account_id=q.get("account_id", ""), rule=q.get("rule", ""))}
 
     @endpoint("GET", "/cases", "Monitoring cases, newest first (status open|escalated|closed|active)")
     async def get_cases(caller: str, body: dict[str, Any]) -> Any:
+        analysts_only(caller)
         q = query(body)
         return {"cases": cases.list_cases(store, status=q.get("status", ""), limit=_query_int(q.get("limit"), "limit", 100))}
 
     @endpoint("GET", "/cases/{case_id}", "One case: its alerts and its log of analyst steps")
     async def get_case(caller: str, body: dict[str, Any], case_id: str) -> Any:
+        analysts_only(caller)
         return cases.case_detail(store, _query_int(case_id, "case_id", 0))
 
     @endpoint("GET", "/links", "Linked-account clusters (shared IP, device, withdrawal destination, deposit source, "
               "trades between them); ?account_id= for one account's cluster")
     async def get_links(caller: str, body: dict[str, Any]) -> Any:
+        analysts_only(caller)
         account = query(body).get("account_id", "")
         if account:
             return {"cluster": monitor.clusters(account)}
@@ -63,6 +74,7 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
     @endpoint("GET", "/baselines", "The behavioural model's baseline of one account (?account_id=): its devices, networks, "
               "countries, sign-in hours, endpoints, withdrawals and orders as learnt")
     async def get_baseline(caller: str, body: dict[str, Any]) -> Any:
+        analysts_only(caller)
         account = query(body).get("account_id", "")
         if not account:
             raise ValidationError("name the account whose baseline to show", field="account_id")

@@ -94,8 +94,30 @@ def _validate_list_market(engine: Engine, c: ListMarket) -> None:
         raise ValidationError("the shard cannot open more accounts", field="symbol")
 
 
-@MODULE.handles(ListMarket, precheck=_precheck_list_market, effect=Effect.ADMIN, scopes=market_scopes)
+#: Segments whose markets are contracts with their own margin rules (derivatives adds its own): a
+#: spot market listed there would hold the users' margin with a plain spot hold, past the margin check.
+MARGIN_SEGMENTS: set[str] = set()
+
+
+def refuse_margin_segment(c: ListMarket) -> None:
+    if c.segment in MARGIN_SEGMENTS:
+        raise ValidationError(f"segment {c.segment!r} holds margin: a spot market cannot be listed there "
+                              "(perpetuals are listed with ListPerpetual)", field="segment")
+
+
+def _precheck_spot_listing(engine: Engine, c: ListMarket) -> None:
+    refuse_margin_segment(c)
+    _precheck_list_market(engine, c)
+
+
+@MODULE.handles(ListMarket, precheck=_precheck_spot_listing, effect=Effect.ADMIN, scopes=market_scopes)
+def _list_spot_market(engine: Engine, c: ListMarket) -> list[Event]:
+    refuse_margin_segment(c)
+    return _list_market(engine, c)
+
+
 def _list_market(engine: Engine, c: ListMarket) -> list[Event]:
+    """List a market (spot, or a perpetual's book for derivatives' ListPerpetual)."""
     _validate_list_market(engine, c)
     st = trading_state(engine)
     ledger = engine.ledger

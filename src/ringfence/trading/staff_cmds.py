@@ -41,6 +41,7 @@ from .admin import (
     _precheck_fee_tier,
     _precheck_refprice,
     _validate_list_market,
+    refuse_margin_segment,
     _list_market,
     _set_account_tier,
     _set_fee_tier,
@@ -176,6 +177,7 @@ def _pre_list(engine: Engine, c: ListMarketSigned) -> list[str]:
     reason = _reason(c.reason)
     if not isinstance(c.market, ListMarket):
         raise ValidationError("market is a ListMarket", field="market")
+    refuse_margin_segment(c.market)
     _validate_list_market(engine, c.market)
     return _quorum(engine, ACTIONS["list"], list_subject(c.market, reason, _version(engine)), c.approvals)
 
