@@ -23,6 +23,7 @@ Nothing here writes the journal: every change is a command submitted through the
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -63,6 +64,8 @@ def install(endpoint: Callable[..., Any], exchange: Any, custody: Any, sigs: Cal
                 return int(detail[1].removeprefix("seq=")), [d.removeprefix("approved_by=") for d in detail[2:]]
         raise ValidationError("the engine did not authorize the refill", field="approvals")
 
+    submitting = asyncio.Lock()
+
     @endpoint("POST", "/vault-refills", "A cold/warm -> hot BTC refill (AuthorizeVaultRefillSigned: operator quorum)")
     async def create_refill(caller: str, body: dict[str, Any]) -> Any:
         from ..custody.vault_cmds import AuthorizeVaultRefillSigned
@@ -71,6 +74,7 @@ def install(endpoint: Callable[..., Any], exchange: Any, custody: Any, sigs: Cal
         amount_minor = parse_amount(text(body, "amount"), 8, field="amount", allow_zero=False)
         approvals = sigs(body)
         caller_signed(caller, approvals)
+        operator(caller, "a refill")  # before any work: building one holds the chain lock
         doc = await run_in_threadpool(v.build_refill, custody, text(body, "refill_id"), amount_minor)
         result = await submit(AuthorizeVaultRefillSigned(doc["id"], "BTC", doc["from_wallet"], doc["to_wallet"],
                                                          amount_minor, doc["fee_minor"], doc["txid"], approvals))
@@ -88,10 +92,11 @@ def install(endpoint: Callable[..., Any], exchange: Any, custody: Any, sigs: Cal
         if not isinstance(psbts, list) or not all(isinstance(p, str) for p in psbts):
             raise ValidationError("a list of base64 PSBTs", field="psbts")
         v = vault("warm" if refill_id.startswith("warm") else "cold")
-        doc, raw = await run_in_threadpool(v.finalize, refill_id, psbts)
-        await submit(RecordTransferSigned(doc["id"], "BTC", doc["from_wallet"], doc["to_wallet"], int(doc["amount_minor"]),
-                                          int(doc["fee_minor"]), doc["txid"], raw.hex()))
-        return await run_in_threadpool(v.broadcast, custody, doc, raw)
+        async with submitting:  # finalise -> journal -> broadcast as one: a second submit sees the first's state
+            doc, raw = await run_in_threadpool(v.finalize, refill_id, psbts)
+            await submit(RecordTransferSigned(doc["id"], "BTC", doc["from_wallet"], doc["to_wallet"], int(doc["amount_minor"]),
+                                              int(doc["fee_minor"]), doc["txid"], raw.hex()))
+            return await run_in_threadpool(v.broadcast, custody, doc, raw)
 
     @endpoint("POST", "/vault-refills/{refill_id}/cancel", "Drop a refill nobody signed (CancelVaultRefillSigned: one operator)")
     async def cancel_refill(caller: str, body: dict[str, Any], refill_id: str) -> Any:
@@ -148,6 +153,7 @@ def install(endpoint: Callable[..., Any], exchange: Any, custody: Any, sigs: Cal
         reason = text(body, "reason")
         approvals = sigs(body)
         caller_signed(caller, approvals)
+        operator(caller, "a reshare")  # before any work: resolving the signers writes their pinned certificates
         resolved = await run_in_threadpool(resolve_signers, custody, entries)  # id -> (url, cert path, fingerprint)
         await submit(ReshareSignersSigned(key_id, generation, [[i, fp] for i, (_, _, fp) in sorted(resolved.items())],
                                           threshold, reason, approvals))

@@ -513,6 +513,10 @@ def signer_set_view(runtime: Any) -> dict[str, Any]:
                          "fingerprint": fingerprint(pins[i]) if i in pins and Path(pins[i]).exists() else ""} for i in ids]}
 
 
+#: Spare signers (started, holding no share yet) a node runs at once: each is a process of its own.
+MAX_SPARE_SIGNERS = 3
+
+
 def start_spare_signer(runtime: Any, ident: int) -> dict[str, Any]:
     """`serve` that runs its signers itself starts signer `ident` (no share yet) and answers its pin."""
     from ..keys.tls import fingerprint
@@ -524,6 +528,10 @@ def start_spare_signer(runtime: Any, ident: int) -> dict[str, Any]:
     holders = set(runtime.btc_hot_signer.coordinator.key(runtime.btc_hot_signer.key_id).kp.verifying_shares)
     if ident in holders:
         raise ValidationError(f"signer {ident} already holds a share", field="id")
+    spares = [i for i, proc in fleet.procs.items() if i not in holders and i != ident and proc.poll() is None]
+    if len(spares) >= MAX_SPARE_SIGNERS:
+        raise ValidationError(f"{len(spares)} spare signers already run ({', '.join(map(str, sorted(spares)))}): reshare "
+                              f"to them first (at most {MAX_SPARE_SIGNERS})", field="id")
     if ident not in fleet.procs or fleet.procs[ident].poll() is not None:  # (no chain lock: it signs nothing)
         fleet.pin_peers({i: fleet.signer_identity(i).cert for i in sorted(holders | {ident})})
         fleet.start_one(ident)

@@ -52,9 +52,8 @@ def risk(
                         f"{m['longAccounts']}/{m['shortAccounts']}", m["lastFundingRate"], str(m["nextFundingTime"]))
     console.print(markets)
     near = Table(title=f"Nearest to liquidation ({view['positions']} positions)")
-    for col in ("symbol", "side", "size", "notional", "mark", "uPnL", "maintenance", "margin", "ratio %"):
+    for col in ("symbol", "side", "notional (≈)", "mark", "margin", "ratio %"):
         near.add_column(col)
     for p in view["nearLiquidation"]:
-        near.add_row(p["symbol"], p["side"], p["positionAmt"], p["notional"], p["markPrice"], p["unRealizedProfit"],
-                     p["maintMargin"], p["marginType"], p["marginRatioPercent"])
+        near.add_row(p["symbol"], p["side"], p["notionalApprox"], p["markPrice"], p["marginType"], p["marginRatioBand"])
     console.print(near)

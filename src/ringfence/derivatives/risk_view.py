@@ -61,6 +61,16 @@ def insurance_funds(engine: Engine) -> list[dict[str, Any]]:
     return out
 
 
+#: The width of the public margin-ratio bands, in percent.
+RATIO_BAND_PERCENT = 10
+
+
+def _two_digits(n: int) -> int:
+    """`n` rounded down to two significant digits (12,345 -> 12,000)."""
+    scale = 10 ** max(len(str(n)) - 2, 0)
+    return n // scale * scale
+
+
 def _ratio_ppm(maint: int, equity: int) -> int:
     """Maintenance / equity in millionths, rounded up; an account with no equity left is at 100 %+."""
     if maint <= 0:
@@ -111,12 +121,14 @@ def risk_view(engine: Engine) -> dict[str, Any]:
             s = summaries[key]
             ratio = _ratio_ppm(s["cross_maint"], s["cross_equity"])
             mode = "cross"
+        # The page is public: no owner, and nothing exact enough to work out one account's balance or
+        # liquidation price (size, entry, maintenance, the exact ratio) — the notional to two significant
+        # digits and the margin ratio in bands of RATIO_BAND_PERCENT.
+        band = min(ratio * 100 // PPM // RATIO_BAND_PERCENT * RATIO_BAND_PERCENT, 100)
         rows.append((ratio, {
             "symbol": sym[: -len("PERP")] if sym.endswith("PERP") else sym, "side": "LONG" if pos.size > 0 else "SHORT",
-            "positionAmt": format_amount(abs(pos.size), bd), "notional": format_amount(notional_at(pos, mark, p.scale), qd),
-            "entryPrice": format_amount(pos.cost * p.scale // abs(pos.size), qd), "markPrice": format_amount(mark, qd),
-            "unRealizedProfit": format_amount(unrealized(pos, mark, p.scale), qd), "maintMargin": format_amount(mm, qd),
-            "marginType": mode, "marginRatioPercent": format_amount(ratio * 100, 6),
+            "notionalApprox": format_amount(_two_digits(abs(notional_at(pos, mark, p.scale))), qd), "markPrice": format_amount(mark, qd),
+            "marginType": mode, "marginRatioBand": f"{band}-{band + RATIO_BAND_PERCENT}" if band < 100 else "100+",
         }))
     rows.sort(key=lambda r: -r[0])
     return {

@@ -12,11 +12,13 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import RingfenceError, ValidationError
 from .events import Event, from_json, to_json
 
-app = typer.Typer(help="Monitoring: rule sets, back-tests over the recorded event stream, exports (docs/monitoring.md).",
+app = typer.Typer(help="Monitoring: rule sets, back-tests over the recorded event stream, exports, alerts and baselines of a live node "
+                  "(docs/monitoring.md).\n\nExample: ringfence monitoring alerts --key ./ringfence-data/serve/demo-staff.json#cy",
                   no_args_is_help=True)
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -117,7 +119,7 @@ def backtest_cmd(
         if as_json:
             print(json.dumps(h.as_dict(), separators=(",", ":")))
         else:
-            console.print(f"[bold]{h.rule}[/bold] ({h.severity}) {h.account_id}: {h.explanation} — events {list(h.evidence)}",
+            console.print(f"[bold]{escape(h.rule)}[/bold] ({h.severity}) {escape(h.account_id)}: {escape(h.explanation)} — events {list(h.evidence)}",
                           soft_wrap=True)
     summary = {"events_scored": scored, "hits": len(hits), "hits_per_rule": per_rule}
     if as_json:
@@ -230,8 +232,9 @@ def alerts_cmd(
         print(json.dumps(out, indent=2))
         return
     for a in out["alerts"]:
-        console.print(f"#{a['alert_id']} [bold]{a['rule']}[/bold] ({a['severity']}) {a['account_id']} case {a['case_id']}: "
-                      f"{a['explanation']}", soft_wrap=True)
+        # escaped: an explanation ends with "[hash]", which rich would take for a style tag and drop
+        console.print(f"#{a['alert_id']} [bold]{escape(a['rule'])}[/bold] ({a['severity']}) {escape(a['account_id'])} case {a['case_id']}: "
+                      f"{escape(a['explanation'])}", soft_wrap=True)
         for f in a.get("features") or []:
             console.print(f"    {f['feature']:<12} {f['contribution'] // 1000}.{f['contribution'] % 1000 // 100} bits  {f['detail']}",
                           soft_wrap=True)

@@ -41,8 +41,8 @@
     fill("markets", view.markets.map((m) => [m.symbol, m.markPrice, m.indexPrice === null ? null : `${m.indexPrice} (${m.indexSources})`,
       m.openInterest, `${m.openInterestValue} ${m.marginAsset}`, `${m.longAccounts} / ${m.shortAccounts}`,
       percent(m.lastFundingRate), countdown(m.nextFundingTime)]));
-    fill("near-liquidation", view.nearLiquidation.map((p) => [p.symbol, p.side, p.positionAmt, p.notional, p.entryPrice, p.markPrice,
-      p.unRealizedProfit, p.maintMargin, p.marginType, p.marginRatioPercent.replace(/0+$/, "").replace(/\.$/, "") + " %"]));
+    fill("near-liquidation", view.nearLiquidation.map((p) => [p.symbol, p.side, "≈ " + p.notionalApprox, p.markPrice,
+      p.marginType, p.marginRatioBand + " %"]));
     $("position-count").textContent = `${view.positions} open positions.`;
     $("as-of").textContent = `as of sequence ${view.asOfSeq}`;
   }
