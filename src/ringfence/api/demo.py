@@ -264,5 +264,5 @@ async def fund_web_user(exchange: Any, account_id: str) -> dict[str, Any]:
         (created,) = [e for e in await exchange.submit(CreateTransfers(todo)) if isinstance(e, TransfersCreated)]
         applied = len(todo) - len(created.failures)
     given = [f"{amount} {asset} ({segment})" for asset, segment, amount in lines]
-    return {"funded": applied > 0, "transfers": applied,
+    return {"funded": applied > 0, "transfers": applied, "funds": ", ".join(given),  # the dashboard words it per language
             "msg": ("Demo funds added: " if applied else "You already have your demo funds: ") + ", ".join(given) + "."}

@@ -77,7 +77,8 @@ def credential_changed(
     user.withdrawals_locked_until_s = max(user.withdrawals_locked_until_s, now + ctx.settings.identity_withdrawal_lock_s)
     link = freeze_link(ctx, db, user, reason=change)
     params: dict[str, object] = {
-        "change": change.replace("_", " "), "ip": ip or "unknown", "locked_until": user.withdrawals_locked_until_s,
+        "change": change,  # the kind; the e-mail shows its label in the reader's language (mail.EVENT_LABELS)
+        "ip": ip or "unknown", "locked_until": user.withdrawals_locked_until_s,
         "freeze_link": link,
     }
     mail.enqueue(ctx, db, user, "credential_changed", params)

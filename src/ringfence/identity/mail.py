@@ -18,6 +18,7 @@ import smtplib
 import ssl
 import string
 from dataclasses import dataclass
+from typing import Callable
 from email.message import EmailMessage
 
 from sqlalchemy import select
@@ -30,7 +31,7 @@ from ..store.models import OutboxMessage, User
 from .context import IdentityContext
 
 __all__ = ["TEMPLATES", "Template", "compose", "enqueue", "deliver_due", "DeliveryReport", "PARAM_MAX_CHARS",
-           "probe_smtp", "smtp_problem"]
+           "probe_smtp", "smtp_problem", "EVENT_LABELS", "event_label"]
 
 PARAM_MAX_CHARS = 512
 MULTILINE_PARAM_MAX_CHARS = 20_000
@@ -43,6 +44,43 @@ class Template:
     body: str
     sensitive: bool
     multiline_fields: tuple[str, ...] = ()  # body-only fields that may span lines
+    label_fields: tuple[str, ...] = ()  # fields holding a security-event kind: shown as its label, translated
+
+
+#: What each security-event kind (`events.EVENT_KINDS`, the machine identifier kept in the data) is
+#: called in an e-mail's `{change}` and in the security centre's event list, in the reader's language.
+EVENT_LABELS: dict[str, str] = {
+    "password_changed": N_("password changed"),
+    "email_changed": N_("e-mail address changed"),
+    "totp_enabled": N_("authenticator app turned on"),
+    "totp_disabled": N_("authenticator app turned off"),
+    "recovery_codes_regenerated": N_("new recovery codes made"),
+    "passkey_added": N_("passkey added"),
+    "passkey_removed": N_("passkey removed"),
+    "api_key_created": N_("API key created"),
+    "anti_phishing_changed": N_("anti-phishing code changed"),
+    "pgp_key_changed": N_("PGP key changed"),
+    "withdrawal_address_changed": N_("withdrawal address changed"),
+    "signed_up": N_("signed up"),
+    "email_verified": N_("e-mail address confirmed"),
+    "sign_in": N_("signed in"),
+    "new_device_sign_in": N_("sign-in from a new device"),
+    "new_country_sign_in": N_("sign-in from a new country"),
+    "sign_in_failed": N_("failed sign-in"),
+    "second_factor_failed": N_("wrong second-factor code"),
+    "recovery_code_used": N_("recovery code used"),
+    "session_revoked": N_("session ended"),
+    "logout_everywhere": N_("signed out everywhere"),
+    "account_frozen": N_("account frozen"),
+    "account_locked": N_("sign-in locked after failed attempts"),
+    "api_key_revoked": N_("API key revoked"),
+    "second_factor_confirmed": N_("second factor confirmed"),
+}
+
+
+def event_label(kind: str, gettext: Callable[[str], str]) -> str:
+    """The label of a security-event kind through `gettext`; an unknown kind as itself."""
+    return gettext(EVENT_LABELS[kind]) if kind in EVENT_LABELS else kind
 
 
 TEMPLATES: dict[str, Template] = {
@@ -75,6 +113,7 @@ TEMPLATES: dict[str, Template] = {
         "For your protection withdrawals are locked until {locked_until} (Unix time).\n\n"
         "If this wasn't you, freeze your account now with one click:\n{freeze_link}"),
         True,
+        label_fields=("change",),
     ),
     "second_factor_confirm": Template(
         N_("Confirm your new second factor"),
@@ -142,6 +181,8 @@ def compose(ctx: IdentityContext, user: User | None, template: str, params: dict
     # in the user's language (their profile's; English without one): the same placeholders in every
     # catalogue (tests/i18n/test_catalogues.py), so a translation cannot drop the link or the code
     gettext = translations(normalize_locale(getattr(user, "locale", None)) or DEFAULT).gettext
+    labelled = {k: event_label(v, gettext) for k, v in params.items() if k in tpl.label_fields and isinstance(v, str)}
+    params = {**params, **labelled}  # the kind's label in the reader's language; the caller's data keeps the kind
     subject = _render(gettext(tpl.subject), params)
     body = _render(gettext(tpl.body), params, multiline_fields=tpl.multiline_fields)
     code = user.anti_phishing_code if user is not None else None

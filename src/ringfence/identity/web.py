@@ -26,7 +26,7 @@ from markupsafe import Markup
 
 from ..errors import Forbidden, RingfenceError, Unauthorized, ValidationError
 from ..i18n import format_amount, gettext_for, page_context, request_locale
-from . import accounts, api_keys, events, pgp_keys, second_factor, sessions
+from . import accounts, api_keys, events, mail, pgp_keys, second_factor, sessions
 from .context import IdentityContext
 from .security_centre import overview
 
@@ -84,6 +84,7 @@ def _render(name: str, status_code: int = 200, **params: Any) -> HTMLResponse:
     locale = _PAGE_LOCALE.get()
     page = page_context(locale)
     page.update(here=_PAGE_PATH.get(), fmt_number=lambda n: format_amount(str(int(n)), locale))
+    page.update(event_label=lambda kind: mail.event_label(kind, page["_"]))  # a security event's kind, translated
     page.update(params)
     return HTMLResponse(_env.get_template(name).render(**page), status_code=status_code)
 

@@ -21,12 +21,17 @@ _W, _H, _LEFT, _TOP, _BOTTOM, _RIGHT = 720, 280, 56, 16, 36, 120
 _COLOURS = ("#2e7d32", "#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#c62828", "#5d4037", "#455a64")
 
 
+def _english(message: str, **params: Any) -> str:
+    return message % params if params else message
+
+
 def _pct(bp: int) -> str:
     return f"{bp // 100}.{bp % 100:02d}%"
 
 
-def coverage_chart_svg(proofs: Sequence[Mapping[str, Any]]) -> str:
-    """Coverage (reserves / liabilities) per asset, one line each, over the newest proofs."""
+def coverage_chart_svg(proofs: Sequence[Mapping[str, Any]], _: Callable[..., str] | None = None) -> str:
+    """Coverage (reserves / liabilities) per asset, one line each, over the newest proofs (`_` translates)."""
+    _ = _ or _english
     points = list(proofs)[-MAX_POINTS:]
     series: dict[str, list[tuple[int, int, Mapping[str, Any]]]] = {}
     for i, proof in enumerate(points):
@@ -34,8 +39,8 @@ def coverage_chart_svg(proofs: Sequence[Mapping[str, Any]]) -> str:
             if row.get("coverage_bp") is not None:
                 series.setdefault(row["asset"], []).append((i, int(row["coverage_bp"]), proof))
     if not series:
-        return ('<p id="coverage-chart-empty">No reserve evidence in any kept proof yet: coverage over time '
-                'cannot be drawn (liabilities are proven; reserves are not).</p>')
+        return ('<p id="coverage-chart-empty">' + html.escape(_("No reserve evidence in any kept proof yet: coverage over time "
+                                                               "cannot be drawn (liabilities are proven; reserves are not).")) + "</p>")
     top_bp = max(10_000, max(bp for s in series.values() for _, bp, _ in s))
     top_bp = -(-top_bp * 11 // 10 // 1000) * 1000  # headroom, rounded up to 10 %
     plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
@@ -49,16 +54,17 @@ def coverage_chart_svg(proofs: Sequence[Mapping[str, Any]]) -> str:
 
     parts = [f'<svg id="coverage-chart" xmlns="http://www.w3.org/2000/svg" role="img" width="{_W}" height="{_H}" '
              f'viewBox="0 0 {_W} {_H}" font-family="sans-serif" font-size="11" '
-             'aria-label="coverage per asset over time">',
+             'aria-label="' + html.escape(_("coverage per asset over time")) + '">',
              f'<rect x="{_LEFT}" y="{_TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#ccc"/>']
     for k in range(0, 5):
         bp = top_bp * k // 4
         parts.append(f'<line x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{y(bp)}" y2="{y(bp)}" stroke="#eee"/>'
                      f'<text x="{_LEFT - 6}" y="{y(bp) + 4}" text-anchor="end">{_pct(bp)}</text>')
     parts.append(f'<line class="full-coverage" x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{y(10_000)}" y2="{y(10_000)}" '
-                 'stroke="#c62828" stroke-dasharray="4 3"><title>100 % coverage</title></line>')
-    parts.append(f'<text x="{_LEFT}" y="{_H - 8}">proof #{html.escape(str(points[0]["n"]))}</text>'
-                 f'<text x="{_LEFT + plot_w}" y="{_H - 8}" text-anchor="end">proof #{html.escape(str(points[-1]["n"]))}</text>')
+                 'stroke="#c62828" stroke-dasharray="4 3"><title>' + html.escape(_("full coverage: reserves equal liabilities")) + '</title></line>')
+    first, last = (html.escape(_("proof #%(n)s", n=p["n"])) for p in (points[0], points[-1]))
+    parts.append(f'<text x="{_LEFT}" y="{_H - 8}">{first}</text>'
+                 f'<text x="{_LEFT + plot_w}" y="{_H - 8}" text-anchor="end">{last}</text>')
     for k, (asset, pts) in enumerate(sorted(series.items())):
         colour = _COLOURS[k % len(_COLOURS)]
         name = html.escape(asset)
@@ -67,8 +73,9 @@ def coverage_chart_svg(proofs: Sequence[Mapping[str, Any]]) -> str:
                      f'stroke-width="2" points="{coords}"/>')
         for i, bp, proof in pts:
             parts.append(f'<circle class="coverage-point" data-asset="{name}" data-n="{proof["n"]}" cx="{x(i)}" '
-                         f'cy="{y(bp)}" r="3" fill="{colour}"><title>{name} proof #{proof["n"]} '
-                         f'({html.escape(proof["published_at"])}): {_pct(bp)}</title></circle>')
+                         f'cy="{y(bp)}" r="3" fill="{colour}"><title>' + html.escape(_(
+                             "%(asset)s proof #%(n)s (%(time)s): %(coverage)s", asset=asset, n=proof["n"],
+                             time=proof["published_at"], coverage=_pct(bp))) + '</title></circle>')
         ly = _TOP + 14 + 16 * k
         parts.append(f'<rect x="{_W - _RIGHT + 12}" y="{ly - 9}" width="10" height="10" fill="{colour}"/>'
                      f'<text class="legend" x="{_W - _RIGHT + 28}" y="{ly}">{name} {_pct(pts[-1][1])}</text>')
@@ -83,10 +90,6 @@ def _cell(row: Mapping[str, Any], _: Callable[..., str]) -> str:
 
 
 COVERAGE_OF = N_("%(asset)s coverage")
-
-
-def _english(message: str, **params: Any) -> str:
-    return message % params if params else message
 
 
 def render_por_page(history: Mapping[str, Any], latest: Mapping[str, Any], settings: Mapping[str, Any],
@@ -146,9 +149,9 @@ table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padd
 <p id="schedule">{schedule_text}</p>
 {evidence}
 <h2>{t[3]}</h2>
-{coverage_chart_svg(proofs)}
+{coverage_chart_svg(proofs, _)}
 <p>{t[4]}</p>
-{render_shield(latest.get('shield'))}
+{render_shield(latest.get('shield'), _)}
 <h2>{t[5]}</h2>
 <table id="history"><thead><tr><th>#</th><th>{t[6]}</th><th>{t[7]}</th><th>{t[8]}</th>
 {''.join(f'<th>{esc(_(COVERAGE_OF, asset=a))}</th>' for a in assets)}<th>{t[9]}</th><th>{t[10]}</th></tr></thead>

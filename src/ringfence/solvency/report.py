@@ -12,7 +12,7 @@ and formatted with the asset's decimals on the page; the page loads nothing from
 from __future__ import annotations
 
 import html
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..money import format_amount
 from .reserves import ReservesResult
@@ -159,28 +159,40 @@ shield fund is shown on its own line and is not a user liability.</p>
 """
 
 
-def render_shield(shield: Mapping[str, Any] | None) -> str:
-    """The shield fund section: accrued in the ledger, in the on-chain vault, due, and CoinEx's rule."""
+def _english(message: str, **params: Any) -> str:
+    return message % params if params else message
+
+
+def render_shield(shield: Mapping[str, Any] | None, _: Callable[..., str] = _english) -> str:
+    """The shield fund section: accrued in the ledger, in the on-chain vault, due, and CoinEx's rule.
+
+    `_` translates (`ringfence.i18n.gettext_for`, the `/por` page); English by default (report.html)."""
     if not shield:
         return ""
     esc = html.escape
+    alert = esc(_("ALERT:"))
     if not shield["applicable"]:
-        verdict = '<p id="shield-rule" class="rule-na">Shield rule: not applicable (no hot or shield wallet is registered).</p>'
+        verdict = '<p id="shield-rule" class="rule-na">' + esc(_("Shield rule: not applicable (no hot or shield wallet is registered).")) + "</p>"
     elif shield["ok"] is True:
-        verdict = (f'<p id="shield-rule" class="rule-ok">Shield rule holds: shield fund {esc(shield["shield_value_minor"])} '
-                   f'&ge; hot wallets {esc(shield["hot_value_minor"])} ({esc(shield["value_asset"])} minor units).</p>')
+        verdict = ('<p id="shield-rule" class="rule-ok">' + esc(_(
+            "Shield rule holds: shield fund %(shield)s ≥ hot wallets %(hot)s (%(asset)s minor units).",
+            shield=shield["shield_value_minor"], hot=shield["hot_value_minor"], asset=shield["value_asset"])) + "</p>")
     elif shield["ok"] is False:
-        verdict = (f'<p id="shield-rule" class="rule-alert"><strong>ALERT:</strong> shield fund {esc(shield["shield_value_minor"])} '
-                   f'&lt; hot wallets {esc(shield["hot_value_minor"])} ({esc(shield["value_asset"])} minor units).</p>')
+        verdict = (f'<p id="shield-rule" class="rule-alert"><strong>{alert}</strong> ' + esc(_(
+            "shield fund %(shield)s < hot wallets %(hot)s (%(asset)s minor units).",
+            shield=shield["shield_value_minor"], hot=shield["hot_value_minor"], asset=shield["value_asset"])) + "</p>")
     else:
-        verdict = (f'<p id="shield-rule" class="rule-alert"><strong>ALERT:</strong> the shield rule cannot be checked: no '
-                   f'{esc(shield["value_asset"])} price for {esc(", ".join(shield["unpriced"]))}.</p>')
+        verdict = (f'<p id="shield-rule" class="rule-alert"><strong>{alert}</strong> ' + esc(_(
+            "the shield rule cannot be checked: no %(asset)s price for %(unpriced)s.",
+            asset=shield["value_asset"], unpriced=", ".join(shield["unpriced"]))) + "</p>")
     rows = "".join(
         f"<tr><td>{esc(r['asset'])}</td>"
         + "".join(f"<td class=num>{esc(format_amount(int(r[k]), r['decimals'], trim=True))}</td>"
                   for k in ("accrued_minor", "vault_minor", "in_flight_minor", "due_minor", "hot_minor"))
         + "</tr>"
         for r in shield["assets"])
-    return (f"<h2>Shield fund</h2>{verdict}<table id=\"shield\"><thead><tr><th>asset</th><th>accrued (ledger)</th>"
-            "<th>in the vault (on chain)</th><th>sweep in flight</th><th>due to sweep</th><th>hot wallets</th></tr></thead>"
+    heads = "".join(f"<th>{esc(h)}</th>" for h in (
+        _("asset"), _("accrued (ledger)"), _("in the vault (on chain)"), _("sweep in flight"), _("due to sweep"), _("hot wallets")))
+    title = esc(_("Shield fund"))
+    return (f"<h2>{title}</h2>{verdict}<table id=\"shield\"><thead><tr>{heads}</tr></thead>"
             f"<tbody>{rows}</tbody></table>")

@@ -450,7 +450,8 @@ async function signOut(ev) {
 async function getDemoFunds() {
   try {
     const r = await api("POST", "/demoFunds", {}, true);
-    status(r.msg, false);
+    // the answer's `msg` is English (the API's text); the page says it in its own language
+    status(r.funded ? _("Demo funds added: %(funds)s.", { funds: r.funds }) : _("You already have your demo funds: %(funds)s.", { funds: r.funds }), false);
   } catch (e) {
     status(e.message, true);
   }
