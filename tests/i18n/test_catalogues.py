@@ -22,7 +22,7 @@ from babel.messages.pofile import read_po
 from babel.numbers import get_decimal_symbol, parse_decimal
 from hypothesis import given, settings, strategies as st
 
-from ringfence.i18n import LOCALES, format_amount, format_fiat, js_catalogue, locale_dir, negotiate, normalize_locale, placeholders
+from ringfence.i18n import LOCALES, format_amount, gettext_for, format_fiat, js_catalogue, locale_dir, negotiate, normalize_locale, placeholders
 from ringfence.i18n.fiat import RATE_DECIMALS, FiatRates, currencies, format_rate, minor_units, parse_rate
 from ringfence.errors import ValidationError
 
@@ -170,8 +170,12 @@ def test_the_proof_page_in_german_and_arabic():
              "shield_ok": True, "shield_alert": False, "reserves_proven": False, "reserves_note": "no chains"}
     doc = {"proofs": [proof], "every_s": 30, "reserve_sources": []}
 
+    shield = {"applicable": True, "ok": True, "shield_value_minor": "700", "hot_value_minor": "500", "value_asset": "USDT", "unpriced": [],
+              "assets": [{"asset": "BTC", "decimals": 8, "accrued_minor": "1", "vault_minor": "2", "in_flight_minor": "0", "due_minor": "0",
+                          "hot_minor": "3"}]}
+
     def page(code: str) -> str:
-        return render_por_page(doc, {}, doc, gettext_for(code), code, direction(code), lambda n: format_amount(str(n), code),
+        return render_por_page(doc, {"shield": shield}, doc, gettext_for(code), code, direction(code), lambda n: format_amount(str(n), code),
                                lambda iso: format_iso_time(iso, code))
 
     de = page("de")
@@ -179,4 +183,21 @@ def test_the_proof_page_in_german_and_arabic():
     assert "veröffentlicht 04.12.2026, 16:00:37 UTC" in de and "1.234 Konten" in de and "Deckung BTC" in de
     ar = page("ar")
     assert '<html lang="ar" dir="rtl">' in ar and "إثبات الملاءة" in ar and "لا يوجد دليل على الاحتياطيات." in ar
-    assert "<h1>Proof of solvency</h1>" in render_por_page(doc, {}, doc)  # English without a translator
+    # the shield-fund table and the chart's labels are translated too (they were English in the first pass)
+    assert "<h2>Schutzfonds</h2>" in de and "<th>angesammelt (Hauptbuch)</th>" in de and "<th>Hot Wallets</th>" in de
+    assert "Die Regel des Schutzfonds ist erfüllt: Schutzfonds 700 ≥ Hot Wallets 500" in de
+    assert ">Nachweis #7</text>" in de and "<title>BTC Nachweis #7 (2026-12-04T16:00:37Z): 105.12%</title>" in de
+    assert 'aria-label="Deckung je Asset im Zeitverlauf"' in de and "volle Deckung" in de
+    assert "<h2>صندوق الحماية</h2>" in ar and "الإثبات رقم 7" in ar
+    english = render_por_page(doc, {"shield": shield}, doc)
+    assert "<h1>Proof of solvency</h1>" in english  # English without a translator
+    assert "<h2>Shield fund</h2>" in english and "Shield rule holds: shield fund 700 ≥ hot wallets 500 (USDT minor units)." in english
+
+
+def test_every_security_event_kind_has_a_translated_label():
+    from ringfence.identity.events import EVENT_KINDS
+    from ringfence.identity.mail import EVENT_LABELS, event_label
+
+    assert set(EVENT_LABELS) == EVENT_KINDS  # a new kind needs its label (shown in e-mails and the security centre)
+    de = gettext_for("de")
+    assert event_label("anti_phishing_changed", de) == "Anti-Phishing-Code geändert" and event_label("unknown_kind", de) == "unknown_kind"

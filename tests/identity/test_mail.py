@@ -60,8 +60,9 @@ def test_delivery_over_real_smtp_with_anti_phishing_code(ctx, clock, smtp):
     report = mail.deliver_due(ctx)
     assert report.sent == len(outbox(ctx)) >= 3 and report.failed == 0
     assert len(smtp.messages) == report.sent
-    last = smtp.messages[-1][2]
-    assert "Subject: [Blue-Otter_7]" in last and "Anti-phishing code: Blue-Otter_7" in last
+    last = email.message_from_string(smtp.messages[-1][2], policy=email.policy.default)  # a long subject is folded
+    assert last["Subject"].strip() == "[Blue-Otter_7] Security change on your account: anti-phishing code changed", last["Subject"]
+    assert last.get_content().startswith("Anti-phishing code: Blue-Otter_7")
     assert smtp.messages[-1][1] == ["alice@example.com"]
     assert all(m.status == "sent" for m in outbox(ctx))
     assert mail.deliver_due(ctx).sent == 0  # nothing is sent twice
@@ -188,6 +189,13 @@ def test_mail_goes_out_in_the_users_language_with_the_code(ctx, clock, smtp):
     assert subject == "[Rhein-Otter_9] Bestätigen Sie Ihre Auszahlung"
     assert body.splitlines()[0] == "Anti-Phishing-Code: Rhein-Otter_9"
     assert "Auszahlung von 0.5 BTC an bc1qxyz.\nBestätigen: https://x/c?t=1" in body
+    # a security change names its kind in the reader's language; the caller's data keeps the machine identifier
+    params = {"change": "anti_phishing_changed", "ip": "198.51.100.9", "locked_until": 1, "freeze_link": "https://x/f?t=1"}
+    subject, body, _ = mail.compose(ctx, user, "credential_changed", params)
+    assert subject == "[Rhein-Otter_9] Sicherheitsänderung an Ihrem Konto: Anti-Phishing-Code geändert", subject
+    assert "Anti-Phishing-Code geändert" in body and "anti_phishing_changed" not in body and params["change"] == "anti_phishing_changed"
+    english = User(id=2, account_id="u_en", email="e@example.com", password_hash="x", created_at_s=0, anti_phishing_code="Okapi-99")
+    assert mail.compose(ctx, english, "credential_changed", params)[0] == "[Okapi-99] Security change on your account: anti-phishing code changed"
     # delivered over real SMTP as UTF-8, umlauts intact
     assert mail.deliver_due(ctx).sent == 1
     sent = smtp.messages[-1][2]
