@@ -201,3 +201,17 @@ def test_every_security_event_kind_has_a_translated_label():
     assert set(EVENT_LABELS) == EVENT_KINDS  # a new kind needs its label (shown in e-mails and the security centre)
     de = gettext_for("de")
     assert event_label("anti_phishing_changed", de) == "Anti-Phishing-Code geändert" and event_label("unknown_kind", de) == "unknown_kind"
+
+
+def test_the_risk_page_has_the_selector_and_speaks_the_language():
+    from ringfence.i18n import page_context
+    from ringfence.web.pages import _env, fiat_choices
+
+    def page(code: str) -> str:
+        return _env.get_template("risk.html").render(**page_context(code), here="/risk", fiat="EUR", fiat_choices=fiat_choices(code))
+
+    de, ar = page("de"), page("ar")
+    assert '<html lang="de" dir="ltr">' in de and '<meta name="rf-locale" content="de">' in de and 'id="lang-select"' in de
+    assert "<h2>Versicherungsfonds je Segment</h2>" in de and "<th>Margin-Quote</th>" in de and 'name="next" value="/risk"' in de
+    assert '<html lang="ar" dir="rtl">' in ar and "<h2>صناديق التأمين لكل قطاع</h2>" in ar
+    assert "<h2>Insurance funds per segment</h2>" in page("en") and '<script src="/dashboard/i18n.js"></script>' in de

@@ -546,9 +546,11 @@ def create_app(
         return FileResponse(static_dir / name, headers=_page_headers(request))
 
     @app.get("/risk", include_in_schema=False)
-    async def risk_page(request: Request) -> FileResponse:
+    async def risk_page(request: Request) -> Response:
         """Insurance funds, open interest, funding and the positions nearest liquidation (/v1/risk)."""
-        return FileResponse(static_dir / "risk.html", headers=_page_headers(request))
+        from ..web.pages import render_page  # in the visitor's language, with the selector (docs/i18n.md)
+
+        return HTMLResponse(await render_page(request, "risk.html"), headers=_page_headers(request))
 
     vendor_dir = Path(str(resources.files("ringfence.web") / "static" / "vendor"))
     vendored = {"lightweight-charts.js": ("lightweight-charts.standalone.production.js", "application/javascript"),

@@ -1,6 +1,7 @@
 // The risk page: GET /v1/risk every 2 s (public; no owners), and a funding countdown every second.
 "use strict";
-(() => {
+(async () => {
+  const { _ } = window.rfI18n;  // the page's language (docs/i18n.md); the numbers stay as the API writes them
   let view = null;
   const $ = (id) => document.getElementById(id);
 
@@ -43,8 +44,8 @@
       percent(m.lastFundingRate), countdown(m.nextFundingTime)]));
     fill("near-liquidation", view.nearLiquidation.map((p) => [p.symbol, p.side, "≈ " + p.notionalApprox, p.markPrice,
       p.marginType, p.marginRatioBand + " %"]));
-    $("position-count").textContent = `${view.positions} open positions.`;
-    $("as-of").textContent = `as of sequence ${view.asOfSeq}`;
+    $("position-count").textContent = _("%(n)s open positions.", { n: view.positions });
+    $("as-of").textContent = _("as of sequence %(seq)s", { seq: view.asOfSeq });
   }
 
   async function load() {
@@ -55,11 +56,12 @@
       $("risk-error").hidden = true;
       render();
     } catch (err) {
-      $("risk-error").textContent = `Could not load the risk view: ${err.message}`;
+      $("risk-error").textContent = _("Could not load the risk view: %(error)s", { error: err.message });
       $("risk-error").hidden = false;
     }
   }
 
+  await window.rfI18n.ready;  // the catalogue first: everything below draws text
   load();
   setInterval(load, 2000);
   setInterval(render, 1000);
