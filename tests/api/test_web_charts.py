@@ -292,7 +292,7 @@ def languages_and_fiat(server, page, base: str, totp) -> None:
     i18n_shot("4-security-centre-de")
     mail = poll("the German security mail", lambda: (page.goto(base + "/dev/mail") or True) and (
         m := page.locator('section.mail[data-to="charts@example.com"]').filter(has_text="[Rhein-Otter_7]")).count() and m.first, every_s=0.5)
-    expect(mail.locator(".mail-subject")).to_contain_text("[Rhein-Otter_7] Sicherheitsänderung an Ihrem Konto: ")
+    expect(mail.locator(".mail-subject")).to_contain_text("[Rhein-Otter_7] Sicherheitsänderung an Ihrem Konto: Anti-Phishing-Code geändert")
     expect(mail.locator(".mail-body")).to_contain_text("Anti-Phishing-Code: Rhein-Otter_7")
     expect(mail.locator(".mail-body")).to_contain_text("frieren Sie Ihr Konto jetzt mit einem Klick ein")
     i18n_shot("5-mail-de")
