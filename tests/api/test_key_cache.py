@@ -88,7 +88,7 @@ def user(server):
     assert r.status_code in (200, 303), r.text
     page = b.request("GET", "/security").text
     setup = b.request("POST", "/security/totp/begin", data={"csrf_token": csrf_of(page)}).text
-    totp = pyotp.TOTP(re.search(r'id="totp-secret">([A-Z2-7]+)<', setup).group(1))
+    totp = pyotp.TOTP(re.search(r'id="totp-secret"[^>]*>([A-Z2-7]+)<', setup).group(1))
     r = b.request("POST", "/security/totp/confirm", data={"csrf_token": csrf_of(setup), "code": totp.now()})
     assert r.status_code == 200, r.text
     token = parse_qs(urlsplit(mailed_link(b, email, "/security/confirm-factor")).query)["token"][0]  # the first factor counts once confirmed

@@ -80,7 +80,9 @@ def test_forged_and_replayed_quotes_over_http_are_refused(demo: Server) -> None:
     v = httpx.get(demo.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
     seq = max(s["seq"] for s in v["sources"]) + 10_000
     forger = FeedSigner("sim1", Ed25519PrivateKey.generate(), {"BTCUSDT": seq})
-    q = forger.quote("BTCUSDT", 1_000 * 10**6, time.time_ns())
+    # stamped ahead of the live feed, which keeps quoting meanwhile: the forged signature (checked last)
+    # must be what refuses it, not an order check against a feed quote accepted a moment later
+    q = forger.quote("BTCUSDT", 1_000 * 10**6, time.time_ns() + 5 * 10**9)
     form = {"venue": q.venue, "symbol": q.symbol, "price_minor": str(q.price_minor), "source_ts_ns": str(q.source_ts_ns),
             "seq": str(q.seq), "signature": q.signature_hex}
     r = httpx.post(demo.base + "/v1/index/quote", data=form)

@@ -183,7 +183,7 @@ def reshare_subject(key_id: str, generation: int, signers: list[list[Any]], thre
 class ReshareSignersSigned(Command, tag="custody.keys.reshare/1", frozen=True):
     key_id: str
     generation: int  # the generation this decision replaces (signer_set's first item)
-    signers: list[list[Any]]  # [[identifier, sha256 fingerprint of its TLS certificate], ...]
+    signers: list[list[int | str]]  # [[identifier, sha256 fingerprint of its TLS certificate], ...]
     threshold: int
     reason: str
     approvals: list[StaffSignature]
