@@ -71,7 +71,8 @@ class LinkGraph:
         self.trade_events: dict[tuple[str, str], list[int]] = {}
         self.trades: collections.Counter[tuple[str, str]] = collections.Counter()
         self.accounts: set[str] = set()
-        self.liquidity_trades = 0  # trades against a liquidity account (no link)
+        self.trades_seen = 0  # trades between two accounts
+        self.liquidity_trades = 0  # of which against a liquidity account (no link)
 
     def add(self, e: Event) -> None:
         if not e.account_id:
@@ -94,6 +95,7 @@ class LinkGraph:
                         ids.append(e.id)
         maker = e.data.get("maker_owner")
         if e.kind == "trade" and isinstance(maker, str) and maker and maker != e.account_id:
+            self.trades_seen += 1
             if maker in self.config.liquidity_accounts or e.account_id in self.config.liquidity_accounts:
                 self.liquidity_trades += 1  # every customer trades with the market maker: no link
                 return
