@@ -133,10 +133,26 @@ def test_failed_sign_ins_raise_an_alert_that_an_analyst_works_to_a_close(server,
     again = admin(server, "POST", path + "/actions", {"action": "pause_withdrawals", "reason": "guessing", "decision": token})
     assert again.status_code == 409, again.text
 
+    # a suspicious-activity report: the analyst's signed decision over its narrative, exported as a JSON document
+    assert admin(server, "GET", path + "/report").status_code == 404  # none filed yet
+    narrative = "five wrong passwords from one client within seconds"
+    sar = format_approval(cy.sign("monitoring.report", [case_id, "bob", narrative], expires))
+    filed = admin(server, "POST", path + "/actions", {"action": "report", "reason": narrative, "decision": sar})
+    assert filed.status_code == 200 and filed.json()["accepted"] == "case.report", filed.text
+    report = admin(server, "GET", path + "/report").json()["report"]
+    assert report["format"] == "ringfence-suspicious-activity-report/1" and report["subject"] == {"account_id": "bob"}
+    [entry] = report["reports"]
+    assert entry["filed_by"] == "cy" and entry["narrative"] == narrative and entry["signed_decision"] == sar
+    assert entry["signed_subject"] == [case_id, "bob", narrative]
+    assert [a["rule"] for a in report["alerts"]] == ["failed-sign-ins"] and len(report["alerts"][0]["evidence"]) == 5
+    assert admin(server, "GET", path + "/report", staff="ada").status_code == 403  # customer data: analysts only
+    out = ringfence("monitoring", "report", str(case_id), "--key", f"{server.data / 'demo-staff.json'}#cy", "--url", server.base)
+    assert out.returncode == 0 and json.loads(out.stdout)["reports"][0]["signed_decision"] == sar, out.output
+
     assert admin(server, "POST", path + "/close", {"reason": "maybe", "note": "x"}).json()["field"] == "reason"
     closed = admin(server, "POST", path + "/close", {"reason": "resolved", "note": "user reset the password"}).json()
     assert closed["status"] == "closed" and closed["closed_reason"].startswith("resolved")
-    assert [a["action"] for a in closed["actions"]] == ["assign", "note", "escalate", "pause_withdrawals", "close"]
+    assert [a["action"] for a in closed["actions"]] == ["assign", "note", "escalate", "pause_withdrawals", "report", "close"]
     assert admin(server, "POST", path + "/note", {"note": "late"}).status_code == 409
 
 
@@ -190,24 +206,65 @@ def test_a_self_trade_through_the_api_is_flagged_as_wash_trading(server) -> None
     assert status["events_scored"] > 0 and status["outbox"]["dropped"] == 0
 
 
+def _order(server: Server, who: str, params: dict) -> dict:
+    k = server.keys[who]
+    r = httpx.post(server.base + "/api/v3/order", content=_signed(k["api_secret"], {"symbol": "BTCUSDT", **params}),
+                   headers={"X-MBX-APIKEY": k["api_key"], "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _links_checked(server: Server, trades: int) -> dict:
+    """The worker's status once its link graph has seen `trades` trades and its cluster check after
+    them has stored its alerts."""
+    def done() -> dict | None:
+        status = admin(server, "GET", "/admin/v1/monitoring").json()
+        linking = status["linking"]
+        return status if linking["trades"] >= trades and not linking["pending"] else None
+
+    return poll(done, "the cluster check after the trades")  # type: ignore[no-any-return]
+
+
+def test_trading_with_the_market_maker_from_one_address_links_nobody(server) -> None:
+    """alice and bob each buy from the demo market maker, both from 127.0.0.1: no linked-cluster alert
+    (a loopback or private address links nobody, and neither does trading with the market maker)."""
+    before = admin(server, "GET", "/admin/v1/monitoring").json()["linking"]
+    assert before["liquidity_accounts"] == ["mm"], before
+    for who in ("alice", "bob"):
+        assert _order(server, who, {"side": "BUY", "type": "MARKET", "quantity": "0.0010"})["fills"]
+    after = _links_checked(server, before["trades"] + 2)["linking"]
+    assert after["liquidity_trades"] == before["liquidity_trades"] + 2, after  # both were against the market maker
+    assert admin(server, "GET", "/admin/v1/alerts?rule=linked-cluster").json()["alerts"] == []
+    for who in ("alice", "bob"):
+        cluster = admin(server, "GET", f"/admin/v1/links?account_id={who}").json()["cluster"]
+        assert cluster is None or "mm" not in cluster["members"], cluster
+
+
 def test_two_linked_accounts_trading_with_each_other_raise_wash_trade_and_a_flagged_cluster(server) -> None:
-    """bob sells, alice buys from him; both call the API from this test (one address, one client)."""
-    price = _inside_spread(server)
-    for who, side in (("bob", "SELL"), ("alice", "BUY")):
-        k = server.keys[who]
-        body = _signed(k["api_secret"], {"symbol": "BTCUSDT", "side": side, "type": "LIMIT", "timeInForce": "GTC",
-                                         "price": price, "quantity": "0.0010", "selfTradePreventionMode": "NONE"})
-        r = httpx.post(server.base + "/api/v3/order", content=body,
-                       headers={"X-MBX-APIKEY": k["api_key"], "Content-Type": "application/x-www-form-urlencoded"})
-        assert r.status_code == 200, r.text
-    assert r.json()["fills"], r.json()
+    """bob sells, alice buys from him; both call the API from this test (one client: the same device)."""
+    def trade() -> None:
+        price = _inside_spread(server)
+        for who, side in (("bob", "SELL"), ("alice", "BUY")):
+            out = _order(server, who, {"side": side, "type": "LIMIT", "timeInForce": "GTC", "price": price, "quantity": "0.0010",
+                                       "selfTradePreventionMode": "NONE"})
+        assert out["fills"], out
 
     def raised() -> list[dict]:
         alerts = admin(server, "GET", "/admin/v1/alerts?rule=linked-cluster").json()["alerts"]
         return [a for a in alerts if "traded with each other" in a["explanation"]]
 
+    trade()
     [alert] = poll(raised, "the linked-cluster alert")
     assert "alice" in alert["explanation"] and "bob" in alert["explanation"] and alert["severity"] == "high"
+    cluster = admin(server, "GET", "/admin/v1/links?account_id=bob").json()["cluster"]
+    assert alert["evidence"] and set(alert["evidence"]) <= set(cluster["evidence"]), (alert, cluster)  # the links' event ids
+    # another trade inside the same cluster: no new alert (raised once per cluster, again only if it grows)
+    trade()
+    checked = admin(server, "GET", "/admin/v1/monitoring").json()["linking"]
+    poll(lambda: admin(server, "GET", "/admin/v1/links?account_id=bob").json()["cluster"]["internal_trades"] != cluster["internal_trades"],
+         "the second trade linked")
+    _links_checked(server, checked["trades"])
+    assert len(admin(server, "GET", "/admin/v1/alerts?rule=linked-cluster").json()["alerts"]) == 1
     wash = poll(lambda: [a for a in admin(server, "GET", "/admin/v1/alerts?rule=wash-trade").json()["alerts"]
                          if "linked accounts" in a["explanation"]], "the linked wash-trade alert")
     assert "shared device=python-httpx" in wash[0]["explanation"], wash
@@ -284,6 +341,10 @@ def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
         expect(page.locator("#status")).to_contain_text("accepted (case.assign)")
         expect(page.locator(f'#cases tr[data-case="{case_id}"]')).to_contain_text("ben")
         case_row = page.locator(f'#cases tr[data-case="{case_id}"]')
+        case_row.locator(".case-note").fill("alice bought her own offer")  # the narrative of a signed report
+        case_row.locator(".case-report").click()
+        expect(page.locator("#status")).to_contain_text("accepted (case.report)")
+        case_row = page.locator(f'#cases tr[data-case="{case_id}"]')
         case_row.locator(".case-note").fill("own orders crossed")
         case_row.locator(".case-freeze-account").click()
         expect(page.locator("#status")).to_contain_text("accepted (case.freeze_account)")
@@ -291,6 +352,7 @@ def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
         assert not errors, errors
     detail = admin(server, "GET", f"/admin/v1/cases/{case_id}").json()
     assert detail["actions"][-1]["action"] == "freeze_account" and detail["actions"][-1]["staff_id"] == "ben"
+    assert detail["actions"][-2]["action"] == "report" and detail["actions"][-2]["detail"] == "alice bought her own offer"
     # the freeze is real: alice's API key no longer works
     alice = server.keys["alice"]
     r = httpx.get(server.base + "/api/v3/account?" + _signed(alice["api_secret"], {}), headers={"X-MBX-APIKEY": alice["api_key"]})
@@ -361,6 +423,22 @@ def test_a_new_device_then_an_api_key_in_the_browser_raises_the_sequence_alert(s
     case = admin(server, "GET", f"/admin/v1/cases/{alert['case_id']}").json()
     assert case["account_id"] == alert["account_id"] and case["status"] == "open"
 
+    # the analyst requires a second-factor reset (signed): the authenticator app is gone, the user signs in with
+    # the password alone and must enrol a factor again (a first factor: confirmed from the e-mail) before anything sensitive
+    cy = read_key_file(server.data / "demo-staff.json", "cy")
+    reason = "new device then an API key"
+    subject = [alert["case_id"], alert["account_id"], reason]
+    token = format_approval(cy.sign("monitoring.require_2fa_reset", subject, time.time_ns() + 600 * 10**9))
+    r = admin(server, "POST", f"/admin/v1/cases/{alert['case_id']}/actions",
+              {"action": "require_2fa_reset", "reason": reason, "decision": token})
+    assert r.status_code == 200 and r.json()["actions"][-1]["action"] == "require_2fa_reset", r.text
+    signed_in = httpx.post(web + "/login", data={"email": "victim@example.com", "password": PASSWORD},
+                           headers={"Origin": web, "User-Agent": "HomeLaptop/1.0"})
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/security", signed_in.headers  # no /login/2fa
+    [cookie] = [c.split(";", 1)[0] for c in signed_in.headers.get_list("set-cookie") if c.startswith("__Host-rf_session=")]
+    page_html = httpx.get(web + "/security", headers={"Cookie": cookie, "User-Agent": "HomeLaptop/1.0"}).text
+    assert 'id="totp-status" data-state="off"' in page_html and "second_factor_reset" in page_html
+
 
 def test_deidentified_export_of_the_live_stream(server, bob_guessed, tmp_path) -> None:
     poll(lambda: alerts_for(server, "failed-sign-ins", "bob"), "events to export")
@@ -394,7 +472,12 @@ def test_linked_accounts_from_the_live_stream(server, bob_guessed) -> None:
         return c if c and "alice" in c["members"] else None
 
     cluster = poll(linked, "alice and bob linked")
-    assert any(link["attribute"] == "ip" and link["value"] == "127.0.0.1" for link in cluster["links"]), cluster
+    assert any(link["attribute"] == "device" and link["value"].startswith("python-httpx") for link in cluster["links"]), cluster
+    # 127.0.0.1 links nobody: the user who signed up in the browser (same address) joins only through a device it
+    # shares (the takeover test's "Mallory/6.6" client was used on alice's key and on that user's account)
+    assert not any(link["attribute"] == "ip" for link in cluster["links"]), cluster
+    for other in set(cluster["members"]) - {"alice", "bob"}:
+        assert any(other in link["accounts"] and link["value"] == "Mallory/6.6" for link in cluster["links"]), cluster
 
 
 

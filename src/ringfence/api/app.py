@@ -234,8 +234,12 @@ def create_app(
         from ..monitoring.service import Monitor, load_rules
         from ..monitoring.stream import engine_subscriber
 
+        from .demo import MARKET_MAKER
+
         monitor = Monitor(identity_ctx.store, exchange, load_rules(monitoring_rules), poll_ms=monitoring_poll_ms,
-                          geoip=monitoring_geoip)
+                          geoip=monitoring_geoip, identity=identity_ctx,
+                          # the demo's market maker: every demo trade is against it, which links nobody
+                          liquidity_accounts=(MARKET_MAKER,) if getattr(identity_ctx, "demo", False) else ())
         exchange.batch_subscribers.append(engine_subscriber(exchange, monitor.outbox))
     hub = StreamHub(exchange, gate.listen_keys)
     hub.fanout_seconds = Histogram("ringfence_ws_fanout_seconds", "Time to write one market-data message to all its subscribers",

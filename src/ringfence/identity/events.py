@@ -37,7 +37,7 @@ __all__ = [
 CREDENTIAL_CHANGES = frozenset(
     {"password_changed", "email_changed", "totp_enabled", "totp_disabled", "recovery_codes_regenerated",
      "passkey_added", "passkey_removed", "api_key_created", "anti_phishing_changed",
-     "pgp_key_changed", "withdrawal_address_changed"}
+     "pgp_key_changed", "withdrawal_address_changed", "second_factor_reset"}
 )
 EVENT_KINDS = CREDENTIAL_CHANGES | {
     "signed_up", "email_verified", "sign_in", "new_device_sign_in", "new_country_sign_in", "sign_in_failed",

@@ -15,6 +15,10 @@ Invariants:
   step-up, trading, API keys) only after the single-use, expiring link mailed to the account's
   address (with the anti-phishing code and the freeze link) is confirmed (`confirm_first_factor`).
   Someone holding only a stolen password can enrol a factor but never make it count.
+- Staff can require a second-factor reset (`require_reset`, a monitoring analyst's signed decision):
+  every factor, recovery code and session goes; the user signs in with the password and must enrol
+  a factor again, which is then a FIRST factor (confirmed from the account's e-mail) before any
+  sensitive action (trading in the browser, API keys, withdrawals) is allowed.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ __all__ = [
     "complete_login",
     "step_up",
     "confirm_first_factor",
+    "require_reset",
     "RECOVERY_CODE_COUNT",
     "TOTP_STEP_S",
     "TOTP_DRIFT_STEPS",
@@ -216,6 +221,34 @@ def disable_totp(ctx: IdentityContext, token: object, *, ip: object = "127.0.0.1
         db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
         _drop_pending_confirmations(db, user)
         credential_changed(ctx, db, user, change="totp_disabled", ip=client_ip)
+
+
+def require_reset(ctx: IdentityContext, db: Session, user: User, *, by: str) -> int:
+    """Staff require the user to enrol a second factor again (in the caller's transaction, with the
+    staff decision that asked for it): the authenticator app is turned off (seed and recovery codes
+    dropped), every passkey and every session is removed, pending confirmation links are void. It is
+    a credential change (`second_factor_reset`): withdrawals lock (relayed to the engine like every
+    credential change) and the user gets the e-mail with the freeze link. API keys stay (a bot keeps
+    trading); creating one, like every sensitive action, needs a second factor enrolled again.
+    Returns the number of factors removed."""
+    from sqlalchemy import update
+
+    from ..store.models import AuthSession
+
+    now = ctx.now()
+    removed = int(user.totp_enabled) + len(list(db.scalars(select(WebAuthnCredential.id).where(WebAuthnCredential.user_id == user.id))))
+    user.totp_enabled = False
+    user.totp_secret_enc = None
+    user.totp_last_step = 0
+    db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    db.execute(delete(WebAuthnCredential).where(WebAuthnCredential.user_id == user.id))
+    db.execute(delete(WebAuthnChallenge).where(WebAuthnChallenge.user_id == user.id))
+    db.flush()
+    _drop_pending_confirmations(db, user)
+    db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None)).values(revoked_at_s=now))
+    credential_changed(ctx, db, user, change="second_factor_reset", ip="")
+    record_event(db, user_id=user.id, kind="session_revoked", at_s=now, detail=f"second-factor reset required by {by}"[:200])
+    return removed
 
 
 def regenerate_recovery_codes(ctx: IdentityContext, token: object, *, ip: object = "127.0.0.1") -> list[str]:

@@ -4,8 +4,9 @@
 * `GET /admin/v1/cases?status=open|escalated|closed|active&limit=` — cases; `GET /admin/v1/cases/{id}`
   — one case with its alerts and its log;
 * `POST /admin/v1/cases/{id}/assign|note|escalate|close` — the analyst workflow;
-* `POST /admin/v1/cases/{id}/actions` — `{"action": "freeze_account"|"pause_withdrawals", "reason",
-  "decision"}`: an account action on the analyst's signed decision (cases.py);
+* `POST /admin/v1/cases/{id}/actions` — `{"action": "freeze_account"|"pause_withdrawals"|
+  "require_2fa_reset"|"report", "reason", "decision"}`: an action on the analyst's signed decision (cases.py);
+* `GET /admin/v1/cases/{id}/report` — the case's suspicious-activity report as a JSON document;
 * `GET /admin/v1/baselines?account_id=` — the behavioural model's baseline of one account;
 * `GET /admin/v1/monitoring` — the worker: rules, cursor, lag, outbox counters.
 """
@@ -62,6 +63,12 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
         analysts_only(caller)
         return cases.case_detail(store, _query_int(case_id, "case_id", 0))
 
+    @endpoint("GET", "/cases/{case_id}/report", "The case's suspicious-activity report (filed with the action report) "
+              "as a JSON document: the subject, the signed reports, the alerts with their evidence, the case log")
+    async def get_case_report(caller: str, body: dict[str, Any], case_id: str) -> Any:
+        analysts_only(caller)
+        return {"report": cases.case_report(store, _query_int(case_id, "case_id", 0), time.time_ns() // 1_000_000)}
+
     @endpoint("GET", "/links", "Linked-account clusters (shared IP, device, withdrawal destination, deposit source, "
               "trades between them); ?account_id= for one account's cluster")
     async def get_links(caller: str, body: dict[str, Any]) -> Any:
@@ -113,7 +120,8 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
         make(name)
 
     @endpoint("POST", "/cases/{case_id}/actions",
-              "Freeze the case's account or pause its withdrawals (the analyst's signed decision, recorded in the case)")
+              "Freeze the case's account, pause its withdrawals, require a second-factor reset, or file a suspicious-activity "
+              "report (the analyst's signed decision, recorded in the case)")
     async def case_action(caller: str, body: dict[str, Any], case_id: str) -> Any:
         from ..staff.state import check_decision
 
@@ -129,6 +137,7 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
 
         token = body["decision"]
         out = cases.account_action(store, cid, caller, action, reason if isinstance(reason, str) else "", token, verify,
-                                   time.time_ns() // 1_000_000, time.time_ns() // 1_000_000_000)
+                                   time.time_ns() // 1_000_000, time.time_ns() // 1_000_000_000,
+                                   identity=getattr(monitor, "identity", None))
         publish(caller, "case." + action, cid)
         return {"accepted": "case." + action, **out}

@@ -11,7 +11,10 @@ Invariants:
   no command to freeze an account or pause one account's withdrawals (halts pause markets, assets
   or segments, docs/staff.md), so the decision is recorded with its signature in the case log and
   carried out by the identity service: a freeze revokes sessions and API keys and refuses sign-ins
-  and withdrawals until support unfreezes; a pause locks withdrawals for `PAUSE_S`.
+  and withdrawals until support unfreezes; a pause locks withdrawals for `PAUSE_S`; a second-factor
+  reset (`require_2fa_reset`) is identity's own `second_factor.require_reset` (factors and sessions
+  removed, withdrawals locked, the user enrols again); a `report` records a suspicious-activity
+  report in the case (no change to the account), exported by `case_report` as a JSON document.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from ..store.models import ApiKey, AuthSession, MonitoringAlert, MonitoringCase,
 from .rules import Hit, features_json
 
 __all__ = ["store_hits", "list_alerts", "list_cases", "case_detail", "step", "account_action", "CLOSE_REASONS",
-           "ACCOUNT_ACTIONS", "action_subject"]
+           "ACCOUNT_ACTIONS", "action_subject", "case_report", "REPORT_FORMAT"]
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3}
 CLOSE_REASONS = ("false_positive", "confirmed_abuse", "resolved", "duplicate", "reported")
 STEPS = ("assign", "note", "escalate", "close")
-ACCOUNT_ACTIONS = ("freeze_account", "pause_withdrawals")
+ACCOUNT_ACTIONS = ("freeze_account", "pause_withdrawals", "require_2fa_reset", "report")
+NEEDS_IDENTITY = ("freeze_account", "pause_withdrawals", "require_2fa_reset")  # actions on a customer's account
+REPORT_FORMAT = "ringfence-suspicious-activity-report/1"
 PAUSE_S = 24 * 3600
 MAX_NOTE = 2_000
 MAX_LIST = 500
@@ -180,14 +185,18 @@ def action_subject(case_id: int, account_id: str, reason: str) -> list[Any]:
 
 
 def account_action(store: Store, case_id: int, staff_id: str, action: str, reason: str, token: str,
-                   verify: Callable[[str, list[Any]], Any], now_ms: int, now_s: int) -> dict[str, Any]:
-    """Freeze the case's account or pause its withdrawals on the analyst's signed decision.
+                   verify: Callable[[str, list[Any]], Any], now_ms: int, now_s: int, identity: Any = None) -> dict[str, Any]:
+    """Freeze the case's account, pause its withdrawals, require a second-factor reset, or file a
+    suspicious-activity report, on the analyst's signed decision.
 
     `verify(action_name, subject)` checks the decision signature against the staff register (and
-    raises); the nonce is then stored unique, so a token works once."""
+    raises); the nonce is then stored unique, so a token works once. `identity` is the identity
+    service's context (a second-factor reset goes through its API)."""
     if action not in ACCOUNT_ACTIONS:
         raise ValidationError(f"must be one of {', '.join(ACCOUNT_ACTIONS)}", field="action")
-    reason = _text(reason, "reason", max_chars=500)
+    reason = _text(reason, "reason", max_chars=2_000 if action == "report" else 500)
+    if action == "require_2fa_reset" and identity is None:
+        raise Conflict("this node runs no identity service to reset second factors in", field="action")
     with store.tx() as db:
         c = db.get(MonitoringCase, case_id)
         if c is None:
@@ -199,17 +208,26 @@ def account_action(store: Store, case_id: int, staff_id: str, action: str, reaso
     try:
         with store.tx() as db:
             user = db.scalars(select(User).where(User.account_id == account_id)).first()
-            if user is None:
+            if user is None and action in NEEDS_IDENTITY:
                 raise NotFound(f"account {account_id!r} has no identity record to act on", field="account_id")
             from ..identity.events import record_event
 
-            if action == "freeze_account":
+            if action == "report":
+                pass  # the report is the case log entry below (with its signed decision): nothing changes on the account
+            elif action == "require_2fa_reset":
+                from ..identity.second_factor import require_reset
+
+                assert user is not None
+                require_reset(identity, db, user, by=f"{staff_id} (case {case_id})")
+            elif action == "freeze_account":
+                assert user is not None
                 user.frozen = True
                 db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None))
                            .values(revoked_at_s=now_s))
                 db.execute(update(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at_s.is_(None)).values(revoked_at_s=now_s))
                 record_event(db, user_id=user.id, kind="account_frozen", at_s=now_s, detail=f"by {staff_id} (case {case_id}): {reason}")
             else:
+                assert user is not None
                 user.withdrawals_locked_until_s = max(user.withdrawals_locked_until_s, now_s + PAUSE_S)
             c2 = db.get(MonitoringCase, case_id)
             assert c2 is not None
@@ -219,3 +237,26 @@ def account_action(store: Store, case_id: int, staff_id: str, action: str, reaso
     except IntegrityError:
         raise Conflict("this decision token was already used (a replay); sign the action again", field="decision") from None
     return case_detail(store, case_id)
+
+
+def case_report(store: Store, case_id: int, now_ms: int) -> dict[str, Any]:
+    """The case's suspicious-activity report as one JSON document (`REPORT_FORMAT`): the subject
+    account, every report filed on the case (the analyst, the narrative, the signed decision), the
+    alerts with their explanations and evidence, and the case log. NotFound until a report is filed."""
+    detail = case_detail(store, case_id)
+    reports = [a for a in detail["actions"] if a["action"] == "report"]
+    if not reports:
+        raise NotFound(f"no suspicious-activity report was filed on case {case_id}; file one with the action report",
+                       field="case_id")
+    return {
+        "format": REPORT_FORMAT, "generated_at_ms": now_ms,
+        "case": {k: detail[k] for k in ("case_id", "account_id", "status", "severity", "assignee", "opened_at_ms",
+                                        "updated_at_ms", "closed_reason")},
+        "subject": {"account_id": detail["account_id"]},
+        "reports": [{"filed_by": a["staff_id"], "filed_at_ms": a["at_ms"], "narrative": a["detail"],
+                     "signed_decision": a["decision"], "signed_action": "monitoring.report",
+                     "signed_subject": action_subject(case_id, detail["account_id"], a["detail"])} for a in reports],
+        "alerts": [{k: al[k] for k in ("alert_id", "rule", "severity", "account_id", "explanation", "evidence", "at_ms",
+                                        "score", "features")} for al in detail["alert_list"]],
+        "case_log": detail["actions"],
+    }

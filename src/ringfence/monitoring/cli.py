@@ -253,3 +253,25 @@ def baseline_cmd(
     """
     out = _admin_get(key, url or _default_url(), "/baselines", {"account_id": account})
     print(json.dumps(out["baseline"], indent=2))
+
+
+@app.command("report")
+def report_cmd(
+    case_id: int = typer.Argument(..., min=1, help="The case whose suspicious-activity report to export."),
+    key: str = STAFF_KEY,
+    url: str = typer.Option(None, "--url", help="The running server (default $RINGFENCE_URL or http://127.0.0.1:8000)."),
+    out: Path = typer.Option(None, "--out", help="Write the JSON document to this file (default: print it)."),
+) -> None:
+    """Export a case's suspicious-activity report from a live node as a JSON document: the subject,
+    each report filed (analyst, narrative, signed decision), the alerts with their evidence, the case
+    log (GET /admin/v1/cases/ID/report, a signed analyst request). A report is filed on the staff
+    console or with POST /admin/v1/cases/ID/actions {"action": "report", ...}.
+
+    Example: ringfence monitoring report 7 --key ./ringfence-data/serve/demo-staff.json#cy --out case-7-report.json
+    """
+    doc = json.dumps(_admin_get(key, url or _default_url(), f"/cases/{case_id}/report", {})["report"], indent=2)
+    if out is None:
+        print(doc)
+        return
+    out.write_text(doc + "\n")
+    console.print(f"wrote the report of case {case_id} to {escape(str(out))}")

@@ -46,6 +46,7 @@ from typing import Any, Iterable
 
 from ..errors import ValidationError
 from .events import Event
+from .linking import MAX_ACCOUNTS_PER_VALUE, LinkingConfig
 from .models import FEATURES, SETTLE_MS, Assessment, Baselines, describe
 
 __all__ = ["Rule", "RuleSet", "Hit", "Scorer", "parse_rules", "default_rules", "backtest", "RULE_TYPES"]
@@ -138,6 +139,7 @@ class Rule:
 class RuleSet:
     version: int
     rules: tuple[Rule, ...]
+    linking: LinkingConfig = LinkingConfig()
 
     def max_window_ms(self) -> int:
         return max((r.window_s for r in self.rules), default=0) * 1000
@@ -290,7 +292,28 @@ def parse_rules(text: str | bytes) -> RuleSet:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValidationError(f"rule names must be unique; repeated: {', '.join(dupes)}", field="rules")
-    return RuleSet(1, parsed)
+    return RuleSet(1, parsed, _linking(raw.get("linking", {})))
+
+
+def _linking(raw: Any) -> LinkingConfig:
+    """The optional `linking` object: how the account-linking graph joins accounts (linking.py)."""
+    allowed = {"max_accounts_per_value", "max_accounts_per_ip", "link_private_ips", "liquidity_accounts"}
+    if not isinstance(raw, dict) or set(raw) - allowed:
+        raise ValidationError(f"must be an object with at most {', '.join(sorted(allowed))}", field="rules.linking")
+    d = LinkingConfig()
+    private = raw.get("link_private_ips", d.link_private_ips)
+    if not isinstance(private, bool):
+        raise ValidationError("must be true or false", field="rules.linking.link_private_ips")
+    liquidity = raw.get("liquidity_accounts", [])
+    if not isinstance(liquidity, list) or len(liquidity) > 1000 or not all(isinstance(a, str) and 1 <= len(a) <= 64 for a in liquidity):
+        raise ValidationError("must be a list of account ids (market makers: trading against them links nobody)",
+                              field="rules.linking.liquidity_accounts")
+    return LinkingConfig(
+        max_accounts_per_value=_int(raw, "max_accounts_per_value", "rules.linking", low=2, high=MAX_ACCOUNTS_PER_VALUE)
+        if "max_accounts_per_value" in raw else d.max_accounts_per_value,
+        max_accounts_per_ip=_int(raw, "max_accounts_per_ip", "rules.linking", low=2, high=MAX_ACCOUNTS_PER_VALUE)
+        if "max_accounts_per_ip" in raw else d.max_accounts_per_ip,
+        link_private_ips=private, liquidity_accounts=frozenset(liquidity))
 
 
 def default_rules() -> RuleSet:

@@ -9,8 +9,7 @@ raised again). Nothing here runs on the engine's sequencer thread.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..errors import ConfigError
 from .cases import store_hits
 from .events import Event
 from .geoip import GeoIP
-from .linking import LinkGraph
+from .linking import LinkGraph, RaisedClusters
 from .rules import Hit, RuleSet, Scorer, default_rules, parse_rules
 from .stream import Outbox, custody_resolver, read_after
 
@@ -43,8 +42,10 @@ def load_rules(path: str) -> RuleSet:
 
 
 class Monitor:
-    def __init__(self, store: Store, exchange: Any, ruleset: RuleSet, *, poll_ms: int = 200, geoip: str = "") -> None:
+    def __init__(self, store: Store, exchange: Any, ruleset: RuleSet, *, poll_ms: int = 200, geoip: str = "",
+                 liquidity_accounts: tuple[str, ...] = (), identity: Any = None) -> None:
         self.store = store
+        self.identity = identity  # the identity service's context: account actions go through its API (cases.py)
         self.geoip: GeoIP | None = None
         if geoip:
             try:
@@ -56,11 +57,15 @@ class Monitor:
         self.poll_ms = max(10, poll_ms)
         self.outbox = Outbox(store, resolve=custody_resolver(exchange))
         self.scorer = Scorer(ruleset)
-        self.links = LinkGraph()
+        link_cfg = ruleset.linking
+        if liquidity_accounts:  # the demo's market maker (serve --demo), beside the rule set's own
+            link_cfg = dataclasses.replace(link_cfg, liquidity_accounts=link_cfg.liquidity_accounts | frozenset(liquidity_accounts))
+        self.links = LinkGraph(config=link_cfg)
         self._links_lock = threading.Lock()
-        self._clusters_raised: set[str] = set()
+        self._raised = RaisedClusters()  # the flagged clusters alerted on (linking.py)
         self._clusters_checked_ms = 0
         self._clusters_dirty = False
+        self._clusters_checked_through = 0  # the stream position the last cluster check covered
         self.cursor = 0
         self.alerts_raised = 0
         self.errors = 0
@@ -89,7 +94,7 @@ class Monitor:
             warm_from = batch[-1].id
         with self.store.tx() as db:  # flagged clusters already raised (their signature ends the explanation)
             for text in db.scalars(select(MonitoringAlert.explanation).where(MonitoringAlert.rule == CLUSTER_RULE)):
-                self._clusters_raised.add(text.rsplit("[", 1)[-1].rstrip("]"))
+                self._raised.signatures.add(text.rsplit("[", 1)[-1].rstrip("]"))
         self._thread = threading.Thread(target=self._run, name="ringfence-monitoring", daemon=True)
         self._thread.start()
 
@@ -125,12 +130,13 @@ class Monitor:
             for e in events:
                 hits.extend(self.scorer.process(e))
                 self.links.add(e)
-        if due:
-            self._clusters_checked_ms, self._clusters_dirty = now_ms, False
-            hits.extend(self._flagged_clusters(events[-1].at_ms if events else now_ms))
         cursor = events[-1].id if events else self.cursor
+        if due:
+            hits.extend(self._flagged_clusters(events[-1].at_ms if events else now_ms))
         store_hits(self.store, hits, now_ms, cursor=(CURSOR, cursor))
         self.cursor = cursor
+        if due:  # only once its alerts are stored: `pending` in status() is false when they are visible
+            self._clusters_checked_ms, self._clusters_dirty, self._clusters_checked_through = now_ms, False, cursor
         self.alerts_raised += len(hits)
         return len(events)
 
@@ -150,7 +156,9 @@ class Monitor:
         return out
 
     def _flagged_clusters(self, at_ms: int) -> list[Hit]:
-        """One `linked-cluster` alert per flagged cluster (members and reasons), raised once."""
+        """One `linked-cluster` alert per newly flagged cluster: raised once for a set of members, and
+        again only when the cluster grows (a member set not within one already raised). More trades
+        inside a raised cluster raise nothing new. The evidence is the event ids of its links."""
         hits = []
         with self._links_lock:
             clusters = self.links.clusters()
@@ -158,13 +166,14 @@ class Monitor:
             if not c.get("flagged"):
                 continue
             members = c["members"]
-            signature = hashlib.sha256(json.dumps([members, c["reasons"]]).encode()).hexdigest()[:16]
-            if signature in self._clusters_raised:
+            joined = self._raised.new(members)
+            if joined is None:
                 continue
-            self._clusters_raised.add(signature)
             hits.append(Hit(CLUSTER_RULE, "high", members[0], at_ms,
-                            f"linked accounts {', '.join(members[:10])}{' …' if len(members) > 10 else ''}: "
-                            + "; ".join(c["reasons"]) + f" [{signature}]", (), related=tuple(members[1:])))
+                            f"linked accounts {', '.join(members[:10])}{' …' if len(members) > 10 else ''}"
+                            + (f" (grown: {', '.join(joined[:10])} joined)" if joined else "") + ": "
+                            + "; ".join(c["reasons"]) + f" [{self._raised.signature(members)}]", tuple(c.get("evidence", ())),
+                            related=tuple(members[1:])))
         return hits
 
     def clusters(self, account_id: str = "") -> Any:
@@ -191,5 +200,9 @@ class Monitor:
                 if self.scorer.model is not None else None,
                 "outbox": {"queued": len(self.outbox._queue), "written": self.outbox.written, "dropped": self.outbox.dropped,
                            "errors": self.outbox.errors},
+                "linking": {"accounts": len(self.links.accounts), "trades": self.links.trades_seen,
+                            "liquidity_trades": self.links.liquidity_trades,
+                            "liquidity_accounts": sorted(self.links.config.liquidity_accounts),
+                            "checked_through": self._clusters_checked_through, "pending": self._clusters_dirty},
                 "geoip": self.geoip.path if self.geoip is not None else "",
                 "errors": self.errors, "last_error": self.last_error}

@@ -229,13 +229,25 @@ async function renderMonitoring() {
     }
     control(td, "button", { type: "button", textContent: "Close", className: "case-close" }).addEventListener("click", () =>
       act(`close case ${c.case_id}`, () => api("POST", `${path}/close`, { reason: reason.value, note: note.value })));
-    for (const [label, action] of [["Freeze account (signed)", "freeze_account"], ["Pause withdrawals (signed)", "pause_withdrawals"]]) {
-      control(td, "button", { type: "button", textContent: label, className: `case-${action.replace("_", "-")}` }).addEventListener("click", () =>
+    // the analyst's signed actions (the note is the reason; for a report, its narrative)
+    for (const [label, action] of [["Freeze account (signed)", "freeze_account"], ["Pause withdrawals (signed)", "pause_withdrawals"],
+      ["Require 2FA reset (signed)", "require_2fa_reset"], ["File report (signed)", "report"]]) {
+      control(td, "button", { type: "button", textContent: label, className: `case-${action.replaceAll("_", "-")}` }).addEventListener("click", () =>
         act(`${action} for case ${c.case_id}`, async () => api("POST", `${path}/actions`, {
           action, reason: note.value,
           decision: await decisionToken(`monitoring.${action}`, [c.case_id, c.account_id, note.value]),
         })));
     }
+    // the suspicious-activity report as a JSON file (once one is filed)
+    control(td, "button", { type: "button", textContent: "Export report", className: "case-export-report" }).addEventListener("click", () =>
+      act(`export the report of case ${c.case_id}`, async () => {
+        const out = await api("GET", `${path}/report`);
+        const link = document.createElement("a");
+        link.href = URL.createObjectURL(new Blob([JSON.stringify(out.report, null, 2)], { type: "application/json" }));
+        link.download = `case-${c.case_id}-report.json`;
+        link.click();
+        return { accepted: `report of case ${c.case_id} exported` };
+      }));
   }
 }
 
