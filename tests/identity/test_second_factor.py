@@ -22,7 +22,7 @@ def user_row(ctx) -> User:
 def test_totp_enrollment_and_login(ctx, clock):
     totp, token, codes = enable_totp(ctx, clock)
     assert len(codes) == sf.RECOVERY_CODE_COUNT
-    assert "totp enabled" in [m.body for m in outbox(ctx, template="credential_changed")][-1]
+    assert "authenticator app turned on" in [m.body for m in outbox(ctx, template="credential_changed")][-1]
     result = sign_in(ctx)
     assert result.second_factor_required and result.account_id is None
     assert set(result.methods) == {"totp", "recovery_code"}

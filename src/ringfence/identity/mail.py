@@ -45,6 +45,7 @@ class Template:
     sensitive: bool
     multiline_fields: tuple[str, ...] = ()  # body-only fields that may span lines
     label_fields: tuple[str, ...] = ()  # fields holding a security-event kind: shown as its label, translated
+    factor_fields: tuple[str, ...] = ()  # fields naming a second factor ("totp", "passkey:NAME"): translated
 
 
 #: What each security-event kind (`events.EVENT_KINDS`, the machine identifier kept in the data) is
@@ -75,12 +76,23 @@ EVENT_LABELS: dict[str, str] = {
     "account_locked": N_("sign-in locked after failed attempts"),
     "api_key_revoked": N_("API key revoked"),
     "second_factor_confirmed": N_("second factor confirmed"),
+    "second_factor_reset": N_("second factors removed by an analyst: set one up again"),
 }
 
 
 def event_label(kind: str, gettext: Callable[[str], str]) -> str:
     """The label of a security-event kind through `gettext`; an unknown kind as itself."""
     return gettext(EVENT_LABELS[kind]) if kind in EVENT_LABELS else kind
+
+
+def factor_label(factor: str, gettext: Callable[[str], str]) -> str:
+    """A second factor as `second_factor.py` names it ("totp", "passkey:NAME") in the reader's language."""
+    kind, _, name = factor.partition(":")
+    if kind == "totp":
+        return gettext(N_("Authenticator app"))
+    if kind == "passkey":
+        return gettext(N_("passkey '{name}'")).replace("{name}", name)
+    return factor
 
 
 TEMPLATES: dict[str, Template] = {
@@ -123,6 +135,7 @@ TEMPLATES: dict[str, Template] = {
         "If it was NOT you, do not click that link: your password is known to someone else. Freeze your account "
         "with one click, then contact support and change your password:\n{freeze_link}"),
         True,
+        factor_fields=("factor",),
     ),
     "account_frozen": Template(
         N_("Your account is frozen"),
@@ -182,6 +195,7 @@ def compose(ctx: IdentityContext, user: User | None, template: str, params: dict
     # catalogue (tests/i18n/test_catalogues.py), so a translation cannot drop the link or the code
     gettext = translations(normalize_locale(getattr(user, "locale", None)) or DEFAULT).gettext
     labelled = {k: event_label(v, gettext) for k, v in params.items() if k in tpl.label_fields and isinstance(v, str)}
+    labelled |= {k: factor_label(v, gettext) for k, v in params.items() if k in tpl.factor_fields and isinstance(v, str)}
     params = {**params, **labelled}  # the kind's label in the reader's language; the caller's data keeps the kind
     subject = _render(gettext(tpl.subject), params)
     body = _render(gettext(tpl.body), params, multiline_fields=tpl.multiline_fields)

@@ -203,7 +203,7 @@ def confirm_totp_enrollment(
         codes = _new_recovery_codes(ctx, db, user)
         credential_changed(ctx, db, user, change="totp_enabled", ip=client_ip)
         if first:
-            _mail_first_factor_confirmation(ctx, db, user, factor="authenticator app", ip=client_ip)
+            _mail_first_factor_confirmation(ctx, db, user, factor="totp", ip=client_ip)
         issued = sessions.rotate(ctx, db, row, user, second_factor_at_s=now)
         return issued, codes
 
@@ -341,7 +341,7 @@ def finish_passkey_registration(
                 ))
                 credential_changed(ctx, db, user, change="passkey_added", ip=client_ip)
                 if first:
-                    _mail_first_factor_confirmation(ctx, db, user, factor=f"passkey '{name}'", ip=client_ip)
+                    _mail_first_factor_confirmation(ctx, db, user, factor=f"passkey:{name}", ip=client_ip)
                 issued = sessions.rotate(ctx, db, row, user, second_factor_at_s=ctx.now())
     if pending is not None:
         raise pending
