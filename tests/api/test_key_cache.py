@@ -101,8 +101,8 @@ def create_key(b: Browserless) -> tuple[str, str, int]:
     page = b.request("GET", "/security").text
     r = b.request("POST", "/security/api-keys", data={"csrf_token": csrf_of(page), "label": "cache test", "scopes": "read", "kind": "hmac"})
     assert r.status_code == 200, r.text
-    key = re.search(r'id="api-key">([0-9a-f]{64})<', r.text).group(1)
-    secret = re.search(r'id="api-secret">([0-9a-f]{64})<', r.text).group(1)
+    key = re.search(r'id="api-key"[^>]*>([0-9a-f]{64})<', r.text).group(1)
+    secret = re.search(r'id="api-secret"[^>]*>([0-9a-f]{64})<', r.text).group(1)
     page = b.request("GET", "/security").text
     key_id = int(re.findall(r'action="/security/api-keys/(\d+)/revoke"', page)[-1])
     return key, secret, key_id

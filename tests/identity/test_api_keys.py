@@ -179,7 +179,7 @@ def test_key_creation_locks_withdrawals_and_freeze_stops_keys(ctx, clock, owner)
     clock.advance(ctx.settings.identity_withdrawal_lock_s)
     events.check_withdrawals_allowed(ctx, account_id)
     mail = outbox(ctx, template="credential_changed")[-1]
-    assert "api key created" in mail.body
+    assert "API key created" in mail.body
     events.freeze_account(ctx, token_from_mail(mail))
     sig = api_keys.hmac_signature(key.secret, PAYLOAD)
     with pytest.raises(Unauthorized):

@@ -77,7 +77,7 @@ def test_email_change_confirms_new_address_and_warns_old(ctx, clock):
     link = token_from_mail(outbox(ctx, to="alice.new@example.com", template="email_change_confirm")[-1])
     assert accounts.confirm_email_change(ctx, link) == "alice.new@example.com"
     old_alert = outbox(ctx, to="alice@example.com", template="credential_changed")[-1]
-    assert "email changed" in old_alert.body and "freeze?token=" in old_alert.body
+    assert "e-mail address changed" in old_alert.body and "freeze?token=" in old_alert.body
     assert outbox(ctx, to="alice.new@example.com", template="credential_changed")
     with pytest.raises(Unauthorized):
         accounts.confirm_email_change(ctx, link)

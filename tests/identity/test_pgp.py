@@ -71,7 +71,7 @@ def test_register_key_then_sensitive_mail_is_encrypted(ctx, clock, server_keyrin
     alert = outbox(ctx, template="credential_changed")[-1]
     assert alert.encrypted and "-----BEGIN PGP MESSAGE-----" in alert.body and "api key" not in alert.body
     plain = user_gpg.gpg.decrypt(alert.body)
-    assert plain.ok and "api key created" in str(plain) and "Anti-phishing code" in str(plain)
+    assert plain.ok and "API key created" in str(plain) and "Anti-phishing code" in str(plain)
 
 
 @pytest.mark.parametrize("bad", [
