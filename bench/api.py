@@ -1,6 +1,6 @@
 """The API over loopback: signed REST orders from concurrent clients, and WebSocket depth fan-out.
 
-Usage: python bench/api.py [--smoke] [--seed N]
+Usage: python bench/api.py [--smoke] [--seed N] [--gateways 1,2] [--gateways-only]
 
 Starts a real `ringfence serve --demo` process, then (client load in separate processes):
 1. baseline: unsigned `GET /api/v3/ping` from the same clients (the HTTP stack's own ceiling);
@@ -10,7 +10,9 @@ Starts a real `ringfence serve --demo` process, then (client load in separate pr
 3. WebSocket API orders (`/ws-api/v3`): N connections, each logged on once with the demo's Ed25519
    key, then unsigned `order.place` with the same IOC orders: closed loop (one outstanding per
    connection, like the REST clients) and pipelined (8 outstanding per connection);
-4. WebSocket fan-out: N subscribers on `btcusdt@depth`; resting orders placed and cancelled;
+4. the same ping, signed orders and WebSocket API orders through `serve --gateways K` (K gateway
+   processes relaying to one engine process), for each K of --gateways;
+5. WebSocket fan-out: N subscribers on `btcusdt@depth`; resting orders placed and cancelled;
    latency from the diff's event time (`E`, the sequencer's timestamp) to each subscriber's receipt
    (measured by bench/fanout.py, which also has the same-run baselines for it).
 """
@@ -45,12 +47,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data: Path, port: int) -> subprocess.Popen:
+def start_server(data: Path, port: int, gateways: int = 0) -> subprocess.Popen:
     env = dict(os.environ, RINGFENCE_API_WEIGHT_PER_MIN="100000000", RINGFENCE_API_KEY_WEIGHT_PER_MIN="100000000")
-    proc = subprocess.Popen([sys.executable, "-m", "ringfence.cli", "serve", "--demo", "--data", str(data), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    extra = ["--gateways", str(gateways)] if gateways else []
+    proc = subprocess.Popen([sys.executable, "-m", "ringfence.cli", "serve", "--demo", "--data", str(data), "--port", str(port), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     import httpx
 
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # a loaded 2-core machine takes over a minute to seed the demo
     while time.time() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
@@ -252,15 +256,83 @@ def fanout_figure(subscribers: int, orders: int, seed: int) -> dict:
     return fig
 
 
+def _cpu_s(pid: int) -> float:  # float-ok: CPU seconds of a process (utime + stime), for the breakdown
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _gateway_pids(pid: int) -> list[int]:
+    kids = [int(k) for t in Path(f"/proc/{pid}/task").glob("*/children") for k in t.read_text().split()]
+    return [k for k in kids if b"ringfence.api.relay" in Path(f"/proc/{k}/cmdline").read_bytes()]
+
+
+def run_http_cpu(server: subprocess.Popen, base: str, kind: str, keys: list[dict], seconds: float, procs: int, conc: int,  # float-ok
+                 seed: int) -> dict:
+    """`run_http`, plus the CPU time the engine process and the gateway processes spent per answered
+    request meanwhile (from /proc; the engine's figure includes its background threads)."""
+    gateways = _gateway_pids(server.pid)
+    engine0, gw0 = _cpu_s(server.pid), sum(_cpu_s(g) for g in gateways)
+    result = run_http(base, kind, keys, seconds, procs, conc, seed)
+    engine1, gw1 = _cpu_s(server.pid), sum(_cpu_s(g) for g in gateways)
+    n = max(1, result["ok"])
+    result["cpu_us_per_request"] = {"engine_process": round(1e6 * (engine1 - engine0) / n),
+                                    "gateway_processes": round(1e6 * (gw1 - gw0) / n)}
+    return result
+
+
+def gateway_figures(counts: list[int], seconds: float, procs: int, conc: int, seed: int, ws: bool = True) -> list[dict]:  # float-ok
+    """`serve --demo --gateways K` for each K: the same ping baseline and signed orders, and
+    WebSocket API orders, all through the gateways (api/relay.py), each against its own ping."""
+    out = []
+    for count in counts:
+        data = Path(tempfile.mkdtemp(prefix=f"rf-bench-api-gw{count}-")) / "data"
+        port = free_port()
+        server = start_server(data, port, count)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            keys = [k for k in json.loads((data / "demo-keys.json").read_text()) if k.get("kind", "hmac") == "hmac"]
+            ed25519 = next(k for k in json.loads((data / "demo-keys.json").read_text()) if k.get("kind") == "ed25519")
+            ping = run_http_cpu(server, base, "ping", keys, seconds, procs, conc, seed)
+            orders = run_http_cpu(server, base, "order", keys, seconds, procs, conc, seed)
+            if not ws:
+                out.append({"gateways": count, "ping": ping, "signed_orders": orders,
+                            "signed_rest_orders_to_ping": round(orders["throughput_per_s"] / max(1, ping["throughput_per_s"]), 3)})
+                continue
+            ws = run_ws_api(base, ed25519, seconds, conc, 1, seed)
+            out.append({"gateways": count, "ping": ping, "signed_orders": orders, "ws_api_orders": ws,
+                        "signed_rest_orders_to_ping": round(orders["throughput_per_s"] / max(1, ping["throughput_per_s"]), 3),
+                        "ws_api_orders_to_ping": round(ws["throughput_per_s"] / max(1, ping["throughput_per_s"]), 3)})
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+            shutil.rmtree(data.parent, ignore_errors=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--gateways", default=None, help="comma-separated gateway counts to measure besides the one-process "
+                        "server (`serve --gateways K`); default 1,2 in full mode, none with --smoke. Example: --gateways 1,2,4")
+    parser.add_argument("--gateways-only", action="store_true", help="measure only `serve --gateways K` (ping and signed "
+                        "REST orders, with each process's CPU per request), not the one-process server, the WebSocket API "
+                        "or the fan-out: a run short enough for a shared machine")
     args = parser.parse_args()
     print(f"seed={args.seed}", file=sys.stderr)
+    load_start = os.getloadavg()
     seconds = 2.0 if args.smoke else 10.0
     # one client process: on 2 cores a second one would take the core the server needs
     procs, conc = (1, 4) if args.smoke else (1, 32)
+    if args.gateways_only:
+        counts = [int(c) for c in (args.gateways or "1,2").split(",") if c]
+        only = {"mode": "gateways-only", "seed": args.seed,
+                "workload": {"seconds": seconds, "client_processes": procs, "connections_per_process": conc},
+                "gateways": gateway_figures(counts, seconds, procs, conc, args.seed, ws=False),
+                "server_src": server_source(), "goal": {"signed_orders_to_ping": 0.5, "order_p99_us": 10_000},
+                "load_average_1m": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)}}
+        emit("api", only, smoke=args.smoke)
+        return
     subscribers, orders = (20, 5) if args.smoke else (1000, 50)
     data = Path(tempfile.mkdtemp(prefix="rf-bench-api-")) / "data"
     port = free_port()
@@ -288,6 +360,8 @@ def main() -> None:
             "ws_api_pipelined_orders_to_ping": round(ws_pipelined["throughput_per_s"] / ping, 3),
             "ws_api_orders_to_signed_rest_orders": round(ws_orders["throughput_per_s"] / max(1, orders_result["throughput_per_s"]), 3),
         }
+        counts = args.gateways if args.gateways is not None else ("" if args.smoke else "1,2")
+        result["gateways"] = gateway_figures([int(c) for c in counts.split(",") if c], seconds, procs, conc, args.seed)
         result["ws_fanout"] = fanout_figure(subscribers, orders, args.seed)
         result["server_src"] = server_source()
         result["goal"] = {"signed_orders_to_ping": 0.5, "order_p99_us": 10_000, "ws_fanout_p99_us": 50_000, "ws_subscribers": 1000}
@@ -295,6 +369,8 @@ def main() -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
         shutil.rmtree(data.parent, ignore_errors=True)
+    # the machines here are shared: the 1-minute load average at start and end, beside the numbers
+    result["load_average_1m"] = {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)}
     emit("api", result, smoke=args.smoke)
 
 

@@ -13,12 +13,22 @@ The same workloads as bench/ledger.py (its functions are reused), on real files 
    it), and chain only (state_hash_every=10^6); latency from each request's scheduled send time.
 Goal from issue 21: replicated >= 0.5x local throughput, p99 <= 5 ms at 50,000 transfers/s.
 Each run uses its own stream, deleted afterwards.
+
+Every latency mode also reports `breakdown`, where its p99 comes from (`_Probe`): the generator's
+send lateness, each request's wait in the engine queue, the sequencer's time per batch and within
+it the local write + fsync and the replica log's `begin` (start the publish) and `finish` (stream
+ack, plus an inline state hash when one is due), batch sizes, garbage-collector pauses, and a
+histogram of the acknowledgement latency. The load average before and after each mode is
+recorded: the machine is shared, and its load moves every number here.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import os
+import time
 import random
 import secrets
 import sys
@@ -50,19 +60,117 @@ def _delete(nats_url: str, stream: str) -> None:
     asyncio.run(go())
 
 
-def _replicated(node, nats_url: str, every: int, later: bool = False) -> tuple[Replicator, str]:  # type: ignore[no-untyped-def]
+def _replicated(node, nats_url: str, every: int, later: bool = False, digest: bool = False) -> tuple[Replicator, str]:  # type: ignore[no-untyped-def]
     stream = "RFBENCH" + secrets.token_hex(4).upper()
-    replicator = Replicator(parse_target(f"{nats_url}/{stream}?state_hash_every={every}&state_hash_later={int(later)}"), "bench")
+    replicator = Replicator(parse_target(f"{nats_url}/{stream}?state_hash_every={every}&state_hash_later={int(later)}"
+                                         f"&state_digest={int(digest)}"), "bench")
     replicator.attach(node)  # publishes the setup history, then hooks every batch
     return replicator, stream
 
 
+class _Probe:
+    """Times the sequencer's phases of one node by wrapping its methods on the instance (a few
+    microseconds per batch; the wrapped methods run unchanged)."""
+
+    HISTOGRAM_MS = (1, 2, 3, 5, 10, 20, 50, 100, 200)
+
+    def __init__(self, node, replicator: Replicator | None) -> None:  # type: ignore[no-untyped-def]
+        self.ns: dict[str, list[int]] = {k: [] for k in ("queue_wait", "batch", "write_fsync", "begin", "finish", "digest", "gc")}
+        self.sizes: list[int] = []
+        self._submitted: dict[int, int] = {}
+        self._gc_started = 0
+        clock = time.perf_counter_ns
+
+        def timed(owner, name: str, key: str) -> None:  # type: ignore[no-untyped-def]
+            inner = getattr(owner, name)
+
+            def wrapper(*args):  # type: ignore[no-untyped-def]
+                started = clock()
+                try:
+                    return inner(*args)
+                finally:
+                    self.ns[key].append(clock() - started)
+
+            setattr(owner, name, wrapper)
+
+        submit, commit = node.submit, node._commit
+
+        def submit_stamped(command, source=""):  # type: ignore[no-untyped-def]
+            ack = submit(command, source)
+            self._submitted[id(ack)] = clock()
+            return ack
+
+        def commit_timed(items):  # type: ignore[no-untyped-def]
+            started = clock()
+            for _, _, ack in items:
+                at = self._submitted.pop(id(ack), None)
+                if at is not None:
+                    self.ns["queue_wait"].append(started - at)
+            self.sizes.append(len(items))
+            commit(items)
+            self.ns["batch"].append(clock() - started)
+
+        node.submit, node._commit = submit_stamped, commit_timed
+        timed(node.writer, "append_record" if replicator is not None else "append", "write_fsync")
+        if replicator is not None:
+            timed(replicator, "begin", "begin")
+            timed(replicator, "finish", "finish")
+            timed(replicator, "_digest_now", "digest")
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter_ns()
+        else:
+            self.ns["gc"].append(time.perf_counter_ns() - self._gc_started)
+
+    def report(self, acks_ns: list[int], lateness_ns: list[int]) -> dict:
+        gc.callbacks.remove(self._on_gc)
+        out: dict = {"send_lateness": _pcts(lateness_ns)}
+        out.update({key: _pcts(values) for key, values in self.ns.items() if values and key != "gc"})
+        sizes = sorted(self.sizes)
+        out["batch_requests"] = {"p50": sizes[len(sizes) // 2], "p99": sizes[int(len(sizes) * 0.99)], "max": sizes[-1]} if sizes else {}
+        out["gc"] = {"collections": len(self.ns["gc"]), "max_us": max(self.ns["gc"], default=0) // 1000,
+                     "total_us": sum(self.ns["gc"]) // 1000}
+        edges = self.HISTOGRAM_MS
+        counts = [0] * (len(edges) + 1)
+        for ns in acks_ns:
+            counts[next((i for i, edge in enumerate(edges) if ns <= edge * 1_000_000), len(edges))] += 1
+        out["ack_histogram_ms"] = {**{f"<={e}": c for e, c in zip(edges, counts)}, f">{edges[-1]}": counts[-1]}
+        return out
+
+
+def _pcts(samples_ns: list[int]) -> dict:
+    return {"p50_us": percentile_us(samples_ns, 50), "p99_us": percentile_us(samples_ns, 99),
+            "max_us": percentile_us(samples_ns, 100)}
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def _hash_cost(replicator: Replicator | None) -> dict:
     """How long the sequencer thread spent per state hash: hashing it inline, or forking the hasher."""
-    if replicator is None or not replicator.hashes:
-        return {}
-    return {"state_hashes": replicator.hashes,
-            "sequencer_ms_per_state_hash": round(replicator.hash_seconds * 1000 / replicator.hashes, 2)}
+    out: dict = {}
+    if replicator is not None and replicator.hashes:
+        out.update({"state_hashes": replicator.hashes,
+                    "sequencer_ms_per_state_hash": round(replicator.hash_seconds * 1000 / replicator.hashes, 2)})
+    if replicator is not None and replicator.digests:
+        out.update({"state_digests": replicator.digests,
+                    "sequencer_us_per_state_digest": round(replicator.digest_seconds * 1e6 / replicator.digests)})
+    return out
+
+
+#: (label, state_hash_every (0: local only), state_hash_later, state_digest). `replicated_digest`
+#: is the recommended set-up: every batch's state checked through the incremental digest, the full
+#: state hash left to snapshots and replay; the other modes keep the earlier runs comparable.
+THROUGHPUT_MODES = (("local", 0, False, False), ("replicated_digest", 1_000_000, False, True),
+                    ("replicated_digest_hash_every_64", 64, False, True), ("replicated_hash_every_batch", 1, False, False),
+                    ("replicated_hash_later_every_batch", 1, True, False), ("replicated_hash_every_64", 64, False, False))
+LATENCY_MODES = (("local", 0, False, False), ("replicated_digest", 1_000_000, False, True),
+                 ("replicated_digest_hash_later_every_1024", 1024, True, True), ("replicated_chain_only", 1_000_000, False, False),
+                 ("replicated_hash_every_64", 64, False, False), ("replicated_hash_later_every_64", 64, True, False),
+                 ("replicated_hash_every_1024", 1024, False, False), ("replicated_hash_later_every_1024", 1024, True, False))
 
 
 def main() -> None:
@@ -70,11 +178,12 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nats", default="nats://127.0.0.1:4222")
+    parser.add_argument("--note", default="", help="a note kept in the result line (e.g. which sources ran)")
     args = parser.parse_args()
-    run(args.nats, seed=args.seed, smoke=args.smoke)
+    run(args.nats, seed=args.seed, smoke=args.smoke, note=args.note)
 
 
-def run(nats_url: str, *, seed: int = 1, smoke: bool = False) -> None:
+def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "") -> None:
     print(f"seed={seed}", file=sys.stderr)
     sys.setswitchinterval(SWITCH_INTERVAL_US / 1e6)
     rng = random.Random(seed)
@@ -83,12 +192,13 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False) -> None:
     offered, per_request = 50_000, 10
     latency_seconds = 0.25 if smoke else 3.0
     root = Path(tempfile.mkdtemp(prefix="rf-bench-replicate-"))
-    result: dict = {"seed": seed, "workload": {"accounts": accounts, "transfers": transfers, "request_size": BATCH}}
+    import ringfence
+
+    result: dict = {"note": note, "sources": str(Path(ringfence.__file__).parent), "seed": seed, "workload": {"accounts": accounts, "transfers": transfers, "request_size": BATCH}}
     throughput: dict = {}
-    for label, every, later in (("local", 0, False), ("replicated_hash_every_batch", 1, False),
-                                ("replicated_hash_later_every_batch", 1, True), ("replicated_hash_every_64", 64, False)):
+    for label, every, later, digest in THROUGHPUT_MODES:
         node, ids, next_id = prepared_node(root / f"tp-{label}", accounts)
-        replicator, stream = _replicated(node, nats_url, every, later) if every else (None, "")
+        replicator, stream = _replicated(node, nats_url, every, later, digest) if every else (None, "")
         cmds, _ = transfer_stream(rng, ids, transfers, next_id, False, BATCH)
         try:
             seconds = closed_loop(node, cmds)
@@ -100,23 +210,25 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False) -> None:
                 replicator.close()
                 _delete(nats_url, stream)
     local = throughput["local"]["throughput_per_s"]
-    for label in ("replicated_hash_every_batch", "replicated_hash_later_every_batch", "replicated_hash_every_64"):
+    for label, *_ in THROUGHPUT_MODES[1:]:
         throughput[label]["vs_local"] = round(throughput[label]["throughput_per_s"] / local, 2)
     result["throughput"] = throughput
     latency: dict = {}
-    for label, every, later in (("local", 0, False), ("replicated_hash_every_64", 64, False),
-                                ("replicated_hash_later_every_64", 64, True), ("replicated_hash_every_1024", 1024, False),
-                                ("replicated_hash_later_every_1024", 1024, True), ("replicated_chain_only", 1_000_000, False)):
+    for label, every, later, digest in LATENCY_MODES:
         node, ids, next_id = prepared_node(root / f"lat-{label}", accounts)
-        replicator, stream = _replicated(node, nats_url, every, later) if every else (None, "")
+        replicator, stream = _replicated(node, nats_url, every, later, digest) if every else (None, "")
         n = int(offered * latency_seconds)
         cmds, _ = transfer_stream(rng, ids, n, next_id, False, per_request)
+        probe = _Probe(node, replicator)
+        load_before = _load()
         try:
-            samples, errors, seconds = open_loop(node, cmds, per_request, offered)
+            lateness: list[int] = []
+            samples, errors, seconds = open_loop(node, cmds, per_request, offered, lateness)
             latency[label] = {"offered_per_s": offered, "achieved_per_s": int(n / seconds),
                               "p50_us": percentile_us(samples, 50), "p99_us": percentile_us(samples, 99),
                               "max_us": percentile_us(samples, 100), "errors": len(errors),
-                              "journal_records": node.batches_committed, **_hash_cost(replicator)}
+                              "journal_records": node.batches_committed, **_hash_cost(replicator),
+                              "load_average": [load_before, _load()], "breakdown": probe.report(samples, lateness)}
         finally:
             node.close()
             if replicator is not None:

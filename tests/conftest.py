@@ -1,8 +1,12 @@
-"""Shared test settings: hypothesis profiles sized for a 2-core CI machine."""
+"""Shared test settings: hypothesis profiles sized for a 2-core CI machine; the checkout's compiled
+hot path is left as the run found it."""
 
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
+from pgtest import drop_profile_databases
 
 settings.register_profile(
     "ci",
@@ -12,3 +16,45 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _store_profile_databases():
+    """RINGFENCE_TEST_PROFILE=postgresql: drop the servers' databases when the session ends."""
+    yield
+    drop_profile_databases()
+
+
+# ---- the checkout's compiled hot path is the user's build: no test may delete or rebuild it
+# (`make native` builds it in place; tests/trading/test_native.py compiles, breaks and deletes only
+# copies). The run fails if the build changed between its start and its end, naming the files. Checked
+# in the process that runs the session (the xdist controller, or pytest itself without -n).
+_TRADING = Path(__file__).resolve().parents[1] / "src" / "ringfence" / "trading"
+_DERIVATIVES = _TRADING.with_name("derivatives")  # the perpetual contract's modules join the group
+
+
+def _native_build_files() -> dict[str, tuple[int, int]]:
+    paths = sorted(_TRADING.glob("*.so")) + sorted(_DERIVATIVES.glob("*.so")) + [_TRADING / "_native.json"]
+    return {f"{p.parent.name}/{p.name}": (p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.exists()}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        session.config.stash[_NATIVE_BUILD] = _native_build_files()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput") or _NATIVE_BUILD not in session.config.stash:
+        return
+    before, after = session.config.stash[_NATIVE_BUILD], _native_build_files()
+    if before != after:
+        changed = sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"ERROR: the test run changed the checkout's compiled hot path in {_TRADING.parent}: {', '.join(changed)}",
+                                red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_NATIVE_BUILD = pytest.StashKey[dict[str, tuple[int, int]]]()

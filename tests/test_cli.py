@@ -112,6 +112,15 @@ def test_sim_command(tmp_path):
     assert "seed=11" in out.stdout and "all invariants held" in out.stdout
 
 
+def test_sim_command_runs_the_perpetuals_workload(tmp_path):
+    out = run("sim", "--seed", "3", "--steps", "300", "--workload", "perps")
+    assert out.returncode == 0, out.stderr
+    assert "workload=perps" in out.stdout and "all invariants held" in out.stdout
+    assert "position opened" in out.stdout and "funding round" in out.stdout
+    bad = run("sim", "--seed", "3", "--steps", "5", "--workload", "options")
+    assert bad.returncode != 0 and "--workload" in bad.stderr + bad.stdout
+
+
 @pytest.mark.parametrize("command", [[], ["demo"], ["sim"], ["journal"], ["journal", "verify"], ["journal", "replay"], ["version"], ["shield"], ["shield", "status"]])
 def test_every_command_has_help_with_an_example(command):
     out = run(*command, "--help")

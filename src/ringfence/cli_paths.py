@@ -15,6 +15,7 @@ from rich.console import Console
 
 __all__ = [
     "fail",
+    "tty_console",
     "prepare_data_dir",
     "prepare_node_dir",
     "refuse_foreign_writer",
@@ -27,8 +28,15 @@ __all__ = [
 ENGINE_SUBDIR = "engine"
 
 
+def tty_console(stderr: bool = False, width: int = 140) -> Console:
+    """A rich console for a command's output: the terminal's width on a terminal; `width` columns
+    when piped or captured, so tables are not cut to rich's 80-column default."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else width)
+
+
 def fail(message: str, code: int = 2) -> None:
-    Console(stderr=True, width=None if sys.stderr.isatty() else 140).print(f"[bold red]error:[/] {message}")
+    tty_console(stderr=True).print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
 

@@ -52,6 +52,10 @@ COMPILED = (
     "ringfence.trading.orders",
     "ringfence.trading.state",
     "ringfence.trading.admin",
+    # A perpetual's order and fill path (its `Contract`, which the matching loop calls per fill, and
+    # the margin arithmetic it asks for).
+    "ringfence.derivatives.contract",
+    "ringfence.derivatives.margin",
 )
 #: The shared library mypyc puts the group's code in (`ringfence/trading/_native__mypyc*.so`).
 GROUP = "ringfence.trading._native"
@@ -148,7 +152,7 @@ def status() -> dict[str, Any]:
     Read from the modules actually imported (an extension's `__file__` ends in the platform's
     extension suffix), not from what was intended."""
     state = activate()
-    import ringfence.trading  # noqa: F401  (imports every compiled module)
+    import ringfence.derivatives  # noqa: F401  (imports every compiled module, through ringfence.trading)
 
     modules = {}
     for name in COMPILED:

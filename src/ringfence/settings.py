@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     trading_stp_default: str = "EXPIRE_TAKER"
     trading_stp_markets: str = Field(default="", max_length=4000)
     monitoring_poll_ms: int = Field(default=200, ge=0, le=60_000)
+    # How often the event stream's outbox writes its queue to the database (a crash loses at most this
+    # much of the non-engine events; the engine's are relayed again from the journal at the next start).
+    monitoring_flush_ms: int = Field(default=100, ge=10, le=60_000)
     # A GeoIP country database (an MMDB file, e.g. GeoLite2-Country.mmdb; nothing is downloaded): the
     # monitoring worker adds the client IP's country to each event (docs/monitoring.md). Empty: none.
     monitoring_geoip: str = Field(default="", max_length=1000)
@@ -113,6 +116,9 @@ class Settings(BaseSettings):
     shield_value_asset: str = Field(default="USDT", pattern=r"^[A-Z0-9]{2,12}$")
     # How often the shield sweeper (a custody worker in `serve`) moves the accrued share on chain.
     shield_sweep_every_s: int = Field(default=3_600, ge=1, le=7 * 86_400)
+    # How often `serve` checks the shield fund rule and raises (or clears) its monitoring alert
+    # (solvency/shield_alarm.py); 0 = never.
+    shield_check_every_s: int = Field(default=10, ge=0, le=86_400)
 
     # Custody inside `ringfence serve` (docs/custody.md): which chain each custodied asset lives on,
     # e.g. "BTC=local,ETH=local,USDT=local" ("local" = the in-process demo chains, dev mode only;
@@ -123,6 +129,9 @@ class Settings(BaseSettings):
     custody_poll_ms: int = Field(default=500, ge=50, le=60_000)
     # A new withdrawal address-book entry may receive funds after this long.
     custody_address_cooling_s: int = Field(default=24 * 3600, ge=0, le=30 * 86400)
+    # KYT: a blacklist CSV (`chain,address,category,source`, OFAC-SDN style) screened on top of the
+    # shipped sample, for deposit senders and withdrawal destinations; re-read when the file changes.
+    kyt_blacklist: str = Field(default="", max_length=1000)
 
     def cors_origins(self) -> tuple[str, ...]:
         origins = tuple(o.strip() for o in self.api_cors_origins.split(",") if o.strip())

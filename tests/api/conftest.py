@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pgtest import profile_database_url
 
 
 def free_port() -> int:
@@ -31,13 +32,25 @@ class Server:
         # (tests/index/ does).
         full_env = dict(os.environ, RINGFENCE_RECONCILE_EVERY_MS="1000", PYTHONUNBUFFERED="1", RINGFENCE_POR_EVERY_S="0",
                         RINGFENCE_DEMO_FEED="0")
+        if demo:
+            # The demo's mail catcher gets the outbox every 200 ms, not every 2 s: tests that wait for
+            # an e-mail at /dev/mail wait for the message, not for the poll (a test may set its own).
+            full_env["RINGFENCE_IDENTITY_MAIL_POLL_MS"] = "200"
         full_env.update(env or {})
+        # The suite's store profile (tests/pgtest.py): on `postgresql` every server gets a database
+        # of its own unless the test chose one. `database_url` is where this server's identity is.
+        if "RINGFENCE_DATABASE_URL" not in full_env and (url := profile_database_url(data)) is not None:
+            full_env["RINGFENCE_DATABASE_URL"] = url
+        self.database_url = full_env.get("RINGFENCE_DATABASE_URL") or f"sqlite:///{(data / 'identity.sqlite3').resolve()}"
+        # what a `ringfence` command run beside this server needs to find its store (`--data DIR` alone
+        # finds DIR/identity.sqlite3; on PostgreSQL the command reads RINGFENCE_DATABASE_URL, as serve does)
+        self.store_env = {} if self.database_url.startswith("sqlite") else {"RINGFENCE_DATABASE_URL": self.database_url}
         self.argv = ["serve", *(["--demo"] if demo else []), "--data", str(data), "--port", str(self.port), *args]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ringfence.cli", *self.argv],
             stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
         )
-        deadline = time.time() + 60
+        deadline = time.time() + 120  # a demo start takes 10-20 s; far longer only on a machine loaded many times over
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early; see {self.log.name}:\n" + Path(self.log.name).read_text()[-3000:])
@@ -47,7 +60,11 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.2)
         else:
-            raise RuntimeError("server did not become ready; reproduce with: ringfence " + " ".join(self.argv))
+            self.proc.kill()  # never leave a server running that no test will stop
+            self.proc.wait(20)
+            self.log.close()
+            raise RuntimeError("server did not become ready; reproduce with: ringfence " + " ".join(self.argv) + "\n"
+                               + Path(self.log.name).read_text()[-2000:])
         entries = json.loads((data / "demo-keys.json").read_text()) if demo else []
         self.keys = {k["account"]: k for k in entries if k.get("kind", "hmac") == "hmac"}
         self.ed25519_keys = {k["account"]: k for k in entries if k.get("kind") == "ed25519"}
@@ -74,7 +91,8 @@ def server(tmp_path_factory):
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`ringfence ARGS` in a child process with this checkout's sources (the console, the faucet)."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`ringfence ARGS` in a child process with this checkout's sources (the console, the faucet); `env` is
+    added to this process's environment (a server's `store_env`, for a command that reads its store)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"), **(env or {}))
     return subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, env=env, timeout=60)

@@ -266,7 +266,7 @@ def test_embedded_default_without_chains_says_no_deposits(tmp_path) -> None:
 def test_theft_from_the_hot_wallet_pauses_withdrawals_within_a_block(tmp_path) -> None:
     """Someone who stole two of the hot wallet's three signer shares moves coins out behind the
     exchange's back: chain reconciliation sees the shortfall at the next block and pauses BTC
-    withdrawals."""
+    withdrawals; the dashboard's banner (trading page and withdraw page, in Chromium) shows it."""
     from ringfence.chains.bitcoin.adapter import BitcoinAdapter
     from ringfence.chains.bitcoin.simulator import BitcoinSimulator
     from ringfence.custody.runtime import CustodyKeys
@@ -309,6 +309,24 @@ def test_theft_from_the_hot_wallet_pauses_withdrawals_within_a_block(tmp_path) -
         assert btc["networkList"][0]["withdrawEnable"] is False and btc["withdrawAllEnable"] is False
         eth = next(c for c in coins if c["coin"] == "ETH")
         assert eth["networkList"][0]["withdrawEnable"] is True, "only the affected asset pauses"
+        # the banner, in Chromium (its own Playwright, closed here: a module-wide one keeps an event
+        # loop running that the asyncio tests below would trip over)
+        from playwright.sync_api import expect, sync_playwright
+
+        from .test_web_session import ARGS, CHROMIUM
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                page = browser.new_page()
+                for path in ("/", "/wallet/withdraw"):  # the withdraw page shows it signed out too
+                    page.goto(srv.base + path)
+                    banner = page.locator("#halts")
+                    expect(banner).to_be_visible()
+                    expect(banner).to_contain_text(f"WITHDRAWALS_PAUSED ({halt['scope_kind']} BTC)")
+                    expect(banner).to_contain_text(halt["reason"][:40])
+            finally:
+                browser.close()
     finally:
         assert srv.stop() == 0
 
@@ -364,10 +382,11 @@ def test_usdt_deposit_then_withdrawal_pays_gas_in_eth_and_reconciles(money: Serv
     and USDT wallets both still match the chain (no mismatch, no halt)."""
     key = withdraw_key(money.data)
     address = signed(money, key, "GET", "/sapi/v1/capital/deposit/address", {"coin": "USDT", "network": "ETH"}).json()["address"]
-    from ringfence.custody.runtime import CustodyKeys, load_seed
-
-    hot = CustodyKeys(load_seed(money.data / "custody")).eth_hot
-    hot_before = chain_balance(money.data, "USDT", hot)
+    record = json.loads((money.data / "custody" / "eth-hot.json").read_text())
+    hot, shield = record["address"], record["shield"]["address"]
+    # the demo's shield sweeper may move the earlier trades' USDT fee share from hot to the shield vault
+    # meanwhile (every minute): count both, the exchange's own wallets
+    hot_before = chain_balance(money.data, "USDT", hot) + chain_balance(money.data, "USDT", shield)
     paid = cli("chain", "pay", "--data", str(money.data), "--asset", "USDT", "--to", address, "--amount", "250")
     assert paid.returncode == 0, paid.stderr
     txid = paid.stdout.strip()
@@ -380,10 +399,14 @@ def test_usdt_deposit_then_withdrawal_pays_gas_in_eth_and_reconciles(money: Serv
     assert row["amount"] == "250" and row["network"] == "ETH"
     # the sweep: the hot wallet sends the deposit address gas, then the address sends its USDT to hot
     wait_for("the USDT to be swept out of the deposit address", lambda: chain_balance(money.data, "USDT", address) == 0)
-    assert chain_balance(money.data, "USDT", hot) == hot_before + 250
+    assert chain_balance(money.data, "USDT", hot) + chain_balance(money.data, "USDT", shield) == hot_before + 250
     assert chain_balance(money.data, "ETH", address) > 0, "the gas top-up's change stays at the address"
     sweeps = httpx.get(money.base + "/readyz").json()["custody"]["token_sweeps"]["USDT"]
     assert sweeps["gas_top_ups"] >= 1 and sweeps["sweeps"] >= 1, sweeps
+    # the deposit address's key is in the HSM process: the sweep was signed there, with the policy's yes
+    ops = [json.loads(line) for line in (money.data / "custody" / "hsm" / "keyops.jsonl").read_text().splitlines()]
+    swept = [o for o in ops if o.get("action") == "hsm_sign" and f"sweep-USDT-{address}" in o.get("reason", "")]
+    assert len(swept) == 1 and swept[0]["key_id"].startswith("dep-eth-") and swept[0]["approved_by"] == "custody-policy", swept
     dest = key["withdraw_addresses"]["USDT"]
     before = chain_balance(money.data, "USDT", dest)
     res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply", {"coin": "USDT", "address": dest, "amount": "20", "network": "ETH"})
@@ -404,6 +427,71 @@ def test_usdt_deposit_then_withdrawal_pays_gas_in_eth_and_reconciles(money: Serv
     status = wait_for("a chain reconciliation pass", reconciled_after)
     assert status["chain_reconciliation"]["mismatches"] == []
     assert [h for h in httpx.get(money.base + "/v1/halts").json() if h["scope"] in ("ETH", "USDT")] == []
+
+
+def test_eth_withdrawal_is_signed_in_the_hsm_process_and_mined(money: Server) -> None:
+    """Issue 16, item 3: the ETH hot wallet's key is in a PKCS#11 token (SoftHSM2) held by its own
+    process; serve never loads the token's library. A withdrawal through the Binance API is signed
+    there behind the policy side's attestation and paid on the local chain from the HSM's key; the
+    HSM process refuses a digest with no attestation or with a used one."""
+    import socket as socketlib
+
+    from eth_account import Account
+    from eth_utils import keccak
+
+    record = json.loads((money.data / "custody" / "eth-hot.json").read_text())
+    hot = record["address"]
+    signers = httpx.get(money.base + "/readyz").json()["custody"]["wallet_signers"]
+    assert signers["eth_hot"].startswith("hsm secp256k1"), signers
+    key = withdraw_key(money.data)
+    dest = key["withdraw_addresses"]["ETH"]
+    before = chain_balance(money.data, "ETH", dest)
+    res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply", {"coin": "ETH", "address": dest, "amount": "0.05"})
+    assert res.status_code == 200, res.text
+    wid = res.json()["id"]
+
+    def completed():
+        rows = signed(money, key, "GET", "/sapi/v1/capital/withdraw/history", {"coin": "ETH"}).json()
+        return next((r for r in rows if r["id"] == wid and r["status"] == 6 and r.get("txId")), None)
+
+    row = wait_for("the ETH withdrawal to complete", completed, 90)
+    fee = Decimal(row["transactionFee"])
+    assert chain_balance(money.data, "ETH", dest) - before == Decimal("0.05") - fee, "paid on the local chain"
+    raws = [bytes.fromhex(json.loads(line)["tx"]) for line in (money.data / "chains" / "ethereum.jsonl").read_text().splitlines()
+            if '"tx"' in line]
+    (raw,) = [r for r in raws if "0x" + keccak(r).hex() == row["txId"].lower()]
+    assert Account.recover_transaction(raw).lower() == hot.lower(), "the transaction is signed by the HSM's key"
+    hsm = money.data / "custody" / "hsm"
+    ops = [json.loads(line) for line in (hsm / "keyops.jsonl").read_text().splitlines()]
+    signed_ops = [o for o in ops if o.get("action") == "hsm_sign" and f"wd-{wid}-" in o.get("reason", "")]
+    assert len(signed_ops) == 1 and signed_ops[0]["approved_by"] == "custody-policy", signed_ops
+    # the token's library is loaded in the HSM process and nowhere in serve
+    maps = Path(f"/proc/{money.proc.pid}/maps").read_text()
+    assert "libsofthsm2" not in maps, "serve loaded the HSM's library: the key could be in its memory"
+    (hsm_pid,) = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_hsm_child(p, money.proc.pid)]
+    assert "libsofthsm2" in Path(f"/proc/{hsm_pid}/maps").read_text(), "positive control: the HSM process has it"
+
+    def ask(request: dict) -> dict:
+        with socketlib.socket(socketlib.AF_UNIX) as s:
+            s.connect(str(hsm / "hsm.sock"))
+            s.sendall(json.dumps(request).encode() + b"\n")
+            return json.loads(s.makefile("rb").readline())
+
+    digest = keccak(b"not a transfer the policy approved")
+    bare = ask({"op": "sign", "request_id": "t-1", "digest": digest.hex(), "requested_by": "test", "reason": "x"})
+    assert bare["error"]["code"] == "RF_ATTESTATION_INVALID", bare
+    # only the exchange's own user reaches the socket and the tokens' PINs
+    assert (hsm / "hsm.sock").stat().st_mode & 0o777 == 0o600 and hsm.stat().st_mode & 0o777 == 0o700
+    assert (hsm / "rf-eth-hot.pin").stat().st_mode & 0o777 == 0o600
+
+
+def _is_hsm_child(proc: Path, parent: int) -> bool:
+    try:
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+        ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    return b"ringfence.keys.hsm_server" in argv and ppid == parent
 
 
 def test_balance_update_on_the_user_data_stream(money: Server) -> None:
@@ -478,9 +566,69 @@ def test_bad_chain_settings_refuse_to_start(tmp_path) -> None:
     res = subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--data", str(tmp_path / "d"), "--port", str(_free_port())],
                          capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 2 and "RINGFENCE_CUSTODY_CHAINS" in res.stdout + res.stderr, res.stdout + res.stderr
+    # an operator KYT list that cannot be read refuses the start too (no silent fallback to the sample)
+    env.update(RINGFENCE_CUSTODY_CHAINS="BTC=local", RINGFENCE_KYT_BLACKLIST=str(tmp_path / "missing.csv"))
+    res = subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--data", str(tmp_path / "k"), "--port", str(_free_port())],
+                         capture_output=True, text=True, env=env, timeout=60)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2 and "RINGFENCE_KYT_BLACKLIST" in out and "missing.csv" in out, out
 
 
 def _free_port() -> int:
     from .conftest import free_port
 
     return free_port()
+
+
+def test_a_mid_sized_eth_withdrawal_waits_for_the_policy_delay_then_is_sent(money: Server) -> None:
+    """The demo policy delays ETH withdrawals above 1 ETH (up to the review threshold) by
+    DEMO_DELAY_S: status 4 with the delay and its rule as the reason, nothing on chain before the
+    delay is over, then it completes."""
+    from ringfence.custody.runtime import DEMO_DELAY_S
+
+    key = withdraw_key(money.data)
+    dest = key["withdraw_addresses"]["ETH"]
+    dest_before = chain_balance(money.data, "ETH", dest)
+    res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply", {"coin": "ETH", "address": dest, "amount": "1.5"})
+    assert res.status_code == 200, res.text
+    wid, asked = res.json()["id"], time.monotonic()
+
+    def row() -> dict | None:
+        rows = signed(money, key, "GET", "/sapi/v1/capital/withdraw/history", {"coin": "ETH"}).json()
+        return next((r for r in rows if r["id"] == wid), None)
+
+    held = wait_for("the policy delay", lambda: (r := row()) and r["info"].startswith("approved; sent after a policy delay") and r)
+    assert held["status"] == 4 and not held["txId"], held
+    assert "amount" in held["info"] and "asset ETH" in held["info"], held  # the rule's reasons
+    assert chain_balance(money.data, "ETH", dest) == dest_before
+    done = wait_for("the delayed withdrawal to complete", lambda: (r := row()) and r["status"] == 6 and r, 90)
+    assert time.monotonic() - asked >= DEMO_DELAY_S, "sent before the policy's delay was over"
+    assert done["txId"] and chain_balance(money.data, "ETH", dest) - dest_before == Decimal("1.5") - Decimal("0.001")
+
+
+def test_chain_commands_find_the_demo_that_make_serve_demo_started(tmp_path) -> None:
+    """Without --data, `chain pay` looks in ./ringfence-data and, when no demo runs there, in
+    ./ringfence-data/serve (where `make serve-demo` puts it). A demo whose server is gone is named
+    by its URL, so the message shows which directory was read."""
+    admin = tmp_path / "ringfence-data" / "serve" / "custody" / "admin.json"
+    admin.parent.mkdir(parents=True)
+    admin.write_text(json.dumps({"url": "http://127.0.0.1:9", "token": "t"}))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    args = [sys.executable, "-m", "ringfence.cli", "chain", "pay", "--asset", "BTC", "--to", "x", "--amount", "1"]
+    res = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert res.returncode == 2 and "cannot reach the server at http://127.0.0.1:9" in res.stderr, res.stderr
+    (tmp_path / "ringfence-data" / "custody").mkdir(parents=True)  # a demo in ./ringfence-data itself wins
+    (tmp_path / "ringfence-data" / "custody" / "admin.json").write_text(json.dumps({"url": "http://127.0.0.1:7", "token": "t"}))
+    res = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert res.returncode == 2 and "cannot reach the server at http://127.0.0.1:7" in res.stderr, res.stderr
+
+
+def test_chain_pay_with_a_token_left_by_an_earlier_demo_says_so(money, tmp_path) -> None:
+    """DIR/custody/admin.json left by an earlier demo, while another demo now answers at its address:
+    the faucet names the file and the running server instead of echoing the endpoint's own hint."""
+    stale = tmp_path / "old"
+    (stale / "custody").mkdir(parents=True)
+    (stale / "custody" / "admin.json").write_text(json.dumps({"url": money.base, "token": "left-from-an-earlier-demo"}))
+    res = cli("chain", "pay", "--data", str(stale), "--asset", "BTC", "--to", fetch_bob_deposit_address(money), "--amount", "0.1")
+    text = " ".join(res.stderr.split())
+    assert res.returncode == 2 and f"the server at {money.base} refused the token in {stale}/custody/admin.json" in text, res.stderr

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import json
+
 from decimal import Decimal
 
 import httpx
@@ -92,14 +94,14 @@ def test_hot_wallets_drain_to_cold_by_the_policy_band(tmp_path) -> None:
     The treasury fills the hot wallet (100 % of reserves, above 60 %): the rebalancer proposes, the
     engine authorizes and the chain executes a drain of each asset to cold down to 50 %, recorded
     in the ledger, with chain reconciliation clean afterwards."""
-    from ringfence.custody.runtime import DEMO_TREASURY, CustodyKeys, load_seed
+    from ringfence.custody.runtime import DEMO_TREASURY
 
     from .test_capital import chain_balance
 
     data = tmp_path / "data"
     srv = Server(data, env={**FAST, "RINGFENCE_DEMO_HOT_BAND": "4000,5000,6000"})
     try:
-        cold = CustodyKeys(load_seed(data / "custody")).cold["eth"]
+        cold = json.loads((data / "custody" / "eth-hot.json").read_text())["cold"]["address"]  # a key in the HSM process
 
         def drained() -> dict | None:
             custody = httpx.get(srv.base + "/readyz").json()["custody"]

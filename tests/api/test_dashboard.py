@@ -7,6 +7,7 @@ tests/api/test_web_session.py.
 
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -88,3 +89,16 @@ def test_por_verifier_page_served_by_the_exchange_checks_a_users_proof(server, b
     page.fill("#proof-text", json.dumps(proof))
     page.click("#verify")
     expect(page.locator("#verdict")).to_contain_text("por: INVALID")
+
+
+def test_the_browser_gets_the_exchanges_icon(server, browser):
+    """The dashboard's implicit /favicon.ico request is answered (an SVG), so no page logs a 404 for it."""
+    r = httpx.get(server.base + "/favicon.ico", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml") and b"<svg" in r.content
+    page = browser.new_page()
+    missing: list[str] = []
+    page.on("response", lambda resp: missing.append(resp.url) if resp.status == 404 else None)
+    page.goto(server.base + "/")
+    page.wait_for_load_state("networkidle")
+    assert missing == [], missing
+    page.close()

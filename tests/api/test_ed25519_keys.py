@@ -64,7 +64,7 @@ def _identity_ctx(server):
     from ringfence.settings import load_settings
     from ringfence.store import Store
 
-    url = f"sqlite:///{(server.data / 'identity.sqlite3').resolve()}"
+    url = server.database_url
     settings = load_settings(database_url=url, identity_gnupg_home=str((server.data / "gpg").resolve()))
     return IdentityContext(store=Store.from_url(url), settings=settings), url
 

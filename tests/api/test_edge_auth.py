@@ -57,7 +57,7 @@ def ed_key(server):
 
     private = Ed25519PrivateKey.generate()
     pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    settings_ = load_settings(database_url=f"sqlite:///{server.data / 'identity.sqlite3'}")
+    settings_ = load_settings(database_url=server.database_url)
     ctx = IdentityContext(store=Store.from_url(settings_.database_url), settings=settings_)
     created = issue_demo_key(ctx, "alice", "alice@demo.ringfence.local", kind="ed25519", public_key=pem)
     return created.api_key, private

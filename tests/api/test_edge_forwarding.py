@@ -36,7 +36,7 @@ def allow_listed_key(server: Server) -> tuple[str, str]:
     from ringfence.settings import load_settings
     from ringfence.store import Store
 
-    settings = load_settings(database_url=f"sqlite:///{server.data / 'identity.sqlite3'}")
+    settings = load_settings(database_url=server.database_url)
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
     created = issue_demo_key(ctx, "alice", "alice@demo.ringfence.local", ip_allowlist=["203.0.113.0/24"])
     assert created.secret is not None

@@ -63,7 +63,9 @@ def test_an_order_resent_after_a_restart_is_refused(tmp_path) -> None:
         # what serve creates is for its own user only (the identity database holds password hashes
         # and sealed secrets; found readable by every local user)
         created = [p for p in data.rglob("*") if p.is_file()]
-        assert any(p.name.startswith("identity.sqlite3") for p in created) and any(p.suffix == ".seg" or "journal" in p.parts for p in created)
+        on_sqlite = server.database_url.startswith("sqlite:")  # the suite's PostgreSQL profile keeps it in a database
+        assert any(p.name.startswith("identity.sqlite3") for p in created) == on_sqlite
+        assert any(p.suffix == ".seg" or "journal" in p.parts for p in created)
         assert [str(p) for p in created if p.stat().st_mode & 0o077] == []
         first = httpx.post(server.base + "/api/v3/order", content=body, headers=headers)
         assert first.status_code == 200, first.text

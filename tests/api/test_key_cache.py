@@ -21,6 +21,9 @@ import httpx
 import pyotp
 import pytest
 
+# the SQL store (identity, read models) is exercised: `make test` runs this file again on PostgreSQL
+pytestmark = pytest.mark.store
+
 PASSWORD = "correct horse battery staple 42"
 _last_ts = [0]
 
@@ -133,7 +136,7 @@ def test_a_revocation_committed_by_another_process_is_seen_within_the_watch_inte
     with httpx.Client(base_url=server.base, timeout=10) as http:
         for _ in range(3):
             assert signed_account(http, key, secret).status_code == 200
-        url = f"sqlite:///{server.data / 'identity.sqlite3'}"
+        url = server.database_url
         ctx = IdentityContext(store=Store.from_url(url), settings=load_settings(database_url=url))  # the demo's dev key
         token = user.cookies["__Host-rf_session"]
         api_keys.revoke_api_key(ctx, token, key_id)

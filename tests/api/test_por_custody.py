@@ -114,6 +114,8 @@ def test_live_proofs_prove_the_custody_wallets_at_pinned_heights(live: Server) -
 
     proofs = wait_for("two proofs that see the deposits on chain", proofs_with_deposits, srv)
     vault = httpx.get(srv.base + "/readyz", timeout=10).json()["custody"]["shield"]["routes"][0]["vault_address"]
+    hsm_vault = json.loads((srv.data / "custody" / "eth-hot.json").read_text())["shield_btc"]  # its keys: one HSM token each
+    assert vault == hsm_vault["address"]
     for i, p in enumerate(proofs[-2:]):
         root, report, evidence = proof_files(srv, p["n"])
         checked = check_root_document(root)  # the stdlib-only verifier
@@ -132,6 +134,9 @@ def test_live_proofs_prove_the_custody_wallets_at_pinned_heights(live: Server) -
         for c in claims:
             by_asset.setdefault(c.asset, set()).add(c.address)
         assert {btc_dep, vault} <= by_asset["BTC"]
+        (shield_claim,) = [c for c in claims if c.address == vault]  # signed by two of the vault's HSM keys
+        assert sorted(shield_claim.pubkeys) == sorted(k["public_key"] for k in hsm_vault["keys"].values())
+        assert shield_claim.threshold == 2 and len(shield_claim.signatures) == 2
         assert {a.lower() for a in by_asset["ETH"]} >= {eth_dep.lower()} and by_asset["USDT"] == by_asset["ETH"]
         assert all(a["status"] == "counted" for a in report["addresses"]), report["addresses"]
         heights = evidence["heights"]

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from pgtest import pg_database
+from pgtest import PROFILE, pg_database, profile_database_url
 from sqlalchemy import create_engine, text
 
 from .conftest import Server, free_port
@@ -36,7 +36,10 @@ def _signed(secret: str, params: dict[str, str]) -> str:
 def _profile(kind: str, tmp_path) -> Iterator[tuple[dict[str, str], str]]:
     """Yield (environment for serve, SQLAlchemy URL the server's identity lives in)."""
     if kind == "sqlite":
-        yield {}, f"sqlite:///{tmp_path / 'data' / 'identity.sqlite3'}"
+        url = f"sqlite:///{tmp_path / 'data' / 'identity.sqlite3'}"
+        # the default (no setting) is SQLite in the data folder; on the suite's PostgreSQL profile
+        # (tests/pgtest.py) the Server would get a database, so SQLite is then chosen explicitly
+        yield ({} if PROFILE == "sqlite" else {"RINGFENCE_DATABASE_URL": url}), url
         return
     with pg_database() as url:
         yield {"RINGFENCE_DATABASE_URL": url}, url
@@ -99,3 +102,23 @@ def test_serve_refuses_an_unreachable_database_without_printing_its_password(tmp
     assert "RINGFENCE_DATABASE_URL" in out and "cannot open the database" in out, out
     assert "hunter2-secret" not in out and "***" in out, out
     assert "Traceback" not in out, out
+
+
+def test_the_suite_profile_gives_each_data_folder_its_own_postgresql_database(tmp_path):
+    """`RINGFENCE_TEST_PROFILE=postgresql` (make test-postgresql): a database per server folder, the
+    same one for a restart on that folder, a real PostgreSQL database (no SQLite fallback), all
+    dropped at the end of the session. The sqlite profile leaves the server's default alone."""
+    from pgtest import drop_profile_databases
+
+    assert profile_database_url(tmp_path / "a", "sqlite") is None
+    first = profile_database_url(tmp_path / "a", "postgresql")
+    assert first is not None and first.startswith("postgresql")
+    assert profile_database_url(tmp_path / "a", "postgresql") == first  # a restart finds its users again
+    other = profile_database_url(tmp_path / "b", "postgresql")
+    assert other is not None and other != first
+    assert _rows(first, "SELECT current_database()") == [(first.rsplit("/", 1)[1],)]
+    names = {first.rsplit("/", 1)[1], other.rsplit("/", 1)[1]}
+    assert drop_profile_databases([tmp_path / "a", tmp_path / "b"]) == 2
+    with pg_database() as admin_url:  # any connection to the server, to list what is left
+        left = {r[0] for r in _rows(admin_url, "SELECT datname FROM pg_database")}
+    assert not names & left

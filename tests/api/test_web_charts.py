@@ -17,6 +17,7 @@ Screenshots go to docs/img/charts-*.png.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from decimal import Decimal
@@ -152,7 +153,7 @@ def test_candles_volume_depth_fills_and_own_proof_verified(server, browser):  # 
     expect(page.locator("#proof-status")).to_contain_text(f"Your balances are in proof #{n}")
     page.click("#verify-proof")
     verdict = page.locator("#proof-verdict[data-done]")
-    expect(verdict).to_have_text(f"Verified: your balances are included in proof #{n} (por: VALID).")
+    expect(verdict).to_have_text(f"Verified: your balances are included in proof #{n} (por: VALID).", timeout=30_000)
     assert verdict.get_attribute("data-ok") == "1"
     account = page.inner_text("#account-id")
     expect(page.locator("#proof-output")).to_contain_text(f"account:  {account}")
@@ -170,7 +171,7 @@ def test_candles_volume_depth_fills_and_own_proof_verified(server, browser):  # 
     page.reload()
     expect(page.locator("#proof-status")).to_contain_text("Your balances are in proof #")
     page.click("#verify-proof")
-    expect(verdict).to_contain_text("por: INVALID: root.hash: the path does not lead to the root hash")
+    expect(verdict).to_contain_text("por: INVALID: root.hash: the path does not lead to the root hash", timeout=60_000)
     assert verdict.get_attribute("data-ok") == "0"
     shot(page, "3-tampered-proof-refused")
     page.unroute("**/session/v3/por/proof?*")
@@ -265,6 +266,14 @@ def languages_and_fiat(server, page, base: str, totp) -> None:
     assert pushed.returncode == 0 and "1 fiat rates, 2 asset prices accepted" in pushed.stdout, pushed.stdout + pushed.stderr
     rates = httpx.get(server.base + "/v1/fiat/rates").json()
     assert rates["fiat"]["EUR"] == "0.5" and rates["assets"]["USDT"] == "1" and rates["source"] == "test feed"
+    # `fiat rates` finds the node through $RINGFENCE_URL (no --url) and prints the time as a date
+    os.environ["RINGFENCE_URL"] = server.base
+    try:
+        shown = cli("fiat", "rates", "--currency", "EUR")
+    finally:
+        del os.environ["RINGFENCE_URL"]
+    assert shown.returncode == 0 and "1 USD = 0.5 EUR" in shown.stdout, shown.stdout + shown.stderr
+    assert re.search(r"as of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", shown.stdout), shown.stdout
     refused = cli("fiat", "feed", "--target", server.base, "--token", "wrong", "--demo")
     assert refused.returncode == 1 and "rates token" in refused.stderr, refused.stderr
     assert httpx.get(server.base + "/v1/fiat/rates").json() == rates

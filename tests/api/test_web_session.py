@@ -26,6 +26,9 @@ from playwright.sync_api import expect, sync_playwright
 
 from .conftest import Server
 
+# the SQL store (identity, read models) is exercised: `make test` runs this file again on PostgreSQL
+pytestmark = pytest.mark.store
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 PASSWORD = "correct horse battery staple 42"
@@ -193,6 +196,10 @@ def test_newcomer_signs_up_by_mail_turns_on_totp_and_trades_on_the_session(serve
     expect(page.locator("#order-status")).to_contain_text("FILLED")
     fills = page.evaluate("fetch('/session/v3/myTrades?symbol=AAPLXUSDT').then(r => r.json())")
     assert [(f["price"], f["qty"], f["isBuyer"]) for f in fills] == [("190.020000", "1.0000", True)], fills
+    # the history lists it as a market order, not at a price of 0
+    market_row = page.locator("#history tbody tr").filter(has_text="FILLED").first
+    expect(market_row).to_contain_text("Market")
+    expect(market_row).not_to_contain_text("0.000000")
 
     page.click("#logout")  # the dashboard's sign-out form (session-bound CSRF token)
     page.wait_for_url(base + "/login")

@@ -26,12 +26,15 @@ import pytest
 import segno
 from playwright.sync_api import expect
 
+from ringfence.identity.second_factor import TOTP_DRIFT_STEPS, TOTP_STEP_S
+
 from .conftest import Server, cli
 from .test_web_session import IMG, browser, last_seq, sign_up_verify_and_enable_totp, wait_for_mail  # noqa: F401 (fixture)
 
 COOLING_S = 20
+LOCK_S = 12  # the lock after a security change (here: the address-book change itself), shorter than the cooling
 ENV = {"RINGFENCE_CUSTODY_BLOCK_INTERVAL_MS": "800", "RINGFENCE_CUSTODY_POLL_MS": "200",
-       "RINGFENCE_CUSTODY_ADDRESS_COOLING_S": str(COOLING_S), "RINGFENCE_IDENTITY_WITHDRAWAL_LOCK_S": "2"}
+       "RINGFENCE_CUSTODY_ADDRESS_COOLING_S": str(COOLING_S), "RINGFENCE_IDENTITY_WITHDRAWAL_LOCK_S": str(LOCK_S)}
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +64,18 @@ def outside_addresses(data: Path) -> dict[str, str]:
 
 
 def fresh_code(totp) -> str:
-    """A TOTP code not used before in this test (identity refuses a code's replay): wait for the next step."""
-    used = getattr(fresh_code, "used", set())
-    while (code := totp.now()) in used:
+    """A TOTP code of a step after every one used before in this test (identity refuses a step at or
+    before the last it accepted). Identity accepts a code up to TOTP_DRIFT_STEPS steps ahead of its
+    clock (a phone whose clock runs fast), so the next step's code is used at once rather than
+    waiting up to 30 s for it; only when that one is taken too does this wait for the clock."""
+    while True:
+        now_step = int(time.time()) // TOTP_STEP_S
+        step = max(fresh_code.last_step + 1, now_step)  # type: ignore[attr-defined]
+        if step <= now_step + TOTP_DRIFT_STEPS:
+            break
         time.sleep(0.5)
-    used.add(code)
-    fresh_code.used = used  # type: ignore[attr-defined]
-    return code
+    fresh_code.last_step = step  # type: ignore[attr-defined]
+    return totp.at(step * TOTP_STEP_S)
 
 
 def latest_mail(page, base: str, to: str, subject: str, timeout_s: float = 30):
@@ -88,7 +96,7 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     page.on("pageerror", lambda e: errors.append(str(e)))
     base, email = server.web, "saver@example.com"
     totp = sign_up_verify_and_enable_totp(page, base, email)
-    fresh_code.used = {totp.now()}  # type: ignore[attr-defined]  # the code that turned TOTP on
+    fresh_code.last_step = int(time.time()) // TOTP_STEP_S  # type: ignore[attr-defined]  # at or after the code that turned TOTP on
     page.goto(base + "/security")  # an anti-phishing code, so the e-mails below can be told from a phish
     page.fill("#apc-code", "SAVER-42")
     page.click("#set-apc")
@@ -172,15 +180,32 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     expect(entry).to_have_attribute("data-state", "cooling")
     expect(entry.locator("td.state")).to_contain_text("cooling")
     shot(page, "5-address-cooling")
-    # a withdrawal now (after the 2 s lock that the address change set) is refused: the entry cools
-    time.sleep(3)
+    # a withdrawal now is refused twice over, each time changing nothing: first by the lock that the
+    # address-book change set (identity's security event, relayed into the engine as
+    # RecordSecurityChange: the web path checks only the engine's state, so this is the engine's
+    # lock), canWithdraw false meanwhile; once the lock ends, by the entry's cooling period
     page.select_option("#wd-coin", "BTC")
-    page.select_option("#wd-address", dest["BTC"])
-    page.fill("#wd-amount", "0.01")
-    page.fill("#wd-code", totp.now())  # every other check runs before the code is spent: not consumed
     before = last_seq(server)
-    page.click("#wd-submit")
-    expect(page.locator("#wd-status")).to_contain_text("needs time before withdrawals")
+
+    def refusal() -> str:
+        page.select_option("#wd-address", dest["BTC"])
+        page.fill("#wd-amount", "0.01")
+        page.fill("#wd-code", totp.now())  # every other check runs before the code is spent: not consumed
+        page.locator("#wd-status").evaluate("e => e.textContent = ''")
+        page.click("#wd-submit")
+        page.wait_for_function("() => !['', '…'].includes(document.querySelector('#wd-status').textContent)")
+        return page.inner_text("#wd-status")
+
+    answers = [refusal()]
+    assert "after a recent security change" in answers[0] and f"Within {LOCK_S} s after a password" in answers[0], answers
+    account = page.evaluate("fetch('/session/v3/account').then(r => r.json())")
+    assert account["canWithdraw"] is False and account["canDeposit"] is True, account
+    deadline = time.monotonic() + LOCK_S + 5
+    while "after a recent security change" in answers[-1] and time.monotonic() < deadline:
+        time.sleep(1)
+        answers.append(refusal())
+    assert "needs time before withdrawals" in answers[-1], answers
+    assert page.evaluate("fetch('/session/v3/account').then(r => r.json())")["canWithdraw"] is True
     assert last_seq(server) == before
 
     expect(entry).to_have_attribute("data-state", "usable", timeout=(COOLING_S + 10) * 1000)
@@ -210,6 +235,34 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     expect(page.locator(f'#hist-deposits tr[data-txid="{txid}"] td.status')).to_have_text("final")
     expect(page.locator("#hist-withdrawals tr[data-status='6']")).to_have_count(1)
     shot(page, "8-history")
+
+    # a second withdrawal, cancelled while it waits for the e-mail: status 1, the hold released;
+    # a completed one cannot be cancelled (refused, nothing journaled)
+    page.goto(base + "/wallet/withdraw")
+    free_before = page.evaluate("call('GET', '/account').then(a => a.balances.find(b => b.asset === 'BTC').free)")
+    page.select_option("#wd-coin", "BTC")
+    page.select_option("#wd-address", dest["BTC"])
+    page.fill("#wd-amount", "0.02")
+    page.fill("#wd-code", fresh_code(totp))
+    page.click("#wd-submit")
+    expect(page.locator("#wd-status")).to_contain_text("e-mail sent")
+    pending = page.locator("#withdrawals .withdrawal[data-status='0']")
+    expect(pending).to_have_count(1)
+    held = page.evaluate("call('GET', '/account').then(a => a.balances.find(b => b.asset === 'BTC').free)")
+    assert Decimal(held) == Decimal(free_before) - Decimal("0.02")
+    done_id = page.locator("#withdrawals .withdrawal[data-status='6']").first.get_attribute("data-id")
+    before = last_seq(server)
+    refused = page.evaluate("(id) => call('POST', '/capital/withdraw/cancel', {id}).then(() => 'ok', e => e.message)", done_id)
+    assert "settled" in refused and "cancelled" in refused, refused
+    assert last_seq(server) == before
+    pending.locator("button.cancel").click()
+    cancelled = page.locator("#withdrawals .withdrawal[data-status='1']")
+    expect(cancelled).to_have_count(1)
+    assert cancelled.locator(".timeline li").all_inner_texts()[-1].startswith("cancelled"), cancelled.inner_text()
+    after = page.evaluate("call('GET', '/account').then(a => a.balances.find(b => b.asset === 'BTC').free)")
+    assert Decimal(after) == Decimal(free_before)
+    expect(page.locator("#withdrawals button.cancel")).to_have_count(0)
+    shot(page, "9-withdrawal-cancelled")
 
     # remove the entry: withdrawals to it are refused again
     page.goto(base + "/wallet/withdraw")
@@ -251,7 +304,11 @@ def test_a_quarantined_deposit_gets_its_source_of_funds_declaration_on_the_depos
     page.click("#sof-submit")
     expect(page.locator("#sof-status")).to_contain_text("declaration")
     expect(page.locator("#sof-status")).to_contain_text("10 characters")
-    assert last_seq(server) == before, "a refused declaration journals nothing"
+    # a refused declaration journals nothing (other workers may journal meanwhile: the deposit's own confirmations)
+    later = cli("journal", "sources", str(server.data), "--from-seq", str(before + 1))
+    assert later.returncode == 0, later.stderr
+    tags = [json.loads(line)["command"] for line in later.stdout.splitlines() if line.strip()]
+    assert not [t for t in tags if "source_of_funds" in t], tags
 
     page.fill("#sof-text", "Salary from my employer, paid out of my own hardware wallet")
     page.click("#sof-submit")
@@ -260,3 +317,48 @@ def test_a_quarantined_deposit_gets_its_source_of_funds_declaration_on_the_depos
     shot(page, "5-source-of-funds")
     assert errors == []
     context.close()
+
+
+def test_adding_an_address_before_the_first_factor_is_confirmed_says_to_open_the_link(server, browser):  # noqa: F811
+    """TOTP turned on but its e-mail link not opened yet: "Add address" is refused with a message that
+    says to confirm the e-mailed link (in the page's language), not an unknown error; nothing is added."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    base, email = server.web, "unconfirmed@example.com"
+    totp = sign_up_verify_and_enable_totp(page, base, email, confirm=False)
+    fresh_code.last_step = int(time.time()) // TOTP_STEP_S  # type: ignore[attr-defined]  # the code that turned TOTP on
+    page.goto(base + "/wallet/withdraw")
+    page.select_option("#lang-select", "de")  # the message is the catalogue's (English: the msgid itself)
+    page.wait_for_load_state()
+    expect(page.locator("html")).to_have_attribute("lang", "de")
+    page.select_option("#book-coin", "BTC")
+    page.fill("#book-address", outside_addresses(server.data)["BTC"])
+    page.fill("#book-code", fresh_code(totp))
+    page.click("#book-add")
+    expect(page.locator("#book-status")).to_contain_text("Ihr neuer zweiter Faktor ist noch nicht bestätigt: Öffnen Sie den Link")
+    assert "RF_" not in page.inner_text("#book-status")
+    assert page.evaluate("fetch('/session/v3/addressBook').then(r => r.json())")["entries"] == []
+    assert not errors, errors
+    context.close()
+
+
+def test_the_lock_message_states_the_configured_duration() -> None:
+    from ringfence.api.capital import _withdraw_error
+    from ringfence.errors import WithdrawalsLocked
+
+    for lock_s, words in ((86_400, "Within 24 hours after"), (600, "Within 10 minutes after"), (3600, "Within 1 hour after"),
+                          (12, "Within 12 s after")):
+        msg = _withdraw_error(WithdrawalsLocked("withdrawals are locked for 5 more s", lock_s=lock_s)).msg
+        assert msg.startswith(words) and msg.endswith("(withdrawals are locked for 5 more s)"), msg
+
+
+def test_chain_pay_names_the_field_once(server) -> None:
+    """`ringfence chain pay` refusals name the field once ("amount: exponent ...", not "amount: amount: ...")."""
+    dest = outside_addresses(server.data)
+    bad_amount = cli("chain", "pay", "--data", str(server.data), "--asset", "BTC", "--to", dest["BTC"], "--amount", "1e3")
+    assert bad_amount.returncode == 2 and bad_amount.stderr.startswith("error: amount: exponent notation"), bad_amount.stderr
+    wrong_chain = cli("chain", "pay", "--data", str(server.data), "--asset", "BTC", "--to", dest["ETH"], "--amount", "0.1")
+    assert wrong_chain.returncode == 2 and wrong_chain.stderr.startswith("error: to: looks like an Ethereum address"), \
+        wrong_chain.stderr

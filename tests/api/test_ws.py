@@ -155,3 +155,42 @@ def test_unknown_stream_and_bad_messages(server):
     assert bad["error"]["code"] == 3
     assert refused["error"]["code"] == 2 and refused["id"] == 1
     assert ok == {"result": None, "id": 2}
+
+
+def test_a_client_past_its_request_budget_is_closed_with_1008_whatever_the_server_speed(server):
+    """A market-stream connection may send INCOMING_BURST requests at once, then INCOMING_PER_S a
+    second (Binance allows 5-10): a client that sends 300 requests back to back gets answers to about
+    the first INCOMING_BURST of them, then 1008 "too many messages". The budget is per connection: a
+    new connection from the same address is answered at once, and a client within the rate is never
+    closed."""
+    from ringfence.api.ws import INCOMING_BURST, INCOMING_PER_S
+
+    request = json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 7})
+
+    async def flood():
+        answered = 0
+        async with websockets.connect(ws_url(server, "/ws")) as ws:
+            t0 = time.monotonic()
+            for _ in range(300):
+                await ws.send(request)
+            try:
+                while True:
+                    assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"result": [], "id": 7}
+                    answered += 1
+            except websockets.ConnectionClosed as closed:
+                return answered, closed.rcvd, time.monotonic() - t0
+
+    async def polite():
+        async with websockets.connect(ws_url(server, "/ws")) as ws:
+            for i in range(INCOMING_BURST + 5):  # more requests than the burst, spread over time
+                await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": i}))
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"result": [], "id": i}
+                if i >= INCOMING_BURST // 2:
+                    await asyncio.sleep(1.5 / INCOMING_PER_S)
+            return True
+
+    answered, rcvd, seconds = asyncio.run(flood())
+    print(f"flood: {answered} answered in {seconds:.2f} s, then {rcvd}")
+    assert rcvd is not None and (rcvd.code, rcvd.reason) == (1008, "too many messages"), rcvd
+    assert INCOMING_BURST <= answered <= INCOMING_BURST + int(seconds * INCOMING_PER_S) + 1, (answered, seconds)
+    assert asyncio.run(polite())

@@ -38,12 +38,40 @@ def server(tmp_path_factory):
     assert srv.stop() == 0
 
 
+#: Every BTCUSDT market stream a slow subscriber holds (so that it falls behind on all of them).
+BTC_STREAMS = ["btcusdt@depth", "btcusdt@depth@100ms", "btcusdt@ticker", "btcusdt@trade", *(f"btcusdt@kline_{i}" for i in KLINE_INTERVALS_NS)]
+
+async def move_book_until_dropped(http, server, alice, rng, slow, remaining: int, seconds: float):  # float-ok: s
+    """Rest BTCUSDT buys below the market and cancel them (each moves the book twice), ten at a time,
+    until only `remaining` WebSocket connections are left (the slow one dropped); then read the slow
+    client's close frame in the background (it follows what was buffered, and the server aborts a
+    socket that does not read it within 5 s) while 20 more buys rest: the market goes on after it left.
+    Returns (orders placed and cancelled, the task reading the close frame)."""
+    placed = 0
+    deadline = time.monotonic() + seconds
+    while placed % 10 or await asyncio.to_thread(wait_for_connections, server, remaining, 0) != remaining:
+        assert time.monotonic() < deadline, "the slow subscriber was never closed"
+        price = f"{rng.randrange(59000, 60900)}.{rng.randrange(100):02d}"
+        r = await place(http, alice["api_key"], alice["api_secret"], {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.0010", "price": price})
+        assert r.status_code == 200, r.text
+        q = signed_query(alice["api_secret"], {"symbol": "BTCUSDT", "orderId": str(r.json()["orderId"])})
+        r = await http.delete("/api/v3/order?" + q, headers={"X-MBX-APIKEY": alice["api_key"]})
+        assert r.status_code == 200, r.text
+        placed += 1
+    closing = asyncio.create_task(asyncio.to_thread(read_close_frame, slow, 10))
+    for _ in range(20):
+        price = f"{rng.randrange(59000, 60900)}.00"
+        r = await place(http, alice["api_key"], alice["api_secret"], {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.0010", "price": price})
+        assert r.status_code == 200, r.text
+    return placed, closing
+
+
 def test_slow_subscriber_is_closed_and_fast_ones_get_every_diff_in_order(server):
     seed = random.SystemRandom().randrange(1 << 30)
     print(f"fanout seed={seed}")
     rng = random.Random(seed)
     alice = server.keys["alice"]
-    streams = ["btcusdt@depth", "btcusdt@depth@100ms", "btcusdt@ticker", "btcusdt@trade", *(f"btcusdt@kline_{i}" for i in KLINE_INTERVALS_NS)]
+    streams = BTC_STREAMS
 
     async def scenario():
         fast = [await websockets.connect(url(server, "/ws/btcusdt@depth")) for _ in range(FAST_CLIENTS)]
@@ -58,26 +86,8 @@ def test_slow_subscriber_is_closed_and_fast_ones_get_every_diff_in_order(server)
         slow = raw_connect(server, rcvbuf=4096)
         slow.sendall(client_frame(json.dumps({"method": "SUBSCRIBE", "params": streams, "id": 1})))
         assert wait_for_connections(server, FAST_CLIENTS + 1, 5) == FAST_CLIENTS + 1
-        placed = 0
         async with httpx.AsyncClient(base_url=server.base, timeout=10) as http:
-            deadline = time.monotonic() + 60
-            # resting orders below the market, then cancelled: each one moves the book twice
-            while placed % 10 or await asyncio.to_thread(wait_for_connections, server, FAST_CLIENTS, 0) != FAST_CLIENTS:
-                assert time.monotonic() < deadline, "the slow subscriber was never closed"
-                price = f"{rng.randrange(59000, 60900)}.{rng.randrange(100):02d}"
-                r = await place(http, alice["api_key"], alice["api_secret"], {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.0010", "price": price})
-                assert r.status_code == 200, r.text
-                q = signed_query(alice["api_secret"], {"symbol": "BTCUSDT", "orderId": str(r.json()["orderId"])})
-                r = await http.delete("/api/v3/order?" + q, headers={"X-MBX-APIKEY": alice["api_key"]})
-                assert r.status_code == 200, r.text
-                placed += 1
-            # the close frame follows what was buffered; the server aborts the socket if it is not
-            # read within 5 s, so read it now, beside the rest
-            closing = asyncio.create_task(asyncio.to_thread(read_close_frame, slow, 10))
-            for _ in range(20):  # and the market goes on after it left
-                price = f"{rng.randrange(59000, 60900)}.00"
-                r = await place(http, alice["api_key"], alice["api_secret"], {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.0010", "price": price})
-                assert r.status_code == 200, r.text
+            placed, closing = await move_book_until_dropped(http, server, alice, rng, slow, FAST_CLIENTS, 60)
             last = (await http.get("/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 5})).json()["lastUpdateId"]
         deadline = time.monotonic() + 10
         while not all(r and r[-1]["u"] >= last for r in received):

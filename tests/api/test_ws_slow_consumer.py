@@ -8,6 +8,11 @@ client past `MAX_QUEUE` messages or `MAX_QUEUE_BYTES` of queued JSON is closed w
 consumer" and dropped; at most `MAX_CONNECTIONS_PER_IP` connections per address (1013 past it);
 stream names are lower-case (the case data is published under), others are refused.
 
+These servers lift the per-connection request and frame budgets (`RINGFENCE_WS_INCOMING_BURST`,
+`RINGFENCE_WS_FRAMES_BURST`, which would close such a flood after 50 requests with 1008 "too many
+messages", tests/api/test_ws.py and test_ws_frame_flood.py) so that
+the flood reaches the queue bounds tested here.
+
 Reproduce by hand: `ringfence serve --demo`, then a raw socket that sends the frames below and
 closes without reading; `curl -s localhost:8000/metrics | grep ws_connections` goes back to 0.
 """
@@ -30,11 +35,23 @@ from ringfence.api.ws import MAX_CONNECTIONS_PER_IP, MAX_STREAMS_PER_CONNECTION
 from ringfence.trading.marketdata import KLINE_INTERVALS_NS
 
 from .conftest import Server
+from .ws_flood import close_frame as read_close_frame
 from .test_ws import place
 
 #: Requests (~70 bytes each, ~700-byte replies): more replies than the old 10,000-message queue plus
 #: what the socket buffers hold, so the old code hangs; the new one closes after ~4 MiB queued.
 FLOOD_FRAMES = 30_000
+
+
+#: No request budget in these servers: the flood must reach the queues.
+UNLIMITED = {"RINGFENCE_WS_INCOMING_BURST": str(10**9), "RINGFENCE_WS_FRAMES_BURST": str(10**9)}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("slow") / "data", UNLIMITED)
+    yield srv
+    assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
 
 def url(server, path="/ws"):
@@ -101,45 +118,13 @@ def flood(sock: socket.socket, streams: list[str], frames: int, seconds: float) 
         pass
 
 
-def read_close_frame(sock: socket.socket, seconds: float) -> tuple[int, str] | None:
-    """Read server frames until the close frame: its (code, reason), or None if none came."""
-    sock.settimeout(seconds)
-    buf = b""
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        while len(buf) >= 2:
-            opcode, n = buf[0] & 0x0F, buf[1] & 0x7F
-            start = 2
-            if n == 126:
-                if len(buf) < 4:
-                    break
-                n, start = struct.unpack("!H", buf[2:4])[0], 4
-            elif n == 127:
-                if len(buf) < 10:
-                    break
-                n, start = struct.unpack("!Q", buf[2:10])[0], 10
-            if len(buf) < start + n:
-                break
-            payload, buf = buf[start:start + n], buf[start + n:]
-            if opcode == 0x8:
-                return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
-        try:
-            more = sock.recv(1 << 16)
-        except OSError:
-            return None
-        if not more:
-            return None
-        buf += more
-    return None
-
-
 def hang_up(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, like a killed client
     sock.close()
 
 
 def test_flood_then_hang_up_frees_the_connection_and_sigterm_is_prompt(tmp_path):
-    srv = Server(tmp_path / "data")
+    srv = Server(tmp_path / "data", UNLIMITED)
     try:
         assert wait_for_connections(srv, 0, 5) == 0
         sock = raw_connect(srv)

@@ -24,14 +24,15 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from api.conftest import Server
+from pgtest import profile_database_url
 from ringfence.app import replay_journal
 from ringfence.backup import MANIFEST, BackupInvalid, create_backup, restore_backup, verify_backup
 from ringfence.journal.journal import lock_holder, scan_all
 
 
-def rf(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def rf(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, COLUMNS="200"))
+                          env=dict(os.environ, COLUMNS="200", **(env or {})))
     if check and proc.returncode != 0:
         raise AssertionError(f"ringfence {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -75,7 +76,9 @@ def test_backup_of_a_live_server_under_load_verifies_and_restores(tmp_path):
     loader.start()
     try:
         time.sleep(1.0)
-        rf("backup", "create", "--data", str(srv.data), "--to", str(tmp_path / "bk"))
+        # on the suite's PostgreSQL profile (tests/pgtest.py) the server's identity is in a database
+        on_pg = {} if srv.database_url.startswith("sqlite") else {"RINGFENCE_DATABASE_URL": srv.database_url}
+        rf("backup", "create", "--data", str(srv.data), "--to", str(tmp_path / "bk"), env=on_pg)
         time.sleep(0.5)
     finally:
         stop.set()
@@ -100,7 +103,9 @@ def test_backup_of_a_live_server_under_load_verifies_and_restores(tmp_path):
     assert "restore: OK" in out and "inside the batch" in out
     restored, report, _ = replay_journal(tmp_path / "pit" / "engine", use_snapshots=False)
     assert (restored.last_seq, restored.state_hash()) == (inside, at_inside.state_hash())
-    rf("backup", "restore", str(tmp_path / "bk"), "--to", str(tmp_path / "full"))
+    full_url = profile_database_url(tmp_path / "full")  # the database the Server below will use, if any
+    rf("backup", "restore", str(tmp_path / "bk"), "--to", str(tmp_path / "full"),
+       env={"RINGFENCE_DATABASE_URL": full_url} if full_url else None)
     again = Server(tmp_path / "full", demo=False)
     try:
         ready = httpx.get(again.base + "/readyz", timeout=5).json()

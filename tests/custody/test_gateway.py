@@ -13,9 +13,13 @@ from ringfence.custody.withdrawals import submit_withdrawal
 from ringfence.errors import InsufficientFunds, RingfenceError, SecondFactorRequired, WithdrawalsLocked
 from ringfence.identity import IdentityContext, accounts, second_factor as sf
 from ringfence.store import Store
+from pgtest import profile_store_url
 
 from ringfence.settings import Settings
 from ringfence.store.models import OutboxMessage
+
+# the SQL store (identity, read models) is exercised: `make test` runs this file again on PostgreSQL
+pytestmark = pytest.mark.store
 
 PASSWORD = "correct horse battery staple 42"
 
@@ -63,12 +67,13 @@ from .flows import fund_btc, outside_btc_address
 
 @pytest.fixture
 def ident(tmp_path):
-    store = Store.from_url(f"sqlite:///{tmp_path}/identity.sqlite3")
-    settings = make_settings()
-    settings.identity_withdrawal_lock_s = 600
-    clock = Clock()
-    yield IdentityContext(store=store, settings=settings, clock=clock), clock
-    store.engine.dispose()
+    with profile_store_url(tmp_path) as url:  # SQLite, or PostgreSQL on the suite's PostgreSQL profile
+        store = Store.from_url(url)
+        settings = make_settings()
+        settings.identity_withdrawal_lock_s = 600
+        clock = Clock()
+        yield IdentityContext(store=store, settings=settings, clock=clock), clock
+        store.engine.dispose()
 
 
 def test_request_needs_fresh_2fa_and_mails_anti_phishing_code(net, ident) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ringfence.custody.commands import DepositReported, FileSourceOfFunds
-from ringfence.custody.kyt import Blacklist, BuiltinScorer, KytInput, KytResult, sample_blacklist
+from ringfence.custody.kyt import Blacklist, BlacklistFile, BuiltinScorer, KytInput, KytResult, sample_blacklist
 from ringfence.errors import RingfenceError
 
 from .conftest import balance
@@ -140,3 +140,64 @@ def test_taint_over_the_bitcoin_utxo_graph(net) -> None:
     d3 = _dep(net, txid3)
     assert d3.state == "credited" and d3.score == 60 and "2 hops" in d3.reasons[0]
     net.node.engine.check_invariants()
+
+
+def test_a_blacklisted_funder_is_not_hidden_behind_many_payments_from_one_clean_funder(net) -> None:
+    """The sender `hop1` was paid 60 times by one clean address (one transaction, 60 outputs) and
+    once by the sanctioned miner: the funders are each named once, so the miner is one hop away
+    (90, quarantined). Counted per payment, the clean funder's copies filled the fan-out (50) and
+    the sanctioned one was never looked at: the deposit scored 60 (two hops, through `clean`)."""
+    from ringfence.custody.kyt import ChainFundingGraph
+    from ringfence.custody.wallets import LocalKeySigner, build_btc_payment, p2wpkh_address
+
+    addrs = net.open_user("kim")
+    net.btc_fund_miner()
+    net.scorer = BuiltinScorer(Blacklist([("bitcoin", net.miner, "sanctions", "test entry")]),
+                               ChainFundingGraph({"bitcoin": net.btc}))
+    net.keys["clean"], net.keys["hop1"] = bytes(31) + b"\x09", bytes(31) + b"\x0a"
+    net.local = LocalKeySigner(net.keys)
+    clean, hop1 = (p2wpkh_address(net.local.public_key(k)) for k in ("clean", "hop1"))
+    net.btc_send(clean, 10 * 10**8)
+    net.btc_mine(1)
+    raw, _, _ = build_btc_payment(net.btc, from_address=clean, key_id="clean", signer=net.local,
+                                  outputs=[(hop1, 1_000_000)] * 60, fee_rate_sat_per_vb=2, request_id="fan", reason="test")
+    net.btc.broadcast(raw)
+    net.btc_mine(1)
+    net.btc_send(hop1, 30_000_000)  # the sanctioned miner pays hop1 once, after the clean payments
+    net.btc_mine(1)
+    txid = net.btc_send(addrs["bitcoin"], 20_000_000, from_key="hop1")
+    net._make_workers()
+    net.btc_mine(2)
+    net.btc_watcher.poll()
+    d = _dep(net, txid)
+    assert (d.state, d.score) == ("quarantined", 90), (d.state, d.score, d.reasons)
+    assert "1 hop" in d.reasons[0] and net.miner in d.reasons[0]
+    net.node.engine.check_invariants()
+
+
+def test_blacklist_file_is_reread_when_it_changes_and_a_bad_file_keeps_the_last_good_list(tmp_path) -> None:
+    path = tmp_path / "list.csv"
+    dest = "0x" + "ab" * 20
+    with pytest.raises(RingfenceError, match="cannot read"):
+        BlacklistFile(path, sample_blacklist())
+    path.write_text("ethereum,0x1234,nonsense\n")
+    with pytest.raises(RingfenceError, match="category"):
+        BlacklistFile(path, sample_blacklist())
+    path.write_text("# nothing yet\n")
+    bl = BlacklistFile(path, sample_blacklist(), check_every_s=0)
+    scorer = BuiltinScorer(bl)
+    assert scorer.screen_destination("ethereum", dest) == KytResult(0, ())
+    assert len(bl) == len(sample_blacklist()) and bl.loads == 1
+    path.write_text(f"ethereum,{dest.upper().replace('0X', '0x')},mixer,test list\n")
+    got = scorer.screen_destination("ethereum", dest)
+    assert got.score == 95 and got.category == "mixer" and "test list" in got.reasons[0] and bl.loads == 2
+    path.write_text("bitcoin,x\n")  # broken: the last good list stays, and says why (refresh raises)
+    with pytest.raises(RingfenceError, match="expected chain,address"):
+        bl.refresh()
+    assert scorer.screen_destination("ethereum", dest).score == 95 and "expected chain,address" in bl.error
+    path.unlink()
+    with pytest.raises(RingfenceError, match="cannot read"):
+        bl.refresh()
+    assert "cannot read" in bl.error and scorer.screen_destination("ethereum", dest).score == 95
+    # the sample's entries stay in force under the file
+    assert scorer.screen_destination("ethereum", "0x4CCeBa2d7D2B4fdcE4304d3e09a1fea9fbEb1528").score == 100

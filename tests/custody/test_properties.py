@@ -93,3 +93,75 @@ def test_random_crashes_never_double_broadcast(eth_chain, crashes) -> None:
         assert net.btc.balance(dest) == 5_000_000
         assert net.ledger.custody("BTC", "btc_hot").balance == net.btc.balance(net.btc_hot)
         net.node.engine.check_invariants()
+
+
+BATCH_OPS = st.lists(st.one_of(
+    st.tuples(st.just("step"), st.integers(1, 10_000)),  # a worker pass, stopping after this many commands
+    st.tuples(st.just("fail"), st.integers(0, 2)),  # one member failed while its batch is not yet sent
+    st.tuples(st.just("crash"), st.sampled_from(["after_record_signed", "after_broadcast"])),
+    st.tuples(st.just("mine"), st.integers(1, 6)),
+), min_size=1, max_size=14)
+
+
+@seed(13)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=BATCH_OPS)
+def test_a_batchs_outputs_are_never_both_refunded_and_sent(eth_chain, ops) -> None:
+    """Whatever the order of passes, failures, crashes and blocks: the withdrawals of one
+    transaction are never some failed (refunded) and some signed, broadcast or settled, and a
+    refunded withdrawal's address is never paid."""
+    import pytest
+
+    from ringfence.custody import workers
+    from ringfence.custody.commands import FailWithdrawal
+    from ringfence.custody.workers import SimulatedCrash
+
+    print("seed 13, ops:", ops)
+    with tempfile.TemporaryDirectory() as d:
+        net = LocalNet(d, eth=eth_chain, key_seed="prop-batch")
+        net.bootstrap()
+        dests = []
+        for i, amount in enumerate((10_000_000, 7_000_000, 3_000_000)):
+            fund_btc(net, f"b{i}", 50_000_000)
+            dests.append(outside_btc_address(60 + i))
+            net.request(f"pb{i}", f"b{i}", "BTC", dests[i], amount)
+        ids = [f"pb{i}" for i in range(3)]
+        mp = pytest.MonkeyPatch()
+        try:
+            for op in ops:
+                if op[0] == "step":
+                    mp.setattr(workers, "MAX_STEPS", op[1])
+                    net.withdrawals.step()
+                    mp.undo()
+                elif op[0] == "fail":
+                    w = net.state.withdrawals[ids[op[1]]]
+                    if w.state == "signed" and net.btc.tx_status(w.txid).state.name == "UNKNOWN":
+                        net.execute(FailWithdrawal(w.id, "BTC", "btc_hot", "operator: never sent"))
+                elif op[0] == "crash":
+                    net.withdrawals.crash_at = op[1]
+                    try:
+                        net.withdrawals.step()
+                    except SimulatedCrash:
+                        net.crash_and_restart()
+                    net.withdrawals.crash_at = None
+                else:
+                    net.btc_mine(op[1])
+                by_txid: dict[str, set[str]] = {}
+                for wid in ids:
+                    w = net.state.withdrawals[wid]
+                    if w.txid:
+                        by_txid.setdefault(w.txid, set()).add(w.state)
+                for txid, states in by_txid.items():
+                    assert not ("failed" in states and states & {"signed", "broadcast", "settled"}), (txid, states)
+                net.node.engine.check_invariants()
+            net.withdrawals.run_until_idle()
+            net.btc_mine(6)
+            net.withdrawals.run_until_idle()
+        finally:
+            mp.undo()
+        for i, wid in enumerate(ids):
+            w = net.state.withdrawals[wid]
+            assert w.state in ("settled", "failed"), (wid, w.state)
+            paid = net.btc.balance(dests[i])
+            assert paid == (w.amount_minor if w.state == "settled" else 0), (wid, w.state, paid)
+        assert net.ledger.custody("BTC", "btc_hot").balance == net.btc.balance(net.btc_hot)

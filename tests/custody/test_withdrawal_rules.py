@@ -154,19 +154,30 @@ def test_blocker_matches_the_rules(now: int, added: int, cooling_s: int, lock_un
         assert got is None
 
 
+@pytest.mark.store
 def test_identity_security_changes_are_relayed_into_the_engine_lock(net, tmp_path) -> None:
     """A password change recorded by identity reaches the engine as `RecordSecurityChange` (the
     relay `serve` runs), so the engine's own withdrawal command refuses during the lock."""
-    from ringfence.custody.runtime import relay_security_changes
-    from ringfence.identity.api_keys import issue_demo_key
+    from pgtest import profile_store_url
     from ringfence.identity.context import IdentityContext
-    from ringfence.identity.events import credential_changed
     from ringfence.settings import Settings
     from ringfence.store import Store
+
+    with profile_store_url(tmp_path) as url:  # SQLite, or PostgreSQL on the suite's PostgreSQL profile
+        ctx = IdentityContext(store=Store.from_url(url), settings=Settings(mode="dev"))
+        try:
+            _relay_security_changes(net, ctx)
+        finally:
+            ctx.store.engine.dispose()
+
+
+def _relay_security_changes(net, ctx) -> None:
+    from ringfence.custody.runtime import relay_security_changes
+    from ringfence.identity.api_keys import issue_demo_key
+    from ringfence.identity.events import credential_changed
     from ringfence.store.models import User
     from sqlalchemy import select
 
-    ctx = IdentityContext(store=Store.from_url(f"sqlite:///{tmp_path}/identity.sqlite3"), settings=Settings(mode="dev"))
     issue_demo_key(ctx, "alice", "alice@demo.ringfence.local")
     fund_btc(net, "alice", 100_000_000)
     _ruled(net)

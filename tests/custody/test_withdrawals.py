@@ -159,3 +159,21 @@ def test_velocity_window_sends_to_manual_review(net) -> None:
     net.withdrawals.run_until_idle()
     assert _w(net, "v3").state == "manual_review" and _w(net, "v3").rule == "btc-daily-velocity"
 
+
+
+def test_btc_withdrawals_signed_in_one_pass_do_not_choose_the_same_coin(net) -> None:
+    """Two withdrawals signed by one worker pass, before either is broadcast: the second must not
+    pick the coin the first (signed, not yet in the mempool) spends, or the chain refuses it as a
+    double spend and the withdrawal fails (the custody bench's 200 BTC withdrawals hit this)."""
+    fund_btc(net, "abe", 100_000_000)  # two sweeps: the hot wallet holds two confirmed coins
+    fund_btc(net, "bea", 100_000_000)
+    assert len(net.btc.unspent(net.btc_hot)) == 2
+    net.request("w-pair-1", "abe", "BTC", outside_btc_address(11), 10_000_000)
+    net.request("w-pair-2", "bea", "BTC", outside_btc_address(12), 10_000_000)
+    net.withdrawals.run_until_idle()
+    w1, w2 = _w(net, "w-pair-1"), _w(net, "w-pair-2")
+    assert (w1.state, w2.state) == ("broadcast", "broadcast"), (w1.state, w2.state)
+    settle(net)
+    assert (w1.state, w2.state) == ("settled", "settled")
+    assert net.btc.balance(outside_btc_address(11)) == net.btc.balance(outside_btc_address(12)) == 10_000_000
+    assert net.ledger.custody("BTC", "btc_hot").balance == net.btc.balance(net.btc_hot)

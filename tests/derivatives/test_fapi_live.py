@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import sys
 import time
 from decimal import Decimal
@@ -31,9 +32,13 @@ class Client:
         self.key = server.keys[account]["api_key"]
         self.secret = server.keys[account]["api_secret"]
         self.http = httpx.Client(base_url=server.base, timeout=10)
+        self.last_ms = 0
 
     def _signed(self, params: dict) -> str:
-        full = dict(params, timestamp=str(int(time.time() * 1000)), recvWindow="10000")
+        # a new millisecond for every request: two identical requests signed in the same millisecond are
+        # the same bytes, which the server's replay guard refuses (-1022) — as it should
+        self.last_ms = max(int(time.time() * 1000), self.last_ms + 1)
+        full = dict(params, timestamp=str(self.last_ms), recvWindow="10000")
         payload = urlencode(full)
         return payload + "&signature=" + hmac.new(self.secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
 
@@ -78,7 +83,11 @@ def test_transfer_trade_positions_over_http(server):
     bad = alice.call("POST", "/sapi/v1/asset/transfer", {"type": "UMFUTURE_MAIN", "asset": "USDT", "amount": "99999999"})
     assert bad.status_code == 400 and bad.json()["code"] == -2019
     bad = alice.call("POST", "/sapi/v1/asset/transfer", {"type": "MAIN_UMFUTURE", "asset": "USDT", "amount": "1.0000001"})
-    assert bad.status_code == 400 and "amount" in bad.json()["msg"]
+    assert bad.status_code == 400 and bad.json()["code"] == -1111 and "'amount'" in bad.json()["msg"], bad.text
+    # too many decimals is -1111 on every endpoint, as on /api/v3/order
+    bad = alice.call("POST", "/fapi/v1/order", {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                                                "quantity": "0.000000001", "price": "60000"})
+    assert bad.status_code == 400 and bad.json()["code"] == -1111 and "'quantity'" in bad.json()["msg"], bad.text
     # leverage and margin type
     lev = ok(alice.call("POST", "/fapi/v1/leverage", {"symbol": "BTCUSDT", "leverage": "10"}))
     assert lev["leverage"] == 10 and lev["symbol"] == "BTCUSDT"  # type: ignore[index]
@@ -342,6 +351,24 @@ def test_risk_page_shows_funds_open_interest_and_positions(server):
             browser.close()
 
 
+def test_futures_risk_command_prints_whole_tables_when_piped(server):
+    """`ringfence futures risk` against the live node, its output captured (a pipe): every perpetual's
+    row is there with its open interest uncut (rich would cut tables to 80 columns and '…')."""
+    import os
+    import subprocess
+
+    view = httpx.get(server.base + "/v1/risk").json()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    out = subprocess.run([sys.executable, "-m", "ringfence.cli", "futures", "risk", "--url", server.base],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "…" not in out.stdout, out.stdout
+    for m in view["markets"]:
+        row = next(line for line in out.stdout.splitlines() if f" {m['symbol']} " in line)
+        assert f" {format(Decimal(m['openInterest']).normalize(), 'f')} " in row and m["lastFundingRate"] in row, row
+        assert re.search(r" \d+:\d\d:\d\d ", row), row  # the next funding as a countdown, not an epoch
+
+
 def test_a_resting_reduce_only_order_never_opens_the_other_side(server):
     """The attacker review's reproduction, over HTTP: buy 0.001, rest a reduce-only sell 0.001,
     close with a plain market sell. The resting order is expired (Binance's behaviour) and a later
@@ -445,6 +472,141 @@ def test_a_bankrupt_position_is_auto_deleveraged_over_the_live_api(server):
     assert _book(server) == ([], [])
 
 
+def test_a_margin_call_reaches_the_futures_user_stream(server):
+    """MARGIN_CALL: alice's cross long, marked to where its maintenance is 80..100 % of her margin
+    balance, gets one MARGIN_CALL with the position as positionRisk shows it, once; bob, far from
+    it, gets none; nobody is liquidated (the running worker only acts below 100 %)."""
+    import json
+
+    alice, bob = Client(server, "alice"), Client(server, "bob")
+    lim = {"symbol": "BTCUSDT", "type": "LIMIT", "timeInForce": "GTC"}
+    assert _book(server) == ([], [])  # the ADL test left the book empty: the last trade is the mark
+    ok(alice.call("POST", "/sapi/v1/asset/transfer", {"type": "MAIN_UMFUTURE", "asset": "USDT", "amount": "2000"}))
+    ok(alice.call("POST", "/fapi/v1/leverage", {"symbol": "BTCUSDT", "leverage": "50"}))
+    ok(bob.call("POST", "/fapi/v1/order", lim | {"side": "SELL", "price": "60000", "quantity": "1"}))
+    ok(alice.call("POST", "/fapi/v1/order", lim | {"side": "BUY", "price": "60000", "quantity": "1"}))
+    wallet = Decimal(ok(alice.call("GET", "/fapi/v2/account"))["totalWalletBalance"])  # type: ignore[index]
+    mm = Decimal(ok(alice.call("GET", "/fapi/v3/positionRisk", {"symbol": "BTCUSDT"}))[0]["maintMargin"])  # type: ignore[index]
+    # the mark where her margin balance is about mm / 0.9 (maintenance ≈ 90 % of it)
+    target = (Decimal(60000) - wallet + mm / Decimal("0.9")).quantize(Decimal("0.1"), rounding="ROUND_DOWN")
+    with _user_stream(alice, server) as a_ws, _user_stream(bob, server) as b_ws:
+        ok(bob.call("POST", "/fapi/v1/order", lim | {"side": "BUY", "price": str(target), "quantity": "0.001"}))
+        ok(bob.call("POST", "/fapi/v1/order", lim | {"side": "SELL", "price": str(target), "quantity": "0.001"}))
+        got: dict[str, list[dict]] = {"alice": [], "bob": []}
+        deadline = time.time() + 4  # checked within 0.25 s of the trade; then a second call must not come
+        while time.time() < deadline:
+            for name, ws in (("alice", a_ws), ("bob", b_ws)):
+                try:
+                    msg = json.loads(ws.recv(timeout=0.1))
+                except TimeoutError:
+                    continue
+                if msg.get("e") == "MARGIN_CALL":
+                    got[name].append(msg)
+    pr = ok(alice.call("GET", "/fapi/v3/positionRisk", {"symbol": "BTCUSDT"}))[0]  # type: ignore[index]
+    account = ok(alice.call("GET", "/fapi/v2/account"))
+    assert Decimal(pr["markPrice"]) == target and Decimal(pr["positionAmt"]) == 1, pr  # not liquidated
+    ratio = Decimal(pr["maintMargin"]) / Decimal(account["totalMarginBalance"])  # type: ignore[index]
+    assert Decimal("0.8") <= ratio < 1, ratio
+    assert len(got["alice"]) == 1 and got["bob"] == [], (got, server.log.name)
+    call = got["alice"][0]
+    assert Decimal(call["cw"]) == Decimal(account["totalCrossWalletBalance"])  # type: ignore[index]
+    assert call["p"] == [{"s": "BTCUSDT", "ps": "BOTH", "pa": pr["positionAmt"], "mt": "CROSSED", "iw": pr["isolatedWallet"],
+                          "mp": pr["markPrice"], "up": pr["unRealizedProfit"], "mm": pr["maintMargin"]}]
+    # both close at the mark: flat again for the next test
+    ok(bob.call("POST", "/fapi/v1/order", lim | {"side": "BUY", "price": str(target), "quantity": "1"}))
+    ok(alice.call("POST", "/fapi/v1/order", lim | {"side": "SELL", "price": str(target), "quantity": "1", "reduceOnly": "true"}))
+    assert ok(alice.call("GET", "/fapi/v3/positionRisk")) == [] and _book(server) == ([], [])
+
+
+def test_ccxt_binanceusdm_stop_market_through_the_algo_order_api(server):
+    """ccxt 4.5 sends conditional orders to /fapi/v1/algoOrder: a reduce-only STOP_MARKET rests
+    untriggered (openAlgoOrders, not openOrders), is fetched and cancelled by algo id, and a trade at
+    its trigger closes the position through the book (as a new order: `actualOrderId`); a spot-only
+    type and an immediate trigger are refused (take-profit and trailing: tests/derivatives/test_algo_live.py)."""
+    import ccxt
+
+    S = "BTC/USDT:USDT"
+    alice = make_usdm(server.base, server.keys["alice"]["api_key"], server.keys["alice"]["api_secret"])
+    bob = make_usdm(server.base, server.keys["bob"]["api_key"], server.keys["bob"]["api_secret"])
+    alice.load_markets()
+    bob.load_markets()
+    assert {"STOP", "STOP_MARKET"} <= set(alice.market(S)["info"]["orderTypes"])
+    alice.transfer("USDT", 500, "spot", "swap")
+    bob.create_order(S, "limit", "sell", 0.01, 60000)
+    alice.create_order(S, "limit", "buy", 0.01, 60000)  # alice long 0.01; the last trade 60,000
+    # one cancelled by algo id; another by cancelling every open algo order of the symbol
+    other = alice.create_order(S, "STOP_MARKET", "buy", 0.01, None, {"triggerPrice": 70000})
+    alice.cancel_order(other["id"], S, {"trigger": True})
+    assert alice.fetch_order(other["id"], S, {"trigger": True})["status"] == "canceled"
+    third = alice.create_order(S, "STOP", "buy", 0.01, 71000, {"triggerPrice": 70000})
+    assert (third["type"], third["info"]["orderType"], third["price"]) == ("limit", "STOP", 71000)
+    alice.cancel_all_orders(S, {"trigger": True})
+    assert alice.fetch_open_orders(S, params={"trigger": True}) == []
+    stop = alice.create_order(S, "STOP_MARKET", "sell", 0.01, None, {"triggerPrice": 59000, "reduceOnly": True})
+    assert (stop["status"], stop["type"], stop["triggerPrice"], stop["amount"], stop["reduceOnly"]) == ("open", "market", 59000, 0.01, True)
+    assert (stop["info"]["algoType"], stop["info"]["orderType"], stop["info"]["algoStatus"]) == ("CONDITIONAL", "STOP_MARKET", "NEW")
+    assert [o["id"] for o in alice.fetch_open_orders(S, params={"trigger": True})] == [stop["id"]]
+    assert [o for o in alice.fetch_open_orders(S) if o["id"] == stop["id"]] == []  # not a working order yet
+    assert alice.fetch_order(stop["id"], S, {"trigger": True})["status"] == "open"
+    # refused: a type of the spot API (-1116) and a stop the last price has already reached (-2021)
+    tp = Client(server, "alice").call("POST", "/fapi/v1/algoOrder", {"algoType": "CONDITIONAL", "symbol": "BTCUSDT", "side": "SELL",
+                                                                     "type": "TAKE_PROFIT_LIMIT", "quantity": "0.01", "triggerPrice": "61000"})
+    assert tp.status_code == 400 and tp.json()["code"] == -1116 and "TAKE_PROFIT_LIMIT" in tp.json()["msg"]
+    with pytest.raises(ccxt.BaseError) as err:
+        alice.create_order(S, "STOP_MARKET", "sell", 0.01, None, {"triggerPrice": 60500, "reduceOnly": True})
+    assert "-2021" in str(err.value), err.value
+    # bob bids 58,900, then a trade of his own at 59,000 reaches the trigger: alice's stop sells into his bid
+    bob.create_order(S, "limit", "buy", 0.01, 58900)
+    bob.create_order(S, "limit", "buy", 0.001, 59000)
+    bob.create_order(S, "limit", "sell", 0.001, 59000)
+    deadline = time.time() + 5
+    while time.time() < deadline and alice.fetch_order(stop["id"], S, {"trigger": True})["status"] == "open":
+        time.sleep(0.1)
+    done = alice.fetch_order(stop["id"], S, {"trigger": True})
+    actual = done["info"]["actualOrderId"]
+    assert done["status"] == "closed" and done["info"]["algoStatus"] == "FINISHED" and actual and actual != stop["id"]
+    assert Decimal(done["info"]["actualPrice"]) == Decimal("58900")
+    assert not [p for p in alice.fetch_positions([S]) if p["contracts"]]
+    sold = [t for t in alice.fetch_my_trades(S) if t["order"] == actual]
+    assert [(t["side"], t["amount"], t["price"]) for t in sold] == [("sell", 0.01, 58900)]
+    assert alice.fetch_open_orders(S, params={"trigger": True}) == []
+
+
+def test_ccxt_binanceusdm_margin_mode_isolated_margin_orders_and_transfer_back(server):
+    """The rest of what a ccxt user calls first: setMarginMode, addMargin / reduceMargin,
+    fetchOpenOrders / fetchOrder / cancelOrder on a resting order, and transfer('swap', 'spot')."""
+    S = "ETH/USDT:USDT"
+    alice = make_usdm(server.base, server.keys["alice"]["api_key"], server.keys["alice"]["api_secret"])
+    alice.load_markets()
+    raw = Client(server, "alice")
+    alice.transfer("USDT", 200, "spot", "swap")
+    alice.set_margin_mode("isolated", S)
+    alice.create_order(S, "market", "buy", 0.1)  # from the market maker's ETH ladder
+    pos = [p for p in alice.fetch_positions([S]) if p["contracts"]][0]
+    assert pos["marginMode"] == "isolated" and pos["contracts"] == 0.1
+
+    def isolated_wallet() -> Decimal:
+        return Decimal(ok(raw.call("GET", "/fapi/v3/positionRisk", {"symbol": "ETHUSDT"}))[0]["isolatedWallet"])  # type: ignore[index]
+
+    w0 = isolated_wallet()
+    alice.add_margin(S, 5)
+    assert isolated_wallet() == w0 + 5
+    alice.reduce_margin(S, 3)
+    assert isolated_wallet() == w0 + 2
+    resting = alice.create_order(S, "limit", "buy", 0.01, 2000)
+    assert [o["id"] for o in alice.fetch_open_orders(S)] == [resting["id"]]
+    assert alice.fetch_order(resting["id"], S)["status"] == "open"
+    alice.cancel_order(resting["id"], S)
+    assert alice.fetch_order(resting["id"], S)["status"] == "canceled" and alice.fetch_open_orders(S) == []
+    alice.create_order(S, "market", "sell", 0.1, None, {"reduceOnly": True})
+    assert not [p for p in alice.fetch_positions([S]) if p["contracts"]]
+    alice.set_margin_mode("cross", S)
+    assert ok(raw.call("GET", "/fapi/v3/positionRisk", {"symbol": "ETHUSDT"}))[0]["marginType"] == "cross"  # type: ignore[index]
+    spot_before = spot_usdt(raw)
+    alice.transfer("USDT", 10, "swap", "spot")  # ccxt sends UMFUTURE_MAIN
+    assert spot_usdt(raw) == spot_before + 10
+
+
 def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
     bob = Client(server, "bob")
     rest = ok(bob.call("POST", "/fapi/v1/order", {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.010", "price": "2500"}))
@@ -453,6 +615,7 @@ def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
     income = ok(bob.call("GET", "/fapi/v1/income", {"limit": "1000"}))
     fills = ok(bob.call("GET", "/fapi/v1/userTrades", {"symbol": "BTCUSDT"}))
     assert income and fills
+    marks = httpx.get(server.base + "/fapi/v1/markPriceKlines", params={"symbol": "BTCUSDT", "interval": "1m"}).json()
     assert server.stop() == 0
     again = Server(server.data)  # the same data directory: snapshot + journal, demo seeding idempotent
     try:
@@ -467,6 +630,9 @@ def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
         # the futures read model is rebuilt from the journal: the same income and fills, ids included
         assert ok(bob2.call("GET", "/fapi/v1/income", {"limit": "1000"})) == income
         assert ok(bob2.call("GET", "/fapi/v1/userTrades", {"symbol": "BTCUSDT"})) == fills
+        # mark candles are sampled from the journal's batches again: the closed minutes are identical
+        again_marks = httpx.get(again.base + "/fapi/v1/markPriceKlines", params={"symbol": "BTCUSDT", "interval": "1m"}).json()
+        assert again_marks[: len(marks) - 1] == marks[:-1] and again_marks[len(marks) - 1][:2] == marks[-1][:2]
         open_ids = [o["orderId"] for o in ok(bob2.call("GET", "/fapi/v1/openOrders", {"symbol": "ETHUSDT"}))]  # type: ignore[union-attr]
         assert rest["orderId"] in open_ids  # type: ignore[index]
         gone = ok(bob2.call("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDT", "orderId": str(rest["orderId"])}))  # type: ignore[index]

@@ -83,3 +83,40 @@ def test_random_trading_income_always_explains_the_wallets(seed):
         order(d, rng.choice(OWNERS), rng.choice(["BUY", "SELL"]), px, f"0.{rng.randint(1, 999):03d}",
               reduce_only=int(rng.random() < 0.2))
     _explains_every_wallet(d, _fed(d))
+
+
+def test_mark_and_index_candles_take_one_sample_a_second_and_fold_by_minute():
+    from ringfence.derivatives.price_history import PriceCandles
+    from ringfence.derivatives.state import mark_of_perp
+
+    from .perpworld import PERP, order, perp_world, with_index
+
+    d = perp_world(owners=("alice", "bob"))
+    quote = with_index(d)
+    candles = PriceCandles()
+    d.ts_ns = d.ts_ns // 60_000_000_000 * 60_000_000_000 + 60_000_000_000  # a minute's start
+    seen: dict[int, tuple[int, int]] = {}  # second -> (mark, index) at the first batch of it
+    prices = ["60000", "60100", "59900", "60050", "60200", "60150"]
+    for i in range(150):  # 2.5 minutes, three batches a second
+        for k in range(3):
+            d.ts_ns += 333_000_000 if k else 1_000_000
+            quote(prices[(i + k) % len(prices)])
+            if i % 7 == 0 and k == 1:
+                order(d, "alice", "BUY", prices[i % len(prices)], "0.001")
+                order(d, "bob", "SELL", prices[i % len(prices)], "0.001")
+            samples = candles.sample(d.engine, d.ts_ns)
+            second = d.ts_ns // 10**9
+            if second not in seen:
+                p = d.engine.components["derivatives"].perps[PERP]
+                seen[second] = (mark_of_perp(d.engine, p), d.engine.components["index"].symbols["BTCUSDT"].index_minor)
+                assert samples == [("mark", PERP, seen[second][0]), ("index", "BTCUSDT", seen[second][1])]
+                candles.fold(d.ts_ns, samples)
+            else:
+                assert samples is None  # one sample a second
+    for kind, col in (("mark", 0), ("index", 1)):
+        rows = candles.rows(kind, PERP if kind == "mark" else "BTCUSDT", "1m")
+        minutes = sorted({s // 60 for s in seen})
+        assert [r[0] for r in rows] == [m * 60 * 10**9 for m in minutes]
+        for r, m in zip(rows, minutes):
+            xs = [seen[s][col] for s in sorted(seen) if s // 60 == m]
+            assert r[1:] == [xs[0], max(xs), min(xs), xs[-1], len(xs)]

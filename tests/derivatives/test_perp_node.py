@@ -1,5 +1,6 @@
 """Perpetuals on a durable node: replay from the journal gives the same state hash, and the
-reconciler's independent pass raises no false mismatch (perp fills count as unmodelled)."""
+reconciler's independent pass folds perpetual transfers and fills (raising no false mismatch, and
+halting on a planted one)."""
 
 from __future__ import annotations
 
@@ -15,29 +16,78 @@ from ringfence.trading.commands import ListMarket
 from .perpworld import BRACKETS, PERP, USDT
 
 
+def _trade_perpetuals(node) -> None:
+    node.execute_many([RegisterAsset("BTC", 8, "crypto", "bitcoin"), RegisterAsset("USDT", 6, "crypto", "ethereum"),
+                       ListMarket("BTCUSDT", "BTC", "USDT", "spot", 10_000, 10_000, 10_000, band_ppm=0)])
+    node.execute(ListPerpetual(PERP, "BTC", "USDT", "BTCUSDT", BRACKETS, tick_size=10_000, lot_size=10_000, min_qty=10_000))
+    for i, o in enumerate(("alice", "bob")):
+        node.execute(OpenAccount(o, "USDT", "available", "spot"))
+        acct = node.engine.ledger.get(o, "USDT", "available", "spot")
+        node.execute(CreateTransfers([Transfer(i + 1, node.engine.ledger.world("USDT").id, acct.id, 50_000 * USDT)]))
+        node.execute(FuturesTransfer(o, "USDT", 40_000 * USDT, "MAIN_UMFUTURE"))
+    for px, q in ((60_000, 3), (60_500, 2), (59_000, 4)):
+        node.execute(PlacePerpOrder("alice", PERP, "BUY", price=px * USDT, quantity=q * 10**7))
+        node.execute(PlacePerpOrder("bob", PERP, "SELL", price=px * USDT, quantity=q * 10**7))
+        node.execute(PlacePerpOrder("alice", PERP, "SELL", price=px * USDT, quantity=10**7))
+        node.execute(PlacePerpOrder("bob", PERP, "BUY", price=px * USDT, quantity=10**7))
+    node.execute(FuturesTransfer("bob", "USDT", 1_000 * USDT, "UMFUTURE_MAIN"))
+
+
+def test_a_planted_perpetual_fee_leak_is_found_by_the_independent_fold_and_halts(tmp_path: Path, monkeypatch) -> None:
+    """Plant a derivatives bug the replay cannot see (the replay engine runs the same code) and that
+    keeps USDT summing to zero: every perpetual fee takes one unit more from the payer's wallet into
+    the fees account than the fill's `PositionChanged.fee` says. Only the shadow book's own fold of
+    the fills disagrees — on the fees account and on the payer's wallet + margin — and the reconciler
+    halts the venue as for any other journal mismatch."""
+    from ringfence.ledger.ledger import Ledger
+    from ringfence.risk.halts import active_halts
+
+    original, original_side = Ledger.move, Ledger.settle_margin_side
+
+    def leaky_move(self, debit, credit, amount):
+        if credit.kind == "fees" and credit.segment == "derivatives" and debit.owner != "system" and debit.available > amount:
+            amount += 1
+        original(self, debit, credit, amount)
+
+    def leaky_side(self, hold_id, take, wallet, margin, released, pool, gain, paid, insurance, covered, fees, fee_net, shield, post):
+        # a fill's postings (one call per side): the fee leg takes one unit more, when the wallet has it
+        if fees.segment == "derivatives" and fee_net and wallet.available + take + released + gain - paid - fee_net - shield - post > 0:
+            fee_net += 1
+        original_side(self, hold_id, take, wallet, margin, released, pool, gain, paid, insurance, covered, fees, fee_net, shield, post)
+
+    monkeypatch.setattr(Ledger, "move", leaky_move)
+    monkeypatch.setattr(Ledger, "settle_margin_side", leaky_side)
+    node = new_node(tmp_path / "n", fsync=False)
+    node.open()
+    try:
+        _trade_perpetuals(node)
+        rec = Reconciler(node, settings=ReconcileSettings(confirm_reads=1))
+        report = rec.run_once()
+        found = {(m.kind, m.subject, m.details.get("path")) for m in report.mismatches}
+        print(sorted(found))
+        assert ("fees_mismatch", "system:USDT:fees:derivatives", "shadow") in found
+        assert ("engine_journal_mismatch", "alice:USDT:derivatives(wallet+margin)", "shadow") in found
+        assert not any(m.details.get("path") == "replay" for m in report.mismatches)  # the same code replays it
+        levels = {(h["scope_kind"], h["scope"], h["level"]) for h in active_halts(node.engine)}
+        assert ("venue", "*", "HALTED") in levels and ("segment", "derivatives", "REDUCE_ONLY") in levels, levels
+    finally:
+        node.close()
+
+
 def test_replay_and_reconcile_with_perpetual_fills(tmp_path: Path) -> None:
     node = new_node(tmp_path / "n", fsync=False)
     node.open()
     try:
-        node.execute_many([RegisterAsset("BTC", 8, "crypto", "bitcoin"), RegisterAsset("USDT", 6, "crypto", "ethereum"),
-                           ListMarket("BTCUSDT", "BTC", "USDT", "spot", 10_000, 10_000, 10_000, band_ppm=0)])
-        node.execute(ListPerpetual(PERP, "BTC", "USDT", "BTCUSDT", BRACKETS, tick_size=10_000, lot_size=10_000, min_qty=10_000))
-        for i, o in enumerate(("alice", "bob")):
-            node.execute(OpenAccount(o, "USDT", "available", "spot"))
-            acct = node.engine.ledger.get(o, "USDT", "available", "spot")
-            node.execute(CreateTransfers([Transfer(i + 1, node.engine.ledger.world("USDT").id, acct.id, 50_000 * USDT)]))
-            node.execute(FuturesTransfer(o, "USDT", 40_000 * USDT, "MAIN_UMFUTURE"))
-        for px, q in ((60_000, 3), (60_500, 2), (59_000, 4)):
-            node.execute(PlacePerpOrder("alice", PERP, "BUY", price=px * USDT, quantity=q * 10**7))
-            node.execute(PlacePerpOrder("bob", PERP, "SELL", price=px * USDT, quantity=q * 10**7))
-            node.execute(PlacePerpOrder("alice", PERP, "SELL", price=px * USDT, quantity=10**7))
-            node.execute(PlacePerpOrder("bob", PERP, "BUY", price=px * USDT, quantity=10**7))
+        _trade_perpetuals(node)
         node.engine.check_invariants()
         assert node.engine.components["derivatives"].positions
         live = node.engine.state_hash()
-        report = Reconciler(node, settings=ReconcileSettings(confirm_reads=1)).run_once()
+        rec = Reconciler(node, settings=ReconcileSettings(confirm_reads=1))
+        report = rec.run_once()
         assert report.mismatches == [], [m.evidence() for m in report.mismatches]
-        assert any("PerpetualFill" in n or "unmodelled" in n or "stand" in n for n in report.notes), report.notes
+        # the independent fold models the perpetual fills: nothing stands down
+        assert rec.fold.book.unmodelled == {} and report.notes == [], (rec.fold.book.unmodelled, report.notes)
+        assert rec.fold.book.derivatives_wallets  # alice's and bob's wallet + margin, folded
     finally:
         node.close()
     engine, _, _ = replay_journal(tmp_path / "n")

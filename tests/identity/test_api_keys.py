@@ -205,23 +205,27 @@ def test_property_only_the_exact_signature_verifies(ctx, owner, payload, tamper)
 
 def test_unknown_key_and_wrong_signature_cost_the_same(ctx, owner):
     """Issue #13 item 13: an unknown key is refused (field `api_key`, -2015 at the API) after the
-    same work as a wrong signature (field `signature`, -1022): key lookup, unseal, HMAC. Medians of
-    interleaved runs stay within 30 % of each other; an early return for unknown keys (before the
-    lookup) makes them differ several-fold and fails here."""
+    same work as a wrong signature (field `signature`, -1022): key lookup, unseal, HMAC. The lower
+    quartiles of interleaved runs (which of the two goes first alternates; the quartile, not the
+    median, because on a loaded machine — CI ran this at load 16 — preemption inflates whichever run
+    it lands in) stay within 30 % of each other; an early return for unknown keys (before the lookup)
+    makes them differ several-fold and fails here."""
     import statistics
     import time
 
     key = api_keys.create_api_key(ctx, owner, scopes=["read"])
     wrong = api_keys.hmac_signature("f" * 64, PAYLOAD)
-    unknown_s, wrong_s = [], []
-    for _ in range(300):
-        for api_key, target, field in (("e" * 64, unknown_s, "api_key"), (key.api_key, wrong_s, "signature")):
+    unknown_s: list[float] = []
+    wrong_s: list[float] = []
+    cases = [("e" * 64, unknown_s, "api_key"), (key.api_key, wrong_s, "signature")]
+    for i in range(400):
+        for api_key, target, field in cases if i % 2 else cases[::-1]:
             started = time.perf_counter()
             with pytest.raises(Unauthorized) as err:
                 api_keys.verify_api_request(ctx, api_key, PAYLOAD, wrong, "203.0.113.5", "read")
             target.append(time.perf_counter() - started)
             assert err.value.field == field
-    m_unknown, m_wrong = statistics.median(unknown_s), statistics.median(wrong_s)
+    m_unknown, m_wrong = (statistics.quantiles(s, n=4)[0] for s in (unknown_s, wrong_s))
     assert 0.7 < m_unknown / m_wrong < 1.3, (m_unknown, m_wrong)
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
 from aiosmtpd.controller import Controller
+from pgtest import profile_store_url
 
 from ringfence.identity import IdentityContext, accounts
 from ringfence.identity.delivery import MailCatcher, MailDelivery, prepare_for_serve
@@ -39,18 +42,25 @@ def wait_until(check, timeout_s: float = 15) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.store
 def test_a_failing_round_is_retried_and_mail_flows_again(tmp_path):
+    with profile_store_url(tmp_path) as url:  # SQLite, or PostgreSQL on the suite's PostgreSQL profile
+        _failing_round_is_retried(url)
+
+
+def _failing_round_is_retried(url: str) -> None:
     port = free_port()
     inbox = Inbox()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
-    store = Store.from_url(f"sqlite:///{tmp_path}/identity.sqlite3")
+    store = Store.from_url(url)
     ctx = IdentityContext(store=store, settings=make_settings(identity_smtp_port=port))
     OutboxMessage.__table__.drop(store.engine)  # every round now fails in the database
     worker = MailDelivery(ctx, poll_ms=50)
     worker.start()
     try:
-        wait_until(lambda: "no such table" in worker.last_error)
+        # SQLite: "no such table"; PostgreSQL: 'relation "identity_outbox" does not exist'
+        wait_until(lambda: "no such table" in worker.last_error or "does not exist" in worker.last_error)
         assert worker._thread is not None and worker._thread.is_alive()  # supervised: still running
         OutboxMessage.__table__.create(store.engine)
         accounts.sign_up(ctx, "late@example.com", PASSWORD, ip="192.0.2.1")

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -72,6 +73,42 @@ def test_demo_serves_a_live_index_mark_price_and_premium_index(demo: Server) -> 
     assert shown["symbol"] == "BTCUSDT" and shown["status"] == "LIVE"
     table = cli("index", "show", "--url", demo.base).stdout
     assert "ETHUSDT" in table and "sim5" in table
+
+
+def test_ccxt_binanceusdm_mark_and_index_price_candles(demo: Server):
+    """fetchMarkOHLCV / fetchIndexOHLCV (/fapi/v1/markPriceKlines, /fapi/v1/indexPriceKlines):
+    one sample a second of the engine's mark and index, a candle for every minute the node ran."""
+    S = "BTC/USDT:USDT"
+    from derivatives.test_fapi_live import make_usdm
+
+    ex = make_usdm(demo.base, demo.keys["alice"]["api_key"], demo.keys["alice"]["api_secret"])
+    ex.load_markets()
+    wait_for(lambda: httpx.get(demo.base + "/fapi/v1/markPriceKlines", params={"symbol": "BTCUSDT", "interval": "1m"}).json(),
+             "a first mark price sample")
+    mark = ex.fetch_mark_ohlcv(S, "1m", limit=1500)
+    index = ex.fetch_index_ohlcv(S, "1m", limit=1500)
+    pi = httpx.get(demo.base + "/fapi/v1/premiumIndex", params={"symbol": "BTCUSDT"}).json()
+    assert mark and index
+    for rows in (mark, index):
+        assert all(t % 60_000 == 0 and lo <= min(o, c) <= max(o, c) <= hi and v == 0 for t, o, hi, lo, c, v in rows), rows
+        # the demo's feed makes a batch every second: no minute without a candle since the node started
+        assert [b[0] - a[0] for a, b in zip(rows, rows[1:])] == [60_000] * (len(rows) - 1)
+    # the newest candles close at most a second before now: at the mark and index the engine reports
+    # (the demo's venues walk at most 0.03 % + noise a second)
+    for close, now in ((mark[-1][4], pi["markPrice"]), (index[-1][4], pi["indexPrice"])):
+        assert abs(Decimal(str(close)) - Decimal(now)) <= Decimal(now) / 200, (close, now)
+    raw = httpx.get(demo.base + "/fapi/v1/markPriceKlines", params={"symbol": "BTCUSDT", "interval": "1m"}).json()
+    assert all(len(r) == 12 and r[6] == r[0] + 59_999 and r[5] == "0" and 1 <= r[8] <= 60 for r in raw), raw[-3:]
+    # startTime / limit as Binance: from the first candle at or after startTime
+    later = httpx.get(demo.base + "/fapi/v1/markPriceKlines",
+                      params={"symbol": "BTCUSDT", "interval": "1m", "startTime": str(raw[-1][0]), "limit": "5"}).json()
+    assert later == raw[-1:] or later[0][:2] == raw[-1][:2]  # the newest candle may have taken a sample since
+    eth = ex.fetch_mark_ohlcv("ETH/USDT:USDT", "5m")
+    assert eth and Decimal(str(eth[-1][4])) < Decimal(str(mark[-1][4])) / 5  # ETH's own mark, not BTC's
+    bad = httpx.get(demo.base + "/fapi/v1/indexPriceKlines", params={"pair": "NOPEUSDT", "interval": "1m"}).json()
+    assert bad["code"] == -1121
+    bad = httpx.get(demo.base + "/fapi/v1/markPriceKlines", params={"symbol": "BTCUSDT", "interval": "7m"}).json()
+    assert bad["code"] == -1100 and "interval" in bad["msg"]
 
 
 def test_forged_and_replayed_quotes_over_http_are_refused(demo: Server) -> None:
@@ -142,52 +179,51 @@ def test_operators_override_and_register_feed_keys_through_the_admin_api(demo: S
     assert unsigned.status_code == 401  # no signed request: nothing submitted
 
 
-def test_ccxt_poller_feeds_a_node_from_other_ringfence_nodes(tmp_path: Path) -> None:
-    source = Server(tmp_path / "source", env={"RINGFENCE_DEMO_FEED": "0"})
+def test_ccxt_poller_feeds_a_node_from_other_ringfence_nodes(demo: Server, tmp_path: Path) -> None:
+    # the source node is the module's demo server: a Binance venue whose BTCUSDT book is the demo ladder
+    # (the tests above place no order; its own index feed does not touch the book)
+    source = demo
     target_dir = tmp_path / "target"
+    # the target lists its demo markets and staff first, then (stopped) gets five feed keys and a
+    # BTCUSDT index, each signed by the demo's operator quorum (ada, ben)
+    first = Server(target_dir, env={"RINGFENCE_DEMO_FEED": "0"})
+    assert first.stop() == 0
+    quorum = ["--key", f"{target_dir}/demo-staff.json#ada", "--key", f"{target_dir}/demo-staff.json#ben"]
+    venues = []
+    for name in ("local-a", "local-b", "local-c", "local-d", "local-e"):
+        key = tmp_path / f"{name}.key"
+        public = cli("index", "keygen", "--out", str(key)).stdout.strip()
+        if not venues:  # staff exist: no approvals, no change
+            unsigned = cli("index", "register-feed", str(target_dir), "--venue", name, "--public-key", public, check=False)
+            assert unsigned.returncode == 1 and "quorum" in unsigned.stderr + unsigned.stdout
+        cli("index", "register-feed", str(target_dir), "--venue", name, "--public-key", public, *quorum)
+        venues.append(name)
+    cli("index", "configure", str(target_dir), "--symbol", "BTCUSDT", *sum((["--source", v] for v in venues), []), "--min-sources", "3",
+        *quorum)
+    target = Server(target_dir, env=FEED_ON)  # its demo feed leaves the configured BTCUSDT alone
     try:
-        # the target lists its demo markets and staff first, then (stopped) gets five feed keys and a
-        # BTCUSDT index, each signed by the demo's operator quorum (ada, ben)
-        first = Server(target_dir, env={"RINGFENCE_DEMO_FEED": "0"})
-        assert first.stop() == 0
-        quorum = ["--key", f"{target_dir}/demo-staff.json#ada", "--key", f"{target_dir}/demo-staff.json#ben"]
-        venues = []
-        for name in ("local-a", "local-b", "local-c", "local-d", "local-e"):
-            key = tmp_path / f"{name}.key"
-            public = cli("index", "keygen", "--out", str(key)).stdout.strip()
-            if not venues:  # staff exist: no approvals, no change
-                unsigned = cli("index", "register-feed", str(target_dir), "--venue", name, "--public-key", public, check=False)
-                assert unsigned.returncode == 1 and "quorum" in unsigned.stderr + unsigned.stdout
-            cli("index", "register-feed", str(target_dir), "--venue", name, "--public-key", public, *quorum)
-            venues.append(name)
-        cli("index", "configure", str(target_dir), "--symbol", "BTCUSDT", *sum((["--source", v] for v in venues), []), "--min-sources", "3",
-            *quorum)
-        target = Server(target_dir, env=FEED_ON)  # its demo feed leaves the configured BTCUSDT alone
-        try:
-            assert httpx.get(target.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()["marketStatus"] == "REDUCE_ONLY"
-            config = {"venues": [
-                {"venue": v, "exchange": "binance", "market": "BTC/USDT", "symbol": "BTCUSDT", "decimals": 6,
-                 "key_file": f"{v}.key", "url": (source.base if i < 3 else target.base),
-                 "options": {"fetchMarkets": ["spot"], "fetchCurrencies": False, "fetchMargins": False, "adjustForTimeDifference": False}}
-                for i, v in enumerate(venues)
-            ]}
-            (tmp_path / "feeds.json").write_text(json.dumps(config))
-            out = cli("index", "feed", "--config", str(tmp_path / "feeds.json"), "--target", target.base, "--rounds", "2")
-            assert "10 accepted, 0 refused, 0 venue errors" in out.stdout, out.stdout
-            v = httpx.get(target.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
-            assert v["status"] == "LIVE" and v["liveSources"] == 5 and v["marketStatus"] == "ACTIVE", v
-            # both demo books are a ladder around 61000: the mid of best bid and ask
-            assert v["indexPrice"] == "61000.000000", v
-            assert [s["seq"] for s in v["sources"]] == [2] * 5
-            # a second run continues the sequence numbers from what the node accepted
-            out = cli("index", "feed", "--config", str(tmp_path / "feeds.json"), "--target", target.base, "--rounds", "1")
-            assert "5 accepted, 0 refused" in out.stdout, out.stdout
-            eth = httpx.get(target.base + "/v1/index", params={"symbol": "ETHUSDT"}).json()
-            assert eth["sources"][0]["venue"] == "sim1"  # the demo feed still runs ETHUSDT
-        finally:
-            assert target.stop() == 0
+        assert httpx.get(target.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()["marketStatus"] == "REDUCE_ONLY"
+        config = {"venues": [
+            {"venue": v, "exchange": "binance", "market": "BTC/USDT", "symbol": "BTCUSDT", "decimals": 6,
+             "key_file": f"{v}.key", "url": (source.base if i < 3 else target.base),
+             "options": {"fetchMarkets": ["spot"], "fetchCurrencies": False, "fetchMargins": False, "adjustForTimeDifference": False}}
+            for i, v in enumerate(venues)
+        ]}
+        (tmp_path / "feeds.json").write_text(json.dumps(config))
+        out = cli("index", "feed", "--config", str(tmp_path / "feeds.json"), "--target", target.base, "--rounds", "2")
+        assert "10 accepted, 0 refused, 0 venue errors" in out.stdout, out.stdout
+        v = httpx.get(target.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
+        assert v["status"] == "LIVE" and v["liveSources"] == 5 and v["marketStatus"] == "ACTIVE", v
+        # both demo books are a ladder around 61000: the mid of best bid and ask
+        assert v["indexPrice"] == "61000.000000", v
+        assert [s["seq"] for s in v["sources"]] == [2] * 5
+        # a second run continues the sequence numbers from what the node accepted
+        out = cli("index", "feed", "--config", str(tmp_path / "feeds.json"), "--target", target.base, "--rounds", "1")
+        assert "5 accepted, 0 refused" in out.stdout, out.stdout
+        eth = httpx.get(target.base + "/v1/index", params={"symbol": "ETHUSDT"}).json()
+        assert eth["sources"][0]["venue"] == "sim1"  # the demo feed still runs ETHUSDT
     finally:
-        assert source.stop() == 0
+        assert target.stop() == 0
 
 
 def test_demo_restart_keeps_the_index_and_continues_the_feed(tmp_path: Path) -> None:
@@ -196,6 +232,8 @@ def test_demo_restart_keeps_the_index_and_continues_the_feed(tmp_path: Path) -> 
     try:
         v = wait_for(lambda: (lambda x: x if x["status"] == "LIVE" else None)(
             httpx.get(srv.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()), "a live index")
+        marks = wait_for(lambda: httpx.get(srv.base + "/fapi/v1/markPriceKlines", params={"symbol": "BTCUSDT", "interval": "1d"}).json(),
+                         "a mark price candle")
     finally:
         assert srv.stop() == 0
     shown = json.loads(cli("index", "show", "--data", str(data), "--symbol", "BTCUSDT", "--json").stdout)
@@ -206,6 +244,11 @@ def test_demo_restart_keeps_the_index_and_continues_the_feed(tmp_path: Path) -> 
         after = httpx.get(again.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
         assert after["status"] == "LIVE" and after["marketStatus"] == "ACTIVE", after
         assert all(s["seq"] > before[s["venue"]] for s in after["sources"] if s["live"])
+        # the mark candles are sampled again from the journal's batches: today's candle opens at the
+        # same time and price, and holds every sample taken before the stop
+        again_marks = httpx.get(again.base + "/fapi/v1/markPriceKlines", params={"symbol": "BTCUSDT", "interval": "1d"}).json()
+        (t0, o0, h0, l0, _, _, _, _, n0, *_), (t1, o1, h1, l1, _, _, _, _, n1, *_) = marks[-1], again_marks[-1]
+        assert (t1, o1) == (t0, o0) and n1 >= n0 and Decimal(h1) >= Decimal(h0) and Decimal(l1) <= Decimal(l0)
         halts = httpx.get(again.base + "/v1/halts").json()
         assert not [h for h in halts if h["halt_id"].startswith("index:")], halts
     finally:

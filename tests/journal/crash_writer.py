@@ -1,7 +1,14 @@
 """A writer process for the crash test: recovers, then submits transfers forever, printing each
 acknowledged transfer id (flushed) so the parent knows exactly what was acknowledged before it
-sends SIGKILL. Usage: python crash_writer.py DATA_DIR SEED"""
+sends SIGKILL. Usage: python crash_writer.py DATA_DIR SEED
 
+`python crash_writer.py --fork-server` imports all of that once and then, for each line
+`run DATA_DIR SEED OUT_FIFO` on stdin, forks a writer (its stdout is OUT_FIFO) and answers
+`pid N`; for `reap N` it waits for that writer to be gone and answers `reaped N`. The crash test
+kills 55 writers: each is still its own process that recovers the journal from disk, but it no
+longer pays for a new interpreter and its imports (most of a kill's time before)."""
+
+import os
 import random
 import sys
 from pathlib import Path
@@ -12,10 +19,12 @@ from ringfence.ledger.model import Transfer
 from ringfence.app import new_node
 
 
-def main() -> None:
-    data_dir, seed = Path(sys.argv[1]), int(sys.argv[2])
+def main(argv: list[str]) -> None:
+    data_dir, seed = Path(argv[0]), int(argv[1])
     rng = random.Random(seed)
-    node = new_node(data_dir, segment_bytes=rng.choice([4_096, 65_536]))
+    # Half the writers pipeline their group commit (the next batch written while the last one's
+    # fsync runs), so one journal is written and recovered by both kinds in turn.
+    node = new_node(data_dir, segment_bytes=rng.choice([4_096, 65_536]), pipeline=rng.random() < 0.5)
     node.open()
     if node.engine.last_seq == 0:
         node.execute_many([RegisterAsset("BTC", 8, "crypto", "bitcoin")])
@@ -45,5 +54,33 @@ def main() -> None:
             node.snapshot()
 
 
+def fork_server() -> None:
+    """Single-threaded until it forks (imports only: no node, no thread): each child starts clean."""
+    for line in sys.stdin:
+        words = line.split()
+        if words[:1] == ["run"]:
+            data_dir, seed, fifo = words[1:4]
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    out = os.open(fifo, os.O_WRONLY)
+                    os.dup2(out, 1)  # sys.stdout now writes to the fifo (main flushes every line)
+                    os.close(out)
+                    main([data_dir, seed])
+                except BaseException:
+                    import traceback
+
+                    traceback.print_exc()
+                finally:
+                    os._exit(1)
+            print(f"pid {pid}", flush=True)
+        elif words[:1] == ["reap"]:
+            os.waitpid(int(words[1]), 0)
+            print(f"reaped {words[1]}", flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--fork-server"]:
+        fork_server()
+    else:
+        main(sys.argv[1:])

@@ -42,15 +42,20 @@ def journal_digest(node_dir: Path) -> str:
 
 def start_serve(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    log = open(data.parent / "serve.log", "w")
+    log = open(data.parent / f"serve-{port}.log", "w")
     proc = subprocess.Popen(RINGFENCE + ["serve", "--demo", "--data", str(data), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, RINGFENCE_RECONCILE_EVERY_MS="600000",
                                                                                    # the demo's index feed would journal every second
-                                                                                   RINGFENCE_DEMO_FEED="0"))
+                                                                                   RINGFENCE_DEMO_FEED="0",
+                                                                                   # one server serves several tests: no proof
+                                                                                   # after the first (DIR/por/<n>/ would be new
+                                                                                   # files) and no shield sweep in the journal
+                                                                                   RINGFENCE_POR_EVERY_S="0",
+                                                                                   RINGFENCE_SHIELD_SWEEP_EVERY_S="3600"))
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
-        assert proc.poll() is None, (data.parent / "serve.log").read_text()[-3000:]
+        assert proc.poll() is None, Path(log.name).read_text()[-3000:]
         try:
             if httpx.get(base + "/readyz", timeout=1).status_code == 200:
                 return proc, base
@@ -60,44 +65,34 @@ def start_serve(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise AssertionError("serve did not become ready; reproduce with: ringfence serve --demo --data " + str(data))
 
 
-def test_second_writer_is_refused_while_serve_runs_and_readers_use_the_serve_dir(tmp_path):
-    data = tmp_path / "data"
-    proc, base = start_serve(data)
-    try:
-        node = data / "engine"
-        lock = (node / "LOCK").read_text()
-        assert lock.split("\n")[0] == str(proc.pid) and "serve" in lock
-        before = journal_digest(node)
+class Serving:
+    """The module's `serve --demo` (one start for the tests below instead of one each); `running()`
+    starts it again if a test stopped it."""
 
-        for target in (data, node):  # the serve DIR and the node folder name the same journal
-            lift = run("reconcile", "lift", str(target), "rc.any", "--reason", "r", "--approval", "op1:" + "ab" * 16 + ":1:" + "ab" * 64)
-            assert lift.returncode != 0, lift.stdout
-            assert f"pid {proc.pid}" in lift.stderr and "lifted" not in lift.stdout, lift.stderr
-        rec = run("reconcile", "run", str(data))
-        assert rec.returncode != 0 and f"pid {proc.pid}" in rec.stderr, rec.stderr + rec.stdout
-        assert journal_digest(node) == before, "a refused writer changed the journal"
+    def __init__(self, root: Path) -> None:
+        self.root, self.n = root, 0
+        self.proc: subprocess.Popen[bytes] | None = None
 
-        # read-only commands: no lock, no change, the same DIR serve takes
-        verify = run("journal", "verify", str(data))
-        assert verify.returncode == 0 and "journal: OK" in verify.stdout, verify.stdout + verify.stderr
-        assert run("journal", "verify", str(node)).returncode == 0
-        replay = run("journal", "replay", str(data))
-        assert replay.returncode == 0 and "replay: OK" in replay.stdout, replay.stderr
-        status = run("reconcile", "status", str(data))
-        assert status.returncode == 0 and "sequence" in status.stdout, status.stderr
-        snap = run("por", "snapshot", "--data", str(data), "--out", str(tmp_path / "snap.json"))
-        assert snap.returncode == 0 and (tmp_path / "snap.json").is_file(), snap.stderr
-        assert journal_digest(node) == before
+    def running(self) -> tuple[subprocess.Popen[bytes], str, Path]:
+        if self.proc is None or self.proc.poll() is not None:
+            self.n += 1
+            self.data = self.root / f"run{self.n}" / "data"
+            self.data.parent.mkdir(parents=True)
+            self.proc, self.base = start_serve(self.data)
+        return self.proc, self.base, self.data
 
-        # the server is unharmed and still accepts commands
-        assert httpx.get(base + "/readyz", timeout=5).status_code == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    # the lock died with the server: a writer may now open the directory, by either name
-    after = run("reconcile", "run", str(data), "--no-halt")
-    assert after.returncode in (0, 3), after.stderr
-    assert run("journal", "verify", str(data)).returncode == 0
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory):
+    holder = Serving(tmp_path_factory.mktemp("serving"))
+    yield holder
+    assert holder.stop() in (0, None), "the server did not shut down cleanly on SIGTERM"
 
 
 def test_ambiguous_or_foreign_directories_are_refused_by_name(tmp_path):
@@ -146,26 +141,22 @@ WRITERS_BESIDE_SERVE = {
 
 
 @pytest.mark.parametrize("case", list(WRITERS_BESIDE_SERVE))
-def test_a_writer_beside_or_inside_a_running_serve_is_refused_by_pid_and_creates_nothing(tmp_path, case):
-    data = tmp_path / "data"
-    proc, base = start_serve(data)
-    try:
-        node = data / "engine"
-        before_digest, before = journal_digest(node), listing(data)
-        out = run(*WRITERS_BESIDE_SERVE[case](data))
-        text = " ".join(out.stderr.split())
-        assert out.returncode != 0, out.stdout[-2000:]
-        assert f"is in use by pid {proc.pid}" in text and "was not made by" not in text, out.stderr
-        assert not listing(data) - before, f"{case} created {sorted(listing(data) - before)}"
-        for made in ("LOCK", "journal", "engine/engine", "engine/identity.sqlite3", "engine/x", "engine/journal/y"):
-            assert not (data / made).exists(), made
-        assert journal_digest(node) == before_digest
-        verify = run("journal", "verify", str(data))
-        assert verify.returncode == 0 and "journal: OK" in verify.stdout, verify.stdout + verify.stderr
-        assert httpx.get(base + "/readyz", timeout=5).status_code == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+def test_a_writer_beside_or_inside_a_running_serve_is_refused_by_pid_and_creates_nothing(serving, case):
+    # one server for every case: each refused writer must leave it exactly as it found it (checked below)
+    proc, base, data = serving.running()
+    node = data / "engine"
+    before_digest, before = journal_digest(node), listing(data)
+    out = run(*WRITERS_BESIDE_SERVE[case](data))
+    text = " ".join(out.stderr.split())
+    assert out.returncode != 0, out.stdout[-2000:]
+    assert f"is in use by pid {proc.pid}" in text and "was not made by" not in text, out.stderr
+    assert not listing(data) - before, f"{case} created {sorted(listing(data) - before)}"
+    for made in ("LOCK", "journal", "engine/engine", "engine/identity.sqlite3", "engine/x", "engine/journal/y"):
+        assert not (data / made).exists(), made
+    assert journal_digest(node) == before_digest
+    verify = run("journal", "verify", str(data))
+    assert verify.returncode == 0 and "journal: OK" in verify.stdout, verify.stdout + verify.stderr
+    assert httpx.get(base + "/readyz", timeout=5).status_code == 200
 
 
 def test_a_node_is_never_opened_inside_or_beside_another(tmp_path):
@@ -203,3 +194,42 @@ def test_reconcile_lift_names_the_field_once(tmp_path):
         lock.release()
     text = " ".join(lift.stderr.split())
     assert lift.returncode == 1 and f"pid {os.getpid()}" in text and "data_dir: data_dir" not in text, lift.stderr
+
+
+def test_second_writer_is_refused_while_serve_runs_and_readers_use_the_serve_dir(serving, tmp_path):
+    # last in the file: it stops the module's server to show that the lock dies with it
+    proc, base, data = serving.running()
+    try:
+        node = data / "engine"
+        lock = (node / "LOCK").read_text()
+        assert lock.split("\n")[0] == str(proc.pid) and "serve" in lock
+        before = journal_digest(node)
+
+        for target in (data, node):  # the serve DIR and the node folder name the same journal
+            lift = run("reconcile", "lift", str(target), "rc.any", "--reason", "r", "--approval", "op1:" + "ab" * 16 + ":1:" + "ab" * 64)
+            assert lift.returncode != 0, lift.stdout
+            assert f"pid {proc.pid}" in lift.stderr and "lifted" not in lift.stdout, lift.stderr
+        rec = run("reconcile", "run", str(data))
+        assert rec.returncode != 0 and f"pid {proc.pid}" in rec.stderr, rec.stderr + rec.stdout
+        assert journal_digest(node) == before, "a refused writer changed the journal"
+
+        # read-only commands: no lock, no change, the same DIR serve takes
+        verify = run("journal", "verify", str(data))
+        assert verify.returncode == 0 and "journal: OK" in verify.stdout, verify.stdout + verify.stderr
+        assert run("journal", "verify", str(node)).returncode == 0
+        replay = run("journal", "replay", str(data))
+        assert replay.returncode == 0 and "replay: OK" in replay.stdout, replay.stderr
+        status = run("reconcile", "status", str(data))
+        assert status.returncode == 0 and "sequence" in status.stdout, status.stderr
+        snap = run("por", "snapshot", "--data", str(data), "--out", str(tmp_path / "snap.json"))
+        assert snap.returncode == 0 and (tmp_path / "snap.json").is_file(), snap.stderr
+        assert journal_digest(node) == before
+
+        # the server is unharmed and still accepts commands
+        assert httpx.get(base + "/readyz", timeout=5).status_code == 200
+    finally:
+        assert serving.stop() == 0
+    # the lock died with the server: a writer may now open the directory, by either name
+    after = run("reconcile", "run", str(data), "--no-halt")
+    assert after.returncode in (0, 3), after.stderr
+    assert run("journal", "verify", str(data)).returncode == 0

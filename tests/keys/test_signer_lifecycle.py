@@ -94,3 +94,33 @@ def test_signer_killed_mid_signature_refuses_the_nonce_and_the_retry_completes(f
         assert sig.signers == ("frost:1", "frost:2") and len(sig.signature) == 64
     finally:
         coord.close()
+
+
+def test_a_signer_whose_free_port_was_taken_before_it_bound_starts_on_another(tmp_path, monkeypatch):
+    """'Pick a free port, then start the process on it' is a race: another process may bind it in
+    between (it happened in a full test run). The fleet starts that signer again on a new port."""
+    import socket
+
+    import ringfence.custody.btc_signing as signing
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real, handed = signing._free_port, []
+
+    def first_one_taken() -> int:
+        port = taken if not handed else real()
+        handed.append(port)
+        return port
+
+    monkeypatch.setattr(signing, "_free_port", first_one_taken)
+    f = SignerFleet(tmp_path / "signers")
+    try:
+        urls = f.start()
+        assert handed[0] == taken and all(f":{taken}" not in u for u in urls.values()), (handed, urls)
+        assert b"address already in use" in (tmp_path / "signers" / "signer-1.log").read_bytes()
+        assert all(httpx.get(u + "/health", timeout=5, verify=f.tls().context(i)).status_code == 200 for i, u in urls.items())
+    finally:
+        f.stop()
+        squatter.close()

@@ -43,7 +43,7 @@ def test_every_monitoring_command_has_help_with_an_example_and_key_files_are_nev
     from ringfence.cli import app
 
     runner = CliRunner()
-    for command in ("check", "backtest", "export", "deidentify"):
+    for command in ("check", "backtest", "export", "deidentify", "replay", "replay-rules", "model"):
         out = runner.invoke(app, ["monitoring", command, "--help"])
         assert out.exit_code == 0 and "Example:" in out.stdout, (command, out.stdout)
     key = tmp_path / "k.json"

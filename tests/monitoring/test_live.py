@@ -18,6 +18,10 @@ from playwright.sync_api import expect, sync_playwright
 from ringfence.staff.decisions import format_approval, read_key_file
 from ringfence.staff.requests import signed_headers
 from tests.api.conftest import Server
+from tests.staff.staff_login import demo_login, staff_sign_in
+
+# the SQL store (identity, read models) is exercised: `make test` runs this file again on PostgreSQL
+pytestmark = pytest.mark.store
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
@@ -324,7 +328,7 @@ def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server.base + "/admin")
+        staff_sign_in(page, server.base, demo_login(server.data, "ben"))  # /admin needs a staff session with a second factor
         page.fill("#keyfile", json.dumps(doc))
         page.fill("#staffid", "ben")
         page.click("#signin")
@@ -359,13 +363,14 @@ def test_the_staff_console_shows_cases_and_alerts_in_chromium(server) -> None:
     assert r.status_code in (400, 401), r.text
 
 
-def ringfence(*args: str):  # type: ignore[no-untyped-def]
-    """`ringfence ARGS` in this process (typer's runner: the same command code, no interpreter start-up)."""
+def ringfence(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """`ringfence ARGS` in this process (typer's runner: the same command code, no interpreter start-up);
+    `env`: variables set while it runs (a server's `store_env`)."""
     from typer.testing import CliRunner
 
     from ringfence.cli import app
 
-    result = CliRunner().invoke(app, list(args))
+    result = CliRunner().invoke(app, list(args), env=env)
     result.returncode = result.exit_code
     return result
 
@@ -375,13 +380,14 @@ def test_backtest_replays_the_recorded_stream_with_a_rule_file(server, bob_guess
 
     poll(lambda: alerts_for(server, "failed-sign-ins", "bob"), "the recorded failed sign-ins")
     stream = tmp_path / "stream.jsonl"
-    out = cli("monitoring", "export", "--data", str(server.data), "--out", str(stream))
+    out = cli("monitoring", "export", "--data", str(server.data), "--out", str(stream), env=server.store_env)
     assert out.returncode == 0, out.stderr
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"version": 1, "rules": [
         {"name": "three-failures", "type": "threshold", "match": {"kind": ["sign_in_failed"]}, "window_s": 600, "count_gte": 3}]}))
     for source in (("--events", str(stream)), ("--data", str(server.data))):
-        out = ringfence("monitoring", "backtest", "--rules", str(rules), *source, "--from", "2020-01-01T00:00:00Z", "--json")
+        out = ringfence("monitoring", "backtest", "--rules", str(rules), *source, "--from", "2020-01-01T00:00:00Z", "--json",
+                        env=server.store_env)
         assert out.returncode == 0, out.output
         lines = [json.loads(x) for x in out.stdout.splitlines()]
         assert lines[-1]["hits_per_rule"] == {"three-failures": 1} and lines[-1]["events_scored"] > 5
@@ -444,7 +450,7 @@ def test_deidentified_export_of_the_live_stream(server, bob_guessed, tmp_path) -
     poll(lambda: alerts_for(server, "failed-sign-ins", "bob"), "events to export")
     key, out = tmp_path / "pseudo.key", tmp_path / "deid.jsonl"
     run = ringfence("monitoring", "deidentify", "--data", str(server.data), "--key-file", str(key), "--new-key", "--k", "1",
-              "--out", str(out))
+                    "--out", str(out), env=server.store_env)
     assert run.returncode == 0, run.output
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["k_achieved"] >= 1 and report["records_out"] > 0 and oct(key.stat().st_mode)[-3:] == "600"
@@ -456,7 +462,8 @@ def test_deidentified_export_of_the_live_stream(server, bob_guessed, tmp_path) -
     dictionary = json.loads((tmp_path / "deid.jsonl.dictionary.json").read_text())
     assert set().union(*(r.keys() for r in rows)) <= set(dictionary["fields"])
     # a stricter k suppresses more; a new key gives unlinkable pseudonyms; an existing key file is never overwritten
-    strict = ringfence("monitoring", "deidentify", "--data", str(server.data), "--key-file", str(key), "--k", "50", "--out", str(out))
+    strict = ringfence("monitoring", "deidentify", "--data", str(server.data), "--key-file", str(key), "--k", "50", "--out", str(out),
+                       env=server.store_env)
     assert json.loads(strict.stdout.strip().splitlines()[-1])["suppressed"] > report["suppressed"]
 
 

@@ -18,11 +18,25 @@ def test_replicate_benchmark_smoke(stream):
     assert out.returncode == 0, out.stderr
     line = json.loads(out.stdout.strip().splitlines()[-1])
     tp = line["throughput"]
-    assert set(tp) == {"local", "replicated_hash_every_batch", "replicated_hash_later_every_batch", "replicated_hash_every_64"}
+    assert set(tp) == {"local", "replicated_digest", "replicated_digest_hash_every_64", "replicated_hash_every_batch",
+                       "replicated_hash_later_every_batch", "replicated_hash_every_64"}
+    assert tp["replicated_digest"]["state_digests"] > 0 and "state_hashes" not in tp["replicated_digest"], tp
     assert all(v["failed"] is None and v["throughput_per_s"] > 0 for v in tp.values()), tp
     lat = line["latency"]
-    assert set(lat) == {"local", "replicated_hash_every_64", "replicated_hash_later_every_64", "replicated_hash_every_1024",
-                        "replicated_hash_later_every_1024", "replicated_chain_only"}
+    assert set(lat) == {"local", "replicated_digest", "replicated_digest_hash_later_every_1024", "replicated_hash_every_64",
+                        "replicated_hash_later_every_64", "replicated_hash_every_1024", "replicated_hash_later_every_1024",
+                        "replicated_chain_only"}
+    assert lat["replicated_digest"]["state_digests"] > 0 and "digest" in lat["replicated_digest"]["breakdown"], lat
     assert all(v["errors"] == 0 and v["p99_us"] > 0 for v in lat.values()), lat
     assert line["bench"] == "replicate"
     assert line["smoke"] is True
+
+
+def test_promotion_benchmark_smoke():
+    """bench/promotion.py: a warm open (the standby's engine and read models) against a replay, one line."""
+    bench = Path(__file__).resolve().parents[2] / "bench" / "promotion.py"
+    out = subprocess.run([sys.executable, str(bench), "--smoke"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr  # it asserts the two exchanges reach the same state hash
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["bench"] == "promotion" and line["smoke"] is True
+    assert line["workload"]["journal_seq"] > 200 and 0 < line["warm_open_ms"] < line["replay_open_ms"], line

@@ -6,6 +6,7 @@ must refuse: a forged batch, a batch from a deposed epoch, a stale writer, a los
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -288,6 +289,16 @@ def test_an_fsync_failure_while_the_batch_is_being_published_is_outcome_unknown(
         follower.close()
 
 
+def _wait_for_hasher(replicator, timeout_s: float = 30.0) -> None:  # float-ok: seconds
+    """Until the forked hasher child (if one runs) has exited, without reaping it (the primary's
+    next batch collects it). A fixed sleep was not enough at nice 19 on a loaded machine."""
+    child = replicator._hasher._child
+    deadline = time.monotonic() + timeout_s
+    while child is not None and os.waitid(os.P_PID, child[0], os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+        assert time.monotonic() < deadline, "the state-hash child did not finish"
+        time.sleep(0.01)
+
+
 def test_a_state_hash_computed_off_the_sequencer_is_checked_when_it_arrives(tmp_path, stream):
     """state_hash_later=1: a forked child hashes the state after every 2nd batch and the hash rides
     on a later batch; the follower checks each against its own state at that sequence, and a
@@ -295,7 +306,8 @@ def test_a_state_hash_computed_off_the_sequencer_is_checked_when_it_arrives(tmp_
     node = new_node(tmp_path / "a")
     node.open()
     node.start()
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=2&state_hash_later=1"), "a")
+    # state_digest=0: the later hash alone (the per-batch digest would catch the divergence first)
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=2&state_hash_later=1&state_digest=0"), "a")
     follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
     try:
         replicator.attach(node)
@@ -303,7 +315,7 @@ def test_a_state_hash_computed_off_the_sequencer_is_checked_when_it_arrives(tmp_
         node.execute_many([OpenAccount("alice", "BTC"), OpenAccount("bob", "BTC")])
         for i in range(1, 9):
             _fund(node, i, 10 * i)
-            time.sleep(0.05)  # lets the child finish, so its hash rides on the next batch
+            _wait_for_hasher(replicator)  # the child finishes, so its hash rides on the next batch
         follower.poll()
         headers = [replicator.link.call(replicator.link.js.get_msg(stream, s)).headers
                    for s in range(1, replicator.stream_seq + 1)]
@@ -313,8 +325,80 @@ def test_a_state_hash_computed_off_the_sequencer_is_checked_when_it_arrives(tmp_
         follower.engine.components["staff"].version += 1  # the standby's state diverges from the primary's
         for i in range(9, 15):
             _fund(node, i, 1)
-            time.sleep(0.05)
+            _wait_for_hasher(replicator)
         with pytest.raises(JournalCorrupt, match="state hash differs"):
+            follower.poll()
+    finally:
+        follower.close()
+        node.close()
+        replicator.close()
+
+
+def test_every_batch_outcome_is_checked_without_a_state_hash(tmp_path, stream):
+    """Chain only (state_hash_every=10^6: no state hash on the way): each batch still carries the
+    digest of the events the batch before it produced, and the follower compares it with its own.
+    A standby whose ledger diverged (alice's balance changed behind its engine) produces different
+    events for the next transfers (a refusal where the primary moved money) and is refused."""
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000000"), "a")
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    try:
+        replicator.attach(node)
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+        node.execute_many([OpenAccount("alice", "BTC"), OpenAccount("bob", "BTC")])
+        for i in range(1, 6):
+            _fund(node, i, 100)
+        world, bob = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("bob", "BTC").id))
+        node.execute(CreateTransfers([Transfer(50, world, bob, 2**70)]))  # events with amounts beyond 64 bits
+        node.execute(CreateTransfers([Transfer(51, world, bob, 1)]))
+        follower.poll()
+        headers = [replicator.link.call(replicator.link.js.get_msg(stream, s)).headers
+                   for s in range(1, replicator.stream_seq + 1)]
+        assert all(not h.get("Rf-State-Hash") for h in headers)  # no state hash at all
+        assert sum("Rf-Outcome" in h for h in headers) == len(headers) - 1  # every batch but the first
+        assert follower.outcomes_checked == len(headers) - 1
+        assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+        alice, bob = node.read(lambda e: (e.ledger.get("alice", "BTC").id, e.ledger.get("bob", "BTC").id))
+        follower.engine.ledger.get("alice", "BTC").credits_posted -= 500  # the standby's ledger diverges
+        node.execute(CreateTransfers([Transfer(100, alice, bob, 300)]))  # the primary moves it; the standby cannot
+        node.execute(CreateTransfers([Transfer(101, alice, bob, 1)]))  # carries the digest of the one before
+        with pytest.raises(JournalCorrupt, match="different events"):
+            follower.poll()
+    finally:
+        follower.close()
+        node.close()
+        replicator.close()
+
+
+def test_every_batch_state_is_checked_through_the_incremental_digest(tmp_path, stream):
+    """state_digest=1 (the default) with no state hash at all: every batch carries the primary's
+    incremental state digest after the batch before it; the follower checks each one, and a
+    standby whose ledger was changed behind its engine (one account's counter) is refused at the
+    next batch, naming the sequence."""
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000000"), "a")
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    try:
+        replicator.attach(node)
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+        node.execute_many([OpenAccount("alice", "BTC"), OpenAccount("bob", "BTC")])
+        for i in range(1, 9):
+            _fund(node, i, 10 * i)
+        follower.poll()
+        headers = [replicator.link.call(replicator.link.js.get_msg(stream, s)).headers
+                   for s in range(1, replicator.stream_seq + 1)]
+        assert sum("Rf-Digest" in h for h in headers) >= 9
+        assert not any(h.get("Rf-State-Hash") for h in headers[1:])  # no full state hash after the first
+        assert follower.digests_checked >= 8
+        assert follower.engine.state_digest() == node.read(lambda e: e.state_digest())
+        follower.engine.ledger.get("alice", "BTC").credits_posted += 1  # the standby diverges
+        _fund(node, 9, 1)
+        _fund(node, 10, 1)
+        with pytest.raises(JournalCorrupt, match=r"after sequence \d+ the standby's state digest differs"):
             follower.poll()
     finally:
         follower.close()

@@ -29,23 +29,30 @@ STREAM = "RFSVC"
 def nats_services(tmp_path):
     binary = shutil.which("nats-server")
     assert binary, "nats-server is not installed on this machine (required, never skipped)"
-    port = free_port()
-    out = tmp_path / "auth"
-    made = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "nats-config", "--stream", STREAM,
-                           "--out", str(out), "--port", str(port), "--store-dir", str(tmp_path / "js")],
-                          capture_output=True, text=True, timeout=60)
-    assert made.returncode == 0, made.stdout + made.stderr
-    assert all(oct((out / f).stat().st_mode & 0o777) == "0o600" for f in os.listdir(out))
-    proc = subprocess.Popen([binary, "-c", str(out / "nats-server.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        raise AssertionError("nats-server did not start")
+    for attempt in range(3):  # a free port can be taken by a parallel test before nats-server binds it: a new one
+        port = free_port()
+        out = tmp_path / f"auth{attempt}"
+        made = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "nats-config", "--stream", STREAM,
+                               "--out", str(out), "--port", str(port), "--store-dir", str(tmp_path / f"js{attempt}")],
+                              capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert all(oct((out / f).stat().st_mode & 0o777) == "0o600" for f in os.listdir(out))
+        log = tmp_path / f"nats{attempt}.log"
+        with open(log, "wb") as sink:
+            proc = subprocess.Popen([binary, "-c", str(out / "nats-server.conf")], stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline and proc.poll() is None:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        else:
+            proc.kill()
+            proc.wait(10)
+            if attempt == 2:
+                raise AssertionError("nats-server did not start:\n" + log.read_text(errors="replace")[-2000:])
+            continue
+        break
     passwords = {s: (out / f"{s}.password").read_text().strip() for s in ("rf-node", "rf-operator", "rf-monitor")}
     yield port, passwords
     proc.terminate()

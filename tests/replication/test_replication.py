@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -92,10 +93,11 @@ def check_stream(stream: str) -> list[tuple[int, dict[str, str], bytes]]:
     return messages
 
 
-def start_pair(tmp_path: Path, stream: str, pg_url: str) -> tuple[Server, Standby, str]:
+def start_pair(tmp_path: Path, stream: str, pg_url: str, feed: bool = False) -> tuple[Server, Standby, str]:
     url = f"{NATS_URL}/{stream}"
     env = {"RINGFENCE_DATABASE_URL": pg_url}
-    primary = Server(tmp_path / "a", env=env, args=("--replicate", url, "--node-id", "a"))
+    primary = Server(tmp_path / "a", env=env | {"RINGFENCE_DEMO_FEED": "1" if feed else "0"},
+                     args=("--replicate", url, "--node-id", "a"))
     assert "replicating to stream " + stream in primary.log_text()
     standby = Standby(tmp_path / "b", url, "b", free_port(), env=env)
     return primary, standby, url
@@ -144,16 +146,33 @@ def test_standby_follows_and_a_promotion_fences_the_old_primary(tmp_path, stream
                 time.sleep(0.1)
             primary_state, _, _ = replay_journal(tmp_path / "a" / "engine", until_seq=last)  # read-only
             assert status["applied_seq"] == last and status["role"] == "standby", status
+            assert status["outcomes_checked"] >= 11, status  # a batch's events are checked when the next batch arrives
             assert status["state_hash"] == primary_state.state_hash(), "the standby's state differs from the primary's"
+            # every batch's state is checked through the incremental digest (sent with the next batch), and
+            # the API read models are kept warm: fed every batch the standby applies
+            assert status["digests_checked"] >= 10, status  # from the second batch that carries one
+            assert status["read_models_seq"] == last, status
             not_ready = httpx.get(standby.base + "/readyz")
             assert not_ready.status_code == 503 and not_ready.json()["ready"] is False  # no clients to a standby
             assert httpx.post(standby.base + "/api/v3/order").status_code in (404, 501)  # it serves nothing else
             promote_is_a_quorum_decision(tmp_path / "a" / "demo-staff.json", url, primary, a)
+            # what the primary's read models show now, once the standby applied all of it
+            last = httpx.get(primary.base + "/readyz").json()["last_seq"]
+            while httpx.get(standby.base + "/v1/standby").json()["read_models_seq"] < last:
+                assert time.time() < deadline + 30
+                time.sleep(0.1)
+            views = {path: httpx.get(primary.base + path).json() for path in
+                     ("/api/v3/depth?symbol=BTCUSDT&limit=100", "/api/v3/trades?symbol=BTCUSDT", "/api/v3/ticker/24hr?symbol=BTCUSDT")}
             staff = tmp_path / "a" / "demo-staff.json"
             out = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada",
                      "--key", f"{staff}#ben").stdout
             assert "promoted b at epoch 2 (was a at epoch 1); approved by ada, ben" in " ".join(out.split())
             standby.wait_ready()
+            # the promoted standby served with the engine and read models it kept warm: no replay
+            assert re.search(r"promoted: serving with the engine and API read models kept warm at sequence \d+ "
+                             r"\(no journal replay", standby.text().replace("\n", " ")), standby.text()[-3000:]
+            for path, seen in views.items():  # what the primary's read models showed, the same on b
+                assert httpx.get(standby.base + path).json() == seen, path
             # the deposed primary: its next batch is refused by the stream, the client is not acknowledged
             refused = a.place("after-fence")
             assert refused.status_code == 503, refused.text
@@ -179,6 +198,29 @@ def test_standby_follows_and_a_promotion_fences_the_old_primary(tmp_path, stream
                                str(free_port()), "--replicate", url, "--node-id", "a"], capture_output=True, text=True,
                               timeout=60, env=dict(__import__("os").environ, RINGFENCE_DATABASE_URL=pg_url))
         assert proc.returncode == 2 and "'b' is the primary at epoch 2" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_a_standby_promoted_from_a_demo_primary_carries_its_index_feed_on(tmp_path, stream):
+    """The demo primary quotes its perpetuals' index from simulated venues; the promoted standby
+    (which has no --demo of its own) journals its own quotes at the new epoch, so the markets do not
+    go REDUCE_ONLY when the primary's last quotes go stale (the drill's orders were refused so)."""
+    with pg_database() as pg_url:
+        primary, standby, url = start_pair(tmp_path, stream, pg_url, feed=True)
+        try:
+            assert "index feed: simulated venues" in primary.log_text()
+            staff = tmp_path / "a" / "demo-staff.json"
+            rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--key", f"{staff}#ben")
+            standby.wait_ready()
+            assert "index feed: simulated venues sim1..sim5" in standby.text(), standby.text()[-3000:]
+            deadline = time.time() + 30  # the feed quotes every second
+            while not any(h["Rf-Epoch"] == "2" and b"index.quote/1" in data for _, h, data in check_stream(stream)):
+                assert time.time() < deadline, "the promoted standby journaled no index quote"
+                time.sleep(1)
+            index = httpx.get(standby.base + "/fapi/v1/premiumIndex", params={"symbol": "BTCUSDT"}).json()
+            assert int(index["indexPrice"].replace(".", "")) > 0, index
+        finally:
+            primary.stop()
+            assert standby.stop() == 0
 
 
 def test_sigkill_of_the_primary_loses_no_acknowledged_order(tmp_path, stream):

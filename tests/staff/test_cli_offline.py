@@ -43,3 +43,22 @@ def test_keygen_never_overwrites_a_key(tmp_path) -> None:
     again = cli("staff", "keygen", "dora", "--out", str(tmp_path / "dora.key"))
     assert again.returncode == 2 and "never overwritten" in again.stderr
     assert read_key_file(tmp_path / "dora.key").public_hex == out.stdout.strip()
+
+
+def test_a_team_key_file_asks_for_a_member_the_way_key_takes_it(tmp_path) -> None:
+    """DIR/demo-staff.json holds several members: naming none, or one it does not hold, is refused
+    with the `--key FILE#STAFF_ID` form the console takes (there is no --staff-id option)."""
+    import json
+
+    import pytest
+
+    from ringfence.errors import ValidationError
+
+    team = tmp_path / "demo-staff.json"
+    seeds = {"ada": "11" * 32, "cy": "22" * 32}
+    team.write_text(json.dumps({"staff": [{"staff_id": k, "private_key": v} for k, v in seeds.items()]}))
+    for who in (None, "nobody"):
+        with pytest.raises(ValidationError) as err:
+            read_key_file(team, who)
+        assert f"--key {team}#STAFF_ID" in str(err.value) and "--staff-id" not in str(err.value)
+    assert read_key_file(team, "cy").staff_id == "cy"

@@ -120,6 +120,46 @@ def test_staff_are_added_and_removed_by_the_quorum_only(server, tmp_path) -> Non
     assert out.returncode == 1 and "does not verify" in out.stderr
 
 
+def test_an_operator_whose_key_is_in_an_hsm_signs_a_quorum_decision(server, tmp_path) -> None:
+    """Issue 16, item 2 ("each signing with the operator's key (file or HSM)"): `staff keygen --hsm`
+    makes the key inside a PKCS#11 token (SoftHSM2), not extractable; the quorum adds the member with
+    the token's proof of possession; the member then lifts a halt with ada as the second operator,
+    signing requests and the decision in the token (`--key pkcs11:TOKEN/LABEL#ID`)."""
+    from ringfence.keys.hsm import init_softhsm_token, write_softhsm_config
+
+    url = ("--url", server.base)
+    conf = write_softhsm_config(tmp_path / "hsm")
+    init_softhsm_token(conf, "staff-eve", so_pin="so-eve-test", user_pin="user-eve-test")
+    env = {"SOFTHSM2_CONF": str(conf), "RINGFENCE_STAFF_HSM_PIN": "user-eve-test"}
+
+    def hsm_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, COLUMNS="200", **env))
+
+    made = hsm_cli("staff", "keygen", "eve", "--hsm", "staff-eve")
+    assert made.returncode == 0, made.stderr
+    public = made.stdout.strip()
+    no_pin = subprocess.run([sys.executable, "-m", "ringfence.cli", "staff", "list", "--key", "pkcs11:staff-eve/eve#eve", *url],
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ, SOFTHSM2_CONF=str(conf)))
+    assert no_pin.returncode != 0 and "RINGFENCE_STAFF_HSM_PIN" in no_pin.stderr, no_pin.stderr
+    eve = "pkcs11:staff-eve/eve#eve"
+    added = hsm_cli("staff", "add", "--new-key", eve, "--role", "operator", "--reason", "operator with a token",
+                    "--key", key(server, "ada"), "--key", key(server, "ben"), *url)
+    assert added.returncode == 0, added.stderr
+    members = {m["staff_id"]: m for m in json.loads(cli("staff", "list", "--key", key(server, "ada"), "--json", *url).stdout)["members"]}
+    assert members["eve"]["public_key"] == public and members["eve"]["roles"] == ["operator"]
+    assert cli("halts", "raise", "hsm-1", "--reason", "hsm test", "--key", key(server, "ada"), *url).returncode == 0
+    token = cli("halts", "lift", "hsm-1", "--reason", "fixed", "--key", key(server, "ada"), "--sign-only", *url).stdout.strip()
+    lifted = hsm_cli("halts", "lift", "hsm-1", "--reason", "fixed", "--key", eve, "--approval", token, *url)
+    assert lifted.returncode == 0 and "lifted hsm-1 approved by eve, ada" in lifted.stdout, lifted.stdout + lifted.stderr
+    # the key cannot leave the token (checked in a process of its own: a PKCS#11 library reads its config once)
+    probe = subprocess.run([sys.executable, "-c", "from ringfence.keys.hsm import HsmToken; t = HsmToken('staff-eve', "
+                            "'user-eve-test'); print(t.public_key('eve').hex(), t.is_extractable('eve'))"],
+                           capture_output=True, text=True, timeout=60, env=dict(os.environ, **env))
+    assert probe.stdout.split() == [public, "False"], probe.stdout + probe.stderr
+    assert hsm_cli("staff", "remove", "eve", "--reason", "done", "--key", key(server, "ada"), "--key", key(server, "ben"), *url).returncode == 0
+
+
 def _get(server: Server, path: str, headers: dict[str, str]) -> httpx.Response:
     return httpx.get(server.base + path, headers=headers)
 
@@ -273,6 +313,19 @@ def test_a_market_is_listed_reopened_repriced_and_delisted_by_the_operator_quoru
     assert out.exit_code == 0 and "MarketDelisted" in out.stdout and "DELISTED" in out.stdout, out.output
     assert "ETHBTC" not in exchange_info(server)
     assert btc_balance(server) == (free, locked)
+    # alice can still read the order the delisting canceled, and the market's history
+    order_id = placed.json()["orderId"]
+    gone = binance(server, "GET", "/api/v3/order", {"symbol": "ETHBTC", "orderId": order_id})
+    assert gone.status_code == 200 and gone.json()["status"] == "CANCELED", gone.text
+    assert gone.json()["origQty"] == placed.json()["origQty"] and gone.json()["price"] == placed.json()["price"]
+    history = binance(server, "GET", "/api/v3/allOrders", {"symbol": "ETHBTC"})
+    assert [o["orderId"] for o in history.json()] == [order_id], history.text
+    assert binance(server, "GET", "/api/v3/openOrders", {"symbol": "ETHBTC"}).json() == []
+    assert binance(server, "GET", "/api/v3/myTrades", {"symbol": "ETHBTC"}).json() == []
+    refused = binance(server, "POST", "/api/v3/order", {"symbol": "ETHBTC", "side": "BUY", "type": "LIMIT",
+                                                        "timeInForce": "GTC", "price": "0.0500", "quantity": "1.00"})
+    assert refused.status_code == 400 and refused.json()["code"] == -1121, refused.text  # no new orders
+    assert binance(server, "GET", "/api/v3/order", {"symbol": "NOPEBTC", "orderId": order_id}).json()["code"] == -1121
 
 
 def test_fee_tiers_are_set_by_the_quorum_and_shown_on_the_account(server) -> None:
@@ -306,5 +359,5 @@ def test_fee_tiers_are_set_by_the_quorum_and_shown_on_the_account(server) -> Non
     assert {"account": "alice", "tier": 3} in view["account_tiers"]
     assert {"tier": 3, "maker_rate_ppm": 200, "taker_rate_ppm": 500} in view["fee_tiers"]
     table = market_cli("list", "--key", ada, "--url", server.base)
-    assert table.exit_code == 0 and "tier 3: maker 200 ppm, taker 500 ppm" in table.stdout and "alice → 3" in table.stdout
+    assert table.exit_code == 0 and "tier 3: maker 0.0002 (0.02 %), taker 0.0005 (0.05 %)" in table.stdout and "alice → 3" in table.stdout
     assert "BTCUSDT" in table.stdout and "0.01" in table.stdout, table.stdout

@@ -23,9 +23,9 @@ from tests.api.conftest import Server
 from .rig import POLICY, Rig
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, COLUMNS="200"))
+                          env=dict(os.environ, COLUMNS="200", **(env or {})))
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,12 @@ def test_review_approve_reject_and_policy_votes_then_audit(prepared) -> None:
     by_id = {w["withdrawal_id"]: w for w in queue["withdrawals"]}
     assert by_id["w-big"]["rule"] == "large-eth" and by_id["w-big"]["required_approvals"] == 2
     assert by_id["w-huge"]["state"] == "manual_review"
+    # amounts in the asset's decimals next to the exact minor units (w-page is past 2**53: no float)
+    assert (by_id["w-big"]["amount"], by_id["w-big"]["amount_minor"]) == ("2", str(2 * 10**18))
+    assert by_id["w-page"]["amount"] == "3.000000000000000007"
+    assert queue["deposits"][0]["amount"] == "5" and queue["deposits"][0]["amount_minor"] == str(5 * 10**18)
+    table = cli("review", "list", "--key", str(keys / "ana.key"), *url).stdout
+    assert "3.000000000000000007 ETH" in table and "minor" not in table, table
 
     assert cli("review", "approve", "w-big", "--role", "approver", "--key", str(keys / "mal.key"), *url).returncode == 0
     out = cli("review", "approve", "w-big", "--role", "operator", "--key", str(keys / "mal.key"), *url)
@@ -127,19 +133,29 @@ def test_approve_in_the_console_page(prepared, tmp_path) -> None:
 
     from playwright.sync_api import expect, sync_playwright
 
+    from tests.staff.staff_login import staff_sign_in
+
     srv, keys = prepared
     assert Path("/usr/bin/chromium").exists(), "Debian chromium is missing"
+    logins = {}
+    for who in ("ada", "ana", "pia"):  # each member's console login, made by the operator on the command line
+        out = tmp_path / f"{who}-login.json"
+        made = cli("staff", "login", who, "--email", f"{who}@staff.example.com", "--data", str(srv.data), "--out", str(out),
+                   env=srv.store_env)
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert out.stat().st_mode & 0o777 == 0o600 and "password" not in made.stdout
+        logins[who] = json.loads(out.read_text())
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(srv.base + "/admin")
+        staff_sign_in(page, srv.base, logins["ada"])  # the console needs ada's staff session
         page.fill("#keyfile", (keys / "ada.key").read_text())
         page.click("#signin")
         expect(page.locator("#who")).to_have_text("signed in as ada")
         row = page.locator('#withdrawals tr[data-withdrawal="w-page"]')
-        expect(row).to_contain_text("3000000000000000007 ETH")
+        expect(row).to_contain_text("3.000000000000000007 ETH")
         row.locator(".decide-role").fill("approver")
         row.locator(".approve").click()
         expect(page.locator("#status")).to_contain_text("accepted (ApproveWithdrawalSigned)")
@@ -154,12 +170,12 @@ def test_approve_in_the_console_page(prepared, tmp_path) -> None:
 
         analyst = browser.new_page(viewport={"width": 1400, "height": 900})
         analyst.on("pageerror", lambda e: errors.append(str(e)))
-        analyst.goto(srv.base + "/admin")
+        staff_sign_in(analyst, srv.base, logins["ana"])  # the console needs ana's staff session
         analyst.fill("#keyfile", (keys / "ana.key").read_text())
         analyst.click("#signin")
         expect(analyst.locator("#who")).to_have_text("signed in as ana")
         deposit = analyst.locator("#deposits tbody tr").first
-        expect(deposit).to_contain_text("5000000000000000000 ETH")
+        expect(deposit).to_contain_text("5 ETH")
         deposit.locator(".deposit-reason").fill("payslips checked")
         deposit.locator(".release").click()
         expect(analyst.locator("#status")).to_contain_text("accepted (ReviewQuarantineSigned)")
@@ -170,7 +186,7 @@ def test_approve_in_the_console_page(prepared, tmp_path) -> None:
         assert cli("policy", "propose", "p-page", str(policy), "--key", str(keys / "pat.key"), "--url", srv.base).returncode == 0
         admin = browser.new_page(viewport={"width": 1400, "height": 900})
         admin.on("pageerror", lambda e: errors.append(str(e)))
-        admin.goto(srv.base + "/admin")
+        staff_sign_in(admin, srv.base, logins["pia"])  # the console needs pia's staff session
         admin.fill("#keyfile", (keys / "pia.key").read_text())
         admin.click("#signin")
         admin.locator('#proposals tr[data-proposal="p-page"] .approve').click()
@@ -178,3 +194,37 @@ def test_approve_in_the_console_page(prepared, tmp_path) -> None:
         expect(admin.locator('#proposals tr[data-proposal="p-page"]')).to_contain_text("pia")
         assert not errors, errors
         browser.close()
+
+
+@pytest.mark.store  # `staff login` writes to the server's store: `make test` runs this again on PostgreSQL
+def test_staff_login_defaults_to_the_demo_folder_and_refuses_strangers(prepared, tmp_path) -> None:
+    """`staff login` without --data uses ./ringfence-data/serve (what `make serve-demo` runs on), refuses a
+    folder that is not a node's (naming --data) and a staff id the register does not hold; nothing is written."""
+    srv, _ = prepared
+    env = {k: v for k, v in os.environ.items() if k != "RINGFENCE_DATABASE_URL"}
+
+    def login(cwd, *args: str, store: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ringfence.cli", "staff", "login", *args], capture_output=True,
+                              text=True, timeout=120, cwd=cwd, env=dict(env, COLUMNS="200", **(store or {})))
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "cy-login.json"
+    bare = login(empty, "cy", "--email", "cy@staff.example.com", "--out", str(out))
+    assert bare.returncode == 2 and "--data: ringfence-data/serve holds no node and identity store" in bare.stderr, bare.stderr
+    assert not (empty / "ringfence-data").exists() and not out.exists()
+    nobody = login(empty, "nobody", "--email", "nobody@example.com", "--data", str(srv.data), "--out", str(out),
+                   store=srv.store_env)
+    assert nobody.returncode == 2 and "'nobody' is not an active member of the staff register" in nobody.stderr
+    assert "ada, ana, ben" in nobody.stderr and not out.exists(), nobody.stderr
+    home = tmp_path / "home"
+    (home / "ringfence-data").mkdir(parents=True)
+    (home / "ringfence-data" / "serve").symlink_to(srv.data)
+    # the default store: ./ringfence-data/serve's SQLite file, or the database RINGFENCE_DATABASE_URL names (the
+    # suite's PostgreSQL profile, tests/pgtest.py), which then wins over the folder as it does for serve
+    made = login(home, "cy", "--email", "cy@staff.example.com", "--out", str(out), store=srv.store_env)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(out.read_text())["email"] == "cy@staff.example.com"
+    again = login(empty, "cy", "--email", "cy2@staff.example.com", "--data", str(srv.data), "--out", str(tmp_path / "x"),
+                  store=srv.store_env)
+    assert again.returncode == 1 and "cy has a console login already" in again.stderr, "the same store: " + again.stderr

@@ -82,6 +82,9 @@ def test_one_operator_a_non_operator_or_bad_filters_change_nothing() -> None:
     # approvals collected before another decision moved the counter no longer verify
     stale = rig.desk.signs(("ada", "ben"), ACTIONS["fee_tier"], fee_tier_subject(tier, "vip", 0))
     rig.refused(SetFeeTierSigned(tier, "vip", stale), "signature-valid")
+    with pytest.raises(RingfenceError) as err:  # the refusal says why an honest approver's signature failed
+        rig.engine.precheck(SetFeeTierSigned(tier, "vip", stale))
+    assert "change counter" in str(err.value) and "sign again" in str(err.value), str(err.value)
     rig.run(SetFeeTierSigned(tier, "vip", rig.desk.signs(("ada", "ben"), ACTIONS["fee_tier"], fee_tier_subject(tier, "vip", 1))))
     assert trading_state(rig.engine).tiers[2] == (200, 500)
 

@@ -7,6 +7,12 @@ decision's own signature(s) — staff decision tokens `STAFF_ID:NONCE:EXPIRES_NS
 the caller must be one of the signers (the engine verifies those signatures again, against the
 register, role, expiry and the nonces it has seen; the API verifies nothing the engine does not).
 
+The console page (`/admin` and its assets) is served only to a staff session: an identity account
+`staff:<id>` signed in with its second factor, for a member the register has active
+(`identity/staff_logins.py`); without one `/admin` answers 303 to `/login`, with another session 403.
+An API request that carries a session cookie (the page's) must come from that same member; the
+console commands (`ringfence staff|halts|review ...`) sign with the member's key and send no cookie.
+
 The admin API never writes the journal itself: it builds a command and submits it through the
 exchange like any gateway. Errors are `{"code", "message", "field"}` with the error's HTTP status;
 a refusal by a segregation-of-duties rule names the rule in its message.
@@ -14,6 +20,7 @@ a refusal by a segregation-of-duties rule names the rule in its message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from contextvars import ContextVar
 from typing import Any, Callable
@@ -58,6 +65,15 @@ def halts_view(engine: Any) -> dict[str, Any]:
     return {"active": active_halts(engine), "recently_lifted": lifted[::-1]}
 
 
+def _amount(engine: Any, asset: str, minor: int) -> str:
+    """`minor` as the decimal string people read (the asset's decimals), e.g. 150000000 BTC -> "1.5"."""
+    from ..money import format_amount
+
+    if asset not in engine.ledger.assets:
+        return str(minor)
+    return format_amount(minor, engine.ledger.assets.get(asset).decimals, trim=True)
+
+
 def _withdrawal_row(engine: Any, w: Any) -> dict[str, Any]:
     from ..custody.state import custody_state
 
@@ -65,13 +81,14 @@ def _withdrawal_row(engine: Any, w: Any) -> dict[str, Any]:
     history = [x for x in s.withdrawals.values() if x.account_id == w.account_id and x.id != w.id][-10:]
     return {
         "withdrawal_id": w.id, "account_id": w.account_id, "asset": w.asset, "wallet": w.wallet,
-        "address": w.address, "amount_minor": str(w.amount_minor), "state": w.state, "rule": w.rule,
+        "address": w.address, "amount_minor": str(w.amount_minor), "amount": _amount(engine, w.asset, w.amount_minor), "state": w.state, "rule": w.rule,
         "decision_reasons": list(w.decision_reasons), "risk_score": w.risk_score, "risk_reasons": list(w.risk_reasons),
         "required_approvals": w.required_approvals, "approver_roles": list(w.approver_roles),
         "approvals": [{"staff_id": a.approver, "role": a.role, "at_ns": a.at_ns, "expires_ns": a.expires_ns,
                        "valid": a.expires_ns > engine.now_ns} for a in w.approvals],
         "created_ns": w.created_ns,
-        "user_history": [{"withdrawal_id": x.id, "asset": x.asset, "amount_minor": str(x.amount_minor), "state": x.state}
+        "user_history": [{"withdrawal_id": x.id, "asset": x.asset, "amount_minor": str(x.amount_minor),
+                          "amount": _amount(engine, x.asset, x.amount_minor), "state": x.state}
                          for x in history],
     }
 
@@ -85,9 +102,9 @@ def review_view(engine: Any) -> dict[str, Any]:
     return {
         "withdrawals": [_withdrawal_row(engine, w) for w in waiting],
         "deposits": [{"chain": d.chain, "txid": d.txid, "index": d.index, "key": d.key, "account_id": d.account_id,
-                      "asset": d.asset, "amount_minor": str(d.amount_minor), "score": d.score, "reasons": list(d.reasons),
+                      "asset": d.asset, "amount_minor": str(d.amount_minor), "amount": _amount(engine, d.asset, d.amount_minor), "score": d.score, "reasons": list(d.reasons),
                       "declaration": d.declaration, "state": d.state, "sender": d.sender,
-                      "return_by": list(d.return_by)} for d in quarantined],
+                      "return_by": list(d.return_by), "release_by": list(d.release_by)} for d in quarantined],
     }
 
 
@@ -140,6 +157,14 @@ def _callers_decision(caller: str, body: dict[str, Any]) -> StaffSignature:
     decision = _sig(body, "decision")
     _caller_signed(caller, [decision])
     return decision
+
+
+def _callers_approvals(caller: str, body: dict[str, Any]) -> list[StaffSignature]:
+    """The body's `approvals` tokens (a quorum decision), one of which the request's own signer
+    must have signed: nobody submits a decision they are not part of."""
+    approvals = _sigs(body)
+    _caller_signed(caller, approvals)
+    return approvals
 
 
 def _sigs(body: dict[str, Any], name: str = "approvals") -> list[StaffSignature]:
@@ -238,13 +263,42 @@ def _caller_signed(caller: str, sigs: list[StaffSignature]) -> None:
         raise Forbidden("the caller must be one of the decision's signers", field="X-RF-Staff")
 
 
-def install_admin_pages(app: Any) -> None:
-    """The staff console page at /admin (static; it signs requests and decisions in the browser)."""
+def _active_staff(exchange: Exchange, staff_id: str) -> bool:
+    def read(engine: Any) -> bool:
+        from ..staff import staff_of
+
+        m = staff_of(engine).members.get(staff_id)
+        return m is not None and m.status == "active"
+
+    return bool(exchange.read(read))
+
+
+def session_staff(identity_ctx: Any, exchange: Exchange, request: Request) -> str:
+    """The active staff member of the request's staff session (second factor passed), or refused."""
+    from ..errors import Unauthorized
+    from ..identity.sessions import SESSION_COOKIE_NAME
+    from ..identity.staff_logins import staff_of_session
+
+    token = request.cookies.get(SESSION_COOKIE_NAME)
+    if identity_ctx is None:
+        raise Forbidden("the staff console needs the identity service (staff sign in there)", field="session")
+    if not token:
+        raise Unauthorized("sign in first: the staff console needs a staff session", field="session")
+    staff_id = staff_of_session(identity_ctx, token)
+    if not _active_staff(exchange, staff_id):
+        raise Forbidden(f"{staff_id} is not an active member of the staff register", field="session")
+    return staff_id
+
+
+def install_admin_pages(app: Any, identity_ctx: Any = None, exchange: Exchange | None = None) -> None:
+    """The staff console page at /admin (static; it signs requests and decisions in the browser),
+    served to a staff session only (module doc)."""
     from importlib import resources
     from pathlib import Path
 
-    from fastapi.responses import FileResponse
+    from fastapi.responses import FileResponse, RedirectResponse
 
+    from ..errors import Unauthorized
     from .headers import dashboard_csp
 
     pages = Path(str(resources.files("ringfence.web") / "admin"))
@@ -254,19 +308,36 @@ def install_admin_pages(app: Any) -> None:
                 "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
                 "Cache-Control": "no-store"}
 
+    def gate(request: Request) -> Any:
+        if exchange is None:
+            return JSONResponse({"code": "RF_FORBIDDEN", "message": "the staff console is not served here"}, status_code=403)
+        try:
+            staff_id = session_staff(identity_ctx, exchange, request)
+        except Unauthorized:
+            return RedirectResponse("/login", status_code=303, headers=headers(request))
+        except RingfenceError as err:
+            return JSONResponse(err.to_dict(), status_code=err.http_status, headers=headers(request))
+        return staff_id
+
     @app.get("/admin", include_in_schema=False)
-    async def admin_page(request: Request) -> FileResponse:
-        return FileResponse(pages / "index.html", headers=headers(request))
+    async def admin_page(request: Request) -> Any:
+        staff_id = await asyncio.to_thread(gate, request)
+        if not isinstance(staff_id, str):
+            return staff_id
+        return FileResponse(pages / "index.html", headers={**headers(request), "X-RF-Staff-Session": staff_id})
 
     @app.get("/admin/assets/{name}", include_in_schema=False)
     async def admin_asset(request: Request, name: str) -> Any:
         if name not in ("admin.js", "admin.css"):
             return JSONResponse({"code": "RF_NOT_FOUND", "message": "not found"}, status_code=404)
+        staff_id = await asyncio.to_thread(gate, request)
+        if not isinstance(staff_id, str):
+            return staff_id
         return FileResponse(pages / name, headers=headers(request))
 
 
 def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = None, monitor: Any = None,
-                       custody: Any = None) -> APIRouter:
+                       custody: Any = None, identity_ctx: Any = None) -> APIRouter:
     verifier = verifier or RequestVerifier()
     router = APIRouter(prefix=PREFIX, tags=["admin"])
 
@@ -285,6 +356,12 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
             raise ValidationError(f"the body is larger than {MAX_BODY_BYTES} bytes", field="body")
         headers = {k.lower(): v for k, v in request.headers.items()}
         caller = verifier.verify(headers, request.method, request.url.path, request.url.query, body, key_of)
+        from ..identity.sessions import SESSION_COOKIE_NAME
+
+        if request.cookies.get(SESSION_COOKIE_NAME):  # the console page's request: its session is the same member's
+            staff_id = await asyncio.to_thread(session_staff, identity_ctx, exchange, request)
+            if staff_id != caller:
+                raise Forbidden(f"the request is signed by {caller}, the session is {staff_id}'s", field="X-RF-Staff")
         if request.method == "GET":
             return caller, {"__query__": dict(request.query_params)}
         try:
@@ -337,6 +414,23 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     async def get_withdrawal(caller: str, body: dict[str, Any], withdrawal_id: str) -> Any:
         return exchange.read(lambda engine: withdrawal_view(engine, withdrawal_id))
 
+    audit_scan = asyncio.Lock()  # one journal read at a time
+
+    @endpoint("GET", "/audit", "The audit trail: staff decisions journaled lately (who submitted, who signed, what, why), "
+              "newest first; ?limit=1..500 (default 100)")
+    async def get_audit(caller: str, body: dict[str, Any]) -> Any:
+        from starlette.concurrency import run_in_threadpool
+
+        from ..staff.audit import AUDIT_MAX_ROWS, AUDIT_WINDOW, recent_decisions
+
+        text = body.get("__query__", {}).get("limit", "100")
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= AUDIT_MAX_ROWS):
+            raise ValidationError(f"1..{AUDIT_MAX_ROWS}", field="limit")
+        upto = exchange.read(lambda e: e.seq)
+        async with audit_scan:
+            rows = await run_in_threadpool(recent_decisions, exchange.data_dir / "engine", upto, int(text))
+        return {"upto_seq": upto, "window": AUDIT_WINDOW, "decisions": rows}
+
     @endpoint("GET", "/policy", "The active withdrawal policy and the proposals")
     async def get_policy(caller: str, body: dict[str, Any]) -> Any:
         return exchange.read(policy_view)
@@ -357,16 +451,14 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
             raise ValidationError("accounts is a list of the new member's own customer account ids", field="member.accounts")
         entry = StaffEntry(_text(member, "staff_id"), list(roles), _text(member, "public_key"), list(accounts))
-        approvals = _sigs(body)
-        _caller_signed(caller, approvals)
+        approvals = _callers_approvals(caller, body)
         return await submit(AddStaff(entry, _sig(body, "proof"), _text(body, "reason"), approvals))
 
     @endpoint("POST", "/staff/{staff_id}/remove", "Remove a staff member (RemoveStaff: operator quorum)")
     async def remove_staff(caller: str, body: dict[str, Any], staff_id: str) -> Any:
         from ..staff import RemoveStaff
 
-        approvals = _sigs(body)
-        _caller_signed(caller, approvals)
+        approvals = _callers_approvals(caller, body)
         return await submit(RemoveStaff(staff_id, _text(body, "reason"), approvals))
 
     # ---- halts
@@ -383,8 +475,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     async def lift_halt(caller: str, body: dict[str, Any], halt_id: str) -> Any:
         from ..risk.halts import LiftHaltSigned
 
-        approvals = _sigs(body)
-        _caller_signed(caller, approvals)
+        approvals = _callers_approvals(caller, body)
         return await submit(LiftHaltSigned(halt_id, _text(body, "reason"), approvals))
 
     # ---- withdrawals and deposits
@@ -482,8 +573,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     async def register_feed_key(caller: str, body: dict[str, Any]) -> Any:
         from ..index.commands import RegisterFeedKey
 
-        approvals = _sigs(body)
-        _caller_signed(caller, approvals)
+        approvals = _callers_approvals(caller, body)
         return await submit(RegisterFeedKey(_text(body, "venue"), _text(body, "public_key"), approvals))
 
     @endpoint("POST", "/index/configure", "Set a symbol's index parameters (ConfigureIndex: operator quorum)")
@@ -496,8 +586,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
             raise ValidationError("sources is a list of [venue, weight] pairs", field="sources")
         pairs = [(v, _int(w, f"sources[{i}].weight")) for i, (v, w) in enumerate(sources)]
         optional = {k: _int(body[k], k) for k in _INDEX_OPTIONAL if k in body}
-        approvals = _sigs(body)
-        _caller_signed(caller, approvals)
+        approvals = _callers_approvals(caller, body)
         return await submit(ConfigureIndex(_text(body, "symbol"), pairs, _int(body.get("min_sources"), "min_sources"),
                                            approvals=approvals, **optional))
 
@@ -505,8 +594,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     async def override_reference(caller: str, body: dict[str, Any]) -> Any:
         from ..index.commands import OverrideReferencePrice
 
-        approvals = _sigs(body)
-        _caller_signed(caller, approvals)
+        approvals = _callers_approvals(caller, body)
         return await submit(OverrideReferencePrice(_text(body, "symbol"), _int(body.get("price_minor"), "price_minor"),
                                                    _text(body, "reason"), approvals))
 
@@ -520,8 +608,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     async def list_market(caller: str, body: dict[str, Any]) -> Any:
         from ..trading.staff_cmds import ListMarketSigned
 
-        approvals = _sigs(body)
-        _caller_signed(caller, approvals)
+        approvals = _callers_approvals(caller, body)
         return await submit(ListMarketSigned(list_market_command(body), _text(body, "reason"), approvals))
 
     @endpoint("POST", "/markets/{symbol}/delist", "Delist a market: its open orders are canceled and their holds "
@@ -529,8 +616,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     async def delist_market(caller: str, body: dict[str, Any], symbol: str) -> Any:
         from ..trading.staff_cmds import DelistMarketSigned
 
-        approvals = _sigs(body)
-        _caller_signed(caller, approvals)
+        approvals = _callers_approvals(caller, body)
         return await submit(DelistMarketSigned(symbol, _text(body, "reason"), approvals))
 
     @endpoint("POST", "/markets/{symbol}/reference", "Set a market's band reference price (SetReferencePriceSigned: "
@@ -538,8 +624,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     async def set_reference(caller: str, body: dict[str, Any], symbol: str) -> Any:
         from ..trading.staff_cmds import SetReferencePriceSigned
 
-        approvals = _sigs(body)
-        _caller_signed(caller, approvals)
+        approvals = _callers_approvals(caller, body)
         return await submit(SetReferencePriceSigned(symbol, _int(body.get("price_minor"), "price_minor"),
                                                     _text(body, "reason"), approvals))
 
@@ -550,8 +635,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
 
         tier = SetFeeTier(_int(body.get("tier"), "tier"), _int(body.get("maker_rate_ppm"), "maker_rate_ppm"),
                           _int(body.get("taker_rate_ppm"), "taker_rate_ppm"))
-        approvals = _sigs(body)
-        _caller_signed(caller, approvals)
+        approvals = _callers_approvals(caller, body)
         return await submit(SetFeeTierSigned(tier, _text(body, "reason"), approvals))
 
     @endpoint("POST", "/fees/accounts", "Put an account on a fee tier (SetAccountFeeTierSigned: operator quorum)")
@@ -560,8 +644,7 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         from ..trading.staff_cmds import SetAccountFeeTierSigned
 
         assignment = SetAccountFeeTier(_text(body, "account"), _int(body.get("tier"), "tier"))
-        approvals = _sigs(body)
-        _caller_signed(caller, approvals)
+        approvals = _callers_approvals(caller, body)
         return await submit(SetAccountFeeTierSigned(assignment, _text(body, "reason"), approvals))
 
     if monitor is not None:  # monitoring: alerts, cases, the analyst workflow (docs/monitoring.md)
@@ -571,5 +654,5 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
     if custody is not None:  # vault refills and threshold keys' signer sets (api/custody_admin.py)
         from .custody_admin import install as install_custody
 
-        install_custody(endpoint, exchange, custody, _sigs, _caller_signed, submit, _callers_decision)
+        install_custody(endpoint, exchange, custody, _callers_approvals, submit, _callers_decision)
     return router

@@ -37,6 +37,7 @@ from .ws import StreamHub, build_ws_router, quiet_client_garbage
 __all__ = ["create_app", "MAX_BODY_BYTES"]
 
 MAX_BODY_BYTES = 64 * 1024
+NO_OTEL: Any = {"tracing": False, "metrics": False, "logs": False}
 log = structlog.get_logger("ringfence.api")
 
 
@@ -134,6 +135,68 @@ class Observe:
                 log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status[0])
 
 
+class HotRoutes:
+    """Pure ASGI: the order-entry routes (`POST`/`DELETE /api/v3/order`) straight to their endpoint.
+
+    FastAPI's own layers (error middleware, exit stacks, the router's linear match over ~300 routes,
+    dependency solving) cost more of the event loop than the order itself (py-spy, issue 18). For
+    these routes the endpoint is already a plain `endpoint(request)` (binance.add_binance_route:
+    weight, parameter checks, signature, replay guard, rate limits and Binance's error shape are all
+    inside it), so this calls it directly with the same `Request` and keeps what the skipped layers
+    did: `scope["route"]` for the api_call event and metrics (`Observe`'s counters), a 500 in
+    Binance's shape for an unexpected error. The outer layers (security headers, body limit, the
+    monitoring recorder) still wrap it. Requests carrying `Origin` (browsers: CORS) take the full
+    stack."""
+
+    def __init__(self, app: Any, fastapi_app: FastAPI, metrics: "Metrics", paths: tuple[str, ...] = ("/api/v3/order",)) -> None:
+        from fastapi.routing import APIRoute
+
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self.metrics = metrics
+        self.routes: dict[tuple[str, str], Any] = {}
+        def walk(routes: list[Any]) -> Any:  # FastAPI keeps included routers as branches
+            for route in routes:
+                inner = getattr(route, "original_router", None)
+                if inner is not None:
+                    context = getattr(route, "include_context", None)
+                    if getattr(context, "prefix", "") or getattr(context, "dependencies", None):
+                        continue  # mounted under another prefix, or with dependencies this would skip
+                    yield from walk(inner.routes)
+                else:
+                    yield route
+
+        for route in walk(fastapi_app.routes):
+            if isinstance(route, APIRoute) and route.path in paths and not route.dependencies:
+                for method in route.methods:
+                    self.routes[(method, route.path)] = route
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        route = self.routes.get((scope.get("method", ""), scope.get("path", ""))) if scope["type"] == "http" else None
+        if route is None or scope.get("root_path") or any(name == b"origin" for name, _ in scope.get("headers", ())):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        scope["route"] = route
+        scope.setdefault("app", self.fastapi_app)
+        scope.setdefault("state", {})
+        status = 500
+        try:
+            try:
+                response = await route.endpoint(Request(scope, receive))
+                status = response.status_code
+            except Exception:  # what ServerErrorMiddleware would have answered, in Binance's shape
+                log.exception("http.unhandled", method=scope.get("method"), path=scope.get("path"))
+                status = 500
+                response = JSONResponse({"code": -1000, "msg": "An unknown error occurred while processing the request."}, status_code=500)
+            await response(scope, receive, send)
+        finally:
+            self.metrics.requests.labels(route.path, str(status)).inc()
+            self.metrics.latency.labels(route.path).observe(time.perf_counter() - started)
+            if status >= 400:
+                log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status)
+
+
 def _custody_readiness(custody: Any, detailed: bool) -> dict[str, Any]:
     """Custody in /readyz: each worker's state for everyone (a load balancer's question); the rest
     (chain heights, errors, reconciliation evidence, the shield vault) only to whoever may read
@@ -223,6 +286,7 @@ def create_app(
     chain_admin_token: str = "",
     monitoring_rules: str = "",
     monitoring_poll_ms: int = 200,
+    monitoring_flush_ms: int = 100,
     monitoring_geoip: str = "",
     stp: tuple[str, dict[str, str]] = ("EXPIRE_TAKER", {}),
     fiat_rates: Any = None,
@@ -232,15 +296,17 @@ def create_app(
     monitor = None
     if identity_ctx is not None and monitoring_poll_ms:  # monitoring: the event stream and rules (docs/monitoring.md)
         from ..monitoring.service import Monitor, load_rules
-        from ..monitoring.stream import engine_subscriber
+        from ..monitoring.stream import engine_subscriber, relay_recovered
 
         from .demo import MARKET_MAKER
 
         monitor = Monitor(identity_ctx.store, exchange, load_rules(monitoring_rules), poll_ms=monitoring_poll_ms,
+                          flush_ms=monitoring_flush_ms,
                           geoip=monitoring_geoip, identity=identity_ctx,
                           # the demo's market maker: every demo trade is against it, which links nobody
                           liquidity_accounts=(MARKET_MAKER,) if getattr(identity_ctx, "demo", False) else ())
         exchange.batch_subscribers.append(engine_subscriber(exchange, monitor.outbox))
+        relay_recovered(exchange, monitor.outbox, identity_ctx.store)  # what a crash kept from the stream, from the journal
     hub = StreamHub(exchange, gate.listen_keys)
     hub.fanout_seconds = Histogram("ringfence_ws_fanout_seconds", "Time to write one market-data message to all its subscribers",
                                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0), registry=metrics.registry)
@@ -314,12 +380,17 @@ def create_app(
         # OpenAPI document itself is served at /openapi.json (load it into any OpenAPI viewer).
         docs_url=None,
         redoc_url=None,
+        # FastAPI's built-in OpenTelemetry hook: off. Nothing here configures a provider, yet
+        # asking whether one is configured read os.environ three times per request (~10% of the
+        # event loop's time under signed-order load, py-spy; /metrics is our telemetry).
+        telemetry=NO_OTEL,
     )
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE", "PUT"], allow_headers=["X-MBX-APIKEY", "Content-Type"])
     app.state.exchange = exchange
+    app.state.monitor = monitor
     app.state.hub = hub
     app.state.metrics = metrics
 
@@ -343,8 +414,8 @@ def create_app(
         app.include_router(build_chain_admin_router(custody, chain_admin_token))
     from .admin import build_admin_router, install_admin_pages  # staff console: signed requests and decisions (docs/staff.md)
 
-    app.include_router(build_admin_router(exchange, monitor=monitor, custody=custody))
-    install_admin_pages(app)
+    app.include_router(build_admin_router(exchange, monitor=monitor, custody=custody, identity_ctx=identity_ctx))
+    install_admin_pages(app, identity_ctx, exchange)
     app.include_router(build_ws_router(hub))
     from .ws_api import build_ws_api_router  # Binance's WebSocket API: order entry at /ws-api/v3
 
@@ -549,6 +620,11 @@ def create_app(
             return JSONResponse({"code": -1000, "msg": "not found"}, status_code=404)
         return FileResponse(static_dir / name, headers=_page_headers(request))
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon(request: Request) -> Response:
+        """The exchange's icon (an SVG, which browsers take at this address too)."""
+        return FileResponse(static_dir / "favicon.svg", media_type="image/svg+xml", headers=_page_headers(request))
+
     @app.get("/risk", include_in_schema=False)
     async def risk_page(request: Request) -> Response:
         """Insurance funds, open interest, funding and the positions nearest liquidation (/v1/risk)."""
@@ -571,8 +647,8 @@ def create_app(
     if monitor is not None:
         from ..monitoring.stream import ApiCallRecorder
 
-        return SecurityHeaders(BodyLimit(ApiCallRecorder(app, monitor.outbox), max_body_bytes))  # type: ignore[return-value]
-    return SecurityHeaders(BodyLimit(app, max_body_bytes))  # type: ignore[return-value]
+        return SecurityHeaders(BodyLimit(ApiCallRecorder(HotRoutes(app, app, metrics), monitor.outbox), max_body_bytes))  # type: ignore[return-value]
+    return SecurityHeaders(BodyLimit(HotRoutes(app, app, metrics), max_body_bytes))  # type: ignore[return-value]
 
 
 def _page_headers(request: Request) -> dict[str, str]:

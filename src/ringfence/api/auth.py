@@ -7,6 +7,10 @@
   any revocation, scope, allow-list or freeze commit empties first, so a revoked key fails on its
   very next request; identity/key_cache.py), then (key id, hash of the signed bytes) is remembered so the request cannot run
   twice, whatever spelling of the signature a replay uses.
+* Behind `serve --gateways N` a gateway that was taught the key checks the signature itself and
+  says so in the relayed scope; the engine then runs everything but the signature (admission on
+  its own cached key, timestamp, replay guard, weights), and believes the gateway only at its
+  current key generation (api/relay.py, `VerifiedKeyCache.admit_checked`).
 * An unknown key is answered 401 -2015, a signature that does not verify 400 -1022; the identity
   service does the same work for both.
 * `caller(scope, weight)` is the one FastAPI dependency for signed endpoints outside the Binance
@@ -70,6 +74,17 @@ class IdentityAuthenticator:
         from ..identity.api_keys import verify_api_request
 
         return verify_api_request(self.ctx, api_key, payload, signature, client_ip, scope)
+
+    # gateways (api/relay.py): what they are taught, and the engine's check of their claims
+
+    def key_generation(self) -> list[int] | None:
+        return self.cache.generation() if self.cache is not None else None
+
+    def key_material(self, api_key: str) -> list[object] | None:
+        return self.cache.material(api_key) if self.cache is not None else None
+
+    def admit_checked(self, api_key: str, client_ip: str, scope: str, generation: object) -> ApiPrincipal | None:
+        return self.cache.admit_checked(api_key, client_ip, scope, generation) if self.cache is not None else None
 
     def owner_of_now(self, api_key: str, client_ip: str, scope: str) -> str:
         """`owner_of` after reading the key generation now: a change committed by another process a
@@ -171,6 +186,22 @@ class ListenKeys:
             del self._keys[key]
 
 
+def _state(request: Request) -> dict[str, Any]:
+    """`request.state`'s own dict: a missing name is a dict miss, not Starlette's AttributeError
+    (raising one per lookup was a visible share of a signed order's time)."""
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    return state
+
+
+def _query(request: Request) -> str:
+    """`request.url.query` without building the URL (Host parsing, urlsplit) for the usual query
+    string; anything unusual (a '#', non-ASCII bytes) still goes through Starlette's own parse."""
+    raw: bytes = request.scope.get("query_string", b"")
+    if b"#" in raw or not raw.isascii():
+        return request.url.query
+    return raw.decode("ascii")
+
+
 class ApiGate:
     def __init__(self, authenticator: Authenticator, *, weight_per_min: int, key_weight_per_min: int, ban_after: int = 20, ban_s: int = 120) -> None:
         self.auth = authenticator
@@ -185,11 +216,12 @@ class ApiGate:
         return request.client.host if request.client else "127.0.0.1"
 
     async def charge(self, request: Request, weight: int) -> None:
-        request.state.rf_weight = getattr(request.state, "rf_weight", 0) + weight  # monitoring: api_call events
+        state = _state(request)
+        state["rf_weight"] = state.get("rf_weight", 0) + weight  # monitoring: api_call events
         self.ip_limiter.charge("ip:" + self.client_ip(request), weight)
 
     async def body_text(self, request: Request) -> str:
-        cached = getattr(request.state, "body_text", None)
+        cached = _state(request).get("body_text")
         if cached is not None:
             return cached
         body = await request.body()
@@ -205,16 +237,16 @@ class ApiGate:
         return text
 
     async def params(self, request: Request) -> Params:
-        cached = getattr(request.state, "params", None)
+        cached = _state(request).get("params")
         if cached is not None:
             return cached
         body = await self.body_text(request)
-        params = Params.parse(request.url.query, body)
+        params = Params.parse(_query(request), body)
         request.state.params = params
         return params
 
     async def signed(self, request: Request, scope: str, *, weight: int = 0) -> tuple[Params, str]:
-        session = getattr(request.state, "session_caller", None)
+        session = _state(request).get("session_caller")
         if session is not None:
             # A web session already authenticated by api/session_trading.py (cookie, CSRF token,
             # Origin; it charged the endpoint's weight to the session): the same handler and
@@ -228,18 +260,29 @@ class ApiGate:
             raise BinanceError(-2014, "API-key format invalid.", 401)
         body = await self.body_text(request)
         params = await self.params(request)
-        payload, signature = split_signature(request.url.query, body)
+        payload, signature = split_signature(_query(request), body)
         if not signature:
             raise BinanceError(-1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
         now_ms = time.time_ns() // 1_000_000
         check_timestamp(params, now_ms)
         ip = self.client_ip(request)
+        # Relayed by a gateway (api/relay.py): it may have checked the signature already, with the key
+        # as it was at a generation; believed only if that is still the current one.
+        claim = _state(request).get("rf_gateway")
         try:
-            # A cached key is checked right here (microseconds, no I/O); a miss reads SQL in a thread.
-            cached = getattr(self.auth, "verify_cached", None)
-            principal = cached(api_key, payload, signature, ip, scope) if cached is not None else None
+            principal: ApiPrincipal | None = None
+            admit_checked = getattr(self.auth, "admit_checked", None)
+            if claim is not None and admit_checked is not None and claim.claims(api_key, signature):
+                principal = admit_checked(api_key, ip, scope, claim.generation)
+                claim.accepted = principal is not None
             if principal is None:
-                principal = await run_in_threadpool(self.auth.verify, api_key, payload, signature, ip, scope)
+                # A cached key is checked right here (microseconds, no I/O); a miss reads SQL in a thread.
+                cached = getattr(self.auth, "verify_cached", None)
+                principal = cached(api_key, payload, signature, ip, scope) if cached is not None else None
+                if principal is None:
+                    principal = await run_in_threadpool(self.auth.verify, api_key, payload, signature, ip, scope)
+                if claim is not None:
+                    claim.teach(api_key)  # verified here: the gateway can check this key's next requests
         except RingfenceError as err:
             raise from_ringfence(err) from None
         self.replays.check_and_remember(principal.key_id, payload, now_ms, params.integer("timestamp"))

@@ -218,6 +218,14 @@ class BinanceApi:
             raise BinanceError(-1121, "Invalid symbol.")
         return self.ex.market(symbol)
 
+    def readable_market(self, params: Params) -> MarketInfo:
+        """`market` for reading orders and trades: a market delisted since still answers (status
+        DELISTED), so a user can see the orders its delisting canceled."""
+        m = self.ex.listed_or_delisted(params.require("symbol"))
+        if m is None:
+            raise BinanceError(-1121, "Invalid symbol.")
+        return m
+
     def px(self, m: MarketInfo, value: int) -> str:
         return format_amount(value, m.quote_decimals)
 
@@ -676,7 +684,7 @@ class BinanceApi:
         return self.order_status(params, owner)
 
     def order_status(self, params: Params, owner: str) -> dict[str, Any]:
-        m = self.market(params)
+        m = self.readable_market(params)
         return self.order_view(m, self._find(params, owner, m, -2013))
 
     async def cancel_order(self, request: Request) -> dict[str, Any]:
@@ -735,14 +743,14 @@ class BinanceApi:
 
     def open_orders_of(self, params: Params, owner: str) -> list[dict[str, Any]]:
         symbol = params.get("symbol")
-        if symbol is not None and not self.ex.has_market(symbol):
-            raise BinanceError(-1121, "Invalid symbol.")
+        if symbol is not None:
+            self.readable_market(params)  # a delisted market has no open orders: [] rather than -1121
         records = self.ex.history.open_orders(owner, symbol)
         return [self.order_view(self.ex.market(r.symbol), r) for r in sorted(records, key=lambda r: r.order_id)]
 
     async def all_orders(self, request: Request) -> list[dict[str, Any]]:
         params, owner = await self.gate.signed(request, "read", weight=20)
-        m = self.market(params)
+        m = self.readable_market(params)
         limit = params.integer("limit", default=500, low=1, high=1000)
         start = params.integer("startTime", default=0)
         end = params.integer("endTime", default=2**62)
@@ -753,7 +761,7 @@ class BinanceApi:
 
     async def my_trades(self, request: Request) -> list[dict[str, Any]]:
         params, owner = await self.gate.signed(request, "read", weight=20)
-        m = self.market(params)
+        m = self.readable_market(params)
         limit = params.integer("limit", default=500, low=1, high=1000)
         start = params.integer("startTime", default=0)
         end = params.integer("endTime", default=2**62)

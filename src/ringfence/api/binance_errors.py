@@ -57,7 +57,7 @@ def from_ringfence(err: RingfenceError) -> BinanceError:
         if field == "signature":
             return bad_signature()
         return BinanceError(-2015, f"Invalid API-key, IP, or permissions for action. ({err.message})", 401)
-    if code in ("RF_FORBIDDEN", "RF_ACCOUNT_FROZEN"):
+    if code in ("RF_FORBIDDEN", "RF_ACCOUNT_FROZEN", "RF_SECOND_FACTOR_REQUIRED"):
         return BinanceError(-2015, f"Invalid API-key, IP, or permissions for action. ({err.message})", 401)
     if code == "RF_HALTED":
         return BinanceError(-1013, "Market is closed.")
@@ -68,8 +68,7 @@ def from_ringfence(err: RingfenceError) -> BinanceError:
     if code == "RF_NOT_DURABLE":
         return BinanceError(-1001, "Internal error; unable to process your request. Please try again.", 503)
     if isinstance(err, ValueError):
-        param = f" '{field}'" if field else ""
-        return BinanceError(-1100, f"Illegal parameter{param}: {err.message}")
+        return _illegal(field, err.message)
     return BinanceError(-1000, f"An unknown error occurred while processing the request. ({code})", 500)
 
 
@@ -95,8 +94,17 @@ _REJECTIONS: dict[str, tuple[int, str]] = {
 }
 
 
+def _illegal(field: str, message: str) -> BinanceError:
+    """-1100 naming the field; too many decimals is -1111 wherever it is found (as the edge's own
+    amount check answers it, gateway.Params.amount), so a client sees one code for one mistake."""
+    param = f" '{field}'" if field else ""
+    if "decimal places" in message:
+        return BinanceError(-1111, f"Parameter{param} has too much precision: {message}.")
+    return BinanceError(-1100, f"Illegal parameter{param}: {message}")
+
+
 def from_order_rejection(reason: str, message: str, field: str) -> BinanceError:
     code, text = _REJECTIONS.get(reason, (-1013, f"Order rejected: {reason}"))
     if reason == "INVALID_PARAMETER":
-        return BinanceError(-1100, f"Illegal parameter '{field}': {message}")
+        return _illegal(field, message)
     return BinanceError(code, text)

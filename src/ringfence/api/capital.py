@@ -98,7 +98,10 @@ class CapitalApi:
 
         def read(engine: Any) -> bool:
             s = custody_state(engine)
-            return owner not in s.withdrawals_frozen and engine.now_ns >= s.security_locks.get(owner, 0)
+            # the wall clock, as the withdrawal preview: the engine's time moves only with commands,
+            # so in a quiet period a lock that has ended would still read as running
+            now_ns = max(engine.now_ns, time.time_ns())
+            return owner not in s.withdrawals_frozen and now_ns >= s.security_locks.get(owner, 0)
 
         if not self.ex.read(read):
             return False
@@ -113,15 +116,31 @@ class CapitalApi:
 
     # ------------------------------------------------------------------ helpers
 
-    def _coins(self, engine: Any) -> list[dict[str, Any]]:
+    def _coins(self, engine: Any, owner: str = "") -> list[dict[str, Any]]:
         from ..custody.commands import custody_state
+        from ..custody.withdrawals import OPEN_STATES
         from ..risk.halts import halt_for
 
         s = custody_state(engine)
         terms = self.runtime.terms if self.runtime is not None else {}
+        led = engine.ledger
+        withdrawing: dict[str, int] = {}
+        for w in s.withdrawals.values():
+            if w.account_id == owner and w.state in OPEN_STATES:
+                withdrawing[w.asset] = withdrawing.get(w.asset, 0) + w.amount_minor + w.fee_minor
+
+        def posted(code: str, kind: str) -> tuple[int, int]:
+            acct = led.find(owner, code, kind, "spot") if owner else None
+            return (acct.available, acct.debits_pending) if acct is not None else (0, 0)
+
         out = []
-        for asset in list(engine.ledger.assets):
+        for asset in list(led.assets):
             code, d = asset.code, asset.decimals
+            # the owner's spot wallet as Binance reports it: free (what a withdrawal may take), locked
+            # (held by orders and withdrawals), withdrawing (open withdrawals), freeze (quarantined or
+            # frozen deposits)
+            free, locked = posted(code, "available")
+            freeze = posted(code, "quarantine")[0] + posted(code, "frozen")[0]
             cfg = s.assets.get(code) if code in terms else None
             networks = []
             if cfg is not None:
@@ -144,7 +163,8 @@ class CapitalApi:
             out.append({
                 "coin": code, "name": code, "depositAllEnable": bool(networks),
                 "withdrawAllEnable": bool(networks) and all(n["withdrawEnable"] for n in networks),
-                "free": "0", "locked": "0", "freeze": "0", "withdrawing": "0", "ipoing": "0", "ipoable": "0",
+                "free": format_amount(free, d), "locked": format_amount(locked, d), "freeze": format_amount(freeze, d),
+                "withdrawing": format_amount(withdrawing.get(code, 0), d), "ipoing": "0", "ipoable": "0",
                 "storage": "0", "isLegalMoney": False, "trading": True, "networkList": networks,
             })
         return out
@@ -173,8 +193,8 @@ class CapitalApi:
     # ------------------------------------------------------------------ endpoints
 
     async def config_getall(self, request: Request) -> list[dict[str, Any]]:
-        await self.gate.signed(request, "read", weight=10)
-        return self.ex.read(self._coins)  # type: ignore[no-any-return]
+        _params, owner = await self.gate.signed(request, "read", weight=10)
+        return self.ex.read(lambda engine: self._coins(engine, owner))  # type: ignore[no-any-return]
 
     async def deposit_address(self, request: Request) -> dict[str, Any]:
         params, owner = await self.gate.signed(request, "read", weight=10)
@@ -225,7 +245,7 @@ class CapitalApi:
         return rows[offset : offset + limit]
 
     async def source_of_funds(self, request: Request) -> dict[str, Any]:
-        """File the source-of-funds declaration of the caller's quarantined deposit(s) in `txId`."""
+        """File the source-of-funds declaration of the caller's quarantined or frozen deposit(s) in `txId`."""
         from ..custody.commands import FileSourceOfFunds, custody_state
 
         params, owner = await self.gate.signed(request, "trade", weight=1)
@@ -233,16 +253,16 @@ class CapitalApi:
         if self.runtime is None:
             raise BinanceError(-4019, "Deposits are not enabled on this server.")
 
-        def find(engine: Any) -> list[tuple[str, int]]:
-            return [(d.chain, d.index) for d in custody_state(engine).deposits.values()
-                    if d.account_id == owner and d.txid == txid and d.state == "quarantined"]
+        def find(engine: Any) -> list[tuple[str, int, str]]:
+            return [(d.chain, d.index, d.state) for d in custody_state(engine).deposits.values()
+                    if d.account_id == owner and d.txid == txid and d.state in ("quarantined", "frozen")]
 
         found = self.ex.read(find)
         if not found:
-            raise BinanceError(-1100, "Illegal parameter 'txId': no quarantined deposit of this account has that txId.")
-        for chain, index in found:
+            raise BinanceError(-1100, "Illegal parameter 'txId': no quarantined or frozen deposit of this account has that txId.")
+        for chain, index, _state in found:
             await self.ex.submit(FileSourceOfFunds(chain, txid, index, owner, text))
-        return {"txId": txid, "filed": len(found), "status": DEPOSIT_STATUS["quarantined"],
+        return {"txId": txid, "filed": len(found), "status": DEPOSIT_STATUS[found[0][2]],
                 "info": "declaration filed: an analyst reviews it"}
 
     async def withdraw(self, request: Request) -> dict[str, Any]:
@@ -373,11 +393,16 @@ def _withdraw_reason(w: Any) -> str:
     if w.state == "requested":
         return "waiting for the e-mail confirmation"
     if w.state in ("failed", "denied", "rejected"):
-        return w.end_reason or w.state
+        # a KYT finding on the destination is named to the user beside the rule that acted on it
+        kyt = [r for r in (w.risk_reasons or []) if r.startswith("KYT: ")]
+        return "; ".join([w.end_reason or w.state, *kyt])
     if w.state == "settled":
         return f"completed: {w.confirmations} confirmations, network fee {w.network_fee_minor}"
     if w.state in ("manual_review", "awaiting_approvals"):
         why = "; ".join(w.decision_reasons or w.risk_reasons)
+        if w.state == "manual_review" and w.manual_review and w.decision_reasons:
+            # the risk review sent it to a human: its reasons (the user's own history, KYT) come too
+            why += f"; risk score {w.risk_score}: " + ", ".join(w.risk_reasons)
         return ("waiting for a human review: " if w.state == "manual_review" else "waiting for approvals: ") + why
     if w.state == "approved" and w.not_before_ns:
         return f"approved; sent after a policy delay ({'; '.join(w.decision_reasons)})"
@@ -402,6 +427,17 @@ def _withdraw_row(w: Any, decimals: int, network: str) -> dict[str, Any]:
     return row
 
 
+def _span(seconds: object) -> str:
+    """The configured lock as words ('24 hours' is Binance's text; the demo's is '10 minutes')."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
+        return "the lock period"
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} s"
+
+
 def _withdraw_error(err: RingfenceError) -> BinanceError:
     code = err.code
     if code == "RF_ADDRESS_NOT_LISTED":
@@ -409,7 +445,8 @@ def _withdraw_error(err: RingfenceError) -> BinanceError:
     if code == "RF_ADDRESS_COOLING":
         return BinanceError(-4036, f"The new address needs time before withdrawals: {err.message}")
     if code == "RF_WITHDRAWALS_LOCKED":
-        return BinanceError(-4016, f"Within 24 hours after a password, second-factor or e-mail change, withdrawal is prohibited. ({err.message})")
+        return BinanceError(-4016, f"Within {_span(err.details.get('lock_s'))} after a password, second-factor or e-mail change, "
+                                   f"withdrawal is prohibited. ({err.message})")
     if code == "RF_ACCOUNT_FROZEN" or (code == "RF_FORBIDDEN" and err.field == "account_id"):
         return BinanceError(-4015, f"Withdraw is limited. ({err.message})")
     if code == "RF_INSUFFICIENT_FUNDS":

@@ -81,9 +81,10 @@ def build_chain_admin_router(runtime: Any, token: str) -> APIRouter:
             source = str(body.get("from") or "faucet")
             amount_minor = parse_amount(amount, decimals(asset), field="amount", allow_zero=False)
             txid = await run_in_threadpool(runtime.chains.pay, asset, to, amount_minor, source)
-        except (KeyError, TypeError, ValueError) as err:  # RingfenceError validation errors are ValueErrors
-            field = getattr(err, "field", "") or ""
-            return JSONResponse({"code": -1100, "msg": f"{field + ': ' if field else ''}{err}"}, status_code=400)
+        except KeyError as err:
+            return JSONResponse({"code": -1100, "msg": f"{err.args[0]}: required"}, status_code=400)
+        except (TypeError, ValueError) as err:  # a RingfenceError's str already starts with its field
+            return JSONResponse({"code": -1100, "msg": str(err)}, status_code=400)
         except RingfenceError as err:
             return JSONResponse({"code": -1000, "msg": f"{err.code}: {err}"}, status_code=400)
         return JSONResponse({"asset": asset, "to": to, "amount": amount, "from": source, "txid": txid})
@@ -123,9 +124,8 @@ def build_chain_admin_router(runtime: Any, token: str) -> APIRouter:
                 raise ValueError("height: must be a block height (a whole number >= 0)")
             at = int(height) if height else None
             minor = await run_in_threadpool(runtime.chains.balance, asset, address, at)
-        except ValueError as err:
-            field = getattr(err, "field", "") or ""
-            return JSONResponse({"code": -1100, "msg": f"{field + ': ' if field else ''}{err}"}, status_code=400)
+        except ValueError as err:  # a RingfenceError's str already starts with its field
+            return JSONResponse({"code": -1100, "msg": str(err)}, status_code=400)
         heights = await run_in_threadpool(runtime.chains.heights)
         chain = runtime.terms[asset].chain
         return JSONResponse({"asset": asset, "address": address, "balance": format_amount(minor, d, trim=True),

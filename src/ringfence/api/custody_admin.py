@@ -1,6 +1,8 @@
 """Custody's keys and vaults on the admin API (`/admin/v1`, staff-signed requests like every admin
 endpoint; docs/custody.md, docs/keys.md):
 
+* `GET /admin/v1/vault-refills` — the vaults and their refills (newest first) with state, approvers,
+  nominated holders and, while it waits for them, the PSBT (what the staff console page shows);
 * `POST /admin/v1/vault-refills` — `{"from": "cold"|"warm", "amount": "1.5", "refill_id", "approvals"}`:
   the node builds the refill PSBT and submits the operator quorum's decision
   (`AuthorizeVaultRefillSigned`, verified in the engine); answers the PSBT, its txid, the journal
@@ -15,7 +17,8 @@ endpoint; docs/custody.md, docs/keys.md):
 * `POST /admin/v1/keys/{key_id}/signers` — `{"id": N}` (an operator; only when `serve` runs the
   signers itself): start signer N, holding no share yet; answers its URL and certificate;
 * `POST /admin/v1/keys/{key_id}/reshare` — `{"generation", "signers": [{"id", "url"?, "certificate"?}],
-  "threshold", "reason", "approvals"}`: the operator quorum's decision (`ReshareSignersSigned`),
+  "threshold", "reason", "approvals", "remove"?}`: the operator quorum's decision (`ReshareSignersSigned`;
+  `remove`, optional, must name today's holders only, checked before anything is journaled),
   then the reshare ceremony with the signer processes; old shares are unusable afterwards.
 
 Nothing here writes the journal: every change is a command submitted through the exchange.
@@ -35,8 +38,8 @@ from ..staff.decisions import OPERATOR
 __all__ = ["install"]
 
 
-def install(endpoint: Callable[..., Any], exchange: Any, custody: Any, sigs: Callable[[dict[str, Any]], Any],
-            caller_signed: Callable[[str, Any], None], submit: Callable[[Any], Any],
+def install(endpoint: Callable[..., Any], exchange: Any, custody: Any,
+            callers_approvals: Callable[[str, dict[str, Any]], Any], submit: Callable[[Any], Any],
             callers_decision: Callable[[str, dict[str, Any]], Any]) -> None:
     from ..staff import staff_of
 
@@ -66,14 +69,32 @@ def install(endpoint: Callable[..., Any], exchange: Any, custody: Any, sigs: Cal
 
     submitting = asyncio.Lock()
 
+    @endpoint("GET", "/vault-refills", "The vaults and their refills, newest first: state, amount, txid, approvers, "
+              "nominated holders, and the PSBT of a refill awaiting the holders' signatures")
+    async def list_refills(caller: str, body: dict[str, Any]) -> Any:
+        vaults = getattr(custody, "btc_vaults", {}) or {}
+        holders = {tier: v.holder_files(custody.data_dir) for tier, v in vaults.items()}
+        rows = []
+        for tier, v in sorted(vaults.items()):
+            for doc in v.refills():
+                selected = list((doc.get("nomination") or {}).get("selected", []))
+                rows.append({"refill_id": doc["id"], "from": tier, "from_wallet": doc["from_wallet"], "to_wallet": doc["to_wallet"],
+                             "amount_minor": str(doc["amount_minor"]), "fee_minor": str(doc["fee_minor"]), "txid": doc["txid"],
+                             "state": doc.get("state", ""), "approved_by": list(doc.get("approved_by", [])),
+                             "journal_position": doc.get("journal_position"), "nominated_holders": selected,
+                             "nominated_holder_files": [holders[tier].get(fp, "") for fp in selected],
+                             "psbt": doc["psbt"] if doc.get("state") == "awaiting_signatures" else ""})
+        return {"vaults": [{"from": tier, "wallet": v.wallet_name, "address": v.address, "signer_type": v.signer_type}
+                           for tier, v in sorted(vaults.items())],
+                "refills": rows, "hot_key_id": getattr(getattr(custody, "btc_hot_signer", None), "key_id", "")}
+
     @endpoint("POST", "/vault-refills", "A cold/warm -> hot BTC refill (AuthorizeVaultRefillSigned: operator quorum)")
     async def create_refill(caller: str, body: dict[str, Any]) -> Any:
         from ..custody.vault_cmds import AuthorizeVaultRefillSigned
 
         v = vault(body.get("from", "cold"))
         amount_minor = parse_amount(text(body, "amount"), 8, field="amount", allow_zero=False)
-        approvals = sigs(body)
-        caller_signed(caller, approvals)
+        approvals = callers_approvals(caller, body)
         operator(caller, "a refill")  # before any work: building one holds the chain lock
         doc = await run_in_threadpool(v.build_refill, custody, text(body, "refill_id"), amount_minor)
         result = await submit(AuthorizeVaultRefillSigned(doc["id"], "BTC", doc["from_wallet"], doc["to_wallet"],
@@ -138,7 +159,7 @@ def install(endpoint: Callable[..., Any], exchange: Any, custody: Any, sigs: Cal
 
     @endpoint("POST", "/keys/{key_id}/reshare", "Change a threshold key's signers/threshold (ReshareSignersSigned: operator quorum)")
     async def reshare(caller: str, body: dict[str, Any], key_id: str) -> Any:
-        from ..custody.btc_signing import reshare_hot_key, resolve_signers
+        from ..custody.btc_signing import reshare_hot_key, resolve_signers, signer_set_view
         from ..custody.vault_cmds import ReshareSignersSigned
 
         hot_key(key_id)
@@ -150,9 +171,18 @@ def install(endpoint: Callable[..., Any], exchange: Any, custody: Any, sigs: Cal
             raise ValidationError("an integer", field="threshold")
         if isinstance(generation, bool) or not isinstance(generation, int):
             raise ValidationError("an integer (GET /admin/v1/keys/KEY says which)", field="generation")
+        remove = body.get("remove", [])  # optional: the signers the caller means to retire, checked against today's
+        if not isinstance(remove, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in remove):
+            raise ValidationError("a list of signer identifiers", field="remove")
+        holders = await run_in_threadpool(lambda: [s["id"] for s in signer_set_view(custody)["signers"] if s["holder"]])
+        absent = sorted(set(remove) - set(holders))
+        kept = sorted(set(remove) & {e.get("id") for e in entries})
+        if absent or kept:
+            raise ValidationError(f"signer {', '.join(map(str, absent or kept))} "
+                                  + ("holds no share" if absent else "is also in signers")
+                                  + f"; today's signers are {', '.join(map(str, holders))}", field="remove")
         reason = text(body, "reason")
-        approvals = sigs(body)
-        caller_signed(caller, approvals)
+        approvals = callers_approvals(caller, body)
         operator(caller, "a reshare")  # before any work: resolving the signers writes their pinned certificates
         resolved = await run_in_threadpool(resolve_signers, custody, entries)  # id -> (url, cert path, fingerprint)
         await submit(ReshareSignersSigned(key_id, generation, [[i, fp] for i, (_, _, fp) in sorted(resolved.items())],

@@ -40,6 +40,24 @@ MAX_PARAM_CHARS = 512
 _ASCII_INT_RE = re.compile(r"[0-9]{1,20}")
 
 
+def _parse_qsl(text: str) -> list[tuple[str, str]]:
+    """`parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_PARAMS + 1)`, the same pairs, without
+    its unquoting when there is nothing to unquote (no '%', no '+': a signed order's usual text),
+    which was a visible share of an order's time in the engine."""
+    if "%" in text or "+" in text:
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_PARAMS + 1)
+    if not text:
+        return []
+    if 1 + text.count("&") > MAX_PARAMS + 1:
+        raise ValueError("Max number of fields exceeded")
+    pairs = []
+    for piece in text.split("&"):
+        if piece:
+            name, _, value = piece.partition("=")
+            pairs.append((name, value))
+    return pairs
+
+
 class Params:
     """Request parameters from the query string and (for POST) the form body."""
 
@@ -57,8 +75,8 @@ class Params:
     @classmethod
     def parse(cls, query: str, body: str = "") -> "Params":
         try:
-            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_PARAMS + 1)
-            pairs += parse_qsl(body, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_PARAMS + 1)
+            pairs = _parse_qsl(query)
+            pairs += _parse_qsl(body)
         except ValueError:
             raise BinanceError(-1104, f"Too many parameters; at most {MAX_PARAMS} are accepted.") from None
         return cls(pairs)

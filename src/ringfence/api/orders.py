@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Iterable
 
+from ..trading.staff_cmds import MarketDelisted
 from ..trading.commands import (
     MarketListed,
     OrderAccepted,
@@ -93,6 +94,8 @@ class OrderHistory:
         self.trades: dict[str, deque[dict[str, Any]]] = {}
         self.markets: dict[str, tuple[str, str]] = {}  # symbol -> (base, quote)
         self.perps: set[str] = set()  # perpetuals: both sides pay their fee in the quote (margin) asset
+        #: Delisted markets, as the delisting described them: their orders and trades stay queryable.
+        self.delisted: dict[str, MarketDelisted] = {}
         #: Callbacks `(owner, kind, payload)` for the user data stream.
         self.subscribers: list[Any] = []
 
@@ -128,6 +131,8 @@ class OrderHistory:
             elif t is OrderExpired:
                 expired = OrderStatus.EXPIRED_IN_MATCH if e.reason == "SELF_TRADE_PREVENTED" else OrderStatus.EXPIRED
                 self._finish(e.order_id, expired, ts_ms)
+            elif t is MarketDelisted:
+                self.delisted[e.symbol] = e
             elif t is OrderFilled:
                 record = self.orders.get(e.order_id)
                 if record is not None and record.status != OrderStatus.FILLED:  # no Trade marked it (not expected)

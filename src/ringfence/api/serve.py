@@ -14,14 +14,42 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import typer
-from rich.console import Console
+from ..cli_paths import tty_console
 
 __all__ = ["serve"]
 
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = tty_console(width=140)
 #: The sequencer shares the interpreter with the HTTP workers: a short GIL switch interval lets it
 #: run as soon as a request is queued (the default 5 ms would sit in every acknowledgement).
 SWITCH_INTERVAL_S = 0.0002
+
+
+def freeze_startup_heap() -> dict[str, int]:
+    """Move everything start-up built (engine state, read models, the app, the libraries' own
+    objects: some 270,000 tracked objects in `serve --demo`) out of the cyclic collector's way
+    (`gc.freeze`), once, just before serving.
+
+    A full collection scans every tracked object while holding the GIL: in `serve --demo` that is
+    ~160 ms of CPU (1.2-1.8 s of wall clock on this loaded 2-core machine), during which the
+    sequencer, the event loop and the market-data fan-out all stand still (issue #18 item 6: GC
+    pauses in the tail). Frozen objects are never scanned again; later full collections scan only
+    what was allocated since. What start-up built lives as long as the process anyway; an object
+    of it that dies is still freed by reference counting (only a cycle among frozen objects would
+    stay, which start-up garbage has had a full collection to clear just before). Returns the
+    counts and the CPU time of a full collection before and after, for the start-up log.
+    """
+    import gc
+    import time
+
+    started = time.process_time_ns()
+    gc.collect()
+    before_us = (time.process_time_ns() - started) // 1000
+    gc.freeze()
+    started = time.process_time_ns()
+    gc.collect()
+    after_us = (time.process_time_ns() - started) // 1000
+    return {"frozen": gc.get_freeze_count(), "full_collection_cpu_us_before": before_us,
+            "full_collection_cpu_us_after": after_us}
 
 
 # ---------------------------------------------------------------- custody runtime (issue 15) ----
@@ -49,6 +77,7 @@ def custody_runtime(data: Path, settings: object, demo: bool, ctx: object) -> ob
         identity_ctx=ctx,
         shield_sweep_every_s=settings.shield_sweep_every_s,  # type: ignore[attr-defined]
         shield_value_asset=settings.shield_value_asset,  # type: ignore[attr-defined]
+        kyt_blacklist=getattr(settings, "kyt_blacklist", ""),
     )
 
 
@@ -61,7 +90,9 @@ def custody_admin_url(host: str, port: int) -> str:
 
 
 def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow_ips: str | None = None,
-          admin_url: str | None = None) -> tuple[object, object, dict[str, object]]:
+          admin_url: str | None = None, warm: object = None) -> tuple[object, object, dict[str, object]]:
+    """The app and exchange on `data`. `warm`: a promoted standby's engine and read models (replication/serving.py), taken over
+    instead of replaying the journal."""
     from ..identity.context import IdentityContext
     from ..settings import load_settings
     from ..store import Store
@@ -101,7 +132,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     ctx.mail_setup = prepare_for_serve(ctx, demo=demo, smtp_configured="RINGFENCE_IDENTITY_SMTP_HOST" in os.environ)
     ctx.demo = demo
     exchange = Exchange(data)
-    exchange.open()
+    exchange.open(warm)  # type: ignore[arg-type]
     info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips(),
                                "mail": ctx.mail_setup, "store": ctx.store.describe()}
     custody = custody_runtime(data, settings, demo, ctx)  # custody
@@ -113,7 +144,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         info["demo"] = seed_demo(exchange.node)
         from ..staff.demo import seed_demo_staff  # the demo genesis quorum, keys in DIR/demo-staff.json
 
-        staff = seed_demo_staff(exchange.node, data)
+        staff = seed_demo_staff(exchange.node, data, ctx)
         if custody is not None:  # custody: chains, wallets, policy, treasury; alice's address book
             info["custody"] = custody.bootstrap(exchange.node)  # type: ignore[attr-defined]
             withdraw_addresses = custody.add_demo_address_book(exchange.node, "alice")  # type: ignore[attr-defined]
@@ -153,6 +184,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         chain_admin_token=admin_token,
         monitoring_rules=settings.monitoring_rules,
         monitoring_poll_ms=settings.monitoring_poll_ms,
+        monitoring_flush_ms=settings.monitoring_flush_ms,
         monitoring_geoip=settings.monitoring_geoip,
         stp=stp_defaults(settings.trading_stp_default, settings.trading_stp_markets),
         # display-only fiat rates (docs/i18n.md): the last pushed, or the demo's offline source
@@ -164,6 +196,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     # chain); its shield sweeper is one of its supervised workers (custody/runtime.py).
     sources = [custody.reserve_source(exchange.read)] if custody is not None else []  # type: ignore[attr-defined]
     info["por"] = start_por_publisher(exchange, data, settings, reserve_sources=sources)
+    info["api_gate"] = gate  # serve --gateways: its authenticator teaches the gateways their keys (api/relay.py)
     register_por_metrics(app, exchange, data, settings)
     return app, exchange, info
 
@@ -214,9 +247,50 @@ def register_por_metrics(app: Any, exchange: Any, data: Path, settings: Any) -> 
     while not hasattr(inner, "state") and hasattr(inner, "app"):  # through the ASGI middleware to FastAPI
         inner = inner.app
     inner.state.metrics.registry.register(PorMetrics(exchange.read, data / "por", settings.shield_value_asset))
+    monitor = getattr(inner.state, "monitor", None)
+    if monitor is not None and settings.shield_check_every_s:
+        # the broken rule as a monitoring alert (GET /admin/v1/alerts), its live state in /admin/v1/monitoring
+        from ..solvency.shield_alarm import ShieldAlarm
+
+        monitor.system_checks.append(ShieldAlarm(exchange.read, monitor.store, settings.shield_value_asset,
+                                                 settings.shield_check_every_s))
 
 
 # ---------------------------------------------------------------- end of proof of solvency and shield fund
+
+
+def serve_through_gateways(app: Any, data: Path, listener: Any, gateways: int, proxies: list[str], keys: Any = None) -> None:
+    """The engine process of `serve --gateways N` (api/relay.py): N gateway processes accept on
+    `listener` and relay to this process's Unix socket; they get SIGTERM when this process ends."""
+    import subprocess
+
+    import uvicorn
+
+    from ..custody.btc_signing import spawn_child
+    from .relay import EngineRelay, engine_socket_path
+
+    path = engine_socket_path(data)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    children: list[subprocess.Popen[bytes]] = []
+    for index in range(1, gateways + 1):
+        children.append(spawn_child([sys.executable, "-m", "ringfence.api.relay", str(listener.fileno()), str(path), str(index),
+                                     ",".join(proxies)],
+                                    pass_fds=(listener.fileno(),)))
+    listener.close()  # the gateways hold their own copies; this process never accepts on the public port
+    console.print(f"gateways: {gateways} processes ({', '.join(str(c.pid) for c in children)}) relay to {path}")
+    try:
+        uvicorn.run(EngineRelay(app, path, keys), uds=str(path.parent / "http.sock"), log_level="warning", lifespan="on",
+                    timeout_graceful_shutdown=10)
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 def serve(
@@ -238,6 +312,9 @@ def serve(
                                        "chain and state hash, until promoted; then serve as the primary."),
     node_id: str | None = typer.Option(None, "--node-id", help="This node's name in the leadership record "
                                        "(default: HOSTNAME-PORT)."),
+    gateways: int = typer.Option(0, "--gateways", min=0, max=32, help="Run N gateway processes on --port in front of this "
+                                 "(engine) process, which then listens only on DIR/run/engine.sock (0: one process, as before). "
+                                 "Checks (keys, replay, rate limits) stay in the engine, so they hold across gateways."),
 ) -> None:
     """Run the exchange: Binance-compatible REST + WebSocket API and the web dashboard.
 
@@ -250,6 +327,8 @@ def serve(
     Example: ringfence serve --demo --data ./ringfence-data --port 8000
 
     Example (replicated): ringfence serve --data ./a --replicate nats://127.0.0.1:4222/RF --node-id a
+
+    Example (two gateway processes in front of the engine): ringfence serve --demo --data ./d --gateways 2
     """
     import structlog
     import uvicorn
@@ -266,12 +345,14 @@ def serve(
     # is for this user only: the identity database holds password hashes and sealed secrets.
     os.umask(0o077)
     prepare_data_dir(data)
-    with socket.socket() as probe:  # refuse a busy port before recovering or writing anything
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    with probe:  # refuse a busy port before recovering or writing anything
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as err:
             fail(f"--port: cannot listen on {host}:{port}: {err.strerror or err}")
+        listener = probe.dup() if gateways else None  # --gateways: the gateways' shared listening socket
     public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
     try:
         # --- replication: a standby follows here until promoted; a primary hooks its node after build ---
@@ -280,8 +361,8 @@ def serve(
         def say(line: str) -> None:
             console.print(line, soft_wrap=True)
 
-        replicator = before_build(data, replicate, standby, node_id, port, demo, say, host)
-        app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port))
+        replicator, warm = before_build(data, replicate, standby, node_id, port, demo, say, host)
+        app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port), warm=warm)
         after_build(exchange, replicator, say)
         exchange.source = f"gateway:{node_id or f'{socket.gethostname()}-{port}'}"  # journaled with each command
     except RingfenceError as err:
@@ -316,15 +397,21 @@ def serve(
     else:
         console.print(f"proof of solvency #{por['n']} for {por['accounts']} accounts at {por['position']}, then every "  # type: ignore[index]
                       f"{por['every_s']} s: /por, /por/history, /por/verify, /v1/por/proof")  # type: ignore[index]
-    if demo:  # the index feed simulator: five seeded venues quote BTCUSDT and ETHUSDT (docs/index.md)
-        from ..index.worker import start_demo_feed
+    from ..index.worker import demo_feed_registered, start_demo_feed
 
+    # the index feed simulator: five seeded venues quote BTCUSDT and ETHUSDT (docs/index.md); a
+    # standby promoted from a demo primary carries its feed on
+    if demo or (standby and demo_feed_registered(exchange.node.engine)):  # type: ignore[attr-defined]
         feed = start_demo_feed(exchange)
         if feed is not None:
             console.print(f"index feed: simulated venues sim1..sim5 (seed {feed.seed}) for BTCUSDT, ETHUSDT: /v1/index, /fapi/v1/premiumIndex")  # type: ignore[attr-defined]
     from ..derivatives.worker import start_liquidation_worker  # accounts below maintenance (docs/derivatives.md)
 
     start_liquidation_worker(exchange)
+    heap = freeze_startup_heap()  # last, so that it holds everything start-up built
+    console.print(f"ringfence: start-up heap frozen out of the cyclic GC: {heap['frozen']:,} objects; a full collection "
+                  f"took {heap['full_collection_cpu_us_before'] // 1000} ms of CPU, now {heap['full_collection_cpu_us_after'] // 1000} ms",
+                  soft_wrap=True)
     console.print(f"serving on {public_url}/  (dashboard /, sign-up /signup, REST /api/v3, WebSocket /ws, WebSocket API /ws-api/v3, OpenAPI /openapi.json, metrics /metrics)")
     import signal
 
@@ -338,13 +425,18 @@ def serve(
     if proxies:
         console.print(f"trusting X-Forwarded-For/-Proto from: {', '.join(proxies)}")
     from .ws import KeepRawWebSocketSend
+    from .ws_wire import BudgetedWebSocketProtocol
 
+    if gateways:
+        assert listener is not None
+        serve_through_gateways(KeepRawWebSocketSend(app), data, listener, gateways, proxies, info["api_gate"].auth)  # type: ignore[attr-defined]
+        return
     uvicorn.run(
         KeepRawWebSocketSend(app),  # lets market data be written to the WebSocket transports directly (api/ws.py)
         # No permessage-deflate: market data goes out as one pre-built frame written to every
         # subscriber (api/ws.py); compression would make each copy different and cost CPU per client.
         host=host, port=port, log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10,
-        ws_per_message_deflate=False,
+        ws_per_message_deflate=False, ws=BudgetedWebSocketProtocol,  # every frame a client sends is counted (ws_wire.py)
         proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [],
     )
 

@@ -59,6 +59,45 @@ class MarketInfo:
     ref_price: int
 
 
+#: How many of the last replayed batches recovery keeps for the monitoring relay (a batch is many commands
+#: under load; the relay's queue holds at most 100,000 events).
+RECOVERED_BATCHES = 4096
+
+
+class ReadModels:
+    """The API's read models, fed every journal batch in order: market data, order history, futures
+    history, and the last batches for the monitoring relay. Recovery feeds them while it replays;
+    a hot standby (`serve --standby`) feeds them as it follows the stream, so a promoted standby
+    serves at once, without replaying the journal (`Exchange.open(warm=...)`)."""
+
+    def __init__(self) -> None:
+        self.marketdata = MarketData()
+        self.history = OrderHistory()
+        #: Perpetual fills with realised PnL, income, funding rounds (derivatives/history.py).
+        self.futures = FuturesHistory()
+        #: The last batches replayed (first_seq, ts_ns, outputs), for the monitoring relay.
+        self.recovered: collections.deque[tuple[int, int, list[list[Event]]]] = collections.deque(maxlen=RECOVERED_BATCHES)
+        self.last_seq = 0
+
+    def feed(self, engine: Any, batch: Any, outputs: list[list[Event]]) -> None:
+        self.recovered.append((batch.first_seq, batch.ts_ns, outputs))
+        self.marketdata.on_replay(engine, batch, outputs)
+        self.futures.on_replay(engine, batch, outputs)
+        self.history.on_replay(engine, batch, outputs)
+        self.last_seq = engine.last_seq
+
+
+@dataclass
+class WarmStart:
+    """What a promoted standby hands to its exchange: the engine it kept current, its journal
+    writer's position, its data directory's lock, and the read models it fed as it followed."""
+
+    engine: Any
+    position: tuple[int, bytes, Path | None, int]
+    lock: Any
+    models: ReadModels
+
+
 class Exchange:
     def __init__(self, data_dir: Path, *, fsync: bool = True) -> None:
         self.data_dir = Path(data_dir)
@@ -71,19 +110,27 @@ class Exchange:
         self._ready: collections.deque[tuple[asyncio.Future[list[Event]], Ack]] = collections.deque()
         #: Called on the loop thread after read models absorbed a batch: fn(first_seq, ts_ns, outputs, md_before).
         self.batch_subscribers: list[Callable[[int, int, list[list[Event]], dict[str, int]], None]] = []
+        #: The last batches recovery replayed (first_seq, ts_ns, outputs): the monitoring relay re-sends from
+        #: them what a crash kept from its stream (monitoring/stream.py `relay_recovered`), then drops them.
+        self.recovered: collections.deque[tuple[int, int, list[list[Event]]]] = collections.deque(maxlen=RECOVERED_BATCHES)
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self) -> None:
-        """Recover the engine and rebuild the read models from the journal (before serving)."""
-
-        def feed(engine: Any, batch: Any, outputs: list[list[Event]]) -> None:
-            self.marketdata.on_replay(engine, batch, outputs)
-            self.futures.on_replay(engine, batch, outputs)
-            self.history.on_replay(engine, batch, outputs)
-
-        self.node.open(on_replay=feed)
+    def open(self, warm: WarmStart | None = None) -> None:
+        """Recover the engine and rebuild the read models from the journal (before serving); with
+        `warm` (a promoted standby), take its engine and read models as they are, replaying nothing."""
+        if warm is not None:
+            if warm.models.last_seq != warm.engine.last_seq:
+                raise RuntimeError(f"the standby's read models are at sequence {warm.models.last_seq}, "
+                                   f"its engine at {warm.engine.last_seq}")
+            self.node.adopt(warm.engine, warm.position, warm.lock)
+            models = warm.models
+        else:
+            models = ReadModels()
+            self.node.open(on_replay=models.feed)
+        self.marketdata, self.history, self.futures = models.marketdata, models.history, models.futures
+        self.recovered = models.recovered
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -126,10 +173,19 @@ class Exchange:
 
     def _from_sequencer(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]]) -> None:
         assert self.loop is not None
-        self.loop.call_soon_threadsafe(self._absorb, first_seq, ts_ns, commands, outputs)
+        # on the sequencer thread, between batches: the perpetuals' mark and index, once a second
+        try:
+            samples = self.futures.prices.sample(self.node.engine, ts_ns)
+        except Exception:  # a read model's sampling must never stop the sequencer; it is logged
+            log.exception("price_samples.failed")
+            samples = None
+        self.loop.call_soon_threadsafe(self._absorb, first_seq, ts_ns, commands, outputs, samples)
 
-    def _absorb(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]]) -> None:
+    def _absorb(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]],
+                price_samples: list[tuple[str, str, int]] | None = None) -> None:
         before = {s: sd.update_id for s, sd in self.marketdata.symbols.items()}
+        if price_samples:
+            self.futures.prices.fold(ts_ns, price_samples)
         self.marketdata.on_batch(first_seq, ts_ns, commands, outputs)
         self.futures.on_batch(first_seq, ts_ns, commands, outputs)  # before history: its user-stream callbacks read fill PnL
         self.history.on_batch(first_seq, ts_ns, commands, outputs)
@@ -179,6 +235,21 @@ class Exchange:
     def rates(self, owner: str) -> tuple[int, int]:
         """(maker, taker) fee rates of `owner`, in millionths."""
         return self.read(lambda engine: trading_state(engine).rates(owner))
+
+    def listed_or_delisted(self, symbol: str) -> MarketInfo | None:
+        """A market for reading its orders and trades: a listed one, or one delisted since (its spec
+        as the delisting event gave it, status DELISTED); None for a symbol never listed."""
+        def read(engine: Any) -> MarketInfo | None:
+            if symbol in trading_state(engine).markets:
+                return _market_info(engine, symbol)
+            d = self.history.delisted.get(symbol)
+            if d is None or not d.base:
+                return None
+            assets = engine.ledger.assets
+            return MarketInfo(symbol, d.base, d.quote, d.segment, assets.get(d.base).decimals, assets.get(d.quote).decimals,
+                              d.tick, d.lot, 0, 0, 0, "DELISTED", 0, 0)
+        info: MarketInfo | None = self.read(read)
+        return info
 
     def has_market(self, symbol: str) -> bool:
         return self.read(lambda engine: symbol in trading_state(engine).markets)

@@ -49,6 +49,7 @@ ADDRESS_PURPOSE = "ringfence/address-book/confirm/v1"
 BOOK_ADD = EndpointParams(("coin", "network", "address", "code"), ("coin", "address"))
 BOOK_DEL = EndpointParams(("coin", "address"), ("coin", "address"))
 BOOK_LIST = EndpointParams(("coin",))
+WD_CANCEL = EndpointParams(("id",), ("id",))
 
 
 def _b64(raw: bytes) -> str:
@@ -348,6 +349,30 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
             return {"coin": terms.asset, "address": address, "status": "removed"}
 
         return await run(request, BOOK_DEL, 1, go)
+
+    @router.post(PREFIX + "/capital/withdraw/cancel", include_in_schema=False)
+    async def cancel_withdrawal(request: Request) -> Response:
+        """The user cancels their own withdrawal before it is signed (Binance status 1); the hold is
+        released. Journaled as `CancelWithdrawal`, which the engine refuses once signing began."""
+        from ..custody.commands import CancelWithdrawal, custody_state
+        from ..custody.withdrawals import OPEN_STATES
+        from ..errors import Conflict
+
+        async def go(caller: SessionCaller, params: Any) -> Any:
+            if "trade" not in caller.scopes:  # as for every money action of a session: signed in with the second factor
+                raise _Refused(403, f"This session may not cancel a withdrawal: {caller.why_not('trade')}")
+            wid = params.require("id")
+            rec = capital.ex.read(lambda engine: custody_state(engine).withdrawals.get(wid))
+            if rec is None or rec.account_id != caller.account_id:
+                raise BinanceError(-1100, f"Illegal characters found in parameter 'id'; no withdrawal of yours has id '{wid[:40]}'.")
+            if rec.rule == "return-to-sender":
+                raise Conflict("a return to sender was decided by analysts; it cannot be cancelled here", field="id")
+            if rec.state not in OPEN_STATES or rec.state in ("signing", "signed", "broadcast"):
+                raise Conflict(f"the withdrawal is {rec.state}: only one not yet being signed can be cancelled", field="id")
+            await capital.ex.submit(CancelWithdrawal(wid, rec.asset, rec.wallet, caller.account_id))
+            return {"id": wid, "status": 1, "info": "cancelled by the user"}
+
+        return await run(request, WD_CANCEL, 1, go)
 
     # ---------------------------------------------------------------- pages and e-mailed links
 

@@ -11,6 +11,12 @@ combined at `/stream?streams=a/b` (`{"stream": name, "data": payload}`);
 parser runs) or a malformed request get `{"error": {"code": 3, ...}}` on a connection that stays
 open; invalid UTF-8 in a text frame is closed with 1007 by the WebSocket layer itself.
 
+Depth diffs are coalesced to one message per book per batch (`coalesce_diffs`). In an engine behind
+gateways (`serve --gateways N`) a relayed connection's market data is fanned out by its gateway:
+`publish` sends each message once per gateway link and the gateway writes it to its subscribers
+(api/relay.py, which also holds the slow-consumer bound for them); what is for one connection alone
+(replies) goes on its link at once, so it stays in order with the data.
+
 Each message is serialised once and offered to each subscriber's queue without ever waiting; a
 subscriber whose queue fills (more than `MAX_QUEUE` messages or `MAX_QUEUE_BYTES` characters of
 JSON waiting: it reads too slowly, or stopped reading) is closed with 1008 "slow consumer" rather
@@ -27,7 +33,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import time
 from typing import Any
 
@@ -38,7 +43,9 @@ from ..solvency.pol_verifier import json_nesting_depth
 from ..trading.commands import Trade
 from ..trading.marketdata import KLINE_INTERVALS_NS
 from .orders import OrderRecord
+from .relay import RELAY_EXTENSION
 from .service import Exchange
+from .ws_wire import CLOSE_TIMEOUT_S, TokenBucket, close_direct, text_frame, uvicorn_protocol
 
 __all__ = ["KeepRawWebSocketSend", "StreamHub", "build_ws_router", "quiet_client_garbage"]
 
@@ -48,10 +55,6 @@ __all__ = ["KeepRawWebSocketSend", "StreamHub", "build_ws_router", "quiet_client
 #: holds for the socket (what the kernel did not take). RINGFENCE_WS_MAX_QUEUE_BYTES overrides it.
 MAX_QUEUE = 10_000
 MAX_QUEUE_BYTES = int(os.environ.get("RINGFENCE_WS_MAX_QUEUE_BYTES", 4 * 1024 * 1024))
-#: The kernel's send buffer of a directly written connection, fixed (Linux would grow it up to
-#: tcp_wmem's 4 MiB per socket): bounds kernel memory per subscriber and makes "slow" mean the same
-#: on every machine. RINGFENCE_WS_SNDBUF_BYTES overrides it.
-SNDBUF_BYTES = int(os.environ.get("RINGFENCE_WS_SNDBUF_BYTES", 256 * 1024))
 #: Raised and lifted halts (venue-wide stream; Binance has no equivalent).
 HALTS_STREAM = "!halts"
 #: Internal stream names of WebSocket API user data subscriptions (not a name a client can subscribe to).
@@ -61,24 +64,18 @@ MAX_CONNECTIONS = 5_000
 #: Concurrent connections from one client address (the TCP peer, or X-Forwarded-For from a trusted
 #: proxy); more are closed with 1013.
 MAX_CONNECTIONS_PER_IP = 50
-#: How long a close frame may wait for a client that does not read before the handler gives up on it.
-CLOSE_TIMEOUT_S = 5.0
 SLOW_CONSUMER = (1008, "slow consumer")
 #: A request frame: at most this many characters (1009 above it; uvicorn closes frames over
 #: 64 KiB itself), nesting at most this deep (checked before parsing), text only (1003 for binary).
 MAX_REQUEST_CHARS = 4096
+#: Requests (SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS, anything sent) a market-stream connection may
+#: send: a bucket of INCOMING_BURST refilled at INCOMING_PER_S a second (Binance allows 5-10 a second
+#: and disconnects past that). Past it the connection is closed with 1008 "too many messages", whatever
+#: the speed of the server: a flood is cut off after the burst, not when a queue somewhere fills.
+INCOMING_PER_S = int(os.environ.get("RINGFENCE_WS_INCOMING_PER_S", 10))
+INCOMING_BURST = int(os.environ.get("RINGFENCE_WS_INCOMING_BURST", 50))
+TOO_MANY_MESSAGES = (1008, "too many messages")
 MAX_REQUEST_DEPTH = 4
-
-
-def text_frame(data: bytes) -> bytes:
-    """One unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2) around `data`: what a server
-    sends, identical for every client that did not negotiate an extension."""
-    n = len(data)
-    if n < 126:
-        return bytes((0x81, n)) + data
-    if n < 65536:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + data
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + data
 
 
 RAW_SEND_KEY = "ringfence.ws_raw_send"
@@ -100,38 +97,15 @@ class KeepRawWebSocketSend:
 
 def direct_protocol(ws: WebSocket) -> Any:
     """uvicorn's WebSocket protocol object behind `ws` when frames can be written straight to its
-    transport (the sans-I/O implementation, no extension such as permessage-deflate negotiated),
-    else None (then messages go through the queue and `send_text`)."""
-    proto = getattr(ws.scope.get(RAW_SEND_KEY), "__self__", None)
-    conn = getattr(proto, "conn", None)
-    transport = getattr(proto, "transport", None)
-    if conn is None or transport is None or not hasattr(proto, "close_sent") or getattr(conn, "extensions", None):
-        return None
-    if not callable(getattr(transport, "get_write_buffer_size", None)):
-        return None
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_BYTES)
-    return proto
+    transport (ws_wire.uvicorn_protocol), else None (then messages go through the queue and `send_text`)."""
+    return uvicorn_protocol(ws.scope.get(RAW_SEND_KEY))
 
 
-def close_direct(proto: Any, code: int, reason: str) -> bool:
-    """Close a directly written connection without waiting for it to drain: the close frame goes
-    after what is already buffered, and the socket is aborted (buffer dropped) if the client has not
-    completed the closing handshake within CLOSE_TIMEOUT_S. A client that stopped reading holds
-    no memory past that. False when this could not be done (then close the usual way)."""
-    try:
-        transport = proto.transport
-        if proto.close_sent or proto.disconnected or transport.is_closing():
-            return True  # already closing: nothing to add
-        proto.conn.send_close(code, reason)
-        transport.write(b"".join(proto.conn.data_to_send()))
-        proto.close_sent = True
-        proto.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, transport.abort)
-        return True
-    except Exception:  # uvicorn's internals moved: fall back to the ASGI close
-        return False
+class IncomingBudget(TokenBucket):
+    """The request budget of one market-stream connection: INCOMING_BURST at once, INCOMING_PER_S a second."""
+
+    def __init__(self, per_s: int = INCOMING_PER_S, burst: int = INCOMING_BURST) -> None:
+        super().__init__(per_s, burst)
 
 
 class Connection:
@@ -150,12 +124,20 @@ class Connection:
         self.slow = asyncio.Event()
         #: uvicorn's protocol when frames are written to the socket directly (`direct_protocol`).
         self.direct: Any = None
+        #: In a `serve --gateways N` engine: the client's relay handle (api/relay.py RelayedWebSocket).
+        #: Its market data is fanned out by its gateway; what is offered to it alone goes on the link at once.
+        self.relay: Any = None
 
     def offer(self, text: str, frame: bytes | None = None) -> bool:
         """Queue `text` without waiting (or, on a direct connection, write its frame — `frame` if
         the caller built it once for every subscriber); False (and the connection marked slow)
         when it is full."""
         if self.dropped:
+            return False
+        if self.relay is not None:  # on the gateway link now, in order; the gateway bounds what waits for the client
+            if self.relay.send_text(text):
+                return True
+            self.dropped = True  # the link or the client is gone: the relay ends this handler
             return False
         direct = self.direct
         if direct is not None:
@@ -195,7 +177,14 @@ class StreamHub:
     def __init__(self, exchange: Exchange, listen_keys: Any) -> None:
         self.ex = exchange
         self.listen_keys = listen_keys
+        #: Every connection subscribed to each stream, ...
         self.subs: dict[str, set[Connection]] = {}
+        #: ... those this process writes to itself, ...
+        self._local: dict[str, set[Connection]] = {}
+        #: ... and, for connections relayed by gateways (`serve --gateways N`), how many subscribers
+        #: each gateway link holds: a message goes once to each link, and the gateway writes it to
+        #: its own subscribers (api/relay.py).
+        self._remote: dict[str, dict[Any, int]] = {}
         self.connections: set[Connection] = set()
         self.per_ip: dict[str, int] = {}
         self.messages_sent = 0
@@ -228,33 +217,63 @@ class StreamHub:
         bad = [n for n in names if not self.valid_stream(n)]
         if bad:
             return bad
-        for name in names:
-            if len(conn.streams) >= MAX_STREAMS_PER_CONNECTION:
-                return [name]
-            conn.streams.add(name)
-            self.subs.setdefault(name, set()).add(conn)
-        return []
+        added: list[str] = []
+        try:
+            for name in names:
+                if len(conn.streams) >= MAX_STREAMS_PER_CONNECTION:
+                    return [name]
+                if name not in conn.streams:
+                    self._attach(conn, name)
+                    added.append(name)
+            return []
+        finally:
+            if added and conn.relay is not None:  # before the reply: the gateway fans the next message out to it
+                conn.relay.subscribe(added, conn.combined)
+
+    def _attach(self, conn: Connection, name: str) -> None:
+        conn.streams.add(name)
+        self.subs.setdefault(name, set()).add(conn)
+        if conn.relay is None:
+            self._local.setdefault(name, set()).add(conn)
+        else:
+            links = self._remote.setdefault(name, {})
+            links[conn.relay.link] = links.get(conn.relay.link, 0) + 1
+
+    def _detach(self, conn: Connection, name: str) -> None:
+        conn.streams.discard(name)
+        for table in (self.subs, self._local):
+            subscribers = table.get(name)
+            if subscribers is not None:
+                subscribers.discard(conn)
+                if not subscribers:
+                    del table[name]
+        if conn.relay is not None and (links := self._remote.get(name)) is not None:
+            left = links.get(conn.relay.link, 0) - 1
+            if left > 0:
+                links[conn.relay.link] = left
+            else:
+                links.pop(conn.relay.link, None)
+                if not links:
+                    del self._remote[name]
 
     def subscribe_user(self, conn: Connection, owner: str, subscription_id: int) -> None:
         """A WebSocket API connection's user data stream (`userDataStream.subscribe`): the account's
         events, wrapped with the subscription id as Binance's WebSocket API sends them."""
         name = USER_STREAM_PREFIX + owner
         conn.subscription_id = subscription_id
-        conn.streams.add(name)
-        self.subs.setdefault(name, set()).add(conn)
+        if name not in conn.streams:
+            self._attach(conn, name)
 
     def unsubscribe_user(self, conn: Connection) -> None:
         self.unsubscribe(conn, [n for n in conn.streams if n.startswith(USER_STREAM_PREFIX)])
         conn.subscription_id = None
 
     def unsubscribe(self, conn: Connection, names: list[str]) -> None:
-        for name in names:
-            conn.streams.discard(name)
-            subscribers = self.subs.get(name)
-            if subscribers is not None:
-                subscribers.discard(conn)
-                if not subscribers:
-                    del self.subs[name]
+        gone = [name for name in dict.fromkeys(names) if name in conn.streams]
+        for name in gone:
+            self._detach(conn, name)
+        if gone and conn.relay is not None:
+            conn.relay.unsubscribe(gone)
 
     def admit(self, conn: Connection) -> str | None:
         """Register `conn`, or the reason it is refused (close with 1013)."""
@@ -279,14 +298,20 @@ class StreamHub:
         conn.discard()
 
     def publish(self, stream: str, payload: dict[str, Any]) -> None:
-        subscribers = self.subs.get(stream)
-        if not subscribers:
+        subscribers = self._local.get(stream)
+        links = self._remote.get(stream)
+        if not subscribers and not links:
             return
         started = time.perf_counter()
         raw = json.dumps(payload, separators=(",", ":"))
+        if links:  # once per gateway link, whatever its number of subscribers
+            data = raw.encode()
+            for link, count in list(links.items()):
+                if link.publish(stream, data):
+                    self.messages_sent += count
         combined = None
         raw_frame = combined_frame = None
-        for conn in list(subscribers):
+        for conn in list(subscribers or ()):
             if conn.subscription_id is not None:  # a WebSocket API session: its own wrapper, its own frame
                 text = '{"subscriptionId":' + str(conn.subscription_id) + ',"event":' + raw + "}"
                 frame = None
@@ -320,7 +345,9 @@ class StreamHub:
                 low = symbol.lower()
                 if self.subs.get(low + "@depth") or self.subs.get(low + "@depth@100ms"):
                     m = self.ex.market(symbol)
-                    for diff in sd.diffs_after(before.get(symbol, 0)):
+                    diffs = sd.diffs_after(before.get(symbol, 0))
+                    if diffs:  # one message per book per batch
+                        diff = coalesce_diffs(diffs)
                         payload = {
                             "e": "depthUpdate",
                             "E": diff["ts_ns"] // 1_000_000,
@@ -512,6 +539,25 @@ class StreamHub:
                 self.publish(stream, payload)
 
 
+def coalesce_diffs(diffs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One depth diff for a batch's consecutive diffs of one book (first `U`, last `u`, each level's
+    last quantity): a client applies it as it would apply them one by one, and a batch of N commands
+    costs one message per subscriber instead of N."""
+    if len(diffs) == 1:
+        return diffs[0]
+    bids: dict[int, int] = {}
+    asks: dict[int, int] = {}
+    for diff in diffs:
+        for price, qty in diff["bids"]:
+            bids[price] = qty
+        for price, qty in diff["asks"]:
+            asks[price] = qty
+    for prev, diff in zip(diffs, diffs[1:]):
+        assert diff["first_update_id"] == prev["last_update_id"] + 1, "a batch's depth diffs are consecutive"
+    return {"first_update_id": diffs[0]["first_update_id"], "last_update_id": diffs[-1]["last_update_id"],
+            "ts_ns": diffs[-1]["ts_ns"], "bids": list(bids.items()), "asks": list(asks.items())}
+
+
 class ClientGarbageLogFilter(logging.Filter):
     """uvicorn closes a text frame that is not UTF-8 with 1007, as it should, but logs it with a
     full traceback at ERROR: any client could fill the log with them. Keep one WARNING line."""
@@ -562,10 +608,13 @@ def build_ws_router(hub: StreamHub) -> APIRouter:
 
     async def read_requests(ws: WebSocket, conn: Connection) -> tuple[int, str] | None:
         """Answer requests until the client leaves (None) or must be closed (code, reason)."""
+        budget = IncomingBudget()
         while True:
             frame = await ws.receive()
             if frame["type"] == "websocket.disconnect":
                 return None
+            if not budget.take():
+                return TOO_MANY_MESSAGES
             message = frame.get("text")
             if message is None:  # a binary frame: requests are JSON text
                 return 1003, "send requests as JSON text frames"
@@ -604,6 +653,8 @@ def build_ws_router(hub: StreamHub) -> APIRouter:
         tasks: list[asyncio.Task[Any]] = []
         try:
             await ws.accept()
+            # A relayed client's subscriptions are held by its gateway too (before any of them is published).
+            conn.relay = ws.scope.get("extensions", {}).get(RELAY_EXTENSION) if hub.direct_writes else None
             bad = hub.subscribe(conn, names) if names else []
             if bad:
                 await ws.send_text(json.dumps({"error": {"code": 2, "msg": f"Invalid request: unknown stream {bad[0][:80]}"}}))

@@ -69,10 +69,9 @@ def regtest_demo() -> None:
 
     Example: ringfence chains regtest-demo
     """
-    from rich.console import Console
-
+    from ..cli_paths import tty_console
     from .walkthrough import run_walkthrough
 
-    console = Console()
+    console = tty_console()
     for line in run_walkthrough():
         console.print(line)

@@ -21,17 +21,23 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DATA_HELP = "Data directory of the running `ringfence serve --demo`."
+DATA_HELP = ("Data directory of the running `ringfence serve --demo` (default ./ringfence-data, or ./ringfence-data/serve when only that one holds a running demo, as `make serve-demo` makes).")
 
 
 def _admin(data: Path) -> dict[str, str]:
     path = data / "custody" / "admin.json"
+    fallback = Path("ringfence-data/serve/custody/admin.json")  # where `make serve-demo` puts it
+    default = data == Path("ringfence-data")
+    if default and not path.exists() and fallback.exists():
+        path = fallback
     try:
         doc = json.loads(path.read_text())
-        return {"url": str(doc["url"]), "token": str(doc["token"])}
+        return {"url": str(doc["url"]), "token": str(doc["token"]), "path": str(path)}
     except (OSError, ValueError, KeyError, TypeError):
-        typer.echo(f"error: --data: no running demo server found ({path} is missing or unreadable); "
-                   "start one with: ringfence serve --demo --data " + str(data), err=True)
+        tried = f"{path} and {fallback} are" if default and path != fallback else f"{path} is"
+        typer.echo(f"error: --data: no running demo server found ({tried} missing or unreadable); "
+                   "start one with `make serve-demo` (data in ./ringfence-data/serve) or `ringfence serve --demo "
+                   f"--data {data}`, or pass --data with the running demo's directory", err=True)
         raise typer.Exit(2) from None
 
 
@@ -50,6 +56,9 @@ def _call(data: Path, method: str, path: str, **kw: Any) -> dict[str, Any]:
     except ValueError:
         body = {"msg": res.text[:300]}
     if res.status_code != 200:
+        if res.status_code == 401:  # another server now answers at that address (a file left by an earlier demo)
+            body["msg"] = (f"the server at {admin['url']} refused the token in {admin['path']}: that file was left by an "
+                           "earlier demo; pass --data with the running demo's directory")
         if res.status_code == 404:
             body["msg"] = "this server does not run the demo chains (start it with --demo)"
         typer.echo(f"error: {body.get('msg', res.status_code)}", err=True)
@@ -63,8 +72,9 @@ def pay(
     asset: str = typer.Option(..., "--asset", help="BTC, ETH or USDT"),
     to: str = typer.Option(..., "--to", help="Address to pay (e.g. your deposit address from fetchDepositAddress)"),
     amount: str = typer.Option(..., "--amount", help="Decimal amount, e.g. 0.5"),
-    source: str = typer.Option("faucet", "--from", help="faucet (default), or tainted: ETH from the demo's tainted "
-                               "wallet (funded by a blacklisted address), to try KYT quarantine"),
+    source: str = typer.Option("faucet", "--from", help="faucet (default); tainted: ETH from the demo's tainted "
+                               "wallet (funded by a blacklisted address), to try KYT quarantine; exploit: ETH from "
+                               "that blacklisted address itself, to try a frozen deposit"),
 ) -> None:
     """Pay AMOUNT of ASSET from the demo faucet wallet on the local chain; prints the txid.
 

@@ -122,6 +122,23 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec: one 
         _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+_SPAWNER: Any = None  # one thread that lives as long as the process (see spawn_child)
+
+
+def spawn_child(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """`Popen(args, preexec_fn=_die_with_parent)` from a thread that lives as long as this process.
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: a signer
+    started from a request's worker thread got SIGTERM when the thread pool let that thread go idle
+    (a spare signer added for a reshare died minutes later with an empty log)."""
+    global _SPAWNER
+    import concurrent.futures
+
+    if _SPAWNER is None:
+        _SPAWNER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="child-spawner")  # its thread never idles out
+    proc: subprocess.Popen[bytes] = _SPAWNER.submit(subprocess.Popen, args, preexec_fn=_die_with_parent, **kwargs).result()
+    return proc
+
+
 def _secret_file(path: Path, nbytes: int = 24) -> str:
     if path.exists():
         return path.read_text().strip()
@@ -131,6 +148,11 @@ def _secret_file(path: Path, nbytes: int = 24) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(value + "\n")
     return value
+
+
+#: How often a signer started on a free port of our choosing is started again on another one when
+#: some other process bound that port first (a race every "pick a free port" has).
+_PORT_RACES = 3
 
 
 class SignerFleet:
@@ -151,6 +173,7 @@ class SignerFleet:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.urls: dict[int, str] = {}
         self.logs: dict[int, Any] = {}
+        self._port_races: dict[int, int] = {}  # signer -> starts lost to another process taking its free port
 
     def store_dir(self, i: int) -> Path:
         return self.root / f"signer-{i}"
@@ -187,15 +210,18 @@ class SignerFleet:
         passphrase = _secret_file(self.root / f"signer-{i}.passphrase")
         self.signer_identity(i)
         (store / "peers").mkdir(parents=True, exist_ok=True)
-        port = port or _free_port()
+        if port is None:
+            port = _free_port()
+        else:
+            self._port_races[i] = _PORT_RACES  # a port we were given is not ours to change
         env = dict(os.environ, RINGFENCE_SIGNER_PASSPHRASE=passphrase, RINGFENCE_SIGNER_TOKEN=self.token)
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs[i] = open(self.root / f"signer-{i}.log", "ab")
-        self.procs[i] = subprocess.Popen(
+        self.procs[i] = spawn_child(
             [sys.executable, "-m", "ringfence.keys.signer_server", "--store", str(store), "--identifier", str(i),
              "--name", f"{self.name}-{i}", "--port", str(port), "--create",
              "--coordinator-cert", str(self.identity.cert), "--peer-certs", str(store / "peers")],
-            stdout=self.logs[i], stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+            stdout=self.logs[i], stderr=subprocess.STDOUT, env=env)
         self.urls[i] = f"https://127.0.0.1:{port}"
         return self.urls[i]
 
@@ -223,6 +249,9 @@ class SignerFleet:
         contexts: dict[int, Any] = {}  # one TLS context per signer (loading the encrypted key is not free)
         while pending:
             for i in sorted(pending):
+                if self.procs[i].poll() is not None and self._lost_port_race(i):
+                    self.start_one(i)  # its free port was taken between our choice and its bind: a new one
+                    continue
                 if self.procs[i].poll() is not None:
                     raise ConfigError(f"signer {i} exited with {self.procs[i].returncode}; see "
                                       f"{self.root / f'signer-{i}.log'}", field="signers")
@@ -245,11 +274,29 @@ class SignerFleet:
                     raise ConfigError(f"signers {sorted(pending)} did not start within {timeout_s} s", field="signers")
                 time.sleep(0.1)
 
+    def _lost_port_race(self, i: int) -> bool:
+        """Did signer i exit because another process bound its (free when chosen) port first?"""
+        if self._port_races.get(i, 0) >= _PORT_RACES:
+            return False
+        try:
+            tail = (self.root / f"signer-{i}.log").read_bytes()[-2000:]
+        except OSError:
+            return False
+        if b"address already in use" not in tail:
+            return False
+        self._port_races[i] = self._port_races.get(i, 0) + 1
+        self.logs.pop(i).close()
+        return True
+
+    def exited(self) -> dict[int, int]:
+        """Signers whose process has ended (reaped here) -> exit status (negative: the signal)."""
+        return {i: p.returncode for i, p in self.procs.items() if p.poll() is not None}
+
     def pids(self) -> dict[int, int]:
         return {i: p.pid for i, p in self.procs.items() if p.poll() is None}
 
     def stop_one(self, i: int) -> None:
-        p = self.procs.get(i)
+        p = self.procs.pop(i, None)  # no longer one of the fleet (not "down" in /readyz)
         if p is not None and p.poll() is None:
             p.terminate()
             try:
@@ -329,7 +376,7 @@ def open_btc_hot(record: Path, urls: Mapping[int, str], token: str, *, threshold
 
 def build_taproot_payment(adapter: Any, *, from_address: str, key_id: str, signer: Any, outputs: list[tuple[str, int]],
                           fee_rate_sat_per_vb: int, request_id: str, reason: str, requested_by: str = "custody-signer",
-                          sweep_all: bool = False) -> tuple[bytes, str, int]:
+                          sweep_all: bool = False, exclude: Any = ()) -> tuple[bytes, str, int]:
     """Pay `outputs` from the P2TR `from_address` (change back to it), each input signed by a
     BIP-340 key-path signature from `signer`; the coins are chosen by `wallets.plan_btc_spend`, as
     for every Bitcoin wallet. Returns (raw_tx, txid, fee_sat)."""
@@ -342,7 +389,7 @@ def build_taproot_payment(adapter: Any, *, from_address: str, key_id: str, signe
     if len(own) != 34 or own[:2] != b"\x51\x20" or own[2:] != signer.public_key(key_id, Scheme.TAPROOT_KEYPATH):
         raise ValidationError("the address is not this signer's Taproot output", field="from_address")
     spend = plan_btc_spend(adapter, from_address=from_address, outputs=outputs, fee_rate_sat_per_vb=fee_rate_sat_per_vb,
-                           input_vb=P2TR_INPUT_VB, sweep_all=sweep_all)
+                           input_vb=P2TR_INPUT_VB, sweep_all=sweep_all, exclude=exclude)
     tx = btc_unsigned_tx(adapter, spend, from_address)
     spent = [CTxOut(u.value_sat, CScript(own)) for u in spend.coins]
     wits = []
@@ -458,6 +505,13 @@ def parse_signer_urls_like(text: str) -> dict[int, str]:
     return out
 
 
+def _down(runtime: Any) -> str:
+    """'; DOWN: signer 4 exited with 0' for the signers this node started whose process has ended."""
+    fleet = runtime.btc_signers
+    gone = fleet.exited() if fleet is not None else {}
+    return "; DOWN: " + ", ".join(f"signer {i} exited with {rc}" for i, rc in sorted(gone.items())) if gone else ""
+
+
 def wallet_signers(runtime: Any) -> dict[str, str]:
     """Who signs for each wallet of the runtime (what /readyz shows to operators)."""
     hot = runtime.btc_hot_signer
@@ -465,17 +519,20 @@ def wallet_signers(runtime: Any) -> dict[str, str]:
     chains = {t.chain for t in runtime.terms.values()}
     if "bitcoin" in chains:
         out.update({
-            "btc_deposit": "single keys per address, derived from DIR/custody/seed (dev; swept into hot)",
-            "btc_hot": f"{hot.signer_type} (signer processes {', '.join(map(str, hot.holders))})",
+            "btc_deposit": runtime.eth_hot_hsm.btc_deposit_signer_type if runtime.eth_hot_hsm is not None else "none",
+            "btc_hot": f"{hot.signer_type} (signer processes {', '.join(map(str, hot.holders))}{_down(runtime)})",
             "btc_warm": (runtime.btc_vaults["warm"].signer_type if runtime.btc_vaults
                          else "single key derived from DIR/custody/seed (dev)"),
             "btc_cold": runtime.cold_vault.signer_type if runtime.cold_vault is not None else "single offline key (dev)",
-            "shield_btc": "p2wsh 2-of-3 multisig, offline keys",
+            "shield_btc": (runtime.eth_hot_hsm.shield_btc_signer_type if runtime.eth_hot_hsm is not None
+                           else "p2wsh 2-of-3 multisig, its three keys derived from DIR/custody/seed (dev)"),
         })
     if "ethereum" in chains:
-        out.update({"eth_deposit": "single keys per address, derived from DIR/custody/seed (dev; swept into hot)",
-                    "eth_hot": "single key derived from DIR/custody/seed (dev)",
-                    "eth_cold": "single offline key (dev)"})
+        hsm = runtime.eth_hot_hsm
+        out.update({"eth_deposit": hsm.deposit_signer_type if hsm is not None else "none",
+                    "eth_hot": hsm.signer_type if hsm is not None else "none",
+                    "eth_cold": hsm.cold_signer_type if hsm is not None else "none",
+                    "shield_eth": hsm.shield_signer_type if hsm is not None else "none"})
     return out
 
 
@@ -507,9 +564,10 @@ def signer_set_view(runtime: Any) -> dict[str, Any]:
     urls = {**getattr(runtime.btc_signers, "urls", {}), **coord.signers}
     if runtime.btc_signers is not None:
         pins = {**{i: runtime.btc_signers.store_dir(i) / "tls.crt" for i in runtime.btc_signers.urls}, **pins}
+    gone = runtime.btc_signers.exited() if runtime.btc_signers is not None else {}
     return {"key_id": signer.key_id, "threshold": pkg.kp.threshold, "group_public_key": pkg.raw["group_public_key"],
             "address": signer.address(),
-            "signers": [{"id": i, "url": urls.get(i, ""), "holder": i in holders,
+            "signers": [{"id": i, "url": urls.get(i, ""), "holder": i in holders, "running": i not in gone,
                          "fingerprint": fingerprint(pins[i]) if i in pins and Path(pins[i]).exists() else ""} for i in ids]}
 
 

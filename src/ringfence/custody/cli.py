@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from ..cli_paths import tty_console
 from ..errors import RingfenceError
 
 custody_app = typer.Typer(help="Custody flows on local chains.\n\nExample: ringfence custody demo", no_args_is_help=True)
 policy_app = typer.Typer(help="Withdrawal policies.\n\nExample: ringfence policy test policy.json --requests requests.json",
                          no_args_is_help=True)
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = tty_console(width=140)
 
 #: Recorded requests used by `policy test` when --requests is not given (docs/custody.md).
 SAMPLE_REQUESTS: list[dict[str, Any]] = [
@@ -52,7 +51,7 @@ MAX_REQUESTS = 10_000
 
 
 def _fail(message: str, code: int = 2) -> None:
-    Console(stderr=True, width=None if sys.stderr.isatty() else 200).print(f"[bold red]error:[/] {message}")
+    tty_console(stderr=True, width=200).print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
 

@@ -174,6 +174,11 @@ class ColdVault:
             raise ValidationError("unknown refill id", field="id")
         return json.loads(path.read_text())  # type: ignore[no-any-return]
 
+    def refills(self, limit: int = 100) -> list[dict[str, Any]]:
+        """This vault's refills, newest first (at most `limit`): what the staff console lists."""
+        paths = sorted(self.dir.glob(f"{self.tier}*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True) if self.dir.exists() else []
+        return [json.loads(p.read_text()) for p in paths[:limit]]
+
     # ---- refill: merge signatures, finalise, journal, broadcast ---------------------------------
 
     def finalize(self, refill_id: str, signed_psbts: list[str]) -> tuple[dict[str, Any], bytes]:

@@ -23,7 +23,7 @@ from .deposit_cmds import (
     RelocateDeposit,
     ReviewQuarantine,
 )
-from .refund_cmds import ReturnDepositSigned
+from .refund_cmds import ReturnDepositSigned, ScreenReturn
 from .rebalance_cmds import AuthorizeRebalance
 from .vault_cmds import AuthorizeVaultRefillSigned, CancelVaultRefillSigned, ReshareSignersSigned
 from .policy_cmds import ActivatePolicy, ApprovePolicy, ProposePolicy, SetApprover
@@ -68,6 +68,7 @@ from .withdrawal_cmds import (
     SetWithdrawalRules,
     withdrawal_blocker,
     RecordRiskReview,
+    RecordSignedBatch,
     RecordSignedTx,
     RequestWithdrawal,
     ResolveManualReview,
@@ -81,11 +82,11 @@ __all__ = [
     "CreditDeposit", "FinalizeDeposit", "FileSourceOfFunds", "ReviewQuarantine", "SetApprover",
     "AddWithdrawalAddress", "ProposePolicy", "ApprovePolicy", "ActivatePolicy", "RequestWithdrawal",
     "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview",
-    "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
+    "AuthorizeSigning", "RecordSignedTx", "RecordSignedBatch", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal",
     "CancelWithdrawal", "RemoveWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker", "RecordInternalTransfer", "RecordTransferSigned", "RecordTreasuryFunding", "ReserveWalletNonce", "AuthorizeRebalance",
     "AuthorizeVaultRefillSigned", "CancelVaultRefillSigned", "ReshareSignersSigned",
     "CustodyEvent", "DepositReported",
-    "ApproveWithdrawalSigned", "RejectWithdrawal", "ResolveManualReviewSigned", "ReviewQuarantineSigned", "ReturnDepositSigned",
+    "ApproveWithdrawalSigned", "RejectWithdrawal", "ResolveManualReviewSigned", "ReviewQuarantineSigned", "ReturnDepositSigned", "ScreenReturn",
     "ProposePolicySigned", "ApprovePolicySigned",
     "validate_chain_address", "policy_facts", "reserved_nonce",
 ]

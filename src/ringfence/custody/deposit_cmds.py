@@ -260,8 +260,8 @@ def _pre_sof(engine: Engine, c: FileSourceOfFunds) -> str:
     d = s.deposits.get(key)
     if d is None or d.account_id != c.account_id:
         raise NotFound(f"no deposit {key} for this account", field="txid")
-    if d.state != "quarantined":
-        raise Conflict(f"deposit is {d.state}, not quarantined", field="txid")
+    if d.state not in ("quarantined", "frozen"):
+        raise Conflict(f"deposit is {d.state}, not quarantined or frozen", field="txid")
     text = _text(c.declaration, "declaration", 4000).strip()
     if len(text) < 10:
         raise ValidationError("describe where the funds come from (at least 10 characters)", field="declaration")
@@ -273,6 +273,8 @@ def _file_sof(engine: Engine, c: FileSourceOfFunds) -> list[Event]:
     text = _pre_sof(engine, c)
     d = custody_state(engine).deposits[deposit_key(c.chain, c.txid, c.index)]
     key = d.key
+    if text != d.declaration:  # release signatures were given on the old text: each analyst signs the new one afresh
+        d.release_by = []
     d.declaration = text
     return [_ev("deposit.source_of_funds_filed", key, d.state, d.amount_minor)]
 
@@ -295,8 +297,7 @@ def _review_quarantine(engine: Engine, c: ReviewQuarantine) -> list[Event]:
         raise Forbidden(f"{c.analyst} does not hold the analyst role", field="analyst")
     if c.analyst == d.account_id:
         raise Forbidden("the depositor cannot review their own deposit", field="analyst")
-    if d.state != "quarantined":
-        raise Conflict(f"deposit is {d.state}, not quarantined", field="txid")
+    check_reviewable(d.state, c.decision, "txid")
     if c.decision == "release" and not d.declaration:
         raise Conflict("the user has not filed a source-of-funds declaration yet", field="decision")
     reason = _text(c.reason, "reason")
@@ -304,10 +305,22 @@ def _review_quarantine(engine: Engine, c: ReviewQuarantine) -> list[Event]:
     return release_or_freeze(engine, key, d, c.decision, c.analyst, reason)
 
 
+def check_reviewable(state: str, decision: str, field: str) -> None:
+    """A quarantined deposit is released or frozen; a frozen one (KYT's direct hit, or an analyst's
+    freeze) can only be released, after the user's declaration, or returned to its sender."""
+    if state == "frozen" and decision == "release":
+        return
+    if state == "frozen":
+        raise Conflict("deposit is already frozen: release it or return it to its sender", field=field)
+    if state != "quarantined":
+        raise Conflict(f"deposit is {state}, not quarantined or frozen", field=field)
+
+
 def release_or_freeze(engine: Engine, key: str, d: Any, decision: str, analyst: str, reason: str) -> list[Event]:
-    """Move a reviewed quarantined deposit to available (release) or frozen; checks are the caller's."""
+    """Move a reviewed quarantined (or frozen) deposit to available (release), or a quarantined one
+    to frozen; checks are the caller's."""
     led = engine.ledger
-    src = _user(engine, d.account_id, d.asset, "quarantine")
+    src = _user(engine, d.account_id, d.asset, "frozen" if d.state == "frozen" else "quarantine")
     if decision == "release":
         led.move(src, _user(engine, d.account_id, d.asset, "available"), d.amount_minor)
         d.credited_kind, d.state = "available", "credited"

@@ -61,3 +61,4 @@ class DepositRec(msgspec.Struct, array_like=True):
     return_id: str = ""  # the withdrawal that returns it to the sender, once two analysts decided so
     return_by: list[str] = []  # analysts who signed "return to sender" (refund_cmds.py)
     return_reasons: list[str] = []
+    release_by: list[str] = []  # analysts who signed the release of a frozen deposit (RELEASE_FROZEN_QUORUM)

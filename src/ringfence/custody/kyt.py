@@ -22,7 +22,7 @@ from typing import Any, Iterable, Protocol
 
 from ..errors import ValidationError
 
-__all__ = ["KytInput", "KytResult", "Scorer", "Blacklist", "ChainFundingGraph", "BuiltinScorer",
+__all__ = ["KytInput", "KytResult", "Scorer", "Blacklist", "BlacklistFile", "ChainFundingGraph", "BuiltinScorer",
            "QUARANTINE_ABOVE", "FREEZE_CATEGORIES", "sample_blacklist"]
 
 #: A score strictly above this sends the deposit to quarantine.
@@ -108,6 +108,68 @@ def sample_blacklist() -> Blacklist:
     return Blacklist.load(text)
 
 
+class BlacklistFile:
+    """A blacklist read from a CSV file (`RINGFENCE_KYT_BLACKLIST`) over a fixed base list (the sample),
+    re-read when the file changes (sanctions lists change daily; no restart needed). The file is
+    checked at most every `check_every_s` seconds; a file that no longer parses keeps the last good
+    list and says why in `error`. A file that is missing or bad at start is refused (`load` raises)."""
+
+    def __init__(self, path: str | Path, base: Blacklist | None = None, *, check_every_s: float = 1.0) -> None:  # float-ok: a timer, not money
+        self.path = Path(path)
+        self.base = base or Blacklist()
+        self.check_every_s = check_every_s
+        self.error = ""
+        self.loads = 0
+        self._stamp: tuple[int, int] = (-1, -1)
+        self._checked = 0.0  # float-ok: monotonic clock
+        self._list = self.base
+        self._reload(force=True)
+
+    def _reload(self, force: bool = False) -> None:
+        import time
+
+        now = time.monotonic()
+        if not force and now - self._checked < self.check_every_s:
+            return
+        self._checked = now
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            if force:
+                raise ValidationError(f"cannot read {self.path}: {exc.strerror}", field="RINGFENCE_KYT_BLACKLIST") from None
+            self.error = f"cannot read {self.path}: {exc.strerror}; the last good list stays in force"
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            loaded = Blacklist.load(self.path)
+        except (ValidationError, OSError, UnicodeDecodeError) as exc:
+            if force:
+                raise ValidationError(f"{self.path}: {exc}", field="RINGFENCE_KYT_BLACKLIST") from None
+            self.error = f"{self.path}: {exc}; the last good list stays in force"
+            return
+        merged = Blacklist()
+        merged._entries = {**self.base._entries, **loaded._entries}
+        self._list, self._stamp, self.error = merged, stamp, ""
+        self.loads += 1
+
+    def refresh(self) -> None:
+        """Re-read the file if it changed (the `kyt-blacklist` worker of serve calls this every second).
+        A file that cannot be read or parsed raises (after keeping the last good list), so the
+        supervised worker backs off and says so in /readyz and /metrics until the file is fixed."""
+        self._reload()
+        if self.error:
+            raise ValidationError(self.error, field="RINGFENCE_KYT_BLACKLIST")
+
+    def lookup(self, chain: str, address: str | None) -> tuple[str, str] | None:
+        self._reload()
+        return self._list.lookup(chain, address)
+
+    def __len__(self) -> int:
+        return len(self._list)
+
+
 class ChainFundingGraph:
     """Who sent a transaction and who funded an address, read from our chain adapters.
 
@@ -126,25 +188,48 @@ class ChainFundingGraph:
         if adapter is None:
             return []
         if chain == "bitcoin":
-            from bitcointx.core import b2lx
-
-            tx = adapter.node.get_tx(txid)
-            if tx is None or tx.is_coinbase():
-                return []
-            out = []
-            for txin in tx.vin[:MAX_FANOUT]:
-                coin = adapter.node.coin((b2lx(txin.prevout.hash), txin.prevout.n))
-                if coin is None:  # already spent: look it up in the funding transaction
-                    prev = adapter.node.get_tx(b2lx(txin.prevout.hash))
-                    spk = bytes(prev.vout[txin.prevout.n].scriptPubKey) if prev is not None else b""
-                else:
-                    spk = coin.script_pubkey
-                addr = adapter.address_of_script(spk) if spk else None
-                if addr:
-                    out.append(addr)
-            return out
+            # a transaction's senders never change (its inputs are part of its txid): remember them
+            # while the index lives (it is rebuilt on a reorg); a transaction not found is not remembered
+            return list(self._btc_senders(self._refresh(chain, adapter), adapter, txid))
+        # the funding index has read every recent block once: its sender, without asking the node to
+        # find the transaction again (eth-tester scans its blocks for each look-up)
+        known = self._refresh(chain, adapter).sender_of.get(txid.lower())
+        if known is not None:
+            return [known]
         tx = adapter.w3.eth.get_transaction(txid)
         return [tx["from"]]
+
+    @staticmethod
+    def _btc_senders(idx: "_FundingIndex", adapter: Any, txid: str) -> tuple[str, ...]:
+        """The addresses of a Bitcoin transaction's spent outputs, remembered in `idx` once every
+        input was found (a transaction's inputs are part of its txid, so its senders never change)."""
+        from bitcointx.core import b2lx
+
+        known = idx.senders_of.get(txid)
+        if known is not None:
+            return known
+        tx = adapter.node.get_tx(txid)
+        if tx is None:
+            return ()
+        if tx.is_coinbase():
+            idx.senders_of[txid] = ()
+            return ()
+        out: list[str] = []
+        complete = True
+        for txin in tx.vin[:MAX_FANOUT]:
+            coin = adapter.node.coin((b2lx(txin.prevout.hash), txin.prevout.n))
+            if coin is None:  # already spent: look it up in the funding transaction
+                prev = adapter.node.get_tx(b2lx(txin.prevout.hash))
+                spk = bytes(prev.vout[txin.prevout.n].scriptPubKey) if prev is not None else b""
+                complete = complete and prev is not None
+            else:
+                spk = coin.script_pubkey
+            addr = adapter.address_of_script(spk) if spk else None
+            if addr:
+                out.append(addr)
+        if complete:
+            idx.senders_of[txid] = tuple(out)
+        return tuple(out)
 
     def funders(self, chain: str, address: str) -> list[str]:
         adapter = self.adapters.get(chain)
@@ -155,13 +240,22 @@ class ChainFundingGraph:
         entries = [ref for h, ref in idx.by_to.get(_norm(chain, address), []) if h >= low]
         if chain != "bitcoin":
             return entries[:MAX_FANOUT]
-        # Bitcoin: every transaction that paid `address`; its senders are the funders.
-        out: list[str] = []
-        for txid in entries:
-            out.extend(self.senders(chain, txid))
+        key = _norm(chain, address)
+        known = idx.funders_of.get(key)  # until the next block (the index forgets them then)
+        if known is not None:
+            return list(known)
+        # Bitcoin: every transaction that paid `address`; its senders are the funders, each named once
+        # (a transaction paying the address in several outputs, or one sender paying it many times,
+        # must not fill the fan-out with copies of one funder and hide the others)
+        out: dict[str, None] = {}
+        for txid in dict.fromkeys(entries):
+            for s in self._btc_senders(idx, adapter, txid):
+                out[s] = None
             if len(out) >= MAX_FANOUT:
-                return out[:MAX_FANOUT]
-        return out
+                break
+        found = tuple(out)[:MAX_FANOUT]
+        idx.funders_of[key] = found
+        return list(found)
 
     def _refresh(self, chain: str, adapter: Any) -> "_FundingIndex":
         """Index the blocks mined since the last call (each block is read once, not once per
@@ -175,11 +269,8 @@ class ChainFundingGraph:
             self._index[chain] = idx
         for h in range(max(idx.last + 1, tip - MAX_LOOKBACK_BLOCKS, 0), tip + 1):
             if chain == "bitcoin":
-                from bitcointx.core import b2lx
-
                 block = adapter.node.block_at(h)
-                for tx in block.txs:
-                    txid = b2lx(tx.GetTxid())
+                for txid, tx in zip(block.txids, block.txs):
                     for o in tx.vout:
                         to = adapter.address_of_script(bytes(o.scriptPubKey))
                         if to:
@@ -187,10 +278,13 @@ class ChainFundingGraph:
             else:
                 block = adapter.w3.eth.get_block(h, full_transactions=True)
                 for tx in block["transactions"]:
+                    idx.sender_of["0x" + bytes(tx["hash"]).hex()] = tx["from"]
                     if tx.get("to"):
                         idx.by_to.setdefault(tx["to"].lower(), []).append((h, tx["from"]))
             idx.hashes[h] = adapter.block_hash(h)
             idx.last = h
+        if idx.tip != tip:
+            idx.funders_of.clear()
         idx.tip = tip
         return idx
 
@@ -203,17 +297,40 @@ class _FundingIndex:
     tip: int = 0
     hashes: dict[int, str] = field(default_factory=dict)
     by_to: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    #: Ethereum: the sender of each indexed transaction (lower-case txid -> address).
+    sender_of: dict[str, str] = field(default_factory=dict)
+    #: Bitcoin: the senders (spent outputs' addresses) of each transaction looked at.
+    senders_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Bitcoin: the funders of each address looked at since the last block (cleared when the tip moves).
+    funders_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class BuiltinScorer:
     """Blacklist + taint. Direct blacklisted sender: 100; one hop: 90; two hops: 60; else 0."""
 
-    def __init__(self, blacklist: Blacklist, graph: ChainFundingGraph | None = None, *,
+    def __init__(self, blacklist: "Blacklist | BlacklistFile", graph: ChainFundingGraph | None = None, *,
                  hop1_score: int = 90, hop2_score: int = 60) -> None:
         self.blacklist = blacklist
         self.graph = graph
         self.hop1_score = hop1_score
         self.hop2_score = hop2_score
+
+    def screen_destination(self, chain: str, address: str) -> KytResult:
+        """KYT on a withdrawal's (or a return's) destination: an address on the blacklist scores 100
+        (sanctions, exploit) or 95 (mixer), with the entry as the reason; with a funding graph, an
+        address funded by a blacklisted one scores like a deposit's sender does (1 hop: 90, 2 hops:
+        60, `score`), the path as the reason; any other address 0."""
+        hit = self.blacklist.lookup(chain, address)
+        if hit is None:
+            if self.graph is None:
+                return KytResult(0, ())
+            taint = self.score(KytInput(chain, "", 0, "", address, 0, sender=address))
+            if taint.score == 0:
+                return KytResult(0, ())
+            return KytResult(taint.score, tuple(f"KYT: destination {r.removeprefix('sender ')}" for r in taint.reasons))
+        category, source = hit
+        return KytResult(100 if category in FREEZE_CATEGORIES else 95,
+                         (f"KYT: destination {address} is blacklisted ({category}: {source})",), category)
 
     def score(self, item: KytInput) -> KytResult:
         senders = [item.sender] if item.sender else []

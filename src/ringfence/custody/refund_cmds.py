@@ -11,6 +11,13 @@ the deposit into a withdrawal of the exchange's hot wallet to that address:
   captured, `clearing -> world` (amount − fee) and `clearing -> fees` (the asset's withdrawal fee);
 * the deposit becomes `returned` with the withdrawal id and both analysts' reasons.
 
+Destination KYT screens a return as it screens every withdrawal: before signing, the withdrawal
+worker journals `ScreenReturn` with the KYT result for the sender's address. A hit (the sender is on
+the blacklist, e.g. the exploit that funded a frozen deposit) sends the return to `manual_review`
+with KYT's reasons: nothing is signed until an analyst approves it (`ringfence review approve`); a
+rejection voids it, the coins go back to the deposit's quarantine/frozen account and the deposit is
+`quarantined`/`frozen` again (its return signatures cleared), for a release or another decision.
+
 The withdrawal starts `approved` (two analysts decided it, so no address book, e-mail step or
 policy: the destination is where the coins came from, not a place the user chose). Checks, all
 before anything changes (a refusal leaves the state hash unchanged): the signer holds `analyst`,
@@ -30,11 +37,11 @@ from ..errors import Conflict, ValidationError
 from ..staff.decisions import ANALYST, StaffSignature
 from ..staff.state import StaffRefused, check_decision, consume, not_initiator
 from .deposit_cmds import _known_deposit
-from .module import MODULE, deposit_scopes
-from .state import _ev, _room, _system, _text, _user, custody_state
+from .module import MODULE, custody_scopes, deposit_scopes
+from .state import _ev, _move_state, _room, _scoped, _system, _text, _user, _withdrawal, custody_state
 from .withdrawals import WithdrawalRec
 
-__all__ = ["ReturnDepositSigned", "return_subject", "RETURN_QUORUM", "RETURNABLE_STATES", "return_withdrawal_id"]
+__all__ = ["ReturnDepositSigned", "ScreenReturn", "undo_return", "return_subject", "RETURN_QUORUM", "RETURNABLE_STATES", "return_withdrawal_id"]
 
 #: Distinct analysts who must sign before coins leave for the sender.
 RETURN_QUORUM = 2
@@ -127,3 +134,44 @@ def _return(engine: Engine, c: ReturnDepositSigned) -> list[Event]:
                 [f"was {was}; returned to sender {d.sender} by withdrawal {wid} (amount {w.amount_minor} + fee {fee})",
                  *d.return_reasons]),
             _ev("withdrawal.approved", wid, w.state, w.amount_minor, ["return to sender", *d.return_reasons])]
+
+
+class ScreenReturn(Command, tag="custody.withdrawal.screen_return/1", frozen=True):
+    """The withdrawal worker's destination-KYT result for a return to sender (score 0 = no hit)."""
+
+    withdrawal_id: str
+    asset: str
+    wallet: str
+    score: int
+    reasons: list[str]
+
+
+@MODULE.handles(ScreenReturn, effect=Effect.NEUTRAL, scopes=custody_scopes)
+def _screen_return(engine: Engine, c: ScreenReturn) -> list[Event]:
+    s = custody_state(engine)
+    w = _withdrawal(s, c.withdrawal_id)
+    _scoped(w, c.asset, c.wallet)
+    if isinstance(c.score, bool) or not 0 <= c.score <= 100 or len(c.reasons) > 20:
+        raise ValidationError("score must be 0..100 with at most 20 reasons", field="score")
+    reasons = [_text(r, "reasons") for r in c.reasons]
+    if w.rule != "return-to-sender" or w.state != "approved" or w.screened:
+        return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
+    w.screened = True
+    if c.score == 0:
+        return [_ev("withdrawal.screened", w.id, w.state, w.amount_minor, ["destination KYT: no hit"])]
+    _move_state(w, "manual_review")
+    w.risk_score, w.manual_review, w.risk_reasons = c.score, True, reasons
+    w.decision_reasons = [*reasons, *w.decision_reasons]
+    return [_ev("withdrawal.decided", w.id, w.state, w.amount_minor,
+                ["return to sender held for manual review: destination KYT", *reasons])]
+
+
+def undo_return(engine: Engine, w: Any) -> None:
+    """A rejected return: its deposit is quarantined/frozen again (the void released the hold back to
+    that account), its return signatures cleared, so analysts decide afresh."""
+    s = custody_state(engine)
+    for d in s.deposits.values():
+        if d.return_id == w.id and d.state == "returned":
+            d.state = "frozen" if d.credited_kind == "frozen" else "quarantined"
+            d.return_id, d.return_by, d.return_reasons, d.reviewed_by = "", [], [], ""
+            return

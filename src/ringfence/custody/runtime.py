@@ -18,8 +18,15 @@ pay out of them, and their supervision.
   `insurance:<segment>` moves from the BTC hot wallet into the 2-of-3 shield vault on chain, every
   `shield_sweep_every_s`). Workers only read engine state (`node.read`) and submit commands; they never write state.
   Chain access is serialised by one lock (the simulator and eth-tester are single-threaded).
-* **Keys.** Demo keys derive from a random seed kept in `DIR/custody/seed` (0600) with
-  `localnet.derive_key`, as `LocalNet` does: worthless on any real chain.
+* **Keys.** Every Ethereum wallet's key (hot, cold, shield, one per deposit address) is generated in
+  a PKCS#11 token of the HSM process (`eth_hsm.py`) and signs only behind the policy's attestation;
+  the Bitcoin hot wallet is FROST 2-of-3 (`btc_signing.py`), warm and cold P2WSH vaults
+  (`cold_refill.py`). The Bitcoin deposit addresses' keys are in the HSM process too (token
+  `rf-btc-deposits`, sweeps to `btc_hot` only), and so are the Bitcoin shield vault's three keys (P2WSH
+  2-of-3, one token each `rf-btc-shield-N`, signing only the proof of reserves' message). What is left
+  derives from a random seed kept in `DIR/custody/seed` (0600) with `localnet.derive_key`, as
+  `LocalNet` does (dev, worthless on any real chain): the demo faucet and the users' outside wallets,
+  none of them a wallet of the exchange.
 * **Proof of reserves.** `reserve_source(read)` is the `ReserveSource` `serve` hands its proof
   publisher: every wallet (deposit addresses, hot, warm, cold, the shield vault) signs the
   snapshot's ownership message with the signer that controls it (`seed_wallet_keys`, shared with
@@ -58,12 +65,14 @@ NETWORK_OF_CHAIN = {"bitcoin": "BTC", "ethereum": "ETH"}
 #: The demo policy's proposal id. Who approves what is the staff register's business
 #: (`ringfence.staff`): `serve --demo` seeds its genesis (staff/demo.py) before this runtime starts.
 DEMO_POLICY_ID = "p-serve-1"
+#: The demo policy's delay for mid-sized ETH withdrawals (so a client sees a policy delay at work).
+DEMO_DELAY_S = 5
 #: What bootstrap reports (and `serve` prints) when no withdrawal policy is active outside --demo.
 NO_POLICY = ("no active withdrawal policy: every withdrawal is denied (default deny) until policy admins propose "
              "and approve one (ringfence policy propose|approve|activate --key ...); see docs/custody.md")
 MAX_BACKOFF_MS = 30_000
 #: Where the demo faucet pays from: its own wallets, or (ETH) the tainted demo wallet (KYT tests).
-PAY_SOURCES = ("faucet", "tainted")
+PAY_SOURCES = ("faucet", "tainted", "exploit")
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,9 @@ def demo_policy(terms: dict[str, AssetTerms], band: list[dict[str, Any]] | None 
     for t in terms.values():
         rules.append({"name": f"review-large-{t.asset}", "when": {"asset": [t.asset], "amount_minor_gt": t.review_above_minor},
                       "action": {"type": "approvals", "count": 2, "roles": ["approver"]}})
+    if "ETH" in terms:  # mid-sized ETH (above 1, up to the review threshold): sent after a short policy delay
+        rules.append({"name": "delay-mid-ETH", "when": {"asset": ["ETH"], "amount_minor_gt": 10**18},
+                      "action": {"type": "delay", "delay_s": DEMO_DELAY_S}})
     rules.append({"name": "hot-small", "when": {"wallet_tier": ["hot"]}, "action": {"type": "allow"}})
     out: dict[str, Any] = {"version": 1, "approval_ttl_s": 3600, "rules": rules}
     band = [b for b in band or [] if b["asset"] in terms]
@@ -178,27 +190,37 @@ class SeedSigner(LocalKeySigner):
 
 
 class CustodyKeys:
-    """The demo's wallet keys and addresses, derived from one seed."""
+    """The demo's wallet addresses and the keys still derived from one seed.
 
-    def __init__(self, seed: str) -> None:
+    The Ethereum wallets' keys (hot, cold, shield) and every deposit address's key (both chains) are
+    in the HSM process (`eth_hsm.EthHotHsm`, set as `eth_hsm`): nothing of them is derived here, and
+    so are the Bitcoin shield vault's three keys. The Bitcoin hot wallet (FROST) and vaults (P2WSH) are
+    set by the runtime. Without an HSM (a `CustodyKeys` read offline, e.g. by a test) the shield vault
+    is the seed's (`localnet.shield_multisig`, as `LocalNet` has it)."""
+
+    def __init__(self, seed: str, eth_hsm: Any = None) -> None:
         self.seed = seed
         self.signer = SeedSigner(seed)
-        self.btc_hot = p2wpkh_address(self.signer.public_key("btc-hot"))
-        self.btc_warm = p2wpkh_address(self.signer.public_key("btc-warm"))
-        self.eth_hot = eth_address(self.signer.public_key("eth-hot"))
-        self.cold = {"btc": p2wpkh_address(self.signer.public_key("btc-cold")),
-                     "eth": eth_address(self.signer.public_key("eth-cold"))}
-        self.shield = shield_multisig(seed).address(0)
-        #: The shield fund's Ethereum vault (ETH and USDT): one offline key, not a multisig contract
+        self.eth_hsm = eth_hsm
+        self.btc_hot = self.btc_warm = self.eth_hot = ""  # set by the runtime from their signers
+        self.cold: dict[str, str] = {"btc": "", "eth": ""}
+        self.shield = eth_hsm.shield_btc_address if eth_hsm is not None else shield_multisig(seed).address(0)
+        #: The shield fund's Ethereum vault (ETH and USDT): one key in the HSM, not a multisig contract
         #: (the local chain has no Safe); its coins are proven by that key's signature like cold's.
-        self.shield_eth = eth_address(self.signer.public_key("eth-shield"))
+        self.shield_eth = ""
+        if eth_hsm is not None:
+            self.eth_hot, self.cold["eth"], self.shield_eth = eth_hsm.address, eth_hsm.cold_address, eth_hsm.shield_address
 
-    @staticmethod
-    def deposit_key_id(chain: str, account_id: str) -> str:
+    def deposit_key_id(self, chain: str, account_id: str) -> str:
         return f"dep-{chain[:3]}-{account_id}"
 
+    def deposit_signer(self, chain: str) -> Any:
+        """Who signs for the chain's deposit addresses: the HSM process (a key per address in a token of
+        the chain), or without one (a `CustodyKeys` read offline) the seed."""
+        return self.eth_hsm if self.eth_hsm is not None else self.signer
+
     def deposit_address(self, chain: str, account_id: str) -> str:
-        pub = self.signer.public_key(self.deposit_key_id(chain, account_id))
+        pub = self.deposit_signer(chain).public_key(self.deposit_key_id(chain, account_id))
         return p2wpkh_address(pub) if chain == "bitcoin" else eth_address(pub)
 
     def outside_address(self, chain: str, label: str) -> str:
@@ -306,17 +328,22 @@ class LocalChains:
 
         `source="tainted"` (ETH only) pays from the demo's tainted wallet instead: a wallet funded
         by an address on the sample KYT blacklist (eth-tester dev key 9, `exploit`), so the deposit
-        scores one hop of taint (90 > 85) and lands in quarantine."""
+        scores one hop of taint (90 > 85) and lands in quarantine. `source="exploit"` (ETH only) pays
+        from that blacklisted address itself (dev key 9): the deposit is frozen and reported."""
         if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
             raise ValidationError("must be a positive amount", field="amount")
         if source not in PAY_SOURCES:
             raise ValidationError(f"must be one of {', '.join(PAY_SOURCES)}", field="from")
         if self.adapter("bitcoin" if asset == "BTC" else "ethereum") is None:
             raise ValidationError(f"{asset} is not on this server's chains", field="asset")
+        if source in ("tainted", "exploit") and asset != "ETH":
+            raise ValidationError(f"the {source} demo wallet pays ETH only", field="from")
         if source == "tainted":
-            if asset != "ETH":
-                raise ValidationError("the tainted demo wallet pays ETH only", field="from")
             return self._pay_tainted(to, amount_minor)
+        if source == "exploit":
+            with self.lock:
+                to = self.eth.validate_address(to, "to")
+                return str(self.eth.broadcast(self.dev.sign_transfer(self.dev.dev_key(9), to, amount_minor)).txid)
         with self.lock:
             if asset == "BTC":
                 to = self.btc.validate_address(to, "to")
@@ -511,7 +538,7 @@ class CustodyRuntime:
     def __init__(self, data_dir: Path, assets: dict[str, str], *, demo: bool, block_interval_ms: int = 3000,
                  poll_ms: int = 500, address_cooling_s: int = 86400, security_lock_s: int = 86400,
                  identity_ctx: Any = None, shield_sweep_every_s: int = 3600,
-                 shield_value_asset: str = DEFAULT_VALUE_ASSET) -> None:
+                 shield_value_asset: str = DEFAULT_VALUE_ASSET, kyt_blacklist: str = "") -> None:
         if not assets:
             raise ConfigError("no custodied assets configured", field="RINGFENCE_CUSTODY_CHAINS")
         self.data_dir = Path(data_dir)
@@ -526,6 +553,13 @@ class CustodyRuntime:
             raise ConfigError("must be a positive number of seconds", field="RINGFENCE_SHIELD_SWEEP_EVERY_S")
         self.shield_sweep_every_s = shield_sweep_every_s
         self.shield_value_asset = shield_value_asset
+        from .kyt import BlacklistFile, sample_blacklist
+
+        # KYT's list: the shipped sample, plus RINGFENCE_KYT_BLACKLIST (refused at start if unreadable)
+        try:
+            self.blacklist: Any = BlacklistFile(kyt_blacklist, sample_blacklist()) if kyt_blacklist else sample_blacklist()
+        except ValidationError as err:
+            raise ConfigError(err.message, field="RINGFENCE_KYT_BLACKLIST") from None
         self.shield_sweeper: Any = None
         cdir = self.data_dir / "custody"
         #: The BTC hot wallet: a FROST 2-of-3 Taproot key held by signer processes (btc_signing.py).
@@ -540,8 +574,16 @@ class CustodyRuntime:
 
             ceremony = start_vault_ceremony(self.data_dir)  # first start only; runs beside the signers' start
             finish_btc_hot = begin_btc_hot(self.data_dir)  # the signer processes start while the chains load
-        self.keys = CustodyKeys(load_seed(cdir))
-        self.chains = LocalChains(self.data_dir / "chains", self.keys.seed, frozenset(t.chain for t in self.terms.values()))
+        #: The HSM process (eth_hsm.py): every Ethereum wallet's key and every deposit address's key
+        #: (both chains), each in a token, signing only behind the policy's attestation.
+        from .eth_hsm import EthHotHsm
+
+        self.eth_hot_hsm: Any = EthHotHsm(cdir / "hsm")  # starts while the chains load
+        seed = load_seed(cdir)
+        self.chains = LocalChains(self.data_dir / "chains", seed, frozenset(t.chain for t in self.terms.values()))
+        if self.eth_hot_hsm is not None:
+            self.eth_hot_hsm.wait_ready()
+        self.keys = CustodyKeys(seed, self.eth_hot_hsm)
         if bitcoin:
             self.btc_signers, self.btc_hot_signer = finish_btc_hot()
             self.keys.btc_hot = self.btc_hot_signer.address()
@@ -612,6 +654,16 @@ class CustodyRuntime:
             wallets += [("eth_deposit", "ethereum", "deposit", [], False), ("eth_hot", "ethereum", "hot", [k.eth_hot], False),
                         ("eth_cold", "ethereum", "cold", [k.cold["eth"]], False),
                         ("shield_eth", "ethereum", "shield", [k.shield_eth], True)]
+        if self.eth_hot_hsm is not None:
+            self.eth_hot_hsm.node = node
+            registered = node.read(lambda e: list(w.addresses) if (w := custody_state(e).wallets.get("eth_hot")) else None)
+            for name, address in (("eth_hot", k.eth_hot), ("eth_cold", k.cold["eth"]), ("shield_eth", k.shield_eth),
+                                  ("shield_btc", k.shield)):
+                registered = node.read(lambda e, n=name: list(w.addresses) if (w := custody_state(e).wallets.get(n)) else None)
+                if registered is not None and [a.lower() for a in registered] != [address.lower()]:
+                    raise ConfigError(f"the journal's {name} wallet is {registered}, the HSM's key is {address}: this data "
+                                      "directory was made before the key moved into the HSM; start from a fresh one",
+                                      field=name)
         have = node.read(lambda e: set(custody_state(e).wallets))
         for name, chain, tier, addrs, public in wallets:
             if name not in have:
@@ -724,19 +776,30 @@ class CustodyRuntime:
     def reserve_wallets(self, read: Callable[[Callable[[Any], Any]], Any]) -> list[Any]:
         """`WalletKeys` of every wallet: deposit addresses assigned so far (`read` = `Node.read`),
         hot, warm, cold and the shield vault, each with the signer that controls it."""
-        from ..solvency.reserve_source import seed_wallet_keys
+        from ..solvency.reserve_source import WalletKeys, seed_wallet_keys
         from .commands import custody_state
 
         k = self.keys
         deposits = read(lambda e: sorted((key.split(":", 1)[0], v[0], v[2]) for key, v in custody_state(e).deposit_addresses.items()))
-        online = [(chain, address, k.signer, k.deposit_key_id(chain, account)) for chain, account, address in deposits]
+        online = [(chain, address, k.deposit_signer(chain), k.deposit_key_id(chain, account)) for chain, account, address in deposits]
         online += [("bitcoin", k.btc_hot, self.btc_hot_signer, "btc-hot")]
         if not self.btc_vaults:  # the warm vault's holders sign PSBTs only (cold_refill.py)
             online += [("bitcoin", k.btc_warm, k.signer, "btc-warm")]
-        online += [("ethereum", k.eth_hot, k.signer, "eth-hot"), ("ethereum", k.shield_eth, k.signer, "eth-shield")]
-        cold = {"ethereum": k.cold["eth"]} if self.cold_vault is not None else {"bitcoin": k.cold["btc"], "ethereum": k.cold["eth"]}
-        return seed_wallet_keys(k.seed, self.assets_by_chain(), online, cold,  # the BTC cold vault signs offline only
-                                k.shield)
+        if self.eth_hot_hsm is not None:  # every Ethereum wallet's key is in the HSM process
+            online += [("ethereum", k.eth_hot, self.eth_hot_hsm, "eth-hot"), ("ethereum", k.shield_eth, self.eth_hot_hsm, "eth-shield"),
+                       ("ethereum", k.cold["eth"], self.eth_hot_hsm, "eth-cold")]
+        cold = {} if self.cold_vault is not None else {"bitcoin": k.cold["btc"]}
+        assets = self.assets_by_chain()
+        hsm = self.eth_hot_hsm
+        wallets: list[Any] = seed_wallet_keys(k.seed, assets, online, cold,  # the BTC cold vault signs offline only
+                                              None if hsm is not None else k.shield)
+        if hsm is not None and "bitcoin" in assets:  # the shield vault: two of its three HSM tokens sign
+            from .eth_hsm import BTC_SHIELD_KEY_IDS
+
+            wallets.append(WalletKeys("bitcoin", assets["bitcoin"], hsm.shield_btc_address,
+                                      tuple((hsm, key_id) for key_id in BTC_SHIELD_KEY_IDS),
+                                      script_hex=hsm.shield_btc_script.hex(), threshold=2))
+        return wallets
 
     def reserve_source(self, read: Callable[[Callable[[Any], Any]], Any]) -> "RuntimeReserveSource":
         """The `ReserveSource` `serve` gives its proof-of-solvency publisher."""
@@ -753,7 +816,7 @@ class CustodyRuntime:
                                       self.keys.shield, SHIELD_MIN_SWEEP_MINOR["BTC"]))
         for asset in ("ETH", "USDT"):
             if asset in self.terms and "ETH" in self.terms:
-                routes.append(ShieldRoute(asset, "eth_hot", self.keys.eth_hot, "eth-hot", self.keys.signer, "shield_eth",
+                routes.append(ShieldRoute(asset, "eth_hot", self.keys.eth_hot, "eth-hot", self.eth_hot_hsm, "shield_eth",
                                           self.keys.shield_eth, SHIELD_MIN_SWEEP_MINOR[asset]))
         return routes
 
@@ -767,13 +830,15 @@ class CustodyRuntime:
     def start(self, node: Any) -> None:
         from ..reconcile.reconciler import Reconciler, ReconcileSettings
         from . import workers as W
-        from .kyt import BuiltinScorer, ChainFundingGraph, sample_blacklist
+        from .kyt import BuiltinScorer, ChainFundingGraph
         from .withdrawals import identity_risk_facts
 
         self.node = node
+        if self.eth_hot_hsm is not None:
+            self.eth_hot_hsm.node = node  # the policy side decides from the journaled engine
         chains = {t.chain for t in self.terms.values()}
         adapters = {c: self.chains.adapter(c) for c in chains}
-        scorer = BuiltinScorer(sample_blacklist(), ChainFundingGraph(adapters))
+        scorer = BuiltinScorer(self.blacklist, ChainFundingGraph(adapters))
         lock = self.chains.lock
         every = self.poll_ms
         self.workers = [Supervised("miner", self.chains.mine, self.block_interval_ms, lock)]
@@ -784,14 +849,15 @@ class CustodyRuntime:
         if "bitcoin" in chains:
             hot["btc_hot"] = W.HotWallet("btc_hot", "bitcoin", self.keys.btc_hot, "btc-hot", self.btc_hot_signer)
         if "ethereum" in chains:
-            hot["eth_hot"] = W.HotWallet("eth_hot", "ethereum", self.keys.eth_hot, "eth-hot", self.keys.signer)
+            hot["eth_hot"] = W.HotWallet("eth_hot", "ethereum", self.keys.eth_hot, "eth-hot", self.eth_hot_hsm)
         facts = identity_risk_facts(self.identity_ctx) if self.identity_ctx is not None else W.no_identity_facts
-        self.withdrawal_worker = W.WithdrawalWorker(_as(node, "worker:withdrawals"), adapters, hot, identity_facts=facts)
+        self.withdrawal_worker = W.WithdrawalWorker(_as(node, "worker:withdrawals"), adapters, hot, identity_facts=facts,
+                                                    destination_kyt=scorer.screen_destination)
         if self.crash_at:
             self._arm_crash()
         self.workers.append(Supervised("withdrawals", self.withdrawal_worker.step, every, lock))
         key_of_address: dict[str, str] = {}
-        balancers = {c: W.Balancer(_as(node, "worker:balancer"), a, deposit_signer=self.keys.signer, key_of_address=key_of_address)
+        balancers = {c: W.Balancer(_as(node, "worker:balancer"), a, deposit_signer=self.keys.deposit_signer(c), key_of_address=key_of_address)
                      for c, a in adapters.items()}
         self.token_sweepers = self._token_sweepers(node, balancers, key_of_address)
         self.workers.append(Supervised("balancer", lambda: self._balance(balancers, key_of_address), every * 2, lock))
@@ -802,6 +868,8 @@ class CustodyRuntime:
         self.reconciler = Reconciler(_as(node, "worker:reconciler"), wallets=self._wallet_specs(adapters), custody=_InFlightView(node),
                                      settings=ReconcileSettings(tolerances_minor=tolerances))
         self.workers.append(Supervised("reconcile-chain", self._reconcile, every, lock))
+        if hasattr(self.blacklist, "refresh"):  # RINGFENCE_KYT_BLACKLIST: re-read when the file changes
+            self.workers.append(Supervised("kyt-blacklist", self.blacklist.refresh, 1000, threading.RLock()))
         if self.identity_ctx is not None:
             self.workers.append(Supervised("security-relay", self._relay_security_changes, every, threading.RLock()))
         if self.btc_hot_signer is not None:  # proactive share refresh of the FROST hot wallet (btc_signing.py)
@@ -867,8 +935,8 @@ class CustodyRuntime:
             return None
         k = self.keys
         return Rebalancer(_as(node, "worker:rebalancer"), self.chains.adapter("ethereum"), balancers["ethereum"], assets=assets,
-                          hot=WalletKey("eth_hot", k.eth_hot, "eth-hot", k.signer),
-                          cold=WalletKey("eth_cold", k.cold["eth"], "eth-cold", k.signer))
+                          hot=WalletKey("eth_hot", k.eth_hot, "eth-hot", self.eth_hot_hsm),
+                          cold=WalletKey("eth_cold", k.cold["eth"], "eth-cold", self.eth_hot_hsm))
 
     def _token_sweepers(self, node: Any, balancers: dict[str, Any], key_of_address: dict[str, str]) -> list[Any]:
         """ERC-20 sweeps (custody.token_sweeps): gas top-up from hot, then the tokens into hot."""
@@ -878,7 +946,7 @@ class CustodyRuntime:
             return []
         return [TokenSweeper(_as(node, "worker:balancer"), self.chains.adapter("ethereum"), balancers["ethereum"], token=a,
                              deposit_wallet="eth_deposit", hot_wallet="eth_hot", hot_address=self.keys.eth_hot,
-                             hot_key_id="eth-hot", hot_signer=self.keys.signer, deposit_signer=self.keys.signer,
+                             hot_key_id="eth-hot", hot_signer=self.eth_hot_hsm, deposit_signer=self.keys.deposit_signer("ethereum"),
                              key_of_address=key_of_address, min_minor=t.sweep_min_minor)
                 for a, t in sorted(self.terms.items()) if t.chain == "ethereum" and a != "ETH"]
 
@@ -898,12 +966,14 @@ class CustodyRuntime:
             w.join(10)
         if self.btc_hot_signer is not None:
             self.btc_hot_signer.close()
+        if self.eth_hot_hsm is not None:
+            self.eth_hot_hsm.close()
         if self.btc_signers is not None:
             self.btc_signers.stop()
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"chains": self.chains.heights(), "workers": {w.name: w.status() for w in self.workers}}
-        if self.btc_hot_signer is not None:
+        if self.btc_hot_signer is not None or self.eth_hot_hsm is not None:
             from .btc_signing import wallet_signers
 
             out["wallet_signers"] = wallet_signers(self)
@@ -912,6 +982,9 @@ class CustodyRuntime:
             out["chain_reconciliation"] = {"seq": report.seq, "wallets": len(report.chain_rows),
                                            "mismatches": [m.evidence() for m in report.mismatches[:10]],
                                            "halts_submitted": list(report.halts_submitted)}
+        bl = self.blacklist
+        out["kyt"] = {"blacklist_entries": len(bl), "file": str(getattr(bl, "path", "")), "loads": getattr(bl, "loads", 0),
+                      "error": getattr(bl, "error", "")}
         rb = self.rebalancer
         if rb is not None:
             out["rebalancer"] = {"proposed": rb.proposed, "executed": rb.executed, "last_refusal": rb.last_refusal}

@@ -9,13 +9,12 @@ sweeper worker); an operator sees its effect here and on /por.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from ..cli_paths import tty_console
 from ..money import format_amount
 
 __all__ = ["shield_app"]
@@ -59,7 +58,7 @@ def status(
 
 
 def _print(report: dict) -> None:  # type: ignore[type-arg]
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = tty_console(width=140)
     table = Table(title=f"shield fund at sequence {report['seq']:,}")
     for col in ("asset", "accrued (ledger)", "in the vault", "sweep in flight", "due", "hot wallets"):
         table.add_column(col, justify="right" if col != "asset" else "left")

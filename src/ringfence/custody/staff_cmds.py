@@ -32,7 +32,7 @@ from ..engine.module import Effect
 from ..errors import Conflict, NotFound, ValidationError
 from ..staff.decisions import ANALYST, APPROVER, POLICY_ADMIN, StaffSignature
 from ..staff.state import StaffRefused, check_decision, consume, not_initiator
-from .deposit_cmds import _known_deposit, release_or_freeze
+from .deposit_cmds import _known_deposit, check_reviewable, release_or_freeze
 from .module import MODULE, custody_scopes, deposit_scopes
 from .policy import parse_policy
 from .state import POLICY_DELAY_NS, POLICY_QUORUM, ProposalRec, _check_id, _ev, _move_state, _room, _scoped, _text, _withdrawal, custody_state
@@ -205,7 +205,12 @@ def _manual(engine: Engine, c: ResolveManualReviewSigned) -> list[Event]:
     who = c.decision.staff_id
     w.reviewed_by = who
     if not c.approve:
-        return [_void(engine, w, "rejected", f"rejected by {who}: {c.reason}")]
+        voided = _void(engine, w, "rejected", f"rejected by {who}: {c.reason}")
+        if w.rule == "return-to-sender":
+            from .refund_cmds import undo_return
+
+            undo_return(engine, w)
+        return [voided]
     _move_state(w, "approved")
     w.not_before_ns = max(w.not_before_ns, engine.now_ns)
     return [_ev("withdrawal.review_approved", w.id, w.state, w.amount_minor, [f"{who} (signed): {c.reason}"])]
@@ -231,12 +236,20 @@ def _pre_quarantine(engine: Engine, c: ReviewQuarantineSigned) -> str:
     not_initiator(engine, getattr(c.decision, "staff_id", ""), d.account_id, "deposit")
     check_decision(engine, "deposit.review", quarantine_subject(key, d.amount_minor, c.decision_kind, reason),
                    c.decision, ANALYST)
-    if d.state != "quarantined":
-        raise Conflict(f"deposit is {d.state}, not quarantined", field="txid")
+    check_reviewable(d.state, c.decision_kind, "txid")
     if c.decision_kind == "release" and not d.declaration:
         raise Conflict("the user has not filed a source-of-funds declaration yet", field="decision_kind")
+    if c.decision_kind == "release" and d.state == "frozen" and c.decision.staff_id in d.release_by:
+        raise StaffRefused("distinct-people", f"{c.decision.staff_id!r} already signed this release; a second analyst "
+                           "must decide", field="decision")
     _room(engine, 1)
     return key
+
+
+#: Distinct analysts who must sign before a frozen deposit (a sanctions or exploit hit, or an analyst's
+#: freeze) becomes spendable: the same quorum as its return to the sender (refund_cmds.RETURN_QUORUM).
+#: A quarantined deposit (taint by hops) is released by one analyst.
+RELEASE_FROZEN_QUORUM = 2
 
 
 @MODULE.handles(ReviewQuarantineSigned, precheck=_pre_quarantine, effect=Effect.NEUTRAL, scopes=deposit_scopes)
@@ -244,7 +257,14 @@ def _review_quarantine(engine: Engine, c: ReviewQuarantineSigned) -> list[Event]
     key = _pre_quarantine(engine, c)
     consume(engine, [c.decision])
     d = custody_state(engine).deposits[key]
-    return release_or_freeze(engine, key, d, c.decision_kind, c.decision.staff_id, c.reason)
+    who = c.decision.staff_id
+    if c.decision_kind == "release" and d.state == "frozen":
+        d.release_by = [*d.release_by, who]
+        if len(d.release_by) < RELEASE_FROZEN_QUORUM:
+            return [_ev("deposit.release_signed", key, d.state, d.amount_minor,
+                        [f"{who} (analyst, signed): {c.reason}", f"{len(d.release_by)}/{RELEASE_FROZEN_QUORUM} analysts"])]
+        return release_or_freeze(engine, key, d, "release", ",".join(d.release_by), c.reason)
+    return release_or_freeze(engine, key, d, c.decision_kind, who, c.reason)
 
 
 # ------------------------------------------------------------------------------- policy

@@ -25,7 +25,7 @@ import coincurve
 from ..errors import InsufficientFunds, SigningRefused, ValidationError
 from ..keys.interface import Scheme, Signature, SigningRequest
 
-__all__ = ["LocalKeySigner", "build_btc_payment", "plan_btc_spend", "btc_unsigned_tx", "BtcSpend", "build_eth_payment", "p2wpkh_address", "eth_address",
+__all__ = ["LocalKeySigner", "build_btc_payment", "plan_btc_spend", "plan_spend", "choose_coins", "btc_unsigned_tx", "BtcSpend", "build_eth_payment", "p2wpkh_address", "p2wsh_address", "eth_address",
            "BalancingRule", "Move", "plan_balancing", "DUST_SAT"]
 
 DUST_SAT = 546
@@ -70,6 +70,14 @@ def p2wpkh_address(pubkey33: bytes, network: str = "regtest") -> str:
     return addr
 
 
+def p2wsh_address(witness_script: bytes, network: str = "regtest") -> str:
+    from ..chains.bitcoin.address import script_to_address
+
+    addr = script_to_address(b"\x00\x20" + hashlib.sha256(witness_script).digest(), network)
+    assert addr is not None
+    return addr
+
+
 def eth_address(pubkey33: bytes) -> str:
     from eth_utils import keccak, to_checksum_address
 
@@ -101,10 +109,11 @@ class BtcSpend:
 
 def plan_btc_spend(adapter: Any, *, from_address: str, outputs: list[tuple[str, int]], fee_rate_sat_per_vb: int,
                    input_vb: int, sweep_all: bool = False, exclude: Any = ()) -> BtcSpend:
-    """Choose coins of `from_address` (largest first, confirmed coinbase only when mature, none spent in
-    the mempool or named in `exclude` as (txid, vout)) for `outputs` at `fee_rate_sat_per_vb`; each
-    input weighs `input_vb` (P2WPKH 68, P2TR key path 58, P2WSH 2-of-3 105). One coin selection for
-    every Bitcoin wallet (the P2WPKH and FROST Taproot hot wallets, sweeps, the P2WSH vaults' refills).
+    """Choose coins of `from_address` (`choose_coins`: the smallest single coin that pays everything,
+    else largest first; confirmed coinbase only when mature, none spent in the mempool or named in
+    `exclude` as (txid, vout)) for `outputs` at `fee_rate_sat_per_vb`; each input weighs `input_vb`
+    (P2WPKH 68, P2TR key path 58, P2WSH 2-of-3 105). One coin selection for every Bitcoin wallet (the
+    P2WPKH and FROST Taproot hot wallets, sweeps, the P2WSH vaults' refills).
 
     Conservation: sum(coins) == sum(outputs) + change_sat + fee_sat (asserted)."""
     if not outputs or (any(v <= 0 for _, v in outputs) and not sweep_all):
@@ -113,19 +122,54 @@ def plan_btc_spend(adapter: Any, *, from_address: str, outputs: list[tuple[str, 
     tip = adapter.current_height()
     coins = [u for u in adapter.unspent(from_address)
              if (u.txid, u.vout) not in skip and (not u.coinbase or tip - u.height + 1 >= 100)]
-    coins.sort(key=lambda u: -u.value_sat)
     # an output's size follows its script (P2WPKH 31 vB, P2TR and P2WSH 43 vB)
     outputs_vb = sum(9 + len(adapter.script_of_address(a)) for a, _ in outputs)
     change_vb = 0 if sweep_all else 9 + len(adapter.script_of_address(from_address))
-    want = 0 if sweep_all else sum(v for _, v in outputs)
+    return plan_spend(coins, outputs, from_address=from_address, fee_rate_sat_per_vb=fee_rate_sat_per_vb,
+                      input_vb=input_vb, outputs_vb=outputs_vb, change_vb=change_vb, sweep_all=sweep_all)
+
+
+def _coin_key(u: Any) -> tuple[int, int, str, int]:
+    return (u.value_sat, u.height, u.txid, u.vout)
+
+
+def choose_coins(coins: list[Any], want: int, fee_for: Any) -> list[Any]:
+    """The coins to spend for `want` sat plus `fee_for(number of inputs)`: the smallest single coin
+    that covers it (a small payment does not break a big coin, and the big coins stay for the payments
+    that need them: a hot wallet funded with one coin per payment pays every payment from one coin,
+    whatever their order); else the largest coins first, up to `MAX_INPUTS` (fewest inputs, smallest
+    fee). Deterministic (ties broken by height, txid, vout). May fall short: the caller checks."""
+    fits = [u for u in coins if u.value_sat >= want + fee_for(1)]
+    if fits:
+        return [min(fits, key=_coin_key)]
     picked: list[Any] = []
-    total = fee = 0
-    for u in coins[:MAX_INPUTS]:
+    total = 0
+    for u in sorted(coins, key=_coin_key, reverse=True)[:MAX_INPUTS]:
         picked.append(u)
         total += u.value_sat
-        fee = (TX_OVERHEAD_VB + input_vb * len(picked) + outputs_vb + change_vb) * fee_rate_sat_per_vb
-        if not sweep_all and total >= want + fee:
+        if total >= want + fee_for(len(picked)):
             break
+    return picked
+
+
+def plan_spend(coins: list[Any], outputs: list[tuple[str, int]], *, from_address: str, fee_rate_sat_per_vb: int,
+               input_vb: int, outputs_vb: int, change_vb: int, sweep_all: bool = False) -> BtcSpend:
+    """`plan_btc_spend` without the chain: `coins` are the spendable coins (distinct outpoints),
+    `outputs_vb`/`change_vb` the outputs' and the change output's sizes. Pure."""
+    if len({(u.txid, u.vout) for u in coins}) != len(coins):
+        raise ValidationError("a coin is listed twice", field="coins")
+
+    def fee_for(n_inputs: int) -> int:
+        return (TX_OVERHEAD_VB + input_vb * n_inputs + outputs_vb + change_vb) * fee_rate_sat_per_vb
+
+    if sweep_all:
+        picked = sorted(coins, key=_coin_key, reverse=True)[:MAX_INPUTS]
+        want = 0
+    else:
+        want = sum(v for _, v in outputs)
+        picked = choose_coins(coins, want, fee_for)
+    total = sum(u.value_sat for u in picked)
+    fee = fee_for(len(picked))
     if sweep_all:
         if total - fee < DUST_SAT:
             raise InsufficientFunds(f"{from_address} holds {total} sat, not enough to sweep", field="from_address")
@@ -138,6 +182,23 @@ def plan_btc_spend(adapter: Any, *, from_address: str, outputs: list[tuple[str, 
         fee, change = fee + change, 0
     assert sum(u.value_sat for u in picked) == sum(v for _, v in outputs) + change + fee, "a spend created or lost satoshis"
     return BtcSpend(picked, list(outputs), change, fee)
+
+
+def btc_tx_inputs(raw_tx_hex: str) -> list[tuple[str, int]]:
+    """The coins (txid, vout) a serialised transaction spends."""
+    from ..chains.bitcoin.rawtx import parse
+
+    return parse(bytes.fromhex(raw_tx_hex))[0]
+
+
+def btc_raw_unsigned(adapter: Any, spend: BtcSpend, change_address: str) -> Any:
+    """`btc_unsigned_tx` as a `rawtx.UnsignedTx` (the same transaction, byte for byte)."""
+    from ..chains.bitcoin.rawtx import UnsignedTx
+
+    outs = [(adapter.script_of_address(a), v) for a, v in spend.outputs]
+    if spend.change_sat:
+        outs.append((adapter.script_of_address(change_address), spend.change_sat))
+    return UnsignedTx([(u.txid, u.vout) for u in spend.coins], outs)
 
 
 def btc_unsigned_tx(adapter: Any, spend: BtcSpend, change_address: str) -> Any:
@@ -153,32 +214,34 @@ def btc_unsigned_tx(adapter: Any, spend: BtcSpend, change_address: str) -> Any:
 
 def build_btc_payment(adapter: Any, *, from_address: str, key_id: str, signer: Any, outputs: list[tuple[str, int]],
                       fee_rate_sat_per_vb: int, request_id: str, reason: str, requested_by: str = "custody-signer",
-                      sweep_all: bool = False) -> tuple[bytes, str, int]:
+                      sweep_all: bool = False, exclude: Any = ()) -> tuple[bytes, str, int]:
     """Pay `outputs` from the P2WPKH `from_address` (change back to it). With `sweep_all`, the single
-    output receives everything minus the fee. Returns (raw_tx, txid, fee_sat)."""
-    from bitcointx.core import CTxInWitness, b2lx
-    from bitcointx.core.script import CScript, CScriptWitness, OP_CHECKSIG, OP_DUP, OP_EQUALVERIFY, OP_HASH160, \
-        SIGHASH_ALL, SIGVERSION_WITNESS_V0, SignatureHash
+    output receives everything minus the fee; `exclude` names coins (txid, vout) reserved by
+    transactions signed but not yet in the mempool. Returns (raw_tx, txid, fee_sat)."""
+    from ..chains.bitcoin.rawtx import SIGHASH_ALL
 
     if getattr(signer, "taproot", False):  # a FROST Taproot hot wallet (btc_signing.py)
         from .btc_signing import build_taproot_payment
 
         return build_taproot_payment(adapter, from_address=from_address, key_id=key_id, signer=signer, outputs=outputs,
                                      fee_rate_sat_per_vb=fee_rate_sat_per_vb, request_id=request_id, reason=reason,
-                                     requested_by=requested_by, sweep_all=sweep_all)
+                                     requested_by=requested_by, sweep_all=sweep_all, exclude=exclude)
     spend = plan_btc_spend(adapter, from_address=from_address, outputs=outputs, fee_rate_sat_per_vb=fee_rate_sat_per_vb,
-                           input_vb=P2WPKH_INPUT_VB, sweep_all=sweep_all)
-    tx = btc_unsigned_tx(adapter, spend, from_address)
+                           input_vb=P2WPKH_INPUT_VB, sweep_all=sweep_all, exclude=exclude)
     pub = signer.public_key(key_id, Scheme.ECDSA_SECP256K1)
     h160 = hashlib.new("ripemd160", hashlib.sha256(pub).digest()).digest()
-    script_code = CScript([OP_DUP, OP_HASH160, h160, OP_EQUALVERIFY, OP_CHECKSIG])
+    script_code = b"\x76\xa9\x14" + h160 + b"\x88\xac"  # OP_DUP OP_HASH160 <h160> OP_EQUALVERIFY OP_CHECKSIG
+    raw_tx = btc_raw_unsigned(adapter, spend, from_address)  # each BIP-143 hash once per transaction, not per input
+    attest = getattr(signer, "attest_btc_input", None)  # an HSM key (custody/eth_hsm.py): the policy side's yes first
+    tx = btc_unsigned_tx(adapter, spend, from_address) if attest is not None else None  # what the policy side reads
     wits = []
     for i, u in enumerate(spend.coins):
-        digest = bytes(SignatureHash(script_code, tx, i, SIGHASH_ALL, amount=u.value_sat, sigversion=SIGVERSION_WITNESS_V0))
-        sig = signer.sign(SigningRequest(f"{request_id}:{i}", key_id, digest, Scheme.ECDSA_SECP256K1, requested_by, reason))
-        wits.append(CTxInWitness(CScriptWitness([_der(sig.signature[:64]) + bytes([SIGHASH_ALL]), pub])))
-    tx.wit.vtxinwit = wits
-    return tx.serialize(), b2lx(tx.GetTxid()), spend.fee_sat
+        digest = raw_tx.bip143_digest(i, script_code, u.value_sat)
+        approval = attest(adapter, tx, u.value_sat, i, key_id, digest) if attest is not None else None
+        sig = signer.sign(SigningRequest(f"{request_id}:{i}", key_id, digest, Scheme.ECDSA_SECP256K1, requested_by, reason,
+                                         approval))
+        wits.append([_der(sig.signature[:64]) + bytes([SIGHASH_ALL]), pub])
+    return raw_tx.serialize(wits), raw_tx.txid(), spend.fee_sat
 
 
 def eth_unsigned(adapter: Any, *, to: str, value_wei: int, nonce: int, max_fee_per_gas: int, priority_fee_per_gas: int,
@@ -203,6 +266,10 @@ def build_eth_payment(adapter: Any, *, key_id: str, signer: Any, to: str, value_
     unsigned = eth_unsigned(adapter, to=to, value_wei=value_wei, nonce=nonce, max_fee_per_gas=max_fee_per_gas,
                             priority_fee_per_gas=priority_fee_per_gas, data=data, gas=gas)
     digest = bytes(unsigned.hash())
+    attest = getattr(signer, "attest_payment", None)
+    if approval is None and attest is not None:  # an HSM key (custody/eth_hsm.py): the policy side's yes first
+        approval = attest(adapter, dict(to=to, value_wei=value_wei, nonce=nonce, max_fee_per_gas=max_fee_per_gas,
+                                        priority_fee_per_gas=priority_fee_per_gas, data=data, gas=gas), digest, key_id=key_id)
     sig = signer.sign(SigningRequest(request_id, key_id, digest, Scheme.ECDSA_SECP256K1, requested_by, reason, approval))
     r, s, v = int.from_bytes(sig.signature[:32], "big"), int.from_bytes(sig.signature[32:64], "big"), sig.signature[64]
     raw = encode_transaction(unsigned, (v, r, s))

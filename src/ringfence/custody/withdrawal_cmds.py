@@ -52,7 +52,8 @@ from .state import (
 from .withdrawals import IN_FLIGHT_STATES, OPEN_STATES, ApprovalRec, WithdrawalRec
 
 __all__ = ["AddWithdrawalAddress", "RemoveWithdrawalAddress", "SetWithdrawalRules", "RecordSecurityChange", "withdrawal_blocker",
-           "AddressNotListed", "AddressCooling", "RequestWithdrawal", "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview", "AuthorizeSigning", "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal", "CancelWithdrawal", "policy_facts"]
+           "AddressNotListed", "AddressCooling", "RequestWithdrawal", "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "ApproveWithdrawal", "ResolveManualReview", "AuthorizeSigning", "RecordSignedTx", "RecordSignedBatch", "MAX_BATCH", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal", "CancelWithdrawal", "policy_facts",
+           "same_transaction"]
 
 
 #: Longest cooling period or security lock the rules accept (30 days).
@@ -138,7 +139,8 @@ def withdrawal_blocker(s: "CustodyState", now_ns: int, account_id: str, asset: s
     lock = s.security_locks.get(account_id, 0)
     if now_ns < lock:
         return WithdrawalsLocked(f"withdrawals are locked for {-(-(lock - now_ns) // 10**9)} more s after a recent "
-                                 "security change (password, second factor or e-mail)", field="account_id")
+                                 "security change (password, second factor or e-mail)", field="account_id",
+                                 lock_s=s.rules.security_lock_s if s.rules is not None else DEFAULT_SECURITY_LOCK_S)
     rules = s.rules
     if rules is None or not rules.require_address_book:
         return None
@@ -510,6 +512,55 @@ def _signed(engine: Engine, c: RecordSignedTx) -> list[Event]:
     return [_ev("withdrawal.signed", w.id, w.state, w.amount_minor, [c.txid])]
 
 
+#: Most withdrawals one batched transaction pays (`RecordSignedBatch`).
+MAX_BATCH = 100
+
+
+class RecordSignedBatch(Command, tag="custody.withdrawal.signed_batch/1"):
+    """One transaction paying several withdrawals of one wallet (Bitcoin batching: one output each,
+    change back to the wallet). Journaled BEFORE broadcast, for all of them at once or for none: a
+    crash can never leave part of a batch recorded and the rest free to be signed into a second
+    transaction. `network_fees_minor[i]` is withdrawal i's share of the transaction's fee (the shares
+    add up to the fee, so the wallet's custody account follows the chain when they settle)."""
+
+    asset: str
+    wallet: str
+    txid: str
+    raw_tx: str  # hex
+    withdrawal_ids: list[str]
+    network_fees_minor: list[int]
+
+
+@MODULE.handles(RecordSignedBatch, effect=Effect.MOVES_FUNDS_OUT, scopes=custody_scopes)
+def _signed_batch(engine: Engine, c: RecordSignedBatch) -> list[Event]:
+    s = custody_state(engine)
+    ids = list(c.withdrawal_ids)
+    if not 2 <= len(ids) <= MAX_BATCH or len(set(ids)) != len(ids):
+        raise ValidationError(f"a batch pays 2..{MAX_BATCH} distinct withdrawals", field="withdrawal_ids")
+    if len(c.network_fees_minor) != len(ids):
+        raise ValidationError("one fee share per withdrawal", field="network_fees_minor")
+    if not c.txid or len(c.raw_tx) > MAX_RAW_TX_HEX:
+        raise ValidationError("a txid and at most 100 kB of raw transaction are required", field="raw_tx")
+    for n, fee in enumerate(c.network_fees_minor):
+        _check_amount(fee, f"network_fees_minor[{n}]", allow_zero=True)
+    ws = [_withdrawal(s, wid) for wid in ids]
+    for w in ws:
+        _scoped(w, c.asset, c.wallet)
+    if all(w.txid == c.txid for w in ws):
+        return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor) for w in ws]
+    for w in ws:  # every check before any change: all of the batch or none of it
+        if w.txid:
+            raise Conflict(f"withdrawal {w.id} already has signed transaction {w.txid}", field="withdrawal_ids")
+        if w.state != "signing":
+            raise Conflict(f"withdrawal {w.id} is {w.state}, not signing", field="withdrawal_ids")
+    out: list[Event] = []
+    for w, fee in zip(ws, c.network_fees_minor):
+        _move_state(w, "signed")
+        w.txid, w.raw_tx, w.network_fee_minor = c.txid, c.raw_tx, fee
+        out.append(_ev("withdrawal.signed", w.id, w.state, w.amount_minor, [c.txid, f"batch of {len(ws)}"]))
+    return out
+
+
 class RecordBroadcast(Command, tag="custody.withdrawal.broadcast/1"):
     withdrawal_id: str
     asset: str
@@ -578,7 +629,12 @@ def _settle(engine: Engine, c: SettleWithdrawal) -> list[Event]:
 
 
 class FailWithdrawal(Command, tag="custody.withdrawal.fail/1"):
-    """Void the hold. After signing only when the chain shows the transaction cannot confirm."""
+    """Void the hold. After signing only when the chain shows the transaction cannot confirm.
+
+    A withdrawal paid by a batch (`RecordSignedBatch`) fails with its whole batch: every open
+    withdrawal with the same transaction is voided in this one command. A member left signed or
+    broadcast could re-send the bytes that still pay the refunded ones (paid twice). Refused
+    (Conflict) once a member has settled: the transaction is then known to have confirmed."""
 
     withdrawal_id: str
     asset: str
@@ -593,7 +649,31 @@ def _fail(engine: Engine, c: FailWithdrawal) -> list[Event]:
     _scoped(w, c.asset, c.wallet)
     if w.state not in OPEN_STATES:
         return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
-    return [_void(engine, w, "failed", _text(c.reason, "reason"))]
+    reason = _text(c.reason, "reason")
+    members = same_transaction(s, w)
+    for m in members:  # every check before any change: the batch moves together
+        if m.state == "settled":
+            raise Conflict(f"withdrawal {m.id} of the same transaction {w.txid} settled: it confirmed",
+                           field="withdrawal_id")
+    out: list[Event] = []
+    for m in members:
+        if m.state not in OPEN_STATES:
+            continue
+        out.append(_void(engine, m, "failed", reason if m is w else f"{reason} (batch with {w.id})"))
+        if m.rule == "return-to-sender":  # the deposit goes back to analysts, as after a rejected return
+            from .refund_cmds import undo_return
+
+            undo_return(engine, m)
+    return out
+
+
+def same_transaction(s: CustodyState, w: WithdrawalRec) -> list[WithdrawalRec]:
+    """`w` first, then the other withdrawals its signed transaction pays (a Bitcoin batch), in id order."""
+    if not w.txid:
+        return [w]
+    others = sorted((o for o in s.withdrawals.values() if o.txid == w.txid and o is not w
+                     and o.asset == w.asset and o.wallet == w.wallet), key=lambda o: o.id)
+    return [w, *others]
 
 
 class CancelWithdrawal(Command, tag="custody.withdrawal.cancel/1"):
@@ -610,6 +690,8 @@ def _cancel(engine: Engine, c: CancelWithdrawal) -> list[Event]:
     _scoped(w, c.asset, c.wallet)
     if w.account_id != c.account_id:
         raise Forbidden("only the requester can cancel", field="account_id")
+    if w.rule == "return-to-sender":
+        raise Conflict("a return to sender was decided by analysts; the user cannot cancel it", field="withdrawal_id")
     if w.state not in OPEN_STATES:
         return [_ev("withdrawal.unchanged", w.id, w.state, w.amount_minor)]
     if w.state in ("signing", "signed", "broadcast"):

@@ -7,9 +7,11 @@ States (each transition is one journaled command, see withdrawal_cmds.py):
         ├─ manual_review ─ResolveManualReview─► approved | rejected (voided)
         └─ approved (not_before_ns = now + delay)
     approved ─AuthorizeSigning (delay elapsed, approvals unexpired)─► signing
+    approved (a return to sender) ─ScreenReturn (destination KYT hit)─► manual_review
     signing ─RecordSignedTx─► signed ─RecordBroadcast─► broadcast ─SettleWithdrawal─► settled (posted)
     any state before `signed` ─FailWithdrawal/CancelWithdrawal─► failed (voided)
-    signed/broadcast ─FailWithdrawal (tx rejected/reverted/vanished)─► failed (voided)
+    signed/broadcast ─FailWithdrawal (tx rejected/reverted/vanished)─► failed (voided); every
+        open withdrawal of the same (batch) transaction fails in that command too
 
 Invariants: a withdrawal holds its funds (a two-phase reservation `<user>:available ->
 clearing`) from `requested` until it is settled (posted) or ends (voided) — exactly once. A
@@ -36,7 +38,7 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "reviewed": ("denied", "awaiting_approvals", "manual_review", "approved", "failed"),
     "awaiting_approvals": ("approved", "rejected", "failed"),
     "manual_review": ("approved", "rejected", "failed"),
-    "approved": ("signing", "failed"),
+    "approved": ("signing", "manual_review", "failed"),  # manual_review: a return to a KYT-flagged sender
     "signing": ("signed", "failed"),
     "signed": ("broadcast", "settled", "failed"),
     "broadcast": ("settled", "failed"),
@@ -93,6 +95,7 @@ class WithdrawalRec(msgspec.Struct, array_like=True):
     ended_ns: int = 0
     reviewed_by: str = ""
     facts_json: str = ""  # the policy facts the decision saw (for `ringfence policy test --journal`)
+    screened: bool = False  # a return to sender: destination KYT has looked at it (refund_cmds.ScreenReturn)
 
 
 @dataclass(frozen=True)

@@ -28,21 +28,26 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import Conflict, RingfenceError, TransactionRejected
+from ..errors import Conflict, InsufficientFunds, RingfenceError, SigningRefused, TransactionRejected, ValidationError
 from ..chains.adapter import Direction, TxState
 from .commands import (
     AuthorizeSigning, CreditDeposit, DecideWithdrawal, FailWithdrawal, FinalizeDeposit, ObserveDeposit,
-    RecordBroadcast, RecordInternalTransfer, RecordRiskReview, RecordSignedTx, RelocateDeposit, ReorgDeposits, SettleWithdrawal,
+    RecordBroadcast, RecordInternalTransfer, RecordRiskReview, RecordSignedBatch, RecordSignedTx, RelocateDeposit, ReorgDeposits, SettleWithdrawal,
     custody_state,
 )
 from .deposits import CREDITED_STATES
-from .kyt import KytInput, Scorer
-from .wallets import build_btc_payment, build_eth_payment, eth_signing_digest
-from .withdrawals import RiskFacts, WithdrawalRec, assess_risk
+from .kyt import QUARANTINE_ABOVE, KytInput, Scorer
+from .wallets import btc_tx_inputs, build_btc_payment, build_eth_payment, eth_signing_digest
+from .withdrawal_cmds import MAX_BATCH
+from .withdrawals import IN_FLIGHT_STATES, OPEN_STATES, RiskFacts, WithdrawalRec, assess_risk
 
 __all__ = ["DepositWatcher", "WithdrawalWorker", "HotWallet", "SimulatedCrash", "MAX_STEPS"]
 
 MAX_STEPS = 10_000  # commands one `step()` may submit
+#: Bitcoin withdrawals one transaction pays by default: enough to sign one input per coin instead of
+#: one transaction per withdrawal, few enough that a transaction of one coin per withdrawal stays
+#: small (a node hashes every input's signature over the whole transaction).
+DEFAULT_BATCH = 25
 
 
 class SimulatedCrash(Exception):
@@ -192,6 +197,18 @@ class DepositWatcher:
         return sent
 
 
+def _check_pays(adapter: Any, raw: bytes, outputs: list[tuple[str, int]], own_address: str) -> None:
+    """The signed transaction pays exactly `outputs` (each once, in order) and nothing but change to
+    `own_address` besides: checked from its bytes before it is journaled (a batch pays many users)."""
+    from ..chains.bitcoin.rawtx import parse
+
+    paid = parse(raw)[1]
+    want = [(bytes(adapter.script_of_address(a)), v) for a, v in outputs]
+    own = bytes(adapter.script_of_address(own_address))
+    if paid[:len(want)] != want or any(spk != own for spk, _ in paid[len(want):]) or len(paid) > len(want) + 1:
+        raise SigningRefused("the signed transaction does not pay exactly the withdrawals and change", field="raw_tx")
+
+
 @dataclass
 class HotWallet:
     """How to sign for one hot wallet: its chain address, key id and `Signer`.
@@ -215,17 +232,33 @@ def no_identity_facts(w: WithdrawalRec) -> tuple[int, bool, bool]:
 
 class WithdrawalWorker:
     def __init__(self, node: Any, adapters: dict[str, Any], wallets: dict[str, HotWallet], *,
-                 identity_facts: Callable[[WithdrawalRec], tuple[int, bool, bool]] = no_identity_facts) -> None:
+                 identity_facts: Callable[[WithdrawalRec], tuple[int, bool, bool]] = no_identity_facts,
+                 destination_kyt: Callable[[str, str], Any] | None = None, batch_max: int = DEFAULT_BATCH) -> None:
+        if not 1 <= batch_max <= MAX_BATCH:
+            raise ValidationError(f"must be 1..{MAX_BATCH}", field="batch_max")
         self.node = node
         self.adapters = adapters
         self.wallets = wallets
         self.identity_facts = identity_facts
+        self.destination_kyt = destination_kyt  # (chain, address) -> KytResult: KYT on the destination
         self.crash_at: str | None = None
         self.errors: dict[str, str] = {}  # withdrawal id -> last transient error
         self.broadcasts = 0  # transactions this worker handed to a chain (re-sends included)
+        #: Bitcoin withdrawals one transaction pays at most (1: one transaction per withdrawal).
+        self.batch_max = batch_max
+        self._inputs_of: dict[str, tuple[tuple[str, int], ...]] = {}
+        self._sent_txids: dict[str, Any] = {}
+        self._tips: dict[str, tuple[str, int, str]] = {}
+        #: broadcast withdrawals found unconfirmed (or short of finality) -> the tip they were checked at:
+        #: a pass looks at them again only once their chain moved (thousands may wait for one block)
+        self._waiting: dict[str, tuple[str, int, str]] = {}
+        self._chains: dict[str, str] = {}
 
     def _chain_of(self, asset: str) -> str:
-        return self.node.read(lambda e: custody_state(e).assets[asset].chain)  # type: ignore[no-any-return]
+        chain = self._chains.get(asset)  # read once per pass
+        if chain is None:
+            chain = self._chains[asset] = self.node.read(lambda e: custody_state(e).assets[asset].chain)
+        return chain
 
     def run_until_idle(self, max_rounds: int = 50) -> None:
         for _ in range(max_rounds):
@@ -233,21 +266,91 @@ class WithdrawalWorker:
                 return
 
     def step(self) -> int:
-        """Advance every open withdrawal by one state. Returns how many commands were submitted."""
+        """Advance every open withdrawal by one state. Returns how many commands were submitted.
+
+        Bitcoin withdrawals that are `signing` in the same pass are paid by one transaction per hot
+        wallet (up to `batch_max` outputs, `RecordSignedBatch`): one signature per input instead of one
+        transaction per withdrawal, and the inputs of one transaction can never be chosen twice."""
         sent = 0
-        withdrawals = self.node.read(lambda e: _copies(custody_state(e).withdrawals.values()))
+        self._sent_txids = {}  # this pass's broadcasts: a batch's transaction is sent once
+        self._tips, self._chains = {}, {}  # this pass's chain tips (height, hash) and assets' chains
+        tips = {chain: self._chain_tip(chain) for chain in {t[0] for t in self._waiting.values()}}
+        waiting = self._waiting
+
+        def open_withdrawals(engine: Any) -> list[WithdrawalRec]:
+            state = custody_state(engine)
+            # a broadcast withdrawal whose chain did not move since it was last looked at (no block, no
+            # reorg) is not even copied: thousands may wait for one block
+            return _copies(w for w in state.withdrawals.values() if w.state in OPEN_STATES and not (
+                w.state == "broadcast" and w.id in waiting and waiting[w.id] == tips.get(state.assets[w.asset].chain)))
+
+        withdrawals = self.node.read(open_withdrawals)
+        batches: dict[str, list[WithdrawalRec]] = {}
         for w in sorted(withdrawals, key=lambda x: x.created_ns):
             if sent >= MAX_STEPS:
                 break
-            try:
-                sent += self._advance(w)
-            except Conflict:
-                continue  # e.g. still delayed: try again on a later step
-            except RingfenceError as exc:
-                # e.g. the hot wallet has no confirmed coins yet: leave it for a later step (and a refill)
-                self.errors[w.id] = f"{exc.code}: {exc}"
+            if w.state == "signing" and self.batch_max > 1 and self._batchable(w):
+                batches.setdefault(w.wallet, []).append(w)
                 continue
+            sent += self._attempt(w, self._advance)
+        for group in batches.values():
+            for at in range(0, len(group), self.batch_max):
+                if sent >= MAX_STEPS:
+                    break
+                sent += self._sign_batch(group[at:at + self.batch_max])
         return sent
+
+    def _chain_tip(self, chain: str) -> tuple[str, int, str]:
+        """The chain's tip (chain, height, block hash), read once per pass."""
+        tip = self._tips.get(chain)
+        if tip is None:
+            adapter = self.adapters[chain]
+            height = adapter.current_height()
+            tip = self._tips[chain] = (chain, height, adapter.block_hash(height))
+        return tip
+
+    def _tip(self, asset: str) -> tuple[str, int, str]:
+        return self._chain_tip(self._chain_of(asset))
+
+    def _attempt(self, w: WithdrawalRec, action: Callable[[WithdrawalRec], int]) -> int:
+        try:
+            return action(w)
+        except Conflict:
+            return 0  # e.g. still delayed: try again on a later step
+        except RingfenceError as exc:
+            # e.g. the hot wallet has no confirmed coins yet: leave it for a later step (and a refill)
+            self.errors[w.id] = f"{exc.code}: {exc}"
+            return 0
+
+    def _batchable(self, w: WithdrawalRec) -> bool:
+        hw = self.wallets.get(w.wallet)
+        return hw is not None and hw.chain == "bitcoin" and w.nonce < 0
+
+    def _sign_batch(self, group: list[WithdrawalRec]) -> int:
+        """Sign one transaction for `group` (withdrawals `signing` from one Bitcoin hot wallet) and
+        journal it for all of them at once. A group the wallet cannot pay at once is split in halves
+        (the first half first: the oldest withdrawals are paid first); one alone goes the single way."""
+        if len(group) == 1:
+            return self._attempt(group[0], self._advance)
+        try:
+            raw, txid, fee = self._sign_outputs(group)
+        except InsufficientFunds:
+            half = len(group) // 2
+            return self._sign_batch(group[:half]) + self._sign_batch(group[half:])
+        except RingfenceError as exc:
+            for w in group:
+                self.errors[w.id] = f"{exc.code}: {exc}"
+            return 0
+        _crash(self, "after_sign")
+        n = len(group)
+        shares = [fee // n + (1 if i < fee % n else 0) for i in range(n)]  # add up to the fee
+        w0 = group[0]
+        try:
+            self.node.execute(RecordSignedBatch(w0.asset, w0.wallet, txid, raw.hex(), [w.id for w in group], shares))
+        except Conflict:
+            return 0  # one of them changed meanwhile (cancelled, frozen...): the next pass sees it
+        _crash(self, "after_record_signed")
+        return 1
 
     def _scope(self, w: WithdrawalRec) -> tuple[str, str, str]:
         return (w.id, w.asset, w.wallet)
@@ -261,6 +364,15 @@ class WithdrawalWorker:
             ex(DecideWithdrawal(*self._scope(w)))
             return 1
         if w.state == "approved":
+            if w.rule == "return-to-sender" and not w.screened and self.destination_kyt is not None:
+                # a return to sender is screened like any withdrawal: a blacklisted sender waits for a human
+                from .refund_cmds import ScreenReturn
+
+                kyt = self.destination_kyt(self._chain_of(w.asset), w.address)
+                hit = getattr(kyt, "category", "") != "" or kyt.score > QUARANTINE_ABOVE  # the deposits' quarantine line
+                ex(ScreenReturn(*self._scope(w), min(max(int(kyt.score), 0), 100) if hit else 0,
+                                list(kyt.reasons)[:20] if hit else []))
+                return 1
             if self.node.read(lambda e: e.now_ns) < w.not_before_ns and self._clock_ns() < w.not_before_ns:
                 return 0
             ex(AuthorizeSigning(*self._scope(w)))
@@ -299,17 +411,56 @@ class WithdrawalWorker:
         since, new_device, new_ip = self.identity_facts(w)
         review = assess_risk(RiskFacts(w.amount_minor, balance, tuple(x.amount_minor for x in history), known, since,
                                        new_device, new_ip))
-        return review.score, review.manual_review, list(review.reasons)
+        score, manual, reasons = review.score, review.manual_review, list(review.reasons)
+        if self.destination_kyt is not None:
+            # a blacklisted destination always goes to a human, whatever the user's history says
+            # (hop taint above the deposits' quarantine line, too; below it the reason and score count)
+            kyt = self.destination_kyt(self._chain_of(w.asset), w.address)
+            if kyt.score > 0:
+                score, reasons = max(score, kyt.score), [*kyt.reasons, *reasons]
+                manual = manual or getattr(kyt, "category", "") != "" or kyt.score > QUARANTINE_ABOVE
+        return score, manual, reasons
+
+    def _reserved_coins(self, wallet: str) -> set[tuple[str, int]]:
+        """Coins of `wallet` spent by withdrawal transactions signed but not yet broadcast: they are not
+        in the mempool's spends yet, and choosing one again would sign a double spend the chain refuses
+        (and fail the withdrawal). Each transaction is parsed once (`_inputs_of`, by txid)."""
+        signed = self.node.read(lambda e: {x.txid: x.raw_tx for x in custody_state(e).withdrawals.values()
+                                           if x.state == "signed" and x.wallet == wallet and x.raw_tx})
+        cache = self._inputs_of
+        for txid, raw in signed.items():
+            if txid not in cache:
+                cache[txid] = tuple(btc_tx_inputs(raw))
+        if len(cache) > 4 * len(signed) + 1024:  # forget transactions long broadcast
+            self._inputs_of = cache = {t: cache[t] for t in signed}
+        return {op for txid in signed for op in cache[txid]}
+
+    def _sign_outputs(self, group: list[WithdrawalRec]) -> tuple[bytes, str, int]:
+        """One Bitcoin transaction paying every withdrawal of `group` (same wallet) its amount at its
+        address, change back to the wallet; checked against the group before it is journaled."""
+        w0 = group[0]
+        hw = self.wallets[w0.wallet]
+        adapter = self.adapters[hw.chain]
+        rate = adapter.estimate_fee().fee_rate_minor
+        outputs = [(w.address, w.amount_minor) for w in group]
+        if len(group) == 1:
+            rid, reason = f"wd-{w0.id}", f"withdrawal {w0.id} of {w0.amount_minor} {w0.asset} to {w0.address}"
+        else:
+            rid = f"wd-batch-{w0.id}-{len(group)}"
+            reason = (f"{len(group)} withdrawals ({', '.join(w.id for w in group[:5])}{', ...' if len(group) > 5 else ''}) "
+                      f"of {sum(w.amount_minor for w in group)} {w0.asset} in one transaction")
+        raw, txid, fee = build_btc_payment(adapter, from_address=hw.address, key_id=hw.key_id, signer=hw.signer,
+                                           outputs=outputs, fee_rate_sat_per_vb=rate, request_id=rid, reason=reason,
+                                           exclude=self._reserved_coins(w0.wallet))
+        _check_pays(adapter, raw, outputs, hw.address)
+        return raw, txid, fee
 
     def _sign(self, w: WithdrawalRec) -> tuple[bytes, str, int]:
         hw = self.wallets[w.wallet]
         adapter = self.adapters[hw.chain]
         reason = f"withdrawal {w.id} of {w.amount_minor} {w.asset} to {w.address}"
         if hw.chain == "bitcoin":
-            rate = adapter.estimate_fee().fee_rate_minor
-            return build_btc_payment(adapter, from_address=hw.address, key_id=hw.key_id, signer=hw.signer,
-                                     outputs=[(w.address, w.amount_minor)], fee_rate_sat_per_vb=rate,
-                                     request_id=f"wd-{w.id}", reason=reason)
+            return self._sign_outputs([w])
         fee = adapter.estimate_fee()
         if w.asset != adapter.native_asset:  # an ERC-20 token: a call of the contract's transfer()
             from .wallets import ERC20_TRANSFER_GAS, erc20_transfer_data
@@ -327,8 +478,14 @@ class WithdrawalWorker:
 
     def _broadcast(self, w: WithdrawalRec) -> int:
         adapter = self.adapters[self._chain_of(w.asset)]
+        sent = self._sent_txids
         try:
-            res = adapter.broadcast(bytes.fromhex(w.raw_tx))
+            if w.txid in sent:  # a batch's transaction, sent for another withdrawal of this pass
+                res = sent[w.txid]
+            elif not self._still_in_flight(w):
+                return 0  # failed with its batch earlier in this pass: its bytes are never sent again
+            else:
+                res = sent[w.txid] = adapter.broadcast(bytes.fromhex(w.raw_tx))
         except TransactionRejected as exc:
             if adapter.tx_status(w.txid).state is TxState.UNKNOWN:
                 self.node.execute(FailWithdrawal(*self._scope(w), f"chain refused the transaction: {exc.details.get('reason', exc.code)}"))
@@ -339,12 +496,31 @@ class WithdrawalWorker:
         self.node.execute(RecordBroadcast(*self._scope(w), res.txid if res else w.txid))
         return 1
 
+    def _still_in_flight(self, w: WithdrawalRec) -> bool:
+        """Read again just before journaled bytes are sent: `w` is this pass's copy, and a batch's
+        withdrawals fail together (`FailWithdrawal`), so a sibling failed earlier in the pass must
+        not send the transaction that still pays the refunded withdrawals."""
+        def now(e: Any) -> bool:
+            cur = custody_state(e).withdrawals.get(w.id)
+            return cur is not None and cur.state in IN_FLIGHT_STATES and cur.txid == w.txid
+        return bool(self.node.read(now))
+
     def _confirm(self, w: WithdrawalRec) -> int:
+        done = self._confirm_once(w)
+        if done:
+            self._waiting.pop(w.id, None)
+        else:
+            self._waiting[w.id] = self._tip(w.asset)
+        return done
+
+    def _confirm_once(self, w: WithdrawalRec) -> int:
         chain = self._chain_of(w.asset)
         adapter = self.adapters[chain]
         status = adapter.tx_status(w.txid)
         if status.state is TxState.UNKNOWN:
             # Dropped (e.g. by a reorg) — re-send the same journaled bytes; never a new transaction.
+            if not self._still_in_flight(w):
+                return 1  # failed with its batch earlier in this pass: its bytes are never sent again
             try:
                 adapter.broadcast(bytes.fromhex(w.raw_tx))
                 self.broadcasts += 1

@@ -22,7 +22,18 @@ from ..api.binance import EndpointParams, _doc, add_binance_route
 from ..api.binance_errors import BinanceError, from_order_rejection, from_ringfence
 from ..api.gateway import Params
 from ..index.view import rate_text
-from .commands import AdjustIsolatedMargin, FuturesTransfer, PlacePerpOrder, SetLeverage, SetMarginType
+from .commands import (
+    AdjustIsolatedMargin,
+    CancelConditionalOrder,
+    ConditionalOrderAccepted,
+    ConditionalOrderTriggered,
+    FuturesTransfer,
+    PlaceConditionalOrder,
+    PlacePerpOrder,
+    SetLeverage,
+    SetMarginType,
+)
+from .conditional import CONDITIONAL_TYPES, MAX_CALLBACK_BP, MIN_CALLBACK_BP, WORKING_TYPES
 from .adl import adl_quantiles
 from .state import (
     PPM,
@@ -42,6 +53,10 @@ SUFFIX = "PERP"
 ADL_REFRESH_S = 1.0  # float-ok: a cache age in seconds, not money
 _ORDER = ("symbol", "side", "type", "quantity", "price", "timeInForce", "reduceOnly", "newClientOrderId", "positionSide",
           "newOrderRespType", "stopPrice", "workingType", "priceProtect", "selfTradePreventionMode", "priceMatch", "goodTillDate")
+#: What the algo-order API (`POST /fapi/v1/algoOrder`, ccxt 4.5's conditional orders) may send.
+_ALGO = ("algoType", "symbol", "side", "positionSide", "type", "timeInForce", "quantity", "price", "triggerPrice",
+         "workingType", "priceMatch", "closePosition", "priceProtect", "reduceOnly", "activatePrice", "callbackRate",
+         "clientAlgoId", "selfTradePreventionMode", "goodTillDate", "newOrderRespType")
 FAPI_PARAMS: dict[tuple[str, str], EndpointParams] = {
     ("POST", "/sapi/v1/asset/transfer"): EndpointParams(("type", "asset", "amount", "fromSymbol", "toSymbol"), ("type", "asset", "amount"), signed=True),
     ("GET", "/fapi/v1/exchangeInfo"): EndpointParams(),
@@ -54,6 +69,11 @@ FAPI_PARAMS: dict[tuple[str, str], EndpointParams] = {
     ("POST", "/fapi/v1/leverage"): EndpointParams(("symbol", "leverage"), ("symbol", "leverage"), signed=True),
     ("POST", "/fapi/v1/marginType"): EndpointParams(("symbol", "marginType"), ("symbol", "marginType"), signed=True),
     ("POST", "/fapi/v1/positionMargin"): EndpointParams(("symbol", "amount", "type", "positionSide"), ("symbol", "amount", "type"), signed=True),
+    ("POST", "/fapi/v1/algoOrder"): EndpointParams(_ALGO, ("algoType", "symbol", "side", "type"), signed=True),
+    ("DELETE", "/fapi/v1/algoOrder"): EndpointParams(("symbol", "algoId", "clientAlgoId"), signed=True),
+    ("GET", "/fapi/v1/algoOrder"): EndpointParams(("symbol", "algoId", "clientAlgoId"), signed=True),
+    ("GET", "/fapi/v1/openAlgoOrders"): EndpointParams(("algoType", "symbol", "algoId"), signed=True),
+    ("DELETE", "/fapi/v1/algoOpenOrders"): EndpointParams(("symbol",), ("symbol",), signed=True),
     ("GET", "/fapi/v1/leverageBracket"): EndpointParams(("symbol",), signed=True),
     ("GET", "/fapi/v2/positionRisk"): EndpointParams(("symbol",), signed=True),
     ("GET", "/fapi/v3/positionRisk"): EndpointParams(("symbol",), signed=True),
@@ -65,6 +85,8 @@ FAPI_PARAMS: dict[tuple[str, str], EndpointParams] = {
     ("GET", "/fapi/v1/trades"): EndpointParams(("symbol", "limit"), ("symbol",)),
     ("GET", "/fapi/v1/aggTrades"): EndpointParams(("symbol", "fromId", "startTime", "endTime", "limit"), ("symbol",)),
     ("GET", "/fapi/v1/klines"): EndpointParams(("symbol", "interval", "startTime", "endTime", "limit"), ("symbol", "interval")),
+    ("GET", "/fapi/v1/markPriceKlines"): EndpointParams(("symbol", "interval", "startTime", "endTime", "limit"), ("symbol", "interval")),
+    ("GET", "/fapi/v1/indexPriceKlines"): EndpointParams(("pair", "interval", "startTime", "endTime", "limit"), ("pair", "interval")),
     ("GET", "/fapi/v1/ticker/24hr"): EndpointParams(("symbol",)),
     ("GET", "/fapi/v1/ticker/price"): EndpointParams(("symbol",)),
     ("GET", "/fapi/v2/ticker/price"): EndpointParams(("symbol",)),
@@ -93,6 +115,7 @@ _REJECTIONS = {
     "REDUCE_ONLY_REJECTED": (-2022, "ReduceOnly Order is rejected."),
     "CONCENTRATION_LIMIT": (-2027, "Exceeded the maximum allowable position at current leverage."),
     "OPEN_INTEREST_CAP": (-2027, "Exceeded the maximum allowable position at current leverage."),
+    "STOP_WOULD_TRIGGER_IMMEDIATELY": (-2021, "Order would immediately trigger."),
 }
 
 
@@ -104,6 +127,17 @@ def _ms(ns: int) -> int:
     return ns // 1_000_000
 
 
+def _price_and_tif(params: Params, qd: int, priced: bool, market_tif: str) -> tuple[int, str]:
+    """A priced order's limit price and time in force; a market-priced one sends no price and gets
+    `market_tif` (plain orders and conditional ones alike)."""
+    if priced:
+        return (parse_amount(params.require("price"), qd, field="price"),
+                params.choice("timeInForce", ("GTC", "IOC", "FOK"), default="GTC"))
+    if params.get("price") is not None:
+        raise BinanceError(-1106, "Parameter 'price' sent when not required.")
+    return 0, market_tif
+
+
 def _order_error(e: OrderRejected) -> BinanceError:
     if e.reason in _REJECTIONS:
         code, text = _REJECTIONS[e.reason]
@@ -111,7 +145,28 @@ def _order_error(e: OrderRejected) -> BinanceError:
     return from_order_rejection(e.reason, e.message, e.field)
 
 
+#: The engine's names of conditional-order fields -> the algo-order API's (errors name what was sent).
+_ALGO_FIELDS = {"trigger_price": "triggerPrice", "activation_price": "activatePrice", "callback_bp": "callbackRate",
+                "close_position": "closePosition", "reduce_only": "reduceOnly", "client_algo_id": "clientAlgoId",
+                "working_type": "workingType", "order_type": "type"}
+
+
+def _binance_names(message: str) -> str:
+    for inner, outer in _ALGO_FIELDS.items():
+        message = message.replace(inner, outer)
+    return message
+
+
 def _refusal(err: RingfenceError) -> BinanceError:
+    if err.code == "RF_WOULD_TRIGGER":
+        return BinanceError(-2021, f"Order would immediately trigger. ({err.message})")
+    if err.code == "RF_LOT_SIZE":  # a plain order's LOT_SIZE answer (-1013), with what is wrong
+        base = from_order_rejection("QTY_ABOVE_MAX", err.message, err.field or "quantity")
+        return BinanceError(base.code, f"{base.msg} ({err.message})")
+    if err.code == "RF_VALIDATION" and "tick size" in err.message:
+        return BinanceError(-4014, f"Price not increased by tick size. ({err.message})")
+    if err.code == "RF_VALIDATION" and "lot size" in err.message:
+        return BinanceError(-4023, f"Quantity not increased by step size. ({err.message})")
     if isinstance(err, InsufficientFunds) or err.code == "RF_INSUFFICIENT_FUNDS":
         return BinanceError(-2019 if err.field != "leverage" else -4028, f"Margin is insufficient. ({err.message})")
     if err.field == "symbol" and err.code == "RF_NOT_FOUND":
@@ -208,14 +263,14 @@ class FuturesApi:
                     "filters": [
                         {"filterType": "PRICE_FILTER", "minPrice": format_amount(m.tick, qd), "maxPrice": format_amount(10**30 // 10**qd * 10**qd, qd),
                          "tickSize": format_amount(m.tick, qd)},
-                        {"filterType": "LOT_SIZE", "minQty": format_amount(m.min_qty, bd), "maxQty": format_amount(min(m.max_qty, 10**24), bd),
+                        {"filterType": "LOT_SIZE", "minQty": format_amount(m.min_qty, bd), "maxQty": format_amount(m.max_qty, bd),
                          "stepSize": format_amount(m.lot, bd)},
-                        {"filterType": "MARKET_LOT_SIZE", "minQty": format_amount(m.min_qty, bd), "maxQty": format_amount(min(m.max_qty, 10**24), bd),
+                        {"filterType": "MARKET_LOT_SIZE", "minQty": format_amount(m.min_qty, bd), "maxQty": format_amount(m.max_qty, bd),
                          "stepSize": format_amount(m.lot, bd)},
                         {"filterType": "MAX_NUM_ORDERS", "limit": m.max_open_per_account},
                         {"filterType": "MIN_NOTIONAL", "notional": format_amount(m.min_notional, qd)},
                     ],
-                    "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK"],
+                    "orderTypes": ["LIMIT", "MARKET", *CONDITIONAL_TYPES], "timeInForce": ["GTC", "IOC", "FOK"],
                     "internalSymbol": sym,
                 })
             return out
@@ -289,31 +344,183 @@ class FuturesApi:
                 raise BinanceError(-1106, f"Parameter '{unsupported}' sent when not required: {typ} orders only here.")
         qty = parse_amount(params.require("quantity"), bd, field="quantity")
         reduce_only = params.boolean("reduceOnly", default=False)
-        if typ == "LIMIT":
-            price = parse_amount(params.require("price"), qd, field="price")
-            tif = params.choice("timeInForce", ("GTC", "IOC", "FOK"), default="GTC")
-        else:
-            if params.get("price") is not None:
-                raise BinanceError(-1106, "Parameter 'price' sent when not required.")
-            price, tif = 0, "IOC"
+        price, tif = _price_and_tif(params, qd, typ == "LIMIT", "IOC")
         coid = params.get("newClientOrderId") or ""
         stp = params.get("selfTradePreventionMode")
         if stp not in (None, "NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"):
             raise BinanceError(-1100, "Illegal characters found in parameter 'selfTradePreventionMode'.")
-        command = PlacePerpOrder(owner, sym, side, typ, tif, price, qty, 0, coid, int(reduce_only))
+        record = await self._place(PlacePerpOrder(owner, sym, side, typ, tif, price, qty, 0, coid, int(reduce_only)))
+        return self._order_view(record, qd, bd, reduce_only)
+
+    async def _place(self, command: PlacePerpOrder) -> Any:
+        """Submit a perpetual order; its order record, or the Binance error of its rejection."""
         events = await self._submit(command)
+        # the orders conditional orders became in the same command (before it, or fired by its
+        # trades) are not this one
+        fired = {e.order_id for e in events if isinstance(e, ConditionalOrderTriggered)}
         accepted = None
         for e in events:
             if isinstance(e, OrderRejected):
                 raise _order_error(e)
-            if isinstance(e, OrderAccepted):
+            if isinstance(e, OrderAccepted) and e.order_id not in fired and accepted is None:
                 accepted = e
         if accepted is None:
             raise BinanceError(-1000, "The order was not accepted; try again.", 500)
         record = self.ex.history.orders.get(accepted.order_id)
         if record is None:
             raise BinanceError(-1000, "The order was accepted but its record is not available yet.", 500)
-        return self._order_view(record, qd, bd, reduce_only)
+        return record
+
+    # ------------------------------------------------------------------ algo (conditional) orders
+
+    async def new_algo_order(self, request: Request) -> dict[str, Any]:
+        """A conditional order (ccxt 4.5 sends every stop, take-profit and trailing stop here):
+        `PlaceConditionalOrder` (derivatives/conditional.py); `algoId` is its id, and the order it
+        becomes when it fires is `actualOrderId`."""
+        params, owner = await self.gate.signed(request, "trade", weight=1)
+        if params.require("algoType") != "CONDITIONAL":
+            raise BinanceError(-1100, "Illegal characters found in parameter 'algoType'; legal value: CONDITIONAL.")
+        sym, quote, qd, bd = self._perp(params)
+        side = params.choice("side", ("BUY", "SELL"))
+        typ = params.require("type")
+        if typ not in CONDITIONAL_TYPES:
+            raise BinanceError(-1116, f"Invalid orderType: {typ[:40]}; the algo-order API takes {', '.join(CONDITIONAL_TYPES)}.")
+        take_profit, trailing, places = CONDITIONAL_TYPES[typ]
+        if (params.get("positionSide") or "BOTH") != "BOTH":
+            raise BinanceError(-4061, "Order's position side does not match user's setting: one-way mode only (positionSide BOTH).")
+        working = params.choice("workingType", WORKING_TYPES, default="CONTRACT_PRICE")
+        if params.boolean("priceProtect", default=False):
+            raise BinanceError(-1106, "Parameter 'priceProtect' is not supported: the market's price band protects every triggered order.")
+        for unsupported in ("priceMatch", "goodTillDate"):
+            if params.get(unsupported) not in (None, "NONE", "0"):
+                raise BinanceError(-1106, f"Parameter '{unsupported}' sent when not required.")
+        close = params.boolean("closePosition", default=False)
+        reduce_only = params.boolean("reduceOnly", default=False)
+        if close:
+            if places != "MARKET" or trailing:
+                raise BinanceError(-4136, f"Target strategy invalid for orderType {typ},closePosition true")
+            if params.get("quantity") is not None:
+                raise BinanceError(-4137, "Quantity must be zero with closePosition equals true (parameter 'quantity').")
+            if params.get("reduceOnly") is not None:
+                raise BinanceError(-1106, "Parameter 'reduceOnly' sent when not required (closePosition closes the whole position).")
+        qty = 0 if close else params.amount("quantity", bd)
+        trigger = callback_bp = activation = 0
+        if trailing:
+            if params.get("triggerPrice") is not None:
+                raise BinanceError(-1106, "Parameter 'triggerPrice' sent when not required (TRAILING_STOP_MARKET: callbackRate, activatePrice).")
+            callback_bp = params.amount("callbackRate", 2)  # percent with 2 decimals = basis points
+            if not MIN_CALLBACK_BP <= callback_bp <= MAX_CALLBACK_BP:
+                raise BinanceError(-1100, f"Illegal characters found in parameter 'callbackRate'; legal range is '0.1' to '10' (percent), "
+                                          f"got '{params.get('callbackRate')}'.")
+            activation = params.amount("activatePrice", qd, required=False)
+        else:
+            for trailing_only in ("callbackRate", "activatePrice"):
+                if params.get(trailing_only) is not None:
+                    raise BinanceError(-1106, f"Parameter '{trailing_only}' sent when not required (TRAILING_STOP_MARKET only).")
+            trigger = params.amount("triggerPrice", qd)
+        price, tif = _price_and_tif(params, qd, places == "LIMIT", "GTC")
+        coid = params.get("clientAlgoId") or ""
+        try:
+            events = await self._submit(PlaceConditionalOrder(owner, sym, side, typ, qty, trigger, price, tif, working, int(reduce_only),
+                                                              int(close), callback_bp, activation, coid))
+        except BinanceError as err:
+            raise BinanceError(err.code, _binance_names(err.msg), err.status) from err
+        accepted = next(e for e in events if isinstance(e, ConditionalOrderAccepted))
+        record = self.ex.futures.algos.get(accepted.algo_id)
+        if record is None:
+            raise BinanceError(-1000, "The order was accepted but its record is not available yet.", 500)
+        return self._algo_view(record, qd, bd)
+
+    def _find_algo(self, params: Params, owner: str) -> tuple[Any, int, int]:
+        algo_id = params.integer("algoId", default=0)
+        caid = params.get("clientAlgoId") or ""
+        if not algo_id and not caid:
+            raise BinanceError(-1102, "Param 'algoId' or 'clientAlgoId' must be sent, but both were empty/null!")
+        algos = self.ex.futures.algos
+        record = algos.get(algo_id) if algo_id else next(
+            (algos[i] for i in reversed(self.ex.futures.algos_of.get(owner, ())) if algos[i].accepted.client_algo_id == caid), None)
+        a = record.accepted if record is not None else None
+        if a is None or a.owner != owner or (params.get("symbol") and external_symbol(a.symbol) != params.get("symbol")):
+            raise BinanceError(-2013, "Order does not exist.")
+        qd, bd = self.ex.read(lambda e: _decimals(e, a.symbol))
+        return record, qd, bd
+
+    async def cancel_algo_order(self, request: Request) -> dict[str, Any]:
+        params, owner = await self.gate.signed(request, "trade", weight=1)
+        record, qd, bd = self._find_algo(params, owner)
+        if record.status != "NEW":
+            raise BinanceError(-2011, f"Unknown order sent: the conditional order is {record.status} "
+                                      "(a triggered one is cancelled as the order it became, with DELETE /fapi/v1/order).")
+        a = record.accepted
+        try:
+            await self._submit(CancelConditionalOrder(owner, a.symbol, a.algo_id))
+        except BinanceError as err:
+            raise BinanceError(-2011, f"Unknown order sent. ({err.msg})") from err
+        # Binance answers with the ids only; the algo order's own fields as well here, so a client
+        # (ccxt's cancelOrder) reads its status from the answer
+        return self._algo_view(record, qd, bd) | {"code": "200", "msg": "success"}
+
+    async def get_algo_order(self, request: Request) -> dict[str, Any]:
+        params, owner = await self.gate.signed(request, "read", weight=1)
+        record, qd, bd = self._find_algo(params, owner)
+        return self._algo_view(record, qd, bd)
+
+    def _open_algos(self, owner: str, symbol: str | None) -> list[tuple[Any, int, int]]:
+        """The owner's untriggered conditional orders (of the futures `symbol`, or all), oldest first."""
+        algos = self.ex.futures.algos
+        rows = [algos[i] for i in self.ex.futures.algos_of.get(owner, ()) if algos[i].status == "NEW"
+                and (not symbol or external_symbol(algos[i].accepted.symbol) == symbol)]
+        decimals: dict[str, tuple[int, int]] = {}
+        out = []
+        for r in rows:
+            sym = r.accepted.symbol
+            if sym not in decimals:
+                decimals[sym] = self.ex.read(lambda e, s=sym: _decimals(e, s))
+            out.append((r, *decimals[sym]))
+        return out
+
+    async def open_algo_orders(self, request: Request) -> list[dict[str, Any]]:
+        params, owner = await self.gate.signed(request, "read", weight=1)
+        symbol = params.get("symbol")
+        if symbol:
+            self._perp(params)
+        return [self._algo_view(r, qd, bd) for r, qd, bd in self._open_algos(owner, symbol)]
+
+    async def cancel_open_algo_orders(self, request: Request) -> dict[str, Any]:
+        params, owner = await self.gate.signed(request, "trade", weight=1)
+        self._perp(params)
+        for r, _, _ in self._open_algos(owner, params.require("symbol")):
+            try:
+                await self._submit(CancelConditionalOrder(owner, r.accepted.symbol, r.accepted.algo_id))
+            except BinanceError:
+                pass  # it fired or was cancelled meanwhile
+        return {"code": 200, "msg": "The operation of cancel all open order is done."}
+
+    def _algo_view(self, r: Any, qd: int, bd: int) -> dict[str, Any]:
+        """Binance's algo-order shape. Untriggered: NEW; cancelled or expired untriggered: CANCELED /
+        EXPIRED; fired: TRIGGERED while the order it became works, FINISHED once that order is done
+        (or was refused: `actualOrderId` empty)."""
+        a = r.accepted
+        status = r.status
+        actual = self.ex.history.orders.get(r.order_id) if r.order_id else None
+        executed, cum_quote = (actual.executed, actual.cum_quote) if actual is not None else (0, 0)
+        if status == "TRIGGERED" and (actual is None or str(actual.status) in ("FILLED", "CANCELED", "EXPIRED", "REJECTED")):
+            status = "FINISHED"
+        avg = cum_quote * 10**bd // executed if executed else 0
+        fmt = format_amount
+        return {
+            "algoId": a.algo_id, "clientAlgoId": a.client_algo_id or f"rf-{a.algo_id}", "algoType": "CONDITIONAL",
+            "orderType": a.order_type, "symbol": external_symbol(a.symbol), "side": a.side, "positionSide": "BOTH",
+            "timeInForce": a.tif, "quantity": fmt(a.quantity, bd), "algoStatus": status,
+            "triggerPrice": fmt(a.trigger_price, qd), "price": fmt(a.price, qd),
+            "icebergQuantity": None, "selfTradePreventionMode": "NONE", "workingType": a.working_type,
+            "priceMatch": "NONE", "closePosition": bool(a.close_position), "priceProtect": False, "reduceOnly": bool(a.reduce_only),
+            "activatePrice": fmt(a.activation_price, qd) if a.activation_price else None,
+            "callbackRate": fmt(a.callback_bp, 2, trim=True) if a.callback_bp else None,
+            "createTime": r.time_ms, "updateTime": r.update_ms, "triggerTime": r.trigger_ms, "goodTillDate": 0,
+            "actualOrderId": str(r.order_id) if r.order_id else "", "actualPrice": fmt(avg, qd) if executed else "",
+            "actualQty": fmt(executed, bd) if executed else "", "rejectReason": r.reason or None,
+        }
 
     def _order_view(self, r: Any, qd: int, bd: int, reduce_only: bool = False) -> dict[str, Any]:
         executed = r.executed
@@ -377,7 +584,7 @@ class FuturesApi:
         out = []
         for oid, _, qd, bd, reduce_only in self.ex.read(read):
             record = self.ex.history.orders.get(oid)
-            if record is not None:
+            if record is not None and record.working:  # untriggered stops: /fapi/v1/openAlgoOrders
                 out.append(self._order_view(record, qd, bd, reduce_only))
         return out
 
@@ -414,6 +621,44 @@ class FuturesApi:
     async def klines(self, request: Request) -> list[list[Any]]:
         params = await self.gate.params(request)
         return self.spot.klines_view(self._market(params), params)  # type: ignore[no-any-return]
+
+    async def mark_price_klines(self, request: Request) -> list[list[Any]]:
+        """Candles of the perpetual's mark price, sampled once a second (derivatives/price_history.py)."""
+        params = await self.gate.params(request)
+        sym, _, qd, _ = self._perp(params)
+        return self._price_klines(params, "mark", sym, qd)
+
+    async def index_price_klines(self, request: Request) -> list[list[Any]]:
+        """Candles of the index a perpetual is marked against; `pair` names it (`BTCUSDT`), as on Binance."""
+        params = await self.gate.params(request)
+        pair = params.require("pair")
+
+        def find(engine: Any) -> int | None:
+            for p in derivatives_state(engine).perps.values():
+                if p.index_symbol == pair:
+                    return int(engine.ledger.assets.get(p.quote).decimals)
+            return None
+
+        qd = self.ex.read(find)
+        if qd is None:
+            raise BinanceError(-1121, "Invalid symbol.")
+        return self._price_klines(params, "index", pair, qd)
+
+    def _price_klines(self, params: Params, kind: str, series: str, qd: int) -> list[list[Any]]:
+        """Binance's price-kline rows: open time, OHLC, "0" volume, close time, "0", the number of
+        samples, then three "0" fields."""
+        from ..api.binance import KLINE_INTERVALS
+        from ..trading.marketdata import KLINE_INTERVALS_NS
+
+        interval = params.choice("interval", KLINE_INTERVALS)
+        limit = params.integer("limit", default=500, low=1, high=1500)
+        start = params.integer("startTime", default=0)
+        end = params.integer("endTime", default=2**62)
+        width_ms = KLINE_INTERVALS_NS[interval] // 1_000_000
+        rows = [r for r in self.ex.futures.prices.rows(kind, series, interval) if start <= r[0] // 1_000_000 <= end]
+        rows = rows[:limit] if start else rows[-limit:]
+        return [[r[0] // 1_000_000, format_amount(r[1], qd), format_amount(r[2], qd), format_amount(r[3], qd),
+                 format_amount(r[4], qd), "0", r[0] // 1_000_000 + width_ms - 1, "0", r[5], "0", "0", "0"] for r in rows]
 
     def _ticker(self, sym: str) -> dict[str, Any]:
         t = self.spot.ticker_view(self.ex.market(sym))
@@ -746,6 +991,12 @@ def build_futures_router(api: FuturesApi) -> APIRouter:
     add("/fapi/v1/order", "DELETE", api.cancel_order, 1, "Cancel a perpetual order (signed)")
     add("/fapi/v1/order", "GET", api.get_order, 1, "Query a perpetual order (signed)")
     add("/fapi/v1/openOrders", "GET", api.open_orders, 1, "Open perpetual orders (signed)")
+    add("/fapi/v1/algoOrder", "POST", api.new_algo_order, 1, "New conditional order: STOP, STOP_MARKET, TAKE_PROFIT, TAKE_PROFIT_MARKET, "
+        "TRAILING_STOP_MARKET; on the last trade or the mark price (workingType; signed)")
+    add("/fapi/v1/algoOrder", "DELETE", api.cancel_algo_order, 1, "Cancel an untriggered conditional order (signed)")
+    add("/fapi/v1/algoOrder", "GET", api.get_algo_order, 1, "Query a conditional order (signed)")
+    add("/fapi/v1/openAlgoOrders", "GET", api.open_algo_orders, 1, "Untriggered conditional orders (signed)")
+    add("/fapi/v1/algoOpenOrders", "DELETE", api.cancel_open_algo_orders, 1, "Cancel every untriggered conditional order of a symbol (signed)")
     add("/fapi/v1/leverage", "POST", api.leverage, 1, "Set a symbol's leverage, within its brackets (signed)")
     add("/fapi/v1/marginType", "POST", api.margin_type, 1, "ISOLATED or CROSSED, with no position or open order (signed)")
     add("/fapi/v1/positionMargin", "POST", api.position_margin, 1, "Add (type 1) or remove (type 2) isolated margin (signed)")
@@ -759,6 +1010,8 @@ def build_futures_router(api: FuturesApi) -> APIRouter:
     add("/fapi/v1/trades", "GET", api.trades, 5, "Recent trades of a perpetual")
     add("/fapi/v1/aggTrades", "GET", api.agg_trades, 20, "Aggregate trades of a perpetual (one per fill)")
     add("/fapi/v1/klines", "GET", api.klines, 5, "Candlesticks of a perpetual's trades")
+    add("/fapi/v1/markPriceKlines", "GET", api.mark_price_klines, 1, "Candlesticks of a perpetual's mark price (sampled each second)")
+    add("/fapi/v1/indexPriceKlines", "GET", api.index_price_klines, 1, "Candlesticks of the index price of a pair (sampled each second)")
     add("/fapi/v1/ticker/24hr", "GET", api.ticker_24hr, 1, "24 h statistics of a perpetual (all without symbol)")
     add("/fapi/v1/ticker/price", "GET", api.ticker_price, 1, "Last price of a perpetual (all without symbol)")
     add("/fapi/v2/ticker/price", "GET", api.ticker_price, 1, "Last price of a perpetual (all without symbol)")
@@ -771,3 +1024,8 @@ def build_futures_router(api: FuturesApi) -> APIRouter:
     add("/fapi/v1/listenKey", "PUT", api.listen_key_keepalive, 1, "Keep the futures user data stream alive; API key only")
     add("/fapi/v1/listenKey", "DELETE", api.listen_key_close, 1, "Close the futures user data stream; API key only")
     return router
+
+
+def _decimals(engine: Any, sym: str) -> tuple[int, int]:
+    p = derivatives_state(engine).perps[sym]
+    return int(engine.ledger.assets.get(p.quote).decimals), int(engine.ledger.assets.get(p.base).decimals)

@@ -7,12 +7,16 @@ in quote minor units per whole base unit, money in quote minor units. Rates are 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from ..engine.commands import Command, Event
 
 __all__ = [
     "ListPerpetual", "FuturesTransfer", "SetLeverage", "SetMarginType", "AdjustIsolatedMargin", "PlacePerpOrder",
     "PerpetualListed", "FuturesTransferred", "LeverageSet", "MarginTypeSet", "IsolatedMarginAdjusted",
     "PositionChanged", "FundingSettled", "LiquidateAccount", "LiquidationStep", "LiquidatePosition", "AutoDeleveraged",
+    "PlaceConditionalOrder", "CancelConditionalOrder", "ConditionalOrderAccepted", "ConditionalOrderTriggered",
+    "ConditionalOrderEnded",
 ]
 
 
@@ -84,7 +88,12 @@ class AdjustIsolatedMargin(Command, tag="perp.isolated_margin/1", gc=False, froz
 
 
 class PlacePerpOrder(Command, tag="perp.order/1", gc=False, frozen=True):
-    """A perpetual order: trading's `PlaceOrder` plus `reduce_only` (0 or 1)."""
+    """A perpetual order: trading's `PlaceOrder` plus `reduce_only` (0 or 1). Trading places it
+    as it is (`trading.orders.NewOrder`): it has no quote amount and no self-trade prevention mode,
+    which it answers as class attributes (not fields: the encoding is unchanged)."""
+
+    quote_amount: ClassVar[int] = 0
+    stp: ClassVar[str] = "NONE"
 
     owner: str
     symbol: str
@@ -152,7 +161,8 @@ class PositionChanged(Event, tag="perp.position/1", gc=False, frozen=True):
 
 
 class FundingSettled(Event, tag="perp.funding/1", gc=False, frozen=True):
-    """A funding round of one market: `owners[i]` received `amounts[i]` (negative: paid)."""
+    """A funding round of one market: `owners[i]` received `amounts[i]` (negative: paid);
+    `covered[i]` of a payment the owner could not make the insurance fund paid (empty: none did)."""
 
     symbol: str
     funding_time_ns: int
@@ -166,6 +176,7 @@ class FundingSettled(Event, tag="perp.funding/1", gc=False, frozen=True):
     insurance_covered: int
     owners: list[str]
     amounts: list[int]
+    covered: list[int] = []
 
 
 class LiquidateAccount(Command, tag="perp.liquidate/1", gc=False, frozen=True):
@@ -178,7 +189,9 @@ class LiquidateAccount(Command, tag="perp.liquidate/1", gc=False, frozen=True):
 
 class LiquidationStep(Event, tag="perp.liquidation/1", gc=False, frozen=True):
     """A step: the account's orders cancelled, then an IOC of `ordered` at `limit_price` (the band
-    edge) against `depth_in_band`; `filled` of it traded; the next step not before `next_ns`."""
+    edge) against `depth_in_band`; `filled` of it traded; the next step not before `next_ns`.
+    `advance_kept`: of the one minor unit the insurance fund advanced a bankrupt account to hold
+    the step's order with, what the account kept (0 or 1; the rest went back to the fund)."""
 
     owner: str
     symbol: str
@@ -190,6 +203,7 @@ class LiquidationStep(Event, tag="perp.liquidation/1", gc=False, frozen=True):
     limit_price: int
     depth_in_band: int
     next_ns: int
+    advance_kept: int = 0
 
 
 class LiquidatePosition(Command, tag="perp.liquidate_isolated/1", gc=False, frozen=True):
@@ -217,3 +231,78 @@ class AutoDeleveraged(Event, tag="perp.adl/1", gc=False, frozen=True):
     owner_realized_pnl: int
     counterparty_realized_pnl: int
     counterparty_size: int
+
+
+class PlaceConditionalOrder(Command, tag="perp.algo/1", gc=False, frozen=True):
+    """A conditional (algo) order on a perpetual, Binance's `POST /fapi/v1/algoOrder`: it holds
+    nothing and is not in the book until its trigger fires; then it places a MARKET order
+    (STOP_MARKET, TAKE_PROFIT_MARKET, TRAILING_STOP_MARKET) or a LIMIT one at `price` (STOP,
+    TAKE_PROFIT). See derivatives/conditional.py for the trigger rules.
+
+    `working_type`: CONTRACT_PRICE (the last trade) or MARK_PRICE. `callback_bp`: a trailing stop's
+    callback rate in basis points (10..1000, Binance's 0.1 %..10 %); `activation_price` optional
+    (0: active at once). `close_position` 1: no quantity; at the trigger it closes the whole position.
+    """
+
+    owner: str
+    symbol: str
+    side: str
+    order_type: str
+    quantity: int = 0
+    trigger_price: int = 0
+    price: int = 0
+    tif: str = "GTC"
+    working_type: str = "CONTRACT_PRICE"
+    reduce_only: int = 0
+    close_position: int = 0
+    callback_bp: int = 0
+    activation_price: int = 0
+    client_algo_id: str = ""
+
+
+class CancelConditionalOrder(Command, tag="perp.algo_cancel/1", gc=False, frozen=True):
+    """Cancel `owner`'s untriggered conditional order `algo_id` on `symbol`."""
+
+    owner: str
+    symbol: str
+    algo_id: int
+
+
+class ConditionalOrderAccepted(Event, tag="perp.algo_accepted/1", gc=False, frozen=True):
+    symbol: str
+    algo_id: int
+    owner: str
+    client_algo_id: str
+    side: str
+    order_type: str
+    quantity: int
+    trigger_price: int
+    price: int
+    tif: str
+    working_type: str
+    reduce_only: int
+    close_position: int
+    callback_bp: int
+    activation_price: int
+
+
+class ConditionalOrderTriggered(Event, tag="perp.algo_triggered/1", gc=False, frozen=True):
+    """`algo_id` fired at `price` (its working price); it became order `order_id` (0: that order
+    was refused, `reason` says why)."""
+
+    symbol: str
+    algo_id: int
+    owner: str
+    price: int
+    order_id: int
+    reason: str = ""
+
+
+class ConditionalOrderEnded(Event, tag="perp.algo_ended/1", gc=False, frozen=True):
+    """`algo_id` ended untriggered: `status` CANCELED (by its owner) or EXPIRED (`reason`)."""
+
+    symbol: str
+    algo_id: int
+    owner: str
+    status: str
+    reason: str = ""

@@ -18,6 +18,9 @@ BTC_BRACKETS = [[50_000 * _U, 125, 4_000, 0], [600_000 * _U, 100, 5_000, 50 * _U
                 [3_000_000 * _U, 75, 6_500, 950 * _U], [12_000_000 * _U, 50, 10_000, 11_450 * _U]]
 ETH_BRACKETS = [[50_000 * _U, 100, 5_000, 0], [600_000 * _U, 75, 6_500, 75 * _U],
                 [3_000_000 * _U, 50, 10_000, 2_175 * _U], [12_000_000 * _U, 25, 20_000, 32_175 * _U]]
+#: Binance's LIMIT LOT_SIZE maxQty of each base (exchangeInfo advertises it; orders, conditional
+#: ones too, are refused above it when placed).
+DEMO_MAX_QTY = {"BTC": "1000", "ETH": "10000"}
 # (symbol, base, index, brackets, tick, lot, reference, ladder quantity)
 DEMO_PERPS = (
     ("BTCUSDTPERP", "BTC", "BTCUSDT", BTC_BRACKETS, "0.10", "0.001", "61000.00", "0.05"),
@@ -39,6 +42,7 @@ def seed_perpetuals(node: Node) -> dict[str, Any]:
             continue
         node.execute(ListPerpetual(sym, base, "USDT", index, brackets, tick_size=parse_amount(tick, 6),
                                    lot_size=parse_amount(lot, decimals[base]), min_qty=parse_amount(lot, decimals[base]),
+                                   max_qty=parse_amount(DEMO_MAX_QTY[base], decimals[base]),
                                    min_notional=5 * _U, default_leverage=20, impact_notional=5_000 * _U,
                                    max_account_share_ppm=0, concentration_imr_ppm=0))
         listed.append(sym)

@@ -17,12 +17,39 @@ from collections import deque
 from typing import Any, Iterable
 
 from ..trading.commands import Trade
-from .commands import FundingSettled, FuturesTransferred, IsolatedMarginAdjusted, MarginTypeSet, PerpetualListed, PositionChanged
+from .price_history import PriceCandles
+from .commands import (
+    ConditionalOrderAccepted,
+    ConditionalOrderEnded,
+    ConditionalOrderTriggered,
+    FundingSettled,
+    FuturesTransferred,
+    IsolatedMarginAdjusted,
+    MarginTypeSet,
+    PerpetualListed,
+    PositionChanged,
+)
 
-__all__ = ["FuturesHistory", "MAX_ROWS_PER_ACCOUNT", "MAX_FUNDING_ROUNDS"]
+__all__ = ["FuturesHistory", "AlgoRecord", "MAX_ROWS_PER_ACCOUNT", "MAX_FUNDING_ROUNDS"]
 
 MAX_ROWS_PER_ACCOUNT = 10_000
 MAX_FUNDING_ROUNDS = 1_000
+
+
+class AlgoRecord:
+    """A conditional order as `/fapi/v1/algoOrder` reports it: what was asked, then NEW, TRIGGERED
+    (`order_id` the order it became; 0: refused, `reason`), CANCELED or EXPIRED."""
+
+    __slots__ = ("accepted", "status", "order_id", "reason", "trigger_price", "time_ms", "update_ms", "trigger_ms")
+
+    def __init__(self, accepted: ConditionalOrderAccepted, ts_ms: int) -> None:
+        self.accepted = accepted
+        self.status = "NEW"
+        self.order_id = 0
+        self.reason = ""
+        self.trigger_price = 0
+        self.time_ms = self.update_ms = ts_ms
+        self.trigger_ms = 0
 
 
 class FuturesHistory:
@@ -38,6 +65,11 @@ class FuturesHistory:
         self.touched: dict[str, str] = {}
         #: (owner, trade id) -> realised PnL of that side of the fill (for ORDER_TRADE_UPDATE's `rp`).
         self.fill_pnl: dict[tuple[str, int], int] = {}
+        #: mark and index price candles, sampled once a second (price_history.py)
+        self.prices = PriceCandles()
+        #: algo id -> conditional order; per owner the ids, oldest first (bounded)
+        self.algos: dict[int, AlgoRecord] = {}
+        self.algos_of: dict[str, deque[int]] = {}
 
     # ------------------------------------------------------------------ feeding
 
@@ -49,6 +81,9 @@ class FuturesHistory:
     def on_replay(self, engine: Any, batch: Any, outputs: list[list[Any]]) -> None:
         for events in outputs:
             self.feed(batch.ts_ns, events)
+        samples = self.prices.sample(engine, batch.ts_ns)  # the engine as of this batch's end
+        if samples:
+            self.prices.fold(batch.ts_ns, samples)
         self.touched.clear()  # nobody listens during a replay
         self.fill_pnl.clear()
 
@@ -70,10 +105,31 @@ class FuturesHistory:
                 self.touched[e.owner] = "DEPOSIT" if into else "WITHDRAW"
             elif t is PerpetualListed:
                 self.perps[e.symbol] = (e.base, e.quote)
+            elif t is ConditionalOrderAccepted:
+                self._algo(e, ts_ms)
+            elif t is ConditionalOrderTriggered or t is ConditionalOrderEnded:
+                r = self.algos.get(e.algo_id)
+                if r is not None:
+                    r.update_ms = ts_ms
+                    if t is ConditionalOrderTriggered:
+                        r.status, r.order_id, r.reason, r.trigger_price, r.trigger_ms = "TRIGGERED", e.order_id, e.reason, e.price, ts_ms
+                    else:
+                        r.status, r.reason = e.status, e.reason
             elif t is MarginTypeSet or t is IsolatedMarginAdjusted:
                 # Binance pushes no ACCOUNT_UPDATE for orders that rest or are cancelled: only fills,
                 # funding, transfers and these
                 self.touched.setdefault(e.owner, "MARGIN_TYPE_CHANGE" if t is MarginTypeSet else "MARGIN_TRANSFER")
+
+    def _algo(self, e: ConditionalOrderAccepted, ts_ms: int) -> None:
+        ids = self.algos_of.setdefault(e.owner, deque())
+        if len(ids) >= MAX_ROWS_PER_ACCOUNT:  # the oldest finished one goes (an open one is kept)
+            for old in ids:
+                if self.algos[old].status != "NEW":
+                    ids.remove(old)
+                    del self.algos[old]
+                    break
+        ids.append(e.algo_id)
+        self.algos[e.algo_id] = AlgoRecord(e, ts_ms)
 
     def _fill(self, e: Trade, pending: list[PositionChanged], ts_ms: int) -> None:
         quote = self.perps[e.symbol][1]

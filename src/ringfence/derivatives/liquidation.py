@@ -130,18 +130,38 @@ def _step(engine: Engine, owner: str, sym: str, cool_key: tuple[str, str], equit
     st.liq_next_ns[cool_key] = nxt
     filled = 0
     isolated = (owner, sym) in st.isolated
+    w = wallet(engine.ledger, owner, p.quote)
+    advance = 0
+    if step and limit > 0 and w is not None and w.available + pos.margin < 1:
+        # Nothing left to hold the step's order with (a bankrupt cross account: its wallet and
+        # margin went to its losses): the insurance fund advances one minor unit, and takes back
+        # what the order leaves of it. Without it the position could never be closed in the book.
+        fund = engine.ledger.insurance(p.quote, SEGMENT)
+        if fund.balance >= 1:
+            engine.ledger.move(fund, w, 1)
+            advance = 1
+        else:
+            step = 0
     if step and limit > 0:
         st.reduce_only = True
         st.liquidating_isolated = (owner, sym) if isolated else None
+        st.liquidating = (owner, sym)
         try:
             order: list[Event] = []
             _place(engine, ts, PlaceOrder(owner, sym, "SELL" if selling else "BUY", "LIMIT", "IOC", limit, step), order)
         finally:
             st.reduce_only = False
             st.liquidating_isolated = None
+            st.liquidating = None
         filled = sum(e.quantity for e in order if isinstance(e, Trade))
         ev.extend(order)
-    ev.append(LiquidationStep(owner, sym, equity, maintenance, "SELL" if selling else "BUY", step, filled, limit, depth, nxt))
+    kept = 0
+    if advance and w is not None:
+        back = min(advance, w.available)
+        engine.ledger.move(w, engine.ledger.insurance(p.quote, SEGMENT), back)
+        kept = advance - back
+    ev.append(LiquidationStep(owner, sym, equity, maintenance, "SELL" if selling else "BUY", step, filled, limit, depth, nxt,
+                              kept))
     _auto_deleverage_if_needed(engine, owner, sym, ev)
 
 

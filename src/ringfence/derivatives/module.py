@@ -15,9 +15,10 @@ from ..engine.core import Engine
 from ..engine.module import Effect, Module, Scope
 from ..errors import InsufficientFunds, NotFound, ValidationError
 from ..trading.admin import MARGIN_SEGMENTS, _list_market
-from ..trading.commands import ListMarket, PlaceOrder
+from ..trading.commands import ListMarket
 from ..trading.module import market_scopes
 from ..trading.state import MARKET_BINDERS, MAX_PRICE, MAX_QTY, trading_state
+from .contract import Contract, handle_place_perp_order, order_precheck, trim_reduce_only
 from .commands import (
     AdjustIsolatedMargin,
     FundingSettled,
@@ -33,6 +34,7 @@ from .commands import (
     SetLeverage,
     SetMarginType,
 )
+from .conditional import register as register_conditional
 from .state import (
     PPM,
     SEGMENT,
@@ -56,7 +58,7 @@ from .state import (
     wallet,
 )
 
-__all__ = ["MODULE", "Contract", "CONTRACT_REASONS"]
+__all__ = ["MODULE", "Contract", "CONTRACT_REASONS", "trim_reduce_only"]
 
 #: The order rejections a perpetual adds to trading's `REASONS` (each covered in tests/derivatives).
 CONTRACT_REASONS = ("MARGIN_INSUFFICIENT", "REDUCE_ONLY_REJECTED", "CONCENTRATION_LIMIT", "OPEN_INTEREST_CAP")
@@ -84,296 +86,6 @@ def _perp(engine: Engine, symbol: object) -> Perp:
     if p is None:
         raise NotFound(f"unknown perpetual {symbol!r}", field="symbol")
     return p
-
-
-# ------------------------------------------------------------------------------ the contract hook
-
-
-class Contract:
-    """What trading asks a perpetual market (see `Market.contract`)."""
-
-    def __init__(self, engine: Engine, symbol: str) -> None:
-        self.engine = engine
-        self.symbol = symbol
-        self._ledger: Any = None
-        self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
-        self._accounts: tuple[Any, Any, Any] = (None, None, None)
-        self._touched: set[str] = set()  # owners whose position a fill changed in the current match
-
-    @property
-    def has_reduce_only(self) -> bool:
-        """Does this market have an open reduce-only order (trading's matching loop asks first)?"""
-        return bool(derivatives_state(self.engine).reduce_only_orders.get(self.symbol))
-
-    def _system(self, p: Perp) -> tuple[Any, Any, Any]:
-        """(PnL pool, fees, insurance) of this market, looked up once per ledger object."""
-        ledger = self.engine.ledger
-        if self._ledger is not ledger:
-            self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
-            self._ledger = ledger
-        return self._accounts
-
-    # -- placing: how much margin an order holds, or why it is refused
-
-    def order_hold(self, engine: Engine, m: Any, c: PlaceOrder, words: Any) -> tuple[tuple[str, str, str] | None, int, int]:
-        from ..trading.orders import _protection_and_hold
-
-        st = derivatives_state(engine)
-        p = st.perps[self.symbol]
-        is_buy, limitish = words[0], words[4]
-        if c.quote_amount:
-            return ("INVALID_PARAMETER", "quote_amount", "perpetual orders are sized by quantity, not quote amount"), 0, 0
-        protect = 0
-        if limitish:
-            price = c.price
-        else:
-            protect, _ = _protection_and_hold(m, c, words)
-            price = protect
-            if not price:  # an empty book: trading accepts and expires it at once, nothing held
-                return (None, 0, 0) if not st.reduce_only or self._reducible(st, m, c.owner, is_buy) else (
-                    ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0)
-        qty = c.quantity
-        pos = st.positions.get((c.owner, self.symbol))
-        reducible = self._reducible(st, m, c.owner, is_buy)
-        close_q = min(qty, reducible)
-        open_q = qty - close_q
-        if st.reduce_only and open_q:
-            return ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0
-        size_now = abs(pos.size) if pos is not None else 0
-        if open_q:
-            index = engine.components.get("index")
-            s = index.symbols.get(p.index_symbol) if index is not None else None
-            if s is not None and s.short:  # the index lost its sources: the perpetual only reduces
-                return ("MARKET_NOT_ACTIVE", "symbol",
-                        f"the {p.index_symbol} index has fewer than {s.min_sources} live sources: only reducing orders are accepted"), 0, 0
-            oi_after = p.open_interest + open_q
-            if p.max_oi and oi_after > p.max_oi:
-                return ("OPEN_INTEREST_CAP", "quantity",
-                        f"the order would take {self.symbol}'s open interest to {oi_after}, above its cap {p.max_oi}"), 0, 0
-            mine = size_now + open_q if not close_q else open_q
-            if p.max_share_ppm and oi_after > p.share_floor and mine * PPM > p.max_share_ppm * oi_after:
-                return ("CONCENTRATION_LIMIT", "quantity",
-                        f"the position would hold {mine * PPM // oi_after} ppm of {self.symbol}'s open interest, "
-                        f"above the per-account limit {p.max_share_ppm} ppm"), 0, 0
-            notional_after = ceil_div(price * mine, p.scale)
-            if bracket_for(p, notional_after) is None:
-                return ("CONCENTRATION_LIMIT", "quantity",
-                        f"the position's notional {notional_after} would exceed the largest bracket {p.brackets[-1].cap}"), 0, 0
-        open_notional = ceil_div(price * open_q, p.scale)
-        im = initial_margin(st, p, c.owner, size_now + open_q, open_notional, p.open_interest + open_q)
-        taker_ppm = trading_state(engine).rates(c.owner)[1]
-        fee_reserve = ceil_div(ceil_div(price * qty, p.scale) * taker_ppm, PPM)
-        hold = max(1, im + fee_reserve)
-        w = wallet(engine.ledger, c.owner, p.quote)
-        wallet_free = w.available if w is not None else 0
-        self._borrow = 0
-        if not open_q and pos is not None and hold <= wallet_free + pos.margin:
-            # A purely reducing order never adds risk: an unrealised loss does not stop it, and it
-            # may take its hold (the fee reserve) out of the position's own margin when the wallet
-            # has too little free — closing never needs fresh collateral (`before_hold`).
-            self._borrow = max(0, hold - wallet_free)
-            if st.liquidating_isolated == (c.owner, self.symbol):  # its own margin pays its liquidation
-                self._borrow = min(hold, pos.margin)
-            return None, protect, hold
-        free = wallet_free + min(0, cross_upnl(engine, st, c.owner, p.quote))
-        if hold > free:
-            return ("MARGIN_INSUFFICIENT", "quantity",
-                    f"Margin is insufficient: the order needs {hold} {p.quote} minor units, {max(free, 0)} are free"), 0, 0
-        return None, protect, hold
-
-    def before_hold(self, engine: Engine, m: Any, c: PlaceOrder) -> None:
-        """Every check passed and trading is about to hold the order's margin: remember a
-        reduce-only order's id (the next one trading gives), and move what a purely reducing order
-        borrows from its position's margin back to the wallet first."""
-        st = derivatives_state(engine)
-        if st.reduce_only:
-            st.reduce_only_orders.setdefault(self.symbol, set()).add(trading_state(engine).next_order_id)
-        if not self._borrow:
-            return
-        p = st.perps[self.symbol]
-        key = (c.owner, self.symbol)
-        pos = st.positions[key]
-        ledger = engine.ledger
-        acct = ledger.get(c.owner, p.quote, "isolated" if key in st.isolated else "margin", SEGMENT)
-        ledger.move(acct, ledger.get(c.owner, p.quote, "available", SEGMENT), self._borrow)
-        pos.margin -= self._borrow
-        pos.extra = min(pos.extra, pos.margin)
-        self._borrow = 0
-
-    def _reducible(self, st: DerivativesState, m: Any, owner: str, is_buy: bool) -> int:
-        """How much of an order on side `is_buy` would reduce the owner's position: the position's
-        size on the other side less what the owner's open orders on this side already cover."""
-        pos = st.positions.get((owner, self.symbol))
-        if pos is None or (pos.size > 0) == is_buy:
-            return 0
-        covered = sum(o.leaves for o in m.by_owner.get(owner, {}).values() if o.is_buy == is_buy)
-        return max(0, abs(pos.size) - covered)
-
-    def fill_cap(self, o: Any) -> int:
-        """How much order `o` may fill now: a reduce-only order at most the position it reduces (0
-        when the position is gone or on its own side), any other order without limit."""
-        st = derivatives_state(self.engine)
-        if o.id not in st.reduce_only_orders.get(self.symbol, ()):
-            return MAX_QTY
-        pos = st.positions.get((o.owner, self.symbol))
-        if pos is None or (pos.size > 0) == o.is_buy:
-            return 0
-        return abs(pos.size)
-
-    def after_match(self, m: Any, ev: list[Event]) -> None:
-        """After an order has matched (its fills and the stops they fired): the reduce-only orders
-        of every owner whose position changed are cut down to it (Binance expires them)."""
-        touched, self._touched = self._touched, set()
-        st = derivatives_state(self.engine)
-        ids = st.reduce_only_orders.get(self.symbol)
-        if not ids:
-            return
-        for owner in sorted(touched):
-            trim_reduce_only(self.engine, st, m, owner, ev)
-        ids.intersection_update(m.orders)
-        if not ids:
-            del st.reduce_only_orders[self.symbol]
-
-    def rest_need(self, m: Any, o: Any) -> int:
-        """What a resting order's hold reserves: its first hold pro rata of what is left, rounded up."""
-        h = self.engine.ledger.pending_hold(o.hold_id)
-        return ceil_div(h.amount * o.leaves, o.qty)
-
-    # -- a fill
-
-    def fill(self, m: Any, buyer: Any, seller: Any, price: int, qty: int, notional: int,
-             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Event]) -> tuple[int, int]:
-        engine = self.engine
-        st = derivatives_state(engine)
-        p = st.perps[self.symbol]
-        buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev)
-        seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev)
-        return buyer_fee, seller_fee
-
-    def _side(self, st: DerivativesState, p: Perp, m: Any, o: Any, is_buy: bool, price: int, qty: int,
-              notional: int, rate_ppm: int, ev: list[Event]) -> int:
-        ledger = self.engine.ledger
-        owner = o.owner
-        w = o.pay
-        # 1. What the fill frees of the order's hold goes back to the wallet (capture, pay back).
-        h = ledger.pending_hold(o.hold_id)
-        leaves_after = o.leaves - qty
-        take = h.remaining - ceil_div(h.amount * leaves_after, o.qty)
-        if take > 0:
-            ledger.capture(o.hold_id, take)
-            ledger.move(m.clearing.quote, w, take)
-        key = (owner, p.symbol)
-        iso = key in st.isolated
-        own_margin_only = st.liquidating_isolated == key  # a LiquidatePosition step: the wallet never pays
-        pos = st.positions.get(key) or Position()
-        kind = "isolated" if iso else "margin"
-        acct = ledger.find(owner, p.quote, kind, SEGMENT) or ledger.open_account(owner, p.quote, kind, SEGMENT)[0]
-        # 2. The position's margin comes back to the wallet; it is posted again for what remains.
-        released = pos.margin
-        ledger.move(acct, w, released)
-        pos.margin = 0
-        # 3. The position: open, increase, reduce or flip (docs/derivatives.md, "Positions").
-        longs_before = pos.size if pos.size > 0 else 0
-        signed = qty if is_buy else -qty
-        realized = 0
-        if pos.size == 0 or (pos.size > 0) == is_buy:
-            pos.size += signed
-            pos.cost += notional
-        else:
-            size_abs = abs(pos.size)
-            close_q = min(qty, size_abs)
-            close_notional = price * close_q // p.scale
-            if pos.size > 0:  # closing a long: its cost share rounds up (less profit)
-                closed_cost = ceil_div(pos.cost * close_q, size_abs)
-                realized = close_notional - closed_cost
-            else:  # closing a short: its cost share rounds down (less profit)
-                closed_cost = pos.cost * close_q // size_abs
-                realized = closed_cost - close_notional
-            pos.cost -= closed_cost
-            pos.size += close_q if is_buy else -close_q
-            open_q = qty - close_q
-            if open_q:  # a flip: the position was closed whole (cost 0), the rest opens
-                pos.size += open_q if is_buy else -open_q
-                pos.cost = price * open_q // p.scale
-        p.open_interest += (pos.size if pos.size > 0 else 0) - longs_before
-        pos.realized += realized
-        # 4. Realised PnL through the market's pool; a loss the owner cannot pay is the insurance
-        #    fund's (an isolated position pays only from its own margin).
-        covered = 0
-        pool, fees, insurance = self._system(p)
-        if realized > 0:
-            ledger.move(pool, w, realized)
-        elif realized < 0:
-            loss = -realized
-            budget = min(w.available, released + max(take, 0) if own_margin_only else released) if iso else w.available
-            paid = min(loss, budget)
-            ledger.move(w, pool, paid)
-            covered = loss - paid
-            if covered:
-                ledger.move(insurance, pool, covered)
-        # 5. The fee, in the quote asset: ceil(notional × rate); the shield fund's tenth rounds down.
-        fee = min(ceil_div(notional * rate_ppm, PPM), w.available)
-        # What the position's margin (and its order's hold, borrowed from it) brought and the loss left.
-        own_left = released + max(take, 0) - (-realized - covered if realized < 0 else 0)
-        if own_margin_only:
-            fee = max(0, min(fee, own_left))
-        shield = fee // 10
-        ledger.move(w, fees, fee - shield)
-        ledger.move(w, insurance, shield)
-        # 6. Initial margin of what remains (plus isolated margin added by hand), posted again.
-        if pos.size:
-            target = initial_margin(st, p, owner, abs(pos.size), pos.cost, p.open_interest)
-            if iso:
-                target += pos.extra
-            post = min(target, w.available)
-            if own_margin_only:
-                post = max(0, min(post, own_left - fee))
-            ledger.move(w, acct, post)
-            pos.margin = post
-            st.positions[key] = pos
-        else:
-            st.positions.pop(key, None)
-            pos.extra = 0
-        ev.append(PositionChanged(owner, p.symbol, price, signed, pos.size, pos.cost, pos.margin, realized, fee, covered))
-        self._touched.add(owner)
-        return fee
-
-
-def trim_reduce_only(engine: Engine, st: DerivativesState, m: Any, owner: str, ev: list[Event]) -> None:
-    """Cut `owner`'s open reduce-only orders on market `m` down to the position, oldest first: one
-    on the side that would open or grow it is expired; on the reducing side they keep, together, at
-    most the position's size — the one that straddles it is cut down (`OrderAmended`, keeping its
-    place; its hold shrinks to its pro-rata share through the ledger), the later ones are expired."""
-    from ..trading.commands import OrderAmended, OrderExpired
-    from ..trading.matching import _close, _take_out
-
-    ids = st.reduce_only_orders.get(m.symbol)
-    if not ids:
-        return
-    mine = sorted(i for i in ids if i in m.orders and m.orders[i].owner == owner)
-    if not mine:
-        return
-    pos = st.positions.get((owner, m.symbol))
-    room = abs(pos.size) if pos is not None else 0
-    ledger = engine.ledger
-    for oid in mine:
-        o = m.orders[oid]
-        keep = min(o.leaves, room) if pos is not None and (pos.size > 0) != o.is_buy else 0
-        room -= keep
-        if keep == o.leaves:
-            continue
-        if keep == 0:
-            resting = _take_out(m, o)
-            _close(ledger, m, o, ev, OrderExpired, "REDUCE_ONLY", resting)
-            ids.discard(oid)
-            continue
-        if o.level is not None:
-            o.level.total -= o.leaves - keep
-        o.leaves = keep
-        o.qty = o.filled + keep
-        h = ledger.pending_hold(o.hold_id)
-        ledger.resize_hold_to(o.hold_id, o.pay, ceil_div(h.amount * keep, o.qty))  # shrinks: always succeeds
-        ev.append(OrderAmended(m.symbol, oid, o.price, o.qty, keep, True))
 
 
 def _bind(engine: Engine, m: Any) -> None:
@@ -628,27 +340,10 @@ def _adjust(engine: Engine, c: AdjustIsolatedMargin) -> list[Event]:
 # ------------------------------------------------------------------------------ orders
 
 
-def _order_precheck(engine: Engine, c: PlacePerpOrder) -> None:
-    _perp(engine, c.symbol)
-    if c.reduce_only not in (0, 1):
-        raise ValidationError("reduce_only must be 0 or 1", field="reduce_only")
-
-
-@MODULE.handles(PlacePerpOrder, precheck=_order_precheck, scopes=_perp_scopes,
-                effect=lambda e, c: Effect.REDUCES_RISK if c.reduce_only == 1 else Effect.OPENS_RISK)
-def _place(engine: Engine, c: PlacePerpOrder) -> list[Event]:
-    from ..trading.orders import _place as trading_place
-
-    _order_precheck(engine, c)
-    st = derivatives_state(engine)
-    ev: list[Event] = []
-    order = PlaceOrder(c.owner, c.symbol, c.side, c.order_type, c.tif, c.price, c.quantity, 0, c.stop_price, c.client_order_id)
-    st.reduce_only = c.reduce_only == 1
-    try:
-        trading_place(engine, trading_state(engine), order, ev)
-    finally:
-        st.reduce_only = False
-    return ev
+# The handler is the contract's (compiled): place the order, then fire the conditional orders its
+# trades may have reached.
+_place = MODULE.handles(PlacePerpOrder, precheck=order_precheck, scopes=_perp_scopes,
+                        effect=lambda e, c: Effect.REDUCES_RISK if c.reduce_only == 1 else Effect.OPENS_RISK)(handle_place_perp_order)
 
 
 # ------------------------------------------------------------------------------ funding
@@ -713,6 +408,7 @@ def _fund(engine: Engine, st: DerivativesState, p: Perp) -> list[Event]:
     insurance = ledger.insurance(p.quote, SEGMENT)
     owners: list[str] = []
     amounts: list[int] = []
+    shortfalls: list[int] = []
     paid = received = covered = 0
     rows = sorted(((o, pos) for (o, sym), pos in st.positions.items() if sym == p.symbol), key=lambda r: r[0])
     # Payers first (longs when the rate is positive): ceil; then receivers: floor.
@@ -742,6 +438,7 @@ def _fund(engine: Engine, st: DerivativesState, p: Perp) -> list[Event]:
                 paid += due
                 owners.append(owner)
                 amounts.append(-due)
+                shortfalls.append(due - take)
             else:
                 got = base // (p.scale * PPM)
                 if iso:
@@ -752,9 +449,11 @@ def _fund(engine: Engine, st: DerivativesState, p: Perp) -> list[Event]:
                 received += got
                 owners.append(owner)
                 amounts.append(got)
+                shortfalls.append(0)
     dust = pool.balance
     ledger.move(pool, insurance, dust)
-    return [FundingSettled(p.symbol, when, rate, premium, index, mark, paid, received, dust, covered, owners, amounts)]
+    return [FundingSettled(p.symbol, when, rate, premium, index, mark, paid, received, dust, covered, owners, amounts,
+                           shortfalls if covered else [])]
 
 
 @MODULE.timer(lambda st: st.next_funding_ns())
@@ -767,6 +466,8 @@ def _funding_timer(engine: Engine) -> list[Event]:
             ev.extend(_fund(engine, st, p))
     return ev
 
+
+register_conditional(MODULE)
 
 # Re-exported for the API and tests
 __all__ += ["impact_prices", "funding_rate", "concentration_imr_ppm", "effective_leverage"]

@@ -12,88 +12,162 @@ from typing import Any
 from ..engine.core import Engine
 from ..engine.module import NEVER
 from ..errors import InvariantViolation
+from .margin import PPM, Bracket, Perp, Position, cross_upnl, initial_margin, mark_of_perp, unrealized
 
 __all__ = [
     "SEGMENT", "PPM", "Bracket", "Perp", "Position", "DerivativesState", "derivatives_state", "ceil_div",
     "mark_of_perp", "unrealized", "maint_margin", "bracket_for", "effective_leverage", "initial_margin",
-    "account_summary", "wallet", "pool_of", "funding_account",
+    "account_summary", "wallet", "pool_of", "funding_account", "PositionBook", "IsolatedSet", "margin_check",
+    "margin_check_reference", "cross_upnl",
 ]
 
 SEGMENT = "derivatives"
-PPM = 1_000_000
 
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@dataclass(slots=True)
-class Bracket:
-    cap: int  # largest position notional (quote minor units) of this bracket
-    max_leverage: int
-    mmr_ppm: int  # maintenance margin rate
-    maint_amount: int  # Binance's "cum": MM = notional × mmr − maint_amount
-
-    def row(self) -> list[int]:
-        return [self.cap, self.max_leverage, self.mmr_ppm, self.maint_amount]
 
 
-@dataclass(slots=True)
-class Perp:
-    symbol: str
-    base: str
-    quote: str
-    index_symbol: str
-    brackets: list[Bracket]
-    default_leverage: int
-    impact_notional: int
-    interest_ppm: int
-    clamp_ppm: int
-    cap_ppm: int
-    interval_ns: int
-    max_oi: int
-    max_share_ppm: int
-    share_floor: int
-    conc_imr_ppm: int
-    scale: int  # 10 ** base decimals
-    open_interest: int = 0  # sum of the long sizes (= the short sizes)
-    last_rate_ppm: int = 0
-    last_funding_ns: int = 0
-    next_funding_ns: int = 0
-
-    def row(self) -> list[Any]:
-        return [self.symbol, self.base, self.quote, self.index_symbol, [b.row() for b in self.brackets],
-                self.default_leverage, self.impact_notional, self.interest_ppm, self.clamp_ppm, self.cap_ppm,
-                self.interval_ns, self.max_oi, self.max_share_ppm, self.share_floor, self.conc_imr_ppm, self.scale,
-                self.open_interest, self.last_rate_ppm, self.last_funding_ns, self.next_funding_ns]
-
-    @classmethod
-    def from_row(cls, r: list[Any]) -> "Perp":
-        p = cls(r[0], r[1], r[2], r[3], [Bracket(*b) for b in r[4]], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
-                r[13], r[14], r[15])
-        p.open_interest, p.last_rate_ppm, p.last_funding_ns, p.next_funding_ns = r[16:20]
-        return p
+#: Sets a `Position`'s link fields without its tracking `__setattr__` in pure Python (a Python call
+#: less each); compiled, `Position` is a native class whose `__setattr__` CPython will not bypass
+#: ("can't apply this __setattr__"), and those fields are not tracked anyway.
+_set: Any = setattr if hasattr(Position, "__mypyc_attrs__") else object.__setattr__
 
 
-@dataclass(slots=True)
-class Position:
-    size: int = 0  # signed: > 0 long, < 0 short (base minor units)
-    cost: int = 0  # entry notional of the open size (quote minor units, >= 0)
-    margin: int = 0  # posted into the owner's `margin` (cross) or `isolated` account for this position
-    extra: int = 0  # isolated only: margin added by hand on top of the initial margin
-    realized: int = 0  # cumulative realised PnL (report only)
+class PositionBook(dict[tuple[str, str], Position]):
+    """`DerivativesState.positions`: a dict (owner, symbol) -> Position that records which keys
+    changed since the columnar mirror last read it (`dirty`), and each key's insertion order
+    (`Position._seq`, the dict's iteration order, which `margin_check` reports in)."""
 
-    def row(self) -> list[int]:
-        return [self.size, self.cost, self.margin, self.extra, self.realized]
+    __slots__ = ("dirty", "next_seq")
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__()
+        self.dirty: set[tuple[str, str]] = set()
+        self.next_seq = 0
+        for k, v in (items.items() if isinstance(items, dict) else items):
+            self[k] = v
+
+    def __setitem__(self, key: tuple[str, str], pos: Position) -> None:
+        old = dict.get(self, key)
+        if old is None:
+            _set(pos, "_seq", self.next_seq)
+            self.next_seq += 1
+        elif old is not pos:
+            _set(pos, "_seq", old._seq)
+            _set(old, "_book", None)
+        _set(pos, "_book", self)
+        _set(pos, "_key", key)
+        dict.__setitem__(self, key, pos)
+        self.dirty.add(key)
+
+    def __delitem__(self, key: tuple[str, str]) -> None:
+        _set(dict.pop(self, key), "_book", None)
+        self.dirty.add(key)
+
+    _MISSING: Any = object()
+
+    def pop(self, key: tuple[str, str], default: Any = _MISSING) -> Any:
+        if dict.__contains__(self, key):
+            pos = dict.pop(self, key)
+            _set(pos, "_book", None)
+            self.dirty.add(key)
+            return pos
+        if default is PositionBook._MISSING:
+            raise KeyError(key)
+        return default
+
+    def popitem(self) -> tuple[tuple[str, str], Position]:
+        key, pos = dict.popitem(self)
+        _set(pos, "_book", None)
+        self.dirty.add(key)
+        return key, pos
+
+    def clear(self) -> None:
+        for key in list(self):
+            del self[key]
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        for k, v in dict(*args, **kw).items():
+            self[k] = v
+
+    def setdefault(self, key: tuple[str, str], default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def __ior__(self, other: Any) -> "PositionBook":  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PositionBook, (list(self.items()),))
+
+
+class IsolatedSet(set[tuple[str, str]]):
+    """`DerivativesState.isolated`: a set of (owner, symbol) that marks a position's key for the
+    columnar mirror when its margin type changes (which the engine allows only without one)."""
+
+    __slots__ = ("book",)
+
+    def __init__(self, items: Any = (), book: PositionBook | None = None) -> None:
+        super().__init__(items)
+        self.book = book
+
+    def _mark(self, key: Any) -> None:
+        if self.book is not None:
+            self.book.dirty.add(key)
+
+    def add(self, key: tuple[str, str]) -> None:
+        set.add(self, key)
+        self._mark(key)
+
+    def discard(self, key: object) -> None:
+        set.discard(self, key)
+        self._mark(key)
+
+    def remove(self, key: tuple[str, str]) -> None:
+        set.remove(self, key)
+        self._mark(key)
+
+    def pop(self) -> tuple[str, str]:
+        key = set.pop(self)
+        self._mark(key)
+        return key
+
+    def clear(self) -> None:
+        for key in list(self):
+            self.discard(key)
+
+    def update(self, *others: Any) -> None:
+        for other in others:
+            for key in other:
+                self.add(key)
+
+    def difference_update(self, *others: Any) -> None:
+        for other in others:
+            for key in list(other):
+                self.discard(key)
+
+    def __ior__(self, other: Any) -> "IsolatedSet":  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def __isub__(self, other: Any) -> "IsolatedSet":  # type: ignore[override,misc]
+        self.difference_update(other)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (IsolatedSet, (list(self),))
 
 
 @dataclass
 class DerivativesState:
     engine: Any = None
     perps: dict[str, Perp] = field(default_factory=dict)
-    positions: dict[tuple[str, str], Position] = field(default_factory=dict)
     leverage: dict[tuple[str, str], int] = field(default_factory=dict)
-    isolated: set[tuple[str, str]] = field(default_factory=set)
     next_tran_id: int = 1
     #: (owner, asset) -> sequencer time before which no next liquidation step runs.
     liq_next_ns: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -102,8 +176,55 @@ class DerivativesState:
     #: (owner, symbol) of the isolated position a `LiquidatePosition` step is closing (within it only):
     #: its order's hold is borrowed from the position's margin and its fills pay only from that.
     liquidating_isolated: tuple[str, str] | None = None
+    #: (owner, symbol) of the position any liquidation step is closing (within it only): its
+    #: order's hold is capped at the collateral left (the fee at a fill is capped the same way).
+    liquidating: tuple[str, str] | None = None
     #: symbol -> ids of the open reduce-only orders on it (pruned as they end).
     reduce_only_orders: dict[str, set[int]] = field(default_factory=dict)
+    #: algo id -> untriggered conditional order (`conditional.py`), ids ascending.
+    conditional: dict[int, Any] = field(default_factory=dict)
+    #: Set while conditional orders are being fired (their own fills must not fire them again).
+    firing: bool = False
+    #: Sequencer time of the next check of every conditional order (while there are any).
+    conditional_check_ns: int = 0
+    #: Derived, never in a snapshot: (symbol, on the mark) -> the group's `TriggerIndex` (conditional.py).
+    conditional_groups: dict[tuple[str, bool], Any] = field(default_factory=dict, repr=False, compare=False)
+    #: Derived too: (owner, symbol) -> how many open; (owner, client algo id) -> algo id.
+    conditional_count: dict[tuple[str, str], int] = field(default_factory=dict, repr=False, compare=False)
+    conditional_ids: dict[tuple[str, str], int] = field(default_factory=dict, repr=False, compare=False)
+    #: The positions' columnar mirror for the margin sweep (`columns.py`): derived data, built on the
+    #: first `margin_check` and brought up to date from `positions.dirty` at each; never in a snapshot.
+    columns: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._positions = PositionBook()
+        self._isolated = IsolatedSet(book=self._positions)
+
+    # Whatever is assigned (`_restore`, a test), `positions` is a `PositionBook` and `isolated` an
+    # `IsolatedSet` tied to it, so the mirror sees every change; a new book gets a new mirror.
+
+    @property
+    def positions(self) -> PositionBook:
+        """(owner, symbol) -> the position (one-way mode: one per owner and market)."""
+        return self._positions
+
+    @positions.setter
+    def positions(self, value: Any) -> None:
+        self._positions = value if isinstance(value, PositionBook) else PositionBook(value)
+        self._isolated.book = self._positions
+        self._positions.dirty.update(self._isolated)
+        self.columns = None
+
+    @property
+    def isolated(self) -> IsolatedSet:
+        """The (owner, symbol) of every market an owner trades isolated (the rest is cross)."""
+        return self._isolated
+
+    @isolated.setter
+    def isolated(self, value: Any) -> None:
+        self._isolated = value if isinstance(value, IsolatedSet) else IsolatedSet(value)
+        self._isolated.book = self._positions
+        self._positions.dirty.update(self._isolated)
 
     def next_funding_ns(self) -> int:
         return min((p.next_funding_ns for p in self.perps.values()), default=NEVER)
@@ -127,9 +248,11 @@ def _snapshot(st: DerivativesState) -> Any:
         sorted([o, s, lev] for (o, s), lev in st.leverage.items()),
         sorted([o, s] for o, s in st.isolated),
         st.next_tran_id,
-        # optional tails (older snapshots end earlier): liquidation cool-downs, reduce-only orders
-        *([sorted([o, a, t] for (o, a), t in st.liq_next_ns.items())] if st.liq_next_ns or ro else []),
-        *([ro] if ro else []),
+        # optional tails (older snapshots end earlier): liquidation cool-downs, reduce-only orders,
+        # untriggered conditional orders
+        *([sorted([o, a, t] for (o, a), t in st.liq_next_ns.items())] if st.liq_next_ns or ro or st.conditional else []),
+        *([ro] if ro or st.conditional else []),
+        *([[o.row() for o in st.conditional.values()], st.conditional_check_ns] if st.conditional else []),
     ]
 
 
@@ -140,10 +263,16 @@ def _restore(engine: Engine, data: Any) -> DerivativesState:
     perps, positions, leverage, isolated, st.next_tran_id = data[:5]
     st.liq_next_ns = {(o, a): t for o, a, t in data[5]} if len(data) > 5 else {}
     st.reduce_only_orders = {sym: set(ids) for sym, ids in data[6]} if len(data) > 6 else {}
+    if len(data) > 7:
+        from .conditional import ConditionalOrder, add_conditional
+
+        for r in data[7]:
+            add_conditional(st, ConditionalOrder.from_row(r))
+        st.conditional_check_ns = data[8]
     st.perps = {r[0]: Perp.from_row(r) for r in perps}
-    st.positions = {(r[0], r[1]): Position(*r[2:]) for r in positions}
+    st.positions = PositionBook(((r[0], r[1]), Position(*r[2:])) for r in positions)
     st.leverage = {(o, s): lev for o, s, lev in leverage}
-    st.isolated = {(o, s) for o, s in isolated}
+    st.isolated = IsolatedSet((o, s) for o, s in isolated)
     return st
 
 
@@ -194,45 +323,6 @@ def concentration_imr_ppm(p: Perp, size_abs: int, open_interest: int) -> int:
     return ceil_div(share_ppm * p.conc_imr_ppm, PPM)
 
 
-def initial_margin(st: DerivativesState, p: Perp, owner: str, size_abs: int, cost: int, open_interest: int) -> int:
-    """IM of a position (or an order's opening part) of entry notional `cost`:
-    `max(ceil(cost / leverage), ceil(cost × concentration_rate))`."""
-    if cost <= 0:
-        return 0
-    im = ceil_div(cost, effective_leverage(st, p, owner, cost))
-    conc = concentration_imr_ppm(p, size_abs, open_interest)
-    if conc:
-        im = max(im, ceil_div(cost * conc, PPM))
-    return im
-
-
-def mark_of_perp(engine: Engine, p: Perp) -> int:
-    """The perpetual's mark price (docs/index.md's formula with this market's last trade and its
-    funding basis `last rate × time left / interval`), else its last trade price, else 0."""
-    from ..index.mark import ma_basis, mark_price
-
-    trading = engine.components.get("trading")
-    m = trading.markets.get(p.symbol) if trading is not None else None
-    last = m.last_price if m is not None else 0
-    index = engine.components.get("index")
-    s = index.symbols.get(p.index_symbol) if index is not None else None
-    if s is None or not s.index_minor:
-        return int(last)
-    left = max(0, p.next_funding_ns - engine.now_ns)
-    basis_ppm = p.last_rate_ppm * left // p.interval_ns if p.interval_ns else 0
-    ma, _ = ma_basis(s, engine.now_ns)
-    return mark_price(s.index_minor, basis_ppm, ma, last)
-
-
-def unrealized(pos: Position, mark: int, scale: int) -> int:
-    """Unrealised PnL at `mark`: the position's value rounded against the owner."""
-    if not pos.size or not mark:
-        return 0
-    if pos.size > 0:
-        return pos.size * mark // scale - pos.cost
-    return pos.cost - ceil_div(-pos.size * mark, scale)
-
-
 def notional_at(pos: Position, mark: int, scale: int) -> int:
     return ceil_div(abs(pos.size) * mark, scale)
 
@@ -276,15 +366,6 @@ def account_summary(engine: Engine, owner: str, asset: str = "USDT") -> dict[str
         "cross_equity": cross_equity, "equity": cross_equity + iso_margin + iso_upnl, "cross_maint": maint,
         "withdrawable": max(0, wallet_free + min(0, cross_upnl)),
     }
-
-
-def cross_upnl(engine: Engine, st: DerivativesState, owner: str, asset: str) -> int:
-    total = 0
-    for sym, p in st.perps.items():
-        pos = st.positions.get((owner, sym))
-        if pos is not None and (owner, sym) not in st.isolated and p.quote == asset:
-            total += unrealized(pos, mark_of_perp(engine, p), p.scale)
-    return total
 
 
 # ------------------------------------------------------------------------------ invariants
@@ -334,6 +415,8 @@ def check_invariants(st: DerivativesState) -> None:
                 raise InvariantViolation(f"{a.name}: {a.balance} != its positions' margin")
             if a.debits_pending:
                 raise InvariantViolation(f"{a.name}: margin accounts hold no pending transfers")
+    if st.columns is not None:  # the margin sweep's mirror holds exactly the positions
+        st.columns.verify()
 
 
 def _check_reduce_only(st: DerivativesState) -> None:
@@ -359,9 +442,25 @@ def _check_reduce_only(st: DerivativesState) -> None:
 def margin_check(engine: Engine) -> list[tuple[str, str, int, int]]:
     """Mark every position to market and compare each margin account's equity with its maintenance
     margin: `(owner, scope, equity, maintenance)` for each one below (scope: the margin asset for
-    a cross account, the symbol for an isolated position). One pass, marks computed once per
-    market; what liquidation will read. The arithmetic is `unrealized` and `maint_margin`'s,
-    inlined (this is the hot loop of the risk engine: bench/risk.py)."""
+    a cross account, the symbol for an isolated position), isolated positions first, each list in
+    the positions' dict order (a cross account at its first position). What liquidation reads.
+
+    Vectorised over the positions' columnar mirror (`columns.py`, brought up to date from the keys
+    changed since the last call), integer-exact; the same result as `margin_check_reference`, the
+    plain loop it replaces (tests/derivatives/test_margin_columns.py checks them against each other)."""
+    from .columns import columns_of
+
+    st = derivatives_state(engine)
+    if not st.positions:
+        return []
+    return columns_of(st).margin_check(engine)
+
+
+def margin_check_reference(engine: Engine) -> list[tuple[str, str, int, int]]:
+    """`margin_check` as one loop over the positions in Python ints: the reference the columnar
+    sweep is tested against (and what it computes, position by position, for the rare position
+    whose numbers do not fit its int64 columns). The arithmetic is `unrealized` and
+    `maint_margin`'s, inlined."""
     st = derivatives_state(engine)
     if not st.positions:
         return []

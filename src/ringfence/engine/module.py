@@ -103,6 +103,9 @@ class StateComponent:
     check_invariants: Callable[[Any], None] | None = None
     #: Also reachable as `engine.<attribute>` (the ledger is `engine.ledger`: the hot path reads it).
     attribute: str | None = None
+    #: `digest(state) -> bytes`: a digest of the whole component kept incrementally (the ledger's,
+    #: ledger/digest.py), used by `Engine.state_digest` instead of hashing the snapshot each time.
+    digest: Callable[[Any], bytes] | None = None
 
 
 @dataclass
@@ -176,10 +179,11 @@ class Module:
         name: str | None = None,
         check_invariants: Callable[[Any], None] | None = None,
         attribute: str | None = None,
+        digest: Callable[[Any], bytes] | None = None,
     ) -> None:
         if self.state is not None:
             raise RuntimeError(f"module {self.name!r} already declares its state")
-        self.state = StateComponent(name or self.name, factory, snapshot, restore, check_invariants, attribute)
+        self.state = StateComponent(name or self.name, factory, snapshot, restore, check_invariants, attribute, digest)
 
     def guard(self, fn: Callable[["Engine", Any], None]) -> Callable[["Engine", Any], None]:
         """Decorator: `fn(engine, command)` runs before every command of every module (and its precheck).

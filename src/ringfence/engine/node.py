@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import msgspec
 
 from ..errors import (
+    ConfigError,
     InvariantViolation,
     JournalCorrupt,
     NotDurable,
@@ -57,7 +58,7 @@ from ..errors import (
     ValidationError,
     error_codes,
 )
-from ..journal.journal import DataDirLock, JournalWriter, check_node_placement, scan
+from ..journal.journal import DataDirLock, DurableMark, JournalWriter, check_node_placement, scan
 from .commands import Batch, Command, Event, SourcedBatch, encode
 from .core import CommandRejected, Engine, ShardHalt
 from .module import Module
@@ -74,7 +75,9 @@ class ReplicaLog(Protocol):
 
     def begin(self, first_seq: int, count: int, payload: bytes, record_hash: bytes) -> Any: ...
 
-    def finish(self, token: Any, engine: Engine) -> None: ...
+    def finish(self, token: Any, engine: Engine, outputs: list[list[Event]]) -> None:
+        """After apply, before any acknowledgement: return once the batch is replicated. `outputs`
+        are the batch's events, per command (a follower checks it produced the same)."""
 
     def settle(self, token: Any) -> None:
         """After a failed local write: wait (bounded) for a publish `begin` started; never raises."""
@@ -368,6 +371,7 @@ class Node:
         entropy: Callable[[int], bytes] = os.urandom,
         journal_sync: Callable[[int], None] = os.fdatasync,
         purpose: str = "",
+        pipeline: bool = False,
     ) -> None:
         if not 1 <= max_batch_commands <= 1_000_000:
             raise ValidationError("max_batch_commands must be between 1 and 1,000,000", field="max_batch_commands")
@@ -411,6 +415,13 @@ class Node:
         self.last_seq = 0
         self._gate = ReadGate()
         self._decode = Engine(self.modules).codec.command.decode
+        #: Pipelined group commit (see `_Pipeline`): the sequencer writes and applies batch N+1
+        #: while batch N's fdatasync runs on a syncer thread; each batch is acknowledged once a
+        #: sync that began after its write has returned.
+        self.pipeline = pipeline
+        self._pipe: _Pipeline | None = None
+        #: Sequence number of the last command known durable (every mode; pipelined: may lag `last_seq`).
+        self.durable_seq = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -430,7 +441,7 @@ class Node:
                 self.data_dir, modules=self.modules, truncate=True, use_snapshots=on_replay is None, on_batch=on_replay
             )
             self.engine = engine
-            self.last_seq = engine.last_seq
+            self.last_seq = self.durable_seq = engine.last_seq
             if engine.halted is not None:
                 _log.critical("engine shard %s is halted since sequence %d (%s)", self.data_dir, *engine.halted)
             self.writer = JournalWriter(
@@ -450,10 +461,34 @@ class Node:
         self.recovery = report
         return report
 
+    def adopt(self, engine: Engine, position: tuple[int, bytes, Path | None, int], lock: DataDirLock) -> None:
+        """Open with an engine that is already current — a promoted standby's, which verified and
+        applied every batch of this very journal as it followed the stream — instead of replaying
+        the journal: `position` is its writer's (`JournalWriter.position`) and `lock` the data
+        directory's lock, handed over from the follower (never released in between)."""
+        if self.engine is not None:
+            raise RuntimeError("the node is already open")
+        next_seq, last_hash, tail_segment, tail_size = position
+        if engine.last_seq != next_seq - 1:
+            raise RuntimeError(f"the engine is at sequence {engine.last_seq} but the journal ends at {next_seq - 1}")
+        self.lock = lock
+        self.engine = engine
+        self.last_seq = self.durable_seq = engine.last_seq
+        self.writer = JournalWriter(self.data_dir / "journal", next_seq=next_seq, last_hash=last_hash,
+                                    tail_segment=tail_segment, tail_size=tail_size, segment_bytes=self.segment_bytes,
+                                    fsync=self.fsync, sync=self._journal_sync)
+        self.recovery = RecoveryReport(last_seq=engine.last_seq, notes=["adopted the promoted standby's engine"])
+
     def start(self) -> None:
         if self.engine is None:
             self.open()
         if self._thread is None:
+            if self.pipeline and self._pipe is None:
+                if self.replica is not None or self.listeners:
+                    raise ConfigError("pipeline=True is for a local-only node without listeners: a replica log and "
+                                      "listeners (read models) must see only durable batches", field="pipeline")
+                assert self.writer is not None
+                self._pipe = _Pipeline(self)
             self._thread = threading.Thread(target=self._run, name="ringfence-sequencer", daemon=True)
             self._thread.start()
 
@@ -462,6 +497,9 @@ class Node:
             self._post(_STOP)
             self._thread.join()
             self._thread = None
+        if self._pipe is not None:  # everything written is synced and answered before the files close
+            self._pipe.close()
+            self._pipe = None
         try:
             if self.writer is not None:
                 self.writer.close()
@@ -624,7 +662,8 @@ class Node:
             if item is _STOP:
                 return
             if callable(item):
-                item()  # a control task (snapshot) runs between batches
+                self._durable_barrier()
+                item()  # a control task (snapshot) runs between batches, on durable state
                 continue
             items = [item]
             weight = command_weight(item[0])
@@ -647,6 +686,7 @@ class Node:
             if control is _STOP:
                 return
             if control is not None:
+                self._durable_barrier()
                 control()
 
     def _commit(self, items: list[tuple[Command, bytes, Ack]]) -> None:
@@ -673,15 +713,29 @@ class Node:
                         try:
                             precheck(item[0])
                         except RingfenceError as err2:
-                            item[2]._resolve(error=err2)
+                            self._refuse(item[2], err2)
                             continue
                         accepted.append(item)
                         continue
-                item[2]._resolve(error=err)
+                self._refuse(item[2], err)
                 continue
             accepted.append(item)
         if accepted:
             self._write_and_apply(accepted)
+
+    def _refuse(self, ack: Ack, err: RingfenceError) -> None:
+        """Answer a command its precheck refused. Pipelined, the precheck may have seen batches
+        whose fsync is still running: the refusal waits for them (a crash could undo what it saw)."""
+        if self._pipe is None:
+            ack._resolve(error=err)
+        else:
+            self._pipe.refuse(ack, err)
+
+    def _durable_barrier(self) -> None:
+        """Pipelined: wait until everything written is durable and answered (before a control
+        task such as a snapshot, and before the journal rotates to a new segment)."""
+        if self._pipe is not None:
+            self._pipe.barrier()
 
     def _precheck(self, command: Command) -> None:
         """Run a command's precheck at the time its batch will carry (not the last batch's): a rule
@@ -710,9 +764,17 @@ class Node:
         sources = [ack.source for _, _, ack in accepted]
         payload = encode(SourcedBatch(first_seq, ts_ns, entropy, raws, sources) if any(sources)
                          else Batch(first_seq, ts_ns, entropy, raws))
-        journaled = self._journal(writer, payload, first_seq, accepted)
-        if journaled is None:
-            return
+        pipe = self._pipe
+        entry: _Entry | None = None
+        if pipe is not None:
+            entry = self._journal_pipelined(pipe, writer, payload, first_seq, accepted)
+            if entry is None:
+                return
+            journaled: Any = True
+        else:
+            journaled = self._journal(writer, payload, first_seq, accepted)
+            if journaled is None:
+                return
         token = journaled
         outputs: list[list[Event]] = []
         apply = engine.apply
@@ -741,8 +803,12 @@ class Node:
         self.batches_committed += 1
         self.commands_committed += len(accepted)
         gate.release_write()
-        if self.replica is not None and not self._replicated(first_seq, accepted, token, engine):
+        if entry is not None and pipe is not None:  # acknowledged once its sync returns (maybe already)
+            pipe.applied(entry, outputs, halted)
             return
+        if self.replica is not None and not self._replicated(first_seq, accepted, token, engine, outputs):
+            return
+        self.durable_seq = self.last_seq
         for i, (_, _, ack) in enumerate(accepted):
             if i in halted:
                 ack._resolve(error=halted[i])
@@ -791,11 +857,38 @@ class Node:
                                                       "being replicated. Outcome unknown: check before retrying"))
             return None
 
-    def _replicated(self, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], token: Any, engine: Engine) -> bool:
+    def _journal_pipelined(self, pipe: "_Pipeline", writer: JournalWriter, payload: bytes, first_seq: int,
+                           accepted: list[tuple[Command, bytes, Ack]]) -> "_Entry | None":
+        """Write the batch without waiting for its fsync and hand it to the syncer; None after
+        answering everyone on failure (as `_journal`)."""
+        if writer.rotation_due():
+            pipe.barrier()  # a new segment: the old one's descriptor closes only once all of it is synced
+            if self.failed is not None:
+                for _, _, ack in accepted:
+                    ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
+                return None
+        count = len(accepted)
+        try:
+            record, digest = writer.encode(payload, first_seq, count)
+            mark = writer.write_record(record, digest, first_seq, count)
+        except OutcomeUnknown as err:  # the writer was poisoned by a failed sync (the syncer said so)
+            self.failed = self.failed or err
+            for _, _, ack in accepted:
+                ack._resolve(error=NotDurable(f"the node has stopped: {err.message}; nothing was applied"))
+            return None
+        except OSError as err:
+            self.failed = err
+            for _, _, ack in accepted:
+                ack._resolve(error=NotDurable(f"journal write failed ({err.strerror or err}); nothing was applied"))
+            return None
+        return pipe.written(mark, first_seq, accepted)
+
+    def _replicated(self, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], token: Any, engine: Engine,
+                    outputs: list[list[Event]]) -> bool:
         """Wait until the replica log holds the batch; on failure stop the node and answer OutcomeUnknown."""
         assert self.replica is not None
         try:
-            self.replica.finish(token, engine)
+            self.replica.finish(token, engine, outputs)
             return True
         except BaseException as err:  # fenced off, or the replica log is unreachable: stop, answer everyone
             self.failed = err
@@ -850,6 +943,190 @@ class Node:
             payload,
             keep=self.snapshot_keep,
         )
+
+
+class _Entry:
+    """One written batch (or refusals that depend on written batches) waiting to be acknowledged."""
+
+    __slots__ = ("last_seq", "first_seq", "accepted", "outputs", "halted", "refusals", "applied")
+
+    def __init__(self, last_seq: int, first_seq: int, accepted: list[tuple[Command, bytes, Ack]]) -> None:
+        self.last_seq = last_seq
+        self.first_seq = first_seq
+        self.accepted = accepted
+        self.outputs: list[list[Event]] = []
+        self.halted: dict[int, InvariantViolation] = {}
+        self.refusals: list[tuple[Ack, RingfenceError]] = []
+        self.applied = False
+
+
+class _Pipeline:
+    """Pipelined group commit (`Node(pipeline=True)`).
+
+    The sequencer writes batch N's record (no fsync), hands it here, applies it, and goes on to
+    batch N+1 at once. The record syncer takes the newest record written and fdatasyncs the
+    segment (one sync covers every record written before it began); the mark syncer then records
+    and fsyncs the durable mark for it and acknowledges every batch that sync covered, while the
+    record syncer already syncs the next records. A request therefore waits for at most the
+    record sync in flight when it was written, its own and its mark's — not a queue of syncs — and
+    the sequencer never stands still during an fsync.
+
+    Rules (docs/journal.md, "Pipelined group commit"): an Ack is resolved only once a sync that
+    began after its record was written has returned, and in sequence order (one resolver at a
+    time, from the head of `pending`); a refusal by precheck waits for the batches it saw; a failed
+    sync poisons the writer and stops the node: every batch written and not yet acknowledged is
+    answered `OutcomeUnknown` (it may or may not have reached the disk), later ones `NotDurable`.
+    What a pipelined node gives up: `node.read` may see a batch whose fsync is still running (a
+    crash can undo it); so listeners (read models) and a replica log are refused in this mode.
+    """
+
+    def __init__(self, node: "Node") -> None:
+        assert node.writer is not None
+        self.node = node
+        self.writer = node.writer
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.pending: collections.deque[_Entry] = collections.deque()
+        self.unsynced: DurableMark | None = None  # the newest record written and not yet being synced
+        self.marks_due: DurableMark | None = None  # records synced, their mark not yet
+        self.records_closed = False
+        self.durable_seq = node.durable_seq
+        self.resolving = threading.Lock()
+        self.closing = False
+        self.failed: BaseException | None = None
+        self.syncs = 0
+        self.thread = threading.Thread(target=self._sync_records, name="ringfence-journal-sync", daemon=True)
+        self.mark_thread = threading.Thread(target=self._sync_marks, name="ringfence-journal-mark", daemon=True)
+        self.thread.start()
+        self.mark_thread.start()
+
+    # sequencer side
+    def written(self, mark: DurableMark, first_seq: int, accepted: list[tuple[Command, bytes, Ack]]) -> _Entry:
+        entry = _Entry(mark.last_seq, first_seq, accepted)
+        with self.lock:
+            self.pending.append(entry)
+            self.unsynced = mark
+            self.cond.notify_all()
+        return entry
+
+    def applied(self, entry: _Entry, outputs: list[list[Event]], halted: dict[int, InvariantViolation]) -> None:
+        entry.outputs, entry.halted = outputs, halted
+        with self.lock:
+            entry.applied = True
+        self.drain()
+
+    def refuse(self, ack: Ack, err: RingfenceError) -> None:
+        last = self.writer.next_seq - 1
+        with self.lock:
+            now = not self.pending and self.durable_seq >= last
+            if not now:
+                entry = _Entry(last, 0, [])
+                entry.refusals.append((ack, err))
+                entry.applied = True
+                self.pending.append(entry)
+        if now:
+            ack._resolve(error=err)
+        else:
+            self.drain()
+
+    def barrier(self) -> None:
+        target = self.writer.next_seq - 1
+        with self.lock:
+            while self.durable_seq < target and self.failed is None:
+                self.cond.wait(0.5)
+        self.drain()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+            self.cond.notify_all()
+        self.thread.join()
+        self.mark_thread.join()
+        self.drain()
+
+    # syncer side
+    def _sync_records(self) -> None:
+        writer = self.writer
+        while True:
+            with self.lock:
+                while self.unsynced is None and not self.closing and self.failed is None:
+                    self.cond.wait()
+                mark, self.unsynced = self.unsynced, None
+                if mark is None or self.failed is not None:
+                    self.records_closed = True
+                    self.cond.notify_all()
+                    return
+            try:
+                writer.sync_records(mark)
+            except BaseException as err:  # poisoned: stop the node, answer everyone written
+                self._fail(err)
+                return
+            with self.lock:
+                self.marks_due = mark
+                self.cond.notify_all()
+
+    def _sync_marks(self) -> None:
+        writer = self.writer
+        while True:
+            with self.lock:
+                while self.marks_due is None and not self.records_closed and self.failed is None:
+                    self.cond.wait()
+                mark, self.marks_due = self.marks_due, None
+                if mark is None or self.failed is not None:
+                    return
+            try:
+                writer.sync_mark(mark)
+            except BaseException as err:  # poisoned: stop the node, answer everyone written
+                self._fail(err)
+                return
+            with self.lock:
+                self.durable_seq = mark.last_seq
+                self.syncs += 1
+                self.cond.notify_all()
+            self.node.durable_seq = mark.last_seq
+            self.drain()
+
+    def _fail(self, err: BaseException) -> None:
+        self.node.failed = self.node.failed or err
+        with self.lock:
+            self.failed = self.failed or err
+            self.cond.notify_all()
+        _log.critical("engine shard %s stopped: journal sync failed: %s", self.node.data_dir, err)
+        self.drain()
+
+    def drain(self) -> None:
+        """Acknowledge, in order, every batch at the head of `pending` that is applied and durable
+        (or, after a failed sync, answer them all)."""
+        resolved = False
+        with self.resolving:
+            while True:
+                with self.lock:
+                    if not self.pending:
+                        break
+                    entry = self.pending[0]
+                    durable = entry.applied and entry.last_seq <= self.durable_seq
+                    failed = None if durable else self.failed
+                    if not durable and failed is None:
+                        break
+                    self.pending.popleft()
+                resolved = True
+                if failed is not None:
+                    message = getattr(failed, "message", None) or str(failed)
+                    for _, _, ack in entry.accepted:
+                        if not ack.done():
+                            ack._resolve(error=OutcomeUnknown(f"{message}. Outcome unknown: check before retrying",
+                                                              field=None))
+                else:
+                    first, outputs, halted = entry.first_seq, entry.outputs, entry.halted
+                    for i, (_, _, ack) in enumerate(entry.accepted):
+                        if i in halted:
+                            ack._resolve(error=halted[i])
+                        else:
+                            ack._resolve(outputs[i], seq=first + i)
+                for ack, err in entry.refusals:
+                    ack._resolve(error=err)
+        if resolved:
+            self.node._notify()
 
 
 def _field_of(err: msgspec.ValidationError, command_type: type) -> str:

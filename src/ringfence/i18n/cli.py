@@ -4,18 +4,20 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
+
+from ..cli_paths import tty_console
+from ..staff.console import DEFAULT_URL
 
 app = typer.Typer(help="Fiat currencies and the display rates feed (display only, never a balance).\n\n"
                   "Example: ringfence fiat feed --target http://127.0.0.1:8000 --token-file DIR/rates-token --demo --rounds 1",
                   no_args_is_help=True)
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = tty_console(width=140)
 
 
 def _token(token: str | None, token_file: Path | None) -> str:
@@ -55,7 +57,7 @@ def _source(rates: Path | None, demo: bool) -> dict[str, Any]:
 
 @app.command("feed")
 def feed(
-    target: str = typer.Option(..., "--target", help="The running node (base URL; POST /v1/fiat/rates)."),
+    target: str = typer.Option(DEFAULT_URL, "--target", help="The running node (base URL; POST /v1/fiat/rates; default $RINGFENCE_URL or http://127.0.0.1:8000)."),
     rates: Path = typer.Option(None, "--rates", help="JSON: {\"source\": ..., \"fiat\": {\"EUR\": \"0.92\"}, \"assets\": {\"BTC\": \"61000\"}} "
                                "(fiat: units per USD; assets: USD per unit). Re-read every round."),
     demo: bool = typer.Option(False, "--demo", help="Push the packaged offline demo rates (approximate, not market data)."),
@@ -95,7 +97,7 @@ def feed(
 
 @app.command("rates")
 def show_rates(
-    url: str = typer.Option(..., "--url", help="A running node's base URL (reads GET /v1/fiat/rates)."),
+    url: str = typer.Option(DEFAULT_URL, "--url", help="A running node's base URL (reads GET /v1/fiat/rates; default $RINGFENCE_URL or http://127.0.0.1:8000)."),
     currency: str = typer.Option(None, "--currency", help="One currency (default: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -118,7 +120,8 @@ def show_rates(
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return
-    console.print(f"source {doc['source'] or '-'} · as of {doc['asOfMs']} ms · base USD")
+    as_of = datetime.fromtimestamp(doc["asOfMs"] // 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if doc["asOfMs"] else "-"
+    console.print(f"source {doc['source'] or '-'} · as of {as_of} · base USD")
     for code, rate in doc["fiat"].items():
         console.print(f"  1 USD = {rate} {code}")
     for code, price in doc["assets"].items():

@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from ..cli_paths import tty_console
 from ..settings import load_settings
 from ..store import Store
 
 app = typer.Typer(name="identity", help="Identity store and mail worker.\n\nExample: ringfence identity migrate",
                   no_args_is_help=True, add_completion=False)
-console = Console()
+console = tty_console()
 
 
 def _context():  # type: ignore[no-untyped-def]

@@ -128,7 +128,7 @@ def check_withdrawals_allowed(ctx: IdentityContext, account_id: str) -> None:
             remaining = user.withdrawals_locked_until_s - now
             raise WithdrawalsLocked(
                 f"withdrawals are locked for {remaining} s after a recent security change",
-                locked_until_s=user.withdrawals_locked_until_s,
+                locked_until_s=user.withdrawals_locked_until_s, lock_s=ctx.settings.identity_withdrawal_lock_s,
             )
 
 

@@ -7,6 +7,7 @@ means a stored label can never carry a script into a page or an e-mail.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -62,10 +63,19 @@ def validate_anti_phishing_code(code: object, *, field: str = "anti_phishing_cod
 def validate_ip(ip: object, *, field: str = "ip") -> str:
     if not isinstance(ip, str) or len(ip) > 64:
         raise ValidationError("must be an IPv4 or IPv6 address", field=field)
+    canonical = _canonical_ip(ip)
+    if canonical is None:
+        raise ValidationError("must be an IPv4 or IPv6 address", field=field)
+    return canonical
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip(ip: str) -> str | None:
+    """The address's canonical text, or None when `ip` is not one (cached: every signed request asks)."""
     try:
         return str(ipaddress.ip_address(ip))
-    except ValueError as exc:
-        raise ValidationError("must be an IPv4 or IPv6 address", field=field) from exc
+    except ValueError:
+        return None
 
 
 def validate_user_agent(user_agent: object, *, field: str = "user_agent") -> str:

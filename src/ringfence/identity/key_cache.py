@@ -32,6 +32,7 @@ import threading
 import time
 from dataclasses import replace
 
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import text
 
 from ..store import key_generation
@@ -52,6 +53,7 @@ class VerifiedKeyCache:
         self.poll_s = poll_s
         self.stale_after_s = stale_after_s
         self._entries: dict[str, KeySnapshot] = {}
+        self._digests: dict[str, str] = {}
         self._lock = threading.Lock()
         self._store_generation = -1
         self._polled_at = 0.0  # float-ok: monotonic seconds of the watcher's last successful read
@@ -60,6 +62,7 @@ class VerifiedKeyCache:
         self._watcher: threading.Thread | None = None
         self.hits = 0
         self.misses = 0
+        self.gateway_checked = 0  #: requests admitted on a gateway's signature check (admit_checked)
 
     # ------------------------------------------------------------------ generation
 
@@ -137,6 +140,19 @@ class VerifiedKeyCache:
             if self._entries.get(digest) is key:
                 self._entries[digest] = replace(key, last_used_at_s=now)
 
+    def _digest(self, api_key: str) -> str:
+        """`api_keys.key_digest`, remembered for keys in the cache: a keyed hash per request was a
+        visible share of a cached request's time, and a key's digest never changes. Made-up keys
+        are not remembered (they are never cached either); bounded like the entries."""
+        digest = self._digests.get(api_key)
+        if digest is None:
+            digest = api_keys.key_digest(self.ctx, api_key)
+            if digest in self._entries:
+                if len(self._digests) >= self.max_entries:
+                    self._digests.clear()
+                self._digests[api_key] = digest
+        return digest
+
     # ------------------------------------------------------------------ the two entry points
 
     def verify_cached(self, api_key: object, payload: bytes | str, signature: object, client_ip: object, scope: str) -> ApiPrincipal | None:
@@ -144,7 +160,7 @@ class VerifiedKeyCache:
         the key is not cached or its last-use time is due to be written (call `verify` then)."""
         ip, data = api_keys.check_signed_arguments(api_key, payload, signature, client_ip, scope)
         assert isinstance(api_key, str) and isinstance(signature, str)
-        key = self._get(api_keys.key_digest(self.ctx, api_key))
+        key = self._get(self._digest(api_key))
         now = self.ctx.now()
         if key is None or api_keys.last_used_due(key, now):
             return None
@@ -155,7 +171,7 @@ class VerifiedKeyCache:
         """The same answers as `api_keys.verify_api_request`, reading SQL only on a cache miss."""
         ip, data = api_keys.check_signed_arguments(api_key, payload, signature, client_ip, scope)
         assert isinstance(api_key, str) and isinstance(signature, str)
-        digest = api_keys.key_digest(self.ctx, api_key)
+        digest = self._digest(api_key)
         key = self._get(digest)
         if key is None:
             self.misses += 1
@@ -167,11 +183,55 @@ class VerifiedKeyCache:
             self._remember_use(digest, key, now)
         return principal
 
+    # ------------------------------------------------------------------ gateways (api/relay.py)
+
+    def generation(self) -> list[int] | None:
+        """What a gateway stamps its signature checks with (None: the cache is not trusted now)."""
+        current = self._current()
+        return list(current) if current is not None else None
+
+    def material(self, api_key: str) -> list[object] | None:
+        """`[generation, kind, secret or public key bytes]` of a cached, unrevoked key, for a gateway
+        to check the key's signatures with; None when there is nothing current to give."""
+        before = self._current()
+        if before is None:
+            return None
+        key = self._get(self._digest(api_key))
+        if key is None or key.revoked_at_s is not None:
+            return None
+        if key.kind == "hmac" and key.secret_enc:
+            raw = self.ctx.sealer.unseal(key.secret_enc, purpose="apikey:" + key.key_hash)
+        elif key.kind == "ed25519" and key.verifier is not None:
+            raw = key.verifier.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        else:
+            return None
+        if self._current() != before:
+            return None  # a change committed meanwhile: the gateway learns the key again later
+        return [list(before), key.kind, raw]
+
+    def admit_checked(self, api_key: object, client_ip: object, scope: str, generation: object) -> ApiPrincipal | None:
+        """The principal of a request whose signature a gateway checked with this key as it was at
+        `generation`, without I/O: `admit` (revoked, expired, frozen, IP, scope) on the cached key.
+        None when `generation` is not the current one, the key is not cached, or its last-use time is
+        due to be written: the caller then verifies the request itself (`verify_cached`, `verify`)."""
+        current = self._current()
+        if current is None or list(current) != generation:
+            return None
+        ip = api_keys.check_key_arguments(api_key, client_ip, scope)
+        assert isinstance(api_key, str)
+        key = self._get(self._digest(api_key))
+        now = self.ctx.now()
+        if key is None or api_keys.last_used_due(key, now) or self._current() != current:
+            return None
+        self.hits += 1
+        self.gateway_checked += 1
+        return api_keys.admit(key, ip, scope, now)
+
     def principal(self, api_key: object, client_ip: object, scope: str) -> ApiPrincipal:
         """The same answers as `api_keys.principal_for_key` (key-only endpoints)."""
         ip = api_keys.check_key_arguments(api_key, client_ip, scope)
         assert isinstance(api_key, str)
-        digest = api_keys.key_digest(self.ctx, api_key)
+        digest = self._digest(api_key)
         key = self._get(digest) or self._load(digest)
         if key is None:
             from ..errors import Unauthorized

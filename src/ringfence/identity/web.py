@@ -464,7 +464,8 @@ def install(app: FastAPI, ctx: IdentityContext) -> None:
 
 
 def create_app(ctx: IdentityContext) -> FastAPI:
-    app = FastAPI(title="ringfence identity", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="ringfence identity", docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})  # no per-request os.environ reads
     app.state.identity_ctx = ctx
     app.include_router(create_router(ctx))
     from ..i18n.api import build_i18n_router  # the language selector and the script's catalogue

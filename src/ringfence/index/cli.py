@@ -4,18 +4,17 @@ sign operator approvals, and run the ccxt feed poller (docs/index.md)."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
+from ..cli_paths import tty_console
 from rich.table import Table
 
 app = typer.Typer(help="Index price and mark price: show, feed keys, configuration, the ccxt feed.\n\n"
                   "Example: ringfence index show --url http://127.0.0.1:8000 --symbol BTCUSDT", no_args_is_help=True)
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = tty_console(width=140)
 
 
 def _print(views: list[dict[str, Any]], as_json: bool) -> None:

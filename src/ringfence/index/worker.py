@@ -27,7 +27,7 @@ from ..errors import RingfenceError
 from .commands import ConfigureIndex, RegisterFeedKey, SubmitQuote
 from .simulator import VenueSimulator, demo_venues
 
-__all__ = ["FeedWorker", "setup_demo_feed", "start_demo_feed", "DEMO_SYMBOLS", "DEMO_SEED"]
+__all__ = ["FeedWorker", "setup_demo_feed", "start_demo_feed", "demo_feed_registered", "DEMO_SYMBOLS", "DEMO_SEED"]
 
 log = structlog.get_logger("ringfence.index")
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -105,6 +105,18 @@ def _demo_approvers(node: Any) -> tuple[Any, list[str]] | None:
     if len(keys) < state.quorum:
         return None
     return StaffDesk(keys, time.time_ns), [k.staff_id for k in keys[: state.quorum]]
+
+
+def demo_feed_registered(engine: Any) -> bool:
+    """Did a demo primary register the simulated venues' feed keys in this journal? A promoted
+    standby then carries the demo's feed on (it has no `--demo` of its own; without quotes its
+    perpetuals would go REDUCE_ONLY once the last ones are stale). The demo venues' keys come from
+    public seeds: a production journal registers its own venues' keys, never these."""
+    from .state import index_state
+
+    registered = index_state(engine).feed_keys
+    signers = VenueSimulator(DEMO_SYMBOLS[0], 1, DEMO_SEED).signers
+    return bool(signers) and all(registered.get(s.venue) == s.public_key_hex for s in signers)
 
 
 def setup_demo_feed(node: Any, seed: int = DEMO_SEED) -> list[VenueSimulator]:

@@ -387,19 +387,28 @@ def reshare_live(key_id: str = typer.Option("btc-hot", "--key-id", help="the thr
     with AdminClient(url, signing[0], timeout_s=120) as client:  # starting a signer takes seconds
         view = _run(lambda: client.get(f"/keys/{key_id}"))
         known = {s["id"]: s for s in view["signers"]}
+        holders = sorted(s["id"] for s in view["signers"] if s["holder"])
+        absent = sorted(set(remove) - set(holders))
+        if absent:  # before any signer starts or anything is journaled
+            raise typer.BadParameter(f"signer {', '.join(map(str, absent))} holds no share of {key_id}; its signers are "
+                                     f"{', '.join(map(str, holders))}", param_hint="--remove")
+        both = sorted(set(remove) & set(added))
+        if both:
+            raise typer.BadParameter(f"signer {', '.join(map(str, both))} is both added and removed",
+                                     param_hint="--remove")
         entries: dict[int, dict[str, object]] = {}
         for s in view["signers"]:
             if s["holder"] and s["id"] not in remove:
                 entries[s["id"]] = {"id": s["id"], "fp": s["fingerprint"]}
-        for ident, where in added.items():
-            if ident in certs:
-                entries[ident] = {"id": ident, "url": where, "certificate": certs[ident].read_text(),
-                                  "fp": fingerprint(certs[ident])}
-            elif ident in known and known[ident]["fingerprint"]:
-                entries[ident] = {"id": ident, "fp": known[ident]["fingerprint"]}
+        for sid, where in added.items():
+            if sid in certs:
+                entries[sid] = {"id": sid, "url": where, "certificate": certs[sid].read_text(),
+                                "fp": fingerprint(certs[sid])}
+            elif sid in known and known[sid]["fingerprint"]:
+                entries[sid] = {"id": sid, "fp": known[sid]["fingerprint"]}
             else:  # the node runs its signers: it starts this one (holding no share) and answers its pin
-                started = _run(lambda i=ident: client.post(f"/keys/{key_id}/signers", {"id": i}))  # type: ignore[misc]
-                entries[ident] = {"id": ident, "fp": started["fingerprint"]}
+                started = _run(lambda i=sid: client.post(f"/keys/{key_id}/signers", {"id": i}))  # type: ignore[misc]
+                entries[sid] = {"id": sid, "fp": started["fingerprint"]}
     if any(not e["fp"] for e in entries.values()):
         err_console.print("[bold red]error:[/] a signer without a pinned certificate: give --cert N=PATH")
         raise typer.Exit(2)
@@ -408,7 +417,8 @@ def reshare_live(key_id: str = typer.Option("btc-hot", "--key-id", help="the thr
     pairs = [[i, str(e["fp"])] for i, e in sorted(entries.items())]
     subject = reshare_subject(key_id, gen, pairs, new_threshold, reason)
     body = {"generation": gen, "threshold": new_threshold, "reason": reason,
-            "signers": [{k: v for k, v in e.items() if k != "fp" and v} for _, e in sorted(entries.items())]}
+            "signers": [{k: v for k, v in e.items() if k != "fp" and v} for _, e in sorted(entries.items())],
+            **({"remove": sorted(set(remove))} if remove else {})}
     result = _quorum_submit(signing, approvals, "keys.reshare", subject, ttl_s, sign_only,
                             lambda c, toks: c.post(f"/keys/{key_id}/reshare", {**body, "approvals": toks}), url,
                             timeout_s=180)  # the ceremony waits for the chain lock and runs three rounds

@@ -111,7 +111,7 @@ def _restore_ledger(engine: Engine, data: list[Any]) -> Ledger:
     return ledger
 
 
-MODULE.declare_state(_new_ledger, Ledger.snapshot_state, _restore_ledger, attribute="ledger")
+MODULE.declare_state(_new_ledger, Ledger.snapshot_state, _restore_ledger, attribute="ledger", digest=Ledger.digest)
 
 
 @MODULE.timer(lambda ledger: ledger.next_expiry_ns(NEVER))

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from ..errors import InvariantViolation, UnknownAccount, ValidationError
 from ..money import MAX_AMOUNT, Asset, AssetClass, AssetRegistry
+from .digest import LedgerDigest
 from .model import (
     CLIENT_ID_MAX,
     DEFAULT_SEGMENTS,
@@ -108,11 +109,6 @@ class Pending:
         self.status = "pending"
 
 
-def _assert_not_overdrawn(account: Account) -> None:
-    if account.flags & _NO_OVERDRAFT and account.debits_posted + account.debits_pending > account.credits_posted:
-        raise InvariantViolation(f"overdraft on no-overdraft account {account.name}")
-
-
 class Hold(NamedTuple):
     """A read-only view of a pending transfer, for code outside the ledger (which never mutates one)."""
 
@@ -158,6 +154,10 @@ class Ledger:
         self.wake_at: Callable[[int], None] | None = None
         #: A limit, not state (never snapshotted): tests lower it to reach it.
         self.max_accounts = MAX_ACCOUNTS
+        #: The incremental digest (`digest`), and what changed since it was last taken; both None
+        #: until the first `digest()` call (a ledger nobody digests tracks nothing). Not state.
+        self._digest: LedgerDigest | None = None
+        self._dirty: set[Any] | None = None
         for segment in DEFAULT_SEGMENTS:
             self.register_segment(segment)
 
@@ -235,6 +235,8 @@ class Ledger:
         account = Account(len(self.accounts), owner, asset, kind, segment, flags)
         self.accounts.append(account)
         self._by_key[key] = account
+        if self._dirty is not None:  # the incremental digest (ledger/digest.py)
+            self._dirty.add(account)
         return account
 
     def find(self, owner: str, asset: str, kind: str = "available", segment: str = "spot") -> Account | None:
@@ -518,15 +520,24 @@ class Ledger:
             raise InvariantViolation("negative internal transfer")
         if debit.asset != credit.asset or debit is credit:
             raise InvariantViolation(f"bad internal transfer {debit.name} -> {credit.name}")
-        code = self._check_limits(debit, credit, amount, pending=False)
-        if code is not None:
+        # Post-conditions, checked on the counters as they will be (so a failure changes nothing):
+        # `_check_limits`' tests, inlined (this is every perpetual fill's path, several times). The
+        # debit is not the credit, so the debit's no-overdraft test is the post-state's, and the
+        # two counters grow by the same amount: the asset is conserved by construction.
+        debits = debit.debits_posted + amount
+        credits = credit.credits_posted + amount
+        if (
+            (debit.flags & _NO_OVERDRAFT and debits + debit.debits_pending > debit.credits_posted)
+            or (credit.flags & _NO_EXCESS_CREDIT and credits + credit.credits_pending > credit.debits_posted)
+            or debits + debit.debits_pending > MAX_AMOUNT
+            or credits + credit.credits_pending > MAX_AMOUNT
+        ):
+            code = self._check_limits(debit, credit, amount, pending=False)
             raise InvariantViolation(f"internal transfer {debit.name} -> {credit.name} failed: {code}")
-        net_before = debit.balance + credit.balance
-        debit.debits_posted += amount
-        credit.credits_posted += amount
-        _assert_not_overdrawn(debit)
-        if debit.balance + credit.balance != net_before:
-            raise InvariantViolation(f"transfer {debit.name} -> {credit.name} did not conserve {debit.asset}")
+        debit.debits_posted = debits
+        credit.credits_posted = credits
+        if self._dirty is not None:  # the incremental digest (ledger/digest.py)
+            self._dirty.update((debit, credit))
 
     def can_hold(self, debit: Account, amount: int) -> bool:
         """Could `amount` more be held on `debit` now without overdrawing it (counting its holds)?"""
@@ -557,7 +568,9 @@ class Ledger:
         # `_reserve`, inlined: this is the hot path of every order placed.
         debit.debits_pending += amount
         credit.credits_pending += amount
-        self.pending[tid] = Pending(tid, debit, credit, amount, expires_at_ns)
+        p = self.pending[tid] = Pending(tid, debit, credit, amount, expires_at_ns)
+        if self._dirty is not None:  # the incremental digest (ledger/digest.py)
+            self._dirty.add(p)
         if expires_at_ns:
             self._schedule_expiry(expires_at_ns, tid)
         return tid
@@ -608,6 +621,8 @@ class Ledger:
         debit.debits_pending += delta
         credit.credits_pending += delta
         p.remaining = need_minor
+        if self._dirty is not None:  # the incremental digest (ledger/digest.py)
+            self._dirty.add(p)
         return True
 
     def capture(self, hold_id: int, amount: int) -> None:
@@ -618,6 +633,161 @@ class Ledger:
         self._capture(p, amount)
         if p.remaining < 0 or p.debit.debits_pending < 0 or p.credit.credits_pending < 0:
             raise InvariantViolation(f"capturing hold {hold_id} left a negative reservation")
+
+    def capture_and_return(self, hold_id: int, amount: int) -> None:
+        """Post `amount` of an open hold to its credit account and pay it straight back to the
+        hold's payer: what a perpetual fill frees of its order's margin hold. The same two postings,
+        and the same counters, as `capture(hold_id, amount)` then `move(credit, debit, amount)`, in
+        one call (every perpetual fill's path, once per side)."""
+        p = self.pending.get(hold_id)
+        if p is None or p.status != "pending":
+            raise InvariantViolation(f"hold {hold_id} is not open ({p.status if p else 'unknown'})")
+        # Pre-conditions: a positive amount within what the hold still reserves. The credit's
+        # debits grow by what its credits grow (it ends where it began); the payer's posted
+        # counters both grow by `amount` (its balance is unchanged, what it can spend grows).
+        if not 0 < amount <= p.remaining:
+            raise InvariantViolation(f"cannot capture {amount} of hold {hold_id} ({p.remaining} left)")
+        debit, credit = p.debit, p.credit
+        if credit.debits_posted + amount > MAX_AMOUNT or debit.credits_posted + amount > MAX_AMOUNT:
+            raise InvariantViolation(f"{debit.name}/{credit.name}: counters overflow 128 bits")
+        debit.debits_pending -= amount
+        credit.credits_pending -= amount
+        debit.debits_posted += amount
+        credit.credits_posted += amount
+        p.remaining -= amount
+        if p.remaining == 0:
+            p.status = "posted"
+        credit.debits_posted += amount
+        debit.credits_posted += amount
+        if self._dirty is not None:  # the incremental digest (ledger/digest.py)
+            self._dirty.update((p, debit, credit))
+        # Post-condition: no negative reservation.
+        if debit.debits_pending < 0 or credit.credits_pending < 0:
+            raise InvariantViolation(f"capturing hold {hold_id} left a negative reservation")
+
+    def settle_margin_side(
+        self,
+        hold_id: int,
+        take: int,
+        wallet: Account,
+        margin: Account,
+        released: int,
+        pool: Account,
+        gain: int,
+        paid: int,
+        insurance: Account,
+        covered: int,
+        fees: Account,
+        fee_net: int,
+        shield: int,
+        post: int,
+    ) -> None:
+        """One side of a perpetual fill as one linked set of postings, in this order (a zero amount
+        posts nothing):
+
+        capture `take` of hold `hold_id` (the wallet's) and pay it back from its credit account;
+        margin -> wallet `released`; pool -> wallet `gain`; wallet -> pool `paid`; insurance ->
+        pool `covered`; wallet -> fees `fee_net`; wallet -> insurance `shield`; wallet -> margin
+        `post`.
+
+        The same postings and counters as `capture_and_return` and `move` one by one (amounts by
+        derivatives' rules); every check those would make is made first, on the counters as they will
+        be, so a failure changes nothing. With an account that may not be credited beyond its debits
+        among them (never a user's or a derivatives system account) it posts them one by one instead.
+        """
+        if (take | released | gain | paid | covered | fee_net | shield | post) < 0:
+            raise InvariantViolation("negative internal transfer")
+        h, flags = self._margin_side_hold(hold_id, take, wallet, margin, pool, insurance, fees)
+        if flags & _NO_EXCESS_CREDIT:
+            if take:
+                self.capture_and_return(hold_id, take)
+            for debit, credit, amount in ((margin, wallet, released), (pool, wallet, gain), (wallet, pool, paid),
+                                          (insurance, pool, covered), (wallet, fees, fee_net), (wallet, insurance, shield),
+                                          (wallet, margin, post)):
+                self.move(debit, credit, amount)
+            return
+        # Every counter only grows (what is held only shrinks), so the final counters are the
+        # largest; no overdraft where the flag says so: the wallet's credits all come before its
+        # debits, so its last state is its lowest; the margin account and the insurance fund are
+        # debited before they are credited, so their state after the debit is; the pool goes one way.
+        w_debits = wallet.debits_posted + take + paid + fee_net + shield + post
+        w_credits = wallet.credits_posted + take + released + gain
+        w_pending = wallet.debits_pending - take
+        m_debits = margin.debits_posted + released
+        p_debits = pool.debits_posted + gain
+        p_credits = pool.credits_posted + paid + covered
+        i_debits = insurance.debits_posted + covered
+        i_credits = insurance.credits_posted + shield
+        if (
+            (wallet.flags & _NO_OVERDRAFT and w_debits + w_pending > w_credits)
+            or (margin.flags & _NO_OVERDRAFT and m_debits + margin.debits_pending > margin.credits_posted)
+            or (pool.flags & _NO_OVERDRAFT and p_debits + pool.debits_pending > p_credits)
+            or (insurance.flags & _NO_OVERDRAFT and i_debits + insurance.debits_pending > insurance.credits_posted)
+            # 128 bits (`MAX_AMOUNT` is all ones: an OR of non-negative counters passes it iff one does)
+            or (w_debits + w_pending | w_credits | m_debits + margin.debits_pending | margin.credits_posted + margin.credits_pending + post
+                | p_debits + pool.debits_pending | p_credits + pool.credits_pending | i_debits + insurance.debits_pending
+                | i_credits + insurance.credits_pending | fees.credits_posted + fees.credits_pending + fee_net) > MAX_AMOUNT
+        ):
+            raise InvariantViolation(f"margin settlement of {wallet.name} would overdraw an account or overflow 128 bits")
+        if h is not None:
+            self._capture_and_return_to_clearing(h, take)
+        wallet.debits_posted = w_debits
+        wallet.credits_posted = w_credits
+        wallet.debits_pending = w_pending
+        margin.debits_posted = m_debits
+        margin.credits_posted += post
+        pool.debits_posted = p_debits
+        pool.credits_posted = p_credits
+        insurance.debits_posted = i_debits
+        insurance.credits_posted = i_credits
+        fees.credits_posted += fee_net
+        if self._dirty is not None:  # the incremental digest (ledger/digest.py)
+            self._dirty.update((wallet, margin, pool, insurance, fees))
+            if h is not None:
+                self._dirty.update((h, h.credit))
+
+    def _margin_side_hold(self, hold_id: int, take: int, wallet: Account, margin: Account, pool: Account,
+                          insurance: Account, fees: Account) -> tuple[Any, int]:
+        """`settle_margin_side`'s pre-conditions: one asset, distinct accounts, an open hold of the
+        wallet's that covers `take` (paid into an account none of the others is). Returns the hold
+        (None when `take` is 0) and the accounts' flags, OR-ed."""
+        asset = wallet.asset
+        if (margin.asset != asset or pool.asset != asset or insurance.asset != asset or fees.asset != asset
+                or wallet is margin or wallet is pool or wallet is insurance or wallet is fees or margin is pool
+                or margin is insurance or margin is fees or pool is insurance or pool is fees or insurance is fees):
+            raise InvariantViolation(f"bad margin settlement accounts for {wallet.name}")
+        flags = wallet.flags | margin.flags | pool.flags | insurance.flags | fees.flags
+        if not take:
+            return None, flags
+        h = self.pending.get(hold_id)
+        if h is None or h.status != "pending" or take > h.remaining or h.debit is not wallet:
+            raise InvariantViolation(f"cannot capture {take} of hold {hold_id} of {wallet.name}")
+        clearing = h.credit
+        if clearing is margin or clearing is pool or clearing is insurance or clearing is fees or clearing.credits_pending < take:
+            raise InvariantViolation(f"hold {hold_id} cannot be captured into {clearing.name}")
+        return h, flags | clearing.flags
+
+    @staticmethod
+    def _capture_and_return_to_clearing(h: Any, take: int) -> None:
+        """The clearing side of `settle_margin_side`'s capture: `take` of hold `h` posted into its
+        credit account, which pays it straight back (its debits grow by what its credits grow)."""
+        clearing = h.credit
+        debits = clearing.debits_posted + take
+        if debits > MAX_AMOUNT or (clearing.flags & _NO_OVERDRAFT and debits + clearing.debits_pending > clearing.credits_posted + take):
+            raise InvariantViolation(f"{clearing.name}: overdrawn or past 128 bits")
+        clearing.credits_pending -= take
+        clearing.credits_posted += take
+        clearing.debits_posted = debits
+        remaining = h.remaining - take
+        h.remaining = remaining
+        if not remaining:
+            h.status = "posted"
+
+    def hold_amounts(self, hold_id: int) -> tuple[int, int]:
+        """`(amount, remaining)` of a hold: `pending_hold`'s two figures without building the view
+        (a perpetual fill reads them once per side). Raises for an unknown hold."""
+        p = self.pending[hold_id]
+        return p.amount, p.remaining
 
     def release(self, hold_id: int) -> int:
         """Void what remains of a hold; returns the released amount (0 if it is no longer open)."""
@@ -659,6 +829,8 @@ class Ledger:
         elif p.remaining or (p.status != "posted" and p.status != "voided"):
             raise InvariantViolation(f"hold {hold_id} ended as {p.status} with {p.remaining} left")
         del pending[hold_id]
+        if self._dirty is not None:  # the incremental digest (ledger/digest.py)
+            self._dirty.add(p)
         return released
 
     def settle_fill(
@@ -738,6 +910,9 @@ class Ledger:
         seller_recv.credits_posted += seller_gets
         c.quote_fees.credits_posted += quote_fees
         c.quote_shield.credits_posted += seller_shield_minor
+        if self._dirty is not None:  # the incremental digest (ledger/digest.py)
+            self._dirty.update((hb, hs, cb, cq, buyer_recv, seller_recv, c.base_fees, c.base_shield, c.quote_fees,
+                                c.quote_shield))
 
     # ------------------------------------------------------------------ engine-side reads
 
@@ -770,7 +945,9 @@ class Ledger:
     def _reserve(self, tid: int, debit: Account, credit: Account, amount: int, expires_at_ns: int) -> None:
         debit.debits_pending += amount
         credit.credits_pending += amount
-        self.pending[tid] = Pending(tid, debit, credit, amount, expires_at_ns)
+        p = self.pending[tid] = Pending(tid, debit, credit, amount, expires_at_ns)
+        if self._dirty is not None:  # the incremental digest (ledger/digest.py)
+            self._dirty.add(p)
         if expires_at_ns:
             self._schedule_expiry(expires_at_ns, tid)
 
@@ -792,12 +969,16 @@ class Ledger:
         p.remaining -= amount
         if p.remaining == 0:
             p.status = "posted"
+        if self._dirty is not None:  # the incremental digest (ledger/digest.py)
+            self._dirty.add(p)
 
     def _release(self, p: Pending, amount: int, status: str) -> None:
         p.debit.debits_pending -= amount
         p.credit.credits_pending -= amount
         p.remaining -= amount
         p.status = status
+        if self._dirty is not None:  # the incremental digest (ledger/digest.py)
+            self._dirty.add(p)
 
     def expire_due(self, now_ns: int) -> list[tuple[int, int]]:
         """Expire every pending transfer whose deadline is at or before `now_ns` (sequencer time)."""
@@ -949,4 +1130,15 @@ class Ledger:
         ledger.next_internal_id = next_internal_id
         ledger.max_accounts = MAX_ACCOUNTS
         ledger.wake_at = None
+        ledger._digest = None
+        ledger._dirty = None
         return ledger
+
+    def digest(self) -> bytes:
+        """SHA-256 digest of the whole ledger (ledger/digest.py), updated from what changed since the
+        last call: equal to `full_digest(self)`, at a cost in proportion to the change."""
+        dirty, self._dirty = self._dirty, set()
+        if self._digest is None or dirty is None:
+            self._digest = LedgerDigest(self)
+            dirty = set()
+        return self._digest.update(self, dirty)

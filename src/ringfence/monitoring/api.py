@@ -8,6 +8,7 @@
   "require_2fa_reset"|"report", "reason", "decision"}`: an action on the analyst's signed decision (cases.py);
 * `GET /admin/v1/cases/{id}/report` — the case's suspicious-activity report as a JSON document;
 * `GET /admin/v1/baselines?account_id=` — the behavioural model's baseline of one account;
+* `GET /admin/v1/model` — the model's feature weights learnt from case decisions (feedback.py);
 * `GET /admin/v1/monitoring` — the worker: rules, cursor, lag, outbox counters.
 """
 
@@ -86,6 +87,12 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
         if not account:
             raise ValidationError("name the account whose baseline to show", field="account_id")
         return {"baseline": monitor.baseline(account)}
+
+    @endpoint("GET", "/model", "The behavioural model's feature weights learnt from analysts' case decisions (closed as "
+              "confirmed_abuse or false_positive), with every decision that moved them")
+    async def get_model(caller: str, body: dict[str, Any]) -> Any:
+        analysts_only(caller)
+        return monitor.model_status()
 
     @endpoint("GET", "/monitoring", "The monitoring worker: rules, cursor, lag, outbox counters")
     async def get_monitoring(caller: str, body: dict[str, Any]) -> Any:

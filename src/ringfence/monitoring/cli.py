@@ -5,22 +5,21 @@ account's behavioural baseline."""
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from ..cli_paths import tty_console
 from ..errors import RingfenceError, ValidationError
 from .events import Event, from_json, to_json
 
 app = typer.Typer(help="Monitoring: rule sets, back-tests over the recorded event stream, exports, alerts and baselines of a live node "
                   "(docs/monitoring.md).\n\nExample: ringfence monitoring alerts --key ./ringfence-data/serve/demo-staff.json#cy",
                   no_args_is_help=True)
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = tty_console(width=160)
 
 
 def _time_ms(text: str | None, name: str, default: int) -> int:
@@ -40,8 +39,13 @@ def _time_ms(text: str | None, name: str, default: int) -> int:
 
 
 def _store(data: Path | None, database_url: str | None):  # type: ignore[no-untyped-def]
+    """--database-url, else RINGFENCE_DATABASE_URL (where `serve` keeps it: the PostgreSQL profile), else
+    DATA/identity.sqlite3."""
+    import os
+
     from ..store import Store
 
+    database_url = database_url or os.environ.get("RINGFENCE_DATABASE_URL") or None
     if database_url:
         return Store.from_url(database_url)
     path = (data or Path("ringfence-data")) / "identity.sqlite3"
@@ -92,9 +96,11 @@ def backtest_cmd(
     rules: Path = typer.Option(None, "--rules", help="The rule set (JSON); default: the shipped rules."),
     events: Path = typer.Option(None, "--events", help="A recorded stream (JSON lines from `monitoring export`)."),
     data: Path = typer.Option(None, "--data", help="Read the stream from a server's data directory (DIR/identity.sqlite3)."),
-    database_url: str = typer.Option(None, "--database-url", help="Read the stream from this database instead."),
+    database_url: str = typer.Option(None, "--database-url", help="Read the stream from this database instead (default: RINGFENCE_DATABASE_URL, as serve)."),
     start: str = typer.Option(None, "--from", help="Only events at or after this time (ISO 8601 or ms)."),
     end: str = typer.Option(None, "--to", help="Only events at or before this time (ISO 8601 or ms)."),
+    weights: Path = typer.Option(None, "--weights", help="The behavioural model's learnt feature weights (JSON, as "
+                                 "`monitoring model --json` prints them); default: every feature at 1,000 per-mille."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per hit, then a summary object."),
 ) -> None:
     """Run a rule set over a recorded stream: every hit with its explanation, and hits per rule.
@@ -102,14 +108,17 @@ def backtest_cmd(
     The scoring is the live worker's (same code, no clock), so a back-test shows what the rules
     would have raised. Nothing is written.
 
-    Example: ringfence monitoring backtest --rules my-rules.json --data ./ringfence-data --from 2026-12-01T00:00:00Z
+    Example: ringfence monitoring backtest --rules my-rules.json --data ./ringfence-data --from 2026-12-01T00:00:00Z --weights model.json
     """
     from .rules import backtest, default_rules, parse_rules
 
     try:
         rs = parse_rules(rules.read_text()) if rules else default_rules()
         lo, hi = _time_ms(start, "--from", 0), _time_ms(end, "--to", 2**62)
-        hits, scored = backtest(rs, _events(events, data, database_url, lo, hi))
+        from .feedback import parse_weights
+
+        learnt = parse_weights(weights.read_text()) if weights else None
+        hits, scored = backtest(rs, _events(events, data, database_url, lo, hi), learnt)
     except RingfenceError as err:
         _fail(err)
         return
@@ -133,7 +142,7 @@ def backtest_cmd(
 def export_cmd(
     out: Path = typer.Option(..., "--out", help="Where to write the stream (JSON lines)."),
     data: Path = typer.Option(None, "--data", help="The server's data directory (DIR/identity.sqlite3)."),
-    database_url: str = typer.Option(None, "--database-url", help="Or the database URL."),
+    database_url: str = typer.Option(None, "--database-url", help="Or the database URL (default: RINGFENCE_DATABASE_URL, as serve)."),
     start: str = typer.Option(None, "--from", help="Only events at or after this time (ISO 8601 or ms)."),
     end: str = typer.Option(None, "--to", help="Only events at or before this time (ISO 8601 or ms)."),
 ) -> None:
@@ -162,7 +171,7 @@ def deidentify_cmd(
     k: int = typer.Option(5, "--k", help="Suppress records whose quasi-identifiers fewer than k pseudonyms share."),
     data: Path = typer.Option(None, "--data", help="The server's data directory (DIR/identity.sqlite3)."),
     events: Path = typer.Option(None, "--events", help="Or a recorded stream (JSON lines from `monitoring export`)."),
-    database_url: str = typer.Option(None, "--database-url", help="Or the database URL."),
+    database_url: str = typer.Option(None, "--database-url", help="Or the database URL (default: RINGFENCE_DATABASE_URL, as serve)."),
     start: str = typer.Option(None, "--from", help="Only events at or after this time (ISO 8601 or ms)."),
     end: str = typer.Option(None, "--to", help="Only events at or before this time (ISO 8601 or ms)."),
 ) -> None:
@@ -275,3 +284,79 @@ def report_cmd(
         return
     out.write_text(doc + "\n")
     console.print(f"wrote the report of case {case_id} to {escape(str(out))}")
+
+
+@app.command("replay-rules")
+def replay_rules_cmd(out: Path = typer.Argument(..., help="Where to write the rule set (JSON).")) -> None:
+    """Write the shipped rule set with time compressed for `monitoring replay` (behaviour rules:
+    settle_s 1 s, window at most 10 s); start the server to replay into with it.
+
+    Example: ringfence monitoring replay-rules replay-rules.json && RINGFENCE_MONITORING_RULES=replay-rules.json ringfence serve --demo --forwarded-allow-ips 127.0.0.1
+    """
+    from .replay import replay_rules
+
+    replay_rules(out)
+    console.print(f"wrote {escape(str(out))}")
+
+
+@app.command("replay")
+def replay_cmd(
+    data: Path = typer.Option(..., "--data", help="The running `serve --demo`'s data directory (the faucet token, the demo staff keys)."),
+    url: str = typer.Option(None, "--url", help="The running server (default $RINGFENCE_URL or http://127.0.0.1:8000)."),
+    seed: int = typer.Option(1, "--seed", help="The generator's seed: who follows which typology, devices, networks, amounts."),
+    users: int = typer.Option(20, "--users", min=20, max=2000, help="Accounts to sign up (about 3% per typology, at least one each)."),
+    key: str = typer.Option("", "--key", help="An analyst's staff key to read the alerts with (default DATA/demo-staff.json#cy)."),
+    out: Path = typer.Option(None, "--out", help="Also append the result as one JSON line to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+) -> None:
+    """Replay the synthetic typologies (account takeover, credential stuffing, wash ring, spoofer,
+    structuring, tainted deposit, pump and dump) through a live `serve --demo`'s API — sign-ups, TOTP, API keys,
+    faucet deposits, orders, wrong passwords, thin markets listed by the demo's operators ada and ben — then read the alerts back from GET /admin/v1/alerts and print
+    precision and recall per typology. The server must believe X-Forwarded-For from this machine
+    (`--forwarded-allow-ips 127.0.0.1`), run `monitoring replay-rules`' rule set, and compress time
+    for withdrawals too (RINGFENCE_CUSTODY_ADDRESS_COOLING_S=0, RINGFENCE_IDENTITY_WITHDRAWAL_LOCK_S=1).
+
+    Example: ringfence monitoring replay --data ./ringfence-data --url http://127.0.0.1:8000 --seed 1001 --users 60
+    """
+    from .replay import replay
+
+    try:
+        result = replay(url or _default_url(), data, seed=seed, users=users, staff_key=key,
+                        log=lambda line: console.print(escape(line)))
+    except (RuntimeError, ValueError) as err:
+        console.print(f"[red]replay failed:[/red] {escape(str(err))}")
+        raise typer.Exit(1) from None
+    line = json.dumps(result, sort_keys=True)
+    if out is not None:
+        with out.open("a") as fh:
+            fh.write(line + "\n")
+    if as_json:
+        print(line)
+        return
+    console.print(f"seed {seed}, {users} accounts, {result['seconds']} s; per-mille over this replay's accounts:")
+    console.print(f"{'typology':<22}{'accounts':>9}{'flagged':>9}{'precision':>11}{'recall':>8}")
+    for typ, row in result["typologies"].items():
+        console.print(f"{typ:<22}{row['accounts']:>9}{row['flagged']:>9}{row['precision_permille']:>11}{row['recall_permille']:>8}")
+
+
+@app.command("model")
+def model_cmd(
+    key: str = STAFF_KEY,
+    url: str = typer.Option(None, "--url", help="The running server (default $RINGFENCE_URL or http://127.0.0.1:8000)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON (usable as `backtest --weights`)."),
+) -> None:
+    """The behavioural model's feature weights on a live node, learnt from analysts' case decisions
+    (a case closed as confirmed_abuse or false_positive), with every decision that moved them
+    (GET /admin/v1/model, a signed analyst request).
+
+    Example: ringfence monitoring model --key ./ringfence-data/serve/demo-staff.json#cy --json > model.json
+    """
+    out = _admin_get(key, url or _default_url(), "/model", {})
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    console.print("feature weights (per-mille; 1000 = as measured): " + ", ".join(f"{k} {v}" for k, v in out["weights"].items()),
+                  soft_wrap=True)
+    for d in out["decisions"]:
+        console.print(f"  case {d['case_id']} alert {d['alert_id']}: {d['label']}, score {d['score']} milli-bits: "
+                      + ", ".join(f"{f['feature']} {f['contribution']}" for f in d["features"]), soft_wrap=True)

@@ -158,6 +158,8 @@ class Baselines:
         self.settle_ms = settle_ms
         self.profiles: collections.OrderedDict[str, Profile] = collections.OrderedDict()
         self.events_learnt = 0
+        # per-mille weight of each feature, learnt from analysts' case decisions (feedback.py); 1,000 = as measured
+        self.weights: dict[str, int] = {f: 1000 for f in FEATURES}
 
     def profile(self, account: str) -> Profile | None:
         return self.profiles.get(account)
@@ -251,6 +253,11 @@ class Baselines:
             if mb > 0:
                 out.append(("order_size", min(mb, CAPS["order_size"]), f"order notional {notional} vs the largest of "
                             f"{p.o_count} earlier ({p.o_max})", ""))
+        w = self.weights
+        if any(w.get(c[0], 1000) != 1000 for c in out):  # learnt from case decisions: scale, and say so
+            out = [(f, mb * w.get(f, 1000) // 1000, f"{detail} (weight {w.get(f, 1000)}‰)" if w.get(f, 1000) != 1000 else detail, v)
+                   for f, mb, detail, v in out]
+            out = [c for c in out if c[1] > 0]
         if not out:
             return Assessment(0, p.events, ())
         out.sort(key=lambda c: (-c[1], c[0], c[3]))

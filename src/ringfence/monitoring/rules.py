@@ -725,9 +725,12 @@ def _merge(dq: Iterable[tuple[int, int, Assessment]]) -> tuple[int, tuple[tuple[
     return sum(f[1] for f in features), features
 
 
-def backtest(ruleset: RuleSet, events: Iterable[Event]) -> tuple[list[Hit], int]:
-    """Every hit the rule set raises over a recorded stream, and the number of events scored."""
+def backtest(ruleset: RuleSet, events: Iterable[Event], weights: dict[str, int] | None = None) -> tuple[list[Hit], int]:
+    """Every hit the rule set raises over a recorded stream, and the number of events scored;
+    `weights`: the behavioural model's learnt feature weights (feedback.py), per-mille."""
     scorer = Scorer(ruleset)
+    if weights is not None and scorer.model is not None:
+        scorer.model.weights = dict(weights)
     hits: list[Hit] = []
     for e in events:
         hits.extend(scorer.process(e))

@@ -23,10 +23,11 @@ from ..store.models import MonitoringAlert, MonitoringCase, MonitoringCursor, Mo
 from ..errors import ConfigError
 from .cases import store_hits
 from .events import Event
+from .feedback import LABELS, MAX_WEIGHT, MIN_WEIGHT, STEP, Decision, decisions_after, learn
 from .geoip import GeoIP
 from .linking import LinkGraph, RaisedClusters
 from .rules import Hit, RuleSet, Scorer, default_rules, parse_rules
-from .stream import Outbox, custody_resolver, read_after
+from .stream import READ_BATCH, Outbox, custody_resolver, read_after
 
 __all__ = ["Monitor", "load_rules"]
 
@@ -42,7 +43,7 @@ def load_rules(path: str) -> RuleSet:
 
 
 class Monitor:
-    def __init__(self, store: Store, exchange: Any, ruleset: RuleSet, *, poll_ms: int = 200, geoip: str = "",
+    def __init__(self, store: Store, exchange: Any, ruleset: RuleSet, *, poll_ms: int = 200, flush_ms: int = 100, geoip: str = "",
                  liquidity_accounts: tuple[str, ...] = (), identity: Any = None) -> None:
         self.store = store
         self.identity = identity  # the identity service's context: account actions go through its API (cases.py)
@@ -55,7 +56,7 @@ class Monitor:
         self.exchange = exchange
         self.ruleset = ruleset
         self.poll_ms = max(10, poll_ms)
-        self.outbox = Outbox(store, resolve=custody_resolver(exchange))
+        self.outbox = Outbox(store, flush_ms=flush_ms, resolve=custody_resolver(exchange))
         self.scorer = Scorer(ruleset)
         link_cfg = ruleset.linking
         if liquidity_accounts:  # the demo's market maker (serve --demo), beside the rule set's own
@@ -67,16 +68,23 @@ class Monitor:
         self._clusters_dirty = False
         self._clusters_checked_through = 0  # the stream position the last cluster check covered
         self.cursor = 0
+        self.feedback_through = 0  # the last case-log close step applied to the model's weights (feedback.py)
+        self.decisions: list[Decision] = []
         self.alerts_raised = 0
         self.errors = 0
         self.last_error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # checks of the exchange itself (not of an account), run on this thread on their own interval:
+        # each has `name`, `due(now_ms)`, `check(now_ms)` (stores its alerts) and `status()`
+        # (e.g. solvency/shield_alarm.py: CoinEx's shield fund rule)
+        self.system_checks: list[Any] = []
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         self.outbox.start()
+        self._feedback()  # the weights every decision so far taught, before the windows are warmed
         with self.store.tx() as db:
             row = db.get(MonitoringCursor, CURSOR)
             self.cursor = row.position if row is not None else 0
@@ -108,15 +116,54 @@ class Monitor:
     def _run(self) -> None:
         while not self._stop.wait(self.poll_ms / 1000):
             try:
-                while self.step():
+                # again at once only after a full batch: a stream that is caught up is read once per
+                # poll, in batches of what came meanwhile (each step costs a few transactions of its own)
+                while self.step() >= READ_BATCH:
                     pass
             except Exception as err:  # logged and retried; the cursor did not move
                 self.errors += 1
                 self.last_error = type(err).__name__
                 log.exception("monitoring.step_failed")
+            self.run_system_checks()
+
+    def run_system_checks(self) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        for check in self.system_checks:
+            if not check.due(now_ms):
+                continue
+            try:
+                if check.check(now_ms) is not None:
+                    self.alerts_raised += 1
+            except Exception as err:  # logged and retried on the next interval
+                self.errors += 1
+                self.last_error = type(err).__name__
+                log.exception("monitoring.system_check_failed", check=check.name)
+
+    def _feedback(self) -> None:
+        """Apply the analysts' decisions logged since the last look to the model's feature weights."""
+        new = decisions_after(self.store, self.feedback_through)
+        if not new:
+            return
+        with self._links_lock:
+            model = self.scorer.model
+            if model is not None:
+                model.weights = learn(new, model.weights)
+            self.decisions.extend(new)
+            self.feedback_through = new[-1].action_id
+
+    def model_status(self) -> dict[str, Any]:
+        """The learnt weights and the decisions that taught them (GET /admin/v1/model)."""
+        with self._links_lock:
+            model = self.scorer.model
+            return {"weights": dict(model.weights) if model is not None else {},
+                    "learning": {"step_permille": STEP, "min_permille": MIN_WEIGHT, "max_permille": MAX_WEIGHT,
+                                 "labels": sorted(LABELS)},
+                    "applied_through_action": self.feedback_through,
+                    "decisions": [d.as_dict() for d in self.decisions[-500:]], "decisions_total": len(self.decisions)}
 
     def step(self) -> int:
         """Score the next batch of events; returns how many were read."""
+        self._feedback()
         events = self._located(read_after(self.store, self.cursor))
         now_ms = time.time_ns() // 1_000_000
         # The links changed since the last cluster check: check again once CLUSTER_CHECK_MS has passed,
@@ -205,4 +252,5 @@ class Monitor:
                             "liquidity_accounts": sorted(self.links.config.liquidity_accounts),
                             "checked_through": self._clusters_checked_through, "pending": self._clusters_dirty},
                 "geoip": self.geoip.path if self.geoip is not None else "",
+                **{check.name: check.status() for check in self.system_checks},
                 "errors": self.errors, "last_error": self.last_error}

@@ -8,8 +8,10 @@
   waits for the database on a request. A full queue drops the event and counts it
   (`Outbox.dropped`, shown in `GET /admin/v1/monitoring`).
 * Engine events (orders, cancels, trades, deposits, withdrawals) come from the committed batches,
-  i.e. what the journal holds; each carries its journal `seq`, so a gap is visible and the engine's
-  own record can be replayed (`ringfence journal`) when one is suspected.
+  i.e. what the journal holds; each carries its journal `seq`. The journal is their durable record:
+  events journaled but still in the outbox's queue when the process died (a crash, `kill -9`) are
+  relayed again at the next start (`relay_recovered`) from the batches recovery replayed, after the
+  last engine event the stream holds — exactly once, counted per sequence number.
 
 `read_after(store, after_id)` returns events in stream order with identity's `user_id` resolved to
 the account id.
@@ -31,7 +33,7 @@ from ..store import Store
 from ..store.models import MonitoringEvent, User
 from .events import Event
 
-__all__ = ["Outbox", "add_in_tx", "read_after", "read_range", "engine_subscriber", "ApiCallRecorder"]
+__all__ = ["Outbox", "add_in_tx", "read_after", "read_range", "engine_subscriber", "relay_recovered", "ApiCallRecorder"]
 
 log = structlog.get_logger("ringfence.monitoring")
 MAX_QUEUE = 100_000
@@ -47,6 +49,28 @@ def add_in_tx(db: Session, kind: str, *, source: str, at_ms: int, user_id: int |
     """Add one event to the caller's transaction (it commits or rolls back with the change)."""
     db.add(MonitoringEvent(kind=kind, source=source, user_id=user_id, account_id=account_id[:40], ip=ip[:64],
                            device=device[:256], at_ms=at_ms, data=_data(data)))
+
+
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+_COLUMNS = ("kind", "source", "user_id", "account_id", "ip", "device", "at_ms", "data")
+
+
+def _insert_events(db: Session, rows: list[dict[str, Any]]) -> None:
+    """The outbox's rows in one executemany given to the driver as tuples (SQLAlchemy's per-row,
+    per-column parameter processing was most of the outbox writer's time in the serving process);
+    a driver of another parameter style goes through a Core INSERT."""
+    conn = db.connection()
+    mark = _PLACEHOLDER.get(conn.dialect.paramstyle)
+    if mark is None:
+        db.execute(insert(MonitoringEvent), [dict(zip(_COLUMNS, _row(r))) for r in rows])
+        return
+    sql = (f"INSERT INTO {MonitoringEvent.__tablename__} ({', '.join(_COLUMNS)}) "
+           f"VALUES ({', '.join([mark] * len(_COLUMNS))})")
+    conn.exec_driver_sql(sql, [_row(r) for r in rows])
+
+
+def _row(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["kind"], r["source"], None, r["account_id"], r["ip"], r["device"], r["at_ms"], _data(r["data"]))
 
 
 class Outbox:
@@ -86,10 +110,8 @@ class Outbox:
             except Exception:  # resolving is best effort; the event is kept as it is
                 log.exception("monitoring.resolve_failed")
         try:
-            with self.store.tx() as db:  # one multi-row INSERT (executemany), not one ORM object per event
-                db.execute(insert(MonitoringEvent), [
-                    {"kind": r["kind"], "source": r["source"], "user_id": None, "account_id": r["account_id"], "ip": r["ip"],
-                     "device": r["device"], "at_ms": r["at_ms"], "data": _data(r["data"])} for r in rows])
+            with self.store.tx() as db:  # one executemany, not one ORM object per event
+                _insert_events(db, rows)
         except Exception:  # the store is away: counted, logged, the rows kept for the next attempt
             self.errors += 1
             log.exception("monitoring.outbox_write_failed", rows=len(rows))
@@ -119,21 +141,28 @@ class Outbox:
             self._thread.join(10)
 
 
-def _row_event(r: MonitoringEvent, account: str | None) -> Event:
+def _row_event(r: Any) -> Event:
     try:
         data = json.loads(r.data)
     except ValueError:
         data = {}
-    return Event(r.id, r.kind, r.at_ms, account_id=r.account_id or account or "", ip=r.ip, device=r.device,
+    return Event(r.id, r.kind, r.at_ms, account_id=r.account_id or r.user_account or "", ip=r.ip, device=r.device,
                  source=r.source, data=data if isinstance(data, dict) else {})
 
 
-def read_after(store: Store, after_id: int, *, limit: int = 5_000) -> list[Event]:
+_EVENT_COLUMNS = (MonitoringEvent.id, MonitoringEvent.kind, MonitoringEvent.at_ms, MonitoringEvent.account_id, MonitoringEvent.ip,
+                  MonitoringEvent.device, MonitoringEvent.source, MonitoringEvent.data, User.account_id.label("user_account"))
+#: How many events `read_after` returns at most (a reader that got fewer has caught up with the stream).
+READ_BATCH = 5_000
+
+
+def read_after(store: Store, after_id: int, *, limit: int = READ_BATCH) -> list[Event]:
+    # plain rows of the columns, not ORM objects: the scorer reads thousands a second in the serving process
     with store.tx() as db:
         rows = db.execute(
-            select(MonitoringEvent, User.account_id).outerjoin(User, User.id == MonitoringEvent.user_id)
+            select(*_EVENT_COLUMNS).outerjoin(User, User.id == MonitoringEvent.user_id)
             .where(MonitoringEvent.id > after_id).order_by(MonitoringEvent.id).limit(limit)).all()
-        return [_row_event(r, acct) for r, acct in rows]
+        return [_row_event(r) for r in rows]
 
 
 def read_range(store: Store, from_ms: int = 0, to_ms: int = 2**62) -> Iterator[Event]:
@@ -156,6 +185,75 @@ def engine_subscriber(exchange: Any, outbox: Outbox) -> Callable[[int, int, list
     """A batch subscriber (`Exchange.batch_subscribers`): orders, cancels and trades of each
     committed batch into the outbox, with their journal seq. Runs on the loop thread after the read
     models; it only builds small dicts and appends them."""
+    rows = _engine_rows(exchange)
+
+    def on_batch(first_seq: int, ts_ns: int, outputs: list[list[Any]], before: dict[str, int]) -> None:
+        for kind, at_ms, account_id, data in rows(first_seq, ts_ns, outputs):
+            outbox.publish(kind, source="engine", at_ms=at_ms, account_id=account_id, data=data)
+
+    return on_batch
+
+
+def _last_relayed(store: Store) -> tuple[int, int]:
+    """The journal seq of the newest engine event on the stream and how many events of that seq it
+    holds ((0, 0): none). The outbox writes in order, so every engine event after it is missing."""
+    last, count, before = 0, 0, None  # no upper bound at first: the id column is a 32-bit INTEGER on PostgreSQL
+    while True:
+        query = select(MonitoringEvent.id, MonitoringEvent.data).where(MonitoringEvent.source == "engine")
+        if before is not None:
+            query = query.where(MonitoringEvent.id < before)
+        with store.tx() as db:
+            rows = db.execute(query.order_by(MonitoringEvent.id.desc()).limit(500)).all()
+        if not rows:
+            return last, count
+        for row_id, data in rows:
+            try:
+                seq = int(json.loads(data).get("seq", 0))
+            except (ValueError, TypeError, AttributeError):
+                seq = 0
+            if not last:
+                last = seq
+            if seq != last:
+                return last, count
+            count += 1
+            before = row_id
+
+
+def relay_recovered(exchange: Any, outbox: Outbox, store: Store) -> int:
+    """Relay again the engine events the journal holds and the stream lost (journaled, then the process
+    died with them in the outbox's queue): those of the batches recovery replayed (`Exchange.recovered`)
+    after the newest engine event on the stream, skipping the ones of its seq already there. Called
+    once at start, before serving; returns how many were queued. A stream with no engine event yet
+    starts from now (the journal before it predates monitoring)."""
+    recovered = list(getattr(exchange, "recovered", ()))
+    exchange.recovered = collections.deque()  # the replayed outputs are not needed any more
+    last, have = _last_relayed(store)
+    if not last or not recovered:
+        return 0
+    if recovered[0][0] > last + 1:
+        log.warning("monitoring.relay_gap", last_relayed_seq=last, oldest_recovered_seq=recovered[0][0])
+    rows = _engine_rows(exchange)
+    n = 0
+    for first_seq, ts_ns, outputs in recovered:
+        if first_seq + len(outputs) - 1 < last:
+            continue
+        seen = 0
+        for kind, at_ms, account_id, data in rows(first_seq, ts_ns, outputs):
+            if data["seq"] < last:
+                continue
+            if data["seq"] == last:
+                seen += 1
+                if seen <= have:
+                    continue
+            outbox.publish(kind, source="engine", at_ms=at_ms, account_id=account_id, data=data)
+            n += 1
+    if n:
+        log.warning("monitoring.relay_recovered", events=n, after_seq=last)
+    return n
+
+
+def _engine_rows(exchange: Any) -> Callable[[int, int, list[list[Any]]], Iterator[tuple[str, int, str, dict[str, Any]]]]:
+    """(kind, at_ms, account_id, data) of each engine event the stream records, in order."""
     from ..custody.state import CustodyEvent
     from ..trading.commands import OrderAccepted, OrderCanceled, Trade
 
@@ -170,15 +268,15 @@ def engine_subscriber(exchange: Any, outbox: Outbox) -> Callable[[int, int, list
             return 10_000
         return min(10_000, abs(best - price) * 10_000 // best)
 
-    def on_batch(first_seq: int, ts_ns: int, outputs: list[list[Any]], before: dict[str, int]) -> None:
+    def rows(first_seq: int, ts_ns: int, outputs: list[list[Any]]) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
         at_ms = ts_ns // 1_000_000
         for offset, events in enumerate(outputs):
             seq = first_seq + offset
             for e in events:
                 t = type(e)
                 if t is Trade:
-                    outbox.publish("trade", source="engine", at_ms=at_ms, account_id=e.taker_owner,
-                                   data={"seq": seq, "symbol": e.symbol, "trade_id": e.trade_id, "price": e.price,
+                    yield ("trade", at_ms, e.taker_owner,
+                                   {"seq": seq, "symbol": e.symbol, "trade_id": e.trade_id, "price": e.price,
                                          "quantity": e.quantity, "quote_qty": e.quote_qty, "maker_owner": e.maker_owner,
                                          "taker_side": e.taker_side})
                 elif t is OrderAccepted:
@@ -188,20 +286,24 @@ def engine_subscriber(exchange: Any, outbox: Outbox) -> Callable[[int, int, list
                             notional = e.price * e.quantity // 10 ** exchange.market(e.symbol).base_decimals
                         except Exception:  # an unknown market: the event is still recorded, without a notional
                             notional = 0
-                    outbox.publish("order_placed", source="engine", at_ms=at_ms, account_id=e.owner,
-                                   data={"seq": seq, "symbol": e.symbol, "order_id": e.order_id, "side": e.side,
+                    yield ("order_placed", at_ms, e.owner,
+                                   {"seq": seq, "symbol": e.symbol, "order_id": e.order_id, "side": e.side,
                                          "order_type": e.order_type, "price": e.price, "quantity": e.quantity,
                                          "notional_minor": notional, "touch_bp": touch_bp(e.symbol, e.side, e.price)})
                 elif t is OrderCanceled:
-                    outbox.publish("order_canceled", source="engine", at_ms=at_ms, account_id=e.owner,
-                                   data={"seq": seq, "symbol": e.symbol, "order_id": e.order_id, "side": e.side,
+                    yield ("order_canceled", at_ms, e.owner,
+                                   {"seq": seq, "symbol": e.symbol, "order_id": e.order_id, "side": e.side,
                                          "price": e.price, "leaves": e.leaves, "reason": e.reason})
-                elif t is CustodyEvent and e.kind in ("withdrawal.requested", "deposit.credited"):
+                elif t is CustodyEvent and (e.kind == "withdrawal.requested" or (
+                        e.kind in ("deposit.credited", "deposit.quarantined", "deposit.frozen")
+                        and e.detail[:1] and str(e.detail[0]).startswith("KYT score"))):
+                    # a deposit credited into any of the user's accounts: available, quarantine (KYT score above
+                    # the quarantine line) or frozen (a sanctioned source); `state` says which. Only the credit
+                    # itself (its detail starts with the KYT score), not an analyst's later freeze of a quarantined one
                     kind = "withdrawal_requested" if e.kind == "withdrawal.requested" else "deposit_credited"
-                    outbox.publish(kind, source="engine", at_ms=at_ms,
-                                   data={"seq": seq, "ref": e.ref, "amount_minor": e.amount_minor, "state": e.state})
+                    yield (kind, at_ms, "", {"seq": seq, "ref": e.ref, "amount_minor": e.amount_minor, "state": e.state})
 
-    return on_batch
+    return rows
 
 
 def custody_resolver(exchange: Any) -> Callable[[list[dict[str, Any]]], None]:

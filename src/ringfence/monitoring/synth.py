@@ -19,8 +19,8 @@ them (`CATCHES`):
   sell it down. The confounder: thin markets with a genuine rally, bought by many unrelated users and
   sold off the same way.
 
-Deterministic for a seed (random.Random only; no clock). Replaying it through the API of a live
-exchange is not implemented yet: it feeds the scorer directly.
+Deterministic for a seed (random.Random only; no clock). It feeds the scorer directly; `replay.py`
+replays all seven through a live exchange's API (the pump on thin markets the operator quorum lists).
 """
 
 from __future__ import annotations

@@ -12,15 +12,14 @@ internal checks (the service wires `Reconciler(node, wallets=..., custody=...)`)
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..cli_paths import tty_console
 from ..errors import RingfenceError
 from ..app import new_node
 
@@ -29,8 +28,8 @@ app = typer.Typer(
     "Example: ringfence reconcile run ./ringfence-data/demo",
     no_args_is_help=True,
 )
-console = Console(width=None if sys.stdout.isatty() else 140)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+console = tty_console(width=140)
+err_console = tty_console(stderr=True, width=140)
 
 #: Exit code of `run` when it found mismatches (0 = clean).
 EXIT_MISMATCH = 3

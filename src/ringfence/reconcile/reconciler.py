@@ -373,9 +373,21 @@ class ShadowBook:
         self.markets: dict[str, tuple[str, str, str]] = {}
         self.trading_owners: set[str] = set()
         self.unmodelled: dict[str, int] = {}
-        #: Perpetual markets (derivatives/): their fills move margin, PnL and fees, which this book
-        #: does not model yet, so they count as unmodelled instead of being folded as spot fills.
-        self.perps: set[str] = set()
+        #: Perpetual markets (derivatives/) -> their margin asset. Their fills are folded from the
+        #: `PositionChanged` events (realised PnL through the market's PnL pool, the loss the insurance
+        #: fund covered, the fee and its insurance tenth), not as spot fills; funding rounds from
+        #: `FundingSettled`. Margin posted and released moves between a user's own derivatives
+        #: accounts (wallet, `margin`, `isolated`), so those are folded, and compared, as one figure
+        #: per (owner, asset), kept on the wallet's id (`derivatives_wallets`).
+        self.perps: dict[str, str] = {}
+        #: account id of a user's derivatives wallet -> ids of that owner's derivatives accounts in the asset
+        self.derivatives_wallets: dict[int, set[int]] = {}
+
+    def add(self, aid: int, amount: int) -> None:
+        self.balance[aid] = self.balance.get(aid, 0) + amount
+
+    def unmodelled_once(self, what: str) -> None:
+        self.unmodelled[what] = self.unmodelled.get(what, 0) + 1
 
     def post(self, debit: int, credit: int, amount: int) -> None:
         b = self.balance
@@ -419,6 +431,14 @@ _MODELLED = {
     "CreateTransfers", "PlaceOrder", "CancelOrder", "CancelAll", "AmendOrder", "TradingBatch",
     # the index (index/): feed keys, parameters, quotes and overrides move no money
     "RegisterFeedKey", "ConfigureIndex", "SubmitQuote", "OverrideReferencePrice",
+    # perpetuals (derivatives/): listing and settings move no money; leverage, isolated margin and
+    # a reducing order's borrowed hold move it between one owner's own derivatives accounts (one
+    # figure here); orders and liquidation steps move it through the events folded in `_fold`
+    "ListPerpetual", "FuturesTransfer", "SetLeverage", "SetMarginType", "AdjustIsolatedMargin", "PlacePerpOrder",
+    "LiquidateAccount", "LiquidatePosition",
+    # custody and policy configuration: wallets, addresses and rules move no money
+    "ConfigureCustodyAsset", "RegisterWallet", "AssignDepositAddress", "ProposePolicySigned", "ApprovePolicySigned",
+    "ActivatePolicy",
 }
 
 
@@ -553,14 +573,22 @@ class JournalFold:
             elif ename == "MarketListed":
                 book.markets[ev.symbol] = (ev.base, ev.quote, ev.segment)
             elif ename == "PerpetualListed":
-                book.perps.add(ev.symbol)
+                book.perps[ev.symbol] = ev.quote
             elif ename == "Trade":
-                if ev.symbol in book.perps:
-                    book.unmodelled["PerpetualFill"] = book.unmodelled.get("PerpetualFill", 0) + 1
-                else:
+                if ev.symbol not in book.perps:  # a perpetual's fill: its PositionChanged events
                     self._fold_trade(ev)
+            elif ename == "PositionChanged":
+                self._fold_position(ev)
             elif ename == "FundingSettled":
-                book.unmodelled["FundingSettled"] = book.unmodelled.get("FundingSettled", 0) + 1
+                self._fold_funding(ev)
+            elif ename == "FuturesTransferred":
+                self._fold_futures_transfer(ev)
+            elif ename == "LiquidationStep" and ev.advance_kept:
+                # a bankrupt account kept (part of) the unit the insurance fund advanced for its
+                # step's order (its fills are folded from their PositionChanged events)
+                quote = book.perps[ev.symbol]
+                book.add(self._derivatives_wallet(ev.owner, quote), ev.advance_kept)
+                book.add(self._system(quote, "insurance"), -ev.advance_kept)
             elif ename in ("OrderAccepted",):
                 book.trading_owners.add(ev.owner)
         if rejected:
@@ -612,6 +640,63 @@ class JournalFold:
         if t.code == self.settings.deposit_transfer_code and t.user_data and not flags & TransferFlags.VOID_PENDING:
             asset = self.engine.ledger.account(t.credit_account_id).asset
             book.note_deposit((asset, f"{t.user_data:x}"), seq, "CreateTransfers")
+
+    # -------------------------------------------------------------- perpetuals
+
+    def _derivatives_wallet(self, owner: str, asset: str) -> int:
+        """The id the shadow keeps `owner`'s derivatives money in `asset` on (wallet + margin +
+        isolated), remembering which live accounts make up that figure."""
+        find = self.engine.ledger.find  # name -> id only; balances come from the fold
+        w = find(owner, asset, "available", "derivatives")
+        assert w is not None, f"{owner} has no derivatives wallet in {asset}"
+        ids = self.book.derivatives_wallets.setdefault(w.id, {w.id})
+        for kind in ("margin", "isolated"):
+            a = find(owner, asset, kind, "derivatives")
+            if a is not None:
+                ids.add(a.id)
+        return int(w.id)
+
+    def _system(self, asset: str, kind: str) -> int:
+        a = self.engine.ledger.find(SYSTEM_OWNER, asset, kind, "derivatives")
+        assert a is not None, f"no derivatives {kind} account in {asset}"
+        return int(a.id)
+
+    def _fold_futures_transfer(self, ev: Any) -> None:
+        spot = self.engine.ledger.find(ev.owner, ev.asset, "available", "spot")
+        assert spot is not None, f"{ev.owner} has no spot wallet in {ev.asset}"
+        wallet = self._derivatives_wallet(ev.owner, ev.asset)
+        if ev.direction == "MAIN_UMFUTURE":
+            self.book.post(spot.id, wallet, ev.amount)
+        else:
+            self.book.post(wallet, spot.id, ev.amount)
+
+    def _fold_position(self, ev: Any) -> None:
+        """One side of a perpetual fill: the realised PnL through the market's PnL pool (a loss the
+        owner could not pay, `insurance_covered`, from the insurance fund), then the fee, a tenth
+        (rounded down) of it to the insurance fund. The margin posted again stays the owner's."""
+        book = self.book
+        quote = book.perps[ev.symbol]
+        wallet = self._derivatives_wallet(ev.owner, quote)
+        pool = self._system(quote, "pnl_" + ev.symbol.lower())
+        insurance, fees = self._system(quote, "insurance"), self._system(quote, "fees")
+        book.add(pool, -ev.realized_pnl)
+        book.add(insurance, -ev.insurance_covered + ev.fee // 10)
+        book.add(fees, ev.fee - ev.fee // 10)
+        book.add(wallet, ev.realized_pnl + ev.insurance_covered - ev.fee)
+
+    def _fold_funding(self, ev: Any) -> None:
+        """A funding round: each owner's amount (negative: paid) less what the insurance fund paid
+        for it (`covered[i]`: a payer who had less than its due), and the rounding dust to the
+        insurance fund."""
+        book = self.book
+        quote = book.perps[ev.symbol]
+        covered = list(ev.covered) or [0] * len(ev.owners)
+        if len(covered) != len(ev.owners) or sum(covered) != ev.insurance_covered:
+            book.unmodelled_once("FundingSettled")  # not the shape this fold knows: replay check only
+            return
+        for owner, amount, cover in zip(ev.owners, ev.amounts, covered):
+            book.add(self._derivatives_wallet(owner, quote), amount + cover)
+        book.add(self._system(quote, "insurance"), ev.to_insurance - ev.insurance_covered)
 
     def _fold_trade(self, ev: Any) -> None:
         book = self.book
@@ -750,11 +835,29 @@ def reconcile_internal(
     modelled_all = not book.unmodelled
     shadow_balance = list(map(book.balance.get, range(n), repeat(0, n)))
     shadow_balance[0] = 0
-    if modelled_all and shadow_balance != live.balance:
+    # A user's derivatives wallet, margin and isolated accounts are one figure (on the wallet's id).
+    live_balance = live.balance
+    if book.derivatives_wallets:
+        live_balance = list(live.balance)
+        for wallet, ids in book.derivatives_wallets.items():
+            for aid in ids:
+                if aid != wallet and aid < n:
+                    live_balance[wallet] += live_balance[aid]
+                    live_balance[aid] = 0
+                    shadow_balance[wallet] += shadow_balance[aid]
+                    shadow_balance[aid] = 0
+    if modelled_all and shadow_balance != live_balance:
         for aid in range(1, n):
-            if shadow_balance[aid] != live.balance[aid] and len(out) < MAX_MISMATCHES:
+            if shadow_balance[aid] != live_balance[aid] and len(out) < MAX_MISMATCHES:
+                if aid in book.derivatives_wallets:
+                    owner, asset, _, _ = live.meta[aid]
+                    out.append(Mismatch("engine_journal_mismatch", "*", f"{owner}:{asset}:derivatives(wallet+margin)",
+                                        shadow_balance[aid], live_balance[aid],
+                                        {"field": "balance", "account_id": aid, "path": "shadow", "seq": live.last_seq,
+                                         "accounts": sorted(book.derivatives_wallets[aid])}))
+                    continue
                 kind, scope = _kind_for_account(live.meta[aid])
-                out.append(Mismatch(kind, scope, _name(live.meta[aid]), shadow_balance[aid], live.balance[aid],
+                out.append(Mismatch(kind, scope, _name(live.meta[aid]), shadow_balance[aid], live_balance[aid],
                                     {"field": "balance", "account_id": aid, "path": "shadow", "seq": live.last_seq}))
     if modelled_all:
         traders = book.trading_owners

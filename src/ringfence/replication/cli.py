@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from ..cli_paths import fail
+from ..cli_paths import fail, tty_console
 from ..errors import RingfenceError
 
 app = typer.Typer(help="Leadership of a replicated journal (NATS JetStream).\n\n"
                   "Example: ringfence replication status --nats nats://127.0.0.1:4222/RF", no_args_is_help=True)
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = tty_console(width=140)
 
 
 @app.command("promote")

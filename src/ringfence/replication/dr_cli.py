@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from ..cli_paths import tty_console
 from rich.table import Table
 
 app = typer.Typer(help="Disaster-recovery drills against real processes and NATS JetStream.\n\n"
                   "Example: ringfence dr drill --seed 7 --out ./dr-report", no_args_is_help=True)
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = tty_console(width=140)
 
 
 @app.command("drill")

@@ -72,6 +72,9 @@ class DrillResult:
         return {
             "scenario": self.scenario, "seed": self.seed, "acknowledged": len(self.acked),
             "acknowledged_lost": len(self.lost), "rpo_commands": len(self.lost), "rto_ms": self.rto_ms,
+            # where the RTO goes: failure -> the standby logs its promotion -> the first acknowledgement
+            "promoted_after_failure_ms": int(max(0.0, self.promoted_at_s - self.failed_at_s) * 1000),
+            "first_ack_after_promotion_ms": int(max(0.0, self.first_ack_after_s - self.promoted_at_s) * 1000),
             "cut_over_seq": self.cut_seq, "state_hash_standby": self.standby_hash,
             "state_hash_old_primary_at_cut": self.primary_hash,
             "old_primary_last_ack_after_failure_ms": int(max(0.0, self.last_old_ack_s - self.failed_at_s) * 1000),
@@ -137,11 +140,15 @@ class _Client:
         return payload + "&signature=" + hmac.new(self.key["api_secret"].encode(), payload.encode(), hashlib.sha256).hexdigest()
 
     def place(self, base: str, order: dict[str, str]) -> bool:
+        self.last_refusal = ""
         try:
             r = self.http.post(base + "/api/v3/order", content=self._signed(order), timeout=10,
                                headers={"X-MBX-APIKEY": self.key["api_key"], "Content-Type": "application/x-www-form-urlencoded"})
-        except httpx.HTTPError:
+        except httpx.HTTPError as err:
+            self.last_refusal = f"no answer ({type(err).__name__})"
             return False  # no answer: not acknowledged
+        if r.status_code != 200:
+            self.last_refusal = f"HTTP {r.status_code} {r.text[:160]}"
         return r.status_code == 200
 
     def exists(self, base: str, client_id: str, symbol: str) -> bool:
@@ -295,7 +302,8 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
                 result.first_ack_after_s = result.first_ack_after_s or now
                 result.acked.append((now, "b", orders[i]["newClientOrderId"]))
             else:
-                result.problems.append(f"the new primary refused order {orders[i]['newClientOrderId']}")
+                result.problems.append(f"the new primary refused order {orders[i]['newClientOrderId']}: "
+                                       f"{clients[i % 2].last_refusal}")
             i += 1
         for _, _, client_id in result.acked:
             if not clients[int(client_id.rsplit("-", 1)[1]) % 2].exists(b_base, client_id, "BTCUSDT"):

@@ -73,6 +73,7 @@ __all__ = [
     "MODULE",
     "raise_automatic_halt",
     "clear_automatic_halt",
+    "refusal_of",
 ]
 
 WITHDRAWALS_PAUSED = "WITHDRAWALS_PAUSED"
@@ -535,6 +536,23 @@ def _check_command(engine: Engine, state: HaltsState, command: Any) -> None:
         if level >= refused_from:
             name = next(n for n, rank in LEVELS.items() if rank == level)
             raise _refusal(kind, scope, name, type(command).__name__, state)
+
+
+def refusal_of(engine: Engine, command: Any) -> Halted | None:
+    """The refusal the halt guard would give `command` now, or None when it would pass.
+
+    For what a module does on its own that a client could also ask for directly: a conditional
+    order reaching its trigger, a resting stop triggering. The module builds the command a client
+    would submit for it and asks here, so the same rules (`_check_command`: scopes, levels,
+    effects) decide both ways; there is no second copy of them. Pure: reads state only."""
+    state = engine.components.get("halts")
+    if state is None or not state._index:
+        return None
+    try:
+        _check_command(engine, state, command)
+    except Halted as refused:
+        return refused
+    return None
 
 
 @MODULE.guard_while(lambda state: bool(state._index))  # `apply` skips it while no halt is active

@@ -16,7 +16,8 @@ from ..engine.core import Engine
 
 __all__ = ["accounts", "account_ids", "orders", "markets", "best_prices", "clearing_pending", "client_pendings",
            "withdrawals", "withdrawal_holds", "internal_transfers", "next_nonces", "deposits", "frozen_accounts",
-           "halts", "shard_halted", "operators", "index", "domain_state", "first_state_difference"]
+           "halts", "shard_halted", "operators", "index", "positions", "perps", "perp_settings", "liquidation_cooldowns", "domain_state",
+           "first_state_difference"]
 
 _INTERNAL_ID_BASE = 1 << 127
 
@@ -183,3 +184,33 @@ def _first_difference_in(before: Any, after: Any, path: str) -> str | None:
                 return diff
         return None
     return None if before == after else f"{path}: {before!r} -> {after!r}"
+
+
+def positions(engine: Engine) -> dict[tuple[str, str], tuple[int, ...]]:
+    """(owner, perpetual) -> (size, cost, margin, margin added by hand, realised PnL)."""
+    st = engine.components.get("derivatives")
+    if st is None:
+        return {}
+    return {k: (p.size, p.cost, p.margin, p.extra, p.realized) for k, p in st.positions.items()}
+
+
+def perps(engine: Engine) -> dict[str, tuple[int, ...]]:
+    """perpetual -> (open interest, last funding rate, last and next funding time)."""
+    st = engine.components.get("derivatives")
+    if st is None:
+        return {}
+    return {s: (p.open_interest, p.last_rate_ppm, p.last_funding_ns, p.next_funding_ns) for s, p in st.perps.items()}
+
+
+def perp_settings(engine: Engine) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]]:
+    """(leverage set per (owner, perpetual), the isolated (owner, perpetual) pairs)."""
+    st = engine.components.get("derivatives")
+    if st is None:
+        return {}, set()
+    return dict(st.leverage), set(st.isolated)
+
+
+def liquidation_cooldowns(engine: Engine) -> dict[tuple[str, str], int]:
+    """(owner, asset or isolated symbol) -> sequencer time before which no next liquidation step runs."""
+    st = engine.components.get("derivatives")
+    return {} if st is None else dict(st.liq_next_ns)

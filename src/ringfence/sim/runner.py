@@ -51,9 +51,9 @@ from ..ledger.commands import CreateTransfers
 from ..ledger.model import Transfer
 from . import probe
 from .model import Expect, Model, ModelError, Refuse
-from .workload import ACTIONS, CUSTODY, Workload
+from .workload import ACTIONS, CUSTODY, PERP_ACTIONS, Workload
 
-__all__ = ["run_simulation", "SimulationFailure", "SimulationResult", "ACTIONS"]
+__all__ = ["run_simulation", "SimulationFailure", "SimulationResult", "ACTIONS", "PERP_ACTIONS"]
 
 COMPARED_EVENTS = frozenset({"transfers", "expired_transfer", "accepted", "rejected", "rested", "trade", "canceled",
                              "expired", "amended", "triggered", "filled", "status", "refprice"})
@@ -64,10 +64,11 @@ SHARD_HALT_CODES = frozenset({"RF_INVARIANT", "RF_SHARD_HALTED"})
 
 
 class SimulationFailure(AssertionError):
-    def __init__(self, seed: int, step: int, what: str, command: str = "") -> None:
+    def __init__(self, seed: int, step: int, what: str, command: str = "", workload: str = "") -> None:
         where = f"\n  command: {command}" if command else ""
+        option = f" --workload {workload}" if workload else ""
         super().__init__(f"simulation seed={seed} failed at step {step}: {what}{where}\n"
-                         f"reproduce with: ringfence sim --seed {seed} --steps {step + 1}")
+                         f"reproduce with: ringfence sim --seed {seed} --steps {step + 1}{option}")
         self.seed, self.step, self.what, self.command = seed, step, what, command
 
 
@@ -88,6 +89,12 @@ class SimulationResult:
     snapshots: int = 0
     state_hash: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    #: The perpetuals workload: what its fills and funding rounds did (position opened, increased,
+    #: reduced, closed, flipped; realised profit / loss; funding paid; order rejections by reason).
+    perps: dict[str, int] = field(default_factory=dict)
+
+    def _tally(self, what: str) -> None:
+        self.perps[what] = self.perps.get(what, 0) + 1
 
 
 def _normalise(events: list[Any]) -> list[tuple[Any, ...]]:
@@ -137,11 +144,14 @@ def _first_difference(name: str, engine: dict[Any, Any], model: dict[Any, Any]) 
 
 class _Sim(Workload):
     def __init__(self, seed: int, steps: int, data_dir: Path, crash_pct: int,
-                 on_step: Callable[[int], None] | None, fsync: bool) -> None:
+                 on_step: Callable[[int], None] | None, fsync: bool, workload: str = "") -> None:
         self.seed, self.steps, self.data_dir = seed, steps, data_dir
         self.rng = random.Random(seed)
         self._entropy_rng = random.Random(seed ^ 0x5EED)
-        self.weights = dict(ACTIONS, **{"fault.crash": crash_pct})
+        if workload not in ("", "perps"):
+            raise ValueError(f"workload must be '' (every spot module) or 'perps', not {workload!r}")
+        self.workload, self.perps_mode = workload, workload == "perps"
+        self.weights = dict(PERP_ACTIONS if self.perps_mode else ACTIONS, **{"fault.crash": crash_pct})
         self.on_step, self.fsync = on_step, fsync
         self.model = Model()
         self.result = SimulationResult(seed, steps)
@@ -172,7 +182,7 @@ class _Sim(Workload):
         return self.node.engine
 
     def fail(self, what: str, command: Any = None) -> None:
-        raise SimulationFailure(self.seed, self.step, what, repr(command) if command is not None else "")
+        raise SimulationFailure(self.seed, self.step, what, repr(command) if command is not None else "", self.workload)
 
     def _refresh_ids(self) -> None:
         self.keys = probe.account_ids(self.engine)
@@ -191,6 +201,7 @@ class _Sim(Workload):
         expired = model.expire(model.now_ns)
         index_before = model.index_save()
         index_events = model.index_tick(engine.last_seq + 1)
+        funding_before = model.perp_tick()
         self._refresh_ids()
         try:
             if not malformed:
@@ -218,6 +229,7 @@ class _Sim(Workload):
         journaled = engine.last_seq != seq_before
         if not journaled:
             model.unexpire(expired)
+            model.perp_restore(funding_before)
             model.index_restore(index_before)
             model.now_ns = previous_now
         if error is not None:
@@ -249,6 +261,8 @@ class _Sim(Workload):
                     if g != w:
                         self.fail(f"event {i}: engine {g}, model {w}", command)
                 self.fail(f"engine emitted {len(got)} events {got[len(want):]}, model {len(want)} {want[len(got):]}", command)
+            if self.perps_mode:
+                self._tally_perps(events, got)
             for g in got:
                 if g[0] == "transfers":
                     self.result.transfers_failed += len(g[1])
@@ -289,6 +303,7 @@ class _Sim(Workload):
         expired = model.expire(model.now_ns)
         index_before = model.index_save()
         index_events = model.index_tick(engine.last_seq + 1)
+        funding_before = model.perp_tick()
         expects: list[Expect] = []
         for command, predict, malformed in captured:
             self._refresh_ids()
@@ -314,6 +329,7 @@ class _Sim(Workload):
         node._commit(items)
         if engine.last_seq == seq_before:
             model.unexpire(expired)
+            model.perp_restore(funding_before)
             model.index_restore(index_before)
             model.now_ns = previous_now
         expiry_events = [("expired_transfer", pid, amount) for pid, amount in expired] + index_events
@@ -347,6 +363,49 @@ class _Sim(Workload):
         self.result.group_commits += 1
         self.audit(captured[-1][0])
 
+    def _tally_perps(self, events: list[Any], got: list[tuple[Any, ...]]) -> None:
+        tally = self.result._tally
+        for e in events:
+            n = type(e).__name__
+            if n == "PositionChanged":
+                before = e.size - e.trade_qty
+                if before == 0:
+                    tally("position opened")
+                elif e.size == 0:
+                    tally("position closed")
+                elif (before > 0) != (e.size > 0):
+                    tally("position flipped")
+                elif abs(e.size) > abs(before):
+                    tally("position increased")
+                else:
+                    tally("position reduced")
+                if e.realized_pnl:
+                    tally("realised profit" if e.realized_pnl > 0 else "realised loss")
+                if e.insurance_covered:
+                    tally("loss covered by insurance")
+                if (e.owner, e.symbol) in self.model.isolated:
+                    tally("isolated fill")
+            elif n == "LiquidationStep":
+                tally("liquidation step")
+                if e.filled:
+                    tally("liquidation step that traded")
+                kind = "isolated" if (e.owner, e.symbol) in self.model.isolated else "cross"
+                tally(f"{kind} liquidation step")
+                if e.filled:
+                    tally(f"{kind} liquidation step that traded")
+            elif n == "AutoDeleveraged":
+                tally("auto-deleveraged close")
+            elif n == "FundingSettled":
+                tally("funding round")
+                if e.owners:
+                    tally("funding round with payments")
+                    tally("funding rate positive" if e.rate_ppm > 0 else "funding rate negative")
+                if e.insurance_covered:
+                    tally("funding shortfall paid by insurance")
+        for g in got:
+            if g[0] == "rejected":
+                tally("rejected " + g[2])
+
     def _no_shard_halt(self, error: RingfenceError, command: Any, where: str = "") -> None:
         """A broken invariant halts the shard (the command undone, every later one refused): never
         a refusal the model could expect, always a failure of the run, named as such."""
@@ -374,6 +433,9 @@ class _Sim(Workload):
             ("deposits", probe.deposits(engine), {k: (d.state, d.final) for k, d in model.deposits.items()}),
             ("halts", probe.halts(engine), {k: (h.kind, h.scope, h.level) for k, h in model.halts.items()}),
             ("index", probe.index(engine), model.index_rows()),
+            ("positions", probe.positions(engine), model.position_rows()),
+            ("perpetuals", probe.perps(engine), model.perp_rows()),
+            ("liquidation cool-downs", probe.liquidation_cooldowns(engine), model.cooldown_rows()),
         ):
             diff = _first_difference(name, got, want)
             if diff is not None:
@@ -402,6 +464,8 @@ class _Sim(Workload):
         for symbol, (base_pending, quote_pending) in probe.clearing_pending(engine).items():
             held_base = sum(row[4] for row in books.get(symbol, {}).values() if row[1] == "SELL")
             held_quote = sum(row[4] for row in books.get(symbol, {}).values() if row[1] == "BUY")
+            if symbol in model.perps:  # a perpetual's orders hold margin in the quote asset, both sides
+                held_base, held_quote = 0, held_base + held_quote
             if (base_pending, quote_pending) != (held_base, held_quote):
                 self.fail(f"{symbol}: clearing reserves {(base_pending, quote_pending)} but open orders hold "
                           f"{(held_base, held_quote)}", command)
@@ -412,6 +476,15 @@ class _Sim(Workload):
             if clearing[2] != held:
                 self.fail(f"{asset}: the withdrawal clearing account reserves {clearing[2]} but open withdrawals "
                           f"hold {held}", command)
+        if probe.perp_settings(engine) != model.perp_settings():
+            self.fail(f"leverage and margin type: engine {probe.perp_settings(engine)}, model {model.perp_settings()}", command)
+        # Perpetuals: longs = shorts in every market (money is conserved by the sums above).
+        net: dict[str, int] = {}
+        for (_, symbol), (size, *_rest) in probe.positions(engine).items():
+            net[symbol] = net.get(symbol, 0) + size
+        for symbol, n in net.items():
+            if n:
+                self.fail(f"{symbol}: longs and shorts differ by {n}", command)
         if probe.shard_halted(engine) is not None:
             self.fail(f"the shard is halted: {probe.shard_halted(engine)}", command)
         try:
@@ -421,6 +494,8 @@ class _Sim(Workload):
 
     def run(self) -> SimulationResult:
         self.setup()
+        if self.perps_mode:
+            self.setup_perps()
         names = list(self.weights)
         weights = [self.weights[n] for n in names]
         for step in range(self.steps):
@@ -484,6 +559,7 @@ class _Sim(Workload):
         model.now_ns = ts
         model.expire(ts)
         model.index_tick(self.engine.last_seq)  # the recovered command's own sequence number
+        model.perp_tick()
         self._refresh_ids()
         try:
             model.guard(command, self.keys)
@@ -501,10 +577,12 @@ def run_simulation(
     crash_probability_pct: int = 4,
     on_step: Callable[[int], None] | None = None,
     fsync: bool = False,
+    workload: str = "",
 ) -> SimulationResult:
     """Run `steps` audited steps from `seed` on a node in `data_dir` (empty or absent).
 
     `fsync=False` by default: a simulated crash abandons the process, not the operating system, so
     what was written is still there; the torn tail is written on purpose.
+    `workload="perps"`: the linear-perpetuals workload (`PERP_ACTIONS`) instead of the spot one.
     """
-    return _Sim(seed, steps, Path(data_dir), crash_probability_pct, on_step, fsync).run()
+    return _Sim(seed, steps, Path(data_dir), crash_probability_pct, on_step, fsync, workload).run()

@@ -44,6 +44,16 @@ from ..custody.commands import (
     ReserveWalletNonce,
     SettleWithdrawal,
 )
+from ..derivatives.commands import (
+    AdjustIsolatedMargin,
+    FuturesTransfer,
+    LiquidateAccount,
+    LiquidatePosition,
+    ListPerpetual,
+    PlacePerpOrder,
+    SetLeverage,
+    SetMarginType,
+)
 from ..engine.node import Node
 from ..ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ..ledger.model import Transfer, TransferFlags
@@ -64,9 +74,9 @@ from ..trading.commands import (
     SetReferencePrice,
     TradingBatch,
 )
-from .model import CustodyRules, MarketRules, Model, Refuse
+from .model import CustodyRules, MarketRules, Model, PerpRules, Refuse
 
-__all__ = ["Workload", "ACTIONS"]
+__all__ = ["Workload", "ACTIONS", "PERP_ACTIONS"]
 
 USERS = ("ann", "ben", "cat", "dan", "eve")
 ASSETS = (("BTC", 8, "crypto", "bitcoin"), ("USDT", 6, "crypto", "ethereum"), ("AAPLX", 4, "tokenized", ""))
@@ -138,6 +148,25 @@ ACTIONS: dict[str, int] = {
     "index.quote": 6, "index.quote_bad": 2, "index.outage": 1, "index.feed_key": 1,
     "fault.snapshot": 1, "fault.group_commit": 3,
 }
+
+#: The perpetuals workload (`ringfence sim --workload perps`): BTCUSDTPERP marked against the
+#: BTCUSDT index, funding every 60 s of sequencer time (a step jumps there), three brackets.
+PERP = PerpRules("BTCUSDTPERP", "BTC", "USDT", "BTCUSDT", 10**8,
+                 ((50_000 * 10**6, 50, 10_000, 0), (500_000 * 10**6, 20, 25_000, 750 * 10**6),
+                  (5_000_000 * 10**6, 10, 50_000, 13_250 * 10**6)),
+                 20, 1_000 * 10**6, 100, 500, 7_500, 60 * 10**9)
+PERP_MARKET = MarketRules("BTCUSDTPERP", "BTC", "USDT", "derivatives", 10**8, 10**6, 10**5, 10**5, 10**9, 50_000, 200)
+PERP_ACTIONS: dict[str, int] = {
+    "perp.transfer": 4, "perp.leverage": 1, "perp.margin_type": 1, "perp.isolated_margin": 2, "perp.order": 20,
+    "perp.cancel": 4, "perp.funding": 1, "perp.liquidate": 3, "index.quote": 8, "fault.snapshot": 1,
+}
+#: A trader with little collateral at 50x (and a cross account, until it switches): whose cross
+#: account falls below maintenance now and then.
+RISKY = "eve"
+#: What the derivatives insurance fund starts with in the perps workload (drawn per run): empty (it
+#: grows by its tenth of the fees; a bankrupt account's deficit may be auto-deleveraged), or 10M
+#: USDT (losses past bankruptcy are the fund's).
+PERP_INSURANCE = (0, 10**13)
 
 
 class Workload:
@@ -585,7 +614,7 @@ class Workload:
         self.do(c, lambda: self.model.observe_deposit(c))
 
     def a_custody_source_of_funds(self) -> None:
-        found = self._some_deposit(("quarantined", "credited"))
+        found = self._some_deposit(("quarantined", "frozen", "credited"))
         if found is None:
             return
         chain, txid, index = self._ref(found[0])
@@ -594,7 +623,7 @@ class Workload:
         self.do(c, lambda: self.model.file_source_of_funds(c))
 
     def a_custody_review(self) -> None:
-        found = self._some_deposit(("quarantined",))
+        found = self._some_deposit(("quarantined", "frozen"))  # a frozen one's release takes two analysts
         if found is None:
             return
         chain, txid, index = self._ref(found[0])
@@ -960,3 +989,113 @@ class Workload:
         events = self.model.quote(c, True, seq)
         self.last_quote[c.venue] = c
         return events
+
+    # ------------------------------------------------------------------ perpetuals (workload "perps")
+
+    def setup_perps(self) -> None:
+        r, model = PERP, self.model
+        brackets = [list(b) for b in r.brackets]
+        self.node.execute(ListPerpetual(r.symbol, r.base, r.quote, r.index_symbol, brackets, PERP_MARKET.tick, PERP_MARKET.lot,
+                                        PERP_MARKET.min_qty, PERP_MARKET.max_qty, 0, r.default_leverage, r.impact_notional,
+                                        r.interest_ppm, r.clamp_ppm, r.cap_ppm, r.interval_ns))
+        model.list_market(PERP_MARKET)
+        model.now_ns = self.engine.now_ns
+        model.list_perp(r, model.now_ns)
+        self._refresh_ids()
+        self.audit()
+        for user in USERS:  # some collateral in every derivatives wallet, through the audited path
+            amount = self.rng.randrange(2 * 10**8, 5 * 10**8) if user == RISKY else self.rng.randrange(10**9, 10**11)
+            self._perp_do(FuturesTransfer(user, "USDT", amount, "MAIN_UMFUTURE"))
+        self._perp_do(SetLeverage(RISKY, PERP.symbol, 50))
+        fund = self.rng.choice(PERP_INSURANCE)
+        if fund:
+            self._transfers([Transfer(self._tid(), self.ids[("system", "USDT", "world", "-")],
+                                      self.ids[("system", "USDT", "insurance", "derivatives")], fund)])
+
+    def _perp_do(self, c: Any) -> None:
+        self.do(c, lambda: self.model.perp_command(c))
+
+    def a_perp_transfer(self) -> None:
+        user = self.rng.choice(USERS)
+        into = self.rng.random() < 0.6  # float-ok: coin flip
+        if into:
+            amount = self.rng.choice([1, 10**6, self.rng.randrange(1, 10**11 if user != RISKY else 2 * 10**8)])
+        else:
+            free = self.model.available(self.model.wallet_key(user, "USDT"))
+            # all of it, often: a cross account left with only its margins can be liquidated
+            amount = self.rng.choice([1, max(1, free // 3), max(1, free), max(1, free), free + 1, self.rng.randrange(1, 10**11)])
+        self._perp_do(FuturesTransfer(user, "USDT", amount, "MAIN_UMFUTURE" if into else "UMFUTURE_MAIN"))
+
+    def a_perp_leverage(self) -> None:
+        self._perp_do(SetLeverage(self.rng.choice(USERS), PERP.symbol, self.rng.choice([1, 3, 10, 20, 25, 50, 50, 50, 75])))
+
+    def a_perp_margin_type(self) -> None:
+        """Mostly a user free to switch (no position, no open order); else anyone (refused)."""
+        m = self.model.markets[PERP.symbol]
+        free = [u for u in USERS if (u, PERP.symbol) not in self.model.positions and not any(o.owner == u for o in m.orders.values())]
+        user = self.rng.choice(free if free and self.rng.random() < 0.8 else USERS)  # float-ok: coin flip
+        self._perp_do(SetMarginType(user, PERP.symbol, self.rng.choice(["ISOLATED", "CROSSED"])))
+
+    def a_perp_isolated_margin(self) -> None:
+        user = self.rng.choice(USERS)
+        pos = self.model.positions.get((user, PERP.symbol))
+        action = self.rng.choice([1, 2])
+        extra = pos.extra if pos is not None else 0
+        amount = self.rng.choice([1, 10**6, self.rng.randrange(1, 10**9), max(1, extra), extra + 1])
+        self._perp_do(AdjustIsolatedMargin(user, PERP.symbol, amount, action))
+
+    def _perp_price(self) -> int:
+        """Near the index (a mark move follows the index and the trades), on the tick."""
+        x = self.model.indexes.get(PERP.index_symbol)
+        mid = x.index if x is not None and x.index else MID["BTCUSDT"]
+        tick = PERP_MARKET.tick
+        spread = self.rng.choice([8_000, 8_000, 25_000])  # now and then 2.5 % away: a 50x position is liquidatable
+        return max(tick, (mid + mid * self.rng.randrange(-spread, spread + 1) // 1_000_000) // tick * tick)
+
+    def a_perp_order(self) -> None:
+        user = self.rng.choice(USERS)
+        side = self.rng.choice(["BUY", "SELL"])
+        lot = PERP_MARKET.lot
+        qty = lot * self.rng.choice([1, 2, 5, self.rng.randrange(1, 40), self.rng.randrange(1, 400)])
+        pos = self.model.positions.get((user, PERP.symbol))
+        if pos is not None and self.rng.random() < 0.3:  # float-ok: close (part of) the position
+            side = "SELL" if pos.size > 0 else "BUY"
+            qty = self.rng.choice([abs(pos.size), max(lot, abs(pos.size) // 2 // lot * lot)])
+        kind = self.rng.randrange(10)
+        if kind < 6:
+            c = PlacePerpOrder(user, PERP.symbol, side, "LIMIT", "GTC", self._perp_price(), qty)
+        elif kind < 8:
+            c = PlacePerpOrder(user, PERP.symbol, side, "LIMIT", "IOC", self._perp_price(), qty)
+        else:
+            c = PlacePerpOrder(user, PERP.symbol, side, "MARKET", "IOC", 0, qty)
+        self._perp_do(c)
+
+    def a_perp_cancel(self) -> None:
+        open_orders = sorted(self.model.markets[PERP.symbol].orders.values(), key=lambda o: o.id)
+        if open_orders and self.rng.random() < 0.9:  # float-ok: mostly a real one
+            o = self.rng.choice(open_orders)
+            c = CancelOrder(o.owner, PERP.symbol, o.id)
+        else:
+            c = CancelOrder(self.rng.choice(USERS), PERP.symbol, self.rng.randrange(1, 10**6))
+        self._trade(c)
+
+    def a_perp_funding(self) -> None:
+        """Sequencer time jumps to the next funding round; a transfer into a derivatives wallet then
+        runs the funding timer first (the index's sources go stale on the way: only reducing orders
+        until three venues quote again)."""
+        nxt = self.model.perps[PERP.symbol].next_funding_ns
+        self.planned_ts = max(self.planned_ts, nxt - 500)
+        self._perp_do(FuturesTransfer(self.rng.choice(USERS), "USDT", 10**6, "MAIN_UMFUTURE"))
+
+    def a_perp_liquidate(self) -> None:
+        """What the liquidation worker submits: mostly for an account or isolated position the model
+        finds below maintenance (one step: orders cancelled, an IOC at the band edge for half the
+        depth inside it, the cool-down), else for anyone (refused: not below maintenance, cooling
+        down, no position)."""
+        targets = self.model.liquidatable()
+        if targets and self.rng.random() < 0.8:  # float-ok: coin flip
+            owner, scope, isolated = self.rng.choice(targets)
+        else:
+            owner, isolated = self.rng.choice(USERS), self.rng.random() < 0.5  # float-ok: coin flip
+            scope = PERP.symbol if isolated else "USDT"
+        self._perp_do(LiquidatePosition(owner, scope) if isolated else LiquidateAccount(owner, scope))

@@ -10,7 +10,9 @@ source's word: `prove_reserves` checks every signature and script and reads ever
 (address, chain adapter, the `Signer`s and key ids that control it). `seed_wallet_keys` lists the
 wallets of a custody set-up whose offline keys (cold wallets, the 2-of-3 shield vault) derive from
 one seed — shared by `localnet_reserve_source` (a `custody.localnet.LocalNet`, the tests) and the
-custody runtime inside `ringfence serve` (`CustodyRuntime.reserve_source`).
+custody runtime inside `ringfence serve` (`CustodyRuntime.reserve_source`; there the shield vault's
+three keys are in HSM tokens and it adds that vault's `WalletKeys` itself, so nothing of the shield
+vault is derived from the seed in `serve`).
 
 Invariants: a claim is made only for an address whose signature the signer produced right now for
 this snapshot id; all balances of a chain are read at the height pinned once per evidence call;
@@ -114,12 +116,13 @@ class WalletKeys:
     threshold: int = 0
 
 
-def _sign_digest(signer: Any, key_id: str, digest: bytes, why: str) -> tuple[bytes, int, bytes]:
+def _sign_digest(signer: Any, key_id: str, digest: bytes, why: str, approval: Any = None) -> tuple[bytes, int, bytes]:
     """(r||s, recovery id, compressed public key) from any custody `Signer` (local or HSM)."""
     from ..keys.interface import Scheme, SigningRequest
 
     sig = signer.sign(SigningRequest(request_id=f"por-{digest.hex()[:24]}", key_id=key_id, digest=digest,
-                                     scheme=Scheme.ECDSA_SECP256K1, requested_by="por-publisher", reason=why))
+                                     scheme=Scheme.ECDSA_SECP256K1, requested_by="por-publisher", reason=why,
+                                     approval=approval))
     rs = bytes(sig.signature[:64])
     pub = bytes(sig.public_key)
     for recid in ((sig.signature[64],) if len(sig.signature) == 65 else (0, 1)):
@@ -133,7 +136,10 @@ def _sign_digest(signer: Any, key_id: str, digest: bytes, why: str) -> tuple[byt
 
 
 def _bip137(signer: Any, key_id: str, message: str, header_base: int) -> tuple[str, bytes]:
-    rs, recid, pub = _sign_digest(signer, key_id, bitcoin_message_hash(message), "proof of reserves")
+    digest = bitcoin_message_hash(message)
+    attest = getattr(signer, "attest_message", None)  # an HSM key (custody/eth_hsm.py): the policy side's yes first
+    rs, recid, pub = _sign_digest(signer, key_id, digest, "proof of reserves",
+                                  attest(message, digest, key_id=key_id) if attest else None)
     return base64.b64encode(bytes([header_base + recid]) + rs).decode("ascii"), pub
 
 
@@ -151,7 +157,8 @@ def _eip191(signer: Any, key_id: str, message: str) -> str:
 
     data = message.encode("utf-8")
     digest = keccak(b"\x19Ethereum Signed Message:\n" + str(len(data)).encode() + data)
-    rs, recid, _ = _sign_digest(signer, key_id, digest, "proof of reserves")
+    attest = getattr(signer, "attest_message", None)  # an HSM key (custody/eth_hsm.py): the policy side's yes first
+    rs, recid, _ = _sign_digest(signer, key_id, digest, "proof of reserves", attest(message, digest, key_id=key_id) if attest else None)
     return "0x" + (rs + bytes([27 + recid])).hex()
 
 
@@ -224,11 +231,12 @@ def _seed_key(seed: str, label: str) -> bytes:
     return derive_key(seed, label)  # type: ignore[no-any-return]
 
 
-def seed_cold_signer(seed: str) -> Any:
-    """The cold wallets' offline signer (`btc-cold`, `eth-cold`), keys derived from the seed."""
+def seed_cold_signer(seed: str, chains: Sequence[str] = tuple(COLD_KEY_IDS)) -> Any:
+    """The cold wallets' offline signer (`btc-cold`, `eth-cold`), keys derived from the seed; only
+    the keys of `chains` are derived (a cold wallet held elsewhere is never derived here)."""
     from ..custody.wallets import LocalKeySigner
 
-    return LocalKeySigner({k: _seed_key(seed, k) for k in COLD_KEY_IDS.values()})
+    return LocalKeySigner({COLD_KEY_IDS[c]: _seed_key(seed, COLD_KEY_IDS[c]) for c in chains})
 
 
 def shield_vault_keys(seed: str, address: str, assets: tuple[str, ...] = ("BTC",)) -> WalletKeys:
@@ -266,7 +274,7 @@ def seed_wallet_keys(seed: str, assets: Mapping[str, tuple[str, ...]], online: S
     """
     wallets = [WalletKeys(chain, assets[chain], address, ((signer, key_id),))
                for chain, address, signer, key_id in online if chain in assets]
-    offline = seed_cold_signer(seed)
+    offline = seed_cold_signer(seed, [c for c in sorted(cold) if c in assets])
     for chain, address in sorted(cold.items()):
         if chain in assets:
             wallets.append(WalletKeys(chain, assets[chain], address, ((offline, COLD_KEY_IDS[chain]),)))

@@ -20,7 +20,6 @@ Exit status 0 when every accepted staff decision verifies, 3 when one does not, 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,14 +29,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 
+from ..cli_paths import tty_console
 from ..errors import RingfenceError
 from .decisions import decision_message
 
-__all__ = ["audit_app", "audit_withdrawal"]
+__all__ = ["audit_app", "audit_withdrawal", "recent_decisions", "AUDIT_MAX_ROWS"]
 
 audit_app = typer.Typer(help="Offline audits from a node's journal.\n\nExample: ringfence audit withdrawal w-123 --data ./ringfence-data",
                         no_args_is_help=True)
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = tty_console(width=160)
 EXIT_UNVERIFIED = 3
 
 _SIGNED = {
@@ -46,7 +46,7 @@ _SIGNED = {
     "ResolveManualReviewSigned": ("withdrawal.manual_review", "manual_review"),
 }
 _RECORDS = ("RequestWithdrawal", "ConfirmWithdrawalEmail", "RecordRiskReview", "DecideWithdrawal", "AuthorizeSigning",
-            "RecordSignedTx", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal", "CancelWithdrawal",
+            "RecordSignedTx", "RecordSignedBatch", "RecordBroadcast", "SettleWithdrawal", "FailWithdrawal", "CancelWithdrawal",
             "ApproveWithdrawal", "ResolveManualReview")
 
 
@@ -79,7 +79,8 @@ def audit_withdrawal(data_dir: Path, withdrawal_id: str) -> dict[str, Any]:
     def on_batch(engine: Any, batch: Any, outputs: list[list[Any]]) -> None:
         for i, command in enumerate(batch.commands):
             name = type(command).__name__
-            if getattr(command, "withdrawal_id", None) != withdrawal_id or (name not in _SIGNED and name not in _RECORDS):
+            named = getattr(command, "withdrawal_id", None) == withdrawal_id or withdrawal_id in getattr(command, "withdrawal_ids", ())
+            if not named or (name not in _SIGNED and name not in _RECORDS):
                 continue
             events = outputs[i] if i < len(outputs) else []
             rejected = next((e for e in events if isinstance(e, CommandRejected)), None)
@@ -179,3 +180,47 @@ def withdrawal(
                       else "[bold red]an accepted staff decision does not verify[/]")
     if not record["verified"]:
         raise typer.Exit(EXIT_UNVERIFIED)
+
+
+# ------------------------------------------------------------------------------- the live audit trail
+
+#: How far back the staff console's audit trail looks (commands), and how many rows it answers at most.
+AUDIT_WINDOW = 50_000
+AUDIT_MAX_ROWS = 500
+
+
+def recent_decisions(node_dir: Path, upto_seq: int, limit: int = 100, window: int = AUDIT_WINDOW) -> list[dict[str, Any]]:
+    """The staff decisions journaled in the last `window` commands up to `upto_seq`, newest first
+    (at most `limit`): every command a staff member submitted (source `staff:ID`) or that carries
+    staff signatures (`approvals`, `decision`), with who signed it, its first field (what it is
+    about) and its reason. Read-only: it reads the journal like `ringfence journal sources`."""
+    from ..app import new_engine
+    from ..journal.journal import scan
+
+    if not 1 <= limit <= AUDIT_MAX_ROWS:
+        raise RingfenceError(f"limit is 1..{AUDIT_MAX_ROWS}", field="limit")
+    from_seq = max(1, upto_seq - window + 1)
+    codec = new_engine().codec
+    rows: list[dict[str, Any]] = []
+    for record in scan(node_dir / "journal", decode_from_seq=from_seq):
+        if record.last_seq < from_seq:
+            continue
+        batch = codec.batch.decode(record.payload)
+        sources = getattr(batch, "sources", None) or []
+        for i, command in enumerate(batch.commands):
+            seq = batch.first_seq + i
+            if seq < from_seq or seq > upto_seq:
+                continue
+            source = sources[i] if i < len(sources) else ""
+            signed = [s.staff_id for s in getattr(command, "approvals", None) or [] if hasattr(s, "staff_id")]
+            decider = getattr(getattr(command, "decision", None), "staff_id", None)
+            if isinstance(decider, str):
+                signed.append(decider)
+            if not signed and not source.startswith("staff:"):
+                continue
+            fields = command.__struct_fields__
+            about = getattr(command, fields[0]) if fields else ""
+            rows.append({"seq": seq, "command": type(command).__name__, "source": source, "signed_by": signed,
+                         "about": about if isinstance(about, (str, int)) and not isinstance(about, bool) else "",
+                         "reason": str(getattr(command, "reason", "") or "")[:300]})
+    return rows[::-1][:limit]

@@ -12,23 +12,22 @@ stopped node's data directory: it creates the genesis quorum, once.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from ..cli_paths import tty_console
 from ..errors import RingfenceError
 from .console import DEFAULT_URL, AdminClient, load_key
 from .decisions import ROLES, StaffKey, StaffSignature, format_approval, parse_approval, write_key_file
 
 __all__ = ["staff_app", "review_app", "halts_app", "register_policy_commands"]
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+console = tty_console(width=160)
+err_console = tty_console(stderr=True, width=160)
 
 staff_app = typer.Typer(help="Staff identities: genesis, add, remove, list (signed by an operator quorum).\n\n"
                         "Example: ringfence staff list --key ada.key --url http://127.0.0.1:8000", no_args_is_help=True)
@@ -38,8 +37,10 @@ halts_app = typer.Typer(help="Halts on a live node: list, raise (one operator), 
                         "Example: ringfence halts list --key ada.key", no_args_is_help=True)
 
 URL = typer.Option(DEFAULT_URL, "--url", help="The running server (serve's address).")
-KEY = typer.Option(..., "--key", help="Your staff key file (FILE, or DIR/demo-staff.json#ID).")
-KEYS = typer.Option(..., "--key", help="Staff key file(s): FILE or DIR/demo-staff.json#ID; the first one sends the request. Repeatable.")
+KEY = typer.Option(..., "--key", help="Your staff key: FILE, DIR/demo-staff.json#ID, or pkcs11:TOKEN/LABEL#ID (an HSM; "
+                   "PIN from RINGFENCE_STAFF_HSM_PIN).")
+KEYS = typer.Option(..., "--key", help="Staff key(s): FILE, DIR/demo-staff.json#ID or pkcs11:TOKEN/LABEL#ID; the first one "
+                    "sends the request. Repeatable.")
 APPROVALS = typer.Option([], "--approval", help="Another member's approval token (from the same command with --sign-only). Repeatable.")
 SIGN_ONLY = typer.Option(False, "--sign-only", help="Only print your approval token for the submitter; send nothing.")
 TTL = typer.Option(600, "--ttl-s", min=10, max=86_400, help="How long your signature may be submitted.")
@@ -105,18 +106,115 @@ def _client(key: str, url: str) -> AdminClient:
 @staff_app.command("keygen")
 def keygen(
     staff_id: str = typer.Argument(..., help="The new member's staff id (a-z 0-9 _ . -)."),
-    out: Path = typer.Option(..., "--out", help="Where to write the key file (mode 0600; must not exist)."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write the key file (mode 0600; must not exist)."),
+    hsm: str = typer.Option("", "--hsm", help="Instead of a file: generate the key inside this PKCS#11 token (label "
+                            "STAFF_ID, not extractable; PIN from RINGFENCE_STAFF_HSM_PIN); use it as --key pkcs11:TOKEN/STAFF_ID#STAFF_ID."),
 ) -> None:
     """Create your Ed25519 staff key; prints the public key to hand to the operators who add you.
 
     Example: ringfence staff keygen dora --out dora.key
+    Example (HSM): RINGFENCE_STAFF_HSM_PIN=... ringfence staff keygen dora --hsm staff-tokens
     """
+    if hsm:
+        from .console import open_staff_token
+
+        def generate() -> str:
+            token = open_staff_token(hsm)
+            try:
+                return bytes(token.generate(staff_id, "ed25519")).hex()
+            finally:
+                token.close()
+
+        typer.echo(_run(generate))
+        return
+    if out is None:
+        err_console.print("[bold red]error:[/] --out: name the key file to write (or --hsm TOKEN)")
+        raise typer.Exit(2)
     if out.exists():
         err_console.print(f"[bold red]error:[/] --out: {out} exists; a key file is never overwritten")
         raise typer.Exit(2)
     key = StaffKey.generate(staff_id)
     write_key_file(out, key)
     typer.echo(key.public_hex)
+
+
+def _require_staff_member(data: Path, staff_id: str, *, sqlite_identity: bool = True) -> None:
+    """Refuse a folder that is not a `serve --data DIR` (no identity store or node) and a staff id its
+    register does not hold as active (read by replaying its journal in memory: safe while serve runs).
+    `sqlite_identity=False`: the identity store is the database RINGFENCE_DATABASE_URL names, not a file
+    in the folder (the PostgreSQL profile), so only the node is required."""
+    from ..app import replay_journal
+    from ..cli_paths import ENGINE_SUBDIR, fail
+    from ..errors import RingfenceError
+    from ..journal.journal import is_node_dir
+    from .state import staff_of
+
+    if (sqlite_identity and not (data / "identity.sqlite3").is_file()) or not is_node_dir(data / ENGINE_SUBDIR):
+        fail(f"--data: {data} holds no node and identity store (identity.sqlite3, {ENGINE_SUBDIR}/); give the folder "
+             "`ringfence serve --data DIR` uses (`make serve-demo`: ./ringfence-data/serve)")
+    try:
+        engine = replay_journal(data / ENGINE_SUBDIR, use_snapshots=True)[0]
+    except RingfenceError as err:
+        fail(f"--data: {data}: {err}", 1)
+    active = sorted(m.staff_id for m in staff_of(engine).members.values() if m.status == "active")
+    if staff_id not in active:
+        fail(f"STAFF_ID: {staff_id!r} is not an active member of the staff register; its members: "
+             f"{', '.join(active) or 'none (ringfence staff init)'}")
+
+
+@staff_app.command("login")
+def create_login(
+    staff_id: str = typer.Argument(..., help="The member's staff id (as in the register)."),
+    email: str = typer.Option(..., "--email", help="The member's own e-mail address (their sign-in name)."),
+    out: Path = typer.Option(..., "--out", help="Where the one-time credentials are written (JSON, mode 0600)."),
+    data: Path = typer.Option(None, "--data", help="`serve --data DIR`: its staff register, and its identity store "
+                              "DIR/identity.sqlite3 unless RINGFENCE_DATABASE_URL names the server's database "
+                              "(default: RINGFENCE_DATABASE_URL when set, else ./ringfence-data/serve, "
+                              "the folder of `make serve-demo`)."),
+) -> None:
+    """Give a staff member their console login: an identity account `staff:ID` with a random password and
+    TOTP on. The credentials (e-mail, password, TOTP secret and its otpauth:// URI) go to OUT (0600), never
+    to the terminal; hand them to the member, who signs in at /login, enters the TOTP code, may add a
+    passkey in the security centre, and opens /admin. The console page is served only to such a session
+    of a member the register has active; decisions are still signed with the member's key.
+    Example: ringfence staff login ada --email ada@example.com --data ./ringfence-data/serve --out ./ada-login.json
+    """
+    import os
+
+    import pyotp
+
+    from ..identity.context import IdentityContext
+    from ..identity.staff_logins import create_staff_login
+    from ..settings import load_settings
+    from ..store import Store
+
+    if out.exists():
+        err_console.print(f"[bold red]error:[/] --out: {out} exists; credentials are never overwritten")
+        raise typer.Exit(2)
+    overrides: dict[str, Any] = {}
+    database_url = os.environ.get("RINGFENCE_DATABASE_URL")  # the server's database (PostgreSQL profile)
+    if data is None and not database_url:
+        data = Path("ringfence-data/serve")  # what `serve --demo` / `make serve-demo` uses
+    if data is not None:
+        _require_staff_member(data, staff_id, sqlite_identity=not database_url)
+        if not database_url:
+            overrides["database_url"] = f"sqlite:///{(data / 'identity.sqlite3').resolve()}"
+    settings = load_settings(**overrides)
+    ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
+
+    def make() -> Any:
+        return create_staff_login(ctx, staff_id, email)
+
+    login = _run(make)
+    if login is None:
+        err_console.print(f"[bold red]error:[/] {staff_id} has a console login already")
+        raise typer.Exit(1)
+    uri = pyotp.TOTP(login.totp_secret).provisioning_uri(name=login.email, issuer_name="ringfence staff")
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"staff_id": login.staff_id, "email": login.email, "password": login.password,
+                   "totp_secret": login.totp_secret, "otpauth": uri}, fh, indent=2)
+    console.print(f"[bold green]login[/] for {staff_id} ({login.email}); credentials in {out} (0600)")
 
 
 @staff_app.command("init")
@@ -184,7 +282,8 @@ def list_staff(key: str = KEY, url: str = URL, as_json: bool = typer.Option(Fals
 
 @staff_app.command("add")
 def add(
-    new_key: Path = typer.Option(..., "--new-key", help="The new member's key file (from `staff keygen`): signs the proof of possession."),
+    new_key: Path = typer.Option(..., "--new-key", help="The new member's key (from `staff keygen`: a file, or "
+                                 "pkcs11:TOKEN/LABEL#ID): signs the proof of possession."),
     roles: list[str] = typer.Option(..., "--role", help=f"A role of the new member ({', '.join(ROLES)}). Repeatable."),
     reason: str = typer.Option(..., "--reason", help="Why; every approver signs the same text."),
     accounts: list[str] = typer.Option([], "--account", help="A customer account id (u_...) the new member holds here: "
@@ -253,7 +352,8 @@ def list_halts(key: str = KEY, url: str = URL, as_json: bool = typer.Option(Fals
     if view["active"]:
         console.print(table)
     for h in view["recently_lifted"][:5]:
-        console.print(f"lifted {h['halt_id']} at seq {h['lifted_seq']} by {', '.join(h['approvers'])}: {h['lift_reason']}")
+        who = f"by {', '.join(h['approvers'])}" if h["approvers"] else "automatically (its condition cleared)"
+        console.print(f"lifted {h['halt_id']} at seq {h['lifted_seq']} {who}: {h['lift_reason']}")
 
 
 @halts_app.command("raise")
@@ -324,15 +424,16 @@ def list_review(key: str = KEY, url: str = URL, as_json: bool = typer.Option(Fal
         table.add_column(col, overflow="fold")
     for w in view["withdrawals"]:
         valid = [a for a in w["approvals"] if a["valid"]]
-        table.add_row(w["withdrawal_id"], w["account_id"], f"{w['amount_minor']} {w['asset']} minor", w["state"],
+        table.add_row(w["withdrawal_id"], w["account_id"], f"{w['amount']} {w['asset']}", w["state"],
                       f"{w['rule']}: " + "; ".join(w["decision_reasons"]),
                       f"{len(valid)}/{w['required_approvals']} ({', '.join(a['staff_id'] for a in valid)})",
-                      ", ".join(f"{h['withdrawal_id']} {h['state']}" for h in w["user_history"]))
+                      ", ".join(f"{h['withdrawal_id']} {h['amount']} {h['asset']} {h['state']}" for h in w["user_history"]))
     console.print(table)
     for d in view["deposits"]:
         console.print(f"{d['state']} deposit {d['chain']}:{d['txid']}:{d['index']} of {d['account_id']} "
-                      f"({d['amount_minor']} {d['asset']} minor, score {d['score']}, from {d['sender'] or '?'}): "
-                      f"declaration {d['declaration']!r}" + (f"; return signed by {', '.join(d['return_by'])}" if d["return_by"] else ""))
+                      f"({d['amount']} {d['asset']}, score {d['score']}, from {d['sender'] or '?'}): "
+                      f"declaration {d['declaration']!r}" + (f"; return signed by {', '.join(d['return_by'])}" if d["return_by"] else "")
+                      + (f"; release signed by {', '.join(d['release_by'])}" if d.get("release_by") else ""))
 
 
 @review_app.command("approve")

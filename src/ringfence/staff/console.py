@@ -19,7 +19,7 @@ from ..errors import RingfenceError, ValidationError
 from .decisions import StaffKey, read_key_file
 from .requests import signed_headers
 
-__all__ = ["AdminClient", "AdminError", "load_key", "DEFAULT_URL"]
+__all__ = ["AdminClient", "AdminError", "load_key", "open_staff_token", "TokenEd25519Key", "DEFAULT_URL"]
 
 DEFAULT_URL = os.environ.get("RINGFENCE_URL", "http://127.0.0.1:8000")
 PREFIX = "/admin/v1"
@@ -34,8 +34,54 @@ class AdminError(RingfenceError):
         self.http_status = status
 
 
+#: Where an HSM-held staff key's token PIN comes from (never argv: argv is visible in `ps`).
+HSM_PIN_ENV = "RINGFENCE_STAFF_HSM_PIN"
+#: The PKCS#11 library (SoftHSM2 unless set; its tokens are found through SOFTHSM2_CONF).
+HSM_LIBRARY_ENV = "RINGFENCE_PKCS11_LIBRARY"
+
+
+class TokenEd25519Key:
+    """An Ed25519 key inside a PKCS#11 token, shaped like the `Ed25519PrivateKey` a `StaffKey` holds:
+    `sign` runs in the token; nothing can export it (`staff keygen --hsm` made it non-extractable)."""
+
+    def __init__(self, token: Any, label: str) -> None:
+        self.token, self.label = token, label
+        self._public = token.public_key(label)
+        if len(self._public) != 32:
+            raise ValidationError(f"{label!r} in token {token.label!r} is not an Ed25519 key", field="--key")
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes(self.token.raw_sign(self.label, data, "ed25519"))
+
+    def public_key(self) -> Any:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        return Ed25519PublicKey.from_public_bytes(self._public)
+
+    def private_bytes(self, *args: Any) -> bytes:
+        raise ValidationError("a staff key in an HSM cannot be exported", field="--key")
+
+
+def open_staff_token(token_label: str) -> Any:
+    """The PKCS#11 token holding staff keys, logged in with the PIN from RINGFENCE_STAFF_HSM_PIN."""
+    from ..keys.hsm import SOFTHSM_LIBRARY, HsmToken
+
+    pin = os.environ.get(HSM_PIN_ENV, "")
+    if not pin:
+        raise ValidationError(f"set {HSM_PIN_ENV} to the token's user PIN (it is never taken from the command line)",
+                              field=HSM_PIN_ENV)
+    return HsmToken(token_label, pin, library=os.environ.get(HSM_LIBRARY_ENV, SOFTHSM_LIBRARY))
+
+
 def load_key(spec: str) -> StaffKey:
-    """`FILE` (a staff key file) or `FILE#STAFF_ID` (one member of DIR/demo-staff.json)."""
+    """`FILE` (a staff key file), `FILE#STAFF_ID` (one member of DIR/demo-staff.json), or
+    `pkcs11:TOKEN/LABEL#STAFF_ID` (an Ed25519 key in a PKCS#11 token; PIN from RINGFENCE_STAFF_HSM_PIN)."""
+    if spec.startswith("pkcs11:"):
+        where, _, staff_id = spec.removeprefix("pkcs11:").partition("#")
+        token_label, _, label = where.partition("/")
+        if not token_label or not label or not staff_id:
+            raise ValidationError("an HSM key is pkcs11:TOKEN/LABEL#STAFF_ID", field="--key")
+        return StaffKey(staff_id, TokenEd25519Key(open_staff_token(token_label), label))  # type: ignore[arg-type]
     file, _, staff_id = spec.partition("#")
     path = Path(file)
     if not path.is_file():

@@ -184,7 +184,7 @@ def read_key_file(path: Path, staff_id: str | None = None) -> StaffKey:
         entries = [e for e in raw["staff"] if isinstance(e, dict) and (staff_id is None or e.get("staff_id") == staff_id)]
         if len(entries) != 1:
             ids = [e.get("staff_id") for e in raw["staff"] if isinstance(e, dict)]
-            raise ValidationError(f"{path} holds the keys of {ids}: choose one with --staff-id", field="key")
+            raise ValidationError(f"{path} holds the keys of {ids}: choose one as --key {path}#STAFF_ID", field="key")
         raw = entries[0]
     if not isinstance(raw, dict) or not isinstance(raw.get("staff_id"), str) or not isinstance(raw.get("private_key"), str):
         raise ValidationError("a staff key file holds staff_id and private_key (64 hex characters)", field="key")

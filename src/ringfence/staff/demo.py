@@ -45,10 +45,13 @@ def _write_0600(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def seed_demo_staff(node: Any, data_dir: Path) -> dict[str, Any]:
-    """Create the demo genesis quorum unless a register exists; returns what the console prints."""
+def seed_demo_staff(node: Any, data_dir: Path, identity_ctx: Any = None) -> dict[str, Any]:
+    """Create the demo genesis quorum unless a register exists, and (with `identity_ctx`) each member's
+    console login; returns what the console prints."""
     path = data_dir / "demo-staff.json"
     if staff_of(node.engine).members:
+        if identity_ctx is not None:
+            _add_demo_logins(path, identity_ctx)
         return {"file": str(path), "created": False, "staff": sorted(staff_of(node.engine).members)}
     keys = {s: StaffKey.generate(s) for s in DEMO_STAFF}
     _write_0600(path, {
@@ -58,7 +61,33 @@ def seed_demo_staff(node: Any, data_dir: Path) -> dict[str, Any]:
                   for s, k in keys.items()],
     })
     node.execute(StaffDesk(keys, time.time_ns).genesis(DEMO_STAFF, DEMO_QUORUM))
+    if identity_ctx is not None:
+        _add_demo_logins(path, identity_ctx)
     return {"file": str(path), "created": True, "staff": sorted(DEMO_STAFF)}
+
+
+def _add_demo_logins(path: Path, identity_ctx: Any) -> None:
+    """Each member of the file gets an identity account for the console (`identity/staff_logins.py`):
+    `"login": {"email", "password", "totp_secret"}` in the member's entry (sign in at /login, then the
+    TOTP code at /login/2fa; a passkey can be added in the security centre). Members that have one
+    keep it."""
+    from ..identity.staff_logins import create_staff_login
+
+    if not path.exists():
+        return
+    payload = json.loads(path.read_text())
+    changed = False
+    for entry in payload.get("staff", []):
+        if "login" in entry:
+            continue
+        login = create_staff_login(identity_ctx, entry["staff_id"], f"{entry['staff_id']}@staff.demo.ringfence.local")
+        if login is not None:
+            entry["login"] = {"email": login.email, "password": login.password, "totp_secret": login.totp_secret}
+            changed = True
+    if changed:
+        payload["note"] = (payload.get("note", "") + "; console logins: sign in at /login with login.email and "
+                           "login.password, then the TOTP code of login.totp_secret, and open /admin")
+        _write_0600(path, payload)
 
 
 def demo_staff_keys(data_dir: Path, staff_ids: Any) -> dict[str, StaffKey]:

@@ -71,6 +71,11 @@ def _rate_ppm(text: str, field: str) -> int:
     return _minor(text, 6, field, allow_zero=True)
 
 
+def _rate(ppm: int | str) -> str:
+    """A rate in millionths as `--maker`/`--taker` take it, with the percentage: 200 → `0.0002 (0.02 %)`."""
+    return f"{_fmt(str(ppm), 6)} ({_fmt(str(ppm), 4)} %)"
+
+
 def _view(client: AdminClient) -> dict[str, Any]:
     return _run(lambda: client.get("/markets"))  # type: ignore[no-any-return]
 
@@ -121,7 +126,7 @@ def list_markets(key: str = KEY, url: str = URL, as_json: bool = typer.Option(Fa
                       _fmt(m["min_qty"], bd), _fmt(m["min_notional"], qd), band,
                       _fmt(m["reference_price"], qd) + (" (index)" if m["indexed"] else ""), str(m["open_orders"]))
     console.print(table)
-    tiers = ", ".join(f"tier {t['tier']}: maker {t['maker_rate_ppm']} ppm, taker {t['taker_rate_ppm']} ppm"
+    tiers = ", ".join(f"tier {t['tier']}: maker {_rate(t['maker_rate_ppm'])}, taker {_rate(t['taker_rate_ppm'])}"
                       for t in view["fee_tiers"])
     console.print(f"fee tiers: {tiers}")
     if view["account_tiers"]:

@@ -206,7 +206,9 @@ def _verify_signature(public_key_hex: str, sig: StaffSignature, message: bytes, 
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(bytes.fromhex(sig.signature), message)
     except InvalidSignature:
         raise StaffRefused("signature-valid", f"the signature of {sig.staff_id!r} does not verify for this decision "
-                           "(forged, or signed for something else)", field=field) from None
+                           "(forged, signed for something else, or signed against a change counter that has "
+                           "since moved: an approval is good for one change, so sign again against the current "
+                           "one)", field=field) from None
 
 
 def _check_form(sig: Any, field: str) -> StaffSignature:

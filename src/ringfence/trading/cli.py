@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+
 from ..app import new_node
+from ..cli_paths import tty_console
 
 app = typer.Typer(help="Spot trading: demo session and book inspection.\n\nExample: ringfence trading demo --data ./ringfence-data/demo", no_args_is_help=True)
 
@@ -50,5 +52,5 @@ def book(
         bids, asks = market_of(engine, symbol).depth(depth)
     except RingfenceError as err:
         fail(str(err))
-    console = Console()
+    console = tty_console()
     console.print({"symbol": symbol, "bids": bids, "asks": asks})

@@ -303,21 +303,38 @@ def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]
         _close(ledger, m, o, ev, OrderExpired, "NOT_FULLY_FILLED", False)
 
 
-def _trigger_stops(st: TradingState, ledger: Any, m: Market, ev: list[Event]) -> None:
-    """Fire every stop order the last price has crossed, oldest first, until none is left to fire."""
+def _trigger_stops(st: TradingState, ledger: Any, m: Market, ev: list[Event], held: Any = None) -> None:
+    """Fire every stop order the last price has crossed, oldest first, until none is left to fire.
+
+    `held(order)` (given while a halt is active): True for a stop a halt holds — it stays in the
+    stop index, untriggered, and is looked at again at the next trade on the market."""
     while m.stops_buy or m.stops_sell:
         last = m.last_price
-        fired: list[int] = []
         sb = m.stops_buy
-        if sb and sb[0][0] <= last:
-            i = bisect_right(sb, (last, 1 << 62))
-            fired.extend(oid for _, oid in sb[:i])
-            del sb[:i]
         ss = m.stops_sell
-        if ss and ss[-1][0] >= last:
-            j = bisect_left(ss, (last, 0))
+        i = bisect_right(sb, (last, 1 << 62)) if sb and sb[0][0] <= last else 0
+        j = bisect_left(ss, (last, 0)) if ss and ss[-1][0] >= last else len(ss)
+        if held is None:
+            fired = [oid for _, oid in sb[:i]]
             fired.extend(oid for _, oid in ss[j:])
+            del sb[:i]
             del ss[j:]
+        else:
+            fired = []
+            kept_b: list[tuple[int, int]] = []
+            kept_s: list[tuple[int, int]] = []
+            for entry in sb[:i]:
+                if held(m.orders[entry[1]]):
+                    kept_b.append(entry)
+                else:
+                    fired.append(entry[1])
+            for entry in ss[j:]:
+                if held(m.orders[entry[1]]):
+                    kept_s.append(entry)
+                else:
+                    fired.append(entry[1])
+            sb[:i] = kept_b
+            ss[j:] = kept_s
         if not fired:
             return
         fired.sort()

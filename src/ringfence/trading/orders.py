@@ -5,7 +5,7 @@ event (with a reason code from `REASONS`) and changes nothing. Accepted orders r
 matching loop in `matching.py`.
 """
 
-from typing import Any, Callable, Final, NamedTuple
+from typing import Any, Callable, Final, NamedTuple, Protocol
 
 from ..engine.commands import Event
 from ..engine.core import Engine
@@ -47,6 +47,7 @@ from .state import (
     TradingState,
 )
 from .vocabulary import OrderType, SelfTradePrevention, Side, TimeInForce
+from ..risk.halts import refusal_of
 
 __all__ = ["REASONS", "check_place"]
 
@@ -119,6 +120,36 @@ def _qty_problem(m: Market, qty: int) -> tuple[str, str] | None:
 # ------------------------------------------------------------------------------ place
 
 
+class NewOrder(Protocol):
+    """What placing reads of a new order: a `PlaceOrder`, or a perpetual's `PlacePerpOrder`
+    (ringfence.derivatives), which `_place` takes as it is rather than as a `PlaceOrder` built
+    for it (that copy was a tenth of a perpetual order's own cost). Read-only properties, so that
+    a command may answer with a class attribute (`PlacePerpOrder.quote_amount` is always 0)."""
+
+    @property
+    def owner(self) -> str: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def side(self) -> str: ...
+    @property
+    def order_type(self) -> str: ...
+    @property
+    def tif(self) -> str: ...
+    @property
+    def price(self) -> int: ...
+    @property
+    def quantity(self) -> int: ...
+    @property
+    def quote_amount(self) -> int: ...
+    @property
+    def stop_price(self) -> int: ...
+    @property
+    def client_order_id(self) -> str: ...
+    @property
+    def stp(self) -> str: ...
+
+
 class _Refusal(NamedTuple):
     """Why a new order is refused: a stable reason (`REASONS`), the field at fault, a message."""
 
@@ -127,7 +158,7 @@ class _Refusal(NamedTuple):
     message: str
 
 
-def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry_run: bool = False) -> None:
+def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_run: bool = False) -> None:
     """Check a new order against every market rule and the owner's balance, then place it.
 
     With `dry_run` (`check_place`, for the API's `order/test`) it stops where placing would start
@@ -177,7 +208,7 @@ def _place(engine: Engine, st: TradingState, c: PlaceOrder, ev: list[Event], dry
     _open_order(engine, st, m, c, parsed, pay, recv, protect_minor, hold_minor, ev)
 
 
-def _parse_order(c: PlaceOrder) -> "_Words | _Refusal":
+def _parse_order(c: NewOrder) -> "_Words | _Refusal":
     """The order's own fields, each checked and its words turned into value types (`_Words`).
     Needs no market; changes nothing but the owner-name cache."""
     words = _WORDS.get((c.side, c.order_type, c.tif, c.stp))
@@ -230,7 +261,7 @@ _WORDS: Final[dict[tuple[str, str, str, str], _Words]] = {
 }
 
 
-def _word_refusal(c: PlaceOrder) -> _Refusal:
+def _word_refusal(c: NewOrder) -> _Refusal:
     """Which of the order's words is not one of ours, checked in the order the API documents."""
     if c.side not in _SIDES:
         return _Refusal("INVALID_PARAMETER", "side", "side must be BUY or SELL")
@@ -241,7 +272,7 @@ def _word_refusal(c: PlaceOrder) -> _Refusal:
     return _Refusal("INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
 
 
-def _market_refusal(m: Market, c: PlaceOrder, words: _Words) -> _Refusal | None:
+def _market_refusal(m: Market, c: NewOrder, words: _Words) -> _Refusal | None:
     """The market's rules for a well-formed order: status, tick, lot, band (price and stop price),
     minimum notional, stop trigger, post-only, duplicate client id, open-order and book limits."""
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
@@ -296,7 +327,7 @@ def _market_refusal(m: Market, c: PlaceOrder, words: _Words) -> _Refusal | None:
     return None
 
 
-def _protection_and_hold(m: Market, c: PlaceOrder, words: _Words) -> tuple[int, int]:
+def _protection_and_hold(m: Market, c: NewOrder, words: _Words) -> tuple[int, int]:
     """(protection price, amount to hold) of a new order, in quote minor units per base unit and in
     the paying asset's minor units. A market order's protection price is the best opposite price
     moved by the market's slippage (clamped to the band); a buy holds what its limit, protection
@@ -335,7 +366,7 @@ def _protection_and_hold(m: Market, c: PlaceOrder, words: _Words) -> tuple[int, 
 
 
 def _open_order(
-    engine: Engine, st: TradingState, m: Market, c: PlaceOrder, words: _Words,
+    engine: Engine, st: TradingState, m: Market, c: NewOrder, words: _Words,
     pay: Any, recv: Any, protect_minor: int, hold_minor: int, ev: list[Event],
 ) -> None:
     """Create the checked order, hold its funds through the ledger, then rest it (a stop) or match it."""
@@ -378,9 +409,27 @@ def _open_order(
     before = st.next_trade_id
     _execute(st, ledger, m, o, ev)
     if st.next_trade_id != before and (m.stops_buy or m.stops_sell):
-        _trigger_stops(st, ledger, m, ev)
+        _trigger_stops(st, ledger, m, ev, _stops_held(engine, m))
     if m.contract is not None:  # a perpetual: cut down reduce-only orders the fills left too large
         m.contract.after_match(m, ev)
+
+
+def _stops_held(engine: Engine, m: Market) -> Callable[[Order], bool] | None:
+    """While a halt is active: which reached stops of `m` it holds. A stop triggers only if the
+    order it places, submitted directly (`PlaceOrder`; on a perpetual `PlacePerpOrder`, reduce-only
+    when the stop is), would pass the halt guard now — the guard's own check (`refusal_of`). A held
+    stop stays resting, untriggered, and is looked at again at the next trade on the market."""
+    halts = engine.components.get("halts")
+    if halts is None or not halts._index:
+        return None
+
+    def held(o: Order) -> bool:
+        typ = "LIMIT" if o.type == _STOP_LIMIT else "MARKET"
+        direct = (m.contract.direct_order(o, typ) if m.contract is not None
+                  else PlaceOrder(o.owner, m.symbol, "BUY" if o.is_buy else "SELL", typ))
+        return refusal_of(engine, direct) is not None
+
+    return held
 
 
 # ------------------------------------------------------------------------------ cancel / amend
@@ -487,7 +536,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     before = st.next_trade_id
     _execute(st, ledger, m, o, ev)
     if st.next_trade_id != before and (m.stops_buy or m.stops_sell):
-        _trigger_stops(st, ledger, m, ev)
+        _trigger_stops(st, ledger, m, ev, _stops_held(engine, m))
 
 
 

@@ -110,6 +110,13 @@ class MarketDelisted(Event, tag="market.delisted/1", frozen=True):
     canceled_orders: int
     released_holds: int
     reason: str
+    #: What the market was, so that read models can still show its orders and trades after it is
+    #: gone from the engine (a user asks for the order the delisting canceled).
+    base: str = ""
+    quote: str = ""
+    segment: str = ""
+    tick: int = 0
+    lot: int = 0
 
 
 class TradingDecision(Event, tag="trading.decision/1", frozen=True):
@@ -215,7 +222,7 @@ def _delist_signed(engine: Engine, c: DelistMarketSigned) -> list[Event]:
     assert m.clearing.base.credits_pending == 0 and m.clearing.quote.credits_pending == 0, "a delisted market keeps holds"
     released = sum(e.released for e in ev if isinstance(e, OrderCanceled))
     del st.markets[c.symbol]
-    ev.append(MarketDelisted(c.symbol, len(ev), released, c.reason))
+    ev.append(MarketDelisted(c.symbol, len(ev), released, c.reason, m.base, m.quote, m.segment, m.tick, m.lot))
     ev.append(_decided(engine, "delist", c.symbol, c.reason, approvers))
     return ev
 

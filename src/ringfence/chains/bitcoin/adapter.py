@@ -69,6 +69,7 @@ class BitcoinAdapter:
         self.network = network
         self._finality = dict(finality or DEFAULT_BTC_FINALITY)
         self._tracker = ReorgTracker(max_tracked_blocks)
+        self._fee_cache: tuple[tuple[int, str, int], FeeEstimate] | None = None
 
     # ---- chain shape ---------------------------------------------------------------------------
 
@@ -110,8 +111,7 @@ class BitcoinAdapter:
 
     def _transfers(self, sb, scripts: dict[bytes, str]) -> list[Transfer]:
         out: list[Transfer] = []
-        for tx in sb.txs:
-            txid = b2lx(tx.GetTxid())
+        for txid, tx in zip(sb.txids, sb.txs):
             if not tx.is_coinbase():
                 for i, txin in enumerate(tx.vin):
                     coin = self.node.coin((b2lx(txin.prevout.hash), txin.prevout.n))
@@ -166,6 +166,17 @@ class BitcoinAdapter:
         """Median fee rate (sat/vB, rounded up) of the last blocks' transactions, floored at min relay."""
         if asset not in (None, "BTC"):
             raise UnsupportedAsset(f"asset {asset!r} is not carried by bitcoin; only BTC", field="asset")
+        # the quote depends only on the last blocks, which the tip's hash names (each block commits to
+        # its parent): computed once per tip, not once per withdrawal signed
+        key = (self.node.height, self.node.blocks[-1].block_hash, self.node.min_relay_fee_sat_per_vb)
+        cached = self._fee_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        quote = self._estimate_fee()
+        self._fee_cache = (key, quote)
+        return quote
+
+    def _estimate_fee(self) -> FeeEstimate:
         rates = []
         for h in range(max(1, self.node.height - FEE_LOOKBACK_BLOCKS + 1), self.node.height + 1):
             for tx in self.node.blocks[h].txs[1:]:

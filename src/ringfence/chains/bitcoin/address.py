@@ -11,6 +11,8 @@ the canonical form of a bech32 address is lowercase.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from embit import base58, bech32
 
 from ...errors import InvalidAddress, ValidationError
@@ -115,8 +117,27 @@ def _validate_base58(address: str, network: str, p2pkh: int, p2sh: int, field: s
     return address
 
 
+#: Conversions remembered (both ways): embit's bech32 is pure Python and a deposit's KYT reads the
+#: addresses of many scripts. Both functions are pure, so a cached answer is the answer.
+CACHE_ENTRIES = 1 << 16
+
+
 def address_to_script(address: str, network: str, field: str = "address") -> bytes:
     """The scriptPubKey an address pays to (after full validation)."""
+    if isinstance(address, str):
+        try:
+            return _address_to_script_cached(address, network)
+        except InvalidAddress:
+            pass  # not cached (lru_cache keeps no exceptions): refused below, naming the caller's field
+    return _address_to_script(address, network, field)
+
+
+@lru_cache(maxsize=CACHE_ENTRIES)
+def _address_to_script_cached(address: str, network: str) -> bytes:
+    return _address_to_script(address, network, "address")
+
+
+def _address_to_script(address: str, network: str, field: str) -> bytes:
     canonical = validate_address(address, network, field)
     hrp, p2pkh, p2sh = _network(network)
     if canonical.startswith(hrp + "1"):
@@ -131,8 +152,12 @@ def address_to_script(address: str, network: str, field: str = "address") -> byt
 
 def script_to_address(script_pubkey: bytes, network: str) -> str | None:
     """The address of a standard scriptPubKey, or None (e.g. OP_RETURN, bare multisig)."""
+    return _script_to_address(bytes(script_pubkey), network)
+
+
+@lru_cache(maxsize=CACHE_ENTRIES)
+def _script_to_address(s: bytes, network: str) -> str | None:
     hrp, p2pkh, p2sh = _network(network)
-    s = bytes(script_pubkey)
     if len(s) == 22 and s[:2] == b"\x00\x14" or len(s) == 34 and s[:2] == b"\x00\x20":
         return bech32.encode(hrp, 0, s[2:])
     if len(s) == 34 and s[:2] == b"\x51\x20":

@@ -107,9 +107,15 @@ class SimBlock:
     subsidy_sat: int
     fees_sat: int
     branch: int = 0
+    #: the txids of `txs`, computed once when the block is connected (python-bitcointx serialises and
+    #: hashes the whole transaction again on every GetTxid(): scanning blocks for deposits did that
+    #: for every transaction of every block, and again for every look-up)
+    ids: tuple[str, ...] = ()
 
     @property
     def txids(self) -> tuple[str, ...]:
+        if len(self.ids) == len(self.txs):
+            return self.ids
         return tuple(b2lx(tx.GetTxid()) for tx in self.txs)
 
 
@@ -204,8 +210,8 @@ class BitcoinSimulator:
         hit = cache.get(txid)
         if hit is not None and hit[0] == block.block_hash:
             return hit[1]
-        for tx in block.txs:
-            cache[b2lx(tx.GetTxid())] = (block.block_hash, tx)
+        for known, tx in zip(block.txids, block.txs):
+            cache[known] = (block.block_hash, tx)
         hit = cache.get(txid)
         if hit is not None and hit[0] == block.block_hash:
             return hit[1]
@@ -377,21 +383,22 @@ class BitcoinSimulator:
             [CTxOut(subsidy + fees, CScript(coinbase_spk))],
         )
         txs = [CTransaction.from_instance(cb)] + [c.tx for c in picked]
+        ids = (b2lx(txs[0].GetTxid()), *(c.txid for c in picked))
         header = bytes.fromhex(parent.block_hash) + height.to_bytes(8, "little")
         header += self._branch.to_bytes(4, "little")
-        header += _sha256d(b"".join(tx.GetTxid() for tx in txs))
-        block = SimBlock(height, _sha256d(header).hex(), parent.block_hash, tuple(txs), subsidy, fees, self._branch)
+        header += _sha256d(b"".join(bytes.fromhex(t)[::-1] for t in ids))
+        block = SimBlock(height, _sha256d(header).hex(), parent.block_hash, tuple(txs), subsidy, fees, self._branch, ids)
         self.blocks.append(block)
-        for tx in txs:
-            self._apply_tx(tx, height)
+        for tx, txid in zip(txs, ids):
+            self._apply_tx(tx, height, txid)
         for c in picked:
             del self.mempool[c.txid]
             for op, _, _ in c.spent:
                 self._mempool_spends.pop(op, None)
         return block.block_hash
 
-    def _apply_tx(self, tx: CTransaction, height: int) -> None:
-        txid = b2lx(tx.GetTxid())
+    def _apply_tx(self, tx: CTransaction, height: int, txid: str | None = None) -> None:
+        txid = txid or b2lx(tx.GetTxid())
         if not tx.is_coinbase():
             for txin in tx.vin:
                 op = (b2lx(txin.prevout.hash), txin.prevout.n)

@@ -13,7 +13,9 @@ does to:
   and `frozen`, the fee and shield ("insurance") accounts, `world`, `clearing`, `custody`, `onchain`);
 * open orders (owner, side, price, what is left, what is held for them, resting or armed stop);
 * client two-phase transfers, deposits, withdrawals (their state machine), halts and the operator set;
-* the index of each indexed symbol (value, frozen or not, which venues quoted).
+* the index of each indexed symbol (value, frozen or not, which venues quoted);
+* linear perpetuals: derivatives wallets, margin accounts, positions (size, cost, margin, realised
+  PnL), the PnL pool, fees and insurance, funding rounds (perps.py).
 
 The runner compares all of this with the engine after every step. Money is `int` throughout.
 """
@@ -25,12 +27,13 @@ from .custody import CustodyModel, CustodyRules
 from .halts import HaltsModel
 from .index import IndexModel
 from .ledger import LedgerModel
+from .perps import PerpRules, PerpsModel
 from .trading import MarketRules, MOrder, TradingModel
 
-__all__ = ["Model", "Expect", "Bal", "MOrder", "MarketRules", "CustodyRules", "ModelError", "Refuse"]
+__all__ = ["Model", "Expect", "Bal", "MOrder", "MarketRules", "CustodyRules", "PerpRules", "ModelError", "Refuse"]
 
 
-class Model(LedgerModel, TradingModel, CustodyModel, HaltsModel, IndexModel):
+class Model(LedgerModel, TradingModel, CustodyModel, HaltsModel, IndexModel, PerpsModel):
     """The expected state of one shard: one class per domain (books.py has the money primitives)."""
 
     def __init__(self) -> None:
@@ -40,3 +43,4 @@ class Model(LedgerModel, TradingModel, CustodyModel, HaltsModel, IndexModel):
         self._init_custody()
         self._init_halts()
         self._init_index()
+        self._init_perps()

@@ -50,6 +50,7 @@ class MDeposit:
     final: bool = False
     kind: str = ""
     declaration: str = ""
+    release_by: tuple[str, ...] = ()  # analysts who signed a frozen deposit's release (two must)
 
 
 @dataclass
@@ -182,10 +183,12 @@ class CustodyModel(Books):
         d = self.deposits.get(key)
         if d is None or d.account != c.account_id:
             raise Refuse("RF_NOT_FOUND")
-        if d.state != "quarantined":
+        if d.state not in ("quarantined", "frozen"):
             raise Refuse("RF_CONFLICT")
         if len(c.declaration.strip()) < 10:
             raise Refuse("RF_VALIDATION")
+        if d.declaration != c.declaration.strip():
+            d.release_by = ()
         d.declaration = c.declaration.strip()
         return [("deposit", key, d.state)]
 
@@ -200,10 +203,19 @@ class CustodyModel(Books):
         who = c.decision.staff_id  # a signed staff decision (the engine verifies the signature)
         if self._own(who, d.account) or "analyst" not in self.roles.get(who, set()):
             raise Refuse("RF_SEGREGATION_OF_DUTIES")
-        if d.state != "quarantined" or (c.decision_kind == "release" and not d.declaration):
+        # a quarantined deposit is released or frozen, a frozen one only released; release needs the declaration
+        reviewable = d.state == "quarantined" or (d.state == "frozen" and c.decision_kind == "release")
+        if not reviewable or (c.decision_kind == "release" and not d.declaration):
             raise Refuse("RF_CONFLICT")
+        if d.state == "frozen":  # a frozen deposit's release is a two-analyst decision
+            if who in d.release_by:
+                raise Refuse("RF_SEGREGATION_OF_DUTIES")
+            d.release_by = (*d.release_by, who)
+            if len(d.release_by) < 2:
+                return [("deposit", key, d.state)]
         kind = "available" if c.decision_kind == "release" else "frozen"
-        self.move((d.account, d.asset, "quarantine", "spot"), (d.account, d.asset, kind, "spot"), d.amount)
+        source = "frozen" if d.state == "frozen" else "quarantine"
+        self.move((d.account, d.asset, source, "spot"), (d.account, d.asset, kind, "spot"), d.amount)
         d.kind, d.state = kind, ("credited" if kind == "available" else "frozen")
         return [("deposit", key, d.state)]
 

@@ -8,7 +8,7 @@ every command declares an effect, and a level refuses a command from the level i
 | opens risk | `PlaceOrder`; an `AmendOrder` that does not reduce | REDUCE_ONLY |
 | reduces risk, always | `CancelOrder`, `CancelAll` | never |
 | reduces risk, in this state | an `AmendOrder` of an open resting order of the same owner that keeps the price and lowers the total quantity | HALTED |
-| moves funds out | `RequestWithdrawal`, `ApproveWithdrawal`, `AuthorizeSigning`, `RecordSignedTx` | WITHDRAWALS_PAUSED |
+| moves funds out | `RequestWithdrawal`, `ApproveWithdrawal`, `AuthorizeSigning`, `RecordSignedTx`, `RecordSignedBatch` | WITHDRAWALS_PAUSED |
 | neutral, admin | everything else (transfers, deposits, settlements, `SetReferencePrice`, `ListMarket`, `SetMarketStatus`, index quotes...) | HALTED |
 
 The halt commands themselves (`Halt`, `LiftHaltSigned`...) and the staff register's commands
@@ -31,7 +31,7 @@ __all__ = ["HaltsModel", "MHalt", "LEVELS", "MOVES_FUNDS_OUT", "ALWAYS_REDUCES",
 LEVELS = {"WITHDRAWALS_PAUSED": 1, "REDUCE_ONLY": 2, "HALTED": 3}
 #: Withdrawal commands that move money towards the chain: refused from WITHDRAWALS_PAUSED.
 MOVES_FUNDS_OUT = frozenset({"RequestWithdrawal", "ApproveWithdrawal", "ApproveWithdrawalSigned", "AuthorizeSigning",
-                             "RecordSignedTx"})
+                             "RecordSignedTx", "RecordSignedBatch"})
 #: Commands that always reduce risk: no level refuses them.
 ALWAYS_REDUCES = frozenset({"CancelOrder", "CancelAll"})
 #: Commands that name a deposit (chain, txid, index): the deposit's asset and wallet are their scope.

@@ -42,6 +42,7 @@ class MOrder:
     resting: bool = False
     armed: bool = False  # an untriggered stop
     rest_seq: int = 0
+    hold_amount: int = 0  # what it held when accepted (a perpetual's fills free it pro rata)
 
 
 @dataclass(frozen=True)
@@ -239,19 +240,27 @@ class TradingModel(Books):
             hold = qty
         if typ == "MARKET" and not protect:
             hold = 0
-        pay_asset, recv_asset = (r.quote, r.base) if is_buy else (r.base, r.quote)
+        perp = r.segment == "derivatives"
+        if perp:  # a perpetual: margin in the quote asset (PerpsModel)
+            reason, hold = self.perp_order_hold(m, c, is_buy, price if limitish else protect, typ == "MARKET")  # type: ignore[attr-defined]
+            if reason is not None:
+                return self._reject(ev, "PLACE", reason)
+        pay_asset, recv_asset = (r.quote, r.base) if is_buy and not perp else (r.quote, r.quote) if perp else (r.base, r.quote)
         pay, recv = (c.owner, pay_asset, "available", r.segment), (c.owner, recv_asset, "available", r.segment)
-        if hold and self.available(pay) < hold:
+        if hold and not perp and self.available(pay) < hold:
             return self._reject(ev, "PLACE", "INSUFFICIENT_BALANCE")
         oid = self.next_order_id
         self.next_order_id += 1
         leaves = qty if qty else (hold if not is_buy else MAX_QTY)
         o = MOrder(oid, c.owner, is_buy, typ, tif if limitish else "IOC", price if limitish else 0, qty, leaves, 0,
                    qamt, stop, protect, c.client_order_id, c.stp, hold, pay, recv)
+        o.hold_amount = hold
         ev.append(("accepted", oid, hold))
         if not hold:
             ev.append(("expired", oid, "NO_LIQUIDITY", 0, qty))
             return
+        if perp:
+            self.perp_before_hold(c)  # type: ignore[attr-defined]
         self.reserve(pay, self._clearing(r, pay_asset), hold)
         m.orders[oid] = o
         if is_stop:
@@ -275,7 +284,7 @@ class TradingModel(Books):
         """The order is finished: give back what it still holds and forget it."""
         r = m.rules
         released = o.held
-        self.release(o.pay, self._clearing(r, r.quote if o.is_buy else r.base), released)
+        self.release(o.pay, self._clearing(r, r.quote if o.is_buy or r.segment == "derivatives" else r.base), released)
         o.held = 0
         o.resting = o.armed = False
         m.orders.pop(o.id, None)
@@ -325,7 +334,7 @@ class TradingModel(Books):
             self._end(m, o)
         elif o.tif == "GTC" and limitish:
             r = m.rules
-            if o.is_buy:
+            if o.is_buy and r.segment != "derivatives":  # a perpetual's hold is margin: kept pro rata
                 excess = o.held - o.leaves * o.price // r.scale
                 self.release(o.pay, self._clearing(r, r.quote), excess)
                 o.held -= excess
@@ -379,6 +388,11 @@ class TradingModel(Books):
         buyer, seller = (t, mk) if t.is_buy else (mk, t)
         b_rate = self.rates(buyer.owner)[1 if buyer is t else 0]
         s_rate = self.rates(seller.owner)[1 if seller is t else 0]
+        if r.segment == "derivatives":  # positions change; margin and fees in the quote asset
+            b_fee = self.perp_side(m, buyer, True, p, q, n, b_rate)  # type: ignore[attr-defined]
+            s_fee = self.perp_side(m, seller, False, p, q, n, s_rate)  # type: ignore[attr-defined]
+            self._filled(m, t, mk, p, q, n, b_fee, s_fee, ev)
+            return
         b_fee = _ceil_div(q * b_rate, PPM)
         s_fee = _ceil_div(n * s_rate, PPM)
         if buyer.held < n or seller.held < q:
@@ -394,6 +408,9 @@ class TradingModel(Books):
         self.move(clr_q, seller.recv, n - s_fee)
         self.move(clr_q, (SYSTEM, r.quote, "fees", r.segment), s_fee - s_fee // 10)
         self.move(clr_q, (SYSTEM, r.quote, "insurance", r.segment), s_fee // 10)
+        self._filled(m, t, mk, p, q, n, b_fee, s_fee, ev)
+
+    def _filled(self, m: MMarket, t: MOrder, mk: MOrder, p: int, q: int, n: int, b_fee: int, s_fee: int, ev: list) -> None:
         for o in (t, mk):
             o.leaves -= q
             o.filled += q

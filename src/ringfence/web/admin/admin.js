@@ -121,7 +121,7 @@ function renderWithdrawals(view) {
     const row = body.insertRow();
     row.dataset.withdrawal = w.withdrawal_id;
     const valid = w.approvals.filter((a) => a.valid).map((a) => `${a.staff_id} (${a.role})`);
-    [w.withdrawal_id, w.account_id, `${w.amount_minor} ${w.asset}`, w.state, `${w.rule}: ${w.decision_reasons.join("; ")}`,
+    [w.withdrawal_id, w.account_id, `${w.amount} ${w.asset}`, w.state, `${w.rule}: ${w.decision_reasons.join("; ")}`,
       `${valid.length}/${w.required_approvals} ${valid.join(", ")}`,
       w.user_history.map((x) => `${x.withdrawal_id} ${x.state}`).join(", ")].forEach((t) => cell(row, t));
     const td = cell(row, "");
@@ -155,7 +155,7 @@ function renderWithdrawals(view) {
   for (const d of view.deposits) {
     const row = deposits.insertRow();
     row.dataset.deposit = d.key;
-    [`${d.chain}:${d.txid}:${d.index}`, d.account_id, `${d.amount_minor} ${d.asset}`, `${d.score}: ${d.reasons.join("; ")}`,
+    [`${d.chain}:${d.txid}:${d.index}`, d.account_id, `${d.amount} ${d.asset}`, `${d.score}: ${d.reasons.join("; ")}`,
       d.declaration].forEach((t) => cell(row, t));
     const td = cell(row, "");
     const reason = control(td, "input", { placeholder: "reason", className: "deposit-reason" });
@@ -399,6 +399,118 @@ function wireMarketForms() {
   });
 }
 
+// Vault refills and the hot key's signers (docs/custody.md, docs/keys.md): the node's custody views.
+let vaultView = null;
+let keyView = null;
+
+async function renderVaults() {
+  try {
+    vaultView = await api("GET", "/vault-refills");
+    keyView = vaultView.hot_key_id ? await api("GET", `/keys/${encodeURIComponent(vaultView.hot_key_id)}`) : null;
+  } catch (err) {  // a node without Bitcoin custody has no vaults
+    $("vault-section").hidden = true;
+    return;
+  }
+  $("vault-section").hidden = false;
+  const vaults = $("vaults").tBodies[0];
+  vaults.replaceChildren();
+  for (const v of vaultView.vaults) {
+    const row = vaults.insertRow();
+    row.dataset.vault = v.from;
+    [v.from, v.wallet, v.address, v.signer_type].forEach((t) => cell(row, t));
+  }
+  const body = $("refills").tBodies[0];
+  body.replaceChildren();
+  for (const r of vaultView.refills) {
+    const row = body.insertRow();
+    row.dataset.refill = r.refill_id;
+    [r.refill_id, r.from, fromMinor(r.amount_minor, 8), r.state, r.approved_by.join(", "),
+      r.nominated_holders.map((fp, i) => `${fp} ${r.nominated_holder_files[i] || ""}`.trim()).join("; "), r.txid].forEach((t) => cell(row, t));
+    const td = cell(row, "");
+    if (r.state !== "awaiting_signatures") continue;
+    control(td, "textarea", { value: r.psbt, readOnly: true, rows: 2, className: "refill-psbt", ariaLabel: `unsigned PSBT of ${r.refill_id}` });
+    const signedPsbts = control(td, "textarea", { placeholder: "the nominated holders' signed PSBTs, one per line", rows: 2,
+      className: "refill-signed", ariaLabel: `signed PSBTs of ${r.refill_id}` });
+    control(td, "button", { type: "button", textContent: "Submit signed PSBTs", className: "refill-submit" }).addEventListener("click", () =>
+      act(`submit ${r.refill_id}`, async () => {
+        const done = await api("POST", `/vault-refills/${encodeURIComponent(r.refill_id)}/submit`,
+          { psbts: signedPsbts.value.split(/\s+/).filter(Boolean) });
+        return { accepted: `RecordTransferSigned, ${done.state}` };
+      }));
+    const reason = control(td, "input", { placeholder: "reason to cancel", className: "refill-cancel-reason", ariaLabel: `reason to cancel ${r.refill_id}` });
+    control(td, "button", { type: "button", textContent: "Cancel (one operator)", className: "refill-cancel" }).addEventListener("click", () =>
+      act(`cancel ${r.refill_id}`, async () => {
+        await api("POST", `/vault-refills/${encodeURIComponent(r.refill_id)}/cancel`,
+          { reason: reason.value, decision: await decisionToken("vault.refill.cancel", [r.refill_id, reason.value]) });
+        return { accepted: "CancelVaultRefillSigned" };
+      }));
+  }
+  const signers = $("key-signers").tBodies[0];
+  signers.replaceChildren();
+  if (!keyView) return;
+  const holders = keyView.signers.filter((x) => x.holder).length;
+  $("key-summary").textContent = `${keyView.key_id}, ${keyView.threshold}-of-${holders}, address ${keyView.address}, generation ${keyView.generation}`;
+  for (const x of keyView.signers) {
+    const row = signers.insertRow();
+    row.dataset.signer = String(x.id);
+    [String(x.id), (x.holder ? "yes" : "no (spare)") + (x.running === false ? ", process DOWN" : ""), x.url, x.fingerprint].forEach((t) => cell(row, t));
+  }
+}
+
+function wireVaultForms() {
+  const refill = $("new-refill");
+  const decided = () => {
+    const f = formValues(refill);
+    return { from: f.from, amount: f.amount.trim(), refill_id: f.refill_id.trim(), amount_minor: toMinor(f.amount, 8, "amount") };
+  };
+  quorum(refill, "refill", "new-refill", "vault.refill", () => {
+    const r = decided();
+    return [r.refill_id, "BTC", `btc_${r.from}`, "btc_hot", { int: r.amount_minor }];
+  }, async (approvals) => {
+    const r = decided();
+    const doc = await api("POST", "/vault-refills", { from: r.from, amount: r.amount, refill_id: r.refill_id, approvals });
+    return { accepted: `AuthorizeVaultRefillSigned, ${doc.id} awaits the nominated holders` };
+  });
+  $("start-signer-submit").addEventListener("click", () => act("start signer", async () => {
+    const id = intField(formValues($("start-signer")).id, "signer id");
+    const started = await api("POST", `/keys/${encodeURIComponent(keyView.key_id)}/signers`, { id });
+    return { accepted: `signer ${started.id} started at ${started.url}` };
+  }));
+  const reshare = $("reshare");
+  const change = () => {
+    const f = formValues(reshare);
+    const ids = f.signers.split(/[\s,]+/).filter(Boolean).map((t) => intField(t, "signers"));
+    const pairs = ids.slice().sort((a, b) => a - b).map((id) => {
+      const known = keyView.signers.find((x) => x.id === id);
+      if (!known || !known.fingerprint) throw new Error(`signers: signer ${id} is not running here; start it first`);
+      return [id, known.fingerprint];
+    });
+    return { ids, pairs, threshold: intField(f.threshold, "threshold"), reason: f.reason, generation: keyView.generation };
+  };
+  quorum(reshare, "reshare", "reshare", "keys.reshare", () => {
+    const c = change();
+    return [keyView.key_id, c.generation, c.pairs, c.threshold, c.reason];
+  }, async (approvals) => {
+    const c = change();
+    const done = await api("POST", `/keys/${encodeURIComponent(keyView.key_id)}/reshare`, { generation: c.generation,
+      signers: c.ids.map((id) => ({ id })), threshold: c.threshold, reason: c.reason, approvals });
+    return { accepted: `ReshareSignersSigned, generation ${done.generation}` };
+  });
+}
+
+// The audit trail (GET /admin/v1/audit): read from the journal on demand, not at every refresh.
+async function loadAudit() {
+  const view = await api("GET", "/audit");
+  const body = $("audit").tBodies[0];
+  body.replaceChildren();
+  for (const d of view.decisions) {
+    const row = body.insertRow();
+    row.dataset.seq = String(d.seq);
+    [String(d.seq), d.command, String(d.about), d.source, d.signed_by.join(", "), d.reason].forEach((t) => cell(row, t));
+  }
+  return { accepted: `audit trail up to seq ${view.upto_seq}, ${view.decisions.length} decisions` };
+}
+
 let indexVersion = 0;
 
 async function sha256Hex(text) {
@@ -413,6 +525,7 @@ async function refresh() {
   renderHalts(halts);
   renderWithdrawals(review);
   await renderMonitoring();
+  await renderVaults();
   const proposals = $("proposals").tBodies[0];
   proposals.replaceChildren();
   for (const p of policy.proposals) {
@@ -468,4 +581,12 @@ async function signIn() {
 document.addEventListener("DOMContentLoaded", () => {
   $("signin").addEventListener("click", signIn);
   wireMarketForms();
+  wireVaultForms();
+  $("audit-load").addEventListener("click", async () => {
+    try {
+      say(`audit: accepted (${(await loadAudit()).accepted})`, true);
+    } catch (err) {
+      say(`audit: ${err.message}`, false);
+    }
+  });
 });

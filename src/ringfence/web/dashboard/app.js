@@ -20,6 +20,10 @@ window.ringfenceChart = chart;
 const $ = (id) => document.getElementById(id);
 // The page's language (i18n.js): `_` translates, `num` writes a decimal string for the locale (display only).
 const { _, num } = window.rfI18n;
+function orderPrice(o) { // a market order has no limit price (the API says "0"): say so, as exchanges do
+  return o.type === "MARKET" ? _("Market") : num(o.price);
+}
+
 function statusText(s) { // order statuses and sides as the catalogue has them (each spelled out for extraction)
   switch (s) {
     case "NEW": return _("NEW");
@@ -324,7 +328,7 @@ async function refreshPrivate() {
     for (const o of open) {
       const row = oo.insertRow();
       row.dataset.orderId = o.orderId;
-      cell(row, o.orderId); cell(row, statusText(o.side)); cell(row, num(o.price)); cell(row, num(o.origQty)); cell(row, num(o.executedQty));
+      cell(row, o.orderId); cell(row, statusText(o.side)); cell(row, orderPrice(o)); cell(row, num(o.origQty)); cell(row, num(o.executedQty));
       const btn = document.createElement("button");
       btn.textContent = _("Cancel");
       btn.className = "cancel";
@@ -335,7 +339,7 @@ async function refreshPrivate() {
     hist.textContent = "";
     for (const o of all.slice().reverse()) {
       const row = hist.insertRow();
-      cell(row, o.orderId); cell(row, statusText(o.side)); cell(row, num(o.price)); cell(row, num(o.origQty)); cell(row, statusText(o.status));
+      cell(row, o.orderId); cell(row, statusText(o.side)); cell(row, orderPrice(o)); cell(row, num(o.origQty)); cell(row, statusText(o.status));
     }
   } catch (e) {
     status(e.message, true);

@@ -10,6 +10,7 @@ function withdrawStatus(s) {
 function depositStatus(s) {
   return {0: _("pending"), 6: _("credited"), 1: _("final"), 8: _("waiting for you (quarantined)"), 7: _("frozen"), 2: _("rejected")}[s];
 }
+const pendingFactor = () => _("Your new second factor is not confirmed yet: open the link we e-mailed to you. Until then it does not count (no trading, no API keys). If you did not set it up, freeze your account from that e-mail.");
 const page = location.pathname.split("/").pop();
 let csrf = "";
 let coins = [];
@@ -35,7 +36,11 @@ async function call(method, path, params) {
   const r = await fetch(url, opts);
   const j = await r.json();
   if (j && j.csrfToken) csrf = j.csrfToken;  // a TOTP step-up rotated the session (also on a refusal after it)
-  if (!r.ok) throw new Error(j.msg || ("HTTP " + r.status));
+  if (!r.ok) {
+    // a first second factor not yet confirmed from its e-mail link (sessions.PENDING_FACTOR_MESSAGE): say so in the page's language
+    if (j && /confirm your new second factor first/.test(j.msg || "")) throw new Error(pendingFactor());
+    throw new Error(j.msg || ("HTTP " + r.status));
+  }
   return j;
 }
 
@@ -51,6 +56,9 @@ async function showAddress() {
   const coin = $("#dep-coin").value;
   const net = coins.find(c => c.coin === coin).networkList[0];
   const a = await call("GET", "/capital/deposit/address", {coin});
+  // a slower answer for a coin chosen earlier (the first BTC address is made in the HSM) must not
+  // overwrite the address of the coin chosen since
+  if ($("#dep-coin").value !== coin) return;
   $("#dep-address").textContent = a.address;
   $("#dep-qr").innerHTML = a.qrSvg;  // segno's SVG, drawn by the server from the address alone
   $("#dep-network").textContent = net.network;
@@ -71,7 +79,7 @@ function depositRows(tbody, rows) {
 // the table the poll redraws, so a declaration being typed is never wiped.
 let quarantined = [];
 function showQuarantined(rows) {
-  quarantined = rows.filter(d => d.status === 8);
+  quarantined = rows.filter(d => d.status === 8 || d.status === 7);  // quarantined or frozen: both take a declaration
   fill($("#sof-txid"), quarantined.map(d => [d.txId, d.amount + " " + d.coin + " (" + d.txId.slice(0, 14) + "…)"]));
   const chosen = quarantined.find(d => d.txId === $("#sof-txid").value);
   $("#sof-reason").textContent = chosen ? chosen.info : "";
@@ -102,17 +110,27 @@ async function showLimits() {
   const coin = $("#wd-coin").value;
   const net = coins.find(c => c.coin === coin).networkList[0];
   const acct = await call("GET", "/account");
+  if ($("#wd-coin").value !== coin) return;  // the coin was changed while this answer was on its way
   const bal = acct.balances.find(b => b.asset === coin);
   $("#wd-limits").textContent = _("Network %(network)s: fee %(fee)s %(coin)s (taken from the amount), minimum %(min)s, maximum %(max)s; available %(free)s %(coin)s.",
     {network: net.network, fee: num(net.withdrawFee), coin, min: num(net.withdrawMin), max: num(net.withdrawMax), free: num(bal ? bal.free : "0")}) +
     (net.withdrawEnable ? "" : " " + _("Withdrawals are paused: %(reason)s", {reason: net.withdrawDesc}));
 }
 
+// waiting for the e-mail (0) or for a human (2): the user may still cancel it (status 1, hold released)
+function cancelButton(w) {
+  if (w.status !== 0 && w.status !== 2) return "";
+  const b = el("button", {type: "button", class: "cancel"}, _("Cancel"));
+  b.addEventListener("click", () => call("POST", "/capital/withdraw/cancel", {id: w.id})
+    .then(refreshWithdrawals).catch(err => { $("#wd-status").textContent = err.message; }));
+  return b;
+}
+
 async function refreshWithdrawals() {
   const rows = await call("GET", "/capital/withdraw/history");
   $("#withdrawals").replaceChildren(...rows.map(w => el("div", {class: "withdrawal", "data-id": w.id, "data-status": w.status},
     el("p", {}, _("%(time)s · %(amount)s %(coin)s (fee %(fee)s) to %(address)s", {time: w.applyTime, amount: num(w.amount), coin: w.coin, fee: num(w.transactionFee), address: w.address}) + " · ",
-      el("b", {class: "status"}, withdrawStatus(w.status))),
+      el("b", {class: "status"}, withdrawStatus(w.status)), " ", cancelButton(w)),
     el("ol", {class: "timeline"}, ...w.timeline.map(s => el("li", {"data-status": s.status}, s.step + ": " + s.info))))));
 }
 
@@ -134,8 +152,27 @@ function poll(fn, ms) {
   run();
 }
 
+// the exchange's halts (e.g. withdrawals of an asset paused by chain reconciliation), as on the
+// trading page: shown to everyone, redrawn on every change pushed by /ws/!halts
+async function refreshHalts() {
+  try {
+    const halts = await (await fetch("/v1/halts")).json();
+    const banner = document.getElementById("halts");
+    banner.hidden = halts.length === 0;
+    banner.textContent = halts.map(h => `${h.level} (${h.scope_kind} ${h.scope}): ${h.reason}`).join(" · ");
+  } catch (e) { /* shown again on the next change */ }
+}
+
+function watchHalts() {
+  refreshHalts();
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/!halts`);
+  ws.onmessage = () => refreshHalts();
+  ws.onclose = () => setTimeout(watchHalts, 2000);
+}
+
 async function start() {
   await window.rfI18n.ready;
+  watchHalts();
   let me;
   try {
     me = await call("GET", "/me");

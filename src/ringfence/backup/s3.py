@@ -1,0 +1,170 @@
+"""Backups on S3-compatible object storage: `s3://BUCKET/PREFIX` wherever a backup folder is taken.
+
+`ringfence backup create --to s3://…` makes the backup in a private temporary folder exactly as it
+would into a directory (copy, replay, snapshot, manifest), then uploads every file under PREFIX
+with the manifest LAST: a prefix without `MANIFEST.json` is an upload that never finished, and
+`verify`/`restore` refuse it as they refuse a folder without one. `verify` and `restore` download
+every object under PREFIX into a private temporary folder and run the same checks as on a
+directory (each file's SHA-256 against the manifest, an object the manifest does not list, the
+hash chain, the replayed state hash, point-in-time restore), so an S3 copy is worth exactly what a
+directory copy is.
+
+Where and as whom: the endpoint is `--s3-endpoint-url` or `RINGFENCE_S3_ENDPOINT_URL` (any
+S3-compatible service: MinIO, Ceph, moto; AWS when unset), the region `RINGFENCE_S3_REGION` (else
+boto3's own settings). Credentials come only from boto3's standard chain (`AWS_ACCESS_KEY_ID` and
+`AWS_SECRET_ACCESS_KEY`, a profile, an instance role): never from a command-line option, where
+`ps` would show them, and no message here ever carries them.
+
+Needs `boto3` (`pip install 'ringfence[s3]'`; the test set-up installs it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import ConfigError, ValidationError
+
+__all__ = ["S3Location", "is_s3_url", "parse_s3_url", "s3_client", "require_empty", "upload_backup", "download_backup", "SCHEME"]
+
+SCHEME = "s3://"
+ENDPOINT_ENV = "RINGFENCE_S3_ENDPOINT_URL"
+REGION_ENV = "RINGFENCE_S3_REGION"
+MANIFEST = "MANIFEST.json"
+
+
+def is_s3_url(target: str | os.PathLike[str]) -> bool:
+    return isinstance(target, str) and target.startswith(SCHEME)
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket and a key prefix (no leading or trailing slash; may be empty: the whole bucket)."""
+
+    bucket: str
+    prefix: str
+
+    def key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.bucket}/{self.prefix}" if self.prefix else f"{SCHEME}{self.bucket}"
+
+
+def parse_s3_url(url: str, field: str) -> S3Location:
+    """`s3://bucket/some/prefix` -> S3Location; a malformed one is a ValidationError naming `field`."""
+    if not url.startswith(SCHEME):
+        raise ValidationError(f"must start with {SCHEME}", field=field)
+    bucket, _, prefix = url[len(SCHEME):].partition("/")
+    prefix = prefix.strip("/")
+    if not bucket or not all(c.isalnum() or c in ".-_" for c in bucket) or len(bucket) > 63:
+        raise ValidationError(f"{url!r} has no valid bucket name (s3://BUCKET/PREFIX)", field=field)
+    parts = PurePosixPath(prefix).parts if prefix else ()
+    if any(p in (".", "..") for p in parts) or "//" in prefix:
+        raise ValidationError(f"{url!r}: the prefix must not contain '.', '..' or empty parts", field=field)
+    return S3Location(bucket, prefix)
+
+
+def s3_client(endpoint_url: str | None = None) -> Any:
+    """A boto3 S3 client for `endpoint_url` (else RINGFENCE_S3_ENDPOINT_URL, else AWS)."""
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise ConfigError("boto3 is not installed; install it with: pip install 'ringfence[s3]'",
+                          field="--to") from None
+    endpoint = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ValidationError("must be an http:// or https:// URL", field=ENDPOINT_ENV)
+    region = os.environ.get(REGION_ENV) or None
+    # path-style addressing: S3-compatible servers (MinIO, Ceph, moto) seldom serve bucket subdomains
+    config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"},
+                    connect_timeout=10, read_timeout=120)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region or "us-east-1", config=config)
+
+
+def _where(client: Any) -> str:
+    """The endpoint a client talks to, for messages (scheme, host and port only: never credentials)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(str(client.meta.endpoint_url))
+    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}"
+
+
+def _fail(client: Any, loc: S3Location, doing: str, err: Exception, field: str) -> ConfigError:
+    """botocore's error as a ConfigError naming the location and endpoint (its text names neither keys nor secrets)."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(err, ClientError):
+        info = err.response.get("Error", {})
+        reason = f"{info.get('Code', 'error')}: {info.get('Message', '')}".strip(": ")
+    else:
+        reason = f"{type(err).__name__}: {err}"
+    return ConfigError(f"cannot {doing} {loc} at {_where(client)}: {reason[:300]}", field=field)
+
+
+def _list(client: Any, loc: S3Location, field: str) -> dict[str, int]:
+    """Every object under the prefix: relative name -> size."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    base = loc.key("")
+    out: dict[str, int] = {}
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=base):
+            for obj in page.get("Contents", []):
+                out[obj["Key"][len(base):]] = int(obj["Size"])
+    except (BotoCoreError, ClientError) as err:
+        raise _fail(client, loc, "list", err, field) from None
+    return out
+
+
+def require_empty(loc: S3Location, client: Any) -> None:
+    """A backup goes to a new place, as into a new folder: a prefix holding anything is refused."""
+    if _list(client, loc, "--to"):
+        raise ConfigError(f"{loc} is not empty; a backup goes under a new prefix", field="--to")
+
+
+def upload_backup(local: Path, loc: S3Location, client: Any) -> tuple[int, int]:
+    """Upload a finished backup folder under `loc` (which must be empty), MANIFEST.json last.
+    Returns (objects, bytes)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    require_empty(loc, client)
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    if not (local / MANIFEST).is_file():
+        raise ConfigError(f"{local} has no {MANIFEST}: only a finished backup is uploaded", field="--to")
+    files = [p for p in files if p.name != MANIFEST or p.parent != local] + [local / MANIFEST]
+    total = 0
+    for path in files:
+        rel = path.relative_to(local).as_posix()
+        try:
+            client.upload_file(str(path), loc.bucket, loc.key(rel))
+        except (BotoCoreError, ClientError) as err:
+            raise _fail(client, loc, f"upload {rel} to", err, "--to") from None
+        total += path.stat().st_size
+    return len(files), total
+
+
+def download_backup(loc: S3Location, client: Any, dest: Path, field: str = "BACKUPDIR") -> tuple[int, int]:
+    """Download every object under `loc` into the empty folder `dest` (a backup folder again; objects
+    the manifest does not list come along, so verify names them). Returns (objects, bytes)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    objects = _list(client, loc, field)
+    if not objects:
+        raise ConfigError(f"{loc} holds no objects: no backup there (check the bucket, prefix and endpoint)", field=field)
+    if MANIFEST not in objects:
+        raise ConfigError(f"{loc} has no {MANIFEST}: not a backup, or an upload that never finished", field=field)
+    for rel in sorted(objects):
+        parts = PurePosixPath(rel).parts
+        if not rel or rel.endswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ConfigError(f"{loc}: the object name {rel!r} cannot be a file of a backup", field=field)
+        target = dest.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            client.download_file(loc.bucket, loc.key(rel), str(target))
+        except (BotoCoreError, ClientError) as err:
+            raise _fail(client, loc, f"download {rel} from", err, field) from None
+    return len(objects), sum(objects.values())

@@ -1,0 +1,458 @@
+"""A perpetual market's contract: what trading asks a perpetual (`Market.contract`) — an order's
+margin hold or why it is refused, how much a reduce-only order may fill, and each fill, which
+changes positions instead of delivering the base asset (docs/derivatives.md has the rules).
+
+This is every perpetual order's hot path, so it is compiled with trading's matching loop
+(`ringfence.native.COMPILED`); like those modules it is ordinary Python that runs as it is when
+nothing is built. Money moves only through the ledger's public API (`hold_amounts`,
+`capture_and_return`, `move`, `resize_hold_to`). tests/derivatives/test_fast_path.py runs it beside
+the code it replaced (tests/derivatives/reference_contract.py) and compares every event and the
+state hash.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from ..engine.commands import Event
+from ..trading.commands import OrderAmended, OrderExpired
+from ..trading.matching import _close, _take_out
+from ..errors import NotFound, ValidationError
+from ..trading.orders import _place as _trading_place
+from ..trading.orders import _protection_and_hold
+from ..trading.book import Market, Order
+from ..trading.state import MAX_QTY, trading_state
+from .commands import PlacePerpOrder, PositionChanged
+from .conditional import fire_conditionals
+from .margin import PPM, Perp, Position, cross_upnl, initial_margin
+from .state import SEGMENT, ceil_div, pool_of
+
+#: `Position` is a native (compiled) class when the hot path is compiled: its fields are C fields
+#: here, and `object.__setattr__` may not bypass its `__setattr__`; in pure Python a fill sets them
+#: with `object.__setattr__` (`_bypass`) and marks the key for the margin mirror itself.
+_NATIVE_POSITION: Final = hasattr(Position, "__mypyc_attrs__")
+_bypass: Any = object.__setattr__
+
+__all__ = ["Contract", "trim_reduce_only", "order_precheck", "place_perp_order", "handle_place_perp_order"]
+
+
+def order_precheck(engine: Any, c: Any) -> None:
+    """A `PlacePerpOrder` names a listed perpetual and says 0 or 1 to reduce-only (also the edge's check)."""
+    symbol = c.symbol
+    if not isinstance(symbol, str) or symbol not in engine.components["derivatives"].perps:
+        raise NotFound(f"unknown perpetual {symbol!r}", field="symbol")
+    if c.reduce_only not in (0, 1):
+        raise ValidationError("reduce_only must be 0 or 1", field="reduce_only")
+
+
+def place_perp_order(engine: Any, c: Any) -> list[Event]:
+    """`PlacePerpOrder`: placed by trading on the perpetual's market, reduce-only said around it."""
+    order_precheck(engine, c)
+    st = engine.components["derivatives"]
+    ev: list[Event] = []
+    st.reduce_only = c.reduce_only == 1
+    try:
+        _trading_place(engine, trading_state(engine), c, ev)  # (as it is: `trading.orders.NewOrder`)
+    finally:
+        st.reduce_only = False
+    return ev
+
+
+def handle_place_perp_order(engine: Any, c: Any) -> list[Event]:
+    """The engine's handler of `PlacePerpOrder` (registered by `derivatives.module`; compiled, so
+    an order enters the hot path without a Python frame): place it, then fire the conditional
+    orders its trades may have reached."""
+    ev = place_perp_order(engine, c)
+    if engine.components["derivatives"].conditional:
+        fire_conditionals(engine, ev, c.symbol)
+    return ev
+
+
+class Contract:
+    """What trading asks a perpetual market (see `Market.contract`)."""
+
+    def __init__(self, engine: Any, symbol: str) -> None:
+        self.engine = engine
+        self.symbol = symbol
+        self._ledger: Any = None
+        self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
+        self._accounts: tuple[Any, Any, Any] = (None, None, None)
+        self._touched: set[str] = set()  # owners whose position a fill changed in the current match
+        #: (owner, kind) -> the owner's `margin` or `isolated` account in this market's quote asset
+        #: (accounts are never closed; kept for one ledger object, like `_accounts`)
+        self._margin_accounts: dict[tuple[str, str], Any] = {}
+        #: owner -> the owner's `available` account in this market's quote asset (as `_margin_accounts`)
+        self._wallets: dict[str, Any] = {}
+
+    def direct_order(self, o: Order, order_type: str) -> PlacePerpOrder:
+        """The order a client would submit directly for what resting stop `o` places when it
+        triggers (what the halt guard is asked about: reduce-only when `o` is)."""
+        ro = o.id in self.engine.components["derivatives"].reduce_only_orders.get(self.symbol, ())
+        return PlacePerpOrder(o.owner, self.symbol, "BUY" if o.is_buy else "SELL", order_type, reduce_only=int(ro))
+
+    @property
+    def has_reduce_only(self) -> bool:
+        """Does this market have an open reduce-only order (trading's matching loop asks first)?"""
+        return bool(self.engine.components["derivatives"].reduce_only_orders.get(self.symbol))
+
+    def _system(self, p: Any) -> tuple[Any, Any, Any]:
+        """(PnL pool, fees, insurance) of this market, looked up once per ledger object."""
+        ledger = self.engine.ledger
+        if self._ledger is not ledger:
+            self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
+            self._margin_accounts = {}
+            self._wallets = {}
+            self._ledger = ledger
+        return self._accounts
+
+    def _wallet(self, owner: str, p: Perp) -> Any:
+        """The owner's `available` account in this market's quote asset, or None if it has none
+        (found once per ledger object, like `_system`'s: accounts are never closed)."""
+        self._system(p)
+        w = self._wallets.get(owner)
+        if w is None:
+            w = self.engine.ledger.find(owner, p.quote, "available", SEGMENT)
+            if w is not None:
+                self._wallets[owner] = w
+        return w
+
+    # -- placing: how much margin an order holds, or why it is refused
+
+    def order_hold(self, engine: Any, m: Market, c: Any, words: Any) -> tuple[tuple[str, str, str] | None, int, int]:
+        st: Any = engine.components["derivatives"]
+        symbol = self.symbol
+        p: Perp = st.perps[symbol]
+        is_buy: bool = words[0]
+        limitish: bool = words[4]
+        if c.quote_amount:
+            return ("INVALID_PARAMETER", "quote_amount", "perpetual orders are sized by quantity, not quote amount"), 0, 0
+        protect: int = 0
+        owner: str = c.owner
+        price: int
+        if limitish:
+            price = c.price
+        else:
+            protect, _ = _protection_and_hold(m, c, words)
+            price = protect
+            if not price:  # an empty book: trading accepts and expires it at once, nothing held
+                return (None, 0, 0) if not st.reduce_only or self._reducible(st, m, owner, is_buy) else (
+                    ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0)
+        qty: int = c.quantity
+        key = (owner, symbol)
+        size_now: int
+        close_q: int
+        pos: Position | None = st._positions.get(key)  # (`positions`' storage: a property call less per order)
+        if pos is None:
+            size_now = close_q = 0
+        else:
+            size: int = pos.size
+            size_now = size if size > 0 else -size
+            close_q = self._reducible(st, m, owner, is_buy) if (size > 0) != is_buy else 0
+            if close_q > qty:
+                close_q = qty
+        open_q: int = qty - close_q
+        if st.reduce_only and open_q:
+            return ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0
+        scale: int = p.scale
+        im: int
+        if open_q:
+            index = engine.components.get("index")
+            s = index.symbols.get(p.index_symbol) if index is not None else None
+            if s is not None and s.short:  # the index lost its sources: the perpetual only reduces
+                return ("MARKET_NOT_ACTIVE", "symbol",
+                        f"the {p.index_symbol} index has fewer than {s.min_sources} live sources: only reducing orders are accepted"), 0, 0
+            oi_after = p.open_interest + open_q
+            if p.max_oi and oi_after > p.max_oi:
+                return ("OPEN_INTEREST_CAP", "quantity",
+                        f"the order would take {symbol}'s open interest to {oi_after}, above its cap {p.max_oi}"), 0, 0
+            mine = size_now + open_q if not close_q else open_q
+            if p.max_share_ppm and oi_after > p.share_floor and mine * PPM > p.max_share_ppm * oi_after:
+                return ("CONCENTRATION_LIMIT", "quantity",
+                        f"the position would hold {mine * PPM // oi_after} ppm of {symbol}'s open interest, "
+                        f"above the per-account limit {p.max_share_ppm} ppm"), 0, 0
+            notional_after = -(-price * mine // scale)
+            if notional_after > p.brackets[-1].cap:  # (no bracket holds it)
+                return ("CONCENTRATION_LIMIT", "quantity",
+                        f"the position's notional {notional_after} would exceed the largest bracket {p.brackets[-1].cap}"), 0, 0
+            im = initial_margin(st, p, owner, size_now + open_q, -(-price * open_q // scale), p.open_interest + open_q)
+        else:
+            im = 0  # (`initial_margin` of a zero notional)
+        taker_ppm: int = trading_state(engine).rates(owner)[1]
+        order_notional: int = -(-price * qty // scale)  # ceil
+        hold: int = im - (-order_notional * taker_ppm // PPM)  # im + ceil(notional × taker rate): the fee reserve
+        if hold < 1:
+            hold = 1
+        w = self._wallet(owner, p)
+        wallet_free: int = w.credits_posted - w.debits_posted - w.debits_pending if w is not None else 0
+        self._borrow = 0
+        if not open_q and pos is not None:
+            if st.liquidating == key:
+                # The liquidation engine's own order: its fee reserve is capped at the collateral left
+                # (a fill's fee is capped at the wallet anyway), so a bankrupt account can still be
+                # closed in the book; with nothing left, the step advanced one minor unit.
+                hold = max(1, min(hold, wallet_free + pos.margin))
+            if hold <= wallet_free + pos.margin:
+                # A purely reducing order never adds risk: an unrealised loss does not stop it, and it
+                # may take its hold (the fee reserve) out of the position's own margin when the wallet
+                # has too little free — closing never needs fresh collateral (`before_hold`).
+                self._borrow = max(0, hold - wallet_free)
+                if st.liquidating_isolated == key:  # its own margin pays its liquidation
+                    self._borrow = min(hold, pos.margin)
+                return None, protect, hold
+        free: int = wallet_free
+        if hold <= free or free > 0:  # (the message names what is free: the loss is needed either way, unless nothing is)
+            upnl: int = cross_upnl(engine, st, owner, p.quote)
+            if upnl < 0:
+                free += upnl
+        if hold > free:
+            return ("MARGIN_INSUFFICIENT", "quantity",
+                    f"Margin is insufficient: the order needs {hold} {p.quote} minor units, {max(free, 0)} are free"), 0, 0
+        return None, protect, hold
+
+    def before_hold(self, engine: Any, m: Any, c: Any) -> None:
+        """Every check passed and trading is about to hold the order's margin: remember a
+        reduce-only order's id (the next one trading gives), and move what a purely reducing order
+        borrows from its position's margin back to the wallet first."""
+        st = engine.components["derivatives"]
+        if st.reduce_only:
+            st.reduce_only_orders.setdefault(self.symbol, set()).add(trading_state(engine).next_order_id)
+        if not self._borrow:
+            return
+        p = st.perps[self.symbol]
+        key = (c.owner, self.symbol)
+        pos: Position = st.positions[key]
+        ledger = engine.ledger
+        acct = ledger.get(c.owner, p.quote, "isolated" if key in st.isolated else "margin", SEGMENT)
+        ledger.move(acct, ledger.get(c.owner, p.quote, "available", SEGMENT), self._borrow)
+        pos.margin -= self._borrow
+        pos.extra = min(pos.extra, pos.margin)
+        self._borrow = 0
+
+    def _reducible(self, st: Any, m: Market, owner: str, is_buy: bool) -> int:
+        """How much of an order on side `is_buy` would reduce the owner's position: the position's
+        size on the other side less what the owner's open orders on this side already cover."""
+        pos: Position | None = st._positions.get((owner, self.symbol))
+        if pos is None:
+            return 0
+        size: int = pos.size
+        if (size > 0) == is_buy:
+            return 0
+        left: int = -size if size < 0 else size
+        owned = m.by_owner.get(owner)
+        if owned:
+            for o in owned.values():  # (stops at the first order that covers the rest)
+                if o.is_buy == is_buy:
+                    left -= o.leaves
+                    if left <= 0:
+                        return 0
+        return left
+
+    def fill_cap(self, o: Any) -> int:
+        """How much order `o` may fill now: a reduce-only order at most the position it reduces (0
+        when the position is gone or on its own side), any other order without limit."""
+        st = self.engine.components["derivatives"]
+        if o.id not in st.reduce_only_orders.get(self.symbol, ()):
+            return MAX_QTY
+        pos: Position | None = st._positions.get((o.owner, self.symbol))
+        if pos is None or (pos.size > 0) == o.is_buy:
+            return 0
+        return abs(pos.size)
+
+    def after_match(self, m: Any, ev: list[Event]) -> None:
+        """After an order has matched (its fills and the stops they fired): the reduce-only orders
+        of every owner whose position changed are cut down to it (Binance expires them)."""
+        st = self.engine.components["derivatives"]
+        ids = st.reduce_only_orders.get(self.symbol)
+        if not ids:  # (the common case: nothing to trim, and no new set per order)
+            if self._touched:
+                self._touched.clear()
+            return
+        touched, self._touched = self._touched, set()
+        for owner in sorted(touched):
+            trim_reduce_only(self.engine, st, m, owner, ev)
+        ids.intersection_update(m.orders)
+        if not ids:
+            del st.reduce_only_orders[self.symbol]
+
+    def rest_need(self, m: Any, o: Any) -> int:
+        """What a resting order's hold reserves: its first hold pro rata of what is left, rounded up."""
+        h = self.engine.ledger.pending_hold(o.hold_id)
+        return ceil_div(h.amount * o.leaves, o.qty)
+
+    # -- a fill
+
+    def fill(self, m: Market, buyer: Order, seller: Order, price: int, qty: int, notional: int,
+             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Event]) -> tuple[int, int]:
+        engine = self.engine
+        st = engine.components["derivatives"]
+        p: Perp = st.perps[self.symbol]
+        buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev)
+        seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev)
+        return buyer_fee, seller_fee
+
+    def _side(self, st: Any, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
+              notional: int, rate_ppm: int, ev: list[Event]) -> int:
+        """One side of a fill: the hold it frees, the position, realised PnL, the fee, the margin.
+
+        The hot path of every perpetual fill, written on locals: the position's fields are set
+        once at the end (`Position`'s tracking `__setattr__` is bypassed, and the key marked for
+        the margin sweep's mirror by hand), the wallet's free balance is followed arithmetically
+        between postings, and the postings are the same, in the same order and amounts, as the
+        step-by-step version this replaced (tests/derivatives/test_fast_path.py runs the two side
+        by side and compares every event and the state hash)."""
+        ledger = self.engine.ledger
+        owner: str = o.owner
+        w: Any = o.pay
+        # 1. What the fill frees of the order's hold goes back to the wallet (capture, pay back).
+        amounts: tuple[int, int] = ledger.hold_amounts(o.hold_id)
+        amount, remaining = amounts
+        take: int = remaining + (amount * (qty - o.leaves)) // o.qty  # remaining - ceil(amount × leaves after / qty)
+        took: int = take if take > 0 else 0
+        symbol: str = p.symbol
+        key = (owner, symbol)
+        iso: bool = key in st._isolated  # (`isolated`' storage, as `_positions` below)
+        own_margin_only: bool = st.liquidating_isolated == key  # a LiquidatePosition step: the wallet never pays
+        positions = st._positions
+        got: Position | None = positions.get(key)
+        pos: Position
+        size: int
+        cost: int
+        released: int
+        if got is None:
+            pos = Position()
+            size = cost = released = 0
+        else:
+            pos = got
+            size, cost, released = pos.size, pos.cost, pos.margin
+        quote = p.quote
+        kind = "isolated" if iso else "margin"
+        pool, fees, insurance = self._system(p)  # (also resets the account cache for a new ledger)
+        acct = self._margin_accounts.get((owner, kind))
+        if acct is None:
+            acct = ledger.find(owner, quote, kind, SEGMENT) or ledger.open_account(owner, quote, kind, SEGMENT)[0]
+            self._margin_accounts[(owner, kind)] = acct
+        # 2. The position's margin comes back to the wallet (`released`); it is posted again for what remains.
+        # 3. The position: open, increase, reduce or flip (docs/derivatives.md, "Positions").
+        longs_before: int = size if size > 0 else 0
+        signed: int = qty if is_buy else -qty
+        realized: int = 0
+        scale: int = p.scale
+        if size == 0 or (size > 0) == is_buy:
+            size += signed
+            cost += notional
+        else:
+            size_abs = size if size > 0 else -size
+            close_q = qty if qty < size_abs else size_abs
+            close_notional = price * close_q // scale
+            if size > 0:  # closing a long: its cost share rounds up (less profit)
+                closed_cost = -(-cost * close_q // size_abs)
+                realized = close_notional - closed_cost
+                size -= close_q
+            else:  # closing a short: its cost share rounds down (less profit)
+                closed_cost = cost * close_q // size_abs
+                realized = closed_cost - close_notional
+                size += close_q
+            cost -= closed_cost
+            open_q = qty - close_q
+            if open_q:  # a flip: the position was closed whole (cost 0), the rest opens
+                size += signed - (close_q if is_buy else -close_q)
+                cost = price * open_q // scale
+        p.open_interest += (size if size > 0 else 0) - longs_before
+        # 4. Realised PnL through the market's pool; a loss the owner cannot pay is the insurance
+        #    fund's (an isolated position pays only from its own margin).
+        covered: int = 0
+        gain: int = 0
+        paid: int = 0
+        # The wallet's `available` as each posting below will leave it (capture and release first).
+        free: int = w.credits_posted - w.debits_posted - w.debits_pending + took + released
+        if realized > 0:
+            gain = realized
+            free += realized
+        elif realized < 0:
+            loss = -realized
+            if iso:
+                budget = released + took if own_margin_only else released
+                if free < budget:
+                    budget = free
+            else:
+                budget = free
+            paid = loss if loss < budget else budget
+            free -= paid
+            covered = loss - paid
+        # 5. The fee, in the quote asset: ceil(notional × rate); the shield fund's tenth rounds down.
+        fee = -(-notional * rate_ppm // PPM)
+        if fee > free:
+            fee = free
+        # What the position's margin (and its order's hold, borrowed from it) brought and the loss left.
+        own_left = released + took - (-realized - covered if realized < 0 else 0)
+        if own_margin_only:
+            fee = max(0, min(fee, own_left))
+        shield = fee // 10
+        free -= fee
+        # 6. Initial margin of what remains (plus isolated margin added by hand), posted again.
+        post: int = 0
+        if size:
+            target = initial_margin(st, p, owner, size if size > 0 else -size, cost, p.open_interest)
+            if iso:
+                target += pos.extra
+            post = target if target < free else free
+            if own_margin_only:
+                post = max(0, min(post, own_left - fee))
+        # Steps 1-6 as one linked set of postings (the ledger checks them all before the first).
+        ledger.settle_margin_side(o.hold_id, took, w, acct, released, pool, gain, paid, insurance, covered, fees,
+                                  fee - shield, shield, post)
+        if _NATIVE_POSITION:  # compiled: written through its own `__setattr__` (a native call; it marks the key)
+            pos.realized += realized
+            pos.size = size
+            pos.cost = cost
+            pos.margin = post
+        else:  # pure Python: its tracking `__setattr__` (a Python call each) bypassed, the key marked below
+            _bypass(pos, "realized", pos.realized + realized)
+            _bypass(pos, "size", size)
+            _bypass(pos, "cost", cost)
+            _bypass(pos, "margin", post)
+        if size:
+            if pos._book is positions:
+                positions.dirty.add(key)  # what `Position.__setattr__` would have marked
+            else:
+                positions[key] = pos
+        else:
+            positions.pop(key, None)
+            pos.extra = 0
+        ev.append(PositionChanged(owner, symbol, price, signed, size, cost, post, realized, fee, covered))
+        self._touched.add(owner)
+        return fee
+
+
+def trim_reduce_only(engine: Any, st: Any, m: Any, owner: str, ev: list[Event]) -> None:
+    """Cut `owner`'s open reduce-only orders on market `m` down to the position, oldest first: one
+    on the side that would open or grow it is expired; on the reducing side they keep, together, at
+    most the position's size — the one that straddles it is cut down (`OrderAmended`, keeping its
+    place; its hold shrinks to its pro-rata share through the ledger), the later ones are expired."""
+    ids = st.reduce_only_orders.get(m.symbol)
+    if not ids:
+        return
+    mine = sorted(i for i in ids if i in m.orders and m.orders[i].owner == owner)
+    if not mine:
+        return
+    pos = st.positions.get((owner, m.symbol))
+    room = abs(pos.size) if pos is not None else 0
+    ledger = engine.ledger
+    for oid in mine:
+        o = m.orders[oid]
+        keep = min(o.leaves, room) if pos is not None and (pos.size > 0) != o.is_buy else 0
+        room -= keep
+        if keep == o.leaves:
+            continue
+        if keep == 0:
+            resting = _take_out(m, o)
+            _close(ledger, m, o, ev, OrderExpired, "REDUCE_ONLY", resting)
+            ids.discard(oid)
+            continue
+        if o.level is not None:
+            o.level.total -= o.leaves - keep
+        o.leaves = keep
+        o.qty = o.filled + keep
+        h = ledger.pending_hold(o.hold_id)
+        ledger.resize_hold_to(o.hold_id, o.pay, ceil_div(h.amount * keep, o.qty))  # shrinks: always succeeds
+        ev.append(OrderAmended(m.symbol, oid, o.price, o.qty, keep, True))

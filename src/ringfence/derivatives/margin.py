@@ -1,0 +1,181 @@
+"""The margin arithmetic a perpetual order and fill ask for: initial margin, the mark price,
+unrealised PnL, an owner's cross PnL (docs/derivatives.md, "Margin" and "Rounding").
+
+Integers only; every division rounds against the user (`ceil` is `-(-a // b)`). Compiled with
+the contract (`ringfence.native.COMPILED`), which calls these on every order and fill;
+`derivatives.state` re-exports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ..index.mark import ma_basis, mark_price
+
+__all__ = ["PPM", "Bracket", "Perp", "Position", "initial_margin", "mark_of_perp", "unrealized", "cross_upnl"]
+
+PPM: Final = 1_000_000
+
+
+# A perpetual's listing and its brackets: compiled here (native classes, so the order and fill
+# path reads their fields directly); `derivatives.state` re-exports them.
+
+
+
+class Position:
+    """One owner's position in one perpetual. Setting `size`, `cost` or `margin` (what the margin
+    sweep reads) while the position is in a `PositionBook` marks it for the book's columnar mirror
+    (`columns.py`), so every change, wherever it is made, reaches the sweep. Reads are plain slots.
+    Compiled with the contract (a native class: its fields are read as C fields there); the
+    contract writes a fill's fields with `object.__setattr__` and marks the key itself."""
+
+    __slots__ = ("size", "cost", "margin", "extra", "realized", "_book", "_key", "_seq")
+
+    size: int  # signed: > 0 long, < 0 short (base minor units)
+    cost: int  # entry notional of the open size (quote minor units, >= 0)
+    margin: int  # posted into the owner's `margin` (cross) or `isolated` account for this position
+    extra: int  # isolated only: margin added by hand on top of the initial margin
+    realized: int  # cumulative realised PnL (report only)
+    _book: Any  # its `PositionBook` (derivatives/state.py), or None
+    _key: tuple[str, str]
+    _seq: int
+
+    def __init__(self, size: int = 0, cost: int = 0, margin: int = 0, extra: int = 0, realized: int = 0) -> None:
+        self._book = None  # (first: a new position is in no book, nothing is marked)
+        self._key = ("", "")
+        self._seq = 0  # the book's insertion order (its dict order)
+        self.size = size
+        self.cost = cost
+        self.margin = margin
+        self.extra = extra
+        self.realized = realized
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name == "size" or name == "cost" or name == "margin":  # (what the margin sweep reads)
+            book: Any = self._book
+            if book is not None:
+                book.dirty.add(self._key)
+
+    def row(self) -> list[int]:
+        return [self.size, self.cost, self.margin, self.extra, self.realized]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Position) and self.row() == other.row()
+
+    def __repr__(self) -> str:
+        return f"Position(size={self.size}, cost={self.cost}, margin={self.margin}, extra={self.extra}, realized={self.realized})"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a copy is detached from any book
+        return (Position, tuple(self.row()))
+
+
+@dataclass(slots=True)
+class Bracket:
+    cap: int  # largest position notional (quote minor units) of this bracket
+    max_leverage: int
+    mmr_ppm: int  # maintenance margin rate
+    maint_amount: int  # Binance's "cum": MM = notional × mmr − maint_amount
+
+    def row(self) -> list[int]:
+        return [self.cap, self.max_leverage, self.mmr_ppm, self.maint_amount]
+
+
+@dataclass(slots=True)
+class Perp:
+    symbol: str
+    base: str
+    quote: str
+    index_symbol: str
+    brackets: list[Bracket]
+    default_leverage: int
+    impact_notional: int
+    interest_ppm: int
+    clamp_ppm: int
+    cap_ppm: int
+    interval_ns: int
+    max_oi: int
+    max_share_ppm: int
+    share_floor: int
+    conc_imr_ppm: int
+    scale: int  # 10 ** base decimals
+    open_interest: int = 0  # sum of the long sizes (= the short sizes)
+    last_rate_ppm: int = 0
+    last_funding_ns: int = 0
+    next_funding_ns: int = 0
+
+    def row(self) -> list[Any]:
+        return [self.symbol, self.base, self.quote, self.index_symbol, [b.row() for b in self.brackets],
+                self.default_leverage, self.impact_notional, self.interest_ppm, self.clamp_ppm, self.cap_ppm,
+                self.interval_ns, self.max_oi, self.max_share_ppm, self.share_floor, self.conc_imr_ppm, self.scale,
+                self.open_interest, self.last_rate_ppm, self.last_funding_ns, self.next_funding_ns]
+
+    @classmethod
+    def from_row(cls, r: list[Any]) -> "Perp":
+        p = cls(r[0], r[1], r[2], r[3], [Bracket(*b) for b in r[4]], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+                r[13], r[14], r[15])
+        p.open_interest, p.last_rate_ppm, p.last_funding_ns, p.next_funding_ns = r[16:20]
+        return p
+
+
+def initial_margin(st: Any, p: Perp, owner: str, size_abs: int, cost: int, open_interest: int) -> int:
+    """IM of a position (or an order's opening part) of entry notional `cost`:
+    `max(ceil(cost / leverage), ceil(cost × concentration_rate))`, the leverage being the owner's
+    setting lowered to the bracket's maximum for `cost` (`effective_leverage` and
+    `concentration_imr_ppm`, inlined: every order and every fill asks)."""
+    if cost <= 0:
+        return 0
+    lev: int = st.leverage.get((owner, p.symbol), p.default_leverage)
+    for b in p.brackets:  # the first bracket whose cap holds `cost`, else the last
+        if cost <= b.cap:
+            break
+    if b.max_leverage < lev:
+        lev = b.max_leverage
+    im: int = -(-cost // lev)
+    rate_ppm: int = p.conc_imr_ppm
+    if rate_ppm and open_interest > 0:
+        share_ppm = -(-size_abs * PPM // open_interest)
+        conc = -(-share_ppm * rate_ppm // PPM)
+        if conc:
+            conc_im = -(-cost * conc // PPM)
+            if conc_im > im:
+                im = conc_im
+    return im
+
+
+def mark_of_perp(engine: Any, p: Perp) -> int:
+    """The perpetual's mark price (docs/index.md's formula with this market's last trade and its
+    funding basis `last rate × time left / interval`), else its last trade price, else 0."""
+    trading = engine.components.get("trading")
+    m = trading.markets.get(p.symbol) if trading is not None else None
+    last = m.last_price if m is not None else 0
+    index = engine.components.get("index")
+    s = index.symbols.get(p.index_symbol) if index is not None else None
+    if s is None or not s.index_minor:
+        return int(last)
+    left = max(0, p.next_funding_ns - engine.now_ns)
+    basis_ppm = p.last_rate_ppm * left // p.interval_ns if p.interval_ns else 0
+    ma, _ = ma_basis(s, engine.now_ns)
+    return mark_price(s.index_minor, basis_ppm, ma, last)
+
+
+def unrealized(pos: Any, mark: int, scale: int) -> int:
+    """Unrealised PnL at `mark`: the position's value rounded against the owner."""
+    if not pos.size or not mark:
+        return 0
+    if pos.size > 0:
+        return pos.size * mark // scale - pos.cost
+    return pos.cost + pos.size * mark // scale  # pos.cost - ceil(|size| × mark / scale)
+
+
+def cross_upnl(engine: Any, st: Any, owner: str, asset: str) -> int:
+    """The unrealised PnL at mark of the owner's cross positions margined in `asset`."""
+    total: int = 0
+    positions, isolated = st._positions, st._isolated  # (the properties' storage: no call per order)
+    perps: dict[str, Perp] = st.perps
+    for sym, p in perps.items():
+        pos: Position | None = positions.get((owner, sym))
+        if pos is not None and p.quote == asset and (owner, sym) not in isolated:
+            total += unrealized(pos, mark_of_perp(engine, p), p.scale)
+    return total
