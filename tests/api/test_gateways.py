@@ -20,6 +20,7 @@ Reproduce by hand: `ringfence serve --demo --data /tmp/rf --port 8000 --gateways
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import hmac
 import json
@@ -36,6 +37,7 @@ import pytest
 import websockets
 
 from .conftest import Server
+from .test_slow_requests import drip
 from .test_key_cache import create_key, csrf_of, signed_account, user  # noqa: F401  (the `user` fixture, on this server)
 from .test_key_cache import test_a_key_revoked_in_the_security_centre_is_refused_on_the_very_next_request  # noqa: F401
 from .test_ws_api import test_ccxt_pro_places_fetches_cancels_and_watches_orders_over_the_ws_api  # noqa: F401
@@ -44,13 +46,16 @@ KEY_WEIGHT_PER_MIN = 150
 #: the engine's bound on one relayed client's unread messages, lowered from 1,000 so that a flood from one
 #: test client (the engine reads ~60 of them per read from the link, then its handler catches up) reaches it
 MAX_INBOUND_MESSAGES = 32
+#: the gateways' deadline for a request to arrive whole (api/http_wire.py), lowered from 10 s for the slowloris test
+REQUEST_TIMEOUT_S = 4
 _last_ts = [0]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("gateways") / "data", {"RINGFENCE_API_KEY_WEIGHT_PER_MIN": str(KEY_WEIGHT_PER_MIN),
-                 "RINGFENCE_RELAY_MAX_INBOUND_MESSAGES": str(MAX_INBOUND_MESSAGES)}, args=("--gateways", "2"))
+                 "RINGFENCE_RELAY_MAX_INBOUND_MESSAGES": str(MAX_INBOUND_MESSAGES),
+                 "RINGFENCE_HTTP_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S)}, args=("--gateways", "2"))
     yield srv
     if srv.proc.poll() is None:  # test_sigterm_... (last) stops it itself
         assert srv.stop() == 0
@@ -336,6 +341,19 @@ def test_a_pong_flood_through_a_gateway_is_closed_and_both_gateways_stay_fast(se
     print(f"pong flood through a gateway: {seen}")
     assert seen["closed"] == (1008, "too many messages"), seen
     assert seen["slowest_ping_s"] < 2.0, seen
+
+
+def test_a_slowloris_through_a_gateway_gets_408_at_the_deadline_and_pings_stay_fast(server):
+    """Header lines dripped on four connections to the gateways (api/http_wire.py): 408 at the deadline, not never."""
+    lines = [f"X-Slow-{i}: {i}\r\n".encode() for i in range(100)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        drips = [pool.submit(drip, server.port, b"GET /api/v3/ping HTTP/1.1\r\nHost: x\r\n", lines) for _ in range(4)]
+        with httpx.Client(base_url=server.base, timeout=10) as client:
+            assert client.get("/api/v3/ping").status_code == 200
+        for fut in drips:
+            took, got = fut.result()
+            assert got.startswith(b"HTTP/1.1 408 "), got
+            assert REQUEST_TIMEOUT_S - 0.2 <= took < 12, took
 
 
 def test_sigterm_stops_the_engine_and_the_gateways_cleanly(server):

@@ -950,10 +950,11 @@ def main(argv: list[str] | None = None) -> None:
     proxies = [p for p in (args[3] if len(args) > 3 else "").split(",") if p]
     sock = socket.socket(fileno=fd)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from .http_wire import DeadlineHttpProtocol
     from .ws_wire import BudgetedWebSocketProtocol
 
     config = uvicorn.Config(GatewayRelay(engine, index=index), log_level="warning", lifespan="on", ws_max_size=65536,
-                            ws=BudgetedWebSocketProtocol,
+                            ws=BudgetedWebSocketProtocol, http=DeadlineHttpProtocol,
                             ws_per_message_deflate=False, timeout_graceful_shutdown=10,
                             proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [])
     try:

@@ -425,8 +425,13 @@ def serve(
     if proxies:
         console.print(f"trusting X-Forwarded-For/-Proto from: {', '.join(proxies)}")
     from .ws import KeepRawWebSocketSend
+    from .http_wire import DeadlineHttpProtocol, request_read_timeout_s
     from .ws_wire import BudgetedWebSocketProtocol
 
+    try:
+        request_read_timeout_s()  # refused here, by name, rather than on every connection
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     if gateways:
         assert listener is not None
         serve_through_gateways(KeepRawWebSocketSend(app), data, listener, gateways, proxies, info["api_gate"].auth)  # type: ignore[attr-defined]
@@ -437,6 +442,7 @@ def serve(
         # subscriber (api/ws.py); compression would make each copy different and cost CPU per client.
         host=host, port=port, log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10,
         ws_per_message_deflate=False, ws=BudgetedWebSocketProtocol,  # every frame a client sends is counted (ws_wire.py)
+        http=DeadlineHttpProtocol,  # a request must arrive whole within a deadline (http_wire.py: slowloris)
         proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [],
     )
 
