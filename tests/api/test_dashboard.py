@@ -91,6 +91,17 @@ def test_por_verifier_page_served_by_the_exchange_checks_a_users_proof(server, b
     expect(page.locator("#verdict")).to_contain_text("por: INVALID")
 
 
+@pytest.mark.parametrize("path", ["/", "/api/v3/ping", "/api/v3/depth?symbol=BTCUSDT", "/favicon.ico"])
+def test_head_answers_as_get_without_a_body(server, path):
+    """HEAD on a GET route: GET's status and headers, no body (it was 405 on every route)."""
+    got = httpx.get(server.base + path, timeout=10)
+    head = httpx.head(server.base + path, timeout=10)
+    assert head.status_code == got.status_code == 200, (head.status_code, got.status_code)
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.content == b""
+    assert httpx.head(server.base + "/api/v3/userDataStream", timeout=10).status_code == 405  # POST/PUT/DELETE only
+
+
 def test_the_browser_gets_the_exchanges_icon(server, browser):
     """The dashboard's implicit /favicon.ico request is answered (an SVG), so no page logs a 404 for it."""
     r = httpx.get(server.base + "/favicon.ico", timeout=10)

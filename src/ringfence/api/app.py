@@ -119,10 +119,17 @@ class Observe:
             return
         started = time.perf_counter()
         status = [500]
+        head = scope.get("method") == "HEAD"
+        if head:
+            # HEAD is GET without the body (RFC 9110 §9.3.2), on every GET route: uptime checkers and
+            # link checkers send it, and FastAPI's routes answer it 405 on their own
+            scope = dict(scope, method="GET")
 
         async def observed_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+            elif head and message["type"] == "http.response.body":
+                message = {"type": "http.response.body", "body": b"", "more_body": message.get("more_body", False)}
             await send(message)
 
         try:
