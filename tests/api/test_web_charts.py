@@ -262,7 +262,7 @@ def languages_and_fiat(server, page, base: str, totp) -> None:
 
     # the rates feed command against this live node: new rates show; a wrong token changes nothing
     token_file = str(server.data / "rates-token")
-    pushed = cli("fiat", "feed", "--target", server.base, "--token-file", token_file, "--rates", str(write_rates(server.data)))
+    pushed = cli("fiat", "feed", "--url", server.base, "--token-file", token_file, "--rates", str(write_rates(server.data)))
     assert pushed.returncode == 0 and "1 fiat rates, 2 asset prices accepted" in pushed.stdout, pushed.stdout + pushed.stderr
     rates = httpx.get(server.base + "/v1/fiat/rates").json()
     assert rates["fiat"]["EUR"] == "0.5" and rates["assets"]["USDT"] == "1" and rates["source"] == "test feed"

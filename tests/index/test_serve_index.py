@@ -210,7 +210,7 @@ def test_ccxt_poller_feeds_a_node_from_other_ringfence_nodes(demo: Server, tmp_p
             for i, v in enumerate(venues)
         ]}
         (tmp_path / "feeds.json").write_text(json.dumps(config))
-        out = cli("index", "feed", "--config", str(tmp_path / "feeds.json"), "--target", target.base, "--rounds", "2")
+        out = cli("index", "feed", "--config", str(tmp_path / "feeds.json"), "--url", target.base, "--rounds", "2")
         assert "10 accepted, 0 refused, 0 venue errors" in out.stdout, out.stdout
         v = httpx.get(target.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
         assert v["status"] == "LIVE" and v["liveSources"] == 5 and v["marketStatus"] == "ACTIVE", v

@@ -15,7 +15,7 @@ from ..cli_paths import tty_console
 from ..staff.console import DEFAULT_URL
 
 app = typer.Typer(help="Fiat currencies and the display rates feed (display only, never a balance).\n\n"
-                  "Example: ringfence fiat feed --target http://127.0.0.1:8000 --token-file DIR/rates-token --demo --rounds 1",
+                  "Example: ringfence fiat feed --url http://127.0.0.1:8000 --token-file DIR/rates-token --demo --rounds 1",
                   no_args_is_help=True)
 console = tty_console(width=140)
 
@@ -57,7 +57,7 @@ def _source(rates: Path | None, demo: bool) -> dict[str, Any]:
 
 @app.command("feed")
 def feed(
-    target: str = typer.Option(DEFAULT_URL, "--target", help="The running node (base URL; POST /v1/fiat/rates; default $RINGFENCE_URL or http://127.0.0.1:8000)."),
+    target: str = typer.Option(DEFAULT_URL, "--url", "--target", help="The running node (base URL; POST /v1/fiat/rates; default $RINGFENCE_URL or http://127.0.0.1:8000; --target is the old name)."),
     rates: Path = typer.Option(None, "--rates", help="JSON: {\"source\": ..., \"fiat\": {\"EUR\": \"0.92\"}, \"assets\": {\"BTC\": \"61000\"}} "
                                "(fiat: units per USD; assets: USD per unit). Re-read every round."),
     demo: bool = typer.Option(False, "--demo", help="Push the packaged offline demo rates (approximate, not market data)."),
@@ -68,7 +68,7 @@ def feed(
 ) -> None:
     """Push display rates to a running node, once or every --interval-s.
 
-    Example: ringfence fiat feed --target http://127.0.0.1:8000 --token-file ./ringfence-data/serve/rates-token --rates rates.json
+    Example: ringfence fiat feed --url http://127.0.0.1:8000 --token-file ./ringfence-data/serve/rates-token --rates rates.json
     """
     import httpx
 
@@ -83,7 +83,7 @@ def feed(
             try:
                 r = httpx.post(url, content=body, headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}, timeout=10)
             except httpx.HTTPError as err:
-                fail(f"--target: {target} did not answer: {type(err).__name__}", 1)
+                fail(f"--url: {target} did not answer: {type(err).__name__}", 1)
             if r.status_code != 200:
                 fail(f"{target} refused the rates (HTTP {r.status_code}): {r.json().get('msg', r.text) if r.headers.get('content-type', '').startswith('application/json') else r.text}", 1)
             done += 1

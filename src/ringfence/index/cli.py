@@ -285,13 +285,13 @@ def approve(
 @app.command("feed")
 def feed(
     config: Path = typer.Option(..., "--config", help="JSON: {\"venues\": [{venue, exchange, market, symbol, decimals, key_file, url?}]}."),
-    target: str = typer.Option(..., "--target", help="The ringfence node to feed (base URL; POST /v1/index/quote)."),
+    target: str = typer.Option(..., "--url", "--target", help="The ringfence node to feed (base URL; POST /v1/index/quote; --target is the old name)."),
     interval_s: int = typer.Option(1, "--interval-s", min=1, max=3600, help="Seconds between polls."),
     rounds: int = typer.Option(0, "--rounds", min=0, help="Stop after this many polls (0: run until interrupted)."),
 ) -> None:
     """Poll venues' tickers with ccxt and submit signed quotes to a running node.
 
-    Example: ringfence index feed --config feeds.json --target http://127.0.0.1:8000 --rounds 10
+    Example: ringfence index feed --config feeds.json --url http://127.0.0.1:8000 --rounds 10
     """
     from ..cli_paths import fail, require_input_file
     from .ccxt_feed import CcxtPoller, HttpQuoteSink, load_config
