@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from ringfence.custody.btc_signing import SignerFleet
-from ringfence.errors import SignerUnavailable
+from ringfence.errors import SignerUnavailable, ValidationError
 from ringfence.keys.coordinator import ThresholdCoordinator
 from ringfence.keys.interface import Scheme, SigningRequest
 
@@ -49,6 +49,13 @@ def test_refresh_reshare_and_lost_share(fleet: SignerFleet) -> None:
         coord.tls.add({4: fleet.store_dir(4) / "tls.crt"})
         # the signers pin each other: the dealers seal shares to signer 4 only once they pin it
         fleet.pin_peers({i: fleet.store_dir(i) / "tls.crt" for i in (1, 2, 3, 4)})
+        # the signer being removed may not deal, whoever calls: refused before any signer is asked
+        shares = {i: _share_file(fleet, i, "k-life") for i in (1, 2, 3)}
+        with pytest.raises(ValidationError, match="removed signer cannot be in the re-dealing quorum: 3") as refused:
+            coord.reshare("k-life", [1, 3], {1: fleet.urls[1], 2: fleet.urls[2], 4: url4}, 2, "replace signer 3")
+        assert refused.value.field == "quorum"
+        assert {i: _share_file(fleet, i, "k-life") for i in (1, 2, 3)} == shares
+        assert not (fleet.store_dir(4) / "shares" / "k-life.bin").exists()
         new = coord.reshare("k-life", [1, 2], {1: fleet.urls[1], 2: fleet.urls[2], 4: url4}, 2, "replace signer 3")
         assert new.raw["group_public_key"] == pub and sorted(new.kp.verifying_shares) == [1, 2, 4]
         assert not (fleet.store_dir(3) / "shares" / "k-life.bin").exists(), "the replaced signer's share is deleted"

@@ -172,7 +172,13 @@ class ThresholdCoordinator:
 
     def reshare(self, key_id: str, quorum: Sequence[int], new_signers: Mapping[int, str], new_threshold: int,
                 reason: str) -> PublicKeyPackage:
-        """Add/remove signers: `quorum` (current holders) re-deal to `new_signers` with `new_threshold`."""
+        """Add/remove signers: `quorum` (current holders) re-deal to `new_signers` with `new_threshold`.
+        A signer being removed never deals: it is leaving, perhaps because it is not trusted any more
+        (checked here, below every caller: the CLI, the console's reshare and `reshare_hot_key`)."""
+        leaving = sorted(set(quorum) - set(new_signers))
+        if leaving:
+            raise ValidationError(f"a removed signer cannot be in the re-dealing quorum: {', '.join(map(str, leaving))}",
+                                  field="quorum")
         old = self.key(key_id)
         self.signers.update(new_signers)
         new_ids = sorted(new_signers)
