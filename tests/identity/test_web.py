@@ -119,6 +119,8 @@ def test_sign_up_totp_sign_in_api_key_and_anti_phishing(ctx, clock, server, brow
     page.click("#next")
     assert page.inner_text("#account-id") == principal.account_id
     assert "withdrawals are locked" in page.inner_text("#withdrawal-lock").lower()
+    # the lock the settings give (24 h by default), in the reader's words; it was "24 hours" whatever the setting
+    assert page.inner_text("#lock-note").endswith("locks withdrawals for 1 day.")
 
     page.fill("#apc-code", "Web-Otter_1")
     page.click("#set-apc")

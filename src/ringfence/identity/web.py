@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from importlib import resources
 from typing import Any, AsyncIterator
 
+from babel.dates import format_timedelta
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -84,6 +85,8 @@ def _render(name: str, status_code: int = 200, **params: Any) -> HTMLResponse:
     locale = _PAGE_LOCALE.get()
     page = page_context(locale)
     page.update(here=_PAGE_PATH.get(), fmt_number=lambda n: format_amount(str(int(n)), locale))
+    # a length of time in the reader's words ("10 minutes", "1 Tag"), from whole seconds
+    page.update(fmt_duration=lambda s: format_timedelta(dt.timedelta(seconds=int(s)), threshold=1, locale=locale))
     page.update(event_label=lambda kind: mail.event_label(kind, page["_"]))  # a security event's kind, translated
     page.update(params)
     return HTMLResponse(_env.get_template(name).render(**page), status_code=status_code)
@@ -215,7 +218,8 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         except Unauthorized:
             return RedirectResponse("/login", status_code=303)
         assert token is not None
-        return _render("security.html", o=view, csrf=sessions.csrf_token_for(ctx, token), now_s=ctx.now())
+        return _render("security.html", o=view, csrf=sessions.csrf_token_for(ctx, token), now_s=ctx.now(),
+                       lock_s=ctx.settings.identity_withdrawal_lock_s)
 
     @router.post("/security/step-up")
     async def step_up(request: Request) -> Response:
