@@ -3,10 +3,13 @@ remainder, and spot balances and holds byte-identical throughout."""
 
 from __future__ import annotations
 
+import pytest
+
 from ringfence.derivatives.commands import LiquidateAccount, PlacePerpOrder, SetLeverage
 from ringfence.derivatives.liquidation import COOLDOWN_NS, liquidation_targets
 from ringfence.derivatives.state import account_summary, derivatives_state
 from ringfence.engine.core import CommandRejected
+from ringfence.trading.state import trading_state
 
 from .perpworld import PERP, USDT, order, perp_world, price, qty, rejected, with_index
 
@@ -16,6 +19,14 @@ def _spot_rows(d):
     accounts = sorted(a.as_row() for a in ledger.iter_accounts() if a.segment == "spot")
     holds = sorted((h.id, h.remaining) for h in ledger.open_holds() if ledger.account(h.debit_id).segment == "spot")
     return accounts, holds
+
+
+def _all_rows(d):
+    ledger = d.engine.ledger
+    positions = sorted((k, p.size) for k, p in derivatives_state(d.engine).positions.items())
+    book = sorted((oid, o.leaves) for oid, o in trading_state(d.engine).markets[PERP].orders.items())
+    return (sorted(a.as_row() for a in ledger.iter_accounts()), sorted((h.id, h.remaining) for h in ledger.open_holds()),
+            positions, book)
 
 
 def test_an_account_below_maintenance_is_reduced_in_steps_and_spot_is_never_touched():
@@ -111,4 +122,44 @@ def test_a_liquidation_never_sells_past_the_bankruptcy_price_the_fund_cannot_pay
     assert step.filled == 0 and step.limit_price > price("56000")  # the order stopped at the bankruptcy price
     assert [e.counterparty for e in ev if type(e).__name__ == "AutoDeleveraged"] == ["bob"]
     assert insurance.balance == before  # the fund paid nothing; bob gave up the profit alice could not pay
+    d.engine.check_invariants()
+
+
+@pytest.mark.parametrize("kind,where", [("market", PERP), ("segment", "derivatives"), ("asset", "USDT"), ("venue", "*")])
+def test_a_halt_holds_a_liquidation_and_it_proceeds_after_the_lift(kind, where):
+    """HALTED on the account's market, its segment, its margin asset or the venue: the liquidation is
+    refused and changes nothing, and the worker would not submit it; REDUCE_ONLY lets it through;
+    after the lift it proceeds. Before, a liquidation traded in a halted book (it declared only the
+    segment and the asset, as a constant REDUCES_RISK, which passes even HALTED)."""
+    from ringfence.risk.halts import Halt, refusal_of
+    from tests.derivatives.test_conditional_halts import _desk, _lift
+
+    d = perp_world(owners=("alice", "bob", "carol", "dave"), usdt=10_000)
+    quote = with_index(d)
+    desk = _desk(d)
+    quote("60000")
+    for o in ("alice", "bob"):
+        assert not rejected(d.apply(SetLeverage(o, PERP, 20)))
+    assert not rejected(order(d, "bob", "SELL", "60000", "2"))
+    order(d, "alice", "BUY", "60000", "2")
+    quote("55200")
+    order(d, "carol", "BUY", "55200", "0.3")
+    order(d, "dave", "BUY", "55100", "0.3")
+    order(d, "dave", "SELL", "55200", "0.0001")
+    assert liquidation_targets(d.engine) == [("alice", "USDT")]
+    liquidate = LiquidateAccount("alice", "USDT")
+
+    assert not rejected(d.apply(Halt("h", kind, where, "HALTED", "incident")))
+    before = _all_rows(d)
+    refusal = rejected(d.apply(liquidate))
+    assert isinstance(refusal, CommandRejected) and "HALTED" in refusal.message, refusal
+    assert _all_rows(d) == before  # balances, holds, positions and the book as they were
+    assert refusal_of(d.engine, liquidate) is not None  # what the worker asks before it submits
+    _lift(d, desk, "h")
+
+    assert not rejected(d.apply(Halt("r", kind, where, "REDUCE_ONLY", "incident")))
+    assert refusal_of(d.engine, liquidate) is None
+    ev = d.apply(liquidate)
+    assert not rejected(ev), ev
+    assert [e for e in ev if type(e).__name__ == "LiquidationStep"][0].filled > 0
     d.engine.check_invariants()

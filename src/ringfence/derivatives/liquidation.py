@@ -22,6 +22,12 @@ isolated position; the liquidation worker submits both, the engine decides):
    deficit, the rest is closed against the opposite positions in ADL order at the bankruptcy price.
 
 Only `derivatives` accounts move: spot balances and holds are never touched.
+
+Halts: a liquidation passes REDUCE_ONLY (it only reduces), but waits while its segment, margin asset,
+the venue or any market it is marked on (a cross account: every market of its cross positions; an
+isolated position: its own) is HALTED: a halted book is frozen, and its mark may be what the halt is
+about. The worker does not submit it meanwhile (`risk.halts.refusal_of`), and it proceeds at its next
+round after the lift. Auto-deleveraging happens only inside a liquidation step, so it waits too.
 """
 
 from __future__ import annotations
@@ -61,7 +67,19 @@ MODULE.declare_events(LiquidationStep, AutoDeleveraged)
 
 
 def _scopes(engine: Engine, c: LiquidateAccount) -> list[Scope]:
-    return [("segment", SEGMENT), ("asset", c.asset)]
+    """The segment, the margin asset and every market of the account's cross positions: its equity
+    is marked on all of them, so a halt on any one holds its liquidation."""
+    st = derivatives_state(engine)
+    markets = sorted(s for s, p in st.perps.items() if p.quote == c.asset and (c.owner, s) in st.positions
+                     and (c.owner, s) not in st.isolated) if isinstance(c.asset, str) else []
+    return [("segment", SEGMENT), ("asset", c.asset), *(("market", s) for s in markets)]
+
+
+def _trades_to_reduce(engine: Engine, c: Any) -> Effect:
+    """A liquidation reduces risk, so it passes REDUCE_ONLY; but it trades (and may deleverage
+    others), so a HALTED scope holds it. Declared through a function on purpose: the halt guard lets
+    only a *constant* REDUCES_RISK (a cancel) through HALTED (risk/halts.py `_check_command`)."""
+    return Effect.REDUCES_RISK
 
 
 def _check(engine: Engine, c: LiquidateAccount) -> tuple[dict[str, int], list[str]]:
@@ -81,7 +99,7 @@ def _check(engine: Engine, c: LiquidateAccount) -> tuple[dict[str, int], list[st
     return s, syms
 
 
-@MODULE.handles(LiquidateAccount, effect=Effect.REDUCES_RISK, scopes=_scopes,
+@MODULE.handles(LiquidateAccount, effect=_trades_to_reduce, scopes=_scopes,
                 precheck=lambda e, c: (_check(e, c), None)[1])
 def _liquidate(engine: Engine, c: LiquidateAccount) -> list[Event]:
     from ..trading.orders import _cancel_all
@@ -263,10 +281,11 @@ def _check_isolated(engine: Engine, c: LiquidatePosition) -> tuple[int, int]:
 def _isolated_scopes(engine: Engine, c: LiquidatePosition) -> list[Scope]:
     st = derivatives_state(engine)
     p = st.perps.get(c.symbol) if isinstance(c.symbol, str) else None
-    return [("segment", SEGMENT), ("asset", p.quote if p is not None else "USDT")]
+    return [("segment", SEGMENT), ("asset", p.quote if p is not None else "USDT"),
+            *((("market", c.symbol),) if p is not None else ())]
 
 
-@MODULE.handles(LiquidatePosition, effect=Effect.REDUCES_RISK, scopes=_isolated_scopes,
+@MODULE.handles(LiquidatePosition, effect=_trades_to_reduce, scopes=_isolated_scopes,
                 precheck=lambda e, c: (_check_isolated(e, c), None)[1])
 def _liquidate_isolated(engine: Engine, c: LiquidatePosition) -> list[Event]:
     """An isolated position's liquidation step: only its orders on that market are cancelled, and

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from ..errors import RingfenceError
+from ..risk.halts import refusal_of
 from .commands import LiquidateAccount, LiquidatePosition
 from .liquidation import liquidation_targets
 
@@ -25,20 +26,28 @@ class LiquidationWorker:
         self.stop = threading.Event()
         self.submitted = 0
         self.refused = 0
+        self.held = 0  # targets not submitted because a halt would refuse them
         self.thread: threading.Thread | None = None
 
     def round(self) -> int:
         """One pass: submit a step for every account below maintenance; returns how many."""
-        def read(engine: Any) -> list[tuple[str, str, bool]]:
+        def read(engine: Any) -> list[tuple[str, str, Any]]:
             if "derivatives" not in engine.components:
                 return []
             perps = engine.components["derivatives"].perps
-            return [(owner, scope, scope in perps) for owner, scope in liquidation_targets(engine)]
+            out = []
+            for owner, scope in liquidation_targets(engine):  # scope: the margin asset, or an isolated position's symbol
+                command = LiquidatePosition(owner, scope) if scope in perps else LiquidateAccount(owner, scope)
+                if refusal_of(engine, command) is None:
+                    out.append((owner, scope, command))
+                else:  # a halt holds it (liquidation.py, "Halts"): asked again at the first round after the lift
+                    self.held += 1
+            return out
 
         targets = self.node.read(read)
-        for owner, scope, isolated in targets:  # scope: the margin asset, or an isolated position's symbol
+        for owner, scope, command in targets:
             try:
-                self.node.execute(LiquidatePosition(owner, scope) if isolated else LiquidateAccount(owner, scope))
+                self.node.execute(command)
                 self.submitted += 1
             except RingfenceError as err:  # recovered in between, cooling down, or the node stopped
                 self.refused += 1
