@@ -246,7 +246,11 @@ def test_first_factor_counts_only_after_the_email_confirmation_which_works_once(
     link = _confirm_token(ctx)
     with pytest.raises(ValidationError):
         sf.confirm_first_factor(ctx, "short")
+    sf.check_first_factor_link(ctx, link)  # reads only: the link still works after it
+    sf.check_first_factor_link(ctx, link)
     sf.confirm_first_factor(ctx, link)
+    with pytest.raises(Unauthorized, match="already used"):
+        sf.check_first_factor_link(ctx, link)
     sessions.require_fresh_second_factor(sessions.authenticate(ctx, issued.token))
     with pytest.raises(Unauthorized, match="already used"):
         sf.confirm_first_factor(ctx, link)

@@ -138,12 +138,19 @@ def profile_locale(ctx: IdentityContext, token: object) -> str | None:
         return user.locale if user is not None else None
 
 
-def _consume_email_token(ctx: IdentityContext, db: Session, token: object, purpose: str) -> EmailToken:
+def usable_email_token(ctx: IdentityContext, db: Session, token: object, purpose: str) -> EmailToken:
+    """The e-mailed link's row if it can still be used for `purpose`; reads only (a page shown from
+    the link's GET, which must change nothing, asks this before it offers its button)."""
     if not isinstance(token, str) or not 16 <= len(token) <= 128:
         raise ValidationError("must be the token from the e-mail link", field="token")
     row = db.scalars(select(EmailToken).where(EmailToken.token_hash == ctx.sealer.token_digest(token))).first()
     if row is None or row.purpose != purpose or row.used_at_s is not None or row.expires_at_s < ctx.now():
         raise Unauthorized("this link is invalid, already used or expired; request a new one", field="token")
+    return row
+
+
+def _consume_email_token(ctx: IdentityContext, db: Session, token: object, purpose: str) -> EmailToken:
+    row = usable_email_token(ctx, db, token, purpose)
     row.used_at_s = ctx.now()
     return row
 

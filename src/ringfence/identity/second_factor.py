@@ -50,7 +50,7 @@ from webauthn.helpers.structs import (
 from ..errors import AuthenticationFailed, Conflict, NotFound, RateLimited, RingfenceError, ValidationError
 from ..store.models import EmailToken, RecoveryCode, User, WebAuthnChallenge, WebAuthnCredential
 from . import mail, sessions, throttle
-from .accounts import _consume_email_token, _email_token, note_sign_in
+from .accounts import _consume_email_token, _email_token, note_sign_in, usable_email_token
 from .context import IdentityContext
 from .events import credential_changed, freeze_link, record_event
 from .fields import validate_ip, validate_label
@@ -128,6 +128,13 @@ def _drop_pending_confirmations(db: Session, user: User) -> None:
     if not sessions.has_enrolled_factor(db, user):
         db.execute(delete(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose == sessions.FACTOR_CONFIRM_PURPOSE,
                                             EmailToken.used_at_s.is_(None)))
+
+
+def check_first_factor_link(ctx: IdentityContext, token: object) -> None:
+    """Raise what `confirm_first_factor` would for a link that is malformed, used or expired; reads
+    only (the link's GET page asks before it shows its confirm button)."""
+    with ctx.store.tx() as db:
+        usable_email_token(ctx, db, token, sessions.FACTOR_CONFIRM_PURPOSE)
 
 
 def confirm_first_factor(ctx: IdentityContext, token: object, *, ip: object = "127.0.0.1") -> str:

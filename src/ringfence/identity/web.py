@@ -344,7 +344,9 @@ def create_router(ctx: IdentityContext) -> APIRouter:
 
     @router.get("/security/confirm-factor", response_class=HTMLResponse)
     def confirm_factor_page(token: str = "") -> HTMLResponse:
-        # GET changes nothing (a mail scanner's prefetch must not confirm an intruder's factor): one POST button.
+        # GET changes nothing (a mail scanner's prefetch must not confirm an intruder's factor): one POST button,
+        # shown only while the link can still be used (a used or expired one says so at once)
+        second_factor.check_first_factor_link(ctx, token)
         return _render("confirm_factor.html", token=token)
 
     @router.post("/security/confirm-factor", response_class=HTMLResponse)
