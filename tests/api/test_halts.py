@@ -64,12 +64,17 @@ def test_halts_stream_pushes_raised_and_lifted_halts(tmp_path):
 
     from ringfence.api.serve import build
 
+    from structlog.testing import capture_logs
+
     app, exchange, _ = build(tmp_path / "data", demo=True)
-    with TestClient(app) as client:
+    with TestClient(app) as client, capture_logs() as logged:
         with client.websocket_connect("/ws/!halts") as ws:
             exchange.node.submit(Halt("ws-eth", "asset", "ETH", "WITHDRAWALS_PAUSED", "hot wallet shortfall (test)", "{}")).wait(10)
             message = ws.receive_json()
         assert message["e"] == "haltRaised" and message["id"] == "ws-eth"
+        # and in the server's log, for an operator (it was only on the stream and the pages)
+        raised = [r for r in logged if r["event"] == "halt.raised" and r.get("halt_id") == "ws-eth"]
+        assert raised and raised[0]["log_level"] == "warning" and raised[0]["level"] == "WITHDRAWALS_PAUSED", logged
         assert message["scopeKind"] == "asset" and message["level"] == "WITHDRAWALS_PAUSED"
         assert [h["halt_id"] for h in client.get("/v1/halts").json()] == ["ws-eth"]
 

@@ -36,6 +36,7 @@ import os
 import time
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ..money import format_amount
@@ -46,6 +47,8 @@ from .orders import OrderRecord
 from .relay import RELAY_EXTENSION
 from .service import Exchange
 from .ws_wire import CLOSE_TIMEOUT_S, TokenBucket, close_direct, text_frame, uvicorn_protocol
+
+halt_log = structlog.get_logger("ringfence.halts")
 
 __all__ = ["KeepRawWebSocketSend", "StreamHub", "build_ws_router", "quiet_client_garbage"]
 
@@ -362,6 +365,11 @@ class StreamHub:
         for events in outputs:
             for e in events:
                 kind = type(e).__name__
+                if kind in ("HaltRaised", "HaltLifted"):
+                    # in the log too, raised or lifted, by anyone or by the exchange itself (an index with
+                    # too few live sources, a price band): what an operator reading it must not miss
+                    halt_log.warning("halt.raised" if kind == "HaltRaised" else "halt.lifted", halt_id=e.halt_id,
+                                     scope_kind=e.scope_kind, scope=e.scope, level=e.level, reason=e.reason)
                 if kind in ("HaltRaised", "HaltLifted") and self.subs.get(HALTS_STREAM):
                     self.publish(
                         HALTS_STREAM,
