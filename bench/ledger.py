@@ -241,13 +241,17 @@ class TailProbe:
         self.close()
         rows = []
         gc_sorted = sorted(self.gc)
+        gc_ends = [e for _, e, _ in gc_sorted]  # collections never overlap: sorted too
         sync_last = [last for _, _, last in self.syncs]
         for scheduled, sent, acked, seq in requests:
             b = bisect.bisect_right(self.first_seqs, seq) - 1
             if b < 0 or not self.batches[b][1]:
                 continue
             started, w0, w1, _ = self.batches[b]
-            overlap = sum(max(0, min(e, acked) - max(s, scheduled)) for s, e, _ in gc_sorted if s < acked and e > scheduled)
+            overlap, k = 0, bisect.bisect_right(gc_ends, scheduled)  # the first pause ending after it was due
+            while k < len(gc_sorted) and gc_sorted[k][0] < acked:  # (was a scan of every pause per request: minutes)
+                overlap += max(0, min(gc_sorted[k][1], acked) - max(gc_sorted[k][0], scheduled))
+                k += 1
             row = {"latency": acked - scheduled, "send_lateness": sent - scheduled, "queue_wait": started - sent,
                    "before_write": w0 - started, "write_fsync": w1 - w0, "apply_and_ack": acked - w1, "gc_overlap": overlap}
             if self.pipelined:

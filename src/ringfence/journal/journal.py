@@ -29,10 +29,11 @@ Recovery reads every segment in order and classifies the first failure it meets:
   acknowledged only after its record is fsynced). It is truncated away — but only beyond the
   *durable mark*: after each record's fsync the writer records "segment S is durable up to byte N,
   sequence Q" in `DIR/journal/DURABLE` (two checksummed slots, written alternately) and a thread
-  of its own fsyncs that file, coalescing, off the acknowledgement path — so an acknowledgement
+  of its own fsyncs that file, coalescing, at most every `MARK_SYNC_INTERVAL_S`, off the
+  acknowledgement path — so an acknowledgement
   costs exactly one fsync, its record's. A failure before the mark on disk is an acknowledged
   record that rotted, which is corruption, not a torn tail. What the mark's lag gives up: after a
-  crash, the records acknowledged after the last mark fsync (the last few milliseconds) are told
+  crash, the records acknowledged after the last mark fsync (the last ~5 ms) are told
   apart from a torn tail by their checksums alone — complete and verified, they are kept; if one
   of them were *also* damaged on the disk afterwards, it would read as a torn tail and be cut
   instead of refused. One fsync cannot do better: the fact "record R was acknowledged" exists
@@ -99,6 +100,11 @@ DURABLE_FILE = "DURABLE"
 _MARK = struct.Struct(">4sQQQ32s")
 _MARK_MAGIC = b"RFD1"
 _MARK_SLOT_BYTES = 512
+#: The mark thread fsyncs the mark at most this often (each sync covers every mark written before it):
+#: under load a mark fsync per batch would double the disk's flushes and contend with the record
+#: syncs the acknowledgements wait for. The mark on disk then lags the last acknowledgement by at
+#: most this plus one sync (docs/journal.md, "The durable mark").
+MARK_SYNC_INTERVAL_S = 0.005  # float-ok: seconds
 LOCK_HOLDER_MAX_BYTES = 512
 
 
@@ -680,9 +686,14 @@ class JournalWriter:
     def _mark_syncer(self) -> None:
         """The mark thread: fsync `DURABLE` whenever a newer mark was written, one sync at a time
         (a sync covers every mark written before it began: coalescing)."""
+        import time
+
         wake = self._mark_wake
         while True:
             wake.wait()
+            if self._mark_closing:
+                return
+            time.sleep(MARK_SYNC_INTERVAL_S)  # gather: one sync for every mark written meanwhile
             wake.clear()
             fd = self._mark_fd
             if self._mark_closing or fd is None:
@@ -719,7 +730,8 @@ class JournalWriter:
             self._mark_wake = threading.Event()
             self._mark_thread = threading.Thread(target=self._mark_syncer, name="ringfence-journal-mark", daemon=True)
             self._mark_thread.start()
-        self._mark_wake.set()
+        if not self._mark_wake.is_set():
+            self._mark_wake.set()
 
     def close(self) -> None:
         if self._fd is not None:
