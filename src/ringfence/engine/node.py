@@ -432,9 +432,8 @@ class Node:
         #: while batch N's fdatasync runs on a syncer thread; each batch is acknowledged once a
         #: sync that began after its write has returned.
         self.pipeline = pipeline
-        #: Pipelined: `read` returns only once the batch it saw is durable (see `read`). False for a
-        #: caller that must never block on an fsync (the API's event loop) and accepts seeing a
-        #: batch up to one fsync before it is durable.
+        #: Pipelined: `read` returns only once the batch it saw is durable (see `read`); False: never
+        #: waits for an fsync (the API's event loop), may see a batch one fsync before it is durable.
         self.durable_reads = durable_reads
         self._pipe: _Pipeline | None = None
         #: Sequence number of the last command known durable (every mode; pipelined: may lag `last_seq`).
