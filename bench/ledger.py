@@ -213,21 +213,17 @@ class TailProbe:
 
         node._commit = commit_timed  # type: ignore[method-assign]
         setattr(writer, append_name, append_timed)
-        if self.pipelined:  # a sync: from its records' fdatasync to its mark's (two syncer threads)
-            sync_records, sync_mark = writer.sync_records, writer.sync_mark
-            began: dict[int, int] = {}
+        if self.pipelined:  # a sync: its records' fdatasync (acknowledgements follow it; the mark is off the path)
+            sync_records = writer.sync_records
 
             def records_timed(mark):  # type: ignore[no-untyped-def]
-                began[mark.last_seq] = clock()
-                return sync_records(mark)
-
-            def mark_timed(mark):  # type: ignore[no-untyped-def]
+                began = clock()
                 try:
-                    return sync_mark(mark)
+                    return sync_records(mark)
                 finally:
-                    self.syncs.append((began.pop(mark.last_seq, 0), clock(), mark.last_seq))
+                    self.syncs.append((began, clock(), mark.last_seq))
 
-            writer.sync_records, writer.sync_mark = records_timed, mark_timed  # type: ignore[method-assign]
+            writer.sync_records = records_timed  # type: ignore[method-assign]
         gc.callbacks.append(self._on_gc)
 
     def _on_gc(self, phase: str, info: dict) -> None:
@@ -245,13 +241,17 @@ class TailProbe:
         self.close()
         rows = []
         gc_sorted = sorted(self.gc)
+        gc_ends = [e for _, e, _ in gc_sorted]  # collections never overlap: sorted too
         sync_last = [last for _, _, last in self.syncs]
         for scheduled, sent, acked, seq in requests:
             b = bisect.bisect_right(self.first_seqs, seq) - 1
             if b < 0 or not self.batches[b][1]:
                 continue
             started, w0, w1, _ = self.batches[b]
-            overlap = sum(max(0, min(e, acked) - max(s, scheduled)) for s, e, _ in gc_sorted if s < acked and e > scheduled)
+            overlap, k = 0, bisect.bisect_right(gc_ends, scheduled)  # the first pause ending after it was due
+            while k < len(gc_sorted) and gc_sorted[k][0] < acked:  # (was a scan of every pause per request: minutes)
+                overlap += max(0, min(gc_sorted[k][1], acked) - max(gc_sorted[k][0], scheduled))
+                k += 1
             row = {"latency": acked - scheduled, "send_lateness": sent - scheduled, "queue_wait": started - sent,
                    "before_write": w0 - started, "write_fsync": w1 - w0, "apply_and_ack": acked - w1, "gc_overlap": overlap}
             if self.pipelined:
@@ -361,9 +361,11 @@ def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capa
         gc.set_threshold(*thresholds)
         gc.unfreeze()
     batches = node.batches_committed
+    mark_syncs = getattr(node.writer, "mark_syncs", None)  # off the acknowledgement path (s8); None before
     node.close()
     return {
         "pipeline": pipeline,
+        "mark_syncs_off_ack_path": mark_syncs,
         "single_request_capacity_per_s": int(capacity),
         "capacity_window": CAPACITY_WINDOW,
         "offered_per_s": offered,

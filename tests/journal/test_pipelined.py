@@ -4,9 +4,10 @@ fdatasync runs; each batch is acknowledged only once a sync that began after its
 The power-cut test does what a SIGKILL cannot (the page cache survives a killed process): it keeps,
 for every file, only the bytes an fdatasync had *begun* with (what the kernel promises is on the
 disk), takes that image while the node is running flat out, and recovers from it. Every request
-acknowledged before the image was taken must be in the recovered state, and the recovered state
-must equal a clean replay of the imaged journal. The same test runs the classic (unpipelined)
-path, so the two are held to the same rule.
+acknowledged before the image was taken must be in the recovered state, and so must every batch a
+listener was handed and every state a `node.read` returned; the recovered state must equal a clean
+replay of the imaged journal. The same test runs the classic (unpipelined) path, so the two are
+held to the same rule.
 """
 
 from __future__ import annotations
@@ -77,10 +78,21 @@ def _run_and_cut(tmp: Path, pipeline: bool, seed: int, segment_bytes: int, cut_a
     node = new_node(tmp / "node", journal_sync=cut, segment_bytes=segment_bytes, pipeline=pipeline)
     node.open()
     world, alice, bob = seed_ledger(node)
+    heard: list[int] = []  # the last sequence number of every batch handed to a listener
+    node.listeners.append(lambda first, _ts, commands, _outputs: heard.append(first + len(commands) - 1))
     node.start()
     acked: list[int] = []
     refused: list[int] = []
+    seen: list[int] = [0]  # the newest state a node.read returned
     stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(node.read(lambda engine: engine.last_seq))
+            except NotDurable:
+                return
+            time.sleep(0.001)
 
     def submitter() -> None:
         tid = 1
@@ -101,6 +113,8 @@ def _run_and_cut(tmp: Path, pipeline: bool, seed: int, segment_bytes: int, cut_a
 
     thread = threading.Thread(target=submitter)
     thread.start()
+    reading = threading.Thread(target=reader)
+    reading.start()
     # at least 21 acknowledged first (on a loaded machine 50 ms may see none), then the drawn delay
     deadline = time.monotonic() + 30
     while len(acked) <= 20 and thread.is_alive() and time.monotonic() < deadline:
@@ -109,9 +123,11 @@ def _run_and_cut(tmp: Path, pipeline: bool, seed: int, segment_bytes: int, cut_a
     # The image: first what was acknowledged, then what the disk holds (a sync recorded before an
     # ack resolved is in `cut.sizes` by now), then the bytes.
     acked_then = set(acked)
+    heard_then, seen_then = max(heard, default=0), max(seen)
     cut.image(tmp / "node", tmp / "cut")
     stop.set()
     thread.join(60)
+    reading.join(60)
     node.close()
     assert len(acked_then) > 20, "too little was acknowledged to prove anything"
     recovered = new_node(tmp / "cut")
@@ -119,6 +135,9 @@ def _run_and_cut(tmp: Path, pipeline: bool, seed: int, segment_bytes: int, cut_a
     have = set(recovered.engine.ledger.transfers)
     missing = acked_then - have
     assert not missing, f"acknowledged transfers lost in a power cut: {sorted(missing)[:10]} (seed {seed})"
+    last = recovered.engine.last_seq
+    assert heard_then <= last, f"a listener was handed batch {heard_then}, lost in a power cut at {last} (seed {seed})"
+    assert seen_then <= last, f"a read returned the state at {seen_then}, lost in a power cut at {last} (seed {seed})"
     live = recovered.engine.state_hash()
     recovered.close()
     clean, _, _ = replay_journal(tmp / "cut", use_snapshots=False)
@@ -181,7 +200,10 @@ def test_a_failed_pipelined_sync_answers_outcome_unknown_and_stops(tmp_path):
     calls = [0]
     fail_at = [10**9]
 
-    def sync(fd: int) -> None:
+    def sync(fd: int) -> None:  # the records' syncs fail (the mark's, on its own thread, pass)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(DURABLE_FILE):
+            os.fdatasync(fd)
+            return
         calls[0] += 1
         if calls[0] >= fail_at[0]:
             raise OSError(errno.EIO, "Input/output error (injected)")
@@ -215,12 +237,49 @@ def test_a_failed_pipelined_sync_answers_outcome_unknown_and_stops(tmp_path):
     recovered.close()
 
 
-def test_pipeline_refuses_listeners_and_replica(tmp_path):
+def test_pipeline_refuses_a_replica_log(tmp_path):
     node = new_node(tmp_path / "n", pipeline=True)
     node.open()
-    node.listeners.append(lambda *a: None)
+    node.replica = object()  # type: ignore[assignment]
     with pytest.raises(ConfigError):
         node.start()
+    node.replica = None
+    node.close()
+
+
+def test_listeners_and_reads_wait_for_the_sync(tmp_path):
+    """While a sync is held, batches are applied in memory but no listener hears of them and no
+    read returns them; once it is let go the listeners get every batch once, in order, with its
+    events, and the read returns the state it saw."""
+    node, gate, hold = held_node(tmp_path)
+    node.open()
+    world, alice, _ = seed_ledger(node)
+    heard: list[tuple[int, int, int]] = []
+    node.listeners.append(lambda first, ts, commands, outputs: heard.append((first, len(commands), len(outputs))))
+    node.start()
+    hold[0] = True
+    acks = [node.submit(CreateTransfers([Transfer(tid, world, alice, 1)])) for tid in range(1, 101)]
+    deadline = time.monotonic() + 10
+    while node.commands_committed < 100:
+        time.sleep(0.005)
+        assert time.monotonic() < deadline, "the sequencer stood still while a sync was held"
+    read: list[int] = []
+    reader = threading.Thread(target=lambda: read.append(node.read(lambda engine: engine.last_seq)))
+    reader.start()
+    time.sleep(0.2)
+    assert not heard, "a listener heard of a batch whose sync had not returned"
+    assert not read, "a read returned a state whose sync had not returned"
+    gate.set()
+    for a in acks:
+        a.result(10)
+    reader.join(10)
+    assert read == [node.last_seq]
+    deadline = time.monotonic() + 10
+    while sum(n for _, n, _ in heard) < 100 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert sum(n for _, n, _ in heard) == 100 and all(n == o for _, n, o in heard)
+    firsts = [f for f, _, _ in heard]
+    assert firsts == sorted(firsts) and all(f + n == nxt for (f, n, _), nxt in zip(heard, firsts[1:]))
     node.close()
 
 

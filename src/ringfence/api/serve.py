@@ -90,9 +90,9 @@ def custody_admin_url(host: str, port: int) -> str:
 
 
 def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow_ips: str | None = None,
-          admin_url: str | None = None, warm: object = None) -> tuple[object, object, dict[str, object]]:
+          admin_url: str | None = None, warm: object = None, pipeline: bool = False) -> tuple[object, object, dict[str, object]]:
     """The app and exchange on `data`. `warm`: a promoted standby's engine and read models (replication/serving.py), taken over
-    instead of replaying the journal."""
+    instead of replaying the journal. `pipeline`: the engine node's pipelined group commit (docs/journal.md)."""
     from ..identity.context import IdentityContext
     from ..settings import load_settings
     from ..store import Store
@@ -131,7 +131,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
 
     ctx.mail_setup = prepare_for_serve(ctx, demo=demo, smtp_configured="RINGFENCE_IDENTITY_SMTP_HOST" in os.environ)
     ctx.demo = demo
-    exchange = Exchange(data)
+    exchange = Exchange(data, pipeline=pipeline)
     exchange.open(warm)  # type: ignore[arg-type]
     info: dict[str, object] = {"recovered_seq": exchange.last_seq, "forwarded_allow_ips": settings.forwarded_allow_ips(),
                                "mail": ctx.mail_setup, "store": ctx.store.describe()}
@@ -152,7 +152,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         info["keys"] = f"{info['keys']}; demo staff {', '.join(staff['staff'])} (operator quorum 2; console /admin): {staff['file']}"
         # the demo state was written by direct node commands: rebuild the read models from the journal
         exchange.node.close()
-        exchange = Exchange(data)
+        exchange = Exchange(data, pipeline=pipeline)
         exchange.open()
     elif custody is not None:
         info["custody"] = custody.bootstrap(exchange.node)  # type: ignore[attr-defined]
@@ -315,6 +315,9 @@ def serve(
     gateways: int = typer.Option(0, "--gateways", min=0, max=32, help="Run N gateway processes on --port in front of this "
                                  "(engine) process, which then listens only on DIR/run/engine.sock (0: one process, as before). "
                                  "Checks (keys, replay, rate limits) stay in the engine, so they hold across gateways."),
+    pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Pipelined group commit: the engine applies the "
+                                  "next batch while the last one's fsync runs; answers, feeds and reads still wait for it "
+                                  "(docs/journal.md). Off with --replicate/--standby, which use the classic one."),
 ) -> None:
     """Run the exchange: Binance-compatible REST + WebSocket API and the web dashboard.
 
@@ -362,13 +365,18 @@ def serve(
             console.print(line, soft_wrap=True)
 
         replicator, warm = before_build(data, replicate, standby, node_id, port, demo, say, host)
-        app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port), warm=warm)
+        app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port), warm=warm,
+                                    pipeline=pipeline and replicator is None)
         after_build(exchange, replicator, say)
         exchange.source = f"gateway:{node_id or f'{socket.gethostname()}-{port}'}"  # journaled with each command
     except RingfenceError as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
+    pipelined = exchange.node.pipeline  # type: ignore[attr-defined]
+    console.print(f"ringfence: group commit {'pipelined' if pipelined else 'classic'}, one fsync per acknowledgement"
+                  f"{'' if pipelined else (' (--no-pipeline)' if replicate is None and standby is None else ' (replicated)')}",
+                  soft_wrap=True)
     from .. import native
 
     console.print(f"ringfence: matching {native.describe()}", soft_wrap=True)  # compiled or pure Python, and why

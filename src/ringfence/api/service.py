@@ -1,10 +1,13 @@
 """The exchange as a service: one durable engine node plus the read models the API serves.
 
 Threads: the node's sequencer thread journals and applies commands; everything else (HTTP and
-WebSocket handlers, read models, fan-out) runs on the asyncio loop thread. After each batch the
-sequencer hands the batch's events to the loop, which first updates the read models (market data,
-order history) and only then answers the requests of that batch — so a client that got its answer
-always sees its own order in `openOrders` — and then publishes to WebSocket subscribers.
+WebSocket handlers, read models, fan-out) runs on the asyncio loop thread. Once a batch is durable
+the node hands its events to the loop, which first updates the read models (market data, order
+history) and only then answers the requests of that batch — so a client that got its answer
+always sees its own order in `openOrders` — and then publishes to WebSocket subscribers. With the
+pipelined group commit (`pipeline=True`, what `serve` runs unless it replicates) the sequencer is
+already applying later batches by then: what the read models need from the engine's state as of a
+batch (the perpetuals' price samples) is read in an apply hook, right after that batch is applied.
 
 Engine state (markets, balances, halts, the engine's own book) is read only through `read(fn)`,
 which runs `fn(engine)` between batches (`Node.read`): the loop thread may wait for the batch being
@@ -99,9 +102,15 @@ class WarmStart:
 
 
 class Exchange:
-    def __init__(self, data_dir: Path, *, fsync: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, fsync: bool = True, pipeline: bool = False) -> None:
         self.data_dir = Path(data_dir)
-        self.node = new_node(self.data_dir / "engine", fsync=fsync)
+        # Reads run on the event loop, which must never wait for an fsync: with the pipelined group
+        # commit they may show a batch up to one fsync before it is durable (never acknowledged to
+        # anyone yet); everything pushed (answers, read models, feeds) waits for it (docs/journal.md).
+        self.node = new_node(self.data_dir / "engine", fsync=fsync, pipeline=pipeline, durable_reads=False)
+        #: price samples read right after a batch was applied (apply hook), by first sequence number,
+        #: until the batch is durable and reaches the read models (`_from_sequencer`)
+        self._samples: dict[int, list[tuple[str, str, int]] | None] = {}
         self.marketdata = MarketData()
         self.history = OrderHistory()
         #: Perpetual fills with realised PnL, income, funding rounds (derivatives/history.py).
@@ -134,6 +143,7 @@ class Exchange:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.node.apply_hooks.append(self._sample_prices)
         self.node.listeners.append(self._from_sequencer)
         self.node.start()
 
@@ -171,14 +181,21 @@ class Exchange:
         ack.add_done_callback(done)
         return await fut
 
-    def _from_sequencer(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]]) -> None:
-        assert self.loop is not None
-        # on the sequencer thread, between batches: the perpetuals' mark and index, once a second
+    def _sample_prices(self, engine: Any, first_seq: int, ts_ns: int) -> None:
+        """Apply hook, on the sequencer thread right after the batch: the perpetuals' mark and index,
+        once a second, from the state as of this batch; kept until the batch is durable."""
         try:
-            samples = self.futures.prices.sample(self.node.engine, ts_ns)
+            samples = self.futures.prices.sample(engine, ts_ns)
         except Exception:  # a read model's sampling must never stop the sequencer; it is logged
             log.exception("price_samples.failed")
             samples = None
+        if samples:
+            self._samples[first_seq] = samples
+
+    def _from_sequencer(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]]) -> None:
+        """Listener: the batch is durable (its acknowledgements are resolved): on to the loop."""
+        assert self.loop is not None
+        samples = self._samples.pop(first_seq, None)
         self.loop.call_soon_threadsafe(self._absorb, first_seq, ts_ns, commands, outputs, samples)
 
     def _absorb(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]],

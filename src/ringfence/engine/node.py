@@ -10,7 +10,10 @@ Flow of a command (ARCHITECTURE.md §1):
    journaled), stamps sequence numbers, one timestamp and 32 bytes of entropy, and appends the batch
    as one journal record with a single fsync (group commit).
 3. Only after the fsync returns does it apply the commands in order and resolve each `Ack`:
-   nothing is acknowledged before it is durable.
+   nothing is acknowledged before it is durable. One fsync per batch is on that path, the
+   record's: the journal's durable mark is fsynced by a thread of its own (journal.py).
+   Pipelined (`pipeline=True`), the sequencer applies the next batch while the fsync runs, and
+   what leaves the node — acknowledgements, listeners, `read` results — waits for it (`_Pipeline`).
 
 Readers on other threads (the API's event loop, the reconciler, custody workers) never touch the
 engine directly: `node.read(fn)` runs `fn(engine)` between batches, under a readers-writer gate
@@ -372,6 +375,7 @@ class Node:
         journal_sync: Callable[[int], None] = os.fdatasync,
         purpose: str = "",
         pipeline: bool = False,
+        durable_reads: bool = True,
     ) -> None:
         if not 1 <= max_batch_commands <= 1_000_000:
             raise ValidationError("max_batch_commands must be between 1 and 1,000,000", field="max_batch_commands")
@@ -401,7 +405,16 @@ class Node:
         self.writer: JournalWriter | None = None
         self.failed: BaseException | None = None
         self.recovery: RecoveryReport | None = None
+        #: `fn(first_seq, ts_ns, commands, outputs)` once per batch, in order, once the batch is
+        #: durable and its acknowledgements resolved (read models, WebSocket feeds). Classic: on the
+        #: sequencer thread right after the batch. Pipelined: on whichever thread sees the batch's
+        #: sync return, when the engine may already be further on, so a listener must not read
+        #: engine state: read what it needs in an apply hook.
         self.listeners: list[Callable[[int, int, list[Command], list[list[Event]]], None]] = []
+        #: `fn(engine, first_seq, ts_ns)` on the sequencer thread right after each batch is applied,
+        #: before it is durable: read from the state as of this batch what a listener will need
+        #: (and keep it for the listener); publish nothing from here.
+        self.apply_hooks: list[Callable[[Engine, int, int], None]] = []
         #: Replicated mode (ringfence.replication): the replica log every batch must reach before
         #: anyone is acknowledged. `begin` runs before the local write (it may start publishing
         #: while the fsync runs), `finish` after the batch is applied; if either raises, the node
@@ -419,6 +432,9 @@ class Node:
         #: while batch N's fdatasync runs on a syncer thread; each batch is acknowledged once a
         #: sync that began after its write has returned.
         self.pipeline = pipeline
+        #: Pipelined: `read` returns only once the batch it saw is durable (see `read`); False: never
+        #: waits for an fsync (the API's event loop), may see a batch one fsync before it is durable.
+        self.durable_reads = durable_reads
         self._pipe: _Pipeline | None = None
         #: Sequence number of the last command known durable (every mode; pipelined: may lag `last_seq`).
         self.durable_seq = 0
@@ -484,9 +500,10 @@ class Node:
             self.open()
         if self._thread is None:
             if self.pipeline and self._pipe is None:
-                if self.replica is not None or self.listeners:
-                    raise ConfigError("pipeline=True is for a local-only node without listeners: a replica log and "
-                                      "listeners (read models) must see only durable batches", field="pipeline")
+                if self.replica is not None:
+                    raise ConfigError("pipeline=True is for a local-only node: a replica log is fed as the classic "
+                                      "group commit feeds it (before the local fsync); use pipeline=False to "
+                                      "replicate", field="pipeline")
                 assert self.writer is not None
                 self._pipe = _Pipeline(self)
             self._thread = threading.Thread(target=self._run, name="ringfence-sequencer", daemon=True)
@@ -613,7 +630,10 @@ class Node:
         inside it is that batch's last sequence number. Keep `fn` short and side-effect free: the
         sequencer waits for it before it applies the next batch. Return plain values or copies,
         never live engine objects, which the next batch will change. Reads may nest; on the
-        sequencer thread itself (a listener, a control task) `fn` runs directly.
+        sequencer thread itself (a listener, a control task) `fn` runs directly. Pipelined, the
+        result is returned only once the batch it saw is durable (at most the fsync in flight and
+        the next one later), or `NotDurable` is raised if that sync failed; not so with
+        `durable_reads=False`, which may see a batch up to one fsync before it is durable.
         """
         engine = self.engine
         if engine is None:
@@ -623,9 +643,14 @@ class Node:
         gate = self._gate
         gate.acquire_read()
         try:
-            return fn(engine)
+            result = fn(engine)
+            seen = self.last_seq
         finally:
             gate.release_read()
+        pipe = self._pipe
+        if pipe is not None and seen > pipe.durable_seq and self.durable_reads:
+            pipe.wait_durable(seen)  # pipelined: nobody learns of a state a crash could still undo
+        return result
 
     # ------------------------------------------------------------------ the sequencer
 
@@ -767,7 +792,7 @@ class Node:
         pipe = self._pipe
         entry: _Entry | None = None
         if pipe is not None:
-            entry = self._journal_pipelined(pipe, writer, payload, first_seq, accepted)
+            entry = self._journal_pipelined(pipe, writer, payload, first_seq, ts_ns, accepted)
             if entry is None:
                 return
             journaled: Any = True
@@ -803,7 +828,9 @@ class Node:
         self.batches_committed += 1
         self.commands_committed += len(accepted)
         gate.release_write()
-        if entry is not None and pipe is not None:  # acknowledged once its sync returns (maybe already)
+        for hook in self.apply_hooks:
+            hook(engine, first_seq, ts_ns)
+        if entry is not None and pipe is not None:  # acknowledged, then listened to, once its sync returns
             pipe.applied(entry, outputs, halted)
             return
         if self.replica is not None and not self._replicated(first_seq, accepted, token, engine, outputs):
@@ -857,7 +884,7 @@ class Node:
                                                       "being replicated. Outcome unknown: check before retrying"))
             return None
 
-    def _journal_pipelined(self, pipe: "_Pipeline", writer: JournalWriter, payload: bytes, first_seq: int,
+    def _journal_pipelined(self, pipe: "_Pipeline", writer: JournalWriter, payload: bytes, first_seq: int, ts_ns: int,
                            accepted: list[tuple[Command, bytes, Ack]]) -> "_Entry | None":
         """Write the batch without waiting for its fsync and hand it to the syncer; None after
         answering everyone on failure (as `_journal`)."""
@@ -881,7 +908,7 @@ class Node:
             for _, _, ack in accepted:
                 ack._resolve(error=NotDurable(f"journal write failed ({err.strerror or err}); nothing was applied"))
             return None
-        return pipe.written(mark, first_seq, accepted)
+        return pipe.written(mark, first_seq, ts_ns, accepted)
 
     def _replicated(self, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], token: Any, engine: Engine,
                     outputs: list[list[Event]]) -> bool:
@@ -948,11 +975,12 @@ class Node:
 class _Entry:
     """One written batch (or refusals that depend on written batches) waiting to be acknowledged."""
 
-    __slots__ = ("last_seq", "first_seq", "accepted", "outputs", "halted", "refusals", "applied")
+    __slots__ = ("last_seq", "first_seq", "ts_ns", "accepted", "outputs", "halted", "refusals", "applied")
 
-    def __init__(self, last_seq: int, first_seq: int, accepted: list[tuple[Command, bytes, Ack]]) -> None:
+    def __init__(self, last_seq: int, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], ts_ns: int = 0) -> None:
         self.last_seq = last_seq
         self.first_seq = first_seq
+        self.ts_ns = ts_ns
         self.accepted = accepted
         self.outputs: list[list[Event]] = []
         self.halted: dict[int, InvariantViolation] = {}
@@ -965,19 +993,20 @@ class _Pipeline:
 
     The sequencer writes batch N's record (no fsync), hands it here, applies it, and goes on to
     batch N+1 at once. The record syncer takes the newest record written and fdatasyncs the
-    segment (one sync covers every record written before it began); the mark syncer then records
-    and fsyncs the durable mark for it and acknowledges every batch that sync covered, while the
-    record syncer already syncs the next records. A request therefore waits for at most the
-    record sync in flight when it was written, its own and its mark's — not a queue of syncs — and
-    the sequencer never stands still during an fsync.
+    segment (one sync covers every record written before it began) and hands that position to the
+    acknowledger, which records the durable mark (fsynced later by the journal's mark thread, off
+    this path), acknowledges every batch that sync covered and feeds them to the listeners, while
+    the record syncer already syncs the next records. A request therefore waits for at most the
+    record sync in flight when it was written and its own — not a queue of syncs — and the
+    sequencer never stands still during an fsync.
 
-    Rules (docs/journal.md, "Pipelined group commit"): an Ack is resolved only once a sync that
-    began after its record was written has returned, and in sequence order (one resolver at a
-    time, from the head of `pending`); a refusal by precheck waits for the batches it saw; a failed
-    sync poisons the writer and stops the node: every batch written and not yet acknowledged is
-    answered `OutcomeUnknown` (it may or may not have reached the disk), later ones `NotDurable`.
-    What a pipelined node gives up: `node.read` may see a batch whose fsync is still running (a
-    crash can undo it); so listeners (read models) and a replica log are refused in this mode.
+    Rules (docs/journal.md, "Pipelined group commit"): an Ack is resolved, and its batch handed to
+    the listeners, only once a sync that began after its record was written has returned, in
+    sequence order (one resolver at a time, from the head of `pending`); a `Node.read` that saw a
+    batch returns only once that batch is durable; a refusal by precheck waits for the batches it
+    saw; a failed sync poisons the writer and stops the node: every batch written and not yet
+    acknowledged is answered `OutcomeUnknown` (it may or may not have reached the disk), later ones
+    `NotDurable`, and none of them reaches a listener. A replica log is refused in this mode.
     """
 
     def __init__(self, node: "Node") -> None:
@@ -988,21 +1017,22 @@ class _Pipeline:
         self.cond = threading.Condition(self.lock)
         self.pending: collections.deque[_Entry] = collections.deque()
         self.unsynced: DurableMark | None = None  # the newest record written and not yet being synced
-        self.marks_due: DurableMark | None = None  # records synced, their mark not yet
+        self.synced: DurableMark | None = None  # records synced, not yet acknowledged
         self.records_closed = False
         self.durable_seq = node.durable_seq
         self.resolving = threading.Lock()
         self.closing = False
         self.failed: BaseException | None = None
+        self.listeners_failed = False
         self.syncs = 0
         self.thread = threading.Thread(target=self._sync_records, name="ringfence-journal-sync", daemon=True)
-        self.mark_thread = threading.Thread(target=self._sync_marks, name="ringfence-journal-mark", daemon=True)
+        self.ack_thread = threading.Thread(target=self._acknowledge, name="ringfence-journal-ack", daemon=True)
         self.thread.start()
-        self.mark_thread.start()
+        self.ack_thread.start()
 
     # sequencer side
-    def written(self, mark: DurableMark, first_seq: int, accepted: list[tuple[Command, bytes, Ack]]) -> _Entry:
-        entry = _Entry(mark.last_seq, first_seq, accepted)
+    def written(self, mark: DurableMark, first_seq: int, ts_ns: int, accepted: list[tuple[Command, bytes, Ack]]) -> _Entry:
+        entry = _Entry(mark.last_seq, first_seq, accepted, ts_ns)
         with self.lock:
             self.pending.append(entry)
             self.unsynced = mark
@@ -1036,12 +1066,25 @@ class _Pipeline:
                 self.cond.wait(0.5)
         self.drain()
 
+    def wait_durable(self, seq: int) -> None:
+        """Return once everything through `seq` is durable; `NotDurable` if its sync failed. Not
+        from the syncer threads (a listener reading the engine would wait for itself)."""
+        if threading.current_thread() in (self.thread, self.ack_thread):
+            raise RuntimeError("a listener of a pipelined node cannot read the engine (it may be further on than "
+                               "the batch): read what the listener needs in an apply hook (Node.apply_hooks)")
+        with self.lock:
+            while self.durable_seq < seq and self.failed is None:
+                self.cond.wait(0.5)
+            failed = self.failed if self.durable_seq < seq else None
+        if failed is not None:
+            raise NotDurable(f"the node has stopped before what this read saw was durable: {failed}")
+
     def close(self) -> None:
         with self.lock:
             self.closing = True
             self.cond.notify_all()
         self.thread.join()
-        self.mark_thread.join()
+        self.ack_thread.join()
         self.drain()
 
     # syncer side
@@ -1062,21 +1105,21 @@ class _Pipeline:
                 self._fail(err)
                 return
             with self.lock:
-                self.marks_due = mark
+                self.synced = mark
                 self.cond.notify_all()
 
-    def _sync_marks(self) -> None:
+    def _acknowledge(self) -> None:
         writer = self.writer
         while True:
             with self.lock:
-                while self.marks_due is None and not self.records_closed and self.failed is None:
+                while self.synced is None and not self.records_closed and self.failed is None:
                     self.cond.wait()
-                mark, self.marks_due = self.marks_due, None
+                mark, self.synced = self.synced, None
                 if mark is None or self.failed is not None:
                     return
             try:
-                writer.sync_mark(mark)
-            except BaseException as err:  # poisoned: stop the node, answer everyone written
+                writer.note_durable(mark)  # written now, fsynced by the journal's mark thread
+            except BaseException as err:  # poisoned: stop the node, answer everyone not yet durable
                 self._fail(err)
                 return
             with self.lock:
@@ -1087,16 +1130,19 @@ class _Pipeline:
             self.drain()
 
     def _fail(self, err: BaseException) -> None:
+        self._stop(err)
+        self.drain()
+
+    def _stop(self, err: BaseException, what: str = "journal sync failed") -> None:
         self.node.failed = self.node.failed or err
         with self.lock:
             self.failed = self.failed or err
             self.cond.notify_all()
-        _log.critical("engine shard %s stopped: journal sync failed: %s", self.node.data_dir, err)
-        self.drain()
+        _log.critical("engine shard %s stopped: %s: %s", self.node.data_dir, what, err)
 
     def drain(self) -> None:
-        """Acknowledge, in order, every batch at the head of `pending` that is applied and durable
-        (or, after a failed sync, answer them all)."""
+        """Acknowledge, in order, every batch at the head of `pending` that is applied and durable,
+        and hand it to the listeners (or, after a failed sync, answer them all)."""
         resolved = False
         with self.resolving:
             while True:
@@ -1123,10 +1169,25 @@ class _Pipeline:
                             ack._resolve(error=halted[i])
                         else:
                             ack._resolve(outputs[i], seq=first + i)
+                    if entry.accepted:
+                        self._listen(entry)
                 for ack, err in entry.refusals:
                     ack._resolve(error=err)
         if resolved:
             self.node._notify()
+
+    def _listen(self, entry: _Entry) -> None:
+        """Hand a durable batch to the listeners; one that raises stops the node, as it stops the
+        classic sequencer (inside `drain`: the batches behind it are answered as failed)."""
+        if self.listeners_failed:
+            return
+        commands = [c for c, _, _ in entry.accepted]
+        try:
+            for listener in self.node.listeners:
+                listener(entry.first_seq, entry.ts_ns, commands, entry.outputs)
+        except BaseException as err:  # the read models cannot follow: stop the node, answer the rest
+            self.listeners_failed = True
+            self._stop(err, "a listener failed")
 
 
 def _field_of(err: msgspec.ValidationError, command_type: type) -> str:

@@ -27,10 +27,17 @@ Recovery reads every segment in order and classifies the first failure it meets:
   a zero-filled tail, or a complete *final* record whose checksum fails is a **torn tail**: the
   batch was being written when the process died and was never acknowledged (a command is
   acknowledged only after its record is fsynced). It is truncated away — but only beyond the
-  *durable mark*: after each record's fsync, and before anything is acknowledged, the writer
-  records "segment S is durable up to byte N, sequence Q" in `DIR/journal/DURABLE` (two
-  checksummed slots, written alternately and fsynced). A failure before that mark is an
-  acknowledged record that rotted, which is corruption, not a torn tail.
+  *durable mark*: after each record's fsync the writer records "segment S is durable up to byte N,
+  sequence Q" in `DIR/journal/DURABLE` (two checksummed slots, written alternately) and a thread
+  of its own fsyncs that file, coalescing, at most every `MARK_SYNC_INTERVAL_S`, off the
+  acknowledgement path — so an acknowledgement
+  costs exactly one fsync, its record's. A failure before the mark on disk is an acknowledged
+  record that rotted, which is corruption, not a torn tail. What the mark's lag gives up: after a
+  crash, the records acknowledged after the last mark fsync (the last ~5 ms) are told
+  apart from a torn tail by their checksums alone — complete and verified, they are kept; if one
+  of them were *also* damaged on the disk afterwards, it would read as a torn tail and be cut
+  instead of refused. One fsync cannot do better: the fact "record R was acknowledged" exists
+  only after R's fsync returned, so making it durable takes a second one.
 * Anything else — a bad checksum with more data after it, a broken chain link, a sequence gap, a
   bad header in the middle — is **corruption**: recovery stops with the segment, offset, sequence
   numbers and reason, because carrying on would silently drop acknowledged commands.
@@ -93,6 +100,11 @@ DURABLE_FILE = "DURABLE"
 _MARK = struct.Struct(">4sQQQ32s")
 _MARK_MAGIC = b"RFD1"
 _MARK_SLOT_BYTES = 512
+#: The mark thread fsyncs the mark at most this often (each sync covers every mark written before it):
+#: under load a mark fsync per batch would double the disk's flushes and contend with the record
+#: syncs the acknowledgements wait for. The mark on disk then lags the last acknowledgement by at
+#: most this plus one sync (docs/journal.md, "The durable mark").
+MARK_SYNC_INTERVAL_S = 0.005  # float-ok: seconds
 LOCK_HOLDER_MAX_BYTES = 512
 
 
@@ -517,9 +529,13 @@ class JournalWriter:
             self._segment_first_seq = int(tail_segment.name[: -len(SEGMENT_SUFFIX)])
         self._mark_fd = os.open(self.dir / DURABLE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         self._mark_slot = 0
-        self._mark_thread: Any = None  # see sync_mark_in_background
+        self._mark_thread: Any = None  # started by the first mark written (`note_durable`)
         self._mark_wake: Any = None
         self._mark_closing = False
+        self._mark_written_seq = 0
+        #: The last sequence number the mark on disk is known to cover (its fsync returned).
+        self.mark_synced_seq = 0
+        self.mark_syncs = 0
         fsync_dir(self.dir)
 
     def _rotate(self) -> None:
@@ -583,14 +599,15 @@ class JournalWriter:
         self.next_seq = first_seq + count
         self.last_hash = digest
         self.records_written += 1
-        self._write_mark()
+        self.note_durable(DurableMark(self._segment_first_seq, self._size, self.next_seq - 1, self.last_hash))
         return digest
 
     # ------------------------------------------------------------------ pipelined group commit
-    # (Node(pipeline=True)): the sequencer writes records with `write_record` and goes on; one
-    # syncer thread makes them durable with `sync_through` and only then are they acknowledged.
-    # The sequencer never rotates a segment while a sync may be running (`rotation_due` tells it
-    # to wait for the syncer first), so the two threads never race on a descriptor's life.
+    # (Node(pipeline=True)): the sequencer writes records with `write_record` and goes on; the
+    # record syncer makes them durable with `sync_records`, and only then are they acknowledged
+    # (and `note_durable` records the mark). The sequencer never rotates a segment while a sync
+    # may be running (`rotation_due` tells it to wait for the syncer first), so the two threads
+    # never race on a descriptor's life.
 
     def rotation_due(self) -> bool:
         """The next record starts a new segment (pipelined: wait until everything written is durable)."""
@@ -598,7 +615,7 @@ class JournalWriter:
 
     def write_record(self, record: bytes, digest: bytes, first_seq: int, count: int) -> DurableMark:
         """Pipelined: write a record made by `encode` WITHOUT syncing it; return the mark that
-        `sync_through` must make durable before anything in it is acknowledged. Raises `OSError`
+        `sync_records` must make durable before anything in it is acknowledged. Raises `OSError`
         when the write failed (poisoned, as `append_record`)."""
         if self.poisoned is not None:
             raise OutcomeUnknown(f"the journal writer stopped after an earlier failure ({self.poisoned}); restart the node")
@@ -621,11 +638,6 @@ class JournalWriter:
         self.last_hash = digest
         self.records_written += 1
         return DurableMark(self._segment_first_seq, self._size, self.next_seq - 1, digest)
-
-    def sync_through(self, mark: DurableMark) -> None:
-        """`sync_records` then `sync_mark`, on one thread."""
-        self.sync_records(mark)
-        self.sync_mark(mark)
 
     def sync_records(self, mark: DurableMark) -> None:
         """Pipelined, on the record syncer: make every record written so far durable (one
@@ -651,12 +663,15 @@ class JournalWriter:
             ) from err
         self.fsync_seconds_total += time.perf_counter() - started
 
-    def sync_mark(self, mark: DurableMark) -> None:
-        """Pipelined, on the mark syncer, only after `sync_records(mark)` returned: record and
-        fsync the durable mark (it never claims more than is durable). Raises `OutcomeUnknown`."""
+    def note_durable(self, mark: DurableMark) -> None:
+        """Everything up to `mark` is durable (its records' fdatasync returned): write the mark into
+        the next slot of `DURABLE` now; the mark thread fsyncs it, off the acknowledgement path, so
+        it never claims more than is durable and may lag by the mark syncs in flight. Called by the
+        thread that saw the sync return (the sequencer, or the pipelined acknowledger), one at a time.
+        Raises `OutcomeUnknown` when the mark cannot be written (the writer is then poisoned)."""
         if self.poisoned is not None:
             raise OutcomeUnknown(f"the journal writer stopped after an earlier failure ({self.poisoned}); restart the node")
-        self._put_mark(_encode_mark(mark), background=False)
+        self._put_mark(_encode_mark(mark), mark.last_seq)
 
     def position(self) -> tuple[int, bytes, Path | None, int]:
         """`(next_seq, last_hash, tail segment, its size)`: what a new writer of this journal needs
@@ -665,52 +680,37 @@ class JournalWriter:
         return self.next_seq, self.last_hash, tail, self._size
 
     def sync_mark_in_background(self) -> None:
-        """Replicated mode: make the durable mark durable on a thread of its own instead of before
-        each acknowledgement, so a batch costs one fsync (its record's) on the acknowledgement path.
-
-        The mark is written only after its record's fsync, so it can never claim more than is
-        durable; it may lag (a crash keeps an older slot), which only narrows what recovery can
-        tell apart from a torn tail to the records before that older mark. What it protected —
-        an acknowledged final record that rots reads as a torn tail and is cut — is covered in
-        replicated mode by the stream, which holds every acknowledged batch: a primary whose
-        journal ends before the stream's tail refuses to lead again (`Replicator.attach`).
-        Coalescing: one mark fsync at a time, always of the newest mark."""
-        if not self.fsync or self._mark_thread is not None:
-            return
-        import threading
-
-        self._mark_wake = threading.Event()
-        self._mark_thread = threading.Thread(target=self._mark_syncer, name="ringfence-journal-mark", daemon=True)
-        self._mark_thread.start()
+        """Kept for callers written before every writer did this (replication's `attach`): the mark
+        is always fsynced on a thread of its own now (`note_durable`). Nothing to do."""
 
     def _mark_syncer(self) -> None:
+        """The mark thread: fsync `DURABLE` whenever a newer mark was written, one sync at a time
+        (a sync covers every mark written before it began: coalescing)."""
+        import time
+
         wake = self._mark_wake
         while True:
             wake.wait()
+            if self._mark_closing:
+                return
+            time.sleep(MARK_SYNC_INTERVAL_S)  # gather: one sync for every mark written meanwhile
             wake.clear()
             fd = self._mark_fd
             if self._mark_closing or fd is None:
                 return
+            covers = self._mark_written_seq  # read before the sync: it covers at least this mark
             try:
                 self._sync(fd)
             except OSError as err:  # the next append refuses: stop, as for a failed journal fsync
                 self.poisoned = self.poisoned or err
                 return
+            self.mark_synced_seq = max(self.mark_synced_seq, covers)
+            self.mark_syncs += 1
 
-    def _write_mark(self) -> None:
-        """Record what is now durable; fsynced before the caller acknowledges anything (or on the
-        mark thread: `sync_mark_in_background`)."""
-        self._put_mark(_encode_mark(DurableMark(self._segment_first_seq, self._size, self.next_seq - 1, self.last_hash)),
-                       background=self._mark_thread is not None)
-
-    def _put_mark(self, encoded: bytes, *, background: bool) -> None:
-        """Write the mark into the next slot; fsync it now, or (`background`) wake the mark thread to."""
+    def _put_mark(self, encoded: bytes, last_seq: int) -> None:
+        """Write the mark into the next slot and wake the mark thread to fsync it."""
         try:
             os.pwrite(self._mark_fd, encoded, self._mark_slot * _MARK_SLOT_BYTES)
-            if background:
-                self._mark_wake.set()
-            elif self.fsync:
-                self._sync(self._mark_fd)
         except OSError as err:
             # The record itself is durable, but a mark we cannot trust could later make recovery
             # call a torn tail corruption or the reverse; stop, as for a failed journal fsync.
@@ -721,6 +721,17 @@ class JournalWriter:
                 field="journal",
             ) from err
         self._mark_slot ^= 1
+        self._mark_written_seq = last_seq
+        if not self.fsync:  # tests, the local custody net: written, never synced (like the records)
+            return
+        if self._mark_thread is None:
+            import threading
+
+            self._mark_wake = threading.Event()
+            self._mark_thread = threading.Thread(target=self._mark_syncer, name="ringfence-journal-mark", daemon=True)
+            self._mark_thread.start()
+        if not self._mark_wake.is_set():
+            self._mark_wake.set()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -735,6 +746,7 @@ class JournalWriter:
             self._mark_thread = None
             if self._mark_fd is not None and self.poisoned is None:
                 self._sync(self._mark_fd)
+                self.mark_synced_seq = self._mark_written_seq
         if self._mark_fd is not None:
             os.close(self._mark_fd)
             self._mark_fd = None  # type: ignore[assignment]
