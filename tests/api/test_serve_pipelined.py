@@ -1,11 +1,21 @@
-"""`ringfence serve` runs the pipelined group commit (docs/journal.md, "Pipelined group commit"):
+"""`ringfence serve --pipeline` runs the pipelined group commit (docs/journal.md, "Pipelined group commit"):
 its read models are fed only durable batches, in order, before the answers of their batch, so what
 a client is told right after its answer — open orders, the book, the balance — already has its
 order, and taking it away again leaves everything as it was."""
 
 from __future__ import annotations
 
+import pytest
+
+from .conftest import Server
 from .test_rest import BASE_ORDER, Client
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("pipelined") / "data", args=("--pipeline",))
+    yield srv
+    assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
 
 def test_serve_pipelines_and_a_clients_reads_follow_its_answers(server) -> None:

@@ -315,9 +315,10 @@ def serve(
     gateways: int = typer.Option(0, "--gateways", min=0, max=32, help="Run N gateway processes on --port in front of this "
                                  "(engine) process, which then listens only on DIR/run/engine.sock (0: one process, as before). "
                                  "Checks (keys, replay, rate limits) stay in the engine, so they hold across gateways."),
-    pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Pipelined group commit: the engine applies the "
-                                  "next batch while the last one's fsync runs; answers, feeds and reads still wait for it "
-                                  "(docs/journal.md). Off with --replicate/--standby, which use the classic one."),
+    pipeline: bool = typer.Option(False, "--pipeline/--no-pipeline", help="Pipelined group commit: the engine applies the "
+                                  "next batch while the last one's fsync runs; answers and feeds still wait for it, but a REST "
+                                  "read may show a batch up to one fsync before it is durable (docs/journal.md). Off by default; "
+                                  "ignored with --replicate/--standby, which use the classic one."),
 ) -> None:
     """Run the exchange: Binance-compatible REST + WebSocket API and the web dashboard.
 
@@ -375,7 +376,7 @@ def serve(
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
     pipelined = exchange.node.pipeline  # type: ignore[attr-defined]
     console.print(f"ringfence: group commit {'pipelined' if pipelined else 'classic'}, one fsync per acknowledgement"
-                  f"{'' if pipelined else (' (--no-pipeline)' if replicate is None and standby is None else ' (replicated)')}",
+                  f"{' (--pipeline)' if pipelined else (' (replicated)' if pipeline else '')}",
                   soft_wrap=True)
     from .. import native
 

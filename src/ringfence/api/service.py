@@ -5,7 +5,7 @@ WebSocket handlers, read models, fan-out) runs on the asyncio loop thread. Once 
 the node hands its events to the loop, which first updates the read models (market data, order
 history) and only then answers the requests of that batch — so a client that got its answer
 always sees its own order in `openOrders` — and then publishes to WebSocket subscribers. With the
-pipelined group commit (`pipeline=True`, what `serve` runs unless it replicates) the sequencer is
+pipelined group commit (`pipeline=True`, `serve --pipeline`) the sequencer is
 already applying later batches by then: what the read models need from the engine's state as of a
 batch (the perpetuals' price samples) is read in an apply hook, right after that batch is applied.
 
