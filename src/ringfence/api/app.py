@@ -37,6 +37,8 @@ from .ws import StreamHub, build_ws_router, quiet_client_garbage
 __all__ = ["create_app", "MAX_BODY_BYTES"]
 
 MAX_BODY_BYTES = 64 * 1024
+#: Where `BodyLimit` leaves the request's whole body in the scope (the same bytes its `receive` replays).
+BODY_SCOPE_KEY = "ringfence.body"
 NO_OTEL: Any = {"tracing": False, "metrics": False, "logs": False}
 log = structlog.get_logger("ringfence.api")
 
@@ -85,6 +87,7 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        scope[BODY_SCOPE_KEY] = body  # read whole already: the gate takes it from here (auth.py body_text)
         delivered = False
 
         async def replay() -> dict[str, Any]:
