@@ -37,6 +37,8 @@ from .ws import StreamHub, build_ws_router, quiet_client_garbage
 __all__ = ["create_app", "MAX_BODY_BYTES"]
 
 MAX_BODY_BYTES = 64 * 1024
+#: Where `BodyLimit` leaves the request's whole body in the scope (the same bytes its `receive` replays).
+BODY_SCOPE_KEY = "ringfence.body"
 NO_OTEL: Any = {"tracing": False, "metrics": False, "logs": False}
 log = structlog.get_logger("ringfence.api")
 
@@ -85,6 +87,7 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        scope[BODY_SCOPE_KEY] = body  # read whole already: the gate takes it from here (auth.py body_text)
         delivered = False
 
         async def replay() -> dict[str, Any]:
@@ -198,8 +201,9 @@ class HotRoutes:
                 response = JSONResponse({"code": -1000, "msg": "An unknown error occurred while processing the request."}, status_code=500)
             await response(scope, receive, send)
         finally:
-            self.metrics.requests.labels(route.path, str(status)).inc()
-            self.metrics.latency.labels(route.path).observe(time.perf_counter() - started)
+            requests, latency = self.metrics.route(route.path, status)
+            requests.inc()
+            latency.observe(time.perf_counter() - started)
             if status >= 400:
                 log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status)
 
@@ -264,6 +268,19 @@ class Metrics:
         self.halted = Gauge("ringfence_engine_halted", "1 when the shard has stopped after an invariant violation", registry=r)
         self.halts = Gauge("ringfence_halt_active", "Active graded halts (1 each)", ["scope_kind", "scope", "level", "halt_id"], registry=r)
         exchange.batch_subscribers.append(self.on_batch)
+        # The labelled children the hot paths count with, looked up once: `labels()` checks and
+        # locks on every call (three per order, ~3% of an order's time on the event loop).
+        self._routes: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._outcomes: dict[str, Any] = {}  # created on first use, as before (no zero series at start)
+
+    def route(self, path: str, status: int) -> tuple[Any, Any]:
+        """The request counter and latency histogram of one route path and status (children kept)."""
+        children = self._routes.get((path, status))
+        if children is None:
+            children = (self.requests.labels(path, str(status)), self.latency.labels(path))
+            if len(self._routes) < 10_000:  # route paths and statuses are few; a bound all the same
+                self._routes[(path, status)] = children
+        return children
 
     def on_batch(self, first_seq: int, ts_ns: int, outputs: list[list[Any]], before: dict[str, int]) -> None:
         for events in outputs:
@@ -271,11 +288,17 @@ class Metrics:
                 t = type(e)
                 if t is OrderRejected:
                     self.rejections.labels(e.reason).inc()
-                    self.orders.labels("rejected").inc()
+                    self._outcome("rejected").inc()
                 elif t is Trade:
                     self.trades.labels(e.symbol).inc()
                 elif t.__name__ == "OrderAccepted":
-                    self.orders.labels("accepted").inc()
+                    self._outcome("accepted").inc()
+
+    def _outcome(self, outcome: str) -> Any:
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = self.orders.labels(outcome)
+        return child
 
 
 def create_app(

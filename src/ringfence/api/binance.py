@@ -213,10 +213,10 @@ class BinanceApi:
     # ------------------------------------------------------------------ helpers
 
     def market(self, params: Params) -> MarketInfo:
-        symbol = params.require("symbol")
-        if not self.ex.has_market(symbol):
+        m = self.ex.listed_market(params.require("symbol"))
+        if m is None:
             raise BinanceError(-1121, "Invalid symbol.")
-        return self.ex.market(symbol)
+        return m
 
     def readable_market(self, params: Params) -> MarketInfo:
         """`market` for reading orders and trades: a market delisted since still answers (status

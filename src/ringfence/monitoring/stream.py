@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+import msgspec
 import structlog
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -141,9 +142,22 @@ class Outbox:
             self._thread.join(10)
 
 
+_decode_json = msgspec.json.Decoder().decode
+
+
+def loads_data(text: str) -> Any:
+    """`json.loads(text)`, the same value for every text, faster: msgspec's decoder (the scorer reads
+    thousands of events a second in the serving process, and json.loads was ~15% of its time), with
+    json.loads itself deciding whatever msgspec refuses (NaN, 1e400, a lone surrogate escape...)."""
+    try:
+        return _decode_json(text)
+    except ValueError:  # msgspec.DecodeError and ValidationError are ValueErrors: json.loads answers
+        return json.loads(text)
+
+
 def _row_event(r: Any) -> Event:
     try:
-        data = json.loads(r.data)
+        data = loads_data(r.data)
     except ValueError:
         data = {}
     return Event(r.id, r.kind, r.at_ms, account_id=r.account_id or r.user_account or "", ip=r.ip, device=r.device,

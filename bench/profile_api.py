@@ -1,0 +1,149 @@
+"""Where the engine process of `serve --demo --gateways K` spends its CPU under bench/api.py's load.
+
+Usage: python bench/profile_api.py [--kind order|ping] [--gateways 1] [--seconds 10] [--cprofile]
+                                   [--wrap MODULE.CLASS.METHOD,...] [--top 40]
+
+Starts the server with a start-up hook (a `sitecustomize` in a temporary directory put first on
+PYTHONPATH; only the engine process, whose argv has `serve`, installs it), warms it (3 s of the same
+load: keys taught to the gateways, caches filled), then runs the load of bench/api.py (1 client
+process, 32 connections) and prints:
+
+* CPU per answered request of each thread of the engine process (from /proc/PID/task, named by
+  `threading`), beside the engine and gateway totals bench/api.py reports;
+* with --cprofile, a cProfile of the engine's main thread (the event loop: relay, ASGI app,
+  handlers, read models) over the load, top functions by own and by cumulative time. cProfile
+  slows what it measures several times over and counts every resumption of a coroutine as a call:
+  read it for shares, not for absolute times;
+* with --wrap, a cProfile of each named method on whatever thread calls it (say
+  ringfence.monitoring.service.Monitor.step,ringfence.monitoring.stream.Outbox.flush).
+
+A diagnostic, not a benchmark: it writes nothing to bench/results. Run it under the bench lock on a
+shared machine. The hook: SIGUSR1 starts profiling, SIGUSR2 stops it and writes the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pstats
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import api  # noqa: E402  (bench/api.py: the server and the load)
+
+HOOK = '''
+import os, sys
+if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
+    import cProfile, importlib, json, signal, threading
+    state = {"main": None, "wrapped": {}, "profs": {}}
+
+    def _wrap(spec):
+        mod, cls, meth = spec.rsplit(".", 2)
+        owner = getattr(importlib.import_module(mod), cls)
+        orig = getattr(owner, meth)
+        prof = state["profs"].setdefault(spec, cProfile.Profile())
+
+        def wrapped(*a, **k):
+            prof.enable()
+            try:
+                return orig(*a, **k)
+            finally:
+                prof.disable()
+
+        setattr(owner, meth, wrapped)
+        state["wrapped"][spec] = (owner, meth, orig)
+
+    def _start(*_):
+        if os.environ.get("RF_PROFILE_MAIN") == "1":
+            state["main"] = cProfile.Profile()
+            state["main"].enable()
+        for spec in filter(None, os.environ.get("RF_PROFILE_WRAP", "").split(",")):
+            _wrap(spec)
+
+    def _stop(*_):
+        out = os.environ["RF_PROFILE_OUT"]
+        if state["main"] is not None:
+            state["main"].disable()
+            state["main"].dump_stats(out + ".main.prof")
+        for spec, (owner, meth, orig) in state["wrapped"].items():
+            setattr(owner, meth, orig)
+            state["profs"][spec].dump_stats(out + "." + spec + ".prof")
+        with open(out + ".threads.json", "w") as fh:
+            json.dump({str(t.native_id): t.name for t in threading.enumerate()}, fh)
+
+    signal.signal(signal.SIGUSR1, _start)
+    signal.signal(signal.SIGUSR2, _stop)
+'''
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:  # float-ok: CPU seconds per thread, for the breakdown
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[task.name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", choices=("order", "ping"), default="order")
+    parser.add_argument("--gateways", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=10.0)  # float-ok: seconds of load
+    parser.add_argument("--cprofile", action="store_true", help="cProfile the engine's main thread")
+    parser.add_argument("--wrap", default="", help="comma-separated MODULE.CLASS.METHOD to profile wherever they run")
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    print(f"seed={args.seed}", file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix="rf-profile-"))
+    (work / "hook").mkdir()
+    (work / "hook" / "sitecustomize.py").write_text(HOOK)
+    out = str(work / "profile")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(work / "hook"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    os.environ.update(RF_PROFILE_OUT=out, RF_PROFILE_MAIN="1" if args.cprofile else "0", RF_PROFILE_WRAP=args.wrap)
+    data = work / "data"
+    port = api.free_port()
+    server = api.start_server(data, port, args.gateways)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        keys = [k for k in json.loads((data / "demo-keys.json").read_text()) if k.get("kind", "hmac") == "hmac"]
+        api.run_http(base, args.kind, keys, 3, 1, 32, args.seed + 100)  # warm
+        before = thread_cpu_s(server.pid)
+        server.send_signal(signal.SIGUSR1)
+        result = api.run_http_cpu(server, base, args.kind, keys, args.seconds, 1, 32, args.seed)
+        server.send_signal(signal.SIGUSR2)
+        after = thread_cpu_s(server.pid)
+        deadline = time.time() + 30
+        while not Path(out + ".threads.json").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        names = json.loads(Path(out + ".threads.json").read_text())
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    n = max(1, result["ok"])
+    print(json.dumps({"kind": args.kind, "gateways": args.gateways, "load_average_1m": round(os.getloadavg()[0], 2),
+                      **{k: result[k] for k in ("throughput_per_s", "p50_us", "p99_us", "cpu_us_per_request", "statuses")}}))
+    rows = sorted((((after[t] - before.get(t, 0.0)) * 1e6 / n), names.get(t, t)) for t in after)
+    print("engine process CPU per request, by thread:")
+    for us, name in reversed(rows):
+        if us >= 0.5:
+            print(f"  {us:8.1f} us  {name}")
+    for prof in sorted(work.glob("profile.*.prof")):
+        print(f"\n==== {prof.name}")
+        stats = pstats.Stats(str(prof))
+        stats.sort_stats("tottime").print_stats(args.top)
+        stats.sort_stats("cumulative").print_stats(args.top)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
