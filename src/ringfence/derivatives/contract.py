@@ -226,6 +226,9 @@ class Contract:
         ledger.move(acct, ledger.get(c.owner, p.quote, "available", SEGMENT), self._borrow)
         pos.margin -= self._borrow
         pos.extra = min(pos.extra, pos.margin)
+        # Compiled, the write above sets the native field directly (mypyc does not route it through
+        # `Position.__setattr__`): mark the key for the margin sweep's mirror as that would have.
+        st.positions.dirty.add(key)
         self._borrow = 0
 
     def _reducible(self, st: Any, m: Market, owner: str, is_buy: bool) -> int:
