@@ -18,6 +18,8 @@ from ..engine.commands import Event
 from ..trading.commands import OrderAmended, OrderExpired
 from ..trading.matching import _close, _take_out
 from ..errors import NotFound, ValidationError
+from ..ledger.account import Account
+from ..ledger.ledger import Ledger
 from ..trading.orders import _place as _trading_place
 from ..trading.orders import _protection_and_hold
 from ..trading.book import Market, Order
@@ -76,13 +78,13 @@ class Contract:
         self.symbol = symbol
         self._ledger: Any = None
         self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
-        self._accounts: tuple[Any, Any, Any] = (None, None, None)
+        self._accounts: tuple[Account, Account, Account] | None = None
         self._touched: set[str] = set()  # owners whose position a fill changed in the current match
         #: (owner, kind) -> the owner's `margin` or `isolated` account in this market's quote asset
         #: (accounts are never closed; kept for one ledger object, like `_accounts`)
-        self._margin_accounts: dict[tuple[str, str], Any] = {}
+        self._margin_accounts: dict[tuple[str, str], Account] = {}
         #: owner -> the owner's `available` account in this market's quote asset (as `_margin_accounts`)
-        self._wallets: dict[str, Any] = {}
+        self._wallets: dict[str, Account] = {}
 
     def direct_order(self, o: Order, order_type: str) -> PlacePerpOrder:
         """The order a client would submit directly for what resting stop `o` places when it
@@ -95,17 +97,18 @@ class Contract:
         """Does this market have an open reduce-only order (trading's matching loop asks first)?"""
         return bool(self.engine.components["derivatives"].reduce_only_orders.get(self.symbol))
 
-    def _system(self, p: Any) -> tuple[Any, Any, Any]:
+    def _system(self, p: Any) -> tuple[Account, Account, Account]:
         """(PnL pool, fees, insurance) of this market, looked up once per ledger object."""
         ledger = self.engine.ledger
-        if self._ledger is not ledger:
-            self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
+        accounts = self._accounts
+        if self._ledger is not ledger or accounts is None:
+            accounts = self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
             self._margin_accounts = {}
             self._wallets = {}
             self._ledger = ledger
-        return self._accounts
+        return accounts
 
-    def _wallet(self, owner: str, p: Perp) -> Any:
+    def _wallet(self, owner: str, p: Perp) -> Account | None:
         """The owner's `available` account in this market's quote asset, or None if it has none
         (found once per ledger object, like `_system`'s: accounts are never closed)."""
         self._system(p)
@@ -303,9 +306,9 @@ class Contract:
         between postings, and the postings are the same, in the same order and amounts, as the
         step-by-step version this replaced (tests/derivatives/test_fast_path.py runs the two side
         by side and compares every event and the state hash)."""
-        ledger = self.engine.ledger
+        ledger: Ledger = self.engine.ledger  # (native: its methods are direct calls, its records' fields C fields)
         owner: str = o.owner
-        w: Any = o.pay
+        w: Account = o.pay
         # 1. What the fill frees of the order's hold goes back to the wallet (capture, pay back).
         amounts: tuple[int, int] = ledger.hold_amounts(o.hold_id)
         amount, remaining = amounts
@@ -330,7 +333,7 @@ class Contract:
         quote = p.quote
         kind = "isolated" if iso else "margin"
         pool, fees, insurance = self._system(p)  # (also resets the account cache for a new ledger)
-        acct = self._margin_accounts.get((owner, kind))
+        acct: Account | None = self._margin_accounts.get((owner, kind))
         if acct is None:
             acct = ledger.find(owner, quote, kind, SEGMENT) or ledger.open_account(owner, quote, kind, SEGMENT)[0]
             self._margin_accounts[(owner, kind)] = acct
