@@ -292,12 +292,20 @@ class Contract:
         engine = self.engine
         st = engine.components["derivatives"]
         p: Perp = st.perps[self.symbol]
-        buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev)
-        seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev)
+        # What both sides read of the engine and the state, read once per fill (each is a generic
+        # attribute read of a Python object from here).
+        system = self._system(p)  # (also resets the account caches for a new ledger)
+        ledger: Ledger = engine.ledger
+        positions, isolated, liq_iso = st._positions, st._isolated, st.liquidating_isolated
+        buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev, ledger, system, positions,
+                               isolated, liq_iso)
+        seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev, ledger, system,
+                                positions, isolated, liq_iso)
         return buyer_fee, seller_fee
 
     def _side(self, st: Any, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
-              notional: int, rate_ppm: int, ev: list[Event]) -> int:
+              notional: int, rate_ppm: int, ev: list[Event], ledger: Ledger, system: tuple[Account, Account, Account],
+              positions: Any, isolated: Any, liq_iso: Any) -> int:
         """One side of a fill: the hold it frees, the position, realised PnL, the fee, the margin.
 
         The hot path of every perpetual fill, written on locals: the position's fields are set
@@ -306,7 +314,6 @@ class Contract:
         between postings, and the postings are the same, in the same order and amounts, as the
         step-by-step version this replaced (tests/derivatives/test_fast_path.py runs the two side
         by side and compares every event and the state hash)."""
-        ledger: Ledger = self.engine.ledger  # (native: its methods are direct calls, its records' fields C fields)
         owner: str = o.owner
         w: Account = o.pay
         # 1. What the fill frees of the order's hold goes back to the wallet (capture, pay back).
@@ -316,9 +323,8 @@ class Contract:
         took: int = take if take > 0 else 0
         symbol: str = p.symbol
         key = (owner, symbol)
-        iso: bool = key in st._isolated  # (`isolated`' storage, as `_positions` below)
-        own_margin_only: bool = st.liquidating_isolated == key  # a LiquidatePosition step: the wallet never pays
-        positions = st._positions
+        iso: bool = key in isolated  # (`isolated`' storage, as `positions`: `st._positions`)
+        own_margin_only: bool = liq_iso == key  # a LiquidatePosition step: the wallet never pays
         got: Position | None = positions.get(key)
         pos: Position
         size: int
@@ -332,7 +338,7 @@ class Contract:
             size, cost, released = pos.size, pos.cost, pos.margin
         quote = p.quote
         kind = "isolated" if iso else "margin"
-        pool, fees, insurance = self._system(p)  # (also resets the account cache for a new ledger)
+        pool, fees, insurance = system
         acct: Account | None = self._margin_accounts.get((owner, kind))
         if acct is None:
             acct = ledger.find(owner, quote, kind, SEGMENT) or ledger.open_account(owner, quote, kind, SEGMENT)[0]
