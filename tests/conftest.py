@@ -31,10 +31,11 @@ def _store_profile_databases():
 # in the process that runs the session (the xdist controller, or pytest itself without -n).
 _TRADING = Path(__file__).resolve().parents[1] / "src" / "ringfence" / "trading"
 _DERIVATIVES = _TRADING.with_name("derivatives")  # the perpetual contract's modules join the group
+_LEDGER = _TRADING.with_name("ledger")  # and the ledger's postings
 
 
 def _native_build_files() -> dict[str, tuple[int, int]]:
-    paths = sorted(_TRADING.glob("*.so")) + sorted(_DERIVATIVES.glob("*.so")) + [_TRADING / "_native.json"]
+    paths = sorted(_TRADING.glob("*.so")) + sorted(_DERIVATIVES.glob("*.so")) + sorted(_LEDGER.glob("*.so")) + [_TRADING / "_native.json"]
     return {f"{p.parent.name}/{p.name}": (p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.exists()}
 
 
@@ -58,3 +59,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _NATIVE_BUILD = pytest.StashKey[dict[str, tuple[int, int]]]()
+
+
+@pytest.fixture
+def use_ledger_class(monkeypatch):
+    """`use_ledger_class(cls)`: every engine this test makes, new or restored from a snapshot or a
+    journal, keeps its balances in a `cls` (a subclass of `Ledger`), for the rest of the test.
+
+    How a test plants a bug in a ledger method: it overrides the method in a subclass. The compiled
+    `Ledger` (ringfence/native.py) cannot be patched in place, but admits interpreted subclasses,
+    and an override is what every caller reaches, compiled code included; the same in pure Python.
+    """
+    from ringfence.ledger import commands
+    from ringfence.ledger.ledger import Ledger
+
+    def use(cls):
+        assert issubclass(cls, Ledger) and cls is not Ledger, cls
+        monkeypatch.setattr(commands, "Ledger", cls)  # what the ledger module makes and restores
+
+    return use

@@ -45,25 +45,24 @@ def test_invariants_hold_for_any_seed(tmp_path_factory, seed):
     run_simulation(seed, 150, tmp_path_factory.mktemp("sim"))
 
 
-def _leak_one_unit_of_every_sellers_proceeds(monkeypatch):
+def _leak_one_unit_of_every_sellers_proceeds(monkeypatch, use_ledger_class):
     """Plant a trading bug that keeps every asset summing to zero: the seller gets one unit less of
     its quote proceeds and the fee account one more (so only an independent model can see it).
     Trading's fee rule is what is wrong; the ledger's `settle_fill` only checks the parts add up."""
     from ringfence.ledger.ledger import Ledger
 
-    original = Ledger.settle_fill
+    class LeakyLedger(Ledger):
+        def settle_fill(self, c, buyer_hold, seller_hold, buyer_recv, seller_recv, base, quote,
+                        buyer_fee, buyer_shield, seller_fee, seller_shield):
+            if seller_fee < quote:
+                seller_fee += 1
+            super().settle_fill(c, buyer_hold, seller_hold, buyer_recv, seller_recv, base, quote,
+                                buyer_fee, buyer_shield, seller_fee, seller_shield)
 
-    def leaky_settle_fill(self, c, buyer_hold, seller_hold, buyer_recv, seller_recv, base, quote,
-                          buyer_fee, buyer_shield, seller_fee, seller_shield):
-        if seller_fee < quote:
-            seller_fee += 1
-        original(self, c, buyer_hold, seller_hold, buyer_recv, seller_recv, base, quote,
-                 buyer_fee, buyer_shield, seller_fee, seller_shield)
-
-    monkeypatch.setattr(Ledger, "settle_fill", leaky_settle_fill)
+    use_ledger_class(LeakyLedger)
 
 
-def _release_one_unit_too_many(monkeypatch):
+def _release_one_unit_too_many(monkeypatch, use_ledger_class):
     """Plant a custody bug: ending a withdrawal (fail, cancel, deny, reject) gives the user one unit
     more than it held, taken from the clearing account (again conserving every asset)."""
     original = withdrawal_cmds._void
@@ -78,19 +77,18 @@ def _release_one_unit_too_many(monkeypatch):
     monkeypatch.setattr(withdrawal_cmds, "_void", leaky_void)
 
 
-def _credit_the_withdrawal_fee_twice(monkeypatch):
+def _credit_the_withdrawal_fee_twice(monkeypatch, use_ledger_class):
     """Plant a custody bug: settling a withdrawal credits its fee to the fee account twice (the
     second time out of the withdrawal clearing account, so every asset still sums to zero)."""
     from ringfence.ledger.ledger import Ledger
 
-    original = Ledger.move
+    class LeakyLedger(Ledger):
+        def move(self, debit, credit, amount):
+            super().move(debit, credit, amount)
+            if debit.kind == "clearing" and credit.kind == "fees":
+                super().move(debit, credit, amount)
 
-    def move(self, debit, credit, amount):
-        original(self, debit, credit, amount)
-        if debit.kind == "clearing" and credit.kind == "fees":
-            original(self, debit, credit, amount)
-
-    monkeypatch.setattr(Ledger, "move", move)
+    use_ledger_class(LeakyLedger)
 
 
 @pytest.mark.parametrize("plant, what", [
@@ -98,8 +96,8 @@ def _credit_the_withdrawal_fee_twice(monkeypatch):
     (_release_one_unit_too_many, "'available'"),
     (_credit_the_withdrawal_fee_twice, "'clearing'"),  # sorted first; the fee account differs too
 ])
-def test_a_planted_bug_is_caught_with_seed_step_command_and_field(tmp_path, monkeypatch, plant, what):
-    plant(monkeypatch)
+def test_a_planted_bug_is_caught_with_seed_step_command_and_field(tmp_path, monkeypatch, use_ledger_class, plant, what):
+    plant(monkeypatch, use_ledger_class)
     with pytest.raises(SimulationFailure) as info:
         run_simulation(3, CI_STEPS, tmp_path)
     failure = info.value
@@ -212,16 +210,17 @@ def test_an_unclamped_index_is_caught(tmp_path, monkeypatch):
     assert ("'refprice', 'BTCUSDT'" in text or "index[" in text) and "ringfence sim --seed 1" in text
 
 
-def test_a_shard_halt_is_a_failure_of_the_run(tmp_path, monkeypatch):
+def test_a_shard_halt_is_a_failure_of_the_run(tmp_path, use_ledger_class):
     """A broken invariant halts the shard (the command undone, every later one refused): the run
     fails there and says so, rather than counting it as a refusal."""
     from ringfence.errors import InvariantViolation
     from ringfence.ledger.ledger import Ledger
 
-    def broken_settle_fill(self, *args):
-        raise InvariantViolation("planted: a fill the holds do not cover")
+    class BrokenLedger(Ledger):
+        def settle_fill(self, *args):
+            raise InvariantViolation("planted: a fill the holds do not cover")
 
-    monkeypatch.setattr(Ledger, "settle_fill", broken_settle_fill)
+    use_ledger_class(BrokenLedger)
     with pytest.raises(SimulationFailure) as info:
         run_simulation(3, CI_STEPS, tmp_path)
     text = str(info.value)
@@ -294,24 +293,23 @@ def test_perpetual_invariants_hold_for_any_seed(tmp_path_factory, seed):
     run_simulation(seed, 200, tmp_path_factory.mktemp("perps"), workload="perps")
 
 
-def _fund_one_unit_too_much(monkeypatch):
+def _fund_one_unit_too_much(use_ledger_class):
     """Plant a funding bug that keeps every asset summing to zero and every engine invariant true:
     a payer pays one unit more than due into the funding account (the round's dust, one unit
     larger, then goes to the insurance fund). Only the auditor's own funding sees it."""
     from ringfence.ledger.ledger import Ledger
 
-    original = Ledger.move
+    class LeakyLedger(Ledger):
+        def move(self, debit, credit, amount):
+            if credit.kind == "funding" and debit.owner != "system" and amount and debit.available > amount:
+                amount += 1
+            super().move(debit, credit, amount)
 
-    def move(self, debit, credit, amount):
-        if credit.kind == "funding" and debit.owner != "system" and amount and debit.available > amount:
-            amount += 1
-        original(self, debit, credit, amount)
-
-    monkeypatch.setattr(Ledger, "move", move)
+    use_ledger_class(LeakyLedger)
 
 
-def test_a_planted_funding_bug_is_caught_with_seed_step_command_and_field(tmp_path, monkeypatch):
-    _fund_one_unit_too_much(monkeypatch)
+def test_a_planted_funding_bug_is_caught_with_seed_step_command_and_field(tmp_path, use_ledger_class):
+    _fund_one_unit_too_much(use_ledger_class)
     with pytest.raises(SimulationFailure) as info:
         run_simulation(3, PERP_STEPS, tmp_path, workload="perps")
     failure = info.value

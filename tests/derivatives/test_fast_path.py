@@ -15,7 +15,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hs
 
 from ringfence.derivatives.commands import (
@@ -126,6 +126,9 @@ def _run(seed: int, steps: int, usdt: int) -> Twin:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=hs.integers(0, 2**32 - 1), usdt=hs.sampled_from([300, 1_000, 20_000]))
+# A purely reducing order that borrows its fee reserve from its position's margin (`before_hold`):
+# compiled, the margin's write did not reach the margin sweep's mirror (the columns disagreed).
+@example(seed=38, usdt=300)
 def test_the_fast_path_gives_the_old_paths_events_and_state(seed: int, usdt: int) -> None:
     print("seed", seed, "usdt", usdt)
     _run(seed, 60, usdt)

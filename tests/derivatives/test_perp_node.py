@@ -33,7 +33,7 @@ def _trade_perpetuals(node) -> None:
     node.execute(FuturesTransfer("bob", "USDT", 1_000 * USDT, "UMFUTURE_MAIN"))
 
 
-def test_a_planted_perpetual_fee_leak_is_found_by_the_independent_fold_and_halts(tmp_path: Path, monkeypatch) -> None:
+def test_a_planted_perpetual_fee_leak_is_found_by_the_independent_fold_and_halts(tmp_path: Path, use_ledger_class) -> None:
     """Plant a derivatives bug the replay cannot see (the replay engine runs the same code) and that
     keeps USDT summing to zero: every perpetual fee takes one unit more from the payer's wallet into
     the fees account than the fill's `PositionChanged.fee` says. Only the shadow book's own fold of
@@ -42,21 +42,21 @@ def test_a_planted_perpetual_fee_leak_is_found_by_the_independent_fold_and_halts
     from ringfence.ledger.ledger import Ledger
     from ringfence.risk.halts import active_halts
 
-    original, original_side = Ledger.move, Ledger.settle_margin_side
+    class LeakyLedger(Ledger):
+        def move(self, debit, credit, amount):
+            if credit.kind == "fees" and credit.segment == "derivatives" and debit.owner != "system" and debit.available > amount:
+                amount += 1
+            super().move(debit, credit, amount)
 
-    def leaky_move(self, debit, credit, amount):
-        if credit.kind == "fees" and credit.segment == "derivatives" and debit.owner != "system" and debit.available > amount:
-            amount += 1
-        original(self, debit, credit, amount)
+        def settle_margin_side(self, hold_id, take, wallet, margin, released, pool, gain, paid, insurance, covered, fees,
+                               fee_net, shield, post):
+            # a fill's postings (one call per side): the fee leg takes one unit more, when the wallet has it
+            if fees.segment == "derivatives" and fee_net and wallet.available + take + released + gain - paid - fee_net - shield - post > 0:
+                fee_net += 1
+            super().settle_margin_side(hold_id, take, wallet, margin, released, pool, gain, paid, insurance, covered, fees,
+                                       fee_net, shield, post)
 
-    def leaky_side(self, hold_id, take, wallet, margin, released, pool, gain, paid, insurance, covered, fees, fee_net, shield, post):
-        # a fill's postings (one call per side): the fee leg takes one unit more, when the wallet has it
-        if fees.segment == "derivatives" and fee_net and wallet.available + take + released + gain - paid - fee_net - shield - post > 0:
-            fee_net += 1
-        original_side(self, hold_id, take, wallet, margin, released, pool, gain, paid, insurance, covered, fees, fee_net, shield, post)
-
-    monkeypatch.setattr(Ledger, "move", leaky_move)
-    monkeypatch.setattr(Ledger, "settle_margin_side", leaky_side)
+    use_ledger_class(LeakyLedger)
     node = new_node(tmp_path / "n", fsync=False)
     node.open()
     try:

@@ -18,6 +18,8 @@ from ..engine.commands import Event
 from ..trading.commands import OrderAmended, OrderExpired
 from ..trading.matching import _close, _take_out
 from ..errors import NotFound, ValidationError
+from ..ledger.account import Account
+from ..ledger.ledger import Ledger
 from ..trading.orders import _place as _trading_place
 from ..trading.orders import _protection_and_hold
 from ..trading.book import Market, Order
@@ -76,13 +78,13 @@ class Contract:
         self.symbol = symbol
         self._ledger: Any = None
         self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
-        self._accounts: tuple[Any, Any, Any] = (None, None, None)
+        self._accounts: tuple[Account, Account, Account] | None = None
         self._touched: set[str] = set()  # owners whose position a fill changed in the current match
         #: (owner, kind) -> the owner's `margin` or `isolated` account in this market's quote asset
         #: (accounts are never closed; kept for one ledger object, like `_accounts`)
-        self._margin_accounts: dict[tuple[str, str], Any] = {}
+        self._margin_accounts: dict[tuple[str, str], Account] = {}
         #: owner -> the owner's `available` account in this market's quote asset (as `_margin_accounts`)
-        self._wallets: dict[str, Any] = {}
+        self._wallets: dict[str, Account] = {}
 
     def direct_order(self, o: Order, order_type: str) -> PlacePerpOrder:
         """The order a client would submit directly for what resting stop `o` places when it
@@ -95,17 +97,18 @@ class Contract:
         """Does this market have an open reduce-only order (trading's matching loop asks first)?"""
         return bool(self.engine.components["derivatives"].reduce_only_orders.get(self.symbol))
 
-    def _system(self, p: Any) -> tuple[Any, Any, Any]:
+    def _system(self, p: Any) -> tuple[Account, Account, Account]:
         """(PnL pool, fees, insurance) of this market, looked up once per ledger object."""
         ledger = self.engine.ledger
-        if self._ledger is not ledger:
-            self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
+        accounts = self._accounts
+        if self._ledger is not ledger or accounts is None:
+            accounts = self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
             self._margin_accounts = {}
             self._wallets = {}
             self._ledger = ledger
-        return self._accounts
+        return accounts
 
-    def _wallet(self, owner: str, p: Perp) -> Any:
+    def _wallet(self, owner: str, p: Perp) -> Account | None:
         """The owner's `available` account in this market's quote asset, or None if it has none
         (found once per ledger object, like `_system`'s: accounts are never closed)."""
         self._system(p)
@@ -226,6 +229,9 @@ class Contract:
         ledger.move(acct, ledger.get(c.owner, p.quote, "available", SEGMENT), self._borrow)
         pos.margin -= self._borrow
         pos.extra = min(pos.extra, pos.margin)
+        # Compiled, the write above sets the native field directly (mypyc does not route it through
+        # `Position.__setattr__`): mark the key for the margin sweep's mirror as that would have.
+        st.positions.dirty.add(key)
         self._borrow = 0
 
     def _reducible(self, st: Any, m: Market, owner: str, is_buy: bool) -> int:
@@ -286,12 +292,20 @@ class Contract:
         engine = self.engine
         st = engine.components["derivatives"]
         p: Perp = st.perps[self.symbol]
-        buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev)
-        seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev)
+        # What both sides read of the engine and the state, read once per fill (each is a generic
+        # attribute read of a Python object from here).
+        system = self._system(p)  # (also resets the account caches for a new ledger)
+        ledger: Ledger = engine.ledger
+        positions, isolated, liq_iso = st._positions, st._isolated, st.liquidating_isolated
+        buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev, ledger, system, positions,
+                               isolated, liq_iso)
+        seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev, ledger, system,
+                                positions, isolated, liq_iso)
         return buyer_fee, seller_fee
 
     def _side(self, st: Any, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
-              notional: int, rate_ppm: int, ev: list[Event]) -> int:
+              notional: int, rate_ppm: int, ev: list[Event], ledger: Ledger, system: tuple[Account, Account, Account],
+              positions: Any, isolated: Any, liq_iso: Any) -> int:
         """One side of a fill: the hold it frees, the position, realised PnL, the fee, the margin.
 
         The hot path of every perpetual fill, written on locals: the position's fields are set
@@ -300,9 +314,8 @@ class Contract:
         between postings, and the postings are the same, in the same order and amounts, as the
         step-by-step version this replaced (tests/derivatives/test_fast_path.py runs the two side
         by side and compares every event and the state hash)."""
-        ledger = self.engine.ledger
         owner: str = o.owner
-        w: Any = o.pay
+        w: Account = o.pay
         # 1. What the fill frees of the order's hold goes back to the wallet (capture, pay back).
         amounts: tuple[int, int] = ledger.hold_amounts(o.hold_id)
         amount, remaining = amounts
@@ -310,9 +323,8 @@ class Contract:
         took: int = take if take > 0 else 0
         symbol: str = p.symbol
         key = (owner, symbol)
-        iso: bool = key in st._isolated  # (`isolated`' storage, as `_positions` below)
-        own_margin_only: bool = st.liquidating_isolated == key  # a LiquidatePosition step: the wallet never pays
-        positions = st._positions
+        iso: bool = key in isolated  # (`isolated`' storage, as `positions`: `st._positions`)
+        own_margin_only: bool = liq_iso == key  # a LiquidatePosition step: the wallet never pays
         got: Position | None = positions.get(key)
         pos: Position
         size: int
@@ -326,8 +338,8 @@ class Contract:
             size, cost, released = pos.size, pos.cost, pos.margin
         quote = p.quote
         kind = "isolated" if iso else "margin"
-        pool, fees, insurance = self._system(p)  # (also resets the account cache for a new ledger)
-        acct = self._margin_accounts.get((owner, kind))
+        pool, fees, insurance = system
+        acct: Account | None = self._margin_accounts.get((owner, kind))
         if acct is None:
             acct = ledger.find(owner, quote, kind, SEGMENT) or ledger.open_account(owner, quote, kind, SEGMENT)[0]
             self._margin_accounts[(owner, kind)] = acct

@@ -26,7 +26,7 @@ wrongly. See docs/ledger.md.
 from __future__ import annotations
 
 import heapq
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Final, Iterable, Iterator, NamedTuple
 
 from ..errors import InvariantViolation, UnknownAccount, ValidationError
 from ..money import MAX_AMOUNT, Asset, AssetClass, AssetRegistry
@@ -46,14 +46,22 @@ from .model import (
     validate_segment,
 )
 
+try:  # (mypyc reads the decorator; it is installed with mypy, the `native` extra)
+    from mypy_extensions import mypyc_attr
+except ImportError:  # an install without mypy: pure Python, where the decorator does nothing
+
+    def mypyc_attr(*args: Any, **kwargs: Any) -> Callable[[type], type]:  # type: ignore[misc]
+        return lambda cls: cls
+
+
 __all__ = ["Ledger", "Pending", "Hold", "ClearingAccounts", "RESULT_CODES"]
 
-_LINKED = TransferFlags.LINKED
-_PENDING = TransferFlags.PENDING
-_POST = TransferFlags.POST_PENDING
-_VOID = TransferFlags.VOID_PENDING
-_NO_OVERDRAFT = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
-_NO_EXCESS_CREDIT = AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
+_LINKED: Final = TransferFlags.LINKED
+_PENDING: Final = TransferFlags.PENDING
+_POST: Final = TransferFlags.POST_PENDING
+_VOID: Final = TransferFlags.VOID_PENDING
+_NO_OVERDRAFT: Final = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+_NO_EXCESS_CREDIT: Final = AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
 
 # Stable result codes. Never renumber or rename: clients switch on them.
 RESULT_CODES = (
@@ -98,6 +106,14 @@ class Pending:
 
     __slots__ = ("id", "debit", "credit", "amount", "remaining", "expires_at_ns", "status")
 
+    id: int
+    debit: Account
+    credit: Account
+    amount: int
+    remaining: int
+    expires_at_ns: int
+    status: str
+
     def __init__(self, id: int, debit: Account, credit: Account, amount: int, expires_at_ns: int) -> None:
         self.id = id
         self.debit = debit
@@ -137,8 +153,14 @@ class ClearingAccounts:
         self.quote_shield = quote_shield
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Ledger:
-    """All accounts of one engine shard. Single-threaded by design: only the engine calls it."""
+    """All accounts of one engine shard. Single-threaded by design: only the engine calls it.
+
+    Compiled with the hot path (`ringfence.native.COMPILED`). A compiled class cannot be patched in
+    place; it may be subclassed in Python (`allow_interpreted_subclasses`), and a subclass's
+    override is what every caller reaches, compiled or not: tests that plant a bug in a ledger
+    method run the engine on such a subclass (tests/conftest.py, `use_ledger_class`)."""
 
     def __init__(self) -> None:
         self.assets = AssetRegistry()
@@ -747,7 +769,7 @@ class Ledger:
                 self._dirty.update((h, h.credit))
 
     def _margin_side_hold(self, hold_id: int, take: int, wallet: Account, margin: Account, pool: Account,
-                          insurance: Account, fees: Account) -> tuple[Any, int]:
+                          insurance: Account, fees: Account) -> tuple[Pending | None, int]:
         """`settle_margin_side`'s pre-conditions: one asset, distinct accounts, an open hold of the
         wallet's that covers `take` (paid into an account none of the others is). Returns the hold
         (None when `take` is 0) and the accounts' flags, OR-ed."""
@@ -768,7 +790,7 @@ class Ledger:
         return h, flags | clearing.flags
 
     @staticmethod
-    def _capture_and_return_to_clearing(h: Any, take: int) -> None:
+    def _capture_and_return_to_clearing(h: Pending, take: int) -> None:
         """The clearing side of `settle_margin_side`'s capture: `take` of hold `h` posted into its
         credit account, which pays it straight back (its debits grow by what its credits grow)."""
         clearing = h.credit
@@ -1022,7 +1044,8 @@ class Ledger:
         return None
 
     def _undo(self, undo: list[Any]) -> None:
-        for entry in reversed(undo):
+        for i in range(len(undo) - 1, -1, -1):  # newest first (mypyc 2.4.1 fails on `reversed` of a list[Any])
+            entry = undo[i]
             kind = entry[0]
             if kind == "transfer":
                 del self.transfers[entry[1]]
@@ -1103,7 +1126,7 @@ class Ledger:
     @classmethod
     def from_snapshot(cls, data: list[Any]) -> "Ledger":
         assets, segments, accounts, transfers, pending, expiry, next_internal_id = data
-        ledger = cls.__new__(cls)
+        ledger = cls()  # (a ledger with no asset opens no account: everything below replaces it)
         ledger.assets = AssetRegistry(
             Asset(code, decimals, AssetClass(klass), chain or None) for code, decimals, klass, chain in assets
         )

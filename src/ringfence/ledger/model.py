@@ -17,6 +17,7 @@ import re
 import msgspec
 
 from ..errors import ValidationError
+from .account import SYSTEM_OWNER, Account
 
 __all__ = [
     "Account",
@@ -32,7 +33,6 @@ __all__ = [
     "validate_segment",
 ]
 
-SYSTEM_OWNER = "system"
 DEFAULT_SEGMENTS = ("spot", "derivatives", "tokenized")
 #: Client-chosen transfer ids live below this bound; engine-made ids at or above it.
 INTERNAL_ID_BASE = 1 << 127
@@ -86,68 +86,6 @@ class TransferFlags:
     #: Release what remains of the pending transfer `pending_id`.
     VOID_PENDING = 8
     ALL = 15
-
-
-class Account:
-    """One ledger account. Mutable counters; identity fields never change after opening."""
-
-    __slots__ = (
-        "id",
-        "owner",
-        "asset",
-        "kind",
-        "segment",
-        "flags",
-        "debits_pending",
-        "debits_posted",
-        "credits_pending",
-        "credits_posted",
-    )
-
-    def __init__(self, id: int, owner: str, asset: str, kind: str, segment: str, flags: int) -> None:
-        self.id = id
-        self.owner = owner
-        self.asset = asset
-        self.kind = kind
-        self.segment = segment
-        self.flags = flags
-        self.debits_pending = 0
-        self.debits_posted = 0
-        self.credits_pending = 0
-        self.credits_posted = 0
-
-    @property
-    def balance(self) -> int:
-        """Posted balance: credits minus debits (negative for the world account)."""
-        return self.credits_posted - self.debits_posted
-
-    @property
-    def available(self) -> int:
-        """What the account can still spend: posted balance minus what pending transfers reserve."""
-        return self.credits_posted - self.debits_posted - self.debits_pending
-
-    @property
-    def name(self) -> str:
-        if self.owner == SYSTEM_OWNER:
-            return f"{self.kind}:{self.segment}:{self.asset}" if self.segment != "-" else f"{self.kind}:{self.asset}"
-        return f"{self.owner}:{self.asset}:{self.kind}:{self.segment}"
-
-    def as_row(self) -> tuple[int, str, str, str, str, int, int, int, int, int]:
-        return (
-            self.id,
-            self.owner,
-            self.asset,
-            self.kind,
-            self.segment,
-            self.flags,
-            self.debits_pending,
-            self.debits_posted,
-            self.credits_pending,
-            self.credits_posted,
-        )
-
-    def __repr__(self) -> str:
-        return f"Account({self.name}, balance={self.balance}, pending={self.debits_pending})"
 
 
 class Transfer(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, gc=False):
