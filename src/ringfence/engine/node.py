@@ -427,6 +427,10 @@ class Node:
         #: after the whole batch is applied (readers on any thread may look at it).
         self.last_seq = 0
         self._gate = ReadGate()
+        #: With no sequencer thread, `execute_many` commits on the caller's thread: callers on several
+        #: threads take turns (each batch read `writer.next_seq` and wrote at once: two could take the
+        #: same sequence number, and one failed with "journal expects sequence N").
+        self._direct = threading.Lock()
         self._decode = Engine(self.modules).codec.command.decode
         #: Pipelined group commit (see `_Pipeline`): the sequencer writes and applies batch N+1
         #: while batch N's fdatasync runs on a syncer thread; each batch is acknowledged once a
@@ -612,7 +616,8 @@ class Node:
                     ack._resolve(error=err)
                     continue
                 items.append((prepared, raw, ack))
-            self._commit(items)
+            with self._direct:
+                self._commit(items)
         else:
             acks = [self.submit(c, source) for c in commands]
         return [ack.result() if raise_rejected else ack.wait() for ack in acks]
