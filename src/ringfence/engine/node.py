@@ -427,10 +427,7 @@ class Node:
         #: after the whole batch is applied (readers on any thread may look at it).
         self.last_seq = 0
         self._gate = ReadGate()
-        #: With no sequencer thread, `execute_many` commits on the caller's thread: callers on several
-        #: threads take turns (each batch read `writer.next_seq` and wrote at once: two could take the
-        #: same sequence number, and one failed with "journal expects sequence N").
-        self._direct = threading.Lock()
+        self._direct = threading.Lock()  # direct `execute_many` callers (no sequencer) take turns
         self._decode = Engine(self.modules).codec.command.decode
         #: Pipelined group commit (see `_Pipeline`): the sequencer writes and applies batch N+1
         #: while batch N's fdatasync runs on a syncer thread; each batch is acknowledged once a
@@ -616,7 +613,7 @@ class Node:
                     ack._resolve(error=err)
                     continue
                 items.append((prepared, raw, ack))
-            with self._direct:
+            with self._direct:  # two threads could read the same next sequence number (test_direct_threads.py)
                 self._commit(items)
         else:
             acks = [self.submit(c, source) for c in commands]
