@@ -426,8 +426,7 @@ class Node:
         #: Sequence number of the last command of the last batch applied; changes once per batch,
         #: after the whole batch is applied (readers on any thread may look at it).
         self.last_seq = 0
-        self._gate = ReadGate()
-        self._direct = threading.Lock()  # direct `execute_many` callers (no sequencer) take turns
+        self._gate, self._direct = ReadGate(), threading.Lock()  # the lock: direct `execute_many` callers take turns
         self._decode = Engine(self.modules).codec.command.decode
         #: Pipelined group commit (see `_Pipeline`): the sequencer writes and applies batch N+1
         #: while batch N's fdatasync runs on a syncer thread; each batch is acknowledged once a
