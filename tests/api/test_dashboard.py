@@ -102,6 +102,14 @@ def test_head_answers_as_get_without_a_body(server, path):
     assert httpx.head(server.base + "/api/v3/userDataStream", timeout=10).status_code == 405  # POST/PUT/DELETE only
 
 
+@pytest.mark.parametrize("path", ["/verify-email?token=" + "x" * 32, "/wallet/confirm-address?token=" + "x" * 32,
+                                  "/wallet/confirm-withdrawal?id=1&token=" + "x" * 32, "/api/v3/account", "/security"])
+def test_head_stays_405_where_a_get_acts_or_needs_a_caller(server, path):
+    """E-mailed links that act on GET are not run by a scanner's HEAD (the intruder review used up an
+    address confirmation with `curl -I`); signed and session routes are not probed by HEAD either."""
+    assert httpx.head(server.base + path, timeout=10).status_code == 405
+
+
 def test_the_browser_gets_the_exchanges_icon(server, browser):
     """The dashboard's implicit /favicon.ico request is answered (an SVG), so no page logs a 404 for it."""
     r = httpx.get(server.base + "/favicon.ico", timeout=10)

@@ -125,9 +125,11 @@ def test_a_liquidation_never_sells_past_the_bankruptcy_price_the_fund_cannot_pay
     d.engine.check_invariants()
 
 
-@pytest.mark.parametrize("kind,where", [("market", PERP), ("segment", "derivatives"), ("asset", "USDT"), ("venue", "*")])
+@pytest.mark.parametrize("kind,where", [("market", PERP), ("segment", "derivatives"), ("asset", "USDT"), ("asset", "BTC"),
+                                        ("venue", "*")])
 def test_a_halt_holds_a_liquidation_and_it_proceeds_after_the_lift(kind, where):
-    """HALTED on the account's market, its segment, its margin asset or the venue: the liquidation is
+    """HALTED on the account's market, its segment, its margin asset, the market's base asset (found by
+    the intruder review) or the venue: the liquidation is
     refused and changes nothing, and the worker would not submit it; REDUCE_ONLY lets it through;
     after the lift it proceeds. Before, a liquidation traded in a halted book (it declared only the
     segment and the asset, as a constant REDUCES_RISK, which passes even HALTED)."""

@@ -107,6 +107,21 @@ async def _too_large(send: Any, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+#: Where HEAD answers as GET without a body: public pages and read-only endpoints. Not every GET
+#: route: a few e-mailed links (/verify-email, /wallet/confirm-address, /wallet/confirm-withdrawal)
+#: act on GET, and link checkers and mail scanners send HEAD to the links in a message.
+HEAD_PATHS = frozenset({
+    "/", "/healthz", "/readyz", "/favicon.ico", "/risk", "/openapi.json", "/v1/markets", "/v1/halts",
+    "/api/v3/ping", "/api/v3/time", "/api/v3/exchangeInfo", "/api/v3/depth", "/api/v3/trades", "/api/v3/klines",
+    "/api/v3/ticker/price", "/api/v3/ticker/24hr", "/fapi/v1/ping", "/fapi/v1/time", "/fapi/v1/exchangeInfo",
+})
+HEAD_PREFIXES = ("/dashboard/",)
+
+
+def _head_allowed(path: str) -> bool:
+    return path in HEAD_PATHS or path.startswith(HEAD_PREFIXES)
+
+
 class Observe:
     """Pure ASGI middleware (BaseHTTPMiddleware costs a task and a queue per request): request
     count and latency per route, and a log line for errors — method, path and status only, never
@@ -122,10 +137,12 @@ class Observe:
             return
         started = time.perf_counter()
         status = [500]
-        head = scope.get("method") == "HEAD"
+        outer = scope
+        head = scope.get("method") == "HEAD" and _head_allowed(scope.get("path", ""))
         if head:
-            # HEAD is GET without the body (RFC 9110 §9.3.2), on every GET route: uptime checkers and
-            # link checkers send it, and FastAPI's routes answer it 405 on their own
+            # HEAD is GET without the body (RFC 9110 §9.3.2) on the public read-only pages and
+            # endpoints uptime checkers probe; elsewhere it stays 405 (FastAPI's own answer): a mail
+            # scanner's HEAD on an e-mailed link must not run the GET that uses the link up
             scope = dict(scope, method="GET")
 
         async def observed_send(message: dict[str, Any]) -> None:
@@ -138,6 +155,8 @@ class Observe:
         try:
             await self.app(scope, receive, observed_send)
         finally:
+            if scope is not outer and "route" in scope:
+                outer["route"] = scope["route"]  # the api_call recorder outside reads the route from its own scope
             name = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(name, str(status[0])).inc()
             self.metrics.latency.labels(name).observe(time.perf_counter() - started)

@@ -24,7 +24,7 @@ isolated position; the liquidation worker submits both, the engine decides):
 Only `derivatives` accounts move: spot balances and holds are never touched.
 
 Halts: a liquidation passes REDUCE_ONLY (it only reduces), but waits while its segment, margin asset,
-the venue or any market it is marked on (a cross account: every market of its cross positions; an
+the venue, or any market it is marked on or that market's base asset (a cross account: every market of its cross positions; an
 isolated position: its own) is HALTED: a halted book is frozen, and its mark may be what the halt is
 about. The worker does not submit it meanwhile (`risk.halts.refusal_of`), and it proceeds at its next
 round after the lift. Auto-deleveraging happens only inside a liquidation step, so it waits too.
@@ -67,12 +67,14 @@ MODULE.declare_events(LiquidationStep, AutoDeleveraged)
 
 
 def _scopes(engine: Engine, c: LiquidateAccount) -> list[Scope]:
-    """The segment, the margin asset and every market of the account's cross positions: its equity
-    is marked on all of them, so a halt on any one holds its liquidation."""
+    """The segment, the margin asset, and every market of the account's cross positions with its
+    base asset: its equity is marked on all of them, so a halt on any one holds its liquidation
+    (the scopes a client's order on those markets has: `trading.module.market_scopes`)."""
     st = derivatives_state(engine)
     markets = sorted(s for s, p in st.perps.items() if p.quote == c.asset and (c.owner, s) in st.positions
                      and (c.owner, s) not in st.isolated) if isinstance(c.asset, str) else []
-    return [("segment", SEGMENT), ("asset", c.asset), *(("market", s) for s in markets)]
+    bases = sorted({st.perps[s].base for s in markets})
+    return [("segment", SEGMENT), ("asset", c.asset), *(("asset", b) for b in bases), *(("market", s) for s in markets)]
 
 
 def _trades_to_reduce(engine: Engine, c: Any) -> Effect:
@@ -282,7 +284,7 @@ def _isolated_scopes(engine: Engine, c: LiquidatePosition) -> list[Scope]:
     st = derivatives_state(engine)
     p = st.perps.get(c.symbol) if isinstance(c.symbol, str) else None
     return [("segment", SEGMENT), ("asset", p.quote if p is not None else "USDT"),
-            *((("market", c.symbol),) if p is not None else ())]
+            *((("asset", p.base), ("market", c.symbol)) if p is not None else ())]
 
 
 @MODULE.handles(LiquidatePosition, effect=_trades_to_reduce, scopes=_isolated_scopes,
