@@ -222,6 +222,8 @@ def test_bad_withdrawals_are_refused_and_change_nothing(money: Server, name: str
     res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply", params)
     assert res.status_code == 400 and res.json()["code"] == code, (name, res.text)
     assert res.json()["msg"]
+    if code in (-4021, -1100):  # the field is named (the -4021 message did not say which)
+        assert "'amount'" in res.json()["msg"], res.text
     assert _state(money, key) == before
 
 

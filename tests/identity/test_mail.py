@@ -194,6 +194,10 @@ def test_mail_goes_out_in_the_users_language_with_the_code(ctx, clock, smtp):
     subject, body, _ = mail.compose(ctx, user, "credential_changed", params)
     assert subject == "[Rhein-Otter_9] Sicherheitsänderung an Ihrem Konto: Anti-Phishing-Code geändert", subject
     assert "Anti-Phishing-Code geändert" in body and "anti_phishing_changed" not in body and params["change"] == "anti_phishing_changed"
+    # the lock's end as a German date and time, not a Unix timestamp (a new user read "1796510787 (Unix time)")
+    params["locked_until"] = 1796510787
+    body = mail.compose(ctx, user, "credential_changed", params)[1]
+    assert "gesperrt bis 05.12.2026, 22:46:27 UTC." in body and "1796510787" not in body, body
     english = User(id=2, account_id="u_en", email="e@example.com", password_hash="x", created_at_s=0, anti_phishing_code="Okapi-99")
     assert mail.compose(ctx, english, "credential_changed", params)[0] == "[Okapi-99] Security change on your account: anti-phishing code changed"
     # delivered over real SMTP as UTF-8, umlauts intact

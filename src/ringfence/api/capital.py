@@ -314,8 +314,8 @@ class CapitalApi:
             amount = parse_amount(raw_amount, terms.decimals, field="amount", allow_zero=False)
         except InvalidAmount as err:
             if "decimal places" in err.message:
-                raise BinanceError(-4021, f"Asset withdrawal must be an {format_amount(1, terms.decimals)} multiple of "
-                                          f"{format_amount(1, terms.decimals)}: at most {terms.decimals} decimals.") from None
+                raise BinanceError(-4021, f"Parameter 'amount': at most {terms.decimals} decimals for {terms.asset} "
+                                          f"(a multiple of {format_amount(1, terms.decimals)}).") from None
             raise BinanceError(-1100, f"Illegal characters found in parameter 'amount'; {err.message}.") from None
         order_id = params.get("withdrawOrderId")
         if order_id is not None and (len(order_id) > 64 or not order_id.isprintable()):

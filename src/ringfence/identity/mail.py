@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import ConfigError, ValidationError
-from ..i18n import DEFAULT, N_, normalize_locale, translations
+from ..i18n import DEFAULT, N_, format_time, normalize_locale, translations
 from ..settings import Settings
 from ..store.models import OutboxMessage, User
 from .context import IdentityContext
@@ -46,6 +46,7 @@ class Template:
     multiline_fields: tuple[str, ...] = ()  # body-only fields that may span lines
     label_fields: tuple[str, ...] = ()  # fields holding a security-event kind: shown as its label, translated
     factor_fields: tuple[str, ...] = ()  # fields naming a second factor ("totp", "passkey:NAME"): translated
+    time_fields: tuple[str, ...] = ()  # Unix seconds: written as the reader's locale writes a date and time (UTC)
 
 
 #: What each security-event kind (`events.EVENT_KINDS`, the machine identifier kept in the data) is
@@ -122,10 +123,11 @@ TEMPLATES: dict[str, Template] = {
     "credential_changed": Template(
         N_("Security change on your account: {change}"),
         N_("This security setting of your account changed: {change}.\nIP: {ip}\n"
-        "For your protection withdrawals are locked until {locked_until} (Unix time).\n\n"
+        "For your protection withdrawals are locked until {locked_until}.\n\n"
         "If this wasn't you, freeze your account now with one click:\n{freeze_link}"),
         True,
         label_fields=("change",),
+        time_fields=("locked_until",),
     ),
     "second_factor_confirm": Template(
         N_("Confirm your new second factor"),
@@ -193,9 +195,11 @@ def compose(ctx: IdentityContext, user: User | None, template: str, params: dict
         raise ValidationError(f"must be one of {sorted(TEMPLATES)}", field="template")
     # in the user's language (their profile's; English without one): the same placeholders in every
     # catalogue (tests/i18n/test_catalogues.py), so a translation cannot drop the link or the code
-    gettext = translations(normalize_locale(getattr(user, "locale", None)) or DEFAULT).gettext
+    locale = normalize_locale(getattr(user, "locale", None)) or DEFAULT
+    gettext = translations(locale).gettext
     labelled = {k: event_label(v, gettext) for k, v in params.items() if k in tpl.label_fields and isinstance(v, str)}
     labelled |= {k: factor_label(v, gettext) for k, v in params.items() if k in tpl.factor_fields and isinstance(v, str)}
+    labelled |= {k: format_time(v, locale) for k, v in params.items() if k in tpl.time_fields and isinstance(v, int)}
     params = {**params, **labelled}  # the kind's label in the reader's language; the caller's data keeps the kind
     subject = _render(gettext(tpl.subject), params)
     body = _render(gettext(tpl.body), params, multiline_fields=tpl.multiline_fields)

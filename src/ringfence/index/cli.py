@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from ..cli_paths import tty_console
+from ..staff.console import DEFAULT_URL
 from rich.table import Table
 
 app = typer.Typer(help="Index price and mark price: show, feed keys, configuration, the ccxt feed.\n\n"
@@ -285,7 +286,8 @@ def approve(
 @app.command("feed")
 def feed(
     config: Path = typer.Option(..., "--config", help="JSON: {\"venues\": [{venue, exchange, market, symbol, decimals, key_file, url?}]}."),
-    target: str = typer.Option(..., "--url", "--target", help="The ringfence node to feed (base URL; POST /v1/index/quote; --target is the old name)."),
+    target: str = typer.Option(DEFAULT_URL, "--url", "--target", help="The ringfence node to feed (base URL; POST /v1/index/quote; "
+                               "default $RINGFENCE_URL or http://127.0.0.1:8000; --target is the old name)."),
     interval_s: int = typer.Option(1, "--interval-s", min=1, max=3600, help="Seconds between polls."),
     rounds: int = typer.Option(0, "--rounds", min=0, help="Stop after this many polls (0: run until interrupted)."),
 ) -> None:
