@@ -14,7 +14,11 @@ from hypothesis import strategies as st
 
 from ringfence.api.ws_api import WsApi, param_text, signature_payload
 
-NAMES = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="&="), min_size=1, max_size=12)
+#: a parameter's name; never `signature`, which is the signature itself, not a signed parameter (hypothesis
+#: draws string constants from the code under test, so it did try `{"signature": ""}`: ccxt signs that as
+#: "signature=", the server rightly leaves it out)
+NAMES = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="&="), min_size=1,
+                max_size=12).filter(lambda name: name != "signature")
 VALUES = st.one_of(
     st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
