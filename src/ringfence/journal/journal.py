@@ -679,10 +679,6 @@ class JournalWriter:
         tail = self.dir / f"{self._segment_first_seq:020d}{SEGMENT_SUFFIX}" if self._fd is not None else None
         return self.next_seq, self.last_hash, tail, self._size
 
-    def sync_mark_in_background(self) -> None:
-        """Kept for callers written before every writer did this (replication's `attach`): the mark
-        is always fsynced on a thread of its own now (`note_durable`). Nothing to do."""
-
     def _mark_syncer(self) -> None:
         """The mark thread: fsync `DURABLE` whenever a newer mark was written, one sync at a time
         (a sync covers every mark written before it began: coalescing)."""

@@ -428,8 +428,6 @@ class Replicator:
                 raise Fenced(self.lost, field="--replicate")
         if self.target.state_digest:  # the first digest computes everything: pay it now, not on a batch
             node.read(lambda engine: engine.state_digest())
-        if node.writer is not None:  # one fsync per batch on the acknowledgement path: the stream holds
-            node.writer.sync_mark_in_background()  # every acknowledged batch (see the writer's docstring)
         self.node = node
         node.replica = self
         if self.target.lease_ms:
