@@ -21,6 +21,8 @@ import httpx
 import pyotp
 import pytest
 
+from ringfence.monitoring.replay import keep_cookies
+
 # the SQL store (identity, read models) is exercised: `make test` runs this file again on PostgreSQL
 pytestmark = pytest.mark.store
 
@@ -41,13 +43,7 @@ class Browserless:
         if self.cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         r = self.http.request(method, path, headers=headers, **kw)
-        for line in r.headers.get_list("set-cookie"):
-            name, _, rest = line.partition("=")
-            value = rest.split(";", 1)[0]
-            if value and "max-age=0" not in line.lower():
-                self.cookies[name.strip()] = value
-            else:
-                self.cookies.pop(name.strip(), None)
+        keep_cookies(self.cookies, r)  # the same jar as `ringfence monitoring replay`'s clients
         return r
 
 

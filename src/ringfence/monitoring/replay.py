@@ -173,14 +173,20 @@ class _Web:
         if self.cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         r = self.http.request(method, path, headers=headers, **kw)
-        for line in r.headers.get_list("set-cookie"):
-            name, _, rest = line.partition("=")
-            value = rest.split(";", 1)[0]
-            if value and "max-age=0" not in line.lower():
-                self.cookies[name.strip()] = value
-            else:
-                self.cookies.pop(name.strip(), None)
+        keep_cookies(self.cookies, r)
         return r
+
+
+def keep_cookies(cookies: dict[str, str], r: httpx.Response) -> None:
+    """Fold a response's `Set-Cookie` lines into `cookies` (name -> value), dropping the ones it
+    clears (empty, or `Max-Age=0`): the jar of a client that carries `Secure` cookies by hand."""
+    for line in r.headers.get_list("set-cookie"):
+        name, _, rest = line.partition("=")
+        value = rest.split(";", 1)[0]
+        if value and "max-age=0" not in line.lower():
+            cookies[name.strip()] = value
+        else:
+            cookies.pop(name.strip(), None)
 
 
 def _csrf(html: str) -> str:
