@@ -18,6 +18,16 @@ settings.register_profile(
 settings.load_profile("ci")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Playwright's `expect` waits up to 20 s (its default is 5 s) for the page to show what a test
+    asserts: a page action that starts a process (a signer, the HSM) took longer than 5 s on a 2-core CI
+    machine under load, and the test failed although the page then showed the right answer. What is
+    asserted is unchanged; only how long a slow machine may take to get there."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=20_000)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _store_profile_databases():
     """RINGFENCE_TEST_PROFILE=postgresql: drop the servers' databases when the session ends."""

@@ -200,7 +200,13 @@ def main(argv: list[str] | None = None) -> None:
     old = os.umask(0o177)
     try:
         os.chdir(args.socket.parent)  # bound by its name: a Unix socket path is at most 107 bytes, a data dir may be longer
-        server = socketserver.UnixStreamServer(args.socket.name, _Handler)
+        # bound and listening under a temporary name, then renamed into place: a client that sees the
+        # socket file (EthHotHsm.wait_ready waits for it) always finds it listening. Bound under its
+        # own name, the file existed a moment before listen(), and a client under load was refused.
+        pending = f".{args.socket.name}.{os.getpid()}"
+        Path(pending).unlink(missing_ok=True)
+        server = socketserver.UnixStreamServer(pending, _Handler)
+        os.rename(pending, args.socket.name)
     finally:
         os.umask(old)
     server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
