@@ -23,10 +23,10 @@ from ..ledger.ledger import Ledger
 from ..trading.orders import _place as _trading_place
 from ..trading.orders import _protection_and_hold
 from ..trading.book import Market, Order
-from ..trading.state import MAX_QTY, trading_state
+from ..trading.state import MAX_QTY, TradingState, trading_state
 from .commands import PlacePerpOrder, PositionChanged
 from .conditional import fire_conditionals
-from .margin import PPM, Perp, Position, cross_upnl, initial_margin
+from .margin import PPM, Perp, Position, cross_upnl_knowing, initial_margin
 from .state import SEGMENT, ceil_div, pool_of
 
 #: `Position` is a native (compiled) class when the hot path is compiled: its fields are C fields
@@ -40,8 +40,14 @@ __all__ = ["Contract", "trim_reduce_only", "order_precheck", "place_perp_order",
 
 def order_precheck(engine: Any, c: Any) -> None:
     """A `PlacePerpOrder` names a listed perpetual and says 0 or 1 to reduce-only (also the edge's check)."""
+    _precheck(engine.components["derivatives"], c)
+
+
+def _precheck(st: Any, c: Any) -> None:
+    """`order_precheck` on the derivatives state already read."""
     symbol = c.symbol
-    if not isinstance(symbol, str) or symbol not in engine.components["derivatives"].perps:
+    perps: dict[str, Perp] = st.perps
+    if not isinstance(symbol, str) or symbol not in perps:
         raise NotFound(f"unknown perpetual {symbol!r}", field="symbol")
     if c.reduce_only not in (0, 1):
         raise ValidationError("reduce_only must be 0 or 1", field="reduce_only")
@@ -49,12 +55,17 @@ def order_precheck(engine: Any, c: Any) -> None:
 
 def place_perp_order(engine: Any, c: Any) -> list[Event]:
     """`PlacePerpOrder`: placed by trading on the perpetual's market, reduce-only said around it."""
-    order_precheck(engine, c)
-    st = engine.components["derivatives"]
+    components: dict[str, Any] = engine.components
+    return _place_perp(engine, components["derivatives"], components["trading"], c)
+
+
+def _place_perp(engine: Any, st: Any, trading: TradingState, c: Any) -> list[Event]:
+    """`place_perp_order` on the derivatives and trading states already read."""
+    _precheck(st, c)
     ev: list[Event] = []
     st.reduce_only = c.reduce_only == 1
     try:
-        _trading_place(engine, trading_state(engine), c, ev)  # (as it is: `trading.orders.NewOrder`)
+        _trading_place(engine, trading, c, ev)  # (as it is: `trading.orders.NewOrder`)
     finally:
         st.reduce_only = False
     return ev
@@ -64,8 +75,10 @@ def handle_place_perp_order(engine: Any, c: Any) -> list[Event]:
     """The engine's handler of `PlacePerpOrder` (registered by `derivatives.module`; compiled, so
     an order enters the hot path without a Python frame): place it, then fire the conditional
     orders its trades may have reached."""
-    ev = place_perp_order(engine, c)
-    if engine.components["derivatives"].conditional:
+    components: dict[str, Any] = engine.components  # (read once per order)
+    st = components["derivatives"]
+    ev = _place_perp(engine, st, components["trading"], c)
+    if st.conditional:
         fire_conditionals(engine, ev, c.symbol)
     return ev
 
@@ -80,9 +93,11 @@ class Contract:
         self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
         self._accounts: tuple[Account, Account, Account] | None = None
         self._touched: set[str] = set()  # owners whose position a fill changed in the current match
-        #: (owner, kind) -> the owner's `margin` or `isolated` account in this market's quote asset
-        #: (accounts are never closed; kept for one ledger object, like `_accounts`)
-        self._margin_accounts: dict[tuple[str, str], Account] = {}
+        #: owner -> the owner's `margin` (cross) and `isolated` account in this market's quote asset
+        #: (accounts are never closed; kept for one ledger object, like `_accounts`; keyed by the
+        #: owner alone: a string's hash is cached, a tuple's is computed at every lookup)
+        self._margin_accounts: dict[str, Account] = {}
+        self._isolated_accounts: dict[str, Account] = {}
         #: owner -> the owner's `available` account in this market's quote asset (as `_margin_accounts`)
         self._wallets: dict[str, Account] = {}
 
@@ -95,7 +110,9 @@ class Contract:
     @property
     def has_reduce_only(self) -> bool:
         """Does this market have an open reduce-only order (trading's matching loop asks first)?"""
-        return bool(self.engine.components["derivatives"].reduce_only_orders.get(self.symbol))
+        components: dict[str, Any] = self.engine.components
+        orders: dict[str, set[int]] = components["derivatives"].reduce_only_orders
+        return bool(orders.get(self.symbol))
 
     def _system(self, p: Any) -> tuple[Account, Account, Account]:
         """(PnL pool, fees, insurance) of this market, looked up once per ledger object."""
@@ -104,6 +121,7 @@ class Contract:
         if self._ledger is not ledger or accounts is None:
             accounts = self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
             self._margin_accounts = {}
+            self._isolated_accounts = {}
             self._wallets = {}
             self._ledger = ledger
         return accounts
@@ -122,9 +140,11 @@ class Contract:
     # -- placing: how much margin an order holds, or why it is refused
 
     def order_hold(self, engine: Any, m: Market, c: Any, words: Any) -> tuple[tuple[str, str, str] | None, int, int]:
-        st: Any = engine.components["derivatives"]
+        components: dict[str, Any] = engine.components  # (read once; typed: direct dict lookups)
+        st: Any = components["derivatives"]
         symbol = self.symbol
-        p: Perp = st.perps[symbol]
+        perps: dict[str, Perp] = st.perps
+        p: Perp = perps[symbol]
         is_buy: bool = words[0]
         limitish: bool = words[4]
         if c.quote_amount:
@@ -144,13 +164,14 @@ class Contract:
         key = (owner, symbol)
         size_now: int
         close_q: int
-        pos: Position | None = st._positions.get(key)  # (`positions`' storage: a property call less per order)
+        positions: dict[tuple[str, str], Position] = st._positions  # (`positions`' storage: a property call less)
+        pos: Position | None = positions.get(key)
         if pos is None:
             size_now = close_q = 0
         else:
             size: int = pos.size
             size_now = size if size > 0 else -size
-            close_q = self._reducible(st, m, owner, is_buy) if (size > 0) != is_buy else 0
+            close_q = _reducible_of(size, m, owner, is_buy) if (size > 0) != is_buy else 0
             if close_q > qty:
                 close_q = qty
         open_q: int = qty - close_q
@@ -159,7 +180,7 @@ class Contract:
         scale: int = p.scale
         im: int
         if open_q:
-            index = engine.components.get("index")
+            index = components.get("index")
             s = index.symbols.get(p.index_symbol) if index is not None else None
             if s is not None and s.short:  # the index lost its sources: the perpetual only reduces
                 return ("MARKET_NOT_ACTIVE", "symbol",
@@ -180,9 +201,12 @@ class Contract:
             im = initial_margin(st, p, owner, size_now + open_q, -(-price * open_q // scale), p.open_interest + open_q)
         else:
             im = 0  # (`initial_margin` of a zero notional)
-        taker_ppm: int = trading_state(engine).rates(owner)[1]
+        trading: TradingState = components["trading"]
+        taker_ppm: int = trading.rates(owner)[1]
         order_notional: int = -(-price * qty // scale)  # ceil
-        hold: int = im - (-order_notional * taker_ppm // PPM)  # im + ceil(notional × taker rate): the fee reserve
+        # im + ceil(notional × taker rate): the fee reserve (negated after the product: a product of two
+        # non-negative small ints stays on mypyc's native fast path, a negative operand does not)
+        hold: int = im - (-(order_notional * taker_ppm) // PPM)
         if hold < 1:
             hold = 1
         w = self._wallet(owner, p)
@@ -204,7 +228,7 @@ class Contract:
                 return None, protect, hold
         free: int = wallet_free
         if hold <= free or free > 0:  # (the message names what is free: the loss is needed either way, unless nothing is)
-            upnl: int = cross_upnl(engine, st, owner, p.quote)
+            upnl: int = cross_upnl_knowing(engine, st, owner, p.quote, symbol, pos)  # (`pos`: looked up above)
             if upnl < 0:
                 free += upnl
         if hold > free:
@@ -216,7 +240,8 @@ class Contract:
         """Every check passed and trading is about to hold the order's margin: remember a
         reduce-only order's id (the next one trading gives), and move what a purely reducing order
         borrows from its position's margin back to the wallet first."""
-        st = engine.components["derivatives"]
+        components: dict[str, Any] = engine.components
+        st = components["derivatives"]
         if st.reduce_only:
             st.reduce_only_orders.setdefault(self.symbol, set()).add(trading_state(engine).next_order_id)
         if not self._borrow:
@@ -237,21 +262,11 @@ class Contract:
     def _reducible(self, st: Any, m: Market, owner: str, is_buy: bool) -> int:
         """How much of an order on side `is_buy` would reduce the owner's position: the position's
         size on the other side less what the owner's open orders on this side already cover."""
-        pos: Position | None = st._positions.get((owner, self.symbol))
+        positions: dict[tuple[str, str], Position] = st._positions
+        pos: Position | None = positions.get((owner, self.symbol))
         if pos is None:
             return 0
-        size: int = pos.size
-        if (size > 0) == is_buy:
-            return 0
-        left: int = -size if size < 0 else size
-        owned = m.by_owner.get(owner)
-        if owned:
-            for o in owned.values():  # (stops at the first order that covers the rest)
-                if o.is_buy == is_buy:
-                    left -= o.leaves
-                    if left <= 0:
-                        return 0
-        return left
+        return _reducible_of(pos.size, m, owner, is_buy)
 
     def fill_cap(self, o: Any) -> int:
         """How much order `o` may fill now: a reduce-only order at most the position it reduces (0
@@ -267,8 +282,10 @@ class Contract:
     def after_match(self, m: Any, ev: list[Event]) -> None:
         """After an order has matched (its fills and the stops they fired): the reduce-only orders
         of every owner whose position changed are cut down to it (Binance expires them)."""
-        st = self.engine.components["derivatives"]
-        ids = st.reduce_only_orders.get(self.symbol)
+        components: dict[str, Any] = self.engine.components
+        st = components["derivatives"]
+        orders: dict[str, set[int]] = st.reduce_only_orders
+        ids = orders.get(self.symbol)
         if not ids:  # (the common case: nothing to trim, and no new set per order)
             if self._touched:
                 self._touched.clear()
@@ -290,8 +307,10 @@ class Contract:
     def fill(self, m: Market, buyer: Order, seller: Order, price: int, qty: int, notional: int,
              buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Event]) -> tuple[int, int]:
         engine = self.engine
-        st = engine.components["derivatives"]
-        p: Perp = st.perps[self.symbol]
+        components: dict[str, Any] = engine.components
+        st = components["derivatives"]
+        perps: dict[str, Perp] = st.perps
+        p: Perp = perps[self.symbol]
         # What both sides read of the engine and the state, read once per fill (each is a generic
         # attribute read of a Python object from here).
         system = self._system(p)  # (also resets the account caches for a new ledger)
@@ -323,9 +342,11 @@ class Contract:
         took: int = take if take > 0 else 0
         symbol: str = p.symbol
         key = (owner, symbol)
-        iso: bool = key in isolated  # (`isolated`' storage, as `positions`: `st._positions`)
-        own_margin_only: bool = liq_iso == key  # a LiquidatePosition step: the wallet never pays
-        got: Position | None = positions.get(key)
+        iso_set: set[tuple[str, str]] = isolated  # (typed: a direct set lookup)
+        iso: bool = key in iso_set  # (`isolated`' storage, as `positions`: `st._positions`)
+        own_margin_only: bool = liq_iso is not None and liq_iso == key  # a LiquidatePosition step: the wallet never pays
+        by_key: dict[tuple[str, str], Position] = positions  # (typed: a direct dict lookup, not a method call)
+        got: Position | None = by_key.get(key)
         pos: Position
         size: int
         cost: int
@@ -339,10 +360,11 @@ class Contract:
         quote = p.quote
         kind = "isolated" if iso else "margin"
         pool, fees, insurance = system
-        acct: Account | None = self._margin_accounts.get((owner, kind))
+        cache = self._isolated_accounts if iso else self._margin_accounts
+        acct: Account | None = cache.get(owner)
         if acct is None:
             acct = ledger.find(owner, quote, kind, SEGMENT) or ledger.open_account(owner, quote, kind, SEGMENT)[0]
-            self._margin_accounts[(owner, kind)] = acct
+            cache[owner] = acct
         # 2. The position's margin comes back to the wallet (`released`); it is posted again for what remains.
         # 3. The position: open, increase, reduce or flip (docs/derivatives.md, "Positions").
         longs_before: int = size if size > 0 else 0
@@ -392,7 +414,7 @@ class Contract:
             free -= paid
             covered = loss - paid
         # 5. The fee, in the quote asset: ceil(notional × rate); the shield fund's tenth rounds down.
-        fee = -(-notional * rate_ppm // PPM)
+        fee = -(-(notional * rate_ppm) // PPM)  # (negated after the product, as `order_hold`'s)
         if fee > free:
             fee = free
         # What the position's margin (and its order's hold, borrowed from it) brought and the loss left.
@@ -425,7 +447,8 @@ class Contract:
             _bypass(pos, "margin", post)
         if size:
             if pos._book is positions:
-                positions.dirty.add(key)  # what `Position.__setattr__` would have marked
+                dirty: set[tuple[str, str]] = positions.dirty
+                dirty.add(key)  # what `Position.__setattr__` would have marked
             else:
                 positions[key] = pos
         else:
@@ -434,6 +457,21 @@ class Contract:
         ev.append(PositionChanged(owner, symbol, price, signed, size, cost, post, realized, fee, covered))
         self._touched.add(owner)
         return fee
+
+
+def _reducible_of(size: int, m: Market, owner: str, is_buy: bool) -> int:
+    """`Contract._reducible` of the owner's position of signed `size` (already looked up)."""
+    if (size > 0) == is_buy:
+        return 0
+    left: int = -size if size < 0 else size
+    owned = m.by_owner.get(owner)
+    if owned:
+        for o in owned.values():  # (stops at the first order that covers the rest)
+            if o.is_buy == is_buy:
+                left -= o.leaves
+                if left <= 0:
+                    return 0
+    return left
 
 
 def trim_reduce_only(engine: Any, st: Any, m: Any, owner: str, ev: list[Event]) -> None:

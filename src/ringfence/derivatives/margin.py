@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..index.mark import ma_basis, mark_price
+from ..trading.book import Market
+from ..trading.state import TradingState
 
-__all__ = ["PPM", "Bracket", "Perp", "Position", "initial_margin", "mark_of_perp", "unrealized", "cross_upnl"]
+__all__ = ["PPM", "Bracket", "Perp", "Position", "initial_margin", "mark_of_perp", "unrealized", "cross_upnl",
+           "cross_upnl_knowing"]
 
 PPM: Final = 1_000_000
 
@@ -126,7 +129,8 @@ def initial_margin(st: Any, p: Perp, owner: str, size_abs: int, cost: int, open_
     `concentration_imr_ppm`, inlined: every order and every fill asks)."""
     if cost <= 0:
         return 0
-    lev: int = st.leverage.get((owner, p.symbol), p.default_leverage)
+    leverage: dict[tuple[str, str], int] = st.leverage  # (typed: a direct dict lookup, not a method call)
+    lev: int = leverage.get((owner, p.symbol), p.default_leverage)
     for b in p.brackets:  # the first bracket whose cap holds `cost`, else the last
         if cost <= b.cap:
             break
@@ -135,10 +139,10 @@ def initial_margin(st: Any, p: Perp, owner: str, size_abs: int, cost: int, open_
     im: int = -(-cost // lev)
     rate_ppm: int = p.conc_imr_ppm
     if rate_ppm and open_interest > 0:
-        share_ppm = -(-size_abs * PPM // open_interest)
-        conc = -(-share_ppm * rate_ppm // PPM)
+        share_ppm = -(-(size_abs * PPM) // open_interest)  # (negated after the product: mypyc's fast path)
+        conc = -(-(share_ppm * rate_ppm) // PPM)
         if conc:
-            conc_im = -(-cost * conc // PPM)
+            conc_im = -(-(cost * conc) // PPM)
             if conc_im > im:
                 im = conc_im
     return im
@@ -147,10 +151,11 @@ def initial_margin(st: Any, p: Perp, owner: str, size_abs: int, cost: int, open_
 def mark_of_perp(engine: Any, p: Perp) -> int:
     """The perpetual's mark price (docs/index.md's formula with this market's last trade and its
     funding basis `last rate × time left / interval`), else its last trade price, else 0."""
-    trading = engine.components.get("trading")
-    m = trading.markets.get(p.symbol) if trading is not None else None
-    last = m.last_price if m is not None else 0
-    index = engine.components.get("index")
+    components: dict[str, Any] = engine.components  # (read once, typed: direct dict lookups)
+    trading: TradingState | None = components.get("trading")  # (typed: native classes, C fields compiled)
+    m: Market | None = trading.markets.get(p.symbol) if trading is not None else None
+    last: int = m.last_price if m is not None else 0
+    index = components.get("index")
     s = index.symbols.get(p.index_symbol) if index is not None else None
     if s is None or not s.index_minor:
         return int(last)
@@ -171,11 +176,25 @@ def unrealized(pos: Any, mark: int, scale: int) -> int:
 
 def cross_upnl(engine: Any, st: Any, owner: str, asset: str) -> int:
     """The unrealised PnL at mark of the owner's cross positions margined in `asset`."""
+    return cross_upnl_knowing(engine, st, owner, asset, "", None)
+
+
+def cross_upnl_knowing(engine: Any, st: Any, owner: str, asset: str, known_symbol: str, known: Position | None) -> int:
+    """`cross_upnl`, the owner's position in perpetual `known_symbol` already looked up (`known`,
+    None when there is none): what an order's margin check asks, without that lookup again."""
     total: int = 0
-    positions, isolated = st._positions, st._isolated  # (the properties' storage: no call per order)
+    # (the properties' storage, typed: direct dict and set lookups, no call per order)
+    positions: dict[tuple[str, str], Position] = st._positions
+    isolated: set[tuple[str, str]] = st._isolated
     perps: dict[str, Perp] = st.perps
     for sym, p in perps.items():
-        pos: Position | None = positions.get((owner, sym))
-        if pos is not None and p.quote == asset and (owner, sym) not in isolated:
-            total += unrealized(pos, mark_of_perp(engine, p), p.scale)
+        key = (owner, sym)
+        pos: Position | None = known if sym == known_symbol else positions.get(key)
+        if pos is not None and p.quote == asset and key not in isolated:
+            # `unrealized`, inlined on the typed position (its fields read as C fields compiled)
+            size: int = pos.size
+            if size:
+                mark = mark_of_perp(engine, p)
+                if mark:
+                    total += size * mark // p.scale - pos.cost if size > 0 else pos.cost + size * mark // p.scale
     return total

@@ -267,7 +267,10 @@ class Ledger:
     def find_pair(self, owner: str, asset: str, other_asset: str, kind: str, segment: str) -> tuple[Account | None, Account | None]:
         """`find` of two assets of one owner at once (what pays and what receives, for an order)."""
         by_key = self._by_key
-        return by_key.get((owner, asset, kind, segment)), by_key.get((owner, other_asset, kind, segment))
+        first = by_key.get((owner, asset, kind, segment))
+        if other_asset == asset:  # (a perpetual pays and receives its quote asset: one lookup)
+            return first, first
+        return first, by_key.get((owner, other_asset, kind, segment))
 
     def get(self, owner: str, asset: str, kind: str = "available", segment: str = "spot") -> Account:
         account = self._by_key.get((owner, asset, kind, segment))
