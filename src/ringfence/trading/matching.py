@@ -173,6 +173,9 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int,
     qmode = not t.qty  # an order by quote amount
     scale, lot = m.base_scale, m.lot
     contract = m.contract  # a perpetual's rules: a reduce-only order never fills past its position
+    # A perpetual that only reduces (REDUCE_ONLY, or its index short of sources): no fill may open
+    # or grow a position, the resting makers' included (docs/derivatives.md, "Reduce-only market").
+    only_reduces = contract is not None and contract.only_reduces(m)
     while prices:
         price_minor = prices[0] if is_buy else prices[-1]
         if (price_minor > limit_minor) if is_buy else (price_minor < limit_minor):
@@ -209,15 +212,18 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int,
                     qty_minor = cap_minor
             elif qty_minor > t.leaves:
                 qty_minor = t.leaves
-            if contract is not None and contract.has_reduce_only:
-                maker_cap = contract.fill_cap(mk)
-                if maker_cap == 0:  # a resting reduce-only order with nothing left to reduce: expired
+            if contract is not None and (only_reduces or contract.has_reduce_only):
+                maker_cap = contract.fill_cap(mk, only_reduces)
+                if maker_cap == 0:
+                    # A resting reduce-only order with nothing left to reduce, or (the market only
+                    # reducing) a maker whose fill would open or grow its owner's position: expired,
+                    # its hold released; the taker goes on to the next maker.
                     nxt = mk.next
                     _take_out(m, mk)
-                    _close(ledger, m, mk, ev, OrderExpired, "REDUCE_ONLY", True)
+                    _close(ledger, m, mk, ev, OrderExpired, contract.expiry_reason(mk), True)
                     mk = nxt
                     continue
-                taker_cap = contract.fill_cap(t)
+                taker_cap = contract.fill_cap(t, only_reduces)
                 if taker_cap == 0:
                     return "REDUCE_ONLY"
                 if qty_minor > maker_cap:

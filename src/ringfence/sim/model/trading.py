@@ -321,7 +321,7 @@ class TradingModel(Books):
         if o.tif == "FOK" and not self._fillable(m, o, limit):
             return self._close(m, o, ev, "expired", "FOK_NOT_FILLABLE")
         stopped = self._match(m, o, limit, ev) if limit else "NO_LIQUIDITY"
-        if stopped == "SELF_TRADE_PREVENTED":
+        if stopped in ("SELF_TRADE_PREVENTED", "REDUCE_ONLY"):
             self._close(m, o, ev, "expired", stopped)
         elif not o.qty:
             if o.filled and (stopped == "QUOTE_SPENT" or o.quote_left == 0 or o.leaves == 0):
@@ -345,6 +345,9 @@ class TradingModel(Books):
 
     def _match(self, m: MMarket, t: MOrder, limit: int, ev: list) -> str:
         r = m.rules
+        # A perpetual that only reduces: each side of a fill at most the position it reduces; a
+        # maker with nothing to reduce is expired (docs/derivatives.md, "Reduce-only market").
+        shrink = r.segment == "derivatives" and self.perp_only_reduces(m)  # type: ignore[attr-defined]
         while True:
             book = self._book(m, not t.is_buy)
             if not book:
@@ -373,6 +376,15 @@ class TradingModel(Books):
                 q = min(q, cap)
             else:
                 q = min(q, t.leaves)
+            if shrink:
+                room = self.perp_reducing_room(r.symbol, mk)  # type: ignore[attr-defined]
+                if room == 0:
+                    self._close(m, mk, ev, "expired", "MARKET_REDUCE_ONLY")
+                    continue
+                t_room = self.perp_reducing_room(r.symbol, t)  # type: ignore[attr-defined]
+                if t_room == 0:
+                    return "REDUCE_ONLY"
+                q = min(q, room, t_room)
             self._fill(m, t, mk, p, q, ev)
             if mk.leaves == 0:
                 self._end(m, mk)
