@@ -109,6 +109,36 @@ def test_a_maker_fills_its_reducing_part_and_the_rest_expires(isolated: bool) ->
     _replays(d)
 
 
+def test_fill_or_kill_counts_only_what_makers_may_fill_while_the_market_only_reduces() -> None:
+    d = _world()
+    carol_bid = _accepted(order(d, "carol", "BUY", "59500", "0.01"))  # flat: may fill nothing
+    dave_bid = _accepted(order(d, "dave", "BUY", "59000", "0.01"))  # short 0.005: may fill 0.005
+    assert not rejected(d.apply(Halt("ro", "market", PERP, "REDUCE_ONLY", "test")))
+    ev = order(d, "alice", "SELL", "58000", "0.008", reduce_only=1, tif="FOK")
+    assert [(e.order_id, e.reason) for e in _expired(ev).values()] == [(_accepted(ev), "FOK_NOT_FILLABLE")]
+    assert not [e for e in ev if type(e).__name__ == "Trade"] and _size(d, "alice") == qty("0.01")
+    ev = order(d, "alice", "SELL", "58000", "0.005", reduce_only=1, tif="FOK")
+    assert [(e.maker_order_id, e.quantity) for e in ev if type(e).__name__ == "Trade"] == [(dave_bid, qty("0.005"))]
+    assert _expired(ev)[carol_bid].reason == "MARKET_REDUCE_ONLY" and _size(d, "alice") == qty("0.005")
+    d.engine.check_invariants()
+    _replays(d)
+
+
+def test_fill_or_kill_counts_a_reduce_only_maker_after_its_owners_plain_one_fills() -> None:
+    """An ACTIVE market: dave (short 0.005) rests a reduce-only bid, then a plain bid at a better
+    price. A FOK sell of 0.008 would fill the plain bid (dave flat), then find the reduce-only one
+    with nothing to reduce: it is not fillable (it was, counting the book's totals: a FOK order
+    filled in part)."""
+    d = _world()
+    _accepted(order(d, "dave", "BUY", "59000", "0.005", reduce_only=1))
+    _accepted(order(d, "dave", "BUY", "59500", "0.005"))
+    ev = order(d, "alice", "SELL", "58000", "0.008", tif="FOK")
+    assert [e.reason for e in _expired(ev).values()] == ["FOK_NOT_FILLABLE"]
+    assert not [e for e in ev if type(e).__name__ == "Trade"]
+    assert _size(d, "alice") == qty("0.01") and _size(d, "dave") == -qty("0.005")
+    d.engine.check_invariants()
+
+
 def test_a_maker_that_reduces_fills_as_before() -> None:
     d = _world()
     dave_bid = _accepted(order(d, "dave", "BUY", "59000", "0.003"))  # short 0.005: all of it reduces

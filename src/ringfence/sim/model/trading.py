@@ -299,8 +299,14 @@ class TradingModel(Books):
         o.rest_seq, o.resting = self.rest_counter, True
 
     def _fillable(self, m: MMarket, t: MOrder, limit: int) -> bool:
-        """FOK: would the book fill `t` completely right now, honouring its self-trade mode?"""
+        """FOK: would the book fill `t` completely right now, honouring its self-trade mode? (A
+        perpetual that only reduces: each side at most what reduces its owner's position, an owner's
+        room used up by its earlier makers in the walk.)"""
         have = 0
+        shrink = m.rules.segment == "derivatives" and self.perp_only_reduces(m)  # type: ignore[attr-defined]
+        if shrink and self.perp_reducing_room(m.rules.symbol, t) < t.leaves:  # type: ignore[attr-defined]
+            return False
+        used: dict[str, int] = {}
         for mk in self._book(m, not t.is_buy):
             if (mk.price > limit) if t.is_buy else (mk.price < limit):
                 break
@@ -310,7 +316,12 @@ class TradingModel(Books):
                 if t.stp == "EXPIRE_MAKER":
                     continue
                 break
-            have += mk.leaves
+            q = mk.leaves
+            if shrink:
+                room = self.perp_reducing_room(m.rules.symbol, mk) - used.get(mk.owner, 0)  # type: ignore[attr-defined]
+                q = max(0, min(q, room))
+                used[mk.owner] = used.get(mk.owner, 0) + q
+            have += q
             if have >= t.leaves:
                 return True
         return have >= t.leaves
