@@ -4,7 +4,9 @@ reference the differential test (test_fast_path.py) runs beside the engine's `Co
 `ReferenceContract` is the old `Contract` class, and the helpers it called are the old
 `initial_margin`, `effective_leverage` and `cross_upnl`, renamed `*_ref`. It stands alone (the
 engine's `Contract` may be compiled, and a compiled class cannot be subclassed from Python).
-Do not "tidy" this file: its value is that it is the old code.
+Do not "tidy" this file: its value is that it is the old code. One addition since: the rule for a
+market that only reduces (issue 17), restated from docs/derivatives.md ("Reduce-only market") rather
+than copied — `only_reduces`, the `only_reduces` argument of `fill_cap`, and `expiry_reason`.
 """
 
 # ruff: noqa
@@ -198,11 +200,33 @@ class ReferenceContract:
                         return 0
         return left
 
-    def fill_cap(self, o: Any) -> int:
-        """How much order `o` may fill now: a reduce-only order at most the position it reduces (0
-        when the position is gone or on its own side), any other order without limit."""
+    def only_reduces(self, m: Any) -> bool:
+        """The documented rule: the market's own status is not ACTIVE, or an active halt at
+        REDUCE_ONLY or above covers the venue, the market, its segment or one of its assets, or the
+        perpetual's index is short of live sources. Read from the halt records themselves."""
+        if str(m.status) != "ACTIVE":
+            return True
+        halts = self.engine.components.get("halts")
+        covering = {("venue", "*"), ("market", m.symbol), ("segment", m.segment), ("asset", m.base), ("asset", m.quote)}
+        for h in (halts.active.values() if halts is not None else ()):
+            if (h.scope_kind, h.scope) in covering and h.level in ("REDUCE_ONLY", "HALTED"):
+                return True
+        index = self.engine.components.get("index")
+        p = derivatives_state(self.engine).perps[self.symbol]
+        s = index.symbols.get(p.index_symbol) if index is not None else None
+        return bool(s is not None and s.short)
+
+    def expiry_reason(self, o: Any) -> str:
+        if o.id in derivatives_state(self.engine).reduce_only_orders.get(self.symbol, ()):
+            return "REDUCE_ONLY"
+        return "MARKET_REDUCE_ONLY"
+
+    def fill_cap(self, o: Any, only_reduces: bool = False) -> int:
+        """How much order `o` may fill now: a reduce-only order (or any order, while the market only
+        reduces) at most the position it reduces (0 when the position is gone or on its own side),
+        any other order without limit."""
         st = derivatives_state(self.engine)
-        if o.id not in st.reduce_only_orders.get(self.symbol, ()):
+        if o.id not in st.reduce_only_orders.get(self.symbol, ()) and not only_reduces:
             return MAX_QTY
         pos = st.positions.get((o.owner, self.symbol))
         if pos is None or (pos.size > 0) == o.is_buy:

@@ -11,6 +11,7 @@ changes, added and removed isolated margin, transfers and liquidations (with the
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -47,12 +48,14 @@ class Twin:
         self.quotes = (with_index(self.fast), with_index(self.ref))
         self.steps = 0
         self.fills = 0
+        self.market_reduce_only = 0  # makers expired because the market only reduced
 
     def both(self, fn: Any) -> list[Any]:
         a, b = fn(self.fast), fn(self.ref)
         assert a == b, (self.steps, a, b)
         self.steps += 1
         self.fills += sum(type(e).__name__ == "PositionChanged" for e in a)
+        self.market_reduce_only += sum(type(e).__name__ == "OrderExpired" and e.reason == "MARKET_REDUCE_ONLY" for e in a)
         return a
 
     def quote(self, px: int) -> None:
@@ -138,7 +141,47 @@ def test_the_fast_path_gives_the_old_paths_events_and_state(seed: int, usdt: int
 def test_long_streams_reach_every_kind_of_fill_and_agree(seed: int) -> None:
     print("seed", seed)
     t = _run(seed, 300, 1_000)
-    assert t.fills >= 100, t.fills  # the stream traded (opens, reductions, flips, liquidations)
+    # The stream traded (opens, reductions, flips, liquidations). A funding jump leaves the index's
+    # one venue stale until the next quote: meanwhile the market only reduces and makers that would
+    # open are expired instead of filled (issue 17), so a little fewer fill than before.
+    assert t.fills >= 90, t.fills
+
+
+def test_a_market_that_only_reduces_matches_the_same_in_both() -> None:
+    """Streams with a REDUCE_ONLY halt on the perpetual (or its segment, or the venue) raised and
+    lifted now and then: the engine's contract and the reference apply the reduce-only-market rule
+    (docs/derivatives.md, "Reduce-only market") to the same makers, with the same events and state."""
+    from ringfence.risk.halts import Halt
+
+    from tests.derivatives.test_reduce_only_market import _desk
+
+    expired = 0
+    for seed in range(3):
+        rng = random.Random(1000 + seed)
+        t = Twin(1_000)
+        # (the same nonces on both sides: the nonces seen are part of the state hash)
+        desks = {id(d.engine): _desk(d, nonce=(lambda n=itertools.count(): f"{next(n):032x}")) for d in (t.fast, t.ref)}
+        px = 60_000
+        t.quote(px)
+        raised = ""
+        for i in range(200):
+            if rng.random() < 0.08:
+                if raised:
+                    hid = raised
+                    t.both(lambda d, hid=hid, desks=desks: d.apply(desks[id(d.engine)].lift(d.engine, hid, "checked", ["op0", "op1"])))
+                    raised = ""
+                else:
+                    raised = f"h{i}"
+                    kind, where = rng.choice([("market", PERP), ("segment", "derivatives"), ("venue", "*")])
+                    halt = Halt(raised, kind, where, "REDUCE_ONLY", "differential")
+                    t.both(lambda d, halt=halt: d.apply(halt))
+                continue
+            px = _step(t, rng, px)
+            if i % 25 == 24:
+                t.same_state()
+        t.same_state()
+        expired += t.market_reduce_only
+    assert expired > 0  # the rule was exercised, not only agreed on while idle
 
 
 def test_a_margin_refusal_says_the_same_as_before() -> None:

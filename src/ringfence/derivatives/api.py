@@ -22,6 +22,7 @@ from ..api.binance import EndpointParams, _doc, add_binance_route
 from ..api.binance_errors import BinanceError, from_order_rejection, from_ringfence
 from ..api.gateway import Params
 from ..index.view import rate_text
+from ..risk.halts import market_status
 from .commands import (
     AdjustIsolatedMargin,
     CancelConditionalOrder,
@@ -247,7 +248,9 @@ class FuturesApi:
                 p = st.perps[sym]
                 m = trading.markets[sym]
                 qd, bd = ledger.assets.get(p.quote).decimals, ledger.assets.get(p.base).decimals
-                status = {"ACTIVE": "TRADING", "REDUCE_ONLY": "SETTLING", "HALTED": "HALT"}.get(str(m.status.value), "HALT")
+                # the graded halts on the market, its segment, assets or the venue count too (as on
+                # spot's exchangeInfo), not only the market's own band state
+                status = {"ACTIVE": "TRADING", "REDUCE_ONLY": "SETTLING", "HALTED": "HALT"}.get(market_status(engine, sym), "HALT")
                 price_precision = qd - (len(str(m.tick)) - len(str(m.tick).rstrip("0")))
                 qty_precision = bd - (len(str(m.lot)) - len(str(m.lot).rstrip("0")))
                 b0 = p.brackets[0]

@@ -22,7 +22,8 @@ from ..ledger.account import Account
 from ..ledger.ledger import Ledger
 from ..trading.orders import _place as _trading_place
 from ..trading.orders import _protection_and_hold
-from ..trading.book import Market, Order
+from ..trading.book import ACTIVE, Market, Order
+from ..risk.halts import market_status
 from ..trading.state import MAX_QTY, TradingState, trading_state
 from .commands import PlacePerpOrder, PositionChanged
 from .conditional import fire_conditionals
@@ -268,16 +269,43 @@ class Contract:
             return 0
         return _reducible_of(pos.size, m, owner, is_buy)
 
-    def fill_cap(self, o: Any) -> int:
-        """How much order `o` may fill now: a reduce-only order at most the position it reduces (0
-        when the position is gone or on its own side), any other order without limit."""
+    def only_reduces(self, m: Market) -> bool:
+        """Does this perpetual only reduce now? True while `market_status` is not ACTIVE (a
+        REDUCE_ONLY or HALTED halt on the market, the `derivatives` segment, its base or margin
+        asset or the venue; or the band timer's state) or while its index has fewer than its
+        minimum of live sources. The matching loop asks once per taker: then every fill, on both
+        sides, is capped at what reduces that side's position (`fill_cap`). Pure: reads state only,
+        all of it journaled (halts, index quotes, sequencer time), so replay matches the same way."""
+        engine = self.engine
+        if m.status != ACTIVE:
+            return True
+        halts = engine.components.get("halts")
+        if halts is not None and halts._index and market_status(engine, self.symbol) != "ACTIVE":
+            return True
+        index = engine.components.get("index")
+        if index is None:
+            return False
+        s = index.symbols.get(engine.components["derivatives"].perps[self.symbol].index_symbol)
+        return s is not None and bool(s.short)
+
+    def fill_cap(self, o: Any, only_reduces: bool = False) -> int:
+        """How much order `o` may fill now: at most the position it reduces (0 when the position is
+        gone or on its own side) for a reduce-only order, or for any order while the market only
+        reduces (`only_reduces`); otherwise without limit."""
         st = self.engine.components["derivatives"]
-        if o.id not in st.reduce_only_orders.get(self.symbol, ()):
+        if not only_reduces and o.id not in st.reduce_only_orders.get(self.symbol, ()):
             return MAX_QTY
         pos: Position | None = st._positions.get((o.owner, self.symbol))
         if pos is None or (pos.size > 0) == o.is_buy:
             return 0
         return abs(pos.size)
+
+    def expiry_reason(self, o: Any) -> str:
+        """Why a maker with nothing it may fill is expired: `REDUCE_ONLY` for a reduce-only order,
+        `MARKET_REDUCE_ONLY` for an order that would open or grow its owner's position while the
+        market only reduces."""
+        ids = self.engine.components["derivatives"].reduce_only_orders.get(self.symbol, ())
+        return "REDUCE_ONLY" if o.id in ids else "MARKET_REDUCE_ONLY"
 
     def after_match(self, m: Any, ev: list[Event]) -> None:
         """After an order has matched (its fills and the stops they fired): the reduce-only orders

@@ -395,6 +395,8 @@ class _Sim(Workload):
                     tally(f"{kind} liquidation step that traded")
             elif n == "AutoDeleveraged":
                 tally("auto-deleveraged close")
+            elif n == "OrderExpired" and e.reason == "MARKET_REDUCE_ONLY":
+                tally("maker expired: the market only reduces")
             elif n == "FundingSettled":
                 tally("funding round")
                 if e.owners:

@@ -47,6 +47,7 @@ from .commands import (
 from .state import (
     _LIMITISH,
     _PPM,
+    MAX_QTY,
     TradingState,
 )
 from .vocabulary import OrderType, SelfTradePrevention, Side, TimeInForce
@@ -173,6 +174,9 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int,
     qmode = not t.qty  # an order by quote amount
     scale, lot = m.base_scale, m.lot
     contract = m.contract  # a perpetual's rules: a reduce-only order never fills past its position
+    # A perpetual that only reduces (REDUCE_ONLY, or its index short of sources): no fill may open
+    # or grow a position, the resting makers' included (docs/derivatives.md, "Reduce-only market").
+    only_reduces = contract is not None and contract.only_reduces(m)
     while prices:
         price_minor = prices[0] if is_buy else prices[-1]
         if (price_minor > limit_minor) if is_buy else (price_minor < limit_minor):
@@ -209,15 +213,17 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int,
                     qty_minor = cap_minor
             elif qty_minor > t.leaves:
                 qty_minor = t.leaves
-            if contract is not None and contract.has_reduce_only:
-                maker_cap = contract.fill_cap(mk)
-                if maker_cap == 0:  # a resting reduce-only order with nothing left to reduce: expired
+            if contract is not None and (only_reduces or contract.has_reduce_only):
+                maker_cap = contract.fill_cap(mk, only_reduces)
+                if maker_cap == 0:
+                    # A reduce-only maker with nothing left to reduce, or (the market only reducing)
+                    # one that would open or grow its owner's position: expired, the taker goes on.
                     nxt = mk.next
                     _take_out(m, mk)
-                    _close(ledger, m, mk, ev, OrderExpired, "REDUCE_ONLY", True)
+                    _close(ledger, m, mk, ev, OrderExpired, contract.expiry_reason(mk), True)
                     mk = nxt
                     continue
-                taker_cap = contract.fill_cap(t)
+                taker_cap = contract.fill_cap(t, only_reduces)
                 if taker_cap == 0:
                     return "REDUCE_ONLY"
                 if qty_minor > maker_cap:
@@ -236,8 +242,55 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int,
     return ""
 
 
+def _fok_fillable_capped(m: Market, t: Order, limit_minor: int, contract: Any, only_reduces: bool) -> bool:
+    """`_fok_fillable` on a perpetual whose fills are capped (`_match`: reduce-only orders, or every
+    order while the market only reduces): each maker counts for what it may fill, its owner's room
+    to reduce shrinking as the walk fills that owner's orders (a plain maker's fill uses it up too)."""
+    need_minor = t.leaves
+    if contract.fill_cap(t, only_reduces) < need_minor:
+        return False
+    have_minor = 0
+    rooms: dict[str, int] = {}
+    is_buy = t.is_buy
+    if is_buy:
+        book, it = m.asks, iter(m.ask_prices)
+    else:
+        book, it = m.bids, reversed(m.bid_prices)
+    lo, hi = m.band_lo, m.band_hi
+    stp_on = t.stp != _STP_NONE
+    for price_minor in it:
+        if (price_minor > limit_minor) if is_buy else (price_minor < limit_minor):
+            break
+        if hi and not lo <= price_minor <= hi:
+            continue
+        o = book[price_minor].head
+        while o is not None:
+            if stp_on and o.owner == t.owner:
+                if t.stp != _EXPIRE_MAKER:
+                    return have_minor >= need_minor
+                o = o.next
+                continue
+            room = rooms.get(o.owner)
+            if room is None:
+                room = contract.fill_cap(o, True)  # the owner's position on the other side of `o`
+            q = o.leaves
+            if q > room and (only_reduces or contract.fill_cap(o, False) != MAX_QTY):  # a capped maker
+                q = room
+            have_minor += q
+            rooms[o.owner] = room - q if room > q else 0
+            if have_minor >= need_minor:
+                return True
+            o = o.next
+    return have_minor >= need_minor
+
+
 def _fok_fillable(m: Market, t: Order, limit_minor: int) -> bool:
     """Could `t` fill completely right now (honouring the band and its self-trade mode)?"""
+    contract = m.contract
+    if contract is not None:
+        only_reduces = contract.only_reduces(m)
+        if only_reduces or contract.has_reduce_only:
+            return _fok_fillable_capped(m, t, limit_minor, contract, only_reduces)
     need_minor = t.leaves
     have_minor = 0
     is_buy = t.is_buy

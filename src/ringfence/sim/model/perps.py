@@ -332,6 +332,27 @@ class PerpsModel(Books):
             return "MARGIN_INSUFFICIENT", 0
         return None, hold
 
+    def perp_only_reduces(self, m: Any) -> bool:
+        """Does the perpetual only reduce now: its own status is not ACTIVE, a halt of REDUCE_ONLY or
+        above covers the venue, the market, the derivatives segment or one of its assets, or its index
+        is short of live sources."""
+        if m.status != "ACTIVE":
+            return True
+        r = m.rules
+        scopes = (("venue", "*"), ("market", r.symbol), ("segment", r.segment), ("asset", r.base), ("asset", r.quote))
+        if any(self.level_at(kind, scope) >= 2 for kind, scope in scopes):  # type: ignore[attr-defined]  # HaltsModel's
+            return True
+        x = self.indexes.get(self.perps[r.symbol].rules.index_symbol)
+        return x is not None and x.short
+
+    def perp_reducing_room(self, symbol: str, o: Any) -> int:
+        """How much `o` may fill while its market only reduces: the owner's position, when `o` is on
+        the other side of it; else nothing."""
+        pos = self.positions.get((o.owner, symbol))
+        if pos is None or pos.size == 0 or (pos.size > 0) == o.is_buy:
+            return 0
+        return abs(pos.size)
+
     def perp_before_hold(self, c: Any) -> None:
         """A purely reducing order's hold borrowed from its position's margin goes to the wallet first."""
         if not self._borrow:

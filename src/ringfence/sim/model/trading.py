@@ -299,8 +299,14 @@ class TradingModel(Books):
         o.rest_seq, o.resting = self.rest_counter, True
 
     def _fillable(self, m: MMarket, t: MOrder, limit: int) -> bool:
-        """FOK: would the book fill `t` completely right now, honouring its self-trade mode?"""
+        """FOK: would the book fill `t` completely right now, honouring its self-trade mode? (A
+        perpetual that only reduces: each side at most what reduces its owner's position, an owner's
+        room used up by its earlier makers in the walk.)"""
         have = 0
+        shrink = m.rules.segment == "derivatives" and self.perp_only_reduces(m)  # type: ignore[attr-defined]
+        if shrink and self.perp_reducing_room(m.rules.symbol, t) < t.leaves:  # type: ignore[attr-defined]
+            return False
+        used: dict[str, int] = {}
         for mk in self._book(m, not t.is_buy):
             if (mk.price > limit) if t.is_buy else (mk.price < limit):
                 break
@@ -310,7 +316,12 @@ class TradingModel(Books):
                 if t.stp == "EXPIRE_MAKER":
                     continue
                 break
-            have += mk.leaves
+            q = mk.leaves
+            if shrink:
+                room = self.perp_reducing_room(m.rules.symbol, mk) - used.get(mk.owner, 0)  # type: ignore[attr-defined]
+                q = max(0, min(q, room))
+                used[mk.owner] = used.get(mk.owner, 0) + q
+            have += q
             if have >= t.leaves:
                 return True
         return have >= t.leaves
@@ -321,7 +332,7 @@ class TradingModel(Books):
         if o.tif == "FOK" and not self._fillable(m, o, limit):
             return self._close(m, o, ev, "expired", "FOK_NOT_FILLABLE")
         stopped = self._match(m, o, limit, ev) if limit else "NO_LIQUIDITY"
-        if stopped == "SELF_TRADE_PREVENTED":
+        if stopped in ("SELF_TRADE_PREVENTED", "REDUCE_ONLY"):
             self._close(m, o, ev, "expired", stopped)
         elif not o.qty:
             if o.filled and (stopped == "QUOTE_SPENT" or o.quote_left == 0 or o.leaves == 0):
@@ -345,6 +356,9 @@ class TradingModel(Books):
 
     def _match(self, m: MMarket, t: MOrder, limit: int, ev: list) -> str:
         r = m.rules
+        # A perpetual that only reduces: each side of a fill at most the position it reduces; a
+        # maker with nothing to reduce is expired (docs/derivatives.md, "Reduce-only market").
+        shrink = r.segment == "derivatives" and self.perp_only_reduces(m)  # type: ignore[attr-defined]
         while True:
             book = self._book(m, not t.is_buy)
             if not book:
@@ -373,6 +387,15 @@ class TradingModel(Books):
                 q = min(q, cap)
             else:
                 q = min(q, t.leaves)
+            if shrink:
+                room = self.perp_reducing_room(r.symbol, mk)  # type: ignore[attr-defined]
+                if room == 0:
+                    self._close(m, mk, ev, "expired", "MARKET_REDUCE_ONLY")
+                    continue
+                t_room = self.perp_reducing_room(r.symbol, t)  # type: ignore[attr-defined]
+                if t_room == 0:
+                    return "REDUCE_ONLY"
+                q = min(q, room, t_room)
             self._fill(m, t, mk, p, q, ev)
             if mk.leaves == 0:
                 self._end(m, mk)
