@@ -10,6 +10,8 @@ serve --demo`, then run `slow_reader` below against it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import struct
 import threading
@@ -192,3 +194,35 @@ def test_settings_and_http_wire_agree_and_bad_values_name_the_variable(monkeypat
         monkeypatch.delenv(name)
     monkeypatch.setenv("RINGFENCE_HTTP_MAX_CONNECTIONS_PER_IP", "0")
     assert http_wire.check_settings()["max_connections_per_ip"] == 0
+
+
+def test_a_websocket_holds_its_peer_slot_until_it_closes(server):
+    """A WebSocket counts against its address's connections (the slot moves from the HTTP protocol to
+    ws_wire.py at the upgrade) and gives it back when it closes: after PER_IP closed, PER_IP open again."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    for _ in range(2):
+        with contextlib.ExitStack() as stack:
+            for _ in range(PER_IP):
+                stack.enter_context(connect(url, open_timeout=10, source_address=("127.0.0.30", 0)))
+            with pytest.raises(InvalidStatus) as refused:
+                connect(url, open_timeout=10, source_address=("127.0.0.30", 0))
+            assert refused.value.response.status_code == 503
+            assert refused.value.response.body == b"too many connections from this address"
+        time.sleep(0.5)
+
+
+def test_serve_refuses_a_bad_setting_by_name(tmp_path):
+    """The example in docs/api.md: a bad value stops `serve` before it starts anything."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RINGFENCE_HTTP_WRITE_TIMEOUT_S="soon")
+    out = subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--demo", "--data", str(tmp_path / "d"), "--port", "1"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out
+    assert "RINGFENCE_HTTP_WRITE_TIMEOUT_S must be a number of seconds, more than 0 and at most 3600; got 'soon'" in " ".join(
+        (out.stdout + out.stderr).split()), out
+    assert not (tmp_path / "d").exists()
