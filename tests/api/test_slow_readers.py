@@ -221,3 +221,17 @@ def test_serve_refuses_a_bad_setting_by_name(tmp_path):
     assert "RINGFENCE_HTTP_WRITE_TIMEOUT_S must be a number of seconds, more than 0 and at most 3600; got 'soon'" in " ".join(
         (out.stdout + out.stderr).split()), out
     assert not (tmp_path / "d").exists()
+
+
+def test_trusted_proxies_are_not_counted_per_peer():
+    """Behind a proxy every client has the proxy's address: its connections count only in the total."""
+    limits = http_wire._Limits()
+    limits.trust("10.0.0.0/8, 192.168.1.7,proxy.internal")
+    assert limits.is_trusted("10.1.2.3") and limits.is_trusted("192.168.1.7")
+    assert not limits.is_trusted("192.168.1.8") and not limits.is_trusted("127.0.0.1") and not limits.is_trusted("proxy.internal")
+    nobody = http_wire._Limits()
+    nobody.trust([])
+    assert not nobody.is_trusted("127.0.0.1")
+    everyone = http_wire._Limits()
+    everyone.trust(["*"])
+    assert everyone.is_trusted("203.0.113.9")

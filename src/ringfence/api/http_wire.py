@@ -1,4 +1,5 @@
-"""A deadline for reading each HTTP request, for `serve` and the gateway processes (slowloris).
+"""Deadlines for reading each HTTP request (slowloris) and for a client taking its answers (slow
+readers), and bounds on connections, for `serve` and the gateway processes.
 
 uvicorn closes a connection that sits idle after a response (`timeout_keep_alive`), but once a client
 has sent one byte of a request it waits for the rest for ever: a client that sends a header line every
@@ -176,7 +177,7 @@ class _Limits:
         """Learn the trusted proxies from uvicorn's config (once): their connections are not counted per peer."""
         if self.trusted is not None:
             return
-        entries = [forwarded_allow_ips] if isinstance(forwarded_allow_ips, str) else list(forwarded_allow_ips or ())  # type: ignore[call-overload]
+        entries = forwarded_allow_ips.split(",") if isinstance(forwarded_allow_ips, str) else list(forwarded_allow_ips or ())  # type: ignore[call-overload]
         nets = []
         for entry in (str(e).strip() for e in entries):
             if entry == "*":
@@ -191,6 +192,8 @@ class _Limits:
     def is_trusted(self, ip: str) -> bool:
         if self.trust_all:
             return True
+        if not self.trusted:
+            return False  # the usual case: no proxy, nothing to parse on every accept
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
