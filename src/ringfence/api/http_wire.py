@@ -347,7 +347,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self._write_deadline = None
         transport = self.transport
         waiting = self._bytes_waiting()
-        if self._waiting_bytes - waiting >= MIN_PROGRESS_BYTES and not transport.is_closing():
+        if self._waiting_bytes - waiting >= MIN_PROGRESS_BYTES:  # closing or not: a close drains first
             self._waiting_bytes = waiting
             self._write_deadline = self.loop.call_later(self._limits.write_timeout_s, self._check_reader)
             return
