@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     api_forwarded_allow_ips: str = ""
     # Bearer token for GET /metrics. Empty: /metrics is open in dev mode and closed (401) in prod.
     api_metrics_token: str = ""
+    # Connections of `serve` and of each gateway process (docs/api.md, api/http_wire.py, which reads the
+    # same variables itself so that a gateway imports no settings; the bounds are the same): a request
+    # must arrive whole within http_request_timeout_s; a connection whose client leaves its responses
+    # unread for http_write_timeout_s is dropped; at most http_max_connections open at once per process
+    # (lowered to what RLIMIT_NOFILE allows) and http_max_connections_per_ip from one peer (0: no bound).
+    http_request_timeout_s: float = Field(default=10.0, gt=0, le=3600)  # float-ok: seconds for a timer, not money
+    http_write_timeout_s: float = Field(default=30.0, gt=0, le=3600)  # float-ok: seconds for a timer, not money
+    http_max_connections: int = Field(default=8192, ge=1, le=1_000_000)
+    http_max_connections_per_ip: int = Field(default=256, ge=0, le=1_000_000)
     # The reconciler inside `ringfence serve`: internal checks every this many ms (0 = off).
     reconcile_every_ms: int = Field(default=5_000, ge=0, le=600_000)
     # Monitoring (docs/monitoring.md): the rule set (a JSON file; empty = the shipped default rules)

@@ -37,6 +37,7 @@ import pytest
 import websockets
 
 from .conftest import Server
+from .test_slow_readers import TCP_ESTABLISHED, slow_reader, tcp_state
 from .test_slow_requests import drip
 from .test_key_cache import create_key, csrf_of, signed_account, user  # noqa: F401  (the `user` fixture, on this server)
 from .test_key_cache import test_a_key_revoked_in_the_security_centre_is_refused_on_the_very_next_request  # noqa: F401
@@ -48,6 +49,8 @@ KEY_WEIGHT_PER_MIN = 150
 MAX_INBOUND_MESSAGES = 32
 #: the gateways' deadline for a request to arrive whole (api/http_wire.py), lowered from 10 s for the slowloris test
 REQUEST_TIMEOUT_S = 4
+#: the gateways' write deadline (api/http_wire.py), lowered from 30 s for the slow-reader test
+WRITE_TIMEOUT_S = 3
 _last_ts = [0]
 
 
@@ -55,7 +58,8 @@ _last_ts = [0]
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("gateways") / "data", {"RINGFENCE_API_KEY_WEIGHT_PER_MIN": str(KEY_WEIGHT_PER_MIN),
                  "RINGFENCE_RELAY_MAX_INBOUND_MESSAGES": str(MAX_INBOUND_MESSAGES),
-                 "RINGFENCE_HTTP_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S)}, args=("--gateways", "2"))
+                 "RINGFENCE_HTTP_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
+                 "RINGFENCE_HTTP_WRITE_TIMEOUT_S": str(WRITE_TIMEOUT_S)}, args=("--gateways", "2"))
     yield srv
     if srv.proc.poll() is None:  # test_sigterm_... (last) stops it itself
         assert srv.stop() == 0
@@ -354,6 +358,32 @@ def test_a_slowloris_through_a_gateway_gets_408_at_the_deadline_and_pings_stay_f
             took, got = fut.result()
             assert got.startswith(b"HTTP/1.1 408 "), got
             assert REQUEST_TIMEOUT_S - 0.2 <= took < 12, took
+
+
+def test_clients_that_never_read_are_dropped_by_the_gateways_and_pings_stay_fast(server):
+    """Four connections pipelining requests for /openapi.json and reading nothing (api/http_wire.py write
+    deadline): each reset within a few deadlines, whichever gateway took it; a normal client meanwhile
+    gets every answer."""
+    size = len(httpx.get(server.base + "/openapi.json", timeout=10).content)
+    socks = [slow_reader(server.port, "/openapi.json", max(50, 16 * 1024 * 1024 // size)) for _ in range(4)]
+    started = time.monotonic()
+    slowest = 0.0  # float-ok: seconds
+    try:
+        with httpx.Client(base_url=server.base, timeout=10) as client:
+            while any(tcp_state(s) == TCP_ESTABLISHED for s in socks) and time.monotonic() - started < 30:
+                t = time.monotonic()
+                assert client.get("/api/v3/ping").status_code == 200
+                slowest = max(slowest, time.monotonic() - t)
+                time.sleep(0.1)
+        states = [tcp_state(s) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    took = time.monotonic() - started
+    print(f"slow readers through the gateways dropped after {took:.2f} s; slowest ping {slowest:.3f} s")
+    assert TCP_ESTABLISHED not in states, f"still connected after {took:.1f} s: {states}"
+    assert WRITE_TIMEOUT_S - 0.2 <= took, took
+    assert slowest < 2.0, slowest
 
 
 def test_sigterm_stops_the_engine_and_the_gateways_cleanly(server):

@@ -950,8 +950,10 @@ def main(argv: list[str] | None = None) -> None:
     proxies = [p for p in (args[3] if len(args) > 3 else "").split(",") if p]
     sock = socket.socket(fileno=fd)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    from .http_wire import DeadlineHttpProtocol
+    from .http_wire import DeadlineHttpProtocol, check_settings
     from .ws_wire import BudgetedWebSocketProtocol
+
+    check_settings()  # `serve` checked them before starting this process: a bad value stops it here too
 
     config = uvicorn.Config(GatewayRelay(engine, index=index), log_level="warning", lifespan="on", ws_max_size=65536,
                             ws=BudgetedWebSocketProtocol, http=DeadlineHttpProtocol,

@@ -348,6 +348,12 @@ def serve(
     # Everything serve creates (journal, snapshots, identity database and its WAL, keys, proofs)
     # is for this user only: the identity database holds password hashes and sealed secrets.
     os.umask(0o077)
+    from .http_wire import check_settings
+
+    try:
+        wire = check_settings()  # the connection bounds (http_wire.py): refused here, by name, before anything starts
+    except ValueError as err:
+        fail(str(err))
     prepare_data_dir(data)
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     with probe:  # refuse a busy port before recovering or writing anything
@@ -434,13 +440,12 @@ def serve(
     if proxies:
         console.print(f"trusting X-Forwarded-For/-Proto from: {', '.join(proxies)}")
     from .ws import KeepRawWebSocketSend
-    from .http_wire import DeadlineHttpProtocol, request_read_timeout_s
+    from .http_wire import DeadlineHttpProtocol
     from .ws_wire import BudgetedWebSocketProtocol
 
-    try:
-        request_read_timeout_s()  # refused here, by name, rather than on every connection
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
+    console.print(f"connections: at most {wire['max_connections']:,} per process and {wire['max_connections_per_ip']:,} per "
+                  f"address (0: no bound), requests read within {wire['request_timeout_s']:g} s, responses taken within "
+                  f"{wire['write_timeout_s']:g} s (docs/api.md)", soft_wrap=True)
     if gateways:
         assert listener is not None
         serve_through_gateways(KeepRawWebSocketSend(app), data, listener, gateways, proxies, info["api_gate"].auth)  # type: ignore[attr-defined]

@@ -123,6 +123,16 @@ class BudgetedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     frame_budget: TokenBucket | None = None
     fragments = 0
+    #: The peer address whose connection slot this connection holds (http_wire.py), given back when it ends.
+    peer_slot: str | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer_slot is not None:
+            from .http_wire import release_peer
+
+            release_peer(self.peer_slot)
+            self.peer_slot = None
+        super().connection_lost(exc)
 
     def handle_events(self) -> None:
         for event in self.conn.events_received():
