@@ -162,6 +162,7 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
         page = b.request("GET", link)
         assert page.status_code == 200, page.text
         assert "Add this withdrawal address?" in page.text and dest in page.text and "BTC" in page.text
+        assert "form-action 'self'" in page.headers["content-security-policy"], "the browser may post the button's form"
     assert b.request("HEAD", link).status_code == 405
     assert book(b) == [] and last_seq(server) == before, "the GETs added nothing"
     fields = form_fields(page.text, "/wallet/confirm-address")
@@ -193,6 +194,7 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
     for _ in range(2):
         page = b.request("GET", link)
         assert page.status_code == 200, page.text
+        assert "form-action 'self'" in page.headers["content-security-policy"]
         shown = {k: unescape(v) for k, v in re.findall(r'id="wd-(asset|amount|fee|received|address)"[^>]*>([^<]*)<', page.text)}
         assert shown == {"asset": "BTC (BTC)", "amount": "0.01 BTC", "fee": "0.0001 BTC", "received": "0.0099 BTC",
                          "address": dest}, shown

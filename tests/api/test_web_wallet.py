@@ -175,7 +175,8 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     mail.locator('a[href*="/wallet/confirm-address?token="]').click()
     expect(page.locator("h1")).to_have_text("Add this withdrawal address?")  # the link's GET adds nothing
     expect(page.locator("#book-address")).to_have_text(dest["BTC"])
-    assert page.evaluate("fetch('/session/v3/addressBook').then(r => r.json())")["entries"] == [], "not before the button"
+    # asked with the browser context's own request client (the same cookies), not from the link's page
+    assert page.request.get(base + "/session/v3/addressBook").json()["entries"] == [], "not before the button"
     page.click("#confirm-address")
     expect(page.locator("h1")).to_have_text("Withdrawal address added")
 
@@ -231,7 +232,7 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     expect(page.locator("#wd-amount")).to_have_text("0.01 BTC")
     expect(page.locator("#wd-address")).to_have_text(dest["BTC"])
     shot(page, "6b-withdrawal-confirm-page")
-    waiting = page.evaluate("fetch('/session/v3/capital/withdraw/history').then(r => r.json())")
+    waiting = page.request.get(base + "/session/v3/capital/withdraw/history").json()
     assert [w["status"] for w in waiting] == [0], waiting
     page.click("#confirm-withdrawal")
     expect(page.locator("h1")).to_have_text("Withdrawal confirmed")

@@ -485,18 +485,25 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
     # ---------------------------------------------------------------- pages and e-mailed links
 
     from ..errors import Forbidden
-    from ..identity.web import _form, _render, _t, page_locale
+    from ..identity.web import SECURITY_HEADERS, _form, _render, _t, page_locale
 
     # The e-mailed links' pages, in the reader's language (the cookie, the profile, Accept-Language).
     # GET changes nothing (a mail scanner or link preview fetches the link): it checks the link
     # read-only and shows what would be confirmed with one POST button; the POST acts, once. As for
     # /security/confirm-factor the POST carries no session CSRF token (the link's token in the form is
     # the secret, and the reader may be signed out or on another device); a foreign Origin is refused.
+    def render(name: str, status_code: int = 200, **params: Any) -> HTMLResponse:
+        # the identity pages' headers: their CSP lets the page's form post to this origin (the baseline's
+        # form-action 'none' would block the button) and load the identity stylesheet and script
+        response = _render(name, status_code, **params)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
     def link_error(err: RingfenceError | BinanceError, title: str) -> HTMLResponse:
         if isinstance(err, BinanceError):
-            return _render("message.html", err.status if 400 <= err.status < 500 else 400, title=title,
+            return render("message.html", err.status if 400 <= err.status < 500 else 400, title=title,
                            message=err.msg, code=str(err.code))
-        return _render("message.html", err.http_status if 400 <= err.http_status < 500 else 400, title=title,
+        return render("message.html", err.http_status if 400 <= err.http_status < 500 else 400, title=title,
                        message=str(err), code=err.code)
 
     async def link_form(request: Request) -> dict[str, str]:
@@ -512,7 +519,7 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
             link = money.address_link(token[:LINK_MAX])
         except (BinanceError, RingfenceError) as err:
             return link_error(err, _t("Address not added"))
-        return _render("confirm_address.html", link=link, token=token)
+        return render("confirm_address.html", link=link, token=token)
 
     @router.post("/wallet/confirm-address", include_in_schema=False)
     async def confirm_address(request: Request) -> HTMLResponse:
@@ -522,7 +529,7 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
             link = await money.confirm_address(form.get("token", "")[:LINK_MAX])
         except (BinanceError, RingfenceError) as err:
             return link_error(err, _t("Address not added"))
-        return _render("message.html", title=_t("Withdrawal address added"),
+        return render("message.html", title=_t("Withdrawal address added"),
                        message=_t("%(address)s is in your %(asset)s address book. It cools before it can receive withdrawals.",
                                   address=link.address, asset=link.asset),
                        link="/wallet/withdraw")
@@ -534,7 +541,7 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
             link = money.withdrawal_link(id[:64], token[:128])
         except (BinanceError, RingfenceError) as err:
             return link_error(err, _t("Withdrawal not confirmed"))
-        return _render("confirm_withdrawal.html", w=link, token=token)
+        return render("confirm_withdrawal.html", w=link, token=token)
 
     @router.post("/wallet/confirm-withdrawal", include_in_schema=False)
     async def confirm_withdrawal(request: Request) -> HTMLResponse:
@@ -544,7 +551,7 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
             link = await money.confirm_withdrawal(form.get("id", "")[:64], form.get("token", "")[:128])
         except (BinanceError, RingfenceError) as err:
             return link_error(err, _t("Withdrawal not confirmed"))
-        return _render("message.html", title=_t("Withdrawal confirmed"),
+        return render("message.html", title=_t("Withdrawal confirmed"),
                        message=_t("Withdrawal %(id)s is confirmed; follow it on the withdraw page.", id=link.id),
                        link="/wallet/withdraw")
 
