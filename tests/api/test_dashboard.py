@@ -104,9 +104,10 @@ def test_head_answers_as_get_without_a_body(server, path):
 
 @pytest.mark.parametrize("path", ["/verify-email?token=" + "x" * 32, "/wallet/confirm-address?token=" + "x" * 32,
                                   "/wallet/confirm-withdrawal?id=1&token=" + "x" * 32, "/api/v3/account", "/security"])
-def test_head_stays_405_where_a_get_acts_or_needs_a_caller(server, path):
-    """E-mailed links that act on GET are not run by a scanner's HEAD (the intruder review used up an
-    address confirmation with `curl -I`); signed and session routes are not probed by HEAD either."""
+def test_head_stays_405_on_mailed_links_and_where_a_caller_is_needed(server, path):
+    """A scanner's HEAD on an e-mailed link gets 405 (the intruder review once used up an address
+    confirmation with `curl -I`; the links' GET now only shows a button, and HEAD stays out anyway);
+    signed and session routes are not probed by HEAD either."""
     assert httpx.head(server.base + path, timeout=10).status_code == 405
 
 

@@ -173,6 +173,11 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     expect(mail.locator(".mail-body")).to_contain_text(dest["BTC"])
     shot(page, "4-address-mail")
     mail.locator('a[href*="/wallet/confirm-address?token="]').click()
+    expect(page.locator("h1")).to_have_text("Add this withdrawal address?")  # the link's GET adds nothing
+    expect(page.locator("#book-address")).to_have_text(dest["BTC"])
+    # asked with the browser context's own request client (the same cookies), not from the link's page
+    assert page.request.get(base + "/session/v3/addressBook").json()["entries"] == [], "not before the button"
+    page.click("#confirm-address")
     expect(page.locator("h1")).to_have_text("Withdrawal address added")
 
     page.goto(base + "/wallet/withdraw")
@@ -222,6 +227,14 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     mail = latest_mail(page, base, email, "Confirm your withdrawal")
     expect(mail.locator(".mail-body")).to_contain_text("Anti-phishing code: SAVER-42")
     mail.locator('a[href*="/wallet/confirm-withdrawal?id="]').click()
+    # the link's page shows what the button confirms; opening it (a mail scanner's fetch) confirmed nothing
+    expect(page.locator("h1")).to_have_text("Confirm this withdrawal?")
+    expect(page.locator("#wd-amount")).to_have_text("0.01 BTC")
+    expect(page.locator("#wd-address")).to_have_text(dest["BTC"])
+    shot(page, "6b-withdrawal-confirm-page")
+    waiting = page.request.get(base + "/session/v3/capital/withdraw/history").json()
+    assert [w["status"] for w in waiting] == [0], waiting
+    page.click("#confirm-withdrawal")
     expect(page.locator("h1")).to_have_text("Withdrawal confirmed")
     page.goto(base + "/wallet/withdraw")
     wd = page.locator("#withdrawals .withdrawal").first

@@ -80,7 +80,13 @@ def test_unverified_email_cannot_sign_in(ctx):
 def test_verification_link_is_single_use(ctx):
     accounts.sign_up(ctx, "dave@example.com", PASSWORD, ip="198.51.100.1")
     token = token_from_mail(outbox(ctx, template="verify_email")[-1])
+    for _ in range(2):  # the link's GET page reads only: a mail scanner's fetch confirms nothing
+        assert accounts.check_verification_link(ctx, token) == "dave@example.com"
+    with pytest.raises(Forbidden):
+        sign_in(ctx, email="dave@example.com")
     accounts.verify_email(ctx, token)
+    with pytest.raises(Unauthorized):
+        accounts.check_verification_link(ctx, token)
     with pytest.raises(Unauthorized):
         accounts.verify_email(ctx, token)
 

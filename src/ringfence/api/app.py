@@ -108,8 +108,10 @@ async def _too_large(send: Any, limit: int) -> None:
 
 
 #: Where HEAD answers as GET without a body: public pages and read-only endpoints. Not every GET
-#: route: a few e-mailed links (/verify-email, /wallet/confirm-address, /wallet/confirm-withdrawal)
-#: act on GET, and link checkers and mail scanners send HEAD to the links in a message.
+#: route: the e-mailed links (/verify-email, /wallet/confirm-address, /wallet/confirm-withdrawal,
+#: /security/confirm-factor) only check their token on GET and act on their page's POST button,
+#: but a link checker's or mail scanner's HEAD on them gets 405 all the same (no need to answer it,
+#: and a GET that came to act again would not be reached by a HEAD).
 HEAD_PATHS = frozenset({
     "/", "/healthz", "/readyz", "/favicon.ico", "/risk", "/openapi.json", "/v1/markets", "/v1/halts",
     "/api/v3/ping", "/api/v3/time", "/api/v3/exchangeInfo", "/api/v3/depth", "/api/v3/trades", "/api/v3/klines",

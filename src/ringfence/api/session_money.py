@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -45,6 +46,8 @@ from .session_trading import NO_STORE, PREFIX, SessionCaller, _authenticate, _re
 __all__ = ["build_session_money_router", "install_session_money", "LINK_TTL_S"]
 
 LINK_TTL_S = 1800
+LINK_MAX = 1024  # characters of a sealed address link's token (a real one is about 250)
+USED_LINKS_MAX = 100_000  # used address links remembered until they expire (30 minutes)
 ADDRESS_PURPOSE = "ringfence/address-book/confirm/v1"
 BOOK_ADD = EndpointParams(("coin", "network", "address", "code"), ("coin", "address"))
 BOOK_DEL = EndpointParams(("coin", "address"), ("coin", "address"))
@@ -82,6 +85,48 @@ def _fresh_factor(ctx: IdentityContext, token: str | None, code: str | None) -> 
     return None
 
 
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _refused(events: list[Any]) -> list[Any]:
+    """The events, or the engine's refusal as the error it names (nothing changed)."""
+    from ..engine.core import CommandRejected
+    from ..engine.node import rejection_error
+
+    for e in events:
+        if isinstance(e, CommandRejected):
+            raise rejection_error(e)
+    return events
+
+
+@dataclasses.dataclass(frozen=True)
+class AddressLink:
+    """What an address link adds: shown on its page before the button, and after."""
+
+    asset: str
+    network: str
+    address: str
+    cooling_s: int
+    expires_s: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WithdrawalLink:
+    """The withdrawal a link confirms, as its page shows it (amounts as decimal strings)."""
+
+    id: str
+    asset: str
+    network: str
+    amount: str  # as asked for (the fee included)
+    fee: str
+    received: str  # what the address receives
+    address: str
+    state: str
+    end_reason: str
+    expired: bool
+
+
 class _AfterStepUp(Exception):
     """A refusal after a TOTP step-up rotated the session: the answer must still set the new cookie."""
 
@@ -95,7 +140,7 @@ class SessionMoney:
     def __init__(self, capital: CapitalApi, ctx: IdentityContext) -> None:
         self.capital = capital
         self.ctx = ctx
-        self.used_links: set[str] = set()
+        self.used_links: dict[str, int] = {}  # sha256 of a used address link -> when it expires (s)
 
     def link(self, path: str, token: str) -> str:
         return f"{self.ctx.settings.identity_public_url}{path}?token={token}"
@@ -151,33 +196,96 @@ class SessionMoney:
                 "link": self.link("/wallet/confirm-address", sealed),
                 "cooling": f"{cooling // 3600} h" if cooling >= 3600 else f"{cooling} s"})
 
-    async def confirm_address(self, token: str) -> tuple[str, str]:
-        from ..custody.commands import AddWithdrawalAddress
+    def address_link(self, token: str) -> AddressLink:
+        """What the address link would add, or a BinanceError saying why it cannot; reads only (the
+        link's GET page asks this before it offers its button: a mail scanner's fetch adds nothing)."""
+        from ..custody.commands import custody_state
 
         try:
             raw = self.ctx.sealer.unseal(_unb64(token), purpose=ADDRESS_PURPOSE)
             payload = json.loads(raw)
-        except (RingfenceError, ValueError):
+            owner, asset, address, expires_s = str(payload["a"]), str(payload["c"]), str(payload["d"]), int(payload["x"])
+        except (RingfenceError, ValueError, KeyError, TypeError):
             raise BinanceError(-1002, "This confirmation link is not valid.", 400) from None
-        if payload["x"] < self.ctx.now():
+        if expires_s < self.ctx.now():
             raise BinanceError(-1002, "This confirmation link expired (30 minutes); add the address again.", 400)
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        if digest in self.used_links:
-            raise BinanceError(-1002, "This confirmation link was already used.", 400)
-        await self.capital.ex.submit(AddWithdrawalAddress(payload["a"], payload["c"], payload["d"]))
-        self.used_links.add(digest)
-        return payload["c"], payload["d"]
+        if _digest(token) in self.used_links:
+            raise BinanceError(-1002, "This confirmation link was already used: the address is in your address book.", 409)
+        listed = self.capital.ex.read(lambda engine: any(
+            k.startswith(f"{owner}|{asset}|") and k.split("|", 2)[2].lower() == address.lower()
+            for k in custody_state(engine).address_book))
+        if listed:
+            raise BinanceError(-1002, "This address is already in your address book; nothing to confirm.", 409)
+        terms = self.capital.runtime.terms.get(asset) if self.capital.runtime is not None else None
+        cooling_s = self.capital.runtime.address_cooling_s if self.capital.runtime is not None else 0
+        return AddressLink(asset, terms.network if terms else asset, address, cooling_s, expires_s)
+
+    async def confirm_address(self, token: str) -> AddressLink:
+        """Add the address the link names, once: the link is marked used before the engine is asked,
+        so a second (or concurrent) POST finds it used; a refusal frees it again."""
+        from ..custody.commands import AddWithdrawalAddress
+
+        link = self.address_link(token)
+        owner = json.loads(self.ctx.sealer.unseal(_unb64(token), purpose=ADDRESS_PURPOSE))["a"]
+        now_s = self.ctx.now()
+        self.used_links = {d: x for d, x in self.used_links.items() if x >= now_s}  # an expired link is refused anyway
+        if len(self.used_links) >= USED_LINKS_MAX:
+            raise BinanceError(-1003, "Too many address confirmations at once; try again in a few minutes.", 429)
+        digest = _digest(token)
+        self.used_links[digest] = link.expires_s
+        try:
+            _refused(await self.capital.ex.submit(AddWithdrawalAddress(owner, link.asset, link.address)))
+        except Exception:  # any refusal (engine or journal): nothing was added, so the link stays usable
+            self.used_links.pop(digest, None)
+            raise
+        return link
 
     # ---------------------------------------------------------------- withdrawals
 
-    async def confirm_withdrawal(self, wid: str, token: str) -> Any:
-        from ..custody.commands import ConfirmWithdrawalEmail, custody_state
+    def withdrawal_link(self, wid: str, token: str, *, engine_decides_expiry: bool = False) -> WithdrawalLink:
+        """The withdrawal the link confirms, or a BinanceError saying why it cannot; reads only (the
+        link's GET page asks this before it offers its button). A wrong token learns nothing more."""
+        from ..custody.commands import custody_state
+        from ..custody.state import EMAIL_CONFIRM_TTL_NS
+        from ..money import format_amount
 
-        rec = self.capital.ex.read(lambda engine: custody_state(engine).withdrawals.get(wid))
-        if rec is None:
+        def read(engine: Any) -> WithdrawalLink | None:
+            w = custody_state(engine).withdrawals.get(wid)
+            if w is None or not hmac.compare_digest(_digest(token), w.email_token_hash):
+                return None
+            d = engine.ledger.assets.get(w.asset).decimals
+            terms = self.capital.runtime.terms.get(w.asset) if self.capital.runtime is not None else None
+            # the amount as the user asked for it and the e-mail says it (the fee comes out of it), and what arrives
+            return WithdrawalLink(w.id, w.asset, terms.network if terms else w.asset,
+                                  format_amount(w.amount_minor + w.fee_minor, d, trim=True), format_amount(w.fee_minor, d, trim=True),
+                                  format_amount(w.amount_minor, d, trim=True), w.address, w.state, w.end_reason or "",
+                                  time.time_ns() - w.created_ns > EMAIL_CONFIRM_TTL_NS)
+
+        link = self.capital.ex.read(read) if token else None
+        if link is None:
             raise BinanceError(-1002, "This confirmation link is not valid.", 400)
-        await self.capital.ex.submit(ConfirmWithdrawalEmail(wid, rec.asset, rec.wallet, token))
-        return rec
+        if link.state in ("failed", "denied", "rejected"):
+            raise BinanceError(-1002, f"This withdrawal is no longer waiting for confirmation: {link.end_reason or link.state}.", 409)
+        if link.state != "requested":
+            raise BinanceError(-1002, "This withdrawal is already confirmed; follow it on the withdraw page.", 409)
+        if link.expired and not engine_decides_expiry:
+            raise BinanceError(-1002, "This confirmation link expired (30 minutes); request the withdrawal again.", 400)
+        return link
+
+    async def confirm_withdrawal(self, wid: str, token: str) -> WithdrawalLink:
+        """Confirm the withdrawal, once: the engine moves it from `requested` only (a replay is
+        `withdrawal.unchanged`), and the answer says which happened."""
+        from ..custody.commands import ConfirmWithdrawalEmail, custody_state
+        from ..custody.state import CustodyEvent
+
+        link = self.withdrawal_link(wid, token, engine_decides_expiry=True)  # an expired one: the engine voids it
+        wallet = self.capital.ex.read(lambda engine: custody_state(engine).withdrawals[wid].wallet)
+        events = _refused(await self.capital.ex.submit(ConfirmWithdrawalEmail(wid, link.asset, wallet, token)))
+        kinds = [e.kind for e in events if isinstance(e, CustodyEvent)]
+        if "withdrawal.confirmed" not in kinds:
+            self.withdrawal_link(wid, token)  # raises why (confirmed meanwhile, expired: the engine voided it)
+            raise BinanceError(-1002, "This withdrawal was not confirmed; open the link again.", 409)
+        return link
 
     def mail_withdrawal(self, caller: SessionCaller, wid: str, params: Any, token: str) -> None:
         from ..identity import mail
@@ -376,34 +484,75 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
 
     # ---------------------------------------------------------------- pages and e-mailed links
 
-    from ..identity.web import _render, _t, page_locale
+    from ..errors import Forbidden
+    from ..identity.web import SECURITY_HEADERS, _form, _render, _t, page_locale
 
-    # the e-mailed links' pages, in the reader's language (the cookie, the profile, Accept-Language)
+    # The e-mailed links' pages, in the reader's language (the cookie, the profile, Accept-Language).
+    # GET changes nothing (a mail scanner or link preview fetches the link): it checks the link
+    # read-only and shows what would be confirmed with one POST button; the POST acts, once. As for
+    # /security/confirm-factor the POST carries no session CSRF token (the link's token in the form is
+    # the secret, and the reader may be signed out or on another device); a foreign Origin is refused.
+    def render(name: str, status_code: int = 200, **params: Any) -> HTMLResponse:
+        # the identity pages' headers: their CSP lets the page's form post to this origin (the baseline's
+        # form-action 'none' would block the button) and load the identity stylesheet and script
+        response = _render(name, status_code, **params)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def link_error(err: RingfenceError | BinanceError, title: str) -> HTMLResponse:
+        if isinstance(err, BinanceError):
+            return render("message.html", err.status if 400 <= err.status < 500 else 400, title=title,
+                           message=err.msg, code=str(err.code))
+        return render("message.html", err.http_status if 400 <= err.http_status < 500 else 400, title=title,
+                       message=str(err), code=err.code)
+
+    async def link_form(request: Request) -> dict[str, str]:
+        origin = request.headers.get("origin")
+        if origin is not None and origin != ctx.settings.identity_origin:
+            raise Forbidden("cross-site requests are not allowed", field="origin")
+        return await _form(request)
+
     @router.get("/wallet/confirm-address", include_in_schema=False)
-    async def confirm_address(request: Request, token: str = "") -> HTMLResponse:
+    async def confirm_address_page(request: Request, token: str = "") -> HTMLResponse:
         await page_locale(request)
         try:
-            asset, address = await money.confirm_address(token)
-        except BinanceError as err:
-            return _render("message.html", 400, title=_t("Address not added"), message=err.msg, code=str(err.code))
-        except RingfenceError as err:
-            return _render("message.html", 400, title=_t("Address not added"), message=str(err), code=err.code)
-        return _render("message.html", title=_t("Withdrawal address added"),
+            link = money.address_link(token[:LINK_MAX])
+        except (BinanceError, RingfenceError) as err:
+            return link_error(err, _t("Address not added"))
+        return render("confirm_address.html", link=link, token=token)
+
+    @router.post("/wallet/confirm-address", include_in_schema=False)
+    async def confirm_address(request: Request) -> HTMLResponse:
+        await page_locale(request)
+        try:
+            form = await link_form(request)
+            link = await money.confirm_address(form.get("token", "")[:LINK_MAX])
+        except (BinanceError, RingfenceError) as err:
+            return link_error(err, _t("Address not added"))
+        return render("message.html", title=_t("Withdrawal address added"),
                        message=_t("%(address)s is in your %(asset)s address book. It cools before it can receive withdrawals.",
-                                  address=address, asset=asset),
+                                  address=link.address, asset=link.asset),
                        link="/wallet/withdraw")
 
     @router.get("/wallet/confirm-withdrawal", include_in_schema=False)
-    async def confirm_withdrawal(request: Request, id: str = "", token: str = "") -> HTMLResponse:  # noqa: A002 (the link's name)
+    async def confirm_withdrawal_page(request: Request, id: str = "", token: str = "") -> HTMLResponse:  # noqa: A002 (the link's name)
         await page_locale(request)
         try:
-            rec = await money.confirm_withdrawal(id[:64], token[:128])
-        except BinanceError as err:
-            return _render("message.html", 400, title=_t("Withdrawal not confirmed"), message=err.msg, code=str(err.code))
-        except RingfenceError as err:
-            return _render("message.html", 400, title=_t("Withdrawal not confirmed"), message=str(err), code=err.code)
-        return _render("message.html", title=_t("Withdrawal confirmed"),
-                       message=_t("Withdrawal %(id)s is confirmed; follow it on the withdraw page.", id=rec.id),
+            link = money.withdrawal_link(id[:64], token[:128])
+        except (BinanceError, RingfenceError) as err:
+            return link_error(err, _t("Withdrawal not confirmed"))
+        return render("confirm_withdrawal.html", w=link, token=token)
+
+    @router.post("/wallet/confirm-withdrawal", include_in_schema=False)
+    async def confirm_withdrawal(request: Request) -> HTMLResponse:
+        await page_locale(request)
+        try:
+            form = await link_form(request)
+            link = await money.confirm_withdrawal(form.get("id", "")[:64], form.get("token", "")[:128])
+        except (BinanceError, RingfenceError) as err:
+            return link_error(err, _t("Withdrawal not confirmed"))
+        return render("message.html", title=_t("Withdrawal confirmed"),
+                       message=_t("Withdrawal %(id)s is confirmed; follow it on the withdraw page.", id=link.id),
                        link="/wallet/withdraw")
 
     return router

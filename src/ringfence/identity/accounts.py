@@ -155,6 +155,13 @@ def _consume_email_token(ctx: IdentityContext, db: Session, token: object, purpo
     return row
 
 
+def check_verification_link(ctx: IdentityContext, token: object) -> str:
+    """The address the sign-up link would confirm, or the error `verify_email` would raise; reads
+    only (the link's GET page asks this before it shows its button: a mail scanner confirms nothing)."""
+    with ctx.store.tx() as db:
+        return usable_email_token(ctx, db, token, "verify").email
+
+
 def verify_email(ctx: IdentityContext, token: object) -> str:
     """Confirm the sign-up e-mail from its link. Returns the user's account_id."""
     with ctx.store.tx() as db:

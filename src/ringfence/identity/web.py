@@ -162,8 +162,17 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message))
 
     @router.get("/verify-email", response_class=HTMLResponse)
-    def verify(token: str = "") -> HTMLResponse:
-        accounts.verify_email(ctx, token)
+    def verify_page(token: str = "") -> HTMLResponse:
+        # GET changes nothing (a mail scanner or link preview fetches the link): the POST button confirms
+        email = accounts.check_verification_link(ctx, token)
+        return _render("confirm_email.html", email=email, token=token)
+
+    @router.post("/verify-email", response_class=HTMLResponse)
+    async def verify(request: Request) -> HTMLResponse:
+        # no session CSRF token (nobody is signed in yet): the link's token in the form is the secret,
+        # and same_origin_only refuses a foreign Origin, as for /security/confirm-factor
+        form = await _form(request)
+        accounts.verify_email(ctx, form.get("token", ""))
         return _render("message.html", title=_t("E-mail confirmed"), message=_t("Your address is confirmed. You can sign in now."),
                        link="/login")
 

@@ -210,6 +210,18 @@ def _mailed_link(web: _Web, email: str, path: str, timeout_s: int = 60) -> str:
         time.sleep(0.5)
 
 
+def _follow_link(web: _Web, link: str, what: str) -> httpx.Response:
+    """Open an e-mailed link as a person does: its GET shows a page and changes nothing, its button
+    POSTs the page's form (the link's token, hidden fields) to the same path."""
+    parts = urlsplit(link)
+    page = _check(web.request("GET", parts.path + "?" + parts.query), what).text
+    form = re.search(r'<form method="post" action="(' + re.escape(parts.path) + r')">(.*?)</form>', page, re.S)
+    if not form:
+        raise RuntimeError(f"{what}: no confirm button on the link's page")
+    fields = {unescape(n): unescape(v) for n, v in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form.group(2))}
+    return _check(web.request("POST", unescape(form.group(1)), data=fields), what)
+
+
 def _check(r: httpx.Response, what: str, ok: tuple[int, ...] = (200,)) -> httpx.Response:
     if r.status_code not in ok:
         raise RuntimeError(f"{what}: HTTP {r.status_code} {r.text[:300]}")
@@ -243,8 +255,7 @@ def _enrol(http: httpx.Client, a: Actor) -> None:
     """Sign up, confirm the e-mail, sign in, turn on TOTP (confirmed from the e-mail), create an API key."""
     web = _Web(http, a)
     _check(web.request("POST", "/signup", data={"email": a.email, "password": PASSWORD}), "sign-up")
-    parts = urlsplit(_mailed_link(web, a.email, "/verify-email"))
-    _check(web.request("GET", parts.path + "?" + parts.query), "verify e-mail")
+    _follow_link(web, _mailed_link(web, a.email, "/verify-email"), "verify e-mail")
     _check(_sign_in(web, a, PASSWORD, second_factor=False), "sign-in", (200, 303))
     page = web.request("GET", "/security").text
     setup = _check(web.request("POST", "/security/totp/begin", data={"csrf_token": _csrf(page)}), "totp begin").text
@@ -440,8 +451,7 @@ def _address_book(http: httpx.Client, a: Actor, address: str) -> tuple[str, str]
     me = _check(web.request("GET", "/session/v3/me", headers=origin), "session").json()
     _check(web.request("POST", "/session/v3/addressBook", headers={**origin, "X-CSRF-Token": me["csrfToken"]},
                        data={"coin": "BTC", "network": "BTC", "address": address, "code": _totp_code(a)}), "address book")
-    parts = urlsplit(_mailed_link(web, a.email, "/wallet/confirm-address"))
-    _check(web.request("GET", parts.path + "?" + parts.query), "confirm address")
+    _follow_link(web, _mailed_link(web, a.email, "/wallet/confirm-address"), "confirm address")
     return _create_key(web, "withdrawals", ("read", "withdraw"), f"{a.ip}/32")
 
 

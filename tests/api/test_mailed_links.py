@@ -1,0 +1,236 @@
+"""The e-mailed links act on their page's POST button, never on GET (issue: a mail scanner or link
+preview that fetched a link confirmed a withdrawal, a withdrawal address or an e-mail address), against
+a real `ringfence serve --demo` process, with httpx:
+
+for `/verify-email`, `/wallet/confirm-address` and `/wallet/confirm-withdrawal`, a GET (twice) and a
+HEAD change nothing (checked through the API: the e-mail still unverified, the address book empty,
+the withdrawal still waiting for its e-mail confirmation, the journal's last sequence number where it
+was); the GET page names what the button confirms; the POST acts; a replayed POST says the link is used
+and changes nothing; a bad token on GET or POST gets a clear error page and changes nothing.
+
+Reproduce by hand: `ringfence serve --demo --data /tmp/rf --port 8000`, sign up at /signup, open the
+link at /dev/mail (a page with a button; nothing confirmed until it is pressed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from html import unescape
+from urllib.parse import parse_qs, urlsplit
+
+import pyotp
+import pytest
+
+from .conftest import Server
+from .test_key_cache import PASSWORD, Browserless, csrf_of, mailed_link
+from .test_web_session import last_seq
+
+ENV = {"RINGFENCE_CUSTODY_ADDRESS_COOLING_S": "0", "RINGFENCE_IDENTITY_WITHDRAWAL_LOCK_S": "0"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("links") / "data", env=ENV)
+    yield srv
+    assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
+
+
+def path_of(link: str) -> str:
+    parts = urlsplit(link)
+    return parts.path + "?" + parts.query
+
+
+def form_fields(html: str, action: str) -> dict[str, str]:
+    """The hidden fields of the page's confirm form (the one that posts to `action`)."""
+    form = re.search(r'<form method="post" action="' + re.escape(action) + r'">(.*?)</form>', html, re.S)
+    assert form, html[:3000]
+    return {unescape(n): unescape(v) for n, v in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form.group(1))}
+
+
+def message_of(html: str) -> str:
+    m = re.search(r'<p id="message"[^>]*>(.*?)</p>', html, re.S)
+    assert m, html[:3000]
+    return unescape(m.group(1))
+
+
+def withdrawal_link(b: Browserless, wid: str) -> str:
+    """The link of withdrawal `wid`'s e-mail at the demo's /dev/mail (delivered every 2 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        page = b.request("GET", "/dev/mail").text
+        found = re.search(r'href="([^"]*/wallet/confirm-withdrawal\?id=' + re.escape(wid) + r'&amp;token=[^"]+)"', page)
+        if found:
+            return unescape(found.group(1))
+        assert time.monotonic() < deadline, f"no mail with the link of withdrawal {wid} at /dev/mail"
+        time.sleep(0.3)
+
+
+def sign_in(b: Browserless, email: str) -> int:
+    return b.request("POST", "/login", data={"email": email, "password": PASSWORD}).status_code
+
+
+def test_the_sign_up_link_confirms_the_address_only_on_its_button(server):
+    b = Browserless(server.base)
+    email = f"links{int(time.time() * 1000)}@example.com"
+    assert b.request("POST", "/signup", data={"email": email, "password": PASSWORD}).status_code == 200
+    link = path_of(mailed_link(b, email, "/verify-email"))
+    token = parse_qs(urlsplit(link).query)["token"][0]
+    for _ in range(2):  # a scanner's fetch, then the person's
+        page = b.request("GET", link)
+        assert page.status_code == 200, page.text
+        assert "Confirm your e-mail address?" in page.text and email in page.text
+        assert form_fields(page.text, "/verify-email") == {"token": token}
+    assert b.request("HEAD", link).status_code == 405
+    refused = b.request("POST", "/login", data={"email": email, "password": PASSWORD})
+    assert refused.status_code == 403 and "confirm your e-mail address first" in refused.text, "still unverified"
+
+    for bad in ("x" * 40, token[:-2] + "xx"):  # a made-up token, on GET and POST: a clear error, nothing changes
+        got = b.request("GET", "/verify-email?token=" + bad)
+        assert got.status_code == 401 and "invalid, already used or expired" in message_of(got.text)
+        posted = b.request("POST", "/verify-email", data={"token": bad})
+        assert posted.status_code == 401 and "invalid, already used or expired" in message_of(posted.text)
+    assert b.request("POST", "/verify-email", data={}).status_code == 400  # no token: the field is named
+    assert sign_in(b, email) == 403
+
+    done = b.request("POST", "/verify-email", data=form_fields(page.text, "/verify-email"))
+    assert done.status_code == 200 and "E-mail confirmed" in done.text, done.text
+    again = b.request("POST", "/verify-email", data={"token": token})  # replayed: used, nothing more
+    assert again.status_code == 401 and "already used" in message_of(again.text)
+    assert b.request("GET", link).status_code == 401  # the page no longer offers the button
+    assert sign_in(b, email) in (200, 303)
+    b.http.close()
+
+
+@pytest.fixture(scope="module")
+def user(server):
+    """A signed-in user with TOTP on (confirmed by mail), and the demo's funds."""
+    b = Browserless(server.base)
+    b.email = f"saver{int(time.time() * 1000)}@example.com"
+    assert b.request("POST", "/signup", data={"email": b.email, "password": PASSWORD}).status_code == 200
+    token = parse_qs(urlsplit(mailed_link(b, b.email, "/verify-email")).query)["token"][0]
+    assert b.request("POST", "/verify-email", data={"token": token}).status_code == 200
+    assert sign_in(b, b.email) in (200, 303)
+    page = b.request("GET", "/security").text
+    setup = b.request("POST", "/security/totp/begin", data={"csrf_token": csrf_of(page)}).text
+    b.totp = pyotp.TOTP(re.search(r'id="totp-secret"[^>]*>([A-Z2-7]+)<', setup).group(1))
+    b.step = int(time.time()) // 30
+    assert b.request("POST", "/security/totp/confirm", data={"csrf_token": csrf_of(setup), "code": b.totp.at(b.step * 30)}).status_code == 200
+    token = parse_qs(urlsplit(mailed_link(b, b.email, "/security/confirm-factor")).query)["token"][0]
+    assert b.request("POST", "/security/confirm-factor", data={"token": token}).status_code == 200
+    r = sign_in(b, b.email)  # again, now with the second factor: a session that may move money
+    b.step += 1
+    r = b.request("POST", "/login/2fa", data={"method": "totp", "code": b.totp.at(b.step * 30)})
+    assert r.status_code in (200, 303), r.text
+    b.origin = {"Origin": server.base.replace("127.0.0.1", "localhost")}
+    assert session(b, "POST", "/session/v3/demoFunds").status_code == 200
+    yield b
+    b.http.close()
+
+
+def session(b: Browserless, method: str, path: str, **kw):
+    me = b.request("GET", "/session/v3/me", headers=b.origin).json()
+    return b.request(method, path, headers={**b.origin, "X-CSRF-Token": me["csrfToken"]}, **kw)
+
+
+def next_code(b: Browserless) -> str:
+    """A TOTP code of a step after every one used before (identity accepts one step ahead of its clock)."""
+    b.step = max(b.step + 1, int(time.time()) // 30)
+    while b.step > int(time.time()) // 30 + 1:
+        time.sleep(0.5)
+    return b.totp.at(b.step * 30)
+
+
+def book(b: Browserless) -> list[dict]:
+    return b.request("GET", "/session/v3/addressBook?coin=BTC", headers=b.origin).json()["entries"]
+
+
+def withdrawals(b: Browserless) -> list[dict]:
+    return b.request("GET", "/session/v3/capital/withdraw/history", headers=b.origin).json()
+
+
+def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user):
+    b = user
+    entries = json.loads((server.data / "demo-keys.json").read_text())
+    dest = next(e["withdraw_addresses"]["BTC"] for e in entries if e.get("withdraw_addresses"))  # outside the account
+    r = session(b, "POST", "/session/v3/addressBook", data={"coin": "BTC", "network": "BTC", "address": dest, "code": next_code(b)})
+    assert r.status_code == 200 and r.json()["status"] == "email_sent", r.text
+    link = path_of(mailed_link(b, b.email, "/wallet/confirm-address"))
+    before = last_seq(server)
+    for _ in range(2):
+        page = b.request("GET", link)
+        assert page.status_code == 200, page.text
+        assert "Add this withdrawal address?" in page.text and dest in page.text and "BTC" in page.text
+        assert "form-action 'self'" in page.headers["content-security-policy"], "the browser may post the button's form"
+    assert b.request("HEAD", link).status_code == 405
+    assert book(b) == [] and last_seq(server) == before, "the GETs added nothing"
+    fields = form_fields(page.text, "/wallet/confirm-address")
+    for bad in ("x" * 40, fields["token"][:-3] + "AAA"):
+        got = b.request("GET", "/wallet/confirm-address?token=" + bad)
+        assert got.status_code == 400 and message_of(got.text) == "This confirmation link is not valid."
+        posted = b.request("POST", "/wallet/confirm-address", data={"token": bad})
+        assert posted.status_code == 400 and message_of(posted.text) == "This confirmation link is not valid."
+    assert book(b) == [] and last_seq(server) == before
+
+    done = b.request("POST", "/wallet/confirm-address", data=fields)
+    assert done.status_code == 200 and "Withdrawal address added" in done.text, done.text
+    [entry] = book(b)
+    assert entry["address"] == dest and entry["status"] == "usable"
+    after = last_seq(server)
+    again = b.request("POST", "/wallet/confirm-address", data=fields)
+    assert again.status_code == 409 and "already used" in message_of(again.text), again.text
+    assert b.request("GET", link).status_code == 409  # no button for a used link
+    assert book(b) == [entry] and last_seq(server) == after
+
+    # ---- the withdrawal's link
+    r = session(b, "POST", "/session/v3/capital/withdraw/apply",
+                data={"coin": "BTC", "network": "BTC", "address": dest, "amount": "0.01", "code": next_code(b)})
+    assert r.status_code == 200 and r.json()["status"] == 0, r.text
+    wid = r.json()["id"]
+    link = path_of(withdrawal_link(b, wid))
+    assert parse_qs(urlsplit(link).query)["id"] == [wid]
+    before = last_seq(server)
+    for _ in range(2):
+        page = b.request("GET", link)
+        assert page.status_code == 200, page.text
+        assert "form-action 'self'" in page.headers["content-security-policy"]
+        shown = {k: unescape(v) for k, v in re.findall(r'id="wd-(asset|amount|fee|received|address)"[^>]*>([^<]*)<', page.text)}
+        assert shown == {"asset": "BTC (BTC)", "amount": "0.01 BTC", "fee": "0.0001 BTC", "received": "0.0099 BTC",
+                         "address": dest}, shown
+    assert b.request("HEAD", link).status_code == 405
+    [w] = withdrawals(b)
+    assert w["id"] == wid and w["status"] == 0 and w["info"] == "waiting for the e-mail confirmation", w
+    assert last_seq(server) == before, "the GETs confirmed nothing"
+    fields = form_fields(page.text, "/wallet/confirm-withdrawal")
+    assert fields["id"] == wid
+    for bad in ({"id": wid, "token": "x" * 32}, {"id": wid, "token": ""}, {"id": "nope", "token": fields["token"]}):
+        got = b.request("GET", "/wallet/confirm-withdrawal", params=bad)
+        assert got.status_code == 400 and message_of(got.text) == "This confirmation link is not valid."
+        posted = b.request("POST", "/wallet/confirm-withdrawal", data=bad)
+        assert posted.status_code == 400 and message_of(posted.text) == "This confirmation link is not valid."
+    assert withdrawals(b)[0]["status"] == 0 and last_seq(server) == before
+
+    done = b.request("POST", "/wallet/confirm-withdrawal", data=fields)
+    assert done.status_code == 200 and "Withdrawal confirmed" in done.text and wid in done.text, done.text
+    assert withdrawals(b)[0]["info"] != "waiting for the e-mail confirmation"
+    seq = last_seq(server)
+    again = b.request("POST", "/wallet/confirm-withdrawal", data=fields)
+    assert again.status_code == 409 and "already confirmed" in message_of(again.text), again.text
+    assert b.request("GET", link).status_code == 409
+    # the confirmed withdrawal goes on by itself (risk review, signing): the replay added no command of its own
+    from .conftest import cli
+
+    later = cli("journal", "sources", str(server.data), "--from-seq", str(seq + 1))
+    assert later.returncode == 0, later.stderr
+    assert "confirm_email" not in later.stdout, later.stdout
+
+
+def test_a_foreign_origin_cannot_post_a_link(server, user):
+    """As for /security/confirm-factor: no session CSRF token (the link's token is the secret), but a
+    cross-site form post is refused before the token is even looked at."""
+    evil = {"Origin": "https://evil.example"}
+    for path, data in (("/verify-email", {"token": "x" * 32}), ("/wallet/confirm-address", {"token": "x" * 32}),
+                       ("/wallet/confirm-withdrawal", {"id": "1", "token": "x" * 32})):
+        r = user.request("POST", path, data=data, headers=evil)
+        assert r.status_code == 403 and "cross-site" in r.text, (path, r.status_code, r.text[:500])
