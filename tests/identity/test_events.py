@@ -97,6 +97,16 @@ def test_email_change_needs_fresh_factor_and_does_not_reveal_taken_address(ctx, 
         accounts.request_email_change(ctx, token, "<img src=x onerror=alert(1)>")
 
 
+def test_email_change_needs_a_second_factor_that_counts(ctx, clock):
+    """The password alone (a session without a second factor) cannot move the account's mailbox."""
+    register(ctx)
+    token = sign_in(ctx).session.token
+    before = len(outbox(ctx))
+    with pytest.raises(SecondFactorRequired, match="enable two-factor authentication"):
+        accounts.request_email_change(ctx, token, "thief@example.com")
+    assert len(outbox(ctx)) == before
+
+
 def test_failed_second_factor_and_new_country_are_events(ctx, clock):
     totp, token, _ = enable_totp(ctx, clock)
     pending = sign_in(ctx).session.token

@@ -15,6 +15,10 @@ the session (cookie, CSRF token, Origin; `session_trading._authenticate`) in pla
   address, code: the address is validated for its network at the edge by `CapitalApi.check_address`,
   a fresh second factor is required and identity records the change, then an e-mail carries a link;
   only the link submits `AddWithdrawalAddress` with the configured cooling period), remove.
+* `POST /session/v3/account/email` (new_email, code): the security centre's e-mail change — a fresh
+  second factor as above (an account without one cannot change its e-mail) — then a link to the new
+  address (the same answer whether or not that address is taken); its `/confirm-email` page changes
+  the address, tells the old one and locks withdrawals like every credential change (docs/security.md).
 
 The e-mailed links carry sealed tokens (AES-GCM under identity's key, purpose-bound, 30 minutes);
 the withdrawal's link is the engine's own e-mail token (only its sha256 is journaled).
@@ -35,7 +39,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import RingfenceError
+from ..errors import RingfenceError, ValidationError
 from ..identity import sessions
 from ..identity.context import IdentityContext
 from .binance import EndpointParams, check_params
@@ -53,6 +57,7 @@ BOOK_ADD = EndpointParams(("coin", "network", "address", "code"), ("coin", "addr
 BOOK_DEL = EndpointParams(("coin", "address"), ("coin", "address"))
 BOOK_LIST = EndpointParams(("coin",))
 WD_CANCEL = EndpointParams(("id",), ("id",))
+EMAIL_CHANGE = EndpointParams(("new_email", "code"), ("new_email",))
 
 
 def _b64(raw: bytes) -> str:
@@ -177,6 +182,18 @@ class SessionMoney:
         try:
             self._record_and_mail(rotated or token, caller, terms, address, ip)
         except RingfenceError as err:  # e.g. the account was frozen meanwhile: keep the rotated session
+            raise _AfterStepUp(rotated, err) from None
+        return rotated
+
+    def request_email(self, token: str | None, new_email: str, code: str | None) -> str | None:
+        """The security centre's e-mail change (`accounts.request_email_change`) after a fresh second
+        factor. Returns the rotated session token when a TOTP code stepped the session up."""
+        from ..identity import accounts
+
+        rotated = _fresh_factor(self.ctx, token, code)
+        try:
+            accounts.request_email_change(self.ctx, rotated or token, new_email)
+        except RingfenceError as err:  # e.g. it is already the account's address: keep the rotated session
             raise _AfterStepUp(rotated, err) from None
         return rotated
 
@@ -445,6 +462,26 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
                                 "info": "e-mail sent: open the link in it to add the address"}, rotated)
 
         return await run(request, BOOK_ADD, 5, go)
+
+    @router.post(PREFIX + "/account/email", include_in_schema=False)
+    async def change_email(request: Request) -> Response:
+        async def go(caller: SessionCaller, params: Any) -> Response:
+            from ..identity.fields import normalize_email
+
+            new_email = normalize_email(params.require("new_email"), field="new_email")  # before the code is spent
+            if new_email == caller.email:
+                raise ValidationError("is already your e-mail address", field="new_email")
+            token = request.cookies.get(sessions.SESSION_COOKIE_NAME)
+            try:
+                rotated = await run_in_threadpool(money.request_email, token, new_email, params.get("code"))
+            except _AfterStepUp as after:
+                mapped = from_ringfence(after.err)
+                return with_cookie(mapped.body(), after.rotated, mapped.status)
+            # the same answer whether or not the address is taken (no probing of registered addresses)
+            return with_cookie({"status": "email_sent", "info": "if the new address can be used, a link to confirm the "
+                                "change was sent to it; the address changes only when that link's button is pressed"}, rotated)
+
+        return await run(request, EMAIL_CHANGE, 5, go)
 
     @router.delete(PREFIX + "/addressBook", include_in_schema=False)
     async def remove_address(request: Request) -> Response:

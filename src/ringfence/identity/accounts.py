@@ -298,11 +298,12 @@ def change_password(
 
 
 def request_email_change(ctx: IdentityContext, token: object, new_email: object) -> None:
-    """Send a confirmation link to the new address (needs a fresh second factor if 2FA is on)."""
+    """Send a confirmation link to the new address. Needs a fresh second factor, so an account without
+    one that counts (none, or a first one not yet confirmed from the current address) cannot: the
+    password alone must not move the account's mailbox, where every recovery and alert goes."""
     addr = normalize_email(new_email, field="new_email")
     info = sessions.authenticate(ctx, token)
-    if info.second_factor_enabled:
-        sessions.require_fresh_second_factor(info)
+    sessions.require_fresh_second_factor(info)
     with ctx.store.tx() as db:
         user = db.get(User, info.user_id)
         assert user is not None
@@ -316,14 +317,30 @@ def request_email_change(ctx: IdentityContext, token: object, new_email: object)
                          {"link": f"{ctx.settings.identity_public_url}/confirm-email?token={link_token}"}, to_addr=addr)
 
 
+def _current_change(db: Session, row: EmailToken) -> User:
+    user = db.get(User, row.user_id)
+    assert user is not None
+    if user.pending_email != row.email:  # a later request replaced it: only the newest link counts
+        raise Unauthorized("this link is no longer current; request the change again", field="token")
+    return user
+
+
+def check_email_change_link(ctx: IdentityContext, token: object) -> str:
+    """The new address the change link would set, or the error `confirm_email_change` would raise;
+    reads only (the link's GET page asks this before it shows its button)."""
+    with ctx.store.tx() as db:
+        row = usable_email_token(ctx, db, token, "change")
+        _current_change(db, row)
+        return row.email
+
+
 def confirm_email_change(ctx: IdentityContext, token: object, *, ip: object = "127.0.0.1") -> str:
+    """Set the new address from its link: the old address is told (with the freeze link) and
+    withdrawals lock as for every credential change. Returns the new address."""
     client_ip = validate_ip(ip)
     with ctx.store.tx() as db:
         row = _consume_email_token(ctx, db, token, "change")
-        user = db.get(User, row.user_id)
-        assert user is not None
-        if user.pending_email != row.email:
-            raise Unauthorized("this link is no longer current; request the change again", field="token")
+        user = _current_change(db, row)
         if db.scalars(select(User.id).where(User.email == row.email)).first() is not None:
             raise Conflict("this e-mail address is already in use", field="new_email")
         old = user.email

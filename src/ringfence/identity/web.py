@@ -176,6 +176,23 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         return _render("message.html", title=_t("E-mail confirmed"), message=_t("Your address is confirmed. You can sign in now."),
                        link="/login")
 
+    @router.get("/confirm-email", response_class=HTMLResponse)
+    def confirm_email_page(token: str = "") -> HTMLResponse:
+        # as /verify-email: GET only checks the link and shows the new address; the POST button changes it
+        email = accounts.check_email_change_link(ctx, token)
+        return _render("confirm_email.html", email=email, token=token, change=True,
+                       lock_s=ctx.settings.identity_withdrawal_lock_s)
+
+    @router.post("/confirm-email", response_class=HTMLResponse)
+    async def confirm_email(request: Request) -> HTMLResponse:
+        # no session needed (the link may be opened on another device): the link's token is the secret,
+        # and same_origin_only refuses a foreign Origin
+        form = await _form(request)
+        email = accounts.confirm_email_change(ctx, form.get("token", ""), ip=_client_ip(request))
+        return _render("message.html", title=_t("E-mail address changed"),
+                       message=_t("Your account's e-mail address is now %(email)s: sign in with it.", email=email),
+                       link="/security")
+
     @router.get("/login", response_class=HTMLResponse)
     def login_page() -> HTMLResponse:
         return _render("login.html")
@@ -317,6 +334,16 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         issued = accounts.change_password(ctx, token, form.get("current_password", ""), form.get("new_password", ""),
                                           ip=_client_ip(request))
         return _session_response(ctx, issued)
+
+    @router.post("/security/email", response_class=HTMLResponse)
+    async def change_email(request: Request) -> HTMLResponse:
+        form = await _form(request)
+        token = _csrf(ctx, request, form)
+        accounts.request_email_change(ctx, token, form.get("new_email", ""))
+        # the same answer whether or not the address is taken (no probing of registered addresses)
+        return _render("message.html", title=_t("Check your inbox"), link="/security",
+                       message=_t("If the new address can be used, a link to confirm the change is on its way to it. "
+                                  "Your e-mail address changes only when that link's button is pressed."))
 
     @router.post("/security/anti-phishing")
     async def anti_phishing(request: Request) -> Response:
