@@ -109,7 +109,16 @@ class EthHotHsm:
             if time.monotonic() > deadline:
                 raise ConfigError(f"the HSM process did not start within {self.timeout_s} s", field="hsm")
             time.sleep(0.05)
-        keys = self._call({"op": "public_keys"})
+        while True:
+            try:
+                keys = self._call({"op": "public_keys"})
+                break
+            except SignerUnavailable:
+                # the socket's file appears when the process binds it, a moment before it listens: a connection
+                # in between is refused (seen on a loaded machine); any other failure ends the wait at its deadline
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         if self.address and any(bytes.fromhex(keys[k]) != self._keys[k] for k in WALLET_OF_KEY):
             raise ConfigError("the HSM process came back with other wallet keys", field="hsm")
         self._public = bytes.fromhex(keys[KEY_ID])
