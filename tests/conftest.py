@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from pgtest import drop_profile_databases
+from playwright.sync_api import expect
 
 settings.register_profile(
     "ci",
@@ -16,6 +17,12 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("ci")
+
+# Playwright's expect() polls until its condition holds or 5 s pass; on a loaded CI machine (three xdist
+# workers on two cores, a server and Chromium each) a page's answer to a click can take longer than that
+# (the fresh-clone full run once failed on "signer 5 started"). Waiting longer changes no verdict: a
+# condition that holds passes as soon as it does, one that never holds still fails.
+expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="session", autouse=True)
