@@ -627,7 +627,9 @@ def test_refill_and_reshare_from_the_console_page(frost_server: Server, tmp_path
         expect(page.locator("#key-summary")).to_contain_text(f"generation {generation}")
         page.locator('#start-signer [name="id"]').fill("5")
         page.click("#start-signer-submit")
-        expect(status).to_contain_text("signer 5 started")
+        # a new signer process loads its key share before it answers: Playwright's default 5 s ran out on a
+        # loaded CI machine (three xdist workers on two cores) while the status still showed the step before
+        expect(status).to_contain_text("signer 5 started", timeout=60_000)
         expect(page.locator('#key-signers tr[data-signer="5"]')).to_contain_text("no (spare)")
         fps = {x["id"]: x["fingerprint"] for x in admin.get("/keys/btc-hot")["signers"]}
         reason = "signer 4 moves to the page's signer 5"

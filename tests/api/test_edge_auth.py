@@ -123,7 +123,7 @@ def base64_respelling(draw: st.DrawFn, signature: str) -> str:
     return _percent(text, escape, draw(st.booleans()))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_respelling_of_an_accepted_hmac_request_is_accepted_again(http, alice, data):
     payload = fresh_payload()
@@ -134,7 +134,7 @@ def test_no_respelling_of_an_accepted_hmac_request_is_accepted_again(http, alice
     refused_with(account(http, alice["api_key"], payload, replay), -1022)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_respelling_of_an_accepted_ed25519_request_is_accepted_again(http, ed_key, data):
     api_key, private = ed_key

@@ -36,7 +36,7 @@ import httpx
 import pytest
 import websockets
 
-from .conftest import Server
+from .conftest import Server, early_in_a_window
 from .test_slow_readers import TCP_ESTABLISHED, slow_reader, tcp_state
 from .test_slow_requests import drip
 from .test_key_cache import create_key, csrf_of, signed_account, user  # noqa: F401  (the `user` fixture, on this server)
@@ -137,8 +137,10 @@ def test_ccxt_places_through_the_gateways_and_the_key_weight_counts_both(server)
     """ccxt (sync, unmodified) trades through the gateways; then the per-key weight
     (RINGFENCE_API_KEY_WEIGHT_PER_MIN=150, one per order) is spent half through each gateway,
     and the next order through either gateway is refused with 429 -1003."""
-    while time.monotonic() % 60 > 45:  # the limiter's one-minute windows (monotonic clock, shared by processes here)
-        time.sleep(0.5)
+    # all of this in one of the limiter's windows, or the next window's fresh weight lets the last orders
+    # through: 40 s for ccxt and 154 orders, not 15 s (one order through a gateway can take 100 ms on a
+    # loaded CI machine: three xdist workers on two cores)
+    early_in_a_window(40)
     alice = server.keys["alice"]
     ex = ccxt.binance({"apiKey": alice["api_key"], "secret": alice["api_secret"],
                        "options": {"fetchMarkets": ["spot"], "fetchCurrencies": False, "fetchMargins": False, "adjustForTimeDifference": False}})
@@ -344,7 +346,9 @@ def test_a_pong_flood_through_a_gateway_is_closed_and_both_gateways_stay_fast(se
     seen = flood(server.port, masked(PONG))
     print(f"pong flood through a gateway: {seen}")
     assert seen["closed"] == (1008, "too many messages"), seen
-    assert seen["slowest_ping_s"] < 2.0, seen
+    # 5 s, not 2: the stall this guards against was 7-13 s, and one ping on a loaded CI machine (three xdist
+    # workers on two cores, the flooder's thread in this process) can take a second or two by itself
+    assert seen["slowest_ping_s"] < 5.0, seen
 
 
 def test_a_slowloris_through_a_gateway_gets_408_at_the_deadline_and_pings_stay_fast(server):

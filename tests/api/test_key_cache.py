@@ -138,11 +138,14 @@ def test_a_revocation_committed_by_another_process_is_seen_within_the_watch_inte
         api_keys.revoke_api_key(ctx, token, key_id)
         revoked_at = time.monotonic()
         while True:
+            # timed from when the request is sent: on a loaded machine one round trip can take most of a
+            # second, and a request sent in time and answered late says nothing against the server
+            sent_after_s = time.monotonic() - revoked_at
             r = signed_account(http, key, secret)
             if r.status_code == 401:
                 break
             assert r.status_code == 200, r.text
-            assert time.monotonic() - revoked_at < 1.0, "the server kept accepting a key revoked by another process"
+            assert sent_after_s < 1.0, "the server kept accepting a key revoked by another process"
         assert r.json()["code"] == -2015, r.text
         print(f"refused {1000 * (time.monotonic() - revoked_at):.0f} ms after the other process committed")
 

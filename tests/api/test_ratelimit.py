@@ -3,7 +3,8 @@
 import httpx
 import pytest
 
-from .conftest import Server
+from .conftest import Server, early_in_a_window
+
 
 
 @pytest.fixture(scope="module")
@@ -15,6 +16,7 @@ def tight_server(tmp_path_factory):
 
 
 def test_rate_limit_then_ban(tight_server):
+    early_in_a_window()
     http = httpx.Client(base_url=tight_server.base, timeout=5)
     statuses = []
     for _ in range(40):
@@ -55,6 +57,7 @@ def test_websocket_api_shares_the_ip_budget_and_answers_in_binance_shape(tight_s
                 counts.append(reply["rateLimits"][0]["count"])
             raise AssertionError("never rate limited")
 
+    early_in_a_window()
     refused, counts = asyncio.run(scenario())
     assert refused["status"] in (429, 418) and refused["error"]["code"] == -1003, refused
     assert refused["error"]["data"]["retryAfter"] > refused["error"]["data"]["serverTime"]

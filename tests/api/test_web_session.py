@@ -24,7 +24,7 @@ import pytest
 import segno
 from playwright.sync_api import expect, sync_playwright
 
-from .conftest import Server
+from .conftest import Server, early_in_a_window
 
 # the SQL store (identity, read models) is exercised: `make test` runs this file again on PostgreSQL
 pytestmark = pytest.mark.store
@@ -349,6 +349,7 @@ def test_session_requests_are_weighed_per_session(tmp_path, browser):
         page = context.new_page()
         sign_up_verify_and_enable_totp(page, web, "busy@example.com")
         page.goto(web + "/dev/mail")  # a page of the exchange's origin that makes no session calls itself
+        early_in_a_window()
         statuses = page.evaluate("""async () => {
             const out = [];
             for (let i = 0; i < 7; i++) {

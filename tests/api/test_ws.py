@@ -59,13 +59,26 @@ def test_book_rebuilt_from_snapshot_and_diffs_equals_engine(server):
                 for who, order_id in placed[::3]:
                     q = signed_query(who["api_secret"], {"symbol": "ETHUSDT", "orderId": str(order_id)})
                     await http.delete("/api/v3/order?" + q, headers={"X-MBX-APIKEY": who["api_key"]})
-                await asyncio.sleep(0.5)
-                task.cancel()
                 engine_book = (await http.get("/v1/book", params={"symbol": "ETHUSDT", "limit": 5000})).json()
+                # the last diffs are on their way: wait for them (a fixed 0.5 s was short on a loaded CI
+                # machine), up to a deadline; the comparison below is the same either way
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and rebuilt(snapshot, buffered)[:2] != (engine_book["bids"], engine_book["asks"]):
+                    await asyncio.sleep(0.1)
+                task.cancel()
         return snapshot, buffered, engine_book
 
     snapshot, diffs, engine_book = asyncio.run(scenario())
     assert diffs, "no depth diffs arrived"
+    rebuilt_bids, rebuilt_asks, applied = rebuilt(snapshot, diffs)
+    assert applied > 0
+    assert rebuilt_bids == engine_book["bids"]
+    assert rebuilt_asks == engine_book["asks"]
+
+
+def rebuilt(snapshot: dict, diffs: list[dict]) -> tuple[list, list, int]:
+    """The book from a REST snapshot plus the depth diffs after it (Binance's recipe): bids, asks and
+    how many diffs were applied."""
     bids = {p: q for p, q in snapshot["bids"]}
     asks = {p: q for p, q in snapshot["asks"]}
     last = snapshot["lastUpdateId"]
@@ -83,11 +96,9 @@ def test_book_rebuilt_from_snapshot_and_diffs_equals_engine(server):
                     book[p] = q
         last = d["u"]
         applied += 1
-    assert applied > 0
     rebuilt_bids = sorted(bids.items(), key=lambda kv: -Decimal(kv[0]))
     rebuilt_asks = sorted(asks.items(), key=lambda kv: Decimal(kv[0]))
-    assert [list(x) for x in rebuilt_bids] == engine_book["bids"]
-    assert [list(x) for x in rebuilt_asks] == engine_book["asks"]
+    return [list(x) for x in rebuilt_bids], [list(x) for x in rebuilt_asks], applied
 
 
 def test_trade_kline_ticker_and_user_streams(server):
@@ -106,12 +117,19 @@ def test_trade_kline_ticker_and_user_streams(server):
                 assert r.status_code == 200, r.text
                 r = await place(http, alice["api_key"], alice["api_secret"], {"symbol": "AAPLXUSDT", "side": "BUY", "type": "MARKET", "quantity": "1.00"})
                 assert r.status_code == 200, r.text
-                deadline = time.time() + 5
+                def arrived() -> bool:  # the fill's trade, kline, ticker and bob's TRADE report
+                    kinds = {m["stream"].split("@")[-1] if "@" in m["stream"] else m["data"].get("x") for m in got}
+                    return {"trade", "kline_1m", "ticker", "TRADE"} <= kinds
+
+                # then a second of quiet; a loaded CI machine can hold the server back for longer than
+                # that (with a fixed 5 s and any 1 s quiet this could stop early), so quiet counts only once they are in
+                deadline = time.time() + 30
                 while time.time() < deadline:
                     try:
                         got.append(json.loads(await asyncio.wait_for(ws.recv(), 1)))
                     except asyncio.TimeoutError:
-                        break
+                        if arrived():
+                            break
                 # subscribe/unsubscribe messages on the same connection
                 await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 7}))
                 reply = json.loads(await asyncio.wait_for(ws.recv(), 2))

@@ -26,7 +26,9 @@ def test_a_frame_flood_is_closed_and_does_not_stall_the_api(server, kind):
     print(f"{kind}: {seen}")
     expected = (1009, "message too fragmented") if kind == "endless-continuation" else (1008, "too many messages")
     assert seen["closed"] == expected, seen
-    assert seen["slowest_ping_s"] < 2.0, seen
+    # 5 s, not 2: the stall this guards against was 7-13 s, and one ping on a loaded CI machine (three xdist
+    # workers on two cores, the flooder's thread in this process) can take a second or two by itself
+    assert seen["slowest_ping_s"] < 5.0, seen
 
 
 def test_a_client_within_the_frame_budget_is_not_closed(server):

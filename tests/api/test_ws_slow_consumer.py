@@ -126,13 +126,13 @@ def hang_up(sock: socket.socket) -> None:
 def test_flood_then_hang_up_frees_the_connection_and_sigterm_is_prompt(tmp_path):
     srv = Server(tmp_path / "data", UNLIMITED)
     try:
-        assert wait_for_connections(srv, 0, 5) == 0
+        assert wait_for_connections(srv, 0, 30) == 0
         sock = raw_connect(srv)
         flood(sock, many_streams(srv), FLOOD_FRAMES, 3)
         # give the server the time to chew through the requests (and fill the queue), then hang up
         wait_for_connections(srv, 0, 6)
         hang_up(sock)
-        assert wait_for_connections(srv, 0, 8) == 0, "the flooded connection was never dropped from the hub"
+        assert wait_for_connections(srv, 0, 30) == 0, "the flooded connection was never dropped from the hub"
 
         async def fresh_connections_work() -> None:
             clients = [await websockets.connect(url(srv)) for _ in range(MAX_CONNECTIONS_PER_IP)]
@@ -145,7 +145,7 @@ def test_flood_then_hang_up_frees_the_connection_and_sigterm_is_prompt(tmp_path)
                     await ws.close()
 
         asyncio.run(fresh_connections_work())
-        assert wait_for_connections(srv, 0, 5) == 0
+        assert wait_for_connections(srv, 0, 30) == 0
     finally:
         started = time.time()
         code = srv.stop()
@@ -153,7 +153,9 @@ def test_flood_then_hang_up_frees_the_connection_and_sigterm_is_prompt(tmp_path)
     log = srv.log_text() if not srv.log.closed else open(srv.log.name).read()
     assert "timeout graceful shutdown exceeded" not in log and "running task(s)" not in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
-    assert code == 0 and took < 5, f"SIGTERM took {took:.1f}s (exit {code})"
+    # under uvicorn's 10 s graceful timeout (which a held connection would use up, and log, checked above); 5 s
+    # was the bound before, but a loaded CI machine (three xdist workers on two cores) can take longer to close a node
+    assert code == 0 and took < 9, f"SIGTERM took {took:.1f}s (exit {code})"
 
 
 def test_slow_consumer_is_closed_with_1008_and_others_keep_receiving(server):
@@ -185,11 +187,11 @@ def test_slow_consumer_is_closed_with_1008_and_others_keep_receiving(server):
     assert closed == (1008, "slow consumer"), closed
     assert update["e"] == "depthUpdate" and update["s"] == "ETHUSDT"
     assert listed == {"result": ["ethusdt@depth"], "id": 1}
-    assert wait_for_connections(server, 0, 5) == 0
+    assert wait_for_connections(server, 0, 30) == 0
 
 
 def test_connections_per_address_are_limited(server):
-    assert wait_for_connections(server, 0, 5) == 0
+    assert wait_for_connections(server, 0, 30) == 0
 
     async def scenario():
         clients = [await websockets.connect(url(server)) for _ in range(MAX_CONNECTIONS_PER_IP)]
@@ -198,7 +200,12 @@ def test_connections_per_address_are_limited(server):
                 with pytest.raises(websockets.ConnectionClosed) as refused:
                     await asyncio.wait_for(extra.recv(), 5)
             await clients.pop().close()
-            await asyncio.sleep(0.2)
+            # the close handshake is answered before the handler drops the connection from the hub: wait
+            # for the count to fall (a fixed 0.2 s could be short on a loaded CI machine, and the next
+            # connection would then rightly be refused)
+            deadline = time.monotonic() + 30
+            while await asyncio.to_thread(ws_connections, server) >= MAX_CONNECTIONS_PER_IP and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             async with websockets.connect(url(server)) as again:
                 await again.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
                 answer = json.loads(await asyncio.wait_for(again.recv(), 5))
@@ -210,7 +217,7 @@ def test_connections_per_address_are_limited(server):
     rcvd, answer = asyncio.run(scenario())
     assert rcvd is not None and rcvd.code == 1013 and rcvd.reason == "too many connections from this address", rcvd
     assert answer == {"result": [], "id": 2}
-    assert wait_for_connections(server, 0, 5) == 0
+    assert wait_for_connections(server, 0, 30) == 0
 
 
 def test_stream_names_are_lower_case(server):

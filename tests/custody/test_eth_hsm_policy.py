@@ -76,7 +76,7 @@ def test_the_policy_side_attests_only_own_wallets_and_engine_approved_withdrawal
 
 
 @seed(16)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(to=st.binary(min_size=20, max_size=20), value=st.integers(0, 10**24), nonce=st.integers(0, 2**32),
        own=st.sampled_from(["", "eth_cold", "deposit"]))
 def test_property_the_policy_attests_a_payment_only_to_the_exchange_or_an_approved_withdrawal(
@@ -322,7 +322,7 @@ def test_the_bitcoin_shield_vaults_three_hsm_keys_sign_only_its_proof_of_reserve
 
 
 @seed(163)
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(snapshot=st.binary(min_size=1, max_size=32), vault=st.booleans(), chain=st.sampled_from(["bitcoin", "ethereum"]),
        other=st.text("023456789acdefghjklmnpqrstuvwxyz", min_size=20, max_size=62), key=st.integers(0, 2))
 def test_property_a_shield_key_attests_exactly_the_vaults_proof_message(tmp_path_factory, eth_chain, snapshot, vault,

@@ -23,7 +23,7 @@ OPS = st.lists(st.one_of(
 
 
 @seed(7)
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS)
 def test_random_reorgs_never_double_credit(eth_chain, ops) -> None:
     print("seed 7, ops:", ops)
@@ -61,7 +61,7 @@ def test_random_reorgs_never_double_credit(eth_chain, ops) -> None:
 
 
 @seed(11)
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(crashes=st.lists(st.sampled_from(["after_sign", "after_record_signed", "after_broadcast", None, "restart"]),
                         min_size=1, max_size=6))
 def test_random_crashes_never_double_broadcast(eth_chain, crashes) -> None:
@@ -104,7 +104,7 @@ BATCH_OPS = st.lists(st.one_of(
 
 
 @seed(13)
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=BATCH_OPS)
 def test_a_batchs_outputs_are_never_both_refunded_and_sent(eth_chain, ops) -> None:
     """Whatever the order of passes, failures, crashes and blocks: the withdrawals of one

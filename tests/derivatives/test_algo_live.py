@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from api.conftest import Server  # noqa: E402
-from derivatives.test_fapi_live import Client, make_usdm  # noqa: E402
+from derivatives.test_fapi_live import Client, make_usdm, watching  # noqa: E402
 
 S = "BTC/USDT:USDT"
 
@@ -56,7 +56,9 @@ def _status(ex: Any, algo_id: str) -> str:
     return ex.fetch_order(algo_id, S, {"trigger": True})["info"]["algoStatus"]
 
 
-def _wait_status(ex: Any, algo_id: str, want: str, timeout_s: float = 5) -> dict:
+def _wait_status(ex: Any, algo_id: str, want: str, timeout_s: float = 30) -> dict:
+    # 30 s, not 5: a trigger is checked every 100 ms, but three xdist workers on two cores (CI) can hold
+    # the checker and each fetch back for seconds; the wait ends as soon as the status is seen
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         o = ex.fetch_order(algo_id, S, {"trigger": True})
@@ -214,12 +216,12 @@ def test_algo_updates_reach_ccxt_pro_watch_orders(server):
         try:
             await ex.load_markets()
             orders = asyncio.create_task(ex.watch_orders(E))
-            await asyncio.sleep(0.3)
+            await watching(ex, f"orders:{E}", orders)
             tp = await ex.create_order(E, "market", "sell", 0.01, None, {"takeProfitPrice": 9000})
             seen = await asyncio.wait_for(orders, 10)
             assert [(o["id"], o["status"], o["info"]["o"], o["triggerPrice"]) for o in seen] == [(tp["id"], "open", "TAKE_PROFIT_MARKET", 9000.0)]
             orders = asyncio.create_task(ex.watch_orders(E))
-            await asyncio.sleep(0.3)
+            await watching(ex, f"orders:{E}", orders)
             await ex.cancel_order(tp["id"], E, {"trigger": True})
             seen = await asyncio.wait_for(orders, 10)
             assert [(o["id"], o["status"]) for o in seen] == [(tp["id"], "canceled")]

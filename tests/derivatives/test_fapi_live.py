@@ -144,6 +144,20 @@ def make_usdm(base: str, api_key: str, secret: str):  # type: ignore[no-untyped-
     return ex
 
 
+async def watching(ex, message_hash: str, watch) -> None:  # type: ignore[no-untyped-def]
+    """Until ccxt pro waits for `message_hash` on a connected user data stream, so the next event
+    resolves it (or the `watch` task has ended: awaiting it tells how). The server subscribes a
+    `/private/ws?listenKey=` connection as it accepts it, but ccxt first posts for the listenKey and
+    then connects: a fixed sleep after `watch_orders` (0.3 s) let an order go out before the
+    connection on a loaded machine, and its event was never seen."""
+    import asyncio
+
+    deadline = time.monotonic() + 30
+    while not watch.done() and not any(c.connected.done() and message_hash in c.futures for c in ex.clients.values()):
+        assert time.monotonic() < deadline, f"ccxt is not waiting for {message_hash} on a connected stream: {[(u, list(c.futures)) for u, c in ex.clients.items()]}"
+        await asyncio.sleep(0.01)
+
+
 def test_ccxt_binanceusdm_loads_transfers_trades_and_reads_positions(server):
     alice = make_usdm(server.base, server.keys["alice"]["api_key"], server.keys["alice"]["api_secret"])
     bob = make_usdm(server.base, server.keys["bob"]["api_key"], server.keys["bob"]["api_secret"])
@@ -277,27 +291,35 @@ def test_futures_user_stream_through_ccxt_pro(server):
         try:
             await ex.load_markets()
             orders = asyncio.create_task(ex.watch_orders(S))
-            await asyncio.sleep(0.3)
+            await watching(ex, f"orders:{S}", orders)
             placed = await ex.create_order(S, "limit", "buy", 0.01, 2500)
             seen = await asyncio.wait_for(orders, 10)
             assert [(o["id"], o["status"], o["amount"], o["price"], o["symbol"]) for o in seen] == [(placed["id"], "open", 0.01, 2500.0, S)]
             orders = asyncio.create_task(ex.watch_orders(S))
-            await asyncio.sleep(0.3)
+            await watching(ex, f"orders:{S}", orders)
             await ex.cancel_order(placed["id"], S)
             seen = await asyncio.wait_for(orders, 10)
             assert [(o["id"], o["status"]) for o in seen] == [(placed["id"], "canceled")]
             # a fill: TRADE with its fee in the margin asset, then FILLED; closed again reduce-only
             orders = asyncio.create_task(ex.watch_orders(S))
-            await asyncio.sleep(0.3)
+            await watching(ex, f"orders:{S}", orders)
             taken = await ex.create_order(S, "market", "buy", 0.01)
             seen = await asyncio.wait_for(orders, 10)
             mine = [o for o in seen if o["id"] == taken["id"]]
             assert mine and mine[-1]["status"] == "closed" and mine[-1]["filled"] == 0.01
             assert mine[-1]["fee"]["currency"] == "USDT" and mine[-1]["fee"]["cost"] > 0
             await ex.create_order(S, "market", "sell", 0.01, params={"reduceOnly": True})
+            # the close's ACCOUNT_UPDATE (m ORDER) can come after its HTTP answer, and then it, not the
+            # transfer's, resolved the balance watch below (0.3 s of sleep hid that unless loaded): wait
+            # until ccxt has the wallet the close left (each fill pays a fee, so it differs from the last)
+            closed = _total_wallet(raw)
+            deadline = time.monotonic() + 30
+            while str(ex.balance.get("linear", {}).get("USDT", {}).get("total")) not in (str(closed), str(float(closed))):
+                assert time.monotonic() < deadline, ("the close's ACCOUNT_UPDATE never reached ccxt", closed, ex.balance.get("linear"))
+                await asyncio.sleep(0.05)
             # a transfer from spot changes the futures wallet: ACCOUNT_UPDATE (m DEPOSIT) -> watchBalance
             balance = asyncio.create_task(ex.watch_balance())
-            await asyncio.sleep(0.3)
+            await watching(ex, "linear:balance", balance)  # ccxt's type for this account's USDⓈ-M stream
             await ex.transfer("USDT", 1.5, "spot", "swap")
             bal = await asyncio.wait_for(balance, 10)
             assert Decimal(str(bal["USDT"]["total"])) == _total_wallet(raw)
@@ -493,7 +515,10 @@ def test_a_margin_call_reaches_the_futures_user_stream(server):
         ok(bob.call("POST", "/fapi/v1/order", lim | {"side": "BUY", "price": str(target), "quantity": "0.001"}))
         ok(bob.call("POST", "/fapi/v1/order", lim | {"side": "SELL", "price": str(target), "quantity": "0.001"}))
         got: dict[str, list[dict]] = {"alice": [], "bob": []}
-        deadline = time.time() + 4  # checked within 0.25 s of the trade; then a second call must not come
+        # checked within 0.25 s of the trade, but a loaded CI machine (three xdist workers on two cores) can
+        # hold the worker back for seconds: wait up to 30 s for alice's call, then listen 4 s more, in which
+        # a second call (to either) must not come
+        deadline = time.time() + 30
         while time.time() < deadline:
             for name, ws in (("alice", a_ws), ("bob", b_ws)):
                 try:
@@ -501,6 +526,8 @@ def test_a_margin_call_reaches_the_futures_user_stream(server):
                 except TimeoutError:
                     continue
                 if msg.get("e") == "MARGIN_CALL":
+                    if not got["alice"] and not got["bob"]:
+                        deadline = time.time() + 4
                     got[name].append(msg)
     pr = ok(alice.call("GET", "/fapi/v3/positionRisk", {"symbol": "BTCUSDT"}))[0]  # type: ignore[index]
     account = ok(alice.call("GET", "/fapi/v2/account"))
@@ -559,7 +586,7 @@ def test_ccxt_binanceusdm_stop_market_through_the_algo_order_api(server):
     bob.create_order(S, "limit", "buy", 0.01, 58900)
     bob.create_order(S, "limit", "buy", 0.001, 59000)
     bob.create_order(S, "limit", "sell", 0.001, 59000)
-    deadline = time.time() + 5
+    deadline = time.time() + 30  # ends when the stop fires (every 100 ms); 5 s was short on a loaded CI machine
     while time.time() < deadline and alice.fetch_order(stop["id"], S, {"trigger": True})["status"] == "open":
         time.sleep(0.1)
     done = alice.fetch_order(stop["id"], S, {"trigger": True})

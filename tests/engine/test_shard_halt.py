@@ -198,7 +198,7 @@ def test_apply_without_a_driver_stops_and_says_why():
     assert engine.components["planted"].total == 0 and engine.last_seq == 3
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     ops=st.lists(st.tuples(st.sampled_from(["bump", "refuse", "break"]), st.integers(1, 9)), min_size=1, max_size=12),
     crash_at=st.integers(0, 12),

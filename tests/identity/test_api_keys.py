@@ -190,7 +190,7 @@ def test_key_creation_locks_withdrawals_and_freeze_stops_keys(ctx, clock, owner)
         sessions.authenticate(ctx, owner)
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(payload=st.binary(max_size=512), tamper=st.integers(min_value=0, max_value=63))
 def test_property_only_the_exact_signature_verifies(ctx, owner, payload, tamper):
     # one key per test database (hypothesis re-runs the body; creating a key needs step-up once)

@@ -160,7 +160,7 @@ def test_header_injection_in_params_rejected(ctx):
     assert err.value.field == "params.change"
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(code=st.from_regex(re.compile(r"[A-Za-z0-9_-]{4,20}"), fullmatch=True),
        template=st.sampled_from(sorted(mail.TEMPLATES)))
 def test_property_code_always_present(ctx, code, template):

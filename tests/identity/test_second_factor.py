@@ -196,7 +196,7 @@ def test_passkey_registration_with_wrong_origin_stores_nothing(ctx):
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
 
 
-@hsettings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(order=st.lists(st.integers(min_value=0, max_value=sf.RECOVERY_CODE_COUNT - 1), min_size=1, max_size=14))
 def test_property_each_recovery_code_works_exactly_once(ctx, clock, order):
     """Whatever order codes are tried in (with repeats), a code succeeds on its first use only."""

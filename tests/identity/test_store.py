@@ -78,7 +78,7 @@ def _dump(store) -> bytes:
     return b"\x00".join(out)
 
 
-@hsettings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(password=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=14, max_size=40))
 def test_property_no_secret_is_stored_in_plaintext(store, clock, password):
     """Sign up, enable TOTP, make an API key: neither password, TOTP seed, recovery code, session

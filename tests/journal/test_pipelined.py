@@ -144,7 +144,7 @@ def _run_and_cut(tmp: Path, pipeline: bool, seed: int, segment_bytes: int, cut_a
     assert clean.state_hash() == live
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(pipeline=st.booleans(), seed=st.integers(0, 2**30), segment_bytes=st.sampled_from([4_096, 65_536, 1 << 26]),
        cut_after_s=st.sampled_from([0.05, 0.15, 0.3]))
 def test_a_power_cut_loses_nothing_acknowledged(tmp_path_factory, pipeline, seed, segment_bytes, cut_after_s):
