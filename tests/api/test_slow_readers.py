@@ -235,3 +235,82 @@ def test_trusted_proxies_are_not_counted_per_peer():
     everyone = http_wire._Limits()
     everyone.trust(["*"])
     assert everyone.is_trusted("203.0.113.9")
+
+
+def test_one_address_flooding_refused_connections_does_not_turn_others_away(server):
+    """One address holds and reopens twice the process's limit of idle connections: its first PER_IP are
+    accepted, the rest refused, and a refused connection waiting to send a request for its 503 does not
+    count in the process's limit, so a client from another address is still served all along.
+
+    Before: refused connections counted in the limit while they waited (2 s), and a client from
+    127.0.0.2 got `503 too many connections` for as long as the flood ran."""
+    held: list[socket.socket] = []
+
+    def top_up() -> None:
+        alive = []
+        for s in held:
+            try:
+                if s.recv(1) == b"":
+                    s.close()
+                    continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                s.close()
+                continue
+            alive.append(s)
+        held[:] = alive
+        while len(held) < 2 * MAX_CONNECTIONS:
+            s = socket.socket()
+            s.bind(("127.0.0.50", 0))
+            s.connect(("127.0.0.1", server.port))
+            s.setblocking(False)
+            held.append(s)
+
+    answers = []
+    try:
+        started = time.monotonic()
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.51"), timeout=10,
+                          headers={"connection": "close"}) as victim:
+            while time.monotonic() - started < 3 * http_wire.REFUSED_READ_TIMEOUT_S:
+                top_up()
+                r = victim.get(server.base + "/api/v3/ping")
+                answers.append((r.status_code, r.text))
+                time.sleep(0.2)
+        assert len(held) == 2 * MAX_CONNECTIONS
+    finally:
+        for s in held:
+            s.close()
+    assert len(answers) >= 10 and all(a == (200, "{}") for a in answers), answers
+
+
+def server_side(port: int, client: socket.socket) -> list[str]:
+    """The server's end of `client`'s connection as /proc/net/tcp lists it (its state, hex), orphaned or not."""
+    host, cport = client.getsockname()
+    local = "0100007F:%04X" % port
+    remote = "%s:%04X" % ("".join(f"{int(b):02X}" for b in reversed(host.split("."))), cport)
+    with open("/proc/net/tcp") as f:
+        return [cols[3] for cols in (line.split() for line in f) if cols[1] == local and cols[2] == remote]
+
+
+def test_a_closed_connection_with_unread_responses_does_not_leave_its_buffers_in_the_kernel(server):
+    """A client with a small receive buffer pipelines 4 GETs of /openapi.json and reads nothing: the
+    responses fit in the kernel's send queue, so writing never pauses and the write deadline never starts;
+    the server closes the idle connection at its keep-alive timeout. The kernel must not then keep the
+    socket and what it could not send (TCP_USER_TIMEOUT = the write deadline bounds it).
+
+    Before: the closed socket stayed orphaned (FIN_WAIT1, several hundred KB each) for minutes, answering
+    the client's zero window; this test waited its GIVE_UP_S and failed."""
+    sock = slow_reader(server.port, "/openapi.json", 4, source="127.0.0.52")
+    started = time.monotonic()
+    try:
+        time.sleep(0.5)
+        assert server_side(server.port, sock), "the server's end of the connection is not there at all"
+        while server_side(server.port, sock) and time.monotonic() - started < GIVE_UP_S:
+            time.sleep(0.2)
+        left = server_side(server.port, sock)
+        took = time.monotonic() - started
+    finally:
+        sock.close()
+    assert not left, f"the server's end is still in the kernel {took:.1f} s later (state {left})"
+    print(f"the server's end gone after {took:.1f} s")

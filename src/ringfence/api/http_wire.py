@@ -80,6 +80,11 @@ MIN_PROGRESS_BYTES = 64 * 1024
 _OUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
 #: What a connection refused over a limit has to send its request (the 503 needs one to answer).
 REFUSED_READ_TIMEOUT_S = 2.0
+#: Refused connections waiting (REFUSED_READ_TIMEOUT_S at most) for a request to answer with 503, per
+#: process. They are not counted in MAX_CONNECTIONS (a flood of refused connections from one address
+#: would otherwise turn every other address away too); past this many, a refused connection gets its
+#: 503 at once and is closed without waiting for its request.
+MAX_REFUSALS_WAITING = 64
 #: At most one log line per kind of drop (slow reader, refused) in this many seconds; the rest counted.
 LOG_EVERY_S = 10.0
 
@@ -171,6 +176,7 @@ class _Limits:
         self.trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
         self.trust_all = False
         self.logged_at: dict[str, float] = {}  # float-ok: monotonic seconds
+        self.refusing: set[object] = set()  # refused connections waiting for their request (MAX_REFUSALS_WAITING)
         self.unlogged: dict[str, int] = {}
 
     def trust(self, forwarded_allow_ips: object) -> None:
@@ -276,6 +282,14 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # counts it in self.connections
         self._admit()
+        if self._refused is not None:
+            # not one of the process's connections: refused ones never count against the others
+            self.connections.discard(self)
+            if len(self._limits.refusing) >= MAX_REFUSALS_WAITING:  # too many waiting: the 503 now, no wait
+                transport.write(_refusal(self._refused))
+                transport.close()
+                return
+            self._limits.refusing.add(self)
         self._arm()  # a connection that never sends a whole request is dropped too
 
     def _admit(self) -> None:
@@ -299,6 +313,9 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._limits.refusing.discard(self)
+        if exc is None:
+            self._bound_orphan()
         if self._write_deadline is not None:
             self._write_deadline.cancel()
             self._write_deadline = None
@@ -312,6 +329,20 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
             running.disconnected = True
             running.message_event.set()
         self.pipeline.clear()
+
+    def _bound_orphan(self) -> None:
+        """Closed gracefully (keep-alive timeout, `Connection: close`, a deadline, shutdown) with bytes the
+        client has not taken still in the kernel's send queue: the kernel would keep them, and the socket,
+        orphaned for minutes while a client that never reads answers its probes with a zero window. Give
+        the socket TCP_USER_TIMEOUT = the write deadline: the kernel drops it (and its buffers) once that
+        long passes with nothing acknowledged, while a client still reading gets the rest. (asyncio closes
+        the socket just after this call; the write deadline above covers what never left asyncio.)"""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None or _OUTQ is None or not hasattr(socket, "TCP_USER_TIMEOUT"):
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0] > 0:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(self._limits.write_timeout_s * 1000)))
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         self._running = cycle
