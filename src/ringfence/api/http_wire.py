@@ -24,7 +24,10 @@ MIN_PROGRESS_BYTES in that time (counted in asyncio's buffer and the kernel's se
 takes bytes from asyncio in big steps, so asyncio's buffer alone stands still for a client that reads
 slowly) is aborted, its buffers dropped (the kernel's too: SO_LINGER 0), and one
 line logged (the peer's address and the seconds; never the request, whose query may carry a key or
-a signature). After a WebSocket upgrade the transport belongs to ws_wire.py, whose subscribers are
+a signature). Answers that fit in the kernel's send queue never pause writing: when the server closes
+a connection (keep-alive timeout, `Connection: close`, a deadline, shutdown) whose client has not
+taken them, the socket gets TCP_USER_TIMEOUT = WRITE_TIMEOUT_S, so the kernel drops it and its
+buffers once that long passes with nothing acknowledged instead of keeping it orphaned for minutes. After a WebSocket upgrade the transport belongs to ws_wire.py, whose subscribers are
 closed as slow consumers by the bytes waiting instead (api/ws.py, 1008), as they always were.
 
 Connections are bounded per process (each gateway process is one): past MAX_CONNECTIONS open at once
@@ -32,8 +35,10 @@ Connections are bounded per process (each gateway process is one): past MAX_CONN
 (RINGFENCE_HTTP_MAX_CONNECTIONS_PER_IP, 0 = no per-peer bound; trusted proxies are not counted, their
 peers are many clients), a new connection is refused as it is accepted: each request on it gets
 `503 Service Unavailable` (`Connection: close`, `Retry-After: 1`, "too many connections"), a
-WebSocket handshake included, and it has REFUSED_READ_TIMEOUT_S to send one. Connections accepted
-before keep being served. uvicorn's own `limit_concurrency` is not used: it decides at each request,
+WebSocket handshake included, and it has REFUSED_READ_TIMEOUT_S to send one. A refused connection is
+not counted in MAX_CONNECTIONS while it waits (one address reopening connections past its share would
+otherwise turn every other address away); at most MAX_REFUSALS_WAITING wait at once, past that the
+503 is written at once and the connection closed. Connections accepted before keep being served. uvicorn's own `limit_concurrency` is not used: it decides at each request,
 so that a flood of new connections would turn away the requests of clients already connected.
 
 This module imports no part of the app, so that a gateway process stays small.
