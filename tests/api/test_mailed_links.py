@@ -106,6 +106,12 @@ def test_the_sign_up_link_confirms_the_address_only_on_its_button(server):
 @pytest.fixture(scope="module")
 def user(server):
     """A signed-in user with TOTP on (confirmed by mail), and the demo's funds."""
+    b = new_user(server)
+    yield b
+    b.http.close()
+
+
+def new_user(server: Server) -> Browserless:
     b = Browserless(server.base)
     b.email = f"saver{int(time.time() * 1000)}@example.com"
     assert b.request("POST", "/signup", data={"email": b.email, "password": PASSWORD}).status_code == 200
@@ -125,8 +131,7 @@ def user(server):
     assert r.status_code in (200, 303), r.text
     b.origin = {"Origin": server.base.replace("127.0.0.1", "localhost")}
     assert session(b, "POST", "/session/v3/demoFunds").status_code == 200
-    yield b
-    b.http.close()
+    return b
 
 
 def session(b: Browserless, method: str, path: str, **kw):
@@ -234,3 +239,99 @@ def test_a_foreign_origin_cannot_post_a_link(server, user):
                        ("/wallet/confirm-withdrawal", {"id": "1", "token": "x" * 32})):
         r = user.request("POST", path, data=data, headers=evil)
         assert r.status_code == 403 and "cross-site" in r.text, (path, r.status_code, r.text[:500])
+
+
+def add_by_link(server: Server, b: Browserless, dest: str) -> dict[str, str]:
+    """Ask for `dest` in the BTC address book and press the mailed link's button; the form's fields."""
+    r = session(b, "POST", "/session/v3/addressBook", data={"coin": "BTC", "network": "BTC", "address": dest, "code": next_code(b)})
+    assert r.status_code == 200 and r.json()["status"] == "email_sent", r.text
+    page = b.request("GET", path_of(mailed_link(b, b.email, "/wallet/confirm-address")))
+    assert page.status_code == 200, page.text
+    fields = form_fields(page.text, "/wallet/confirm-address")
+    done = b.request("POST", "/wallet/confirm-address", data=fields)
+    assert done.status_code == 200 and "Withdrawal address added" in done.text, done.text
+    assert [e["address"] for e in book(b)] == [dest]
+    return fields
+
+
+def respellings(token: str) -> list[str]:
+    """The same sealed bytes spelled otherwise: lenient base64 decoders read each as the token."""
+    assert "-" in token or "_" in token, "a 250-character token has a '-' or '_' (else pick another link)"
+    out = [token + "....", token + "!", token.replace("-", "+").replace("_", "/"), token + "=" * (4 - len(token) % 4)]
+    if "-" in token and "_" in token:  # one character re-spelled, the other left
+        out += [token.replace("-", "+", 1), token.replace("_", "/", 1)]
+    return out
+
+
+def test_a_used_address_link_never_adds_the_address_again(tmp_path):
+    """Intruder review F1: confirm, remove the address, then replay the link's POST as it was, with
+    junk appended, with '+'/'/' for '-'/'_' and with padding: every one is refused and the book stays
+    empty; after a restart of the server too (the used state is in identity's store, not in memory)."""
+    server = Server(tmp_path / "data", env=ENV)
+    b = new_user(server)
+    try:
+        entries = json.loads((server.data / "demo-keys.json").read_text())
+        dest = next(e["withdraw_addresses"]["BTC"] for e in entries if e.get("withdraw_addresses"))
+        fields = add_by_link(server, b, dest)
+        r = session(b, "DELETE", "/session/v3/addressBook", params={"coin": "BTC", "address": dest})
+        assert r.status_code == 200 and r.json()["status"] == "removed", r.text
+        assert book(b) == []
+        before = last_seq(server)
+        again = b.request("POST", "/wallet/confirm-address", data=fields)
+        assert again.status_code == 409 and message_of(again.text) == "This confirmation link was already used.", again.text
+        assert b.request("GET", "/wallet/confirm-address", params={"token": fields["token"]}).status_code == 409
+        for other in respellings(fields["token"]):
+            posted = b.request("POST", "/wallet/confirm-address", data={"token": other})
+            assert posted.status_code == 400, (other[-8:], posted.status_code, posted.text[:500])
+            assert "not as it was e-mailed" in message_of(posted.text), message_of(posted.text)
+            assert b.request("GET", "/wallet/confirm-address", params={"token": other}).status_code == 400
+        assert book(b) == [] and last_seq(server) == before, "no replay reached the engine"
+
+        assert server.stop() == 0
+        server = Server(tmp_path / "data", env=ENV)  # the same data: a restart (on another port)
+        b.http.close()
+        b.http = Browserless(server.base).http
+        b.origin = {"Origin": server.base.replace("127.0.0.1", "localhost")}
+        before = last_seq(server)
+        for token in (fields["token"], *respellings(fields["token"])):
+            posted = b.request("POST", "/wallet/confirm-address", data={"token": token})
+            assert posted.status_code in (400, 409), (token[-8:], posted.status_code, posted.text[:500])
+        assert book(b) == [] and last_seq(server) == before, "after the restart too"
+    finally:
+        b.http.close()
+        assert server.stop() == 0
+
+
+def test_removing_the_address_stops_a_withdrawal_awaiting_its_link(server, user):
+    """Intruder review F2: a withdrawal to a book address waits for its e-mail; the user removes the
+    address; the link's POST then fails the withdrawal (the engine: the book is required and the
+    destination is no longer in it), nothing goes out and the hold comes back to available."""
+    b = user
+    entries = json.loads((server.data / "demo-keys.json").read_text())
+    dest = next(e["withdraw_addresses"]["BTC"] for e in entries if e.get("withdraw_addresses"))
+    if not any(e["address"] == dest for e in book(b)):  # this test alone: the first test added it otherwise
+        add_by_link(server, b, dest)
+
+    def btc_free() -> str:
+        bal = session(b, "GET", "/session/v3/account").json()["balances"]
+        return next(x["free"] for x in bal if x["asset"] == "BTC")
+
+    free_before = btc_free()
+    r = session(b, "POST", "/session/v3/capital/withdraw/apply",
+                data={"coin": "BTC", "network": "BTC", "address": dest, "amount": "0.01", "code": next_code(b)})
+    assert r.status_code == 200 and r.json()["status"] == 0, r.text
+    wid = r.json()["id"]
+    assert btc_free() != free_before, "the withdrawal holds its amount"
+    link = path_of(withdrawal_link(b, wid))
+    fields = form_fields(b.request("GET", link).text, "/wallet/confirm-withdrawal")
+    r = session(b, "DELETE", "/session/v3/addressBook", params={"coin": "BTC", "address": dest})
+    assert r.status_code == 200 and r.json()["status"] == "removed", r.text
+
+    posted = b.request("POST", "/wallet/confirm-withdrawal", data=fields)
+    assert posted.status_code == 409, posted.text
+    assert "removed from your address book" in message_of(posted.text), message_of(posted.text)
+    [w] = [w for w in withdrawals(b) if w["id"] == wid]
+    assert w["status"] == 5 and "removed from your address book" in w["info"] and not w.get("txId"), w
+    assert btc_free() == free_before, "the hold was released"
+    again = b.request("POST", "/wallet/confirm-withdrawal", data=fields)
+    assert again.status_code == 409 and [x for x in withdrawals(b) if x["id"] == wid][0]["status"] == 5

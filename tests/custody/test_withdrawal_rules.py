@@ -71,6 +71,31 @@ def test_removed_entry_is_not_listed_any_more(net) -> None:
     _refused(net, "d2", dest, 1_000_000, "RF_ADDRESS_COOLING")
 
 
+def test_removing_the_destination_fails_a_withdrawal_awaiting_its_email(net) -> None:
+    """The book is required: a withdrawal asked for while its destination was listed, then the entry
+    removed, is failed by `ConfirmWithdrawalEmail` (the hold released), never confirmed; and one
+    whose destination is still listed is confirmed as before."""
+    from ringfence.custody.commands import ConfirmWithdrawalEmail
+
+    fund_btc(net, "alice", 100_000_000)
+    _ruled(net)
+    dest = outside_btc_address(11)
+    net.execute(AddWithdrawalAddress("alice", "BTC", dest, 0))
+    available = net.ledger.find("alice", "BTC").available
+    net.request("g1", "alice", "BTC", dest, 1_000_000, confirm=False)
+    assert net.ledger.find("alice", "BTC").available < available
+    net.execute(RemoveWithdrawalAddress("alice", "BTC", dest))
+    (ev,) = net.execute(ConfirmWithdrawalEmail("g1", "BTC", "btc_hot", "token-g1"))
+    assert ev.kind == "withdrawal.failed" and "removed from your address book" in ev.detail[0], ev
+    w = net.state.withdrawals["g1"]
+    assert w.state == "failed" and net.ledger.find("alice", "BTC").available == available
+    (ev,) = net.execute(ConfirmWithdrawalEmail("g1", "BTC", "btc_hot", "token-g1"))  # a replay changes nothing
+    assert ev.kind == "withdrawal.unchanged" and net.ledger.find("alice", "BTC").available == available
+    net.execute(AddWithdrawalAddress("alice", "BTC", dest, 0))
+    net.request("g2", "alice", "BTC", dest, 1_000_000)
+    assert net.state.withdrawals["g2"].state == "confirmed"
+
+
 def test_operator_pre_cooled_entry_is_usable_at_once(net) -> None:
     fund_btc(net, "alice", 100_000_000)
     _ruled(net)

@@ -51,7 +51,7 @@ __all__ = ["build_session_money_router", "install_session_money", "LINK_TTL_S"]
 
 LINK_TTL_S = 1800
 LINK_MAX = 1024  # characters of a sealed address link's token (a real one is about 250)
-USED_LINKS_MAX = 100_000  # used address links remembered until they expire (30 minutes)
+USED_LINK_PURPOSE = "address_link"  # identity_email_tokens.purpose of a used address link's nonce
 ADDRESS_PURPOSE = "ringfence/address-book/confirm/v1"
 BOOK_ADD = EndpointParams(("coin", "network", "address", "code"), ("coin", "address"))
 BOOK_DEL = EndpointParams(("coin", "address"), ("coin", "address"))
@@ -65,7 +65,13 @@ def _b64(raw: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """The bytes of a token exactly as `_b64` wrote it; any other spelling of them (padding, '+' or
+    '/', trailing junk, stray bits in the last character) is a ValueError: one sealed payload has one
+    token, so nothing keyed on a token can be dodged by re-spelling it."""
+    raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    if _b64(raw) != text:
+        raise ValueError("not the canonical base64url spelling")
+    return raw
 
 
 def qr_svg(text: str) -> str:
@@ -145,7 +151,6 @@ class SessionMoney:
     def __init__(self, capital: CapitalApi, ctx: IdentityContext) -> None:
         self.capital = capital
         self.ctx = ctx
-        self.used_links: dict[str, int] = {}  # sha256 of a used address link -> when it expires (s)
 
     def link(self, path: str, token: str) -> str:
         return f"{self.ctx.settings.identity_public_url}{path}?token={token}"
@@ -213,21 +218,50 @@ class SessionMoney:
                 "link": self.link("/wallet/confirm-address", sealed),
                 "cooling": f"{cooling // 3600} h" if cooling >= 3600 else f"{cooling} s"})
 
+    def _open(self, token: str) -> dict[str, Any]:
+        """The sealed payload of an address link, or a BinanceError (400) saying the link is not valid."""
+        try:
+            sealed = _unb64(token)
+        except ValueError:  # binascii.Error too: '=' padding, '+' or '/', '.', '!' or other junk
+            raise BinanceError(-1002, "This confirmation link is not valid: its token is not as it was e-mailed "
+                                      "(open the link from the e-mail unchanged).", 400) from None
+        try:
+            payload = json.loads(self.ctx.sealer.unseal(sealed, purpose=ADDRESS_PURPOSE))
+            for name in ("a", "c", "d", "x", "n"):
+                if name not in payload:
+                    raise KeyError(name)
+            return dict(payload)
+        except (RingfenceError, ValueError, KeyError, TypeError):
+            raise BinanceError(-1002, "This confirmation link is not valid.", 400) from None
+
+    def _used_digest(self, payload: dict[str, Any]) -> str:
+        # keyed on the random nonce sealed inside the payload, not on the token's text: however the
+        # token is spelled, one link has one nonce
+        return self.ctx.sealer.token_digest(f"{ADDRESS_PURPOSE}|{payload['a']}|{payload['n']}")
+
+    def _is_used(self, digest: str) -> bool:
+        from sqlalchemy import select
+
+        from ..store.models import EmailToken
+
+        with self.ctx.store.tx() as db:
+            return db.scalars(select(EmailToken.id).where(EmailToken.token_hash == digest)).first() is not None
+
     def address_link(self, token: str) -> AddressLink:
         """What the address link would add, or a BinanceError saying why it cannot; reads only (the
-        link's GET page asks this before it offers its button: a mail scanner's fetch adds nothing)."""
+        link's GET page asks this before it offers its button: a mail scanner's fetch adds nothing).
+        Runs in a worker thread (it reads identity's store)."""
         from ..custody.commands import custody_state
 
+        payload = self._open(token)
         try:
-            raw = self.ctx.sealer.unseal(_unb64(token), purpose=ADDRESS_PURPOSE)
-            payload = json.loads(raw)
             owner, asset, address, expires_s = str(payload["a"]), str(payload["c"]), str(payload["d"]), int(payload["x"])
-        except (RingfenceError, ValueError, KeyError, TypeError):
+        except (ValueError, TypeError):
             raise BinanceError(-1002, "This confirmation link is not valid.", 400) from None
         if expires_s < self.ctx.now():
             raise BinanceError(-1002, "This confirmation link expired (30 minutes); add the address again.", 400)
-        if _digest(token) in self.used_links:
-            raise BinanceError(-1002, "This confirmation link was already used: the address is in your address book.", 409)
+        if self._is_used(self._used_digest(payload)):
+            raise BinanceError(-1002, "This confirmation link was already used.", 409)
         listed = self.capital.ex.read(lambda engine: any(
             k.startswith(f"{owner}|{asset}|") and k.split("|", 2)[2].lower() == address.lower()
             for k in custody_state(engine).address_book))
@@ -237,23 +271,50 @@ class SessionMoney:
         cooling_s = self.capital.runtime.address_cooling_s if self.capital.runtime is not None else 0
         return AddressLink(asset, terms.network if terms else asset, address, cooling_s, expires_s)
 
+    def _claim(self, payload: dict[str, Any], expires_s: int) -> str:
+        """Mark the link used in identity's store (a row of `identity_email_tokens`, purpose
+        `address_link`, keyed on the sealed nonce; pruned with the other e-mail tokens once expired).
+        Persisted, not kept in memory: a restart must not make a used link usable again within its 30
+        minutes, and the address book (the engine's) cannot tell a removed entry from a never-added one.
+        The unique token_hash makes the claim atomic: of two concurrent POSTs one wins."""
+        from sqlalchemy import select
+        from sqlalchemy.exc import IntegrityError
+
+        from ..store.models import EmailToken, User
+
+        digest = self._used_digest(payload)
+        try:
+            with self.ctx.store.tx() as db:
+                user = db.scalars(select(User).where(User.account_id == str(payload["a"]))).first()
+                if user is None:
+                    raise BinanceError(-1002, "This confirmation link is not valid.", 400)
+                db.add(EmailToken(user_id=user.id, purpose=USED_LINK_PURPOSE, token_hash=digest, email=user.email,
+                                  expires_at_s=expires_s, used_at_s=self.ctx.now()))
+        except IntegrityError:  # the same link's nonce is already there: used (or being used) by another POST
+            raise BinanceError(-1002, "This confirmation link was already used.", 409) from None
+        return digest
+
+    def _unclaim(self, digest: str) -> None:
+        from sqlalchemy import delete
+
+        from ..store.models import EmailToken
+
+        with self.ctx.store.tx() as db:
+            db.execute(delete(EmailToken).where(EmailToken.token_hash == digest, EmailToken.purpose == USED_LINK_PURPOSE))
+
     async def confirm_address(self, token: str) -> AddressLink:
-        """Add the address the link names, once: the link is marked used before the engine is asked,
-        so a second (or concurrent) POST finds it used; a refusal frees it again."""
+        """Add the address the link names, once: the link is marked used (in identity's store) before
+        the engine is asked, so a second (or concurrent, or after a restart) POST finds it used; a
+        refusal frees it again."""
         from ..custody.commands import AddWithdrawalAddress
 
-        link = self.address_link(token)
-        owner = json.loads(self.ctx.sealer.unseal(_unb64(token), purpose=ADDRESS_PURPOSE))["a"]
-        now_s = self.ctx.now()
-        self.used_links = {d: x for d, x in self.used_links.items() if x >= now_s}  # an expired link is refused anyway
-        if len(self.used_links) >= USED_LINKS_MAX:
-            raise BinanceError(-1003, "Too many address confirmations at once; try again in a few minutes.", 429)
-        digest = _digest(token)
-        self.used_links[digest] = link.expires_s
+        link = await run_in_threadpool(self.address_link, token)
+        payload = self._open(token)
+        digest = await run_in_threadpool(self._claim, payload, link.expires_s)
         try:
-            _refused(await self.capital.ex.submit(AddWithdrawalAddress(owner, link.asset, link.address)))
+            _refused(await self.capital.ex.submit(AddWithdrawalAddress(str(payload["a"]), link.asset, link.address)))
         except Exception:  # any refusal (engine or journal): nothing was added, so the link stays usable
-            self.used_links.pop(digest, None)
+            await run_in_threadpool(self._unclaim, digest)
             raise
         return link
 
@@ -553,7 +614,7 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
     async def confirm_address_page(request: Request, token: str = "") -> HTMLResponse:
         await page_locale(request)
         try:
-            link = money.address_link(token[:LINK_MAX])
+            link = await run_in_threadpool(money.address_link, token[:LINK_MAX])
         except (BinanceError, RingfenceError) as err:
             return link_error(err, _t("Address not added"))
         return render("confirm_address.html", link=link, token=token)

@@ -294,6 +294,14 @@ def _confirm_email(engine: Engine, c: ConfirmWithdrawalEmail) -> list[Event]:
         raise Forbidden("the confirmation link is not valid for this withdrawal", field="token")
     if engine.now_ns - w.created_ns > EMAIL_CONFIRM_TTL_NS:
         return [_void(engine, w, "failed", "the e-mail confirmation link expired (30 min); request again")]
+    # The engine owns both the address book and the withdrawal, so the rule is here: where the book is
+    # required, the destination must still be in it when the link is confirmed (the user may have
+    # removed it after asking). Otherwise the withdrawal fails and its hold is released, from engine
+    # state alone (deterministic on replay).
+    if s.rules is not None and s.rules.require_address_book and \
+            f"{w.account_id}|{w.asset}|{_norm(s.assets[w.asset].chain, w.address)}" not in s.address_book:
+        return [_void(engine, w, "failed", "the destination was removed from your address book after the "
+                                           "withdrawal was requested; add it again and request again")]
     _move_state(w, "confirmed")
     return [_ev("withdrawal.confirmed", w.id, w.state, w.amount_minor, ["e-mail confirmation received"])]
 
