@@ -31,8 +31,11 @@ from ringfence.identity.second_factor import TOTP_DRIFT_STEPS, TOTP_STEP_S
 from .conftest import Server, cli
 from .test_web_session import IMG, browser, last_seq, sign_up_verify_and_enable_totp, wait_for_mail  # noqa: F401 (fixture)
 
-COOLING_S = 20
-LOCK_S = 12  # the lock after a security change (here: the address-book change itself), shorter than the cooling
+# The lock after a security change (here: the address-book change itself) must still hold when the page
+# first tries to withdraw, and the cooling must outlast it long enough to be seen: with a 12 s lock and
+# 20 s cooling, a run at load 25 took longer than the lock from the address's button to that first try
+COOLING_S = 50
+LOCK_S = 30
 ENV = {"RINGFENCE_CUSTODY_BLOCK_INTERVAL_MS": "800", "RINGFENCE_CUSTODY_POLL_MS": "200",
        "RINGFENCE_CUSTODY_ADDRESS_COOLING_S": str(COOLING_S), "RINGFENCE_IDENTITY_WITHDRAWAL_LOCK_S": str(LOCK_S)}
 
