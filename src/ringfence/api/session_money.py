@@ -388,7 +388,7 @@ def timeline(w: Any) -> list[dict[str, Any]]:
     rank = _RANK.get(w.state, -1)
     steps = [{"status": 0, "step": "e-mail sent", "info": "waiting for the e-mail confirmation"}]
     if rank >= 1 or (w.state in ("denied", "rejected") or (w.state == "failed" and w.risk_score)):
-        steps.append({"status": 4, "step": "e-mail confirmed", "info": "the link in the e-mail was opened"})
+        steps.append({"status": 4, "step": "e-mail confirmed", "info": "the button on the e-mailed link's page was pressed"})
     if rank >= 2 or w.risk_reasons or w.risk_score:
         why = "; ".join(w.risk_reasons) or "nothing unusual"
         steps.append({"status": 4, "step": "risk review", "info": f"score {w.risk_score}: {why}"})
