@@ -120,3 +120,43 @@ def test_mark_and_index_candles_take_one_sample_a_second_and_fold_by_minute():
         for r, m in zip(rows, minutes):
             xs = [seen[s][col] for s in sorted(seen) if s // 60 == m]
             assert r[1:] == [xs[0], max(xs), min(xs), xs[-1], len(xs)]
+
+
+def test_batches_run_before_the_exchange_starts_reach_the_candles_as_a_restart_replays_them(tmp_path):  # type: ignore[no-untyped-def]
+    # `serve --demo` submits the index feed's first round directly, before the exchange starts (no
+    # loop yet). A restart replays that batch into the mark candles; the live candles must hold it
+    # too, or today's candle would open at another price after a restart (and so would every other
+    # read model fed from it).
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ringfence.api.service import Exchange
+    from ringfence.index.feeds import FeedSigner
+
+    from .perpworld import price
+
+    d = perp_world()
+    with_index(d)
+    setup = [c for c, _, _ in d.log]
+    signer = FeedSigner("v1", Ed25519PrivateKey.from_private_bytes(b"\x07" * 32))
+    live = Exchange(tmp_path / "data", fsync=False)
+    live.open()
+    try:
+        assert not [e for evs in live.node.execute_many(setup) for e in evs if rejected([e])]
+        for px in ("61000", "61500"):  # each in a second of its own: sampled
+            time.sleep(1.05)
+            assert not rejected(live.node.execute_many([signer.quote("BTCUSDT", price(px), time.time_ns())])[0])
+        rows = live.futures.prices.rows("mark", PERP, "1d")
+        perps_live = live.futures.perps
+    finally:
+        live.close()
+    again = Exchange(tmp_path / "data", fsync=False)
+    again.open()
+    try:
+        assert rows and rows[-1][1] == price("61000") and rows[-1][4] == price("61500"), rows
+        assert again.futures.prices.rows("mark", PERP, "1d") == rows
+        assert again.futures.prices.rows("index", "BTCUSDT", "1m") == live.futures.prices.rows("index", "BTCUSDT", "1m")
+        assert again.futures.perps == perps_live
+    finally:
+        again.close()

@@ -142,11 +142,16 @@ class Exchange:
             self.node.open(on_replay=models.feed)
         self.marketdata, self.history, self.futures = models.marketdata, models.history, models.futures
         self.recovered = models.recovered
+        # From here on every batch reaches the read models, also one committed directly before
+        # start() (the demo feed's first round): a restart replays it, so the live models must
+        # have it too, or a restart would change history (a mark candle's open, say).
+        if self._from_sequencer not in self.node.listeners:
+            self.node.apply_hooks.append(self._sample_prices)
+            self.node.listeners.append(self._from_sequencer)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._from_sequencer in self.node.listeners, "open() the exchange first"
         self.loop = loop
-        self.node.apply_hooks.append(self._sample_prices)
-        self.node.listeners.append(self._from_sequencer)
         self.node.start()
 
     def close(self) -> None:
@@ -195,9 +200,19 @@ class Exchange:
             self._samples[first_seq] = samples
 
     def _from_sequencer(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]]) -> None:
-        """Listener: the batch is durable (its acknowledgements are resolved): on to the loop."""
-        assert self.loop is not None
+        """Listener: the batch is durable (its acknowledgements are resolved): on to the loop.
+        Before start() (a command run directly, on the calling thread, with no loop and no client
+        connected yet) the read models absorb it at once, as a replay of the journal would; batch
+        subscribers, which push to clients, are not called."""
         samples = self._samples.pop(first_seq, None)
+        if self.loop is None:
+            if samples:
+                self.futures.prices.fold(ts_ns, samples)
+            self.marketdata.on_batch(first_seq, ts_ns, commands, outputs)
+            self.futures.on_batch(first_seq, ts_ns, commands, outputs)
+            self.history.on_batch(first_seq, ts_ns, commands, outputs)
+            self.futures.touched.clear()  # nobody listens yet (as in a replay)
+            return
         self.loop.call_soon_threadsafe(self._absorb, first_seq, ts_ns, commands, outputs, samples)
 
     def _absorb(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]],
