@@ -206,23 +206,24 @@ class Exchange:
         subscribers, which push to clients, are not called."""
         samples = self._samples.pop(first_seq, None)
         if self.loop is None:
-            if samples:
-                self.futures.prices.fold(ts_ns, samples)
-            self.marketdata.on_batch(first_seq, ts_ns, commands, outputs)
-            self.futures.on_batch(first_seq, ts_ns, commands, outputs)
-            self.history.on_batch(first_seq, ts_ns, commands, outputs)
+            self._into_models(first_seq, ts_ns, commands, outputs, samples)
             self.futures.touched.clear()  # nobody listens yet (as in a replay)
             return
         self.loop.call_soon_threadsafe(self._absorb, first_seq, ts_ns, commands, outputs, samples)
 
-    def _absorb(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]],
-                price_samples: list[tuple[str, str, int]] | None = None) -> None:
-        before = {s: sd.update_id for s, sd in self.marketdata.symbols.items()}
+    def _into_models(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]],
+                     price_samples: list[tuple[str, str, int]] | None) -> None:
+        """One durable batch into the read models (its price sample first)."""
         if price_samples:
             self.futures.prices.fold(ts_ns, price_samples)
         self.marketdata.on_batch(first_seq, ts_ns, commands, outputs)
         self.futures.on_batch(first_seq, ts_ns, commands, outputs)  # before history: its user-stream callbacks read fill PnL
         self.history.on_batch(first_seq, ts_ns, commands, outputs)
+
+    def _absorb(self, first_seq: int, ts_ns: int, commands: list[Command], outputs: list[list[Event]],
+                price_samples: list[tuple[str, str, int]] | None = None) -> None:
+        before = {s: sd.update_id for s, sd in self.marketdata.symbols.items()}
+        self._into_models(first_seq, ts_ns, commands, outputs, price_samples)
         ready = self._ready
         while ready:
             fut, ack = ready[0]
