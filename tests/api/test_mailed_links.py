@@ -55,6 +55,34 @@ def message_of(html: str) -> str:
     return unescape(m.group(1))
 
 
+def title_of(html: str) -> str:
+    m = re.search(r"<h1>(.*?)</h1>", html, re.S)
+    assert m, html[:3000]
+    return unescape(m.group(1))
+
+
+def assert_way_back(html: str, code: str) -> None:
+    """A refused link's page: links back to the dashboard and to sign-in, and the error's code only as a
+    small reference for support (not a bare "error code" line)."""
+    assert '<a id="back-dashboard" href="/">Back to the dashboard</a>' in html, html[-1500:]
+    assert '<a id="back-sign-in" href="/login">Sign in</a>' in html, html[-1500:]
+    assert f'<small>Reference for support: <code id="error-code">{code}</code></small>' in html, html[-1500:]
+    assert "error code" not in html
+
+
+def mail_body(b: Browserless, email: str, needle: str) -> str:
+    """The text of the newest mail to `email` at /dev/mail that holds `needle` (delivered every 2 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        page = b.request("GET", "/dev/mail").text
+        for section in re.findall(r'<section class="mail" data-to="' + re.escape(email) + r'"[^>]*>(.*?)</section>', page, re.S):
+            body = unescape(re.sub(r"<[^>]+>", "", section)).replace("\r\n", "\n")  # SMTP wrote CRLF
+            if needle in body:
+                return body
+        assert time.monotonic() < deadline, f"no mail to {email} with {needle!r} at /dev/mail"
+        time.sleep(0.3)
+
+
 def withdrawal_link(b: Browserless, wid: str) -> str:
     """The link of withdrawal `wid`'s e-mail at the demo's /dev/mail (delivered every 2 s)."""
     deadline = time.monotonic() + 30
@@ -98,8 +126,62 @@ def test_the_sign_up_link_confirms_the_address_only_on_its_button(server):
     assert done.status_code == 200 and "E-mail confirmed" in done.text, done.text
     again = b.request("POST", "/verify-email", data={"token": token})  # replayed: used, nothing more
     assert again.status_code == 401 and "already used" in message_of(again.text)
-    assert b.request("GET", link).status_code == 401  # the page no longer offers the button
+    used = b.request("GET", link)
+    assert used.status_code == 401  # the page no longer offers the button, but says what to do instead
+    for page in (again, used):
+        assert title_of(page.text) == "This link cannot be used"
+        assert "If you already confirmed your address, sign in; otherwise ask for a new link." in message_of(page.text)
+        assert '<a id="next" href="/verify-email/new">Send me a new link</a>' in page.text, page.text[-1500:]
+        assert_way_back(page.text, "RF_UNAUTHORIZED")
     assert sign_in(b, email) in (200, 303)
+    b.http.close()
+
+
+def test_a_used_or_lost_sign_up_link_can_be_replaced_from_its_page(server):
+    """The used link's "Send me a new link" leads to /verify-email/new: its form mails a new link to an
+    account still waiting for its confirmation (the earlier one stops working), and the same answer,
+    with no mail, for a confirmed account or an unknown address."""
+    b = Browserless(server.base)
+    email = f"lost{int(time.time() * 1000)}@example.com"
+    assert b.request("POST", "/signup", data={"email": email, "password": PASSWORD}).status_code == 200
+    first = parse_qs(urlsplit(mailed_link(b, email, "/verify-email")).query)["token"][0]
+    form = b.request("GET", "/verify-email/new")
+    assert form.status_code == 200 and '<form method="post" action="/verify-email/new">' in form.text and 'name="email"' in form.text
+    assert "form-action 'self'" in form.headers["content-security-policy"]
+    sent = b.request("POST", "/verify-email/new", data={"email": email})
+    assert sent.status_code == 200 and title_of(sent.text) == "Check your inbox", sent.text
+    answer = message_of(sent.text)
+    assert answer == "if an account with this address is waiting for its confirmation, we sent it a new link"
+    deadline = time.monotonic() + 30
+    while (second := parse_qs(urlsplit(mailed_link(b, email, "/verify-email")).query)["token"][0]) == first:
+        assert time.monotonic() < deadline, "no second sign-up link at /dev/mail"
+        time.sleep(0.3)
+    stale = b.request("GET", "/verify-email?token=" + first)
+    assert stale.status_code == 401 and "invalid, already used or expired" in message_of(stale.text), "only the newest link works"
+    done = b.request("POST", "/verify-email", data={"token": second})
+    assert done.status_code == 200 and "E-mail confirmed" in done.text, done.text
+    assert sign_in(b, email) in (200, 303)
+
+    def mails_to(addr: str) -> int:
+        return len(re.findall(r'data-to="' + re.escape(addr) + r'"', b.request("GET", "/dev/mail").text))
+
+    # a confirmed account and an unknown address get the same answer and no mail: checked once a later
+    # account's new link has arrived (the outbox delivers in order, so theirs would have come first)
+    later = f"later{int(time.time() * 1000)}@example.com"
+    assert b.request("POST", "/signup", data={"email": later, "password": PASSWORD}).status_code == 200
+    later_first = mailed_link(b, later, "/verify-email")
+    others = (email, f"nobody{int(time.time() * 1000)}@example.com")
+    counts = [mails_to(addr) for addr in others]
+    for addr in others:
+        again = b.request("POST", "/verify-email/new", data={"email": addr})
+        assert again.status_code == 200 and message_of(again.text) == answer
+    assert message_of(b.request("POST", "/verify-email/new", data={"email": later}).text) == answer
+    while mailed_link(b, later, "/verify-email") == later_first:
+        assert time.monotonic() < deadline + 30, "no second sign-up link for the later account"
+        time.sleep(0.3)
+    assert [mails_to(addr) for addr in others] == counts, "no mail to a confirmed account or an unknown address"
+    bad = b.request("POST", "/verify-email/new", data={"email": "not-an-address"})
+    assert bad.status_code == 400 and "email" in message_of(bad.text)
     b.http.close()
 
 
@@ -162,6 +244,13 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
     r = session(b, "POST", "/session/v3/addressBook", data={"coin": "BTC", "network": "BTC", "address": dest, "code": next_code(b)})
     assert r.status_code == 200 and r.json()["status"] == "email_sent", r.text
     link = path_of(mailed_link(b, b.email, "/wallet/confirm-address"))
+    body = mail_body(b, b.email, "Confirm a new withdrawal address")
+    # its "not you" line carries the one-click freeze link, as the security-change notices do
+    assert "from the security centre" not in body, body
+    assert re.search(r"freeze your account with one click, then change your password:\s*https?://\S+/security/freeze\?token=", body), body
+    freeze = re.search(r"(/security/freeze\?token=[^\s\"]+)", body).group(1)
+    shown = b.request("GET", freeze)  # the page with the freeze button (pressing it would freeze this test's account)
+    assert shown.status_code == 200 and 'action="/security/freeze"' in shown.text, shown.text[:2000]
     before = last_seq(server)
     for _ in range(2):
         page = b.request("GET", link)
@@ -174,6 +263,8 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
     for bad in ("x" * 40, fields["token"][:-3] + "AAA"):
         got = b.request("GET", "/wallet/confirm-address?token=" + bad)
         assert got.status_code == 400 and message_of(got.text) == "This confirmation link is not valid."
+        assert title_of(got.text) == "Address not added"
+        assert_way_back(got.text, "-1002")
         posted = b.request("POST", "/wallet/confirm-address", data={"token": bad})
         assert posted.status_code == 400 and message_of(posted.text) == "This confirmation link is not valid."
     assert book(b) == [] and last_seq(server) == before
@@ -184,8 +275,12 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
     assert entry["address"] == dest and entry["status"] == "usable"
     after = last_seq(server)
     again = b.request("POST", "/wallet/confirm-address", data=fields)
-    assert again.status_code == 409 and "already used" in message_of(again.text), again.text
-    assert b.request("GET", link).status_code == 409  # no button for a used link
+    reopened = b.request("GET", link)  # no button for a used link
+    for page in (again, reopened):  # a second click: the address is there, not "Address not added"
+        assert page.status_code == 409, page.text
+        assert title_of(page.text) == "Withdrawal address already added", page.text
+        assert message_of(page.text) == f"{dest} is in your BTC address book. It cools before it can receive withdrawals."
+        assert '<p id="message" class="ok">' in page.text and 'href="/wallet/withdraw"' in page.text and "error-code" not in page.text
     assert book(b) == [entry] and last_seq(server) == after
 
     # ---- the withdrawal's link
@@ -195,6 +290,11 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
     wid = r.json()["id"]
     link = path_of(withdrawal_link(b, wid))
     assert parse_qs(urlsplit(link).query)["id"] == [wid]
+    body = mail_body(b, b.email, f"id={wid}")
+    # what the page shows (the amount asked for, the fee, what arrives), the link's end, a freeze link
+    assert f"asked to withdraw 0.01 BTC to this address:\n{dest}\nFee: 0.0001 BTC\nThe address receives: 0.0099 BTC\n" in body, body
+    assert re.search(r"If it was you, confirm it \(the link works once, until [A-Z][a-z]{2} \d+, \d{4}, [^)]+ UTC\):", body), body
+    assert re.search(r"freeze your account with one click, then change your password:\s*https?://\S+/security/freeze\?token=", body), body
     before = last_seq(server)
     for _ in range(2):
         page = b.request("GET", link)
@@ -212,6 +312,7 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
     for bad in ({"id": wid, "token": "x" * 32}, {"id": wid, "token": ""}, {"id": "nope", "token": fields["token"]}):
         got = b.request("GET", "/wallet/confirm-withdrawal", params=bad)
         assert got.status_code == 400 and message_of(got.text) == "This confirmation link is not valid."
+        assert_way_back(got.text, "-1002")
         posted = b.request("POST", "/wallet/confirm-withdrawal", data=bad)
         assert posted.status_code == 400 and message_of(posted.text) == "This confirmation link is not valid."
     assert withdrawals(b)[0]["status"] == 0 and last_seq(server) == before
@@ -221,8 +322,13 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
     assert withdrawals(b)[0]["info"] != "waiting for the e-mail confirmation"
     seq = last_seq(server)
     again = b.request("POST", "/wallet/confirm-withdrawal", data=fields)
-    assert again.status_code == 409 and "already confirmed" in message_of(again.text), again.text
-    assert b.request("GET", link).status_code == 409
+    reopened = b.request("GET", link)
+    for page in (again, reopened):  # confirmed: said as such, not under "Withdrawal not confirmed"
+        assert page.status_code == 409, page.text
+        assert title_of(page.text) == "Withdrawal already confirmed", page.text
+        assert message_of(page.text) == "This withdrawal is already confirmed; follow it on the withdraw page."
+        assert '<p id="message" class="ok">' in page.text and "not confirmed" not in page.text and "error-code" not in page.text
+        assert '<a id="next" href="/wallet/withdraw">' in page.text
     # the confirmed withdrawal goes on by itself (risk review, signing): the replay added no command of its own
     from .conftest import cli
 
@@ -235,7 +341,8 @@ def test_a_foreign_origin_cannot_post_a_link(server, user):
     """As for /security/confirm-factor: no session CSRF token (the link's token is the secret), but a
     cross-site form post is refused before the token is even looked at."""
     evil = {"Origin": "https://evil.example"}
-    for path, data in (("/verify-email", {"token": "x" * 32}), ("/wallet/confirm-address", {"token": "x" * 32}),
+    for path, data in (("/verify-email", {"token": "x" * 32}), ("/verify-email/new", {"email": user.email}),
+                       ("/wallet/confirm-address", {"token": "x" * 32}),
                        ("/wallet/confirm-withdrawal", {"id": "1", "token": "x" * 32})):
         r = user.request("POST", path, data=data, headers=evil)
         assert r.status_code == 403 and "cross-site" in r.text, (path, r.status_code, r.text[:500])

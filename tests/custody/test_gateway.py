@@ -12,6 +12,7 @@ from ringfence.custody.commands import ConfirmWithdrawalEmail
 from ringfence.custody.withdrawals import submit_withdrawal
 from ringfence.errors import InsufficientFunds, RingfenceError, SecondFactorRequired, WithdrawalsLocked
 from ringfence.identity import IdentityContext, accounts, second_factor as sf
+from ringfence.money import format_amount
 from ringfence.store import Store
 from pgtest import profile_store_url
 
@@ -106,6 +107,11 @@ def test_request_needs_fresh_2fa_and_mails_anti_phishing_code(net, ident) -> Non
     (msg,) = outbox(ctx, template="withdrawal_confirmation")
     assert "[Blue-Otter_7]" in msg.subject and "Anti-phishing code: Blue-Otter_7" in msg.body
     assert "0.1 BTC" in msg.body and dest in msg.body
+    # what the account pays (the amount and the fee), the fee, what arrives, the link's end, a freeze link
+    fee = format_amount(w.fee_minor, 8, trim=True)
+    assert f"asked to withdraw {format_amount(w.amount_minor + w.fee_minor, 8, trim=True)} BTC" in msg.body, msg.body
+    assert f"Fee: {fee} BTC\nThe address receives: 0.1 BTC\n" in msg.body and "the link works once, until " in msg.body
+    assert re.search(r"change your password:\nhttps?://\S+/security/freeze\?token=\S+$", msg.body), msg.body
     link_token = re.search(r"token=([A-Za-z0-9_\-]+)", msg.body).group(1)
     with pytest.raises(RingfenceError) as exc:
         net.execute(ConfirmWithdrawalEmail(wid, "BTC", "btc_hot", link_token + "x"))

@@ -172,6 +172,32 @@ def test_property_code_always_present(ctx, code, template):
     assert f"[{code}]" in subject and f"Anti-phishing code: {code}" in body
 
 
+WITHDRAWAL_PARAMS: dict[str, object] = {"amount": "0.5", "fee": "0.0001", "received": "0.4999", "asset": "BTC", "address": "bc1qxyz",
+                                        "link": "https://x/c?t=1", "expires_at": 1796510787, "freeze_link": "https://x/f?t=2"}
+
+
+def test_the_withdrawal_and_address_mails_carry_the_fee_the_expiry_and_a_freeze_link(ctx, clock, smtp):
+    """The withdrawal's confirmation mail says what the account pays, the fee and what arrives (as the
+    link's page does), until when the link works, and carries the one-click freeze link; the
+    address-book mail carries that freeze link too (it named a freeze control the security centre lacks)."""
+    register(ctx, "ida@example.com")
+    user = user_row(ctx, "ida@example.com")
+    body = mail.compose(ctx, user, "withdrawal_confirmation", WITHDRAWAL_PARAMS)[1]
+    assert ("asked to withdraw 0.5 BTC to this address:\nbc1qxyz\nFee: 0.0001 BTC\nThe address receives: 0.4999 BTC\n\n"
+            "If it was you, confirm it (the link works once, until Dec 5, 2026, 10:46:27\u202fPM UTC):\nhttps://x/c?t=1\n\n"
+            "If it was not you, do not click that link: freeze your account with one click, then change your password:\n"
+            "https://x/f?t=2") in body, body
+    with pytest.raises(ValidationError) as exc:  # no freeze link, no mail
+        mail.compose(ctx, user, "withdrawal_confirmation", {k: v for k, v in WITHDRAWAL_PARAMS.items() if k != "freeze_link"})
+    assert exc.value.field == "params.freeze_link"
+    body = mail.compose(ctx, user, "withdrawal_address_confirmation", {
+        "asset": "BTC", "address": "bc1qxyz", "network": "BTC", "ip": "198.51.100.9", "link": "https://x/a?t=1",
+        "cooling": "24 h", "freeze_link": "https://x/f?t=3"})[1]
+    assert "from the security centre" not in body, body
+    assert body.endswith("If it was not you, do not click that link: freeze your account with one click, then change your "
+                         "password:\nhttps://x/f?t=3"), body
+
+
 def test_mail_goes_out_in_the_users_language_with_the_code(ctx, clock, smtp):
     """Signed up from a German page, the user's mail is German (docs/i18n.md), the anti-phishing code in
     the subject and the first body line, the link intact; the language can change later (the selector)."""
@@ -184,11 +210,12 @@ def test_mail_goes_out_in_the_users_language_with_the_code(ctx, clock, smtp):
     with ctx.store.tx() as db:
         db.scalars(select(User).where(User.email == "grete@example.com")).one().anti_phishing_code = "Rhein-Otter_9"
     user = user_row(ctx, "grete@example.com")
-    subject, body, _ = mail.compose(ctx, user, "withdrawal_confirmation",
-                                    {"amount": "0.5", "asset": "BTC", "address": "bc1qxyz", "link": "https://x/c?t=1"})
+    subject, body, _ = mail.compose(ctx, user, "withdrawal_confirmation", WITHDRAWAL_PARAMS)
     assert subject == "[Rhein-Otter_9] Bestätigen Sie Ihre Auszahlung"
     assert body.splitlines()[0] == "Anti-Phishing-Code: Rhein-Otter_9"
-    assert "Auszahlung von 0.5 BTC an bc1qxyz.\nBestätigen: https://x/c?t=1" in body
+    assert "möchte 0.5 BTC an diese Adresse auszahlen:\nbc1qxyz\nGebühr: 0.0001 BTC\nDie Adresse erhält: 0.4999 BTC\n" in body, body
+    assert "(der Link gilt einmal, bis 05.12.2026, 22:46:27 UTC):\nhttps://x/c?t=1\n" in body, body
+    assert "Frieren Sie Ihr Konto mit einem Klick ein" in body and body.endswith("\nhttps://x/f?t=2"), body
     # a security change names its kind in the reader's language; the caller's data keeps the machine identifier
     params = {"change": "anti_phishing_changed", "ip": "198.51.100.9", "locked_until": 1, "freeze_link": "https://x/f?t=1"}
     subject, body, _ = mail.compose(ctx, user, "credential_changed", params)

@@ -276,7 +276,7 @@ class CapitalApi:
         without it (an API key with the withdraw scope) the confirmation is submitted at once."""
         terms = self._coin(params)
         self._network(params, terms)
-        command, token = self._withdraw_command(params, owner, terms, email_token, via)
+        command, token = await self.withdraw_command(params, owner, terms, email_token, via)
         if self.identity_ctx is not None:
             from ..identity.events import check_withdrawals_allowed
 
@@ -303,10 +303,29 @@ class CapitalApi:
         except RingfenceError as err:
             raise BinanceError(-4033, f"Illegal address for {terms.asset} on network {terms.network}: {err.message}") from None
 
+    async def withdraw_command(self, params: Params, owner: str, terms: Any, email_token: str | None = None,
+                               via: str = "api-key") -> tuple[Any, str]:
+        """`_withdraw_command`, its refusal by the post-change lock naming the change that set it: the
+        engine keeps only the lock's end, identity's record says which change it was (read in a worker
+        thread, off the event loop)."""
+        from ..errors import WithdrawalsLocked
+
+        try:
+            return self._withdraw_command(params, owner, terms, email_token, via)
+        except WithdrawalsLocked as err:
+            if self.identity_ctx is not None and "change" not in err.details:
+                from ..identity.events import last_credential_change
+
+                err.details["change"] = await run_in_threadpool(last_credential_change, self.identity_ctx, owner)
+            raise _withdraw_error(err) from None
+
     def _withdraw_command(self, params: Params, owner: str, terms: Any, email_token: str | None = None,
                           via: str = "api-key") -> tuple[Any, str]:
-        """Everything checkable at the edge, against one consistent engine state; nothing changes."""
+        """Everything checkable at the edge, against one consistent engine state; nothing changes.
+        Refusals are BinanceErrors, but the post-change lock's is the WithdrawalsLocked itself
+        (`withdraw_command` names its change)."""
         from ..custody.commands import RequestWithdrawal, custody_state, withdrawal_blocker
+        from ..errors import WithdrawalsLocked
 
         address = self.check_address(terms, params.require("address"))
         raw_amount = params.require("amount")
@@ -338,6 +357,8 @@ class CapitalApi:
                 # RequestWithdrawal checks again at the sequencer's time)
                 now_ns = max(engine.now_ns, time.time_ns())
                 blocked = withdrawal_blocker(s, now_ns, owner, terms.asset, cfg.chain, address)
+                if isinstance(blocked, WithdrawalsLocked):
+                    raise blocked
                 if blocked is not None:
                     raise _withdraw_error(blocked)
                 acct = engine.ledger.find(owner, terms.asset, "available", "spot")
@@ -438,12 +459,27 @@ def _span(seconds: object) -> str:
     return f"{seconds} s"
 
 
+def _address_book_lock(err: RingfenceError) -> str:
+    """-4016's own text for the lock that a change of the withdrawal address book set (Binance's names
+    password, 2FA and e-mail changes only): the change, the configured lock, and when it ends."""
+    until_s = err.details.get("locked_until_s")
+    if not isinstance(until_s, int) and isinstance(err.details.get("locked_until_ns"), int):
+        until_s = -(-err.details["locked_until_ns"] // 10**9)
+    text = f"Withdrawals are locked for {_span(err.details.get('lock_s'))} after a change to your withdrawal address book"
+    if not isinstance(until_s, int):
+        return text + f" ({err.message})."
+    at = datetime.fromtimestamp(until_s, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return text + f"; they open again at {at} (in {max(0, until_s - time.time_ns() // 10**9)} s)."
+
+
 def _withdraw_error(err: RingfenceError) -> BinanceError:
     code = err.code
     if code == "RF_ADDRESS_NOT_LISTED":
         return BinanceError(-4035, f"This address is not on the whitelist. Please join and try again. ({err.message})")
     if code == "RF_ADDRESS_COOLING":
         return BinanceError(-4036, f"The new address needs time before withdrawals: {err.message}")
+    if code == "RF_WITHDRAWALS_LOCKED" and err.details.get("change") == "withdrawal_address_changed":
+        return BinanceError(-4016, _address_book_lock(err))
     if code == "RF_WITHDRAWALS_LOCKED":
         return BinanceError(-4016, f"Within {_span(err.details.get('lock_s'))} after a password, second-factor or e-mail change, "
                                    f"withdrawal is prohibited. ({err.message})")

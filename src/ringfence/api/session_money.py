@@ -138,6 +138,16 @@ class WithdrawalLink:
     expired: bool
 
 
+class _AlreadyDone(BinanceError):
+    """The link's work is already done (the address is in the book, the withdrawal confirmed): a second
+    click or a replay, not a failure. Still 409 (nothing changed), but its page says so and where to
+    follow it, not "not confirmed"."""
+
+    def __init__(self, msg: str, *, wid: str = "", asset: str = "", address: str = "") -> None:
+        super().__init__(-1002, msg, 409)
+        self.wid, self.asset, self.address = wid, asset, address
+
+
 class _AfterStepUp(Exception):
     """A refusal after a TOTP step-up rotated the session: the answer must still set the new cookie."""
 
@@ -213,10 +223,12 @@ class SessionMoney:
         cooling = self.capital.runtime.address_cooling_s
         with self.ctx.store.tx() as db:
             user = db.get(User, sessions.authenticate(self.ctx, token).user_id)
+            # the same one-click "this wasn't me" freeze link as the security-change notices carry
             mail.enqueue(self.ctx, db, user, "withdrawal_address_confirmation", {
                 "asset": terms.asset, "address": address, "network": terms.network, "ip": ip or "unknown",
                 "link": self.link("/wallet/confirm-address", sealed),
-                "cooling": f"{cooling // 3600} h" if cooling >= 3600 else f"{cooling} s"})
+                "cooling": f"{cooling // 3600} h" if cooling >= 3600 else f"{cooling} s",
+                "freeze_link": events.freeze_link(self.ctx, db, user, reason="withdrawal_address_requested")})
 
     def _open(self, token: str) -> dict[str, Any]:
         """The sealed payload of an address link, or a BinanceError (400) saying the link is not valid."""
@@ -258,15 +270,15 @@ class SessionMoney:
             owner, asset, address, expires_s = str(payload["a"]), str(payload["c"]), str(payload["d"]), int(payload["x"])
         except (ValueError, TypeError):
             raise BinanceError(-1002, "This confirmation link is not valid.", 400) from None
+        listed = self.capital.ex.read(lambda engine: any(
+            k.startswith(f"{owner}|{asset}|") and k.split("|", 2)[2].lower() == address.lower()
+            for k in custody_state(engine).address_book))
+        if listed:  # first: the link's own second click says the address is there, not that the link failed
+            raise _AlreadyDone("This address is already in your address book; nothing to confirm.", asset=asset, address=address)
         if expires_s < self.ctx.now():
             raise BinanceError(-1002, "This confirmation link expired (30 minutes); add the address again.", 400)
         if self._is_used(self._used_digest(payload)):
             raise BinanceError(-1002, "This confirmation link was already used.", 409)
-        listed = self.capital.ex.read(lambda engine: any(
-            k.startswith(f"{owner}|{asset}|") and k.split("|", 2)[2].lower() == address.lower()
-            for k in custody_state(engine).address_book))
-        if listed:
-            raise BinanceError(-1002, "This address is already in your address book; nothing to confirm.", 409)
         terms = self.capital.runtime.terms.get(asset) if self.capital.runtime is not None else None
         cooling_s = self.capital.runtime.address_cooling_s if self.capital.runtime is not None else 0
         return AddressLink(asset, terms.network if terms else asset, address, cooling_s, expires_s)
@@ -345,7 +357,7 @@ class SessionMoney:
         if link.state in ("failed", "denied", "rejected"):
             raise BinanceError(-1002, f"This withdrawal is no longer waiting for confirmation: {link.end_reason or link.state}.", 409)
         if link.state != "requested":
-            raise BinanceError(-1002, "This withdrawal is already confirmed; follow it on the withdraw page.", 409)
+            raise _AlreadyDone("This withdrawal is already confirmed; follow it on the withdraw page.", wid=link.id)
         if link.expired and not engine_decides_expiry:
             raise BinanceError(-1002, "This confirmation link expired (30 minutes); request the withdrawal again.", 400)
         return link
@@ -365,17 +377,27 @@ class SessionMoney:
             raise BinanceError(-1002, "This withdrawal was not confirmed; open the link again.", 409)
         return link
 
-    def mail_withdrawal(self, caller: SessionCaller, wid: str, params: Any, token: str) -> None:
-        from ..identity import mail
+    def mail_withdrawal(self, caller: SessionCaller, wid: str, token: str) -> None:
+        """The confirmation e-mail: what the link's page shows (the amount asked for, the fee, what
+        arrives: the engine's record, in minor units, as decimal strings), when the link expires, and a
+        freeze link for a reader who did not ask for it."""
+        from sqlalchemy import select
+
+        from ..custody.commands import custody_state
+        from ..custody.withdrawals import confirmation_mail_params
+        from ..identity import events, mail
         from ..store.models import User
 
+        link = self.withdrawal_link(wid, token, engine_decides_expiry=True)
+        created_ns = self.capital.ex.read(lambda engine: custody_state(engine).withdrawals[wid].created_ns)
         with self.ctx.store.tx() as db:
-            from sqlalchemy import select
-
             user = db.scalars(select(User).where(User.account_id == caller.account_id)).first()
-            mail.enqueue(self.ctx, db, user, "withdrawal_confirmation", {
-                "amount": params.require("amount"), "asset": params.require("coin"), "address": params.require("address"),
-                "link": f"{self.ctx.settings.identity_public_url}/wallet/confirm-withdrawal?id={wid}&token={token}"})
+            assert user is not None
+            mail.enqueue(self.ctx, db, user, "withdrawal_confirmation", confirmation_mail_params(
+                link.amount, link.fee, link.received, link.asset, link.address, created_ns,
+                f"{self.ctx.settings.identity_public_url}/wallet/confirm-withdrawal?id={wid}&token={token}",
+                events.freeze_link(self.ctx, db, user, reason="withdrawal_requested")))
+
 
 
 _RANK = {"requested": 0, "confirmed": 1, "reviewed": 2, "manual_review": 3, "awaiting_approvals": 3, "approved": 4,
@@ -484,7 +506,7 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
         async def go(caller: SessionCaller, params: Any) -> Response:
             terms = capital._coin(params)
             capital._network(params, terms)
-            capital._withdraw_command(params, caller.account_id, terms)  # every edge check before the code is spent
+            await capital.withdraw_command(params, caller.account_id, terms)  # every edge check before the code is spent
             token = request.cookies.get(sessions.SESSION_COOKIE_NAME)
             rotated = await run_in_threadpool(_fresh_factor, ctx, token, params.get("code"))
             email_token = secrets.token_urlsafe(24)
@@ -492,7 +514,7 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
                 result = await capital.submit_withdrawal(params, caller.account_id, email_token, via="web-session")
             except BinanceError as err:  # refused after the step-up: the answer still carries the new session
                 return with_cookie(err.body(), rotated, err.status)
-            await run_in_threadpool(money.mail_withdrawal, caller, result["id"], params, email_token)
+            await run_in_threadpool(money.mail_withdrawal, caller, result["id"], email_token)
             return with_cookie({**result, "status": 0, "info": "e-mail sent: open the link in it to confirm"}, rotated)
 
         return await run(request, apply_spec, 1, go)
@@ -598,6 +620,18 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
         return response
 
     def link_error(err: RingfenceError | BinanceError, title: str) -> HTMLResponse:
+        """The page of a link that did not act: why (the error's own sentence), the way back to the
+        dashboard or sign-in, and the code as a small reference for support (message.html). A link
+        whose work is already done says so instead, with where to follow it."""
+        if isinstance(err, _AlreadyDone) and err.wid:
+            return render("message.html", err.status, title=_t("Withdrawal already confirmed"),
+                          message=_t("This withdrawal is already confirmed; follow it on the withdraw page."),
+                          link="/wallet/withdraw")
+        if isinstance(err, _AlreadyDone):
+            return render("message.html", err.status, title=_t("Withdrawal address already added"),
+                          message=_t("%(address)s is in your %(asset)s address book. It cools before it can receive withdrawals.",
+                                     address=err.address, asset=err.asset),
+                          link="/wallet/withdraw")
         if isinstance(err, BinanceError):
             return render("message.html", err.status if 400 <= err.status < 500 else 400, title=title,
                            message=err.msg, code=str(err.code))

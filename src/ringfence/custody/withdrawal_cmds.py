@@ -140,7 +140,8 @@ def withdrawal_blocker(s: "CustodyState", now_ns: int, account_id: str, asset: s
     if now_ns < lock:
         return WithdrawalsLocked(f"withdrawals are locked for {-(-(lock - now_ns) // 10**9)} more s after a recent "
                                  "security change (password, second factor or e-mail)", field="account_id",
-                                 lock_s=s.rules.security_lock_s if s.rules is not None else DEFAULT_SECURITY_LOCK_S)
+                                 lock_s=s.rules.security_lock_s if s.rules is not None else DEFAULT_SECURITY_LOCK_S,
+                                 locked_until_ns=lock)
     rules = s.rules
     if rules is None or not rules.require_address_book:
         return None

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 __all__ = ["WithdrawalRec", "ApprovalRec", "RiskFacts", "RiskReview", "assess_risk", "TRANSITIONS", "OPEN_STATES",
-           "IN_FLIGHT_STATES", "MANUAL_REVIEW_SHARE_BP"]
+           "IN_FLIGHT_STATES", "MANUAL_REVIEW_SHARE_BP", "confirmation_mail_params"]
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "requested": ("confirmed", "failed"),
@@ -209,12 +209,28 @@ def submit_withdrawal(node: "Any", ctx: "Any", session_token: object, *, asset: 
     node.execute(RequestWithdrawal(wid, account_id, asset, wallet, address, amount_minor,
                                    fee_minor, hashlib.sha256(token.encode()).hexdigest(),
                                    device_id[:128], ip[:64]))
+    created_ns = node.read(lambda engine: custody_state(engine).withdrawals[wid].created_ns)
     with ctx.store.tx() as db:
         user = db.scalars(select(User).where(User.account_id == account_id)).first()
-        mail.enqueue(ctx, db, user, "withdrawal_confirmation",
-                     {"amount": format_amount(amount_minor, decimals, trim=True), "asset": asset, "address": address,
-                      "link": f"{confirm_url}?id={wid}&token={token}"})
+        assert user is not None
+        # the account pays amount + fee; the address receives the amount
+        mail.enqueue(ctx, db, user, "withdrawal_confirmation", confirmation_mail_params(
+            format_amount(amount_minor + fee_minor, decimals, trim=True), format_amount(fee_minor, decimals, trim=True),
+            format_amount(amount_minor, decimals, trim=True), asset, address, created_ns,
+            f"{confirm_url}?id={wid}&token={token}", events.freeze_link(ctx, db, user, reason="withdrawal_requested")))
     return wid
+
+
+def confirmation_mail_params(amount: str, fee: str, received: str, asset: str, address: str, created_ns: int,
+                             link: str, freeze_link: str) -> dict[str, object]:
+    """The `withdrawal_confirmation` e-mail's parameters (here and on the web session's withdraw page):
+    the amount taken from the account, the fee and what the address receives (decimal strings of the
+    engine's minor units), when the link stops working (`EMAIL_CONFIRM_TTL_NS` after the request: the
+    engine voids it then) and the one-click freeze link for a reader who did not ask for it."""
+    from .state import EMAIL_CONFIRM_TTL_NS
+
+    return {"amount": amount, "fee": fee, "received": received, "asset": asset, "address": address, "link": link,
+            "expires_at": (created_ns + EMAIL_CONFIRM_TTL_NS) // 10**9, "freeze_link": freeze_link}
 
 
 _CREDENTIAL_SUFFIXES = ("_changed", "_added", "_removed", "_enabled", "_disabled", "_regenerated", "_created")

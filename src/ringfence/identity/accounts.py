@@ -35,6 +35,7 @@ __all__ = [
     "LoginResult",
     "sign_up",
     "verify_email",
+    "resend_verification",
     "login",
     "change_password",
     "request_email_change",
@@ -46,6 +47,8 @@ __all__ = [
 
 LOGIN_FAILED_MESSAGE = "the e-mail or password is incorrect"
 SIGN_UP_MESSAGE = N_("check your inbox: we sent a link to confirm the address")
+RESEND_MESSAGE = N_("if an account with this address is waiting for its confirmation, we sent it a new link")
+RESEND_PER_ADDRESS_PER_HOUR = 5  # a stranger cannot fill a pending address's inbox from many IPs
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,32 @@ def verify_email(ctx: IdentityContext, token: object) -> str:
         user.email_verified = True
         record_event(db, user_id=user.id, kind="email_verified", at_s=ctx.now())
         return user.account_id
+
+
+def resend_verification(ctx: IdentityContext, email: object, *, ip: object) -> SignUpReceipt:
+    """A new sign-up link for an account whose address is not confirmed yet (its link was used, lost
+    or expired: `/verify-email/new`). The same answer whether or not such an account exists (no
+    probing of registered addresses); rate-limited per IP (as sign-ups) and per address. The
+    account's earlier sign-up links stop working: only the newest one confirms."""
+    addr = normalize_email(email)
+    client_ip = validate_ip(ip)
+    now = ctx.now()
+    pending: RingfenceError | None = None
+    with ctx.store.tx() as db:
+        pending = throttle.hit(db, bucket=f"verify-resend-ip:{client_ip}", limit=ctx.settings.identity_signup_per_ip_per_hour,
+                               window_s=3600, now_s=now)
+        if pending is None:
+            pending = throttle.hit(db, bucket="verify-resend:" + ctx.sealer.token_digest("verify-resend:" + addr)[:64],
+                                   limit=RESEND_PER_ADDRESS_PER_HOUR, window_s=3600, now_s=now)
+        if pending is None:
+            user = db.scalars(select(User).where(User.email == addr)).first()
+            if user is not None and not user.email_verified and not user.frozen:
+                db.execute(update(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose == "verify",
+                                                    EmailToken.used_at_s.is_(None)).values(used_at_s=now))
+                token = _email_token(ctx, db, user, purpose="verify", email=addr)
+                mail.enqueue(ctx, db, user, "verify_email", {"link": f"{ctx.settings.identity_public_url}/verify-email?token={token}"})
+    _raise_pending(pending)
+    return SignUpReceipt(RESEND_MESSAGE)
 
 
 def note_sign_in(ctx: IdentityContext, db: Session, user: User, *, ip: str, user_agent: str, country: str | None) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "authorize_withdrawal",
     "withdrawal_address_changed",
     "security_changes_since",
+    "last_credential_change",
 ]
 
 CREDENTIAL_CHANGES = frozenset(
@@ -129,7 +130,24 @@ def check_withdrawals_allowed(ctx: IdentityContext, account_id: str) -> None:
             raise WithdrawalsLocked(
                 f"withdrawals are locked for {remaining} s after a recent security change",
                 locked_until_s=user.withdrawals_locked_until_s, lock_s=ctx.settings.identity_withdrawal_lock_s,
+                change=_last_change(db, user.id),
             )
+
+
+def _last_change(db: Session, user_id: int) -> str | None:
+    # the newest credential change set the lock's end (each one locks from its own time, never shorter)
+    return db.scalars(select(SecurityEvent.kind).where(SecurityEvent.user_id == user_id,
+                                                       SecurityEvent.kind.in_(sorted(CREDENTIAL_CHANGES)))
+                      .order_by(SecurityEvent.id.desc()).limit(1)).first()
+
+
+def last_credential_change(ctx: IdentityContext, account_id: str) -> str | None:
+    """The kind of the account's newest credential change (`CREDENTIAL_CHANGES`), or None: what a
+    refusal by the post-change withdrawal lock names (the engine's lock, relayed from these events,
+    keeps only its end)."""
+    with ctx.store.tx() as db:
+        user_id = db.scalars(select(User.id).where(User.account_id == account_id)).first()
+        return _last_change(db, user_id) if user_id is not None else None
 
 
 def recent_events(ctx: IdentityContext, user_id: int, *, limit: int = 50) -> list[SecurityEventView]:

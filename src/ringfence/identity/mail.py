@@ -153,15 +153,21 @@ TEMPLATES: dict[str, Template] = {
     ),
     "withdrawal_confirmation": Template(
         N_("Confirm your withdrawal"),
-        N_("Withdrawal of {amount} {asset} to {address}.\nConfirm: {link}"),
+        N_("Someone signed in to your account asked to withdraw {amount} {asset} to this address:\n{address}\n"
+        "Fee: {fee} {asset}\nThe address receives: {received} {asset}\n\n"
+        "If it was you, confirm it (the link works once, until {expires_at}):\n{link}\n\n"
+        "If it was not you, do not click that link: freeze your account with one click, then change your password:\n"
+        "{freeze_link}"),
         True,
+        time_fields=("expires_at",),
     ),
     "withdrawal_address_confirmation": Template(
         N_("Confirm a new withdrawal address"),
         N_("Someone signed in to your account (with your second factor) asked to add this {asset} withdrawal address:\n"
         "{address}\nNetwork: {network}\nIP: {ip}\n\nIf it was you, confirm it (the link works for 30 minutes):\n{link}\n\n"
-        "After confirmation the address cools for {cooling} before it can receive withdrawals.\n"
-        "If it was not you, do not click: change your password and freeze your account from the security centre."),
+        "After confirmation the address cools for {cooling} before it can receive withdrawals.\n\n"
+        "If it was not you, do not click that link: freeze your account with one click, then change your password:\n"
+        "{freeze_link}"),
         True,
     ),
     "ticket_reply": Template(N_("Reply to your support ticket #{ticket_id}"), "{reply}", True, ("reply",)),

@@ -161,10 +161,24 @@ def create_router(ctx: IdentityContext) -> APIRouter:
                                    locale=_PAGE_LOCALE.get())
         return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message))
 
+    def unusable_link(err: RingfenceError, message: str, link: str, link_label: str) -> HTMLResponse:
+        """An e-mailed link that cannot be used (made up, used, expired): what to do instead, one link
+        to the place that does it, the way back (message.html) and the error's code for support."""
+        return _render("message.html", status_code=err.http_status, title=_t("This link cannot be used"), message=message,
+                       code=err.code, link=link, link_label=link_label)
+
+    def unusable_signup_link(err: RingfenceError) -> HTMLResponse:
+        return unusable_link(err, _t("This confirmation link is invalid, already used or expired. If you already "
+                                     "confirmed your address, sign in; otherwise ask for a new link."),
+                             "/verify-email/new", _t("Send me a new link"))
+
     @router.get("/verify-email", response_class=HTMLResponse)
     def verify_page(token: str = "") -> HTMLResponse:
         # GET changes nothing (a mail scanner or link preview fetches the link): the POST button confirms
-        email = accounts.check_verification_link(ctx, token)
+        try:
+            email = accounts.check_verification_link(ctx, token)
+        except Unauthorized as err:
+            return unusable_signup_link(err)
         return _render("confirm_email.html", email=email, token=token)
 
     @router.post("/verify-email", response_class=HTMLResponse)
@@ -172,14 +186,37 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         # no session CSRF token (nobody is signed in yet): the link's token in the form is the secret,
         # and same_origin_only refuses a foreign Origin, as for /security/confirm-factor
         form = await _form(request)
-        accounts.verify_email(ctx, form.get("token", ""))
+        try:
+            accounts.verify_email(ctx, form.get("token", ""))
+        except Unauthorized as err:
+            return unusable_signup_link(err)
         return _render("message.html", title=_t("E-mail confirmed"), message=_t("Your address is confirmed. You can sign in now."),
                        link="/login")
+
+    @router.get("/verify-email/new", response_class=HTMLResponse)
+    def resend_page() -> HTMLResponse:
+        return _render("resend_verification.html")
+
+    @router.post("/verify-email/new", response_class=HTMLResponse)
+    async def resend(request: Request) -> HTMLResponse:
+        # before sign-in, as /signup: no session CSRF token; same_origin_only refuses a foreign Origin
+        form = await _form(request)
+        receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request))
+        return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
+                       link_label=_t("Sign in"))
+
+    def unusable_change_link(err: RingfenceError) -> HTMLResponse:
+        # the reason stays the error's own (made up, used, expired, or replaced by a newer request); the
+        # change is asked for again in the security centre
+        return unusable_link(err, err.message, "/security", _t("Back to the security centre"))
 
     @router.get("/confirm-email", response_class=HTMLResponse)
     def confirm_email_page(token: str = "") -> HTMLResponse:
         # as /verify-email: GET only checks the link and shows the new address; the POST button changes it
-        email = accounts.check_email_change_link(ctx, token)
+        try:
+            email = accounts.check_email_change_link(ctx, token)
+        except Unauthorized as err:
+            return unusable_change_link(err)
         return _render("confirm_email.html", email=email, token=token, change=True,
                        lock_s=ctx.settings.identity_withdrawal_lock_s)
 
@@ -188,7 +225,10 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         # no session needed (the link may be opened on another device): the link's token is the secret,
         # and same_origin_only refuses a foreign Origin
         form = await _form(request)
-        email = accounts.confirm_email_change(ctx, form.get("token", ""), ip=_client_ip(request))
+        try:
+            email = accounts.confirm_email_change(ctx, form.get("token", ""), ip=_client_ip(request))
+        except Unauthorized as err:
+            return unusable_change_link(err)
         return _render("message.html", title=_t("E-mail address changed"),
                        message=_t("Your account's e-mail address is now %(email)s: sign in with it.", email=email),
                        link="/security")
@@ -514,6 +554,10 @@ def create_app(ctx: IdentityContext) -> FastAPI:
     from ..i18n.fiat import FiatRates
 
     app.include_router(build_i18n_router(FiatRates(), "", ctx))
+
+    @app.get("/", include_in_schema=False)
+    def home() -> Response:  # no dashboard here: the error pages' "Back to the dashboard" leads to sign-in
+        return RedirectResponse("/login", status_code=303)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
