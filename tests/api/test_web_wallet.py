@@ -166,6 +166,7 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
 
     page.fill("#book-address", dest["BTC"])
     page.fill("#book-code", fresh_code(totp))
+    asked_s = int(time.time())  # the address-book change locks withdrawals from about now
     page.click("#book-add")
     expect(page.locator("#book-status")).to_contain_text("e-mail sent")
     assert page.evaluate("fetch('/session/v3/addressBook').then(r => r.json())")["entries"] == [], "not before the link"
@@ -174,6 +175,10 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     expect(mail.locator(".mail-subject")).to_contain_text("[SAVER-42]")
     expect(mail.locator(".mail-body")).to_contain_text("Anti-phishing code: SAVER-42")
     expect(mail.locator(".mail-body")).to_contain_text(dest["BTC"])
+    # "not you?": the one-click freeze link, as in the security-change notice (no such control in the security centre)
+    expect(mail.locator(".mail-body")).to_contain_text("freeze your account with one click, then change your password:")
+    expect(mail.locator('.mail-body a[href*="/security/freeze?token="]')).to_have_count(1)
+    expect(mail.locator(".mail-body")).not_to_contain_text("from the security centre")
     shot(page, "4-address-mail")
     mail.locator('a[href*="/wallet/confirm-address?token="]').click()
     expect(page.locator("h1")).to_have_text("Add this withdrawal address?")  # the link's GET adds nothing
@@ -205,11 +210,21 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
         return page.inner_text("#wd-status")
 
     answers = [refusal()]
-    assert "after a recent security change" in answers[0] and f"Within {LOCK_S} s after a password" in answers[0], answers
+    # the lock names the change that set it (the address book, not Binance's "password, 2FA or e-mail")
+    # and when it ends: at most LOCK_S after the address was asked for, still ahead now
+    locked = f"Withdrawals are locked for {LOCK_S} s after a change to your withdrawal address book; they open again at "
+    assert locked in answers[0] and "password" not in answers[0], answers
+    ends = re.search(r"they open again at (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC \(in (\d+) s\)\.", answers[0])
+    assert ends, answers
+    from datetime import datetime, timezone
+
+    until_s = datetime.strptime(ends.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    assert asked_s < until_s <= asked_s + LOCK_S + 2 and until_s > time.time() - 1, (asked_s, ends.group(0))
+    assert 0 < int(ends.group(2)) <= LOCK_S, answers
     account = page.evaluate("fetch('/session/v3/account').then(r => r.json())")
     assert account["canWithdraw"] is False and account["canDeposit"] is True, account
     deadline = time.monotonic() + LOCK_S + 5
-    while "after a recent security change" in answers[-1] and time.monotonic() < deadline:
+    while "after a change to your withdrawal address book" in answers[-1] and time.monotonic() < deadline:
         time.sleep(1)
         answers.append(refusal())
     assert "needs time before withdrawals" in answers[-1], answers
@@ -229,6 +244,13 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     shot(page, "6-withdrawal-email-sent")
     mail = latest_mail(page, base, email, "Confirm your withdrawal")
     expect(mail.locator(".mail-body")).to_contain_text("Anti-phishing code: SAVER-42")
+    # the amount, the fee and what arrives (as the link's page shows them), the link's end, a freeze link
+    expect(mail.locator(".mail-body")).to_contain_text("asked to withdraw 0.01 BTC to this address:")
+    expect(mail.locator(".mail-body")).to_contain_text("Fee: 0.0001 BTC")
+    expect(mail.locator(".mail-body")).to_contain_text("The address receives: 0.0099 BTC")
+    expect(mail.locator(".mail-body")).to_contain_text(re.compile(r"the link works once, until \w{3} \d+, \d{4}, .* UTC\)"))
+    expect(mail.locator('.mail-body a[href*="/security/freeze?token="]')).to_have_count(1)
+    confirm_link = mail.locator('a[href*="/wallet/confirm-withdrawal?id="]').get_attribute("href")
     mail.locator('a[href*="/wallet/confirm-withdrawal?id="]').click()
     # the link's page shows what the button confirms; opening it (a mail scanner's fetch) confirmed nothing
     expect(page.locator("h1")).to_have_text("Confirm this withdrawal?")
@@ -239,6 +261,11 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     assert [w["status"] for w in waiting] == [0], waiting
     page.click("#confirm-withdrawal")
     expect(page.locator("h1")).to_have_text("Withdrawal confirmed")
+    page.goto(confirm_link)  # the link opened again: it says the withdrawal is confirmed, not that it failed
+    expect(page.locator("h1")).to_have_text("Withdrawal already confirmed")
+    expect(page.locator("#message")).to_have_text("This withdrawal is already confirmed; follow it on the withdraw page.")
+    expect(page.locator("#next")).to_have_attribute("href", "/wallet/withdraw")
+    expect(page.locator("#error-code")).to_have_count(0)
     page.goto(base + "/wallet/withdraw")
     wd = page.locator("#withdrawals .withdrawal").first
     expect(wd).to_have_attribute("data-status", "6", timeout=90_000)
@@ -368,6 +395,17 @@ def test_the_lock_message_states_the_configured_duration() -> None:
                           (12, "Within 12 s after")):
         msg = _withdraw_error(WithdrawalsLocked("withdrawals are locked for 5 more s", lock_s=lock_s)).msg
         assert msg.startswith(words) and msg.endswith("(withdrawals are locked for 5 more s)"), msg
+    # a lock set by a change of the address book: its own words, and its end (the engine's ns, identity's s)
+    until_s = int(time.time()) + 500
+    for end in ({"locked_until_ns": until_s * 10**9 - 1}, {"locked_until_s": until_s}):
+        err = _withdraw_error(WithdrawalsLocked("withdrawals are locked for 500 more s after a recent security change "
+                                                "(password, second factor or e-mail)", lock_s=600, change="withdrawal_address_changed", **end))
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(until_s))
+        left = re.fullmatch(r"Withdrawals are locked for 10 minutes after a change to your withdrawal address "
+                            rf"book; they open again at {at} UTC \(in (\d+) s\)\.", err.msg)
+        assert err.code == -4016 and left and 490 <= int(left.group(1)) <= 500, err.msg
+    unknown_end = _withdraw_error(WithdrawalsLocked("withdrawals are locked", lock_s=600, change="withdrawal_address_changed")).msg
+    assert unknown_end == "Withdrawals are locked for 10 minutes after a change to your withdrawal address book (withdrawals are locked).", unknown_end
 
 
 def test_chain_pay_names_the_field_once(server) -> None:
