@@ -23,7 +23,7 @@ import pytest
 
 from .conftest import Server
 from .test_key_cache import PASSWORD, Browserless, csrf_of
-from .test_mailed_links import form_fields, message_of, next_code, path_of, session, sign_in
+from .test_mailed_links import assert_way_back, form_fields, message_of, next_code, path_of, session, sign_in, title_of
 
 LOCK_S = 86400
 ENV = {"RINGFENCE_IDENTITY_WITHDRAWAL_LOCK_S": str(LOCK_S)}
@@ -137,7 +137,12 @@ def test_the_security_page_changes_the_address_only_on_the_links_button(server):
     assert done.status_code == 200 and "E-mail address changed" in done.text and new in message_of(done.text), done.text
     again = b.request("POST", "/confirm-email", data={"token": token})
     assert again.status_code == 401 and "already used" in message_of(again.text)
-    assert b.request("GET", link).status_code == 401
+    used = b.request("GET", link)
+    assert used.status_code == 401
+    for page in (again, used):  # where to ask again (the security centre), the way back, the code for support
+        assert title_of(page.text) == "This link cannot be used"
+        assert '<a id="next" href="/security">Back to the security centre</a>' in page.text, page.text[-1500:]
+        assert_way_back(page.text, "RF_UNAUTHORIZED")
 
     # the old address is told, with the one-click freeze link; withdrawals are locked for the lock period
     told = wait_mail(b, old, CHANGE_SUBJECT)
