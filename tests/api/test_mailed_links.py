@@ -145,6 +145,7 @@ def test_a_used_or_lost_sign_up_link_can_be_replaced_from_its_page(server):
     email = f"lost{int(time.time() * 1000)}@example.com"
     assert b.request("POST", "/signup", data={"email": email, "password": PASSWORD}).status_code == 200
     first = parse_qs(urlsplit(mailed_link(b, email, "/verify-email")).query)["token"][0]
+    assert '<a id="resend-link" href="/verify-email/new">' in b.request("GET", "/login").text  # a lost mail: from sign-in too
     form = b.request("GET", "/verify-email/new")
     assert form.status_code == 200 and '<form method="post" action="/verify-email/new">' in form.text and 'name="email"' in form.text
     assert "form-action 'self'" in form.headers["content-security-policy"]
