@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import sys
 import collections
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -84,6 +85,11 @@ class ReplicaLog(Protocol):
 
     def settle(self, token: Any) -> None:
         """After a failed local write: wait (bounded) for a publish `begin` started; never raises."""
+
+    def finish_later(self, token: Any, engine: Engine, outputs: list[list[Event]]) -> "concurrent.futures.Future[None]":
+        """Pipelined node (`Node(pipeline=True)`): what `finish` does, without waiting. Called after
+        apply, before the next batch is applied (so it may read the engine at this batch's state);
+        returns at once a future that completes once the batch is replicated, or fails."""
 
 
 class ReadGate:
@@ -500,10 +506,9 @@ class Node:
             self.open()
         if self._thread is None:
             if self.pipeline and self._pipe is None:
-                if self.replica is not None:
-                    raise ConfigError("pipeline=True is for a local-only node: a replica log is fed as the classic "
-                                      "group commit feeds it (before the local fsync); use pipeline=False to "
-                                      "replicate", field="pipeline")
+                if self.replica is not None and not hasattr(self.replica, "finish_later"):
+                    raise ConfigError("pipeline=True needs a replica log that can replicate without waiting "
+                                      "(ReplicaLog.finish_later); use pipeline=False with this one", field="pipeline")
                 assert self.writer is not None
                 self._pipe = _Pipeline(self)
             self._thread = threading.Thread(target=self._run, name="ringfence-sequencer", daemon=True)
@@ -796,7 +801,7 @@ class Node:
             entry = self._journal_pipelined(pipe, writer, payload, first_seq, ts_ns, accepted)
             if entry is None:
                 return
-            journaled: Any = True
+            journaled: Any = entry.token
         else:
             journaled = self._journal(writer, payload, first_seq, accepted)
             if journaled is None:
@@ -832,6 +837,8 @@ class Node:
         for hook in self.apply_hooks:
             hook(engine, first_seq, ts_ns)
         if entry is not None and pipe is not None:  # acknowledged, then listened to, once its sync returns
+            if self.replica is not None:  # ... and once the replica log holds it
+                pipe.replicate(entry, self.replica, token, engine, outputs)
             pipe.applied(entry, outputs, halted)
             return
         if self.replica is not None and not self._replicated(first_seq, accepted, token, engine, outputs):
@@ -887,29 +894,48 @@ class Node:
 
     def _journal_pipelined(self, pipe: "_Pipeline", writer: JournalWriter, payload: bytes, first_seq: int, ts_ns: int,
                            accepted: list[tuple[Command, bytes, Ack]]) -> "_Entry | None":
-        """Write the batch without waiting for its fsync and hand it to the syncer; None after
-        answering everyone on failure (as `_journal`)."""
+        """Write the batch without waiting for its fsync and hand it to the syncer (replicated:
+        start publishing it first); None after answering everyone on failure (as `_journal`).
+        Replicated, any failure also stops the pipeline: the batches still in flight are answered
+        `OutcomeUnknown` (they may be in the journal and the stream, or not)."""
         if writer.rotation_due():
             pipe.barrier()  # a new segment: the old one's descriptor closes only once all of it is synced
             if self.failed is not None:
                 for _, _, ack in accepted:
                     ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
                 return None
-        count = len(accepted)
+        count, replica, token = len(accepted), self.replica, None
         try:
             record, digest = writer.encode(payload, first_seq, count)
+            if replica is not None:
+                try:
+                    token = replica.begin(first_seq, count, payload, digest)
+                except BaseException as err:  # fenced or unreachable before anything was written
+                    self.failed = self.failed or err
+                    pipe.stop_replicating(err, first_seq)
+                    for _, _, ack in accepted:
+                        ack._resolve(error=NotDurable(f"not replicated ({err}); nothing was applied; this node has stopped"))
+                    return None
             mark = writer.write_record(record, digest, first_seq, count)
-        except OutcomeUnknown as err:  # the writer was poisoned by a failed sync (the syncer said so)
+        except (OutcomeUnknown, OSError) as err:  # OutcomeUnknown: the writer was poisoned by a failed sync
             self.failed = self.failed or err
+            if replica is not None:
+                pipe.stop_replicating(err, first_seq)
+            if token is not None:  # the stream may hold the batch: a standby could apply it
+                assert replica is not None
+                replica.settle(token)
+            reason = getattr(err, "message", None) or getattr(err, "strerror", None) or str(err)
             for _, _, ack in accepted:
-                ack._resolve(error=NotDurable(f"the node has stopped: {err.message}; nothing was applied"))
+                if token is None:
+                    ack._resolve(error=NotDurable(f"journal write failed or the node has stopped ({reason}); "
+                                                  "nothing was applied"))
+                else:
+                    ack._resolve(error=OutcomeUnknown(f"journal write failed ({reason}) while the batch was being "
+                                                      "replicated. Outcome unknown: check before retrying"))
             return None
-        except OSError as err:
-            self.failed = err
-            for _, _, ack in accepted:
-                ack._resolve(error=NotDurable(f"journal write failed ({err.strerror or err}); nothing was applied"))
-            return None
-        return pipe.written(mark, first_seq, ts_ns, accepted)
+        entry = pipe.written(mark, first_seq, ts_ns, accepted, replicated=replica is None)
+        entry.token = token
+        return entry
 
     def _replicated(self, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], token: Any, engine: Engine,
                     outputs: list[list[Event]]) -> bool:
@@ -976,9 +1002,11 @@ class Node:
 class _Entry:
     """One written batch (or refusals that depend on written batches) waiting to be acknowledged."""
 
-    __slots__ = ("last_seq", "first_seq", "ts_ns", "accepted", "outputs", "halted", "refusals", "applied")
+    __slots__ = ("last_seq", "first_seq", "ts_ns", "accepted", "outputs", "halted", "refusals", "applied",
+                 "replicated", "token")
 
-    def __init__(self, last_seq: int, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], ts_ns: int = 0) -> None:
+    def __init__(self, last_seq: int, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], ts_ns: int = 0,
+                 replicated: bool = True) -> None:
         self.last_seq = last_seq
         self.first_seq = first_seq
         self.ts_ns = ts_ns
@@ -987,6 +1015,9 @@ class _Entry:
         self.halted: dict[int, InvariantViolation] = {}
         self.refusals: list[tuple[Ack, RingfenceError]] = []
         self.applied = False
+        #: the replica log holds it (always, for a local-only node and for refusals)
+        self.replicated = replicated
+        self.token: Any = None  # the replica log's token from `begin`
 
 
 class _Pipeline:
@@ -1007,7 +1038,15 @@ class _Pipeline:
     batch returns only once that batch is durable; a refusal by precheck waits for the batches it
     saw; a failed sync poisons the writer and stops the node: every batch written and not yet
     acknowledged is answered `OutcomeUnknown` (it may or may not have reached the disk), later ones
-    `NotDurable`, and none of them reaches a listener. A replica log is refused in this mode.
+    `NotDurable`, and none of them reaches a listener.
+
+    Replicated (a replica log that has `finish_later`): the sequencer starts publishing batch N
+    (`begin`, before the write), applies it, hands it to the replica log (`finish_later`, which
+    takes what needs the engine at N's state) and goes on to N+1 while N's fsync and stream ack are
+    both in flight. "Durable" then means synced locally *and* held by the stream: a batch is
+    acknowledged, handed to the listeners or shown by a durable read only once both have returned,
+    in sequence order. A failed or refused publish (a deposed primary: the stream refuses it) stops
+    the node like a failed sync: every batch in flight is answered `OutcomeUnknown`.
     """
 
     def __init__(self, node: "Node") -> None:
@@ -1020,7 +1059,11 @@ class _Pipeline:
         self.unsynced: DurableMark | None = None  # the newest record written and not yet being synced
         self.synced: DurableMark | None = None  # records synced, not yet acknowledged
         self.records_closed = False
+        #: synced locally, and (replicated) held by the stream, through this sequence number
         self.durable_seq = node.durable_seq
+        self.synced_seq = node.durable_seq  # synced locally through this sequence number
+        self.kicked = False  # a stream ack moved `durable_seq`: the acknowledger has batches to answer
+        self.answer = ""  # what the batches in flight are told when replication failed
         self.resolving = threading.Lock()
         self.closing = False
         self.failed: BaseException | None = None
@@ -1032,8 +1075,9 @@ class _Pipeline:
         self.ack_thread.start()
 
     # sequencer side
-    def written(self, mark: DurableMark, first_seq: int, ts_ns: int, accepted: list[tuple[Command, bytes, Ack]]) -> _Entry:
-        entry = _Entry(mark.last_seq, first_seq, accepted, ts_ns)
+    def written(self, mark: DurableMark, first_seq: int, ts_ns: int, accepted: list[tuple[Command, bytes, Ack]],
+                replicated: bool = True) -> _Entry:
+        entry = _Entry(mark.last_seq, first_seq, accepted, ts_ns, replicated)
         with self.lock:
             self.pending.append(entry)
             self.unsynced = mark
@@ -1044,6 +1088,54 @@ class _Pipeline:
         entry.outputs, entry.halted = outputs, halted
         with self.lock:
             entry.applied = True
+        self.drain()
+
+    def replicate(self, entry: _Entry, replica: ReplicaLog, token: Any, engine: Engine, outputs: list[list[Event]]) -> None:
+        """Sequencer, right after the batch is applied: hand it to the replica log; the batch is
+        acknowledged only once the stream holds it too (`_replicated`)."""
+        try:
+            published = replica.finish_later(token, engine, outputs)
+        except BaseException as err:  # fenced (the lease), or the state could not be hashed
+            self.stop_replicating(err, entry.first_seq)
+            return
+        published.add_done_callback(lambda done: self._replicated(entry, done))
+
+    def _replicated(self, entry: _Entry, done: "concurrent.futures.Future[None]") -> None:
+        """The stream's answer for one batch (on the replica log's thread): mark it held, or stop."""
+        try:
+            err = done.exception()
+        except concurrent.futures.CancelledError as cancelled:
+            err = cancelled
+        if err is not None:
+            self.stop_replicating(err, entry.first_seq)
+            return
+        with self.lock:
+            entry.replicated = True
+            before = self.durable_seq
+            self._advance()
+            if self.durable_seq != before:
+                self.kicked = True  # the acknowledger answers them (listeners stay off this thread)
+                self.cond.notify_all()
+
+    def _advance(self) -> None:
+        """Under `lock`: durable = synced locally, and held by the stream up to the first batch
+        in flight that it does not hold yet (batches are published in order)."""
+        durable = self.synced_seq
+        for entry in self.pending:
+            if not entry.replicated:
+                durable = min(durable, entry.first_seq - 1)
+                break
+        if durable > self.durable_seq:
+            self.durable_seq = durable
+            self.node.durable_seq = durable
+
+    def stop_replicating(self, err: BaseException, first_seq: int) -> None:
+        """A batch could not be replicated (refused, unreachable, the lease ran out): stop the node;
+        every batch in flight is answered `OutcomeUnknown`."""
+        if not self.answer:
+            self.answer = (f"the batch was journaled locally but not replicated ({err}); this node has stopped. "
+                           "Check on the new primary before retrying")
+        self._stop(err, f"batch {first_seq} not replicated")
         self.drain()
 
     def refuse(self, ack: Ack, err: RingfenceError) -> None:
@@ -1081,6 +1173,13 @@ class _Pipeline:
             raise NotDurable(f"the node has stopped before what this read saw was durable: {failed}")
 
     def close(self) -> None:
+        deadline = time.monotonic() + 10  # a publish times out after 5 s, failing its future
+        with self.lock:
+            while any(not e.replicated for e in self.pending) and self.failed is None and time.monotonic() < deadline:
+                self.cond.wait(0.1)
+            late = self.failed is None and any(not e.replicated for e in self.pending)
+        if late:
+            self.stop_replicating(TimeoutError("the replica log did not answer before the node closed"), 0)
         with self.lock:
             self.closing = True
             self.cond.notify_all()
@@ -1113,21 +1212,23 @@ class _Pipeline:
         writer = self.writer
         while True:
             with self.lock:
-                while self.synced is None and not self.records_closed and self.failed is None:
+                while self.synced is None and not self.kicked and not self.records_closed and self.failed is None:
                     self.cond.wait()
                 mark, self.synced = self.synced, None
-                if mark is None or self.failed is not None:
+                kicked, self.kicked = self.kicked, False
+                if self.failed is not None or (mark is None and not kicked):
                     return
-            try:
-                writer.note_durable(mark)  # written now, fsynced by the journal's mark thread
-            except BaseException as err:  # poisoned: stop the node, answer everyone not yet durable
-                self._fail(err)
-                return
-            with self.lock:
-                self.durable_seq = mark.last_seq
-                self.syncs += 1
-                self.cond.notify_all()
-            self.node.durable_seq = mark.last_seq
+            if mark is not None:
+                try:
+                    writer.note_durable(mark)  # written now, fsynced by the journal's mark thread
+                except BaseException as err:  # poisoned: stop the node, answer everyone not yet durable
+                    self._fail(err)
+                    return
+                with self.lock:
+                    self.synced_seq = mark.last_seq
+                    self.syncs += 1
+                    self._advance()
+                    self.cond.notify_all()
             self.drain()
 
     def _fail(self, err: BaseException) -> None:
@@ -1151,7 +1252,7 @@ class _Pipeline:
                     if not self.pending:
                         break
                     entry = self.pending[0]
-                    durable = entry.applied and entry.last_seq <= self.durable_seq
+                    durable = entry.applied and entry.replicated and entry.last_seq <= self.durable_seq
                     failed = None if durable else self.failed
                     if not durable and failed is None:
                         break
@@ -1159,10 +1260,10 @@ class _Pipeline:
                 resolved = True
                 if failed is not None:
                     message = getattr(failed, "message", None) or str(failed)
+                    answer = self.answer or f"{message}. Outcome unknown: check before retrying"
                     for _, _, ack in entry.accepted:
                         if not ack.done():
-                            ack._resolve(error=OutcomeUnknown(f"{message}. Outcome unknown: check before retrying",
-                                                              field=None))
+                            ack._resolve(error=OutcomeUnknown(answer, field=None))
                 else:
                     first, outputs, halted = entry.first_seq, entry.outputs, entry.halted
                     for i, (_, _, ack) in enumerate(entry.accepted):
