@@ -68,7 +68,7 @@ def _one_batch_each(node, commands):  # type: ignore[no-untyped-def]
     for command in commands:
         before = node.last_seq
         acks.append(node.submit(command))
-        _wait(lambda: node.last_seq > before, "the batch was applied")
+        _wait(lambda before=before: node.last_seq > before, "the batch was applied")
     return acks
 
 
@@ -81,7 +81,7 @@ def test_a_pipelined_primary_replicates_every_batch_and_the_standby_verifies_it(
             before = node.last_seq
             acks += [node.submit(CreateTransfers([Transfer(tid, world, alice, tid)]))
                      for tid in range(20 * wave + 1, 20 * wave + 21)]
-            _wait(lambda: node.last_seq > before, "the wave was applied")
+            _wait(lambda before=before: node.last_seq > before, "the wave was applied")
         order: list[int] = []
         for ack in acks:
             ack.add_done_callback(lambda a: order.append(a.seq))
@@ -245,3 +245,38 @@ def test_a_power_cut_loses_nothing_acknowledged_locally_or_in_the_stream(tmp_pat
     finally:
         follower.close()
     shutil.rmtree(tmp_path / "cut", ignore_errors=True)
+
+
+def test_a_bounded_pipeline_starts_no_batch_while_the_limit_is_in_flight(tmp_path):
+    """`max_batches_in_flight=1`: while one batch waits for its sync the sequencer starts no other;
+    what arrives meanwhile goes into the next batch, together."""
+    hold, gate = [False], threading.Event()
+
+    def held_sync(fd: int) -> None:
+        if hold[0]:
+            gate.wait(20)
+        os.fdatasync(fd)
+
+    node = new_node(tmp_path / "n", pipeline=True, journal_sync=held_sync, max_batches_in_flight=1)
+    node.open()
+    world, alice, _ = seed_ledger(node)
+    node.start()
+    commands, batches = node.commands_committed, node.batches_committed
+    try:
+        hold[0] = True
+        first = node.submit(CreateTransfers([Transfer(1, world, alice, 1)]))
+        _wait(lambda: node.commands_committed == commands + 1, "the first batch was applied")
+        rest = [node.submit(CreateTransfers([Transfer(tid, world, alice, 1)])) for tid in range(2, 12)]
+        time.sleep(0.2)  # a wrong sequencer would write the next batch meanwhile
+        assert node.commands_committed == commands + 1 and node.batches_committed == batches + 1
+        assert not first.done()
+        hold[0] = False
+        gate.set()
+        for ack in [first, *rest]:
+            ack.result(20)
+        assert node.batches_committed == batches + 2, "what waited behind the limit went into one batch"
+    finally:
+        gate.set()
+        node.close()
+    with pytest.raises(Exception, match="max_batches_in_flight"):
+        new_node(tmp_path / "m", max_batches_in_flight=-1)
