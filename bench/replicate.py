@@ -204,7 +204,7 @@ def _hash_cost(replicator: Replicator | None) -> dict:
 
 
 #: pipelined modes: `Node(max_batches_in_flight=...)` (0: no limit)
-IN_FLIGHT = 0
+IN_FLIGHT = 1
 #: (label, state_hash_every (0: local only), state_hash_later, state_digest, pipelined).
 #: `replicated_digest` is the recommended set-up: every batch's state checked through the
 #: incremental digest, the full state hash left to snapshots and replay; the other modes keep the

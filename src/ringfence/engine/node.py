@@ -13,7 +13,8 @@ Flow of a command (ARCHITECTURE.md §1):
    nothing is acknowledged before it is durable. One fsync per batch is on that path, the
    record's: the journal's durable mark is fsynced by a thread of its own (journal.py).
    Pipelined (`pipeline=True`), the sequencer applies the next batch while the fsync runs, and
-   what leaves the node — acknowledgements, listeners, `read` results — waits for it (`_Pipeline`).
+   what leaves the node — acknowledgements, listeners, `read` results — waits for it (`_Pipeline`);
+   replicated too, it also waits for the stream's ack of the batch, which is in flight meanwhile.
 
 Readers on other threads (the API's event loop, the reconciler, custody workers) never touch the
 engine directly: `node.read(fn)` runs `fn(engine)` between batches, under a readers-writer gate
@@ -429,9 +430,9 @@ class Node:
         self.apply_hooks: list[Callable[[Engine, int, int], None]] = []
         #: Replicated mode (ringfence.replication): the replica log every batch must reach before
         #: anyone is acknowledged. `begin` runs before the local write (it may start publishing
-        #: while the fsync runs), `finish` after the batch is applied; if either raises, the node
-        #: stops and the batch's commands are answered NotDurable (before the write) or
-        #: OutcomeUnknown (after it: the batch may be in the journal and the replica log).
+        #: while the fsync runs), `finish` (pipelined: `finish_later`, no wait) after it is applied; if either
+        #: raises, the node stops and the batch's commands are answered NotDurable (before the write)
+        #: or OutcomeUnknown (after it: the batch may be in the journal and the replica log).
         self.replica: ReplicaLog | None = None
         self.batches_committed = 0
         self.commands_committed = 0

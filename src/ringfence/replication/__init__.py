@@ -4,9 +4,13 @@ a hot standby that follows and verifies, leadership with a fencing epoch.
 Stream `S` (file storage) on subject `rf.S.batches` holds one message per journal record: its body
 is the record's payload, its headers the record header (first sequence, count, previous hash,
 record hash), the leader's fencing epoch and the state hash after the batch. The primary publishes
-each batch after its local fsync and apply and before any client is acknowledged, with
+each batch while its local fsync runs and acknowledges no client before the stream's ack, with
 `Nats-Msg-Id` (a retried publish is stored once) and `Nats-Expected-Last-Sequence` (the stream
-refuses a batch from any writer that has not seen every earlier message).
+refuses a batch from any writer that has not seen every earlier message). A pipelined primary
+(`Node(pipeline=True)`) has several batches in flight: each message expects the sequence the one
+before it will take and, while that one is unacknowledged, `Nats-Expected-Last-Msg-Id` its id, so
+nothing behind a refused message can be stored (a fence that took the refused one's place would
+otherwise match the next one's expected sequence).
 
 Leadership lives in the JetStream KV bucket `S-leader`, key `leader`: `{"epoch": E, "node": ID}`,
 changed only with revision-checked updates (`ringfence replication promote`), so two promotions
