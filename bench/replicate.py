@@ -11,8 +11,16 @@ The same workloads as bench/ledger.py (its functions are reused), on real files 
    local-only and replicated: the state hash of every 64th and every 1024th batch, computed on the
    sequencer thread or off it (state_hash_later=1: a forked child hashes it, a later batch carries
    it), and chain only (state_hash_every=10^6); latency from each request's scheduled send time.
+3. the same, pipelined (`Node(pipeline=True)`, modes ending `_pipelined`): the sequencer writes,
+   publishes and applies the next batch while a batch's fsync and stream ack are in flight; a
+   batch is acknowledged once both returned. Sources without it record the mode as unsupported.
 Goal from issue 21: replicated >= 0.5x local throughput, p99 <= 5 ms at 50,000 transfers/s.
-Each run uses its own stream, deleted afterwards.
+Each run uses its own stream, deleted afterwards. `--modes a,b` runs only the modes named.
+
+Before each timed latency run the harness collects and freezes the heap it built (the prepared
+node, 10,000 accounts and their funding, the pre-generated requests; `gc.freeze`, as `serve` does
+before serving): a full collection over that heap paused the process for 100-400 ms in earlier
+runs (`breakdown.gc.max_us`), which alone set the local-only p99.
 
 Every latency mode also reports `breakdown`, where its p99 comes from (`_Probe`): the generator's
 send lateness, each request's wait in the engine queue, the sequencer's time per batch and within
@@ -94,6 +102,7 @@ class _Probe:
             setattr(owner, name, wrapper)
 
         submit, commit = node.submit, node._commit
+        pipelined = bool(getattr(node, "pipeline", False))
 
         def submit_stamped(command, source=""):  # type: ignore[no-untyped-def]
             ack = submit(command, source)
@@ -111,18 +120,29 @@ class _Probe:
             self.ns["batch"].append(clock() - started)
 
         node.submit, node._commit = submit_stamped, commit_timed
-        timed(node.writer, "append_record" if replicator is not None else "append", "write_fsync")
+        if pipelined:  # the write alone; the syncs run on the record syncer (`sync`)
+            self.ns.update(write=[], sync=[])
+            timed(node.writer, "write_record", "write")
+            timed(node.writer, "sync_records", "sync")
+        else:
+            timed(node.writer, "append_record" if replicator is not None else "append", "write_fsync")
         if replicator is not None:
             timed(replicator, "begin", "begin")
-            timed(replicator, "finish", "finish")
+            timed(replicator, "finish_later" if pipelined and hasattr(replicator, "finish_later") else "finish", "finish")
             timed(replicator, "_digest_now", "digest")
+        self._gen2: list[int] = []  # full collections' pauses
         gc.callbacks.append(self._on_gc)
+        self._sched = _sched_ns()
+        self._cpu = os.times()
+        self._wall = time.perf_counter_ns()
 
     def _on_gc(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._gc_started = time.perf_counter_ns()
         else:
             self.ns["gc"].append(time.perf_counter_ns() - self._gc_started)
+            if info.get("generation") == 2:
+                self._gen2.append(self.ns["gc"][-1])
 
     def report(self, acks_ns: list[int], lateness_ns: list[int]) -> dict:
         gc.callbacks.remove(self._on_gc)
@@ -131,13 +151,35 @@ class _Probe:
         sizes = sorted(self.sizes)
         out["batch_requests"] = {"p50": sizes[len(sizes) // 2], "p99": sizes[int(len(sizes) * 0.99)], "max": sizes[-1]} if sizes else {}
         out["gc"] = {"collections": len(self.ns["gc"]), "max_us": max(self.ns["gc"], default=0) // 1000,
-                     "total_us": sum(self.ns["gc"]) // 1000}
+                     "total_us": sum(self.ns["gc"]) // 1000, "full": len(self._gen2),
+                     "full_max_us": max(self._gen2, default=0) // 1000}
+        # How much the machine's other work kept this process off the CPU: the kernel's run-queue
+        # wait of every thread (/proc schedstat: runnable, not running) against the wall time,
+        # and the CPU the process used. A pause that holds the run-queue wait is not the node's.
+        cpu, sched = os.times(), _sched_ns()
+        wall_ms = (time.perf_counter_ns() - self._wall) // 1_000_000
+        waited = {tid: sched[tid][1] - self._sched.get(tid, (0, 0))[1] for tid in sched}
+        out["sched"] = {"wall_ms": wall_ms, "cpu_ms": int((cpu.user + cpu.system - self._cpu.user - self._cpu.system) * 1000),
+                        "runqueue_wait_ms": sum(waited.values()) // 1_000_000,
+                        "runqueue_wait_max_thread_ms": max(waited.values(), default=0) // 1_000_000}
         edges = self.HISTOGRAM_MS
         counts = [0] * (len(edges) + 1)
         for ns in acks_ns:
             counts[next((i for i, edge in enumerate(edges) if ns <= edge * 1_000_000), len(edges))] += 1
         out["ack_histogram_ms"] = {**{f"<={e}": c for e, c in zip(edges, counts)}, f">{edges[-1]}": counts[-1]}
         return out
+
+
+def _sched_ns() -> dict[int, tuple[int, int]]:
+    """Per thread of this process: (ns on a CPU, ns waiting on a run queue) from /proc schedstat."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            running, waiting, _ = (int(x) for x in (task / "schedstat").read_text().split())
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile, or no schedstat on this kernel
+        out[int(task.name)] = (running, waiting)
+    return out
 
 
 def _pcts(samples_ns: list[int]) -> dict:
@@ -161,16 +203,27 @@ def _hash_cost(replicator: Replicator | None) -> dict:
     return out
 
 
-#: (label, state_hash_every (0: local only), state_hash_later, state_digest). `replicated_digest`
-#: is the recommended set-up: every batch's state checked through the incremental digest, the full
-#: state hash left to snapshots and replay; the other modes keep the earlier runs comparable.
-THROUGHPUT_MODES = (("local", 0, False, False), ("replicated_digest", 1_000_000, False, True),
-                    ("replicated_digest_hash_every_64", 64, False, True), ("replicated_hash_every_batch", 1, False, False),
-                    ("replicated_hash_later_every_batch", 1, True, False), ("replicated_hash_every_64", 64, False, False))
-LATENCY_MODES = (("local", 0, False, False), ("replicated_digest", 1_000_000, False, True),
-                 ("replicated_digest_hash_later_every_1024", 1024, True, True), ("replicated_chain_only", 1_000_000, False, False),
-                 ("replicated_hash_every_64", 64, False, False), ("replicated_hash_later_every_64", 64, True, False),
-                 ("replicated_hash_every_1024", 1024, False, False), ("replicated_hash_later_every_1024", 1024, True, False))
+#: pipelined modes: `Node(max_batches_in_flight=...)` (0: no limit)
+IN_FLIGHT = 1
+#: (label, state_hash_every (0: local only), state_hash_later, state_digest, pipelined).
+#: `replicated_digest` is the recommended set-up: every batch's state checked through the
+#: incremental digest, the full state hash left to snapshots and replay; the other modes keep the
+#: earlier runs comparable.
+THROUGHPUT_MODES = (("local", 0, False, False, False), ("replicated_digest", 1_000_000, False, True, False),
+                    ("replicated_digest_pipelined", 1_000_000, False, True, True),
+                    ("replicated_digest_hash_every_64", 64, False, True, False),
+                    ("replicated_hash_every_batch", 1, False, False, False),
+                    ("replicated_hash_later_every_batch", 1, True, False, False),
+                    ("replicated_hash_every_64", 64, False, False, False))
+LATENCY_MODES = (("local", 0, False, False, False), ("local_pipelined", 0, False, False, True),
+                 ("replicated_digest", 1_000_000, False, True, False),
+                 ("replicated_digest_pipelined", 1_000_000, False, True, True),
+                 ("replicated_chain_only", 1_000_000, False, False, False),
+                 ("replicated_chain_only_pipelined", 1_000_000, False, False, True),
+                 ("replicated_digest_hash_later_every_1024", 1024, True, True, False),
+                 ("replicated_hash_every_64", 64, False, False, False), ("replicated_hash_later_every_64", 64, True, False, False),
+                 ("replicated_hash_every_1024", 1024, False, False, False),
+                 ("replicated_hash_later_every_1024", 1024, True, False, False))
 
 
 def main() -> None:
@@ -179,11 +232,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nats", default="nats://127.0.0.1:4222")
     parser.add_argument("--note", default="", help="a note kept in the result line (e.g. which sources ran)")
+    parser.add_argument("--modes", default="", help="comma-separated mode labels to run (default: all)")
+    parser.add_argument("--in-flight", type=int, default=IN_FLIGHT,
+                        help=f"pipelined modes: Node(max_batches_in_flight=N), 0: no limit (default {IN_FLIGHT})")
     args = parser.parse_args()
-    run(args.nats, seed=args.seed, smoke=args.smoke, note=args.note)
+    run(args.nats, seed=args.seed, smoke=args.smoke, note=args.note,
+        modes=tuple(filter(None, args.modes.split(","))), in_flight=args.in_flight)
 
 
-def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "") -> None:
+def _unsupported(err: BaseException) -> dict:
+    return {"unsupported": f"{type(err).__name__}: {err}"}
+
+
+def _options(pipelined: bool, in_flight: int) -> dict:
+    if not pipelined:
+        return {}
+    return {"pipeline": True, **({"max_batches_in_flight": in_flight} if in_flight else {})}
+
+
+def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "", modes: tuple[str, ...] = (),
+        in_flight: int = 0) -> None:
+    from ringfence.errors import ConfigError
     print(f"seed={seed}", file=sys.stderr)
     sys.setswitchinterval(SWITCH_INTERVAL_US / 1e6)
     rng = random.Random(seed)
@@ -196,8 +265,13 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "") ->
 
     result: dict = {"note": note, "sources": str(Path(ringfence.__file__).parent), "seed": seed, "workload": {"accounts": accounts, "transfers": transfers, "request_size": BATCH}}
     throughput: dict = {}
-    for label, every, later, digest in THROUGHPUT_MODES:
-        node, ids, next_id = prepared_node(root / f"tp-{label}", accounts)
+    if modes:
+        result["modes"] = list(modes)
+    result["pipelined_max_batches_in_flight"] = in_flight
+    for label, every, later, digest, pipelined in THROUGHPUT_MODES:
+        if modes and label not in modes:
+            continue
+        node, ids, next_id = prepared_node(root / f"tp-{label}", accounts, **_options(pipelined, in_flight))
         replicator, stream = _replicated(node, nats_url, every, later, digest) if every else (None, "")
         cmds, after = transfer_stream(rng, ids, transfers, next_id, False, BATCH)
         extra, _ = transfer_stream(rng, ids, 1, after, False, BATCH)
@@ -209,22 +283,33 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "") ->
             node.submit(extra[0]).wait(120)
             throughput[label] = {"throughput_per_s": int(transfers / seconds), "journal_records": node.batches_committed,
                                  "failed": repr(node.failed) if node.failed else None, **_hash_cost(replicator)}
+        except ConfigError as err:  # these sources cannot run this mode (a pipelined replicating node)
+            throughput[label] = _unsupported(err)
         finally:
             node.close()
             if replicator is not None:
                 replicator.close()
                 _delete(nats_url, stream)
-    local = throughput["local"]["throughput_per_s"]
+    local = throughput.get("local", {}).get("throughput_per_s")
     for label, *_ in THROUGHPUT_MODES[1:]:
-        throughput[label]["vs_local"] = round(throughput[label]["throughput_per_s"] / local, 2)
+        if local and "throughput_per_s" in throughput.get(label, {}):
+            throughput[label]["vs_local"] = round(throughput[label]["throughput_per_s"] / local, 2)
     result["throughput"] = throughput
     latency: dict = {}
-    for label, every, later, digest in LATENCY_MODES:
-        node, ids, next_id = prepared_node(root / f"lat-{label}", accounts)
+    for label, every, later, digest, pipelined in LATENCY_MODES:
+        if modes and label not in modes:
+            continue
+        node, ids, next_id = prepared_node(root / f"lat-{label}", accounts, **_options(pipelined, in_flight))
         replicator, stream = _replicated(node, nats_url, every, later, digest) if every else (None, "")
         n = int(offered * latency_seconds)
         cmds, _ = transfer_stream(rng, ids, n, next_id, False, per_request)
-        probe = _Probe(node, replicator)
+        # the harness's own heap (the prepared node, the pre-generated requests) out of the
+        # collector's way, as `serve` freezes its start-up heap: collections in the run then scan
+        # only what was allocated while serving
+        gc.collect()
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        probe = _Probe(node, replicator)  # after the collection above: it is the harness's, not the run's
         load_before = _load()
         try:
             lateness: list[int] = []
@@ -233,8 +318,13 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "") ->
                               "p50_us": percentile_us(samples, 50), "p99_us": percentile_us(samples, 99),
                               "max_us": percentile_us(samples, 100), "errors": len(errors),
                               "journal_records": node.batches_committed, **_hash_cost(replicator),
+                              "gc_frozen_objects": frozen,
                               "load_average": [load_before, _load()], "breakdown": probe.report(samples, lateness)}
+        except ConfigError as err:  # these sources cannot run this mode (a pipelined replicating node)
+            latency[label] = _unsupported(err)
+            probe.report([], [])
         finally:
+            gc.unfreeze()
             node.close()
             if replicator is not None:
                 replicator.close()

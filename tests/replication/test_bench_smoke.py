@@ -18,15 +18,18 @@ def test_replicate_benchmark_smoke(stream):
     assert out.returncode == 0, out.stderr
     line = json.loads(out.stdout.strip().splitlines()[-1])
     tp = line["throughput"]
-    assert set(tp) == {"local", "replicated_digest", "replicated_digest_hash_every_64", "replicated_hash_every_batch",
-                       "replicated_hash_later_every_batch", "replicated_hash_every_64"}
+    assert set(tp) == {"local", "replicated_digest", "replicated_digest_pipelined", "replicated_digest_hash_every_64",
+                       "replicated_hash_every_batch", "replicated_hash_later_every_batch", "replicated_hash_every_64"}
     assert tp["replicated_digest"]["state_digests"] > 0 and "state_hashes" not in tp["replicated_digest"], tp
     assert all(v["failed"] is None and v["throughput_per_s"] > 0 for v in tp.values()), tp
     lat = line["latency"]
-    assert set(lat) == {"local", "replicated_digest", "replicated_digest_hash_later_every_1024", "replicated_hash_every_64",
+    assert set(lat) == {"local", "local_pipelined", "replicated_digest", "replicated_digest_pipelined",
+                        "replicated_digest_hash_later_every_1024", "replicated_hash_every_64",
                         "replicated_hash_later_every_64", "replicated_hash_every_1024", "replicated_hash_later_every_1024",
-                        "replicated_chain_only"}
-    assert lat["replicated_digest"]["state_digests"] > 0 and "digest" in lat["replicated_digest"]["breakdown"], lat
+                        "replicated_chain_only", "replicated_chain_only_pipelined"}
+    for mode in ("replicated_digest", "replicated_digest_pipelined"):
+        assert lat[mode]["state_digests"] > 0 and "digest" in lat[mode]["breakdown"], lat
+    assert "sync" in lat["replicated_digest_pipelined"]["breakdown"], lat
     assert all(v["errors"] == 0 and v["p99_us"] > 0 for v in lat.values()), lat
     assert line["bench"] == "replicate"
     assert line["smoke"] is True

@@ -13,7 +13,8 @@ Flow of a command (ARCHITECTURE.md §1):
    nothing is acknowledged before it is durable. One fsync per batch is on that path, the
    record's: the journal's durable mark is fsynced by a thread of its own (journal.py).
    Pipelined (`pipeline=True`), the sequencer applies the next batch while the fsync runs, and
-   what leaves the node — acknowledgements, listeners, `read` results — waits for it (`_Pipeline`).
+   what leaves the node — acknowledgements, listeners, `read` results — waits for it (`_Pipeline`);
+   replicated too, it also waits for the stream's ack of the batch, which is in flight meanwhile.
 
 Readers on other threads (the API's event loop, the reconciler, custody workers) never touch the
 engine directly: `node.read(fn)` runs `fn(engine)` between batches, under a readers-writer gate
@@ -39,6 +40,7 @@ from __future__ import annotations
 import os
 import sys
 import collections
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -84,6 +86,11 @@ class ReplicaLog(Protocol):
 
     def settle(self, token: Any) -> None:
         """After a failed local write: wait (bounded) for a publish `begin` started; never raises."""
+
+    def finish_later(self, token: Any, engine: Engine, outputs: list[list[Event]]) -> "concurrent.futures.Future[None]":
+        """Pipelined node (`Node(pipeline=True)`): what `finish` does, without waiting. Called after
+        apply, before the next batch is applied (so it may read the engine at this batch's state);
+        returns at once a future that completes once the batch is replicated, or fails."""
 
 
 class ReadGate:
@@ -221,6 +228,12 @@ def rejection_error(event: CommandRejected) -> RingfenceError:
     cls = error_codes().get(event.code, RingfenceError)
     err = cls(event.message, field=event.field or None)
     return err
+
+
+def _bounded(value: int, low: int, high: int, name: str) -> int:
+    if not low <= value <= high:
+        raise ValidationError(f"{name} must be between {low:,} and {high:,}", field=name)
+    return value
 
 
 def command_weight(command: Command) -> int:
@@ -375,7 +388,7 @@ class Node:
         journal_sync: Callable[[int], None] = os.fdatasync,
         purpose: str = "",
         pipeline: bool = False,
-        durable_reads: bool = True,
+        durable_reads: bool = True, max_batches_in_flight: int = 0,
     ) -> None:
         if not 1 <= max_batch_commands <= 1_000_000:
             raise ValidationError("max_batch_commands must be between 1 and 1,000,000", field="max_batch_commands")
@@ -417,24 +430,24 @@ class Node:
         self.apply_hooks: list[Callable[[Engine, int, int], None]] = []
         #: Replicated mode (ringfence.replication): the replica log every batch must reach before
         #: anyone is acknowledged. `begin` runs before the local write (it may start publishing
-        #: while the fsync runs), `finish` after the batch is applied; if either raises, the node
-        #: stops and the batch's commands are answered NotDurable (before the write) or
-        #: OutcomeUnknown (after it: the batch may be in the journal and the replica log).
+        #: while the fsync runs), `finish` (pipelined: `finish_later`, no wait) after it is applied; if either
+        #: raises, the node stops and the batch's commands are answered NotDurable (before the write)
+        #: or OutcomeUnknown (after it: the batch may be in the journal and the replica log).
         self.replica: ReplicaLog | None = None
         self.batches_committed = 0
         self.commands_committed = 0
-        #: Sequence number of the last command of the last batch applied; changes once per batch,
-        #: after the whole batch is applied (readers on any thread may look at it).
+        #: The last sequence number of the last batch applied; changes once per batch, after the whole of it (any thread may read it).
         self.last_seq = 0
         self._gate, self._direct = ReadGate(), threading.Lock()  # the lock: direct `execute_many` callers take turns
         self._decode = Engine(self.modules).codec.command.decode
-        #: Pipelined group commit (see `_Pipeline`): the sequencer writes and applies batch N+1
-        #: while batch N's fdatasync runs on a syncer thread; each batch is acknowledged once a
-        #: sync that began after its write has returned.
+        #: Pipelined group commit (see `_Pipeline`): the sequencer writes and applies batch N+1 while batch N's
+        #: fdatasync runs on a syncer thread; each batch is acknowledged once a sync that began after its write returned.
         self.pipeline = pipeline
         #: Pipelined: `read` returns only once the batch it saw is durable (see `read`); False: never
         #: waits for an fsync (the API's event loop), may see a batch one fsync before it is durable.
         self.durable_reads = durable_reads
+        #: Pipelined: start a batch only while fewer than this many are unacknowledged (0: no limit; `_Pipeline.wait_room`).
+        self.max_batches_in_flight = _bounded(max_batches_in_flight, 0, 1_000, "max_batches_in_flight")
         self._pipe: _Pipeline | None = None
         #: Sequence number of the last command known durable (every mode; pipelined: may lag `last_seq`).
         self.durable_seq = 0
@@ -500,10 +513,9 @@ class Node:
             self.open()
         if self._thread is None:
             if self.pipeline and self._pipe is None:
-                if self.replica is not None:
-                    raise ConfigError("pipeline=True is for a local-only node: a replica log is fed as the classic "
-                                      "group commit feeds it (before the local fsync); use pipeline=False to "
-                                      "replicate", field="pipeline")
+                if self.replica is not None and not hasattr(self.replica, "finish_later"):
+                    raise ConfigError("pipeline=True needs a replica log that can replicate without waiting "
+                                      "(ReplicaLog.finish_later); use pipeline=False with this one", field="pipeline")
                 assert self.writer is not None
                 self._pipe = _Pipeline(self)
             self._thread = threading.Thread(target=self._run, name="ringfence-sequencer", daemon=True)
@@ -691,6 +703,8 @@ class Node:
                 self._durable_barrier()
                 item()  # a control task (snapshot) runs between batches, on durable state
                 continue
+            if self._pipe is not None and self.max_batches_in_flight:
+                self._pipe.wait_room(self.max_batches_in_flight)  # the batch gathers what arrives meanwhile
             items = [item]
             weight = command_weight(item[0])
             deadline = time.perf_counter() + self.max_wait_us / 1e6 if self.max_wait_us else 0.0  # float-ok
@@ -796,7 +810,7 @@ class Node:
             entry = self._journal_pipelined(pipe, writer, payload, first_seq, ts_ns, accepted)
             if entry is None:
                 return
-            journaled: Any = True
+            journaled: Any = entry.token
         else:
             journaled = self._journal(writer, payload, first_seq, accepted)
             if journaled is None:
@@ -832,6 +846,8 @@ class Node:
         for hook in self.apply_hooks:
             hook(engine, first_seq, ts_ns)
         if entry is not None and pipe is not None:  # acknowledged, then listened to, once its sync returns
+            if self.replica is not None:  # ... and once the replica log holds it
+                pipe.replicate(entry, self.replica, token, engine, outputs)
             pipe.applied(entry, outputs, halted)
             return
         if self.replica is not None and not self._replicated(first_seq, accepted, token, engine, outputs):
@@ -887,29 +903,48 @@ class Node:
 
     def _journal_pipelined(self, pipe: "_Pipeline", writer: JournalWriter, payload: bytes, first_seq: int, ts_ns: int,
                            accepted: list[tuple[Command, bytes, Ack]]) -> "_Entry | None":
-        """Write the batch without waiting for its fsync and hand it to the syncer; None after
-        answering everyone on failure (as `_journal`)."""
+        """Write the batch without waiting for its fsync and hand it to the syncer (replicated:
+        start publishing it first); None after answering everyone on failure (as `_journal`).
+        Replicated, any failure also stops the pipeline: the batches still in flight are answered
+        `OutcomeUnknown` (they may be in the journal and the stream, or not)."""
         if writer.rotation_due():
             pipe.barrier()  # a new segment: the old one's descriptor closes only once all of it is synced
             if self.failed is not None:
                 for _, _, ack in accepted:
                     ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
                 return None
-        count = len(accepted)
+        count, replica, token = len(accepted), self.replica, None
         try:
             record, digest = writer.encode(payload, first_seq, count)
+            if replica is not None:
+                try:
+                    token = replica.begin(first_seq, count, payload, digest)
+                except BaseException as err:  # fenced or unreachable before anything was written
+                    self.failed = self.failed or err
+                    pipe.stop_replicating(err, first_seq)
+                    for _, _, ack in accepted:
+                        ack._resolve(error=NotDurable(f"not replicated ({err}); nothing was applied; this node has stopped"))
+                    return None
             mark = writer.write_record(record, digest, first_seq, count)
-        except OutcomeUnknown as err:  # the writer was poisoned by a failed sync (the syncer said so)
+        except (OutcomeUnknown, OSError) as err:  # OutcomeUnknown: the writer was poisoned by a failed sync
             self.failed = self.failed or err
+            if replica is not None:
+                pipe.stop_replicating(err, first_seq)
+            if token is not None:  # the stream may hold the batch: a standby could apply it
+                assert replica is not None
+                replica.settle(token)
+            reason = getattr(err, "message", None) or getattr(err, "strerror", None) or str(err)
             for _, _, ack in accepted:
-                ack._resolve(error=NotDurable(f"the node has stopped: {err.message}; nothing was applied"))
+                if token is None:
+                    ack._resolve(error=NotDurable(f"journal write failed or the node has stopped ({reason}); "
+                                                  "nothing was applied"))
+                else:
+                    ack._resolve(error=OutcomeUnknown(f"journal write failed ({reason}) while the batch was being "
+                                                      "replicated. Outcome unknown: check before retrying"))
             return None
-        except OSError as err:
-            self.failed = err
-            for _, _, ack in accepted:
-                ack._resolve(error=NotDurable(f"journal write failed ({err.strerror or err}); nothing was applied"))
-            return None
-        return pipe.written(mark, first_seq, ts_ns, accepted)
+        entry = pipe.written(mark, first_seq, ts_ns, accepted, replicated=replica is None)
+        entry.token = token
+        return entry
 
     def _replicated(self, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], token: Any, engine: Engine,
                     outputs: list[list[Event]]) -> bool:
@@ -976,9 +1011,11 @@ class Node:
 class _Entry:
     """One written batch (or refusals that depend on written batches) waiting to be acknowledged."""
 
-    __slots__ = ("last_seq", "first_seq", "ts_ns", "accepted", "outputs", "halted", "refusals", "applied")
+    __slots__ = ("last_seq", "first_seq", "ts_ns", "accepted", "outputs", "halted", "refusals", "applied",
+                 "replicated", "token")
 
-    def __init__(self, last_seq: int, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], ts_ns: int = 0) -> None:
+    def __init__(self, last_seq: int, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], ts_ns: int = 0,
+                 replicated: bool = True) -> None:
         self.last_seq = last_seq
         self.first_seq = first_seq
         self.ts_ns = ts_ns
@@ -987,6 +1024,9 @@ class _Entry:
         self.halted: dict[int, InvariantViolation] = {}
         self.refusals: list[tuple[Ack, RingfenceError]] = []
         self.applied = False
+        #: the replica log holds it (always, for a local-only node and for refusals)
+        self.replicated = replicated
+        self.token: Any = None  # the replica log's token from `begin`
 
 
 class _Pipeline:
@@ -1007,7 +1047,15 @@ class _Pipeline:
     batch returns only once that batch is durable; a refusal by precheck waits for the batches it
     saw; a failed sync poisons the writer and stops the node: every batch written and not yet
     acknowledged is answered `OutcomeUnknown` (it may or may not have reached the disk), later ones
-    `NotDurable`, and none of them reaches a listener. A replica log is refused in this mode.
+    `NotDurable`, and none of them reaches a listener.
+
+    Replicated (a replica log that has `finish_later`): the sequencer starts publishing batch N
+    (`begin`, before the write), applies it, hands it to the replica log (`finish_later`, which
+    takes what needs the engine at N's state) and goes on to N+1 while N's fsync and stream ack are
+    both in flight. "Durable" then means synced locally *and* held by the stream: a batch is
+    acknowledged, handed to the listeners or shown by a durable read only once both have returned,
+    in sequence order. A failed or refused publish (a deposed primary: the stream refuses it) stops
+    the node like a failed sync: every batch in flight is answered `OutcomeUnknown`.
     """
 
     def __init__(self, node: "Node") -> None:
@@ -1020,7 +1068,12 @@ class _Pipeline:
         self.unsynced: DurableMark | None = None  # the newest record written and not yet being synced
         self.synced: DurableMark | None = None  # records synced, not yet acknowledged
         self.records_closed = False
+        #: synced locally, and (replicated) held by the stream, through this sequence number
         self.durable_seq = node.durable_seq
+        self.synced_seq = node.durable_seq  # synced locally through this sequence number
+        self.kicked = False  # a stream ack moved `durable_seq`: the acknowledger has batches to answer
+        self.answer = ""  # what the batches in flight are told when replication failed
+        self.room_wanted = False  # the sequencer waits for a batch to be acknowledged (`wait_room`)
         self.resolving = threading.Lock()
         self.closing = False
         self.failed: BaseException | None = None
@@ -1032,8 +1085,9 @@ class _Pipeline:
         self.ack_thread.start()
 
     # sequencer side
-    def written(self, mark: DurableMark, first_seq: int, ts_ns: int, accepted: list[tuple[Command, bytes, Ack]]) -> _Entry:
-        entry = _Entry(mark.last_seq, first_seq, accepted, ts_ns)
+    def written(self, mark: DurableMark, first_seq: int, ts_ns: int, accepted: list[tuple[Command, bytes, Ack]],
+                replicated: bool = True) -> _Entry:
+        entry = _Entry(mark.last_seq, first_seq, accepted, ts_ns, replicated)
         with self.lock:
             self.pending.append(entry)
             self.unsynced = mark
@@ -1045,6 +1099,65 @@ class _Pipeline:
         with self.lock:
             entry.applied = True
         self.drain()
+
+    def replicate(self, entry: _Entry, replica: ReplicaLog, token: Any, engine: Engine, outputs: list[list[Event]]) -> None:
+        """Sequencer, right after the batch is applied: hand it to the replica log; the batch is
+        acknowledged only once the stream holds it too (`_replicated`)."""
+        try:
+            published = replica.finish_later(token, engine, outputs)
+        except BaseException as err:  # fenced (the lease), or the state could not be hashed
+            self.stop_replicating(err, entry.first_seq)
+            return
+        published.add_done_callback(lambda done: self._replicated(entry, done))
+
+    def _replicated(self, entry: _Entry, done: "concurrent.futures.Future[None]") -> None:
+        """The stream's answer for one batch (on the replica log's thread): mark it held, or stop."""
+        try:
+            err = done.exception()
+        except concurrent.futures.CancelledError as cancelled:
+            err = cancelled
+        if err is not None:
+            self.stop_replicating(err, entry.first_seq)
+            return
+        with self.lock:
+            entry.replicated = True
+            before = self.durable_seq
+            self._advance()
+            if self.durable_seq != before:
+                self.kicked = True  # the acknowledger answers them (listeners stay off this thread)
+                self.cond.notify_all()
+
+    def _advance(self) -> None:
+        """Under `lock`: durable = synced locally, and held by the stream up to the first batch
+        in flight that it does not hold yet (batches are published in order)."""
+        durable = self.synced_seq
+        for entry in self.pending:
+            if not entry.replicated:
+                durable = min(durable, entry.first_seq - 1)
+                break
+        if durable > self.durable_seq:
+            self.durable_seq = durable
+            self.node.durable_seq = durable
+
+    def stop_replicating(self, err: BaseException, first_seq: int) -> None:
+        """A batch could not be replicated (refused, unreachable, the lease ran out): stop the node;
+        every batch in flight is answered `OutcomeUnknown`."""
+        if not self.answer:
+            self.answer = (f"the batch was journaled locally but not replicated ({err}); this node has stopped. "
+                           "Check on the new primary before retrying")
+        self._stop(err, f"batch {first_seq} not replicated")
+        self.drain()
+
+    def wait_room(self, limit: int) -> None:
+        """Sequencer (`Node(max_batches_in_flight=limit)`): return once fewer than `limit` batches are
+        written and not yet acknowledged (or the node has stopped). Waiting lets the next batch
+        gather what arrives meanwhile, as the classic group commit does, instead of paying a
+        publish and a sync for every request or two (replicated, that cost is what the CPU runs out of)."""
+        with self.lock:
+            while self.failed is None and sum(1 for e in self.pending if e.accepted) >= limit:
+                self.room_wanted = True
+                self.cond.wait(0.5)
+            self.room_wanted = False
 
     def refuse(self, ack: Ack, err: RingfenceError) -> None:
         last = self.writer.next_seq - 1
@@ -1081,6 +1194,13 @@ class _Pipeline:
             raise NotDurable(f"the node has stopped before what this read saw was durable: {failed}")
 
     def close(self) -> None:
+        deadline = time.monotonic() + 10  # a publish times out after 5 s, failing its future
+        with self.lock:
+            while any(not e.replicated for e in self.pending) and self.failed is None and time.monotonic() < deadline:
+                self.cond.wait(0.1)
+            late = self.failed is None and any(not e.replicated for e in self.pending)
+        if late:
+            self.stop_replicating(TimeoutError("the replica log did not answer before the node closed"), 0)
         with self.lock:
             self.closing = True
             self.cond.notify_all()
@@ -1113,21 +1233,23 @@ class _Pipeline:
         writer = self.writer
         while True:
             with self.lock:
-                while self.synced is None and not self.records_closed and self.failed is None:
+                while self.synced is None and not self.kicked and not self.records_closed and self.failed is None:
                     self.cond.wait()
                 mark, self.synced = self.synced, None
-                if mark is None or self.failed is not None:
+                kicked, self.kicked = self.kicked, False
+                if self.failed is not None or (mark is None and not kicked):
                     return
-            try:
-                writer.note_durable(mark)  # written now, fsynced by the journal's mark thread
-            except BaseException as err:  # poisoned: stop the node, answer everyone not yet durable
-                self._fail(err)
-                return
-            with self.lock:
-                self.durable_seq = mark.last_seq
-                self.syncs += 1
-                self.cond.notify_all()
-            self.node.durable_seq = mark.last_seq
+            if mark is not None:
+                try:
+                    writer.note_durable(mark)  # written now, fsynced by the journal's mark thread
+                except BaseException as err:  # poisoned: stop the node, answer everyone not yet durable
+                    self._fail(err)
+                    return
+                with self.lock:
+                    self.synced_seq = mark.last_seq
+                    self.syncs += 1
+                    self._advance()
+                    self.cond.notify_all()
             self.drain()
 
     def _fail(self, err: BaseException) -> None:
@@ -1151,18 +1273,20 @@ class _Pipeline:
                     if not self.pending:
                         break
                     entry = self.pending[0]
-                    durable = entry.applied and entry.last_seq <= self.durable_seq
+                    durable = entry.applied and entry.replicated and entry.last_seq <= self.durable_seq
                     failed = None if durable else self.failed
                     if not durable and failed is None:
                         break
                     self.pending.popleft()
+                    if self.room_wanted:
+                        self.cond.notify_all()
                 resolved = True
                 if failed is not None:
                     message = getattr(failed, "message", None) or str(failed)
+                    answer = self.answer or f"{message}. Outcome unknown: check before retrying"
                     for _, _, ack in entry.accepted:
                         if not ack.done():
-                            ack._resolve(error=OutcomeUnknown(f"{message}. Outcome unknown: check before retrying",
-                                                              field=None))
+                            ack._resolve(error=OutcomeUnknown(answer, field=None))
                 else:
                     first, outputs, halted = entry.first_seq, entry.outputs, entry.halted
                     for i, (_, _, ack) in enumerate(entry.accepted):

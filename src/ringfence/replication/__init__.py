@@ -4,9 +4,13 @@ a hot standby that follows and verifies, leadership with a fencing epoch.
 Stream `S` (file storage) on subject `rf.S.batches` holds one message per journal record: its body
 is the record's payload, its headers the record header (first sequence, count, previous hash,
 record hash), the leader's fencing epoch and the state hash after the batch. The primary publishes
-each batch after its local fsync and apply and before any client is acknowledged, with
+each batch while its local fsync runs and acknowledges no client before the stream's ack, with
 `Nats-Msg-Id` (a retried publish is stored once) and `Nats-Expected-Last-Sequence` (the stream
-refuses a batch from any writer that has not seen every earlier message).
+refuses a batch from any writer that has not seen every earlier message). A pipelined primary
+(`Node(pipeline=True)`) has several batches in flight: each message expects the sequence the one
+before it will take and, while that one is unacknowledged, `Nats-Expected-Last-Msg-Id` its id, so
+nothing behind a refused message can be stored (a fence that took the refused one's place would
+otherwise match the next one's expected sequence).
 
 Leadership lives in the JetStream KV bucket `S-leader`, key `leader`: `{"epoch": E, "node": ID}`,
 changed only with revision-checked updates (`ringfence replication promote`), so two promotions
@@ -53,6 +57,7 @@ KIND_BATCH = "batch"
 KIND_FENCE = "fence"
 PUBLISH_TIMEOUT_S = 5
 ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_WRONG_LAST_MSG_ID = 10070
 POLL_S = 0.02  # float-ok: follower poll interval, seconds
 
 
@@ -312,9 +317,25 @@ class Replicator:
         self.epoch = self._claim()
         self.renewed_at = time.monotonic()
         info = self.link.call(self.link.js.stream_info(target.stream))
+        #: the stream sequence of the newest message of ours the stream acknowledged
         self.stream_seq = int(info.state.last_seq)
         self.last_hash = b""
-        self.published = 0
+        self.published = 0  # records the stream acknowledged
+        self._sequenced = 0  # records begun (sequencer thread): which batch a state hash is due on
+        # Publishes are sent in order and may be in flight together (a pipelined node): each message
+        # expects the stream's last sequence to be the one the message before it will take, and
+        # while that one is unacknowledged also names its Nats-Msg-Id (`_apublish`).
+        self._sent_seq = self.stream_seq  # the stream sequence the last message sent will take
+        self._sent_id = ""  # its Nats-Msg-Id
+        self._unacked = 0  # messages sent whose ack has not come back
+        self._broken: BaseException | None = None  # a publish failed: nothing more is sent
+        self._send_lock: asyncio.Lock | None = None  # created on the link's loop
+        #: the stream's acks come to `_ack_prefix.N`; `_acks` maps that subject to its future. nats-py's
+        #: own `publish_async` raises a refusal inside its reply handler instead of failing the
+        #: future (2.16.0): the publisher would see a timeout 5 s later instead of "deposed".
+        self._ack_prefix = ""
+        self._acks: dict[str, asyncio.Future[Any]] = {}
+        self._ack_count = 0
         self._hasher = _ForkedHasher() if target.state_hash_later else None
         #: the outcome digest of the last batch, sent on the next one: (headers) or {}
         self._outcome: dict[str, str] = {}
@@ -420,6 +441,7 @@ class Replicator:
             prev = record.hash
             caught_up += 1
         self.last_hash = prev or tail_hash
+        self._sequenced = self.published
         if self.target.lease_ms:
             # building the node may have taken longer than the lease since it was claimed: renew it
             # now, so the first batch is not refused for a lease that merely went unrenewed meanwhile
@@ -450,7 +472,8 @@ class Replicator:
         if self._digest_due:  # the state is still the one after the batch `Rf-Outcome-Of` names
             self._digest_due = False
             outcome["Rf-Digest"] = self._digest_now()
-        due = (self.published + 1) % self.target.state_hash_every == 0
+        self._sequenced += 1
+        due = self._sequenced % self.target.state_hash_every == 0
         if due and not self.target.state_hash_later:
             return (first_seq, count, payload, record_hash, prev, outcome)
         extra = dict(outcome, **(self._hasher.ready() if self._hasher is not None else {}))
@@ -463,6 +486,15 @@ class Replicator:
     def finish(self, token: Any, engine: Any, outputs: list[list[Any]]) -> None:
         """`ReplicaLog.finish` (after apply, before any acknowledgement): returns once JetStream
         has stored the whole batch. The batch's outcome digest goes out with the next batch."""
+        self.finish_later(token, engine, outputs).result(PUBLISH_TIMEOUT_S + 1)
+
+    def finish_later(self, token: Any, engine: Any, outputs: list[list[Any]]) -> "concurrent.futures.Future[None]":
+        """`ReplicaLog.finish_later` (pipelined node: after apply, on the sequencer thread, before
+        the next batch is applied): takes what needs the engine at this batch's state — the outcome
+        digest, an inline state hash (and only then starts the publish), the forked hasher — and
+        returns at once a future that completes once JetStream has stored the whole batch and the
+        lease still held then, or fails (`Fenced`, a timeout) if not. The state digest after this
+        batch is taken when the next batch begins: the state is unchanged until it is applied."""
         if isinstance(token, tuple):
             first_seq, count, payload, record_hash, prev, outcome = token
             self._check_lease(first_seq)
@@ -470,9 +502,10 @@ class Replicator:
             state_hash = _hash_without_gc(engine)
             self.hash_seconds += time.perf_counter() - started
             self.hashes += 1
-            self.link.call(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, state_hash, outcome))
+            published = self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload,
+                                                        state_hash, outcome))
             self._outcome = self._checks_of(first_seq + count - 1, engine, outputs)
-            return
+            return self._lease_checked(published)
         if isinstance(token, (_Later, concurrent.futures.Future)):
             last_seq = token.last_seq if isinstance(token, _Later) else getattr(token, "rf_last_seq", 0)
             if last_seq:
@@ -484,9 +517,25 @@ class Replicator:
             self.hash_seconds += time.perf_counter() - started
             self.hashes += 1
             token = token.future
-        token.result(PUBLISH_TIMEOUT_S)
-        if self.target.lease_ms and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
-            raise Fenced(f"the lease of {self.target.lease_ms} ms expired while the batch was being replicated")
+        return self._lease_checked(token)
+
+    def _lease_checked(self, published: "concurrent.futures.Future[None]") -> "concurrent.futures.Future[None]":
+        """`published`, failed with `Fenced` if the lease ran out before the stream's ack came back."""
+        if not self.target.lease_ms:
+            return published
+        checked: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def check(done: "concurrent.futures.Future[None]") -> None:
+            err = done.exception()
+            if err is None and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
+                err = Fenced(f"the lease of {self.target.lease_ms} ms expired while the batch was being replicated")
+            if err is None:
+                checked.set_result(None)
+            else:
+                checked.set_exception(err)
+
+        published.add_done_callback(check)
+        return checked
 
     def _checks_of(self, last_seq: int, engine: Any, outputs: list[list[Any]]) -> dict[str, str]:
         """What the next batch carries about this one: its outcome digest and (`state_digest=1`) the
@@ -524,20 +573,91 @@ class Replicator:
     async def _apublish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
                         state_hash: str, extra: dict[str, str] | None = None) -> None:
         """Publish one record; one larger than the server's max payload goes as numbered chunks
-        (`Rf-Chunk: i/n`), each with its expected-last-sequence, the record complete with chunk n."""
+        (`Rf-Chunk: i/n`), each with its expected-last-sequence, the record complete with chunk n.
+
+        Records are sent in the order the sequencer started them (one sender at a time) and several
+        may be in flight. Each message expects the stream's last sequence to be the one the message
+        before it takes; while that one is still unacknowledged it also expects the stream's last
+        message to *be* it (`Nats-Expected-Last-Msg-Id`). Without that, a message behind one that
+        the stream refused — a promoted standby's fence took its place — would match the fence's
+        sequence and be stored after the fence. After any failure nothing more is sent."""
         limit = self.link.chunk_bytes
         chunks = [payload[i : i + limit] for i in range(0, len(payload), limit)] or [b""]
-        for index, chunk in enumerate(chunks, 1):
-            headers = _headers(kind, self.epoch, first_seq, count, prev, record_hash, state_hash, self.stream_seq)
-            if extra and index == len(chunks):  # on the chunk that completes the record
-                headers.update(extra)
-            if len(chunks) > 1:
-                headers["Rf-Chunk"] = f"{index}/{len(chunks)}"
-            headers["Nats-Msg-Id"] += f"-c{index}-x{self.stream_seq}"  # a retry of this very publish is stored once
-            self.stream_seq = await self._apublish_one(first_seq, headers, chunk)
+        if self._send_lock is None:
+            self._send_lock = asyncio.Lock()
+        sent: list[tuple[int, asyncio.Future[Any]]] = []
+        async with self._send_lock:
+            if self._broken is not None:
+                raise Fenced(f"batch {first_seq} not published: an earlier publish failed ({self._broken})")
+            for index, chunk in enumerate(chunks, 1):
+                expected = self._sent_seq
+                headers = _headers(kind, self.epoch, first_seq, count, prev, record_hash, state_hash, expected)
+                if extra and index == len(chunks):  # on the chunk that completes the record
+                    headers.update(extra)
+                if len(chunks) > 1:
+                    headers["Rf-Chunk"] = f"{index}/{len(chunks)}"
+                headers["Nats-Msg-Id"] += f"-c{index}-x{expected}"  # a retry of this very publish is stored once
+                if self._unacked:
+                    headers["Nats-Expected-Last-Msg-Id"] = self._sent_id
+                try:
+                    ack = await self._send(chunk, headers)
+                except BaseException as err:
+                    self._broken = err
+                    raise
+                self._sent_seq, self._sent_id = expected + 1, headers["Nats-Msg-Id"]
+                self._unacked += 1
+                sent.append((expected + 1, ack))
+        try:
+            for want, pending in sent:
+                try:
+                    reply = await asyncio.wait_for(pending, PUBLISH_TIMEOUT_S)
+                finally:
+                    self._unacked -= 1
+                self._stored(first_seq, want, reply)
+        except BaseException as err:
+            self._broken = err
+            raise
         self.published += 1
 
+    async def _send(self, data: bytes, headers: dict[str, str]) -> "asyncio.Future[Any]":
+        """Send one message to the stream; returns the future of the stream's reply (its ack)."""
+        if not self._ack_prefix:
+            prefix = self.link.nc.new_inbox()
+
+            async def on_reply(msg: Any) -> None:
+                waiting = self._acks.pop(msg.subject, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(msg)
+
+            await self.link.nc.subscribe(f"{prefix}.*", cb=on_reply)
+            self._ack_prefix = prefix
+        self._ack_count += 1
+        reply = f"{self._ack_prefix}.{self._ack_count}"
+        waiting: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiting.add_done_callback(lambda _: self._acks.pop(reply, None))  # also on a timeout
+        self._acks[reply] = waiting
+        await self.link.nc.publish(self.target.subject, data, reply=reply,
+                                   headers=dict(headers, **{"Nats-Expected-Stream": self.target.stream}))
+        return waiting
+
+    def _stored(self, first_seq: int, want: int, reply: Any) -> None:
+        """Check the stream's reply to one message: stored at sequence `want`, or why not."""
+        if reply.headers and reply.headers.get("Status") == "503":
+            raise ConnectionError(f"JetStream did not answer for batch {first_seq}: no stream {self.target.stream!r}")
+        answer = json.loads(reply.data)
+        error = answer.get("error")
+        if error is not None:
+            if error.get("err_code") in (ERR_WRONG_LAST_SEQUENCE, ERR_WRONG_LAST_MSG_ID):
+                raise Fenced(f"JetStream refused batch {first_seq}: another node published after stream sequence "
+                             f"{self.stream_seq} (this node was deposed at epoch {self.epoch})")
+            raise ConnectionError(f"JetStream refused batch {first_seq}: {error.get('description')} "
+                                  f"(err_code {error.get('err_code')})")
+        if int(answer.get("seq", 0)) != want or answer.get("duplicate"):  # cannot happen while every writer sets expectations
+            raise Fenced(f"JetStream stored batch {first_seq} at stream sequence {answer.get('seq')}, not {want}")
+        self.stream_seq = want
+
     def _publish_one(self, first_seq: int, headers: dict[str, str], data: bytes) -> int:
+        """One raw message with the caller's headers, outside the record order (tests)."""
         return self.link.call(self._apublish_one(first_seq, headers, data))
 
     async def _apublish_one(self, first_seq: int, headers: dict[str, str], data: bytes) -> int:
