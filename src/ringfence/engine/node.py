@@ -1119,7 +1119,7 @@ class _Pipeline:
                 if mark is None or self.failed is not None:
                     return
             try:
-                writer.note_durable(mark)  # written now, fsynced by the journal's mark thread
+                writer.note_durable(mark)  # written and fsynced by the journal's mark thread
             except BaseException as err:  # poisoned: stop the node, answer everyone not yet durable
                 self._fail(err)
                 return
