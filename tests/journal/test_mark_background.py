@@ -87,6 +87,26 @@ def test_a_failed_mark_sync_stops_the_writer(tmp_path):
     w.close()
 
 
+def test_a_failed_mark_write_stops_the_writer(tmp_path, monkeypatch):
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(DURABLE_FILE):
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    w = writer(tmp_path / "journal", os.fdatasync)
+    w.append(b"one", 1, 1)  # durable: its own fsync returned; the mark is the mark thread's
+    deadline = time.monotonic() + 10
+    while w.poisoned is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert isinstance(w.poisoned, OSError)
+    with pytest.raises(OutcomeUnknown):
+        w.append(b"two", 2, 1)
+    w.close()
+
+
 @pytest.mark.parametrize("pipeline", [False, True])
 def test_acknowledgements_never_wait_for_the_marks_fsync(tmp_path, pipeline):
     """The mark's fsync is held: commands are still acknowledged (their records' fsyncs return), the
