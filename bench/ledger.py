@@ -21,9 +21,11 @@ import argparse
 import bisect
 import collections
 import gc
+import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -155,6 +157,7 @@ def open_loop(node: Node, cmds: list, per_request: int, offered_per_s: int,
 #: the collector's thresholds during the open-loop run (`--gc-threshold`; default: Python's)
 GC_THRESHOLD: tuple[int, ...] = ()
 CAPACITY_WINDOW = 4096  # single-request capacity: requests in flight at once (a gateway's many connections)
+GOAL_US = 2_000  # issue #18 item 6: p99 at half capacity
 HISTOGRAM_US = (250, 500, 1_000, 2_000, 3_000, 5_000, 10_000, 20_000, 50_000, 100_000)
 
 
@@ -253,7 +256,8 @@ class TailProbe:
                 overlap += max(0, min(gc_sorted[k][1], acked) - max(gc_sorted[k][0], scheduled))
                 k += 1
             row = {"latency": acked - scheduled, "send_lateness": sent - scheduled, "queue_wait": started - sent,
-                   "before_write": w0 - started, "write_fsync": w1 - w0, "apply_and_ack": acked - w1, "gc_overlap": overlap}
+                   "before_write": w0 - started, "write_fsync": w1 - w0, "apply_and_ack": acked - w1, "gc_overlap": overlap,
+                   "own_sync": w1 - w0}  # its own sync: classic, its batch's write and fdatasync; pipelined, below
             if self.pipelined:
                 # the sync that acknowledged it: the first to cover its sequence number. `write_fsync`
                 # is then the write, the wait for the sync in flight and its own sync; `sync_in_flight_wait`
@@ -264,9 +268,21 @@ class TailProbe:
                     row["write_fsync"] = s1 - w0
                     row["apply_and_ack"] = max(0, acked - s1)
                     row["sync_in_flight_wait"] = max(0, s0 - w1)
+                    row["own_sync"] = s1 - s0  # the sync that covered it
             rows.append(row)
         if not rows:
             return {}
+        # Requests over the goal, by what overlapped them: their own write and sync took over half the
+        # goal (the disk, and getting the GIL back after it), else a GC pause overlapped them by over
+        # 1 ms, else neither (the CPU: the GIL, the sequencer's queue, or the process not scheduled;
+        # see `scheduler_floor`).
+        over_goal = {"requests": 0, "slow_own_write_sync": 0, "gc_pause": 0, "neither": 0}
+        for r in rows:
+            if r["latency"] > GOAL_US * 1000:
+                over_goal["requests"] += 1
+                cause = ("slow_own_write_sync" if r["own_sync"] > GOAL_US * 500 else
+                         "gc_pause" if r["gc_overlap"] > 1_000_000 else "neither")
+                over_goal[cause] += 1
         rows.sort(key=lambda r: r["latency"])
         tail = rows[int(len(rows) * 0.99):]
         parts: tuple[str, ...] = ("send_lateness", "queue_wait", "before_write", "write_fsync", "apply_and_ack", "gc_overlap")
@@ -290,6 +306,7 @@ class TailProbe:
             "tail_over_p99_dominant_part": dominant,
             "tail_with_gc_pause_over_1ms": sum(1 for r in tail if r["gc_overlap"] > 1_000_000),
             "tail_requests": len(tail),
+            "over_goal": over_goal,
             "batches": len(self.batches),
             "syncs": len(self.syncs) if self.pipelined else len(self.batches),
             "write_fsync_us": {"p50": fsyncs[len(fsyncs) // 2] // 1000, "p99": fsyncs[int(len(fsyncs) * 0.99)] // 1000,
@@ -324,6 +341,38 @@ def bare_fdatasync(path: Path, n: int, size_bytes: int = 200) -> dict:
             "p50_us": percentile_us(samples, 50), "p99_us": percentile_us(samples, 99), "max_us": percentile_us(samples, 100)}
 
 
+_SCHEDULER_PROBE = """
+import json, sys, time
+end = time.perf_counter_ns() + int(float(sys.argv[1]) * 1e9)
+late = []
+while True:
+    t = time.perf_counter_ns()
+    if t >= end:
+        break
+    time.sleep(0.001)
+    late.append(time.perf_counter_ns() - t - 1_000_000)
+late.sort()
+pick = lambda q: late[min(len(late) - 1, int(len(late) * q))] // 1000
+print(json.dumps({"wakeups": len(late), "p50_us": pick(0.5), "p99_us": pick(0.99), "max_us": late[-1] // 1000,
+                  "over_1ms": sum(1 for x in late if x > 1_000_000)}))
+"""
+
+
+def scheduler_floor(seconds: float) -> "subprocess.Popen[str]":  # float-ok: seconds
+    """The machine's own scheduling noise in this run: a separate process sleeps 1 ms at a time for
+    `seconds` and reports how late it woke (a wake-up later than the goal is CPU time nobody in this
+    process could have had either). Start it beside a measurement; read it with `floor_result`."""
+    return subprocess.Popen([sys.executable, "-c", _SCHEDULER_PROBE, str(seconds)], stdout=subprocess.PIPE, text=True)
+
+
+def floor_result(proc: "subprocess.Popen[str]") -> dict:
+    out, _ = proc.communicate(timeout=600)
+    try:
+        return {"name": "another process's 1 ms sleeps, how late they woke, during the open-loop run", **json.loads(out)}
+    except ValueError:
+        return {}
+
+
 def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capacity_requests: int,
                              latency_seconds: float, pipeline: bool = False,  # float-ok: seconds
                              offered_per_s: int | None = None) -> dict:
@@ -355,6 +404,7 @@ def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capa
     thresholds = gc.get_threshold()
     if GC_THRESHOLD:
         gc.set_threshold(*GC_THRESHOLD)
+    floor = scheduler_floor(latency_seconds)
     try:
         samples, errors, seconds, requests = open_loop_keyed(node, cmds, offered, lateness)
     finally:
@@ -381,6 +431,7 @@ def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capa
         "gc_threshold": list(GC_THRESHOLD or thresholds),
         "histogram": histogram(samples),
         "tail": probe.attribute(requests),
+        "scheduler_floor": floor_result(floor),
     }
 
 
@@ -494,6 +545,7 @@ def main() -> None:
         "seed": args.seed,
         "workload": {"accounts": accounts, "transfers": transfers, "request_size": BATCH},
         "gil_switch_interval_us": SWITCH_INTERVAL_US,
+        "ringfence_src": str(Path(app.__file__).resolve().parent.parent),
     }
     if args.note:
         result["note"] = args.note

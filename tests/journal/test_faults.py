@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,17 @@ def test_torn_write_after_the_durable_mark_is_still_a_torn_tail(tmp_path):
 
 
 def test_a_torn_durable_mark_slot_falls_back_to_the_other(tmp_path):
-    _, _, acked_seq = _last_record_damaged(tmp_path)
+    # Both slots written: the mark thread writes the newest mark it was given (coalescing), and
+    # the close writes the last one into the other slot.
+    node = make_node(tmp_path)
+    seed_ledger(node)
+    write_batches(node, 3)
+    deadline = time.monotonic() + 30
+    while node.writer.mark_synced_seq < node.engine.last_seq and time.monotonic() < deadline:
+        time.sleep(0.005)
+    write_batches(node, 1, start_id=100)
+    acked_seq = node.engine.last_seq
+    node.close()
     path = tmp_path / "journal" / DURABLE_FILE
     mark = read_durable_mark(tmp_path / "journal")
     assert mark is not None and mark.last_seq == acked_seq

@@ -1241,7 +1241,7 @@ class _Pipeline:
                     return
             if mark is not None:
                 try:
-                    writer.note_durable(mark)  # written now, fsynced by the journal's mark thread
+                    writer.note_durable(mark)  # written and fsynced by the journal's mark thread
                 except BaseException as err:  # poisoned: stop the node, answer everyone not yet durable
                     self._fail(err)
                     return

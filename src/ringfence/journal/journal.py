@@ -27,10 +27,10 @@ Recovery reads every segment in order and classifies the first failure it meets:
   a zero-filled tail, or a complete *final* record whose checksum fails is a **torn tail**: the
   batch was being written when the process died and was never acknowledged (a command is
   acknowledged only after its record is fsynced). It is truncated away — but only beyond the
-  *durable mark*: after each record's fsync the writer records "segment S is durable up to byte N,
-  sequence Q" in `DIR/journal/DURABLE` (two checksummed slots, written alternately) and a thread
-  of its own fsyncs that file, coalescing, at most every `MARK_SYNC_INTERVAL_S`, off the
-  acknowledgement path — so an acknowledgement
+  *durable mark*: after each record's fsync the writer notes "segment S is durable up to byte N,
+  sequence Q", and a thread of its own writes the newest mark into `DIR/journal/DURABLE` (two
+  checksummed slots, written alternately) and fsyncs it, coalescing, at most every
+  `MARK_SYNC_INTERVAL_S`, off the acknowledgement path — so an acknowledgement
   costs exactly one fsync, its record's. A failure before the mark on disk is an acknowledged
   record that rotted, which is corruption, not a torn tail. What the mark's lag gives up: after a
   crash, the records acknowledged after the last mark fsync (the last ~5 ms) are told
@@ -533,6 +533,8 @@ class JournalWriter:
         self._mark_wake: Any = None
         self._mark_closing = False
         self._mark_written_seq = 0
+        #: fsync on: the newest mark noted (encoded, last_seq), written and fsynced by the mark thread
+        self._mark_latest: tuple[bytes, int] | None = None
         #: The last sequence number the mark on disk is known to cover (its fsync returned).
         self.mark_synced_seq = 0
         self.mark_syncs = 0
@@ -664,11 +666,14 @@ class JournalWriter:
         self.fsync_seconds_total += time.perf_counter() - started
 
     def note_durable(self, mark: DurableMark) -> None:
-        """Everything up to `mark` is durable (its records' fdatasync returned): write the mark into
-        the next slot of `DURABLE` now; the mark thread fsyncs it, off the acknowledgement path, so
-        it never claims more than is durable and may lag by the mark syncs in flight. Called by the
-        thread that saw the sync return (the sequencer, or the pipelined acknowledger), one at a time.
-        Raises `OutcomeUnknown` when the mark cannot be written (the writer is then poisoned)."""
+        """Everything up to `mark` is durable (its records' fdatasync returned): hand the mark to the
+        mark thread, which writes it into the next slot of `DURABLE` and fsyncs it, off the
+        acknowledgement path (no system call here: on a busy interpreter every call that lets the
+        GIL go costs the caller a wait to get it back), so it never claims more than is durable and
+        may lag by the mark writes and syncs in flight. Called by the thread that saw the sync
+        return (the sequencer, or the pipelined acknowledger), one at a time. Raises
+        `OutcomeUnknown` once the writer is poisoned (a mark that could not be written or synced
+        poisons it on the mark thread; the next append or note refuses)."""
         if self.poisoned is not None:
             raise OutcomeUnknown(f"the journal writer stopped after an earlier failure ({self.poisoned}); restart the node")
         self._put_mark(_encode_mark(mark), mark.last_seq)
@@ -680,8 +685,8 @@ class JournalWriter:
         return self.next_seq, self.last_hash, tail, self._size
 
     def _mark_syncer(self) -> None:
-        """The mark thread: fsync `DURABLE` whenever a newer mark was written, one sync at a time
-        (a sync covers every mark written before it began: coalescing)."""
+        """The mark thread: write the newest mark noted into the next slot of `DURABLE` and fsync
+        it, one sync at a time (a sync covers every mark noted before it began: coalescing)."""
         import time
 
         wake = self._mark_wake
@@ -689,37 +694,46 @@ class JournalWriter:
             wake.wait()
             if self._mark_closing:
                 return
-            time.sleep(MARK_SYNC_INTERVAL_S)  # gather: one sync for every mark written meanwhile
-            wake.clear()
-            fd = self._mark_fd
+            time.sleep(MARK_SYNC_INTERVAL_S)  # gather: one write and sync for every mark noted meanwhile
+            wake.clear()  # before reading the newest mark: one noted after this read wakes us again
+            fd, latest = self._mark_fd, self._mark_latest
             if self._mark_closing or fd is None:
                 return
-            covers = self._mark_written_seq  # read before the sync: it covers at least this mark
+            if latest is None or latest[1] <= self._mark_written_seq:
+                continue
             try:
+                self._write_mark(*latest)
                 self._sync(fd)
             except OSError as err:  # the next append refuses: stop, as for a failed journal fsync
                 self.poisoned = self.poisoned or err
                 return
-            self.mark_synced_seq = max(self.mark_synced_seq, covers)
+            self.mark_synced_seq = max(self.mark_synced_seq, latest[1])
             self.mark_syncs += 1
 
-    def _put_mark(self, encoded: bytes, last_seq: int) -> None:
-        """Write the mark into the next slot and wake the mark thread to fsync it."""
-        try:
-            os.pwrite(self._mark_fd, encoded, self._mark_slot * _MARK_SLOT_BYTES)
-        except OSError as err:
-            # The record itself is durable, but a mark we cannot trust could later make recovery
-            # call a torn tail corruption or the reverse; stop, as for a failed journal fsync.
-            self.poisoned = err
-            raise OutcomeUnknown(
-                f"the journal's durable mark could not be written ({err.strerror or err}); the node stops and "
-                "recovery on restart decides",
-                field="journal",
-            ) from err
+    def _write_mark(self, encoded: bytes, last_seq: int) -> None:
+        """Write a mark into the next slot (the other slot keeps the previous one: a torn write of
+        this one leaves it readable). Raises `OSError`; the caller poisons the writer."""
+        os.pwrite(self._mark_fd, encoded, self._mark_slot * _MARK_SLOT_BYTES)
         self._mark_slot ^= 1
         self._mark_written_seq = last_seq
-        if not self.fsync:  # tests, the local custody net: written, never synced (like the records)
+
+    def _put_mark(self, encoded: bytes, last_seq: int) -> None:
+        """Note the newest durable mark. fsync on: the mark thread writes and fsyncs it. fsync off
+        (tests, the local custody net): written here, never synced (like the records)."""
+        if not self.fsync:
+            try:
+                self._write_mark(encoded, last_seq)
+            except OSError as err:
+                # The record itself is durable, but a mark we cannot trust could later make recovery
+                # call a torn tail corruption or the reverse; stop, as for a failed journal fsync.
+                self.poisoned = err
+                raise OutcomeUnknown(
+                    f"the journal's durable mark could not be written ({err.strerror or err}); the node stops and "
+                    "recovery on restart decides",
+                    field="journal",
+                ) from err
             return
+        self._mark_latest = (encoded, last_seq)
         if self._mark_thread is None:
             import threading
 
@@ -740,7 +754,10 @@ class JournalWriter:
             self._mark_wake.set()
             self._mark_thread.join()
             self._mark_thread = None
+            latest = self._mark_latest
             if self._mark_fd is not None and self.poisoned is None:
+                if latest is not None and latest[1] > self._mark_written_seq:
+                    self._write_mark(*latest)
                 self._sync(self._mark_fd)
                 self.mark_synced_seq = self._mark_written_seq
         if self._mark_fd is not None:
