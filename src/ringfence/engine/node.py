@@ -1035,8 +1035,8 @@ class _Pipeline:
     The sequencer writes batch N's record (no fsync), hands it here, applies it, and goes on to
     batch N+1 at once. The record syncer takes the newest record written and fdatasyncs the
     segment (one sync covers every record written before it began) and hands that position to the
-    acknowledger, which records the durable mark (fsynced later by the journal's mark thread, off
-    this path), acknowledges every batch that sync covered and feeds them to the listeners, while
+    acknowledger, which hands the durable mark to the journal's mark thread (written and fsynced
+    there, off this path), acknowledges every batch that sync covered and feeds them to the listeners, while
     the record syncer already syncs the next records. A request therefore waits for at most the
     record sync in flight when it was written and its own — not a queue of syncs — and the
     sequencer never stands still during an fsync.
