@@ -64,7 +64,10 @@ def _place_perp(engine: Any, st: Any, trading: TradingState, c: Any) -> list[Eve
     """`place_perp_order` on the derivatives and trading states already read."""
     _precheck(st, c)
     ev: list[Event] = []
-    st.reduce_only = c.reduce_only == 1
+    if c.reduce_only != 1:  # (`st.reduce_only` is False outside a reduce-only placing: left as it is)
+        _trading_place(engine, trading, c, ev)
+        return ev
+    st.reduce_only = True
     try:
         _trading_place(engine, trading, c, ev)  # (as it is: `trading.orders.NewOrder`)
     finally:
