@@ -253,6 +253,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--orders-only", action="store_true", help="only the order throughput part (perpetual vs spot)")
+    ap.add_argument("--note", default="", help="a note kept in the result line (which sources, A/B figures, load)")
     args = ap.parse_args()
     print(f"seed={args.seed}", file=sys.stderr)
     n_pos = 10_000 if args.smoke else 1_000_000
@@ -263,7 +264,8 @@ def main() -> None:
     emit("risk", {"seed": args.seed, "workload": {"positions": 0 if args.orders_only else n_pos, "orders": n_orders, "markets": 2},
                   "hot_path": native.describe(), "margin_check": margin, "orders": orders,
                   # the machine is shared: its 1-minute load average before and after (2 cores)
-                  "load_avg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},  # float-ok: a load average
+                  "load_avg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],  # float-ok: a load average
+                  **({"note": args.note} if args.note else {})},
          smoke=args.smoke)
 
 

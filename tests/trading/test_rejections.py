@@ -159,3 +159,26 @@ def test_message_size_limits_are_enforced_at_the_edge(tmp_path: Any) -> None:
         with pytest.raises(ValidationError):
             node.execute(PlaceOrder("a" * 65, "BTCUSDT", "BUY", price=1, quantity=1))
         assert node.engine is not None and node.engine.last_seq == 0  # nothing was journaled
+
+
+@pytest.mark.parametrize("field", ["price", "quantity", "stop_price"])
+def test_a_number_past_its_limit_is_refused_naming_it(field: str) -> None:
+    """`_parse_order` asks the limits (10**30) only of numbers past 2**61 (a comparison with so large
+    an int is slow compiled): one unit past the limit is still refused, naming the field, and
+    changes nothing; the limit itself passes that check (another rule refuses it further on)."""
+    from ringfence.trading.state import MAX_PRICE, MAX_QTY
+
+    limit = MAX_QTY if field == "quantity" else MAX_PRICE
+    for value, refused in ((limit + 1, True), (limit, False), ((1 << 61) + 1, False)):
+        d = exchange()
+        kw = {"price": price("29950"), "quantity": qty("0.1"), field: value}
+        order_type = "STOP_LIMIT" if field == "stop_price" else "LIMIT"
+        before = state_without_clock(d)
+        events = d.apply(PlaceOrder("alice", "BTCUSDT", "BUY", order_type, **kw))
+        rejected = [e for e in events if isinstance(e, OrderRejected)]
+        assert rejected, events  # (a number this large breaks some rule)
+        if refused:
+            assert (rejected[0].reason, rejected[0].field) == ("INVALID_PARAMETER", field), rejected
+            assert state_without_clock(d) == before
+        else:
+            assert (rejected[0].reason, rejected[0].field) != ("INVALID_PARAMETER", field), rejected

@@ -27,7 +27,7 @@ from ..risk.halts import market_status
 from ..trading.state import MAX_QTY, TradingState, trading_state
 from .commands import PlacePerpOrder, PositionChanged
 from .conditional import fire_conditionals
-from .margin import PPM, Perp, Position, cross_upnl_knowing, initial_margin
+from .margin import PPM, Perp, Position, cross_upnl_knowing, exact_product, initial_margin
 from .state import SEGMENT, ceil_div, pool_of
 
 #: `Position` is a native (compiled) class when the hot path is compiled: its fields are C fields
@@ -64,7 +64,10 @@ def _place_perp(engine: Any, st: Any, trading: TradingState, c: Any) -> list[Eve
     """`place_perp_order` on the derivatives and trading states already read."""
     _precheck(st, c)
     ev: list[Event] = []
-    st.reduce_only = c.reduce_only == 1
+    if c.reduce_only != 1:  # (`st.reduce_only` is False outside a reduce-only placing: left as it is)
+        _trading_place(engine, trading, c, ev)
+        return ev
+    st.reduce_only = True
     try:
         _trading_place(engine, trading, c, ev)  # (as it is: `trading.orders.NewOrder`)
     finally:
@@ -195,19 +198,19 @@ class Contract:
                 return ("CONCENTRATION_LIMIT", "quantity",
                         f"the position would hold {mine * PPM // oi_after} ppm of {symbol}'s open interest, "
                         f"above the per-account limit {p.max_share_ppm} ppm"), 0, 0
-            notional_after = -(-price * mine // scale)
+            notional_after = -(-exact_product(price, mine) // scale)
             if notional_after > p.brackets[-1].cap:  # (no bracket holds it)
                 return ("CONCENTRATION_LIMIT", "quantity",
                         f"the position's notional {notional_after} would exceed the largest bracket {p.brackets[-1].cap}"), 0, 0
-            im = initial_margin(st, p, owner, size_now + open_q, -(-price * open_q // scale), p.open_interest + open_q)
+            im = initial_margin(st, p, owner, size_now + open_q, -(-exact_product(price, open_q) // scale), p.open_interest + open_q)
         else:
             im = 0  # (`initial_margin` of a zero notional)
         trading: TradingState = components["trading"]
         taker_ppm: int = trading.rates(owner)[1]
-        order_notional: int = -(-price * qty // scale)  # ceil
-        # im + ceil(notional × taker rate): the fee reserve (negated after the product: a product of two
-        # non-negative small ints stays on mypyc's native fast path, a negative operand does not)
-        hold: int = im - (-(order_notional * taker_ppm) // PPM)
+        order_notional: int = -(-exact_product(price, qty) // scale)  # ceil
+        # im + ceil(notional × taker rate): the fee reserve (the products through `exact_product`: a
+        # price or a notional is past mypyc's native fast path for `*`)
+        hold: int = im - (-exact_product(order_notional, taker_ppm) // PPM)
         if hold < 1:
             hold = 1
         w = self._wallet(owner, p)
@@ -405,20 +408,20 @@ class Contract:
         else:
             size_abs = size if size > 0 else -size
             close_q = qty if qty < size_abs else size_abs
-            close_notional = price * close_q // scale
+            close_notional = exact_product(price, close_q) // scale
             if size > 0:  # closing a long: its cost share rounds up (less profit)
-                closed_cost = -(-cost * close_q // size_abs)
+                closed_cost = -(-exact_product(cost, close_q) // size_abs)
                 realized = close_notional - closed_cost
                 size -= close_q
             else:  # closing a short: its cost share rounds down (less profit)
-                closed_cost = cost * close_q // size_abs
+                closed_cost = exact_product(cost, close_q) // size_abs
                 realized = closed_cost - close_notional
                 size += close_q
             cost -= closed_cost
             open_q = qty - close_q
             if open_q:  # a flip: the position was closed whole (cost 0), the rest opens
                 size += signed - (close_q if is_buy else -close_q)
-                cost = price * open_q // scale
+                cost = exact_product(price, open_q) // scale
         p.open_interest += (size if size > 0 else 0) - longs_before
         # 4. Realised PnL through the market's pool; a loss the owner cannot pay is the insurance
         #    fund's (an isolated position pays only from its own margin).
@@ -442,7 +445,7 @@ class Contract:
             free -= paid
             covered = loss - paid
         # 5. The fee, in the quote asset: ceil(notional × rate); the shield fund's tenth rounds down.
-        fee = -(-(notional * rate_ppm) // PPM)  # (negated after the product, as `order_hold`'s)
+        fee = -(-exact_product(notional, rate_ppm) // PPM)  # (`exact_product`, as `order_hold`'s)
         if fee > free:
             fee = free
         # What the position's margin (and its order's hold, borrowed from it) brought and the loss left.

@@ -9,16 +9,32 @@ the contract (`ringfence.native.COMPILED`), which calls these on every order and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..index.mark import ma_basis, mark_price
 from ..trading.book import Market
 from ..trading.state import TradingState
 
+if TYPE_CHECKING:  # (mypyc's native 64-bit int: only its annotations are used)
+    from mypy_extensions import i64
+
 __all__ = ["PPM", "Bracket", "Perp", "Position", "initial_margin", "mark_of_perp", "unrealized", "cross_upnl",
-           "cross_upnl_knowing"]
+           "cross_upnl_knowing", "exact_product"]
 
 PPM: Final = 1_000_000
+
+
+def exact_product(a: int, b: int) -> int:
+    """`a * b`, exactly (any ints). Compiled, `a * b` multiplies natively only while both are
+    below 2**30 (mypyc's overflow test is that coarse): a price (~6e10 minor units) times a
+    quantity, a cost times a size, never is, and its slow path makes three Python ints each time.
+    Here a product that fits in 61 bits — the operands' bit lengths add up to at most 61 — is one
+    64-bit machine multiplication; a larger one is Python's. Pure Python: the same product."""
+    if a.bit_length() + b.bit_length() <= 61:
+        x: i64 = a
+        y: i64 = b
+        return x * y
+    return a * b
 
 
 # A perpetual's listing and its brackets: compiled here (native classes, so the order and fill
@@ -142,7 +158,7 @@ def initial_margin(st: Any, p: Perp, owner: str, size_abs: int, cost: int, open_
         share_ppm = -(-(size_abs * PPM) // open_interest)  # (negated after the product: mypyc's fast path)
         conc = -(-(share_ppm * rate_ppm) // PPM)
         if conc:
-            conc_im = -(-(cost * conc) // PPM)
+            conc_im = -(-exact_product(cost, conc) // PPM)
             if conc_im > im:
                 im = conc_im
     return im
@@ -196,5 +212,6 @@ def cross_upnl_knowing(engine: Any, st: Any, owner: str, asset: str, known_symbo
             if size:
                 mark = mark_of_perp(engine, p)
                 if mark:
-                    total += size * mark // p.scale - pos.cost if size > 0 else pos.cost + size * mark // p.scale
+                    value = exact_product(size, mark) // p.scale
+                    total += value - pos.cost if size > 0 else pos.cost + value
     return total

@@ -97,6 +97,12 @@ RESULT_CODES = (
     "overflows_credits",
 )
 
+#: Far below `MAX_AMOUNT` (2**127 - 1) and a short int when compiled: the hot paths compare a
+#: counter with `MAX_AMOUNT` only past this. Compiled, a comparison with a 128-bit int takes
+#: mypyc's slow path (both operands made Python ints, one of them allocated) on every call; with a
+#: short one it is one machine comparison. The result is the same either way.
+_FAR_BELOW_MAX: Final = 1 << 61
+
 #: A pending transfer may live at most this long (30 days) before it must be re-placed.
 MAX_TIMEOUT_NS = 30 * 24 * 3600 * 10**9
 
@@ -554,8 +560,8 @@ class Ledger:
         if (
             (debit.flags & _NO_OVERDRAFT and debits + debit.debits_pending > debit.credits_posted)
             or (credit.flags & _NO_EXCESS_CREDIT and credits + credit.credits_pending > credit.debits_posted)
-            or debits + debit.debits_pending > MAX_AMOUNT
-            or credits + credit.credits_pending > MAX_AMOUNT
+            or ((top := debits + debit.debits_pending) > _FAR_BELOW_MAX and top > MAX_AMOUNT)
+            or ((top := credits + credit.credits_pending) > _FAR_BELOW_MAX and top > MAX_AMOUNT)
         ):
             code = self._check_limits(debit, credit, amount, pending=False)
             raise InvariantViolation(f"internal transfer {debit.name} -> {credit.name} failed: {code}")
@@ -574,15 +580,14 @@ class Ledger:
         """Open an engine-made pending transfer (an order's or a withdrawal's hold); returns its id.
         The caller checked `can_hold` first."""
         # Pre-conditions: a positive amount within 128 bits between two accounts of one asset.
-        if not 0 < amount <= MAX_AMOUNT or debit.asset != credit.asset or debit is credit:
+        if amount <= 0 or (amount > _FAR_BELOW_MAX and amount > MAX_AMOUNT) or debit.asset != credit.asset or debit is credit:
             raise InvariantViolation(f"bad hold of {amount} {debit.name} -> {credit.name}")
         # Post-conditions, checked on the counters as they will be (so a failure changes nothing):
         # the debit is not overdrawn, the credit not over-credited, neither counter passes 128 bits.
         debits = debit.debits_posted + debit.debits_pending + amount
         credits = credit.credits_posted + credit.credits_pending + amount
         if (
-            debits > MAX_AMOUNT
-            or credits > MAX_AMOUNT
+            ((debits > _FAR_BELOW_MAX or credits > _FAR_BELOW_MAX) and (debits > MAX_AMOUNT or credits > MAX_AMOUNT))
             or (debit.flags & _NO_OVERDRAFT and debits > debit.credits_posted)
             or (credit.flags & _NO_EXCESS_CREDIT and credits > credit.debits_posted)
         ):
@@ -673,7 +678,9 @@ class Ledger:
         if not 0 < amount <= p.remaining:
             raise InvariantViolation(f"cannot capture {amount} of hold {hold_id} ({p.remaining} left)")
         debit, credit = p.debit, p.credit
-        if credit.debits_posted + amount > MAX_AMOUNT or debit.credits_posted + amount > MAX_AMOUNT:
+        top = credit.debits_posted + amount
+        top2 = debit.credits_posted + amount
+        if (top > _FAR_BELOW_MAX or top2 > _FAR_BELOW_MAX) and (top > MAX_AMOUNT or top2 > MAX_AMOUNT):
             raise InvariantViolation(f"{debit.name}/{credit.name}: counters overflow 128 bits")
         debit.debits_pending -= amount
         credit.credits_pending -= amount
@@ -749,9 +756,9 @@ class Ledger:
             or (pool.flags & _NO_OVERDRAFT and p_debits + pool.debits_pending > p_credits)
             or (insurance.flags & _NO_OVERDRAFT and i_debits + insurance.debits_pending > insurance.credits_posted)
             # 128 bits (`MAX_AMOUNT` is all ones: an OR of non-negative counters passes it iff one does)
-            or (w_debits + w_pending | w_credits | m_debits + margin.debits_pending | margin.credits_posted + margin.credits_pending + post
-                | p_debits + pool.debits_pending | p_credits + pool.credits_pending | i_debits + insurance.debits_pending
-                | i_credits + insurance.credits_pending | fees.credits_posted + fees.credits_pending + fee_net) > MAX_AMOUNT
+            or ((top := w_debits + w_pending | w_credits | m_debits + margin.debits_pending | margin.credits_posted + margin.credits_pending + post
+                 | p_debits + pool.debits_pending | p_credits + pool.credits_pending | i_debits + insurance.debits_pending
+                 | i_credits + insurance.credits_pending | fees.credits_posted + fees.credits_pending + fee_net) > _FAR_BELOW_MAX and top > MAX_AMOUNT)
         ):
             raise InvariantViolation(f"margin settlement of {wallet.name} would overdraw an account or overflow 128 bits")
         if h is not None:
@@ -798,7 +805,8 @@ class Ledger:
         credit account, which pays it straight back (its debits grow by what its credits grow)."""
         clearing = h.credit
         debits = clearing.debits_posted + take
-        if debits > MAX_AMOUNT or (clearing.flags & _NO_OVERDRAFT and debits + clearing.debits_pending > clearing.credits_posted + take):
+        if (debits > _FAR_BELOW_MAX and debits > MAX_AMOUNT) or (
+                clearing.flags & _NO_OVERDRAFT and debits + clearing.debits_pending > clearing.credits_posted + take):
             raise InvariantViolation(f"{clearing.name}: overdrawn or past 128 bits")
         clearing.credits_pending -= take
         clearing.credits_posted += take
@@ -907,7 +915,7 @@ class Ledger:
         # of clearing is part of what clearing is debited — so checking them covers the rest.
         base_debits = cb.debits_posted + base_minor
         quote_debits = cq.debits_posted + quote_minor
-        if base_debits > MAX_AMOUNT or quote_debits > MAX_AMOUNT:
+        if (base_debits > _FAR_BELOW_MAX or quote_debits > _FAR_BELOW_MAX) and (base_debits > MAX_AMOUNT or quote_debits > MAX_AMOUNT):
             raise InvariantViolation(f"{cb.name}/{cq.name}: clearing counters overflow 128 bits")
         # Capture both holds into clearing and pay out of clearing (`_capture` and `move`, inlined:
         # this is the hot path). Each leg adds the same amount to one debit and one credit counter,

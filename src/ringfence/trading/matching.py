@@ -174,9 +174,10 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int,
     qmode = not t.qty  # an order by quote amount
     scale, lot = m.base_scale, m.lot
     contract = m.contract  # a perpetual's rules: a reduce-only order never fills past its position
-    # A perpetual that only reduces (REDUCE_ONLY, or its index short of sources): no fill may open
-    # or grow a position, the resting makers' included (docs/derivatives.md, "Reduce-only market").
-    only_reduces = contract is not None and contract.only_reduces(m)
+    # A perpetual that only reduces (REDUCE_ONLY, or its index short of sources): no fill may open or grow a
+    # position, the resting makers' included (docs/derivatives.md, "Reduce-only market"). Asked at the first
+    # maker reached, once (a match changes neither that nor the market's reduce-only orders): -1, not yet.
+    only_reduces, capped = False, -1
     while prices:
         price_minor = prices[0] if is_buy else prices[-1]
         if (price_minor > limit_minor) if is_buy else (price_minor < limit_minor):
@@ -213,7 +214,9 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int,
                     qty_minor = cap_minor
             elif qty_minor > t.leaves:
                 qty_minor = t.leaves
-            if contract is not None and (only_reduces or contract.has_reduce_only):
+            if capped < 0 and contract is not None:  # 1: its fills are capped (`fill_cap`), 0: they are not
+                capped = 1 if (only_reduces := contract.only_reduces(m)) or contract.has_reduce_only else 0
+            if capped > 0:
                 maker_cap = contract.fill_cap(mk, only_reduces)
                 if maker_cap == 0:
                     # A reduce-only maker with nothing left to reduce, or (the market only reducing)
@@ -226,10 +229,7 @@ def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int,
                 taker_cap = contract.fill_cap(t, only_reduces)
                 if taker_cap == 0:
                     return "REDUCE_ONLY"
-                if qty_minor > maker_cap:
-                    qty_minor = maker_cap
-                if qty_minor > taker_cap:
-                    qty_minor = taker_cap
+                qty_minor = min(qty_minor, maker_cap, taker_cap)
             _fill(st, ledger, m, t, mk, price_minor, qty_minor, ev)
             if mk.leaves == 0:
                 nxt = mk.next
