@@ -111,8 +111,11 @@ async def _http_worker(base: str, kind: str, key: dict, seconds: float, concurre
 
 def http_process(base: str, kind: str, key: dict, seconds: float, concurrency: int, seed: int, queue: mp.Queue) -> None:  # float-ok
     out: list = []
+    started = os.times()
     asyncio.run(_http_worker(base, kind, key, seconds, concurrency, seed, out))
-    queue.put(out)
+    ended = os.times()
+    # the client's own CPU (it shares the machine's 2 cores with the server): user + system seconds
+    queue.put((out, (ended.user - started.user) + (ended.system - started.system)))
 
 
 def run_http(base: str, kind: str, keys: list[dict], seconds: float, procs: int, concurrency: int, seed: int) -> dict:  # float-ok
@@ -121,10 +124,12 @@ def run_http(base: str, kind: str, keys: list[dict], seconds: float, procs: int,
     started = time.perf_counter()
     for w in workers:
         w.start()
-    results = [queue.get() for _ in workers]
+    got = [queue.get() for _ in workers]
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - started
+    results = [r for r, _ in got]
+    client_cpu_s = sum(cpu for _, cpu in got)
     samples = [ns for r in results for ns, _ in r]
     statuses: dict[str, int] = {}
     for r in results:
@@ -142,6 +147,8 @@ def run_http(base: str, kind: str, keys: list[dict], seconds: float, procs: int,
         "wall_seconds": round(elapsed, 2),
         "client_processes": procs,
         "connections_per_process": concurrency,
+        "client_cpu_us_per_request": round(1e6 * client_cpu_s / max(1, len(samples))),
+        "client_cpu_share_of_2_cores": round(client_cpu_s / (2 * max(elapsed, 1e-9)), 3),
     }
 
 
