@@ -325,6 +325,7 @@ def main() -> None:
     parser.add_argument("--gateways-only", action="store_true", help="measure only `serve --gateways K` (ping and signed "
                         "REST orders, with each process's CPU per request), not the one-process server, the WebSocket API "
                         "or the fan-out: a run short enough for a shared machine")
+    parser.add_argument("--note", default="", help="free text kept in the JSON line (say which build is measured, A/B order...)")
     args = parser.parse_args()
     print(f"seed={args.seed}", file=sys.stderr)
     load_start = os.getloadavg()
@@ -338,6 +339,8 @@ def main() -> None:
                 "gateways": gateway_figures(counts, seconds, procs, conc, args.seed, ws=False),
                 "server_src": server_source(), "goal": {"signed_orders_to_ping": 0.5, "order_p99_us": 10_000},
                 "load_average_1m": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)}}
+        if args.note:
+            only["note"] = args.note
         emit("api", only, smoke=args.smoke)
         return
     subscribers, orders = (20, 5) if args.smoke else (1000, 50)
@@ -378,6 +381,8 @@ def main() -> None:
         shutil.rmtree(data.parent, ignore_errors=True)
     # the machines here are shared: the 1-minute load average at start and end, beside the numbers
     result["load_average_1m"] = {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)}
+    if args.note:
+        result["note"] = args.note
     emit("api", result, smoke=args.smoke)
 
 
