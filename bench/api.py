@@ -111,8 +111,11 @@ async def _http_worker(base: str, kind: str, key: dict, seconds: float, concurre
 
 def http_process(base: str, kind: str, key: dict, seconds: float, concurrency: int, seed: int, queue: mp.Queue) -> None:  # float-ok
     out: list = []
+    started = os.times()
     asyncio.run(_http_worker(base, kind, key, seconds, concurrency, seed, out))
-    queue.put(out)
+    ended = os.times()
+    # the client's own CPU (it shares the machine's 2 cores with the server): user + system seconds
+    queue.put((out, (ended.user - started.user) + (ended.system - started.system)))
 
 
 def run_http(base: str, kind: str, keys: list[dict], seconds: float, procs: int, concurrency: int, seed: int) -> dict:  # float-ok
@@ -121,10 +124,12 @@ def run_http(base: str, kind: str, keys: list[dict], seconds: float, procs: int,
     started = time.perf_counter()
     for w in workers:
         w.start()
-    results = [queue.get() for _ in workers]
+    got = [queue.get() for _ in workers]
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - started
+    results = [r for r, _ in got]
+    client_cpu_s = sum(cpu for _, cpu in got)
     samples = [ns for r in results for ns, _ in r]
     statuses: dict[str, int] = {}
     for r in results:
@@ -142,6 +147,8 @@ def run_http(base: str, kind: str, keys: list[dict], seconds: float, procs: int,
         "wall_seconds": round(elapsed, 2),
         "client_processes": procs,
         "connections_per_process": concurrency,
+        "client_cpu_us_per_request": round(1e6 * client_cpu_s / max(1, len(samples))),
+        "client_cpu_share_of_2_cores": round(client_cpu_s / (2 * max(elapsed, 1e-9)), 3),
     }
 
 
@@ -318,6 +325,7 @@ def main() -> None:
     parser.add_argument("--gateways-only", action="store_true", help="measure only `serve --gateways K` (ping and signed "
                         "REST orders, with each process's CPU per request), not the one-process server, the WebSocket API "
                         "or the fan-out: a run short enough for a shared machine")
+    parser.add_argument("--note", default="", help="free text kept in the JSON line (say which build is measured, A/B order...)")
     args = parser.parse_args()
     print(f"seed={args.seed}", file=sys.stderr)
     load_start = os.getloadavg()
@@ -331,6 +339,8 @@ def main() -> None:
                 "gateways": gateway_figures(counts, seconds, procs, conc, args.seed, ws=False),
                 "server_src": server_source(), "goal": {"signed_orders_to_ping": 0.5, "order_p99_us": 10_000},
                 "load_average_1m": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)}}
+        if args.note:
+            only["note"] = args.note
         emit("api", only, smoke=args.smoke)
         return
     subscribers, orders = (20, 5) if args.smoke else (1000, 50)
@@ -371,6 +381,8 @@ def main() -> None:
         shutil.rmtree(data.parent, ignore_errors=True)
     # the machines here are shared: the 1-minute load average at start and end, beside the numbers
     result["load_average_1m"] = {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)}
+    if args.note:
+        result["note"] = args.note
     emit("api", result, smoke=args.smoke)
 
 

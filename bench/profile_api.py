@@ -59,7 +59,27 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
         setattr(owner, meth, wrapped)
         state["wrapped"][spec] = (owner, meth, orig)
 
+    import gc, time
+    gc_pauses = {"on": False, "started": 0, "by_gen": {}}
+
+    def _gc_watch(phase, info):
+        if not gc_pauses["on"]:
+            return
+        if phase == "start":
+            gc_pauses["started"] = time.perf_counter_ns()
+            return
+        us = (time.perf_counter_ns() - gc_pauses["started"]) // 1000
+        row = gc_pauses["by_gen"].setdefault(str(info["generation"]), {"collections": 0, "total_us": 0, "max_us": 0, "pauses_us": []})
+        row["collections"] += 1
+        row["total_us"] += us
+        row["max_us"] = max(row["max_us"], us)
+        if len(row["pauses_us"]) < 20_000:
+            row["pauses_us"].append(us)
+
+    gc.callbacks.append(_gc_watch)
+
     def _start(*_):
+        gc_pauses["on"] = True
         if os.environ.get("RF_PROFILE_MAIN") == "1":
             state["main"] = cProfile.Profile()
             state["main"].enable()
@@ -68,6 +88,10 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
 
     def _stop(*_):
         out = os.environ["RF_PROFILE_OUT"]
+        gc_pauses["on"] = False
+        with open(out + ".gc.json", "w") as fh:
+            json.dump({"by_gen": gc_pauses["by_gen"], "threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),
+                       "tracked_now": len(gc.get_objects())}, fh)
         if state["main"] is not None:
             state["main"].disable()
             state["main"].dump_stats(out + ".main.prof")
@@ -137,6 +161,16 @@ def main() -> None:
     for us, name in reversed(rows):
         if us >= 0.5:
             print(f"  {us:8.1f} us  {name}")
+    gc_file = Path(out + ".gc.json")
+    if gc_file.exists():  # the cyclic GC's pauses in the engine process over the load (all threads)
+        gc_info = json.loads(gc_file.read_text())
+        print(f"engine process cyclic GC over the load: threshold {gc_info['threshold']}, frozen {gc_info['frozen']:,}, "
+              f"tracked at the end {gc_info['tracked_now']:,}")
+        for gen, row in sorted(gc_info["by_gen"].items()):
+            pauses = sorted(row.pop("pauses_us"))
+            p99 = pauses[min(len(pauses) - 1, len(pauses) * 99 // 100)] if pauses else 0
+            print(f"  generation {gen}: {row['collections']} collections, {row['total_us'] / n:.1f} us per request, "
+                  f"p99 {p99} us, max {row['max_us']} us")
     for prof in sorted(work.glob("profile.*.prof")):
         print(f"\n==== {prof.name}")
         stats = pstats.Stats(str(prof))

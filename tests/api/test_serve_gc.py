@@ -9,7 +9,7 @@ import re
 
 import httpx
 
-from ringfence.api.serve import freeze_startup_heap
+from ringfence.api.serve import GC_YOUNG_THRESHOLD, freeze_startup_heap
 
 
 def test_freezing_takes_the_heap_out_of_full_collections() -> None:
@@ -17,8 +17,11 @@ def test_freezing_takes_the_heap_out_of_full_collections() -> None:
     heap = [{"id": i, "peers": []} for i in range(200_000)]
     for i, node in enumerate(heap):
         node["peers"].append(heap[i - 1])  # type: ignore[attr-defined]
+    thresholds = gc.get_threshold()
     try:
         out = freeze_startup_heap()
+        # from then on the youngest generation is collected far less often than Python's 700
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *thresholds[1:]) and GC_YOUNG_THRESHOLD >= 10_000
         assert out["frozen"] >= 400_000  # the dicts and their lists, at least
         # what it froze is frozen still (a few of those objects may have been freed since, by refcount)
         assert 0 <= out["frozen"] - gc.get_freeze_count() < 1_000, (out["frozen"], gc.get_freeze_count())
@@ -26,6 +29,7 @@ def test_freezing_takes_the_heap_out_of_full_collections() -> None:
         assert out["full_collection_cpu_us_after"] * 4 < out["full_collection_cpu_us_before"], out
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
     assert gc.get_freeze_count() == 0
 
 

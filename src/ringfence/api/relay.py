@@ -77,6 +77,7 @@ Backpressure, so that one client cannot grow a process's memory or delay the oth
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -144,12 +145,53 @@ def _frame(kind: int, sid: int, payload: Any) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> list[Any]:
-    n = int.from_bytes(await reader.readexactly(4), "big")
-    if n > MAX_FRAME_BYTES:
-        raise ConnectionError(f"relay frame of {n} bytes is over the limit")
-    frame: list[Any] = _decode(await reader.readexactly(n))
-    return frame
+#: What one read from a link's socket may take: a busy link brings many frames per read.
+READ_BYTES = 256 * 1024
+
+
+class _FrameReader:
+    """The frames of one link, in order: every whole frame that one read of the socket brought is
+    decoded at once, and handed out without waiting. (Two `readexactly` awaits per frame, through
+    asyncio's StreamReader, were a visible share of the engine's event loop; a request is 2 frames
+    in and 3 out.) A frame over MAX_FRAME_BYTES, or one that does not decode, ends the link once
+    the frames before it are handed out."""
+
+    __slots__ = ("reader", "_buffer", "_ready", "_error")
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self._buffer = bytearray()
+        self._ready: collections.deque[list[Any]] = collections.deque()
+        self._error: Exception | None = None
+
+    async def next(self) -> list[Any]:
+        ready = self._ready
+        while not ready:
+            if self._error is not None:
+                raise self._error
+            chunk = await self.reader.read(READ_BYTES)
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(self._buffer), None)
+            self._split(chunk)
+        return ready.popleft()
+
+    def _split(self, chunk: bytes) -> None:
+        buffer = self._buffer
+        buffer += chunk
+        end, pos = len(buffer), 0
+        try:
+            while end - pos >= 4:
+                n = int.from_bytes(buffer[pos:pos + 4], "big")
+                if n > MAX_FRAME_BYTES:
+                    raise ConnectionError(f"relay frame of {n} bytes is over the limit")
+                if end - pos - 4 < n:
+                    break
+                frame: list[Any] = _decode(buffer[pos + 4:pos + 4 + n])
+                self._ready.append(frame)
+                pos += 4 + n
+        except (ConnectionError, ValueError) as err:  # msgspec.DecodeError is a ValueError
+            self._error = err
+        del buffer[:pos]
 
 
 def _disconnect(scope_type: str, code: int = 1006) -> dict[str, Any]:
@@ -435,9 +477,10 @@ class EngineRelay:
         link = id(writer)
         elink = EngineLink(writer)
         streams: dict[int, _Inbound] = {}
+        frames = _FrameReader(reader)
         try:
             while True:
-                kind, sid, payload = await _read_frame(reader)
+                kind, sid, payload = await frames.next()
                 if kind == OPEN:
                     self.generation_now()
                     inbound = _Inbound(payload["type"], sid, writer)
@@ -608,9 +651,10 @@ class _Link:
         self.task = asyncio.get_running_loop().create_task(self._pump())
 
     async def _pump(self) -> None:
+        frames = _FrameReader(self.reader)
         try:
             while True:
-                kind, sid, payload = await _read_frame(self.reader)
+                kind, sid, payload = await frames.next()
                 if kind == PUB:
                     self._publish(str(payload[0]), bytes(payload[1]))
                     continue

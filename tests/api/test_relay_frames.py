@@ -1,0 +1,67 @@
+"""The relay's link reader (api/relay.py `_FrameReader`): whatever way the socket splits the byte
+stream, the frames come out whole, in order, each once; a frame over the limit or one that does not
+decode ends the link only after every frame before it was handed out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ringfence.api import relay
+
+payloads = st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.text(max_size=40), st.binary(max_size=300),
+                     st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=4))
+frames_st = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2**31), payloads), max_size=30)
+
+
+async def _read_all(chunks: list[bytes]) -> tuple[list[list[object]], BaseException | None]:
+    reader = asyncio.StreamReader(limit=relay.MAX_FRAME_BYTES)
+    for chunk in chunks:
+        reader.feed_data(chunk)
+    reader.feed_eof()
+    frames = relay._FrameReader(reader)
+    out: list[list[object]] = []
+    try:
+        while True:
+            out.append(await frames.next())
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError) as err:
+        return out, err
+
+
+def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    edges = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(edges, edges[1:]) if b > a]
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames_st, st.lists(st.integers(0, 10_000), max_size=40))
+def test_frames_come_out_whole_and_in_order_however_the_stream_is_split(frames: list[tuple[int, int, object]],
+                                                                       cuts: list[int]) -> None:
+    data = b"".join(relay._frame(kind, sid, payload) for kind, sid, payload in frames)
+    out, err = asyncio.run(_read_all(_chunked(data, cuts)))
+    assert out == [list(f) for f in frames]
+    assert isinstance(err, asyncio.IncompleteReadError) and err.partial == b""  # the link ended cleanly
+
+
+@pytest.mark.parametrize("bad", ["oversize", "garbage", "torn"])
+def test_a_bad_frame_ends_the_link_after_the_frames_before_it(bad: str) -> None:
+    good = [relay._frame(relay.OPEN, 1, {"type": "http"}), relay._frame(relay.IN, 1, {"type": "http.request", "body": b"x"})]
+    if bad == "oversize":
+        tail = (relay.MAX_FRAME_BYTES + 1).to_bytes(4, "big") + b"\x90"
+    elif bad == "garbage":
+        tail = (3).to_bytes(4, "big") + b"\xc1\xc1\xc1"  # 0xc1 is never used in msgpack
+    else:
+        tail = relay._frame(relay.END, 1, None)[:-1]  # the link closed inside a frame
+    after = relay._frame(relay.END, 1, None) if bad != "torn" else b""  # nothing comes after a torn frame
+    out, err = asyncio.run(_read_all([b"".join(good) + tail + after]))
+    assert out == [[relay.OPEN, 1, {"type": "http"}], [relay.IN, 1, {"type": "http.request", "body": b"x"}]]
+    if bad == "oversize":
+        assert isinstance(err, ConnectionError) and "over the limit" in str(err)
+    elif bad == "garbage":
+        assert isinstance(err, ValueError)
+    else:
+        assert isinstance(err, asyncio.IncompleteReadError) and err.partial == tail
