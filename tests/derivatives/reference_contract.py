@@ -77,6 +77,7 @@ class ReferenceContract:
         self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
         self._accounts: tuple[Any, Any, Any] = (None, None, None)
         self._touched: set[str] = set()  # owners whose position a fill changed in the current match
+        self.order_wallet: Any = None  # what trading's `_place` pays from (the plain lookup, each order)
 
     @property
     def has_reduce_only(self) -> bool:
@@ -96,6 +97,7 @@ class ReferenceContract:
     def order_hold(self, engine: Engine, m: Any, c: PlaceOrder, words: Any) -> tuple[tuple[str, str, str] | None, int, int]:
         st = derivatives_state(engine)
         p = st.perps[self.symbol]
+        self.order_wallet = wallet(engine.ledger, c.owner, p.quote)
         is_buy, limitish = words[0], words[4]
         if c.quote_amount:
             return ("INVALID_PARAMETER", "quote_amount", "perpetual orders are sized by quantity, not quote amount"), 0, 0

@@ -189,3 +189,22 @@ def test_a_margin_refusal_says_the_same_as_before() -> None:
     t.quote(60_000)
     ev = t.both(lambda d: order(d, "a1", "BUY", "60000", "5"))
     assert rejected(ev) is not None and "Margin is insufficient" in rejected(ev).message
+
+
+def test_an_accepted_order_pays_from_its_own_owners_wallet() -> None:
+    """Trading pays an accepted perpetual order from the wallet its contract found in `order_hold`
+    (`Contract.order_wallet`, not a second lookup): after alice's order, dave — who has no
+    derivatives wallet — places a market buy on an empty ask side (accepted, nothing held, expired
+    at once): his own wallet is opened for it, alice's is not taken for his."""
+    d = perp_world()
+    assert not rejected(order(d, "alice", "BUY", "60000", "0.1"))
+    ledger = d.engine.ledger
+    assert ledger.find("dave", "USDT", "available", "derivatives") is None
+    alice = ledger.find("alice", "USDT", "available", "derivatives")
+    alice_before = (alice.credits_posted, alice.debits_posted, alice.debits_pending)
+    ev = order(d, "dave", "BUY", "", "0.1", order_type="MARKET")
+    assert not rejected(ev), ev
+    assert [type(e).__name__ for e in ev if type(e).__name__.startswith("Order")] == ["OrderAccepted", "OrderExpired"], ev
+    assert ledger.find("dave", "USDT", "available", "derivatives") is not None
+    assert (alice.credits_posted, alice.debits_posted, alice.debits_pending) == alice_before
+    d.engine.check_invariants()

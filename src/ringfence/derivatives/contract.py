@@ -104,6 +104,11 @@ class Contract:
         self._isolated_accounts: dict[str, Account] = {}
         #: owner -> the owner's `available` account in this market's quote asset (as `_margin_accounts`)
         self._wallets: dict[str, Account] = {}
+        #: What the order `order_hold` last accepted pays from and receives to: its owner's
+        #: `available` account in the quote asset, None if there is none yet (trading opens it).
+        #: Set on every accepted return of `order_hold` (it looks the account up anyway), so that
+        #: trading's `_place` does not look it up again (`Ledger.find_pair`, a generic call).
+        self.order_wallet: Account | None = None
 
     def direct_order(self, o: Order, order_type: str) -> PlacePerpOrder:
         """The order a client would submit directly for what resting stop `o` places when it
@@ -162,8 +167,10 @@ class Contract:
             protect, _ = _protection_and_hold(m, c, words)
             price = protect
             if not price:  # an empty book: trading accepts and expires it at once, nothing held
-                return (None, 0, 0) if not st.reduce_only or self._reducible(st, m, owner, is_buy) else (
-                    ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0)
+                if st.reduce_only and not self._reducible(st, m, owner, is_buy):
+                    return ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0
+                self.order_wallet = self._wallet(owner, p)
+                return None, 0, 0
         qty: int = c.quantity
         key = (owner, symbol)
         size_now: int
@@ -214,6 +221,7 @@ class Contract:
         if hold < 1:
             hold = 1
         w = self._wallet(owner, p)
+        self.order_wallet = w  # (what trading's `_place` pays from and receives to, if accepted below)
         wallet_free: int = w.credits_posted - w.debits_posted - w.debits_pending if w is not None else 0
         self._borrow = 0
         if not open_q and pos is not None:

@@ -190,9 +190,11 @@ def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_r
     ledger = engine.ledger
     segment = m.segment
     pay_asset, recv_asset = (m.quote, m.base) if is_buy else (m.base, m.quote)
-    if m.contract is not None:
+    if m.contract is not None:  # a perpetual pays and receives its quote asset: the wallet its contract found
         pay_asset = recv_asset = m.quote
-    pay, recv = ledger.find_pair(c.owner, pay_asset, recv_asset, "available", segment)
+        pay = recv = m.contract.order_wallet
+    else:
+        pay, recv = ledger.find_pair(c.owner, pay_asset, recv_asset, "available", segment)
     if hold_minor:  # (a perpetual's margin was checked by its contract, which may still move some)
         if pay is None or (m.contract is None and not ledger.can_hold(pay, hold_minor)):
             return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
