@@ -191,8 +191,9 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _hash_cost(replicator: Replicator | None) -> dict:
-    """How long the sequencer thread spent per state hash: hashing it inline, or forking the hasher."""
+def _hash_cost(replicator: Replicator | None, transfers: int = 0) -> dict:
+    """How long the sequencer thread spent per state hash: hashing it inline, or forking the hasher;
+    and per state digest, also per transfer of the run (`transfers`)."""
     out: dict = {}
     if replicator is not None and replicator.hashes:
         out.update({"state_hashes": replicator.hashes,
@@ -200,6 +201,8 @@ def _hash_cost(replicator: Replicator | None) -> dict:
     if replicator is not None and replicator.digests:
         out.update({"state_digests": replicator.digests,
                     "sequencer_us_per_state_digest": round(replicator.digest_seconds * 1e6 / replicator.digests)})
+        if transfers:
+            out["sequencer_digest_us_per_transfer"] = round(replicator.digest_seconds * 1e6 / transfers, 2)
     return out
 
 
@@ -282,7 +285,7 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "", mo
             # smoke run under load then reported no digest at all)
             node.submit(extra[0]).wait(120)
             throughput[label] = {"throughput_per_s": int(transfers / seconds), "journal_records": node.batches_committed,
-                                 "failed": repr(node.failed) if node.failed else None, **_hash_cost(replicator)}
+                                 "failed": repr(node.failed) if node.failed else None, **_hash_cost(replicator, transfers)}
         except ConfigError as err:  # these sources cannot run this mode (a pipelined replicating node)
             throughput[label] = _unsupported(err)
         finally:
@@ -317,7 +320,7 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "", mo
             latency[label] = {"offered_per_s": offered, "achieved_per_s": int(n / seconds),
                               "p50_us": percentile_us(samples, 50), "p99_us": percentile_us(samples, 99),
                               "max_us": percentile_us(samples, 100), "errors": len(errors),
-                              "journal_records": node.batches_committed, **_hash_cost(replicator),
+                              "journal_records": node.batches_committed, **_hash_cost(replicator, n),
                               "gc_frozen_objects": frozen,
                               "load_average": [load_before, _load()], "breakdown": probe.report(samples, lateness)}
         except ConfigError as err:  # these sources cannot run this mode (a pipelined replicating node)

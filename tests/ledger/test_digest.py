@@ -15,15 +15,16 @@ from hypothesis import given, note, seed, settings
 from hypothesis import strategies as st
 
 from ringfence.errors import InvariantViolation
-from ringfence.ledger.digest import full_digest
-from ringfence.ledger.ledger import Ledger
+from ringfence.ledger.account import Account
+from ringfence.ledger.digest import DIGEST_TAG, full_digest
+from ringfence.ledger.ledger import Ledger, Pending
 from ringfence.ledger.model import Transfer, TransferFlags
 
 from .test_engine_api import USERS, fresh, user
 
 op = st.tuples(
     st.sampled_from(["move", "hold", "resize", "resize_to", "capture", "release", "end", "fill",
-                     "transfer", "pending", "post", "void", "chain", "expire", "open"]),
+                     "transfer", "pending", "post", "void", "chain", "expire", "open", "restart"]),
     st.integers(0, 2),  # a user
     st.integers(0, 2),  # another user
     st.sampled_from(["BTC", "USDT"]),
@@ -106,6 +107,12 @@ def test_incremental_digest_equals_the_full_recomputation(ops):
             elif kind == "expire":
                 now[0] += 5_000
                 led.expire_due(now[0])
+            elif kind == "restart":  # a restart (or a halt's rebuild): a ledger from the snapshot,
+                # digested from nothing and then incrementally again, on new objects at the same ids
+                led = Ledger.from_snapshot(led.snapshot_state())
+                c = led.open_clearing("btcusdt", "BTC", "USDT", "spot")
+                if fee_pm % 2:
+                    led.digest()
             else:  # open a new account (and fund it)
                 new, _ = led.open_account(f"user{amount % 7}", asset, "available", "spot")
                 led.move(led.world(asset), new, 1 + amount % 1000)
@@ -137,3 +144,82 @@ def test_the_digest_follows_every_change_and_only_changes():
     assert third not in (first, second)  # the pending transfer is still there, voided
     led.end_hold(hold)
     assert led.digest() == full_digest(led)
+
+
+def test_a_cached_key_is_used_only_for_the_object_it_was_computed_from():
+    """The digest keeps each account's and pending transfer's identity hash by id; an object put in
+    another's place at the same id (different identity fields) is hashed afresh, not taken for the
+    one cached there."""
+    led, c = fresh()
+    hold = led.hold(user(led, "alice", "USDT"), c.quote, 10)
+    led.digest()
+    old = user(led, "bob", "BTC")
+    other = Account(old.id, "bob", "BTC", "available", "margin", old.flags)  # another segment, same id
+    other.credits_posted, other.debits_posted = old.credits_posted, old.debits_posted
+    led.accounts[old.id] = other
+    led._dirty.add(other)
+    p = led.pending[hold]
+    twin = Pending(p.id, p.debit, p.credit, p.amount, p.expires_at_ns + 1)  # another deadline, same id
+    led.pending[hold] = twin
+    led._dirty.add(twin)
+    assert led.digest() == full_digest(led)
+
+
+def _counters(a: Account) -> list[int]:
+    return [a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted]
+
+
+_FIELDS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+
+
+@seed(20261206)
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["add", "swap_accounts", "swap_fields", "pending_amount", "pending_remaining",
+                        "pending_status", "pending_swap"]),
+       st.integers(0, 1_000), st.integers(0, 1_000), st.integers(0, 3), st.integers(0, 3),
+       st.integers(-(1 << 127), 1 << 127).filter(bool))
+def test_any_change_of_a_counter_changes_the_digest(kind, i, j, f, g, delta):
+    """The account and pending sums are linear in the counters (ledger/digest.py): what a plain sum
+    of counters would miss — two accounts' counters swapped, two counters of one account swapped,
+    a value moved from one account to another, a huge or a negative difference — still changes
+    the digest."""
+    led, c = fresh()
+    holds = [led.hold(user(led, u, "USDT"), c.quote, 10 + k) for k, u in enumerate(USERS)]
+    led.capture(holds[0], 3)
+    before = full_digest(led)
+    accounts = [a for a in led.iter_accounts()]
+    a, b = accounts[i % len(accounts)], accounts[j % len(accounts)]
+    p, q = led.pending[holds[i % 3]], led.pending[holds[j % 3]]
+    if kind == "add":  # one counter moves (a value moved between accounts is two of these)
+        setattr(a, _FIELDS[f], getattr(a, _FIELDS[f]) + delta)
+    elif kind == "swap_accounts":
+        if _counters(a) == _counters(b):
+            return
+        va, vb = _counters(a), _counters(b)
+        for name, x, y in zip(_FIELDS, vb, va):
+            setattr(a, name, x)
+            setattr(b, name, y)
+    elif kind == "swap_fields":
+        x, y = getattr(a, _FIELDS[f]), getattr(a, _FIELDS[g])
+        if x == y:
+            return
+        setattr(a, _FIELDS[f], y)
+        setattr(a, _FIELDS[g], x)
+    elif kind == "pending_amount":
+        p.amount += delta
+    elif kind == "pending_remaining":
+        p.remaining += delta
+    elif kind == "pending_status":
+        statuses = ["pending", "posted", "voided", "expired"]
+        p.status = statuses[(statuses.index(p.status) + 1 + f % 3) % 4]
+    else:  # two pending transfers' amounts and what remains of them swapped
+        if (p.amount, p.remaining) == (q.amount, q.remaining):
+            return
+        p.amount, q.amount, p.remaining, q.remaining = q.amount, p.amount, q.remaining, p.remaining
+    assert full_digest(led) != before
+
+
+def test_the_digest_names_its_version():
+    """v2 (linear account and pending sums, transfers folded in one encoding) digests differently
+    from v1: a replica of the other version must be told apart (`Rf-Digest-Format`, test_follower)."""
+    assert DIGEST_TAG == b"ringfence-ledger-digest-v2"

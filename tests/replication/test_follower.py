@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ringfence.app import new_node, replay_journal
-from ringfence.errors import JournalCorrupt
+from ringfence.errors import ConfigError, JournalCorrupt
 from ringfence.journal.journal import scan_all
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
@@ -371,6 +371,39 @@ def test_every_batch_outcome_is_checked_without_a_state_hash(tmp_path, stream):
         node.close()
         replicator.close()
 
+
+def test_a_standby_of_another_digest_format_stops_naming_both(tmp_path, stream, monkeypatch):
+    """The state digest's definition changed (ledger/digest.py v2): a primary that sends digests of
+    another format (here the format 1 a primary without `Rf-Digest-Format` sends) stops the standby
+    with a ConfigError naming both formats, before it applies the batch — not the "replicas
+    diverged" a digest comparison would report."""
+    import ringfence.replication as replication
+
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000000"), "a")
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    try:
+        replicator.attach(node)
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+        node.execute_many([OpenAccount("alice", "BTC"), OpenAccount("bob", "BTC")])
+        for i in range(1, 4):
+            _fund(node, i, 10 * i)
+        follower.poll()
+        assert follower.digests_checked >= 2  # same format: checked
+        applied = follower.batches_applied
+        with monkeypatch.context() as m:  # the primary sends what an older version sends
+            m.setattr(replication, "STATE_DIGEST_FORMAT", "state-digest-1")
+            _fund(node, 4, 1)
+            _fund(node, 5, 1)
+        with pytest.raises(ConfigError, match="'state-digest-1', this standby computes 'state-digest-2'"):
+            follower.poll()
+        assert follower.batches_applied == applied  # stopped before applying the batch that carries it
+    finally:
+        follower.close()
+        node.close()
+        replicator.close()
 
 def test_every_batch_state_is_checked_through_the_incremental_digest(tmp_path, stream):
     """state_digest=1 (the default) with no state hash at all: every batch carries the primary's

@@ -42,7 +42,7 @@ __all__ = [
 #: Bumped whenever the snapshot/state-hash layout changes.
 STATE_FORMAT = 1
 #: Tag of `Engine.state_digest`'s definition (a change to what it covers changes the tag).
-STATE_DIGEST_FORMAT = "state-digest-1"
+STATE_DIGEST_FORMAT = "state-digest-2"
 
 
 class CommandRejected(Event, tag="rejected/1", frozen=True):

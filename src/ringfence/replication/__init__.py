@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlparse
 
 from ..errors import ConfigError, JournalCorrupt, RingfenceError
+from ..engine.core import STATE_DIGEST_FORMAT
 
 __all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "PromotionRefused", "promote", "leader_of",
            "parse_target", "PROMOTE_ACTION", "promote_subject"]
@@ -472,6 +473,7 @@ class Replicator:
         if self._digest_due:  # the state is still the one after the batch `Rf-Outcome-Of` names
             self._digest_due = False
             outcome["Rf-Digest"] = self._digest_now()
+            outcome["Rf-Digest-Format"] = STATE_DIGEST_FORMAT
         self._sequenced += 1
         due = self._sequenced % self.target.state_hash_every == 0
         if due and not self.target.state_hash_later:
@@ -895,6 +897,13 @@ class Follower:
         theirs = headers.get("Rf-Digest")
         if theirs is None:
             return
+        # a primary of another version digests differently (before the header existed: format 1):
+        # say so, rather than report every replica as diverged
+        fmt = headers.get("Rf-Digest-Format", "state-digest-1")
+        if fmt != STATE_DIGEST_FORMAT:
+            raise ConfigError(f"stream message {self.stream_seq}: the primary sends state digests of format {fmt!r}, "
+                              f"this standby computes {STATE_DIGEST_FORMAT!r}: run the same ringfence version on "
+                              "every node (or set state_digest=0 on the primary while upgrading)")
         ours = self._digests.pop(seq, None)
         self._digesting = True  # the primary sends digests: keep ours from now on
         if ours is None:
