@@ -65,3 +65,50 @@ def test_a_bad_frame_ends_the_link_after_the_frames_before_it(bad: str) -> None:
         assert isinstance(err, ValueError)
     else:
         assert isinstance(err, asyncio.IncompleteReadError) and err.partial == tail
+
+
+@pytest.mark.parametrize("shape", [[1, 2], [1, 2, 3, 4], {"kind": 0}, "text", [b"\x00", 1, None], [0, "1", None]])
+def test_a_frame_that_is_not_kind_stream_payload_ends_the_link_after_the_frames_before_it(shape: object) -> None:
+    """A frame that decodes but is not `[int kind, int stream, payload]` is as bad as one that does not
+    decode: before, the engine's link handler unpacked it and died with an unhandled TypeError."""
+    good = relay._frame(relay.OPEN, 1, {"type": "http"})
+    bad = relay._encode(shape)
+    out, err = asyncio.run(_read_all([good + len(bad).to_bytes(4, "big") + bad + relay._frame(relay.END, 1, None)]))
+    assert out == [[relay.OPEN, 1, {"type": "http"}]]
+    assert isinstance(err, ValueError) and "not [kind, stream, payload]" in str(err)
+
+
+@pytest.mark.parametrize("scope", [None, [1, 2], "http", {"no": "type"}, {"type": "lifespan"}])
+def test_an_open_frame_without_an_http_or_websocket_scope_ends_only_its_link(tmp_path, scope: object) -> None:
+    """The engine's side of a gateway link: an OPEN whose scope is not an ASGI http/websocket scope
+    closes that link (no unhandled exception, no handler started); another link is still served."""
+    async def app(scope, receive, send):  # a plain ASGI app: 200 "ok"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def go() -> tuple[bytes, list[object]]:
+        engine = relay.EngineRelay(app, tmp_path / "run" / "engine.sock")
+        await engine.start()
+        errors: list[object] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx.get("exception")))
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(engine.path))
+            writer.write(relay._frame(relay.OPEN, 1, scope))
+            await writer.drain()
+            closed = await asyncio.wait_for(reader.read(), 10)  # EOF: the engine ended this link
+            reader2, writer2 = await asyncio.open_unix_connection(str(engine.path))
+            writer2.write(relay._frame(relay.OPEN, 1, {"type": "http", "method": "GET", "path": "/", "headers": []}))
+            writer2.write(relay._frame(relay.IN, 1, {"type": "http.request", "body": b"", "more_body": False}))
+            await writer2.drain()
+            frames = relay._FrameReader(reader2)
+            got = [await asyncio.wait_for(frames.next(), 10) for _ in range(2)]
+            writer.close()
+            writer2.close()
+            return closed, [f[2] for f in got] + errors
+        finally:
+            await engine.stop(grace=1)
+
+    closed, seen = asyncio.run(go())
+    assert closed == b""
+    assert seen[0]["status"] == 200 and seen[1]["body"] == b"ok"
+    assert seen[2:] == []

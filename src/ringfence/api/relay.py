@@ -187,6 +187,8 @@ class _FrameReader:
                 if end - pos - 4 < n:
                     break
                 frame: list[Any] = _decode(buffer[pos + 4:pos + 4 + n])
+                if type(frame) is not list or len(frame) != 3 or type(frame[0]) is not int or type(frame[1]) is not int:
+                    raise ValueError("relay frame is not [kind, stream, payload]")
                 self._ready.append(frame)
                 pos += 4 + n
         except (ConnectionError, ValueError) as err:  # msgspec.DecodeError is a ValueError
@@ -482,6 +484,8 @@ class EngineRelay:
             while True:
                 kind, sid, payload = await frames.next()
                 if kind == OPEN:
+                    if type(payload) is not dict or payload.get("type") not in ("http", "websocket"):
+                        raise ValueError("relay OPEN frame without an ASGI http or websocket scope")
                     self.generation_now()
                     inbound = _Inbound(payload["type"], sid, writer)
                     streams[sid] = self._streams[(link, sid)] = inbound
