@@ -316,6 +316,7 @@ def test_without_a_second_factor_the_session_reads_but_does_not_trade(server, br
     page.goto(base + "/")
     expect(page.locator("#whoami")).to_have_text(f"signed in as {email}")
     expect(page.locator("#trade-hint")).to_be_visible()
+    expect(page.locator("#trade-hint-pending")).to_be_hidden()
     expect(page.locator("#place")).to_be_disabled()
     csrf = page.evaluate("fetch('/session/v3/me').then(r => r.json()).then(j => j.csrfToken)")
     before_seq = last_seq(server)
@@ -378,6 +379,9 @@ def test_a_first_second_factor_counts_only_after_the_email_confirmation(server, 
     page.goto(base + "/")
     me = page.evaluate("fetch('/session/v3/me').then(r => r.json())")
     assert me["scopes"] == ["read"] and me["secondFactorPending"] is True and me["secondFactor"] is False, me
+    # the dashboard says the factor waits for its e-mailed link, not "turn on two-factor authentication"
+    expect(page.locator("#trade-hint-pending")).to_contain_text("open the confirmation link we e-mailed you")
+    expect(page.locator("#trade-hint")).to_be_hidden()
     order = "symbol=AAPLXUSDT&side=BUY&type=LIMIT&timeInForce=GTC&price=189.00&quantity=1.00"
     js = """([body, csrf]) => fetch('/session/v3/order', {method: 'POST', body,
              headers: {'Content-Type': 'application/x-www-form-urlencoded', 'X-CSRF-Token': csrf}})
@@ -392,6 +396,7 @@ def test_a_first_second_factor_counts_only_after_the_email_confirmation(server, 
     expect(page.locator("#whoami")).to_have_text(f"signed in as {email}")
     me = page.evaluate("fetch('/session/v3/me').then(r => r.json())")
     assert me["scopes"] == ["read", "trade"] and me["secondFactorPending"] is False, me
+    expect(page.locator("#trade-hint-pending")).to_be_hidden()
     page.click("#demo-funds")
     expect(page.locator("#order-status")).to_contain_text("Demo funds added")
     status, body = page.evaluate(js, [order, me["csrfToken"]])

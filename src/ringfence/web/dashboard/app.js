@@ -435,7 +435,10 @@ async function loadSession() {
   $("demo-funds").hidden = !state.me.demoFunds;
   const canTrade = state.me.scopes.includes("trade");
   $("place").disabled = !canTrade;
-  $("trade-hint").hidden = canTrade;
+  // a first factor counts only once its e-mailed link is confirmed: say so rather than "turn it on"
+  const pending = Boolean(state.me.secondFactorPending);
+  $("trade-hint").hidden = canTrade || pending;
+  $("trade-hint-pending").hidden = canTrade || !pending;
   openUserStream();
   refreshPrivate();
 }
