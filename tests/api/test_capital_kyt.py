@@ -159,7 +159,8 @@ def test_tainted_deposit_returned_to_sender_by_two_analysts(money: Server) -> No
     # destination KYT screens the return: the sender was funded by the blacklisted exploit address
     # (one hop, 90, above the deposits' quarantine line), so a human looks once more before coins leave
     held = wait_for("the return to wait for a human", lambda: (r := rts()) and r["info"]["status"] not in (0, 4) and r)
-    assert held["info"]["status"] == 2 and "was funded by blacklisted" in held["info"]["info"], held["info"]
+    assert held["info"]["status"] == 2 and held["info"]["info"] == "under review", held["info"]  # the finding: staff only
+    assert "was funded by blacklisted" in " ".join(admin(money, f"/admin/v1/withdrawals/{held['id']}", "cy")["risk_reasons"])
     assert chain_balance(money.data, "ETH", sender) == sender_before
     out = review(money.base, "approve", held["id"], "--reason", "the tainted wallet is the victim's; pay it back",
                  "--key", staff_key(money.data, "ben"))
@@ -182,11 +183,11 @@ def test_faucet_tainted_option_is_eth_only(money: Server) -> None:
 
 
 
-def test_a_withdrawal_to_a_blacklisted_destination_is_denied_with_the_kyt_reason(money: Server) -> None:
+def test_a_withdrawal_to_a_blacklisted_destination_is_denied_the_kyt_reason_for_staff_only(money: Server) -> None:
     """KYT on the destination: alice's cooled ETH entry is put on the operator's blacklist (the file
     is re-read while serve runs); a small withdrawal to it, which the demo's policy would send
-    without a human, scores 100 and is denied by the policy's high-risk rule (status 3), the reason
-    naming the blacklist entry; the hold is released and nothing leaves on chain. Removing the entry
+    without a human, scores 100 and is denied by the policy's high-risk rule (status 3): the user is told a
+    category, the staff view names the rule and the blacklist entry; the hold is released and nothing leaves on chain. Removing the entry
     again lets the next withdrawal through."""
     import httpx
 
@@ -209,8 +210,11 @@ def test_a_withdrawal_to_a_blacklisted_destination_is_denied_with_the_kyt_reason
 
     done = wait_for("the withdrawal to be decided", lambda: (r := row(wid)) and r["info"]["status"] not in (0, 4) and r)
     assert done["info"]["status"] == 3 and not done["txid"], done["info"]
-    assert "deny-high-risk" in done["info"]["info"], done["info"]
-    assert f"KYT: destination {dest} is blacklisted (sanctions: test: SDN entry of today)" in done["info"]["info"], done["info"]
+    # the user is told a category; the rule and the KYT finding are the operators' (the staff view)
+    assert done["info"]["info"] == "refused by a withdrawal rule — contact support", done["info"]
+    seen = admin(money, f"/admin/v1/withdrawals/{wid}", "cy")
+    assert seen["rule"] == "deny-high-risk" and seen["risk_score"] == 100, seen
+    assert f"KYT: destination {dest} is blacklisted (sanctions: test: SDN entry of today)" in seen["risk_reasons"], seen
     assert free(ex, "ETH") == before and chain_balance(money.data, "ETH", dest) == dest_before
 
     # a broken list keeps the last good one, and the supervised kyt-blacklist worker backs off and
@@ -240,7 +244,7 @@ def test_a_withdrawal_to_a_blacklisted_destination_is_denied_with_the_kyt_reason
 
 def test_almost_all_of_the_balance_to_a_new_address_waits_for_a_human_with_reasons(money: Server) -> None:
     """The risk review against the user's own history: 96 % of alice's USDT to an address she never
-    paid (a cooled entry is not yet "known") waits in manual review (status 2) with the reasons,
+    paid (a cooled entry is not yet "known") waits in manual review (status 2; the reasons in the staff view only),
     whatever the policy would do alone; analyst ben rejects it (status 3), the hold is released."""
     key = withdraw_key(money.data)
     dest = key["withdraw_addresses"]["USDT"]
@@ -260,9 +264,12 @@ def test_almost_all_of_the_balance_to_a_new_address_waits_for_a_human_with_reaso
         return next((r for r in rows if r["id"] == wid), None)
 
     held = wait_for("the withdrawal to wait for a human", lambda: (r := row()) and r["status"] not in (0, 4) and r)
-    assert held["status"] == 2 and held["info"].startswith("waiting for a human review: "), held
-    assert re.search(r"mandatory manual review: 9[5-9]\.\d\d% of the balance to a new address", held["info"]), held
-    assert "new destination address" in held["info"] and "first withdrawal of this asset" in held["info"], held
+    # the user sees "under review", never the rule, the score or the signals; the reviewers see them all
+    assert held["status"] == 2 and held["info"] == "under review", held
+    seen = admin(money, f"/admin/v1/withdrawals/{wid}", "cy")
+    why = "; ".join(seen["decision_reasons"] + seen["risk_reasons"])
+    assert re.search(r"mandatory manual review: 9[5-9]\.\d\d% of the balance to a new address", why), seen
+    assert "new destination address" in why and "first withdrawal of this asset" in why, seen
     during = wallet()
     assert Decimal(during["free"]) == before - amount and Decimal(during["withdrawing"]) == amount, during
     assert Decimal(during["locked"]) >= amount, during
@@ -273,7 +280,7 @@ def test_almost_all_of_the_balance_to_a_new_address_waits_for_a_human_with_reaso
     out = review(money.base, "reject", wid, "--reason", "user could not explain the destination", "--key", staff_key(money.data, "ben"))
     assert out.returncode == 0 and "withdrawal.rejected" in out.stdout, out.stdout + out.stderr
     done = wait_for("the rejection to show", lambda: (r := row()) and r["status"] == 3 and r)
-    assert "user could not explain the destination" in done["info"] and not done["txId"], done
+    assert done["info"] == "refused after review — contact support" and not done["txId"], done  # not the analyst's note
     after = wallet()
     assert Decimal(after["free"]) == before and Decimal(after["withdrawing"]) == 0, after
     assert chain_balance(money.data, "USDT", dest) == 0
@@ -320,7 +327,8 @@ def test_a_frozen_deposit_from_a_blacklisted_sender_return_held_by_kyt_then_rele
         return rows and rows[0]["info"]["status"] not in (0, 4) and rows[0]
 
     ret = wait_for("the return to be held by destination KYT", held)
-    assert ret["info"]["status"] == 2 and "is blacklisted (exploit" in ret["info"]["info"], ret["info"]
+    assert ret["info"]["status"] == 2 and ret["info"]["info"] == "under review", ret["info"]  # the finding: staff only
+    assert "is blacklisted (exploit" in " ".join(admin(money, f"/admin/v1/withdrawals/{ret['id']}", "cy")["risk_reasons"])
     assert not ret["txid"] and chain_balance(money.data, "ETH", sender) == sender_before
     out = review(money.base, "list", "--key", staff_key(money.data, "cy"), "--json")
     (waiting,) = [w for w in json.loads(out.stdout)["withdrawals"] if w["withdrawal_id"] == ret["id"]]
@@ -430,7 +438,7 @@ def test_the_shield_fund_rule_broken_by_a_whale_raises_an_alert_that_clears_when
 def test_a_withdrawal_to_an_address_funded_by_a_blacklisted_one_is_stopped_with_the_hop(money: Server) -> None:
     """Destination KYT follows taint by hops as deposits do (the same scorer): the exploit address
     pays alice's withdrawal destination, so the destination is one hop from the blacklist (90); her
-    withdrawal to it is not sent (the demo policy denies risk >= 90: status 3) and says why. Runs last
+    withdrawal to it is not sent (the demo policy denies risk >= 90: status 3); the staff view says why. Runs last
     in this module: the destination stays tainted."""
     key = withdraw_key(money.data)
     dest = key["withdraw_addresses"]["ETH"]
@@ -447,5 +455,7 @@ def test_a_withdrawal_to_an_address_funded_by_a_blacklisted_one_is_stopped_with_
         return next((r for r in rows if r["id"] == wid), None)
 
     done = wait_for("the withdrawal to be stopped", lambda: (r := row()) and r["status"] not in (0, 4) and r)
-    assert done["status"] == 3 and "was funded by blacklisted" in done["info"] and "1 hop" in done["info"], done
+    assert done["status"] == 3 and done["info"] == "refused by a withdrawal rule — contact support", done
+    why = " ".join(admin(money, f"/admin/v1/withdrawals/{wid}", "cy")["risk_reasons"])  # the hop: staff only
+    assert "was funded by blacklisted" in why and "1 hop" in why, why
     assert not done["txId"] and chain_balance(money.data, "ETH", dest) == before

@@ -338,6 +338,48 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
     assert "confirm_email" not in later.stdout, later.stdout
 
 
+def test_the_users_withdrawal_history_names_no_rule_score_or_signal(server, user):
+    """New-user review: the history (the dashboard's list and timeline, and the Binance `info`) showed
+    "policy: allow: wallet tier hot in ['hot']" and "risk review: score 50: ...; credentials changed
+    ... s ago", the exchange's fraud rules and risk signals. The user sees a plain status; the staff
+    view (/admin/v1/withdrawals/ID, signed) keeps the rule, the score and the signals."""
+    import httpx
+
+    from ringfence.staff.decisions import read_key_file
+    from ringfence.staff.requests import signed_headers
+
+    b = user
+    entries = json.loads((server.data / "demo-keys.json").read_text())
+    dest = next(e["withdraw_addresses"]["BTC"] for e in entries if e.get("withdraw_addresses"))
+    if not any(e["address"] == dest for e in book(b)):  # this test alone: the first test added it otherwise
+        add_by_link(server, b, dest)
+    r = session(b, "POST", "/session/v3/capital/withdraw/apply",
+                data={"coin": "BTC", "network": "BTC", "address": dest, "amount": "0.01", "code": next_code(b)})
+    assert r.status_code == 200 and r.json()["status"] == 0, r.text
+    wid = r.json()["id"]
+    fields = form_fields(b.request("GET", path_of(withdrawal_link(b, wid))).text, "/wallet/confirm-withdrawal")
+    assert b.request("POST", "/wallet/confirm-withdrawal", data=fields).status_code == 200
+
+    def staff_view() -> dict:
+        path = f"/admin/v1/withdrawals/{wid}"
+        headers = signed_headers(read_key_file(server.data / "demo-staff.json", "cy"), "GET", path, "", b"")
+        res = httpx.get(server.base + path, headers=headers, timeout=10)
+        assert res.status_code == 200, res.text
+        return res.json()
+
+    deadline = time.monotonic() + 60
+    while not ((seen := staff_view())["decision_reasons"] and seen["risk_reasons"]):
+        assert time.monotonic() < deadline, f"the withdrawal was not decided: {seen}"
+        time.sleep(0.2)
+    # the operators' view: the rule that decided, the score and the signals (a new account's credentials)
+    assert seen["rule"] and any("credentials changed" in x for x in seen["risk_reasons"]), seen
+    [mine] = [w for w in withdrawals(b) if w["id"] == wid]
+    shown = json.dumps(mine)
+    for secret in [seen["rule"], *seen["decision_reasons"], *seen["risk_reasons"], "score", "policy", "risk", "credentials"]:
+        assert secret not in shown, (secret, mine)
+    assert [s["step"] for s in mine["timeline"]][:3] == ["e-mail sent", "e-mail confirmed", "checks"], mine
+
+
 def test_a_foreign_origin_cannot_post_a_link(server, user):
     """As for /security/confirm-factor: no session CSRF token (the link's token is the secret), but a
     cross-site form post is refused before the token is even looked at."""
@@ -443,3 +485,4 @@ def test_removing_the_address_stops_a_withdrawal_awaiting_its_link(server, user)
     assert btc_free() == free_before, "the hold was released"
     again = b.request("POST", "/wallet/confirm-withdrawal", data=fields)
     assert again.status_code == 409 and [x for x in withdrawals(b) if x["id"] == wid][0]["status"] == 5
+

@@ -410,26 +410,46 @@ class CapitalApi:
         return rows[offset : offset + limit]
 
 
+# What a withdrawal's owner is told. The operators' rule text, risk score and signal names stay in the
+# staff console (`ringfence review`, /admin/v1/withdrawals/...): shown to the user (or to whoever took
+# over the account) they would teach how to get past the fraud rules.
+REFUSED_BY_RULE = "refused by a withdrawal rule — contact support"
+REFUSED_AFTER_REVIEW = "refused after review — contact support"
+UNDER_REVIEW = "under review"
+# the engine's own end reasons written for the user (kept as they are); any other failure reason is
+# an operator's text
+_USER_END_REASONS = ("cancelled by the user", "the e-mail confirmation link expired",
+                     "the destination was removed from your address book")
+
+
+def user_end_reason(w: Any) -> str:
+    """Why a withdrawal ended, as its owner is told: a category, never the rule, reviewer or score."""
+    if w.state == "denied":
+        return REFUSED_BY_RULE
+    if w.state == "rejected":
+        return REFUSED_AFTER_REVIEW
+    if w.state == "failed" and (w.end_reason or "").startswith(_USER_END_REASONS):
+        return str(w.end_reason)
+    return "failed; the amount is back in your balance — contact support"
+
+
 def _withdraw_reason(w: Any) -> str:
+    """The `info` of a withdrawal history row (the user's own view: no rule text, score or signal)."""
     if w.state == "requested":
         return "waiting for the e-mail confirmation"
     if w.state in ("failed", "denied", "rejected"):
-        # a KYT finding on the destination is named to the user beside the rule that acted on it
-        kyt = [r for r in (w.risk_reasons or []) if r.startswith("KYT: ")]
-        return "; ".join([w.end_reason or w.state, *kyt])
+        return user_end_reason(w)
     if w.state == "settled":
         return f"completed: {w.confirmations} confirmations, network fee {w.network_fee_minor}"
-    if w.state in ("manual_review", "awaiting_approvals"):
-        why = "; ".join(w.decision_reasons or w.risk_reasons)
-        if w.state == "manual_review" and w.manual_review and w.decision_reasons:
-            # the risk review sent it to a human: its reasons (the user's own history, KYT) come too
-            why += f"; risk score {w.risk_score}: " + ", ".join(w.risk_reasons)
-        return ("waiting for a human review: " if w.state == "manual_review" else "waiting for approvals: ") + why
+    if w.state == "manual_review":
+        return UNDER_REVIEW
+    if w.state == "awaiting_approvals":
+        return "waiting for approval"
     if w.state == "approved" and w.not_before_ns:
-        return f"approved; sent after a policy delay ({'; '.join(w.decision_reasons)})"
-    return {"confirmed": "e-mail confirmed; risk review next", "reviewed": "risk review done; policy decision next",
-            "approved": "approved; signing next", "signing": "being signed", "signed": "signed; broadcasting",
-            "broadcast": "broadcast; waiting for confirmations"}.get(w.state, w.state)
+        return "approved; sent after a security delay"
+    return {"confirmed": "e-mail confirmed; being checked", "reviewed": "being checked",
+            "approved": "approved; being processed", "signing": "being processed", "signed": "being processed",
+            "broadcast": "sent; waiting for confirmations"}.get(w.state, w.state)
 
 
 def _withdraw_row(w: Any, decimals: int, network: str) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from ..identity import sessions
 from ..identity.context import IdentityContext
 from .binance import EndpointParams, check_params
 from .binance_errors import BinanceError, from_ringfence
-from .capital import CAPITAL_PARAMS, CapitalApi
+from .capital import CAPITAL_PARAMS, UNDER_REVIEW, CapitalApi, user_end_reason
 from .session_trading import NO_STORE, PREFIX, SessionCaller, _authenticate, _refuse, _Refused
 
 __all__ = ["build_session_money_router", "install_session_money", "LINK_TTL_S"]
@@ -348,7 +348,8 @@ class SessionMoney:
             # the amount as the user asked for it and the e-mail says it (the fee comes out of it), and what arrives
             return WithdrawalLink(w.id, w.asset, terms.network if terms else w.asset,
                                   format_amount(w.amount_minor + w.fee_minor, d, trim=True), format_amount(w.fee_minor, d, trim=True),
-                                  format_amount(w.amount_minor, d, trim=True), w.address, w.state, w.end_reason or "",
+                                  format_amount(w.amount_minor, d, trim=True), w.address, w.state,
+                                  user_end_reason(w) if w.state in ("failed", "denied", "rejected") else "",
                                   time.time_ns() - w.created_ns > EMAIL_CONFIRM_TTL_NS)
 
         link = self.capital.ex.read(read) if token else None
@@ -405,21 +406,17 @@ _RANK = {"requested": 0, "confirmed": 1, "reviewed": 2, "manual_review": 3, "awa
 
 
 def timeline(w: Any) -> list[dict[str, Any]]:
-    """The withdrawal's steps so far, each with its Binance status and its reason, from the engine's
-    record (so a reload or another device shows the same history)."""
+    """The withdrawal's steps so far, each with its Binance status and a reason its owner may read,
+    from the engine's record (so a reload or another device shows the same history). No rule text,
+    risk score, signal name or reviewer: those are the operators' (staff console)."""
     rank = _RANK.get(w.state, -1)
     steps = [{"status": 0, "step": "e-mail sent", "info": "waiting for the e-mail confirmation"}]
     if rank >= 1 or (w.state in ("denied", "rejected") or (w.state == "failed" and w.risk_score)):
         steps.append({"status": 4, "step": "e-mail confirmed", "info": "the button on the e-mailed link's page was pressed"})
-    if rank >= 2 or w.risk_reasons or w.risk_score:
-        why = "; ".join(w.risk_reasons) or "nothing unusual"
-        steps.append({"status": 4, "step": "risk review", "info": f"score {w.risk_score}: {why}"})
-    if w.decision:
-        steps.append({"status": 4, "step": "policy", "info": f"{w.decision}: {'; '.join(w.decision_reasons) or w.rule}"})
+    if rank >= 2 or w.risk_reasons or w.risk_score or w.decision:
+        steps.append({"status": 4, "step": "checks", "info": "done" if (rank >= 4 or w.decision) else "in progress"})
     if w.manual_review or w.required_approvals:
-        what = "human review" if w.manual_review else f"{w.required_approvals} approval(s)"
-        got = ", ".join(f"{a.approver} ({a.role})" for a in w.approvals)
-        steps.append({"status": 2, "step": "awaiting approval", "info": f"needs {what}" + (f"; given: {got}" if got else "")})
+        steps.append({"status": 2, "step": "awaiting approval", "info": UNDER_REVIEW if w.manual_review else "waiting for approval"})
     if rank >= 5:
         steps.append({"status": 4, "step": "processing", "info": "signing" if rank == 5 else f"signed; txid {w.txid}"})
     if rank >= 7:
@@ -427,10 +424,10 @@ def timeline(w: Any) -> list[dict[str, Any]]:
     if w.state == "settled":
         steps.append({"status": 6, "step": "completed", "info": f"{w.confirmations} confirmations"})
     elif w.state in ("denied", "rejected"):
-        steps.append({"status": 3, "step": "rejected", "info": w.end_reason or w.state})
+        steps.append({"status": 3, "step": "rejected", "info": user_end_reason(w)})
     elif w.state == "failed":
         cancelled = w.end_reason == "cancelled by the user"
-        steps.append({"status": 1 if cancelled else 5, "step": "cancelled" if cancelled else "failure", "info": w.end_reason})
+        steps.append({"status": 1 if cancelled else 5, "step": "cancelled" if cancelled else "failure", "info": user_end_reason(w)})
     return steps
 
 
