@@ -35,7 +35,57 @@ def test_sign_up_does_not_reveal_existing_email(ctx):
     second = accounts.sign_up(ctx, "BOB@example.com", "another fine passphrase 9", ip="198.51.100.1")
     assert first == second
     assert count(ctx, User) == 1
-    assert [m.template for m in outbox(ctx, to="bob@example.com")] == ["verify_email", "signup_existing"]
+    # bob's account is still pending: the notice says it may be someone else's and how to take it over
+    assert [m.template for m in outbox(ctx, to="bob@example.com")] == ["verify_email", "signup_existing_pending"]
+    assert "/verify-email/new" in outbox(ctx, to="bob@example.com")[-1].body
+    with pytest.raises(Unauthorized):  # the first sign-up's link (maybe a stranger's password) no longer confirms
+        accounts.verify_email(ctx, token_from_mail(outbox(ctx, to="bob@example.com")[0]))
+    accounts.resend_verification(ctx, "bob@example.com", ip="198.51.100.1")
+    accounts.claim_pending_account(ctx, token_from_mail(outbox(ctx, to="bob@example.com")[-1]), PASSWORD)
+    assert accounts.sign_up(ctx, "bob@example.com", PASSWORD, ip="198.51.100.1") == first
+    assert outbox(ctx, to="bob@example.com")[-1].template == "signup_existing"  # confirmed: "sign in instead"
+
+
+def test_sign_up_hashes_the_password_for_an_existing_address_too(ctx, monkeypatch):
+    """Timing: an existing address's sign-up does the same argon2 work as a new one's (result discarded)."""
+    accounts.sign_up(ctx, "carol@example.com", PASSWORD, ip="198.51.100.1")
+    hashed: list[str] = []
+    real_hash = ctx.passwords.hash
+    monkeypatch.setattr(ctx.passwords, "hash", lambda pw: hashed.append(pw) or real_hash(pw))
+    before = snapshot(ctx)["identity_users"]
+    accounts.sign_up(ctx, "carol@example.com", "another fine passphrase 9", ip="198.51.100.1")
+    assert hashed == ["another fine passphrase 9"]
+    assert snapshot(ctx)["identity_users"] == before, "the existing account is unchanged"
+    accounts.sign_up(ctx, "dave@example.com", PASSWORD, ip="198.51.100.1")
+    assert hashed == ["another fine passphrase 9", PASSWORD], "a new address: one hash too"
+
+
+def test_a_resent_link_hands_a_pending_account_to_the_mailbox_owner(ctx):
+    """Pre-hijack: the attacker signs up with the victim's address; the victim's resent link confirms the
+    address only with her new password, the attacker's stops working and his sessions end."""
+    accounts.sign_up(ctx, "ceo@victim.test", "attacker passphrase 77", ip="203.0.113.9")
+    first = token_from_mail(outbox(ctx, to="ceo@victim.test", template="verify_email")[-1])
+    accounts.resend_verification(ctx, "ceo@victim.test", ip="198.51.100.1")
+    [msg] = outbox(ctx, to="ceo@victim.test", template="verify_claim")
+    assert "/verify-email/claim?token=" in msg.body
+    token = token_from_mail(msg)
+    with pytest.raises(Unauthorized):
+        accounts.verify_email(ctx, first)  # the original link stopped working at the resend
+    before = snapshot(ctx)
+    assert accounts.check_claim_link(ctx, token) == "ceo@victim.test"
+    with pytest.raises(Unauthorized):
+        accounts.verify_email(ctx, token)  # not a plain confirmation: it needs the password
+    for weak, reason in (("short", "at least 10"), ("password123", "common"), ("Qwerty2024!", "common"), ("x" * 129, "at most 128")):
+        with pytest.raises(ValidationError) as err:
+            accounts.claim_pending_account(ctx, token, weak, ip="198.51.100.1")
+        assert err.value.field == "password" and reason in str(err.value)
+    assert snapshot(ctx) == before, "reading the link and weak passwords change nothing"
+    account_id = accounts.claim_pending_account(ctx, token, "victim's own passphrase 5", ip="198.51.100.1")
+    with pytest.raises(AuthenticationFailed):
+        sign_in(ctx, "ceo@victim.test", "attacker passphrase 77")
+    assert sign_in(ctx, "ceo@victim.test", "victim's own passphrase 5").account_id == account_id
+    with pytest.raises(Unauthorized):
+        accounts.claim_pending_account(ctx, token, "victim's own passphrase 6", ip="198.51.100.1")  # used
 
 
 @pytest.mark.parametrize("password, reason", [

@@ -36,6 +36,8 @@ __all__ = [
     "sign_up",
     "verify_email",
     "resend_verification",
+    "check_claim_link",
+    "claim_pending_account",
     "login",
     "change_password",
     "request_email_change",
@@ -48,6 +50,9 @@ __all__ = [
 LOGIN_FAILED_MESSAGE = "the e-mail or password is incorrect"
 SIGN_UP_MESSAGE = N_("check your inbox: we sent a link to confirm the address")
 RESEND_MESSAGE = N_("if an account with this address is waiting for its confirmation, we sent it a new link")
+#: A link from `/verify-email/new` (the resend): it confirms the address only together with a new password,
+#: so whoever started a pending account with somebody else's address loses it to the mailbox's owner.
+CLAIM_PURPOSE = "verify_claim"
 RESEND_PER_ADDRESS_PER_HOUR = 5  # a stranger cannot fill a pending address's inbox from many IPs
 
 
@@ -94,7 +99,17 @@ def sign_up(ctx: IdentityContext, email: object, password: object, *, ip: object
         if pending is None:
             existing = db.scalars(select(User).where(User.email == addr)).first()
             if existing is not None:
-                mail.enqueue(ctx, db, existing, "signup_existing", {})
+                # the same argon2 work as a new account's (result discarded): the answer's time must not
+                # tell an existing address from a new one
+                ctx.passwords.hash(pw)
+                if existing.email_verified:
+                    mail.enqueue(ctx, db, existing, "signup_existing", {})
+                else:  # maybe somebody else's account on her address: she can take it over
+                    # its first link (which confirms the password set at that sign-up, maybe a stranger's)
+                    # stops working: from now on only a resent link, which sets her own password, confirms
+                    _end_sign_up_links(db, existing, now)
+                    mail.enqueue(ctx, db, existing, "signup_existing_pending",
+                                 {"link": f"{ctx.settings.identity_public_url}/verify-email/new"})
             else:
                 user = User(
                     account_id="u_" + secrets.token_hex(12), email=addr, email_verified=False,
@@ -165,6 +180,12 @@ def check_verification_link(ctx: IdentityContext, token: object) -> str:
         return usable_email_token(ctx, db, token, "verify").email
 
 
+def _end_sign_up_links(db: Session, user: User, now: int) -> None:
+    """Every unused sign-up link of `user` (the first one and any resent one) stops working."""
+    db.execute(update(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose.in_(("verify", CLAIM_PURPOSE)),
+                                        EmailToken.used_at_s.is_(None)).values(used_at_s=now))
+
+
 def verify_email(ctx: IdentityContext, token: object) -> str:
     """Confirm the sign-up e-mail from its link. Returns the user's account_id."""
     with ctx.store.tx() as db:
@@ -172,7 +193,43 @@ def verify_email(ctx: IdentityContext, token: object) -> str:
         user = db.get(User, row.user_id)
         assert user is not None
         user.email_verified = True
+        _end_sign_up_links(db, user, ctx.now())
         record_event(db, user_id=user.id, kind="email_verified", at_s=ctx.now())
+        return user.account_id
+
+
+def _claimable(ctx: IdentityContext, db: Session, token: object) -> tuple[EmailToken, User]:
+    row = usable_email_token(ctx, db, token, CLAIM_PURPOSE)
+    user = db.get(User, row.user_id)
+    assert user is not None
+    if user.email_verified or user.frozen or user.email != row.email:
+        raise Unauthorized("this link is invalid, already used or expired; request a new one", field="token")
+    return row, user
+
+
+def check_claim_link(ctx: IdentityContext, token: object) -> str:
+    """The address a resent sign-up link would confirm, or the error `claim_pending_account` would
+    raise; reads only (the link's GET page asks this before it shows its form)."""
+    with ctx.store.tx() as db:
+        return _claimable(ctx, db, token)[0].email
+
+
+def claim_pending_account(ctx: IdentityContext, token: object, password: object, *, ip: object = "127.0.0.1") -> str:
+    """Confirm a pending account's address from a resent link (`/verify-email/new`) and set the password
+    its mailbox's owner chooses, in one transaction: a password set at sign-up (perhaps by someone else,
+    before the owner came) stops working and every session of the account ends. Returns the account_id."""
+    client_ip = validate_ip(ip)
+    with ctx.store.tx() as db:
+        row, user = _claimable(ctx, db, token)
+        pw = check_password_policy(password, email=user.email)
+        now = ctx.now()
+        row.used_at_s = now
+        user.password_hash = ctx.passwords.hash(pw)
+        user.email_verified = True
+        _end_sign_up_links(db, user, now)
+        db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None))
+                   .values(revoked_at_s=now))
+        record_event(db, user_id=user.id, kind="email_verified", at_s=now, ip=client_ip)
         return user.account_id
 
 
@@ -180,7 +237,8 @@ def resend_verification(ctx: IdentityContext, email: object, *, ip: object) -> S
     """A new sign-up link for an account whose address is not confirmed yet (its link was used, lost
     or expired: `/verify-email/new`). The same answer whether or not such an account exists (no
     probing of registered addresses); rate-limited per IP (as sign-ups) and per address. The
-    account's earlier sign-up links stop working: only the newest one confirms."""
+    account's earlier sign-up links stop working: only the newest one confirms, and only together with
+    a new password (`claim_pending_account`)."""
     addr = normalize_email(email)
     client_ip = validate_ip(ip)
     now = ctx.now()
@@ -194,10 +252,12 @@ def resend_verification(ctx: IdentityContext, email: object, *, ip: object) -> S
         if pending is None:
             user = db.scalars(select(User).where(User.email == addr)).first()
             if user is not None and not user.email_verified and not user.frozen:
-                db.execute(update(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose == "verify",
-                                                    EmailToken.used_at_s.is_(None)).values(used_at_s=now))
-                token = _email_token(ctx, db, user, purpose="verify", email=addr)
-                mail.enqueue(ctx, db, user, "verify_email", {"link": f"{ctx.settings.identity_public_url}/verify-email?token={token}"})
+                _end_sign_up_links(db, user, now)
+                # this link also sets a new password (the mailbox's owner takes over a pending account
+                # someone else may have started with her address)
+                token = _email_token(ctx, db, user, purpose=CLAIM_PURPOSE, email=addr)
+                mail.enqueue(ctx, db, user, "verify_claim",
+                             {"link": f"{ctx.settings.identity_public_url}/verify-email/claim?token={token}"})
     _raise_pending(pending)
     return SignUpReceipt(RESEND_MESSAGE)
 

@@ -109,6 +109,22 @@ TEMPLATES: dict[str, Template] = {
         "If it was you, sign in instead. If not, you can ignore this message; nothing was changed."),
         False,
     ),
+    "signup_existing_pending": Template(
+        N_("Sign-up attempt with your e-mail address"),
+        N_("Someone tried to create a ringfence account with this address. An account with this address was "
+        "started earlier and is not confirmed yet; if you did not start it, someone else did.\n"
+        "You can take it over: ask for a new link here, and choose your own password on the page it opens "
+        "(any password set before stops working):\n{link}\n\n"
+        "If you do not want an account, you can ignore this message."),
+        False,
+    ),
+    "verify_claim": Template(
+        N_("Confirm your e-mail address"),
+        N_("Here is the new link you asked for. Confirm this address and choose the password of your account:\n"
+        "{link}\n\nAny password set before for this account stops working. The link works once and expires "
+        "in 24 hours. If you did not ask for it, ignore this message."),
+        False,
+    ),
     "email_change_confirm": Template(
         N_("Confirm your new e-mail address"),
         N_("Confirm that this address should become the e-mail of your ringfence account:\n{link}"),

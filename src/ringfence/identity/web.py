@@ -193,6 +193,33 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         return _render("message.html", title=_t("E-mail confirmed"), message=_t("Your address is confirmed. You can sign in now."),
                        link="/login")
 
+    @router.get("/verify-email/claim", response_class=HTMLResponse)
+    def claim_page(token: str = "") -> HTMLResponse:
+        # a resent link (/verify-email/new): GET changes nothing, it shows the password form
+        try:
+            email = accounts.check_claim_link(ctx, token)
+        except Unauthorized as err:
+            return unusable_signup_link(err)
+        return _render("claim_account.html", email=email, token=token)
+
+    @router.post("/verify-email/claim", response_class=HTMLResponse)
+    async def claim(request: Request) -> HTMLResponse:
+        # as /verify-email: the link's token in the form is the secret, same_origin_only refuses a foreign
+        # Origin; the address is confirmed and the chosen password set in one transaction
+        form = await _form(request)
+        token = form.get("token", "")
+        try:
+            accounts.claim_pending_account(ctx, token, form.get("password", ""), ip=_client_ip(request))
+        except Unauthorized as err:
+            return unusable_signup_link(err)
+        except ValidationError as err:
+            if err.field != "password":
+                raise
+            email = accounts.check_claim_link(ctx, token)  # the form again, with what to change (nothing changed)
+            return _render("claim_account.html", status_code=err.http_status, email=email, token=token, error=str(err))
+        return _render("message.html", title=_t("E-mail confirmed"),
+                       message=_t("Your address is confirmed and your password is set. You can sign in now."), link="/login")
+
     @router.get("/verify-email/new", response_class=HTMLResponse)
     def resend_page() -> HTMLResponse:
         return _render("resend_verification.html")
