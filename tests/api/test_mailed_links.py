@@ -99,6 +99,22 @@ def sign_in(b: Browserless, email: str) -> int:
     return b.request("POST", "/login", data={"email": email, "password": PASSWORD}).status_code
 
 
+#: the commands an e-mailed address or withdrawal link sends the engine when its button is pressed
+LINK_COMMANDS = ("custody.address_book.add/1", "custody.withdrawal.confirm_email/1")
+
+
+def link_commands_since(server, seq: int) -> list[str]:
+    """The link commands journaled after `seq` (`ringfence journal sources`). The demo server's own
+    workers go on journaling (chains, withdrawals of earlier tests), so "nothing changed" is asked of
+    the commands a link sends, not of the journal's length."""
+    from .conftest import cli
+
+    got = cli("journal", "sources", str(server.data), "--from-seq", str(seq + 1))
+    assert got.returncode == 0, got.stderr
+    tags = [json.loads(line)["command"] for line in got.stdout.splitlines() if line.startswith("{")]
+    return [t for t in tags if t in LINK_COMMANDS]
+
+
 def test_the_sign_up_link_confirms_the_address_only_on_its_button(server):
     b = Browserless(server.base)
     email = f"links{int(time.time() * 1000)}@example.com"
@@ -310,7 +326,7 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
         assert "Add this withdrawal address?" in page.text and dest in page.text and "BTC" in page.text
         assert "form-action 'self'" in page.headers["content-security-policy"], "the browser may post the button's form"
     assert b.request("HEAD", link).status_code == 405
-    assert book(b) == [] and last_seq(server) == before, "the GETs added nothing"
+    assert book(b) == [] and not link_commands_since(server, before), "the GETs added nothing"
     fields = form_fields(page.text, "/wallet/confirm-address")
     for bad in ("x" * 40, fields["token"][:-3] + "AAA"):
         got = b.request("GET", "/wallet/confirm-address?token=" + bad)
@@ -319,7 +335,7 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
         assert_way_back(got.text, "-1002")
         posted = b.request("POST", "/wallet/confirm-address", data={"token": bad})
         assert posted.status_code == 400 and message_of(posted.text) == "This confirmation link is not valid."
-    assert book(b) == [] and last_seq(server) == before
+    assert book(b) == [] and not link_commands_since(server, before)
 
     done = b.request("POST", "/wallet/confirm-address", data=fields)
     assert done.status_code == 200 and "Withdrawal address added" in done.text, done.text
@@ -333,7 +349,7 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
         assert title_of(page.text) == "Withdrawal address already added", page.text
         assert message_of(page.text) == f"{dest} is in your BTC address book. It cools before it can receive withdrawals."
         assert '<p id="message" class="ok">' in page.text and 'href="/wallet/withdraw"' in page.text and "error-code" not in page.text
-    assert book(b) == [entry] and last_seq(server) == after
+    assert book(b) == [entry] and not link_commands_since(server, after)
 
     # ---- the withdrawal's link
     r = session(b, "POST", "/session/v3/capital/withdraw/apply",
@@ -358,7 +374,7 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
     assert b.request("HEAD", link).status_code == 405
     [w] = withdrawals(b)
     assert w["id"] == wid and w["status"] == 0 and w["info"] == "waiting for the e-mail confirmation", w
-    assert last_seq(server) == before, "the GETs confirmed nothing"
+    assert not link_commands_since(server, before), "the GETs confirmed nothing"
     fields = form_fields(page.text, "/wallet/confirm-withdrawal")
     assert fields["id"] == wid
     for bad in ({"id": wid, "token": "x" * 32}, {"id": wid, "token": ""}, {"id": "nope", "token": fields["token"]}):
@@ -367,7 +383,7 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
         assert_way_back(got.text, "-1002")
         posted = b.request("POST", "/wallet/confirm-withdrawal", data=bad)
         assert posted.status_code == 400 and message_of(posted.text) == "This confirmation link is not valid."
-    assert withdrawals(b)[0]["status"] == 0 and last_seq(server) == before
+    assert withdrawals(b)[0]["status"] == 0 and not link_commands_since(server, before)
 
     done = b.request("POST", "/wallet/confirm-withdrawal", data=fields)
     assert done.status_code == 200 and "Withdrawal confirmed" in done.text and wid in done.text, done.text
@@ -486,7 +502,7 @@ def test_a_used_address_link_never_adds_the_address_again(tmp_path):
             assert posted.status_code == 400, (other[-8:], posted.status_code, posted.text[:500])
             assert "not as it was e-mailed" in message_of(posted.text), message_of(posted.text)
             assert b.request("GET", "/wallet/confirm-address", params={"token": other}).status_code == 400
-        assert book(b) == [] and last_seq(server) == before, "no replay reached the engine"
+        assert book(b) == [] and not link_commands_since(server, before), "no replay reached the engine"
 
         assert server.stop() == 0
         server = Server(tmp_path / "data", env=ENV)  # the same data: a restart (on another port)
@@ -497,7 +513,7 @@ def test_a_used_address_link_never_adds_the_address_again(tmp_path):
         for token in (fields["token"], *respellings(fields["token"])):
             posted = b.request("POST", "/wallet/confirm-address", data={"token": token})
             assert posted.status_code in (400, 409), (token[-8:], posted.status_code, posted.text[:500])
-        assert book(b) == [] and last_seq(server) == before, "after the restart too"
+        assert book(b) == [] and not link_commands_since(server, before), "after the restart too"
     finally:
         b.http.close()
         assert server.stop() == 0
