@@ -38,6 +38,9 @@ __all__ = [
     "resend_verification",
     "check_claim_link",
     "claim_pending_account",
+    "request_password_reset",
+    "check_reset_link",
+    "reset_password",
     "login",
     "change_password",
     "request_email_change",
@@ -53,6 +56,10 @@ RESEND_MESSAGE = N_("if an account with this address is waiting for its confirma
 #: A link from `/verify-email/new` (the resend): it confirms the address only together with a new password,
 #: so whoever started a pending account with somebody else's address loses it to the mailbox's owner.
 CLAIM_PURPOSE = "verify_claim"
+#: `/forgot-password`: the same answer for every address (no probing of registered ones)
+RESET_MESSAGE = N_("if a confirmed account uses this address, we sent it a link to choose a new password")
+RESET_PURPOSE = "password_reset"
+RESET_LINK_TTL_S = 30 * 60  # a mailed password link is worth an account: short-lived
 RESEND_PER_ADDRESS_PER_HOUR = 5  # a stranger cannot fill a pending address's inbox from many IPs
 
 
@@ -76,11 +83,11 @@ def _raise_pending(err: RingfenceError | None) -> None:
         raise err
 
 
-def _email_token(ctx: IdentityContext, db: Session, user: User, *, purpose: str, email: str) -> str:
+def _email_token(ctx: IdentityContext, db: Session, user: User, *, purpose: str, email: str, ttl_s: int | None = None) -> str:
     token = new_token()
     db.add(EmailToken(
         user_id=user.id, purpose=purpose, token_hash=ctx.sealer.token_digest(token), email=email,
-        expires_at_s=ctx.now() + ctx.settings.identity_email_token_ttl_s,
+        expires_at_s=ctx.now() + (ctx.settings.identity_email_token_ttl_s if ttl_s is None else ttl_s),
     ))
     return token
 
@@ -260,6 +267,105 @@ def resend_verification(ctx: IdentityContext, email: object, *, ip: object) -> S
                              {"link": f"{ctx.settings.identity_public_url}/verify-email/claim?token={token}"})
     _raise_pending(pending)
     return SignUpReceipt(RESEND_MESSAGE)
+
+
+def request_password_reset(ctx: IdentityContext, email: object, *, ip: object) -> SignUpReceipt:
+    """`/forgot-password`: mail a single-use link (`RESET_LINK_TTL_S`) that sets a new password, only to a
+    confirmed, unfrozen account; earlier reset links stop working. The same answer and the same queries
+    whether or not such an account exists; rate-limited per IP and per address as `resend_verification`."""
+    addr = normalize_email(email)
+    client_ip = validate_ip(ip)
+    now = ctx.now()
+    pending: RingfenceError | None = None
+    with ctx.store.tx() as db:
+        pending = throttle.hit(db, bucket=f"pw-reset-ip:{client_ip}", limit=ctx.settings.identity_signup_per_ip_per_hour,
+                               window_s=3600, now_s=now)
+        if pending is None:
+            pending = throttle.hit(db, bucket="pw-reset:" + ctx.sealer.token_digest("pw-reset:" + addr)[:64],
+                                   limit=RESEND_PER_ADDRESS_PER_HOUR, window_s=3600, now_s=now)
+        if pending is None:
+            user = db.scalars(select(User).where(User.email == addr)).first()
+            eligible = user is not None and user.email_verified and not user.frozen
+            # the earlier links end in any case (an unknown address runs the same statement, matching nothing)
+            db.execute(update(EmailToken).where(EmailToken.user_id == (user.id if user is not None and eligible else -1),
+                                                EmailToken.purpose == RESET_PURPOSE, EmailToken.used_at_s.is_(None))
+                       .values(used_at_s=now))
+            if user is not None and eligible:
+                token = _email_token(ctx, db, user, purpose=RESET_PURPOSE, email=addr, ttl_s=RESET_LINK_TTL_S)
+                mail.enqueue(ctx, db, user, "password_reset",
+                             {"link": f"{ctx.settings.identity_public_url}/reset-password?token={token}",
+                              "minutes": RESET_LINK_TTL_S // 60})
+    _raise_pending(pending)
+    return SignUpReceipt(RESET_MESSAGE)
+
+
+@dataclass(frozen=True)
+class ResetLink:
+    """What the reset page asks for: `needs` is "" (the password only), "code" (an authenticator or
+    recovery code) or "support" (a passkey-only account without recovery codes: no reset by mail)."""
+
+    email: str
+    needs: str
+
+
+def _resettable(ctx: IdentityContext, db: Session, token: object) -> tuple[EmailToken, User, str]:
+    from ..store.models import RecoveryCode
+
+    row = usable_email_token(ctx, db, token, RESET_PURPOSE)
+    user = db.get(User, row.user_id)
+    assert user is not None
+    if not user.email_verified or user.frozen or user.email != row.email:
+        raise Unauthorized("this link is invalid, already used or expired; request a new one", field="token")
+    methods = _second_factor_methods(db, user)
+    needs = ""
+    if "totp" in methods:
+        needs = "code"
+    elif "passkey" in methods:  # a passkey cannot be checked on a mailed link's page: a recovery code can
+        has_codes = db.scalars(select(RecoveryCode.id).where(RecoveryCode.user_id == user.id,
+                                                             RecoveryCode.used_at_s.is_(None)).limit(1)).first()
+        needs = "code" if has_codes is not None else "support"
+    return row, user, needs
+
+
+def check_reset_link(ctx: IdentityContext, token: object) -> ResetLink:
+    """What the reset link's page must ask for, or the error `reset_password` would raise; reads only."""
+    with ctx.store.tx() as db:
+        row, _user, needs = _resettable(ctx, db, token)
+        return ResetLink(row.email, needs)
+
+
+def reset_password(ctx: IdentityContext, token: object, password: object, code: object = "", *,
+                   ip: object = "127.0.0.1") -> str:
+    """Set a new password from a `/forgot-password` link (single use). An account with a second factor
+    also needs its code (authenticator, or a recovery code; checked and throttled as at sign-in). Every
+    session of the account ends and the change counts as a credential change (withdrawals locked, notice
+    mail with a freeze link). Returns the account_id."""
+    from .second_factor import _guarded
+
+    client_ip = validate_ip(ip)
+    pending: RingfenceError | None = None
+    with ctx.store.tx() as db:
+        row, user, needs = _resettable(ctx, db, token)
+        if needs == "support":
+            raise Forbidden("this account signs in with a passkey only and has no recovery codes: "
+                            "contact support to reset its password", field="token")
+        pw = check_password_policy(password, email=user.email)
+        if needs:
+            if not isinstance(code, str) or not code.strip():
+                raise ValidationError("must be the 6-digit code from your authenticator app or a recovery code", field="code")
+            method = "totp" if code.strip().isdigit() and "totp" in _second_factor_methods(db, user) else "recovery_code"
+            pending = _guarded(ctx, db, user, method=method, value=code, purpose="password_reset", ip=client_ip)
+        if pending is None:
+            now = ctx.now()
+            row.used_at_s = now
+            user.password_hash = ctx.passwords.hash(pw)
+            db.execute(update(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose == RESET_PURPOSE,
+                                                EmailToken.used_at_s.is_(None)).values(used_at_s=now))
+            db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None))
+                       .values(revoked_at_s=now))
+            credential_changed(ctx, db, user, change="password_changed", ip=client_ip)
+    _raise_pending(pending)  # a wrong code: its failure counted (committed), nothing else changed
+    return user.account_id
 
 
 def note_sign_in(ctx: IdentityContext, db: Session, user: User, *, ip: str, user_agent: str, country: str | None) -> None:

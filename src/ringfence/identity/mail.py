@@ -125,6 +125,14 @@ TEMPLATES: dict[str, Template] = {
         "in 24 hours. If you did not ask for it, ignore this message."),
         False,
     ),
+    "password_reset": Template(
+        N_("Choose a new password"),
+        N_("Someone (hopefully you) asked to reset the password of your ringfence account. Choose a new one here:\n"
+        "{link}\n\nThe link works once and expires in {minutes} minutes. Resetting signs the account out "
+        "everywhere and locks withdrawals for a while. If you did not ask for it, ignore this message: your "
+        "password stays as it is."),
+        False,
+    ),
     "email_change_confirm": Template(
         N_("Confirm your new e-mail address"),
         N_("Confirm that this address should become the e-mail of your ringfence account:\n{link}"),

@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from ..errors import Forbidden, RingfenceError, Unauthorized, ValidationError
+from ..errors import AuthenticationFailed, Forbidden, RingfenceError, Unauthorized, ValidationError
 from ..i18n import format_amount, gettext_for, page_context, request_locale
 from . import accounts, api_keys, events, mail, pgp_keys, second_factor, sessions
 from .context import IdentityContext
@@ -231,6 +231,54 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request))
         return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
                        link_label=_t("Sign in"))
+
+    @router.get("/forgot-password", response_class=HTMLResponse)
+    def forgot_page() -> HTMLResponse:
+        return _render("forgot_password.html")
+
+    @router.post("/forgot-password", response_class=HTMLResponse)
+    async def forgot(request: Request) -> HTMLResponse:
+        # as /verify-email/new: no session CSRF token; same_origin_only refuses a foreign Origin; the same
+        # answer for every address
+        form = await _form(request)
+        receipt = accounts.request_password_reset(ctx, form.get("email", ""), ip=_client_ip(request))
+        return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
+                       link_label=_t("Sign in"))
+
+    def unusable_reset_link(err: RingfenceError) -> HTMLResponse:
+        return unusable_link(err, _t("This password link is invalid, already used or expired. Ask for a new one."),
+                             "/forgot-password", _t("Send me a new link"))
+
+    @router.get("/reset-password", response_class=HTMLResponse)
+    def reset_page(token: str = "") -> HTMLResponse:
+        # GET changes nothing (a mail scanner fetches the link): it shows the form
+        try:
+            link = accounts.check_reset_link(ctx, token)
+        except Unauthorized as err:
+            return unusable_reset_link(err)
+        return _render("reset_password.html", email=link.email, needs=link.needs, token=token)
+
+    @router.post("/reset-password", response_class=HTMLResponse)
+    async def reset(request: Request) -> HTMLResponse:
+        # as /verify-email/claim: the link's token in the form is the secret, same_origin_only refuses a
+        # foreign Origin; a refused password or code shows the form again (nothing changed)
+        form = await _form(request)
+        token = form.get("token", "")
+        try:
+            accounts.reset_password(ctx, token, form.get("password", ""), form.get("code", ""), ip=_client_ip(request))
+        except (ValidationError, AuthenticationFailed) as err:  # before Unauthorized: a wrong code is one
+            if err.field not in ("password", "code"):
+                if isinstance(err, Unauthorized):
+                    return unusable_reset_link(err)
+                raise
+            link = accounts.check_reset_link(ctx, token)
+            return _render("reset_password.html", status_code=err.http_status, email=link.email, needs=link.needs,
+                           token=token, error=str(err))
+        except Unauthorized as err:
+            return unusable_reset_link(err)
+        return _render("message.html", title=_t("Password changed"),
+                       message=_t("Your new password is set and the account was signed out everywhere. You can sign in now."),
+                       link="/login", link_label=_t("Sign in"))
 
     def unusable_change_link(err: RingfenceError) -> HTMLResponse:
         # the reason stays the error's own (made up, used, expired, or replaced by a newer request); the
