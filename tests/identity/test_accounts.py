@@ -303,3 +303,70 @@ def test_concurrent_sign_ups_of_one_email_create_one_user(ctx):
         t.join()
     assert count(ctx, User) == 1
     assert all(isinstance(e, Conflict) for e in errors)
+
+
+def test_a_password_reset_link_is_single_use_short_lived_and_only_for_confirmed_accounts(ctx, clock):
+    """`/forgot-password`: one answer for every address, mail only to a confirmed account; the newest
+    link alone works, for 30 minutes, once; the reset ends every session and is a credential change."""
+    from ringfence.store.models import SecurityEvent as Event
+
+    register(ctx)
+    issued = sign_in(ctx).session
+    accounts.sign_up(ctx, "pending@example.com", PASSWORD, ip="198.51.100.2")
+    answers = {accounts.request_password_reset(ctx, addr, ip="198.51.100.1").message
+               for addr in ("alice@example.com", "pending@example.com", "nobody@example.com")}
+    assert answers == {accounts.RESET_MESSAGE}
+    assert [m.to_addr for m in outbox(ctx, template="password_reset")] == ["alice@example.com"]
+    first = token_from_mail(outbox(ctx, template="password_reset")[-1])
+    accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
+    second = token_from_mail(outbox(ctx, template="password_reset")[-1])
+    with pytest.raises(Unauthorized):
+        accounts.check_reset_link(ctx, first)  # a new link ends the earlier ones
+    assert accounts.check_reset_link(ctx, second) == accounts.ResetLink("alice@example.com", "")
+    before = snapshot(ctx)
+    with pytest.raises(ValidationError) as err:
+        accounts.reset_password(ctx, second, "password123", ip="198.51.100.1")
+    assert err.value.field == "password"
+    assert snapshot(ctx) == before, "reading the link and a weak password change nothing"
+    clock.advance(accounts.RESET_LINK_TTL_S + 1)
+    with pytest.raises(Unauthorized):
+        accounts.reset_password(ctx, second, "a brand new passphrase 1", ip="198.51.100.1")  # expired
+    accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
+    third = token_from_mail(outbox(ctx, template="password_reset")[-1])
+    accounts.reset_password(ctx, third, "a brand new passphrase 1", ip="198.51.100.1")
+    with pytest.raises(Unauthorized):
+        sessions.authenticate(ctx, issued.token)  # every session ended
+    with pytest.raises(AuthenticationFailed):
+        sign_in(ctx)
+    assert sign_in(ctx, password="a brand new passphrase 1").account_id
+    with pytest.raises(Unauthorized):
+        accounts.reset_password(ctx, third, "another passphrase 22", ip="198.51.100.1")  # used
+    with ctx.store.tx() as db:
+        user = db.scalars(select(User).where(User.email == "alice@example.com")).one()
+        assert user.withdrawals_locked_until_s == clock() + ctx.settings.identity_withdrawal_lock_s
+        assert "password_changed" in db.scalars(select(Event.kind).where(Event.user_id == user.id)).all()
+    assert "/security/freeze?token=" in outbox(ctx, to="alice@example.com", template="credential_changed")[-1].body
+
+
+def test_password_reset_requests_are_rate_limited_per_address(ctx):
+    register(ctx)
+    for i in range(accounts.RESEND_PER_ADDRESS_PER_HOUR):
+        accounts.request_password_reset(ctx, "alice@example.com", ip=f"198.51.100.{i + 1}")
+    with pytest.raises(RateLimited):
+        accounts.request_password_reset(ctx, "alice@example.com", ip="203.0.113.50")
+
+
+def test_a_passkey_only_account_without_recovery_codes_is_sent_to_support(ctx, clock):
+    from ringfence.store.models import WebAuthnCredential
+
+    register(ctx)
+    with ctx.store.tx() as db:
+        user = db.scalars(select(User).where(User.email == "alice@example.com")).one()
+        db.add(WebAuthnCredential(user_id=user.id, credential_id=b"cred", public_key=b"pk", label="key", created_at_s=clock()))
+    accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
+    token = token_from_mail(outbox(ctx, template="password_reset")[-1])
+    assert accounts.check_reset_link(ctx, token).needs == "support"
+    before = snapshot(ctx)
+    with pytest.raises(Forbidden):
+        accounts.reset_password(ctx, token, "a brand new passphrase 1", ip="198.51.100.1")
+    assert snapshot(ctx) == before
