@@ -88,6 +88,20 @@ def test_a_resent_link_hands_a_pending_account_to_the_mailbox_owner(ctx):
         accounts.claim_pending_account(ctx, token, "victim's own passphrase 6", ip="198.51.100.1")  # used
 
 
+def test_a_stranger_signing_up_again_does_not_void_the_owners_resent_link(ctx):
+    """Intruder finding: each sign-up for a pending address ended every sign-up link, the owner's resent
+    one too, so a stranger could keep her from ever taking the account over. Only the first link ends."""
+    accounts.sign_up(ctx, "ceo@victim.test", "attacker passphrase 77", ip="203.0.113.9")
+    accounts.resend_verification(ctx, "ceo@victim.test", ip="198.51.100.1")
+    token = token_from_mail(outbox(ctx, to="ceo@victim.test", template="verify_claim")[-1])
+    accounts.sign_up(ctx, "ceo@victim.test", "attacker passphrase 78", ip="203.0.113.10")
+    assert accounts.check_claim_link(ctx, token) == "ceo@victim.test"
+    accounts.claim_pending_account(ctx, token, "victim's own passphrase 5", ip="198.51.100.1")
+    for attacker in ("attacker passphrase 77", "attacker passphrase 78"):
+        with pytest.raises(AuthenticationFailed):
+            sign_in(ctx, "ceo@victim.test", attacker)
+    assert sign_in(ctx, "ceo@victim.test", "victim's own passphrase 5").account_id
+
 @pytest.mark.parametrize("password, reason", [
     ("short", "at least 10"),
     ("password123", "common"),

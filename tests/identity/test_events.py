@@ -84,6 +84,29 @@ def test_email_change_confirms_new_address_and_warns_old(ctx, clock):
     assert "email_changed" in kinds(ctx)
 
 
+def test_a_password_reset_link_dies_with_an_e_mail_or_password_change(ctx, clock):
+    """Intruder finding: a reset link mailed to address A was refused while the account used B, and worked
+    again once the address was changed back to A. Changing the address or the password ends it."""
+    totp, _, _ = enable_totp(ctx, clock)
+
+    def signed_in(email: str) -> str:  # a session with a fresh second factor
+        clock.advance(30)
+        return sf.complete_login(ctx, sign_in(ctx, email).session.token, method="totp", value=totp.at(clock.now_s)).token
+
+    accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
+    link = token_from_mail(outbox(ctx, to="alice@example.com", template="password_reset")[-1])
+    assert accounts.check_reset_link(ctx, link).email == "alice@example.com"
+    for old, new in (("alice@example.com", "alice.new@example.com"), ("alice.new@example.com", "alice@example.com")):
+        accounts.request_email_change(ctx, signed_in(old), new)  # away and back again
+        accounts.confirm_email_change(ctx, token_from_mail(outbox(ctx, to=new, template="email_change_confirm")[-1]))
+    with pytest.raises(Unauthorized):
+        accounts.check_reset_link(ctx, link)
+    accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
+    link = token_from_mail(outbox(ctx, to="alice@example.com", template="password_reset")[-1])
+    accounts.change_password(ctx, signed_in("alice@example.com"), PASSWORD, "a completely new passphrase 5")
+    with pytest.raises(Unauthorized):
+        accounts.check_reset_link(ctx, link)
+
 def test_email_change_needs_fresh_factor_and_does_not_reveal_taken_address(ctx, clock):
     register(ctx, "bob@example.com")
     totp, token, _ = enable_totp(ctx, clock)

@@ -113,8 +113,9 @@ def sign_up(ctx: IdentityContext, email: object, password: object, *, ip: object
                     mail.enqueue(ctx, db, existing, "signup_existing", {})
                 else:  # maybe somebody else's account on her address: she can take it over
                     # its first link (which confirms the password set at that sign-up, maybe a stranger's)
-                    # stops working: from now on only a resent link, which sets her own password, confirms
-                    _end_sign_up_links(db, existing, now)
+                    # stops working: from now on only a resent link, which sets her own password, confirms.
+                    # Resent links stay: a stranger signing up again must not void the one she holds.
+                    _end_links(db, existing.id, now, "verify")
                     mail.enqueue(ctx, db, existing, "signup_existing_pending",
                                  {"link": f"{ctx.settings.identity_public_url}/verify-email/new"})
             else:
@@ -187,10 +188,15 @@ def check_verification_link(ctx: IdentityContext, token: object) -> str:
         return usable_email_token(ctx, db, token, "verify").email
 
 
+def _end_links(db: Session, user_id: int, now: int, *purposes: str) -> None:
+    """Every unused mailed link of the account with one of `purposes` stops working."""
+    db.execute(update(EmailToken).where(EmailToken.user_id == user_id, EmailToken.purpose.in_(purposes),
+                                        EmailToken.used_at_s.is_(None)).values(used_at_s=now))
+
+
 def _end_sign_up_links(db: Session, user: User, now: int) -> None:
     """Every unused sign-up link of `user` (the first one and any resent one) stops working."""
-    db.execute(update(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose.in_(("verify", CLAIM_PURPOSE)),
-                                        EmailToken.used_at_s.is_(None)).values(used_at_s=now))
+    _end_links(db, user.id, now, "verify", CLAIM_PURPOSE)
 
 
 def verify_email(ctx: IdentityContext, token: object) -> str:
@@ -287,9 +293,7 @@ def request_password_reset(ctx: IdentityContext, email: object, *, ip: object) -
             user = db.scalars(select(User).where(User.email == addr)).first()
             eligible = user is not None and user.email_verified and not user.frozen
             # the earlier links end in any case (an unknown address runs the same statement, matching nothing)
-            db.execute(update(EmailToken).where(EmailToken.user_id == (user.id if user is not None and eligible else -1),
-                                                EmailToken.purpose == RESET_PURPOSE, EmailToken.used_at_s.is_(None))
-                       .values(used_at_s=now))
+            _end_links(db, user.id if user is not None and eligible else -1, now, RESET_PURPOSE)
             if user is not None and eligible:
                 token = _email_token(ctx, db, user, purpose=RESET_PURPOSE, email=addr, ttl_s=RESET_LINK_TTL_S)
                 mail.enqueue(ctx, db, user, "password_reset",
@@ -359,8 +363,7 @@ def reset_password(ctx: IdentityContext, token: object, password: object, code: 
             now = ctx.now()
             row.used_at_s = now
             user.password_hash = ctx.passwords.hash(pw)
-            db.execute(update(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose == RESET_PURPOSE,
-                                                EmailToken.used_at_s.is_(None)).values(used_at_s=now))
+            _end_links(db, user.id, now, RESET_PURPOSE)
             db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None))
                        .values(revoked_at_s=now))
             credential_changed(ctx, db, user, change="password_changed", ip=client_ip)
@@ -485,6 +488,7 @@ def change_password(
             raise AuthenticationFailed("the current password is incorrect", field="current_password")
         now = ctx.now()
         user.password_hash = ctx.passwords.hash(pw)
+        _end_links(db, user.id, now, RESET_PURPOSE)  # a password link from before the change is void
         db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None))
                    .values(revoked_at_s=now))
         issued = sessions.issue(ctx, db, user, ip=row.ip, user_agent=row.user_agent, second_factor_at_s=row.second_factor_at_s)
@@ -541,6 +545,8 @@ def confirm_email_change(ctx: IdentityContext, token: object, *, ip: object = "1
         old = user.email
         user.email = row.email
         user.pending_email = None
+        # a password link mailed to the old address must not come back to life if the address does
+        _end_links(db, user.id, ctx.now(), RESET_PURPOSE)
         # Tell the old address too, with the freeze link: the person who lost the mailbox must see it.
         credential_changed(ctx, db, user, change="email_changed", ip=client_ip, also_notify=(old,))
         return user.email
