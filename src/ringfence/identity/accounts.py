@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -61,6 +62,8 @@ RESET_MESSAGE = N_("if a confirmed account uses this address, we sent it a link 
 RESET_PURPOSE = "password_reset"
 RESET_LINK_TTL_S = 30 * 60  # a mailed password link is worth an account: short-lived
 RESEND_PER_ADDRESS_PER_HOUR = 5  # a stranger cannot fill a pending address's inbox from many IPs
+#: where a web route puts work to run after its answer is sent (Starlette's `BackgroundTasks.add_task`)
+Later = Callable[[Callable[[], None]], None]
 
 
 @dataclass(frozen=True)
@@ -246,60 +249,71 @@ def claim_pending_account(ctx: IdentityContext, token: object, password: object,
         return user.account_id
 
 
-def resend_verification(ctx: IdentityContext, email: object, *, ip: object) -> SignUpReceipt:
+def resend_verification(ctx: IdentityContext, email: object, *, ip: object, later: Later | None = None) -> SignUpReceipt:
     """A new sign-up link for an account whose address is not confirmed yet (its link was used, lost
     or expired: `/verify-email/new`). The same answer whether or not such an account exists (no
     probing of registered addresses); rate-limited per IP (as sign-ups) and per address. The
     account's earlier sign-up links stop working: only the newest one confirms, and only together with
-    a new password (`claim_pending_account`)."""
+    a new password (`claim_pending_account`). `later` (the web route's background tasks) takes the
+    look-up and the mail, so the answer's time is the same for every address."""
     addr = normalize_email(email)
-    client_ip = validate_ip(ip)
-    now = ctx.now()
-    pending: RingfenceError | None = None
-    with ctx.store.tx() as db:
-        pending = throttle.hit(db, bucket=f"verify-resend-ip:{client_ip}", limit=ctx.settings.identity_signup_per_ip_per_hour,
-                               window_s=3600, now_s=now)
-        if pending is None:
-            pending = throttle.hit(db, bucket="verify-resend:" + ctx.sealer.token_digest("verify-resend:" + addr)[:64],
-                                   limit=RESEND_PER_ADDRESS_PER_HOUR, window_s=3600, now_s=now)
-        if pending is None:
+    _throttle_mail_request(ctx, addr, validate_ip(ip), "verify-resend")
+
+    def send() -> None:
+        with ctx.store.tx() as db:
             user = db.scalars(select(User).where(User.email == addr)).first()
             if user is not None and not user.email_verified and not user.frozen:
-                _end_sign_up_links(db, user, now)
+                _end_sign_up_links(db, user, ctx.now())
                 # this link also sets a new password (the mailbox's owner takes over a pending account
                 # someone else may have started with her address)
                 token = _email_token(ctx, db, user, purpose=CLAIM_PURPOSE, email=addr)
                 mail.enqueue(ctx, db, user, "verify_claim",
                              {"link": f"{ctx.settings.identity_public_url}/verify-email/claim?token={token}"})
-    _raise_pending(pending)
+
+    _now_or_later(later, send)
     return SignUpReceipt(RESEND_MESSAGE)
 
 
-def request_password_reset(ctx: IdentityContext, email: object, *, ip: object) -> SignUpReceipt:
-    """`/forgot-password`: mail a single-use link (`RESET_LINK_TTL_S`) that sets a new password, only to a
-    confirmed, unfrozen account; earlier reset links stop working. The same answer and the same queries
-    whether or not such an account exists; rate-limited per IP and per address as `resend_verification`."""
-    addr = normalize_email(email)
-    client_ip = validate_ip(ip)
+def _throttle_mail_request(ctx: IdentityContext, addr: str, client_ip: str, kind: str) -> None:
+    """Count a request that may mail `addr` a link: per IP (as sign-ups) and per address (a stranger
+    cannot fill one inbox from many IPs). Raises RateLimited; the count is kept either way."""
     now = ctx.now()
     pending: RingfenceError | None = None
     with ctx.store.tx() as db:
-        pending = throttle.hit(db, bucket=f"pw-reset-ip:{client_ip}", limit=ctx.settings.identity_signup_per_ip_per_hour,
+        pending = throttle.hit(db, bucket=f"{kind}-ip:{client_ip}", limit=ctx.settings.identity_signup_per_ip_per_hour,
                                window_s=3600, now_s=now)
         if pending is None:
-            pending = throttle.hit(db, bucket="pw-reset:" + ctx.sealer.token_digest("pw-reset:" + addr)[:64],
+            pending = throttle.hit(db, bucket=f"{kind}:" + ctx.sealer.token_digest(f"{kind}:" + addr)[:64],
                                    limit=RESEND_PER_ADDRESS_PER_HOUR, window_s=3600, now_s=now)
-        if pending is None:
+    _raise_pending(pending)
+
+
+def _now_or_later(later: Later | None, work: Callable[[], None]) -> None:
+    if later is None:
+        work()
+    else:
+        later(work)
+
+
+def request_password_reset(ctx: IdentityContext, email: object, *, ip: object, later: Later | None = None) -> SignUpReceipt:
+    """`/forgot-password`: mail a single-use link (`RESET_LINK_TTL_S`) that sets a new password, only to a
+    confirmed, unfrozen account; earlier reset links stop working. The same answer whether or not such
+    an account exists, rate-limited per IP and per address as `resend_verification`; with `later` the
+    look-up, the link and the mail run after the answer, so its time does not tell either."""
+    addr = normalize_email(email)
+    _throttle_mail_request(ctx, addr, validate_ip(ip), "pw-reset")
+
+    def send() -> None:
+        with ctx.store.tx() as db:
             user = db.scalars(select(User).where(User.email == addr)).first()
-            eligible = user is not None and user.email_verified and not user.frozen
-            # the earlier links end in any case (an unknown address runs the same statement, matching nothing)
-            _end_links(db, user.id if user is not None and eligible else -1, now, RESET_PURPOSE)
-            if user is not None and eligible:
+            if user is not None and user.email_verified and not user.frozen:
+                _end_links(db, user.id, ctx.now(), RESET_PURPOSE)
                 token = _email_token(ctx, db, user, purpose=RESET_PURPOSE, email=addr, ttl_s=RESET_LINK_TTL_S)
                 mail.enqueue(ctx, db, user, "password_reset",
                              {"link": f"{ctx.settings.identity_public_url}/reset-password?token={token}",
                               "minutes": RESET_LINK_TTL_S // 60})
-    _raise_pending(pending)
+
+    _now_or_later(later, send)
     return SignUpReceipt(RESET_MESSAGE)
 
 

@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any, AsyncIterator
 
 from babel.dates import format_timedelta
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
@@ -90,6 +90,12 @@ def _render(name: str, status_code: int = 200, **params: Any) -> HTMLResponse:
     page.update(event_label=lambda kind: mail.event_label(kind, page["_"]))  # a security event's kind, translated
     page.update(params)
     return HTMLResponse(_env.get_template(name).render(**page), status_code=status_code)
+
+
+def _after(response: HTMLResponse, tasks: BackgroundTasks) -> HTMLResponse:
+    """`response`, with `tasks` run once it is sent."""
+    response.background = tasks
+    return response
 
 
 def _client_ip(request: Request) -> str:
@@ -228,9 +234,10 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     async def resend(request: Request) -> HTMLResponse:
         # before sign-in, as /signup: no session CSRF token; same_origin_only refuses a foreign Origin
         form = await _form(request)
-        receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request))
-        return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
-                       link_label=_t("Sign in"))
+        tasks = BackgroundTasks()  # the look-up and the mail run after the answer: its time tells nothing
+        receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task)
+        return _after(_render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
+                              link_label=_t("Sign in")), tasks)
 
     @router.get("/forgot-password", response_class=HTMLResponse)
     def forgot_page() -> HTMLResponse:
@@ -241,9 +248,10 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         # as /verify-email/new: no session CSRF token; same_origin_only refuses a foreign Origin; the same
         # answer for every address
         form = await _form(request)
-        receipt = accounts.request_password_reset(ctx, form.get("email", ""), ip=_client_ip(request))
-        return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
-                       link_label=_t("Sign in"))
+        tasks = BackgroundTasks()  # as /verify-email/new: whether an account gets a link does not show in the time
+        receipt = accounts.request_password_reset(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task)
+        return _after(_render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
+                              link_label=_t("Sign in")), tasks)
 
     def unusable_reset_link(err: RingfenceError) -> HTMLResponse:
         return unusable_link(err, _t("This password link is invalid, already used or expired. Ask for a new one."),
