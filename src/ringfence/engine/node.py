@@ -84,6 +84,10 @@ class ReplicaLog(Protocol):
         """After apply, before any acknowledgement: return once the batch is replicated. `outputs`
         are the batch's events, per command (a follower checks it produced the same)."""
 
+    def written(self, token: Any) -> None:
+        """The batch's record is written (classic path: and fsynced); it is about to be applied.
+        Work `begin` started on the state before the batch must be done by now; never raises."""
+
     def settle(self, token: Any) -> None:
         """After a failed local write: wait (bounded) for a publish `begin` started; never raises."""
 
@@ -879,6 +883,7 @@ class Node:
                     ack._resolve(error=NotDurable(f"not replicated ({err}); nothing was applied; this node has stopped"))
                 return None
             writer.append_record(record, digest, first_seq, count)
+            replica.written(token)
             return token
         except OutcomeUnknown as err:
             # The record was written, the fsync failed: it may survive and be applied on restart,
@@ -926,6 +931,8 @@ class Node:
                         ack._resolve(error=NotDurable(f"not replicated ({err}); nothing was applied; this node has stopped"))
                     return None
             mark = writer.write_record(record, digest, first_seq, count)
+            if replica is not None:
+                replica.written(token)
         except (OutcomeUnknown, OSError) as err:  # OutcomeUnknown: the writer was poisoned by a failed sync
             self.failed = self.failed or err
             if replica is not None:

@@ -346,7 +346,14 @@ class Replicator:
         #: time the sequencer thread spent on incremental state digests (`state_digest`)
         self.digest_seconds = 0.0  # float-ok: a measurement, seconds
         self.digests = 0
-        self._digest_due = False  # the last batch's digest goes out with the next batch (`begin`)
+        self._digest_due = False  # the last batch's state is to be digested (`begin`)
+        self._digest_of = 0  # the last sequence of that batch
+        #: the digest of the state after batch `_digest_of`, being taken on the digest thread while
+        #: the next batch's record is written and fsynced (`begin` starts it, `written` waits for it)
+        self._digest_job: tuple[int, concurrent.futures.Future[str]] | None = None
+        #: a finished digest, sent with the next batch that begins: (sequence, digest)
+        self._digest_ready: tuple[int, str] | None = None
+        self._digest_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _record(self) -> bytes:
         return json.dumps({"epoch": self.epoch, "node": self.node_id, "lease_ms": self.target.lease_ms,
@@ -470,20 +477,41 @@ class Replicator:
         self._check_lease(first_seq)
         prev, self.last_hash = self.last_hash, record_hash
         outcome, self._outcome = self._outcome, {}
-        if self._digest_due:  # the state is still the one after the batch `Rf-Outcome-Of` names
-            self._digest_due = False
-            outcome["Rf-Digest"] = self._digest_now()
+        ready, self._digest_ready = self._digest_ready, None
+        if ready is not None:  # the state digest after an earlier batch (taken during this one's predecessor's fsync)
+            outcome["Rf-State-Digest-Of"], outcome["Rf-State-Digest"] = str(ready[0]), ready[1]
             outcome["Rf-Digest-Format"] = STATE_DIGEST_FORMAT
         self._sequenced += 1
         due = self._sequenced % self.target.state_hash_every == 0
         if due and not self.target.state_hash_later:
-            return (first_seq, count, payload, record_hash, prev, outcome)
-        extra = dict(outcome, **(self._hasher.ready() if self._hasher is not None else {}))
-        if due and self._hasher is not None and self._hasher.idle():
-            extra["Rf-State-Pending"] = "1"  # this batch's state hash comes in a later batch
-        future = self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, "", extra))
-        future.rf_last_seq = first_seq + count - 1  # type: ignore[attr-defined]  # for the outcome digest
-        return _Later(future, first_seq + count - 1) if "Rf-State-Pending" in extra else future
+            token: Any = (first_seq, count, payload, record_hash, prev, outcome)
+        else:
+            extra = dict(outcome, **(self._hasher.ready() if self._hasher is not None else {}))
+            if due and self._hasher is not None and self._hasher.idle():
+                extra["Rf-State-Pending"] = "1"  # this batch's state hash comes in a later batch
+            future = self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, "", extra))
+            future.rf_last_seq = first_seq + count - 1  # type: ignore[attr-defined]  # for the outcome digest
+            token = _Later(future, first_seq + count - 1) if "Rf-State-Pending" in extra else future
+        if self._digest_due:  # the state is still the one after batch `_digest_of`, until `written`
+            self._digest_due = False
+            if self._digest_pool is None:
+                self._digest_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ringfence-digest")
+            self._digest_job = (self._digest_of, self._digest_pool.submit(self._digest_now))
+        return token
+
+    def written(self, token: Any) -> None:
+        """`ReplicaLog.written`: the batch's record is written (and, on the classic path, fsynced)
+        and it is about to be applied. Waits for the state digest `begin` started: it read the
+        state the apply is about to change, on the digest thread, while the sequencer waited for
+        the disk. The digest goes out with the next batch that begins. Never raises: a digest that
+        failed is not sent (the follower then checks nothing for that batch) and is logged."""
+        job, self._digest_job = self._digest_job, None
+        if job is None:
+            return
+        try:
+            self._digest_ready = (job[0], job[1].result())
+        except Exception as err:  # noqa: BLE001 - a broken engine is reported by its apply, not here
+            _log.error("state digest after sequence %d not taken: %s", job[0], err)
 
     def finish(self, token: Any, engine: Any, outputs: list[list[Any]]) -> None:
         """`ReplicaLog.finish` (after apply, before any acknowledgement): returns once JetStream
@@ -540,17 +568,22 @@ class Replicator:
         return checked
 
     def _checks_of(self, last_seq: int, engine: Any, outputs: list[list[Any]]) -> dict[str, str]:
-        """What the next batch carries about this one: its outcome digest and (`state_digest=1`) the
-        engine's incremental state digest after it (`Engine.state_digest`: it costs in proportion
-        to what the batch changed, so every batch's state is checked without hashing the whole
-        state). The digest is taken in the next `begin`, after this batch's clients were
-        acknowledged: the state is unchanged until the next batch is applied, and the wait for
-        this batch's acknowledgement does not include it."""
+        """What the next batch carries about this one: its outcome digest. With `state_digest=1`
+        the engine's incremental state digest after it (`Engine.state_digest`: it costs in
+        proportion to what the batch changed, so every batch's state is checked without hashing
+        the whole state) is taken too, off the acknowledgement path: the next `begin` starts it on
+        the digest thread once that batch's publish is under way, the sequencer waits for it in
+        `written`, after that batch's record is written and fsynced and before it is applied (the
+        state is unchanged until then), and the batch after that carries it
+        (`Rf-State-Digest-Of`, `Rf-State-Digest`). So the digest overlaps the disk's wait
+        instead of delaying the next publish; a divergence is reported one batch later."""
         self._digest_due = bool(self.target.state_digest)
+        self._digest_of = last_seq
         return {"Rf-Outcome-Of": str(last_seq), "Rf-Outcome": outcome_digest(outputs)}
 
     def _digest_now(self) -> str:
-        """`Engine.state_digest` of the node's engine, between batches (sequencer thread)."""
+        """`Engine.state_digest` of the node's engine, between two batches' applies (the digest
+        thread, while the sequencer writes and fsyncs the next batch's record)."""
         started = time.perf_counter()
         digest = str(self.node.engine.state_digest())
         self.digest_seconds += time.perf_counter() - started
@@ -560,6 +593,7 @@ class Replicator:
     def settle(self, token: Any) -> None:
         """`ReplicaLog.settle`: the local write failed after `begin`; let a started publish finish
         (it may well succeed: that is why the client hears "outcome unknown")."""
+        self.written(token)  # nothing is applied meanwhile: the digest thread must be done first
         if isinstance(token, _Later):
             token = token.future
         if isinstance(token, concurrent.futures.Future):
@@ -679,6 +713,8 @@ class Replicator:
         self._stop.set()
         if self._hasher is not None:
             self._hasher.close()
+        if self._digest_pool is not None:
+            self._digest_pool.shutdown(wait=True)
         self.link.close()
 
 
@@ -837,8 +873,10 @@ class Follower:
                          f"{self.fence_epoch}: a deposed primary's write; refusing it")
         self._check_later_hash(headers)
         self._check_outcome(headers)
-        if "Rf-Outcome-Of" in headers:
-            self._check_digest(int(headers["Rf-Outcome-Of"]), headers)
+        if "Rf-State-Digest-Of" in headers:  # the state digest after an earlier batch (one the primary took later)
+            self._check_digest(int(headers["Rf-State-Digest-Of"]), headers, "Rf-State-Digest")
+        elif "Rf-Outcome-Of" in headers:  # (a primary before session 11 sends it with the next batch)
+            self._check_digest(int(headers["Rf-Outcome-Of"]), headers, "Rf-Digest")
         w = self.writer
         if first_seq + count - 1 < w.next_seq:  # already in the local journal (a restart of the follower)
             if self._local.get(first_seq + count - 1) != bytes.fromhex(headers["Rf-Hash"]):
@@ -892,9 +930,9 @@ class Follower:
                                  "different events on this standby than on the primary: the replicas diverged")
         self.outcomes_checked += 1
 
-    def _check_digest(self, seq: int, headers: dict[str, str]) -> None:
-        """The same batch may carry the primary's state digest after the batch ending at `seq`."""
-        theirs = headers.get("Rf-Digest")
+    def _check_digest(self, seq: int, headers: dict[str, str], header: str) -> None:
+        """A batch may carry (in `header`) the primary's state digest after the batch ending at `seq`."""
+        theirs = headers.get(header)
         if theirs is None:
             return
         # a primary of another version digests differently (before the header existed: format 1):
