@@ -416,3 +416,13 @@ def test_chain_pay_names_the_field_once(server) -> None:
     wrong_chain = cli("chain", "pay", "--data", str(server.data), "--asset", "BTC", "--to", dest["ETH"], "--amount", "0.1")
     assert wrong_chain.returncode == 2 and wrong_chain.stderr.startswith("error: to: looks like an Ethereum address"), \
         wrong_chain.stderr
+
+
+def test_the_wallet_address_leads_to_the_deposit_page(server) -> None:
+    """`/wallet` (what people type) answers 303 to the deposit page, not a bare 404; signed out, the
+    deposit page still answers (it shows "not signed in", a sign-in link and the halt banner)."""
+    with httpx.Client(base_url=server.web, follow_redirects=False, verify=False) as client:
+        root = client.get("/wallet")
+        assert root.status_code == 303 and root.headers["location"] == "/wallet/deposit", root.status_code
+        page = client.get("/wallet", follow_redirects=True)
+        assert page.status_code == 200 and page.url.path == "/wallet/deposit" and 'id="signin-link"' in page.text

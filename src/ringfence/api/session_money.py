@@ -36,7 +36,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import RingfenceError, ValidationError
@@ -704,6 +704,11 @@ def install_session_money(app: Any, capital: CapitalApi, ctx: IdentityContext) -
 
     for page in ("deposit", "withdraw", "history"):
         app.add_api_route(f"/wallet/{page}", wallet_page, methods=["GET"], include_in_schema=False)
+
+    async def wallet_root() -> RedirectResponse:  # the address people type: the first wallet page, not a 404
+        return RedirectResponse("/wallet/deposit", status_code=303)
+
+    app.add_api_route("/wallet", wallet_root, methods=["GET"], include_in_schema=False)
 
     async def wallet_js(request: Request) -> FileResponse:
         return FileResponse(static_dir / "wallet.js", headers=_page_headers(request))
