@@ -152,6 +152,23 @@ class Engine:
         self.components: dict[str, Any] = {}
         for state in self._all_states():
             self._set_component(state, state.factory(self))
+        #: The states each command type, hook and timer may change (its module's `writes`; None:
+        #: any): `state_digest` reuses a component's last digest only while nothing that may
+        #: change it has run since.
+        self._writes: dict[object, frozenset[str] | None] = {}
+        for module in self.modules:
+            own = {module.state.name} if module.state is not None else set()
+            writes = None if module.writes is None else frozenset(module.writes) | own
+            for key in (*module.commands, *module.before_command, *(fn for fn, _ in module.timers)):
+                self._writes[key] = writes
+        #: What ran since the last `state_digest` (command types, hooks, timers; one set add a command).
+        self._ran: set[object] = set()
+        #: Each component's digest as of the last `state_digest` (components without their own
+        #: incremental `StateComponent.digest`).
+        self._digests: dict[str, str | None] = {}
+        #: Tests and the simulation: recompute every digest `state_digest` reuses and raise
+        #: `InvariantViolation` if it changed (a module's `writes` left out a state it changed).
+        self.check_digest_cache = False
         self._rearm()
 
     def rearm_guards(self) -> None:
@@ -220,6 +237,7 @@ class Engine:
         self.entropy = entropy
         if self.halted is not None:
             return [CommandRejected(seq, ShardHalted.code, "", self._halted_message())]
+        self._ran.add(type(command))
         due: list[Event] | None = None
         try:
             if ts_ns >= self._wake_ns:
@@ -244,12 +262,15 @@ class Engine:
     def _before_command(self) -> list[Event]:
         """Run the before-command hooks and the timers; set when to run them next."""
         events: list[Event] = []
+        ran = self._ran
         for hook in self._before:
+            ran.add(hook)
             hook_events = hook(self)
             if hook_events:
                 events.extend(hook_events)
         wake = NEVER
         for name, fn, next_due in self._timers:
+            ran.add(fn)
             timer_events = fn(self)
             if timer_events:
                 events.extend(timer_events)
@@ -330,21 +351,46 @@ class Engine:
         every part from nothing; tests/engine/test_state_digest.py)."""
         if self.broken is not None:
             raise RingfenceError("the engine state is broken; it has no digest")
+        ran, self._ran = self._ran, set()
+        changed = self._changed_since_last_digest(ran)
         root = self._root
         parts: list[Any] = [STATE_DIGEST_FORMAT, self.last_seq, self.now_ns,
-                            self._component_digest(root) if root is not None else None]
+                            self._component_digest(root, changed, ran) if root is not None else None]
         for spec in self._states:
-            part = self._component_digest(spec)
+            part = self._component_digest(spec, changed, ran)
             if part is not None:
                 parts.append([spec.name, part])
         if self.halted is not None:
             parts.append(list(self.halted))
         return hashlib.sha256(encode(parts)).hexdigest()
 
-    def _component_digest(self, spec: StateComponent) -> str | None:
+    def _changed_since_last_digest(self, ran: set[object]) -> frozenset[str] | None:
+        """The states that what `ran` may have changed (None: any)."""
+        changed: set[str] = set()
+        for key in ran:
+            writes = self._writes.get(key)
+            if writes is None:
+                return None
+            changed |= writes
+        return frozenset(changed)
+
+    def _component_digest(self, spec: StateComponent, changed: frozenset[str] | None = None, ran: set[object] | None = None) -> str | None:
+        """The component's digest: its own incremental one, the last one when nothing that ran
+        since may change it, else SHA-256 of its snapshot's canonical encoding."""
         state = self.components[spec.name]
         if spec.digest is not None:
             return spec.digest(state).hex()
+        if changed is not None and spec.name not in changed and spec.name in self._digests:
+            kept = self._digests[spec.name]
+            if self.check_digest_cache and self._hash_component(spec, state) != kept:
+                names = sorted(getattr(key, "__name__", repr(key)) for key in ran or ())
+                raise InvariantViolation(f"state {spec.name!r} changed, but no module declaring it in `writes` ran: {names}")
+            return kept
+        digest = self._digests[spec.name] = self._hash_component(spec, state)
+        return digest
+
+    @staticmethod
+    def _hash_component(spec: StateComponent, state: Any) -> str | None:
         snap = spec.snapshot(state)
         return None if snap is None else hashlib.sha256(encode(snap)).hexdigest()
 
@@ -364,6 +410,8 @@ class Engine:
             raise RingfenceError(f"snapshot format {fmt} is not supported (expected {STATE_FORMAT})")
         # Start from fresh states: a state absent from the snapshot keeps its factory value.
         self.components = {}
+        self._digests = {}  # every component is new: no digest of before holds
+        self._ran = set()
         for spec in self._all_states():
             self._set_component(spec, spec.factory(self))
         if self._root is not None and root_state is not None:

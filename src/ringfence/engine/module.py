@@ -124,6 +124,12 @@ class Module:
     #: `(fn, next_due)`: `fn(engine) -> events` runs before a command only once sequencer time has
     #: reached `next_due(<this module's state>)` (see `timer`).
     timers: list[tuple[Callable[["Engine"], Sequence[Event]], Callable[[Any], int]]] = field(default_factory=list)
+    #: The names of the states its handlers, hooks and timers may change, its own included (None:
+    #: any state). `Engine.state_digest` reuses the digest of a state that no module declaring it
+    #: ran since the last digest, so a state missing here would keep a stale digest: declare every
+    #: state a path may write (through another module's API too: trading fills write the ledger).
+    #: The engine's `check_digest_cache` recomputes every reused digest and names an omission.
+    writes: tuple[str, ...] | None = None
 
     def handles(
         self,
