@@ -162,6 +162,8 @@ class Engine:
             for key in (*module.commands, *module.before_command, *(fn for fn, _ in module.timers)):
                 self._writes[key] = writes
         #: What ran since the last `state_digest` (command types, hooks, timers; one set add a command).
+        #: Guards are not noted: they run in `precheck` too, which must not change state (what it
+        #: changed would be on no replica and in no replay), so they change nothing.
         self._ran: set[object] = set()
         #: Each component's digest as of the last `state_digest` (components without their own
         #: incremental `StateComponent.digest`).
