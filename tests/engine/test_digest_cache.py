@@ -32,11 +32,14 @@ from ringfence.ledger.commands import MODULE as LEDGER
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer, TransferFlags
 from ringfence.risk.halts import Halt
-from ringfence.trading.commands import CancelOrder, ListMarket, PlaceOrder, SetReferencePrice
+from ringfence.trading import digest as trading_digest
+from ringfence.trading.commands import AmendOrder, CancelAll, CancelOrder, ListMarket, PlaceOrder, SetReferencePrice, TradingBatch
 
 T0_NS = 1_767_225_600_000_000_000
 USDT = 10**6
 OWNERS = ("a", "b", "c")
+#: Two spot markets: an order on one must re-encode that market only (trading/digest.py).
+SPOT = ("BTCUSDT", "XBTUSDT")
 
 
 class _Driver:
@@ -64,9 +67,10 @@ def _base_snapshot() -> bytes:
     funding = [(o, a, amount) for o in OWNERS for a, amount in (("BTC", 10**9), ("USDT", 10**12))]
     d.run(CreateTransfers([Transfer(i + 1, ledger.world(a).id, ledger.get(o, a, "available", "spot").id, amount)
                            for i, (o, a, amount) in enumerate(funding)]))
-    d.run(ListMarket(symbol="BTCUSDT", base="BTC", quote="USDT", segment="spot", tick_size=10_000,
-                     lot_size=10_000, min_qty=10_000, min_notional=5 * USDT))
-    d.run(SetReferencePrice("BTCUSDT", 61_000 * USDT))
+    for symbol in SPOT:
+        d.run(ListMarket(symbol=symbol, base="BTC", quote="USDT", segment="spot", tick_size=10_000,
+                         lot_size=10_000, min_qty=10_000, min_notional=5 * USDT))
+        d.run(SetReferencePrice(symbol, 61_000 * USDT))
     d.run(ListPerpetual("BTCUSDTPERP", "BTC", "USDT", "BTCUSDT", BTC_BRACKETS, tick_size=100_000, lot_size=100_000,
                         min_qty=100_000, max_qty=10**11, min_notional=5 * USDT, default_leverage=20,
                         impact_notional=5_000 * USDT, max_account_share_ppm=0, concentration_imr_ppm=0))
@@ -79,15 +83,23 @@ owners = st.sampled_from(OWNERS)
 sides = st.sampled_from(("BUY", "SELL"))
 _transfer = st.tuples(st.just("transfer"), owners, owners, st.sampled_from(("BTC", "USDT")), st.integers(1, 10**6))
 _hold = st.tuples(st.just("hold"), owners, owners, st.integers(1, 10**6), st.integers(1, 10**10))
-_order = st.tuples(st.just("order"), owners, sides, st.integers(-30, 30), st.integers(1, 5))
+spot = st.sampled_from(SPOT)
+_order = st.tuples(st.just("order"), owners, spot, sides, st.integers(-30, 30), st.integers(1, 5))
+_amend = st.tuples(st.just("amend"), spot, st.integers(0, 40), st.integers(-30, 30), st.integers(0, 5))
+_cancel_all = st.tuples(st.just("cancel_all"), owners, st.sampled_from((*SPOT, "BTCUSDTPERP")))
+_batch = st.tuples(st.just("batch"), st.lists(st.tuples(owners, spot, sides, st.integers(-30, 30), st.integers(1, 5)), min_size=1, max_size=3))
 _perp = st.tuples(st.just("perp"), owners, sides, st.integers(-30, 30), st.integers(1, 5))
-_cancel = st.tuples(st.just("cancel"), st.sampled_from(("BTCUSDT", "BTCUSDTPERP")), st.integers(0, 40))
+_cancel = st.tuples(st.just("cancel"), st.sampled_from((*SPOT, "BTCUSDTPERP")), st.integers(0, 40))
 _wallet = st.tuples(st.just("wallet"), owners, st.integers(1, 10**9), st.sampled_from(("MAIN_UMFUTURE", "UMFUTURE_MAIN")))
-_halt = st.tuples(st.just("halt"), st.sampled_from(("BTCUSDT", "BTCUSDTPERP")), st.sampled_from(("REDUCE_ONLY", "HALTED")))
+_halt = st.tuples(st.just("halt"), st.sampled_from((*SPOT, "BTCUSDTPERP")), st.sampled_from(("REDUCE_ONLY", "HALTED")))
 _wait = st.tuples(st.just("wait"), st.integers(1, 10 * 3600 * 10**9))  # up to 10 h: funding falls due
 # halts are rarer: a halted market refuses what follows
-operations = st.one_of(_transfer, _hold, _order, _order, _perp, _perp, _cancel, _wallet, _wait,
+operations = st.one_of(_transfer, _hold, _order, _order, _perp, _perp, _cancel, _wallet, _wait, _amend, _cancel_all, _batch,
                        st.integers(0, 3).flatmap(lambda k: _halt if k == 0 else _order))
+
+
+def _spot_order(owner: str, symbol: str, side: str, ticks: int, lots: int) -> PlaceOrder:
+    return PlaceOrder(owner, symbol, side, price=61_000 * USDT + ticks * 10_000 * 20, quantity=lots * 10_000)
 
 
 def _command(engine: Engine, op: tuple[Any, ...], n: int) -> tuple[Any, int]:
@@ -104,8 +116,17 @@ def _command(engine: Engine, op: tuple[Any, ...], n: int) -> tuple[Any, int]:
                                          ledger.get(dst, "USDT", "available", "spot").id, amount,
                                          timeout_ns=timeout_ns, flags=TransferFlags.PENDING)]), 1
     if kind == "order":
-        _, owner, side, ticks, lots = op
-        return PlaceOrder(owner, "BTCUSDT", side, price=61_000 * USDT + ticks * 10_000 * 20, quantity=lots * 10_000), 1
+        _, owner, symbol, side, ticks, lots = op
+        return _spot_order(owner, symbol, side, ticks, lots), 1
+    if kind == "batch":  # a gateway's batch of orders, on one or both spot markets
+        return TradingBatch([_spot_order(*action) for action in op[1]]), 1
+    if kind == "amend":
+        _, symbol, k, ticks, lots = op
+        resting = sorted(engine.components["trading"].markets[symbol].orders.items())
+        owner, order_id = (resting[k % len(resting)][1].owner, resting[k % len(resting)][0]) if resting else ("a", 1)
+        return AmendOrder(owner, symbol, order_id, price=61_000 * USDT + ticks * 10_000 * 20, quantity=lots * 10_000), 1
+    if kind == "cancel_all":
+        return CancelAll(op[1], op[2]), 1
     if kind == "perp":
         _, owner, side, ticks, lots = op
         return PlacePerpOrder(owner, "BTCUSDTPERP", side, price=61_000 * USDT + ticks * 100_000 * 10,
@@ -324,3 +345,71 @@ def test_every_standard_module_declares_only_states_that_exist():
     for module in engine.modules:
         assert module.writes is not None, f"{module.name} declares no writes (every batch would recompute everything)"
         assert set(module.writes) <= names, f"{module.name}: {sorted(set(module.writes) - names)}"
+
+
+# ------------------------------------------------------------------------- trading, market by market
+
+
+def _counting_markets(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    encoded: list[str] = []
+    real = trading_digest.market_snapshot
+
+    def counting(symbol: str, m: Any) -> Any:
+        encoded.append(symbol)
+        return real(symbol, m)
+
+    monkeypatch.setattr(trading_digest, "market_snapshot", counting)
+    return encoded
+
+
+def test_an_order_re_encodes_its_own_spot_market_only(monkeypatch):
+    engine = engine_from_snapshot(_base_snapshot())
+    engine.check_digest_cache = True
+    d = _Driver(engine)
+    encoded = _counting_markets(monkeypatch)
+    d.run(CreateTransfers([Transfer(10**9, 10**12, 10**12 + 1, 1)]))  # a loaded engine runs every timer first
+    engine.state_digest()
+    assert sorted(encoded) == ["BTCUSDT", "BTCUSDTPERP", "XBTUSDT"]  # the first digest: every market
+    for command, expected in [
+        (CreateTransfers([Transfer(10**9 + 1, 10**12, 10**12 + 1, 1)]), []),  # the ledger only: trading's kept
+        (_spot_order("a", "XBTUSDT", "BUY", -5, 1), ["XBTUSDT"]),
+        (TradingBatch([_spot_order("b", "BTCUSDT", "SELL", 5, 1), CancelAll("a", "XBTUSDT")]), ["BTCUSDT", "XBTUSDT"]),
+        (PlaceOrder("a", "NOSUCH", "BUY", price=1, quantity=1), []),  # refused: no market to encode
+        (CancelOrder("a", "BTCUSDTPERP", order_id=1), ["BTCUSDT", "BTCUSDTPERP", "XBTUSDT"]),  # a perpetual: all
+        (PlacePerpOrder("a", "BTCUSDTPERP", "BUY", price=60_000 * USDT, quantity=100_000), ["BTCUSDT", "BTCUSDTPERP", "XBTUSDT"]),
+        (SetReferencePrice("XBTUSDT", 61_010 * USDT), ["BTCUSDT", "BTCUSDTPERP", "XBTUSDT"]),  # not narrowed: all
+    ]:
+        encoded.clear()
+        d.run(command)
+        live = engine.state_digest()
+        assert sorted(encoded) == expected, command
+        assert live == engine.restored(engine.snapshot_bytes()).state_digest()
+
+
+def test_a_market_touched_but_not_re_encoded_is_caught(monkeypatch):
+    """If the narrowing missed a market (here: it is told no market was named), the kept encoding
+    is stale: the check compares with the snapshot's hash and raises."""
+    engine = engine_from_snapshot(_base_snapshot())
+    engine.check_digest_cache = True
+    d = _Driver(engine)
+    d.run(CreateTransfers([Transfer(10**9, 10**12, 10**12 + 1, 1)]))  # a loaded engine runs every timer first
+    engine.state_digest()
+    monkeypatch.setattr(trading_digest, "_named_symbols", lambda commands: set())
+    d.run(_spot_order("a", "BTCUSDT", "BUY", -5, 1))
+    with pytest.raises(InvariantViolation, match="'trading': the digest from its changes differs from its snapshot's"):
+        engine.state_digest()
+
+
+def test_the_trading_digest_is_the_hash_of_its_snapshot():
+    """The same value as hashing the snapshot whole (the definition did not change)."""
+    import hashlib
+
+    from ringfence.engine.commands import encode
+
+    engine = engine_from_snapshot(_base_snapshot())
+    d = _Driver(engine)
+    d.run(_spot_order("a", "XBTUSDT", "BUY", -5, 1))
+    state = engine.components["trading"]
+    spec = next(s for s in engine._states if s.name == "trading")
+    expected = hashlib.sha256(encode(spec.snapshot(state))).hexdigest()
+    assert trading_digest.digest_of_changes(state, None, {}) == expected

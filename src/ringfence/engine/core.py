@@ -41,6 +41,9 @@ __all__ = [
 
 #: Bumped whenever the snapshot/state-hash layout changes.
 STATE_FORMAT = 1
+#: The most commands `state_digest` keeps for a component's `digest_of_changes` between two
+#: digests; past it the component is told anything may have changed.
+MAX_KEPT_COMMANDS = 100_000
 #: Tag of `Engine.state_digest`'s definition (a change to what it covers changes the tag).
 STATE_DIGEST_FORMAT = "state-digest-2"
 
@@ -168,6 +171,12 @@ class Engine:
         #: Each component's digest as of the last `state_digest` (components without their own
         #: incremental `StateComponent.digest`).
         self._digests: dict[str, str | None] = {}
+        #: What components with a `digest_of_changes` keep between digests (emptied on load) ...
+        self._memos: dict[str, dict[Any, Any]] = {}
+        #: ... and the commands of their `narrow` types applied since the last digest (None: not
+        #: known, before the first digest or past MAX_KEPT_COMMANDS).
+        self._narrow_types = frozenset(t for s in states for t in s.narrow)
+        self._kept: list[Any] | None = None
         #: Tests and the simulation: recompute every digest `state_digest` reuses and raise
         #: `InvariantViolation` if it changed (a module's `writes` left out a state it changed).
         self.check_digest_cache = False
@@ -239,7 +248,13 @@ class Engine:
         self.entropy = entropy
         if self.halted is not None:
             return [CommandRejected(seq, ShardHalted.code, "", self._halted_message())]
-        self._ran.add(type(command))
+        cls = type(command)
+        self._ran.add(cls)
+        if cls in self._narrow_types and (kept := self._kept) is not None:
+            if len(kept) < MAX_KEPT_COMMANDS:
+                kept.append(command)
+            else:
+                self._kept = None
         due: list[Event] | None = None
         try:
             if ts_ns >= self._wake_ns:
@@ -354,12 +369,13 @@ class Engine:
         if self.broken is not None:
             raise RingfenceError("the engine state is broken; it has no digest")
         ran, self._ran = self._ran, set()
+        kept, self._kept = self._kept, []
         changed = self._changed_since_last_digest(ran)
         root = self._root
         parts: list[Any] = [STATE_DIGEST_FORMAT, self.last_seq, self.now_ns,
-                            self._component_digest(root, changed, ran) if root is not None else None]
+                            self._component_digest(root, changed, ran, kept) if root is not None else None]
         for spec in self._states:
-            part = self._component_digest(spec, changed, ran)
+            part = self._component_digest(spec, changed, ran, kept)
             if part is not None:
                 parts.append([spec.name, part])
         if self.halted is not None:
@@ -376,19 +392,34 @@ class Engine:
             changed |= writes
         return frozenset(changed)
 
-    def _component_digest(self, spec: StateComponent, changed: frozenset[str] | None = None, ran: set[object] | None = None) -> str | None:
+    def _component_digest(self, spec: StateComponent, changed: frozenset[str] | None = None,
+                          ran: set[object] | None = None, commands: list[Any] | None = None) -> str | None:
         """The component's digest: its own incremental one, the last one when nothing that ran
-        since may change it, else SHA-256 of its snapshot's canonical encoding."""
+        since may change it, what its `digest_of_changes` works out, else SHA-256 of its
+        snapshot's canonical encoding."""
         state = self.components[spec.name]
         if spec.digest is not None:
             return spec.digest(state).hex()
+        ran = ran or set()
         if changed is not None and spec.name not in changed and spec.name in self._digests:
             kept = self._digests[spec.name]
             if self.check_digest_cache and self._hash_component(spec, state) != kept:
-                names = sorted(getattr(key, "__name__", repr(key)) for key in ran or ())
+                names = sorted(getattr(key, "__name__", repr(key)) for key in ran)
                 raise InvariantViolation(f"state {spec.name!r} changed, but no module declaring it in `writes` ran: {names}")
             return kept
-        digest = self._digests[spec.name] = self._hash_component(spec, state)
+        if spec.digest_of_changes is None:
+            digest = self._digests[spec.name] = self._hash_component(spec, state)
+            return digest
+        # Only the commands of `narrow` types may have changed it (each says what it touched):
+        # else, or before its first digest, it is told anything may have changed.
+        narrowed = (changed is not None and commands is not None and spec.name in self._digests
+                    and all(key in spec.narrow or ((w := self._writes.get(key)) is not None and spec.name not in w)
+                            for key in ran))
+        memo = self._memos.setdefault(spec.name, {})
+        digest = spec.digest_of_changes(state, commands if narrowed else None, memo)
+        if self.check_digest_cache and digest != self._hash_component(spec, state):
+            raise InvariantViolation(f"state {spec.name!r}: the digest from its changes differs from its snapshot's")
+        self._digests[spec.name] = digest
         return digest
 
     @staticmethod
@@ -413,7 +444,9 @@ class Engine:
         # Start from fresh states: a state absent from the snapshot keeps its factory value.
         self.components = {}
         self._digests = {}  # every component is new: no digest of before holds
+        self._memos = {}
         self._ran = set()
+        self._kept = None
         for spec in self._all_states():
             self._set_component(spec, spec.factory(self))
         if self._root is not None and root_state is not None:

@@ -16,7 +16,7 @@ handler, a tag belongs to one type, a state name to one module.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .commands import Command, Event
@@ -106,6 +106,13 @@ class StateComponent:
     #: `digest(state) -> bytes`: a digest of the whole component kept incrementally (the ledger's,
     #: ledger/digest.py), used by `Engine.state_digest` instead of hashing the snapshot each time.
     digest: Callable[[Any], bytes] | None = None
+    #: `digest_of_changes(state, commands, memo) -> hex`: the same value as SHA-256 of the snapshot's
+    #: canonical encoding, computed from what it kept in `memo` (a dict the engine keeps for it,
+    #: emptied whenever the state is loaded) and `commands`: every command applied since its last
+    #: call, when all that ran since and may change this state are command types in `narrow`
+    #: (else None: anything may have changed). Trading keeps each market's encoding this way.
+    digest_of_changes: Callable[[Any, Sequence[Any] | None, dict[Any, Any]], str | None] | None = None
+    narrow: frozenset[type] = frozenset()
 
 
 @dataclass
@@ -190,6 +197,15 @@ class Module:
         if self.state is not None:
             raise RuntimeError(f"module {self.name!r} already declares its state")
         self.state = StateComponent(name or self.name, factory, snapshot, restore, check_invariants, attribute, digest)
+
+    def declare_digest_of_changes(
+        self, fn: Callable[[Any, Sequence[Any] | None, dict[Any, Any]], str | None], narrow: Iterable[type]
+    ) -> None:
+        """Its state's digest is computed by `fn` from the commands of the types in `narrow` applied
+        since the last digest (see `StateComponent.digest_of_changes`)."""
+        if self.state is None:
+            raise RuntimeError(f"module {self.name!r} declares its state before how to digest it")
+        self.state = replace(self.state, digest_of_changes=fn, narrow=frozenset(narrow))
 
     def guard(self, fn: Callable[["Engine", Any], None]) -> Callable[["Engine", Any], None]:
         """Decorator: `fn(engine, command)` runs before every command of every module (and its precheck).
