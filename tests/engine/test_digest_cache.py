@@ -413,3 +413,20 @@ def test_the_trading_digest_is_the_hash_of_its_snapshot():
     spec = next(s for s in engine._states if s.name == "trading")
     expected = hashlib.sha256(encode(spec.snapshot(state))).hexdigest()
     assert trading_digest.digest_of_changes(state, None, {}) == expected
+
+
+def test_an_engine_never_asked_for_a_digest_notes_nothing_and_its_first_digest_computes_everything(monkeypatch):
+    """Without replication nothing is noted on the hot path; the first digest (and the first after
+    a load) computes every component, whatever was cached by anything before."""
+    engine = engine_from_snapshot(_base_snapshot())
+    d = _Driver(engine)
+    for k in range(5):
+        d.run(_spot_order("a", "BTCUSDT", "BUY", -k, 1))
+    assert not any(isinstance(key, type) for key in engine._ran) and engine._kept is None
+    encoded = _counting_markets(monkeypatch)
+    spec = next(s for s in engine._states if s.name == "trading")
+    engine._digests["trading"] = "stale"  # whatever was kept before the first digest is not used
+    live = engine.state_digest()
+    assert sorted(encoded) == ["BTCUSDT", "BTCUSDTPERP", "XBTUSDT"]
+    assert live == engine.restored(engine.snapshot_bytes()).state_digest()
+    assert engine._digests["trading"] == engine._hash_component(spec, engine.components["trading"])

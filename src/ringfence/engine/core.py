@@ -177,6 +177,9 @@ class Engine:
         #: known, before the first digest or past MAX_KEPT_COMMANDS).
         self._narrow_types = frozenset(t for s in states for t in s.narrow)
         self._kept: list[Any] | None = None
+        #: Whether `apply` notes what ran: from the first `state_digest` until the state is loaded
+        #: again. Until then nothing is known, and the next digest computes every component.
+        self._tracking = False
         #: Tests and the simulation: recompute every digest `state_digest` reuses and raise
         #: `InvariantViolation` if it changed (a module's `writes` left out a state it changed).
         self.check_digest_cache = False
@@ -248,13 +251,14 @@ class Engine:
         self.entropy = entropy
         if self.halted is not None:
             return [CommandRejected(seq, ShardHalted.code, "", self._halted_message())]
-        cls = type(command)
-        self._ran.add(cls)
-        if cls in self._narrow_types and (kept := self._kept) is not None:
-            if len(kept) < MAX_KEPT_COMMANDS:
-                kept.append(command)
-            else:
-                self._kept = None
+        if self._tracking:  # only once a digest was asked for (replication): one test otherwise
+            cls = type(command)
+            self._ran.add(cls)
+            if cls in self._narrow_types and (kept := self._kept) is not None:
+                if len(kept) < MAX_KEPT_COMMANDS:
+                    kept.append(command)
+                else:
+                    self._kept = None
         due: list[Event] | None = None
         try:
             if ts_ns >= self._wake_ns:
@@ -370,7 +374,10 @@ class Engine:
             raise RingfenceError("the engine state is broken; it has no digest")
         ran, self._ran = self._ran, set()
         kept, self._kept = self._kept, []
-        changed = self._changed_since_last_digest(ran)
+        changed = self._changed_since_last_digest(ran) if self._tracking else None
+        if not self._tracking:
+            kept = None
+            self._tracking = True
         root = self._root
         parts: list[Any] = [STATE_DIGEST_FORMAT, self.last_seq, self.now_ns,
                             self._component_digest(root, changed, ran, kept) if root is not None else None]
@@ -447,6 +454,7 @@ class Engine:
         self._memos = {}
         self._ran = set()
         self._kept = None
+        self._tracking = False
         for spec in self._all_states():
             self._set_component(spec, spec.factory(self))
         if self._root is not None and root_state is not None:
