@@ -367,9 +367,12 @@ class Engine:
         last call: replication checks it after every batch (`state_hash` costs in proportion to the
         whole state). The same parts as `snapshot_state`, each component reduced to a digest: its
         own incremental one where it declares one (the ledger's, ledger/digest.py), else SHA-256 of
-        its snapshot's canonical encoding. Deterministic: equal on every replica in the same state,
-        and equal to the digest of an engine restored from this one's snapshot (which computes
-        every part from nothing; tests/engine/test_state_digest.py)."""
+        its snapshot's canonical encoding: kept from the last call while no command type, hook or
+        timer whose module may write it (`Module.writes`) ran, and for trading put together from
+        each market's kept encoding (`StateComponent.digest_of_changes`, trading/digest.py).
+        Deterministic: equal on every replica in the same state, and equal to the digest of an
+        engine restored from this one's snapshot (which computes every part from nothing;
+        tests/engine/test_state_digest.py, test_digest_cache.py)."""
         if self.broken is not None:
             raise RingfenceError("the engine state is broken; it has no digest")
         ran, self._ran = self._ran, set()
