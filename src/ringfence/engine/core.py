@@ -155,6 +155,11 @@ class Engine:
         self.components: dict[str, Any] = {}
         for state in self._all_states():
             self._set_component(state, state.factory(self))
+        self._init_digest_tracking(states)
+        self._rearm()
+
+    def _init_digest_tracking(self, states: list[StateComponent]) -> None:
+        """What `state_digest` needs to know what may have changed since its last call."""
         #: The states each command type, hook and timer may change (its module's `writes`; None:
         #: any): `state_digest` reuses a component's last digest only while nothing that may
         #: change it has run since.
@@ -183,7 +188,6 @@ class Engine:
         #: Tests and the simulation: recompute every digest `state_digest` reuses and raise
         #: `InvariantViolation` if it changed (a module's `writes` left out a state it changed).
         self.check_digest_cache = False
-        self._rearm()
 
     def rearm_guards(self) -> None:
         """A module changed, outside its own handlers, state that arms a guard (the halts module's
