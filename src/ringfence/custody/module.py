@@ -17,7 +17,7 @@ from ..engine.module import Module, Scope
 
 __all__ = ["MODULE", "custody_scopes", "deposit_scopes", "chain_scopes"]
 
-MODULE = Module("custody")
+MODULE = Module("custody", writes=("custody", "ledger", "staff"))
 
 
 def custody_scopes(engine: Engine, command: Any) -> list[Scope]:

@@ -63,7 +63,7 @@ __all__ = ["MODULE", "Contract", "CONTRACT_REASONS", "trim_reduce_only"]
 #: The order rejections a perpetual adds to trading's `REASONS` (each covered in tests/derivatives).
 CONTRACT_REASONS = ("MARGIN_INSUFFICIENT", "REDUCE_ONLY_REJECTED", "CONCENTRATION_LIMIT", "OPEN_INTEREST_CAP")
 
-MODULE = Module("derivatives")
+MODULE = Module("derivatives", writes=("derivatives", "trading", "ledger", "index", "halts", "staff"))
 MODULE.declare_events(
     PerpetualListed, FuturesTransferred, LeverageSet, MarginTypeSet, IsolatedMarginAdjusted, PositionChanged, FundingSettled
 )

@@ -41,6 +41,9 @@ __all__ = [
 
 #: Bumped whenever the snapshot/state-hash layout changes.
 STATE_FORMAT = 1
+#: The most commands `state_digest` keeps for a component's `digest_of_changes` between two
+#: digests; past it the component is told anything may have changed.
+MAX_KEPT_COMMANDS = 100_000
 #: Tag of `Engine.state_digest`'s definition (a change to what it covers changes the tag).
 STATE_DIGEST_FORMAT = "state-digest-2"
 
@@ -152,7 +155,39 @@ class Engine:
         self.components: dict[str, Any] = {}
         for state in self._all_states():
             self._set_component(state, state.factory(self))
+        self._init_digest_tracking(states)
         self._rearm()
+
+    def _init_digest_tracking(self, states: list[StateComponent]) -> None:
+        """What `state_digest` needs to know what may have changed since its last call."""
+        #: The states each command type, hook and timer may change (its module's `writes`; None:
+        #: any): `state_digest` reuses a component's last digest only while nothing that may
+        #: change it has run since.
+        self._writes: dict[object, frozenset[str] | None] = {}
+        for module in self.modules:
+            own = {module.state.name} if module.state is not None else set()
+            writes = None if module.writes is None else frozenset(module.writes) | own
+            for key in (*module.commands, *module.before_command, *(fn for fn, _ in module.timers)):
+                self._writes[key] = writes
+        #: What ran since the last `state_digest` (command types, hooks, timers; one set add a command).
+        #: Guards are not noted: they run in `precheck` too, which must not change state (what it
+        #: changed would be on no replica and in no replay), so they change nothing.
+        self._ran: set[object] = set()
+        #: Each component's digest as of the last `state_digest` (components without their own
+        #: incremental `StateComponent.digest`).
+        self._digests: dict[str, str | None] = {}
+        #: What components with a `digest_of_changes` keep between digests (emptied on load) ...
+        self._memos: dict[str, dict[Any, Any]] = {}
+        #: ... and the commands of their `narrow` types applied since the last digest (None: not
+        #: known, before the first digest or past MAX_KEPT_COMMANDS).
+        self._narrow_types = frozenset(t for s in states for t in s.narrow)
+        self._kept: list[Any] | None = None
+        #: Whether `apply` notes what ran: from the first `state_digest` until the state is loaded
+        #: again. Until then nothing is known, and the next digest computes every component.
+        self._tracking = False
+        #: Tests and the simulation: recompute every digest `state_digest` reuses and raise
+        #: `InvariantViolation` if it changed (a module's `writes` left out a state it changed).
+        self.check_digest_cache = False
 
     def rearm_guards(self) -> None:
         """A module changed, outside its own handlers, state that arms a guard (the halts module's
@@ -220,6 +255,14 @@ class Engine:
         self.entropy = entropy
         if self.halted is not None:
             return [CommandRejected(seq, ShardHalted.code, "", self._halted_message())]
+        if self._tracking:  # only once a digest was asked for (replication): one test otherwise
+            cls = type(command)
+            self._ran.add(cls)
+            if cls in self._narrow_types and (kept := self._kept) is not None:
+                if len(kept) < MAX_KEPT_COMMANDS:
+                    kept.append(command)
+                else:
+                    self._kept = None
         due: list[Event] | None = None
         try:
             if ts_ns >= self._wake_ns:
@@ -244,12 +287,15 @@ class Engine:
     def _before_command(self) -> list[Event]:
         """Run the before-command hooks and the timers; set when to run them next."""
         events: list[Event] = []
+        ran = self._ran
         for hook in self._before:
+            ran.add(hook)
             hook_events = hook(self)
             if hook_events:
                 events.extend(hook_events)
         wake = NEVER
         for name, fn, next_due in self._timers:
+            ran.add(fn)
             timer_events = fn(self)
             if timer_events:
                 events.extend(timer_events)
@@ -325,26 +371,73 @@ class Engine:
         last call: replication checks it after every batch (`state_hash` costs in proportion to the
         whole state). The same parts as `snapshot_state`, each component reduced to a digest: its
         own incremental one where it declares one (the ledger's, ledger/digest.py), else SHA-256 of
-        its snapshot's canonical encoding. Deterministic: equal on every replica in the same state,
-        and equal to the digest of an engine restored from this one's snapshot (which computes
-        every part from nothing; tests/engine/test_state_digest.py)."""
+        its snapshot's canonical encoding: kept from the last call while no command type, hook or
+        timer whose module may write it (`Module.writes`) ran, and for trading put together from
+        each market's kept encoding (`StateComponent.digest_of_changes`, trading/digest.py).
+        Deterministic: equal on every replica in the same state, and equal to the digest of an
+        engine restored from this one's snapshot (which computes every part from nothing;
+        tests/engine/test_state_digest.py, test_digest_cache.py)."""
         if self.broken is not None:
             raise RingfenceError("the engine state is broken; it has no digest")
+        ran, self._ran = self._ran, set()
+        kept, self._kept = self._kept, []
+        changed = self._changed_since_last_digest(ran) if self._tracking else None
+        if not self._tracking:
+            kept = None
+            self._tracking = True
         root = self._root
         parts: list[Any] = [STATE_DIGEST_FORMAT, self.last_seq, self.now_ns,
-                            self._component_digest(root) if root is not None else None]
+                            self._component_digest(root, changed, ran, kept) if root is not None else None]
         for spec in self._states:
-            part = self._component_digest(spec)
+            part = self._component_digest(spec, changed, ran, kept)
             if part is not None:
                 parts.append([spec.name, part])
         if self.halted is not None:
             parts.append(list(self.halted))
         return hashlib.sha256(encode(parts)).hexdigest()
 
-    def _component_digest(self, spec: StateComponent) -> str | None:
+    def _changed_since_last_digest(self, ran: set[object]) -> frozenset[str] | None:
+        """The states that what `ran` may have changed (None: any)."""
+        changed: set[str] = set()
+        for key in ran:
+            writes = self._writes.get(key)
+            if writes is None:
+                return None
+            changed |= writes
+        return frozenset(changed)
+
+    def _component_digest(self, spec: StateComponent, changed: frozenset[str] | None = None,
+                          ran: set[object] | None = None, commands: list[Any] | None = None) -> str | None:
+        """The component's digest: its own incremental one, the last one when nothing that ran
+        since may change it, what its `digest_of_changes` works out, else SHA-256 of its
+        snapshot's canonical encoding."""
         state = self.components[spec.name]
         if spec.digest is not None:
             return spec.digest(state).hex()
+        ran = ran or set()
+        if changed is not None and spec.name not in changed and spec.name in self._digests:
+            kept = self._digests[spec.name]
+            if self.check_digest_cache and self._hash_component(spec, state) != kept:
+                names = sorted(getattr(key, "__name__", repr(key)) for key in ran)
+                raise InvariantViolation(f"state {spec.name!r} changed, but no module declaring it in `writes` ran: {names}")
+            return kept
+        if spec.digest_of_changes is None:
+            digest = self._digests[spec.name] = self._hash_component(spec, state)
+            return digest
+        # Only the commands of `narrow` types may have changed it (each says what it touched):
+        # else, or before its first digest, it is told anything may have changed.
+        narrowed = (changed is not None and commands is not None and spec.name in self._digests
+                    and all(key in spec.narrow or ((w := self._writes.get(key)) is not None and spec.name not in w)
+                            for key in ran))
+        memo = self._memos.setdefault(spec.name, {})
+        digest = spec.digest_of_changes(state, commands if narrowed else None, memo)
+        if self.check_digest_cache and digest != self._hash_component(spec, state):
+            raise InvariantViolation(f"state {spec.name!r}: the digest from its changes differs from its snapshot's")
+        self._digests[spec.name] = digest
+        return digest
+
+    @staticmethod
+    def _hash_component(spec: StateComponent, state: Any) -> str | None:
         snap = spec.snapshot(state)
         return None if snap is None else hashlib.sha256(encode(snap)).hexdigest()
 
@@ -364,6 +457,11 @@ class Engine:
             raise RingfenceError(f"snapshot format {fmt} is not supported (expected {STATE_FORMAT})")
         # Start from fresh states: a state absent from the snapshot keeps its factory value.
         self.components = {}
+        self._digests = {}  # every component is new: no digest of before holds
+        self._memos = {}
+        self._ran = set()
+        self._kept = None
+        self._tracking = False
         for spec in self._all_states():
             self._set_component(spec, spec.factory(self))
         if self._root is not None and root_state is not None:

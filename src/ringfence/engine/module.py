@@ -16,7 +16,7 @@ handler, a tag belongs to one type, a state name to one module.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .commands import Command, Event
@@ -106,6 +106,13 @@ class StateComponent:
     #: `digest(state) -> bytes`: a digest of the whole component kept incrementally (the ledger's,
     #: ledger/digest.py), used by `Engine.state_digest` instead of hashing the snapshot each time.
     digest: Callable[[Any], bytes] | None = None
+    #: `digest_of_changes(state, commands, memo) -> hex`: the same value as SHA-256 of the snapshot's
+    #: canonical encoding, computed from what it kept in `memo` (a dict the engine keeps for it,
+    #: emptied whenever the state is loaded) and `commands`: every command applied since its last
+    #: call, when all that ran since and may change this state are command types in `narrow`
+    #: (else None: anything may have changed). Trading keeps each market's encoding this way.
+    digest_of_changes: Callable[[Any, Sequence[Any] | None, dict[Any, Any]], str | None] | None = None
+    narrow: frozenset[type] = frozenset()
 
 
 @dataclass
@@ -124,6 +131,12 @@ class Module:
     #: `(fn, next_due)`: `fn(engine) -> events` runs before a command only once sequencer time has
     #: reached `next_due(<this module's state>)` (see `timer`).
     timers: list[tuple[Callable[["Engine"], Sequence[Event]], Callable[[Any], int]]] = field(default_factory=list)
+    #: The names of the states its handlers, hooks and timers may change, its own included (None:
+    #: any state). `Engine.state_digest` reuses the digest of a state that no module declaring it
+    #: ran since the last digest, so a state missing here would keep a stale digest: declare every
+    #: state a path may write (through another module's API too: trading fills write the ledger).
+    #: The engine's `check_digest_cache` recomputes every reused digest and names an omission.
+    writes: tuple[str, ...] | None = None
 
     def handles(
         self,
@@ -184,6 +197,15 @@ class Module:
         if self.state is not None:
             raise RuntimeError(f"module {self.name!r} already declares its state")
         self.state = StateComponent(name or self.name, factory, snapshot, restore, check_invariants, attribute, digest)
+
+    def declare_digest_of_changes(
+        self, fn: Callable[[Any, Sequence[Any] | None, dict[Any, Any]], str | None], narrow: Iterable[type]
+    ) -> None:
+        """Its state's digest is computed by `fn` from the commands of the types in `narrow` applied
+        since the last digest (see `StateComponent.digest_of_changes`)."""
+        if self.state is None:
+            raise RuntimeError(f"module {self.name!r} declares its state before how to digest it")
+        self.state = replace(self.state, digest_of_changes=fn, narrow=frozenset(narrow))
 
     def guard(self, fn: Callable[["Engine", Any], None]) -> Callable[["Engine", Any], None]:
         """Decorator: `fn(engine, command)` runs before every command of every module (and its precheck).

@@ -55,7 +55,7 @@ from .state import MAX_SAMPLES, MAX_SOURCES, MAX_SYMBOLS, MAX_VENUES, IndexState
 
 __all__ = ["MODULE", "halt_id_of"]
 
-MODULE = Module("index")
+MODULE = Module("index", writes=("index", "trading", "halts", "derivatives", "ledger", "staff"))
 #: Reachable as `engine.index_state` too: the before-command hook reads it on every command.
 MODULE.declare_state(IndexState, snapshot, restore, attribute="index_state")
 MODULE.declare_events(FeedKeyRegistered, IndexConfigured, QuoteAccepted, IndexPriceChanged, IndexSourcesShort,

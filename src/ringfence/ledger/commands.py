@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: The ledger's engine module (ARCHITECTURE §3): the root state, the only code that changes a balance.
-MODULE = Module("ledger")
+MODULE = Module("ledger", writes=("ledger",))
 
 #: TigerBeetle's batch size: one command carries at most this many transfers.
 MAX_TRANSFERS_PER_COMMAND = 8190

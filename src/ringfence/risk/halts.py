@@ -266,7 +266,7 @@ def _restore(engine: Engine, data: list[Any]) -> HaltsState:
 
 
 #: The halts engine module. Its own commands are never refused by a halt (they raise and lift them).
-MODULE = Module("halts")
+MODULE = Module("halts", writes=("halts", "staff"))  # staff: the quorum's spent nonces
 MODULE.declare_state(HaltsState, _snapshot, _restore)
 MODULE.declare_events(OperatorsRegistered, HaltRaised, HaltUnchanged, HaltLifted)
 

@@ -152,7 +152,7 @@ def _restore(engine: Engine, data: list[Any]) -> StaffState:
 
 
 #: The staff engine module (commands in `staff/commands.py`).
-MODULE = Module("staff")
+MODULE = Module("staff", writes=("staff",))
 MODULE.declare_state(StaffState, _snapshot, _restore)
 
 

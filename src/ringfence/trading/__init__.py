@@ -13,5 +13,6 @@ from .. import native as _native
 _native.activate()
 
 from . import admin, commands, matching, orders, staff_cmds, state  # noqa: F401  (registers commands, handlers and the component)
+from . import digest  # noqa: F401,E402  (after `state`: how the component's digest follows its changes)
 
-__all__ = ["admin", "commands", "matching", "orders", "staff_cmds", "state"]
+__all__ = ["admin", "commands", "digest", "matching", "orders", "staff_cmds", "state"]

@@ -34,7 +34,7 @@ from .commands import (
 
 __all__ = ["MODULE", "market_scopes", "amend_effect", "batch_actions", "refuse_set_market_status"]
 
-MODULE = Module("trading")
+MODULE = Module("trading", writes=("trading", "ledger", "derivatives", "staff"))  # a perpetual's fills: derivatives
 MODULE.declare_events(
     MarketListed,
     MarketStatusChanged,

@@ -24,6 +24,8 @@ __all__ = [
     "MAX_QTY",
     "MAX_FEE_RATE_PPM",
     "MARKET_BINDERS",
+    "market_snapshot",
+    "snapshot_around_markets",
 ]
 
 #: Called with `(engine, market)` for every market a snapshot restores (the derivatives module binds
@@ -130,31 +132,35 @@ _MARKET_CONFIG = (
 
 
 def _snapshot(st: TradingState) -> list[Any]:
-    markets = []
-    for symbol in sorted(st.markets):
-        m = st.markets[symbol]
-        stops = sorted((o for o in m.orders.values() if o.level is None), key=lambda o: o.id)
-        markets.append(
-            [
-                symbol,
-                m.base,
-                m.quote,
-                m.segment,
-                [getattr(m, name) for name in _MARKET_CONFIG],
-                [m.status, m.auto_reduce, m.out_of_band, m.out_of_band_since_ns, m.ref_price, m.last_price],
-                [o.row() for o in m.resting()],
-                [o.row() for o in stops],
-            ]
-        )
-    out = [
+    head, tail = snapshot_around_markets(st)
+    return head + [[market_snapshot(symbol, st.markets[symbol]) for symbol in sorted(st.markets)]] + tail
+
+
+def market_snapshot(symbol: str, m: Market) -> list[Any]:
+    """One market's entry in the snapshot (trading/digest.py keeps its encoding between digests)."""
+    stops = sorted((o for o in m.orders.values() if o.level is None), key=lambda o: o.id)
+    return [
+        symbol,
+        m.base,
+        m.quote,
+        m.segment,
+        [getattr(m, name) for name in _MARKET_CONFIG],
+        [m.status, m.auto_reduce, m.out_of_band, m.out_of_band_since_ns, m.ref_price, m.last_price],
+        [o.row() for o in m.resting()],
+        [o.row() for o in stops],
+    ]
+
+
+def snapshot_around_markets(st: TradingState) -> tuple[list[Any], list[Any]]:
+    """The snapshot's entries before the list of markets, and after it."""
+    head = [
         st.next_order_id,
         st.next_trade_id,
         sorted([t, mk, tk] for t, (mk, tk) in st.tiers.items()),
         sorted([o, t] for o, t in st.account_tier.items()),
-        markets,
     ]
     # appended only once a signed decision was taken: older snapshots (and their hashes) stay as they were
-    return out + [st.admin_version] if st.admin_version else out
+    return head, [st.admin_version] if st.admin_version else []
 
 
 def _restore(engine: Engine, data: list[Any]) -> TradingState:
