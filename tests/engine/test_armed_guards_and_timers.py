@@ -7,6 +7,8 @@
   whatever stores an earlier deadline wakes it (`Engine.wake_at`). The ledger's expiry is one: a
   pending transfer expires at the first command at or after its deadline, before that command,
   on a running engine and on one restored from a snapshot alike.
+* A guard declared with `Module.guard_for(types)` runs (in `apply` and in `precheck`) for commands
+  of exactly those types and no other, in module order with the rest.
 """
 
 from __future__ import annotations
@@ -166,3 +168,50 @@ def test_a_restored_engine_expires_the_same_transfers_at_the_same_commands() -> 
         command = CreateTransfers([Transfer(100 + step, alice, bob, 1)])
         assert _expired(live.run(command)) == _expired(restored.run(command)) == ([10] if step == 4 else [])
     assert live.engine.state_hash() == restored.engine.state_hash()
+
+
+def test_a_guard_for_some_types_runs_for_those_types_only_in_apply_and_precheck() -> None:
+    calls: list[str] = []
+    module = Module("typed")
+
+    @module.guard
+    def _every(engine: Engine, command: Any) -> None:
+        calls.append("every:" + type(command).__name__)
+
+    @module.guard_for(Gate)
+    def _gates_only(engine: Engine, command: Any) -> None:
+        calls.append("gate:" + type(command).__name__)
+        if command.closed:
+            raise Halted("no closing here", field="closed")
+
+    gate = _gate_module()
+    r = Runner(new_engine(module, gate))
+    assert r.run(Ping()) == [Pinged()]
+    assert calls == ["every:Ping"]  # the typed guard is not even called for a Ping
+    calls.clear()
+    assert _refused(r.run(Gate(True)))  # ... but refuses its own type, after the earlier guard
+    assert calls == ["every:Gate", "gate:Gate"] and not r.engine.components["gate"].closed
+    calls.clear()
+    r.engine.precheck(Ping())
+    assert calls == ["every:Ping"]
+    calls.clear()
+    try:
+        r.engine.precheck(Gate(True))
+        raise AssertionError("precheck let a refused Gate through")
+    except Halted:
+        pass
+    assert calls == ["every:Gate", "gate:Gate"]
+    restored = Runner(r.engine.restored(r.engine.snapshot_bytes()))  # the selection survives a restore
+    restored.ts_ns = r.ts_ns
+    calls.clear()
+    assert _refused(restored.run(Gate(True))) and calls == ["every:Gate", "gate:Gate"]
+
+
+def test_guard_for_needs_command_types() -> None:
+    module = Module("typed")
+    for bad in ((), (int,)):
+        try:
+            module.guard_for(*bad)
+            raise AssertionError(f"guard_for{bad} was accepted")
+        except TypeError:
+            pass

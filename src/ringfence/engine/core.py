@@ -124,8 +124,12 @@ class Engine:
         self._handlers = {t: s.handler for t, s in specs.items() if s.handler is not None}
         #: Every guard, in module order (`precheck` runs them all) ...
         self._all_guards = tuple(g for m in self.modules for g in m.guards)
-        #: ... and those of them armed now (`apply` runs these; see `Module.guard_while`).
-        self._guards = self._all_guards
+        self._guard_types = {g: types for m in self.modules for g, types in m.guard_types.items()}
+        #: What `precheck` runs: every guard but those declared for other types (`Module.guard_for`)...
+        self._all_untyped, self._all_by_type = self._by_type(self._all_guards)
+        #: ... and `apply`: those of them armed now (see `Module.guard_while`). Set by `_rearm`.
+        self._guards: tuple[Any, ...] = ()
+        self._guards_by_type: dict[type, tuple[Any, ...]] = {}
         self._arming = [(m.state.name, g, armed) for m in self.modules for g, armed in m.guard_arming.items() if m.state is not None]
         for module in self.modules:
             if module.guard_arming:
@@ -197,10 +201,19 @@ class Engine:
 
     def _rearm(self) -> None:
         """Recompute which guards `apply` runs, from the states that arm them."""
-        if not self._arming:
-            return
-        disarmed = {g for name, g, armed in self._arming if not armed(self.components[name])}
-        self._guards = tuple(g for g in self._all_guards if g not in disarmed)
+        guards = self._all_guards
+        if self._arming:
+            disarmed = {g for name, g, armed in self._arming if not armed(self.components[name])}
+            guards = tuple(g for g in guards if g not in disarmed)
+        self._guards, self._guards_by_type = self._by_type(guards)
+
+    def _by_type(self, guards: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[type, tuple[Any, ...]]]:
+        """`(for a command of a type no guard names, {named type: its guards})`, each in module order:
+        a guard declared with `Module.guard_for` runs only for its own types."""
+        typed = self._guard_types
+        untyped = tuple(g for g in guards if g not in typed)
+        by_type = {t: tuple(g for g in guards if g not in typed or t in typed[g]) for types in typed.values() for t in types}
+        return untyped, by_type
 
     def _all_states(self) -> list[StateComponent]:
         return ([self._root] if self._root is not None else []) + self._states
@@ -223,7 +236,7 @@ class Engine:
         if spec is None or spec.handler is None:
             raise RingfenceError(f"no module of this engine handles command {type(command).__name__}")
         try:
-            for guard in self._all_guards:
+            for guard in self._all_by_type.get(type(command), self._all_untyped):
                 guard(self, command)
             if spec.precheck is not None:
                 spec.precheck(self, command)
@@ -268,7 +281,7 @@ class Engine:
             if ts_ns >= self._wake_ns:
                 due = self._before_command()
             try:
-                for guard in self._guards:
+                for guard in self._guards_by_type.get(type(command), self._guards):
                     guard(self, command)
                 # A handler returns a list of its own making: it is the answer as it is.
                 events = self._handlers[type(command)](self, command)

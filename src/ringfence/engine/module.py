@@ -126,6 +126,8 @@ class Module:
     guards: list[Callable[["Engine", Any], None]] = field(default_factory=list)
     #: Guards that `apply` runs only while `armed(<this module's state>)` is true (see `guard_while`).
     guard_arming: dict[Callable[["Engine", Any], None], Callable[[Any], bool]] = field(default_factory=dict)
+    #: Guards that can refuse only commands of the given types (see `guard_for`).
+    guard_types: dict[Callable[["Engine", Any], None], tuple[type, ...]] = field(default_factory=dict)
     #: `fn(engine) -> events`, run before every command's guards and handler (sequencer time is set).
     before_command: list[Callable[["Engine"], Sequence[Event]]] = field(default_factory=list)
     #: `(fn, next_due)`: `fn(engine) -> events` runs before a command only once sequencer time has
@@ -214,6 +216,22 @@ class Module:
         """
         self.guards.append(fn)
         return fn
+
+    def guard_for(
+        self, *command_types: type[Command]
+    ) -> Callable[[Callable[["Engine", Any], None]], Callable[["Engine", Any], None]]:
+        """Decorator: a guard that can only refuse commands of exactly these types, so neither
+        `apply` nor `precheck` calls it for any other command (an index's reference-price guard: a
+        function call on every order was a measurable part of a move's cost, to refuse nothing)."""
+        if not command_types or not all(isinstance(t, type) and issubclass(t, Command) for t in command_types):
+            raise TypeError("guard_for needs one or more Command types")
+
+        def register(fn: Callable[["Engine", Any], None]) -> Callable[["Engine", Any], None]:
+            self.guards.append(fn)
+            self.guard_types[fn] = tuple(command_types)
+            return fn
+
+        return register
 
     def guard_while(
         self, armed: Callable[[Any], bool]

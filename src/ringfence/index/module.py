@@ -334,7 +334,7 @@ def _override(engine: Engine, c: OverrideReferencePrice) -> list[Event]:
     return ev
 
 
-@MODULE.guard
+@MODULE.guard_for(SetReferencePrice)
 def _reference_follows_index(engine: Engine, command: Any) -> None:
     """A plain `SetReferencePrice` would fight the index: refused on indexed symbols."""
     if type(command) is not SetReferencePrice:

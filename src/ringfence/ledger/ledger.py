@@ -642,7 +642,9 @@ class Ledger:
             if debit.flags & _NO_OVERDRAFT and debits > debit.credits_posted:
                 return False
             credits = credit.credits_posted + credit.credits_pending + delta
-            if debits > MAX_AMOUNT or credits > MAX_AMOUNT or (credit.flags & _NO_EXCESS_CREDIT and credits > credit.debits_posted):
+            if ((debits > _FAR_BELOW_MAX or credits > _FAR_BELOW_MAX) and (debits > MAX_AMOUNT or credits > MAX_AMOUNT)) or (
+                credit.flags & _NO_EXCESS_CREDIT and credits > credit.debits_posted
+            ):
                 code = self._check_limits(debit, credit, delta, pending=True)
                 raise InvariantViolation(f"growing hold {hold_id} on {debit.name} failed: {code}")
             p.amount += delta

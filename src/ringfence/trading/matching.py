@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from ..engine.commands import Event
 from ..errors import InvariantViolation
+from ..ledger.ledger import Ledger
 from .book import Market, Order
 from .commands import (
     OrderExpired,
@@ -68,7 +69,7 @@ _EXPIRE_MAKER: Final = SelfTradePrevention.EXPIRE_MAKER
 _EXPIRE_BOTH: Final = SelfTradePrevention.EXPIRE_BOTH
 
 
-def _close(ledger: Any, m: Market, o: Order, ev: list[Event], cls: type, reason: str, was_resting: bool) -> None:
+def _close(ledger: Ledger, m: Market, o: Order, ev: list[Event], cls: type, reason: str, was_resting: bool) -> None:
     released = ledger.end_hold(o.hold_id)
     leaves = o.leaves if o.qty else 0  # orders by quote amount report no base remainder
     ev.append(cls(m.symbol, o.id, o.owner, _BUY if o.is_buy else _SELL, o.price, leaves, was_resting, reason, released))
@@ -89,7 +90,7 @@ def _take_out(m: Market, o: Order) -> bool:
 # ------------------------------------------------------------------------------ matching
 
 
-def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, price_minor: int, qty_minor: int, ev: list[Event]) -> None:
+def _fill(st: TradingState, ledger: Ledger, m: Market, t: Order, mk: Order, price_minor: int, qty_minor: int, ev: list[Event]) -> None:
     """Settle one fill of `qty_minor` base minor units at `price_minor` (quote minor units per whole
     base unit) between taker `t` and maker `mk` (see module docstring)."""
     notional_minor = price_minor * qty_minor // m.base_scale
@@ -160,7 +161,7 @@ def _fill(st: TradingState, ledger: Any, m: Market, t: Order, mk: Order, price_m
     )
 
 
-def _match(st: TradingState, ledger: Any, m: Market, t: Order, limit_minor: int, ev: list[Event]) -> str:
+def _match(st: TradingState, ledger: Ledger, m: Market, t: Order, limit_minor: int, ev: list[Event]) -> str:
     """Match taker `t` against the book up to `limit_minor`. Returns why it stopped early ('' if not)."""
     is_buy = t.is_buy
     if is_buy:
@@ -324,7 +325,7 @@ def _fok_fillable(m: Market, t: Order, limit_minor: int) -> bool:
     return have_minor >= need_minor
 
 
-def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]) -> None:
+def _execute(st: TradingState, ledger: Ledger, m: Market, o: Order, ev: list[Event]) -> None:
     """Run an accepted (or triggered, or re-priced) order as a taker, then rest or end it."""
     limit_minor = o.price if o.type in _LIMITISH else o.protect
     if o.tif == _FOK and not _fok_fillable(m, o, limit_minor):
@@ -356,7 +357,7 @@ def _execute(st: TradingState, ledger: Any, m: Market, o: Order, ev: list[Event]
         _close(ledger, m, o, ev, OrderExpired, "NOT_FULLY_FILLED", False)
 
 
-def _trigger_stops(st: TradingState, ledger: Any, m: Market, ev: list[Event], held: Any = None) -> None:
+def _trigger_stops(st: TradingState, ledger: Ledger, m: Market, ev: list[Event], held: Any = None) -> None:
     """Fire every stop order the last price has crossed, oldest first, until none is left to fire.
 
     `held(order)` (given while a halt is active): True for a stop a halt holds — it stays in the
