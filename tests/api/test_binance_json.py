@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 from starlette.responses import JSONResponse
 
 from ringfence.api.binance import BinanceJSON, _plain
+from ringfence.trading.vocabulary import OrderType, Side
 
 _leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**80), max_value=2**80),
-                  st.text(), st.floats(), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF))
+                  st.text(), st.floats(), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+                  st.sampled_from(list(OrderType) + list(Side)))
 _tree = st.recursive(_leaf, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.tuples(inner, inner),
     st.dictionaries(st.one_of(st.text(max_size=5), st.integers(), st.booleans()), inner, max_size=4)), max_leaves=24)
@@ -32,6 +34,7 @@ def test_the_same_bytes_or_the_same_error_as_starlette(content: object) -> None:
 
 def test_only_plain_content_skips_json_dumps() -> None:
     assert _plain({"symbol": "BTCUSDT", "fills": [{"qty": "1", "tradeId": 7}], "isWorking": True, "x": None})
+    assert _plain({"type": OrderType.LIMIT_MAKER, "side": Side.SELL})  # the vocabulary's StrEnums: their value
     assert not _plain({"price": 1.5})
     assert not _plain({1: "int key"})
     assert not _plain([("a", "tuple")])

@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Awaitable, Callable
 
 import msgspec
@@ -860,7 +861,8 @@ def stp_defaults(default: str, per_market: str) -> tuple[str, dict[str, str]]:
 
 
 _encode_json = msgspec.json.Encoder().encode
-_JSON_SCALARS = frozenset({str, int, bool, type(None)})
+#: Types both encoders write alike; StrEnum subclasses join as they are met (few: trading/vocabulary.py).
+_JSON_SCALARS: set[type] = {str, int, bool, type(None)}
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -869,6 +871,9 @@ def _plain(value: Any, depth: int = 0) -> bool:
     of them. Not floats (the two spell some differently: 1e+16 and 1e16; NaN), nor any other type."""
     t = type(value)
     if t in _JSON_SCALARS:
+        return True
+    if isinstance(value, StrEnum):  # the vocabulary's enums: both write the value (`str` of it)
+        _JSON_SCALARS.add(t)
         return True
     if depth > 8:
         return False
