@@ -121,8 +121,32 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
         if stalls["on"]:
             loop.call_later(0.001, _beat, loop)
 
+    # --timed: how long each call of the named coroutine functions took, wall clock, awaits included
+    timed = {"on": False, "ns": {}, "orig": []}
+
+    def _time(spec):
+        mod, cls, meth = spec.rsplit(".", 2)
+        owner = getattr(importlib.import_module(mod), cls)
+        orig = getattr(owner, meth)
+        samples = timed["ns"].setdefault(spec, [])
+
+        async def wrapped(*a, **k):
+            started = time.perf_counter_ns()
+            try:
+                return await orig(*a, **k)
+            finally:
+                if timed["on"] and len(samples) < 200_000:
+                    samples.append(time.perf_counter_ns() - started)
+
+        setattr(owner, meth, wrapped)
+        timed["orig"].append((owner, meth, orig))
+
+    for spec in filter(None, os.environ.get("RF_PROFILE_TIMED", "").split(",")):
+        _time(spec)  # at start-up, before the app holds references to them
+
     def _start(*_):
         gc_pauses["on"] = True
+        timed["on"] = True
         loop = asyncio._get_running_loop()
         if os.environ.get("RF_PROFILE_STALLS") == "1" and loop is not None:
             stalls["on"] = True
@@ -138,6 +162,9 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
         out = os.environ["RF_PROFILE_OUT"]
         gc_pauses["on"] = False
         stalls["on"] = False
+        timed["on"] = False
+        with open(out + ".timed.json", "w") as fh:
+            json.dump(timed["ns"], fh)
         time.sleep(0.01)
         with open(out + ".stalls.json", "w") as fh:
             json.dump(stalls["found"], fh)
@@ -200,6 +227,9 @@ def main() -> None:
     parser.add_argument("--stalls", action="store_true", help="sample every thread's stack while the engine's event loop "
                         "is held up for more than --stall-ms (a heartbeat callback every ms, looked at every 2 ms)")
     parser.add_argument("--stall-ms", type=int, default=10)
+    parser.add_argument("--timed", default="", help="comma-separated MODULE.CLASS.METHOD coroutine functions to time "
+                        "(wall clock per call, awaits included), e.g. ringfence.api.relay.EngineRelay._run,"
+                        "ringfence.api.service.Exchange.submit: where a request's latency is spent inside the engine")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     print(f"seed={args.seed}", file=sys.stderr)
@@ -209,7 +239,7 @@ def main() -> None:
     out = str(work / "profile")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(work / "hook"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     os.environ.update(RF_PROFILE_OUT=out, RF_PROFILE_MAIN="1" if args.cprofile else "0", RF_PROFILE_WRAP=args.wrap,
-                      RF_PROFILE_STALLS="1" if args.stalls else "0", RF_PROFILE_STALL_MS=str(args.stall_ms))
+                      RF_PROFILE_STALLS="1" if args.stalls else "0", RF_PROFILE_STALL_MS=str(args.stall_ms), RF_PROFILE_TIMED=args.timed)
     data = work / "data"
     port = api.free_port()
     server = api.start_server(data, port, args.gateways)
@@ -247,6 +277,13 @@ def main() -> None:
             p99 = pauses[min(len(pauses) - 1, len(pauses) * 99 // 100)] if pauses else 0
             print(f"  generation {gen}: {row['collections']} collections, {row['total_us'] / n:.1f} us per request, "
                   f"p99 {p99} us, max {row['max_us']} us")
+    timed_file = Path(out + ".timed.json")
+    if args.timed and timed_file.exists():
+        print("wall clock per call inside the engine process (ms):")
+        for spec, samples in json.loads(timed_file.read_text()).items():
+            ordered = sorted(samples) or [0]
+            p50, p90, p99 = (ordered[min(len(ordered) - 1, len(ordered) * q // 1000)] / 1e6 for q in (500, 900, 990))
+            print(f"  {spec}: {len(samples)} calls, p50 {p50:.1f}, p90 {p90:.1f}, p99 {p99:.1f}, max {ordered[-1] / 1e6:.1f}")
     stall_file = Path(out + ".stalls.json")
     if args.stalls and stall_file.exists():
         print_stalls(json.loads(stall_file.read_text()), args.seconds)
