@@ -78,8 +78,80 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
 
     gc.callbacks.append(_gc_watch)
 
+    # the stall sampler: a callback on the event loop every ms stamps a heartbeat; a thread looks at
+    # it every 2 ms and, while it is older than STALL_MS, samples every thread's stack (the loop's
+    # thread shows what held it up, or that it waited for the GIL another thread held)
+    import asyncio, traceback
+    STALL_MS = int(os.environ.get("RF_PROFILE_STALL_MS", "10"))
+    stalls = {"on": False, "beat": 0.0, "found": [], "main": threading.main_thread().ident}
+
+    def _frames(frame, depth=8):
+        out = []
+        for f in traceback.extract_stack(frame)[::-1]:
+            if "/asyncio/" in f.filename and out:
+                break
+            out.append(f"{f.filename.rsplit('/', 2)[-2]}/{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}")
+            if len(out) >= depth:
+                break
+        return out
+
+    def _sampler():
+        current = None
+        while stalls["on"]:
+            time.sleep(0.002)
+            age_ms = (time.perf_counter() - stalls["beat"]) * 1000
+            if age_ms < STALL_MS:
+                if current is not None:
+                    stalls["found"].append(current)
+                    current = None
+                continue
+            names = {t.ident: t.name for t in threading.enumerate()}
+            sample = {names.get(ident, str(ident)): _frames(fr, 6 if ident != stalls["main"] else 10)
+                      for ident, fr in sys._current_frames().items() if ident != threading.get_ident()}
+            if current is None:
+                current = {"ms": age_ms, "samples": []}
+            current["ms"] = age_ms
+            if len(current["samples"]) < 5:
+                current["samples"].append(sample)
+        if current is not None:
+            stalls["found"].append(current)
+
+    def _beat(loop):
+        stalls["beat"] = time.perf_counter()
+        if stalls["on"]:
+            loop.call_later(0.001, _beat, loop)
+
+    # --timed: how long each call of the named coroutine functions took, wall clock, awaits included
+    timed = {"on": False, "ns": {}, "orig": []}
+
+    def _time(spec):
+        mod, cls, meth = spec.rsplit(".", 2)
+        owner = getattr(importlib.import_module(mod), cls)
+        orig = getattr(owner, meth)
+        samples = timed["ns"].setdefault(spec, [])
+
+        async def wrapped(*a, **k):
+            started = time.perf_counter_ns()
+            try:
+                return await orig(*a, **k)
+            finally:
+                if timed["on"] and len(samples) < 200_000:
+                    samples.append(time.perf_counter_ns() - started)
+
+        setattr(owner, meth, wrapped)
+        timed["orig"].append((owner, meth, orig))
+
+    for spec in filter(None, os.environ.get("RF_PROFILE_TIMED", "").split(",")):
+        _time(spec)  # at start-up, before the app holds references to them
+
     def _start(*_):
         gc_pauses["on"] = True
+        timed["on"] = True
+        loop = asyncio._get_running_loop()
+        if os.environ.get("RF_PROFILE_STALLS") == "1" and loop is not None:
+            stalls["on"] = True
+            _beat(loop)
+            threading.Thread(target=_sampler, name="profile-stall-sampler", daemon=True).start()
         if os.environ.get("RF_PROFILE_MAIN") == "1":
             state["main"] = cProfile.Profile()
             state["main"].enable()
@@ -89,6 +161,13 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
     def _stop(*_):
         out = os.environ["RF_PROFILE_OUT"]
         gc_pauses["on"] = False
+        stalls["on"] = False
+        timed["on"] = False
+        with open(out + ".timed.json", "w") as fh:
+            json.dump(timed["ns"], fh)
+        time.sleep(0.01)
+        with open(out + ".stalls.json", "w") as fh:
+            json.dump(stalls["found"], fh)
         with open(out + ".gc.json", "w") as fh:
             json.dump({"by_gen": gc_pauses["by_gen"], "threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),
                        "tracked_now": len(gc.get_objects())}, fh)
@@ -117,6 +196,26 @@ def thread_cpu_s(pid: int) -> dict[str, float]:  # float-ok: CPU seconds per thr
     return out
 
 
+def print_stalls(found: list[dict], seconds: float) -> None:  # float-ok: seconds of load
+    """How often and how long the event loop stood still, and what each thread was doing meanwhile:
+    for the loop's thread, the innermost frames of each sample, counted over all stalls."""
+    lengths = sorted(s["ms"] for s in found)
+    print(f"event-loop stalls over {seconds:.0f} s: {len(found)}, {sum(lengths):.0f} ms in all; longest "
+          + ", ".join(f"{ms:.0f}" for ms in lengths[::-1][:10]) + " ms")
+    by_thread: dict[str, dict[str, int]] = {}
+    for stall in found:
+        for sample in stall["samples"]:
+            for thread, frames in sample.items():
+                where = " <- ".join(frames[:4]) if frames else "?"
+                by_thread.setdefault(thread, {})
+                by_thread[thread][where] = by_thread[thread].get(where, 0) + 1
+    for thread in sorted(by_thread, key=lambda t: (t != "MainThread", t)):
+        rows = sorted(by_thread[thread].items(), key=lambda kv: -kv[1])
+        print(f"  {thread}:")
+        for where, n in rows[:6]:
+            print(f"    {n:5d}  {where}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=("order", "ping"), default="order")
@@ -125,6 +224,12 @@ def main() -> None:
     parser.add_argument("--cprofile", action="store_true", help="cProfile the engine's main thread")
     parser.add_argument("--wrap", default="", help="comma-separated MODULE.CLASS.METHOD to profile wherever they run")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--stalls", action="store_true", help="sample every thread's stack while the engine's event loop "
+                        "is held up for more than --stall-ms (a heartbeat callback every ms, looked at every 2 ms)")
+    parser.add_argument("--stall-ms", type=int, default=10)
+    parser.add_argument("--timed", default="", help="comma-separated MODULE.CLASS.METHOD coroutine functions to time "
+                        "(wall clock per call, awaits included), e.g. ringfence.api.relay.EngineRelay._run,"
+                        "ringfence.api.service.Exchange.submit: where a request's latency is spent inside the engine")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     print(f"seed={args.seed}", file=sys.stderr)
@@ -133,7 +238,8 @@ def main() -> None:
     (work / "hook" / "sitecustomize.py").write_text(HOOK)
     out = str(work / "profile")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(work / "hook"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    os.environ.update(RF_PROFILE_OUT=out, RF_PROFILE_MAIN="1" if args.cprofile else "0", RF_PROFILE_WRAP=args.wrap)
+    os.environ.update(RF_PROFILE_OUT=out, RF_PROFILE_MAIN="1" if args.cprofile else "0", RF_PROFILE_WRAP=args.wrap,
+                      RF_PROFILE_STALLS="1" if args.stalls else "0", RF_PROFILE_STALL_MS=str(args.stall_ms), RF_PROFILE_TIMED=args.timed)
     data = work / "data"
     port = api.free_port()
     server = api.start_server(data, port, args.gateways)
@@ -171,6 +277,16 @@ def main() -> None:
             p99 = pauses[min(len(pauses) - 1, len(pauses) * 99 // 100)] if pauses else 0
             print(f"  generation {gen}: {row['collections']} collections, {row['total_us'] / n:.1f} us per request, "
                   f"p99 {p99} us, max {row['max_us']} us")
+    timed_file = Path(out + ".timed.json")
+    if args.timed and timed_file.exists():
+        print("wall clock per call inside the engine process (ms):")
+        for spec, samples in json.loads(timed_file.read_text()).items():
+            ordered = sorted(samples) or [0]
+            p50, p90, p99 = (ordered[min(len(ordered) - 1, len(ordered) * q // 1000)] / 1e6 for q in (500, 900, 990))
+            print(f"  {spec}: {len(samples)} calls, p50 {p50:.1f}, p90 {p90:.1f}, p99 {p99:.1f}, max {ordered[-1] / 1e6:.1f}")
+    stall_file = Path(out + ".stalls.json")
+    if args.stalls and stall_file.exists():
+        print_stalls(json.loads(stall_file.read_text()), args.seconds)
     for prof in sorted(work.glob("profile.*.prof")):
         print(f"\n==== {prof.name}")
         stats = pstats.Stats(str(prof))

@@ -237,7 +237,7 @@ class ApiGate:
             text = body.decode("ascii")
         except UnicodeDecodeError:
             raise BinanceError(-1100, "Illegal characters found in the request body; send URL-encoded ASCII.") from None
-        request.state.body_text = text
+        _state(request)["body_text"] = text
         return text
 
     async def params(self, request: Request) -> Params:
@@ -246,7 +246,7 @@ class ApiGate:
             return cached
         body = await self.body_text(request)
         params = Params.parse(_query(request), body)
-        request.state.params = params
+        _state(request)["params"] = params
         return params
 
     async def signed(self, request: Request, scope: str, *, weight: int = 0) -> tuple[Params, str]:
@@ -257,7 +257,7 @@ class ApiGate:
             # checks run, only the caller proof differs.
             if scope not in session.scopes:
                 raise BinanceError(-1002, f"This session may not '{scope}': {session.why_not(scope)}", 403)
-            request.state.rf_account = session.account_id  # monitoring: api_call events
+            _state(request)["rf_account"] = session.account_id  # monitoring: api_call events
             return await self.params(request), session.account_id
         api_key = request.headers.get("x-mbx-apikey")
         if not api_key:
@@ -290,7 +290,7 @@ class ApiGate:
         except RingfenceError as err:
             raise from_ringfence(err) from None
         self.replays.check_and_remember(principal.key_id, payload, now_ms, params.integer("timestamp"))
-        request.state.rf_account = principal.account_id  # monitoring: api_call events
+        _state(request)["rf_account"] = principal.account_id  # monitoring: api_call events
         if weight:
             self.key_limiter.charge("key:" + api_key, weight)
         return params, principal.account_id

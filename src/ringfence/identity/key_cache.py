@@ -109,8 +109,10 @@ class VerifiedKeyCache:
             return None
         return (key_generation.local_generation(), self._store_generation)
 
-    def _get(self, digest: str) -> KeySnapshot | None:
-        current = self._current()
+    def _get(self, digest: str, current: tuple[int, int] | None = None) -> KeySnapshot | None:
+        """The cached snapshot of `digest` at generation `current` (read now when not given)."""
+        if current is None:
+            current = self._current()
         if current is None:
             return None
         with self._lock:
@@ -219,7 +221,7 @@ class VerifiedKeyCache:
             return None
         ip = api_keys.check_key_arguments(api_key, client_ip, scope)
         assert isinstance(api_key, str)
-        key = self._get(self._digest(api_key))
+        key = self._get(self._digest(api_key), current)
         now = self.ctx.now()
         if key is None or api_keys.last_used_due(key, now) or self._current() != current:
             return None

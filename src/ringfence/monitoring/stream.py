@@ -23,6 +23,7 @@ import collections
 import json
 import threading
 import time
+from enum import StrEnum
 from typing import Any, Callable, Iterator
 
 import msgspec
@@ -56,6 +57,10 @@ def _data(data: dict[str, Any] | None) -> str:
     nested value), so the stored text never depends on which encoder wrote it."""
     if not data:
         return "{}"
+    if not _PLAIN.issuperset(map(type, data.values())):
+        # the trading vocabulary's StrEnums (an order's type): json.dumps writes a str subclass's text,
+        # which for a StrEnum is its value, as `str()` gives it
+        data = {k: str(v) if isinstance(v, StrEnum) else v for k, v in data.items()}
     if _PLAIN.issuperset(map(type, data.values())) and _KEY.issuperset(map(type, data)):
         try:
             raw = _encode_sorted(data)
