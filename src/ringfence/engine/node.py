@@ -224,6 +224,30 @@ class Ack:
         return events
 
 
+def _answer(accepted: list[tuple[Command, bytes, Ack]], first_seq: int, outputs: list[list[Event]],
+            halted: dict[int, InvariantViolation]) -> None:
+    """Resolve a durable, applied batch's acks in order: command `i` has sequence `first_seq + i`
+    and events `outputs[i]`, or the error in `halted[i]`. What `Ack._resolve` does, inlined: this
+    runs once per command on the sequencer's (or the acknowledger's) critical path."""
+    if halted:
+        for i, (_, _, ack) in enumerate(accepted):
+            if i in halted:
+                ack._resolve(error=halted[i])
+            else:
+                ack._resolve(outputs[i], seq=first_seq + i)
+        return
+    assert len(outputs) == len(accepted), "one list of events per accepted command"
+    seq = first_seq
+    for (_, _, ack), events in zip(accepted, outputs):
+        ack.seq = seq  # before `events`: a waiter that sees it done reads a complete answer
+        ack.events = events
+        callbacks = ack._callbacks
+        if callbacks:
+            for fn in callbacks:
+                fn(ack)
+        seq += 1
+
+
 def rejection_error(event: CommandRejected) -> RingfenceError:
     cls = error_codes().get(event.code, RingfenceError)
     err = cls(event.message, field=event.field or None)
@@ -738,28 +762,42 @@ class Node:
                 ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
             return
         accepted: list[tuple[Command, bytes, Ack]] = []
-        precheck = self._precheck
-        for item in items:
-            try:
-                precheck(item[0])
-            except RingfenceError as err:
-                if accepted:
-                    # The precheck saw the state before this batch; an earlier command of the batch
-                    # (say, the RegisterAsset before this OpenAccount) may be what it needs. Commit
-                    # those first and check again against the state that includes them.
-                    self._write_and_apply(accepted)
-                    accepted = []
-                    if self.failed is None:
-                        try:
-                            precheck(item[0])
-                        except RingfenceError as err2:
-                            self._refuse(item[2], err2)
-                            continue
-                        accepted.append(item)
-                        continue
-                self._refuse(item[2], err)
-                continue
-            accepted.append(item)
+        precheck = engine.precheck
+        # Every precheck of the batch runs at one time, read once (not once per command): the time
+        # the batch will carry or just before it (see `_precheck`), restored before anything else
+        # can look at the engine — a refusal's callbacks, a write, the end of the batch.
+        saved = engine.now_ns
+        engine.now_ns, swapped = max(self._clock(), saved), True
+        try:
+            for item in items:
+                try:
+                    precheck(item[0])
+                except RingfenceError as err:
+                    engine.now_ns, swapped = saved, False
+                    if accepted:
+                        # The precheck saw the state before this batch; an earlier command of the batch
+                        # (say, the RegisterAsset before this OpenAccount) may be what it needs. Commit
+                        # those first and check again against the state that includes them.
+                        self._write_and_apply(accepted)
+                        accepted = []
+                        if self.failed is None:
+                            try:
+                                self._precheck(item[0])
+                            except RingfenceError as err2:
+                                self._refuse(item[2], err2)
+                            else:
+                                accepted.append(item)
+                        else:
+                            self._refuse(item[2], err)
+                    else:
+                        self._refuse(item[2], err)
+                    saved = engine.now_ns
+                    engine.now_ns, swapped = max(self._clock(), saved), True
+                    continue
+                accepted.append(item)
+        finally:
+            if swapped:
+                engine.now_ns = saved
         if accepted:
             self._write_and_apply(accepted)
 
@@ -853,11 +891,7 @@ class Node:
         if self.replica is not None and not self._replicated(first_seq, accepted, token, engine, outputs):
             return
         self.durable_seq = self.last_seq
-        for i, (_, _, ack) in enumerate(accepted):
-            if i in halted:
-                ack._resolve(error=halted[i])
-            else:
-                ack._resolve(outputs[i], seq=first_seq + i)
+        _answer(accepted, first_seq, outputs, halted)
         for listener in self.listeners:
             listener(first_seq, ts_ns, [c for c, _, _ in accepted], outputs)
 
@@ -1288,12 +1322,7 @@ class _Pipeline:
                         if not ack.done():
                             ack._resolve(error=OutcomeUnknown(answer, field=None))
                 else:
-                    first, outputs, halted = entry.first_seq, entry.outputs, entry.halted
-                    for i, (_, _, ack) in enumerate(entry.accepted):
-                        if i in halted:
-                            ack._resolve(error=halted[i])
-                        else:
-                            ack._resolve(outputs[i], seq=first + i)
+                    _answer(entry.accepted, entry.first_seq, entry.outputs, entry.halted)
                     if entry.accepted:
                         self._listen(entry)
                 for ack, err in entry.refusals:
