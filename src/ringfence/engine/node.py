@@ -1097,7 +1097,15 @@ class _Pipeline:
         self.node = node
         self.writer = node.writer
         self.lock = threading.Lock()
+        #: Three conditions on one lock, so that each change wakes only the thread that waits for it:
+        #: a record written wakes the record syncer (`sync_wanted`), a sync returned or a stream ack
+        #: the acknowledger (`ack_wanted`), and `cond` the callers of `wait_room`, `barrier`,
+        #: `wait_durable` and `close`. With one condition for all, every batch written also woke the
+        #: acknowledger for nothing, and every wake-up of a thread is a turn of the GIL taken from
+        #: the sequencer (about one in three wake-ups of the acknowledger found nothing to do).
         self.cond = threading.Condition(self.lock)
+        self.sync_wanted = threading.Condition(self.lock)
+        self.ack_wanted = threading.Condition(self.lock)
         self.pending: collections.deque[_Entry] = collections.deque()
         self.unsynced: DurableMark | None = None  # the newest record written and not yet being synced
         self.synced: DurableMark | None = None  # records synced, not yet acknowledged
@@ -1125,7 +1133,7 @@ class _Pipeline:
         with self.lock:
             self.pending.append(entry)
             self.unsynced = mark
-            self.cond.notify_all()
+            self.sync_wanted.notify()
         return entry
 
     def applied(self, entry: _Entry, outputs: list[list[Event]], halted: dict[int, InvariantViolation]) -> None:
@@ -1159,6 +1167,7 @@ class _Pipeline:
             self._advance()
             if self.durable_seq != before:
                 self.kicked = True  # the acknowledger answers them (listeners stay off this thread)
+                self.ack_wanted.notify()
                 self.cond.notify_all()
 
     def _advance(self) -> None:
@@ -1237,7 +1246,7 @@ class _Pipeline:
             self.stop_replicating(TimeoutError("the replica log did not answer before the node closed"), 0)
         with self.lock:
             self.closing = True
-            self.cond.notify_all()
+            self._wake_all()
         self.thread.join()
         self.ack_thread.join()
         self.drain()
@@ -1248,11 +1257,11 @@ class _Pipeline:
         while True:
             with self.lock:
                 while self.unsynced is None and not self.closing and self.failed is None:
-                    self.cond.wait()
+                    self.sync_wanted.wait()
                 mark, self.unsynced = self.unsynced, None
                 if mark is None or self.failed is not None:
                     self.records_closed = True
-                    self.cond.notify_all()
+                    self.ack_wanted.notify()
                     return
             try:
                 writer.sync_records(mark)
@@ -1261,14 +1270,14 @@ class _Pipeline:
                 return
             with self.lock:
                 self.synced = mark
-                self.cond.notify_all()
+                self.ack_wanted.notify()
 
     def _acknowledge(self) -> None:
         writer = self.writer
         while True:
             with self.lock:
                 while self.synced is None and not self.kicked and not self.records_closed and self.failed is None:
-                    self.cond.wait()
+                    self.ack_wanted.wait()
                 mark, self.synced = self.synced, None
                 kicked, self.kicked = self.kicked, False
                 if self.failed is not None or (mark is None and not kicked):
@@ -1294,8 +1303,14 @@ class _Pipeline:
         self.node.failed = self.node.failed or err
         with self.lock:
             self.failed = self.failed or err
-            self.cond.notify_all()
+            self._wake_all()
         _log.critical("engine shard %s stopped: %s: %s", self.node.data_dir, what, err)
+
+    def _wake_all(self) -> None:
+        """Under `lock`: the node stops or closes; every thread waiting on the pipeline looks again."""
+        self.sync_wanted.notify_all()
+        self.ack_wanted.notify_all()
+        self.cond.notify_all()
 
     def drain(self) -> None:
         """Acknowledge, in order, every batch at the head of `pending` that is applied and durable,
