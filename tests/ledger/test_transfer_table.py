@@ -55,7 +55,7 @@ def test_transfer_table_is_an_insertion_ordered_dict(steps: list[tuple[str, int,
         t = Transfer(tid, 1, 2, amount)
         if op == "add":
             if tid not in ref:  # `add` is for a new id (the ledger checks first)
-                table.add(t)
+                table.add(tid, t)
                 ref[tid] = t
         elif op == "set":
             table[tid] = t

@@ -201,9 +201,10 @@ class TransferTable:
     def __getitem__(self, tid: int) -> Transfer:
         return self._shards[tid % _TRANSFER_SHARDS][tid]
 
-    def add(self, t: Transfer) -> None:
-        """Store a transfer whose id is not stored yet (what the ledger does: it checks first)."""
-        self._shards[t.id % _TRANSFER_SHARDS][t.id] = t
+    def add(self, tid: int, t: Transfer) -> None:
+        """Store transfer `t` whose id `tid` (`t.id`, which the caller has in hand) is not stored
+        yet: what the ledger does, having checked first. Unchecked, for the hot path."""
+        self._shards[tid % _TRANSFER_SHARDS][tid] = t
         self._order.append(t)
 
     def __setitem__(self, tid: int, t: Transfer) -> None:
@@ -453,7 +454,7 @@ class Ledger:
                         ):
                             debit.debits_posted += amount  # type: ignore[union-attr]
                             credit.credits_posted += amount  # type: ignore[union-attr]
-                            known.add(t)
+                            known.add(tid, t)
                             i += 1
                             continue
             if not t.flags & _LINKED:
@@ -505,7 +506,7 @@ class Ledger:
         else:
             code = self._single_phase_or_pending(t, now_ns, undo)
         if code is None:
-            self.transfers.add(t)
+            self.transfers.add(tid, t)
             undo.append(("transfer", tid))
         return code
 
