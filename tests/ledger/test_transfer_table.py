@@ -18,6 +18,8 @@ from ringfence.ledger.model import Transfer
 ids = st.one_of(
     st.integers(1, 40),
     st.integers(0, 8).map(lambda k: k * _TRANSFER_SHARDS + 3),
+    st.integers(0, 8).map(lambda k: k * (_TRANSFER_SHARDS << 12) + 5),  # the same shard
+    st.integers(4090, 4100),  # across a run boundary
     st.integers(0, 8).map(lambda k: k * 1024),
     st.integers(2**62, 2**62 + 5),
 )
