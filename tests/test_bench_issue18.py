@@ -77,3 +77,14 @@ def test_ledger_bench_measures_p99_at_half_its_own_single_request_capacity(tmp_p
     assert half["disk_floor"]["syncs"] == 100 and half["disk_floor"]["p99_us"] > 0
     # the smoke run went to its own file, not to the recorded results
     assert "seed=1" in res.stderr
+
+
+def test_transfer_stall_bench_reports_the_ledger_and_its_plain_dict_baseline(tmp_path: Path) -> None:
+    res = _run([str(BENCH / "transfer_stall.py"), "--smoke"], timeout=300)
+    assert res.returncode == 0, res.stderr
+    line = json.loads(res.stdout.strip().splitlines()[-1])
+    assert line["bench"] == "transfer_stall" and line["smoke"] is True and line["workload"]["transfers"] == 20_000
+    for side in (line["ledger"], line["baseline"]):
+        assert side["worst_us"] >= 0 and sum(b["transfers"][1] - b["transfers"][0] + 1 for b in side["bands"]) == 20_000
+    bad = _run([str(BENCH / "transfer_stall.py"), "--transfers", "10"])
+    assert bad.returncode == 2 and "--transfers: at least 1000" in bad.stderr
