@@ -346,8 +346,7 @@ class Replicator:
         #: time the sequencer thread spent on incremental state digests (`state_digest`)
         self.digest_seconds = 0.0  # float-ok: a measurement, seconds
         self.digests = 0
-        self._digest_due = False  # the last batch's state is to be digested (`begin`)
-        self._digest_of = 0  # the last sequence of that batch
+        self._digest_of = 0  # the last sequence of the batch whose state is to be digested (`begin`); 0: none
         #: the digest of the state after batch `_digest_of`, being taken on the digest thread while
         #: the next batch's record is written and fsynced (`begin` starts it, `written` waits for it)
         self._digest_job: tuple[int, concurrent.futures.Future[str]] | None = None
@@ -492,11 +491,11 @@ class Replicator:
             future = self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, "", extra))
             future.rf_last_seq = first_seq + count - 1  # type: ignore[attr-defined]  # for the outcome digest
             token = _Later(future, first_seq + count - 1) if "Rf-State-Pending" in extra else future
-        if self._digest_due:  # the state is still the one after batch `_digest_of`, until `written`
-            self._digest_due = False
+        if self._digest_of:  # the state is still the one after batch `_digest_of`, until `written`
             if self._digest_pool is None:
                 self._digest_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ringfence-digest")
             self._digest_job = (self._digest_of, self._digest_pool.submit(self._digest_now))
+            self._digest_of = 0
         return token
 
     def written(self, token: Any) -> None:
@@ -577,8 +576,7 @@ class Replicator:
         state is unchanged until then), and the batch after that carries it
         (`Rf-State-Digest-Of`, `Rf-State-Digest`). So the digest overlaps the disk's wait
         instead of delaying the next publish; a divergence is reported one batch later."""
-        self._digest_due = bool(self.target.state_digest)
-        self._digest_of = last_seq
+        self._digest_of = last_seq if self.target.state_digest else 0
         return {"Rf-Outcome-Of": str(last_seq), "Rf-Outcome": outcome_digest(outputs)}
 
     def _digest_now(self) -> str:
