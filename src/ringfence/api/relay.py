@@ -96,7 +96,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..signatures import decode_signature
 from .gateway import split_signature
 
-from .ws_wire import close_direct, text_frame, uvicorn_protocol
+from .ws_wire import TOO_MANY_MESSAGES, close_direct, text_frame, uvicorn_protocol
 
 __all__ = ["RELAY_EXTENSION", "EngineRelay", "GatewayRelay", "RelayedWebSocket", "engine_socket_path", "main"]
 
@@ -124,7 +124,6 @@ LINK_MAX_BUFFER_BYTES = 64 * 1024 * 1024
 #: RINGFENCE_RELAY_MAX_INBOUND_MESSAGES / _BYTES override them (the tests lower the first to reach it).
 MAX_INBOUND_MESSAGES = int(os.environ.get("RINGFENCE_RELAY_MAX_INBOUND_MESSAGES", 1_000))
 MAX_INBOUND_BYTES = int(os.environ.get("RINGFENCE_RELAY_MAX_INBOUND_BYTES", 1024 * 1024))
-TOO_MANY_MESSAGES = (1008, "too many messages")
 SLOW_CONSUMER = (1008, "slow consumer")
 #: On a response whose signature the gateway checked and the engine believed (for operators and tests).
 CHECKED_BY_GATEWAY = (b"x-ringfence-signature", b"gateway")

@@ -46,7 +46,7 @@ from ..trading.marketdata import KLINE_INTERVALS_NS
 from .orders import OrderRecord
 from .relay import RELAY_EXTENSION
 from .service import Exchange
-from .ws_wire import CLOSE_TIMEOUT_S, TokenBucket, close_direct, text_frame, uvicorn_protocol
+from .ws_wire import CLOSE_TIMEOUT_S, TOO_MANY_MESSAGES, TokenBucket, close_direct, text_frame, uvicorn_protocol
 
 halt_log = structlog.get_logger("ringfence.halts")
 
@@ -77,7 +77,6 @@ MAX_REQUEST_CHARS = 4096
 #: the speed of the server: a flood is cut off after the burst, not when a queue somewhere fills.
 INCOMING_PER_S = int(os.environ.get("RINGFENCE_WS_INCOMING_PER_S", 10))
 INCOMING_BURST = int(os.environ.get("RINGFENCE_WS_INCOMING_BURST", 50))
-TOO_MANY_MESSAGES = (1008, "too many messages")
 MAX_REQUEST_DEPTH = 4
 
 

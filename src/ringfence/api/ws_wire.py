@@ -60,15 +60,24 @@ def uvicorn_protocol(send: Any) -> Any:
     return proto
 
 
+#: The close for a client past its message budget (api/ws.py, relay.py and `BudgetedWebSocketProtocol`).
+TOO_MANY_MESSAGES = (1008, "too many messages")
+
+
 def close_direct(proto: Any, code: int, reason: str) -> bool:
     """Close a directly written connection without waiting for it to drain: the close frame goes
     after what is already buffered, and the socket is aborted (buffer dropped) if the client has not
     completed the closing handshake within CLOSE_TIMEOUT_S. A client that stopped reading holds
-    no memory past that. False when this could not be done (then close the usual way)."""
+    no memory past that. A client closed for TOO_MANY_MESSAGES is no longer read either (as
+    `BudgetedWebSocketProtocol.cut_off`): nothing more it floods in is parsed, and its own writes
+    stall, so even a client that only writes gets to read the close frame before the abort.
+    False when this could not be done (then close the usual way)."""
     try:
         transport = proto.transport
         if proto.close_sent or proto.disconnected or transport.is_closing():
             return True  # already closing: nothing to add
+        if (code, reason) == TOO_MANY_MESSAGES:
+            transport.pause_reading()
         proto.conn.send_close(code, reason)
         transport.write(b"".join(proto.conn.data_to_send()))
         proto.close_sent = True
@@ -90,7 +99,6 @@ FRAME_BURST = int(os.environ.get("RINGFENCE_WS_FRAMES_BURST", 200))
 #: Frames one message may be split into (a message that never ends, in empty continuation frames,
 #: would otherwise never reach the size limit); past it: 1009 "message too fragmented".
 MAX_FRAGMENTS = 64
-TOO_MANY_MESSAGES = (1008, "too many messages")
 
 
 class TokenBucket:
