@@ -344,11 +344,12 @@ def test_the_address_and_withdrawal_links_act_only_on_their_button(server, user)
     after = last_seq(server)
     again = b.request("POST", "/wallet/confirm-address", data=fields)
     reopened = b.request("GET", link)  # no button for a used link
-    for page in (again, reopened):  # a second click: the address is there, not "Address not added"
+    for page in (again, reopened):  # a second click: used, not "Address not added", and nothing about the book
         assert page.status_code == 409, page.text
-        assert title_of(page.text) == "Withdrawal address already added", page.text
-        assert message_of(page.text) == f"{dest} is in your BTC address book. It cools before it can receive withdrawals."
-        assert '<p id="message" class="ok">' in page.text and 'href="/wallet/withdraw"' in page.text and "error-code" not in page.text
+        assert title_of(page.text) == "This link cannot be used", page.text
+        assert message_of(page.text) == "This confirmation link was already used."
+        assert dest not in page.text and "Address not added" not in page.text
+        assert_way_back(page.text, "-1002")
     assert book(b) == [entry] and not link_commands_since(server, after)
 
     # ---- the withdrawal's link
@@ -553,3 +554,102 @@ def test_removing_the_address_stops_a_withdrawal_awaiting_its_link(server, user)
     again = b.request("POST", "/wallet/confirm-withdrawal", data=fields)
     assert again.status_code == 409 and [x for x in withdrawals(b) if x["id"] == wid][0]["status"] == 5
 
+
+
+def aged(token: str, seconds: int) -> str:
+    """The address link `token` as it will be `seconds` later than its 30 minutes allow: its sealed payload
+    with the expiry moved back, sealed again with the server's own key (the demo runs on the dev key from
+    the same environment), as the server itself would have sealed it that long ago."""
+    from ringfence.api.session_money import ADDRESS_PURPOSE, _b64, _unb64
+    from ringfence.identity.sealing import Sealer
+    from ringfence.settings import Settings
+
+    sealer = Sealer(Settings().secret_key())
+    payload = json.loads(sealer.unseal(_unb64(token), purpose=ADDRESS_PURPOSE))
+    payload["x"] = int(time.time()) - seconds
+    return _b64(sealer.seal(json.dumps(payload).encode(), purpose=ADDRESS_PURPOSE))
+
+
+def test_an_expired_or_used_address_link_tells_nothing_of_the_book(server, user):
+    """Intruder review: an expired address link's page said "already in your address book" while the
+    address was there and "expired" once it was not, so whoever held an old mail could read the book.
+    An expired link and a used link now get one page each, the same whether or not the address is in
+    the book, naming no address; only a link that could still add the address says it is already there."""
+    b = user
+    entries = json.loads((server.data / "demo-keys.json").read_text())
+    dest = next(e["withdraw_addresses"]["BTC"] for e in entries if e.get("withdraw_addresses"))
+    if any(e["address"] == dest for e in book(b)):
+        assert session(b, "DELETE", "/session/v3/addressBook", params={"coin": "BTC", "address": dest}).status_code == 200
+
+    def ask_for_link() -> str:
+        """Ask to add `dest`; the token of the link in the mail that answers (not an earlier test's)."""
+        seen = set(re.findall(r"/wallet/confirm-address\?token=([A-Za-z0-9_-]+)", b.request("GET", "/dev/mail").text))
+        r = session(b, "POST", "/session/v3/addressBook", data={"coin": "BTC", "network": "BTC", "address": dest, "code": next_code(b)})
+        assert r.status_code == 200 and r.json()["status"] == "email_sent", r.text
+        deadline = time.monotonic() + 30
+        while (token := parse_qs(urlsplit(mailed_link(b, b.email, "/wallet/confirm-address")).query)["token"][0]) in seen:
+            assert time.monotonic() < deadline, "no new address link at /dev/mail"
+            time.sleep(0.3)
+        return token
+
+    used = ask_for_link()
+    done = b.request("POST", "/wallet/confirm-address", data={"token": used})
+    assert done.status_code == 200 and [e["address"] for e in book(b)] == [dest], done.text
+    fresh = ask_for_link()
+    expired = aged(fresh, 60)
+
+    def pages() -> dict[str, tuple[int, str, str]]:
+        out = {}
+        for name, token in (("used", used), ("expired", expired)):
+            for how in ("GET", "POST"):
+                got = (b.request("GET", "/wallet/confirm-address", params={"token": token}) if how == "GET"
+                       else b.request("POST", "/wallet/confirm-address", data={"token": token}))
+                assert dest not in got.text, (name, how, got.text[-1500:])
+                out[f"{name} {how}"] = (got.status_code, title_of(got.text), message_of(got.text))
+        return out
+
+    listed = pages()
+    assert listed["expired GET"] == (400, "This link cannot be used", "This confirmation link expired (30 minutes); add the address again.")
+    assert listed["used GET"] == (409, "This link cannot be used", "This confirmation link was already used.")
+    assert listed["expired POST"] == listed["expired GET"] and listed["used POST"] == listed["used GET"]
+    # a link that can still act tells its holder what pressing it would: the address is already there
+    still = b.request("GET", "/wallet/confirm-address", params={"token": fresh})
+    assert still.status_code == 409 and title_of(still.text) == "Withdrawal address already added", still.text
+
+    assert session(b, "DELETE", "/session/v3/addressBook", params={"coin": "BTC", "address": dest}).status_code == 200
+    assert book(b) == []
+    before = last_seq(server)
+    assert pages() == listed, "the same pages once the address is gone: they say nothing of the book"
+    assert book(b) == [] and not link_commands_since(server, before), "neither link added the address"
+    page = b.request("GET", "/wallet/confirm-address", params={"token": fresh})  # the live link adds it back
+    assert page.status_code == 200 and "Add this withdrawal address?" in page.text, page.text
+    done = b.request("POST", "/wallet/confirm-address", data=form_fields(page.text, "/wallet/confirm-address"))
+    assert done.status_code == 200 and [e["address"] for e in book(b)] == [dest], done.text
+
+
+def test_a_claim_sets_the_language_of_the_person_claiming(server):
+    """Intruder review: the account taken over through a resent link kept the language of the first
+    sign-up (the stranger's), so its security mail came in it. The resent link's mail is in the language
+    of the page that asked for it, and the claim sets the account's language to the claiming page's:
+    signed in later with no language of the browser's, the pages (and so the mail) are in hers."""
+    stamp = int(time.time() * 1000)
+    email = f"lang{stamp}@victim.test"
+    attacker, victim = Browserless(server.base), Browserless(server.base)
+    ja, de = {"Accept-Language": "ja"}, {"Accept-Language": "de-DE,de;q=0.9"}
+    assert attacker.request("POST", "/signup", data={"email": email, "password": "attacker's own passphrase 77"},
+                            headers=ja).status_code == 200
+    assert victim.request("POST", "/verify-email/new", data={"email": email}, headers=de).status_code == 200
+    body = mail_body(victim, email, "/verify-email/claim?token=")
+    assert "Anti-Phishing-Code: nicht gesetzt" in body and "Bestätigen Sie Ihre E-Mail-Adresse" in body, body[:300]  # not Japanese
+    link = path_of(re.search(r"https?://\S+/verify-email/claim\?token=\S+", body).group(0))
+    page = victim.request("GET", link, headers=de)
+    assert page.status_code == 200 and '<html lang="de"' in page.text, page.text[:500]
+    done = victim.request("POST", "/verify-email/claim", data={**form_fields(page.text, "/verify-email/claim"),
+                                                                "password": "victim chose this one 2026"}, headers=de)
+    assert done.status_code == 200 and '<html lang="de"' in done.text, done.text
+    assert "rf_lang" not in victim.cookies, "no language cookie: what follows comes from the profile"
+    assert victim.request("POST", "/login", data={"email": email, "password": "victim chose this one 2026"}).status_code in (200, 303)
+    centre = victim.request("GET", "/security")  # no Accept-Language, no cookie: the profile's language
+    assert centre.status_code == 200 and '<html lang="de"' in centre.text, centre.text[:500]
+    attacker.http.close()
+    victim.http.close()

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 import time
+
+import httpx
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from .conftest import Server
-from .test_key_cache import PASSWORD, Browserless, mailed_link
+from .test_key_cache import PASSWORD, Browserless, create_key, mailed_link, signed_account
 from .test_mailed_links import form_fields, mail_body, message_of, new_user, next_code, path_of
 
 NEW_PASSWORD = "a brand new passphrase 2026"
@@ -23,7 +25,9 @@ NEW_PASSWORD = "a brand new passphrase 2026"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("reset") / "data", env={"RINGFENCE_CUSTODY_ADDRESS_COOLING_S": "0"})
+    # every client here is 127.0.0.1: room for the requests of one address past its own budget, twice
+    srv = Server(tmp_path_factory.mktemp("reset") / "data", env={"RINGFENCE_CUSTODY_ADDRESS_COOLING_S": "0",
+                                                                  "RINGFENCE_IDENTITY_SIGNUP_PER_IP_PER_HOUR": "60"})
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
@@ -126,3 +130,94 @@ def test_an_authenticator_account_needs_its_code(server):
     assert done.status_code == 200 and "Password changed" in done.text, done.text
     assert sign_in(Browserless(server.base), b.email, NEW_PASSWORD) in (200, 303)
     b.http.close()
+
+
+def test_a_reset_lifts_the_sign_in_lockout_and_revokes_the_api_keys(server):
+    """Intruder review: a reset did not lift the sign-in lockout an attacker's wrong guesses had set (the
+    owner, with her new password, still waited) and left the API keys working (a freeze stops them).
+    Now the reset lifts the lockout, revokes every API key as the freeze link does (the next signed
+    request is refused), ends every session, and the form, the page and the notice mail say so."""
+    b = new_user(server)
+    key, secret, _ = create_key(b)
+    api = httpx.Client(base_url=server.base, timeout=10)
+    assert signed_account(api, key, secret).status_code == 200, "the key works (and is cached)"
+    assert b.request("POST", "/forgot-password", data={"email": b.email}).status_code == 200
+    link = reset_link(b, b.email)
+    page = b.request("GET", link)
+    assert page.status_code == 200 and 'id="reset-api-keys"' in page.text, page.text
+    code = next_code(b)  # before the lock: from the guesses to her sign-in takes seconds, the lock 30 s
+    attacker = Browserless(server.base)
+    for _ in range(5):
+        assert sign_in(attacker, b.email, "an attacker's wrong guess") == 401
+    locked = Browserless(server.base).request("POST", "/login", data={"email": b.email, "password": PASSWORD})
+    assert locked.status_code == 429, "locked: the right password waits too"
+    assert int(re.search(r"try again in (\d+) s", locked.text).group(1)) > 20, locked.text[-800:]
+    done = b.request("POST", "/reset-password", data={**form_fields(page.text, "/reset-password"), "password": NEW_PASSWORD,
+                                                       "code": code})
+    assert done.status_code == 200 and "Password changed" in done.text, done.text
+    assert "Its API keys were revoked (1): if you use the API, create new keys in the security centre." in message_of(done.text)
+    refused = signed_account(api, key, secret)  # the very next request
+    assert refused.status_code == 401 and refused.json()["code"] == -2015 and "revoked" in refused.json()["msg"], refused.text
+    assert b.request("GET", "/security", follow_redirects=False).status_code != 200, "the old session has ended"
+    owner = Browserless(server.base)
+    assert sign_in(owner, b.email, NEW_PASSWORD) in (200, 303), "at once: the lockout is lifted"
+    notice = mail_body(b, b.email, "The password of your account was reset")
+    assert "API keys revoked: 1" in notice and "create new keys in the security centre" in notice, notice
+    assert "/security/freeze?token=" in notice, notice
+    assert sign_in(attacker, b.email, PASSWORD) == 401, "the old password is gone"
+    for client in (b, attacker, owner):
+        client.http.close()
+    api.close()
+
+
+@pytest.mark.parametrize("ask, path", [("/forgot-password", "/reset-password"), ("/verify-email/new", "/verify-email/claim")])
+def test_a_stranger_cannot_void_the_link_in_the_owners_mailbox(server, ask, path):
+    """Intruder review: 5 requests an hour for one address from a stranger each ended the link before,
+    so the owner's link died in her mailbox (and the sixth got a refusal). Now the owner's link keeps
+    working while a stranger asks 4 more times, and past the address's budget; the refusal past the
+    budget is the same for an unknown address; the link she uses ends the others."""
+    stamp = time.time_ns()
+    email = f"owner{stamp}@example.com"
+    owner, stranger = Browserless(server.base), Browserless(server.base)
+    assert owner.request("POST", "/signup", data={"email": email, "password": PASSWORD}).status_code == 200
+    if ask == "/forgot-password":  # a confirmed account; /verify-email/new is for one still pending
+        token = parse_qs(urlsplit(mailed_link(owner, email, "/verify-email")).query)["token"][0]
+        assert owner.request("POST", "/verify-email", data={"token": token}).status_code == 200
+
+    def links() -> list[str]:
+        """The tokens of the `path` links in the mails to `email` at /dev/mail, each once."""
+        text = owner.request("GET", "/dev/mail").text
+        mine = re.findall(r'<section class="mail" data-to="' + re.escape(email) + r'"[^>]*>(.*?)</section>', text, re.S)
+        return list(dict.fromkeys(t for section in mine for t in re.findall(re.escape(path) + r"\?token=([A-Za-z0-9_-]+)", section)))
+
+    assert owner.request("POST", ask, data={"email": email}).status_code == 200
+    mail_body(owner, email, path + "?token=")  # her link has arrived
+    first = links()
+    assert len(first) == 1
+    for _ in range(4):  # the rest of the address's hour, spent by a stranger
+        assert stranger.request("POST", ask, data={"email": email}).status_code == 200
+    deadline = time.monotonic() + 30
+    while len(links()) < 5:
+        assert time.monotonic() < deadline, links()
+        time.sleep(0.3)
+    past = stranger.request("POST", ask, data={"email": email})
+    nobody = f"nobody{stamp}@example.com"
+    for _ in range(5):
+        assert stranger.request("POST", ask, data={"email": nobody}).status_code == 200
+    unknown = stranger.request("POST", ask, data={"email": nobody})
+    assert past.status_code == unknown.status_code == 429, past.text
+    assert re.sub(r"\d+", "N", message_of(past.text)) == re.sub(r"\d+", "N", message_of(unknown.text)), \
+        "the same refusal for every address (the seconds to wait aside)"
+    assert "that link still works" in message_of(past.text)
+    mailed = links()
+    assert len(mailed) == 5 and first[0] in mailed, "nothing mailed past the budget"
+    for token in mailed:  # the owner's first link and every later one still work
+        assert owner.request("GET", f"{path}?token={token}").status_code == 200
+    form = {"token": first[0], "password": NEW_PASSWORD}
+    done = owner.request("POST", path, data=form)
+    assert done.status_code == 200, done.text
+    for token in mailed:  # the one she used ended the others
+        assert owner.request("GET", f"{path}?token={token}").status_code == 401
+    assert sign_in(Browserless(server.base), email, NEW_PASSWORD) in (200, 303)
+    owner.http.close()
+    stranger.http.close()

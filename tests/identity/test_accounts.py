@@ -320,8 +320,9 @@ def test_concurrent_sign_ups_of_one_email_create_one_user(ctx):
 
 
 def test_a_password_reset_link_is_single_use_short_lived_and_only_for_confirmed_accounts(ctx, clock):
-    """`/forgot-password`: one answer for every address, mail only to a confirmed account; the newest
-    link alone works, for 30 minutes, once; the reset ends every session and is a credential change."""
+    """`/forgot-password`: one answer for every address, mail only to a confirmed account; a link works
+    for 30 minutes, once, and a newer one does not end it (a stranger may ask too), using one ends all;
+    the reset ends every session and is a credential change."""
     from ringfence.store.models import SecurityEvent as Event
 
     register(ctx)
@@ -334,8 +335,7 @@ def test_a_password_reset_link_is_single_use_short_lived_and_only_for_confirmed_
     first = token_from_mail(outbox(ctx, template="password_reset")[-1])
     accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
     second = token_from_mail(outbox(ctx, template="password_reset")[-1])
-    with pytest.raises(Unauthorized):
-        accounts.check_reset_link(ctx, first)  # a new link ends the earlier ones
+    assert accounts.check_reset_link(ctx, first) == accounts.ResetLink("alice@example.com", ""), "a new link ends none"
     assert accounts.check_reset_link(ctx, second) == accounts.ResetLink("alice@example.com", "")
     before = snapshot(ctx)
     with pytest.raises(ValidationError) as err:
@@ -347,7 +347,11 @@ def test_a_password_reset_link_is_single_use_short_lived_and_only_for_confirmed_
         accounts.reset_password(ctx, second, "a brand new passphrase 1", ip="198.51.100.1")  # expired
     accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
     third = token_from_mail(outbox(ctx, template="password_reset")[-1])
-    accounts.reset_password(ctx, third, "a brand new passphrase 1", ip="198.51.100.1")
+    accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
+    fourth = token_from_mail(outbox(ctx, template="password_reset")[-1])
+    assert accounts.reset_password(ctx, third, "a brand new passphrase 1", ip="198.51.100.1").api_keys_revoked == 0
+    with pytest.raises(Unauthorized):
+        accounts.check_reset_link(ctx, fourth)  # using one link ended the others
     with pytest.raises(Unauthorized):
         sessions.authenticate(ctx, issued.token)  # every session ended
     with pytest.raises(AuthenticationFailed):
@@ -359,7 +363,7 @@ def test_a_password_reset_link_is_single_use_short_lived_and_only_for_confirmed_
         user = db.scalars(select(User).where(User.email == "alice@example.com")).one()
         assert user.withdrawals_locked_until_s == clock() + ctx.settings.identity_withdrawal_lock_s
         assert "password_changed" in db.scalars(select(Event.kind).where(Event.user_id == user.id)).all()
-    assert "/security/freeze?token=" in outbox(ctx, to="alice@example.com", template="credential_changed")[-1].body
+    assert "/security/freeze?token=" in outbox(ctx, to="alice@example.com", template="password_reset_done")[-1].body
 
 
 def test_password_reset_requests_are_rate_limited_per_address(ctx):
@@ -385,6 +389,71 @@ def test_a_passkey_only_account_without_recovery_codes_is_sent_to_support(ctx, c
         accounts.reset_password(ctx, token, "a brand new passphrase 1", ip="198.51.100.1")
     assert snapshot(ctx) == before
 
+
+@pytest.mark.parametrize("ask, check", [(accounts.request_password_reset, accounts.check_reset_link),
+                                        (accounts.resend_verification, accounts.check_claim_link)])
+def test_a_strangers_requests_never_void_the_link_in_the_owners_mailbox(ctx, clock, ask, check):
+    """Intruder review: a stranger could spend an address's 5 requests an hour from 5 IPs, each new link
+    ending the one before, so the owner's link died in her mailbox. Now a new link ends none of the newest
+    `LIVE_LINKS_MAX`; a request past the budget gets the same refusal for every address and ends nothing;
+    and even across hours the newest link mailed (every one goes to her mailbox) always works."""
+    if ask is accounts.request_password_reset:
+        register(ctx)
+        addr, template = "alice@example.com", "password_reset"
+    else:
+        accounts.sign_up(ctx, "ceo@victim.test", "attacker passphrase 77", ip="203.0.113.9")
+        addr, template = "ceo@victim.test", "verify_claim"
+
+    def newest() -> str:
+        return token_from_mail(outbox(ctx, to=addr, template=template)[-1])
+
+    ask(ctx, addr, ip="198.51.100.1")
+    owners = newest()
+    for i in range(accounts.RESEND_PER_ADDRESS_PER_HOUR - 1):
+        ask(ctx, addr, ip=f"203.0.113.{i + 20}")
+    tokens = [token_from_mail(m) for m in outbox(ctx, to=addr, template=template)]
+    assert len(tokens) == accounts.LIVE_LINKS_MAX and tokens[0] == owners
+    for i in range(accounts.RESEND_PER_ADDRESS_PER_HOUR):
+        ask(ctx, "nobody@example.com", ip=f"203.0.113.{i + 40}")
+    refusals = []
+    for other in (addr, "nobody@example.com"):  # past the budget: the same refusal, known address or not
+        with pytest.raises(RateLimited) as err:
+            ask(ctx, other, ip="203.0.113.50")
+        refusals.append(err.value.message)
+    assert refusals[0] == refusals[1] and refusals[0].startswith("too many requests for this address"), refusals
+    assert len(outbox(ctx, to=addr, template=template)) == accounts.LIVE_LINKS_MAX, "nothing mailed past the budget"
+    for token in tokens:
+        assert check(ctx, token), "every link in her mailbox still works, hers too"
+    clock.advance(3600 - clock.now_s % 3600)  # the next hour: a new budget, and the oldest links end
+    for i in range(accounts.RESEND_PER_ADDRESS_PER_HOUR):
+        ask(ctx, addr, ip=f"203.0.113.{i + 60}")
+    with pytest.raises(Unauthorized):
+        check(ctx, owners)
+    if template == "password_reset":
+        clock.advance(accounts.RESET_LINK_TTL_S - 60)  # within the newest link's 30 minutes
+        accounts.reset_password(ctx, newest(), "victim's own passphrase 5", ip="198.51.100.1")
+    else:
+        accounts.claim_pending_account(ctx, newest(), "victim's own passphrase 5", ip="198.51.100.1")
+    for token in tokens:  # using one ended every other
+        with pytest.raises(Unauthorized):
+            check(ctx, token)
+    assert sign_in(ctx, addr, "victim's own passphrase 5").account_id
+
+
+def test_a_claim_sets_the_claimers_language(ctx):
+    """Intruder review: a claim kept the language the first sign-up (maybe the stranger's) chose, so every
+    later e-mail came in it. The resent link's mail is in the asking page's language and the claim sets
+    the account's to the claiming page's, as sign-up does."""
+    accounts.sign_up(ctx, "ceo@victim.test", "attacker passphrase 77", ip="203.0.113.9", locale="ja")
+    accounts.resend_verification(ctx, "ceo@victim.test", ip="198.51.100.1", locale="de")
+    msg = outbox(ctx, to="ceo@victim.test", template="verify_claim")[-1]
+    assert msg.subject == "Bestätigen Sie Ihre E-Mail-Adresse", msg.subject  # not the first sign-up's Japanese
+    accounts.claim_pending_account(ctx, token_from_mail(msg), "victim's own passphrase 5", ip="198.51.100.1", locale="de")
+    with ctx.store.tx() as db:
+        assert db.scalars(select(User.locale).where(User.email == "ceo@victim.test")).one() == "de"
+    accounts.request_password_reset(ctx, "ceo@victim.test", ip="198.51.100.1")
+    later = outbox(ctx, to="ceo@victim.test", template="password_reset")[-1]
+    assert later.body.startswith("Anti-Phishing-Code: nicht gesetzt"), later.body[:300]  # the stored language
 
 @pytest.mark.parametrize("ask", [accounts.request_password_reset, accounts.resend_verification])
 def test_a_mailed_link_request_answers_before_it_looks_the_address_up(ctx, ask):

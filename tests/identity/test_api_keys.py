@@ -316,3 +316,34 @@ def test_unknown_key_refused_through_both_entry_points(ctx, owner):
         api_keys.verify_api_request(ctx, "f" * 64, PAYLOAD, sig, "203.0.113.5", "read")
     with pytest.raises(Unauthorized):
         api_keys.principal_for_key(ctx, "f" * 64, "203.0.113.5", "read")
+
+
+
+def test_a_password_reset_revokes_the_keys_and_lifts_the_sign_in_lockout(ctx, clock):
+    """Intruder review: a reset by mailed link (the old password may be known to someone) left the API
+    keys working and the sign-in lockout an attacker's guesses had set. The reset ends both, as a freeze
+    ends the keys (`events.end_access`), and its notice says the keys were revoked."""
+    from ringfence.errors import AuthenticationFailed, RateLimited
+    from ringfence.identity import accounts
+
+    totp, owner, _ = enable_totp(ctx, clock)
+    keys = [api_keys.create_api_key(ctx, owner, scopes=["read"]) for _ in range(2)]
+    api_keys.verify_api_request(ctx, keys[0].api_key, PAYLOAD, api_keys.hmac_signature(keys[0].secret, PAYLOAD), "192.0.2.1", "read")
+    for _ in range(ctx.settings.identity_lockout_free_failures):
+        with pytest.raises(AuthenticationFailed):
+            sign_in(ctx, password="an attacker's wrong guess")
+    with pytest.raises(RateLimited):
+        sign_in(ctx)  # locked: even the right password waits
+    accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
+    token = token_from_mail(outbox(ctx, template="password_reset")[-1])
+    # the clock stays: the lock (30 s) still holds, and enable_totp left a step not used yet
+    done = accounts.reset_password(ctx, token, "a brand new passphrase 1", totp.at(clock.now_s), ip="198.51.100.1")
+    assert done.api_keys_revoked == 2
+    for key in keys:
+        with pytest.raises(Unauthorized, match="revoked"):
+            api_keys.verify_api_request(ctx, key.api_key, PAYLOAD, api_keys.hmac_signature(key.secret, PAYLOAD), "192.0.2.1", "read")
+    with pytest.raises(Unauthorized):
+        sessions.authenticate(ctx, owner)
+    assert sign_in(ctx, password="a brand new passphrase 1").second_factor_required, "at once: the lockout is gone"
+    notice = outbox(ctx, template="password_reset_done")[-1]
+    assert "API keys revoked: 2" in notice.body and "create new keys" in notice.body, notice.body

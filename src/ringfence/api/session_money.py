@@ -148,6 +148,14 @@ class _AlreadyDone(BinanceError):
         self.wid, self.asset, self.address = wid, asset, address
 
 
+class _LinkSpent(BinanceError):
+    """An address link that expired or was used: its page says only that (the same whatever the book
+    holds: intruder review, an expired link told its holder whether the address was in the book)."""
+
+    def __init__(self, msg: str, status: int) -> None:
+        super().__init__(-1002, msg, status)
+
+
 class _AfterStepUp(Exception):
     """A refusal after a TOTP step-up rotated the session: the answer must still set the new cookie."""
 
@@ -270,15 +278,18 @@ class SessionMoney:
             owner, asset, address, expires_s = str(payload["a"]), str(payload["c"]), str(payload["d"]), int(payload["x"])
         except (ValueError, TypeError):
             raise BinanceError(-1002, "This confirmation link is not valid.", 400) from None
+        # An expired or used link says so before the book is read: whoever holds it (a forwarded mail, a
+        # browser's history) learns nothing of the book's contents. Only a link that could still add the
+        # address, and so tells its holder anyway, says that the address is already there.
+        if expires_s < self.ctx.now():
+            raise _LinkSpent("This confirmation link expired (30 minutes); add the address again.", 400)
+        if self._is_used(self._used_digest(payload)):
+            raise _LinkSpent("This confirmation link was already used.", 409)
         listed = self.capital.ex.read(lambda engine: any(
             k.startswith(f"{owner}|{asset}|") and k.split("|", 2)[2].lower() == address.lower()
             for k in custody_state(engine).address_book))
-        if listed:  # first: the link's own second click says the address is there, not that the link failed
+        if listed:  # added meanwhile (another link of the same address): done, not "not added"
             raise _AlreadyDone("This address is already in your address book; nothing to confirm.", asset=asset, address=address)
-        if expires_s < self.ctx.now():
-            raise BinanceError(-1002, "This confirmation link expired (30 minutes); add the address again.", 400)
-        if self._is_used(self._used_digest(payload)):
-            raise BinanceError(-1002, "This confirmation link was already used.", 409)
         terms = self.capital.runtime.terms.get(asset) if self.capital.runtime is not None else None
         cooling_s = self.capital.runtime.address_cooling_s if self.capital.runtime is not None else 0
         return AddressLink(asset, terms.network if terms else asset, address, cooling_s, expires_s)
@@ -303,7 +314,7 @@ class SessionMoney:
                 db.add(EmailToken(user_id=user.id, purpose=USED_LINK_PURPOSE, token_hash=digest, email=user.email,
                                   expires_at_s=expires_s, used_at_s=self.ctx.now()))
         except IntegrityError:  # the same link's nonce is already there: used (or being used) by another POST
-            raise BinanceError(-1002, "This confirmation link was already used.", 409) from None
+            raise _LinkSpent("This confirmation link was already used.", 409) from None
         return digest
 
     def _unclaim(self, digest: str) -> None:
@@ -629,6 +640,9 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
                           message=_t("%(address)s is in your %(asset)s address book. It cools before it can receive withdrawals.",
                                      address=err.address, asset=err.asset),
                           link="/wallet/withdraw")
+        if isinstance(err, _LinkSpent):  # used or expired: not "not added" (it may have been), and nothing of the book
+            return render("message.html", err.status, title=_t("This link cannot be used"), message=err.msg,
+                          code=str(err.code))
         if isinstance(err, BinanceError):
             return render("message.html", err.status if 400 <= err.status < 500 else 400, title=title,
                            message=err.msg, code=str(err.code))

@@ -42,6 +42,7 @@ __all__ = [
     "request_password_reset",
     "check_reset_link",
     "reset_password",
+    "ResetDone",
     "login",
     "change_password",
     "request_email_change",
@@ -62,6 +63,12 @@ RESET_MESSAGE = N_("if a confirmed account uses this address, we sent it a link 
 RESET_PURPOSE = "password_reset"
 RESET_LINK_TTL_S = 30 * 60  # a mailed password link is worth an account: short-lived
 RESEND_PER_ADDRESS_PER_HOUR = 5  # a stranger cannot fill a pending address's inbox from many IPs
+#: Anyone may ask for a link to any address (the answer cannot tell whose it is), so a new link must not
+#: end the ones already in the owner's mailbox: the newest `LIVE_LINKS_MAX` unused links of a kind stay
+#: valid for their lifetime and only older ones end. With the per-address budget no larger, a stranger's
+#: requests within one hour end none of them; and every link goes to the owner's mailbox, so the newest
+#: one she received always works. Using any of them ends the others.
+LIVE_LINKS_MAX = RESEND_PER_ADDRESS_PER_HOUR
 #: where a web route puts work to run after its answer is sent (Starlette's `BackgroundTasks.add_task`)
 Later = Callable[[Callable[[], None]], None]
 
@@ -197,6 +204,18 @@ def _end_links(db: Session, user_id: int, now: int, *purposes: str) -> None:
                                         EmailToken.used_at_s.is_(None)).values(used_at_s=now))
 
 
+def _end_all_but_newest_links(db: Session, user_id: int, now: int, purpose: str, keep: int) -> None:
+    """Unused links of `purpose` beyond the newest `keep` stop working (see `LIVE_LINKS_MAX`)."""
+    assert 0 <= keep < LIVE_LINKS_MAX
+    live = db.scalars(select(EmailToken.id).where(EmailToken.user_id == user_id, EmailToken.purpose == purpose,
+                                                  EmailToken.used_at_s.is_(None), EmailToken.expires_at_s >= now)
+                      .order_by(EmailToken.id.desc()).limit(keep + 1)).all()
+    if len(live) > keep:
+        db.execute(update(EmailToken).where(EmailToken.user_id == user_id, EmailToken.purpose == purpose,
+                                            EmailToken.used_at_s.is_(None), EmailToken.id <= live[keep])
+                   .values(used_at_s=now))
+
+
 def _end_sign_up_links(db: Session, user: User, now: int) -> None:
     """Every unused sign-up link of `user` (the first one and any resent one) stops working."""
     _end_links(db, user.id, now, "verify", CLAIM_PURPOSE)
@@ -230,10 +249,13 @@ def check_claim_link(ctx: IdentityContext, token: object) -> str:
         return _claimable(ctx, db, token)[0].email
 
 
-def claim_pending_account(ctx: IdentityContext, token: object, password: object, *, ip: object = "127.0.0.1") -> str:
+def claim_pending_account(ctx: IdentityContext, token: object, password: object, *, ip: object = "127.0.0.1",
+                          locale: str | None = None) -> str:
     """Confirm a pending account's address from a resent link (`/verify-email/new`) and set the password
     its mailbox's owner chooses, in one transaction: a password set at sign-up (perhaps by someone else,
-    before the owner came) stops working and every session of the account ends. Returns the account_id."""
+    before the owner came) stops working and every session of the account ends. The account's language
+    becomes `locale`, the claiming page's (as `sign_up` does), not the one the first sign-up chose,
+    which may have been the stranger's. Returns the account_id."""
     client_ip = validate_ip(ip)
     with ctx.store.tx() as db:
         row, user = _claimable(ctx, db, token)
@@ -241,6 +263,7 @@ def claim_pending_account(ctx: IdentityContext, token: object, password: object,
         now = ctx.now()
         row.used_at_s = now
         user.password_hash = ctx.passwords.hash(pw)
+        user.locale = normalize_locale(locale) or user.locale
         user.email_verified = True
         _end_sign_up_links(db, user, now)
         db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None))
@@ -249,13 +272,17 @@ def claim_pending_account(ctx: IdentityContext, token: object, password: object,
         return user.account_id
 
 
-def resend_verification(ctx: IdentityContext, email: object, *, ip: object, later: Later | None = None) -> SignUpReceipt:
+def resend_verification(ctx: IdentityContext, email: object, *, ip: object, later: Later | None = None,
+                        locale: str | None = None) -> SignUpReceipt:
     """A new sign-up link for an account whose address is not confirmed yet (its link was used, lost
     or expired: `/verify-email/new`). The same answer whether or not such an account exists (no
     probing of registered addresses); rate-limited per IP (as sign-ups) and per address. The
-    account's earlier sign-up links stop working: only the newest one confirms, and only together with
-    a new password (`claim_pending_account`). `later` (the web route's background tasks) takes the
-    look-up and the mail, so the answer's time is the same for every address."""
+    account's first sign-up link (which confirms the password set at sign-up, maybe a stranger's) stops
+    working: a resent link confirms only together with a new password (`claim_pending_account`). Earlier
+    resent links stay valid (`LIVE_LINKS_MAX`): a stranger asking again cannot void the one the owner
+    holds. `later` (the web route's background tasks) takes the look-up and the mail, so the answer's
+    time is the same for every address. The mail is in `locale`, the asking page's language (the
+    account's stored one may be a stranger's first sign-up's); the account keeps its own until claimed."""
     addr = normalize_email(email)
     _throttle_mail_request(ctx, addr, validate_ip(ip), "verify-resend")
 
@@ -263,12 +290,13 @@ def resend_verification(ctx: IdentityContext, email: object, *, ip: object, late
         with ctx.store.tx() as db:
             user = db.scalars(select(User).where(User.email == addr)).first()
             if user is not None and not user.email_verified and not user.frozen:
-                _end_sign_up_links(db, user, ctx.now())
+                _end_links(db, user.id, ctx.now(), "verify")
+                _end_all_but_newest_links(db, user.id, ctx.now(), CLAIM_PURPOSE, LIVE_LINKS_MAX - 1)
                 # this link also sets a new password (the mailbox's owner takes over a pending account
                 # someone else may have started with her address)
                 token = _email_token(ctx, db, user, purpose=CLAIM_PURPOSE, email=addr)
                 mail.enqueue(ctx, db, user, "verify_claim",
-                             {"link": f"{ctx.settings.identity_public_url}/verify-email/claim?token={token}"})
+                             {"link": f"{ctx.settings.identity_public_url}/verify-email/claim?token={token}"}, locale=locale)
 
     _now_or_later(later, send)
     return SignUpReceipt(RESEND_MESSAGE)
@@ -276,15 +304,22 @@ def resend_verification(ctx: IdentityContext, email: object, *, ip: object, late
 
 def _throttle_mail_request(ctx: IdentityContext, addr: str, client_ip: str, kind: str) -> None:
     """Count a request that may mail `addr` a link: per IP (as sign-ups) and per address (a stranger
-    cannot fill one inbox from many IPs). Raises RateLimited; the count is kept either way."""
+    cannot fill one inbox from many IPs). Raises RateLimited, the same for every address; the count is
+    kept either way. A request past the address's budget mails nothing and ends no link (the links
+    mailed before stay valid, `LIVE_LINKS_MAX`), so a stranger spending the budget delays a new link
+    by at most the rest of the hour and never takes away the ones in the owner's mailbox."""
     now = ctx.now()
     pending: RingfenceError | None = None
     with ctx.store.tx() as db:
         pending = throttle.hit(db, bucket=f"{kind}-ip:{client_ip}", limit=ctx.settings.identity_signup_per_ip_per_hour,
                                window_s=3600, now_s=now)
         if pending is None:
-            pending = throttle.hit(db, bucket=f"{kind}:" + ctx.sealer.token_digest(f"{kind}:" + addr)[:64],
-                                   limit=RESEND_PER_ADDRESS_PER_HOUR, window_s=3600, now_s=now)
+            over = throttle.hit(db, bucket=f"{kind}:" + ctx.sealer.token_digest(f"{kind}:" + addr)[:64],
+                                limit=RESEND_PER_ADDRESS_PER_HOUR, window_s=3600, now_s=now)
+            if over is not None:
+                retry_s = over.details["retry_after_s"]
+                pending = RateLimited(f"too many requests for this address; retry in {retry_s} s. If we mailed it a "
+                                      "link in the last hour, that link still works until it expires", retry_after_s=retry_s)
     _raise_pending(pending)
 
 
@@ -297,7 +332,8 @@ def _now_or_later(later: Later | None, work: Callable[[], None]) -> None:
 
 def request_password_reset(ctx: IdentityContext, email: object, *, ip: object, later: Later | None = None) -> SignUpReceipt:
     """`/forgot-password`: mail a single-use link (`RESET_LINK_TTL_S`) that sets a new password, only to a
-    confirmed, unfrozen account; earlier reset links stop working. The same answer whether or not such
+    confirmed, unfrozen account; the earlier reset links stay valid (`LIVE_LINKS_MAX`: a stranger asking
+    again cannot void the owner's) until one of them is used. The same answer whether or not such
     an account exists, rate-limited per IP and per address as `resend_verification`; with `later` the
     look-up, the link and the mail run after the answer, so its time does not tell either."""
     addr = normalize_email(email)
@@ -307,7 +343,7 @@ def request_password_reset(ctx: IdentityContext, email: object, *, ip: object, l
         with ctx.store.tx() as db:
             user = db.scalars(select(User).where(User.email == addr)).first()
             if user is not None and user.email_verified and not user.frozen:
-                _end_links(db, user.id, ctx.now(), RESET_PURPOSE)
+                _end_all_but_newest_links(db, user.id, ctx.now(), RESET_PURPOSE, LIVE_LINKS_MAX - 1)
                 token = _email_token(ctx, db, user, purpose=RESET_PURPOSE, email=addr, ttl_s=RESET_LINK_TTL_S)
                 mail.enqueue(ctx, db, user, "password_reset",
                              {"link": f"{ctx.settings.identity_public_url}/reset-password?token={token}",
@@ -352,16 +388,29 @@ def check_reset_link(ctx: IdentityContext, token: object) -> ResetLink:
         return ResetLink(row.email, needs)
 
 
+@dataclass(frozen=True)
+class ResetDone:
+    """What a password reset did that its page tells: `api_keys_revoked` keys stopped working."""
+
+    account_id: str
+    api_keys_revoked: int
+
+
 def reset_password(ctx: IdentityContext, token: object, password: object, code: object = "", *,
-                   ip: object = "127.0.0.1") -> str:
+                   ip: object = "127.0.0.1") -> ResetDone:
     """Set a new password from a `/forgot-password` link (single use). An account with a second factor
-    also needs its code (authenticator, or a recovery code; checked and throttled as at sign-in). Every
-    session of the account ends and the change counts as a credential change (withdrawals locked, notice
-    mail with a freeze link). Returns the account_id."""
+    also needs its code (authenticator, or a recovery code; checked and throttled as at sign-in).
+    A reset says the old password may be known to someone: as the freeze link does (`events.end_access`),
+    every session and every API key of the account stop working; the sign-in lockout of the address
+    is lifted (an attacker's wrong guesses must not keep the owner out once she proved the mailbox and
+    chose a new password); and the change counts as a credential change (withdrawals locked, a notice
+    mail with a freeze link that says the API keys were revoked)."""
+    from .events import end_access
     from .second_factor import _guarded
 
     client_ip = validate_ip(ip)
     pending: RingfenceError | None = None
+    keys = 0
     with ctx.store.tx() as db:
         row, user, needs = _resettable(ctx, db, token)
         if needs == "support":
@@ -378,11 +427,20 @@ def reset_password(ctx: IdentityContext, token: object, password: object, code: 
             row.used_at_s = now
             user.password_hash = ctx.passwords.hash(pw)
             _end_links(db, user.id, now, RESET_PURPOSE)
-            db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None))
-                       .values(revoked_at_s=now))
-            credential_changed(ctx, db, user, change="password_changed", ip=client_ip)
+            keys = end_access(db, user, now)
+            if keys:
+                record_event(db, user_id=user.id, kind="api_key_revoked", at_s=now, ip=client_ip,
+                             detail=f"{keys} by the password reset")
+            throttle.clear_failures(db, _login_key(ctx, user.email))
+            credential_changed(ctx, db, user, change="password_changed", ip=client_ip, template="password_reset_done",
+                               extra={"api_keys": keys})
     _raise_pending(pending)  # a wrong code: its failure counted (committed), nothing else changed
-    return user.account_id
+    return ResetDone(user.account_id, keys)
+
+
+def _login_key(ctx: IdentityContext, addr: str) -> str:
+    """The key a sign-in's failures and lockout are counted under (a keyed hash of the address)."""
+    return ctx.sealer.token_digest("login:" + addr)
 
 
 def note_sign_in(ctx: IdentityContext, db: Session, user: User, *, ip: str, user_agent: str, country: str | None) -> None:
@@ -439,7 +497,7 @@ def login(
         raise ValidationError("must be a two-letter ISO country code", field="country")
     s = ctx.settings
     now = ctx.now()
-    key = ctx.sealer.token_digest("login:" + addr)
+    key = _login_key(ctx, addr)
     pending: RingfenceError | None = None
     result: LoginResult | None = None
     with ctx.store.tx() as db:

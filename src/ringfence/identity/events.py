@@ -3,14 +3,15 @@
 Invariants: every credential change (`CREDENTIAL_CHANGES`) in the same transaction (1) records a
 security event, (2) locks withdrawals for `identity_withdrawal_lock_s` from now (never shortening an
 existing lock), (3) queues an e-mail with a single-use freeze link. A freeze revokes every session
-and API key and disables withdrawals until support unfreezes the account; a freeze token works once.
+and API key (`end_access`, which a password reset shares) and disables withdrawals until support
+unfreezes the account; a freeze token works once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import AccountFrozen, NotFound, Unauthorized, ValidationError, WithdrawalsLocked
@@ -25,6 +26,7 @@ __all__ = [
     "SecurityEventView",
     "record_event",
     "credential_changed",
+    "end_access",
     "freeze_link",
     "freeze_account",
     "check_withdrawals_allowed",
@@ -69,9 +71,11 @@ def record_event(db: Session, *, user_id: int | None, kind: str, at_s: int, ip: 
 
 
 def credential_changed(
-    ctx: IdentityContext, db: Session, user: User, *, change: str, ip: str, also_notify: tuple[str, ...] = ()
+    ctx: IdentityContext, db: Session, user: User, *, change: str, ip: str, also_notify: tuple[str, ...] = (),
+    template: str = "credential_changed", extra: dict[str, object] | None = None,
 ) -> int:
-    """Record `change`, lock withdrawals, mail a freeze link. Returns the lock end (Unix s)."""
+    """Record `change`, lock withdrawals, mail a freeze link (the notice `template`, with `extra`
+    parameters beside the usual ones). Returns the lock end (Unix s)."""
     assert change in CREDENTIAL_CHANGES, change
     now = ctx.now()
     record_event(db, user_id=user.id, kind=change, at_s=now, ip=ip)
@@ -80,11 +84,11 @@ def credential_changed(
     params: dict[str, object] = {
         "change": change,  # the kind; the e-mail shows its label in the reader's language (mail.EVENT_LABELS)
         "ip": ip or "unknown", "locked_until": user.withdrawals_locked_until_s,
-        "freeze_link": link,
+        "freeze_link": link, **(extra or {}),
     }
-    mail.enqueue(ctx, db, user, "credential_changed", params)
+    mail.enqueue(ctx, db, user, template, params)
     for addr in also_notify:
-        mail.enqueue(ctx, db, user, "credential_changed", params, to_addr=addr)
+        mail.enqueue(ctx, db, user, template, params, to_addr=addr)
     return user.withdrawals_locked_until_s
 
 
@@ -94,6 +98,18 @@ def freeze_link(ctx: IdentityContext, db: Session, user: User, *, reason: str) -
     db.add(FreezeToken(user_id=user.id, token_hash=ctx.sealer.token_digest(token), reason=reason[:40],
                        expires_at_s=ctx.now() + ctx.settings.identity_freeze_token_ttl_s))
     return f"{ctx.settings.identity_public_url}/security/freeze?token={token}"
+
+
+def end_access(db: Session, user: User, now: int) -> int:
+    """Every session and every API key of `user` stop working now: the freeze link's cut, and a password
+    reset's (whoever knew the old password may have signed in or made keys with it). Keys in the
+    API process's cache go with them (the bulk UPDATE bumps the key generation, identity/key_cache.py).
+    Returns how many API keys it revoked."""
+    live_key = (ApiKey.user_id == user.id) & ApiKey.revoked_at_s.is_(None)
+    keys = int(db.scalar(select(func.count()).select_from(ApiKey).where(live_key)) or 0)
+    db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None)).values(revoked_at_s=now))
+    db.execute(update(ApiKey).where(live_key).values(revoked_at_s=now))
+    return keys
 
 
 def freeze_account(ctx: IdentityContext, token: object, *, ip: str = "") -> str:
@@ -109,8 +125,7 @@ def freeze_account(ctx: IdentityContext, token: object, *, ip: str = "") -> str:
         user = db.get(User, row.user_id)
         assert user is not None
         user.frozen = True
-        db.execute(update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None)).values(revoked_at_s=now))
-        db.execute(update(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at_s.is_(None)).values(revoked_at_s=now))
+        end_access(db, user, now)
         record_event(db, user_id=user.id, kind="account_frozen", at_s=now, ip=ip, detail=f"via freeze link after {row.reason}")
         mail.enqueue(ctx, db, user, "account_frozen", {})
         return user.account_id

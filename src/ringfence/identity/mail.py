@@ -153,6 +153,17 @@ TEMPLATES: dict[str, Template] = {
         label_fields=("change",),
         time_fields=("locked_until",),
     ),
+    "password_reset_done": Template(  # credential_changed's notice after a reset by mailed link (accounts.reset_password)
+        N_("Security change on your account: {change}"),
+        N_("The password of your account was reset from a link mailed to this address.\nIP: {ip}\n"
+        "Every session was signed out and every API key of the account was revoked (API keys revoked: {api_keys}): "
+        "if you use the API, create new keys in the security centre.\n"
+        "For your protection withdrawals are locked until {locked_until}.\n\n"
+        "If this wasn't you, freeze your account now with one click:\n{freeze_link}"),
+        True,
+        label_fields=("change",),
+        time_fields=("locked_until",),
+    ),
     "second_factor_confirm": Template(
         N_("Confirm your new second factor"),
         N_("Someone signed in to your account with your password and set up its first second factor: {factor}.\nIP: {ip}\n\n"
@@ -218,14 +229,16 @@ def _render(text: str, params: dict[str, object], *, multiline_fields: tuple[str
     return text.format(**clean)
 
 
-def compose(ctx: IdentityContext, user: User | None, template: str, params: dict[str, object]) -> tuple[str, str, bool]:
-    """Return (subject, body, encrypted) for `template`, with the anti-phishing code in both."""
+def compose(ctx: IdentityContext, user: User | None, template: str, params: dict[str, object], *,
+            locale: str | None = None) -> tuple[str, str, bool]:
+    """Return (subject, body, encrypted) for `template`, with the anti-phishing code in both; in `locale`
+    when it is given (the language of the page that asked for the mail), else in the user's."""
     tpl = TEMPLATES.get(template)
     if tpl is None:
         raise ValidationError(f"must be one of {sorted(TEMPLATES)}", field="template")
     # in the user's language (their profile's; English without one): the same placeholders in every
     # catalogue (tests/i18n/test_catalogues.py), so a translation cannot drop the link or the code
-    locale = normalize_locale(getattr(user, "locale", None)) or DEFAULT
+    locale = normalize_locale(locale) or normalize_locale(getattr(user, "locale", None)) or DEFAULT
     gettext = translations(locale).gettext
     labelled = {k: event_label(v, gettext) for k, v in params.items() if k in tpl.label_fields and isinstance(v, str)}
     labelled |= {k: factor_label(v, gettext) for k, v in params.items() if k in tpl.factor_fields and isinstance(v, str)}
@@ -257,12 +270,13 @@ def enqueue(
     params: dict[str, object],
     *,
     to_addr: str | None = None,
+    locale: str | None = None,
 ) -> OutboxMessage:
-    """Compose and queue one message inside the caller's transaction."""
+    """Compose and queue one message inside the caller's transaction (in `locale`, see `compose`)."""
     address = to_addr or (user.email if user is not None else None)
     if not address:
         raise ValidationError("a recipient is required", field="to_addr")
-    subject, body, encrypted = compose(ctx, user, template, params)
+    subject, body, encrypted = compose(ctx, user, template, params, locale=locale)
     now = ctx.now()
     msg = OutboxMessage(
         user_id=user.id if user is not None else None,

@@ -215,7 +215,8 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         form = await _form(request)
         token = form.get("token", "")
         try:
-            accounts.claim_pending_account(ctx, token, form.get("password", ""), ip=_client_ip(request))
+            accounts.claim_pending_account(ctx, token, form.get("password", ""), ip=_client_ip(request),
+                                           locale=_PAGE_LOCALE.get())  # the claimer's language, as at sign-up
         except Unauthorized as err:
             return unusable_signup_link(err)
         except ValidationError as err:
@@ -235,7 +236,8 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         # before sign-in, as /signup: no session CSRF token; same_origin_only refuses a foreign Origin
         form = await _form(request)
         tasks = BackgroundTasks()  # the look-up and the mail run after the answer: its time tells nothing
-        receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task)
+        receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task,
+                                               locale=_PAGE_LOCALE.get())
         return _after(_render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
                               link_label=_t("Sign in")), tasks)
 
@@ -273,7 +275,7 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         form = await _form(request)
         token = form.get("token", "")
         try:
-            accounts.reset_password(ctx, token, form.get("password", ""), form.get("code", ""), ip=_client_ip(request))
+            done = accounts.reset_password(ctx, token, form.get("password", ""), form.get("code", ""), ip=_client_ip(request))
         except (ValidationError, AuthenticationFailed) as err:  # before Unauthorized: a wrong code is one
             if err.field not in ("password", "code"):
                 if isinstance(err, Unauthorized):
@@ -284,9 +286,11 @@ def create_router(ctx: IdentityContext) -> APIRouter:
                            token=token, error=str(err))
         except Unauthorized as err:
             return unusable_reset_link(err)
-        return _render("message.html", title=_t("Password changed"),
-                       message=_t("Your new password is set and the account was signed out everywhere. You can sign in now."),
-                       link="/login", link_label=_t("Sign in"))
+        message = _t("Your new password is set and the account was signed out everywhere. You can sign in now.")
+        if done.api_keys_revoked:  # as a freeze does: keys made with the old password may not be the owner's
+            message += " " + _t("Its API keys were revoked (%(count)s): if you use the API, create new keys in the "
+                                "security centre.", count=done.api_keys_revoked)
+        return _render("message.html", title=_t("Password changed"), message=message, link="/login", link_label=_t("Sign in"))
 
     def unusable_change_link(err: RingfenceError) -> HTMLResponse:
         # the reason stays the error's own (made up, used, expired, or replaced by a newer request); the
