@@ -27,6 +27,7 @@ from ..risk.halts import market_status
 from ..trading.state import MAX_QTY, TradingState, trading_state
 from .commands import PlacePerpOrder, PositionChanged
 from .conditional import fire_conditionals
+from .dstate import DerivativesState
 from .margin import PPM, Perp, Position, cross_upnl_knowing, exact_product, initial_margin
 from .state import SEGMENT, ceil_div, pool_of
 
@@ -44,7 +45,7 @@ def order_precheck(engine: Any, c: Any) -> None:
     _precheck(engine.components["derivatives"], c)
 
 
-def _precheck(st: Any, c: Any) -> None:
+def _precheck(st: DerivativesState, c: Any) -> None:
     """`order_precheck` on the derivatives state already read."""
     symbol = c.symbol
     perps: dict[str, Perp] = st.perps
@@ -60,7 +61,7 @@ def place_perp_order(engine: Any, c: Any) -> list[Event]:
     return _place_perp(engine, components["derivatives"], components["trading"], c)
 
 
-def _place_perp(engine: Any, st: Any, trading: TradingState, c: Any) -> list[Event]:
+def _place_perp(engine: Any, st: DerivativesState, trading: TradingState, c: Any) -> list[Event]:
     """`place_perp_order` on the derivatives and trading states already read."""
     _precheck(st, c)
     ev: list[Event] = []
@@ -80,7 +81,7 @@ def handle_place_perp_order(engine: Any, c: Any) -> list[Event]:
     an order enters the hot path without a Python frame): place it, then fire the conditional
     orders its trades may have reached."""
     components: dict[str, Any] = engine.components  # (read once per order)
-    st = components["derivatives"]
+    st: DerivativesState = components["derivatives"]  # (a native class: its fields are C fields)
     ev = _place_perp(engine, st, components["trading"], c)
     if st.conditional:
         fire_conditionals(engine, ev, c.symbol)
@@ -113,14 +114,16 @@ class Contract:
     def direct_order(self, o: Order, order_type: str) -> PlacePerpOrder:
         """The order a client would submit directly for what resting stop `o` places when it
         triggers (what the halt guard is asked about: reduce-only when `o` is)."""
-        ro = o.id in self.engine.components["derivatives"].reduce_only_orders.get(self.symbol, ())
+        st: DerivativesState = self.engine.components["derivatives"]
+        ro = o.id in st.reduce_only_orders.get(self.symbol, ())
         return PlacePerpOrder(o.owner, self.symbol, "BUY" if o.is_buy else "SELL", order_type, reduce_only=int(ro))
 
     @property
     def has_reduce_only(self) -> bool:
         """Does this market have an open reduce-only order (trading's matching loop asks first)?"""
         components: dict[str, Any] = self.engine.components
-        orders: dict[str, set[int]] = components["derivatives"].reduce_only_orders
+        st: DerivativesState = components["derivatives"]
+        orders: dict[str, set[int]] = st.reduce_only_orders
         return bool(orders.get(self.symbol))
 
     def _system(self, p: Any) -> tuple[Account, Account, Account]:
@@ -150,7 +153,7 @@ class Contract:
 
     def order_hold(self, engine: Any, m: Market, c: Any, words: Any) -> tuple[tuple[str, str, str] | None, int, int]:
         components: dict[str, Any] = engine.components  # (read once; typed: direct dict lookups)
-        st: Any = components["derivatives"]
+        st: DerivativesState = components["derivatives"]
         symbol = self.symbol
         perps: dict[str, Perp] = st.perps
         p: Perp = perps[symbol]
@@ -253,7 +256,7 @@ class Contract:
         reduce-only order's id (the next one trading gives), and move what a purely reducing order
         borrows from its position's margin back to the wallet first."""
         components: dict[str, Any] = engine.components
-        st = components["derivatives"]
+        st: DerivativesState = components["derivatives"]
         if st.reduce_only:
             st.reduce_only_orders.setdefault(self.symbol, set()).add(trading_state(engine).next_order_id)
         if not self._borrow:
@@ -271,7 +274,7 @@ class Contract:
         st.positions.dirty.add(key)
         self._borrow = 0
 
-    def _reducible(self, st: Any, m: Market, owner: str, is_buy: bool) -> int:
+    def _reducible(self, st: DerivativesState, m: Market, owner: str, is_buy: bool) -> int:
         """How much of an order on side `is_buy` would reduce the owner's position: the position's
         size on the other side less what the owner's open orders on this side already cover."""
         positions: dict[tuple[str, str], Position] = st._positions
@@ -296,14 +299,15 @@ class Contract:
         index = engine.components.get("index")
         if index is None:
             return False
-        s = index.symbols.get(engine.components["derivatives"].perps[self.symbol].index_symbol)
+        st: DerivativesState = engine.components["derivatives"]
+        s = index.symbols.get(st.perps[self.symbol].index_symbol)
         return s is not None and bool(s.short)
 
     def fill_cap(self, o: Any, only_reduces: bool = False) -> int:
         """How much order `o` may fill now: at most the position it reduces (0 when the position is
         gone or on its own side) for a reduce-only order, or for any order while the market only
         reduces (`only_reduces`); otherwise without limit."""
-        st = self.engine.components["derivatives"]
+        st: DerivativesState = self.engine.components["derivatives"]
         if not only_reduces and o.id not in st.reduce_only_orders.get(self.symbol, ()):
             return MAX_QTY
         pos: Position | None = st._positions.get((o.owner, self.symbol))
@@ -315,14 +319,15 @@ class Contract:
         """Why a maker with nothing it may fill is expired: `REDUCE_ONLY` for a reduce-only order,
         `MARKET_REDUCE_ONLY` for an order that would open or grow its owner's position while the
         market only reduces."""
-        ids = self.engine.components["derivatives"].reduce_only_orders.get(self.symbol, ())
+        st: DerivativesState = self.engine.components["derivatives"]
+        ids = st.reduce_only_orders.get(self.symbol, ())
         return "REDUCE_ONLY" if o.id in ids else "MARKET_REDUCE_ONLY"
 
     def after_match(self, m: Any, ev: list[Event]) -> None:
         """After an order has matched (its fills and the stops they fired): the reduce-only orders
         of every owner whose position changed are cut down to it (Binance expires them)."""
         components: dict[str, Any] = self.engine.components
-        st = components["derivatives"]
+        st: DerivativesState = components["derivatives"]
         orders: dict[str, set[int]] = st.reduce_only_orders
         ids = orders.get(self.symbol)
         if not ids:  # (the common case: nothing to trim, and no new set per order)
@@ -347,7 +352,7 @@ class Contract:
              buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Event]) -> tuple[int, int]:
         engine = self.engine
         components: dict[str, Any] = engine.components
-        st = components["derivatives"]
+        st: DerivativesState = components["derivatives"]
         perps: dict[str, Perp] = st.perps
         p: Perp = perps[self.symbol]
         # What both sides read of the engine and the state, read once per fill (each is a generic
@@ -361,7 +366,7 @@ class Contract:
                                 positions, isolated, liq_iso)
         return buyer_fee, seller_fee
 
-    def _side(self, st: Any, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
+    def _side(self, st: DerivativesState, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
               notional: int, rate_ppm: int, ev: list[Event], ledger: Ledger, system: tuple[Account, Account, Account],
               positions: Any, isolated: Any, liq_iso: Any) -> int:
         """One side of a fill: the hold it frees, the position, realised PnL, the fee, the margin.
@@ -513,7 +518,7 @@ def _reducible_of(size: int, m: Market, owner: str, is_buy: bool) -> int:
     return left
 
 
-def trim_reduce_only(engine: Any, st: Any, m: Any, owner: str, ev: list[Event]) -> None:
+def trim_reduce_only(engine: Any, st: DerivativesState, m: Any, owner: str, ev: list[Event]) -> None:
     """Cut `owner`'s open reduce-only orders on market `m` down to the position, oldest first: one
     on the side that would open or grow it is expired; on the reducing side they keep, together, at
     most the position's size — the one that straddles it is cut down (`OrderAmended`, keeping its
