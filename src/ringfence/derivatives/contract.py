@@ -22,7 +22,7 @@ from ..ledger.account import Account
 from ..ledger.ledger import Ledger
 from ..trading.orders import _place as _trading_place
 from ..trading.orders import _protection_and_hold
-from ..trading.book import ACTIVE, Market, Order
+from ..trading.book import ACTIVE, Market, MarketContract, Order
 from ..risk.halts import market_status
 from ..trading.state import MAX_QTY, TradingState, trading_state
 from .commands import PlacePerpOrder, PositionChanged
@@ -88,10 +88,11 @@ def handle_place_perp_order(engine: Any, c: Any) -> list[Event]:
     return ev
 
 
-class Contract:
+class Contract(MarketContract):
     """What trading asks a perpetual market (see `Market.contract`)."""
 
     def __init__(self, engine: Any, symbol: str) -> None:
+        super().__init__()
         self.engine = engine
         self.symbol = symbol
         self._ledger: Any = None
@@ -109,7 +110,7 @@ class Contract:
         #: `available` account in the quote asset, None if there is none yet (trading opens it).
         #: Set on every accepted return of `order_hold` (it looks the account up anyway), so that
         #: trading's `_place` does not look it up again (`Ledger.find_pair`, a generic call).
-        self.order_wallet: Account | None = None
+        self.order_wallet = None  # (`MarketContract`'s field: an `Account` or None)
 
     def direct_order(self, o: Order, order_type: str) -> PlacePerpOrder:
         """The order a client would submit directly for what resting stop `o` places when it
@@ -251,7 +252,7 @@ class Contract:
                     f"Margin is insufficient: the order needs {hold} {p.quote} minor units, {max(free, 0)} are free"), 0, 0
         return None, protect, hold
 
-    def before_hold(self, engine: Any, m: Any, c: Any) -> None:
+    def before_hold(self, engine: Any, m: Market, c: Any) -> None:
         """Every check passed and trading is about to hold the order's margin: remember a
         reduce-only order's id (the next one trading gives), and move what a purely reducing order
         borrows from its position's margin back to the wallet first."""
@@ -303,7 +304,7 @@ class Contract:
         s = index.symbols.get(st.perps[self.symbol].index_symbol)
         return s is not None and bool(s.short)
 
-    def fill_cap(self, o: Any, only_reduces: bool = False) -> int:
+    def fill_cap(self, o: Order, only_reduces: bool = False) -> int:
         """How much order `o` may fill now: at most the position it reduces (0 when the position is
         gone or on its own side) for a reduce-only order, or for any order while the market only
         reduces (`only_reduces`); otherwise without limit."""
@@ -315,7 +316,7 @@ class Contract:
             return 0
         return abs(pos.size)
 
-    def expiry_reason(self, o: Any) -> str:
+    def expiry_reason(self, o: Order) -> str:
         """Why a maker with nothing it may fill is expired: `REDUCE_ONLY` for a reduce-only order,
         `MARKET_REDUCE_ONLY` for an order that would open or grow its owner's position while the
         market only reduces."""
@@ -323,7 +324,7 @@ class Contract:
         ids = st.reduce_only_orders.get(self.symbol, ())
         return "REDUCE_ONLY" if o.id in ids else "MARKET_REDUCE_ONLY"
 
-    def after_match(self, m: Any, ev: list[Event]) -> None:
+    def after_match(self, m: Market, ev: list[Any]) -> None:
         """After an order has matched (its fills and the stops they fired): the reduce-only orders
         of every owner whose position changed are cut down to it (Binance expires them)."""
         components: dict[str, Any] = self.engine.components
@@ -341,7 +342,7 @@ class Contract:
         if not ids:
             del st.reduce_only_orders[self.symbol]
 
-    def rest_need(self, m: Any, o: Any) -> int:
+    def rest_need(self, m: Market, o: Order) -> int:
         """What a resting order's hold reserves: its first hold pro rata of what is left, rounded up."""
         h = self.engine.ledger.pending_hold(o.hold_id)
         return ceil_div(h.amount * o.leaves, o.qty)
@@ -349,7 +350,7 @@ class Contract:
     # -- a fill
 
     def fill(self, m: Market, buyer: Order, seller: Order, price: int, qty: int, notional: int,
-             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Event]) -> tuple[int, int]:
+             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Any]) -> tuple[int, int]:
         engine = self.engine
         components: dict[str, Any] = engine.components
         st: DerivativesState = components["derivatives"]
