@@ -88,6 +88,30 @@ def handle_place_perp_order(engine: Any, c: Any) -> list[Event]:
     return ev
 
 
+class Seat:
+    """One owner's place in one perpetual market, kept by the market's `Contract` (per ledger
+    object, like its accounts): what an order and each side of a fill look up, found with one
+    lookup by owner instead of one per dict (the position book's by (owner, symbol), the wallets',
+    the margin accounts'), and the position found last time, kept only as a hint (`position`)."""
+
+    def __init__(self) -> None:
+        self.pos: Position | None = None  # the position last found: a hint, checked before use
+        self.wallet: Account | None = None  # the owner's `available` account in the quote asset, once found
+        self.margin: Account | None = None  # the owner's cross `margin` account, once found or opened
+        self.isolated: Account | None = None  # the owner's `isolated` account, once found or opened
+
+    def position(self, positions: dict[tuple[str, str], Position], key: tuple[str, str]) -> Position | None:
+        """The owner's position now (`key`: the owner and this market): the one found last time
+        while it is still in the book (a position leaves the book, or is replaced, only through
+        `PositionBook`, which unlinks it: `_book` None; and it is in the book under one key, its
+        owner's and market's), else the book's answer."""
+        pos = self.pos
+        if pos is not None and pos._book is positions:
+            return pos
+        pos = self.pos = positions.get(key)
+        return pos
+
+
 class Contract(MarketContract):
     """What trading asks a perpetual market (see `Market.contract`)."""
 
@@ -99,13 +123,10 @@ class Contract(MarketContract):
         self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
         self._accounts: tuple[Account, Account, Account] | None = None
         self._touched: set[str] = set()  # owners whose position a fill changed in the current match
-        #: owner -> the owner's `margin` (cross) and `isolated` account in this market's quote asset
-        #: (accounts are never closed; kept for one ledger object, like `_accounts`; keyed by the
-        #: owner alone: a string's hash is cached, a tuple's is computed at every lookup)
-        self._margin_accounts: dict[str, Account] = {}
-        self._isolated_accounts: dict[str, Account] = {}
-        #: owner -> the owner's `available` account in this market's quote asset (as `_margin_accounts`)
-        self._wallets: dict[str, Account] = {}
+        #: owner -> the owner's `Seat` here: the position last found, the wallet and the margin
+        #: accounts (accounts are never closed; kept for one ledger object, like `_accounts`;
+        #: keyed by the owner alone: a string's hash is cached, a tuple's is computed at every lookup)
+        self._seats: dict[str, Seat] = {}
         #: What the order `order_hold` last accepted pays from and receives to: its owner's
         #: `available` account in the quote asset, None if there is none yet (trading opens it).
         #: Set on every accepted return of `order_hold` (it looks the account up anyway), so that
@@ -133,22 +154,31 @@ class Contract(MarketContract):
         accounts = self._accounts
         if self._ledger is not ledger or accounts is None:
             accounts = self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
-            self._margin_accounts = {}
-            self._isolated_accounts = {}
-            self._wallets = {}
+            self._seats = {}
             self._ledger = ledger
         return accounts
 
-    def _wallet(self, owner: str, p: Perp) -> Account | None:
-        """The owner's `available` account in this market's quote asset, or None if it has none
-        (found once per ledger object, like `_system`'s: accounts are never closed)."""
+    def _seat(self, owner: str, p: Perp) -> Seat:
+        """The owner's `Seat` in this market (made at the owner's first order here; all of them
+        dropped for a new ledger object, by `_system`)."""
         self._system(p)
-        w = self._wallets.get(owner)
+        seats = self._seats
+        seat = seats.get(owner)
+        if seat is None:
+            seat = seats[owner] = Seat()
+        return seat
+
+    def _wallet_of(self, seat: Seat, owner: str, p: Perp) -> Account | None:
+        """The seat's owner's `available` account in this market's quote asset, or None if it has
+        none (found once per ledger object, like `_system`'s: accounts are never closed)."""
+        w = seat.wallet
         if w is None:
-            w = self.engine.ledger.find(owner, p.quote, "available", SEGMENT)
-            if w is not None:
-                self._wallets[owner] = w
+            w = seat.wallet = self.engine.ledger.find(owner, p.quote, "available", SEGMENT)
         return w
+
+    def _wallet(self, owner: str, p: Perp) -> Account | None:
+        """`_wallet_of` the owner's seat."""
+        return self._wallet_of(self._seat(owner, p), owner, p)
 
     # -- placing: how much margin an order holds, or why it is refused
 
@@ -176,11 +206,12 @@ class Contract(MarketContract):
                 self.order_wallet = self._wallet(owner, p)
                 return None, 0, 0
         qty: int = c.quantity
-        key = (owner, symbol)
+        seat = self._seat(owner, p)  # (one lookup: the position, the wallet)
+        key = (owner, symbol)  # (of this order's strings: hashed without touching older ones)
         size_now: int
         close_q: int
         positions: dict[tuple[str, str], Position] = st._positions  # (`positions`' storage: a property call less)
-        pos: Position | None = positions.get(key)
+        pos: Position | None = seat.position(positions, key)
         if pos is None:
             size_now = close_q = 0
         else:
@@ -224,7 +255,7 @@ class Contract(MarketContract):
         hold: int = im - (-exact_product(order_notional, taker_ppm) // PPM)
         if hold < 1:
             hold = 1
-        w = self._wallet(owner, p)
+        w = self._wallet_of(seat, owner, p)
         self.order_wallet = w  # (what trading's `_place` pays from and receives to, if accepted below)
         wallet_free: int = w.credits_posted - w.debits_posted - w.debits_pending if w is not None else 0
         self._borrow = 0
@@ -386,12 +417,15 @@ class Contract(MarketContract):
         take: int = remaining + (amount * (qty - o.leaves)) // o.qty  # remaining - ceil(amount × leaves after / qty)
         took: int = take if take > 0 else 0
         symbol: str = p.symbol
+        seats = self._seats  # (`fill` called `_system`: they are this ledger's)
+        seat = seats.get(owner)
+        if seat is None:
+            seat = seats[owner] = Seat()
         key = (owner, symbol)
         iso_set: set[tuple[str, str]] = isolated  # (typed: a direct set lookup)
         iso: bool = key in iso_set  # (`isolated`' storage, as `positions`: `st._positions`)
         own_margin_only: bool = liq_iso is not None and liq_iso == key  # a LiquidatePosition step: the wallet never pays
-        by_key: dict[tuple[str, str], Position] = positions  # (typed: a direct dict lookup, not a method call)
-        got: Position | None = by_key.get(key)
+        got: Position | None = seat.position(positions, key)
         pos: Position
         size: int
         cost: int
@@ -405,11 +439,13 @@ class Contract(MarketContract):
         quote = p.quote
         kind = "isolated" if iso else "margin"
         pool, fees, insurance = system
-        cache = self._isolated_accounts if iso else self._margin_accounts
-        acct: Account | None = cache.get(owner)
+        acct: Account | None = seat.isolated if iso else seat.margin
         if acct is None:
             acct = ledger.find(owner, quote, kind, SEGMENT) or ledger.open_account(owner, quote, kind, SEGMENT)[0]
-            cache[owner] = acct
+            if iso:
+                seat.isolated = acct
+            else:
+                seat.margin = acct
         # 2. The position's margin comes back to the wallet (`released`); it is posted again for what remains.
         # 3. The position: open, increase, reduce or flip (docs/derivatives.md, "Positions").
         longs_before: int = size if size > 0 else 0
@@ -496,8 +532,10 @@ class Contract(MarketContract):
                 dirty.add(key)  # what `Position.__setattr__` would have marked
             else:
                 positions[key] = pos
+                seat.pos = pos
         else:
             positions.pop(key, None)
+            seat.pos = None
             pos.extra = 0
         ev.append(PositionChanged(owner, symbol, price, signed, size, cost, post, realized, fee, covered))
         self._touched.add(owner)
