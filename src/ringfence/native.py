@@ -57,6 +57,9 @@ COMPILED = (
     # the margin arithmetic it asks for).
     "ringfence.derivatives.contract",
     "ringfence.derivatives.margin",
+    # The derivatives state the contract reads on every order and fill (a native class: C fields;
+    # its position book and isolated set subclass dict and set and stay Python, `positions.py`).
+    "ringfence.derivatives.dstate",
     # The ledger's postings every order and fill makes (hold, settle_fill, settle_margin_side, ...)
     # and the account and hold records they read and write: native classes, read as C fields.
     "ringfence.ledger.account",

@@ -22,11 +22,12 @@ from ..ledger.account import Account
 from ..ledger.ledger import Ledger
 from ..trading.orders import _place as _trading_place
 from ..trading.orders import _protection_and_hold
-from ..trading.book import ACTIVE, Market, Order
+from ..trading.book import ACTIVE, Market, MarketContract, Order
 from ..risk.halts import market_status
 from ..trading.state import MAX_QTY, TradingState, trading_state
 from .commands import PlacePerpOrder, PositionChanged
 from .conditional import fire_conditionals
+from .dstate import DerivativesState
 from .margin import PPM, Perp, Position, cross_upnl_knowing, exact_product, initial_margin
 from .state import SEGMENT, ceil_div, pool_of
 
@@ -44,7 +45,7 @@ def order_precheck(engine: Any, c: Any) -> None:
     _precheck(engine.components["derivatives"], c)
 
 
-def _precheck(st: Any, c: Any) -> None:
+def _precheck(st: DerivativesState, c: Any) -> None:
     """`order_precheck` on the derivatives state already read."""
     symbol = c.symbol
     perps: dict[str, Perp] = st.perps
@@ -60,7 +61,7 @@ def place_perp_order(engine: Any, c: Any) -> list[Event]:
     return _place_perp(engine, components["derivatives"], components["trading"], c)
 
 
-def _place_perp(engine: Any, st: Any, trading: TradingState, c: Any) -> list[Event]:
+def _place_perp(engine: Any, st: DerivativesState, trading: TradingState, c: Any) -> list[Event]:
     """`place_perp_order` on the derivatives and trading states already read."""
     _precheck(st, c)
     ev: list[Event] = []
@@ -80,47 +81,71 @@ def handle_place_perp_order(engine: Any, c: Any) -> list[Event]:
     an order enters the hot path without a Python frame): place it, then fire the conditional
     orders its trades may have reached."""
     components: dict[str, Any] = engine.components  # (read once per order)
-    st = components["derivatives"]
+    st: DerivativesState = components["derivatives"]  # (a native class: its fields are C fields)
     ev = _place_perp(engine, st, components["trading"], c)
     if st.conditional:
         fire_conditionals(engine, ev, c.symbol)
     return ev
 
 
-class Contract:
+class Seat:
+    """One owner's place in one perpetual market, kept by the market's `Contract` (per ledger
+    object, like its accounts): what an order and each side of a fill look up, found with one
+    lookup by owner instead of one per dict (the position book's by (owner, symbol), the wallets',
+    the margin accounts'), and the position found last time, kept only as a hint (`position`)."""
+
+    def __init__(self) -> None:
+        self.pos: Position | None = None  # the position last found: a hint, checked before use
+        self.wallet: Account | None = None  # the owner's `available` account in the quote asset, once found
+        self.margin: Account | None = None  # the owner's cross `margin` account, once found or opened
+        self.isolated: Account | None = None  # the owner's `isolated` account, once found or opened
+
+    def position(self, positions: dict[tuple[str, str], Position], key: tuple[str, str]) -> Position | None:
+        """The owner's position now (`key`: the owner and this market): the one found last time
+        while it is still in the book (a position leaves the book, or is replaced, only through
+        `PositionBook`, which unlinks it: `_book` None; and it is in the book under one key, its
+        owner's and market's), else the book's answer."""
+        pos = self.pos
+        if pos is not None and pos._book is positions:
+            return pos
+        pos = self.pos = positions.get(key)
+        return pos
+
+
+class Contract(MarketContract):
     """What trading asks a perpetual market (see `Market.contract`)."""
 
     def __init__(self, engine: Any, symbol: str) -> None:
+        super().__init__()
         self.engine = engine
         self.symbol = symbol
         self._ledger: Any = None
         self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
         self._accounts: tuple[Account, Account, Account] | None = None
         self._touched: set[str] = set()  # owners whose position a fill changed in the current match
-        #: owner -> the owner's `margin` (cross) and `isolated` account in this market's quote asset
-        #: (accounts are never closed; kept for one ledger object, like `_accounts`; keyed by the
-        #: owner alone: a string's hash is cached, a tuple's is computed at every lookup)
-        self._margin_accounts: dict[str, Account] = {}
-        self._isolated_accounts: dict[str, Account] = {}
-        #: owner -> the owner's `available` account in this market's quote asset (as `_margin_accounts`)
-        self._wallets: dict[str, Account] = {}
+        #: owner -> the owner's `Seat` here: the position last found, the wallet and the margin
+        #: accounts (accounts are never closed; kept for one ledger object, like `_accounts`;
+        #: keyed by the owner alone: a string's hash is cached, a tuple's is computed at every lookup)
+        self._seats: dict[str, Seat] = {}
         #: What the order `order_hold` last accepted pays from and receives to: its owner's
         #: `available` account in the quote asset, None if there is none yet (trading opens it).
         #: Set on every accepted return of `order_hold` (it looks the account up anyway), so that
         #: trading's `_place` does not look it up again (`Ledger.find_pair`, a generic call).
-        self.order_wallet: Account | None = None
+        self.order_wallet = None  # (`MarketContract`'s field: an `Account` or None)
 
     def direct_order(self, o: Order, order_type: str) -> PlacePerpOrder:
         """The order a client would submit directly for what resting stop `o` places when it
         triggers (what the halt guard is asked about: reduce-only when `o` is)."""
-        ro = o.id in self.engine.components["derivatives"].reduce_only_orders.get(self.symbol, ())
+        st: DerivativesState = self.engine.components["derivatives"]
+        ro = o.id in st.reduce_only_orders.get(self.symbol, ())
         return PlacePerpOrder(o.owner, self.symbol, "BUY" if o.is_buy else "SELL", order_type, reduce_only=int(ro))
 
     @property
     def has_reduce_only(self) -> bool:
         """Does this market have an open reduce-only order (trading's matching loop asks first)?"""
         components: dict[str, Any] = self.engine.components
-        orders: dict[str, set[int]] = components["derivatives"].reduce_only_orders
+        st: DerivativesState = components["derivatives"]
+        orders: dict[str, set[int]] = st.reduce_only_orders
         return bool(orders.get(self.symbol))
 
     def _system(self, p: Any) -> tuple[Account, Account, Account]:
@@ -129,28 +154,37 @@ class Contract:
         accounts = self._accounts
         if self._ledger is not ledger or accounts is None:
             accounts = self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
-            self._margin_accounts = {}
-            self._isolated_accounts = {}
-            self._wallets = {}
+            self._seats = {}
             self._ledger = ledger
         return accounts
 
-    def _wallet(self, owner: str, p: Perp) -> Account | None:
-        """The owner's `available` account in this market's quote asset, or None if it has none
-        (found once per ledger object, like `_system`'s: accounts are never closed)."""
+    def _seat(self, owner: str, p: Perp) -> Seat:
+        """The owner's `Seat` in this market (made at the owner's first order here; all of them
+        dropped for a new ledger object, by `_system`)."""
         self._system(p)
-        w = self._wallets.get(owner)
+        seats = self._seats
+        seat = seats.get(owner)
+        if seat is None:
+            seat = seats[owner] = Seat()
+        return seat
+
+    def _wallet_of(self, seat: Seat, owner: str, p: Perp) -> Account | None:
+        """The seat's owner's `available` account in this market's quote asset, or None if it has
+        none (found once per ledger object, like `_system`'s: accounts are never closed)."""
+        w = seat.wallet
         if w is None:
-            w = self.engine.ledger.find(owner, p.quote, "available", SEGMENT)
-            if w is not None:
-                self._wallets[owner] = w
+            w = seat.wallet = self.engine.ledger.find(owner, p.quote, "available", SEGMENT)
         return w
+
+    def _wallet(self, owner: str, p: Perp) -> Account | None:
+        """`_wallet_of` the owner's seat."""
+        return self._wallet_of(self._seat(owner, p), owner, p)
 
     # -- placing: how much margin an order holds, or why it is refused
 
     def order_hold(self, engine: Any, m: Market, c: Any, words: Any) -> tuple[tuple[str, str, str] | None, int, int]:
         components: dict[str, Any] = engine.components  # (read once; typed: direct dict lookups)
-        st: Any = components["derivatives"]
+        st: DerivativesState = components["derivatives"]
         symbol = self.symbol
         perps: dict[str, Perp] = st.perps
         p: Perp = perps[symbol]
@@ -172,11 +206,12 @@ class Contract:
                 self.order_wallet = self._wallet(owner, p)
                 return None, 0, 0
         qty: int = c.quantity
-        key = (owner, symbol)
+        seat = self._seat(owner, p)  # (one lookup: the position, the wallet)
+        key = (owner, symbol)  # (of this order's strings: hashed without touching older ones)
         size_now: int
         close_q: int
         positions: dict[tuple[str, str], Position] = st._positions  # (`positions`' storage: a property call less)
-        pos: Position | None = positions.get(key)
+        pos: Position | None = seat.position(positions, key)
         if pos is None:
             size_now = close_q = 0
         else:
@@ -220,7 +255,7 @@ class Contract:
         hold: int = im - (-exact_product(order_notional, taker_ppm) // PPM)
         if hold < 1:
             hold = 1
-        w = self._wallet(owner, p)
+        w = self._wallet_of(seat, owner, p)
         self.order_wallet = w  # (what trading's `_place` pays from and receives to, if accepted below)
         wallet_free: int = w.credits_posted - w.debits_posted - w.debits_pending if w is not None else 0
         self._borrow = 0
@@ -248,12 +283,12 @@ class Contract:
                     f"Margin is insufficient: the order needs {hold} {p.quote} minor units, {max(free, 0)} are free"), 0, 0
         return None, protect, hold
 
-    def before_hold(self, engine: Any, m: Any, c: Any) -> None:
+    def before_hold(self, engine: Any, m: Market, c: Any) -> None:
         """Every check passed and trading is about to hold the order's margin: remember a
         reduce-only order's id (the next one trading gives), and move what a purely reducing order
         borrows from its position's margin back to the wallet first."""
         components: dict[str, Any] = engine.components
-        st = components["derivatives"]
+        st: DerivativesState = components["derivatives"]
         if st.reduce_only:
             st.reduce_only_orders.setdefault(self.symbol, set()).add(trading_state(engine).next_order_id)
         if not self._borrow:
@@ -271,7 +306,7 @@ class Contract:
         st.positions.dirty.add(key)
         self._borrow = 0
 
-    def _reducible(self, st: Any, m: Market, owner: str, is_buy: bool) -> int:
+    def _reducible(self, st: DerivativesState, m: Market, owner: str, is_buy: bool) -> int:
         """How much of an order on side `is_buy` would reduce the owner's position: the position's
         size on the other side less what the owner's open orders on this side already cover."""
         positions: dict[tuple[str, str], Position] = st._positions
@@ -296,14 +331,15 @@ class Contract:
         index = engine.components.get("index")
         if index is None:
             return False
-        s = index.symbols.get(engine.components["derivatives"].perps[self.symbol].index_symbol)
+        st: DerivativesState = engine.components["derivatives"]
+        s = index.symbols.get(st.perps[self.symbol].index_symbol)
         return s is not None and bool(s.short)
 
-    def fill_cap(self, o: Any, only_reduces: bool = False) -> int:
+    def fill_cap(self, o: Order, only_reduces: bool = False) -> int:
         """How much order `o` may fill now: at most the position it reduces (0 when the position is
         gone or on its own side) for a reduce-only order, or for any order while the market only
         reduces (`only_reduces`); otherwise without limit."""
-        st = self.engine.components["derivatives"]
+        st: DerivativesState = self.engine.components["derivatives"]
         if not only_reduces and o.id not in st.reduce_only_orders.get(self.symbol, ()):
             return MAX_QTY
         pos: Position | None = st._positions.get((o.owner, self.symbol))
@@ -311,18 +347,19 @@ class Contract:
             return 0
         return abs(pos.size)
 
-    def expiry_reason(self, o: Any) -> str:
+    def expiry_reason(self, o: Order) -> str:
         """Why a maker with nothing it may fill is expired: `REDUCE_ONLY` for a reduce-only order,
         `MARKET_REDUCE_ONLY` for an order that would open or grow its owner's position while the
         market only reduces."""
-        ids = self.engine.components["derivatives"].reduce_only_orders.get(self.symbol, ())
+        st: DerivativesState = self.engine.components["derivatives"]
+        ids = st.reduce_only_orders.get(self.symbol, ())
         return "REDUCE_ONLY" if o.id in ids else "MARKET_REDUCE_ONLY"
 
-    def after_match(self, m: Any, ev: list[Event]) -> None:
+    def after_match(self, m: Market, ev: list[Any]) -> None:
         """After an order has matched (its fills and the stops they fired): the reduce-only orders
         of every owner whose position changed are cut down to it (Binance expires them)."""
         components: dict[str, Any] = self.engine.components
-        st = components["derivatives"]
+        st: DerivativesState = components["derivatives"]
         orders: dict[str, set[int]] = st.reduce_only_orders
         ids = orders.get(self.symbol)
         if not ids:  # (the common case: nothing to trim, and no new set per order)
@@ -336,7 +373,7 @@ class Contract:
         if not ids:
             del st.reduce_only_orders[self.symbol]
 
-    def rest_need(self, m: Any, o: Any) -> int:
+    def rest_need(self, m: Market, o: Order) -> int:
         """What a resting order's hold reserves: its first hold pro rata of what is left, rounded up."""
         h = self.engine.ledger.pending_hold(o.hold_id)
         return ceil_div(h.amount * o.leaves, o.qty)
@@ -344,10 +381,10 @@ class Contract:
     # -- a fill
 
     def fill(self, m: Market, buyer: Order, seller: Order, price: int, qty: int, notional: int,
-             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Event]) -> tuple[int, int]:
+             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Any]) -> tuple[int, int]:
         engine = self.engine
         components: dict[str, Any] = engine.components
-        st = components["derivatives"]
+        st: DerivativesState = components["derivatives"]
         perps: dict[str, Perp] = st.perps
         p: Perp = perps[self.symbol]
         # What both sides read of the engine and the state, read once per fill (each is a generic
@@ -361,7 +398,7 @@ class Contract:
                                 positions, isolated, liq_iso)
         return buyer_fee, seller_fee
 
-    def _side(self, st: Any, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
+    def _side(self, st: DerivativesState, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
               notional: int, rate_ppm: int, ev: list[Event], ledger: Ledger, system: tuple[Account, Account, Account],
               positions: Any, isolated: Any, liq_iso: Any) -> int:
         """One side of a fill: the hold it frees, the position, realised PnL, the fee, the margin.
@@ -380,12 +417,15 @@ class Contract:
         take: int = remaining + (amount * (qty - o.leaves)) // o.qty  # remaining - ceil(amount × leaves after / qty)
         took: int = take if take > 0 else 0
         symbol: str = p.symbol
+        seats = self._seats  # (`fill` called `_system`: they are this ledger's)
+        seat = seats.get(owner)
+        if seat is None:
+            seat = seats[owner] = Seat()
         key = (owner, symbol)
         iso_set: set[tuple[str, str]] = isolated  # (typed: a direct set lookup)
         iso: bool = key in iso_set  # (`isolated`' storage, as `positions`: `st._positions`)
         own_margin_only: bool = liq_iso is not None and liq_iso == key  # a LiquidatePosition step: the wallet never pays
-        by_key: dict[tuple[str, str], Position] = positions  # (typed: a direct dict lookup, not a method call)
-        got: Position | None = by_key.get(key)
+        got: Position | None = seat.position(positions, key)
         pos: Position
         size: int
         cost: int
@@ -399,11 +439,13 @@ class Contract:
         quote = p.quote
         kind = "isolated" if iso else "margin"
         pool, fees, insurance = system
-        cache = self._isolated_accounts if iso else self._margin_accounts
-        acct: Account | None = cache.get(owner)
+        acct: Account | None = seat.isolated if iso else seat.margin
         if acct is None:
             acct = ledger.find(owner, quote, kind, SEGMENT) or ledger.open_account(owner, quote, kind, SEGMENT)[0]
-            cache[owner] = acct
+            if iso:
+                seat.isolated = acct
+            else:
+                seat.margin = acct
         # 2. The position's margin comes back to the wallet (`released`); it is posted again for what remains.
         # 3. The position: open, increase, reduce or flip (docs/derivatives.md, "Positions").
         longs_before: int = size if size > 0 else 0
@@ -490,8 +532,10 @@ class Contract:
                 dirty.add(key)  # what `Position.__setattr__` would have marked
             else:
                 positions[key] = pos
+                seat.pos = pos
         else:
             positions.pop(key, None)
+            seat.pos = None
             pos.extra = 0
         ev.append(PositionChanged(owner, symbol, price, signed, size, cost, post, realized, fee, covered))
         self._touched.add(owner)
@@ -513,7 +557,7 @@ def _reducible_of(size: int, m: Market, owner: str, is_buy: bool) -> int:
     return left
 
 
-def trim_reduce_only(engine: Any, st: Any, m: Any, owner: str, ev: list[Event]) -> None:
+def trim_reduce_only(engine: Any, st: DerivativesState, m: Any, owner: str, ev: list[Event]) -> None:
     """Cut `owner`'s open reduce-only orders on market `m` down to the position, oldest first: one
     on the side that would open or grow it is expired; on the reducing side they keep, together, at
     most the position's size — the one that straddles it is cut down (`OrderAmended`, keeping its

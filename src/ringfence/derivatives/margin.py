@@ -18,6 +18,8 @@ from ..trading.state import TradingState
 if TYPE_CHECKING:  # (mypyc's native 64-bit int: only its annotations are used)
     from mypy_extensions import i64
 
+    from .dstate import DerivativesState  # (it imports this module)
+
 __all__ = ["PPM", "Bracket", "Perp", "Position", "initial_margin", "mark_of_perp", "unrealized", "cross_upnl",
            "cross_upnl_knowing", "exact_product"]
 
@@ -138,7 +140,7 @@ class Perp:
         return p
 
 
-def initial_margin(st: Any, p: Perp, owner: str, size_abs: int, cost: int, open_interest: int) -> int:
+def initial_margin(st: DerivativesState, p: Perp, owner: str, size_abs: int, cost: int, open_interest: int) -> int:
     """IM of a position (or an order's opening part) of entry notional `cost`:
     `max(ceil(cost / leverage), ceil(cost × concentration_rate))`, the leverage being the owner's
     setting lowered to the bracket's maximum for `cost` (`effective_leverage` and
@@ -190,12 +192,12 @@ def unrealized(pos: Any, mark: int, scale: int) -> int:
     return pos.cost + pos.size * mark // scale  # pos.cost - ceil(|size| × mark / scale)
 
 
-def cross_upnl(engine: Any, st: Any, owner: str, asset: str) -> int:
+def cross_upnl(engine: Any, st: DerivativesState, owner: str, asset: str) -> int:
     """The unrealised PnL at mark of the owner's cross positions margined in `asset`."""
     return cross_upnl_knowing(engine, st, owner, asset, "", None)
 
 
-def cross_upnl_knowing(engine: Any, st: Any, owner: str, asset: str, known_symbol: str, known: Position | None) -> int:
+def cross_upnl_knowing(engine: Any, st: DerivativesState, owner: str, asset: str, known_symbol: str, known: Position | None) -> int:
     """`cross_upnl`, the owner's position in perpetual `known_symbol` already looked up (`known`,
     None when there is none): what an order's margin check asks, without that lookup again."""
     total: int = 0

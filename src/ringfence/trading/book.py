@@ -21,12 +21,20 @@ Invariants (`Market.check_invariants`, property-tested):
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from typing import Any, Final
+from typing import Any, Callable, Final
 
 from ..errors import InvariantViolation
 from .vocabulary import MarketStatus, OrderType, SelfTradePrevention, Side, TimeInForce
 
-__all__ = ["Order", "Level", "Market", "ACTIVE", "REDUCE_ONLY", "HALTED", "MARKET_STATUSES"]
+try:  # (mypyc reads the decorator; it is installed with mypy, the `native` extra)
+    from mypy_extensions import mypyc_attr
+except ImportError:  # an install without mypy: pure Python, where the decorator does nothing
+
+    def mypyc_attr(*args: Any, **kwargs: Any) -> Callable[[type], type]:  # type: ignore[misc]
+        return lambda cls: cls
+
+
+__all__ = ["Order", "Level", "Market", "MarketContract", "ACTIVE", "REDUCE_ONLY", "HALTED", "MARKET_STATUSES"]
 
 ACTIVE: Final = MarketStatus.ACTIVE
 REDUCE_ONLY: Final = MarketStatus.REDUCE_ONLY
@@ -152,6 +160,63 @@ class Level:
         self.count = 0
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
+class MarketContract:
+    """What trading asks a perpetual market (`Market.contract`): `ringfence.derivatives`'
+    `Contract` implements it. Declared here, in trading's compiled hot path, so that the matching
+    loop and placing call it as native methods (a vtable call with machine-integer arguments)
+    rather than as a Python object's attributes (a generic method lookup and every argument and
+    result boxed, several times per order and per fill). Interpreted subclasses are allowed (the
+    differential test's reference contract is one): compiled callers reach their methods too."""
+
+    def __init__(self) -> None:
+        #: The `available` account the order `order_hold` last accepted pays from and receives to
+        #: (None if the owner has none yet: trading opens it).
+        self.order_wallet: Any = None
+
+    def order_hold(self, engine: Any, m: Market, c: Any, words: Any) -> tuple[tuple[str, str, str] | None, int, int]:
+        """(refusal or None, protection price, hold) of order `c` on `m`."""
+        raise NotImplementedError
+
+    def before_hold(self, engine: Any, m: Market, c: Any) -> None:
+        """Every check passed: about to hold the order's margin."""
+        raise NotImplementedError
+
+    def after_match(self, m: Market, ev: list[Any]) -> None:
+        """After an order matched."""
+        raise NotImplementedError
+
+    def only_reduces(self, m: Market) -> bool:
+        """Does the market only reduce positions now?"""
+        raise NotImplementedError
+
+    @property
+    def has_reduce_only(self) -> bool:
+        """Does the market have an open reduce-only order?"""
+        raise NotImplementedError
+
+    def fill_cap(self, o: Order, only_reduces: bool = False) -> int:
+        """How much order `o` may fill now."""
+        raise NotImplementedError
+
+    def expiry_reason(self, o: Order) -> str:
+        """Why a maker with nothing it may fill is expired."""
+        raise NotImplementedError
+
+    def rest_need(self, m: Market, o: Order) -> int:
+        """What a resting order's hold reserves."""
+        raise NotImplementedError
+
+    def direct_order(self, o: Order, order_type: str) -> Any:
+        """The order a client would submit directly for what resting stop `o` places."""
+        raise NotImplementedError
+
+    def fill(self, m: Market, buyer: Order, seller: Order, price: int, qty: int, notional: int,
+             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Any]) -> tuple[int, int]:
+        """A fill on the perpetual: (buyer's fee, seller's fee)."""
+        raise NotImplementedError
+
+
 class Market:
     """One spot market's rules, status and book. Mutated only by the trading handlers."""
 
@@ -196,7 +261,7 @@ class Market:
         # A perpetual's contract rules (`ringfence.derivatives`), None for spot: its orders hold
         # margin in the quote asset and its fills change positions instead of delivering the base.
         # Not part of the trading snapshot: the derivatives module binds it (`MARKET_BINDERS`).
-        self.contract: Any = None
+        self.contract: MarketContract | None = None
 
     # ------------------------------------------------------------------ band
 

@@ -37,7 +37,7 @@ from typing import Any, Final
 from ..engine.commands import Event
 from ..errors import InvariantViolation
 from ..ledger.ledger import Ledger
-from .book import Market, Order
+from .book import Market, MarketContract, Order
 from .commands import (
     OrderExpired,
     OrderFilled,
@@ -217,7 +217,7 @@ def _match(st: TradingState, ledger: Ledger, m: Market, t: Order, limit_minor: i
                 qty_minor = t.leaves
             if capped < 0 and contract is not None:  # 1: its fills are capped (`fill_cap`), 0: they are not
                 capped = 1 if (only_reduces := contract.only_reduces(m)) or contract.has_reduce_only else 0
-            if capped > 0:
+            if capped > 0 and contract is not None:  # (capped > 0 only with a contract)
                 maker_cap = contract.fill_cap(mk, only_reduces)
                 if maker_cap == 0:
                     # A reduce-only maker with nothing left to reduce, or (the market only reducing)
@@ -243,7 +243,7 @@ def _match(st: TradingState, ledger: Ledger, m: Market, t: Order, limit_minor: i
     return ""
 
 
-def _fok_fillable_capped(m: Market, t: Order, limit_minor: int, contract: Any, only_reduces: bool) -> bool:
+def _fok_fillable_capped(m: Market, t: Order, limit_minor: int, contract: MarketContract, only_reduces: bool) -> bool:
     """`_fok_fillable` on a perpetual whose fills are capped (`_match`: reduce-only orders, or every
     order while the market only reduces): each maker counts for what it may fill, its owner's room
     to reduce shrinking as the walk fills that owner's orders (a plain maker's fill uses it up too)."""
