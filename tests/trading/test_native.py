@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -161,3 +162,18 @@ def test_a_build_that_does_not_load_is_refused(built: Path, tmp_path: Path) -> N
     status, stderr = _status(tree)
     assert status["implementation"] == "pure" and status["reason"].startswith("the compiled build does not load")
     assert "NOT used, running pure Python" in stderr
+
+
+def test_the_makefile_rebuilds_when_any_compiled_source_changes() -> None:
+    """`make setup` rebuilds the hot path when one of NATIVE_SOURCES changed: the list must name every
+    module in COMPILED (a module left out would be refused as stale at import after an edit, and the
+    exchange would quietly run pure Python until someone ran `make native`)."""
+    from ringfence.native import COMPILED
+
+    makefile = (ROOT / "Makefile").read_text()
+    line = next(ln for ln in makefile.splitlines() if ln.startswith("NATIVE_SOURCES :="))
+    listed = set(re.findall(r"src/ringfence/[\w/]+\.py", line))
+    for prefix, names in re.findall(r"\$\(addprefix (src/ringfence/[\w/]+/),([^)]*)\)", line):
+        listed |= {prefix + name for name in names.split()}
+    wanted = {"src/ringfence/" + module.removeprefix("ringfence.").replace(".", "/") + ".py" for module in COMPILED}
+    assert wanted - listed == set(), f"Makefile NATIVE_SOURCES lacks {sorted(wanted - listed)}"
