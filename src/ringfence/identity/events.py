@@ -82,9 +82,14 @@ def credential_changed(
         "ip": ip or "unknown", "locked_until": user.withdrawals_locked_until_s,
         "freeze_link": link,
     }
-    mail.enqueue(ctx, db, user, "credential_changed", params)
+    # a withdrawal address is recorded when it is asked for (its own e-mailed link adds it): the notice
+    # says it was requested, not that it changed
+    template = "withdrawal_address_requested" if change == "withdrawal_address_changed" else "credential_changed"
+    if template != "credential_changed":
+        params.pop("change")
+    mail.enqueue(ctx, db, user, template, params)
     for addr in also_notify:
-        mail.enqueue(ctx, db, user, "credential_changed", params, to_addr=addr)
+        mail.enqueue(ctx, db, user, template, params, to_addr=addr)
     return user.withdrawals_locked_until_s
 
 
