@@ -439,3 +439,21 @@ def test_the_wallet_address_leads_to_the_deposit_page(server) -> None:
         assert root.status_code == 303 and root.headers["location"] == "/wallet/deposit", root.status_code
         page = client.get("/wallet", follow_redirects=True)
         assert page.status_code == 200 and page.url.path == "/wallet/deposit" and 'id="signin-link"' in page.text
+
+
+@pytest.mark.parametrize("path", ["/wallet/deposit", "/wallet/withdraw", "/wallet/history"])
+def test_signed_out_the_wallet_pages_say_to_sign_in_with_a_link(server, browser, path):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.web + path)
+    note = page.locator("#signed-out-note")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("Sign in to see your deposit addresses, withdraw and see your history.")
+    expect(note.locator("#signed-out-sign-in")).to_have_attribute("href", "/login")
+    expect(page.locator("#deposit")).to_be_hidden()
+    if path == "/wallet/deposit":
+        shot(page, "0-signed-out")
+    assert not errors, errors
+    context.close()
