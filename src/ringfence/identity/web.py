@@ -257,7 +257,7 @@ def create_router(ctx: IdentityContext) -> APIRouter:
             if err.field != "password":
                 raise
             email = accounts.check_claim_link(ctx, token)  # the form again, with what to change (nothing changed)
-            return _render("claim_account.html", status_code=err.http_status, email=email, token=token, error=str(err))
+            return _render("claim_account.html", status_code=err.http_status, email=email, token=token, error=for_people(err))
         return _render("message.html", title=_t("E-mail confirmed"),
                        message=_t("Your address is confirmed and your password is set. You can sign in now."), link="/login")
 
@@ -316,7 +316,7 @@ def create_router(ctx: IdentityContext) -> APIRouter:
                 raise
             link = accounts.check_reset_link(ctx, token)
             return _render("reset_password.html", status_code=err.http_status, email=link.email, needs=link.needs,
-                           token=token, error=str(err))
+                           token=token, error=for_people(err))
         except Unauthorized as err:
             return unusable_reset_link(err)
         return _render("message.html", title=_t("Password changed"),
