@@ -360,6 +360,12 @@ def test_a_refused_sign_up_or_sign_in_shows_its_form_again_with_what_was_typed(c
     assert page.inner_text("#message") == "the e-mail or password is incorrect"  # a sentence of its own: no field prefix
     sign_in(page, server, "known@example.com")
     assert page.url.endswith("/security")
+    for path, button in (("/forgot-password", "#forgot"), ("/verify-email/new", "#resend")):  # the other pre-sign-in forms
+        page.goto(f"{server}{path}")
+        page.fill("#email", "a@b")  # a browser accepts it; the server does not
+        page.click(button)
+        assert page.url == f"{server}{path}" and page.input_value("#email") == "a@b"
+        assert page.inner_text("#message").startswith("The e-mail address must be "), page.inner_text("#message")
     context.close()
 
 

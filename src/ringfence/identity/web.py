@@ -270,7 +270,11 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         # before sign-in, as /signup: no session CSRF token; same_origin_only refuses a foreign Origin
         form = await _form(request)
         tasks = BackgroundTasks()  # the look-up and the mail run after the answer: its time tells nothing
-        receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task)
+        try:
+            receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task)
+        except RingfenceError as err:  # as /signup: the form again, what was typed kept
+            return _render("resend_verification.html", status_code=err.http_status, error=for_people(err),
+                           email=form.get("email", "")[:254])
         return _after(_render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
                               link_label=_t("Sign in")), tasks)
 
@@ -284,7 +288,11 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         # answer for every address
         form = await _form(request)
         tasks = BackgroundTasks()  # as /verify-email/new: whether an account gets a link does not show in the time
-        receipt = accounts.request_password_reset(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task)
+        try:
+            receipt = accounts.request_password_reset(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task)
+        except RingfenceError as err:  # as /signup: the form again, what was typed kept
+            return _render("forgot_password.html", status_code=err.http_status, error=for_people(err),
+                           email=form.get("email", "")[:254])
         return _after(_render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
                               link_label=_t("Sign in")), tasks)
 
