@@ -164,3 +164,44 @@ def test_a_missing_input_file_is_an_error_naming_the_option(tmp_path, args, opti
     assert option in message and "does not exist" in message and "Traceback" not in out.stderr
     assert "ok: 0 entries" not in out.stdout
     assert not (tmp_path / "nope").exists()  # checking an input creates nothing
+
+
+def commands_panel(text: str) -> tuple[int, list[list[str]]]:
+    """The help's Commands panel: the width its descriptions may use, and each entry's description lines."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("╭─ Commands"))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("╰"))
+    body = lines[start + 1:end]
+    first = body[0]
+    name_end = first.index(" ", 2)
+    column = name_end + len(first[name_end:]) - len(first[name_end:].lstrip())  # where the descriptions start
+    room = first.rindex("│") - 1 - column  # one space of padding before the right border
+    entries: list[list[str]] = []
+    for line in body:
+        name, description = line[1:column].strip(), line[column:line.rindex("│")].rstrip()
+        if name:
+            entries.append([description])
+        else:
+            entries[-1].append(description)
+    return room, entries
+
+
+@pytest.mark.parametrize("command", [[], ["chains"], ["chain"], ["journal"], ["por"]])
+def test_help_reads_well_at_80_columns(command):
+    """No `<bool>` beside flags (they take no value), and each command's description flows: a line breaks
+    only where the next word would not fit (the docstrings' own line breaks made ragged lines)."""
+    out = subprocess.run(RINGFENCE + [*command, "--help"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, COLUMNS="80", TERM="dumb"))
+    assert out.returncode == 0, out.stderr
+    assert "<bool>" not in out.stdout and re.search(r"--help +-h +Show this message", out.stdout), out.stdout
+    assert max(len(line) for line in out.stdout.splitlines()) <= 80
+    room, entries = commands_panel(out.stdout)
+    assert len(entries) >= 2
+    for entry in entries:
+        for line, following in zip(entry, entry[1:]):
+            assert len(line) + 1 + len(following.split()[0]) > room, (command, room, entry)  # the next word did not fit
+
+
+def test_chain_and_chains_say_how_they_differ():
+    chain, chains = (run(name, "--help").stdout for name in ("chain", "chains"))
+    assert "Not `chains` (plural)" in chain and "Not `chain` (singular)" in chains

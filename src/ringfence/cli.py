@@ -8,13 +8,14 @@ example. Errors are printed as one clear line and a non-zero exit code, never a 
 from __future__ import annotations
 
 import importlib
+import inspect
 import shutil
 import tempfile
 from pathlib import Path
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -55,6 +56,28 @@ LAZY: dict[str, tuple[str, str]] = {
 _LOADED: dict[str, click.Command] = {}
 
 
+# Help that reads well at 80 columns (`COLUMNS=80 ringfence --help`). Typer's rich help keeps the line
+# breaks of a docstring's first paragraph in the commands list, so a sentence broken at 110 columns in
+# the source wraps raggedly on a terminal: the list gets the paragraph as one line (`short_help`), which
+# rich wraps to the width. And rich help prints a flag's type (`--help -h <bool>`), a value that no
+# flag takes: a flag shows no type, as click's own help writes it.
+def _flowing_short_help(cmd: click.Command) -> None:
+    """Give `cmd`'s subcommands (all levels) their help's first paragraph as one line."""
+    for sub in getattr(cmd, "commands", {}).values():
+        if sub.short_help is None and sub.help:
+            first = inspect.cleandoc(sub.help).partition("\f")[0].split("\n\n")[0]
+            sub.short_help = " ".join(first.split())
+        _flowing_short_help(sub)
+
+
+def _flag_type(self: TyperOption, ctx: click.Context) -> str | None:
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
+
 def _load(name: str) -> click.Command:
     """The click command of one lazy entry, built once per process."""
     if name not in _LOADED:
@@ -71,6 +94,7 @@ def _load(name: str) -> click.Command:
             single.command(name)(obj)
             cmd = typer.main.get_command(single)
         cmd.name = name
+        _flowing_short_help(cmd)
         _LOADED[name] = cmd
     return _LOADED[name]
 
@@ -84,8 +108,15 @@ class _LazyGroup(TyperGroup):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in LAZY:
-            return _load(cmd_name)
-        return super().get_command(ctx, cmd_name)
+            cmd = _load(cmd_name)
+        else:
+            cmd = super().get_command(ctx, cmd_name)
+            if cmd is not None:
+                _flowing_short_help(cmd)
+        if cmd is not None and cmd.short_help is None and cmd.help:  # the root's own list, as `_flowing_short_help`
+            first = inspect.cleandoc(cmd.help).partition("\f")[0].split("\n\n")[0]
+            cmd.short_help = " ".join(first.split())
+        return cmd
 
 
 app = typer.Typer(

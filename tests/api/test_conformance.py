@@ -419,3 +419,27 @@ def test_every_ccxt_call_sends_only_parameters_the_table_defines(server):
     assert ex.cancel_order(None, "BTC/USDT", {"clientOrderId": post_only["clientOrderId"]})["status"] == "canceled"
     assert ex.fetch_order_trades(ioc["id"], "BTC/USDT") == []
     assert ex.cancel_all_orders("BTC/USDT")
+
+
+def test_a_band_refusal_says_which_prices_the_side_may_use_now(alice):
+    """PERCENT_PRICE_BY_SIDE keeps Binance's code and text start (what clients match) and says the range
+    allowed now, as decimal prices (the engine's integers, written at the edge), for the order's side."""
+    from ringfence.money import format_amount
+
+    market = {m["symbol"]: m for m in alice.http.get("/v1/markets").json()}["BTCUSDT"]
+    info = {s["symbol"]: s for s in alice.get("/api/v3/exchangeInfo").json()["symbols"]}["BTCUSDT"]
+    decimals, ppm = info["quoteAssetPrecision"], int(market["band_ppm"])
+    ref_minor = int(Decimal(market["reference_price"]) * 10**decimals)
+    lo, hi = (format_amount(ref_minor * (10**6 + sign * ppm) // 10**6, decimals) for sign in (-1, 1))
+    before = alice.state()
+    for order, words in (
+        ({**BASE_ORDER, "price": "100.00"}, f"The price of a BUY order must be between {lo} and {hi} now"),
+        ({**BASE_ORDER, "side": "SELL", "price": "1000000.00"}, f"The price of a SELL order must be between {lo} and {hi} now"),
+        ({"symbol": "BTCUSDT", "side": "SELL", "type": "STOP_LOSS", "quantity": "0.0010", "stopPrice": "0.01"},
+         f"The stopPrice of a SELL order must be between {lo} and {hi} now"),
+    ):
+        for path in ("/api/v3/order/test", "/api/v3/order"):
+            body = error_of(alice.post(path, order))
+            assert body["code"] == -1013 and body["msg"].startswith("Filter failure: PERCENT_PRICE_BY_SIDE. "), body
+            assert words in body["msg"], (words, body)
+    assert alice.state() == before

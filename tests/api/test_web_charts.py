@@ -27,6 +27,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
+from ringfence.money import format_amount
 from ringfence.solvency.pol_verifier import verify_proof
 
 from .conftest import Server, cli
@@ -89,6 +90,26 @@ def test_candles_volume_depth_fills_and_own_proof_verified(server, browser):  # 
     expect(page.locator("#order-status")).to_contain_text("Demo funds added")
     page.locator("#markets button", has_text=SYMBOL).click()
     expect(page.locator("#symbol-title")).to_have_text(SYMBOL)
+    balances_each_whole_and_readable(page)
+    expect(page.locator("#price")).to_be_visible()
+    page.select_option("#otype", "MARKET")  # a market order has no price: the field goes away
+    expect(page.locator("#price")).to_be_hidden()
+    page.select_option("#otype", "LIMIT")
+    expect(page.locator("#price")).to_be_visible()
+    links_readable(page)
+    # a price outside the band: the refusal says which prices a buy may use now (decimals, the market's)
+    page.select_option("#side", "BUY")
+    page.fill("#price", "1.00")
+    page.fill("#qty", "1.00")
+    seen = len(errors)
+    page.click("#place")
+    status = page.locator("#order-status.error")
+    expect(status).to_contain_text("Filter failure: PERCENT_PRICE_BY_SIDE. The price of a BUY order must be between ")
+    lo, hi = re.search(r"must be between (\d+\.\d+) and (\d+\.\d+) now", status.inner_text()).groups()
+    assert Decimal(lo) < Decimal("188.00") < Decimal(hi), (lo, hi)  # the resting bid placed below is inside
+    # the refused POST is logged by the browser as a failed load: that one, and only it, is expected
+    assert errors[seen:] == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"], errors[seen:]
+    del errors[seen:]
 
     # the chart is lightweight-charts, served by the exchange itself (no CDN), with /klines' bars
     lib = httpx.get(server.base + "/dashboard/vendor/lightweight-charts.js")
@@ -158,6 +179,13 @@ def test_candles_volume_depth_fills_and_own_proof_verified(server, browser):  # 
     account = page.inner_text("#account-id")
     expect(page.locator("#proof-output")).to_contain_text(f"account:  {account}")
     expect(page.locator("#proof-output")).to_contain_text("USDT")
+    # the page shows the proof's balances as amounts with their asset codes, not minor units
+    usdt = page.locator('#proof-balances tr[data-asset="USDT"]')
+    expect(usdt).to_have_count(1)
+    minor = int(usdt.get_attribute("data-minor"))
+    assert minor > 0
+    expect(usdt.locator("td").nth(1)).to_have_text(f"{format_amount(minor, 6, trim=True)} USDT")
+    expect(page.locator("#proof-balances")).not_to_contain_text("minor")
     shot(page, "2-proof-verified")
 
     # the same check refuses a proof whose balance was changed on the way (one minor unit more)
@@ -199,6 +227,44 @@ def test_candles_volume_depth_fills_and_own_proof_verified(server, browser):  # 
     context.close()
 
 
+def balances_each_whole_and_readable(page) -> None:
+    """Every asset held is listed (not only the market's two), each row's total is that asset's own free +
+    locked, and amounts show at display precision: ETH's 18 ledger decimals are not all shown."""
+    eth = page.locator('#balances tr[data-asset="ETH"]')
+    expect(eth).to_have_count(1)  # the demo funds' ETH, though the market is AAPLX/USDT
+    account = page.evaluate("fetch('/session/v3/account').then(r => r.json())")
+    held = {b["asset"] for b in account["balances"] if Decimal(b["free"]) + Decimal(b["locked"]) > 0}
+    rows = page.locator("#balances tbody tr")
+    assert {r.get_attribute("data-asset") for r in rows.all()} == held | {"AAPLX", "USDT"}
+    for r in rows.all():
+        assert Decimal(r.get_attribute("data-total")) == Decimal(r.get_attribute("data-free")) + Decimal(r.get_attribute("data-locked"))
+    expect(page.locator("#balances thead th").nth(3)).to_have_text("total")
+    expect(eth.locator("td.free")).to_have_text("5.00")  # 5.000000000000000000 in the API
+    expect(eth.locator("td.free")).to_have_attribute("title", "5.000000000000000000")  # the exact amount on hover
+    expect(page.locator('#balances tr[data-asset="BTC"] td.total')).to_have_text("0.50")
+
+
+CONTRAST = r"""() => {
+  const lum = (c) => { const [r, g, b] = c.match(/[\d.]+/g).slice(0, 3).map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+                       return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const background = (el) => { for (; el; el = el.parentElement) { const c = getComputedStyle(el).backgroundColor;
+                                 if (!/rgba\(.*, 0\)$/.test(c) && c !== "transparent") return c; } return "rgb(255, 255, 255)"; };
+  return [...document.querySelectorAll("a")].filter((a) => a.offsetParent !== null).map((a) => {
+    const [x, y] = [lum(getComputedStyle(a).color), lum(background(a))];
+    return { text: a.textContent, ratio: (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05) };
+  });
+}"""
+
+
+def links_readable(page) -> None:
+    """Every link on the dashboard, the trade hints' "Security centre" ones too, is at least 4.5:1 (WCAG AA)."""
+    page.evaluate("for (const id of ['trade-hint', 'trade-hint-pending']) document.getElementById(id).hidden = false")
+    links = page.evaluate(CONTRAST)
+    assert sum(1 for link in links if link["text"] == "Security centre") >= 3, links
+    assert all(link["ratio"] >= 4.5 for link in links), [link for link in links if link["ratio"] < 4.5]
+    page.evaluate("for (const id of ['trade-hint', 'trade-hint-pending']) document.getElementById(id).hidden = true")
+
+
 def languages_and_fiat(server, page, base: str, totp) -> None:
     """Issue 19 item 6, on the same signed-in session: Arabic (right to left) and German through the
     selector, the profile keeps the choice (the next e-mail is German, with the anti-phishing code),
@@ -227,7 +293,7 @@ def languages_and_fiat(server, page, base: str, totp) -> None:
     expect(page.locator("#book-panel h2")).to_contain_text("دفتر الأوامر")
     expect(page.locator("#whoami")).to_have_text("مسجّل الدخول باسم charts@example.com")
     page.locator("#markets button", has_text=SYMBOL).click()
-    expect(page.locator("#balances tbody tr")).to_have_count(2)
+    expect(page.locator('#balances tr[data-asset="ETH"]')).to_have_count(1)
     book, trade = page.locator("#book-panel").bounding_box(), page.locator("#trade-panel").bounding_box()
     assert book and trade and book["x"] > trade["x"], (book, trade)  # the grid mirrored: the book on the right
     # fiat: the demo's offline rates, the values the server computes (integers, floored), formatted for Arabic
@@ -255,7 +321,8 @@ def languages_and_fiat(server, page, base: str, totp) -> None:
     expect(page.locator("#whoami")).to_have_text("angemeldet als charts@example.com")
     page.locator("#markets button", has_text=SYMBOL).click()
     usdt = page.locator('#balances tr[data-asset="USDT"]')
-    expect(usdt.locator("td.free")).to_have_text(usdt.get_attribute("data-free").replace(".", ","))
+    whole, frac = usdt.get_attribute("data-free").split(".")  # shown to at most 8 decimals, trailing zeros down to 2
+    expect(usdt.locator("td.free")).to_have_text(f"{whole},{frac[:8].rstrip('0').ljust(2, '0')}")
     expect(total).to_have_text(re.compile(r"^[0-9.]+,[0-9]{2}\xa0€$"))
     i18n_shot("3-dashboard-de-eur")
     assert page.evaluate("document.documentElement.scrollWidth") <= 1400  # longer words, still no sideways scrolling

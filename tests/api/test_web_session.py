@@ -165,10 +165,10 @@ def test_newcomer_signs_up_by_mail_turns_on_totp_and_trades_on_the_session(serve
     page.locator("#markets button", has_text="AAPLXUSDT").click()
     expect(page.locator("#symbol-title")).to_have_text("AAPLXUSDT")
     usdt_free = page.locator('#balances tr[data-asset="USDT"] td.free')
-    expect(usdt_free).to_have_text("15000.000000")  # 10000 spot + 5000 tokenized
+    expect(usdt_free).to_have_text("15000.00")  # 10000 spot + 5000 tokenized, trailing zeros down to two decimals
     page.click("#demo-funds")  # once per account: a second click gives nothing
     expect(page.locator("#order-status")).to_contain_text("You already have your demo funds")
-    expect(usdt_free).to_have_text("15000.000000")
+    expect(usdt_free).to_have_text("15000.00")
 
     page.select_option("#side", "BUY")
     page.select_option("#otype", "LIMIT")
@@ -178,7 +178,7 @@ def test_newcomer_signs_up_by_mail_turns_on_totp_and_trades_on_the_session(serve
     expect(page.locator("#order-status")).to_contain_text("NEW")
     row = page.locator("#open-orders tbody tr").filter(has_text="189.500000")
     expect(row).to_have_count(1)
-    expect(usdt_free).to_have_text("14621.000000")  # 379 USDT held for the order
+    expect(usdt_free).to_have_text("14621.00")  # 379 USDT held for the order
     expect(page.locator('#bids tr[data-price="189.500000"]')).to_be_visible()
     shot(page, "5-order-placed")
 
@@ -188,7 +188,7 @@ def test_newcomer_signs_up_by_mail_turns_on_totp_and_trades_on_the_session(serve
     row.get_by_role("button", name="Cancel").click()
     expect(page.locator("#order-status")).to_contain_text("CANCELED")
     expect(page.locator("#open-orders tbody tr").filter(has_text="189.500000")).to_have_count(0)
-    expect(usdt_free).to_have_text("15000.000000")  # the hold is released
+    expect(usdt_free).to_have_text("15000.00")  # the hold is released
     shot(page, "6-order-cancelled")
 
     # a market order fills against the market maker; the fill is in the session's myTrades

@@ -144,7 +144,7 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     # ---- the address book: refusals first (nothing changes), then TOTP + the e-mailed link
     dest = outside_addresses(server.data)
     page.goto(base + "/wallet/withdraw")
-    expect(page.locator("#book-cooling")).to_have_text(f"{COOLING_S} s")
+    expect(page.locator("#book-cooling")).to_have_text(f"{COOLING_S} seconds")  # in words, as the mail and the link's page
     before = last_seq(server)
     page.select_option("#book-coin", "BTC")
     page.fill("#book-address", dest["ETH"])  # an Ethereum address for BTC
@@ -179,14 +179,22 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     expect(mail.locator(".mail-body")).to_contain_text("freeze your account with one click, then change your password:")
     expect(mail.locator('.mail-body a[href*="/security/freeze?token="]')).to_have_count(1)
     expect(mail.locator(".mail-body")).not_to_contain_text("from the security centre")
+    expect(mail.locator(".mail-body")).to_contain_text(f"the address cools for {COOLING_S} seconds before")
     shot(page, "4-address-mail")
-    mail.locator('a[href*="/wallet/confirm-address?token="]').click()
+    address_link = mail.locator('a[href*="/wallet/confirm-address?token="]').get_attribute("href")
+    # the security notice sent with the request says what was asked, not that the address was added
+    notice = latest_mail(page, base, email, "Security notice: a withdrawal address was requested")
+    expect(notice.locator(".mail-body")).to_contain_text("It is added only when the link in the separate confirmation e-mail is pressed")
+    expect(notice.locator(".mail-body")).not_to_contain_text("changed")
+    page.goto(address_link)
     expect(page.locator("h1")).to_have_text("Add this withdrawal address?")  # the link's GET adds nothing
     expect(page.locator("#book-address")).to_have_text(dest["BTC"])
     # asked with the browser context's own request client (the same cookies), not from the link's page
     assert page.request.get(base + "/session/v3/addressBook").json()["entries"] == [], "not before the button"
     page.click("#confirm-address")
     expect(page.locator("h1")).to_have_text("Withdrawal address added")
+    expect(page.locator("#message")).to_have_text(f"{dest['BTC']} is in your BTC address book. It cools for {COOLING_S} seconds "
+                                                  "before it can receive withdrawals.")
 
     page.goto(base + "/wallet/withdraw")
     entry = page.locator(f'#book tr[data-address="{dest["BTC"]}"]')
@@ -232,6 +240,11 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     assert last_seq(server) == before
 
     expect(entry).to_have_attribute("data-state", "usable", timeout=(COOLING_S + 10) * 1000)
+    page.goto(address_link)  # the address link reopened after the cooling: it says so, not "it cools"
+    expect(page.locator("h1")).to_have_text("Withdrawal address already added")
+    expect(page.locator("#message")).to_have_text(f"{dest['BTC']} is in your BTC address book and can receive withdrawals now.")
+    page.goto(base + "/wallet/withdraw")
+    page.select_option("#wd-coin", "BTC")
     expect(page.locator("#wd-limits")).to_contain_text("fee 0.00010000 BTC")
     start = chain_balance(server.data, "BTC", dest["BTC"])
     page.select_option("#wd-address", dest["BTC"])
@@ -426,3 +439,21 @@ def test_the_wallet_address_leads_to_the_deposit_page(server) -> None:
         assert root.status_code == 303 and root.headers["location"] == "/wallet/deposit", root.status_code
         page = client.get("/wallet", follow_redirects=True)
         assert page.status_code == 200 and page.url.path == "/wallet/deposit" and 'id="signin-link"' in page.text
+
+
+@pytest.mark.parametrize("path", ["/wallet/deposit", "/wallet/withdraw", "/wallet/history"])
+def test_signed_out_the_wallet_pages_say_to_sign_in_with_a_link(server, browser, path):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.web + path)
+    note = page.locator("#signed-out-note")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("Sign in to see your deposit addresses, withdraw and see your history.")
+    expect(note.locator("#signed-out-sign-in")).to_have_attribute("href", "/login")
+    expect(page.locator("#deposit")).to_be_hidden()
+    if path == "/wallet/deposit":
+        shot(page, "0-signed-out")
+    assert not errors, errors
+    context.close()

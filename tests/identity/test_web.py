@@ -107,6 +107,7 @@ def test_sign_up_totp_sign_in_api_key_and_anti_phishing(ctx, clock, server, brow
     page.fill("#code", "000000" if totp.at(clock.now_s) != "000000" else "111111")
     page.click("#verify-totp")
     assert "not correct" in page.inner_text("#message")
+    assert page.get_attribute("#back-form", "href") == "/login/2fa"  # the way back is to the form, not only the dashboard
     page.goto(f"{server}/login/2fa")
     page.fill("#code", totp.at(clock.now_s))
     page.click("#verify-totp")
@@ -295,7 +296,7 @@ def test_register_an_ed25519_public_key_in_the_security_centre(ctx, clock, serve
         page.fill("#ed-public-key", value)
         page.click("#register-ed25519")
         body = page.inner_text("body")
-        assert "public_key" in body and message in body, (message, body)
+        assert ("The public key " in body or "Public key: " in body) and message in body, (message, body)  # named as people name it
         assert "BEGIN PRIVATE KEY" not in body  # a pasted private key is never echoed
     with ctx.store.tx() as db:
         from ringfence.store.models import ApiKey
@@ -323,3 +324,61 @@ def test_register_an_ed25519_public_key_in_the_security_centre(ctx, clock, serve
     created_events = [e for e in page.locator(".event-row").all_inner_texts() if "api_key_created" in e]
     assert len(created_events) == 1, created_events
     context.close()
+
+
+def test_a_refused_sign_up_or_sign_in_shows_its_form_again_with_what_was_typed(ctx, clock, server, browser):
+    """A refusal leads back to the form the user came from, not to a message page that leads to the
+    dashboard: the address kept, the password never, the field named as people name it."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{server}/signup")
+    page.fill("#email", "typed@example.com")
+    page.evaluate("document.getElementById('password').removeAttribute('minlength')")  # the server's own check
+    page.fill("#password", "short")
+    with page.expect_response(f"{server}/signup") as answer:
+        page.click("#signup")
+    assert answer.value.status == 400
+    assert page.url == f"{server}/signup" and page.inner_text("h1") == "Create your account"
+    assert page.inner_text("#message") == "The password must be at least 10 characters."
+    assert page.input_value("#email") == "typed@example.com" and page.input_value("#password") == ""
+    assert "password:" not in page.inner_text("body") and page.locator("#back-dashboard").count() == 0
+    page.fill("#password", "password123")  # the form works again from here: a common one, refused the same way
+    page.click("#signup")
+    assert page.inner_text("#message") == "The password is on the list of common or breached passwords; choose another."
+    with ctx.store.tx() as db:
+        assert db.scalars(select(User)).all() == []  # nothing was created
+
+    sign_up_and_verify(ctx, page, server, "known@example.com")
+    page.goto(f"{server}/login")
+    page.fill("#email", "known@example.com")
+    page.fill("#password", "not the password at all")
+    with page.expect_response(f"{server}/login") as answer:
+        page.click("#signin")
+    assert answer.value.status == 401
+    assert page.url == f"{server}/login" and page.inner_text("h1") == "Sign in"
+    assert page.input_value("#email") == "known@example.com" and page.input_value("#password") == ""
+    assert page.inner_text("#message") == "the e-mail or password is incorrect"  # a sentence of its own: no field prefix
+    sign_in(page, server, "known@example.com")
+    assert page.url.endswith("/security")
+    for path, button in (("/forgot-password", "#forgot"), ("/verify-email/new", "#resend")):  # the other pre-sign-in forms
+        page.goto(f"{server}{path}")
+        page.fill("#email", "a@b")  # a browser accepts it; the server does not
+        page.click(button)
+        assert page.url == f"{server}{path}" and page.input_value("#email") == "a@b"
+        assert page.inner_text("#message").startswith("The e-mail address must be "), page.inner_text("#message")
+    context.close()
+
+
+def test_error_sentences_name_the_field_for_people():
+    from ringfence.errors import AuthenticationFailed, ValidationError
+    from ringfence.identity.web import for_people
+
+    assert for_people(ValidationError("must be at least 10 characters", field="body.password")) == \
+        "The password must be at least 10 characters."
+    assert for_people(ValidationError("must be an e-mail address like name@example.com", field="email")) == \
+        "The e-mail address must be an e-mail address like name@example.com."
+    assert for_people(AuthenticationFailed("the e-mail or password is incorrect")) == "the e-mail or password is incorrect"
+    assert for_people(ValidationError("must be one of ['de', 'en']", field="body.new_locale")) == \
+        "The new locale must be one of ['de', 'en']."
+    assert for_people(ValidationError("decodes to 31 bytes", field="public_key")) == "Public key: decodes to 31 bytes"
+    assert for_people(ValidationError("cross-site requests are not allowed", field="origin")) == "Origin: cross-site requests are not allowed"

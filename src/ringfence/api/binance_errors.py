@@ -9,9 +9,11 @@ Every message also names the parameter at fault where there is one.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..errors import RingfenceError
+from ..money import format_amount
 
 __all__ = ["BinanceError", "from_ringfence", "from_order_rejection"]
 
@@ -103,8 +105,24 @@ def _illegal(field: str, message: str) -> BinanceError:
     return BinanceError(-1100, f"Illegal parameter{param}: {message}")
 
 
-def from_order_rejection(reason: str, message: str, field: str) -> BinanceError:
+#: The engine's band refusal names the band in integer price units (trading/orders.py, `_market_refusal`):
+#: "price must lie within LO..HI ...". The edge writes them as the market's decimal prices.
+_BAND = re.compile(r"within (\d+)\.\.(\d+)")
+_PARAM_NAMES = {"price": "price", "stop_price": "stopPrice"}
+
+
+def from_order_rejection(reason: str, message: str, field: str, *, price_decimals: int | None = None,
+                         side: str = "") -> BinanceError:
+    """Binance's code and text for an engine refusal. A band refusal (PERCENT_PRICE_BY_SIDE) keeps
+    Binance's code and its text's start (what clients match) and adds the prices allowed now for the
+    order's side, as decimals, when the market's `price_decimals` are given."""
     code, text = _REJECTIONS.get(reason, (-1013, f"Order rejected: {reason}"))
     if reason == "INVALID_PARAMETER":
         return _illegal(field, message)
+    band = _BAND.search(message) if reason == "PRICE_OUTSIDE_BAND" and price_decimals is not None else None
+    if band is not None and price_decimals is not None:
+        lo, hi = (format_amount(int(v), price_decimals) for v in band.groups())
+        who = f"a {side} order" if side in ("BUY", "SELL") else "an order"
+        text += (f". The {_PARAM_NAMES.get(field, field or 'price')} of {who} must be between {lo} and {hi} now "
+                 "(the band around the reference price).")
     return BinanceError(code, text)

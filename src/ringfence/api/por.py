@@ -194,7 +194,7 @@ def build_session_por_router(por_dir: Path, gate: Any, ctx: Any) -> APIRouter:
 
     @router.get("/mine")
     async def mine(request: Request) -> Response:
-        """Which proof holds the user's balances: {n, publishedAt, included, rootUrl, proofUrl, downloadUrl}."""
+        """Which proof holds the user's balances: {n, publishedAt, included, rootUrl, proofUrl, downloadUrl, decimals}."""
         owner = await owner_of(request, 2)
         if isinstance(owner, JSONResponse):
             return owner
@@ -212,6 +212,9 @@ def build_session_por_router(por_dir: Path, gate: Any, ctx: Any) -> APIRouter:
             out["msg"] = json.loads(bytes(proof.body))["msg"]
             return JSONResponse(out, headers=NO_STORE)
         query = f"?snapshot={n}" if n is not None else ""
+        # each asset's decimals in that proof (its report's), so the page shows amounts, not minor units
+        kept = next((p for p in proofs if p.get("n") == n), {})
+        out["decimals"] = {row["asset"]: int(row["decimals"]) for row in kept.get("assets", []) if "decimals" in row}
         out.update(rootUrl=f"/por/history/{n}/root.json" if n is not None else "/por/root.json",
                    proofUrl=f"{PREFIX}/por/proof{query}",
                    downloadUrl=f"{PREFIX}/por/proof{query}{'&' if query else '?'}download=1")

@@ -143,9 +143,10 @@ class _AlreadyDone(BinanceError):
     click or a replay, not a failure. Still 409 (nothing changed), but its page says so and where to
     follow it, not "not confirmed"."""
 
-    def __init__(self, msg: str, *, wid: str = "", asset: str = "", address: str = "") -> None:
+    def __init__(self, msg: str, *, wid: str = "", asset: str = "", address: str = "", cooling_left_s: int = 0) -> None:
         super().__init__(-1002, msg, 409)
         self.wid, self.asset, self.address = wid, asset, address
+        self.cooling_left_s = cooling_left_s  # an address: how long it still cools (0: usable now)
 
 
 class _LinkSpent(BinanceError):
@@ -235,7 +236,7 @@ class SessionMoney:
             mail.enqueue(self.ctx, db, user, "withdrawal_address_confirmation", {
                 "asset": terms.asset, "address": address, "network": terms.network, "ip": ip or "unknown",
                 "link": self.link("/wallet/confirm-address", sealed),
-                "cooling": f"{cooling // 3600} h" if cooling >= 3600 else f"{cooling} s",
+                "cooling": cooling,  # seconds; the mail writes them in the reader's words ("10 minutes")
                 "freeze_link": events.freeze_link(self.ctx, db, user, reason="withdrawal_address_requested")})
 
     def _open(self, token: str) -> dict[str, Any]:
@@ -280,16 +281,25 @@ class SessionMoney:
             raise BinanceError(-1002, "This confirmation link is not valid.", 400) from None
         # An expired or used link says so before the book is read: whoever holds it (a forwarded mail, a
         # browser's history) learns nothing of the book's contents. Only a link that could still add the
-        # address, and so tells its holder anyway, says that the address is already there.
+        # address, and so tells its holder anyway, says that the address is already there (and how long
+        # it still cools).
         if expires_s < self.ctx.now():
             raise _LinkSpent("This confirmation link expired (30 minutes); add the address again.", 400)
         if self._is_used(self._used_digest(payload)):
             raise _LinkSpent("This confirmation link was already used.", 409)
-        listed = self.capital.ex.read(lambda engine: any(
-            k.startswith(f"{owner}|{asset}|") and k.split("|", 2)[2].lower() == address.lower()
-            for k in custody_state(engine).address_book))
-        if listed:  # added meanwhile (another link of the same address): done, not "not added"
-            raise _AlreadyDone("This address is already in your address book; nothing to confirm.", asset=asset, address=address)
+
+        def usable_at(engine: Any) -> int | None:  # when the listed address can receive withdrawals (ns), or None
+            s = custody_state(engine)
+            for k, at in s.address_book.items():
+                if k.startswith(f"{owner}|{asset}|") and k.split("|", 2)[2].lower() == address.lower():
+                    return int(s.address_usable_ns.get(k, at))
+            return None
+
+        usable_ns = self.capital.ex.read(usable_at)
+        if usable_ns is not None:  # added meanwhile (another link of the same address): done, not "not added"
+            left_s = max(0, -(-(usable_ns - time.time_ns()) // 10**9))
+            raise _AlreadyDone("This address is already in your address book; nothing to confirm.", asset=asset, address=address,
+                               cooling_left_s=left_s)
         terms = self.capital.runtime.terms.get(asset) if self.capital.runtime is not None else None
         cooling_s = self.capital.runtime.address_cooling_s if self.capital.runtime is not None else 0
         return AddressLink(asset, terms.network if terms else asset, address, cooling_s, expires_s)
@@ -635,10 +645,15 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
             return render("message.html", err.status, title=_t("Withdrawal already confirmed"),
                           message=_t("This withdrawal is already confirmed; follow it on the withdraw page."),
                           link="/wallet/withdraw")
-        if isinstance(err, _AlreadyDone):
-            return render("message.html", err.status, title=_t("Withdrawal address already added"),
-                          message=_t("%(address)s is in your %(asset)s address book. It cools before it can receive withdrawals.",
-                                     address=err.address, asset=err.asset),
+        if isinstance(err, _AlreadyDone):  # a reopened link: where the cooling stands now, not as it was
+            from ..identity.web import fmt_duration
+
+            message = (_t("%(address)s is in your %(asset)s address book. It cools for %(left)s more before it can receive withdrawals.",
+                          address=err.address, asset=err.asset, left=fmt_duration(err.cooling_left_s))
+                       if err.cooling_left_s else
+                       _t("%(address)s is in your %(asset)s address book and can receive withdrawals now.",
+                          address=err.address, asset=err.asset))
+            return render("message.html", err.status, title=_t("Withdrawal address already added"), message=message,
                           link="/wallet/withdraw")
         if isinstance(err, _LinkSpent):  # used or expired: not "not added" (it may have been), and nothing of the book
             return render("message.html", err.status, title=_t("This link cannot be used"), message=err.msg,
@@ -672,9 +687,11 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
             link = await money.confirm_address(form.get("token", "")[:LINK_MAX])
         except (BinanceError, RingfenceError) as err:
             return link_error(err, _t("Address not added"))
+        from ..identity.web import fmt_duration
+
         return render("message.html", title=_t("Withdrawal address added"),
-                       message=_t("%(address)s is in your %(asset)s address book. It cools before it can receive withdrawals.",
-                                  address=link.address, asset=link.asset),
+                       message=_t("%(address)s is in your %(asset)s address book. It cools for %(cooling)s before it can receive withdrawals.",
+                                  address=link.address, asset=link.asset, cooling=fmt_duration(link.cooling_s)),
                        link="/wallet/withdraw")
 
     @router.get("/wallet/confirm-withdrawal", include_in_schema=False)

@@ -9,7 +9,8 @@ import typer
 
 app = typer.Typer(
     name="chains",
-    help="Chain layer: deposit addresses from xpubs, address checks, a regtest walkthrough.\n\n"
+    help="Chain layer, offline: deposit addresses from xpubs, address checks, a regtest walkthrough. Not `chain` "
+    "(singular), which pays from and reads the local chains of a running `serve --demo`.\n\n"
     "Example: ringfence chains validate-address bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",
     no_args_is_help=True,
 )

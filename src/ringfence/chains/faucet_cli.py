@@ -17,7 +17,8 @@ import typer
 app = typer.Typer(
     name="chain",
     help="The demo's local chains (BTC, ETH, USDT) inside a running `ringfence serve --demo`: pay from the "
-    "faucet, read balances.\n\nExample: ringfence chain pay --data ./ringfence-data --asset BTC --to bcrt1q... --amount 0.5",
+    "faucet, read balances. Not `chains` (plural), which works offline: addresses from xpubs, address checks."
+    "\n\nExample: ringfence chain pay --data ./ringfence-data --asset BTC --to bcrt1q... --amount 0.5",
     no_args_is_help=True,
 )
 

@@ -86,6 +86,11 @@ def credential_changed(
         "ip": ip or "unknown", "locked_until": user.withdrawals_locked_until_s,
         "freeze_link": link, **(extra or {}),
     }
+    # a withdrawal address is recorded when it is asked for (its own e-mailed link adds it): the notice
+    # says it was requested, not that it changed
+    if change == "withdrawal_address_changed":
+        template = "withdrawal_address_requested"
+        params.pop("change")
     mail.enqueue(ctx, db, user, template, params)
     for addr in also_notify:
         mail.enqueue(ctx, db, user, template, params, to_addr=addr)

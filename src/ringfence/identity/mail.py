@@ -47,6 +47,7 @@ class Template:
     label_fields: tuple[str, ...] = ()  # fields holding a security-event kind: shown as its label, translated
     factor_fields: tuple[str, ...] = ()  # fields naming a second factor ("totp", "passkey:NAME"): translated
     time_fields: tuple[str, ...] = ()  # Unix seconds: written as the reader's locale writes a date and time (UTC)
+    duration_fields: tuple[str, ...] = ()  # whole seconds: a length of time in the reader's words ("10 minutes")
 
 
 #: What each security-event kind (`events.EVENT_KINDS`, the machine identifier kept in the data) is
@@ -62,7 +63,7 @@ EVENT_LABELS: dict[str, str] = {
     "api_key_created": N_("API key created"),
     "anti_phishing_changed": N_("anti-phishing code changed"),
     "pgp_key_changed": N_("PGP key changed"),
-    "withdrawal_address_changed": N_("withdrawal address changed"),
+    "withdrawal_address_changed": N_("withdrawal address requested"),  # at the request, before its link (mail.py)
     "signed_up": N_("signed up"),
     "email_verified": N_("e-mail address confirmed"),
     "sign_in": N_("signed in"),
@@ -79,6 +80,15 @@ EVENT_LABELS: dict[str, str] = {
     "second_factor_confirmed": N_("second factor confirmed"),
     "second_factor_reset": N_("second factors removed by an analyst: set one up again"),
 }
+
+
+def format_duration(seconds: int, locale: str) -> str:
+    """A length of time in the reader's words ("10 minutes", "1 day"), as the pages write it (identity/web.py)."""
+    import datetime as dt
+
+    from babel.dates import format_timedelta
+
+    return format_timedelta(dt.timedelta(seconds=seconds), threshold=1, locale=locale)
 
 
 def event_label(kind: str, gettext: Callable[[str], str]) -> str:
@@ -119,8 +129,9 @@ TEMPLATES: dict[str, Template] = {
         False,
     ),
     "verify_claim": Template(
-        N_("Confirm your e-mail address"),
-        N_("Here is the new link you asked for. Confirm this address and choose the password of your account:\n"
+        N_("Your new confirmation link (earlier links no longer work)"),
+        N_("This is a re-sent link, as you asked: the links in earlier e-mails no longer work, only this one does.\n"
+        "Confirm this address and choose the password of your account:\n"
         "{link}\n\nAny password set before for this account stops working. The link works once and expires "
         "in 24 hours. If you did not ask for it, ignore this message."),
         False,
@@ -196,6 +207,17 @@ TEMPLATES: dict[str, Template] = {
         True,
         time_fields=("expires_at",),
     ),
+    # sent when the address is asked for, before its link is pressed: the warning comes while the owner can
+    # still stop it (a freeze link); it says what was asked, not that the address was added
+    "withdrawal_address_requested": Template(
+        N_("Security notice: a withdrawal address was requested"),
+        N_("Someone signed in to your account (with your second factor) asked to add a withdrawal address.\nIP: {ip}\n"
+        "It is added only when the link in the separate confirmation e-mail is pressed; until then nothing is added.\n"
+        "For your protection withdrawals are locked until {locked_until}.\n\n"
+        "If this wasn't you, freeze your account now with one click:\n{freeze_link}"),
+        True,
+        time_fields=("locked_until",),
+    ),
     "withdrawal_address_confirmation": Template(
         N_("Confirm a new withdrawal address"),
         N_("Someone signed in to your account (with your second factor) asked to add this {asset} withdrawal address:\n"
@@ -204,6 +226,7 @@ TEMPLATES: dict[str, Template] = {
         "If it was not you, do not click that link: freeze your account with one click, then change your password:\n"
         "{freeze_link}"),
         True,
+        duration_fields=("cooling",),
     ),
     "ticket_reply": Template(N_("Reply to your support ticket #{ticket_id}"), "{reply}", True, ("reply",)),
 }
@@ -243,6 +266,7 @@ def compose(ctx: IdentityContext, user: User | None, template: str, params: dict
     labelled = {k: event_label(v, gettext) for k, v in params.items() if k in tpl.label_fields and isinstance(v, str)}
     labelled |= {k: factor_label(v, gettext) for k, v in params.items() if k in tpl.factor_fields and isinstance(v, str)}
     labelled |= {k: format_time(v, locale) for k, v in params.items() if k in tpl.time_fields and isinstance(v, int)}
+    labelled |= {k: format_duration(v, locale) for k, v in params.items() if k in tpl.duration_fields and isinstance(v, int)}
     params = {**params, **labelled}  # the kind's label in the reader's language; the caller's data keeps the kind
     subject = _render(gettext(tpl.subject), params)
     body = _render(gettext(tpl.body), params, multiline_fields=tpl.multiline_fields)

@@ -81,15 +81,46 @@ def _t(message: str, **params: Any) -> str:
     return gettext_for(_PAGE_LOCALE.get())(message, **params)
 
 
+def fmt_duration(seconds: int) -> str:
+    """A length of time in the page's language and the reader's words ("10 minutes", "1 Tag"), from whole
+    seconds: the pages, the mails (mail.format_duration) and the wallet script (wallet.js) write it alike."""
+    return format_timedelta(dt.timedelta(seconds=int(seconds)), threshold=1, locale=_PAGE_LOCALE.get())
+
+
 def _render(name: str, status_code: int = 200, **params: Any) -> HTMLResponse:
     locale = _PAGE_LOCALE.get()
     page = page_context(locale)
     page.update(here=_PAGE_PATH.get(), fmt_number=lambda n: format_amount(str(int(n)), locale))
-    # a length of time in the reader's words ("10 minutes", "1 Tag"), from whole seconds
-    page.update(fmt_duration=lambda s: format_timedelta(dt.timedelta(seconds=int(s)), threshold=1, locale=locale))
+    page.update(fmt_duration=fmt_duration)
     page.update(event_label=lambda kind: mail.event_label(kind, page["_"]))  # a security event's kind, translated
     page.update(params)
     return HTMLResponse(_env.get_template(name).render(**page), status_code=status_code)
+
+
+#: A form field as a sentence names it. The errors' own text stays English (docs/i18n.md) and reads on
+#: from the field ("must be at least 10 characters"), so the field is named in English too.
+_FIELD_WORDS = {"email": "The e-mail address", "new_email": "The new e-mail address", "password": "The password",
+                "new_password": "The new password", "current_password": "The current password",
+                "code": "The code", "token": "The link", "label": "The label", "country": "The country"}
+_READS_ON = re.compile(r"(must|is|are|was|has|does|cannot|should)\b")
+
+#: The pages whose form posts to their own address: a refusal there leads back to the form.
+_FORM_PAGES = ("/signup", "/login", "/login/2fa", "/forgot-password", "/verify-email/new")
+
+
+def for_people(err: RingfenceError) -> str:
+    """The error as a sentence for a page: "The password must be at least 10 characters." rather than
+    "body.password: must be ..." (the field's name, as code and the API write it, stays in `err.field`)."""
+    field = (err.field or "").rsplit(".", 1)[-1]
+    message = err.message.strip()
+    if not field:
+        return message
+    words = _FIELD_WORDS.get(field) or "The " + field.replace("_", " ")
+    if _READS_ON.match(message):  # "must be at least 10 characters" reads on from the field's name
+        text = f"{words} {message}"
+        return text if text.endswith((".", "!", "?", ")")) else text + "."
+    label = words.removeprefix("The ")  # a sentence of its own: after the field as a form labels it
+    return f"{label[:1].upper()}{label[1:]}: {message}"
 
 
 def _after(response: HTMLResponse, tasks: BackgroundTasks) -> HTMLResponse:
@@ -163,8 +194,12 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     @router.post("/signup", response_class=HTMLResponse)
     async def signup(request: Request) -> HTMLResponse:
         form = await _form(request)
-        receipt = accounts.sign_up(ctx, form.get("email", ""), form.get("password", ""), ip=_client_ip(request),
-                                   locale=_PAGE_LOCALE.get())
+        try:
+            receipt = accounts.sign_up(ctx, form.get("email", ""), form.get("password", ""), ip=_client_ip(request),
+                                       locale=_PAGE_LOCALE.get())
+        except RingfenceError as err:  # the form again, with what was typed (never the password) and why
+            return _render("signup.html", status_code=err.http_status, error=for_people(err),
+                           email=form.get("email", "")[:254], error_field=err.field or "")
         return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message))
 
     def unusable_link(err: RingfenceError, message: str, link: str, link_label: str) -> HTMLResponse:
@@ -223,7 +258,7 @@ def create_router(ctx: IdentityContext) -> APIRouter:
             if err.field != "password":
                 raise
             email = accounts.check_claim_link(ctx, token)  # the form again, with what to change (nothing changed)
-            return _render("claim_account.html", status_code=err.http_status, email=email, token=token, error=str(err))
+            return _render("claim_account.html", status_code=err.http_status, email=email, token=token, error=for_people(err))
         return _render("message.html", title=_t("E-mail confirmed"),
                        message=_t("Your address is confirmed and your password is set. You can sign in now."), link="/login")
 
@@ -236,8 +271,12 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         # before sign-in, as /signup: no session CSRF token; same_origin_only refuses a foreign Origin
         form = await _form(request)
         tasks = BackgroundTasks()  # the look-up and the mail run after the answer: its time tells nothing
-        receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task,
-                                               locale=_PAGE_LOCALE.get())
+        try:
+            receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task,
+                                                   locale=_PAGE_LOCALE.get())
+        except RingfenceError as err:  # as /signup: the form again, what was typed kept
+            return _render("resend_verification.html", status_code=err.http_status, error=for_people(err),
+                           email=form.get("email", "")[:254])
         return _after(_render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
                               link_label=_t("Sign in")), tasks)
 
@@ -251,7 +290,11 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         # answer for every address
         form = await _form(request)
         tasks = BackgroundTasks()  # as /verify-email/new: whether an account gets a link does not show in the time
-        receipt = accounts.request_password_reset(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task)
+        try:
+            receipt = accounts.request_password_reset(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task)
+        except RingfenceError as err:  # as /signup: the form again, what was typed kept
+            return _render("forgot_password.html", status_code=err.http_status, error=for_people(err),
+                           email=form.get("email", "")[:254])
         return _after(_render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
                               link_label=_t("Sign in")), tasks)
 
@@ -283,7 +326,7 @@ def create_router(ctx: IdentityContext) -> APIRouter:
                 raise
             link = accounts.check_reset_link(ctx, token)
             return _render("reset_password.html", status_code=err.http_status, email=link.email, needs=link.needs,
-                           token=token, error=str(err))
+                           token=token, error=for_people(err))
         except Unauthorized as err:
             return unusable_reset_link(err)
         message = _t("Your new password is set and the account was signed out everywhere. You can sign in now.")
@@ -327,8 +370,12 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     @router.post("/login")
     async def login(request: Request) -> Response:
         form = await _form(request)
-        result = accounts.login(ctx, form.get("email", ""), form.get("password", ""), ip=_client_ip(request),
-                                user_agent=request.headers.get("user-agent", ""))
+        try:
+            result = accounts.login(ctx, form.get("email", ""), form.get("password", ""), ip=_client_ip(request),
+                                    user_agent=request.headers.get("user-agent", ""))
+        except RingfenceError as err:  # as /signup: the form again, the address kept, the password not
+            return _render("login.html", status_code=err.http_status, error=for_people(err),
+                           email=form.get("email", "")[:254], error_field=err.field or "")
         if not result.second_factor_required:
             return _session_response(ctx, result.session)
         response = RedirectResponse("/login/2fa", status_code=303)
@@ -603,6 +650,12 @@ def _run_mail_with_the_app(app: FastAPI, setup: Any) -> None:
     app.router.lifespan_context = lifespan
 
 
+def _form_back(request: Request) -> str | None:
+    """The form a refused POST came from (its page has the same address), or None."""
+    path = request.url.path
+    return path if request.method == "POST" and path in _FORM_PAGES else None
+
+
 def install(app: FastAPI, ctx: IdentityContext) -> None:
     """Add the identity pages (sign-up, sign-in, security centre) to an existing app, with their
     security headers and error pages; `ringfence serve` serves them beside the dashboard, and runs
@@ -627,9 +680,10 @@ def install(app: FastAPI, ctx: IdentityContext) -> None:
             return JSONResponse(exc.to_dict(), status_code=exc.http_status)
         _PAGE_LOCALE.set(request_locale(request))
         _PAGE_PATH.set(request.url.path)
-        # the error's own text stays English (it names the field; docs/i18n.md), the page around it is translated
-        return _render("message.html", status_code=exc.http_status, title=_t("That did not work"), message=str(exc),
-                       code=exc.code)
+        # the error's own text stays English (it names the field; docs/i18n.md), the page around it is translated;
+        # a refused form leads back to that form
+        return _render("message.html", status_code=exc.http_status, title=_t("That did not work"), message=for_people(exc),
+                       code=exc.code, back=_form_back(request))
 
 
 def create_app(ctx: IdentityContext) -> FastAPI:
@@ -659,8 +713,9 @@ def create_app(ctx: IdentityContext) -> FastAPI:
             return JSONResponse(exc.to_dict(), status_code=exc.http_status)
         _PAGE_LOCALE.set(request_locale(request))
         _PAGE_PATH.set(request.url.path)
-        # the error's own text stays English (it names the field; docs/i18n.md), the page around it is translated
-        return _render("message.html", status_code=exc.http_status, title=_t("That did not work"), message=str(exc),
-                       code=exc.code)
+        # the error's own text stays English (it names the field; docs/i18n.md), the page around it is translated;
+        # a refused form leads back to that form
+        return _render("message.html", status_code=exc.http_status, title=_t("That did not work"), message=for_people(exc),
+                       code=exc.code, back=_form_back(request))
 
     return app

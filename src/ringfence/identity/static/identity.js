@@ -92,6 +92,12 @@ async function loadOwnProof() {
     const v = document.getElementById("proof-verdict"); v.textContent = "por: INVALID: " + e.message; v.className = "error"; v.dataset.done = "1";
   }));
 }
+function decimalAmount(minor, decimals) { // "150000000", 8 -> "1.5": exact (string digits, never a float), trailing zeros dropped
+  const digits = String(minor).padStart(decimals + 1, "0");
+  if (!decimals) return digits;
+  const frac = digits.slice(-decimals).replace(/0+$/, "");
+  return digits.slice(0, -decimals) + (frac ? "." + frac : "");
+}
 async function verifyOwnProof(mine) {
   const verdict = document.getElementById("proof-verdict");
   verdict.textContent = _("Verifying…"); verdict.className = ""; delete verdict.dataset.done;
@@ -102,7 +108,19 @@ async function verifyOwnProof(mine) {
   }));
   const result = await window.ringfencePor.verify(proof, root);
   const out = document.getElementById("proof-output");
-  out.textContent = result.lines.join("\n"); out.hidden = false;
+  out.textContent = result.lines.join("\n"); document.getElementById("proof-details").hidden = false;
+  // the balances as amounts with their asset codes (the proof holds minor units; /mine says the decimals)
+  const table = document.getElementById("proof-balances");
+  const body = table.tBodies[0];
+  body.textContent = "";
+  for (const b of result.ok ? result.balances : []) {
+    const row = body.insertRow();
+    row.dataset.asset = b.asset; row.dataset.minor = b.minor;
+    row.insertCell().textContent = b.asset;
+    const decimals = (mine.decimals || {})[b.asset];
+    row.insertCell().textContent = decimals === undefined ? _("%(minor)s (minor units)", { minor: b.minor }) : decimalAmount(b.minor, decimals) + " " + b.asset;
+  }
+  table.hidden = !body.rows.length;
   verdict.textContent = result.ok ? _("Verified: your balances are included in proof #%(n)s (por: VALID).", { n: mine.n }) : result.lines[result.lines.length - 1];
   verdict.className = result.ok ? "valid" : "error";
   verdict.dataset.ok = result.ok ? "1" : "0";

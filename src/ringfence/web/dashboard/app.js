@@ -20,6 +20,21 @@ window.ringfenceChart = chart;
 const $ = (id) => document.getElementById(id);
 // The page's language (i18n.js): `_` translates, `num` writes a decimal string for the locale (display only).
 const { _, num } = window.rfI18n;
+// Amounts on screen: at most DISPLAY_DECIMALS_MAX decimals (ETH has 18 in the ledger; nobody reads them),
+// cut on the decimal string (never a float), so what shows is never more than what is held; a cut that
+// dropped non-zero digits ends in "…", and the cell's title holds the exact amount. `trim` also drops
+// trailing zeros down to two decimals (balances: "1000.00", not "1000.000000").
+const DISPLAY_DECIMALS_MAX = 8;
+function shown(s, trim) {
+  if (s === undefined || s === null || s === "") return { text: s, exact: true };
+  const [whole, frac = ""] = String(s).split(".");
+  let keep = frac.slice(0, DISPLAY_DECIMALS_MAX);
+  const exact = /^0*$/.test(frac.slice(DISPLAY_DECIMALS_MAX));
+  if (trim) keep = keep.replace(/0+$/, "").padEnd(Math.min(2, frac.length), "0");
+  return { text: keep ? `${whole}.${keep}` : whole, exact };
+}
+function amount(s, trim) { const a = shown(s, trim); return a.exact ? num(a.text) : num(a.text) + "…"; }
+function amountCell(row, s, cls, trim) { const td = cell(row, amount(s, trim), cls); td.title = s; return td; }
 function orderPrice(o) { // a market order has no limit price (the API says "0"): say so, as exchanges do
   return o.type === "MARKET" ? _("Market") : num(o.price);
 }
@@ -154,7 +169,7 @@ function renderBook() {
       const row = body.insertRow();
       row.dataset.price = p;
       cell(row, num(p));
-      cell(row, num(q));
+      amountCell(row, q);
     }
   }
   const bestAsk = asks.length ? asks[asks.length - 1][0] : "—";
@@ -199,7 +214,7 @@ function renderTrades() {
   for (const t of state.trades) {
     const row = body.insertRow();
     cell(row, num(t.p));
-    cell(row, num(t.q));
+    amountCell(row, t.q);
     cell(row, window.rfI18n.time(t.T));
   }
   $("last-price").textContent = state.trades.length ? num(state.trades[0].p) : "";
@@ -312,15 +327,20 @@ async function refreshPrivate() {
       api("GET", "/myTrades", { symbol, limit: "500" }, true),
     ]);
     if (symbol === state.symbol) { state.fills = fills; drawFills(); }
+    // every asset held, and the market's two even at zero; each row's total is that asset's own
+    // free + locked (exact, BigInt): amounts of different assets are never added together
     const m = state.markets[state.symbol];
     const bal = $("balances").tBodies[0];
     bal.textContent = "";
     for (const b of account.balances) {
-      if (m && b.asset !== m.baseAsset && b.asset !== m.quoteAsset) continue;
+      const total = plus(b.free, b.locked);
+      const inMarket = m && (b.asset === m.baseAsset || b.asset === m.quoteAsset);
+      if (!inMarket && scaled(total) === 0n) continue;
       const row = bal.insertRow();
       row.dataset.asset = b.asset;
-      row.dataset.free = b.free; row.dataset.locked = b.locked;
-      cell(row, b.asset); cell(row, num(b.free), "free"); cell(row, num(b.locked), "locked"); cell(row, "", "fiat");
+      row.dataset.free = b.free; row.dataset.locked = b.locked; row.dataset.total = total;
+      cell(row, b.asset); amountCell(row, b.free, "free", true); amountCell(row, b.locked, "locked", true);
+      amountCell(row, total, "total", true); cell(row, "", "fiat");
     }
     refreshFiat();
     const oo = $("open-orders").tBodies[0];
@@ -328,7 +348,7 @@ async function refreshPrivate() {
     for (const o of open) {
       const row = oo.insertRow();
       row.dataset.orderId = o.orderId;
-      cell(row, o.orderId); cell(row, statusText(o.side)); cell(row, orderPrice(o)); cell(row, num(o.origQty)); cell(row, num(o.executedQty));
+      cell(row, o.orderId); cell(row, statusText(o.side)); cell(row, orderPrice(o)); amountCell(row, o.origQty); amountCell(row, o.executedQty);
       const btn = document.createElement("button");
       btn.textContent = _("Cancel");
       btn.className = "cancel";
@@ -339,7 +359,7 @@ async function refreshPrivate() {
     hist.textContent = "";
     for (const o of all.slice().reverse()) {
       const row = hist.insertRow();
-      cell(row, o.orderId); cell(row, statusText(o.side)); cell(row, orderPrice(o)); cell(row, num(o.origQty)); cell(row, statusText(o.status));
+      cell(row, o.orderId); cell(row, statusText(o.side)); cell(row, orderPrice(o)); amountCell(row, o.origQty); cell(row, statusText(o.status));
     }
   } catch (e) {
     status(e.message, true);
@@ -357,7 +377,7 @@ function plus(a, b) { // two decimal strings with the same decimals -> their sum
 async function refreshFiat() { // each shown balance (free + locked) in the chosen fiat currency, from the rates feed
   const rows = [...$("balances").tBodies[0].rows];
   if (!rows.length) { $("fiat-total").textContent = ""; return; }
-  const amounts = rows.map((r) => `${r.dataset.asset}:${plus(r.dataset.free, r.dataset.locked)}`).join(",");
+  const amounts = rows.map((r) => `${r.dataset.asset}:${r.dataset.total}`).join(",");
   try {
     const v = await api("GET", "/v1/fiat/value", { amounts, currency: window.rfI18n.fiat, locale: window.rfI18n.locale });
     for (const [i, r] of rows.entries()) {
@@ -386,6 +406,12 @@ function status(text, error) {
   const el = $("order-status");
   el.textContent = text;
   el.className = error ? "error" : "ok";
+}
+
+function showPriceField() { // a market order has no price: the field goes away rather than being ignored
+  const market = $("otype").value === "MARKET";
+  $("price-label").hidden = market;
+  $("price").disabled = market;
 }
 
 async function placeOrder(ev) {
@@ -486,6 +512,8 @@ window.addEventListener("DOMContentLoaded", async () => {
   refreshHalts();
   openHaltStream();
   $("order-form").addEventListener("submit", placeOrder);
+  $("otype").addEventListener("change", showPriceField);
+  showPriceField();
   $("demo-funds").addEventListener("click", getDemoFunds);
   $("logout-form").addEventListener("submit", signOut);
   loadSession();

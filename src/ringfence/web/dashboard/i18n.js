@@ -31,11 +31,19 @@ window.rfI18n = (() => {
     try { return formats.get(decimals).format(text); } catch (e) { return text; }
   }
   function time(ms) { return new Date(ms).toLocaleTimeString(intlLocale); }
+  // A length of time in words ("10 minutes", "1 day"), from whole seconds: the largest unit of which
+  // there is at least one, rounded, as the server's pages and mails write it (Babel's format_timedelta).
+  const UNITS = [["year", 31536000], ["month", 2592000], ["week", 604800], ["day", 86400], ["hour", 3600], ["minute", 60], ["second", 1]];
+  function duration(seconds) {
+    const s = Math.max(0, Math.floor(Number(seconds) || 0));
+    const [unit, size] = UNITS.find(([, n]) => s >= n) || UNITS[UNITS.length - 1];
+    return new Intl.NumberFormat(intlLocale, { style: "unit", unit, unitDisplay: "long" }).format(s ? Math.max(1, Math.round(s / size)) : 0);
+  }
   document.addEventListener("DOMContentLoaded", () => {  // the selectors send the choice as soon as it changes
     for (const id of ["lang-select", "fiat-select"]) {
       const el = document.getElementById(id);
       if (el) el.addEventListener("change", () => el.form.submit());
     }
   });
-  return { _, num, time, locale, intlLocale, fiat, ready };
+  return { _, num, time, duration, locale, intlLocale, fiat, ready };
 })();

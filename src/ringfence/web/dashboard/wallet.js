@@ -3,7 +3,7 @@
 "use strict";
 
 // The page's language (i18n.js): `_` translates (the catalogue is loaded before start() draws anything).
-const { _, num } = window.rfI18n;
+const { _, num, duration } = window.rfI18n;
 function withdrawStatus(s) {
   return {0: _("e-mail sent"), 1: _("cancelled"), 2: _("awaiting approval"), 3: _("rejected"), 4: _("processing"), 5: _("failure"), 6: _("completed")}[s];
 }
@@ -91,19 +91,19 @@ function showQuarantined(rows) {
 async function refreshBook() {
   const b = await call("GET", "/addressBook");
   const c = b.cooling;
-  $("#book-cooling").textContent = c >= 3600 ? (c / 3600) + " h" : c + " s";
+  $("#book-cooling").textContent = duration(c);
   $("#book tbody").replaceChildren(...b.entries.map(e => {
     const remove = el("button", {type: "button", class: "remove"}, _("Remove"));
     remove.addEventListener("click", () => call("DELETE", "/addressBook", {coin: e.coin, address: e.address})
       .then(refreshBook).catch(err => { $("#book-status").textContent = err.message; }));
     return el("tr", {"data-address": e.address, "data-coin": e.coin, "data-state": e.status},
       el("td", {}, e.coin), el("td", {}, e.network), el("td", {}, e.address),
-      el("td", {class: "state"}, e.status === "cooling" ? _("cooling: usable in %(seconds)s s", {seconds: e.coolingSecondsLeft}) : _("usable")),
+      el("td", {class: "state"}, e.status === "cooling" ? _("cooling: usable in %(time)s", {time: duration(e.coolingSecondsLeft)}) : _("usable")),
       el("td", {}, remove));
   }));
   const coin = $("#wd-coin").value;
   fill($("#wd-address"), b.entries.filter(e => e.coin === coin)
-    .map(e => [e.address, e.address + (e.status === "cooling" ? " " + _("(cooling %(seconds)s s)", {seconds: e.coolingSecondsLeft}) : "")]));
+    .map(e => [e.address, e.address + (e.status === "cooling" ? " " + _("(cooling: usable in %(time)s)", {time: duration(e.coolingSecondsLeft)}) : "")]));
 }
 
 async function showLimits() {
@@ -179,6 +179,7 @@ async function start() {
   } catch (err) {
     $("#whoami").textContent = _("not signed in");
     $("#signin-link").hidden = false;
+    $("#signed-out-note").hidden = false;  // the page itself says why it is empty, with the way in
     return;
   }
   csrf = me.csrfToken;
