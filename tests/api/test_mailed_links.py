@@ -171,9 +171,9 @@ def test_a_used_or_lost_sign_up_link_can_be_replaced_from_its_page(server):
     assert answer == "if an account with this address is waiting for its confirmation, we sent it a new link"
     # the new link confirms together with a new password (see test_a_pre_hijacked_account_passes_to_the_mailbox_owner)
     second = parse_qs(urlsplit(mailed_link(b, email, "/verify-email/claim")).query)["token"][0]
-    resent = mail_body(b, email, "/verify-email/claim")  # it says it is a re-sent link and that the earlier ones are void
-    assert "This is a re-sent link, as you asked: the links in earlier e-mails no longer work, only this one does." in resent, resent
-    assert "Your new confirmation link (earlier links no longer work)" in b.request("GET", "/dev/mail").text
+    resent = mail_body(b, email, "/verify-email/claim")  # it says it is a re-sent link and that the sign-up link is void
+    assert "This is a re-sent link, as you asked. The link in your sign-up e-mail no longer works; this one does" in resent, resent
+    assert "Your new confirmation link (the sign-up link no longer works)" in b.request("GET", "/dev/mail").text
     stale = b.request("GET", "/verify-email?token=" + first)
     assert stale.status_code == 401 and "invalid, already used or expired" in message_of(stale.text), "only the newest link works"
     done = b.request("POST", "/verify-email/claim", data={"token": second, "password": PASSWORD})

@@ -129,8 +129,9 @@ TEMPLATES: dict[str, Template] = {
         False,
     ),
     "verify_claim": Template(
-        N_("Your new confirmation link (earlier links no longer work)"),
-        N_("This is a re-sent link, as you asked: the links in earlier e-mails no longer work, only this one does.\n"
+        N_("Your new confirmation link (the sign-up link no longer works)"),
+        N_("This is a re-sent link, as you asked. The link in your sign-up e-mail no longer works; this one does, as does any "
+        "other re-sent link that has not expired (using one ends the others).\n"
         "Confirm this address and choose the password of your account:\n"
         "{link}\n\nAny password set before for this account stops working. The link works once and expires "
         "in 24 hours. If you did not ask for it, ignore this message."),
