@@ -618,6 +618,8 @@ def test_an_expired_or_used_address_link_tells_nothing_of_the_book(server, user)
     # a link that can still act tells its holder what pressing it would: the address is already there
     still = b.request("GET", "/wallet/confirm-address", params={"token": fresh})
     assert still.status_code == 409 and title_of(still.text) == "Withdrawal address already added", still.text
+    # and where its cooling stands now (none in these tests: RINGFENCE_CUSTODY_ADDRESS_COOLING_S=0)
+    assert message_of(still.text) == f"{dest} is in your BTC address book and can receive withdrawals now.", still.text
 
     assert session(b, "DELETE", "/session/v3/addressBook", params={"coin": "BTC", "address": dest}).status_code == 200
     assert book(b) == []
@@ -643,7 +645,7 @@ def test_a_claim_sets_the_language_of_the_person_claiming(server):
                             headers=ja).status_code == 200
     assert victim.request("POST", "/verify-email/new", data={"email": email}, headers=de).status_code == 200
     body = mail_body(victim, email, "/verify-email/claim?token=")
-    assert "Anti-Phishing-Code: nicht gesetzt" in body and "Bestätigen Sie Ihre E-Mail-Adresse" in body, body[:300]  # not Japanese
+    assert "Anti-Phishing-Code: nicht gesetzt" in body and "Ihr neuer Bestätigungslink" in body, body[:300]  # not Japanese
     link = path_of(re.search(r"https?://\S+/verify-email/claim\?token=\S+", body).group(0))
     page = victim.request("GET", link, headers=de)
     assert page.status_code == 200 and '<html lang="de"' in page.text, page.text[:500]

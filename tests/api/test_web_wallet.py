@@ -240,9 +240,10 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     assert last_seq(server) == before
 
     expect(entry).to_have_attribute("data-state", "usable", timeout=(COOLING_S + 10) * 1000)
-    page.goto(address_link)  # the address link reopened after the cooling: it says so, not "it cools"
-    expect(page.locator("h1")).to_have_text("Withdrawal address already added")
-    expect(page.locator("#message")).to_have_text(f"{dest['BTC']} is in your BTC address book and can receive withdrawals now.")
+    page.goto(address_link)  # the used address link reopened: it says only that (nothing of the book, intruder review)
+    expect(page.locator("h1")).to_have_text("This link cannot be used")
+    expect(page.locator("#message")).to_have_text("This confirmation link was already used.")
+    expect(page.locator("body")).not_to_contain_text(dest["BTC"])
     page.goto(base + "/wallet/withdraw")
     page.select_option("#wd-coin", "BTC")
     expect(page.locator("#wd-limits")).to_contain_text("fee 0.00010000 BTC")

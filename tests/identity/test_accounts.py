@@ -447,7 +447,7 @@ def test_a_claim_sets_the_claimers_language(ctx):
     accounts.sign_up(ctx, "ceo@victim.test", "attacker passphrase 77", ip="203.0.113.9", locale="ja")
     accounts.resend_verification(ctx, "ceo@victim.test", ip="198.51.100.1", locale="de")
     msg = outbox(ctx, to="ceo@victim.test", template="verify_claim")[-1]
-    assert msg.subject == "Bestätigen Sie Ihre E-Mail-Adresse", msg.subject  # not the first sign-up's Japanese
+    assert msg.subject == "Ihr neuer Bestätigungslink (der Registrierungslink funktioniert nicht mehr)", msg.subject  # not the first sign-up's Japanese
     accounts.claim_pending_account(ctx, token_from_mail(msg), "victim's own passphrase 5", ip="198.51.100.1", locale="de")
     with ctx.store.tx() as db:
         assert db.scalars(select(User.locale).where(User.email == "ceo@victim.test")).one() == "de"
