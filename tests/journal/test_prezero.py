@@ -9,6 +9,8 @@ and is never read wrong: the spare a crash leaves behind is never read as data.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -109,6 +111,10 @@ def test_a_restart_after_a_crash_continues_at_the_logical_end(tmp_path):
     assert seg.stat().st_size == 1 << 16  # the first segment is the spare, zero-filled in full
     state, last = node.engine.state_hash(), node.engine.last_seq
     node.abandon()
+    verify = subprocess.run([sys.executable, "-m", "ringfence.cli", "journal", "verify", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ, COLUMNS="200"))
+    assert verify.returncode == 0 and "journal: OK" in verify.stdout and "torn tail will" not in verify.stdout, verify.stdout
+    assert "zero-filled ahead of need" in verify.stdout, verify.stdout
     node = new_node(tmp_path, prezero_segments=True, segment_bytes=1 << 16)
     node.open()  # recovery: the zeros are the end, nothing torn, nothing cut
     assert node.recovery.torn_tail is None and node.engine.last_seq == last and node.engine.state_hash() == state

@@ -1,7 +1,11 @@
 """The journal: append-only segment files of hash-chained records, and their recovery.
 
 Layout: `DIR/journal/<first_seq:020d>.rfj`, one file per segment, rotated when a segment passes
-`segment_bytes`. One record holds one group-committed batch of commands:
+`segment_bytes`. A segment's records may be followed by zeros up to the end of the file (a
+pre-zeroed segment, `JournalWriter(prezero=True)`: written ahead of need as
+`DIR/journal/next.rfj.spare`, so that a record's fdatasync commits no file-size metadata); the
+zeros are the segment's logical end, never a record. One record holds one group-committed batch
+of commands:
 
 ```
 offset  size  field
@@ -23,8 +27,10 @@ chain: editing, dropping or reordering any record breaks every later link.
 
 Recovery reads every segment in order and classifies the first failure it meets:
 
-* In the **last** segment, a record that stops short of its declared length, a header cut short,
-  a zero-filled tail, or a complete *final* record whose checksum fails is a **torn tail**: the
+* Zeros from some offset to the end of a segment are its end (a pre-zeroed segment's unwritten
+  space), silently, in any segment — unless the durable mark says acknowledged records lie there.
+  Below, "the end" is that logical end: in the **last** segment, a record that stops short of its
+  declared length, a header cut short, or a complete *final* record whose checksum fails is a **torn tail**: the
   batch was being written when the process died and was never acknowledged (a command is
   acknowledged only after its record is fsynced). It is truncated away — but only beyond the
   *durable mark*: after each record's fsync the writer notes "segment S is durable up to byte N,
@@ -316,6 +322,7 @@ class ScanReport:
     bytes_read: int = 0
     torn_tail: str | None = None  # description of a truncated (or truncatable) tail
     truncated_bytes: int = 0
+    zero_tail_bytes: int = 0  # pre-zeroed space after the segments' last records (in `bytes_read`)
     tail_segment: Path | None = None
     tail_size: int = 0
     notes: list[str] = field(default_factory=list)
@@ -425,6 +432,7 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
                         offset=pos,
                         expected_seq=expected_seq,
                     )
+                report.zero_tail_bytes += remaining
                 size = pos
                 break
             where = f"segment {name} offset {pos} (expected sequence {expected_seq})"
