@@ -521,7 +521,8 @@ def half_capacity_section(root: Path, rng: random.Random, accounts: int, args: a
     floor_zeroed_before = bare_fdatasync(root / "fsync-floor", syncs, prezeroed=True)
     for key, pipeline in (("at_half_capacity", False), ("at_half_capacity_pipelined", True)):
         load_before = [round(x, 2) for x in os.getloadavg()]  # float-ok: report
-        half = latency_at_half_capacity(root, rng, accounts, capacity_requests, seconds, pipeline=pipeline)
+        half = latency_at_half_capacity(root, rng, accounts, capacity_requests, seconds, pipeline=pipeline,
+                                        offered_per_s=args.offered_per_s)
         half["load_avg_1_5_15"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}  # float-ok: report
         out[key] = half
     classic_rate = out["at_half_capacity"]["offered_per_s"]
@@ -555,6 +556,9 @@ def main() -> None:
                         help="journal segments zero-filled ahead of need, as `ringfence serve` writes them (default), or "
                              "growing with each record as before session 12: for benchmarking the difference (A/B)")
     parser.add_argument("--capacity-requests", type=int, default=None, help="requests in each capacity run (default 200,000)")
+    parser.add_argument("--offered-per-s", type=int, default=None,
+                        help="with --half-only: skip the capacity runs and offer this many requests/s in every run (an "
+                             "A/B across runs at one rate, e.g. --offered-per-s 20000 with each --segments)")
     args = parser.parse_args()
     global GC_THRESHOLD, SEGMENTS
     SEGMENTS = args.segments

@@ -35,14 +35,13 @@ from .test_journal import seed_ledger
 
 
 class PowerCut:
-    """An fdatasync that remembers, per file, what the disk holds: the size (and for the durable
-    mark, the bytes) the file had when a sync *began*. `image(dst)` copies the data directory as a
-    power cut at that instant would leave it. `delays` makes some syncs slow (a shared disk). A
-    pre-zeroed segment's size never changes, so for it the bytes themselves are kept: `contents`."""
+    """An fdatasync that remembers, per file, what the disk holds: the bytes the file had when a
+    sync *began* (`contents`; not just its size, which never changes in a pre-zeroed segment).
+    `image(dst)` copies the data directory as a power cut at that instant would leave it. `delays`
+    makes some syncs slow (a shared disk)."""
 
     def __init__(self, rng: random.Random, delays: tuple[float, ...] = (0.0,)) -> None:  # float-ok: seconds
         self.lock = threading.Lock()
-        self.sizes: dict[str, int] = {}
         self.mark = b""
         self.contents: dict[str, bytes] = {}
         self.rng, self.delays = rng, delays
@@ -63,12 +62,11 @@ class PowerCut:
             if path.endswith(DURABLE_FILE):
                 self.mark = content
             else:
-                self.sizes[path] = max(size, self.sizes.get(path, 0))
                 self.contents[path] = content  # (syncs of one file never overlap: the last begun)
 
     def image(self, src: Path, dst: Path) -> None:
         with self.lock:
-            sizes, mark, contents = dict(self.sizes), self.mark, dict(self.contents)
+            mark, contents = self.mark, dict(self.contents)
         (dst / "journal").mkdir(parents=True)
         for seg in sorted((src / "journal").iterdir()):
             if seg.name == DURABLE_FILE:
@@ -130,7 +128,7 @@ def _run_and_cut(tmp: Path, pipeline: bool, seed: int, segment_bytes: int, cut_a
         time.sleep(0.005)
     time.sleep(cut_after_s)
     # The image: first what was acknowledged, then what the disk holds (a sync recorded before an
-    # ack resolved is in `cut.sizes` by now), then the bytes.
+    # ack resolved is in `cut.contents` by now), then the bytes.
     acked_then = set(acked)
     heard_then, seen_then = max(heard, default=0), max(seen)
     cut.image(tmp / "node", tmp / "cut")
