@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +32,7 @@ from ringfence.journal.journal import (
 )
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
+from ringfence.reconcile import reconciler
 from ringfence.reconcile.reconciler import JournalTail
 
 WAIT_S = 30.0  # float-ok: seconds; the spare of a test-sized segment is ready in milliseconds
@@ -171,7 +173,9 @@ def test_a_spare_left_by_a_crash_is_never_read_and_is_replaced(tmp_path):
     assert [r.payload for r in scan_all(journal)[0]] == [b"one", b"two"]
 
 
-def test_the_fold_reads_up_to_the_zeros_and_resumes(tmp_path):
+@pytest.mark.parametrize("chunk_bytes", [256, 1 << 20])
+def test_the_fold_reads_up_to_the_zeros_and_resumes(tmp_path, monkeypatch, chunk_bytes):
+    monkeypatch.setattr(reconciler, "TAIL_READ_CHUNK_BYTES", chunk_bytes)  # 256: stops at a chunk of zeros
     node = new_node(tmp_path, prezero_segments=True, segment_bytes=4_096)
     node.open()
     assert node.writer is not None and node.writer.wait_for_spare(WAIT_S)

@@ -681,11 +681,7 @@ class JournalWriter:
             self._fd = None
         path = self.dir / f"{self.next_seq:020d}{SEGMENT_SUFFIX}"
         self._early_rotation = False
-        if self._spare_ready_now():
-            spare = self.dir / SPARE_FILE
-            self._spare_ready = None
-            os.link(spare, path)  # refuses an existing name, as O_EXCL does
-            os.unlink(spare)
+        if self._spare_ready_now() and self._take_spare(path):
             self._fd = os.open(path, os.O_WRONLY)
             self._file_bytes = os.fstat(self._fd).st_size
             self.segments_prezeroed += 1
@@ -699,6 +695,21 @@ class JournalWriter:
         self._segment_first_seq = self.next_seq
         fsync_dir(self.dir)  # the new file's directory entry must be durable too
         self._start_spare()
+
+    def _take_spare(self, path: Path) -> bool:
+        """Rename the ready spare to the new segment's name; False (an empty segment is created
+        instead, as when it is not ready) if that fails: a missing spare must not stop the node."""
+        self._spare_ready = None
+        if os.path.lexists(path):  # the writer holds the lock: nothing else names segments
+            raise FileExistsError(errno.EEXIST, "journal segment exists already", str(path))
+        try:
+            os.rename(self.dir / SPARE_FILE, path)
+        except OSError as err:
+            import logging
+
+            logging.getLogger(__name__).warning("journal: could not use the prepared segment in %s (%s)", self.dir, err)
+            return False
+        return True
 
     def _write_at_end(self, record: bytes) -> None:
         assert self._fd is not None

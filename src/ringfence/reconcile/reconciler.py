@@ -458,6 +458,10 @@ _HEAD = struct.Struct(">4sHHIIQ32s")
 _CRC = struct.Struct(">II")
 
 
+#: `JournalTail` reads a segment this much at a time, and stops at a chunk that is all zeros.
+TAIL_READ_CHUNK_BYTES = 1 << 20
+
+
 class JournalTail:
     """Reads the journal's records from where it stopped last time, verifying each one.
 
@@ -486,7 +490,12 @@ class JournalTail:
             offset = self.offset if path.name == self.segment else 0
             with open(path, "rb") as fh:
                 fh.seek(offset)
-                data = fh.read()
+                chunks: list[bytes] = []
+                while chunk := fh.read(TAIL_READ_CHUNK_BYTES):
+                    chunks.append(chunk)
+                    if chunk.count(0) == len(chunk):  # a pre-zeroed segment's unwritten space (a record's
+                        break  # JSON payload has no zero byte): not the rest of its 64 MiB each time
+                data = b"".join(chunks)
             data_end = nonzero_end(data)  # beyond it, only the zeros of a pre-zeroed segment
             pos = 0
             while len(data) - pos >= HEADER_SIZE and pos < data_end:
