@@ -406,7 +406,8 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
         data = path.read_bytes()
         report.bytes_read += len(data)
         size = len(data)
-        if seg_first != expected_seq:  # (an empty segment too: zeros must not hide a lost tail before it)
+        data_end = nonzero_end(data)  # (see below)
+        if data_end and seg_first != expected_seq:  # (an empty or all-zero segment holds no record to check)
             raise JournalCorrupt(
                 f"journal segment {name} starts at sequence {seg_first} but the previous segment ended at "
                 f"{expected_seq - 1}: a segment is missing or misnamed",
@@ -416,7 +417,6 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
         # everything from the first all-zero byte run that reaches the end is unwritten space, the
         # segment's logical end. For telling a torn tail from corruption, "the rest is zeros" counts
         # as "the file ends here", exactly as a shorter file did before pre-zeroing.
-        data_end = nonzero_end(data)
         pos = 0
         while pos < size:
             remaining = size - pos
