@@ -1,6 +1,9 @@
 """Ledger transfers through the full durable path: sequencer -> journal (group-commit fsync) -> apply.
 
 Usage: python bench/ledger.py [--smoke] [--seed N]
+       python bench/ledger.py --half-only [--segments growing]
+         (issue #18 item 6 only: p99 at half capacity; `--segments growing` for the journal as it
+          was before pre-zeroed segments, an A/B in one tree; the collector runs with `serve`'s thresholds)
        python bench/ledger.py --replicate nats://127.0.0.1:4222 [--smoke] [--seed N]
          (durable-and-replicated over NATS JetStream against local-only in the same run:
           bench/replicate.py, results in bench/results/replicate.jsonl)
@@ -41,6 +44,7 @@ from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsse
 from ringfence.ledger.model import Transfer  # noqa: E402
 from ringfence import app  # noqa: E402
 from ringfence.app import new_engine, replay_journal  # noqa: E402
+from ringfence.api.serve import serving_gc_threshold  # noqa: E402
 
 BATCH = 8190
 SWITCH_INTERVAL_US = 100
@@ -83,9 +87,16 @@ def transfer_stream(rng: random.Random, ids: list[int], n: int, next_id: int, tw
     return cmds, next_id
 
 
+#: the journal's segments (`--segments`): "prezeroed" as `ringfence serve` writes them (zero-filled
+#: ahead of need), or "growing" (each record appended, as before session 12), for an A/B in one tree
+SEGMENTS = "prezeroed"
+SPARE_WAIT_S = 60.0  # float-ok: seconds
+
+
 def new_node(path: Path, **options: object) -> Node:
     if path.exists():
         shutil.rmtree(path)
+    options.setdefault("prezero_segments", SEGMENTS == "prezeroed")
     node = app.new_node(path, **options)
     node.open()
     return node
@@ -96,10 +107,16 @@ def prepared_node(path: Path, accounts: int, **options: object) -> tuple[Node, l
     node.execute_many(setup_commands(accounts)[:1])
     for start in range(1, accounts + 1, 5_000):
         node.execute_many(setup_commands(accounts)[start : start + 5_000])
+    writer = node.writer
+    if writer is not None and writer.prezero:  # the funding moves into a zero-filled segment
+        writer.wait_for_spare(SPARE_WAIT_S)
     led = node.engine.ledger
     ids = [led.get(f"u{i}", "USDT").id for i in range(accounts)]
     cmds, next_id = funding(ids[0], led.world("USDT").id, accounts, 1)
     node.execute_many(cmds)
+    if writer is not None and writer.prezero:  # and its successor is ready before the measured run
+        writer.wait_for_spare(SPARE_WAIT_S)
+        assert writer.segments_prezeroed >= 1
     return node, ids, next_id
 
 
@@ -154,7 +171,8 @@ def open_loop(node: Node, cmds: list, per_request: int, offered_per_s: int,
     return latencies, errors, seconds
 
 
-#: the collector's thresholds during the open-loop run (`--gc-threshold`; default: Python's)
+#: the collector's thresholds for the whole run (`--gc-threshold`; default: `ringfence serve`'s own,
+#: `serving_gc_threshold()`, so that the serving path is measured as it runs)
 GC_THRESHOLD: tuple[int, ...] = ()
 CAPACITY_WINDOW = 4096  # single-request capacity: requests in flight at once (a gateway's many connections)
 GOAL_US = 2_000  # issue #18 item 6: p99 at half capacity
@@ -323,21 +341,26 @@ def histogram(samples_ns: list[int]) -> dict[str, int]:
     return {**{f"<={e}us": c for e, c in zip(HISTOGRAM_US, counts)}, f">{HISTOGRAM_US[-1]}us": counts[-1]}
 
 
-def bare_fdatasync(path: Path, n: int, size_bytes: int = 200) -> dict:
-    """The disk's own floor in this run: append `size_bytes` and fdatasync, `n` times."""
+def bare_fdatasync(path: Path, n: int, size_bytes: int = 200, prezeroed: bool = False) -> dict:
+    """The disk's own floor in this run: append `size_bytes` and fdatasync, `n` times; `prezeroed`:
+    write them in turn over a file zero-filled and synced first (a pre-zeroed journal segment)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     samples = []
     try:
-        for _ in range(n):
-            os.write(fd, b"x" * size_bytes)
+        if prezeroed:
+            os.write(fd, bytes(n * size_bytes))
+            os.fsync(fd)
+        for i in range(n):
+            os.pwrite(fd, b"x" * size_bytes, i * size_bytes)
             t = time.perf_counter_ns()
             os.fdatasync(fd)
             samples.append(time.perf_counter_ns() - t)
     finally:
         os.close(fd)
         path.unlink(missing_ok=True)
-    return {"name": f"bare append of {size_bytes} bytes + fdatasync, same disk", "syncs": n,
+    how = "over zeros" if prezeroed else "append"
+    return {"name": f"bare {how} of {size_bytes} bytes + fdatasync, same disk", "syncs": n,
             "p50_us": percentile_us(samples, 50), "p99_us": percentile_us(samples, 99), "max_us": percentile_us(samples, 100)}
 
 
@@ -412,9 +435,13 @@ def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capa
         gc.unfreeze()
     batches = node.batches_committed
     mark_syncs = getattr(node.writer, "mark_syncs", None)  # off the acknowledgement path (s8); None before
+    writer = node.writer
+    assert writer is not None
+    segments = {"prezeroed": writer.segments_prezeroed, "growing": writer.segments_plain}
     node.close()
     return {
         "pipeline": pipeline,
+        "journal_segments_opened": segments,
         "mark_syncs_off_ack_path": mark_syncs,
         "single_request_capacity_per_s": int(capacity),
         "capacity_window": CAPACITY_WINDOW,
@@ -491,9 +518,11 @@ def half_capacity_section(root: Path, rng: random.Random, accounts: int, args: a
     syncs = 100 if args.smoke else 1_000
     out: dict = {}
     floor_before = bare_fdatasync(root / "fsync-floor", syncs)
+    floor_zeroed_before = bare_fdatasync(root / "fsync-floor", syncs, prezeroed=True)
     for key, pipeline in (("at_half_capacity", False), ("at_half_capacity_pipelined", True)):
         load_before = [round(x, 2) for x in os.getloadavg()]  # float-ok: report
-        half = latency_at_half_capacity(root, rng, accounts, capacity_requests, seconds, pipeline=pipeline)
+        half = latency_at_half_capacity(root, rng, accounts, capacity_requests, seconds, pipeline=pipeline,
+                                        offered_per_s=args.offered_per_s)
         half["load_avg_1_5_15"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}  # float-ok: report
         out[key] = half
     classic_rate = out["at_half_capacity"]["offered_per_s"]
@@ -501,8 +530,11 @@ def half_capacity_section(root: Path, rng: random.Random, accounts: int, args: a
     out["pipelined_at_classic_half_rate"] = {k: same[k] for k in ("offered_per_s", "achieved_per_s", "requests", "refused",
                                                                   "p50_us", "p99_us", "p999_us", "max_us", "histogram")}
     floor_after = bare_fdatasync(root / "fsync-floor", syncs)
+    floor_zeroed_after = bare_fdatasync(root / "fsync-floor", syncs, prezeroed=True)
     out["at_half_capacity"]["disk_floor"] = floor_before
+    out["at_half_capacity"]["disk_floor_prezeroed"] = floor_zeroed_before
     out["at_half_capacity_pipelined"]["disk_floor"] = floor_after
+    out["at_half_capacity_pipelined"]["disk_floor_prezeroed"] = floor_zeroed_after
     return out
 
 
@@ -518,13 +550,24 @@ def main() -> None:
                         help="only item 6 of issue #18: p99 at half capacity, classic and pipelined group commit, "
                              "and the disk's bare fdatasync (skips the throughput, replay and 80,000/s runs)")
     parser.add_argument("--latency-seconds", type=float, default=None, help="open-loop run length (default 5 s; smoke 0.5 s)")
-    parser.add_argument("--gc-threshold", default="", help="G0,G1,G2: the cyclic collector's thresholds during the "
-                        "open-loop runs (recorded in the line)")
+    parser.add_argument("--gc-threshold", default="", help="G0,G1,G2: the cyclic collector's thresholds for the run "
+                        "(default: what `ringfence serve` sets, ringfence.api.serve.serving_gc_threshold; recorded in the line)")
+    parser.add_argument("--segments", choices=("prezeroed", "growing"), default="prezeroed",
+                        help="journal segments zero-filled ahead of need, as `ringfence serve` writes them (default), or "
+                             "growing with each record as before session 12: for benchmarking the difference (A/B)")
     parser.add_argument("--capacity-requests", type=int, default=None, help="requests in each capacity run (default 200,000)")
+    parser.add_argument("--offered-per-s", type=int, default=None,
+                        help="with --half-only: skip the capacity runs and offer this many requests/s in every run (an "
+                             "A/B across runs at one rate, e.g. --offered-per-s 20000 with each --segments)")
     args = parser.parse_args()
-    global GC_THRESHOLD
+    global GC_THRESHOLD, SEGMENTS
+    SEGMENTS = args.segments
+    gc_from = "--gc-threshold"
     if args.gc_threshold:
         GC_THRESHOLD = tuple(int(x) for x in args.gc_threshold.split(","))
+    else:
+        GC_THRESHOLD, gc_from = serving_gc_threshold(), "ringfence.api.serve.serving_gc_threshold()"
+    gc.set_threshold(*GC_THRESHOLD)
     if args.replicate:
         from replicate import run
 
@@ -546,6 +589,9 @@ def main() -> None:
         "workload": {"accounts": accounts, "transfers": transfers, "request_size": BATCH},
         "gil_switch_interval_us": SWITCH_INTERVAL_US,
         "ringfence_src": str(Path(app.__file__).resolve().parent.parent),
+        "gc_threshold": list(GC_THRESHOLD),
+        "gc_threshold_from": gc_from,
+        "journal_segments": SEGMENTS,
     }
     if args.note:
         result["note"] = args.note

@@ -75,6 +75,13 @@ def test_ledger_bench_measures_p99_at_half_its_own_single_request_capacity(tmp_p
     assert sum(tail["tail_over_p99_dominant_part"].values()) == tail["tail_requests"] > 0
     assert tail["batches"] > 0 and tail["write_fsync_us"]["p50"] >= 0
     assert half["disk_floor"]["syncs"] == 100 and half["disk_floor"]["p99_us"] > 0
+    assert half["disk_floor_prezeroed"]["syncs"] == 100 and "over zeros" in half["disk_floor_prezeroed"]["name"]
+    # the serving path as `serve` runs it: its collector thresholds, its pre-zeroed journal segments
+    from ringfence.api.serve import GC_YOUNG_THRESHOLD
+
+    assert line["gc_threshold"][0] == GC_YOUNG_THRESHOLD == half["gc_threshold"][0]
+    assert line["gc_threshold_from"] == "ringfence.api.serve.serving_gc_threshold()"
+    assert line["journal_segments"] == "prezeroed" and half["journal_segments_opened"]["prezeroed"] >= 1
     # the smoke run went to its own file, not to the recorded results
     assert "seed=1" in res.stderr
 

@@ -236,7 +236,8 @@ def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="Th
     table.add_row("records (batches)", f"{report.records:,}")
     table.add_row("commands", f"{report.commands:,}")
     table.add_row("last sequence", f"{report.last_seq:,}")
-    table.add_row("bytes", f"{report.bytes_read:,}")
+    table.add_row("bytes", f"{report.bytes_read - report.zero_tail_bytes:,}" + (
+        f" (and {report.zero_tail_bytes:,} zero-filled ahead of need)" if report.zero_tail_bytes else ""))
     table.add_row("chain head", report.last_hash.hex())
     table.add_row("torn tail", report.torn_tail or "none")
     table.add_row("seconds", f"{seconds:.3f}")

@@ -24,7 +24,10 @@ def main(argv: list[str]) -> None:
     rng = random.Random(seed)
     # Half the writers pipeline their group commit (the next batch written while the last one's
     # fsync runs), so one journal is written and recovered by both kinds in turn.
-    node = new_node(data_dir, segment_bytes=rng.choice([4_096, 65_536]), pipeline=rng.random() < 0.5)
+    # Half write into pre-zeroed segments (as `serve` does): a killed writer leaves zero tails and a
+    # spare behind for the next one to recover past.
+    node = new_node(data_dir, segment_bytes=rng.choice([4_096, 65_536]), pipeline=rng.random() < 0.5,
+                    prezero_segments=rng.random() < 0.5)
     node.open()
     if node.engine.last_seq == 0:
         node.execute_many([RegisterAsset("BTC", 8, "crypto", "bitcoin")])

@@ -98,7 +98,7 @@ def test_torn_tail_cut_at_every_byte_recovers_to_last_acknowledged(tmp_path):
             child.unlink()
 
 
-def test_zero_filled_tail_is_torn(tmp_path):
+def test_zero_filled_tail_is_the_end_not_a_torn_tail(tmp_path):
     node = make_node(tmp_path)
     seed_ledger(node)
     node.close()
@@ -106,8 +106,14 @@ def test_zero_filled_tail_is_torn(tmp_path):
     with open(seg, "ab") as fh:
         fh.write(b"\x00" * 300)
     node = make_node(tmp_path)
-    assert "zero bytes" in node.recovery.torn_tail
+    # a pre-zeroed segment's unwritten space: its logical end, silently (nothing to cut, no operator)
+    assert node.recovery.torn_tail is None
     assert node.engine.last_seq == 3
+    write_batches(node, 1)  # written at the logical end, over the zeros
+    node.close()
+    records, report = scan_all(tmp_path / "journal")
+    assert report.torn_tail is None and len(records) == 3 and records[-1].first_seq == 4  # 2 records before
+    assert seg.stat().st_size == records[-1].offset + HEADER_SIZE + len(records[-1].payload) + TRAILER_SIZE
 
 
 @given(st.data())

@@ -32,6 +32,16 @@ SWITCH_INTERVAL_S = 0.0002
 GC_YOUNG_THRESHOLD = 20_000
 
 
+def serving_gc_threshold() -> tuple[int, int, int]:
+    """The cyclic collector's thresholds once serving (`freeze_startup_heap` sets them): the youngest
+    generation every GC_YOUNG_THRESHOLD allocations, the older two as they were. bench/ledger.py
+    runs its node with these, so that it measures the serving path as `serve` runs it."""
+    import gc
+
+    _, middle, old = gc.get_threshold()
+    return GC_YOUNG_THRESHOLD, middle, old
+
+
 def freeze_startup_heap() -> dict[str, int]:
     """Move everything start-up built (engine state, read models, the app, the libraries' own
     objects: some 270,000 tracked objects in `serve --demo`) out of the cyclic collector's way
@@ -57,8 +67,7 @@ def freeze_startup_heap() -> dict[str, int]:
     started = time.process_time_ns()
     gc.collect()
     after_us = (time.process_time_ns() - started) // 1000
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+    gc.set_threshold(*serving_gc_threshold())
     return {"frozen": gc.get_freeze_count(), "full_collection_cpu_us_before": before_us,
             "full_collection_cpu_us_after": after_us}
 

@@ -107,7 +107,10 @@ class Exchange:
         # Reads run on the event loop, which must never wait for an fsync: with the pipelined group
         # commit they may show a batch up to one fsync before it is durable (never acknowledged to
         # anyone yet); everything pushed (answers, read models, feeds) waits for it (docs/journal.md).
-        self.node = new_node(self.data_dir / "engine", fsync=fsync, pipeline=pipeline, durable_reads=False)
+        # prezero_segments: each record's fdatasync writes over zeros and commits no file-size metadata
+        # (2-3x faster on ext4; docs/latency.md, "Pre-zeroed segments")
+        self.node = new_node(self.data_dir / "engine", fsync=fsync, pipeline=pipeline, durable_reads=False,
+                             prezero_segments=True)
         #: price samples read right after a batch was applied (apply hook), by first sequence number,
         #: until the batch is durable and reaches the read models (`_from_sequencer`)
         self._samples: dict[int, list[tuple[str, str, int]] | None] = {}

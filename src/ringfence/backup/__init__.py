@@ -236,6 +236,11 @@ def create_backup(src_node: Path, dest: Path, *, identity_db: Path | None = None
     if mark is not None and scanned.last_seq < mark.last_seq:
         raise JournalCorrupt(f"the copy ends at sequence {scanned.last_seq} but the node acknowledged {mark.last_seq}")
     assert scanned.tail_segment is not None
+    if scanned.tail_segment.stat().st_size > scanned.tail_size:  # a pre-zeroed segment's zeros: not copied on
+        with open(scanned.tail_segment, "r+b") as fh:
+            fh.truncate(scanned.tail_size)
+            fh.flush()
+            os.fsync(fh.fileno())
     write_durable_mark(dest / "journal", DurableMark(int(scanned.tail_segment.name[: -len(".rfj")]), scanned.tail_size,
                                                       scanned.last_seq, scanned.last_hash))
     engine, replay, checked = _replay(dest, scanned.commands, progress, _node_snapshot_hashes(src_node, scanned.last_seq))

@@ -397,7 +397,10 @@ def rebuild_halted(data_dir: Path, engine: Engine, halt: ShardHalt) -> list[Even
 
 
 class Node:
-    """A durable engine shard. Use `open()`, then either `start()` + `submit()` or `execute()`."""
+    """A durable engine shard. Use `open()`, then either `start()` + `submit()` or `execute()`.
+
+    `prezero_segments`: journal segments are zero-filled ahead of need (`JournalWriter(prezero=True)`,
+    `ringfence serve` turns it on), so a record's fdatasync commits no file-size metadata."""
 
     def __init__(
         self,
@@ -416,7 +419,7 @@ class Node:
         journal_sync: Callable[[int], None] = os.fdatasync,
         purpose: str = "",
         pipeline: bool = False,
-        durable_reads: bool = True, max_batches_in_flight: int = 0,
+        durable_reads: bool = True, max_batches_in_flight: int = 0, prezero_segments: bool = False,
     ) -> None:
         if not 1 <= max_batch_commands <= 1_000_000:
             raise ValidationError("max_batch_commands must be between 1 and 1,000,000", field="max_batch_commands")
@@ -429,7 +432,7 @@ class Node:
         self.max_batch_commands = max_batch_commands
         self.max_batch_weight = max_batch_weight
         self.max_wait_us = max_wait_us
-        self.segment_bytes = segment_bytes
+        self.segment_bytes, self.prezero_segments = segment_bytes, prezero_segments
         self.snapshot_keep = snapshot_keep
         self._clock = clock
         self._entropy = entropy
@@ -510,6 +513,7 @@ class Node:
                 segment_bytes=self.segment_bytes,
                 fsync=self.fsync,
                 sync=self._journal_sync,
+                prezero=self.prezero_segments,
             )
         except BaseException:
             self.lock.release()
@@ -533,7 +537,7 @@ class Node:
         self.last_seq = self.durable_seq = engine.last_seq
         self.writer = JournalWriter(self.data_dir / "journal", next_seq=next_seq, last_hash=last_hash,
                                     tail_segment=tail_segment, tail_size=tail_size, segment_bytes=self.segment_bytes,
-                                    fsync=self.fsync, sync=self._journal_sync)
+                                    fsync=self.fsync, sync=self._journal_sync, prezero=self.prezero_segments)
         self.recovery = RecoveryReport(last_seq=engine.last_seq, notes=["adopted the promoted standby's engine"])
 
     def start(self) -> None:

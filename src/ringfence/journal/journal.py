@@ -1,7 +1,11 @@
 """The journal: append-only segment files of hash-chained records, and their recovery.
 
 Layout: `DIR/journal/<first_seq:020d>.rfj`, one file per segment, rotated when a segment passes
-`segment_bytes`. One record holds one group-committed batch of commands:
+`segment_bytes`. A segment's records may be followed by zeros up to the end of the file (a
+pre-zeroed segment, `JournalWriter(prezero=True)`: written ahead of need as
+`DIR/journal/next.rfj.spare`, so that a record's fdatasync commits no file-size metadata); the
+zeros are the segment's logical end, never a record. One record holds one group-committed batch
+of commands:
 
 ```
 offset  size  field
@@ -23,8 +27,10 @@ chain: editing, dropping or reordering any record breaks every later link.
 
 Recovery reads every segment in order and classifies the first failure it meets:
 
-* In the **last** segment, a record that stops short of its declared length, a header cut short,
-  a zero-filled tail, or a complete *final* record whose checksum fails is a **torn tail**: the
+* Zeros from some offset to the end of a segment are its end (a pre-zeroed segment's unwritten
+  space), silently, in any segment — unless the durable mark says acknowledged records lie there.
+  Below, "the end" is that logical end: in the **last** segment, a record that stops short of its
+  declared length, a header cut short, or a complete *final* record whose checksum fails is a **torn tail**: the
   batch was being written when the process died and was never acknowledged (a command is
   acknowledged only after its record is fsynced). It is truncated away — but only beyond the
   *durable mark*: after each record's fsync the writer notes "segment S is durable up to byte N,
@@ -76,10 +82,12 @@ __all__ = [
     "read_durable_mark",
     "write_durable_mark",
     "LOCK_FILE",
+    "SPARE_FILE",
     "DURABLE_FILE",
     "scan",
     "fsync_dir",
     "segment_paths",
+    "nonzero_end",
 ]
 
 MAGIC = b"RFJ1"
@@ -93,6 +101,12 @@ GENESIS_HASH = hashlib.sha256(b"ringfence/journal/v1/genesis").digest()
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 SEGMENT_SUFFIX = ".rfj"
 LOCK_FILE = "LOCK"
+#: The next segment, being zero-filled ahead of need (`JournalWriter(prezero=True)`); renamed to its
+#: segment name at rotation. Not a `.rfj` name: no reader ever takes it for a segment.
+SPARE_FILE = "next.rfj.spare"
+#: The spare is written and synced this much at a time, so the disk's queue never holds a whole
+#: segment of zeros ahead of a record's fdatasync; it also bounds how long closing waits for it.
+SPARE_CHUNK_BYTES = 8 * 1024 * 1024
 DURABLE_FILE = "DURABLE"
 #: The durable mark: magic, segment first seq, durable bytes of that segment, last durable sequence,
 #: hash of that record, CRC-32 of the preceding bytes. Two slots, one sector apart, written in turn,
@@ -106,6 +120,8 @@ _MARK_SLOT_BYTES = 512
 #: most this plus one sync (docs/journal.md, "The durable mark").
 MARK_SYNC_INTERVAL_S = 0.005  # float-ok: seconds
 LOCK_HOLDER_MAX_BYTES = 512
+#: How much of a segment's zero tail `scan` checks at once when looking for its logical end.
+ZERO_SCAN_CHUNK_BYTES = 1 << 20
 
 
 #: Where `ringfence serve --data DIR` keeps its engine node: `DIR/engine` (a serve data directory).
@@ -306,6 +322,7 @@ class ScanReport:
     bytes_read: int = 0
     torn_tail: str | None = None  # description of a truncated (or truncatable) tail
     truncated_bytes: int = 0
+    zero_tail_bytes: int = 0  # pre-zeroed space after the segments' last records (in `bytes_read`)
     tail_segment: Path | None = None
     tail_size: int = 0
     notes: list[str] = field(default_factory=list)
@@ -324,6 +341,26 @@ def segment_paths(journal_dir: Path) -> list[Path]:
         return []
     paths = [p for p in journal_dir.iterdir() if p.name.endswith(SEGMENT_SUFFIX)]
     return sorted(paths, key=lambda p: p.name)
+
+
+def nonzero_end(data: bytes) -> int:
+    """The offset just after the last non-zero byte of `data` (0 if it is all zeros), found
+    backwards a chunk at a time: a pre-zeroed segment is mostly zeros, a full one mostly not."""
+    end = len(data)
+    while end > 0:
+        start = max(0, end - ZERO_SCAN_CHUNK_BYTES)
+        if data.count(0, start, end) != end - start:
+            return len(data[start:end].rstrip(b"\x00")) + start
+        end = start
+    return 0
+
+
+def _header_ok(data: bytes, pos: int) -> bool:
+    """A whole record header with the right magic and checksum at `pos` (its last bytes may be zeros)."""
+    if len(data) - pos < HEADER_SIZE:
+        return False
+    head = data[pos : pos + 56]
+    return head[:4] == MAGIC and zlib.crc32(head) == _CRC.unpack_from(data, pos + 56)[0]
 
 
 def encode_record(payload: bytes, first_seq: int, count: int, prev_hash: bytes) -> tuple[bytes, bytes]:
@@ -369,31 +406,48 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
         data = path.read_bytes()
         report.bytes_read += len(data)
         size = len(data)
-        if size and seg_first != expected_seq:
+        data_end = nonzero_end(data)  # (see below)
+        if data_end and seg_first != expected_seq:  # (an empty or all-zero segment holds no record to check)
             raise JournalCorrupt(
                 f"journal segment {name} starts at sequence {seg_first} but the previous segment ended at "
                 f"{expected_seq - 1}: a segment is missing or misnamed",
                 segment=name,
             )
+        # A pre-zeroed segment (`JournalWriter(prezero=True)`) holds its records followed by zeros:
+        # everything from the first all-zero byte run that reaches the end is unwritten space, the
+        # segment's logical end. For telling a torn tail from corruption, "the rest is zeros" counts
+        # as "the file ends here", exactly as a shorter file did before pre-zeroing.
         pos = 0
         while pos < size:
             remaining = size - pos
+            if pos >= data_end:  # only zeros from here: unwritten space, not a record (see below)
+                if is_last and mark is not None and mark.segment_first_seq == seg_first and pos < mark.size:
+                    raise JournalCorrupt(
+                        f"journal corrupt at segment {name} offset {pos} (expected sequence {expected_seq}): "
+                        f"{remaining} zero bytes, but the durable mark says this segment was fsynced and acknowledged "
+                        f"up to byte {mark.size} (sequence {mark.last_seq}): an acknowledged record is damaged. Recovery "
+                        "stopped so that no acknowledged command is silently dropped; restore this segment from a "
+                        "replica or a backup.",
+                        segment=name,
+                        offset=pos,
+                        expected_seq=expected_seq,
+                    )
+                report.zero_tail_bytes += remaining
+                size = pos
+                break
             where = f"segment {name} offset {pos} (expected sequence {expected_seq})"
             torn: str | None = None
             corrupt: str | None = None
             before_mark = False
             record_end = 0
-            if remaining < HEADER_SIZE:
-                torn = f"{remaining} bytes of a record header at the end of the last segment"
+            if data_end - pos < HEADER_SIZE and not _header_ok(data, pos):
+                torn = f"{data_end - pos} bytes of a record header at the end of the last segment"
             else:
                 head = data[pos : pos + 56]
                 crc, reserved = _CRC.unpack_from(data, pos + 56)
                 magic, version, flags, length, count, first_seq, rec_prev = _HEAD.unpack(head)
                 if magic != MAGIC or zlib.crc32(head) != crc:
-                    if not data[pos:].strip(b"\x00"):
-                        torn = f"{remaining} zero bytes at the end of the last segment"
-                    else:
-                        corrupt = "record header checksum mismatch"
+                    corrupt = "record header checksum mismatch"
                 elif reserved != 0:
                     corrupt = "record header reserved bytes are not zero"
                 elif version != VERSION or flags != 0:
@@ -410,7 +464,7 @@ def scan(journal_dir: Path, *, truncate: bool = False, decode_from_seq: int = 0)
                         stored = data[payload_start + length : record_end]
                         digest = hashlib.sha256(head + payload).digest()
                         if digest != stored:
-                            if record_end == size:
+                            if record_end >= data_end:  # nothing but zeros after it: the file's end
                                 torn = "the final record fails its checksum (an interrupted write)"
                             else:
                                 corrupt = "record payload checksum mismatch"
@@ -509,6 +563,7 @@ class JournalWriter:
         segment_bytes: int = 64 * 1024 * 1024,
         fsync: bool = True,
         sync: Callable[[int], None] = os.fdatasync,
+        prezero: bool = False,
     ) -> None:
         self.dir = journal_dir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -521,11 +576,24 @@ class JournalWriter:
         self.records_written = 0
         self.poisoned: BaseException | None = None
         self._fd: int | None = None
-        self._size = 0
+        self._size = 0  # the segment's logical end: where the next record is written (pwrite)
+        #: the segment file's size on disk: above `_size` when it was pre-zeroed (the rest is zeros)
+        self._file_bytes = 0
         self._segment_first_seq = 0
+        #: pre-zeroed segments (only with fsync: they save the file-size metadata each fdatasync of
+        #: a growing file commits; docs/latency.md, "Pre-zeroed segments")
+        self.prezero = prezero and fsync
+        self._spare_ready: Any = None  # threading.Event while a spare is being prepared or is ready
+        self._spare_thread: Any = None
+        self._spare_stop = False
+        self._early_rotation = False
+        self.spare_error: OSError | None = None
+        self.segments_prezeroed = 0
+        self.segments_plain = 0
         if tail_segment is not None and tail_size < segment_bytes:
-            self._fd = os.open(tail_segment, os.O_WRONLY | os.O_APPEND)
+            self._fd = os.open(tail_segment, os.O_WRONLY)
             self._size = tail_size
+            self._file_bytes = max(tail_size, os.fstat(self._fd).st_size)  # beyond tail_size: zeros (scan)
             self._segment_first_seq = int(tail_segment.name[: -len(SEGMENT_SUFFIX)])
         self._mark_fd = os.open(self.dir / DURABLE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         self._mark_slot = 0
@@ -539,15 +607,116 @@ class JournalWriter:
         self.mark_synced_seq = 0
         self.mark_syncs = 0
         fsync_dir(self.dir)
+        self._start_spare()  # (a spare left by a crash is never read: it is replaced here)
+
+    # ------------------------------------------------------------------ pre-zeroed segments
+    # An fdatasync of bytes appended to a file must also commit the file's new size (and extents)
+    # through the filesystem's journal; one of bytes written over already-allocated zeros need not.
+    # With `prezero`, a background thread writes the next segment in full, as real zeros, syncs it
+    # and its directory (`SPARE_FILE`), while the current one fills; rotation renames it into place.
+    # The records are written with pwrite at the segment's logical end; readers (`scan`) take the
+    # zeros after the last record as the segment's end. Never waited for: a rotation that finds no
+    # spare ready creates an empty segment as before (appends grow it), and moves into the spare at
+    # the first append after it is ready.
+
+    def _start_spare(self) -> None:
+        if not self.prezero or self._spare_stop or self._spare_ready is not None:
+            return
+        import threading
+
+        ready = threading.Event()
+        self._spare_ready = ready
+        self._spare_thread = threading.Thread(target=self._prepare_spare, args=(ready,), name="ringfence-journal-spare",
+                                              daemon=True)
+        self._spare_thread.start()
+
+    def _prepare_spare(self, ready: Any) -> None:
+        """The spare thread: a new file (never the inode of an older spare, which a dead writer's
+        thread may still be writing), `segment_bytes` of zeros, synced, then its directory."""
+        path = self.dir / SPARE_FILE
+        try:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                zeros = memoryview(bytes(min(SPARE_CHUNK_BYTES, self.segment_bytes)))
+                done = 0
+                while done < self.segment_bytes:
+                    if self._spare_stop:
+                        return
+                    done += os.write(fd, zeros[: self.segment_bytes - done])
+                    os.fsync(fd)  # chunk by chunk (SPARE_CHUNK_BYTES); the last also commits its size
+            finally:
+                os.close(fd)
+            fsync_dir(self.dir)
+        except OSError as err:  # no spare: rotations create empty segments, as without prezero
+            self.spare_error = err
+            import logging
+
+            logging.getLogger(__name__).warning("journal: could not prepare the next segment in %s (%s); "
+                                                "segments grow as they are written", self.dir, err)
+            return
+        ready.set()
+
+    def wait_for_spare(self, timeout_s: float) -> bool:  # float-ok: seconds
+        """Wait up to `timeout_s` for the next segment to be ready (tests and benchmarks, which want
+        a run to start in a pre-zeroed segment; the writer itself never waits for it)."""
+        ready = self._spare_ready
+        return ready is not None and ready.wait(timeout_s)
+
+    def _spare_ready_now(self) -> bool:
+        ready = self._spare_ready
+        return ready is not None and ready.is_set()
+
+    def _grows(self) -> bool:
+        """The current segment is not pre-zeroed (its next record would grow the file) and holds a
+        record, while a spare is ready: rotate into the spare early, before the segment is full."""
+        return self._size > 0 and self._file_bytes <= self._size and self._spare_ready_now()
 
     def _rotate(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
+            self._fd = None
         path = self.dir / f"{self.next_seq:020d}{SEGMENT_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        self._early_rotation = False
+        if self._spare_ready_now() and self._take_spare(path):
+            self._fd = os.open(path, os.O_WRONLY)
+            self._file_bytes = os.fstat(self._fd).st_size
+            self.segments_prezeroed += 1
+        else:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._file_bytes = 0
+            self.segments_plain += 1
+            if self._spare_thread is not None and not self._spare_thread.is_alive() and not self._spare_ready_now():
+                self._spare_ready = None  # the last attempt failed: try again
         self._size = 0
         self._segment_first_seq = self.next_seq
         fsync_dir(self.dir)  # the new file's directory entry must be durable too
+        self._start_spare()
+
+    def _take_spare(self, path: Path) -> bool:
+        """Rename the ready spare to the new segment's name; False (an empty segment is created
+        instead, as when it is not ready) if that fails: a missing spare must not stop the node."""
+        self._spare_ready = None
+        if os.path.lexists(path):  # the writer holds the lock: nothing else names segments
+            raise FileExistsError(errno.EEXIST, "journal segment exists already", str(path))
+        try:
+            os.rename(self.dir / SPARE_FILE, path)
+        except OSError as err:
+            import logging
+
+            logging.getLogger(__name__).warning("journal: could not use the prepared segment in %s (%s)", self.dir, err)
+            return False
+        return True
+
+    def _write_at_end(self, record: bytes) -> None:
+        assert self._fd is not None
+        written = os.pwrite(self._fd, record, self._size)
+        while written < len(record):  # a short write on a regular file is rare but legal
+            written += os.pwrite(self._fd, memoryview(record)[written:], self._size + written)
+        self._file_bytes = max(self._file_bytes, self._size + len(record))
 
     def append(self, payload: bytes, first_seq: int, count: int) -> bytes:
         """Write one record and make it durable before returning its hash.
@@ -573,12 +742,9 @@ class JournalWriter:
         if first_seq != self.next_seq:
             raise ValueError(f"journal expects sequence {self.next_seq}, got {first_seq}")
         try:
-            if self._fd is None or self._size >= self.segment_bytes:
+            if self._fd is None or self._size >= self.segment_bytes or self._grows():
                 self._rotate()
-            assert self._fd is not None
-            written = os.write(self._fd, record)
-            while written < len(record):  # a short write on a regular file is rare but legal
-                written += os.write(self._fd, record[written:])
+            self._write_at_end(record)
         except OSError as err:
             self.poisoned = err
             raise
@@ -612,8 +778,13 @@ class JournalWriter:
     # never race on a descriptor's life.
 
     def rotation_due(self) -> bool:
-        """The next record starts a new segment (pipelined: wait until everything written is durable)."""
-        return self._fd is None or self._size >= self.segment_bytes
+        """The next record starts a new segment (pipelined: wait until everything written is durable).
+        A rotation into a spare that became ready is decided here, once, so `write_record` never
+        rotates unless its caller was told to wait."""
+        if self._fd is None or self._size >= self.segment_bytes:
+            return True
+        self._early_rotation = self._grows()
+        return self._early_rotation
 
     def write_record(self, record: bytes, digest: bytes, first_seq: int, count: int) -> DurableMark:
         """Pipelined: write a record made by `encode` WITHOUT syncing it; return the mark that
@@ -624,14 +795,11 @@ class JournalWriter:
         if first_seq != self.next_seq:
             raise ValueError(f"journal expects sequence {self.next_seq}, got {first_seq}")
         try:
-            if self.rotation_due():
+            if self._fd is None or self._size >= self.segment_bytes or self._early_rotation:
                 if self._fd is not None and self.fsync:
                     self._sync(self._fd)  # the syncer is idle (the caller waited): the old segment's tail
                 self._rotate()
-            assert self._fd is not None
-            written = os.write(self._fd, record)
-            while written < len(record):
-                written += os.write(self._fd, record[written:])
+            self._write_at_end(record)
         except OSError as err:
             self.poisoned = err
             raise
@@ -744,11 +912,24 @@ class JournalWriter:
             self._mark_wake.set()
 
     def close(self) -> None:
+        self._spare_stop = True
+        if self._spare_thread is not None:  # it stops within one chunk (SPARE_CHUNK_BYTES)
+            self._spare_thread.join(timeout=60)
+            self._spare_thread = None
         if self._fd is not None:
-            if self.fsync and self.poisoned is None:  # never retry a sync that failed
-                self._sync(self._fd)
+            if self.poisoned is None:
+                if self._file_bytes > self._size:  # a clean stop leaves no zeros behind (a crash may:
+                    os.ftruncate(self._fd, self._size)  # they read as the end, so this need not be durable)
+                    self._file_bytes = self._size
+                if self.fsync:  # never retry a sync that failed
+                    self._sync(self._fd)
             os.close(self._fd)
             self._fd = None
+        if self.prezero and self.poisoned is None:
+            try:
+                os.unlink(self.dir / SPARE_FILE)
+            except FileNotFoundError:
+                pass
         if self._mark_thread is not None:  # stop the mark thread, then sync the last mark here
             self._mark_closing = True
             self._mark_wake.set()

@@ -50,7 +50,8 @@ from ..engine.core import CommandRejected, Engine, ShardHalt
 from ..engine.module import Module
 from ..engine.node import rebuild_halted
 from ..errors import JournalCorrupt, RingfenceError, ValidationError
-from ..journal.journal import GENESIS_HASH, HEADER_SIZE, MAGIC, MAX_PAYLOAD_BYTES, TRAILER_SIZE, Record, segment_paths
+from ..journal.journal import (GENESIS_HASH, HEADER_SIZE, MAGIC, MAX_PAYLOAD_BYTES, TRAILER_SIZE, Record, nonzero_end,
+                               segment_paths)
 from ..ledger.model import SYSTEM_OWNER, TransferFlags
 from ..risk.halts import HALTED, REDUCE_ONLY, WITHDRAWALS_PAUSED, Halt, halts_of
 from ..app import new_engine
@@ -457,13 +458,19 @@ _HEAD = struct.Struct(">4sHHIIQ32s")
 _CRC = struct.Struct(">II")
 
 
+#: `JournalTail` reads a segment this much at a time, and stops at a chunk that is all zeros.
+TAIL_READ_CHUNK_BYTES = 1 << 20
+
+
 class JournalTail:
     """Reads the journal's records from where it stopped last time, verifying each one.
 
     A second reader of the on-disk format (see `ringfence.journal.journal`): magic, header CRC,
     the hash chain from the last record it verified, sequence continuity and the record hash. A
-    record still being written (shorter than its declared length) ends this read; the next call
-    resumes there. A complete record that fails verification is corruption.
+    record still being written (shorter than its declared length, or in a pre-zeroed segment
+    followed by nothing but zeros) ends this read; the next call resumes there; so does the zero
+    space after a pre-zeroed segment's last record. A complete record that fails verification with
+    data after it is corruption.
     """
 
     def __init__(self, journal_dir: Path) -> None:
@@ -483,21 +490,29 @@ class JournalTail:
             offset = self.offset if path.name == self.segment else 0
             with open(path, "rb") as fh:
                 fh.seek(offset)
-                data = fh.read()
+                chunks: list[bytes] = []
+                while chunk := fh.read(TAIL_READ_CHUNK_BYTES):
+                    chunks.append(chunk)
+                    if chunk.count(0) == len(chunk):  # a pre-zeroed segment's unwritten space (a record's
+                        break  # JSON payload has no zero byte): not the rest of its 64 MiB each time
+                data = b"".join(chunks)
+            data_end = nonzero_end(data)  # beyond it, only the zeros of a pre-zeroed segment
             pos = 0
-            while len(data) - pos >= HEADER_SIZE:
+            while len(data) - pos >= HEADER_SIZE and pos < data_end:
                 magic, _version, _flags, length, count, first_seq, prev = _HEAD.unpack_from(data, pos)
                 crc, _ = _CRC.unpack_from(data, pos + 56)
                 where = f"{path.name}:{offset + pos}"
                 if magic != MAGIC or zlib.crc32(data[pos:pos + 56]) != crc or length > MAX_PAYLOAD_BYTES:
-                    if not any(data[pos:]):
-                        break  # zero-filled space at the tail: nothing written yet
+                    if data_end - pos < HEADER_SIZE:
+                        break  # a header still being written over the zeros
                     raise JournalCorrupt(f"journal record at {where}: bad header")
                 end = pos + HEADER_SIZE + length + TRAILER_SIZE
                 if end > len(data):
                     break  # still being written
                 payload = data[pos + HEADER_SIZE:pos + HEADER_SIZE + length]
                 digest = hashlib.sha256(data[pos:pos + 56] + payload).digest()
+                if digest != data[end - TRAILER_SIZE:end] and end >= data_end:
+                    break  # still being written over the zeros
                 if digest != data[end - TRAILER_SIZE:end] or prev != self.prev_hash or first_seq != self.next_seq:
                     raise JournalCorrupt(f"journal record at {where}: hash chain or sequence broken")
                 yield Record(first_seq, count, payload, digest, path.name, offset + pos)

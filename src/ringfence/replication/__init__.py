@@ -836,7 +836,8 @@ class Follower:
             #: last sequence -> record hash of the local journal, to check the stream against on a restart
             self._local: dict[int, bytes] = {r.last_seq: r.hash for r in _records(node_dir / "journal")}
             self.writer = JournalWriter(node_dir / "journal", next_seq=scan.last_seq + 1, last_hash=scan.last_hash,
-                                        tail_segment=scan.tail_segment, tail_size=scan.tail_size)
+                                        tail_segment=scan.tail_segment, tail_size=scan.tail_size,
+                                        prezero=True)  # as the primary's (`serve`): docs/latency.md
             self.link = NatsLink(target)
             self.kv = self.link.ensure_stream_and_bucket()
         except BaseException:  # release the lock whatever failed, then report it

@@ -528,8 +528,12 @@ class _Sim(Workload):
         assert writer is not None
         if self.rng.random() < 0.7:  # float-ok: die in the middle of writing the next batch
             record, _ = encode_record(self.rng.randbytes(self.rng.randrange(10, 400)), writer.next_seq, 1, writer.last_hash)
-            tail = segment_paths(self.data_dir / "journal")[-1]
-            with open(tail, "ab") as fh:
+            _, _, tail, end = writer.position()  # its segment's logical end (pre-zeroed: zeros follow)
+            if tail is None:  # no segment open (the last one is full): at the end of the last one, as before
+                tail = segment_paths(self.data_dir / "journal")[-1]
+                end = tail.stat().st_size
+            with open(tail, "r+b") as fh:
+                fh.seek(end)
                 fh.write(record[: self.rng.randrange(1, len(record))])
             self.result.torn_tails += 1
         self.node.abandon()  # the process dies: no clean close, nothing synced, the lock released
