@@ -104,9 +104,11 @@ LOCK_FILE = "LOCK"
 #: The next segment, being zero-filled ahead of need (`JournalWriter(prezero=True)`); renamed to its
 #: segment name at rotation. Not a `.rfj` name: no reader ever takes it for a segment.
 SPARE_FILE = "next.rfj.spare"
-#: The spare is written and synced this much at a time, so the disk's queue never holds a whole
-#: segment of zeros ahead of a record's fdatasync; it also bounds how long closing waits for it.
-SPARE_CHUNK_BYTES = 8 * 1024 * 1024
+#: The spare is written and synced this much at a time, so the disk's queue never holds much of a
+#: segment of zeros ahead of a record's fdatasync (8 MiB chunks delayed the syncs of a node just
+#: opened, a promoted standby's, by tens of ms: bench/promotion.py); it also bounds how long closing
+#: waits for it.
+SPARE_CHUNK_BYTES = 1024 * 1024
 DURABLE_FILE = "DURABLE"
 #: The durable mark: magic, segment first seq, durable bytes of that segment, last durable sequence,
 #: hash of that record, CRC-32 of the preceding bytes. Two slots, one sector apart, written in turn,
@@ -607,7 +609,10 @@ class JournalWriter:
         self.mark_synced_seq = 0
         self.mark_syncs = 0
         fsync_dir(self.dir)
-        self._start_spare()  # (a spare left by a crash is never read: it is replaced here)
+        # The spare is started by the first record written, not here: opening (a restart, a standby's
+        # promotion) then does its own syncs without a segment of zeros queued at the disk before
+        # them, and a node that never writes never writes one. (A spare left by a crash is never
+        # read: it is replaced then.)
 
     # ------------------------------------------------------------------ pre-zeroed segments
     # An fdatasync of bytes appended to a file must also commit the file's new size (and extents)
@@ -663,6 +668,8 @@ class JournalWriter:
     def wait_for_spare(self, timeout_s: float) -> bool:  # float-ok: seconds
         """Wait up to `timeout_s` for the next segment to be ready (tests and benchmarks, which want
         a run to start in a pre-zeroed segment; the writer itself never waits for it)."""
+        if self._spare_ready is None:
+            self._start_spare()  # not started yet (no record written since the open): start it now
         ready = self._spare_ready
         return ready is not None and ready.wait(timeout_s)
 
@@ -713,6 +720,8 @@ class JournalWriter:
 
     def _write_at_end(self, record: bytes) -> None:
         assert self._fd is not None
+        if self._spare_ready is None:
+            self._start_spare()  # the first record (or the first after a spare could not be made)
         written = os.pwrite(self._fd, record, self._size)
         while written < len(record):  # a short write on a regular file is rare but legal
             written += os.pwrite(self._fd, memoryview(record)[written:], self._size + written)
