@@ -141,7 +141,8 @@ TEMPLATES: dict[str, Template] = {
         N_("Choose a new password"),
         N_("Someone (hopefully you) asked to reset the password of your ringfence account. Choose a new one here:\n"
         "{link}\n\nThe link works once and expires in {minutes} minutes. Resetting signs the account out "
-        "everywhere and locks withdrawals for a while. If you did not ask for it, ignore this message: your "
+        "everywhere, revokes its API keys (create new ones afterwards if you use the API) and locks withdrawals "
+        "for a while. If you did not ask for it, ignore this message: your "
         "password stays as it is."),
         False,
     ),
