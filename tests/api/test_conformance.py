@@ -423,14 +423,18 @@ def test_every_ccxt_call_sends_only_parameters_the_table_defines(server):
 
 def test_a_band_refusal_says_which_prices_the_side_may_use_now(alice):
     """PERCENT_PRICE_BY_SIDE keeps Binance's code and text start (what clients match) and says the range
-    allowed now, as decimal prices (the engine's integers, written at the edge), for the order's side."""
+    allowed now, as decimal prices on the tick (the engine's integers, written at the edge), for the
+    order's side."""
     from ringfence.money import format_amount
 
     market = {m["symbol"]: m for m in alice.http.get("/v1/markets").json()}["BTCUSDT"]
     info = {s["symbol"]: s for s in alice.get("/api/v3/exchangeInfo").json()["symbols"]}["BTCUSDT"]
     decimals, ppm = info["quoteAssetPrecision"], int(market["band_ppm"])
+    tick = int(Decimal(next(f for f in info["filters"] if f["filterType"] == "PRICE_FILTER")["tickSize"]) * 10**decimals)
     ref_minor = int(Decimal(market["reference_price"]) * 10**decimals)
-    lo, hi = (format_amount(ref_minor * (10**6 + sign * ppm) // 10**6, decimals) for sign in (-1, 1))
+    lo_minor, hi_minor = (ref_minor * (10**6 + sign * ppm) // 10**6 for sign in (-1, 1))
+    # the prices on the tick within the band: ones a client can send
+    lo, hi = (format_amount(v, decimals).rstrip("0").rstrip(".") for v in (-(-lo_minor // tick) * tick, hi_minor // tick * tick))
     before = alice.state()
     for order, words in (
         ({**BASE_ORDER, "price": "100.00"}, f"The price of a BUY order must be between {lo} and {hi} now"),
@@ -442,4 +446,31 @@ def test_a_band_refusal_says_which_prices_the_side_may_use_now(alice):
             body = error_of(alice.post(path, order))
             assert body["code"] == -1013 and body["msg"].startswith("Filter failure: PERCENT_PRICE_BY_SIDE. "), body
             assert words in body["msg"], (words, body)
+    assert alice.state() == before
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"price": "60000.005"}, "Filter failure: PRICE_FILTER. The price must be a multiple of the tick size 0.01."),
+        ({"quantity": "0.00015"}, "Filter failure: LOT_SIZE. The quantity must be a multiple of the step size "),
+        ({"symbol": "ETHUSDT", "price": "3000.00", "quantity": "0.0001"},
+         "Filter failure: NOTIONAL. The order's value (price x quantity) must be at least "),
+    ],
+)
+def test_a_filter_refusal_says_what_the_filter_allows(alice, change, words):
+    """New-user review: "Filter failure: PRICE_FILTER" alone does not say the tick; the text now goes on
+    with what the filter allows (as exchangeInfo publishes it), after the start clients match."""
+    before = alice.state()
+    params = {k: v for k, v in {**BASE_ORDER, **change}.items() if v is not None}
+    info = {s["symbol"]: s for s in alice.get("/api/v3/exchangeInfo").json()["symbols"]}[params["symbol"]]
+    filters = {f["filterType"]: f for f in info["filters"]}
+    published = {"PRICE_FILTER": filters["PRICE_FILTER"]["tickSize"], "LOT_SIZE": filters["LOT_SIZE"]["stepSize"],
+                 "NOTIONAL": filters["NOTIONAL"]["minNotional"]}
+    for path in ("/api/v3/order/test", "/api/v3/order"):
+        body = error_of(alice.post(path, params))
+        assert body["code"] == -1013 and body["msg"].startswith(words), body
+        kind = words.split(": ")[1].split(".")[0]
+        said = body["msg"].rsplit(" ", 1)[1].removesuffix(".")
+        assert Decimal(said) == Decimal(published[kind]) and not said.endswith("0"), (body, published[kind])
     assert alice.state() == before

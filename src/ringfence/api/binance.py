@@ -619,7 +619,7 @@ class BinanceApi:
         accepted = None
         for e in events:
             if isinstance(e, OrderRejected):
-                raise from_order_rejection(e.reason, e.message, e.field, price_decimals=m.quote_decimals, side=str(command.side))
+                raise from_order_rejection(e.reason, e.message, e.field, market=m, side=str(command.side))
             if isinstance(e, OrderAccepted):
                 accepted = e
         if accepted is None:
@@ -659,8 +659,7 @@ class BinanceApi:
         with_rates = params.boolean("computeCommissionRates", default=False)
         rejected = await self.ex.check_order(command)
         if rejected is not None and rejected.reason != "INSUFFICIENT_BALANCE":
-            raise from_order_rejection(rejected.reason, rejected.message, rejected.field, price_decimals=m.quote_decimals,
-                                       side=str(command.side))
+            raise from_order_rejection(rejected.reason, rejected.message, rejected.field, market=m, side=str(command.side))
         if not with_rates:
             return {}
         maker_ppm, taker_ppm = self.ex.rates(owner)

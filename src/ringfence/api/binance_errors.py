@@ -111,18 +111,45 @@ _BAND = re.compile(r"within (\d+)\.\.(\d+)")
 _PARAM_NAMES = {"price": "price", "stop_price": "stopPrice"}
 
 
-def from_order_rejection(reason: str, message: str, field: str, *, price_decimals: int | None = None,
-                         side: str = "") -> BinanceError:
-    """Binance's code and text for an engine refusal. A band refusal (PERCENT_PRICE_BY_SIDE) keeps
-    Binance's code and its text's start (what clients match) and adds the prices allowed now for the
-    order's side, as decimals, when the market's `price_decimals` are given."""
+def _trimmed(decimal: str) -> str:
+    """A decimal string without the trailing zeros of its fraction, for people ("0.010000" -> "0.01")."""
+    return decimal.rstrip("0").rstrip(".") if "." in decimal else decimal
+
+
+def _filter_detail(reason: str, message: str, field: str, m: Any, side: str) -> str:
+    """What a filter refusal allows, in the market's decimals (`m`: the market's `MarketInfo`: tick,
+    lot, min_qty, max_qty, min_notional and the two assets' decimals), or "" when it has nothing to add."""
+    px = lambda v: _trimmed(format_amount(v, m.quote_decimals))  # noqa: E731
+    qty = lambda v: _trimmed(format_amount(v, m.base_decimals))  # noqa: E731
+    param = _PARAM_NAMES.get(field, field or "price")
+    if reason == "PRICE_NOT_ON_TICK":
+        return f". The {param} must be a multiple of the tick size {px(m.tick)}."
+    if reason == "QTY_NOT_ON_LOT":
+        return f". The quantity must be a multiple of the step size {qty(m.lot)}."
+    if reason == "QTY_BELOW_MIN":
+        return f". The quantity must be at least {qty(m.min_qty)}."
+    if reason == "QTY_ABOVE_MAX":
+        return f". The quantity must be at most {qty(m.max_qty)}."
+    if reason == "BELOW_MIN_NOTIONAL":
+        return f". The order's value (price x quantity) must be at least {px(m.min_notional)}."
+    band = _BAND.search(message) if reason == "PRICE_OUTSIDE_BAND" else None
+    if band is None:
+        return ""
+    lo, hi = (int(v) for v in band.groups())
+    tick = m.tick
+    lo, hi = -(-lo // tick) * tick, hi // tick * tick  # the prices on the tick that the band allows
+    who = f"a {side} order" if side in ("BUY", "SELL") else "an order"
+    return f". The {param} of {who} must be between {px(lo)} and {px(hi)} now (the band around the reference price)."
+
+
+def from_order_rejection(reason: str, message: str, field: str, *, market: Any = None, side: str = "") -> BinanceError:
+    """Binance's code and text for an engine refusal. A filter refusal (PRICE_FILTER, LOT_SIZE,
+    NOTIONAL, PERCENT_PRICE_BY_SIDE) keeps Binance's code and its text's start (what clients match)
+    and, when the `market` is given, adds what is allowed, as decimals: the tick, the step, the
+    minimum or maximum, or the prices the band allows now for the order's side (on the tick)."""
     code, text = _REJECTIONS.get(reason, (-1013, f"Order rejected: {reason}"))
     if reason == "INVALID_PARAMETER":
         return _illegal(field, message)
-    band = _BAND.search(message) if reason == "PRICE_OUTSIDE_BAND" and price_decimals is not None else None
-    if band is not None and price_decimals is not None:
-        lo, hi = (format_amount(int(v), price_decimals) for v in band.groups())
-        who = f"a {side} order" if side in ("BUY", "SELL") else "an order"
-        text += (f". The {_PARAM_NAMES.get(field, field or 'price')} of {who} must be between {lo} and {hi} now "
-                 "(the band around the reference price).")
+    if market is not None:
+        text += _filter_detail(reason, message, field, market, side)
     return BinanceError(code, text)
