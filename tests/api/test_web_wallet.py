@@ -246,7 +246,7 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     expect(page.locator("body")).not_to_contain_text(dest["BTC"])
     page.goto(base + "/wallet/withdraw")
     page.select_option("#wd-coin", "BTC")
-    expect(page.locator("#wd-limits")).to_contain_text("fee 0.00010000 BTC")
+    expect(page.locator("#wd-limits")).to_contain_text("fee 0.0001 BTC")
     start = chain_balance(server.data, "BTC", dest["BTC"])
     page.select_option("#wd-address", dest["BTC"])
     page.fill("#wd-amount", "0.01")

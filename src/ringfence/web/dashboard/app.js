@@ -19,21 +19,7 @@ window.ringfenceChart = chart;
 
 const $ = (id) => document.getElementById(id);
 // The page's language (i18n.js): `_` translates, `num` writes a decimal string for the locale (display only).
-const { _, num } = window.rfI18n;
-// Amounts on screen: at most DISPLAY_DECIMALS_MAX decimals (ETH has 18 in the ledger; nobody reads them),
-// cut on the decimal string (never a float), so what shows is never more than what is held; a cut that
-// dropped non-zero digits ends in "…", and the cell's title holds the exact amount. `trim` also drops
-// trailing zeros down to two decimals (balances: "1000.00", not "1000.000000").
-const DISPLAY_DECIMALS_MAX = 8;
-function shown(s, trim) {
-  if (s === undefined || s === null || s === "") return { text: s, exact: true };
-  const [whole, frac = ""] = String(s).split(".");
-  let keep = frac.slice(0, DISPLAY_DECIMALS_MAX);
-  const exact = /^0*$/.test(frac.slice(DISPLAY_DECIMALS_MAX));
-  if (trim) keep = keep.replace(/0+$/, "").padEnd(Math.min(2, frac.length), "0");
-  return { text: keep ? `${whole}.${keep}` : whole, exact };
-}
-function amount(s, trim) { const a = shown(s, trim); return a.exact ? num(a.text) : num(a.text) + "…"; }
+const { _, num, amount } = window.rfI18n;
 function amountCell(row, s, cls, trim) { const td = cell(row, amount(s, trim), cls); td.title = s; return td; }
 function orderPrice(o) { // a market order has no limit price (the API says "0"): say so, as exchanges do
   return o.type === "MARKET" ? _("Market") : num(o.price);

@@ -30,6 +30,20 @@ window.rfI18n = (() => {
     }
     try { return formats.get(decimals).format(text); } catch (e) { return text; }
   }
+  // Amounts on screen: at most DISPLAY_DECIMALS_MAX decimals (ETH has 18 in the ledger; nobody reads them),
+  // cut on the decimal string (never a float), so what shows is never more than what is held; a cut that
+  // dropped non-zero digits ends in "…" (a cell's title may hold the exact amount). `trim` also drops
+  // trailing zeros down to two decimals (balances: "1000.00", not "1000.000000").
+  const DISPLAY_DECIMALS_MAX = 8;
+  function shown(s, trim) {
+    if (s === undefined || s === null || s === "") return { text: s, exact: true };
+    const [whole, frac = ""] = String(s).split(".");
+    let keep = frac.slice(0, DISPLAY_DECIMALS_MAX);
+    const exact = /^0*$/.test(frac.slice(DISPLAY_DECIMALS_MAX));
+    if (trim) keep = keep.replace(/0+$/, "").padEnd(Math.min(2, frac.length), "0");
+    return { text: keep ? `${whole}.${keep}` : whole, exact };
+  }
+  function amount(s, trim) { const a = shown(s, trim); return a.exact ? num(a.text) : num(a.text) + "…"; }
   function time(ms) { return new Date(ms).toLocaleTimeString(intlLocale); }
   // A length of time in words ("10 minutes", "1 day"), from whole seconds: the largest unit of which
   // there is at least one, rounded, as the server's pages and mails write it (Babel's format_timedelta).
@@ -45,5 +59,5 @@ window.rfI18n = (() => {
       if (el) el.addEventListener("change", () => el.form.submit());
     }
   });
-  return { _, num, time, duration, locale, intlLocale, fiat, ready };
+  return { _, num, amount, time, duration, locale, intlLocale, fiat, ready };
 })();

@@ -3,7 +3,7 @@
 "use strict";
 
 // The page's language (i18n.js): `_` translates (the catalogue is loaded before start() draws anything).
-const { _, num, duration } = window.rfI18n;
+const { _, num, amount, duration } = window.rfI18n;
 function withdrawStatus(s) {
   return {0: _("e-mail sent"), 1: _("cancelled"), 2: _("awaiting approval"), 3: _("rejected"), 4: _("processing"), 5: _("failure"), 6: _("completed")}[s];
 }
@@ -70,7 +70,7 @@ async function showAddress() {
 
 function depositRows(tbody, rows) {
   tbody.replaceChildren(...rows.map(d => el("tr", {"data-txid": d.txId, "data-status": d.status},
-    el("td", {}, when(d.insertTime)), el("td", {}, d.coin), el("td", {class: "amount"}, num(d.amount)),
+    el("td", {}, when(d.insertTime)), el("td", {}, d.coin), el("td", {class: "amount"}, amount(d.amount, true)),
     el("td", {class: "confirm"}, d.confirmTimes), el("td", {class: "status"}, depositStatus(d.status) || d.status),
     el("td", {class: "txid"}, d.txId))));
 }
@@ -113,7 +113,8 @@ async function showLimits() {
   if ($("#wd-coin").value !== coin) return;  // the coin was changed while this answer was on its way
   const bal = acct.balances.find(b => b.asset === coin);
   $("#wd-limits").textContent = _("Network %(network)s: fee %(fee)s %(coin)s (taken from the amount), minimum %(min)s, maximum %(max)s; available %(free)s %(coin)s.",
-    {network: net.network, fee: num(net.withdrawFee), coin, min: num(net.withdrawMin), max: num(net.withdrawMax), free: num(bal ? bal.free : "0")}) +
+    {network: net.network, fee: amount(net.withdrawFee, true), coin, min: amount(net.withdrawMin, true), max: amount(net.withdrawMax, true),
+     free: amount(bal ? bal.free : "0", true)}) +
     (net.withdrawEnable ? "" : " " + _("Withdrawals are paused: %(reason)s", {reason: net.withdrawDesc}));
 }
 
@@ -129,7 +130,7 @@ function cancelButton(w) {
 async function refreshWithdrawals() {
   const rows = await call("GET", "/capital/withdraw/history");
   $("#withdrawals").replaceChildren(...rows.map(w => el("div", {class: "withdrawal", "data-id": w.id, "data-status": w.status},
-    el("p", {}, _("%(time)s · %(amount)s %(coin)s (fee %(fee)s) to %(address)s", {time: w.applyTime, amount: num(w.amount), coin: w.coin, fee: num(w.transactionFee), address: w.address}) + " · ",
+    el("p", {}, _("%(time)s · %(amount)s %(coin)s (fee %(fee)s) to %(address)s", {time: w.applyTime, amount: amount(w.amount, true), coin: w.coin, fee: amount(w.transactionFee, true), address: w.address}) + " · ",
       el("b", {class: "status"}, withdrawStatus(w.status)), " ", cancelButton(w)),
     el("ol", {class: "timeline"}, ...w.timeline.map(s => el("li", {"data-status": s.status}, s.step + ": " + s.info))))));
 }
@@ -140,7 +141,7 @@ async function refreshHistory() {
   depositRows($("#hist-deposits tbody"), await call("GET", "/capital/deposit/hisrec"));
   const ws = await call("GET", "/capital/withdraw/history");
   $("#hist-withdrawals tbody").replaceChildren(...ws.map(w => el("tr", {"data-id": w.id, "data-status": w.status},
-    el("td", {}, w.applyTime), el("td", {}, w.coin), el("td", {}, num(w.amount)), el("td", {}, num(w.transactionFee)),
+    el("td", {}, w.applyTime), el("td", {}, w.coin), el("td", {}, amount(w.amount, true)), el("td", {}, amount(w.transactionFee, true)),
     el("td", {}, w.address), el("td", {class: "status"}, withdrawStatus(w.status)), el("td", {}, w.info), el("td", {}, w.txId))));
 }
 
