@@ -63,6 +63,7 @@ def sign_up_and_verify(ctx, page, base, email="web@example.com"):
     page.fill("#password", PASSWORD)
     page.click("#signup")
     assert "Check your inbox" in page.inner_text("h1"), page.inner_text("body")
+    assert page.get_attribute("#next", "href") == "/login", "the page leads on to signing in (new-user review)"
     link = outbox(ctx, to=email, template="verify_email")[-1].body.split("\n")
     url = next(line for line in link if "verify-email?token=" in line)
     page.goto(url)  # the link's page: the address and a button; the GET confirmed nothing

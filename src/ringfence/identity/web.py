@@ -200,7 +200,8 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         except RingfenceError as err:  # the form again, with what was typed (never the password) and why
             return _render("signup.html", status_code=err.http_status, error=for_people(err),
                            email=form.get("email", "")[:254], error_field=err.field or "")
-        return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message))
+        return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
+                       link_label=_t("Sign in"))
 
     def unusable_link(err: RingfenceError, message: str, link: str, link_label: str) -> HTMLResponse:
         """An e-mailed link that cannot be used (made up, used, expired): what to do instead, one link
