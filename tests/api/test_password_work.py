@@ -72,7 +72,7 @@ def test_sign_ins_do_not_stall_other_requests(server):
 
 def test_past_the_queue_a_sign_in_is_refused_at_once_with_503(server):
     n = 3 * (THREADS + WAITING_MAX)
-    answers, pings = asyncio.run(sign_ins_while_pinging(server.base, n, subnet=5))
+    answers, _pings = asyncio.run(sign_ins_while_pinging(server.base, n, subnet=5))  # the pings: the first test's
     codes = [r.status_code for r in answers]
     assert set(codes) == {401, 503}, codes
     # all that fit ran (the queue is full at the start; more are admitted as it drains), the others were refused
@@ -81,7 +81,6 @@ def test_past_the_queue_a_sign_in_is_refused_at_once_with_503(server):
         assert refused.headers["retry-after"] == "1"
         assert "the server is busy; try again in a moment" in refused.text
         assert '<form' in refused.text and 'action="/login"' in refused.text  # the sign-in form again
-    assert max(pings) < 1.0, f"slowest ping {max(pings):.3f} s of {len(pings)}"
     # the queue drained: the next sign-in is answered, not refused
     again = httpx.post(server.base + "/login", data={"email": "nobody@example.com", "password": "not the password 1"})
     assert again.status_code == 401, again.text[-300:]
