@@ -31,6 +31,7 @@ __all__ = [
     "RateLimited",
     "Halted",
     "ShardHalted",
+    "Busy",
     "JournalCorrupt",
     "SnapshotInvalid",
     "InvariantViolation",
@@ -187,6 +188,14 @@ class ShardHalted(RingfenceError):
     code = "RF_SHARD_HALTED"
     http_status = 503
     default_message = "the engine shard is halted after a broken invariant; an operator must look"
+
+
+class Busy(RingfenceError):
+    """Too much of one kind of work is queued (password hashing): refused before it starts, nothing changed."""
+
+    code = "RF_BUSY"
+    http_status = 503
+    default_message = "the server is busy; try again in a moment"
 
 
 class PrecheckFailed(RingfenceError):

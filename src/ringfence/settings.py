@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     identity_argon2_memory_kib: int = Field(default=65536, ge=1024, le=4 * 1024 * 1024)
     identity_argon2_time_cost: int = Field(default=3, ge=1, le=20)
     identity_argon2_parallelism: int = Field(default=4, ge=1, le=16)
+    # Password hashing runs in worker threads, never on the event loop (identity/web.py PasswordWork):
+    # at most `threads` at once (each holds `memory_kib`), at most `waiting_max` more queued behind
+    # them; past that a sign-in, sign-up or password change is answered 503 with Retry-After.
+    identity_password_threads: int = Field(default=2, ge=1, le=64)
+    identity_password_waiting_max: int = Field(default=32, ge=0, le=10_000)
 
     identity_session_ttl_s: int = Field(default=12 * 3600, ge=60, le=30 * 86400)
     identity_session_idle_s: int = Field(default=2 * 3600, ge=60, le=30 * 86400)

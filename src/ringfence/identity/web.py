@@ -12,26 +12,31 @@ is a standalone app for development and tests.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, TypeVar
 
+import anyio
+import anyio.to_thread
 from babel.dates import format_timedelta
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from ..errors import AuthenticationFailed, Forbidden, RingfenceError, Unauthorized, ValidationError
+from ..errors import AuthenticationFailed, Busy, Forbidden, RingfenceError, Unauthorized, ValidationError
 from ..i18n import format_amount, gettext_for, page_context, request_locale
 from . import accounts, api_keys, events, mail, pgp_keys, second_factor, sessions
 from .context import IdentityContext
 from .security_centre import overview
 
-__all__ = ["create_router", "create_app", "PENDING_COOKIE_NAME", "FORM_MAX_BYTES"]
+__all__ = ["create_router", "create_app", "PasswordWork", "PENDING_COOKIE_NAME", "FORM_MAX_BYTES"]
+
+_T = TypeVar("_T")
 
 PENDING_COOKIE_NAME = "__Host-rf_pending"
 FORM_MAX_BYTES = 128 * 1024
@@ -123,6 +128,46 @@ def for_people(err: RingfenceError) -> str:
     return f"{label[:1].upper()}{label[1:]}: {message}"
 
 
+class PasswordWork:
+    """Runs an identity operation that hashes or verifies a password (argon2id: 64 MiB and ~0.1-0.5 s of
+    CPU each) in a worker thread, never on the event loop: on the loop, 40 sign-ins at once stalled every
+    other request of the process (GET /api/v3/ping) for 18 s. The whole operation goes to the thread, so
+    its transaction stays on one thread (`Store.tx` opens a session per call; the engine's pool is
+    thread-safe, as for FastAPI's sync routes); argon2-cffi releases the GIL while it hashes.
+
+    At most `threads` operations run at once (memory: `threads` x the argon2 memory cost); at most
+    `waiting_max` more wait for a thread. Past that the request is refused at once with `Busy` (503,
+    Retry-After) and nothing is done: the queue never grows without bound. Context variables (the
+    page's language) are copied into the thread (anyio). A request cancelled while its operation runs
+    waits for it to finish (the transaction commits or rolls back whole); one cancelled while waiting
+    never starts it. Rate limits, lockouts and the dummy verification for unknown e-mails are the
+    operation's own and run in the thread unchanged."""
+
+    RETRY_AFTER_S = 1
+
+    def __init__(self, threads: int, waiting_max: int) -> None:
+        self.limiter = anyio.CapacityLimiter(threads)
+        self.admit_max = threads + waiting_max
+        self.admitted = 0  # running + waiting; only the event loop's thread changes it
+
+    async def __call__(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        if self.admitted >= self.admit_max:
+            raise Busy(retry_after_s=self.RETRY_AFTER_S)
+        self.admitted += 1
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.limiter)
+        finally:
+            self.admitted -= 1
+
+
+def _retry_after(response: Response, err: RingfenceError) -> Response:
+    """`response`, with `Retry-After` when `err` says how long to wait (RateLimited, Busy)."""
+    retry = err.details.get("retry_after_s")
+    if isinstance(retry, int) and retry > 0:
+        response.headers["Retry-After"] = str(retry)
+    return response
+
+
 def _after(response: HTMLResponse, tasks: BackgroundTasks) -> HTMLResponse:
     """`response`, with `tasks` run once it is sent."""
     response.background = tasks
@@ -176,6 +221,8 @@ def create_router(ctx: IdentityContext) -> APIRouter:
             raise Forbidden("cross-site requests are not allowed", field="origin")
 
     router = APIRouter(dependencies=[Depends(same_origin_only), Depends(page_locale)])
+    # every route that hashes or verifies a password runs its accounts.* call through this
+    password_work = PasswordWork(ctx.settings.identity_password_threads, ctx.settings.identity_password_waiting_max)
 
     @router.get("/static/identity.js")
     def static_js() -> Response:
@@ -195,11 +242,11 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     async def signup(request: Request) -> HTMLResponse:
         form = await _form(request)
         try:
-            receipt = accounts.sign_up(ctx, form.get("email", ""), form.get("password", ""), ip=_client_ip(request),
-                                       locale=_PAGE_LOCALE.get())
+            receipt = await password_work(accounts.sign_up, ctx, form.get("email", ""), form.get("password", ""),
+                                          ip=_client_ip(request), locale=_PAGE_LOCALE.get())
         except RingfenceError as err:  # the form again, with what was typed (never the password) and why
-            return _render("signup.html", status_code=err.http_status, error=for_people(err),
-                           email=form.get("email", "")[:254], error_field=err.field or "")
+            return _retry_after(_render("signup.html", status_code=err.http_status, error=for_people(err),
+                                        email=form.get("email", "")[:254], error_field=err.field or ""), err)
         return _render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
                        link_label=_t("Sign in"))
 
@@ -251,15 +298,16 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         form = await _form(request)
         token = form.get("token", "")
         try:
-            accounts.claim_pending_account(ctx, token, form.get("password", ""), ip=_client_ip(request),
-                                           locale=_PAGE_LOCALE.get())  # the claimer's language, as at sign-up
+            await password_work(accounts.claim_pending_account, ctx, token, form.get("password", ""), ip=_client_ip(request),
+                                locale=_PAGE_LOCALE.get())  # the claimer's language, as at sign-up
         except Unauthorized as err:
             return unusable_signup_link(err)
-        except ValidationError as err:
-            if err.field != "password":
+        except (ValidationError, Busy) as err:
+            if isinstance(err, ValidationError) and err.field != "password":
                 raise
             email = accounts.check_claim_link(ctx, token)  # the form again, with what to change (nothing changed)
-            return _render("claim_account.html", status_code=err.http_status, email=email, token=token, error=for_people(err))
+            return _retry_after(_render("claim_account.html", status_code=err.http_status, email=email, token=token,
+                                        error=for_people(err)), err)
         return _render("message.html", title=_t("E-mail confirmed"),
                        message=_t("Your address is confirmed and your password is set. You can sign in now."), link="/login")
 
@@ -319,15 +367,16 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         form = await _form(request)
         token = form.get("token", "")
         try:
-            done = accounts.reset_password(ctx, token, form.get("password", ""), form.get("code", ""), ip=_client_ip(request))
-        except (ValidationError, AuthenticationFailed) as err:  # before Unauthorized: a wrong code is one
-            if err.field not in ("password", "code"):
+            done = await password_work(accounts.reset_password, ctx, token, form.get("password", ""), form.get("code", ""),
+                                       ip=_client_ip(request))
+        except (ValidationError, AuthenticationFailed, Busy) as err:  # before Unauthorized: a wrong code is one
+            if not isinstance(err, Busy) and err.field not in ("password", "code"):
                 if isinstance(err, Unauthorized):
                     return unusable_reset_link(err)
                 raise
             link = accounts.check_reset_link(ctx, token)
-            return _render("reset_password.html", status_code=err.http_status, email=link.email, needs=link.needs,
-                           token=token, error=for_people(err))
+            return _retry_after(_render("reset_password.html", status_code=err.http_status, email=link.email,
+                                        needs=link.needs, token=token, error=for_people(err)), err)
         except Unauthorized as err:
             return unusable_reset_link(err)
         message = _t("Your new password is set and the account was signed out everywhere. You can sign in now.")
@@ -372,11 +421,11 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     async def login(request: Request) -> Response:
         form = await _form(request)
         try:
-            result = accounts.login(ctx, form.get("email", ""), form.get("password", ""), ip=_client_ip(request),
-                                    user_agent=request.headers.get("user-agent", ""))
+            result = await password_work(accounts.login, ctx, form.get("email", ""), form.get("password", ""),
+                                         ip=_client_ip(request), user_agent=request.headers.get("user-agent", ""))
         except RingfenceError as err:  # as /signup: the form again, the address kept, the password not
-            return _render("login.html", status_code=err.http_status, error=for_people(err),
-                           email=form.get("email", "")[:254], error_field=err.field or "")
+            return _retry_after(_render("login.html", status_code=err.http_status, error=for_people(err),
+                                        email=form.get("email", "")[:254], error_field=err.field or ""), err)
         if not result.second_factor_required:
             return _session_response(ctx, result.session)
         response = RedirectResponse("/login/2fa", status_code=303)
@@ -506,8 +555,8 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     async def change_password(request: Request) -> Response:
         form = await _form(request)
         token = _csrf(ctx, request, form)
-        issued = accounts.change_password(ctx, token, form.get("current_password", ""), form.get("new_password", ""),
-                                          ip=_client_ip(request))
+        issued = await password_work(accounts.change_password, ctx, token, form.get("current_password", ""),
+                                     form.get("new_password", ""), ip=_client_ip(request))
         return _session_response(ctx, issued)
 
     @router.post("/security/email", response_class=HTMLResponse)
@@ -678,13 +727,13 @@ def install(app: FastAPI, ctx: IdentityContext) -> None:
     @app.exception_handler(RingfenceError)
     async def identity_error(request: Request, exc: RingfenceError) -> Response:
         if request.url.path.startswith("/webauthn/") or not request.url.path.startswith(prefixes):
-            return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+            return _retry_after(JSONResponse(exc.to_dict(), status_code=exc.http_status), exc)
         _PAGE_LOCALE.set(request_locale(request))
         _PAGE_PATH.set(request.url.path)
         # the error's own text stays English (it names the field; docs/i18n.md), the page around it is translated;
         # a refused form leads back to that form
-        return _render("message.html", status_code=exc.http_status, title=_t("That did not work"), message=for_people(exc),
-                       code=exc.code, back=_form_back(request))
+        return _retry_after(_render("message.html", status_code=exc.http_status, title=_t("That did not work"),
+                                    message=for_people(exc), code=exc.code, back=_form_back(request)), exc)
 
 
 def create_app(ctx: IdentityContext) -> FastAPI:
@@ -711,12 +760,12 @@ def create_app(ctx: IdentityContext) -> FastAPI:
     @app.exception_handler(RingfenceError)
     async def ringfence_error(request: Request, exc: RingfenceError) -> Response:
         if request.url.path.startswith("/webauthn/"):
-            return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+            return _retry_after(JSONResponse(exc.to_dict(), status_code=exc.http_status), exc)
         _PAGE_LOCALE.set(request_locale(request))
         _PAGE_PATH.set(request.url.path)
         # the error's own text stays English (it names the field; docs/i18n.md), the page around it is translated;
         # a refused form leads back to that form
-        return _render("message.html", status_code=exc.http_status, title=_t("That did not work"), message=for_people(exc),
-                       code=exc.code, back=_form_back(request))
+        return _retry_after(_render("message.html", status_code=exc.http_status, title=_t("That did not work"),
+                                    message=for_people(exc), code=exc.code, back=_form_back(request)), exc)
 
     return app
