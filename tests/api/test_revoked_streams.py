@@ -179,3 +179,33 @@ def test_the_freeze_link_ends_the_keys_streams_behind_gateways(gateway_server):
 
     asyncio.run(scenario(server, b, freeze))
     b.http.close()
+
+
+def test_revoking_one_key_ends_only_that_keys_streams(server):
+    """The owner revokes one key in the security centre: its listen key goes and its socket closes; a
+    listen key made with her other key, and its socket, carry on."""
+    b = new_user(server)
+    first, _ = keys_of(server, b)
+    second, _ = keys_of(server, b)
+    page = b.request("GET", "/security").text
+    first_id = int(re.findall(r'action="/security/api-keys/(\d+)/revoke"', page)[0])
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=server.base, timeout=10) as http:
+            old, kept = [(await http.post("/api/v3/userDataStream", headers={"X-MBX-APIKEY": e["api_key"]})).json()["listenKey"]
+                         for e in (first, second)]
+            async with websockets.connect(ws_url(server, f"/ws/{old}")) as gone, websockets.connect(ws_url(server, f"/ws/{kept}")) as live:
+                page = b.request("GET", "/security").text
+                assert b.request("POST", f"/security/api-keys/{first_id}/revoke", data={"csrf_token": csrf_of(page)}).status_code == 303
+                await closed_for_revocation(gone, "the revoked key's listen key socket")
+                await asyncio.to_thread(order, b)
+                deadline = time.monotonic() + 10
+                while json.loads(await asyncio.wait_for(live.recv(), max(0.01, deadline - time.monotonic()))).get("e") != "executionReport":
+                    pass
+            ok = await http.put("/api/v3/userDataStream", params={"listenKey": kept}, headers={"X-MBX-APIKEY": second["api_key"]})
+            assert ok.status_code == 200, ok.text
+            refused = await http.put("/api/v3/userDataStream", params={"listenKey": old}, headers={"X-MBX-APIKEY": second["api_key"]})
+            assert refused.status_code == 400 and refused.json()["code"] == -1125, refused.text
+
+    asyncio.run(run())
+    b.http.close()
