@@ -56,12 +56,17 @@ class AccessWatch:
 
     async def run(self) -> None:
         """Check every `POLL_S` until cancelled (the server's lifespan)."""
+        failing = False
         while True:
             await asyncio.sleep(self.POLL_S)
             try:
                 await self.settle()
-            except Exception:  # a fault of ours: logged, the next poll tries again
-                log.exception("access.settle_failed")
+            except Exception:  # the database away, or a fault of ours: logged once, the next poll tries again
+                if not failing:
+                    log.exception("access.settle_failed")
+                failing = True
+            else:
+                failing = False
 
     async def settle(self) -> None:
         """When the key generation moved since the last check (or cannot be read: the cache is
