@@ -328,12 +328,14 @@ def test_bad_frames_and_refusals_get_binance_codes_and_change_nothing(server):
 
 def test_revoking_the_logged_on_key_stops_the_next_request(server):
     """A key revoked (through the identity service, on the server's own database) after
-    `session.logon` fails on the logged-on connection's very next request, although the session
+    `session.logon` fails on the logged-on connection's very next request (or the connection is already closed
+    for it, api/access.py), although the session
     answers from its last check while the identity database has not changed (PRAGMA data_version)."""
     from ringfence.identity import accounts, api_keys, second_factor
 
     from .test_ed25519_keys import PASSWORD, _identity_ctx, _user_with_totp
 
+    from ringfence.api.access import REVOKED_REASON
     from ringfence.api.auth import IdentityAuthenticator
 
     ctx, _ = _identity_ctx(server)
@@ -359,9 +361,17 @@ def test_revoking_the_logged_on_key_stops_the_next_request(server):
             before = watcher.change_version()
             api_keys.revoke_api_key(ctx, token, created.key_id)
             assert watcher.change_version() != before  # what tells the server's sessions to check again
-            gone = await c.call("openOrders.status", {"symbol": "BTCUSDT", "timestamp": now_ms()})
-            assert gone["status"] == 401 and gone["error"]["code"] == -2015 and "revoked" in gone["error"]["msg"]
-            again = await c.call("session.logon", ed25519_signed(entry, {}))
+            # the very next request is refused, or (once the server's access watch has seen the revocation,
+            # api/access.py) the connection is already closed for it
+            try:
+                gone = await c.call("openOrders.status", {"symbol": "BTCUSDT", "timestamp": now_ms()})
+                assert gone["status"] == 401 and gone["error"]["code"] == -2015 and "revoked" in gone["error"]["msg"]
+                await asyncio.wait_for(ws.recv(), 5)
+                raise AssertionError("the connection logged on with the revoked key stayed open")
+            except websockets.ConnectionClosed as closed:
+                assert closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (1008, REVOKED_REASON), closed
+        async with websockets.connect(ws_api_url(server)) as ws:
+            again = await Client(ws).call("session.logon", ed25519_signed(entry, {}))
             assert again["status"] == 401 and again["error"]["code"] == -2015
 
     asyncio.run(scenario())

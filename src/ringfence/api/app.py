@@ -359,6 +359,8 @@ def create_app(
         exchange.batch_subscribers.append(engine_subscriber(exchange, monitor.outbox))
         relay_recovered(exchange, monitor.outbox, identity_ctx.store)  # what a crash kept from the stream, from the journal
     hub = StreamHub(exchange, gate.listen_keys)
+    hub.access = gate.access  # a revoked credential's listen keys go, and their sockets close (api/access.py)
+    gate.on_listen_keys_dropped.append(hub.end_listen_keys)
     hub.fanout_seconds = Histogram("ringfence_ws_fanout_seconds", "Time to write one market-data message to all its subscribers",
                                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0), registry=metrics.registry)
     api = BinanceApi(exchange, gate)
@@ -387,6 +389,7 @@ def create_app(
         if monitor is not None:
             monitor.start()
         quiet_client_garbage()
+        access_watch = asyncio.get_running_loop().create_task(gate.access.run())
         stop = threading.Event()
         worker = None
         if reconcile_every_ms:
@@ -412,6 +415,7 @@ def create_app(
         try:
             yield
         finally:
+            access_watch.cancel()
             stop.set()
             if worker is not None:
                 worker.join(10)

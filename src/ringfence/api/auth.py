@@ -18,8 +18,9 @@
   `BinanceError`, which the app renders in Binance's shape.
 * Request weight is charged per client IP and per API key (429 with `Retry-After`, then a
   temporary 418 ban for clients that keep going).
-* User data stream listen keys: random, bound to one account, valid 60 minutes after the last
-  keep-alive.
+* User data stream listen keys: random, bound to one account and to the credential that made it (an
+  API key from a client IP, or a web session), valid 60 minutes after the last keep-alive or until
+  that credential stops working (api/access.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import RingfenceError
 from ..identity.api_keys import ApiPrincipal
+from .access import AccessWatch, Source
 from .binance_errors import BinanceError, bad_key, from_ringfence
 from .gateway import Params, RateLimiter, ReplayGuard, check_timestamp, split_signature
 
@@ -100,6 +102,19 @@ class IdentityAuthenticator:
 
         return principal_for_key(self.ctx, api_key, client_ip, scope).account_id
 
+    def session_live(self, session_id: int, account_id: str) -> bool:
+        """Whether web session `session_id` still signs `account_id` in (not revoked, not expired, the
+        account not frozen): a listen key the dashboard made with it lives as long (api/access.py)."""
+        from sqlalchemy import select
+
+        from ..store.models import AuthSession, User
+
+        now = self.ctx.now()
+        with self.ctx.store.tx() as db:
+            row = db.execute(select(AuthSession.revoked_at_s, AuthSession.expires_at_s, User.frozen, User.account_id)
+                             .join(User, User.id == AuthSession.user_id).where(AuthSession.id == session_id)).first()
+        return row is not None and row[0] is None and row[1] > now and not row[2] and row[3] == account_id
+
     def change_version(self) -> int | None:
         """A number that changes whenever any connection, of any process, commits to the identity
         database: SQLite's `PRAGMA data_version` read on a connection of our own (which itself never
@@ -130,31 +145,46 @@ class ListenKeys:
     KINDS = ("spot", "futures")
 
     def __init__(self) -> None:
-        self._keys: dict[str, tuple[str, float, str]] = {}  # float-ok: monotonic expiry time
+        #: key -> (owner, monotonic expiry, kind, the credential that made it: api/access.py `Source`)
+        self._keys: dict[str, tuple[str, float, str, Source | None]] = {}  # float-ok: monotonic expiry time
         self._lock = threading.Lock()
 
-    def create(self, owner: str, kind: str = "spot") -> str:
+    def create(self, owner: str, kind: str = "spot", source: Source | None = None) -> str:
+        """A new key of `owner` (a futures one: the account's, extended), made with `source`."""
         assert kind in self.KINDS, kind
         with self._lock:
             self._purge()
-            mine = [k for k, (o, _, kd) in self._keys.items() if o == owner]
+            mine = [k for k, entry in self._keys.items() if entry[0] == owner]
             if kind == "futures":
                 for k in mine:
                     if self._keys[k][2] == kind:
-                        self._keys[k] = (owner, time.monotonic() + self.VALID_S, kind)
+                        self._keys[k] = (owner, time.monotonic() + self.VALID_S, kind, source)
                         return k
             if len(mine) >= self.MAX_PER_ACCOUNT:
                 del self._keys[mine[0]]
             key = secrets.token_urlsafe(45)[:60]
-            self._keys[key] = (owner, time.monotonic() + self.VALID_S, kind)
+            self._keys[key] = (owner, time.monotonic() + self.VALID_S, kind, source)
             return key
+
+    def sources(self) -> set[Source]:
+        """The credentials live keys were made with."""
+        with self._lock:
+            return {entry[3] for entry in self._keys.values() if entry[3] is not None}
+
+    def drop_sources(self, dead: set[Source]) -> set[str]:
+        """Forget every key made with a credential in `dead`; returns them."""
+        with self._lock:
+            gone = {k for k, entry in self._keys.items() if entry[3] in dead}
+            for key in gone:
+                del self._keys[key]
+            return gone
 
     def keepalive(self, key: str, owner: str) -> None:
         with self._lock:
             entry = self._keys.get(key)
             if entry is None or entry[0] != owner:
                 raise BinanceError(-1125, "This listenKey does not exist.")
-            self._keys[key] = (owner, time.monotonic() + self.VALID_S, entry[2])
+            self._keys[key] = (owner, time.monotonic() + self.VALID_S, entry[2], entry[3])
 
     def close(self, key: str, owner: str) -> None:
         with self._lock:
@@ -167,7 +197,7 @@ class ListenKeys:
         """The owner's live futures key (PUT/DELETE /fapi/v1/listenKey name none), or -1125."""
         with self._lock:
             now = time.monotonic()
-            for k, (o, exp, kd) in self._keys.items():
+            for k, (o, exp, kd, _src) in self._keys.items():
                 if o == owner and kd == "futures" and exp >= now:
                     return k
         raise BinanceError(-1125, "This listenKey does not exist.")
@@ -182,7 +212,7 @@ class ListenKeys:
 
     def _purge(self) -> None:
         now = time.monotonic()
-        for key in [k for k, (_, exp, _kd) in self._keys.items() if exp < now]:
+        for key in [k for k, entry in self._keys.items() if entry[1] < now]:
             del self._keys[key]
 
 
@@ -210,6 +240,22 @@ class ApiGate:
         self.key_limiter = RateLimiter(key_weight_per_min, ban_after=ban_after, ban_s=ban_s)
         self.replays = ReplayGuard()
         self.listen_keys = ListenKeys()
+        #: ends listen keys, user data sockets and WebSocket API logons of credentials that stop working
+        self.access = AccessWatch(authenticator)
+        self.access.add(self.listen_keys.sources, self._drop_listen_keys)
+        #: called with the listen keys dropped (the stream hub closes their sockets)
+        self.on_listen_keys_dropped: list[Callable[[set[str]], None]] = []
+
+    def _drop_listen_keys(self, dead: set[Source]) -> None:
+        gone = self.listen_keys.drop_sources(dead)
+        if gone:
+            for closer in self.on_listen_keys_dropped:
+                closer(gone)
+
+    @staticmethod
+    def key_source(request: Request) -> Source | None:
+        """The credential `key_only` admitted for this request (what its listen key lives as long as)."""
+        return _state(request).get("rf_key_source")
 
     @staticmethod
     def client_ip(request: Request) -> str:
@@ -306,14 +352,20 @@ class ApiGate:
         return signed_caller
 
     async def key_only(self, request: Request) -> str:
+        """The account of an API key alone (the listen key endpoints; settled first, so a listen key of
+        a credential revoked a moment ago is gone before its keep-alive runs)."""
         api_key = request.headers.get("x-mbx-apikey")
         if not api_key:
             raise BinanceError(-2014, "API-key format invalid.", 401)
+        await self.access.settle()
+        ip = self.client_ip(request)
         try:
-            return await run_in_threadpool(self.auth.owner_of, api_key, self.client_ip(request), "read")
+            owner: str = await run_in_threadpool(self.auth.owner_of, api_key, ip, "read")
         except Exception as err:  # every failure looks the same from outside
             from ..errors import RingfenceError
 
             if isinstance(err, RingfenceError):
                 raise bad_key() from None
             raise
+        _state(request)["rf_key_source"] = ("key", api_key, ip, owner)
+        return owner

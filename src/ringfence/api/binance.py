@@ -799,7 +799,7 @@ class BinanceApi:
 
     async def user_stream_new(self, request: Request) -> dict[str, Any]:
         owner = await self.gate.key_only(request)
-        return {"listenKey": self.gate.listen_keys.create(owner)}
+        return {"listenKey": self.gate.listen_keys.create(owner, source=self.gate.key_source(request))}
 
     async def user_stream_keepalive(self, request: Request) -> dict[str, Any]:
         owner = await self.gate.key_only(request)

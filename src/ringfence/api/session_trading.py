@@ -186,7 +186,7 @@ def build_session_router(api: BinanceApi, ctx: IdentityContext, *, demo_funds: C
         """A listen key for the session's account (the `/ws/<listenKey>` user data stream)."""
 
         async def create(caller: SessionCaller) -> dict[str, Any]:
-            return {"listenKey": api.gate.listen_keys.create(caller.account_id)}
+            return {"listenKey": api.gate.listen_keys.create(caller.account_id, source=("session", caller.session_id, caller.account_id))}
 
         return await guarded(request, 2, create)
 

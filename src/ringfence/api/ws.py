@@ -122,7 +122,9 @@ class Connection:
         #: WebSocket API connections (api/ws_api.py): events go out as {"subscriptionId": n, "event": ...}
         self.subscription_id: int | None = None
         self.dropped = False
-        #: Set when the client stopped keeping up: the handler closes the connection.
+        #: (code, reason) when the server ends the connection for a reason of its own (`end`)
+        self.close_reason: tuple[int, str] | None = None
+        #: Set when the client stopped keeping up (or `end` was called): the handler closes the connection.
         self.slow = asyncio.Event()
         #: uvicorn's protocol when frames are written to the socket directly (`direct_protocol`).
         self.direct: Any = None
@@ -158,6 +160,14 @@ class Connection:
         self.queued_chars += len(text)
         return True
 
+    def end(self, code: int, reason: str) -> None:
+        """Stop sending to this connection now and have its handler close it with (code, reason)."""
+        if self.close_reason is None:
+            self.close_reason = (code, reason)
+        self.dropped = True
+        self.discard()
+        self.slow.set()
+
     def _slow(self) -> bool:
         self.dropped = True
         self.discard()
@@ -179,6 +189,8 @@ class StreamHub:
     def __init__(self, exchange: Exchange, listen_keys: Any) -> None:
         self.ex = exchange
         self.listen_keys = listen_keys
+        #: api/access.py's watcher (set by the app): settled before a listen key is trusted
+        self.access: Any = None
         #: Every connection subscribed to each stream, ...
         self.subs: dict[str, set[Connection]] = {}
         #: ... those this process writes to itself, ...
@@ -265,6 +277,19 @@ class StreamHub:
         conn.subscription_id = subscription_id
         if name not in conn.streams:
             self._attach(conn, name)
+
+    def end_listen_keys(self, keys: set[str]) -> None:
+        """Close every socket subscribed to one of `keys` (dropped: their credential was revoked)."""
+        from .access import REVOKED_CLOSE, REVOKED_REASON
+
+        for key in keys:
+            for conn in list(self.subs.get(key, ())):
+                self.unsubscribe(conn, [key])
+                conn.end(REVOKED_CLOSE, REVOKED_REASON)
+
+    async def settle_access(self) -> None:
+        if self.access is not None:
+            await self.access.settle()
 
     def unsubscribe_user(self, conn: Connection) -> None:
         self.unsubscribe(conn, [n for n in conn.streams if n.startswith(USER_STREAM_PREFIX)])
@@ -633,6 +658,8 @@ def build_ws_router(hub: StreamHub) -> APIRouter:
             else:
                 method, params, rid = request
                 if method == "SUBSCRIBE":
+                    if any("@" not in p for p in params):
+                        await hub.settle_access()  # a listen key of a credential revoked a moment ago is gone first
                     bad = hub.subscribe(conn, params)
                     reply = {"result": None, "id": rid} if not bad else {"error": {"code": 2, "msg": f"Invalid request: unknown stream {bad[0][:80]}"}, "id": rid}
                 elif method == "UNSUBSCRIBE":
@@ -662,6 +689,8 @@ def build_ws_router(hub: StreamHub) -> APIRouter:
             await ws.accept()
             # A relayed client's subscriptions are held by its gateway too (before any of them is published).
             conn.relay = ws.scope.get("extensions", {}).get(RELAY_EXTENSION) if hub.direct_writes else None
+            if any("@" not in name for name in names):
+                await hub.settle_access()  # a listen key of a credential revoked a moment ago is gone first
             bad = hub.subscribe(conn, names) if names else []
             if bad:
                 await ws.send_text(json.dumps({"error": {"code": 2, "msg": f"Invalid request: unknown stream {bad[0][:80]}"}}))
@@ -679,8 +708,10 @@ def build_ws_router(hub: StreamHub) -> APIRouter:
             # Whichever ends first ends the connection: the client left or sent something to close
             # for (reader), the client cannot be written to (sender), or it stopped keeping up (slow).
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if conn.dropped:
-                reason: tuple[int, str] | None = SLOW_CONSUMER
+            if conn.close_reason is not None:
+                reason: tuple[int, str] | None = conn.close_reason
+            elif conn.dropped:
+                reason = SLOW_CONSUMER
             elif reader.done() and not reader.cancelled() and reader.exception() is None:
                 reason = reader.result()
             else:

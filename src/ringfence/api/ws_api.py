@@ -42,6 +42,7 @@ from ..errors import RingfenceError
 from ..identity.api_keys import ApiPrincipal
 from ..solvency.pol_verifier import json_nesting_depth
 from .binance import ENDPOINT_PARAMS, BinanceApi, EndpointParams, check_params
+from .access import REVOKED_CLOSE, REVOKED_REASON, Source
 from .binance_errors import BinanceError, from_ringfence, mandatory
 from .gateway import Params, check_timestamp
 from .ws import CLOSE_TIMEOUT_S, SLOW_CONSUMER, Connection, StreamHub
@@ -131,8 +132,18 @@ class Session:
         self.checked_version: int | None = None
         self.return_rate_limits = return_rate_limits
         self.subscription_owner: str | None = None
+        #: the credential the user data subscription was made with (api/access.py `Source`)
+        self.subscription_source: Source | None = None
         self.next_subscription_id = 0
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    def logon_source(self) -> Source | None:
+        if self.api_key is None or self.principal is None:
+            return None
+        return ("key", self.api_key, self.ip, self.principal.account_id)
+
+    def sources(self) -> set[Source]:
+        return {s for s in (self.logon_source(), self.subscription_source) if s is not None}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -150,6 +161,22 @@ class WsApi:
         self.api = api
         self.gate = api.gate
         self.hub = hub
+        #: the open connections: one whose logon or subscription key stops working is closed (api/access.py)
+        self.sessions: set[Session] = set()
+        self.gate.access.add(self.sources, self.end_revoked)
+
+    def sources(self) -> set[Source]:
+        return {source for session in self.sessions for source in session.sources()}
+
+    def end_revoked(self, dead: set[Source]) -> None:
+        """Close every connection logged on or subscribed with a credential in `dead`: its user data
+        subscription ends and its logon is forgotten at once, before the close frame goes out."""
+        for session in list(self.sessions):
+            if session.sources() & dead:
+                if session.subscription_owner is not None:
+                    self._unsubscribe(session)
+                session.api_key = session.principal = session.authorized_ms = session.checked_version = None
+                session.conn.end(REVOKED_CLOSE, REVOKED_REASON)
 
     # ------------------------------------------------------------------ frames
 
@@ -270,6 +297,8 @@ class WsApi:
                     self._unsubscribe(session)  # another account logs on: the previous one's events stop here
                 session.api_key, session.principal, session.authorized_ms = texts["apiKey"], principal, now_ms()
                 session.checked_version = version
+            elif name == "userDataStream.subscribe.signature" and session.subscription_owner is None:
+                session.subscription_source = ("key", texts["apiKey"], session.ip, principal.account_id)
             self.gate.key_limiter.charge("key:" + texts["apiKey"], method.weight)
             return principal.account_id
         if session.principal is None or session.api_key is None:
@@ -364,12 +393,14 @@ class WsApi:
             session.next_subscription_id += 1
             self.hub.subscribe_user(session.conn, owner, subscription_id)
             session.subscription_owner = owner
+            if name == "userDataStream.subscribe":
+                session.subscription_source = session.logon_source()
             return {"subscriptionId": subscription_id}
         raise BinanceError(-1020, f"This operation is not supported: '{name}'.")  # not reached: METHODS lists what runs
 
     def _unsubscribe(self, session: Session) -> None:
         self.hub.unsubscribe_user(session.conn)
-        session.subscription_owner = None
+        session.subscription_owner = session.subscription_source = None
 
 
 def build_ws_api_router(api: BinanceApi, hub: StreamHub) -> APIRouter:
@@ -424,6 +455,7 @@ def build_ws_api_router(api: BinanceApi, hub: StreamHub) -> APIRouter:
             return
         return_limits = ws.query_params.get("returnRateLimits", "true") != "false"
         session = Session(conn, ip, return_limits)
+        wsapi.sessions.add(session)
         pending: set[asyncio.Task[None]] = set()
         tasks: list[asyncio.Task[Any]] = []
         try:
@@ -435,8 +467,10 @@ def build_ws_api_router(api: BinanceApi, hub: StreamHub) -> APIRouter:
             for task in tasks:
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if conn.dropped:
-                reason: tuple[int, str] | None = SLOW_CONSUMER
+            if conn.close_reason is not None:
+                reason: tuple[int, str] | None = conn.close_reason
+            elif conn.dropped:
+                reason = SLOW_CONSUMER
             elif reader.done() and not reader.cancelled() and reader.exception() is None:
                 reason = reader.result()
             else:
@@ -453,6 +487,7 @@ def build_ws_api_router(api: BinanceApi, hub: StreamHub) -> APIRouter:
                 task.cancel()
             # Orders already handed to the engine complete there; their answers have nowhere to go.
             hub.drop(conn)
+            wsapi.sessions.discard(session)
 
     return router
 

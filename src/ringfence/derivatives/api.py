@@ -760,7 +760,7 @@ class FuturesApi:
 
     async def listen_key_new(self, request: Request) -> dict[str, Any]:
         owner = await self.gate.key_only(request)
-        return {"listenKey": self.gate.listen_keys.create(owner, kind="futures")}
+        return {"listenKey": self.gate.listen_keys.create(owner, kind="futures", source=self.gate.key_source(request))}
 
     async def listen_key_keepalive(self, request: Request) -> dict[str, Any]:
         owner = await self.gate.key_only(request)
