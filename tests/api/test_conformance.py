@@ -434,7 +434,7 @@ def test_a_band_refusal_says_which_prices_the_side_may_use_now(alice):
     ref_minor = int(Decimal(market["reference_price"]) * 10**decimals)
     lo_minor, hi_minor = (ref_minor * (10**6 + sign * ppm) // 10**6 for sign in (-1, 1))
     # the prices on the tick within the band: ones a client can send
-    lo, hi = (format_amount(v, decimals).rstrip("0").rstrip(".") for v in (-(-lo_minor // tick) * tick, hi_minor // tick * tick))
+    lo, hi = (format_amount(v, decimals, trim=True) for v in (-(-lo_minor // tick) * tick, hi_minor // tick * tick))
     before = alice.state()
     for order, words in (
         ({**BASE_ORDER, "price": "100.00"}, f"The price of a BUY order must be between {lo} and {hi} now"),

@@ -111,16 +111,11 @@ _BAND = re.compile(r"within (\d+)\.\.(\d+)")
 _PARAM_NAMES = {"price": "price", "stop_price": "stopPrice"}
 
 
-def _trimmed(decimal: str) -> str:
-    """A decimal string without the trailing zeros of its fraction, for people ("0.010000" -> "0.01")."""
-    return decimal.rstrip("0").rstrip(".") if "." in decimal else decimal
-
-
 def _filter_detail(reason: str, message: str, field: str, m: Any, side: str) -> str:
     """What a filter refusal allows, in the market's decimals (`m`: the market's `MarketInfo`: tick,
     lot, min_qty, max_qty, min_notional and the two assets' decimals), or "" when it has nothing to add."""
-    px = lambda v: _trimmed(format_amount(v, m.quote_decimals))  # noqa: E731
-    qty = lambda v: _trimmed(format_amount(v, m.base_decimals))  # noqa: E731
+    px = lambda v: format_amount(v, m.quote_decimals, trim=True)  # noqa: E731  (for people: "0.01", not "0.010000")
+    qty = lambda v: format_amount(v, m.base_decimals, trim=True)  # noqa: E731
     param = _PARAM_NAMES.get(field, field or "price")
     if reason == "PRICE_NOT_ON_TICK":
         return f". The {param} must be a multiple of the tick size {px(m.tick)}."
