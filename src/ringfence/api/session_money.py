@@ -272,7 +272,6 @@ class SessionMoney:
         """What the address link would add, or a BinanceError saying why it cannot; reads only (the
         link's GET page asks this before it offers its button: a mail scanner's fetch adds nothing).
         Runs in a worker thread (it reads identity's store)."""
-        from ..custody.commands import custody_state
 
         payload = self._open(token)
         try:
@@ -288,18 +287,10 @@ class SessionMoney:
         if self._is_used(self._used_digest(payload)):
             raise _LinkSpent("This confirmation link was already used.", 409)
 
-        def usable_at(engine: Any) -> int | None:  # when the listed address can receive withdrawals (ns), or None
-            s = custody_state(engine)
-            for k, at in s.address_book.items():
-                if k.startswith(f"{owner}|{asset}|") and k.split("|", 2)[2].lower() == address.lower():
-                    return int(s.address_usable_ns.get(k, at))
-            return None
-
-        usable_ns = self.capital.ex.read(usable_at)
-        if usable_ns is not None:  # added meanwhile (another link of the same address): done, not "not added"
-            left_s = max(0, -(-(usable_ns - time.time_ns()) // 10**9))
+        listed = next((e for e in self.book(owner, asset) if e["address"].lower() == address.lower()), None)
+        if listed is not None:  # added meanwhile (another link of the same address): done, not "not added"
             raise _AlreadyDone("This address is already in your address book; nothing to confirm.", asset=asset, address=address,
-                               cooling_left_s=left_s)
+                               cooling_left_s=listed["coolingSecondsLeft"])
         terms = self.capital.runtime.terms.get(asset) if self.capital.runtime is not None else None
         cooling_s = self.capital.runtime.address_cooling_s if self.capital.runtime is not None else 0
         return AddressLink(asset, terms.network if terms else asset, address, cooling_s, expires_s)
