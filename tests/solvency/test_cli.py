@@ -192,3 +192,38 @@ def test_docs_balances_example_and_api_helpers(tmp_path: Path) -> None:
     lines = (tmp_path / "out" / "proofs-jsonl" / "00000.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [proof]
     assert "ringfencePor" in verifier_page_path().read_text(encoding="utf-8")
+
+
+def test_verify_shows_amounts_with_the_asset_and_keeps_the_minor_units(tmp_path: Path) -> None:
+    """With the published reserves.json (beside --root, or --reserves) the balances are decimal
+    amounts with their asset, the exact minor units beside them; without it, minor units and a hint."""
+    import re
+
+    from ringfence.solvency import proof_for
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "por.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```json\n(.*?)```", docs, re.S) if '"entries"' in b)
+    (tmp_path / "balances.json").write_text(block)
+    assert runner.invoke(app, ["por", "snapshot", "--balances", str(tmp_path / "balances.json"),
+                               "--out", str(tmp_path / "s.json")]).exit_code == 0
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["por", "publish", str(out), "--snapshot", str(tmp_path / "s.json"), "--dev", "--json-proofs"])
+    assert res.exit_code == 0, res.output
+    proof = proof_for("alice", out / "proofs")
+    (tmp_path / "alice.json").write_text(json.dumps(proof))
+    total = json.loads((out / "root.json").read_text())["root"]["sums"][0]
+    res = runner.invoke(app, ["por", "verify", str(tmp_path / "alice.json"), "--root", str(out / "root.json")])
+    assert res.exit_code == 0, res.output
+    whole, frac = total[:-8] or "0", total[-8:].rjust(8, "0").rstrip("0")
+    assert (f"BTC  your balance 1.2 BTC, included in total {whole}{'.' + frac if frac else ''} BTC "
+            f"(minor units: 120000000 of {total})") in res.output
+    assert "minor units:" in res.output and res.output.strip().splitlines()[-1] == "por: VALID"
+    # a reserves file elsewhere, named with --reserves
+    (out / "reserves.json").rename(tmp_path / "reserves.json")
+    res = runner.invoke(app, ["por", "verify", str(tmp_path / "alice.json"), "--root", str(out / "root.json"),
+                              "--reserves", str(tmp_path / "reserves.json")])
+    assert res.exit_code == 0 and "your balance 1.2 BTC" in res.output
+    # none: minor units, as the proof holds them, and how to see amounts
+    res = runner.invoke(app, ["por", "verify", str(tmp_path / "alice.json")])
+    assert res.exit_code == 0 and "your balance 120000000 (minor units)" in res.output and "--reserves" in res.output
+    assert proof["balances"][0] == "120000000"  # the proof itself is unchanged: minor units

@@ -159,9 +159,21 @@ def build_por_router(por_dir: Path, gate: Any) -> APIRouter:
 
     @router.get("/por/verify", response_class=HTMLResponse, summary="The offline proof verifier (works without the network)")
     async def verifier() -> Response:
-        from ..solvency import verifier_page_path
+        import html as html_text
 
-        return page(verifier_page_path())
+        from ..solvency import verifier_page_path
+        from ..solvency.report import asset_decimals
+
+        # the assets' decimals of the newest reserves.json go into the page (an attribute, not a fetch:
+        # the page loads nothing), so it shows balances as amounts; a saved copy keeps them
+        where = proof_dir(None)
+        try:
+            decimals = asset_decimals(json.loads(((where or por_dir) / "reserves.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            decimals = {}
+        text = verifier_page_path().read_text(encoding="utf-8")
+        text = text.replace("<body>", f'<body data-decimals="{html_text.escape(json.dumps(decimals, sort_keys=True))}">', 1)
+        return page(html=text)
 
     @router.get("/v1/por/proof", summary="Your own inclusion proof (signed like /api/v3/account); `snapshot=n` for a kept older proof",
                 responses=ERROR_RESPONSES)

@@ -21,10 +21,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import RingfenceError, ValidationError
-from ..money import parse_amount
+from ..money import format_amount, parse_amount
 from .pol_builder import build_liability_tree, load_secret
 from .pol_verifier import check_proof
-from .report import build_report, render_html
+from .report import asset_decimals, build_report, render_html
 from .reserves import (
     BalanceRegistryReader,
     ChainBalanceReader,
@@ -222,10 +222,22 @@ def publish(
     typer.echo(f"-> {out_dir}/root.json, proofs/, reserves.json, report.html")
 
 
+def balance_line(code: str, width: int, mine: int, total: int, decimals: int | None) -> str:
+    """One asset's line of the verdict: amounts with the asset when its decimals are known, and the
+    exact minor units the proof holds (what an auditor compares). The browser verifier prints the same."""
+    if decimals is None:
+        return f"  {code.ljust(width)}  your balance {mine} (minor units), included in total {total}"
+    return (f"  {code.ljust(width)}  your balance {format_amount(mine, decimals, trim=True)} {code}, included in total "
+            f"{format_amount(total, decimals, trim=True)} {code} (minor units: {mine} of {total})")
+
+
 @app.command()
 def verify(
     proof_file: Path = typer.Argument(..., help="your proof JSON (from the exchange)"),
     root: Optional[Path] = typer.Option(None, "--root", help="the published root file to check against"),
+    reserves: Optional[Path] = typer.Option(
+        None, "--reserves", help="the published reserves.json (/por/reserves.json), for the assets' decimals: "
+        "balances are then shown as amounts (default: reserves.json beside --root, if there is one)"),
 ) -> None:
     """Check offline that your balances are included in the published liabilities.
 
@@ -239,6 +251,14 @@ def verify(
     except OSError as exc:
         typer.echo(f"por: INVALID: cannot read file: {exc.strerror}: {exc.filename}")
         raise typer.Exit(1) from None
+    if reserves is None and root is not None and (root.parent / "reserves.json").is_file():
+        reserves = root.parent / "reserves.json"
+    decimals: dict[str, int] = {}
+    if reserves is not None:
+        try:
+            decimals = asset_decimals(json.loads(reserves.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            typer.echo(f"note: {reserves}: not read ({exc}); balances are shown in minor units")
     try:
         result = check_proof(proof_text, root_text)
     except (ValidationError, RecursionError) as exc:
@@ -252,7 +272,9 @@ def verify(
                + (" — matches the published root file" if root is not None else " — not compared with a root file"))
     width = max(len(a) for a in result.assets)
     for code, mine, total in zip(result.assets, result.balances, result.root_sums):
-        typer.echo(f"  {code.ljust(width)}  your balance {mine} (minor units), included in total {total}")
+        typer.echo(balance_line(code, width, mine, total, decimals.get(code)))
+    if not decimals:
+        typer.echo("(balances in minor units: give --reserves reserves.json, from /por/reserves.json, to see amounts)")
     typer.echo(NONCE_WARNING)
     typer.echo("por: VALID")
 

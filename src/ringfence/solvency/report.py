@@ -14,11 +14,11 @@ from __future__ import annotations
 import html
 from typing import Any, Callable, Mapping, Sequence
 
-from ..money import format_amount
+from ..money import MAX_DECIMALS, format_amount
 from .reserves import ReservesResult
 from .snapshot import AssetSpec
 
-__all__ = ["REPORT_VERSION", "coverage_percent", "build_report", "render_html", "render_shield"]
+__all__ = ["REPORT_VERSION", "asset_decimals", "coverage_percent", "build_report", "render_html", "render_shield"]
 
 REPORT_VERSION = "ringfence-por-reserves-v1"
 
@@ -118,9 +118,18 @@ def render_html(report: Mapping[str, Any]) -> str:
         )
     heights = "".join(f"<li>{esc(c)}: block {h}</li>" for c, h in sorted(report["chain_heights"].items())) \
         or "<li>no reserves evidence was provided for this snapshot</li>"
+    decimals = {row["asset"]: int(row["decimals"]) for row in report["assets"]}
+
+    def balance(a: Mapping[str, Any]) -> str:  # the amount, with the exact minor units on hover (reserves.json has them too)
+        minor = esc(str(a["balance_minor"]))
+        if a["asset"] not in decimals:
+            return f"<td class=num>{minor} (minor units)</td>"
+        amount = format_amount(int(a["balance_minor"]), decimals[a["asset"]], trim=True)
+        return f'<td class=num title="{minor} minor units">{esc(amount)} {esc(a["asset"])}</td>'
+
     addresses = "".join(
         f"<tr><td>{esc(a['chain'])}</td><td>{esc(a['asset'])}</td><td><code>{esc(a['address'])}</code></td>"
-        f"<td>{esc(a['type'])}</td><td>{esc(a['status'])}</td><td class=num>{esc(a['balance_minor'])}</td></tr>"
+        f"<td>{esc(a['type'])}</td><td>{esc(a['status'])}</td>{balance(a)}</tr>"
         for a in report["addresses"]
     )
     evidence_note = "" if report["reserves_proven"] else (
@@ -154,13 +163,27 @@ shield fund is shown on its own line and is not a user liability.</p>
 <h2>Chain heights</h2><ul id="heights">{heights}</ul>
 <h2>Addresses</h2>
 <table id="addresses"><thead><tr><th>chain</th><th>asset</th><th>address</th><th>proof</th><th>status</th>
-<th>balance (minor units)</th></tr></thead><tbody>{addresses}</tbody></table>
+<th>balance</th></tr></thead><tbody>{addresses}</tbody></table>
 </body></html>
 """
 
 
 def _english(message: str, **params: Any) -> str:
     return message % params if params else message
+
+
+def asset_decimals(reserves_doc: Any) -> dict[str, int]:
+    """{asset: decimals} from a published reserves.json (`/por/reserves.json`); {} when it says none.
+
+    Only for display: the proof holds minor units, and the verdict never depends on this."""
+    out: dict[str, int] = {}
+    rows = reserves_doc.get("assets") if isinstance(reserves_doc, dict) else None
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict) and isinstance(row.get("asset"), str):
+            d = row.get("decimals")
+            if isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DECIMALS:
+                out[row["asset"]] = d
+    return out
 
 
 def render_shield(shield: Mapping[str, Any] | None, _: Callable[..., str] = _english) -> str:
@@ -171,8 +194,19 @@ def render_shield(shield: Mapping[str, Any] | None, _: Callable[..., str] = _eng
         return ""
     esc = html.escape
     alert = esc(_("ALERT:"))
+    value_decimals = next((int(r["decimals"]) for r in shield.get("assets", ()) if r.get("asset") == shield.get("value_asset")), None)
     if not shield["applicable"]:
         verdict = '<p id="shield-rule" class="rule-na">' + esc(_("Shield rule: not applicable (no hot or shield wallet is registered).")) + "</p>"
+    elif shield["ok"] is not None and value_decimals is not None:
+        # the values as amounts of the valuation asset (its decimals come from its own row); the exact
+        # minor units stay in reserves.json (shield_value_minor, hot_value_minor)
+        amounts = {"shield": format_amount(int(shield["shield_value_minor"]), value_decimals, trim=True),
+                   "hot": format_amount(int(shield["hot_value_minor"]), value_decimals, trim=True), "asset": shield["value_asset"]}
+        verdict = ('<p id="shield-rule" class="rule-ok">' + esc(_(
+            "Shield rule holds: shield fund %(shield)s %(asset)s ≥ hot wallets %(hot)s %(asset)s.", **amounts)) + "</p>"
+                   if shield["ok"] else
+                   f'<p id="shield-rule" class="rule-alert"><strong>{alert}</strong> ' + esc(_(
+                       "shield fund %(shield)s %(asset)s < hot wallets %(hot)s %(asset)s.", **amounts)) + "</p>")
     elif shield["ok"] is True:
         verdict = ('<p id="shield-rule" class="rule-ok">' + esc(_(
             "Shield rule holds: shield fund %(shield)s ≥ hot wallets %(hot)s (%(asset)s minor units).",
