@@ -85,6 +85,17 @@ def test_por_verifier_page_served_by_the_exchange_checks_a_users_proof(server, b
     page.fill("#root-text", json.dumps(root))
     page.click("#verify")
     expect(page.locator("#verdict")).to_have_text("por: VALID")
+    # balances as amounts with the asset (the exchange wrote the assets' decimals into the page), the
+    # exact minor units the proof holds beside them
+    reserves = httpx.get(server.base + "/por/reserves.json").json()
+    decimals = {row["asset"]: row["decimals"] for row in reserves["assets"]}
+    output = page.inner_text("#output")
+    for code, minor, total in zip(proof["assets"], proof["balances"], root["root"]["sums"]):
+        amount = f"{int(minor) // 10 ** decimals[code]}"
+        if int(minor) % 10 ** decimals[code]:
+            amount += "." + str(int(minor) % 10 ** decimals[code]).rjust(decimals[code], "0").rstrip("0")
+        assert f"your balance {amount} {code}, included in total " in output and f"(minor units: {minor} of {total})" in output, output
+    assert "(minor units)" not in output
     proof["balances"][0] = str(int(proof["balances"][0]) + 1)  # claim one more minor unit
     page.fill("#proof-text", json.dumps(proof))
     page.click("#verify")
@@ -122,3 +133,64 @@ def test_the_browser_gets_the_exchanges_icon(server, browser):
     page.wait_for_load_state("networkidle")
     assert missing == [], missing
     page.close()
+
+
+def test_por_pages_show_the_shield_rule_and_reserve_balances_as_amounts(server):
+    """/por and the proof's report.html: amounts with their asset; the minor units stay in reserves.json."""
+    import re
+
+    reserves = httpx.get(server.base + "/por/reserves.json").json()
+    shield = reserves["shield"]
+    decimals = {row["asset"]: row["decimals"] for row in reserves["assets"]}[shield["value_asset"]]
+    page = httpx.get(server.base + "/por").text
+    rule = re.search(r'<p id="shield-rule"[^>]*>(.*?)</p>', page, re.S)
+    assert rule is not None and "minor units" not in rule.group(1), rule
+    hot = int(shield["hot_value_minor"])
+    hot_text = str(hot // 10 ** decimals) + ("." + str(hot % 10 ** decimals).rjust(decimals, "0").rstrip("0") if hot % 10 ** decimals else "")
+    assert f"hot wallets {hot_text} {shield['value_asset']}" in rule.group(1)
+    n = httpx.get(server.base + "/por/history").json()["proofs"][-1]["n"]
+    report = httpx.get(server.base + f"/por/history/{n}/report.html").text
+    assert "balance (minor units)" not in report
+    for a in reserves["addresses"]:
+        assert f'title="{a["balance_minor"]} minor units"' in report
+
+
+def _at_step(value: str, step: str) -> str:
+    """A decimal string at a tick/step size's decimals with thousands separators (English)."""
+    places = len(step.split(".")[1].rstrip("0")) if "." in step else 0
+    whole, _, frac = value.partition(".")
+    assert set(frac[places:]) <= {"0"}, (value, step)
+    text = f"{int(whole):,}"
+    return text + ("." + frac[:places].ljust(places, "0") if places else "")
+
+
+def test_book_shows_each_markets_tick_and_step_with_separators_and_depth_ignores_a_far_bid(server, browser):
+    from .test_rest import signed_query
+
+    info = httpx.get(server.base + "/api/v3/exchangeInfo").json()
+    filters = {s["symbol"]: {f["filterType"]: f for f in s["filters"]} for s in info["symbols"]}
+    # one far bid (at the price band's edge, 10 % under) on BTCUSDT: the depth chart keeps to the book around the mid price
+    key = server.keys["bob"]
+    placed = httpx.post(server.base + "/api/v3/order?" + signed_query(key["api_secret"], {
+        "symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.0010", "price": "55000"}),
+        headers={"X-MBX-APIKEY": key["api_key"]})
+    assert placed.status_code == 200, placed.text
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server.base + "/")
+    for symbol in ("BTCUSDT", "ETHUSDT", "AAPLXUSDT"):
+        page.locator("#markets button", has_text=symbol).click()
+        expect(page.locator("#symbol-title")).to_have_text(symbol)
+        expect(page.locator("#bids tbody tr").first).to_be_visible()
+        tick, step = filters[symbol]["PRICE_FILTER"]["tickSize"], filters[symbol]["LOT_SIZE"]["stepSize"]
+        row = page.locator("#bids tbody tr").first
+        price = row.get_attribute("data-price")
+        cells = row.locator("td")
+        expect(cells.nth(0)).to_have_text(_at_step(price, tick))
+        qty = cells.nth(1).get_attribute("title")
+        expect(cells.nth(1)).to_have_text(_at_step(qty, step))
+        if symbol == "BTCUSDT":
+            assert "," in _at_step(price, tick)  # 60,000-ish: the separator shows
+            depth = page.evaluate("({lo: ringfenceChart.depth.lo, hi: ringfenceChart.depth.hi, bids: ringfenceChart.depth.bids.map((l) => l[0])})")
+            assert "55000.000000" not in depth["bids"] and depth["lo"] > 55000, depth
+            mid = (depth["lo"] + depth["hi"]) / 2
+            assert depth["hi"] - depth["lo"] <= mid * 0.1 + 1e-6, depth

@@ -19,8 +19,16 @@ window.ringfenceChart = chart;
 
 const $ = (id) => document.getElementById(id);
 // The page's language (i18n.js): `_` translates, `num` writes a decimal string for the locale (display only).
-const { _, num, amount } = window.rfI18n;
+const { _, num, amount, stepped } = window.rfI18n;
 function amountCell(row, s, cls, trim) { const td = cell(row, amount(s, trim), cls); td.title = s; return td; }
+// the selected market's tick size (prices) and step size (quantities), from exchangeInfo's filters
+function marketFilter(type, field) {
+  const m = state.markets[state.symbol];
+  const f = m && (m.filters || []).find((x) => x.filterType === type);
+  return f ? f[field] : undefined;
+}
+const priceText = (p) => stepped(p, marketFilter("PRICE_FILTER", "tickSize"));
+const qtyText = (q) => stepped(q, marketFilter("LOT_SIZE", "stepSize"));
 function orderPrice(o) { // a market order has no limit price (the API says "0"): say so, as exchanges do
   return o.type === "MARKET" ? _("Market") : num(o.price);
 }
@@ -154,13 +162,13 @@ function renderBook() {
     for (const [p, q] of levels) {
       const row = body.insertRow();
       row.dataset.price = p;
-      cell(row, num(p));
-      amountCell(row, q);
+      cell(row, priceText(p)).title = p;
+      cell(row, qtyText(q)).title = q;
     }
   }
-  const bestAsk = asks.length ? asks[asks.length - 1][0] : "—";
-  const bestBid = bids.length ? bids[0][0] : "—";
-  $("spread").textContent = _("bid %(bid)s · ask %(ask)s", { bid: num(bestBid), ask: num(bestAsk) });
+  const bestAsk = asks.length ? priceText(asks[asks.length - 1][0]) : "—";
+  const bestBid = bids.length ? priceText(bids[0][0]) : "—";
+  $("spread").textContent = _("bid %(bid)s · ask %(ask)s", { bid: bestBid, ask: bestAsk });
   drawDepth();
 }
 
@@ -199,11 +207,11 @@ function renderTrades() {
   body.textContent = "";
   for (const t of state.trades) {
     const row = body.insertRow();
-    cell(row, num(t.p));
-    amountCell(row, t.q);
+    cell(row, priceText(t.p)).title = t.p;
+    cell(row, qtyText(t.q)).title = t.q;
     cell(row, window.rfI18n.time(t.T));
   }
-  $("last-price").textContent = state.trades.length ? num(state.trades[0].p) : "";
+  $("last-price").textContent = state.trades.length ? priceText(state.trades[0].p) : "";
 }
 
 function initChart() {
@@ -266,20 +274,26 @@ function drawFills() { // the user's own fills, one marker each at the candle of
   chart.markers.setMarkers(marks);
 }
 
+const DEPTH_BAND = 0.05;  // the depth chart shows prices within ±5 % of the mid price
 function drawDepth() { // cumulative quantity per price, bids left (green), asks right (red)
   const c = $("depth"), g = c.getContext("2d");
   const cum = (levels) => { let t = 0; return levels.map(([p, q]) => [p, (t += parseFloat(q))]); };
-  const bids = cum(sortedLevels(state.book.bids, true).slice(0, 50));
-  const asks = cum(sortedLevels(state.book.asks, false).slice(0, 50));
-  chart.depth = { bids, asks };
+  let bids = cum(sortedLevels(state.book.bids, true).slice(0, 50));
+  let asks = cum(sortedLevels(state.book.asks, false).slice(0, 50));
   g.clearRect(0, 0, c.width, c.height);
-  if (!bids.length && !asks.length) { g.fillStyle = "#7a8a99"; g.fillText(_("empty book"), 10, 20); return; }
+  if (!bids.length && !asks.length) { chart.depth = { bids, asks }; g.fillStyle = "#7a8a99"; g.fillText(_("empty book"), 10, 20); return; }
   const prices = [...bids, ...asks].map((l) => parseFloat(l[0]));
   let lo = Math.min(...prices), hi = Math.max(...prices);
   if (bids.length && asks.length) { // centred on the mid price, as traders expect
-    const mid = (parseFloat(bids[0][0]) + parseFloat(asks[0][0])) / 2, w = Math.max(mid - lo, hi - mid);
+    // at most DEPTH_BAND of the mid price either side: one far order would squeeze the book into a
+    // sliver; levels past the band are left out of the drawing (the table still lists them)
+    const bestBid = parseFloat(bids[0][0]), bestAsk = parseFloat(asks[0][0]), mid = (bestBid + bestAsk) / 2;
+    const w = Math.max(Math.min(Math.max(mid - lo, hi - mid), mid * DEPTH_BAND), (bestAsk - bestBid) / 2);  // the best levels always show
     lo = mid - w; hi = mid + w;
+    bids = bids.filter(([p]) => parseFloat(p) >= lo);
+    asks = asks.filter(([p]) => parseFloat(p) <= hi);
   }
+  chart.depth = { bids, asks, lo, hi };
   const span = hi - lo || 1;
   const top = Math.max(...[...bids, ...asks].map((l) => l[1])) || 1;
   const x = (p) => 8 + ((parseFloat(p) - lo) / span) * (c.width - 16);
@@ -295,7 +309,8 @@ function drawDepth() { // cumulative quantity per price, bids left (green), asks
     g.fillStyle = fill; g.fill(); g.strokeStyle = line; g.stroke();
   }
   g.fillStyle = "#7a8a99";
-  const label = (v) => v.toFixed(Math.min(8, (bids[0] || asks[0])[0].split(".")[1]?.length || 0));
+  const places = ((marketFilter("PRICE_FILTER", "tickSize") || "0.01").split(".")[1] || "").replace(/0+$/, "").length;
+  const label = (v) => priceText(v.toFixed(places));  // an axis label, drawn from a float: display only
   g.fillText(label(lo), 8, c.height - 2);
   g.textAlign = "right"; g.fillText(label(hi), c.width - 8, c.height - 2); g.textAlign = "left";
 }

@@ -2,7 +2,7 @@
 // (<meta name="rf-locale">); the strings this script's pages draw come from the same gettext catalogue as
 // JSON (/i18n/catalog/<locale>.json: the CSP forbids an inline one). Numbers stay decimal strings: `num`
 // writes one in the locale's digits and decimal sign, every decimal kept (Intl formats a string exactly),
-// without group separators, so the book's and the orders' columns align as on a trading screen.
+// without group separators; `stepped` writes a market's price or quantity at its tick or step size, grouped.
 "use strict";
 window.rfI18n = (() => {
   const meta = (name) => (document.querySelector(`meta[name="${name}"]`) || {}).content || "";
@@ -44,7 +44,30 @@ window.rfI18n = (() => {
     return { text: keep ? `${whole}.${keep}` : whole, exact };
   }
   function amount(s, trim) { const a = shown(s, trim); return a.exact ? num(a.text) : num(a.text) + "…"; }
+  // A market's price or quantity at its tick or step size ("0.01000000" -> 2 decimals), with the locale's
+  // group separators ("2,999.98"): the order book and the trades read like a trading screen. Digits past
+  // the step are cut only when they are zeros (a price is a whole number of ticks), so nothing shown is
+  // ever other than the exact value.
+  const grouped = new Map();
+  function stepped(s, step) {
+    if (s === undefined || s === null || s === "" || !step) return num(s);
+    const places = (String(step).split(".")[1] || "").replace(/0+$/, "").length;
+    const [whole, frac = ""] = String(s).split(".");
+    const keep = /^0*$/.test(frac.slice(places)) ? frac.slice(0, places).padEnd(places, "0") : frac;
+    if (!grouped.has(keep.length)) {
+      grouped.set(keep.length, new Intl.NumberFormat(intlLocale, { useGrouping: true, minimumFractionDigits: keep.length, maximumFractionDigits: keep.length }));
+    }
+    const text = keep ? `${whole}.${keep}` : whole;
+    try { return grouped.get(keep.length).format(text); } catch (e) { return text; }
+  }
   function time(ms) { return new Date(ms).toLocaleTimeString(intlLocale); }
+  // A date and time (UTC) as the server's pages write one (ringfence.i18n.format_time: the locale's
+  // medium date and time, then "UTC"), so every page shows times one way.
+  const dateTimeFormat = new Intl.DateTimeFormat(intlLocale, { dateStyle: "medium", timeStyle: "medium", timeZone: "UTC" });
+  function dateTime(ms) {
+    const d = typeof ms === "string" ? new Date(ms.replace(" ", "T") + (/[zZ]|[+-]\d\d:?\d\d$/.test(ms) ? "" : "Z")) : new Date(ms);
+    return isNaN(d.getTime()) ? String(ms) : dateTimeFormat.format(d) + " UTC";
+  }
   // A length of time in words ("10 minutes", "1 day"), from whole seconds: the largest unit of which
   // there is at least one, rounded, as the server's pages and mails write it (Babel's format_timedelta).
   const UNITS = [["year", 31536000], ["month", 2592000], ["week", 604800], ["day", 86400], ["hour", 3600], ["minute", 60], ["second", 1]];
@@ -59,5 +82,5 @@ window.rfI18n = (() => {
       if (el) el.addEventListener("change", () => el.form.submit());
     }
   });
-  return { _, num, amount, time, duration, locale, intlLocale, fiat, ready };
+  return { _, num, amount, stepped, time, dateTime, duration, locale, intlLocale, fiat, ready };
 })();
