@@ -458,3 +458,39 @@ def test_signed_out_the_wallet_pages_say_to_sign_in_with_a_link(server, browser,
         shot(page, "0-signed-out")
     assert not errors, errors
     context.close()
+
+
+def test_the_withdraw_page_says_withdrawals_are_locked_after_a_security_change_and_until_when(server, browser):  # noqa: F811
+    """A new anti-phishing code locks withdrawals for LOCK_S: the withdraw page says so before a
+    withdrawal is tried, naming the change and the lock's end (as /session/v3/me reports it)."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    base, email = server.web, "locked@example.com"
+    sign_up_verify_and_enable_totp(page, base, email)
+    page.goto(base + "/security")
+    page.fill("#apc-code", "LOCK-77")
+    changed_s = time.time()
+    page.click("#set-apc")
+    expect(page.locator("#apc")).to_have_text("LOCK-77")
+    me = page.evaluate("fetch('/session/v3/me').then(r => r.json())")
+    until_ms = me["withdrawalsLockedUntil"]
+    assert changed_s + LOCK_S - 5 <= until_ms / 1000 <= time.time() + LOCK_S + 1, (me, changed_s)
+    assert me["withdrawalsLockedBy"] == "anti-phishing code changed", me
+    page.goto(base + "/wallet/withdraw")
+    lock = page.locator("#wd-lock")
+    expect(lock).to_be_visible()
+    at = time.gmtime(until_ms // 1000)
+    # the end as every page writes a time: the locale's medium date and time, then UTC
+    end = f"{time.strftime('%b', at)} {at.tm_mday}, {at.tm_year}, {(at.tm_hour % 12) or 12}:{at.tm_min:02d}:{at.tm_sec:02d}"
+    expect(lock).to_contain_text(f"Withdrawals are locked until {end}")
+    expect(lock).to_contain_text("UTC (")
+    expect(lock).to_contain_text("seconds from now) after a recent security change: anti-phishing code changed.")
+    assert lock.get_attribute("data-until") == str(until_ms)
+    # once the lock has ended the page says nothing more about it
+    page.wait_for_timeout(max(0, until_ms - time.time() * 1000) + 500)
+    expect(lock).to_be_hidden(timeout=15_000)
+    assert page.evaluate("fetch('/session/v3/me').then(r => r.json())")["withdrawalsLockedUntil"] == 0
+    assert not errors, errors
+    context.close()

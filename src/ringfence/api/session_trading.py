@@ -168,7 +168,14 @@ def build_session_router(api: BinanceApi, ctx: IdentityContext, *, demo_funds: C
         """Who is signed in, what the session may do, and the CSRF token for its state changes."""
 
         async def view(caller: SessionCaller) -> dict[str, Any]:
+            from ..i18n import gettext_for, request_locale
+            from ..identity.events import withdrawal_lock
+            from ..identity.mail import event_label
+
             token = request.cookies.get(sessions.SESSION_COOKIE_NAME) or ""
+            # the post-change withdrawal lock (a new address, API key, anti-phishing code, ...): the
+            # wallet says so, and until when, before the user fills in a withdrawal
+            locked_until_s, change = await run_in_threadpool(withdrawal_lock, ctx, caller.account_id)
             return {
                 "email": caller.email,
                 "account": caller.account_id,
@@ -177,6 +184,8 @@ def build_session_router(api: BinanceApi, ctx: IdentityContext, *, demo_funds: C
                 "secondFactorPending": caller.second_factor_pending,
                 "csrfToken": sessions.csrf_token_for(ctx, token),
                 "demoFunds": demo_funds is not None,
+                "withdrawalsLockedUntil": locked_until_s * 1000,  # ms, as Binance writes times; 0: not locked
+                "withdrawalsLockedBy": event_label(change, gettext_for(request_locale(request))) if change else None,
             }
 
         return await guarded(request, 1, view)

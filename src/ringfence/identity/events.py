@@ -35,6 +35,7 @@ __all__ = [
     "withdrawal_address_changed",
     "security_changes_since",
     "last_credential_change",
+    "withdrawal_lock",
 ]
 
 CREDENTIAL_CHANGES = frozenset(
@@ -159,6 +160,18 @@ def _last_change(db: Session, user_id: int) -> str | None:
     return db.scalars(select(SecurityEvent.kind).where(SecurityEvent.user_id == user_id,
                                                        SecurityEvent.kind.in_(sorted(CREDENTIAL_CHANGES)))
                       .order_by(SecurityEvent.id.desc()).limit(1)).first()
+
+
+def withdrawal_lock(ctx: IdentityContext, account_id: str) -> tuple[int, str | None]:
+    """(end of the post-change withdrawal lock in Unix s, the kind of the change that set it) while
+    the account's withdrawals are locked, else (0, None): what the wallet shows before a withdrawal
+    is tried (the same field `check_withdrawals_allowed` refuses by)."""
+    now = ctx.now()
+    with ctx.store.tx() as db:
+        user = db.scalars(select(User).where(User.account_id == account_id)).first()
+        if user is None or user.withdrawals_locked_until_s <= now:
+            return 0, None
+        return user.withdrawals_locked_until_s, _last_change(db, user.id)
 
 
 def last_credential_change(ctx: IdentityContext, account_id: str) -> str | None:

@@ -3,7 +3,7 @@
 "use strict";
 
 // The page's language (i18n.js): `_` translates (the catalogue is loaded before start() draws anything).
-const { _, num, amount, duration } = window.rfI18n;
+const { _, num, amount, duration, dateTime } = window.rfI18n;
 function withdrawStatus(s) {
   return {0: _("e-mail sent"), 1: _("cancelled"), 2: _("awaiting approval"), 3: _("rejected"), 4: _("processing"), 5: _("failure"), 6: _("completed")}[s];
 }
@@ -104,6 +104,19 @@ async function refreshBook() {
   const coin = $("#wd-coin").value;
   fill($("#wd-address"), b.entries.filter(e => e.coin === coin)
     .map(e => [e.address, e.address + (e.status === "cooling" ? " " + _("(cooling: usable in %(time)s)", {time: duration(e.coolingSecondsLeft)}) : "")]));
+}
+
+// The post-change withdrawal lock (a new address, API key or anti-phishing code locks withdrawals for a
+// while, docs/security.md): said above the form, with its end, before the user fills it in
+async function showLock() {
+  const me = await call("GET", "/me");
+  const box = $("#wd-lock");
+  const left = Math.ceil((me.withdrawalsLockedUntil - Date.now()) / 1000);
+  box.hidden = !(me.withdrawalsLockedUntil && left > 0);
+  box.dataset.until = me.withdrawalsLockedUntil || 0;
+  if (box.hidden) { box.textContent = ""; return; }
+  box.textContent = _("Withdrawals are locked until %(time)s (%(left)s from now) after a recent security change: %(change)s.",
+    {time: dateTime(me.withdrawalsLockedUntil), left: duration(left), change: me.withdrawalsLockedBy || ""});
 }
 
 async function showLimits() {
@@ -215,7 +228,7 @@ async function start() {
       call("POST", "/addressBook", {coin: $("#book-coin").value, address: $("#book-address").value.trim(), code: $("#book-code").value.trim()})
         .then(r => { $("#book-status").textContent = r.info; $("#book-address").value = ""; })
         .catch(err => { $("#book-status").textContent = err.message; })
-        .finally(() => { $("#book-code").value = ""; refreshBook(); });
+        .finally(() => { $("#book-code").value = ""; refreshBook(); showLock().catch(() => {}); });
     });
     $("#wd-form").addEventListener("submit", ev => {
       ev.preventDefault();
@@ -227,6 +240,7 @@ async function start() {
         .finally(() => { $("#wd-code").value = ""; refreshWithdrawals(); showLimits(); });
     });
     await showLimits();
+    poll(showLock, 5000);  // the time left, its end, and a change made elsewhere (the security centre, a confirmed address link)
     poll(refreshBook, 1000);
     poll(refreshWithdrawals, 1000);
   } else if (page === "history") {
