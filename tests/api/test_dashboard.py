@@ -60,9 +60,15 @@ def test_bad_order_shows_the_servers_message(server, browser):
 def test_identity_pages_are_served_beside_the_dashboard(server, browser):
     page = browser.new_page()
     page.goto(server.base.replace("127.0.0.1", "localhost") + "/")
-    page.click("#account-links >> text=Sign up")
+    page.click("#signed-out >> text=Sign up")
     expect(page).to_have_url(server.base.replace("127.0.0.1", "localhost") + "/signup")
     expect(page.locator("form[action='/signup']")).to_be_visible()  # beside the language selector's form
+    page.goto(server.base + "/")
+    expect(page.locator("#whoami")).to_have_text("not signed in")
+    header = page.locator("header")
+    # signed out, the header offers each way in once (it said "Sign in · Sign up" twice), and the Risk page
+    assert header.locator("a:visible", has_text="Sign in").count() == 1 and header.locator("a:visible", has_text="Sign up").count() == 1
+    expect(page.locator("#account-links a", has_text="Risk")).to_be_visible()
     response = page.request.get(server.base + "/security", max_redirects=0)
     assert response.status == 303 and response.headers["location"] == "/login"  # no session yet
     headers = page.request.get(server.base + "/login").headers
@@ -148,6 +154,10 @@ def test_por_pages_show_the_shield_rule_and_reserve_balances_as_amounts(server):
     hot = int(shield["hot_value_minor"])
     hot_text = str(hot // 10 ** decimals) + ("." + str(hot % 10 ** decimals).rjust(decimals, "0").rstrip("0") if hot % 10 ** decimals else "")
     assert f"hot wallets {hot_text} {shield['value_asset']}" in rule.group(1)
+    # one time format on the page: the table writes each proof's time as the sentence above it does
+    latest_time = re.search(r"published (.*?) at journal position", page)
+    newest = re.search(r'<td class="published" title="([^"]+)">([^<]+)</td>', page)
+    assert latest_time and newest and newest.group(2) == latest_time.group(1) and newest.group(1).endswith("Z"), (latest_time, newest)
     n = httpx.get(server.base + "/por/history").json()["proofs"][-1]["n"]
     report = httpx.get(server.base + f"/por/history/{n}/report.html").text
     assert "balance (minor units)" not in report
@@ -180,7 +190,8 @@ def test_book_shows_each_markets_tick_and_step_with_separators_and_depth_ignores
     for symbol in ("BTCUSDT", "ETHUSDT", "AAPLXUSDT"):
         page.locator("#markets button", has_text=symbol).click()
         expect(page.locator("#symbol-title")).to_have_text(symbol)
-        expect(page.locator("#bids tbody tr").first).to_be_visible()
+        best_bid = httpx.get(server.base + "/api/v3/depth", params={"symbol": symbol, "limit": 5}).json()["bids"][0][0]
+        expect(page.locator("#bids tbody tr").first).to_have_attribute("data-price", best_bid)  # this market's book, drawn
         tick, step = filters[symbol]["PRICE_FILTER"]["tickSize"], filters[symbol]["LOT_SIZE"]["stepSize"]
         row = page.locator("#bids tbody tr").first
         price = row.get_attribute("data-price")

@@ -15,6 +15,7 @@ import re
 import socket
 import threading
 import time
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -139,6 +140,9 @@ def sign_up_verify_and_enable_totp(page, base: str, email: str, screenshots: boo
     page.fill("#code", totp.now())
     page.click("#confirm-totp")
     expect(page.locator("#recovery-codes li")).to_have_count(10)
+    # a first factor: the page says it is not on until the e-mailed link is opened (not "is on")
+    expect(page.locator("#factor-pending")).to_contain_text("set up but not on yet: open the confirmation link we e-mailed you")
+    expect(page.locator("#totp-on")).to_have_count(0)
     if confirm:  # a first second factor counts only once confirmed from the account's e-mail
         confirm_first_factor_from_mail(page, base, email)
     return totp
@@ -166,6 +170,13 @@ def test_newcomer_signs_up_by_mail_turns_on_totp_and_trades_on_the_session(serve
     expect(page.locator("#symbol-title")).to_have_text("AAPLXUSDT")
     usdt_free = page.locator('#balances tr[data-asset="USDT"] td.free')
     expect(usdt_free).to_have_text("15000.00")  # 10000 spot + 5000 tokenized, trailing zeros down to two decimals
+    # the caption says what the table holds: both wallets summed, held assets plus the market's two
+    expect(page.locator("#balances-note")).to_contain_text("Your spot and tokenized wallets (not the futures wallet)")
+    for row in page.locator("#balances tbody tr").all():
+        asset, total = row.get_attribute("data-asset"), row.get_attribute("data-total")
+        assert asset in ("AAPLX", "USDT") or Decimal(total or "0") > 0, (asset, total)
+        assert row.locator("td.total").get_attribute("title") == total
+    expect(page.locator("#fiat-incomplete")).to_be_hidden()  # every demo asset has a rate: no "*" to explain
     page.click("#demo-funds")  # once per account: a second click gives nothing
     expect(page.locator("#order-status")).to_contain_text("You already have your demo funds")
     expect(usdt_free).to_have_text("15000.00")

@@ -139,6 +139,8 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     assert len({c for c, _ in seen}) >= 2, f"the confirmations should be seen progressing: {seen}"
     assert {"credited", "final"} & {s for _, s in seen}, seen
     expect(row.locator("td.amount")).to_have_text("0.5")
+    # times as every page writes them (the server's format_time: the locale's medium date and time, UTC)
+    expect(row.locator("td").first).to_have_text(re.compile(r"^[A-Z][a-z]{2} \d{1,2}, \d{4}, \d{1,2}:\d\d:\d\d\s[AP]M UTC$"))
     shot(page, "2-deposit-credited")
 
     # ---- the address book: refusals first (nothing changes), then TOTP + the e-mailed link
@@ -452,7 +454,8 @@ def test_signed_out_the_wallet_pages_say_to_sign_in_with_a_link(server, browser,
     note = page.locator("#signed-out-note")
     expect(note).to_be_visible()
     expect(note).to_contain_text("Sign in to see your deposit addresses, withdraw and see your history.")
-    expect(note.locator("#signed-out-sign-in")).to_have_attribute("href", "/login")
+    expect(note.locator("#signed-out-sign-in")).to_have_attribute("href", f"/login?next={path}")  # back here after signing in
+    expect(page.locator("#signin-link")).to_have_attribute("href", f"/login?next={path}")
     expect(page.locator("#deposit")).to_be_hidden()
     if path == "/wallet/deposit":
         shot(page, "0-signed-out")
@@ -494,3 +497,39 @@ def test_the_withdraw_page_says_withdrawals_are_locked_after_a_security_change_a
     assert page.evaluate("fetch('/session/v3/me').then(r => r.json())")["withdrawalsLockedUntil"] == 0
     assert not errors, errors
     context.close()
+
+
+def test_signing_in_from_the_wallet_returns_to_the_wallet_and_next_is_a_path_on_this_site_only(server, browser):  # noqa: F811
+    """The wallet's sign-in link carries `next=/wallet/withdraw`: after password and second factor the
+    user is back on that page. A `next` that is not a path on this site (another host, a scheme) is
+    ignored: the security centre, as before; never an open redirect."""
+    from .test_web_session import PASSWORD
+
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    base, email = server.web, "returner@example.com"
+    totp = sign_up_verify_and_enable_totp(page, base, email)
+    fresh_code.last_step = int(time.time()) // TOTP_STEP_S  # type: ignore[attr-defined]
+    context.clear_cookies()
+    page.goto(base + "/wallet/withdraw")
+    page.click("#signed-out-sign-in")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("#signin")
+    page.wait_for_url(base + "/login/2fa?next=/wallet/withdraw")
+    page.fill("#code", fresh_code(totp))
+    page.click("#verify-totp")
+    page.wait_for_url(base + "/wallet/withdraw")
+    expect(page.locator("#whoami")).to_have_text(f"signed in as {email}")
+    context.close()
+    with httpx.Client(base_url=base, follow_redirects=False, verify=False) as client:
+        for bad in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)", "wallet/withdraw", "/%0d%0aX: y\n"):
+            form = client.get("/login", params={"next": bad})
+            login_form = re.search(r'<form method="post" action="/login">.*?</form>', form.text, re.S)
+            assert form.status_code == 200 and login_form and 'name="next"' not in login_form.group(0), bad
+            answer = client.post("/login", data={"email": email, "password": PASSWORD, "next": bad},
+                                 headers={"Origin": base})
+            assert answer.status_code == 303 and answer.headers["location"] == "/login/2fa", (bad, answer.headers.get("location"))
+        good = client.post("/login", data={"email": email, "password": PASSWORD, "next": "/wallet/history"}, headers={"Origin": base})
+        assert good.status_code == 303 and good.headers["location"] == "/login/2fa?next=/wallet/history"
+        assert 'name="next" value="/wallet/history"' in client.get("/login?next=/wallet/history").text

@@ -13,7 +13,7 @@ import time
 import pyotp
 import pytest
 import uvicorn
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 from sqlalchemy import select
 
 from ringfence.identity import api_keys
@@ -131,7 +131,12 @@ def test_sign_up_totp_sign_in_api_key_and_anti_phishing(ctx, clock, server, brow
     assert page.inner_text("#apc") == "Web-Otter_1"
     assert "[Web-Otter_1]" in outbox(ctx, template="credential_changed")[-1].subject
     events = page.locator(".event-row").all_inner_texts()
-    assert any("anti_phishing_changed" in e for e in events) and any("api_key_created" in e for e in events)
+    kinds = page.locator(".event-kind").evaluate_all("els => els.map((e) => [e.dataset.kind, e.title])")
+    assert ["anti_phishing_changed"] * 2 in kinds and ["api_key_created"] * 2 in kinds, kinds  # the code on hover
+    # the label people read, not the label and the code side by side
+    assert any("anti-phishing code changed" in e for e in events) and not any("anti_phishing_changed" in e for e in events), events
+    # the dashboard's dark colours, not a white page between dark ones
+    expect(page.locator("body")).to_have_css("background-color", "rgb(15, 20, 25)")  # once the stylesheet is in
     assert dialogs == []
     context.close()
 
@@ -322,7 +327,7 @@ def test_register_an_ed25519_public_key_in_the_security_centre(ctx, clock, serve
     with pytest.raises(Unauthorized, match="not valid"):
         api_keys.verify_api_request(ctx, key, payload, forged, "192.0.2.1", "trade")
     page.goto(f"{server}/security")
-    created_events = [e for e in page.locator(".event-row").all_inner_texts() if "api_key_created" in e]
+    created_events = [k for k in page.locator(".event-kind").evaluate_all("els => els.map((e) => e.dataset.kind)") if k == "api_key_created"]
     assert len(created_events) == 1, created_events
     context.close()
 

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from importlib import resources
 from typing import Any, AsyncIterator, Callable, TypeVar
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
@@ -180,6 +181,18 @@ def _client_ip(request: Request) -> str:
 
 def _set_cookie(response: Response, name: str, token: str, max_age_s: int) -> None:
     response.set_cookie(name, token, max_age=max_age_s, path="/", secure=True, httponly=True, samesite="strict")
+
+
+_NEXT_PATH = re.compile(r"/[A-Za-z0-9/_\-.?=&%]{0,200}")
+
+
+def safe_next(value: object) -> str | None:
+    """Where to go after signing in (`?next=` / the form's `next`): a path on this site only — one '/'
+    then path characters, never '//' (another host) or a scheme — else None (the security centre).
+    Never an open redirect."""
+    if isinstance(value, str) and _NEXT_PATH.fullmatch(value) and not value.startswith("//"):
+        return value
+    return None
 
 
 def _session_response(ctx: IdentityContext, issued: sessions.IssuedSession, url: str = "/security") -> Response:
@@ -414,8 +427,8 @@ def create_router(ctx: IdentityContext) -> APIRouter:
                        link="/security")
 
     @router.get("/login", response_class=HTMLResponse)
-    def login_page() -> HTMLResponse:
-        return _render("login.html")
+    def login_page(request: Request) -> HTMLResponse:
+        return _render("login.html", next_path=safe_next(request.query_params.get("next")))
 
     @router.post("/login")
     async def login(request: Request) -> Response:
@@ -425,10 +438,12 @@ def create_router(ctx: IdentityContext) -> APIRouter:
                                          ip=_client_ip(request), user_agent=request.headers.get("user-agent", ""))
         except RingfenceError as err:  # as /signup: the form again, the address kept, the password not
             return _retry_after(_render("login.html", status_code=err.http_status, error=for_people(err),
-                                        email=form.get("email", "")[:254], error_field=err.field or ""), err)
+                                        email=form.get("email", "")[:254], error_field=err.field or "",
+                                        next_path=safe_next(form.get("next"))), err)
+        next_path = safe_next(form.get("next"))
         if not result.second_factor_required:
-            return _session_response(ctx, result.session)
-        response = RedirectResponse("/login/2fa", status_code=303)
+            return _session_response(ctx, result.session, next_path or "/security")
+        response = RedirectResponse("/login/2fa" + (f"?next={quote(next_path, safe='/')}" if next_path else ""), status_code=303)
         _set_cookie(response, PENDING_COOKIE_NAME, result.session.token, ctx.settings.identity_mfa_pending_ttl_s)
         return response
 
@@ -436,7 +451,7 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     def second_factor_page(request: Request) -> HTMLResponse:
         if not request.cookies.get(PENDING_COOKIE_NAME):
             raise Unauthorized("sign in with your e-mail and password first", field="session")
-        return _render("login_2fa.html")
+        return _render("login_2fa.html", next_path=safe_next(request.query_params.get("next")))
 
     @router.post("/login/2fa")
     async def second_factor_submit(request: Request) -> Response:
@@ -444,7 +459,7 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         method = form.get("method", "totp")
         issued = second_factor.complete_login(ctx, request.cookies.get(PENDING_COOKIE_NAME), method=method,
                                               value=form.get("code", ""))
-        return _session_response(ctx, issued)
+        return _session_response(ctx, issued, safe_next(form.get("next")) or "/security")
 
     @router.post("/webauthn/login/options")
     def passkey_login_options(request: Request) -> Response:
@@ -455,7 +470,7 @@ def create_router(ctx: IdentityContext) -> APIRouter:
     async def passkey_login(request: Request) -> Response:
         credential = (await request.body()).decode("utf-8", "replace")
         issued = second_factor.complete_login(ctx, request.cookies.get(PENDING_COOKIE_NAME), method="passkey", value=credential)
-        response = JSONResponse({"redirect": "/security"})
+        response = JSONResponse({"redirect": safe_next(request.query_params.get("next")) or "/security"})
         _set_cookie(response, sessions.SESSION_COOKIE_NAME, issued.token, ctx.settings.identity_session_ttl_s)
         response.delete_cookie(PENDING_COOKIE_NAME, path="/", secure=True, httponly=True, samesite="strict")
         return response
@@ -505,7 +520,9 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         form = await _form(request)
         token = _csrf(ctx, request, form)
         issued, codes = second_factor.confirm_totp_enrollment(ctx, token, form.get("code", ""), ip=_client_ip(request))
-        response = _render("recovery_codes.html", codes=codes)
+        # a first second factor counts only once its e-mailed link is opened: the page says so
+        pending = sessions.authenticate(ctx, issued.token).second_factor_pending
+        response = _render("recovery_codes.html", codes=codes, pending=pending)
         _set_cookie(response, sessions.SESSION_COOKIE_NAME, issued.token, ctx.settings.identity_session_ttl_s)
         return response
 

@@ -106,7 +106,8 @@ def render_por_page(history: Mapping[str, Any], latest: Mapping[str, Any], setti
         cells = "".join(f"<td class=num>{esc(_cell(by_asset[a], _)) if a in by_asset else ''}</td>" for a in assets)
         links = " ".join(f'<a href="/por/history/{p["n"]}/{esc(f)}">{esc(f)}</a>' for f in p["files"])
         shield = {True: _("ok"), False: _("ALERT"), None: _("n/a") if not p["shield_alert"] else _("ALERT (unpriced)")}[p["shield_ok"]]
-        rows.append(f'<tr data-n="{p["n"]}"><td>{p["n"]}</td><td>{esc(p["published_at"])}</td><td><code>{esc(p["position"])}'
+        rows.append(f'<tr data-n="{p["n"]}"><td>{p["n"]}</td><td class="published" title="{esc(p["published_at"])}">'
+                    f'{esc(fmt_time(p["published_at"]))}</td><td><code>{esc(p["position"])}'
                     f'</code></td><td><code title="{esc(p["root_hash"])}">{esc(p["root_hash"][:16])}…</code></td>'
                     f"{cells}<td>{esc(shield)}</td><td>{links}</td></tr>")
     no_evidence = esc(_("No reserve evidence."))

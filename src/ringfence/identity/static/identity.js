@@ -143,7 +143,8 @@ document.addEventListener("DOMContentLoaded", async () => {
     el.addEventListener("click", () => fn().catch(showError));
     el.disabled = false;
   };
-  bind("passkey-login", () => passkeyGet("/webauthn/login/options", "/webauthn/login"));
+  // back to the page that sent the user to sign in (`?next=`; the server accepts only a path on this site)
+  bind("passkey-login", () => passkeyGet("/webauthn/login/options", "/webauthn/login" + location.search));
   bind("step-up-passkey", () => passkeyGet("/webauthn/step-up/options", "/webauthn/step-up"));
   bind("add-passkey", passkeyCreate);
 });

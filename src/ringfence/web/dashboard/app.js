@@ -377,7 +377,7 @@ function plus(a, b) { // two decimal strings with the same decimals -> their sum
 
 async function refreshFiat() { // each shown balance (free + locked) in the chosen fiat currency, from the rates feed
   const rows = [...$("balances").tBodies[0].rows];
-  if (!rows.length) { $("fiat-total").textContent = ""; return; }
+  if (!rows.length) { $("fiat-total").textContent = ""; $("fiat-incomplete").hidden = true; return; }
   const amounts = rows.map((r) => `${r.dataset.asset}:${r.dataset.total}`).join(",");
   try {
     const v = await api("GET", "/v1/fiat/value", { amounts, currency: window.rfI18n.fiat, locale: window.rfI18n.locale });
@@ -387,8 +387,10 @@ async function refreshFiat() { // each shown balance (free + locked) in the chos
     }
     $("fiat-total").textContent = v.totalFormatted + (v.complete ? "" : " *");
     $("fiat-total").dataset.minor = v.totalMinor;
+    $("fiat-incomplete").hidden = v.complete;  // what the "*" means
   } catch (e) {
     $("fiat-total").textContent = _("no rate");
+    $("fiat-incomplete").hidden = true;
   }
 }
 
@@ -450,7 +452,6 @@ async function loadSession() {
     $("whoami").textContent = e.status === 401 ? _("not signed in") : _("session: %(error)s", { error: e.message });
     $("signed-out").hidden = false;
     $("signed-in").hidden = true;
-    $("account-links").hidden = false;
     return;
   }
   state.csrf = state.me.csrfToken;
@@ -458,7 +459,6 @@ async function loadSession() {
   $("logout-csrf").value = state.csrf;
   $("signed-out").hidden = true;
   $("signed-in").hidden = false;
-  $("account-links").hidden = true;
   $("demo-funds").hidden = !state.me.demoFunds;
   const canTrade = state.me.scopes.includes("trade");
   $("place").disabled = !canTrade;

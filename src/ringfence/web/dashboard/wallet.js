@@ -22,7 +22,7 @@ function el(tag, attrs, ...children) {
   for (const c of children) e.append(c instanceof Node ? c : String(c));
   return e;
 }
-function when(ms) { return new Date(ms).toISOString().replace("T", " ").slice(0, 19); }
+const when = dateTime;  // every page writes a time one way (i18n.js: as the server's pages do)
 
 async function call(method, path, params) {
   const body = params ? new URLSearchParams(params).toString() : "";
@@ -143,7 +143,7 @@ function cancelButton(w) {
 async function refreshWithdrawals() {
   const rows = await call("GET", "/capital/withdraw/history");
   $("#withdrawals").replaceChildren(...rows.map(w => el("div", {class: "withdrawal", "data-id": w.id, "data-status": w.status},
-    el("p", {}, _("%(time)s · %(amount)s %(coin)s (fee %(fee)s) to %(address)s", {time: w.applyTime, amount: amount(w.amount, true), coin: w.coin, fee: amount(w.transactionFee, true), address: w.address}) + " · ",
+    el("p", {}, _("%(time)s · %(amount)s %(coin)s (fee %(fee)s) to %(address)s", {time: when(w.applyTime), amount: amount(w.amount, true), coin: w.coin, fee: amount(w.transactionFee, true), address: w.address}) + " · ",
       el("b", {class: "status"}, withdrawStatus(w.status)), " ", cancelButton(w)),
     el("ol", {class: "timeline"}, ...w.timeline.map(s => el("li", {"data-status": s.status}, s.step + ": " + s.info))))));
 }
@@ -154,7 +154,7 @@ async function refreshHistory() {
   depositRows($("#hist-deposits tbody"), await call("GET", "/capital/deposit/hisrec"));
   const ws = await call("GET", "/capital/withdraw/history");
   $("#hist-withdrawals tbody").replaceChildren(...ws.map(w => el("tr", {"data-id": w.id, "data-status": w.status},
-    el("td", {}, w.applyTime), el("td", {}, w.coin), el("td", {}, amount(w.amount, true)), el("td", {}, amount(w.transactionFee, true)),
+    el("td", {}, when(w.applyTime)), el("td", {}, w.coin), el("td", {}, amount(w.amount, true)), el("td", {}, amount(w.transactionFee, true)),
     el("td", {}, w.address), el("td", {class: "status"}, withdrawStatus(w.status)), el("td", {}, w.info), el("td", {}, w.txId))));
 }
 
