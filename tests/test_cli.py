@@ -205,3 +205,52 @@ def test_help_reads_well_at_80_columns(command):
 def test_chain_and_chains_say_how_they_differ():
     chain, chains = (run(name, "--help").stdout for name in ("chain", "chains"))
     assert "Not `chains` (plural)" in chain and "Not `chain` (singular)" in chains
+
+
+def _help(*command: str) -> str:
+    out = subprocess.run(RINGFENCE + [*command, "--help"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, COLUMNS="80", TERM="dumb"))
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("command", [["serve"], ["chain", "pay"], ["chains", "validate-address"], ["por", "snapshot"], ["por", "verify"]])
+def test_help_at_80_columns_cuts_no_option_and_names_values_as_words(command):
+    """New-user review: `serve --help` cut `--forwarded-allow-ips` to `--forwarded-allo…` and help words
+    with "…"; options showed Python types (`<str>`, `<list[str]>`); serve offered shell completion."""
+    text = _help(*command)
+    assert "…" not in text, text
+    assert not re.search(r"<(str|int|path|list\[|float|bool)", text), text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    if command == ["serve"]:
+        assert "--forwarded-allow-ips" in text and "--install-completion" not in text
+        assert re.search(r"--host +TEXT", text) and re.search(r"--data +PATH", text)
+    if command == ["por", "snapshot"]:
+        assert "TEXT..." in text  # --asset may be given again
+
+
+def _words(text: str) -> str:
+    """Help text as one line of words, the panels' borders left out."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_chain_pay_help_says_each_default_once():
+    text = _words(_help("chain", "pay"))
+    assert "[default: ringfence-data]" not in text and "(default ./ringfence-data" in text  # --data: the help says it, once
+    assert "faucet (default)" not in text and text.count("[default: faucet]") == 1
+    assert "faucet|tainted|exploit" in text
+
+
+def test_validate_address_help_says_what_it_checks():
+    text = _words(_help("chains", "validate-address"))
+    assert "Check an address: its checksum, and that it is for the chain (and Bitcoin network) given." in text
+    assert "ADDRESS" in text and "bitcoin|ethereum" in text and "mainnet, testnet, signet or regtest (not used for ethereum)" in text
+
+
+@pytest.mark.parametrize("typed, meant", [(["chains", "balance", "--asset", "BTC"], "ringfence chain balance"),
+                                          (["chain", "validate-address", "x"], "ringfence chains validate-address")])
+def test_a_command_of_the_other_chain_group_says_where_it_is(typed, meant):
+    out = subprocess.run(RINGFENCE + typed, capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS="200", TERM="dumb"))
+    assert out.returncode == 2 and meant in " ".join(out.stderr.split()), out.stderr
+    other = subprocess.run(RINGFENCE + ["chains", "nope"], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and "No such command 'nope'." in other.stderr  # any other unknown command: as before

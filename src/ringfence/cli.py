@@ -12,12 +12,15 @@ import inspect
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 import typer
-from typer.core import TyperGroup, TyperOption
+import typer.rich_utils
+from typer.core import TyperArgument, TyperGroup, TyperOption
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .cli_paths import fail, prepare_data_dir, refuse_foreign_writer, require_node_dir, tty_console
 from .errors import RingfenceError
@@ -70,12 +73,48 @@ def _flowing_short_help(cmd: click.Command) -> None:
         _flowing_short_help(sub)
 
 
+# Typer writes a value's Python type (`<str>`, `<list[str]>`, `<int range>`); help shows what to type,
+# as click's own help does (TEXT, INTEGER, PATH; `...` when the option may be given again).
+_VALUE_WORDS = {"str": "TEXT", "int": "INTEGER", "int range": "INTEGER", "float": "NUMBER", "float range": "NUMBER",
+                "path": "PATH", "Path": "PATH", "bool": "BOOLEAN", "datetime": "DATETIME"}
+
+
+def _value_word(label: str | None) -> str | None:
+    if not label or not (label.startswith("<") and label.endswith(">")):
+        return label  # a metavar the command chose, or choices (a|b|c)
+    inner, many = label[1:-1], False
+    if inner.startswith("list[") and inner.endswith("]"):
+        inner, many = inner[5:-1], True
+    word = _VALUE_WORDS.get(inner, inner if "|" in inner else inner.upper())
+    return word + ("..." if many else "")
+
+
 def _flag_type(self: TyperOption, ctx: click.Context) -> str | None:
-    return None if self.is_flag else _option_type(self, ctx)
+    return None if self.is_flag else _value_word(_option_type(self, ctx))
 
 
+def _argument_type(self: TyperArgument, ctx: click.Context) -> str | None:
+    return _value_word(_argument_type_of(self, ctx))
+
+
+# A word longer than the help column (an environment variable's name, a URL) is folded onto the next
+# line, not cut with "…" (rich's default for a table cell): help never hides what to type.
+_parameter_help = typer.rich_utils._get_parameter_help
+
+
+def _folding_parameter_help(**kwargs: Any) -> Any:
+    columns = _parameter_help(**kwargs)
+    for item in columns.renderables:
+        if isinstance(item, Text):
+            item.overflow = "fold"
+    return columns
+
+
+typer.rich_utils._get_parameter_help = _folding_parameter_help
 _option_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+_argument_type_of = TyperArgument.display_type_rich
+TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign]
 
 
 def _load(name: str) -> click.Command:
@@ -90,13 +129,40 @@ def _load(name: str) -> click.Command:
         if isinstance(obj, typer.Typer):
             cmd: click.Command = typer.main.get_group(obj)
         else:  # a single command function (serve)
-            single = typer.Typer()
+            single = typer.Typer(add_completion=False)  # as the root: no --install-completion in a command's help
             single.command(name)(obj)
             cmd = typer.main.get_command(single)
         cmd.name = name
         _flowing_short_help(cmd)
+        if name in _SIBLINGS:
+            _hint_the_sibling(cmd, name)
         _LOADED[name] = cmd
     return _LOADED[name]
+
+
+# `chain` (the running demo's local chains) and `chains` (offline address tools) differ by one letter:
+# a command typed under the other one says where it is (`ringfence chains balance` was a bare
+# "No such command 'balance'").
+_SIBLINGS = {"chain": "chains", "chains": "chain"}
+
+
+def _hint_the_sibling(group: click.Command, name: str) -> None:
+    resolve = group.resolve_command  # type: ignore[attr-defined]
+
+    def resolve_with_hint(ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return resolve(ctx, args)
+        except Exception as err:  # click's UsageError, or the copy of click that Typer carries
+            if type(err).__name__ != "UsageError":
+                raise
+            wanted, sibling = (args[0] if args else ""), _SIBLINGS[name]
+            other = _load(sibling)
+            if wanted and hasattr(other, "list_commands") and wanted in other.list_commands(ctx):
+                raise type(err)(f"No such command {wanted!r} in `ringfence {name}`: it is `ringfence {sibling} {wanted}` "
+                                f"(see `ringfence {sibling} {wanted} --help`).", ctx) from None
+            raise
+
+    group.resolve_command = resolve_with_hint  # type: ignore[attr-defined]
 
 
 class _LazyGroup(TyperGroup):

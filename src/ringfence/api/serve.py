@@ -335,7 +335,7 @@ def serve(
     gateways: int = typer.Option(0, "--gateways", min=0, max=32, help="Run N gateway processes on --port in front of this "
                                  "(engine) process, which then listens only on DIR/run/engine.sock (0: one process, as before). "
                                  "Checks (keys, replay, rate limits) stay in the engine, so they hold across gateways."),
-    pipeline: bool = typer.Option(False, "--pipeline/--no-pipeline", help="Pipelined group commit: the engine applies the "
+    pipeline: bool = typer.Option(False, "--pipeline", help="Pipelined group commit: the engine applies the "
                                   "next batch while the last one's fsync runs; answers and feeds still wait for it, but a REST "
                                   "read may show a batch up to one fsync before it is durable (docs/journal.md). Off by default; "
                                   "ignored with --replicate/--standby, which use the classic one."),

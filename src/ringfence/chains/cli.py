@@ -18,7 +18,7 @@ app = typer.Typer(
 
 @app.command("derive-address")
 def derive_address(
-    account_xpub: str = typer.Argument(..., help="account-level extended PUBLIC key (depth 3)"),
+    account_xpub: str = typer.Argument(..., metavar="XPUB", help="account-level extended PUBLIC key (depth 3)"),
     index: int = typer.Option(0, help="receive address index (one per user)"),
     scheme: str = typer.Option("bip84-btc", help="bip44-btc | bip84-btc | bip86-btc | bip44-eth"),
     network: str = typer.Option("mainnet", help="mainnet | testnet | signet | regtest"),
@@ -39,11 +39,13 @@ def derive_address(
 
 @app.command("validate-address")
 def validate_address(
-    address: str = typer.Argument(..., help="the address to check"),
-    chain: str = typer.Option("bitcoin", help="bitcoin | ethereum"),
-    network: str = typer.Option("mainnet", help="bitcoin network: mainnet | testnet | signet | regtest"),
+    address: str = typer.Argument(..., metavar="ADDRESS", help="The address to check."),
+    chain: str = typer.Option("bitcoin", metavar="bitcoin|ethereum", help="The chain the address is for."),
+    network: str = typer.Option("mainnet", metavar="NETWORK", help="The Bitcoin network the address must belong to: "
+                                "mainnet, testnet, signet or regtest (not used for ethereum)."),
 ) -> None:
-    """Check checksum and network; print the canonical form or say exactly what is wrong.
+    """Check an address: its checksum, and that it is for the chain (and Bitcoin network) given. Prints the
+    address in its canonical form (an Ethereum one with its EIP-55 checksum), or says exactly what is wrong.
 
     Example: ringfence chains validate-address 0x9858EfFD232B4033E47d90003D41EC34EcaEda94 --chain ethereum
     """

@@ -69,13 +69,13 @@ def _call(data: Path, method: str, path: str, **kw: Any) -> dict[str, Any]:
 
 @app.command("pay")
 def pay(
-    data: Path = typer.Option(Path("ringfence-data"), "--data", help=DATA_HELP),
+    data: Path = typer.Option(Path("ringfence-data"), "--data", help=DATA_HELP, show_default=False),
     asset: str = typer.Option(..., "--asset", help="BTC, ETH or USDT"),
     to: str = typer.Option(..., "--to", help="Address to pay (e.g. your deposit address from fetchDepositAddress)"),
     amount: str = typer.Option(..., "--amount", help="Decimal amount, e.g. 0.5"),
-    source: str = typer.Option("faucet", "--from", help="faucet (default); tainted: ETH from the demo's tainted "
-                               "wallet (funded by a blacklisted address), to try KYT quarantine; exploit: ETH from "
-                               "that blacklisted address itself, to try a frozen deposit"),
+    source: str = typer.Option("faucet", "--from", metavar="faucet|tainted|exploit", help="Who pays: faucet, the demo's "
+                               "faucet wallet; tainted, ETH from the demo's tainted wallet (funded by a blacklisted address), "
+                               "to try KYT quarantine; exploit, ETH from that blacklisted address itself, to try a frozen deposit"),
 ) -> None:
     """Pay AMOUNT of ASSET from the demo faucet wallet on the local chain; prints the txid.
 
@@ -88,7 +88,7 @@ def pay(
 
 @app.command("balance")
 def balance(
-    data: Path = typer.Option(Path("ringfence-data"), "--data", help=DATA_HELP),
+    data: Path = typer.Option(Path("ringfence-data"), "--data", help=DATA_HELP, show_default=False),
     asset: str = typer.Option(..., "--asset", help="BTC, ETH or USDT"),
     address: str = typer.Option(..., "--address", help="Address to read"),
     height: Optional[int] = typer.Option(None, "--height", min=0, help="Read at this past block height (default: the tip), e.g. a proof of reserves' pinned height"),
@@ -104,7 +104,7 @@ def balance(
 
 @app.command("broadcast")
 def broadcast(
-    data: Path = typer.Option(Path("ringfence-data"), "--data", help=DATA_HELP),
+    data: Path = typer.Option(Path("ringfence-data"), "--data", help=DATA_HELP, show_default=False),
     asset: str = typer.Option(..., "--asset", help="BTC, ETH or USDT (which chain)"),
     raw_tx: str = typer.Option(..., "--raw-tx", help="The signed transaction, hex"),
 ) -> None:
