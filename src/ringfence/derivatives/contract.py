@@ -22,7 +22,7 @@ from ..ledger.account import Account
 from ..ledger.ledger import Ledger
 from ..trading.orders import _place as _trading_place
 from ..trading.orders import _protection_and_hold
-from ..trading.book import ACTIVE, Market, MarketContract, Order
+from ..trading.book import ACTIVE, Market, MarketContract, Order, OrderWords
 from ..risk.halts import market_status
 from ..trading.state import MAX_QTY, TradingState, trading_state
 from .commands import PlacePerpOrder, PositionChanged
@@ -62,12 +62,19 @@ def place_perp_order(engine: Any, c: Any) -> list[Event]:
 
 
 def _place_perp(engine: Any, st: DerivativesState, trading: TradingState, c: Any) -> list[Event]:
-    """`place_perp_order` on the derivatives and trading states already read."""
-    _precheck(st, c)
+    """`place_perp_order` on the derivatives and trading states already read (`_precheck`'s
+    checks in line: each field of the command read once)."""
+    symbol = c.symbol
+    perps: dict[str, Perp] = st.perps
+    if not isinstance(symbol, str) or symbol not in perps:
+        raise NotFound(f"unknown perpetual {symbol!r}", field="symbol")
+    reduce_only = c.reduce_only
     ev: list[Event] = []
-    if c.reduce_only != 1:  # (`st.reduce_only` is False outside a reduce-only placing: left as it is)
+    if reduce_only == 0:  # (`st.reduce_only` is False outside a reduce-only placing: left as it is)
         _trading_place(engine, trading, c, ev)
         return ev
+    if reduce_only != 1:
+        raise ValidationError("reduce_only must be 0 or 1", field="reduce_only")
     st.reduce_only = True
     try:
         _trading_place(engine, trading, c, ev)  # (as it is: `trading.orders.NewOrder`)
@@ -121,6 +128,9 @@ class Contract(MarketContract):
         self.symbol = symbol
         self._ledger: Any = None
         self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
+        #: Set by `order_hold` (to `DerivativesState.reduce_only`, which holds for the whole placing):
+        #: with `_borrow` 0 it tells `before_hold` it has nothing to do, without reading the state.
+        self._placing_reduce_only = False
         self._accounts: tuple[Account, Account, Account] | None = None
         self._touched: set[str] = set()  # owners whose position a fill changed in the current match
         #: owner -> the owner's `Seat` here: the position last found, the wallet and the margin
@@ -150,7 +160,10 @@ class Contract(MarketContract):
 
     def _system(self, p: Any) -> tuple[Account, Account, Account]:
         """(PnL pool, fees, insurance) of this market, looked up once per ledger object."""
-        ledger = self.engine.ledger
+        return self._system_of(p, self.engine.ledger)
+
+    def _system_of(self, p: Any, ledger: Any) -> tuple[Account, Account, Account]:
+        """`_system`, the engine's ledger already read."""
         accounts = self._accounts
         if self._ledger is not ledger or accounts is None:
             accounts = self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
@@ -182,7 +195,7 @@ class Contract(MarketContract):
 
     # -- placing: how much margin an order holds, or why it is refused
 
-    def order_hold(self, engine: Any, m: Market, c: Any, words: Any) -> tuple[tuple[str, str, str] | None, int, int]:
+    def order_hold(self, engine: Any, m: Market, c: Any, words: OrderWords) -> tuple[tuple[str, str, str] | None, int, int]:
         components: dict[str, Any] = engine.components  # (read once; typed: direct dict lookups)
         st: DerivativesState = components["derivatives"]
         symbol = self.symbol
@@ -190,6 +203,7 @@ class Contract(MarketContract):
         p: Perp = perps[symbol]
         is_buy: bool = words[0]
         limitish: bool = words[4]
+        self._placing_reduce_only = st.reduce_only  # (for `before_hold`; first: before any return)
         if c.quote_amount:
             return ("INVALID_PARAMETER", "quote_amount", "perpetual orders are sized by quantity, not quote amount"), 0, 0
         protect: int = 0
@@ -227,7 +241,11 @@ class Contract(MarketContract):
         im: int
         if open_q:
             index = components.get("index")
-            s = index.symbols.get(p.index_symbol) if index is not None else None
+            if index is not None:
+                symbols: dict[str, Any] = index.symbols  # (typed: a direct dict lookup, not a method call)
+                s = symbols.get(p.index_symbol)
+            else:
+                s = None
             if s is not None and s.short:  # the index lost its sources: the perpetual only reduces
                 return ("MARKET_NOT_ACTIVE", "symbol",
                         f"the {p.index_symbol} index has fewer than {s.min_sources} live sources: only reducing orders are accepted"), 0, 0
@@ -287,6 +305,8 @@ class Contract(MarketContract):
         """Every check passed and trading is about to hold the order's margin: remember a
         reduce-only order's id (the next one trading gives), and move what a purely reducing order
         borrows from its position's margin back to the wallet first."""
+        if not self._borrow and not self._placing_reduce_only:  # (the common case: nothing to do)
+            return
         components: dict[str, Any] = engine.components
         st: DerivativesState = components["derivatives"]
         if st.reduce_only:
@@ -325,14 +345,17 @@ class Contract(MarketContract):
         engine = self.engine
         if m.status != ACTIVE:
             return True
-        halts = engine.components.get("halts")
+        components: dict[str, Any] = engine.components  # (read once; typed: direct dict lookups)
+        halts = components.get("halts")
         if halts is not None and halts._index and market_status(engine, self.symbol) != "ACTIVE":
             return True
-        index = engine.components.get("index")
+        index = components.get("index")
         if index is None:
             return False
-        st: DerivativesState = engine.components["derivatives"]
-        s = index.symbols.get(st.perps[self.symbol].index_symbol)
+        st: DerivativesState = components["derivatives"]
+        perps: dict[str, Perp] = st.perps
+        symbols: dict[str, Any] = index.symbols  # (typed: a direct dict lookup, not a method call)
+        s = symbols.get(perps[self.symbol].index_symbol)
         return s is not None and bool(s.short)
 
     def fill_cap(self, o: Order, only_reduces: bool = False) -> int:
@@ -389,18 +412,21 @@ class Contract(MarketContract):
         p: Perp = perps[self.symbol]
         # What both sides read of the engine and the state, read once per fill (each is a generic
         # attribute read of a Python object from here).
-        system = self._system(p)  # (also resets the account caches for a new ledger)
         ledger: Ledger = engine.ledger
+        system = self._system_of(p, ledger)  # (also resets the account caches for a new ledger)
         positions, isolated, liq_iso = st._positions, st._isolated, st.liquidating_isolated
+        # Owners whose position changed matter to `after_match` only while some market has an open
+        # reduce-only order (none can be placed within a match: `before_hold` adds them, before it).
+        touch = bool(st.reduce_only_orders)
         buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev, ledger, system, positions,
-                               isolated, liq_iso)
+                               isolated, liq_iso, touch)
         seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev, ledger, system,
-                                positions, isolated, liq_iso)
+                                positions, isolated, liq_iso, touch)
         return buyer_fee, seller_fee
 
     def _side(self, st: DerivativesState, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
               notional: int, rate_ppm: int, ev: list[Event], ledger: Ledger, system: tuple[Account, Account, Account],
-              positions: Any, isolated: Any, liq_iso: Any) -> int:
+              positions: Any, isolated: Any, liq_iso: Any, touch: bool = True) -> int:
         """One side of a fill: the hold it frees, the position, realised PnL, the fee, the margin.
 
         The hot path of every perpetual fill, written on locals: the position's fields are set
@@ -526,20 +552,41 @@ class Contract(MarketContract):
             _bypass(pos, "size", size)
             _bypass(pos, "cost", cost)
             _bypass(pos, "margin", post)
+        dirty: set[tuple[str, str]] = positions.dirty
         if size:
-            if pos._book is positions:
-                dirty: set[tuple[str, str]] = positions.dirty
-                dirty.add(key)  # what `Position.__setattr__` would have marked
-            else:
-                positions[key] = pos
+            if pos._book is not positions:  # a new position (`got` was None): into the book
+                _book_insert(positions, key, pos)
                 seat.pos = pos
+            # What `Position.__setattr__`, or the book's `__setitem__`, would have marked: the key
+            # as the book holds it (`_key`, the same tuple: the set finds it by identity, where an
+            # equal new tuple is compared item by item)
+            book_key: tuple[str, str] = pos._key
+            dirty.add(book_key)
         else:
-            positions.pop(key, None)
+            if pos._book is positions:  # the book's `pop(key)`, natively
+                dict.pop(positions, key)
+                pos._book = None
+                book_key = pos._key
+                dirty.add(book_key)
             seat.pos = None
             pos.extra = 0
         ev.append(PositionChanged(owner, symbol, price, signed, size, cost, post, realized, fee, covered))
-        self._touched.add(owner)
+        if touch:
+            self._touched.add(owner)
         return fee
+
+
+def _book_insert(positions: Any, key: tuple[str, str], pos: Position) -> None:
+    """`PositionBook.__setitem__` of a key the book does not hold, natively (its Python method set
+    four fields through `Position`'s tracking `__setattr__`: a tenth of a fill side's cost when it
+    opens a position): the next insertion number, the link to the book, the key; the caller marks
+    the key dirty."""
+    seq: int = positions.next_seq
+    positions.next_seq = seq + 1
+    pos._seq = seq
+    pos._book = positions
+    pos._key = key
+    dict.__setitem__(positions, key, pos)
 
 
 def _reducible_of(size: int, m: Market, owner: str, is_buy: bool) -> int:

@@ -174,7 +174,11 @@ def mark_of_perp(engine: Any, p: Perp) -> int:
     m: Market | None = trading.markets.get(p.symbol) if trading is not None else None
     last: int = m.last_price if m is not None else 0
     index = components.get("index")
-    s = index.symbols.get(p.index_symbol) if index is not None else None
+    if index is not None:
+        symbols: dict[str, Any] = index.symbols  # (typed: a direct dict lookup, not a method call)
+        s = symbols.get(p.index_symbol)
+    else:
+        s = None
     if s is None or not s.index_minor:
         return int(last)
     left = max(0, p.next_funding_ns - engine.now_ns)

@@ -160,6 +160,11 @@ class Level:
         self.count = 0
 
 
+#: An order's words as `trading.orders` parses them (its `_Words`: is_buy, type, time in force, STP
+#: mode, limit-priced, a stop), typed as a tuple so that compiled code indexes it directly.
+OrderWords = tuple[bool, Any, Any, Any, bool, bool]
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class MarketContract:
     """What trading asks a perpetual market (`Market.contract`): `ringfence.derivatives`'
@@ -174,7 +179,7 @@ class MarketContract:
         #: (None if the owner has none yet: trading opens it).
         self.order_wallet: Any = None
 
-    def order_hold(self, engine: Any, m: Market, c: Any, words: Any) -> tuple[tuple[str, str, str] | None, int, int]:
+    def order_hold(self, engine: Any, m: Market, c: Any, words: OrderWords) -> tuple[tuple[str, str, str] | None, int, int]:
         """(refusal or None, protection price, hold) of order `c` on `m`."""
         raise NotImplementedError
 
