@@ -633,17 +633,19 @@ def test_an_expired_or_used_address_link_tells_nothing_of_the_book(server, user)
 
 
 def test_a_claim_sets_the_language_of_the_person_claiming(server):
-    """Intruder review: the account taken over through a resent link kept the language of the first
-    sign-up (the stranger's), so its security mail came in it. The resent link's mail is in the language
-    of the page that asked for it, and the claim sets the account's language to the claiming page's:
-    signed in later with no language of the browser's, the pages (and so the mail) are in hers."""
+    """Intruder reviews: the account taken over through a resent link kept the language of the first
+    sign-up (the stranger's), so its security mail came in it; and (session 12) the resent link's mail came
+    in the language of whoever asked for it, so a stranger chose the language of the owner's mail. The
+    resent link's mail is in the account's language (here the owner's own sign-up's: German, though a
+    Japanese page asked), and the claim sets the account's language to the claiming page's: signed in
+    later with no language of the browser's, the pages (and so the mail) are in hers."""
     stamp = int(time.time() * 1000)
     email = f"lang{stamp}@victim.test"
-    attacker, victim = Browserless(server.base), Browserless(server.base)
+    stranger, victim = Browserless(server.base), Browserless(server.base)
     ja, de = {"Accept-Language": "ja"}, {"Accept-Language": "de-DE,de;q=0.9"}
-    assert attacker.request("POST", "/signup", data={"email": email, "password": "attacker's own passphrase 77"},
-                            headers=ja).status_code == 200
-    assert victim.request("POST", "/verify-email/new", data={"email": email}, headers=de).status_code == 200
+    assert victim.request("POST", "/signup", data={"email": email, "password": "a first passphrase 2026"},
+                          headers=de).status_code == 200
+    assert stranger.request("POST", "/verify-email/new", data={"email": email}, headers=ja).status_code == 200
     body = mail_body(victim, email, "/verify-email/claim?token=")
     assert "Anti-Phishing-Code: nicht gesetzt" in body and "Ihr neuer Bestätigungslink" in body, body[:300]  # not Japanese
     link = path_of(re.search(r"https?://\S+/verify-email/claim\?token=\S+", body).group(0))
@@ -656,5 +658,5 @@ def test_a_claim_sets_the_language_of_the_person_claiming(server):
     assert victim.request("POST", "/login", data={"email": email, "password": "victim chose this one 2026"}).status_code in (200, 303)
     centre = victim.request("GET", "/security")  # no Accept-Language, no cookie: the profile's language
     assert centre.status_code == 200 and '<html lang="de"' in centre.text, centre.text[:500]
-    attacker.http.close()
+    stranger.http.close()
     victim.http.close()
