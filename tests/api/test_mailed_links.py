@@ -626,7 +626,16 @@ def test_an_expired_or_used_address_link_tells_nothing_of_the_book(server, user)
     before = last_seq(server)
     assert pages() == listed, "the same pages once the address is gone: they say nothing of the book"
     assert book(b) == [] and not link_commands_since(server, before), "neither link added the address"
-    page = b.request("GET", "/wallet/confirm-address", params={"token": fresh})  # the live link adds it back
+    # Intruder review (session 12): the still-live link added the address back after its owner removed it.
+    # The removal voids it; its page says only that, on GET and POST, and nothing reaches the engine.
+    for how in ("GET", "POST"):
+        got = (b.request("GET", "/wallet/confirm-address", params={"token": fresh}) if how == "GET"
+               else b.request("POST", "/wallet/confirm-address", data={"token": fresh}))
+        assert got.status_code == 409 and dest not in got.text, (how, got.text[-1500:])
+        assert (title_of(got.text), message_of(got.text)) == ("This link cannot be used", "This confirmation link is no longer valid."), how
+    assert book(b) == [] and not link_commands_since(server, before), "the removed address's live link added nothing"
+    time.sleep(1)  # the removal's second is past (a link made in it is void too)
+    page = b.request("GET", "/wallet/confirm-address", params={"token": ask_for_link()})  # a link asked for since works
     assert page.status_code == 200 and "Add this withdrawal address?" in page.text, page.text
     done = b.request("POST", "/wallet/confirm-address", data=form_fields(page.text, "/wallet/confirm-address"))
     assert done.status_code == 200 and [e["address"] for e in book(b)] == [dest], done.text
