@@ -294,3 +294,33 @@ def test_a_stranger_cannot_spend_the_owners_mail_budget(server, ask, path):
     assert sign_in(Browserless(server.base), email, NEW_PASSWORD) in (200, 303)
     owner.http.close()
     stranger.http.close()
+
+
+def test_two_concurrent_uses_of_a_reset_link_set_one_password(server):
+    """Intruder review (session 12): the reset link's use was a read, then a write of `used_at_s`, so two
+    POSTs at once could both set a password. Now exactly one of two concurrent POSTs of one link sets its
+    password (200); the other is refused as a used link (401), and only the winner's password signs in."""
+    import asyncio
+
+    email = f"race{time.time_ns()}@example.com"
+    owner = Browserless(server.base)
+    assert owner.request("POST", "/signup", data={"email": email, "password": PASSWORD}).status_code == 200
+    token = parse_qs(urlsplit(mailed_link(owner, email, "/verify-email")).query)["token"][0]
+    assert owner.request("POST", "/verify-email", data={"token": token}).status_code == 200
+    assert owner.request("POST", "/forgot-password", data={"email": email}).status_code == 200
+    link = reset_link(owner, email)
+    fields = form_fields(owner.request("GET", link).text, "/reset-password")
+    passwords = ("first racer passphrase 2026", "second racer passphrase 2026")
+
+    async def race() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.base, timeout=60) as http:
+            return list(await asyncio.gather(*(http.post("/reset-password", data={**fields, "password": p}) for p in passwords)))
+
+    answers = asyncio.run(race())
+    assert sorted(r.status_code for r in answers) == [200, 401], [(r.status_code, r.text[-500:]) for r in answers]
+    loser = next(r for r in answers if r.status_code == 401)
+    assert "already used" in message_of(loser.text), loser.text
+    winner = passwords[[r.status_code for r in answers].index(200)]
+    assert sign_in(Browserless(server.base), email, winner) in (200, 303)
+    assert sign_in(Browserless(server.base), email, passwords[passwords.index(winner) - 1]) == 401
+    owner.http.close()

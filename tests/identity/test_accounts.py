@@ -491,3 +491,48 @@ def test_a_mailed_link_request_answers_before_it_looks_the_address_up(ctx, ask):
         wanted = {accounts.request_password_reset: "alice@example.com",
                   accounts.resend_verification: "pending@example.com"}[ask]
         assert len(outbox(ctx)) == sent + (addr == wanted)
+
+
+@pytest.mark.parametrize("use", ["reset", "claim"])
+def test_two_concurrent_uses_of_one_link_make_one_change(ctx, monkeypatch, use):
+    """Intruder review (session 12): a reset link's use read the row, then set `used_at_s`: two uses at
+    once (two processes on one PostgreSQL) could both pass and both set a password. The use is now a
+    conditional UPDATE (WHERE used_at_s IS NULL, its row count checked) after a lock taken first: of two
+    threads using one link at once, exactly one succeeds and the other is refused as a used link. The
+    password hash is slowed so that both are inside their transactions together."""
+    import threading
+    import time
+
+    if use == "reset":
+        register(ctx)
+        accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
+        token = token_from_mail(outbox(ctx, template="password_reset")[-1])
+        act = accounts.reset_password
+    else:
+        accounts.sign_up(ctx, "ceo@victim.test", "attacker passphrase 77", ip="203.0.113.9")
+        accounts.resend_verification(ctx, "ceo@victim.test", ip="198.51.100.1")
+        token = token_from_mail(outbox(ctx, template="verify_claim")[-1])
+        act = accounts.claim_pending_account
+    slow_hash = ctx.passwords.hash
+
+    def hash_slowly(password: str) -> str:
+        time.sleep(0.3)
+        return slow_hash(password)
+
+    monkeypatch.setattr(ctx.passwords, "hash", hash_slowly)
+    start, results = threading.Barrier(2), []
+
+    def run(password: str) -> None:
+        start.wait()
+        try:
+            act(ctx, token, password, ip="198.51.100.1")
+            results.append("ok")
+        except Unauthorized:
+            results.append("used")
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in ("first new passphrase 11", "second new passphrase 22")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == ["ok", "used"], results

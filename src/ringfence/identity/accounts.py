@@ -20,6 +20,7 @@ from typing import Callable
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ..errors import AccountFrozen, AuthenticationFailed, Conflict, Forbidden, RateLimited, RingfenceError, Unauthorized, ValidationError
 from ..store.models import AuthSession, EmailToken, KnownDevice, User
@@ -192,8 +193,29 @@ def usable_email_token(ctx: IdentityContext, db: Session, token: object, purpose
 
 def _consume_email_token(ctx: IdentityContext, db: Session, token: object, purpose: str) -> EmailToken:
     row = usable_email_token(ctx, db, token, purpose)
-    row.used_at_s = ctx.now()
+    _use(db, row, ctx.now())
     return row
+
+
+def _lock_email_token(ctx: IdentityContext, db: Session, token: object) -> None:
+    """Before anything is read in the transaction, a write to the link's row that changes nothing: two
+    uses of one link then run one after the other (PostgreSQL: the row's lock; SQLite: the database's,
+    taken at the first statement, so the second use waits and then reads the first's result instead of
+    failing on a stale snapshot)."""
+    if isinstance(token, str) and 16 <= len(token) <= 128:
+        db.execute(update(EmailToken).where(EmailToken.token_hash == ctx.sealer.token_digest(token))
+                   .values(used_at_s=EmailToken.used_at_s).execution_options(synchronize_session=False))
+
+
+def _use(db: Session, row: EmailToken, now: int) -> None:
+    """Mark the link used, only if nobody did since it was read (a conditional UPDATE, its row count
+    checked): of two concurrent uses, whatever the store and however many processes share it, one wins
+    and the other is refused as a used link."""
+    done = db.execute(update(EmailToken).where(EmailToken.id == row.id, EmailToken.used_at_s.is_(None))
+                      .values(used_at_s=now).execution_options(synchronize_session=False))
+    if getattr(done, "rowcount", 0) != 1:
+        raise Unauthorized("this link is invalid, already used or expired; request a new one", field="token")
+    set_committed_value(row, "used_at_s", now)
 
 
 def check_verification_link(ctx: IdentityContext, token: object) -> str:
@@ -218,11 +240,13 @@ def _live_links(db: Session, user_id: int, now: int, purpose: str) -> int:
 
 def _mail_target(db: Session, addr: str) -> User | None:
     """The account of `addr`, locked until the transaction ends: two requests for one address count its
-    live links one after the other, so no more than `LIVE_LINKS_MAX` go out. The lock is a write that
-    changes nothing, made before any read: on PostgreSQL it holds the row, on SQLite the database (whose
-    deferred transactions would otherwise both read, then both write)."""
-    db.execute(update(User).where(User.email == addr).values(email=User.email))
-    return db.scalars(select(User).where(User.email == addr)).first()
+    live links one after the other, so no more than `LIVE_LINKS_MAX` go out. On PostgreSQL the user's row
+    (FOR UPDATE); on SQLite the database, by a first statement that writes (and changes nothing), since
+    SQLite's deferred transactions would otherwise both read, then both write. Not a write to the users
+    table: that would move the API key generation (store/key_generation.py) with every request."""
+    db.execute(update(EmailToken).where(EmailToken.id < 0).values(used_at_s=EmailToken.used_at_s)
+               .execution_options(synchronize_session=False))
+    return db.scalars(select(User).where(User.email == addr).with_for_update()).first()
 
 
 def _end_sign_up_links(db: Session, user: User, now: int) -> None:
@@ -267,10 +291,11 @@ def claim_pending_account(ctx: IdentityContext, token: object, password: object,
     which may have been the stranger's. Returns the account_id."""
     client_ip = validate_ip(ip)
     with ctx.store.tx() as db:
+        _lock_email_token(ctx, db, token)
         row, user = _claimable(ctx, db, token)
         pw = check_password_policy(password, email=user.email)
         now = ctx.now()
-        row.used_at_s = now
+        _use(db, row, now)
         user.password_hash = ctx.passwords.hash(pw)
         user.locale = normalize_locale(locale) or user.locale
         user.email_verified = True
@@ -422,6 +447,7 @@ def reset_password(ctx: IdentityContext, token: object, password: object, code: 
     pending: RingfenceError | None = None
     keys = 0
     with ctx.store.tx() as db:
+        _lock_email_token(ctx, db, token)
         row, user, needs = _resettable(ctx, db, token)
         if needs == "support":
             raise Forbidden("this account signs in with a passkey only and has no recovery codes: "
@@ -434,7 +460,7 @@ def reset_password(ctx: IdentityContext, token: object, password: object, code: 
             pending = _guarded(ctx, db, user, method=method, value=code, purpose="password_reset", ip=client_ip)
         if pending is None:
             now = ctx.now()
-            row.used_at_s = now
+            _use(db, row, now)  # atomic: a concurrent use of the same link (another process) is refused here
             user.password_hash = ctx.passwords.hash(pw)
             _end_links(db, user.id, now, RESET_PURPOSE)
             keys = end_access(db, user, now)
