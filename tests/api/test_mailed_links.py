@@ -626,24 +626,35 @@ def test_an_expired_or_used_address_link_tells_nothing_of_the_book(server, user)
     before = last_seq(server)
     assert pages() == listed, "the same pages once the address is gone: they say nothing of the book"
     assert book(b) == [] and not link_commands_since(server, before), "neither link added the address"
-    page = b.request("GET", "/wallet/confirm-address", params={"token": fresh})  # the live link adds it back
+    # Intruder review (session 12): the still-live link added the address back after its owner removed it.
+    # The removal voids it; its page says only that, on GET and POST, and nothing reaches the engine.
+    for how in ("GET", "POST"):
+        got = (b.request("GET", "/wallet/confirm-address", params={"token": fresh}) if how == "GET"
+               else b.request("POST", "/wallet/confirm-address", data={"token": fresh}))
+        assert got.status_code == 409 and dest not in got.text, (how, got.text[-1500:])
+        assert (title_of(got.text), message_of(got.text)) == ("This link cannot be used", "This confirmation link is no longer valid."), how
+    assert book(b) == [] and not link_commands_since(server, before), "the removed address's live link added nothing"
+    time.sleep(1)  # the removal's second is past (a link made in it is void too)
+    page = b.request("GET", "/wallet/confirm-address", params={"token": ask_for_link()})  # a link asked for since works
     assert page.status_code == 200 and "Add this withdrawal address?" in page.text, page.text
     done = b.request("POST", "/wallet/confirm-address", data=form_fields(page.text, "/wallet/confirm-address"))
     assert done.status_code == 200 and [e["address"] for e in book(b)] == [dest], done.text
 
 
 def test_a_claim_sets_the_language_of_the_person_claiming(server):
-    """Intruder review: the account taken over through a resent link kept the language of the first
-    sign-up (the stranger's), so its security mail came in it. The resent link's mail is in the language
-    of the page that asked for it, and the claim sets the account's language to the claiming page's:
-    signed in later with no language of the browser's, the pages (and so the mail) are in hers."""
+    """Intruder reviews: the account taken over through a resent link kept the language of the first
+    sign-up (the stranger's), so its security mail came in it; and (session 12) the resent link's mail came
+    in the language of whoever asked for it, so a stranger chose the language of the owner's mail. The
+    resent link's mail is in the account's language (here the owner's own sign-up's: German, though a
+    Japanese page asked), and the claim sets the account's language to the claiming page's: signed in
+    later with no language of the browser's, the pages (and so the mail) are in hers."""
     stamp = int(time.time() * 1000)
     email = f"lang{stamp}@victim.test"
-    attacker, victim = Browserless(server.base), Browserless(server.base)
+    stranger, victim = Browserless(server.base), Browserless(server.base)
     ja, de = {"Accept-Language": "ja"}, {"Accept-Language": "de-DE,de;q=0.9"}
-    assert attacker.request("POST", "/signup", data={"email": email, "password": "attacker's own passphrase 77"},
-                            headers=ja).status_code == 200
-    assert victim.request("POST", "/verify-email/new", data={"email": email}, headers=de).status_code == 200
+    assert victim.request("POST", "/signup", data={"email": email, "password": "a first passphrase 2026"},
+                          headers=de).status_code == 200
+    assert stranger.request("POST", "/verify-email/new", data={"email": email}, headers=ja).status_code == 200
     body = mail_body(victim, email, "/verify-email/claim?token=")
     assert "Anti-Phishing-Code: nicht gesetzt" in body and "Ihr neuer Bestätigungslink" in body, body[:300]  # not Japanese
     link = path_of(re.search(r"https?://\S+/verify-email/claim\?token=\S+", body).group(0))
@@ -656,5 +667,5 @@ def test_a_claim_sets_the_language_of_the_person_claiming(server):
     assert victim.request("POST", "/login", data={"email": email, "password": "victim chose this one 2026"}).status_code in (200, 303)
     centre = victim.request("GET", "/security")  # no Accept-Language, no cookie: the profile's language
     assert centre.status_code == 200 and '<html lang="de"' in centre.text, centre.text[:500]
-    attacker.http.close()
+    stranger.http.close()
     victim.http.close()

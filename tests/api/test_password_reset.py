@@ -25,9 +25,11 @@ NEW_PASSWORD = "a brand new passphrase 2026"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    # every client here is 127.0.0.1: room for the requests of one address past its own budget, twice
+    # every client here is 127.0.0.1: room for the requests of one address past its own budget, twice;
+    # behind the loopback "proxy" a test's X-Forwarded-For makes requesters of other IPs
     srv = Server(tmp_path_factory.mktemp("reset") / "data", env={"RINGFENCE_CUSTODY_ADDRESS_COOLING_S": "0",
-                                                                  "RINGFENCE_IDENTITY_SIGNUP_PER_IP_PER_HOUR": "60"})
+                                                                  "RINGFENCE_IDENTITY_SIGNUP_PER_IP_PER_HOUR": "60",
+                                                                  "RINGFENCE_API_FORWARDED_ALLOW_IPS": "127.0.0.1"})
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
@@ -221,3 +223,104 @@ def test_a_stranger_cannot_void_the_link_in_the_owners_mailbox(server, ask, path
     assert sign_in(Browserless(server.base), email, NEW_PASSWORD) in (200, 303)
     owner.http.close()
     stranger.http.close()
+
+
+def expire_links(server: Server, email: str) -> None:
+    """Every mailed link of `email`'s account expires now, as if its lifetime had passed (written to the
+    server's identity database: a test cannot wait 30 minutes)."""
+    from sqlalchemy import update
+
+    from ringfence.store import Store
+    from ringfence.store.models import EmailToken
+
+    store = Store.from_url(server.database_url)
+    with store.tx() as db:
+        db.execute(update(EmailToken).where(EmailToken.email == email).values(expires_at_s=int(time.time()) - 1))
+
+
+@pytest.mark.parametrize("ask, path", [("/forgot-password", "/reset-password"), ("/verify-email/new", "/verify-email/claim")])
+def test_a_stranger_cannot_spend_the_owners_mail_budget(server, ask, path):
+    """Intruder review (session 12): the address's 5 link mails an hour were one budget for everybody, so
+    a stranger spending it at the top of the hour left the owner without a working link once those
+    expired (30 minutes) until the hour ended, and the 429 told anyone asking that somebody had asked
+    for the address. Now the budget is the requester's (per IP, and per IP and address): a stranger past
+    his own gets a 429 whose Retry-After is the clock hour's end (nothing of anybody's requests), the
+    owner from her own IP is answered; many IPs together get no more than 5 links out at a time; and the
+    moment those expire, the owner's next request mails her a new one that works."""
+    stamp = time.time_ns()
+    email = f"budget{stamp}@example.com"
+    owner, stranger = Browserless(server.base), Browserless(server.base)
+    hers = {"X-Forwarded-For": "198.51.100.77"}
+    assert owner.request("POST", "/signup", data={"email": email, "password": PASSWORD}, headers=hers).status_code == 200
+    if ask == "/forgot-password":  # a confirmed account; /verify-email/new is for one still pending
+        token = parse_qs(urlsplit(mailed_link(owner, email, "/verify-email")).query)["token"][0]
+        assert owner.request("POST", "/verify-email", data={"token": token}, headers=hers).status_code == 200
+
+    def links() -> list[str]:
+        text = owner.request("GET", "/dev/mail").text
+        mine = re.findall(r'<section class="mail" data-to="' + re.escape(email) + r'"[^>]*>(.*?)</section>', text, re.S)
+        return list(dict.fromkeys(t for section in mine for t in re.findall(re.escape(path) + r"\?token=([A-Za-z0-9_-]+)", section)))
+
+    his = {"X-Forwarded-For": f"203.0.113.{stamp % 200 + 1}"}
+    for _ in range(5):
+        assert stranger.request("POST", ask, data={"email": email}, headers=his).status_code == 200
+    refused = stranger.request("POST", ask, data={"email": email}, headers=his)
+    to_the_hour = 3600 - int(time.time()) % 3600
+    assert refused.status_code == 429, refused.text
+    assert abs(int(refused.headers["Retry-After"]) - to_the_hour) <= 2, (refused.headers["Retry-After"], to_the_hour)
+    for i in range(5):  # more IPs of his: answered, but no more links go out
+        other = {"X-Forwarded-For": f"192.0.2.{(stamp + i) % 200 + 1}"}
+        assert stranger.request("POST", ask, data={"email": email}, headers=other).status_code == 200
+    answered = owner.request("POST", ask, data={"email": email}, headers=hers)
+    assert answered.status_code == 200 and "Retry-After" not in answered.headers, answered.text
+    deadline = time.monotonic() + 30
+    while len(links()) < 5:
+        assert time.monotonic() < deadline, links()
+        time.sleep(0.3)
+    time.sleep(1)  # the mail catcher's polls: a sixth would have come by now
+    out = links()
+    assert len(out) == 5, "no more than 5 links out at a time, however many IPs ask"
+    expire_links(server, email)
+    assert owner.request("POST", ask, data={"email": email}, headers=hers).status_code == 200
+    deadline = time.monotonic() + 30
+    while len(links()) < 6:
+        assert time.monotonic() < deadline, "the owner got no new link once the stranger's expired"
+        time.sleep(0.3)
+    newest = next(t for t in links() if t not in out)
+    page = owner.request("GET", f"{path}?token={newest}")
+    assert page.status_code == 200, page.text
+    done = owner.request("POST", path, data={"token": newest, "password": NEW_PASSWORD}, headers=hers)
+    assert done.status_code == 200, done.text
+    assert sign_in(Browserless(server.base), email, NEW_PASSWORD) in (200, 303)
+    owner.http.close()
+    stranger.http.close()
+
+
+def test_two_concurrent_uses_of_a_reset_link_set_one_password(server):
+    """Intruder review (session 12): the reset link's use was a read, then a write of `used_at_s`, so two
+    POSTs at once could both set a password. Now exactly one of two concurrent POSTs of one link sets its
+    password (200); the other is refused as a used link (401), and only the winner's password signs in."""
+    import asyncio
+
+    email = f"race{time.time_ns()}@example.com"
+    owner = Browserless(server.base)
+    assert owner.request("POST", "/signup", data={"email": email, "password": PASSWORD}).status_code == 200
+    token = parse_qs(urlsplit(mailed_link(owner, email, "/verify-email")).query)["token"][0]
+    assert owner.request("POST", "/verify-email", data={"token": token}).status_code == 200
+    assert owner.request("POST", "/forgot-password", data={"email": email}).status_code == 200
+    link = reset_link(owner, email)
+    fields = form_fields(owner.request("GET", link).text, "/reset-password")
+    passwords = ("first racer passphrase 2026", "second racer passphrase 2026")
+
+    async def race() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.base, timeout=60) as http:
+            return list(await asyncio.gather(*(http.post("/reset-password", data={**fields, "password": p}) for p in passwords)))
+
+    answers = asyncio.run(race())
+    assert sorted(r.status_code for r in answers) == [200, 401], [(r.status_code, r.text[-500:]) for r in answers]
+    loser = next(r for r in answers if r.status_code == 401)
+    assert "already used" in message_of(loser.text), loser.text
+    winner = passwords[[r.status_code for r in answers].index(200)]
+    assert sign_in(Browserless(server.base), email, winner) in (200, 303)
+    assert sign_in(Browserless(server.base), email, passwords[passwords.index(winner) - 1]) == 401
+    owner.http.close()

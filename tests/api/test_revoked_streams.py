@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ringfence.api.access import REVOKED_REASON
 
 from .conftest import Server
-from .test_key_cache import csrf_of
+from .test_key_cache import PASSWORD, Browserless, csrf_of
 from .test_mailed_links import form_fields, new_user, next_code, session
 from .test_password_reset import NEW_PASSWORD, reset_link
 from .test_ws_api import Client, ed25519_signed, hmac_signed, now_ms, ws_api_url
@@ -207,3 +207,41 @@ def test_revoking_one_key_ends_only_that_keys_streams(server):
 
     asyncio.run(run())
     b.http.close()
+
+
+def test_signing_out_ends_that_sessions_streams(server):
+    """Intruder review (session 12): a web session's sign-out did not move the key generation, so the
+    user data stream the dashboard opened with it (its listen key and socket) lived on after "Sign out".
+    Now signing out ends what that session opened, at once; the account's other session, and its
+    stream, carry on."""
+    b = new_user(server)
+    other = Browserless(server.base)  # a second browser of the same account
+    other.email, other.origin = b.email, b.origin
+    assert other.request("POST", "/login", data={"email": b.email, "password": PASSWORD}).status_code in (200, 303)
+    other.totp, other.step = b.totp, b.step
+    assert other.request("POST", "/login/2fa", data={"method": "totp", "code": next_code(other)}).status_code in (200, 303)
+    b.step = other.step
+
+    def listen_key(who) -> str:
+        r = session(who, "POST", "/session/v3/userDataStream")
+        assert r.status_code == 200, r.text
+        return r.json()["listenKey"]
+
+    mine, theirs = listen_key(b), listen_key(other)
+
+    async def run() -> None:
+        async with websockets.connect(ws_url(server, f"/ws/{mine}")) as gone, websockets.connect(ws_url(server, f"/ws/{theirs}")) as live:
+            page = b.request("GET", "/security").text
+            out = b.request("POST", "/logout", data={"csrf_token": csrf_of(page)}, follow_redirects=False)
+            assert out.status_code == 303, out.text
+            await closed_for_revocation(gone, "the signed-out session's listen key socket")
+            await asyncio.to_thread(order, other)
+            deadline = time.monotonic() + 10
+            while json.loads(await asyncio.wait_for(live.recv(), max(0.01, deadline - time.monotonic()))).get("e") != "executionReport":
+                pass
+        async with websockets.connect(ws_url(server, f"/ws/{mine}")) as again:  # the listen key went with it
+            assert "unknown stream" in await asyncio.wait_for(again.recv(), 5)
+
+    asyncio.run(run())
+    b.http.close()
+    other.http.close()

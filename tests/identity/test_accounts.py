@@ -366,12 +366,14 @@ def test_a_password_reset_link_is_single_use_short_lived_and_only_for_confirmed_
     assert "/security/freeze?token=" in outbox(ctx, to="alice@example.com", template="password_reset_done")[-1].body
 
 
-def test_password_reset_requests_are_rate_limited_per_address(ctx):
+def test_password_reset_requests_are_rate_limited_per_requester(ctx):
+    """A requester's budget for one address is hers: a stranger spending his does not refuse the owner."""
     register(ctx)
-    for i in range(accounts.RESEND_PER_ADDRESS_PER_HOUR):
-        accounts.request_password_reset(ctx, "alice@example.com", ip=f"198.51.100.{i + 1}")
+    for _ in range(accounts.RESEND_PER_ADDRESS_PER_HOUR):
+        accounts.request_password_reset(ctx, "alice@example.com", ip="203.0.113.50")
     with pytest.raises(RateLimited):
         accounts.request_password_reset(ctx, "alice@example.com", ip="203.0.113.50")
+    accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
 
 
 def test_a_passkey_only_account_without_recovery_codes_is_sent_to_support(ctx, clock):
@@ -392,68 +394,80 @@ def test_a_passkey_only_account_without_recovery_codes_is_sent_to_support(ctx, c
 
 @pytest.mark.parametrize("ask, check", [(accounts.request_password_reset, accounts.check_reset_link),
                                         (accounts.resend_verification, accounts.check_claim_link)])
-def test_a_strangers_requests_never_void_the_link_in_the_owners_mailbox(ctx, clock, ask, check):
-    """Intruder review: a stranger could spend an address's 5 requests an hour from 5 IPs, each new link
-    ending the one before, so the owner's link died in her mailbox. Now a new link ends none of the newest
-    `LIVE_LINKS_MAX`; a request past the budget gets the same refusal for every address and ends nothing;
-    and even across hours the newest link mailed (every one goes to her mailbox) always works."""
+def test_a_strangers_requests_never_void_or_withhold_the_owners_link(ctx, clock, ask, check):
+    """Intruder reviews: a stranger could spend an address's 5 requests an hour from 5 IPs, each new link
+    ending the one before, so the owner's link died in her mailbox; then (session 12) the spent budget
+    refused the owner a new link for the rest of the hour once those links expired. Now a new link ends
+    none of the others, many IPs together get at most `LIVE_LINKS_MAX` links out at a time (no mail
+    bombing), a requester's refusal is her own and the same for every address, and once a link expires
+    the owner's next request in the same hour gets a new one."""
+    clock.advance(3600 - clock.now_s % 3600)  # the top of an hour: the links below expire within it
     if ask is accounts.request_password_reset:
         register(ctx)
-        addr, template = "alice@example.com", "password_reset"
+        addr, template, ttl_s = "alice@example.com", "password_reset", accounts.RESET_LINK_TTL_S
     else:
         accounts.sign_up(ctx, "ceo@victim.test", "attacker passphrase 77", ip="203.0.113.9")
-        addr, template = "ceo@victim.test", "verify_claim"
+        addr, template, ttl_s = "ceo@victim.test", "verify_claim", ctx.settings.identity_email_token_ttl_s
 
     def newest() -> str:
         return token_from_mail(outbox(ctx, to=addr, template=template)[-1])
 
     ask(ctx, addr, ip="198.51.100.1")
     owners = newest()
-    for i in range(accounts.RESEND_PER_ADDRESS_PER_HOUR - 1):
+    for i in range(3 * accounts.LIVE_LINKS_MAX):  # a stranger with many IPs
         ask(ctx, addr, ip=f"203.0.113.{i + 20}")
     tokens = [token_from_mail(m) for m in outbox(ctx, to=addr, template=template)]
-    assert len(tokens) == accounts.LIVE_LINKS_MAX and tokens[0] == owners
-    for i in range(accounts.RESEND_PER_ADDRESS_PER_HOUR):
-        ask(ctx, "nobody@example.com", ip=f"203.0.113.{i + 40}")
+    assert len(tokens) == accounts.LIVE_LINKS_MAX and tokens[0] == owners, "no more links out than LIVE_LINKS_MAX"
     refusals = []
-    for other in (addr, "nobody@example.com"):  # past the budget: the same refusal, known address or not
+    for other, ip in ((addr, "203.0.113.50"), ("nobody@example.com", "203.0.113.51")):  # past one requester's
+        for _ in range(accounts.RESEND_PER_ADDRESS_PER_HOUR):                          # budget: the same refusal
+            ask(ctx, other, ip=ip)
         with pytest.raises(RateLimited) as err:
-            ask(ctx, other, ip="203.0.113.50")
+            ask(ctx, other, ip=ip)
         refusals.append(err.value.message)
     assert refusals[0] == refusals[1] and refusals[0].startswith("too many requests for this address"), refusals
-    assert len(outbox(ctx, to=addr, template=template)) == accounts.LIVE_LINKS_MAX, "nothing mailed past the budget"
+    assert len(outbox(ctx, to=addr, template=template)) == accounts.LIVE_LINKS_MAX, "nothing mailed past the cap"
     for token in tokens:
         assert check(ctx, token), "every link in her mailbox still works, hers too"
-    clock.advance(3600 - clock.now_s % 3600)  # the next hour: a new budget, and the oldest links end
-    for i in range(accounts.RESEND_PER_ADDRESS_PER_HOUR):
-        ask(ctx, addr, ip=f"203.0.113.{i + 60}")
+    clock.advance(60)
+    ask(ctx, addr, ip="198.51.100.1")  # her own budget is whole: answered, though nothing new goes out yet
+    assert len(outbox(ctx, to=addr, template=template)) == accounts.LIVE_LINKS_MAX
+    clock.advance(ttl_s)  # every link out has expired
     with pytest.raises(Unauthorized):
         check(ctx, owners)
+    ask(ctx, addr, ip="198.51.100.1")  # hers, at once (for a reset still within the stranger's hour)
+    assert len(outbox(ctx, to=addr, template=template)) == accounts.LIVE_LINKS_MAX + 1
     if template == "password_reset":
-        clock.advance(accounts.RESET_LINK_TTL_S - 60)  # within the newest link's 30 minutes
         accounts.reset_password(ctx, newest(), "victim's own passphrase 5", ip="198.51.100.1")
     else:
         accounts.claim_pending_account(ctx, newest(), "victim's own passphrase 5", ip="198.51.100.1")
-    for token in tokens:  # using one ended every other
-        with pytest.raises(Unauthorized):
-            check(ctx, token)
     assert sign_in(ctx, addr, "victim's own passphrase 5").account_id
 
 
+def test_using_one_link_ends_the_others(ctx):
+    register(ctx)
+    for i in range(3):
+        accounts.request_password_reset(ctx, "alice@example.com", ip=f"198.51.100.{i + 1}")
+    tokens = [token_from_mail(m) for m in outbox(ctx, to="alice@example.com", template="password_reset")]
+    accounts.reset_password(ctx, tokens[1], "victim's own passphrase 5", ip="198.51.100.1")
+    for token in tokens:
+        with pytest.raises(Unauthorized):
+            accounts.check_reset_link(ctx, token)
+
+
 def test_a_claim_sets_the_claimers_language(ctx):
-    """Intruder review: a claim kept the language the first sign-up (maybe the stranger's) chose, so every
-    later e-mail came in it. The resent link's mail is in the asking page's language and the claim sets
-    the account's to the claiming page's, as sign-up does."""
-    accounts.sign_up(ctx, "ceo@victim.test", "attacker passphrase 77", ip="203.0.113.9", locale="ja")
-    accounts.resend_verification(ctx, "ceo@victim.test", ip="198.51.100.1", locale="de")
+    """Intruder reviews: a claim kept the language the first sign-up (maybe the stranger's) chose, so every
+    later e-mail came in it; and (session 12) the resent link's mail came in the asking page's language,
+    so a stranger chose the language of the mail the owner gets. The resent link's mail is in the
+    account's language; the claim sets the account's to the claiming page's, as sign-up does."""
+    accounts.sign_up(ctx, "ceo@victim.test", "attacker passphrase 77", ip="203.0.113.9", locale="de")
+    accounts.resend_verification(ctx, "ceo@victim.test", ip="198.51.100.1")
     msg = outbox(ctx, to="ceo@victim.test", template="verify_claim")[-1]
-    assert msg.subject == "Ihr neuer Bestätigungslink (der Registrierungslink funktioniert nicht mehr)", msg.subject  # not the first sign-up's Japanese
-    accounts.claim_pending_account(ctx, token_from_mail(msg), "victim's own passphrase 5", ip="198.51.100.1", locale="de")
+    assert msg.subject == "Ihr neuer Bestätigungslink (der Registrierungslink funktioniert nicht mehr)", msg.subject  # the account's
+    accounts.claim_pending_account(ctx, token_from_mail(msg), "victim's own passphrase 5", ip="198.51.100.1", locale="ja")
     with ctx.store.tx() as db:
-        assert db.scalars(select(User.locale).where(User.email == "ceo@victim.test")).one() == "de"
-    accounts.request_password_reset(ctx, "ceo@victim.test", ip="198.51.100.1")
-    later = outbox(ctx, to="ceo@victim.test", template="password_reset")[-1]
-    assert later.body.startswith("Anti-Phishing-Code: nicht gesetzt"), later.body[:300]  # the stored language
+        assert db.scalars(select(User.locale).where(User.email == "ceo@victim.test")).one() == "ja"
+
 
 @pytest.mark.parametrize("ask", [accounts.request_password_reset, accounts.resend_verification])
 def test_a_mailed_link_request_answers_before_it_looks_the_address_up(ctx, ask):
@@ -477,3 +491,48 @@ def test_a_mailed_link_request_answers_before_it_looks_the_address_up(ctx, ask):
         wanted = {accounts.request_password_reset: "alice@example.com",
                   accounts.resend_verification: "pending@example.com"}[ask]
         assert len(outbox(ctx)) == sent + (addr == wanted)
+
+
+@pytest.mark.parametrize("use", ["reset", "claim"])
+def test_two_concurrent_uses_of_one_link_make_one_change(ctx, monkeypatch, use):
+    """Intruder review (session 12): a reset link's use read the row, then set `used_at_s`: two uses at
+    once (two processes on one PostgreSQL) could both pass and both set a password. The use is now a
+    conditional UPDATE (WHERE used_at_s IS NULL, its row count checked) after a lock taken first: of two
+    threads using one link at once, exactly one succeeds and the other is refused as a used link. The
+    password hash is slowed so that both are inside their transactions together."""
+    import threading
+    import time
+
+    if use == "reset":
+        register(ctx)
+        accounts.request_password_reset(ctx, "alice@example.com", ip="198.51.100.1")
+        token = token_from_mail(outbox(ctx, template="password_reset")[-1])
+        act = accounts.reset_password
+    else:
+        accounts.sign_up(ctx, "ceo@victim.test", "attacker passphrase 77", ip="203.0.113.9")
+        accounts.resend_verification(ctx, "ceo@victim.test", ip="198.51.100.1")
+        token = token_from_mail(outbox(ctx, template="verify_claim")[-1])
+        act = accounts.claim_pending_account
+    slow_hash = ctx.passwords.hash
+
+    def hash_slowly(password: str) -> str:
+        time.sleep(0.3)
+        return slow_hash(password)
+
+    monkeypatch.setattr(ctx.passwords, "hash", hash_slowly)
+    start, results = threading.Barrier(2), []
+
+    def run(password: str) -> None:
+        start.wait()
+        try:
+            act(ctx, token, password, ip="198.51.100.1")
+            results.append("ok")
+        except Unauthorized:
+            results.append("used")
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in ("first new passphrase 11", "second new passphrase 22")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == ["ok", "used"], results

@@ -42,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import RingfenceError, ValidationError
 from ..identity import sessions
 from ..identity.context import IdentityContext
+from ..i18n import N_
 from .binance import EndpointParams, check_params
 from .binance_errors import BinanceError, from_ringfence
 from .capital import CAPITAL_PARAMS, UNDER_REVIEW, CapitalApi, user_end_reason
@@ -52,6 +53,9 @@ __all__ = ["build_session_money_router", "install_session_money", "LINK_TTL_S"]
 LINK_TTL_S = 1800
 LINK_MAX = 1024  # characters of a sealed address link's token (a real one is about 250)
 USED_LINK_PURPOSE = "address_link"  # identity_email_tokens.purpose of a used address link's nonce
+#: identity_email_tokens.purpose of an address's removal (its used_at_s): links of it made until then are void
+REMOVED_PURPOSE = "address_removed"
+LINK_REVOKED = N_("This confirmation link is no longer valid.")
 ADDRESS_PURPOSE = "ringfence/address-book/confirm/v1"
 BOOK_ADD = EndpointParams(("coin", "network", "address", "code"), ("coin", "address"))
 BOOK_DEL = EndpointParams(("coin", "address"), ("coin", "address"))
@@ -286,6 +290,7 @@ class SessionMoney:
             raise _LinkSpent("This confirmation link expired (30 minutes); add the address again.", 400)
         if self._is_used(self._used_digest(payload)):
             raise _LinkSpent("This confirmation link was already used.", 409)
+        self._check_not_removed(owner, asset, address, expires_s)
 
         listed = next((e for e in self.book(owner, asset) if e["address"].lower() == address.lower()), None)
         if listed is not None:  # added meanwhile (another link of the same address): done, not "not added"
@@ -294,6 +299,51 @@ class SessionMoney:
         terms = self.capital.runtime.terms.get(asset) if self.capital.runtime is not None else None
         cooling_s = self.capital.runtime.address_cooling_s if self.capital.runtime is not None else 0
         return AddressLink(asset, terms.network if terms else asset, address, cooling_s, expires_s)
+
+    def _removed_digest(self, owner: str, asset: str, address: str) -> str:
+        return self.ctx.sealer.token_digest(f"{ADDRESS_PURPOSE}|removed|{owner}|{asset}|{address.lower()}")
+
+    def _check_not_removed(self, owner: str, asset: str, address: str, expires_s: int) -> None:
+        """A link made before (or in the same second as) the owner last removed its address from the book is
+        void (intruder review: a still-live link re-added an address its owner had removed since). Its page
+        says only that it is no longer valid."""
+        from sqlalchemy import select
+
+        from ..store.models import EmailToken
+
+        with self.ctx.store.tx() as db:
+            removed_s = db.scalars(select(EmailToken.used_at_s).where(
+                EmailToken.token_hash == self._removed_digest(owner, asset, address),
+                EmailToken.purpose == REMOVED_PURPOSE)).first()
+        if removed_s is not None and expires_s - LINK_TTL_S <= removed_s:
+            raise _LinkSpent(LINK_REVOKED, 409)
+
+    def note_removed(self, owner: str, asset: str, address: str) -> None:
+        """Record that the owner removes `address` now: every link of it made until now stops working
+        (`_check_not_removed`). Kept as long as such a link could live (`LINK_TTL_S`), then pruned with
+        the e-mail tokens. Written before the engine removes the entry, so a link confirmed meanwhile
+        finds it. Runs in a worker thread."""
+        from sqlalchemy import select, update
+        from sqlalchemy.exc import IntegrityError
+
+        from ..store.models import EmailToken, User
+
+        digest, now = self._removed_digest(owner, asset, address), self.ctx.now()
+        for _ in range(2):  # a concurrent removal of the same address may insert the row first
+            try:
+                with self.ctx.store.tx() as db:
+                    done = db.execute(update(EmailToken).where(EmailToken.token_hash == digest, EmailToken.purpose == REMOVED_PURPOSE)
+                                      .values(used_at_s=now, expires_at_s=now + LINK_TTL_S))
+                    if getattr(done, "rowcount", 0):
+                        return
+                    user = db.scalars(select(User).where(User.account_id == owner)).first()
+                    if user is None:
+                        return
+                    db.add(EmailToken(user_id=user.id, purpose=REMOVED_PURPOSE, token_hash=digest, email=user.email,
+                                      expires_at_s=now + LINK_TTL_S, used_at_s=now))
+                return
+            except IntegrityError:
+                continue
 
     def _claim(self, payload: dict[str, Any], expires_s: int) -> str:
         """Mark the link used in identity's store (a row of `identity_email_tokens`, purpose
@@ -336,6 +386,8 @@ class SessionMoney:
         payload = self._open(token)
         digest = await run_in_threadpool(self._claim, payload, link.expires_s)
         try:
+            # again after the claim: a removal that came while the page was read voids the link too
+            await run_in_threadpool(self._check_not_removed, str(payload["a"]), link.asset, link.address, link.expires_s)
             _refused(await self.capital.ex.submit(AddWithdrawalAddress(str(payload["a"]), link.asset, link.address)))
         except Exception:  # any refusal (engine or journal): nothing was added, so the link stays usable
             await run_in_threadpool(self._unclaim, digest)
@@ -582,6 +634,7 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
         async def go(caller: SessionCaller, params: Any) -> Any:
             terms = capital._coin(params)
             address = capital.check_address(terms, params.require("address"))
+            await run_in_threadpool(money.note_removed, caller.account_id, terms.asset, address)
             await capital.ex.submit(RemoveWithdrawalAddress(caller.account_id, terms.asset, address))
             return {"coin": terms.asset, "address": address, "status": "removed"}
 
@@ -647,7 +700,7 @@ def build_session_money_router(capital: CapitalApi, ctx: IdentityContext) -> API
             return render("message.html", err.status, title=_t("Withdrawal address already added"), message=message,
                           link="/wallet/withdraw")
         if isinstance(err, _LinkSpent):  # used or expired: not "not added" (it may have been), and nothing of the book
-            return render("message.html", err.status, title=_t("This link cannot be used"), message=err.msg,
+            return render("message.html", err.status, title=_t("This link cannot be used"), message=_t(err.msg),
                           code=str(err.code))
         if isinstance(err, BinanceError):
             return render("message.html", err.status if 400 <= err.status < 500 else 400, title=title,

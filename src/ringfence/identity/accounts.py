@@ -20,6 +20,7 @@ from typing import Callable
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ..errors import AccountFrozen, AuthenticationFailed, Conflict, Forbidden, RateLimited, RingfenceError, Unauthorized, ValidationError
 from ..store.models import AuthSession, EmailToken, KnownDevice, User
@@ -62,13 +63,18 @@ CLAIM_PURPOSE = "verify_claim"
 RESET_MESSAGE = N_("if a confirmed account uses this address, we sent it a link to choose a new password")
 RESET_PURPOSE = "password_reset"
 RESET_LINK_TTL_S = 30 * 60  # a mailed password link is worth an account: short-lived
-RESEND_PER_ADDRESS_PER_HOUR = 5  # a stranger cannot fill a pending address's inbox from many IPs
-#: Anyone may ask for a link to any address (the answer cannot tell whose it is), so a new link must not
-#: end the ones already in the owner's mailbox: the newest `LIVE_LINKS_MAX` unused links of a kind stay
-#: valid for their lifetime and only older ones end. With the per-address budget no larger, a stranger's
-#: requests within one hour end none of them; and every link goes to the owner's mailbox, so the newest
-#: one she received always works. Using any of them ends the others.
-LIVE_LINKS_MAX = RESEND_PER_ADDRESS_PER_HOUR
+#: One requester's (one IP's) requests for one address an hour; past it the requester is refused, the
+#: same for every address. A budget per requester, not per address: a stranger spending his cannot
+#: refuse the owner hers (intruder review, session 12: the address's 5 an hour, spent by a stranger at
+#: the top of the hour, left the owner without a working link for up to 30 minutes).
+RESEND_PER_ADDRESS_PER_HOUR = 5
+#: What protects an address from being mail-bombed from many IPs: a link is mailed only while fewer than
+#: `LIVE_LINKS_MAX` unused, unexpired links of its kind are out (so at most that many mails per link
+#: lifetime, whoever asks). Every link goes to the owner's mailbox and a new one ends none of the others,
+#: so whenever a request mails nothing, `LIVE_LINKS_MAX` working links are already in her mailbox; the
+#: moment one of them expires, anyone's next request (hers) mails a new one. Using any of them ends the
+#: others.
+LIVE_LINKS_MAX = 5
 #: where a web route puts work to run after its answer is sent (Starlette's `BackgroundTasks.add_task`)
 Later = Callable[[Callable[[], None]], None]
 
@@ -187,8 +193,29 @@ def usable_email_token(ctx: IdentityContext, db: Session, token: object, purpose
 
 def _consume_email_token(ctx: IdentityContext, db: Session, token: object, purpose: str) -> EmailToken:
     row = usable_email_token(ctx, db, token, purpose)
-    row.used_at_s = ctx.now()
+    _use(db, row, ctx.now())
     return row
+
+
+def _lock_email_token(ctx: IdentityContext, db: Session, token: object) -> None:
+    """Before anything is read in the transaction, a write to the link's row that changes nothing: two
+    uses of one link then run one after the other (PostgreSQL: the row's lock; SQLite: the database's,
+    taken at the first statement, so the second use waits and then reads the first's result instead of
+    failing on a stale snapshot)."""
+    if isinstance(token, str) and 16 <= len(token) <= 128:
+        db.execute(update(EmailToken).where(EmailToken.token_hash == ctx.sealer.token_digest(token))
+                   .values(used_at_s=EmailToken.used_at_s).execution_options(synchronize_session=False))
+
+
+def _use(db: Session, row: EmailToken, now: int) -> None:
+    """Mark the link used, only if nobody did since it was read (a conditional UPDATE, its row count
+    checked): of two concurrent uses, whatever the store and however many processes share it, one wins
+    and the other is refused as a used link."""
+    done = db.execute(update(EmailToken).where(EmailToken.id == row.id, EmailToken.used_at_s.is_(None))
+                      .values(used_at_s=now).execution_options(synchronize_session=False))
+    if getattr(done, "rowcount", 0) != 1:
+        raise Unauthorized("this link is invalid, already used or expired; request a new one", field="token")
+    set_committed_value(row, "used_at_s", now)
 
 
 def check_verification_link(ctx: IdentityContext, token: object) -> str:
@@ -204,16 +231,22 @@ def _end_links(db: Session, user_id: int, now: int, *purposes: str) -> None:
                                         EmailToken.used_at_s.is_(None)).values(used_at_s=now))
 
 
-def _end_all_but_newest_links(db: Session, user_id: int, now: int, purpose: str, keep: int) -> None:
-    """Unused links of `purpose` beyond the newest `keep` stop working (see `LIVE_LINKS_MAX`)."""
-    assert 0 <= keep < LIVE_LINKS_MAX
-    live = db.scalars(select(EmailToken.id).where(EmailToken.user_id == user_id, EmailToken.purpose == purpose,
-                                                  EmailToken.used_at_s.is_(None), EmailToken.expires_at_s >= now)
-                      .order_by(EmailToken.id.desc()).limit(keep + 1)).all()
-    if len(live) > keep:
-        db.execute(update(EmailToken).where(EmailToken.user_id == user_id, EmailToken.purpose == purpose,
-                                            EmailToken.used_at_s.is_(None), EmailToken.id <= live[keep])
-                   .values(used_at_s=now))
+def _live_links(db: Session, user_id: int, now: int, purpose: str) -> int:
+    """How many unused, unexpired links of `purpose` the account has out (see `LIVE_LINKS_MAX`)."""
+    return len(db.scalars(select(EmailToken.id).where(EmailToken.user_id == user_id, EmailToken.purpose == purpose,
+                                                      EmailToken.used_at_s.is_(None), EmailToken.expires_at_s >= now)
+                          .limit(LIVE_LINKS_MAX)).all())
+
+
+def _mail_target(db: Session, addr: str) -> User | None:
+    """The account of `addr`, locked until the transaction ends: two requests for one address count its
+    live links one after the other, so no more than `LIVE_LINKS_MAX` go out. On PostgreSQL the user's row
+    (FOR UPDATE); on SQLite the database, by a first statement that writes (and changes nothing), since
+    SQLite's deferred transactions would otherwise both read, then both write. Not a write to the users
+    table: that would move the API key generation (store/key_generation.py) with every request."""
+    db.execute(update(EmailToken).where(EmailToken.id < 0).values(used_at_s=EmailToken.used_at_s)
+               .execution_options(synchronize_session=False))
+    return db.scalars(select(User).where(User.email == addr).with_for_update()).first()
 
 
 def _end_sign_up_links(db: Session, user: User, now: int) -> None:
@@ -258,10 +291,11 @@ def claim_pending_account(ctx: IdentityContext, token: object, password: object,
     which may have been the stranger's. Returns the account_id."""
     client_ip = validate_ip(ip)
     with ctx.store.tx() as db:
+        _lock_email_token(ctx, db, token)
         row, user = _claimable(ctx, db, token)
         pw = check_password_policy(password, email=user.email)
         now = ctx.now()
-        row.used_at_s = now
+        _use(db, row, now)
         user.password_hash = ctx.passwords.hash(pw)
         user.locale = normalize_locale(locale) or user.locale
         user.email_verified = True
@@ -272,49 +306,50 @@ def claim_pending_account(ctx: IdentityContext, token: object, password: object,
         return user.account_id
 
 
-def resend_verification(ctx: IdentityContext, email: object, *, ip: object, later: Later | None = None,
-                        locale: str | None = None) -> SignUpReceipt:
+def resend_verification(ctx: IdentityContext, email: object, *, ip: object, later: Later | None = None) -> SignUpReceipt:
     """A new sign-up link for an account whose address is not confirmed yet (its link was used, lost
     or expired: `/verify-email/new`). The same answer whether or not such an account exists (no
-    probing of registered addresses); rate-limited per IP (as sign-ups) and per address. The
+    probing of registered addresses); rate-limited per requester (`_throttle_mail_request`), and an
+    address gets a new link only while fewer than `LIVE_LINKS_MAX` of its links are out. The
     account's first sign-up link (which confirms the password set at sign-up, maybe a stranger's) stops
     working: a resent link confirms only together with a new password (`claim_pending_account`). Earlier
-    resent links stay valid (`LIVE_LINKS_MAX`): a stranger asking again cannot void the one the owner
-    holds. `later` (the web route's background tasks) takes the look-up and the mail, so the answer's
-    time is the same for every address. The mail is in `locale`, the asking page's language (the
-    account's stored one may be a stranger's first sign-up's); the account keeps its own until claimed."""
+    resent links stay valid: a stranger asking again cannot void the one the owner holds. `later` (the
+    web route's background tasks) takes the look-up and the mail, so the answer's time is the same for
+    every address. The mail is in the account's language, never the asker's (intruder review: a stranger
+    chose the language of the owner's mail); the claim then sets the claimer's."""
     addr = normalize_email(email)
     _throttle_mail_request(ctx, addr, validate_ip(ip), "verify-resend")
 
     def send() -> None:
         with ctx.store.tx() as db:
-            user = db.scalars(select(User).where(User.email == addr)).first()
+            user = _mail_target(db, addr)
             if user is not None and not user.email_verified and not user.frozen:
                 _end_links(db, user.id, ctx.now(), "verify")
-                _end_all_but_newest_links(db, user.id, ctx.now(), CLAIM_PURPOSE, LIVE_LINKS_MAX - 1)
-                # this link also sets a new password (the mailbox's owner takes over a pending account
-                # someone else may have started with her address)
-                token = _email_token(ctx, db, user, purpose=CLAIM_PURPOSE, email=addr)
-                mail.enqueue(ctx, db, user, "verify_claim",
-                             {"link": f"{ctx.settings.identity_public_url}/verify-email/claim?token={token}"}, locale=locale)
+                if _live_links(db, user.id, ctx.now(), CLAIM_PURPOSE) < LIVE_LINKS_MAX:
+                    # this link also sets a new password (the mailbox's owner takes over a pending account
+                    # someone else may have started with her address)
+                    token = _email_token(ctx, db, user, purpose=CLAIM_PURPOSE, email=addr)
+                    mail.enqueue(ctx, db, user, "verify_claim",
+                                 {"link": f"{ctx.settings.identity_public_url}/verify-email/claim?token={token}"})
 
     _now_or_later(later, send)
     return SignUpReceipt(RESEND_MESSAGE)
 
 
 def _throttle_mail_request(ctx: IdentityContext, addr: str, client_ip: str, kind: str) -> None:
-    """Count a request that may mail `addr` a link: per IP (as sign-ups) and per address (a stranger
-    cannot fill one inbox from many IPs). Raises RateLimited, the same for every address; the count is
-    kept either way. A request past the address's budget mails nothing and ends no link (the links
-    mailed before stay valid, `LIVE_LINKS_MAX`), so a stranger spending the budget delays a new link
-    by at most the rest of the hour and never takes away the ones in the owner's mailbox."""
+    """Count a request that may mail `addr` a link against the requester's budgets only: per IP (as
+    sign-ups) and per IP and address (`RESEND_PER_ADDRESS_PER_HOUR`). Nobody else's requests count, so a
+    stranger cannot spend the owner's; what keeps a stranger with many IPs from filling one inbox is
+    `LIVE_LINKS_MAX`, decided after the answer. Raises RateLimited, the same for every address; its wait
+    is to the end of the fixed clock hour (`throttle.hit`), which tells nothing of anyone's requests. The
+    count is kept either way; a refused request mails nothing and ends no link."""
     now = ctx.now()
     pending: RingfenceError | None = None
     with ctx.store.tx() as db:
         pending = throttle.hit(db, bucket=f"{kind}-ip:{client_ip}", limit=ctx.settings.identity_signup_per_ip_per_hour,
                                window_s=3600, now_s=now)
         if pending is None:
-            over = throttle.hit(db, bucket=f"{kind}:" + ctx.sealer.token_digest(f"{kind}:" + addr)[:64],
+            over = throttle.hit(db, bucket=f"{kind}:" + ctx.sealer.token_digest(f"{kind}:{client_ip}|{addr}")[:64],
                                 limit=RESEND_PER_ADDRESS_PER_HOUR, window_s=3600, now_s=now)
             if over is not None:
                 retry_s = over.details["retry_after_s"]
@@ -332,18 +367,18 @@ def _now_or_later(later: Later | None, work: Callable[[], None]) -> None:
 
 def request_password_reset(ctx: IdentityContext, email: object, *, ip: object, later: Later | None = None) -> SignUpReceipt:
     """`/forgot-password`: mail a single-use link (`RESET_LINK_TTL_S`) that sets a new password, only to a
-    confirmed, unfrozen account; the earlier reset links stay valid (`LIVE_LINKS_MAX`: a stranger asking
-    again cannot void the owner's) until one of them is used. The same answer whether or not such
-    an account exists, rate-limited per IP and per address as `resend_verification`; with `later` the
+    confirmed, unfrozen account with fewer than `LIVE_LINKS_MAX` reset links out; the earlier links stay
+    valid (a stranger asking again cannot void the owner's) until one of them is used. The same answer
+    whether or not such an account exists, rate-limited per requester as `resend_verification`; with `later` the
     look-up, the link and the mail run after the answer, so its time does not tell either."""
     addr = normalize_email(email)
     _throttle_mail_request(ctx, addr, validate_ip(ip), "pw-reset")
 
     def send() -> None:
         with ctx.store.tx() as db:
-            user = db.scalars(select(User).where(User.email == addr)).first()
-            if user is not None and user.email_verified and not user.frozen:
-                _end_all_but_newest_links(db, user.id, ctx.now(), RESET_PURPOSE, LIVE_LINKS_MAX - 1)
+            user = _mail_target(db, addr)
+            if (user is not None and user.email_verified and not user.frozen
+                    and _live_links(db, user.id, ctx.now(), RESET_PURPOSE) < LIVE_LINKS_MAX):
                 token = _email_token(ctx, db, user, purpose=RESET_PURPOSE, email=addr, ttl_s=RESET_LINK_TTL_S)
                 mail.enqueue(ctx, db, user, "password_reset",
                              {"link": f"{ctx.settings.identity_public_url}/reset-password?token={token}",
@@ -412,6 +447,7 @@ def reset_password(ctx: IdentityContext, token: object, password: object, code: 
     pending: RingfenceError | None = None
     keys = 0
     with ctx.store.tx() as db:
+        _lock_email_token(ctx, db, token)
         row, user, needs = _resettable(ctx, db, token)
         if needs == "support":
             raise Forbidden("this account signs in with a passkey only and has no recovery codes: "
@@ -424,7 +460,7 @@ def reset_password(ctx: IdentityContext, token: object, password: object, code: 
             pending = _guarded(ctx, db, user, method=method, value=code, purpose="password_reset", ip=client_ip)
         if pending is None:
             now = ctx.now()
-            row.used_at_s = now
+            _use(db, row, now)  # atomic: a concurrent use of the same link (another process) is refused here
             user.password_hash = ctx.passwords.hash(pw)
             _end_links(db, user.id, now, RESET_PURPOSE)
             keys = end_access(db, user, now)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import AccountFrozen, Forbidden, SecondFactorRequired, Unauthorized
 from ..store.models import AuthSession, EmailToken, User, WebAuthnCredential
+from ..store import key_generation
 from .context import IdentityContext
 from .sealing import constant_time_equal, new_token
 
@@ -178,9 +179,13 @@ def require_fresh_second_factor(session: SessionInfo, max_age_s: int = 300) -> N
 
 
 def logout(ctx: IdentityContext, token: object) -> None:
+    """Sign this session out. What was opened with it ends too: its listen keys and their sockets, and the
+    WebSocket API connections it logged on (the key generation moves, api/access.py); the account's other
+    sessions and its API keys' streams carry on."""
     with ctx.store.tx() as db:
         row, _ = load_session(ctx, db, token)
         row.revoked_at_s = ctx.now()
+        key_generation.bump(db)
 
 
 def logout_everywhere(ctx: IdentityContext, token: object, *, ip: str = "") -> int:
@@ -194,6 +199,7 @@ def logout_everywhere(ctx: IdentityContext, token: object, *, ip: str = "") -> i
             update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at_s.is_(None)).values(revoked_at_s=now)
         )
         record_event(db, user_id=user.id, kind="logout_everywhere", at_s=now, ip=ip)
+        key_generation.bump(db)  # as `logout`: the streams of every one of them end
         return int(result.rowcount or 0)
 
 
@@ -218,6 +224,7 @@ def revoke_session(ctx: IdentityContext, token: object, session_id: int) -> None
         if target is None or target.user_id != user.id:
             raise Forbidden("no such session on your account", field="session_id")
         target.revoked_at_s = ctx.now()
+        key_generation.bump(db)  # as `logout`: its streams end
 
 
 def csrf_token_for(ctx: IdentityContext, token: str) -> str:

@@ -334,11 +334,10 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         form = await _form(request)
         tasks = BackgroundTasks()  # the look-up and the mail run after the answer: its time tells nothing
         try:
-            receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task,
-                                                   locale=_PAGE_LOCALE.get())
+            receipt = accounts.resend_verification(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task)
         except RingfenceError as err:  # as /signup: the form again, what was typed kept
-            return _render("resend_verification.html", status_code=err.http_status, error=for_people(err),
-                           email=form.get("email", "")[:254])
+            return _retry_after(_render("resend_verification.html", status_code=err.http_status, error=for_people(err),
+                                        email=form.get("email", "")[:254]), err)
         return _after(_render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
                               link_label=_t("Sign in")), tasks)
 
@@ -355,8 +354,8 @@ def create_router(ctx: IdentityContext) -> APIRouter:
         try:
             receipt = accounts.request_password_reset(ctx, form.get("email", ""), ip=_client_ip(request), later=tasks.add_task)
         except RingfenceError as err:  # as /signup: the form again, what was typed kept
-            return _render("forgot_password.html", status_code=err.http_status, error=for_people(err),
-                           email=form.get("email", "")[:254])
+            return _retry_after(_render("forgot_password.html", status_code=err.http_status, error=for_people(err),
+                                        email=form.get("email", "")[:254]), err)
         return _after(_render("message.html", title=_t("Check your inbox"), message=_t(receipt.message), link="/login",
                               link_label=_t("Sign in")), tasks)
 

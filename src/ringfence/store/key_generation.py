@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from .models import ApiKey, User
 
-__all__ = ["install_hooks", "local_generation"]
+__all__ = ["install_hooks", "local_generation", "bump"]
 
 #: The columns whose change can withdraw (or alter) a key's access; `last_used_at_s` and `label` are not.
 API_KEY_COLUMNS = ("user_id", "key_hash", "kind", "secret_enc", "public_key", "scopes", "ip_allowlist", "expires_at_s", "revoked_at_s")
@@ -43,6 +43,14 @@ def _bump(session: Session) -> None:
         return
     session.info[_BUMPED] = True
     session.connection().execute(text("UPDATE identity_api_key_generation SET value = value + 1 WHERE id = 1"))
+
+
+def bump(session: Session) -> None:
+    """Bump the counter with `session`'s commit for a change the hooks do not watch that still ends
+    somebody's access: a web session signed out (identity/sessions.py). The access watch
+    (api/access.py) then rechecks every live credential, so the streams and WebSocket API logons made
+    with that session end with it."""
+    _bump(session)
 
 
 def _changed(obj: Any, columns: tuple[str, ...]) -> bool:
