@@ -14,6 +14,14 @@ def test_api_benchmark_smoke():
     assert line["bench"] == "api" and line["smoke"] is True and "seed=1" in out.stderr
     assert line["signed_orders"]["ok"] > 0 and line["signed_orders"]["statuses"].keys() == {"200"}
     assert line["baseline"]["ok"] > 0
+    # the lean load generator (bench/_lean_http.py): closed loop for capacity, then open loop at half of it
+    assert line["signed_orders"]["loop"] == "closed" and line["signed_orders"]["client"] == "lean"
+    open_loop = line["signed_orders_open_loop"]
+    assert open_loop["loop"] == "open" and open_loop["ok"] > 0 and open_loop["statuses"].keys() == {"200"}, open_loop
+    assert open_loop["offered_per_s"] == max(1, round(line["signed_orders"]["throughput_per_s"] * 0.5))
+    assert line["p99_us_open_loop"] == open_loop["p99_us"] and line["goal"]["order_p99_figure"] == "p99_us_open_loop"
+    for figure in ("baseline", "signed_orders", "signed_orders_open_loop"):  # the server's CPU per request beside the client's
+        assert line[figure]["cpu_us_per_request"]["engine_process"] > 0 and line[figure]["client_cpu_us_per_request"] > 0
     for figure in ("ws_api_orders", "ws_api_orders_pipelined"):  # one logon per connection, then unsigned orders
         assert line[figure]["ok"] > 0 and line[figure]["statuses"].keys() == {"200"}, line[figure]
     assert line["ratios"]["ws_api_orders_to_ping"] > 0
