@@ -527,13 +527,14 @@ CAPACITY_PROBES = 8
 def keeps_up(reqs: list[tuple[int, int, int, int]], n: int, errors: list[str], seconds: float) -> dict:  # float-ok
     """Did the node keep up with a probe? Every request sent and none refused, and no growing queue:
     after a warm-up (the first fifth, at most 1 s), the median latency of the second half of the
-    requests is within 1.5x (or 1 ms) of the first half's, and under 20 ms."""
+    requests is within 1.5x (or 2 ms) of the first half's, and under 20 ms: a rate 0.1% over
+    capacity grows the queue by some 3.5 ms between the halves' middles of an 8 s probe."""
     warm = int(min(1.0, seconds / 5) * 1e9)
     t0 = reqs[0][0] if reqs else 0
     body = [acked - sched for sched, _, acked, _ in reqs if sched >= t0 + warm]
     mid = len(body) // 2
     early, late = percentile_us(body[:mid], 50), percentile_us(body[mid:], 50)
-    kept = (len(reqs) == n and not errors and mid > 0 and late <= max(early * 3 // 2, early + 1_000)
+    kept = (len(reqs) == n and not errors and mid > 0 and late <= max(early * 3 // 2, early + 2_000)
             and late <= 20_000)
     return {"kept_up": kept, "sent": len(reqs), "of": n, "refused": len(errors),
             "p50_us_first_half": early, "p50_us_second_half": late}
@@ -567,7 +568,7 @@ def sustained_capacity(root: Path, accounts: int, requests: Requests, seconds: f
             rate = (low + high) // 2
     return {"per_s": low, "probes": probes, "probe_seconds": seconds,
             "rule": "highest offered rate with every request sent, none refused, and the second half's p50 "
-                    "within 1.5x (or +1 ms) of the first half's (after a warm-up) and under 20 ms"}
+                    "within 1.5x (or +2 ms) of the first half's (after a warm-up) and under 20 ms"}
 
 
 def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capacity_requests: int,
@@ -620,6 +621,28 @@ def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capa
     }
 
 
+#: `--ioprio rt`: every thread of this process (the node's sequencer, syncers, the generator) in the
+#: real-time I/O class once the node has started, for an A/B of the disk's share of the tail (the
+#: block scheduler here, mq-deadline, dispatches real-time requests before other processes' ones)
+IOPRIO = "default"
+_IOPRIO_SET = 251  # x86_64 syscall number
+_IOPRIO_CLASS_RT = 1
+
+
+def set_ioprio_rt() -> int:
+    """Put every thread of this process in the real-time I/O class, level 0; returns how many."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    done = 0
+    for tid in os.listdir("/proc/self/task"):
+        if libc.syscall(_IOPRIO_SET, 1, int(tid), _IOPRIO_CLASS_RT << 13) == 0:  # IOPRIO_WHO_PROCESS: a thread
+            done += 1
+        else:
+            raise OSError(ctypes.get_errno(), "ioprio_set")
+    return done
+
+
 def open_loop_keyed(node: Node, cmds: list, offered_per_s: int, lateness_ns: list[int],
                     give_up_outstanding: int = 0) -> tuple[list[int], list[str], float, list]:  # float-ok
     """`open_loop` for 1-transfer requests that also keeps, per request, (scheduled, sent,
@@ -629,6 +652,8 @@ def open_loop_keyed(node: Node, cmds: list, offered_per_s: int, lateness_ns: lis
     once that many requests are sent and not yet acknowledged (an overloaded capacity probe need
     not build seconds of queue); the unsent ones are left out of the results."""
     node.start()
+    if IOPRIO == "rt":
+        set_ioprio_rt()
     n = len(cmds)
     interval_ns = int(1e9 / offered_per_s)
     acked = array("q", bytes(8 * n))
@@ -736,6 +761,9 @@ def main() -> None:
     parser.add_argument("--offered-per-s", type=int, default=None,
                         help="with --half-only: skip the capacity runs and offer this many requests/s in every run (an "
                              "A/B across runs at one rate, e.g. --offered-per-s 20000 with each --segments)")
+    parser.add_argument("--ioprio", choices=("default", "rt"), default="default",
+                        help="with --half-only: run the node's threads in the real-time I/O class (an A/B of the "
+                             "disk's share of the tail; needs CAP_SYS_NICE or root)")
     parser.add_argument("--mode", choices=("classic", "pipelined", "both"), default="both",
                         help="with --half-only: which group commit to measure (default both, and the pipelined one "
                              "also at the classic one's rate)")
@@ -744,8 +772,9 @@ def main() -> None:
     parser.add_argument("--capacity-start", type=int, default=None,
                         help="the first rate the capacity search offers (default 20,000/s; smoke 2,000/s)")
     args = parser.parse_args()
-    global GC_THRESHOLD, SEGMENTS
+    global GC_THRESHOLD, SEGMENTS, IOPRIO
     SEGMENTS = args.segments
+    IOPRIO = args.ioprio
     gc_from = "--gc-threshold"
     if args.gc_threshold:
         GC_THRESHOLD = tuple(int(x) for x in args.gc_threshold.split(","))
@@ -776,6 +805,7 @@ def main() -> None:
         "gc_threshold": list(GC_THRESHOLD),
         "gc_threshold_from": gc_from,
         "journal_segments": SEGMENTS,
+        "ioprio": IOPRIO,
     }
     if args.note:
         result["note"] = args.note
