@@ -257,7 +257,7 @@ class TailProbe:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
 
-    def attribute(self, requests: list[tuple[int, int, int, int]], machine_stalls: list[tuple[int, int]] = ()) -> dict:  # type: ignore[assignment]
+    def attribute(self, requests: list[tuple[int, int, int, int]], machine_stalls: list[tuple[int, int]] | None = None) -> dict:
         """`requests`: (scheduled, sent, acknowledged, seq) per request, perf_counter ns;
         `machine_stalls`: the windows in which another process's 1 ms sleep overslept by over 1 ms."""
         self.close()
@@ -304,7 +304,7 @@ class TailProbe:
                 over_goal[cause] += 1
         rows.sort(key=lambda r: r["latency"])
         tail = rows[int(len(rows) * 0.99):]
-        by_overlap = self._by_overlap(rows, tail, machine_stalls)
+        by_overlap = self._by_overlap(rows, tail, machine_stalls or [])
         parts: tuple[str, ...] = ("send_lateness", "queue_wait", "before_write", "write_fsync", "apply_and_ack", "gc_overlap")
 
         def med(rs: list[dict], k: str) -> int:
