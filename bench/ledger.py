@@ -525,19 +525,21 @@ CAPACITY_PROBES = 8
 
 
 def keeps_up(reqs: list[tuple[int, int, int, int]], n: int, errors: list[str], seconds: float) -> dict:  # float-ok
-    """Did the node keep up with a probe? Every request sent and none refused, and no growing queue:
-    after a warm-up (the first fifth, at most 1 s), the median latency of the second half of the
-    requests is within 1.5x (or 2 ms) of the first half's, and under 20 ms: a rate 0.1% over
-    capacity grows the queue by some 3.5 ms between the halves' middles of an 8 s probe."""
+    """Did the node keep up with a probe? Every request sent and none refused, and a flat, short
+    queue: after a warm-up (the first fifth, at most 1 s), the median latency of each half of the
+    requests is under 10 ms and the second half's is within 2x (or 5 ms) of the first's. A rate
+    0.2% over capacity grows the queue by some 7 ms between the halves' middles of an 8 s probe; a
+    machine at load 20 moves a kept-up node's p50 by a few ms from one half to the other."""
     warm = int(min(1.0, seconds / 5) * 1e9)
     t0 = reqs[0][0] if reqs else 0
     body = [acked - sched for sched, _, acked, _ in reqs if sched >= t0 + warm]
     mid = len(body) // 2
     early, late = percentile_us(body[:mid], 50), percentile_us(body[mid:], 50)
-    kept = (len(reqs) == n and not errors and mid > 0 and late <= max(early * 3 // 2, early + 2_000)
-            and late <= 20_000)
+    kept = (len(reqs) == n and not errors and mid > 0 and max(early, late) <= 10_000
+            and late <= max(early * 2, early + 5_000))
     return {"kept_up": kept, "sent": len(reqs), "of": n, "refused": len(errors),
-            "p50_us_first_half": early, "p50_us_second_half": late}
+            "p50_us_first_half": early, "p50_us_second_half": late,
+            "load_avg_1m": round(os.getloadavg()[0], 2)}  # float-ok: report
 
 
 def sustained_capacity(root: Path, accounts: int, requests: Requests, seconds: float,  # float-ok: seconds
@@ -567,8 +569,8 @@ def sustained_capacity(root: Path, accounts: int, requests: Requests, seconds: f
         else:
             rate = (low + high) // 2
     return {"per_s": low, "probes": probes, "probe_seconds": seconds,
-            "rule": "highest offered rate with every request sent, none refused, and the second half's p50 "
-                    "within 1.5x (or +2 ms) of the first half's (after a warm-up) and under 20 ms"}
+            "rule": "highest offered rate with every request sent, none refused, each half's p50 (after a warm-up) "
+                    "under 10 ms and the second half's within 2x (or +5 ms) of the first's"}
 
 
 def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capacity_requests: int,
