@@ -1,9 +1,13 @@
 """Ledger transfers through the full durable path: sequencer -> journal (group-commit fsync) -> apply.
 
 Usage: python bench/ledger.py [--smoke] [--seed N]
-       python bench/ledger.py --half-only [--segments growing]
-         (issue #18 item 6 only: p99 at half capacity; `--segments growing` for the journal as it
-          was before pre-zeroed segments, an A/B in one tree; the collector runs with `serve`'s thresholds)
+       python bench/ledger.py --half-only [--mode classic|pipelined|both] [--segments growing]
+                              [--capacity-seconds S] [--latency-seconds S] [--offered-per-s N] [--ioprio rt]
+         (issue #18 item 6 only: p99 at half of the run's sustained single-request capacity, found by
+          open-loop probes of S seconds each (`sustained_capacity`), then a 10 s run at half of it with
+          its histogram and the tail charged to its causes (`TailProbe`); `--segments growing` for the
+          journal as it was before pre-zeroed segments, an A/B in one tree; the collector runs with
+          `serve`'s thresholds)
        python bench/ledger.py --replicate nats://127.0.0.1:4222 [--smoke] [--seed N]
          (durable-and-replicated over NATS JetStream against local-only in the same run:
           bench/replicate.py, results in bench/results/replicate.jsonl)
