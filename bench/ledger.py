@@ -234,6 +234,8 @@ class TailProbe:
             try:
                 return append(*args)
             finally:
+                if not self.pipelined:
+                    self._maybe_stall(row[1])
                 row[2] = clock()
 
         node._commit = commit_timed  # type: ignore[method-assign]
@@ -246,10 +248,26 @@ class TailProbe:
                 try:
                     return sync_records(mark)
                 finally:
+                    self._maybe_stall(began)
                     self.syncs.append((began, clock(), mark.last_seq))
 
             writer.sync_records = records_timed  # type: ignore[method-assign]
         gc.callbacks.append(self._on_gc)
+        self._first_sync = 0
+        #: (start, end) of the stall injected by `--inject-stall-ms`, once made
+        self.injected: tuple[int, int] | None = None
+
+    def _maybe_stall(self, began: int) -> None:
+        """`--inject-stall-ms S`: the first write + fsync (classic) or sync (pipelined) begun 3 s
+        after the first one sleeps S ms more, inside the measured interval (sleeping lets the GIL
+        go, as a slow fsync does): a stall of known size, to check the arithmetic of its victims."""
+        if not INJECT_STALL_MS or self.injected is not None:
+            return
+        if not self._first_sync:
+            self._first_sync = began
+        elif began - self._first_sync >= 3_000_000_000:
+            time.sleep(INJECT_STALL_MS / 1000)
+            self.injected = (began, time.perf_counter_ns())
 
     def _on_gc(self, phase: str, info: dict) -> None:
         if phase == "start":
@@ -374,7 +392,14 @@ class TailProbe:
         over = [r for r in rows if r["latency"] > GOAL_US * 1000]
         longest = max(syncs, key=lambda iv: iv[1] - iv[0]) if syncs else (0, 0)
         held = sum(1 for r in over if r["scheduled"] < longest[1] and r["scheduled"] + r["latency"] > longest[0])
+        injected = {}
+        if self.injected is not None:
+            a, b = self.injected
+            injected = {"injected_stall": {"ms": INJECT_STALL_MS, "interval_us": (b - a) // 1000,
+                                           "requests_held_over_goal": sum(1 for r in over if r["scheduled"] < b
+                                                                          and r["scheduled"] + r["latency"] > a)}}
         return {
+            **injected,
             "over_goal_by_overlap": count(over),
             "tail_over_p99_by_overlap": count(tail),
             "slow_write_fsyncs": {"over_half_goal": len(slow), "over_goal": sum(1 for a, b in slow if b - a > GOAL_US * 1000),
@@ -631,6 +656,8 @@ def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capa
 #: real-time I/O class once the node has started, for an A/B of the disk's share of the tail (the
 #: block scheduler here, mq-deadline, dispatches real-time requests before other processes' ones)
 IOPRIO = "default"
+#: `--inject-stall-ms`: one write + fsync made that much longer, 3 s into the measured run (TailProbe)
+INJECT_STALL_MS = 0
 _IOPRIO_SET = 251  # x86_64 syscall number
 _IOPRIO_CLASS_RT = 1
 
@@ -770,6 +797,9 @@ def main() -> None:
     parser.add_argument("--ioprio", choices=("default", "rt"), default="default",
                         help="with --half-only: run the node's threads in the real-time I/O class (an A/B of the "
                              "disk's share of the tail; needs CAP_SYS_NICE or root)")
+    parser.add_argument("--inject-stall-ms", type=int, default=0,
+                        help="with --half-only: one write + fsync 3 s into the measured run sleeps this much longer "
+                             "(a stall of known size: its victims against 2 x rate x (stall - goal))")
     parser.add_argument("--mode", choices=("classic", "pipelined", "both"), default="both",
                         help="with --half-only: which group commit to measure (default both, and the pipelined one "
                              "also at the classic one's rate)")
@@ -778,9 +808,10 @@ def main() -> None:
     parser.add_argument("--capacity-start", type=int, default=None,
                         help="the first rate the capacity search offers (default 20,000/s; smoke 2,000/s)")
     args = parser.parse_args()
-    global GC_THRESHOLD, SEGMENTS, IOPRIO
+    global GC_THRESHOLD, SEGMENTS, IOPRIO, INJECT_STALL_MS
     SEGMENTS = args.segments
     IOPRIO = args.ioprio
+    INJECT_STALL_MS = args.inject_stall_ms
     gc_from = "--gc-threshold"
     if args.gc_threshold:
         GC_THRESHOLD = tuple(int(x) for x in args.gc_threshold.split(","))
@@ -813,6 +844,8 @@ def main() -> None:
         "journal_segments": SEGMENTS,
         "ioprio": IOPRIO,
     }
+    if INJECT_STALL_MS:
+        result["inject_stall_ms"] = INJECT_STALL_MS
     if args.note:
         result["note"] = args.note
     try:
