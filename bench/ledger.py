@@ -1,9 +1,13 @@
 """Ledger transfers through the full durable path: sequencer -> journal (group-commit fsync) -> apply.
 
 Usage: python bench/ledger.py [--smoke] [--seed N]
-       python bench/ledger.py --half-only [--segments growing]
-         (issue #18 item 6 only: p99 at half capacity; `--segments growing` for the journal as it
-          was before pre-zeroed segments, an A/B in one tree; the collector runs with `serve`'s thresholds)
+       python bench/ledger.py --half-only [--mode classic|pipelined|both] [--segments growing]
+                              [--capacity-seconds S] [--latency-seconds S] [--offered-per-s N] [--ioprio rt]
+         (issue #18 item 6 only: p99 at half of the run's sustained single-request capacity, found by
+          open-loop probes of S seconds each (`sustained_capacity`), then a 10 s run at half of it with
+          its histogram and the tail charged to its causes (`TailProbe`); `--segments growing` for the
+          journal as it was before pre-zeroed segments, an A/B in one tree; the collector runs with
+          `serve`'s thresholds)
        python bench/ledger.py --replicate nats://127.0.0.1:4222 [--smoke] [--seed N]
          (durable-and-replicated over NATS JetStream against local-only in the same run:
           bench/replicate.py, results in bench/results/replicate.jsonl)
@@ -230,6 +234,8 @@ class TailProbe:
             try:
                 return append(*args)
             finally:
+                if not self.pipelined:
+                    self._maybe_stall(row[1])
                 row[2] = clock()
 
         node._commit = commit_timed  # type: ignore[method-assign]
@@ -242,10 +248,26 @@ class TailProbe:
                 try:
                     return sync_records(mark)
                 finally:
+                    self._maybe_stall(began)
                     self.syncs.append((began, clock(), mark.last_seq))
 
             writer.sync_records = records_timed  # type: ignore[method-assign]
         gc.callbacks.append(self._on_gc)
+        self._first_sync = 0
+        #: (start, end) of the stall injected by `--inject-stall-ms`, once made
+        self.injected: tuple[int, int] | None = None
+
+    def _maybe_stall(self, began: int) -> None:
+        """`--inject-stall-ms S`: the first write + fsync (classic) or sync (pipelined) begun 3 s
+        after the first one sleeps S ms more, inside the measured interval (sleeping lets the GIL
+        go, as a slow fsync does): a stall of known size, to check the arithmetic of its victims."""
+        if not INJECT_STALL_MS or self.injected is not None:
+            return
+        if not self._first_sync:
+            self._first_sync = began
+        elif began - self._first_sync >= 3_000_000_000:
+            time.sleep(INJECT_STALL_MS / 1000)
+            self.injected = (began, time.perf_counter_ns())
 
     def _on_gc(self, phase: str, info: dict) -> None:
         if phase == "start":
@@ -257,8 +279,9 @@ class TailProbe:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
 
-    def attribute(self, requests: list[tuple[int, int, int, int]]) -> dict:
-        """`requests`: (scheduled, sent, acknowledged, seq) per request, perf_counter ns."""
+    def attribute(self, requests: list[tuple[int, int, int, int]], machine_stalls: list[tuple[int, int]] | None = None) -> dict:
+        """`requests`: (scheduled, sent, acknowledged, seq) per request, perf_counter ns;
+        `machine_stalls`: the windows in which another process's 1 ms sleep overslept by over 1 ms."""
         self.close()
         rows = []
         gc_sorted = sorted(self.gc)
@@ -273,7 +296,7 @@ class TailProbe:
             while k < len(gc_sorted) and gc_sorted[k][0] < acked:  # (was a scan of every pause per request: minutes)
                 overlap += max(0, min(gc_sorted[k][1], acked) - max(gc_sorted[k][0], scheduled))
                 k += 1
-            row = {"latency": acked - scheduled, "send_lateness": sent - scheduled, "queue_wait": started - sent,
+            row = {"scheduled": scheduled, "latency": acked - scheduled, "send_lateness": sent - scheduled, "queue_wait": started - sent,
                    "before_write": w0 - started, "write_fsync": w1 - w0, "apply_and_ack": acked - w1, "gc_overlap": overlap,
                    "own_sync": w1 - w0}  # its own sync: classic, its batch's write and fdatasync; pipelined, below
             if self.pipelined:
@@ -303,6 +326,7 @@ class TailProbe:
                 over_goal[cause] += 1
         rows.sort(key=lambda r: r["latency"])
         tail = rows[int(len(rows) * 0.99):]
+        by_overlap = self._by_overlap(rows, tail, machine_stalls or [])
         parts: tuple[str, ...] = ("send_lateness", "queue_wait", "before_write", "write_fsync", "apply_and_ack", "gc_overlap")
 
         def med(rs: list[dict], k: str) -> int:
@@ -325,12 +349,64 @@ class TailProbe:
             "tail_with_gc_pause_over_1ms": sum(1 for r in tail if r["gc_overlap"] > 1_000_000),
             "tail_requests": len(tail),
             "over_goal": over_goal,
+            **by_overlap,
             "batches": len(self.batches),
             "syncs": len(self.syncs) if self.pipelined else len(self.batches),
             "write_fsync_us": {"p50": fsyncs[len(fsyncs) // 2] // 1000, "p99": fsyncs[int(len(fsyncs) * 0.99)] // 1000,
                                "max": fsyncs[-1] // 1000} if fsyncs else {},
             "gc": {"collections": len(pauses), "gen2": sum(1 for _, _, g in self.gc if g == 2),
                    "max_us": (pauses[-1] // 1000) if pauses else 0, "total_us": sum(pauses) // 1000},
+        }
+
+
+    def _by_overlap(self, rows: list[dict], tail: list[dict], machine_stalls: list[tuple[int, int]]) -> dict:
+        """Each request over the goal, and each of the slowest 1%, charged to the stall that covered
+        most of its life (scheduled to acknowledged), whoever's request it was: a write + fsync
+        over half the goal (any batch's: a request queued behind a slow sync is its victim too), a
+        collector pause, or the machine (another process could not run either); or none of them
+        for over half the goal ("node_cpu": the sequencer's own work and the GIL). And the
+        arithmetic of the longest write + fsync: how many requests it held past the goal, against
+        the 1% of the run's requests the p99 may spend."""
+        half_goal = GOAL_US * 500
+        if self.pipelined:
+            syncs = [(s0, s1) for s0, s1, _ in self.syncs]
+        else:
+            syncs = [(w0, w1) for _, w0, w1, _ in self.batches if w0]
+        slow = sorted(iv for iv in syncs if iv[1] - iv[0] > half_goal)
+        kinds = {"slow_write_fsync": slow, "gc_pause": sorted((a, b) for a, b, _ in self.gc),
+                 "machine_stall": sorted(machine_stalls)}
+        ends = {k: [e for _, e in v] for k, v in kinds.items()}
+
+        def cause(r: dict) -> str:
+            start, end = r["scheduled"], r["scheduled"] + r["latency"]
+            covered = {k: overlap_ns(v, ends[k], start, end) for k, v in kinds.items()}
+            best = max(covered, key=lambda k: covered[k])
+            return best if covered[best] > half_goal else "node_cpu"
+
+        def count(rs: list[dict]) -> dict[str, int]:
+            out = dict.fromkeys(("slow_write_fsync", "gc_pause", "machine_stall", "node_cpu"), 0)
+            for r in rs:
+                out[cause(r)] += 1
+            return out
+
+        over = [r for r in rows if r["latency"] > GOAL_US * 1000]
+        longest = max(syncs, key=lambda iv: iv[1] - iv[0]) if syncs else (0, 0)
+        held = sum(1 for r in over if r["scheduled"] < longest[1] and r["scheduled"] + r["latency"] > longest[0])
+        injected = {}
+        if self.injected is not None:
+            a, b = self.injected
+            injected = {"injected_stall": {"ms": INJECT_STALL_MS, "interval_us": (b - a) // 1000,
+                                           "requests_held_over_goal": sum(1 for r in over if r["scheduled"] < b
+                                                                          and r["scheduled"] + r["latency"] > a)}}
+        return {
+            **injected,
+            "over_goal_by_overlap": count(over),
+            "tail_over_p99_by_overlap": count(tail),
+            "slow_write_fsyncs": {"over_half_goal": len(slow), "over_goal": sum(1 for a, b in slow if b - a > GOAL_US * 1000),
+                                  "over_10ms": sum(1 for a, b in slow if b - a > 10_000_000)},
+            "longest_write_fsync": {"us": (longest[1] - longest[0]) // 1000, "requests_held_over_goal": held,
+                                    "one_percent_of_requests": len(rows) // 100,
+                                    "requests_over_goal": len(over)},
         }
 
 
@@ -367,17 +443,20 @@ def bare_fdatasync(path: Path, n: int, size_bytes: int = 200, prezeroed: bool = 
 _SCHEDULER_PROBE = """
 import json, sys, time
 end = time.perf_counter_ns() + int(float(sys.argv[1]) * 1e9)
-late = []
+late, stalls = [], []
 while True:
     t = time.perf_counter_ns()
     if t >= end:
         break
     time.sleep(0.001)
-    late.append(time.perf_counter_ns() - t - 1_000_000)
+    woke = time.perf_counter_ns()
+    late.append(woke - t - 1_000_000)
+    if late[-1] > 1_000_000:  # nothing could run in this process for that long: (from, to), monotonic ns
+        stalls.append((t + 1_000_000, woke))
 late.sort()
 pick = lambda q: late[min(len(late) - 1, int(len(late) * q))] // 1000
 print(json.dumps({"wakeups": len(late), "p50_us": pick(0.5), "p99_us": pick(0.99), "max_us": late[-1] // 1000,
-                  "over_1ms": sum(1 for x in late if x > 1_000_000)}))
+                  "over_1ms": sum(1 for x in late if x > 1_000_000), "stalls": stalls}))
 """
 
 
@@ -396,25 +475,42 @@ def floor_result(proc: "subprocess.Popen[str]") -> dict:
         return {}
 
 
-def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capacity_requests: int,
-                             latency_seconds: float, pipeline: bool = False,  # float-ok: seconds
-                             offered_per_s: int | None = None) -> dict:
-    """Item 6 of issue #18: measure this run's single-request capacity, then offer half of it
-    open-loop and report p99, the histogram, and where the tail came from (`TailProbe`).
-    `pipeline`: the node pipelines its group commit (`Node(pipeline=True)`); `offered_per_s`
-    skips the capacity run and offers that rate (a like-for-like comparison with another mode)."""
-    capacity = 0.0  # float-ok: requests per second
-    if offered_per_s is None:
-        node, ids, next_id = prepared_node(root / "cap-1", accounts, pipeline=pipeline)
-        cmds, _ = transfer_stream(rng, ids, capacity_requests, next_id, False, 1)
-        capacity = single_request_capacity(node, cmds)
-        node.close()
-        offered = max(1000, int(capacity / 2))
-    else:
-        offered = offered_per_s
+def overlap_ns(intervals: list[tuple[int, int]], ends: list[int], start: int, end: int) -> int:
+    """How much of [start, end] the sorted, disjoint `intervals` cover (`ends`: their ends)."""
+    total, k = 0, bisect.bisect_right(ends, start)
+    while k < len(intervals) and intervals[k][0] < end:
+        total += max(0, min(intervals[k][1], end) - max(intervals[k][0], start))
+        k += 1
+    return total
+
+
+class Requests:
+    """1-transfer requests, generated once and reused by every fresh node of a run (each prepared
+    node has the same accounts and the same next transfer id), extended as a run needs more."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.cmds: list = []
+        self.key: tuple[int, int, int] | None = None
+
+    def take(self, ids: list[int], next_id: int, n: int) -> list:
+        key = (ids[0], ids[-1], next_id)
+        assert self.key in (None, key), "a prepared node differs from the first"
+        self.key = key
+        if len(self.cmds) < n:
+            more, _ = transfer_stream(self.rng, ids, n - len(self.cmds), next_id + len(self.cmds), False, 1)
+            self.cmds += more
+        return self.cmds[:n]
+
+
+def run_open_loop(root: Path, accounts: int, requests: Requests, offered: int, seconds: float,  # float-ok: seconds
+                  pipeline: bool, probe: bool, give_up_s: float = 0.0) -> dict:  # float-ok: seconds
+    """One open-loop run on a fresh node at `offered` requests/s for `seconds`. `probe`: with the
+    `TailProbe` and the scheduler floor beside it (the measured run); without, a capacity probe,
+    which stops sending once `give_up_s` seconds of requests are outstanding."""
     node, ids, next_id = prepared_node(root / "half-1", accounts, pipeline=pipeline)
-    n = int(offered * latency_seconds)
-    cmds, _ = transfer_stream(rng, ids, n, next_id, False, 1)
+    n = max(1, int(offered * seconds))
+    cmds = requests.take(ids, next_id, n)
     # The pre-generated requests belong to the harness, not to the node (a gateway would decode
     # each as it arrives): move them, with everything built so far, out of the cyclic collector's
     # way, as a server does with its start-up heap. Every collection during the run then scans
@@ -422,52 +518,175 @@ def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capa
     gc.collect()
     gc.freeze()
     frozen = gc.get_freeze_count()
-    probe = TailProbe(node)
+    tail = TailProbe(node) if probe else None
     lateness: list[int] = []
     thresholds = gc.get_threshold()
     if GC_THRESHOLD:
         gc.set_threshold(*GC_THRESHOLD)
-    floor = scheduler_floor(latency_seconds)
+    floor = scheduler_floor(seconds) if probe else None
     try:
-        samples, errors, seconds, requests = open_loop_keyed(node, cmds, offered, lateness)
+        samples, errors, took, reqs = open_loop_keyed(node, cmds, offered, lateness,
+                                                      give_up_outstanding=int(offered * give_up_s))
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
-    batches = node.batches_committed
-    mark_syncs = getattr(node.writer, "mark_syncs", None)  # off the acknowledgement path (s8); None before
     writer = node.writer
     assert writer is not None
-    segments = {"prezeroed": writer.segments_prezeroed, "growing": writer.segments_plain}
+    out = {"node": node, "n": n, "samples": samples, "errors": errors, "seconds": took, "requests": reqs,
+           "frozen": frozen, "thresholds": thresholds, "batches": node.batches_committed,
+           "mark_syncs": getattr(writer, "mark_syncs", None),  # off the acknowledgement path (s8); None before
+           "segments": {"prezeroed": writer.segments_prezeroed, "growing": writer.segments_plain}}
     node.close()
+    if probe:
+        assert floor is not None and tail is not None
+        floor_res = floor_result(floor)
+        stalls = [tuple(x) for x in floor_res.pop("stalls", [])]
+        out["floor"] = floor_res
+        out["tail"] = tail.attribute(reqs, stalls)  # type: ignore[arg-type]
+    return out
+
+
+#: the sustained capacity search: each probe's length (`--capacity-seconds`), the first rate offered
+#: (`--capacity-start`), the most probes, and when to stop bisecting (high / low <= 1.1)
+CAPACITY_SECONDS = 8.0  # float-ok: seconds
+CAPACITY_START = 20_000
+CAPACITY_PROBES = 8
+
+
+def keeps_up(reqs: list[tuple[int, int, int, int]], n: int, errors: list[str], seconds: float) -> dict:  # float-ok
+    """Did the node keep up with a probe? Every request sent and none refused, and a flat, short
+    queue: after a warm-up (the first fifth, at most 1 s), the median latency of each half of the
+    requests is under 10 ms and the second half's is within 2x (or 5 ms) of the first's. A rate
+    0.2% over capacity grows the queue by some 7 ms between the halves' middles of an 8 s probe; a
+    machine at load 20 moves a kept-up node's p50 by a few ms from one half to the other."""
+    warm = int(min(1.0, seconds / 5) * 1e9)
+    t0 = reqs[0][0] if reqs else 0
+    body = [acked - sched for sched, _, acked, _ in reqs if sched >= t0 + warm]
+    mid = len(body) // 2
+    early, late = percentile_us(body[:mid], 50), percentile_us(body[mid:], 50)
+    kept = (len(reqs) == n and not errors and mid > 0 and max(early, late) <= 10_000
+            and late <= max(early * 2, early + 5_000))
+    return {"kept_up": kept, "sent": len(reqs), "of": n, "refused": len(errors),
+            "p50_us_first_half": early, "p50_us_second_half": late,
+            "load_avg_1m": round(os.getloadavg()[0], 2)}  # float-ok: report
+
+
+def sustained_capacity(root: Path, accounts: int, requests: Requests, seconds: float,  # float-ok: seconds
+                       pipeline: bool, start: int) -> dict:
+    """The highest single-request rate the node keeps up with for `seconds`, open loop through the
+    same generator as the measured run (`keeps_up`): step up by 1.5x from `start` (down by half
+    while it does not keep up), then bisect until high / low <= 1.1. Replaces a short closed-loop
+    burst, which read 41,000-78,000/s (and up to 155,000/s) on quiet runs, often above what the node
+    then sustained open loop (p50 200+ ms at "half")."""
+    probes: list[dict] = []
+    low, high, rate = 0, 0, start
+    while len(probes) < CAPACITY_PROBES and rate >= 100:
+        run = run_open_loop(root, accounts, requests, rate, seconds, pipeline, probe=False, give_up_s=0.5)
+        verdict = keeps_up(run["requests"], run["n"], run["errors"], seconds)
+        probes.append({"offered_per_s": rate, **verdict})
+        print(f"capacity probe {'pipelined' if pipeline else 'classic'} {rate}/s: {verdict}", file=sys.stderr)
+        if verdict["kept_up"]:
+            low = rate
+        else:
+            high = rate
+        if not high:
+            rate = rate * 3 // 2
+        elif not low:
+            rate //= 2
+        elif high * 10 <= low * 11:
+            break
+        else:
+            rate = (low + high) // 2
+    return {"per_s": low, "probes": probes, "probe_seconds": seconds,
+            "rule": "highest offered rate with every request sent, none refused, each half's p50 (after a warm-up) "
+                    "under 10 ms and the second half's within 2x (or +5 ms) of the first's"}
+
+
+def latency_at_half_capacity(root: Path, rng: random.Random, accounts: int, capacity_requests: int,
+                             latency_seconds: float, pipeline: bool = False,  # float-ok: seconds
+                             offered_per_s: int | None = None, requests: Requests | None = None,
+                             capacity_seconds: float = CAPACITY_SECONDS, capacity_start: int = CAPACITY_START) -> dict:  # float-ok
+    """Item 6 of issue #18: find this run's sustained single-request capacity (`sustained_capacity`;
+    the old closed-loop burst figure is kept beside it), then offer half of it open-loop for
+    `latency_seconds` and report p99, the histogram, and where the tail came from (`TailProbe`).
+    `pipeline`: the node pipelines its group commit (`Node(pipeline=True)`); `offered_per_s`
+    skips the capacity runs and offers that rate (a like-for-like comparison with another mode)."""
+    requests = requests or Requests(rng)
+    burst = 0.0  # float-ok: requests per second
+    sustained: dict = {}
+    if offered_per_s is None:
+        node, ids, next_id = prepared_node(root / "cap-1", accounts, pipeline=pipeline)
+        cmds, _ = transfer_stream(rng, ids, capacity_requests, next_id, False, 1)
+        burst = single_request_capacity(node, cmds)
+        node.close()
+        del cmds
+        sustained = sustained_capacity(root, accounts, requests, capacity_seconds, pipeline, capacity_start)
+        offered = max(1000, sustained["per_s"] // 2)
+    else:
+        offered = offered_per_s
+    run = run_open_loop(root, accounts, requests, offered, latency_seconds, pipeline, probe=True)
+    samples = run["samples"]
     return {
         "pipeline": pipeline,
-        "journal_segments_opened": segments,
-        "mark_syncs_off_ack_path": mark_syncs,
-        "single_request_capacity_per_s": int(capacity),
+        "journal_segments_opened": run["segments"],
+        "mark_syncs_off_ack_path": run["mark_syncs"],
+        "single_request_capacity_per_s": sustained.get("per_s", 0),
+        "sustained_capacity": sustained,
+        "closed_loop_burst_capacity_per_s": int(burst),
         "capacity_window": CAPACITY_WINDOW,
         "offered_per_s": offered,
-        "achieved_per_s": int(n / seconds),
+        "seconds": latency_seconds,
+        "achieved_per_s": int(run["n"] / run["seconds"]),
         "requests": len(samples),
-        "refused": len(errors),
+        "refused": len(run["errors"]),
         "p50_us": percentile_us(samples, 50),
         "p99_us": percentile_us(samples, 99),
         "p999_us": percentile_us(samples, 99.9),
         "max_us": percentile_us(samples, 100),
-        "journal_records": batches,
-        "gc_frozen_objects_before_run": frozen,
-        "gc_threshold": list(GC_THRESHOLD or thresholds),
+        "journal_records": run["batches"],
+        "gc_frozen_objects_before_run": run["frozen"],
+        "gc_threshold": list(GC_THRESHOLD or run["thresholds"]),
         "histogram": histogram(samples),
-        "tail": probe.attribute(requests),
-        "scheduler_floor": floor_result(floor),
+        "tail": run["tail"],
+        "scheduler_floor": run["floor"],
     }
 
 
-def open_loop_keyed(node: Node, cmds: list, offered_per_s: int, lateness_ns: list[int]) -> tuple[list[int], list[str], float, list]:  # float-ok
+#: `--ioprio rt`: every thread of this process (the node's sequencer, syncers, the generator) in the
+#: real-time I/O class once the node has started, for an A/B of the disk's share of the tail (the
+#: block scheduler here, mq-deadline, dispatches real-time requests before other processes' ones)
+IOPRIO = "default"
+#: `--inject-stall-ms`: one write + fsync made that much longer, 3 s into the measured run (TailProbe)
+INJECT_STALL_MS = 0
+_IOPRIO_SET = 251  # x86_64 syscall number
+_IOPRIO_CLASS_RT = 1
+
+
+def set_ioprio_rt() -> int:
+    """Put every thread of this process in the real-time I/O class, level 0; returns how many."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    done = 0
+    for tid in os.listdir("/proc/self/task"):
+        if libc.syscall(_IOPRIO_SET, 1, int(tid), _IOPRIO_CLASS_RT << 13) == 0:  # IOPRIO_WHO_PROCESS: a thread
+            done += 1
+        else:
+            raise OSError(ctypes.get_errno(), "ioprio_set")
+    return done
+
+
+def open_loop_keyed(node: Node, cmds: list, offered_per_s: int, lateness_ns: list[int],
+                    give_up_outstanding: int = 0) -> tuple[list[int], list[str], float, list]:  # float-ok
     """`open_loop` for 1-transfer requests that also keeps, per request, (scheduled, sent,
     acknowledged, seq) for `TailProbe.attribute`. Per-request figures go into preallocated
     `array`s (not tracked by the garbage collector) and no Ack outlives its callback, so the
-    harness adds as little as it can to the collector's work."""
+    harness adds as little as it can to the collector's work. `give_up_outstanding`: stop sending
+    once that many requests are sent and not yet acknowledged (an overloaded capacity probe need
+    not build seconds of queue); the unsent ones are left out of the results."""
     node.start()
+    if IOPRIO == "rt":
+        set_ioprio_rt()
     n = len(cmds)
     interval_ns = int(1e9 / offered_per_s)
     acked = array("q", bytes(8 * n))
@@ -500,6 +719,12 @@ def open_loop_keyed(node: Node, cmds: list, offered_per_s: int, lateness_ns: lis
             sent_at[i] = now
             node.submit(cmds[i]).add_done_callback(make_cb(i))
             i += 1
+        if give_up_outstanding and i - (n - remaining[0]) > give_up_outstanding:
+            with lock:  # the rest are never sent: count them done
+                remaining[0] -= n - i
+                if remaining[0] == 0:
+                    done.set()
+            break
         time.sleep(0.0001)
     done.wait(300)
     seconds = (time.perf_counter_ns() - t0) / 1e9
@@ -509,32 +734,41 @@ def open_loop_keyed(node: Node, cmds: list, offered_per_s: int, lateness_ns: lis
 
 
 def half_capacity_section(root: Path, rng: random.Random, accounts: int, args: argparse.Namespace) -> dict:
-    """Item 6, both group commits in one run: the classic one (each batch's write and fdatasync on
-    the sequencer, then the next batch) and the pipelined one (`Node(pipeline=True)`), each at half
-    of its own single-request capacity, the pipelined one also at the classic one's rate (like for
-    like), and the disk's bare fdatasync before and after (its floor in this run)."""
-    seconds = args.latency_seconds or (0.5 if args.smoke else 5.0)
+    """Item 6: the classic group commit (each batch's write and fdatasync on the sequencer, then the
+    next batch) and the pipelined one (`Node(pipeline=True)`), as `--mode` asks, each at half of
+    its own sustained single-request capacity, the pipelined one also at the classic one's rate
+    (like for like, when both run), and the disk's bare fdatasync before and after (its floor)."""
+    seconds = args.latency_seconds or (0.5 if args.smoke else 10.0)
     capacity_requests = args.capacity_requests or (5_000 if args.smoke else 200_000)
+    capacity_seconds = args.capacity_seconds or (0.5 if args.smoke else CAPACITY_SECONDS)
+    capacity_start = args.capacity_start or (2_000 if args.smoke else CAPACITY_START)
     syncs = 100 if args.smoke else 1_000
+    modes = {"classic": (("at_half_capacity", False),), "pipelined": (("at_half_capacity_pipelined", True),),
+             "both": (("at_half_capacity", False), ("at_half_capacity_pipelined", True))}[args.mode]
     out: dict = {}
+    requests = Requests(rng)
     floor_before = bare_fdatasync(root / "fsync-floor", syncs)
     floor_zeroed_before = bare_fdatasync(root / "fsync-floor", syncs, prezeroed=True)
-    for key, pipeline in (("at_half_capacity", False), ("at_half_capacity_pipelined", True)):
+    for key, pipeline in modes:
         load_before = [round(x, 2) for x in os.getloadavg()]  # float-ok: report
         half = latency_at_half_capacity(root, rng, accounts, capacity_requests, seconds, pipeline=pipeline,
-                                        offered_per_s=args.offered_per_s)
+                                        offered_per_s=args.offered_per_s, requests=requests,
+                                        capacity_seconds=capacity_seconds, capacity_start=capacity_start)
         half["load_avg_1_5_15"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}  # float-ok: report
         out[key] = half
-    classic_rate = out["at_half_capacity"]["offered_per_s"]
-    same = latency_at_half_capacity(root, rng, accounts, capacity_requests, seconds, pipeline=True, offered_per_s=classic_rate)
-    out["pipelined_at_classic_half_rate"] = {k: same[k] for k in ("offered_per_s", "achieved_per_s", "requests", "refused",
-                                                                  "p50_us", "p99_us", "p999_us", "max_us", "histogram")}
+    if len(modes) == 2:
+        classic_rate = out["at_half_capacity"]["offered_per_s"]
+        same = latency_at_half_capacity(root, rng, accounts, capacity_requests, seconds, pipeline=True,
+                                        offered_per_s=classic_rate, requests=requests)
+        out["pipelined_at_classic_half_rate"] = {k: same[k] for k in ("offered_per_s", "achieved_per_s", "requests", "refused",
+                                                                      "p50_us", "p99_us", "p999_us", "max_us", "histogram")}
     floor_after = bare_fdatasync(root / "fsync-floor", syncs)
     floor_zeroed_after = bare_fdatasync(root / "fsync-floor", syncs, prezeroed=True)
-    out["at_half_capacity"]["disk_floor"] = floor_before
-    out["at_half_capacity"]["disk_floor_prezeroed"] = floor_zeroed_before
-    out["at_half_capacity_pipelined"]["disk_floor"] = floor_after
-    out["at_half_capacity_pipelined"]["disk_floor_prezeroed"] = floor_zeroed_after
+    first, last = out[modes[0][0]], out[modes[-1][0]]
+    first["disk_floor"] = floor_before
+    first["disk_floor_prezeroed"] = floor_zeroed_before
+    last["disk_floor_after" if first is last else "disk_floor"] = floor_after
+    last["disk_floor_prezeroed_after" if first is last else "disk_floor_prezeroed"] = floor_zeroed_after
     return out
 
 
@@ -549,7 +783,8 @@ def main() -> None:
     parser.add_argument("--half-only", action="store_true",
                         help="only item 6 of issue #18: p99 at half capacity, classic and pipelined group commit, "
                              "and the disk's bare fdatasync (skips the throughput, replay and 80,000/s runs)")
-    parser.add_argument("--latency-seconds", type=float, default=None, help="open-loop run length (default 5 s; smoke 0.5 s)")
+    parser.add_argument("--latency-seconds", type=float, default=None,
+                        help="the measured open-loop run's length (default 10 s; smoke 0.5 s)")
     parser.add_argument("--gc-threshold", default="", help="G0,G1,G2: the cyclic collector's thresholds for the run "
                         "(default: what `ringfence serve` sets, ringfence.api.serve.serving_gc_threshold; recorded in the line)")
     parser.add_argument("--segments", choices=("prezeroed", "growing"), default="prezeroed",
@@ -559,9 +794,24 @@ def main() -> None:
     parser.add_argument("--offered-per-s", type=int, default=None,
                         help="with --half-only: skip the capacity runs and offer this many requests/s in every run (an "
                              "A/B across runs at one rate, e.g. --offered-per-s 20000 with each --segments)")
+    parser.add_argument("--ioprio", choices=("default", "rt"), default="default",
+                        help="with --half-only: run the node's threads in the real-time I/O class (an A/B of the "
+                             "disk's share of the tail; needs CAP_SYS_NICE or root)")
+    parser.add_argument("--inject-stall-ms", type=int, default=0,
+                        help="with --half-only: one write + fsync 3 s into the measured run sleeps this much longer "
+                             "(a stall of known size: its victims against 2 x rate x (stall - goal))")
+    parser.add_argument("--mode", choices=("classic", "pipelined", "both"), default="both",
+                        help="with --half-only: which group commit to measure (default both, and the pipelined one "
+                             "also at the classic one's rate)")
+    parser.add_argument("--capacity-seconds", type=float, default=None,
+                        help="length of each sustained-capacity probe (default 8 s; smoke 0.5 s)")
+    parser.add_argument("--capacity-start", type=int, default=None,
+                        help="the first rate the capacity search offers (default 20,000/s; smoke 2,000/s)")
     args = parser.parse_args()
-    global GC_THRESHOLD, SEGMENTS
+    global GC_THRESHOLD, SEGMENTS, IOPRIO, INJECT_STALL_MS
     SEGMENTS = args.segments
+    IOPRIO = args.ioprio
+    INJECT_STALL_MS = args.inject_stall_ms
     gc_from = "--gc-threshold"
     if args.gc_threshold:
         GC_THRESHOLD = tuple(int(x) for x in args.gc_threshold.split(","))
@@ -592,14 +842,18 @@ def main() -> None:
         "gc_threshold": list(GC_THRESHOLD),
         "gc_threshold_from": gc_from,
         "journal_segments": SEGMENTS,
+        "ioprio": IOPRIO,
     }
+    if INJECT_STALL_MS:
+        result["inject_stall_ms"] = INJECT_STALL_MS
     if args.note:
         result["note"] = args.note
     try:
         if args.half_only:
             result["latency"] = half_capacity_section(root, rng, accounts, args)
-            result["p99_us_at_half_capacity"] = result["latency"]["at_half_capacity"]["p99_us"]
-            result["p99_us_at_half_capacity_pipelined"] = result["latency"]["at_half_capacity_pipelined"]["p99_us"]
+            for key in ("at_half_capacity", "at_half_capacity_pipelined"):
+                if key in result["latency"]:
+                    result[f"p99_us_{key}"] = result["latency"][key]["p99_us"]
             result["goal"] = {"p99_us_at_half_capacity": 2_000}
             emit("ledger", result, smoke=args.smoke)
             return
@@ -672,8 +926,9 @@ def main() -> None:
         latency.update(half_capacity_section(root, rng, accounts, args))
         result["latency"] = latency
         result["p99_us"] = latency["request_of_1"]["p99_us"]
-        result["p99_us_at_half_capacity"] = latency["at_half_capacity"]["p99_us"]
-        result["p99_us_at_half_capacity_pipelined"] = latency["at_half_capacity_pipelined"]["p99_us"]
+        for key in ("at_half_capacity", "at_half_capacity_pipelined"):
+            if key in latency:
+                result[f"p99_us_{key}"] = latency[key]["p99_us"]
         result["goal"] = {"throughput_per_s": 300_000, "p99_us_at_80k_offered": 2_000, "replay_events_per_s": 1_000_000,
                           "p99_us_at_half_capacity": 2_000}
     finally:

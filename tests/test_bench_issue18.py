@@ -74,6 +74,19 @@ def test_ledger_bench_measures_p99_at_half_its_own_single_request_capacity(tmp_p
     assert set(tail["all_median_us"]) == parts and set(tail["tail_over_p99_median_us"]) == parts
     assert sum(tail["tail_over_p99_dominant_part"].values()) == tail["tail_requests"] > 0
     assert tail["batches"] > 0 and tail["write_fsync_us"]["p50"] >= 0
+    # the capacity is the highest rate a probe kept up with, open loop, not a closed-loop burst
+    probes = half["sustained_capacity"]["probes"]
+    assert capacity == max(p["offered_per_s"] for p in probes if p["kept_up"])
+    assert all(p["sent"] == p["of"] and p["refused"] == 0 for p in probes if p["kept_up"])
+    assert half["closed_loop_burst_capacity_per_s"] > 0 and half["seconds"] == 0.5
+    # every request over the goal, and each of the slowest 1%, is charged to exactly one cause
+    causes = {"slow_write_fsync", "gc_pause", "machine_stall", "node_cpu"}
+    assert set(tail["over_goal_by_overlap"]) == causes == set(tail["tail_over_p99_by_overlap"])
+    assert sum(tail["over_goal_by_overlap"].values()) == tail["over_goal"]["requests"]
+    assert sum(tail["tail_over_p99_by_overlap"].values()) == tail["tail_requests"]
+    longest = tail["longest_write_fsync"]
+    assert longest["us"] == tail["write_fsync_us"]["max"] and 0 < longest["one_percent_of_requests"] <= half["requests"] // 100
+    assert 0 <= longest["requests_held_over_goal"] <= longest["requests_over_goal"] == tail["over_goal"]["requests"]
     assert half["disk_floor"]["syncs"] == 100 and half["disk_floor"]["p99_us"] > 0
     assert half["disk_floor_prezeroed"]["syncs"] == 100 and "over zeros" in half["disk_floor_prezeroed"]["name"]
     # the serving path as `serve` runs it: its collector thresholds, its pre-zeroed journal segments
