@@ -22,7 +22,9 @@ What it measures (one JSON line on stdout, appended to bench/results/matching.js
   acknowledgement. `--group-commit` picks the node for these runs: `pipelined` (the default:
   `Node(pipeline=True)`, `serve --pipeline`; the sequencer applies the next batch while the fsync
   runs, acknowledgements still wait for it) or `classic`; the exchange-core workload also runs
-  (b) and the gateway latency on the other one (`exchange_core.other_group_commit`).
+  (b) and the gateway latency on the other one (`exchange_core.other_group_commit`). Pipelined, at
+  most `--max-batches-in-flight` (4) journal batches are unacknowledged at a time: the next batch
+  gathers what arrives meanwhile instead of paying a write and a sync hand-off for every ten orders.
 * **Latency at 80,000 orders/s offered**: a paced open-loop sender; each order has a scheduled
   send time `t0 + i / rate`, and its latency runs from that scheduled time (coordinated omission
   counted) to the end of the journal batch that acknowledged it. Measured for single commands and
@@ -31,7 +33,7 @@ What it measures (one JSON line on stdout, appended to bench/results/matching.js
   acknowledged, orders per journal record, the journal's fdatasync times, and the CPU time of the
   sequencer and the sender beside the time each spent runnable but waiting for a CPU (on a shared
   2-core machine at load 5-20 that wait, not the node, is most of the latency).
-  `--latency-ab POLL_US/MODE,...` runs only this measurement, interleaved, for A/B pairs.
+  `--latency-ab POLL_US/MODE[/IN_FLIGHT],...` runs only this measurement, interleaved, for A/B pairs.
 
 The results of the durable runs are checked against the raw run: same ledger rows, same book.
 The machine is shared (2 cores, other developers' jobs running), so absolute numbers are noisy;
@@ -74,6 +76,7 @@ SINGLE_COMMANDS_CAP = 1_000_000
 IN_FLIGHT_ORDERS = 65_536
 POLL_S = [0.0]  # float-ok: seconds between sender polls (0 = spin), set from --sender-poll-us
 PIPELINE = [False]  # --group-commit pipelined: Node(pipeline=True) for the durable runs
+IN_FLIGHT_BATCHES = [4]  # pipelined: Node(max_batches_in_flight=...), --max-batches-in-flight
 HOT_PATH = ["?"]  # "compiled" | "pure" | "mixed": what this process loaded (ringfence/native.py)
 
 
@@ -180,7 +183,8 @@ def raw_run(w: Workload) -> tuple[float, float, Engine]:  # float-ok: seconds
 def open_node(w: Workload, data: Path, **options: Any) -> Node:
     if data.exists():
         shutil.rmtree(data)
-    node = new_node(data, max_wait_us=0, queue_limit=1_000_000, pipeline=PIPELINE[0], **options)
+    node = new_node(data, max_wait_us=0, queue_limit=1_000_000, pipeline=PIPELINE[0],
+                    max_batches_in_flight=IN_FLIGHT_BATCHES[0] if PIPELINE[0] else 0, **options)
     node.open()
     # Prechecks see the state before their batch: assets and markets first (one per batch), then
     # all account openings in one batch.
@@ -365,6 +369,7 @@ def paced_latency(w: Workload, data: Path, seconds: float, coalesce: bool) -> di
         "mean_orders_per_gateway_batch": round(sum(sizes) / len(sizes), 1) if sizes else None,  # float-ok: report
         "sender_poll_us": int(POLL_S[0] * 1e6),
         "group_commit": "pipelined" if node.pipeline else "classic",
+        "max_batches_in_flight": node.max_batches_in_flight,
         "attribution": {
             "sender_lag": _pcts(lag_us),
             "submit_to_applied": _pcts(to_applied_us),
@@ -563,7 +568,8 @@ def latency_ab(variants: str, rounds: int, n: int, latency_s: float, seed: int) 
     with tempfile.TemporaryDirectory(prefix="rf-bench-matching-ab-", dir=os.environ.get("RINGFENCE_BENCH_DIR")) as tmp_s:
         for r in range(rounds):
             for v in variants.split(","):
-                poll_us, mode = v.split("/")
+                poll_us, mode, *in_flight = v.split("/")
+                IN_FLIGHT_BATCHES[0] = int(in_flight[0]) if in_flight else 0
                 POLL_S[0] = int(poll_us) / 1e6  # float-ok: seconds
                 PIPELINE[0] = mode == "pipelined"
                 out = paced_latency(w, Path(tmp_s) / "ab", latency_s, coalesce=True)
@@ -593,10 +599,14 @@ def main() -> None:
     ap.add_argument("--group-commit", choices=("classic", "pipelined"), default="pipelined",
                     help="the headline durable runs on Node(pipeline=True) or (classic) Node(pipeline=False) (docs/journal.md); "
                          "the exchange-core workload also runs the other one (exchange_core.other_group_commit)")
-    ap.add_argument("--latency-ab", default="", metavar="POLL_US/MODE,...",
+    ap.add_argument("--latency-ab", default="", metavar="POLL_US/MODE[/IN_FLIGHT],...",
                     help="A/B only: gateway latency runs of the exchange-core workload, one per variant (e.g. "
-                         "'0/classic,100/classic,100/pipelined'), interleaved --ab-rounds times; one JSON line each; nothing recorded")
+                         "'0/classic,100/classic,0/pipelined/2': sender poll, group commit, max batches in flight), "
+                         "interleaved --ab-rounds times; one JSON line each; nothing recorded")
     ap.add_argument("--ab-rounds", type=int, default=2)
+    ap.add_argument("--max-batches-in-flight", type=int, default=4,
+                    help="pipelined: start a journal batch only while fewer are unacknowledged (0: no limit; "
+                         "Node(max_batches_in_flight=...))")
     ap.add_argument("--no-pure", action="store_true", help="skip the pure-Python raw baseline (a child interpreter)")
     ap.add_argument("--raw-only", choices=sorted(WORKLOADS), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -609,6 +619,7 @@ def main() -> None:
     log(f"matching {native.describe()}")
     POLL_S[0] = args.sender_poll_us / 1e6  # float-ok: seconds
     PIPELINE[0] = args.group_commit == "pipelined"
+    IN_FLIGHT_BATCHES[0] = args.max_batches_in_flight
     # The sender (gateway) and the sequencer share one GIL; CPython's default 5 ms switch interval
     # would put up to 5 ms of waiting into every hand-over. A server process sets this the same way.
     sys.setswitchinterval(args.switch_interval_us / 1e6)  # float-ok: seconds
