@@ -19,11 +19,21 @@ What it measures (one JSON line on stdout, appended to bench/results/matching.js
   matching, events): (a) one command per order, submitted as fast as the node takes them;
   (b) orders coalesced by a gateway into `TradingBatch` commands of up to 512 actions.
   Throughput = orders / (first submit .. last acknowledgement); every order is durable before its
-  acknowledgement.
+  acknowledgement. `--group-commit` picks the node for these runs: `pipelined` (the default:
+  `Node(pipeline=True)`, `serve --pipeline`; the sequencer applies the next batch while the fsync
+  runs, acknowledgements still wait for it) or `classic`; the exchange-core workload also runs
+  (b) and the gateway latency on the other one (`exchange_core.other_group_commit`). Pipelined, at
+  most `--max-batches-in-flight` (4) journal batches are unacknowledged at a time: the next batch
+  gathers what arrives meanwhile instead of paying a write and a sync hand-off for every ten orders.
 * **Latency at 80,000 orders/s offered**: a paced open-loop sender; each order has a scheduled
   send time `t0 + i / rate`, and its latency runs from that scheduled time (coordinated omission
   counted) to the end of the journal batch that acknowledged it. Measured for single commands and
   for gateway coalescing (the sender puts every order that is due into one `TradingBatch`).
+  `attribution` splits it: sender lag (scheduled .. submitted), submitted .. applied, applied ..
+  acknowledged, orders per journal record, the journal's fdatasync times, and the CPU time of the
+  sequencer and the sender beside the time each spent runnable but waiting for a CPU (on a shared
+  2-core machine at load 5-20 that wait, not the node, is most of the latency).
+  `--latency-ab POLL_US/MODE[/IN_FLIGHT],...` runs only this measurement, interleaved, for A/B pairs.
 
 The results of the durable runs are checked against the raw run: same ledger rows, same book.
 The machine is shared (2 cores, other developers' jobs running), so absolute numbers are noisy;
@@ -41,6 +51,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -64,6 +75,8 @@ SINGLE_COMMANDS_CAP = 1_000_000
 #: Throughput runs keep at most this many orders submitted but not yet acknowledged.
 IN_FLIGHT_ORDERS = 65_536
 POLL_S = [0.0]  # float-ok: seconds between sender polls (0 = spin), set from --sender-poll-us
+PIPELINE = [False]  # --group-commit pipelined: Node(pipeline=True) for the durable runs
+IN_FLIGHT_BATCHES = [4]  # pipelined: Node(max_batches_in_flight=...), --max-batches-in-flight
 HOT_PATH = ["?"]  # "compiled" | "pure" | "mixed": what this process loaded (ringfence/native.py)
 
 
@@ -167,10 +180,11 @@ def raw_run(w: Workload) -> tuple[float, float, Engine]:  # float-ok: seconds
     return time.perf_counter() - started, time.process_time() - cpu, engine
 
 
-def open_node(w: Workload, data: Path) -> Node:
+def open_node(w: Workload, data: Path, **options: Any) -> Node:
     if data.exists():
         shutil.rmtree(data)
-    node = new_node(data, max_wait_us=0, queue_limit=1_000_000)
+    node = new_node(data, max_wait_us=0, queue_limit=1_000_000, pipeline=PIPELINE[0],
+                    max_batches_in_flight=IN_FLIGHT_BATCHES[0] if PIPELINE[0] else 0, **options)
     node.open()
     # Prechecks see the state before their batch: assets and markets first (one per batch), then
     # all account openings in one batch.
@@ -220,15 +234,52 @@ def node_throughput(w: Workload, data: Path, batch: int, limit: int | None = Non
     return seconds, cpu_s, batches
 
 
+def _schedstat(tid: int | None) -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) of a thread so far (Linux; zeros elsewhere)."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as fh:
+            on_cpu, waiting, _ = fh.read().split()
+        return int(on_cpu), int(waiting)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+def _pcts(values: list[int], unit: str = "_us") -> dict[str, int]:
+    """p50/p99/max of the values (sorted in place); keys end in `unit`."""
+    if not values:
+        return {f"p50{unit}": 0, f"p99{unit}": 0, f"max{unit}": 0}
+    values.sort()
+    return {f"p50{unit}": values[len(values) // 2], f"p99{unit}": values[min(len(values) - 1, int(0.99 * len(values)))],
+            f"max{unit}": values[-1]}
+
+
 def paced_latency(w: Workload, data: Path, seconds: float, coalesce: bool) -> dict[str, Any]:  # float-ok: seconds
-    """Open-loop sender at OFFERED_PER_S; latency from each order's scheduled send time."""
-    node = open_node(w, data)
+    """Open-loop sender at OFFERED_PER_S; latency from each order's scheduled send time.
+
+    Attribution (per order, from the same run): `sender_lag` = scheduled send time .. submitted
+    (the sender could not keep up: CPU, GIL); `submit_to_applied` = submitted .. its batch applied
+    (inbox wait, precheck, journal write and fsync in the classic group commit, apply);
+    `applied_to_ack` (pipelined: waiting for the fsync). Per journal record: the fsync times
+    (`journal_sync`), the orders per record; per thread: CPU time and time spent runnable but
+    waiting for a CPU (the machine is shared: /proc/self/task/TID/schedstat)."""
+    syncs: list[tuple[int, int]] = []  # (start, end) perf_counter_ns of every journal fdatasync
+
+    def timed_sync(fd: int) -> None:
+        t = time.perf_counter_ns()
+        os.fdatasync(fd)
+        syncs.append((t, time.perf_counter_ns()))
+
+    node = open_node(w, data, journal_sync=timed_sync)
     n = min(len(w.commands), int(OFFERED_PER_S * seconds))
     cmds = w.commands[:n]
     done_ns: list[tuple[int, int]] = []  # (perf_counter_ns at batch end, commands acknowledged so far)
+    applied_at: dict[int, int] = {}  # first_seq -> perf_counter_ns once applied (apply hook)
+    applied_ns: list[int] = []  # per acknowledged batch, in order
+    batch_orders: list[int] = []
     counted = [0]
     # Orders inside a TradingBatch are counted individually.
     sizes: list[int] = []
+    submitted: list[tuple[int, int]] = []  # (perf_counter_ns after the submit, orders submitted so far)
 
     def listener(first_seq: int, ts_ns: int, commands: list[Any], outputs: list[Any]) -> None:
         t = time.perf_counter_ns()
@@ -237,20 +288,31 @@ def paced_latency(w: Workload, data: Path, seconds: float, coalesce: bool) -> di
             k += len(c.actions) if type(c) is TradingBatch else 1
         counted[0] += k
         done_ns.append((t, counted[0]))
+        batch_orders.append(k)
+        applied_ns.append(applied_at.pop(first_seq, t))
+
+    def hook(engine: Any, first_seq: int, ts_ns: int) -> None:
+        applied_at[first_seq] = time.perf_counter_ns()
 
     node.start()
     node.listeners.append(listener)
+    node.apply_hooks.append(hook)
+    syncs.clear()
     interval_ns = 1_000_000_000 / OFFERED_PER_S  # float-ok: pacing
     submit = node.submit
+    poll = POLL_S[0]
     i = 0
+    sequencer_tid = next((t.native_id for t in threading.enumerate() if t.name == "ringfence-sequencer"), None)
+    sched0 = (_schedstat(sequencer_tid), _schedstat(threading.get_native_id()))
+    cpu0 = time.process_time()
     t0 = time.perf_counter_ns() + 1_000_000
     while i < n:
         now = time.perf_counter_ns()
         due = min(n, int((now - t0) / interval_ns) + 1)
         if due <= i:
-            # Spin with sleep(0) (hands the GIL to the sequencer), or poll every --sender-poll-us.
-            # Either way the wait counts in the latency (it is measured from the scheduled time).
-            time.sleep(POLL_S[0])
+            # Sleep --sender-poll-us between polls (a gateway's coalescing tick), or spin with
+            # sleep(0) (0). Either way the wait counts in the latency (measured from the scheduled time).
+            time.sleep(poll)
             continue
         if coalesce:
             while i < due:
@@ -258,29 +320,43 @@ def paced_latency(w: Workload, data: Path, seconds: float, coalesce: bool) -> di
                 submit(TradingBatch(cmds[i:j]))
                 sizes.append(j - i)
                 i = j
+                submitted.append((time.perf_counter_ns(), i))
         else:
             while i < due:
                 submit(cmds[i])
                 i += 1
+                submitted.append((time.perf_counter_ns(), i))
     deadline = time.time() + 120
     while counted[0] < n and time.time() < deadline:
         time.sleep(0.001)
+    cpu_s = time.process_time() - cpu0
+    sched1 = (_schedstat(sequencer_tid), _schedstat(threading.get_native_id()))
     node.close()
     if counted[0] < n:
         raise SystemExit("latency run: not every order was acknowledged")
     # latency of order i = end of the batch that acknowledged it - its scheduled send time
     lat_us: list[int] = []
-    b = 0
+    lag_us: list[int] = []
+    to_applied_us: list[int] = []
+    to_ack_us: list[int] = []
+    b = s = 0
     for idx in range(n):
         while done_ns[b][1] <= idx:
             b += 1
-        lat_us.append(int((done_ns[b][0] - (t0 + idx * interval_ns)) / 1000))
+        while submitted[s][1] <= idx:
+            s += 1
+        scheduled = t0 + idx * interval_ns
+        lat_us.append(int((done_ns[b][0] - scheduled) / 1000))
+        lag_us.append(int((submitted[s][0] - scheduled) / 1000))
+        to_applied_us.append((applied_ns[b] - submitted[s][0]) // 1000)
+        to_ack_us.append((done_ns[b][0] - applied_ns[b]) // 1000)
     lat_us.sort()
 
     def pct(p: float) -> int:  # float-ok: percentile rank
         return lat_us[min(n - 1, int(p * n))]
 
     elapsed_s = (done_ns[-1][0] - t0) / 1e9  # float-ok: report
+    wall_ns = max(1, done_ns[-1][0] - t0)
     return {
         "orders": n,
         "offered_per_s": OFFERED_PER_S,
@@ -292,6 +368,22 @@ def paced_latency(w: Workload, data: Path, seconds: float, coalesce: bool) -> di
         "journal_batches": len(done_ns),
         "mean_orders_per_gateway_batch": round(sum(sizes) / len(sizes), 1) if sizes else None,  # float-ok: report
         "sender_poll_us": int(POLL_S[0] * 1e6),
+        "group_commit": "pipelined" if node.pipeline else "classic",
+        "max_batches_in_flight": node.max_batches_in_flight,
+        "attribution": {
+            "sender_lag": _pcts(lag_us),
+            "submit_to_applied": _pcts(to_applied_us),
+            "applied_to_ack": _pcts(to_ack_us),
+            "orders_per_journal_batch": _pcts(batch_orders, ""),
+            # every fdatasync of the journal: records, durable marks, rotations
+            "journal_syncs": {**_pcts([(e - b0) // 1000 for b0, e in syncs]), "count": len(syncs),
+                              "busy_pct": round(100 * sum(e - b0 for b0, e in syncs) / wall_ns, 1)},  # float-ok: report
+            "process_cpu_pct": round(100 * cpu_s * 1e9 / wall_ns, 1),  # float-ok: report
+            "sequencer_on_cpu_pct": round(100 * (sched1[0][0] - sched0[0][0]) / wall_ns, 1),  # float-ok: report
+            "sequencer_waiting_for_cpu_pct": round(100 * (sched1[0][1] - sched0[0][1]) / wall_ns, 1),  # float-ok: report
+            "sender_on_cpu_pct": round(100 * (sched1[1][0] - sched0[1][0]) / wall_ns, 1),  # float-ok: report
+            "sender_waiting_for_cpu_pct": round(100 * (sched1[1][1] - sched0[1][1]) / wall_ns, 1),  # float-ok: report
+        },
     }
 
 
@@ -355,6 +447,19 @@ def run_workload(w: Workload, n: int, latency_s: float, tmp: Path, smoke: bool, 
     log(f"{w.name}: latency, single commands: {lat_single}")
     lat_gw = paced_latency(w, tmp / "lat2", latency_s, coalesce=True)
     log(f"{w.name}: latency, gateway coalescing: {lat_gw}")
+    other: dict[str, Any] | None = None
+    if kind == "core":  # the other group commit on the same workload, for the A/B in one line
+        mode = PIPELINE[0]
+        PIPELINE[0] = not mode
+        try:
+            o_s, o_cpu, o_batches = node_throughput(w, tmp / "batched-other", GATEWAY_BATCH)
+            o_lat = paced_latency(w, tmp / "lat-other", latency_s, coalesce=True)
+        finally:
+            PIPELINE[0] = mode
+        other = {"group_commit": o_lat["group_commit"], "durable_batched_per_s": int(n / o_s),
+                 "durable_batched_per_cpu_s": int(n / o_cpu), "durable_batched_journal_batches": o_batches,
+                 "latency_gateway_coalescing": o_lat}
+        log(f"{w.name}: {o_lat['group_commit']} group commit: node, TradingBatch x{GATEWAY_BATCH}: {n / o_s:,.0f}/s; latency {o_lat}")
     return {
         "workload": w.describe(),
         "hot_path": HOT_PATH[0],
@@ -371,6 +476,8 @@ def run_workload(w: Workload, n: int, latency_s: float, tmp: Path, smoke: bool, 
         "durable_batched_journal_batches": batched_batches,
         "latency_single_commands": lat_single,
         "latency_gateway_coalescing": lat_gw,
+        "group_commit": lat_gw["group_commit"],
+        "other_group_commit": other,
     }
 
 
@@ -452,6 +559,23 @@ def price_index_alternatives(seed: int, ops: int) -> dict[str, Any]:
     return out
 
 
+def latency_ab(variants: str, rounds: int, n: int, latency_s: float, seed: int) -> None:  # float-ok: seconds
+    """Interleaved gateway-latency runs of one generated workload under several sender/commit settings."""
+    w = Workload(*WORKLOADS["core"], seed)
+    w.generate(n)
+    gc.collect()
+    gc.freeze()
+    with tempfile.TemporaryDirectory(prefix="rf-bench-matching-ab-", dir=os.environ.get("RINGFENCE_BENCH_DIR")) as tmp_s:
+        for r in range(rounds):
+            for v in variants.split(","):
+                poll_us, mode, *in_flight = v.split("/")
+                IN_FLIGHT_BATCHES[0] = int(in_flight[0]) if in_flight else 0
+                POLL_S[0] = int(poll_us) / 1e6  # float-ok: seconds
+                PIPELINE[0] = mode == "pipelined"
+                out = paced_latency(w, Path(tmp_s) / "ab", latency_s, coalesce=True)
+                print(json.dumps({"round": r, "variant": v, "load_1": round(os.getloadavg()[0], 2), **out}), flush=True)  # float-ok: report
+
+
 def machine() -> str:
     return f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}, shared/noisy"
 
@@ -472,6 +596,17 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/results/matching.jsonl")
     ap.add_argument("--switch-interval-us", type=int, default=200, help="GIL switch interval (CPython default 5000)")
     ap.add_argument("--sender-poll-us", type=int, default=0, help="paced sender: sleep between polls (0 = spin with sleep(0))")
+    ap.add_argument("--group-commit", choices=("classic", "pipelined"), default="pipelined",
+                    help="the headline durable runs on Node(pipeline=True) or (classic) Node(pipeline=False) (docs/journal.md); "
+                         "the exchange-core workload also runs the other one (exchange_core.other_group_commit)")
+    ap.add_argument("--latency-ab", default="", metavar="POLL_US/MODE[/IN_FLIGHT],...",
+                    help="A/B only: gateway latency runs of the exchange-core workload, one per variant (e.g. "
+                         "'0/classic,100/classic,0/pipelined/2': sender poll, group commit, max batches in flight), "
+                         "interleaved --ab-rounds times; one JSON line each; nothing recorded")
+    ap.add_argument("--ab-rounds", type=int, default=2)
+    ap.add_argument("--max-batches-in-flight", type=int, default=4,
+                    help="pipelined: start a journal batch only while fewer are unacknowledged (0: no limit; "
+                         "Node(max_batches_in_flight=...))")
     ap.add_argument("--no-pure", action="store_true", help="skip the pure-Python raw baseline (a child interpreter)")
     ap.add_argument("--raw-only", choices=sorted(WORKLOADS), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -483,12 +618,17 @@ def main() -> None:
     HOT_PATH[0] = native.status()["implementation"]
     log(f"matching {native.describe()}")
     POLL_S[0] = args.sender_poll_us / 1e6  # float-ok: seconds
+    PIPELINE[0] = args.group_commit == "pipelined"
+    IN_FLIGHT_BATCHES[0] = args.max_batches_in_flight
     # The sender (gateway) and the sequencer share one GIL; CPython's default 5 ms switch interval
     # would put up to 5 ms of waiting into every hand-over. A server process sets this the same way.
     sys.setswitchinterval(args.switch_interval_us / 1e6)  # float-ok: seconds
     n = args.commands or (20_000 if args.smoke else 3_000_000)
     latency_s = args.latency_seconds or (0.25 if args.smoke else 10.0)
     log(f"seed={args.seed} commands={n:,} smoke={args.smoke}")
+    if args.latency_ab:
+        latency_ab(args.latency_ab, args.ab_rounds, n, latency_s, args.seed)
+        return
     load_before = [round(x, 2) for x in os.getloadavg()]  # float-ok: report
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rf-bench-matching-", dir=os.environ.get("RINGFENCE_BENCH_DIR")) as tmp_s:
@@ -510,13 +650,18 @@ def main() -> None:
         "load_avg_1_5_15": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},  # float-ok: report
         "workload": core["workload"],
         "throughput_per_s": best_durable,
-        "throughput_note": "durable end-to-end (journal + fsync before ack), orders coalesced into TradingBatch commands",
+        "throughput_note": "durable end-to-end (journal + fsync before ack), orders coalesced into TradingBatch commands; "
+                           f"{core['group_commit']} group commit (the other: exchange_core.other_group_commit)",
         "p50_us": lat["p50_us"],
         "p99_us": lat["p99_us"],
         "p999_us": lat["p999_us"],
-        "latency_note": "gateway coalescing; single-command figures in exchange_core.latency_single_commands",
+        "latency_note": f"gateway coalescing, {core['group_commit']} group commit; where the time goes: "
+                        "exchange_core.latency_gateway_coalescing.attribution; single-command figures in "
+                        "exchange_core.latency_single_commands",
         "offered_per_s": OFFERED_PER_S,
         "gil_switch_interval_us": args.switch_interval_us,
+        "group_commit": core["group_commit"],
+        "sender_poll_us": lat["sender_poll_us"],
         "seconds": round(time.perf_counter() - started, 1),  # float-ok: report
         "hot_path": HOT_PATH[0],
         "baseline": {
