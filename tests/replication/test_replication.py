@@ -244,7 +244,11 @@ def test_sigkill_of_the_primary_loses_no_acknowledged_order(tmp_path, stream):
         loader = threading.Thread(target=load)
         try:
             loader.start()
-            time.sleep(2.0)
+            # mid-load: once some orders are acknowledged (a fixed 2 s gave only 2 at load ~20)
+            deadline = time.monotonic() + 60
+            while len(acked) < 5 and loader.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
             primary.proc.kill()  # SIGKILL mid-load
             primary.proc.wait(10)
             stop.set()
