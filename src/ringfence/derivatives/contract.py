@@ -28,7 +28,7 @@ from ..trading.state import MAX_QTY, TradingState, trading_state
 from .commands import PlacePerpOrder, PositionChanged
 from .conditional import fire_conditionals
 from .dstate import DerivativesState
-from .margin import PPM, Perp, Position, cross_upnl_knowing, exact_product, initial_margin
+from .margin import PPM, Perp, Position, cross_upnl_knowing, exact_product, initial_margin_at
 from .state import SEGMENT, ceil_div, pool_of
 
 #: `Position` is a native (compiled) class when the hot path is compiled: its fields are C fields
@@ -106,6 +106,23 @@ class Seat:
         self.wallet: Account | None = None  # the owner's `available` account in the quote asset, once found
         self.margin: Account | None = None  # the owner's cross `margin` account, once found or opened
         self.isolated: Account | None = None  # the owner's `isolated` account, once found or opened
+        #: The owner's leverage setting here (0: none, the market's default), as read from the state's
+        #: `leverage` dict `lev_of` at its `leverage_version` `lev_version` (`leverage`, which checks).
+        self.lev: int = 0
+        self.lev_of: Any = None
+        self.lev_version: int = -1
+
+    def leverage(self, st: DerivativesState, key: tuple[str, str], default: int) -> int:
+        """The owner's leverage setting in this market (`key`: the owner and the market), else
+        `default`: the one read last while the state's `leverage` dict is the same and unchanged
+        (`SetLeverage` counts its changes), else read again."""
+        book: dict[tuple[str, str], int] = st.leverage
+        if self.lev_of is not book or self.lev_version != st.leverage_version:
+            self.lev = book.get(key, 0)
+            self.lev_of = book
+            self.lev_version = st.leverage_version
+        lev: int = self.lev
+        return lev if lev else default
 
     def position(self, positions: dict[tuple[str, str], Position], key: tuple[str, str]) -> Position | None:
         """The owner's position now (`key`: the owner and this market): the one found last time
@@ -262,7 +279,8 @@ class Contract(MarketContract):
             if notional_after > p.brackets[-1].cap:  # (no bracket holds it)
                 return ("CONCENTRATION_LIMIT", "quantity",
                         f"the position's notional {notional_after} would exceed the largest bracket {p.brackets[-1].cap}"), 0, 0
-            im = initial_margin(st, p, owner, size_now + open_q, -(-exact_product(price, open_q) // scale), p.open_interest + open_q)
+            im = initial_margin_at(p, seat.leverage(st, key, p.default_leverage), size_now + open_q,
+                                   -(-exact_product(price, open_q) // scale), p.open_interest + open_q)
         else:
             im = 0  # (`initial_margin` of a zero notional)
         trading: TradingState = components["trading"]
@@ -533,7 +551,8 @@ class Contract(MarketContract):
         # 6. Initial margin of what remains (plus isolated margin added by hand), posted again.
         post: int = 0
         if size:
-            target = initial_margin(st, p, owner, size if size > 0 else -size, cost, p.open_interest)
+            target = initial_margin_at(p, seat.leverage(st, key, p.default_leverage), size if size > 0 else -size, cost,
+                                       p.open_interest)
             if iso:
                 target += pos.extra
             post = target if target < free else free
@@ -563,9 +582,15 @@ class Contract(MarketContract):
             book_key: tuple[str, str] = pos._key
             dirty.add(book_key)
         else:
-            if pos._book is positions:  # the book's `pop(key)`, natively
+            if pos._book is positions:  # the book's `pop(key)`, natively (and its owner index's)
                 dict.pop(positions, key)
                 pos._book = None
+                by_owner: dict[str, dict[str, Position]] = positions.by_owner
+                mine_left = by_owner.get(owner)
+                if mine_left is not None:
+                    mine_left.pop(symbol, None)
+                    if not mine_left:
+                        del by_owner[owner]
                 book_key = pos._key
                 dirty.add(book_key)
             seat.pos = None
@@ -579,14 +604,20 @@ class Contract(MarketContract):
 def _book_insert(positions: Any, key: tuple[str, str], pos: Position) -> None:
     """`PositionBook.__setitem__` of a key the book does not hold, natively (its Python method set
     four fields through `Position`'s tracking `__setattr__`: a tenth of a fill side's cost when it
-    opens a position): the next insertion number, the link to the book, the key; the caller marks
-    the key dirty."""
+    opens a position): the next insertion number, the link to the book, the key, the owner index
+    (`PositionBook.by_owner`); the caller marks the key dirty."""
     seq: int = positions.next_seq
     positions.next_seq = seq + 1
     pos._seq = seq
     pos._book = positions
     pos._key = key
     dict.__setitem__(positions, key, pos)
+    by_owner: dict[str, dict[str, Position]] = positions.by_owner
+    owner: str = key[0]
+    mine = by_owner.get(owner)
+    if mine is None:
+        mine = by_owner[owner] = {}
+    mine[key[1]] = pos
 
 
 def _reducible_of(size: int, m: Market, owner: str, is_buy: bool) -> int:

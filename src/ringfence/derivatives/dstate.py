@@ -27,6 +27,9 @@ class DerivativesState:
         self.engine: Any = engine
         self.perps: dict[str, Perp] = {}
         self.leverage: dict[tuple[str, str], int] = {}
+        #: Counts the changes of `leverage` (`SetLeverage`; a restore assigns a new dict): the contract's
+        #: `Seat` keeps an owner's setting while this and the dict are those it read it from.
+        self.leverage_version: int = 0
         self.next_tran_id: int = 1
         #: (owner, asset) -> sequencer time before which no next liquidation step runs.
         self.liq_next_ns: dict[tuple[str, str], int] = {}

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # (mypyc's native 64-bit int: only its annotations are used)
     from .dstate import DerivativesState  # (it imports this module)
 
 __all__ = ["PPM", "Bracket", "Perp", "Position", "initial_margin", "mark_of_perp", "unrealized", "cross_upnl",
-           "cross_upnl_knowing", "exact_product"]
+           "cross_upnl_knowing", "exact_product", "initial_margin_at"]
 
 PPM: Final = 1_000_000
 
@@ -148,7 +148,14 @@ def initial_margin(st: DerivativesState, p: Perp, owner: str, size_abs: int, cos
     if cost <= 0:
         return 0
     leverage: dict[tuple[str, str], int] = st.leverage  # (typed: a direct dict lookup, not a method call)
-    lev: int = leverage.get((owner, p.symbol), p.default_leverage)
+    return initial_margin_at(p, leverage.get((owner, p.symbol), p.default_leverage), size_abs, cost, open_interest)
+
+
+def initial_margin_at(p: Perp, lev: int, size_abs: int, cost: int, open_interest: int) -> int:
+    """`initial_margin` at the owner's leverage setting `lev` already looked up (the contract keeps
+    it in the owner's `Seat`)."""
+    if cost <= 0:
+        return 0
     for b in p.brackets:  # the first bracket whose cap holds `cost`, else the last
         if cost <= b.cap:
             break
@@ -203,21 +210,35 @@ def cross_upnl(engine: Any, st: DerivativesState, owner: str, asset: str) -> int
 
 def cross_upnl_knowing(engine: Any, st: DerivativesState, owner: str, asset: str, known_symbol: str, known: Position | None) -> int:
     """`cross_upnl`, the owner's position in perpetual `known_symbol` already looked up (`known`,
-    None when there is none): what an order's margin check asks, without that lookup again."""
+    None when there is none): what an order's margin check asks, without that lookup again. Walks
+    the owner's positions (the book's owner index), not every listed perpetual."""
     total: int = 0
     # (the properties' storage, typed: direct dict and set lookups, no call per order)
-    positions: dict[tuple[str, str], Position] = st._positions
+    by_owner: dict[str, dict[str, Position]] = st._positions.by_owner
     isolated: set[tuple[str, str]] = st._isolated
     perps: dict[str, Perp] = st.perps
-    for sym, p in perps.items():
-        key = (owner, sym)
-        pos: Position | None = known if sym == known_symbol else positions.get(key)
-        if pos is not None and p.quote == asset and key not in isolated:
-            # `unrealized`, inlined on the typed position (its fields read as C fields compiled)
-            size: int = pos.size
-            if size:
-                mark = mark_of_perp(engine, p)
-                if mark:
-                    value = exact_product(size, mark) // p.scale
-                    total += value - pos.cost if size > 0 else pos.cost + value
+    mine: dict[str, Position] | None = by_owner.get(owner)
+    if mine is not None:
+        for sym, pos in mine.items():
+            if sym != known_symbol:
+                total += _cross_upnl_of(engine, perps, isolated, owner, asset, sym, pos)
+    if known is not None:
+        total += _cross_upnl_of(engine, perps, isolated, owner, asset, known_symbol, known)
     return total
+
+
+def _cross_upnl_of(engine: Any, perps: dict[str, Perp], isolated: set[tuple[str, str]], owner: str, asset: str,
+                   sym: str, pos: Position) -> int:
+    """The owner's position `pos` in `sym`'s unrealised PnL at mark if it is a listed cross
+    position margined in `asset`, else 0 (`cross_upnl_knowing`'s term)."""
+    p: Perp | None = perps.get(sym)
+    if p is None or p.quote != asset or (owner, sym) in isolated:
+        return 0
+    # `unrealized`, inlined on the typed position (its fields read as C fields compiled)
+    size: int = pos.size
+    if size:
+        mark = mark_of_perp(engine, p)
+        if mark:
+            value = exact_product(size, mark) // p.scale
+            return value - pos.cost if size > 0 else pos.cost + value
+    return 0

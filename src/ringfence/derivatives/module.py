@@ -239,6 +239,7 @@ def _check_leverage(engine: Engine, c: SetLeverage) -> tuple[Perp, int]:
     grow = 0
     if pos is not None:
         old = st.leverage.get((c.owner, c.symbol))
+        st.leverage_version += 1  # (the seats' copies: stale, here and after the `finally` below)
         st.leverage[(c.owner, c.symbol)] = c.leverage
         try:
             target = initial_margin(st, p, c.owner, abs(pos.size), pos.cost, p.open_interest) + pos.extra
@@ -247,6 +248,7 @@ def _check_leverage(engine: Engine, c: SetLeverage) -> tuple[Perp, int]:
                 del st.leverage[(c.owner, c.symbol)]
             else:
                 st.leverage[(c.owner, c.symbol)] = old
+            st.leverage_version += 1
         grow = target - pos.margin
         w = wallet(engine.ledger, c.owner, p.quote)
         if grow > 0 and grow > (w.available if w is not None else 0):
@@ -259,6 +261,7 @@ def _set_leverage(engine: Engine, c: SetLeverage) -> list[Event]:
     p, grow = _check_leverage(engine, c)
     st = derivatives_state(engine)
     st.leverage[(c.owner, c.symbol)] = c.leverage
+    st.leverage_version += 1
     key = (c.owner, c.symbol)
     pos = st.positions.get(key)
     if pos is not None and grow:

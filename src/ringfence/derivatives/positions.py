@@ -11,7 +11,7 @@ from typing import Any
 
 from .margin import Position
 
-__all__ = ["PositionBook", "IsolatedSet"]
+__all__ = ["PositionBook", "IsolatedSet", "index_add", "index_drop", "owner_index", "index_matches"]
 
 
 #: Sets a `Position`'s link fields without its tracking `__setattr__` in pure Python (a Python call
@@ -20,17 +20,53 @@ __all__ = ["PositionBook", "IsolatedSet"]
 _set: Any = setattr if hasattr(Position, "__mypyc_attrs__") else object.__setattr__
 
 
+def index_add(by_owner: dict[str, dict[str, Position]], key: tuple[str, str], pos: Position) -> None:
+    """`PositionBook.by_owner` after the book set `key` (owner, symbol) to `pos`."""
+    mine = by_owner.get(key[0])
+    if mine is None:
+        mine = by_owner[key[0]] = {}
+    mine[key[1]] = pos
+
+
+def index_drop(by_owner: dict[str, dict[str, Position]], key: tuple[str, str]) -> None:
+    """`PositionBook.by_owner` after the book dropped `key` (owner, symbol)."""
+    mine = by_owner.get(key[0])
+    if mine is not None:
+        mine.pop(key[1], None)
+        if not mine:
+            del by_owner[key[0]]
+
+
+def owner_index(positions: Any) -> dict[str, dict[str, Position]]:
+    """`PositionBook.by_owner` recomputed from the book's items (what the index must equal)."""
+    out: dict[str, dict[str, Position]] = {}
+    for (owner, sym), pos in dict.items(positions):
+        out.setdefault(owner, {})[sym] = pos
+    return out
+
+
+def index_matches(positions: Any) -> bool:
+    """Does the book's owner index hold exactly its positions (the same objects, no empty owner)?"""
+    def flat(index: dict[str, dict[str, Position]]) -> dict[tuple[str, str], int]:
+        return {(o, s): id(pos) for o, mine in index.items() for s, pos in mine.items()}
+    by_owner: dict[str, dict[str, Position]] = positions.by_owner
+    return all(by_owner.values()) and flat(by_owner) == flat(owner_index(positions))
+
+
 class PositionBook(dict[tuple[str, str], Position]):
     """`DerivativesState.positions`: a dict (owner, symbol) -> Position that records which keys
     changed since the columnar mirror last read it (`dirty`), and each key's insertion order
-    (`Position._seq`, the dict's iteration order, which `margin_check` reports in)."""
+    (`Position._seq`, the dict's iteration order, which `margin_check` reports in); and, derived,
+    each owner's positions (`by_owner`: owner -> {symbol: position}, an owner without one absent),
+    so that an order's margin check walks the owner's positions, not every listed perpetual."""
 
-    __slots__ = ("dirty", "next_seq")
+    __slots__ = ("dirty", "next_seq", "by_owner")
 
     def __init__(self, items: Any = ()) -> None:
         super().__init__()
         self.dirty: set[tuple[str, str]] = set()
         self.next_seq = 0
+        self.by_owner: dict[str, dict[str, Position]] = {}
         for k, v in (items.items() if isinstance(items, dict) else items):
             self[k] = v
 
@@ -46,10 +82,12 @@ class PositionBook(dict[tuple[str, str], Position]):
         _set(pos, "_key", key)
         dict.__setitem__(self, key, pos)
         self.dirty.add(key)
+        index_add(self.by_owner, key, pos)
 
     def __delitem__(self, key: tuple[str, str]) -> None:
         _set(dict.pop(self, key), "_book", None)
         self.dirty.add(key)
+        index_drop(self.by_owner, key)
 
     _MISSING: Any = object()
 
@@ -58,6 +96,7 @@ class PositionBook(dict[tuple[str, str], Position]):
             pos = dict.pop(self, key)
             _set(pos, "_book", None)
             self.dirty.add(key)
+            index_drop(self.by_owner, key)
             return pos
         if default is PositionBook._MISSING:
             raise KeyError(key)
@@ -67,6 +106,7 @@ class PositionBook(dict[tuple[str, str], Position]):
         key, pos = dict.popitem(self)
         _set(pos, "_book", None)
         self.dirty.add(key)
+        index_drop(self.by_owner, key)
         return key, pos
 
     def clear(self) -> None:

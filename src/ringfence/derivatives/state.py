@@ -12,7 +12,7 @@ from ..engine.core import Engine
 from ..errors import InvariantViolation
 from .dstate import DerivativesState
 from .margin import PPM, Bracket, Perp, Position, cross_upnl, initial_margin, mark_of_perp, unrealized
-from .positions import IsolatedSet, PositionBook
+from .positions import IsolatedSet, PositionBook, index_matches
 
 __all__ = [
     "SEGMENT", "PPM", "Bracket", "Perp", "Position", "DerivativesState", "derivatives_state", "ceil_div",
@@ -169,6 +169,8 @@ def account_summary(engine: Engine, owner: str, asset: str = "USDT") -> dict[str
 def check_invariants(st: DerivativesState) -> None:
     """Longs = shorts per market; the PnL pool holds exactly minus the positions' signed cost; each
     owner's margin accounts hold exactly their positions' margins; the funding account is empty."""
+    if not index_matches(st.positions):
+        raise InvariantViolation("the position book's owner index differs from its positions")
     engine = st.engine
     if engine is None or not st.perps:
         if st.positions:
