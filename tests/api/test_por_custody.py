@@ -251,7 +251,12 @@ def test_fees_reach_the_shield_vault_on_chain_and_in_the_ledger(live: Server) ->
     for asset in ("BTC", "ETH", "USDT"):
         assert f'polyline class="coverage-line" data-asset="{asset}"' in page, asset
     verdict = 'id="shield-rule" class="rule-alert"' if shield["alert"] else 'id="shield-rule" class="rule-ok"'
-    assert verdict in page and shield["shield_value_minor"] in page
+    # the rule's values as amounts of the valuation asset (its decimals from its own row), written here
+    # from the minor units with Decimal, not with the page's own formatter
+    value_decimals = int(next(r for r in shield["assets"] if r["asset"] == shield["value_asset"])["decimals"])
+    shown = f"{Decimal(int(shield['shield_value_minor'])).scaleb(-value_decimals):f}"
+    shown = shown.rstrip("0").rstrip(".") if "." in shown else shown
+    assert verdict in page and f"shield fund {shown} {shield['value_asset']}" in page, (shown, page[page.find("shield-rule"):][:300])
     metrics = httpx.get(srv.base + "/metrics", timeout=10).text
     assert 'ringfence_custody_worker_up{worker="shield-sweeper"} 1.0' in metrics
     for asset in ("BTC", "ETH", "USDT"):
