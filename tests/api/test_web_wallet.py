@@ -20,6 +20,7 @@ import re
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -66,6 +67,16 @@ def outside_addresses(data: Path) -> dict[str, str]:
     return next(e["withdraw_addresses"] for e in entries if e.get("withdraw_addresses"))
 
 
+def new_page(chromium: Any) -> tuple[Any, Any, list[str]]:
+    """A context and a 1300 x 900 page of its own, and the list the page's script errors go to (each test
+    asserts it is empty)."""
+    context = chromium.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return context, page, errors
+
+
 def fresh_code(totp) -> str:
     """A TOTP code of a step after every one used before in this test (identity refuses a step at or
     before the last it accepted). Identity accepts a code up to TOTP_DRIFT_STEPS steps ahead of its
@@ -93,10 +104,7 @@ def latest_mail(page, base: str, to: str, subject: str, timeout_s: float = 30):
 
 
 def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(server, browser):  # noqa: F811
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    context, page, errors = new_page(browser)
     base, email = server.web, "saver@example.com"
     totp = sign_up_verify_and_enable_totp(page, base, email)
     fresh_code.last_step = int(time.time()) // TOTP_STEP_S  # type: ignore[attr-defined]  # at or after the code that turned TOTP on
@@ -337,10 +345,7 @@ def test_a_quarantined_deposit_gets_its_source_of_funds_declaration_on_the_depos
     """A deposit from the demo's tainted wallet is quarantined; the deposit page shows the
     source-of-funds form for it; a too-short declaration is refused with the field named and
     changes nothing; a real one is filed (the row's info says so, and the journal has it)."""
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    context, page, errors = new_page(browser)
     base, email = server.web, "declarer@example.com"
     sign_up_verify_and_enable_totp(page, base, email)
     page.goto(base + "/wallet/deposit")
@@ -381,10 +386,7 @@ def test_a_quarantined_deposit_gets_its_source_of_funds_declaration_on_the_depos
 def test_adding_an_address_before_the_first_factor_is_confirmed_says_to_open_the_link(server, browser):  # noqa: F811
     """TOTP turned on but its e-mail link not opened yet: "Add address" is refused with a message that
     says to confirm the e-mailed link (in the page's language), not an unknown error; nothing is added."""
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    context, page, errors = new_page(browser)
     base, email = server.web, "unconfirmed@example.com"
     totp = sign_up_verify_and_enable_totp(page, base, email, confirm=False)
     fresh_code.last_step = int(time.time()) // TOTP_STEP_S  # type: ignore[attr-defined]  # the code that turned TOTP on
@@ -446,10 +448,7 @@ def test_the_wallet_address_leads_to_the_deposit_page(server) -> None:
 
 @pytest.mark.parametrize("path", ["/wallet/deposit", "/wallet/withdraw", "/wallet/history"])
 def test_signed_out_the_wallet_pages_say_to_sign_in_with_a_link(server, browser, path):  # noqa: F811
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    context, page, errors = new_page(browser)
     page.goto(server.web + path)
     note = page.locator("#signed-out-note")
     expect(note).to_be_visible()
@@ -466,10 +465,7 @@ def test_signed_out_the_wallet_pages_say_to_sign_in_with_a_link(server, browser,
 def test_the_withdraw_page_says_withdrawals_are_locked_after_a_security_change_and_until_when(server, browser):  # noqa: F811
     """A new anti-phishing code locks withdrawals for LOCK_S: the withdraw page says so before a
     withdrawal is tried, naming the change and the lock's end (as /session/v3/me reports it)."""
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    context, page, errors = new_page(browser)
     base, email = server.web, "locked@example.com"
     sign_up_verify_and_enable_totp(page, base, email)
     page.goto(base + "/security")
