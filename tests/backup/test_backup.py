@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -141,6 +142,22 @@ def test_a_half_written_batch_is_left_out_and_the_source_is_not_touched(demo_nod
     assert any("still writing" in n for n in report.notes)
     assert {p.name: p.read_bytes() for p in (src / "journal").iterdir()} == before
     assert not verify_backup(tmp_path / "bk").problems
+
+
+def test_a_backup_is_readable_by_its_owner_only_whatever_the_umask(demo_node, tmp_path):
+    """Intruder review (session 13) F5: with umask 022 a backup came out 0755 / 0644, its identity dump
+    (password hashes, encrypted secrets) readable by every local user."""
+    dest = tmp_path / "bk"
+    dest.mkdir(mode=0o755)  # made beforehand, as an operator might
+    old = os.umask(0o022)
+    try:
+        create_backup(demo_node, dest)
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in [dest, *dest.rglob("*")]}
+    assert len(modes) >= 4, modes  # the folder, journal/, a segment, the manifest at least
+    assert all(mode == (0o700 if (tmp_path / name).is_dir() else 0o600) for name, mode in modes.items()), modes
+    assert not verify_backup(dest).problems
 
 
 def test_verify_names_a_damaged_file_and_a_forged_manifest(demo_node, tmp_path):

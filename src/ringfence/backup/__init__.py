@@ -229,6 +229,7 @@ def create_backup(src_node: Path, dest: Path, *, identity_db: Path | None = None
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise ConfigError(f"{dest} is not empty; a backup goes into a new folder", field="--to")
+    dest.chmod(0o700)  # an empty folder made beforehand (umask 022: 0755) is ours now, and private
     mark = _copy_segments(src_node / "journal", dest / "journal", progress)
     scanned = _scan_to_end(dest / "journal", truncate=True)  # our copy: cut a half-appended batch
     if scanned.last_seq == 0:
@@ -275,7 +276,16 @@ def create_backup(src_node: Path, dest: Path, *, identity_db: Path | None = None
         "state_hash": replay.state_hash,
         "files": files,
     })
+    _make_private(dest)
     return report
+
+
+def _make_private(folder: Path) -> None:
+    """Folders 0700 and files 0600 under `folder`, whatever the umask: a backup holds the journal and
+    the identity store (password hashes, encrypted key secrets, session token hashes)."""
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def _load_manifest(backup: Path) -> dict[str, Any]:
