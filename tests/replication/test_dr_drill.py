@@ -40,3 +40,14 @@ def test_dr_drill_refuses_a_used_folder(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "not empty" in proc.stdout + proc.stderr
     assert (tmp_path / "x").read_text() == "keep"
+
+
+def test_dr_drill_names_an_unreachable_or_bad_nats_and_makes_nothing(tmp_path):
+    """New-user review (session 13): `--nats nats://127.0.0.1:1` or `http://x` printed a traceback."""
+    for url in ("nats://127.0.0.1:1", "http://x"):
+        out = tmp_path / "never"
+        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "dr", "drill", "--nats", url, "--out", str(out)],
+                              capture_output=True, text=True, timeout=60)
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and "--nats" in said and "Traceback" not in said, said
+        assert not out.exists()

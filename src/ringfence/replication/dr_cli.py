@@ -33,12 +33,16 @@ def drill(
     Example: ringfence dr drill --seed 7 --out ./dr-report
     """
     from ..cli_paths import fail
-    from .drill import run_drill, write_report
+    from .drill import check_nats, run_drill, write_report
 
     if scenario not in ("kill", "partition", "both"):
         fail("--scenario: must be kill, partition or both")
     if out.exists() and any(out.iterdir()):
         fail(f"--out: {out} is not empty; the drill writes into a new folder")
+    try:
+        check_nats(nats)  # before any folder or node is made: a bad URL leaves nothing behind
+    except RuntimeError as err:
+        fail(f"--nats: {err}")
     results = []
     for name in (("kill", "partition") if scenario == "both" else (scenario,)):
         try:

@@ -211,6 +211,32 @@ def _orders(rng: random.Random, seed: int, start: int, count: int) -> list[dict[
     return out
 
 
+def check_nats(nats_url: str) -> None:
+    """Raise RuntimeError (a sentence, the URL's password hidden) unless `nats_url` is a nats:// or tls://
+    URL of a NATS server that answers: checked before the drill makes any folder or node."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(nats_url)
+    if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
+        raise RuntimeError(f"must be a nats://host:port or tls://host:port URL; got {parsed.scheme or 'no'} scheme")
+
+    async def go() -> None:
+        import nats
+
+        async def quiet(_err: Exception) -> None:  # the one line below says it; no traceback per attempt
+            return None
+
+        nc = await nats.connect(nats_url, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2,
+                                error_cb=quiet)
+        await nc.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 20))
+    except Exception as err:  # nats' NoServersError, OSError, a timeout: all mean it cannot be reached
+        shown = nats_url.replace(parsed.password or "\0", "***")
+        raise RuntimeError(f"cannot reach NATS at {shown}: {type(err).__name__}") from None
+
+
 def _delete_stream(nats_url: str, stream: str) -> None:
     async def go() -> None:
         import nats
