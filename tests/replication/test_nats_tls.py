@@ -85,3 +85,13 @@ def test_replication_over_verified_tls(tmp_path, tls_nats):
         Replicator(parse_target(f"tls://127.0.0.1:{port}/RFTLS"), "a")
     with pytest.raises(ConfigError, match="tls_ca"):
         parse_target(f"nats://127.0.0.1:{port}/RFTLS?tls_ca={ca}")
+
+
+def test_a_tls_url_to_a_server_without_tls_is_refused_not_downgraded(tmp_path):
+    """New-user review (session 13): `tls://` against this machine's plain NATS connected in plain text
+    (nats-py starts TLS only when the server's INFO asks for it) and took the leadership."""
+    from .conftest import NATS_URL
+
+    plain = NATS_URL.replace("nats://", "tls://", 1)
+    with pytest.raises(ConfigError, match="did not start TLS"):
+        Replicator(parse_target(f"{plain}/RFTLSPLAIN"), "a")

@@ -174,9 +174,23 @@ class NatsLink:
             self.close()
             reason = str(err).replace(urlparse(target.servers).password or "\0", "***")
             raise ConfigError(f"cannot reach NATS at {target.display}: {type(err).__name__} {reason}", field="--replicate") from None
+        if tls and not self.encrypted():
+            # nats-py starts TLS only when the server's first line asks for it, so a server (or anyone in
+            # between) that leaves it out gets plain text: a tls:// URL is refused then, never downgraded.
+            # (The CONNECT line has gone out by now; TLS before the first byte, `tls_handshake_first`, needs
+            # nats-server 2.10.4 or later on the other side.)
+            self.close()
+            raise ConfigError(f"NATS at {target.display} did not start TLS: a tls:// URL is never served over plain text; "
+                              "check that the server has TLS on", field="--replicate")
         self.js = self.nc.jetstream()
         #: Records larger than this go as several messages (headers need room under max_payload).
         self.chunk_bytes = max(64 * 1024, int(self.nc.max_payload) - 64 * 1024)
+
+    def encrypted(self) -> bool:
+        """Whether the connection runs over TLS (its stream writer carries an SSL object); False when that
+        cannot be told."""
+        writer = getattr(getattr(self.nc, "_transport", None), "_io_writer", None)
+        return writer is not None and writer.get_extra_info("ssl_object") is not None
 
     def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = PUBLISH_TIMEOUT_S) -> T:  # float-ok: seconds
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
