@@ -722,6 +722,19 @@ def _form_back(request: Request) -> str | None:
     return path if request.method == "POST" and path in _FORM_PAGES else None
 
 
+def _error_response(request: Request, exc: RingfenceError, *, as_json: bool) -> Response:
+    """A refusal as JSON (the passkey calls under /webauthn/, and with `as_json` other routes' own API) or
+    as the message page, with Retry-After when the error says how long to wait. The error's own text
+    stays English (it names the field; docs/i18n.md), the page around it is translated; a refused form
+    leads back to that form."""
+    if as_json or request.url.path.startswith("/webauthn/"):
+        return _retry_after(JSONResponse(exc.to_dict(), status_code=exc.http_status), exc)
+    _PAGE_LOCALE.set(request_locale(request))
+    _PAGE_PATH.set(request.url.path)
+    return _retry_after(_render("message.html", status_code=exc.http_status, title=_t("That did not work"),
+                                message=for_people(exc), code=exc.code, back=_form_back(request)), exc)
+
+
 def install(app: FastAPI, ctx: IdentityContext) -> None:
     """Add the identity pages (sign-up, sign-in, security centre) to an existing app, with their
     security headers and error pages; `ringfence serve` serves them beside the dashboard, and runs
@@ -742,14 +755,7 @@ def install(app: FastAPI, ctx: IdentityContext) -> None:
 
     @app.exception_handler(RingfenceError)
     async def identity_error(request: Request, exc: RingfenceError) -> Response:
-        if request.url.path.startswith("/webauthn/") or not request.url.path.startswith(prefixes):
-            return _retry_after(JSONResponse(exc.to_dict(), status_code=exc.http_status), exc)
-        _PAGE_LOCALE.set(request_locale(request))
-        _PAGE_PATH.set(request.url.path)
-        # the error's own text stays English (it names the field; docs/i18n.md), the page around it is translated;
-        # a refused form leads back to that form
-        return _retry_after(_render("message.html", status_code=exc.http_status, title=_t("That did not work"),
-                                    message=for_people(exc), code=exc.code, back=_form_back(request)), exc)
+        return _error_response(request, exc, as_json=not request.url.path.startswith(prefixes))
 
 
 def create_app(ctx: IdentityContext) -> FastAPI:
@@ -775,13 +781,6 @@ def create_app(ctx: IdentityContext) -> FastAPI:
 
     @app.exception_handler(RingfenceError)
     async def ringfence_error(request: Request, exc: RingfenceError) -> Response:
-        if request.url.path.startswith("/webauthn/"):
-            return _retry_after(JSONResponse(exc.to_dict(), status_code=exc.http_status), exc)
-        _PAGE_LOCALE.set(request_locale(request))
-        _PAGE_PATH.set(request.url.path)
-        # the error's own text stays English (it names the field; docs/i18n.md), the page around it is translated;
-        # a refused form leads back to that form
-        return _retry_after(_render("message.html", status_code=exc.http_status, title=_t("That did not work"),
-                                    message=for_people(exc), code=exc.code, back=_form_back(request)), exc)
+        return _error_response(request, exc, as_json=False)
 
     return app

@@ -50,7 +50,7 @@ from ..errors import ConfigError, JournalCorrupt, RingfenceError
 from ..engine.core import STATE_DIGEST_FORMAT
 
 __all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "PromotionRefused", "promote", "leader_of",
-           "parse_target", "PROMOTE_ACTION", "promote_subject"]
+           "parse_target", "PROMOTE_ACTION", "promote_subject", "masked"]
 
 T = TypeVar("T")
 _log = logging.getLogger("ringfence.replication")
@@ -94,10 +94,7 @@ class ReplicationTarget:
     @property
     def display(self) -> str:
         """The server URL safe to print: a password in it is replaced by ***."""
-        parsed = urlparse(self.servers)
-        if parsed.password is None:
-            return self.servers
-        return self.servers.replace(f":{parsed.password}@", ":***@", 1)
+        return masked(self.servers)
 
     def display_url(self, **options: object) -> str:
         if self.tls_ca:
@@ -146,6 +143,14 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
     return ReplicationTarget(f"{parsed.scheme}://{netloc}", stream, values["replicas"], values["lease_ms"],
                              bool(values["auto_promote"]), values["state_hash_every"], tls_ca,
                              bool(values["state_hash_later"]), bool(values["state_digest"]))
+
+
+def masked(servers: str) -> str:
+    """A NATS server URL safe to print: a password in it is replaced by ***."""
+    parsed = urlparse(servers)
+    if parsed.password is None:
+        return servers
+    return servers.replace(f":{parsed.password}@", ":***@", 1)
 
 
 class NatsLink:

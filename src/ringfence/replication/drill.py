@@ -214,7 +214,7 @@ def _orders(rng: random.Random, seed: int, start: int, count: int) -> list[dict[
 def check_nats(nats_url: str) -> None:
     """Raise RuntimeError (a sentence, the URL's password hidden) unless `nats_url` is a nats:// or tls://
     URL of a NATS server that answers: checked before the drill makes any folder or node."""
-    from urllib.parse import urlparse
+    from . import masked
 
     parsed = urlparse(nats_url)
     if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
@@ -233,8 +233,7 @@ def check_nats(nats_url: str) -> None:
     try:
         asyncio.run(asyncio.wait_for(go(), 20))
     except Exception as err:  # nats' NoServersError, OSError, a timeout: all mean it cannot be reached
-        shown = nats_url.replace(parsed.password or "\0", "***")
-        raise RuntimeError(f"cannot reach NATS at {shown}: {type(err).__name__}") from None
+        raise RuntimeError(f"cannot reach NATS at {masked(nats_url)}: {type(err).__name__}") from None
 
 
 def _delete_stream(nats_url: str, stream: str) -> None:

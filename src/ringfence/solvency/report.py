@@ -118,7 +118,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         )
     heights = "".join(f"<li>{esc(c)}: block {h}</li>" for c, h in sorted(report["chain_heights"].items())) \
         or "<li>no reserves evidence was provided for this snapshot</li>"
-    decimals = {row["asset"]: int(row["decimals"]) for row in report["assets"]}
+    decimals = asset_decimals(report)
 
     def balance(a: Mapping[str, Any]) -> str:  # the amount, with the exact minor units on hover (reserves.json has them too)
         minor = esc(str(a["balance_minor"]))
@@ -194,7 +194,7 @@ def render_shield(shield: Mapping[str, Any] | None, _: Callable[..., str] = _eng
         return ""
     esc = html.escape
     alert = esc(_("ALERT:"))
-    value_decimals = next((int(r["decimals"]) for r in shield.get("assets", ()) if r.get("asset") == shield.get("value_asset")), None)
+    value_decimals = asset_decimals(shield).get(shield.get("value_asset"))
     if not shield["applicable"]:
         verdict = '<p id="shield-rule" class="rule-na">' + esc(_("Shield rule: not applicable (no hot or shield wallet is registered).")) + "</p>"
     elif shield["ok"] is not None and value_decimals is not None:

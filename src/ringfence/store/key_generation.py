@@ -38,19 +38,16 @@ def local_generation() -> int:
     return _local_generation
 
 
-def _bump(session: Session) -> None:
+def bump(session: Session) -> None:
+    """Bump the counter with `session`'s commit (once per transaction): what the hooks below do for a
+    change of a key or a user, and what a change they do not watch that still ends somebody's access
+    calls itself: a web session signed out (identity/sessions.py). The access watch (api/access.py)
+    then rechecks every live credential, so the streams and WebSocket API logons made with that
+    session end with it."""
     if session.info.get(_BUMPED):
         return
     session.info[_BUMPED] = True
     session.connection().execute(text("UPDATE identity_api_key_generation SET value = value + 1 WHERE id = 1"))
-
-
-def bump(session: Session) -> None:
-    """Bump the counter with `session`'s commit for a change the hooks do not watch that still ends
-    somebody's access: a web session signed out (identity/sessions.py). The access watch
-    (api/access.py) then rechecks every live credential, so the streams and WebSocket API logons made
-    with that session end with it."""
-    _bump(session)
 
 
 def _changed(obj: Any, columns: tuple[str, ...]) -> bool:
@@ -61,11 +58,11 @@ def _changed(obj: Any, columns: tuple[str, ...]) -> bool:
 def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
     for obj in session.deleted:
         if isinstance(obj, (ApiKey, User)):
-            _bump(session)
+            bump(session)
             return
     for obj in session.dirty:
         if (isinstance(obj, ApiKey) and _changed(obj, API_KEY_COLUMNS)) or (isinstance(obj, User) and _changed(obj, USER_COLUMNS)):
-            _bump(session)
+            bump(session)
             return
 
 
@@ -74,7 +71,7 @@ def _do_orm_execute(state: Any) -> None:
         return
     mapper = state.bind_mapper
     if mapper is not None and mapper.class_ in (ApiKey, User):
-        _bump(state.session)
+        bump(state.session)
 
 
 def _after_commit(session: Session) -> None:
