@@ -19,7 +19,8 @@ def server(tmp_path_factory):
 
 
 def test_serve_pipelines_and_a_clients_reads_follow_its_answers(server) -> None:
-    assert "group commit pipelined, one fsync per acknowledgement" in server.log_text(), server.log_text()[-2000:]
+    assert "group commit pipelined, one fsync per acknowledgement (--pipeline, at most 4 batches in flight)" \
+        in server.log_text(), server.log_text()[-2000:]
     alice = Client(server)
     before = alice.state()
     placed = []

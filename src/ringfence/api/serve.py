@@ -401,8 +401,9 @@ def serve(
         raise typer.Exit(2) from None
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
     pipelined = exchange.node.pipeline  # type: ignore[attr-defined]
+    in_flight = exchange.node.max_batches_in_flight  # type: ignore[attr-defined]
     console.print(f"ringfence: group commit {'pipelined' if pipelined else 'classic'}, one fsync per acknowledgement"
-                  f"{' (--pipeline)' if pipelined else (' (replicated)' if pipeline else '')}",
+                  f"{f' (--pipeline, at most {in_flight} batches in flight)' if pipelined else (' (replicated)' if pipeline else '')}",
                   soft_wrap=True)
     from .. import native
 

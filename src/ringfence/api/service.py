@@ -65,6 +65,8 @@ class MarketInfo:
 #: How many of the last replayed batches recovery keeps for the monitoring relay (a batch is many commands
 #: under load; the relay's queue holds at most 100,000 events).
 RECOVERED_BATCHES = 4096
+#: serve --pipeline: journal batches written and not yet acknowledged before the sequencer waits (Node.wait_room)
+PIPELINE_BATCHES_IN_FLIGHT = 4
 
 
 class ReadModels:
@@ -109,8 +111,11 @@ class Exchange:
         # anyone yet); everything pushed (answers, read models, feeds) waits for it (docs/journal.md).
         # prezero_segments: each record's fdatasync writes over zeros and commits no file-size metadata
         # (2-3x faster on ext4; docs/latency.md, "Pre-zeroed segments")
+        # max_batches_in_flight: a pipelined sequencer waits while PIPELINE_BATCHES_IN_FLIGHT batches are
+        # written and unacknowledged, so each batch gathers what arrives meanwhile instead of queueing
+        # ever more small batches behind the disk (bench/matching.py's pipelined runs use the same cap)
         self.node = new_node(self.data_dir / "engine", fsync=fsync, pipeline=pipeline, durable_reads=False,
-                             prezero_segments=True)
+                             prezero_segments=True, max_batches_in_flight=PIPELINE_BATCHES_IN_FLIGHT if pipeline else 0)
         #: price samples read right after a batch was applied (apply hook), by first sequence number,
         #: until the batch is durable and reaches the read models (`_from_sequencer`)
         self._samples: dict[int, list[tuple[str, str, int]] | None] = {}
