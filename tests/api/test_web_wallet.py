@@ -487,6 +487,17 @@ def test_the_withdraw_page_says_withdrawals_are_locked_after_a_security_change_a
     expect(lock).to_contain_text("UTC (")
     expect(lock).to_contain_text("seconds from now) after a recent security change: anti-phishing code changed.")
     assert lock.get_attribute("data-until") == str(until_ms)
+    # a lock without a recorded change (the server sends null) ends its sentence without a dangling ": ."
+    def no_change(route):
+        answer = route.fetch()
+        route.fulfill(response=answer, json=dict(answer.json(), withdrawalsLockedBy=None))
+    page.route("**/session/v3/me", no_change)
+    page.reload()
+    expect(lock).to_contain_text("seconds from now) after a recent security change.")
+    assert "change:" not in lock.text_content(), lock.text_content()
+    page.unroute("**/session/v3/me")
+    page.reload()
+    expect(lock).to_contain_text("after a recent security change: anti-phishing code changed.")
     # once the lock has ended the page says nothing more about it
     page.wait_for_timeout(max(0, until_ms - time.time() * 1000) + 500)
     expect(lock).to_be_hidden(timeout=15_000)

@@ -115,8 +115,10 @@ async function showLock() {
   box.hidden = !(me.withdrawalsLockedUntil && left > 0);
   box.dataset.until = me.withdrawalsLockedUntil || 0;
   if (box.hidden) { box.textContent = ""; return; }
-  box.textContent = _("Withdrawals are locked until %(time)s (%(left)s from now) after a recent security change: %(change)s.",
-    {time: dateTime(me.withdrawalsLockedUntil), left: duration(left), change: me.withdrawalsLockedBy || ""});
+  const when = {time: dateTime(me.withdrawalsLockedUntil), left: duration(left), change: me.withdrawalsLockedBy};
+  box.textContent = me.withdrawalsLockedBy
+    ? _("Withdrawals are locked until %(time)s (%(left)s from now) after a recent security change: %(change)s.", when)
+    : _("Withdrawals are locked until %(time)s (%(left)s from now) after a recent security change.", when);
 }
 
 async function showLimits() {
