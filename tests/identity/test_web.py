@@ -163,6 +163,18 @@ def test_passkey_registration_and_sign_in(ctx, clock, server, browser):
     page.wait_for_url(f"{server}/security")
     assert page.inner_text("#fresh-status") == "confirmed"
     assert page.inner_text("#who") == "passkey@example.com"
+    # sent to sign in from another page, the passkey brings the user back there (a path on this site
+    # only: another host in `next` lands on the security centre)
+    for asked, landed in (("/security/freeze", "/security/freeze"), ("//evil.example/x", "/security")):
+        page.goto(f"{server}/security")
+        page.click("#logout")
+        page.goto(f"{server}/login?next={asked}")
+        page.fill("#email", "passkey@example.com")
+        page.fill("#password", PASSWORD)
+        page.click("#signin")
+        page.wait_for_url(lambda url: url.startswith(f"{server}/login/2fa"))
+        page.click("#passkey-login")
+        page.wait_for_url(f"{server}{landed}")
     context.close()
 
 
