@@ -20,15 +20,20 @@ window.rfI18n = (() => {
     if (params) text = text.replace(/%\((\w+)\)s/g, (m, k) => String(params[k]));
     return text;
   }
+  // One Intl.NumberFormat per (grouping, decimals), made on first use; a decimal string is formatted
+  // as written (never through a float), and anything Intl refuses is shown as it came.
   const formats = new Map();
+  function decimalText(text, decimals, grouping) {
+    const key = `${grouping}:${decimals}`;
+    if (!formats.has(key)) {
+      formats.set(key, new Intl.NumberFormat(intlLocale, { useGrouping: grouping, minimumFractionDigits: decimals, maximumFractionDigits: decimals }));
+    }
+    try { return formats.get(key).format(text); } catch (e) { return text; }
+  }
   function num(s) {
     if (s === undefined || s === null || s === "") return s;
     const text = String(s);
-    const decimals = (text.split(".")[1] || "").length;
-    if (!formats.has(decimals)) {
-      formats.set(decimals, new Intl.NumberFormat(intlLocale, { useGrouping: false, minimumFractionDigits: decimals, maximumFractionDigits: decimals }));
-    }
-    try { return formats.get(decimals).format(text); } catch (e) { return text; }
+    return decimalText(text, (text.split(".")[1] || "").length, false);
   }
   // Amounts on screen: at most DISPLAY_DECIMALS_MAX decimals (ETH has 18 in the ledger; nobody reads them),
   // cut on the decimal string (never a float), so what shows is never more than what is held; a cut that
@@ -48,17 +53,12 @@ window.rfI18n = (() => {
   // group separators ("2,999.98"): the order book and the trades read like a trading screen. Digits past
   // the step are cut only when they are zeros (a price is a whole number of ticks), so nothing shown is
   // ever other than the exact value.
-  const grouped = new Map();
   function stepped(s, step) {
     if (s === undefined || s === null || s === "" || !step) return num(s);
     const places = (String(step).split(".")[1] || "").replace(/0+$/, "").length;
     const [whole, frac = ""] = String(s).split(".");
     const keep = /^0*$/.test(frac.slice(places)) ? frac.slice(0, places).padEnd(places, "0") : frac;
-    if (!grouped.has(keep.length)) {
-      grouped.set(keep.length, new Intl.NumberFormat(intlLocale, { useGrouping: true, minimumFractionDigits: keep.length, maximumFractionDigits: keep.length }));
-    }
-    const text = keep ? `${whole}.${keep}` : whole;
-    try { return grouped.get(keep.length).format(text); } catch (e) { return text; }
+    return decimalText(keep ? `${whole}.${keep}` : whole, keep.length, true);
   }
   function time(ms) { return new Date(ms).toLocaleTimeString(intlLocale); }
   // A date and time (UTC) as the server's pages write one (ringfence.i18n.format_time: the locale's
