@@ -16,6 +16,7 @@ from rich.console import Console
 __all__ = [
     "fail",
     "tty_console",
+    "check_new_dir",
     "prepare_data_dir",
     "prepare_node_dir",
     "refuse_foreign_writer",
@@ -115,6 +116,16 @@ def prepare_node_dir(path: Path, option: str = "--data") -> Path:
     return path
 
 
+def check_new_dir(path: Path, option: str = "--data", *, empty: bool = False) -> None:
+    """What `prepare_data_dir` refuses, checked without creating anything: a file, a node directory
+    or a folder inside one, and (with `empty`) a folder that already holds something."""
+    if path.exists() and not path.is_dir():
+        fail(f"{option}: {path} is a file, not a folder")
+    _refuse_node_dirs(path, option, include_self=True)
+    if empty and path.is_dir() and any(path.iterdir()):
+        fail(f"{option}: {path} is not empty; use a new folder")
+
+
 def prepare_data_dir(path: Path, option: str = "--data") -> Path:
     """A folder to write into: created if absent; a file or an uncreatable path is refused.
 
@@ -122,9 +133,7 @@ def prepare_data_dir(path: Path, option: str = "--data") -> Path:
     the command's own (`serve --data DIR` keeps its node in DIR/engine), never nested in another
     node's. A running holder is named by pid (exit 1).
     """
-    if path.exists() and not path.is_dir():
-        fail(f"{option}: {path} is a file, not a folder")
-    _refuse_node_dirs(path, option, include_self=True)
+    check_new_dir(path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -23,20 +24,15 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
+from sqlalchemy import create_engine, text
 
 from api.conftest import Server
 from pgtest import profile_database_url
 from ringfence.app import replay_journal
-from ringfence.backup import MANIFEST, BackupInvalid, create_backup, restore_backup, verify_backup
+from ringfence.backup import MANIFEST, BackupInvalid, _pg, create_backup, render_manifest, restore_backup, verify_backup
 from ringfence.journal.journal import lock_holder, scan_all
 
-
-def rf(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, COLUMNS="200", **(env or {})))
-    if check and proc.returncode != 0:
-        raise AssertionError(f"ringfence {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+from .conftest import SIGNER, TRUST, rf, trust_file_for
 
 
 def _signed(secret: str, params: dict[str, str]) -> str:
@@ -90,8 +86,11 @@ def test_backup_of_a_live_server_under_load_verifies_and_restores(tmp_path):
         manifest = json.loads((tmp_path / "bk" / MANIFEST).read_text())
         assert all(isinstance(p, int) for p in placed), [p for p in placed if not isinstance(p, int)][:3]
         assert len(placed) > 5 and manifest["last_seq"] > 56, (len(placed), manifest["last_seq"])
-        out = rf("backup", "verify", str(tmp_path / "bk")).stdout
+        # the trust file names the node's key (its data directory's node.key): kept apart from the backups
+        trust = str(trust_file_for(srv.data, tmp_path / "trusted-nodes.json"))
+        out = rf("backup", "verify", str(tmp_path / "bk"), "--trust", trust).stdout
         assert "backup verify: OK" in out and manifest["state_hash"] in out
+        assert manifest["signer"]["public_key"] in (tmp_path / "trusted-nodes.json").read_text()
         # the backup is a byte-identical prefix of the live journal: replaying the server's own
         # journal (read-only) to the backup's sequence gives the backup's state hash
         live, _, _ = replay_journal(srv.data / "engine", until_seq=manifest["last_seq"])
@@ -100,12 +99,13 @@ def test_backup_of_a_live_server_under_load_verifies_and_restores(tmp_path):
         at_inside, _, _ = replay_journal(srv.data / "engine", until_seq=inside)
     finally:
         assert srv.stop() == 0
-    out = rf("backup", "restore", str(tmp_path / "bk"), "--to", str(tmp_path / "pit"), "--to-seq", str(inside)).stdout
+    out = rf("backup", "restore", str(tmp_path / "bk"), "--trust", trust, "--to", str(tmp_path / "pit"), "--to-seq",
+             str(inside)).stdout
     assert "restore: OK" in out and "inside the batch" in out
     restored, report, _ = replay_journal(tmp_path / "pit" / "engine", use_snapshots=False)
     assert (restored.last_seq, restored.state_hash()) == (inside, at_inside.state_hash())
     full_url = profile_database_url(tmp_path / "full")  # the database the Server below will use, if any
-    rf("backup", "restore", str(tmp_path / "bk"), "--to", str(tmp_path / "full"),
+    rf("backup", "restore", str(tmp_path / "bk"), "--trust", trust, "--to", str(tmp_path / "full"),
        env={"RINGFENCE_DATABASE_URL": full_url} if full_url else None)
     again = Server(tmp_path / "full", demo=False)
     try:
@@ -120,13 +120,6 @@ def test_backup_of_a_live_server_under_load_verifies_and_restores(tmp_path):
         assert again.stop() == 0
 
 
-@pytest.fixture(scope="module")
-def demo_node(tmp_path_factory) -> Path:
-    node = tmp_path_factory.mktemp("demo") / "node"
-    rf("demo", "--data", str(node))
-    return node
-
-
 def test_a_half_written_batch_is_left_out_and_the_source_is_not_touched(demo_node, tmp_path):
     src = tmp_path / "node"
     subprocess.run(["cp", "-a", str(demo_node), str(src)], check=True)
@@ -137,11 +130,11 @@ def test_a_half_written_batch_is_left_out_and_the_source_is_not_touched(demo_nod
         whole = segment.read_bytes()[records[-1].offset:]
         fh.write(whole[: len(whole) // 2])
     before = {p.name: p.read_bytes() for p in (src / "journal").iterdir()}
-    report = create_backup(src, tmp_path / "bk")
+    report = create_backup(src, tmp_path / "bk", signer=SIGNER)
     assert report.last_seq == records[-1].last_seq
     assert any("still writing" in n for n in report.notes)
     assert {p.name: p.read_bytes() for p in (src / "journal").iterdir()} == before
-    assert not verify_backup(tmp_path / "bk").problems
+    assert not verify_backup(tmp_path / "bk", trust=TRUST).problems
 
 
 def test_a_backup_is_readable_by_its_owner_only_whatever_the_umask(demo_node, tmp_path):
@@ -151,51 +144,52 @@ def test_a_backup_is_readable_by_its_owner_only_whatever_the_umask(demo_node, tm
     dest.mkdir(mode=0o755)  # made beforehand, as an operator might
     old = os.umask(0o022)
     try:
-        create_backup(demo_node, dest)
+        create_backup(demo_node, dest, signer=SIGNER)
     finally:
         os.umask(old)
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in [dest, *dest.rglob("*")]}
     assert len(modes) >= 4, modes  # the folder, journal/, a segment, the manifest at least
     assert all(mode == (0o700 if (tmp_path / name).is_dir() else 0o600) for name, mode in modes.items()), modes
-    assert not verify_backup(dest).problems
+    assert not verify_backup(dest, trust=TRUST).problems
 
 
-def test_verify_names_a_damaged_file_and_a_forged_manifest(demo_node, tmp_path):
-    create_backup(demo_node, tmp_path / "bk")
+def test_verify_names_a_damaged_file_and_a_forged_manifest(demo_node, tmp_path, trust_file):
+    create_backup(demo_node, tmp_path / "bk", signer=SIGNER)
     seg = sorted((tmp_path / "bk" / "journal").glob("*.rfj"))[0]
     data = bytearray(seg.read_bytes())
     data[200] ^= 0x01
     seg.write_bytes(bytes(data))
-    proc = rf("backup", "verify", str(tmp_path / "bk"), check=False)
+    proc = rf("backup", "verify", str(tmp_path / "bk"), "--trust", str(trust_file), check=False)
     assert proc.returncode == 1 and f"journal/{seg.name} does not match its SHA-256" in proc.stdout, proc.stdout
-    # someone "fixes" the manifest's file hash: the journal's own chain and checksums still catch it
+    # someone "fixes" the manifest's file hash: the signature no longer covers it (test_backup_signed.py has more)
     manifest = json.loads((tmp_path / "bk" / MANIFEST).read_text())
     manifest["files"]["journal"][0]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
     (tmp_path / "bk" / MANIFEST).write_text(json.dumps(manifest))
-    report = verify_backup(tmp_path / "bk")
-    assert report.problems and "journal" in report.problems[0], report.problems
+    with pytest.raises(BackupInvalid):
+        verify_backup(tmp_path / "bk", trust=TRUST)
     (tmp_path / "bk" / MANIFEST).unlink()
-    proc = rf("backup", "verify", str(tmp_path / "bk"), check=False)
+    proc = rf("backup", "verify", str(tmp_path / "bk"), "--trust", str(trust_file), check=False)
     assert proc.returncode == 1 and "has no MANIFEST.json" in proc.stdout + proc.stderr
 
 
-def test_restore_refuses_bad_arguments_and_changes_nothing(demo_node, tmp_path):
-    create_backup(demo_node, tmp_path / "bk")
+def test_restore_refuses_bad_arguments_and_changes_nothing(demo_node, tmp_path, trust_file):
+    create_backup(demo_node, tmp_path / "bk", signer=SIGNER)
     last = json.loads((tmp_path / "bk" / MANIFEST).read_text())["last_seq"]
     with pytest.raises(Exception) as err:
-        restore_backup(tmp_path / "bk", tmp_path / "r", to_seq=last + 1)
+        restore_backup(tmp_path / "bk", tmp_path / "r", trust=TRUST, to_seq=last + 1)
     assert getattr(err.value, "field", None) == "--to-seq"
     assert not (tmp_path / "r").exists()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("mine")
-    proc = rf("backup", "restore", str(tmp_path / "bk"), "--to", str(tmp_path / "busy"), check=False)
+    proc = rf("backup", "restore", str(tmp_path / "bk"), "--trust", str(trust_file), "--to", str(tmp_path / "busy"),
+              check=False)
     assert proc.returncode == 2 and "not empty" in proc.stderr + proc.stdout
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["x"]
     proc = rf("backup", "create", "--data", str(demo_node), "--to", str(demo_node / "inside"), check=False)
     assert proc.returncode != 0 and "node directory" in proc.stderr + proc.stdout
     assert not (demo_node / "inside").exists()
     with pytest.raises(BackupInvalid):
-        restore_backup(tmp_path / "nope", tmp_path / "r2")
+        restore_backup(tmp_path / "nope", tmp_path / "r2", trust=TRUST)
 
 
 @hsettings(max_examples=12, deadline=None)
@@ -204,11 +198,11 @@ def test_point_in_time_restore_equals_replay_to_that_sequence(demo_node, tmp_pat
     """Property: for any sequence N, restore(N) has exactly the state of replaying the journal to N."""
     bk = tmp_path_factory.mktemp("bk") / "b"
     if not bk.exists():
-        create_backup(demo_node, bk)
+        create_backup(demo_node, bk, signer=SIGNER)
     last = json.loads((bk / MANIFEST).read_text())["last_seq"]
     n = data.draw(st.integers(min_value=1, max_value=last), label="to_seq")
     target = tmp_path_factory.mktemp("pit") / "r"
-    report = restore_backup(bk, target, to_seq=n)
+    report = restore_backup(bk, target, trust=TRUST, to_seq=n)
     expected, _, _ = replay_journal(demo_node, until_seq=n, use_snapshots=False)
     assert report.state_hash == expected.state_hash() and report.last_seq == n
     again, _, _ = replay_journal(target / "engine")  # from the restore's snapshot, as serve would start
@@ -216,7 +210,7 @@ def test_point_in_time_restore_equals_replay_to_that_sequence(demo_node, tmp_pat
 
 
 def test_every_backup_command_has_help_with_an_example():
-    for sub in ("create", "verify", "restore"):
+    for sub in ("create", "verify", "restore", "trust-entry"):
         assert "Example: ringfence backup " + sub in rf("backup", sub, "--help").stdout
 
 
@@ -233,14 +227,15 @@ def test_postgresql_identity_is_dumped_verified_and_restored_into_a_new_database
         finally:
             assert srv.stop() == 0
         assert (tmp_path / "bk" / "identity.pgdump").is_file()
-        out = rf("backup", "verify", str(tmp_path / "bk")).stdout
+        trust = str(trust_file_for(srv.data, tmp_path / "trusted-nodes.json"))
+        out = rf("backup", "verify", str(tmp_path / "bk"), "--trust", trust).stdout
         assert "PostgreSQL dump, " in out and "backup verify: OK" in out
         env_dst = dict(os.environ, RINGFENCE_DATABASE_URL=target_url)
-        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "backup", "restore", str(tmp_path / "bk"), "--to",
+        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "backup", "restore", str(tmp_path / "bk"), "--trust", trust, "--to",
                                str(tmp_path / "restored")], capture_output=True, text=True, timeout=300, env=env_dst)
         assert proc.returncode == 0 and "restored with pg_restore" in proc.stdout, proc.stdout + proc.stderr
         # a second restore into the now-used database is refused before anything is written
-        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "backup", "restore", str(tmp_path / "bk"), "--to",
+        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "backup", "restore", str(tmp_path / "bk"), "--trust", trust, "--to",
                                str(tmp_path / "again")], capture_output=True, text=True, timeout=300, env=env_dst)
         assert proc.returncode == 1 and "already holds identity tables" in proc.stdout + proc.stderr
         assert not (tmp_path / "again" / "engine").exists()
@@ -252,3 +247,26 @@ def test_postgresql_identity_is_dumped_verified_and_restored_into_a_new_database
             assert r.status_code == 200, r.text  # the API keys came back from the dump
         finally:
             assert again.stop() == 0
+        # a database URL that cannot be opened is refused before the --to folder is made (new-user review)
+        proc = rf("backup", "restore", str(tmp_path / "bk"), "--trust", trust, "--to", str(tmp_path / "bad-url"), check=False,
+                  env={"RINGFENCE_DATABASE_URL": "postgresql://rf:pw@127.0.0.1:1/none"})
+        assert proc.returncode == 1 and "RINGFENCE_DATABASE_URL: cannot open the database" in proc.stderr, proc.stderr
+        assert not (tmp_path / "bad-url").exists()
+        # the intruder's attack (review of #21, F4): staff user 1's e-mail changed inside identity.pgdump and its
+        # SHA-256 recomputed in the manifest; verify and restore refuse it before anything is made
+        forged = tmp_path / "forged"
+        shutil.copytree(tmp_path / "bk", forged)
+        db = create_engine(target_url)
+        with db.begin() as conn:
+            conn.execute(text("UPDATE identity_users SET email = 'intruder@evil.test' "
+                              "WHERE id = (SELECT min(id) FROM identity_users)"))
+        db.dispose()
+        _pg("pg_dump", target_url, ["--format=custom", "--no-owner", "--no-privileges", "--file",
+                                    str(forged / "identity.pgdump")])
+        manifest = json.loads((forged / MANIFEST).read_bytes())
+        manifest["files"]["identity"]["sha256"] = hashlib.sha256((forged / "identity.pgdump").read_bytes()).hexdigest()
+        (forged / MANIFEST).write_bytes(render_manifest(manifest))
+        for args in (("verify", str(forged)), ("restore", str(forged), "--to", str(tmp_path / "forged-restored"))):
+            proc = rf("backup", *args, "--trust", trust, check=False)
+            assert proc.returncode == 1 and "MANIFEST.json:signature" in proc.stderr, proc.stdout + proc.stderr
+        assert not (tmp_path / "forged-restored").exists()

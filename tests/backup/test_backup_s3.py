@@ -11,6 +11,7 @@ was; the secret key never appears in any output.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import threading
@@ -24,7 +25,10 @@ from api.conftest import Server
 from pgtest import profile_database_url
 from ringfence.app import replay_journal
 
-from .test_backup import _batch_inside, _place_orders, _signed, rf
+from ringfence.backup import render_manifest
+
+from .conftest import rf, trust_file_for
+from .test_backup import _batch_inside, _place_orders, _signed
 
 
 BUCKET = "rf-backups"
@@ -111,16 +115,18 @@ def test_backup_of_a_live_server_to_s3_verifies_and_restores_point_in_time(tmp_p
     finally:
         assert srv.stop() == 0
 
-    out = run("backup", "verify", f"s3://{BUCKET}/nightly/one").stdout
+    trust = str(trust_file_for(srv.data, tmp_path / "trusted-nodes.json"))  # the node's key: kept apart from S3
+    out = run("backup", "verify", f"s3://{BUCKET}/nightly/one", "--trust", trust).stdout
     assert "backup verify: OK" in out and manifest["state_hash"] in out, out
 
-    out = run("backup", "restore", f"s3://{BUCKET}/nightly/one", "--to", str(tmp_path / "pit"), "--to-seq", str(inside)).stdout
+    out = run("backup", "restore", f"s3://{BUCKET}/nightly/one", "--trust", trust, "--to", str(tmp_path / "pit"),
+              "--to-seq", str(inside)).stdout
     assert "restore: OK" in out and "inside the batch" in out, out
     restored, _, _ = replay_journal(tmp_path / "pit" / "engine", use_snapshots=False)
     assert (restored.last_seq, restored.state_hash()) == (inside, at_inside.state_hash())
 
     full_url = profile_database_url(tmp_path / "full")  # the database the Server below will use, if any
-    run("backup", "restore", f"s3://{BUCKET}/nightly/one", "--to", str(tmp_path / "full"),
+    run("backup", "restore", f"s3://{BUCKET}/nightly/one", "--trust", trust, "--to", str(tmp_path / "full"),
         extra={"RINGFENCE_DATABASE_URL": full_url} if full_url else None)
     served = Server(tmp_path / "full", demo=False)
     try:
@@ -139,28 +145,40 @@ def test_backup_of_a_live_server_to_s3_verifies_and_restores_point_in_time(tmp_p
     body = bytearray(client.get_object(Bucket=BUCKET, Key=f"damaged/{segment}")["Body"].read())
     body[len(body) // 2] ^= 0x01
     client.put_object(Bucket=BUCKET, Key=f"damaged/{segment}", Body=bytes(body))
-    bad = run("backup", "verify", f"s3://{BUCKET}/damaged", check=False)
+    bad = run("backup", "verify", f"s3://{BUCKET}/damaged", "--trust", trust, check=False)
     assert bad.returncode == 1 and f"{segment} does not match its SHA-256" in bad.stdout, bad.stdout + bad.stderr
 
     _copy_prefix(client, "nightly/one", "extra")
     client.put_object(Bucket=BUCKET, Key="extra/journal/99999999.rfj", Body=b"not a segment")
-    bad = run("backup", "verify", f"s3://{BUCKET}/extra", check=False)
+    bad = run("backup", "verify", f"s3://{BUCKET}/extra", "--trust", trust, check=False)
     assert bad.returncode == 1 and "journal/99999999.rfj is not in the manifest" in bad.stdout, bad.stdout + bad.stderr
+
+    # the intruder's edit (review of #21, F4) on S3: a changed object and its SHA-256 recomputed in the manifest
+    _copy_prefix(client, "nightly/one", "forged")
+    client.put_object(Bucket=BUCKET, Key=f"forged/{segment}", Body=bytes(body))
+    forged = dict(manifest, files=dict(manifest["files"], journal=[
+        dict(f, sha256=hashlib.sha256(bytes(body)).hexdigest()) if "journal/" + f["name"] == segment else f
+        for f in manifest["files"]["journal"]]))
+    client.put_object(Bucket=BUCKET, Key="forged/MANIFEST.json", Body=render_manifest(forged))
+    for args in (("verify", f"s3://{BUCKET}/forged"), ("restore", f"s3://{BUCKET}/forged", "--to", str(tmp_path / "f"))):
+        bad = run("backup", *args, "--trust", trust, check=False)
+        assert bad.returncode == 1 and "MANIFEST.json:signature" in bad.stderr, bad.stdout + bad.stderr
+    assert not (tmp_path / "f").exists()
 
     _copy_prefix(client, "nightly/one", "unfinished")
     client.delete_object(Bucket=BUCKET, Key="unfinished/MANIFEST.json")
     for args in (("verify", f"s3://{BUCKET}/unfinished"), ("restore", f"s3://{BUCKET}/unfinished", "--to", str(tmp_path / "u"))):
-        bad = run("backup", *args, check=False)
+        bad = run("backup", *args, "--trust", trust, check=False)
         assert bad.returncode == 1 and "has no MANIFEST.json" in bad.stderr, bad.stderr
-    assert not (tmp_path / "u" / "engine").exists()
+    assert not (tmp_path / "u").exists()
 
     # an unreachable endpoint and a missing bucket fail naming them (and nothing else)
     closed = f"http://127.0.0.1:{_free_port()}"
-    bad = run("backup", "verify", f"s3://{BUCKET}/nightly/one", "--s3-endpoint-url", closed, check=False)
+    bad = run("backup", "verify", f"s3://{BUCKET}/nightly/one", "--trust", trust, "--s3-endpoint-url", closed, check=False)
     assert bad.returncode == 1 and closed in bad.stderr, bad.stderr
-    bad = run("backup", "verify", "s3://no-such-bucket/x", check=False)
+    bad = run("backup", "verify", "s3://no-such-bucket/x", "--trust", trust, check=False)
     assert bad.returncode == 1 and "NoSuchBucket" in bad.stderr, bad.stderr
-    bad = run("backup", "verify", "s3:///x", check=False)
+    bad = run("backup", "verify", "s3:///x", "--trust", trust, check=False)
     assert bad.returncode == 1 and "bucket" in bad.stderr, bad.stderr
 
     assert not any(SECRET in text for text in outputs), "the S3 secret key was printed"

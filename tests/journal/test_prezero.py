@@ -15,11 +15,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ringfence.app import new_node
-from ringfence.backup import create_backup, restore_backup, verify_backup
+from ringfence.backup import BackupSigner, create_backup, restore_backup, verify_backup
 from ringfence.journal.journal import (
     GENESIS_HASH,
     HEADER_SIZE,
@@ -201,10 +202,12 @@ def test_backup_and_restore_of_a_journal_ending_in_zeros(tmp_path):
     state, last = node.engine.state_hash(), node.engine.last_seq
     tail = segment_paths(src / "journal")[-1]
     assert tail.stat().st_size == 1 << 15  # the live tail: records, then zeros
-    report = create_backup(src, tmp_path / "backup")  # beside the running node, which holds its lock
+    signer = BackupSigner("prezero-node", Ed25519PrivateKey.generate())
+    trust = {signer.node_id: signer.key.public_key()}
+    report = create_backup(src, tmp_path / "backup", signer=signer)  # beside the running node, which holds its lock
     assert report.last_seq == last and not any("left out" in n for n in report.notes)
-    assert verify_backup(tmp_path / "backup").problems == []
-    restored = restore_backup(tmp_path / "backup", tmp_path / "restored")
+    assert verify_backup(tmp_path / "backup", trust=trust).problems == []
+    restored = restore_backup(tmp_path / "backup", tmp_path / "restored", trust=trust)
     assert restored.last_seq == last
     node.close()
     again = new_node(tmp_path / "restored" / "engine", prezero_segments=True, segment_bytes=1 << 15)

@@ -12,7 +12,8 @@ API; a PostgreSQL profile is backed up with the database's own tools (`pg_dump`)
 Layout of BACKUPDIR (a node directory, so `journal verify BACKUPDIR` reads it too):
 
 ```
-MANIFEST.json             what was copied: sequence, chain head, state hash, SHA-256 of every file
+MANIFEST.json             what was copied: sequence, chain head, state hash, SHA-256 of every file;
+                          signed with the writing node's Ed25519 key (see "The manifest's signature")
 journal/*.rfj, DURABLE    the journal up to the backup's last sequence
 snapshots/<seq>.snap      the engine state at that sequence (its state hash is in the manifest)
 identity.sqlite3          the identity database, when the node used SQLite
@@ -21,12 +22,27 @@ identity.sqlite3          the identity database, when the node used SQLite
 Invariants: a backup's journal is a byte-identical prefix of the node's; its manifest is written
 last (a backup without one is incomplete and refused); a restore to sequence N rebuilds exactly the
 state the node had after command N (same state hash as replaying the node's journal to N).
+
+The manifest's signature: the SHA-256 of every file is only worth what the manifest is worth, so
+the manifest is signed with the key of the node that wrote it (`DATA_DIR/node.key`, ringfence.nodekey)
+and `verify`/`restore` check it against a trust file (node id -> public key) kept apart from the
+backups, before anything else is read or written. The rule for the signed bytes:
+
+    b"ringfence-backup-manifest/1\n" + json.dumps(manifest without "signature", sort_keys=True,
+                                                  separators=(",", ":"), ensure_ascii=True).encode()
+
+`manifest["signer"]` = {"node_id", "public_key"} is part of the signed bytes and is information
+only: the key checked is the trust file's for that node id, never one the backup names. The
+signature is `manifest["signature"]`, 128 lower-case hex digits (64 bytes of Ed25519). MANIFEST.json
+must be exactly the bytes `render_manifest` gives for its content (JSON, indent 2, keys sorted,
+ASCII), so no byte of a signed manifest can change without the check failing.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -37,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import ConfigError, JournalCorrupt, RingfenceError, SnapshotInvalid, ValidationError
 from ..journal.journal import (
@@ -53,13 +71,16 @@ from ..journal.journal import (
     write_durable_mark,
 )
 
-__all__ = ["BackupInvalid", "BackupReport", "create_backup", "verify_backup", "restore_backup", "MANIFEST", "FORMAT"]
+__all__ = ["BackupInvalid", "BackupReport", "BackupSigner", "create_backup", "verify_backup", "restore_backup",
+           "load_manifest", "render_manifest", "signed_bytes", "MANIFEST", "FORMAT"]
 
 MANIFEST = "MANIFEST.json"
 FORMAT = "ringfence-backup/1"
 IDENTITY_FILE = "identity.sqlite3"
 PG_DUMP_FILE = "identity.pgdump"
 COPY_CHUNK_BYTES = 4 * 1024 * 1024
+SIGNATURE_DOMAIN = b"ringfence-backup-manifest/1\n"
+MANIFEST_MAX_BYTES = 16 * 1024 * 1024  # a manifest lists one line per segment: far below this
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -79,6 +100,14 @@ class _RawBatch(msgspec.Struct, frozen=True, array_like=True):
     commands: list[msgspec.Raw]
 
 
+@dataclass(frozen=True)
+class BackupSigner:
+    """Who writes a backup: the node id operators list in their trust file, and that node's key."""
+
+    node_id: str
+    key: Ed25519PrivateKey
+
+
 @dataclass
 class BackupReport:
     """What a create, verify or restore found; `problems` empty means it passed."""
@@ -92,6 +121,7 @@ class BackupReport:
     segments: int = 0
     bytes: int = 0
     identity: str = "none"
+    signer: str = ""
     snapshots_checked: list[tuple[int, bool]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -213,19 +243,42 @@ def _pg(tool: str, url: str, args: list[str]) -> str:
     return proc.stdout
 
 
+def render_manifest(manifest: dict[str, Any]) -> bytes:
+    """MANIFEST.json's exact bytes for `manifest` (the only layout a signed manifest may have)."""
+    return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def signed_bytes(manifest: dict[str, Any]) -> bytes:
+    """The bytes the signature covers: the domain line, then the manifest without "signature" (module doc)."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return SIGNATURE_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _sign_manifest(manifest: dict[str, Any], signer: BackupSigner) -> dict[str, Any]:
+    from ..nodekey import public_hex
+
+    signed = dict(manifest, signer={"node_id": signer.node_id, "public_key": public_hex(signer.key)})
+    signed["signature"] = signer.key.sign(signed_bytes(signed)).hex()
+    return signed
+
+
 def _write_manifest(dest: Path, manifest: dict[str, Any]) -> None:
     tmp = dest / (MANIFEST + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
-        fh.write("\n")
+    with open(tmp, "wb") as fh:
+        fh.write(render_manifest(manifest))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, dest / MANIFEST)
 
 
-def create_backup(src_node: Path, dest: Path, *, identity_db: Path | None = None, identity_pg_url: str | None = None,
-                  progress: Progress = _noop) -> BackupReport:
-    """Copy `src_node`'s journal (read-only; the node may be running) into the new folder `dest`."""
+def create_backup(src_node: Path, dest: Path, *, signer: BackupSigner, identity_db: Path | None = None,
+                  identity_pg_url: str | None = None, progress: Progress = _noop) -> BackupReport:
+    """Copy `src_node`'s journal (read-only; the node may be running) into the new folder `dest`;
+    the manifest is signed by `signer`. A PostgreSQL identity database that cannot be reached is
+    refused before `dest` is made."""
+    _check_node_id(signer.node_id, "--node-id")
+    if identity_pg_url:
+        _open_database(identity_pg_url)  # a bad URL fails here, not after minutes of copying
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise ConfigError(f"{dest} is not empty; a backup goes into a new folder", field="--to")
@@ -265,7 +318,7 @@ def create_backup(src_node: Path, dest: Path, *, identity_db: Path | None = None
         _pg("pg_dump", identity_pg_url, ["--format=custom", "--no-owner", "--no-privileges", "--file", str(dest / PG_DUMP_FILE)])
         files["identity"] = {"name": PG_DUMP_FILE, "sha256": _sha256_file(dest / PG_DUMP_FILE), "kind": "postgresql"}
         report.identity = "PostgreSQL (pg_dump, one consistent snapshot)"
-    _write_manifest(dest, {
+    _write_manifest(dest, _sign_manifest({
         "format": FORMAT,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": str(src_node.resolve()),
@@ -275,8 +328,9 @@ def create_backup(src_node: Path, dest: Path, *, identity_db: Path | None = None
         "chain_head": scanned.last_hash.hex(),
         "state_hash": replay.state_hash,
         "files": files,
-    })
+    }, signer))
     _make_private(dest)
+    report.signer = signer.node_id
     return report
 
 
@@ -288,16 +342,83 @@ def _make_private(folder: Path) -> None:
             path.chmod(0o700 if path.is_dir() else 0o600)
 
 
-def _load_manifest(backup: Path) -> dict[str, Any]:
+_NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _check_node_id(node_id: object, field: str) -> None:
+    """The rule of a trust file's node ids (ringfence.nodekey.load_peers)."""
+    if (not isinstance(node_id, str) or not 1 <= len(node_id) <= 64 or not set(node_id) <= _NODE_ID_CHARS
+            or node_id[0] in "._-"):
+        raise ConfigError(f"{node_id!r} is not a node id: letters, digits, '.', '_', '-', at most 64, "
+                          "starting with a letter or digit", field=field)
+
+
+def _is_hex(text: object, digits: int) -> bool:
+    return isinstance(text, str) and len(text) == digits and set(text) <= _HEX
+
+
+def load_manifest(backup: Path, *, trust: dict[str, Ed25519PublicKey], allow_unsigned: bool = False) -> tuple[dict[str, Any], str]:
+    """The manifest of `backup` once its signature checks against `trust` (node id -> public key).
+
+    Refused (BackupInvalid naming the manifest's field): no signature; a signer not in `trust`, or
+    whose key there is not the one it signed with; a signature that does not verify; bytes that are
+    not the layout `create` writes. With `allow_unsigned` (dev mode only: the CLI checks it) an
+    unsigned manifest or an untrusted signer is accepted and said so in the returned text; a
+    signature by a trusted node that does not verify is refused even then.
+    Returns (manifest, who signed it, in words).
+    """
+    from ..nodekey import verify
+
+    path = backup / MANIFEST
     try:
-        manifest = json.loads((backup / MANIFEST).read_text())
+        if path.stat().st_size > MANIFEST_MAX_BYTES:
+            raise BackupInvalid(f"{path} is larger than {MANIFEST_MAX_BYTES} bytes: not a manifest", field="BACKUPDIR")
+        raw = path.read_bytes()
+        manifest = json.loads(raw)
     except FileNotFoundError:
         raise BackupInvalid(f"{backup} has no {MANIFEST}: not a backup, or one that never finished", field="BACKUPDIR") from None
     except (OSError, ValueError) as err:
-        raise BackupInvalid(f"{backup / MANIFEST} cannot be read: {err}", field="BACKUPDIR") from None
+        raise BackupInvalid(f"{path} cannot be read: {err}", field="BACKUPDIR") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BackupInvalid(f"{backup / MANIFEST} is not a {FORMAT} manifest", field="BACKUPDIR")
-    return manifest
+        raise BackupInvalid(f"{path} is not a {FORMAT} manifest", field="BACKUPDIR")
+
+    def untrusted(reason: str, field: str) -> tuple[dict[str, Any], str]:
+        if not allow_unsigned:
+            raise BackupInvalid(reason + "; refused (only in dev mode may --allow-unsigned accept it)",
+                                field=f"{MANIFEST}:{field}")
+        return manifest, f"NOT TRUSTED, accepted with --allow-unsigned (dev mode): {reason}"
+
+    signature, signer = manifest.get("signature"), manifest.get("signer")
+    if signature is None and signer is None:
+        return untrusted("the backup is not signed (made before signed backups, or its signature was removed)",
+                         "signature")
+    if not isinstance(signer, dict) or not _is_hex(signer.get("public_key"), 64):
+        raise BackupInvalid("must be {\"node_id\": …, \"public_key\": 64 hex digits}", field=f"{MANIFEST}:signer")
+    node_id = signer.get("node_id")
+    try:
+        _check_node_id(node_id, f"{MANIFEST}:signer.node_id")
+    except ConfigError as err:
+        raise BackupInvalid(err.message, field=err.field) from None
+    assert isinstance(node_id, str)
+    if not _is_hex(signature, 128):
+        raise BackupInvalid("must be 128 lower-case hex digits (an Ed25519 signature)", field=f"{MANIFEST}:signature")
+    if render_manifest(manifest) != raw:
+        raise BackupInvalid(f"{path} is not byte for byte the layout `backup create` writes: it was edited after "
+                            "it was signed", field=MANIFEST)
+    trusted = trust.get(node_id)
+    if trusted is None:
+        known = ", ".join(sorted(trust)) or "none"
+        return untrusted(f"signed by node {node_id!r}, which the trust file does not list (it lists: {known})",
+                         "signer.node_id")
+    trusted_raw = trusted.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if not hmac.compare_digest(bytes.fromhex(signer["public_key"]), trusted_raw):
+        return untrusted(f"signed by node {node_id!r} with a key that is not the one the trust file holds for "
+                         f"{node_id!r} (the manifest names {signer['public_key'][:16]}…)", "signer.public_key")
+    if not verify(trusted, bytes.fromhex(signature), signed_bytes(manifest)):
+        raise BackupInvalid(f"does not verify with the key the trust file holds for {node_id!r}: the manifest was "
+                            "changed after it was signed", field=f"{MANIFEST}:signature")
+    return manifest, f"{node_id} (signature checked against the trust file)"
 
 
 def _check_files(backup: Path, manifest: dict[str, Any], report: BackupReport) -> None:
@@ -318,12 +439,14 @@ def _check_files(backup: Path, manifest: dict[str, Any], report: BackupReport) -
             report.problems.append(f"{rel} does not match its SHA-256 in the manifest")
 
 
-def verify_backup(backup: Path, *, progress: Progress = _noop) -> BackupReport:
-    """Check every file's hash, the journal's chain, and replay: the state hash must match the manifest."""
+def verify_backup(backup: Path, *, trust: dict[str, Ed25519PublicKey], allow_unsigned: bool = False,
+                  progress: Progress = _noop) -> BackupReport:
+    """Check the manifest's signature against `trust` (raises BackupInvalid: load_manifest), then
+    every file's hash, the journal's chain, and replay: the state hash must match the manifest."""
     from ..engine.snapshot import read_snapshot
 
-    manifest = _load_manifest(backup)
-    report = BackupReport(str(backup), identity="none")
+    manifest, signer = load_manifest(backup, trust=trust, allow_unsigned=allow_unsigned)
+    report = BackupReport(str(backup), identity="none", signer=signer)
     _check_files(backup, manifest, report)
     if report.problems:
         return report
@@ -386,16 +509,20 @@ def _check_identity(path: Path, report: BackupReport) -> str:
     return f"SQLite, {users} users, integrity {result}"
 
 
-def restore_backup(backup: Path, target: Path, *, to_seq: int | None = None, identity_pg_url: str | None = None,
+def restore_backup(backup: Path, target: Path, *, trust: dict[str, Ed25519PublicKey], allow_unsigned: bool = False,
+                   to_seq: int | None = None, identity_pg_url: str | None = None,
                    progress: Progress = _noop) -> BackupReport:
-    """Build a new serve data directory `target` (node in target/engine) as of sequence `to_seq`."""
-    manifest = _load_manifest(backup)
+    """Build a new serve data directory `target` (node in target/engine) as of sequence `to_seq`.
+
+    Everything is checked before `target` is touched: the manifest's signature against `trust`,
+    `to_seq`, every file's SHA-256, and (a PostgreSQL identity dump) that the database is empty."""
+    manifest, signer = load_manifest(backup, trust=trust, allow_unsigned=allow_unsigned)
     last_seq = int(manifest["last_seq"])
     if to_seq is None:
         to_seq = last_seq
     if not 1 <= to_seq <= last_seq:
         raise ValidationError(f"must be between 1 and {last_seq} (the backup's last sequence)", field="--to-seq")
-    report = BackupReport(str(target))
+    report = BackupReport(str(target), signer=signer)
     _check_files(backup, manifest, report)
     if report.problems:
         raise BackupInvalid("; ".join(report.problems), field="BACKUPDIR")
@@ -430,19 +557,28 @@ def restore_backup(backup: Path, target: Path, *, to_seq: int | None = None, ide
     return report
 
 
-def _refuse_used_database(url: str) -> None:
+def _open_database(url: str) -> list[str]:
+    """The tables of the database at `url`; a malformed or unreachable URL is a ConfigError naming
+    RINGFENCE_DATABASE_URL (its text never carries the password)."""
     from sqlalchemy import create_engine, inspect
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-    engine = create_engine(url)
     try:
-        tables = inspect(engine).get_table_names()
-    except OperationalError as err:
-        raise ConfigError(f"cannot open the database: {str(err.orig).splitlines()[0] if err.orig else err}",
+        engine = create_engine(url)
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise ConfigError("is not a database URL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)",
+                          field="RINGFENCE_DATABASE_URL") from None
+    try:
+        return list(inspect(engine).get_table_names())
+    except DBAPIError as err:
+        raise ConfigError(f"cannot open the database: {str(err.orig).splitlines()[0] if err.orig else type(err).__name__}",
                           field="RINGFENCE_DATABASE_URL") from None
     finally:
         engine.dispose()
-    if "identity_users" in tables:
+
+
+def _refuse_used_database(url: str) -> None:
+    if "identity_users" in _open_database(url):
         raise ConfigError("the database already holds identity tables; restore into an empty database",
                           field="RINGFENCE_DATABASE_URL")
 

@@ -3,27 +3,106 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..cli_paths import ENGINE_SUBDIR, fail, prepare_data_dir, require_node_dir, tty_console
+from .. import nodekey
+from ..cli_paths import ENGINE_SUBDIR, check_new_dir, fail, require_node_dir, tty_console
 from ..errors import RingfenceError
-from . import BackupReport, create_backup, restore_backup, verify_backup
+from . import BackupReport, BackupSigner, create_backup, restore_backup, verify_backup
 from .s3 import ENDPOINT_ENV, MANIFEST, download_backup, is_s3_url, parse_s3_url, require_empty, s3_client, upload_backup
 
 app = typer.Typer(
     help="Back up a node (safe while it runs), verify a backup by replay, restore to any journal sequence. "
     "A backup is a folder or an S3-compatible location s3://BUCKET/PREFIX.\n\n"
+    "Every manifest is signed with the node's key; verify and restore take --trust FILE, the nodes whose "
+    "backups you accept (`backup trust-entry` prints a node's entry).\n\n"
     "Example: ringfence backup create --data ./ringfence-data --to ./backups/2026-12-03",
     no_args_is_help=True,
 )
 console = tty_console(width=140)
+
+TRUST_HELP = ("The trust file, kept apart from the backups: a JSON object {\"NODE_ID\": \"public key hex\"} of the "
+              "nodes whose backups you accept (`ringfence backup trust-entry` prints a node's entry). Required: "
+              "the manifest's signature is checked against it before anything else is read or written.")
+ALLOW_UNSIGNED_HELP = ("Dev mode only (RINGFENCE_MODE=dev): accept a backup that is not signed, or signed by a node the "
+                       "trust file does not list, with a warning. Refused outside dev mode.")
+SERVE_DEFAULT_PORT = 8000  # `serve --port`'s default: a node without --node-id calls itself HOSTNAME-8000
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """`fail` with the message printed as text: '[s3]' in `pip install 'ringfence[s3]'` is not markup."""
+    fail(escape(message), code)
+    raise AssertionError("fail() returns only by raising")
+
+
+def _default_node_id() -> str:
+    """The name `ringfence serve` gives itself without --node-id (replication/serving.py), at its default port."""
+    return f"{socket.gethostname()}-{SERVE_DEFAULT_PORT}"
+
+
+def _data_dir(node: Path) -> Path:
+    """The data directory whose node.key signs: `serve --data DIR` keeps its node in DIR/engine."""
+    return node.parent if node.name == ENGINE_SUBDIR else node
+
+
+def _signing_key(data: Path, sign_key: Path | None) -> tuple[Ed25519PrivateKey, str]:
+    """The key that signs (--sign-key FILE, else the data directory's node.key, made on first use) and where it is."""
+    try:
+        if sign_key is not None:
+            return nodekey.load_key(sign_key, "--sign-key"), str(sign_key)
+        made = not (data / nodekey.KEY_FILE).exists()
+        key = nodekey.load_or_create(data)
+    except RingfenceError as err:
+        _fail(str(err))
+    where = str(data / nodekey.KEY_FILE)
+    return key, where + (" (made now: add its trust entry to your trust file)" if made else "")
+
+
+def _trust(trust: Path | None, allow_unsigned: bool) -> tuple[dict[str, Ed25519PublicKey], bool]:
+    """The trust file, and whether --allow-unsigned is in force (dev mode only); checked before any download."""
+    if allow_unsigned:
+        from pydantic import ValidationError as SettingsInvalid
+
+        from ..settings import Settings
+
+        try:
+            mode = Settings().mode
+        except SettingsInvalid as err:  # named by variable only: a value may be a secret
+            names = ", ".join(sorted({"RINGFENCE_" + str(e["loc"][0]).upper() for e in err.errors() if e["loc"]}))
+            _fail(f"--allow-unsigned: cannot read the settings to check the mode; invalid: {names}")
+        if mode != "dev":
+            _fail(f"--allow-unsigned: refused outside dev mode (RINGFENCE_MODE={mode}); a backup must be signed by a "
+                  "node the --trust file lists")
+        tty_console(stderr=True).print("[bold yellow]warning:[/] --allow-unsigned (dev mode): a backup that is not "
+                                       "signed by a trusted node will be accepted; anyone who can write to where "
+                                       "backups are kept could have changed it")
+    if trust is None:
+        if allow_unsigned:
+            return {}, True
+        _fail("--trust: give the trust file (JSON {\"NODE_ID\": \"public key hex\"}) listing the nodes whose backups "
+              "you accept; `ringfence backup trust-entry --data DATA_DIR` prints a node's entry")
+    try:
+        return nodekey.load_peers(trust, "--trust"), allow_unsigned
+    except RingfenceError as err:
+        _fail(str(err))
+
+
+def _warn_if_untrusted(report: BackupReport) -> None:
+    if report.signer.startswith("NOT TRUSTED"):
+        tty_console(stderr=True).print(f"[bold yellow]warning:[/] {escape(report.signer)}")
+
 
 S3_ENDPOINT_HELP = (f"The S3-compatible service for s3:// locations (default ${ENDPOINT_ENV}, else AWS). Credentials "
                     "only from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or an AWS profile, never an option.")
@@ -35,17 +114,17 @@ def _fetched(backup: str, endpoint: str | None) -> Iterator[Path]:
     if not is_s3_url(backup):
         folder = Path(backup)
         if not folder.is_dir():
-            fail(f"BACKUPDIR: {backup} is not a directory (nor an s3://BUCKET/PREFIX location)")
+            _fail(f"BACKUPDIR: {backup} is not a directory (nor an s3://BUCKET/PREFIX location)")
         yield folder
         return
     try:
         loc = parse_s3_url(backup, "BACKUPDIR")
         with tempfile.TemporaryDirectory(prefix="ringfence-s3-") as tmp:  # mode 0700
-            objects, size = download_backup(loc, s3_client(endpoint), Path(tmp) / "backup")
+            objects, size = download_backup(loc, s3_client(endpoint, "BACKUPDIR"), Path(tmp) / "backup")
             console.print(f"downloaded {objects} objects ({size:,} bytes) from {loc}")
             yield Path(tmp) / "backup"
     except RingfenceError as err:
-        fail(str(err), 1)
+        _fail(str(err), 1)
 
 
 @contextlib.contextmanager
@@ -71,6 +150,8 @@ def _table(title: str, report: BackupReport) -> Table:
     table.add_row("chain head", report.chain_head)
     table.add_row("state hash", report.state_hash)
     table.add_row("identity", report.identity)
+    if report.signer:
+        table.add_row("signed by", escape(report.signer))
     for seq, ok in report.snapshots_checked:
         table.add_row(f"snapshot @{seq:,}", "[green]matches the replay[/]" if ok else "[red]DIFFERS[/]")
     for note in report.notes:
@@ -84,14 +165,20 @@ def create(
                               "It may be serving: the backup only reads it."),
     to: str = typer.Option(..., "--to", help="A new (or empty) folder for the backup, or s3://BUCKET/PREFIX "
                            "(an empty prefix; the manifest is uploaded last)."),
+    sign_key: Path = typer.Option(None, "--sign-key", help="The Ed25519 key (PEM, mode 0600) that signs the manifest "
+                                  "(default: the data directory's node.key, made on first use)."),
+    node_id: str = typer.Option(None, "--node-id", help="The signer's name, as in the trust file (default: what "
+                                "`serve` calls itself without --node-id, HOSTNAME-8000)."),
     s3_endpoint_url: str = typer.Option(None, "--s3-endpoint-url", help=S3_ENDPOINT_HELP),
 ) -> None:
-    """Copy the journal (read-only, the node may keep running), replay it, write a snapshot and a manifest.
+    """Copy the journal (read-only, the node may keep running), replay it, write a snapshot and a signed manifest.
 
     The identity database is copied too: SQLite with its online backup API, PostgreSQL (when
-    RINGFENCE_DATABASE_URL points at it) with pg_dump. Exit 0 when the backup replayed to a state hash.
-    With --to s3://BUCKET/PREFIX the backup is made in a private temporary folder, then uploaded
-    (manifest last), then the temporary folder is deleted.
+    RINGFENCE_DATABASE_URL points at it) with pg_dump. The manifest (every file's SHA-256) is signed
+    with the node's Ed25519 key: `verify` and `restore` accept the backup only from a node their
+    --trust file lists. Exit 0 when the backup replayed to a state hash. With --to s3://BUCKET/PREFIX
+    the backup is made in a private temporary folder, then uploaded (manifest last), then the
+    temporary folder is deleted. Everything is checked before the --to folder is made.
 
     Example: ringfence backup create --data ./ringfence-data --to ./backups/2026-12-03
 
@@ -102,72 +189,121 @@ def create(
     pg_url = os.environ.get("RINGFENCE_DATABASE_URL", "")
     pg_url = pg_url if pg_url.startswith("postgresql") else ""
     identity = None if pg_url else (node.parent / "identity.sqlite3" if node.name == ENGINE_SUBDIR else node / "identity.sqlite3")
-    if is_s3_url(to):
-        _create_on_s3(node, to, s3_endpoint_url, identity, pg_url)
-        return
-    folder = Path(to)
-    prepare_data_dir(folder, "--to")
+    if not is_s3_url(to):
+        check_new_dir(Path(to), "--to", empty=True)
+    key, key_where = _signing_key(_data_dir(node), sign_key)
+    signer = BackupSigner(node_id or _default_node_id(), key)
     try:
-        with _progress() as progress:
-            report = create_backup(node, folder, identity_db=identity, identity_pg_url=pg_url or None,
-                                   progress=progress)  # type: ignore[arg-type]
-    except RingfenceError as err:
-        fail(str(err), 1)
-    console.print(_table(f"backup {to}", report))
-    console.print(f"backup: [bold green]OK[/] sequence {report.last_seq:,} replayed to state hash {report.state_hash[:16]}…")
-
-
-def _create_on_s3(node: Path, to: str, endpoint: str | None, identity: Path | None, pg_url: str) -> None:
-    try:
-        loc = parse_s3_url(to, "--to")
-        client = s3_client(endpoint)
-        require_empty(loc, client)  # before the copy and replay, which may take minutes
-        with tempfile.TemporaryDirectory(prefix="ringfence-s3-") as tmp:  # mode 0700
-            local = Path(tmp) / "backup"
+        if is_s3_url(to):
+            loc, report, uploaded = _create_on_s3(node, to, s3_endpoint_url, identity, pg_url, signer)
+        else:
             with _progress() as progress:
-                report = create_backup(node, local, identity_db=identity, identity_pg_url=pg_url or None,
-                                       progress=progress)  # type: ignore[arg-type]
-            objects, size = upload_backup(local, loc, client)
+                report = create_backup(node, Path(to), signer=signer, identity_db=identity,
+                                       identity_pg_url=pg_url or None, progress=progress)  # type: ignore[arg-type]
     except RingfenceError as err:
-        fail(str(err), 1)
-    console.print(_table(f"backup {loc}", report))
-    console.print(f"uploaded {objects} objects ({size:,} bytes) to {loc}, {MANIFEST} last")
+        _fail(str(err), 1)
+    console.print(_table(f"backup {to}", report))
+    console.print(f"signed by node {escape(signer.node_id)} with {escape(key_where)}, public key "
+                  f"{nodekey.public_hex(key)}")
+    if is_s3_url(to):
+        console.print(f"uploaded {uploaded[0]} objects ({uploaded[1]:,} bytes) to {loc}, {MANIFEST} last")
     console.print(f"backup: [bold green]OK[/] sequence {report.last_seq:,} replayed to state hash {report.state_hash[:16]}…")
+
+
+def _create_on_s3(node: Path, to: str, endpoint: str | None, identity: Path | None, pg_url: str,
+                  signer: BackupSigner) -> tuple[str, BackupReport, tuple[int, int]]:
+    loc = parse_s3_url(to, "--to")
+    client = s3_client(endpoint, "--to")
+    require_empty(loc, client)  # before the copy and replay, which may take minutes
+    with tempfile.TemporaryDirectory(prefix="ringfence-s3-") as tmp:  # mode 0700
+        local = Path(tmp) / "backup"
+        with _progress() as progress:
+            report = create_backup(node, local, signer=signer, identity_db=identity, identity_pg_url=pg_url or None,
+                                   progress=progress)  # type: ignore[arg-type]
+        uploaded = upload_backup(local, loc, client)
+    return str(loc), report, uploaded
+
+
+@app.command("trust-entry")
+def trust_entry(
+    data: Path = typer.Option(None, "--data", help="The data directory whose node.key signs its backups "
+                              "(made on first use, as `backup create` would)."),
+    sign_key: Path = typer.Option(None, "--sign-key", help="A key file given to `backup create --sign-key` instead."),
+    node_id: str = typer.Option(None, "--node-id", help="The name `backup create --node-id` uses (default "
+                                "HOSTNAME-8000, as there)."),
+) -> None:
+    """Print the trust-file entry {"NODE_ID": "public key hex"} of the key that signs a node's backups.
+
+    Copy it into the trust file that `backup verify` and `backup restore` take with --trust; keep that
+    file apart from the backups (whoever can change it can make any backup trusted). Only the public
+    key is printed.
+
+    Example: ringfence backup trust-entry --data ./ringfence-data --node-id primary-a >> trusted-nodes.part
+    """
+    if (data is None) == (sign_key is None):
+        _fail("--data: give --data DATA_DIR (its node.key) or --sign-key FILE, one of them")
+    from . import _check_node_id
+
+    name = node_id or _default_node_id()
+    try:
+        _check_node_id(name, "--node-id")
+    except RingfenceError as err:
+        _fail(str(err))
+    if sign_key is not None:
+        key, _ = _signing_key(Path("."), sign_key)
+    else:
+        if not data.is_dir():
+            _fail(f"--data: {data} is not a directory; give the data directory `serve --data` and `backup create "
+                  "--data` take")
+        on_disk = (data / "journal").is_dir() or (data / ENGINE_SUBDIR / "journal").is_dir()
+        key, _ = _signing_key(_data_dir(require_node_dir(data, "--data")) if on_disk else data, None)
+    print(json.dumps({name: nodekey.public_hex(key)}))
 
 
 @app.command("verify")
 def verify(
     backup: str = typer.Argument(..., metavar="BACKUPDIR", help="A folder written by `backup create`, or its s3://BUCKET/PREFIX."),
+    trust: Path = typer.Option(None, "--trust", help=TRUST_HELP),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help=ALLOW_UNSIGNED_HELP),
     s3_endpoint_url: str = typer.Option(None, "--s3-endpoint-url", help=S3_ENDPOINT_HELP),
 ) -> None:
-    """Check every file's SHA-256, the journal's hash chain, and replay: the state hash must match.
+    """Check the manifest's signature against --trust, then every file's SHA-256, the journal's hash
+    chain, and replay: the state hash must match.
 
-    An s3:// backup is downloaded (every object under the prefix) and checked the same way: an
+    A manifest that is not signed, signed by a node the trust file does not list, or whose signature
+    does not verify is refused (exit 1) before any file is read. An s3:// backup is downloaded (every object under the prefix) and checked the same way: an
     object the manifest does not list, or one whose bytes changed, is a problem. Exit 0 when the
     backup is sound, 1 naming each problem otherwise.
 
-    Example: ringfence backup verify ./backups/2026-12-03
+    Example: ringfence backup verify ./backups/2026-12-03 --trust /etc/ringfence/trusted-nodes.json
 
-    Example: ringfence backup verify s3://backups/ringfence/2026-12-03 --s3-endpoint-url http://127.0.0.1:9000
+    Example: ringfence backup verify s3://backups/ringfence/2026-12-03 --trust ./trusted-nodes.json
+    --s3-endpoint-url http://127.0.0.1:9000
     """
+    peers, allow = _trust(trust, allow_unsigned)
     with _fetched(backup, s3_endpoint_url) as folder:
         try:
             with _progress() as progress:
-                report = verify_backup(folder, progress=progress)  # type: ignore[arg-type]
+                report = verify_backup(folder, trust=peers, allow_unsigned=allow,
+                                       progress=progress)  # type: ignore[arg-type]
         except RingfenceError as err:
-            fail(str(err), 1)
+            _fail(str(err), 1)
+    _warn_if_untrusted(report)
     console.print(_table(f"backup {backup}", report))
     if report.problems:
         for problem in report.problems:
-            console.print(f"[bold red]problem:[/] {problem}")
-        fail(f"backup {backup} failed verification ({len(report.problems)} problems)", 1)
-    console.print("backup verify: [bold green]OK[/] (files, hash chain, replayed state hash, snapshot, invariants)")
+            console.print(f"[bold red]problem:[/] {escape(problem)}")
+        _fail(f"backup {backup} failed verification ({len(report.problems)} problems)", 1)
+    console.print("backup verify: [bold green]OK[/] (signature, files, hash chain, replayed state hash, snapshot, "
+                  "invariants)")
 
 
 @app.command("restore")
 def restore(
     backup: str = typer.Argument(..., metavar="BACKUPDIR", help="A folder written by `backup create`, or its s3://BUCKET/PREFIX."),
     to: Path = typer.Option(..., "--to", help="A new (or empty) data directory; serve it with `ringfence serve --data NEWDIR`."),
+    trust: Path = typer.Option(None, "--trust", help=TRUST_HELP),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help=ALLOW_UNSIGNED_HELP),
     to_seq: int = typer.Option(None, "--to-seq", min=1, help="Restore the state as of this journal sequence "
                                "(default: the backup's last). Later commands are left out."),
     s3_endpoint_url: str = typer.Option(None, "--s3-endpoint-url", help=S3_ENDPOINT_HELP),
@@ -177,22 +313,25 @@ def restore(
     The restored journal is the backup's up to --to-seq (a batch straddling it is cut after that
     command); it is replayed and snapshotted before the command returns. A PostgreSQL identity dump
     is loaded into the empty database RINGFENCE_DATABASE_URL names (else it stays in the backup).
+    Nothing is created before everything is checked: the manifest's signature against --trust,
+    --to-seq, every file's SHA-256, and that the database can be opened and is empty.
 
-    Example: ringfence backup restore ./backups/2026-12-03 --to ./restored --to-seq 1200
+    Example: ringfence backup restore ./backups/2026-12-03 --trust ./trusted-nodes.json --to ./restored --to-seq 1200
 
-    Example: ringfence backup restore s3://backups/ringfence/2026-12-03 --to ./restored --to-seq 1200
+    Example: ringfence backup restore s3://backups/ringfence/2026-12-03 --trust ./trusted-nodes.json --to ./restored
     """
-    prepare_data_dir(to, "--to")
-    if any(to.iterdir()):
-        fail(f"--to: {to} is not empty; restore into a new folder")
+    check_new_dir(to, "--to", empty=True)
+    peers, allow = _trust(trust, allow_unsigned)
     with _fetched(backup, s3_endpoint_url) as folder:
         try:
             with _progress() as progress:
                 pg_url = os.environ.get("RINGFENCE_DATABASE_URL", "")
-                report = restore_backup(folder, to, to_seq=to_seq, progress=progress,  # type: ignore[arg-type]
+                report = restore_backup(folder, to, trust=peers, allow_unsigned=allow, to_seq=to_seq,
+                                        progress=progress,  # type: ignore[arg-type]
                                         identity_pg_url=pg_url if pg_url.startswith("postgresql") else None)
         except RingfenceError as err:
-            fail(str(err), 1)
+            _fail(str(err), 1)
+    _warn_if_untrusted(report)
     console.print(_table(f"restored {to}", report))
     console.print(f"restore: [bold green]OK[/] at sequence {report.last_seq:,}; start it with: ringfence serve --data {to}")
 

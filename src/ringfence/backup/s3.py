@@ -67,14 +67,18 @@ def parse_s3_url(url: str, field: str) -> S3Location:
     return S3Location(bucket, prefix)
 
 
-def s3_client(endpoint_url: str | None = None) -> Any:
-    """A boto3 S3 client for `endpoint_url` (else RINGFENCE_S3_ENDPOINT_URL, else AWS)."""
+EXTRA = "ringfence[s3]"  # pyproject.toml's optional dependencies that bring boto3
+
+
+def s3_client(endpoint_url: str | None = None, field: str = "--to") -> Any:
+    """A boto3 S3 client for `endpoint_url` (else RINGFENCE_S3_ENDPOINT_URL, else AWS); `field` is the
+    option or argument that named the s3:// location (`--to` for create, BACKUPDIR for verify/restore)."""
     try:
         import boto3
         from botocore.config import Config
     except ImportError:
-        raise ConfigError("boto3 is not installed; install it with: pip install 'ringfence[s3]'",
-                          field="--to") from None
+        raise ConfigError(f"an s3:// location needs boto3, which is not installed; install it with: "
+                          f"pip install '{EXTRA}'", field=field) from None
     endpoint = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
     if endpoint is not None and not endpoint.startswith(("http://", "https://")):
         raise ValidationError("must be an http:// or https:// URL", field=ENDPOINT_ENV)
