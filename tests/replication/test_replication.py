@@ -29,7 +29,7 @@ from pgtest import pg_database
 from api.conftest import Server, free_port
 from ringfence.app import replay_journal
 
-from .conftest import NATS_URL, Standby
+from .conftest import NATS_URL, Standby, peers_file
 
 
 def rf(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -95,7 +95,7 @@ def check_stream(stream: str) -> list[tuple[int, dict[str, str], bytes]]:
 
 def start_pair(tmp_path: Path, stream: str, pg_url: str, feed: bool = False) -> tuple[Server, Standby, str]:
     url = f"{NATS_URL}/{stream}"
-    env = {"RINGFENCE_DATABASE_URL": pg_url}
+    env = {"RINGFENCE_DATABASE_URL": pg_url, **peers_file(tmp_path, a=tmp_path / "a", b=tmp_path / "b")}
     primary = Server(tmp_path / "a", env=env | {"RINGFENCE_DEMO_FEED": "1" if feed else "0"},
                      args=("--replicate", url, "--node-id", "a"))
     assert "replicating to stream " + stream in primary.log_text()
@@ -189,8 +189,9 @@ def test_standby_follows_and_a_promotion_fences_the_old_primary(tmp_path, stream
             assert ("fence", "2") in kinds and kinds[-1] == ("batch", "2")
             assert not any(b"after-fence" in data for _, _, data in messages)
             assert any(b"on-b" in data for _, _, data in messages)
-            status = json.loads(rf("replication", "status", "--nats", url).stdout)
+            status = json.loads(rf("replication", "status", "--nats", url, "--peers", str(tmp_path / "peers.json")).stdout)
             assert status["leader"]["node"] == "b" and status["leader"]["epoch"] == 2
+            assert status["leader_signature"] == "valid", status  # b signed the record it wrote
         finally:
             primary.stop()
             assert standby.stop() == 0
