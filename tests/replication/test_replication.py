@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import re
 import subprocess
 import sys
@@ -285,7 +286,29 @@ def test_bad_replication_options_are_refused(tmp_path, args, message):
     assert proc.returncode == 2 and message in out and "Traceback" not in out, out
 
 
+def test_a_replicated_node_outside_dev_mode_needs_a_peers_file_naming_it(tmp_path, stream):
+    def serve(*extra: str, **env: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--data", str(tmp_path / "d"), "--port",
+                               str(free_port()), "--replicate", f"{NATS_URL}/{stream}", "--node-id", "d", *extra],
+                              capture_output=True, text=True, timeout=60, env=dict(os.environ, COLUMNS="300", **env))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in out, out
+        return " ".join(out.split())
+
+    assert "--peers: a replicated node outside dev mode needs a peers file" in serve(RINGFENCE_MODE="prod")
+    entry = json.loads(rf("replication", "node-key", "--data-dir", str(tmp_path / "d"), "--node-id", "d").stdout)
+    assert list(entry) == ["d"] and len(entry["d"]) == 64
+    assert (tmp_path / "d" / "node.key").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "peers.json").write_text(json.dumps({"d": "ab" * 32}))
+    assert "--peers: the peers file gives node 'd' a public key that is not the one of" in serve(
+        "--peers", str(tmp_path / "peers.json"))
+    (tmp_path / "peers.json").write_text(json.dumps({"e": entry["d"]}))
+    assert f"--peers: node 'd' is not in the peers file; add: {{\"d\": \"{entry['d']}\"}}" in serve(
+        "--peers", str(tmp_path / "peers.json"))
+
+
 @pytest.mark.parametrize("command", [["replication"], ["replication", "promote"], ["replication", "status"],
+                                     ["replication", "node-key"],
                                      ["replication", "nats-config"], ["journal", "sources"], ["dr"],
                                      ["dr", "drill"], ["serve"]])
 def test_replication_commands_have_help_with_an_example(command):

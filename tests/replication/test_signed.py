@@ -68,7 +68,7 @@ def _a_batch(replicator, stream: str, seq: int) -> tuple[bytes, int]:
     return msg.data, int(msg.headers["Rf-Count"])
 
 
-@pytest.mark.parametrize("signer", ["none", "untrusted key as 'a'", "untrusted node", "second node in the epoch"])
+@pytest.mark.parametrize("signer", ["none", "untrusted-key-as-a", "untrusted-node", "second-node-in-the-epoch"])
 def test_a_forged_next_record_with_an_empty_state_hash_is_refused_and_nothing_is_appended(tmp_path, stream, signer):
     node, replicator = _primary(tmp_path, stream)
     follower = Follower(replicator.target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of("a", "b", "c"))
@@ -80,17 +80,17 @@ def test_a_forged_next_record_with_an_empty_state_hash_is_refused_and_nothing_is
         headers = _forge_next(replicator, stream, payload, count)
         forged_at = replicator.stream_seq + 1
         headers["Rf-Pos"] = str(forged_at)
-        if signer == "untrusted key as 'a'":  # a valid-looking signature from a key not in the peers file
+        if signer == "untrusted-key-as-a":  # a valid-looking signature from a key not in the peers file
             sign_message(Ed25519PrivateKey.generate(), "a", stream, headers, payload)
-        elif signer == "untrusted node":
+        elif signer == "untrusted-node":
             sign_message(Ed25519PrivateKey.generate(), "eve", stream, headers, payload)
-        elif signer == "second node in the epoch":  # a peer, but epoch 1 is a's
+        elif signer == "second-node-in-the-epoch":  # a peer, but epoch 1 is a's
             headers["Rf-Outcome-Next"] = "1"
             sign_message(key_of("c"), "c", stream, headers, payload)
         _publish(replicator, headers, payload)
-        reason = {"none": "not signed", "untrusted key as 'a'": "not that of node 'a'",
-                  "untrusted node": "'eve', which is not in the peers file",
-                  "second node in the epoch": "signed by 'c', but 'a' leads that epoch"}[signer]
+        reason = {"none": "not signed", "untrusted-key-as-a": "not that of node 'a'",
+                  "untrusted-node": "'eve', which is not in the peers file",
+                  "second-node-in-the-epoch": "signed by 'c', but 'a' leads that epoch"}[signer]
         with pytest.raises(Refused, match=f"stream message {forged_at} refused: .*{reason}.*nothing of it was appended"):
             follower.poll()
         assert follower.engine.last_seq == applied
@@ -239,7 +239,7 @@ def test_a_genuine_promotion_still_works_and_the_new_leader_signs(tmp_path, stre
         replicator.close()
 
 
-@pytest.mark.parametrize("how", ["unsigned", "signed by another key"])
+@pytest.mark.parametrize("how", ["unsigned", "signed-by-another-key"])
 def test_a_primary_refuses_to_start_on_a_forged_leader_record(tmp_path, stream, how):
     from ringfence.replication import NatsLink, sign_leader
 

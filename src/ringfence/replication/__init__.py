@@ -324,7 +324,14 @@ def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
         entry = link.call(kv.get("leader"))
     except KeyNotFoundError:
         return None, 0
-    return json.loads(entry.value), int(entry.revision)
+    try:
+        record = json.loads(entry.value)
+    except (ValueError, TypeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("node"), str) or type(record.get("epoch")) is not int:
+        # not a record any node wrote (a forgery): shown as such; no node acts on it
+        return {"epoch": 0, "node": "", "unreadable": True}, int(entry.revision)
+    return record, int(entry.revision)
 
 
 PROMOTE_ACTION = "replication.promote"
@@ -465,6 +472,8 @@ class Replicator:
         """A leader record is forged when it does not carry the signature of the node it names (own
         key for this node; the peers file for another, when this primary was given one)."""
         node = leader.get("node")
+        if leader.get("unreadable"):
+            return True
         public = self.key.public_key() if node == self.node_id else (self.peers or {}).get(str(node))
         if public is None:
             return False  # another node's record and no peers file to check it with
