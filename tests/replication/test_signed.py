@@ -239,7 +239,30 @@ def test_a_genuine_promotion_still_works_and_the_new_leader_signs(tmp_path, stre
         replicator.close()
 
 
-@pytest.mark.parametrize("how", ["unsigned", "signed-by-another-key"])
+def test_a_promised_outcome_digest_that_does_not_come_is_refused(tmp_path, stream):
+    """`Rf-Outcome-Next` promises the outcome digest on the next batch of the same run: a next batch
+    without it is refused (dev mode, no signatures: the state check alone)."""
+    node, replicator = _primary(tmp_path, stream)
+    follower = Follower(replicator.target, tmp_path / "b", "b", key=key_of("b"), peers=None)
+    try:
+        follower.poll()
+        payload, count = _a_batch(replicator, stream, replicator.stream_seq)  # same sequencer time: applies
+        run = {"Rf-Session": "feedfeedfeedfeed", "Rf-Outcome-Next": "1"}
+        _publish(replicator, _forge_next(replicator, stream, payload, count, **run), payload)
+        assert follower.poll() == 1  # applied (no signature is checked here): its outcome is now owed
+        before = _journal_bytes(tmp_path / "b")
+        at = _publish(replicator, _forge_next(replicator, stream, payload, count, **run), payload)
+        with pytest.raises(Refused, match=f"stream message {at} refused: the outcome digest of the batch ending at "
+                                          "sequence .* was promised with this batch and is not in it"):
+            follower.poll()
+        assert _journal_bytes(tmp_path / "b") == before
+    finally:
+        follower.close()
+        node.close()
+        replicator.close()
+
+
+@pytest.mark.parametrize("how", ["unsigned", "signed-by-another-key", "not-json"])
 def test_a_primary_refuses_to_start_on_a_forged_leader_record(tmp_path, stream, how):
     from ringfence.replication import NatsLink, sign_leader
 
@@ -249,10 +272,11 @@ def test_a_primary_refuses_to_start_on_a_forged_leader_record(tmp_path, stream, 
         kv = link.ensure_stream_and_bucket()
         record = {"epoch": 1, "node": "a", "lease_ms": 0, "renewed_at_ns": time.time_ns()}
         value = json.dumps(record).encode() if how == "unsigned" else sign_leader(Ed25519PrivateKey.generate(), stream, record)
-        link.call(kv.put("leader", value))
+        link.call(kv.put("leader", b"{not json" if how == "not-json" else value))
     finally:
         link.close()
-    with pytest.raises(Fenced, match="forged leader record: it names 'a' at epoch 1"):
+    named = "'' at epoch 0" if how == "not-json" else "'a' at epoch 1"
+    with pytest.raises(Fenced, match=f"forged leader record: it names {named}"):
         Replicator(target, "a", key=key_of("a"))
 
 
