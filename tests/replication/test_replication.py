@@ -147,6 +147,7 @@ def test_standby_follows_and_a_promotion_fences_the_old_primary(tmp_path, stream
                 time.sleep(0.1)
             primary_state, _, _ = replay_journal(tmp_path / "a" / "engine", until_seq=last)  # read-only
             assert status["applied_seq"] == last and status["role"] == "standby", status
+            assert status["signatures_checked"] is True, status  # started with the peers file
             assert status["outcomes_checked"] >= 11, status  # a batch's events are checked when the next batch arrives
             assert status["state_hash"] == primary_state.state_hash(), "the standby's state differs from the primary's"
             # every batch's state is checked through the incremental digest (sent two batches later: it is

@@ -329,7 +329,8 @@ def serve(
     replicate: str | None = typer.Option(None, "--replicate", help="Primary: publish every journal batch to this NATS "
                                          "JetStream stream (nats://host:4222/STREAM) and acknowledge only after its ack."),
     standby: str | None = typer.Option(None, "--standby", help="Hot standby: follow the stream into DIR, verifying "
-                                       "chain and state hash, until promoted; then serve as the primary."),
+                                       "signature (--peers), chain and state of every batch, until promoted; then serve as "
+                                       "the primary."),
     node_id: str | None = typer.Option(None, "--node-id", help="This node's name in the leadership record "
                                        "(default: HOSTNAME-PORT)."),
     peers: Path | None = typer.Option(None, "--peers", envvar="RINGFENCE_REPLICATION_PEERS",

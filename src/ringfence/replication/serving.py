@@ -130,7 +130,8 @@ class StandbyStatus:
                     "applied_seq": follower.engine.last_seq, "stream_seq": follower.stream_seq,
                     "fence_epoch": follower.fence_epoch, "batches_applied": follower.batches_applied,
                     "state_hash": follower.last_state_hash, "outcomes_checked": follower.outcomes_checked,
-                    "digests_checked": follower.digests_checked, "read_models_seq": models.last_seq if models is not None else None}
+                    "digests_checked": follower.digests_checked, "read_models_seq": models.last_seq if models is not None else None,
+                    "signatures_checked": follower.peers is not None}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
