@@ -47,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, percentile_us  # noqa: E402
 from ledger import BATCH, SWITCH_INTERVAL_US, closed_loop, open_loop, prepared_node, transfer_stream  # noqa: E402
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
 from ringfence.replication import Replicator, parse_target  # noqa: E402
 
 
@@ -71,7 +73,8 @@ def _delete(nats_url: str, stream: str) -> None:
 def _replicated(node, nats_url: str, every: int, later: bool = False, digest: bool = False) -> tuple[Replicator, str]:  # type: ignore[no-untyped-def]
     stream = "RFBENCH" + secrets.token_hex(4).upper()
     replicator = Replicator(parse_target(f"{nats_url}/{stream}?state_hash_every={every}&state_hash_later={int(later)}"
-                                         f"&state_digest={int(digest)}"), "bench")
+                                         f"&state_digest={int(digest)}"), "bench",
+                            key=Ed25519PrivateKey.generate())  # signs every message, as a served node does
     replicator.attach(node)  # publishes the setup history, then hooks every batch
     return replicator, stream
 

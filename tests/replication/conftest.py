@@ -20,6 +20,34 @@ import pytest
 
 NATS_URL = os.environ.get("RINGFENCE_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
+_KEYS: dict[str, object] = {}
+
+
+def key_of(node: str):
+    """The Ed25519 key of test node `node` (one per node name for the whole test process)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if node not in _KEYS:
+        _KEYS[node] = Ed25519PrivateKey.generate()
+    return _KEYS[node]
+
+
+#: the node names the in-process tests use
+NODES = ("a", "b", "c", "fresh", *(f"n{i}" for i in range(64)))
+
+
+def peers_of(*nodes: str) -> dict:
+    """A peers file's content (node id -> public key) for `nodes` (default: every test node)."""
+    return {node: key_of(node).public_key() for node in (nodes or NODES)}
+
+
+def peers_file(tmp_path: Path, **data_dirs: Path) -> dict[str, str]:
+    """For real processes: each node's DATA_DIR/node.key made now, and the env pointing at the peers file."""
+    from ringfence.replication.drill import write_peers
+
+    path = write_peers(tmp_path / "peers.json", data_dirs)
+    return {"RINGFENCE_REPLICATION_PEERS": str(path)}
+
 
 async def _delete_stream(stream: str) -> None:
     import nats
@@ -63,6 +91,8 @@ class Standby:
         self.log_path = data.parent / f"standby-{node_id}-{port}.log"
         self.log = open(self.log_path, "w")
         self.argv = ["serve", "--data", str(data), "--port", str(port), "--standby", url, "--node-id", node_id]
+        if env is None or "RINGFENCE_REPLICATION_PEERS" not in env:  # a standby of its own: a peers file of one
+            env = dict(env or {}, **peers_file(data.parent, **{node_id: data}))
         self.proc = subprocess.Popen([sys.executable, "-m", "ringfence.cli", *self.argv], stdout=self.log,
                                      stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="400",
                                                                         RINGFENCE_RECONCILE_EVERY_MS="1000", **(env or {})))

@@ -16,16 +16,17 @@ from ringfence.errors import ConfigError, JournalCorrupt
 from ringfence.journal.journal import scan_all
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
-from ringfence.replication import Fenced, Follower, PromotionRefused, Replicator, leader_of, parse_target, promote
+from ringfence.replication import (Fenced, Follower, PromotionRefused, Refused, Replicator, leader_of, parse_target,
+                                   promote)
 
-from .conftest import NATS_URL
+from .conftest import NATS_URL, key_of, peers_of
 
 
 def _primary(tmp_path, stream):
     node = new_node(tmp_path / "a")
     node.open()
     node.start()
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}"), "a")
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}"), "a", key=key_of("a"))
     assert replicator.attach(node) == 0
     node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
     node.execute_many([OpenAccount("alice", "BTC"), OpenAccount("bob", "BTC")])
@@ -47,7 +48,7 @@ def test_follower_rebuilds_the_primary_journal_byte_for_byte(tmp_path, stream):
     try:
         for i in range(1, 6):
             _fund(node, i, 1000 * i)
-        follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+        follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
         try:
             assert follower.poll() == replicator.published
             assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
@@ -71,10 +72,10 @@ def test_follower_refuses_a_forged_batch(tmp_path, stream):
         forged = dict(headers, **{"Rf-First-Seq": str(node.last_seq + 1), "Rf-Prev-Hash": headers["Rf-Hash"],
                                    "Nats-Msg-Id": "forged", "Nats-Expected-Last-Sequence": str(replicator.stream_seq)})
         _publish_raw(replicator, forged, msg.data.replace(b"bob", b"eve"))
-        follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+        follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
         try:
-            with pytest.raises(JournalCorrupt, match="record hash|does not follow"):
-                follower.poll()
+            with pytest.raises(Refused, match="stream message 3 refused: the signature is not that of node 'a'"):
+                follower.poll()  # its headers and body no longer match a's signature
             assert follower.engine.last_seq == node.last_seq  # everything before the forgery applied
         finally:
             follower.close()
@@ -87,7 +88,7 @@ def test_a_deposed_primary_is_refused_by_the_stream_and_by_followers(tmp_path, s
     target = parse_target(f"{NATS_URL}/{stream}")
     node, replicator = _primary(tmp_path, stream)
     try:
-        follower = Follower(target, tmp_path / "b", "b")
+        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
         try:
             follower.poll()
             record = promote(target, "b")
@@ -100,10 +101,11 @@ def test_a_deposed_primary_is_refused_by_the_stream_and_by_followers(tmp_path, s
             assert node.failed is not None and isinstance(node.failed, Fenced)
             info = replicator.link.call(replicator.link.js.stream_info(stream))
             assert info.state.last_seq == before, "the deposed primary got a message into the stream"
-            # even a writer that learns the stream's tail is refused by followers: its epoch is old
+            # even a writer that learns the stream's tail (and still holds its key: it signs for the
+            # new position) is refused by followers: its epoch is old
             stale = replicator.link.call(replicator.link.js.get_msg(stream, before - 1))
             headers = dict(stale.headers, **{"Nats-Msg-Id": "stale", "Nats-Expected-Last-Sequence": str(before)})
-            _publish_raw(replicator, headers, stale.data)
+            replicator._publish_one(0, headers, stale.data)
             with pytest.raises(Fenced, match="deposed primary"):
                 follower.poll()
         finally:
@@ -121,7 +123,7 @@ def test_leadership_changes_only_with_the_current_revision(tmp_path, stream):
     target = parse_target(f"{NATS_URL}/{stream}")
     node, replicator = _primary(tmp_path, stream)
     link, kv = replicator.link, replicator.kv
-    follower = Follower(target, tmp_path / "b", "b")
+    follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
     try:
         leader, revision = leader_of(link, kv)
         assert leader["node"] == "a" and leader["epoch"] == 1
@@ -137,7 +139,7 @@ def test_leadership_changes_only_with_the_current_revision(tmp_path, stream):
             link.call(kv.update("leader", json.dumps({"epoch": 2, "node": "c"}).encode(), last=revision))
         assert leader_of(link, kv)[0]["node"] == "b"
         with pytest.raises(Fenced, match="'b' is the primary at epoch 2"):
-            Replicator(target, "a")
+            Replicator(target, "a", key=key_of("a"))
     finally:
         follower.close()
         node.close()
@@ -166,10 +168,10 @@ def test_a_partitioned_primary_stops_within_its_lease_and_the_standby_takes_over
     node.open()
     node.start()
     lease_s = 1.0  # float-ok: seconds
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?lease_ms={int(lease_s * 1000)}"), "a")
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?lease_ms={int(lease_s * 1000)}"), "a", key=key_of("a"))
     replicator.attach(node)
     node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
-    follower = Follower(parse_target(f"{NATS_URL}/{stream}?auto_promote=1"), tmp_path / "b", "b")
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}?auto_promote=1"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
     promoted: list[int] = []
     runner = threading.Thread(target=lambda: promoted.append(follower.follow_until_promoted()))
     try:
@@ -213,7 +215,7 @@ def test_a_record_larger_than_a_nats_message_goes_in_chunks_and_a_cut_off_one_is
         headers = dict(chunked[0], **{"Rf-First-Seq": str(node.last_seq + 1), "Rf-Chunk": "1/2",
                                        "Nats-Msg-Id": "cut-off", "Nats-Expected-Last-Sequence": str(replicator.stream_seq)})
         replicator._publish_one(node.last_seq + 1, headers, b"x" * 100)
-        follower = Follower(target, tmp_path / "b", "b")
+        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
         try:
             promote(target, "b")
             assert follower.follow_until_promoted() == 2  # the fence drops the cut-off record
@@ -232,11 +234,11 @@ def test_a_restarted_standby_checks_the_stream_against_its_journal(tmp_path, str
     node, replicator = _primary(tmp_path, stream)
     try:
         _fund(node, 1, 5)
-        follower = Follower(target, tmp_path / "b", "b")
+        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
         follower.poll()
         follower.close()
         _fund(node, 2, 7)
-        again = Follower(target, tmp_path / "b", "b")  # re-reads the stream from the start
+        again = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())  # re-reads the stream from the start
         try:
             again.poll()
             assert again.engine.state_hash() == node.read(lambda e: e.state_hash())
@@ -247,7 +249,7 @@ def test_a_restarted_standby_checks_the_stream_against_its_journal(tmp_path, str
         other.open()
         other.execute(RegisterAsset("ETH", 18, "crypto", "ethereum"))
         other.close()
-        diverged = Follower(target, tmp_path / "c", "c")
+        diverged = Follower(target, tmp_path / "c", "c", key=key_of("c"), peers=peers_of())
         try:
             with pytest.raises(JournalCorrupt, match="diverged"):
                 diverged.poll()
@@ -274,7 +276,7 @@ def test_an_fsync_failure_while_the_batch_is_being_published_is_outcome_unknown(
 
     node = new_node(tmp_path / "a", journal_sync=sync)
     node.open()
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000"), "a")
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000"), "a", key=key_of("a"))
     replicator.attach(node)
     node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
     node.execute(OpenAccount("alice", "BTC"))
@@ -284,7 +286,7 @@ def test_an_fsync_failure_while_the_batch_is_being_published_is_outcome_unknown(
         node.execute(CreateTransfers([Transfer(1, world, alice, 5)]))
     node.abandon()
     replicator.close()
-    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
     try:
         follower.poll()
         assert follower.engine.ledger.get("alice", "BTC").balance == 5  # the standby did get it
@@ -310,8 +312,8 @@ def test_a_state_hash_computed_off_the_sequencer_is_checked_when_it_arrives(tmp_
     node.open()
     node.start()
     # state_digest=0: the later hash alone (the per-batch digest would catch the divergence first)
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=2&state_hash_later=1&state_digest=0"), "a")
-    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=2&state_hash_later=1&state_digest=0"), "a", key=key_of("a"))
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
     try:
         replicator.attach(node)
         node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
@@ -345,8 +347,8 @@ def test_every_batch_outcome_is_checked_without_a_state_hash(tmp_path, stream):
     node = new_node(tmp_path / "a")
     node.open()
     node.start()
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000000"), "a")
-    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000000"), "a", key=key_of("a"))
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
     try:
         replicator.attach(node)
         node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
@@ -385,8 +387,8 @@ def test_a_standby_of_another_digest_format_stops_naming_both(tmp_path, stream, 
     node = new_node(tmp_path / "a")
     node.open()
     node.start()
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000000"), "a")
-    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000000"), "a", key=key_of("a"))
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
     try:
         replicator.attach(node)
         node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
@@ -416,8 +418,8 @@ def test_every_batch_state_is_checked_through_the_incremental_digest(tmp_path, s
     node = new_node(tmp_path / "a")
     node.open()
     node.start()
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000000"), "a")
-    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?state_hash_every=1000000"), "a", key=key_of("a"))
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
     try:
         replicator.attach(node)
         node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))

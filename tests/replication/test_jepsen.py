@@ -24,7 +24,7 @@ from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsse
 from ringfence.ledger.model import Transfer
 from ringfence.replication import Follower, Replicator, parse_target, promote
 
-from .conftest import NATS_URL
+from .conftest import NATS_URL, key_of, peers_of
 from .test_replication import check_stream, stream_messages
 
 SEEDS = [int(s) for s in os.environ.get("RINGFENCE_JEPSEN_SEEDS", "11,23,37").split(",")]
@@ -39,7 +39,7 @@ class Cluster:
         self.primary_id = "n0"
         self.node = new_node(tmp_path / "n0")
         self.node.open()
-        self.replicator = Replicator(self.target, "n0")
+        self.replicator = Replicator(self.target, "n0", key=key_of("n0"))
         self.replicator.attach(self.node)
         self.node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
         self.node.execute(OpenAccount("alice", "BTC"))
@@ -51,7 +51,7 @@ class Cluster:
     def _new_standby(self) -> Follower:
         self.generation += 1
         ident = f"n{self.generation}"
-        return Follower(self.target, self.tmp / ident, ident)
+        return Follower(self.target, self.tmp / ident, ident, key=key_of(ident), peers=peers_of())
 
     def write(self, transfer_id: int) -> bool:
         """A client write; True when acknowledged."""
@@ -86,7 +86,7 @@ class Cluster:
         self.standby.close()
         self.node = new_node(new_dir)
         self.node.open()
-        self.replicator = Replicator(self.target, new_id)
+        self.replicator = Replicator(self.target, new_id, key=key_of(new_id))
         assert self.replicator.attach(self.node) == 0
         self.primary_id, self.primary_alive, self.partitioned = new_id, True, False
         self.standby = self._new_standby()
@@ -147,7 +147,7 @@ def test_acknowledged_writes_survive_kills_partitions_and_promotions(tmp_path, s
         order = [positions[t] for t in acked]
         assert order == sorted(order), f"seed {seed}: acknowledged writes are out of order in the history"
         # a brand-new follower of the whole stream reaches the final primary's state
-        fresh = Follower(cluster.target, tmp_path / "fresh", "fresh")
+        fresh = Follower(cluster.target, tmp_path / "fresh", "fresh", key=key_of("fresh"), peers=peers_of())
         try:
             fresh.poll()
             assert fresh.engine.state_hash() == final_hash, f"seed {seed}: a fresh replica differs"

@@ -22,6 +22,8 @@ from ringfence.errors import ConfigError
 from ringfence.ledger.commands import OpenAccount, RegisterAsset
 from ringfence.replication import Follower, NatsLink, Replicator, leader_of, parse_target, promote
 
+from .conftest import key_of, peers_of
+
 STREAM = "RFSVC"
 
 
@@ -87,7 +89,7 @@ def test_each_service_may_do_only_its_own_work(tmp_path, nats_services):
     node = new_node(tmp_path / "a")
     node.open()
     node.start()
-    replicator = Replicator(parse_target(_url(port, "rf-node", pw["rf-node"])), "a")
+    replicator = Replicator(parse_target(_url(port, "rf-node", pw["rf-node"])), "a", key=key_of("a"))
     follower = None
     try:
         replicator.attach(node)
@@ -113,7 +115,7 @@ def test_each_service_may_do_only_its_own_work(tmp_path, nats_services):
         # the monitor may not even request a promotion; the operator may, and the standby decides
         with pytest.raises(Exception):  # noqa: B017 - a permissions violation surfaces as a timeout
             promote(parse_target(_url(port, "rf-monitor", pw["rf-monitor"])), "b")
-        follower = Follower(parse_target(_url(port, "rf-node", pw["rf-node"])), tmp_path / "b", "b")
+        follower = Follower(parse_target(_url(port, "rf-node", pw["rf-node"])), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
         promote(parse_target(_url(port, "rf-operator", pw["rf-operator"])), "b")
         assert follower.follow_until_promoted() == 2
         assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())

@@ -22,6 +22,8 @@ from ringfence.errors import ConfigError
 from ringfence.ledger.commands import RegisterAsset
 from ringfence.replication import Follower, Replicator, parse_target
 
+from .conftest import key_of, peers_of
+
 
 def _cert(subject: str, issuer_key, issuer_name, key, *, ca: bool) -> x509.Certificate:
     now = dt.datetime.now(dt.timezone.utc)
@@ -67,11 +69,11 @@ def test_replication_over_verified_tls(tmp_path, tls_nats):
     target = parse_target(f"tls://127.0.0.1:{port}/RFTLS?tls_ca={ca}")
     node = new_node(tmp_path / "a")
     node.open()
-    replicator = Replicator(target, "a")
+    replicator = Replicator(target, "a", key=key_of("a"))
     try:
         replicator.attach(node)
         node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
-        follower = Follower(target, tmp_path / "b", "b")
+        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
         try:
             assert follower.poll() == 1
             assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
@@ -82,7 +84,7 @@ def test_replication_over_verified_tls(tmp_path, tls_nats):
         replicator.close()
     # without the CA the server's certificate cannot be verified: refused, not downgraded
     with pytest.raises(ConfigError, match="cannot reach NATS"):
-        Replicator(parse_target(f"tls://127.0.0.1:{port}/RFTLS"), "a")
+        Replicator(parse_target(f"tls://127.0.0.1:{port}/RFTLS"), "a", key=key_of("a"))
     with pytest.raises(ConfigError, match="tls_ca"):
         parse_target(f"nats://127.0.0.1:{port}/RFTLS?tls_ca={ca}")
 
@@ -94,4 +96,4 @@ def test_a_tls_url_to_a_server_without_tls_is_refused_not_downgraded(tmp_path):
 
     plain = NATS_URL.replace("nats://", "tls://", 1)
     with pytest.raises(ConfigError, match="did not start TLS"):
-        Replicator(parse_target(f"{plain}/RFTLSPLAIN"), "a")
+        Replicator(parse_target(f"{plain}/RFTLSPLAIN"), "a", key=key_of("a"))

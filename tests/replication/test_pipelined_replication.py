@@ -28,7 +28,7 @@ from ringfence.replication import Fenced, Follower, Replicator, parse_target, pr
 from journal.test_journal import seed_ledger
 from journal.test_pipelined import PowerCut
 
-from .conftest import NATS_URL
+from .conftest import NATS_URL, key_of, peers_of
 
 
 def _wait(condition, what: str, timeout_s: float = 15.0) -> None:  # float-ok: seconds
@@ -56,7 +56,7 @@ def _primary(tmp_path, stream, query: str = "", **options):  # type: ignore[no-u
     node = new_node(tmp_path / "a", pipeline=True, **options)
     node.open()
     world, alice, _ = seed_ledger(node)
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}{query}"), "a")
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}{query}"), "a", key=key_of("a"))
     replicator.attach(node)
     node.start()
     return node, replicator, world, alice
@@ -74,7 +74,7 @@ def _one_batch_each(node, commands):  # type: ignore[no-untyped-def]
 
 def test_a_pipelined_primary_replicates_every_batch_and_the_standby_verifies_it(tmp_path, stream):
     node, replicator, world, alice = _primary(tmp_path, stream)
-    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
     try:
         acks = []
         for wave in range(20):  # 20 waves of 20, each submitted once the one before is applied
@@ -161,7 +161,7 @@ def test_a_deposed_pipelined_primary_never_acknowledges_its_batches_in_flight(tm
     even the ones behind the first refused one whose expected sequence the fence happens to match."""
     target = parse_target(f"{NATS_URL}/{stream}")
     node, replicator, world, alice = _primary(tmp_path, stream)
-    follower = Follower(target, tmp_path / "b", "b")
+    follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
     try:
         node.execute(CreateTransfers([Transfer(1, world, alice, 1)]))
         gate = _hold_sends(replicator)
@@ -237,7 +237,7 @@ def test_a_power_cut_loses_nothing_acknowledged_locally_or_in_the_stream(tmp_pat
     missing = acked_then - set(recovered.engine.ledger.transfers)
     recovered.close()
     assert not missing, f"acknowledged transfers lost in a power cut: {sorted(missing)[:10]} (seed {seed})"
-    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b")
+    follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
     try:
         follower.poll()
         missing = acked_then - set(follower.engine.ledger.transfers)

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import re
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from pgtest import pg_database
 from api.conftest import Server, free_port
 from ringfence.app import replay_journal
 
-from .conftest import NATS_URL, Standby
+from .conftest import NATS_URL, Standby, peers_file
 
 
 def rf(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -95,7 +96,7 @@ def check_stream(stream: str) -> list[tuple[int, dict[str, str], bytes]]:
 
 def start_pair(tmp_path: Path, stream: str, pg_url: str, feed: bool = False) -> tuple[Server, Standby, str]:
     url = f"{NATS_URL}/{stream}"
-    env = {"RINGFENCE_DATABASE_URL": pg_url}
+    env = {"RINGFENCE_DATABASE_URL": pg_url, **peers_file(tmp_path, a=tmp_path / "a", b=tmp_path / "b")}
     primary = Server(tmp_path / "a", env=env | {"RINGFENCE_DEMO_FEED": "1" if feed else "0"},
                      args=("--replicate", url, "--node-id", "a"))
     assert "replicating to stream " + stream in primary.log_text()
@@ -146,6 +147,7 @@ def test_standby_follows_and_a_promotion_fences_the_old_primary(tmp_path, stream
                 time.sleep(0.1)
             primary_state, _, _ = replay_journal(tmp_path / "a" / "engine", until_seq=last)  # read-only
             assert status["applied_seq"] == last and status["role"] == "standby", status
+            assert status["signatures_checked"] is True, status  # started with the peers file
             assert status["outcomes_checked"] >= 11, status  # a batch's events are checked when the next batch arrives
             assert status["state_hash"] == primary_state.state_hash(), "the standby's state differs from the primary's"
             # every batch's state is checked through the incremental digest (sent two batches later: it is
@@ -189,8 +191,9 @@ def test_standby_follows_and_a_promotion_fences_the_old_primary(tmp_path, stream
             assert ("fence", "2") in kinds and kinds[-1] == ("batch", "2")
             assert not any(b"after-fence" in data for _, _, data in messages)
             assert any(b"on-b" in data for _, _, data in messages)
-            status = json.loads(rf("replication", "status", "--nats", url).stdout)
+            status = json.loads(rf("replication", "status", "--nats", url, "--peers", str(tmp_path / "peers.json")).stdout)
             assert status["leader"]["node"] == "b" and status["leader"]["epoch"] == 2
+            assert status["leader_signature"] == "valid", status  # b signed the record it wrote
         finally:
             primary.stop()
             assert standby.stop() == 0
@@ -284,7 +287,29 @@ def test_bad_replication_options_are_refused(tmp_path, args, message):
     assert proc.returncode == 2 and message in out and "Traceback" not in out, out
 
 
+def test_a_replicated_node_outside_dev_mode_needs_a_peers_file_naming_it(tmp_path, stream):
+    def serve(*extra: str, **env: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--data", str(tmp_path / "d"), "--port",
+                               str(free_port()), "--replicate", f"{NATS_URL}/{stream}", "--node-id", "d", *extra],
+                              capture_output=True, text=True, timeout=60, env=dict(os.environ, COLUMNS="300", **env))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in out, out
+        return " ".join(out.split())
+
+    assert "--peers: a replicated node outside dev mode needs a peers file" in serve(RINGFENCE_MODE="prod")
+    entry = json.loads(rf("replication", "node-key", "--data-dir", str(tmp_path / "d"), "--node-id", "d").stdout)
+    assert list(entry) == ["d"] and len(entry["d"]) == 64
+    assert (tmp_path / "d" / "node.key").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "peers.json").write_text(json.dumps({"d": "ab" * 32}))
+    assert "--peers: the peers file gives node 'd' a public key that is not the one of" in serve(
+        "--peers", str(tmp_path / "peers.json"))
+    (tmp_path / "peers.json").write_text(json.dumps({"e": entry["d"]}))
+    assert f"--peers: node 'd' is not in the peers file; add: {{\"d\": \"{entry['d']}\"}}" in serve(
+        "--peers", str(tmp_path / "peers.json"))
+
+
 @pytest.mark.parametrize("command", [["replication"], ["replication", "promote"], ["replication", "status"],
+                                     ["replication", "node-key"],
                                      ["replication", "nats-config"], ["journal", "sources"], ["dr"],
                                      ["dr", "drill"], ["serve"]])
 def test_replication_commands_have_help_with_an_example(command):

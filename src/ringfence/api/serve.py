@@ -329,9 +329,15 @@ def serve(
     replicate: str | None = typer.Option(None, "--replicate", help="Primary: publish every journal batch to this NATS "
                                          "JetStream stream (nats://host:4222/STREAM) and acknowledge only after its ack."),
     standby: str | None = typer.Option(None, "--standby", help="Hot standby: follow the stream into DIR, verifying "
-                                       "chain and state hash, until promoted; then serve as the primary."),
+                                       "signature (--peers), chain and state of every batch, until promoted; then serve as "
+                                       "the primary."),
     node_id: str | None = typer.Option(None, "--node-id", help="This node's name in the leadership record "
                                        "(default: HOSTNAME-PORT)."),
+    peers: Path | None = typer.Option(None, "--peers", envvar="RINGFENCE_REPLICATION_PEERS",
+                                      help="With --replicate/--standby: the peers file ({\"NODE_ID\": \"hex public key\"}, "
+                                      "lines from `ringfence replication node-key`) every stream message's signature is "
+                                      "checked against; this node signs with DIR/node.key (made on first start). "
+                                      "Required in prod mode."),
     gateways: int = typer.Option(0, "--gateways", min=0, max=32, help="Run N gateway processes on --port in front of this "
                                  "(engine) process, which then listens only on DIR/run/engine.sock (0: one process, as before). "
                                  "Checks (keys, replay, rate limits) stay in the engine, so they hold across gateways."),
@@ -350,7 +356,7 @@ def serve(
 
     Example: ringfence serve --demo --data ./ringfence-data --port 8000
 
-    Example (replicated): ringfence serve --data ./a --replicate nats://127.0.0.1:4222/RF --node-id a
+    Example (replicated): ringfence serve --data ./a --replicate nats://127.0.0.1:4222/RF --node-id a --peers ./peers.json
 
     Example (two gateway processes in front of the engine): ringfence serve --demo --data ./d --gateways 2
     """
@@ -391,7 +397,7 @@ def serve(
         def say(line: str) -> None:
             console.print(line, soft_wrap=True)
 
-        replicator, warm = before_build(data, replicate, standby, node_id, port, demo, say, host)
+        replicator, warm = before_build(data, replicate, standby, node_id, port, demo, say, host, peers=peers)
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port), warm=warm,
                                     pipeline=pipeline and replicator is None)
         after_build(exchange, replicator, say)

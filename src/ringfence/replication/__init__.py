@@ -20,8 +20,30 @@ publish of the deposed primary is refused by the stream (wrong last sequence), a
 refuses any batch whose epoch is below the newest fence it has seen. A deposed primary stops and
 answers its waiting clients `OutcomeUnknown`: it can never get a batch accepted.
 
-Invariants a follower checks on every message: sequence continuity, the hash chain (the record
-hash recomputed from header and payload), the epoch, and the state hash after applying it.
+Invariants a follower checks on every message: the signature (below), sequence continuity, the
+hash chain (the record hash recomputed from header and payload), the epoch, and a state check on
+every batch (the state hash after applying it; or, marked, one that comes later — see `_apply`).
+
+Signatures (intruder review of #21, F1/F2; docs/resilience.md "Who a standby trusts"). Every
+message a node publishes (each batch, each chunk of a large one, a fence) carries `Rf-Node` (the
+node id) and `Rf-Sig`: the hex Ed25519 signature, with the node's key (`nodekey`, DATA_DIR/node.key),
+over these bytes, lines joined by "\n" (no final newline):
+
+    ringfence-replication-v1
+    stream=STREAM
+    NAME:VALUE        one line per header whose name starts with "Rf-", except Rf-Sig, sorted by name
+    body-sha256=HEX   SHA-256 of the message body (the chunk), lower-case hex
+
+The signed headers include `Rf-Pos` (the stream sequence the message must be stored at: a copy
+stored anywhere else is a replay) and `Rf-Session` (random per `Replicator`). A follower checks the
+signature against its *peers file* before anything else, then that the signer is the node entitled
+to the epoch: the one whose signed fence opened it, or for the first epoch it reads, the first
+signer it verified. Anything refused stops the follower (`Refused`); nothing of it is appended.
+
+The leader record is signed too: `sig` is the hex Ed25519 signature of the node it names over
+`ringfence-leader-v1\nSTREAM\n` + the record without `sig` as canonical JSON (sorted keys, no
+spaces). A standby fences only on a record naming itself that carries its own valid signature;
+a primary treats a record with a missing or invalid one as forged (`_claim`, `_renew`).
 
 The outcome digest: the primary hashes the events each batch produced (`outcome_digest`: SHA-256
 of their canonical encoding, per command, in order) and sends it on its next batch
@@ -35,12 +57,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import json
 import logging
 import os
+import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,7 +74,8 @@ from ..errors import ConfigError, JournalCorrupt, RingfenceError
 from ..engine.core import STATE_DIGEST_FORMAT
 
 __all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "PromotionRefused", "promote", "leader_of",
-           "parse_target", "PROMOTE_ACTION", "promote_subject", "masked"]
+           "parse_target", "PROMOTE_ACTION", "promote_subject", "masked", "Refused", "signed_bytes", "sign_leader",
+           "leader_signature_ok"]
 
 T = TypeVar("T")
 _log = logging.getLogger("ringfence.replication")
@@ -66,6 +91,58 @@ class Fenced(RingfenceError, PermissionError):
     code = "RF_FENCED"
     http_status = 503
     default_message = "this node is no longer the primary: another node holds a newer epoch"
+
+
+class Refused(RingfenceError, PermissionError):
+    """A follower refused a stream message (unsigned, badly signed, replayed, from a node not
+    entitled to its epoch, without a state check, or undecodable): it stops; nothing was appended."""
+
+    code = "RF_REPLICATION_REFUSED"
+    http_status = 503
+    default_message = "the standby refused a stream message"
+
+
+SIG_DOMAIN = b"ringfence-replication-v1"
+LEADER_DOMAIN = b"ringfence-leader-v1"
+
+
+def signed_bytes(stream: str, headers: Mapping[str, str], body: bytes) -> bytes:
+    """What `Rf-Sig` signs (module docstring): the stream, every `Rf-*` header but Rf-Sig, the body's SHA-256."""
+    lines = [SIG_DOMAIN, b"stream=" + stream.encode()]
+    lines += [f"{name}:{value}".encode() for name, value in sorted(headers.items())
+              if name.startswith("Rf-") and name != "Rf-Sig"]
+    lines.append(b"body-sha256=" + hashlib.sha256(body).hexdigest().encode())
+    return b"\n".join(lines)
+
+
+def sign_message(key: Any, node_id: str, stream: str, headers: dict[str, str], body: bytes) -> None:
+    """Add `Rf-Node` and `Rf-Sig` to `headers` (every other Rf-* header must be in place)."""
+    headers["Rf-Node"] = node_id
+    headers["Rf-Sig"] = key.sign(signed_bytes(stream, headers, body)).hex()
+
+
+def _leader_bytes(stream: str, record: Mapping[str, Any]) -> bytes:
+    fields = {k: v for k, v in record.items() if k != "sig"}
+    return b"\n".join([LEADER_DOMAIN, stream.encode(), json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()])
+
+
+def sign_leader(key: Any, stream: str, record: dict[str, Any]) -> bytes:
+    """The KV value of a leader record signed by `key` (the key of the node it names)."""
+    return json.dumps(dict(record, sig=key.sign(_leader_bytes(stream, record)).hex())).encode()
+
+
+def leader_signature_ok(record: Mapping[str, Any] | None, stream: str, public: Any) -> bool:
+    """Whether `record` carries a valid signature by `public` (an Ed25519 public key)."""
+    from ..nodekey import verify
+
+    sig = (record or {}).get("sig")
+    if record is None or not isinstance(sig, str) or len(sig) != 128:
+        return False
+    try:
+        raw = bytes.fromhex(sig)
+    except ValueError:
+        return False
+    return verify(public, raw, _leader_bytes(stream, record))
 
 
 @dataclass(frozen=True)
@@ -247,7 +324,14 @@ def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
         entry = link.call(kv.get("leader"))
     except KeyNotFoundError:
         return None, 0
-    return json.loads(entry.value), int(entry.revision)
+    try:
+        record = json.loads(entry.value)
+    except (ValueError, TypeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("node"), str) or type(record.get("epoch")) is not int:
+        # not a record any node wrote (a forgery): shown as such; no node acts on it
+        return {"epoch": 0, "node": "", "unreadable": True}, int(entry.revision)
+    return record, int(entry.revision)
 
 
 PROMOTE_ACTION = "replication.promote"
@@ -325,9 +409,15 @@ class Replicator:
     """The primary's side: claims leadership, brings the stream up to its journal, then publishes
     every batch before it is acknowledged (`attach` installs it as the node's `replicate` hook)."""
 
-    def __init__(self, target: ReplicationTarget, node_id: str) -> None:
+    def __init__(self, target: ReplicationTarget, node_id: str, *, key: Any, peers: Mapping[str, Any] | None = None) -> None:
         self.target = target
         self.node_id = node_id
+        #: this node's Ed25519 key (`nodekey`): signs every message and the leader record
+        self.key = key
+        #: the peers file, if given: lets the primary tell a forged leader record naming another node
+        self.peers = peers
+        self._session = secrets.token_hex(8)  # `Rf-Session`: this publisher's run
+        self._carried: dict[str, Any] = {}  # the claimed record's approvals, kept in each renewal
         self.link = NatsLink(target)
         self.kv = self.link.ensure_stream_and_bucket()
         self.revision = 0
@@ -374,8 +464,20 @@ class Replicator:
         self._digest_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _record(self) -> bytes:
-        return json.dumps({"epoch": self.epoch, "node": self.node_id, "lease_ms": self.target.lease_ms,
-                           "renewed_at_ns": time.time_ns()}).encode()
+        return sign_leader(self.key, self.target.stream, {
+            **self._carried, "epoch": self.epoch, "node": self.node_id, "lease_ms": self.target.lease_ms,
+            "renewed_at_ns": time.time_ns()})
+
+    def _forged(self, leader: Mapping[str, Any]) -> bool:
+        """A leader record is forged when it does not carry the signature of the node it names (own
+        key for this node; the peers file for another, when this primary was given one)."""
+        node = leader.get("node")
+        if leader.get("unreadable"):
+            return True
+        public = self.key.public_key() if node == self.node_id else (self.peers or {}).get(str(node))
+        if public is None:
+            return False  # another node's record and no peers file to check it with
+        return not leader_signature_ok(leader, self.target.stream, public)
 
     def _claim(self) -> int:
         leader, revision = leader_of(self.link, self.kv)
@@ -383,10 +485,17 @@ class Replicator:
             self.epoch = 1
             self.revision = int(self.link.call(self.kv.create("leader", self._record())))
             return 1
+        if self._forged(leader):
+            _log.critical("replication: forged leader record (node %r, epoch %r, unsigned or badly signed): "
+                          "this node does not start", leader.get("node"), leader.get("epoch"))
+            raise Fenced(f"forged leader record: it names {leader.get('node')!r} at epoch {leader.get('epoch')} but does not "
+                         "carry that node's valid signature; this node refuses to start as the primary (someone with "
+                         "write access to the leader bucket wrote it)", field="--replicate")
         if leader["node"] != self.node_id:
             raise Fenced(f"node {leader['node']!r} is the primary at epoch {leader['epoch']}; start this node with "
                          "--standby, or promote it with `ringfence replication promote`", field="--replicate")
         self.epoch, self.revision = int(leader["epoch"]), revision
+        self._carried = {k: leader[k] for k in ("approved_by", "approvals", "took_over_from") if k in leader}
         return self.epoch
 
     def _renew(self) -> None:
@@ -399,6 +508,10 @@ class Replicator:
                                                self.target.lease_ms / 1000))
         except KeyWrongLastSequenceError:
             leader, revision = leader_of(self.link, self.kv)
+            if leader is not None and self._forged(leader):
+                self._fence_self(f"forged leader record (names {leader.get('node')!r} at epoch {leader.get('epoch')} "
+                                 "without that node's valid signature): fencing this node, the safe side")
+                return
             if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) == self.epoch:
                 self.revision = revision  # our own renewal that timed out earlier landed late: still ours
                 return
@@ -463,7 +576,7 @@ class Replicator:
 
             last = record.last_seq == node.last_seq
             self._publish(KIND_BATCH, record.first_seq, record.count, prev or GENESIS_HASH, record.hash,
-                          record.payload, state_hash if last else "")
+                          record.payload, state_hash if last else "", {"Rf-Catch-Up": "1"})
             prev = record.hash
             caught_up += 1
         self.last_hash = prev or tail_hash
@@ -620,8 +733,14 @@ class Replicator:
                 pass
 
     def _publish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
-                 state_hash: str) -> None:
-        self.link.call(self._apublish(kind, first_seq, count, prev, record_hash, payload, state_hash))
+                 state_hash: str, extra: dict[str, str] | None = None) -> None:
+        self.link.call(self._apublish(kind, first_seq, count, prev, record_hash, payload, state_hash, extra))
+
+    def _sign(self, headers: dict[str, str], body: bytes, position: int) -> None:
+        """Sign one message that must be stored at stream sequence `position` (module docstring)."""
+        headers["Rf-Pos"] = str(position)
+        headers["Rf-Session"] = self._session
+        sign_message(self.key, self.node_id, self.target.stream, headers, body)
 
     async def _apublish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
                         state_hash: str, extra: dict[str, str] | None = None) -> None:
@@ -645,10 +764,14 @@ class Replicator:
             for index, chunk in enumerate(chunks, 1):
                 expected = self._sent_seq
                 headers = _headers(kind, self.epoch, first_seq, count, prev, record_hash, state_hash, expected)
-                if extra and index == len(chunks):  # on the chunk that completes the record
-                    headers.update(extra)
+                if index == len(chunks):  # on the chunk that completes the record
+                    headers.update(extra or {})
+                    if kind == KIND_BATCH and not state_hash and not (extra and ("Rf-State-Pending" in extra
+                                                                                  or "Rf-Catch-Up" in extra)):
+                        headers["Rf-Outcome-Next"] = "1"  # its state check: the outcome digest on the next batch
                 if len(chunks) > 1:
                     headers["Rf-Chunk"] = f"{index}/{len(chunks)}"
+                self._sign(headers, chunk, expected + 1)
                 headers["Nats-Msg-Id"] += f"-c{index}-x{expected}"  # a retry of this very publish is stored once
                 if self._unacked:
                     headers["Nats-Expected-Last-Msg-Id"] = self._sent_id
@@ -714,8 +837,12 @@ class Replicator:
         return self.link.call(self._apublish_one(first_seq, headers, data))
 
     async def _apublish_one(self, first_seq: int, headers: dict[str, str], data: bytes) -> int:
+        """Signed by this node for the position its Nats-Expected-Last-Sequence names (as a primary
+        that still holds its key would)."""
         from nats.js.errors import APIError
 
+        headers = {k: v for k, v in headers.items() if k not in ("Rf-Sig", "Rf-Node")}
+        self._sign(headers, data, int(headers["Nats-Expected-Last-Sequence"]) + 1)
         try:
             ack = await self.link.js.publish(self.target.subject, data, headers=headers, stream=self.target.stream,
                                              timeout=PUBLISH_TIMEOUT_S)
@@ -840,11 +967,23 @@ class Follower:
 
     def __init__(self, target: ReplicationTarget, node_dir: Path, node_id: str,
                  on_progress: Callable[[str], None] = lambda _: None,
-                 on_batch: Callable[[Any, Any, list[list[Any]]], None] | None = None) -> None:
+                 on_batch: Callable[[Any, Any, list[list[Any]]], None] | None = None, *,
+                 key: Any, peers: Mapping[str, Any] | None) -> None:
+        """`key`: this node's Ed25519 key (signs its fence and its leader record). `peers`: node id ->
+        public key, the peers file every message's signature is checked against; None (dev mode
+        only, `serving.before_build` refuses it in prod) checks no signature — loudly."""
         from ..app import replay_journal
         from ..journal.journal import DataDirLock, JournalWriter, check_node_placement
 
         self.target, self.node_dir, self.node_id = target, node_dir, node_id
+        self.key, self.peers = key, peers
+        #: epoch -> the node entitled to sign in it (the signer of its fence; for the first epoch
+        #: read, the first signer verified)
+        self._leaders: dict[int, str] = {}
+        self._session = ""  # `Rf-Session` of the last batch applied
+        self._owed = 0  # the last sequence of the batch whose outcome digest the next batch must carry
+        self._owed_hash = False  # a catch-up record without the state hash: the next one must be catch-up or carry it
+        self._forged_seen = -1  # the revision of a forged leader record already reported
         self.on_progress = on_progress
         check_node_placement(node_dir)
         node_dir.mkdir(parents=True, exist_ok=True)
@@ -907,8 +1046,9 @@ class Follower:
         _, digest = encode_record(payload, first_seq, count, w.last_hash)
         if digest.hex() != headers["Rf-Hash"]:
             raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} fails its record hash")
+        self._require_state_check(headers, first_seq + count - 1)
+        batch = self._decoded(payload, first_seq, count)  # validated before anything is appended
         w.append(payload, first_seq, count)
-        batch = self.engine.codec.batch.decode(payload)
         outputs: list[list[Any]] = []
         for i, command in enumerate(batch.commands):
             try:
@@ -934,6 +1074,42 @@ class Follower:
                 raise JournalCorrupt(f"after batch {first_seq} the standby's state hash differs from the primary's")
             self.last_state_hash = expected
         self.batches_applied += 1
+
+    def _require_state_check(self, headers: dict[str, str], last_seq: int) -> None:
+        """No header combination skips every check: a batch carries the state hash after it, or
+        says its hash comes later (`Rf-State-Pending`), or that its outcome digest (and state
+        digest) comes with the next batch of the same publisher run (`Rf-Outcome-Next`, held to it
+        here), or is a catch-up record (`Rf-Catch-Up`) of a run whose last catch-up record carries
+        the state hash."""
+        seq, session = self.stream_seq, headers.get("Rf-Session", "")
+        if session != self._session:  # a new publisher run (restart or promotion): nothing owed by the old one
+            self._session, self._owed, self._owed_hash = session, 0, False
+        state, catch_up = headers.get("Rf-State-Hash", ""), "Rf-Catch-Up" in headers
+        if self._owed and headers.get("Rf-Outcome-Of") != str(self._owed):
+            raise self._refuse(seq, f"the outcome digest of the batch ending at sequence {self._owed} was promised "
+                               "with this batch and is not in it")
+        if self._owed_hash and not (state or catch_up):
+            raise self._refuse(seq, "the catch-up records before it ended without the state hash")
+        if not (state or catch_up or "Rf-State-Pending" in headers or "Rf-Outcome-Next" in headers):
+            raise self._refuse(seq, "the batch carries no state check (no state hash, no pending hash, no outcome "
+                               "digest to follow)")
+        self._owed = last_seq if "Rf-Outcome-Next" in headers and not catch_up else 0
+        self._owed_hash = catch_up and not state
+
+    def _decoded(self, payload: bytes, first_seq: int, count: int) -> Any:
+        """The record's batch, decoded and checked to apply in order (sequence, count, sequencer time)."""
+        try:
+            batch = self.engine.codec.batch.decode(payload)
+        except Exception as err:  # noqa: BLE001 - any decoding failure is a refusal, named
+            raise self._refuse(self.stream_seq, f"batch {first_seq} does not decode ({type(err).__name__})") from None
+        if len(batch.commands) != count:
+            raise self._refuse(self.stream_seq, f"batch {first_seq} holds {len(batch.commands)} commands, its header says {count}")
+        if first_seq != self.engine.last_seq + 1:
+            raise self._refuse(self.stream_seq, f"batch {first_seq} does not follow the engine's sequence {self.engine.last_seq}")
+        if batch.ts_ns < self.engine.now_ns:
+            raise self._refuse(self.stream_seq, f"batch {first_seq}: sequencer time goes backwards "
+                               f"({batch.ts_ns} < {self.engine.now_ns}): an old payload replayed?")
+        return batch
 
     def _check_outcome(self, headers: dict[str, str]) -> None:
         """A batch carries the primary's outcome digest of the batch before it."""
@@ -992,16 +1168,64 @@ class Follower:
                 msg = self.link.call(self.link.js.get_msg(self.target.stream, self.stream_seq + 1))
             except NotFoundError:
                 return n
-            self.stream_seq += 1
             headers = msg.headers or {}
+            self._verify(self.stream_seq + 1, headers, msg.data or b"")
+            self.stream_seq += 1
             if headers.get("Rf-Kind") == KIND_FENCE:
                 self._pending = None  # a record cut off by a failover was never acknowledged: dropped
+                self._owed, self._owed_hash = 0, False
                 self.fence_epoch = max(self.fence_epoch, int(headers["Rf-Epoch"]))
             else:
                 payload = self._assemble(headers, msg.data or b"")
                 if payload is not None:
                     self._apply(headers, payload)
             n += 1
+
+    def _refuse(self, seq: int, reason: str) -> Refused:
+        return Refused(f"stream message {seq} refused: {reason}; nothing of it was appended and this standby stops "
+                       "(docs/resilience.md, 'Who a standby trusts')")
+
+    def _verify(self, seq: int, headers: Mapping[str, str], data: bytes) -> None:
+        """Before anything else: the message at stream sequence `seq` is signed by a peer, for this
+        position, and by the node entitled to its epoch (module docstring). Raises `Refused`."""
+        from ..nodekey import verify
+
+        kind = headers.get("Rf-Kind")
+        if kind not in (KIND_BATCH, KIND_FENCE):
+            raise self._refuse(seq, f"unknown message kind {kind!r}")
+        try:
+            epoch = int(headers.get("Rf-Epoch", ""))
+        except ValueError:
+            raise self._refuse(seq, "no valid Rf-Epoch") from None
+        if self.peers is None:
+            return  # dev mode without --peers: warned at start (serving.before_build)
+        node, sig = headers.get("Rf-Node", ""), headers.get("Rf-Sig", "")
+        if not node or not sig:
+            raise self._refuse(seq, "the message is not signed (no Rf-Node / Rf-Sig)")
+        public = self.peers.get(node)
+        if public is None:
+            raise self._refuse(seq, f"signed as node {node!r}, which is not in the peers file")
+        try:
+            raw = bytes.fromhex(sig)
+        except ValueError:
+            raw = b""
+        if not verify(public, raw, signed_bytes(self.target.stream, headers, data)):
+            raise self._refuse(seq, f"the signature is not that of node {node!r} (forged or altered)")
+        if headers.get("Rf-Pos") != str(seq):
+            raise self._refuse(seq, f"signed for stream sequence {headers.get('Rf-Pos')!r}, stored at {seq}: a replayed message")
+        owner = self._leaders.get(epoch)
+        if kind == KIND_FENCE:
+            if owner is not None and owner != node:
+                raise self._refuse(seq, f"a fence for epoch {epoch} signed by {node!r}, but {owner!r} opened that epoch")
+            self._leaders[epoch] = node
+            return
+        if owner is None:
+            if self._leaders:
+                raise self._refuse(seq, f"a batch at epoch {epoch}, which no fence opened (epochs read: "
+                                   f"{sorted(self._leaders)}); signed by {node!r}")
+            self._leaders[epoch] = owner = node  # the first epoch this follower reads: its first signer leads it
+        if owner != node:
+            raise self._refuse(seq, f"a batch at epoch {epoch} signed by {node!r}, but {owner!r} leads that epoch")
 
     def _assemble(self, headers: dict[str, str], data: bytes) -> bytes | None:
         """The whole payload once a record's last chunk arrives (None while chunks are pending).
@@ -1036,6 +1260,8 @@ class Follower:
             headers = _headers(KIND_FENCE, epoch, self.writer.next_seq, 0, self.writer.last_hash, self.writer.last_hash,
                                self.engine.state_hash(), self.stream_seq)
             headers["Nats-Msg-Id"] += f"-x{self.stream_seq}"
+            headers["Rf-Pos"] = str(self.stream_seq + 1)
+            sign_message(self.key, self.node_id, self.target.stream, headers, b"")
             try:
                 ack = self.link.call(self.link.js.publish(self.target.subject, b"", headers=headers,
                                                           stream=self.target.stream))
@@ -1061,7 +1287,8 @@ class Follower:
                 leader, revision = leader_of(self.link, self.kv)
             elif leader is not None and leader["node"] != self.node_id:
                 self._maybe_take_over(leader, revision, seen[1])
-            if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) > self.fence_epoch:
+            if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) > self.fence_epoch \
+                    and self._own_record(leader, revision):
                 self._fence(int(leader["epoch"]))
                 self.on_progress(f"standby {self.node_id}: promoted at epoch {leader['epoch']}, fenced at stream "
                                  f"sequence {self.stream_seq}, journal sequence {self.engine.last_seq} state hash {self.engine.state_hash()}")
@@ -1073,6 +1300,20 @@ class Follower:
                                  f"state hash {self.engine.state_hash()} (stream sequence {self.stream_seq})")
             time.sleep(POLL_S)
         return 0
+
+    def _own_record(self, leader: Mapping[str, Any], revision: int) -> bool:
+        """A leader record naming this node is acted on only if this node signed it (it writes it
+        itself, after `verify_promotion` or a lease take-over); anything else is forged: logged
+        once per revision, ignored."""
+        if leader_signature_ok(leader, self.target.stream, self.key.public_key()):
+            return True
+        if revision != self._forged_seen:
+            self._forged_seen = revision
+            _log.critical("replication: forged leader record naming this node (epoch %r, revision %d, not signed by "
+                          "it): ignored; promotion needs `ringfence replication promote`", leader.get("epoch"), revision)
+            self.on_progress(f"standby {self.node_id}: forged leader record at revision {revision} (names this node "
+                             "without its signature): ignored")
+        return False
 
     def verify_promotion(self, request: dict[str, Any], leader: dict[str, Any] | None) -> list[str]:
         """Check a promotion request against this standby's replica at its last applied sequence.
@@ -1125,8 +1366,8 @@ class Follower:
         try:
             approvers = self.verify_promotion(request, leader)
             record = {"epoch": request["epoch"], "node": self.node_id, "lease_ms": int((leader or {}).get("lease_ms", 0)),
-                      "renewed_at_ns": time.time_ns(), "approved_by": approvers}
-            value = json.dumps(record).encode()
+                      "renewed_at_ns": time.time_ns(), "approved_by": approvers, "approvals": request["approvals"]}
+            value = sign_leader(self.key, self.target.stream, record)
             self.link.call(self.kv.update("leader", value, last=revision) if revision else self.kv.create("leader", value))
         except KeyWrongLastSequenceError:
             reason = "the leader record changed while the request was checked: sign again for the new epoch"
@@ -1153,7 +1394,7 @@ class Follower:
         record = {"epoch": int(leader["epoch"]) + 1, "node": self.node_id, "lease_ms": lease_ms,
                   "renewed_at_ns": time.time_ns(), "took_over_from": leader["node"]}
         try:
-            self.link.call(self.kv.update("leader", json.dumps(record).encode(), last=revision))
+            self.link.call(self.kv.update("leader", sign_leader(self.key, self.target.stream, record), last=revision))
         except KeyWrongLastSequenceError:
             return  # renewed or taken meanwhile: keep following
         self.on_progress(f"standby {self.node_id}: the lease of {leader['node']} expired; claimed epoch {record['epoch']}")

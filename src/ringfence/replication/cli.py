@@ -71,25 +71,65 @@ def promote_cmd(
 
 
 @app.command("status")
-def status_cmd(nats: str = typer.Option(..., "--nats", help="The stream: nats://host:4222/STREAM.")) -> None:
-    """Print the leader record and the stream's last sequence as JSON.
+def status_cmd(
+    nats: str = typer.Option(..., "--nats", help="The stream: nats://host:4222/STREAM."),
+    peers: Path | None = typer.Option(None, "--peers", envvar="RINGFENCE_REPLICATION_PEERS",
+                                      help="The peers file: check the leader record's signature against it."),
+) -> None:
+    """Print the leader record, whether its signature verifies, and the stream's last sequence as JSON.
 
-    Example: ringfence replication status --nats nats://127.0.0.1:4222/RF
+    `leader_signature` is "valid" (signed by the node it names, per --peers), "forged" (missing or
+    wrong: a node refuses it) or "unchecked" (no --peers, or the node is not in it).
+
+    Example: ringfence replication status --nats nats://127.0.0.1:4222/RF --peers ./peers.json
     """
-    from . import NatsLink, leader_of, parse_target
+    from ..nodekey import load_peers
+    from . import NatsLink, leader_of, leader_signature_ok, parse_target
 
     try:
+        trusted = load_peers(peers) if peers is not None else {}
         link = NatsLink(parse_target(nats, "--nats"))
     except RingfenceError as err:
         fail(str(err), 1)
     try:
         kv = link.ensure_stream_and_bucket()
         leader, revision = leader_of(link, kv)
+        public = trusted.get(str((leader or {}).get("node")))
+        verdict = "unchecked" if leader is None or public is None else (
+            "valid" if leader_signature_ok(leader, link.target.stream, public) else "forged")
         info = link.call(link.js.stream_info(link.target.stream))
-        typer.echo(json.dumps({"leader": leader, "revision": revision, "stream": link.target.stream,
-                               "messages": info.state.messages, "last_stream_seq": info.state.last_seq}))
+        typer.echo(json.dumps({"leader": leader, "leader_signature": verdict, "revision": revision,
+                               "stream": link.target.stream, "messages": info.state.messages,
+                               "last_stream_seq": info.state.last_seq}))
     finally:
         link.close()
+
+
+@app.command("node-key")
+def node_key_cmd(
+    data_dir: Path = typer.Option(..., "--data-dir", help="The node's serve --data folder (its key: DIR/node.key, made "
+                                  "0600 if missing)."),
+    node_id: str = typer.Option(..., "--node-id", help="The node's serve --node-id."),
+) -> None:
+    """Print this node's entry for the peers file: {"NODE_ID": "hex public key"}.
+
+    Run it on each node, merge the lines into one JSON object (peers.json) and give every node
+    `serve --peers peers.json` (or RINGFENCE_REPLICATION_PEERS): a standby applies only what a node
+    in it signed. The private key never leaves DIR/node.key.
+
+    Example: ringfence replication node-key --data-dir ./a --node-id a
+    """
+    import re
+
+    from .. import nodekey
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", node_id):
+        fail("--node-id: letters, digits, '.', '_', '-', at most 64", 2)
+    try:
+        key = nodekey.load_or_create(data_dir)
+    except RingfenceError as err:
+        fail(str(err), 2)
+    typer.echo(json.dumps({node_id: nodekey.public_hex(key)}))
 
 
 @app.command("nats-config")

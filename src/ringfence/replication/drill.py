@@ -264,6 +264,15 @@ def _operator_quorum(data: Path, stream: str, node_id: str, epoch: int) -> list[
         PROMOTE_ACTION, promote_subject(stream, node_id, epoch), expires)) for who in ("ada", "ben")]
 
 
+def write_peers(path: Path, nodes: dict[str, Path]) -> Path:
+    """Make each node's key (DATA_DIR/node.key) and the peers file that trusts them all."""
+    from .. import nodekey
+
+    peers = {node: nodekey.public_hex(nodekey.load_or_create(data)) for node, data in nodes.items()}
+    path.write_text(json.dumps(peers, indent=1) + "\n")
+    return path
+
+
 def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before: int = 60, after: int = 20,
               lease_ms: int = 1000, say: Any = print) -> DrillResult:
     """Run one scenario ('kill' or 'partition') and return what it proved."""
@@ -281,6 +290,7 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
     primary_nats = f"nats://127.0.0.1:{proxy.port}" if proxy else nats_url
     pa, pb = _free_port(), _free_port()
     a_base, b_base = f"http://127.0.0.1:{pa}", f"http://127.0.0.1:{pb}"
+    env["RINGFENCE_REPLICATION_PEERS"] = str(write_peers(workdir / "peers.json", {"a": workdir / "a", "b": workdir / "b"}))
     primary = _Proc(["serve", "--demo", "--data", str(workdir / "a"), "--port", str(pa), "--replicate",
                      f"{primary_nats}/{stream}?lease_ms={lease_ms}", "--node-id", "a"], workdir / "primary.log", env)
     standby: _Proc | None = None

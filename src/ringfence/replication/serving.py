@@ -20,7 +20,8 @@ __all__ = ["before_build", "after_build"]
 
 
 def before_build(data: Path, replicate: str | None, standby: str | None, node_id: str | None, port: int, demo: bool,
-                 say: Callable[[str], None], host: str = "127.0.0.1") -> tuple[Replicator | None, Any]:
+                 say: Callable[[str], None], host: str = "127.0.0.1", *,
+                 peers: Path | None = None) -> tuple[Replicator | None, Any]:
     """Validate the options; as a standby, follow the stream until promoted; then, as the primary,
     connect and claim leadership (refused at once when another node leads) before anything opens.
 
@@ -35,6 +36,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
     if not (replicate or standby):
         return None, None
     target = parse_target(replicate or standby or "", "--replicate" if replicate else "--standby")
+    key, trusted = node_trust(data, ident, peers, say)
     if standby:
         import signal
         import sys
@@ -45,7 +47,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
 
         _import_the_server()  # now, not after the promotion: part of a quick take-over (RTO)
         models = ReadModels()
-        follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed)
+        follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted)
         status = StandbyStatus(follower, host, port, models)
         say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
             f"http://{host}:{port}/v1/standby; promote with: "
@@ -59,11 +61,47 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         say(f"standby {ident}: promoted: serving with the engine and API read models kept warm at sequence "
             f"{engine.last_seq} (no journal replay)")
         try:
-            return Replicator(target, ident), WarmStart(engine, position, lock, models)
+            return Replicator(target, ident, key=key, peers=trusted), WarmStart(engine, position, lock, models)
         except BaseException:
             lock.release()
             raise
-    return Replicator(target, ident), None
+    return Replicator(target, ident, key=key, peers=trusted), None
+
+
+def node_trust(data: Path, ident: str, peers: Path | None, say: Callable[[str], None]) -> tuple[Any, Any]:
+    """This node's key (DATA_DIR/node.key, made on first start) and the peers it trusts.
+
+    Prod mode (RINGFENCE_MODE=prod) requires --peers. Dev mode without it: the node still signs
+    everything and its leader record, but a standby checks no batch signature — said loudly once."""
+    import os
+
+    from .. import nodekey
+
+    if peers is None and os.environ.get("RINGFENCE_MODE", "dev") != "dev":
+        raise ConfigError("a replicated node outside dev mode needs a peers file: the node id -> public key of every "
+                          "node (`ringfence replication node-key`), so a standby applies only batches they signed",
+                          field="--peers")
+    key = nodekey.load_or_create(data)
+    if peers is None:
+        say(f"WARNING: no --peers: node {ident} signs what it publishes, but stream messages are NOT checked against a "
+            "peers file, so anyone who can publish on NATS can get a batch applied by a standby (dev mode only; "
+            f"this node's entry: {{\"{ident}\": \"{nodekey.public_hex(key)}\"}})")
+        return key, None
+    trusted = nodekey.load_peers(peers)
+    own = trusted.get(ident)
+    if own is not None and nodekey.public_hex(key) != _hex(own):
+        raise ConfigError(f"the peers file gives node {ident!r} a public key that is not the one of {data / nodekey.KEY_FILE}",
+                          field="--peers")
+    if own is None:
+        raise ConfigError(f"node {ident!r} is not in the peers file; add: {{\"{ident}\": \"{nodekey.public_hex(key)}\"}}",
+                          field="--peers")
+    return key, trusted
+
+
+def _hex(public: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return str(public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex())
 
 
 def _import_the_server() -> None:
@@ -92,7 +130,8 @@ class StandbyStatus:
                     "applied_seq": follower.engine.last_seq, "stream_seq": follower.stream_seq,
                     "fence_epoch": follower.fence_epoch, "batches_applied": follower.batches_applied,
                     "state_hash": follower.last_state_hash, "outcomes_checked": follower.outcomes_checked,
-                    "digests_checked": follower.digests_checked, "read_models_seq": models.last_seq if models is not None else None}
+                    "digests_checked": follower.digests_checked, "read_models_seq": models.last_seq if models is not None else None,
+                    "signatures_checked": follower.peers is not None}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
