@@ -111,6 +111,16 @@ class ReplicationTarget:
         return f"{self.stream}-leader"
 
 
+#: The URL's numeric options and their allowed ranges (a 0..1 range is a flag).
+URL_OPTIONS = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1), "state_hash_every": (1, 1_000_000),
+               "state_hash_later": (0, 1), "state_digest": (0, 1)}
+
+
+def _allowed(key: str) -> str:
+    low, high = URL_OPTIONS[key]
+    return "0|1" if (low, high) == (0, 1) else f"{low}..{high}"
+
+
 def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
     """`nats://host:4222/STREAM?replicas=3&lease_ms=3000&auto_promote=1&state_hash_every=1&state_digest=1`
     (stream defaults to RINGFENCE)."""
@@ -120,8 +130,6 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
     stream = parsed.path.strip("/") or "RINGFENCE"
     if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
         raise ConfigError("the stream name may hold letters, digits, '-' and '_' (at most 64)", field=option)
-    limits = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1), "state_hash_every": (1, 1_000_000),
-              "state_hash_later": (0, 1), "state_digest": (0, 1)}
     values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0, "state_hash_every": 1, "state_hash_later": 0, "state_digest": 1}
     tls_ca = ""
     for part in filter(None, parsed.query.split("&")):
@@ -131,10 +139,12 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
             if parsed.scheme != "tls" or not Path(tls_ca).is_file():
                 raise ConfigError("tls_ca must name a readable CA file and needs a tls:// URL", field=option)
             continue
-        if key not in limits or not (value.isascii() and value.isdigit()) or not limits[key][0] <= int(value) <= limits[key][1]:
-            raise ConfigError("options are replicas=1..5, lease_ms=100..600000, auto_promote=0|1, "
-                              "state_hash_every=1..1000000, state_hash_later=0|1, state_digest=0|1 and tls_ca=FILE",
-                              field=option)
+        if key not in URL_OPTIONS:
+            known = ", ".join(f"{k}={_allowed(k)}" for k in URL_OPTIONS)
+            raise ConfigError(f"unknown option {key!r} in the URL; the options are {known} and tls_ca=FILE", field=option)
+        low, high = URL_OPTIONS[key]
+        if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+            raise ConfigError(f"option {key}={value!r} is out of range: {key} must be {_allowed(key)}", field=option)
         values[key] = int(value)
     netloc = parsed.netloc
     secret = os.environ.get("RINGFENCE_NATS_PASSWORD", "")
@@ -248,6 +258,25 @@ def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
     except KeyNotFoundError:
         return None, 0
     return json.loads(entry.value), int(entry.revision)
+
+
+def missing_stream(link: NatsLink) -> str:
+    """"" when the target's stream exists; else a sentence for the operator naming the streams the
+    server holds (a standby given a mistyped name would otherwise wait silently on an empty one)."""
+    from nats.js.errors import NotFoundError
+
+    async def look() -> str:
+        try:
+            await link.js.stream_info(link.target.stream)
+            return ""
+        except NotFoundError:
+            pass
+        names = sorted(info.config.name for info in await link.js.streams_info() if not info.config.name.startswith("KV_"))
+        here = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") if names else "none"
+        return (f"stream {link.target.stream} did not exist on {link.target.display} (created now, empty); waiting "
+                f"for a primary to write to it (is the name right? streams here: {here})")
+
+    return link.call(look())
 
 
 PROMOTE_ACTION = "replication.promote"
@@ -858,6 +887,9 @@ class Follower:
                                         tail_segment=scan.tail_segment, tail_size=scan.tail_size,
                                         prezero=True)  # as the primary's (`serve`): docs/latency.md
             self.link = NatsLink(target)
+            missing = missing_stream(self.link)
+            if missing:  # said once; the standby then waits on the (new, empty) stream for a primary
+                on_progress(f"standby {node_id}: {missing}")
             self.kv = self.link.ensure_stream_and_bucket()
         except BaseException:  # release the lock whatever failed, then report it
             self.lock.release()
