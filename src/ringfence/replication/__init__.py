@@ -60,6 +60,7 @@ PUBLISH_TIMEOUT_S = 5
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_WRONG_LAST_MSG_ID = 10070
 POLL_S = 0.02  # float-ok: follower poll interval, seconds
+PROGRESS_S = 30  # the standby's progress line: at most this often, seconds
 
 
 class Fenced(RingfenceError, PermissionError):
@@ -1081,8 +1082,8 @@ class Follower:
 
     def follow_until_promoted(self, stop: threading.Event | None = None) -> int:
         """Follow the stream; when the leader record names this node, fence and return the epoch."""
-        last_report = 0.0  # float-ok: monotonic seconds
-        reported_seq = -1
+        last_report: float | None = None  # float-ok: monotonic seconds
+        reported_seq, batches_then = -1, self.batches_applied
         seen: tuple[int, float] = (-1, time.monotonic())  # float-ok: (revision, when it was first seen)
         while stop is None or not stop.is_set():
             self.poll()
@@ -1099,10 +1100,14 @@ class Follower:
                                  f"sequence {self.stream_seq}, journal sequence {self.engine.last_seq} state hash {self.engine.state_hash()}")
                 return int(leader["epoch"])
             now = time.monotonic()
-            if self.engine.last_seq != reported_seq and now - last_report >= 1.0:
-                last_report, reported_seq = now, self.engine.last_seq
+            if self.engine.last_seq != reported_seq and (last_report is None or now - last_report >= PROGRESS_S):
+                # at once, then at most every PROGRESS_S: a primary's every batch (the index feed quotes each
+                # second) made one line each; /v1/standby has the live figures
+                batches = self.batches_applied - batches_then
+                last_report, reported_seq, batches_then = now, self.engine.last_seq, self.batches_applied
                 self.on_progress(f"standby {self.node_id}: applied through sequence {self.engine.last_seq} "
-                                 f"state hash {self.engine.state_hash()} (stream sequence {self.stream_seq})")
+                                 f"state hash {self.engine.state_hash()} (stream sequence {self.stream_seq}; "
+                                 f"{batches} {'batch' if batches == 1 else 'batches'} since the last line)")
             time.sleep(POLL_S)
         return 0
 
