@@ -34,9 +34,9 @@ def test_a_standby_on_a_missing_stream_says_so_once_and_warns_that_sqlite_identi
     lonely = Standby(tmp_path / "b", f"{NATS_URL}/{stream}", "b", free_port())
     try:
         text = " ".join(lonely.text().split())
-        assert f"stream {stream} did not exist on {NATS_URL} (created now, empty); waiting for a primary" in text, text
-        assert "is the name right? streams here:" in text, text
-        assert text.count("did not exist") == 1, text
+        assert f"standby b: stream {stream} does not exist on {NATS_URL} (is the name right? streams here:" in text, text
+        assert "creating it empty and waiting for a primary to write to it" in text, text
+        assert text.count("does not exist") == 1, text
         assert "warning: the identity store (users, API keys, sessions) is SQLite" in text, text
         assert "RINGFENCE_DATABASE_URL=postgresql" in text and str(tmp_path / "b" / "identity.sqlite3") in text, text
         # a second standby, on the stream that exists now and with a shared database named: neither line
@@ -44,7 +44,7 @@ def test_a_standby_on_a_missing_stream_says_so_once_and_warns_that_sqlite_identi
                         env={"RINGFENCE_DATABASE_URL": "postgresql+psycopg://rf@127.0.0.1:5432/never_used"})
         try:
             said = other.text()
-            assert "did not exist" not in said and "SQLite" not in said, said
+            assert "does not exist" not in said and "SQLite" not in said, said
         finally:
             assert other.stop() == 0
     finally:
@@ -167,3 +167,27 @@ def test_the_drill_report_reads_for_an_operator_in_a_browser(tmp_path, failed):
             expect(page.locator("details table.raw").first).to_be_hidden()  # the raw figures are folded away
         finally:
             browser.close()
+
+
+def test_status_and_promote_name_a_missing_stream_and_do_not_create_it(stream):
+    import asyncio
+
+    import nats
+    from nats.js.errors import NotFoundError
+
+    code, out = _cli("replication", "status", "--nats", f"{NATS_URL}/{stream}")
+    assert code == 1 and f"--nats: stream {stream} does not exist on {NATS_URL} (is the name right? streams here:" in out, out
+    code, out = _cli("replication", "promote", "--nats", f"{NATS_URL}/{stream}", "--node-id", "b", "--wait-s", "1")
+    assert code == 1 and f"refused: --nats: stream {stream} does not exist" in out and "no standby follows it" in out, out
+
+    async def exists() -> bool:
+        nc = await nats.connect(NATS_URL)
+        try:
+            await nc.jetstream().stream_info(stream)
+            return True
+        except NotFoundError:
+            return False
+        finally:
+            await nc.close()
+
+    assert not asyncio.run(exists())

@@ -262,8 +262,8 @@ def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
 
 
 def missing_stream(link: NatsLink) -> str:
-    """"" when the target's stream exists; else a sentence for the operator naming the streams the
-    server holds (a standby given a mistyped name would otherwise wait silently on an empty one)."""
+    """"" when the target's stream exists (or this NATS user may not ask); else a sentence for the
+    operator naming the streams the server holds: a mistyped name would otherwise go unnoticed."""
     from nats.js.errors import NotFoundError
 
     async def look() -> str:
@@ -272,10 +272,15 @@ def missing_stream(link: NatsLink) -> str:
             return ""
         except NotFoundError:
             pass
-        names = sorted(info.config.name for info in await link.js.streams_info() if not info.config.name.startswith("KV_"))
-        here = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") if names else "none"
-        return (f"stream {link.target.stream} did not exist on {link.target.display} (created now, empty); waiting "
-                f"for a primary to write to it (is the name right? streams here: {here})")
+        except Exception:  # noqa: BLE001 - not allowed to look (a per-service user): the caller's next step says
+            return ""
+        try:  # a per-service user (`replication nats-config`) may not list streams: no answer within 2 s
+            names = sorted(i.config.name for i in await asyncio.wait_for(link.js.streams_info(), 2)
+                           if not i.config.name.startswith("KV_"))
+            here = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") if names else "none"
+        except Exception:  # noqa: BLE001 - the listing is a hint only
+            here = "not listed (this NATS user may not list streams)"
+        return f"stream {link.target.stream} does not exist on {link.target.display} (is the name right? streams here: {here})"
 
     return link.call(look())
 
@@ -303,6 +308,9 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
     or raises `PromotionRefused` with the standby's reason."""
     link = NatsLink(target)
     try:
+        missing = missing_stream(link)
+        if missing:  # a mistyped name: nobody follows that stream (and asking must not create it)
+            raise PromotionRefused(f"{missing}: no standby follows it", field="--nats")
         kv = link.ensure_stream_and_bucket()
         current, _ = leader_of(link, kv)
         next_epoch = (current or {}).get("epoch", 0) + 1
@@ -890,7 +898,7 @@ class Follower:
             self.link = NatsLink(target)
             missing = missing_stream(self.link)
             if missing:  # said once; the standby then waits on the (new, empty) stream for a primary
-                on_progress(f"standby {node_id}: {missing}")
+                on_progress(f"standby {node_id}: {missing}; creating it empty and waiting for a primary to write to it")
             self.kv = self.link.ensure_stream_and_bucket()
         except BaseException:  # release the lock whatever failed, then report it
             self.lock.release()

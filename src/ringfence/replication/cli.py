@@ -85,11 +85,11 @@ def promote_cmd(
 def status_cmd(nats: str = typer.Option(..., "--nats", help="The stream: nats://host:4222/STREAM.")) -> None:
     """Print the leader record and the stream's last sequence as JSON.
 
-    Exit status: 0 printed, 1 NATS unreachable, 2 bad input (the --nats URL).
+    Exit status: 0 printed, 1 NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL).
 
     Example: ringfence replication status --nats nats://127.0.0.1:4222/RF
     """
-    from . import NatsLink, leader_of, parse_target
+    from . import NatsLink, leader_of, missing_stream, parse_target
 
     try:
         target = parse_target(nats, "--nats")
@@ -100,6 +100,9 @@ def status_cmd(nats: str = typer.Option(..., "--nats", help="The stream: nats://
     except RingfenceError as err:
         fail(_as_nats(err), 1)
     try:
+        missing = missing_stream(link)
+        if missing:  # asking must not create it
+            fail(f"--nats: {missing}", 1)
         kv = link.ensure_stream_and_bucket()
         leader, revision = leader_of(link, kv)
         info = link.call(link.js.stream_info(link.target.stream))
