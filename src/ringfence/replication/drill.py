@@ -94,7 +94,7 @@ class _Proc:
         self.log.flush()
         return self.log_path.read_text()
 
-    def wait_log(self, pattern: str, timeout_s: float = 60) -> re.Match[str]:  # float-ok: seconds
+    def wait_log(self, pattern: str, timeout_s: float = 180) -> re.Match[str]:  # float-ok: seconds
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             found = list(re.finditer(pattern, self.text()))
@@ -116,7 +116,7 @@ class _Proc:
         self.log.close()
 
 
-def _wait_ready(base: str, proc: _Proc, timeout_s: float = 60) -> None:  # float-ok: seconds
+def _wait_ready(base: str, proc: _Proc, timeout_s: float = 180) -> None:  # float-ok: seconds
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:
