@@ -32,6 +32,21 @@ def test_dr_drill_kill_and_partition(tmp_path, stream):
     assert report["partition"]["old_primary_last_ack_after_failure_ms"] <= LEASE_MS
     page = (out / "report.html").read_text()
     assert page.count("<svg") == 2 and "SIGKILL" in page and "partition" in page and "<script" not in page
+    # read as an operator would: the verdict first, then each scenario's RTO with its unit
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            view = browser.new_page()
+            view.goto((out / "report.html").as_uri())
+            expect(view.locator("#verdict")).to_contain_text("PASSED")
+            for name in ("kill", "partition"):
+                expect(view.locator(f"#{name} .rto")).to_have_text(f"{report[name]['rto_ms']:,} ms")
+                expect(view.locator(f"#{name} .rpo")).to_have_text("0 commands")
+                expect(view.locator(f"#{name} table.checks")).not_to_contain_text("FAIL")
+        finally:
+            browser.close()
 
 
 def test_dr_drill_refuses_a_used_folder(tmp_path):
@@ -43,11 +58,12 @@ def test_dr_drill_refuses_a_used_folder(tmp_path):
 
 
 def test_dr_drill_names_an_unreachable_or_bad_nats_and_makes_nothing(tmp_path):
-    """New-user review (session 13): `--nats nats://127.0.0.1:1` or `http://x` printed a traceback."""
-    for url in ("nats://127.0.0.1:1", "http://x"):
+    """New-user review (session 13): `--nats nats://127.0.0.1:1` or `http://x` printed a traceback.
+    A bad URL is bad input (exit 2); a server that does not answer is a failure of the system (exit 1)."""
+    for url, code in (("nats://127.0.0.1:1", 1), ("http://x", 2)):
         out = tmp_path / "never"
         proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "dr", "drill", "--nats", url, "--out", str(out)],
                               capture_output=True, text=True, timeout=60)
         said = proc.stdout + proc.stderr
-        assert proc.returncode == 2 and "--nats" in said and "Traceback" not in said, said
+        assert proc.returncode == code and "--nats" in said and "Traceback" not in said, said
         assert not out.exists()

@@ -215,6 +215,7 @@ def test_a_standby_promoted_from_a_demo_primary_carries_its_index_feed_on(tmp_pa
             staff = tmp_path / "a" / "demo-staff.json"
             rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--key", f"{staff}#ben")
             standby.wait_ready()
+            cut = int(standby.wait_for(r"journal sequence (\d+) state hash").group(1))
             assert "index feed: simulated venues sim1..sim5" in standby.text(), standby.text()[-3000:]
             deadline = time.time() + 30  # the feed quotes every second
             while not any(h["Rf-Epoch"] == "2" and b"index.quote/1" in data for _, h, data in check_stream(stream)):
@@ -225,6 +226,10 @@ def test_a_standby_promoted_from_a_demo_primary_carries_its_index_feed_on(tmp_pa
         finally:
             primary.stop()
             assert standby.stop() == 0
+        # its first writes (the feed's set-up and first round) name their submitter, as every later quote does
+        after = [json.loads(line) for line in rf("journal", "sources", str(tmp_path / "b"), "--from-seq", str(cut + 1),
+                                                  "--limit", "100000").stdout.splitlines()]
+        assert after and [r for r in after if r["source"] == ""] == [], after[:20]
 
 
 def test_sigkill_of_the_primary_loses_no_acknowledged_order(tmp_path, stream):

@@ -189,11 +189,14 @@ def start_demo_feed(exchange: Any) -> FeedWorker | None:
     if not _feed_enabled():
         return None  # RINGFENCE_DEMO_FEED=0: no feed, no index (the demo as before issue 17)
     seed = int(os.environ.get("RINGFENCE_DEMO_FEED_SEED", DEMO_SEED))
-    sims = setup_demo_feed(exchange.node, seed)
+    # every command of the feed is journaled as the worker's, its set-up and first round too: a promoted
+    # standby's first writes are these, and `ringfence journal sources` showed them with no submitter
+    node = exchange.node.as_source("worker:index-feed")
+    sims = setup_demo_feed(node, seed)
     if not sims:
         return None
     first = [q for sim in sims for q in sim.step(time.time_ns())]
-    exchange.node.execute_many(first, raise_rejected=False)
-    worker = FeedWorker(exchange.node.as_source("worker:index-feed"), [sim.step for sim in sims], ready=lambda: exchange.loop is not None)
+    node.execute_many(first, raise_rejected=False)
+    worker = FeedWorker(node, [sim.step for sim in sims], ready=lambda: exchange.loop is not None)
     worker.seed = seed  # type: ignore[attr-defined]
     return worker.start()

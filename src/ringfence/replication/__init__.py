@@ -85,6 +85,7 @@ PUBLISH_TIMEOUT_S = 5
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_WRONG_LAST_MSG_ID = 10070
 POLL_S = 0.02  # float-ok: follower poll interval, seconds
+PROGRESS_S = 30  # the standby's progress line: at most this often, seconds
 
 
 class Fenced(RingfenceError, PermissionError):
@@ -188,6 +189,16 @@ class ReplicationTarget:
         return f"{self.stream}-leader"
 
 
+#: The URL's numeric options and their allowed ranges (a 0..1 range is a flag).
+URL_OPTIONS = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1), "state_hash_every": (1, 1_000_000),
+               "state_hash_later": (0, 1), "state_digest": (0, 1)}
+
+
+def _allowed(key: str) -> str:
+    low, high = URL_OPTIONS[key]
+    return "0|1" if (low, high) == (0, 1) else f"{low}..{high}"
+
+
 def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
     """`nats://host:4222/STREAM?replicas=3&lease_ms=3000&auto_promote=1&state_hash_every=1&state_digest=1`
     (stream defaults to RINGFENCE)."""
@@ -197,8 +208,6 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
     stream = parsed.path.strip("/") or "RINGFENCE"
     if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
         raise ConfigError("the stream name may hold letters, digits, '-' and '_' (at most 64)", field=option)
-    limits = {"replicas": (1, 5), "lease_ms": (100, 600_000), "auto_promote": (0, 1), "state_hash_every": (1, 1_000_000),
-              "state_hash_later": (0, 1), "state_digest": (0, 1)}
     values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0, "state_hash_every": 1, "state_hash_later": 0, "state_digest": 1}
     tls_ca = ""
     for part in filter(None, parsed.query.split("&")):
@@ -208,10 +217,12 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
             if parsed.scheme != "tls" or not Path(tls_ca).is_file():
                 raise ConfigError("tls_ca must name a readable CA file and needs a tls:// URL", field=option)
             continue
-        if key not in limits or not (value.isascii() and value.isdigit()) or not limits[key][0] <= int(value) <= limits[key][1]:
-            raise ConfigError("options are replicas=1..5, lease_ms=100..600000, auto_promote=0|1, "
-                              "state_hash_every=1..1000000, state_hash_later=0|1, state_digest=0|1 and tls_ca=FILE",
-                              field=option)
+        if key not in URL_OPTIONS:
+            known = ", ".join(f"{k}={_allowed(k)}" for k in URL_OPTIONS)
+            raise ConfigError(f"unknown option {key!r} in the URL; the options are {known} and tls_ca=FILE", field=option)
+        low, high = URL_OPTIONS[key]
+        if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+            raise ConfigError(f"option {key}={value!r} is out of range: {key} must be {_allowed(key)}", field=option)
         values[key] = int(value)
     netloc = parsed.netloc
     secret = os.environ.get("RINGFENCE_NATS_PASSWORD", "")
@@ -334,6 +345,30 @@ def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
     return record, int(entry.revision)
 
 
+def missing_stream(link: NatsLink) -> str:
+    """"" when the target's stream exists (or this NATS user may not ask); else a sentence for the
+    operator naming the streams the server holds: a mistyped name would otherwise go unnoticed."""
+    from nats.js.errors import NotFoundError
+
+    async def look() -> str:
+        try:
+            await link.js.stream_info(link.target.stream)
+            return ""
+        except NotFoundError:
+            pass
+        except Exception:  # noqa: BLE001 - not allowed to look (a per-service user): the caller's next step says
+            return ""
+        try:  # a per-service user (`replication nats-config`) may not list streams: no answer within 2 s
+            names = sorted(i.config.name for i in await asyncio.wait_for(link.js.streams_info(), 2)
+                           if not i.config.name.startswith("KV_"))
+            here = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") if names else "none"
+        except Exception:  # noqa: BLE001 - the listing is a hint only
+            here = "not listed (this NATS user may not list streams)"
+        return f"stream {link.target.stream} does not exist on {link.target.display} (is the name right? streams here: {here})"
+
+    return link.call(look())
+
+
 PROMOTE_ACTION = "replication.promote"
 
 
@@ -357,6 +392,9 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
     or raises `PromotionRefused` with the standby's reason."""
     link = NatsLink(target)
     try:
+        missing = missing_stream(link)
+        if missing:  # a mistyped name: nobody follows that stream (and asking must not create it)
+            raise PromotionRefused(f"{missing}: no standby follows it", field="--nats")
         kv = link.ensure_stream_and_bucket()
         current, _ = leader_of(link, kv)
         next_epoch = (current or {}).get("epoch", 0) + 1
@@ -997,6 +1035,9 @@ class Follower:
                                         tail_segment=scan.tail_segment, tail_size=scan.tail_size,
                                         prezero=True)  # as the primary's (`serve`): docs/latency.md
             self.link = NatsLink(target)
+            missing = missing_stream(self.link)
+            if missing:  # said once; the standby then waits on the (new, empty) stream for a primary
+                on_progress(f"standby {node_id}: {missing}; creating it empty and waiting for a primary to write to it")
             self.kv = self.link.ensure_stream_and_bucket()
         except BaseException:  # release the lock whatever failed, then report it
             self.lock.release()
@@ -1275,8 +1316,8 @@ class Follower:
 
     def follow_until_promoted(self, stop: threading.Event | None = None) -> int:
         """Follow the stream; when the leader record names this node, fence and return the epoch."""
-        last_report = 0.0  # float-ok: monotonic seconds
-        reported_seq = -1
+        last_report: float | None = None  # float-ok: monotonic seconds
+        reported_seq, batches_then = -1, self.batches_applied
         seen: tuple[int, float] = (-1, time.monotonic())  # float-ok: (revision, when it was first seen)
         while stop is None or not stop.is_set():
             self.poll()
@@ -1294,10 +1335,14 @@ class Follower:
                                  f"sequence {self.stream_seq}, journal sequence {self.engine.last_seq} state hash {self.engine.state_hash()}")
                 return int(leader["epoch"])
             now = time.monotonic()
-            if self.engine.last_seq != reported_seq and now - last_report >= 1.0:
-                last_report, reported_seq = now, self.engine.last_seq
+            if self.engine.last_seq != reported_seq and (last_report is None or now - last_report >= PROGRESS_S):
+                # at once, then at most every PROGRESS_S: a primary's every batch (the index feed quotes each
+                # second) made one line each; /v1/standby has the live figures
+                batches = self.batches_applied - batches_then
+                last_report, reported_seq, batches_then = now, self.engine.last_seq, self.batches_applied
                 self.on_progress(f"standby {self.node_id}: applied through sequence {self.engine.last_seq} "
-                                 f"state hash {self.engine.state_hash()} (stream sequence {self.stream_seq})")
+                                 f"state hash {self.engine.state_hash()} (stream sequence {self.stream_seq}; "
+                                 f"{batches} {'batch' if batches == 1 else 'batches'} since the last line)")
             time.sleep(POLL_S)
         return 0
 

@@ -16,6 +16,11 @@ app = typer.Typer(help="Leadership of a replicated journal (NATS JetStream).\n\n
 console = tty_console(width=140)
 
 
+def _as_nats(err: RingfenceError) -> str:
+    """The error, naming this command's --nats where the link names serve's --replicate."""
+    return str(err).replace("--replicate: ", "--nats: ", 1)
+
+
 @app.command("promote")
 def promote_cmd(
     nats: str = typer.Option(..., "--nats", help="The stream: nats://host:4222/STREAM."),
@@ -29,11 +34,14 @@ def promote_cmd(
 ) -> None:
     """Make a standby the primary at the next fencing epoch: a staff quorum decision.
 
-    Each operator signs `[stream, node, epoch]` (action replication.promote); the standby verifies the
+    Each operator signs the stream, the node and the epoch (action replication.promote); the standby verifies the
     signatures against the staff register of its own replica (the operator quorum, as for lifting a
     halt) and only then takes the leadership with a revision-checked KV update. It catches up with
     the stream, publishes a fence and starts serving; the old primary's next batch is refused by
     the stream and it stops acknowledging. An exchange without staff identities needs no --key.
+
+    Exit status: 0 promoted (or token printed), 1 refused (by the standby, the epoch, NATS unreachable),
+    2 bad input (an option, the URL, a key or token).
 
     Example: ringfence replication promote --nats nats://127.0.0.1:4222/RF --node-id b --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben
     """
@@ -41,12 +49,15 @@ def promote_cmd(
     from ..staff.decisions import format_approval, parse_approval
     from . import NatsLink, PROMOTE_ACTION, leader_of, parse_target, promote, promote_subject
 
-    try:
+    try:  # the input first: a bad option exits 2 before NATS is asked anything
         target = parse_target(nats, "--nats")
         signers = [load_key(k) for k in keys]
         tokens = [format_approval(parse_approval(t, f"--approval #{i + 1}")) for i, t in enumerate(approvals)]
-        if sign_only and not signers:
-            fail("--sign-only needs your --key", 2)
+    except RingfenceError as err:
+        fail(str(err), 2)
+    if sign_only and not signers:
+        fail("--sign-only needs your --key", 2)
+    try:
         if not epoch and signers:  # --sign-only with --epoch needs no NATS connection
             link = NatsLink(target)
             try:
@@ -63,7 +74,7 @@ def promote_cmd(
             return
         record = promote(target, node_id, own + tokens, epoch=epoch or None, wait_s=wait_s)
     except RingfenceError as err:
-        fail(f"refused: {err}", 1)
+        fail(f"refused: {_as_nats(err)}", 1)
     previous = record["previous"]
     was = f"{previous['node']} at epoch {previous['epoch']}" if previous else "nobody"
     by = ", ".join(record.get("approved_by") or []) or "an operator (no staff registered)"
@@ -81,17 +92,27 @@ def status_cmd(
     `leader_signature` is "valid" (signed by the node it names, per --peers), "forged" (missing or
     wrong: a node refuses it) or "unchecked" (no --peers, or the node is not in it).
 
+    Exit status: 0 printed, 1 NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL,
+    the --peers file).
+
     Example: ringfence replication status --nats nats://127.0.0.1:4222/RF --peers ./peers.json
     """
     from ..nodekey import load_peers
-    from . import NatsLink, leader_of, leader_signature_ok, parse_target
+    from . import NatsLink, leader_of, leader_signature_ok, missing_stream, parse_target
 
     try:
+        target = parse_target(nats, "--nats")
         trusted = load_peers(peers) if peers is not None else {}
-        link = NatsLink(parse_target(nats, "--nats"))
     except RingfenceError as err:
-        fail(str(err), 1)
+        fail(str(err), 2)
     try:
+        link = NatsLink(target)
+    except RingfenceError as err:
+        fail(_as_nats(err), 1)
+    try:
+        missing = missing_stream(link)
+        if missing:  # asking must not create it
+            fail(f"--nats: {missing}", 1)
         kv = link.ensure_stream_and_bucket()
         leader, revision = leader_of(link, kv)
         public = trusted.get(str((leader or {}).get("node")))
@@ -146,6 +167,8 @@ def nats_config_cmd(
     nats://rf-node@HOST:4222/STREAM. An operator promotes with the rf-operator user, which cannot
     publish a batch nor write the leader record.
 
+    Exit status: 0 written, 2 bad input (the --stream name, an --out that exists).
+
     Example: ringfence replication nats-config --stream RF --out ./nats-auth
     """
     from .auth import write_nats_config
@@ -159,3 +182,18 @@ def nats_config_cmd(
     console.print(f"wrote {files['config']} (start: nats-server -c {files['config']})")
     for service in ("rf-node", "rf-operator", "rf-monitor"):
         console.print(f"  {service}: password in {files[service]} (mode 0600)")
+
+
+def flow_help(typer_app: typer.Typer) -> None:
+    """Give each command its docstring with every paragraph on one line, for the terminal to wrap:
+    typer's help keeps a docstring's line breaks, so at any other width sentences broke mid-way."""
+    import inspect
+    import re
+
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None:
+            doc = inspect.getdoc(info.callback) or ""
+            info.help = "\n\n".join(re.sub(r"\s*\n\s*", " ", part) for part in doc.split("\n\n"))
+
+
+flow_help(app)

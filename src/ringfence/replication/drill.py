@@ -94,7 +94,7 @@ class _Proc:
         self.log.flush()
         return self.log_path.read_text()
 
-    def wait_log(self, pattern: str, timeout_s: float = 60) -> re.Match[str]:  # float-ok: seconds
+    def wait_log(self, pattern: str, timeout_s: float = 180) -> re.Match[str]:  # float-ok: seconds
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             found = list(re.finditer(pattern, self.text()))
@@ -116,7 +116,7 @@ class _Proc:
         self.log.close()
 
 
-def _wait_ready(base: str, proc: _Proc, timeout_s: float = 60) -> None:  # float-ok: seconds
+def _wait_ready(base: str, proc: _Proc, timeout_s: float = 180) -> None:  # float-ok: seconds
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:
@@ -211,14 +211,24 @@ def _orders(rng: random.Random, seed: int, start: int, count: int) -> list[dict[
     return out
 
 
+def check_nats_url(nats_url: str, scenario: str) -> None:
+    """Raise ValueError (a sentence) unless `nats_url` is a server URL the drill can use for `scenario`."""
+    parsed = urlparse(nats_url)
+    if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
+        raise ValueError(f"must be a nats://host:port or tls://host:port URL; got {parsed.scheme or 'no'} scheme")
+    if parsed.path.strip("/") or parsed.query:
+        raise ValueError("give the server only (nats://host:port): the drill makes a stream of its own for each scenario")
+    if parsed.scheme == "tls" and scenario != "kill":
+        raise ValueError("the partition scenario cuts a plain TCP proxy in front of NATS and cannot carry TLS: "
+                         "give a nats:// URL, or --scenario kill")
+
+
 def check_nats(nats_url: str) -> None:
     """Raise RuntimeError (a sentence, the URL's password hidden) unless `nats_url` is a nats:// or tls://
     URL of a NATS server that answers: checked before the drill makes any folder or node."""
     from . import masked
 
-    parsed = urlparse(nats_url)
-    if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
-        raise RuntimeError(f"must be a nats://host:port or tls://host:port URL; got {parsed.scheme or 'no'} scheme")
+    check_nats_url(nats_url, "kill")
 
     async def go() -> None:
         import nats
@@ -353,7 +363,8 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
             proxy.close()
         _delete_stream(nats_url, stream)
     if result.lost:
-        result.problems.append(f"{len(result.lost)} acknowledged orders are missing on the new primary")
+        n = len(result.lost)
+        result.problems.append(f"{n} acknowledged {'order is' if n == 1 else 'orders are'} missing on the new primary")
     if result.primary_hash != result.standby_hash:
         result.problems.append("the state hash at the cut-over differs between the standby and the old primary")
     if scenario == "partition" and result.last_old_ack_s and (result.last_old_ack_s - result.failed_at_s) * 1000 > lease_ms:
@@ -373,22 +384,94 @@ def _svg(result: DrillResult, width: int = 900, height: int = 160) -> str:
              f'<text x="{x(result.promoted_at_s) + 4:.1f}" y="45" fill="#e80">promoted</text>')
     axis = (f'<text x="5" y="64">a</text><text x="5" y="104">b</text><line x1="40" y1="140" x2="{width - 20}" y2="140" stroke="#888"/>'
             f'<text x="40" y="155">0 s</text><text x="{width - 60}" y="155">{span:.2f} s</text>')
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">{axis}{dots}{lines}</svg>'
+    label = f"acknowledgements over time, {result.scenario} scenario"
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" role="img" aria-label="{label}" width="{width}" '
+            f'height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">{axis}{dots}{lines}</svg>')
+
+
+_SCENARIOS = {"kill": "SIGKILL of the primary, then an operator promotes the standby",
+              "partition": "The primary is cut off from NATS; the standby promotes itself after two leases"}
+
+
+def _checks(r: DrillResult) -> list[tuple[str, bool, str]]:
+    """The drill's proofs for one scenario: (what is proved, held, the figures behind it)."""
+    refused = [p for p in r.problems if p.startswith("the new primary refused")]
+    s = r.summary()
+    out = [
+        ("No acknowledged order lost (RPO 0)", not r.lost,
+         f"{len(r.acked)} acknowledged, {len(r.lost)} missing on the new primary"),
+        ("Identical state at the cut-over", bool(r.standby_hash) and r.primary_hash == r.standby_hash,
+         f"sequence {r.cut_seq}: standby {r.standby_hash[:16] or '-'}…, old primary replayed {r.primary_hash[:16] or '-'}…"),
+        ("The new primary acknowledged every order sent to it", not refused,
+         f"{len(refused)} refused" + (f" (first: {refused[0]})" if refused else "")),
+    ]
+    if r.scenario == "partition":
+        late = s["old_primary_last_ack_after_failure_ms"]
+        out.append(("The cut-off primary stopped acknowledging within its lease", late <= r.lease_ms,
+                    f"last acknowledgement {late:,} ms after the cut; lease {r.lease_ms:,} ms"))
+    return out
 
 
 def write_report(results: list[DrillResult], out: Path) -> Path:
+    """OUT/report.json (the figures) and OUT/report.html: the verdict first, then per scenario RTO and
+    RPO, the timeline of acknowledgements and the table of checks (static HTML, no scripts)."""
+    esc = html.escape
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps([r.summary() for r in results], indent=2) + "\n")
+    problems = [f"{r.scenario}: {p}" for r in results for p in r.problems]
+    passed = not problems
+    seeds = ", ".join(sorted({str(r.seed) for r in results}))
+    if passed:
+        verdict = (f'<p id="verdict" class="ok"><strong>PASSED</strong> — every proof held in '
+                   f'{" and ".join(esc(r.scenario) for r in results)}: no acknowledged order lost, identical state at the '
+                   "cut-over.</p>")
+    else:
+        verdict = (f'<div id="verdict" class="fail"><p><strong>FAILED</strong> — {len(problems)} '
+                   f'{"problem" if len(problems) == 1 else "problems"}:</p><ul>'
+                   + "".join(f"<li>{esc(p)}</li>" for p in problems) + "</ul></div>")
     sections = []
     for r in results:
         s = r.summary()
-        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in s.items())
-        verdict = "PASSED" if r.problems == [] else "FAILED"
-        sections.append(f"<h2>{html.escape(r.scenario)} — {verdict}</h2><p>Acknowledgements over time: node a (old primary) "
-                        f"and node b (standby, then primary).</p>{_svg(r)}<table>{rows}</table>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>ringfence DR drill</title><style>body{font-family:sans-serif;"
-            "margin:2em}td,th{text-align:left;padding:2px 8px;border-bottom:1px solid #ddd}</style></head><body>"
-            f"<h1>ringfence disaster-recovery drill</h1>{''.join(sections)}</body></html>")
+        checks = "".join(f'<tr class="{"pass" if ok else "fail"}"><td>{esc(name)}</td><td class=result>'
+                         f'{"PASS" if ok else "FAIL"}</td><td>{esc(detail)}</td></tr>' for name, ok, detail in _checks(r))
+        raw = "".join(f"<tr><th>{esc(k)}</th><td><code>{esc(str(v))}</code></td></tr>" for k, v in s.items())
+        sections.append(f"""<section id="{esc(r.scenario)}">
+<h2>{esc(r.scenario)}: {"PASSED" if not r.problems else "FAILED"}</h2>
+<p>{esc(_SCENARIOS.get(r.scenario, r.scenario))}.</p>
+<table class="figures"><tbody>
+<tr><th>RTO</th><td class="num rto">{s["rto_ms"]:,} ms</td><td>from the failure to the first acknowledgement on the new
+primary: {s["promoted_after_failure_ms"]:,} ms to the promotion, then {s["first_ack_after_promotion_ms"]:,} ms to serve</td></tr>
+<tr><th>RPO</th><td class="num rpo">{s["rpo_commands"]} {"command" if s["rpo_commands"] == 1 else "commands"}</td>
+<td>acknowledged orders missing on the new primary (of {s["acknowledged"]} acknowledged)</td></tr>
+<tr><th>Cut-over</th><td class=num>sequence {s["cut_over_seq"]:,}</td><td>the last journal sequence the standby
+took over; lease {r.lease_ms:,} ms</td></tr>
+</tbody></table>
+<h3>Timeline</h3>
+<p>Each dot is an acknowledged order: top row node a (the primary), bottom row node b (the standby, then the primary).</p>
+{_svg(r)}
+<h3>Checks</h3>
+<table class="checks"><thead><tr><th>check</th><th>result</th><th>figures</th></tr></thead><tbody>{checks}</tbody></table>
+<details><summary>All figures (report.json)</summary><table class="raw">{raw}</table></details>
+</section>""")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ringfence DR drill — {"PASSED" if passed else "FAILED"}</title>
+<style>
+body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}}
+table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}}
+.num{{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}}code{{font-size:.85em}}
+#verdict{{padding:.6rem 1rem;border-radius:.3rem;font-size:1.2em}}#verdict.ok{{background:#e6f4ea;border:1px solid #2a7}}
+#verdict.fail{{background:#fce8e6;border:1px solid #c22}}tr.pass .result{{color:#186a3b;font-weight:bold}}
+tr.fail .result{{color:#b00;font-weight:bold}}.figures th{{width:7rem}}svg{{max-width:100%;height:auto}}
+</style></head><body>
+<h1>Disaster-recovery drill</h1>
+{verdict}
+<p>Seed {esc(seeds)}; scenarios: {", ".join(esc(r.scenario) for r in results)}. RTO: recovery time (failure to the first
+acknowledgement on the new primary). RPO: acknowledged commands lost. Rerun with <code>ringfence dr drill --seed {esc(seeds)}</code>.</p>
+{"".join(sections)}
+</body></html>
+"""
     path = out / "report.html"
     path.write_text(page)
     return path

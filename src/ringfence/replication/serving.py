@@ -9,6 +9,7 @@ models as they are instead of replaying the journal.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +38,12 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         return None, None
     target = parse_target(replicate or standby or "", "--replicate" if replicate else "--standby")
     key, trusted = node_trust(data, ident, peers, say)
+    store = os.environ.get("RINGFENCE_DATABASE_URL", "") or f"sqlite:///{data / 'identity.sqlite3'}"
+    if store.startswith("sqlite"):  # serve's default: the embedded store in DIR (api/serve.py build)
+        say(f"[yellow]warning:[/] the identity store (users, API keys, sessions) is SQLite on this machine "
+            f"({store.split(':///', 1)[-1]}): it is not replicated with the journal, so a node on another machine "
+            "would not have them after a failover; set RINGFENCE_DATABASE_URL=postgresql+psycopg://USER@HOST:5432/DB "
+            "(one database every node reaches) on each node (docs/resilience.md)")
     if standby:
         import signal
         import sys
