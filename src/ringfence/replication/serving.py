@@ -59,11 +59,11 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         say(f"standby {ident}: promoted: serving with the engine and API read models kept warm at sequence "
             f"{engine.last_seq} (no journal replay)")
         try:
-            return Replicator(target, ident), WarmStart(engine, position, lock, models)
+            return Replicator(target, ident, data / "engine"), WarmStart(engine, position, lock, models)
         except BaseException:
             lock.release()
             raise
-    return Replicator(target, ident), None
+    return Replicator(target, ident, data / "engine"), None
 
 
 def _import_the_server() -> None:
