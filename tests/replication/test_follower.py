@@ -127,8 +127,8 @@ def test_leadership_changes_only_with_the_current_revision(tmp_path, stream):
     try:
         leader, revision = leader_of(link, kv)
         assert leader["node"] == "a" and leader["epoch"] == 1
-        with pytest.raises(PromotionRefused, match="next epoch is 2"):
-            promote(target, "b", epoch=5)
+        with pytest.raises(PromotionRefused, match="next epoch is 2"):  # a stale epoch: refused before asking
+            promote(target, "b", epoch=1)
         link.call(kv.put("promote.b", json.dumps({"epoch": 7, "node": "b", "approvals": [], "status": "requested"}).encode()))
         assert not follower.consider_promotion(leader, revision)  # a stale or forged epoch
         assert "next epoch is 2" in json.loads(link.call(kv.get("promote.b")).value)["reason"]

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -127,5 +128,75 @@ def test_each_service_may_do_only_its_own_work(tmp_path, nats_services):
     finally:
         if follower is not None:
             follower.close()
+        node.close()
+        replicator.close()
+
+
+async def _try_admin(url: str) -> dict[str, str]:
+    """Every destructive JetStream call on the stream and the bucket, as the given user: what came of each."""
+    from dataclasses import replace
+
+    import nats
+    from nats.js.api import ConsumerConfig
+
+    nc = await nats.connect(url.rsplit("/", 1)[0], connect_timeout=3, max_reconnect_attempts=0, error_cb=_ignore)
+    js = nc.jetstream(timeout=1)
+    bucket = f"KV_{STREAM}-leader"
+    outcomes: dict[str, str] = {}
+    try:
+        calls = {"delete stream": lambda: js.delete_stream(STREAM), "delete bucket": lambda: js.delete_stream(bucket),
+                 "purge stream": lambda: js.purge_stream(STREAM), "purge bucket": lambda: js.purge_stream(bucket),
+                 "delete message": lambda: js.delete_msg(STREAM, 1), "delete entry": lambda: js.delete_msg(bucket, 1),
+                 "add consumer": lambda: js.add_consumer(STREAM, ConsumerConfig(durable_name="x")),
+                 "rollup promote": lambda: js.publish(f"$KV.{STREAM}-leader.promote.x", b"", headers={"Nats-Rollup": "all"}),
+                 "rollup leader": lambda: js.publish(f"$KV.{STREAM}-leader.leader", b"", headers={"Nats-Rollup": "all"}),
+                 "rollup batches": lambda: js.publish(f"rf.{STREAM}.batches", b"", headers={"Nats-Rollup": "all"})}
+        async def attempt(name: str, call: Any) -> None:
+            try:
+                await call()
+                outcomes[name] = "done"
+            except Exception as err:  # noqa: BLE001 - a refusal (a permissions violation is a timeout): checked by the caller
+                outcomes[name] = f"{type(err).__name__} {err}"
+
+        await asyncio.gather(*(attempt(name, call) for name, call in calls.items()))  # each refusal may be a 1 s timeout
+        for name in (STREAM, bucket):  # an update that would allow rollups again
+            try:
+                config = (await js.stream_info(name)).config
+                await js.update_stream(replace(config, allow_rollup_hdrs=True))
+                outcomes[f"update {name}"] = "done"
+            except Exception as err:  # noqa: BLE001
+                outcomes[f"update {name}"] = f"{type(err).__name__} {err}"
+    finally:
+        await nc.close()
+    return outcomes
+
+
+async def _ignore(_err: Exception) -> None:
+    return None
+
+
+def test_no_credential_may_delete_purge_roll_up_or_update(tmp_path, nats_services):
+    """F3: none of the three users can erase the stream, the bucket or the leader record: no STREAM.DELETE,
+    PURGE, UPDATE, MSG.DELETE or consumers in their permissions, and the stream and the bucket refuse
+    rollup headers (which ride on publishes a node or an operator may make) whoever sends them."""
+    port, pw = nats_services
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(_url(port, "rf-node", pw["rf-node"])), "a", tmp_path / "a", key=key_of("a"))
+    try:
+        replicator.attach(node)
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+        last = replicator.stream_seq
+        for user in ("rf-node", "rf-operator", "rf-monitor"):
+            outcomes = asyncio.run(_try_admin(_url(port, user, pw[user])))
+            assert "done" not in outcomes.values(), (user, outcomes)
+        info = replicator.link.call(replicator.link.js.stream_info(STREAM))
+        assert (info.state.last_seq, info.state.messages) == (last, last)
+        leader = leader_of(replicator.link, replicator.kv)[0]
+        assert (leader["node"], leader["epoch"]) == ("a", 1)
+        node.execute_many([OpenAccount("alice", "BTC")])  # and the primary still replicates
+        assert replicator.stream_seq == last + 1
+    finally:
         node.close()
         replicator.close()

@@ -72,10 +72,11 @@ from urllib.parse import quote, unquote, urlparse
 
 from ..errors import ConfigError, JournalCorrupt, RingfenceError
 from ..engine.core import STATE_DIGEST_FORMAT
+from .epochs import EpochBackwards, EpochMemory, epoch_above
 
 __all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "PromotionRefused", "promote", "leader_of",
            "parse_target", "PROMOTE_ACTION", "promote_subject", "masked", "Refused", "signed_bytes", "sign_leader",
-           "leader_signature_ok"]
+           "leader_signature_ok", "harden", "HARDENED", "EpochBackwards"]
 
 T = TypeVar("T")
 _log = logging.getLogger("ringfence.replication")
@@ -241,6 +242,46 @@ def masked(servers: str) -> str:
     return servers.replace(f":{parsed.password}@", ":***@", 1)
 
 
+#: The settings of the stream and of the leadership bucket: nobody may roll up (a `Nats-Rollup`
+#: header erases a subject, or the whole stream, leader record included), purge, or delete a message
+#: (intruder review of #21, F3). nats-server keeps deny_delete/deny_purge once set (an update
+#: cannot undo them); the users of `nats-config` cannot update a stream at all.
+HARDENED = {"allow_rollup_hdrs": False, "deny_delete": True, "deny_purge": True}
+
+
+def _weak_settings(config: Any) -> list[str]:
+    return [f"{key}={str(bool(getattr(config, key))).lower()}" for key, want in HARDENED.items()
+            if bool(getattr(config, key)) != want]
+
+
+def _check_hardened(config: Any, target: "ReplicationTarget") -> None:
+    weak = _weak_settings(config)
+    if weak:
+        raise ConfigError(f"JetStream stream {config.name} has {', '.join(weak)}: anyone who may publish to it could erase "
+                          "the leader record or the journal (made by an older ringfence?); harden it once, as a NATS user "
+                          f"allowed to update streams: ringfence replication harden --nats {target.display_url()}",
+                          field="--replicate")
+
+
+def harden(target: "ReplicationTarget") -> list[str]:
+    """Update the stream and the leadership bucket of `target` to the `HARDENED` settings (needs a
+    NATS user allowed to update streams; none of `nats-config`'s users is). Returns what changed."""
+    from dataclasses import replace
+
+    link = NatsLink(target)
+    changed: list[str] = []
+    try:
+        for name in (target.stream, f"KV_{target.bucket}"):
+            config = link.call(link.js.stream_info(name)).config
+            weak = _weak_settings(config)
+            if weak:
+                link.call(link.js.update_stream(replace(config, **HARDENED)))
+                changed.append(f"{name}: {', '.join(weak)} -> " + ", ".join(f"{k}={str(v).lower()}" for k, v in HARDENED.items()))
+    finally:
+        link.close()
+    return changed
+
+
 class NatsLink:
     """A NATS connection on its own asyncio loop thread, callable from the sequencer thread."""
 
@@ -292,23 +333,38 @@ class NatsLink:
         """Start `coro` on the link's loop and return at once; `.result(timeout)` waits for it."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def ensure_stream_and_bucket(self) -> Any:
-        from nats.js.api import StorageType, StreamConfig
+    def ensure_stream_and_bucket(self, *, check: bool = True) -> Any:
+        """The stream and the leadership bucket, created when missing with `HARDENED` settings (no
+        rollup headers, no purge, no message deletes). One that exists with weaker settings (made by
+        an older version) is refused, naming the setting and the fix (`ringfence replication
+        harden`): the node's NATS user may not update a stream, by design. `check=False` (status)
+        only reads."""
+        from nats.js.api import DiscardPolicy, StorageType, StreamConfig
         from nats.js.errors import NotFoundError
 
         t = self.target
+        kv_stream = f"KV_{t.bucket}"
 
         async def setup() -> Any:
             try:
-                await self.js.stream_info(t.stream)
+                info = await self.js.stream_info(t.stream)
             except NotFoundError:
-                await self.js.add_stream(StreamConfig(name=t.stream, subjects=[t.subject], storage=StorageType.FILE,
-                                                      num_replicas=t.replicas, duplicate_window=120.0))
+                info = await self.js.add_stream(StreamConfig(name=t.stream, subjects=[t.subject], storage=StorageType.FILE,
+                                                             num_replicas=t.replicas, duplicate_window=120.0, **HARDENED))
+            if check:
+                _check_hardened(info.config, t)
             try:
-                return await self.js.key_value(t.bucket)
+                kv = await self.js.key_value(t.bucket)
             except NotFoundError:  # BucketNotFoundError: first use of this stream
-                return await self.js.create_key_value(bucket=t.bucket, history=16, storage=StorageType.FILE,
-                                                      replicas=t.replicas)
+                # as nats-py's create_key_value (history 16), but without rollups or purges
+                await self.js.add_stream(StreamConfig(
+                    name=kv_stream, subjects=[f"$KV.{t.bucket}.>"], storage=StorageType.FILE, num_replicas=t.replicas,
+                    max_msgs_per_subject=16, max_msgs=-1, max_consumers=-1, duplicate_window=120.0,
+                    discard=DiscardPolicy.NEW, **HARDENED))
+                kv = await self.js.key_value(t.bucket)
+            if check:
+                _check_hardened((await self.js.stream_info(kv_stream)).config, t)
+            return kv
 
         return self.call(setup())
 
@@ -398,9 +454,11 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
         kv = link.ensure_stream_and_bucket()
         current, _ = leader_of(link, kv)
         next_epoch = (current or {}).get("epoch", 0) + 1
-        if epoch is not None and epoch != next_epoch:
+        if epoch is not None and epoch < next_epoch:
             raise PromotionRefused(f"the approvals are for epoch {epoch} but the next epoch is {next_epoch}: "
                                    "sign again", field="--epoch")
+        # above the record's: the standby asks for it when it saw a higher epoch than the record's
+        next_epoch = epoch or next_epoch
         request = {"epoch": next_epoch, "node": node_id, "approvals": list(approvals), "status": "requested",
                    "requested_at_ns": time.time_ns()}
         revision = int(link.call(kv.put(request_key(node_id), json.dumps(request).encode())))
@@ -447,7 +505,8 @@ class Replicator:
     """The primary's side: claims leadership, brings the stream up to its journal, then publishes
     every batch before it is acknowledged (`attach` installs it as the node's `replicate` hook)."""
 
-    def __init__(self, target: ReplicationTarget, node_id: str, *, key: Any, peers: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, target: ReplicationTarget, node_id: str, node_dir: Path | None = None, *, key: Any,
+                 peers: Mapping[str, Any] | None = None) -> None:
         self.target = target
         self.node_id = node_id
         #: this node's Ed25519 key (`nodekey`): signs every message and the leader record
@@ -456,6 +515,8 @@ class Replicator:
         self.peers = peers
         self._session = secrets.token_hex(8)  # `Rf-Session`: this publisher's run
         self._carried: dict[str, Any] = {}  # the claimed record's approvals, kept in each renewal
+        #: the highest epoch this node saw or held (`node_dir/replication-epoch.json`; epochs.py)
+        self.memory = EpochMemory(node_dir, target.stream)
         self.link = NatsLink(target)
         self.kv = self.link.ensure_stream_and_bucket()
         self.revision = 0
@@ -519,10 +580,11 @@ class Replicator:
 
     def _claim(self) -> int:
         leader, revision = leader_of(self.link, self.kv)
-        if leader is None:
-            self.epoch = 1
+        if leader is None:  # above every epoch in the stream (the record may have been erased) and remembered
+            self.epoch = self._epoch_above(None)
             self.revision = int(self.link.call(self.kv.create("leader", self._record())))
-            return 1
+            self.memory.see(self.epoch)
+            return self.epoch
         if self._forged(leader):
             _log.critical("replication: forged leader record (node %r, epoch %r, unsigned or badly signed): "
                           "this node does not start", leader.get("node"), leader.get("epoch"))
@@ -532,9 +594,19 @@ class Replicator:
         if leader["node"] != self.node_id:
             raise Fenced(f"node {leader['node']!r} is the primary at epoch {leader['epoch']}; start this node with "
                          "--standby, or promote it with `ringfence replication promote`", field="--replicate")
-        self.epoch, self.revision = int(leader["epoch"]), revision
+        self.epoch, self.revision = self._epoch_above(leader), revision
+        self.memory.see(self.epoch)
         self._carried = {k: leader[k] for k in ("approved_by", "approvals", "took_over_from") if k in leader}
         return self.epoch
+
+    def _epoch_above(self, leader: dict[str, Any] | None) -> int:
+        """The first claim's epoch (`leader` None: the whole stream is read), or the held epoch of
+        `leader` checked against everything seen; `Fenced` when it would go backwards."""
+        try:
+            return epoch_above(self.link, self.memory, leader, want=None if leader is None else int(leader["epoch"]),
+                               scan=leader is None, held=leader is not None)
+        except EpochBackwards as err:
+            raise Fenced(str(err), field="--replicate") from None
 
     def _renew(self) -> None:
         """Renew the lease (revision-checked); a changed record means this node was deposed."""
@@ -1027,6 +1099,8 @@ class Follower:
         node_dir.mkdir(parents=True, exist_ok=True)
         self.lock = DataDirLock(node_dir, f"ringfence serve --standby (node {node_id})")
         try:
+            #: the highest epoch this node saw or held (epochs.py); the standby's claims go above it
+            self.memory = EpochMemory(node_dir, target.stream)
             # with read models to keep warm (`on_batch`), they need the whole history: replay from genesis
             self.engine, _, scan = replay_journal(node_dir, truncate=True, use_snapshots=on_batch is None, on_batch=on_batch)
             #: last sequence -> record hash of the local journal, to check the stream against on a restart
@@ -1324,12 +1398,14 @@ class Follower:
             leader, revision = leader_of(self.link, self.kv)
             if revision != seen[0]:
                 seen = (revision, time.monotonic())
+                self.memory.see(max(int((leader or {}).get("epoch", 0)), self.fence_epoch))
             if self.consider_promotion(leader, revision):
                 leader, revision = leader_of(self.link, self.kv)
             elif leader is not None and leader["node"] != self.node_id:
                 self._maybe_take_over(leader, revision, seen[1])
             if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) > self.fence_epoch \
                     and self._own_record(leader, revision):
+                self.memory.see(int(leader["epoch"]))
                 self._fence(int(leader["epoch"]))
                 self.on_progress(f"standby {self.node_id}: promoted at epoch {leader['epoch']}, fenced at stream "
                                  f"sequence {self.stream_seq}, journal sequence {self.engine.last_seq} state hash {self.engine.state_hash()}")
@@ -1372,7 +1448,7 @@ class Follower:
         from ..staff.state import MAX_DECISION_TTL_NS, StaffRefused, check_quorum
 
         epoch = request.get("epoch")
-        expected = int((leader or {}).get("epoch", 0)) + 1
+        expected = self._next_epoch(leader)
         if epoch != expected:
             raise PromotionRefused(f"the request is for epoch {epoch} but the next epoch is {expected}: sign again",
                                    field="epoch")
@@ -1436,13 +1512,18 @@ class Follower:
         lease_ms = int(leader.get("lease_ms", 0))
         if not (self.target.auto_promote and lease_ms) or time.monotonic() - seen_at < 2 * lease_ms / 1000:
             return
-        record = {"epoch": int(leader["epoch"]) + 1, "node": self.node_id, "lease_ms": lease_ms,
+        record = {"epoch": self._next_epoch(leader), "node": self.node_id, "lease_ms": lease_ms,
                   "renewed_at_ns": time.time_ns(), "took_over_from": leader["node"]}
         try:
             self.link.call(self.kv.update("leader", sign_leader(self.key, self.target.stream, record), last=revision))
         except KeyWrongLastSequenceError:
             return  # renewed or taken meanwhile: keep following
         self.on_progress(f"standby {self.node_id}: the lease of {leader['node']} expired; claimed epoch {record['epoch']}")
+
+    def _next_epoch(self, leader: dict[str, Any] | None) -> int:
+        """The epoch a claim of this standby takes: above the leader record's, every fence it read,
+        the stream's newest message and its own memory (epochs.py)."""
+        return epoch_above(self.link, self.memory, leader, fence_epoch=self.fence_epoch)
 
     def hand_over(self) -> tuple[Any, tuple[int, bytes, Path | None, int], Any]:
         """After promotion: stop following and hand the engine, the journal writer's position and

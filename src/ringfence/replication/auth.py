@@ -4,7 +4,8 @@
 service, each allowed exactly the subjects its work needs:
 
 * `rf-node` — a primary or standby (`serve --replicate|--standby`): publishes batches and fences
-  to `rf.STREAM.batches`, manages its stream and the leadership bucket `STREAM-leader`.
+  to `rf.STREAM.batches`, creates its stream and the leadership bucket `STREAM-leader` when they
+  are missing (it may not update, purge or delete either), writes the leader record.
 * `rf-operator` — `ringfence replication promote|status`: reads the stream's and the bucket's
   state and writes promotion *requests* (`promote.NODE`); it cannot publish a batch nor write the
   leader record (the standby does that, after verifying the staff quorum).
@@ -30,17 +31,25 @@ SERVICES = ("rf-node", "rf-operator", "rf-monitor")
 
 
 def permissions(service: str, stream: str) -> dict[str, Any]:
-    """The subjects `service` may publish to (replies come back on `_INBOX.>`)."""
+    """The subjects `service` may publish to (replies come back on `_INBOX.>`).
+
+    These are every JetStream API call the replication code makes (nats-py 2.16: stream info, a
+    message by sequence, a bucket entry by subject, a stream created when missing) and nothing
+    else: no STREAM.DELETE, PURGE, UPDATE or MSG.DELETE, no consumers, for anyone. The stream and
+    the bucket refuse rollup headers, purges and message deletes themselves (`HARDENED`), which
+    no subject permission could express (a `Nats-Rollup` header rides on an allowed publish)."""
     bucket = f"KV_{stream}-leader"
-    read = ["$JS.API.INFO", f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.INFO.{bucket}",
-            f"$JS.API.STREAM.MSG.GET.{bucket}", f"$JS.API.DIRECT.GET.{bucket}", f"$JS.API.DIRECT.GET.{bucket}.>"]
+    kv = f"$KV.{stream}-leader"
+    read = [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.INFO.{bucket}", f"$JS.API.STREAM.MSG.GET.{bucket}",
+            f"$JS.API.DIRECT.GET.{bucket}", f"$JS.API.DIRECT.GET.{bucket}.>"]
     if service == "rf-node":
-        publish = ["$JS.API.INFO", f"$JS.API.STREAM.*.{stream}", f"$JS.API.STREAM.*.{bucket}",
-                   f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.STREAM.MSG.GET.{bucket}",
-                   f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{bucket}", f"$JS.API.DIRECT.GET.{bucket}.>",
-                   f"$KV.{stream}-leader.>", f"rf.{stream}.batches"]
+        # a primary or standby: creates the stream and the bucket on first use, reads the stream by
+        # sequence (catch-up, following), publishes batches and fences, writes the leader record and
+        # answers promotion requests
+        publish = read + [f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.STREAM.CREATE.{bucket}",
+                          f"$JS.API.STREAM.MSG.GET.{stream}", f"rf.{stream}.batches", f"{kv}.leader", f"{kv}.promote.>"]
     elif service == "rf-operator":
-        publish = read + [f"$KV.{stream}-leader.promote.>"]
+        publish = read + [f"{kv}.promote.>"]
     elif service == "rf-monitor":
         publish = read
     else:

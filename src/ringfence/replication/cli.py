@@ -113,7 +113,7 @@ def status_cmd(
         missing = missing_stream(link)
         if missing:  # asking must not create it
             fail(f"--nats: {missing}", 1)
-        kv = link.ensure_stream_and_bucket()
+        kv = link.ensure_stream_and_bucket(check=False)  # read only: also shows a stream still to harden
         leader, revision = leader_of(link, kv)
         public = trusted.get(str((leader or {}).get("node")))
         verdict = "unchecked" if leader is None or public is None else (
@@ -151,6 +151,29 @@ def node_key_cmd(
     except RingfenceError as err:
         fail(str(err), 2)
     typer.echo(json.dumps({node_id: nodekey.public_hex(key)}))
+
+
+@app.command("harden")
+def harden_cmd(nats: str = typer.Option(..., "--nats", help="The stream: nats://ADMIN@host:4222/STREAM.")) -> None:
+    """Turn off rollup headers, purges and message deletes on the stream and its leadership bucket.
+
+    Streams made by an older ringfence allow them (a `Nats-Rollup` publish on the bucket erases the
+    leader record); a node refuses to start on such a stream and names this command. Run it once as
+    a NATS user allowed to update streams (none of the `nats-config` users is); nats-server keeps
+    deny_delete and deny_purge once set.
+
+    Example: RINGFENCE_NATS_PASSWORD=... ringfence replication harden --nats nats://admin@127.0.0.1:4222/RF
+    """
+    from . import harden, parse_target
+
+    try:
+        changed = harden(parse_target(nats, "--nats"))
+    except RingfenceError as err:
+        fail(str(err), 1)
+    except Exception as err:  # noqa: BLE001 - nats' errors (a permissions violation is a timeout): one line
+        fail(f"cannot update the stream: {type(err).__name__} {err} (is this NATS user allowed to update streams?)", 1)
+    for line in changed or ["already hardened: nothing to change"]:
+        console.print(line)
 
 
 @app.command("nats-config")

@@ -68,11 +68,11 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         say(f"standby {ident}: promoted: serving with the engine and API read models kept warm at sequence "
             f"{engine.last_seq} (no journal replay)")
         try:
-            return Replicator(target, ident, key=key, peers=trusted), WarmStart(engine, position, lock, models)
+            return Replicator(target, ident, data / "engine", key=key, peers=trusted), WarmStart(engine, position, lock, models)
         except BaseException:
             lock.release()
             raise
-    return Replicator(target, ident, key=key, peers=trusted), None
+    return Replicator(target, ident, data / "engine", key=key, peers=trusted), None
 
 
 def node_trust(data: Path, ident: str, peers: Path | None, say: Callable[[str], None]) -> tuple[Any, Any]:
