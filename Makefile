@@ -78,6 +78,8 @@ lint: setup
 # signers, CLI calls), and where PYTHONDONTWRITEBYTECODE is set each would compile every module again.
 # Three workers on two cores: most live tests wait (blocks, mail, TOTP steps, confirmations), so a third
 # worker fills the idle time (measured: 13 min 56 s of pytest against 19 min 45 s with two, same load).
+# --no-loadscope-reorder: the files start in the order tests/conftest.py gives them, the longest first
+# (xdist's own order, most tests first, left minutes-long files of few tests for the end).
 # Then the tests marked `store` (they exercise the SQL store: identity through a live server, the monitoring
 # read models, staff logins; tests/pgtest.py) run again on the PostgreSQL production profile of this
 # machine, each server and each store in a database of its own. No PostgreSQL fails that pass; it is never
@@ -86,14 +88,14 @@ STORE_TESTS = $(shell grep -rlE '^(pytestmark = |@)pytest\.mark\.store' tests --
 
 test: lint
 	$(PY) -m compileall -q src >/dev/null
-	$(PY) -m pytest -q -n 3 --dist loadfile --durations=20
-	RINGFENCE_TEST_PROFILE=postgresql $(PY) -m pytest -q -n 3 --dist loadfile -m store $(STORE_TESTS)
+	$(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=20
+	RINGFENCE_TEST_PROFILE=postgresql $(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder -m store $(STORE_TESTS)
 
 # The same suite on the PostgreSQL production profile: every server the tests start keeps its
 # identity and read models in a fresh database on the machine's PostgreSQL (tests/pgtest.py).
 test-postgresql: lint
 	$(PY) -m compileall -q src >/dev/null
-	RINGFENCE_TEST_PROFILE=postgresql $(PY) -m pytest -q -n 3 --dist loadfile
+	RINGFENCE_TEST_PROFILE=postgresql $(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder
 
 bench: setup
 	$(PY) bench/ledger.py

@@ -25,6 +25,58 @@ settings.load_profile("ci")
 expect.set_options(timeout=30_000)
 
 
+# ---- the order the files run in: the longest first. `make test` gives each xdist worker a whole file
+# (--dist loadfile, each file's servers shared by its tests) in the order collected
+# (--no-loadscope-reorder; xdist's own order, most tests first, started a 9-minute file of 11 tests
+# after the quick files of many tests). A file started last that runs for minutes leaves the other
+# workers idle till it ends; started first, the short files fill in around it. From a full run's
+# per-file times (three workers, 2026-12-06; a file of 30 s or more), longest first; a stale entry
+# costs time, never a verdict. To refresh: `pytest -n 3 --dist loadfile --junitxml=r.xml`, and sum
+# each file's test times.
+LONGEST_FIRST = (
+    "tests/api/test_capital.py",
+    "tests/replication/test_replication.py",
+    "tests/api/test_btc_frost_hot.py",
+    "tests/identity/test_web.py",
+    "tests/api/test_web_wallet.py",
+    "tests/derivatives/test_fapi_live.py",
+    "tests/test_sim.py",
+    "tests/journal/test_data_dir_cli.py",
+    "tests/api/test_capital_kyt.py",
+    "tests/monitoring/test_live.py",
+    "tests/test_cli.py",
+    "tests/backup/test_backup.py",
+    "tests/api/test_gateways.py",
+    "tests/index/test_serve_index.py",
+    "tests/api/test_mailed_links.py",
+    "tests/api/test_password_reset.py",
+    "tests/trading/test_rejections.py",
+    "tests/journal/test_journal.py",
+    "tests/test_tidy.py",
+    "tests/monitoring/test_replay_live.py",
+    "tests/derivatives/test_algo_live.py",
+    "tests/identity/test_events.py",
+    "tests/api/test_store_profiles.py",
+    "tests/api/test_por_custody.py",
+    "tests/api/test_web_session.py",
+    "tests/identity/test_second_factor.py",
+    "tests/trading/test_native.py",
+    "tests/index/test_cli_index.py",
+    "tests/identity/test_pgp.py",
+    "tests/custody/test_btc_batch.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).resolve().parents[1]
+    gone = [f for f in LONGEST_FIRST if not (root / f).is_file()]
+    if gone:
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names files that are not there: {', '.join(gone)}")
+    rank = {f: i for i, f in enumerate(LONGEST_FIRST)}
+    # a stable sort: each file's tests stay together and in their order; files not named keep theirs
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _store_profile_databases():
     """RINGFENCE_TEST_PROFILE=postgresql: drop the servers' databases when the session ends."""

@@ -13,6 +13,8 @@ import httpx
 import pytest
 from pgtest import profile_database_url
 
+from ringfence.settings import Settings
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -37,6 +39,13 @@ def early_in_a_window(seconds_left: float = 20) -> None:  # float-ok: seconds
         time.sleep(0.5)
 
 
+#: argon2id at the least cost dev mode accepts (settings.py), for servers whose tests are not about that cost
+ARGON2_TEST_COST = {"RINGFENCE_IDENTITY_ARGON2_MEMORY_KIB": "1024", "RINGFENCE_IDENTITY_ARGON2_TIME_COST": "1",
+                    "RINGFENCE_IDENTITY_ARGON2_PARALLELISM": "1"}
+#: the production default (settings.py), for a server whose test is about the cost of a password hash
+ARGON2_DEFAULT_COST = {name: str(Settings.model_fields[name.removeprefix("RINGFENCE_").lower()].default) for name in ARGON2_TEST_COST}
+
+
 class Server:
     def __init__(self, data: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (), demo: bool = True,
                  retries: int = 2) -> None:
@@ -55,6 +64,13 @@ class Server:
             # an e-mail at /dev/mail wait for the message, not for the poll (a test may set its own).
             full_env["RINGFENCE_IDENTITY_MAIL_POLL_MS"] = "200"
         full_env.update(env or {})
+        if full_env.get("RINGFENCE_MODE", "dev") == "dev":
+            # Every password hash (the demo's six staff logins at start, each sign-up and sign-in of a test)
+            # at the least dev mode allows, as tests/identity/conftest.py does: argon2id at 64 MiB, t=3, p=4
+            # cost 0.25 s of CPU each, about 2 s of every demo start, several times that with three xdist
+            # workers on two cores. Tests about that cost (tests/api/test_password_work.py) set their own.
+            for name, value in ARGON2_TEST_COST.items():
+                full_env.setdefault(name, value)
         # The suite's store profile (tests/pgtest.py): on `postgresql` every server gets a database
         # of its own unless the test chose one. `database_url` is where this server's identity is.
         if "RINGFENCE_DATABASE_URL" not in full_env and (url := profile_database_url(data)) is not None:

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import Server
+from .conftest import ARGON2_DEFAULT_COST, Server
 
 THREADS, WAITING_MAX = 2, 18  # at most 20 sign-ins running or waiting at once in this server
 
@@ -23,7 +23,8 @@ THREADS, WAITING_MAX = 2, 18  # at most 20 sign-ins running or waiting at once i
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("serve") / "data",
                  env={"RINGFENCE_IDENTITY_PASSWORD_THREADS": str(THREADS),
-                      "RINGFENCE_IDENTITY_PASSWORD_WAITING_MAX": str(WAITING_MAX)})
+                      "RINGFENCE_IDENTITY_PASSWORD_WAITING_MAX": str(WAITING_MAX),
+                      **ARGON2_DEFAULT_COST})  # the cost this test is about: production's, not the suite's least
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
