@@ -1,7 +1,9 @@
 """Per-service NATS credentials (`ringfence replication nats-config`): a nats-server started here
 with the generated config. The node user replicates and follows; the operator user requests a
 promotion (the standby verifies and takes the leadership) but can neither publish a batch to the
-stream nor write the leader record; the monitor user only reads; a wrong password cannot connect."""
+stream nor write the leader record; the monitor user only reads; a wrong password cannot connect;
+neither operator nor monitor can read another client's replies (a standby's batches); the server
+listens on 127.0.0.1 unless told otherwise, and on another address only with TLS."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -22,21 +25,22 @@ from ringfence.app import new_node
 from ringfence.errors import ConfigError
 from ringfence.ledger.commands import OpenAccount, RegisterAsset
 from ringfence.replication import Follower, NatsLink, Replicator, leader_of, parse_target, promote
+from ringfence.replication.auth import inbox_prefix
 
 from .conftest import key_of, peers_of
 
 STREAM = "RFSVC"
 
 
-@pytest.fixture
-def nats_services(tmp_path):
+def _start_services(tmp_path, *extra: str):
+    """`nats-config` with `extra` options, then nats-server with the config: (port, passwords, process)."""
     binary = shutil.which("nats-server")
     assert binary, "nats-server is not installed on this machine (required, never skipped)"
     for attempt in range(3):  # a free port can be taken by a parallel test before nats-server binds it: a new one
         port = free_port()
         out = tmp_path / f"auth{attempt}"
         made = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "nats-config", "--stream", STREAM,
-                               "--out", str(out), "--port", str(port), "--store-dir", str(tmp_path / f"js{attempt}")],
+                               "--out", str(out), "--port", str(port), "--store-dir", str(tmp_path / f"js{attempt}"), *extra],
                               capture_output=True, text=True, timeout=60)
         assert made.returncode == 0, made.stdout + made.stderr
         assert all(oct((out / f).stat().st_mode & 0o777) == "0o600" for f in os.listdir(out))
@@ -57,6 +61,12 @@ def nats_services(tmp_path):
             continue
         break
     passwords = {s: (out / f"{s}.password").read_text().strip() for s in ("rf-node", "rf-operator", "rf-monitor")}
+    return port, passwords, proc
+
+
+@pytest.fixture
+def nats_services(tmp_path):
+    port, passwords, proc = _start_services(tmp_path)
     yield port, passwords
     proc.terminate()
     proc.wait(10)
@@ -64,6 +74,13 @@ def nats_services(tmp_path):
 
 def _url(port: int, user: str, password: str) -> str:
     return f"nats://{user}:{password}@127.0.0.1:{port}/{STREAM}"
+
+
+def _inbox(url: str) -> str:
+    """The inbox prefix the service in `url` gets its replies on (as NatsLink connects)."""
+    from urllib.parse import urlparse
+
+    return inbox_prefix(urlparse(url).username or "")
 
 
 async def _try_publish(url: str, subject: str, data: bytes, headers: dict[str, str]) -> str:
@@ -75,7 +92,8 @@ async def _try_publish(url: str, subject: str, data: bytes, headers: dict[str, s
     async def on_error(err: Exception) -> None:
         errors.append(str(err))
 
-    nc = await nats.connect(url.rsplit("/", 1)[0], connect_timeout=3, max_reconnect_attempts=0, error_cb=on_error)
+    nc = await nats.connect(url.rsplit("/", 1)[0], connect_timeout=3, max_reconnect_attempts=0, error_cb=on_error,
+                            inbox_prefix=_inbox(url))
     try:
         await nc.jetstream().publish(subject, data, headers=headers, timeout=2)
         return "stored"
@@ -139,7 +157,8 @@ async def _try_admin(url: str) -> dict[str, str]:
     import nats
     from nats.js.api import ConsumerConfig
 
-    nc = await nats.connect(url.rsplit("/", 1)[0], connect_timeout=3, max_reconnect_attempts=0, error_cb=_ignore)
+    nc = await nats.connect(url.rsplit("/", 1)[0], connect_timeout=3, max_reconnect_attempts=0, error_cb=_ignore,
+                            inbox_prefix=_inbox(url))
     js = nc.jetstream(timeout=1)
     bucket = f"KV_{STREAM}-leader"
     outcomes: dict[str, str] = {}
@@ -200,3 +219,142 @@ def test_no_credential_may_delete_purge_roll_up_or_update(tmp_path, nats_service
     finally:
         node.close()
         replicator.close()
+
+
+class _Sniffer:
+    """A client with a service's credentials that subscribes to other clients' reply subjects, on its own
+    loop thread: what it captured, and the server's errors (a refused subscription is one)."""
+
+    def __init__(self, url: str, subjects: list[str]) -> None:
+        import nats
+
+        self.captured: list[tuple[str, bytes]] = []
+        self.errors: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def on_error(err: Exception) -> None:
+            self.errors.append(str(err))
+
+        async def on_msg(msg: Any) -> None:
+            self.captured.append((msg.subject, msg.data))
+
+        async def start() -> Any:
+            nc = await nats.connect(url.rsplit("/", 1)[0], connect_timeout=3, max_reconnect_attempts=0, error_cb=on_error,
+                                    inbox_prefix=_inbox(url))
+            for subject in subjects:
+                await nc.subscribe(subject, cb=on_msg)
+            await nc.flush(5)
+            return nc
+
+        self.nc = self._call(start())
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(20)
+
+    def close(self) -> None:
+        self._call(self.nc.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def test_operator_and_monitor_cannot_read_other_clients_replies(tmp_path, nats_services):
+    """I2: with nats' shared `_INBOX.>` open to every user, the monitor captured the standby's
+    STREAM.MSG.GET replies (whole batches: orders, quotes). Each service now has its own inbox prefix
+    and may subscribe only there: the operator and the monitor are refused every other reply subject
+    and capture nothing while a primary replicates and a standby follows."""
+    port, pw = nats_services
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(_url(port, "rf-node", pw["rf-node"])), "a", key=key_of("a"))
+    follower = None
+    sniffers: dict[str, _Sniffer] = {}
+    try:
+        replicator.attach(node)
+        others = {"rf-operator": "rf-monitor", "rf-monitor": "rf-operator"}
+        for user, other in others.items():
+            subjects = ["_INBOX.>", "_INBOX.*.*", ">", "_INBOX_rf-node.>", f"_INBOX_{other}.>", "_INBOX_rf-node.*.*"]
+            sniffers[user] = _Sniffer(_url(port, user, pw[user]), subjects)
+        # traffic: batches published by the primary and read back, by sequence, by the standby
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+        node.execute_many([OpenAccount("alice", "BTC"), OpenAccount("bob", "BTC")])
+        follower = Follower(parse_target(_url(port, "rf-node", pw["rf-node"])), tmp_path / "b", "b", key=key_of("b"),
+                            peers=peers_of())
+        assert follower.poll() >= 2  # the standby did read the batches (STREAM.MSG.GET, replies on its inbox)
+        assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+        # the operator and the monitor still do their own work through their own inbox
+        status = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats",
+                                 f"nats://rf-monitor@127.0.0.1:{port}/{STREAM}"], capture_output=True, text=True, timeout=60,
+                                env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw["rf-monitor"]))
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert json.loads(status.stdout)["leader"]["node"] == "a"
+        time.sleep(0.5)
+        for user, sniffer in sniffers.items():
+            assert sniffer.captured == [], (user, [subject for subject, _ in sniffer.captured][:5])
+            refused = {e.lower() for e in sniffer.errors if "permissions violation for subscription" in e.lower()}
+            assert len(refused) == 6, (user, sniffer.errors)  # each of the six subscriptions, by name (nats-py lowercases)
+            assert any(e.endswith('permissions violation for subscription to "_inbox.>"') for e in refused), refused
+    finally:
+        for sniffer in sniffers.values():
+            sniffer.close()
+        if follower is not None:
+            follower.close()
+        node.close()
+        replicator.close()
+
+
+def test_nats_config_listens_on_loopback_and_elsewhere_only_with_tls(tmp_path):
+    """I6f: the generated config listens on 127.0.0.1; another address without TLS is refused (the
+    passwords would cross the network in clear text) and nothing is written; with --tls-cert/--tls-key
+    it gets a tls block, and the services connect over verified TLS."""
+    from .test_nats_tls import _cert  # the CA and server certificate for 127.0.0.1 the TLS tests use
+
+    def config(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "nats-config", "--stream", STREAM, *extra],
+                              capture_output=True, text=True, timeout=60, env=dict(os.environ, COLUMNS="300"))
+
+    made = config("--out", str(tmp_path / "plain"))
+    assert made.returncode == 0, made.stdout + made.stderr
+    written = json.loads((tmp_path / "plain" / "nats-server.conf").read_text())
+    assert (written["host"], "tls" in written) == ("127.0.0.1", False)
+    for listen in ("0.0.0.0", "10.0.0.5", "nats.example.com"):
+        refused = config("--out", str(tmp_path / listen), "--listen", listen)
+        assert refused.returncode == 2 and "clear text" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+        assert not (tmp_path / listen).exists()
+    refused = config("--out", str(tmp_path / "nokey"), "--listen", "0.0.0.0", "--tls-cert", str(tmp_path / "missing.pem"))
+    assert refused.returncode == 2 and "--tls-cert" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key, srv_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ringfence test CA")])
+    ca = _cert("ringfence test CA", ca_key, ca_name, ca_key, ca=True)
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "srv.pem").write_bytes(_cert("nats", ca_key, ca_name, srv_key, ca=False).public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "srv.key").write_bytes(srv_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    port, pw, proc = _start_services(tmp_path, "--listen", "0.0.0.0", "--tls-cert", str(tmp_path / "srv.pem"),
+                                     "--tls-key", str(tmp_path / "srv.key"))
+    try:
+        node = new_node(tmp_path / "a")
+        node.open()
+        tls_url = f"tls://rf-node:{pw['rf-node']}@127.0.0.1:{port}/{STREAM}?tls_ca={tmp_path / 'ca.pem'}"
+        replicator = Replicator(parse_target(tls_url), "a", key=key_of("a"))
+        try:
+            assert replicator.link.encrypted()
+            replicator.attach(node)
+            node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+            assert replicator.stream_seq >= 1
+        finally:
+            node.close()
+            replicator.close()
+        with pytest.raises(ConfigError, match="cannot reach NATS"):  # the server requires TLS: no plain connection
+            NatsLink(parse_target(_url(port, "rf-monitor", pw["rf-monitor"])))
+    finally:
+        proc.terminate()
+        proc.wait(10)

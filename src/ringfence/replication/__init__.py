@@ -301,9 +301,14 @@ class NatsLink:
             import ssl
 
             tls["tls"] = ssl.create_default_context(cafile=target.tls_ca or None)  # verifies host name and chain
+        # a service of `replication nats-config` (rf-node...) gets its replies on its own prefix, the only
+        # subject it may subscribe to: nats' shared `_INBOX.>` would show every client's replies
+        from .auth import inbox_prefix
+
+        inbox = inbox_prefix(unquote(urlparse(target.servers).username or ""))
         try:
             self.nc = self.call(nats.connect(target.servers, connect_timeout=3, max_reconnect_attempts=2, reconnect_time_wait=0.5,
-                                             allow_reconnect=True, error_cb=on_error, **tls), 20)
+                                             allow_reconnect=True, error_cb=on_error, inbox_prefix=inbox, **tls), 20)
         except (OSError, asyncio.TimeoutError, NatsError) as err:  # ssl.SSLError is an OSError
             self.close()
             reason = str(err).replace(urlparse(target.servers).password or "\0", "***")

@@ -11,7 +11,10 @@ service, each allowed exactly the subjects its work needs:
   leader record (the standby does that, after verifying the staff quorum).
 * `rf-monitor` — `ringfence replication status` only: reads, writes nothing.
 
-Everyone else (no user, a wrong password) cannot connect. Passwords are random (32 bytes, hex),
+Each service gets its replies on its own inbox prefix, `_INBOX_<user>` (`inbox_prefix`; NatsLink
+connects with it), and may subscribe to nothing else: not to nats' shared `_INBOX.>`, where every
+client's JetStream replies (a standby's `STREAM.MSG.GET` of a batch, orders and all) would show,
+nor to another service's prefix. Everyone else (no user, a wrong password) cannot connect. Passwords are random (32 bytes, hex),
 one per service, written with mode 0600: the server's config holds them all, each service gets only
 its own (`DIR/rf-node.password`..., given to serve through `RINGFENCE_NATS_PASSWORD`, so it is not
 on any command line).
@@ -19,19 +22,38 @@ on any command line).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SERVICES", "permissions", "nats_config", "write_nats_config"]
+__all__ = ["SERVICES", "inbox_prefix", "is_loopback", "permissions", "nats_config", "write_nats_config"]
 
 SERVICES = ("rf-node", "rf-operator", "rf-monitor")
 
 
+def inbox_prefix(user: str) -> str:
+    """Where `user`'s replies come back: `_INBOX_<service>` for the three services (each may subscribe
+    only there, so none reads another's replies), nats' own `_INBOX` for any other user or none (a
+    dev server without users, an admin running `replication harden`)."""
+    return f"_INBOX_{user}" if user in SERVICES else "_INBOX"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether nats-server listening on `host` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: other machines may reach it
+
+
 def permissions(service: str, stream: str) -> dict[str, Any]:
-    """The subjects `service` may publish to (replies come back on `_INBOX.>`).
+    """The subjects `service` may publish to, and the one it may subscribe to: its own replies,
+    `inbox_prefix(service).>`.
 
     These are every JetStream API call the replication code makes (nats-py 2.16: stream info, a
     message by sequence, a bucket entry by subject, a stream created when missing) and nothing
@@ -54,13 +76,24 @@ def permissions(service: str, stream: str) -> dict[str, Any]:
         publish = read
     else:
         raise ValueError(f"unknown service {service!r}; services are {', '.join(SERVICES)}")
-    return {"publish": {"allow": publish}, "subscribe": {"allow": ["_INBOX.>"]}}
+    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox_prefix(service)}.>"]}}
 
 
-def nats_config(stream: str, passwords: dict[str, str], *, port: int = 4222, store_dir: str = "") -> str:
-    """A nats-server config (JSON is valid nats-server config syntax) with one user per service."""
+def nats_config(stream: str, passwords: dict[str, str], *, port: int = 4222, store_dir: str = "", host: str = "127.0.0.1",
+                tls_cert: str = "", tls_key: str = "") -> str:
+    """A nats-server config (JSON is valid nats-server config syntax) with one user per service,
+    listening on `host` (this machine only by default), with TLS when `tls_cert` and `tls_key` are
+    given. A host other machines can reach without TLS is refused (ValueError): the passwords would
+    cross the network in clear text."""
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if not tls_cert and not is_loopback(host):
+        raise ValueError(f"--listen {host} is reachable from other machines: without TLS the passwords cross the network "
+                         "in clear text; give --tls-cert and --tls-key (clients then use tls://HOST:PORT/STREAM?tls_ca=CA)")
     users = [{"user": s, "password": passwords[s], "permissions": permissions(s, stream)} for s in SERVICES]
-    config: dict[str, Any] = {"port": port, "authorization": {"users": users}}
+    config: dict[str, Any] = {"host": host, "port": port, "authorization": {"users": users}}
+    if tls_cert:
+        config["tls"] = {"cert_file": tls_cert, "key_file": tls_key}
     config["jetstream"] = {"store_dir": store_dir} if store_dir else {}
     return json.dumps(config, indent=2) + "\n"
 
@@ -74,8 +107,12 @@ def _write_0600(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_nats_config(out: Path, stream: str, *, port: int = 4222, store_dir: str = "") -> dict[str, Path]:
-    """Write `out/nats-server.conf` and `out/SERVICE.password` (all 0600); never overwrites."""
+def write_nats_config(out: Path, stream: str, *, port: int = 4222, store_dir: str = "", host: str = "127.0.0.1",
+                      tls_cert: str = "", tls_key: str = "") -> dict[str, Path]:
+    """Write `out/nats-server.conf` and `out/SERVICE.password` (all 0600); never overwrites. Bad
+    `host`/TLS input raises ValueError before anything is written."""
+    nats_config(stream, dict.fromkeys(SERVICES, ""), port=port, store_dir=store_dir, host=host, tls_cert=tls_cert,
+                tls_key=tls_key)  # checks the input first
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     conf = out / "nats-server.conf"
     files = {s: out / f"{s}.password" for s in SERVICES}
@@ -85,5 +122,6 @@ def write_nats_config(out: Path, stream: str, *, port: int = 4222, store_dir: st
     passwords = {s: secrets.token_hex(32) for s in SERVICES}
     for s, path in files.items():
         _write_0600(path, passwords[s] + "\n")
-    _write_0600(conf, nats_config(stream, passwords, port=port, store_dir=store_dir))
+    _write_0600(conf, nats_config(stream, passwords, port=port, store_dir=store_dir, host=host, tls_cert=tls_cert,
+                                  tls_key=tls_key))
     return {"config": conf, **files}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -182,27 +183,49 @@ def nats_config_cmd(
     out: Path = typer.Option(..., "--out", help="A new folder for nats-server.conf and one password file per service."),
     port: int = typer.Option(4222, "--port", min=1, max=65535, help="The port nats-server listens on."),
     store_dir: str = typer.Option("", "--store-dir", help="JetStream's storage folder (default: nats-server's)."),
+    listen: str = typer.Option("127.0.0.1", "--listen", help="The address nats-server listens on; one other machines can "
+                               "reach (0.0.0.0, 10.0.0.5) needs --tls-cert and --tls-key."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="The server's certificate (PEM): the config gets a tls block."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="The server's private key (PEM), with --tls-cert."),
 ) -> None:
     """Write a nats-server config with one user per service (rf-node, rf-operator, rf-monitor),
     each allowed only the subjects its work needs, and each service's password in its own 0600 file.
 
     A node: RINGFENCE_NATS_PASSWORD=$(cat OUT/rf-node.password) ringfence serve --replicate
     nats://rf-node@HOST:4222/STREAM. An operator promotes with the rf-operator user, which cannot
-    publish a batch nor write the leader record.
+    publish a batch nor write the leader record. Each service reads only its own replies (inbox
+    _INBOX_<user>), never another's.
 
-    Exit status: 0 written, 2 bad input (the --stream name, an --out that exists).
+    nats-server listens on 127.0.0.1 unless --listen says otherwise; an address other machines can
+    reach is refused without --tls-cert/--tls-key, as the passwords would cross the network in clear
+    text (clients then connect with tls://HOST:PORT/STREAM?tls_ca=CA).
 
-    Example: ringfence replication nats-config --stream RF --out ./nats-auth
+    Exit status: 0 written, 2 bad input (the --stream name, an --out that exists, --listen without TLS,
+    a TLS file that cannot be read).
+
+    Example: ringfence replication nats-config --stream RF --out ./nats-auth --listen 10.0.0.5 --tls-cert srv.pem --tls-key srv.key
     """
     from .auth import write_nats_config
 
     if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
         fail("--stream: letters, digits, '-' and '_' (at most 64)", 2)
+    if not listen or not all(c.isalnum() or c in ".:-" for c in listen):
+        fail("--listen: an IP address or host name (127.0.0.1, 0.0.0.0, 10.0.0.5)", 2)
+    tls = {}
+    for option, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is not None:
+            if not path.is_file() or not os.access(path, os.R_OK):
+                fail(f"{option}: {path} is not a readable file", 2)
+            tls[option] = str(path.resolve())
     try:
-        files = write_nats_config(out, stream, port=port, store_dir=store_dir)
+        files = write_nats_config(out, stream, port=port, store_dir=store_dir, host=listen,
+                                  tls_cert=tls.get("--tls-cert", ""), tls_key=tls.get("--tls-key", ""))
     except FileExistsError as err:
         fail(f"--out: {err}", 2)
-    console.print(f"wrote {files['config']} (start: nats-server -c {files['config']})")
+    except ValueError as err:
+        fail(str(err), 2)
+    console.print(f"wrote {files['config']} (start: nats-server -c {files['config']}; listens on {listen}:{port}"
+                  f"{' with TLS' if tls else ', this machine only'})")
     for service in ("rf-node", "rf-operator", "rf-monitor"):
         console.print(f"  {service}: password in {files[service]} (mode 0600)")
 
