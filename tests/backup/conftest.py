@@ -18,9 +18,16 @@ SIGNER = BackupSigner("backup-test-node", Ed25519PrivateKey.generate())
 TRUST = {SIGNER.node_id: SIGNER.key.public_key()}
 
 
-def rf(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def rf(*args: str, check: bool = True, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; `env` adds variables to this process's, a None value removes one."""
+    full = dict(os.environ, COLUMNS="200")
+    for name, value in (env or {}).items():
+        if value is None:
+            full.pop(name, None)
+        else:
+            full[name] = value
     proc = subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, COLUMNS="200", **(env or {})))
+                          env=full)
     if check and proc.returncode != 0:
         raise AssertionError(f"ringfence {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -48,3 +55,8 @@ def demo_node(tmp_path_factory) -> Path:
     node = tmp_path_factory.mktemp("demo") / "node"
     rf("demo", "--data", str(node))
     return node
+
+
+def verdict(stdout: str, start: str) -> str:
+    """The verdict line from `start` on, as one line (the console wraps at its width)."""
+    return " ".join(stdout[stdout.rindex(start):].split())

@@ -30,7 +30,7 @@ from ringfence.backup import (
 )
 from ringfence.nodekey import load_key, public_hex
 
-from .conftest import SIGNER, TRUST, rf, write_trust
+from .conftest import SIGNER, TRUST, rf, verdict, write_trust
 
 
 def _identity_db(path: Path) -> Path:
@@ -136,14 +136,25 @@ def test_an_unsigned_backup_is_refused_and_accepted_only_in_dev_mode_with_allow_
     assert proc.returncode == 1 and "MANIFEST.json:signature: the backup is not signed" in proc.stderr, proc.stderr
     proc = rf("backup", "verify", str(bk), check=False)  # no trust file at all
     assert proc.returncode == 2 and "--trust:" in proc.stderr, proc.stderr
-    for mode in ("prod", "dev"):
+    # Settings' mode defaults to dev: an operator's shell without RINGFENCE_MODE must not be dev mode here
+    # (intruder review I5), and an untrusted backup is never "OK (signature…)" even when accepted
+    last = json.loads((bk / MANIFEST).read_bytes())["last_seq"]
+    for mode in ("prod", None, "dev"):
         for command in (("verify", str(bk)), ("restore", str(bk), "--to", str(tmp_path / f"restored-{mode}"))):
             proc = rf("backup", *command, "--allow-unsigned", check=False, env={"RINGFENCE_MODE": mode})
             if mode == "prod":
                 assert proc.returncode == 2 and "--allow-unsigned: refused outside dev mode" in proc.stderr, proc.stderr
+            elif mode is None:
+                assert proc.returncode == 2 and "--allow-unsigned: needs RINGFENCE_MODE=dev set explicitly" in proc.stderr
             else:
-                assert proc.returncode == 0 and "warning:" in proc.stderr and "NOT TRUSTED" in proc.stderr, proc.stderr
-    assert not (tmp_path / "restored-prod").exists() and (tmp_path / "restored-dev" / "engine").is_dir()
+                assert proc.returncode == 3 and "warning:" in proc.stderr and "NOT TRUSTED" in proc.stderr, proc.stderr
+                line = verdict(proc.stdout, "backup verify:" if command[0] == "verify" else "restore:")
+                assert line.split(": ", 1)[1].startswith("NOT TRUSTED") and f"last sequence {last:,}" in line, line
+                assert "OK" not in proc.stdout, proc.stdout
+    assert not (tmp_path / "restored-prod").exists() and not (tmp_path / "restored-None").exists()
+    assert (tmp_path / "restored-dev" / "engine").is_dir()
+    help_text = " ".join(rf("backup", "verify", "--help").stdout.replace("│", " ").split())
+    assert "3 sound but NOT TRUSTED" in help_text, help_text
     # a trusted node's signature that does not verify is refused even with --allow-unsigned
     shutil.rmtree(bk)
     shutil.copytree(signed_backup, bk)

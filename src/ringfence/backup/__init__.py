@@ -41,12 +41,15 @@ ASCII), so no byte of a signed manifest can change without the check failing.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import hmac
 import json
 import os
 import shutil
 import sqlite3
+import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ..errors import ConfigError, JournalCorrupt, RingfenceError, SnapshotInvalid, ValidationError
 from ..journal.journal import (
+    DURABLE_FILE as _DURABLE_FILE,
     GENESIS_HASH,
     HEADER_SIZE,
     TRAILER_SIZE,
@@ -80,6 +84,7 @@ IDENTITY_FILE = "identity.sqlite3"
 PG_DUMP_FILE = "identity.pgdump"
 COPY_CHUNK_BYTES = 4 * 1024 * 1024
 SIGNATURE_DOMAIN = b"ringfence-backup-manifest/1\n"
+UNTRUSTED = "NOT TRUSTED"
 MANIFEST_MAX_BYTES = 16 * 1024 * 1024  # a manifest lists one line per segment: far below this
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -122,6 +127,9 @@ class BackupReport:
     bytes: int = 0
     identity: str = "none"
     signer: str = ""
+    trusted: bool = True  # False: accepted with --allow-unsigned although no trusted node signed it
+    created_at: str = ""  # the manifest's, so the operator sees which backup (an older one swapped in?)
+    manifest_last_seq: int = 0
     snapshots_checked: list[tuple[int, bool]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -387,7 +395,7 @@ def load_manifest(backup: Path, *, trust: dict[str, Ed25519PublicKey], allow_uns
         if not allow_unsigned:
             raise BackupInvalid(reason + "; refused (only in dev mode may --allow-unsigned accept it)",
                                 field=f"{MANIFEST}:{field}")
-        return manifest, f"NOT TRUSTED, accepted with --allow-unsigned (dev mode): {reason}"
+        return manifest, f"{UNTRUSTED}, accepted with --allow-unsigned (dev mode): {reason}"
 
     signature, signer = manifest.get("signature"), manifest.get("signer")
     if signature is None and signer is None:
@@ -421,41 +429,154 @@ def load_manifest(backup: Path, *, trust: dict[str, Ed25519PublicKey], allow_uns
     return manifest, f"{node_id} (signature checked against the trust file)"
 
 
-def _check_files(backup: Path, manifest: dict[str, Any], report: BackupReport) -> None:
-    files = manifest["files"]
-    listed = {f["name"] for f in files["journal"]}
-    present = {p.name for p in segment_paths(backup / "journal")}
-    for extra in sorted(present - listed):
-        report.problems.append(f"journal/{extra} is not in the manifest")
-    entries = [("journal/" + f["name"], f["sha256"]) for f in files["journal"]]
-    entries.append(("snapshots/" + files["snapshot"]["name"], files["snapshot"]["sha256"]))
-    if files.get("identity"):
-        entries.append((files["identity"]["name"], files["identity"]["sha256"]))
-    for rel, expected in entries:
-        path = backup / rel
-        if not path.is_file():
-            report.problems.append(f"{rel} is missing")
-        elif _sha256_file(path) != expected:
-            report.problems.append(f"{rel} does not match its SHA-256 in the manifest")
+def _listed_files(manifest: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(folder, name, sha256) of every file the manifest lists; a name that is not one plain file
+    name of the layout create writes is refused (an unsigned manifest accepted in dev mode is
+    not to be trusted with paths)."""
+    try:
+        files = manifest["files"]
+        out = [("journal", str(f["name"]), str(f["sha256"])) for f in files["journal"]]
+        out.append(("snapshots", str(files["snapshot"]["name"]), str(files["snapshot"]["sha256"])))
+        identity = files.get("identity")
+        if identity:
+            out.append(("", str(identity["name"]), str(identity["sha256"])))
+    except (KeyError, TypeError) as err:
+        raise BackupInvalid(f"the file list is malformed ({type(err).__name__}: {err})", field=f"{MANIFEST}:files") from None
+    for folder, name, _ in out:
+        suffix = {"journal": ".rfj", "snapshots": ".snap"}.get(folder)
+        ok = (name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
+              and (name.endswith(suffix) if suffix else name in (IDENTITY_FILE, PG_DUMP_FILE)))
+        if not ok:
+            raise BackupInvalid(f"{name!r} is not a file name of a backup's {folder or 'top'} folder",
+                                field=f"{MANIFEST}:files")
+    return out
+
+
+def _unexpected_entries(backup: Path, listed: set[str]) -> list[str]:
+    """Problems for every entry of `backup` the manifest does not account for (an extra file, a
+    symbolic link anywhere, a special file); symbolic links are never followed."""
+    expected_dirs = {"journal", "snapshots"}
+    expected = listed | {MANIFEST, "journal/" + _DURABLE_FILE}
+    problems: list[str] = []
+
+    def walk(folder: Path, prefix: str) -> None:
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                rel = prefix + entry.name
+                if entry.is_symlink():
+                    problems.append(f"{rel} is a symbolic link" + ("" if rel in expected | expected_dirs
+                                                                  else ", not in the manifest") + ": refused")
+                elif rel in expected_dirs and entry.is_dir(follow_symlinks=False):
+                    walk(Path(entry.path), rel + "/")
+                elif rel not in expected:
+                    problems.append(f"{rel} is not in the manifest")
+                elif not entry.is_file(follow_symlinks=False):
+                    problems.append(f"{rel} is not a regular file: refused")
+
+    walk(backup, "")
+    return problems
+
+
+def _stage_files(backup: Path, manifest: dict[str, Any], stage: Path, report: BackupReport,
+                 progress: Progress = _noop) -> None:
+    """Copy every file the manifest lists from `backup` into the private folder `stage`, once,
+    hashing the bytes as they are copied; only these copies are used afterwards (module doc: a file
+    swapped in the backup after it was checked is never read). Opened with O_NOFOLLOW under folder
+    descriptors opened with O_NOFOLLOW too: a symbolic link or a special file is refused. Problems
+    (a missing, unexpected, linked or changed file) go into `report.problems`."""
+    listed = _listed_files(manifest)
+    problems = dict.fromkeys(_unexpected_entries(backup, {f"{d}/{n}" if d else n for d, n, _ in listed}))
+    total = sum(f["bytes"] for f in manifest["files"]["journal"] if isinstance(f.get("bytes"), int))  # progress only
+    done = 0
+    root = os.open(backup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dirs: dict[str, int] = {"": root}
+    try:
+        for folder, name, expected in listed:
+            rel = f"{folder}/{name}" if folder else name
+            if folder not in dirs:
+                try:
+                    dirs[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
+                except OSError as err:
+                    dirs[folder] = -1
+                    problems[f"{folder} is a symbolic link: refused" if err.errno in (errno.ELOOP, errno.ENOTDIR)
+                             else f"{folder} cannot be opened: {err.strerror}"] = None
+                (stage / folder).mkdir(mode=0o700, exist_ok=True)
+            if dirs[folder] < 0:
+                problems[f"{rel} is missing"] = None
+                continue
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirs[folder])
+            except FileNotFoundError:
+                problems[f"{rel} is missing"] = None
+                continue
+            except OSError as err:
+                problems[f"{rel} is a symbolic link: refused" if err.errno == errno.ELOOP
+                         else f"{rel} cannot be opened: {err.strerror}"] = None
+                continue
+            with os.fdopen(fd, "rb") as src:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    problems[f"{rel} is not a regular file: refused"] = None
+                    continue
+                digest = hashlib.sha256()
+                out_fd = os.open(stage / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                with os.fdopen(out_fd, "wb") as out:
+                    while chunk := src.read(COPY_CHUNK_BYTES):
+                        digest.update(chunk)  # the very bytes written to the copy
+                        out.write(chunk)
+                        if folder == "journal":
+                            done += len(chunk)
+                            progress("checking files", done, total)
+            if not hmac.compare_digest(digest.hexdigest(), expected):
+                problems[f"{rel} does not match its SHA-256 in the manifest"] = None
+    finally:
+        for fd in dirs.values():
+            if fd >= 0:
+                os.close(fd)
+    report.problems.extend(problems)
+
+
+def _describe(report: BackupReport, manifest: dict[str, Any], signer: str) -> None:
+    report.signer = signer
+    report.trusted = not signer.startswith(UNTRUSTED)
+    report.created_at = str(manifest.get("created_at", "unknown"))
+    report.manifest_last_seq = int(manifest.get("last_seq", 0))
+
+
+def _check_expected_seq(manifest: dict[str, Any], at_least: int | None) -> None:
+    """--expect-seq-at-least: an older genuine backup swapped in (a rollback) is refused by its sequence."""
+    last = int(manifest["last_seq"])
+    if at_least is not None and last < at_least:
+        raise BackupInvalid(f"the backup ends at sequence {last} (made {manifest.get('created_at', '?')}), before "
+                            f"{at_least}: an older backup than expected", field="--expect-seq-at-least")
 
 
 def verify_backup(backup: Path, *, trust: dict[str, Ed25519PublicKey], allow_unsigned: bool = False,
-                  progress: Progress = _noop) -> BackupReport:
+                  expect_seq_at_least: int | None = None, progress: Progress = _noop) -> BackupReport:
     """Check the manifest's signature against `trust` (raises BackupInvalid: load_manifest), then
-    every file's hash, the journal's chain, and replay: the state hash must match the manifest."""
+    every file's hash, the journal's chain, and replay: the state hash must match the manifest.
+
+    Every listed file is copied once into a private temporary folder as it is hashed, and the
+    chain, replay, snapshot and identity checks read only those copies (_stage_files)."""
+    manifest, signer = load_manifest(backup, trust=trust, allow_unsigned=allow_unsigned)
+    _check_expected_seq(manifest, expect_seq_at_least)
+    report = BackupReport(str(backup), identity="none")
+    _describe(report, manifest, signer)
+    with tempfile.TemporaryDirectory(prefix="ringfence-verify-") as tmp:  # mode 0700
+        _stage_files(backup, manifest, Path(tmp), report, progress)
+        if not report.problems:
+            _verify_staged(Path(tmp), manifest, report, progress)
+    return report
+
+
+def _verify_staged(stage: Path, manifest: dict[str, Any], report: BackupReport, progress: Progress) -> None:
     from ..engine.snapshot import read_snapshot
 
-    manifest, signer = load_manifest(backup, trust=trust, allow_unsigned=allow_unsigned)
-    report = BackupReport(str(backup), identity="none", signer=signer)
-    _check_files(backup, manifest, report)
-    if report.problems:
-        return report
     try:
-        scanned = _scan_to_end(backup / "journal", truncate=False)
-        engine, replay, _ = _replay(backup, manifest["commands"], progress)
+        scanned = _scan_to_end(stage / "journal", truncate=False)
+        engine, replay, _ = _replay(stage, manifest["commands"], progress)
     except (JournalCorrupt, ValidationError) as err:
         report.problems.append(f"journal: {err.message}")
-        return report
+        return
     report.last_seq, report.records, report.commands = scanned.last_seq, scanned.records, scanned.commands
     report.chain_head, report.state_hash = scanned.last_hash.hex(), replay.state_hash
     report.segments, report.bytes = scanned.segments, scanned.bytes_read
@@ -464,7 +585,7 @@ def verify_backup(backup: Path, *, trust: dict[str, Ed25519PublicKey], allow_uns
     for key, got in (("last_seq", scanned.last_seq), ("chain_head", report.chain_head), ("state_hash", replay.state_hash)):
         if manifest[key] != got:
             report.problems.append(f"{key}: the manifest says {manifest[key]}, the replay gives {got}")
-    snap = read_snapshot(backup / "snapshots" / manifest["files"]["snapshot"]["name"])
+    snap = read_snapshot(stage / "snapshots" / manifest["files"]["snapshot"]["name"])
     report.snapshots_checked.append((snap.seq, snap.seq == scanned.last_seq and snap.state_hash == replay.state_hash
                                      and snap.journal_hash == scanned.last_hash))
     if not report.snapshots_checked[-1][1]:
@@ -472,10 +593,9 @@ def verify_backup(backup: Path, *, trust: dict[str, Ed25519PublicKey], allow_uns
     engine.check_invariants()
     identity = manifest["files"].get("identity")
     if identity and identity.get("kind") == "postgresql":
-        report.identity = _check_pg_dump(backup / PG_DUMP_FILE, report)
+        report.identity = _check_pg_dump(stage / PG_DUMP_FILE, report)
     elif identity:
-        report.identity = _check_identity(backup / IDENTITY_FILE, report)
-    return report
+        report.identity = _check_identity(stage / IDENTITY_FILE, report)
 
 
 def _check_pg_dump(path: Path, report: BackupReport) -> str:
@@ -509,23 +629,45 @@ def _check_identity(path: Path, report: BackupReport) -> str:
     return f"SQLite, {users} users, integrity {result}"
 
 
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.is_dir():
+        path = path.parent
+    return path
+
+
 def restore_backup(backup: Path, target: Path, *, trust: dict[str, Ed25519PublicKey], allow_unsigned: bool = False,
-                   to_seq: int | None = None, identity_pg_url: str | None = None,
+                   to_seq: int | None = None, identity_pg_url: str | None = None, expect_seq_at_least: int | None = None,
                    progress: Progress = _noop) -> BackupReport:
     """Build a new serve data directory `target` (node in target/engine) as of sequence `to_seq`.
 
     Everything is checked before `target` is touched: the manifest's signature against `trust`,
-    `to_seq`, every file's SHA-256, and (a PostgreSQL identity dump) that the database is empty."""
+    `to_seq`, every file's SHA-256, and (a PostgreSQL identity dump) that the database is empty.
+    Every listed file is copied once, hashed as it is copied, into a private (0700) staging folder
+    beside `target` (_stage_files); the restore uses only those copies, so a file swapped in the
+    backup after the check is never read, and the staging folder is removed whatever happens."""
     manifest, signer = load_manifest(backup, trust=trust, allow_unsigned=allow_unsigned)
+    _check_expected_seq(manifest, expect_seq_at_least)
     last_seq = int(manifest["last_seq"])
     if to_seq is None:
         to_seq = last_seq
     if not 1 <= to_seq <= last_seq:
         raise ValidationError(f"must be between 1 and {last_seq} (the backup's last sequence)", field="--to-seq")
-    report = BackupReport(str(target), signer=signer)
-    _check_files(backup, manifest, report)
-    if report.problems:
-        raise BackupInvalid("; ".join(report.problems), field="BACKUPDIR")
+    report = BackupReport(str(target))
+    _describe(report, manifest, signer)
+    stage = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=_existing_ancestor(target.parent)))  # mode 0700
+    try:
+        _stage_files(backup, manifest, stage, report, progress)
+        if report.problems:
+            raise BackupInvalid("; ".join(report.problems), field="BACKUPDIR")
+        _restore_staged(stage, target, manifest, to_seq, report, identity_pg_url, progress)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return report
+
+
+def _restore_staged(stage: Path, target: Path, manifest: dict[str, Any], to_seq: int, report: BackupReport,
+                    identity_pg_url: str | None, progress: Progress) -> None:
     identity = manifest["files"].get("identity")
     if identity and identity.get("kind") == "postgresql" and identity_pg_url:
         _refuse_used_database(identity_pg_url)  # before anything is written
@@ -533,28 +675,27 @@ def restore_backup(backup: Path, target: Path, *, trust: dict[str, Ed25519Public
     node.mkdir(mode=0o700, parents=True)
     lock = DataDirLock(node, "ringfence backup restore")
     try:
-        cut = _restore_journal(backup / "journal", node / "journal", to_seq)
+        cut = _restore_journal(stage / "journal", node / "journal", to_seq)
         if cut:
             report.notes.append(cut)
         engine, replay, _ = _replay(node, to_seq, progress)
         if engine.last_seq != to_seq:
             raise BackupInvalid(f"the restored journal ends at {engine.last_seq}, not {to_seq}")
-        if to_seq == last_seq and replay.state_hash != manifest["state_hash"]:
+        if to_seq == int(manifest["last_seq"]) and replay.state_hash != manifest["state_hash"]:
             raise BackupInvalid("the restored state hash differs from the one the backup recorded")
         scanned = _scan_to_end(node / "journal", truncate=False)
         _write_engine_snapshot(engine, node / "snapshots", scanned.last_hash)
     finally:
         lock.release()
     if identity and identity.get("kind") == "postgresql":
-        report.identity = _restore_pg(backup / PG_DUMP_FILE, identity_pg_url)
+        report.identity = _restore_pg(stage / PG_DUMP_FILE, identity_pg_url)
     elif identity:
-        shutil.copyfile(backup / IDENTITY_FILE, target / IDENTITY_FILE)
+        shutil.move(stage / IDENTITY_FILE, target / IDENTITY_FILE)  # the checked copy itself
         os.chmod(target / IDENTITY_FILE, 0o600)
         report.identity = "SQLite, as of the backup (identity is not cut at --to-seq)"
     report.last_seq, report.records, report.commands = to_seq, scanned.records, scanned.commands
     report.chain_head, report.state_hash = scanned.last_hash.hex(), replay.state_hash
     report.segments, report.bytes = scanned.segments, scanned.bytes_read
-    return report
 
 
 def _open_database(url: str) -> list[str]:

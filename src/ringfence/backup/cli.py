@@ -32,12 +32,16 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 console = tty_console(width=140)
+EXIT_NOT_TRUSTED = 3  # verify/restore went through with --allow-unsigned, but no trusted node signed the backup
 
 TRUST_HELP = ("The trust file, kept apart from the backups: a JSON object {\"NODE_ID\": \"public key hex\"} of the "
               "nodes whose backups you accept (`ringfence backup trust-entry` prints a node's entry). Required: "
               "the manifest's signature is checked against it before anything else is read or written.")
-ALLOW_UNSIGNED_HELP = ("Dev mode only (RINGFENCE_MODE=dev): accept a backup that is not signed, or signed by a node the "
-                       "trust file does not list, with a warning. Refused outside dev mode.")
+ALLOW_UNSIGNED_HELP = ("Dev mode only, set explicitly (RINGFENCE_MODE=dev in the environment; unset is refused): accept "
+                       "a backup that is not signed, or signed by a node the trust file does not list, with a warning; "
+                       f"the verdict then says NOT TRUSTED and the exit status is {EXIT_NOT_TRUSTED}.")
+EXPECT_SEQ_HELP = ("Refuse a backup whose last sequence is below N (exit 1, nothing written): an older, "
+                   "genuinely signed backup swapped in where a newer one was expected.")
 SERVE_DEFAULT_PORT = 8000  # `serve --port`'s default: a node without --node-id calls itself HOSTNAME-8000
 
 
@@ -77,6 +81,9 @@ def _trust(trust: Path | None, allow_unsigned: bool) -> tuple[dict[str, Ed25519P
 
         from ..settings import Settings
 
+        if "RINGFENCE_MODE" not in os.environ:  # dev is Settings' default: an operator's shell need not say so
+            _fail("--allow-unsigned: needs RINGFENCE_MODE=dev set explicitly in the environment (RINGFENCE_MODE is "
+                  "not set); a backup must be signed by a node the --trust file lists")
         try:
             mode = Settings().mode
         except SettingsInvalid as err:  # named by variable only: a value may be a secret
@@ -100,8 +107,17 @@ def _trust(trust: Path | None, allow_unsigned: bool) -> tuple[dict[str, Ed25519P
 
 
 def _warn_if_untrusted(report: BackupReport) -> None:
-    if report.signer.startswith("NOT TRUSTED"):
+    if not report.trusted:
         tty_console(stderr=True).print(f"[bold yellow]warning:[/] {escape(report.signer)}")
+
+
+def _which(report: BackupReport) -> str:
+    """Which backup this is, for the verdict line: an older genuine one swapped in shows here."""
+    return f"made {escape(report.created_at)}, last sequence {report.manifest_last_seq:,}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 S3_ENDPOINT_HELP = (f"The S3-compatible service for s3:// locations (default ${ENDPOINT_ENV}, else AWS). Credentials "
@@ -143,6 +159,8 @@ def _progress() -> Iterator[object]:
 
 def _table(title: str, report: BackupReport) -> Table:
     table = Table(title=title, show_header=False)
+    if report.created_at:
+        table.add_row("made at", escape(report.created_at))
     table.add_row("last sequence", f"{report.last_seq:,}")
     table.add_row("records (batches)", f"{report.records:,}")
     table.add_row("commands", f"{report.commands:,}")
@@ -265,6 +283,7 @@ def verify(
     backup: str = typer.Argument(..., metavar="BACKUPDIR", help="A folder written by `backup create`, or its s3://BUCKET/PREFIX."),
     trust: Path = typer.Option(None, "--trust", help=TRUST_HELP),
     allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help=ALLOW_UNSIGNED_HELP),
+    expect_seq_at_least: int = typer.Option(None, "--expect-seq-at-least", min=1, metavar="N", help=EXPECT_SEQ_HELP),
     s3_endpoint_url: str = typer.Option(None, "--s3-endpoint-url", help=S3_ENDPOINT_HELP),
 ) -> None:
     """Check the manifest's signature against --trust, then every file's SHA-256, the journal's hash
@@ -272,8 +291,14 @@ def verify(
 
     A manifest that is not signed, signed by a node the trust file does not list, or whose signature
     does not verify is refused (exit 1) before any file is read. An s3:// backup is downloaded (every object under the prefix) and checked the same way: an
-    object the manifest does not list, or one whose bytes changed, is a problem. Exit 0 when the
-    backup is sound, 1 naming each problem otherwise.
+    object the manifest does not list, or one whose bytes changed, is a problem; so is any entry of a
+    folder the manifest does not list (an extra file, a symbolic link, a special file). Each file is
+    copied once into a private temporary folder as it is hashed, and only the copies are replayed.
+    The verdict names the backup's creation time and last sequence (an older backup swapped in
+    shows there; --expect-seq-at-least refuses it).
+
+    Exit status: 0 sound and signed by a node --trust lists; 1 refused or a problem found (each
+    named); 2 bad usage; 3 sound but NOT TRUSTED (accepted with --allow-unsigned in dev mode).
 
     Example: ringfence backup verify ./backups/2026-12-03 --trust /etc/ringfence/trusted-nodes.json
 
@@ -284,7 +309,7 @@ def verify(
     with _fetched(backup, s3_endpoint_url) as folder:
         try:
             with _progress() as progress:
-                report = verify_backup(folder, trust=peers, allow_unsigned=allow,
+                report = verify_backup(folder, trust=peers, allow_unsigned=allow, expect_seq_at_least=expect_seq_at_least,
                                        progress=progress)  # type: ignore[arg-type]
         except RingfenceError as err:
             _fail(str(err), 1)
@@ -293,9 +318,13 @@ def verify(
     if report.problems:
         for problem in report.problems:
             console.print(f"[bold red]problem:[/] {escape(problem)}")
-        _fail(f"backup {backup} failed verification ({len(report.problems)} problems)", 1)
-    console.print("backup verify: [bold green]OK[/] (signature, files, hash chain, replayed state hash, snapshot, "
-                  "invariants)")
+        _fail(f"backup {backup} failed verification ({_plural(len(report.problems), 'problem')})", 1)
+    if not report.trusted:
+        console.print(f"backup verify: [bold red]NOT TRUSTED[/] ({_which(report)}): sound, but not signed by a node "
+                      "the trust file lists")
+        raise typer.Exit(EXIT_NOT_TRUSTED)
+    console.print(f"backup verify: [bold green]OK[/] ({_which(report)}; signature, files, hash chain, replayed state "
+                  "hash, snapshot, invariants)")
 
 
 @app.command("restore")
@@ -306,6 +335,7 @@ def restore(
     allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help=ALLOW_UNSIGNED_HELP),
     to_seq: int = typer.Option(None, "--to-seq", min=1, help="Restore the state as of this journal sequence "
                                "(default: the backup's last). Later commands are left out."),
+    expect_seq_at_least: int = typer.Option(None, "--expect-seq-at-least", min=1, metavar="N", help=EXPECT_SEQ_HELP),
     s3_endpoint_url: str = typer.Option(None, "--s3-endpoint-url", help=S3_ENDPOINT_HELP),
 ) -> None:
     """Rebuild a data directory from a backup, as of any journal sequence (point-in-time restore).
@@ -314,7 +344,13 @@ def restore(
     command); it is replayed and snapshotted before the command returns. A PostgreSQL identity dump
     is loaded into the empty database RINGFENCE_DATABASE_URL names (else it stays in the backup).
     Nothing is created before everything is checked: the manifest's signature against --trust,
-    --to-seq, every file's SHA-256, and that the database can be opened and is empty.
+    --to-seq, every file's SHA-256, and that the database can be opened and is empty. Each file is
+    copied once, hashed as it is copied, into a private staging folder beside --to, and only those
+    copies are restored (a file changed in the backup meanwhile is never read); an entry the
+    manifest does not list, a symbolic link or a special file in the backup is refused.
+
+    Exit status: 0 restored from a backup signed by a node --trust lists; 1 refused (nothing made);
+    2 bad usage; 3 restored, but NOT TRUSTED (accepted with --allow-unsigned in dev mode).
 
     Example: ringfence backup restore ./backups/2026-12-03 --trust ./trusted-nodes.json --to ./restored --to-seq 1200
 
@@ -327,13 +363,19 @@ def restore(
             with _progress() as progress:
                 pg_url = os.environ.get("RINGFENCE_DATABASE_URL", "")
                 report = restore_backup(folder, to, trust=peers, allow_unsigned=allow, to_seq=to_seq,
+                                        expect_seq_at_least=expect_seq_at_least,
                                         progress=progress,  # type: ignore[arg-type]
                                         identity_pg_url=pg_url if pg_url.startswith("postgresql") else None)
         except RingfenceError as err:
             _fail(str(err), 1)
     _warn_if_untrusted(report)
     console.print(_table(f"restored {to}", report))
-    console.print(f"restore: [bold green]OK[/] at sequence {report.last_seq:,}; start it with: ringfence serve --data {to}")
+    if not report.trusted:
+        console.print(f"restore: [bold red]NOT TRUSTED[/] backup ({_which(report)}, not signed by a node the trust "
+                      f"file lists) restored at sequence {report.last_seq:,} into {to}")
+        raise typer.Exit(EXIT_NOT_TRUSTED)
+    console.print(f"restore: [bold green]OK[/] from the backup {_which(report)}, at sequence {report.last_seq:,}; "
+                  f"start it with: ringfence serve --data {to}")
 
 
 __all__ = ["app"]
