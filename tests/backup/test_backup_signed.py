@@ -214,6 +214,17 @@ def test_bad_input_to_restore_and_create_creates_nothing(signed_backup, demo_nod
         assert not target.exists(), args
 
 
+def test_a_backup_inside_the_data_directory_it_backs_up_is_refused(demo_node, tmp_path):
+    """New-user review: `backup create --data ./b --to ./b/inside` (b as `serve --data` lays it out: the node in
+    b/engine) said OK; a backup in the node's own folder dies with it."""
+    data = tmp_path / "b"
+    shutil.copytree(demo_node, data / "engine")
+    for named in (data, data / "engine"):
+        proc = rf("backup", "create", "--data", str(named), "--to", str(data / "inside"), check=False)
+        assert proc.returncode == 2 and "--to:" in proc.stderr and "inside the data directory" in proc.stderr, proc.stderr
+        assert not (data / "inside").exists()
+
+
 def test_trust_entry_prints_the_key_that_signs_a_nodes_backups(demo_node, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(demo_node, data / "engine")

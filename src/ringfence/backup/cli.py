@@ -209,6 +209,10 @@ def create(
     identity = None if pg_url else (node.parent / "identity.sqlite3" if node.name == ENGINE_SUBDIR else node / "identity.sqlite3")
     if not is_s3_url(to):
         check_new_dir(Path(to), "--to", empty=True)
+        root = _data_dir(node).resolve()
+        if Path(to).resolve().is_relative_to(root):  # the same folder, disk and failure as what it should outlive
+            _fail(f"--to: {to} is inside the data directory {root}; a backup goes to a folder outside it "
+                  "(better: another disk or machine)")
     key, key_where = _signing_key(_data_dir(node), sign_key)
     signer = BackupSigner(node_id or _default_node_id(), key)
     try:
