@@ -358,3 +358,26 @@ def test_nats_config_listens_on_loopback_and_elsewhere_only_with_tls(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_credential_without_a_nodes_rights_is_named_not_a_traceback(tmp_path, nats_services):
+    """New-user review: `serve --replicate` as rf-operator (or rf-node on a stream its grants do not cover) printed a
+    50-line TimeoutError traceback; the server's "permissions violation" is now the error, naming the option."""
+    from api.conftest import free_port
+
+    port, pw = nats_services
+    for user, stream in (("rf-operator", STREAM), ("rf-node", "NOTGRANTED")):
+        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--data", str(tmp_path / user), "--port",
+                               str(free_port()), "--replicate", f"nats://{user}@127.0.0.1:{port}/{stream}", "--node-id", "a"],
+                              capture_output=True, text=True, timeout=180, env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw[user]))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+        assert f"--replicate: NATS user {user} may not use stream {stream}" in " ".join(out.split()), out[-3000:]
+        assert pw[user] not in out
+    for command in (["status"], ["promote", "--node-id", "b", "--wait-s", "1"]):
+        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", *command, "--nats",
+                               f"nats://rf-monitor@127.0.0.1:{port}/NOTGRANTED"], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw["rf-monitor"]))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "Traceback" not in out, (command, out[-3000:])
+        assert "--nats: " in out and "rf-monitor" in out, (command, out[-3000:])

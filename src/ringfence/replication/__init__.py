@@ -293,8 +293,14 @@ class NatsLink:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="ringfence-nats", daemon=True)
         self._thread.start()
+        #: the server's last "permissions violation" (its answer to a subject this user may not use, which
+        #: otherwise shows only as a request that times out)
+        self.refused = ""
+
         async def on_error(err: Exception) -> None:  # one line, no traceback, no URL (it may hold a password)
             _log.warning("nats: %s: %s", type(err).__name__, str(err)[:200])
+            if "permissions violation" in str(err).lower():
+                self.refused = str(err)[:200]
 
         tls: dict[str, Any] = {}
         if target.servers.startswith("tls://"):
@@ -371,7 +377,19 @@ class NatsLink:
                 _check_hardened((await self.js.stream_info(kv_stream)).config, t)
             return kv
 
-        return self.call(setup())
+        from nats.errors import TimeoutError as NatsTimeout
+
+        try:
+            return self.call(setup())
+        except (asyncio.TimeoutError, concurrent.futures.TimeoutError, NatsTimeout):
+            user = unquote(urlparse(t.servers).username or "") or "(none)"
+            if self.refused:
+                raise ConfigError(f"NATS user {user} may not use stream {t.stream} at {t.display} (the server said: "
+                                  f"{self.refused}); each service needs its own credential of `ringfence replication nats-config` "
+                                  "for this stream: rf-node to serve, rf-operator to promote, rf-monitor for status",
+                                  field="--replicate") from None
+            raise ConfigError(f"NATS at {t.display} did not answer for stream {t.stream} within {PUBLISH_TIMEOUT_S} s "
+                              "(is JetStream enabled?)", field="--replicate") from None
 
     def disconnect(self) -> None:
         """Drop the NATS connection (a partition): every later call fails at once."""
@@ -427,7 +445,9 @@ def missing_stream(link: NatsLink) -> str:
             here = "not listed (this NATS user may not list streams)"
         return f"stream {link.target.stream} does not exist on {link.target.display} (is the name right? streams here: {here})"
 
-    return link.call(look())
+    # longer than nats' own request timeout, so a refused look ends inside `look` (the caller's next step,
+    # ensure_stream_and_bucket, names a permissions violation) instead of as a bare TimeoutError here
+    return link.call(look(), PUBLISH_TIMEOUT_S + 5)
 
 
 PROMOTE_ACTION = "replication.promote"

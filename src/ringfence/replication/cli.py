@@ -114,7 +114,10 @@ def status_cmd(
         missing = missing_stream(link)
         if missing:  # asking must not create it
             fail(f"--nats: {missing}", 1)
-        kv = link.ensure_stream_and_bucket(check=False)  # read only: also shows a stream still to harden
+        try:
+            kv = link.ensure_stream_and_bucket(check=False)  # read only: also shows a stream still to harden
+        except RingfenceError as err:
+            fail(_as_nats(err), 1)
         leader, revision = leader_of(link, kv)
         public = trusted.get(str((leader or {}).get("node")))
         verdict = "unchecked" if leader is None or public is None else (
