@@ -5,7 +5,7 @@ the key in `DATA_DIR/node.key` (PKCS#8 PEM, mode 0600, made on first use); anyon
 it checks the signature against a *peers file* the operators wrote and keep apart from the data it
 protects: a JSON object `{"NODE_ID": "64 hex digits of the public key", ...}`.
 
-`ringfence replication node-key --data-dir DIR --node-id ID` prints the line to add to it.
+`ringfence replication node-key --data DIR --node-id ID` prints the line to add to it.
 """
 
 from __future__ import annotations

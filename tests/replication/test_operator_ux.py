@@ -60,3 +60,59 @@ def test_a_deposed_primary_refuses_every_write_and_says_why(tmp_path, stream, mo
         follower.close()
         replicator.close()
         exchange.node.close()  # type: ignore[attr-defined]
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "300"})
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_node_key_needs_an_existing_folder_or_its_parent_and_takes_data(tmp_path):
+    code, out = _cli("replication", "node-key", "--data-dir", "/etc/passwd", "--node-id", "zz")
+    assert code == 2 and "--data: /etc/passwd is a file, not a folder" in out and "Traceback" not in out, out
+    typo = tmp_path / "nonexistent" / "x"
+    code, out = _cli("replication", "node-key", "--data-dir", str(typo), "--node-id", "zz")
+    assert code == 2 and "--data: neither" in out and "(a typo?)" in out, out
+    assert not (tmp_path / "nonexistent").exists()  # a typo creates nothing
+    code, out = _cli("replication", "node-key", "--data", str(tmp_path / "a"), "--node-id", "a")  # a new node's folder
+    assert code == 0 and out.startswith('{"a": "'), out
+    code, again = _cli("replication", "node-key", "--data-dir", str(tmp_path / "a"), "--node-id", "a")  # the old name
+    assert code == 0 and again == out
+    code, out = _cli("replication", "node-key", "--help")
+    assert "--data" in out and "Exit status: 0" in out, out
+
+
+def test_status_exits_1_when_the_leader_record_is_forged(tmp_path, stream):
+    import json
+
+    from ringfence.app import new_node
+    from ringfence.nodekey import public_hex
+    from ringfence.replication import Replicator
+
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}"), "a", key=key_of("a"))
+    try:
+        replicator.attach(node)
+        right, wrong = tmp_path / "peers.json", tmp_path / "wrongkey.json"
+        right.write_text(json.dumps({"a": public_hex(key_of("a"))}))
+        wrong.write_text(json.dumps({"a": public_hex(key_of("b"))}))
+        code, out = _cli("replication", "status", "--nats", f"{NATS_URL}/{stream}", "--peers", str(right))
+        assert code == 0 and '"leader_signature": "valid"' in out, out
+        code, out = _cli("replication", "status", "--nats", f"{NATS_URL}/{stream}", "--peers", str(wrong))
+        assert code == 1 and '"leader_signature": "forged"' in out, out
+        code, out = _cli("replication", "status", "--help")
+        assert "1 the leader record's signature is forged" in out, out
+    finally:
+        node.close()
+        replicator.close()
+
+
+def test_harden_names_its_own_option():
+    code, out = _cli("replication", "harden", "--nats", "nats://127.0.0.1:1/RF")
+    assert code == 1 and "--nats: cannot reach NATS" in out and "--replicate" not in out, out

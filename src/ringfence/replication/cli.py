@@ -92,8 +92,9 @@ def status_cmd(
     `leader_signature` is "valid" (signed by the node it names, per --peers), "forged" (missing or
     wrong: a node refuses it) or "unchecked" (no --peers, or the node is not in it).
 
-    Exit status: 0 printed, 1 NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL,
-    the --peers file).
+    Exit status: 0 printed (signature valid or unchecked), 1 the leader record's signature is forged (the JSON is still
+    printed), NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL, the --peers
+    file).
 
     Example: ringfence replication status --nats nats://127.0.0.1:4222/RF --peers ./peers.json
     """
@@ -124,12 +125,15 @@ def status_cmd(
                                "last_stream_seq": info.state.last_seq}))
     finally:
         link.close()
+    if verdict == "forged":  # a script checking the exit status must see it
+        raise typer.Exit(1)
 
 
 @app.command("node-key")
 def node_key_cmd(
-    data_dir: Path = typer.Option(..., "--data-dir", help="The node's serve --data folder (its key: DIR/node.key, made "
-                                  "0600 if missing)."),
+    data_dir: Path = typer.Option(..., "--data", "--data-dir", help="The node's serve --data folder (its key: DIR/node.key, "
+                                  "made 0600 if missing). It must exist, or at least its parent folder (then it is made): a "
+                                  "mistyped path is refused, never created."),
     node_id: str = typer.Option(..., "--node-id", help="The node's serve --node-id."),
 ) -> None:
     """Print this node's entry for the peers file: {"NODE_ID": "hex public key"}.
@@ -138,7 +142,9 @@ def node_key_cmd(
     `serve --peers peers.json` (or RINGFENCE_REPLICATION_PEERS): a standby applies only what a node
     in it signed. The private key never leaves DIR/node.key.
 
-    Example: ringfence replication node-key --data-dir ./a --node-id a
+    Exit status: 0 printed, 2 bad input (--node-id; a --data that is a file, or whose parent folder does not exist).
+
+    Example: ringfence replication node-key --data ./a --node-id a
     """
     import re
 
@@ -146,10 +152,17 @@ def node_key_cmd(
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", node_id):
         fail("--node-id: letters, digits, '.', '_', '-', at most 64", 2)
+    if data_dir.exists() and not data_dir.is_dir():
+        fail(f"--data: {data_dir} is a file, not a folder (give the node's serve --data folder)", 2)
+    if not data_dir.exists() and not data_dir.absolute().parent.is_dir():
+        fail(f"--data: neither {data_dir} nor its parent folder {data_dir.absolute().parent} exists (a typo?); "
+             "give the node's serve --data folder", 2)
     try:
         key = nodekey.load_or_create(data_dir)
     except RingfenceError as err:
         fail(str(err), 2)
+    except OSError as err:
+        fail(f"--data: cannot write {data_dir / nodekey.KEY_FILE}: {err.strerror or err}", 2)
     typer.echo(json.dumps({node_id: nodekey.public_hex(key)}))
 
 
@@ -169,7 +182,7 @@ def harden_cmd(nats: str = typer.Option(..., "--nats", help="The stream: nats://
     try:
         changed = harden(parse_target(nats, "--nats"))
     except RingfenceError as err:
-        fail(str(err), 1)
+        fail(_as_nats(err), 1)
     except Exception as err:  # noqa: BLE001 - nats' errors (a permissions violation is a timeout): one line
         fail(f"cannot update the stream: {type(err).__name__} {err} (is this NATS user allowed to update streams?)", 1)
     for line in changed or ["already hardened: nothing to change"]:
