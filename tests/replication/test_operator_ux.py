@@ -116,3 +116,37 @@ def test_status_exits_1_when_the_leader_record_is_forged(tmp_path, stream):
 def test_harden_names_its_own_option():
     code, out = _cli("replication", "harden", "--nats", "nats://127.0.0.1:1/RF")
     assert code == 1 and "--nats: cannot reach NATS" in out and "--replicate" not in out, out
+
+
+def test_promote_refuses_at_once_a_node_that_already_leads_or_is_not_in_the_peers_file(tmp_path, stream, monkeypatch):
+    import json
+    import time
+
+    from ringfence.app import new_node
+    from ringfence.nodekey import public_hex
+    from ringfence.replication import Replicator
+
+    url = f"{NATS_URL}/{stream}"
+    peers = tmp_path / "peers.json"
+    peers.write_text(json.dumps({node: public_hex(key_of(node)) for node in ("a", "b")}))
+    code, out = _cli("replication", "promote", "--nats", url, "--node-id", "zz", "--peers", str(peers))
+    assert code == 2 and "--node-id: 'zz' is not a node of the peers file" in out and "a, b" in out, out
+    monkeypatch.setenv("RINGFENCE_REPLICATION_PEERS", str(peers))
+    code, out = _cli("replication", "promote", "--nats", url, "--node-id", "zz")
+    assert code == 2 and "'zz' is not a node" in out, out
+    monkeypatch.delenv("RINGFENCE_REPLICATION_PEERS")
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(url), "a", key=key_of("a"))
+    try:
+        replicator.attach(node)
+        started = time.monotonic()
+        code, out = _cli("replication", "promote", "--nats", url, "--node-id", "a", "--wait-s", "20")
+        assert code == 1 and "--node-id: a already leads at epoch 1" in out, out
+        assert time.monotonic() - started < 10, "it waited for a verdict that never comes"
+    finally:
+        node.close()
+        replicator.close()
+    code, out = _cli("replication", "promote", "--help")
+    assert "--peers" in out and "already leads" in out, out

@@ -31,6 +31,8 @@ def promote_cmd(
     epoch: int = typer.Option(0, "--epoch", min=0, help="The epoch to sign for (default: the leader's epoch + 1, read from NATS)."),
     ttl_s: int = typer.Option(600, "--ttl-s", min=10, max=86_400, help="How long your signature may be submitted."),
     wait_s: int = typer.Option(60, "--wait-s", min=1, max=3600, help="How long to wait for the standby's verdict."),
+    peers: Path | None = typer.Option(None, "--peers", envvar="RINGFENCE_REPLICATION_PEERS",
+                                      help="The peers file: a --node-id not in it is refused at once (exit 2)."),
 ) -> None:
     """Make a standby the primary at the next fencing epoch: a staff quorum decision.
 
@@ -40,31 +42,43 @@ def promote_cmd(
     the stream, publishes a fence and starts serving; the old primary's next batch is refused by
     the stream and it stops acknowledging. An exchange without staff identities needs no --key.
 
-    Exit status: 0 promoted (or token printed), 1 refused (by the standby, the epoch, NATS unreachable),
-    2 bad input (an option, the URL, a key or token).
+    The leader record is read first: a --node-id that already leads is refused at once (exit 1), and with --peers
+    (or RINGFENCE_REPLICATION_PEERS) so is a --node-id that is not a node of it (exit 2), instead of waiting --wait-s
+    for a standby that will never answer.
+
+    Exit status: 0 promoted (or token printed), 1 refused (by the standby, the epoch, NATS unreachable, the node
+    already leads), 2 bad input (an option, the URL, a key or token, a --node-id not in --peers).
 
     Example: ringfence replication promote --nats nats://127.0.0.1:4222/RF --node-id b --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben
     """
     from ..staff.console import load_key
     from ..staff.decisions import format_approval, parse_approval
-    from . import NatsLink, PROMOTE_ACTION, leader_of, parse_target, promote, promote_subject
+    from ..nodekey import load_peers
+    from . import NatsLink, PROMOTE_ACTION, leader_of, missing_stream, parse_target, promote, promote_subject
 
     try:  # the input first: a bad option exits 2 before NATS is asked anything
         target = parse_target(nats, "--nats")
         signers = [load_key(k) for k in keys]
         tokens = [format_approval(parse_approval(t, f"--approval #{i + 1}")) for i, t in enumerate(approvals)]
+        trusted = load_peers(peers) if peers is not None else None
     except RingfenceError as err:
         fail(str(err), 2)
     if sign_only and not signers:
         fail("--sign-only needs your --key", 2)
+    if trusted is not None and node_id not in trusted:
+        fail(f"--node-id: {node_id!r} is not a node of the peers file {peers} (its nodes: {', '.join(sorted(trusted))})", 2)
     try:
-        if not epoch and signers:  # --sign-only with --epoch needs no NATS connection
+        if not (sign_only and epoch):  # --sign-only with --epoch needs no NATS connection
             link = NatsLink(target)
             try:
-                current, _ = leader_of(link, link.ensure_stream_and_bucket())
+                # a missing stream is left to promote() to name (asking must not create it)
+                current = None if missing_stream(link) else leader_of(link, link.ensure_stream_and_bucket())[0]
             finally:
                 link.close()
-            epoch = int((current or {}).get("epoch", 0)) + 1
+            if current is not None and current.get("node") == node_id:
+                fail(f"--node-id: {node_id} already leads at epoch {current.get('epoch')}: nothing to promote", 1)
+            if not epoch and signers:
+                epoch = int((current or {}).get("epoch", 0)) + 1
         expires = time.time_ns() + ttl_s * 10**9
         own = [format_approval(k.sign(PROMOTE_ACTION, promote_subject(target.stream, node_id, epoch), expires))
                for k in signers]
