@@ -355,7 +355,9 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
     except SettingsInvalid as err:
         lines = settings_errors(err)
         for line in lines[:-1]:
-            tty_console(stderr=True).print(f"[bold red]error:[/] {line}", soft_wrap=True)
+            from rich.markup import escape
+
+            tty_console(stderr=True).print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
         fail(lines[-1])
     except RingfenceError as err:
         fail(str(err))
@@ -452,7 +454,9 @@ def serve(
         after_build(exchange, replicator, say)
         exchange.source = f"gateway:{node_id or f'{socket.gethostname()}-{port}'}"  # journaled with each command
     except RingfenceError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(err))}")  # a field like --peers[b] is text, not markup
         raise typer.Exit(2) from None
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
     pipelined = exchange.node.pipeline  # type: ignore[attr-defined]
