@@ -323,21 +323,16 @@ def serve_through_gateways(app: Any, data: Path, listener: Any, gateways: int, p
 def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_ips: str | None, replicate: str | None,
                        standby: str | None, peers: Path | None) -> None:
     """What refuses a start, checked before `serve` creates anything (exit 2, one line per problem, no
-    traceback): the settings (every bad RINGFENCE_ variable at once, then the prod-mode rules), the
-    custody chains' mode, and the replication options (replication/serving.py checks them again)."""
+    traceback), in the order a start met them before: every bad RINGFENCE_ variable at once, the replication
+    options (replication/serving.py checks them again), the prod-mode rules, the custody chains' mode."""
     from pydantic import ValidationError as SettingsInvalid
 
     from ..cli_paths import fail
     from ..errors import ConfigError, RingfenceError
-    from ..settings import load_settings, settings_errors
+    from ..settings import Settings, settings_errors
 
     try:
-        settings = load_settings(**settings_overrides(data, demo, public_url, forwarded_allow_ips))
-        from ..custody.runtime import parse_chain_settings
-
-        chains = settings.custody_chains or ("BTC=local,ETH=local,USDT=local" if demo else "")  # as custody_runtime
-        if settings.mode != "dev" and parse_chain_settings(chains):
-            raise ConfigError("the local in-process chains are for dev mode only", field="RINGFENCE_CUSTODY_CHAINS")
+        settings = Settings(**settings_overrides(data, demo, public_url, forwarded_allow_ips))  # type: ignore[arg-type]
         if replicate and standby:
             raise ConfigError("give --replicate (primary) or --standby (follower), not both", field="--standby")
         if standby and demo:
@@ -349,9 +344,16 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
             parse_target(replicate or standby or "", "--replicate" if replicate else "--standby")
             if peers is None and settings.mode != "dev":
                 raise ConfigError("a replicated node outside dev mode needs a peers file: the node id -> public key of "
-                                  "every node (`ringfence replication node-key`)", field="--peers")
+                                  "every node (`ringfence replication node-key`), so a standby applies only batches they "
+                                  "signed", field="--peers")
             if peers is not None:
                 nodekey.load_peers(peers)
+        settings.check_production_safe()  # as load_settings, after the replication options (serve's order before)
+        from ..custody.runtime import parse_chain_settings
+
+        chains = settings.custody_chains or ("BTC=local,ETH=local,USDT=local" if demo else "")  # as custody_runtime
+        if settings.mode != "dev" and parse_chain_settings(chains):
+            raise ConfigError("the local in-process chains are for dev mode only", field="RINGFENCE_CUSTODY_CHAINS")
     except SettingsInvalid as err:
         lines = settings_errors(err)
         for line in lines[:-1]:
