@@ -45,6 +45,8 @@ def test_every_bad_variable_is_named_on_its_own_line(tmp_path):
      ("--demo",), "RINGFENCE_CUSTODY_CHAINS"),
     ({"RINGFENCE_MODE": "prod", "RINGFENCE_IDENTITY_SECRET_KEY_HEX": SECRET, "RINGFENCE_IDENTITY_ORIGIN": "https://x"},
      ("--replicate", "nats://127.0.0.1:4222/RFSTART"), "--peers"),
+    ({"RINGFENCE_MODE": "prod", "RINGFENCE_IDENTITY_SECRET_KEY_HEX": SECRET, "RINGFENCE_IDENTITY_ORIGIN": "https://x",
+      "RINGFENCE_IDENTITY_SMTP_HOST": "127.0.0.1", "RINGFENCE_IDENTITY_SMTP_PORT": "1"}, (), "RINGFENCE_IDENTITY_SMTP_HOST"),
     ({}, ("--replicate", "nats://127.0.0.1:4222/RF", "--standby", "nats://127.0.0.1:4222/RF"), "--standby"),
     ({}, ("--replicate", "http://127.0.0.1:4222/RF"), "--replicate"),
 ])

@@ -324,7 +324,8 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
                        standby: str | None, peers: Path | None) -> None:
     """What refuses a start, checked before `serve` creates anything (exit 2, one line per problem, no
     traceback), in the order a start met them before: every bad RINGFENCE_ variable at once, the replication
-    options (replication/serving.py checks them again), the prod-mode rules, the custody chains' mode."""
+    options (replication/serving.py checks them again), the prod-mode rules, the custody chains' mode and, outside
+    dev mode, the SMTP server (probed again when the mail delivery starts)."""
     from pydantic import ValidationError as SettingsInvalid
 
     from ..cli_paths import fail
@@ -354,6 +355,10 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
         chains = settings.custody_chains or ("BTC=local,ETH=local,USDT=local" if demo else "")  # as custody_runtime
         if settings.mode != "dev" and parse_chain_settings(chains):
             raise ConfigError("the local in-process chains are for dev mode only", field="RINGFENCE_CUSTODY_CHAINS")
+        if settings.mode != "dev" and settings.identity_mail_poll_ms:  # the SMTP probe build makes (identity/delivery.py)
+            from ..identity.mail import probe_smtp
+
+            probe_smtp(settings)
     except SettingsInvalid as err:
         lines = settings_errors(err)
         for line in lines[:-1]:
