@@ -32,18 +32,31 @@ def test_a_file_that_is_not_a_key_is_named(tmp_path):
     assert err.value.field == "--node-key"
 
 
-@pytest.mark.parametrize("content, field", [
-    ("[]", "--peers"), ("{}", "--peers"), ("{", "--peers"),
-    ('{"a b": "' + "0" * 64 + '"}', "--peers[a b]"),
-    ('{"a1": "' + "0" * 63 + '"}', "--peers[a1]"),
-    ('{"a1": "' + "A" * 64 + '"}', "--peers[a1]"),
-    ('{"a1": 5}', "--peers[a1]"),
+@pytest.mark.parametrize("content, field, said", [
+    ("[]", "--peers", "must be a JSON object"), ("{}", "--peers", "must be a JSON object"), ("{", "--peers", "is not JSON"),
+    ('{"a b": "' + "0" * 64 + '"}', "--peers[a b]", "node id 'a b'"),
+    ('{"a1": "' + "0" * 63 + '"}', "--peers[a1]", "node 'a1' in "),
+    ('{"a1": "' + "A" * 64 + '"}', "--peers[a1]", "node 'a1' in "),
+    ('{"a1": 5}', "--peers[a1]", "node 'a1' in "),
 ])
-def test_a_bad_peers_file_is_refused_with_the_entry_named(tmp_path, content, field):
+def test_a_bad_peers_file_is_refused_with_the_entry_named(tmp_path, content, field, said):
     (tmp_path / "peers.json").write_text(content)
     with pytest.raises(ConfigError) as err:
         nodekey.load_peers(tmp_path / "peers.json")
     assert err.value.field == field
+    assert said in err.value.message  # the entry is named in the text too, not only in the field
+
+
+def test_a_bad_peers_entry_is_named_by_the_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    (tmp_path / "peers.json").write_text('{"a": "' + "0" * 64 + '", "b": "' + "0" * 40 + '"}')
+    result = CliRunner().invoke(app, ["replication", "status", "--nats", "nats://127.0.0.1:4222/RF", "--peers",
+                                      str(tmp_path / "peers.json")], env={"COLUMNS": "300"})
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--peers[b]: node 'b' in" in out and "got 40 characters" in out, out
 
 
 @settings(max_examples=25, deadline=None)

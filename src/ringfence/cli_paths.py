@@ -37,7 +37,10 @@ def tty_console(stderr: bool = False, width: int = 140) -> Console:
 
 
 def fail(message: str, code: int = 2) -> None:
-    tty_console(stderr=True).print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    # escaped: a field such as `--peers[b]` is text, not a rich style tag (it vanished from the line)
+    tty_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 

@@ -5,7 +5,7 @@ the key in `DATA_DIR/node.key` (PKCS#8 PEM, mode 0600, made on first use); anyon
 it checks the signature against a *peers file* the operators wrote and keep apart from the data it
 protects: a JSON object `{"NODE_ID": "64 hex digits of the public key", ...}`.
 
-`ringfence replication node-key --data-dir DIR --node-id ID` prints the line to add to it.
+`ringfence replication node-key --data DIR --node-id ID` prints the line to add to it.
 """
 
 from __future__ import annotations
@@ -92,6 +92,11 @@ def load_peers(path: Path, field: str = "--peers") -> dict[str, Ed25519PublicKey
     for node, text in raw.items():
         if not _NODE_ID.fullmatch(node):
             raise ConfigError(f"node id {node!r}: letters, digits, '.', '_', '-', at most 64", field=f"{field}[{node}]")
+        if not isinstance(text, str) or not _HEX64.fullmatch(text):
+            got = (f"{len(text)} characters{', not all lower-case hex' if len(text) == 64 else ''}" if isinstance(text, str)
+                   else f"a JSON {type(text).__name__}")
+            raise ConfigError(f"node {node!r} in {path}: its public key must be 64 lower-case hex digits (32 bytes of "
+                              f"Ed25519, from `ringfence replication node-key`), got {got}", field=f"{field}[{node}]")
         peers[node] = public_key(text, f"{field}[{node}]")
     return peers
 

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "DEV_IDENTITY_SECRET_KEY_HEX", "load_settings"]
+__all__ = ["Settings", "DEV_IDENTITY_SECRET_KEY_HEX", "load_settings", "settings_errors"]
 
 # Publicly known dev key: fine for local demos, refused in prod mode.
 DEV_IDENTITY_SECRET_KEY_HEX = "00" * 31 + "01"
@@ -212,3 +212,22 @@ def load_settings(**overrides: object) -> Settings:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     settings.check_production_safe()
     return settings
+
+
+_SECRET_WORDS = ("secret", "password", "token", "key")
+
+
+def settings_errors(exc: Exception) -> list[str]:
+    """One line per bad environment variable of a pydantic ValidationError (several can be wrong at
+    once), each naming the variable (`RINGFENCE_MODE: Input should be 'dev' or 'prod' (got 'staging')`).
+    The value is echoed back only for a field that holds no secret."""
+    lines = []
+    for error in getattr(exc, "errors", lambda: [])():
+        name = "_".join(str(part) for part in error.get("loc", ())) or "settings"
+        variable = f"RINGFENCE_{name.upper()}"
+        line = f"{variable}: {error.get('msg', 'invalid')}"
+        value = error.get("input")
+        if isinstance(value, str) and not any(word in name for word in _SECRET_WORDS):
+            line += f" (got {value[:60]!r})"
+        lines.append(line)
+    return lines or [str(exc).splitlines()[0]]

@@ -229,6 +229,35 @@ class HotRoutes:
                 log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status)
 
 
+def stopped_reason(node: Any) -> str | None:
+    """Why the engine node has stopped for good (deposed or fenced by replication, a journal write
+    that failed), or None while it runs: `node.failed`, as /readyz shows it."""
+    failed = getattr(node, "failed", None)
+    return None if failed is None else str(failed) or type(failed).__name__
+
+
+class RefuseWritesWhenStopped:
+    """Pure ASGI: once the engine node has stopped (`node.failed`: a deposed or fenced primary, a
+    failed journal write), every write — identity (sign-up, sign-in, password reset, API keys...),
+    REST, admin — answers 503 with the reason, before it reaches a store: a deposed primary must not
+    take writes the new primary will never see. Reads (GET, HEAD, OPTIONS) still answer."""
+
+    READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: Any, exchange: Any) -> None:
+        self.app = app
+        self.exchange = exchange
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("method") not in self.READS:
+            reason = stopped_reason(self.exchange.node)
+            if reason is not None:
+                body = {"code": -1001, "msg": f"This node has stopped and takes no writes: {reason}", "stopped": reason}
+                await JSONResponse(body, status_code=503, headers={"Retry-After": "5"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _custody_readiness(custody: Any, detailed: bool) -> dict[str, Any]:
     """Custody in /readyz: each worker's state for everyone (a load balancer's question); the rest
     (chain heights, errors, reconciliation evidence, the shield vault) only to whoever may read
@@ -528,6 +557,7 @@ def create_app(
             "last_seq": exchange.last_seq,
             "halted": node.failed is not None or shard_halted is not None,
             "active_halts": active_count,
+            "stopped": stopped_reason(node),  # why the node stopped (deposed, fenced, a failed write), else null
             "custody": _custody_readiness(custody, metrics_gate.refusal(request.headers.get("authorization")) is None),
         }
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -702,8 +732,9 @@ def create_app(
     if monitor is not None:
         from ..monitoring.stream import ApiCallRecorder
 
-        return SecurityHeaders(BodyLimit(ApiCallRecorder(HotRoutes(app, app, metrics), monitor.outbox), max_body_bytes))  # type: ignore[return-value]
-    return SecurityHeaders(BodyLimit(HotRoutes(app, app, metrics), max_body_bytes))  # type: ignore[return-value]
+        return SecurityHeaders(BodyLimit(ApiCallRecorder(RefuseWritesWhenStopped(HotRoutes(app, app, metrics), exchange),  # type: ignore[return-value]
+                                                         monitor.outbox), max_body_bytes))
+    return SecurityHeaders(BodyLimit(RefuseWritesWhenStopped(HotRoutes(app, app, metrics), exchange), max_body_bytes))  # type: ignore[return-value]
 
 
 def _page_headers(request: Request) -> dict[str, str]:

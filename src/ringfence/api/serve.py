@@ -109,20 +109,10 @@ def custody_admin_url(host: str, port: int) -> str:
 # ------------------------------------------------------------ end of the custody runtime block ----
 
 
-def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow_ips: str | None = None,
-          admin_url: str | None = None, warm: object = None, pipeline: bool = False) -> tuple[object, object, dict[str, object]]:
-    """The app and exchange on `data`. `warm`: a promoted standby's engine and read models (replication/serving.py), taken over
-    instead of replaying the journal. `pipeline`: the engine node's pipelined group commit (docs/journal.md)."""
-    from ..identity.context import IdentityContext
-    from ..settings import load_settings
-    from ..store import Store
-    from .app import create_app
-    from .auth import ApiGate, IdentityAuthenticator
-    from .binance import stp_defaults
-    from .demo import seed_demo, write_demo_keys
-    from .service import Exchange
-
-    data.mkdir(parents=True, exist_ok=True)
+def settings_overrides(data: Path, demo: bool, public_url: str | None = None,
+                       forwarded_allow_ips: str | None = None) -> dict[str, object]:
+    """What serve sets on top of the environment (the embedded stores in DIR, the demo's short waits):
+    computed without touching DIR, so that `serve` checks its settings before it creates anything."""
     overrides: dict[str, object] = {}
     if "RINGFENCE_DATABASE_URL" not in os.environ:
         overrides["database_url"] = f"sqlite:///{(data / 'identity.sqlite3').resolve()}"
@@ -144,7 +134,24 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         overrides["identity_withdrawal_lock_s"] = 600
     if demo and "RINGFENCE_SHIELD_SWEEP_EVERY_S" not in os.environ:
         overrides["shield_sweep_every_s"] = 60  # custody: the demo's trades reach the shield vault within a minute
-    settings = load_settings(**overrides)
+    return overrides
+
+
+def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow_ips: str | None = None,
+          admin_url: str | None = None, warm: object = None, pipeline: bool = False) -> tuple[object, object, dict[str, object]]:
+    """The app and exchange on `data`. `warm`: a promoted standby's engine and read models (replication/serving.py), taken over
+    instead of replaying the journal. `pipeline`: the engine node's pipelined group commit (docs/journal.md)."""
+    from ..identity.context import IdentityContext
+    from ..settings import load_settings
+    from ..store import Store
+    from .app import create_app
+    from .auth import ApiGate, IdentityAuthenticator
+    from .binance import stp_defaults
+    from .demo import seed_demo, write_demo_keys
+    from .service import Exchange
+
+    data.mkdir(parents=True, exist_ok=True)
+    settings = load_settings(**settings_overrides(data, demo, public_url, forwarded_allow_ips))
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
     # mail (identity/delivery.py): probe SMTP (a ConfigError outside dev mode), or the demo's catcher
     from ..identity.delivery import prepare_for_serve
@@ -313,6 +320,56 @@ def serve_through_gateways(app: Any, data: Path, listener: Any, gateways: int, p
                 child.kill()
 
 
+def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_ips: str | None, replicate: str | None,
+                       standby: str | None, peers: Path | None) -> None:
+    """What refuses a start, checked before `serve` creates anything (exit 2, one line per problem, no
+    traceback), in the order a start met them before: every bad RINGFENCE_ variable at once, the replication
+    options (replication/serving.py checks them again), the prod-mode rules, the custody chains' mode and, outside
+    dev mode, the SMTP server (probed again when the mail delivery starts)."""
+    from pydantic import ValidationError as SettingsInvalid
+
+    from ..cli_paths import fail
+    from ..errors import ConfigError, RingfenceError
+    from ..settings import Settings, settings_errors
+
+    try:
+        settings = Settings(**settings_overrides(data, demo, public_url, forwarded_allow_ips))  # type: ignore[arg-type]
+        if replicate and standby:
+            raise ConfigError("give --replicate (primary) or --standby (follower), not both", field="--standby")
+        if standby and demo:
+            raise ConfigError("a standby takes its state from the primary's stream; --demo is for a primary", field="--demo")
+        if replicate or standby:
+            from .. import nodekey
+            from ..replication import parse_target
+
+            parse_target(replicate or standby or "", "--replicate" if replicate else "--standby")
+            if peers is None and settings.mode != "dev":
+                raise ConfigError("a replicated node outside dev mode needs a peers file: the node id -> public key of "
+                                  "every node (`ringfence replication node-key`), so a standby applies only batches they "
+                                  "signed", field="--peers")
+            if peers is not None:
+                nodekey.load_peers(peers)
+        settings.check_production_safe()  # as load_settings, after the replication options (serve's order before)
+        from ..custody.runtime import parse_chain_settings
+
+        chains = settings.custody_chains or ("BTC=local,ETH=local,USDT=local" if demo else "")  # as custody_runtime
+        if settings.mode != "dev" and parse_chain_settings(chains):
+            raise ConfigError("the local in-process chains are for dev mode only", field="RINGFENCE_CUSTODY_CHAINS")
+        if settings.mode != "dev" and settings.identity_mail_poll_ms:  # the SMTP probe build makes (identity/delivery.py)
+            from ..identity.mail import probe_smtp
+
+            probe_smtp(settings)
+    except SettingsInvalid as err:
+        lines = settings_errors(err)
+        for line in lines[:-1]:
+            from rich.markup import escape
+
+            tty_console(stderr=True).print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
+        fail(lines[-1])
+    except RingfenceError as err:
+        fail(str(err))
+
+
 def serve(
     data: Path = typer.Option(Path("ringfence-data"), "--data", help="Data directory (journal and snapshots in DIR/engine, SQLite); locked while serving: other writers are refused, read-only commands (journal verify DIR) still work."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
@@ -380,7 +437,8 @@ def serve(
         wire = check_settings()  # the connection bounds (http_wire.py): refused here, by name, before anything starts
     except ValueError as err:
         fail(str(err))
-    prepare_data_dir(data)
+    public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
+    check_before_start(data, demo, public_url, forwarded_allow_ips, replicate, standby, peers)
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     with probe:  # refuse a busy port before recovering or writing anything
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -389,7 +447,7 @@ def serve(
         except OSError as err:
             fail(f"--port: cannot listen on {host}:{port}: {err.strerror or err}")
         listener = probe.dup() if gateways else None  # --gateways: the gateways' shared listening socket
-    public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
+    prepare_data_dir(data)  # only now: a refused start leaves no folder behind
     try:
         # --- replication: a standby follows here until promoted; a primary hooks its node after build ---
         from ..replication.serving import after_build, before_build
@@ -403,7 +461,9 @@ def serve(
         after_build(exchange, replicator, say)
         exchange.source = f"gateway:{node_id or f'{socket.gethostname()}-{port}'}"  # journaled with each command
     except RingfenceError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(err))}")  # a field like --peers[b] is text, not markup
         raise typer.Exit(2) from None
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
     pipelined = exchange.node.pipeline  # type: ignore[attr-defined]

@@ -32,6 +32,8 @@ def promote_cmd(
     epoch: int = typer.Option(0, "--epoch", min=0, help="The epoch to sign for (default: the leader's epoch + 1, read from NATS)."),
     ttl_s: int = typer.Option(600, "--ttl-s", min=10, max=86_400, help="How long your signature may be submitted."),
     wait_s: int = typer.Option(60, "--wait-s", min=1, max=3600, help="How long to wait for the standby's verdict."),
+    peers: Path | None = typer.Option(None, "--peers", envvar="RINGFENCE_REPLICATION_PEERS",
+                                      help="The peers file: a --node-id not in it is refused at once (exit 2)."),
 ) -> None:
     """Make a standby the primary at the next fencing epoch: a staff quorum decision.
 
@@ -41,31 +43,43 @@ def promote_cmd(
     the stream, publishes a fence and starts serving; the old primary's next batch is refused by
     the stream and it stops acknowledging. An exchange without staff identities needs no --key.
 
-    Exit status: 0 promoted (or token printed), 1 refused (by the standby, the epoch, NATS unreachable),
-    2 bad input (an option, the URL, a key or token).
+    The leader record is read first: a --node-id that already leads is refused at once (exit 1), and with --peers
+    (or RINGFENCE_REPLICATION_PEERS) so is a --node-id that is not a node of it (exit 2), instead of waiting --wait-s
+    for a standby that will never answer.
+
+    Exit status: 0 promoted (or token printed), 1 refused (by the standby, the epoch, NATS unreachable, the node
+    already leads), 2 bad input (an option, the URL, a key or token, a --node-id not in --peers).
 
     Example: ringfence replication promote --nats nats://127.0.0.1:4222/RF --node-id b --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben
     """
     from ..staff.console import load_key
     from ..staff.decisions import format_approval, parse_approval
-    from . import NatsLink, PROMOTE_ACTION, leader_of, parse_target, promote, promote_subject
+    from ..nodekey import load_peers
+    from . import NatsLink, PROMOTE_ACTION, leader_of, missing_stream, parse_target, promote, promote_subject
 
     try:  # the input first: a bad option exits 2 before NATS is asked anything
         target = parse_target(nats, "--nats")
         signers = [load_key(k) for k in keys]
         tokens = [format_approval(parse_approval(t, f"--approval #{i + 1}")) for i, t in enumerate(approvals)]
+        trusted = load_peers(peers) if peers is not None else None
     except RingfenceError as err:
         fail(str(err), 2)
     if sign_only and not signers:
         fail("--sign-only needs your --key", 2)
+    if trusted is not None and node_id not in trusted:
+        fail(f"--node-id: {node_id!r} is not a node of the peers file {peers} (its nodes: {', '.join(sorted(trusted))})", 2)
     try:
-        if not epoch and signers:  # --sign-only with --epoch needs no NATS connection
+        if not (sign_only and epoch):  # --sign-only with --epoch needs no NATS connection
             link = NatsLink(target)
             try:
-                current, _ = leader_of(link, link.ensure_stream_and_bucket())
+                # a missing stream is left to promote() to name (asking must not create it)
+                current = None if missing_stream(link) else leader_of(link, link.ensure_stream_and_bucket())[0]
             finally:
                 link.close()
-            epoch = int((current or {}).get("epoch", 0)) + 1
+            if current is not None and current.get("node") == node_id:
+                fail(f"--node-id: {node_id} already leads at epoch {current.get('epoch')}: nothing to promote", 1)
+            if not epoch and signers:
+                epoch = int((current or {}).get("epoch", 0)) + 1
         expires = time.time_ns() + ttl_s * 10**9
         own = [format_approval(k.sign(PROMOTE_ACTION, promote_subject(target.stream, node_id, epoch), expires))
                for k in signers]
@@ -93,8 +107,9 @@ def status_cmd(
     `leader_signature` is "valid" (signed by the node it names, per --peers), "forged" (missing or
     wrong: a node refuses it) or "unchecked" (no --peers, or the node is not in it).
 
-    Exit status: 0 printed, 1 NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL,
-    the --peers file).
+    Exit status: 0 printed (signature valid or unchecked), 1 the leader record's signature is forged (the JSON is still
+    printed), NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL, the --peers
+    file).
 
     Example: ringfence replication status --nats nats://127.0.0.1:4222/RF --peers ./peers.json
     """
@@ -128,12 +143,15 @@ def status_cmd(
                                "last_stream_seq": info.state.last_seq}))
     finally:
         link.close()
+    if verdict == "forged":  # a script checking the exit status must see it
+        raise typer.Exit(1)
 
 
 @app.command("node-key")
 def node_key_cmd(
-    data_dir: Path = typer.Option(..., "--data-dir", help="The node's serve --data folder (its key: DIR/node.key, made "
-                                  "0600 if missing)."),
+    data_dir: Path = typer.Option(..., "--data", "--data-dir", help="The node's serve --data folder (its key: DIR/node.key, "
+                                  "made 0600 if missing). It must exist, or at least its parent folder (then it is made): a "
+                                  "mistyped path is refused, never created."),
     node_id: str = typer.Option(..., "--node-id", help="The node's serve --node-id."),
 ) -> None:
     """Print this node's entry for the peers file: {"NODE_ID": "hex public key"}.
@@ -142,7 +160,9 @@ def node_key_cmd(
     `serve --peers peers.json` (or RINGFENCE_REPLICATION_PEERS): a standby applies only what a node
     in it signed. The private key never leaves DIR/node.key.
 
-    Example: ringfence replication node-key --data-dir ./a --node-id a
+    Exit status: 0 printed, 2 bad input (--node-id; a --data that is a file, or whose parent folder does not exist).
+
+    Example: ringfence replication node-key --data ./a --node-id a
     """
     import re
 
@@ -150,10 +170,17 @@ def node_key_cmd(
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", node_id):
         fail("--node-id: letters, digits, '.', '_', '-', at most 64", 2)
+    if data_dir.exists() and not data_dir.is_dir():
+        fail(f"--data: {data_dir} is a file, not a folder (give the node's serve --data folder)", 2)
+    if not data_dir.exists() and not data_dir.absolute().parent.is_dir():
+        fail(f"--data: neither {data_dir} nor its parent folder {data_dir.absolute().parent} exists (a typo?); "
+             "give the node's serve --data folder", 2)
     try:
         key = nodekey.load_or_create(data_dir)
     except RingfenceError as err:
         fail(str(err), 2)
+    except OSError as err:
+        fail(f"--data: cannot write {data_dir / nodekey.KEY_FILE}: {err.strerror or err}", 2)
     typer.echo(json.dumps({node_id: nodekey.public_hex(key)}))
 
 
@@ -173,7 +200,7 @@ def harden_cmd(nats: str = typer.Option(..., "--nats", help="The stream: nats://
     try:
         changed = harden(parse_target(nats, "--nats"))
     except RingfenceError as err:
-        fail(str(err), 1)
+        fail(_as_nats(err), 1)
     except Exception as err:  # noqa: BLE001 - nats' errors (a permissions violation is a timeout): one line
         fail(f"cannot update the stream: {type(err).__name__} {err} (is this NATS user allowed to update streams?)", 1)
     for line in changed or ["already hardened: nothing to change"]:

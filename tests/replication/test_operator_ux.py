@@ -1,0 +1,152 @@
+"""More of what a fresh-eyes operator met in issue #21's replicated setup, each through the real path:
+a deposed primary refuses every write with its reason; the replication commands' options and exits."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ringfence.ledger.commands import RegisterAsset
+from ringfence.replication import Fenced, Follower, parse_target, promote
+
+from .conftest import NATS_URL, key_of, peers_of
+
+
+def _users(data) -> list[str]:
+    with sqlite3.connect(data / "identity.sqlite3") as db:
+        return [row[0] for row in db.execute("SELECT email FROM identity_users ORDER BY email")]
+
+
+def test_a_deposed_primary_refuses_every_write_and_says_why(tmp_path, stream, monkeypatch):
+    """After a promotion the old primary's engine stops (Fenced); its identity writes must stop too: a
+    user signed up there would exist on no other node. /readyz says why it stopped."""
+    from ringfence.api.serve import build
+    from ringfence.replication import Replicator
+    from ringfence.replication.serving import after_build
+
+    monkeypatch.delenv("RINGFENCE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("RINGFENCE_MODE", raising=False)
+    target = parse_target(f"{NATS_URL}/{stream}")
+    data = tmp_path / "a"
+    app, exchange, info = build(data, demo=False)
+    replicator = Replicator(target, "a", data / "engine", key=key_of("a"))
+    after_build(exchange, replicator, print)
+    follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+    try:
+        with TestClient(app, client=("127.0.0.1", 50000)) as http:  # type: ignore[arg-type]
+            form = {"email": "before@example.com", "password": "correct horse battery staple 42"}
+            first = http.post("/signup", data=form)
+            assert first.status_code == 200, first.text[-1500:]
+            ready = http.get("/readyz").json()
+            assert ready["ready"] is True and ready["stopped"] is None, ready
+            follower.poll()
+            promote(target, "b")
+            assert follower.follow_until_promoted() == 2
+            with pytest.raises(Exception, match="not replicated"):  # its next batch is refused: the node stops
+                exchange.node.submit(RegisterAsset("BTC", 8, "crypto", "bitcoin")).result(30)  # type: ignore[attr-defined]
+            assert isinstance(exchange.node.failed, Fenced)  # type: ignore[attr-defined]
+            refused = http.post("/signup", data=dict(form, email="after@example.com"))
+            assert refused.status_code == 503, refused.text
+            assert "deposed" in refused.json()["stopped"] and "deposed" in refused.json()["msg"], refused.text
+            for path in ("/login", "/forgot-password", "/api/v3/order", "/api/v1/apiKey"):
+                assert http.post(path, data={"email": "before@example.com"}).status_code == 503, path
+            ready = http.get("/readyz")
+            assert ready.status_code == 503 and "deposed" in ready.json()["stopped"], ready.text
+            assert http.get("/healthz").status_code == 200  # reads still answer
+        assert _users(data) == ["before@example.com"]  # nothing written after the fence
+    finally:
+        follower.close()
+        replicator.close()
+        exchange.node.close()  # type: ignore[attr-defined]
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "300"})
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_node_key_needs_an_existing_folder_or_its_parent_and_takes_data(tmp_path):
+    code, out = _cli("replication", "node-key", "--data-dir", "/etc/passwd", "--node-id", "zz")
+    assert code == 2 and "--data: /etc/passwd is a file, not a folder" in out and "Traceback" not in out, out
+    typo = tmp_path / "nonexistent" / "x"
+    code, out = _cli("replication", "node-key", "--data-dir", str(typo), "--node-id", "zz")
+    assert code == 2 and "--data: neither" in out and "(a typo?)" in out, out
+    assert not (tmp_path / "nonexistent").exists()  # a typo creates nothing
+    code, out = _cli("replication", "node-key", "--data", str(tmp_path / "a"), "--node-id", "a")  # a new node's folder
+    assert code == 0 and out.startswith('{"a": "'), out
+    code, again = _cli("replication", "node-key", "--data-dir", str(tmp_path / "a"), "--node-id", "a")  # the old name
+    assert code == 0 and again == out
+    code, out = _cli("replication", "node-key", "--help")
+    assert "--data" in out and "Exit status: 0" in out, out
+
+
+def test_status_exits_1_when_the_leader_record_is_forged(tmp_path, stream):
+    import json
+
+    from ringfence.app import new_node
+    from ringfence.nodekey import public_hex
+    from ringfence.replication import Replicator
+
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}"), "a", key=key_of("a"))
+    try:
+        replicator.attach(node)
+        right, wrong = tmp_path / "peers.json", tmp_path / "wrongkey.json"
+        right.write_text(json.dumps({"a": public_hex(key_of("a"))}))
+        wrong.write_text(json.dumps({"a": public_hex(key_of("b"))}))
+        code, out = _cli("replication", "status", "--nats", f"{NATS_URL}/{stream}", "--peers", str(right))
+        assert code == 0 and '"leader_signature": "valid"' in out, out
+        code, out = _cli("replication", "status", "--nats", f"{NATS_URL}/{stream}", "--peers", str(wrong))
+        assert code == 1 and '"leader_signature": "forged"' in out, out
+        code, out = _cli("replication", "status", "--help")
+        assert "1 the leader record's signature is forged" in out, out
+    finally:
+        node.close()
+        replicator.close()
+
+
+def test_harden_names_its_own_option():
+    code, out = _cli("replication", "harden", "--nats", "nats://127.0.0.1:1/RF")
+    assert code == 1 and "--nats: cannot reach NATS" in out and "--replicate" not in out, out
+
+
+def test_promote_refuses_at_once_a_node_that_already_leads_or_is_not_in_the_peers_file(tmp_path, stream, monkeypatch):
+    import json
+    import time
+
+    from ringfence.app import new_node
+    from ringfence.nodekey import public_hex
+    from ringfence.replication import Replicator
+
+    url = f"{NATS_URL}/{stream}"
+    peers = tmp_path / "peers.json"
+    peers.write_text(json.dumps({node: public_hex(key_of(node)) for node in ("a", "b")}))
+    code, out = _cli("replication", "promote", "--nats", url, "--node-id", "zz", "--peers", str(peers))
+    assert code == 2 and "--node-id: 'zz' is not a node of the peers file" in out and "a, b" in out, out
+    monkeypatch.setenv("RINGFENCE_REPLICATION_PEERS", str(peers))
+    code, out = _cli("replication", "promote", "--nats", url, "--node-id", "zz")
+    assert code == 2 and "'zz' is not a node" in out, out
+    monkeypatch.delenv("RINGFENCE_REPLICATION_PEERS")
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(url), "a", key=key_of("a"))
+    try:
+        replicator.attach(node)
+        started = time.monotonic()
+        code, out = _cli("replication", "promote", "--nats", url, "--node-id", "a", "--wait-s", "20")
+        assert code == 1 and "--node-id: a already leads at epoch 1" in out, out
+        assert time.monotonic() - started < 10, "it waited for a verdict that never comes"
+    finally:
+        node.close()
+        replicator.close()
+    code, out = _cli("replication", "promote", "--help")
+    assert "--peers" in out and "already leads" in out, out
