@@ -394,7 +394,7 @@ def serve(
                                       help="With --replicate/--standby: the peers file ({\"NODE_ID\": \"hex public key\"}, "
                                       "lines from `ringfence replication node-key`) every stream message's signature is "
                                       "checked against; this node signs with DIR/node.key (made on first start). "
-                                      "Required in prod mode."),
+                                      "Required with --standby, and in prod mode."),
     gateways: int = typer.Option(0, "--gateways", min=0, max=32, help="Run N gateway processes on --port in front of this "
                                  "(engine) process, which then listens only on DIR/run/engine.sock (0: one process, as before). "
                                  "Checks (keys, replay, rate limits) stay in the engine, so they hold across gateways."),

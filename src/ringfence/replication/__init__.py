@@ -72,7 +72,7 @@ from urllib.parse import quote, unquote, urlparse
 
 from ..errors import ConfigError, JournalCorrupt, RingfenceError
 from ..engine.core import STATE_DIGEST_FORMAT
-from .epochs import EpochBackwards, EpochMemory, epoch_above
+from .epochs import EpochBackwards, EpochMemory, bounded_int, epoch_above
 
 __all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "PromotionRefused", "promote", "leader_of",
            "parse_target", "PROMOTE_ACTION", "promote_subject", "masked", "Refused", "signed_bytes", "sign_leader",
@@ -247,6 +247,11 @@ def masked(servers: str) -> str:
 #: (intruder review of #21, F3). nats-server keeps deny_delete/deny_purge once set (an update
 #: cannot undo them); the users of `nats-config` cannot update a stream at all.
 HARDENED = {"allow_rollup_hdrs": False, "deny_delete": True, "deny_purge": True}
+#: The largest value the leadership bucket takes (a leader record or a promotion request with a few
+#: hundred ~250-byte approval tokens fits): a NATS user allowed to write `promote.*` cannot store
+#: megabytes per key (intruder review of #21, I6e). Set when the bucket is made; not checked on an
+#: existing one (the count of keys stays unbounded: docs/resilience.md).
+BUCKET_MAX_VALUE = 64 * 1024
 
 
 def _weak_settings(config: Any) -> list[str]:
@@ -371,7 +376,7 @@ class NatsLink:
                 await self.js.add_stream(StreamConfig(
                     name=kv_stream, subjects=[f"$KV.{t.bucket}.>"], storage=StorageType.FILE, num_replicas=t.replicas,
                     max_msgs_per_subject=16, max_msgs=-1, max_consumers=-1, duplicate_window=120.0,
-                    discard=DiscardPolicy.NEW, **HARDENED))
+                    max_msg_size=BUCKET_MAX_VALUE, discard=DiscardPolicy.NEW, **HARDENED))
                 kv = await self.js.key_value(t.bucket)
             if check:
                 _check_hardened((await self.js.stream_info(kv_stream)).config, t)
@@ -418,8 +423,10 @@ def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
         record = json.loads(entry.value)
     except (ValueError, TypeError):
         record = None
-    if not isinstance(record, dict) or not isinstance(record.get("node"), str) or type(record.get("epoch")) is not int:
-        # not a record any node wrote (a forgery): shown as such; no node acts on it
+    if not isinstance(record, dict) or not isinstance(record.get("node"), str) or bounded_int(record.get("epoch")) is None \
+            or ("lease_ms" in record and bounded_int(record["lease_ms"]) is None):
+        # not a record any node wrote (a forgery; an epoch or lease that is not a number of at most 18
+        # digits): shown as such; no node acts on it
         return {"epoch": 0, "node": "", "unreadable": True}, int(entry.revision)
     return record, int(entry.revision)
 
@@ -478,7 +485,7 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
             raise PromotionRefused(f"{missing}: no standby follows it", field="--nats")
         kv = link.ensure_stream_and_bucket()
         current, _ = leader_of(link, kv)
-        next_epoch = (current or {}).get("epoch", 0) + 1
+        next_epoch = int((current or {}).get("epoch", 0)) + 1
         if epoch is not None and epoch < next_epoch:
             raise PromotionRefused(f"the approvals are for epoch {epoch} but the next epoch is {next_epoch}: "
                                    "sign again", field="--epoch")
@@ -492,8 +499,11 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
             leader, _ = leader_of(link, kv)
             if leader is not None and leader["node"] == node_id and int(leader["epoch"]) >= next_epoch:
                 return {"previous": current, **leader}
-            answer = json.loads(link.call(kv.get(request_key(node_id))).value)
-            if answer.get("status") == "refused" and answer.get("revision") == revision:
+            try:  # the standby's answer, or whatever else someone wrote to the key meanwhile
+                answer = json.loads(link.call(kv.get(request_key(node_id))).value)
+            except ValueError:
+                answer = None
+            if isinstance(answer, dict) and answer.get("status") == "refused" and answer.get("revision") == revision:
                 raise PromotionRefused(f"standby {node_id} refused the promotion: {answer.get('reason')}",
                                        field="--key")
             time.sleep(0.1)
@@ -599,8 +609,8 @@ class Replicator:
         if leader.get("unreadable"):
             return True
         public = self.key.public_key() if node == self.node_id else (self.peers or {}).get(str(node))
-        if public is None:
-            return False  # another node's record and no peers file to check it with
+        if public is None:  # another node's: not in the peers file (forged), or no peers file to check it with
+            return self.peers is not None
         return not leader_signature_ok(leader, self.target.stream, public)
 
     def _claim(self) -> int:
@@ -629,7 +639,7 @@ class Replicator:
         `leader` checked against everything seen; `Fenced` when it would go backwards."""
         try:
             return epoch_above(self.link, self.memory, leader, want=None if leader is None else int(leader["epoch"]),
-                               scan=leader is None, held=leader is not None)
+                               scan=leader is None, held=leader is not None, peers=self.peers)
         except EpochBackwards as err:
             raise Fenced(str(err), field="--replicate") from None
 
@@ -684,7 +694,16 @@ class Replicator:
             h = msg.headers or {}
             index, _, total = h.get("Rf-Chunk", "1/1").partition("/")
             if h.get("Rf-Kind") == KIND_BATCH and index == total:  # a record's last chunk: it is complete
-                return int(h["Rf-First-Seq"]) + int(h["Rf-Count"]) - 1, bytes.fromhex(h["Rf-Hash"])
+                first, count, digest = bounded_int(h.get("Rf-First-Seq")), bounded_int(h.get("Rf-Count")), h.get("Rf-Hash", "")
+                try:
+                    record_hash = bytes.fromhex(digest) if len(digest) == 64 else b""
+                except ValueError:
+                    record_hash = b""
+                if first is None or not count or not record_hash:  # anyone may publish on the subject: not a crash
+                    raise Fenced(f"stream message {seq} is not a batch any node wrote (no valid Rf-First-Seq, Rf-Count, "
+                                 "Rf-Hash): a standby refuses it too; move to a new stream name (docs/resilience.md)",
+                                 field="--replicate")
+                return first + count - 1, record_hash
             seq -= 1
         return 0, GENESIS_HASH
 
@@ -1105,8 +1124,9 @@ class Follower:
                  on_batch: Callable[[Any, Any, list[list[Any]]], None] | None = None, *,
                  key: Any, peers: Mapping[str, Any] | None) -> None:
         """`key`: this node's Ed25519 key (signs its fence and its leader record). `peers`: node id ->
-        public key, the peers file every message's signature is checked against; None (dev mode
-        only, `serving.before_build` refuses it in prod) checks no signature — loudly."""
+        public key, the peers file every message's signature is checked against; None checks no
+        signature and never takes a lease over (in-process use only: `serve --standby` requires
+        a peers file, `serving.node_trust`)."""
         from ..app import replay_journal
         from ..journal.journal import DataDirLock, JournalWriter, check_node_placement
 
@@ -1119,6 +1139,7 @@ class Follower:
         self._owed = 0  # the last sequence of the batch whose outcome digest the next batch must carry
         self._owed_hash = False  # a catch-up record without the state hash: the next one must be catch-up or carry it
         self._forged_seen = -1  # the revision of a forged leader record already reported
+        self._untrusted_seen = -1  # the revision of an unverified leader record naming another node already reported
         self.on_progress = on_progress
         check_node_placement(node_dir)
         node_dir.mkdir(parents=True, exist_ok=True)
@@ -1333,12 +1354,11 @@ class Follower:
         kind = headers.get("Rf-Kind")
         if kind not in (KIND_BATCH, KIND_FENCE):
             raise self._refuse(seq, f"unknown message kind {kind!r}")
-        try:
-            epoch = int(headers.get("Rf-Epoch", ""))
-        except ValueError:
-            raise self._refuse(seq, "no valid Rf-Epoch") from None
+        epoch = bounded_int(headers.get("Rf-Epoch", ""))
+        if epoch is None:
+            raise self._refuse(seq, "no valid Rf-Epoch (a number of at most 18 digits)")
         if self.peers is None:
-            return  # dev mode without --peers: warned at start (serving.before_build)
+            return  # no peers file (in-process use only: `serve --standby` requires one)
         node, sig = headers.get("Rf-Node", ""), headers.get("Rf-Sig", "")
         if not node or not sig:
             raise self._refuse(seq, "the message is not signed (no Rf-Node / Rf-Sig)")
@@ -1423,7 +1443,10 @@ class Follower:
             leader, revision = leader_of(self.link, self.kv)
             if revision != seen[0]:
                 seen = (revision, time.monotonic())
-                self.memory.see(max(int((leader or {}).get("epoch", 0)), self.fence_epoch))
+                # a record's epoch is remembered only when its signature verifies (a forged one would raise
+                # every later claim); the fences read from the stream were verified message by message
+                trusted = leader is not None and (self.peers is None or self._trusted(leader))
+                self.memory.see(max(int(leader["epoch"]) if trusted and leader is not None else 0, self.fence_epoch))
             if self.consider_promotion(leader, revision):
                 leader, revision = leader_of(self.link, self.kv)
             elif leader is not None and leader["node"] != self.node_id:
@@ -1506,12 +1529,23 @@ class Follower:
         if int(entry.revision) == self._request_rev:
             return False
         self._request_rev = int(entry.revision)
-        request = json.loads(entry.value)
-        if request.get("status") != "requested":
-            return False
-        try:
+        request: Any = None
+        try:  # anyone with the operator's credential may write anything here: junk is a refused request
+            try:
+                request = json.loads(entry.value)
+            except (ValueError, TypeError):
+                raise PromotionRefused("the request is not JSON", field="request") from None
+            if not isinstance(request, dict):
+                raise PromotionRefused(f"the request is a JSON {type(request).__name__}, not an object", field="request")
+            if request.get("status") != "requested":
+                return False  # an answer (ours), or not a request at all
+            if bounded_int(request.get("epoch")) is None:
+                raise PromotionRefused("epoch must be a whole number of at most 18 digits", field="epoch")
             approvers = self.verify_promotion(request, leader)
-            record = {"epoch": request["epoch"], "node": self.node_id, "lease_ms": int((leader or {}).get("lease_ms", 0)),
+            # the lease is the leader's when its record is genuine, else this standby's own URL's: nothing
+            # is copied from a record that does not verify
+            lease = leader.get("lease_ms", 0) if leader is not None and self._trusted(leader) else self.target.lease_ms
+            record = {"epoch": request["epoch"], "node": self.node_id, "lease_ms": int(lease),
                       "renewed_at_ns": time.time_ns(), "approved_by": approvers, "approvals": request["approvals"]}
             value = sign_leader(self.key, self.target.stream, record)
             self.link.call(self.kv.update("leader", value, last=revision) if revision else self.kv.create("leader", value))
@@ -1525,18 +1559,44 @@ class Follower:
             self.on_progress(f"standby {self.node_id}: promotion to epoch {record['epoch']} approved by "
                              f"{', '.join(approvers) or 'an operator (no staff registered)'}")
             return True
-        answer = dict(request, status="refused", revision=self._request_rev, reason=reason)
+        answer = dict(request if isinstance(request, dict) else {}, status="refused", revision=self._request_rev,
+                      reason=reason)
         self._request_rev = int(self.link.call(self.kv.put(key, json.dumps(answer).encode())))
         self.on_progress(f"standby {self.node_id}: promotion refused: {reason}")
         return False
 
+    def _trusted(self, leader: Mapping[str, Any]) -> bool:
+        """Whether `leader` carries the valid signature of the node it names, by the peers file (False
+        without one, for a node not in it, and for an unreadable record)."""
+        public = None if self.peers is None or leader.get("unreadable") else self.peers.get(str(leader.get("node")))
+        return public is not None and leader_signature_ok(leader, self.target.stream, public)
+
     def _maybe_take_over(self, leader: dict[str, Any], revision: int, seen_at: float) -> None:  # float-ok: monotonic s
-        """With auto_promote: the lease went 2 x lease_ms unrenewed, so claim the next epoch."""
+        """With auto_promote: the lease of a *verified* leader record went 2 x lease_ms unrenewed, so
+        claim the next epoch. A record that does not verify against the peers file (forged, unsigned,
+        naming a node not in it) has no lease: alerted once per revision, never taken over, and nothing
+        of it is copied. Without a peers file there is no automatic take-over at all (intruder review
+        of #21, I1: one unsigned KV write would otherwise make a standby depose a primary)."""
         from nats.js.errors import KeyWrongLastSequenceError
 
-        lease_ms = int(leader.get("lease_ms", 0))
-        if not (self.target.auto_promote and lease_ms) or time.monotonic() - seen_at < 2 * lease_ms / 1000:
+        if not self.target.auto_promote:
             return
+        if self.peers is None or not self._trusted(leader):
+            if revision != self._untrusted_seen:
+                self._untrusted_seen = revision
+                why = ("no peers file to verify it with: auto_promote needs --peers" if self.peers is None else
+                       f"it does not carry the valid signature of node {leader.get('node')!r} from the peers file (forged)")
+                _log.critical("replication: leader record at revision %d (node %r, epoch %r) is not verified: %s; "
+                              "this standby will not take the leadership over on its lease", revision, leader.get("node"),
+                              leader.get("epoch"), why)
+                self.on_progress(f"standby {self.node_id}: leader record at revision {revision} not verified ({why}): "
+                                 "no automatic take-over; promotion needs `ringfence replication promote`")
+            return
+        lease_ms = int(leader.get("lease_ms", 0))
+        if not lease_ms or time.monotonic() - seen_at < 2 * lease_ms / 1000:
+            return
+        if int(leader["epoch"]) < max(self.memory.highest(), self.fence_epoch):
+            return  # an old genuine record put back: its lease ended with its epoch
         record = {"epoch": self._next_epoch(leader), "node": self.node_id, "lease_ms": lease_ms,
                   "renewed_at_ns": time.time_ns(), "took_over_from": leader["node"]}
         try:
@@ -1547,8 +1607,8 @@ class Follower:
 
     def _next_epoch(self, leader: dict[str, Any] | None) -> int:
         """The epoch a claim of this standby takes: above the leader record's, every fence it read,
-        the stream's newest message and its own memory (epochs.py)."""
-        return epoch_above(self.link, self.memory, leader, fence_epoch=self.fence_epoch)
+        the stream's newest message (when signed by a peer) and its own memory (epochs.py)."""
+        return epoch_above(self.link, self.memory, leader, fence_epoch=self.fence_epoch, peers=self.peers)
 
     def hand_over(self) -> tuple[Any, tuple[int, bytes, Path | None, int], Any]:
         """After promotion: stop following and hand the engine, the journal writer's position and

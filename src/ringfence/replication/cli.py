@@ -105,7 +105,7 @@ def status_cmd(
     """Print the leader record, whether its signature verifies, and the stream's last sequence as JSON.
 
     `leader_signature` is "valid" (signed by the node it names, per --peers), "forged" (missing or
-    wrong: a node refuses it) or "unchecked" (no --peers, or the node is not in it).
+    wrong, or naming a node not in --peers: a node refuses it) or "unchecked" (no --peers).
 
     Exit status: 0 printed (signature valid or unchecked), 1 the leader record's signature is forged (the JSON is still
     printed), NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL, the --peers
@@ -135,8 +135,9 @@ def status_cmd(
             fail(_as_nats(err), 1)
         leader, revision = leader_of(link, kv)
         public = trusted.get(str((leader or {}).get("node")))
-        verdict = "unchecked" if leader is None or public is None else (
-            "valid" if leader_signature_ok(leader, link.target.stream, public) else "forged")
+        # given --peers, a record naming a node not in it is forged too (intruder review of #21, I6a)
+        verdict = "unchecked" if leader is None or peers is None else (
+            "valid" if public is not None and leader_signature_ok(leader, link.target.stream, public) else "forged")
         info = link.call(link.js.stream_info(link.target.stream))
         typer.echo(json.dumps({"leader": leader, "leader_signature": verdict, "revision": revision,
                                "stream": link.target.stream, "messages": info.state.messages,

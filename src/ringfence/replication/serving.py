@@ -37,7 +37,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
     if not (replicate or standby):
         return None, None
     target = parse_target(replicate or standby or "", "--replicate" if replicate else "--standby")
-    key, trusted = node_trust(data, ident, peers, say)
+    key, trusted = node_trust(data, ident, peers, say, standby=bool(standby))
     store = os.environ.get("RINGFENCE_DATABASE_URL", "") or f"sqlite:///{data / 'identity.sqlite3'}"
     if store.startswith("sqlite"):  # serve's default: the embedded store in DIR (api/serve.py build)
         say(f"[yellow]warning:[/] the identity store (users, API keys, sessions) is SQLite on this machine "
@@ -75,24 +75,33 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
     return Replicator(target, ident, data / "engine", key=key, peers=trusted), None
 
 
-def node_trust(data: Path, ident: str, peers: Path | None, say: Callable[[str], None]) -> tuple[Any, Any]:
+def node_trust(data: Path, ident: str, peers: Path | None, say: Callable[[str], None], *,
+               standby: bool = False) -> tuple[Any, Any]:
     """This node's key (DATA_DIR/node.key, made on first start) and the peers it trusts.
 
-    Prod mode (RINGFENCE_MODE=prod) requires --peers. Dev mode without it: the node still signs
-    everything and its leader record, but a standby checks no batch signature — said loudly once."""
+    A standby always requires --peers: one that checks no signature applies whatever anyone with
+    the NATS credential publishes (intruder review of #21, I5; dev mode is the default). A primary
+    requires it in prod mode (RINGFENCE_MODE=prod); in dev mode without it, it still signs
+    everything and its leader record, and says loudly once that nothing is checked."""
     import os
 
     from .. import nodekey
 
+    if peers is None and standby:
+        key = nodekey.load_or_create(data)
+        raise ConfigError("a standby needs a peers file: the node id -> public key of every node (`ringfence replication "
+                          "node-key`); it applies only batches they signed, and takes over a lease only from a leader "
+                          f"record they signed (this node's entry: {{\"{ident}\": \"{nodekey.public_hex(key)}\"}})",
+                          field="--peers")
     if peers is None and os.environ.get("RINGFENCE_MODE", "dev") != "dev":
         raise ConfigError("a replicated node outside dev mode needs a peers file: the node id -> public key of every "
                           "node (`ringfence replication node-key`), so a standby applies only batches they signed",
                           field="--peers")
     key = nodekey.load_or_create(data)
     if peers is None:
-        say(f"WARNING: no --peers: node {ident} signs what it publishes, but stream messages are NOT checked against a "
-            "peers file, so anyone who can publish on NATS can get a batch applied by a standby (dev mode only; "
-            f"this node's entry: {{\"{ident}\": \"{nodekey.public_hex(key)}\"}})")
+        say(f"WARNING: no --peers: node {ident} signs what it publishes and its leader record, but checks no other "
+            "node's signature (a leader record naming another node cannot be told forged); dev mode only; every standby "
+            f"needs a peers file with this node's entry: {{\"{ident}\": \"{nodekey.public_hex(key)}\"}}")
         return key, None
     trusted = nodekey.load_peers(peers)
     own = trusted.get(ident)
