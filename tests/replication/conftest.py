@@ -13,6 +13,8 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -47,6 +49,28 @@ def peers_file(tmp_path: Path, **data_dirs: Path) -> dict[str, str]:
 
     path = write_peers(tmp_path / "peers.json", data_dirs)
     return {"RINGFENCE_REPLICATION_PEERS": str(path)}
+
+
+@contextmanager
+def running(node, replicator) -> Iterator[tuple]:
+    """A primary (node and its Replicator) for the `with` block: both closed after it, node first."""
+    try:
+        yield node, replicator
+    finally:
+        node.close()
+        replicator.close()
+
+
+@contextmanager
+def standby(target, tmp_path: Path, node_id: str = "b", peers: dict | None = None) -> Iterator:
+    """An in-process Follower of `target` in tmp_path/node_id with node_id's key, closed after the block."""
+    from ringfence.replication import Follower
+
+    follower = Follower(target, tmp_path / node_id, node_id, key=key_of(node_id), peers=peers)
+    try:
+        yield follower
+    finally:
+        follower.close()
 
 
 async def _delete_stream(stream: str) -> None:

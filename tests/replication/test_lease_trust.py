@@ -25,7 +25,7 @@ from ringfence.replication import (BUCKET_MAX_VALUE, Fenced, Follower, NatsLink,
                                    leader_of, parse_target, promote, sign_leader)
 from ringfence.replication.epochs import EpochMemory, bounded_int, epoch_above
 
-from .conftest import NATS_URL, key_of, peers_of
+from .conftest import NATS_URL, key_of, peers_of, running, standby
 from api.conftest import free_port
 
 
@@ -55,12 +55,10 @@ def _follow_for(follower: Follower, seconds: float) -> list[int]:  # float-ok: s
 def test_a_forged_lease_never_makes_an_auto_promoting_standby_take_over(tmp_path, stream, forgery):
     """I1 (and I6a on the standby's side): primary a without a lease; the intruder puts a record
     with a 200 ms lease. The standby alerts once and never claims; nothing of the record is kept."""
-    node, replicator = _primary(tmp_path, stream)  # lease_ms=0
-    follower = Follower(parse_target(f"{NATS_URL}/{stream}?auto_promote=1"), tmp_path / "b", "b", key=key_of("b"),
-                        peers=peers_of("a", "b"))
-    seen: list[str] = []
-    follower.on_progress = seen.append
-    try:
+    with (running(*_primary(tmp_path, stream)) as (node, replicator),  # lease_ms=0
+          standby(parse_target(f"{NATS_URL}/{stream}?auto_promote=1"), tmp_path, peers=peers_of("a", "b")) as follower):
+        seen: list[str] = []
+        follower.on_progress = seen.append
         record = {"epoch": 1, "node": "a", "lease_ms": 200}
         if forgery == "unsigned":
             value = json.dumps(record).encode()
@@ -76,10 +74,6 @@ def test_a_forged_lease_never_makes_an_auto_promoting_standby_take_over(tmp_path
         alerts = [line for line in seen if "not verified" in line]
         assert len(alerts) == 1 and "no automatic take-over" in alerts[0], seen
         assert node.failed is None
-    finally:
-        follower.close()
-        node.close()
-        replicator.close()
 
 
 def test_without_a_peers_file_there_is_no_automatic_take_over(tmp_path, stream):
@@ -103,8 +97,7 @@ def test_without_a_peers_file_there_is_no_automatic_take_over(tmp_path, stream):
 
 def test_a_primary_given_peers_takes_a_record_naming_an_unknown_node_for_a_forgery(tmp_path, stream):
     """I6a: signed by node zz, which is not in the peers file: not a deposition but a forgery."""
-    node, replicator = _primary(tmp_path, stream, "?lease_ms=300", peers=peers_of("a", "b"))
-    try:
+    with running(*_primary(tmp_path, stream, "?lease_ms=300", peers=peers_of("a", "b"))) as (node, replicator):
         _, revision = leader_of(replicator.link, replicator.kv)
         forged = sign_leader(key_of("zz"), stream, {"epoch": 2, "node": "zz", "lease_ms": 300})
         replicator.link.call(replicator.kv.update("leader", forged, last=revision))
@@ -113,9 +106,6 @@ def test_a_primary_given_peers_takes_a_record_naming_an_unknown_node_for_a_forge
             time.sleep(0.02)
         assert isinstance(node.failed, Fenced) and "forged leader record" in str(node.failed), node.failed
         assert "deposed" not in str(node.failed)
-    finally:
-        node.close()
-        replicator.close()
     with pytest.raises(Fenced, match="forged leader record"):  # nor does a primary start on it
         Replicator(parse_target(f"{NATS_URL}/{stream}"), "a", key=key_of("a"), peers=peers_of("a", "b")).close()
 
@@ -130,11 +120,10 @@ def test_a_primary_given_peers_takes_a_record_naming_an_unknown_node_for_a_forge
 ])
 def test_a_junk_promotion_request_is_refused_and_the_standby_keeps_following(tmp_path, stream, value, reason):
     """I3: rf-operator can write anything to promote.b; it is a refused request, not a crash."""
-    node, replicator = _primary(tmp_path, stream)
-    follower = Follower(replicator.target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of("a", "b"))
-    seen: list[str] = []
-    follower.on_progress = seen.append
-    try:
+    with (running(*_primary(tmp_path, stream)) as (node, replicator),
+          standby(replicator.target, tmp_path, peers=peers_of("a", "b")) as follower):
+        seen: list[str] = []
+        follower.on_progress = seen.append
         replicator.link.call(replicator.kv.put("promote.b", value))
         leader, revision = leader_of(follower.link, follower.kv)
         assert follower.consider_promotion(leader, revision) is False
@@ -145,16 +134,11 @@ def test_a_junk_promotion_request_is_refused_and_the_standby_keeps_following(tmp
         node.execute(OpenAccount("bob", "BTC"))
         assert _follow_for(follower, 0.5) == [0]  # it keeps following
         assert follower.engine.last_seq == node.last_seq
-    finally:
-        follower.close()
-        node.close()
-        replicator.close()
 
 
 def test_promote_waits_through_a_junk_answer(tmp_path, stream):
     """I3, the operator's side: something not JSON in promote.b while `promote` waits is no answer."""
-    node, replicator = _primary(tmp_path, stream)
-    try:
+    with running(*_primary(tmp_path, stream)) as (node, replicator):
         def scribble() -> None:
             time.sleep(0.3)
             replicator.link.call(replicator.kv.put("promote.b", b"not json"))
@@ -164,9 +148,6 @@ def test_promote_waits_through_a_junk_answer(tmp_path, stream):
         with pytest.raises(PromotionRefused, match="did not answer"):
             promote(replicator.target, "b", wait_s=1.0)
         writer.join(5)
-    finally:
-        node.close()
-        replicator.close()
 
 
 def test_bounded_int():
@@ -247,8 +228,7 @@ def test_status_calls_a_record_naming_a_node_not_in_the_peers_file_forged(tmp_pa
     """I6a, the operator's view: `status --peers` said "unchecked" for a node the file does not hold."""
     from ringfence import nodekey
 
-    node, replicator = _primary(tmp_path, stream)
-    try:
+    with running(*_primary(tmp_path, stream)) as (node, replicator):
         replicator.link.call(replicator.kv.put("leader", sign_leader(key_of("zz"), stream, {"epoch": 2, "node": "zz"})))
         (tmp_path / "peers.json").write_text(json.dumps({"a": nodekey.public_hex(key_of("a"))}))
         proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats",
@@ -256,6 +236,3 @@ def test_status_calls_a_record_naming_a_node_not_in_the_peers_file_forged(tmp_pa
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert json.loads(proc.stdout)["leader_signature"] == "forged"
-    finally:
-        node.close()
-        replicator.close()

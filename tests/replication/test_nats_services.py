@@ -83,6 +83,23 @@ def _inbox(url: str) -> str:
     return inbox_prefix(urlparse(url).username or "")
 
 
+def _node_primary(tmp_path, port: int, pw: dict[str, str]) -> tuple[Any, Replicator]:
+    """Node a (opened, started) and its Replicator connected as rf-node, not attached yet."""
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    return node, Replicator(parse_target(_url(port, "rf-node", pw["rf-node"])), "a", key=key_of("a"))
+
+
+def _monitor_status(port: int, pw: dict[str, str]) -> dict[str, Any]:
+    """`ringfence replication status` as rf-monitor (password from RINGFENCE_NATS_PASSWORD): its JSON, after exit 0."""
+    status = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats",
+                             f"nats://rf-monitor@127.0.0.1:{port}/{STREAM}"], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw["rf-monitor"]))
+    assert status.returncode == 0, status.stdout + status.stderr
+    return json.loads(status.stdout)
+
+
 async def _try_publish(url: str, subject: str, data: bytes, headers: dict[str, str]) -> str:
     """Publish through JetStream as the given user; returns "stored" or why not."""
     import nats
@@ -105,10 +122,7 @@ async def _try_publish(url: str, subject: str, data: bytes, headers: dict[str, s
 
 def test_each_service_may_do_only_its_own_work(tmp_path, nats_services):
     port, pw = nats_services
-    node = new_node(tmp_path / "a")
-    node.open()
-    node.start()
-    replicator = Replicator(parse_target(_url(port, "rf-node", pw["rf-node"])), "a", key=key_of("a"))
+    node, replicator = _node_primary(tmp_path, port, pw)
     follower = None
     try:
         replicator.attach(node)
@@ -138,11 +152,7 @@ def test_each_service_may_do_only_its_own_work(tmp_path, nats_services):
         promote(parse_target(_url(port, "rf-operator", pw["rf-operator"])), "b")
         assert follower.follow_until_promoted() == 2
         assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
-        status = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats",
-                                 f"nats://rf-monitor@127.0.0.1:{port}/{STREAM}"], capture_output=True, text=True, timeout=60,
-                                env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw["rf-monitor"]))
-        assert status.returncode == 0, status.stdout + status.stderr
-        assert json.loads(status.stdout)["leader"]["node"] == "b"
+        assert _monitor_status(port, pw)["leader"]["node"] == "b"
     finally:
         if follower is not None:
             follower.close()
@@ -265,10 +275,7 @@ def test_operator_and_monitor_cannot_read_other_clients_replies(tmp_path, nats_s
     and may subscribe only there: the operator and the monitor are refused every other reply subject
     and capture nothing while a primary replicates and a standby follows."""
     port, pw = nats_services
-    node = new_node(tmp_path / "a")
-    node.open()
-    node.start()
-    replicator = Replicator(parse_target(_url(port, "rf-node", pw["rf-node"])), "a", key=key_of("a"))
+    node, replicator = _node_primary(tmp_path, port, pw)
     follower = None
     sniffers: dict[str, _Sniffer] = {}
     try:
@@ -285,11 +292,7 @@ def test_operator_and_monitor_cannot_read_other_clients_replies(tmp_path, nats_s
         assert follower.poll() >= 2  # the standby did read the batches (STREAM.MSG.GET, replies on its inbox)
         assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
         # the operator and the monitor still do their own work through their own inbox
-        status = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats",
-                                 f"nats://rf-monitor@127.0.0.1:{port}/{STREAM}"], capture_output=True, text=True, timeout=60,
-                                env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw["rf-monitor"]))
-        assert status.returncode == 0, status.stdout + status.stderr
-        assert json.loads(status.stdout)["leader"]["node"] == "a"
+        assert _monitor_status(port, pw)["leader"]["node"] == "a"
         time.sleep(0.5)
         for user, sniffer in sniffers.items():
             assert sniffer.captured == [], (user, [subject for subject, _ in sniffer.captured][:5])

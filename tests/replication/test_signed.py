@@ -21,9 +21,9 @@ from ringfence.app import new_node
 from ringfence.journal.journal import encode_record, scan_all
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
-from ringfence.replication import Fenced, Follower, Refused, Replicator, leader_of, parse_target, promote, sign_message
+from ringfence.replication import Fenced, Refused, Replicator, leader_of, parse_target, promote, sign_message
 
-from .conftest import NATS_URL, key_of, peers_of
+from .conftest import NATS_URL, key_of, peers_of, running, standby
 
 
 def _primary(tmp_path, stream, query=""):
@@ -70,9 +70,8 @@ def _a_batch(replicator, stream: str, seq: int) -> tuple[bytes, int]:
 
 @pytest.mark.parametrize("signer", ["none", "untrusted-key-as-a", "untrusted-node", "second-node-in-the-epoch"])
 def test_a_forged_next_record_with_an_empty_state_hash_is_refused_and_nothing_is_appended(tmp_path, stream, signer):
-    node, replicator = _primary(tmp_path, stream)
-    follower = Follower(replicator.target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of("a", "b", "c"))
-    try:
+    with (running(*_primary(tmp_path, stream)) as (node, replicator),
+          standby(replicator.target, tmp_path, peers=peers_of("a", "b", "c")) as follower):
         assert follower.poll() == replicator.stream_seq
         before = _journal_bytes(tmp_path / "b")
         applied = follower.engine.last_seq
@@ -97,16 +96,11 @@ def test_a_forged_next_record_with_an_empty_state_hash_is_refused_and_nothing_is
         assert _journal_bytes(tmp_path / "b") == before
         records, report = scan_all(tmp_path / "b" / "journal")  # what `ringfence journal verify` reads
         assert records[-1].last_seq == applied
-    finally:
-        follower.close()
-        node.close()
-        replicator.close()
 
 
 def test_an_exact_copy_of_a_signed_message_is_a_replay(tmp_path, stream):
-    node, replicator = _primary(tmp_path, stream)
-    follower = Follower(replicator.target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of("a", "b"))
-    try:
+    with (running(*_primary(tmp_path, stream)) as (node, replicator),
+          standby(replicator.target, tmp_path, peers=peers_of("a", "b")) as follower):
         follower.poll()
         old = replicator.link.call(replicator.link.js.get_msg(stream, 2))
         at = _publish(replicator, dict(old.headers, **{"Nats-Msg-Id": "replayed",
@@ -116,10 +110,6 @@ def test_an_exact_copy_of_a_signed_message_is_a_replay(tmp_path, stream):
                                           "a replayed message"):
             follower.poll()
         assert _journal_bytes(tmp_path / "b") == before
-    finally:
-        follower.close()
-        node.close()
-        replicator.close()
 
 
 def test_without_signature_checks_an_old_payload_is_refused_before_it_is_appended(tmp_path, stream):
@@ -127,38 +117,29 @@ def test_without_signature_checks_an_old_payload_is_refused_before_it_is_appende
     as the next record (a valid chain) is decoded and refused before `append` (it was appended,
     then the standby died on 'sequencer time went backwards'), and a batch with no state check at
     all is refused."""
-    node, replicator = _primary(tmp_path, stream)
-    follower = Follower(replicator.target, tmp_path / "b", "b", key=key_of("b"), peers=None)
-    try:
-        follower.poll()
-        before = _journal_bytes(tmp_path / "b")
-        applied = follower.engine.last_seq
-        payload, count = _a_batch(replicator, stream, 2)  # an early batch: its sequencer time is in the past
-        time.sleep(0.01)
-        at = _publish(replicator, _forge_next(replicator, stream, payload, count, **{"Rf-Outcome-Next": "1"}), payload)
-        with pytest.raises(Refused, match=f"stream message {at} refused: .*sequencer time goes backwards"):
+    with running(*_primary(tmp_path, stream)) as (node, replicator):
+        with standby(replicator.target, tmp_path) as follower:
             follower.poll()
-        assert follower.engine.last_seq == applied and _journal_bytes(tmp_path / "b") == before
-        records, _ = scan_all(tmp_path / "b" / "journal")
-        assert records[-1].last_seq == applied
-    finally:
-        follower.close()
-    follower = Follower(replicator.target, tmp_path / "c", "c", key=key_of("c"), peers=None)
-    try:
-        with pytest.raises(Refused, match=f"stream message {at} refused: .*sequencer time goes backwards"):
-            follower.poll()  # a fresh standby reads the whole stream: the same refusal, same place
-    finally:
-        follower.close()
-        node.close()
-        replicator.close()
+            before = _journal_bytes(tmp_path / "b")
+            applied = follower.engine.last_seq
+            payload, count = _a_batch(replicator, stream, 2)  # an early batch: its sequencer time is in the past
+            time.sleep(0.01)
+            at = _publish(replicator, _forge_next(replicator, stream, payload, count, **{"Rf-Outcome-Next": "1"}), payload)
+            with pytest.raises(Refused, match=f"stream message {at} refused: .*sequencer time goes backwards"):
+                follower.poll()
+            assert follower.engine.last_seq == applied and _journal_bytes(tmp_path / "b") == before
+            records, _ = scan_all(tmp_path / "b" / "journal")
+            assert records[-1].last_seq == applied
+        with standby(replicator.target, tmp_path, "c") as follower:
+            with pytest.raises(Refused, match=f"stream message {at} refused: .*sequencer time goes backwards"):
+                follower.poll()  # a fresh standby reads the whole stream: the same refusal, same place
 
 
 def test_a_batch_with_no_state_check_is_refused(tmp_path, stream):
     """F1's record (empty Rf-State-Hash, nothing promising a later check) is refused by the state
     check alone, even where no signature is checked (dev mode without --peers)."""
-    node, replicator = _primary(tmp_path, stream)
-    follower = Follower(replicator.target, tmp_path / "b", "b", key=key_of("b"), peers=None)
-    try:
+    with (running(*_primary(tmp_path, stream)) as (node, replicator),
+          standby(replicator.target, tmp_path) as follower):
         follower.poll()
         before = _journal_bytes(tmp_path / "b")
         payload, count = _a_batch(replicator, stream, replicator.stream_seq)
@@ -166,62 +147,54 @@ def test_a_batch_with_no_state_check_is_refused(tmp_path, stream):
         with pytest.raises(Refused, match=f"stream message {at} refused: the batch carries no state check"):
             follower.poll()
         assert _journal_bytes(tmp_path / "b") == before
-    finally:
-        follower.close()
-        node.close()
-        replicator.close()
 
 
 def test_a_forged_leader_record_naming_the_standby_does_not_promote_it(tmp_path, stream):
     """F2: a credential-less KV write naming the standby, with a made-up approval list."""
-    node, replicator = _primary(tmp_path, stream)
-    follower = Follower(replicator.target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of("a", "b"))
-    seen: list[str] = []
-    follower.on_progress = seen.append
-    stop = threading.Event()
-    result: list[int] = []
-    runner = threading.Thread(target=lambda: result.append(follower.follow_until_promoted(stop)))
-    try:
-        _, revision = leader_of(replicator.link, replicator.kv)
-        forged = {"epoch": 2, "node": "b", "approved_by": ["nobody"]}
-        replicator.link.call(replicator.kv.update("leader", json.dumps(forged).encode(), last=revision))
-        runner.start()
-        time.sleep(1.5)
-        stop.set()
-        runner.join(10)
-        assert result == [0], "the standby took the leadership on a record it did not sign"
-        assert follower.fence_epoch == 0
-        info = replicator.link.call(replicator.link.js.stream_info(stream))
-        assert info.state.last_seq == replicator.stream_seq, "a fence was published"
-        assert any("forged leader record" in line for line in seen), seen
-        # signed with another key than b's (the intruder's), it is just as forged
-        _, revision = leader_of(replicator.link, replicator.kv)
-        from ringfence.replication import sign_leader
-
-        replicator.link.call(replicator.kv.update("leader", sign_leader(Ed25519PrivateKey.generate(), stream, forged),
-                                                  last=revision))
-        stop.clear()
-        result.clear()
+    with (running(*_primary(tmp_path, stream)) as (node, replicator),
+          standby(replicator.target, tmp_path, peers=peers_of("a", "b")) as follower):
+        seen: list[str] = []
+        follower.on_progress = seen.append
+        stop = threading.Event()
+        result: list[int] = []
         runner = threading.Thread(target=lambda: result.append(follower.follow_until_promoted(stop)))
-        runner.start()
-        time.sleep(1.0)
-        stop.set()
-        runner.join(10)
-        assert result == [0] and follower.fence_epoch == 0
-    finally:
-        stop.set()
-        runner.join(10)
-        follower.close()
-        node.close()
-        replicator.close()
+        try:
+            _, revision = leader_of(replicator.link, replicator.kv)
+            forged = {"epoch": 2, "node": "b", "approved_by": ["nobody"]}
+            replicator.link.call(replicator.kv.update("leader", json.dumps(forged).encode(), last=revision))
+            runner.start()
+            time.sleep(1.5)
+            stop.set()
+            runner.join(10)
+            assert result == [0], "the standby took the leadership on a record it did not sign"
+            assert follower.fence_epoch == 0
+            info = replicator.link.call(replicator.link.js.stream_info(stream))
+            assert info.state.last_seq == replicator.stream_seq, "a fence was published"
+            assert any("forged leader record" in line for line in seen), seen
+            # signed with another key than b's (the intruder's), it is just as forged
+            _, revision = leader_of(replicator.link, replicator.kv)
+            from ringfence.replication import sign_leader
+
+            replicator.link.call(replicator.kv.update("leader", sign_leader(Ed25519PrivateKey.generate(), stream, forged),
+                                                      last=revision))
+            stop.clear()
+            result.clear()
+            runner = threading.Thread(target=lambda: result.append(follower.follow_until_promoted(stop)))
+            runner.start()
+            time.sleep(1.0)
+            stop.set()
+            runner.join(10)
+            assert result == [0] and follower.fence_epoch == 0
+        finally:
+            stop.set()
+            runner.join(10)
 
 
 def test_a_genuine_promotion_still_works_and_the_new_leader_signs(tmp_path, stream):
-    node, replicator = _primary(tmp_path, stream)
-    target = replicator.target
-    follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of("a", "b"))
-    watcher = Follower(target, tmp_path / "c", "c", key=key_of("c"), peers=peers_of("a", "b", "c"))
-    try:
+    with (running(*_primary(tmp_path, stream)) as (node, replicator),
+          standby(replicator.target, tmp_path, peers=peers_of("a", "b")) as follower,
+          standby(replicator.target, tmp_path, "c", peers=peers_of("a", "b", "c")) as watcher):
+        target = replicator.target
         follower.poll()
         promote(target, "b")
         assert follower.follow_until_promoted() == 2
@@ -232,19 +205,13 @@ def test_a_genuine_promotion_still_works_and_the_new_leader_signs(tmp_path, stre
         # a third node reads the whole history: a's epoch 1, b's fence opening epoch 2
         watcher.poll()
         assert watcher.fence_epoch == 2 and watcher._leaders == {1: "a", 2: "b"}
-    finally:
-        watcher.close()
-        follower.close()
-        node.close()
-        replicator.close()
 
 
 def test_a_promised_outcome_digest_that_does_not_come_is_refused(tmp_path, stream):
     """`Rf-Outcome-Next` promises the outcome digest on the next batch of the same run: a next batch
     without it is refused (dev mode, no signatures: the state check alone)."""
-    node, replicator = _primary(tmp_path, stream)
-    follower = Follower(replicator.target, tmp_path / "b", "b", key=key_of("b"), peers=None)
-    try:
+    with (running(*_primary(tmp_path, stream)) as (node, replicator),
+          standby(replicator.target, tmp_path) as follower):
         follower.poll()
         payload, count = _a_batch(replicator, stream, replicator.stream_seq)  # same sequencer time: applies
         run = {"Rf-Session": "feedfeedfeedfeed", "Rf-Outcome-Next": "1"}
@@ -256,10 +223,6 @@ def test_a_promised_outcome_digest_that_does_not_come_is_refused(tmp_path, strea
                                           "sequence .* was promised with this batch and is not in it"):
             follower.poll()
         assert _journal_bytes(tmp_path / "b") == before
-    finally:
-        follower.close()
-        node.close()
-        replicator.close()
 
 
 @pytest.mark.parametrize("how", ["unsigned", "signed-by-another-key", "not-json"])
@@ -281,8 +244,7 @@ def test_a_primary_refuses_to_start_on_a_forged_leader_record(tmp_path, stream, 
 
 
 def test_a_primary_whose_record_is_overwritten_with_a_forgery_stops_acknowledging(tmp_path, stream):
-    node, replicator = _primary(tmp_path, stream, "?lease_ms=300")
-    try:
+    with running(*_primary(tmp_path, stream, "?lease_ms=300")) as (node, replicator):
         _, revision = leader_of(replicator.link, replicator.kv)
         forged = {"epoch": 1, "node": "a", "lease_ms": 300, "renewed_at_ns": time.time_ns()}
         replicator.link.call(replicator.kv.update("leader", json.dumps(forged).encode(), last=revision))
@@ -290,6 +252,3 @@ def test_a_primary_whose_record_is_overwritten_with_a_forgery_stops_acknowledgin
         while node.failed is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert isinstance(node.failed, Fenced) and "forged leader record" in str(node.failed), node.failed
-    finally:
-        node.close()
-        replicator.close()
