@@ -234,5 +234,5 @@ def test_status_calls_a_record_naming_a_node_not_in_the_peers_file_forged(tmp_pa
         proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats",
                                f"{NATS_URL}/{stream}", "--peers", str(tmp_path / "peers.json")],
                               capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.returncode == 1, proc.stdout + proc.stderr  # forged: exit 1, so monitoring can alert on it
         assert json.loads(proc.stdout)["leader_signature"] == "forged"
