@@ -46,8 +46,8 @@ SERVE_DEFAULT_PORT = 8000  # `serve --port`'s default: a node without --node-id 
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    """`fail` with the message printed as text: '[s3]' in `pip install 'ringfence[s3]'` is not markup."""
-    fail(escape(message), code)
+    """`fail`, typed as never returning (it escapes markup itself: '[s3]' in `pip install 'ringfence[s3]'` is text)."""
+    fail(message, code)
     raise AssertionError("fail() returns only by raising")
 
 
