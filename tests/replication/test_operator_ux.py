@@ -150,3 +150,19 @@ def test_promote_refuses_at_once_a_node_that_already_leads_or_is_not_in_the_peer
         replicator.close()
     code, out = _cli("replication", "promote", "--help")
     assert "--peers" in out and "already leads" in out, out
+
+
+def test_a_stopped_nodes_reason_names_no_file_to_the_public():
+    """A journal write that failed says its kind only (an OSError names the data folder), the whole
+    error with the metrics token; a deposed primary's own message is for everyone."""
+    from types import SimpleNamespace
+
+    from ringfence.api.app import stopped_reason
+    from ringfence.replication import Fenced
+
+    disk = SimpleNamespace(failed=OSError(28, "No space left on device", "/srv/secret-place/journal/00001.rfj"))
+    assert "secret-place" not in stopped_reason(disk) and stopped_reason(disk).startswith("OSError")
+    assert "secret-place" in stopped_reason(disk, detailed=True)
+    deposed = SimpleNamespace(failed=Fenced("this node was deposed at epoch 1"))
+    assert stopped_reason(deposed) == "this node was deposed at epoch 1"
+    assert stopped_reason(SimpleNamespace(failed=None)) is None

@@ -229,11 +229,19 @@ class HotRoutes:
                 log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status)
 
 
-def stopped_reason(node: Any) -> str | None:
+def stopped_reason(node: Any, detailed: bool = False) -> str | None:
     """Why the engine node has stopped for good (deposed or fenced by replication, a journal write
-    that failed), or None while it runs: `node.failed`, as /readyz shows it."""
+    that failed), or None while it runs: `node.failed`, as /readyz shows it. Our own errors are
+    written for whoever reads them; any other (an OSError names files and folders) says only its
+    kind, unless `detailed` (a caller with the metrics token)."""
+    from ..errors import RingfenceError
+
     failed = getattr(node, "failed", None)
-    return None if failed is None else str(failed) or type(failed).__name__
+    if failed is None:
+        return None
+    if detailed or isinstance(failed, RingfenceError):
+        return str(failed) or type(failed).__name__
+    return f"{type(failed).__name__} (the details with the metrics token, on /readyz)"
 
 
 class RefuseWritesWhenStopped:
@@ -551,14 +559,16 @@ def create_app(
         # a broken invariant (shard_halted): every command is refused
         shard_halted, active_count = exchange.read(lambda engine: (engine.halted, len(active_halts(engine))))
         ready = node.failed is None and node.writer is not None and shard_halted is None
+        detailed = metrics_gate.refusal(request.headers.get("authorization")) is None
 
         body: dict[str, Any] = {
             "ready": ready,
             "last_seq": exchange.last_seq,
             "halted": node.failed is not None or shard_halted is not None,
             "active_halts": active_count,
-            "stopped": stopped_reason(node),  # why the node stopped (deposed, fenced, a failed write), else null
-            "custody": _custody_readiness(custody, metrics_gate.refusal(request.headers.get("authorization")) is None),
+            # why the node stopped (deposed, fenced, a failed write), else null
+            "stopped": stopped_reason(node, detailed),
+            "custody": _custody_readiness(custody, detailed),
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
