@@ -334,21 +334,9 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
 
     try:
         settings = Settings(**settings_overrides(data, demo, public_url, forwarded_allow_ips))  # type: ignore[arg-type]
-        if replicate and standby:
-            raise ConfigError("give --replicate (primary) or --standby (follower), not both", field="--standby")
-        if standby and demo:
-            raise ConfigError("a standby takes its state from the primary's stream; --demo is for a primary", field="--demo")
-        if replicate or standby:
-            from .. import nodekey
-            from ..replication import parse_target
+        from ..replication.serving import check_options
 
-            parse_target(replicate or standby or "", "--replicate" if replicate else "--standby")
-            if peers is None and settings.mode != "dev":
-                raise ConfigError("a replicated node outside dev mode needs a peers file: the node id -> public key of "
-                                  "every node (`ringfence replication node-key`), so a standby applies only batches they "
-                                  "signed", field="--peers")
-            if peers is not None:
-                nodekey.load_peers(peers)
+        check_options(replicate, standby, demo, peers, settings.mode)
         settings.check_production_safe()  # as load_settings, after the replication options (serve's order before)
         from ..custody.runtime import parse_chain_settings
 

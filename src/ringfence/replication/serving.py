@@ -29,10 +29,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
     Returns the replicator and, for a promoted standby, its `WarmStart` (api/service.py): the
     engine and the API read models it kept current batch by batch as it followed, which the
     exchange takes over instead of replaying the journal (None otherwise)."""
-    if replicate and standby:
-        raise ConfigError("give --replicate (primary) or --standby (follower), not both", field="--standby")
-    if standby and demo:
-        raise ConfigError("a standby takes its state from the primary's stream; --demo is for a primary", field="--demo")
+    check_options(replicate, standby, demo, None, "dev")  # (node_trust checks --peers, with the node's own entry)
     ident = node_id or f"{socket.gethostname()}-{port}"
     if not (replicate or standby):
         return None, None
@@ -75,6 +72,30 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
     return Replicator(target, ident, data / "engine", key=key, peers=trusted), None
 
 
+#: a replicated node outside dev mode without --peers
+NEEDS_PEERS = ("a replicated node outside dev mode needs a peers file: the node id -> public key of every node "
+               "(`ringfence replication node-key`), so a standby applies only batches they signed")
+
+
+def check_options(replicate: str | None, standby: str | None, demo: bool, peers: Path | None, mode: str) -> None:
+    """The replication options alone, before anything is made or connected (`serve` checks them before it creates
+    its data folder, and `before_build` again): one role, no --demo for a standby, the URL, and outside dev mode a
+    peers file that reads."""
+    from .. import nodekey
+
+    if replicate and standby:
+        raise ConfigError("give --replicate (primary) or --standby (follower), not both", field="--standby")
+    if standby and demo:
+        raise ConfigError("a standby takes its state from the primary's stream; --demo is for a primary", field="--demo")
+    if not (replicate or standby):
+        return
+    parse_target(replicate or standby or "", "--replicate" if replicate else "--standby")
+    if peers is None and mode != "dev":
+        raise ConfigError(NEEDS_PEERS, field="--peers")
+    if peers is not None:
+        nodekey.load_peers(peers)
+
+
 def node_trust(data: Path, ident: str, peers: Path | None, say: Callable[[str], None], *,
                standby: bool = False) -> tuple[Any, Any]:
     """This node's key (DATA_DIR/node.key, made on first start) and the peers it trusts.
@@ -94,9 +115,7 @@ def node_trust(data: Path, ident: str, peers: Path | None, say: Callable[[str], 
                           f"record they signed (this node's entry: {{\"{ident}\": \"{nodekey.public_hex(key)}\"}})",
                           field="--peers")
     if peers is None and os.environ.get("RINGFENCE_MODE", "dev") != "dev":
-        raise ConfigError("a replicated node outside dev mode needs a peers file: the node id -> public key of every "
-                          "node (`ringfence replication node-key`), so a standby applies only batches they signed",
-                          field="--peers")
+        raise ConfigError(NEEDS_PEERS, field="--peers")
     key = nodekey.load_or_create(data)
     if peers is None:
         say(f"WARNING: no --peers: node {ident} signs what it publishes and its leader record, but checks no other "
