@@ -30,7 +30,8 @@ _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` readable by its owner only (0600 whatever the umask), atomically."""
+    """Write `data` to `path` readable by its owner only (0600 whatever the umask), atomically and
+    durably: the file synced, renamed into place, then its folder synced (the rename survives a crash)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -39,6 +40,11 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
     os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover .tmp file
     os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def load_key(path: Path, field: str = "--node-key") -> Ed25519PrivateKey:

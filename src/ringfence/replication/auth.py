@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -99,12 +98,9 @@ def nats_config(stream: str, passwords: dict[str, str], *, port: int = 4222, sto
 
 
 def _write_0600(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    from ..nodekey import write_private
+
+    write_private(path, text.encode())
 
 
 def write_nats_config(out: Path, stream: str, *, port: int = 4222, store_dir: str = "", host: str = "127.0.0.1",
