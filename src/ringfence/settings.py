@@ -190,22 +190,33 @@ class Settings(BaseSettings):
         return key
 
     def check_production_safe(self) -> None:
-        """Raise ConfigError when prod mode would run with a default secret or insecure origin."""
-        self.secret_key()
-        self.cors_origins()
-        self.forwarded_allow_ips()
-        self.metrics_token()
+        """Raise ConfigError when prod mode would run with a default secret or insecure origin (every problem
+        in one error; `production_problems` lists them one by one)."""
+        problems = self.production_problems()
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise ConfigError("; ".join(str(p) for p in problems))
+
+    def production_problems(self) -> list[ConfigError]:
+        """Every reason this configuration may not run, each naming its variable: an operator fixes them all
+        at once instead of meeting them one start at a time."""
+        problems: list[ConfigError] = []
+        for check in (self.secret_key, self.cors_origins, self.forwarded_allow_ips, self.metrics_token):
+            try:
+                check()
+            except ConfigError as err:
+                problems.append(err)
         if self.mode == "dev":
-            return
+            return problems
         if self.identity_secret_key_hex.lower() == DEV_IDENTITY_SECRET_KEY_HEX:
-            raise ConfigError(
-                "the default dev key is refused outside dev mode; set a random 32-byte hex key",
-                field="RINGFENCE_IDENTITY_SECRET_KEY_HEX",
-            )
+            problems.append(ConfigError("the default dev key is refused outside dev mode; set a random 32-byte hex key",
+                                        field="RINGFENCE_IDENTITY_SECRET_KEY_HEX"))
         if self.identity_argon2_memory_kib < 19456:
-            raise ConfigError("must be at least 19456 KiB outside dev mode", field="RINGFENCE_IDENTITY_ARGON2_MEMORY_KIB")
+            problems.append(ConfigError("must be at least 19456 KiB outside dev mode", field="RINGFENCE_IDENTITY_ARGON2_MEMORY_KIB"))
         if not self.identity_origin.startswith("https://"):
-            raise ConfigError("must be an https:// origin outside dev mode", field="RINGFENCE_IDENTITY_ORIGIN")
+            problems.append(ConfigError("must be an https:// origin outside dev mode", field="RINGFENCE_IDENTITY_ORIGIN"))
+        return problems
 
 
 def load_settings(**overrides: object) -> Settings:

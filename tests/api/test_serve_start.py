@@ -55,3 +55,17 @@ def test_a_refused_start_leaves_no_folder_behind(tmp_path, env, args, named):
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr and named in out.stderr, out.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_prod_mode_names_every_problem_in_one_refused_start(tmp_path):
+    # an operator fixes them all at once instead of meeting them one start at a time
+    out = serve(tmp_path, "--demo", RINGFENCE_MODE="prod", RINGFENCE_IDENTITY_ORIGIN="http://x",
+                RINGFENCE_IDENTITY_ARGON2_MEMORY_KIB="1024")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    named = ("RINGFENCE_IDENTITY_SECRET_KEY_HEX", "RINGFENCE_IDENTITY_ARGON2_MEMORY_KIB", "RINGFENCE_IDENTITY_ORIGIN",
+             "RINGFENCE_CUSTODY_CHAINS")
+    assert len(lines) == len(named), lines
+    for name, line in zip(named, lines):
+        assert line.startswith("error: " + name + ":"), (name, lines)
+    assert not (tmp_path / "d").exists()

@@ -323,10 +323,12 @@ def serve_through_gateways(app: Any, data: Path, listener: Any, gateways: int, p
 def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_ips: str | None, replicate: str | None,
                        standby: str | None, peers: Path | None) -> None:
     """What refuses a start, checked before `serve` creates anything (exit 2, one line per problem, no
-    traceback), in the order a start met them before: every bad RINGFENCE_ variable at once, the replication
-    options (replication/serving.py checks them again), the prod-mode rules, the custody chains' mode and, outside
-    dev mode, the SMTP server (probed again when the mail delivery starts)."""
+    traceback): every bad RINGFENCE_ variable at once; once the variables parse, every other problem at once —
+    the replication options (replication/serving.py checks them again), the prod-mode rules and the custody
+    chains' mode — and, outside dev mode with nothing else wrong, the SMTP server (probed again when the mail
+    delivery starts)."""
     from pydantic import ValidationError as SettingsInvalid
+    from rich.markup import escape
 
     from ..cli_paths import fail
     from ..errors import ConfigError, RingfenceError
@@ -334,28 +336,37 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
 
     try:
         settings = Settings(**settings_overrides(data, demo, public_url, forwarded_allow_ips))  # type: ignore[arg-type]
-        from ..replication.serving import check_options
-
-        check_options(replicate, standby, demo, peers, settings.mode)
-        settings.check_production_safe()  # as load_settings, after the replication options (serve's order before)
-        from ..custody.runtime import parse_chain_settings
-
-        chains = settings.custody_chains or ("BTC=local,ETH=local,USDT=local" if demo else "")  # as custody_runtime
-        if settings.mode != "dev" and parse_chain_settings(chains):
-            raise ConfigError("the local in-process chains are for dev mode only", field="RINGFENCE_CUSTODY_CHAINS")
-        if settings.mode != "dev" and settings.identity_mail_poll_ms:  # the SMTP probe build makes (identity/delivery.py)
-            from ..identity.mail import probe_smtp
-
-            probe_smtp(settings)
     except SettingsInvalid as err:
         lines = settings_errors(err)
-        for line in lines[:-1]:
-            from rich.markup import escape
+    else:
+        from ..custody.runtime import parse_chain_settings
+        from ..replication.serving import check_options
 
-            tty_console(stderr=True).print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
-        fail(lines[-1])
-    except RingfenceError as err:
-        fail(str(err))
+        problems: list[RingfenceError] = []
+        try:
+            check_options(replicate, standby, demo, peers, settings.mode)
+        except RingfenceError as err:
+            problems.append(err)
+        problems += settings.production_problems()
+        chains = settings.custody_chains or ("BTC=local,ETH=local,USDT=local" if demo else "")  # as custody_runtime
+        try:
+            if settings.mode != "dev" and parse_chain_settings(chains):
+                problems.append(ConfigError("the local in-process chains are for dev mode only", field="RINGFENCE_CUSTODY_CHAINS"))
+        except RingfenceError as err:
+            problems.append(err)
+        if not problems and settings.mode != "dev" and settings.identity_mail_poll_ms:  # the probe build makes (identity/delivery.py)
+            from ..identity.mail import probe_smtp
+
+            try:
+                probe_smtp(settings)
+            except RingfenceError as err:
+                problems.append(err)
+        lines = [str(p) for p in problems]
+    if not lines:
+        return
+    for line in lines[:-1]:
+        tty_console(stderr=True).print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
+    fail(lines[-1])
 
 
 def serve(
