@@ -43,7 +43,14 @@ signer it verified. Anything refused stops the follower (`Refused`); nothing of 
 The leader record is signed too: `sig` is the hex Ed25519 signature of the node it names over
 `ringfence-leader-v1\nSTREAM\n` + the record without `sig` as canonical JSON (sorted keys, no
 spaces). A standby fences only on a record naming itself that carries its own valid signature;
-a primary treats a record with a missing or invalid one as forged (`_claim`, `_renew`).
+a primary treats a record with a missing or invalid one as forged (`_claim`, `_renew`). Its
+`renewal` counter orders the records of an epoch: a standby believes only one above every one it
+saw (`lease_key`; a replayed older record renews no lease).
+
+A signature says who wrote a fence, not that the node may lead: the fence's body is its *grant*
+(`fence_grant`: the operators' approval tokens, or a lease take-over), which every standby checks
+against its own replica's staff register before it accepts the epoch (`grant_refusal`,
+`Follower._check_grant`): a stolen node key alone opens no epoch (third intruder review of #21, R1).
 
 The outcome digest: the primary hashes the events each batch produced (`outcome_digest`: SHA-256
 of their canonical encoding, per command, in order) and sends it on its next batch
