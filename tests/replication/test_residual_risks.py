@@ -158,3 +158,41 @@ def test_a_replayed_leader_record_neither_renews_a_lease_nor_blocks_the_take_ove
             node.close()
         assert any("claimed epoch 2" in line for line in seen), seen
         assert any("a replayed record; its lease is ignored" in line for line in seen), seen
+
+
+def test_a_restarted_standby_does_not_check_again_a_fence_it_applied_past(tmp_path, stream):
+    """R1's compatibility: the grant is checked at the fence's position. A standby restarted later
+    has a replica that moved on (here the approvals have expired in its sequencer time since): the
+    fence it applied past before is history, not checked again; a new standby on a fresh folder
+    checks it at its position, where the approvals were valid, and follows too."""
+    node, replicator, keys = _staffed_primary(tmp_path, stream)
+    target = parse_target(f"{NATS_URL}/{stream}")
+    peers = peers_of("a", "b", "c", "fresh")
+    expires = time.time_ns() + 3 * 10**9  # short-lived approvals
+    tokens = [format_approval(keys[s].sign(PROMOTE_ACTION, promote_subject(stream, "b", 2), expires)) for s in ("ada", "ben")]
+    with running(node, replicator), standby(target, tmp_path, "c", peers=peers) as c:
+        with standby(target, tmp_path, "b", peers=peers) as b:
+            b.poll()
+            promote(target, "b", tokens)
+            assert b.follow_until_promoted() == 2
+            _, _, lock = b.hand_over()
+            lock.release()
+        c.poll()
+        assert c.fence_epoch == 2
+    time.sleep(max(0.0, (expires - time.time_ns()) / 1e9) + 0.2)  # the approvals expire
+    primary = new_node(tmp_path / "b")
+    primary.open()
+    primary.start()
+    leader = Replicator(target, "b", key=key_of("b"), peers=peers)
+    with running(primary, leader):
+        leader.attach(primary)
+        primary.execute(OpenAccount("bob", "BTC"))  # sequencer time past the approvals' expiry
+        with standby(target, tmp_path, "c", peers=peers) as c:  # restarted on its folder
+            c.poll()
+        with standby(target, tmp_path, "c", peers=peers) as c:  # again: its journal now holds that batch
+            assert primary.read(lambda e: e.now_ns) > expires
+            c.poll()
+            assert c.fence_epoch == 2 and c.engine.state_hash() == primary.read(lambda e: e.state_hash())
+        with standby(target, tmp_path, "fresh", peers=peers) as fresh:
+            fresh.poll()
+            assert fresh.fence_epoch == 2 and fresh.engine.state_hash() == primary.read(lambda e: e.state_hash())
