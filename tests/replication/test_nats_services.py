@@ -32,6 +32,15 @@ from .conftest import key_of, peers_of
 STREAM = "RFSVC"
 
 
+def _peers(tmp_path) -> str:
+    """The peers file of nodes a and b (the test keys), for nats-config's promote.NODE grants."""
+    from ringfence.nodekey import public_hex
+
+    path = tmp_path / "peers.json"
+    path.write_text(json.dumps({node: public_hex(key_of(node)) for node in ("a", "b")}))
+    return str(path)
+
+
 def _start_services(tmp_path, *extra: str):
     """`nats-config` with `extra` options, then nats-server with the config: (port, passwords, process)."""
     binary = shutil.which("nats-server")
@@ -40,7 +49,8 @@ def _start_services(tmp_path, *extra: str):
         port = free_port()
         out = tmp_path / f"auth{attempt}"
         made = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "nats-config", "--stream", STREAM,
-                               "--out", str(out), "--port", str(port), "--store-dir", str(tmp_path / f"js{attempt}"), *extra],
+                               "--out", str(out), "--port", str(port), "--store-dir", str(tmp_path / f"js{attempt}"),
+                               "--peers", _peers(tmp_path), *extra],
                               capture_output=True, text=True, timeout=60)
         assert made.returncode == 0, made.stdout + made.stderr
         assert all(oct((out / f).stat().st_mode & 0o777) == "0o600" for f in os.listdir(out))
@@ -138,6 +148,11 @@ def test_each_service_may_do_only_its_own_work(tmp_path, nats_services):
         outcome = asyncio.run(_try_publish(_url(port, "rf-operator", pw["rf-operator"]), f"$KV.{STREAM}-leader.leader",
                                            json.dumps({"epoch": 9, "node": "x"}).encode(), {}))
         assert outcome != "stored", outcome
+        # R3: nor a promotion request for a node the peers file does not hold (it made any number of 64 KiB keys)
+        for user in ("rf-operator", "rf-node"):
+            for key in ("promote.zz", "promote.a.b", "promote.x1"):
+                outcome = asyncio.run(_try_publish(_url(port, user, pw[user]), f"$KV.{STREAM}-leader.{key}", b"x" * 1000, {}))
+                assert outcome != "stored" and "ermission" in outcome, (user, key, outcome)
         info = replicator.link.call(replicator.link.js.stream_info(STREAM))
         assert info.state.last_seq == last, "a message from a service without the right got into the stream"
         assert leader_of(replicator.link, replicator.kv)[0]["node"] == "a"
@@ -318,15 +333,23 @@ def test_nats_config_listens_on_loopback_and_elsewhere_only_with_tls(tmp_path):
         return subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "nats-config", "--stream", STREAM, *extra],
                               capture_output=True, text=True, timeout=60, env=dict(os.environ, COLUMNS="300"))
 
-    made = config("--out", str(tmp_path / "plain"))
+    refused = config("--out", str(tmp_path / "nopeers"))  # R3: the grants name the peers' nodes
+    assert refused.returncode == 2 and "--peers: give the peers file" in refused.stdout + refused.stderr, refused.stderr
+    assert not (tmp_path / "nopeers").exists()
+    made = config("--out", str(tmp_path / "plain"), "--peers", _peers(tmp_path))
     assert made.returncode == 0, made.stdout + made.stderr
+    granted = {user["user"]: user["permissions"]["publish"]["allow"] for user in
+               json.loads((tmp_path / "plain" / "nats-server.conf").read_text())["authorization"]["users"]}
+    assert [s for s in granted["rf-operator"] if "promote" in s] == [f"$KV.{STREAM}-leader.promote.a",
+                                                                     f"$KV.{STREAM}-leader.promote.b"], granted
     written = json.loads((tmp_path / "plain" / "nats-server.conf").read_text())
     assert (written["host"], "tls" in written) == ("127.0.0.1", False)
     for listen in ("0.0.0.0", "10.0.0.5", "nats.example.com"):
-        refused = config("--out", str(tmp_path / listen), "--listen", listen)
+        refused = config("--out", str(tmp_path / listen), "--listen", listen, "--peers", _peers(tmp_path))
         assert refused.returncode == 2 and "clear text" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
         assert not (tmp_path / listen).exists()
-    refused = config("--out", str(tmp_path / "nokey"), "--listen", "0.0.0.0", "--tls-cert", str(tmp_path / "missing.pem"))
+    refused = config("--out", str(tmp_path / "nokey"), "--listen", "0.0.0.0", "--tls-cert", str(tmp_path / "missing.pem"),
+                     "--peers", _peers(tmp_path))
     assert refused.returncode == 2 and "--tls-cert" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
 
     from cryptography import x509
@@ -377,7 +400,7 @@ def test_a_credential_without_a_nodes_rights_is_named_not_a_traceback(tmp_path, 
         assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
         assert f"--replicate: NATS user {user} may not use stream {stream}" in " ".join(out.split()), out[-3000:]
         assert pw[user] not in out
-    for command in (["status"], ["promote", "--node-id", "b", "--wait-s", "1"]):
+    for command in (["status"], ["promote", "--node-id", "b", "--wait-s", "1", "--peers", _peers(tmp_path)]):
         proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", *command, "--nats",
                                f"nats://rf-monitor@127.0.0.1:{port}/NOTGRANTED"], capture_output=True, text=True, timeout=120,
                               env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw["rf-monitor"]))

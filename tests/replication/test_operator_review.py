@@ -18,9 +18,20 @@ from api.conftest import free_port
 from ringfence.cli import app
 from ringfence.replication.drill import DrillResult, write_report
 
-from .conftest import NATS_URL, Standby
+from .conftest import NATS_URL, Standby, key_of
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+def _peers_file(tmp_path: Path) -> str:
+    """A peers file naming node b (promote needs one)."""
+    import json
+
+    from ringfence.nodekey import public_hex
+
+    path = tmp_path / "peers.json"
+    path.write_text(json.dumps({"b": public_hex(key_of("b"))}))
+    return str(path)
 
 
 def _cli(*args: str) -> tuple[int, str]:
@@ -81,7 +92,9 @@ def test_replication_commands_exit_2_for_bad_input_and_1_when_the_system_refuses
     assert code == 2 and "--key: no key file" in out, out
     code, out = _cli("replication", "status", "--nats", "nats://127.0.0.1:1/RF")
     assert code == 1 and "--nats: cannot reach NATS at nats://127.0.0.1:1" in out, out
-    code, out = _cli("replication", "promote", "--nats", "nats://127.0.0.1:1/RF", "--node-id", "b", "--wait-s", "1")
+    peers = _peers_file(tmp_path)
+    code, out = _cli("replication", "promote", "--nats", "nats://127.0.0.1:1/RF", "--node-id", "b", "--wait-s", "1",
+                     "--peers", peers)
     assert code == 1 and "refused: --nats: cannot reach NATS" in out, out
     for command in ("promote", "status", "nats-config"):
         code, out = _cli("replication", command, "--help")
@@ -169,7 +182,7 @@ def test_the_drill_report_reads_for_an_operator_in_a_browser(tmp_path, failed):
             browser.close()
 
 
-def test_status_and_promote_name_a_missing_stream_and_do_not_create_it(stream):
+def test_status_and_promote_name_a_missing_stream_and_do_not_create_it(tmp_path, stream):
     import asyncio
 
     import nats
@@ -177,7 +190,8 @@ def test_status_and_promote_name_a_missing_stream_and_do_not_create_it(stream):
 
     code, out = _cli("replication", "status", "--nats", f"{NATS_URL}/{stream}")
     assert code == 1 and f"--nats: stream {stream} does not exist on {NATS_URL} (is the name right? streams here:" in out, out
-    code, out = _cli("replication", "promote", "--nats", f"{NATS_URL}/{stream}", "--node-id", "b", "--wait-s", "1")
+    code, out = _cli("replication", "promote", "--nats", f"{NATS_URL}/{stream}", "--node-id", "b", "--wait-s", "1",
+                     "--peers", _peers_file(tmp_path))
     assert code == 1 and f"refused: --nats: stream {stream} does not exist" in out and "no standby follows it" in out, out
 
     async def exists() -> bool:

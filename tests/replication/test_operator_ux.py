@@ -141,8 +141,13 @@ def test_promote_refuses_at_once_a_node_that_already_leads_or_is_not_in_the_peer
     replicator = Replicator(parse_target(url), "a", key=key_of("a"))
     try:
         replicator.attach(node)
+        # R4: without a peers file a mistyped --node-id waited --wait-s for a standby that never answers; now refused at once
         started = time.monotonic()
-        code, out = _cli("replication", "promote", "--nats", url, "--node-id", "a", "--wait-s", "20")
+        code, out = _cli("replication", "promote", "--nats", url, "--node-id", "zz", "--wait-s", "20")
+        assert code == 2 and "--peers: give the peers file (or RINGFENCE_REPLICATION_PEERS)" in out, out
+        assert time.monotonic() - started < 10, "it waited for a verdict that never comes"
+        started = time.monotonic()
+        code, out = _cli("replication", "promote", "--nats", url, "--node-id", "a", "--wait-s", "20", "--peers", str(peers))
         assert code == 1 and "--node-id: a already leads at epoch 1" in out, out
         assert time.monotonic() - started < 10, "it waited for a verdict that never comes"
     finally:

@@ -29,6 +29,9 @@ from pgtest import pg_database
 
 from api.conftest import Server, free_port
 from ringfence.app import replay_journal
+from ringfence.replication import PROMOTE_ACTION, promote_subject
+from ringfence.staff.console import load_key
+from ringfence.staff.decisions import format_approval
 
 from .conftest import NATS_URL, Standby, peers_file
 
@@ -104,24 +107,31 @@ def start_pair(tmp_path: Path, stream: str, pg_url: str, feed: bool = False) -> 
     return primary, standby, url
 
 
+def _peers(staff: Path) -> str:
+    """The peers file of `start_pair`, next to the primary's folder that holds `staff` (demo-staff.json)."""
+    return str(staff.parent.parent / "peers.json")
+
+
 def promote_is_a_quorum_decision(staff: Path, url: str, primary: Server, trader: Trader) -> None:
     """Refused, with the primary still serving: one operator alone, a forged second signature, a
     non-operator as the second signer, a token signed for another node. The standby checks each
     against the staff register of its own replica."""
-    one = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--wait-s", "30",
+    one = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--wait-s", "30",
              check=False)
     assert one.returncode == 1 and "refused by rule 'quorum'" in " ".join((one.stdout + one.stderr).split()), one.stdout + one.stderr
-    ben = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ben", "--sign-only").stdout.strip()
+    ben = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ben", "--sign-only").stdout.strip()
     staff_id, nonce, expires, signature = ben.split(":")
     forged = ":".join([staff_id, nonce, expires, ("0" if signature[0] != "0" else "1") + signature[1:]])
-    bad = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--approval", forged,
+    bad = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--approval", forged,
              "--wait-s", "30", check=False)
     assert bad.returncode == 1 and "refused by rule 'signature-valid'" in " ".join((bad.stdout + bad.stderr).split()), bad.stderr
-    cy = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--key", f"{staff}#cy",
+    cy = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--key", f"{staff}#cy",
             "--wait-s", "30", check=False)
     assert cy.returncode == 1 and "refused by rule 'role-required'" in " ".join((cy.stdout + cy.stderr).split()), cy.stderr
-    other = rf("replication", "promote", "--nats", url, "--node-id", "c", "--key", f"{staff}#ben", "--sign-only").stdout.strip()
-    moved = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--approval", other,
+    # a token for node c, which the peers file does not hold (promote --sign-only refuses it): signed as the command would
+    other = format_approval(load_key(f"{staff}#ben").sign(PROMOTE_ACTION, promote_subject(url.rsplit("/", 1)[1], "c", 2),
+                                                          time.time_ns() + 600 * 10**9))
+    moved = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--approval", other,
                "--wait-s", "30", check=False)
     assert moved.returncode == 1 and "signature-valid" in moved.stdout + moved.stderr, moved.stderr
     status = json.loads(rf("replication", "status", "--nats", url).stdout)
@@ -167,7 +177,7 @@ def test_standby_follows_and_a_promotion_fences_the_old_primary(tmp_path, stream
             views = {path: httpx.get(primary.base + path).json() for path in
                      ("/api/v3/depth?symbol=BTCUSDT&limit=100", "/api/v3/trades?symbol=BTCUSDT", "/api/v3/ticker/24hr?symbol=BTCUSDT")}
             staff = tmp_path / "a" / "demo-staff.json"
-            out = rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada",
+            out = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada",
                      "--key", f"{staff}#ben").stdout
             assert "promoted b at epoch 2 (was a at epoch 1); approved by ada, ben" in " ".join(out.split())
             standby.wait_ready()
@@ -213,7 +223,7 @@ def test_a_standby_promoted_from_a_demo_primary_carries_its_index_feed_on(tmp_pa
         try:
             assert "index feed: simulated venues" in primary.log_text()
             staff = tmp_path / "a" / "demo-staff.json"
-            rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--key", f"{staff}#ben")
+            rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--key", f"{staff}#ben")
             standby.wait_ready()
             cut = int(standby.wait_for(r"journal sequence (\d+) state hash").group(1))
             assert "index feed: simulated venues sim1..sim5" in standby.text(), standby.text()[-3000:]
@@ -263,7 +273,7 @@ def test_sigkill_of_the_primary_loses_no_acknowledged_order(tmp_path, stream):
             loader.join(20)
             assert len(acked) >= 5, acked
             staff = tmp_path / "a" / "demo-staff.json"
-            rf("replication", "promote", "--nats", url, "--node-id", "b", "--key", f"{staff}#ada", "--key", f"{staff}#ben")
+            rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--key", f"{staff}#ben")
             standby.wait_ready()
             m = standby.wait_for(r"journal sequence (\d+) state hash ([0-9a-f]{64})")
             b = Trader(standby.base, alice)

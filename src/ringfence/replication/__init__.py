@@ -43,7 +43,14 @@ signer it verified. Anything refused stops the follower (`Refused`); nothing of 
 The leader record is signed too: `sig` is the hex Ed25519 signature of the node it names over
 `ringfence-leader-v1\nSTREAM\n` + the record without `sig` as canonical JSON (sorted keys, no
 spaces). A standby fences only on a record naming itself that carries its own valid signature;
-a primary treats a record with a missing or invalid one as forged (`_claim`, `_renew`).
+a primary treats a record with a missing or invalid one as forged (`_claim`, `_renew`). Its
+`renewal` counter orders the records of an epoch: a standby believes only one above every one it
+saw (`lease_key`; a replayed older record renews no lease).
+
+A signature says who wrote a fence, not that the node may lead: the fence's body is its *grant*
+(`fence_grant`: the operators' approval tokens, or a lease take-over), which every standby checks
+against its own replica's staff register before it accepts the epoch (`grant_refusal`,
+`Follower._check_grant`): a stolen node key alone opens no epoch (third intruder review of #21, R1).
 
 The outcome digest: the primary hashes the events each batch produced (`outcome_digest`: SHA-256
 of their canonical encoding, per command, in order) and sends it on its next batch
@@ -75,7 +82,7 @@ from ..engine.core import STATE_DIGEST_FORMAT
 from .epochs import EpochBackwards, EpochMemory, bounded_int, epoch_above
 
 __all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "PromotionRefused", "promote", "leader_of",
-           "parse_target", "PROMOTE_ACTION", "promote_subject", "masked", "Refused", "signed_bytes", "sign_leader",
+           "parse_target", "PROMOTE_ACTION", "promote_subject", "masked", "Refused", "signed_bytes", "sign_leader", "lease_key",
            "leader_signature_ok", "harden", "HARDENED", "EpochBackwards"]
 
 T = TypeVar("T")
@@ -411,6 +418,20 @@ class NatsLink:
         self._thread.join(5)
 
 
+def lease_key(record: Mapping[str, Any]) -> tuple[int, int, int]:
+    """How new a (verified) leader record is: (epoch, 1, renewal) — its writer counts `renewal` up
+    in every record of an epoch — or, for a record of a primary before session 15 (no `renewal`),
+    (epoch, 0, renewed_at_ns). A standby believes only a record whose key is above every one it saw:
+    an older genuine record put back (a replay) neither renews nor ends a lease (intruder review of
+    #21, R2)."""
+    epoch = bounded_int(record.get("epoch")) or 0
+    renewal = bounded_int(record.get("renewal"))
+    if renewal is not None:
+        return epoch, 1, renewal
+    at = record.get("renewed_at_ns")
+    return epoch, 0, at if type(at) is int and 0 <= at < 2**63 else 0
+
+
 def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
     """The leader record and its KV revision (None, 0 when nobody has claimed leadership yet)."""
     from nats.js.errors import KeyNotFoundError
@@ -424,7 +445,7 @@ def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
     except (ValueError, TypeError):
         record = None
     if not isinstance(record, dict) or not isinstance(record.get("node"), str) or bounded_int(record.get("epoch")) is None \
-            or ("lease_ms" in record and bounded_int(record["lease_ms"]) is None):
+            or any(key in record and bounded_int(record[key]) is None for key in ("lease_ms", "renewal")):
         # not a record any node wrote (a forgery; an epoch or lease that is not a number of at most 18
         # digits): shown as such; no node acts on it
         return {"epoch": 0, "node": "", "unreadable": True}, int(entry.revision)
@@ -521,6 +542,64 @@ class PromotionRefused(RingfenceError, PermissionError):
     default_message = "the promotion was refused"
 
 
+GRANT_FORMAT = "ringfence-grant-v1"
+
+
+def fence_grant(record: Mapping[str, Any]) -> bytes:
+    """The body of the fence that opens the epoch of leader `record` (its grant, canonical JSON):
+    `{"format", "epoch", "node"}` and either `approvals` (the operators' tokens the promotion
+    carried) or `took_over_from` (a lease take-over). Every node checks it (`grant_refusal`)."""
+    grant: dict[str, Any] = {"format": GRANT_FORMAT, "epoch": int(record["epoch"]), "node": record["node"]}
+    if "took_over_from" in record:
+        grant["took_over_from"] = record["took_over_from"]
+    else:
+        grant["approvals"] = list(record.get("approvals") or [])
+    return json.dumps(grant, sort_keys=True, separators=(",", ":")).encode()
+
+
+def grant_refusal(engine: Any, stream: str, node: str, epoch: int, body: bytes, *, take_overs: bool) -> str:
+    """Why the fence of `node` opening `epoch` (its `body`, `fence_grant`) is not granted, or "" when
+    it is: the operators' quorum over `[stream, node, epoch]` verified against the staff register of
+    `engine` (the replica at the fence's position: registered, active operators, distinct people,
+    valid signatures, unexpired in sequencer time; no staff registered: no quorum to check, as for
+    `verify_promotion`); a lease take-over only where `take_overs` (the node's URL has lease_ms or
+    auto_promote: it fails over on its own). A node key alone no longer opens an epoch (intruder
+    review of #21, R1)."""
+    from ..staff.decisions import OPERATOR, parse_approval
+    from ..staff.state import MAX_APPROVALS, check_quorum
+
+    if not body:
+        return ("it carries no grant (a fence of a ringfence before session 15, or of someone holding that node's key): "
+                "upgrade every node before promoting; a standby built after the upgrade on such a stream starts from a "
+                "backup of a node that applied past it (docs/resilience.md)")
+    try:
+        grant = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return "its grant is not JSON"
+    if not isinstance(grant, dict) or grant.get("format") != GRANT_FORMAT:
+        return f"its grant is not a JSON object with format {GRANT_FORMAT!r}"
+    if grant.get("epoch") != epoch or grant.get("node") != node:
+        return f"its grant is for node {grant.get('node')!r} at epoch {grant.get('epoch')!r}, not {node!r} at {epoch}"
+    if "took_over_from" in grant:
+        if not take_overs:
+            return (f"it opens the epoch by a lease take-over from {grant['took_over_from']!r}, and this node's URL has "
+                    "neither lease_ms nor auto_promote (promotion by the operators' quorum only): give every node the "
+                    "same lease options if the cluster is to fail over on its own")
+        return ""
+    tokens = grant.get("approvals")
+    if not isinstance(tokens, list) or len(tokens) > MAX_APPROVALS or not all(isinstance(t, str) for t in tokens):
+        return f"approvals: a list of at most {MAX_APPROVALS} approval tokens (STAFF_ID:NONCE:EXPIRES_NS:SIGNATURE)"
+    staff = engine.components.get("staff")
+    if staff is None or not staff.members:
+        return ""  # no staff identities in this exchange: the operator's NATS credential decided
+    try:
+        sigs = [parse_approval(t, f"approvals[{i}]") for i, t in enumerate(tokens)]
+        check_quorum(engine, PROMOTE_ACTION, promote_subject(stream, node, epoch), sigs, OPERATOR, field="approvals")
+    except RingfenceError as err:
+        return f"the operators' approvals do not verify against this node's staff register: {err}"
+    return ""
+
+
 def _headers(kind: str, epoch: int, first_seq: int, count: int, prev_hash: bytes, record_hash: bytes,
              state_hash: str, expected: int) -> dict[str, str]:
     return {
@@ -550,6 +629,8 @@ class Replicator:
         self.peers = peers
         self._session = secrets.token_hex(8)  # `Rf-Session`: this publisher's run
         self._carried: dict[str, Any] = {}  # the claimed record's approvals, kept in each renewal
+        #: the record's `renewal` counter: one more in each record written in an epoch (`lease_key`)
+        self.renewal = 0
         #: the highest epoch this node saw or held (`node_dir/replication-epoch.json`; epochs.py)
         self.memory = EpochMemory(node_dir, target.stream)
         self.link = NatsLink(target)
@@ -598,9 +679,10 @@ class Replicator:
         self._digest_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _record(self) -> bytes:
+        self.renewal += 1  # every value written is above the last: a replayed older one is known by it
         return sign_leader(self.key, self.target.stream, {
             **self._carried, "epoch": self.epoch, "node": self.node_id, "lease_ms": self.target.lease_ms,
-            "renewed_at_ns": time.time_ns()})
+            "renewed_at_ns": time.time_ns(), "renewal": self.renewal})
 
     def _forged(self, leader: Mapping[str, Any]) -> bool:
         """A leader record is forged when it does not carry the signature of the node it names (own
@@ -631,6 +713,7 @@ class Replicator:
                          "--standby, or promote it with `ringfence replication promote`", field="--replicate")
         self.epoch, self.revision = self._epoch_above(leader), revision
         self.memory.see(self.epoch)
+        self.renewal = bounded_int(leader.get("renewal", 0)) or 0  # resumed: the next renewal counts on from it
         self._carried = {k: leader[k] for k in ("approved_by", "approvals", "took_over_from") if k in leader}
         return self.epoch
 
@@ -660,6 +743,12 @@ class Replicator:
             if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) == self.epoch:
                 self.revision = revision  # our own renewal that timed out earlier landed late: still ours
                 return
+            reason = self._not_granted(leader) if leader is not None else ""
+            if reason and leader is not None:  # still the safe side: the stream refuses this node's next batch once that node's fence is in
+                self._fence_self(f"deposed at epoch {self.epoch} by a leader record naming {leader['node']!r} at epoch "
+                                 f"{leader['epoch']} that the operators did not grant ({reason}): the standbys refuse its "
+                                 "fence; check who holds that node's key")
+                return
             self._fence_self(f"the leadership record changed: this node was deposed at epoch {self.epoch}")
             return
         except Exception as err:  # noqa: BLE001 - any failure to renew counts against the lease, checked below
@@ -667,6 +756,20 @@ class Replicator:
                 self._fence_self(f"the lease of {self.target.lease_ms} ms expired: NATS unreachable ({type(err).__name__})")
             return
         self.renewed_at = sent
+
+    def _not_granted(self, leader: Mapping[str, Any]) -> str:
+        """Why the record that deposed this primary opens its epoch without a grant (`grant_refusal`,
+        checked against this node's state), or ""."""
+        node = self.node
+        if node is None or self.peers is None:
+            return ""
+        grant = fence_grant(leader)
+        take_overs = bool(self.target.lease_ms or self.target.auto_promote)
+        try:
+            return str(node.read(lambda engine: grant_refusal(engine, self.target.stream, str(leader["node"]),
+                                                              int(leader["epoch"]), grant, take_overs=take_overs)))
+        except Exception as err:  # noqa: BLE001 - the reason is for the log; the node is fenced either way
+            return f"not checked: {type(err).__name__}"
 
     def _fence_self(self, why: str) -> None:
         self.lost = why
@@ -1140,6 +1243,11 @@ class Follower:
         self._owed_hash = False  # a catch-up record without the state hash: the next one must be catch-up or carry it
         self._forged_seen = -1  # the revision of a forged leader record already reported
         self._untrusted_seen = -1  # the revision of an unverified leader record naming another node already reported
+        self._replay_seen = -1  # the revision of a replayed leader record already reported
+        #: the newest verified leader record seen (`lease_key`), and when (monotonic s): its lease is the one that runs
+        self._freshest: tuple[int, int, int] = (-1, 0, 0)
+        self._freshest_record: dict[str, Any] | None = None
+        self._fresh_at = 0.0  # float-ok: monotonic seconds
         self.on_progress = on_progress
         check_node_placement(node_dir)
         node_dir.mkdir(parents=True, exist_ok=True)
@@ -1163,6 +1271,9 @@ class Follower:
             self.lock.release()
             raise
         self.stream_seq = 0  # last stream message consumed
+        #: the journal sequence after the last complete record read from the stream: while it is below the
+        #: journal writer's next sequence, the stream is showing what this node applied before (a restart)
+        self._stream_next = 1
         self._pending: tuple[tuple[str, str, int], list[bytes]] | None = None  # chunks of a large record
         self.fence_epoch = 0
         self.batches_applied = 0
@@ -1200,6 +1311,7 @@ class Follower:
             if self._local.get(first_seq + count - 1) != bytes.fromhex(headers["Rf-Hash"]):
                 raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} differs from this standby's "
                                      "journal: the histories diverged; rebuild this standby on a fresh folder")
+            self._stream_next = max(self._stream_next, first_seq + count)
             return
         if first_seq != w.next_seq or bytes.fromhex(headers["Rf-Prev-Hash"]) != w.last_hash:
             raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} does not follow sequence "
@@ -1210,6 +1322,7 @@ class Follower:
         self._require_state_check(headers, first_seq + count - 1)
         batch = self._decoded(payload, first_seq, count)  # validated before anything is appended
         w.append(payload, first_seq, count)
+        self._stream_next = max(self._stream_next, first_seq + count)
         outputs: list[list[Any]] = []
         for i, command in enumerate(batch.commands):
             try:
@@ -1333,6 +1446,7 @@ class Follower:
             self._verify(self.stream_seq + 1, headers, msg.data or b"")
             self.stream_seq += 1
             if headers.get("Rf-Kind") == KIND_FENCE:
+                self._check_grant(self.stream_seq, headers, msg.data or b"")
                 self._pending = None  # a record cut off by a failover was never acknowledged: dropped
                 self._owed, self._owed_hash = 0, False
                 self.fence_epoch = max(self.fence_epoch, int(headers["Rf-Epoch"]))
@@ -1341,6 +1455,22 @@ class Follower:
                 if payload is not None:
                     self._apply(headers, payload)
             n += 1
+
+    def _check_grant(self, seq: int, headers: Mapping[str, str], body: bytes) -> None:
+        """A fence (already verified as signed by its node, `_verify`) opens its epoch only with a grant
+        this standby verifies itself (`grant_refusal`) against its replica, which stands at the fence's
+        position: not the signer's word. A fence in the part of the stream this node applied past
+        before (a restart: its journal goes further) was accepted then and is not checked again (the
+        replica has moved on; a fence of a version before session 15 carries no grant)."""
+        if self.peers is None or self._stream_next < self.writer.next_seq:
+            return
+        epoch, node = int(headers["Rf-Epoch"]), headers.get("Rf-Node", "")
+        take_overs = bool(self.target.auto_promote or self.target.lease_ms)
+        reason = grant_refusal(self.engine, self.target.stream, node, epoch, body, take_overs=take_overs)
+        if reason:
+            _log.critical("replication: stream message %d: a fence of node %r opening epoch %d is not granted: %s",
+                          seq, node, epoch, reason)
+            raise self._refuse(seq, f"a fence of node {node!r} opening epoch {epoch} is not granted: {reason}")
 
     def _refuse(self, seq: int, reason: str) -> Refused:
         return Refused(f"stream message {seq} refused: {reason}; nothing of it was appended and this standby stops "
@@ -1411,19 +1541,26 @@ class Follower:
         self._pending = None
         return b"".join(parts)
 
-    def _fence(self, epoch: int) -> None:
-        """Publish the fence at `epoch`: only possible once every stream message has been consumed."""
+    def _fence(self, epoch: int, grant: bytes) -> None:
+        """Publish the fence at `epoch` with its `grant` (`fence_grant`) as body: only possible once every
+        stream message has been consumed. The grant is checked first as every other node will check
+        it, at the fence's position: a fence they would refuse is not published (`Refused`)."""
         from nats.js.errors import APIError
 
         while True:
             self.poll()
+            if self.peers is not None:
+                reason = grant_refusal(self.engine, self.target.stream, self.node_id, epoch, grant, take_overs=True)
+                if reason:
+                    raise Refused(f"this standby will not fence epoch {epoch}: {reason}; the other nodes would refuse "
+                                  "the fence. Promote it again with fresh approvals", field="approvals")
             headers = _headers(KIND_FENCE, epoch, self.writer.next_seq, 0, self.writer.last_hash, self.writer.last_hash,
                                self.engine.state_hash(), self.stream_seq)
             headers["Nats-Msg-Id"] += f"-x{self.stream_seq}"
             headers["Rf-Pos"] = str(self.stream_seq + 1)
-            sign_message(self.key, self.node_id, self.target.stream, headers, b"")
+            sign_message(self.key, self.node_id, self.target.stream, headers, grant)
             try:
-                ack = self.link.call(self.link.js.publish(self.target.subject, b"", headers=headers,
+                ack = self.link.call(self.link.js.publish(self.target.subject, grant, headers=headers,
                                                           stream=self.target.stream))
             except APIError as err:
                 if getattr(err, "err_code", None) == ERR_WRONG_LAST_SEQUENCE:
@@ -1437,24 +1574,26 @@ class Follower:
         """Follow the stream; when the leader record names this node, fence and return the epoch."""
         last_report: float | None = None  # float-ok: monotonic seconds
         reported_seq, batches_then = -1, self.batches_applied
-        seen: tuple[int, float] = (-1, time.monotonic())  # float-ok: (revision, when it was first seen)
+        seen = -1  # the revision of the leader record last looked at
         while stop is None or not stop.is_set():
             self.poll()
             leader, revision = leader_of(self.link, self.kv)
-            if revision != seen[0]:
-                seen = (revision, time.monotonic())
+            if revision != seen:
+                seen = revision
                 # a record's epoch is remembered only when its signature verifies (a forged one would raise
                 # every later claim); the fences read from the stream were verified message by message
                 trusted = leader is not None and (self.peers is None or self._trusted(leader))
                 self.memory.see(max(int(leader["epoch"]) if trusted and leader is not None else 0, self.fence_epoch))
+                if leader is not None and self.peers is not None and trusted:
+                    self._observe(leader, revision)
             if self.consider_promotion(leader, revision):
                 leader, revision = leader_of(self.link, self.kv)
             elif leader is not None and leader["node"] != self.node_id:
-                self._maybe_take_over(leader, revision, seen[1])
+                self._maybe_take_over(leader, revision)
             if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) > self.fence_epoch \
                     and self._own_record(leader, revision):
                 self.memory.see(int(leader["epoch"]))
-                self._fence(int(leader["epoch"]))
+                self._fence(int(leader["epoch"]), fence_grant(leader))
                 self.on_progress(f"standby {self.node_id}: promoted at epoch {leader['epoch']}, fenced at stream "
                                  f"sequence {self.stream_seq}, journal sequence {self.engine.last_seq} state hash {self.engine.state_hash()}")
                 return int(leader["epoch"])
@@ -1545,8 +1684,8 @@ class Follower:
             # the lease is the leader's when its record is genuine, else this standby's own URL's: nothing
             # is copied from a record that does not verify
             lease = leader.get("lease_ms", 0) if leader is not None and self._trusted(leader) else self.target.lease_ms
-            record = {"epoch": request["epoch"], "node": self.node_id, "lease_ms": int(lease),
-                      "renewed_at_ns": time.time_ns(), "approved_by": approvers, "approvals": request["approvals"]}
+            record = {"epoch": request["epoch"], "node": self.node_id, "lease_ms": int(lease), "renewed_at_ns": time.time_ns(),
+                      "renewal": 0, "approved_by": approvers, "approvals": request["approvals"]}
             value = sign_leader(self.key, self.target.stream, record)
             self.link.call(self.kv.update("leader", value, last=revision) if revision else self.kv.create("leader", value))
         except KeyWrongLastSequenceError:
@@ -1571,9 +1710,26 @@ class Follower:
         public = None if self.peers is None or leader.get("unreadable") else self.peers.get(str(leader.get("node")))
         return public is not None and leader_signature_ok(leader, self.target.stream, public)
 
-    def _maybe_take_over(self, leader: dict[str, Any], revision: int, seen_at: float) -> None:  # float-ok: monotonic s
-        """With auto_promote: the lease of a *verified* leader record went 2 x lease_ms unrenewed, so
-        claim the next epoch. A record that does not verify against the peers file (forged, unsigned,
+    def _observe(self, leader: dict[str, Any], revision: int) -> None:
+        """A verified leader record at a new revision: a renewal when its `lease_key` is above every
+        one seen (its lease runs from now), else a replay of an older genuine record: ignored,
+        reported once per revision (intruder review of #21, R2)."""
+        key = lease_key(leader)
+        if key > self._freshest:
+            self._freshest, self._freshest_record, self._fresh_at = key, leader, time.monotonic()
+            return
+        if revision != self._replay_seen:
+            self._replay_seen = revision
+            why = (f"leader record at revision {revision} (node {leader.get('node')!r}, epoch {key[0]}, renewal "
+                   f"{key[2] if key[1] else 'none'}) is not newer than one already seen (epoch {self._freshest[0]}, renewal "
+                   f"{self._freshest[2] if self._freshest[1] else 'none'}): a replayed record; its lease is ignored")
+            _log.critical("replication: %s", why)
+            self.on_progress(f"standby {self.node_id}: {why}")
+
+    def _maybe_take_over(self, leader: dict[str, Any], revision: int) -> None:
+        """With auto_promote: the lease of the newest *verified* leader record (`_observe`) went 2 x
+        lease_ms unrenewed, so claim the next epoch. A replayed older record neither renews that
+        lease nor starts one of its own. A record that does not verify against the peers file (forged, unsigned,
         naming a node not in it) has no lease: alerted once per revision, never taken over, and nothing
         of it is copied. Without a peers file there is no automatic take-over at all (intruder review
         of #21, I1: one unsigned KV write would otherwise make a standby depose a primary)."""
@@ -1592,13 +1748,16 @@ class Follower:
                 self.on_progress(f"standby {self.node_id}: leader record at revision {revision} not verified ({why}): "
                                  "no automatic take-over; promotion needs `ringfence replication promote`")
             return
-        lease_ms = int(leader.get("lease_ms", 0))
-        if not lease_ms or time.monotonic() - seen_at < 2 * lease_ms / 1000:
+        fresh = self._freshest_record
+        if fresh is None or fresh.get("node") == self.node_id:
             return
-        if int(leader["epoch"]) < max(self.memory.highest(), self.fence_epoch):
+        lease_ms = int(fresh.get("lease_ms", 0))
+        if not lease_ms or time.monotonic() - self._fresh_at < 2 * lease_ms / 1000:
+            return
+        if int(fresh["epoch"]) < max(self.memory.highest(), self.fence_epoch):
             return  # an old genuine record put back: its lease ended with its epoch
         record = {"epoch": self._next_epoch(leader), "node": self.node_id, "lease_ms": lease_ms,
-                  "renewed_at_ns": time.time_ns(), "took_over_from": leader["node"]}
+                  "renewed_at_ns": time.time_ns(), "renewal": 0, "took_over_from": fresh["node"]}
         try:
             self.link.call(self.kv.update("leader", sign_leader(self.key, self.target.stream, record), last=revision))
         except KeyWrongLastSequenceError:

@@ -7,8 +7,10 @@ service, each allowed exactly the subjects its work needs:
   to `rf.STREAM.batches`, creates its stream and the leadership bucket `STREAM-leader` when they
   are missing (it may not update, purge or delete either), writes the leader record.
 * `rf-operator` — `ringfence replication promote|status`: reads the stream's and the bucket's
-  state and writes promotion *requests* (`promote.NODE`); it cannot publish a batch nor write the
-  leader record (the standby does that, after verifying the staff quorum).
+  state and writes promotion *requests* (`promote.NODE`), for the NODEs of the peers file only
+  (`nats-config --peers`): it cannot make keys for made-up nodes, each value is at most
+  `BUCKET_MAX_VALUE` bytes and each key keeps 16 (intruder review of #21, R3). It cannot publish a
+  batch nor write the leader record (the standby does that, after verifying the staff quorum).
 * `rf-monitor` — `ringfence replication status` only: reads, writes nothing.
 
 Each service gets its replies on its own inbox prefix, `_INBOX_<user>` (`inbox_prefix`; NatsLink
@@ -26,11 +28,14 @@ import ipaddress
 import json
 import secrets
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SERVICES", "inbox_prefix", "is_loopback", "permissions", "nats_config", "write_nats_config"]
+__all__ = ["SERVICES", "inbox_prefix", "is_loopback", "permissions", "nats_config", "write_nats_config", "MAX_NODES"]
 
 SERVICES = ("rf-node", "rf-operator", "rf-monitor")
+#: The most nodes a peers file given to `nats-config` may name: one `promote.NODE` grant each.
+MAX_NODES = 64
 
 
 def inbox_prefix(user: str) -> str:
@@ -50,9 +55,10 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: other machines may reach it
 
 
-def permissions(service: str, stream: str) -> dict[str, Any]:
+def permissions(service: str, stream: str, nodes: Sequence[str]) -> dict[str, Any]:
     """The subjects `service` may publish to, and the one it may subscribe to: its own replies,
-    `inbox_prefix(service).>`.
+    `inbox_prefix(service).>`. A promotion request may be written for each of `nodes` (the peers
+    file's) only: `promote.NODE`, never `promote.>`.
 
     These are every JetStream API call the replication code makes (nats-py 2.16: stream info, a
     message by sequence, a bucket entry by subject, a stream created when missing) and nothing
@@ -61,6 +67,9 @@ def permissions(service: str, stream: str) -> dict[str, Any]:
     no subject permission could express (a `Nats-Rollup` header rides on an allowed publish)."""
     bucket = f"KV_{stream}-leader"
     kv = f"$KV.{stream}-leader"
+    if not nodes or len(nodes) > MAX_NODES:
+        raise ValueError(f"--peers: the peers file must name 1..{MAX_NODES} nodes, it names {len(nodes)}")
+    promotes = [f"{kv}.promote.{node}" for node in sorted(nodes)]
     read = [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.INFO.{bucket}", f"$JS.API.STREAM.MSG.GET.{bucket}",
             f"$JS.API.DIRECT.GET.{bucket}", f"$JS.API.DIRECT.GET.{bucket}.>"]
     if service == "rf-node":
@@ -68,9 +77,9 @@ def permissions(service: str, stream: str) -> dict[str, Any]:
         # sequence (catch-up, following), publishes batches and fences, writes the leader record and
         # answers promotion requests
         publish = read + [f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.STREAM.CREATE.{bucket}",
-                          f"$JS.API.STREAM.MSG.GET.{stream}", f"rf.{stream}.batches", f"{kv}.leader", f"{kv}.promote.>"]
+                          f"$JS.API.STREAM.MSG.GET.{stream}", f"rf.{stream}.batches", f"{kv}.leader", *promotes]
     elif service == "rf-operator":
-        publish = read + [f"{kv}.promote.>"]
+        publish = read + promotes
     elif service == "rf-monitor":
         publish = read
     else:
@@ -78,7 +87,7 @@ def permissions(service: str, stream: str) -> dict[str, Any]:
     return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox_prefix(service)}.>"]}}
 
 
-def nats_config(stream: str, passwords: dict[str, str], *, port: int = 4222, store_dir: str = "", host: str = "127.0.0.1",
+def nats_config(stream: str, passwords: dict[str, str], nodes: Sequence[str], *, port: int = 4222, store_dir: str = "", host: str = "127.0.0.1",
                 tls_cert: str = "", tls_key: str = "") -> str:
     """A nats-server config (JSON is valid nats-server config syntax) with one user per service,
     listening on `host` (this machine only by default), with TLS when `tls_cert` and `tls_key` are
@@ -89,7 +98,7 @@ def nats_config(stream: str, passwords: dict[str, str], *, port: int = 4222, sto
     if not tls_cert and not is_loopback(host):
         raise ValueError(f"--listen {host} is reachable from other machines: without TLS the passwords cross the network "
                          "in clear text; give --tls-cert and --tls-key (clients then use tls://HOST:PORT/STREAM?tls_ca=CA)")
-    users = [{"user": s, "password": passwords[s], "permissions": permissions(s, stream)} for s in SERVICES]
+    users = [{"user": s, "password": passwords[s], "permissions": permissions(s, stream, nodes)} for s in SERVICES]
     config: dict[str, Any] = {"host": host, "port": port, "authorization": {"users": users}}
     if tls_cert:
         config["tls"] = {"cert_file": tls_cert, "key_file": tls_key}
@@ -103,11 +112,11 @@ def _write_0600(path: Path, text: str) -> None:
     write_private(path, text.encode())
 
 
-def write_nats_config(out: Path, stream: str, *, port: int = 4222, store_dir: str = "", host: str = "127.0.0.1",
+def write_nats_config(out: Path, stream: str, nodes: Sequence[str], *, port: int = 4222, store_dir: str = "", host: str = "127.0.0.1",
                       tls_cert: str = "", tls_key: str = "") -> dict[str, Path]:
     """Write `out/nats-server.conf` and `out/SERVICE.password` (all 0600); never overwrites. Bad
     `host`/TLS input raises ValueError before anything is written."""
-    nats_config(stream, dict.fromkeys(SERVICES, ""), port=port, store_dir=store_dir, host=host, tls_cert=tls_cert,
+    nats_config(stream, dict.fromkeys(SERVICES, ""), nodes, port=port, store_dir=store_dir, host=host, tls_cert=tls_cert,
                 tls_key=tls_key)  # checks the input first
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     conf = out / "nats-server.conf"
@@ -118,6 +127,6 @@ def write_nats_config(out: Path, stream: str, *, port: int = 4222, store_dir: st
     passwords = {s: secrets.token_hex(32) for s in SERVICES}
     for s, path in files.items():
         _write_0600(path, passwords[s] + "\n")
-    _write_0600(conf, nats_config(stream, passwords, port=port, store_dir=store_dir, host=host, tls_cert=tls_cert,
+    _write_0600(conf, nats_config(stream, passwords, nodes, port=port, store_dir=store_dir, host=host, tls_cert=tls_cert,
                                   tls_key=tls_key))
     return {"config": conf, **files}

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from ..cli_paths import fail, tty_console
-from ..errors import RingfenceError
+from ..errors import ConfigError, RingfenceError
 
 app = typer.Typer(help="Leadership of a replicated journal (NATS JetStream).\n\n"
                   "Example: ringfence replication status --nats nats://127.0.0.1:4222/RF", no_args_is_help=True)
@@ -33,7 +33,7 @@ def promote_cmd(
     ttl_s: int = typer.Option(600, "--ttl-s", min=10, max=86_400, help="How long your signature may be submitted."),
     wait_s: int = typer.Option(60, "--wait-s", min=1, max=3600, help="How long to wait for the standby's verdict."),
     peers: Path | None = typer.Option(None, "--peers", envvar="RINGFENCE_REPLICATION_PEERS",
-                                      help="The peers file: a --node-id not in it is refused at once (exit 2)."),
+                                      help="The peers file (required): a --node-id not in it is refused at once (exit 2)."),
 ) -> None:
     """Make a standby the primary at the next fencing epoch: a staff quorum decision.
 
@@ -43,14 +43,14 @@ def promote_cmd(
     the stream, publishes a fence and starts serving; the old primary's next batch is refused by
     the stream and it stops acknowledging. An exchange without staff identities needs no --key.
 
-    The leader record is read first: a --node-id that already leads is refused at once (exit 1), and with --peers
-    (or RINGFENCE_REPLICATION_PEERS) so is a --node-id that is not a node of it (exit 2), instead of waiting --wait-s
-    for a standby that will never answer.
+    The peers file (--peers or RINGFENCE_REPLICATION_PEERS) is required: a --node-id that is not a node of it is
+    refused at once (exit 2), instead of waiting --wait-s for a standby that will never answer. The leader record
+    is read first: a --node-id that already leads is refused at once (exit 1).
 
     Exit status: 0 promoted (or token printed), 1 refused (by the standby, the epoch, NATS unreachable, the node
-    already leads), 2 bad input (an option, the URL, a key or token, a --node-id not in --peers).
+    already leads), 2 bad input (an option, the URL, a key or token, no --peers, a --node-id not in --peers).
 
-    Example: ringfence replication promote --nats nats://127.0.0.1:4222/RF --node-id b --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben
+    Example: ringfence replication promote --nats nats://127.0.0.1:4222/RF --peers ./peers.json --node-id b --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben
     """
     from ..staff.console import load_key
     from ..staff.decisions import format_approval, parse_approval
@@ -61,12 +61,15 @@ def promote_cmd(
         target = parse_target(nats, "--nats")
         signers = [load_key(k) for k in keys]
         tokens = [format_approval(parse_approval(t, f"--approval #{i + 1}")) for i, t in enumerate(approvals)]
-        trusted = load_peers(peers) if peers is not None else None
+        if peers is None:  # without it a mistyped --node-id waited --wait-s for a standby that never answers (R4)
+            raise ConfigError("give the peers file (or RINGFENCE_REPLICATION_PEERS): --node-id must be one of its nodes",
+                              field="--peers")
+        trusted = load_peers(peers)
     except RingfenceError as err:
         fail(str(err), 2)
     if sign_only and not signers:
         fail("--sign-only needs your --key", 2)
-    if trusted is not None and node_id not in trusted:
+    if node_id not in trusted:
         fail(f"--node-id: {node_id!r} is not a node of the peers file {peers} (its nodes: {', '.join(sorted(trusted))})", 2)
     try:
         if not (sign_only and epoch):  # --sign-only with --epoch needs no NATS connection
@@ -218,9 +221,15 @@ def nats_config_cmd(
                                "reach (0.0.0.0, 10.0.0.5) needs --tls-cert and --tls-key."),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="The server's certificate (PEM): the config gets a tls block."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="The server's private key (PEM), with --tls-cert."),
+    peers: Path | None = typer.Option(None, "--peers", envvar="RINGFENCE_REPLICATION_PEERS",
+                                      help="The peers file (required): rf-operator may request promotions of its nodes only."),
 ) -> None:
     """Write a nats-server config with one user per service (rf-node, rf-operator, rf-monitor),
     each allowed only the subjects its work needs, and each service's password in its own 0600 file.
+
+    The peers file (--peers or RINGFENCE_REPLICATION_PEERS, at most 64 nodes) names the nodes a promotion request may
+    be written for: rf-operator (and rf-node, which answers them) may write the key promote.NODE of those nodes only,
+    never of a made-up one. Run nats-config again (and restart nats-server) when the peers file changes.
 
     A node: RINGFENCE_NATS_PASSWORD=$(cat OUT/rf-node.password) ringfence serve --replicate
     nats://rf-node@HOST:4222/STREAM. An operator promotes with the rf-operator user, which cannot
@@ -232,12 +241,22 @@ def nats_config_cmd(
     text (clients then connect with tls://HOST:PORT/STREAM?tls_ca=CA).
 
     Exit status: 0 written, 2 bad input (the --stream name, an --out that exists, --listen without TLS,
-    a TLS file that cannot be read).
+    a TLS file that cannot be read, a missing or bad --peers file).
 
-    Example: ringfence replication nats-config --stream RF --out ./nats-auth --listen 10.0.0.5 --tls-cert srv.pem --tls-key srv.key
+    Example: ringfence replication nats-config --stream RF --peers ./peers.json --out ./nats-auth --listen 10.0.0.5 --tls-cert srv.pem --tls-key srv.key
     """
-    from .auth import write_nats_config
+    from ..nodekey import load_peers
+    from .auth import MAX_NODES, write_nats_config
 
+    try:
+        if peers is None:
+            raise ConfigError("give the peers file (or RINGFENCE_REPLICATION_PEERS): rf-operator may request promotions "
+                              "of its nodes only", field="--peers")
+        nodes = sorted(load_peers(peers))
+    except RingfenceError as err:
+        fail(str(err), 2)
+    if len(nodes) > MAX_NODES:
+        fail(f"--peers: {peers} names {len(nodes)} nodes; at most {MAX_NODES} (one promote.NODE grant each)", 2)
     if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
         fail("--stream: letters, digits, '-' and '_' (at most 64)", 2)
     if not listen or not all(c.isalnum() or c in ".:-" for c in listen):
@@ -249,14 +268,14 @@ def nats_config_cmd(
                 fail(f"{option}: {path} is not a readable file", 2)
             tls[option] = str(path.resolve())
     try:
-        files = write_nats_config(out, stream, port=port, store_dir=store_dir, host=listen,
+        files = write_nats_config(out, stream, nodes, port=port, store_dir=store_dir, host=listen,
                                   tls_cert=tls.get("--tls-cert", ""), tls_key=tls.get("--tls-key", ""))
     except FileExistsError as err:
         fail(f"--out: {err}", 2)
     except ValueError as err:
         fail(str(err), 2)
     console.print(f"wrote {files['config']} (start: nats-server -c {files['config']}; listens on {listen}:{port}"
-                  f"{' with TLS' if tls else ', this machine only'})")
+                  f"{' with TLS' if tls else ', this machine only'}; promotions of {', '.join(nodes)} only)")
     for service in ("rf-node", "rf-operator", "rf-monitor"):
         console.print(f"  {service}: password in {files[service]} (mode 0600)")
 

@@ -55,7 +55,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         status = StandbyStatus(follower, host, port, models)
         say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
             f"http://{host}:{port}/v1/standby; promote with: "
-            f"ringfence replication promote --nats {target.display_url()} --node-id {ident}")
+            f"ringfence replication promote --nats {target.display_url()} --peers {peers or 'PEERS.json'} --node-id {ident}")
         try:
             follower.follow_until_promoted()
             engine, position, lock = follower.hand_over()
