@@ -28,7 +28,7 @@ from ..trading.state import MAX_QTY, TradingState, trading_state
 from .commands import PlacePerpOrder, PositionChanged
 from .conditional import fire_conditionals
 from .dstate import DerivativesState
-from .margin import PPM, Perp, Position, cross_upnl_knowing, exact_product, initial_margin_at
+from .margin import PPM, Perp, Position, cross_upnl_knowing, exact_product, initial_margin_at, mark_knowing
 from .state import SEGMENT, ceil_div, pool_of
 
 #: `Position` is a native (compiled) class when the hot path is compiled: its fields are C fields
@@ -36,6 +36,9 @@ from .state import SEGMENT, ceil_div, pool_of
 #: with `object.__setattr__` (`_bypass`) and marks the key for the margin mirror itself.
 _NATIVE_POSITION: Final = hasattr(Position, "__mypyc_attrs__")
 _bypass: Any = object.__setattr__
+#: The event class as a C static when compiled (a name imported from a module mypyc does not compile
+#: is otherwise looked up in this module's globals at each use: once per fill side).
+_POSITION_CHANGED: Final = PositionChanged
 
 __all__ = ["Contract", "trim_reduce_only", "order_precheck", "place_perp_order", "handle_place_perp_order"]
 
@@ -112,7 +115,7 @@ class Seat:
         self.lev_of: Any = None
         self.lev_version: int = -1
 
-    def leverage(self, st: DerivativesState, key: tuple[str, str], default: int) -> int:
+    def leverage(self, st: DerivativesState, key: Any, default: int) -> int:
         """The owner's leverage setting in this market (`key`: the owner and the market), else
         `default`: the one read last while the state's `leverage` dict is the same and unchanged
         (`SetLeverage` counts its changes), else read again."""
@@ -124,11 +127,13 @@ class Seat:
         lev: int = self.lev
         return lev if lev else default
 
-    def position(self, positions: dict[tuple[str, str], Position], key: tuple[str, str]) -> Position | None:
+    def position(self, positions: dict[tuple[str, str], Position], key: Any) -> Position | None:
         """The owner's position now (`key`: the owner and this market): the one found last time
         while it is still in the book (a position leaves the book, or is replaced, only through
         `PositionBook`, which unlinks it: `_book` None; and it is in the book under one key, its
-        owner's and market's), else the book's answer."""
+        owner's and market's), else the book's answer. (`key`, the (owner, symbol) tuple, is typed
+        `Any` here and by the callers: compiled, a tuple-typed value is kept unboxed and boxed again,
+        a new tuple, at each dict or set lookup.)"""
         pos = self.pos
         if pos is not None and pos._book is positions:
             return pos
@@ -143,7 +148,13 @@ class Contract(MarketContract):
         super().__init__()
         self.engine = engine
         self.symbol = symbol
-        self._ledger: Any = None
+        self._ledger: Ledger | None = None
+        #: What every order and fill reads of the engine, read at the contract's first use (`_bind`).
+        self._st: DerivativesState | None = None
+        self._trading: TradingState | None = None
+        self._index: Any = None  # the engine's `index` state, if it has one
+        self._halts: Any = None  # the engine's `halts` state, if it has one
+        self._perp: Perp | None = None
         self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
         #: Set by `order_hold` (to `DerivativesState.reduce_only`, which holds for the whole placing):
         #: with `_borrow` 0 it tells `before_hold` it has nothing to do, without reading the state.
@@ -170,17 +181,14 @@ class Contract(MarketContract):
     @property
     def has_reduce_only(self) -> bool:
         """Does this market have an open reduce-only order (trading's matching loop asks first)?"""
-        components: dict[str, Any] = self.engine.components
-        st: DerivativesState = components["derivatives"]
+        st = self._st
+        if st is None:
+            st = self._bind()
         orders: dict[str, set[int]] = st.reduce_only_orders
-        return bool(orders.get(self.symbol))
-
-    def _system(self, p: Any) -> tuple[Account, Account, Account]:
-        """(PnL pool, fees, insurance) of this market, looked up once per ledger object."""
-        return self._system_of(p, self.engine.ledger)
+        return bool(orders) and bool(orders.get(self.symbol))
 
     def _system_of(self, p: Any, ledger: Any) -> tuple[Account, Account, Account]:
-        """`_system`, the engine's ledger already read."""
+        """(PnL pool, fees, insurance) of this market in `ledger`, looked up once per ledger object."""
         accounts = self._accounts
         if self._ledger is not ledger or accounts is None:
             accounts = self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
@@ -188,10 +196,35 @@ class Contract(MarketContract):
             self._ledger = ledger
         return accounts
 
+    def _bind(self) -> DerivativesState:
+        """Read, at this contract's first use, what every order and fill asks of the engine: its
+        states (`engine.components`), the derivatives and trading states, the ledger with this
+        market's system accounts (`_system_of`) and the perpetual's listing; returns the
+        derivatives state. A contract is made when its market is listed or restored
+        (`module._bind`), and the engine replaces its states only all at once, by a restore
+        (`Engine._load_state`), which binds new contracts to the new markets: what is read here is
+        the engine's for the contract's whole life, and an order and a fill read C fields where
+        they made generic attribute reads of the engine (`engine.components`, `engine.ledger`).
+        At the first use, not in `__init__`: a restore binds contracts while it is still building
+        the trading state (its `Perp` is the one listed: `st.perps` never replaces one)."""
+        engine = self.engine
+        components: dict[str, Any] = engine.components
+        st: DerivativesState = components["derivatives"]
+        perps: dict[str, Perp] = st.perps
+        p = perps[self.symbol]
+        self._system_of(p, engine.ledger)
+        self._trading = components["trading"]
+        self._index = components.get("index")
+        self._halts = components.get("halts")
+        self._perp = p
+        self._st = st
+        return st
+
     def _seat(self, owner: str, p: Perp) -> Seat:
         """The owner's `Seat` in this market (made at the owner's first order here; all of them
-        dropped for a new ledger object, by `_system`)."""
-        self._system(p)
+        dropped for a new ledger object, by `_system_of`)."""
+        if self._st is None:
+            self._bind()
         seats = self._seats
         seat = seats.get(owner)
         if seat is None:
@@ -213,11 +246,12 @@ class Contract(MarketContract):
     # -- placing: how much margin an order holds, or why it is refused
 
     def order_hold(self, engine: Any, m: Market, c: Any, words: OrderWords) -> tuple[tuple[str, str, str] | None, int, int]:
-        components: dict[str, Any] = engine.components  # (read once; typed: direct dict lookups)
-        st: DerivativesState = components["derivatives"]
+        st = self._st  # (`_bind`: read at the first use)
+        if st is None:
+            st = self._bind()
+        p = self._perp
+        assert p is not None
         symbol = self.symbol
-        perps: dict[str, Perp] = st.perps
-        p: Perp = perps[symbol]
         is_buy: bool = words[0]
         limitish: bool = words[4]
         self._placing_reduce_only = st.reduce_only  # (for `before_hold`; first: before any return)
@@ -238,7 +272,7 @@ class Contract(MarketContract):
                 return None, 0, 0
         qty: int = c.quantity
         seat = self._seat(owner, p)  # (one lookup: the position, the wallet)
-        key = (owner, symbol)  # (of this order's strings: hashed without touching older ones)
+        key: Any = (owner, symbol)  # (of this order's strings: hashed without touching older ones; `Any`: one tuple)
         size_now: int
         close_q: int
         positions: dict[tuple[str, str], Position] = st._positions  # (`positions`' storage: a property call less)
@@ -256,13 +290,14 @@ class Contract(MarketContract):
             return ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0
         scale: int = p.scale
         im: int
+        s: Any = None  # the index's entry for the perpetual's index symbol, once looked up (`looked`)
+        looked = False
         if open_q:
-            index = components.get("index")
+            index = self._index
             if index is not None:
                 symbols: dict[str, Any] = index.symbols  # (typed: a direct dict lookup, not a method call)
                 s = symbols.get(p.index_symbol)
-            else:
-                s = None
+            looked = True
             if s is not None and s.short:  # the index lost its sources: the perpetual only reduces
                 return ("MARKET_NOT_ACTIVE", "symbol",
                         f"the {p.index_symbol} index has fewer than {s.min_sources} live sources: only reducing orders are accepted"), 0, 0
@@ -283,7 +318,8 @@ class Contract(MarketContract):
                                    -(-exact_product(price, open_q) // scale), p.open_interest + open_q)
         else:
             im = 0  # (`initial_margin` of a zero notional)
-        trading: TradingState = components["trading"]
+        trading = self._trading
+        assert trading is not None
         taker_ppm: int = trading.rates(owner)[1]
         order_notional: int = -(-exact_product(price, qty) // scale)  # ceil
         # im + ceil(notional × taker rate): the fee reserve (the products through `exact_product`: a
@@ -311,7 +347,27 @@ class Contract(MarketContract):
                 return None, protect, hold
         free: int = wallet_free
         if hold <= free or free > 0:  # (the message names what is free: the loss is needed either way, unless nothing is)
-            upnl: int = cross_upnl_knowing(engine, st, owner, p.quote, symbol, pos)  # (`pos`: looked up above)
+            # `cross_upnl_knowing(engine, st, owner, p.quote, symbol, pos)`: the owner's other
+            # positions walked only when there are any, this one's term with this market and the
+            # index entry already found (`_cross_upnl_of` and `mark_of_perp`, in line).
+            upnl: int = 0
+            by_owner: dict[str, dict[str, Position]] = st._positions.by_owner
+            owned = by_owner.get(owner)
+            if owned is not None and (pos is None or len(owned) > 1):  # (with `pos`, `owned` holds it)
+                upnl = cross_upnl_knowing(engine, st, owner, p.quote, symbol, None)
+            if pos is not None:
+                held: int = pos.size
+                isolated: set[tuple[str, str]] = st._isolated
+                if held and not (isolated and key in isolated):
+                    if not looked:
+                        index = self._index
+                        if index is not None:
+                            index_symbols: dict[str, Any] = index.symbols
+                            s = index_symbols.get(p.index_symbol)
+                    mark = mark_knowing(engine, p, m.last_price, s)
+                    if mark:
+                        value = exact_product(held, mark) // scale
+                        upnl += value - pos.cost if held > 0 else pos.cost + value
             if upnl < 0:
                 free += upnl
         if hold > free:
@@ -325,8 +381,9 @@ class Contract(MarketContract):
         borrows from its position's margin back to the wallet first."""
         if not self._borrow and not self._placing_reduce_only:  # (the common case: nothing to do)
             return
-        components: dict[str, Any] = engine.components
-        st: DerivativesState = components["derivatives"]
+        st = self._st
+        if st is None:
+            st = self._bind()
         if st.reduce_only:
             st.reduce_only_orders.setdefault(self.symbol, set()).add(trading_state(engine).next_order_id)
         if not self._borrow:
@@ -360,27 +417,29 @@ class Contract(MarketContract):
         minimum of live sources. The matching loop asks once per taker: then every fill, on both
         sides, is capped at what reduces that side's position (`fill_cap`). Pure: reads state only,
         all of it journaled (halts, index quotes, sequencer time), so replay matches the same way."""
-        engine = self.engine
         if m.status != ACTIVE:
             return True
-        components: dict[str, Any] = engine.components  # (read once; typed: direct dict lookups)
-        halts = components.get("halts")
-        if halts is not None and halts._index and market_status(engine, self.symbol) != "ACTIVE":
+        if self._st is None:
+            self._bind()
+        p = self._perp
+        assert p is not None
+        halts = self._halts
+        if halts is not None and halts._index and market_status(self.engine, self.symbol) != "ACTIVE":
             return True
-        index = components.get("index")
+        index = self._index
         if index is None:
             return False
-        st: DerivativesState = components["derivatives"]
-        perps: dict[str, Perp] = st.perps
         symbols: dict[str, Any] = index.symbols  # (typed: a direct dict lookup, not a method call)
-        s = symbols.get(perps[self.symbol].index_symbol)
+        s = symbols.get(p.index_symbol)
         return s is not None and bool(s.short)
 
     def fill_cap(self, o: Order, only_reduces: bool = False) -> int:
         """How much order `o` may fill now: at most the position it reduces (0 when the position is
         gone or on its own side) for a reduce-only order, or for any order while the market only
         reduces (`only_reduces`); otherwise without limit."""
-        st: DerivativesState = self.engine.components["derivatives"]
+        st = self._st
+        if st is None:
+            st = self._bind()
         if not only_reduces and o.id not in st.reduce_only_orders.get(self.symbol, ()):
             return MAX_QTY
         pos: Position | None = st._positions.get((o.owner, self.symbol))
@@ -392,17 +451,20 @@ class Contract(MarketContract):
         """Why a maker with nothing it may fill is expired: `REDUCE_ONLY` for a reduce-only order,
         `MARKET_REDUCE_ONLY` for an order that would open or grow its owner's position while the
         market only reduces."""
-        st: DerivativesState = self.engine.components["derivatives"]
+        st = self._st
+        if st is None:
+            st = self._bind()
         ids = st.reduce_only_orders.get(self.symbol, ())
         return "REDUCE_ONLY" if o.id in ids else "MARKET_REDUCE_ONLY"
 
     def after_match(self, m: Market, ev: list[Any]) -> None:
         """After an order has matched (its fills and the stops they fired): the reduce-only orders
         of every owner whose position changed are cut down to it (Binance expires them)."""
-        components: dict[str, Any] = self.engine.components
-        st: DerivativesState = components["derivatives"]
+        st = self._st
+        if st is None:
+            st = self._bind()
         orders: dict[str, set[int]] = st.reduce_only_orders
-        ids = orders.get(self.symbol)
+        ids = orders.get(self.symbol) if orders else None
         if not ids:  # (the common case: nothing to trim, and no new set per order)
             if self._touched:
                 self._touched.clear()
@@ -423,28 +485,28 @@ class Contract(MarketContract):
 
     def fill(self, m: Market, buyer: Order, seller: Order, price: int, qty: int, notional: int,
              buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Any]) -> tuple[int, int]:
-        engine = self.engine
-        components: dict[str, Any] = engine.components
-        st: DerivativesState = components["derivatives"]
-        perps: dict[str, Perp] = st.perps
-        p: Perp = perps[self.symbol]
-        # What both sides read of the engine and the state, read once per fill (each is a generic
-        # attribute read of a Python object from here).
-        ledger: Ledger = engine.ledger
-        system = self._system_of(p, ledger)  # (also resets the account caches for a new ledger)
+        st = self._st  # (what the engine holds, read at the contract's first use: `_bind`)
+        if st is None:
+            st = self._bind()
+        p = self._perp
+        ledger = self._ledger
+        system = self._accounts
+        assert p is not None and ledger is not None and system is not None
+        # What both sides read of the state, read once per fill.
         positions, isolated, liq_iso = st._positions, st._isolated, st.liquidating_isolated
+        dirty: set[tuple[str, str]] = positions.dirty  # (a generic attribute read: once per fill)
         # Owners whose position changed matter to `after_match` only while some market has an open
         # reduce-only order (none can be placed within a match: `before_hold` adds them, before it).
         touch = bool(st.reduce_only_orders)
         buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev, ledger, system, positions,
-                               isolated, liq_iso, touch)
+                               isolated, liq_iso, dirty, touch)
         seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev, ledger, system,
-                                positions, isolated, liq_iso, touch)
+                                positions, isolated, liq_iso, dirty, touch)
         return buyer_fee, seller_fee
 
     def _side(self, st: DerivativesState, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
               notional: int, rate_ppm: int, ev: list[Event], ledger: Ledger, system: tuple[Account, Account, Account],
-              positions: Any, isolated: Any, liq_iso: Any, touch: bool = True) -> int:
+              positions: Any, isolated: Any, liq_iso: Any, dirty: set[tuple[str, str]], touch: bool = True) -> int:
         """One side of a fill: the hold it frees, the position, realised PnL, the fee, the margin.
 
         The hot path of every perpetual fill, written on locals: the position's fields are set
@@ -465,9 +527,9 @@ class Contract(MarketContract):
         seat = seats.get(owner)
         if seat is None:
             seat = seats[owner] = Seat()
-        key = (owner, symbol)
+        key: Any = (owner, symbol)  # (`Any`: one tuple for every lookup below, see `Seat.position`)
         iso_set: set[tuple[str, str]] = isolated  # (typed: a direct set lookup)
-        iso: bool = key in iso_set  # (`isolated`' storage, as `positions`: `st._positions`)
+        iso: bool = bool(iso_set) and key in iso_set  # (`isolated`' storage, as `positions`: `st._positions`)
         own_margin_only: bool = liq_iso is not None and liq_iso == key  # a LiquidatePosition step: the wallet never pays
         got: Position | None = seat.position(positions, key)
         pos: Position
@@ -571,7 +633,6 @@ class Contract(MarketContract):
             _bypass(pos, "size", size)
             _bypass(pos, "cost", cost)
             _bypass(pos, "margin", post)
-        dirty: set[tuple[str, str]] = positions.dirty
         if size:
             if pos._book is not positions:  # a new position (`got` was None): into the book
                 _book_insert(positions, key, pos)
@@ -579,7 +640,7 @@ class Contract(MarketContract):
             # What `Position.__setattr__`, or the book's `__setitem__`, would have marked: the key
             # as the book holds it (`_key`, the same tuple: the set finds it by identity, where an
             # equal new tuple is compared item by item)
-            book_key: tuple[str, str] = pos._key
+            book_key: Any = pos._key
             dirty.add(book_key)
         else:
             if pos._book is positions:  # the book's `pop(key)`, natively (and its owner index's)
@@ -595,13 +656,13 @@ class Contract(MarketContract):
                 dirty.add(book_key)
             seat.pos = None
             pos.extra = 0
-        ev.append(PositionChanged(owner, symbol, price, signed, size, cost, post, realized, fee, covered))
+        ev.append(_POSITION_CHANGED(owner, symbol, price, signed, size, cost, post, realized, fee, covered))
         if touch:
             self._touched.add(owner)
         return fee
 
 
-def _book_insert(positions: Any, key: tuple[str, str], pos: Position) -> None:
+def _book_insert(positions: Any, key: Any, pos: Position) -> None:
     """`PositionBook.__setitem__` of a key the book does not hold, natively (its Python method set
     four fields through `Position`'s tracking `__setattr__`: a tenth of a fill side's cost when it
     opens a position): the next insertion number, the link to the book, the key, the owner index

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # (mypyc's native 64-bit int: only its annotations are used)
     from .dstate import DerivativesState  # (it imports this module)
 
 __all__ = ["PPM", "Bracket", "Perp", "Position", "initial_margin", "mark_of_perp", "unrealized", "cross_upnl",
-           "cross_upnl_knowing", "exact_product", "initial_margin_at"]
+           "cross_upnl_knowing", "exact_product", "initial_margin_at", "mark_knowing"]
 
 PPM: Final = 1_000_000
 
@@ -59,7 +59,10 @@ class Position:
     extra: int  # isolated only: margin added by hand on top of the initial margin
     realized: int  # cumulative realised PnL (report only)
     _book: Any  # its `PositionBook` (derivatives/state.py), or None
-    _key: tuple[str, str]
+    #: The key the book holds it under, (owner, symbol). `Any`, not `tuple[str, str]`: compiled, a
+    #: tuple-typed field is stored unboxed and every read builds a new tuple, which the book's
+    #: `dirty` set then compares item by item; kept as the object, the set finds it by identity.
+    _key: Any
     _seq: int
 
     def __init__(self, size: int = 0, cost: int = 0, margin: int = 0, extra: int = 0, realized: int = 0) -> None:
@@ -186,6 +189,12 @@ def mark_of_perp(engine: Any, p: Perp) -> int:
         s = symbols.get(p.index_symbol)
     else:
         s = None
+    return mark_knowing(engine, p, last, s)
+
+
+def mark_knowing(engine: Any, p: Perp, last: int, s: Any) -> int:
+    """`mark_of_perp` with the market's last trade price `last` and the index's entry for the
+    perpetual's index symbol `s` (None when there is none) already looked up."""
     if s is None or not s.index_minor:
         return int(last)
     left = max(0, p.next_funding_ns - engine.now_ns)
@@ -232,7 +241,7 @@ def _cross_upnl_of(engine: Any, perps: dict[str, Perp], isolated: set[tuple[str,
     """The owner's position `pos` in `sym`'s unrealised PnL at mark if it is a listed cross
     position margined in `asset`, else 0 (`cross_upnl_knowing`'s term)."""
     p: Perp | None = perps.get(sym)
-    if p is None or p.quote != asset or (owner, sym) in isolated:
+    if p is None or p.quote != asset or (isolated and (owner, sym) in isolated):  # (no tuple while none is isolated)
         return 0
     # `unrealized`, inlined on the typed position (its fields read as C fields compiled)
     size: int = pos.size
