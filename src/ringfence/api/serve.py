@@ -341,7 +341,8 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
         from ..custody.runtime import parse_chain_settings
 
         chains = settings.custody_chains or ("BTC=local,ETH=local,USDT=local" if demo else "")  # as custody_runtime
-        if settings.mode != "dev" and parse_chain_settings(chains):
+        # parsed in every mode: a bad value is refused before the app, identity and chain libraries load
+        if parse_chain_settings(chains) and settings.mode != "dev":
             raise ConfigError("the local in-process chains are for dev mode only", field="RINGFENCE_CUSTODY_CHAINS")
         if settings.mode != "dev" and settings.identity_mail_poll_ms:  # the SMTP probe build makes (identity/delivery.py)
             from ..identity.mail import probe_smtp
