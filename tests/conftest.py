@@ -30,15 +30,19 @@ expect.set_options(timeout=30_000)
 # (--no-loadscope-reorder; xdist's own order, most tests first, started a 9-minute file of 11 tests
 # after the quick files of many tests). A file started last that runs for minutes leaves the other
 # workers idle till it ends; started first, the short files fill in around it. From a full run's
-# per-file times (three workers, 2026-12-06; a file of 30 s or more), longest first; a stale entry
-# costs time, never a verdict. To refresh: `pytest -n 3 --dist loadfile --junitxml=r.xml`, and sum
-# each file's test times.
+# per-file times (three workers, 2026-12-06; a file of 30 s or more), longest first; the first five
+# from a later full run (mailed links 179 s, capital 170 s, web wallet 145 s, NATS services 99 s, FROST
+# hot wallet 185 s then, some 120 s since its memory scan was made fast); a stale entry costs time,
+# never a verdict. To refresh: `pytest -n 3 --dist loadfile --junitxml=r.xml`, and sum each file's
+# test times.
 LONGEST_FIRST = (
+    "tests/api/test_mailed_links.py",
     "tests/api/test_capital.py",
-    "tests/replication/test_replication.py",
-    "tests/api/test_btc_frost_hot.py",
-    "tests/identity/test_web.py",
     "tests/api/test_web_wallet.py",
+    "tests/api/test_btc_frost_hot.py",
+    "tests/replication/test_nats_services.py",
+    "tests/replication/test_replication.py",
+    "tests/identity/test_web.py",
     "tests/derivatives/test_fapi_live.py",
     "tests/test_sim.py",
     "tests/journal/test_data_dir_cli.py",
@@ -48,7 +52,6 @@ LONGEST_FIRST = (
     "tests/backup/test_backup.py",
     "tests/api/test_gateways.py",
     "tests/index/test_serve_index.py",
-    "tests/api/test_mailed_links.py",
     "tests/api/test_password_reset.py",
     "tests/trading/test_rejections.py",
     "tests/journal/test_journal.py",

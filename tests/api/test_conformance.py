@@ -24,6 +24,9 @@ import websockets
 from .test_ccxt import make_client
 from .test_rest import BASE_ORDER, Client, error_of, signed_query
 
+#: the shared demo server starts without its chains: these tests use none (conftest.NO_CHAINS)
+SERVER_CHAINS = False
+
 
 @pytest.fixture(scope="module")
 def alice(server):

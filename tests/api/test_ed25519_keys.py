@@ -23,6 +23,9 @@ import pyotp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+#: the shared demo server starts without its chains: these tests use none (conftest.NO_CHAINS)
+SERVER_CHAINS = False
+
 PASSWORD = "correct horse battery staple 42"
 
 

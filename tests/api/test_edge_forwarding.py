@@ -53,7 +53,7 @@ def signed_account(http: httpx.Client, api_key: str, secret: str, headers: dict[
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory):
     # a small budget so a ban comes quickly; the allow-list test runs first and stays far below it
-    srv = Server(tmp_path_factory.mktemp("forwarding") / "data", env={"RINGFENCE_API_WEIGHT_PER_MIN": "400", "RINGFENCE_API_BAN_AFTER": "2"})
+    srv = Server(tmp_path_factory.mktemp("forwarding") / "data", env={"RINGFENCE_API_WEIGHT_PER_MIN": "400", "RINGFENCE_API_BAN_AFTER": "2"}, chains=False)
     yield srv
     assert srv.stop() == 0
 
@@ -82,7 +82,7 @@ def test_a_banned_loopback_client_stays_banned_whatever_address_it_claims(strict
 
 
 def test_a_configured_proxy_is_believed(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("proxied") / "data", args=("--forwarded-allow-ips", "127.0.0.1"))
+    srv = Server(tmp_path_factory.mktemp("proxied") / "data", args=("--forwarded-allow-ips", "127.0.0.1"), chains=False)
     try:
         api_key, secret = allow_listed_key(srv)
         with httpx.Client(base_url=srv.base, timeout=10) as http:

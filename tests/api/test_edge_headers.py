@@ -14,6 +14,9 @@ import pytest
 
 from .test_dashboard import browser  # noqa: F401  (the module's Chromium fixture)
 
+#: the shared demo server starts without its chains: these tests use none (conftest.NO_CHAINS)
+SERVER_CHAINS = False
+
 HTML_PAGES = ["/", "/por", "/por/verify", "/login", "/signup", "/admin"]
 OTHER = ["/por/root.json", "/por/reserves.json", "/api/v3/ping", "/openapi.json", "/dashboard/app.js", "/static/identity.js", "/static/identity.css", "/healthz", "/admin/assets/admin.js", "/admin/assets/admin.css"]
 

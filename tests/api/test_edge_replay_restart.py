@@ -54,7 +54,7 @@ def test_the_guard_refuses_what_it_cannot_remember() -> None:
 
 def test_an_order_resent_after_a_restart_is_refused(tmp_path) -> None:
     data = tmp_path / "data"
-    server = Server(data)
+    server = Server(data, chains=False)
     key = server.keys["alice"]
     headers = {"X-MBX-APIKEY": key["api_key"], "Content-Type": "application/x-www-form-urlencoded"}
 
@@ -81,7 +81,7 @@ def test_an_order_resent_after_a_restart_is_refused(tmp_path) -> None:
     finally:
         assert server.stop() == 0
     time.sleep(0.01)
-    again = Server(data)
+    again = Server(data, chains=False)
     try:
         before = open_orders(again.base)
         resent = httpx.post(again.base + "/api/v3/order", content=body, headers=headers)

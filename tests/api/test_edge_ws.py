@@ -16,6 +16,9 @@ import struct
 import pytest
 import websockets
 
+#: the shared demo server starts without its chains: these tests use none (conftest.NO_CHAINS)
+SERVER_CHAINS = False
+
 
 def url(server, path="/ws"):
     return server.base.replace("http://", "ws://") + path

@@ -32,7 +32,7 @@ CHANGE_SUBJECT = "Security change on your account: e-mail address changed"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("email") / "data", env=ENV)
+    srv = Server(tmp_path_factory.mktemp("email") / "data", env=ENV, chains=False)
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 

@@ -42,7 +42,7 @@ MAX_DELAY_S = 3.0
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("gwfanout") / "data", {"RINGFENCE_WS_MAX_QUEUE_BYTES": "65536",
-                 "RINGFENCE_WS_SNDBUF_BYTES": "16384"}, args=("--gateways", "2"))
+                 "RINGFENCE_WS_SNDBUF_BYTES": "16384"}, args=("--gateways", "2"), chains=False)
     yield srv
     assert srv.stop() == 0
 

@@ -9,7 +9,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from ringfence.risk.halts import Halt
 
-from .conftest import Server
+from .conftest import NO_CHAINS, Server
 from .test_dashboard import ARGS, CHROMIUM
 from .test_rest import signed_query
 from ringfence.app import new_node
@@ -57,15 +57,17 @@ def test_a_journaled_halt_is_enforced_and_visible_after_restart(tmp_path):
         assert server.stop() == 0
 
 
-def test_halts_stream_pushes_raised_and_lifted_halts(tmp_path):
+def test_halts_stream_pushes_raised_and_lifted_halts(tmp_path, monkeypatch):
     """The `!halts` WebSocket stream, driven in-process (the reconciler submits Halt commands to the
-    node the server runs; here the test does)."""
+    node the server runs; here the test does). The demo without its chains (conftest.NO_CHAINS): none is used."""
     from starlette.testclient import TestClient
 
     from ringfence.api.serve import build
 
     from structlog.testing import capture_logs
 
+    for name, value in NO_CHAINS.items():
+        monkeypatch.setenv(name, value)
     app, exchange, _ = build(tmp_path / "data", demo=True)
     with TestClient(app) as client, capture_logs() as logged:
         with client.websocket_connect("/ws/!halts") as ws:
@@ -79,15 +81,18 @@ def test_halts_stream_pushes_raised_and_lifted_halts(tmp_path):
         assert [h["halt_id"] for h in client.get("/v1/halts").json()] == ["ws-eth"]
 
 
-def test_a_shard_halted_by_a_broken_invariant_is_not_ready_and_shows_in_halts(tmp_path):
+def test_a_shard_halted_by_a_broken_invariant_is_not_ready_and_shows_in_halts(tmp_path, monkeypatch):
     """A broken invariant (here planted in this live engine's own handler table: the journal and a
-    restart know nothing of it) halts the shard: /readyz answers 503, /v1/halts leads with it."""
+    restart know nothing of it) halts the shard: /readyz answers 503, /v1/halts leads with it. The demo
+    without its chains (conftest.NO_CHAINS): none is used."""
     from starlette.testclient import TestClient
 
     from ringfence.api.serve import build
     from ringfence.errors import InvariantViolation, ShardHalted
     from ringfence.trading.commands import SetFeeTier
 
+    for name, value in NO_CHAINS.items():
+        monkeypatch.setenv(name, value)
     app, exchange, _ = build(tmp_path / "data", demo=True)
     with TestClient(app) as client:
         assert client.get("/readyz").status_code == 200

@@ -23,6 +23,9 @@ import pytest
 
 from ringfence.monitoring.replay import keep_cookies
 
+#: the shared demo server starts without its chains: these tests use none (conftest.NO_CHAINS)
+SERVER_CHAINS = False
+
 # the SQL store (identity, read models) is exercised: `make test` runs this file again on PostgreSQL
 pytestmark = pytest.mark.store
 

@@ -21,14 +21,14 @@ from .test_rest import error_of, signed_query
 @pytest.fixture(scope="module")
 def halted(tmp_path_factory):
     data = tmp_path_factory.mktemp("halted") / "data"
-    first = Server(data)  # lists the demo markets and funds the demo accounts
+    first = Server(data, chains=False)  # lists the demo markets and funds the demo accounts
     assert first.stop() == 0
     node = new_node(data / "engine")
     node.open()
     node.execute(Halt("test-btc", "market", "BTCUSDT", "HALTED", "reconciliation mismatch (test)", "{}"))
     node.execute(Halt("test-tok", "segment", "tokenized", "REDUCE_ONLY", "price feed stale (test)", "{}"))
     node.close()
-    server = Server(data)
+    server = Server(data, chains=False)
     yield server
     assert server.stop() == 0
 

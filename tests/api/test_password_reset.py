@@ -29,7 +29,7 @@ def server(tmp_path_factory):
     # behind the loopback "proxy" a test's X-Forwarded-For makes requesters of other IPs
     srv = Server(tmp_path_factory.mktemp("reset") / "data", env={"RINGFENCE_CUSTODY_ADDRESS_COOLING_S": "0",
                                                                   "RINGFENCE_IDENTITY_SIGNUP_PER_IP_PER_HOUR": "60",
-                                                                  "RINGFENCE_API_FORWARDED_ALLOW_IPS": "127.0.0.1"})
+                                                                  "RINGFENCE_API_FORWARDED_ALLOW_IPS": "127.0.0.1"}, chains=False)
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 

@@ -24,7 +24,7 @@ def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("serve") / "data",
                  env={"RINGFENCE_IDENTITY_PASSWORD_THREADS": str(THREADS),
                       "RINGFENCE_IDENTITY_PASSWORD_WAITING_MAX": str(WAITING_MAX),
-                      **ARGON2_DEFAULT_COST})  # the cost this test is about: production's, not the suite's least
+                      **ARGON2_DEFAULT_COST}, chains=False)  # the cost this test is about: production's, not the suite's least
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 

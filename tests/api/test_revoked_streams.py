@@ -36,14 +36,14 @@ ENV = {"RINGFENCE_CUSTODY_ADDRESS_COOLING_S": "0", "RINGFENCE_IDENTITY_SIGNUP_PE
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("revoked") / "data", env=ENV)
+    srv = Server(tmp_path_factory.mktemp("revoked") / "data", env=ENV, chains=False)
     yield srv
     assert srv.stop() == 0
 
 
 @pytest.fixture(scope="module")
 def gateway_server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("revoked-gw") / "data", env=ENV, args=("--gateways", "2"))
+    srv = Server(tmp_path_factory.mktemp("revoked-gw") / "data", env=ENV, args=("--gateways", "2"), chains=False)
     yield srv
     assert srv.stop() == 0
 

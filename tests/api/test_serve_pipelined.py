@@ -13,7 +13,7 @@ from .test_rest import BASE_ORDER, Client
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("pipelined") / "data", args=("--pipeline",))
+    srv = Server(tmp_path_factory.mktemp("pipelined") / "data", args=("--pipeline",), chains=False)
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 

@@ -30,7 +30,7 @@ def _open_order_ids(server: Server, key: dict) -> set[int]:
 
 def test_a_killed_pipelined_server_keeps_every_answered_and_every_shown_order(tmp_path) -> None:
     data = tmp_path / "data"
-    srv = Server(data, args=("--pipeline",))
+    srv = Server(data, args=("--pipeline",), chains=False)
     answered: set[int] = set()
     shown: set[int] = set()
     stop = threading.Event()
@@ -80,7 +80,7 @@ def test_a_killed_pipelined_server_keeps_every_answered_and_every_shown_order(tm
             srv.proc.wait(20)
     assert shown, "the reader saw no order before the kill"
 
-    again = Server(data, args=("--pipeline",))
+    again = Server(data, args=("--pipeline",), chains=False)
     try:
         after = _open_order_ids(again, again.keys["alice"])
         assert answered <= after, f"answered orders lost in the crash: {sorted(answered - after)}"

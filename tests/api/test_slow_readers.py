@@ -37,7 +37,7 @@ TCP_ESTABLISHED = 1
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("slowread") / "data", {
         "RINGFENCE_HTTP_WRITE_TIMEOUT_S": str(WRITE_TIMEOUT_S), "RINGFENCE_HTTP_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-        "RINGFENCE_HTTP_MAX_CONNECTIONS_PER_IP": str(PER_IP)})
+        "RINGFENCE_HTTP_MAX_CONNECTIONS_PER_IP": str(PER_IP)}, chains=False)
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 

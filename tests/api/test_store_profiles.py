@@ -57,7 +57,7 @@ def _rows(url: str, sql: str) -> list[tuple]:
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_serve_runs_identity_and_api_keys_on_the_selected_store(kind, tmp_path):
     with _profile(kind, tmp_path) as (env, url):
-        srv = Server(tmp_path / "data", env=env)
+        srv = Server(tmp_path / "data", env=env, chains=False)
         try:
             assert f"identity store: {kind} " in srv.log_text()
             assert "schema revision 0005_i18n" in srv.log_text()
@@ -78,7 +78,7 @@ def test_serve_runs_identity_and_api_keys_on_the_selected_store(kind, tmp_path):
         finally:
             assert srv.stop() == 0
         # restart on the same data and database: migrations run again (no-op), keys still work
-        again = Server(tmp_path / "data", env=env)
+        again = Server(tmp_path / "data", env=env, chains=False)
         try:
             with httpx.Client(base_url=again.base, timeout=10) as http:
                 ok = http.get("/api/v3/account?" + _signed(alice["api_secret"], {}), headers={"X-MBX-APIKEY": alice["api_key"]})

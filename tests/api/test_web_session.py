@@ -38,7 +38,7 @@ IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("serve") / "data")
+    srv = Server(tmp_path_factory.mktemp("serve") / "data")  # with its chains: its pages are the screenshots in docs/img
     srv.web = srv.base.replace("127.0.0.1", "localhost")  # the origin the pages and cookies belong to
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
@@ -354,7 +354,7 @@ def test_signed_out_dashboard_offers_sign_in_and_session_api_needs_a_session(ser
 
 def test_session_requests_are_weighed_per_session(tmp_path, browser):
     """The per-key request weight applies to a session too: past it, 429 with Retry-After."""
-    srv = Server(tmp_path / "data", env={"RINGFENCE_API_KEY_WEIGHT_PER_MIN": "100"})
+    srv = Server(tmp_path / "data", env={"RINGFENCE_API_KEY_WEIGHT_PER_MIN": "100"}, chains=False)
     try:
         web = srv.base.replace("127.0.0.1", "localhost")
         context = browser.new_context()

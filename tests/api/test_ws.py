@@ -15,6 +15,9 @@ import websockets
 
 from .test_rest import signed_query
 
+#: the shared demo server starts without its chains: these tests use none (conftest.NO_CHAINS)
+SERVER_CHAINS = False
+
 
 def ws_url(server, path):
     return server.base.replace("http://", "ws://") + path

@@ -32,6 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .test_rest import signed_query
 
+#: the shared demo server starts without its chains: these tests use none (conftest.NO_CHAINS)
+SERVER_CHAINS = False
+
 
 def ws_api_url(server) -> str:
     return server.base.replace("http://", "ws://") + "/ws-api/v3"

@@ -33,7 +33,7 @@ FAST_CLIENTS = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("serve") / "data", env={"RINGFENCE_WS_MAX_QUEUE_BYTES": "65536", "RINGFENCE_WS_SNDBUF_BYTES": "16384"})
+    srv = Server(tmp_path_factory.mktemp("serve") / "data", env={"RINGFENCE_WS_MAX_QUEUE_BYTES": "65536", "RINGFENCE_WS_SNDBUF_BYTES": "16384"}, chains=False)
     yield srv
     assert srv.stop() == 0
 

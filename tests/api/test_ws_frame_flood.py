@@ -18,6 +18,9 @@ from ringfence.api.ws_wire import FRAME_BURST, MAX_FRAGMENTS
 
 from .ws_flood import CONT, PING, PONG, TEXT, close_frame, connect, flood, masked
 
+#: the shared demo server starts without its chains: these tests use none (conftest.NO_CHAINS)
+SERVER_CHAINS = False
+
 
 @pytest.mark.parametrize("kind", ["pong", "ping", "endless-continuation"])
 def test_a_frame_flood_is_closed_and_does_not_stall_the_api(server, kind):

@@ -49,7 +49,7 @@ UNLIMITED = {"RINGFENCE_WS_INCOMING_BURST": str(10**9), "RINGFENCE_WS_FRAMES_BUR
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("slow") / "data", UNLIMITED)
+    srv = Server(tmp_path_factory.mktemp("slow") / "data", UNLIMITED, chains=False)
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
@@ -124,7 +124,7 @@ def hang_up(sock: socket.socket) -> None:
 
 
 def test_flood_then_hang_up_frees_the_connection_and_sigterm_is_prompt(tmp_path):
-    srv = Server(tmp_path / "data", UNLIMITED)
+    srv = Server(tmp_path / "data", UNLIMITED, chains=False)
     try:
         assert wait_for_connections(srv, 0, 30) == 0
         sock = raw_connect(srv)

@@ -25,7 +25,7 @@ S = "BTC/USDT:USDT"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("algo") / "data")
+    srv = Server(tmp_path_factory.mktemp("algo") / "data", chains=False)
     yield srv
     srv.stop()
 
@@ -145,7 +145,7 @@ def test_ccxt_trailing_stop_follows_the_high_survives_a_restart_and_fires_on_the
         assert r.returncode == 0 and "DIFFERS" not in r.stdout, r.stdout + r.stderr
         hashes += re.findall(r"state hash\s*│?\s*([0-9a-f]{64})", r.stdout)
     assert len(hashes) == 2 and hashes[0] == hashes[1], [r.stdout for r in replays]
-    again = Server(server.data)
+    again = Server(server.data, chains=False)
     server.proc, server.base, server.keys, server.log = again.proc, again.base, again.keys, again.log  # the fixture stops it
     alice, bob = _ex(server, "alice"), _ex(server, "bob")
     assert [o["id"] for o in alice.fetch_open_orders(S, params={"trigger": True})] == [trail["id"]]

@@ -22,7 +22,7 @@ from api.conftest import Server  # noqa: E402  (tests/api/conftest.py: a real se
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("perps") / "data")
+    srv = Server(tmp_path_factory.mktemp("perps") / "data", chains=False)
     yield srv
     srv.stop()
 
@@ -644,7 +644,7 @@ def test_a_restart_keeps_positions_and_resting_perpetual_orders(server):
     assert income and fills
     marks = httpx.get(server.base + "/fapi/v1/markPriceKlines", params={"symbol": "BTCUSDT", "interval": "1m"}).json()
     assert server.stop() == 0
-    again = Server(server.data)  # the same data directory: snapshot + journal, demo seeding idempotent
+    again = Server(server.data, chains=False)  # the same data directory: snapshot + journal, demo seeding idempotent
     try:
         bob2 = Client(again, "bob")
         now = ok(bob2.call("GET", "/fapi/v3/positionRisk"))

@@ -22,7 +22,7 @@ PERP = "BTCUSDTPERP"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("reduce-only") / "data")
+    srv = Server(tmp_path_factory.mktemp("reduce-only") / "data", chains=False)
     yield srv
     srv.stop()
 

@@ -41,7 +41,7 @@ def wait_for(fn, what: str, timeout_s: float = 30.0):  # type: ignore[no-untyped
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):  # type: ignore[no-untyped-def]
-    srv = Server(tmp_path_factory.mktemp("index") / "data", env=FEED_ON)
+    srv = Server(tmp_path_factory.mktemp("index") / "data", env=FEED_ON, chains=False)
     yield srv
     assert srv.stop() == 0
 
@@ -186,7 +186,7 @@ def test_ccxt_poller_feeds_a_node_from_other_ringfence_nodes(demo: Server, tmp_p
     target_dir = tmp_path / "target"
     # the target lists its demo markets and staff first, then (stopped) gets five feed keys and a
     # BTCUSDT index, each signed by the demo's operator quorum (ada, ben)
-    first = Server(target_dir, env={"RINGFENCE_DEMO_FEED": "0"})
+    first = Server(target_dir, env={"RINGFENCE_DEMO_FEED": "0"}, chains=False)
     assert first.stop() == 0
     quorum = ["--key", f"{target_dir}/demo-staff.json#ada", "--key", f"{target_dir}/demo-staff.json#ben"]
     venues = []
@@ -200,7 +200,7 @@ def test_ccxt_poller_feeds_a_node_from_other_ringfence_nodes(demo: Server, tmp_p
         venues.append(name)
     cli("index", "configure", str(target_dir), "--symbol", "BTCUSDT", *sum((["--source", v] for v in venues), []), "--min-sources", "3",
         *quorum)
-    target = Server(target_dir, env=FEED_ON)  # its demo feed leaves the configured BTCUSDT alone
+    target = Server(target_dir, env=FEED_ON, chains=False)  # its demo feed leaves the configured BTCUSDT alone
     try:
         assert httpx.get(target.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()["marketStatus"] == "REDUCE_ONLY"
         config = {"venues": [
@@ -228,7 +228,7 @@ def test_ccxt_poller_feeds_a_node_from_other_ringfence_nodes(demo: Server, tmp_p
 
 def test_demo_restart_keeps_the_index_and_continues_the_feed(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    srv = Server(data, env=FEED_ON)
+    srv = Server(data, env=FEED_ON, chains=False)
     try:
         v = wait_for(lambda: (lambda x: x if x["status"] == "LIVE" else None)(
             httpx.get(srv.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()), "a live index")
@@ -239,7 +239,7 @@ def test_demo_restart_keeps_the_index_and_continues_the_feed(tmp_path: Path) -> 
     shown = json.loads(cli("index", "show", "--data", str(data), "--symbol", "BTCUSDT", "--json").stdout)
     before = {s["venue"]: s["seq"] for s in shown["sources"]}
     assert all(seq >= v["sources"][0]["seq"] - 1 for seq in before.values())
-    again = Server(data, env=FEED_ON)  # sources are stale by now; the first round brings them back
+    again = Server(data, env=FEED_ON, chains=False)  # sources are stale by now; the first round brings them back
     try:
         after = httpx.get(again.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
         assert after["status"] == "LIVE" and after["marketStatus"] == "ACTIVE", after

@@ -37,7 +37,7 @@ def _engine_events(server: Server, kind: str) -> list[dict]:
 
 def test_engine_events_lost_in_a_crash_are_relayed_from_the_journal_exactly_once(tmp_path) -> None:
     data = tmp_path / "data"
-    slow = Server(data, env={"RINGFENCE_MONITORING_FLUSH_MS": "8000", "RINGFENCE_MONITORING_POLL_MS": "50"})
+    slow = Server(data, env={"RINGFENCE_MONITORING_FLUSH_MS": "8000", "RINGFENCE_MONITORING_POLL_MS": "50"}, chains=False)
     try:
         alice = slow.keys["alice"]
         headers = {"X-MBX-APIKEY": alice["api_key"], "Content-Type": "application/x-www-form-urlencoded"}
@@ -69,7 +69,7 @@ def test_engine_events_lost_in_a_crash_are_relayed_from_the_journal_exactly_once
             slow.proc.kill()
     assert not [t for t in _engine_events(slow, "trade") if t["account_id"] == "alice"], "the trade was written before the kill"
 
-    again = Server(data, env={"RINGFENCE_MONITORING_POLL_MS": "50"})
+    again = Server(data, env={"RINGFENCE_MONITORING_POLL_MS": "50"}, chains=False)
     try:
         [alert] = poll(lambda: alerts_for(again, "wash-trade", "alice"), "the wash-trade alert after the restart")
         assert "self-trade" in alert["explanation"], alert

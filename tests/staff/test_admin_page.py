@@ -26,7 +26,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("admin-page") / "data")
+    srv = Server(tmp_path_factory.mktemp("admin-page") / "data", chains=False)
     yield srv
     assert srv.stop() == 0
 

@@ -349,8 +349,8 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
             problems.append(err)
         problems += settings.production_problems()
         chains = settings.custody_chains or ("BTC=local,ETH=local,USDT=local" if demo else "")  # as custody_runtime
-        try:
-            if settings.mode != "dev" and parse_chain_settings(chains):
+        try:  # parsed in every mode: a bad value is refused before the app, identity and chain libraries load
+            if parse_chain_settings(chains) and settings.mode != "dev":
                 problems.append(ConfigError("the local in-process chains are for dev mode only", field="RINGFENCE_CUSTODY_CHAINS"))
         except RingfenceError as err:
             problems.append(err)

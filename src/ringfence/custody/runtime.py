@@ -251,7 +251,6 @@ class LocalChains:
 
     def __init__(self, directory: Path, seed: str, chains: frozenset[str] = frozenset({"bitcoin", "ethereum"})) -> None:
         from ..chains.bitcoin.simulator import BitcoinSimulator
-        from ..chains.ethereum import EthDevChain, EthereumSettings
 
         self.chains = chains
         self.btc: Any = None
@@ -272,6 +271,10 @@ class LocalChains:
                 self.save_btc()
         self._eth_log = self.dir / "ethereum.jsonl"
         if "ethereum" in chains:
+            # web3, eth_account and py-evm (about 1 s of imports, py_ecc's pairing tables among them) only
+            # when an Ethereum chain is configured: a BTC-only custody starts without them
+            from ..chains.ethereum import EthDevChain, EthereumSettings
+
             self._start_eth(EthDevChain, EthereumSettings)
 
     def _start_eth(self, EthDevChain: Any, EthereumSettings: Any) -> None:
