@@ -33,7 +33,8 @@ STEPS = 40
 
 class Cluster:
     def __init__(self, tmp_path, stream: str) -> None:
-        self.tmp, self.url = tmp_path, f"{NATS_URL}/{stream}"
+        # n0 opens the stream: its standbys are told so (peers_of() lists node a first)
+        self.tmp, self.url = tmp_path, f"{NATS_URL}/{stream}?first_primary=n0"
         self.target = parse_target(self.url)
         self.generation = 0
         self.primary_id = "n0"

@@ -67,7 +67,8 @@ def test_a_standby_on_a_missing_stream_says_so_once_and_warns_that_sqlite_identi
     ("replicas=9", "--nats: option replicas='9' is out of range: replicas must be 1..5"),
     ("auto_promote=yes", "--nats: option auto_promote='yes' is out of range: auto_promote must be 0|1"),
     ("foo=1", "--nats: unknown option 'foo' in the URL; the options are replicas=1..5, lease_ms=100..600000, "
-              "auto_promote=0|1, state_hash_every=1..1000000, state_hash_later=0|1, state_digest=0|1 and tls_ca=FILE"),
+              "auto_promote=0|1, state_hash_every=1..1000000, state_hash_later=0|1, state_digest=0|1, tls_ca=FILE and "
+              "first_primary=NODE"),
 ])
 def test_url_options_are_named_with_their_ranges_and_exit_2(query, said):
     code, out = _cli("replication", "status", "--nats", f"{NATS_URL}/RF?{query}")

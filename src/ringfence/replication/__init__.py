@@ -38,7 +38,9 @@ The signed headers include `Rf-Pos` (the stream sequence the message must be sto
 stored anywhere else is a replay) and `Rf-Session` (random per `Replicator`). A follower checks the
 signature against its *peers file* before anything else, then that the signer is the node entitled
 to the epoch: the one whose signed fence opened it, or for the first epoch it reads, the first
-signer it verified. Anything refused stops the follower (`Refused`); nothing of it is appended.
+signer it verified, which must be the stream's first primary (`first_primary=NODE` in the URL, else
+the first node of the peers file: `Follower._check_first`). Anything refused stops the follower
+(`Refused`); nothing of it is appended.
 
 The leader record is signed too: `sig` is the hex Ed25519 signature of the node it names over
 `ringfence-leader-v1\nSTREAM\n` + the record without `sig` as canonical JSON (sorted keys, no
@@ -68,6 +70,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -92,6 +95,7 @@ KIND_FENCE = "fence"
 PUBLISH_TIMEOUT_S = 5
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_WRONG_LAST_MSG_ID = 10070
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as nodekey's
 POLL_S = 0.02  # float-ok: follower poll interval, seconds
 PROGRESS_S = 30  # the standby's progress line: at most this often, seconds
 
@@ -176,6 +180,9 @@ class ReplicationTarget:
     #: Primary: send, with each batch, the engine's incremental state digest after the batch before
     #: it (`Engine.state_digest`, cheap: in proportion to what changed); followers check every one.
     state_digest: bool = True
+    #: Standby: the node that opens the stream (signs its first message, epoch 1 usually); "": the first
+    #: node of the peers file. A node key alone opens no stream (intruder review of session 15, F2).
+    first_primary: str = ""
 
     @property
     def display(self) -> str:
@@ -217,7 +224,7 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
     if not stream.replace("-", "").replace("_", "").isalnum() or len(stream) > 64:
         raise ConfigError("the stream name may hold letters, digits, '-' and '_' (at most 64)", field=option)
     values = {"replicas": 1, "lease_ms": 0, "auto_promote": 0, "state_hash_every": 1, "state_hash_later": 0, "state_digest": 1}
-    tls_ca = ""
+    tls_ca = first_primary = ""
     for part in filter(None, parsed.query.split("&")):
         key, _, value = part.partition("=")
         if key == "tls_ca":  # the CA that signed the NATS server's certificate (tls:// only)
@@ -225,9 +232,16 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
             if parsed.scheme != "tls" or not Path(tls_ca).is_file():
                 raise ConfigError("tls_ca must name a readable CA file and needs a tls:// URL", field=option)
             continue
+        if key == "first_primary":  # the node the stream's first message must come from (a standby's check)
+            first_primary = unquote(value)
+            if not _NODE_ID.fullmatch(first_primary):
+                raise ConfigError(f"first_primary={first_primary!r}: a node id (letters, digits, '.', '_', '-', at most 64)",
+                                  field=option)
+            continue
         if key not in URL_OPTIONS:
             known = ", ".join(f"{k}={_allowed(k)}" for k in URL_OPTIONS)
-            raise ConfigError(f"unknown option {key!r} in the URL; the options are {known} and tls_ca=FILE", field=option)
+            raise ConfigError(f"unknown option {key!r} in the URL; the options are {known}, tls_ca=FILE and "
+                              "first_primary=NODE", field=option)
         low, high = URL_OPTIONS[key]
         if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
             raise ConfigError(f"option {key}={value!r} is out of range: {key} must be {_allowed(key)}", field=option)
@@ -238,7 +252,7 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
         netloc = f"{parsed.username}:{quote(secret, safe='')}@{netloc.split('@', 1)[1]}"
     return ReplicationTarget(f"{parsed.scheme}://{netloc}", stream, values["replicas"], values["lease_ms"],
                              bool(values["auto_promote"]), values["state_hash_every"], tls_ca,
-                             bool(values["state_hash_later"]), bool(values["state_digest"]))
+                             bool(values["state_hash_later"]), bool(values["state_digest"]), first_primary)
 
 
 def masked(servers: str) -> str:
@@ -273,6 +287,44 @@ def _check_hardened(config: Any, target: "ReplicationTarget") -> None:
                           "the leader record or the journal (made by an older ringfence?); harden it once, as a NATS user "
                           f"allowed to update streams: ringfence replication harden --nats {target.display_url()}",
                           field="--replicate")
+
+
+def _value(config: Any, key: str) -> Any:
+    value = getattr(config, key, None)
+    return getattr(value, "value", value)  # an enum, or the server's string
+
+
+def _lossy_settings(config: Any) -> list[str]:
+    """What of the journal stream's configuration could lose or alter an acknowledged message without
+    the writer knowing (intruder review of session 15, F4): each as `field=value (want ...)`. Every
+    node relies on the stream keeping every message it stored, in order, for good."""
+    wants: list[tuple[str, Callable[[Any], bool], str]] = [
+        ("storage", lambda v: v in (None, "file"), "file"),
+        ("retention", lambda v: v in (None, "limits"), "limits"),
+        ("max_msgs", lambda v: v in (None, -1, 0), "-1, no limit"),
+        ("max_bytes", lambda v: v in (None, -1, 0), "-1, no limit"),
+        ("max_age", lambda v: not v, "0, no limit"),
+        ("max_msgs_per_subject", lambda v: v in (None, -1, 0), "-1, no limit"),
+        ("discard", lambda v: v in (None, "old", "new"), "old or new (with no limits nothing is discarded)"),
+        ("mirror", lambda v: not v, "none"),
+        ("sources", lambda v: not v, "none"),
+        ("republish", lambda v: not v, "none"),
+        ("subject_transform", lambda v: not v, "none"),
+        ("allow_msg_ttl", lambda v: not v, "false: a message header could expire a message"),
+        ("first_seq", lambda v: v in (None, 0, 1), "1"),
+    ]
+    return [f"{key}={_value(config, key)!r} (want {want})" for key, ok, want in wants if not ok(_value(config, key))]
+
+
+def _check_stream(config: Any, target: "ReplicationTarget") -> None:
+    """Refuse a journal stream that may drop, expire or copy messages (`_lossy_settings`), naming each field."""
+    lossy = _lossy_settings(config)
+    if lossy:
+        raise ConfigError(f"JetStream stream {config.name} has {'; '.join(lossy)}: it could drop or expire messages the "
+                          "primary acknowledged, and a standby would miss them; every node needs the stream as ringfence "
+                          "makes it (file storage, no limits, no mirror/sources/republish). A stream's storage and "
+                          "retention cannot be changed: move to a new stream name (docs/resilience.md), or have a NATS "
+                          "user allowed to update streams set the limits to -1", field="--replicate")
 
 
 def harden(target: "ReplicationTarget") -> list[str]:
@@ -376,6 +428,7 @@ class NatsLink:
                                                              num_replicas=t.replicas, duplicate_window=120.0, **HARDENED))
             if check:
                 _check_hardened(info.config, t)
+                _check_stream(info.config, t)
             try:
                 kv = await self.js.key_value(t.bucket)
             except NotFoundError:  # BucketNotFoundError: first use of this stream
@@ -677,6 +730,26 @@ class Replicator:
         #: a finished digest, sent with the next batch that begins: (sequence, digest)
         self._digest_ready: tuple[int, str] | None = None
         self._digest_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        if target.lease_ms:
+            # renewed from the claim on, through a build that may take longer than the lease (intruder
+            # review of session 15, F7): a standby must not take over a primary that is merely starting
+            threading.Thread(target=self._lease_loop, name="ringfence-lease", daemon=True).start()
+        else:
+            self._restate()
+
+    def _restate(self) -> None:
+        """A primary without a lease writes its record at once with its own settings (lease_ms 0): a
+        standby promoted by a take-over would otherwise leave the deposed primary's lease in it,
+        unrenewed, for another standby to take over from a healthy node (intruder review of session 15,
+        F5)."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        try:
+            self.revision = int(self.link.call(self.kv.update("leader", self._record(), last=self.revision)))
+        except KeyWrongLastSequenceError:
+            self.link.close()
+            raise Fenced("the leadership record changed while this node claimed it: another node leads; start this "
+                         "node with --standby", field="--replicate") from None
 
     def _record(self) -> bytes:
         self.renewal += 1  # every value written is above the last: a replayed older one is known by it
@@ -817,16 +890,20 @@ class Replicator:
 
         tail_seq, tail_hash = self._stream_tail()
         if tail_seq > node.last_seq:
+            self._check_behind(node)
             raise Fenced(f"the stream holds sequence {tail_seq} but this node's journal ends at {node.last_seq}: "
                          "another primary wrote after it; start it with --standby", field="--replicate")
         caught_up = 0
         state_hash = node.read(lambda engine: engine.state_hash())
         prev = None
         for record in scan(node.data_dir / "journal"):
+            if record.first_seq <= tail_seq < record.last_seq:  # the stream's last record ends inside one of ours
+                raise Fenced(self._not_ours(tail_seq, f"its last record ends at sequence {tail_seq}, inside this node's "
+                                            f"record {record.first_seq}..{record.last_seq}"), field="--replicate")
             if record.last_seq <= tail_seq:
                 if record.last_seq == tail_seq and record.hash != tail_hash:
-                    raise Fenced(f"the stream's record at sequence {tail_seq} differs from this node's journal: "
-                                 "the histories diverged; restore this node from the stream", field="--replicate")
+                    raise Fenced(self._not_ours(tail_seq, f"its record ending at sequence {tail_seq} has another hash "
+                                                "than this node's"), field="--replicate")
                 prev = record.hash
                 continue
             from ..journal.journal import GENESIS_HASH
@@ -838,19 +915,70 @@ class Replicator:
             caught_up += 1
         self.last_hash = prev or tail_hash
         self._sequenced = self.published
-        if self.target.lease_ms:
-            # building the node may have taken longer than the lease since it was claimed: renew it
-            # now, so the first batch is not refused for a lease that merely went unrenewed meanwhile
-            self._renew()
-            if self.lost is not None:
-                raise Fenced(self.lost, field="--replicate")
+        if self.lost is not None:  # the lease loop (running since the claim) lost the leadership meanwhile
+            raise Fenced(self.lost, field="--replicate")
         if self.target.state_digest:  # the first digest computes everything: pay it now, not on a batch
             node.read(lambda engine: engine.state_digest())
         self.node = node
         node.replica = self
-        if self.target.lease_ms:
-            threading.Thread(target=self._lease_loop, name="ringfence-lease", daemon=True).start()
         return caught_up
+
+    def _check_behind(self, node: Any) -> None:
+        """The stream goes past this node's journal: find the stream's record of the journal's last sequence
+        (a binary search on `Rf-First-Seq`, which never decreases along the stream) and raise `Fenced`
+        when it is not this node's last record (intruder review of session 15, F2). Returns when it is (another primary wrote
+        after it), or when the stream cannot tell (a message without valid headers)."""
+        from ..journal.journal import scan
+
+        want = node.last_seq
+        if want == 0:
+            return  # an empty journal is everybody's beginning
+
+        def header(seq: int) -> tuple[int | None, Mapping[str, str]]:
+            h = self.link.call(self.link.js.get_msg(self.target.stream, seq)).headers or {}
+            return bounded_int(h.get("Rf-First-Seq")), h
+
+        low, high = 1, self.stream_seq  # the last message whose record starts at or before `want`
+        while low < high:
+            mid = (low + high + 1) // 2
+            first, _ = header(mid)
+            if first is None:
+                return
+            if first <= want:
+                low = mid
+            else:
+                high = mid - 1
+        for seq in range(low, max(0, low - 64), -1):  # back to that record's last chunk (a fence carries no record)
+            first, h = header(seq)
+            index, _, total = h.get("Rf-Chunk", "1/1").partition("/")
+            if h.get("Rf-Kind") != KIND_BATCH or index != total:
+                continue
+            count, digest = bounded_int(h.get("Rf-Count")), h.get("Rf-Hash", "")
+            if first is None or not count or first > want:
+                return
+            mine = None
+            for record in scan(node.data_dir / "journal", decode_from_seq=2**62):
+                mine = record
+            if first + count - 1 != want or mine is None or mine.hash.hex() != digest:
+                _log.critical("replication: stream %s differs from this node's journal at sequence %d",
+                              self.target.stream, want)
+                raise Fenced(f"the stream goes past this node's journal (sequence {want}) and its record there (stream "
+                             f"message {seq}, sequences {first}..{first + count - 1}) is not this node's last record: "
+                             "the histories differ (this node's last batches were never replicated — a deposed primary "
+                             "— or another node opened the stream). Never serve this folder as the primary: rejoin as "
+                             "a standby on a fresh folder (docs/resilience.md)", field="--replicate")
+            return
+
+    def _not_ours(self, seq: int, how: str) -> str:
+        """The refusal of a primary whose journal is not the stream's history (intruder review of session
+        15, F2: a stream someone else opened first, with a stolen node key on a new stream name)."""
+        _log.critical("replication: stream %s is not this node's history (%s): this node does not publish to it",
+                      self.target.stream, how)
+        return (f"stream {self.target.stream} does not hold this node's history: {how} (the hash chains differ up to "
+                f"sequence {seq}); another node wrote to it first, and every standby would refuse this node's batches "
+                "after that history. Do not serve on it: find out who wrote it, then move to a new stream name (an "
+                "empty one), or, if the stream's history is the one to keep, rebuild this node from it as a standby "
+                "(docs/resilience.md)")
 
     def _check_lease(self, first_seq: int) -> None:
         if self.lost is not None:
@@ -1289,6 +1417,9 @@ class Follower:
         #: warm (`serve --standby`, api/service.py `ReadModels`)
         self.on_batch = on_batch
         self._digesting = False  # from the first batch that carries the primary's digest
+        #: why this standby cannot go on (a stream message missing: `_check_gap`), or ""
+        self.problem = ""
+        self._gap_checked = -1e9  # float-ok: monotonic seconds of the last look for a gap
 
     def _apply(self, headers: dict[str, str], payload: bytes) -> None:
         from ..engine.core import ShardHalt
@@ -1441,6 +1572,7 @@ class Follower:
             try:
                 msg = self.link.call(self.link.js.get_msg(self.target.stream, self.stream_seq + 1))
             except NotFoundError:
+                self._check_gap()
                 return n
             headers = msg.headers or {}
             self._verify(self.stream_seq + 1, headers, msg.data or b"")
@@ -1455,6 +1587,37 @@ class Follower:
                 if payload is not None:
                     self._apply(headers, payload)
             n += 1
+
+    def _check_gap(self) -> None:
+        """The next stream message is not there: fine when none was stored after it yet; but when the
+        stream holds later ones, it was dropped (a limit or an age on a stream someone else made,
+        intruder review of session 15, F4) and never comes back. Said once (log, progress line,
+        `problem` in /v1/standby), checked at most once a second; this standby then neither follows
+        nor takes over (`follow_until_promoted`)."""
+        from nats.js.errors import NotFoundError
+
+        now = time.monotonic()
+        if now - self._gap_checked < 1:
+            return
+        self._gap_checked = now
+        want = self.stream_seq + 1
+        state = self.link.call(self.link.js.stream_info(self.target.stream)).state
+        if int(state.last_seq) < want:
+            return  # nothing after it yet: waiting for the primary
+        try:
+            self.link.call(self.link.js.get_msg(self.target.stream, want))
+            return  # stored meanwhile: the next poll reads it
+        except NotFoundError:
+            pass
+        problem = (f"stream message {want} is missing while the stream holds messages {state.first_seq}..{state.last_seq}: "
+                   "the stream dropped messages the primary stored (a limit, an age or a purge of its configuration); "
+                   f"this standby cannot follow past sequence {self.stream_seq} and will not take over: fix the stream "
+                   "(or move to a new stream name) and rebuild it from a backup of a node that applied past it "
+                   "(docs/resilience.md)")
+        said, self.problem = self.problem, problem  # /v1/standby shows the stream's figures as they grow
+        if not said:  # the log and the progress line say it once
+            _log.critical("replication: %s", problem)
+            self.on_progress(f"standby {self.node_id}: {problem}")
 
     def _check_grant(self, seq: int, headers: Mapping[str, str], body: bytes) -> None:
         """A fence (already verified as signed by its node, `_verify`) opens its epoch only with a grant
@@ -1503,6 +1666,8 @@ class Follower:
             raise self._refuse(seq, f"the signature is not that of node {node!r} (forged or altered)")
         if headers.get("Rf-Pos") != str(seq):
             raise self._refuse(seq, f"signed for stream sequence {headers.get('Rf-Pos')!r}, stored at {seq}: a replayed message")
+        if not self._leaders:
+            self._check_first(seq, node, epoch)
         owner = self._leaders.get(epoch)
         if kind == KIND_FENCE:
             if owner is not None and owner != node:
@@ -1516,6 +1681,24 @@ class Follower:
             self._leaders[epoch] = owner = node  # the first epoch this follower reads: its first signer leads it
         if owner != node:
             raise self._refuse(seq, f"a batch at epoch {epoch} signed by {node!r}, but {owner!r} leads that epoch")
+
+    def _check_first(self, seq: int, node: str, epoch: int) -> None:
+        """The first message this standby reads (the stream's first: it reads from sequence 1) opens the
+        stream's first epoch, which no fence before it grants: it must be signed by the stream's first
+        primary, the node the operators named (`first_primary=NODE` in the URL, else the first node of the
+        peers file). Another node's key alone opens no stream (intruder review of session 15, F2)."""
+        assert self.peers is not None
+        first = self.target.first_primary or next(iter(self.peers), "")
+        if node == first:
+            return
+        named = ("first_primary in this standby's URL" if self.target.first_primary else
+                 "the first node of the peers file, as no first_primary=NODE is in this standby's URL")
+        _log.critical("replication: stream %s opens with a message of node %r, not of its first primary %r",
+                      self.target.stream, node, first)
+        raise self._refuse(seq, f"the stream's first message (epoch {epoch}) is signed by {node!r}, but the stream's first "
+                           f"primary is {first!r} ({named}): a node key alone does not open a stream. If {node!r} did "
+                           f"open this stream, add first_primary={node} to this standby's --standby URL; if not, its key "
+                           "may be stolen: move to a new stream name")
 
     def _assemble(self, headers: dict[str, str], data: bytes) -> bytes | None:
         """The whole payload once a record's last chunk arrives (None while chunks are pending).
@@ -1577,6 +1760,9 @@ class Follower:
         seen = -1  # the revision of the leader record last looked at
         while stop is None or not stop.is_set():
             self.poll()
+            if self.problem:  # a hole in the stream never closes: no promotion, no take-over from here
+                time.sleep(POLL_S)
+                continue
             leader, revision = leader_of(self.link, self.kv)
             if revision != seen:
                 seen = revision

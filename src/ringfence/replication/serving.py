@@ -166,7 +166,7 @@ class StandbyStatus:
                     "fence_epoch": follower.fence_epoch, "batches_applied": follower.batches_applied,
                     "state_hash": follower.last_state_hash, "outcomes_checked": follower.outcomes_checked,
                     "digests_checked": follower.digests_checked, "read_models_seq": models.last_seq if models is not None else None,
-                    "signatures_checked": follower.peers is not None}
+                    "signatures_checked": follower.peers is not None, "problem": follower.problem}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
