@@ -166,3 +166,28 @@ def test_the_promote_command_ignores_a_forged_record(tmp_path, stream):
         assert code == 0 and "promoted b at epoch 2 (was an unverified record)" in out, out
         assert "the leader record (naming 'a') does not carry a valid signature" in out, out
         assert result == [2]
+
+
+def test_a_primary_fenced_by_a_forged_record_comes_back_as_a_promoted_standby(tmp_path, stream):
+    """F3, the other way out (docs/resilience.md): the primary a, fenced by a forged record at a huge
+    epoch, is restarted with --standby on its own data and promoted at epoch 2; it leads again."""
+    node, replicator, keys = _staffed_primary(tmp_path, stream, "?lease_ms=400")
+    target = parse_target(f"{NATS_URL}/{stream}")
+    peers = peers_of("a", "b")
+    with running(node, replicator):
+        replicator.link.call(replicator.kv.put("leader", json.dumps({"epoch": 999999999999999999, "node": "a"}).encode()))
+        for _ in range(100):
+            if node.failed is not None:
+                break
+            __import__("time").sleep(0.05)
+        assert isinstance(node.failed, Fenced), node.failed
+        state = node.read(lambda e: e.state_hash())
+    with pytest.raises(Fenced, match="The way out: promote a standby"):
+        Replicator(target, "a", tmp_path / "a2", key=key_of("a"), peers=peers).close()
+    with standby(target, tmp_path, "a", peers=peers) as follower:  # a's own data folder, as `serve --standby`
+        follower.poll()
+        assert follower.engine.state_hash() == state
+        promote(target, "a", _approvals(keys, stream, "a", 2), peers=peers)
+        assert follower.follow_until_promoted() == 2
+        leader, _ = leader_of(follower.link, follower.kv)
+        assert leader is not None and (leader["node"], leader["epoch"]) == ("a", 2)
