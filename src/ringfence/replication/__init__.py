@@ -83,6 +83,7 @@ from urllib.parse import quote, unquote, urlparse
 from ..errors import ConfigError, JournalCorrupt, RingfenceError
 from ..engine.core import STATE_DIGEST_FORMAT
 from .epochs import EpochBackwards, EpochMemory, bounded_int, epoch_above
+from . import untrusted
 
 __all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "PromotionRefused", "promote", "leader_of",
            "parse_target", "PROMOTE_ACTION", "promote_subject", "masked", "Refused", "signed_bytes", "sign_leader", "lease_key",
@@ -493,15 +494,16 @@ def leader_of(link: NatsLink, kv: Any) -> tuple[dict[str, Any] | None, int]:
         entry = link.call(kv.get("leader"))
     except KeyNotFoundError:
         return None, 0
-    try:
-        record = json.loads(entry.value)
-    except (ValueError, TypeError):
-        record = None
+    try:  # anyone with a node's credential may write anything here (F1: nested JSON raised RecursionError)
+        record = untrusted.loads(entry.value, untrusted.MAX_RECORD_BYTES, "the leader record")
+    except untrusted.UnreadableValue as err:
+        return {"epoch": 0, "node": "", "unreadable": True, "reason": str(err)}, int(entry.revision)
     if not isinstance(record, dict) or not isinstance(record.get("node"), str) or bounded_int(record.get("epoch")) is None \
             or any(key in record and bounded_int(record[key]) is None for key in ("lease_ms", "renewal")):
         # not a record any node wrote (a forgery; an epoch or lease that is not a number of at most 18
         # digits): shown as such; no node acts on it
-        return {"epoch": 0, "node": "", "unreadable": True}, int(entry.revision)
+        return {"epoch": 0, "node": "", "unreadable": True, "reason": "not a leader record (a node id, an epoch, lease_ms and "
+                "renewal of at most 18 digits)"}, int(entry.revision)
     return record, int(entry.revision)
 
 
@@ -543,15 +545,72 @@ def request_key(node_id: str) -> str:
     return f"promote.{node_id}"
 
 
+def verified_leader(record: dict[str, Any] | None, stream: str,
+                    peers: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """`record` when it carries the valid signature of the node it names by `peers` (or, without
+    `peers`, unchecked, as before session 15); None for anything else: an unverified record counts
+    for nothing, least of all its epoch (intruder review, F3)."""
+    if record is None or peers is None:
+        return record
+    public = None if record.get("unreadable") else peers.get(str(record.get("node")))
+    return record if public is not None and leader_signature_ok(record, stream, public) else None
+
+
+async def _leader_history(link: "NatsLink") -> list[bytes]:
+    """The values of the leader record the bucket still holds, oldest first (it keeps 16 revisions of
+    a key): read one by one with next_by_subj, which every service may (`auth.permissions`)."""
+    from nats.js.errors import NotFoundError
+
+    values: list[bytes] = []
+    seq = 1
+    for _ in range(64):  # bounded: the bucket keeps 16 revisions of a key
+        try:
+            msg = await link.js.get_msg(f"KV_{link.target.bucket}", seq=seq, subject=f"$KV.{link.target.bucket}.leader",
+                                        next=True)
+        except NotFoundError:
+            break
+        values.append(msg.data or b"")
+        seq = int(msg.seq) + 1
+    return values
+
+
+def next_epoch_seen(link: "NatsLink", record: dict[str, Any] | None, peers: Mapping[str, Any] | None) -> int:
+    """The next epoch as an operator's command sees it: above the leader `record`'s when it verifies
+    (`verified_leader`); when it does not, above the highest verified record the bucket still holds
+    in the key's history (a forged record's epoch counts for nothing, intruder review F3). An
+    operator may not read the stream's messages (they hold orders): the standby decides, from its
+    memory and every fence it read, and names the epoch when it differs ("sign again")."""
+    genuine = verified_leader(record, link.target.stream, peers)
+    if genuine is not None or record is None or peers is None:
+        return int((genuine or {}).get("epoch", 0)) + 1
+    highest = 0
+    try:
+        history = link.call(_leader_history(link))
+    except Exception as err:  # noqa: BLE001 - the history is a hint only: the standby names the epoch it expects
+        _log.warning("replication: the leader record's history is not readable (%s): the next epoch is a guess",
+                     type(err).__name__)
+        history = []
+    for value in history:
+        try:
+            old = untrusted.loads(value, untrusted.MAX_RECORD_BYTES, "a leader record")
+        except untrusted.UnreadableValue:
+            continue
+        epoch = bounded_int(old.get("epoch")) if isinstance(old, dict) else None
+        if epoch is not None and verified_leader(old, link.target.stream, peers) is not None:
+            highest = max(highest, epoch)
+    return highest + 1
+
+
 def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = (), *, epoch: int | None = None,
-            wait_s: float = 0.0) -> dict[str, Any]:  # float-ok: seconds
+            wait_s: float = 0.0, peers: Mapping[str, Any] | None = None) -> dict[str, Any]:  # float-ok: seconds
     """Operator command: ask the standby `node_id` to take the leadership at the next epoch.
 
     The request (KV key `promote.NODE`: the epoch and the operators' approval tokens) is verified
     by the standby itself against the staff register of its own replica at its last applied
     sequence (`Follower.consider_promotion`); only then does the standby change the leader record
     (a revision-checked update). With `wait_s`, wait for its verdict: returns the new leader record
-    or raises `PromotionRefused` with the standby's reason."""
+    or raises `PromotionRefused` with the standby's reason. Given `peers`, a leader record counts
+    (its epoch, the verdict) only when it verifies against them (`verified_leader`)."""
     link = NatsLink(target)
     try:
         missing = missing_stream(link)
@@ -559,7 +618,7 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
             raise PromotionRefused(f"{missing}: no standby follows it", field="--nats")
         kv = link.ensure_stream_and_bucket()
         current, _ = leader_of(link, kv)
-        next_epoch = int((current or {}).get("epoch", 0)) + 1
+        next_epoch = next_epoch_seen(link, current, peers)
         if epoch is not None and epoch < next_epoch:
             raise PromotionRefused(f"the approvals are for epoch {epoch} but the next epoch is {next_epoch}: "
                                    "sign again", field="--epoch")
@@ -571,11 +630,13 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             leader, _ = leader_of(link, kv)
-            if leader is not None and leader["node"] == node_id and int(leader["epoch"]) >= next_epoch:
+            if leader is not None and leader["node"] == node_id and int(leader["epoch"]) >= next_epoch \
+                    and verified_leader(leader, target.stream, peers) is not None:
                 return {"previous": current, **leader}
             try:  # the standby's answer, or whatever else someone wrote to the key meanwhile
-                answer = json.loads(link.call(kv.get(request_key(node_id))).value)
-            except ValueError:
+                answer = untrusted.loads(link.call(kv.get(request_key(node_id))).value, untrusted.MAX_ANSWER_BYTES,
+                                         "the answer")
+            except untrusted.UnreadableValue:
                 answer = None
             if isinstance(answer, dict) and answer.get("status") == "refused" and answer.get("revision") == revision:
                 raise PromotionRefused(f"standby {node_id} refused the promotion: {answer.get('reason')}",
@@ -626,9 +687,9 @@ def grant_refusal(engine: Any, stream: str, node: str, epoch: int, body: bytes, 
                 "upgrade every node before promoting; a standby built after the upgrade on such a stream starts from a "
                 "backup of a node that applied past it (docs/resilience.md)")
     try:
-        grant = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return "its grant is not JSON"
+        grant = untrusted.loads(body, untrusted.MAX_GRANT_BYTES, "its grant")
+    except untrusted.UnreadableValue as err:
+        return str(err)
     if not isinstance(grant, dict) or grant.get("format") != GRANT_FORMAT:
         return f"its grant is not a JSON object with format {GRANT_FORMAT!r}"
     if grant.get("epoch") != epoch or grant.get("node") != node:
@@ -650,6 +711,8 @@ def grant_refusal(engine: Any, stream: str, node: str, epoch: int, body: bytes, 
         check_quorum(engine, PROMOTE_ACTION, promote_subject(stream, node, epoch), sigs, OPERATOR, field="approvals")
     except RingfenceError as err:
         return f"the operators' approvals do not verify against this node's staff register: {err}"
+    except (ValueError, TypeError, OverflowError) as err:  # junk a signer put in its grant: refused, never a crash (F6)
+        return f"the operators' approvals are not readable ({type(err).__name__})"
     return ""
 
 
@@ -780,7 +843,9 @@ class Replicator:
                           "this node does not start", leader.get("node"), leader.get("epoch"))
             raise Fenced(f"forged leader record: it names {leader.get('node')!r} at epoch {leader.get('epoch')} but does not "
                          "carry that node's valid signature; this node refuses to start as the primary (someone with "
-                         "write access to the leader bucket wrote it)", field="--replicate")
+                         "write access to the leader bucket wrote it). The way out: promote a standby with `ringfence "
+                         "replication promote` (it replaces the record with its own signed one at the next genuine "
+                         "epoch), or start this node with --standby and promote it", field="--replicate")
         if leader["node"] != self.node_id:
             raise Fenced(f"node {leader['node']!r} is the primary at epoch {leader['epoch']}; start this node with "
                          "--standby, or promote it with `ringfence replication promote`", field="--replicate")
@@ -1856,10 +1921,10 @@ class Follower:
         self._request_rev = int(entry.revision)
         request: Any = None
         try:  # anyone with the operator's credential may write anything here: junk is a refused request
-            try:
-                request = json.loads(entry.value)
-            except (ValueError, TypeError):
-                raise PromotionRefused("the request is not JSON", field="request") from None
+            try:  # bounded, every decoding error caught (F1: nested JSON raised RecursionError)
+                request = untrusted.loads(entry.value, untrusted.MAX_REQUEST_BYTES, "the request")
+            except untrusted.UnreadableValue as err:
+                raise PromotionRefused(str(err), field="request") from None
             if not isinstance(request, dict):
                 raise PromotionRefused(f"the request is a JSON {type(request).__name__}, not an object", field="request")
             if request.get("status") != "requested":
@@ -1878,6 +1943,8 @@ class Follower:
             reason = "the leader record changed while the request was checked: sign again for the new epoch"
         except RingfenceError as err:
             reason = str(err)
+        except (ValueError, TypeError, OverflowError) as err:  # junk in a request: refused, the standby follows on
+            reason = f"the request is not valid ({type(err).__name__})"
         else:
             answer = dict(request, status="accepted", revision=self._request_rev, approved_by=approvers)
             self.link.call(self.kv.put(key, json.dumps(answer).encode()))
@@ -1952,8 +2019,10 @@ class Follower:
 
     def _next_epoch(self, leader: dict[str, Any] | None) -> int:
         """The epoch a claim of this standby takes: above the leader record's, every fence it read,
-        the stream's newest message (when signed by a peer) and its own memory (epochs.py)."""
-        return epoch_above(self.link, self.memory, leader, fence_epoch=self.fence_epoch, peers=self.peers)
+        the stream's newest message (when signed by a peer) and its own memory (epochs.py). The leader
+        record counts only when it verifies: a forged epoch must not raise every later one (F3)."""
+        genuine = leader if self.peers is None or (leader is not None and self._trusted(leader)) else None
+        return epoch_above(self.link, self.memory, genuine, fence_epoch=self.fence_epoch, peers=self.peers)
 
     def hand_over(self) -> tuple[Any, tuple[int, bytes, Path | None, int], Any]:
         """After promotion: stop following and hand the engine, the journal writer's position and

@@ -29,7 +29,7 @@ def promote_cmd(
     keys: list[str] = typer.Option([], "--key", help="An operator's staff key: FILE or DIR/demo-staff.json#ID. Repeatable."),
     approvals: list[str] = typer.Option([], "--approval", help="Another operator's approval token (from --sign-only). Repeatable."),
     sign_only: bool = typer.Option(False, "--sign-only", help="Only print your approval token for the submitter."),
-    epoch: int = typer.Option(0, "--epoch", min=0, help="The epoch to sign for (default: the leader's epoch + 1, read from NATS)."),
+    epoch: int = typer.Option(0, "--epoch", min=0, help="The epoch to sign for (default: the next one above the verified leader record and the stream, read from NATS)."),
     ttl_s: int = typer.Option(600, "--ttl-s", min=10, max=86_400, help="How long your signature may be submitted."),
     wait_s: int = typer.Option(60, "--wait-s", min=1, max=3600, help="How long to wait for the standby's verdict."),
     peers: Path | None = typer.Option(None, "--peers", envvar="RINGFENCE_REPLICATION_PEERS",
@@ -55,7 +55,8 @@ def promote_cmd(
     from ..staff.console import load_key
     from ..staff.decisions import format_approval, parse_approval
     from ..nodekey import load_peers
-    from . import NatsLink, PROMOTE_ACTION, leader_of, missing_stream, parse_target, promote, promote_subject
+    from . import (NatsLink, PROMOTE_ACTION, leader_of, missing_stream, next_epoch_seen, parse_target, promote,
+                   promote_subject, verified_leader)
 
     try:  # the input first: a bad option exits 2 before NATS is asked anything
         target = parse_target(nats, "--nats")
@@ -76,13 +77,22 @@ def promote_cmd(
             link = NatsLink(target)
             try:
                 # a missing stream is left to promote() to name (asking must not create it)
-                current = None if missing_stream(link) else leader_of(link, link.ensure_stream_and_bucket())[0]
+                missing = missing_stream(link)
+                current = None if missing else leader_of(link, link.ensure_stream_and_bucket())[0]
+                # a record that does not verify against the peers file counts for nothing, least of all its
+                # epoch: a forged one would make every promotion impossible (intruder review, F3)
+                genuine = verified_leader(current, target.stream, trusted)
+                if current is not None and genuine is None:
+                    what = (f"is unreadable ({current.get('reason')})" if current.get("unreadable") else
+                            f"(naming {str(current.get('node'))[:64]!r}) does not carry a valid signature of a node of "
+                            "the peers file")
+                    typer.echo(f"the leader record {what}: ignored; the promotion replaces it", err=True)
+                if genuine is not None and genuine.get("node") == node_id:
+                    fail(f"--node-id: {node_id} already leads at epoch {genuine.get('epoch')}: nothing to promote", 1)
+                if not epoch and signers:
+                    epoch = 1 if missing else next_epoch_seen(link, current, trusted)
             finally:
                 link.close()
-            if current is not None and current.get("node") == node_id:
-                fail(f"--node-id: {node_id} already leads at epoch {current.get('epoch')}: nothing to promote", 1)
-            if not epoch and signers:
-                epoch = int((current or {}).get("epoch", 0)) + 1
         expires = time.time_ns() + ttl_s * 10**9
         own = [format_approval(k.sign(PROMOTE_ACTION, promote_subject(target.stream, node_id, epoch), expires))
                for k in signers]
@@ -90,11 +100,12 @@ def promote_cmd(
             for token in own:
                 typer.echo(token)
             return
-        record = promote(target, node_id, own + tokens, epoch=epoch or None, wait_s=wait_s)
+        record = promote(target, node_id, own + tokens, epoch=epoch or None, wait_s=wait_s, peers=trusted)
     except RingfenceError as err:
         fail(f"refused: {_as_nats(err)}", 1)
-    previous = record["previous"]
-    was = f"{previous['node']} at epoch {previous['epoch']}" if previous else "nobody"
+    previous = verified_leader(record["previous"], target.stream, trusted)
+    was = f"{previous['node']} at epoch {previous['epoch']}" if previous else \
+        "nobody" if record["previous"] is None else "an unverified record"
     by = ", ".join(record.get("approved_by") or []) or "an operator (no staff registered)"
     console.print(f"promoted {node_id} at epoch {record['epoch']} (was {was}); approved by {by}")
 

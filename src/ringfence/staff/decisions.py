@@ -147,8 +147,10 @@ def format_approval(sig: StaffSignature) -> str:
 
 def parse_approval(token: str, field: str = "approval") -> StaffSignature:
     parts = token.strip().split(":")
-    if len(parts) != 4 or not parts[0] or not (parts[2].isascii() and parts[2].isdigit()):
-        raise ValidationError("an approval is STAFF_ID:NONCE:EXPIRES_NS:SIGNATURE", field=field)
+    # EXPIRES_NS: nanoseconds, at most 19 digits (int() of a 5000-digit one raised a bare ValueError: intruder review, F1)
+    if len(parts) != 4 or not parts[0] or not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 19):
+        raise ValidationError("an approval is STAFF_ID:NONCE:EXPIRES_NS:SIGNATURE (EXPIRES_NS: at most 19 digits)",
+                              field=field)
     staff_id, nonce, expires, sig = parts
     if not NONCE_RE.fullmatch(nonce) or not HEX_SIG_RE.fullmatch(sig.lower()):
         raise ValidationError("nonce is 16-64 hex characters and the signature 128 hex characters", field=field)
