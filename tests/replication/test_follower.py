@@ -50,7 +50,7 @@ def test_follower_rebuilds_the_primary_journal_byte_for_byte(tmp_path, stream):
             _fund(node, i, 1000 * i)
         follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
         try:
-            assert follower.poll() == replicator.published
+            assert follower.poll() == replicator.published + 1  # and a's opener (message 1)
             assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
         finally:
             follower.close()
@@ -74,7 +74,7 @@ def test_follower_refuses_a_forged_batch(tmp_path, stream):
         _publish_raw(replicator, forged, msg.data.replace(b"bob", b"eve"))
         follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
         try:
-            with pytest.raises(Refused, match="stream message 3 refused: the signature is not that of node 'a'"):
+            with pytest.raises(Refused, match="stream message 4 refused: the signature is not that of node 'a'"):
                 follower.poll()  # its headers and body no longer match a's signature
             assert follower.engine.last_seq == node.last_seq  # everything before the forgery applied
         finally:
@@ -360,7 +360,7 @@ def test_every_batch_outcome_is_checked_without_a_state_hash(tmp_path, stream):
         node.execute(CreateTransfers([Transfer(51, world, bob, 1)]))
         follower.poll()
         headers = [replicator.link.call(replicator.link.js.get_msg(stream, s)).headers
-                   for s in range(1, replicator.stream_seq + 1)]
+                   for s in range(2, replicator.stream_seq + 1)]  # message 1: the opener
         assert all(not h.get("Rf-State-Hash") for h in headers)  # no state hash at all
         assert sum("Rf-Outcome" in h for h in headers) == len(headers) - 1  # every batch but the first
         assert follower.outcomes_checked == len(headers) - 1

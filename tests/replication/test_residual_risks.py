@@ -95,7 +95,7 @@ def test_a_stolen_node_key_cannot_open_an_epoch(tmp_path, stream, forgery):
                     "approvals for another node": "approvals do not verify", "one operator": "needs 2 distinct operators",
                     "take-over without leases": "neither lease_ms nor auto_promote"}[forgery]
         assert expected in str(refused.value), refused.value
-        assert follower.fence_epoch == 0 and follower.engine.last_seq == last_seq
+        assert follower.fence_epoch == 1 and follower.engine.last_seq == last_seq  # epoch 1: a's opener's
 
 
 def test_a_granted_promotion_is_accepted_by_every_standby(tmp_path, stream):

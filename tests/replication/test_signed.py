@@ -167,7 +167,7 @@ def test_a_forged_leader_record_naming_the_standby_does_not_promote_it(tmp_path,
             stop.set()
             runner.join(10)
             assert result == [0], "the standby took the leadership on a record it did not sign"
-            assert follower.fence_epoch == 0
+            assert follower.fence_epoch == 1  # 1: the opener's epoch (message 1), no fence since
             info = replicator.link.call(replicator.link.js.stream_info(stream))
             assert info.state.last_seq == replicator.stream_seq, "a fence was published"
             assert any("forged leader record" in line for line in seen), seen
@@ -184,7 +184,7 @@ def test_a_forged_leader_record_naming_the_standby_does_not_promote_it(tmp_path,
             time.sleep(1.0)
             stop.set()
             runner.join(10)
-            assert result == [0] and follower.fence_epoch == 0
+            assert result == [0] and follower.fence_epoch == 1  # 1: the opener's epoch (message 1), no fence since
         finally:
             stop.set()
             runner.join(10)

@@ -39,8 +39,10 @@ stored anywhere else is a replay) and `Rf-Session` (random per `Replicator`). A 
 signature against its *peers file* before anything else, then that the signer is the node entitled
 to the epoch: the one whose signed fence opened it, or for the first epoch it reads, the first
 signer it verified, which must be the stream's first primary (`first_primary=NODE` in the URL, else
-the first node of the peers file: `Follower._check_first`). Anything refused stops the follower
-(`Refused`); nothing of it is appended.
+the first node of the peers file: `Follower._check_first`); the first primary opens an empty stream
+with a fence whose grant says `opens` (`Replicator._open_stream`), so message 1 is its own even after a
+failover before any batch. Anything refused stops the follower for good (`Refused`, kept in
+`Follower.refused`); nothing of it is appended.
 
 The leader record is signed too: `sig` is the hex Ed25519 signature of the node it names over
 `ringfence-leader-v1\nSTREAM\n` + the record without `sig` as canonical JSON (sorted keys, no
@@ -254,6 +256,19 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
     return ReplicationTarget(f"{parsed.scheme}://{netloc}", stream, values["replicas"], values["lease_ms"],
                              bool(values["auto_promote"]), values["state_hash_every"], tls_ca,
                              bool(values["state_hash_later"]), bool(values["state_digest"]), first_primary)
+
+
+def nats_failures() -> tuple[type[BaseException], ...]:
+    """What a NATS call may raise besides this module's own errors: the client's errors (API errors,
+    a key deleted, its timeouts), a call's timeout on the link's loop, a broken connection."""
+    from nats.errors import Error as NatsError
+
+    return (NatsError, asyncio.TimeoutError, concurrent.futures.TimeoutError, ConnectionError)
+
+
+def nats_failed(err: BaseException) -> str:
+    """One line for a failed NATS call (`nats_failures`): the error's type and its first 200 characters."""
+    return f"{type(err).__name__} {str(err)[:200]}".strip()
 
 
 def masked(servers: str) -> str:
@@ -613,41 +628,55 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
     (its epoch, the verdict) only when it verifies against them (`verified_leader`)."""
     link = NatsLink(target)
     try:
-        missing = missing_stream(link)
-        if missing:  # a mistyped name: nobody follows that stream (and asking must not create it)
-            raise PromotionRefused(f"{missing}: no standby follows it", field="--nats")
-        kv = link.ensure_stream_and_bucket()
-        current, _ = leader_of(link, kv)
-        next_epoch = next_epoch_seen(link, current, peers)
-        if epoch is not None and epoch < next_epoch:
-            raise PromotionRefused(f"the approvals are for epoch {epoch} but the next epoch is {next_epoch}: "
-                                   "sign again", field="--epoch")
-        # above the record's: the standby asks for it when it saw a higher epoch than the record's
-        next_epoch = epoch or next_epoch
-        request = {"epoch": next_epoch, "node": node_id, "approvals": list(approvals), "status": "requested",
-                   "requested_at_ns": time.time_ns()}
-        revision = int(link.call(kv.put(request_key(node_id), json.dumps(request).encode())))
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            leader, _ = leader_of(link, kv)
-            if leader is not None and leader["node"] == node_id and int(leader["epoch"]) >= next_epoch \
-                    and verified_leader(leader, target.stream, peers) is not None:
-                return {"previous": current, **leader}
-            try:  # the standby's answer, or whatever else someone wrote to the key meanwhile
-                answer = untrusted.loads(link.call(kv.get(request_key(node_id))).value, untrusted.MAX_ANSWER_BYTES,
-                                         "the answer")
-            except untrusted.UnreadableValue:
-                answer = None
-            if isinstance(answer, dict) and answer.get("status") == "refused" and answer.get("revision") == revision:
-                raise PromotionRefused(f"standby {node_id} refused the promotion: {answer.get('reason')}",
-                                       field="--key")
-            time.sleep(0.1)
-        if wait_s:
-            raise PromotionRefused(f"standby {node_id} did not answer within {wait_s:g} s: is it running "
-                                   f"`serve --standby` with --node-id {node_id}?", field="--node-id")
-        return {"previous": current, **request}
+        return _promote(link, target, node_id, approvals, epoch, wait_s, peers)
+    except nats_failures() as err:
+        raise ConfigError(f"NATS at {target.display} failed while asking standby {node_id} to take over (stream "
+                          f"{target.stream}): {nats_failed(err)}; ask again once NATS answers", field="--nats") from None
     finally:
         link.close()
+
+
+def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals: Sequence[str], epoch: int | None,
+             wait_s: float, peers: Mapping[str, Any] | None) -> dict[str, Any]:  # float-ok: seconds
+    from nats.js.errors import NotFoundError
+
+    missing = missing_stream(link)
+    if missing:  # a mistyped name: nobody follows that stream (and asking must not create it)
+        raise PromotionRefused(f"{missing}: no standby follows it", field="--nats")
+    kv = link.ensure_stream_and_bucket()
+    current, _ = leader_of(link, kv)
+    next_epoch = next_epoch_seen(link, current, peers)
+    if epoch is not None and epoch < next_epoch:
+        raise PromotionRefused(f"the approvals are for epoch {epoch} but the next epoch is {next_epoch}: "
+                               "sign again", field="--epoch")
+    # above the record's: the standby asks for it when it saw a higher epoch than the record's
+    next_epoch = epoch or next_epoch
+    request = {"epoch": next_epoch, "node": node_id, "approvals": list(approvals), "status": "requested",
+               "requested_at_ns": time.time_ns()}
+    revision = int(link.call(kv.put(request_key(node_id), json.dumps(request).encode())))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        leader, _ = leader_of(link, kv)
+        if leader is not None and leader["node"] == node_id and int(leader["epoch"]) >= next_epoch \
+                and verified_leader(leader, target.stream, peers) is not None:
+            return {"previous": current, **leader}
+        try:  # the standby's answer, or whatever else someone wrote to the key meanwhile
+            answer = untrusted.loads(link.call(kv.get(request_key(node_id))).value, untrusted.MAX_ANSWER_BYTES,
+                                     "the answer")
+        except untrusted.UnreadableValue:
+            answer = None
+        except NotFoundError:  # KeyDeletedError: someone deleted or purged the request
+            raise PromotionRefused(f"the promotion request {request_key(node_id)} was deleted while waiting for "
+                                   f"standby {node_id}'s answer: someone withdrew it; ask again if it is still "
+                                   "wanted", field="--node-id") from None
+        if isinstance(answer, dict) and answer.get("status") == "refused" and answer.get("revision") == revision:
+            raise PromotionRefused(f"standby {node_id} refused the promotion: {answer.get('reason')}",
+                                   field="--key")
+        time.sleep(0.1)
+    if wait_s:
+        raise PromotionRefused(f"standby {node_id} did not answer within {wait_s:g} s: is it running "
+                               f"`serve --standby` with --node-id {node_id}?", field="--node-id")
+    return {"previous": current, **request}
 
 
 class PromotionRefused(RingfenceError, PermissionError):
@@ -657,6 +686,7 @@ class PromotionRefused(RingfenceError, PermissionError):
 
 
 GRANT_FORMAT = "ringfence-grant-v1"
+OPENS = "opens"  # an opener's grant (`opener_grant`)
 
 
 def fence_grant(record: Mapping[str, Any]) -> bytes:
@@ -669,6 +699,42 @@ def fence_grant(record: Mapping[str, Any]) -> bytes:
     else:
         grant["approvals"] = list(record.get("approvals") or [])
     return json.dumps(grant, sort_keys=True, separators=(",", ":")).encode()
+
+
+def first_primary_of(target: ReplicationTarget, peers: Mapping[str, Any] | None) -> str:
+    """The node that opens the stream (its message 1): `first_primary=NODE` in the URL, else the first
+    node of the peers file; "" when neither is given (no peers file: in-process use only)."""
+    return target.first_primary or next(iter(peers or {}), "")
+
+
+def check_first_primary(target: ReplicationTarget, peers: Mapping[str, Any] | None, option: str) -> None:
+    """`ConfigError` when `first_primary=NODE` names a node that is not in the peers file: no message of
+    it could ever verify, so every standby would refuse the stream's first message."""
+    if target.first_primary and peers is not None and target.first_primary not in peers:
+        raise ConfigError(f"first_primary={target.first_primary} in the {option} URL is not a node of the peers file "
+                          f"(the nodes: {', '.join(sorted(peers)) or 'none'}): name the node that opens the stream",
+                          field="first_primary")
+
+
+def first_primary_source(target: ReplicationTarget) -> str:
+    return ("first_primary in this node's URL" if target.first_primary else
+            "the first node of the peers file, as no first_primary=NODE is in this node's URL")
+
+
+def opener_grant(epoch: int, node: str) -> bytes:
+    """The body of a stream's opener (`Replicator._open_stream`): a grant that opens the stream's first
+    epoch, accepted only at stream sequence 1 and only from the stream's first primary."""
+    return json.dumps({"format": GRANT_FORMAT, "epoch": epoch, "node": node, OPENS: True},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def opens_stream(body: bytes) -> bool:
+    """Whether a fence's body is an opener's grant (`opener_grant`)."""
+    try:
+        grant = untrusted.loads(body, untrusted.MAX_GRANT_BYTES, "its grant")
+    except untrusted.UnreadableValue:
+        return False
+    return isinstance(grant, dict) and grant.get(OPENS) is True
 
 
 def grant_refusal(engine: Any, stream: str, node: str, epoch: int, body: bytes, *, take_overs: bool) -> str:
@@ -737,6 +803,7 @@ class Replicator:
 
     def __init__(self, target: ReplicationTarget, node_id: str, node_dir: Path | None = None, *, key: Any,
                  peers: Mapping[str, Any] | None = None) -> None:
+        check_first_primary(target, peers, "--replicate")
         self.target = target
         self.node_id = node_id
         #: this node's Ed25519 key (`nodekey`): signs every message and the leader record
@@ -755,9 +822,12 @@ class Replicator:
         self.node: Any = None
         self.lost: str | None = None
         self._stop = threading.Event()
-        self.epoch = self._claim()
+        try:
+            self.epoch = self._claim()
+            info = self.link.call(self.link.js.stream_info(target.stream))
+        except nats_failures() as err:
+            raise self._unreachable(err, "while this node claimed the leadership") from None
         self.renewed_at = time.monotonic()
-        info = self.link.call(self.link.js.stream_info(target.stream))
         #: the stream sequence of the newest message of ours the stream acknowledged
         self.stream_seq = int(info.state.last_seq)
         self.last_hash = b""
@@ -813,6 +883,15 @@ class Replicator:
             self.link.close()
             raise Fenced("the leadership record changed while this node claimed it: another node leads; start this "
                          "node with --standby", field="--replicate") from None
+        except nats_failures() as err:
+            raise self._unreachable(err, "while this node wrote its leader record") from None
+
+    def _unreachable(self, err: BaseException, when: str) -> ConfigError:
+        """A NATS call failed while this primary starts: the link is closed and the error said in one line."""
+        self._stop.set()
+        self.link.close()
+        return ConfigError(f"NATS at {self.target.display} failed {when} (stream {self.target.stream}): "
+                           f"{nats_failed(err)}; start this node again once NATS answers", field="--replicate")
 
     def _record(self) -> bytes:
         self.renewal += 1  # every value written is above the last: a replayed older one is known by it
@@ -950,7 +1029,13 @@ class Replicator:
 
     def attach(self, node: Any) -> int:
         """Publish the local journal's records the stream lacks, then hook every new batch. Returns
-        how many records were published to catch up."""
+        how many records were published to catch up. A NATS call that fails meanwhile: `ConfigError`."""
+        try:
+            return self._attach(node)
+        except nats_failures() as err:
+            raise self._unreachable(err, "while this node brought the stream up to its journal") from None
+
+    def _attach(self, node: Any) -> int:
         from ..journal.journal import scan
 
         tail_seq, tail_hash = self._stream_tail()
@@ -958,6 +1043,8 @@ class Replicator:
             self._check_behind(node)
             raise Fenced(f"the stream holds sequence {tail_seq} but this node's journal ends at {node.last_seq}: "
                          "another primary wrote after it; start it with --standby", field="--replicate")
+        if self.stream_seq == 0:
+            self._open_stream()
         caught_up = 0
         state_hash = node.read(lambda engine: engine.state_hash())
         prev = None
@@ -980,13 +1067,38 @@ class Replicator:
             caught_up += 1
         self.last_hash = prev or tail_hash
         self._sequenced = self.published
-        if self.lost is not None:  # the lease loop (running since the claim) lost the leadership meanwhile
-            raise Fenced(self.lost, field="--replicate")
+        self.node = node  # from now on a lease lost (`_fence_self`) marks the node failed
         if self.target.state_digest:  # the first digest computes everything: pay it now, not on a batch
             node.read(lambda engine: engine.state_digest())
-        self.node = node
+        if self.lost is not None:  # the lease loop (running since the claim) lost the leadership meanwhile
+            if node.failed is None:
+                node.failed = Fenced(self.lost)
+            raise Fenced(self.lost, field="--replicate")
         node.replica = self
         return caught_up
+
+    def _open_stream(self) -> None:
+        """An empty stream: publish its opener first, a fence of this node's epoch whose grant says it opens
+        the stream (`OPENS`), so that the stream's message 1 is always the first primary's, even when a
+        standby takes over before the first batch (review of session 15: the take-over's fence would
+        otherwise be message 1, signed by another node than the first primary, and every later standby
+        would refuse the stream). Only the stream's first primary opens it (`first_primary=NODE` in this
+        node's URL, else the first node of its peers file): a misconfigured primary is told here, not
+        every standby later."""
+        from ..journal.journal import GENESIS_HASH
+
+        first = first_primary_of(self.target, self.peers)
+        if first and first != self.node_id:
+            raise ConfigError(f"stream {self.target.stream} is empty and this node ({self.node_id!r}) is not its first "
+                              f"primary ({first!r}: {first_primary_source(self.target)}), so the standbys would refuse "
+                              f"its first message: start {first!r} as the primary, or, if {self.node_id!r} is to open "
+                              f"this stream, put first_primary={self.node_id} in the URL of every node",
+                              field="first_primary")
+        body = opener_grant(self.epoch, self.node_id)
+        headers = _headers(KIND_FENCE, self.epoch, 1, 0, GENESIS_HASH, GENESIS_HASH, "", 0)
+        headers["Nats-Msg-Id"] += f"-open-{self._session}"
+        seq = self._publish_one(0, headers, body)
+        self.stream_seq = self._sent_seq = seq
 
     def _check_behind(self, node: Any) -> None:
         """The stream goes past this node's journal: find the stream's record of the journal's last sequence
@@ -1426,6 +1538,7 @@ class Follower:
         from ..app import replay_journal
         from ..journal.journal import DataDirLock, JournalWriter, check_node_placement
 
+        check_first_primary(target, peers, "--standby")
         self.target, self.node_dir, self.node_id = target, node_dir, node_id
         self.key, self.peers = key, peers
         #: epoch -> the node entitled to sign in it (the signer of its fence; for the first epoch
@@ -1485,6 +1598,8 @@ class Follower:
         #: why this standby cannot go on (a stream message missing: `_check_gap`), or ""
         self.problem = ""
         self._gap_checked = -1e9  # float-ok: monotonic seconds of the last look for a gap
+        #: the refusal that stopped this standby: every later `poll` raises it again
+        self.refused: Refused | None = None
 
     def _apply(self, headers: dict[str, str], payload: bytes) -> None:
         from ..engine.core import ShardHalt
@@ -1629,7 +1744,17 @@ class Follower:
         self.later_checked += 1
 
     def poll(self) -> int:
-        """Consume every stream message available now; returns how many."""
+        """Consume every stream message available now; returns how many. `Refused` once a message is
+        refused, and again on every later call (`refused`)."""
+        if self.refused is not None:  # a refusal sticks: this standby never goes past the message it refused
+            raise self.refused
+        try:
+            return self._poll()
+        except Refused as err:
+            self.refused = err
+            raise
+
+    def _poll(self) -> int:
         from nats.js.errors import NotFoundError
 
         n = 0
@@ -1640,10 +1765,13 @@ class Follower:
                 self._check_gap()
                 return n
             headers = msg.headers or {}
-            self._verify(self.stream_seq + 1, headers, msg.data or b"")
-            self.stream_seq += 1
+            seq = self.stream_seq + 1
+            self._verify(seq, headers, msg.data or b"")
+            if headers.get("Rf-Kind") == KIND_FENCE:  # its grant checked before anything of it is recorded
+                self._check_grant(seq, headers, msg.data or b"")
+                self._leaders[int(headers["Rf-Epoch"])] = headers.get("Rf-Node", "")
+            self.stream_seq = seq
             if headers.get("Rf-Kind") == KIND_FENCE:
-                self._check_grant(self.stream_seq, headers, msg.data or b"")
                 self._pending = None  # a record cut off by a failover was never acknowledged: dropped
                 self._owed, self._owed_hash = 0, False
                 self.fence_epoch = max(self.fence_epoch, int(headers["Rf-Epoch"]))
@@ -1693,6 +1821,17 @@ class Follower:
         if self.peers is None or self._stream_next < self.writer.next_seq:
             return
         epoch, node = int(headers["Rf-Epoch"]), headers.get("Rf-Node", "")
+        if opens_stream(body):  # the stream's opener: message 1 of the first primary (`_check_first`), nowhere else
+            if seq != 1:
+                _log.critical("replication: stream message %d: an opener of node %r in the middle of the stream", seq, node)
+                raise self._refuse(seq, f"a fence of node {node!r} opening epoch {epoch} claims to open the stream, "
+                                   "which only stream message 1 does")
+            self._check_first(seq, node, epoch)
+            grant = untrusted.loads(body, untrusted.MAX_GRANT_BYTES, "its grant")
+            if grant.get("format") != GRANT_FORMAT or grant.get("epoch") != epoch or grant.get("node") != node:
+                raise self._refuse(seq, f"the stream's opener is for node {grant.get('node')!r} at epoch "
+                                   f"{grant.get('epoch')!r}, not {node!r} at {epoch}")
+            return
         take_overs = bool(self.target.auto_promote or self.target.lease_ms)
         reason = grant_refusal(self.engine, self.target.stream, node, epoch, body, take_overs=take_overs)
         if reason:
@@ -1737,8 +1876,7 @@ class Follower:
         if kind == KIND_FENCE:
             if owner is not None and owner != node:
                 raise self._refuse(seq, f"a fence for epoch {epoch} signed by {node!r}, but {owner!r} opened that epoch")
-            self._leaders[epoch] = node
-            return
+            return  # recorded by `poll` once its grant is checked
         if owner is None:
             if self._leaders:
                 raise self._refuse(seq, f"a batch at epoch {epoch}, which no fence opened (epochs read: "
