@@ -51,6 +51,20 @@ def peers_file(tmp_path: Path, **data_dirs: Path) -> dict[str, str]:
     return {"RINGFENCE_REPLICATION_PEERS": str(path)}
 
 
+def attached_primary(tmp_path: Path, stream: str, query: str = "", peers: dict | None = None, node_id: str = "a") -> tuple:
+    """An in-process primary: a new node in tmp_path/node_id, opened and started, and its Replicator on
+    `stream` (URL options in `query`, e.g. "?lease_ms=300") attached to it."""
+    from ringfence.app import new_node
+    from ringfence.replication import Replicator, parse_target
+
+    node = new_node(tmp_path / node_id)
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}{query}"), node_id, key=key_of(node_id), peers=peers)
+    replicator.attach(node)
+    return node, replicator
+
+
 @contextmanager
 def running(node, replicator) -> Iterator[tuple]:
     """A primary (node and its Replicator) for the `with` block: both closed after it, node first."""

@@ -18,7 +18,7 @@ from ringfence.ledger.commands import OpenAccount, RegisterAsset
 from ringfence.replication import (KIND_BATCH, Fenced, Follower, NatsLink, Refused, Replicator, _headers, leader_of,
                                    parse_target, sign_message)
 
-from .conftest import NATS_URL, key_of, peers_of, running, standby
+from .conftest import NATS_URL, attached_primary, key_of, peers_of, running, standby
 
 PEERS = ("a", "b", "c")
 
@@ -64,18 +64,23 @@ def test_a_stolen_node_key_does_not_open_a_new_stream_for_a_standby(tmp_path, st
         parse_target(f"{NATS_URL}/{stream}?first_primary=no/such")
 
 
-def test_a_primary_refuses_a_stream_whose_history_is_not_its_own(tmp_path, stream):
-    """F2 (a): the stream's records (1..3, c's) end inside primary a's record 3..5: a notices the chains
-    differ and neither publishes nor catches up; the stream keeps only the forged messages."""
+def _a_beside_a_forged_stream(tmp_path, stream):
+    """c's forged records on `stream` (1..1, 2..3), and primary a's own node, started, with two records of its
+    own (1..1, 2..2), and its Replicator on `stream`, not attached yet."""
     _forge_first(tmp_path, stream, "c")
     node = new_node(tmp_path / "a")
     node.open()
     node.execute_many([RegisterAsset("BTC", 8, "crypto", "bitcoin"), OpenAccount("alice", "BTC")])  # 1..1, 2..2
     node.start()
+    return node, Replicator(parse_target(f"{NATS_URL}/{stream}"), "a", tmp_path / "a", key=key_of("a"), peers=peers_of(*PEERS))
+
+
+def test_a_primary_refuses_a_stream_whose_history_is_not_its_own(tmp_path, stream):
+    """F2 (a): the stream's records (1..3, c's) end inside primary a's record 3..5: a notices the chains
+    differ and neither publishes nor catches up; the stream keeps only the forged messages."""
+    node, replicator = _a_beside_a_forged_stream(tmp_path, stream)
     node.execute_many([OpenAccount(name, "BTC") for name in ("bob", "carol", "dave")])  # one record: 3..5
     assert [(r.first_seq, r.count) for r in scan(tmp_path / "a" / "journal")] == [(1, 1), (2, 1), (3, 3)]
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}"), "a", tmp_path / "a", key=key_of("a"),
-                            peers=peers_of(*PEERS))
     with running(node, replicator):
         with pytest.raises(Fenced, match=r"does not hold this node's history: its last record ends at sequence 3, "
                                          r"inside this node's record 3\.\.5"):
@@ -87,14 +92,8 @@ def test_a_primary_behind_a_stream_that_is_not_its_history_says_so(tmp_path, str
     """F2 (a), the stream longer than the journal: c's records 1..1, 2..3; primary a's journal ends at 2
     (1..1, 2..2): the stream's record of sequence 2 is not a's, so a says the histories differ rather than
     that another primary merely wrote after it."""
-    _forge_first(tmp_path, stream, "c")
-    node = new_node(tmp_path / "a")
-    node.open()
-    node.execute_many([RegisterAsset("BTC", 8, "crypto", "bitcoin"), OpenAccount("alice", "BTC")])
+    node, replicator = _a_beside_a_forged_stream(tmp_path, stream)
     assert node.last_seq == 2
-    node.start()
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}"), "a", tmp_path / "a", key=key_of("a"),
-                            peers=peers_of(*PEERS))
     with running(node, replicator):
         with pytest.raises(Fenced, match=r"its record there \(stream message 2, sequences 2\.\.3\) is not this node's "
                                          r"last record: the histories differ"):
@@ -182,11 +181,7 @@ def test_a_promoted_standby_holds_no_lease_it_does_not_renew(tmp_path, stream):
     its URL, as `serve` does: its record then has no lease, and standby c (lease_ms=300, auto_promote)
     does not take the leadership from the healthy b."""
     peers = peers_of(*PEERS)
-    node = new_node(tmp_path / "a")
-    node.open()
-    node.start()
-    a = Replicator(parse_target(f"{NATS_URL}/{stream}?lease_ms=300"), "a", key=key_of("a"), peers=peers)
-    a.attach(node)
+    node, a = attached_primary(tmp_path, stream, "?lease_ms=300", peers)
     node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
     b_url = parse_target(f"{NATS_URL}/{stream}?auto_promote=1")
     follower = Follower(b_url, tmp_path / "b", "b", key=key_of("b"), peers=peers)

@@ -25,16 +25,12 @@ from ringfence.replication import (BUCKET_MAX_VALUE, Fenced, Follower, NatsLink,
                                    leader_of, parse_target, promote, sign_leader)
 from ringfence.replication.epochs import EpochMemory, bounded_int, epoch_above
 
-from .conftest import NATS_URL, key_of, peers_of, running, standby
+from .conftest import NATS_URL, attached_primary, key_of, peers_of, running, standby
 from api.conftest import free_port
 
 
 def _primary(tmp_path, stream, query="", peers=None):
-    node = new_node(tmp_path / "a")
-    node.open()
-    node.start()
-    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}{query}"), "a", key=key_of("a"), peers=peers)
-    replicator.attach(node)
+    node, replicator = attached_primary(tmp_path, stream, query, peers)
     node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
     node.execute(OpenAccount("alice", "BTC"))
     return node, replicator

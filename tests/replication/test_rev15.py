@@ -12,7 +12,7 @@ from ringfence.app import new_node
 from ringfence.errors import ConfigError
 from ringfence.replication import KIND_FENCE, Follower, Refused, Replicator, parse_target
 
-from .conftest import NATS_URL, key_of, peers_of, running, standby
+from .conftest import NATS_URL, attached_primary, key_of, peers_of, running, standby
 from .test_residual_risks import _grant, _intruder_fence, _staffed_primary
 
 PEERS = ("a", "b", "c")
@@ -22,11 +22,7 @@ def test_a_failover_before_the_first_write_leaves_a_followable_stream(tmp_path, 
     """Primary a (lease) opens an empty stream and writes nothing; standby b takes over: b's fence is
     message 2, after a's opener (message 1), so standby c, checking the first primary, follows the stream."""
     peers = peers_of(*PEERS)
-    node = new_node(tmp_path / "a")
-    node.open()
-    node.start()
-    a = Replicator(parse_target(f"{NATS_URL}/{stream}?lease_ms=300"), "a", key=key_of("a"), peers=peers)
-    a.attach(node)
+    node, a = attached_primary(tmp_path, stream, "?lease_ms=300", peers)
     first = a.link.call(a.link.js.get_msg(stream, 1))
     assert first.headers["Rf-Kind"] == KIND_FENCE and first.headers["Rf-Node"] == "a"
     assert json.loads(first.data)["opens"] is True and a.stream_seq == 1
