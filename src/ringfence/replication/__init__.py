@@ -477,6 +477,11 @@ class NatsLink:
         self.call(self.nc.close(), 5)
 
     def close(self) -> None:
+        """Close the connection and stop the loop's thread; a second call does nothing (a failed start
+        closes the link, and its owner's close comes after)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         nc = getattr(self, "nc", None)
         if nc is not None:
             try:
