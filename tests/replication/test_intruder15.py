@@ -109,15 +109,16 @@ def _weak_stream(stream: str, **config) -> None:
         nc = await nats.connect(NATS_URL, connect_timeout=3)
         try:
             await nc.jetstream().add_stream(StreamConfig(
-                name=stream, subjects=[f"rf.{stream}.batches"], duplicate_window=120.0, allow_rollup_hdrs=False,
-                deny_delete=True, deny_purge=True, **{"storage": StorageType.FILE, **config}))
+                name=stream, duplicate_window=120.0, allow_rollup_hdrs=False,
+                deny_delete=True, deny_purge=True, **{"storage": StorageType.FILE, "subjects": [f"rf.{stream}.batches"], **config}))
         finally:
             await nc.close()
 
     asyncio.run(make())
 
 
-@pytest.mark.parametrize("weak", ["max_msgs", "memory", "max_age", "max_bytes", "per_subject", "retention"])
+@pytest.mark.parametrize("weak", ["max_msgs", "memory", "max_age", "max_bytes", "per_subject", "retention", "subjects",
+                                  "max_msg_size"])
 def test_a_stream_that_could_drop_messages_is_refused_by_primary_and_standby(tmp_path, stream, weak):
     """F4: a stream made (by anyone with the rf-node credential) with the three hardened flags but a limit,
     memory storage or another retention: the primary and the standby refuse it, naming the field."""
@@ -128,7 +129,11 @@ def test_a_stream_that_could_drop_messages_is_refused_by_primary_and_standby(tmp
                      "max_age": ({"max_age": 3600.0}, "max_age="),  # float-ok: nats-py takes seconds
                      "max_bytes": ({"max_bytes": 1 << 20}, "max_bytes="),
                      "per_subject": ({"max_msgs_per_subject": 5}, "max_msgs_per_subject=5"),
-                     "retention": ({"retention": RetentionPolicy.INTEREST}, "retention='interest'")}[weak]
+                     "retention": ({"retention": RetentionPolicy.INTEREST}, "retention='interest'"),
+                     # a second subject: anyone allowed to publish on it writes into the journal stream
+                     "subjects": ({"subjects": [f"rf.{stream}.batches", f"x.{stream}"]}, "subjects="),
+                     # a record the primary may write could be refused
+                     "max_msg_size": ({"max_msg_size": 1024}, "max_msg_size=1024")}[weak]
     _weak_stream(stream, **config)
     target = parse_target(f"{NATS_URL}/{stream}")
     with pytest.raises(ConfigError, match=f"{stream} has .*{field}.*move to a new stream name"):

@@ -335,6 +335,11 @@ def _lossy_settings(config: Any) -> list[str]:
 def _check_stream(config: Any, target: "ReplicationTarget") -> None:
     """Refuse a journal stream that may drop, expire or copy messages (`_lossy_settings`), naming each field."""
     lossy = _lossy_settings(config)
+    subjects = list(_value(config, "subjects") or [])
+    if subjects != [target.subject]:  # another subject lets anyone allowed to publish on it into the journal stream
+        lossy.append(f"subjects={subjects!r} (want [{target.subject!r}] only)")
+    if _value(config, "max_msg_size") not in (None, -1, 0):  # a record the primary may write could be refused
+        lossy.append(f"max_msg_size={_value(config, 'max_msg_size')!r} (want -1, no limit)")
     if lossy:
         raise ConfigError(f"JetStream stream {config.name} has {'; '.join(lossy)}: it could drop or expire messages the "
                           "primary acknowledged, and a standby would miss them; every node needs the stream as ringfence "
