@@ -747,6 +747,20 @@ def opens_stream(body: bytes) -> bool:
     return isinstance(grant, dict) and grant.get(OPENS) is True
 
 
+def read_grant(body: bytes, node: str, epoch: int) -> tuple[dict[str, Any] | None, str]:
+    """A fence's grant (its body) as (the grant, "") when it is a grant of this format for `node` at `epoch`,
+    else (None, why not): the checks every grant passes, an opener's (`opener_grant`) and a promotion's."""
+    try:
+        grant = untrusted.loads(body, untrusted.MAX_GRANT_BYTES, "its grant")
+    except untrusted.UnreadableValue as err:
+        return None, str(err)
+    if not isinstance(grant, dict) or grant.get("format") != GRANT_FORMAT:
+        return None, f"its grant is not a JSON object with format {GRANT_FORMAT!r}"
+    if grant.get("epoch") != epoch or grant.get("node") != node:
+        return None, f"its grant is for node {grant.get('node')!r} at epoch {grant.get('epoch')!r}, not {node!r} at {epoch}"
+    return grant, ""
+
+
 def grant_refusal(engine: Any, stream: str, node: str, epoch: int, body: bytes, *, take_overs: bool) -> str:
     """Why the fence of `node` opening `epoch` (its `body`, `fence_grant`) is not granted, or "" when
     it is: the operators' quorum over `[stream, node, epoch]` verified against the staff register of
@@ -762,14 +776,9 @@ def grant_refusal(engine: Any, stream: str, node: str, epoch: int, body: bytes, 
         return ("it carries no grant (a fence of a ringfence before session 15, or of someone holding that node's key): "
                 "upgrade every node before promoting; a standby built after the upgrade on such a stream starts from a "
                 "backup of a node that applied past it (docs/resilience.md)")
-    try:
-        grant = untrusted.loads(body, untrusted.MAX_GRANT_BYTES, "its grant")
-    except untrusted.UnreadableValue as err:
-        return str(err)
-    if not isinstance(grant, dict) or grant.get("format") != GRANT_FORMAT:
-        return f"its grant is not a JSON object with format {GRANT_FORMAT!r}"
-    if grant.get("epoch") != epoch or grant.get("node") != node:
-        return f"its grant is for node {grant.get('node')!r} at epoch {grant.get('epoch')!r}, not {node!r} at {epoch}"
+    grant, reason = read_grant(body, node, epoch)
+    if grant is None:
+        return reason
     if "took_over_from" in grant:
         if not take_overs:
             return (f"it opens the epoch by a lease take-over from {grant['took_over_from']!r}, and this node's URL has "
@@ -1837,10 +1846,9 @@ class Follower:
                 raise self._refuse(seq, f"a fence of node {node!r} opening epoch {epoch} claims to open the stream, "
                                    "which only stream message 1 does")
             self._check_first(seq, node, epoch)
-            grant = untrusted.loads(body, untrusted.MAX_GRANT_BYTES, "its grant")
-            if grant.get("format") != GRANT_FORMAT or grant.get("epoch") != epoch or grant.get("node") != node:
-                raise self._refuse(seq, f"the stream's opener is for node {grant.get('node')!r} at epoch "
-                                   f"{grant.get('epoch')!r}, not {node!r} at {epoch}")
+            grant, reason = read_grant(body, node, epoch)
+            if grant is None:
+                raise self._refuse(seq, f"the stream's opener is not granted: {reason}")
             return
         take_overs = bool(self.target.auto_promote or self.target.lease_ms)
         reason = grant_refusal(self.engine, self.target.stream, node, epoch, body, take_overs=take_overs)
