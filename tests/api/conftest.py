@@ -57,6 +57,7 @@ class Server:
     def __init__(self, data: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (), demo: bool = True,
                  retries: int = 2, chains: bool = True) -> None:
         self.data = data
+        self.started_with = (env, args, demo, chains)  # for restart()
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(data.parent / f"serve-{self.port}.log", "w")
@@ -123,6 +124,13 @@ class Server:
     def log_text(self) -> str:
         self.log.flush()
         return Path(self.log.name).read_text()
+
+    def restart(self) -> None:
+        """Stop this server (asserting a clean exit on SIGTERM) and start it again on the same data with the
+        same settings, on a new port (`base` changes): what a module's tests see of a restart."""
+        assert self.stop() == 0, "the server did not shut down cleanly on SIGTERM"
+        env, args, demo, chains = self.started_with
+        self.__init__(self.data, env, args, demo, 2, chains)  # type: ignore[misc]
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -64,13 +64,20 @@ def signed_account(http: httpx.Client, key: str, secret: str) -> httpx.Response:
     return http.get(f"/api/v3/account?{payload}&signature={sig}", headers={"X-MBX-APIKEY": key})
 
 
+def mails_to(page: str, email: str) -> list[str]:
+    """The sections of the /dev/mail `page` (newest first) whose recipients (the `data-to` header, comma-joined)
+    include `email` exactly: another account's mail next to it, or an address that merely contains it, is not its."""
+    return [body for to, body in re.findall(r'<section class="mail" data-to="([^"]*)">(.*?)</section>', page, re.S)
+            if email in unescape(to).split(",")]
+
+
 def mailed_link(b: "Browserless", email: str, path: str) -> str:
     """The newest link to `path` in a mail to `email` at the demo's /dev/mail (delivered every 2 s)."""
     deadline = time.monotonic() + 30
     while True:
         page = b.request("GET", "/dev/mail").text
-        links = [unescape(m.group(1)) for m in re.finditer(r'href="([^"]*' + re.escape(path) + r'\?token=[^"]+)"', page)
-                 if email in page[max(0, m.start() - 3000) : m.start()]]
+        links = [unescape(m.group(1)) for section in mails_to(page, email)
+                 for m in re.finditer(r'href="([^"]*' + re.escape(path) + r'\?token=[^"]+)"', section)]
         if links:
             return links[0]
         assert time.monotonic() < deadline, f"no mail with a {path} link for {email} at /dev/mail"

@@ -1,10 +1,10 @@
 """The wallet pages of the dashboard against a real `ringfence serve --demo` process, in Debian's
 Chromium (Playwright), on the signed-in web session (issue 15, items 3 and 4):
 
-a newcomer signs up (as in test_web_session.py) → Deposit: the BTC address and its QR code → the
+a newcomer signs up (as in test_web_session.py) → Withdraw: adds a withdrawal address with a TOTP
+code, the e-mail at /dev/mail (with the anti-phishing code) carries the link that adds it → the entry
+cools (short cooling period via env), and meanwhile → Deposit: the BTC address and its QR code → the
 test pays it with `ringfence chain pay` → the page shows the confirmations progressing to credited
-→ Withdraw: adds a withdrawal address with a TOTP code, the e-mail at /dev/mail (with the
-anti-phishing code) carries the link that adds it → the entry cools (short cooling period via env)
 → withdraws a small amount with a TOTP code, confirms the e-mailed link → the timeline reaches
 completed and the destination's on-chain balance (`ringfence chain balance`) rose by the amount
 less the fee. Refusals — a wrong TOTP code, no CSRF token, an address of another network — get a
@@ -113,44 +113,6 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     page.click("#set-apc")
     expect(page.locator("#apc")).to_have_text("SAVER-42")
 
-    # ---- deposit: the address, its QR code, confirmations progressing to credited
-    page.goto(base + "/wallet/deposit")
-    expect(page.locator("#whoami")).to_have_text(f"signed in as {email}")
-    page.select_option("#dep-coin", "BTC")
-    expect(page.locator("#dep-address")).not_to_be_empty()
-    address = page.inner_text("#dep-address")
-    assert address.startswith("bcrt1"), address
-    qr = page.locator("#dep-qr svg#deposit-qr")
-    expect(qr).to_be_visible()
-    expected = segno.make(address, error="m").svg_inline(scale=5, border=4, dark="#000", light="#fff")
-    drawn = qr.evaluate("e => [...e.querySelectorAll('path')].map(p => p.getAttribute('d'))")
-    assert drawn == re.findall(r' d="([^"]+)"', expected), "the QR code encodes exactly the deposit address"
-    shot(page, "1-deposit-address")
-
-    paid = cli("chain", "pay", "--data", str(server.data), "--asset", "BTC", "--to", address, "--amount", "0.5")
-    assert paid.returncode == 0, paid.stderr
-    txid = paid.stdout.strip()
-    row = page.locator(f'#deposits tr[data-txid="{txid}"]')
-    expect(row).to_have_count(1, timeout=30_000)
-    seen: set[tuple[str, str]] = set()
-    deadline, status = time.monotonic() + 60, None
-    while time.monotonic() < deadline:  # one read of the row per sample: the page may redraw between reads
-        sample = row.evaluate("r => [r.dataset.status, r.querySelector('td.confirm').textContent,"
-                              " r.querySelector('td.status').textContent]") if row.count() else None
-        if sample:
-            status = sample[0]
-            seen.add((sample[1], sample[2]))
-            if status == "1":
-                break
-        time.sleep(0.1)
-    assert status == "1", seen
-    assert len({c for c, _ in seen}) >= 2, f"the confirmations should be seen progressing: {seen}"
-    assert {"credited", "final"} & {s for _, s in seen}, seen
-    expect(row.locator("td.amount")).to_have_text("0.5")
-    # times as every page writes them (the server's format_time: the locale's medium date and time, UTC)
-    expect(row.locator("td").first).to_have_text(re.compile(r"^[A-Z][a-z]{2} \d{1,2}, \d{4}, \d{1,2}:\d\d:\d\d\s[AP]M UTC$"))
-    shot(page, "2-deposit-credited")
-
     # ---- the address book: refusals first (nothing changes), then TOTP + the e-mailed link
     dest = outside_addresses(server.data)
     page.goto(base + "/wallet/withdraw")
@@ -249,6 +211,46 @@ def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(ser
     assert page.evaluate("fetch('/session/v3/account').then(r => r.json())")["canWithdraw"] is True
     assert last_seq(server) == before
 
+    # ---- deposit: the address, its QR code, confirmations progressing to credited (while the address cools:
+    # the lock and the cooling are checked before the balance, so the refusals above needed no funds)
+    page.goto(base + "/wallet/deposit")
+    expect(page.locator("#whoami")).to_have_text(f"signed in as {email}")
+    page.select_option("#dep-coin", "BTC")
+    expect(page.locator("#dep-address")).not_to_be_empty()
+    address = page.inner_text("#dep-address")
+    assert address.startswith("bcrt1"), address
+    qr = page.locator("#dep-qr svg#deposit-qr")
+    expect(qr).to_be_visible()
+    expected = segno.make(address, error="m").svg_inline(scale=5, border=4, dark="#000", light="#fff")
+    drawn = qr.evaluate("e => [...e.querySelectorAll('path')].map(p => p.getAttribute('d'))")
+    assert drawn == re.findall(r' d="([^"]+)"', expected), "the QR code encodes exactly the deposit address"
+    shot(page, "1-deposit-address")
+
+    paid = cli("chain", "pay", "--data", str(server.data), "--asset", "BTC", "--to", address, "--amount", "0.5")
+    assert paid.returncode == 0, paid.stderr
+    txid = paid.stdout.strip()
+    row = page.locator(f'#deposits tr[data-txid="{txid}"]')
+    expect(row).to_have_count(1, timeout=30_000)
+    seen: set[tuple[str, str]] = set()
+    deadline, status = time.monotonic() + 60, None
+    while time.monotonic() < deadline:  # one read of the row per sample: the page may redraw between reads
+        sample = row.evaluate("r => [r.dataset.status, r.querySelector('td.confirm').textContent,"
+                              " r.querySelector('td.status').textContent]") if row.count() else None
+        if sample:
+            status = sample[0]
+            seen.add((sample[1], sample[2]))
+            if status == "1":
+                break
+        time.sleep(0.1)
+    assert status == "1", seen
+    assert len({c for c, _ in seen}) >= 2, f"the confirmations should be seen progressing: {seen}"
+    assert {"credited", "final"} & {s for _, s in seen}, seen
+    expect(row.locator("td.amount")).to_have_text("0.5")
+    # times as every page writes them (the server's format_time: the locale's medium date and time, UTC)
+    expect(row.locator("td").first).to_have_text(re.compile(r"^[A-Z][a-z]{2} \d{1,2}, \d{4}, \d{1,2}:\d\d:\d\d\s[AP]M UTC$"))
+    shot(page, "2-deposit-credited")
+
+    page.goto(base + "/wallet/withdraw")
     expect(entry).to_have_attribute("data-state", "usable", timeout=(COOLING_S + 10) * 1000)
     page.goto(address_link)  # the used address link reopened: it says only that (nothing of the book, intruder review)
     expect(page.locator("h1")).to_have_text("This link cannot be used")
