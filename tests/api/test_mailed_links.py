@@ -307,10 +307,11 @@ def new_user(server: Server) -> Browserless:
     # Identity takes a code of the step before its clock's, its own or the one after, each once and in
     # order: confirming the factor with the step before and signing in with the current one leaves the
     # step after for the test's first `next_code`, not a wait of up to 30 s for the clock. The confirm
-    # must reach the server within the step: with less than 15 s of it left, the next one.
-    while time.time() % 30 > 15:
-        time.sleep(0.5)
-    b.step = int(time.time()) // 30 - 1
+    # must reach the server within the step: with less than 15 s of it left, confirmed with the current
+    # step and signed in with the next (both still taken once the clock moves on), the test's first code
+    # comes when the clock does, within 15 s (`next_code` waits), not after a wait here of up to 15 s.
+    now_s = time.time()
+    b.step = int(now_s) // 30 - (1 if now_s % 30 <= 15 else 0)
     assert b.request("POST", "/security/totp/confirm", data={"csrf_token": csrf_of(setup), "code": b.totp.at(b.step * 30)}).status_code == 200
     token = parse_qs(urlsplit(mailed_link(b, b.email, "/security/confirm-factor")).query)["token"][0]
     assert b.request("POST", "/security/confirm-factor", data={"token": token}).status_code == 200
