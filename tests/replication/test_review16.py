@@ -157,6 +157,23 @@ def test_a_lost_leader_record_does_not_let_another_node_take_a_new_epoch(tmp_pat
             Replicator(parse_target(f"{NATS_URL}/{stream}"), "c", key=key_of("c"), peers=peers)
 
 
+def test_after_a_lost_leader_record_the_operators_promote_and_a_standby_follows(tmp_path, stream):
+    """2, the way out: the record deleted and the primary gone, `promote` proposes the epoch above the
+    bucket's history (not epoch 1 again), the standby takes it with its fence, and another follows."""
+    node, replicator, keys = _staffed_primary(tmp_path, stream)
+    target, peers = parse_target(f"{NATS_URL}/{stream}"), peers_of(*PEERS)
+    with standby(target, tmp_path, "b", peers=peers) as b, standby(target, tmp_path, "c", peers=peers) as c:
+        b.poll()
+        _purge_leader(replicator.link, replicator.kv)
+        node.close()
+        replicator.close()
+        promote(target, "b", _approvals(keys, stream, "b", 2, 600 * 10**9), peers=peers)
+        assert json.loads(b.link.call(b.kv.get("promote.b")).value)["epoch"] == 2
+        assert b.follow_until_promoted() == 2
+        c.poll()
+        assert c.fence_epoch == 2 and c.engine.state_hash() == b.engine.state_hash()
+
+
 def test_a_fresh_standby_replays_a_take_over_from_the_days_of_leases(tmp_path, stream):
     """3: the cluster ran with leases and b took over from a; leases were dropped since. A standby built
     afresh without lease options replays that take-over: its stream declares that the epoch taken over

@@ -601,13 +601,14 @@ async def _leader_history(link: "NatsLink") -> list[bytes]:
 
 def next_epoch_seen(link: "NatsLink", record: dict[str, Any] | None, peers: Mapping[str, Any] | None) -> int:
     """The next epoch as an operator's command sees it: above the leader `record`'s when it verifies
-    (`verified_leader`); when it does not, above the highest verified record the bucket still holds
+    (`verified_leader`); when it does not or is missing, above the highest verified record the bucket still holds
     in the key's history (a forged record's epoch counts for nothing, intruder review F3). An
     operator may not read the stream's messages (they hold orders): the standby decides, from its
     memory and every fence it read, and names the epoch when it differs ("sign again")."""
     genuine = verified_leader(record, link.target.stream, peers)
-    if genuine is not None or record is None or peers is None:
+    if genuine is not None or peers is None:
         return int((genuine or {}).get("epoch", 0)) + 1
+    # unverified, or missing (deleted: the key's history still holds the records before; session 16, 2)
     highest = 0
     try:
         history = link.call(_leader_history(link))
