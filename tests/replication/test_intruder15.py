@@ -16,7 +16,7 @@ from ringfence.errors import ConfigError
 from ringfence.journal.journal import GENESIS_HASH, scan
 from ringfence.ledger.commands import OpenAccount, RegisterAsset
 from ringfence.replication import (KIND_BATCH, Fenced, Follower, NatsLink, Refused, Replicator, _headers, leader_of,
-                                   parse_target, sign_message)
+                                   parse_target, sign_leader, sign_message)
 
 from .conftest import NATS_URL, attached_primary, key_of, peers_of, running, standby
 
@@ -68,6 +68,14 @@ def _a_beside_a_forged_stream(tmp_path, stream):
     """c's forged records on `stream` (1..1, 2..3), and primary a's own node, started, with two records of its
     own (1..1, 2..2), and its Replicator on `stream`, not attached yet."""
     _forge_first(tmp_path, stream, "c")
+    # the record names a (with none, a finds the stream's newest message is c's and refuses before attaching:
+    # test_review16)
+    link = NatsLink(parse_target(f"{NATS_URL}/{stream}"))
+    try:
+        link.call(link.ensure_stream_and_bucket().create("leader", sign_leader(key_of("a"), stream, {
+            "epoch": 1, "node": "a", "lease_ms": 0, "renewed_at_ns": time.time_ns(), "renewal": 1})))
+    finally:
+        link.close()
     node = new_node(tmp_path / "a")
     node.open()
     node.execute_many([RegisterAsset("BTC", 8, "crypto", "bitcoin"), OpenAccount("alice", "BTC")])  # 1..1, 2..2

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from ringfence import replication
 from ringfence.app import new_node
 from ringfence.ledger.commands import OpenAccount, RegisterAsset
 from ringfence.replication import (KIND_FENCE, PROMOTE_ACTION, Fenced, NatsLink, Refused, Replicator,
@@ -160,7 +161,7 @@ def test_a_replayed_leader_record_neither_renews_a_lease_nor_blocks_the_take_ove
         assert any("a replayed record; its lease is ignored" in line for line in seen), seen
 
 
-def test_a_restarted_standby_does_not_check_again_a_fence_it_applied_past(tmp_path, stream):
+def test_a_restarted_standby_does_not_check_again_a_fence_it_applied_past(tmp_path, stream, monkeypatch):
     """R1's compatibility: the grant is checked at the fence's position. A standby restarted later
     has a replica that moved on (here the approvals have expired in its sequencer time since): the
     fence it applied past before is history, not checked again; a new standby on a fresh folder
@@ -169,6 +170,7 @@ def test_a_restarted_standby_does_not_check_again_a_fence_it_applied_past(tmp_pa
     target = parse_target(f"{NATS_URL}/{stream}")
     peers = peers_of("a", "b", "c", "fresh")
     expires = time.time_ns() + 3 * 10**9  # short-lived approvals
+    monkeypatch.setattr(replication, "PROMOTION_MARGIN_NS", 0)  # (under the margin a promotion refuses: test_review16)
     tokens = [format_approval(keys[s].sign(PROMOTE_ACTION, promote_subject(stream, "b", 2), expires)) for s in ("ada", "ben")]
     with running(node, replicator), standby(target, tmp_path, "c", peers=peers) as c:
         with standby(target, tmp_path, "b", peers=peers) as b:

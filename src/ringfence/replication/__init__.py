@@ -601,13 +601,14 @@ async def _leader_history(link: "NatsLink") -> list[bytes]:
 
 def next_epoch_seen(link: "NatsLink", record: dict[str, Any] | None, peers: Mapping[str, Any] | None) -> int:
     """The next epoch as an operator's command sees it: above the leader `record`'s when it verifies
-    (`verified_leader`); when it does not, above the highest verified record the bucket still holds
+    (`verified_leader`); when it does not or is missing, above the highest verified record the bucket still holds
     in the key's history (a forged record's epoch counts for nothing, intruder review F3). An
     operator may not read the stream's messages (they hold orders): the standby decides, from its
     memory and every fence it read, and names the epoch when it differs ("sign again")."""
     genuine = verified_leader(record, link.target.stream, peers)
-    if genuine is not None or record is None or peers is None:
+    if genuine is not None or peers is None:
         return int((genuine or {}).get("epoch", 0)) + 1
+    # unverified, or missing (deleted: the key's history still holds the records before; session 16, 2)
     highest = 0
     try:
         history = link.call(_leader_history(link))
@@ -665,11 +666,8 @@ def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals:
                "requested_at_ns": time.time_ns()}
     revision = int(link.call(kv.put(request_key(node_id), json.dumps(request).encode())))
     deadline = time.monotonic() + wait_s
+    answer: Any = None
     while time.monotonic() < deadline:
-        leader, _ = leader_of(link, kv)
-        if leader is not None and leader["node"] == node_id and int(leader["epoch"]) >= next_epoch \
-                and verified_leader(leader, target.stream, peers) is not None:
-            return {"previous": current, **leader}
         try:  # the standby's answer, or whatever else someone wrote to the key meanwhile
             answer = untrusted.loads(link.call(kv.get(request_key(node_id))).value, untrusted.MAX_ANSWER_BYTES,
                                      "the answer")
@@ -682,7 +680,22 @@ def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals:
         if isinstance(answer, dict) and answer.get("status") == "refused" and answer.get("revision") == revision:
             raise PromotionRefused(f"standby {node_id} refused the promotion: {answer.get('reason')}",
                                    field="--key")
+        if isinstance(answer, dict) and answer.get("status") == "failed" and answer.get("revision") == revision:
+            raise PromotionRefused(f"the promotion failed: {answer.get('reason')}; the leader record names {node_id} "
+                                   "but no fence opened its epoch: promote a standby again with fresh approvals "
+                                   "(docs/resilience.md)", field="--key")
+        if isinstance(answer, dict) and answer.get("status") == "fenced" and answer.get("revision") == revision:
+            # done only once its fence is in the stream: a record alone (the fence then refused) was an outage
+            # reported as a success (review of #21, 1)
+            leader, _ = leader_of(link, kv)
+            if leader is not None and leader["node"] == node_id and int(leader["epoch"]) >= next_epoch \
+                    and verified_leader(leader, target.stream, peers) is not None:
+                return {"previous": current, **leader}
         time.sleep(0.1)
+    if wait_s and isinstance(answer, dict) and answer.get("status") == "accepted" and answer.get("revision") == revision:
+        raise PromotionRefused(f"standby {node_id} accepted the promotion and took the leader record, but its fence was not "
+                               f"in the stream within {wait_s:g} s: its epoch is not open yet; see its log and "
+                               "`ringfence replication status`", field="--wait-s")
     if wait_s:
         raise PromotionRefused(f"standby {node_id} did not answer within {wait_s:g} s: is it running "
                                f"`serve --standby` with --node-id {node_id}?", field="--node-id")
@@ -697,13 +710,22 @@ class PromotionRefused(RingfenceError, PermissionError):
 
 GRANT_FORMAT = "ringfence-grant-v1"
 OPENS = "opens"  # an opener's grant (`opener_grant`)
+LEASE = "lease_ms"  # in a grant: the lease its epoch's leader runs with (0: none, no take-over from it)
+#: A promotion's approvals must stay valid this long past the standby's clock and its sequencer time
+#: when it takes the leader record (plus twice the lease): the fence lands after the old primary's
+#: last batches, and the grant is checked again there, in their sequencer time (review of #21, 1)
+PROMOTION_MARGIN_NS = 5 * 10**9
 
 
-def fence_grant(record: Mapping[str, Any]) -> bytes:
+def fence_grant(record: Mapping[str, Any], lease_ms: int | None = None) -> bytes:
     """The body of the fence that opens the epoch of leader `record` (its grant, canonical JSON):
     `{"format", "epoch", "node"}` and either `approvals` (the operators' tokens the promotion
-    carried) or `took_over_from` (a lease take-over). Every node checks it (`grant_refusal`)."""
+    carried) or `took_over_from` (a lease take-over). Every node checks it (`grant_refusal`).
+    `lease_ms`: the lease the node opening the epoch runs with (its URL's), declared in the stream so
+    that a later take-over from this epoch is judged by it, not by a reader's options of another day."""
     grant: dict[str, Any] = {"format": GRANT_FORMAT, "epoch": int(record["epoch"]), "node": record["node"]}
+    if lease_ms is not None:
+        grant[LEASE] = int(lease_ms)
     if "took_over_from" in record:
         grant["took_over_from"] = record["took_over_from"]
     else:
@@ -731,10 +753,11 @@ def first_primary_source(target: ReplicationTarget) -> str:
             "the first node of the peers file, as no first_primary=NODE is in this node's URL")
 
 
-def opener_grant(epoch: int, node: str) -> bytes:
+def opener_grant(epoch: int, node: str, lease_ms: int = 0) -> bytes:
     """The body of a stream's opener (`Replicator._open_stream`): a grant that opens the stream's first
-    epoch, accepted only at stream sequence 1 and only from the stream's first primary."""
-    return json.dumps({"format": GRANT_FORMAT, "epoch": epoch, "node": node, OPENS: True},
+    epoch, accepted only at stream sequence 1 and only from the stream's first primary. `lease_ms`: the
+    first primary's lease (`fence_grant`)."""
+    return json.dumps({"format": GRANT_FORMAT, "epoch": epoch, "node": node, OPENS: True, LEASE: int(lease_ms)},
                       sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -758,17 +781,33 @@ def read_grant(body: bytes, node: str, epoch: int) -> tuple[dict[str, Any] | Non
         return None, f"its grant is not a JSON object with format {GRANT_FORMAT!r}"
     if grant.get("epoch") != epoch or grant.get("node") != node:
         return None, f"its grant is for node {grant.get('node')!r} at epoch {grant.get('epoch')!r}, not {node!r} at {epoch}"
+    if LEASE in grant and (type(grant[LEASE]) is not int or bounded_int(grant[LEASE]) is None):
+        return None, f"its grant's {LEASE} is not a whole number of at most 18 digits"
     return grant, ""
 
 
-def grant_refusal(engine: Any, stream: str, node: str, epoch: int, body: bytes, *, take_overs: bool) -> str:
+def declared_lease(body: bytes, node: str, epoch: int) -> int | None:
+    """The lease a fence's grant declares for its epoch (`fence_grant`), or None: a grant of a version
+    before session 16 (or no readable grant) declares none."""
+    grant, _ = read_grant(body, node, epoch)
+    return None if grant is None or LEASE not in grant else int(grant[LEASE])
+
+
+def grant_refusal(engine: Any, stream: str, node: str, epoch: int, body: bytes, *, take_overs: bool,
+                  lease_before: int | None = None, history: bool = False) -> str:
     """Why the fence of `node` opening `epoch` (its `body`, `fence_grant`) is not granted, or "" when
     it is: the operators' quorum over `[stream, node, epoch]` verified against the staff register of
     `engine` (the replica at the fence's position: registered, active operators, distinct people,
     valid signatures, unexpired in sequencer time; no staff registered: no quorum to check, as for
     `verify_promotion`); a lease take-over only where `take_overs` (the node's URL has lease_ms or
     auto_promote: it fails over on its own). A node key alone no longer opens an epoch (intruder
-    review of #21, R1)."""
+    review of #21, R1).
+
+    A take-over is judged by the lease the epoch it takes over declared in its own fence
+    (`lease_before`, None when that fence declares none: a version before session 16): never from an
+    epoch declared without a lease; and a take-over that was already in the stream when the reader
+    started (`history`) from an epoch declared with one is accepted whatever the reader's options are
+    today — the cluster failed over on its own then (docs/resilience.md, 'A take-over in the history')."""
     from ..staff.decisions import OPERATOR, parse_approval
     from ..staff.state import MAX_APPROVALS, check_quorum
 
@@ -780,6 +819,12 @@ def grant_refusal(engine: Any, stream: str, node: str, epoch: int, body: bytes, 
     if grant is None:
         return reason
     if "took_over_from" in grant:
+        if lease_before == 0:
+            return (f"it opens the epoch by a lease take-over from {grant['took_over_from']!r}, but the epoch it takes "
+                    "over was opened without a lease (its fence declares lease_ms 0): only the operators' quorum "
+                    "promotes a node there")
+        if history and lease_before is not None:
+            return ""  # the epoch taken over ran with a lease, declared in the stream: that day's rule, not today's
         if not take_overs:
             return (f"it opens the epoch by a lease take-over from {grant['took_over_from']!r}, and this node's URL has "
                     "neither lease_ms nor auto_promote (promotion by the operators' quorum only): give every node the "
@@ -931,7 +976,9 @@ class Replicator:
 
     def _claim(self) -> int:
         leader, revision = leader_of(self.link, self.kv)
-        if leader is None:  # above every epoch in the stream (the record may have been erased) and remembered
+        if leader is None and int(self.link.call(self.link.js.stream_info(self.target.stream)).state.last_seq):
+            return self._reclaim()
+        if leader is None:  # an empty stream: above every epoch seen (this node's memory) and remembered
             self.epoch = self._epoch_above(None)
             self.revision = int(self.link.call(self.kv.create("leader", self._record())))
             self.memory.see(self.epoch)
@@ -951,6 +998,44 @@ class Replicator:
         self.memory.see(self.epoch)
         self.renewal = bounded_int(leader.get("renewal", 0)) or 0  # resumed: the next renewal counts on from it
         self._carried = {k: leader[k] for k in ("approved_by", "approvals", "took_over_from") if k in leader}
+        return self.epoch
+
+    def _reclaim(self) -> int:
+        """The leader record is missing (deleted or purged) but the stream holds messages: a new epoch would
+        need a fence with a grant, which only a promotion or a take-over carries, so the standbys would refuse
+        it ("no fence opened"; review of #21, 2). When the stream's newest message is this node's, signed, at
+        the highest epoch anywhere, this node still leads that epoch: the record is written again at it (its
+        renewal above every one the bucket still holds). Otherwise `Fenced`, saying what to do."""
+        from .epochs import _epoch_of
+
+        last = int(self.link.call(self.link.js.stream_info(self.target.stream)).state.last_seq)
+        msg = self.link.call(self.link.js.get_msg(self.target.stream, last))
+        epoch, signer = _epoch_of(msg, last, self.target.stream, self.peers), (msg.headers or {}).get("Rf-Node", "")
+        try:
+            if not epoch or signer != self.node_id:
+                raise EpochBackwards(f"the stream's newest message ({last}) is {'of node ' + repr(signer) if epoch else 'not signed by a node of the peers file'}"
+                                     f"{f' at epoch {epoch}' if epoch else ''}", field="epoch")
+            self.epoch = epoch_above(self.link, self.memory, None, want=epoch, scan=True, held=True, peers=self.peers)
+        except EpochBackwards as err:
+            raise Fenced(f"the leader record of stream {self.target.stream} is missing (deleted or purged) and {err.message}: this "
+                         "node does not take a new epoch without a fence that grants it (the standbys would refuse its "
+                         "batches); promote a node with `ringfence replication promote` (the operators' quorum), which "
+                         "writes a new leader record and opens its epoch with a fence", field="--replicate") from None
+        renewals = [0]
+        for value in self.link.call(_leader_history(self.link)):
+            try:
+                old = untrusted.loads(value, untrusted.MAX_RECORD_BYTES, "a leader record")
+            except untrusted.UnreadableValue:
+                continue
+            if isinstance(old, dict) and old.get("node") == self.node_id and old.get("epoch") == self.epoch \
+                    and not self._forged(old):
+                renewals.append(bounded_int(old.get("renewal")) or 0)
+        # purged, no history left: a count no record of this epoch reached (its milliseconds since 1970)
+        self.renewal = max(renewals) if len(renewals) > 1 else time.time_ns() // 10**6
+        self.revision = int(self.link.call(self.kv.create("leader", self._record())))
+        self.memory.see(self.epoch)
+        _log.warning("replication: the leader record of stream %s was missing; written again at this node's epoch %d",
+                     self.target.stream, self.epoch)
         return self.epoch
 
     def _epoch_above(self, leader: dict[str, Any] | None) -> int:
@@ -1113,7 +1198,7 @@ class Replicator:
                               f"its first message: start {first!r} as the primary, or, if {self.node_id!r} is to open "
                               f"this stream, put first_primary={self.node_id} in the URL of every node",
                               field="first_primary")
-        body = opener_grant(self.epoch, self.node_id)
+        body = opener_grant(self.epoch, self.node_id, self.target.lease_ms)
         headers = _headers(KIND_FENCE, self.epoch, 1, 0, GENESIS_HASH, GENESIS_HASH, "", 0)
         headers["Nats-Msg-Id"] += f"-open-{self._session}"
         seq = self._publish_one(0, headers, body)
@@ -1563,6 +1648,8 @@ class Follower:
         #: epoch -> the node entitled to sign in it (the signer of its fence; for the first epoch
         #: read, the first signer verified)
         self._leaders: dict[int, str] = {}
+        #: epoch -> the lease its fence declares (`declared_lease`; None: a fence of a version before session 16)
+        self._leases: dict[int, int | None] = {}
         self._session = ""  # `Rf-Session` of the last batch applied
         self._owed = 0  # the last sequence of the batch whose outcome digest the next batch must carry
         self._owed_hash = False  # a catch-up record without the state hash: the next one must be catch-up or carry it
@@ -1592,6 +1679,9 @@ class Follower:
             if missing:  # said once; the standby then waits on the (new, empty) stream for a primary
                 on_progress(f"standby {node_id}: {missing}; creating it empty and waiting for a primary to write to it")
             self.kv = self.link.ensure_stream_and_bucket()
+            #: the stream's last sequence when this standby started: a take-over fence at or below it is history
+            #: (`grant_refusal`), judged by the lease its stream declares, not by this standby's options of today
+            self.tail_at_start = int(self.link.call(self.link.js.stream_info(target.stream)).state.last_seq)
         except BaseException:  # release the lock whatever failed, then report it
             self.lock.release()
             raise
@@ -1604,6 +1694,7 @@ class Follower:
         self.batches_applied = 0
         self.last_state_hash = ""  # the newest state hash checked against the primary's
         self._request_rev = 0  # the newest promotion request considered
+        self._accepted: dict[str, Any] | None = None  # the answer of the promotion accepted, until its fence is in
         self._later: dict[int, str] = {}  # sequence -> our state hash, awaiting the primary's (state_hash_later)
         self.later_checked = 0
         self._outcomes: dict[int, str] = {}  # last sequence of a batch -> our outcome digest, awaiting the primary's
@@ -1789,6 +1880,8 @@ class Follower:
             if headers.get("Rf-Kind") == KIND_FENCE:  # its grant checked before anything of it is recorded
                 self._check_grant(seq, headers, msg.data or b"")
                 self._leaders[int(headers["Rf-Epoch"])] = headers.get("Rf-Node", "")
+                self._leases[int(headers["Rf-Epoch"])] = declared_lease(msg.data or b"", headers.get("Rf-Node", ""),
+                                                                        int(headers["Rf-Epoch"]))
             self.stream_seq = seq
             if headers.get("Rf-Kind") == KIND_FENCE:
                 self._pending = None  # a record cut off by a failover was never acknowledged: dropped
@@ -1851,7 +1944,8 @@ class Follower:
                 raise self._refuse(seq, f"the stream's opener is not granted: {reason}")
             return
         take_overs = bool(self.target.auto_promote or self.target.lease_ms)
-        reason = grant_refusal(self.engine, self.target.stream, node, epoch, body, take_overs=take_overs)
+        reason = grant_refusal(self.engine, self.target.stream, node, epoch, body, take_overs=take_overs,
+                               lease_before=self._leases.get(self.fence_epoch), history=seq <= self.tail_at_start)
         if reason:
             _log.critical("replication: stream message %d: a fence of node %r opening epoch %d is not granted: %s",
                           seq, node, epoch, reason)
@@ -1954,7 +2048,8 @@ class Follower:
         while True:
             self.poll()
             if self.peers is not None:
-                reason = grant_refusal(self.engine, self.target.stream, self.node_id, epoch, grant, take_overs=True)
+                reason = grant_refusal(self.engine, self.target.stream, self.node_id, epoch, grant, take_overs=True,
+                                       lease_before=self._leases.get(self.fence_epoch))
                 if reason:
                     raise Refused(f"this standby will not fence epoch {epoch}: {reason}; the other nodes would refuse "
                                   "the fence. Promote it again with fresh approvals", field="approvals")
@@ -2000,7 +2095,13 @@ class Follower:
             if leader is not None and leader["node"] == self.node_id and int(leader["epoch"]) > self.fence_epoch \
                     and self._own_record(leader, revision):
                 self.memory.see(int(leader["epoch"]))
-                self._fence(int(leader["epoch"]), fence_grant(leader))
+                try:
+                    self._fence(int(leader["epoch"]), fence_grant(leader, self.target.lease_ms))
+                except (RingfenceError, *nats_failures()) as err:
+                    self._tell_fenced(f"standby {self.node_id} took the leader record at epoch {leader['epoch']} but its "
+                                      f"fence was not published: {err}")
+                    raise
+                self._tell_fenced()
                 self.on_progress(f"standby {self.node_id}: promoted at epoch {leader['epoch']}, fenced at stream "
                                  f"sequence {self.stream_seq}, journal sequence {self.engine.last_seq} state hash {self.engine.state_hash()}")
                 return int(leader["epoch"])
@@ -2087,12 +2188,23 @@ class Follower:
                 return False  # an answer (ours), or not a request at all
             if bounded_int(request.get("epoch")) is None:
                 raise PromotionRefused("epoch must be a whole number of at most 18 digits", field="epoch")
+            # caught up first: the record is taken only once the grant passes where the fence will stand, after
+            # every batch the old primary got in (its sequencer time), and with a margin before the approvals
+            # expire for the batches it may still write until the fence lands (review of #21, 1)
+            self.poll()
             approvers = self.verify_promotion(request, leader)
             # the lease is the leader's when its record is genuine, else this standby's own URL's: nothing
             # is copied from a record that does not verify
             lease = leader.get("lease_ms", 0) if leader is not None and self._trusted(leader) else self.target.lease_ms
             record = {"epoch": request["epoch"], "node": self.node_id, "lease_ms": int(lease), "renewed_at_ns": time.time_ns(),
                       "renewal": 0, "approved_by": approvers, "approvals": request["approvals"]}
+            if self.peers is not None:
+                reason = grant_refusal(self.engine, self.target.stream, self.node_id, int(request["epoch"]),
+                                       fence_grant(record, self.target.lease_ms), take_overs=True)
+                if reason:
+                    raise PromotionRefused(f"at stream sequence {self.stream_seq}, where its fence would stand: {reason}",
+                                           field="approvals")
+            self._check_margin(request["approvals"], max(int(lease), self.target.lease_ms))
             value = sign_leader(self.key, self.target.stream, record)
             self.link.call(self.kv.update("leader", value, last=revision) if revision else self.kv.create("leader", value))
         except KeyWrongLastSequenceError:
@@ -2104,6 +2216,7 @@ class Follower:
         else:
             answer = dict(request, status="accepted", revision=self._request_rev, approved_by=approvers)
             self.link.call(self.kv.put(key, json.dumps(answer).encode()))
+            self._accepted = answer  # its verdict on the fence follows (`_tell_fenced`)
             self.on_progress(f"standby {self.node_id}: promotion to epoch {record['epoch']} approved by "
                              f"{', '.join(approvers) or 'an operator (no staff registered)'}")
             return True
@@ -2112,6 +2225,39 @@ class Follower:
         self._request_rev = int(self.link.call(self.kv.put(key, json.dumps(answer).encode())))
         self.on_progress(f"standby {self.node_id}: promotion refused: {reason}")
         return False
+
+    def _check_margin(self, tokens: Sequence[str], lease_ms: int) -> None:
+        """`PromotionRefused` when an approval expires within `PROMOTION_MARGIN_NS` plus twice `lease_ms`
+        of the later of this machine's clock and the replica's sequencer time, naming the approval and the
+        time left and needed (no staff registered: no approvals to expire)."""
+        from ..staff.decisions import parse_approval
+
+        staff = self.engine.components.get("staff")
+        if staff is None or not staff.members:
+            return
+        now = max(time.time_ns(), int(self.engine.now_ns))
+        needed = PROMOTION_MARGIN_NS + 2 * lease_ms * 10**6
+        for i, token in enumerate(tokens):
+            sig = parse_approval(token, f"approvals[{i}]")
+            left = sig.expires_ns - now
+            if left < needed:
+                raise PromotionRefused(
+                    f"the approval of {sig.staff_id!r} expires in {max(left, 0) // 10**6} ms (by the later of this standby's "
+                    f"clock and the sequencer time at journal sequence {self.engine.last_seq}), less than the "
+                    f"{needed // 10**6} ms a promotion needs for its fence to land before the old primary's last "
+                    "batches pass that expiry: sign again with a longer --ttl-s", field="approvals")
+
+    def _tell_fenced(self, failed: str = "") -> None:
+        """The promotion request's final answer, once the fence is in (status `fenced`) or could not be
+        published (`failed`, with the reason): `replication promote` waits for it, not for the record."""
+        answer, self._accepted = self._accepted, None
+        if answer is None:
+            return
+        answer = dict(answer, status="failed", reason=failed) if failed else dict(answer, status="fenced")
+        try:
+            self.link.call(self.kv.put(request_key(self.node_id), json.dumps(answer).encode()))
+        except nats_failures() as err:  # the operator's command then says it did not hear back
+            _log.warning("replication: the promotion's answer was not written: %s", nats_failed(err))
 
     def _trusted(self, leader: Mapping[str, Any]) -> bool:
         """Whether `leader` carries the valid signature of the node it names, by the peers file (False
@@ -2165,6 +2311,15 @@ class Follower:
             return
         if int(fresh["epoch"]) < max(self.memory.highest(), self.fence_epoch):
             return  # an old genuine record put back: its lease ended with its epoch
+        if self._leases.get(self.fence_epoch) == 0:  # every node would refuse the take-over's fence (`grant_refusal`)
+            if revision != self._untrusted_seen:
+                self._untrusted_seen = revision
+                why = (f"the lease of {fresh['node']} expired, but its epoch {self.fence_epoch} was opened without a lease "
+                       "(its fence declares lease_ms 0: a primary restarted with lease_ms since): no automatic take-over; "
+                       "promotion needs `ringfence replication promote`")
+                _log.critical("replication: %s", why)
+                self.on_progress(f"standby {self.node_id}: {why}")
+            return
         record = {"epoch": self._next_epoch(leader), "node": self.node_id, "lease_ms": lease_ms,
                   "renewed_at_ns": time.time_ns(), "renewal": 0, "took_over_from": fresh["node"]}
         try:

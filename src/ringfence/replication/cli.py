@@ -47,8 +47,8 @@ def promote_cmd(
     refused at once (exit 2), instead of waiting --wait-s for a standby that will never answer. The leader record
     is read first: a --node-id that already leads is refused at once (exit 1).
 
-    Exit status: 0 promoted (or token printed), 1 refused (by the standby, the epoch, NATS unreachable, the node
-    already leads), 2 bad input (an option, the URL, a key or token, no --peers, a --node-id not in --peers).
+    Exit status: 0 promoted (its fence is in the stream; or token printed), 1 refused (by the standby, the epoch, a
+    fence not published, NATS unreachable, the node already leads), 2 bad input (an option, the URL, a key or token, no --peers, a --node-id not in --peers).
 
     Example: ringfence replication promote --nats nats://127.0.0.1:4222/RF --peers ./peers.json --node-id b --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben
     """

@@ -89,11 +89,21 @@ def check_options(replicate: str | None, standby: str | None, demo: bool, peers:
         raise ConfigError("a standby takes its state from the primary's stream; --demo is for a primary", field="--demo")
     if not (replicate or standby):
         return
-    parse_target(replicate or standby or "", "--replicate" if replicate else "--standby")
+    option = "--replicate" if replicate else "--standby"
+    target = parse_target(replicate or standby or "", option)
     if peers is None and mode != "dev":
         raise ConfigError(NEEDS_PEERS, field="--peers")
+    if mode != "dev" and not target.first_primary:
+        # the default (the peers file's first node) hangs on the order of a JSON object's keys: a rewritten
+        # file would name another node, and every standby would refuse the stream's opener (review of #21, 4)
+        raise ConfigError(f"a replicated node outside dev mode needs first_primary=NODE in its {option} URL: the node "
+                          "that opens the stream, the same on every node (e.g. "
+                          f"{option} nats://HOST:4222/STREAM?first_primary=a); dev mode defaults to the first node "
+                          "of the peers file", field="first_primary")
     if peers is not None:
-        nodekey.load_peers(peers)
+        from . import check_first_primary
+
+        check_first_primary(target, nodekey.load_peers(peers), option)
 
 
 def node_trust(data: Path, ident: str, peers: Path | None, say: Callable[[str], None], *,
