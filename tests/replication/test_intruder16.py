@@ -79,6 +79,30 @@ def test_f1_padded_approvals_are_stored_normalised_in_the_leader_record(tmp_path
         assert len(json.dumps(record)) < 4096
 
 
+def test_f1_an_answer_the_bucket_refuses_is_one_log_line_and_the_standby_follows_on(tmp_path, stream, caplog):
+    """A bucket whose largest value (320 bytes, set by whoever made it first) takes the leader record and the
+    request but not the standby's answer: the put fails for real, the standby logs one line and follows on.
+    Before: the error (here the answer echoing the padded request) went up and the standby died, on every restart."""
+    asyncio.run(_precreate(stream, 1, bucket_age=0, bucket_max_value=320))
+    node, replicator = attached_primary(tmp_path, stream)
+    with running(node, replicator), standby(parse_target(f"{NATS_URL}/{stream}"), tmp_path, "b",
+                                            peers=peers_of("a", "b")) as follower:
+        follower.poll()
+        request = {"epoch": 7, "node": "b", "approvals": [], "status": "requested", "nonce": "ab" * 32, "x": "y" * 120}
+        assert len(json.dumps(request)) < 320
+        replicator.link.call(replicator.kv.put(request_key("b"), json.dumps(request).encode()))
+        leader, revision = leader_of(follower.link, follower.kv)
+        with caplog.at_level("ERROR", logger="ringfence.replication"):
+            assert follower.consider_promotion(leader, revision) is False
+        lines = [r.getMessage() for r in caplog.records if "was not written" in r.getMessage()]
+        assert len(lines) == 1 and "\n" not in lines[0] and "promote.b (refused)" in lines[0], caplog.text
+        assert json.loads(follower.link.call(follower.kv.get(request_key("b"))).value)["status"] == "requested"
+        assert follower.consider_promotion(leader, revision) is False  # judged once, not again and again
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+        follower.poll()
+        assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+
+
 @pytest.mark.parametrize("token", [f"{EMOJI_ID[:10]}:{'ab' * 8}:1:{'cd' * 64}", f"{'a' * 65}:{'ab' * 8}:1:{'cd' * 64}",
                                    f"Ada:{'ab' * 8}:1:{'cd' * 64}", f"ada:{'ab' * 8}:1:{'cd' * 64}\u00a0"])
 def test_f1_an_approval_names_a_staff_id_of_the_register_character_set(token):
@@ -175,9 +199,9 @@ def test_f2_a_nats_server_without_users_is_refused_outside_dev_mode(stream, monk
         NatsLink(parse_target(f"{NATS_URL}/{stream}"))
 
 
-async def _precreate(stream: str, replicas: int, bucket_age: float | None = None) -> None:
-    """What rf-node may do: create the stream (and the bucket) first, as ringfence makes them but for
-    `replicas` and the bucket's max_age."""
+async def _precreate(stream: str, replicas: int, bucket_age: float | None = None, bucket_max_value: int = 64 * 1024) -> None:
+    """What rf-node may do: create the stream (and the bucket, given `bucket_age`: 0 for none) first, as ringfence
+    makes them but for `replicas`, the bucket's max_age and its largest value."""
     from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
     nc = await nats.connect(NATS_URL)
@@ -189,8 +213,8 @@ async def _precreate(stream: str, replicas: int, bucket_age: float | None = None
         if bucket_age is not None:
             await js.add_stream(StreamConfig(name=f"KV_{stream}-leader", subjects=[f"$KV.{stream}-leader.>"],
                                              storage=StorageType.FILE, num_replicas=replicas, max_msgs_per_subject=16,
-                                             max_msgs=-1, max_consumers=-1, duplicate_window=120.0, max_age=bucket_age,
-                                             max_msg_size=64 * 1024, discard=DiscardPolicy.NEW, allow_rollup_hdrs=False,
+                                             max_msgs=-1, max_consumers=-1, duplicate_window=120.0, max_age=bucket_age or None,
+                                             max_msg_size=bucket_max_value, discard=DiscardPolicy.NEW, allow_rollup_hdrs=False,
                                              deny_delete=True, deny_purge=True, allow_direct=True))
     finally:
         await nc.close()
