@@ -101,6 +101,7 @@ ERR_WRONG_LAST_MSG_ID = 10070
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as nodekey's
 POLL_S = 0.02  # float-ok: follower poll interval, seconds
 PROGRESS_S = 30  # the standby's progress line: at most this often, seconds
+STREAM_CHECK_S = 2  # the primary re-reads its stream's configuration and tail this often, seconds
 
 
 class Fenced(RingfenceError, PermissionError):
@@ -145,6 +146,47 @@ def _leader_bytes(stream: str, record: Mapping[str, Any]) -> bytes:
 def sign_leader(key: Any, stream: str, record: dict[str, Any]) -> bytes:
     """The KV value of a leader record signed by `key` (the key of the node it names)."""
     return json.dumps(dict(record, sig=key.sign(_leader_bytes(stream, record)).hex())).encode()
+
+
+#: A standby's answer to a promotion request (`promotion_answer`) is signed under this domain.
+ANSWER_DOMAIN = b"ringfence-promote-answer-v1"
+#: An answer quotes at most this much of its reason (and never the request: intruder review of session 16, F1).
+MAX_REASON_CHARS = 500
+_NONCE = re.compile(r"[0-9a-f]{16,64}")
+
+
+def _answer_bytes(stream: str, answer: Mapping[str, Any]) -> bytes:
+    fields = {k: v for k, v in answer.items() if k != "sig"}
+    return b"\n".join([ANSWER_DOMAIN, stream.encode(), json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()])
+
+
+def promotion_answer(key: Any, stream: str, node: str, request: Any, revision: int, status: str, reason: str = "",
+                     approved_by: Sequence[str] = ()) -> bytes:
+    """The KV value of standby `node`'s answer to the promotion request at `revision`: its status, the
+    request's epoch and nonce (when they are well formed), the reason cut to MAX_REASON_CHARS, signed
+    with the node's key over all of it. It never echoes the request: a request under the 16 KiB read
+    limit could make an answer over the bucket's 64 KiB (F1); `promote` trusts only an answer signed by
+    the standby for its own nonce (F4: an old genuine leader record written back was taken for one)."""
+    fields = request if isinstance(request, dict) else {}
+    nonce = fields.get("nonce")
+    answer = {"status": status, "revision": int(revision), "node": node,
+              "epoch": bounded_int(fields.get("epoch")),
+              "nonce": nonce if isinstance(nonce, str) and _NONCE.fullmatch(nonce) else "",
+              "reason": reason[:MAX_REASON_CHARS], "approved_by": [str(a)[:64] for a in approved_by][:64]}
+    return json.dumps(dict(answer, sig=key.sign(_answer_bytes(stream, answer)).hex())).encode()
+
+
+def answer_signature_ok(answer: Mapping[str, Any], stream: str, public: Any) -> bool:
+    """Whether a promotion answer carries a valid signature by `public` (`promotion_answer`)."""
+    from ..nodekey import verify
+
+    sig = answer.get("sig")
+    if not isinstance(sig, str) or len(sig) != 128:
+        return False
+    try:
+        return verify(public, bytes.fromhex(sig), _answer_bytes(stream, answer))
+    except ValueError:
+        return False
 
 
 def leader_signature_ok(record: Mapping[str, Any] | None, stream: str, public: Any) -> bool:
@@ -340,12 +382,43 @@ def _check_stream(config: Any, target: "ReplicationTarget") -> None:
         lossy.append(f"subjects={subjects!r} (want [{target.subject!r}] only)")
     if _value(config, "max_msg_size") not in (None, -1, 0):  # a record the primary may write could be refused
         lossy.append(f"max_msg_size={_value(config, 'max_msg_size')!r} (want -1, no limit)")
+    lossy += _unsafe_flags(config)
+    if (_value(config, "num_replicas") or 1) != target.replicas:  # F3 of session 16: made with 1 where 3 were asked for
+        lossy.append(f"num_replicas={_value(config, 'num_replicas')!r} (want {target.replicas}, the URL's replicas=)")
     if lossy:
         raise ConfigError(f"JetStream stream {config.name} has {'; '.join(lossy)}: it could drop or expire messages the "
                           "primary acknowledged, and a standby would miss them; every node needs the stream as ringfence "
                           "makes it (file storage, no limits, no mirror/sources/republish). A stream's storage and "
                           "retention cannot be changed: move to a new stream name (docs/resilience.md), or have a NATS "
                           "user allowed to update streams set the limits to -1", field="--replicate")
+
+
+def _unsafe_flags(config: Any) -> list[str]:
+    """no_ack makes the stream store without answering (anyone on the network could then answer a
+    publish in its name), sealed makes it refuse every write (intruder review of session 16, F2)."""
+    return [f"{key}={str(bool(_value(config, key))).lower()} (want false)" for key in ("no_ack", "sealed")
+            if _value(config, key)]
+
+
+#: The leadership bucket's history per key, as `ensure_stream_and_bucket` makes it.
+BUCKET_HISTORY = 16
+
+
+def _check_bucket(config: Any, target: "ReplicationTarget") -> None:
+    """Refuse a leadership bucket not as ringfence makes it: memory storage, fewer replicas than the
+    URL asks for, an age limit or another history would lose the leader record or its history
+    (intruder review of session 16, F3)."""
+    wrong = [f"{key}={_value(config, key)!r} (want {want})" for key, ok, want in [
+        ("storage", lambda v: v in (None, "file"), "file"),
+        ("num_replicas", lambda v: (v or 1) == target.replicas, f"{target.replicas}, the URL's replicas="),
+        ("max_age", lambda v: not v, "0, no limit"),
+        ("max_msgs_per_subject", lambda v: v == BUCKET_HISTORY, str(BUCKET_HISTORY)),
+    ] if not ok(_value(config, key))] + _unsafe_flags(config)
+    if wrong:
+        raise ConfigError(f"JetStream stream {config.name} (the leadership bucket) has {'; '.join(wrong)}: it could lose "
+                          "the leader record or its history; every node needs it as ringfence makes it: move to a new "
+                          "stream name (docs/resilience.md), or have a NATS user allowed to update streams fix it",
+                          field="--replicate")
 
 
 def harden(target: "ReplicationTarget") -> list[str]:
@@ -412,9 +485,28 @@ class NatsLink:
             self.close()
             raise ConfigError(f"NATS at {target.display} did not start TLS: a tls:// URL is never served over plain text; "
                               "check that the server has TLS on", field="--replicate")
+        self._check_auth(target)
         self.js = self.nc.jetstream()
         #: Records larger than this go as several messages (headers need room under max_payload).
         self.chunk_bytes = max(64 * 1024, int(self.nc.max_payload) - 64 * 1024)
+
+    def _check_auth(self, target: ReplicationTarget) -> None:
+        """A NATS server that lets anyone connect without credentials (its INFO has no auth_required) lets
+        anyone on the network change the stream or answer a publish in its name (intruder review of
+        session 16, F2): refused outside dev mode (RINGFENCE_MODE), said loudly in it."""
+        info = getattr(self.nc, "_server_info", None) or {}
+        if info.get("auth_required"):
+            return
+        fix = ("give every service its own credential: `ringfence replication nats-config` writes a nats-server config "
+               "with users rf-node, rf-operator and rf-monitor; then use nats://rf-node@HOST:PORT/STREAM with the password "
+               "in RINGFENCE_NATS_PASSWORD")
+        if os.environ.get("RINGFENCE_MODE", "dev") != "dev":
+            self.close()
+            raise ConfigError(f"NATS at {target.display} requires no credentials: anyone who reaches it could rewrite the "
+                              f"journal stream's settings or forge its acknowledgements; {fix} (dev mode only, "
+                              "RINGFENCE_MODE=dev, allows a server without users)", field="--replicate")
+        _log.warning("replication: NATS at %s requires no credentials: anyone who reaches it could forge the stream's "
+                     "acknowledgements (refused outside dev mode); %s", target.display, fix)
 
     def encrypted(self) -> bool:
         """Whether the connection runs over TLS (its stream writer carries an SSL object); False when that
@@ -456,11 +548,13 @@ class NatsLink:
                 # as nats-py's create_key_value (history 16), but without rollups or purges
                 await self.js.add_stream(StreamConfig(
                     name=kv_stream, subjects=[f"$KV.{t.bucket}.>"], storage=StorageType.FILE, num_replicas=t.replicas,
-                    max_msgs_per_subject=16, max_msgs=-1, max_consumers=-1, duplicate_window=120.0,
+                    max_msgs_per_subject=BUCKET_HISTORY, max_msgs=-1, max_consumers=-1, duplicate_window=120.0,
                     max_msg_size=BUCKET_MAX_VALUE, discard=DiscardPolicy.NEW, **HARDENED))
                 kv = await self.js.key_value(t.bucket)
             if check:
-                _check_hardened((await self.js.stream_info(kv_stream)).config, t)
+                kv_config = (await self.js.stream_info(kv_stream)).config
+                _check_hardened(kv_config, t)
+                _check_bucket(kv_config, t)
             return kv
 
         from nats.errors import TimeoutError as NatsTimeout
@@ -599,6 +693,29 @@ async def _leader_history(link: "NatsLink") -> list[bytes]:
     return values
 
 
+def newest_verified(link: "NatsLink", peers: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The newest (`lease_key`) leader record in the key's history that verifies against `peers`, or None
+    (none, or the history not readable: a hint only). `replication status` calls the current record
+    replayed when this one is newer (intruder review of session 16, F4: records never expire)."""
+    try:
+        history = link.call(_leader_history(link))
+    except Exception as err:  # noqa: BLE001 - a hint only
+        _log.warning("replication: the leader record's history is not readable (%s)", type(err).__name__)
+        return None
+    newest: dict[str, Any] | None = None
+    for value in history:
+        try:
+            old = untrusted.loads(value, untrusted.MAX_RECORD_BYTES, "a leader record")
+        except untrusted.UnreadableValue:
+            continue
+        if not isinstance(old, dict) or bounded_int(old.get("epoch")) is None or not isinstance(old.get("node"), str) \
+                or any(k in old and bounded_int(old[k]) is None for k in ("lease_ms", "renewal")):
+            continue
+        if verified_leader(old, link.target.stream, peers) is not None and (newest is None or lease_key(old) > lease_key(newest)):
+            newest = old
+    return newest
+
+
 def next_epoch_seen(link: "NatsLink", record: dict[str, Any] | None, peers: Mapping[str, Any] | None) -> int:
     """The next epoch as an operator's command sees it: above the leader `record`'s when it verifies
     (`verified_leader`); when it does not or is missing, above the highest verified record the bucket still holds
@@ -662,9 +779,13 @@ def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals:
                                "sign again", field="--epoch")
     # above the record's: the standby asks for it when it saw a higher epoch than the record's
     next_epoch = epoch or next_epoch
+    # a fresh nonce: only the standby's answer signed over it counts (F4 of session 16: an old genuine leader
+    # record naming the node, written back while this waited, was taken for its promotion)
+    nonce = secrets.token_hex(16)
     request = {"epoch": next_epoch, "node": node_id, "approvals": list(approvals), "status": "requested",
-               "requested_at_ns": time.time_ns()}
+               "requested_at_ns": time.time_ns(), "nonce": nonce}
     revision = int(link.call(kv.put(request_key(node_id), json.dumps(request).encode())))
+    public = None if peers is None else peers.get(node_id)
     deadline = time.monotonic() + wait_s
     answer: Any = None
     while time.monotonic() < deadline:
@@ -677,22 +798,29 @@ def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals:
             raise PromotionRefused(f"the promotion request {request_key(node_id)} was deleted while waiting for "
                                    f"standby {node_id}'s answer: someone withdrew it; ask again if it is still "
                                    "wanted", field="--node-id") from None
-        if isinstance(answer, dict) and answer.get("status") == "refused" and answer.get("revision") == revision:
+        ours = isinstance(answer, dict) and answer.get("nonce") == nonce and answer.get("revision") == revision \
+            and answer.get("node") == node_id and (peers is None or (public is not None and
+                                                                     answer_signature_ok(answer, target.stream, public)))
+        if ours and isinstance(answer, dict) and answer.get("status") == "refused":
             raise PromotionRefused(f"standby {node_id} refused the promotion: {answer.get('reason')}",
                                    field="--key")
-        if isinstance(answer, dict) and answer.get("status") == "failed" and answer.get("revision") == revision:
+        if ours and isinstance(answer, dict) and answer.get("status") == "failed":
             raise PromotionRefused(f"the promotion failed: {answer.get('reason')}; the leader record names {node_id} "
                                    "but no fence opened its epoch: promote a standby again with fresh approvals "
                                    "(docs/resilience.md)", field="--key")
-        if isinstance(answer, dict) and answer.get("status") == "fenced" and answer.get("revision") == revision:
+        if ours and isinstance(answer, dict) and answer.get("status") == "fenced" and answer.get("epoch") == next_epoch:
             # done only once its fence is in the stream: a record alone (the fence then refused) was an outage
-            # reported as a success (review of #21, 1)
+            # reported as a success (review of #21, 1); and only on the standby's answer signed over this nonce
+            # (F4 of session 16)
             leader, _ = leader_of(link, kv)
-            if leader is not None and leader["node"] == node_id and int(leader["epoch"]) >= next_epoch \
+            if leader is not None and leader["node"] == node_id and int(leader["epoch"]) == next_epoch \
                     and verified_leader(leader, target.stream, peers) is not None:
                 return {"previous": current, **leader}
+            # the standby wrote its record, fenced and said so (signed); the record moved on since (renewed by
+            # another epoch, or written over): the answer is the proof
+            return {"previous": current, "node": node_id, "epoch": next_epoch, "approved_by": answer.get("approved_by")}
         time.sleep(0.1)
-    if wait_s and isinstance(answer, dict) and answer.get("status") == "accepted" and answer.get("revision") == revision:
+    if wait_s and ours and isinstance(answer, dict) and answer.get("status") == "accepted":
         raise PromotionRefused(f"standby {node_id} accepted the promotion and took the leader record, but its fence was not "
                                f"in the stream within {wait_s:g} s: its epoch is not open yet; see its log and "
                                "`ringfence replication status`", field="--wait-s")
@@ -700,6 +828,16 @@ def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals:
         raise PromotionRefused(f"standby {node_id} did not answer within {wait_s:g} s: is it running "
                                f"`serve --standby` with --node-id {node_id}?", field="--node-id")
     return {"previous": current, **request}
+
+
+def normalised_approvals(tokens: Sequence[str]) -> list[str]:
+    """The approval tokens as a leader record and its grant keep them: each parsed and formatted again
+    (`parse_approval`: ASCII, a staff id of the register's character set), so padding cannot swell a
+    record past the 16 KiB a node reads (intruder review of session 16, F1). A token that does not parse
+    refuses the request (`ValidationError`, naming it)."""
+    from ..staff.decisions import format_approval, parse_approval
+
+    return [format_approval(parse_approval(t, f"approvals[{i}]")) for i, t in enumerate(tokens)]
 
 
 class PromotionRefused(RingfenceError, PermissionError):
@@ -927,6 +1065,8 @@ class Replicator:
         #: a finished digest, sent with the next batch that begins: (sequence, digest)
         self._digest_ready: tuple[int, str] | None = None
         self._digest_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._own_from = self.stream_seq  # messages above this one are this node's (`_watch_stream`)
+        threading.Thread(target=self._watch_loop, name="ringfence-stream-watch", daemon=True).start()
         if target.lease_ms:
             # renewed from the claim on, through a build that may take longer than the lease (intruder
             # review of session 15, F7): a standby must not take over a primary that is merely starting
@@ -944,6 +1084,7 @@ class Replicator:
         try:
             self.revision = int(self.link.call(self.kv.update("leader", self._record(), last=self.revision)))
         except KeyWrongLastSequenceError:
+            self._stop.set()
             self.link.close()
             raise Fenced("the leadership record changed while this node claimed it: another node leads; start this "
                          "node with --standby", field="--replicate") from None
@@ -1107,6 +1248,42 @@ class Replicator:
             except Exception as err:  # noqa: BLE001 - the loop must keep watching the lease; a failed renewal
                 if time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
                     self._fence_self(f"the lease of {self.target.lease_ms} ms expired ({type(err).__name__})")
+
+    def _watch_loop(self) -> None:
+        """Every STREAM_CHECK_S, outside the publish path: `_watch_stream`."""
+        while self.lost is None and not self._stop.wait(STREAM_CHECK_S):
+            try:
+                self._watch_stream()
+            except Exception as err:  # noqa: BLE001 - NATS unreachable: the lease and the publishes say so
+                _log.debug("replication: the stream check failed: %s", nats_failed(err))
+
+    def _watch_stream(self) -> None:
+        """Re-read the journal stream while leading: a configuration changed at run time (no_ack, limits,
+        replicas...) or a tail that is not the message this node last had acknowledged (acks the stream
+        did not give) fences this node (intruder review of session 16, F2: no_ack set at run time, the
+        publishes dropped, forged acks answered in their place)."""
+        seq = self.stream_seq
+        info = self.link.call(self.link.js.stream_info(self.target.stream))
+        try:
+            _check_hardened(info.config, self.target)
+            _check_stream(info.config, self.target)
+        except ConfigError as err:
+            self._watch_fence(f"the journal stream's configuration changed while this node leads ({err})")
+            return
+        if int(info.state.last_seq) < seq:
+            self._watch_fence(f"the stream's last sequence is {info.state.last_seq}, below {seq}, the sequence of the "
+                              "last message acknowledged to this node: acks the stream did not give")
+            return
+        if seq > self._own_from:
+            headers = self.link.call(self.link.js.get_msg(self.target.stream, seq)).headers or {}
+            if headers.get("Rf-Session") != self._session or headers.get("Rf-Pos") != str(seq):
+                self._watch_fence(f"stream message {seq}, acknowledged to this node, is not the one it published there "
+                                  "(an ack the stream did not give)")
+
+    def _watch_fence(self, why: str) -> None:
+        if self.lost is None and (self.node is None or self.node.failed is not None):  # else _fence_self says it
+            _log.critical("replication: %s; this node stops acknowledging", why)
+        self._fence_self(why)
 
     def _stream_tail(self) -> tuple[int, bytes]:
         """(last journal sequence, record hash) the stream holds from batches (0, genesis when none)."""
@@ -1494,8 +1671,11 @@ class Replicator:
                              f"{self.stream_seq} (this node was deposed at epoch {self.epoch})")
             raise ConnectionError(f"JetStream refused batch {first_seq}: {error.get('description')} "
                                   f"(err_code {error.get('err_code')})")
-        if int(answer.get("seq", 0)) != want or answer.get("duplicate"):  # cannot happen while every writer sets expectations
-            raise Fenced(f"JetStream stored batch {first_seq} at stream sequence {answer.get('seq')}, not {want}")
+        wrong = puback_problem(answer, self.target.stream, want)
+        if wrong:  # a forged ack (F2 of session 16), or a writer without expectations
+            _log.critical("replication: the ack for batch %d is not the stream's: %s; this node stops acknowledging",
+                          first_seq, wrong)
+            raise Fenced(f"JetStream's ack for batch {first_seq} is not one the stream gives: {wrong}")
         self.stream_seq = want
 
     def _publish_one(self, first_seq: int, headers: dict[str, str], data: bytes) -> int:
@@ -1526,6 +1706,24 @@ class Replicator:
         if self._digest_pool is not None:
             self._digest_pool.shutdown(wait=True)
         self.link.close()
+
+
+def puback_problem(answer: Any, stream: str, want: int) -> str:
+    """Why `answer` is not JetStream's ack of a message stored at sequence `want` of `stream`, or "".
+    Every publish expects the stream's last sequence, so the ack's `seq` is known beforehand; an ack
+    naming another stream, another sequence, or a duplicate was not given by the stream for this
+    publish (whoever may subscribe to the batches subject sees each publish's reply inbox: intruder
+    review of session 16, F2)."""
+    if not isinstance(answer, dict):
+        return "not a JSON object"
+    if answer.get("stream") != stream:
+        return f"it names stream {str(answer.get('stream'))[:64]!r}, not {stream!r}"
+    seq = answer.get("seq")
+    if type(seq) is not int or seq != want:
+        return f"it names stream sequence {str(seq)[:24]}, not {want}"
+    if answer.get("duplicate"):
+        return "it says duplicate"
+    return ""
 
 
 def outcome_digest(outputs: list[list[Any]]) -> str:
@@ -1694,7 +1892,8 @@ class Follower:
         self.batches_applied = 0
         self.last_state_hash = ""  # the newest state hash checked against the primary's
         self._request_rev = 0  # the newest promotion request considered
-        self._accepted: dict[str, Any] | None = None  # the answer of the promotion accepted, until its fence is in
+        # the promotion accepted (answer key, request, its revision, approvers), until its fence is in
+        self._accepted: tuple[str, Any, int, list[str]] | None = None
         self._later: dict[int, str] = {}  # sequence -> our state hash, awaiting the primary's (state_hash_later)
         self.later_checked = 0
         self._outcomes: dict[int, str] = {}  # last sequence of a batch -> our outcome digest, awaiting the primary's
@@ -2193,11 +2392,12 @@ class Follower:
             # expire for the batches it may still write until the fence lands (review of #21, 1)
             self.poll()
             approvers = self.verify_promotion(request, leader)
+            approvals = normalised_approvals(request["approvals"])
             # the lease is the leader's when its record is genuine, else this standby's own URL's: nothing
             # is copied from a record that does not verify
             lease = leader.get("lease_ms", 0) if leader is not None and self._trusted(leader) else self.target.lease_ms
             record = {"epoch": request["epoch"], "node": self.node_id, "lease_ms": int(lease), "renewed_at_ns": time.time_ns(),
-                      "renewal": 0, "approved_by": approvers, "approvals": request["approvals"]}
+                      "renewal": 0, "approved_by": approvers, "approvals": approvals}
             if self.peers is not None:
                 reason = grant_refusal(self.engine, self.target.stream, self.node_id, int(request["epoch"]),
                                        fence_grant(record, self.target.lease_ms), take_overs=True)
@@ -2213,17 +2413,19 @@ class Follower:
             reason = str(err)
         except (ValueError, TypeError, OverflowError) as err:  # junk in a request: refused, the standby follows on
             reason = f"the request is not valid ({type(err).__name__})"
+        except Exception as err:  # noqa: BLE001 - anything else while judging is a refusal too, never a dead standby
+            _log.error("replication: promotion request %s (revision %d) could not be judged: %s", key, self._request_rev,
+                       nats_failed(err))
+            reason = f"the request could not be judged ({type(err).__name__})"
         else:
-            answer = dict(request, status="accepted", revision=self._request_rev, approved_by=approvers)
-            self.link.call(self.kv.put(key, json.dumps(answer).encode()))
-            self._accepted = answer  # its verdict on the fence follows (`_tell_fenced`)
+            judged = self._request_rev  # the request's revision: the answers after it name it
+            self._answer(key, request, "accepted", approved_by=approvers)
+            self._accepted = (key, request, judged, approvers)  # its verdict on the fence follows (`_tell_fenced`)
             self.on_progress(f"standby {self.node_id}: promotion to epoch {record['epoch']} approved by "
                              f"{', '.join(approvers) or 'an operator (no staff registered)'}")
             return True
-        answer = dict(request if isinstance(request, dict) else {}, status="refused", revision=self._request_rev,
-                      reason=reason)
-        self._request_rev = int(self.link.call(self.kv.put(key, json.dumps(answer).encode())))
-        self.on_progress(f"standby {self.node_id}: promotion refused: {reason}")
+        self._answer(key, request, "refused", reason=reason)
+        self.on_progress(f"standby {self.node_id}: promotion refused: {reason[:MAX_REASON_CHARS]}")
         return False
 
     def _check_margin(self, tokens: Sequence[str], lease_ms: int) -> None:
@@ -2250,14 +2452,25 @@ class Follower:
     def _tell_fenced(self, failed: str = "") -> None:
         """The promotion request's final answer, once the fence is in (status `fenced`) or could not be
         published (`failed`, with the reason): `replication promote` waits for it, not for the record."""
-        answer, self._accepted = self._accepted, None
-        if answer is None:
+        accepted, self._accepted = self._accepted, None
+        if accepted is None:
             return
-        answer = dict(answer, status="failed", reason=failed) if failed else dict(answer, status="fenced")
+        key, request, revision, approvers = accepted
+        self._answer(key, request, "failed" if failed else "fenced", reason=failed, approved_by=approvers,
+                     revision=revision)
+
+    def _answer(self, key: str, request: Any, status: str, *, reason: str = "", approved_by: Sequence[str] = (),
+                revision: int | None = None) -> None:
+        """Write this standby's signed answer (`promotion_answer`) over the request it judged. A failed
+        write is one log line: the standby keeps following (intruder review of session 16, F1: an answer
+        the bucket refused killed it, on every restart)."""
+        value = promotion_answer(self.key, self.target.stream, self.node_id, request,
+                                 self._request_rev if revision is None else revision, status, reason, approved_by)
         try:
-            self.link.call(self.kv.put(request_key(self.node_id), json.dumps(answer).encode()))
-        except nats_failures() as err:  # the operator's command then says it did not hear back
-            _log.warning("replication: the promotion's answer was not written: %s", nats_failed(err))
+            self._request_rev = int(self.link.call(self.kv.put(key, value)))
+        except Exception as err:  # noqa: BLE001 - the answer is for the operator; following goes on
+            _log.error("replication: the answer to promotion request %s (%s) was not written: %s", key, status,
+                       nats_failed(err))
 
     def _trusted(self, leader: Mapping[str, Any]) -> bool:
         """Whether `leader` carries the valid signature of the node it names, by the peers file (False

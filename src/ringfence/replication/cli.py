@@ -119,16 +119,18 @@ def status_cmd(
     """Print the leader record, whether its signature verifies, and the stream's last sequence as JSON.
 
     `leader_signature` is "valid" (signed by the node it names, per --peers), "forged" (missing or
-    wrong, or naming a node not in --peers: a node refuses it) or "unchecked" (no --peers).
+    wrong, or naming a node not in --peers: a node refuses it), "replayed" (genuine, but older than
+    a verified record the bucket's history holds: an old record written back; `newer_record` names
+    the newest) or "unchecked" (no --peers).
 
-    Exit status: 0 printed (signature valid or unchecked), 1 the leader record's signature is forged (the JSON is still
-    printed), NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL, the --peers
+    Exit status: 0 printed (signature valid or unchecked), 1 the leader record's signature is forged or the record is
+    replayed (the JSON is still printed), NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL, the --peers
     file).
 
     Example: ringfence replication status --nats nats://127.0.0.1:4222/RF --peers ./peers.json
     """
     from ..nodekey import load_peers
-    from . import NatsLink, leader_of, leader_signature_ok, missing_stream, parse_target
+    from . import NatsLink, lease_key, leader_of, leader_signature_ok, missing_stream, newest_verified, parse_target
 
     try:
         target = parse_target(nats, "--nats")
@@ -152,13 +154,20 @@ def status_cmd(
         # given --peers, a record naming a node not in it is forged too (intruder review of #21, I6a)
         verdict = "unchecked" if leader is None or peers is None else (
             "valid" if public is not None and leader_signature_ok(leader, link.target.stream, public) else "forged")
+        newer = newest_verified(link, trusted) if verdict == "valid" and leader is not None else None
+        if newer is not None and leader is not None and lease_key(newer) > lease_key(leader):
+            # genuine, but older than a record the key held since: written back (records never expire;
+            # intruder review of session 16, F4)
+            verdict = "replayed"
         info = link.call(link.js.stream_info(link.target.stream))
-        typer.echo(json.dumps({"leader": leader, "leader_signature": verdict, "revision": revision,
-                               "stream": link.target.stream, "messages": info.state.messages,
-                               "last_stream_seq": info.state.last_seq}))
+        out = {"leader": leader, "leader_signature": verdict, "revision": revision, "stream": link.target.stream,
+               "messages": info.state.messages, "last_stream_seq": info.state.last_seq}
+        if verdict == "replayed" and newer is not None:
+            out["newer_record"] = {"node": newer.get("node"), "epoch": newer.get("epoch"), "renewal": newer.get("renewal")}
+        typer.echo(json.dumps(out))
     finally:
         link.close()
-    if verdict == "forged":  # a script checking the exit status must see it
+    if verdict in ("forged", "replayed"):  # a script checking the exit status must see it
         raise typer.Exit(1)
 
 

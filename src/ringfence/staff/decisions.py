@@ -145,13 +145,24 @@ def format_approval(sig: StaffSignature) -> str:
     return f"{sig.staff_id}:{sig.nonce}:{sig.expires_ns}:{sig.signature}"
 
 
+#: a staff id as the register takes it (staff/state.py `_ID_RE`): an approval naming anything else is junk
+STAFF_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
 def parse_approval(token: str, field: str = "approval") -> StaffSignature:
+    # ASCII only, the staff id as the register takes it: a token of 3,900 emoji as its staff id made a
+    # promotion answer quoting it too large for the bucket (intruder review of session 16, F1)
+    if not token.isascii():
+        raise ValidationError("an approval is ASCII: STAFF_ID:NONCE:EXPIRES_NS:SIGNATURE", field=field)
     parts = token.strip().split(":")
     # EXPIRES_NS: nanoseconds, at most 19 digits (int() of a 5000-digit one raised a bare ValueError: intruder review, F1)
     if len(parts) != 4 or not parts[0] or not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 19):
         raise ValidationError("an approval is STAFF_ID:NONCE:EXPIRES_NS:SIGNATURE (EXPIRES_NS: at most 19 digits)",
                               field=field)
     staff_id, nonce, expires, sig = parts
+    if not STAFF_ID_RE.fullmatch(staff_id):
+        raise ValidationError("the staff id of an approval is 1-64 characters of a-z 0-9 _ . -, starting with a letter "
+                              "or digit", field=field)
     if not NONCE_RE.fullmatch(nonce) or not HEX_SIG_RE.fullmatch(sig.lower()):
         raise ValidationError("nonce is 16-64 hex characters and the signature 128 hex characters", field=field)
     return StaffSignature(staff_id, nonce, int(expires), sig.lower())
