@@ -187,10 +187,28 @@ def _explain_bad_decimal(text: str) -> str:
     return "must be a plain decimal string: digits, optionally one '.' and more digits"
 
 
+#: `format_amount`'s answers for the amounts met first (prices, quantities and zeros repeat: an order's
+#: answer formats six of them): (minor, decimals) -> text, for plain ints and exact places only.
+_FORMATTED: dict[tuple[int, int], str] = {}
+_FORMATTED_MAX = 8192
+
+
 def format_amount(minor: int, decimals: int, *, trim: bool = False) -> str:
     """Format integer minor units as a decimal string with exactly `decimals` places (or trimmed)."""
+    exact = not trim and type(minor) is int and type(decimals) is int
+    if exact:
+        known = _FORMATTED.get((minor, decimals))
+        if known is not None:
+            return known
     if isinstance(minor, bool) or not isinstance(minor, int):
         raise ValidationError("amount to format must be an integer count of minor units", field="amount")
+    text = _format(minor, decimals, trim)
+    if exact and len(_FORMATTED) < _FORMATTED_MAX:
+        _FORMATTED[(minor, decimals)] = text
+    return text
+
+
+def _format(minor: int, decimals: int, trim: bool) -> str:
     sign = "-" if minor < 0 else ""
     digits = str(abs(minor))
     if decimals == 0:

@@ -234,11 +234,11 @@ def stopped_reason(node: Any, detailed: bool = False) -> str | None:
     that failed), or None while it runs: `node.failed`, as /readyz shows it. Our own errors are
     written for whoever reads them; any other (an OSError names files and folders) says only its
     kind, unless `detailed` (a caller with the metrics token)."""
+    failed = getattr(node, "failed", None)
+    if failed is None:  # every write asks: no import statement before this answer
+        return None
     from ..errors import RingfenceError
 
-    failed = getattr(node, "failed", None)
-    if failed is None:
-        return None
     if detailed or isinstance(failed, RingfenceError):
         return str(failed) or type(failed).__name__
     return f"{type(failed).__name__} (the details with the metrics token, on /readyz)"

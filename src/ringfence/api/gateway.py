@@ -148,6 +148,19 @@ class Params:
 
 def split_signature(query: str, body: str) -> tuple[bytes, str | None]:
     """Return (signed payload, signature): everything sent, minus the `signature` parameter."""
+    # The usual signed request (every client library): one `signature=` in all, the body's (or, with
+    # no body, the query's) last parameter. Then the payload is the bytes before its '&', without
+    # splitting and re-joining every parameter (a visible share of an order's time in the engine,
+    # and in each gateway, which splits it too). Anything else takes the general path below.
+    last = body if body else query
+    if (query.count("signature=") + body.count("signature=")) == 1:
+        at = last.rfind("&signature=") + 1 if not last.startswith("signature=") else 0
+        if (at or last.startswith("signature=")) and "&" not in last[at:]:
+            head = last[:at - 1] if at else ""
+            if last is body:
+                # the general path joins the query's kept pieces and the body's without a separator
+                return (query + head).encode(), unquote_plus(last[at + 10:])
+            return head.encode(), unquote_plus(last[at + 10:])
     signature = None
     parts = []
     for source in (query, body):
@@ -166,11 +179,13 @@ def split_signature(query: str, body: str) -> tuple[bytes, str | None]:
     return "".join(parts).encode(), signature
 
 
-def check_timestamp(params: Params, now_ms: int) -> None:
+def check_timestamp(params: Params, now_ms: int) -> int:
+    """Refuse a request signed outside its `recvWindow`; returns its `timestamp` (ms)."""
     timestamp = params.integer("timestamp")
     window = params.integer("recvWindow", default=DEFAULT_RECV_WINDOW_MS, low=1, high=MAX_RECV_WINDOW_MS)
     if timestamp > now_ms + 1_000 or now_ms - timestamp > window:
         raise BinanceError(-1021, "Timestamp for this request is outside of the recvWindow.")
+    return timestamp
 
 
 class ReplayGuard:
