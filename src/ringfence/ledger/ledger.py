@@ -834,16 +834,12 @@ class Ledger:
         post: int,
         hold: Pending | None = None,
     ) -> None:
-        """One side of a perpetual fill as one linked set of postings, in this order (a zero amount
-        posts nothing):
+        """One side of a perpetual fill: one linked set of postings, in this order (a zero amount posts nothing):
 
         capture `take` of hold `hold_id` (the wallet's) and pay it back from its credit account;
         margin -> wallet `released`; pool -> wallet `gain`; wallet -> pool `paid`; insurance ->
         pool `covered`; wallet -> fees `fee_net`; wallet -> insurance `shield`; wallet -> margin
-        `post`.
-
-        `hold`: hold `hold_id`'s record if the caller has it (`open_hold_record`), which spares the
-        lookup; it must be that hold's (its id is checked).
+        `post`. `hold`: hold `hold_id`'s record (`open_hold_record`'s), if given: not looked up again.
 
         The same postings and counters as `capture_and_return` and `move` one by one (amounts by
         derivatives' rules); every check those would make is made first, on the counters as they will
