@@ -355,20 +355,17 @@ class Ledger:
         return self._open(owner, asset, kind, segment, flags), True
 
     def open_beside(self, account: Account, kind: str) -> Account:
-        """`open_account(account.owner, account.asset, kind, account.segment)[0]`: the account of
-        `kind` beside `account` (its owner's, in its asset and segment), found or opened with the
-        flags `open_account` gives it, without checking again the owner, asset and segment the
-        ledger checked when it opened `account` (a perpetual fill opens its owner's margin account
-        so, at the owner's first fill: the three checks were most of the cost)."""
+        """`find(account.owner, account.asset, kind, account.segment)`, else that account opened as
+        `open_account` opens it: the account of `kind` beside `account` (its owner's, in its asset
+        and segment), without checking again the owner, asset and segment the ledger checked when
+        it opened `account` (a perpetual fill opens its owner's margin account so, at the owner's
+        first fill: the three checks were most of the cost)."""
         owner = account.owner
         existing = self._by_key.get((owner, account.asset, kind, account.segment))
-        flags = 0 if owner == SYSTEM_OWNER else _NO_OVERDRAFT
         if existing is not None:
-            if existing.flags != flags:
-                raise ValidationError("this account already exists with other flags", field="flags")
             return existing
         validate_kind(kind)
-        return self._open(owner, account.asset, kind, account.segment, flags)
+        return self._open(owner, account.asset, kind, account.segment, 0 if owner == SYSTEM_OWNER else _NO_OVERDRAFT)
 
     def _open(self, owner: str, asset: str, kind: str, segment: str, flags: int) -> Account:
         key = (owner, asset, kind, segment)
