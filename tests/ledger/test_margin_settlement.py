@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from ringfence.errors import InvariantViolation
+from ringfence.errors import InvariantViolation, ValidationError
 from ringfence.ledger.ledger import Ledger
 from ringfence.money import Asset
 
@@ -89,3 +89,47 @@ def test_a_negative_leg_or_a_foreign_hold_is_refused() -> None:
         else:
             raise AssertionError(f"{bad} was accepted")
         assert _state(led) == before
+
+
+def test_the_hold_record_handed_in_is_the_holds_own_or_ignored() -> None:
+    """`settle_margin_side(..., hold=record)` (`open_hold_record`'s, what a perpetual fill passes)
+    posts what the call without it posts; a record of another hold is not used (the id is looked up),
+    and a record that no longer covers the capture is refused like the looked-up one."""
+    one, a1, h1 = _ledger(1_000, 0, 0, 0, 100)
+    two, a2, h2 = _ledger(1_000, 0, 0, 0, 100)
+    one.settle_margin_side(h1, 40, a1["wallet"], a1["margin"], 0, a1["pool"], 0, 0, a1["insurance"], 0, a1["fees"], 3, 1, 20)
+    rec = two.open_hold_record(h2)
+    assert (rec.id, rec.amount, rec.remaining) == (h2, 100, 100)
+    two.settle_margin_side(h2, 40, a2["wallet"], a2["margin"], 0, a2["pool"], 0, 0, a2["insurance"], 0, a2["fees"], 3, 1, 20, rec)
+    assert _state(two) == _state(one) and rec.remaining == 60
+    # Another hold's record for hold h2: h2's own is used (60 left of it, not the other's 100).
+    other = two.hold(a2["wallet"], a2["clearing"], 100)
+    two.settle_margin_side(h2, 60, a2["wallet"], a2["margin"], 0, a2["pool"], 0, 0, a2["insurance"], 0, a2["fees"], 0, 0, 0,
+                           two.open_hold_record(other))
+    assert two.open_hold_record(h2).status == "posted" and two.open_hold_record(other).remaining == 100
+    before = _state(two)
+    try:
+        two.settle_margin_side(h2, 1, a2["wallet"], a2["margin"], 0, a2["pool"], 0, 0, a2["insurance"], 0, a2["fees"], 0, 0, 0,
+                               two.open_hold_record(h2))
+    except InvariantViolation:
+        pass
+    else:
+        raise AssertionError("a capture from a posted hold was accepted")
+    assert _state(two) == before
+
+
+def test_open_beside_is_open_account_of_the_same_owner_asset_and_segment() -> None:
+    led, a, _ = _ledger(1_000, 0, 0, 0, 100)
+    iso = led.open_beside(a["wallet"], "isolated")
+    assert (iso.owner, iso.asset, iso.kind, iso.segment, iso.flags) == ("alice", "USDT", "isolated", SEG, a["wallet"].flags)
+    assert led.open_account("alice", "USDT", "isolated", SEG) == (iso, False)
+    assert led.open_beside(a["wallet"], "margin") is a["margin"]  # found, not opened again
+    assert led.open_beside(a["pool"], "pnl_ethusdtperp").flags == led.open_system_account("USDT", "clr_ethusdtperp", SEG).flags
+    n = len(led.accounts)
+    try:
+        led.open_beside(a["wallet"], "Not A Kind")
+    except ValidationError as e:
+        assert e.field == "kind", e
+    else:
+        raise AssertionError("a bad kind was accepted")
+    assert len(led.accounts) == n

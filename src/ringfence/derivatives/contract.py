@@ -4,7 +4,7 @@ changes positions instead of delivering the base asset (docs/derivatives.md has 
 
 This is every perpetual order's hot path, so it is compiled with trading's matching loop
 (`ringfence.native.COMPILED`); like those modules it is ordinary Python that runs as it is when
-nothing is built. Money moves only through the ledger's public API (`hold_amounts`,
+nothing is built. Money moves only through the ledger's public API (`settle_margin_side`,
 `capture_and_return`, `move`, `resize_hold_to`). tests/derivatives/test_fast_path.py runs it beside
 the code it replaced (tests/derivatives/reference_contract.py) and compares every event and the
 state hash.
@@ -19,7 +19,7 @@ from ..trading.commands import OrderAmended, OrderExpired
 from ..trading.matching import _close, _take_out
 from ..errors import NotFound, ValidationError
 from ..ledger.account import Account
-from ..ledger.ledger import Ledger
+from ..ledger.ledger import Ledger, Pending
 from ..trading.orders import _place as _trading_place
 from ..trading.orders import _protection_and_hold
 from ..trading.book import ACTIVE, Market, MarketContract, Order, OrderWords
@@ -104,7 +104,11 @@ class Seat:
     lookup by owner instead of one per dict (the position book's by (owner, symbol), the wallets',
     the margin accounts'), and the position found last time, kept only as a hint (`position`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: Any = None) -> None:
+        #: (owner, symbol), the key of the owner's position in this market: one tuple for every
+        #: lookup and mark of this seat's (a new equal tuple per fill side was hashed, and compared
+        #: item by item where the book and its `dirty` set hold another; `Any`: see `position`).
+        self.key: Any = key
         self.pos: Position | None = None  # the position last found: a hint, checked before use
         self.wallet: Account | None = None  # the owner's `available` account in the quote asset, once found
         self.margin: Account | None = None  # the owner's cross `margin` account, once found or opened
@@ -228,7 +232,7 @@ class Contract(MarketContract):
         seats = self._seats
         seat = seats.get(owner)
         if seat is None:
-            seat = seats[owner] = Seat()
+            seat = seats[owner] = Seat((owner, self.symbol))
         return seat
 
     def _wallet_of(self, seat: Seat, owner: str, p: Perp) -> Account | None:
@@ -255,7 +259,10 @@ class Contract(MarketContract):
         is_buy: bool = words[0]
         limitish: bool = words[4]
         self._placing_reduce_only = st.reduce_only  # (for `before_hold`; first: before any return)
-        if c.quote_amount:
+        qty: int = c.quantity
+        # Trading asks only of an order its checks passed (`_parse_order`): one with a quote amount
+        # has no quantity, so the quote amount is read only without one.
+        if not qty and c.quote_amount:
             return ("INVALID_PARAMETER", "quote_amount", "perpetual orders are sized by quantity, not quote amount"), 0, 0
         protect: int = 0
         owner: str = c.owner
@@ -270,9 +277,8 @@ class Contract(MarketContract):
                     return ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0
                 self.order_wallet = self._wallet(owner, p)
                 return None, 0, 0
-        qty: int = c.quantity
         seat = self._seat(owner, p)  # (one lookup: the position, the wallet)
-        key: Any = (owner, symbol)  # (of this order's strings: hashed without touching older ones; `Any`: one tuple)
+        key: Any = seat.key  # (`Any`: one tuple, see `Seat.position`)
         size_now: int
         close_q: int
         positions: dict[tuple[str, str], Position] = st._positions  # (`positions`' storage: a property call less)
@@ -289,6 +295,7 @@ class Contract(MarketContract):
         if st.reduce_only and open_q:
             return ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0
         scale: int = p.scale
+        order_notional: int = -(-exact_product(price, qty) // scale)  # ceil
         im: int
         s: Any = None  # the index's entry for the perpetual's index symbol, once looked up (`looked`)
         looked = False
@@ -310,18 +317,21 @@ class Contract(MarketContract):
                 return ("CONCENTRATION_LIMIT", "quantity",
                         f"the position would hold {mine * PPM // oi_after} ppm of {symbol}'s open interest, "
                         f"above the per-account limit {p.max_share_ppm} ppm"), 0, 0
-            notional_after = -(-exact_product(price, mine) // scale)
+            notional_after = order_notional if mine == qty else -(-exact_product(price, mine) // scale)
             if notional_after > p.brackets[-1].cap:  # (no bracket holds it)
                 return ("CONCENTRATION_LIMIT", "quantity",
                         f"the position's notional {notional_after} would exceed the largest bracket {p.brackets[-1].cap}"), 0, 0
             im = initial_margin_at(p, seat.leverage(st, key, p.default_leverage), size_now + open_q,
-                                   -(-exact_product(price, open_q) // scale), p.open_interest + open_q)
+                                   order_notional if open_q == qty else -(-exact_product(price, open_q) // scale),
+                                   p.open_interest + open_q)
         else:
             im = 0  # (`initial_margin` of a zero notional)
         trading = self._trading
         assert trading is not None
-        taker_ppm: int = trading.rates(owner)[1]
-        order_notional: int = -(-exact_product(price, qty) // scale)  # ceil
+        # `trading.rates(owner)[1]`, in line (typed: direct dict lookups, no call and no tuple per order)
+        tiers: dict[int, tuple[int, int]] = trading.tiers
+        account_tier: dict[str, int] = trading.account_tier
+        taker_ppm: int = tiers[account_tier.get(owner, 0)][1]
         # im + ceil(notional × taker rate): the fee reserve (the products through `exact_product`: a
         # price or a notional is past mypyc's native fast path for `*`)
         hold: int = im - (-exact_product(order_notional, taker_ppm) // PPM)
@@ -518,16 +528,17 @@ class Contract(MarketContract):
         owner: str = o.owner
         w: Account = o.pay
         # 1. What the fill frees of the order's hold goes back to the wallet (capture, pay back).
-        amounts: tuple[int, int] = ledger.hold_amounts(o.hold_id)
-        amount, remaining = amounts
-        take: int = remaining + (amount * (qty - o.leaves)) // o.qty  # remaining - ceil(amount × leaves after / qty)
+        hold_id: int = o.hold_id
+        h: Pending = ledger.open_hold_record(hold_id)  # (read only: its two figures, and handed back to the settlement)
+        remaining: int = h.remaining
+        take: int = remaining + (h.amount * (qty - o.leaves)) // o.qty  # remaining - ceil(amount × leaves after / qty)
         took: int = take if take > 0 else 0
         symbol: str = p.symbol
         seats = self._seats  # (`fill` called `_system`: they are this ledger's)
         seat = seats.get(owner)
         if seat is None:
-            seat = seats[owner] = Seat()
-        key: Any = (owner, symbol)  # (`Any`: one tuple for every lookup below, see `Seat.position`)
+            seat = seats[owner] = Seat((owner, symbol))
+        key: Any = seat.key  # (`Any`: one tuple for every lookup below, see `Seat.position`)
         iso_set: set[tuple[str, str]] = isolated  # (typed: a direct set lookup)
         iso: bool = bool(iso_set) and key in iso_set  # (`isolated`' storage, as `positions`: `st._positions`)
         own_margin_only: bool = liq_iso is not None and liq_iso == key  # a LiquidatePosition step: the wallet never pays
@@ -547,7 +558,10 @@ class Contract(MarketContract):
         pool, fees, insurance = system
         acct: Account | None = seat.isolated if iso else seat.margin
         if acct is None:
-            acct = ledger.find(owner, quote, kind, SEGMENT) or ledger.open_account(owner, quote, kind, SEGMENT)[0]
+            if w.owner == owner and w.asset == quote and w.segment == SEGMENT:  # (the order's wallet: always)
+                acct = ledger.open_beside(w, kind)
+            else:
+                acct = ledger.find(owner, quote, kind, SEGMENT) or ledger.open_account(owner, quote, kind, SEGMENT)[0]
             if iso:
                 seat.isolated = acct
             else:
@@ -621,8 +635,8 @@ class Contract(MarketContract):
             if own_margin_only:
                 post = max(0, min(post, own_left - fee))
         # Steps 1-6 as one linked set of postings (the ledger checks them all before the first).
-        ledger.settle_margin_side(o.hold_id, took, w, acct, released, pool, gain, paid, insurance, covered, fees,
-                                  fee - shield, shield, post)
+        ledger.settle_margin_side(hold_id, took, w, acct, released, pool, gain, paid, insurance, covered, fees,
+                                  fee - shield, shield, post, h)
         if _NATIVE_POSITION:  # compiled: written through its own `__setattr__` (a native call; it marks the key)
             pos.realized += realized
             pos.size = size

@@ -354,6 +354,19 @@ class Ledger:
             return existing, False
         return self._open(owner, asset, kind, segment, flags), True
 
+    def open_beside(self, account: Account, kind: str) -> Account:
+        """`find(account.owner, account.asset, kind, account.segment)`, else that account opened as
+        `open_account` opens it: the account of `kind` beside `account` (its owner's, in its asset
+        and segment), without checking again the owner, asset and segment the ledger checked when
+        it opened `account` (a perpetual fill opens its owner's margin account so, at the owner's
+        first fill: the three checks were most of the cost)."""
+        owner = account.owner
+        existing = self._by_key.get((owner, account.asset, kind, account.segment))
+        if existing is not None:
+            return existing
+        validate_kind(kind)
+        return self._open(owner, account.asset, kind, account.segment, 0 if owner == SYSTEM_OWNER else _NO_OVERDRAFT)
+
     def _open(self, owner: str, asset: str, kind: str, segment: str, flags: int) -> Account:
         key = (owner, asset, kind, segment)
         existing = self._by_key.get(key)
@@ -816,14 +829,14 @@ class Ledger:
         fee_net: int,
         shield: int,
         post: int,
+        hold: Pending | None = None,
     ) -> None:
-        """One side of a perpetual fill as one linked set of postings, in this order (a zero amount
-        posts nothing):
+        """One side of a perpetual fill: one linked set of postings, in this order (a zero amount posts nothing):
 
         capture `take` of hold `hold_id` (the wallet's) and pay it back from its credit account;
         margin -> wallet `released`; pool -> wallet `gain`; wallet -> pool `paid`; insurance ->
         pool `covered`; wallet -> fees `fee_net`; wallet -> insurance `shield`; wallet -> margin
-        `post`.
+        `post`. `hold`: hold `hold_id`'s record (`open_hold_record`'s), if given: not looked up again.
 
         The same postings and counters as `capture_and_return` and `move` one by one (amounts by
         derivatives' rules); every check those would make is made first, on the counters as they will
@@ -832,7 +845,7 @@ class Ledger:
         """
         if (take | released | gain | paid | covered | fee_net | shield | post) < 0:
             raise InvariantViolation("negative internal transfer")
-        h, flags = self._margin_side_hold(hold_id, take, wallet, margin, pool, insurance, fees)
+        h, flags = self._margin_side_hold(hold_id, take, wallet, margin, pool, insurance, fees, hold)
         if flags & _NO_EXCESS_CREDIT:
             if take:
                 self.capture_and_return(hold_id, take)
@@ -882,10 +895,11 @@ class Ledger:
                 self._dirty.update((h, h.credit))
 
     def _margin_side_hold(self, hold_id: int, take: int, wallet: Account, margin: Account, pool: Account,
-                          insurance: Account, fees: Account) -> tuple[Pending | None, int]:
+                          insurance: Account, fees: Account, hold: Pending | None = None) -> tuple[Pending | None, int]:
         """`settle_margin_side`'s pre-conditions: one asset, distinct accounts, an open hold of the
         wallet's that covers `take` (paid into an account none of the others is). Returns the hold
-        (None when `take` is 0) and the accounts' flags, OR-ed."""
+        (None when `take` is 0) and the accounts' flags, OR-ed. `hold`: the hold's record if the
+        caller has it, else None (looked up)."""
         asset = wallet.asset
         if (margin.asset != asset or pool.asset != asset or insurance.asset != asset or fees.asset != asset
                 or wallet is margin or wallet is pool or wallet is insurance or wallet is fees or margin is pool
@@ -894,7 +908,7 @@ class Ledger:
         flags = wallet.flags | margin.flags | pool.flags | insurance.flags | fees.flags
         if not take:
             return None, flags
-        h = self.pending.get(hold_id)
+        h = self.pending.get(hold_id) if hold is None or hold.id != hold_id else hold
         if h is None or h.status != "pending" or take > h.remaining or h.debit is not wallet:
             raise InvariantViolation(f"cannot capture {take} of hold {hold_id} of {wallet.name}")
         clearing = h.credit
@@ -918,6 +932,12 @@ class Ledger:
         h.remaining = remaining
         if not remaining:
             h.status = "posted"
+
+    def open_hold_record(self, hold_id: int) -> Pending:
+        """Hold `hold_id`'s own record, to read (a perpetual fill reads its `amount` and `remaining`
+        once per side, and hands it to `settle_margin_side`): never to be written outside the
+        ledger. Raises for an unknown hold, like `hold_amounts`."""
+        return self.pending[hold_id]
 
     def hold_amounts(self, hold_id: int) -> tuple[int, int]:
         """`(amount, remaining)` of a hold: `pending_hold`'s two figures without building the view
