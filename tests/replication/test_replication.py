@@ -27,7 +27,7 @@ import httpx
 import pytest
 from pgtest import pg_database
 
-from api.conftest import Server, free_port
+from api.conftest import NO_CHAINS, Server, free_port
 from ringfence.app import replay_journal
 from ringfence.replication import PROMOTE_ACTION, promote_subject
 from ringfence.staff.console import load_key
@@ -99,9 +99,11 @@ def check_stream(stream: str) -> list[tuple[int, dict[str, str], bytes]]:
 
 def start_pair(tmp_path: Path, stream: str, pg_url: str, feed: bool = False) -> tuple[Server, Standby, str]:
     url = f"{NATS_URL}/{stream}"
-    env = {"RINGFENCE_DATABASE_URL": pg_url, **peers_file(tmp_path, a=tmp_path / "a", b=tmp_path / "b")}
+    # both without the demo's custody chains (NO_CHAINS): no test here uses them, and their blocks and workers
+    # cost each start seconds of CPU
+    env = {"RINGFENCE_DATABASE_URL": pg_url, **NO_CHAINS, **peers_file(tmp_path, a=tmp_path / "a", b=tmp_path / "b")}
     primary = Server(tmp_path / "a", env=env | {"RINGFENCE_DEMO_FEED": "1" if feed else "0"},
-                     args=("--replicate", url, "--node-id", "a"))
+                     args=("--replicate", url, "--node-id", "a"), chains=False)
     assert "replicating to stream " + stream in primary.log_text()
     standby = Standby(tmp_path / "b", url, "b", free_port(), env=env)
     return primary, standby, url
