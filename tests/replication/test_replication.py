@@ -43,6 +43,21 @@ def rf(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def rf_here(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`rf` in this process (typer's runner: the same command code, no interpreter start-up); an exception
+    the command let out fails the test with its traceback."""
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    if check and result.exit_code != 0:
+        raise AssertionError(f"ringfence {' '.join(args)} exited {result.exit_code}:\n{result.stdout}\n{result.stderr}")
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
 class Trader:
     def __init__(self, base: str, key: dict) -> None:
         self.key = key
@@ -117,26 +132,27 @@ def _peers(staff: Path) -> str:
 def promote_is_a_quorum_decision(staff: Path, url: str, primary: Server, trader: Trader) -> None:
     """Refused, with the primary still serving: one operator alone, a forged second signature, a
     non-operator as the second signer, a token signed for another node. The standby checks each
-    against the staff register of its own replica."""
-    one = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--wait-s", "30",
+    against the staff register of its own replica. In this process (`rf_here`): the promotion that follows
+    is a real `ringfence replication promote` process."""
+    one = rf_here("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--wait-s", "30",
              check=False)
     assert one.returncode == 1 and "refused by rule 'quorum'" in " ".join((one.stdout + one.stderr).split()), one.stdout + one.stderr
-    ben = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ben", "--sign-only").stdout.strip()
+    ben = rf_here("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ben", "--sign-only").stdout.strip()
     staff_id, nonce, expires, signature = ben.split(":")
     forged = ":".join([staff_id, nonce, expires, ("0" if signature[0] != "0" else "1") + signature[1:]])
-    bad = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--approval", forged,
+    bad = rf_here("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--approval", forged,
              "--wait-s", "30", check=False)
     assert bad.returncode == 1 and "refused by rule 'signature-valid'" in " ".join((bad.stdout + bad.stderr).split()), bad.stderr
-    cy = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--key", f"{staff}#cy",
+    cy = rf_here("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--key", f"{staff}#cy",
             "--wait-s", "30", check=False)
     assert cy.returncode == 1 and "refused by rule 'role-required'" in " ".join((cy.stdout + cy.stderr).split()), cy.stderr
     # a token for node c, which the peers file does not hold (promote --sign-only refuses it): signed as the command would
     other = format_approval(load_key(f"{staff}#ben").sign(PROMOTE_ACTION, promote_subject(url.rsplit("/", 1)[1], "c", 2),
                                                           time.time_ns() + 600 * 10**9))
-    moved = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--approval", other,
+    moved = rf_here("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--approval", other,
                "--wait-s", "30", check=False)
     assert moved.returncode == 1 and "signature-valid" in moved.stdout + moved.stderr, moved.stderr
-    status = json.loads(rf("replication", "status", "--nats", url).stdout)
+    status = json.loads(rf_here("replication", "status", "--nats", url).stdout)
     assert status["leader"]["node"] == "a" and status["leader"]["epoch"] == 1, status  # nobody was deposed
     assert trader.place("after-refusals").status_code == 200  # the primary still acknowledges
 
