@@ -1,4 +1,7 @@
-"""The CLI as a user runs it: a real `ringfence` process, its output and exit codes."""
+"""The CLI as a user runs it: its output and exit codes. A real `ringfence` process for every command family
+(demo, journal, sim, serve, help, the chain groups, the benchmark); the many refusals of bad input and help
+pages beside them run the same command code in this process (`invoke`: typer's runner, no interpreter
+start-up, about 0.5 s of CPU each)."""
 
 import os
 import re
@@ -13,6 +16,30 @@ RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 
 def run(*args, cwd=None):
     return subprocess.run(RINGFENCE + list(args), capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+class Invoked:
+    """What `invoke` returns: the exit code and the two streams, as a finished process has them."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Invoked:
+    """`ringfence ARGS` in this process (typer's runner: the same command code, its own stdout and stderr;
+    `env` set while it runs). An exception the command let out is in stderr as the traceback a process
+    would have printed (with exit code 1), so the tests' "no Traceback" checks hold here too."""
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    result = CliRunner().invoke(app, list(args), env=env)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(result.exception))
+    return Invoked(result.exit_code, result.stdout, stderr)
 
 
 def test_demo_then_verify_and_replay(tmp_path):
@@ -37,7 +64,7 @@ def test_demo_then_verify_and_replay(tmp_path):
 
 def test_verify_reports_corruption_with_exit_1(tmp_path):
     data = tmp_path / "demo"
-    assert run("demo", "--data", str(data)).returncode == 0
+    assert invoke("demo", "--data", str(data)).returncode == 0  # `demo` as a process: test_demo_then_verify_and_replay
     seg = sorted((data / "journal").iterdir())[0]
     raw = bytearray(seg.read_bytes())
     raw[100] ^= 0x01
@@ -71,7 +98,7 @@ def test_verify_reports_corruption_with_exit_1(tmp_path):
     ],
 )
 def test_bad_cli_input_is_a_clear_error(args, message):
-    out = run(*args)
+    out = invoke(*args)
     assert out.returncode == 2
     assert message in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
@@ -79,11 +106,11 @@ def test_bad_cli_input_is_a_clear_error(args, message):
 
 def test_inspecting_an_unknown_market_is_a_clear_error_and_creates_nothing(tmp_path):
     data = tmp_path / "demo"
-    assert run("demo", "--data", str(data)).returncode == 0
+    assert invoke("demo", "--data", str(data)).returncode == 0  # `demo` as a process: test_demo_then_verify_and_replay
     out = run("trading", "book", "NOPE", "--data", str(data))
     assert out.returncode == 2 and "unknown market 'NOPE'" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "never").exists()
-    assert run("trading", "book", "BTCUSDT", "--data", str(tmp_path / "never")).returncode == 2
+    assert invoke("trading", "book", "BTCUSDT", "--data", str(tmp_path / "never")).returncode == 2
     assert not (tmp_path / "never").exists()
 
 
@@ -101,7 +128,7 @@ def test_serve_refuses_a_busy_port_before_touching_the_journal(tmp_path):
 
 def test_demo_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    out = run("demo", "--data", str(tmp_path))
+    out = invoke("demo", "--data", str(tmp_path))
     assert out.returncode == 2 and "not empty" in out.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
@@ -113,17 +140,17 @@ def test_sim_command(tmp_path):
 
 
 def test_sim_command_runs_the_perpetuals_workload(tmp_path):
-    out = run("sim", "--seed", "3", "--steps", "300", "--workload", "perps")
+    out = invoke("sim", "--seed", "3", "--steps", "300", "--workload", "perps")  # `sim` as a process: test_sim_command
     assert out.returncode == 0, out.stderr
     assert "workload=perps" in out.stdout and "all invariants held" in out.stdout
     assert "position opened" in out.stdout and "funding round" in out.stdout
-    bad = run("sim", "--seed", "3", "--steps", "5", "--workload", "options")
+    bad = invoke("sim", "--seed", "3", "--steps", "5", "--workload", "options")
     assert bad.returncode != 0 and "--workload" in bad.stderr + bad.stdout
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["sim"], ["journal"], ["journal", "verify"], ["journal", "replay"], ["version"], ["shield"], ["shield", "status"]])
 def test_every_command_has_help_with_an_example(command):
-    out = run(*command, "--help")
+    out = run(*command, "--help") if command == [] else invoke(*command, "--help")  # `ringfence --help`: a real process
     assert out.returncode == 0
     assert "Example" in out.stdout
 
@@ -156,9 +183,13 @@ def test_a_missing_input_file_is_an_error_naming_the_option(tmp_path, args, opti
     policy.write_text('{"version": 1, "rules": []}')
     missing = tmp_path / "nope" / "missing.jsonl"
     filled = [a.format(missing=missing, tmp=tmp_path, policy=policy) for a in args]
-    out = subprocess.run(RINGFENCE + filled, capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, RINGFENCE_OPERATOR_PASSPHRASE="x" * 16, RINGFENCE_STORE_PASSPHRASE="x" * 16,
-                                  RINGFENCE_SIGNER_PASSPHRASE="x" * 16), stdin=subprocess.DEVNULL)
+    passphrases = {"RINGFENCE_OPERATOR_PASSPHRASE": "x" * 16, "RINGFENCE_STORE_PASSPHRASE": "x" * 16,
+                   "RINGFENCE_SIGNER_PASSPHRASE": "x" * 16}
+    if args[0] == "keys" and args[1] == "verify-log":  # one as a real process (stdin closed); the others in this one
+        out = subprocess.run(RINGFENCE + filled, capture_output=True, text=True, timeout=120, env=dict(os.environ, **passphrases),
+                             stdin=subprocess.DEVNULL)
+    else:
+        out = invoke(*filled, env=passphrases)
     message = " ".join(out.stderr.split())
     assert out.returncode == 2, out.stdout + out.stderr
     assert option in message and "does not exist" in message and "Traceback" not in out.stderr
@@ -190,8 +221,11 @@ def commands_panel(text: str) -> tuple[int, list[list[str]]]:
 def test_help_reads_well_at_80_columns(command):
     """No `<bool>` beside flags (they take no value), and each command's description flows: a line breaks
     only where the next word would not fit (the docstrings' own line breaks made ragged lines)."""
-    out = subprocess.run(RINGFENCE + [*command, "--help"], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, COLUMNS="80", TERM="dumb"))
+    if command == []:  # a real process: the width it finds in its environment
+        out = subprocess.run(RINGFENCE + [*command, "--help"], capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, COLUMNS="80", TERM="dumb"))
+    else:
+        out = invoke(*command, "--help", env={"COLUMNS": "80", "TERM": "dumb"})
     assert out.returncode == 0, out.stderr
     assert "<bool>" not in out.stdout and re.search(r"--help +-h +Show this message", out.stdout), out.stdout
     assert max(len(line) for line in out.stdout.splitlines()) <= 80
@@ -203,13 +237,13 @@ def test_help_reads_well_at_80_columns(command):
 
 
 def test_chain_and_chains_say_how_they_differ():
-    chain, chains = (run(name, "--help").stdout for name in ("chain", "chains"))
+    chain, chains = (invoke(name, "--help").stdout for name in ("chain", "chains"))
     assert "Not `chains` (plural)" in chain and "Not `chain` (singular)" in chains
 
 
 def _help(*command: str) -> str:
-    out = subprocess.run(RINGFENCE + [*command, "--help"], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, COLUMNS="80", TERM="dumb"))
+    """`ringfence COMMAND --help` at 80 columns, in this process (`test_help_reads_well_at_80_columns` runs one as a process)."""
+    out = invoke(*command, "--help", env={"COLUMNS": "80", "TERM": "dumb"})
     assert out.returncode == 0, out.stderr
     return out.stdout
 

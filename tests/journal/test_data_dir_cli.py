@@ -3,6 +3,8 @@
 A second writer (`reconcile lift`, `reconcile run`) is refused with the server's pid and writes
 nothing; read-only commands (`journal verify/replay`, `reconcile status`, `por snapshot`) work while
 the server runs, take the same DIR `serve --data` takes, and never change a byte of the journal.
+Set-ups (`demo`) and some read-only checks run the same command code in the test's own process (`here`),
+still another process than the server's; every writer the lock must refuse is a real process.
 Reproduce by hand: `ringfence serve --demo --data D &` then `ringfence reconcile lift D x --reason r --approval a:b`.
 """
 
@@ -20,11 +22,27 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.conftest import ARGON2_TEST_COST, NO_CHAINS
+
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(RINGFENCE + list(args), capture_output=True, text=True, timeout=300)
+
+
+def here(*args: str) -> subprocess.CompletedProcess[str]:
+    """`run` in this process (typer's runner: the same command code without an interpreter start-up), for the
+    set-ups and read-only checks beside the real processes each test is about; an exception the command let
+    out fails the test."""
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 def free_port() -> int:
@@ -51,7 +69,12 @@ def start_serve(data: Path) -> tuple[subprocess.Popen[bytes], str]:
                                                                                    # after the first (DIR/por/<n>/ would be new
                                                                                    # files) and no shield sweep in the journal
                                                                                    RINGFENCE_POR_EVERY_S="0",
-                                                                                   RINGFENCE_SHIELD_SWEEP_EVERY_S="3600"))
+                                                                                   RINGFENCE_SHIELD_SWEEP_EVERY_S="3600",
+                                                                                   # as every test server: no custody chains
+                                                                                   # (no test here uses one; they cost a
+                                                                                   # loaded start most of its 90 s) and dev
+                                                                                   # mode's least password-hash cost
+                                                                                   **NO_CHAINS, **ARGON2_TEST_COST))
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -98,10 +121,10 @@ def serving(tmp_path_factory):
 def test_ambiguous_or_foreign_directories_are_refused_by_name(tmp_path):
     (tmp_path / "both" / "journal").mkdir(parents=True)
     (tmp_path / "both" / "engine" / "journal").mkdir(parents=True)
-    out = run("journal", "verify", str(tmp_path / "both"))
+    out = here("journal", "verify", str(tmp_path / "both"))
     assert out.returncode == 2 and "name the one you mean" in " ".join(out.stderr.split())
     (tmp_path / "empty").mkdir()
-    out = run("reconcile", "status", str(tmp_path / "empty"))
+    out = here("reconcile", "status", str(tmp_path / "empty"))
     assert out.returncode == 2 and "engine/journal" in " ".join(out.stderr.split())
 
 
@@ -109,7 +132,7 @@ def test_demo_never_deletes_a_directory_another_writer_holds(tmp_path):
     from ringfence.journal.journal import DataDirLock
 
     data = tmp_path / "demo"
-    assert run("demo", "--data", str(data), "--seed", "2").returncode == 0
+    assert here("demo", "--data", str(data), "--seed", "2").returncode == 0
     before = journal_digest(data)
     lock = DataDirLock(data, "a test holding the demo's journal")
     try:
@@ -118,7 +141,7 @@ def test_demo_never_deletes_a_directory_another_writer_holds(tmp_path):
         assert journal_digest(data) == before  # not deleted, not rewritten
     finally:
         lock.release()
-    assert run("demo", "--data", str(data), "--seed", "2").returncode == 0
+    assert here("demo", "--data", str(data), "--seed", "2").returncode == 0
 
 
 def listing(root: Path) -> set[str]:
@@ -168,7 +191,7 @@ def test_a_writer_beside_or_inside_a_running_serve_is_refused_by_pid_and_creates
     for made in ("LOCK", "journal", "engine/engine", "engine/identity.sqlite3", "engine/x", "engine/journal/y"):
         assert not (data / made).exists(), made
     assert journal_digest(node) == before_digest
-    verify = run("journal", "verify", str(data))
+    verify = here("journal", "verify", str(data))  # read-only, beside the server (a real process below)
     assert verify.returncode == 0 and "journal: OK" in verify.stdout, verify.stdout + verify.stderr
     assert httpx.get(base + "/readyz", timeout=5).status_code == 200
 
@@ -200,7 +223,7 @@ def test_reconcile_lift_names_the_field_once(tmp_path):
     from ringfence.journal.journal import DataDirLock
 
     node = tmp_path / "node"
-    assert run("demo", "--data", str(node), "--seed", "1").returncode == 0
+    assert here("demo", "--data", str(node), "--seed", "1").returncode == 0
     lock = DataDirLock(node, "a test holding the lock")
     try:
         lift = run("reconcile", "lift", str(node), "rc.any", "--reason", "r", "--approval", "op1:" + "ab" * 16 + ":1:" + "ab" * 64)
@@ -230,10 +253,10 @@ def test_second_writer_is_refused_while_serve_runs_and_readers_use_the_serve_dir
         # read-only commands: no lock, no change, the same DIR serve takes
         verify = run("journal", "verify", str(data))
         assert verify.returncode == 0 and "journal: OK" in verify.stdout, verify.stdout + verify.stderr
-        assert run("journal", "verify", str(node)).returncode == 0
-        replay = run("journal", "replay", str(data))
+        assert here("journal", "verify", str(node)).returncode == 0  # the node folder's name: in this process
+        replay = here("journal", "replay", str(data))
         assert replay.returncode == 0 and "replay: OK" in replay.stdout, replay.stderr
-        status = run("reconcile", "status", str(data))
+        status = here("reconcile", "status", str(data))
         assert status.returncode == 0 and "sequence" in status.stdout, status.stderr
         snap = run("por", "snapshot", "--data", str(data), "--out", str(tmp_path / "snap.json"))
         assert snap.returncode == 0 and (tmp_path / "snap.json").is_file(), snap.stderr
@@ -246,4 +269,4 @@ def test_second_writer_is_refused_while_serve_runs_and_readers_use_the_serve_dir
     # the lock died with the server: a writer may now open the directory, by either name
     after = run("reconcile", "run", str(data), "--no-halt")
     assert after.returncode in (0, 3), after.stderr
-    assert run("journal", "verify", str(data)).returncode == 0
+    assert here("journal", "verify", str(data)).returncode == 0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+from api.conftest import ARGON2_TEST_COST, NO_CHAINS
 
 from .conftest import NATS_URL
 
@@ -17,10 +20,13 @@ LEASE_MS = 1500
 
 
 def test_dr_drill_kill_and_partition(tmp_path, stream):
+    """Both scenarios; their demo primaries start as every test server does: without custody chains
+    (NO_CHAINS: the drill places BTCUSDT orders only; the chains' blocks and workers cost each start
+    seconds of CPU) and with dev mode's least password-hash cost (the demo's staff logins at start)."""
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "dr", "drill", "--nats", NATS_URL, "--seed", "5",
                            "--before", "16", "--after", "6", "--lease-ms", str(LEASE_MS), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, **NO_CHAINS, **ARGON2_TEST_COST))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "dr drill: PASSED" in proc.stdout
     report = {r["scenario"]: r for r in json.loads((out / "report.json").read_text())}

@@ -102,30 +102,59 @@ def _node_primary(tmp_path, port: int, pw: dict[str, str]) -> tuple[Any, Replica
 
 
 def _monitor_status(port: int, pw: dict[str, str]) -> dict[str, Any]:
-    """`ringfence replication status` as rf-monitor (password from RINGFENCE_NATS_PASSWORD): its JSON, after exit 0."""
-    status = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats",
-                             f"nats://rf-monitor@127.0.0.1:{port}/{STREAM}"], capture_output=True, text=True, timeout=60,
-                            env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw["rf-monitor"]))
-    assert status.returncode == 0, status.stdout + status.stderr
+    """`ringfence replication status` as rf-monitor (password from RINGFENCE_NATS_PASSWORD): its JSON, after exit 0.
+    In this process (typer's runner, no interpreter start-up); the credential test below runs it as a real process."""
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    status = CliRunner().invoke(app, ["replication", "status", "--nats", f"nats://rf-monitor@127.0.0.1:{port}/{STREAM}"],
+                                env={"RINGFENCE_NATS_PASSWORD": pw["rf-monitor"]})
+    assert status.exit_code == 0, status.output
     return json.loads(status.stdout)
+
+
+class _Refusals:
+    """A connection's error callback that keeps the server's "permissions violation for publish" errors:
+    `until_refused(call)` runs `call` until it ends or the server refuses a publish made while it runs (a
+    refused publish or JetStream request is otherwise seen only as its timeout, 1 to 5 s each)."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self._refused: asyncio.Event | None = None
+
+    async def on_error(self, err: Exception) -> None:
+        self.errors.append(str(err))
+        if "permissions violation for publish" in str(err).lower() and self._refused is not None:
+            self._refused.set()
+
+    async def until_refused(self, call: Any) -> tuple[Any, str]:
+        """(the call's result, "") or (None, the server's refusal); the call's own exception propagates.
+        One call at a time: the refusal that arrives while it runs is its own."""
+        self._refused, seen = asyncio.Event(), len(self.errors)
+        task, refused = asyncio.ensure_future(call()), asyncio.ensure_future(self._refused.wait())
+        try:
+            await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+        if task.done():
+            return task.result(), ""
+        task.cancel()
+        return None, "refused: " + "; ".join(self.errors[seen:])
 
 
 async def _try_publish(url: str, subject: str, data: bytes, headers: dict[str, str]) -> str:
     """Publish through JetStream as the given user; returns "stored" or why not."""
     import nats
 
-    errors: list[str] = []
-
-    async def on_error(err: Exception) -> None:
-        errors.append(str(err))
-
-    nc = await nats.connect(url.rsplit("/", 1)[0], connect_timeout=3, max_reconnect_attempts=0, error_cb=on_error,
+    refusals = _Refusals()
+    nc = await nats.connect(url.rsplit("/", 1)[0], connect_timeout=3, max_reconnect_attempts=0, error_cb=refusals.on_error,
                             inbox_prefix=_inbox(url))
     try:
-        await nc.jetstream().publish(subject, data, headers=headers, timeout=2)
-        return "stored"
+        _, refused = await refusals.until_refused(lambda: nc.jetstream().publish(subject, data, headers=headers, timeout=2))
+        return refused or "stored"
     except Exception as err:  # noqa: BLE001 - any refusal is what the test wants to see; it checks the reason below
-        return f"{type(err).__name__} {errors}"
+        return f"{type(err).__name__} {refusals.errors}"
     finally:
         await nc.close()
 
@@ -182,11 +211,17 @@ async def _try_admin(url: str) -> dict[str, str]:
     import nats
     from nats.js.api import ConsumerConfig
 
-    nc = await nats.connect(url.rsplit("/", 1)[0], connect_timeout=3, max_reconnect_attempts=0, error_cb=_ignore,
+    refusals = _Refusals()
+    nc = await nats.connect(url.rsplit("/", 1)[0], connect_timeout=3, max_reconnect_attempts=0, error_cb=refusals.on_error,
                             inbox_prefix=_inbox(url))
     js = nc.jetstream(timeout=1)
     bucket = f"KV_{STREAM}-leader"
     outcomes: dict[str, str] = {}
+
+    async def update(name: str) -> None:  # an update that would allow rollups again
+        config = (await js.stream_info(name)).config
+        await js.update_stream(replace(config, allow_rollup_hdrs=True))
+
     try:
         calls = {"delete stream": lambda: js.delete_stream(STREAM), "delete bucket": lambda: js.delete_stream(bucket),
                  "purge stream": lambda: js.purge_stream(STREAM), "purge bucket": lambda: js.purge_stream(bucket),
@@ -194,29 +229,17 @@ async def _try_admin(url: str) -> dict[str, str]:
                  "add consumer": lambda: js.add_consumer(STREAM, ConsumerConfig(durable_name="x")),
                  "rollup promote": lambda: js.publish(f"$KV.{STREAM}-leader.promote.x", b"", headers={"Nats-Rollup": "all"}),
                  "rollup leader": lambda: js.publish(f"$KV.{STREAM}-leader.leader", b"", headers={"Nats-Rollup": "all"}),
-                 "rollup batches": lambda: js.publish(f"rf.{STREAM}.batches", b"", headers={"Nats-Rollup": "all"})}
-        async def attempt(name: str, call: Any) -> None:
+                 "rollup batches": lambda: js.publish(f"rf.{STREAM}.batches", b"", headers={"Nats-Rollup": "all"}),
+                 f"update {STREAM}": lambda: update(STREAM), f"update {bucket}": lambda: update(bucket)}
+        for name, call in calls.items():  # one at a time, each until it ends or the server refuses it
             try:
-                await call()
-                outcomes[name] = "done"
+                _, refused = await refusals.until_refused(call)
+                outcomes[name] = refused or "done"
             except Exception as err:  # noqa: BLE001 - a refusal (a permissions violation is a timeout): checked by the caller
                 outcomes[name] = f"{type(err).__name__} {err}"
-
-        await asyncio.gather(*(attempt(name, call) for name, call in calls.items()))  # each refusal may be a 1 s timeout
-        for name in (STREAM, bucket):  # an update that would allow rollups again
-            try:
-                config = (await js.stream_info(name)).config
-                await js.update_stream(replace(config, allow_rollup_hdrs=True))
-                outcomes[f"update {name}"] = "done"
-            except Exception as err:  # noqa: BLE001
-                outcomes[f"update {name}"] = f"{type(err).__name__} {err}"
     finally:
         await nc.close()
     return outcomes
-
-
-async def _ignore(_err: Exception) -> None:
-    return None
 
 
 def test_no_credential_may_delete_purge_roll_up_or_update(tmp_path, nats_services):
@@ -329,9 +352,16 @@ def test_nats_config_listens_on_loopback_and_elsewhere_only_with_tls(tmp_path):
     it gets a tls block, and the services connect over verified TLS."""
     from .test_nats_tls import _cert  # the CA and server certificate for 127.0.0.1 the TLS tests use
 
-    def config(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "nats-config", "--stream", STREAM, *extra],
-                              capture_output=True, text=True, timeout=60, env=dict(os.environ, COLUMNS="300"))
+    def config(*extra: str) -> Any:
+        """`ringfence replication nats-config` in this process (typer's runner: the same command code without an
+        interpreter start-up each; `_start_services` runs it as a real process)."""
+        from typer.testing import CliRunner
+
+        from ringfence.cli import app
+
+        result = CliRunner().invoke(app, ["replication", "nats-config", "--stream", STREAM, *extra], env={"COLUMNS": "300"})
+        result.returncode = result.exit_code
+        return result
 
     refused = config("--out", str(tmp_path / "nopeers"))  # R3: the grants name the peers' nodes
     assert refused.returncode == 2 and "--peers: give the peers file" in refused.stdout + refused.stderr, refused.stderr
@@ -389,21 +419,31 @@ def test_nats_config_listens_on_loopback_and_elsewhere_only_with_tls(tmp_path):
 def test_a_credential_without_a_nodes_rights_is_named_not_a_traceback(tmp_path, nats_services):
     """New-user review: `serve --replicate` as rf-operator (or rf-node on a stream its grants do not cover) printed a
     50-line TimeoutError traceback; the server's "permissions violation" is now the error, naming the option."""
-    from api.conftest import free_port
-
     port, pw = nats_services
-    for user, stream in (("rf-operator", STREAM), ("rf-node", "NOTGRANTED")):
-        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--data", str(tmp_path / user), "--port",
-                               str(free_port()), "--replicate", f"nats://{user}@127.0.0.1:{port}/{stream}", "--node-id", "a"],
-                              capture_output=True, text=True, timeout=180, env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw[user]))
-        out = proc.stdout + proc.stderr
-        assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
-        assert f"--replicate: NATS user {user} may not use stream {stream}" in " ".join(out.split()), out[-3000:]
-        assert pw[user] not in out
-    for command in (["status"], ["promote", "--node-id", "b", "--wait-s", "1", "--peers", _peers(tmp_path)]):
-        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", *command, "--nats",
-                               f"nats://rf-monitor@127.0.0.1:{port}/NOTGRANTED"], capture_output=True, text=True, timeout=120,
-                              env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw["rf-monitor"]))
-        out = proc.stdout + proc.stderr
-        assert proc.returncode != 0 and "Traceback" not in out, (command, out[-3000:])
-        assert "--nats: " in out and "rf-monitor" in out, (command, out[-3000:])
+
+    def start(argv: list[str], password: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "ringfence.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=dict(os.environ, RINGFENCE_NATS_PASSWORD=password))
+
+    # the four commands run side by side (each waits on the server's refusal): their outputs are checked below
+    serves = {(user, stream): start(["serve", "--data", str(tmp_path / user), "--port", str(free_port()), "--replicate",
+                                     f"nats://{user}@127.0.0.1:{port}/{stream}", "--node-id", "a"], pw[user])
+              for user, stream in (("rf-operator", STREAM), ("rf-node", "NOTGRANTED"))}
+    commands = {tuple(command): start(["replication", *command, "--nats", f"nats://rf-monitor@127.0.0.1:{port}/NOTGRANTED"],
+                                      pw["rf-monitor"])
+                for command in (["status"], ["promote", "--node-id", "b", "--wait-s", "1", "--peers", _peers(tmp_path)])}
+    try:
+        for (user, stream), proc in serves.items():
+            out = proc.communicate(timeout=180)[0]
+            assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+            assert f"--replicate: NATS user {user} may not use stream {stream}" in " ".join(out.split()), out[-3000:]
+            assert pw[user] not in out
+        for command, proc in commands.items():
+            out = proc.communicate(timeout=120)[0]
+            assert proc.returncode != 0 and "Traceback" not in out, (command, out[-3000:])
+            assert "--nats: " in out and "rf-monitor" in out, (command, out[-3000:])
+    finally:
+        for proc in (*serves.values(), *commands.values()):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from pgtest import pg_database
 
-from api.conftest import Server, free_port
+from api.conftest import NO_CHAINS, Server, free_port
 from ringfence.app import replay_journal
 from ringfence.replication import PROMOTE_ACTION, promote_subject
 from ringfence.staff.console import load_key
@@ -41,6 +41,21 @@ def rf(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and proc.returncode != 0:
         raise AssertionError(f"ringfence {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def rf_here(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`rf` in this process (typer's runner: the same command code, no interpreter start-up); an exception
+    the command let out fails the test with its traceback."""
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    if check and result.exit_code != 0:
+        raise AssertionError(f"ringfence {' '.join(args)} exited {result.exit_code}:\n{result.stdout}\n{result.stderr}")
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 class Trader:
@@ -99,9 +114,11 @@ def check_stream(stream: str) -> list[tuple[int, dict[str, str], bytes]]:
 
 def start_pair(tmp_path: Path, stream: str, pg_url: str, feed: bool = False) -> tuple[Server, Standby, str]:
     url = f"{NATS_URL}/{stream}"
-    env = {"RINGFENCE_DATABASE_URL": pg_url, **peers_file(tmp_path, a=tmp_path / "a", b=tmp_path / "b")}
+    # both without the demo's custody chains (NO_CHAINS): no test here uses them, and their blocks and workers
+    # cost each start seconds of CPU
+    env = {"RINGFENCE_DATABASE_URL": pg_url, **NO_CHAINS, **peers_file(tmp_path, a=tmp_path / "a", b=tmp_path / "b")}
     primary = Server(tmp_path / "a", env=env | {"RINGFENCE_DEMO_FEED": "1" if feed else "0"},
-                     args=("--replicate", url, "--node-id", "a"))
+                     args=("--replicate", url, "--node-id", "a"), chains=False)
     assert "replicating to stream " + stream in primary.log_text()
     standby = Standby(tmp_path / "b", url, "b", free_port(), env=env)
     return primary, standby, url
@@ -115,26 +132,27 @@ def _peers(staff: Path) -> str:
 def promote_is_a_quorum_decision(staff: Path, url: str, primary: Server, trader: Trader) -> None:
     """Refused, with the primary still serving: one operator alone, a forged second signature, a
     non-operator as the second signer, a token signed for another node. The standby checks each
-    against the staff register of its own replica."""
-    one = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--wait-s", "30",
+    against the staff register of its own replica. In this process (`rf_here`): the promotion that follows
+    is a real `ringfence replication promote` process."""
+    one = rf_here("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--wait-s", "30",
              check=False)
     assert one.returncode == 1 and "refused by rule 'quorum'" in " ".join((one.stdout + one.stderr).split()), one.stdout + one.stderr
-    ben = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ben", "--sign-only").stdout.strip()
+    ben = rf_here("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ben", "--sign-only").stdout.strip()
     staff_id, nonce, expires, signature = ben.split(":")
     forged = ":".join([staff_id, nonce, expires, ("0" if signature[0] != "0" else "1") + signature[1:]])
-    bad = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--approval", forged,
+    bad = rf_here("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--approval", forged,
              "--wait-s", "30", check=False)
     assert bad.returncode == 1 and "refused by rule 'signature-valid'" in " ".join((bad.stdout + bad.stderr).split()), bad.stderr
-    cy = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--key", f"{staff}#cy",
+    cy = rf_here("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--key", f"{staff}#cy",
             "--wait-s", "30", check=False)
     assert cy.returncode == 1 and "refused by rule 'role-required'" in " ".join((cy.stdout + cy.stderr).split()), cy.stderr
     # a token for node c, which the peers file does not hold (promote --sign-only refuses it): signed as the command would
     other = format_approval(load_key(f"{staff}#ben").sign(PROMOTE_ACTION, promote_subject(url.rsplit("/", 1)[1], "c", 2),
                                                           time.time_ns() + 600 * 10**9))
-    moved = rf("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--approval", other,
+    moved = rf_here("replication", "promote", "--nats", url, "--node-id", "b", "--peers", _peers(staff), "--key", f"{staff}#ada", "--approval", other,
                "--wait-s", "30", check=False)
     assert moved.returncode == 1 and "signature-valid" in moved.stdout + moved.stderr, moved.stderr
-    status = json.loads(rf("replication", "status", "--nats", url).stdout)
+    status = json.loads(rf_here("replication", "status", "--nats", url).stdout)
     assert status["leader"]["node"] == "a" and status["leader"]["epoch"] == 1, status  # nobody was deposed
     assert trader.place("after-refusals").status_code == 200  # the primary still acknowledges
 

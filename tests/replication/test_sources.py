@@ -28,7 +28,7 @@ def _sources(data) -> list[dict]:
 
 
 def test_the_journal_names_the_service_that_submitted_each_command(tmp_path):
-    srv = Server(tmp_path / "a", args=("--node-id", "gw1"), env={"RINGFENCE_DEMO_FEED": "1"})
+    srv = Server(tmp_path / "a", args=("--node-id", "gw1"), env={"RINGFENCE_DEMO_FEED": "1"}, chains=False)  # chains: unused
     try:
         alice = json.loads((tmp_path / "a" / "demo-keys.json").read_text())[0]
         r = Trader(srv.base, alice).place("who-1")
