@@ -82,7 +82,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlparse
 
-from ..errors import ConfigError, JournalCorrupt, RingfenceError
+from ..errors import ConfigError, JournalCorrupt, OutcomeUnknown, RingfenceError
 from ..engine.core import STATE_DIGEST_FORMAT
 from .epochs import EpochBackwards, EpochMemory, bounded_int, epoch_above
 from . import untrusted
@@ -788,6 +788,7 @@ def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals:
     public = None if peers is None else peers.get(node_id)
     deadline = time.monotonic() + wait_s
     answer: Any = None
+    ours = False
     while time.monotonic() < deadline:
         try:  # the standby's answer, or whatever else someone wrote to the key meanwhile
             answer = untrusted.loads(link.call(kv.get(request_key(node_id))).value, untrusted.MAX_ANSWER_BYTES,
@@ -804,6 +805,9 @@ def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals:
         if ours and isinstance(answer, dict) and answer.get("status") == "refused":
             raise PromotionRefused(f"standby {node_id} refused the promotion: {answer.get('reason')}",
                                    field="--key")
+        if ours and isinstance(answer, dict) and answer.get("status") == "unknown":
+            raise PromotionRefused(f"the promotion's outcome is unknown: {answer.get('reason')}; check `ringfence "
+                                   "replication status` and the standby's log before promoting again", field="--node-id")
         if ours and isinstance(answer, dict) and answer.get("status") == "failed":
             raise PromotionRefused(f"the promotion failed: {answer.get('reason')}; the leader record names {node_id} "
                                    "but no fence opened its epoch: promote a standby again with fresh approvals "
@@ -1163,14 +1167,24 @@ class Replicator:
                          "batches); promote a node with `ringfence replication promote` (the operators' quorum), which "
                          "writes a new leader record and opens its epoch with a fence", field="--replicate") from None
         renewals = [0]
+        newer: tuple[int, str] | None = None  # a genuine record above this epoch: a promotion accepted since
         for value in self.link.call(_leader_history(self.link)):
             try:
                 old = untrusted.loads(value, untrusted.MAX_RECORD_BYTES, "a leader record")
             except untrusted.UnreadableValue:
                 continue
-            if isinstance(old, dict) and old.get("node") == self.node_id and old.get("epoch") == self.epoch \
-                    and not self._forged(old):
+            if not isinstance(old, dict) or bounded_int(old.get("epoch")) is None or self._forged(old):
+                continue
+            if int(old["epoch"]) > self.epoch and (newer is None or int(old["epoch"]) > newer[0]):
+                newer = (int(old["epoch"]), str(old.get("node"))[:64])
+            if old.get("node") == self.node_id and old.get("epoch") == self.epoch:
                 renewals.append(bounded_int(old.get("renewal")) or 0)
+        if newer is not None:  # its fence may not be in the stream yet: taking this epoch back would undo it
+            raise Fenced(f"the leader record of stream {self.target.stream} is missing (deleted or purged), and its history "
+                         f"holds node {newer[1]!r}'s genuine record at epoch {newer[0]}, above this node's {self.epoch}: "
+                         "a promotion was accepted after this node led; this node does not take its epoch back. See "
+                         "`ringfence replication status`; promote a node with `ringfence replication promote` if none "
+                         "leads (code review of session 16)", field="--replicate")
         # purged, no history left: a count no record of this epoch reached (its milliseconds since 1970)
         self.renewal = max(renewals) if len(renewals) > 1 else time.time_ns() // 10**6
         self.revision = int(self.link.call(self.kv.create("leader", self._record())))
@@ -1697,6 +1711,9 @@ class Replicator:
                 raise Fenced(f"JetStream refused batch {first_seq}: another node published after stream sequence "
                              f"{self.stream_seq} (this node was deposed at epoch {self.epoch})") from None
             raise
+        wrong = pub_ack_problem(ack, self.target.stream, int(headers["Nats-Expected-Last-Sequence"]) + 1)
+        if wrong:  # the stream opener too (code review of session 16: only the batches' acks were checked)
+            raise Fenced(f"JetStream's ack for batch {first_seq} is not one the stream gives: {wrong}")
         return int(ack.seq)
 
     def close(self) -> None:
@@ -1724,6 +1741,12 @@ def puback_problem(answer: Any, stream: str, want: int) -> str:
     if answer.get("duplicate"):
         return "it says duplicate"
     return ""
+
+
+def pub_ack_problem(ack: Any, stream: str, want: int) -> str:
+    """`puback_problem` for the PubAck nats-py's `js.publish` returns (which checks neither)."""
+    return puback_problem({"stream": getattr(ack, "stream", None), "seq": getattr(ack, "seq", None),
+                           "duplicate": getattr(ack, "duplicate", None)}, stream, want)
 
 
 def outcome_digest(outputs: list[list[Any]]) -> str:
@@ -1908,7 +1931,7 @@ class Follower:
         self.problem = ""
         self._gap_checked = -1e9  # float-ok: monotonic seconds of the last look for a gap
         #: the refusal that stopped this standby: every later `poll` raises it again
-        self.refused: Refused | None = None
+        self.refused: Refused | JournalCorrupt | None = None
 
     def _apply(self, headers: dict[str, str], payload: bytes) -> None:
         from ..engine.core import ShardHalt
@@ -2054,12 +2077,14 @@ class Follower:
 
     def poll(self) -> int:
         """Consume every stream message available now; returns how many. `Refused` once a message is
-        refused, and again on every later call (`refused`)."""
+        refused, and again on every later call (`refused`); the same for `JournalCorrupt` (a batch whose
+        state or outcome differs from the primary's: the replica has drifted and must never go past it,
+        nor be promoted)."""
         if self.refused is not None:  # a refusal sticks: this standby never goes past the message it refused
             raise self.refused
         try:
             return self._poll()
-        except Refused as err:
+        except (Refused, JournalCorrupt) as err:
             self.refused = err
             raise
 
@@ -2264,6 +2289,11 @@ class Follower:
                 if getattr(err, "err_code", None) == ERR_WRONG_LAST_SEQUENCE:
                     continue  # the old primary got one more batch in: apply it, then fence again
                 raise
+            wrong = pub_ack_problem(ack, self.target.stream, self.stream_seq + 1)
+            if wrong:  # whoever can subscribe to the subject sees the reply inbox (F2): is the fence in?
+                raise OutcomeUnknown(f"the acknowledgement of this standby's fence at epoch {epoch} is not one the stream "
+                                     f"gives ({wrong}): whether the fence is in the stream is unknown; see "
+                                     "`ringfence replication status` and the stream", field="--standby")
             self.stream_seq = int(ack.seq)
             self.fence_epoch = epoch
             return
@@ -2296,7 +2326,11 @@ class Follower:
                 self.memory.see(int(leader["epoch"]))
                 try:
                     self._fence(int(leader["epoch"]), fence_grant(leader, self.target.lease_ms))
-                except (RingfenceError, *nats_failures()) as err:
+                except (OutcomeUnknown, *nats_failures()) as err:  # the fence may be in the stream (a lost ack)
+                    self._tell_fenced(f"standby {self.node_id} took the leader record at epoch {leader['epoch']}; whether "
+                                      f"its fence is in the stream is unknown: {nats_failed(err)}", unknown=True)
+                    raise
+                except RingfenceError as err:
                     self._tell_fenced(f"standby {self.node_id} took the leader record at epoch {leader['epoch']} but its "
                                       f"fence was not published: {err}")
                     raise
@@ -2376,6 +2410,12 @@ class Follower:
             return False
         self._request_rev = int(entry.revision)
         request: Any = None
+        # caught up first: the record is taken only once the grant passes where the fence will stand, after
+        # every batch the old primary got in (its sequencer time), and with a margin before the approvals
+        # expire for the batches it may still write until the fence lands (review of #21, 1). Outside the
+        # refusals below: a replica that disagrees with the primary (JournalCorrupt, Refused) stops here as
+        # it stops anywhere, never turned into a refused request it would follow on from (code review, s16)
+        self.poll()
         try:  # anyone with the operator's credential may write anything here: junk is a refused request
             try:  # bounded, every decoding error caught (F1: nested JSON raised RecursionError)
                 request = untrusted.loads(entry.value, untrusted.MAX_REQUEST_BYTES, "the request")
@@ -2387,10 +2427,6 @@ class Follower:
                 return False  # an answer (ours), or not a request at all
             if bounded_int(request.get("epoch")) is None:
                 raise PromotionRefused("epoch must be a whole number of at most 18 digits", field="epoch")
-            # caught up first: the record is taken only once the grant passes where the fence will stand, after
-            # every batch the old primary got in (its sequencer time), and with a margin before the approvals
-            # expire for the batches it may still write until the fence lands (review of #21, 1)
-            self.poll()
             approvers = self.verify_promotion(request, leader)
             approvals = normalised_approvals(request["approvals"])
             # the lease is the leader's when its record is genuine, else this standby's own URL's: nothing
@@ -2449,25 +2485,31 @@ class Follower:
                     f"{needed // 10**6} ms a promotion needs for its fence to land before the old primary's last "
                     "batches pass that expiry: sign again with a longer --ttl-s", field="approvals")
 
-    def _tell_fenced(self, failed: str = "") -> None:
-        """The promotion request's final answer, once the fence is in (status `fenced`) or could not be
-        published (`failed`, with the reason): `replication promote` waits for it, not for the record."""
+    def _tell_fenced(self, failed: str = "", *, unknown: bool = False) -> None:
+        """The promotion request's final answer, once the fence is in (status `fenced`), could not be
+        published (`failed`, with the reason), or may or may not be in (`unknown`: NATS failed or the
+        ack was not the stream's): `replication promote` waits for it, not for the record."""
         accepted, self._accepted = self._accepted, None
         if accepted is None:
             return
         key, request, revision, approvers = accepted
-        self._answer(key, request, "failed" if failed else "fenced", reason=failed, approved_by=approvers,
-                     revision=revision)
+        status = "unknown" if unknown else "failed" if failed else "fenced"
+        self._answer(key, request, status, reason=failed, approved_by=approvers, revision=revision)
 
     def _answer(self, key: str, request: Any, status: str, *, reason: str = "", approved_by: Sequence[str] = (),
                 revision: int | None = None) -> None:
         """Write this standby's signed answer (`promotion_answer`) over the request it judged. A failed
         write is one log line: the standby keeps following (intruder review of session 16, F1: an answer
         the bucket refused killed it, on every restart)."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
         value = promotion_answer(self.key, self.target.stream, self.node_id, request,
                                  self._request_rev if revision is None else revision, status, reason, approved_by)
-        try:
-            self._request_rev = int(self.link.call(self.kv.put(key, value)))
+        try:  # over the entry last seen only: a newer request written meanwhile is judged next, not overwritten
+            self._request_rev = int(self.link.call(self.kv.update(key, value, last=self._request_rev)))
+        except KeyWrongLastSequenceError:
+            _log.warning("replication: promotion request %s changed before its answer (%s) was written: the newer "
+                         "entry is judged next", key, status)
         except Exception as err:  # noqa: BLE001 - the answer is for the operator; following goes on
             _log.error("replication: the answer to promotion request %s (%s) was not written: %s", key, status,
                        nats_failed(err))

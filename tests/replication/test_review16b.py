@@ -1,0 +1,151 @@
+"""Session 16's code review of the merged replication fixes, against the real NATS JetStream.
+
+1: a replica that drifted from the primary, met by a promotion request, turned the mismatch into a
+   refused request and followed on past it (and could be promoted by the next request). 2: the
+   promotion fence's ack (and the stream opener's) was not checked: a forged ack made the standby
+   answer `fenced` with no fence stored. 3: a NATS failure while fencing was answered `failed`
+   although the fence may be in the stream. 4: a restarted primary whose leader record was deleted
+   took its epoch back over a newer genuine record in the key's history. 5: an answer overwrote a
+   newer request written meanwhile. Each test fails without its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import replace
+
+import nats
+import pytest
+
+from ringfence.app import new_node
+from ringfence.errors import JournalCorrupt
+from ringfence.ledger.commands import OpenAccount
+from ringfence.replication import Fenced, PromotionRefused, Replicator, leader_of, parse_target, promote
+
+from .conftest import NATS_URL, key_of, peers_of, running, standby
+from .test_review16 import PEERS, _approvals, _purge_leader, _staffed_primary, _wait_for_request
+
+
+def _request(follower, node: str, epoch: int, approvals: list[str]) -> None:
+    value = {"epoch": epoch, "node": node, "approvals": approvals, "status": "requested", "nonce": "ab" * 16,
+             "requested_at_ns": time.time_ns()}
+    follower.link.call(follower.kv.put(f"promote.{node}", json.dumps(value).encode()))
+
+
+def test_a_drifted_standby_stops_at_a_promotion_request_and_stays_stopped(tmp_path, stream):
+    """1: b's state drifts from a's; a promotion request for b arrives with a's next batch. The mismatch
+    stops b (JournalCorrupt) where it used to become a refused request b followed on from; and it sticks."""
+    node, replicator, keys = _staffed_primary(tmp_path, stream)
+    target = parse_target(f"{NATS_URL}/{stream}")
+    with running(node, replicator), standby(target, tmp_path, "b", peers=peers_of(*PEERS)) as b:
+        b.poll()
+        b.engine.components["staff"].version += 1  # the standby's state drifts from the primary's
+        node.execute(OpenAccount("alice", "BTC"))
+        _request(b, "b", 2, _approvals(keys, stream, "b", 2, 600 * 10**9))
+        leader, revision = leader_of(b.link, b.kv)
+        with pytest.raises(JournalCorrupt):
+            b.consider_promotion(leader, revision)
+        with pytest.raises(JournalCorrupt):
+            b.poll()  # never past the batch it disagrees with
+        assert json.loads(b.link.call(b.kv.get("promote.b")).value)["status"] == "requested"  # not answered
+        assert leader_of(b.link, b.kv)[0]["node"] == "a"
+
+
+def test_a_forged_ack_of_the_promotion_fence_is_an_unknown_outcome_not_a_success(tmp_path, stream):
+    """2 and 3: the stream set to no_ack (no real ack comes) and the fence's reply inbox answered with an
+    ack at another sequence: the standby does not take the fence as in; `promote` reports the outcome as
+    unknown (exit 1), not "promoted"."""
+    node, replicator, keys = _staffed_primary(tmp_path, stream)
+    target = parse_target(f"{NATS_URL}/{stream}")
+    tokens = _approvals(keys, stream, "b", 2, 600 * 10**9)
+    outcome: list[object] = []
+    ready, stop = threading.Event(), threading.Event()
+
+    def ask() -> None:
+        try:
+            outcome.append(promote(target, "b", tokens, wait_s=20, peers=peers_of(*PEERS)))
+        except PromotionRefused as err:
+            outcome.append(err)
+
+    async def attacker() -> None:
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        info = await js.stream_info(stream)
+        await js.update_stream(replace(info.config, no_ack=True))
+
+        async def on_msg(msg) -> None:
+            pos = (msg.headers or {}).get("Rf-Pos")
+            if msg.reply and pos:
+                await nc.publish(msg.reply, json.dumps({"stream": stream, "seq": int(pos) + 5}).encode())
+
+        await nc.subscribe(replicator.target.subject, cb=on_msg)
+        await nc.flush()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await nc.close()
+
+    with standby(target, tmp_path, "b", peers=peers_of(*PEERS)) as b:
+        b.poll()
+        node.close()
+        replicator.close()
+        forger = threading.Thread(target=lambda: asyncio.run(attacker()))
+        asker = threading.Thread(target=ask)
+        asker.start()
+        try:
+            _wait_for_request(b, "b")  # promote checked the stream before it asked: the attack comes after
+            forger.start()
+            assert ready.wait(10)
+            with pytest.raises(OSError, match="is not one the stream gives"):
+                b.follow_until_promoted()
+            assert b.fence_epoch == 1
+        finally:
+            asker.join(30)
+            stop.set()
+            if forger.is_alive():
+                forger.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], PromotionRefused), outcome
+    assert "outcome is unknown" in str(outcome[0]) and "replication status" in str(outcome[0]), outcome[0]
+
+
+def test_a_restarted_primary_does_not_take_its_epoch_back_over_a_newer_record(tmp_path, stream):
+    """4: b accepted a promotion to epoch 2 (its record written, its fence not yet in) and the record was
+    deleted; a restarts: it refuses to write its epoch 1 back over b's accepted promotion."""
+    node, replicator, keys = _staffed_primary(tmp_path, stream)
+    target, peers = parse_target(f"{NATS_URL}/{stream}"), peers_of(*PEERS)
+    with standby(target, tmp_path, "b", peers=peers) as b:
+        b.poll()
+        node.close()
+        replicator.close()
+        _request(b, "b", 2, _approvals(keys, stream, "b", 2, 600 * 10**9))
+        leader, revision = leader_of(b.link, b.kv)
+        assert b.consider_promotion(leader, revision)  # b's record at epoch 2; no fence yet
+        _purge_leader(b.link, b.kv)
+    primary = new_node(tmp_path / "a")
+    primary.open()
+    try:
+        with pytest.raises(Fenced, match=r"holds node 'b''s genuine record at epoch 2, above this node's 1"):
+            Replicator(target, "a", key=key_of("a"), peers=peers).attach(primary)
+    finally:
+        primary.close()
+
+
+def test_an_answer_never_overwrites_a_newer_request(tmp_path, stream):
+    """5: a request written after the one judged is not overwritten by the answer to the old one: it stays
+    for the standby to judge next."""
+    node, replicator, keys = _staffed_primary(tmp_path, stream)
+    target = parse_target(f"{NATS_URL}/{stream}")
+    with running(node, replicator), standby(target, tmp_path, "b", peers=peers_of(*PEERS)) as b:
+        b.poll()
+        _request(b, "b", 7, [])  # the wrong epoch: refused
+        stale = int(b.link.call(b.kv.get("promote.b")).revision)
+        b._request_rev = stale
+        _request(b, "b", 2, _approvals(keys, stream, "b", 2, 600 * 10**9))  # written meanwhile
+        b._answer("promote.b", {"epoch": 7}, "refused", reason="the wrong epoch")
+        entry = b.link.call(b.kv.get("promote.b"))
+        assert json.loads(entry.value)["status"] == "requested" and json.loads(entry.value)["epoch"] == 2
+        leader, revision = leader_of(b.link, b.kv)
+        assert b.consider_promotion(leader, revision)  # the newer request is judged and taken
