@@ -260,6 +260,11 @@ def test_no_credential_may_delete_purge_roll_up_or_update(tmp_path, nats_service
             assert "done" not in outcomes.values(), (user, outcomes)
         info = replicator.link.call(replicator.link.js.stream_info(STREAM))
         assert (info.state.last_seq, info.state.messages) == (last, last)
+        # the refusals above are told apart by time only (one call at a time): the settings and consumers are
+        # read back, so a permitted update or consumer counted as refused by a late error still fails here
+        bucket = replicator.link.call(replicator.link.js.stream_info(f"KV_{STREAM}-leader"))
+        assert not info.config.allow_rollup_hdrs and not bucket.config.allow_rollup_hdrs
+        assert (info.state.consumer_count, bucket.state.consumer_count) == (0, 0)
         leader = leader_of(replicator.link, replicator.kv)[0]
         assert (leader["node"], leader["epoch"]) == ("a", 1)
         node.execute_many([OpenAccount("alice", "BTC")])  # and the primary still replicates
