@@ -83,11 +83,13 @@ def test_f1_an_answer_the_bucket_refuses_is_one_log_line_and_the_standby_follows
     """A bucket whose largest value (320 bytes, set by whoever made it first) takes the leader record and the
     request but not the standby's answer: the put fails for real, the standby logs one line and follows on.
     Before: the error (here the answer echoing the padded request) went up and the standby died, on every restart."""
-    asyncio.run(_precreate(stream, 1, bucket_age=0, bucket_max_value=320))
     node, replicator = attached_primary(tmp_path, stream)
     with running(node, replicator), standby(parse_target(f"{NATS_URL}/{stream}"), tmp_path, "b",
                                             peers=peers_of("a", "b")) as follower:
         follower.poll()
+        # made smaller after the nodes checked it (a start refuses a bucket with such a limit: R2 of the second
+        # intruder review), by whoever may update streams
+        asyncio.run(_shrink_bucket_values(f"KV_{stream}-leader", 320))
         request = {"epoch": 7, "node": "b", "approvals": [], "status": "requested", "nonce": "ab" * 32, "x": "y" * 120}
         assert len(json.dumps(request)) < 320
         replicator.link.call(replicator.kv.put(request_key("b"), json.dumps(request).encode()))
@@ -201,9 +203,20 @@ def test_f2_a_nats_server_without_users_is_refused_outside_dev_mode(stream, monk
         NatsLink(parse_target(f"{NATS_URL}/{stream}"))
 
 
-async def _precreate(stream: str, replicas: int, bucket_age: float | None = None, bucket_max_value: int = 64 * 1024) -> None:
+async def _shrink_bucket_values(name: str, largest: int) -> None:
+    nc = await nats.connect(NATS_URL)
+    try:
+        js = nc.jetstream()
+        config = (await js.stream_info(name)).config
+        await js.update_stream(replace(config, max_msg_size=largest))
+    finally:
+        await nc.close()
+
+
+async def _precreate(stream: str, replicas: int, bucket_age: float | None = None, bucket_max_value: int = 64 * 1024,
+                     **bucket: object) -> None:
     """What rf-node may do: create the stream (and the bucket, given `bucket_age`: 0 for none) first, as ringfence
-    makes them but for `replicas`, the bucket's max_age and its largest value."""
+    makes them but for `replicas`, the bucket's max_age, its largest value and any other `bucket` setting."""
     from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
     nc = await nats.connect(NATS_URL)
@@ -215,9 +228,10 @@ async def _precreate(stream: str, replicas: int, bucket_age: float | None = None
         if bucket_age is not None:
             await js.add_stream(StreamConfig(name=f"KV_{stream}-leader", subjects=[f"$KV.{stream}-leader.>"],
                                              storage=StorageType.FILE, num_replicas=replicas, max_msgs_per_subject=16,
-                                             max_msgs=-1, max_consumers=-1, duplicate_window=120.0, max_age=bucket_age or None,
-                                             max_msg_size=bucket_max_value, discard=DiscardPolicy.NEW, allow_rollup_hdrs=False,
-                                             deny_delete=True, deny_purge=True, allow_direct=True))
+                                             **{"max_msgs": -1, "max_consumers": -1, "duplicate_window": 120.0,
+                                                "max_age": bucket_age or None, "max_msg_size": bucket_max_value,
+                                                "discard": DiscardPolicy.NEW, "allow_rollup_hdrs": False,
+                                                "deny_delete": True, "deny_purge": True, "allow_direct": True, **bucket}))
     finally:
         await nc.close()
 
@@ -231,6 +245,23 @@ def test_f3_a_stream_with_fewer_replicas_than_the_url_asks_for_is_refused(tmp_pa
 def test_f3_a_leader_bucket_with_an_age_limit_is_refused(tmp_path, stream):
     asyncio.run(_precreate(stream, 1, bucket_age=600.0))
     with pytest.raises(ConfigError, match="leadership bucket.*max_age"):
+        Replicator(parse_target(f"{NATS_URL}/{stream}"), "a", key=key_of("a"))
+
+
+@pytest.mark.parametrize(("setting", "named"), [
+    ({"max_bytes": 1500}, r"max_bytes=1500 \(want -1"),
+    ({"bucket_max_value": 320}, r"max_msg_size=320 \(want 65536 or more"),
+    ({"retention": "interest"}, r"retention='interest' \(want limits"),
+    ({"max_msgs": 100}, r"max_msgs=100 \(want -1"),
+])
+def test_r2_a_leader_bucket_with_a_limit_that_refuses_writes_is_refused(stream, setting, named):
+    """Second intruder review, R2: rf-node pre-created the bucket with max_bytes=1500 (discard new); every check
+    passed, and at the first failover the standby could not write its record: the cluster down for good."""
+    from nats.js.api import RetentionPolicy
+
+    extra = {k: RetentionPolicy(v) if k == "retention" else v for k, v in setting.items()}
+    asyncio.run(_precreate(stream, 1, bucket_age=0, **extra))
+    with pytest.raises(ConfigError, match="leadership bucket.*" + named):
         Replicator(parse_target(f"{NATS_URL}/{stream}"), "a", key=key_of("a"))
 
 

@@ -407,13 +407,21 @@ BUCKET_HISTORY = 16
 def _check_bucket(config: Any, target: "ReplicationTarget") -> None:
     """Refuse a leadership bucket not as ringfence makes it: memory storage, fewer replicas than the
     URL asks for, an age limit or another history would lose the leader record or its history
-    (intruder review of session 16, F3)."""
-    wrong = [f"{key}={_value(config, key)!r} (want {want})" for key, ok, want in [
-        ("storage", lambda v: v in (None, "file"), "file"),
+    (intruder review of session 16, F3); nor one with a limit that refuses or drops a write (a byte
+    or message limit, a value size under the answers', retention by interest, another subject, a mirror
+    or source: second intruder review, R2, where a bucket pre-created with max_bytes=1500 took the
+    cluster down at the first failover). The journal stream's rules (`_lossy_settings`), with the
+    bucket's own history and value size."""
+    wrong = [w for w in _lossy_settings(config) if not w.startswith("max_msgs_per_subject=")]
+    wrong += [f"{key}={_value(config, key)!r} (want {want})" for key, ok, want in [
         ("num_replicas", lambda v: (v or 1) == target.replicas, f"{target.replicas}, the URL's replicas="),
-        ("max_age", lambda v: not v, "0, no limit"),
         ("max_msgs_per_subject", lambda v: v == BUCKET_HISTORY, str(BUCKET_HISTORY)),
+        ("max_msg_size", lambda v: v in (None, -1, 0) or v >= BUCKET_MAX_VALUE, f"{BUCKET_MAX_VALUE} or more"),
+        ("discard_new_per_subject", lambda v: not v, "false: a key's next value would be refused"),
     ] if not ok(_value(config, key))] + _unsafe_flags(config)
+    subjects = list(_value(config, "subjects") or [])
+    if subjects != [f"$KV.{target.bucket}.>"]:
+        wrong.append(f"subjects={subjects!r} (want ['$KV.{target.bucket}.>'] only)")
     if wrong:
         raise ConfigError(f"JetStream stream {config.name} (the leadership bucket) has {'; '.join(wrong)}: it could lose "
                           "the leader record or its history; every node needs it as ringfence makes it: move to a new "
