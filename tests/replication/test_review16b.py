@@ -149,3 +149,54 @@ def test_an_answer_never_overwrites_a_newer_request(tmp_path, stream):
         assert json.loads(entry.value)["status"] == "requested" and json.loads(entry.value)["epoch"] == 2
         leader, revision = leader_of(b.link, b.kv)
         assert b.consider_promotion(leader, revision)  # the newer request is judged and taken
+
+
+def test_promote_says_the_standby_took_over_when_its_answers_were_overwritten(tmp_path, stream):
+    """Second intruder review, R1: rf-operator overwrites every answer of the standby with junk as soon as it
+    appears; the promotion happens (record and fence), and `promote` says the standby took the record for its
+    request (found by the request's nonce in the record's history) — or, if it caught the signed `fenced` in
+    the few milliseconds it stood, that it was promoted — never "did not answer: is it running?"."""
+    node, replicator, keys = _staffed_primary(tmp_path, stream)
+    target = parse_target(f"{NATS_URL}/{stream}")
+    outcome: list[object] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        try:
+            outcome.append(promote(target, "b", _approvals(keys, stream, "b", 2, 600 * 10**9), wait_s=4,
+                                   peers=peers_of(*PEERS)))
+        except PromotionRefused as err:
+            outcome.append(err)
+
+    def overwrite(link, kv) -> None:
+        while not stop.is_set():
+            try:
+                value = link.call(kv.get("promote.b")).value
+            except Exception:  # noqa: BLE001 - not written yet
+                value = b""
+            if value and value != b"junk" and json.loads(value).get("status") != "requested":
+                link.call(kv.put("promote.b", b"junk"))
+            time.sleep(0.005)
+
+    with standby(target, tmp_path, "b", peers=peers_of(*PEERS)) as b:
+        b.poll()
+        node.close()
+        replicator.close()
+        asker = threading.Thread(target=ask)
+        attacker = threading.Thread(target=overwrite, args=(b.link, b.kv))
+        asker.start()
+        try:
+            _wait_for_request(b, "b")
+            attacker.start()
+            assert b.follow_until_promoted() == 2
+        finally:
+            asker.join(30)
+            stop.set()
+            if attacker.is_alive():
+                attacker.join(10)
+    assert len(outcome) == 1, outcome
+    if isinstance(outcome[0], dict):  # it read the signed 'fenced' before the junk came: true as well
+        assert (outcome[0]["node"], outcome[0]["epoch"]) == ("b", 2), outcome
+    else:
+        assert isinstance(outcome[0], PromotionRefused), outcome
+        assert "took the leader record for this promotion at epoch 2" in str(outcome[0]), outcome[0]

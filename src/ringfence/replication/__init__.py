@@ -832,6 +832,11 @@ def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals:
             # another epoch, or written over): the answer is the proof
             return {"previous": current, "node": node_id, "epoch": next_epoch, "approved_by": answer.get("approved_by")}
         time.sleep(0.1)
+    if wait_s and _took_record(link, target.stream, peers, node_id, next_epoch, nonce):
+        raise PromotionRefused(f"standby {node_id} took the leader record for this promotion at epoch {next_epoch}, but "
+                               "no answer of it says whether its fence is in the stream (its answers were overwritten "
+                               "or could not be written, or the fence is not in yet): see `ringfence replication "
+                               "status` and its log before promoting again", field="--wait-s")
     if wait_s and ours and isinstance(answer, dict) and answer.get("status") == "accepted":
         raise PromotionRefused(f"standby {node_id} accepted the promotion and took the leader record, but its fence was not "
                                f"in the stream within {wait_s:g} s: its epoch is not open yet; see its log and "
@@ -840,6 +845,25 @@ def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals:
         raise PromotionRefused(f"standby {node_id} did not answer within {wait_s:g} s: is it running "
                                f"`serve --standby` with --node-id {node_id}?", field="--node-id")
     return {"previous": current, **request}
+
+
+def _took_record(link: NatsLink, stream: str, peers: Mapping[str, Any] | None, node: str, epoch: int, nonce: str) -> bool:
+    """Whether the leader key's history holds `node`'s verified record at `epoch` for the request with
+    `nonce` (the standby names the request in the record it takes): the promotion happened, whatever
+    someone wrote over the standby's answers (second intruder review, R1)."""
+    try:
+        history = link.call(_leader_history(link))
+    except Exception:  # noqa: BLE001 - a hint only: then the caller says it heard nothing
+        return False
+    for value in history:
+        try:
+            record = untrusted.loads(value, untrusted.MAX_RECORD_BYTES, "a leader record")
+        except untrusted.UnreadableValue:
+            continue
+        if isinstance(record, dict) and record.get("node") == node and record.get("epoch") == epoch \
+                and record.get("nonce") == nonce and verified_leader(record, stream, peers) is not None:
+            return True
+    return False
 
 
 def normalised_approvals(tokens: Sequence[str]) -> list[str]:
@@ -2442,6 +2466,9 @@ class Follower:
             lease = leader.get("lease_ms", 0) if leader is not None and self._trusted(leader) else self.target.lease_ms
             record = {"epoch": request["epoch"], "node": self.node_id, "lease_ms": int(lease), "renewed_at_ns": time.time_ns(),
                       "renewal": 0, "approved_by": approvers, "approvals": approvals}
+            nonce = request.get("nonce")
+            if isinstance(nonce, str) and _NONCE.fullmatch(nonce):  # the request it answers: `promote` finds it
+                record["nonce"] = nonce  # even when its answers were overwritten (second intruder review, R1)
             if self.peers is not None:
                 reason = grant_refusal(self.engine, self.target.stream, self.node_id, int(request["epoch"]),
                                        fence_grant(record, self.target.lease_ms), take_overs=True)
