@@ -132,6 +132,37 @@ def test_f2_a_stream_with_no_ack_or_sealed_is_refused_at_start(tmp_path, stream)
         Replicator(parse_target(f"{NATS_URL}/{stream}"), "a", key=key_of("a"))
 
 
+async def forge_acks(stream: str, subject: str, stop: threading.Event, *, forged: list[int] | None = None,
+                     junk: bool = False, seq_offset: int = 0, ready: threading.Event | None = None) -> None:
+    """The intruder's F2 attack, on its own loop until `stop`: `no_ack` set on the stream (no real ack comes),
+    each publish's reply inbox answered with an ack naming the stream at its Rf-Pos (+ `seq_offset`); with
+    `junk`, one junk message first and another before each answer, so every real publish misses its
+    expected sequence and is dropped without a word."""
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    await js.update_stream(replace(info.config, no_ack=True))
+
+    async def on_msg(msg) -> None:
+        pos = (msg.headers or {}).get("Rf-Pos")
+        if msg.reply and pos:
+            if junk:
+                await nc.publish(subject, b"junk")
+            await nc.publish(msg.reply, json.dumps({"stream": stream, "seq": int(pos) + seq_offset}).encode())
+            if forged is not None:
+                forged.append(int(pos))
+
+    await nc.subscribe(subject, cb=on_msg)
+    if junk:
+        await nc.publish(subject, b"junk")
+    await nc.flush()
+    if ready is not None:
+        ready.set()
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    await nc.close()
+
+
 def test_f2_forged_acks_after_no_ack_is_set_at_run_time_fence_the_primary(tmp_path, stream):
     """The intruder's attack, in process: no_ack set on the running primary's stream, one junk message (every
     later publish misses its expected sequence and is dropped without a word), each publish answered with a
@@ -142,27 +173,7 @@ def test_f2_forged_acks_after_no_ack_is_set_at_run_time_fence_the_primary(tmp_pa
     stop = threading.Event()
     forged: list[int] = []
 
-    async def attacker() -> None:
-        nc = await nats.connect(NATS_URL)
-        js = nc.jetstream()
-        info = await js.stream_info(stream)
-        await js.update_stream(replace(info.config, no_ack=True))
-
-        async def on_msg(msg) -> None:
-            pos = (msg.headers or {}).get("Rf-Pos")
-            if msg.reply and pos:
-                await nc.publish(subject, b"junk")
-                await nc.publish(msg.reply, json.dumps({"stream": stream, "seq": int(pos)}).encode())
-                forged.append(int(pos))
-
-        await nc.subscribe(subject, cb=on_msg)
-        await nc.publish(subject, b"junk")
-        await nc.flush()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        await nc.close()
-
-    thread = threading.Thread(target=lambda: asyncio.run(attacker()))
+    thread = threading.Thread(target=lambda: asyncio.run(forge_acks(stream, subject, stop, forged=forged, junk=True)))
     with running(node, replicator):
         thread.start()
         try:

@@ -11,22 +11,20 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from ringfence import replication
-from ringfence.app import new_node
 from ringfence.ledger.commands import OpenAccount, RegisterAsset
 from ringfence.replication import (KIND_FENCE, PROMOTE_ACTION, Fenced, PromotionRefused, Replicator, _headers,
                                    leader_of, parse_target, promote, promote_subject, sign_message)
 from ringfence.staff.decisions import StaffKey, format_approval
 from ringfence.staff.demo import DEMO_QUORUM, DEMO_STAFF
 from ringfence.staff.desk import StaffDesk
+
+from api.test_serve_start import serve
 
 from .conftest import NATS_URL, attached_primary, key_of, peers_file, peers_of, running, standby
 
@@ -131,12 +129,8 @@ def test_a_lost_leader_record_is_written_again_at_the_primarys_own_epoch(tmp_pat
         _purge_leader(replicator.link, replicator.kv)
         node.close()
         replicator.close()
-        primary = new_node(tmp_path / "a")
-        primary.open()
-        primary.start()
-        again = Replicator(target, "a", key=key_of("a"), peers=peers)
+        primary, again = attached_primary(tmp_path, stream, peers=peers)  # restarted on its folder
         with running(primary, again):
-            again.attach(primary)
             assert again.epoch == 1
             primary.execute(OpenAccount("alice", "BTC"))
             b.poll()
@@ -196,12 +190,8 @@ def test_a_fresh_standby_replays_a_take_over_from_the_days_of_leases(tmp_path, s
         _, _, lock = b.hand_over()
         lock.release()
     plain = parse_target(f"{NATS_URL}/{stream}")  # the leases dropped
-    primary = new_node(tmp_path / "b")
-    primary.open()
-    primary.start()
-    leader = Replicator(plain, "b", key=key_of("b"), peers=peers)
+    primary, leader = attached_primary(tmp_path, stream, peers=peers, node_id="b")  # on b's folder, the URL `plain`
     with running(primary, leader):
-        leader.attach(primary)
         primary.execute(OpenAccount("alice", "BTC"))
         with standby(plain, tmp_path, "fresh", peers=peers) as fresh:
             fresh.poll()
@@ -231,24 +221,17 @@ def test_no_take_over_from_an_epoch_opened_without_a_lease(tmp_path, stream):
         assert c.fence_epoch == 1 and c.engine.last_seq == applied
 
 
-def _serve(tmp_path, *args, **env):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RINGFENCE_")}
-    clean.update(env)
-    return subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--data", str(tmp_path / "d"), "--port", "1",
-                           *args], capture_output=True, text=True, env=clean, timeout=120)
-
-
 @pytest.mark.parametrize("role", ["--replicate", "--standby"])
 def test_prod_mode_requires_the_first_primary_to_be_named(tmp_path, role):
     """4: outside dev mode, a replicated node without first_primary= in its URL is refused at start (the
     default, the peers file's first key, hangs on the order of a JSON object's keys); with it, that line
     is gone. Dev mode keeps the default."""
     env = {"RINGFENCE_MODE": "prod", **peers_file(tmp_path, a=tmp_path / "ka", b=tmp_path / "kb")}
-    out = _serve(tmp_path, role, "nats://127.0.0.1:4222/RFSTART", **env)
+    out = serve(tmp_path, role, "nats://127.0.0.1:4222/RFSTART", **env)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"first_primary=NODE in its {role} URL" in out.stderr, out.stderr
-    named = _serve(tmp_path, role, "nats://127.0.0.1:4222/RFSTART?first_primary=a", **env)
+    named = serve(tmp_path, role, "nats://127.0.0.1:4222/RFSTART?first_primary=a", **env)
     assert named.returncode == 2 and "first_primary" not in named.stderr, named.stderr  # (the other prod rules)
-    stranger = _serve(tmp_path, role, "nats://127.0.0.1:4222/RFSTART?first_primary=z", **env)
+    stranger = serve(tmp_path, role, "nats://127.0.0.1:4222/RFSTART?first_primary=z", **env)
     assert "first_primary=z" in stranger.stderr and "is not a node of the peers file" in stranger.stderr, stranger.stderr
     assert not (tmp_path / "d").exists()

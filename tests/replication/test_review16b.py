@@ -15,9 +15,7 @@ import asyncio
 import json
 import threading
 import time
-from dataclasses import replace
 
-import nats
 import pytest
 
 from ringfence.app import new_node
@@ -26,6 +24,7 @@ from ringfence.ledger.commands import OpenAccount
 from ringfence.replication import Fenced, PromotionRefused, Replicator, leader_of, parse_target, promote
 
 from .conftest import NATS_URL, key_of, peers_of, running, standby
+from .test_intruder16 import forge_acks
 from .test_review16 import PEERS, _approvals, _purge_leader, _staffed_primary, _wait_for_request
 
 
@@ -70,29 +69,12 @@ def test_a_forged_ack_of_the_promotion_fence_is_an_unknown_outcome_not_a_success
         except PromotionRefused as err:
             outcome.append(err)
 
-    async def attacker() -> None:
-        nc = await nats.connect(NATS_URL)
-        js = nc.jetstream()
-        info = await js.stream_info(stream)
-        await js.update_stream(replace(info.config, no_ack=True))
-
-        async def on_msg(msg) -> None:
-            pos = (msg.headers or {}).get("Rf-Pos")
-            if msg.reply and pos:
-                await nc.publish(msg.reply, json.dumps({"stream": stream, "seq": int(pos) + 5}).encode())
-
-        await nc.subscribe(replicator.target.subject, cb=on_msg)
-        await nc.flush()
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        await nc.close()
-
     with standby(target, tmp_path, "b", peers=peers_of(*PEERS)) as b:
         b.poll()
         node.close()
         replicator.close()
-        forger = threading.Thread(target=lambda: asyncio.run(attacker()))
+        forger = threading.Thread(target=lambda: asyncio.run(forge_acks(stream, replicator.target.subject, stop, seq_offset=5,
+                                                                        ready=ready)))
         asker = threading.Thread(target=ask)
         asker.start()
         try:
