@@ -36,7 +36,8 @@ def _request(follower, node: str, epoch: int, approvals: list[str]) -> None:
 
 def test_a_drifted_standby_stops_at_a_promotion_request_and_stays_stopped(tmp_path, stream):
     """1: b's state drifts from a's; a promotion request for b arrives with a's next batch. The mismatch
-    stops b (JournalCorrupt) where it used to become a refused request b followed on from; and it sticks."""
+    stops b (JournalCorrupt) where it used to become a refused request b followed on from; and it sticks. The
+    request is answered `refused`, saying the standby stopped."""
     node, replicator, keys = _staffed_primary(tmp_path, stream)
     target = parse_target(f"{NATS_URL}/{stream}")
     with running(node, replicator), standby(target, tmp_path, "b", peers=peers_of(*PEERS)) as b:
@@ -49,7 +50,8 @@ def test_a_drifted_standby_stops_at_a_promotion_request_and_stays_stopped(tmp_pa
             b.consider_promotion(leader, revision)
         with pytest.raises(JournalCorrupt):
             b.poll()  # never past the batch it disagrees with
-        assert json.loads(b.link.call(b.kv.get("promote.b")).value)["status"] == "requested"  # not answered
+        answer = json.loads(b.link.call(b.kv.get("promote.b")).value)  # the operator hears why, signed
+        assert answer["status"] == "refused" and "standby b stopped" in answer["reason"], answer
         assert leader_of(b.link, b.kv)[0]["node"] == "a"
 
 

@@ -328,8 +328,8 @@ def masked(servers: str) -> str:
 HARDENED = {"allow_rollup_hdrs": False, "deny_delete": True, "deny_purge": True}
 #: The largest value the leadership bucket takes (a leader record or a promotion request with a few
 #: hundred ~250-byte approval tokens fits): a NATS user allowed to write `promote.*` cannot store
-#: megabytes per key (intruder review of #21, I6e). Set when the bucket is made; not checked on an
-#: existing one (the count of keys stays unbounded: docs/resilience.md).
+#: megabytes per key (intruder review of #21, I6e). Set when the bucket is made; an existing bucket must
+#: take values at least this large (`_check_bucket`; the count of keys stays unbounded: docs/resilience.md).
 BUCKET_MAX_VALUE = 64 * 1024
 
 
@@ -412,7 +412,9 @@ def _check_bucket(config: Any, target: "ReplicationTarget") -> None:
     or source: second intruder review, R2, where a bucket pre-created with max_bytes=1500 took the
     cluster down at the first failover). The journal stream's rules (`_lossy_settings`), with the
     bucket's own history and value size."""
-    wrong = [w for w in _lossy_settings(config) if not w.startswith("max_msgs_per_subject=")]
+    # message TTLs: nats-py's create_key_value set allow_msg_ttl on buckets of the first versions, and a server
+    # never turns it off; a TTL header expires only the writer's own value, which that writer may delete anyway
+    wrong = [w for w in _lossy_settings(config) if not w.startswith(("max_msgs_per_subject=", "allow_msg_ttl="))]
     wrong += [f"{key}={_value(config, key)!r} (want {want})" for key, ok, want in [
         ("num_replicas", lambda v: (v or 1) == target.replicas, f"{target.replicas}, the URL's replicas="),
         ("max_msgs_per_subject", lambda v: v == BUCKET_HISTORY, str(BUCKET_HISTORY)),
@@ -832,15 +834,15 @@ def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals:
             # another epoch, or written over): the answer is the proof
             return {"previous": current, "node": node_id, "epoch": next_epoch, "approved_by": answer.get("approved_by")}
         time.sleep(0.1)
+    if wait_s and ours and isinstance(answer, dict) and answer.get("status") == "accepted":
+        raise PromotionRefused(f"standby {node_id} accepted the promotion and took the leader record, but its fence was not "
+                               f"in the stream within {wait_s:g} s: its epoch is not open yet; see its log and "
+                               "`ringfence replication status`", field="--wait-s")
     if wait_s and _took_record(link, target.stream, peers, node_id, next_epoch, nonce):
         raise PromotionRefused(f"standby {node_id} took the leader record for this promotion at epoch {next_epoch}, but "
                                "no answer of it says whether its fence is in the stream (its answers were overwritten "
                                "or could not be written, or the fence is not in yet): see `ringfence replication "
                                "status` and its log before promoting again", field="--wait-s")
-    if wait_s and ours and isinstance(answer, dict) and answer.get("status") == "accepted":
-        raise PromotionRefused(f"standby {node_id} accepted the promotion and took the leader record, but its fence was not "
-                               f"in the stream within {wait_s:g} s: its epoch is not open yet; see its log and "
-                               "`ringfence replication status`", field="--wait-s")
     if wait_s:
         raise PromotionRefused(f"standby {node_id} did not answer within {wait_s:g} s: is it running "
                                f"`serve --standby` with --node-id {node_id}?", field="--node-id")
@@ -1174,7 +1176,7 @@ class Replicator:
         self.epoch, self.revision = self._epoch_above(leader), revision
         self.memory.see(self.epoch)
         self.renewal = bounded_int(leader.get("renewal", 0)) or 0  # resumed: the next renewal counts on from it
-        self._carried = {k: leader[k] for k in ("approved_by", "approvals", "took_over_from") if k in leader}
+        self._carried = {k: leader[k] for k in ("approved_by", "approvals", "took_over_from", "nonce") if k in leader}
         return self.epoch
 
     def _reclaim(self) -> int:
@@ -2447,7 +2449,15 @@ class Follower:
         # expire for the batches it may still write until the fence lands (review of #21, 1). Outside the
         # refusals below: a replica that disagrees with the primary (JournalCorrupt, Refused) stops here as
         # it stops anywhere, never turned into a refused request it would follow on from (code review, s16)
-        self.poll()
+        try:
+            self.poll()
+        except (Refused, JournalCorrupt) as err:  # the operator hears why (signed, for the request's nonce); it stops
+            try:
+                asked = untrusted.loads(entry.value, untrusted.MAX_REQUEST_BYTES, "the request")
+            except untrusted.UnreadableValue:
+                asked = None
+            self._answer(key, asked, "refused", reason=f"standby {self.node_id} stopped: {err}")
+            raise
         try:  # anyone with the operator's credential may write anything here: junk is a refused request
             try:  # bounded, every decoding error caught (F1: nested JSON raised RecursionError)
                 request = untrusted.loads(entry.value, untrusted.MAX_REQUEST_BYTES, "the request")
@@ -2542,9 +2552,9 @@ class Follower:
                                  self._request_rev if revision is None else revision, status, reason, approved_by)
         try:  # over the entry last seen only: a newer request written meanwhile is judged next, not overwritten
             self._request_rev = int(self.link.call(self.kv.update(key, value, last=self._request_rev)))
-        except KeyWrongLastSequenceError:
-            _log.warning("replication: promotion request %s changed before its answer (%s) was written: the newer "
-                         "entry is judged next", key, status)
+        except KeyWrongLastSequenceError:  # someone wrote the key since this standby last read it
+            _log.warning("replication: promotion request %s changed before this standby's answer (%s) was written; "
+                         "the answer is not written over it", key, status)
         except Exception as err:  # noqa: BLE001 - the answer is for the operator; following goes on
             _log.error("replication: the answer to promotion request %s (%s) was not written: %s", key, status,
                        nats_failed(err))
