@@ -23,7 +23,7 @@ from ringfence.errors import JournalCorrupt
 from ringfence.ledger.commands import OpenAccount
 from ringfence.replication import Fenced, PromotionRefused, Replicator, leader_of, parse_target, promote
 
-from .conftest import NATS_URL, key_of, peers_of, running, standby
+from .conftest import NATS_URL, attached_primary, key_of, peers_of, running, standby
 from .test_intruder16 import forge_acks
 from .test_review16 import PEERS, _approvals, _purge_leader, _staffed_primary, _wait_for_request
 
@@ -184,3 +184,26 @@ def test_promote_says_the_standby_took_over_when_its_answers_were_overwritten(tm
     else:
         assert isinstance(outcome[0], PromotionRefused), outcome
         assert "took the leader record for this promotion at epoch 2" in str(outcome[0]), outcome[0]
+
+
+def test_the_request_nonce_stays_in_the_leader_record_it_is_rewritten_with(tmp_path, stream):
+    """Second review of the fixes: the promoted node, serving as the primary, writes its record again (at start,
+    and at each renewal with a lease); the request's nonce stays in it, so `promote` still finds it after 16
+    renewals pushed the first record out of the key's history."""
+    node, replicator, keys = _staffed_primary(tmp_path, stream)
+    target, peers = parse_target(f"{NATS_URL}/{stream}"), peers_of(*PEERS)
+    with standby(target, tmp_path, "b", peers=peers) as b:
+        b.poll()
+        node.close()
+        replicator.close()
+        _request(b, "b", 2, _approvals(keys, stream, "b", 2, 600 * 10**9))
+        leader, revision = leader_of(b.link, b.kv)
+        assert b.consider_promotion(leader, revision)
+        taken = leader_of(b.link, b.kv)[0]
+        assert b.follow_until_promoted() == 2
+        _, _, lock = b.hand_over()
+        lock.release()
+    primary, again = attached_primary(tmp_path, stream, peers=peers, node_id="b")
+    with running(primary, again):
+        record = leader_of(again.link, again.kv)[0]
+        assert record["renewal"] > taken["renewal"] and record["nonce"] == taken["nonce"] == "ab" * 16, (record, taken)
