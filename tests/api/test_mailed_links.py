@@ -513,8 +513,9 @@ def add_by_link(server: Server, b: Browserless, dest: str) -> dict[str, str]:
 
 def respellings(token: str) -> list[str]:
     """The same sealed bytes spelled otherwise: lenient base64 decoders read each as the token."""
-    assert "-" in token or "_" in token, "a 250-character token has a '-' or '_' (else pick another link)"
-    out = [token + "....", token + "!", token.replace("-", "+").replace("_", "/"), token + "=" * (4 - len(token) % 4)]
+    out = [token + "....", token + "!", token + "=" * (4 - len(token) % 4)]
+    if "-" in token or "_" in token:  # the standard alphabet's spelling (a 250-character token lacks both once in ~2,800)
+        out.append(token.replace("-", "+").replace("_", "/"))
     if "-" in token and "_" in token:  # one character re-spelled, the other left
         out += [token.replace("-", "+", 1), token.replace("_", "/", 1)]
     return out
