@@ -268,6 +268,10 @@ def test_risk_benchmark_smoke():
     assert line["bench"] == "risk" and line["smoke"] is True and "seed=1" in out.stderr
     assert line["margin_check"]["positions"] >= 10_000 and line["orders"]["perp"]["trades"] > 0
     assert line["orders"]["perp"]["trades"] == line["orders"]["baseline"]["trades"]  # the same stream matched alike
+    for side in ("perp", "baseline"):  # the collector's CPU time is counted apart, never more than the side's own
+        o = line["orders"][side]
+        assert 0 <= o["gc_cpu_ms"] and o["orders_per_cpu_s_without_gc"] >= o["orders_per_cpu_s"], o
+    assert line["orders"]["perp_vs_spot_cpu_without_gc"] > 0
 
 
 def test_a_stale_index_makes_the_perpetual_reduce_only():
