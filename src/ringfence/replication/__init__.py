@@ -703,22 +703,36 @@ async def _leader_history(link: "NatsLink") -> list[bytes]:
     return values
 
 
+def _leader_records(link: "NatsLink", hint: str = "") -> list[dict[str, Any]]:
+    """The leader key's history as JSON objects, oldest first; values that do not decode to an object
+    are skipped (anyone with a node's credential writes there). With `hint` (what the caller then does
+    without it), an unreadable history is logged as a warning and read as empty; without, its error
+    goes up."""
+    try:
+        history = link.call(_leader_history(link))
+    except Exception as err:  # noqa: BLE001 - the caller chose: a hint only
+        if not hint:
+            raise
+        _log.warning("replication: the leader record's history is not readable (%s)%s", type(err).__name__, hint)
+        return []
+    records = []
+    for value in history:
+        try:
+            record = untrusted.loads(value, untrusted.MAX_RECORD_BYTES, "a leader record")
+        except untrusted.UnreadableValue:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def newest_verified(link: "NatsLink", peers: Mapping[str, Any]) -> dict[str, Any] | None:
     """The newest (`lease_key`) leader record in the key's history that verifies against `peers`, or None
     (none, or the history not readable: a hint only). `replication status` calls the current record
     replayed when this one is newer (intruder review of session 16, F4: records never expire)."""
-    try:
-        history = link.call(_leader_history(link))
-    except Exception as err:  # noqa: BLE001 - a hint only
-        _log.warning("replication: the leader record's history is not readable (%s)", type(err).__name__)
-        return None
     newest: dict[str, Any] | None = None
-    for value in history:
-        try:
-            old = untrusted.loads(value, untrusted.MAX_RECORD_BYTES, "a leader record")
-        except untrusted.UnreadableValue:
-            continue
-        if not isinstance(old, dict) or bounded_int(old.get("epoch")) is None or not isinstance(old.get("node"), str) \
+    for old in _leader_records(link, hint=": no record is called replayed"):
+        if bounded_int(old.get("epoch")) is None or not isinstance(old.get("node"), str) \
                 or any(k in old and bounded_int(old[k]) is None for k in ("lease_ms", "renewal")):
             continue
         if verified_leader(old, link.target.stream, peers) is not None and (newest is None or lease_key(old) > lease_key(newest)):
@@ -736,19 +750,9 @@ def next_epoch_seen(link: "NatsLink", record: dict[str, Any] | None, peers: Mapp
     if genuine is not None or peers is None:
         return int((genuine or {}).get("epoch", 0)) + 1
     # unverified, or missing (deleted: the key's history still holds the records before; session 16, 2)
-    highest = 0
-    try:
-        history = link.call(_leader_history(link))
-    except Exception as err:  # noqa: BLE001 - the history is a hint only: the standby names the epoch it expects
-        _log.warning("replication: the leader record's history is not readable (%s): the next epoch is a guess",
-                     type(err).__name__)
-        history = []
-    for value in history:
-        try:
-            old = untrusted.loads(value, untrusted.MAX_RECORD_BYTES, "a leader record")
-        except untrusted.UnreadableValue:
-            continue
-        epoch = bounded_int(old.get("epoch")) if isinstance(old, dict) else None
+    highest = 0  # the history is a hint only: the standby names the epoch it expects
+    for old in _leader_records(link, hint=": the next epoch is a guess"):
+        epoch = bounded_int(old.get("epoch"))
         if epoch is not None and verified_leader(old, link.target.stream, peers) is not None:
             highest = max(highest, epoch)
     return highest + 1
@@ -853,19 +857,9 @@ def _took_record(link: NatsLink, stream: str, peers: Mapping[str, Any] | None, n
     """Whether the leader key's history holds `node`'s verified record at `epoch` for the request with
     `nonce` (the standby names the request in the record it takes): the promotion happened, whatever
     someone wrote over the standby's answers (second intruder review, R1)."""
-    try:
-        history = link.call(_leader_history(link))
-    except Exception:  # noqa: BLE001 - a hint only: then the caller says it heard nothing
-        return False
-    for value in history:
-        try:
-            record = untrusted.loads(value, untrusted.MAX_RECORD_BYTES, "a leader record")
-        except untrusted.UnreadableValue:
-            continue
-        if isinstance(record, dict) and record.get("node") == node and record.get("epoch") == epoch \
-                and record.get("nonce") == nonce and verified_leader(record, stream, peers) is not None:
-            return True
-    return False
+    return any(record.get("node") == node and record.get("epoch") == epoch and record.get("nonce") == nonce
+               and verified_leader(record, stream, peers) is not None
+               for record in _leader_records(link, hint=": the promotion's record is not looked for"))
 
 
 def normalised_approvals(tokens: Sequence[str]) -> list[str]:
@@ -1202,12 +1196,8 @@ class Replicator:
                          "writes a new leader record and opens its epoch with a fence", field="--replicate") from None
         renewals = [0]
         newer: tuple[int, str] | None = None  # a genuine record above this epoch: a promotion accepted since
-        for value in self.link.call(_leader_history(self.link)):
-            try:
-                old = untrusted.loads(value, untrusted.MAX_RECORD_BYTES, "a leader record")
-            except untrusted.UnreadableValue:
-                continue
-            if not isinstance(old, dict) or bounded_int(old.get("epoch")) is None or self._forged(old):
+        for old in _leader_records(self.link):
+            if bounded_int(old.get("epoch")) is None or self._forged(old):
                 continue
             if int(old["epoch"]) > self.epoch and (newer is None or int(old["epoch"]) > newer[0]):
                 newer = (int(old["epoch"]), str(old.get("node"))[:64])
