@@ -15,6 +15,8 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -95,18 +97,26 @@ def test_a_forged_ack_of_the_promotion_fence_is_an_unknown_outcome_not_a_success
     assert "outcome is unknown" in str(outcome[0]) and "replication status" in str(outcome[0]), outcome[0]
 
 
-def test_a_restarted_primary_does_not_take_its_epoch_back_over_a_newer_record(tmp_path, stream):
-    """4: b accepted a promotion to epoch 2 (its record written, its fence not yet in) and the record was
-    deleted; a restarts: it refuses to write its epoch 1 back over b's accepted promotion."""
+@contextmanager
+def _b_took_the_record(tmp_path, stream) -> Iterator:
+    """Standby b of a staffed primary a (then stopped), b having accepted a promotion to epoch 2 and taken the
+    leader record (its fence not yet published): b, for the block."""
     node, replicator, keys = _staffed_primary(tmp_path, stream)
-    target, peers = parse_target(f"{NATS_URL}/{stream}"), peers_of(*PEERS)
-    with standby(target, tmp_path, "b", peers=peers) as b:
+    with standby(parse_target(f"{NATS_URL}/{stream}"), tmp_path, "b", peers=peers_of(*PEERS)) as b:
         b.poll()
         node.close()
         replicator.close()
         _request(b, "b", 2, _approvals(keys, stream, "b", 2, 600 * 10**9))
         leader, revision = leader_of(b.link, b.kv)
-        assert b.consider_promotion(leader, revision)  # b's record at epoch 2; no fence yet
+        assert b.consider_promotion(leader, revision)
+        yield b
+
+
+def test_a_restarted_primary_does_not_take_its_epoch_back_over_a_newer_record(tmp_path, stream):
+    """4: b accepted a promotion to epoch 2 (its record written, its fence not yet in) and the record was
+    deleted; a restarts: it refuses to write its epoch 1 back over b's accepted promotion."""
+    target, peers = parse_target(f"{NATS_URL}/{stream}"), peers_of(*PEERS)
+    with _b_took_the_record(tmp_path, stream) as b:  # b's record at epoch 2; no fence yet
         _purge_leader(b.link, b.kv)
     primary = new_node(tmp_path / "a")
     primary.open()
@@ -190,15 +200,8 @@ def test_the_request_nonce_stays_in_the_leader_record_it_is_rewritten_with(tmp_p
     """Second review of the fixes: the promoted node, serving as the primary, writes its record again (at start,
     and at each renewal with a lease); the request's nonce stays in it, so `promote` still finds it after 16
     renewals pushed the first record out of the key's history."""
-    node, replicator, keys = _staffed_primary(tmp_path, stream)
-    target, peers = parse_target(f"{NATS_URL}/{stream}"), peers_of(*PEERS)
-    with standby(target, tmp_path, "b", peers=peers) as b:
-        b.poll()
-        node.close()
-        replicator.close()
-        _request(b, "b", 2, _approvals(keys, stream, "b", 2, 600 * 10**9))
-        leader, revision = leader_of(b.link, b.kv)
-        assert b.consider_promotion(leader, revision)
+    peers = peers_of(*PEERS)
+    with _b_took_the_record(tmp_path, stream) as b:
         taken = leader_of(b.link, b.kv)[0]
         assert b.follow_until_promoted() == 2
         _, _, lock = b.hand_over()
