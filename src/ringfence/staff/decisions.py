@@ -145,7 +145,7 @@ def format_approval(sig: StaffSignature) -> str:
     return f"{sig.staff_id}:{sig.nonce}:{sig.expires_ns}:{sig.signature}"
 
 
-#: a staff id as the register takes it (staff/state.py `_ID_RE`): an approval naming anything else is junk
+#: a staff id, as the register takes it (staff/state.py) and an approval names it: anything else is junk
 STAFF_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 

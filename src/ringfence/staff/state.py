@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..engine.core import Engine
 from ..engine.module import Module
 from ..errors import DutiesViolation, Forbidden, ValidationError
-from .decisions import NONCE_RE, OPERATOR, POLICY_ADMIN, ROLES, SIGNER, APPROVER, StaffEntry, StaffSignature, decision_message
+from .decisions import NONCE_RE, OPERATOR, STAFF_ID_RE, POLICY_ADMIN, ROLES, SIGNER, APPROVER, StaffEntry, StaffSignature, decision_message
 
 __all__ = [
     "MODULE",
@@ -62,7 +62,7 @@ MAX_DECISION_TTL_NS = 24 * 3600 * 10**9
 #: Nonces remembered at once; expired ones are dropped when the store grows past PRUNE_AT.
 MAX_NONCES = 200_000
 PRUNE_AT = 10_000
-_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_ID_RE = STAFF_ID_RE  # one rule for the register and for approvals (staff/decisions.py)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ACCOUNT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_STAFF_ACCOUNTS = 16
