@@ -936,14 +936,8 @@ class Ledger:
     def open_hold_record(self, hold_id: int) -> Pending:
         """Hold `hold_id`'s own record, to read (a perpetual fill reads its `amount` and `remaining`
         once per side, and hands it to `settle_margin_side`): never to be written outside the
-        ledger. Raises for an unknown hold, like `hold_amounts`."""
+        ledger. Raises for an unknown hold (KeyError)."""
         return self.pending[hold_id]
-
-    def hold_amounts(self, hold_id: int) -> tuple[int, int]:
-        """`(amount, remaining)` of a hold: `pending_hold`'s two figures without building the view
-        (a perpetual fill reads them once per side). Raises for an unknown hold."""
-        p = self.pending[hold_id]
-        return p.amount, p.remaining
 
     def release(self, hold_id: int) -> int:
         """Void what remains of a hold; returns the released amount (0 if it is no longer open)."""
