@@ -1,7 +1,7 @@
 """`margin.exact_product`, the perpetual path's multiplication (compiled: one 64-bit machine
-multiplication when the product fits in 61 bits, Python's otherwise), is `a * b` for any ints:
-around every power of two up to 2**66 (where a 64-bit product would wrap), negative, and far past
-64 bits. tests/derivatives/test_fast_path.py checks the fills that use it against the old code."""
+multiplication when the product fits in 62 bits, told by constant bounds or one division, Python's
+otherwise), is `a * b` for any ints: around every
+power of two up to 2**66 (where a 64-bit product would wrap), negative, and far past 64 bits. tests/derivatives/test_fast_path.py checks the fills that use it against the old code."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ ints = near_powers | hs.integers(-(1 << 130), 1 << 130) | hs.integers(-(1 << 40)
 @example(a=-(1 << 60), b=1)
 @example(a=(1 << 32) + 1, b=(1 << 32) - 1)  # would wrap in 64 bits
 @example(a=60_000 * 10**6, b=500_000)  # a price times a quantity
+@example(a=(1 << 62) - 1, b=1)  # the division's edge: the largest fast product, and just past it
+@example(a=(1 << 62) - 1, b=-1)
+@example(a=1 << 62, b=1)
+@example(a=(1 << 31) + 1, b=(1 << 31) - 1)  # (2**62 - 1: fast) and one more unit on each
+@example(a=(1 << 31) + 1, b=1 << 31)
+@example(a=1 << 61, b=2)  # 2**62: past it
+@example(a=1 << 61, b=0)
+@example(a=-(1 << 31), b=(1 << 31) - 1)
 def test_exact_product_is_the_product(a: int, b: int) -> None:
     assert exact_product(a, b) == a * b
     assert exact_product(b, a) == a * b

@@ -109,6 +109,9 @@ class Seat:
         #: lookup and mark of this seat's (a new equal tuple per fill side was hashed, and compared
         #: item by item where the book and its `dirty` set hold another; `Any`: see `position`).
         self.key: Any = key
+        #: The owner (`key[0]`), the very string object of the command that made the seat: what
+        #: `Contract._side` compares, by identity, with a filling order's owner (`_hint`).
+        self.owner: str = key[0] if key is not None else ""
         self.pos: Position | None = None  # the position last found: a hint, checked before use
         self.wallet: Account | None = None  # the owner's `available` account in the quote asset, once found
         self.margin: Account | None = None  # the owner's cross `margin` account, once found or opened
@@ -169,6 +172,14 @@ class Contract(MarketContract):
         #: accounts (accounts are never closed; kept for one ledger object, like `_accounts`;
         #: keyed by the owner alone: a string's hash is cached, a tuple's is computed at every lookup)
         self._seats: dict[str, Seat] = {}
+        #: The seat `order_hold` found last (the order being placed, the taker of its fills): a fill
+        #: side whose order's owner is that very string object takes it without the dict lookup
+        #: (it is one of `_seats`, dropped with them).
+        self._hint: Seat | None = None
+        #: The position book's `dirty` set (a slot set once per book) and the book it was read from:
+        #: read again only for another book (a generic attribute read per fill otherwise).
+        self._dirty_book: Any = None
+        self._dirty: set[tuple[str, str]] = set()
         #: What the order `order_hold` last accepted pays from and receives to: its owner's
         #: `available` account in the quote asset, None if there is none yet (trading opens it).
         #: Set on every accepted return of `order_hold` (it looks the account up anyway), so that
@@ -197,6 +208,7 @@ class Contract(MarketContract):
         if self._ledger is not ledger or accounts is None:
             accounts = self._accounts = (pool_of(ledger, p), ledger.fees(p.quote, SEGMENT), ledger.insurance(p.quote, SEGMENT))
             self._seats = {}
+            self._hint = None
             self._ledger = ledger
         return accounts
 
@@ -233,6 +245,7 @@ class Contract(MarketContract):
         seat = seats.get(owner)
         if seat is None:
             seat = seats[owner] = Seat((owner, self.symbol))
+        self._hint = seat
         return seat
 
     def _wallet_of(self, seat: Seat, owner: str, p: Perp) -> Account | None:
@@ -504,19 +517,24 @@ class Contract(MarketContract):
         assert p is not None and ledger is not None and system is not None
         # What both sides read of the state, read once per fill.
         positions, isolated, liq_iso = st._positions, st._isolated, st.liquidating_isolated
-        dirty: set[tuple[str, str]] = positions.dirty  # (a generic attribute read: once per fill)
+        dirty: set[tuple[str, str]] = self._dirty
+        if self._dirty_book is not positions:  # (`PositionBook.dirty`: a generic attribute read)
+            dirty = self._dirty = positions.dirty
+            self._dirty_book = positions
+        price_box: Any = price  # (both sides' events carry it: boxed once)
         # Owners whose position changed matter to `after_match` only while some market has an open
         # reduce-only order (none can be placed within a match: `before_hold` adds them, before it).
         touch = bool(st.reduce_only_orders)
         buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev, ledger, system, positions,
-                               isolated, liq_iso, dirty, touch)
+                               isolated, liq_iso, dirty, touch, price_box)
         seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev, ledger, system,
-                                positions, isolated, liq_iso, dirty, touch)
+                                positions, isolated, liq_iso, dirty, touch, price_box)
         return buyer_fee, seller_fee
 
     def _side(self, st: DerivativesState, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
               notional: int, rate_ppm: int, ev: list[Event], ledger: Ledger, system: tuple[Account, Account, Account],
-              positions: Any, isolated: Any, liq_iso: Any, dirty: set[tuple[str, str]], touch: bool = True) -> int:
+              positions: Any, isolated: Any, liq_iso: Any, dirty: set[tuple[str, str]], touch: bool = True,
+              price_box: Any = None) -> int:
         """One side of a fill: the hold it frees, the position, realised PnL, the fee, the margin.
 
         The hot path of every perpetual fill, written on locals: the position's fields are set
@@ -534,10 +552,12 @@ class Contract(MarketContract):
         take: int = remaining + (h.amount * (qty - o.leaves)) // o.qty  # remaining - ceil(amount × leaves after / qty)
         took: int = take if take > 0 else 0
         symbol: str = p.symbol
-        seats = self._seats  # (`fill` called `_system`: they are this ledger's)
-        seat = seats.get(owner)
-        if seat is None:
-            seat = seats[owner] = Seat((owner, symbol))
+        seat = self._hint  # the order being placed's seat: the taker's side of its fills
+        if seat is None or seat.owner is not owner:  # (the same string object: the same owner)
+            seats = self._seats  # (this ledger's: `_bind`)
+            seat = seats.get(owner)
+            if seat is None:
+                seat = seats[owner] = Seat((owner, symbol))
         key: Any = seat.key  # (`Any`: one tuple for every lookup below, see `Seat.position`)
         iso_set: set[tuple[str, str]] = isolated  # (typed: a direct set lookup)
         iso: bool = bool(iso_set) and key in iso_set  # (`isolated`' storage, as `positions`: `st._positions`)
@@ -615,7 +635,7 @@ class Contract(MarketContract):
             free -= paid
             covered = loss - paid
         # 5. The fee, in the quote asset: ceil(notional × rate); the shield fund's tenth rounds down.
-        fee = -(-exact_product(notional, rate_ppm) // PPM)  # (`exact_product`, as `order_hold`'s)
+        fee = -(-exact_product(notional, rate_ppm) // PPM)  # (`exact_product`: a notional may pass 2**30)
         if fee > free:
             fee = free
         # What the position's margin (and its order's hold, borrowed from it) brought and the loss left.
@@ -670,7 +690,8 @@ class Contract(MarketContract):
                 dirty.add(book_key)
             seat.pos = None
             pos.extra = 0
-        ev.append(_POSITION_CHANGED(owner, symbol, price, signed, size, cost, post, realized, fee, covered))
+        ev.append(_POSITION_CHANGED(owner, symbol, price if price_box is None else price_box, signed, size, cost, post,
+                                    realized, fee, covered))
         if touch:
             self._touched.add(owner)
         return fee
