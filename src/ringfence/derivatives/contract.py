@@ -39,6 +39,10 @@ _bypass: Any = object.__setattr__
 #: The event class as a C static when compiled (a name imported from a module mypyc does not compile
 #: is otherwise looked up in this module's globals at each use: once per fill side).
 _POSITION_CHANGED: Final = PositionChanged
+#: `dict`'s own `pop` and `__setitem__` (the position book's, bypassing `PositionBook`'s methods),
+#: C statics: `dict.pop(book, key)` written out looks the method up by name at each call.
+_DICT_POP: Final = dict.pop
+_DICT_SETITEM: Final = dict.__setitem__
 
 __all__ = ["Contract", "trim_reduce_only", "order_precheck", "place_perp_order", "handle_place_perp_order"]
 
@@ -160,6 +164,9 @@ class Contract(MarketContract):
         self._st: DerivativesState | None = None
         self._trading: TradingState | None = None
         self._index: Any = None  # the engine's `index` state, if it has one
+        #: Its `symbols` dict (index symbol -> entry), read with it: an `IndexState` is given its
+        #: `symbols` when it is made (or restored, a new state), never another one.
+        self._index_symbols: dict[str, Any] | None = None
         self._halts: Any = None  # the engine's `halts` state, if it has one
         self._perp: Perp | None = None
         self._borrow = 0  # set by `order_hold`, spent by `before_hold` within the same order
@@ -176,10 +183,12 @@ class Contract(MarketContract):
         #: side whose order's owner is that very string object takes it without the dict lookup
         #: (it is one of `_seats`, dropped with them).
         self._hint: Seat | None = None
-        #: The position book's `dirty` set (a slot set once per book) and the book it was read from:
-        #: read again only for another book (a generic attribute read per fill otherwise).
+        #: The position book's `dirty` set and owner index `by_owner` (slots a book sets once, when
+        #: it is made) and the book they were read from: read again only for another book
+        #: (`_book_slots`; a generic attribute read each per order or fill otherwise).
         self._dirty_book: Any = None
         self._dirty: set[tuple[str, str]] = set()
+        self._by_owner: dict[str, dict[str, Position]] = {}
         #: What the order `order_hold` last accepted pays from and receives to: its owner's
         #: `available` account in the quote asset, None if there is none yet (trading opens it).
         #: Set on every accepted return of `order_hold` (it looks the account up anyway), so that
@@ -230,11 +239,18 @@ class Contract(MarketContract):
         p = perps[self.symbol]
         self._system_of(p, engine.ledger)
         self._trading = components["trading"]
-        self._index = components.get("index")
+        index = self._index = components.get("index")
+        self._index_symbols = index.symbols if index is not None else None
         self._halts = components.get("halts")
         self._perp = p
         self._st = st
         return st
+
+    def _book_slots(self, positions: Any) -> None:
+        """Read position book `positions`' `dirty` set and owner index (see `_dirty_book`)."""
+        self._dirty = positions.dirty
+        self._by_owner = positions.by_owner
+        self._dirty_book = positions
 
     def _seat(self, owner: str, p: Perp) -> Seat:
         """The owner's `Seat` in this market (made at the owner's first order here; all of them
@@ -313,9 +329,8 @@ class Contract(MarketContract):
         s: Any = None  # the index's entry for the perpetual's index symbol, once looked up (`looked`)
         looked = False
         if open_q:
-            index = self._index
-            if index is not None:
-                symbols: dict[str, Any] = index.symbols  # (typed: a direct dict lookup, not a method call)
+            symbols = self._index_symbols  # (typed: a direct dict lookup, not a method call)
+            if symbols is not None:
                 s = symbols.get(p.index_symbol)
             looked = True
             if s is not None and s.short:  # the index lost its sources: the perpetual only reduces
@@ -355,7 +370,8 @@ class Contract(MarketContract):
         wallet_free: int = w.credits_posted - w.debits_posted - w.debits_pending if w is not None else 0
         self._borrow = 0
         if not open_q and pos is not None:
-            if st.liquidating == key:
+            liquidating = st.liquidating
+            if liquidating is not None and liquidating == key:
                 # The liquidation engine's own order: its fee reserve is capped at the collateral left
                 # (a fill's fee is capped at the wallet anyway), so a bankrupt account can still be
                 # closed in the book; with nothing left, the step advanced one minor unit.
@@ -365,7 +381,8 @@ class Contract(MarketContract):
                 # may take its hold (the fee reserve) out of the position's own margin when the wallet
                 # has too little free — closing never needs fresh collateral (`before_hold`).
                 self._borrow = max(0, hold - wallet_free)
-                if st.liquidating_isolated == key:  # its own margin pays its liquidation
+                liq_iso = st.liquidating_isolated
+                if liq_iso is not None and liq_iso == key:  # its own margin pays its liquidation
                     self._borrow = min(hold, pos.margin)
                 return None, protect, hold
         free: int = wallet_free
@@ -374,18 +391,18 @@ class Contract(MarketContract):
             # positions walked only when there are any, this one's term with this market and the
             # index entry already found (`_cross_upnl_of` and `mark_of_perp`, in line).
             upnl: int = 0
-            by_owner: dict[str, dict[str, Position]] = st._positions.by_owner
-            owned = by_owner.get(owner)
+            if self._dirty_book is not positions:
+                self._book_slots(positions)
+            owned = self._by_owner.get(owner)
             if owned is not None and (pos is None or len(owned) > 1):  # (with `pos`, `owned` holds it)
                 upnl = cross_upnl_knowing(engine, st, owner, p.quote, symbol, None)
             if pos is not None:
                 held: int = pos.size
                 isolated: set[tuple[str, str]] = st._isolated
-                if held and not (isolated and key in isolated):
+                if held and not (len(isolated) != 0 and key in isolated):
                     if not looked:
-                        index = self._index
-                        if index is not None:
-                            index_symbols: dict[str, Any] = index.symbols
+                        index_symbols = self._index_symbols
+                        if index_symbols is not None:
                             s = index_symbols.get(p.index_symbol)
                     mark = mark_knowing(engine, p, m.last_price, s)
                     if mark:
@@ -449,10 +466,9 @@ class Contract(MarketContract):
         halts = self._halts
         if halts is not None and halts._index and market_status(self.engine, self.symbol) != "ACTIVE":
             return True
-        index = self._index
-        if index is None:
+        symbols = self._index_symbols  # (`_bind`'s: the index state's, a direct dict lookup)
+        if symbols is None:
             return False
-        symbols: dict[str, Any] = index.symbols  # (typed: a direct dict lookup, not a method call)
         s = symbols.get(p.index_symbol)
         return s is not None and bool(s.short)
 
@@ -517,10 +533,9 @@ class Contract(MarketContract):
         assert p is not None and ledger is not None and system is not None
         # What both sides read of the state, read once per fill.
         positions, isolated, liq_iso = st._positions, st._isolated, st.liquidating_isolated
+        if self._dirty_book is not positions:
+            self._book_slots(positions)
         dirty: set[tuple[str, str]] = self._dirty
-        if self._dirty_book is not positions:  # (`PositionBook.dirty`: a generic attribute read)
-            dirty = self._dirty = positions.dirty
-            self._dirty_book = positions
         price_box: Any = price  # (both sides' events carry it: boxed once)
         # Owners whose position changed matter to `after_match` only while some market has an open
         # reduce-only order (none can be placed within a match: `before_hold` adds them, before it).
@@ -560,7 +575,7 @@ class Contract(MarketContract):
                 seat = seats[owner] = Seat((owner, symbol))
         key: Any = seat.key  # (`Any`: one tuple for every lookup below, see `Seat.position`)
         iso_set: set[tuple[str, str]] = isolated  # (typed: a direct set lookup)
-        iso: bool = bool(iso_set) and key in iso_set  # (`isolated`' storage, as `positions`: `st._positions`)
+        iso: bool = len(iso_set) != 0 and key in iso_set  # (`isolated`' storage, as `positions`: `st._positions`)
         own_margin_only: bool = liq_iso is not None and liq_iso == key  # a LiquidatePosition step: the wallet never pays
         got: Position | None = seat.position(positions, key)
         pos: Position
@@ -678,9 +693,9 @@ class Contract(MarketContract):
             dirty.add(book_key)
         else:
             if pos._book is positions:  # the book's `pop(key)`, natively (and its owner index's)
-                dict.pop(positions, key)
+                _DICT_POP(positions, key)
                 pos._book = None
-                by_owner: dict[str, dict[str, Position]] = positions.by_owner
+                by_owner = self._by_owner  # (`fill` read the book's slots)
                 mine_left = by_owner.get(owner)
                 if mine_left is not None:
                     mine_left.pop(symbol, None)
@@ -707,7 +722,7 @@ def _book_insert(positions: Any, key: Any, pos: Position) -> None:
     pos._seq = seq
     pos._book = positions
     pos._key = key
-    dict.__setitem__(positions, key, pos)
+    _DICT_SETITEM(positions, key, pos)
     by_owner: dict[str, dict[str, Position]] = positions.by_owner
     owner: str = key[0]
     mine = by_owner.get(owner)
