@@ -60,6 +60,8 @@ class PositionBook(dict[tuple[str, str], Position]):
     each owner's positions (`by_owner`: owner -> {symbol: position}, an owner without one absent),
     so that an order's margin check walks the owner's positions, not every listed perpetual."""
 
+    #: `dirty` and `by_owner` are set once, here, never rebound: a perpetual's contract keeps them
+    #: per book (contract.py, `Contract._book_slots`).
     __slots__ = ("dirty", "next_seq", "by_owner")
 
     def __init__(self, items: Any = ()) -> None:

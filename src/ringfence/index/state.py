@@ -95,6 +95,8 @@ class IndexState:
 
     def __init__(self, engine: Engine | None = None) -> None:
         self.feed_keys: dict[str, str] = {}  # venue -> Ed25519 public key (hex)
+        #: Never rebound on a live state (a restore makes a new state): a perpetual's contract keeps
+        #: this dict from its first use (derivatives/contract.py, `Contract._index_symbols`).
         self.symbols: dict[str, SymbolIndex] = {}
         #: Admin change counter: the nonce in every approval (an approval is good for one change).
         self.version = 0
