@@ -30,6 +30,8 @@ class Account:
         "debits_posted",
         "credits_pending",
         "credits_posted",
+        "digest_key",
+        "digest_term",
     )
 
     id: int
@@ -42,6 +44,12 @@ class Account:
     debits_posted: int
     credits_pending: int
     credits_posted: int
+    #: Kept by the ledger's incremental digest (ledger/digest.py, `LedgerDigest`), on the record the
+    #: ledger has just touched rather than in tables of its own (a batch's digest then reads little
+    #: memory the batch did not already): this account's identity hash `k_a` (0: not hashed yet) and
+    #: its term as last folded into the digest's sum. Neither is part of the account's state.
+    digest_key: int
+    digest_term: int
 
     def __init__(self, id: int, owner: str, asset: str, kind: str, segment: str, flags: int) -> None:
         self.id = id
@@ -54,6 +62,8 @@ class Account:
         self.debits_posted = 0
         self.credits_pending = 0
         self.credits_posted = 0
+        self.digest_key = 0
+        self.digest_term = 0
 
     @property
     def balance(self) -> int:
