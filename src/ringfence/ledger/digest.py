@@ -130,10 +130,11 @@ class LedgerDigest:
     running hash of the transfers folded so far. A cached key is used only for the very object it
     was computed from (`is`): anything else at that id is hashed afresh.
 
-    Why on the record: a batch's digest reads each account the batch changed, which the batch has
-    just written (in the cache), where keys and terms in tables of their own cost a few more cache
-    misses an account than the arithmetic itself (session 17: 1.2 us an account with tables, in
-    a replicated run with the cores shared)."""
+    Why on the record: a batch's digest reads each account the batch changed, a record the batch
+    has just written (in the cache), where a key and a term in tables of their own are memory the
+    batch did not touch: reading them cost about as much as the arithmetic (session 17,
+    docs/resilience.md). So a ledger has one: its own (`Ledger._digest`); a second one tracking the
+    same records would overwrite the first's terms."""
 
     def __init__(self, ledger: "Ledger") -> None:
         self.account_objs: list[Account | None] = [None]
