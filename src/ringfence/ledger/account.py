@@ -31,7 +31,10 @@ class Account:
         "credits_pending",
         "credits_posted",
         "digest_key",
-        "digest_term",
+        "digest_debits_pending",
+        "digest_debits_posted",
+        "digest_credits_pending",
+        "digest_credits_posted",
     )
 
     id: int
@@ -47,9 +50,12 @@ class Account:
     #: Kept by the ledger's incremental digest (ledger/digest.py, `LedgerDigest`), on the record the
     #: ledger has just touched rather than in tables of its own (a batch's digest then reads little
     #: memory the batch did not already): this account's identity hash `k_a` (0: not hashed yet) and
-    #: its term as last folded into the digest's sum. Neither is part of the account's state.
+    #: its four counters as last folded into the digest's sum. None of them is the account's state.
     digest_key: int
-    digest_term: int
+    digest_debits_pending: int
+    digest_debits_posted: int
+    digest_credits_pending: int
+    digest_credits_posted: int
 
     def __init__(self, id: int, owner: str, asset: str, kind: str, segment: str, flags: int) -> None:
         self.id = id
@@ -63,7 +69,10 @@ class Account:
         self.credits_pending = 0
         self.credits_posted = 0
         self.digest_key = 0
-        self.digest_term = 0
+        self.digest_debits_pending = 0
+        self.digest_debits_posted = 0
+        self.digest_credits_pending = 0
+        self.digest_credits_posted = 0
 
     @property
     def balance(self) -> int:
