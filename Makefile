@@ -18,7 +18,7 @@ PY     := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-dev
 # The compiled hot path (src/ringfence/native.py: COMPILED) and the stamp its build writes.
-NATIVE_SOURCES := $(addprefix src/ringfence/trading/,book.py matching.py orders.py state.py admin.py) src/ringfence/derivatives/contract.py src/ringfence/derivatives/margin.py src/ringfence/derivatives/dstate.py src/ringfence/ledger/account.py src/ringfence/ledger/ledger.py src/ringfence/native.py
+NATIVE_SOURCES := $(addprefix src/ringfence/trading/,book.py matching.py orders.py state.py admin.py) src/ringfence/derivatives/contract.py src/ringfence/derivatives/margin.py src/ringfence/derivatives/dstate.py src/ringfence/ledger/account.py src/ringfence/ledger/ledger.py src/ringfence/ledger/digest.py src/ringfence/native.py
 NATIVE_STAMP := src/ringfence/trading/_native.json
 
 .PHONY: setup setup-demo demo serve-demo lint test test-postgresql bench clean native

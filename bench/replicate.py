@@ -27,7 +27,9 @@ send lateness, each request's wait in the engine queue, the sequencer's time per
 it the local write + fsync and the replica log's `begin` (start the publish) and `finish` (stream
 ack, plus an inline state hash when one is due), batch sizes, garbage-collector pauses, and a
 histogram of the acknowledgement latency. The load average before and after each mode is
-recorded: the machine is shared, and its load moves every number here.
+recorded: the machine is shared, and its load moves every number here. `sched` also gives the
+process's CPU per batch and by thread (`cpu_ms_by_thread`: the sequencer, the NATS loop, the
+digest thread, the generator on MainThread): where the CPU goes when the cores are saturated.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import random
 import secrets
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -162,7 +165,17 @@ class _Probe:
         cpu, sched = os.times(), _sched_ns()
         wall_ms = (time.perf_counter_ns() - self._wall) // 1_000_000
         waited = {tid: sched[tid][1] - self._sched.get(tid, (0, 0))[1] for tid in sched}
-        out["sched"] = {"wall_ms": wall_ms, "cpu_ms": int((cpu.user + cpu.system - self._cpu.user - self._cpu.system) * 1000),
+        cpu_ms = int((cpu.user + cpu.system - self._cpu.user - self._cpu.system) * 1000)
+        # Where the process's CPU went, by thread (the run's own threads, by `threading` name), and
+        # per batch: on a loaded machine the latencies move, this does not much.
+        names = {t.native_id: t.name.partition("_")[0] for t in threading.enumerate()}
+        by_thread: dict[str, int] = {}
+        for tid, (running, _) in sched.items():
+            name = names.get(tid, "other")
+            by_thread[name] = by_thread.get(name, 0) + (running - self._sched.get(tid, (0, 0))[0]) // 1_000_000
+        out["sched"] = {"wall_ms": wall_ms, "cpu_ms": cpu_ms,
+                        "cpu_us_per_batch": cpu_ms * 1000 // max(1, len(self.sizes)),
+                        "cpu_ms_by_thread": dict(sorted(by_thread.items(), key=lambda kv: -kv[1])),
                         "runqueue_wait_ms": sum(waited.values()) // 1_000_000,
                         "runqueue_wait_max_thread_ms": max(waited.values(), default=0) // 1_000_000}
         edges = self.HISTOGRAM_MS

@@ -64,8 +64,11 @@ COMPILED = (
     # and the account and hold records they read and write: native classes, read as C fields.
     "ringfence.ledger.account",
     "ringfence.ledger.ledger",
-    # (Not ledger/digest.py: compiled, its per-account arithmetic on big integers took as long as
-    # interpreted, 1.2 us a transfer either way, session 10.)
+    # The incremental state digest replication takes after every batch (ledger/digest.py): per
+    # account the batch changed, a few big-integer products (as slow compiled as interpreted,
+    # session 10) but also the loop, the reads of the account's counters and digest fields (C
+    # fields of the native `Account` here) and the bookkeeping around them (session 17).
+    "ringfence.ledger.digest",
 )
 #: The shared library mypyc puts the group's code in (`ringfence/trading/_native__mypyc*.so`).
 GROUP = "ringfence.trading._native"

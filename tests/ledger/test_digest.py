@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ringfence.errors import InvariantViolation
 from ringfence.ledger.account import Account
-from ringfence.ledger.digest import DIGEST_TAG, full_digest
+from ringfence.ledger.digest import DIGEST_TAG, _account_key, full_digest
 from ringfence.ledger.ledger import Ledger, Pending
 from ringfence.ledger.model import Transfer, TransferFlags
 
@@ -38,6 +38,10 @@ op = st.tuples(
 def check(led: Ledger) -> None:
     incremental = led.digest()
     assert incremental == full_digest(led), "the incremental digest differs from the full recomputation"
+    for a in led.iter_accounts():  # what the digest keeps on each record is that account's own
+        assert a.digest_key == _account_key(a), a
+        assert _counters(a) == [a.digest_debits_pending, a.digest_debits_posted, a.digest_credits_pending,
+                                a.digest_credits_posted], a
     assert Ledger.from_snapshot(led.snapshot_state()).digest() == incremental, "a restored ledger digests differently"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ringfence import native
 from ringfence.ledger.account import Account
+from ringfence.ledger.digest import LedgerDigest
 from ringfence.ledger.ledger import Ledger, Pending
 from ringfence.ledger.model import Account as ModelAccount
 from ringfence.money import Asset
@@ -14,7 +15,7 @@ from ringfence.money import Asset
 
 def test_native_exactly_when_compiled() -> None:
     compiled = native.status()["implementation"] == "compiled"
-    for cls in (Account, Pending, Ledger):
+    for cls in (Account, Pending, Ledger, LedgerDigest):  # (the digest: compiled since session 17)
         assert hasattr(cls, "__mypyc_attrs__") == compiled, cls
     assert ModelAccount is Account  # (`ledger.model` re-exports it)
 

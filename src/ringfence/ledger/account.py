@@ -30,6 +30,11 @@ class Account:
         "debits_posted",
         "credits_pending",
         "credits_posted",
+        "digest_key",
+        "digest_debits_pending",
+        "digest_debits_posted",
+        "digest_credits_pending",
+        "digest_credits_posted",
     )
 
     id: int
@@ -42,6 +47,15 @@ class Account:
     debits_posted: int
     credits_pending: int
     credits_posted: int
+    #: Kept by the ledger's incremental digest (ledger/digest.py, `LedgerDigest`), on the record the
+    #: ledger has just touched rather than in tables of its own (a batch's digest then reads little
+    #: memory the batch did not already): this account's identity hash `k_a` (0: not hashed yet) and
+    #: its four counters as last folded into the digest's sum. None of them is the account's state.
+    digest_key: int
+    digest_debits_pending: int
+    digest_debits_posted: int
+    digest_credits_pending: int
+    digest_credits_posted: int
 
     def __init__(self, id: int, owner: str, asset: str, kind: str, segment: str, flags: int) -> None:
         self.id = id
@@ -54,6 +68,11 @@ class Account:
         self.debits_posted = 0
         self.credits_pending = 0
         self.credits_posted = 0
+        self.digest_key = 0
+        self.digest_debits_pending = 0
+        self.digest_debits_posted = 0
+        self.digest_credits_pending = 0
+        self.digest_credits_posted = 0
 
     @property
     def balance(self) -> int:

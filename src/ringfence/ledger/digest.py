@@ -80,7 +80,6 @@ def _account_key(a: Account) -> int:
 
 
 def _account_term(key: int, a: Account) -> int:
-    # (inlined in `LedgerDigest.update`: keep the two the same)
     return key * (_C0 + _C1 * a.debits_pending + _C2 * a.debits_posted + _C3 * a.credits_pending
                   + _C4 * a.credits_posted)
 
@@ -124,15 +123,24 @@ def full_digest(ledger: "Ledger") -> bytes:
 
 
 class LedgerDigest:
-    """The incremental state behind `Ledger.digest()`: each account's and pending transfer's key
-    and current term (accounts by id, pending transfers by id), the exact sums of the terms, and
-    the running hash of the transfers folded so far. A cached key is used only for the very
-    object it was computed from (`is`): anything else at that id is hashed afresh."""
+    """The incremental state behind `Ledger.digest()`: the account objects it tracks (by id; each
+    one's key and its counters as last folded in kept on the record itself, `Account.digest_key`,
+    `Account.digest_debits_posted`, ...), each pending transfer's key and current term (by id), the
+    exact sums of the terms, and the running hash of the transfers folded so far. A cached key is
+    used only for the very object it was computed from (`is`): anything else at that id is hashed
+    afresh.
+
+    An account's term is linear in its counters, so a counter that moved by `d` since it was last
+    folded in changes the sum by `k_a * (C_i * d)`: two products for the one counter a transfer
+    moves on each side, where the whole term takes three and allocates twice as many integers; a
+    counter that did not move costs a comparison of two fields. Why on the record: a batch's digest
+    reads each account the batch changed, a record the batch has just written (in the cache), where
+    a key and a term in tables of their own are memory the batch did not touch: reading them cost
+    about as much as the arithmetic (session 17, docs/resilience.md). So a ledger has one: its own
+    (`Ledger._digest`); a second one tracking the same records would overwrite the first's."""
 
     def __init__(self, ledger: "Ledger") -> None:
         self.account_objs: list[Account | None] = [None]
-        self.account_keys: list[int] = [0]
-        self.account_terms: list[int] = [0]
         self.account_sum = 0
         for a in ledger.iter_accounts():
             self._track_account(a)
@@ -148,19 +156,25 @@ class LedgerDigest:
         self.transfers_folded = len(ledger.transfers)
 
     def _track_account(self, a: Account) -> None:
-        """Start keeping account `a` (new, or not the object cached at its id)."""
+        """Start keeping account `a` (new, or not the object tracked at its id: what that one added
+        to the sum is taken out). Its key is hashed afresh (what a record carries from an earlier
+        digest is not trusted)."""
         objs = self.account_objs
         aid = a.id
         while len(objs) <= aid:
             objs.append(None)
-            self.account_keys.append(0)
-            self.account_terms.append(0)
+        old = objs[aid]
+        if old is not None:  # its term as folded in
+            self.account_sum -= old.digest_key * (_C0 + _C1 * old.digest_debits_pending + _C2 * old.digest_debits_posted
+                                                  + _C3 * old.digest_credits_pending + _C4 * old.digest_credits_posted)
         key = _account_key(a)
-        term = _account_term(key, a)
-        self.account_sum += term - self.account_terms[aid]
+        self.account_sum += _account_term(key, a)
         objs[aid] = a
-        self.account_keys[aid] = key
-        self.account_terms[aid] = term
+        a.digest_key = key
+        a.digest_debits_pending = a.debits_pending
+        a.digest_debits_posted = a.debits_posted
+        a.digest_credits_pending = a.credits_pending
+        a.digest_credits_posted = a.credits_posted
 
     def update(self, ledger: "Ledger", dirty: set[Any]) -> bytes:
         """Fold in what changed since the last call (`dirty`: the accounts and pending transfers the
@@ -201,22 +215,28 @@ class LedgerDigest:
                 touched.add(p.debit)
                 touched.add(p.credit)
         self.pending_sum = total
-        objs, keys, terms = self.account_objs, self.account_keys, self.account_terms
+        objs = self.account_objs
         total = self.account_sum
         for a in touched:
             aid = a.id
             if aid < len(objs) and objs[aid] is a:
-                # `_account_term`, inlined; most accounts reserve nothing (pending counters 0)
-                w = _C0 + _C2 * a.debits_posted + _C4 * a.credits_posted
-                x = a.debits_pending
-                if x:
-                    w += _C1 * x
-                x = a.credits_pending
-                if x:
-                    w += _C3 * x
-                term = keys[aid] * w
-                total += term - terms[aid]
-                terms[aid] = term
+                # `_account_term`'s change: a product for each counter that moved
+                x, y = a.debits_posted, a.digest_debits_posted
+                if x != y:
+                    total += a.digest_key * (_C2 * (x - y))
+                    a.digest_debits_posted = x
+                x, y = a.credits_posted, a.digest_credits_posted
+                if x != y:
+                    total += a.digest_key * (_C4 * (x - y))
+                    a.digest_credits_posted = x
+                x, y = a.debits_pending, a.digest_debits_pending
+                if x != y:
+                    total += a.digest_key * (_C1 * (x - y))
+                    a.digest_debits_pending = x
+                x, y = a.credits_pending, a.digest_credits_pending
+                if x != y:
+                    total += a.digest_key * (_C3 * (x - y))
+                    a.digest_credits_pending = x
             else:
                 self.account_sum = total
                 self._track_account(a)
