@@ -7,13 +7,14 @@ matching loop in `matching.py`.
 
 from typing import Any, Callable, Final, NamedTuple, Protocol
 
+from msgspec.structs import astuple
 from ..engine.commands import Event
 from ..engine.core import Engine
 from ..engine.module import Effect
 from ..ledger.ledger import Ledger
 from .module import MODULE, market_scopes, amend_effect, batch_actions
 from .admin import _band_watch
-from .book import ACTIVE, HALTED, Market, Order
+from .book import ACTIVE, HALTED, Market, Order, notional
 from .commands import (
     AmendOrder,
     CancelAll,
@@ -65,6 +66,19 @@ _IOC: Final = TimeInForce.IOC
 _FOK: Final = TimeInForce.FOK
 #: Far below `MAX_PRICE` and `MAX_QTY` (10**30), and a short int when compiled (`_parse_order`).
 _FAR_BELOW_LIMITS: Final = 1 << 61
+#: A cancel's and an amend's fields in one call (`msgspec.structs.astuple`: one C call reading the
+#: struct's slots): compiled, each `c.field` is a generic attribute lookup on a Python object
+#: (~240 instructions; five of them were a fifth of an amend). Their order is the commands' field
+#: order, checked here so that a reordered command cannot be read wrong.
+_ASTUPLE: Final = astuple
+#: The events an amend emits, as C statics (an imported class is otherwise looked up in the
+#: module's globals on every use).
+_ORDER_AMENDED: Final = OrderAmended
+_ORDER_RESTED: Final = OrderRested
+_AMEND_FIELDS: Final = ("owner", "symbol", "order_id", "price", "quantity")
+_CANCEL_FIELDS: Final = ("owner", "symbol", "order_id", "client_order_id")
+if AmendOrder.__struct_fields__ != _AMEND_FIELDS or CancelOrder.__struct_fields__ != _CANCEL_FIELDS:
+    raise ImportError("trading.orders reads AmendOrder and CancelOrder by field position: update _amend/_cancel")
 
 #: Every reason an action can be refused with (stable: clients switch on them).
 REASONS = (
@@ -185,7 +199,7 @@ def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_r
         if contract_refusal is not None:
             return _reject(ev, "PLACE", c, *contract_refusal)
     elif limitish:  # a limit buy holds what it can cost at its price, a sell its quantity
-        protect_minor, hold_minor = 0, (c.price * c.quantity // m.base_scale if is_buy else c.quantity)
+        protect_minor, hold_minor = 0, (notional(c.price, c.quantity, m.base_scale) if is_buy else c.quantity)
     else:
         protect_minor, hold_minor = _protection_and_hold(m, c, parsed)
     ledger: Ledger = engine.ledger
@@ -293,7 +307,7 @@ def _market_refusal(m: Market, c: NewOrder, words: _Words) -> _Refusal | None:
     if stop_minor % tick:
         return _Refusal("PRICE_NOT_ON_TICK", "stop_price", f"stop_price must be a multiple of the tick size {tick}")
     # The LOT_SIZE filter, tested in line; `_qty_problem` only says what is wrong.
-    if qty_minor and (qty_minor % m.lot or qty_minor < m.min_qty or qty_minor > m.max_qty):
+    if qty_minor and (qty_minor % m.lot or qty_minor < m.min_qty or (qty_minor > m.qty_cap and qty_minor > m.max_qty)):
         problem = _qty_problem(m, qty_minor)
         if problem is not None:
             return _Refusal(problem[0], "quantity", problem[1])
@@ -444,16 +458,18 @@ def _stops_held(engine: Engine, m: Market) -> Callable[[Order], bool] | None:
 
 
 def _cancel(engine: Engine, st: TradingState, c: CancelOrder, ev: list[Event]) -> None:
-    m = st.markets.get(c.symbol)
+    fields: tuple[str, str, int, str] = _ASTUPLE(c)  # (see _CANCEL_FIELDS)
+    owner, symbol, oid, coid = fields
+    m = st.markets.get(symbol)
     if m is None:
-        return _reject(ev, "CANCEL", c, "UNKNOWN_MARKET", "symbol", f"unknown market {c.symbol!r}", c.order_id)
+        return _reject(ev, "CANCEL", c, "UNKNOWN_MARKET", "symbol", f"unknown market {symbol!r}", oid)
     if m.band_hi or m.out_of_band:
         _band_watch(m, engine.now_ns, ev)
     if m.status == HALTED:
-        return _reject(ev, "CANCEL", c, "MARKET_HALTED", "symbol", f"{m.symbol} is HALTED; nothing can change until it is lifted", c.order_id)
-    o = m.orders.get(c.order_id) if c.order_id else (m.coids.get((c.owner, c.client_order_id)) if c.client_order_id else None)
-    if o is None or o.owner != c.owner:
-        return _reject(ev, "CANCEL", c, "UNKNOWN_ORDER", "order_id", "Unknown order sent.", c.order_id)
+        return _reject(ev, "CANCEL", c, "MARKET_HALTED", "symbol", f"{m.symbol} is HALTED; nothing can change until it is lifted", oid)
+    o = m.orders.get(oid) if oid else (m.coids.get((owner, coid)) if coid else None)
+    if o is None or o.owner != owner:
+        return _reject(ev, "CANCEL", c, "UNKNOWN_ORDER", "order_id", "Unknown order sent.", oid)
     resting = _take_out(m, o)
     _close(engine.ledger, m, o, ev, OrderCanceled, "USER_CANCELED", resting)
 
@@ -477,23 +493,24 @@ def _cancel_all(engine: Engine, st: TradingState, c: CancelAll, ev: list[Event])
 
 
 def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> None:
-    m = st.markets.get(c.symbol)
-    oid = c.order_id
+    fields: tuple[str, str, int, int, int] = _ASTUPLE(c)  # (see _AMEND_FIELDS)
+    owner, symbol, oid, new_price, new_qty = fields
+    m = st.markets.get(symbol)
     if m is None:
-        return _reject(ev, "AMEND", c, "UNKNOWN_MARKET", "symbol", f"unknown market {c.symbol!r}", oid)
+        return _reject(ev, "AMEND", c, "UNKNOWN_MARKET", "symbol", f"unknown market {symbol!r}", oid)
     if m.band_hi or m.out_of_band:
         _band_watch(m, engine.now_ns, ev)
     if m.status != ACTIVE:
         return _reject(ev, "AMEND", c, "MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted", oid)
     o = m.orders.get(oid)
-    if o is None or o.owner != c.owner:
+    if o is None or o.owner != owner:
         return _reject(ev, "AMEND", c, "UNKNOWN_ORDER", "order_id", "Unknown order sent.", oid)
     if o.level is None:
         return _reject(ev, "AMEND", c, "ORDER_NOT_AMENDABLE", "order_id", "only resting limit orders can be amended", oid)
     if m.contract is not None:
         return _reject(ev, "AMEND", c, "ORDER_NOT_AMENDABLE", "order_id", "perpetual orders cannot be amended yet: cancel and place again", oid)
-    price_minor = c.price or o.price
-    qty_minor = c.quantity or o.qty
+    price_minor = new_price or o.price
+    qty_minor = new_qty or o.qty
     # (Both positive, and the limits (10**30) asked only past 2**61, as in `_parse_order`: a
     # compiled comparison with so large an int takes mypyc's slow path, on every amend.)
     if price_minor <= 0 or qty_minor <= 0 or (
@@ -502,7 +519,8 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         return _reject(ev, "AMEND", c, "INVALID_PARAMETER", "price" if not 0 < price_minor <= MAX_PRICE else "quantity", "price and quantity must be positive", oid)
     if price_minor % m.tick:
         return _reject(ev, "AMEND", c, "PRICE_NOT_ON_TICK", "price", f"price must be a multiple of the tick size {m.tick}", oid)
-    if qty_minor % m.lot or qty_minor < m.min_qty or qty_minor > m.max_qty:  # LOT_SIZE, in line
+    # LOT_SIZE, in line (`qty_cap` first: a short int, `max_qty` is 10**30 unless set lower)
+    if qty_minor % m.lot or qty_minor < m.min_qty or (qty_minor > m.qty_cap and qty_minor > m.max_qty):
         problem = _qty_problem(m, qty_minor)
         if problem is not None:
             return _reject(ev, "AMEND", c, problem[0], "quantity", problem[1], oid)
@@ -513,7 +531,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     if reprice:
         if m.band_hi and not m.band_lo <= price_minor <= m.band_hi:
             return _reject(ev, "AMEND", c, "PRICE_OUTSIDE_BAND", "price", f"price must lie within {m.band_lo}..{m.band_hi}", oid)
-        if m.min_notional and price_minor * qty_minor // m.base_scale < m.min_notional:
+        if m.min_notional and notional(price_minor, qty_minor, m.base_scale) < m.min_notional:
             return _reject(ev, "AMEND", c, "BELOW_MIN_NOTIONAL", "price", f"price * quantity must be at least {m.min_notional}", oid)
         if o.type == _LIMIT_MAKER and m.crosses(o.is_buy, price_minor):
             return _reject(ev, "AMEND", c, "POST_ONLY_WOULD_TAKE", "price", "a post-only order must not take liquidity", oid)
@@ -522,7 +540,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
             return _reject(ev, "AMEND", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit", oid)
     ledger: Ledger = engine.ledger
     is_buy = o.is_buy
-    need_minor = leaves_minor * price_minor // m.base_scale if is_buy else leaves_minor
+    need_minor = notional(price_minor, leaves_minor, m.base_scale) if is_buy else leaves_minor
     # The last check is the first change: the ledger resizes the hold to the new need, or refuses
     # (changing nothing) when growing it would overdraw the payer.
     if not ledger.resize_hold_to(o.hold_id, o.pay, need_minor):
@@ -532,18 +550,26 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         o.level.total -= o.leaves - leaves_minor  # a resting order is always on a level
         o.leaves = leaves_minor
         o.qty = qty_minor
-        ev.append(OrderAmended(m.symbol, oid, price_minor, qty_minor, leaves_minor, True))
+        ev.append(_ORDER_AMENDED(m.symbol, oid, price_minor, qty_minor, leaves_minor, True))
+        return
+    symbol = m.symbol  # (the market's own string: the command's is equal)
+    ev.append(_ORDER_AMENDED(symbol, oid, price_minor, qty_minor, leaves_minor, False))
+    opposite = m.ask_prices if is_buy else m.bid_prices  # `m.crosses`, in line: a move's hot path
+    if not opposite or (opposite[0] > price_minor if is_buy else opposite[-1] < price_minor):
+        # It does not cross: straight to the back of its new level (the common "move"). (A new
+        # price, or the same price with a larger quantity: `move` needs another level.)
+        if reprice:
+            m.move(o, price_minor, qty_minor, leaves_minor, engine.now_ns)
+        else:
+            m.unlink(o)
+            o.qty, o.leaves = qty_minor, leaves_minor
+            o.ts_ns = engine.now_ns
+            m.rest(o)
+        ev.append(_ORDER_RESTED(symbol, oid, o.owner, _BUY if is_buy else _SELL, price_minor, leaves_minor))
         return
     m.unlink(o)
     o.price, o.qty, o.leaves = price_minor, qty_minor, leaves_minor
     o.ts_ns = engine.now_ns
-    ev.append(OrderAmended(m.symbol, oid, price_minor, qty_minor, leaves_minor, False))
-    opposite = m.ask_prices if is_buy else m.bid_prices  # `m.crosses`, in line: a move's hot path
-    if not opposite or (opposite[0] > price_minor if is_buy else opposite[-1] < price_minor):
-        # It does not cross: straight to the back of its new level (the common "move").
-        m.rest(o)
-        ev.append(OrderRested(m.symbol, oid, o.owner, _BUY if is_buy else _SELL, price_minor, leaves_minor))
-        return
     m.unindex(o)
     before = st.next_trade_id
     _execute(st, ledger, m, o, ev)
