@@ -69,7 +69,7 @@ _FAR_BELOW_LIMITS: Final = 1 << 61
 #: A cancel's and an amend's fields in one call (`msgspec.structs.astuple`: one C call reading the
 #: struct's slots): compiled, each `c.field` is a generic attribute lookup on a Python object
 #: (~240 instructions; five of them were a fifth of an amend). Their order is the commands' field
-#: order, checked here so that a reordered command cannot be read wrong.
+#: order, checked (with `_PLACE_FIELDS`) so that a reordered command cannot be read wrong.
 _ASTUPLE: Final = astuple
 #: The events an amend emits, as C statics (an imported class is otherwise looked up in the
 #: module's globals on every use).
@@ -77,8 +77,6 @@ _ORDER_AMENDED: Final = OrderAmended
 _ORDER_RESTED: Final = OrderRested
 _AMEND_FIELDS: Final = ("owner", "symbol", "order_id", "price", "quantity")
 _CANCEL_FIELDS: Final = ("owner", "symbol", "order_id", "client_order_id")
-if AmendOrder.__struct_fields__ != _AMEND_FIELDS or CancelOrder.__struct_fields__ != _CANCEL_FIELDS:
-    raise ImportError("trading.orders reads AmendOrder and CancelOrder by field position: update _amend/_cancel")
 
 #: Every reason an action can be refused with (stable: clients switch on them).
 REASONS = (
@@ -167,6 +165,47 @@ class NewOrder(Protocol):
     def stp(self) -> str: ...
 
 
+class _Placed:
+    """A new order's fields, read from its command once (`_fields_of`) and then read by placing's
+    checks as a compiled class's own attributes: compiled, each `c.price` of a command is a generic
+    attribute lookup on a Python object (~180 instructions), and placing a limit order made about
+    25 of them. A `NewOrder` itself, so that helpers typed for any new order take it too."""
+
+    def __init__(self, owner: str, symbol: str, side: str, order_type: str, tif: str, price: int, quantity: int,
+                 quote_amount: int, stop_price: int, client_order_id: str, stp: str) -> None:
+        self.owner = owner
+        self.symbol = symbol
+        self.side = side
+        self.order_type = order_type
+        self.tif = tif
+        self.price = price
+        self.quantity = quantity
+        self.quote_amount = quote_amount
+        self.stop_price = stop_price
+        self.client_order_id = client_order_id
+        self.stp = stp
+
+
+#: `PlaceOrder`'s fields in the order `_fields_of` reads them by position (checked at import).
+_PLACE_FIELDS: Final = ("owner", "symbol", "side", "order_type", "tif", "price", "quantity", "quote_amount",
+                        "stop_price", "client_order_id", "stp")
+
+
+def _fields_of(c: NewOrder) -> _Placed:
+    """The fields of new order `c`: a `PlaceOrder`'s with one `astuple`, another's (a perpetual's
+    `PlacePerpOrder`) attribute by attribute."""
+    if type(c) is PlaceOrder:
+        t: tuple[str, str, str, str, str, int, int, int, int, str, str] = _ASTUPLE(c)
+        return _Placed(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10])
+    return _Placed(c.owner, c.symbol, c.side, c.order_type, c.tif, c.price, c.quantity, c.quote_amount,
+                   c.stop_price, c.client_order_id, c.stp)
+
+
+if (AmendOrder.__struct_fields__ != _AMEND_FIELDS or CancelOrder.__struct_fields__ != _CANCEL_FIELDS
+        or PlaceOrder.__struct_fields__ != _PLACE_FIELDS):
+    raise ImportError("trading.orders reads PlaceOrder, AmendOrder and CancelOrder by field position: update it")
+
+
 class _Refusal(NamedTuple):
     """Why a new order is refused: a stable reason (`REASONS`), the field at fault, a message."""
 
@@ -182,16 +221,17 @@ def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_r
     mutating, and it does not run the band timer (which may change the market's status). Every
     check runs before the first change (validate, then execute).
     """
-    m = st.markets.get(c.symbol)
+    f = _fields_of(c)
+    m = st.markets.get(f.symbol)
     if m is None:
-        return _reject(ev, "PLACE", c, "UNKNOWN_MARKET", "symbol", f"unknown market {c.symbol!r}")
-    parsed = _parse_order(c)
+        return _reject(ev, "PLACE", c, "UNKNOWN_MARKET", "symbol", f"unknown market {f.symbol!r}")
+    parsed = _parse_order(f)
     if isinstance(parsed, _Refusal):
         return _reject(ev, "PLACE", c, *parsed)
     is_buy, limitish = parsed[0], parsed[4]
     if (m.band_hi or m.out_of_band) and not dry_run:
         _band_watch(m, engine.now_ns, ev)
-    refusal = _market_refusal(m, c, parsed)
+    refusal = _market_refusal(m, f, parsed)
     if refusal is not None:
         return _reject(ev, "PLACE", c, *refusal)
     if m.contract is not None:  # a perpetual: margin in the quote asset (ringfence.derivatives)
@@ -199,9 +239,9 @@ def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_r
         if contract_refusal is not None:
             return _reject(ev, "PLACE", c, *contract_refusal)
     elif limitish:  # a limit buy holds what it can cost at its price, a sell its quantity
-        protect_minor, hold_minor = 0, (notional(c.price, c.quantity, m.base_scale) if is_buy else c.quantity)
+        protect_minor, hold_minor = 0, (notional(f.price, f.quantity, m.base_scale) if is_buy else f.quantity)
     else:
-        protect_minor, hold_minor = _protection_and_hold(m, c, parsed)
+        protect_minor, hold_minor = _protection_and_hold(m, f, parsed)
     ledger: Ledger = engine.ledger
     segment = m.segment
     pay_asset, recv_asset = (m.quote, m.base) if is_buy else (m.base, m.quote)
@@ -209,7 +249,7 @@ def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_r
         pay_asset = recv_asset = m.quote
         pay = recv = m.contract.order_wallet
     else:
-        pay, recv = ledger.find_pair(c.owner, pay_asset, recv_asset, "available", segment)
+        pay, recv = ledger.find_pair(f.owner, pay_asset, recv_asset, "available", segment)
     if hold_minor:  # (a perpetual's margin was checked by its contract, which may still move some)
         if pay is None or (m.contract is None and not ledger.can_hold(pay, hold_minor)):
             return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
@@ -221,13 +261,13 @@ def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_r
     if m.contract is not None:
         m.contract.before_hold(engine, m, c)
     if recv is None:
-        recv = ledger.open_account(c.owner, recv_asset, "available", segment)[0]
+        recv = ledger.open_account(f.owner, recv_asset, "available", segment)[0]
     if pay is None:
-        pay = ledger.open_account(c.owner, pay_asset, "available", segment)[0]
-    _open_order(engine, st, m, c, parsed, pay, recv, protect_minor, hold_minor, ev)
+        pay = ledger.open_account(f.owner, pay_asset, "available", segment)[0]
+    _open_order(engine, st, m, f, parsed, pay, recv, protect_minor, hold_minor, ev)
 
 
-def _parse_order(c: NewOrder) -> "_Words | _Refusal":
+def _parse_order(c: _Placed) -> "_Words | _Refusal":
     """The order's own fields, each checked and its words turned into value types (`_Words`).
     Needs no market; changes nothing but the owner-name cache."""
     words = _WORDS.get((c.side, c.order_type, c.tif, c.stp))
@@ -294,7 +334,7 @@ def _word_refusal(c: NewOrder) -> _Refusal:
     return _Refusal("INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
 
 
-def _market_refusal(m: Market, c: NewOrder, words: _Words) -> _Refusal | None:
+def _market_refusal(m: Market, c: _Placed, words: _Words) -> _Refusal | None:
     """The market's rules for a well-formed order: status, tick, lot, band (price and stop price),
     minimum notional, stop trigger, post-only, duplicate client id, open-order and book limits."""
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
@@ -388,7 +428,7 @@ def _protection_and_hold(m: Market, c: NewOrder, words: _Words) -> tuple[int, in
 
 
 def _open_order(
-    engine: Engine, st: TradingState, m: Market, c: NewOrder, words: _Words,
+    engine: Engine, st: TradingState, m: Market, c: _Placed, words: _Words,
     pay: Any, recv: Any, protect_minor: int, hold_minor: int, ev: list[Event],
 ) -> None:
     """Create the checked order, hold its funds through the ledger, then rest it (a stop) or match it."""
@@ -493,8 +533,11 @@ def _cancel_all(engine: Engine, st: TradingState, c: CancelAll, ev: list[Event])
 
 
 def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> None:
-    fields: tuple[str, str, int, int, int] = _ASTUPLE(c)  # (see _AMEND_FIELDS)
-    owner, symbol, oid, new_price, new_qty = fields
+    # (The order id stays the command's own int object: compiled, the events and the order index
+    # take it as it is, where a machine integer is boxed again for each of them.)
+    fields: tuple[str, str, Any, int, int] = _ASTUPLE(c)  # (see _AMEND_FIELDS)
+    owner, symbol, oid_obj, new_price, new_qty = fields
+    oid: int = oid_obj
     m = st.markets.get(symbol)
     if m is None:
         return _reject(ev, "AMEND", c, "UNKNOWN_MARKET", "symbol", f"unknown market {symbol!r}", oid)
@@ -502,7 +545,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         _band_watch(m, engine.now_ns, ev)
     if m.status != ACTIVE:
         return _reject(ev, "AMEND", c, "MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted", oid)
-    o = m.orders.get(oid)
+    o = m.orders.get(oid_obj)
     if o is None or o.owner != owner:
         return _reject(ev, "AMEND", c, "UNKNOWN_ORDER", "order_id", "Unknown order sent.", oid)
     if o.level is None:
@@ -553,7 +596,10 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         ev.append(_ORDER_AMENDED(m.symbol, oid, price_minor, qty_minor, leaves_minor, True))
         return
     symbol = m.symbol  # (the market's own string: the command's is equal)
-    ev.append(_ORDER_AMENDED(symbol, oid, price_minor, qty_minor, leaves_minor, False))
+    # Boxed once for both events (compiled, each use of a machine integer as an object boxes it).
+    price_obj: Any = price_minor
+    leaves_obj: Any = leaves_minor
+    ev.append(_ORDER_AMENDED(symbol, oid_obj, price_obj, qty_minor, leaves_obj, False))
     opposite = m.ask_prices if is_buy else m.bid_prices  # `m.crosses`, in line: a move's hot path
     if not opposite or (opposite[0] > price_minor if is_buy else opposite[-1] < price_minor):
         # It does not cross: straight to the back of its new level (the common "move"). (A new
@@ -565,7 +611,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
             o.qty, o.leaves = qty_minor, leaves_minor
             o.ts_ns = engine.now_ns
             m.rest(o)
-        ev.append(_ORDER_RESTED(symbol, oid, o.owner, _BUY if is_buy else _SELL, price_minor, leaves_minor))
+        ev.append(_ORDER_RESTED(symbol, oid_obj, o.owner, _BUY if is_buy else _SELL, price_obj, leaves_obj))
         return
     m.unlink(o)
     o.price, o.qty, o.leaves = price_minor, qty_minor, leaves_minor
