@@ -339,7 +339,7 @@ def _market_refusal(m: Market, c: _Placed, words: _Words) -> _Refusal | None:
     minimum notional, stop trigger, post-only, duplicate client id, open-order and book limits."""
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
     is_buy, typ, tif, _, limitish, is_stop = words
-    if m.status != ACTIVE:
+    if m.status is not ACTIVE:
         return _Refusal("MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted")
     tick, scale = m.tick, m.base_scale
     if price_minor % tick:
@@ -543,7 +543,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         return _reject(ev, "AMEND", c, "UNKNOWN_MARKET", "symbol", f"unknown market {symbol!r}", oid)
     if m.band_hi or m.out_of_band:
         _band_watch(m, engine.now_ns, ev)
-    if m.status != ACTIVE:
+    if m.status is not ACTIVE:  # (members are singletons: `is` is a pointer test, `!=` compares strings)
         return _reject(ev, "AMEND", c, "MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted", oid)
     o = m.orders.get(oid_obj)
     if o is None or o.owner != owner:
@@ -576,7 +576,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
             return _reject(ev, "AMEND", c, "PRICE_OUTSIDE_BAND", "price", f"price must lie within {m.band_lo}..{m.band_hi}", oid)
         if m.min_notional and notional(price_minor, qty_minor, m.base_scale) < m.min_notional:
             return _reject(ev, "AMEND", c, "BELOW_MIN_NOTIONAL", "price", f"price * quantity must be at least {m.min_notional}", oid)
-        if o.type == _LIMIT_MAKER and m.crosses(o.is_buy, price_minor):
+        if o.type is _LIMIT_MAKER and m.crosses(o.is_buy, price_minor):
             return _reject(ev, "AMEND", c, "POST_ONLY_WOULD_TAKE", "price", "a post-only order must not take liquidity", oid)
         # (`level_limit_reached` can only say yes while that side has `max_levels` levels.)
         if len(m.bid_prices if o.is_buy else m.ask_prices) >= m.max_levels and m.level_limit_reached(o.is_buy, price_minor):
@@ -588,14 +588,21 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     # (changing nothing) when growing it would overdraw the payer.
     if not ledger.resize_hold_to(o.hold_id, o.pay, need_minor):
         return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
-    # ---- mutated from here on ----
+    _amended(engine, st, ledger, m, o, oid_obj, price_minor, qty_minor, leaves_minor, reprice, ev)
+
+
+def _amended(engine: Engine, st: TradingState, ledger: Ledger, m: Market, o: Order, oid_obj: Any,
+             price_minor: int, qty_minor: int, leaves_minor: int, reprice: bool, ev: list[Event]) -> None:
+    """The checked amend of resting order `o` (its hold already resized): change it in place (a
+    reduction keeps time priority) or re-enter it at the back of its level, trading if it crosses."""
+    is_buy = o.is_buy
     if not reprice and qty_minor <= o.qty:  # a reduction keeps time priority
-        o.level.total -= o.leaves - leaves_minor  # a resting order is always on a level
+        o.level.total -= o.leaves - leaves_minor  # type: ignore[union-attr]  # a resting order is always on a level
         o.leaves = leaves_minor
         o.qty = qty_minor
-        ev.append(_ORDER_AMENDED(m.symbol, oid, price_minor, qty_minor, leaves_minor, True))
+        ev.append(_ORDER_AMENDED(m.symbol, oid_obj, price_minor, qty_minor, leaves_minor, True))
         return
-    symbol = m.symbol  # (the market's own string: the command's is equal)
+    symbol = m.symbol
     # Boxed once for both events (compiled, each use of a machine integer as an object boxes it).
     price_obj: Any = price_minor
     leaves_obj: Any = leaves_minor
