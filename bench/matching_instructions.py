@@ -16,8 +16,8 @@ counting only the command loop (instrumentation switched on and off around it wi
   the durable run's sequencer applies, gateway coalescing).
 
 For each: instructions per command, and per command type the inclusive instructions of the
-trading handler of that type (callgrind_annotate, the compiled `_amend`/`_cancel`/`_place` or
-their Python functions on pure Python) divided by the number of commands of that type: where an
+trading handler of that type (callgrind_annotate, the compiled `_amend`/`_cancel`/`_place`;
+not on pure Python, which has no symbols) divided by the number of commands of that type: where an
 amend and a cancel spend theirs. `--pure` adds the same runs on pure Python (`RINGFENCE_PURE=1`;
 slow under callgrind: use a smaller --commands). The hash seed is fixed (`PYTHONHASHSEED`). A
 digest of the events (and, per loop, the final state hash) says the two loops (and the two
@@ -44,8 +44,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 BATCH = 512
 #: The handler functions per command type, as callgrind names them: compiled (mypyc's native
-#: function `CPyDef_<module>___<name>`) and pure Python (no symbol: the interpreter runs it; left out).
-HANDLERS = {"AmendOrder": "_amend", "CancelOrder": "_cancel", "PlaceOrder": "_place"}
+#: function `CPyDef_<module>___<name>`; pure Python has no symbols: left out). The first of the
+#: names that ran counts: a batch calls `_amend_at` (given the engine's ledger and time), a single
+#: command `_amend`, which reads them and calls it (and an older build has only `_amend`).
+HANDLERS = {"AmendOrder": ("_amend", "_amend_at"), "CancelOrder": ("_cancel",), "PlaceOrder": ("_place",)}
 
 
 def child(loop: str, n: int, seed: int) -> None:
@@ -91,7 +93,7 @@ def _inclusive(out: Path) -> dict[str, int]:
     for line in text.splitlines():
         m = re.match(r"\s*([\d,]+)\s+\(.*?\)\s+\S*:(CPyDef_orders___(\w+))\b", line) or re.match(
             r"\s*([\d,]+)\s+\S*:(CPyDef_orders___(\w+))\b", line)
-        if m and m.group(3) in HANDLERS.values() and m.group(3) not in found:
+        if m and any(m.group(3) in names for names in HANDLERS.values()) and m.group(3) not in found:
             found[m.group(3)] = int(m.group(1).replace(",", ""))
     return found
 
@@ -111,9 +113,10 @@ def measure(loop: str, n: int, seed: int, hash_seed: int, pure: bool, keep: Path
         by_type: dict[str, int] = {}
         if not pure:
             inclusive = _inclusive(out)
-            for kind, fn in HANDLERS.items():
+            for kind, names in HANDLERS.items():
                 count = result["kinds"].get(kind, 0)
-                if count and fn in inclusive:
+                fn = next((name for name in names if name in inclusive), None)
+                if count and fn is not None:
                     by_type[kind] = inclusive[fn] // count
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)

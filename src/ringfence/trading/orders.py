@@ -533,6 +533,12 @@ def _cancel_all(engine: Engine, st: TradingState, c: CancelAll, ev: list[Event])
 
 
 def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> None:
+    _amend_at(engine, st, engine.ledger, engine.now_ns, c, ev)
+
+
+def _amend_at(engine: Engine, st: TradingState, ledger: Ledger, now_ns: int, c: AmendOrder, ev: list[Event]) -> None:
+    """Amend, given the engine's ledger and sequencer time (a batch reads them once for all its
+    actions: compiled, each is a generic attribute lookup on the engine, a Python object)."""
     # (The order id stays the command's own int object: compiled, the events and the order index
     # take it as it is, where a machine integer is boxed again for each of them.)
     fields: tuple[str, str, Any, int, int] = _ASTUPLE(c)  # (see _AMEND_FIELDS)
@@ -542,7 +548,7 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     if m is None:
         return _reject(ev, "AMEND", c, "UNKNOWN_MARKET", "symbol", f"unknown market {symbol!r}", oid)
     if m.band_hi or m.out_of_band:
-        _band_watch(m, engine.now_ns, ev)
+        _band_watch(m, now_ns, ev)
     if m.status is not ACTIVE:  # (members are singletons: `is` is a pointer test, `!=` compares strings)
         return _reject(ev, "AMEND", c, "MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted", oid)
     o = m.orders.get(oid_obj)
@@ -581,17 +587,16 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         # (`level_limit_reached` can only say yes while that side has `max_levels` levels.)
         if len(m.bid_prices if o.is_buy else m.ask_prices) >= m.max_levels and m.level_limit_reached(o.is_buy, price_minor):
             return _reject(ev, "AMEND", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit", oid)
-    ledger: Ledger = engine.ledger
     is_buy = o.is_buy
     need_minor = notional(price_minor, leaves_minor, m.base_scale) if is_buy else leaves_minor
     # The last check is the first change: the ledger resizes the hold to the new need, or refuses
     # (changing nothing) when growing it would overdraw the payer.
     if not ledger.resize_hold_to(o.hold_id, o.pay, need_minor):
         return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
-    _amended(engine, st, ledger, m, o, oid_obj, price_minor, qty_minor, leaves_minor, reprice, ev)
+    _amended(engine, st, ledger, now_ns, m, o, oid_obj, price_minor, qty_minor, leaves_minor, reprice, ev)
 
 
-def _amended(engine: Engine, st: TradingState, ledger: Ledger, m: Market, o: Order, oid_obj: Any,
+def _amended(engine: Engine, st: TradingState, ledger: Ledger, now_ns: int, m: Market, o: Order, oid_obj: Any,
              price_minor: int, qty_minor: int, leaves_minor: int, reprice: bool, ev: list[Event]) -> None:
     """The checked amend of resting order `o` (its hold already resized): change it in place (a
     reduction keeps time priority) or re-enter it at the back of its level, trading if it crosses."""
@@ -612,17 +617,17 @@ def _amended(engine: Engine, st: TradingState, ledger: Ledger, m: Market, o: Ord
         # It does not cross: straight to the back of its new level (the common "move"). (A new
         # price, or the same price with a larger quantity: `move` needs another level.)
         if reprice:
-            m.move(o, price_minor, qty_minor, leaves_minor, engine.now_ns)
+            m.move(o, price_minor, qty_minor, leaves_minor, now_ns)
         else:
             m.unlink(o)
             o.qty, o.leaves = qty_minor, leaves_minor
-            o.ts_ns = engine.now_ns
+            o.ts_ns = now_ns
             m.rest(o)
         ev.append(_ORDER_RESTED(symbol, oid_obj, o.owner, _BUY if is_buy else _SELL, price_obj, leaves_obj))
         return
     m.unlink(o)
     o.price, o.qty, o.leaves = price_minor, qty_minor, leaves_minor
-    o.ts_ns = engine.now_ns
+    o.ts_ns = now_ns
     m.unindex(o)
     before = st.next_trade_id
     _execute(st, ledger, m, o, ev)
@@ -689,11 +694,13 @@ for _type, _handler in _HANDLERS.items():
 def _batch(engine: Engine, c: TradingBatch) -> list[Event]:
     ev: list[Event] = []
     st: TradingState = engine.components["trading"]
+    ledger: Ledger = engine.ledger
+    now_ns = engine.now_ns
     for action in c.actions:
         # Tested by type in the order of a batch's usual mix (moves first); compiled, each branch
         # is a native call. `_DISPATCH` answers for any other type (none today).
         if type(action) is AmendOrder:
-            _amend(engine, st, action, ev)
+            _amend_at(engine, st, ledger, now_ns, action, ev)
         elif type(action) is PlaceOrder:
             _place(engine, st, action, ev)
         elif type(action) is CancelOrder:
