@@ -594,6 +594,7 @@ def main() -> None:
     ap.add_argument("--commands", type=int, default=None, help="commands per workload (default 3,000,000; smoke 20,000)")
     ap.add_argument("--latency-seconds", type=float, default=None, help="length of each paced latency run")  # float-ok
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/results/matching.jsonl")
+    ap.add_argument("--note", default="", help="a note kept in the line (who ran it, the machine's load)")
     ap.add_argument("--switch-interval-us", type=int, default=200, help="GIL switch interval (CPython default 5000)")
     ap.add_argument("--sender-poll-us", type=int, default=0, help="paced sender: sleep between polls (0 = spin with sleep(0))")
     ap.add_argument("--group-commit", choices=("classic", "pipelined"), default="pipelined",
@@ -684,6 +685,8 @@ def main() -> None:
         "exchange_core": core,
         "multi_market": multi,
     }
+    if args.note:
+        result["note"] = args.note
     line = json.dumps(result, sort_keys=False)
     print(line)
     if not args.no_record:

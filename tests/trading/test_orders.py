@@ -272,3 +272,67 @@ def test_a_client_transfer_cannot_post_or_void_an_order_hold() -> None:
         assert out[0].failures == [(0, "pending_transfer_not_found")]
     assert d.balance("alice", "USDT") == (100_000 * USDT, 100 * USDT)
     d.engine.check_invariants()
+
+
+def test_amend_moves_keep_the_price_lists_and_levels_exact() -> None:
+    """Every shape of a non-crossing move (`Market.move`): alone on its level or not, to a price
+    with a level or without, with other levels between the two prices or none; a level left empty
+    is dropped (its object reused at the new price) and the price lists stay sorted and exact."""
+    d = two_traders()
+    m = market_of(d.engine, "BTCUSDT")
+    ids = {p: d.place("alice", "BUY", price(p), qty("0.1"))[0].order_id for p in ("90", "92", "94", "96")}
+    second = d.place("alice", "BUY", price("94"), qty("0.2"))[0].order_id
+    asks = [d.place("bob", "SELL", price(p), qty("0.1"))[0].order_id for p in ("110", "112")]
+
+    def book() -> tuple[list[int], list[int]]:
+        d.engine.check_invariants()
+        assert m.bid_prices == sorted(m.bids) and m.ask_prices == sorted(m.asks)
+        assert all(lv.price == p and lv.head is not None for p, lv in (*m.bids.items(), *m.asks.items()))
+        return m.bid_prices, m.ask_prices
+
+    def move(owner: str, oid: int, p: str) -> None:
+        ev = d.apply(AmendOrder(owner, "BTCUSDT", oid, price=price(p)))
+        assert [type(e).__name__ for e in ev] == ["OrderAmended", "OrderRested"], ev
+        assert m.orders[oid].price == price(p) and m.orders[oid].level is m.bids.get(price(p), m.asks.get(price(p)))
+
+    move("alice", ids["90"], "91")  # alone, no level between 90 and 91: the entry overwritten in place
+    assert book()[0] == [price(p) for p in ("91", "92", "94", "96")]
+    move("alice", ids["90"], "95")  # alone, levels 92 and 94 between
+    assert book()[0] == [price(p) for p in ("92", "94", "95", "96")]
+    move("alice", ids["92"], "96")  # alone, to an existing level: at its back
+    assert book()[0] == [price(p) for p in ("94", "95", "96")]
+    assert [o.id for o in m.level_orders(True, price("96"))] == [ids["96"], ids["92"]]
+    move("alice", second, "93")  # not alone, to a new level
+    assert book()[0] == [price(p) for p in ("93", "94", "95", "96")]
+    assert m.bids[price("94")].total == qty("0.1")
+    move("alice", ids["94"], "95")  # alone again, to an existing level
+    assert book()[0] == [price(p) for p in ("93", "95", "96")] and m.bids[price("95")].total == qty("0.2")
+    move("bob", asks[1], "109")  # asks: alone, below the best, no level between
+    assert book()[1] == [price("109"), price("110")]
+    move("bob", asks[0], "120")  # asks: alone, past the other level
+    assert book()[1] == [price("109"), price("120")]
+    assert d.balance("alice", "USDT")[1] == sum(o.leaves * o.price // BTC_SCALE for o in m.orders.values() if o.is_buy)
+
+
+def test_amend_quantity_above_max_qty_is_refused_after_the_rules_change() -> None:
+    """An amend checks the quantity against the market's rules as they are now: a lower `max_qty`
+    set after the order was placed (the attribute listing sets, trading/admin.py), and a limit
+    above 2**61, past the short-int shortcut (`Market.qty_cap`)."""
+    d = two_traders(max_qty=qty("5"))
+    m = market_of(d.engine, "BTCUSDT")
+    assert m.qty_cap == qty("5")
+    oid = d.place("alice", "BUY", price("100"), qty("2"))[0].order_id
+    ev = d.apply(AmendOrder("alice", "BTCUSDT", oid, quantity=qty("6")))
+    assert isinstance(ev[0], OrderRejected) and ev[0].reason == "QTY_ABOVE_MAX"
+    m.max_qty = qty("1")
+    ev = d.apply(AmendOrder("alice", "BTCUSDT", oid, price=price("99")))
+    assert isinstance(ev[0], OrderRejected) and ev[0].reason == "QTY_ABOVE_MAX"
+    big = 10_000 * (2**62 // 10_000)  # on the lot, above 2**61
+    m.max_qty = big
+    assert m.max_qty == big and m.qty_cap == 2**61
+    ev = d.apply(AmendOrder("alice", "BTCUSDT", oid, quantity=big + 10_000))
+    assert isinstance(ev[0], OrderRejected) and ev[0].reason == "QTY_ABOVE_MAX"
+    ev = d.apply(AmendOrder("alice", "BTCUSDT", oid, quantity=big))  # allowed by the rules: the balance refuses it
+    assert isinstance(ev[0], OrderRejected) and ev[0].reason == "INSUFFICIENT_BALANCE"
+    restored = engine_from_snapshot(d.engine.snapshot_bytes())
+    assert market_of(restored, "BTCUSDT").qty_cap == 2**61 and restored.state_hash() == d.engine.state_hash()

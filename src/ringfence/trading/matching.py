@@ -37,7 +37,7 @@ from typing import Any, Final
 from ..engine.commands import Event
 from ..errors import InvariantViolation
 from ..ledger.ledger import Ledger
-from .book import Market, MarketContract, Order
+from .book import Market, MarketContract, Order, notional
 from .commands import (
     OrderExpired,
     OrderFilled,
@@ -93,7 +93,7 @@ def _take_out(m: Market, o: Order) -> bool:
 def _fill(st: TradingState, ledger: Ledger, m: Market, t: Order, mk: Order, price_minor: int, qty_minor: int, ev: list[Event]) -> None:
     """Settle one fill of `qty_minor` base minor units at `price_minor` (quote minor units per whole
     base unit) between taker `t` and maker `mk` (see module docstring)."""
-    notional_minor = price_minor * qty_minor // m.base_scale
+    notional_minor = notional(price_minor, qty_minor, m.base_scale)
     tiers, account_tier = st.tiers, st.account_tier
     taker_rate_ppm = tiers[account_tier.get(t.owner, 0)][1]
     maker_rate_ppm = tiers[account_tier.get(mk.owner, 0)][0]

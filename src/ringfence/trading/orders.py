@@ -7,13 +7,14 @@ matching loop in `matching.py`.
 
 from typing import Any, Callable, Final, NamedTuple, Protocol
 
+from msgspec.structs import astuple
 from ..engine.commands import Event
 from ..engine.core import Engine
 from ..engine.module import Effect
 from ..ledger.ledger import Ledger
 from .module import MODULE, market_scopes, amend_effect, batch_actions
 from .admin import _band_watch
-from .book import ACTIVE, HALTED, Market, Order
+from .book import ACTIVE, HALTED, Market, Order, notional
 from .commands import (
     AmendOrder,
     CancelAll,
@@ -65,6 +66,17 @@ _IOC: Final = TimeInForce.IOC
 _FOK: Final = TimeInForce.FOK
 #: Far below `MAX_PRICE` and `MAX_QTY` (10**30), and a short int when compiled (`_parse_order`).
 _FAR_BELOW_LIMITS: Final = 1 << 61
+#: A cancel's and an amend's fields in one call (`msgspec.structs.astuple`: one C call reading the
+#: struct's slots): compiled, each `c.field` is a generic attribute lookup on a Python object
+#: (~240 instructions; five of them were a fifth of an amend). Their order is the commands' field
+#: order, checked (with `_PLACE_FIELDS`) so that a reordered command cannot be read wrong.
+_ASTUPLE: Final = astuple
+#: The events an amend emits, as C statics (an imported class is otherwise looked up in the
+#: module's globals on every use).
+_ORDER_AMENDED: Final = OrderAmended
+_ORDER_RESTED: Final = OrderRested
+_AMEND_FIELDS: Final = ("owner", "symbol", "order_id", "price", "quantity")
+_CANCEL_FIELDS: Final = ("owner", "symbol", "order_id", "client_order_id")
 
 #: Every reason an action can be refused with (stable: clients switch on them).
 REASONS = (
@@ -153,6 +165,47 @@ class NewOrder(Protocol):
     def stp(self) -> str: ...
 
 
+class _Placed:
+    """A new order's fields, read from its command once (`_fields_of`) and then read by placing's
+    checks as a compiled class's own attributes: compiled, each `c.price` of a command is a generic
+    attribute lookup on a Python object (~180 instructions), and placing a limit order made about
+    25 of them. A `NewOrder` itself, so that helpers typed for any new order take it too."""
+
+    def __init__(self, owner: str, symbol: str, side: str, order_type: str, tif: str, price: int, quantity: int,
+                 quote_amount: int, stop_price: int, client_order_id: str, stp: str) -> None:
+        self.owner = owner
+        self.symbol = symbol
+        self.side = side
+        self.order_type = order_type
+        self.tif = tif
+        self.price = price
+        self.quantity = quantity
+        self.quote_amount = quote_amount
+        self.stop_price = stop_price
+        self.client_order_id = client_order_id
+        self.stp = stp
+
+
+#: `PlaceOrder`'s fields in the order `_fields_of` reads them by position (checked at import).
+_PLACE_FIELDS: Final = ("owner", "symbol", "side", "order_type", "tif", "price", "quantity", "quote_amount",
+                        "stop_price", "client_order_id", "stp")
+
+
+def _fields_of(c: NewOrder) -> _Placed:
+    """The fields of new order `c`: a `PlaceOrder`'s with one `astuple`, another's (a perpetual's
+    `PlacePerpOrder`) attribute by attribute."""
+    if type(c) is PlaceOrder:
+        t: tuple[str, str, str, str, str, int, int, int, int, str, str] = _ASTUPLE(c)
+        return _Placed(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10])
+    return _Placed(c.owner, c.symbol, c.side, c.order_type, c.tif, c.price, c.quantity, c.quote_amount,
+                   c.stop_price, c.client_order_id, c.stp)
+
+
+if (AmendOrder.__struct_fields__ != _AMEND_FIELDS or CancelOrder.__struct_fields__ != _CANCEL_FIELDS
+        or PlaceOrder.__struct_fields__ != _PLACE_FIELDS):
+    raise ImportError("trading.orders reads PlaceOrder, AmendOrder and CancelOrder by field position: update it")
+
+
 class _Refusal(NamedTuple):
     """Why a new order is refused: a stable reason (`REASONS`), the field at fault, a message."""
 
@@ -168,16 +221,17 @@ def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_r
     mutating, and it does not run the band timer (which may change the market's status). Every
     check runs before the first change (validate, then execute).
     """
-    m = st.markets.get(c.symbol)
+    f = _fields_of(c)
+    m = st.markets.get(f.symbol)
     if m is None:
-        return _reject(ev, "PLACE", c, "UNKNOWN_MARKET", "symbol", f"unknown market {c.symbol!r}")
-    parsed = _parse_order(c)
+        return _reject(ev, "PLACE", c, "UNKNOWN_MARKET", "symbol", f"unknown market {f.symbol!r}")
+    parsed = _parse_order(f)
     if isinstance(parsed, _Refusal):
         return _reject(ev, "PLACE", c, *parsed)
     is_buy, limitish = parsed[0], parsed[4]
     if (m.band_hi or m.out_of_band) and not dry_run:
         _band_watch(m, engine.now_ns, ev)
-    refusal = _market_refusal(m, c, parsed)
+    refusal = _market_refusal(m, f, parsed)
     if refusal is not None:
         return _reject(ev, "PLACE", c, *refusal)
     if m.contract is not None:  # a perpetual: margin in the quote asset (ringfence.derivatives)
@@ -185,9 +239,9 @@ def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_r
         if contract_refusal is not None:
             return _reject(ev, "PLACE", c, *contract_refusal)
     elif limitish:  # a limit buy holds what it can cost at its price, a sell its quantity
-        protect_minor, hold_minor = 0, (c.price * c.quantity // m.base_scale if is_buy else c.quantity)
+        protect_minor, hold_minor = 0, (notional(f.price, f.quantity, m.base_scale) if is_buy else f.quantity)
     else:
-        protect_minor, hold_minor = _protection_and_hold(m, c, parsed)
+        protect_minor, hold_minor = _protection_and_hold(m, f, parsed)
     ledger: Ledger = engine.ledger
     segment = m.segment
     pay_asset, recv_asset = (m.quote, m.base) if is_buy else (m.base, m.quote)
@@ -195,7 +249,7 @@ def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_r
         pay_asset = recv_asset = m.quote
         pay = recv = m.contract.order_wallet
     else:
-        pay, recv = ledger.find_pair(c.owner, pay_asset, recv_asset, "available", segment)
+        pay, recv = ledger.find_pair(f.owner, pay_asset, recv_asset, "available", segment)
     if hold_minor:  # (a perpetual's margin was checked by its contract, which may still move some)
         if pay is None or (m.contract is None and not ledger.can_hold(pay, hold_minor)):
             return _reject(ev, "PLACE", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.")
@@ -207,13 +261,13 @@ def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_r
     if m.contract is not None:
         m.contract.before_hold(engine, m, c)
     if recv is None:
-        recv = ledger.open_account(c.owner, recv_asset, "available", segment)[0]
+        recv = ledger.open_account(f.owner, recv_asset, "available", segment)[0]
     if pay is None:
-        pay = ledger.open_account(c.owner, pay_asset, "available", segment)[0]
-    _open_order(engine, st, m, c, parsed, pay, recv, protect_minor, hold_minor, ev)
+        pay = ledger.open_account(f.owner, pay_asset, "available", segment)[0]
+    _open_order(engine, st, m, f, parsed, pay, recv, protect_minor, hold_minor, ev)
 
 
-def _parse_order(c: NewOrder) -> "_Words | _Refusal":
+def _parse_order(c: _Placed) -> "_Words | _Refusal":
     """The order's own fields, each checked and its words turned into value types (`_Words`).
     Needs no market; changes nothing but the owner-name cache."""
     words = _WORDS.get((c.side, c.order_type, c.tif, c.stp))
@@ -280,12 +334,12 @@ def _word_refusal(c: NewOrder) -> _Refusal:
     return _Refusal("INVALID_PARAMETER", "stp", f"stp must be one of {', '.join(sorted(_STPS))}")
 
 
-def _market_refusal(m: Market, c: NewOrder, words: _Words) -> _Refusal | None:
+def _market_refusal(m: Market, c: _Placed, words: _Words) -> _Refusal | None:
     """The market's rules for a well-formed order: status, tick, lot, band (price and stop price),
     minimum notional, stop trigger, post-only, duplicate client id, open-order and book limits."""
     price_minor, qty_minor, quote_minor, stop_minor = c.price, c.quantity, c.quote_amount, c.stop_price
     is_buy, typ, tif, _, limitish, is_stop = words
-    if m.status != ACTIVE:
+    if m.status is not ACTIVE:
         return _Refusal("MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted")
     tick, scale = m.tick, m.base_scale
     if price_minor % tick:
@@ -293,7 +347,7 @@ def _market_refusal(m: Market, c: NewOrder, words: _Words) -> _Refusal | None:
     if stop_minor % tick:
         return _Refusal("PRICE_NOT_ON_TICK", "stop_price", f"stop_price must be a multiple of the tick size {tick}")
     # The LOT_SIZE filter, tested in line; `_qty_problem` only says what is wrong.
-    if qty_minor and (qty_minor % m.lot or qty_minor < m.min_qty or qty_minor > m.max_qty):
+    if qty_minor and (qty_minor % m.lot or qty_minor < m.min_qty or (qty_minor > m.qty_cap and qty_minor > m.max_qty)):
         problem = _qty_problem(m, qty_minor)
         if problem is not None:
             return _Refusal(problem[0], "quantity", problem[1])
@@ -374,7 +428,7 @@ def _protection_and_hold(m: Market, c: NewOrder, words: _Words) -> tuple[int, in
 
 
 def _open_order(
-    engine: Engine, st: TradingState, m: Market, c: NewOrder, words: _Words,
+    engine: Engine, st: TradingState, m: Market, c: _Placed, words: _Words,
     pay: Any, recv: Any, protect_minor: int, hold_minor: int, ev: list[Event],
 ) -> None:
     """Create the checked order, hold its funds through the ledger, then rest it (a stop) or match it."""
@@ -444,16 +498,18 @@ def _stops_held(engine: Engine, m: Market) -> Callable[[Order], bool] | None:
 
 
 def _cancel(engine: Engine, st: TradingState, c: CancelOrder, ev: list[Event]) -> None:
-    m = st.markets.get(c.symbol)
+    fields: tuple[str, str, int, str] = _ASTUPLE(c)  # (see _CANCEL_FIELDS)
+    owner, symbol, oid, coid = fields
+    m = st.markets.get(symbol)
     if m is None:
-        return _reject(ev, "CANCEL", c, "UNKNOWN_MARKET", "symbol", f"unknown market {c.symbol!r}", c.order_id)
+        return _reject(ev, "CANCEL", c, "UNKNOWN_MARKET", "symbol", f"unknown market {symbol!r}", oid)
     if m.band_hi or m.out_of_band:
         _band_watch(m, engine.now_ns, ev)
     if m.status == HALTED:
-        return _reject(ev, "CANCEL", c, "MARKET_HALTED", "symbol", f"{m.symbol} is HALTED; nothing can change until it is lifted", c.order_id)
-    o = m.orders.get(c.order_id) if c.order_id else (m.coids.get((c.owner, c.client_order_id)) if c.client_order_id else None)
-    if o is None or o.owner != c.owner:
-        return _reject(ev, "CANCEL", c, "UNKNOWN_ORDER", "order_id", "Unknown order sent.", c.order_id)
+        return _reject(ev, "CANCEL", c, "MARKET_HALTED", "symbol", f"{m.symbol} is HALTED; nothing can change until it is lifted", oid)
+    o = m.orders.get(oid) if oid else (m.coids.get((owner, coid)) if coid else None)
+    if o is None or o.owner != owner:
+        return _reject(ev, "CANCEL", c, "UNKNOWN_ORDER", "order_id", "Unknown order sent.", oid)
     resting = _take_out(m, o)
     _close(engine.ledger, m, o, ev, OrderCanceled, "USER_CANCELED", resting)
 
@@ -477,23 +533,33 @@ def _cancel_all(engine: Engine, st: TradingState, c: CancelAll, ev: list[Event])
 
 
 def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> None:
-    m = st.markets.get(c.symbol)
-    oid = c.order_id
+    _amend_at(engine, st, engine.ledger, engine.now_ns, c, ev)
+
+
+def _amend_at(engine: Engine, st: TradingState, ledger: Ledger, now_ns: int, c: AmendOrder, ev: list[Event]) -> None:
+    """Amend, given the engine's ledger and sequencer time (a batch reads them once for all its
+    actions: compiled, each is a generic attribute lookup on the engine, a Python object)."""
+    # (The order id stays the command's own int object: compiled, the events and the order index
+    # take it as it is, where a machine integer is boxed again for each of them.)
+    fields: tuple[str, str, Any, int, int] = _ASTUPLE(c)  # (see _AMEND_FIELDS)
+    owner, symbol, oid_obj, new_price, new_qty = fields
+    oid: int = oid_obj
+    m = st.markets.get(symbol)
     if m is None:
-        return _reject(ev, "AMEND", c, "UNKNOWN_MARKET", "symbol", f"unknown market {c.symbol!r}", oid)
+        return _reject(ev, "AMEND", c, "UNKNOWN_MARKET", "symbol", f"unknown market {symbol!r}", oid)
     if m.band_hi or m.out_of_band:
-        _band_watch(m, engine.now_ns, ev)
-    if m.status != ACTIVE:
+        _band_watch(m, now_ns, ev)
+    if m.status is not ACTIVE:  # (members are singletons: `is` is a pointer test, `!=` compares strings)
         return _reject(ev, "AMEND", c, "MARKET_NOT_ACTIVE", "symbol", f"{m.symbol} is {m.status}; only cancels are accepted", oid)
-    o = m.orders.get(oid)
-    if o is None or o.owner != c.owner:
+    o = m.orders.get(oid_obj)
+    if o is None or o.owner != owner:
         return _reject(ev, "AMEND", c, "UNKNOWN_ORDER", "order_id", "Unknown order sent.", oid)
     if o.level is None:
         return _reject(ev, "AMEND", c, "ORDER_NOT_AMENDABLE", "order_id", "only resting limit orders can be amended", oid)
     if m.contract is not None:
         return _reject(ev, "AMEND", c, "ORDER_NOT_AMENDABLE", "order_id", "perpetual orders cannot be amended yet: cancel and place again", oid)
-    price_minor = c.price or o.price
-    qty_minor = c.quantity or o.qty
+    price_minor = new_price or o.price
+    qty_minor = new_qty or o.qty
     # (Both positive, and the limits (10**30) asked only past 2**61, as in `_parse_order`: a
     # compiled comparison with so large an int takes mypyc's slow path, on every amend.)
     if price_minor <= 0 or qty_minor <= 0 or (
@@ -502,7 +568,8 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
         return _reject(ev, "AMEND", c, "INVALID_PARAMETER", "price" if not 0 < price_minor <= MAX_PRICE else "quantity", "price and quantity must be positive", oid)
     if price_minor % m.tick:
         return _reject(ev, "AMEND", c, "PRICE_NOT_ON_TICK", "price", f"price must be a multiple of the tick size {m.tick}", oid)
-    if qty_minor % m.lot or qty_minor < m.min_qty or qty_minor > m.max_qty:  # LOT_SIZE, in line
+    # LOT_SIZE, in line (`qty_cap` first: a short int, `max_qty` is 10**30 unless set lower)
+    if qty_minor % m.lot or qty_minor < m.min_qty or (qty_minor > m.qty_cap and qty_minor > m.max_qty):
         problem = _qty_problem(m, qty_minor)
         if problem is not None:
             return _reject(ev, "AMEND", c, problem[0], "quantity", problem[1], oid)
@@ -513,37 +580,54 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
     if reprice:
         if m.band_hi and not m.band_lo <= price_minor <= m.band_hi:
             return _reject(ev, "AMEND", c, "PRICE_OUTSIDE_BAND", "price", f"price must lie within {m.band_lo}..{m.band_hi}", oid)
-        if m.min_notional and price_minor * qty_minor // m.base_scale < m.min_notional:
+        if m.min_notional and notional(price_minor, qty_minor, m.base_scale) < m.min_notional:
             return _reject(ev, "AMEND", c, "BELOW_MIN_NOTIONAL", "price", f"price * quantity must be at least {m.min_notional}", oid)
-        if o.type == _LIMIT_MAKER and m.crosses(o.is_buy, price_minor):
+        if o.type is _LIMIT_MAKER and m.crosses(o.is_buy, price_minor):
             return _reject(ev, "AMEND", c, "POST_ONLY_WOULD_TAKE", "price", "a post-only order must not take liquidity", oid)
         # (`level_limit_reached` can only say yes while that side has `max_levels` levels.)
         if len(m.bid_prices if o.is_buy else m.ask_prices) >= m.max_levels and m.level_limit_reached(o.is_buy, price_minor):
             return _reject(ev, "AMEND", c, "BOOK_FULL", "price", f"the {m.symbol} book is at its size limit", oid)
-    ledger: Ledger = engine.ledger
     is_buy = o.is_buy
-    need_minor = leaves_minor * price_minor // m.base_scale if is_buy else leaves_minor
+    need_minor = notional(price_minor, leaves_minor, m.base_scale) if is_buy else leaves_minor
     # The last check is the first change: the ledger resizes the hold to the new need, or refuses
     # (changing nothing) when growing it would overdraw the payer.
     if not ledger.resize_hold_to(o.hold_id, o.pay, need_minor):
         return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
-    # ---- mutated from here on ----
+    _amended(engine, st, ledger, now_ns, m, o, oid_obj, price_minor, qty_minor, leaves_minor, reprice, ev)
+
+
+def _amended(engine: Engine, st: TradingState, ledger: Ledger, now_ns: int, m: Market, o: Order, oid_obj: Any,
+             price_minor: int, qty_minor: int, leaves_minor: int, reprice: bool, ev: list[Event]) -> None:
+    """The checked amend of resting order `o` (its hold already resized): change it in place (a
+    reduction keeps time priority) or re-enter it at the back of its level, trading if it crosses."""
+    is_buy = o.is_buy
     if not reprice and qty_minor <= o.qty:  # a reduction keeps time priority
-        o.level.total -= o.leaves - leaves_minor  # a resting order is always on a level
+        o.level.total -= o.leaves - leaves_minor  # type: ignore[union-attr]  # a resting order is always on a level
         o.leaves = leaves_minor
         o.qty = qty_minor
-        ev.append(OrderAmended(m.symbol, oid, price_minor, qty_minor, leaves_minor, True))
+        ev.append(_ORDER_AMENDED(m.symbol, oid_obj, price_minor, qty_minor, leaves_minor, True))
+        return
+    symbol = m.symbol
+    # Boxed once for both events (compiled, each use of a machine integer as an object boxes it).
+    price_obj: Any = price_minor
+    leaves_obj: Any = leaves_minor
+    ev.append(_ORDER_AMENDED(symbol, oid_obj, price_obj, qty_minor, leaves_obj, False))
+    opposite = m.ask_prices if is_buy else m.bid_prices  # `m.crosses`, in line: a move's hot path
+    if not opposite or (opposite[0] > price_minor if is_buy else opposite[-1] < price_minor):
+        # It does not cross: straight to the back of its new level (the common "move"). (A new
+        # price, or the same price with a larger quantity: `move` needs another level.)
+        if reprice:
+            m.move(o, price_minor, qty_minor, leaves_minor, now_ns)
+        else:
+            m.unlink(o)
+            o.qty, o.leaves = qty_minor, leaves_minor
+            o.ts_ns = now_ns
+            m.rest(o)
+        ev.append(_ORDER_RESTED(symbol, oid_obj, o.owner, _BUY if is_buy else _SELL, price_obj, leaves_obj))
         return
     m.unlink(o)
     o.price, o.qty, o.leaves = price_minor, qty_minor, leaves_minor
-    o.ts_ns = engine.now_ns
-    ev.append(OrderAmended(m.symbol, oid, price_minor, qty_minor, leaves_minor, False))
-    opposite = m.ask_prices if is_buy else m.bid_prices  # `m.crosses`, in line: a move's hot path
-    if not opposite or (opposite[0] > price_minor if is_buy else opposite[-1] < price_minor):
-        # It does not cross: straight to the back of its new level (the common "move").
-        m.rest(o)
-        ev.append(OrderRested(m.symbol, oid, o.owner, _BUY if is_buy else _SELL, price_minor, leaves_minor))
-        return
+    o.ts_ns = now_ns
     m.unindex(o)
     before = st.next_trade_id
     _execute(st, ledger, m, o, ev)
@@ -610,11 +694,13 @@ for _type, _handler in _HANDLERS.items():
 def _batch(engine: Engine, c: TradingBatch) -> list[Event]:
     ev: list[Event] = []
     st: TradingState = engine.components["trading"]
+    ledger: Ledger = engine.ledger
+    now_ns = engine.now_ns
     for action in c.actions:
         # Tested by type in the order of a batch's usual mix (moves first); compiled, each branch
         # is a native call. `_DISPATCH` answers for any other type (none today).
         if type(action) is AmendOrder:
-            _amend(engine, st, action, ev)
+            _amend_at(engine, st, ledger, now_ns, action, ev)
         elif type(action) is PlaceOrder:
             _place(engine, st, action, ev)
         elif type(action) is CancelOrder:
