@@ -53,6 +53,7 @@ from ..errors import JournalCorrupt, RingfenceError, ValidationError
 from ..journal.journal import (GENESIS_HASH, HEADER_SIZE, MAGIC, MAX_PAYLOAD_BYTES, TRAILER_SIZE, Record, nonzero_end,
                                segment_paths)
 from ..ledger.model import SYSTEM_OWNER, TransferFlags
+from ..pacing import CpuPacer
 from ..risk.halts import HALTED, REDUCE_ONLY, WITHDRAWALS_PAUSED, Halt, halts_of
 from ..app import new_engine
 
@@ -304,8 +305,12 @@ def reconcile_chain(
     custody: CustodyView,
     settings: ReconcileSettings,
     heights: Mapping[str, int] | None = None,
+    pace: Callable[[], None] | None = None,
 ) -> tuple[list[ChainRow], list[Mismatch]]:
-    """Compare every wallet's on-chain balance at one height per chain with its custody account."""
+    """Compare every wallet's on-chain balance at one height per chain with its custody account.
+
+    `pace` (a `CpuPacer.tick`) is called after each address's balance read: the reads are at a fixed
+    height, so a pause between them changes nothing they see."""
     rows: list[ChainRow] = []
     mismatches: list[Mismatch] = []
     tips: dict[int, int] = {}
@@ -317,6 +322,8 @@ def reconcile_chain(
         chain_minor = 0
         for address in spec.addresses:
             chain_minor += _balance(spec.adapter, address, height, spec.asset)
+            if pace is not None:
+                pace()
         row = ChainRow(
             spec.wallet, spec.asset, spec.chain, height, chain_minor,
             custody_holdings(ledger, spec.asset, spec.wallet, settings.custody_balance_sign),
@@ -1001,6 +1008,7 @@ class Reconciler:
         settings: ReconcileSettings | None = None,
         incidents: IncidentStore | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        pacer: CpuPacer | None = None,
     ) -> None:
         if wallets and custody is None:
             raise ValidationError("a custody view is needed to reconcile wallets", field="custody")
@@ -1017,6 +1025,13 @@ class Reconciler:
         #: Internal passes that found the engine too busy to line up with the journal (shown in notes).
         self.unaligned_passes = 0
         self.errors: list[str] = []
+        #: In a serving process: the passes' share of the GIL (ringfence/pacing.py), so a pass's
+        #: fold or chain reads never hold up the requests for its whole length. None: full speed.
+        self.pacer = pacer
+
+    def _pace(self, _folded: int = 0) -> None:
+        if self.pacer is not None:
+            self.pacer.tick()
 
     # -------------------------------------------------------------- passes
 
@@ -1028,13 +1043,13 @@ class Reconciler:
         if not self.wallets:
             return [], []
         ledger, custody = self._engine_side()
-        rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings)
+        rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings, pace=self._pace)
         for _ in range(self.settings.confirm_reads - 1):
             if not mismatches:
                 break
             time.sleep(self.settings.confirm_wait_ms / 1000)
             ledger, custody = self._engine_side()
-            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings)
+            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings, pace=self._pace)
             keep = {m.halt_id for m in again}
             mismatches = [m for m in mismatches if m.halt_id in keep]
         return rows, mismatches
@@ -1075,7 +1090,7 @@ class Reconciler:
             # not yet readable (still in the writer's buffer) is waited for, boundedly.
             for _ in range(MAX_ALIGN_TRIES):
                 live = self._stable_live()
-                self.fold.advance(until_seq=live.last_seq)
+                self.fold.advance(self._pace, until_seq=live.last_seq)
                 if self.fold.last_seq == live.last_seq:
                     break
                 time.sleep(0.001)
@@ -1096,6 +1111,8 @@ class Reconciler:
 
     def run_once(self, *, chain: bool = True, internal: bool = True) -> RunReport:
         started = time.perf_counter()
+        if self.pacer is not None:
+            self.pacer.restart()  # the thread waited since its last pass: a fresh slice
         notes: list[str] = []
         rows, mismatches = self.chain_pass() if chain else ([], [])
         reserves = self._reserves(rows)
