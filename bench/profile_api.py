@@ -194,6 +194,8 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
             setattr(owner, meth, _span(spec.rsplit(".", 2)[-2] + "." + meth, getattr(owner, meth)))
 
     def _start(*_):
+        if os.environ.get("RF_PROFILE_GC_YOUNG"):  # --gc-young: try another young-generation threshold
+            gc.set_threshold(int(os.environ["RF_PROFILE_GC_YOUNG"]), *gc.get_threshold()[1:])
         gc_pauses["on"] = True
         timed["on"] = True
         loop = asyncio._get_running_loop()
@@ -360,6 +362,8 @@ def main() -> None:
                         "windows before the slowest calls of the first --timed function, and each thread's largest bursts")
     parser.add_argument("--spans", default="", help="comma-separated MODULE.CLASS.METHOD plain functions (and `custody`: "
                         "each custody worker's step) to time per call, wall clock and the thread's CPU: periodic work's bursts")
+    parser.add_argument("--gc-young", type=int, default=0, help="set the engine's young-generation GC threshold to this "
+                        "when the load starts (an experiment; 0: serve's own)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     print(f"seed={args.seed}", file=sys.stderr)
@@ -371,7 +375,7 @@ def main() -> None:
     os.environ.update(RF_PROFILE_OUT=out, RF_PROFILE_MAIN="1" if args.cprofile else "0", RF_PROFILE_WRAP=args.wrap,
                       RF_PROFILE_STALLS="1" if args.stalls else "0", RF_PROFILE_STALL_MS=str(args.stall_ms), RF_PROFILE_TIMED=args.timed,
                       RF_PROFILE_CPUTRACE="1" if args.cputrace else "0",
-                      RF_PROFILE_SPANS=args.spans)
+                      RF_PROFILE_SPANS=args.spans, RF_PROFILE_GC_YOUNG=str(args.gc_young or ""))
     data = work / "data"
     port = api.free_port()
     server = api.start_server(data, port, args.gateways)

@@ -182,3 +182,13 @@ def test_the_monitoring_scorer_pauses_between_chunks_and_scores_the_same(tmp_pat
     assert counter.restarts == 1 and counter.ticks == 6  # after each chunk of SCORE_CHUNK events
     assert paced.cursor == plain.cursor and paced.alerts_raised == plain.alerts_raised
     assert paced.links.clusters() == plain.links.clusters()
+
+
+def test_a_scorer_a_whole_batch_behind_catches_up_unpaced(tmp_path: Path) -> None:
+    from ringfence.monitoring.service import Monitor, default_rules
+    from ringfence.monitoring.stream import READ_BATCH
+
+    counter = TickCounter()
+    behind = Monitor(_store(tmp_path / "c.sqlite", READ_BATCH + 10), None, default_rules(), pacer=counter)  # type: ignore[arg-type]
+    assert behind.step() == READ_BATCH and counter.ticks == 0 and counter.restarts == 0  # a full batch: no pauses
+    assert behind.step() == 10 and counter.ticks == 1 and counter.restarts == 1  # caught up: paced again

@@ -27,9 +27,10 @@ MAX_SLEEP_US = 50_000
 #: delays the next pass, which is due 5 s after one ends). At half the order capacity the engine's
 #: GIL is ~90% busy: a share above the ~10% left builds a queue while it lasts
 RECONCILER_SHARE_PERMILLE = 100
-#: the monitoring scorer must keep up with the stream it scores (~70 ms of CPU a second at 860
-#: orders/s, 7% of a core): a quarter of a core while it works
-MONITOR_SHARE_PERMILLE = 250
+#: the monitoring scorer (~70 ms of CPU a second at 860 orders/s, 7% of a core; ~12-20 ms a step):
+#: its steps spread over most of the time between polls instead of bursts; a scorer that falls a
+#: whole read batch behind catches up unpaced (monitoring/service.py), so its lag stays bounded
+MONITOR_SHARE_PERMILLE = 100
 
 
 class CpuPacer:

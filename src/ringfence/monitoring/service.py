@@ -181,7 +181,9 @@ class Monitor:
         if not events and not due:
             return 0
         hits = []
-        pacer = self.pacer
+        # paced while it keeps up; a whole batch means it fell behind (a burst of events, a share too
+        # small for the rate): that batch and the next run at full speed until it has caught up
+        pacer = self.pacer if len(events) < READ_BATCH else None
         if pacer is not None:
             pacer.restart()
         for first in range(0, len(events), SCORE_CHUNK):
