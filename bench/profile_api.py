@@ -1,7 +1,19 @@
 """Where the engine process of `serve --demo --gateways K` spends its CPU under bench/api.py's load.
 
 Usage: python bench/profile_api.py [--kind order|ping] [--gateways 1] [--seconds 10] [--cprofile]
-                                   [--wrap MODULE.CLASS.METHOD,...] [--top 40]
+                                   [--wrap MODULE.CLASS.METHOD,...] [--top 40] [--rate N] [--stalls]
+                                   [--timed MODULE.CLASS.METHOD,...] [--spans custody,MODULE.CLASS.METHOD,...]
+                                   [--cputrace] [--gc-young N]
+
+Where the open-loop tail comes from (docs/latency.md, session 17), on the one-process server:
+
+    python bench/profile_api.py --gateways 0 --rate 860 --seconds 15 \
+        --timed ringfence.api.service.Exchange.submit \
+        --spans custody,ringfence.monitoring.service.Monitor.step,ringfence.monitoring.stream.Outbox.flush,\
+ringfence.reconcile.reconciler.Reconciler.internal_pass,ringfence.journal.journal.JournalWriter.append
+
+prints each periodic job's CPU and wall clock per call, and which of them (and which GC pauses) ran
+while the slowest 1% of `submit` calls waited, beside the share of the time each ran at all.
 
 Starts the server with a start-up hook (a `sitecustomize` in a temporary directory put first on
 PYTHONPATH; only the engine process, whose argv has `serve`, installs it), warms it (3 s of the same
