@@ -1,5 +1,5 @@
 """Background work paced to a share of a core (ringfence/pacing.py), and the serving workers that use it:
-the reconciler's fold and chain reads, and the monitoring scorer. Pacing only ever sleeps: what the
+the internal reconciler's fold and the monitoring scorer. Pacing only ever sleeps: what the
 paced work computes is what the unpaced work computes."""
 
 from __future__ import annotations
@@ -123,40 +123,6 @@ def test_the_reconcilers_fold_offers_a_pause_after_every_record_and_folds_the_sa
     assert counter.restarts == 1 and counter.ticks >= records
     assert paced.fold.engine.state_hash() == node.read(lambda e: e.state_hash())
     node.close()
-
-
-def test_the_chain_pass_offers_a_pause_after_every_address_read() -> None:
-    from ringfence.reconcile.reconciler import ReconcileSettings, WalletSpec, reconcile_chain
-
-    class Chain:
-        reads = 0
-
-        def current_height(self) -> int:
-            return 7
-
-        def balance(self, address: str, height: int) -> int:
-            assert height == 7  # every read at the one height: a pause between reads changes nothing read
-            Chain.reads += 1
-            return 5
-
-    class NoFlows:
-        def in_flight_withdrawals(self, asset: str, wallet: str) -> int:
-            return 0
-
-        def pending_deposits(self, asset: str, wallet: str) -> int:
-            return 0
-
-    class Ledger:
-        def find(self, *key: str) -> None:
-            return None
-
-    chain = Chain()
-    specs = [WalletSpec("btc_hot", "BTC", "bitcoin", chain, ("a1", "a2", "a3")), WalletSpec("btc_cold", "BTC", "bitcoin", chain, ("c1",))]
-    counter = TickCounter()
-    rows, _ = reconcile_chain(Ledger(), specs, NoFlows(), ReconcileSettings(), pace=counter.tick)
-    unpaced, _ = reconcile_chain(Ledger(), specs, NoFlows(), ReconcileSettings())
-    assert counter.ticks == 4 == Chain.reads // 2
-    assert [(r.wallet, r.chain_minor) for r in rows] == [(r.wallet, r.chain_minor) for r in unpaced] == [("btc_hot", 15), ("btc_cold", 5)]
 
 
 def _store(path: Path, events: int) -> object:

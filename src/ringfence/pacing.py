@@ -2,11 +2,10 @@
 
 Every thread of the engine process shares one GIL with the event loop that answers requests and the
 sequencer that journals them. A periodic worker that computes for 100 ms at once (the reconciler's
-fold of five seconds of journal, the custody chain pass, the monitoring scorer's batch) takes the
-GIL in 5 ms turns (the interpreter's switch interval) for that whole time, and the requests that
-arrive meanwhile queue: at half the order capacity (the engine's GIL ~90% busy) the backlog of one
-such burst takes many times its length to drain, which is where session 17 found the open-loop p99
-of signed orders (docs/latency.md). `CpuPacer.tick()`, called between small units of the work,
+fold of five seconds of journal, the monitoring scorer's batch) shares the GIL with them, turn by
+turn (serve's switch interval), for that whole time, and the requests that arrive meanwhile queue:
+at half the order capacity (the engine's GIL 70-100% busy) the backlog of one such burst takes many
+times its length to drain (docs/latency.md, session 17). `CpuPacer.tick()`, called between small units of the work,
 sleeps once the thread has used `slice_us` of CPU since it last slept, long enough that the thread
 uses at most `share_permille` of one core while it works: the same work, spread out, and the GIL
 back to the loop within a slice. Invariants: it only ever sleeps (never skips or reorders work), the
@@ -22,10 +21,9 @@ __all__ = ["MAX_SLEEP_US", "MONITOR_SHARE_PERMILLE", "RECONCILER_SHARE_PERMILLE"
 
 #: the longest single pause (a slow slice, e.g. the thread was descheduled, must not park it for long)
 MAX_SLEEP_US = 50_000
-#: the reconcilers (internal fold every 5 s, chain pass every block): a tenth of a core while they
-#: work, so a 140 ms fold takes ~1.4 s of wall clock, inside its 5 s interval (a longer fold only
-#: delays the next pass, which is due 5 s after one ends). At half the order capacity the engine's
-#: GIL is ~90% busy: a share above the ~10% left builds a queue while it lasts
+#: the internal reconciler (a fold of the journal every 5 s): a tenth of a core while it works, so a
+#: 140 ms fold takes ~1.4 s of wall clock, inside its 5 s interval (a longer fold only delays the next pass, which is due 5 s after one ends). At half the order capacity the engine's
+#: GIL is 70-100% busy: a share above what is left builds a queue while it lasts
 RECONCILER_SHARE_PERMILLE = 100
 #: the monitoring scorer (~70 ms of CPU a second at 860 orders/s, 7% of a core; ~12-20 ms a step):
 #: its steps spread over most of the time between polls instead of bursts; a scorer that falls a

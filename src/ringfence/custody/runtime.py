@@ -831,7 +831,6 @@ class CustodyRuntime:
     # ---- workers ------------------------------------------------------------------------------
 
     def start(self, node: Any) -> None:
-        from ..pacing import RECONCILER_SHARE_PERMILLE, CpuPacer
         from ..reconcile.reconciler import Reconciler, ReconcileSettings
         from . import workers as W
         from .kyt import BuiltinScorer, ChainFundingGraph
@@ -870,10 +869,7 @@ class CustodyRuntime:
             self.workers.append(Supervised("rebalancer", self.rebalancer.step, every * 2, lock))
         tolerances = {"ETH": 10**16} if "ethereum" in chains else {}  # gas of token withdrawals in flight
         self.reconciler = Reconciler(_as(node, "worker:reconciler"), wallets=self._wallet_specs(adapters), custody=_InFlightView(node),
-                                     settings=ReconcileSettings(tolerances_minor=tolerances),
-                                     # paced like the internal reconciler: the demo chains' balance reads
-                                     # are ~50 ms of CPU a block (docs/latency.md, session 17)
-                                     pacer=CpuPacer(share_permille=RECONCILER_SHARE_PERMILLE))
+                                     settings=ReconcileSettings(tolerances_minor=tolerances))
         self.workers.append(Supervised("reconcile-chain", self._reconcile, every, lock))
         if hasattr(self.blacklist, "refresh"):  # RINGFENCE_KYT_BLACKLIST: re-read when the file changes
             self.workers.append(Supervised("kyt-blacklist", self.blacklist.refresh, 1000, threading.RLock()))

@@ -305,12 +305,8 @@ def reconcile_chain(
     custody: CustodyView,
     settings: ReconcileSettings,
     heights: Mapping[str, int] | None = None,
-    pace: Callable[[], None] | None = None,
 ) -> tuple[list[ChainRow], list[Mismatch]]:
-    """Compare every wallet's on-chain balance at one height per chain with its custody account.
-
-    `pace` (a `CpuPacer.tick`) is called after each address's balance read: the reads are at a fixed
-    height, so a pause between them changes nothing they see."""
+    """Compare every wallet's on-chain balance at one height per chain with its custody account."""
     rows: list[ChainRow] = []
     mismatches: list[Mismatch] = []
     tips: dict[int, int] = {}
@@ -322,8 +318,6 @@ def reconcile_chain(
         chain_minor = 0
         for address in spec.addresses:
             chain_minor += _balance(spec.adapter, address, height, spec.asset)
-            if pace is not None:
-                pace()
         row = ChainRow(
             spec.wallet, spec.asset, spec.chain, height, chain_minor,
             custody_holdings(ledger, spec.asset, spec.wallet, settings.custody_balance_sign),
@@ -1025,8 +1019,10 @@ class Reconciler:
         #: Internal passes that found the engine too busy to line up with the journal (shown in notes).
         self.unaligned_passes = 0
         self.errors: list[str] = []
-        #: In a serving process: the passes' share of the GIL (ringfence/pacing.py), so a pass's
-        #: fold or chain reads never hold up the requests for its whole length. None: full speed.
+        #: In a serving process: the internal pass's share of the GIL while it folds the journal
+        #: (ringfence/pacing.py), so a fold never holds up the requests for its whole length.
+        #: None: full speed. (The chain pass is not paced: it runs under the custody chain lock,
+        #: which a paused pass would hold from the other custody workers.)
         self.pacer = pacer
 
     def _pace(self, _folded: int = 0) -> None:
@@ -1043,13 +1039,13 @@ class Reconciler:
         if not self.wallets:
             return [], []
         ledger, custody = self._engine_side()
-        rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings, pace=self._pace)
+        rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings)
         for _ in range(self.settings.confirm_reads - 1):
             if not mismatches:
                 break
             time.sleep(self.settings.confirm_wait_ms / 1000)
             ledger, custody = self._engine_side()
-            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings, pace=self._pace)
+            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings)
             keep = {m.halt_id for m in again}
             mismatches = [m for m in mismatches if m.halt_id in keep]
         return rows, mismatches
