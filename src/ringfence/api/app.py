@@ -434,9 +434,8 @@ def create_app(
         if reconcile_every_ms:
             # Continuous internal reconciliation: a second code path folds the journal and compares
             # it with the live engine; a mismatch is submitted as a Halt command (docs/reconcile.md).
-            from ..reconcile.reconciler import Reconciler
-
             from ..pacing import RECONCILER_SHARE_PERMILLE, CpuPacer
+            from ..reconcile.reconciler import Reconciler
 
             # paced: its fold of five seconds of journal is ~100+ ms of CPU at a few hundred orders
             # a second, which held the GIL from the requests in one burst (docs/latency.md, session 17)
