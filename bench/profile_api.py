@@ -1,7 +1,19 @@
 """Where the engine process of `serve --demo --gateways K` spends its CPU under bench/api.py's load.
 
 Usage: python bench/profile_api.py [--kind order|ping] [--gateways 1] [--seconds 10] [--cprofile]
-                                   [--wrap MODULE.CLASS.METHOD,...] [--top 40]
+                                   [--wrap MODULE.CLASS.METHOD,...] [--top 40] [--rate N] [--stalls]
+                                   [--timed MODULE.CLASS.METHOD,...] [--spans custody,MODULE.CLASS.METHOD,...]
+                                   [--cputrace] [--gc-young N]
+
+Where the open-loop tail comes from (docs/latency.md, session 17), on the one-process server:
+
+    python bench/profile_api.py --gateways 0 --rate 860 --seconds 15 \
+        --timed ringfence.api.service.Exchange.submit \
+        --spans custody,ringfence.monitoring.service.Monitor.step,ringfence.monitoring.stream.Outbox.flush,\
+ringfence.reconcile.reconciler.Reconciler.internal_pass,ringfence.journal.journal.JournalWriter.append
+
+prints each periodic job's CPU and wall clock per call, and which of them (and which GC pauses) ran
+while the slowest 1% of `submit` calls waited, beside the share of the time each ran at all.
 
 Starts the server with a start-up hook (a `sitecustomize` in a temporary directory put first on
 PYTHONPATH; only the engine process, whose argv has `serve`, installs it), warms it (3 s of the same
@@ -75,6 +87,7 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
         row["max_us"] = max(row["max_us"], us)
         if len(row["pauses_us"]) < 20_000:
             row["pauses_us"].append(us)
+            gc_pauses.setdefault("at", []).append((gc_pauses["started"], us * 1000, info["generation"]))
 
     gc.callbacks.append(_gc_watch)
 
@@ -122,13 +135,30 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
             loop.call_later(0.001, _beat, loop)
 
     # --timed: how long each call of the named coroutine functions took, wall clock, awaits included
-    timed = {"on": False, "ns": {}, "orig": []}
+    timed = {"on": False, "ns": {}, "starts": {}, "orig": []}
+
+    # --cputrace: every 20 ms, each thread's CPU time so far (/proc/self/task/TID/schedstat, ns): which
+    # thread burned the CPU in the windows before a slow request (a burst, not an average)
+    cputrace = {"on": False, "rows": []}
+
+    def _cpu_tracer():
+        while cputrace["on"]:
+            row = {}
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    with open(f"/proc/self/task/{tid}/schedstat") as fh:
+                        row[tid] = int(fh.read().split()[0])
+                except OSError:
+                    pass
+            cputrace["rows"].append((time.perf_counter_ns(), row))
+            time.sleep(0.02)
 
     def _time(spec):
         mod, cls, meth = spec.rsplit(".", 2)
         owner = getattr(importlib.import_module(mod), cls)
         orig = getattr(owner, meth)
         samples = timed["ns"].setdefault(spec, [])
+        starts = timed["starts"].setdefault(spec, [])
 
         async def wrapped(*a, **k):
             started = time.perf_counter_ns()
@@ -137,6 +167,7 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
             finally:
                 if timed["on"] and len(samples) < 200_000:
                     samples.append(time.perf_counter_ns() - started)
+                    starts.append(started)
 
         setattr(owner, meth, wrapped)
         timed["orig"].append((owner, meth, orig))
@@ -144,7 +175,39 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
     for spec in filter(None, os.environ.get("RF_PROFILE_TIMED", "").split(",")):
         _time(spec)  # at start-up, before the app holds references to them
 
+    # --spans: wall clock and the calling thread's CPU of each call of the named plain functions
+    # (MODULE.CLASS.METHOD), and of every custody worker's step: the periodic work's bursts
+    spans = {"on": False, "rows": {}}
+
+    def _span(name, fn):
+        rows = spans["rows"].setdefault(name, [])
+
+        def wrapped(*a, **k):
+            w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+            try:
+                return fn(*a, **k)
+            finally:
+                if spans["on"] and len(rows) < 100_000:
+                    rows.append((w0, time.perf_counter_ns() - w0, time.thread_time_ns() - c0))
+        return wrapped
+
+    if os.environ.get("RF_PROFILE_SPANS"):
+        for spec in filter(None, os.environ["RF_PROFILE_SPANS"].split(",")):
+            if spec == "custody":
+                sup = importlib.import_module("ringfence.custody.runtime").Supervised
+                init = sup.__init__
+
+                def _init(self, name, step, *a, _init=init, **k):
+                    _init(self, name, _span("custody-" + name, step), *a, **k)
+                sup.__init__ = _init
+                continue
+            mod, cls, meth = spec.rsplit(".", 2)
+            owner = getattr(importlib.import_module(mod), cls)
+            setattr(owner, meth, _span(spec.rsplit(".", 2)[-2] + "." + meth, getattr(owner, meth)))
+
     def _start(*_):
+        if os.environ.get("RF_PROFILE_GC_YOUNG"):  # --gc-young: try another young-generation threshold
+            gc.set_threshold(int(os.environ["RF_PROFILE_GC_YOUNG"]), *gc.get_threshold()[1:])
         gc_pauses["on"] = True
         timed["on"] = True
         loop = asyncio._get_running_loop()
@@ -152,6 +215,10 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
             stalls["on"] = True
             _beat(loop)
             threading.Thread(target=_sampler, name="profile-stall-sampler", daemon=True).start()
+        spans["on"] = True
+        if os.environ.get("RF_PROFILE_CPUTRACE") == "1":
+            cputrace["on"] = True
+            threading.Thread(target=_cpu_tracer, name="profile-cpu-tracer", daemon=True).start()
         if os.environ.get("RF_PROFILE_MAIN") == "1":
             state["main"] = cProfile.Profile()
             state["main"].enable()
@@ -163,13 +230,21 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
         gc_pauses["on"] = False
         stalls["on"] = False
         timed["on"] = False
+        cputrace["on"] = False
+        spans["on"] = False
+        with open(out + ".spans.json", "w") as fh:
+            json.dump(spans["rows"], fh)
         with open(out + ".timed.json", "w") as fh:
             json.dump(timed["ns"], fh)
+        with open(out + ".starts.json", "w") as fh:
+            json.dump(timed["starts"], fh)
+        with open(out + ".cputrace.json", "w") as fh:
+            json.dump(cputrace["rows"], fh)
         time.sleep(0.01)
         with open(out + ".stalls.json", "w") as fh:
             json.dump(stalls["found"], fh)
         with open(out + ".gc.json", "w") as fh:
-            json.dump({"by_gen": gc_pauses["by_gen"], "threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),
+            json.dump({"by_gen": gc_pauses["by_gen"], "at": gc_pauses.get("at", []), "threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),
                        "tracked_now": len(gc.get_objects())}, fh)
         if state["main"] is not None:
             state["main"].disable()
@@ -216,6 +291,69 @@ def print_stalls(found: list[dict], seconds: float) -> None:  # float-ok: second
             print(f"    {n:5d}  {where}")
 
 
+def print_overlaps(spans: dict, starts: dict, durations: dict, gc_at: list) -> None:
+    """For the slowest calls of the first timed function (say Exchange.submit): the spans of periodic
+    work and the cyclic GC's pauses that ran while each call waited, and how many of the slowest 1% of
+    calls overlapped each kind of span: where the tail comes from, span by span."""
+    spec = next(iter(starts), None)
+    if spec is None:
+        return
+    calls = sorted(zip(durations[spec], starts[spec]), reverse=True)
+    intervals = [(name, w0, w0 + wall, cpu) for name, rows in spans.items() for w0, wall, cpu in rows]
+    intervals += [(f"gc-gen{gen}", t0, t0 + ns, ns) for t0, ns, gen in gc_at]
+    slowest = calls[:max(1, len(calls) // 100)]
+    counts: dict[str, int] = {}
+    for dur, start in slowest:
+        for name in {n for n, a, b, _ in intervals if a < start + dur and b > start}:
+            counts[name] = counts.get(name, 0) + 1
+    print(f"the slowest 1% of {spec} ({len(slowest)} calls, from {slowest[-1][0] / 1e6:.1f} ms): how many overlapped each "
+          "kind of periodic work (wall-clock overlap)")
+    span_s = max(1, max(st for _, st in calls) - min(st for _, st in calls)) / 1e9
+    for name, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        busy_s = sum(b - a for nm, a, b, _ in intervals if nm == name) / 1e9
+        print(f"  {n:5d}  {name} (running {100 * busy_s / span_s:.0f}% of the time)")
+    print(f"  {sum(1 for dur, start in slowest if not any(a < start + dur and b > start for _, a, b, _ in intervals)):5d}  none of them")
+
+
+def print_cputrace(rows: list, starts: dict, durations: dict, names: dict) -> None:
+    """Each thread's CPU in 50 ms windows: the busiest windows of each background thread, and what
+    every thread burned in the 100 ms before each of the slowest calls of the first timed function."""
+    window_ns = 50_000_000
+    if len(rows) < 2:
+        return
+    t0 = rows[0][0]
+    per_window: dict[int, dict[str, float]] = {}  # float-ok: ms of CPU
+    for (_, a), (tb, b) in zip(rows, rows[1:]):
+        w = (tb - t0) // window_ns
+        bucket = per_window.setdefault(w, {})
+        for tid, ns in b.items():
+            name = names.get(tid, tid)
+            bucket[name] = bucket.get(name, 0.0) + (ns - a.get(tid, ns)) / 1e6
+    print(f"CPU bursts per thread (ms of CPU in a 50 ms window; {len(per_window)} windows):")
+    threads = sorted({n for b in per_window.values() for n in b})
+    for name in threads:
+        ms = sorted((b.get(name, 0.0) for b in per_window.values()), reverse=True)
+        if ms[0] >= 2:
+            print(f"  {name:32s} max {ms[0]:5.1f}, then " + ", ".join(f"{x:.1f}" for x in ms[1:6])
+                  + f"; windows over 10 ms: {sum(1 for x in ms if x > 10)}")
+    spec = next(iter(starts), None)
+    if spec is None:
+        return
+    calls = sorted(zip(durations[spec], starts[spec]), reverse=True)
+    shown: set[int] = set()
+    print(f"the slowest calls of {spec} and the CPU of each thread in the windows from 100 ms before:")
+    for dur, start in calls:
+        w = (start - t0) // window_ns
+        if w in shown or w - 1 in shown or w + 1 in shown or len(shown) >= 8:
+            continue
+        shown.add(w)
+        print(f"  {dur / 1e6:6.1f} ms at {(start - t0) / 1e9:6.2f} s:")
+        for ww in range(w - 2, w + 2):
+            bucket = per_window.get(ww, {})
+            top = sorted(bucket.items(), key=lambda kv: -kv[1])[:6]
+            print(f"      window {ww - w:+d}: " + ", ".join(f"{n} {ms:.1f}" for n, ms in top if ms >= 0.5))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=("order", "ping"), default="order")
@@ -230,6 +368,14 @@ def main() -> None:
     parser.add_argument("--timed", default="", help="comma-separated MODULE.CLASS.METHOD coroutine functions to time "
                         "(wall clock per call, awaits included), e.g. ringfence.api.relay.EngineRelay._run,"
                         "ringfence.api.service.Exchange.submit: where a request's latency is spent inside the engine")
+    parser.add_argument("--rate", type=float, default=0.0, help="offer the load open loop at this many requests/s "  # float-ok
+                        "(latency from each request's scheduled time, as bench/api.py's open-loop figure); 0: closed loop")
+    parser.add_argument("--cputrace", action="store_true", help="with --timed: each thread's CPU every 20 ms; prints the "
+                        "windows before the slowest calls of the first --timed function, and each thread's largest bursts")
+    parser.add_argument("--spans", default="", help="comma-separated MODULE.CLASS.METHOD plain functions (and `custody`: "
+                        "each custody worker's step) to time per call, wall clock and the thread's CPU: periodic work's bursts")
+    parser.add_argument("--gc-young", type=int, default=0, help="set the engine's young-generation GC threshold to this "
+                        "when the load starts (an experiment; 0: serve's own)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     print(f"seed={args.seed}", file=sys.stderr)
@@ -239,7 +385,9 @@ def main() -> None:
     out = str(work / "profile")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(work / "hook"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     os.environ.update(RF_PROFILE_OUT=out, RF_PROFILE_MAIN="1" if args.cprofile else "0", RF_PROFILE_WRAP=args.wrap,
-                      RF_PROFILE_STALLS="1" if args.stalls else "0", RF_PROFILE_STALL_MS=str(args.stall_ms), RF_PROFILE_TIMED=args.timed)
+                      RF_PROFILE_STALLS="1" if args.stalls else "0", RF_PROFILE_STALL_MS=str(args.stall_ms), RF_PROFILE_TIMED=args.timed,
+                      RF_PROFILE_CPUTRACE="1" if args.cputrace else "0",
+                      RF_PROFILE_SPANS=args.spans, RF_PROFILE_GC_YOUNG=str(args.gc_young or ""))
     data = work / "data"
     port = api.free_port()
     server = api.start_server(data, port, args.gateways)
@@ -249,7 +397,7 @@ def main() -> None:
         api.run_http(base, args.kind, keys, 3, 1, 32, args.seed + 100)  # warm
         before = thread_cpu_s(server.pid)
         server.send_signal(signal.SIGUSR1)
-        result = api.run_http_cpu(server, base, args.kind, keys, args.seconds, 1, 32, args.seed)
+        result = api.run_http_cpu(server, base, args.kind, keys, args.seconds, 1, 32, args.seed, rate_per_s=args.rate)
         server.send_signal(signal.SIGUSR2)
         after = thread_cpu_s(server.pid)
         deadline = time.time() + 30
@@ -261,7 +409,8 @@ def main() -> None:
         server.wait(60)
     n = max(1, result["ok"])
     print(json.dumps({"kind": args.kind, "gateways": args.gateways, "load_average_1m": round(os.getloadavg()[0], 2),
-                      **{k: result[k] for k in ("throughput_per_s", "p50_us", "p99_us", "cpu_us_per_request", "statuses")}}))
+                      **{k: result.get(k) for k in ("throughput_per_s", "p50_us", "p99_us", "p999_us", "max_send_lag_us", "cpu_us_per_request",
+                                                 "statuses")}}))
     rows = sorted((((after[t] - before.get(t, 0.0)) * 1e6 / n), names.get(t, t)) for t in after)
     print("engine process CPU per request, by thread:")
     for us, name in reversed(rows):
@@ -284,6 +433,23 @@ def main() -> None:
             ordered = sorted(samples) or [0]
             p50, p90, p99 = (ordered[min(len(ordered) - 1, len(ordered) * q // 1000)] / 1e6 for q in (500, 900, 990))
             print(f"  {spec}: {len(samples)} calls, p50 {p50:.1f}, p90 {p90:.1f}, p99 {p99:.1f}, max {ordered[-1] / 1e6:.1f}")
+    span_file = Path(out + ".spans.json")
+    if args.spans and span_file.exists():
+        print("periodic work (per call: wall clock and the calling thread's CPU, ms):")
+        for name, rows in sorted(json.loads(span_file.read_text()).items()):
+            if not rows:
+                continue
+            cpu = sorted(r[2] / 1e6 for r in rows)
+            wall = sorted(r[1] / 1e6 for r in rows)
+            print(f"  {name:44s} {len(rows):6d} calls, CPU {sum(cpu):8.1f} in all, p50 {cpu[len(cpu) // 2]:6.2f}, "
+                  f"max {cpu[-1]:6.1f}; wall max {wall[-1]:6.1f}; calls over 5 ms of CPU: {sum(1 for c in cpu if c > 5)}")
+    if args.spans and span_file.exists() and timed_file.exists():
+        print_overlaps(json.loads(span_file.read_text()), json.loads(Path(out + ".starts.json").read_text()),
+                       json.loads(timed_file.read_text()), json.loads(gc_file.read_text()).get("at", []) if gc_file.exists() else [])
+    trace_file = Path(out + ".cputrace.json")
+    if args.cputrace and trace_file.exists():
+        print_cputrace(json.loads(trace_file.read_text()), json.loads(Path(out + ".starts.json").read_text()),
+                       json.loads(timed_file.read_text()), names)
     stall_file = Path(out + ".stalls.json")
     if args.stalls and stall_file.exists():
         print_stalls(json.loads(stall_file.read_text()), args.seconds)

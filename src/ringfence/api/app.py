@@ -385,6 +385,7 @@ def create_app(
     if identity_ctx is not None and monitoring_poll_ms:  # monitoring: the event stream and rules (docs/monitoring.md)
         from ..monitoring.service import Monitor, load_rules
         from ..monitoring.stream import engine_subscriber, relay_recovered
+        from ..pacing import MONITOR_SHARE_PERMILLE, CpuPacer
 
         from .demo import MARKET_MAKER
 
@@ -392,7 +393,8 @@ def create_app(
                           flush_ms=monitoring_flush_ms,
                           geoip=monitoring_geoip, identity=identity_ctx,
                           # the demo's market maker: every demo trade is against it, which links nobody
-                          liquidity_accounts=(MARKET_MAKER,) if getattr(identity_ctx, "demo", False) else ())
+                          liquidity_accounts=(MARKET_MAKER,) if getattr(identity_ctx, "demo", False) else (),
+                          pacer=CpuPacer(share_permille=MONITOR_SHARE_PERMILLE))
         exchange.batch_subscribers.append(engine_subscriber(exchange, monitor.outbox))
         relay_recovered(exchange, monitor.outbox, identity_ctx.store)  # what a crash kept from the stream, from the journal
     hub = StreamHub(exchange, gate.listen_keys)
@@ -432,9 +434,12 @@ def create_app(
         if reconcile_every_ms:
             # Continuous internal reconciliation: a second code path folds the journal and compares
             # it with the live engine; a mismatch is submitted as a Halt command (docs/reconcile.md).
+            from ..pacing import RECONCILER_SHARE_PERMILLE, CpuPacer
             from ..reconcile.reconciler import Reconciler
 
-            reconciler = Reconciler(exchange.node)
+            # paced: its fold of five seconds of journal is ~100+ ms of CPU at a few hundred orders
+            # a second, which held the GIL from the requests in one burst (docs/latency.md, session 17)
+            reconciler = Reconciler(exchange.node, pacer=CpuPacer(share_permille=RECONCILER_SHARE_PERMILLE))
             reconciler_state["reconciler"] = reconciler
 
             def keep(report: Any) -> None:

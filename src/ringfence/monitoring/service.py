@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from ..store import Store
 from ..store.models import MonitoringAlert, MonitoringCase, MonitoringCursor, MonitoringEvent
 from ..errors import ConfigError
+from ..pacing import CpuPacer
 from .cases import store_hits
 from .events import Event
 from .feedback import LABELS, MAX_WEIGHT, MIN_WEIGHT, STEP, Decision, decisions_after, learn
@@ -42,10 +43,17 @@ def load_rules(path: str) -> RuleSet:
     return parse_rules(Path(path).read_text()) if path else default_rules()
 
 
+#: events scored per hold of the links' lock (and between the pacer's looks at the clock)
+SCORE_CHUNK = 64
+
+
 class Monitor:
     def __init__(self, store: Store, exchange: Any, ruleset: RuleSet, *, poll_ms: int = 200, flush_ms: int = 100, geoip: str = "",
-                 liquidity_accounts: tuple[str, ...] = (), identity: Any = None) -> None:
+                 liquidity_accounts: tuple[str, ...] = (), identity: Any = None, pacer: CpuPacer | None = None) -> None:
         self.store = store
+        #: In a serving process: the scorer's share of the GIL while it scores a batch (ringfence/pacing.py);
+        #: a batch of a quarter second of orders was ~15-28 ms of CPU in one burst (docs/latency.md, session 17)
+        self.pacer = pacer
         self.identity = identity  # the identity service's context: account actions go through its API (cases.py)
         self.geoip: GeoIP | None = None
         if geoip:
@@ -173,10 +181,18 @@ class Monitor:
         if not events and not due:
             return 0
         hits = []
-        with self._links_lock:
-            for e in events:
-                hits.extend(self.scorer.process(e))
-                self.links.add(e)
+        # paced while it keeps up; a whole batch means it fell behind (a burst of events, a share too
+        # small for the rate): that batch and the next run at full speed until it has caught up
+        pacer = self.pacer if len(events) < READ_BATCH else None
+        if pacer is not None:
+            pacer.restart()
+        for first in range(0, len(events), SCORE_CHUNK):
+            with self._links_lock:  # released between chunks: a paused scorer holds up no reader of the links
+                for e in events[first:first + SCORE_CHUNK]:
+                    hits.extend(self.scorer.process(e))
+                    self.links.add(e)
+            if pacer is not None:
+                pacer.tick()
         cursor = events[-1].id if events else self.cursor
         if due:
             hits.extend(self._flagged_clusters(events[-1].at_ms if events else now_ms))

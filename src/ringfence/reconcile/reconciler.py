@@ -53,6 +53,7 @@ from ..errors import JournalCorrupt, RingfenceError, ValidationError
 from ..journal.journal import (GENESIS_HASH, HEADER_SIZE, MAGIC, MAX_PAYLOAD_BYTES, TRAILER_SIZE, Record, nonzero_end,
                                segment_paths)
 from ..ledger.model import SYSTEM_OWNER, TransferFlags
+from ..pacing import CpuPacer
 from ..risk.halts import HALTED, REDUCE_ONLY, WITHDRAWALS_PAUSED, Halt, halts_of
 from ..app import new_engine
 
@@ -1001,6 +1002,7 @@ class Reconciler:
         settings: ReconcileSettings | None = None,
         incidents: IncidentStore | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        pacer: CpuPacer | None = None,
     ) -> None:
         if wallets and custody is None:
             raise ValidationError("a custody view is needed to reconcile wallets", field="custody")
@@ -1017,6 +1019,15 @@ class Reconciler:
         #: Internal passes that found the engine too busy to line up with the journal (shown in notes).
         self.unaligned_passes = 0
         self.errors: list[str] = []
+        #: In a serving process: the internal pass's share of the GIL while it folds the journal
+        #: (ringfence/pacing.py), so a fold never holds up the requests for its whole length.
+        #: None: full speed. (The chain pass is not paced: it runs under the custody chain lock,
+        #: which a paused pass would hold from the other custody workers.)
+        self.pacer = pacer
+
+    def _pace(self, _folded: int = 0) -> None:
+        if self.pacer is not None:
+            self.pacer.tick()
 
     # -------------------------------------------------------------- passes
 
@@ -1075,7 +1086,7 @@ class Reconciler:
             # not yet readable (still in the writer's buffer) is waited for, boundedly.
             for _ in range(MAX_ALIGN_TRIES):
                 live = self._stable_live()
-                self.fold.advance(until_seq=live.last_seq)
+                self.fold.advance(self._pace, until_seq=live.last_seq)
                 if self.fold.last_seq == live.last_seq:
                     break
                 time.sleep(0.001)
@@ -1096,6 +1107,8 @@ class Reconciler:
 
     def run_once(self, *, chain: bool = True, internal: bool = True) -> RunReport:
         started = time.perf_counter()
+        if self.pacer is not None:
+            self.pacer.restart()  # the thread waited since its last pass: a fresh slice
         notes: list[str] = []
         rows, mismatches = self.chain_pass() if chain else ([], [])
         reserves = self._reserves(rows)
