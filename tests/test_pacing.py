@@ -5,6 +5,7 @@ paced work computes is what the unpaced work computes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -125,6 +126,74 @@ def test_the_reconcilers_fold_offers_a_pause_after_every_record_and_folds_the_sa
     node.close()
 
 
+def _ledger_node(tmp_path: Path, records: int) -> object:
+    """A node with an asset, an account and `records` journal records of one transfer each."""
+    from ringfence.app import new_node
+    from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
+    from ringfence.ledger.model import Transfer
+
+    node = new_node(tmp_path, fsync=False)
+    node.open()
+    node.execute_many([RegisterAsset("BTC", 8, "crypto", "bitcoin"), OpenAccount("a", "BTC")])
+    world = node.read(lambda e: e.ledger.world("BTC").id)
+    a = node.read(lambda e: e.ledger.get("a", "BTC").id)
+    for i in range(records):
+        node.execute_many([CreateTransfers([Transfer(10 + i, world, a, 100)])])
+    return node
+
+
+def test_a_paced_fold_ends_at_the_next_record_once_the_server_is_stopping(tmp_path: Path) -> None:
+    """serve's lifespan sets `stop`, joins the reconciler for 10 s, then closes the exchange: a fold
+    in progress must not go on folding and pausing after `stop` (code review, session 17)."""
+    import threading
+
+    from ringfence.reconcile.reconciler import Reconciler
+
+    node: Any = _ledger_node(tmp_path, 20)
+    stop = threading.Event()
+    t = FakeThread()
+    after_stop: list[int] = []
+
+    def sleep(seconds: float) -> None:  # float-ok: time.sleep's argument
+        if stop.is_set():
+            after_stop.append(round(seconds * 1e6))
+        stop.set()  # shutdown begins during the first pause
+
+    def cpu_ns() -> int:  # each look at the clock: a millisecond of work (every record fills a slice)
+        t.work(1_000)
+        return t.cpu_ns
+
+    reconciler = Reconciler(node, pacer=CpuPacer(slice_us=100, share_permille=100, cpu_ns=cpu_ns, sleep=sleep))
+    reconciler.run_forever(stop, poll_ms=10, internal_every_ms=100)
+    assert stop.is_set() and after_stop == []
+    assert 0 < reconciler.fold.last_seq < node.last_seq  # it stopped inside the fold
+    node.close()
+
+
+def test_a_fold_far_behind_catches_up_unpaced_then_is_paced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first pass after a start folds the journal from genesis: at a tenth of a core that would
+    leave the exchange without internal reconciliation for minutes (code review, session 17)."""
+    from ringfence.reconcile import reconciler as rec
+    from ringfence.reconcile.reconciler import Reconciler
+
+    node: Any = _ledger_node(tmp_path, 12)
+    monkeypatch.setattr(rec, "PACE_ONLY_WITHIN", 5)
+    counter = TickCounter()
+    paced = Reconciler(node, pacer=counter)  # type: ignore[arg-type]
+    assert paced.run_once(chain=False).mismatches == []
+    assert paced.fold.last_seq == node.last_seq > 5 and counter.ticks == 0  # 14 behind: full speed
+    world = node.read(lambda e: e.ledger.world("BTC").id)
+    a = node.read(lambda e: e.ledger.get("a", "BTC").id)
+    from ringfence.ledger.commands import CreateTransfers
+    from ringfence.ledger.model import Transfer
+
+    for i in range(3):
+        node.execute_many([CreateTransfers([Transfer(100 + i, world, a, 1)])])
+    assert paced.run_once(chain=False).mismatches == []
+    assert paced.fold.last_seq == node.last_seq and counter.ticks >= 3  # 3 behind: paced
+    node.close()
+
+
 def _store(path: Path, events: int) -> object:
     from ringfence.monitoring.stream import add_in_tx
     from ringfence.store import Store
@@ -158,3 +227,14 @@ def test_a_scorer_a_whole_batch_behind_catches_up_unpaced(tmp_path: Path) -> Non
     behind = Monitor(_store(tmp_path / "c.sqlite", READ_BATCH + 10), None, default_rules(), pacer=counter)  # type: ignore[arg-type]
     assert behind.step() == READ_BATCH and counter.ticks == 0 and counter.restarts == 0  # a full batch: no pauses
     assert behind.step() == 10 and counter.ticks == 1 and counter.restarts == 1  # caught up: paced again
+
+
+def test_a_stopping_scorer_takes_its_last_step_unpaced(tmp_path: Path) -> None:
+    """`Monitor.stop()` scores what the outbox wrote last on the caller's thread, in serve the
+    event loop: no pauses there (code review, session 17)."""
+    from ringfence.monitoring.service import SCORE_CHUNK, Monitor, default_rules
+
+    counter = TickCounter()
+    monitor = Monitor(_store(tmp_path / "d.sqlite", 3 * SCORE_CHUNK), None, default_rules(), pacer=counter)  # type: ignore[arg-type]
+    monitor.stop()  # never started: stop() still takes the last step
+    assert monitor.cursor > 0 and counter.ticks == 0 and counter.restarts == 0

@@ -119,7 +119,7 @@ class Monitor:
         self.outbox.stop()
         if self._thread is not None:
             self._thread.join(10)
-        self.step()  # what the outbox wrote last
+        self.step()  # what the outbox wrote last (unpaced: `_stop` is set; the caller may be the event loop)
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_ms / 1000):
@@ -183,7 +183,7 @@ class Monitor:
         hits = []
         # paced while it keeps up; a whole batch means it fell behind (a burst of events, a share too
         # small for the rate): that batch and the next run at full speed until it has caught up
-        pacer = self.pacer if len(events) < READ_BATCH else None
+        pacer = self.pacer if len(events) < READ_BATCH and not self._stop.is_set() else None
         if pacer is not None:
             pacer.restart()
         for first in range(0, len(events), SCORE_CHUNK):

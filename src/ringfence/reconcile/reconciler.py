@@ -107,9 +107,20 @@ RULES: dict[str, Rule] = {
 
 #: How often one internal pass tries to read the live engine and the journal at the same sequence.
 MAX_ALIGN_TRIES = 200
+#: The internal pass's fold is paced (`Reconciler.pacer`) only while it is at most this many
+#: commands behind the live sequence when it starts: five seconds of journal at the rates a paced
+#: fold keeps up with. Further behind (a start, a burst) it folds at full speed and catches up.
+PACE_ONLY_WITHIN = 20_000
+
 #: A mismatch list longer than this is cut (and says so): the first ones name the problem.
 MAX_MISMATCHES = 1_000
 MAX_EVIDENCE_ITEMS = 20
+
+
+class _Stopped(Exception):
+    """`run_forever`'s stop was set while a paced fold ran: the pass ends there."""
+
+
 #: Transfer `code` that marks a deposit credit made with `CreateTransfers`; `user_data` is the
 #: deposit key (e.g. a hash of txid:index). The custody flow's own command carries txid/index.
 DEPOSIT_TRANSFER_CODE = 1001
@@ -1024,9 +1035,18 @@ class Reconciler:
         #: None: full speed. (The chain pass is not paced: it runs under the custody chain lock,
         #: which a paused pass would hold from the other custody workers.)
         self.pacer = pacer
+        #: Whether this pass's fold is paced: not while it catches up from far behind (the first
+        #: pass after a start folds the journal from genesis: at a tenth of a core that would leave
+        #: the exchange without internal reconciliation for minutes), only the few seconds of
+        #: journal a pass folds while it keeps up (`PACE_ONLY_WITHIN`).
+        self._pacing = True
+        #: `run_forever`'s stop event: a fold in progress ends at its next record once it is set.
+        self._stopping: threading.Event | None = None
 
     def _pace(self, _folded: int = 0) -> None:
-        if self.pacer is not None:
+        if self._stopping is not None and self._stopping.is_set():
+            raise _Stopped
+        if self.pacer is not None and self._pacing:
             self.pacer.tick()
 
     # -------------------------------------------------------------- passes
@@ -1086,6 +1106,7 @@ class Reconciler:
             # not yet readable (still in the writer's buffer) is waited for, boundedly.
             for _ in range(MAX_ALIGN_TRIES):
                 live = self._stable_live()
+                self._pacing = live.last_seq - self.fold.last_seq <= PACE_ONLY_WITHIN
                 self.fold.advance(self._pace, until_seq=live.last_seq)
                 if self.fold.last_seq == live.last_seq:
                     break
@@ -1186,6 +1207,7 @@ class Reconciler:
         if not 10 <= poll_ms <= 60_000 or not 100 <= internal_every_ms <= 600_000:
             raise ValidationError("poll_ms must be 10..60000 and internal_every_ms 100..600000", field="poll_ms")
         next_internal = 0.0  # float-ok: monotonic seconds
+        self._stopping = stop
         while not stop.is_set():
             due_internal = time.monotonic() >= next_internal
             try:
@@ -1195,6 +1217,8 @@ class Reconciler:
                         next_internal = time.monotonic() + internal_every_ms / 1000
                     if on_report is not None:
                         on_report(report)
+            except _Stopped:
+                return  # stopping: a fold in progress ends at its next record
             except JournalCorrupt:
                 raise  # the journal itself is broken: stop loudly, recovery must look at it
             except Exception as err:  # a chain RPC down must not stop reconciliation of the rest
