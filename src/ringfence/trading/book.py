@@ -357,10 +357,11 @@ class Market:
         level.count += 1
         self.book_orders += 1
 
-    def unlink(self, o: Order) -> None:
-        """Take a resting order out of its level (dropping the level if it empties)."""
+    def _detach(self, o: Order) -> Level:
+        """Take resting `o` out of its level's queue and totals (`unlink`'s and `move`'s first
+        half); its own links and the level's place in the book are the caller's."""
         level = o.level
-        assert level is not None, "unlink of an order that is not resting"
+        assert level is not None, "an order that is not resting cannot leave its level"
         prev, nxt = o.prev, o.next
         if prev is None:
             level.head = nxt
@@ -372,6 +373,11 @@ class Market:
             nxt.prev = prev
         level.total -= o.leaves
         level.count -= 1
+        return level
+
+    def unlink(self, o: Order) -> None:
+        """Take a resting order out of its level (dropping the level if it empties)."""
+        level = self._detach(o)
         o.prev = o.next = None
         o.level = None
         self.book_orders -= 1
@@ -397,19 +403,7 @@ class Market:
         reused at `price`, and its entry in the price list is overwritten in place when no other
         level lies between the two prices (a move by a few ticks): no search, no insert, no delete.
         """
-        level = o.level
-        assert level is not None, "move of an order that is not resting"
-        prev, nxt = o.prev, o.next
-        if prev is None:
-            level.head = nxt
-        else:
-            prev.next = nxt
-        if nxt is None:
-            level.tail = prev
-        else:
-            nxt.prev = prev
-        level.total -= o.leaves
-        level.count -= 1
+        level = self._detach(o)
         o.price, o.qty, o.leaves, o.ts_ns = price, qty, leaves, ts_ns
         if o.is_buy:
             book, prices = self.bids, self.bid_prices
