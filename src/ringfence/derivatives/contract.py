@@ -21,7 +21,7 @@ from ..errors import NotFound, ValidationError
 from ..ledger.account import Account
 from ..ledger.ledger import Ledger, Pending
 from ..trading.orders import _place as _trading_place
-from ..trading.orders import _protection_and_hold
+from ..trading.orders import _protection_and_hold, read_by_position
 from ..trading.book import ACTIVE, Market, MarketContract, Order, OrderWords
 from ..risk.halts import market_status
 from ..trading.state import MAX_QTY, TradingState, trading_state
@@ -43,6 +43,9 @@ _POSITION_CHANGED: Final = PositionChanged
 #: C statics: `dict.pop(book, key)` written out looks the method up by name at each call.
 _DICT_POP: Final = dict.pop
 _DICT_SETITEM: Final = dict.__setitem__
+
+# A perpetual's order read by position when placed, as a spot order is (`trading.orders._fields_of`).
+read_by_position(PlacePerpOrder)
 
 __all__ = ["Contract", "trim_reduce_only", "order_precheck", "place_perp_order", "handle_place_perp_order"]
 

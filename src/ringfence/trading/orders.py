@@ -191,12 +191,36 @@ _PLACE_FIELDS: Final = ("owner", "symbol", "side", "order_type", "tif", "price",
                         "stop_price", "client_order_id", "stp")
 
 
+#: The fields of a new order without a quote amount or a self-trade mode of its own (a perpetual's
+#: `PlacePerpOrder`: both are class attributes, 0 and "NONE"), in the order `_fields_of` reads them
+#: by position; such a command type is named by `read_by_position`, which checks it.
+_NO_QUOTE_FIELDS: Final = ("owner", "symbol", "side", "order_type", "tif", "price", "quantity", "stop_price",
+                           "client_order_id", "reduce_only")
+#: The command types `read_by_position` accepted (a perpetual's order, registered by derivatives).
+_no_quote_types: set[type] = set()
+
+
+def read_by_position(cls: type) -> None:
+    """Let `_fields_of` read new orders of type `cls` by position with one `astuple`, as it reads a
+    `PlaceOrder` (for a perpetual's order ~1,500 instructions fewer than eleven generic attribute
+    reads, compiled). `cls` must have exactly `_NO_QUOTE_FIELDS` as its fields, and `quote_amount`
+    0 and `stp` "NONE" as class attributes: else ImportError, as for PlaceOrder's order below."""
+    if (getattr(cls, "__struct_fields__", None) != _NO_QUOTE_FIELDS or getattr(cls, "quote_amount", None) != 0
+            or getattr(cls, "stp", None) != "NONE"):
+        raise ImportError(f"trading.orders cannot read {cls.__name__} by field position: update _NO_QUOTE_FIELDS")
+    _no_quote_types.add(cls)
+
+
 def _fields_of(c: NewOrder) -> _Placed:
-    """The fields of new order `c`: a `PlaceOrder`'s with one `astuple`, another's (a perpetual's
-    `PlacePerpOrder`) attribute by attribute."""
+    """The fields of new order `c`: a `PlaceOrder`'s, or a type `read_by_position` named (a
+    perpetual's `PlacePerpOrder`), with one `astuple`; another's attribute by attribute."""
     if type(c) is PlaceOrder:
         t: tuple[str, str, str, str, str, int, int, int, int, str, str] = _ASTUPLE(c)
         return _Placed(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10])
+    if type(c) in _no_quote_types:
+        struct: Any = c  # (a msgspec Struct: `read_by_position` checked its type)
+        n: tuple[str, str, str, str, str, int, int, int, str, int] = _ASTUPLE(struct)
+        return _Placed(n[0], n[1], n[2], n[3], n[4], n[5], n[6], 0, n[7], n[8], "NONE")
     return _Placed(c.owner, c.symbol, c.side, c.order_type, c.tif, c.price, c.quantity, c.quote_amount,
                    c.stop_price, c.client_order_id, c.stp)
 
