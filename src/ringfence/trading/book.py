@@ -344,6 +344,11 @@ class Market:
                 prices.insert(_bisect_left(prices, price), price)
             else:
                 insort(prices, price)
+        self._attach(o, level)
+        self.book_orders += 1
+
+    def _attach(self, o: Order, level: Level) -> None:
+        """Append `o` at the back of `level`'s queue and totals (`rest`'s and `move`'s last half)."""
         tail = level.tail
         o.prev = tail
         o.next = None
@@ -355,7 +360,6 @@ class Market:
         level.tail = o
         level.total += o.leaves
         level.count += 1
-        self.book_orders += 1
 
     def _detach(self, o: Order) -> Level:
         """Take resting `o` out of its level's queue and totals (`unlink`'s and `move`'s first
@@ -435,17 +439,7 @@ class Market:
             target = Level(price)
             book[price] = target
             prices.insert(_bisect_left(prices, price) if _COMPILED else bisect_left(prices, price), price)
-        tail = target.tail
-        o.prev = tail
-        o.next = None
-        o.level = target
-        if tail is None:
-            target.head = o
-        else:
-            tail.next = o
-        target.tail = o
-        target.total += leaves
-        target.count += 1
+        self._attach(o, target)
 
     def index(self, o: Order) -> None:
         """Register an open order in the id, owner and client-id indexes."""
