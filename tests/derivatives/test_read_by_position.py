@@ -3,8 +3,6 @@ as a spot order is: the same fields as reading them one by one, and a reordered 
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -31,33 +29,16 @@ def test_a_perpetual_order_read_by_position_is_read_as_field_by_field(owner: str
     assert [getattr(f, name) for name in FIELDS] == [getattr(c, name) for name in FIELDS]
 
 
-class _Reordered(msgspec.Struct, frozen=True):
-    quote_amount: ClassVar[int] = 0
-    stp: ClassVar[str] = "NONE"
-    symbol: str
-    owner: str
-    side: str = "BUY"
-    order_type: str = "LIMIT"
-    tif: str = "GTC"
-    price: int = 0
-    quantity: int = 0
-    stop_price: int = 0
-    client_order_id: str = ""
-    reduce_only: int = 0
+def _shape(names: tuple[str, ...], class_attributes: dict[str, object]) -> type:
+    """A frozen Struct with PlacePerpOrder's fields (their types and defaults) in the order `names`."""
+    fields = {f.name: f for f in msgspec.structs.fields(PlacePerpOrder)}
+    spec = [(n, fields[n].type) if fields[n].required else (n, fields[n].type, fields[n].default) for n in names]
+    return msgspec.defstruct("Shape", spec, frozen=True, namespace=dict(class_attributes))
 
 
-class _WithQuote(msgspec.Struct, frozen=True):
-    stp: ClassVar[str] = "NONE"
-    owner: str
-    symbol: str
-    side: str = "BUY"
-    order_type: str = "LIMIT"
-    tif: str = "GTC"
-    price: int = 0
-    quantity: int = 0
-    stop_price: int = 0
-    client_order_id: str = ""
-    reduce_only: int = 0
+PERP = PlacePerpOrder.__struct_fields__
+_Reordered = _shape((PERP[1], PERP[0], *PERP[2:]), {"quote_amount": 0, "stp": "NONE"})  # owner and symbol swapped
+_WithQuote = _shape(PERP, {"stp": "NONE"})  # no class attribute quote_amount
 
 
 @pytest.mark.parametrize("cls", [_Reordered, _WithQuote])
@@ -65,3 +46,11 @@ def test_a_command_whose_fields_are_not_in_that_order_is_refused(cls: type) -> N
     with pytest.raises(ImportError, match="by field position"):
         orders.read_by_position(cls)
     assert cls not in orders._no_quote_types
+
+
+def test_the_same_shape_is_accepted() -> None:
+    """The control for the refusals above: PlacePerpOrder's fields in its order, with both class attributes."""
+    same = _shape(PERP, {"quote_amount": 0, "stp": "NONE"})
+    orders.read_by_position(same)
+    assert same in orders._no_quote_types
+    orders._no_quote_types.discard(same)
