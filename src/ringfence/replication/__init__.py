@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import json
 import logging
@@ -1080,6 +1081,9 @@ class Replicator:
         #: future (2.16.0): the publisher would see a timeout 5 s later instead of "deposed".
         self._ack_prefix = ""
         self._acks: dict[str, asyncio.Future[Any]] = {}
+        #: the checks waiting on those futures (`_await_acks`), called by the reply handler itself: no
+        #: loop iteration between an ack's arrival and its batch's future
+        self._on_ack: dict[str, Callable[[asyncio.Future[Any]], None]] = {}
         self._ack_count = 0
         self._hasher = _ForkedHasher() if target.state_hash_later else None
         #: the outcome digest of the last batch, sent on the next one: (headers) or {}
@@ -1501,7 +1505,7 @@ class Replicator:
             extra = dict(outcome, **(self._hasher.ready() if self._hasher is not None else {}))
             if due and self._hasher is not None and self._hasher.idle():
                 extra["Rf-State-Pending"] = "1"  # this batch's state hash comes in a later batch
-            future = self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload, "", extra))
+            future = self._publish_later(KIND_BATCH, first_seq, count, prev, record_hash, payload, "", extra)
             future.rf_last_seq = first_seq + count - 1  # type: ignore[attr-defined]  # for the outcome digest
             token = _Later(future, first_seq + count - 1) if "Rf-State-Pending" in extra else future
         if self._digest_of:  # the state is still the one after batch `_digest_of`, until `written`
@@ -1544,8 +1548,7 @@ class Replicator:
             state_hash = _hash_without_gc(engine)
             self.hash_seconds += time.perf_counter() - started
             self.hashes += 1
-            published = self.link.submit(self._apublish(KIND_BATCH, first_seq, count, prev, record_hash, payload,
-                                                        state_hash, outcome))
+            published = self._publish_later(KIND_BATCH, first_seq, count, prev, record_hash, payload, state_hash, outcome)
             self._outcome = self._checks_of(first_seq + count - 1, engine, outputs)
             return self._lease_checked(published)
         if isinstance(token, (_Later, concurrent.futures.Future)):
@@ -1625,8 +1628,36 @@ class Replicator:
 
     async def _apublish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
                         state_hash: str, extra: dict[str, str] | None = None) -> None:
-        """Publish one record; one larger than the server's max payload goes as numbered chunks
+        """Publish one record and return once the stream stored all of it (`_send_record`)."""
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._send_record(_settle_asyncio(stored), kind, first_seq, count, prev, record_hash, payload, state_hash, extra)
+        await stored
+
+    def _publish_later(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
+                       state_hash: str, extra: dict[str, str] | None = None) -> "concurrent.futures.Future[None]":
+        """Start publishing one record from the sequencer thread; the future completes once the stream
+        stored all of it, or fails. One hop onto the link's loop (a plain callback that starts the send
+        task) and no task waiting for the acks: the stream's replies complete the future from the ack
+        subscription's handler (`_send_record`), three loop iterations fewer per batch than a coroutine
+        run with `run_coroutine_threadsafe` that awaits each ack."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        settle = _settle_concurrent(done)
+        loop = self.link._loop
+
+        def start() -> None:
+            loop.create_task(self._send_record(settle, kind, first_seq, count, prev, record_hash, payload, state_hash, extra))
+
+        loop.call_soon_threadsafe(start)
+        return done
+
+    async def _send_record(self, settle: Callable[[BaseException | None], None], kind: str, first_seq: int, count: int,
+                           prev: bytes, record_hash: bytes, payload: bytes, state_hash: str,
+                           extra: dict[str, str] | None = None) -> None:
+        """Send one record; one larger than the server's max payload goes as numbered chunks
         (`Rf-Chunk: i/n`), each with its expected-last-sequence, the record complete with chunk n.
+        `settle(None)` once the stream acknowledged every chunk (each ack checked by `_stored`),
+        `settle(err)` at the first failure: a send that failed, a refusal, a forged ack, no ack
+        within PUBLISH_TIMEOUT_S. Never raises.
 
         Records are sent in the order the sequencer started them (one sender at a time) and several
         may be in flight. Each message expects the stream's last sequence to be the one the message
@@ -1634,6 +1665,16 @@ class Replicator:
         message to *be* it (`Nats-Expected-Last-Msg-Id`). Without that, a message behind one that
         the stream refused — a promoted standby's fence took its place — would match the fence's
         sequence and be stored after the fence. After any failure nothing more is sent."""
+        try:
+            sent = await self._send_chunks(kind, first_seq, count, prev, record_hash, payload, state_hash, extra)
+        except BaseException as err:  # noqa: BLE001 - handed to the record's waiter
+            settle(err)
+            return
+        self._await_acks(settle, first_seq, sent)
+
+    async def _send_chunks(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
+                           state_hash: str, extra: dict[str, str] | None) -> list[tuple[int, "asyncio.Future[Any]"]]:
+        """Send a record's messages (under the send lock); returns each one's (stream sequence, ack future)."""
         limit = self.link.chunk_bytes
         chunks = [payload[i : i + limit] for i in range(0, len(payload), limit)] or [b""]
         if self._send_lock is None:
@@ -1664,35 +1705,83 @@ class Replicator:
                 self._sent_seq, self._sent_id = expected + 1, headers["Nats-Msg-Id"]
                 self._unacked += 1
                 sent.append((expected + 1, ack))
-        try:
-            for want, pending in sent:
-                try:
-                    reply = await asyncio.wait_for(pending, PUBLISH_TIMEOUT_S)
-                finally:
-                    self._unacked -= 1
-                self._stored(first_seq, want, reply)
-        except BaseException as err:
-            self._broken = err
-            raise
-        self.published += 1
+        return sent
+
+    def _await_acks(self, settle: Callable[[BaseException | None], None], first_seq: int,
+                    sent: list[tuple[int, "asyncio.Future[Any]"]]) -> None:
+        """Check each sent message's ack as it arrives, on the loop thread (called by the ack
+        subscription's handler for `_send`'s own futures, else a done callback on the future), each
+        within PUBLISH_TIMEOUT_S of now; settle the record once all are stored, or at the first
+        failure (which also stops all later sends: `_broken`)."""
+        loop = self.link._loop  # the running one
+        waiting = {want for want, _ in sent}
+        timers: dict[int, asyncio.TimerHandle] = {}
+        failed: list[BaseException] = []
+
+        def acked(want: int, pending: "asyncio.Future[Any]") -> None:
+            if want not in waiting:  # already timed out, or answered
+                return
+            waiting.discard(want)
+            timers.pop(want).cancel()
+            self._unacked -= 1
+            if failed:
+                return
+            try:
+                if pending.cancelled():
+                    raise asyncio.TimeoutError(f"no ack from JetStream for batch {first_seq} within {PUBLISH_TIMEOUT_S} s")
+                err = pending.exception()
+                if err is not None:
+                    raise err
+                self._stored(first_seq, want, pending.result())
+            except BaseException as err:  # noqa: BLE001 - the record's failure, and no more sends
+                failed.append(err)
+                self._broken = err
+                settle(err)
+                return
+            if not waiting:
+                self.published += 1
+                settle(None)
+
+        def expire(want: int, pending: "asyncio.Future[Any]") -> None:
+            if want not in waiting:
+                return
+            pending.cancel()  # as asyncio.wait_for did (no-op if it is done)
+            reply = getattr(pending, "reply", "")
+            self._acks.pop(reply, None)
+            self._on_ack.pop(reply, None)
+            acked(want, pending)  # reports the timeout
+
+        for want, pending in sent:
+            timers[want] = loop.call_later(PUBLISH_TIMEOUT_S, expire, want, pending)
+            check = functools.partial(acked, want)
+            reply = getattr(pending, "reply", "")
+            if isinstance(pending, _Ack) and not pending.done() and self._acks.get(reply) is pending:
+                self._on_ack[reply] = check  # `_send`'s own future: its reply handler calls the check at once
+            else:
+                pending.add_done_callback(check)  # one given by a wrapper of `_send`, or already answered
 
     async def _send(self, data: bytes, headers: dict[str, str]) -> "asyncio.Future[Any]":
         """Send one message to the stream; returns the future of the stream's reply (its ack)."""
         if not self._ack_prefix:
             prefix = self.link.nc.new_inbox()
 
-            async def on_reply(msg: Any) -> None:
+            def reply_now(msg: Any) -> None:
                 waiting = self._acks.pop(msg.subject, None)
+                check = self._on_ack.pop(msg.subject, None)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(msg)
+                    if check is not None:
+                        check(waiting)
 
-            await self.link.nc.subscribe(f"{prefix}.*", cb=on_reply)
+            async def on_reply(msg: Any) -> None:
+                reply_now(msg)
+
+            _handle_inline(await self.link.nc.subscribe(f"{prefix}.*", cb=on_reply), reply_now)
             self._ack_prefix = prefix
         self._ack_count += 1
         reply = f"{self._ack_prefix}.{self._ack_count}"
-        waiting: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        waiting.add_done_callback(lambda _: self._acks.pop(reply, None))  # also on a timeout
-        self._acks[reply] = waiting
+        waiting = _Ack(reply, loop=self.link._loop)  # (asyncio.get_running_loop() costs a getpid() call)
+        self._acks[reply] = waiting  # taken out by the reply, or by its timeout (`_await_acks`)
         await self.link.nc.publish(self.target.subject, data, reply=reply,
                                    headers=dict(headers, **{"Nats-Expected-Stream": self.target.stream}))
         return waiting
@@ -1797,6 +1886,62 @@ def _hash_without_gc(engine: Any) -> str:
     finally:
         if enabled:
             gc.enable()
+
+
+class _InlineQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """A subscription's pending-message queue that hands each message to `handle` as it is put."""
+
+    def __init__(self, sub: Any, handle: Callable[[Any], None]) -> None:
+        super().__init__()
+        self._sub, self._handle = sub, handle
+
+    def put_nowait(self, item: Any) -> None:
+        self._sub._pending_size -= len(item.data)  # nats-py counted it in; nothing stays pending
+        try:
+            self._handle(item)
+        except Exception:  # noqa: BLE001 - never into nats-py's read loop (it would stop reading)
+            _log.exception("replication: a reply from the stream was not handled")
+
+
+def _handle_inline(sub: Any, handle: Callable[[Any], None]) -> None:
+    """Have the ack subscription `sub` call `handle` from nats-py's read loop as each message is
+    parsed, instead of through the queue its callback task reads: one loop iteration (an
+    epoll_wait) and a task step fewer per ack. nats-py (2.16) hands each message of a subscription
+    to `_pending_queue.put_nowait`; with a version that has no such queue the subscription's
+    callback (`cb`, which does the same) keeps receiving them."""
+    queue = getattr(sub, "_pending_queue", None)
+    if isinstance(queue, asyncio.Queue) and queue.empty() and isinstance(getattr(sub, "_pending_size", None), int):
+        sub._pending_queue = _InlineQueue(sub, handle)
+
+
+class _Ack(asyncio.Future):  # type: ignore[type-arg]
+    """The future of one message's ack from the stream, named by its reply subject."""
+
+    def __init__(self, reply: str, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.reply = reply
+
+
+def _settle_concurrent(done: "concurrent.futures.Future[None]") -> Callable[[BaseException | None], None]:
+    def settle(err: BaseException | None) -> None:
+        if done.done():
+            return
+        if err is None:
+            done.set_result(None)
+        else:
+            done.set_exception(err)
+    return settle
+
+
+def _settle_asyncio(done: "asyncio.Future[None]") -> Callable[[BaseException | None], None]:
+    def settle(err: BaseException | None) -> None:
+        if done.done():
+            return
+        if err is None:
+            done.set_result(None)
+        else:
+            done.set_exception(err)
+    return settle
 
 
 @dataclass(frozen=True)
