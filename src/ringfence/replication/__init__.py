@@ -1765,7 +1765,7 @@ class Replicator:
         if not self._ack_prefix:
             prefix = self.link.nc.new_inbox()
 
-            def reply_now(msg: Any) -> None:
+            async def on_reply(msg: Any) -> None:
                 waiting = self._acks.pop(msg.subject, None)
                 check = self._on_ack.pop(msg.subject, None)
                 if waiting is not None and not waiting.done():
@@ -1773,10 +1773,7 @@ class Replicator:
                     if check is not None:
                         check(waiting)
 
-            async def on_reply(msg: Any) -> None:
-                reply_now(msg)
-
-            _handle_inline(await self.link.nc.subscribe(f"{prefix}.*", cb=on_reply), reply_now)
+            await self.link.nc.subscribe(f"{prefix}.*", cb=on_reply)
             self._ack_prefix = prefix
         self._ack_count += 1
         reply = f"{self._ack_prefix}.{self._ack_count}"
@@ -1886,32 +1883,6 @@ def _hash_without_gc(engine: Any) -> str:
     finally:
         if enabled:
             gc.enable()
-
-
-class _InlineQueue(asyncio.Queue):  # type: ignore[type-arg]
-    """A subscription's pending-message queue that hands each message to `handle` as it is put."""
-
-    def __init__(self, sub: Any, handle: Callable[[Any], None]) -> None:
-        super().__init__()
-        self._sub, self._handle = sub, handle
-
-    def put_nowait(self, item: Any) -> None:
-        self._sub._pending_size -= len(item.data)  # nats-py counted it in; nothing stays pending
-        try:
-            self._handle(item)
-        except Exception:  # noqa: BLE001 - never into nats-py's read loop (it would stop reading)
-            _log.exception("replication: a reply from the stream was not handled")
-
-
-def _handle_inline(sub: Any, handle: Callable[[Any], None]) -> None:
-    """Have the ack subscription `sub` call `handle` from nats-py's read loop as each message is
-    parsed, instead of through the queue its callback task reads: one loop iteration (an
-    epoll_wait) and a task step fewer per ack. nats-py (2.16) hands each message of a subscription
-    to `_pending_queue.put_nowait`; with a version that has no such queue the subscription's
-    callback (`cb`, which does the same) keeps receiving them."""
-    queue = getattr(sub, "_pending_queue", None)
-    if isinstance(queue, asyncio.Queue) and queue.empty() and isinstance(getattr(sub, "_pending_size", None), int):
-        sub._pending_queue = _InlineQueue(sub, handle)
 
 
 class _Ack(asyncio.Future):  # type: ignore[type-arg]
