@@ -10,10 +10,13 @@ callback).
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 
+import pytest
+
 from ringfence.app import new_node
-from ringfence.engine.node import Ack
+from ringfence.engine.node import Ack, _answer
 from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
 from ringfence.ledger.model import Transfer
 
@@ -87,3 +90,45 @@ def test_callbacks_one_and_many_are_each_called_once(tmp_path) -> None:
     assert sorted(calls) == sorted(["one", "two-a", "two-b", "three-a", "three-b", "three-c", "late"])
     assert calls.index("two-a") < calls.index("two-b") and calls.index("three-b") < calls.index("three-c")
     assert (one.raw, two.raw, three.raw) == (b"", b"", b"")  # the journaled bytes are not kept by an answered Ack
+
+
+class _ResolvedWhileRegistering(Ack):
+    """An Ack that the "sequencer" (another thread) resolves the moment it sees a callback
+    registered on it: the interleaving a callback registered just as its batch is answered gets."""
+
+    __slots__ = ("resolver",)
+
+    def __init__(self) -> None:
+        super().__init__(threading.Condition())
+        self.resolver: threading.Thread | None = None
+
+    def done(self) -> bool:
+        callbacks = self._callbacks
+        if self.resolver is None and callbacks is not None and callbacks != []:
+            self.resolver = threading.Thread(target=self.answer)
+            self.resolver.start()
+            self.resolver.join(0.5)  # (blocks for the 0.5 s if resolving must wait for this thread)
+        return super().done()
+
+    def answer(self) -> None:
+        if RESOLVE == "batch":
+            _answer([self], 7, [[]], {})  # what the sequencer does once per batch
+        else:
+            self._resolve([], seq=7)  # one Ack (a refusal, a failure)
+
+
+RESOLVE = "one"
+
+
+@pytest.mark.parametrize("how", ["one", "batch"])
+def test_a_callback_registered_as_its_ack_is_answered_is_called_once(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "RESOLVE", how)
+    for _ in range(20):
+        ack = _ResolvedWhileRegistering()
+        calls: list[int] = []
+        ack.add_done_callback(lambda a, calls=calls: calls.append(a.seq))  # type: ignore[misc]
+        if ack.resolver is None:  # registered before anyone answered it: answer it now
+            ack.answer()
+        else:
+            ack.resolver.join(5)
+        assert calls == [7], calls  # "one" on main 9d1b0ad: [7, 7], the resolver and the registrar both called it

@@ -192,25 +192,39 @@ class Ack:
         self._callbacks: Callable[["Ack"], None] | list[Callable[["Ack"], None]] | None = None
 
     def _resolve(self, events: list[Event] | None = None, error: BaseException | None = None, seq: int = 0) -> None:
-        self.seq = seq
-        self.error = error
-        self.events = events
-        callbacks = self._callbacks
+        cond = self._cond
+        if cond is None:  # never submitted: one thread
+            self.seq, self.error, self.events = seq, error, events
+            callbacks, self._callbacks = self._callbacks, None
+        else:
+            with cond:  # against `add_done_callback` on another thread: each callback is called once
+                self.seq, self.error, self.events = seq, error, events
+                callbacks, self._callbacks = self._callbacks, None
         if callbacks is not None:
-            if type(callbacks) is list:
-                for fn in callbacks:
-                    fn(self)
-            else:
-                callbacks(self)  # type: ignore[operator]
+            _call(self, callbacks)
 
     def done(self) -> bool:
         return self.events is not None or self.error is not None
 
     def add_done_callback(self, fn: Callable[["Ack"], None]) -> None:
-        """Call `fn(ack)` when resolved (on the sequencer thread; keep it short)."""
-        if self.done():
-            fn(self)
-            return
+        """Call `fn(ack)` when resolved (on the sequencer thread; keep it short), exactly once: at
+        once, here, if it is resolved already. Registering and resolving take the node's condition
+        (the resolver once per batch), so a callback registered while its Ack is being resolved on
+        the sequencer is called by one of the two, never by both (it was, before session 18: both
+        could see it)."""
+        cond = self._cond
+        if cond is None:
+            if not self.done():
+                self._register(fn)
+                return
+        else:
+            with cond:
+                if not self.done():
+                    self._register(fn)
+                    return
+        fn(self)
+
+    def _register(self, fn: Callable[["Ack"], None]) -> None:
         callbacks = self._callbacks
         if callbacks is None:
             self._callbacks = fn
@@ -218,14 +232,6 @@ class Ack:
             callbacks.append(fn)
         else:
             self._callbacks = [callbacks, fn]  # type: ignore[list-item]
-        if self.done():  # resolved while registering: call it here unless the resolver saw it
-            callbacks = self._callbacks
-            if callbacks is fn:
-                self._callbacks = None
-                fn(self)
-            elif type(callbacks) is list and fn in callbacks:
-                callbacks.remove(fn)
-                fn(self)
 
     def wait(self, timeout: float | None = None) -> list[Event]:  # float-ok: seconds to wait
         """Block until resolved; raise the submission error, if any; return the events."""
@@ -267,19 +273,38 @@ def _answer(accepted: list[Ack], first_seq: int, outputs: list[list[Event]],
                 ack._resolve(outputs[i], seq=first_seq + i)
         return
     assert len(outputs) == len(accepted), "one list of events per accepted command"
+    if not accepted:
+        return
     seq = first_seq
-    for ack, events in zip(accepted, outputs):
-        ack.seq = seq  # before `events`: a waiter that sees it done reads a complete answer
-        ack.events = events
-        ack.raw = b""  # journaled: a caller that keeps its Acks does not keep every request's bytes
-        callbacks = ack._callbacks
-        if callbacks is not None:
-            if type(callbacks) is list:
-                for fn in callbacks:
-                    fn(ack)
-            else:
-                callbacks(ack)  # type: ignore[operator]
-        seq += 1
+    claimed: list[Any] = []  # ack, its callbacks, ...: taken under the condition, called after it
+    cond = accepted[0]._cond
+    if cond is not None:
+        cond.acquire()  # once per batch: `add_done_callback` on another thread sees each Ack before or after
+    try:
+        for ack, events in zip(accepted, outputs):
+            ack.seq = seq  # before `events`: a waiter that sees it done reads a complete answer
+            ack.events = events
+            ack.raw = b""  # journaled: a caller that keeps its Acks does not keep every request's bytes
+            callbacks = ack._callbacks
+            if callbacks is not None:
+                ack._callbacks = None
+                claimed.append(ack)
+                claimed.append(callbacks)
+            seq += 1
+    finally:
+        if cond is not None:
+            cond.release()
+    for i in range(0, len(claimed), 2):
+        _call(claimed[i], claimed[i + 1])
+
+
+def _call(ack: Ack, callbacks: Any) -> None:
+    """Call an Ack's callbacks, claimed by its resolver: one function, or a list of them in order."""
+    if type(callbacks) is list:
+        for fn in callbacks:
+            fn(ack)
+    else:
+        callbacks(ack)
 
 
 def rejection_error(event: CommandRejected) -> RingfenceError:
