@@ -197,9 +197,12 @@ class Ack:
             self.seq, self.error, self.events = seq, error, events
             callbacks, self._callbacks = self._callbacks, None
         else:
-            with cond:  # against `add_done_callback` on another thread: each callback is called once
+            cond.acquire()  # against `add_done_callback` on another thread: each callback is called once
+            try:
                 self.seq, self.error, self.events = seq, error, events
                 callbacks, self._callbacks = self._callbacks, None
+            finally:
+                cond.release()
         if callbacks is not None:
             _call(self, callbacks)
 
@@ -213,25 +216,23 @@ class Ack:
         the sequencer is called by one of the two, never by both (it was, before session 18: both
         could see it)."""
         cond = self._cond
-        if cond is None:
-            if not self.done():
-                self._register(fn)
-                return
-        else:
-            with cond:
-                if not self.done():
-                    self._register(fn)
-                    return
-        fn(self)
-
-    def _register(self, fn: Callable[["Ack"], None]) -> None:
-        callbacks = self._callbacks
-        if callbacks is None:
-            self._callbacks = fn
-        elif type(callbacks) is list:
-            callbacks.append(fn)
-        else:
-            self._callbacks = [callbacks, fn]  # type: ignore[list-item]
+        if cond is not None:
+            cond.acquire()  # (the lock's own C method: `with cond` costs two Python calls per request)
+        try:
+            registered = self.events is None and self.error is None  # not done
+            if registered:
+                callbacks = self._callbacks
+                if callbacks is None:
+                    self._callbacks = fn
+                elif type(callbacks) is list:
+                    callbacks.append(fn)
+                else:
+                    self._callbacks = [callbacks, fn]  # type: ignore[list-item]
+        finally:
+            if cond is not None:
+                cond.release()
+        if not registered:
+            fn(self)
 
     def wait(self, timeout: float | None = None) -> list[Event]:  # float-ok: seconds to wait
         """Block until resolved; raise the submission error, if any; return the events."""
@@ -294,8 +295,13 @@ def _answer(accepted: list[Ack], first_seq: int, outputs: list[list[Event]],
     finally:
         if cond is not None:
             cond.release()
-    for i in range(0, len(claimed), 2):
-        _call(claimed[i], claimed[i + 1])
+    for i in range(1, len(claimed), 2):  # (inlined `_call`: a Python call per request saved)
+        callbacks = claimed[i]
+        if type(callbacks) is list:
+            for fn in callbacks:
+                fn(claimed[i - 1])
+        else:
+            callbacks(claimed[i - 1])
 
 
 def _call(ack: Ack, callbacks: Any) -> None:
