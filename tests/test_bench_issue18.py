@@ -74,6 +74,9 @@ def test_ledger_bench_measures_p99_at_half_its_own_single_request_capacity(tmp_p
     assert set(tail["all_median_us"]) == parts and set(tail["tail_over_p99_median_us"]) == parts
     assert sum(tail["tail_over_p99_dominant_part"].values()) == tail["tail_requests"] > 0
     assert tail["batches"] > 0 and tail["write_fsync_us"]["p50"] >= 0
+    by_generation = tail["gc"]["by_generation"]  # each collection's pause, by the generation it collected
+    assert sum(g["collections"] for g in by_generation.values()) == tail["gc"]["collections"]
+    assert max((g["max_us"] for g in by_generation.values()), default=0) == tail["gc"]["max_us"]
     # the capacity is the highest rate a probe kept up with, open loop, not a closed-loop burst
     probes = half["sustained_capacity"]["probes"]
     assert capacity == max(p["offered_per_s"] for p in probes if p["kept_up"])

@@ -17,8 +17,8 @@ from ringfence.staff import StaffKey
 def _journal_as_an_old_release_did(node, command) -> list:
     """Written the way the sequencer writes a record (no edge precheck then)."""
     prepared, raw = node.prepare(command)
-    ack = Ack()
-    node._write_and_apply([(prepared, raw, ack)])
+    ack = Ack(command=prepared, raw=raw)
+    node._write_and_apply([ack])
     assert ack.events is not None
     return ack.events
 

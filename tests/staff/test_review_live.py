@@ -118,8 +118,8 @@ def test_audit_detects_a_tampered_signature(tmp_path) -> None:
         # compromised writer would: the handler refuses it too, and the audit says so
         bad_sig = StaffSignature("ben", "ab" * 16, good.decision.expires_ns, "00" * 64)
         prepared, raw = node.prepare(ApproveWithdrawalSigned("w1", "ETH", "eth_hot", "operator", bad_sig))
-        ack = Ack()
-        node._write_and_apply([(prepared, raw, ack)])
+        ack = Ack(command=prepared, raw=raw)
+        node._write_and_apply([ack])
     record = audit_withdrawal(tmp_path / "n", "w1")
     [ok, refused] = record["decisions"]
     assert ok["verified"] and ok["accepted"]

@@ -95,8 +95,8 @@ def test_set_market_status_is_refused_at_the_edge_but_old_records_replay(tmp_pat
     # A record an older release journaled (no precheck then): written the way the sequencer writes.
     old = SetMarketStatus("BTCUSDT", "HALTED")
     prepared, raw = node.prepare(old)
-    ack = Ack()
-    node._write_and_apply([(prepared, raw, ack)])
+    ack = Ack(command=prepared, raw=raw)
+    node._write_and_apply([ack])
     assert ack.events is not None and type(ack.events[0]).__name__ == "MarketStatusChanged"
     assert market_status(node.engine, "BTCUSDT") == "HALTED"  # the view shows the legacy status
     live = node.engine.state_hash()

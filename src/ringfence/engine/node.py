@@ -166,39 +166,72 @@ class Ack:
 
     Waiting uses the node's one condition variable, notified once per batch, rather than a lock per
     command: at 100,000 commands/s the difference is a large share of the sequencer's time.
+
+    While queued and in its batch, the Ack is also the command's place in the inbox: it carries the
+    prepared command and its encoded bytes (`command`, `raw`; the bytes are dropped once the batch
+    is answered). A queued request is then two objects the cyclic garbage collector tracks, the Ack
+    and its decoded command's list (was four: a `(command, raw, ack)` tuple per request and a list
+    for its one callback as well), so a backlog — which is what a stall builds — makes the young
+    collections that come with it fewer and shorter (issue #18 item 6;
+    tests/engine/test_node_gc.py).
     """
 
-    __slots__ = ("events", "error", "seq", "source", "_cond", "_callbacks")
+    __slots__ = ("events", "error", "seq", "source", "command", "raw", "_cond", "_callbacks")
 
-    def __init__(self, cond: threading.Condition | None = None, source: str = "") -> None:
+    def __init__(self, cond: threading.Condition | None = None, source: str = "",
+                 command: Command | None = None, raw: bytes = b"") -> None:
         self.source = source  # who submitted the command: journaled with it (SourcedBatch)
         self.events: list[Event] | None = None
         self.error: BaseException | None = None
         self.seq = 0
+        #: the prepared (strictly decoded) command and its bytes, set once it is queued (`Node.submit`)
+        self.command: Any = command
+        self.raw = raw
         self._cond = cond
-        self._callbacks: list[Callable[["Ack"], None]] | None = None
+        #: None, the one callback (the usual case: no list to allocate), or a list of them
+        self._callbacks: Callable[["Ack"], None] | list[Callable[["Ack"], None]] | None = None
 
     def _resolve(self, events: list[Event] | None = None, error: BaseException | None = None, seq: int = 0) -> None:
-        self.seq = seq
-        self.error = error
-        self.events = events
-        if self._callbacks:
-            for fn in self._callbacks:
-                fn(self)
+        cond = self._cond
+        if cond is None:  # never submitted: one thread
+            self.seq, self.error, self.events = seq, error, events
+            callbacks, self._callbacks = self._callbacks, None
+        else:
+            cond.acquire()  # against `add_done_callback` on another thread: each callback is called once
+            try:
+                self.seq, self.error, self.events = seq, error, events
+                callbacks, self._callbacks = self._callbacks, None
+            finally:
+                cond.release()
+        if callbacks is not None:
+            _call(self, callbacks)
 
     def done(self) -> bool:
         return self.events is not None or self.error is not None
 
     def add_done_callback(self, fn: Callable[["Ack"], None]) -> None:
-        """Call `fn(ack)` when resolved (on the sequencer thread; keep it short)."""
-        if self.done():
-            fn(self)
-            return
-        if self._callbacks is None:
-            self._callbacks = []
-        self._callbacks.append(fn)
-        if self.done() and fn in self._callbacks:  # resolved while registering
-            self._callbacks.remove(fn)
+        """Call `fn(ack)` when resolved (on the sequencer thread; keep it short), exactly once: at
+        once, here, if it is resolved already. Registering and resolving take the node's condition
+        (the resolver once per batch), so a callback registered while its Ack is being resolved on
+        the sequencer is called by one of the two, never by both (it was, before session 18: both
+        could see it)."""
+        cond = self._cond
+        if cond is not None:
+            cond.acquire()  # (the lock's own C method: `with cond` costs two Python calls per request)
+        try:
+            registered = self.events is None and self.error is None  # not done
+            if registered:
+                callbacks = self._callbacks
+                if callbacks is None:
+                    self._callbacks = fn
+                elif type(callbacks) is list:
+                    callbacks.append(fn)
+                else:
+                    self._callbacks = [callbacks, fn]  # type: ignore[list-item]
+        finally:
+            if cond is not None:
+                cond.release()
+        if not registered:
             fn(self)
 
     def wait(self, timeout: float | None = None) -> list[Event]:  # float-ok: seconds to wait
@@ -228,28 +261,56 @@ class Ack:
         return events
 
 
-def _answer(accepted: list[tuple[Command, bytes, Ack]], first_seq: int, outputs: list[list[Event]],
+def _answer(accepted: list[Ack], first_seq: int, outputs: list[list[Event]],
             halted: dict[int, InvariantViolation]) -> None:
     """Resolve a durable, applied batch's acks in order: command `i` has sequence `first_seq + i`
     and events `outputs[i]`, or the error in `halted[i]`. What `Ack._resolve` does, inlined: this
     runs once per command on the sequencer's (or the acknowledger's) critical path."""
     if halted:
-        for i, (_, _, ack) in enumerate(accepted):
+        for i, ack in enumerate(accepted):
             if i in halted:
                 ack._resolve(error=halted[i])
             else:
                 ack._resolve(outputs[i], seq=first_seq + i)
         return
     assert len(outputs) == len(accepted), "one list of events per accepted command"
+    if not accepted:
+        return
     seq = first_seq
-    for (_, _, ack), events in zip(accepted, outputs):
-        ack.seq = seq  # before `events`: a waiter that sees it done reads a complete answer
-        ack.events = events
-        callbacks = ack._callbacks
-        if callbacks:
+    claimed: list[Any] = []  # ack, its callbacks, ...: taken under the condition, called after it
+    cond = accepted[0]._cond
+    if cond is not None:
+        cond.acquire()  # once per batch: `add_done_callback` on another thread sees each Ack before or after
+    try:
+        for ack, events in zip(accepted, outputs):
+            ack.seq = seq  # before `events`: a waiter that sees it done reads a complete answer
+            ack.events = events
+            ack.raw = b""  # journaled: a caller that keeps its Acks does not keep every request's bytes
+            callbacks = ack._callbacks
+            if callbacks is not None:
+                ack._callbacks = None
+                claimed.append(ack)
+                claimed.append(callbacks)
+            seq += 1
+    finally:
+        if cond is not None:
+            cond.release()
+    for i in range(1, len(claimed), 2):  # (inlined `_call`: a Python call per request saved)
+        callbacks = claimed[i]
+        if type(callbacks) is list:
             for fn in callbacks:
-                fn(ack)
-        seq += 1
+                fn(claimed[i - 1])
+        else:
+            callbacks(claimed[i - 1])
+
+
+def _call(ack: Ack, callbacks: Any) -> None:
+    """Call an Ack's callbacks, claimed by its resolver: one function, or a list of them in order."""
+    if type(callbacks) is list:
+        for fn in callbacks:
+            fn(ack)
+    else:
+        callbacks(ack)
 
 
 def rejection_error(event: CommandRejected) -> RingfenceError:
@@ -628,11 +689,11 @@ class Node:
             ack._resolve(error=RateLimited("the engine queue is full; retry shortly"))
             return ack
         try:
-            prepared, raw = self.prepare(command)
+            ack.command, ack.raw = self.prepare(command)
         except RingfenceError as err:
             ack._resolve(error=err)
             return ack
-        self._inbox.append((prepared, raw, ack))
+        self._inbox.append(ack)  # the Ack is the queued request (no tuple per request)
         if not self._wake.is_set():
             self._wake.set()
         return ack
@@ -651,11 +712,11 @@ class Node:
                 ack = Ack(self._acked, source)
                 acks.append(ack)
                 try:
-                    prepared, raw = self.prepare(command)
+                    ack.command, ack.raw = self.prepare(command)
                 except RingfenceError as err:
                     ack._resolve(error=err)
                     continue
-                items.append((prepared, raw, ack))
+                items.append(ack)
             with self._direct:  # two threads could read the same next sequence number (test_direct_threads.py)
                 self._commit(items)
         else:
@@ -706,8 +767,8 @@ class Node:
             self.failed = self.failed or err
             while self._inbox:
                 item = self._inbox.popleft()
-                if isinstance(item, tuple):
-                    item[2]._resolve(error=NotDurable(f"the node has stopped: {self.failed!r}"))
+                if isinstance(item, Ack):
+                    item._resolve(error=NotDurable(f"the node has stopped: {self.failed!r}"))
             self._notify()
 
     def _notify(self) -> None:
@@ -738,7 +799,7 @@ class Node:
             if self._pipe is not None and self.max_batches_in_flight:
                 self._pipe.wait_room(self.max_batches_in_flight)  # the batch gathers what arrives meanwhile
             items = [item]
-            weight = command_weight(item[0])
+            weight = command_weight(item.command)
             deadline = time.perf_counter() + self.max_wait_us / 1e6 if self.max_wait_us else 0.0  # float-ok
             control = None
             while len(items) < self.max_batch_commands and weight < self.max_batch_weight:
@@ -752,7 +813,7 @@ class Node:
                     control = nxt
                     break
                 items.append(nxt)
-                weight += command_weight(nxt[0])
+                weight += command_weight(nxt.command)
             self._commit(items)
             self._notify()
             if control is _STOP:
@@ -761,15 +822,15 @@ class Node:
                 self._durable_barrier()
                 control()
 
-    def _commit(self, items: list[tuple[Command, bytes, Ack]]) -> None:
+    def _commit(self, items: list[Ack]) -> None:
         engine, writer = self.engine, self.writer
         if engine is None or writer is None:
             raise RuntimeError("open() the node first")
         if self.failed is not None:
-            for _, _, ack in items:
+            for ack in items:
                 ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
             return
-        accepted: list[tuple[Command, bytes, Ack]] = []
+        accepted: list[Ack] = []
         precheck = engine.precheck
         # Every precheck of the batch runs at one time, read once (not once per command): the time
         # the batch will carry or just before it (see `_precheck`), restored before anything else
@@ -779,7 +840,7 @@ class Node:
         try:
             for item in items:
                 try:
-                    precheck(item[0])
+                    precheck(item.command)
                 except RingfenceError as err:
                     engine.now_ns, swapped = saved, False
                     if accepted:
@@ -790,15 +851,15 @@ class Node:
                         accepted = []
                         if self.failed is None:
                             try:
-                                self._precheck(item[0])
+                                self._precheck(item.command)
                             except RingfenceError as err2:
-                                self._refuse(item[2], err2)
+                                self._refuse(item, err2)
                             else:
                                 accepted.append(item)
                         else:
-                            self._refuse(item[2], err)
+                            self._refuse(item, err)
                     else:
-                        self._refuse(item[2], err)
+                        self._refuse(item, err)
                     saved = engine.now_ns
                     engine.now_ns, swapped = max(self._clock(), saved), True
                     continue
@@ -836,18 +897,18 @@ class Node:
         finally:
             engine.now_ns = saved
 
-    def _write_and_apply(self, accepted: list[tuple[Command, bytes, Ack]]) -> None:
+    def _write_and_apply(self, accepted: list[Ack]) -> None:
         engine, writer = self.engine, self.writer
         assert engine is not None and writer is not None
         if self.failed is not None:
-            for _, _, ack in accepted:
+            for ack in accepted:
                 ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
             return
         first_seq = writer.next_seq
         ts_ns = max(self._clock(), engine.now_ns)
         entropy = self._entropy(32)
-        raws = [msgspec.Raw(raw) for _, raw, _ in accepted]
-        sources = [ack.source for _, _, ack in accepted]
+        raws = [msgspec.Raw(ack.raw) for ack in accepted]
+        sources = [ack.source for ack in accepted]
         payload = encode(SourcedBatch(first_seq, ts_ns, entropy, raws, sources) if any(sources)
                          else Batch(first_seq, ts_ns, entropy, raws))
         pipe = self._pipe
@@ -870,9 +931,9 @@ class Node:
         gate = self._gate
         gate.acquire_write()
         try:
-            for i, (command, _, _) in enumerate(accepted):
+            for i, ack in enumerate(accepted):
                 try:
-                    events = apply(command, first_seq + i, ts_ns, entropy)
+                    events = apply(ack.command, first_seq + i, ts_ns, entropy)
                 except ShardHalt as halt:  # an invariant broke: undo the command, halt the shard
                     events = self._halt(engine, halt)
                     halted[i] = InvariantViolation(f"shard halted at sequence {halt.seq}: {halt.detail}")
@@ -881,7 +942,7 @@ class Node:
             if self.failed is None:
                 self.failed = err
             gate.release_write()
-            for _, _, waiting in accepted:
+            for waiting in accepted:
                 if not waiting.done():
                     waiting._resolve(error=NotDurable(f"the node has stopped: {err!r}"))
             raise
@@ -901,10 +962,10 @@ class Node:
         self.durable_seq = self.last_seq
         _answer(accepted, first_seq, outputs, halted)
         for listener in self.listeners:
-            listener(first_seq, ts_ns, [c for c, _, _ in accepted], outputs)
+            listener(first_seq, ts_ns, [ack.command for ack in accepted], outputs)
 
     def _journal(self, writer: JournalWriter, payload: bytes, first_seq: int,
-                 accepted: list[tuple[Command, bytes, Ack]]) -> Any:
+                 accepted: list[Ack]) -> Any:
         """Append the batch durably (replicated: start publishing it first). Returns the replica
         log's token (True when not replicating), or None after answering everyone on failure."""
         count, replica, token = len(accepted), self.replica, None
@@ -917,7 +978,7 @@ class Node:
                 token = replica.begin(first_seq, count, payload, digest)
             except BaseException as err:  # fenced or unreachable before anything was written: stop, answer below
                 self.failed = err
-                for _, _, ack in accepted:
+                for ack in accepted:
                     ack._resolve(error=NotDurable(f"not replicated ({err}); nothing was applied; this node has stopped"))
                 return None
             writer.append_record(record, digest, first_seq, count)
@@ -929,14 +990,14 @@ class Node:
             self.failed = err
             if replica is not None and token is not None:
                 replica.settle(token)
-            for _, _, ack in accepted:
+            for ack in accepted:
                 ack._resolve(error=OutcomeUnknown(f"{err.message}. Outcome unknown: check before retrying", field=None))
             return None
         except OSError as err:
             self.failed = err
             if replica is not None and token is not None:
                 replica.settle(token)
-            for _, _, ack in accepted:
+            for ack in accepted:
                 if token is None:
                     ack._resolve(error=NotDurable(f"journal write failed ({err.strerror or err}); nothing was applied"))
                 else:  # the replica log may already hold the batch: a standby could apply it
@@ -945,7 +1006,7 @@ class Node:
             return None
 
     def _journal_pipelined(self, pipe: "_Pipeline", writer: JournalWriter, payload: bytes, first_seq: int, ts_ns: int,
-                           accepted: list[tuple[Command, bytes, Ack]]) -> "_Entry | None":
+                           accepted: list[Ack]) -> "_Entry | None":
         """Write the batch without waiting for its fsync and hand it to the syncer (replicated:
         start publishing it first); None after answering everyone on failure (as `_journal`).
         Replicated, any failure also stops the pipeline: the batches still in flight are answered
@@ -953,7 +1014,7 @@ class Node:
         if writer.rotation_due():
             pipe.barrier()  # a new segment: the old one's descriptor closes only once all of it is synced
             if self.failed is not None:
-                for _, _, ack in accepted:
+                for ack in accepted:
                     ack._resolve(error=NotDurable(f"the node has stopped: {self.failed}"))
                 return None
         count, replica, token = len(accepted), self.replica, None
@@ -965,7 +1026,7 @@ class Node:
                 except BaseException as err:  # fenced or unreachable before anything was written
                     self.failed = self.failed or err
                     pipe.stop_replicating(err, first_seq)
-                    for _, _, ack in accepted:
+                    for ack in accepted:
                         ack._resolve(error=NotDurable(f"not replicated ({err}); nothing was applied; this node has stopped"))
                     return None
             mark = writer.write_record(record, digest, first_seq, count)
@@ -979,7 +1040,7 @@ class Node:
                 assert replica is not None
                 replica.settle(token)
             reason = getattr(err, "message", None) or getattr(err, "strerror", None) or str(err)
-            for _, _, ack in accepted:
+            for ack in accepted:
                 if token is None:
                     ack._resolve(error=NotDurable(f"journal write failed or the node has stopped ({reason}); "
                                                   "nothing was applied"))
@@ -991,7 +1052,7 @@ class Node:
         entry.token = token
         return entry
 
-    def _replicated(self, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], token: Any, engine: Engine,
+    def _replicated(self, first_seq: int, accepted: list[Ack], token: Any, engine: Engine,
                     outputs: list[list[Event]]) -> bool:
         """Wait until the replica log holds the batch; on failure stop the node and answer OutcomeUnknown."""
         assert self.replica is not None
@@ -1001,7 +1062,7 @@ class Node:
         except BaseException as err:  # fenced off, or the replica log is unreachable: stop, answer everyone
             self.failed = err
             _log.critical("engine shard %s stopped: batch %d not replicated: %s", self.data_dir, first_seq, err)
-            for _, _, ack in accepted:
+            for ack in accepted:
                 ack._resolve(error=OutcomeUnknown(f"the batch was journaled locally but not replicated ({err}); "
                                                   "this node has stopped. Check on the new primary before retrying"))
             return False
@@ -1059,7 +1120,7 @@ class _Entry:
     __slots__ = ("last_seq", "first_seq", "ts_ns", "accepted", "outputs", "halted", "refusals", "applied",
                  "replicated", "token")
 
-    def __init__(self, last_seq: int, first_seq: int, accepted: list[tuple[Command, bytes, Ack]], ts_ns: int = 0,
+    def __init__(self, last_seq: int, first_seq: int, accepted: list[Ack], ts_ns: int = 0,
                  replicated: bool = True) -> None:
         self.last_seq = last_seq
         self.first_seq = first_seq
@@ -1138,7 +1199,7 @@ class _Pipeline:
         self.ack_thread.start()
 
     # sequencer side
-    def written(self, mark: DurableMark, first_seq: int, ts_ns: int, accepted: list[tuple[Command, bytes, Ack]],
+    def written(self, mark: DurableMark, first_seq: int, ts_ns: int, accepted: list[Ack],
                 replicated: bool = True) -> _Entry:
         entry = _Entry(mark.last_seq, first_seq, accepted, ts_ns, replicated)
         with self.lock:
@@ -1344,7 +1405,7 @@ class _Pipeline:
                 if failed is not None:
                     message = getattr(failed, "message", None) or str(failed)
                     answer = self.answer or f"{message}. Outcome unknown: check before retrying"
-                    for _, _, ack in entry.accepted:
+                    for ack in entry.accepted:
                         if not ack.done():
                             ack._resolve(error=OutcomeUnknown(answer, field=None))
                 else:
@@ -1361,7 +1422,7 @@ class _Pipeline:
         classic sequencer (inside `drain`: the batches behind it are answered as failed)."""
         if self.listeners_failed:
             return
-        commands = [c for c, _, _ in entry.accepted]
+        commands = [ack.command for ack in entry.accepted]
         try:
             for listener in self.node.listeners:
                 listener(entry.first_seq, entry.ts_ns, commands, entry.outputs)

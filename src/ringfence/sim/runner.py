@@ -321,11 +321,11 @@ class _Sim(Workload):
             ack = Ack(node._acked)
             acks.append(ack)
             try:
-                prepared, raw = node.prepare(command)
+                ack.command, ack.raw = node.prepare(command)
             except RingfenceError as err:
                 ack._resolve(error=err)
                 continue
-            items.append((prepared, raw, ack))
+            items.append(ack)  # the Ack carries the prepared command (Node.submit)
         node._commit(items)
         if engine.last_seq == seq_before:
             model.unexpire(expired)
