@@ -946,8 +946,7 @@ class Ledger:
         Every balance ends as `settle_margin_side` (hold captured and paid back, margin released and
         posted again) leaves it, in fewer postings (tests/ledger/test_margin_net.py); all checked
         first, on the counters as they will be (a failure changes nothing), else, with an account
-        that may not be credited beyond its debits, posted one by one. One field a statement below:
-        compiled, `a.x, a.y = u, v` boxes the ints into a tuple first.
+        that may not be credited beyond its debits, posted one by one.
         """
         if (take | gain | paid | covered | fee_net | shield) < 0:
             raise InvariantViolation("negative internal transfer")
