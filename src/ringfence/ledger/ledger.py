@@ -933,6 +933,101 @@ class Ledger:
         if not remaining:
             h.status = "posted"
 
+    def settle_margin_net(self, hold: Pending | None, take: int, wallet: Account, margin: Account, to_margin: int,
+                          pool: Account, gain: int, paid: int, insurance: Account, covered: int, fees: Account,
+                          fee_net: int, shield: int) -> None:
+        """One side of a perpetual fill, netted: one linked set of postings (a zero amount posts nothing):
+        release `take` of hold `hold` (the wallet's order hold, `open_hold_record`'s record: what
+        the fill frees of it stays in the wallet, nothing is captured); the position's margin
+        change `to_margin` between the wallet and the owner's margin account (positive: wallet ->
+        margin; negative: margin -> wallet); pool -> wallet `gain`; wallet -> pool `paid`;
+        insurance -> pool `covered`; wallet -> fees `fee_net`; wallet -> insurance `shield`.
+
+        Every balance ends as `settle_margin_side` (hold captured and paid back, margin released and
+        posted again) leaves it, in fewer postings (tests/ledger/test_margin_net.py); all checked
+        first, on the counters as they will be (a failure changes nothing), else, with an account
+        that may not be credited beyond its debits, posted one by one.
+        """
+        if (take | gain | paid | covered | fee_net | shield) < 0:
+            raise InvariantViolation("negative internal transfer")
+        flags = self._margin_net_accounts(hold, take, wallet, margin, pool, insurance, fees)
+        to_wallet, into_margin = (-to_margin, 0) if to_margin < 0 else (0, to_margin)
+        if flags & _NO_EXCESS_CREDIT:
+            if take and hold is not None:
+                self._release(hold, take, "voided" if take == hold.remaining else "pending")
+            for debit, credit, amount in ((margin, wallet, to_wallet), (pool, wallet, gain), (wallet, pool, paid),
+                                          (insurance, pool, covered), (wallet, fees, fee_net), (wallet, insurance, shield),
+                                          (wallet, margin, into_margin)):
+                self.move(debit, credit, amount)
+            return
+        # The counters as they will be: the wallet's credits come before its debits (its last state is
+        # its lowest); the insurance fund is checked after `covered`, before `shield`.
+        w_debits = wallet.debits_posted + paid + fee_net + shield + into_margin
+        w_credits = wallet.credits_posted + gain + to_wallet
+        w_pending = wallet.debits_pending - take
+        m_debits = margin.debits_posted + to_wallet
+        m_credits = margin.credits_posted + into_margin
+        p_debits = pool.debits_posted + gain
+        p_credits = pool.credits_posted + paid + covered
+        i_debits = insurance.debits_posted + covered
+        i_credits = insurance.credits_posted + shield
+        f_credits = fees.credits_posted + fee_net
+        if (
+            (wallet.flags & _NO_OVERDRAFT and w_debits + w_pending > w_credits)
+            or (margin.flags & _NO_OVERDRAFT and m_debits + margin.debits_pending > m_credits)
+            or (pool.flags & _NO_OVERDRAFT and p_debits + pool.debits_pending > p_credits)
+            or (insurance.flags & _NO_OVERDRAFT and i_debits + insurance.debits_pending > insurance.credits_posted)
+            # 128 bits (`MAX_AMOUNT` is all ones: an OR of non-negative counters passes it iff one does)
+            or ((top := w_debits + w_pending | w_credits | m_debits + margin.debits_pending | m_credits + margin.credits_pending
+                 | p_debits + pool.debits_pending | p_credits + pool.credits_pending | i_debits + insurance.debits_pending
+                 | i_credits + insurance.credits_pending | f_credits + fees.credits_pending) > _FAR_BELOW_MAX and top > MAX_AMOUNT)
+        ):
+            raise InvariantViolation(f"margin settlement of {wallet.name} would overdraw an account or overflow 128 bits")
+        if take and hold is not None:
+            hold.credit.credits_pending -= take  # (the clearing account's reservation)
+            remaining = hold.remaining - take
+            hold.remaining = remaining
+            if not remaining:
+                hold.status = "voided"
+        wallet.debits_pending = w_pending
+        wallet.debits_posted = w_debits
+        wallet.credits_posted = w_credits
+        margin.debits_posted = m_debits
+        margin.credits_posted = m_credits
+        pool.debits_posted = p_debits
+        pool.credits_posted = p_credits
+        insurance.debits_posted = i_debits
+        insurance.credits_posted = i_credits
+        fees.credits_posted = f_credits
+        dirty = self._dirty  # the incremental digest (ledger/digest.py): only the records that changed
+        if dirty is not None:
+            dirty.add(wallet)
+            if take:
+                dirty.add(hold)  # (the digest follows a hold's two accounts: the clearing account's reservation)
+            if to_margin:
+                dirty.add(margin)
+            if gain or paid or covered:
+                dirty.add(pool)
+            if covered or shield:
+                dirty.add(insurance)
+            if fee_net:
+                dirty.add(fees)
+
+    @staticmethod
+    def _margin_net_accounts(hold: Pending | None, take: int, wallet: Account, margin: Account, pool: Account,
+                             insurance: Account, fees: Account) -> int:
+        """`settle_margin_net`'s pre-conditions: one asset, distinct accounts, an open hold of the
+        wallet's that still reserves `take` (when it is not 0). Returns the accounts' flags, OR-ed."""
+        asset = wallet.asset
+        if (margin.asset != asset or pool.asset != asset or insurance.asset != asset or fees.asset != asset
+                or wallet is margin or wallet is pool or wallet is insurance or wallet is fees or margin is pool
+                or margin is insurance or margin is fees or pool is insurance or pool is fees or insurance is fees):
+            raise InvariantViolation(f"bad margin settlement accounts for {wallet.name}")
+        if take and (hold is None or hold.status != "pending" or take > hold.remaining or hold.debit is not wallet
+                     or hold.credit.credits_pending < take):
+            raise InvariantViolation(f"cannot release {take} of a hold of {wallet.name}")
+        return wallet.flags | margin.flags | pool.flags | insurance.flags | fees.flags
+
     def open_hold_record(self, hold_id: int) -> Pending:
         """Hold `hold_id`'s own record, to read (a perpetual fill reads its `amount` and `remaining`
         once per side, and hands it to `settle_margin_side`): never to be written outside the

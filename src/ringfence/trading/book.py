@@ -213,7 +213,8 @@ class MarketContract:
         self.order_wallet: Any = None
 
     def order_hold(self, engine: Any, m: Market, c: Any, words: OrderWords) -> tuple[tuple[str, str, str] | None, int, int]:
-        """(refusal or None, protection price, hold) of order `c` on `m`."""
+        """(refusal or None, protection price, hold) of order `c` on `m` (`c`: the order's fields as
+        placing read them, `trading.orders._Placed`)."""
         raise NotImplementedError
 
     def before_hold(self, engine: Any, m: Market, c: Any) -> None:

@@ -259,7 +259,8 @@ def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_r
     if refusal is not None:
         return _reject(ev, "PLACE", c, *refusal)
     if m.contract is not None:  # a perpetual: margin in the quote asset (ringfence.derivatives)
-        contract_refusal, protect_minor, hold_minor = m.contract.order_hold(engine, m, c, parsed)
+        # (handed the fields as read: `f`, a native record, where `c` is a command's generic attributes)
+        contract_refusal, protect_minor, hold_minor = m.contract.order_hold(engine, m, f, parsed)
         if contract_refusal is not None:
             return _reject(ev, "PLACE", c, *contract_refusal)
     elif limitish:  # a limit buy holds what it can cost at its price, a sell its quantity
