@@ -304,11 +304,22 @@ def _engine_rows(exchange: Any) -> Callable[[int, int, list[list[Any]]], Iterato
     from ..custody.state import CustodyEvent
     from ..trading.commands import OrderAccepted, OrderCanceled, Trade
 
+    # (symbol, side) -> (the market's read model, its update_id, the best price then): the best
+    # price is a scan of every level of that side, once per accepted order on the event loop; the
+    # book's levels change only with its update_id (trading/marketdata.py), so the scan is redone
+    # only when they did (an order that does not rest, an IOC that expires, leaves them as they were)
+    best_seen: dict[tuple[str, str], tuple[Any, int, int]] = {}
+
     def touch_bp(symbol: str, side: str, price: int) -> int:
         try:
             md = exchange.marketdata[symbol]
-            levels = md.bids if side == "BUY" else md.asks
-            best = (max(levels) if side == "BUY" else min(levels)) if levels else 0
+            seen = best_seen.get((symbol, side))
+            if seen is not None and seen[0] is md and seen[1] == md.update_id:
+                best = seen[2]
+            else:
+                levels = md.bids if side == "BUY" else md.asks
+                best = (max(levels) if side == "BUY" else min(levels)) if levels else 0
+                best_seen[(symbol, side)] = (md, md.update_id, best)
         except Exception:  # no book for the symbol (a perpetual, a delisted market): scored as far from the touch
             return 10_000
         if best <= 0 or price <= 0:

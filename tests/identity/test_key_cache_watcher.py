@@ -1,0 +1,60 @@
+"""The verified-key cache's watcher (identity/key_cache.py): it reads the store's key generation every
+`poll_s`, and a change committed by another process (another connection) is seen at the next poll.
+On SQLite it reads on a plain sqlite3 connection of its own, not through SQLAlchemy's pool: each
+read through SQLAlchemy cost ~0.5-0.8 ms of the serving process's GIL, 20 times a second (issue 18)."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import event, text
+
+from ringfence.identity.key_cache import VerifiedKeyCache
+
+
+def _bump_elsewhere(store) -> None:
+    """What another process's commit does to the counter: a raw UPDATE on another connection (not
+    through `Store.tx`, whose hook would move this process's own generation too)."""
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE identity_api_key_generation SET value = value + 1 WHERE id = 1"))
+
+
+def _wait_for(pred, seconds: float = 5.0) -> bool:  # float-ok: a test's timeout
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return pred()
+
+
+def test_the_watcher_sees_a_counter_committed_elsewhere_at_its_next_poll(ctx):
+    cache = VerifiedKeyCache(ctx, poll_s=0.01)
+    cache.start()
+    try:
+        before = cache.generation()
+        assert before is not None
+        _bump_elsewhere(ctx.store)
+        assert _wait_for(lambda: cache.generation() == [before[0], before[1] + 1]), (before, cache.generation())
+        _bump_elsewhere(ctx.store)
+        _bump_elsewhere(ctx.store)
+        assert _wait_for(lambda: cache.generation() == [before[0], before[1] + 3])
+    finally:
+        cache.stop()
+        cache._watcher.join(5)
+    assert cache._watch_conn is None  # closed by the stopped watcher
+
+
+def test_on_sqlite_the_watcher_polls_without_sqlalchemy(ctx):
+    if ctx.store.engine.url.get_backend_name() != "sqlite":
+        return  # PostgreSQL keeps reading through the store's engine
+    checkouts = []
+    event.listen(ctx.store.engine, "engine_connect", lambda conn: checkouts.append(1))
+    cache = VerifiedKeyCache(ctx, poll_s=0.005)
+    cache.start()  # its first read, through the store: one connection
+    try:
+        assert _wait_for(lambda: cache.polls >= 20)
+        assert len(checkouts) <= 1, f"{len(checkouts)} SQLAlchemy connections for {cache.polls} polls"
+    finally:
+        cache.stop()
+        cache._watcher.join(5)
