@@ -117,7 +117,8 @@ class _Probe:
 
         def commit_timed(items):  # type: ignore[no-untyped-def]
             started = clock()
-            for _, _, ack in items:
+            for item in items:  # (an Ack since session 18; a (command, raw, ack) tuple in older sources)
+                ack = item[2] if type(item) is tuple else item
                 at = self._submitted.pop(id(ack), None)
                 if at is not None:
                     self.ns["queue_wait"].append(started - at)

@@ -509,6 +509,8 @@ class Node:
         self.engine: Engine | None = None
         self.writer: JournalWriter | None = None
         self.failed: BaseException | None = None
+        #: the batch the sequencer is committing (`_run` answers what it left unanswered if it raised)
+        self._committing: list[Ack] = []
         self.recovery: RecoveryReport | None = None
         #: `fn(first_seq, ts_ns, commands, outputs)` once per batch, in order, once the batch is
         #: durable and its acknowledgements resolved (read models, WebSocket feeds). Classic: on the
@@ -765,6 +767,13 @@ class Node:
             self._sequence()
         except BaseException as err:  # the shard halted; answer everyone still waiting
             self.failed = self.failed or err
+            # The batch being committed when it broke: taken out of the inbox, perhaps written,
+            # perhaps applied — its unanswered requests hear "outcome unknown", never nothing.
+            for ack in self._committing:
+                if not ack.done():
+                    ack._resolve(error=OutcomeUnknown(f"the node stopped while committing this request's batch "
+                                                      f"({type(err).__name__}). Outcome unknown: check before "
+                                                      f"retrying", field=None))
             while self._inbox:
                 item = self._inbox.popleft()
                 if isinstance(item, Ack):
@@ -814,6 +823,7 @@ class Node:
                     break
                 items.append(nxt)
                 weight += command_weight(nxt.command)
+            self._committing = items  # (answered by `_run` if the commit raises)
             self._commit(items)
             self._notify()
             if control is _STOP:
