@@ -5,14 +5,9 @@ reference the differential test (test_fast_path.py) runs beside the engine's `Co
 `initial_margin`, `effective_leverage` and `cross_upnl`, renamed `*_ref`. It stands alone (the
 engine's `Contract` may be compiled, and a compiled class cannot be subclassed from Python; it
 subclasses trading's `MarketContract`, the interface `Market.contract` is typed with, which allows it).
-Do not "tidy" this file: its value is that it is the old code. Two additions since: the rule for a
+Do not "tidy" this file: its value is that it is the old code. One addition since: the rule for a
 market that only reduces (issue 17), restated from docs/derivatives.md ("Reduce-only market") rather
-than copied — `only_reduces`, the `only_reduces` argument of `fill_cap`, and `expiry_reason`; and a
-fill side's postings netted (session 18, issue 17): `_side` computes every amount as before, on the
-wallet's `available` as the old postings one by one would leave it, but hands them to `_Netted`,
-which posts per pair of accounts only the net amount (the hold's freed part released, not captured
-and paid back; the margin released and posted again moved as its difference) — the engine's
-`Contract` posts the same (`Ledger.settle_margin_net`).
+than copied — `only_reduces`, the `only_reduces` argument of `fill_cap`, and `expiry_reason`.
 """
 
 # ruff: noqa
@@ -277,12 +272,13 @@ class ReferenceContract(MarketContract):  # (the interface trading calls: `Marke
         ledger = self.engine.ledger
         owner = o.owner
         w = o.pay
-        # 1. What the fill frees of the order's hold goes back to the wallet (released: `_Netted`).
+        # 1. What the fill frees of the order's hold goes back to the wallet (capture, pay back).
         h = ledger.pending_hold(o.hold_id)
         leaves_after = o.leaves - qty
         take = h.remaining - ceil_div(h.amount * leaves_after, o.qty)
-        net = _Netted(ledger, w, o.hold_id, take)
-        ledger = net  # (the moves below are the old ones, netted by `_Netted`)
+        if take > 0:
+            ledger.capture(o.hold_id, take)
+            ledger.move(m.clearing.quote, w, take)
         key = (owner, p.symbol)
         iso = key in st.isolated
         own_margin_only = st.liquidating_isolated == key  # a LiquidatePosition step: the wallet never pays
@@ -326,14 +322,14 @@ class ReferenceContract(MarketContract):  # (the interface trading calls: `Marke
             ledger.move(pool, w, realized)
         elif realized < 0:
             loss = -realized
-            budget = min(net.available, released + max(take, 0) if own_margin_only else released) if iso else net.available
+            budget = min(w.available, released + max(take, 0) if own_margin_only else released) if iso else w.available
             paid = min(loss, budget)
             ledger.move(w, pool, paid)
             covered = loss - paid
             if covered:
                 ledger.move(insurance, pool, covered)
         # 5. The fee, in the quote asset: ceil(notional × rate); the shield fund's tenth rounds down.
-        fee = min(ceil_div(notional * rate_ppm, PPM), net.available)
+        fee = min(ceil_div(notional * rate_ppm, PPM), w.available)
         # What the position's margin (and its order's hold, borrowed from it) brought and the loss left.
         own_left = released + max(take, 0) - (-realized - covered if realized < 0 else 0)
         if own_margin_only:
@@ -346,7 +342,7 @@ class ReferenceContract(MarketContract):  # (the interface trading calls: `Marke
             target = initial_margin_ref(st, p, owner, abs(pos.size), pos.cost, p.open_interest)
             if iso:
                 target += pos.extra
-            post = min(target, net.available)
+            post = min(target, w.available)
             if own_margin_only:
                 post = max(0, min(post, own_left - fee))
             ledger.move(w, acct, post)
@@ -355,54 +351,7 @@ class ReferenceContract(MarketContract):  # (the interface trading calls: `Marke
         else:
             st.positions.pop(key, None)
             pos.extra = 0
-        net.post()
         ev.append(PositionChanged(owner, p.symbol, price, signed, pos.size, pos.cost, pos.margin, realized, fee, covered))
         self._touched.add(owner)
         return fee
-
-
-class _Netted:
-    """A fill side's postings, netted (added in session 18: see the module's docstring). `move` is
-    the ledger's, recorded: `available` follows the wallet's as the old postings one by one would
-    leave it (the hold's freed part `take` counted in from the start). `post` then releases `take`
-    of the hold and posts per pair of accounts the net amount: those that credit the wallet first,
-    the others in the order they were first made (the insurance fund's cover before its shield)."""
-
-    def __init__(self, ledger: Any, w: Any, hold_id: int, take: int) -> None:
-        self.ledger, self.w, self.hold_id, self.take = ledger, w, hold_id, max(take, 0)
-        self.available = w.available + self.take
-        self.legs: dict[tuple[int, int], list[Any]] = {}
-
-    def find(self, *a: Any) -> Any:
-        return self.ledger.find(*a)
-
-    def open_account(self, *a: Any) -> Any:
-        return self.ledger.open_account(*a)
-
-    def move(self, debit: Any, credit: Any, amount: int) -> None:
-        if amount < 0:
-            raise AssertionError("negative internal transfer")
-        if not amount:
-            return
-        if debit is self.w:
-            self.available -= amount
-        if credit is self.w:
-            self.available += amount
-        back = self.legs.get((credit.id, debit.id))
-        if back is not None:
-            back[2] -= amount
-        else:
-            self.legs.setdefault((debit.id, credit.id), [debit, credit, 0])[2] += amount
-
-    def post(self) -> None:
-        ledger = self.ledger
-        if self.take:
-            left = ledger.pending_hold(self.hold_id).remaining - self.take
-            if left:
-                ledger.resize_hold_to(self.hold_id, self.w, left)
-            else:
-                ledger.release(self.hold_id)
-        legs = [(d, c, a) if a > 0 else (c, d, -a) for d, c, a in self.legs.values() if a]
-        for d, c, a in sorted(legs, key=lambda leg: leg[1] is not self.w):  # (stable: the wallet's credits first)
-            ledger.move(d, c, a)
 

@@ -48,13 +48,13 @@ def test_a_planted_perpetual_fee_leak_is_found_by_the_independent_fold_and_halts
                 amount += 1
             super().move(debit, credit, amount)
 
-        def settle_margin_net(self, hold, take, wallet, margin, to_margin, pool, gain, paid, insurance, covered, fees,
-                              fee_net, shield):
+        def settle_margin_side(self, hold_id, take, wallet, margin, released, pool, gain, paid, insurance, covered, fees,
+                               fee_net, shield, post, hold=None):
             # a fill's postings (one call per side): the fee leg takes one unit more, when the wallet has it
-            if fees.segment == "derivatives" and fee_net and wallet.available + take + gain - paid - fee_net - shield - to_margin > 0:
+            if fees.segment == "derivatives" and fee_net and wallet.available + take + released + gain - paid - fee_net - shield - post > 0:
                 fee_net += 1
-            super().settle_margin_net(hold, take, wallet, margin, to_margin, pool, gain, paid, insurance, covered, fees,
-                                      fee_net, shield)
+            super().settle_margin_side(hold_id, take, wallet, margin, released, pool, gain, paid, insurance, covered, fees,
+                                       fee_net, shield, post, hold)
 
     use_ledger_class(LeakyLedger)
     node = new_node(tmp_path / "n", fsync=False)

@@ -48,3 +48,39 @@ def test_a_commit_that_raises_answers_its_batch_and_the_queue(tmp_path) -> None:
     assert OutcomeUnknown in answered  # the batch that was being committed
     assert isinstance(node.failed, RuntimeError)
     node.close()
+
+
+def test_a_callback_that_raises_costs_no_other_request_its_answer(tmp_path) -> None:
+    """`_answer` calls the batch's callbacks after marking the batch answered: one that raises (a
+    gateway's loop closed under `call_soon_threadsafe`) is logged, and every other callback of the
+    batch is still called — before, the rest were skipped and their clients waited forever."""
+    from ringfence.engine.node import Ack, _answer
+
+    cond = threading.Condition()
+    acks = [Ack(cond) for _ in range(3)]
+    called: list[int] = []
+
+    def broken(ack: Ack) -> None:
+        raise RuntimeError("the loop is closed")
+
+    acks[0].add_done_callback(broken)
+    acks[1].add_done_callback(lambda ack: called.append(ack.seq))
+    acks[2].add_done_callback(broken)
+    acks[2].add_done_callback(lambda ack: called.append(ack.seq))  # (a second callback: the list form)
+    _answer(acks, 7, [[], [], []], {})
+    assert called == [8, 9]
+
+
+def test_an_answered_request_keeps_its_first_answer(tmp_path) -> None:
+    from ringfence.engine.node import Ack, _answer
+
+    cond = threading.Condition()
+    first, second = Ack(cond), Ack(cond)
+    seen: list[object] = []
+    first.add_done_callback(lambda ack: seen.append(ack.error))
+    first._resolve(error=OutcomeUnknown("the node stopped", field=None))
+    first._resolve(error=NotDurable("a late refusal"))  # ignored: the first answer stays, nobody is called twice
+    _answer([first, second], 1, [[], []], {})  # a late acknowledger: the answered one is skipped, the other answered
+    assert isinstance(first.error, OutcomeUnknown) and first.events is None
+    assert len(seen) == 1 and isinstance(seen[0], OutcomeUnknown)
+    assert second.events == [] and second.seq == 2

@@ -58,3 +58,23 @@ def test_on_sqlite_the_watcher_polls_without_sqlalchemy(ctx):
     finally:
         cache.stop()
         cache._watcher.join(5)
+
+
+def test_a_sqlite_uri_database_is_read_through_sqlalchemy(tmp_path):
+    """A URI database (a shared in-memory one, or options in the query) is not a file path the plain
+    connection could open: the watcher reads it through the store's engine (session 18's review: the
+    plain connection opened an empty file named after the URI and failed every poll)."""
+    import types
+
+    from sqlalchemy import create_engine
+
+    engine = create_engine("sqlite:///file:rf_kc_uri?mode=memory&cache=shared&uri=true")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE identity_api_key_generation (id INTEGER PRIMARY KEY, value INTEGER)"))
+        conn.execute(text("INSERT INTO identity_api_key_generation VALUES (1, 41)"))
+    ctx = types.SimpleNamespace(store=types.SimpleNamespace(engine=engine))
+    cache = VerifiedKeyCache.__new__(VerifiedKeyCache)
+    cache.ctx, cache._watch_conn = ctx, None
+    assert cache._poll_store_generation() == 41
+    assert cache._watch_conn is None
+    engine.dispose()

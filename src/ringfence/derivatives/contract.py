@@ -4,8 +4,8 @@ changes positions instead of delivering the base asset (docs/derivatives.md has 
 
 This is every perpetual order's hot path, so it is compiled with trading's matching loop
 (`ringfence.native.COMPILED`); like those modules it is ordinary Python that runs as it is when
-nothing is built. Money moves only through the ledger's public API (`settle_margin_net`, `move`,
-`resize_hold_to`). tests/derivatives/test_fast_path.py runs it beside
+nothing is built. Money moves only through the ledger's public API (`settle_margin_side`,
+`capture_and_return`, `move`, `resize_hold_to`). tests/derivatives/test_fast_path.py runs it beside
 the code it replaced (tests/derivatives/reference_contract.py) and compares every event and the
 state hash.
 """
@@ -561,13 +561,12 @@ class Contract(MarketContract):
         The hot path of every perpetual fill, written on locals: the position's fields are set
         once at the end (`Position`'s tracking `__setattr__` is bypassed, and the key marked for
         the margin sweep's mirror by hand), the wallet's free balance is followed arithmetically
-        between postings, and the postings are netted (`Ledger.settle_margin_net`: the hold's freed
-        part released, only the margin's change moved) as the step-by-step version beside it makes
-        them (tests/derivatives/test_fast_path.py runs the two side by side and compares every
-        event and the state hash)."""
+        between postings, and the postings are the same, in the same order and amounts, as the
+        step-by-step version this replaced (tests/derivatives/test_fast_path.py runs the two side
+        by side and compares every event and the state hash)."""
         owner: str = o.owner
         w: Account = o.pay
-        # 1. What the fill frees of the order's hold stays in the wallet (released).
+        # 1. What the fill frees of the order's hold goes back to the wallet (capture, pay back).
         hold_id: int = o.hold_id
         h: Pending = ledger.open_hold_record(hold_id)  # (read only: its two figures, and handed back to the settlement)
         remaining: int = h.remaining
@@ -608,8 +607,7 @@ class Contract(MarketContract):
                 seat.isolated = acct
             else:
                 seat.margin = acct
-        # 2. The position's margin comes back to the wallet (`released`); it is posted again for what
-        #    remains (only the difference moves).
+        # 2. The position's margin comes back to the wallet (`released`); it is posted again for what remains.
         # 3. The position: open, increase, reduce or flip (docs/derivatives.md, "Positions").
         longs_before: int = size if size > 0 else 0
         signed: int = qty if is_buy else -qty
@@ -677,10 +675,9 @@ class Contract(MarketContract):
             post = target if target < free else free
             if own_margin_only:
                 post = max(0, min(post, own_left - fee))
-        # Steps 1-6 as one linked set of postings, netted (the ledger checks them all before the
-        # first): the freed part of the hold released, only the margin's change moved.
-        ledger.settle_margin_net(h, took, w, acct, post - released, pool, gain, paid, insurance, covered, fees,
-                                 fee - shield, shield)
+        # Steps 1-6 as one linked set of postings (the ledger checks them all before the first).
+        ledger.settle_margin_side(hold_id, took, w, acct, released, pool, gain, paid, insurance, covered, fees,
+                                  fee - shield, shield, post, h)
         if _NATIVE_POSITION:  # compiled: written through its own `__setattr__` (a native call; it marks the key)
             pos.realized += realized
             pos.size = size

@@ -192,16 +192,18 @@ class Ack:
         self._callbacks: Callable[["Ack"], None] | list[Callable[["Ack"], None]] | None = None
 
     def _resolve(self, events: list[Event] | None = None, error: BaseException | None = None, seq: int = 0) -> None:
+        """Answer this request, once: an Ack already answered keeps its first answer (a sweep of a
+        stopping node and a late acknowledger could both reach it) and calls nobody again."""
         cond = self._cond
-        if cond is None:  # never submitted: one thread
+        if cond is not None:
+            cond.acquire()  # against `add_done_callback` on another thread: each callback is called once
+        try:
+            if self.events is not None or self.error is not None:
+                return
             self.seq, self.error, self.events = seq, error, events
             callbacks, self._callbacks = self._callbacks, None
-        else:
-            cond.acquire()  # against `add_done_callback` on another thread: each callback is called once
-            try:
-                self.seq, self.error, self.events = seq, error, events
-                callbacks, self._callbacks = self._callbacks, None
-            finally:
+        finally:
+            if cond is not None:
                 cond.release()
         if callbacks is not None:
             _call(self, callbacks)
@@ -283,6 +285,9 @@ def _answer(accepted: list[Ack], first_seq: int, outputs: list[list[Event]],
         cond.acquire()  # once per batch: `add_done_callback` on another thread sees each Ack before or after
     try:
         for ack, events in zip(accepted, outputs):
+            if ack.error is not None:  # answered already (a stopping node's sweep): its first answer stays
+                seq += 1
+                continue
             ack.seq = seq  # before `events`: a waiter that sees it done reads a complete answer
             ack.events = events
             ack.raw = b""  # journaled: a caller that keeps its Acks does not keep every request's bytes
@@ -298,19 +303,22 @@ def _answer(accepted: list[Ack], first_seq: int, outputs: list[list[Event]],
     for i in range(1, len(claimed), 2):  # (inlined `_call`: a Python call per request saved)
         callbacks = claimed[i]
         if type(callbacks) is list:
-            for fn in callbacks:
-                fn(claimed[i - 1])
+            _call(claimed[i - 1], callbacks)
         else:
-            callbacks(claimed[i - 1])
+            try:
+                callbacks(claimed[i - 1])
+            except Exception:  # noqa: BLE001 - one caller's broken callback must not cost the others theirs
+                _log.exception("a request's completion callback raised (request %d)", claimed[i - 1].seq)
 
 
 def _call(ack: Ack, callbacks: Any) -> None:
-    """Call an Ack's callbacks, claimed by its resolver: one function, or a list of them in order."""
-    if type(callbacks) is list:
-        for fn in callbacks:
+    """Call an Ack's callbacks, claimed by its resolver: one function, or a list of them in order.
+    One that raises is logged; the others (and the other requests' callbacks) are still called."""
+    for fn in callbacks if type(callbacks) is list else (callbacks,):
+        try:
             fn(ack)
-    else:
-        callbacks(ack)
+        except Exception:  # noqa: BLE001 - see `_answer`
+            _log.exception("a request's completion callback raised (request %d)", ack.seq)
 
 
 def rejection_error(event: CommandRejected) -> RingfenceError:

@@ -29,6 +29,7 @@ Invalidation (the invariant: a change that withdraws access takes effect on the 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -81,9 +82,11 @@ class VerifiedKeyCache:
         conn = self._watch_conn
         if conn is None:
             url = self.ctx.store.engine.url
-            if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            database = url.database or ""
+            if (url.get_backend_name() != "sqlite" or not database or database == ":memory:" or url.query
+                    or database.startswith("file:")):  # a URI database (memory, shared cache, options): SQLAlchemy's
                 return self.read_store_generation()
-            conn = self._watch_conn = sqlite3.connect(url.database, timeout=30, check_same_thread=False)
+            conn = self._watch_conn = sqlite3.connect(os.path.abspath(database), timeout=30, check_same_thread=False)
         row = conn.execute("SELECT value FROM identity_api_key_generation WHERE id = 1").fetchone()
         if row is None:
             raise LookupError("identity_api_key_generation has no row 1")

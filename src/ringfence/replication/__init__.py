@@ -1076,6 +1076,7 @@ class Replicator:
         self._unacked = 0  # messages sent whose ack has not come back
         self._broken: BaseException | None = None  # a publish failed: nothing more is sent
         self._send_lock: asyncio.Lock | None = None  # created on the link's loop
+        self._sending: set[asyncio.Task[None]] = set()  # `_publish_later`'s send tasks still running
         #: the stream's acks come to `_ack_prefix.N`; `_acks` maps that subject to its future. nats-py's
         #: own `publish_async` raises a refusal inside its reply handler instead of failing the
         #: future (2.16.0): the publisher would see a timeout 5 s later instead of "deposed".
@@ -1613,7 +1614,7 @@ class Replicator:
         if isinstance(token, concurrent.futures.Future):
             try:
                 token.result(PUBLISH_TIMEOUT_S)
-            except Exception:  # noqa: BLE001 - stored or not, the node stops; the outcome stays unknown
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - stored or not, the node stops; the outcome stays unknown
                 pass
 
     def _publish(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
@@ -1645,7 +1646,10 @@ class Replicator:
         loop = self.link._loop
 
         def start() -> None:
-            loop.create_task(self._send_record(settle, kind, first_seq, count, prev, record_hash, payload, state_hash, extra))
+            task = loop.create_task(self._send_record(settle, kind, first_seq, count, prev, record_hash, payload,
+                                                      state_hash, extra))
+            self._sending.add(task)  # (a reference until it ends: the loop keeps only a weak one)
+            task.add_done_callback(self._sending.discard)
 
         loop.call_soon_threadsafe(start)
         return done
