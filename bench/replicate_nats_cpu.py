@@ -14,7 +14,6 @@ replicated path's cost on the NATS thread. A/B: run it with PYTHONPATH at each t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import secrets
 import sys
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 
 import ringfence  # noqa: E402
 from ringfence.replication import KIND_BATCH, Replicator, parse_target  # noqa: E402
+from replicate import _delete  # noqa: E402  (the stream and its leader bucket, after the run)
 
 WARM_UP = 200
 
@@ -44,23 +44,6 @@ def _ticks(tid: int) -> tuple[int, int]:
 def _switches(tid: int) -> tuple[int, int]:
     lines = dict(line.split(":\t") for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines() if "ctxt" in line)
     return int(lines["voluntary_ctxt_switches"]), int(lines["nonvoluntary_ctxt_switches"])
-
-
-def _delete(nats_url: str, stream: str) -> None:
-    async def go() -> None:
-        import nats
-
-        nc = await nats.connect(nats_url)
-        try:
-            for name in (stream, f"KV_{stream}-leader"):
-                try:
-                    await nc.jetstream().delete_stream(name)
-                except Exception:  # noqa: BLE001 - never created
-                    pass
-        finally:
-            await nc.close()
-
-    asyncio.run(go())
 
 
 def run(nats_url: str, batches: int, payload_bytes: int, note: str) -> dict:

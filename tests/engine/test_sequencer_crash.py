@@ -11,19 +11,15 @@ import threading
 
 import pytest
 
-from ringfence.app import new_node
 from ringfence.engine.node import NotDurable, OutcomeUnknown
-from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsset
+from ringfence.ledger.commands import CreateTransfers
 from ringfence.ledger.model import Transfer
+
+from .test_node_gc import _node
 
 
 def test_a_commit_that_raises_answers_its_batch_and_the_queue(tmp_path) -> None:
-    node = new_node(tmp_path / "n", fsync=False)
-    node.open()
-    node.execute_many([RegisterAsset("USDT", 6, "crypto", "ethereum"), OpenAccount("a", "USDT"), OpenAccount("b", "USDT")])
-    led = node.engine.ledger
-    world, a, b = led.world("USDT").id, led.get("a", "USDT").id, led.get("b", "USDT").id
-    node.execute(CreateTransfers([Transfer(1, world, a, 10**9)]))
+    node, a, b = _node(tmp_path)  # a funded, b empty
     node.start()
     held, release = threading.Event(), threading.Event()
 

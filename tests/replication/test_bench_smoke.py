@@ -43,3 +43,14 @@ def test_promotion_benchmark_smoke():
     line = json.loads(out.stdout.strip().splitlines()[-1])
     assert line["bench"] == "promotion" and line["smoke"] is True
     assert line["workload"]["journal_seq"] > 200 and 0 < line["warm_open_ms"] < line["replay_open_ms"], line
+
+
+def test_nats_cpu_benchmark_smoke():
+    """bench/replicate_nats_cpu.py: the NATS thread's CPU per published batch, one line (smoke: 20 batches)."""
+    bench = Path(__file__).resolve().parents[2] / "bench" / "replicate_nats_cpu.py"
+    out = subprocess.run([sys.executable, str(bench), "--smoke", "--nats", NATS_URL], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["bench"] == "replicate_nats_cpu" and line["smoke"] is True and line["batches"] == 20
+    assert line["nats_thread_cpu_us_per_batch"] > 0 and line["wall_us_per_batch"] > 0, line

@@ -1631,7 +1631,7 @@ class Replicator:
                         state_hash: str, extra: dict[str, str] | None = None) -> None:
         """Publish one record and return once the stream stored all of it (`_send_record`)."""
         stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._send_record(_settle_asyncio(stored), kind, first_seq, count, prev, record_hash, payload, state_hash, extra)
+        await self._send_record(_settler(stored), kind, first_seq, count, prev, record_hash, payload, state_hash, extra)
         await stored
 
     def _publish_later(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
@@ -1642,7 +1642,7 @@ class Replicator:
         subscription's handler (`_send_record`), three loop iterations fewer per batch than a coroutine
         run with `run_coroutine_threadsafe` that awaits each ack."""
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        settle = _settle_concurrent(done)
+        settle = _settler(done)
         loop = self.link._loop
 
         def start() -> None:
@@ -1897,18 +1897,8 @@ class _Ack(asyncio.Future):  # type: ignore[type-arg]
         self.reply = reply
 
 
-def _settle_concurrent(done: "concurrent.futures.Future[None]") -> Callable[[BaseException | None], None]:
-    def settle(err: BaseException | None) -> None:
-        if done.done():
-            return
-        if err is None:
-            done.set_result(None)
-        else:
-            done.set_exception(err)
-    return settle
-
-
-def _settle_asyncio(done: "asyncio.Future[None]") -> Callable[[BaseException | None], None]:
+def _settler(done: "concurrent.futures.Future[None] | asyncio.Future[None]") -> Callable[[BaseException | None], None]:
+    """`settle(err)`: complete `done` (a concurrent or an asyncio future) once — with None, or failed with `err`."""
     def settle(err: BaseException | None) -> None:
         if done.done():
             return
