@@ -34,6 +34,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import replace
+from urllib.request import pathname2url
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import text
@@ -86,7 +87,9 @@ class VerifiedKeyCache:
             if (url.get_backend_name() != "sqlite" or not database or database == ":memory:" or url.query
                     or database.startswith("file:")):  # a URI database (memory, shared cache, options): SQLAlchemy's
                 return self.read_store_generation()
-            conn = self._watch_conn = sqlite3.connect(os.path.abspath(database), timeout=30, check_same_thread=False)
+            # (mode=rw: a database that is not there is an error, never a new empty file)
+            conn = self._watch_conn = sqlite3.connect(f"file:{pathname2url(os.path.abspath(database))}?mode=rw", uri=True,
+                                                      timeout=30, check_same_thread=False)
         row = conn.execute("SELECT value FROM identity_api_key_generation WHERE id = 1").fetchone()
         if row is None:
             raise LookupError("identity_api_key_generation has no row 1")
