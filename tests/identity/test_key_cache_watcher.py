@@ -67,8 +67,9 @@ def test_a_sqlite_uri_database_is_read_through_sqlalchemy(tmp_path):
     import types
 
     from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
 
-    engine = create_engine("sqlite:///file:rf_kc_uri?mode=memory&cache=shared&uri=true")
+    engine = create_engine("sqlite:///file:rf_kc_uri?mode=memory&cache=shared&uri=true", poolclass=StaticPool)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE identity_api_key_generation (id INTEGER PRIMARY KEY, value INTEGER)"))
         conn.execute(text("INSERT INTO identity_api_key_generation VALUES (1, 41)"))
