@@ -503,9 +503,7 @@ class Node:
         self.max_wait_us = max_wait_us
         self.segment_bytes, self.prezero_segments = segment_bytes, prezero_segments
         self.snapshot_keep = snapshot_keep
-        self._clock = clock
-        self._entropy = entropy
-        self._journal_sync = journal_sync
+        self._clock, self._entropy, self._journal_sync = clock, entropy, journal_sync
         #: written into the lock file next to the pid, so a refused second writer learns who holds it
         self.purpose = purpose or " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
         self.lock: DataDirLock | None = None
@@ -517,8 +515,7 @@ class Node:
         self.engine: Engine | None = None
         self.writer: JournalWriter | None = None
         self.failed: BaseException | None = None
-        #: the batch the sequencer is committing (`_run` answers what it left unanswered if it raised)
-        self._committing: list[Ack] = []
+        self._committing: list[Ack] = []  # the batch being committed (`_run` answers it if the commit raised)
         self.recovery: RecoveryReport | None = None
         #: `fn(first_seq, ts_ns, commands, outputs)` once per batch, in order, once the batch is
         #: durable and its acknowledgements resolved (read models, WebSocket feeds). Classic: on the
