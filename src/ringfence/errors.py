@@ -14,6 +14,7 @@ An invariant violation inside the engine is *not* in this hierarchy's "handle it
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = [
@@ -359,3 +360,22 @@ class ChainUnavailable(RingfenceError, ConnectionError):
 
 __all__ += ["InvalidAddress", "UnsupportedAsset", "TransactionRejected", "ChainUnavailable"]
 __all__ += ["PrecheckFailed"]
+
+
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s]+)@")
+
+
+def without_credentials(text: str) -> str:
+    """`text` with the credentials of every URL in it hidden: `nats://user:pw@host` becomes
+    `nats://user:***@host`, `nats://TOKEN@host` (a user name alone is a token to NATS) and
+    `redis://:pw@host` become `nats://***@host` / `redis://:***@host`. For what a process writes
+    about itself (its command line in a lock file, a child's command line in an error)."""
+
+    def hide(m: re.Match[str]) -> str:
+        user, colon, _ = m.group("info").partition(":")
+        return m.group("scheme") + (f"{user}:***@" if colon else "***@")
+
+    return _URL_USERINFO.sub(hide, text)
+
+
+__all__ += ["without_credentials"]

@@ -202,3 +202,29 @@ def test_s3_locations_are_parsed_strictly_naming_the_option():
         with pytest.raises(ValidationError) as err:
             parse_s3_url(bad, "BACKUPDIR")
         assert err.value.field == "BACKUPDIR", bad
+
+
+@pytest.mark.parametrize("name", ["/{victim}/evil.txt", "journal//x", "journal/../../{victim_rel}/evil.txt", "./x",
+                                  "journal/"])
+def test_an_object_name_that_leaves_the_download_folder_is_refused_before_anything_is_written(tmp_path, s3, name):
+    """Intruder review, session 19 (F1): `PREFIX//tmp/x` named the absolute `/tmp/x`, and verify and
+    restore downloaded the object there (creating its folders) before reading any signature — a
+    file anywhere on disk from anyone who can write to the bucket. Every name is now checked
+    before the first download; the command fails naming the object and writes nothing."""
+    endpoint, env, client = s3
+    victim = tmp_path / "victim"
+    prefix = f"evil-{abs(hash(name)) % 10**8}"
+    key = name.format(victim=str(victim).lstrip("/"), victim_rel=str(victim).lstrip("/"))
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/MANIFEST.json", Body=b"{}")
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=b"attacker's bytes\n")
+    trust = tmp_path / "trust.json"
+    trust.write_text(json.dumps({"n1": "00" * 31 + "01"}))
+    for args in (["verify", f"s3://{BUCKET}/{prefix}", "--trust", str(trust)],
+                 ["restore", f"s3://{BUCKET}/{prefix}", "--trust", str(trust), "--to", str(tmp_path / "restored")]):
+        proc = rf("backup", *args, check=False, env=env)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, out
+        assert "cannot be a file of a backup" in out and "BACKUPDIR" in out, out
+        assert not victim.exists(), (args, out)
+        assert not (tmp_path / "restored").exists(), out
+        assert SECRET not in out

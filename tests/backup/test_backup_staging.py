@@ -22,6 +22,7 @@ import pytest
 
 import ringfence.backup as backup_mod
 from ringfence.backup import MANIFEST, BackupInvalid, create_backup, restore_backup, verify_backup
+from ringfence.errors import ConfigError
 
 from .conftest import SIGNER, TRUST, rf, verdict
 from .test_backup_signed import _identity_db
@@ -154,3 +155,42 @@ def test_the_verdict_names_the_backups_date_and_sequence_and_an_older_one_can_be
         proc = rf("backup", *command, "--trust", str(trust_file), "--expect-seq-at-least", str(last + 1), check=False)
         assert proc.returncode == 1 and "--expect-seq-at-least: the backup ends at sequence" in proc.stderr, proc.stderr
     assert not (tmp_path / "r2").exists() and _no_staging_left(tmp_path)
+
+
+@pytest.mark.parametrize("swap", ["symlink", "full folder"])
+def test_a_target_swapped_after_its_check_is_never_written_into(genuine, tmp_path, monkeypatch, swap):
+    """Intruder review, session 19 (F4): `--to` was checked new or empty, and `--to/engine` made only
+    after staging: a local user who can write --to's parent swapped in a symlink to a folder of
+    theirs, the restore wrote into it and said OK. The new data directory is now built inside the
+    private staging folder and takes --to's place in one rename, which refuses anything else there."""
+    bk, _ = _copy(genuine, tmp_path)
+    theirs = tmp_path / "attacker"
+    theirs.mkdir()
+    (theirs / "planted").write_text("x\n")
+    target = tmp_path / "to"
+    real_lock = backup_mod.DataDirLock
+
+    def swap_then_lock(*args, **kwargs):  # the first step after every check
+        if swap == "symlink":
+            target.symlink_to(theirs, target_is_directory=True)
+        else:
+            target.mkdir()
+            (target / "planted").write_text("x\n")
+        return real_lock(*args, **kwargs)
+
+    monkeypatch.setattr(backup_mod, "DataDirLock", swap_then_lock)
+    with pytest.raises(ConfigError) as refused:
+        restore_backup(bk, target, trust=TRUST)
+    assert refused.value.field == "--to" and "changed after it was checked" in str(refused.value)
+    assert sorted(p.name for p in theirs.iterdir()) == ["planted"]
+    assert sorted(p.name for p in target.iterdir()) == ["planted"]
+    assert _no_staging_left(tmp_path)
+
+
+def test_a_restore_into_an_empty_folder_takes_its_place(genuine, tmp_path):
+    bk, manifest = _copy(genuine, tmp_path)
+    (tmp_path / "to").mkdir()
+    got = restore_backup(bk, tmp_path / "to", trust=TRUST)
+    assert got.last_seq == manifest["last_seq"] and (tmp_path / "to" / "engine" / "journal").is_dir()
+    assert (tmp_path / "to" / "identity.sqlite3").is_file() and oct((tmp_path / "to").stat().st_mode & 0o777) == "0o700"
+    assert _no_staging_left(tmp_path)

@@ -10,8 +10,10 @@ Reproduce by hand: `ringfence serve --demo --data D &` then `ringfence reconcile
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import string
 import signal
 import socket
 import subprocess
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.conftest import ARGON2_TEST_COST, NO_CHAINS
 
@@ -270,3 +274,49 @@ def test_second_writer_is_refused_while_serve_runs_and_readers_use_the_serve_dir
     after = run("reconcile", "run", str(data), "--no-halt")
     assert after.returncode in (0, 3), after.stderr
     assert here("journal", "verify", str(data)).returncode == 0
+
+
+def test_the_lock_file_never_holds_a_url_password_or_token(tmp_path):
+    """Intruder review, session 19 (F2): the LOCK file kept the holder's whole command line, and with
+    it `--replicate nats://user:PASSWORD@…`; every refused second writer printed it. Credentials in
+    any URL are now hidden when the line is written, and when an older file's line is read."""
+    from ringfence.errors import DataDirLocked
+    from ringfence.journal.journal import LOCK_FILE, DataDirLock, lock_holder
+
+    node = tmp_path / "node"
+    node.mkdir()
+    purpose = "ringfence serve --replicate nats://rfu:LOCKPW_SECRET@127.0.0.1:4222/S --standby tls://TOKSECRET@h:1"
+    lock = DataDirLock(node, purpose)
+    try:
+        text = (node / LOCK_FILE).read_text()
+        assert "LOCKPW_SECRET" not in text and "TOKSECRET" not in text, text
+        assert "nats://rfu:***@127.0.0.1:4222/S" in text and "tls://***@h:1" in text, text
+        with pytest.raises(DataDirLocked) as refused:
+            DataDirLock(node, "a second writer")
+        assert "rfu:***@" in str(refused.value) and "LOCKPW_SECRET" not in str(refused.value)
+    finally:
+        lock.release()
+    (node / LOCK_FILE).write_text(f"{os.getpid()}\nserve --replicate nats://u:OLDPW@host:4222/S\n")  # an older holder's line
+    fd = os.open(node / LOCK_FILE, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        who, pid = lock_holder(node) or ("", None)
+        assert pid == os.getpid() and "OLDPW" not in who and "u:***@host" in who, who
+    finally:
+        os.close(fd)
+
+
+@given(user=st.text(alphabet=string.ascii_letters + string.digits + "-_.%", min_size=1, max_size=12),
+       secret=st.text(alphabet=string.ascii_letters + string.digits + "-_.~%!$&'()*+,;=", min_size=1, max_size=24),
+       scheme=st.sampled_from(["nats", "tls", "postgresql+psycopg", "redis", "s3"]),
+       before=st.text(alphabet=string.ascii_letters + " =-", max_size=10))
+@settings(max_examples=200, deadline=None)
+def test_without_credentials_hides_every_password_and_token_and_keeps_the_rest(user, secret, scheme, before):
+    from ringfence.errors import without_credentials
+
+    for url, kept in ((f"{scheme}://{user}:{secret}@host:4222/S?x=1", f"{scheme}://{user}:***@host:4222/S?x=1"),
+                      (f"{scheme}://{secret}@host:4222", f"{scheme}://***@host:4222")):
+        out = without_credentials(f"{before} {url} tail")
+        assert out == f"{before} {kept} tail"
+    plain = f"{before} {scheme}://host:4222/{user}"
+    assert without_credentials(plain) == plain

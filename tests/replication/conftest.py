@@ -10,6 +10,8 @@ import asyncio
 import os
 import re
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from api.conftest import free_port
 
 NATS_URL = os.environ.get("RINGFENCE_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
@@ -174,3 +178,25 @@ class Standby:
             code = -9
         self.log.close()
         return code
+
+
+@pytest.fixture
+def nats_with_password(tmp_path):
+    """A nats-server of its own on a free port, JetStream on, user `rf` with a random password: (port, password)."""
+    binary = shutil.which("nats-server")
+    assert binary, "nats-server is not installed on this machine (required, never skipped)"
+    port, password = free_port(), "pw-" + secrets.token_hex(8)
+    proc = subprocess.Popen([binary, "-p", str(port), "-js", "-sd", str(tmp_path / "js"), "--user", "rf", "--pass", password],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        raise AssertionError("nats-server did not start")
+    yield port, password
+    proc.terminate()
+    proc.wait(10)

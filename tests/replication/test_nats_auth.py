@@ -7,36 +7,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import socket
 import subprocess
 import sys
-import time
-
-import pytest
 
 from api.conftest import Server, free_port
-
-
-@pytest.fixture
-def nats_with_password(tmp_path):
-    binary = shutil.which("nats-server")
-    assert binary, "nats-server is not installed on this machine (required, never skipped)"
-    port, password = free_port(), "pw-" + secrets.token_hex(8)
-    proc = subprocess.Popen([binary, "-p", str(port), "-js", "-sd", str(tmp_path / "js"), "--user", "rf", "--pass", password],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        raise AssertionError("nats-server did not start")
-    yield port, password
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_credentials_are_used_and_never_printed(tmp_path, nats_with_password):

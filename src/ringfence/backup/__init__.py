@@ -636,6 +636,19 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+def _move_into_place(built: Path, target: Path) -> None:
+    """The restored data directory, built inside the private staging folder, takes `target`'s place
+    in one rename(2), which refuses a non-empty directory and anything but a directory at `target`:
+    a folder (or a symlink to someone else's) swapped in for `target` after its check is never
+    written into (intruder review, session 19, F4: `target/engine` was made after the check)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(built, target)
+    except OSError as err:
+        raise ConfigError(f"{target} cannot take the restored data directory ({err.strerror}): it changed after it "
+                          "was checked, or is a mount point; give a new folder", field="--to") from None
+
+
 def restore_backup(backup: Path, target: Path, *, trust: dict[str, Ed25519PublicKey], allow_unsigned: bool = False,
                    to_seq: int | None = None, identity_pg_url: str | None = None, expect_seq_at_least: int | None = None,
                    progress: Progress = _noop) -> BackupReport:
@@ -656,22 +669,24 @@ def restore_backup(backup: Path, target: Path, *, trust: dict[str, Ed25519Public
     report = BackupReport(str(target))
     _describe(report, manifest, signer)
     stage = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=_existing_ancestor(target.parent)))  # mode 0700
-    try:
+    built = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=stage.parent))  # the new data directory, private
+    try:                                                                             # until it takes target's place
         _stage_files(backup, manifest, stage, report, progress)
         if report.problems:
             raise BackupInvalid("; ".join(report.problems), field="BACKUPDIR")
-        _restore_staged(stage, target, manifest, to_seq, report, identity_pg_url, progress)
+        _restore_staged(stage, built, target, manifest, to_seq, report, identity_pg_url, progress)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(built, ignore_errors=True)  # (already gone once it took target's place)
     return report
 
 
-def _restore_staged(stage: Path, target: Path, manifest: dict[str, Any], to_seq: int, report: BackupReport,
+def _restore_staged(stage: Path, built: Path, target: Path, manifest: dict[str, Any], to_seq: int, report: BackupReport,
                     identity_pg_url: str | None, progress: Progress) -> None:
     identity = manifest["files"].get("identity")
     if identity and identity.get("kind") == "postgresql" and identity_pg_url:
         _refuse_used_database(identity_pg_url)  # before anything is written
-    node = target / "engine"
+    node = built / "engine"
     node.mkdir(mode=0o700, parents=True)
     lock = DataDirLock(node, "ringfence backup restore")
     try:
@@ -687,12 +702,13 @@ def _restore_staged(stage: Path, target: Path, manifest: dict[str, Any], to_seq:
         _write_engine_snapshot(engine, node / "snapshots", scanned.last_hash)
     finally:
         lock.release()
+    if identity and identity.get("kind") != "postgresql":
+        shutil.move(stage / IDENTITY_FILE, built / IDENTITY_FILE)  # the checked copy itself
+        os.chmod(built / IDENTITY_FILE, 0o600)
+        report.identity = "SQLite, as of the backup (identity is not cut at --to-seq)"
+    _move_into_place(built, target)
     if identity and identity.get("kind") == "postgresql":
         report.identity = _restore_pg(stage / PG_DUMP_FILE, identity_pg_url)
-    elif identity:
-        shutil.move(stage / IDENTITY_FILE, target / IDENTITY_FILE)  # the checked copy itself
-        os.chmod(target / IDENTITY_FILE, 0o600)
-        report.identity = "SQLite, as of the backup (identity is not cut at --to-seq)"
     report.last_seq, report.records, report.commands = to_seq, scanned.records, scanned.commands
     report.chain_head, report.state_hash = scanned.last_hash.hex(), replay.state_hash
     report.segments, report.bytes = scanned.segments, scanned.bytes_read

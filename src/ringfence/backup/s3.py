@@ -151,6 +151,20 @@ def upload_backup(local: Path, loc: S3Location, client: Any) -> tuple[int, int]:
     return len(files), total
 
 
+def _inside(dest: Path, rel: str, loc: S3Location, field: str) -> Path:
+    """Where object `rel` goes under `dest`: a relative path of plain names only. Refused: an empty
+    name, a leading, trailing or doubled `/` (`PREFIX//etc/x` would name the absolute `/etc/x`),
+    `.` and `..`, a NUL; and anything that would still land outside `dest`."""
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") or "\0" in p for p in parts):
+        raise ConfigError(f"{loc}: the object name {rel!r} cannot be a file of a backup (only relative names "
+                          f"of plain parts: no leading, trailing or doubled '/', no '.' or '..')", field=field)
+    target = dest.joinpath(*parts)
+    if not target.resolve().is_relative_to(dest.resolve()):
+        raise ConfigError(f"{loc}: the object name {rel!r} would be written outside {dest}", field=field)
+    return target
+
+
 def download_backup(loc: S3Location, client: Any, dest: Path, field: str = "BACKUPDIR") -> tuple[int, int]:
     """Download every object under `loc` into the empty folder `dest` (a backup folder again; objects
     the manifest does not list come along, so verify names them). Returns (objects, bytes)."""
@@ -161,11 +175,8 @@ def download_backup(loc: S3Location, client: Any, dest: Path, field: str = "BACK
         raise ConfigError(f"{loc} holds no objects: no backup there (check the bucket, prefix and endpoint)", field=field)
     if MANIFEST not in objects:
         raise ConfigError(f"{loc} has no {MANIFEST}: not a backup, or an upload that never finished", field=field)
-    for rel in sorted(objects):
-        parts = PurePosixPath(rel).parts
-        if not rel or rel.endswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise ConfigError(f"{loc}: the object name {rel!r} cannot be a file of a backup", field=field)
-        target = dest.joinpath(*parts)
+    targets = {rel: _inside(dest, rel, loc, field) for rel in sorted(objects)}  # every name checked before any write
+    for rel, target in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             client.download_file(loc.bucket, loc.key(rel), str(target))

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import ConfigError, DataDirLocked, JournalCorrupt, OutcomeUnknown
+from ..errors import ConfigError, DataDirLocked, JournalCorrupt, OutcomeUnknown, without_credentials
 
 __all__ = [
     "GENESIS_HASH",
@@ -132,6 +132,7 @@ SERVE_ENGINE_SUBDIR = "engine"
 
 def _describe_holder(raw: str) -> tuple[str, int | None]:
     pid, _, what = raw.strip().partition("\n")
+    what = without_credentials(what)  # a lock file written before the holder's line was cleaned
     who = f"pid {pid}" if (pid.isascii() and pid.isdigit()) else "another process (pid unknown)"
     return f"{who}{f' ({what.strip()})' if what.strip() else ''}", int(pid) if (pid.isascii() and pid.isdigit()) else None
 
@@ -236,7 +237,7 @@ class DataDirLock:
                 field="data_dir",
                 holder_pid=pid,
             ) from None
-        label = " ".join(purpose.split())[:200]
+        label = without_credentials(" ".join(purpose.split()))[:200]  # a --replicate URL's password stays out
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n{label}\n".encode(), 0)
         self._fd = fd

@@ -83,7 +83,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlparse
 
-from ..errors import ConfigError, JournalCorrupt, OutcomeUnknown, RingfenceError
+from ..errors import ConfigError, JournalCorrupt, OutcomeUnknown, RingfenceError, without_credentials
 from ..engine.core import STATE_DIGEST_FORMAT
 from .epochs import EpochBackwards, EpochMemory, bounded_int, epoch_above
 from . import untrusted
@@ -263,7 +263,11 @@ def _allowed(key: str) -> str:
 def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
     """`nats://host:4222/STREAM?replicas=3&lease_ms=3000&auto_promote=1&state_hash_every=1&state_digest=1`
     (stream defaults to RINGFENCE)."""
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - a port that is not a number (or out of range) raises here, not later
+    except ValueError as err:  # `nats://u:pw@[::1` (intruder review of session 19, F5): said, never a traceback
+        raise ConfigError(f"must be a nats://host:port/STREAM URL ({err})", field=option) from None
     if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
         raise ConfigError("must be a nats://host:port/STREAM URL", field=option)
     stream = parsed.path.strip("/") or "RINGFENCE"
@@ -315,11 +319,16 @@ def nats_failed(err: BaseException) -> str:
 
 
 def masked(servers: str) -> str:
-    """A NATS server URL safe to print: a password in it is replaced by ***."""
+    """A NATS server URL safe to print: a password in it is replaced by ***, and so is a user name
+    given without one (nats-py sends that as a token: `nats://TOKEN@host`; intruder review of
+    session 19, F3)."""
+    return without_credentials(servers)
+
+
+def _secrets_of(servers: str) -> list[str]:
+    """The password, or the token, a server URL carries (to scrub from a client library's message)."""
     parsed = urlparse(servers)
-    if parsed.password is None:
-        return servers
-    return servers.replace(f":{parsed.password}@", ":***@", 1)
+    return [s for s in (parsed.password if parsed.password is not None else parsed.username,) if s]
 
 
 #: The settings of the stream and of the leadership bucket: nobody may roll up (a `Nats-Rollup`
@@ -486,7 +495,9 @@ class NatsLink:
                                              allow_reconnect=True, error_cb=on_error, inbox_prefix=inbox, **tls), 20)
         except (OSError, asyncio.TimeoutError, NatsError) as err:  # ssl.SSLError is an OSError
             self.close()
-            reason = str(err).replace(urlparse(target.servers).password or "\0", "***")
+            reason = without_credentials(str(err))
+            for secret in _secrets_of(target.servers):
+                reason = reason.replace(secret, "***")
             raise ConfigError(f"cannot reach NATS at {target.display}: {type(err).__name__} {reason}", field="--replicate") from None
         if tls and not self.encrypted():
             # nats-py starts TLS only when the server's first line asks for it, so a server (or anyone in

@@ -35,9 +35,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlparse
+from urllib.parse import unquote, urlencode, urlparse
 
 import httpx
+
+from ..errors import without_credentials
 
 __all__ = ["run_drill", "DrillResult"]
 
@@ -87,6 +89,7 @@ class _Proc:
         self.log_path = log
         self.log = open(log, "w")
         self.argv = argv
+        self.command = without_credentials(" ".join(argv))  # as errors show it (a token URL stays hidden)
         self.proc = subprocess.Popen([sys.executable, "-m", "ringfence.cli", *argv], stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env)
 
@@ -101,9 +104,9 @@ class _Proc:
             if found:
                 return found[-1]
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ringfence {' '.join(self.argv)} exited {self.proc.returncode}:\n{self.text()[-2000:]}")
+                raise RuntimeError(f"ringfence {self.command} exited {self.proc.returncode}:\n{self.text()[-2000:]}")
             time.sleep(0.05)
-        raise RuntimeError(f"ringfence {' '.join(self.argv)} never logged /{pattern}/:\n{self.text()[-2000:]}")
+        raise RuntimeError(f"ringfence {self.command} never logged /{pattern}/:\n{self.text()[-2000:]}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -213,7 +216,11 @@ def _orders(rng: random.Random, seed: int, start: int, count: int) -> list[dict[
 
 def check_nats_url(nats_url: str, scenario: str) -> None:
     """Raise ValueError (a sentence) unless `nats_url` is a server URL the drill can use for `scenario`."""
-    parsed = urlparse(nats_url)
+    try:
+        parsed = urlparse(nats_url)
+        parsed.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError as err:
+        raise ValueError(f"must be a nats://host:port or tls://host:port URL ({err})") from None
     if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
         raise ValueError(f"must be a nats://host:port or tls://host:port URL; got {parsed.scheme or 'no'} scheme")
     if parsed.path.strip("/") or parsed.query:
@@ -221,6 +228,19 @@ def check_nats_url(nats_url: str, scenario: str) -> None:
     if parsed.scheme == "tls" and scenario != "kill":
         raise ValueError("the partition scenario cuts a plain TCP proxy in front of NATS and cannot carry TLS: "
                          "give a nats:// URL, or --scenario kill")
+
+
+def split_login(nats_url: str) -> tuple[str, str, str | None]:
+    """(the URL without its password, its login as `user@` or "", the password or None): the drill's
+    nodes get the password in RINGFENCE_NATS_PASSWORD, never on their command lines (`ps`; intruder
+    review of session 19, F2), and the partition's proxy URL keeps the login."""
+    parsed = urlparse(nats_url)
+    if parsed.username is None:
+        return nats_url, "", None
+    login = f"{parsed.username}@"
+    if parsed.password is None:  # a token (nats-py sends a user name alone as one)
+        return nats_url, login, None
+    return nats_url.replace(f"{parsed.username}:{parsed.password}@", login, 1), login, unquote(parsed.password)
 
 
 def check_nats(nats_url: str) -> None:
@@ -296,8 +316,11 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
     env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="400",
                RINGFENCE_DATABASE_URL=f"sqlite:///{(workdir / 'identity.sqlite3').resolve()}")
     parsed = urlparse(nats_url)
+    node_url, login, password = split_login(nats_url)
+    if password is not None:  # to the nodes in RINGFENCE_NATS_PASSWORD, never on a command line (`ps`)
+        env["RINGFENCE_NATS_PASSWORD"] = password
     proxy = _Proxy(parsed.hostname or "127.0.0.1", parsed.port or 4222) if scenario == "partition" else None
-    primary_nats = f"nats://127.0.0.1:{proxy.port}" if proxy else nats_url
+    primary_nats = f"nats://{login}127.0.0.1:{proxy.port}" if proxy else node_url  # the proxy keeps the login
     pa, pb = _free_port(), _free_port()
     a_base, b_base = f"http://127.0.0.1:{pa}", f"http://127.0.0.1:{pb}"
     env["RINGFENCE_REPLICATION_PEERS"] = str(write_peers(workdir / "peers.json", {"a": workdir / "a", "b": workdir / "b"}))
@@ -307,7 +330,7 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
     t0 = time.monotonic()
     try:
         _wait_ready(a_base, primary)
-        standby_url = f"{nats_url}/{stream}" + ("?auto_promote=1" if scenario == "partition" else "")
+        standby_url = f"{node_url}/{stream}" + ("?auto_promote=1" if scenario == "partition" else "")
         standby = _Proc(["serve", "--data", str(workdir / "b"), "--port", str(pb), "--standby", standby_url,
                          "--node-id", "b"], workdir / "standby.log", env)
         standby.wait_log(r"following stream")
