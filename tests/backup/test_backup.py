@@ -272,3 +272,31 @@ def test_postgresql_identity_is_dumped_verified_and_restored_into_a_new_database
             proc = rf("backup", *args, "--trust", trust, check=False)
             assert proc.returncode == 1 and "MANIFEST.json:signature" in proc.stderr, proc.stdout + proc.stderr
         assert not (tmp_path / "forged-restored").exists()
+
+
+def test_a_postgresql_node_is_never_backed_up_without_its_identity_database(tmp_path):
+    """New-user review, session 19: `backup create` of a node whose users and API keys live in
+    PostgreSQL, run without RINGFENCE_DATABASE_URL (or with `postgres://`, which serve refuses),
+    printed `identity │ none` and `backup: OK`, exit 0 — a backup without a single user or key.
+    serve now records where its identity database is; create refuses what does not name it."""
+    from pgtest import pg_database
+
+    with pg_database() as source_url, pg_database() as other_url:
+        srv = Server(tmp_path / "data", env={"RINGFENCE_DATABASE_URL": source_url}, chains=False)
+        assert srv.stop() == 0
+        record = json.loads((tmp_path / "data" / "identity-store.json").read_text())
+        from ringfence.store import same_database
+
+        assert record["dialect"] == "postgresql" and same_database(source_url, record["url"]), record
+        assert oct((tmp_path / "data" / "identity-store.json").stat().st_mode & 0o777) == "0o600"
+        for env, said in (({"RINGFENCE_DATABASE_URL": None}, "keeps its users and API keys in PostgreSQL"),
+                          ({"RINGFENCE_DATABASE_URL": source_url.replace("postgresql+psycopg://", "postgres://")},
+                           "must be a sqlite:/// or postgresql+psycopg:// URL"),
+                          ({"RINGFENCE_DATABASE_URL": other_url}, "names another database than the node's")):
+            proc = rf("backup", "create", "--data", str(srv.data), "--to", str(tmp_path / "bk"), check=False, env=env)
+            out = " ".join((proc.stdout + proc.stderr).split())
+            assert proc.returncode == 2 and "RINGFENCE_DATABASE_URL" in out and said in out, out
+            assert not (tmp_path / "bk").exists()
+        proc = rf("backup", "create", "--data", str(srv.data), "--to", str(tmp_path / "bk"),
+                  env={"RINGFENCE_DATABASE_URL": source_url})
+        assert (tmp_path / "bk" / "identity.pgdump").is_file(), proc.stdout

@@ -143,7 +143,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     instead of replaying the journal. `pipeline`: the engine node's pipelined group commit (docs/journal.md)."""
     from ..identity.context import IdentityContext
     from ..settings import load_settings
-    from ..store import Store
+    from ..store import Store, record_location
     from .app import create_app
     from .auth import ApiGate, IdentityAuthenticator
     from .binance import stp_defaults
@@ -153,6 +153,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     data.mkdir(parents=True, exist_ok=True)
     settings = load_settings(**settings_overrides(data, demo, public_url, forwarded_allow_ips))
     ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
+    record_location(data, ctx.store.engine)  # for `backup create` on this directory
     # mail (identity/delivery.py): probe SMTP (a ConfigError outside dev mode), or the demo's catcher
     from ..identity.delivery import prepare_for_serve
 

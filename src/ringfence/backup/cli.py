@@ -204,9 +204,7 @@ def create(
     --to s3://backups/ringfence/2026-12-03 --s3-endpoint-url http://127.0.0.1:9000
     """
     node = require_node_dir(data, "--data")
-    pg_url = os.environ.get("RINGFENCE_DATABASE_URL", "")
-    pg_url = pg_url if pg_url.startswith("postgresql") else ""
-    identity = None if pg_url else (node.parent / "identity.sqlite3" if node.name == ENGINE_SUBDIR else node / "identity.sqlite3")
+    identity, pg_url = _identity_of(node)
     if not is_s3_url(to):
         check_new_dir(Path(to), "--to", empty=True)
         root = _data_dir(node).resolve()
@@ -230,6 +228,37 @@ def create(
     if is_s3_url(to):
         console.print(f"uploaded {uploaded[0]} objects ({uploaded[1]:,} bytes) to {loc}, {MANIFEST} last")
     console.print(f"backup: [bold green]OK[/] sequence {report.last_seq:,} replayed to state hash {report.state_hash[:16]}…")
+
+
+def _identity_of(node: Path) -> tuple[Path | None, str]:
+    """(the SQLite identity file, the PostgreSQL URL) `backup create` copies for `node`: where its
+    `serve` recorded it keeps them (store.record_location). A PostgreSQL node backed up without
+    RINGFENCE_DATABASE_URL naming its database is refused (new-user review, session 19: such a
+    backup said OK and held no users or API keys); so is a URL that is not sqlite:/// or
+    postgresql[+psycopg]://."""
+    from ..store import recorded_location, same_database
+
+    env_url = os.environ.get("RINGFENCE_DATABASE_URL", "")
+    if env_url and not env_url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+        _fail("RINGFENCE_DATABASE_URL: must be a sqlite:/// or postgresql+psycopg:// URL (the database the node's "
+              "serve uses)")
+    pg_url = env_url if env_url.startswith("postgresql") else ""
+    record = recorded_location(_data_dir(node))
+    if record is not None and record.get("dialect") == "postgresql":
+        where = record.get("url", "?")
+        if not pg_url:
+            _fail(f"RINGFENCE_DATABASE_URL: the node keeps its users and API keys in PostgreSQL ({where}); set it to that "
+                  "database so that the backup holds them")
+        if not same_database(pg_url, record.get("url", "")):
+            _fail(f"RINGFENCE_DATABASE_URL: names another database than the node's ({where})")
+    elif record is not None and pg_url:
+        _fail(f"RINGFENCE_DATABASE_URL: the node keeps its users and API keys in {record.get('dialect')} "
+              f"({record.get('path') or record.get('url')}), not in PostgreSQL; unset it")
+    if pg_url:
+        return None, pg_url
+    if record is not None and record.get("dialect") == "sqlite" and record.get("path"):
+        return Path(record["path"]), ""
+    return (node.parent if node.name == ENGINE_SUBDIR else node) / "identity.sqlite3", ""
 
 
 def _create_on_s3(node: Path, to: str, endpoint: str | None, identity: Path | None, pg_url: str,

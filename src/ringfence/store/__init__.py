@@ -55,6 +55,54 @@ def safe_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
+#: In a serve data directory: where that node's identity database is (`record_location`).
+LOCATION_FILE = "identity-store.json"
+
+
+def record_location(data_dir: Path, engine: Engine) -> None:
+    """Write where `serve` on `data_dir` keeps users, sessions and API keys (the dialect, the URL
+    without its password, a SQLite file's path), so that `backup create` on that directory finds
+    them or refuses: a backup of a PostgreSQL node taken without RINGFENCE_DATABASE_URL said OK and
+    held no identity at all (new-user review, session 19). Mode 0600; rewritten at every start."""
+    import json
+    import os
+
+    record = {"dialect": engine.dialect.name, "url": safe_url(engine)}
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        record["path"] = str(Path(str(engine.url.database)).resolve())
+    tmp = data_dir / f".{LOCATION_FILE}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh)
+    os.replace(tmp, data_dir / LOCATION_FILE)
+
+
+def recorded_location(data_dir: Path) -> dict[str, str] | None:
+    """What `record_location` wrote for `data_dir`, or None (a node older than it, or not a serve directory)."""
+    import json
+
+    try:
+        record = json.loads((data_dir / LOCATION_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: str(v) for k, v in record.items()} if isinstance(record, dict) else None
+
+
+def same_database(url: str, recorded: str) -> bool:
+    """Whether database URL `url` names the database `recorded` (a URL without its password) does."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    def names(u: str) -> tuple[object, ...]:  # the driver (postgresql, postgresql+psycopg) and password aside
+        parsed = make_url(u)
+        return parsed.get_backend_name(), parsed.username, parsed.host, parsed.port or 5432, parsed.database
+
+    try:
+        return names(url) == names(recorded)
+    except (ArgumentError, ValueError):
+        return False
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade the schema to `revision` with the migrations shipped in the package."""
     cfg = Config()
