@@ -16,7 +16,7 @@ prints each periodic job's CPU and wall clock per call, and which of them (and w
 while the slowest 1% of `submit` calls waited, beside the share of the time each ran at all.
 
 Starts the server with a start-up hook (a `sitecustomize` in a temporary directory put first on
-PYTHONPATH; only the engine process, whose argv has `serve`, installs it), warms it (3 s of the same
+PYTHONPATH; the engine process, whose argv has `serve`, and the gateways install it), warms it (3 s of the same
 load: keys taught to the gateways, caches filled), then runs the load of bench/api.py (1 client
 process, 32 connections) and prints:
 
@@ -27,7 +27,11 @@ process, 32 connections) and prints:
   slows what it measures several times over and counts every resumption of a coroutine as a call:
   read it for shares, not for absolute times;
 * with --wrap, a cProfile of each named method on whatever thread calls it (say
-  ringfence.monitoring.service.Monitor.step,ringfence.monitoring.stream.Outbox.flush).
+  ringfence.monitoring.service.Monitor.step,ringfence.monitoring.stream.Outbox.flush);
+* with --gateways K, for each gateway process too (the hook installs in them as well): each HTTP
+  request's wall clock through the gateway's ASGI app (accepted to answered), its cyclic GC's pauses
+  by generation and, with --stalls, its event loop's stalls: beside the engine's `--timed`
+  EngineRelay._run, where between client, gateway and engine a request's time goes.
 
 A diagnostic, not a benchmark: it writes nothing to bench/results. Run it under the bench lock on a
 shared machine. The hook: SIGUSR1 starts profiling, SIGUSR2 stops it and writes the files.
