@@ -16,7 +16,7 @@ prints each periodic job's CPU and wall clock per call, and which of them (and w
 while the slowest 1% of `submit` calls waited, beside the share of the time each ran at all.
 
 Starts the server with a start-up hook (a `sitecustomize` in a temporary directory put first on
-PYTHONPATH; only the engine process, whose argv has `serve`, installs it), warms it (3 s of the same
+PYTHONPATH; the engine process, whose argv has `serve`, and the gateways install it), warms it (3 s of the same
 load: keys taught to the gateways, caches filled), then runs the load of bench/api.py (1 client
 process, 32 connections) and prints:
 
@@ -27,7 +27,11 @@ process, 32 connections) and prints:
   slows what it measures several times over and counts every resumption of a coroutine as a call:
   read it for shares, not for absolute times;
 * with --wrap, a cProfile of each named method on whatever thread calls it (say
-  ringfence.monitoring.service.Monitor.step,ringfence.monitoring.stream.Outbox.flush).
+  ringfence.monitoring.service.Monitor.step,ringfence.monitoring.stream.Outbox.flush);
+* with --gateways K, for each gateway process too (the hook installs in them as well): each HTTP
+  request's wall clock through the gateway's ASGI app (accepted to answered), its cyclic GC's pauses
+  by generation and, with --stalls, its event loop's stalls: beside the engine's `--timed`
+  EngineRelay._run, where between client, gateway and engine a request's time goes.
 
 A diagnostic, not a benchmark: it writes nothing to bench/results. Run it under the bench lock on a
 shared machine. The hook: SIGUSR1 starts profiling, SIGUSR2 stops it and writes the files.
@@ -51,7 +55,8 @@ import api  # noqa: E402  (bench/api.py: the server and the load)
 
 HOOK = '''
 import os, sys
-if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
+GATEWAY = "ringfence.api.relay" in getattr(sys, "orig_argv", ())  # a gateway process of serve --gateways
+if os.environ.get("RF_PROFILE_OUT") and ("serve" in sys.argv or GATEWAY):
     import cProfile, importlib, json, signal, threading
     state = {"main": None, "wrapped": {}, "profs": {}}
 
@@ -172,8 +177,26 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
         setattr(owner, meth, wrapped)
         timed["orig"].append((owner, meth, orig))
 
-    for spec in filter(None, os.environ.get("RF_PROFILE_TIMED", "").split(",")):
+    for spec in filter(None, os.environ.get("RF_PROFILE_TIMED", "").split(",") if not GATEWAY else ()):
         _time(spec)  # at start-up, before the app holds references to them
+
+    if GATEWAY:  # each HTTP request's wall clock through the gateway's ASGI app (accepted -> answer written)
+        import uvicorn
+        _config_init = uvicorn.Config.__init__
+        gw_samples = timed["ns"].setdefault("gateway: HTTP request through the relay", [])
+
+        def _timed_config(self, app, *a, **k):
+            async def timed_app(scope, receive, send):
+                if scope["type"] != "http":
+                    return await app(scope, receive, send)
+                started = time.perf_counter_ns()
+                try:
+                    return await app(scope, receive, send)
+                finally:
+                    if timed["on"] and len(gw_samples) < 200_000:
+                        gw_samples.append(time.perf_counter_ns() - started)
+            _config_init(self, timed_app, *a, **k)
+        uvicorn.Config.__init__ = _timed_config
 
     # --spans: wall clock and the calling thread's CPU of each call of the named plain functions
     # (MODULE.CLASS.METHOD), and of every custody worker's step: the periodic work's bursts
@@ -226,7 +249,7 @@ if os.environ.get("RF_PROFILE_OUT") and "serve" in sys.argv:
             _wrap(spec)
 
     def _stop(*_):
-        out = os.environ["RF_PROFILE_OUT"]
+        out = os.environ["RF_PROFILE_OUT"] + (f".gw{os.getpid()}" if GATEWAY else "")
         gc_pauses["on"] = False
         stalls["on"] = False
         timed["on"] = False
@@ -269,6 +292,31 @@ def thread_cpu_s(pid: int) -> dict[str, float]:  # float-ok: CPU seconds per thr
             continue  # the thread ended
         out[task.name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
+
+
+def print_gc(who: str, gc_file: Path, n: int) -> None:
+    """The cyclic GC's pauses in one process over the load (all its threads), by generation."""
+    if not gc_file.exists():
+        return
+    gc_info = json.loads(gc_file.read_text())
+    print(f"{who} cyclic GC over the load: threshold {gc_info['threshold']}, frozen {gc_info['frozen']:,}, "
+          f"tracked at the end {gc_info['tracked_now']:,}")
+    for gen, row in sorted(gc_info["by_gen"].items()):
+        pauses = sorted(row.pop("pauses_us"))
+        p99 = pauses[min(len(pauses) - 1, len(pauses) * 99 // 100)] if pauses else 0
+        print(f"  generation {gen}: {row['collections']} collections, {row['total_us'] / n:.1f} us per request, "
+              f"p99 {p99} us, max {row['max_us']} us")
+
+
+def print_timed(who: str, timed_file: Path) -> None:
+    """Wall clock per call of each timed function in one process (ms)."""
+    if not timed_file.exists():
+        return
+    print(f"wall clock per call inside the {who} (ms):")
+    for spec, samples in json.loads(timed_file.read_text()).items():
+        ordered = sorted(samples) or [0]
+        p50, p90, p99 = (ordered[min(len(ordered) - 1, len(ordered) * q // 1000)] / 1e6 for q in (500, 900, 990))
+        print(f"  {spec}: {len(samples)} calls, p50 {p50:.1f}, p90 {p90:.1f}, p99 {p99:.1f}, max {ordered[-1] / 1e6:.1f}")
 
 
 def print_stalls(found: list[dict], seconds: float) -> None:  # float-ok: seconds of load
@@ -396,12 +444,16 @@ def main() -> None:
         keys = [k for k in json.loads((data / "demo-keys.json").read_text()) if k.get("kind", "hmac") == "hmac"]
         api.run_http(base, args.kind, keys, 3, 1, 32, args.seed + 100)  # warm
         before = thread_cpu_s(server.pid)
-        server.send_signal(signal.SIGUSR1)
+        gateways = api._gateway_pids(server.pid)
+        for pid in (server.pid, *gateways):
+            os.kill(pid, signal.SIGUSR1)
         result = api.run_http_cpu(server, base, args.kind, keys, args.seconds, 1, 32, args.seed, rate_per_s=args.rate)
-        server.send_signal(signal.SIGUSR2)
+        for pid in (server.pid, *gateways):
+            os.kill(pid, signal.SIGUSR2)
         after = thread_cpu_s(server.pid)
         deadline = time.time() + 30
-        while not Path(out + ".threads.json").exists() and time.time() < deadline:
+        while not all(Path(f).exists() for f in (out + ".threads.json", *(f"{out}.gw{g}.threads.json" for g in gateways))) \
+                and time.time() < deadline:
             time.sleep(0.1)
         names = json.loads(Path(out + ".threads.json").read_text())
     finally:
@@ -417,22 +469,19 @@ def main() -> None:
         if us >= 0.5:
             print(f"  {us:8.1f} us  {name}")
     gc_file = Path(out + ".gc.json")
-    if gc_file.exists():  # the cyclic GC's pauses in the engine process over the load (all threads)
-        gc_info = json.loads(gc_file.read_text())
-        print(f"engine process cyclic GC over the load: threshold {gc_info['threshold']}, frozen {gc_info['frozen']:,}, "
-              f"tracked at the end {gc_info['tracked_now']:,}")
-        for gen, row in sorted(gc_info["by_gen"].items()):
-            pauses = sorted(row.pop("pauses_us"))
-            p99 = pauses[min(len(pauses) - 1, len(pauses) * 99 // 100)] if pauses else 0
-            print(f"  generation {gen}: {row['collections']} collections, {row['total_us'] / n:.1f} us per request, "
-                  f"p99 {p99} us, max {row['max_us']} us")
+    print_gc("engine process", gc_file, n)
     timed_file = Path(out + ".timed.json")
-    if args.timed and timed_file.exists():
-        print("wall clock per call inside the engine process (ms):")
-        for spec, samples in json.loads(timed_file.read_text()).items():
-            ordered = sorted(samples) or [0]
-            p50, p90, p99 = (ordered[min(len(ordered) - 1, len(ordered) * q // 1000)] / 1e6 for q in (500, 900, 990))
-            print(f"  {spec}: {len(samples)} calls, p50 {p50:.1f}, p90 {p90:.1f}, p99 {p99:.1f}, max {ordered[-1] / 1e6:.1f}")
+    if args.timed:
+        print_timed("engine process", timed_file)
+    for gw in gateways:  # each gateway process: its requests' wall clock, its GC pauses, its loop's stalls
+        print_timed(f"gateway process {gw}", Path(f"{out}.gw{gw}.timed.json"))
+        print_gc(f"gateway process {gw}", Path(f"{out}.gw{gw}.gc.json"), n)
+        gw_stalls = Path(f"{out}.gw{gw}.stalls.json")
+        if args.stalls and gw_stalls.exists():
+            found = json.loads(gw_stalls.read_text())
+            longest = sorted((round(s["ms"]) for s in found), reverse=True)[:10]
+            print(f"gateway process {gw} event-loop stalls over {args.stall_ms} ms: {len(found)}, "
+                  f"{sum(s['ms'] for s in found):.0f} ms in all; longest {longest}")
     span_file = Path(out + ".spans.json")
     if args.spans and span_file.exists():
         print("periodic work (per call: wall clock and the calling thread's CPU, ms):")

@@ -155,7 +155,11 @@ def issue_18_panels() -> list[Panel]:
                Series("GET /ping", path_of("baseline.throughput_per_s"), True)],
               api_half_ping, "goal ½ × ping (per run)"),
         Panel("Signed REST orders: p99", "api", "us",
-              [Series("signed orders", path_of("p99_us"))], constant(10_000), "goal 10 ms", higher_is_better=False),
+              [Series("open loop at ½ the run's capacity, one process (the goal's figure)", path_of("p99_us_open_loop")),
+               Series("open loop, serve --gateways 1", path_of("p99_us_open_loop_by_gateways.1")),
+               Series("open loop, serve --gateways 2", path_of("p99_us_open_loop_by_gateways.2")),
+               Series("closed loop, 32 connections (Little's law at saturation)", path_of("p99_us"), True)],
+              constant(10_000), "goal 10 ms", higher_is_better=False),
     ]
 
 

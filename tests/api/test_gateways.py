@@ -395,6 +395,19 @@ def test_clients_that_never_read_are_dropped_by_the_gateways_and_pings_stay_fast
     assert slowest < 2.0, slowest
 
 
+def test_each_gateway_froze_its_start_up_heap_before_serving(server):
+    """Each gateway process moved its start-up heap out of the cyclic GC (api/relay.py
+    `freeze_heap_for_serving`): no full collection of it stops a gateway's event loop."""
+    import re
+
+    lines = [line for line in server.log_text().splitlines() if "start-up heap frozen" in line and "ringfence gateway" in line]
+    assert sorted(re.search(r"ringfence gateway (\d+):", line)[1] for line in lines) == ["1", "2"], server.log_text()[-3000:]  # type: ignore[index]
+    for line in lines:
+        frozen = int(re.search(r"GC: ([\d,]+) objects", line)[1].replace(",", ""))  # type: ignore[index]
+        assert frozen > 10_000, line  # uvicorn, the protocols, msgspec, cryptography
+    assert httpx.get(server.base + "/api/v3/ping", timeout=10).status_code == 200
+
+
 def test_sigterm_stops_the_engine_and_the_gateways_cleanly(server):
     """Last in this module: with keep-alive HTTP connections and a WebSocket subscriber open through
     the gateways, SIGTERM to serve exits 0, the gateways are gone and the log has no traceback."""
