@@ -333,16 +333,19 @@ class Market:
     def rest(self, o: Order) -> None:
         """Append `o` at the back of its price level (creating the level if needed)."""
         price = o.price
+        # Boxed once: compiled, each use of a machine integer as a dict key or a list item boxes it
+        # again (a new int object: above 256 an allocation, then a deallocation).
+        key: Any = price
         if o.is_buy:
             book, prices = self.bids, self.bid_prices
         else:
             book, prices = self.asks, self.ask_prices
-        level = book.get(price)
+        level = book.get(key)
         if level is None:
             level = Level(price)
-            book[price] = level
+            book[key] = level
             if _COMPILED:  # (`price` has no level: left and right insertion points are the same)
-                prices.insert(_bisect_left(prices, price), price)
+                prices.insert(_bisect_left(prices, price), key)
             else:
                 insort(prices, price)
         self._attach(o, level)
@@ -410,11 +413,12 @@ class Market:
         """
         level = self._detach(o)
         o.price, o.qty, o.leaves, o.ts_ns = price, qty, leaves, ts_ns
+        key: Any = price  # boxed once for the dict and the list (see `rest`)
         if o.is_buy:
             book, prices = self.bids, self.bid_prices
         else:
             book, prices = self.asks, self.ask_prices
-        target = book.get(price)
+        target = book.get(key)
         if level.head is None:  # `o` was alone: its level goes
             old = level.price
             del book[old]
@@ -427,19 +431,19 @@ class Market:
                 i = _bisect_left(prices, old) if _COMPILED else bisect_left(prices, old)
             if target is None:  # ... and comes back at `price`
                 level.price = price
-                book[price] = level
+                book[key] = level
                 target = level
                 if (i == 0 or prices[i - 1] < price) and (i == last or price < prices[i + 1]):
-                    prices[i] = price
+                    prices[i] = key
                 else:
                     del prices[i]
-                    prices.insert(_bisect_near(prices, price, i) if _COMPILED else bisect_left(prices, price), price)
+                    prices.insert(_bisect_near(prices, price, i) if _COMPILED else bisect_left(prices, price), key)
             else:
                 del prices[i]
         elif target is None:
             target = Level(price)
-            book[price] = target
-            prices.insert(_bisect_left(prices, price) if _COMPILED else bisect_left(prices, price), price)
+            book[key] = target
+            prices.insert(_bisect_left(prices, price) if _COMPILED else bisect_left(prices, price), key)
         self._attach(o, target)
 
     def index(self, o: Order) -> None:
