@@ -404,7 +404,7 @@ class Market:
             else:
                 del prices[_bisect_left(prices, price) if _COMPILED else bisect_left(prices, price)]
 
-    def move(self, o: Order, price: int, qty: int, leaves: int, ts_ns: int) -> None:
+    def move(self, o: Order, price: int, qty: int, leaves: int, ts_ns: int, price_obj: Any = None) -> None:
         """Re-enter resting `o` at the back of the level of `price` (not its own) with the amended
         `qty` and `leaves`: `unlink`, the new fields, then `rest`, fused for an amend's move that
         does not cross. When `o` was alone on its level and `price` has none, the emptied level is
@@ -413,7 +413,9 @@ class Market:
         """
         level = self._detach(o)
         o.price, o.qty, o.leaves, o.ts_ns = price, qty, leaves, ts_ns
-        key: Any = price  # boxed once for the dict and the list (see `rest`)
+        # `price` as an int object for the dict and the list: the caller's (`price_obj`, equal to
+        # `price`), or boxed once here (see `rest`)
+        key: Any = price if price_obj is None else price_obj
         if o.is_buy:
             book, prices = self.bids, self.bid_prices
         else:
