@@ -1,6 +1,7 @@
 """`Market.move` (an amend's non-crossing re-price, fused) leaves the book exactly as `unlink`, the
 new fields and `rest` leave it, on random books and moves: the same price lists, the same levels
-with the same orders in the same order, totals and counts (compiled or pure, whichever loaded)."""
+with the same orders in the same order, totals and counts (compiled or pure, whichever loaded);
+given the new price as an int object (`price_obj`), a level it creates is keyed by that object."""
 
 from __future__ import annotations
 
@@ -53,7 +54,15 @@ def test_move_is_unlink_then_rest(orders: list[tuple[bool, int, int]], data: st.
             continue
         qty = data.draw(st.integers(1, 9)) * 100
         leaves = data.draw(st.integers(1, qty // 100)) * 100  # (part of it may have filled)
-        fused.move(o, price, qty, leaves, 10**6 + oid)
+        # The caller may hand over `price` as an int object of its own (an amend's command's):
+        # the level a move creates takes that very object as its key and price-list entry.
+        price_obj = int(str(price)) if data.draw(st.booleans()) else None
+        book, prices = (fused.bids, fused.bid_prices) if o.is_buy else (fused.asks, fused.ask_prices)
+        new_level = price not in book
+        fused.move(o, price, qty, leaves, 10**6 + oid, price_obj)
+        if price_obj is not None and new_level:
+            assert next(k for k in book if k == price) is price_obj
+            assert next(x for x in prices if x == price) is price_obj
         p = plain.orders[oid]
         plain.unlink(p)
         p.price, p.qty, p.leaves, p.ts_ns = price, qty, leaves, 10**6 + oid

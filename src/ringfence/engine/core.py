@@ -268,8 +268,8 @@ class Engine:
         self.entropy = entropy
         if self.halted is not None:
             return [CommandRejected(seq, ShardHalted.code, "", self._halted_message())]
+        cls = type(command)
         if self._tracking:  # only once a digest was asked for (replication): one test otherwise
-            cls = type(command)
             self._ran.add(cls)
             if cls in self._narrow_types and (kept := self._kept) is not None:
                 if len(kept) < MAX_KEPT_COMMANDS:
@@ -281,10 +281,12 @@ class Engine:
             if ts_ns >= self._wake_ns:
                 due = self._before_command()
             try:
-                for guard in self._guards_by_type.get(type(command), self._guards):
-                    guard(self, command)
+                guards = self._guards_by_type.get(cls, self._guards)
+                if guards:  # (most commands have none: no iterator over an empty tuple)
+                    for guard in guards:
+                        guard(self, command)
                 # A handler returns a list of its own making: it is the answer as it is.
-                events = self._handlers[type(command)](self, command)
+                events = self._handlers[cls](self, command)
             except InvariantViolation:
                 raise
             except RingfenceError as err:

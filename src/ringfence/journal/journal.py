@@ -371,7 +371,9 @@ def encode_record(payload: bytes, first_seq: int, count: int, prev_hash: bytes) 
         raise ValueError(f"journal record payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     head = _HEAD.pack(MAGIC, VERSION, 0, len(payload), count, first_seq, prev_hash)
     crc = zlib.crc32(head)
-    digest = hashlib.sha256(head + payload).digest()
+    hasher = hashlib.sha256(head)
+    hasher.update(payload)  # (the same digest as of `head + payload`, without copying the payload into it)
+    digest = hasher.digest()
     return b"".join((head, _CRC.pack(crc, 0), payload, digest)), digest
 
 

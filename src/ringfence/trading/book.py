@@ -333,16 +333,19 @@ class Market:
     def rest(self, o: Order) -> None:
         """Append `o` at the back of its price level (creating the level if needed)."""
         price = o.price
+        # Boxed once: compiled, each use of a machine integer as a dict key or a list item boxes it
+        # again (a new int object: above 256 an allocation, then a deallocation).
+        key: Any = price
         if o.is_buy:
             book, prices = self.bids, self.bid_prices
         else:
             book, prices = self.asks, self.ask_prices
-        level = book.get(price)
+        level = book.get(key)
         if level is None:
             level = Level(price)
-            book[price] = level
+            book[key] = level
             if _COMPILED:  # (`price` has no level: left and right insertion points are the same)
-                prices.insert(_bisect_left(prices, price), price)
+                prices.insert(_bisect_left(prices, price), key)
             else:
                 insort(prices, price)
         self._attach(o, level)
@@ -401,7 +404,7 @@ class Market:
             else:
                 del prices[_bisect_left(prices, price) if _COMPILED else bisect_left(prices, price)]
 
-    def move(self, o: Order, price: int, qty: int, leaves: int, ts_ns: int) -> None:
+    def move(self, o: Order, price: int, qty: int, leaves: int, ts_ns: int, price_obj: Any = None) -> None:
         """Re-enter resting `o` at the back of the level of `price` (not its own) with the amended
         `qty` and `leaves`: `unlink`, the new fields, then `rest`, fused for an amend's move that
         does not cross. When `o` was alone on its level and `price` has none, the emptied level is
@@ -410,11 +413,14 @@ class Market:
         """
         level = self._detach(o)
         o.price, o.qty, o.leaves, o.ts_ns = price, qty, leaves, ts_ns
+        # `price` as an int object for the dict and the list: the caller's (`price_obj`, equal to
+        # `price`), or boxed once here (see `rest`)
+        key: Any = price if price_obj is None else price_obj
         if o.is_buy:
             book, prices = self.bids, self.bid_prices
         else:
             book, prices = self.asks, self.ask_prices
-        target = book.get(price)
+        target = book.get(key)
         if level.head is None:  # `o` was alone: its level goes
             old = level.price
             del book[old]
@@ -427,19 +433,19 @@ class Market:
                 i = _bisect_left(prices, old) if _COMPILED else bisect_left(prices, old)
             if target is None:  # ... and comes back at `price`
                 level.price = price
-                book[price] = level
+                book[key] = level
                 target = level
                 if (i == 0 or prices[i - 1] < price) and (i == last or price < prices[i + 1]):
-                    prices[i] = price
+                    prices[i] = key
                 else:
                     del prices[i]
-                    prices.insert(_bisect_near(prices, price, i) if _COMPILED else bisect_left(prices, price), price)
+                    prices.insert(_bisect_near(prices, price, i) if _COMPILED else bisect_left(prices, price), key)
             else:
                 del prices[i]
         elif target is None:
             target = Level(price)
-            book[price] = target
-            prices.insert(_bisect_left(prices, price) if _COMPILED else bisect_left(prices, price), price)
+            book[key] = target
+            prices.insert(_bisect_left(prices, price) if _COMPILED else bisect_left(prices, price), key)
         self._attach(o, target)
 
     def index(self, o: Order) -> None:

@@ -564,11 +564,13 @@ def _amend(engine: Engine, st: TradingState, c: AmendOrder, ev: list[Event]) -> 
 def _amend_at(engine: Engine, st: TradingState, ledger: Ledger, now_ns: int, c: AmendOrder, ev: list[Event]) -> None:
     """Amend, given the engine's ledger and sequencer time (a batch reads them once for all its
     actions: compiled, each is a generic attribute lookup on the engine, a Python object)."""
-    # (The order id stays the command's own int object: compiled, the events and the order index
-    # take it as it is, where a machine integer is boxed again for each of them.)
-    fields: tuple[str, str, Any, int, int] = _ASTUPLE(c)  # (see _AMEND_FIELDS)
-    owner, symbol, oid_obj, new_price, new_qty = fields
+    # (The order id, and the new price when there is one, stay the command's own int objects:
+    # compiled, the events, the order index and the book take them as they are, where a machine
+    # integer is boxed again (a new int object) for each of them.)
+    fields: tuple[str, str, Any, Any, int] = _ASTUPLE(c)  # (see _AMEND_FIELDS)
+    owner, symbol, oid_obj, price_obj, new_qty = fields
     oid: int = oid_obj
+    new_price: int = price_obj
     m = st.markets.get(symbol)
     if m is None:
         return _reject(ev, "AMEND", c, "UNKNOWN_MARKET", "symbol", f"unknown market {symbol!r}", oid)
@@ -618,23 +620,25 @@ def _amend_at(engine: Engine, st: TradingState, ledger: Ledger, now_ns: int, c: 
     # (changing nothing) when growing it would overdraw the payer.
     if not ledger.resize_hold_to(o.hold_id, o.pay, need_minor):
         return _reject(ev, "AMEND", c, "INSUFFICIENT_BALANCE", "quantity", "Account has insufficient balance for requested action.", oid)
-    _amended(engine, st, ledger, now_ns, m, o, oid_obj, price_minor, qty_minor, leaves_minor, reprice, ev)
+    if not new_price:
+        price_obj = price_minor  # (the order's own price, boxed)
+    _amended(engine, st, ledger, now_ns, m, o, oid_obj, price_obj, price_minor, qty_minor, leaves_minor, reprice, ev)
 
 
 def _amended(engine: Engine, st: TradingState, ledger: Ledger, now_ns: int, m: Market, o: Order, oid_obj: Any,
-             price_minor: int, qty_minor: int, leaves_minor: int, reprice: bool, ev: list[Event]) -> None:
+             price_obj: Any, price_minor: int, qty_minor: int, leaves_minor: int, reprice: bool, ev: list[Event]) -> None:
     """The checked amend of resting order `o` (its hold already resized): change it in place (a
-    reduction keeps time priority) or re-enter it at the back of its level, trading if it crosses."""
+    reduction keeps time priority) or re-enter it at the back of its level, trading if it crosses.
+    `price_obj` is `price_minor` as an int object (the command's own, or boxed once)."""
     is_buy = o.is_buy
     if not reprice and qty_minor <= o.qty:  # a reduction keeps time priority
         o.level.total -= o.leaves - leaves_minor  # type: ignore[union-attr]  # a resting order is always on a level
         o.leaves = leaves_minor
         o.qty = qty_minor
-        ev.append(_ORDER_AMENDED(m.symbol, oid_obj, price_minor, qty_minor, leaves_minor, True))
+        ev.append(_ORDER_AMENDED(m.symbol, oid_obj, price_obj, qty_minor, leaves_minor, True))
         return
     symbol = m.symbol
     # Boxed once for both events (compiled, each use of a machine integer as an object boxes it).
-    price_obj: Any = price_minor
     leaves_obj: Any = leaves_minor
     ev.append(_ORDER_AMENDED(symbol, oid_obj, price_obj, qty_minor, leaves_obj, False))
     opposite = m.ask_prices if is_buy else m.bid_prices  # `m.crosses`, in line: a move's hot path
@@ -642,7 +646,7 @@ def _amended(engine: Engine, st: TradingState, ledger: Ledger, now_ns: int, m: M
         # It does not cross: straight to the back of its new level (the common "move"). (A new
         # price, or the same price with a larger quantity: `move` needs another level.)
         if reprice:
-            m.move(o, price_minor, qty_minor, leaves_minor, now_ns)
+            m.move(o, price_minor, qty_minor, leaves_minor, now_ns, price_obj)
         else:
             m.unlink(o)
             o.qty, o.leaves = qty_minor, leaves_minor
