@@ -242,3 +242,28 @@ def test_a_restore_binds_new_contracts_to_the_restored_states() -> None:
     assert trading_state(d.engine).markets[PERP].contract is not old_contract
     assert [order(d, *x) for x in more] == after
     assert d.engine.state_hash() == restored.engine.state_hash()
+
+
+def test_the_taker_finds_its_seat_by_its_own_orders_owner_string() -> None:
+    """Each command brings its own owner string (decoded from its bytes): equal to the one that made
+    the owner's seat, seldom the same object. Placing an order points the owner's seat at this
+    order's string (`Contract._seat`), the one its `Order` carries, so that the order's fills find
+    the taker's seat by identity (`Contract._hint`) instead of looking it up again at every fill
+    (kept at the seat's first string, the hint missed for every order but the owner's first)."""
+    d = perp_world()
+    contract = trading_state(d.engine).markets[PERP].contract
+
+    def fresh(s: str) -> str:  # an equal string, another object
+        return "".join(list(s))
+
+    bob_first, bob_now = fresh("bob"), fresh("bob")
+    assert bob_first is not bob_now and bob_first == bob_now == "bob"
+    assert not rejected(order(d, fresh("alice"), "SELL", "60000", "0.1"))
+    assert not rejected(order(d, bob_first, "BUY", "59000", "0.1"))  # bob's seat made with this string
+    assert contract._seats["bob"].owner is bob_first
+    ev = order(d, bob_now, "BUY", "60000", "0.1")  # takes alice's ask
+    assert [e.owner for e in ev if type(e).__name__ == "PositionChanged"] == ["bob", "alice"], ev
+    seat = contract._seats["bob"]
+    assert contract._hint is seat and seat.owner is bob_now  # what `_side` compared the taker with
+    assert seat.key == ("bob", PERP) and seat.pos is derivatives_state(d.engine).positions[("bob", PERP)]
+    d.engine.check_invariants()

@@ -116,8 +116,9 @@ class Seat:
         #: lookup and mark of this seat's (a new equal tuple per fill side was hashed, and compared
         #: item by item where the book and its `dirty` set hold another; `Any`: see `position`).
         self.key: Any = key
-        #: The owner (`key[0]`), the very string object of the command that made the seat: what
-        #: `Contract._side` compares, by identity, with a filling order's owner (`_hint`).
+        #: The owner (`key[0]`, then the very string object of the last order `Contract._seat` looked
+        #: the seat up for): what `Contract._side` compares, by identity, with a filling order's owner
+        #: (`_hint`), so that the taker of the order being placed finds its seat without a lookup.
         self.owner: str = key[0] if key is not None else ""
         self.pos: Position | None = None  # the position last found: a hint, checked before use
         self.wallet: Account | None = None  # the owner's `available` account in the quote asset, once found
@@ -264,6 +265,11 @@ class Contract(MarketContract):
         seat = seats.get(owner)
         if seat is None:
             seat = seats[owner] = Seat((owner, self.symbol))
+        else:
+            # This order's very string object, the one its `Order` will carry: what `_side` compares
+            # the taker with, by identity. (Each command brings its own, equal string: kept as the
+            # seat's first, the taker missed the hint and looked its seat up again at every fill.)
+            seat.owner = owner
         self._hint = seat
         return seat
 
