@@ -242,3 +242,65 @@ def test_a_restore_binds_new_contracts_to_the_restored_states() -> None:
     assert trading_state(d.engine).markets[PERP].contract is not old_contract
     assert [order(d, *x) for x in more] == after
     assert d.engine.state_hash() == restored.engine.state_hash()
+
+
+def test_the_taker_finds_its_seat_by_its_own_orders_owner_string() -> None:
+    """Each command brings its own owner string (decoded from its bytes): equal to the one that made
+    the owner's seat, seldom the same object. Placing an order points the owner's seat at this
+    order's string (`Contract._seat`), the one its `Order` carries, so that the order's fills find
+    the taker's seat by identity (`Contract._hint`) instead of looking it up again at every fill
+    (kept at the seat's first string, the hint missed for every order but the owner's first)."""
+    d = perp_world()
+    contract = trading_state(d.engine).markets[PERP].contract
+
+    def fresh(s: str) -> str:  # an equal string, another object
+        return "".join(list(s))
+
+    bob_first, bob_now = fresh("bob"), fresh("bob")
+    assert bob_first is not bob_now and bob_first == bob_now == "bob"
+    assert not rejected(order(d, fresh("alice"), "SELL", "60000", "0.1"))
+    assert not rejected(order(d, bob_first, "BUY", "59000", "0.1"))  # bob's seat made with this string
+    assert contract._seats["bob"].owner is bob_first
+    ev = order(d, bob_now, "BUY", "60000", "0.1")  # takes alice's ask
+    assert [e.owner for e in ev if type(e).__name__ == "PositionChanged"] == ["bob", "alice"], ev
+    seat = contract._seats["bob"]
+    assert contract._hint is seat and seat.owner is bob_now  # what `_side` compared the taker with
+    assert seat.key == ("bob", PERP) and seat.pos is derivatives_state(d.engine).positions[("bob", PERP)]
+    d.engine.check_invariants()
+
+
+def test_the_handler_reads_the_order_once_and_refuses_as_before() -> None:
+    """`_place_perp` reads a `PlacePerpOrder`'s fields once, by position, and hands them to trading
+    (`trading.orders._place(..., placed=...)`) instead of trading reading the command again: the
+    same refusals, naming the same fields, and nothing changed by them (an unknown perpetual, a
+    reduce-only flag other than 0 or 1, a spot symbol); a reduce-only order is still placed as one
+    (remembered, and cut down to the position); an ordinary one as before."""
+    from ringfence.derivatives.commands import PlacePerpOrder
+    from ringfence.trading.commands import PlaceOrder
+
+    def state() -> list[Any]:  # all but the sequence number and the time, which every command moves
+        return d.engine.snapshot_state()[3:]
+
+    d = perp_world()
+    before = state()
+    for c, field in ((PlacePerpOrder("alice", "NOPEUSDTPERP", "BUY", price=60_000 * USDT, quantity=10**7), "symbol"),
+                     (PlacePerpOrder("alice", "BTCUSDT", "BUY", price=60_000 * USDT, quantity=10**7), "symbol"),
+                     (PlacePerpOrder("alice", PERP, "BUY", price=60_000 * USDT, quantity=10**7, reduce_only=2), "reduce_only")):
+        e = rejected(d.apply(c))
+        assert e is not None and e.field == field, (c, e)
+        assert state() == before
+    assert not rejected(order(d, "alice", "SELL", "60000", "0.1"))
+    assert not rejected(order(d, "bob", "BUY", "60000", "0.1"))  # bob long 0.1
+    assert rejected(order(d, "bob", "SELL", "61000", "0.3", reduce_only=1)).reason == "REDUCE_ONLY_REJECTED"
+    ev = order(d, "bob", "SELL", "61000", "0.1", reduce_only=1)  # rests, reduce-only
+    assert not rejected(ev), ev
+    st = derivatives_state(d.engine)
+    oid = next(e.order_id for e in ev if type(e).__name__ == "OrderAccepted")
+    assert st.reduce_only_orders[PERP] == {oid} and not st.reduce_only
+    assert not rejected(order(d, "carol", "BUY", "60000", "0.04"))
+    assert not rejected(order(d, "bob", "SELL", "60000", "0.04"))  # bob long 0.06: his reduce-only order cut to it
+    m = trading_state(d.engine).markets[PERP]
+    assert st.positions[("bob", PERP)].size == m.orders[oid].leaves == 6 * 10**6
+    # A spot order is read by trading itself, as before (no fields handed in).
+    assert d.apply(PlaceOrder("alice", "BTCUSDT", "BUY", price=1, quantity=1))
+    d.engine.check_invariants()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from msgspec.structs import astuple
+
 from ..engine.commands import Event
 from ..trading.commands import OrderAmended, OrderExpired
 from ..trading.matching import _close, _take_out
@@ -43,6 +45,8 @@ _POSITION_CHANGED: Final = PositionChanged
 #: C statics: `dict.pop(book, key)` written out looks the method up by name at each call.
 _DICT_POP: Final = dict.pop
 _DICT_SETITEM: Final = dict.__setitem__
+#: `msgspec.structs.astuple`, a C static: a command's fields in one call (`_place_perp`).
+_ASTUPLE: Final = astuple
 
 # A perpetual's order read by position when placed, as a spot order is (`trading.orders._fields_of`).
 read_by_position(PlacePerpOrder)
@@ -73,21 +77,26 @@ def place_perp_order(engine: Any, c: Any) -> list[Event]:
 
 def _place_perp(engine: Any, st: DerivativesState, trading: TradingState, c: Any) -> list[Event]:
     """`place_perp_order` on the derivatives and trading states already read (`_precheck`'s
-    checks in line: each field of the command read once)."""
-    symbol = c.symbol
+    checks in line). Every field of the command is read at once, by position (`read_by_position`
+    checked the order at import), and handed to trading as the fields it reads itself
+    (`trading.orders._fields_of`): compiled, `c.symbol` and `c.reduce_only` were generic attribute
+    reads (~160 instructions each), and trading then read the command again, type tests first."""
+    n: tuple[str, Any, str, str, str, int, int, int, str, Any] = _ASTUPLE(c)
+    symbol = n[1]
     perps: dict[str, Perp] = st.perps
     if not isinstance(symbol, str) or symbol not in perps:
         raise NotFound(f"unknown perpetual {symbol!r}", field="symbol")
-    reduce_only = c.reduce_only
+    reduce_only = n[9]
     ev: list[Event] = []
     if reduce_only == 0:  # (`st.reduce_only` is False outside a reduce-only placing: left as it is)
-        _trading_place(engine, trading, c, ev)
+        _trading_place(engine, trading, c, ev, False, _Placed(n[0], symbol, n[2], n[3], n[4], n[5], n[6], 0, n[7], n[8], "NONE"))
         return ev
     if reduce_only != 1:
         raise ValidationError("reduce_only must be 0 or 1", field="reduce_only")
+    f = _Placed(n[0], symbol, n[2], n[3], n[4], n[5], n[6], 0, n[7], n[8], "NONE")
     st.reduce_only = True
     try:
-        _trading_place(engine, trading, c, ev)  # (as it is: `trading.orders.NewOrder`)
+        _trading_place(engine, trading, c, ev, False, f)  # (as it is: `trading.orders.NewOrder`)
     finally:
         st.reduce_only = False
     return ev
@@ -116,8 +125,9 @@ class Seat:
         #: lookup and mark of this seat's (a new equal tuple per fill side was hashed, and compared
         #: item by item where the book and its `dirty` set hold another; `Any`: see `position`).
         self.key: Any = key
-        #: The owner (`key[0]`), the very string object of the command that made the seat: what
-        #: `Contract._side` compares, by identity, with a filling order's owner (`_hint`).
+        #: The owner (`key[0]`, then the very string object of the last order `Contract._seat` looked
+        #: the seat up for): what `Contract._side` compares, by identity, with a filling order's owner
+        #: (`_hint`), so that the taker of the order being placed finds its seat without a lookup.
         self.owner: str = key[0] if key is not None else ""
         self.pos: Position | None = None  # the position last found: a hint, checked before use
         self.wallet: Account | None = None  # the owner's `available` account in the quote asset, once found
@@ -264,6 +274,11 @@ class Contract(MarketContract):
         seat = seats.get(owner)
         if seat is None:
             seat = seats[owner] = Seat((owner, self.symbol))
+        else:
+            # This order's very string object, the one its `Order` will carry: what `_side` compares
+            # the taker with, by identity. (Each command brings its own, equal string: kept as the
+            # seat's first, the taker missed the hint and looked its seat up again at every fill.)
+            seat.owner = owner
         self._hint = seat
         return seat
 

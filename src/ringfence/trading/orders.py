@@ -238,14 +238,16 @@ class _Refusal(NamedTuple):
     message: str
 
 
-def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_run: bool = False) -> None:
+def _place(engine: Engine, st: TradingState, c: NewOrder, ev: list[Event], dry_run: bool = False,
+           placed: _Placed | None = None) -> None:
     """Check a new order against every market rule and the owner's balance, then place it.
 
     With `dry_run` (`check_place`, for the API's `order/test`) it stops where placing would start
     mutating, and it does not run the band timer (which may change the market's status). Every
-    check runs before the first change (validate, then execute).
+    check runs before the first change (validate, then execute). `placed`: `c`'s fields as
+    `_fields_of` reads them, when the caller has read them already (a perpetual's handler).
     """
-    f = _fields_of(c)
+    f = _fields_of(c) if placed is None else placed
     m = st.markets.get(f.symbol)
     if m is None:
         return _reject(ev, "PLACE", c, "UNKNOWN_MARKET", "symbol", f"unknown market {f.symbol!r}")
