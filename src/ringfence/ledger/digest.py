@@ -130,10 +130,13 @@ class LedgerDigest:
     used only for the very object it was computed from (`is`): anything else at that id is hashed
     afresh.
 
-    An account's term is linear in its counters, so a counter that moved by `d` since it was last
-    folded in changes the sum by `k_a * (C_i * d)`: two products for the one counter a transfer
-    moves on each side, where the whole term takes three and allocates twice as many integers; a
-    counter that did not move costs a comparison of two fields. Why on the record: a batch's digest
+    An account's term is linear in its counters, so the accounts' sum is kept as five exact sums,
+    `sum k_a` and, per counter i, `sum k_a * counter_i`, multiplied by C0..C4 and added up only when
+    the digest is taken (`_account_total`: the very same integer). A counter that moved by `d` since
+    it was last folded in adds `k_a * d` to its sum: one product (of a key by a small number) for the
+    one counter a transfer moves on each side, where `k_a * (C_i * d)` took two, the second of two
+    130-bit-or-wider numbers (session 19: about a third of the digest's instructions); a counter that
+    did not move costs a comparison of two fields. Why on the record: a batch's digest
     reads each account the batch changed, a record the batch has just written (in the cache), where
     a key and a term in tables of their own are memory the batch did not touch: reading them cost
     about as much as the arithmetic (session 17, docs/resilience.md). So a ledger has one: its own
@@ -141,7 +144,12 @@ class LedgerDigest:
 
     def __init__(self, ledger: "Ledger") -> None:
         self.account_objs: list[Account | None] = [None]
-        self.account_sum = 0
+        # sum k_a, and sum k_a * counter per counter, over the accounts tracked (`_account_total`)
+        self.keys_sum = 0
+        self.debits_pending_sum = 0
+        self.debits_posted_sum = 0
+        self.credits_pending_sum = 0
+        self.credits_posted_sum = 0
         for a in ledger.iter_accounts():
             self._track_account(a)
         self.pending: dict[int, tuple[Pending, int, int]] = {}  # id -> (the Pending, its key, its term)
@@ -165,10 +173,18 @@ class LedgerDigest:
             objs.append(None)
         old = objs[aid]
         if old is not None:  # its term as folded in
-            self.account_sum -= old.digest_key * (_C0 + _C1 * old.digest_debits_pending + _C2 * old.digest_debits_posted
-                                                  + _C3 * old.digest_credits_pending + _C4 * old.digest_credits_posted)
+            k = old.digest_key
+            self.keys_sum -= k
+            self.debits_pending_sum -= k * old.digest_debits_pending
+            self.debits_posted_sum -= k * old.digest_debits_posted
+            self.credits_pending_sum -= k * old.digest_credits_pending
+            self.credits_posted_sum -= k * old.digest_credits_posted
         key = _account_key(a)
-        self.account_sum += _account_term(key, a)
+        self.keys_sum += key
+        self.debits_pending_sum += key * a.debits_pending
+        self.debits_posted_sum += key * a.debits_posted
+        self.credits_pending_sum += key * a.credits_pending
+        self.credits_posted_sum += key * a.credits_posted
         objs[aid] = a
         a.digest_key = key
         a.digest_debits_pending = a.debits_pending
@@ -217,32 +233,35 @@ class LedgerDigest:
                 self._fold_account(p.debit)
                 self._fold_account(p.credit)
         self.pending_sum = total
-        return _combine(_rest(ledger), self.account_sum, self.pending_sum, self.transfers.copy().digest())
+        return _combine(_rest(ledger), self._account_total(), self.pending_sum, self.transfers.copy().digest())
+
+    def _account_total(self) -> int:
+        """The sum of every tracked account's `_account_term`, from the five sums (the same integer)."""
+        return (_C0 * self.keys_sum + _C1 * self.debits_pending_sum + _C2 * self.debits_posted_sum
+                + _C3 * self.credits_pending_sum + _C4 * self.credits_posted_sum)
 
     def _fold_account(self, a: Account) -> None:
-        """Bring account `a`'s term in the sum up to date: `_account_term`'s change, a product for
-        each counter that moved since it was last folded in (none: four comparisons); an account
+        """Bring account `a`'s share of the sums up to date: its key times the change of each
+        counter that moved since it was last folded in (none moved: four comparisons); an account
         not tracked (new, or another object at its id) is tracked afresh."""
         objs = self.account_objs
         aid = a.id
         if aid >= len(objs) or objs[aid] is not a:
             self._track_account(a)
             return
-        total = self.account_sum
         x, y = a.debits_posted, a.digest_debits_posted
         if x != y:
-            total += a.digest_key * (_C2 * (x - y))
+            self.debits_posted_sum += a.digest_key * (x - y)
             a.digest_debits_posted = x
         x, y = a.credits_posted, a.digest_credits_posted
         if x != y:
-            total += a.digest_key * (_C4 * (x - y))
+            self.credits_posted_sum += a.digest_key * (x - y)
             a.digest_credits_posted = x
         x, y = a.debits_pending, a.digest_debits_pending
         if x != y:
-            total += a.digest_key * (_C1 * (x - y))
+            self.debits_pending_sum += a.digest_key * (x - y)
             a.digest_debits_pending = x
         x, y = a.credits_pending, a.digest_credits_pending
         if x != y:
-            total += a.digest_key * (_C3 * (x - y))
+            self.credits_pending_sum += a.digest_key * (x - y)
             a.digest_credits_pending = x
-        self.account_sum = total
