@@ -291,7 +291,7 @@ def test_a_postgresql_node_is_never_backed_up_without_its_identity_database(tmp_
         assert oct((tmp_path / "data" / "identity-store.json").stat().st_mode & 0o777) == "0o600"
         for env, said in (({"RINGFENCE_DATABASE_URL": None}, "keeps its users and API keys in PostgreSQL"),
                           ({"RINGFENCE_DATABASE_URL": source_url.replace("postgresql+psycopg://", "postgres://")},
-                           "must be a sqlite:/// or postgresql+psycopg:// URL"),
+                           "must be a sqlite:///, postgresql:// or postgresql+psycopg:// URL"),
                           ({"RINGFENCE_DATABASE_URL": other_url}, "names another database than the node's")):
             proc = rf("backup", "create", "--data", str(srv.data), "--to", str(tmp_path / "bk"), check=False, env=env)
             out = " ".join((proc.stdout + proc.stderr).split())
@@ -300,3 +300,26 @@ def test_a_postgresql_node_is_never_backed_up_without_its_identity_database(tmp_
         proc = rf("backup", "create", "--data", str(srv.data), "--to", str(tmp_path / "bk"),
                   env={"RINGFENCE_DATABASE_URL": source_url})
         assert (tmp_path / "bk" / "identity.pgdump").is_file(), proc.stdout
+
+
+def test_a_moved_sqlite_node_backs_up_its_own_identity_and_a_missing_one_is_refused(demo_node, tmp_path):
+    """Fresh-eyes review, session 19: the recorded SQLite path was absolute, so a data directory moved
+    elsewhere was backed up without its identity database (`identity none`, OK). A file inside the
+    data directory is recorded relative to it; a recorded file that is not there is refused."""
+    from ringfence.store import make_engine, record_location
+
+    from .test_backup_signed import _identity_db
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_node, data / "engine")
+    _identity_db(data / "identity.sqlite3")
+    record_location(data, make_engine(f"sqlite:///{data / 'identity.sqlite3'}"))
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    rf("backup", "create", "--data", str(moved), "--to", str(tmp_path / "bk"))
+    manifest = json.loads((tmp_path / "bk" / MANIFEST).read_bytes())
+    assert manifest["files"]["identity"]["name"] == "identity.sqlite3" and (tmp_path / "bk" / "identity.sqlite3").is_file()
+    (moved / "identity.sqlite3").unlink()
+    proc = rf("backup", "create", "--data", str(moved), "--to", str(tmp_path / "bk2"), check=False)
+    assert proc.returncode == 2 and "which is not there" in proc.stderr, proc.stderr
+    assert not (tmp_path / "bk2").exists()

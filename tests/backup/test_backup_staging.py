@@ -50,7 +50,7 @@ def _no_staging_left(folder: Path) -> bool:
 
 
 def test_an_identity_file_swapped_while_restoring_is_never_restored(genuine, tmp_path):
-    """The intruder's swap.sh, in a thread: wait for the target's engine folder, then rename a doctored
+    """The intruder's swap.sh, in a thread: wait for the new engine folder, then rename a doctored
     identity store over the backup's. The restored store is byte for byte the one the manifest hashed."""
     bk, manifest = _copy(genuine, tmp_path)
     evil = tmp_path / "evil.sqlite3"
@@ -62,8 +62,8 @@ def test_an_identity_file_swapped_while_restoring_is_never_restored(genuine, tmp
     target = tmp_path / "restored"
     stop, swapped = threading.Event(), threading.Event()
 
-    def intruder() -> None:
-        while not stop.is_set() and not (target / "engine").exists():
+    def intruder() -> None:  # the new data directory is built privately beside target (F4 of session 19)
+        while not stop.is_set() and not ((target / "engine").exists() or any(tmp_path.glob(".ringfence-restore-*/engine"))):
             stop.wait(0.0005)
         if not stop.is_set():
             shutil.copyfile(evil, bk / "identity.sqlite3.new")
@@ -159,38 +159,69 @@ def test_the_verdict_names_the_backups_date_and_sequence_and_an_older_one_can_be
 
 @pytest.mark.parametrize("swap", ["symlink", "full folder"])
 def test_a_target_swapped_after_its_check_is_never_written_into(genuine, tmp_path, monkeypatch, swap):
-    """Intruder review, session 19 (F4): `--to` was checked new or empty, and `--to/engine` made only
-    after staging: a local user who can write --to's parent swapped in a symlink to a folder of
-    theirs, the restore wrote into it and said OK. The new data directory is now built inside the
-    private staging folder and takes --to's place in one rename, which refuses anything else there."""
+    """Intruder review, session 19 (F4): `--to` was checked new or empty, and `--to/engine` made by
+    path after staging: a local user who can write --to's parent swapped in a symlink to a folder of
+    theirs, the restore wrote into it and said OK. A new --to is now built in a private folder beside
+    it that takes its place in one rename, which refuses anything else found there."""
     bk, _ = _copy(genuine, tmp_path)
     theirs = tmp_path / "attacker"
     theirs.mkdir()
     (theirs / "planted").write_text("x\n")
     target = tmp_path / "to"
-    real_lock = backup_mod.DataDirLock
+    real_stage = backup_mod._stage_files
 
-    def swap_then_lock(*args, **kwargs):  # the first step after every check
+    def swap_then_stage(*args, **kwargs):  # after every check of --to, before anything is restored
         if swap == "symlink":
             target.symlink_to(theirs, target_is_directory=True)
         else:
             target.mkdir()
             (target / "planted").write_text("x\n")
-        return real_lock(*args, **kwargs)
+        return real_stage(*args, **kwargs)
 
-    monkeypatch.setattr(backup_mod, "DataDirLock", swap_then_lock)
+    monkeypatch.setattr(backup_mod, "_stage_files", swap_then_stage)
     with pytest.raises(ConfigError) as refused:
         restore_backup(bk, target, trust=TRUST)
-    assert refused.value.field == "--to" and "changed after it was checked" in str(refused.value)
+    assert refused.value.field == "--to" and "after it was checked" in str(refused.value)
     assert sorted(p.name for p in theirs.iterdir()) == ["planted"]
     assert sorted(p.name for p in target.iterdir()) == ["planted"]
     assert _no_staging_left(tmp_path)
 
 
-def test_a_restore_into_an_empty_folder_takes_its_place(genuine, tmp_path):
+def test_an_empty_target_swapped_after_it_was_opened_is_still_the_one_restored_into(genuine, tmp_path, monkeypatch):
+    """An existing empty --to (a mount point, `--to .`) is written through the handle opened at the
+    check: a symlink put in its place afterwards leads nowhere, and the folder keeps its mode."""
     bk, manifest = _copy(genuine, tmp_path)
-    (tmp_path / "to").mkdir()
-    got = restore_backup(bk, tmp_path / "to", trust=TRUST)
-    assert got.last_seq == manifest["last_seq"] and (tmp_path / "to" / "engine" / "journal").is_dir()
-    assert (tmp_path / "to" / "identity.sqlite3").is_file() and oct((tmp_path / "to").stat().st_mode & 0o777) == "0o700"
+    theirs, target, moved = tmp_path / "attacker", tmp_path / "to", tmp_path / "moved"
+    theirs.mkdir()
+    target.mkdir(mode=0o750)
+    os.chmod(target, 0o750)
+    real_stage = backup_mod._stage_files
+
+    def swap_then_stage(*args, **kwargs):
+        target.rename(moved)
+        target.symlink_to(theirs, target_is_directory=True)
+        return real_stage(*args, **kwargs)
+
+    monkeypatch.setattr(backup_mod, "_stage_files", swap_then_stage)
+    got = restore_backup(bk, target, trust=TRUST)
+    assert got.last_seq == manifest["last_seq"]
+    assert list(theirs.iterdir()) == []
+    assert sorted(p.name for p in moved.iterdir()) == ["engine", "identity.sqlite3"]
+    assert oct(moved.stat().st_mode & 0o777) == "0o750"
     assert _no_staging_left(tmp_path)
+
+
+def test_a_restore_into_the_current_folder_or_a_new_one_works(genuine, tmp_path, monkeypatch):
+    bk, manifest = _copy(genuine, tmp_path)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert restore_backup(bk, Path("."), trust=TRUST).last_seq == manifest["last_seq"]
+    assert (here / "engine" / "journal").is_dir() and (here / "identity.sqlite3").is_file()
+    got = restore_backup(bk, tmp_path / "a" / "b" / "new", trust=TRUST)
+    assert got.last_seq == manifest["last_seq"] and (tmp_path / "a" / "b" / "new" / "engine").is_dir()
+    assert oct((tmp_path / "a" / "b" / "new").stat().st_mode & 0o777) == "0o700"
+    with pytest.raises(ConfigError) as refused:
+        restore_backup(bk, here, trust=TRUST)
+    assert refused.value.field == "--to" and "not empty" in str(refused.value)
+    assert _no_staging_left(tmp_path) and _no_staging_left(here)

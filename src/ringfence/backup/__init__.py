@@ -636,17 +636,51 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def _move_into_place(built: Path, target: Path) -> None:
-    """The restored data directory, built inside the private staging folder, takes `target`'s place
-    in one rename(2), which refuses a non-empty directory and anything but a directory at `target`:
-    a folder (or a symlink to someone else's) swapped in for `target` after its check is never
-    written into (intruder review, session 19, F4: `target/engine` was made after the check)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(built, target)
-    except OSError as err:
-        raise ConfigError(f"{target} cannot take the restored data directory ({err.strerror}): it changed after it "
-                          "was checked, or is a mount point; give a new folder", field="--to") from None
+class _NewDataDir:
+    """Where restore builds the new data directory, so that a folder swapped in for `target` after
+    its check is never written into (intruder review, session 19, F4: `target/engine` was made by
+    path after the check, and a symlink put there meanwhile took the restore elsewhere):
+    - no `target` yet: built in a private (0700) folder beside it, which then takes its place in
+      one rename(2) — refused if anything (a symlink, a filled folder) appeared there meanwhile;
+    - `target` an empty folder (a mount point, `--to .`): opened once without following a link and
+      written through that handle (`/proc/self/fd/N`), so its owner, mode and ACLs stay and a swap
+      of its path changes nothing; a failed restore removes what it wrote there.
+    Anything else at `target` is refused."""
+
+    def __init__(self, target: Path, beside: Path) -> None:
+        self.target, self.fd = target, -1
+        try:
+            self.fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            self.root = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=beside))
+            return
+        except OSError:  # ELOOP: a symbolic link; ENOTDIR: a file
+            raise ConfigError(f"{target} is not a folder (a symbolic link or a file); a restore goes into a new or "
+                              "empty folder", field="--to") from None
+        if os.listdir(self.fd):
+            os.close(self.fd)
+            raise ConfigError(f"{target} is not empty; a restore goes into a new or empty folder", field="--to")
+        self.root = Path(f"/proc/self/fd/{self.fd}")
+
+    def finish(self) -> None:
+        """The data directory is complete: a private one takes `target`'s place."""
+        if self.fd >= 0:
+            return
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(self.root, self.target)
+        except OSError as err:
+            raise ConfigError(f"{self.target} cannot take the restored data directory ({err.strerror}): something was "
+                              "put there after it was checked; give a new folder", field="--to") from None
+
+    def close(self, done: bool) -> None:
+        if self.fd < 0:
+            shutil.rmtree(self.root, ignore_errors=True)  # (gone already once it took target's place)
+            return
+        if not done:
+            for name in os.listdir(self.fd):
+                shutil.rmtree(self.root / name, ignore_errors=True)
+        os.close(self.fd)
 
 
 def restore_backup(backup: Path, target: Path, *, trust: dict[str, Ed25519PublicKey], allow_unsigned: bool = False,
@@ -668,26 +702,28 @@ def restore_backup(backup: Path, target: Path, *, trust: dict[str, Ed25519Public
         raise ValidationError(f"must be between 1 and {last_seq} (the backup's last sequence)", field="--to-seq")
     report = BackupReport(str(target))
     _describe(report, manifest, signer)
-    stage = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=_existing_ancestor(target.parent)))  # mode 0700
-    built = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=stage.parent))  # the new data directory, private
-    try:                                                                             # until it takes target's place
+    beside = _existing_ancestor(target.parent)
+    new = _NewDataDir(target, beside)
+    stage, done = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=beside)), False  # mode 0700
+    try:
         _stage_files(backup, manifest, stage, report, progress)
         if report.problems:
             raise BackupInvalid("; ".join(report.problems), field="BACKUPDIR")
-        _restore_staged(stage, built, target, manifest, to_seq, report, identity_pg_url, progress)
+        _restore_staged(stage, new, manifest, to_seq, report, identity_pg_url, progress)
+        done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(built, ignore_errors=True)  # (already gone once it took target's place)
+        new.close(done)
     return report
 
 
-def _restore_staged(stage: Path, built: Path, target: Path, manifest: dict[str, Any], to_seq: int, report: BackupReport,
+def _restore_staged(stage: Path, new: _NewDataDir, manifest: dict[str, Any], to_seq: int, report: BackupReport,
                     identity_pg_url: str | None, progress: Progress) -> None:
     identity = manifest["files"].get("identity")
     if identity and identity.get("kind") == "postgresql" and identity_pg_url:
         _refuse_used_database(identity_pg_url)  # before anything is written
-    node = built / "engine"
-    node.mkdir(mode=0o700, parents=True)
+    node = new.root / "engine"
+    node.mkdir(mode=0o700)
     lock = DataDirLock(node, "ringfence backup restore")
     try:
         cut = _restore_journal(stage / "journal", node / "journal", to_seq)
@@ -703,10 +739,10 @@ def _restore_staged(stage: Path, built: Path, target: Path, manifest: dict[str, 
     finally:
         lock.release()
     if identity and identity.get("kind") != "postgresql":
-        shutil.move(stage / IDENTITY_FILE, built / IDENTITY_FILE)  # the checked copy itself
-        os.chmod(built / IDENTITY_FILE, 0o600)
+        shutil.move(stage / IDENTITY_FILE, new.root / IDENTITY_FILE)  # the checked copy itself
+        os.chmod(new.root / IDENTITY_FILE, 0o600)
         report.identity = "SQLite, as of the backup (identity is not cut at --to-seq)"
-    _move_into_place(built, target)
+    new.finish()
     if identity and identity.get("kind") == "postgresql":
         report.identity = _restore_pg(stage / PG_DUMP_FILE, identity_pg_url)
     report.last_seq, report.records, report.commands = to_seq, scanned.records, scanned.commands

@@ -240,7 +240,7 @@ def _identity_of(node: Path) -> tuple[Path | None, str]:
 
     env_url = os.environ.get("RINGFENCE_DATABASE_URL", "")
     if env_url and not env_url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
-        _fail("RINGFENCE_DATABASE_URL: must be a sqlite:/// or postgresql+psycopg:// URL (the database the node's "
+        _fail("RINGFENCE_DATABASE_URL: must be a sqlite:///, postgresql:// or postgresql+psycopg:// URL (the database the node's "
               "serve uses)")
     pg_url = env_url if env_url.startswith("postgresql") else ""
     record = recorded_location(_data_dir(node))
@@ -257,7 +257,11 @@ def _identity_of(node: Path) -> tuple[Path | None, str]:
     if pg_url:
         return None, pg_url
     if record is not None and record.get("dialect") == "sqlite" and record.get("path"):
-        return Path(record["path"]), ""
+        recorded = _data_dir(node) / record["path"]  # (an absolute path stays as it is)
+        if not recorded.is_file():
+            _fail(f"--data: the node keeps its users and API keys in {recorded}, which is not there (moved with the "
+                  "data directory from elsewhere?); a backup without them is refused")
+        return recorded, ""
     return (node.parent if node.name == ENGINE_SUBDIR else node) / "identity.sqlite3", ""
 
 

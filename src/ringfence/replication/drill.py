@@ -232,8 +232,10 @@ def check_nats_url(nats_url: str, scenario: str) -> None:
 
 def split_login(nats_url: str) -> tuple[str, str, str | None]:
     """(the URL without its password, its login as `user@` or "", the password or None): the drill's
-    nodes get the password in RINGFENCE_NATS_PASSWORD, never on their command lines (`ps`; intruder
-    review of session 19, F2), and the partition's proxy URL keeps the login."""
+    nodes get a password in RINGFENCE_NATS_PASSWORD, never on their command lines (`ps`; intruder
+    review of session 19, F2), and the partition's proxy URL keeps the login. A token URL
+    (`nats://TOKEN@host`) stays as given: nats-py reads a token from the URL only — use a user and
+    password (`ringfence replication nats-config`) to keep it off command lines."""
     parsed = urlparse(nats_url)
     if parsed.username is None:
         return nats_url, "", None

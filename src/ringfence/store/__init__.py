@@ -67,9 +67,12 @@ def record_location(data_dir: Path, engine: Engine) -> None:
     import json
     import os
 
-    record = {"dialect": engine.dialect.name, "url": safe_url(engine)}
+    url = engine.url.set(query={})  # a password may also be a query parameter: no query is kept
+    record = {"dialect": engine.dialect.name, "url": url.render_as_string(hide_password=True)}
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        record["path"] = str(Path(str(engine.url.database)).resolve())
+        path = Path(str(engine.url.database)).resolve()  # inside the data directory: relative (a moved folder keeps it)
+        root = data_dir.resolve()
+        record["path"] = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
     tmp = data_dir / f".{LOCATION_FILE}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -95,7 +98,7 @@ def same_database(url: str, recorded: str) -> bool:
 
     def names(u: str) -> tuple[object, ...]:  # the driver (postgresql, postgresql+psycopg) and password aside
         parsed = make_url(u)
-        return parsed.get_backend_name(), parsed.username, parsed.host, parsed.port or 5432, parsed.database
+        return parsed.get_backend_name(), parsed.username, (parsed.host or "").lower(), parsed.port or 5432, parsed.database
 
     try:
         return names(url) == names(recorded)
