@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -12,6 +18,38 @@ from ringfence.replication import Fenced, Follower, parse_target, promote
 from ringfence.solvency.publisher import read_history
 
 from .conftest import NATS_URL, key_of, peers_of
+
+RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
+
+
+@pytest.fixture
+def nats_with_users(tmp_path):
+    """A nats-server of our own (JetStream, a free port) whose only user is rf."""
+    from api.conftest import free_port
+
+    binary = shutil.which("nats-server")
+    assert binary, "nats-server is not installed on this machine (required, never skipped)"
+    port, password = free_port(), "pw-" + secrets.token_hex(8)
+    proc = subprocess.Popen([binary, "-p", str(port), "-js", "-sd", str(tmp_path / "js"), "--user", "rf", "--pass", password],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        raise AssertionError("nats-server did not start")
+    yield port, password
+    proc.terminate()
+    proc.wait(10)
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k != "RINGFENCE_NATS_PASSWORD"}
+    return subprocess.run(RINGFENCE + list(args), capture_output=True, text=True, timeout=120,
+                          env=dict(clean, COLUMNS="400", **env), stdin=subprocess.DEVNULL)
 
 
 def test_a_deposed_primary_publishes_no_proof_of_solvency(tmp_path, stream, monkeypatch):
@@ -62,3 +100,27 @@ def _deposed_and_proofs(node, publisher, target, follower, data) -> None:
     assert [p["position"] for p in proofs][-1] == before["position"], proofs  # nothing after the fence
     assert not [p for p in (data / "por").iterdir() if p.name.startswith(".tmp")]
     assert "deposed" in publisher.refused
+
+
+def test_a_refused_nats_login_says_so_and_why(tmp_path, nats_with_users):
+    """A wrong password, a user without one (RINGFENCE_NATS_PASSWORD unset), no user at all: each is the
+    server refusing the login, said in one error line with the fix, never "cannot reach" and never a raw
+    `nats: Error: ... 'Authorization Violation'` line before it."""
+    from api.conftest import free_port
+
+    port, password = nats_with_users
+    wrong = "nope-" + secrets.token_hex(8)
+    cases = [(f"nats://rf@127.0.0.1:{port}/S19A", {"RINGFENCE_NATS_PASSWORD": wrong}, "does not take user rf with this password"),
+             (f"nats://rf@127.0.0.1:{port}/S19A", {}, "user rf was given no password: RINGFENCE_NATS_PASSWORD is unset"),
+             (f"nats://127.0.0.1:{port}/S19A", {}, "it requires credentials; name the user in the URL")]
+    for url, env, says in cases:
+        for args in (("replication", "status", "--nats", url),
+                     ("serve", "--data", str(tmp_path / "srv"), "--port", str(free_port()), "--replicate", url)):
+            proc = _run(*args, **env)
+            raw = proc.stdout + proc.stderr
+            out = " ".join(raw.split())
+            assert proc.returncode in (1, 2) and "refused the login" in out and "Authorization Violation" in out, out
+            assert says in out and "cannot reach" not in out, out
+            assert not [line for line in raw.splitlines() if line.startswith("nats:")], raw  # no raw client line
+            assert wrong not in out and password not in out and "Traceback" not in out, out
+        assert proc.returncode == 2  # serve
