@@ -124,3 +124,33 @@ def test_a_refused_nats_login_says_so_and_why(tmp_path, nats_with_users):
             assert not [line for line in raw.splitlines() if line.startswith("nats:")], raw  # no raw client line
             assert wrong not in out and password not in out and "Traceback" not in out, out
         assert proc.returncode == 2  # serve
+
+
+def test_promote_with_a_login_that_may_not_publish_it_names_the_permission(tmp_path):
+    """`replication promote` as rf-monitor: the server refuses the publish to $KV.<stream>-leader.promote.b;
+    the command says so (and which login to use), not "TimeoutError; ask again once NATS answers"."""
+    from ringfence.app import new_node
+    from ringfence.ledger.commands import RegisterAsset as Asset
+    from ringfence.replication import Replicator
+
+    from .test_nats_services import STREAM, _peers, _start_services, _url
+
+    port, pw, proc = _start_services(tmp_path)
+    node = new_node(tmp_path / "a")
+    node.open()
+    node.start()
+    replicator = Replicator(parse_target(_url(port, "rf-node", pw["rf-node"])), "a", key=key_of("a"))
+    try:
+        replicator.attach(node)  # the stream and its bucket exist
+        node.execute(Asset("BTC", 8, "crypto", "bitcoin"))
+        done = _run("replication", "promote", "--nats", f"nats://rf-monitor@127.0.0.1:{port}/{STREAM}", "--node-id", "b",
+                    "--wait-s", "5", "--peers", _peers(tmp_path), RINGFENCE_NATS_PASSWORD=pw["rf-monitor"])
+        out = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode != 0 and "NATS user rf-monitor may not ask standby b to take over" in out, out
+        assert f'permissions violation for publish to "$kv.{STREAM.lower()}-leader.promote.b"' in out.lower(), out
+        assert "rf-operator" in out and "TimeoutError" not in out and pw["rf-monitor"] not in out, out
+    finally:
+        node.close()
+        replicator.close()
+        proc.terminate()
+        proc.wait(10)

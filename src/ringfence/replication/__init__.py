@@ -805,6 +805,12 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
     try:
         return _promote(link, target, node_id, approvals, epoch, wait_s, peers)
     except nats_failures() as err:
+        if link.refused:  # the server refused a subject to this login: a timeout here is only its symptom
+            user = unquote(urlparse(target.servers).username or "") or "(none)"
+            raise ConfigError(f"NATS user {user} may not ask standby {node_id} to take over (stream {target.stream}): the "
+                              f"server said {link.refused.strip()}; promote with an operator's login, e.g. "
+                              "nats://rf-operator@HOST:PORT/STREAM with its password in RINGFENCE_NATS_PASSWORD "
+                              "(`ringfence replication nats-config`)", field="--nats") from None
         raise ConfigError(f"NATS at {target.display} failed while asking standby {node_id} to take over (stream "
                           f"{target.stream}): {nats_failed(err)}; ask again once NATS answers", field="--nats") from None
     finally:
