@@ -154,3 +154,33 @@ def test_promote_with_a_login_that_may_not_publish_it_names_the_permission(tmp_p
         replicator.close()
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_standbys_promote_hint_can_be_pasted_with_an_operators_login(tmp_path):
+    """A standby serving as rf-node printed `promote with: ... --nats nats://rf-node:***@...`: this node's
+    login (which may not promote) and a password nobody can paste. The hint names rf-operator without any
+    password (it is read from RINGFENCE_NATS_PASSWORD), and the command it prints promotes the standby."""
+    import re
+
+    from api.conftest import free_port
+
+    from .conftest import Standby
+    from .test_nats_services import STREAM, _start_services
+
+    port, pw, proc = _start_services(tmp_path)
+    standby = None
+    try:
+        standby = Standby(tmp_path / "sb" / "b", f"nats://rf-node@127.0.0.1:{port}/{STREAM}", "b", free_port(),
+                          env={"RINGFENCE_NATS_PASSWORD": pw["rf-node"]})
+        line = standby.wait_for(r"promote with: (.*?) \(an operator's NATS login").group(1)
+        assert "***" not in line and pw["rf-node"] not in line and "rf-node@" not in line, line
+        assert f"--nats nats://rf-operator@127.0.0.1:{port}/{STREAM} " in line and "RINGFENCE_NATS_PASSWORD=" in line, line
+        argv = re.sub(r"^.*?ringfence ", "", line).split()  # what follows `RINGFENCE_NATS_PASSWORD=... ringfence`
+        done = _run(*argv, "--wait-s", "30", RINGFENCE_NATS_PASSWORD=pw["rf-operator"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        standby.wait_ready()
+    finally:
+        if standby is not None:
+            standby.stop()
+        proc.terminate()
+        proc.wait(10)

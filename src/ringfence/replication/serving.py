@@ -54,8 +54,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted)
         status = StandbyStatus(follower, host, port, models)
         say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
-            f"http://{host}:{port}/v1/standby; promote with: "
-            f"ringfence replication promote --nats {target.display_url()} --peers {peers or 'PEERS.json'} --node-id {ident}")
+            f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident)}")
         try:
             follower.follow_until_promoted()
             engine, position, lock = follower.hand_over()
@@ -70,6 +69,28 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
             lock.release()
             raise
     return Replicator(target, ident, data / "engine", key=key, peers=trusted), None
+
+
+def promote_hint(target: Any, peers: Path | None, ident: str) -> str:
+    """The command an operator pastes to promote this standby: the stream's URL without this node's
+    credentials (a masked password cannot be pasted, and the node's NATS user may not promote), with an
+    operator's user in their place and its password read from RINGFENCE_NATS_PASSWORD."""
+    from urllib.parse import quote, unquote, urlparse
+
+    parsed = urlparse(target.servers)
+    where = parsed.netloc.rsplit("@", 1)[-1]  # host:port, without any user or password
+    query = f"?tls_ca={quote(target.tls_ca, safe='/')}" if target.tls_ca else ""
+    command = f"--peers {peers or 'PEERS.json'} --node-id {ident}"
+    if not parsed.username:
+        return f"ringfence replication promote --nats {parsed.scheme}://{where}/{target.stream}{query} {command}"
+    user = unquote(parsed.username)
+    if user != "rf-node":  # not nats-config's node user: the same login, its password from the environment
+        return (f"RINGFENCE_NATS_PASSWORD=... ringfence replication promote --nats {parsed.scheme}://{quote(user, safe='')}@"
+                f"{where}/{target.stream}{query} {command} (a NATS login allowed to write promote.{ident}; its password "
+                "in RINGFENCE_NATS_PASSWORD, never in the URL)")
+    return (f"RINGFENCE_NATS_PASSWORD=\"$(cat NATS-AUTH/rf-operator.password)\" ringfence replication promote --nats "
+            f"{parsed.scheme}://rf-operator@{where}/{target.stream}{query} {command} (an operator's NATS login: this "
+            "node's rf-node may not promote; NATS-AUTH is the folder `ringfence replication nats-config --out` wrote)")
 
 
 #: a replicated node outside dev mode without --peers
