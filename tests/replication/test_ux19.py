@@ -184,3 +184,57 @@ def test_the_standbys_promote_hint_can_be_pasted_with_an_operators_login(tmp_pat
             standby.stop()
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_standbys_log_has_whole_lines_and_the_dev_warning_once(tmp_path, stream):
+    """A user saw `...since the last line)replication: NATS at ...`: serve's lines go to stdout, the
+    replication warnings went to stderr (logging's last resort), so a capture of the two streams apart
+    (stdout, then stderr) glued the warning to the last progress line, out of order. They are lines of
+    serve's own output now, in order; and the dev-mode "requires no credentials" warning, said on every
+    NATS connection (again when the standby connects as the new primary), is said once per process."""
+    import json
+    import re
+
+    from api.conftest import free_port
+    from ringfence import nodekey
+
+    from .conftest import attached_primary, running
+
+    sb = tmp_path / "sb" / "b"
+    sb.mkdir(parents=True)
+    peers = tmp_path / "peers.json"
+    peers.write_text(json.dumps({"a": nodekey.public_hex(key_of("a")), "b": nodekey.public_hex(nodekey.load_or_create(sb))}))
+    port = free_port()
+    log_path, err_path = tmp_path / "standby.log", tmp_path / "standby.err"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "RINGFENCE_NATS_PASSWORD", "RINGFENCE_MODE")}
+    env.update(RINGFENCE_REPLICATION_PEERS=str(peers), COLUMNS="400", RINGFENCE_DATABASE_URL=f"sqlite:///{sb / 'identity.sqlite3'}")
+    url = f"{NATS_URL}/{stream}"
+    with running(*attached_primary(tmp_path, stream)) as (node, _), open(log_path, "w") as sink, open(err_path, "w") as err_sink:
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+        proc = subprocess.Popen(RINGFENCE + ["serve", "--data", str(sb), "--port", str(port), "--standby", url, "--node-id", "b"],
+                                stdout=sink, stderr=err_sink, env=env, stdin=subprocess.DEVNULL)
+        try:
+            ready = False
+            deadline = time.monotonic() + 90
+            for i in range(40):  # progress lines: at once, then at most every few seconds
+                node.execute(RegisterAsset(f"T{i}", 8, "crypto", f"token{i}"))
+                time.sleep(0.1)
+            promote(parse_target(url), "b")
+            import httpx
+
+            while time.monotonic() < deadline and proc.poll() is None and not ready:
+                try:
+                    ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    time.sleep(0.3)
+            assert ready, log_path.read_text()[-3000:]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    text, errors = log_path.read_text(), err_path.read_text()
+    assert "since the last line)" in text and "promoted" in text, text[-3000:]
+    glued = re.findall(r"since the last line\)[^\n]", text + errors)
+    assert not glued and text.endswith("\n"), text[-3000:]
+    assert text.count("requires no credentials") == 1 and "requires no credentials" not in errors, text[-4000:] + errors
+    # in order: the warning of the standby's first connection comes before its first line about the stream
+    assert text.index("requires no credentials") < text.index("standby b: following stream"), text[-4000:]

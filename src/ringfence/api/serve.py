@@ -474,10 +474,12 @@ def serve(
     prepare_data_dir(data)  # only now: a refused start leaves no folder behind
     try:
         # --- replication: a standby follows here until promoted; a primary hooks its node after build ---
-        from ..replication.serving import after_build, before_build
+        from ..replication.serving import after_build, before_build, say_replication_warnings
 
         def say(line: str) -> None:
             console.print(line, soft_wrap=True)
+
+        say_replication_warnings(say)  # in order with these lines, on the same stream
 
         replicator, warm = before_build(data, replicate, standby, node_id, port, demo, say, host, peers=peers)
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port), warm=warm,

@@ -451,6 +451,10 @@ def harden(target: "ReplicationTarget") -> list[str]:
     return changed
 
 
+#: the NATS servers (as displayed) this process already warned about for requiring no credentials
+_WARNED_OPEN: set[str] = set()
+
+
 def _login_refused(err: BaseException) -> bool:
     text = str(err).lower()
     return "authorization violation" in text or "authentication expired" in text or "authentication revoked" in text
@@ -548,6 +552,9 @@ class NatsLink:
             raise ConfigError(f"NATS at {target.display} requires no credentials: anyone who reaches it could rewrite the "
                               f"journal stream's settings or forge its acknowledgements; {fix} (dev mode only, "
                               "RINGFENCE_MODE=dev, allows a server without users)", field="--replicate")
+        if target.display in _WARNED_OPEN:  # once per server and process: a standby connects again to promote
+            return
+        _WARNED_OPEN.add(target.display)
         _log.warning("replication: NATS at %s requires no credentials: anyone who reaches it could forge the stream's "
                      "acknowledgements (refused outside dev mode); %s", target.display, fix)
 

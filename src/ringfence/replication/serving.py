@@ -9,6 +9,7 @@ models as they are instead of replaying the journal.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -18,6 +19,32 @@ from ..errors import ConfigError
 from . import Follower, Replicator, parse_target
 
 __all__ = ["before_build", "after_build"]
+
+
+class _SayWarnings(logging.Handler):
+    """Replication's warnings ("nats: ...", "replication: NATS at ... requires no credentials") as lines of
+    serve's own output, in order with the others. They went to stderr (logging's last resort) while
+    serve's lines go to stdout, so a capture of the two streams apart (or stdout alone) showed them out
+    of order, one glued to a progress line: `...since the last line)replication: NATS at ...`."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
+
+        try:
+            self.say(escape(record.getMessage()))
+        except Exception:  # noqa: BLE001 - a handler never raises into the code that logged
+            self.handleError(record)
+
+
+def say_replication_warnings(say: Callable[[str], None]) -> None:
+    """For the `serve` process: replication's warnings through `say` from now on (once per process)."""
+    logger = logging.getLogger("ringfence.replication")
+    if not any(isinstance(h, _SayWarnings) for h in logger.handlers):
+        logger.addHandler(_SayWarnings(say))
 
 
 def before_build(data: Path, replicate: str | None, standby: str | None, node_id: str | None, port: int, demo: bool,
