@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -63,6 +64,7 @@ def test_a_deposed_primary_publishes_no_proof_of_solvency(tmp_path, stream, monk
     monkeypatch.delenv("RINGFENCE_DATABASE_URL", raising=False)
     monkeypatch.delenv("RINGFENCE_MODE", raising=False)
     monkeypatch.setenv("RINGFENCE_POR_EVERY_S", "1")
+    monkeypatch.setenv("RINGFENCE_CUSTODY_CHAINS", "BTC=local")  # custody's workers sign and send from the state
     target = parse_target(f"{NATS_URL}/{stream}")
     data = tmp_path / "a"
     app, exchange, info = build(data, demo=False)
@@ -81,14 +83,15 @@ def test_a_deposed_primary_publishes_no_proof_of_solvency(tmp_path, stream, monk
 
 
 def _deposed_and_proofs(node, publisher, target, follower, data) -> None:
-    node.submit(RegisterAsset("BTC", 8, "crypto", "bitcoin")).result(30)
+    assert [t for t in threading.enumerate() if t.name.startswith("custody-")], "custody runs on the primary"
+    node.submit(RegisterAsset("ETH", 18, "crypto", "ethereum")).result(30)
     before = publisher.publish()  # a healthy primary publishes
     assert before["position"] == f"journal:{node.last_seq}"
     follower.poll()
     promote(target, "b")
     assert follower.follow_until_promoted() == 2
     with pytest.raises(Exception, match="not replicated"):
-        node.submit(RegisterAsset("ETH", 18, "crypto", "ethereum")).result(30)
+        node.submit(RegisterAsset("SOL", 9, "crypto", "solana")).result(30)
     assert isinstance(node.failed, Fenced)
     with pytest.raises(Exception, match="no proof published: the node has stopped .*deposed"):
         publisher.publish()
@@ -100,6 +103,11 @@ def _deposed_and_proofs(node, publisher, target, follower, data) -> None:
     assert [p["position"] for p in proofs][-1] == before["position"], proofs  # nothing after the fence
     assert not [p for p in (data / "por").iterdir() if p.name.startswith(".tmp")]
     assert "deposed" in publisher.refused
+    # custody's supervised workers (withdrawals sign and broadcast, the balancer moves funds) stop too
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and [t for t in threading.enumerate() if t.name.startswith("custody-")]:
+        time.sleep(0.1)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("custody-")]
 
 
 def test_a_refused_nats_login_says_so_and_why(tmp_path, nats_with_users):
