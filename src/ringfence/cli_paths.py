@@ -15,6 +15,7 @@ from rich.console import Console
 
 __all__ = [
     "fail",
+    "open_store",
     "tty_console",
     "check_new_dir",
     "prepare_data_dir",
@@ -42,6 +43,18 @@ def fail(message: str, code: int = 2) -> None:
     # escaped: a field such as `--peers[b]` is text, not a rich style tag (it vanished from the line)
     tty_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
+
+
+def open_store(url: str):  # type: ignore[no-untyped-def]
+    """`Store.from_url(url)` (RINGFENCE_DATABASE_URL) for a command: a URL it does not take or a database
+    it cannot open ends the command with one `error:` line naming the setting (exit 2), as `serve` does."""
+    from .errors import RingfenceError
+    from .store import Store
+
+    try:
+        return Store.from_url(url)
+    except RingfenceError as err:
+        fail(str(err))
 
 
 _IN_USE_HINT = (

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import typer
 from ..cli_paths import tty_console
@@ -243,7 +245,8 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     """
     from ..errors import ConfigError
     from ..solvency.pol import load_secret
-    from ..solvency.publisher import PorPublisher
+    from ..solvency.publisher import NodeStopped, PorPublisher
+    from .app import stopped_reason
 
     try:
         secret = load_secret(os.environ.get("RINGFENCE_POR_SECRET"), dev_mode=settings.mode == "dev")
@@ -252,9 +255,10 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     from ..solvency.reserve_source import load_reserve_sources
 
     sources = list(reserve_sources) + load_reserve_sources(settings.por_reserve_sources, exchange, data)
-    publisher = PorPublisher(exchange.read, data / "por", secret, sources=sources, keep=settings.por_keep,
+    publisher = PorPublisher(partial(held_read, exchange), data / "por", secret, sources=sources, keep=settings.por_keep,
                              value_asset=settings.shield_value_asset, every_s=settings.por_every_s,
-                             alive=lambda: exchange.node.writer is not None)
+                             alive=lambda: exchange.node.writer is not None,
+                             stopped=lambda: stopped_reason(exchange.node, detailed=True))
     from ..errors import ValidationError
 
     try:
@@ -262,9 +266,30 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     except ValidationError as err:  # a new exchange without any asset yet: nothing to prove
         publisher.start()  # the schedule publishes once there is
         return {"publisher": publisher, "waiting": str(err), "every_s": settings.por_every_s}
+    except NodeStopped as err:
+        return {"publisher": publisher, "off": str(err)}
     publisher.start()
     return {"publisher": publisher, "n": entry["n"], "position": entry["position"], "accounts": entry["accounts"],
             "every_s": settings.por_every_s, "reserves_proven": entry["reserves_proven"]}
+
+
+def held_read(exchange: Any, fn: Callable[[Any], Any], wait_s: int = 30) -> Any:
+    """`exchange.read(fn)`, returned once the node holds what it saw durably (journaled and, replicated,
+    stored by the stream): an attestation (a proof of solvency) names no batch a standby never got.
+    Unpipelined, a replicated batch is applied before the stream answers; if it refuses (a deposed
+    primary) the node stops, and this raises `NotDurable` instead of returning that state."""
+    from ..errors import NotDurable
+    from .app import stopped_reason
+
+    node = exchange.node
+    result, seen = exchange.read(lambda engine: (fn(engine), engine.last_seq))
+    deadline = time.monotonic() + wait_s
+    while getattr(node, "durable_seq", seen) < seen and node.failed is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    reason = stopped_reason(node, detailed=True)
+    if reason is not None or getattr(node, "durable_seq", seen) < seen:
+        raise NotDurable(f"the state at journal:{seen} is not durable: {reason or f'not held within {wait_s} s'}")
+    return result
 
 
 def register_por_metrics(app: Any, exchange: Any, data: Path, settings: Any) -> None:
@@ -450,10 +475,12 @@ def serve(
     prepare_data_dir(data)  # only now: a refused start leaves no folder behind
     try:
         # --- replication: a standby follows here until promoted; a primary hooks its node after build ---
-        from ..replication.serving import after_build, before_build
+        from ..replication.serving import after_build, before_build, say_replication_warnings
 
         def say(line: str) -> None:
             console.print(line, soft_wrap=True)
+
+        say_replication_warnings(say)  # in order with these lines, on the same stream
 
         replicator, warm = before_build(data, replicate, standby, node_id, port, demo, say, host, peers=peers)
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port), warm=warm,

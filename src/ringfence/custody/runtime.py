@@ -480,6 +480,13 @@ def _as(node: Any, source: str) -> Any:
 # ---------------------------------------------------------------------------------- supervision
 
 
+def _stopped(node: Any) -> str | None:
+    """Why `node` stopped for good (`Node.failed`: deposed or fenced by replication, a failed journal
+    write), or None while it runs."""
+    failed = getattr(node, "failed", None)
+    return None if not isinstance(failed, BaseException) else (str(failed) or type(failed).__name__)
+
+
 class Supervised:
     """One worker thread: `step()` every `every_ms` under the chain lock; an error is logged and
     the worker restarts after an exponential back-off (0.5 s doubling to 30 s)."""
@@ -493,6 +500,10 @@ class Supervised:
         self.last_ok_ms = 0
         self.state = "starting"
         self._thread: threading.Thread | None = None
+        #: why the node it works for stopped (deposed, fenced, a failed journal write), else None: then
+        #: no step runs again (a deposed primary's engine may hold a batch the stream refused: a
+        #: withdrawal `signed` there, broadcast, would be paid again by the new primary)
+        self.halted: Callable[[], str | None] = lambda: None
 
     def start(self, stop: threading.Event) -> None:
         import contextvars
@@ -505,6 +516,11 @@ class Supervised:
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            reason = self.halted()
+            if reason is not None:
+                log.warning("custody.worker_stopped", worker=self.name, reason=f"the node has stopped ({reason}): nothing "
+                            "more is signed, sent or journaled from its state")
+                break
             try:
                 with self.lock:
                     self.step()
@@ -520,8 +536,18 @@ class Supervised:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 wait_ms = min(MAX_BACKOFF_MS, 500 * 2 ** min(self.failures_in_row - 1, 10))
                 log.warning("custody.worker_failed", worker=self.name, error=self.last_error, retry_ms=wait_ms)
-            stop.wait(wait_ms / 1000)
+            self._wait(stop, wait_ms)
         self.state = "stopped"
+
+    def _wait(self, stop: threading.Event, wait_ms: int) -> None:
+        """`stop.wait` in slices of at most a second, ended early once the node has stopped: a worker
+        that steps every few minutes (the shield sweeper, a key refresh) ends when the node does."""
+        deadline = time.monotonic() + wait_ms / 1000
+        while not stop.is_set() and self.halted() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            stop.wait(min(left, 1.0))
 
     def join(self, timeout_s: int) -> None:
         if self._thread is not None:
@@ -884,6 +910,7 @@ class CustodyRuntime:
         self.shield_sweeper = ShieldSweeper(_as(node, "worker:shield-sweeper"), adapters, self.shield_routes(), value_asset=self.shield_value_asset)
         self.workers.append(Supervised("shield-sweeper", self._shield_step, self.shield_sweep_every_s * 1000, lock))
         for w in self.workers:
+            w.halted = lambda: _stopped(node)
             w.start(self._stop)
 
     def _arm_crash(self) -> None:

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import typer
 
-from ..cli_paths import tty_console
+from ..cli_paths import open_store, tty_console
 from ..settings import load_settings
-from ..store import Store
 
 app = typer.Typer(name="identity", help="Identity store and mail worker.\n\nExample: ringfence identity migrate",
                   no_args_is_help=True, add_completion=False)
@@ -24,7 +23,7 @@ def _context():  # type: ignore[no-untyped-def]
     from .context import IdentityContext
 
     settings = load_settings()
-    return IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
+    return IdentityContext(store=open_store(settings.database_url), settings=settings)
 
 
 @app.command()
@@ -34,7 +33,7 @@ def migrate() -> None:
     Example: RINGFENCE_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test ringfence identity migrate
     """
     settings = load_settings()
-    Store.from_url(settings.database_url)
+    open_store(settings.database_url)
     console.print(f"[green]identity schema is at head[/green] ({settings.database_url.split('@')[-1]})")
 
 

@@ -493,6 +493,32 @@ def harden(target: "ReplicationTarget") -> list[str]:
     return changed
 
 
+#: the NATS servers (as displayed) this process already warned about for requiring no credentials
+_WARNED_OPEN: set[str] = set()
+
+
+def _login_refused(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "authorization violation" in text or "authentication expired" in text or "authentication revoked" in text
+
+
+def login_refused_message(target: ReplicationTarget, said: str) -> str:
+    """Why NATS refused this login, and the fix: no user, a user without a password (RINGFENCE_NATS_PASSWORD
+    unset), or a user name or password the server does not take. Never the password."""
+    parsed = urlparse(target.servers)
+    user = unquote(parsed.username or "")
+    where = f"NATS at {target.display} refused the login (the server said: {said.strip()})"
+    if not user:
+        return (f"{where}: it requires credentials; name the user in the URL, e.g. nats://rf-node@HOST:PORT/STREAM, "
+                "with its password in RINGFENCE_NATS_PASSWORD (`ringfence replication nats-config` writes both)")
+    if parsed.password is None:
+        return (f"{where}: user {user} was given no password: RINGFENCE_NATS_PASSWORD is unset (or empty) and the URL "
+                f"has none; set RINGFENCE_NATS_PASSWORD to {user}'s password (the file {user}.password that "
+                "`ringfence replication nats-config` wrote)")
+    return (f"{where}: the server does not take user {user} with this password; check the user name and "
+            "RINGFENCE_NATS_PASSWORD (or the password in the URL) against the server's config")
+
+
 class NatsLink:
     """A NATS connection on its own asyncio loop thread, callable from the sequencer thread."""
 
@@ -507,8 +533,15 @@ class NatsLink:
         #: the server's last "permissions violation" (its answer to a subject this user may not use, which
         #: otherwise shows only as a request that times out)
         self.refused = ""
+        #: the server's "Authorization Violation" (it refused this login); said by the start-up error,
+        #: not as a raw line before it
+        self.login_refused = ""
 
         async def on_error(err: Exception) -> None:  # one line, no traceback, no URL (it may hold a password)
+            if _login_refused(err):
+                self.login_refused = str(err)[:200]
+            if self.login_refused and getattr(self, "nc", None) is None:
+                return  # connecting, refused (then reset by the server): the ConfigError below says it, with the fix
             _log.warning("nats: %s: %s", type(err).__name__, str(err)[:200])
             if "permissions violation" in str(err).lower():
                 self.refused = str(err)[:200]
@@ -527,6 +560,9 @@ class NatsLink:
             self.nc = self.call(nats.connect(target.servers, connect_timeout=3, max_reconnect_attempts=2, reconnect_time_wait=0.5,
                                              allow_reconnect=True, error_cb=on_error, inbox_prefix=inbox, **tls), 20)
         except (OSError, asyncio.TimeoutError, NatsError) as err:  # ssl.SSLError is an OSError
+            if self.login_refused:  # reached, and it refused the credentials: say so, not "cannot reach"
+                self.close()
+                raise ConfigError(login_refused_message(target, self.login_refused), field="--replicate") from None
             self.close()
             reason = without_credentials(str(err))
             for secret in _secrets_of(target.servers):
@@ -560,6 +596,9 @@ class NatsLink:
             raise ConfigError(f"NATS at {target.display} requires no credentials: anyone who reaches it could rewrite the "
                               f"journal stream's settings or forge its acknowledgements; {fix} (dev mode only, "
                               "RINGFENCE_MODE=dev, allows a server without users)", field="--replicate")
+        if target.display in _WARNED_OPEN:  # once per server and process: a standby connects again to promote
+            return
+        _WARNED_OPEN.add(target.display)
         _log.warning("replication: NATS at %s requires no credentials: anyone who reaches it could forge the stream's "
                      "acknowledgements (refused outside dev mode); %s", target.display, fix)
 
@@ -817,6 +856,12 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
     try:
         return _promote(link, target, node_id, approvals, epoch, wait_s, peers)
     except nats_failures() as err:
+        if link.refused:  # the server refused a subject to this login: a timeout here is only its symptom
+            user = unquote(urlparse(target.servers).username or "") or "(none)"
+            raise ConfigError(f"NATS user {user} may not ask standby {node_id} to take over (stream {target.stream}): the "
+                              f"server said {link.refused.strip()}; promote with an operator's login, e.g. "
+                              "nats://rf-operator@HOST:PORT/STREAM with its password in RINGFENCE_NATS_PASSWORD "
+                              "(`ringfence replication nats-config`)", field="--nats") from None
         raise ConfigError(f"NATS at {target.display} failed while asking standby {node_id} to take over (stream "
                           f"{target.stream}): {nats_failed(err)}; ask again once NATS answers", field="--nats") from None
     finally:

@@ -9,6 +9,7 @@ models as they are instead of replaying the journal.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -18,6 +19,32 @@ from ..errors import ConfigError
 from . import Follower, Replicator, parse_target
 
 __all__ = ["before_build", "after_build"]
+
+
+class _SayWarnings(logging.Handler):
+    """Replication's warnings ("nats: ...", "replication: NATS at ... requires no credentials") as lines of
+    serve's own output, in order with the others. They went to stderr (logging's last resort) while
+    serve's lines go to stdout, so a capture of the two streams apart (or stdout alone) showed them out
+    of order, one glued to a progress line: `...since the last line)replication: NATS at ...`."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
+
+        try:
+            self.say(escape(record.getMessage()))
+        except Exception:  # noqa: BLE001 - a handler never raises into the code that logged
+            self.handleError(record)
+
+
+def say_replication_warnings(say: Callable[[str], None]) -> None:
+    """For the `serve` process: replication's warnings through `say` from now on (once per process)."""
+    logger = logging.getLogger("ringfence.replication")
+    if not any(isinstance(h, _SayWarnings) for h in logger.handlers):
+        logger.addHandler(_SayWarnings(say))
 
 
 def before_build(data: Path, replicate: str | None, standby: str | None, node_id: str | None, port: int, demo: bool,
@@ -54,8 +81,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted)
         status = StandbyStatus(follower, host, port, models)
         say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
-            f"http://{host}:{port}/v1/standby; promote with: "
-            f"ringfence replication promote --nats {target.display_url()} --peers {peers or 'PEERS.json'} --node-id {ident}")
+            f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident)}")
         try:
             follower.follow_until_promoted()
             engine, position, lock = follower.hand_over()
@@ -70,6 +96,28 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
             lock.release()
             raise
     return Replicator(target, ident, data / "engine", key=key, peers=trusted), None
+
+
+def promote_hint(target: Any, peers: Path | None, ident: str) -> str:
+    """The command an operator pastes to promote this standby: the stream's URL without this node's
+    credentials (a masked password cannot be pasted, and the node's NATS user may not promote), with an
+    operator's user in their place and its password read from RINGFENCE_NATS_PASSWORD."""
+    from urllib.parse import quote, unquote, urlparse
+
+    parsed = urlparse(target.servers)
+    where = parsed.netloc.rsplit("@", 1)[-1]  # host:port, without any user or password
+    query = f"?tls_ca={quote(target.tls_ca, safe='/')}" if target.tls_ca else ""
+    command = f"--peers {peers or 'PEERS.json'} --node-id {ident}"
+    if not parsed.username:
+        return f"ringfence replication promote --nats {parsed.scheme}://{where}/{target.stream}{query} {command}"
+    user = unquote(parsed.username)
+    if user != "rf-node":  # not nats-config's node user: the same login, its password from the environment
+        return (f"RINGFENCE_NATS_PASSWORD=... ringfence replication promote --nats {parsed.scheme}://{quote(user, safe='')}@"
+                f"{where}/{target.stream}{query} {command} (a NATS login allowed to write promote.{ident}; its password "
+                "in RINGFENCE_NATS_PASSWORD, never in the URL)")
+    return (f"RINGFENCE_NATS_PASSWORD=\"$(cat NATS-AUTH/rf-operator.password)\" ringfence replication promote --nats "
+            f"{parsed.scheme}://rf-operator@{where}/{target.stream}{query} {command} (an operator's NATS login: this "
+            "node's rf-node may not promote; NATS-AUTH is the folder `ringfence replication nats-config --out` wrote)")
 
 
 #: a replicated node outside dev mode without --peers

@@ -33,7 +33,7 @@ import structlog
 
 from .reserve_source import ReserveEvidence, ReserveSource, claim_to_json
 
-__all__ = ["HISTORY_FORMAT", "PorPublisher", "read_history", "current_dir", "PUBLIC_FILES"]
+__all__ = ["HISTORY_FORMAT", "NodeStopped", "PorPublisher", "read_history", "current_dir", "PUBLIC_FILES"]
 
 HISTORY_FORMAT = "ringfence-por-history-v1"
 MAX_KEEP = 100_000
@@ -70,13 +70,17 @@ def _write_json(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
+class NodeStopped(RuntimeError):
+    """The node stopped (deposed, fenced, a failed write): it publishes no proof any more."""
+
+
 class PorPublisher:
     """Publishes proofs into `out_dir/<n>/` and keeps `out_dir/history.json`."""
 
     def __init__(self, read: Callable[[Callable[[Any], Any]], Any], out_dir: Path, secret: bytes, *,
                  sources: Sequence[ReserveSource] = (), keep: int = 500, value_asset: str = "USDT",
                  every_s: int = 0, clock_ns: Callable[[], int] = time.time_ns, min_leaf_count: int = 16,
-                 alive: Callable[[], bool] | None = None) -> None:
+                 alive: Callable[[], bool] | None = None, stopped: Callable[[], str | None] | None = None) -> None:
         if not 1 <= keep <= MAX_KEEP:
             raise ValueError(f"keep must be 1..{MAX_KEEP}")
         self.read = read
@@ -90,6 +94,10 @@ class PorPublisher:
         self.min_leaf_count = min_leaf_count
         #: False once the node it reads is closed: the schedule ends with it
         self.alive = alive or (lambda: True)
+        #: why the node it reads must not be attested any more (deposed or fenced, its replication or a
+        #: journal write failed), else None: a proof names a position the replicated history must hold
+        self.stopped = stopped or (lambda: None)
+        self.refused = ""  # the reason once a publication was refused for it (logged once)
         self.published = 0
         self.failures = 0
         self.last_error = ""
@@ -125,11 +133,26 @@ class PorPublisher:
         with self._lock:
             return self._publish()
 
+    def _check_node(self) -> None:
+        """Raise `NodeStopped` if the node stopped: its state may hold batches the stream never stored."""
+        reason = self.stopped()
+        if reason is not None:
+            if not self.refused:
+                self.refused = reason
+                log.warning("por.not_published", reason=f"the node has stopped ({reason}): its state may hold "
+                            "batches the replicated history does not; no proof is published from it")
+            raise NodeStopped(f"no proof published: the node has stopped ({reason})")
+
     def _publish(self) -> dict[str, Any]:
         from .pol import build_liability_tree
         from .report import build_report, render_html
 
-        snap, shield = self._read_state()
+        self._check_node()
+        try:
+            snap, shield = self._read_state()
+        except Exception:
+            self._check_node()  # the read saw a state that never became durable: the node stopped
+            raise
         tree = build_liability_tree(snap.snapshot_id, snap.asset_codes, snap.iter_accounts(), self.secret,
                                     min_leaf_count=self.min_leaf_count)
         root = tree.root_document()
@@ -154,6 +177,11 @@ class PorPublisher:
             doc = {"snapshot_id": snap.snapshot_id.hex(), "heights": dict(evidence.heights),
                    "addresses": [claim_to_json(c) for c in evidence.claims]}
             (tmp / "evidence.json").write_text(json.dumps(doc, indent=1) + "\n")
+        try:
+            self._check_node()  # it may have stopped while the tree was built: nothing of it is published
+        except NodeStopped:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         final = self.out_dir / str(n)
         shutil.rmtree(final, ignore_errors=True)  # a folder a crash left behind, never in the history
         os.replace(tmp, final)
@@ -201,6 +229,9 @@ class PorPublisher:
                 return
             try:
                 self.publish()
+            except NodeStopped:  # said once by _check_node: a stopped node never publishes again
+                log.info("por.schedule_ended", reason=self.refused)
+                return
             except Exception as exc:  # noqa: BLE001 - one failed publication must not end the schedule; logged and counted
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"

@@ -186,7 +186,7 @@ def create_login(
     from ..identity.context import IdentityContext
     from ..identity.staff_logins import create_staff_login
     from ..settings import load_settings
-    from ..store import Store
+    from ..cli_paths import open_store
 
     if out.exists():
         err_console.print(f"[bold red]error:[/] --out: {out} exists; credentials are never overwritten")
@@ -200,7 +200,7 @@ def create_login(
         if not database_url:
             overrides["database_url"] = f"sqlite:///{(data / 'identity.sqlite3').resolve()}"
     settings = load_settings(**overrides)
-    ctx = IdentityContext(store=Store.from_url(settings.database_url), settings=settings)
+    ctx = IdentityContext(store=open_store(settings.database_url), settings=settings)
 
     def make() -> Any:
         return create_staff_login(ctx, staff_id, email)
