@@ -180,6 +180,17 @@ class Standby:
         return code
 
 
+def listening(port: int, proc: subprocess.Popen, seconds: int = 20) -> bool:
+    """Whether `proc` (a server just started) accepts connections on 127.0.0.1:`port` within `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
 @pytest.fixture
 def nats_with_password(tmp_path):
     """A nats-server of its own on a free port, JetStream on, user `rf` with a random password: (port, password)."""
@@ -188,13 +199,7 @@ def nats_with_password(tmp_path):
     port, password = free_port(), "pw-" + secrets.token_hex(8)
     proc = subprocess.Popen([binary, "-p", str(port), "-js", "-sd", str(tmp_path / "js"), "--user", "rf", "--pass", password],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    else:
+    if not listening(port, proc):
         proc.kill()
         raise AssertionError("nats-server did not start")
     yield port, password

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from ringfence.ledger.commands import OpenAccount, RegisterAsset
 from ringfence.replication import Follower, NatsLink, Replicator, leader_of, parse_target, promote
 from ringfence.replication.auth import inbox_prefix
 
-from .conftest import key_of, peers_of
+from .conftest import key_of, listening, peers_of
 
 STREAM = "RFSVC"
 
@@ -57,13 +56,7 @@ def _start_services(tmp_path, *extra: str):
         log = tmp_path / f"nats{attempt}.log"
         with open(log, "wb") as sink:
             proc = subprocess.Popen([binary, "-c", str(out / "nats-server.conf")], stdout=sink, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
-        while time.time() < deadline and proc.poll() is None:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        else:
+        if not listening(port, proc, 30):
             proc.kill()
             proc.wait(10)
             if attempt == 2:

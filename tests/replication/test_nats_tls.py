@@ -6,9 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import shutil
-import socket
 import subprocess
-import time
 
 import pytest
 from cryptography import x509
@@ -22,7 +20,7 @@ from ringfence.errors import ConfigError
 from ringfence.ledger.commands import RegisterAsset
 from ringfence.replication import Follower, Replicator, parse_target
 
-from .conftest import key_of, peers_of
+from .conftest import key_of, listening, peers_of
 
 
 def _cert(subject: str, issuer_key, issuer_name, key, *, ca: bool) -> x509.Certificate:
@@ -53,12 +51,7 @@ def tls_nats(tmp_path):
     proc = subprocess.Popen([binary, "-p", str(port), "-js", "-sd", str(tmp_path / "js"), "--tls", "--tlscert",
                              str(tmp_path / "srv.pem"), "--tlskey", str(tmp_path / "srv.key")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
+    listening(port, proc)
     yield port, tmp_path / "ca.pem"
     proc.terminate()
     proc.wait(10)

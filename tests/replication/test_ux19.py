@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -21,30 +19,6 @@ from ringfence.solvency.publisher import read_history
 from .conftest import NATS_URL, key_of, peers_of
 
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
-
-
-@pytest.fixture
-def nats_with_users(tmp_path):
-    """A nats-server of our own (JetStream, a free port) whose only user is rf."""
-    from api.conftest import free_port
-
-    binary = shutil.which("nats-server")
-    assert binary, "nats-server is not installed on this machine (required, never skipped)"
-    port, password = free_port(), "pw-" + secrets.token_hex(8)
-    proc = subprocess.Popen([binary, "-p", str(port), "-js", "-sd", str(tmp_path / "js"), "--user", "rf", "--pass", password],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        raise AssertionError("nats-server did not start")
-    yield port, password
-    proc.terminate()
-    proc.wait(10)
 
 
 def _run(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -110,13 +84,13 @@ def _deposed_and_proofs(node, publisher, target, follower, data) -> None:
     assert not [t.name for t in threading.enumerate() if t.name.startswith("custody-")]
 
 
-def test_a_refused_nats_login_says_so_and_why(tmp_path, nats_with_users):
+def test_a_refused_nats_login_says_so_and_why(tmp_path, nats_with_password):
     """A wrong password, a user without one (RINGFENCE_NATS_PASSWORD unset), no user at all: each is the
     server refusing the login, said in one error line with the fix, never "cannot reach" and never a raw
     `nats: Error: ... 'Authorization Violation'` line before it."""
     from api.conftest import free_port
 
-    port, password = nats_with_users
+    port, password = nats_with_password
     wrong = "nope-" + secrets.token_hex(8)
     cases = [(f"nats://rf@127.0.0.1:{port}/S19A", {"RINGFENCE_NATS_PASSWORD": wrong}, "does not take user rf with this password"),
              (f"nats://rf@127.0.0.1:{port}/S19A", {}, "user rf was given no password: RINGFENCE_NATS_PASSWORD is unset"),
