@@ -147,17 +147,15 @@ def test_concurrent_publishes_from_two_threads_are_all_stored_in_order(tmp_path,
         assert info.state.last_seq == start + 40
 
 
-def test_a_batch_costs_the_nats_loop_five_iterations_or_fewer(tmp_path, stream):
-    """The loop of the NATS thread runs five times per batch: the publish (the sequencer's callback,
-    which sends the record at once: `_eager_task`), nats-py's flusher, the ack's bytes, nats-py's
-    read loop, the ack subscription's callback task — which runs the ack check itself. Each
-    iteration is an epoll_wait and a pass through the loop. Measured with this test: main (9d1b0ad)
-    9.0 per batch (a task per publish awaiting the ack under wait_for, the subscription's callback
-    task, the chained concurrent future); the ack checked by the subscription's callback task 6.0
-    (session 18: main 38603c5); the record sent by the callback itself, not by a task it starts,
-    5.0 (session 19). (Checking the ack inside nats-py's read loop, by replacing the subscription's
-    private pending queue, measured one fewer and about 2% of the thread's CPU: not worth depending
-    on nats-py's private attributes; session 18.)"""
+def test_a_batch_costs_the_nats_loop_six_iterations_or_fewer(tmp_path, stream):
+    """The loop of the NATS thread runs six times per batch: the publish (the sequencer's callback),
+    the send task, nats-py's flusher, the ack's bytes, nats-py's read loop, the ack subscription's
+    callback task — which runs the ack check itself. Each iteration is an epoll_wait and a pass
+    through the loop. Measured with this test: main (9d1b0ad) 9.0 per batch (a task per publish
+    awaiting the ack under wait_for, the subscription's callback task, the chained concurrent
+    future); the ack checked by the subscription's callback task 6.0. (Checking it inside nats-py's
+    read loop, by replacing the subscription's private pending queue, measured 5.0 and about 2% of
+    the thread's CPU: not worth depending on nats-py's private attributes; session 18.)"""
     node, replicator = attached_primary(tmp_path, stream, "?state_hash_every=1000000&state_digest=1")
     with running(node, replicator):
         loop = replicator.link._loop
@@ -182,4 +180,4 @@ def test_a_batch_costs_the_nats_loop_five_iterations_or_fewer(tmp_path, stream):
                 publish(i)
         finally:
             del loop._run_once  # type: ignore[attr-defined]
-        assert iterations[0] / 50 <= 5.5, f"{iterations[0] / 50} loop iterations per batch"
+        assert iterations[0] / 50 <= 6.5, f"{iterations[0] / 50} loop iterations per batch"

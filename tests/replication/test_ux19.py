@@ -198,6 +198,8 @@ def test_a_standbys_log_has_whole_lines_and_the_dev_warning_once(tmp_path, strea
         try:
             ready = False
             deadline = time.monotonic() + 90
+            while "following stream" not in log_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)  # a slow start (a loaded machine) would see the 40 batches below as one catch-up
             for i in range(40):  # progress lines: at once, then at most every few seconds
                 node.execute(RegisterAsset(f"T{i}", 8, "crypto", f"token{i}"))
                 time.sleep(0.1)

@@ -77,8 +77,7 @@ import re
 import secrets
 import threading
 import time
-import types
-from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -155,11 +154,12 @@ class FastSigner:
             from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
 
             _, secret = crypto_sign_seed_keypair(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+            probe = b"ringfence-signer-probe"
+            same = crypto_sign(probe, secret)[:64] == key.sign(probe)
         except Exception:  # noqa: BLE001 - not a readable Ed25519 key (an HSM's, a test double): it signs itself
             return
         self._crypto_sign = crypto_sign  # returns the signed message: the signature, then the data
-        probe = b"ringfence-signer-probe"
-        if crypto_sign(probe, secret)[:64] == key.sign(probe):
+        if same:
             self._secret = secret
 
     @property
@@ -1727,21 +1727,21 @@ class Replicator:
     def _publish_later(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
                        state_hash: str, extra: dict[str, str] | None = None) -> "concurrent.futures.Future[None]":
         """Start publishing one record from the sequencer thread; the future completes once the stream
-        stored all of it, or fails. One hop onto the link's loop (a plain callback that sends the record
-        at once, `_eager_task`) and no task waiting for the acks: the stream's replies complete the
-        future from the ack subscription's handler (`_send_record`), three loop iterations fewer per
-        batch than a coroutine run with `run_coroutine_threadsafe` that awaits each ack, and one fewer
-        than a send task (session 19)."""
+        stored all of it, or fails. One hop onto the link's loop (a plain callback that starts the send
+        task) and no task waiting for the acks: the stream's replies complete the future from the ack
+        subscription's handler (`_send_record`), three loop iterations fewer per batch than a coroutine
+        run with `run_coroutine_threadsafe` that awaits each ack. (Sending from the callback itself, an
+        eager start by hand, saved one more iteration — under 2 % of the thread's instructions — and
+        broke on Python 3.12, which refuses generator-based coroutines as tasks: reverted, session 19.)"""
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         settle = _settler(done)
         loop = self.link._loop
 
         def start() -> None:
-            task = _eager_task(loop, self._send_record(settle, kind, first_seq, count, prev, record_hash, payload,
-                                                       state_hash, extra), settle)
-            if task is not None:
-                self._sending.add(task)  # (a reference until it ends: the loop keeps only a weak one)
-                task.add_done_callback(self._sending.discard)
+            task = loop.create_task(self._send_record(settle, kind, first_seq, count, prev, record_hash, payload,
+                                                      state_hash, extra))
+            self._sending.add(task)  # (a reference until it ends: the loop keeps only a weak one)
+            task.add_done_callback(self._sending.discard)
 
         loop.call_soon_threadsafe(start)
         return done
@@ -1789,11 +1789,11 @@ class Replicator:
                         headers["Rf-Outcome-Next"] = "1"  # its state check: the outcome digest on the next batch
                 if len(chunks) > 1:
                     headers["Rf-Chunk"] = f"{index}/{len(chunks)}"
-                self._sign(headers, chunk, expected + 1)
                 headers["Nats-Msg-Id"] += f"-c{index}-x{expected}"  # a retry of this very publish is stored once
                 if self._unacked:
                     headers["Nats-Expected-Last-Msg-Id"] = self._sent_id
                 try:
+                    self._sign(headers, chunk, expected + 1)  # (a signer that fails after chunk 1 went: nothing more)
                     ack = await self._send(chunk, headers)
                 except BaseException as err:
                     self._broken = err
@@ -1979,45 +1979,6 @@ def _hash_without_gc(engine: Any) -> str:
     finally:
         if enabled:
             gc.enable()
-
-
-def _eager_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None],
-                settle: Callable[[BaseException | None], None]) -> "asyncio.Task[None] | None":
-    """Run `coro` (a `_send_record`, which never raises) at once, in this loop callback, up to its
-    first suspension; only if it suspends (the send lock is held, nats-py waits for its buffer to
-    drain) does a task run the rest. A send task would start only at the loop's next iteration:
-    one iteration (an epoll_wait and a pass through the loop) more per batch. Returns that task,
-    or None if `coro` finished. (What asyncio's eager tasks do from Python 3.12.)"""
-    try:
-        awaiting = coro.send(None)
-    except StopIteration:
-        return None
-    except BaseException as err:  # noqa: BLE001 - `_send_record` settles its own failures; this is a guard
-        settle(err)
-        return None
-    return loop.create_task(_resumed(coro, awaiting))  # type: ignore[arg-type]  # a generator-based coroutine
-
-
-@types.coroutine
-def _resumed(coro: Coroutine[Any, Any, None], awaiting: Any) -> Generator[Any, Any, None]:
-    """The rest of `coro`, suspended on `awaiting` (what it yielded to `_eager_task`), as a task's
-    coroutine: each value or exception the task sends in goes on to `coro`, each of its yields out."""
-    while True:
-        try:
-            sent = yield awaiting
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as err:  # noqa: BLE001 - thrown in by the task (a cancellation): `coro`'s to handle
-            try:
-                awaiting = coro.throw(err)
-            except StopIteration:
-                return
-        else:
-            try:
-                awaiting = coro.send(sent)
-            except StopIteration:
-                return
 
 
 class _Ack(asyncio.Future):  # type: ignore[type-arg]

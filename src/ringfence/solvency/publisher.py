@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import structlog
 
+from ..errors import RingfenceError
 from .reserve_source import ReserveEvidence, ReserveSource, claim_to_json
 
 __all__ = ["HISTORY_FORMAT", "NodeStopped", "PorPublisher", "read_history", "current_dir", "PUBLIC_FILES"]
@@ -70,8 +71,12 @@ def _write_json(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
-class NodeStopped(RuntimeError):
+class NodeStopped(RingfenceError, RuntimeError):
     """The node stopped (deposed, fenced, a failed write): it publishes no proof any more."""
+
+    code = "RF_NODE_STOPPED"
+    http_status = 503
+    default_message = "the node has stopped: it publishes no proof of solvency"
 
 
 class PorPublisher:
