@@ -323,6 +323,8 @@ def journal_sources(
 ) -> None:
     """Who submitted each journaled command, one JSON line each: sequence, command tag and source
     ("gateway:NODE", "worker:NAME", "staff:ID"; "" for commands journaled without one). Read-only.
+    A --from-seq past the journal's last command lists nothing and says so on stderr (exit 0, as
+    `journal verify` on an empty journal: nothing journaled there yet is not an error).
 
     Example: ringfence journal sources ./ringfence-data --from-seq 100 --limit 20
     """
@@ -333,8 +335,9 @@ def journal_sources(
     from .journal.journal import scan
 
     directory = require_node_dir(directory)
-    codec, shown = new_engine().codec, 0
+    codec, shown, last_seq = new_engine().codec, 0, 0
     for record in scan(directory / "journal", decode_from_seq=from_seq):
+        last_seq = record.last_seq
         if record.last_seq < from_seq:
             continue
         batch = codec.batch.decode(record.payload)
@@ -347,6 +350,9 @@ def journal_sources(
             shown += 1
             if shown >= limit:
                 return
+    if last_seq < from_seq:  # stdout stays JSON lines only: the note goes to stderr
+        where = f"the journal ends at {last_seq:,}" if last_seq else "the journal is empty (no committed commands yet)"
+        typer.echo(f"no commands from sequence {from_seq:,}: {where}", err=True)
 
 
 @journal_app.command("replay")
