@@ -57,3 +57,42 @@ def test_journal_sources_past_the_end_says_where_the_journal_ends(tmp_path):
     out = run("journal", "sources", str(tmp_path / "empty"))
     assert out.returncode == 0 and out.stdout == "", out
     assert "no commands from sequence 1: the journal is empty" in out.stderr, out
+
+
+@pytest.mark.parametrize("command", [["export", "--out", "{tmp}/out.jsonl"], ["backtest"],
+                                     ["deidentify", "--key-file", "{tmp}/pseudo.key", "--new-key", "--out", "{tmp}/out.jsonl"]])
+def test_monitoring_opens_the_store_as_every_command_does(tmp_path, command):
+    """`monitoring export/backtest/deidentify` opened the store by hand: `error (--data): no store at ...` with
+    exit 1, after export had created its --out file; now one `error:` line naming the option, exit 2, nothing
+    written, as `identity`, `staff login` and `serve` answer (cli_paths.open_store)."""
+    args = ["monitoring", *[a.replace("{tmp}", str(tmp_path)) for a in command]]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    postgres_node = tmp_path / "pg"
+    postgres_node.mkdir()
+    (postgres_node / "identity-store.json").write_text('{"dialect": "postgresql", "url": "postgresql+psycopg://rf:***@db.example:5432/rf"}')
+    cases = [
+        (["--data", str(tmp_path / "missing")], {}, f"error: --data: {tmp_path / 'missing'} does not exist"),
+        (["--data", str(bare)], {}, f"error: --data: {bare} holds no identity store (identity.sqlite3)"),
+        (["--data", str(postgres_node)], {}, "error: --data: the node keeps its users and event stream in PostgreSQL "
+                                            "(postgresql+psycopg://rf:***@db.example:5432/rf)"),
+        (["--database-url", "mysql://rf:secret@127.0.0.1/rf"], {}, "error: --database-url: must be a sqlite:/// or postgresql+psycopg:// URL"),
+        ([], {"RINGFENCE_DATABASE_URL": "postgres://rf:secret@127.0.0.1/rf"},
+         "error: RINGFENCE_DATABASE_URL: must be a sqlite:/// or postgresql+psycopg:// URL"),
+        (["--database-url", "postgresql+psycopg://rf:secret@127.0.0.1:1/rf"], {}, "error: --database-url: cannot open the database"),
+    ]
+    for extra, env, says in cases:
+        out = run(*args, *extra, env=env, cwd=tmp_path)
+        text = " ".join((out.stdout + out.stderr).split())
+        assert out.returncode == 2 and says in text, (extra, text)
+        assert "Traceback" not in text and "secret" not in text, text
+        assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "pseudo.key").exists(), extra
+    assert not (tmp_path / "missing").exists()
+
+
+def test_monitoring_export_reads_a_servers_data_directory(tmp_path):
+    from ringfence.store import Store
+
+    Store.from_url(f"sqlite:///{tmp_path / 'd' / 'identity.sqlite3'}")  # what serve --data d makes
+    out = run("monitoring", "export", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "s.jsonl"))
+    assert out.returncode == 0 and "0 events written" in out.stdout, out

@@ -45,16 +45,17 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def open_store(url: str):  # type: ignore[no-untyped-def]
-    """`Store.from_url(url)` (RINGFENCE_DATABASE_URL) for a command: a URL it does not take or a database
-    it cannot open ends the command with one `error:` line naming the setting (exit 2), as `serve` does."""
+def open_store(url: str, option: str = "RINGFENCE_DATABASE_URL"):  # type: ignore[no-untyped-def]
+    """`Store.from_url(url)` for a command: a URL it does not take or a database it cannot open ends the
+    command with one `error:` line naming where the URL came from (`option`: the setting by default, or
+    the command's own option such as --database-url), exit 2, as `serve` does."""
     from .errors import RingfenceError
     from .store import Store
 
     try:
         return Store.from_url(url)
     except RingfenceError as err:
-        fail(str(err))
+        fail(f"{option}: {err.message}" if err.field == "RINGFENCE_DATABASE_URL" else str(err))
 
 
 _IN_USE_HINT = (

@@ -39,33 +39,52 @@ def _time_ms(text: str | None, name: str, default: int) -> int:
 
 
 def _store(data: Path | None, database_url: str | None):  # type: ignore[no-untyped-def]
-    """--database-url, else RINGFENCE_DATABASE_URL (where `serve` keeps it: the PostgreSQL profile), else
-    DATA/identity.sqlite3."""
+    """--database-url, else RINGFENCE_DATABASE_URL (where `serve` keeps it: the PostgreSQL profile), else the
+    identity store of `serve --data DATA` (DATA/identity.sqlite3, or where that serve recorded it). Opened as
+    every command opens it (`cli_paths.open_store`): a folder that is not a server's, a node that keeps its
+    store in PostgreSQL, or a URL that does not open is one `error:` line naming the option (exit 2)."""
     import os
 
-    from ..store import Store
+    from ..cli_paths import fail, open_store
+    from ..store import recorded_location
 
-    database_url = database_url or os.environ.get("RINGFENCE_DATABASE_URL") or None
-    if database_url:
-        return Store.from_url(database_url)
-    path = (data or Path("ringfence-data")) / "identity.sqlite3"
-    if not path.exists():
-        raise ValidationError(f"no store at {path}: name the server's --data DIR or --database-url", field="--data")
-    return Store.from_url(f"sqlite:///{path.resolve()}")
+    url = database_url or os.environ.get("RINGFENCE_DATABASE_URL") or ""
+    if url:
+        return open_store(url, "--database-url" if database_url else "RINGFENCE_DATABASE_URL")
+    data = data or Path("ringfence-data")  # serve's default --data
+    if not data.exists():
+        fail(f"--data: {data} does not exist; give the folder `ringfence serve --data DIR` uses "
+             "(`make serve-demo`: ./ringfence-data/serve), or --database-url")
+    if not data.is_dir():
+        fail(f"--data: {data} is not a directory")
+    record = recorded_location(data) or {}
+    if record.get("dialect") == "postgresql":
+        fail(f"--data: the node keeps its users and event stream in PostgreSQL ({record.get('url', '?')}); name that "
+             "database with --database-url or RINGFENCE_DATABASE_URL")
+    path = data / record["path"] if record.get("dialect") == "sqlite" and record.get("path") else data / "identity.sqlite3"
+    if not path.is_file():
+        fail(f"--data: {data} holds no identity store ({path.name}); give the folder `ringfence serve --data DIR` uses "
+             "(`make serve-demo`: ./ringfence-data/serve), or --database-url")
+    return open_store(f"sqlite:///{path.resolve()}", "--data")
 
 
 def _events(events: Path | None, data: Path | None, database_url: str | None, start: int, end: int) -> Iterator[Event]:
+    """The events in [start, end]: from the --events file, else from the store, which is opened now (a
+    command that writes its output opens the store first, so a refused one writes nothing)."""
     if events is not None:
-        with events.open() as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    e = from_json(line, where=f"{events}:{n}")
-                    if start <= e.at_ms <= end:
-                        yield e
-        return
+        return _events_file(events, start, end)
     from .stream import read_range
 
-    yield from read_range(_store(data, database_url), start, end)
+    return iter(read_range(_store(data, database_url), start, end))
+
+
+def _events_file(events: Path, start: int, end: int) -> Iterator[Event]:
+    with events.open() as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                e = from_json(line, where=f"{events}:{n}")
+                if start <= e.at_ms <= end:
+                    yield e
 
 
 def _fail(err: RingfenceError) -> None:
@@ -152,9 +171,10 @@ def export_cmd(
     """
     try:
         lo, hi = _time_ms(start, "--from", 0), _time_ms(end, "--to", 2**62)
+        stream = _events(None, data, database_url, lo, hi)  # before OUT is created: a refused store writes nothing
         n = 0
         with out.open("w") as fh:
-            for e in _events(None, data, database_url, lo, hi):
+            for e in stream:
                 fh.write(to_json(e) + "\n")
                 n += 1
     except RingfenceError as err:
@@ -185,9 +205,10 @@ def deidentify_cmd(
     try:
         if new_key and key_file.exists():
             raise ValidationError(f"{key_file} exists; rotate by naming a new file", field="--key-file")
-        key = new_key_file(key_file) if new_key else read_key_file(key_file)
         lo, hi = _time_ms(start, "--from", 0), _time_ms(end, "--to", 2**62)
-        records, report = deidentify(_events(events, data, database_url, lo, hi), key, k=k)
+        stream = _events(events, data, database_url, lo, hi)  # before a new key file: a refused store writes nothing
+        key = new_key_file(key_file) if new_key else read_key_file(key_file)
+        records, report = deidentify(stream, key, k=k)
     except RingfenceError as err:
         _fail(err)
         return
