@@ -157,17 +157,56 @@ def test_promote_refuses_at_once_a_node_that_already_leads_or_is_not_in_the_peer
     assert "--peers" in out and "already leads" in out, out
 
 
-def test_a_stopped_nodes_reason_names_no_file_to_the_public():
+def test_a_stopped_nodes_reason_names_no_file_to_the_public(tmp_path):
     """A journal write that failed says its kind only (an OSError names the data folder), the whole
-    error with the metrics token; a deposed primary's own message is for everyone."""
-    from types import SimpleNamespace
+    error with the metrics token; a deposed primary's own message is for everyone. One question on the
+    node (`Node.stopped_reason`), asked by the gateway's write refusal, /readyz, custody's workers and
+    the policy attestor alike (three copies of it before session 20)."""
+    import threading
 
-    from ringfence.api.app import stopped_reason
-    from ringfence.replication import Fenced
+    from ringfence.api.app import RefuseWritesWhenStopped
+    from ringfence.app import new_node
+    from ringfence.custody.runtime import Supervised
+    from ringfence.custody.workers import PolicyAttestor
+    from ringfence.errors import SigningRefused
 
-    disk = SimpleNamespace(failed=OSError(28, "No space left on device", "/srv/secret-place/journal/00001.rfj"))
-    assert "secret-place" not in stopped_reason(disk) and stopped_reason(disk).startswith("OSError")
-    assert "secret-place" in stopped_reason(disk, detailed=True)
-    deposed = SimpleNamespace(failed=Fenced("this node was deposed at epoch 1"))
-    assert stopped_reason(deposed) == "this node was deposed at epoch 1"
-    assert stopped_reason(SimpleNamespace(failed=None)) is None
+    node = new_node(tmp_path / "n")
+    node.open()
+    try:
+        assert node.stopped_reason() is None and node.stopped_reason(detailed=False) is None
+        node.failed = OSError(28, "No space left on device", "/srv/secret-place/journal/00001.rfj")
+        public = node.stopped_reason(detailed=False)
+        assert "secret-place" not in public and public.startswith("OSError"), public
+        assert "secret-place" in node.stopped_reason() and node.as_source("worker:x").stopped_reason() == node.stopped_reason()
+
+        class Exchange:
+            pass
+
+        exchange = Exchange()
+        exchange.node = node  # type: ignore[attr-defined]
+
+        async def ok(scope, receive, send):  # type: ignore[no-untyped-def]
+            from starlette.responses import PlainTextResponse
+
+            await PlainTextResponse("ok")(scope, receive, send)
+
+        client = TestClient(RefuseWritesWhenStopped(ok, exchange))
+        refused = client.post("/api/v3/order")
+        assert refused.status_code == 503 and refused.json()["stopped"] == public, refused.text
+        assert client.get("/api/v3/time").status_code == 200  # reads still answer
+        with pytest.raises(SigningRefused, match="the node has stopped .*secret-place"):
+            PolicyAttestor(node, None, None)(None, b"", {})  # type: ignore[arg-type]
+        steps: list[int] = []
+        worker = Supervised("w", lambda: steps.append(1), 10, threading.RLock())
+        worker.halted = node.stopped_reason
+        stop = threading.Event()
+        worker.start(stop)
+        worker._thread.join(5)  # type: ignore[union-attr]
+        assert not worker._thread.is_alive() and steps == []  # type: ignore[union-attr]
+        stop.set()
+        node.failed = Fenced("this node was deposed at epoch 1")
+        assert node.stopped_reason(detailed=False) == "this node was deposed at epoch 1"
+        assert client.post("/api/v3/order").json()["stopped"] == "this node was deposed at epoch 1"
+    finally:
+        node.failed = None
+        node.close()

@@ -229,21 +229,6 @@ class HotRoutes:
                 log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status)
 
 
-def stopped_reason(node: Any, detailed: bool = False) -> str | None:
-    """Why the engine node has stopped for good (deposed or fenced by replication, a journal write
-    that failed), or None while it runs: `node.failed`, as /readyz shows it. Our own errors are
-    written for whoever reads them; any other (an OSError names files and folders) says only its
-    kind, unless `detailed` (a caller with the metrics token)."""
-    failed = getattr(node, "failed", None)
-    if failed is None:  # every write asks: no import statement before this answer
-        return None
-    from ..errors import RingfenceError
-
-    if detailed or isinstance(failed, RingfenceError):
-        return str(failed) or type(failed).__name__
-    return f"{type(failed).__name__} (the details with the metrics token, on /readyz)"
-
-
 class RefuseWritesWhenStopped:
     """Pure ASGI: once the engine node has stopped (`node.failed`: a deposed or fenced primary, a
     failed journal write), every write — identity (sign-up, sign-in, password reset, API keys...),
@@ -258,7 +243,7 @@ class RefuseWritesWhenStopped:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope.get("method") not in self.READS:
-            reason = stopped_reason(self.exchange.node)
+            reason = self.exchange.node.stopped_reason(detailed=False)
             if reason is not None:
                 body = {"code": -1001, "msg": f"This node has stopped and takes no writes: {reason}", "stopped": reason}
                 await JSONResponse(body, status_code=503, headers={"Retry-After": "5"})(scope, receive, send)
@@ -572,7 +557,7 @@ def create_app(
             "halted": node.failed is not None or shard_halted is not None,
             "active_halts": active_count,
             # why the node stopped (deposed, fenced, a failed write), else null
-            "stopped": stopped_reason(node, detailed),
+            "stopped": node.stopped_reason(detailed),
             "custody": _custody_readiness(custody, detailed),
         }
         return JSONResponse(body, status_code=200 if ready else 503)

@@ -246,7 +246,6 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     from ..errors import ConfigError
     from ..solvency.pol import load_secret
     from ..solvency.publisher import NodeStopped, PorPublisher
-    from .app import stopped_reason
 
     try:
         secret = load_secret(os.environ.get("RINGFENCE_POR_SECRET"), dev_mode=settings.mode == "dev")
@@ -258,7 +257,7 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     publisher = PorPublisher(partial(held_read, exchange), data / "por", secret, sources=sources, keep=settings.por_keep,
                              value_asset=settings.shield_value_asset, every_s=settings.por_every_s,
                              alive=lambda: exchange.node.writer is not None,
-                             stopped=lambda: stopped_reason(exchange.node, detailed=True))
+                             stopped=exchange.node.stopped_reason)
     from ..errors import ValidationError
 
     try:
@@ -279,14 +278,13 @@ def held_read(exchange: Any, fn: Callable[[Any], Any], wait_s: int = 30) -> Any:
     Unpipelined, a replicated batch is applied before the stream answers; if it refuses (a deposed
     primary) the node stops, and this raises `NotDurable` instead of returning that state."""
     from ..errors import NotDurable
-    from .app import stopped_reason
 
     node = exchange.node
     result, seen = exchange.read(lambda engine: (fn(engine), engine.last_seq))
     deadline = time.monotonic() + wait_s
     while getattr(node, "durable_seq", seen) < seen and node.failed is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    reason = stopped_reason(node, detailed=True)
+    reason = node.stopped_reason()
     if reason is not None or getattr(node, "durable_seq", seen) < seen:
         raise NotDurable(f"the state at journal:{seen} is not durable: {reason or f'not held within {wait_s} s'}")
     return result

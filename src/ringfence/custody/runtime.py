@@ -480,13 +480,6 @@ def _as(node: Any, source: str) -> Any:
 # ---------------------------------------------------------------------------------- supervision
 
 
-def _stopped(node: Any) -> str | None:
-    """Why `node` stopped for good (`Node.failed`: deposed or fenced by replication, a failed journal
-    write), or None while it runs."""
-    failed = getattr(node, "failed", None)
-    return None if not isinstance(failed, BaseException) else (str(failed) or type(failed).__name__)
-
-
 class Supervised:
     """One worker thread: `step()` every `every_ms` under the chain lock; an error is logged and
     the worker restarts after an exponential back-off (0.5 s doubling to 30 s)."""
@@ -910,7 +903,7 @@ class CustodyRuntime:
         self.shield_sweeper = ShieldSweeper(_as(node, "worker:shield-sweeper"), adapters, self.shield_routes(), value_asset=self.shield_value_asset)
         self.workers.append(Supervised("shield-sweeper", self._shield_step, self.shield_sweep_every_s * 1000, lock))
         for w in self.workers:
-            w.halted = lambda: _stopped(node)
+            w.halted = node.stopped_reason
             w.start(self._stop)
 
     def _arm_crash(self) -> None:

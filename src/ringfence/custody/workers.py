@@ -691,9 +691,9 @@ class PolicyAttestor:
     def __call__(self, w: WithdrawalRec, digest: bytes, params: dict[str, Any]) -> Any:
         from ..errors import SigningRefused
 
-        failed = getattr(self.node, "failed", None)
-        if isinstance(failed, BaseException):  # deposed or fenced: its state may hold a batch the stream refused
-            raise SigningRefused(f"the node has stopped ({failed}): it attests nothing from its state", field="withdrawal_id")
+        stopped = self.node.stopped_reason()
+        if stopped is not None:  # deposed or fenced: its state may hold a batch the stream refused
+            raise SigningRefused(f"the node has stopped ({stopped}): it attests nothing from its state", field="withdrawal_id")
         live = self.node.read(lambda e: copy.copy(custody_state(e).withdrawals.get(w.id)))
         if live is None or live.state != "signing":
             raise SigningRefused("the engine does not have this withdrawal in state signing", field="withdrawal_id")

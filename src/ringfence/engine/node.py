@@ -730,6 +730,20 @@ class Node:
             acks = [self.submit(c, source) for c in commands]
         return [ack.result() if raise_rejected else ack.wait() for ack in acks]
 
+    def stopped_reason(self, detailed: bool = True) -> str | None:
+        """Why this node has stopped for good (`failed`: deposed or fenced by replication, a journal
+        write that failed), or None while it runs. The one question everything that must not act for
+        a stopped node asks: the gateways' writes and /readyz, custody's workers, the policy attestor,
+        the proof-of-solvency publisher. Our own errors are written for whoever reads them; any
+        other (an OSError names files and folders) says only its kind unless `detailed` (an operator,
+        or a caller with the metrics token)."""
+        failed = self.failed
+        if failed is None:
+            return None
+        if detailed or isinstance(failed, RingfenceError):
+            return str(failed) or type(failed).__name__
+        return f"{type(failed).__name__} (the details with the metrics token, on /readyz)"
+
     def as_source(self, source: str) -> "SourcedNode":
         """This node as one service sees it: every command it submits is journaled with `source`."""
         return SourcedNode(self, source)
