@@ -96,3 +96,72 @@ def test_monitoring_export_reads_a_servers_data_directory(tmp_path):
     Store.from_url(f"sqlite:///{tmp_path / 'd' / 'identity.sqlite3'}")  # what serve --data d makes
     out = run("monitoring", "export", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "s.jsonl"))
     assert out.returncode == 0 and "0 events written" in out.stdout, out
+
+
+#: every command that makes a data directory through cli_paths (prepare_data_dir / prepare_node_dir)
+MAKERS = [
+    ["serve", "--data", "{dir}", "--port", "{port}"],
+    ["demo", "--data", "{dir}"],
+    ["sim", "--seed", "1", "--steps", "5", "--data", "{dir}"],
+    ["trading", "demo", "--data", "{dir}"],
+    ["custody", "demo", "--no-hsm", "--data", "{dir}"],
+    ["staff", "init", "--data", "{dir}", "--member", "ada:operator", "--member", "ben:operator", "--out-dir", "{tmp}/keys"],
+]
+
+
+@pytest.mark.parametrize("command", MAKERS, ids=lambda c: " ".join(c[:2]))
+def test_a_mistyped_data_path_is_refused_not_made(tmp_path, command):
+    """`serve --data /srv/ringfnce/node1` made /srv/ringfnce and started an empty exchange there. The data
+    directory itself is still made, but not a missing folder above it (outside the current directory):
+    one line naming --data and the missing parent, exit 2, nothing created."""
+    from api.conftest import free_port
+
+    typo = tmp_path / "ringfnce" / "deeper" / "node1"
+    args = [a.replace("{dir}", str(typo)).replace("{tmp}", str(tmp_path)).replace("{port}", str(free_port())) for a in command]
+    out = run(*args, cwd=tmp_path)
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2, text
+    assert f"--data: {typo.parent} does not exist (nor does {tmp_path / 'ringfnce'})" in text, text
+    assert f"mkdir -p {typo.parent}" in text and "Traceback" not in text, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a refused command made folders"
+
+
+def test_a_new_data_directory_in_an_existing_folder_and_the_quick_starts_relative_path_still_work(tmp_path):
+    """The data directory itself is made; so are the folders of a relative path inside the current directory:
+    the README's `serve --demo --data ./ringfence-data/serve` and `make demo`'s ./ringfence-data/demo in a
+    fresh clone, where ./ringfence-data is not there (it is git-ignored)."""
+    import time
+
+    import httpx
+
+    from api.conftest import ARGON2_TEST_COST, NO_CHAINS, free_port
+
+    out = run("sim", "--seed", "1", "--steps", "5", "--data", str(tmp_path / "new"))
+    assert out.returncode == 0 and (tmp_path / "new").is_dir(), out
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    out = run("demo", "--data", "./ringfence-data/demo", cwd=clone)
+    assert out.returncode == 0 and "replay matches" in out.stdout, out.stdout[-2000:] + out.stderr
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGFENCE_")}
+    env.update(PYTHONPATH=SRC, **NO_CHAINS, **ARGON2_TEST_COST)
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(RINGFENCE + ["serve", "--demo", "--data", "./ringfence-data/serve", "--port", str(port)],
+                            cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.time() < deadline, "serve did not answer /readyz; reproduce: cd a new folder and run ringfence " \
+                                           "serve --demo --data ./ringfence-data/serve"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert (clone / "ringfence-data" / "serve" / "engine" / "journal").is_dir()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()

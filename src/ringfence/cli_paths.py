@@ -7,6 +7,7 @@ traceback, and an inspection command never creates the folder it was asked to re
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ __all__ = [
     "prepare_data_dir",
     "prepare_node_dir",
     "refuse_foreign_writer",
+    "refuse_missing_parent",
     "require_node_dir",
     "require_input_file",
     "ENGINE_SUBDIR",
@@ -108,12 +110,34 @@ def refuse_foreign_writer(path: Path, option: str = "--data") -> None:
         fail(f"{option}: {err.message}")
 
 
-def prepare_node_dir(path: Path, option: str = "--data") -> Path:
+def refuse_missing_parent(path: Path, option: str = "--data") -> None:
+    """A mistyped data directory must not become a tree of new folders: the directory itself is made,
+    and missing folders above it only inside the current directory, for a relative path (the quick
+    start's `./ringfence-data/serve` in a fresh clone, where ./ringfence-data is not there yet). Elsewhere
+    (an absolute path, as a service's unit file gives, or one that climbs out with `..`) its parent must
+    exist: `--data /srv/ringfnce/node1` made /srv/ringfnce and started an empty exchange in it. Refused
+    before anything is created, naming the option and the missing folder (exit 2)."""
+    parent = Path(os.path.abspath(path)).parent
+    if parent.exists():  # (a file there: the mkdir that follows says so)
+        return
+    if not path.is_absolute() and Path(os.path.normpath(path)).parts[:1] != ("..",):
+        return
+    first_missing = parent
+    while not first_missing.parent.exists():
+        first_missing = first_missing.parent
+    nor = "" if first_missing == parent else f" (nor does {first_missing})"
+    fail(f"{option}: {parent} does not exist{nor}: a data directory is made only in a folder that exists, so a "
+         f"mistyped path does not become new folders; check the path, or make its parent first (mkdir -p {parent})")
+
+
+def prepare_node_dir(path: Path, option: str = "--data", *, named: Path | None = None) -> Path:
     """The node directory a writer opens, given what the user typed, created if absent.
 
     Resolves like `require_node_dir`: the DIR `serve --data` takes means its node, `DIR/engine`
     (so a running server's lock refuses the writer with its pid); both layouts at once is refused.
-    A directory inside another node's directory is refused before anything is created.
+    A directory inside another node's directory is refused before anything is created; so is one
+    whose parent does not exist (`refuse_missing_parent`; of `named`, the folder the user typed,
+    when `path` is a folder the command appends to it, such as `staff init`'s DIR/engine).
     """
     if path.exists() and not path.is_dir():
         fail(f"{option}: {path} is a file, not a folder")
@@ -126,6 +150,8 @@ def prepare_node_dir(path: Path, option: str = "--data") -> Path:
         if nested:
             path = path / ENGINE_SUBDIR
     refuse_foreign_writer(path, option)
+    if not path.is_dir():
+        refuse_missing_parent(named or path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -148,9 +174,12 @@ def prepare_data_dir(path: Path, option: str = "--data") -> Path:
 
     So is a node directory, or any folder inside one (before anything is created): the folder is
     the command's own (`serve --data DIR` keeps its node in DIR/engine), never nested in another
-    node's. A running holder is named by pid (exit 1).
+    node's. A running holder is named by pid (exit 1). So is a path whose parent does not exist,
+    outside the current directory (`refuse_missing_parent`: a mistyped path).
     """
     check_new_dir(path, option)
+    if not path.is_dir():
+        refuse_missing_parent(path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

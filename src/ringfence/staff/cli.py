@@ -241,14 +241,14 @@ def init(
             err_console.print(f"[bold red]error:[/] --member {item!r}: expected ID:ROLE[,ROLE...] (roles: {', '.join(ROLES)})")
             raise typer.Exit(2)
         roles[sid] = role_text.split(",")
-    out_dir.mkdir(parents=True, exist_ok=True)
     keys = {sid: StaffKey.generate(sid) for sid in roles}
     for sid in roles:
         if (out_dir / f"{sid}.key").exists():
             err_console.print(f"[bold red]error:[/] --out-dir: {out_dir / (sid + '.key')} exists; key files are never overwritten")
             raise typer.Exit(2)
     # DIR as `serve --data DIR` takes it keeps its node in DIR/engine; a node folder itself is taken as is
-    node_dir = prepare_node_dir(data if (data / "journal").is_dir() else data / "engine")
+    node_dir = prepare_node_dir(data if (data / "journal").is_dir() else data / "engine", named=data)
+    out_dir.mkdir(parents=True, exist_ok=True)  # after --data's checks: a refused start makes no folder
 
     def genesis() -> list[Any]:
         with new_node(node_dir) as node:
