@@ -445,3 +445,37 @@ def test_a_credential_without_a_nodes_rights_is_named_not_a_traceback(tmp_path, 
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def test_a_standby_whose_login_may_not_list_or_read_the_stream_is_told_so_in_one_line(tmp_path, nats_services):
+    """The primary's start names a credential without a node's rights (above); a standby's printed the client's raw
+    `nats: Error: nats: permissions violation for publish to "$js.api.stream.list"` (rf-node may not list streams:
+    the missing-stream hint already says so), and with rf-monitor or rf-operator as --standby a TimeoutError
+    traceback at its first read of the stream, or an error naming --replicate. Now: no raw client line; a login
+    that may not read or make the stream is one error naming --standby, at the start, exit 2."""
+    from .conftest import Standby, peers_file
+
+    port, pw = nats_services
+    standby = Standby(tmp_path / "b", f"nats://rf-node@127.0.0.1:{port}/{STREAM}", "b", free_port(),
+                      env={"RINGFENCE_NATS_PASSWORD": pw["rf-node"]})  # the stream is not there yet: it waits for a primary
+    try:
+        text = standby.text()
+    finally:
+        assert standby.stop() == 0
+    assert f"stream {STREAM} does not exist" in text and "not listed (this NATS user may not list streams)" in text, text
+    assert "permissions violation" not in text and not [line for line in text.splitlines() if line.startswith("nats:")], text
+    for user in ("rf-monitor", "rf-operator"):  # the stream exists now; they may look at it, not read its messages
+        data = tmp_path / user
+        data.mkdir()
+        (tmp_path / f"peers-{user}").mkdir()
+        env = dict(os.environ, RINGFENCE_NATS_PASSWORD=pw[user], **peers_file(tmp_path / f"peers-{user}", b=data))
+        done = subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--data", str(data), "--port", str(free_port()),
+                               "--standby", f"nats://{user}@127.0.0.1:{port}/{STREAM}", "--node-id", "b"],
+                              capture_output=True, text=True, timeout=180, env=env, stdin=subprocess.DEVNULL)
+        raw = done.stdout + done.stderr
+        out = " ".join(raw.split())
+        assert done.returncode == 2 and "Traceback" not in out, raw[-3000:]
+        assert f"error: --standby: NATS user {user} may not use stream {STREAM}" in out, raw[-3000:]
+        assert "permissions violation for publish to" in out and "rf-node to serve (--replicate or --standby)" in out, out
+        assert not [line for line in raw.splitlines() if line.startswith("nats:")], raw  # no raw client line
+        assert pw[user] not in out

@@ -78,7 +78,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlparse
@@ -262,6 +262,9 @@ class ReplicationTarget:
     #: Standby: the node that opens the stream (signs its first message, epoch 1 usually); "": the first
     #: node of the peers file. A node key alone opens no stream (intruder review of session 15, F2).
     first_primary: str = ""
+    #: The command-line option the URL came from (`--replicate`, `--standby`, `--nats`): what an error about
+    #: this stream or server names.
+    option: str = field(default="--replicate", compare=False)
 
     @property
     def display(self) -> str:
@@ -335,7 +338,7 @@ def parse_target(url: str, option: str = "--replicate") -> ReplicationTarget:
         netloc = f"{parsed.username}:{quote(secret, safe='')}@{netloc.split('@', 1)[1]}"
     return ReplicationTarget(f"{parsed.scheme}://{netloc}", stream, values["replicas"], values["lease_ms"],
                              bool(values["auto_promote"]), values["state_hash_every"], tls_ca,
-                             bool(values["state_hash_later"]), bool(values["state_digest"]), first_primary)
+                             bool(values["state_hash_later"]), bool(values["state_digest"]), first_primary, option)
 
 
 def nats_failures() -> tuple[type[BaseException], ...]:
@@ -387,7 +390,7 @@ def _check_hardened(config: Any, target: "ReplicationTarget") -> None:
         raise ConfigError(f"JetStream stream {config.name} has {', '.join(weak)}: anyone who may publish to it could erase "
                           "the leader record or the journal (made by an older ringfence?); harden it once, as a NATS user "
                           f"allowed to update streams: ringfence replication harden --nats {target.display_url()}",
-                          field="--replicate")
+                          field=target.option)
 
 
 def _value(config: Any, key: str) -> Any:
@@ -433,7 +436,7 @@ def _check_stream(config: Any, target: "ReplicationTarget") -> None:
                           "primary acknowledged, and a standby would miss them; every node needs the stream as ringfence "
                           "makes it (file storage, no limits, no mirror/sources/republish). A stream's storage and "
                           "retention cannot be changed: move to a new stream name (docs/resilience.md), or have a NATS "
-                          "user allowed to update streams set the limits to -1", field="--replicate")
+                          "user allowed to update streams set the limits to -1", field=target.option)
 
 
 def _unsafe_flags(config: Any) -> list[str]:
@@ -471,7 +474,7 @@ def _check_bucket(config: Any, target: "ReplicationTarget") -> None:
         raise ConfigError(f"JetStream stream {config.name} (the leadership bucket) has {'; '.join(wrong)}: it could lose "
                           "the leader record or its history; every node needs it as ringfence makes it: move to a new "
                           "stream name (docs/resilience.md), or have a NATS user allowed to update streams fix it",
-                          field="--replicate")
+                          field=target.option)
 
 
 def harden(target: "ReplicationTarget") -> list[str]:
@@ -519,6 +522,10 @@ def login_refused_message(target: ReplicationTarget, said: str) -> str:
             "RINGFENCE_NATS_PASSWORD (or the password in the URL) against the server's config")
 
 
+#: the subject of JetStream's stream listing (`missing_stream`'s hint), lower-case as a violation names it
+_STREAM_LIST = "$js.api.stream.list"
+
+
 class NatsLink:
     """A NATS connection on its own asyncio loop thread, callable from the sequencer thread."""
 
@@ -536,15 +543,27 @@ class NatsLink:
         #: the server's "Authorization Violation" (it refused this login); said by the start-up error,
         #: not as a raw line before it
         self.login_refused = ""
+        #: until the stream and bucket are set up (`ensure_stream_and_bucket`): the permissions violations seen,
+        #: said by the start-up's error if it fails (it quotes `refused`), logged once it succeeds; never a raw
+        #: line before the error that explains it (the standby's and the primary's starts alike)
+        self._held: list[str] | None = []
+        self._held_lock = threading.Lock()
 
         async def on_error(err: Exception) -> None:  # one line, no traceback, no URL (it may hold a password)
             if _login_refused(err):
                 self.login_refused = str(err)[:200]
             if self.login_refused and getattr(self, "nc", None) is None:
                 return  # connecting, refused (then reset by the server): the ConfigError below says it, with the fix
-            _log.warning("nats: %s: %s", type(err).__name__, str(err)[:200])
-            if "permissions violation" in str(err).lower():
-                self.refused = str(err)[:200]
+            said = str(err)[:200]
+            if "permissions violation" in said.lower():
+                if _STREAM_LIST in said.lower():
+                    return  # `missing_stream`'s listing, a hint: it says "not listed (this NATS user may not list streams)"
+                self.refused = said
+                with self._held_lock:
+                    if self._held is not None:
+                        self._held.append(said)
+                        return
+            _log.warning("nats: %s: %s", type(err).__name__, said)
 
         tls: dict[str, Any] = {}
         if target.servers.startswith("tls://"):
@@ -562,12 +581,12 @@ class NatsLink:
         except (OSError, asyncio.TimeoutError, NatsError) as err:  # ssl.SSLError is an OSError
             if self.login_refused:  # reached, and it refused the credentials: say so, not "cannot reach"
                 self.close()
-                raise ConfigError(login_refused_message(target, self.login_refused), field="--replicate") from None
+                raise ConfigError(login_refused_message(target, self.login_refused), field=target.option) from None
             self.close()
             reason = without_credentials(str(err))
             for secret in _secrets_of(target.servers):
                 reason = reason.replace(secret, "***")
-            raise ConfigError(f"cannot reach NATS at {target.display}: {type(err).__name__} {reason}", field="--replicate") from None
+            raise ConfigError(f"cannot reach NATS at {target.display}: {type(err).__name__} {reason}", field=target.option) from None
         if tls and not self.encrypted():
             # nats-py starts TLS only when the server's first line asks for it, so a server (or anyone in
             # between) that leaves it out gets plain text: a tls:// URL is refused then, never downgraded.
@@ -575,7 +594,7 @@ class NatsLink:
             # nats-server 2.10.4 or later on the other side.)
             self.close()
             raise ConfigError(f"NATS at {target.display} did not start TLS: a tls:// URL is never served over plain text; "
-                              "check that the server has TLS on", field="--replicate")
+                              "check that the server has TLS on", field=target.option)
         self._check_auth(target)
         self.js = self.nc.jetstream()
         #: Records larger than this go as several messages (headers need room under max_payload).
@@ -595,7 +614,7 @@ class NatsLink:
             self.close()
             raise ConfigError(f"NATS at {target.display} requires no credentials: anyone who reaches it could rewrite the "
                               f"journal stream's settings or forge its acknowledgements; {fix} (dev mode only, "
-                              "RINGFENCE_MODE=dev, allows a server without users)", field="--replicate")
+                              "RINGFENCE_MODE=dev, allows a server without users)", field=target.option)
         if target.display in _WARNED_OPEN:  # once per server and process: a standby connects again to promote
             return
         _WARNED_OPEN.add(target.display)
@@ -615,12 +634,13 @@ class NatsLink:
         """Start `coro` on the link's loop and return at once; `.result(timeout)` waits for it."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def ensure_stream_and_bucket(self, *, check: bool = True) -> Any:
+    def ensure_stream_and_bucket(self, *, check: bool = True, read: bool = False) -> Any:
         """The stream and the leadership bucket, created when missing with `HARDENED` settings (no
         rollup headers, no purge, no message deletes). One that exists with weaker settings (made by
         an older version) is refused, naming the setting and the fix (`ringfence replication
         harden`): the node's NATS user may not update a stream, by design. `check=False` (status)
-        only reads."""
+        only reads. `read` (a standby): also read the stream's first message, so a NATS user that may
+        not read it is named here, at the start, not by a TimeoutError at the first poll."""
         from nats.js.api import DiscardPolicy, StorageType, StreamConfig
         from nats.js.errors import NotFoundError
 
@@ -649,21 +669,31 @@ class NatsLink:
                 kv_config = (await self.js.stream_info(kv_stream)).config
                 _check_hardened(kv_config, t)
                 _check_bucket(kv_config, t)
+            if read:
+                try:
+                    await self.js.get_msg(t.stream, 1)
+                except NotFoundError:
+                    pass  # an empty stream (or its first message gone): readable
             return kv
 
         from nats.errors import TimeoutError as NatsTimeout
 
         try:
-            return self.call(setup())
+            kv = self.call(setup())
         except (asyncio.TimeoutError, concurrent.futures.TimeoutError, NatsTimeout):
             user = unquote(urlparse(t.servers).username or "") or "(none)"
             if self.refused:
                 raise ConfigError(f"NATS user {user} may not use stream {t.stream} at {t.display} (the server said: "
                                   f"{self.refused}); each service needs its own credential of `ringfence replication nats-config` "
-                                  "for this stream: rf-node to serve, rf-operator to promote, rf-monitor for status",
-                                  field="--replicate") from None
+                                  "for this stream: rf-node to serve (--replicate or --standby), rf-operator to promote, "
+                                  "rf-monitor for status", field=t.option) from None
             raise ConfigError(f"NATS at {t.display} did not answer for stream {t.stream} within {PUBLISH_TIMEOUT_S} s "
-                              "(is JetStream enabled?)", field="--replicate") from None
+                              "(is JetStream enabled?)", field=t.option) from None
+        with self._held_lock:  # set up: a violation seen meanwhile did not stop it, but is worth a line
+            held, self._held = self._held or [], None
+        for said in held:
+            _log.warning("nats: %s", said)
+        return kv
 
     def disconnect(self) -> None:
         """Drop the NATS connection (a partition): every later call fails at once."""
@@ -2125,7 +2155,7 @@ class Follower:
             missing = missing_stream(self.link)
             if missing:  # said once; the standby then waits on the (new, empty) stream for a primary
                 on_progress(f"standby {node_id}: {missing}; creating it empty and waiting for a primary to write to it")
-            self.kv = self.link.ensure_stream_and_bucket()
+            self.kv = self.link.ensure_stream_and_bucket(read=True)
             #: the stream's last sequence when this standby started: a take-over fence at or below it is history
             #: (`grant_refusal`), judged by the lease its stream declares, not by this standby's options of today
             self.tail_at_start = int(self.link.call(self.link.js.stream_info(target.stream)).state.last_seq)
