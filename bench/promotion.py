@@ -66,10 +66,12 @@ def main() -> None:
     warm.open(WarmStart(engine, position, lock, models))
     warm_s = time.perf_counter() - started
     assert warm.last_seq == last_seq and warm.read(lambda e: e.state_hash()) == cold_hash
+    adopted = warm.node.engine is engine  # the warm open replayed nothing: it serves the standby's engine
     warm.close()
     emit("promotion", {"seed": args.seed, "workload": {"accounts": accounts, "transfers": transfers,
                                                         "journal_seq": last_seq, "journal_records": records},
                        "replay_open_ms": round(cold_s * 1000, 1), "warm_open_ms": round(warm_s * 1000, 2),
+                       "warm_open_adopted_the_standby_engine": adopted,
                        "speedup": round(cold_s / max(warm_s, 1e-6)), "load_average": [load_before, _load()]},
          smoke=args.smoke)
 

@@ -42,7 +42,10 @@ def test_promotion_benchmark_smoke():
     assert out.returncode == 0, out.stderr  # it asserts the two exchanges reach the same state hash
     line = json.loads(out.stdout.strip().splitlines()[-1])
     assert line["bench"] == "promotion" and line["smoke"] is True
-    assert line["workload"]["journal_seq"] > 200 and 0 < line["warm_open_ms"] < line["replay_open_ms"], line
+    # a structural fact, not a race of two timings (the ratio is the benchmark's result, not a test's:
+    # under load a 10 ms warm open could lose to a 12 ms replay of a smoke-sized journal)
+    assert line["workload"]["journal_seq"] > 200 and line["warm_open_adopted_the_standby_engine"] is True, line
+    assert line["warm_open_ms"] > 0 and line["replay_open_ms"] > 0, line
 
 
 def test_nats_cpu_benchmark_smoke():
