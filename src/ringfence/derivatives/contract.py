@@ -300,10 +300,11 @@ class Contract(MarketContract):
 
     # -- placing: how much margin an order holds, or why it is refused
 
-    def order_hold(self, engine: Any, m: Market, placed: Any, words: OrderWords) -> tuple[tuple[str, str, str] | None, int, int]:
-        # `placed`: the order's fields as trading's `_place` read them (a native `_Placed`: its
-        # fields are C fields here, where a command's are generic attribute reads, ~160 instructions each)
-        c: _Placed = placed
+    def order_hold(self, engine: Any, m: Market, c: Any, words: OrderWords) -> tuple[tuple[str, str, str] | None, int, int]:
+        # `c`: the order's fields as trading's `_place` read them (a native `_Placed`: its fields are C
+        # fields here, where a command's are generic attribute reads, ~160 instructions each). (The
+        # parameters named as `MarketContract.order_hold`'s: other names make mypyc call it through a glue function.)
+        placed: _Placed = c
         st = self._st  # (`_bind`: read at the first use)
         if st is None:
             st = self._bind()
@@ -313,18 +314,18 @@ class Contract(MarketContract):
         is_buy: bool = words[0]
         limitish: bool = words[4]
         self._placing_reduce_only = st.reduce_only  # (for `before_hold`; first: before any return)
-        qty: int = c.quantity
+        qty: int = placed.quantity
         # Trading asks only of an order its checks passed (`_parse_order`): one with a quote amount
         # has no quantity, so the quote amount is read only without one.
-        if not qty and c.quote_amount:
+        if not qty and placed.quote_amount:
             return ("INVALID_PARAMETER", "quote_amount", "perpetual orders are sized by quantity, not quote amount"), 0, 0
         protect: int = 0
-        owner: str = c.owner
+        owner: str = placed.owner
         price: int
         if limitish:
-            price = c.price
+            price = placed.price
         else:
-            protect, _ = _protection_and_hold(m, c, words)
+            protect, _ = _protection_and_hold(m, placed, words)
             price = protect
             if not price:  # an empty book: trading accepts and expires it at once, nothing held
                 if st.reduce_only and not self._reducible(st, m, owner, is_buy):
@@ -550,8 +551,9 @@ class Contract(MarketContract):
     # -- a fill
 
     def fill(self, m: Market, buyer: Order, seller: Order, price: int, qty: int, notional: int,
-             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Any], price_box: Any = None,
-             qty_box: Any = None) -> tuple[Any, Any]:
+             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Any], price_box: Any, qty_box: Any) -> tuple[Any, Any]:
+        # (`MarketContract.fill`'s signature exactly, defaults included: a different one makes mypyc
+        # call this through a glue function, ~120 instructions a fill)
         st = self._st  # (what the engine holds, read at the contract's first use: `_bind`)
         if st is None:
             st = self._bind()
@@ -564,8 +566,6 @@ class Contract(MarketContract):
         if self._dirty_book is not positions:
             self._book_slots(positions)
         dirty: set[tuple[str, str]] = self._dirty
-        if price_box is None:  # (both sides' events carry it, and the `Trade`'s: boxed once, by the matching loop)
-            price_box = price
         # Owners whose position changed matter to `after_match` only while some market has an open
         # reduce-only order (none can be placed within a match: `before_hold` adds them, before it).
         touch = bool(st.reduce_only_orders)
