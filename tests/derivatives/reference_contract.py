@@ -80,6 +80,7 @@ class ReferenceContract(MarketContract):  # (the interface trading calls: `Marke
         self._accounts: tuple[Any, Any, Any] = (None, None, None)
         self._touched: set[str] = set()  # owners whose position a fill changed in the current match
         self.order_wallet: Any = None  # what trading's `_place` pays from (the plain lookup, each order)
+        self.order_seat: Any = None  # (`MarketContract`'s field since session 20: none here, its fills look up)
 
     @property
     def has_reduce_only(self) -> bool:
@@ -259,7 +260,8 @@ class ReferenceContract(MarketContract):  # (the interface trading calls: `Marke
     # -- a fill
 
     def fill(self, m: Any, buyer: Any, seller: Any, price: int, qty: int, notional: int,
-             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Event]) -> tuple[int, int]:
+             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Event], price_box: Any = None,
+             qty_box: Any = None) -> tuple[int, int]:  # (the boxes: `MarketContract.fill`'s since session 20, unused)
         engine = self.engine
         st = derivatives_state(engine)
         p = st.perps[self.symbol]

@@ -95,6 +95,7 @@ class Columns:
         self.ledger: Any = None
         with self.lock:
             self.book.dirty.clear()
+            self.book.marks.n += 1  # (no position's key is in `dirty` now: `MarkCount`)
             self._build()
 
     # ------------------------------------------------------------------ keeping up with the book
@@ -120,6 +121,7 @@ class Columns:
             return 0
         keys = list(dirty)
         dirty.clear()
+        self.book.marks.n += 1  # (no position's key is in `dirty` now: `MarkCount`)
         self._put(keys)
         return len(keys)
 

@@ -30,7 +30,7 @@ from ..trading.state import MAX_QTY, TradingState, trading_state
 from .commands import PlacePerpOrder, PositionChanged
 from .conditional import fire_conditionals
 from .dstate import DerivativesState
-from .margin import PPM, Perp, Position, cross_upnl_knowing, exact_product, initial_margin_at, mark_knowing
+from .margin import PPM, MarkCount, Perp, Position, cross_upnl_knowing, exact_product, initial_margin_at, mark_knowing
 from .state import SEGMENT, ceil_div, pool_of
 
 #: `Position` is a native (compiled) class when the hot path is compiled: its fields are C fields
@@ -41,10 +41,10 @@ _bypass: Any = object.__setattr__
 #: The event class as a C static when compiled (a name imported from a module mypyc does not compile
 #: is otherwise looked up in this module's globals at each use: once per fill side).
 _POSITION_CHANGED: Final = PositionChanged
-#: `dict`'s own `pop` and `__setitem__` (the position book's, bypassing `PositionBook`'s methods),
+#: `dict`'s own `pop` and `setdefault` (the position book's, bypassing `PositionBook`'s methods),
 #: C statics: `dict.pop(book, key)` written out looks the method up by name at each call.
 _DICT_POP: Final = dict.pop
-_DICT_SETITEM: Final = dict.__setitem__
+_DICT_SETDEFAULT: Final = dict.setdefault
 #: `msgspec.structs.astuple`, a C static: a command's fields in one call (`_place_perp`).
 _ASTUPLE: Final = astuple
 
@@ -201,12 +201,14 @@ class Contract(MarketContract):
         #: (`_book_slots`; a generic attribute read each per order or fill otherwise).
         self._dirty_book: Any = None
         self._dirty: set[tuple[str, str]] = set()
+        self._marks: MarkCount = MarkCount()  # (the book's `marks`: see `MarkCount`)
         self._by_owner: dict[str, dict[str, Position]] = {}
         #: What the order `order_hold` last accepted pays from and receives to: its owner's
         #: `available` account in the quote asset, None if there is none yet (trading opens it).
         #: Set on every accepted return of `order_hold` (it looks the account up anyway), so that
         #: trading's `_place` does not look it up again (`Ledger.find_pair`, a generic call).
         self.order_wallet = None  # (`MarketContract`'s field: an `Account` or None)
+        self.order_seat = None  # (`MarketContract`'s field: the `Seat` `order_hold` accepted last)
 
     def direct_order(self, o: Order, order_type: str) -> PlacePerpOrder:
         """The order a client would submit directly for what resting stop `o` places when it
@@ -260,8 +262,10 @@ class Contract(MarketContract):
         return st
 
     def _book_slots(self, positions: Any) -> None:
-        """Read position book `positions`' `dirty` set and owner index (see `_dirty_book`)."""
+        """Read position book `positions`' `dirty` set, its count of emptyings and its owner index
+        (see `_dirty_book`)."""
         self._dirty = positions.dirty
+        self._marks = positions.marks
         self._by_owner = positions.by_owner
         self._dirty_book = positions
 
@@ -296,10 +300,11 @@ class Contract(MarketContract):
 
     # -- placing: how much margin an order holds, or why it is refused
 
-    def order_hold(self, engine: Any, m: Market, placed: Any, words: OrderWords) -> tuple[tuple[str, str, str] | None, int, int]:
-        # `placed`: the order's fields as trading's `_place` read them (a native `_Placed`: its
-        # fields are C fields here, where a command's are generic attribute reads, ~160 instructions each)
-        c: _Placed = placed
+    def order_hold(self, engine: Any, m: Market, c: Any, words: OrderWords) -> tuple[tuple[str, str, str] | None, int, int]:
+        # `c`: the order's fields as trading's `_place` read them (a native `_Placed`: its fields are C
+        # fields here, where a command's are generic attribute reads, ~160 instructions each). (The
+        # parameters named as `MarketContract.order_hold`'s: other names make mypyc call it through a glue function.)
+        placed: _Placed = c
         st = self._st  # (`_bind`: read at the first use)
         if st is None:
             st = self._bind()
@@ -309,23 +314,24 @@ class Contract(MarketContract):
         is_buy: bool = words[0]
         limitish: bool = words[4]
         self._placing_reduce_only = st.reduce_only  # (for `before_hold`; first: before any return)
-        qty: int = c.quantity
+        qty: int = placed.quantity
         # Trading asks only of an order its checks passed (`_parse_order`): one with a quote amount
         # has no quantity, so the quote amount is read only without one.
-        if not qty and c.quote_amount:
+        if not qty and placed.quote_amount:
             return ("INVALID_PARAMETER", "quote_amount", "perpetual orders are sized by quantity, not quote amount"), 0, 0
         protect: int = 0
-        owner: str = c.owner
+        owner: str = placed.owner
         price: int
         if limitish:
-            price = c.price
+            price = placed.price
         else:
-            protect, _ = _protection_and_hold(m, c, words)
+            protect, _ = _protection_and_hold(m, placed, words)
             price = protect
             if not price:  # an empty book: trading accepts and expires it at once, nothing held
                 if st.reduce_only and not self._reducible(st, m, owner, is_buy):
                     return ("REDUCE_ONLY_REJECTED", "reduce_only", "ReduceOnly Order is rejected."), 0, 0
                 self.order_wallet = self._wallet(owner, p)
+                self.order_seat = None  # (nothing held: the order cannot fill)
                 return None, 0, 0
         seat = self._seat(owner, p)  # (one lookup: the position, the wallet)
         key: Any = seat.key  # (`Any`: one tuple, see `Seat.position`)
@@ -388,6 +394,7 @@ class Contract(MarketContract):
             hold = 1
         w = self._wallet_of(seat, owner, p)
         self.order_wallet = w  # (what trading's `_place` pays from and receives to, if accepted below)
+        self.order_seat = seat  # (what trading's `_open_order` gives the order: `Order.seat`)
         wallet_free: int = w.credits_posted - w.debits_posted - w.debits_pending if w is not None else 0
         self._borrow = 0
         if not open_q and pos is not None:
@@ -544,7 +551,9 @@ class Contract(MarketContract):
     # -- a fill
 
     def fill(self, m: Market, buyer: Order, seller: Order, price: int, qty: int, notional: int,
-             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Any]) -> tuple[int, int]:
+             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Any], price_box: Any, qty_box: Any) -> tuple[Any, Any]:
+        # (`MarketContract.fill`'s signature exactly, defaults included: a different one makes mypyc
+        # call this through a glue function, ~120 instructions a fill)
         st = self._st  # (what the engine holds, read at the contract's first use: `_bind`)
         if st is None:
             st = self._bind()
@@ -557,12 +566,11 @@ class Contract(MarketContract):
         if self._dirty_book is not positions:
             self._book_slots(positions)
         dirty: set[tuple[str, str]] = self._dirty
-        price_box: Any = price  # (both sides' events carry it: boxed once)
         # Owners whose position changed matter to `after_match` only while some market has an open
         # reduce-only order (none can be placed within a match: `before_hold` adds them, before it).
         touch = bool(st.reduce_only_orders)
         buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev, ledger, system, positions,
-                               isolated, liq_iso, dirty, touch, price_box)
+                               isolated, liq_iso, dirty, touch, price_box, qty_box)
         seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev, ledger, system,
                                 positions, isolated, liq_iso, dirty, touch, price_box)
         return buyer_fee, seller_fee
@@ -570,7 +578,7 @@ class Contract(MarketContract):
     def _side(self, st: DerivativesState, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
               notional: int, rate_ppm: int, ev: list[Event], ledger: Ledger, system: tuple[Account, Account, Account],
               positions: Any, isolated: Any, liq_iso: Any, dirty: set[tuple[str, str]], touch: bool = True,
-              price_box: Any = None) -> int:
+              price_box: Any = None, qty_box: Any = None) -> Any:
         """One side of a fill: the hold it frees, the position, realised PnL, the fee, the margin.
 
         The hot path of every perpetual fill, written on locals: the position's fields are set
@@ -583,17 +591,26 @@ class Contract(MarketContract):
         w: Account = o.pay
         # 1. What the fill frees of the order's hold goes back to the wallet (capture, pay back).
         hold_id: int = o.hold_id
-        h: Pending = ledger.open_hold_record(hold_id)  # (read only: its two figures, and handed back to the settlement)
+        # The hold's record (read only: its two figures, and handed back to the settlement): the one
+        # trading kept when it made the hold (`Order.hold`; the ledger checks it is hold `hold_id`'s),
+        # else looked up by id (an order restored from a snapshot).
+        held: Pending | None = o.hold
+        h: Pending = held if held is not None else ledger.open_hold_record(hold_id)
         remaining: int = h.remaining
         take: int = remaining + (h.amount * (qty - o.leaves)) // o.qty  # remaining - ceil(amount × leaves after / qty)
         took: int = take if take > 0 else 0
         symbol: str = p.symbol
-        seat = self._hint  # the order being placed's seat: the taker's side of its fills
-        if seat is None or seat.owner is not owner:  # (the same string object: the same owner)
-            seats = self._seats  # (this ledger's: `_bind`)
-            seat = seats.get(owner)
-            if seat is None:
-                seat = seats[owner] = Seat((owner, symbol))
+        # The owner's seat: the one the order was given when placed (`Order.seat`: this contract's
+        # `order_hold` found it for this owner), else the order being placed's (the taker's side of
+        # its fills), else looked up (an order restored from a snapshot).
+        seat: Seat | None = o.seat
+        if seat is None or seat.owner != owner:
+            seat = self._hint
+            if seat is None or seat.owner is not owner:  # (the same string object: the same owner)
+                seats = self._seats  # (this ledger's: `_bind`)
+                seat = seats.get(owner)
+                if seat is None:
+                    seat = seats[owner] = Seat((owner, symbol))
         key: Any = seat.key  # (`Any`: one tuple for every lookup below, see `Seat.position`)
         iso_set: set[tuple[str, str]] = isolated  # (typed: a direct set lookup)
         iso: bool = len(iso_set) != 0 and key in iso_set  # (`isolated`' storage, as `positions`: `st._positions`)
@@ -705,13 +722,20 @@ class Contract(MarketContract):
             _bypass(pos, "margin", post)
         if size:
             if pos._book is not positions:  # a new position (`got` was None): into the book
-                _book_insert(positions, key, pos)
+                _book_insert(positions, key, pos, self._by_owner)
                 seat.pos = pos
             # What `Position.__setattr__`, or the book's `__setitem__`, would have marked: the key
             # as the book holds it (`_key`, the same tuple: the set finds it by identity, where an
-            # equal new tuple is compared item by item)
-            book_key: Any = pos._key
-            dirty.add(book_key)
+            # equal new tuple is compared item by item) — unless a fill marked it since the mirror
+            # last emptied the set (`MarkCount`: the key is there; adding it again hashed a tuple).
+            marks_n: int = self._marks.n  # (`fill` read the book's slots)
+            if pos._marked_at != marks_n:
+                book_key: Any = pos._key
+                dirty.add(book_key)
+                if _NATIVE_POSITION:
+                    pos._marked_at = marks_n
+                else:
+                    _bypass(pos, "_marked_at", marks_n)
         else:
             if pos._book is positions:  # the book's `pop(key)`, natively (and its owner index's)
                 _DICT_POP(positions, key)
@@ -726,25 +750,30 @@ class Contract(MarketContract):
                 dirty.add(book_key)
             seat.pos = None
             pos.extra = 0
-        ev.append(_POSITION_CHANGED(owner, symbol, price if price_box is None else price_box, signed, size, cost, post,
-                                    realized, fee, covered))
+        # The event, with what the `Trade` carries boxed once (the price; the buyer's quantity, `qty`),
+        # and the fee as a Python int once, for it and for the `Trade` (what this returns).
+        fee_box: Any = fee
+        ev.append(_POSITION_CHANGED(owner, symbol, price if price_box is None else price_box,
+                                    qty_box if is_buy and qty_box is not None else signed, size, cost, post, realized,
+                                    fee_box, covered))
         if touch:
             self._touched.add(owner)
-        return fee
+        return fee_box
 
 
-def _book_insert(positions: Any, key: Any, pos: Position) -> None:
+def _book_insert(positions: Any, key: Any, pos: Position, by_owner: dict[str, dict[str, Position]]) -> None:
     """`PositionBook.__setitem__` of a key the book does not hold, natively (its Python method set
     four fields through `Position`'s tracking `__setattr__`: a tenth of a fill side's cost when it
     opens a position): the next insertion number, the link to the book, the key, the owner index
-    (`PositionBook.by_owner`); the caller marks the key dirty."""
+    (`by_owner`: the book's `by_owner`, as `Contract._book_slots` read it); the caller marks the key
+    dirty. The key is not in the book, so `dict.setdefault` inserts it, as `dict.__setitem__` would
+    (a slot wrapper: called from here, its arguments went through a new tuple)."""
     seq: int = positions.next_seq
     positions.next_seq = seq + 1
     pos._seq = seq
     pos._book = positions
     pos._key = key
-    _DICT_SETITEM(positions, key, pos)
-    by_owner: dict[str, dict[str, Position]] = positions.by_owner
+    _DICT_SETDEFAULT(positions, key, pos)
     owner: str = key[0]
     mine = by_owner.get(owner)
     if mine is None:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # (mypyc's native 64-bit int: only its annotations are used)
 
     from .dstate import DerivativesState  # (it imports this module)
 
-__all__ = ["PPM", "Bracket", "Perp", "Position", "initial_margin", "mark_of_perp", "unrealized", "cross_upnl",
+__all__ = ["PPM", "Bracket", "Perp", "Position", "MarkCount", "initial_margin", "mark_of_perp", "unrealized", "cross_upnl",
            "cross_upnl_knowing", "exact_product", "initial_margin_at", "mark_knowing"]
 
 PPM: Final = 1_000_000
@@ -60,6 +60,16 @@ _M62: Final = (1 << 62) - 1
 
 
 
+class MarkCount:
+    """How many times a position book's `dirty` set has been emptied (by the margin sweep's mirror,
+    `columns.py`, which bumps `n` each time it does): a position whose `_marked_at` is the count now
+    has its key in the set already, so a fill need not add it again (a tuple hashed per fill side).
+    One per `PositionBook`, never replaced (the contract keeps it, as it keeps the book's `dirty`)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 class Position:
     """One owner's position in one perpetual. Setting `size`, `cost` or `margin` (what the margin
     sweep reads) while the position is in a `PositionBook` marks it for the book's columnar mirror
@@ -67,7 +77,7 @@ class Position:
     Compiled with the contract (a native class: its fields are read as C fields there); the
     contract writes a fill's fields with `object.__setattr__` and marks the key itself."""
 
-    __slots__ = ("size", "cost", "margin", "extra", "realized", "_book", "_key", "_seq")
+    __slots__ = ("size", "cost", "margin", "extra", "realized", "_book", "_key", "_seq", "_marked_at")
 
     size: int  # signed: > 0 long, < 0 short (base minor units)
     cost: int  # entry notional of the open size (quote minor units, >= 0)
@@ -80,11 +90,15 @@ class Position:
     #: `dirty` set then compares item by item; kept as the object, the set finds it by identity.
     _key: Any
     _seq: int
+    #: The book's `marks.n` when a fill last put this position's key in the book's `dirty` set, else
+    #: -1: while the two are equal the key is there (see `MarkCount`). Not state (not in `row`).
+    _marked_at: int
 
     def __init__(self, size: int = 0, cost: int = 0, margin: int = 0, extra: int = 0, realized: int = 0) -> None:
         self._book = None  # (first: a new position is in no book, nothing is marked)
         self._key = ("", "")
         self._seq = 0  # the book's insertion order (its dict order)
+        self._marked_at = -1
         self.size = size
         self.cost = cost
         self.margin = margin

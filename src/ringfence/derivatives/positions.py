@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .margin import Position
+from .margin import MarkCount, Position
 
 __all__ = ["PositionBook", "IsolatedSet", "index_add", "index_drop", "owner_index", "index_matches"]
 
@@ -62,11 +62,14 @@ class PositionBook(dict[tuple[str, str], Position]):
 
     #: `dirty` and `by_owner` are set once, here, never rebound: a perpetual's contract keeps them
     #: per book (contract.py, `Contract._book_slots`).
-    __slots__ = ("dirty", "next_seq", "by_owner")
+    __slots__ = ("dirty", "next_seq", "by_owner", "marks")
 
     def __init__(self, items: Any = ()) -> None:
         super().__init__()
         self.dirty: set[tuple[str, str]] = set()
+        #: Bumped whenever `dirty` is emptied (`columns.py`): a position marked at the count now is in
+        #: `dirty` already (`Position._marked_at`, what a fill checks). Set once, never rebound.
+        self.marks = MarkCount()
         self.next_seq = 0
         self.by_owner: dict[str, dict[str, Position]] = {}
         for k, v in (items.items() if isinstance(items, dict) else items):

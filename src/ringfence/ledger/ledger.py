@@ -287,6 +287,9 @@ class Ledger:
         #: until the first `digest()` call (a ledger nobody digests tracks nothing). Not state.
         self._digest: LedgerDigest | None = None
         self._dirty: set[Any] | None = None
+        #: The record of the hold `hold` made last (trading keeps a perpetual order's: its fills read
+        #: it without a lookup by id). Not state (never snapshotted).
+        self.last_hold: Pending | None = None
         for segment in DEFAULT_SEGMENTS:
             self.register_segment(segment)
 
@@ -713,6 +716,7 @@ class Ledger:
         debit.debits_pending += amount
         credit.credits_pending += amount
         p = self.pending[tid] = Pending(tid, debit, credit, amount, expires_at_ns)
+        self.last_hold = p
         if self._dirty is not None:  # the incremental digest (ledger/digest.py)
             self._dirty.add(p)
         if expires_at_ns:
@@ -908,7 +912,8 @@ class Ledger:
         flags = wallet.flags | margin.flags | pool.flags | insurance.flags | fees.flags
         if not take:
             return None, flags
-        h = self.pending.get(hold_id) if hold is None or hold.id != hold_id else hold
+        # (`is` first: the record's id is the very int the order carries, compared without a 128-bit compare)
+        h = self.pending.get(hold_id) if hold is None or (hold.id is not hold_id and hold.id != hold_id) else hold
         if h is None or h.status != "pending" or take > h.remaining or h.debit is not wallet:
             raise InvariantViolation(f"cannot capture {take} of hold {hold_id} of {wallet.name}")
         clearing = h.credit

@@ -117,6 +117,8 @@ class Order:
         "coid",
         "stp",
         "hold_id",  # the ledger pending transfer that holds the order's funds
+        "hold",  # a perpetual's order: that transfer's record (`Ledger.last_hold`), else None
+        "seat",  # a perpetual's order: its owner's record in the market's contract (`MarketContract.order_seat`)
         "pay",  # ledger account the order pays from (held)
         "recv",  # ledger account the order receives into
         "ts_ns",
@@ -149,6 +151,16 @@ class Order:
         self.prev: Order | None = None
         self.next: Order | None = None
         self.level: Level | None = None
+        #: A perpetual's order: its hold's record (the ledger's `Pending`, read by each side of its
+        #: fills: a lookup by `hold_id`, a 128-bit int, hashed at every one), set when the hold is
+        #: made (`trading.orders._open_order`); None otherwise, and after a restore (looked up then).
+        #: Not state: never in a snapshot (`row`).
+        self.hold: Any = None
+        #: A perpetual's order: what its market's contract keeps of the order's owner (derivatives'
+        #: `Seat`: the position, the margin accounts), as the contract's `order_hold` found it when
+        #: the order was placed, so that each side of its fills need not look it up by owner; else
+        #: None (and after a restore). Not state either.
+        self.seat: Any = None
 
     @property
     def side(self) -> Side:
@@ -211,6 +223,9 @@ class MarketContract:
         #: The `available` account the order `order_hold` last accepted pays from and receives to
         #: (None if the owner has none yet: trading opens it).
         self.order_wallet: Any = None
+        #: What the contract keeps of that order's owner (its `Seat`), or None: trading hands it to
+        #: the order it opens (`Order.seat`), which its fills give back to the contract.
+        self.order_seat: Any = None
 
     def order_hold(self, engine: Any, m: Market, c: Any, words: OrderWords) -> tuple[tuple[str, str, str] | None, int, int]:
         """(refusal or None, protection price, hold) of order `c` on `m` (`c`: the order's fields as
@@ -251,8 +266,9 @@ class MarketContract:
         raise NotImplementedError
 
     def fill(self, m: Market, buyer: Order, seller: Order, price: int, qty: int, notional: int,
-             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Any]) -> tuple[int, int]:
-        """A fill on the perpetual: (buyer's fee, seller's fee)."""
+             buyer_rate_ppm: int, seller_rate_ppm: int, ev: list[Any], price_box: Any, qty_box: Any) -> tuple[Any, Any]:
+        """A fill on the perpetual: (buyer's fee, seller's fee), Python ints (the `Trade` event's).
+        `price_box`, `qty_box`: `price` and `qty` as the `Trade` event carries them (boxed once)."""
         raise NotImplementedError
 
 

@@ -101,9 +101,15 @@ def _fill(st: TradingState, ledger: Ledger, m: Market, t: Order, mk: Order, pric
         buyer, seller, buyer_rate_ppm, seller_rate_ppm = t, mk, taker_rate_ppm, maker_rate_ppm
     else:
         buyer, seller, buyer_rate_ppm, seller_rate_ppm = mk, t, maker_rate_ppm, taker_rate_ppm
+    # The price and quantity as the events carry them, boxed once: the `Trade` below and, on a
+    # perpetual, its two `PositionChanged` (a Python int each per event otherwise); the fees as well.
+    price_box: Any = price_minor
+    qty_box: Any = qty_minor
+    buyer_fee: Any
+    seller_fee: Any
     if m.contract is not None:  # a perpetual: positions change, margin and fees in the quote asset
-        buyer_fee_minor, seller_fee_minor = m.contract.fill(
-            m, buyer, seller, price_minor, qty_minor, notional_minor, buyer_rate_ppm, seller_rate_ppm, ev
+        buyer_fee, seller_fee = m.contract.fill(
+            m, buyer, seller, price_minor, qty_minor, notional_minor, buyer_rate_ppm, seller_rate_ppm, ev, price_box, qty_box
         )
     else:
         buyer_fee_minor = -(-qty_minor * buyer_rate_ppm // _PPM)  # ceil: fees round up to the minor unit
@@ -124,6 +130,7 @@ def _fill(st: TradingState, ledger: Ledger, m: Market, t: Order, mk: Order, pric
             seller_fee_minor,
             seller_shield_minor,
         )
+        buyer_fee, seller_fee = buyer_fee_minor, seller_fee_minor
     t.leaves -= qty_minor
     t.filled += qty_minor
     t.cum_quote += notional_minor
@@ -138,15 +145,15 @@ def _fill(st: TradingState, ledger: Ledger, m: Market, t: Order, mk: Order, pric
     tid = st.next_trade_id
     st.next_trade_id = tid + 1
     if t.is_buy:
-        taker_fee_minor, maker_fee_minor = buyer_fee_minor, seller_fee_minor
+        taker_fee_minor, maker_fee_minor = buyer_fee, seller_fee
     else:
-        taker_fee_minor, maker_fee_minor = seller_fee_minor, buyer_fee_minor
+        taker_fee_minor, maker_fee_minor = seller_fee, buyer_fee
     ev.append(
         Trade(
             m.symbol,
             tid,
-            price_minor,
-            qty_minor,
+            price_box,
+            qty_box,
             notional_minor,
             _BUY if t.is_buy else _SELL,
             t.id,

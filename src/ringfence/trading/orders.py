@@ -486,7 +486,13 @@ def _open_order(
     o.pay = pay
     o.recv = recv
     o.ts_ns = engine.now_ns
-    o.hold_id = ledger.hold(pay, m.clearing.quote if is_buy or m.contract is not None else m.clearing.base, hold_minor) if hold_minor else 0
+    contract = m.contract
+    if contract is not None:  # a perpetual's fills read the hold's record (`Order.hold`): made below, if any
+        ledger.last_hold = None  # (so a hold not made by `Ledger.hold` itself, an override's, leaves None)
+    o.hold_id = ledger.hold(pay, m.clearing.quote if is_buy or contract is not None else m.clearing.base, hold_minor) if hold_minor else 0
+    if contract is not None:
+        o.hold = ledger.last_hold
+        o.seat = contract.order_seat  # (set by its `order_hold` for this very order, just before)
     ev.append(OrderAccepted(m.symbol, oid, owner, coid, c.side, typ, o.tif, price_minor, qty_minor, quote_minor, stop_minor, stp, hold_minor))
     if not hold_minor:  # a market order that met an empty book: nothing was held, nothing can fill
         ev.append(OrderExpired(m.symbol, oid, owner, c.side, 0, qty_minor, False, "NO_LIQUIDITY", 0))
