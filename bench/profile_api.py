@@ -393,8 +393,8 @@ def print_holds(holds: dict) -> None:
         print(f"{title} (ms):")
         for thread, rows in sorted(holds[key].items()):
             ordered = sorted(rows) or [0]
-            p99 = ordered[min(len(ordered) - 1, len(ordered) * 99 // 100)]
-            print(f"  {thread:36s} {len(rows):7d} calls, max {ordered[-1] / 1e6:7.2f}, p99 {p99 / 1e6:6.2f}, "
+            p50, p99 = (ordered[min(len(ordered) - 1, len(ordered) * q // 100)] for q in (50, 99))
+            print(f"  {thread:36s} {len(rows):7d} calls, max {ordered[-1] / 1e6:7.2f}, p99 {p99 / 1e6:6.2f}, p50 {p50 / 1e6:6.2f}, "
                   f"total {sum(rows) / 1e6:8.1f}")
 
 
