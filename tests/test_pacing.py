@@ -466,3 +466,37 @@ def test_a_chunk_that_fails_is_kept_with_everything_after_it_in_order(tmp_path: 
     assert len(outbox._queue) == 3 * FLUSH_CHUNK
     assert outbox.flush() == 3 * FLUSH_CHUNK
     assert _written(outbox) == list(range(5 * FLUSH_CHUNK))
+
+
+def test_the_reserves_proof_offers_a_pause_before_every_claim() -> None:
+    from ringfence.solvency.reserves import OwnershipClaim, prove_reserves
+
+    counter = TickCounter()
+    claims = [OwnershipClaim("ethereum", "ETH", f"0x{i:040x}", "evm", signature="0x1234") for i in range(50)]
+    result = prove_reserves("00" * 32, claims, {}, pace=counter.tick)
+    assert counter.ticks == 50 and len(result.addresses) == 50  # (no reader for the chain: each rejected)
+
+
+def test_the_proof_schedule_is_paced_and_a_proof_on_request_is_not(tmp_path: Path) -> None:
+    """The schedule's proofs (`run`, a daemon thread of serve) look at the pacer between stages; the
+    one published at start-up or on request runs at full speed on its caller's thread."""
+    import threading
+
+    from ringfence.solvency.pol import DEV_SECRET
+    from ringfence.solvency.publisher import PorPublisher
+
+    node: Any = _ledger_node(tmp_path / "node", 2)
+    stop = threading.Event()
+
+    class StopAfterOneProof(TickCounter):
+        def restart(self) -> None:
+            super().restart()
+            stop.set()  # the schedule ends after this proof
+
+    pacer = StopAfterOneProof()
+    publisher = PorPublisher(node.read, tmp_path / "por", DEV_SECRET, every_s=0, pacer=pacer)
+    publisher.publish()
+    assert publisher.published == 1 and pacer.ticks == 0 and pacer.restarts == 0
+    publisher.run(stop)
+    assert publisher.published == 2 and pacer.restarts == 1 and pacer.ticks >= 3
+    node.close()
