@@ -28,7 +28,7 @@ from .feedback import LABELS, MAX_WEIGHT, MIN_WEIGHT, STEP, Decision, decisions_
 from .geoip import GeoIP
 from .linking import LinkGraph, RaisedClusters
 from .rules import Hit, RuleSet, Scorer, default_rules, parse_rules
-from .stream import READ_BATCH, Outbox, custody_resolver, pending_at_least, read_after
+from .stream import READ_BATCH, Outbox, custody_resolver, pending_at_least, read_after, read_pages
 
 __all__ = ["Monitor", "load_rules"]
 
@@ -45,10 +45,10 @@ def load_rules(path: str) -> RuleSet:
 
 #: events scored per hold of the links' lock (and between the pacer's looks at the clock)
 SCORE_CHUNK = 64
-#: events read from the stream per query while the scorer keeps up: each page is read, decoded and
-#: scored (in chunks of SCORE_CHUNK) before the next is read, so no read is a burst of its own (one
-#: read of a quarter second of orders, ~850 events, was 7-21 ms of CPU; docs/latency.md, session 20)
-READ_PAGE = 2 * SCORE_CHUNK
+#: events fetched and decoded at a time while the scorer keeps up: each page of its one query is
+#: decoded and scored before the next is fetched, so no read is a burst of its own (one read of a
+#: quarter second of orders, a few hundred events, was 4-22 ms of CPU; docs/latency.md, session 20)
+READ_PAGE = SCORE_CHUNK
 
 
 class Monitor:
@@ -184,12 +184,12 @@ class Monitor:
             pacer = None
         if pacer is not None:
             pacer.restart()
-        # read in pages, each scored before the next is read (the same events, in the same order, as one read)
+        # one read, its rows decoded a page at a time, each page scored before the next is fetched (the
+        # same events in the same order as one read decoded at once, which is what runs unpaced)
         events: list[Event] = []
         hits: list[Hit] = []
-        while len(events) < READ_BATCH:
-            page = self._located(read_after(self.store, events[-1].id if events else self.cursor,
-                                            limit=min(READ_PAGE if pacer is not None else READ_BATCH, READ_BATCH - len(events))))
+        for page in read_pages(self.store, self.cursor, page=READ_PAGE if pacer is not None else READ_BATCH):
+            page = self._located(page)
             for first in range(0, len(page), SCORE_CHUNK):
                 with self._links_lock:  # released between chunks: a paused scorer holds up no reader of the links
                     for e in page[first:first + SCORE_CHUNK]:
@@ -198,8 +198,6 @@ class Monitor:
                 if pacer is not None:
                     pacer.tick()
             events.extend(page)
-            if pacer is None or len(page) < READ_PAGE:
-                break  # unpaced: one read of the whole batch, as before; paced: a short page is the end
         now_ms = time.time_ns() // 1_000_000
         # The links changed since the last cluster check: check again once CLUSTER_CHECK_MS has passed,
         # whether or not more events come (a trade in a batch inside the interval is checked later).
