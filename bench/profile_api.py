@@ -3,7 +3,7 @@
 Usage: python bench/profile_api.py [--kind order|ping] [--gateways 1] [--seconds 10] [--cprofile]
                                    [--wrap MODULE.CLASS.METHOD,...] [--top 40] [--rate N] [--stalls]
                                    [--timed MODULE.CLASS.METHOD,...] [--spans custody,MODULE.CLASS.METHOD,...]
-                                   [--cputrace] [--gc-young N]
+                                   [--cputrace] [--gc-young N] [--holds]
 
 Where the open-loop tail comes from (docs/latency.md, session 17), on the one-process server:
 
@@ -228,7 +228,50 @@ if os.environ.get("RF_PROFILE_OUT") and ("serve" in sys.argv or GATEWAY):
             owner = getattr(importlib.import_module(mod), cls)
             setattr(owner, meth, _span(spec.rsplit(".", 2)[-2] + "." + meth, getattr(owner, meth)))
 
+    # --holds: (1) how long each `Node.read(fn)` held the sequencer (fn runs between two batches, the
+    # sequencer waits), by the calling thread; (2) each paced thread's longest CPU run without a pause
+    # (`CpuPacer`: the CPU used since its last pause when it pauses, and when a new pass restarts it)
+    holds = {"on": False, "reads": {}, "runs": {}}
+    if os.environ.get("RF_PROFILE_HOLDS") == "1":
+        node_cls = importlib.import_module("ringfence.engine.node").Node
+        read_orig = node_cls.read
+
+        def _read(self, fn, _orig=read_orig):
+            if not holds["on"]:
+                return _orig(self, fn)
+            rows = holds["reads"].setdefault(threading.current_thread().name, [])
+
+            def timed_fn(engine):
+                w0 = time.perf_counter_ns()
+                try:
+                    return fn(engine)
+                finally:
+                    if len(rows) < 100_000:
+                        rows.append(time.perf_counter_ns() - w0)
+            return _orig(self, timed_fn)
+        node_cls.read = _read
+        pacer_cls = importlib.import_module("ringfence.pacing").CpuPacer
+        tick_orig, restart_orig = pacer_cls.tick, pacer_cls.restart
+
+        def _run_done(self, used_ns):
+            if holds["on"]:
+                rows = holds["runs"].setdefault(threading.current_thread().name, [])
+                if len(rows) < 100_000:
+                    rows.append(used_ns)
+
+        def _tick(self, _orig=tick_orig):
+            used_ns, pauses = self._cpu_ns() - self._mark, self.pauses
+            _orig(self)
+            if self.pauses != pauses:
+                _run_done(self, used_ns)
+
+        def _restart(self, _orig=restart_orig):
+            _run_done(self, self._cpu_ns() - self._mark)
+            _orig(self)
+        pacer_cls.tick, pacer_cls.restart = _tick, _restart
+
     def _start(*_):
+        holds["on"] = True
         if os.environ.get("RF_PROFILE_GC_YOUNG"):  # --gc-young: try another young-generation threshold
             gc.set_threshold(int(os.environ["RF_PROFILE_GC_YOUNG"]), *gc.get_threshold()[1:])
         gc_pauses["on"] = True
@@ -255,6 +298,9 @@ if os.environ.get("RF_PROFILE_OUT") and ("serve" in sys.argv or GATEWAY):
         timed["on"] = False
         cputrace["on"] = False
         spans["on"] = False
+        holds["on"] = False
+        with open(out + ".holds.json", "w") as fh:
+            json.dump({"reads": holds["reads"], "runs": holds["runs"]}, fh)
         with open(out + ".spans.json", "w") as fh:
             json.dump(spans["rows"], fh)
         with open(out + ".timed.json", "w") as fh:
@@ -337,6 +383,19 @@ def print_stalls(found: list[dict], seconds: float) -> None:  # float-ok: second
         print(f"  {thread}:")
         for where, n in rows[:6]:
             print(f"    {n:5d}  {where}")
+
+
+def print_holds(holds: dict) -> None:
+    """Per thread: its `Node.read` calls (each holds the sequencer for its length), and its paced runs
+    (the CPU a `CpuPacer`-paced thread used between two pauses): ms, max and p99."""
+    for title, key in (("Node.read holding the sequencer, by calling thread", "reads"),
+                       ("paced threads' CPU runs between pauses (CpuPacer)", "runs")):
+        print(f"{title} (ms):")
+        for thread, rows in sorted(holds[key].items()):
+            ordered = sorted(rows) or [0]
+            p50, p99 = (ordered[min(len(ordered) - 1, len(ordered) * q // 100)] for q in (50, 99))
+            print(f"  {thread:36s} {len(rows):7d} calls, max {ordered[-1] / 1e6:7.2f}, p99 {p99 / 1e6:6.2f}, p50 {p50 / 1e6:6.2f}, "
+                  f"total {sum(rows) / 1e6:8.1f}")
 
 
 def print_overlaps(spans: dict, starts: dict, durations: dict, gc_at: list) -> None:
@@ -422,6 +481,8 @@ def main() -> None:
                         "windows before the slowest calls of the first --timed function, and each thread's largest bursts")
     parser.add_argument("--spans", default="", help="comma-separated MODULE.CLASS.METHOD plain functions (and `custody`: "
                         "each custody worker's step) to time per call, wall clock and the thread's CPU: periodic work's bursts")
+    parser.add_argument("--holds", action="store_true", help="how long each thread's `Node.read` calls held the "
+                        "sequencer, and each paced thread's longest CPU run without a pause (`CpuPacer`)")
     parser.add_argument("--gc-young", type=int, default=0, help="set the engine's young-generation GC threshold to this "
                         "when the load starts (an experiment; 0: serve's own)")
     parser.add_argument("--seed", type=int, default=1)
@@ -435,7 +496,7 @@ def main() -> None:
     os.environ.update(RF_PROFILE_OUT=out, RF_PROFILE_MAIN="1" if args.cprofile else "0", RF_PROFILE_WRAP=args.wrap,
                       RF_PROFILE_STALLS="1" if args.stalls else "0", RF_PROFILE_STALL_MS=str(args.stall_ms), RF_PROFILE_TIMED=args.timed,
                       RF_PROFILE_CPUTRACE="1" if args.cputrace else "0",
-                      RF_PROFILE_SPANS=args.spans, RF_PROFILE_GC_YOUNG=str(args.gc_young or ""))
+                      RF_PROFILE_SPANS=args.spans, RF_PROFILE_HOLDS="1" if args.holds else "0", RF_PROFILE_GC_YOUNG=str(args.gc_young or ""))
     data = work / "data"
     port = api.free_port()
     server = api.start_server(data, port, args.gateways)
@@ -492,6 +553,9 @@ def main() -> None:
             wall = sorted(r[1] / 1e6 for r in rows)
             print(f"  {name:44s} {len(rows):6d} calls, CPU {sum(cpu):8.1f} in all, p50 {cpu[len(cpu) // 2]:6.2f}, "
                   f"max {cpu[-1]:6.1f}; wall max {wall[-1]:6.1f}; calls over 5 ms of CPU: {sum(1 for c in cpu if c > 5)}")
+    holds_file = Path(out + ".holds.json")
+    if args.holds and holds_file.exists():
+        print_holds(json.loads(holds_file.read_text()))
     if args.spans and span_file.exists() and timed_file.exists():
         print_overlaps(json.loads(span_file.read_text()), json.loads(Path(out + ".starts.json").read_text()),
                        json.loads(timed_file.read_text()), json.loads(gc_file.read_text()).get("at", []) if gc_file.exists() else [])

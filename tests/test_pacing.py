@@ -238,3 +238,277 @@ def test_a_stopping_scorer_takes_its_last_step_unpaced(tmp_path: Path) -> None:
     monitor = Monitor(_store(tmp_path / "d.sqlite", 3 * SCORE_CHUNK), None, default_rules(), pacer=counter)  # type: ignore[arg-type]
     monitor.stop()  # never started: stop() still takes the last step
     assert monitor.cursor > 0 and counter.ticks == 0 and counter.restarts == 0
+
+
+# ------------------------------------------------------------- session 20: no unit of paced work is a burst
+
+
+class RecordingPacer(TickCounter):
+    """A pacer that records, at every look, what `progress()` says has been done so far."""
+
+    def __init__(self, progress: Any) -> None:
+        super().__init__()
+        self.progress = progress
+        self.seen: list[int] = []
+
+    def tick(self) -> None:
+        super().tick()
+        self.seen.append(self.progress())
+
+
+def _steps(seen: list[int], start: int) -> list[int]:
+    return [b - a for a, b in zip([start, *seen], seen)]
+
+
+def test_the_fold_offers_a_pause_after_every_command_of_a_big_record(tmp_path: Path) -> None:
+    """One journal record is a whole batch (dozens of orders when the engine is busy): a pause only
+    between records let one record be a burst of many ms on the engine process's GIL."""
+    from ringfence.ledger.commands import CreateTransfers
+    from ringfence.ledger.model import Transfer
+    from ringfence.reconcile.reconciler import Reconciler
+
+    node: Any = _ledger_node(tmp_path, 1)
+    world = node.read(lambda e: e.ledger.world("BTC").id)
+    a = node.read(lambda e: e.ledger.get("a", "BTC").id)
+    before = node.last_seq
+    node.execute_many([CreateTransfers([Transfer(1_000 + i, world, a, 1)]) for i in range(300)])  # one record of 300
+    reconciler = Reconciler(node)
+    pacer = RecordingPacer(lambda: reconciler.fold.engine.last_seq)
+    reconciler.pacer = pacer  # type: ignore[assignment]
+    assert reconciler.run_once(chain=False).mismatches == []
+    folded_in_steps = [s for s, at in zip(_steps(pacer.seen, 0), pacer.seen) if at > before]
+    assert len(folded_in_steps) >= 300 and max(folded_in_steps) <= 1  # never more than one command between looks
+    assert reconciler.fold.engine.state_hash() == node.read(lambda e: e.state_hash())
+    node.close()
+
+
+class CountingChain:
+    """A chain whose addresses hold nothing (as the ledger's custody account); counts the balance reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def current_height(self) -> int:
+        return 7
+
+    def block_hash(self, height: int) -> str:
+        return "00" * 32
+
+    def balance(self, address: str, height: int | None = None, asset: str | None = None) -> int:
+        assert height == 7
+        self.reads += 1
+        return 0
+
+
+class NothingInFlight:
+    def in_flight_withdrawals(self, asset: str, wallet: str) -> int:
+        return 0
+
+    def pending_deposits(self, asset: str, wallet: str) -> int:
+        return 0
+
+
+def test_the_chain_pass_offers_a_pause_after_every_balance_read(tmp_path: Path) -> None:
+    """A wallet of 10,000 addresses is read one balance at a time, with a look at the pacer after each
+    (it was one unpaced burst: 30-40 ms of CPU per block with the demo's chains)."""
+    from ringfence.reconcile.reconciler import Reconciler, WalletSpec
+
+    node: Any = _ledger_node(tmp_path, 1)
+    chain = CountingChain()
+    spec = WalletSpec("hot", "BTC", "bitcoin", chain, tuple(f"addr{i}" for i in range(10_000)))
+    pacer = RecordingPacer(lambda: chain.reads)
+    reconciler = Reconciler(node, wallets=[spec], custody=NothingInFlight(), pacer=pacer)  # type: ignore[arg-type]
+    [row], mismatches = reconciler.chain_pass()
+    assert chain.reads == 10_000 and row.status == "OK" and mismatches == []
+    assert len(pacer.seen) == 10_000 and set(_steps(pacer.seen, 0)) == {1}
+    plain = Reconciler(node, wallets=[spec], custody=NothingInFlight())
+    assert plain.chain_pass() == ([row], [])  # the same rows as a pass that never pauses
+    node.close()
+
+
+def test_a_pause_under_the_chain_lock_lets_the_other_workers_take_it() -> None:
+    """The custody workers share one re-entrant chain lock; the chain pass's pauses release it whole
+    (`unlocked_sleep`), and the pass has it back after each pause."""
+    import threading
+
+    from ringfence.pacing import unlocked_sleep
+
+    lock = threading.RLock()
+    t = FakeThread()
+    took: list[bool] = []
+
+    def other_worker() -> None:
+        took.append(lock.acquire(timeout=5))
+        lock.release()
+
+    sleep = unlocked_sleep(lock)
+
+    def pause(seconds: float) -> None:  # float-ok: time.sleep's argument
+        worker = threading.Thread(target=other_worker)
+        worker.start()
+        worker.join(0.05)
+        sleep(seconds)  # the worker gets the lock here
+        worker.join(5)
+        t.sleep(seconds)
+
+    pacer = CpuPacer(slice_us=100, share_permille=500, cpu_ns=lambda: t.cpu_ns, sleep=pause)
+    with lock, lock:  # held re-entrantly, as Supervised's step and the chains' own methods do
+        for _ in range(3):
+            t.work(200)
+            pacer.tick()
+        assert lock._is_owned()  # type: ignore[attr-defined]
+    assert took == [True, True, True] and len(t.slept_us) == 3
+    unlocked_sleep(threading.RLock())(0.001)  # not held: a plain sleep
+    with pytest.raises(TypeError):
+        unlocked_sleep(threading.Lock())
+
+
+def test_the_scorer_reads_in_pages_each_scored_before_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """4,000 events waiting (less than a whole batch: paced): one query, whose rows are fetched and
+    decoded at most READ_PAGE at a time, with a look at the pacer between any two pages (one read
+    decoded at once was 4-22 ms of CPU); the same cursor, alerts and links as the unpaced step, which
+    takes them in one piece."""
+    from ringfence.monitoring import service, stream
+    from ringfence.monitoring.service import READ_PAGE, Monitor, default_rules
+
+    log: list[tuple[str, int]] = []
+    real_pages = stream.read_pages
+
+    def read_pages(store: Any, after_id: int, *, page: int, limit: int = stream.READ_BATCH) -> Any:
+        log.append(("query", 0))
+        for got in real_pages(store, after_id, page=page, limit=limit):
+            log.append(("page", len(got)))
+            yield got
+
+    monkeypatch.setattr(service, "read_pages", read_pages)
+
+    class LoggingPacer(TickCounter):
+        def tick(self) -> None:
+            super().tick()
+            log.append(("tick", 0))
+
+    events = 4_000
+    paced = Monitor(_store(tmp_path / "a.sqlite", events), None, default_rules(), pacer=LoggingPacer())  # type: ignore[arg-type]
+    assert paced.step() == events
+    pages = [n for kind, n in log if kind == "page"]
+    assert sum(pages) == events and max(pages) <= READ_PAGE and [k for k, _ in log].count("query") == 1
+    kinds = [kind for kind, _ in log if kind != "query"]
+    assert kinds == ["page", "tick"] * len(pages)  # each page scored, then a look, before the next is fetched
+    log.clear()
+    plain = Monitor(_store(tmp_path / "b.sqlite", events), None, default_rules())
+    assert plain.step() == events and [n for kind, n in log if kind == "page"] == [events]  # unpaced: one piece
+    assert paced.cursor == plain.cursor and paced.alerts_raised == plain.alerts_raised
+    assert paced.links.clusters() == plain.links.clusters()
+
+
+def test_the_pages_are_the_events_of_one_read(tmp_path: Path) -> None:
+    from ringfence.monitoring.stream import read_after, read_pages
+
+    store: Any = _store(tmp_path / "p.sqlite", 1_000)
+    for after, page, limit in ((0, 64, 5_000), (17, 64, 300), (990, 7, 5_000), (1_000, 64, 5_000)):
+        pages = list(read_pages(store, after, page=page, limit=limit))
+        assert all(0 < len(p) <= page for p in pages)
+        assert [e.__dict__ for p in pages for e in p] == [e.__dict__ for e in read_after(store, after, limit=limit)]
+
+
+def _outbox(path: Path, pacer: Any = None) -> Any:
+    from ringfence.monitoring.stream import Outbox
+    from ringfence.store import Store
+
+    return Outbox(Store.from_url(f"sqlite:///{path}"), pacer=pacer)
+
+
+def _written(outbox: Any) -> list[int]:
+    from ringfence.monitoring.stream import read_range
+
+    return [e.data["n"] for e in read_range(outbox.store)]
+
+
+@pytest.mark.parametrize("queued", [1_000, 10_000])
+def test_the_outbox_writes_a_flush_in_chunks_with_a_look_between(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, queued: int) -> None:
+    """A flush is written in transactions of at most FLUSH_CHUNK rows (one executemany of up to
+    FLUSH_BATCH was a burst of 3-14 ms of CPU); paced between them while it keeps up, unpaced a whole
+    batch behind; every event written once, in order."""
+    from ringfence.monitoring import stream
+    from ringfence.monitoring.stream import FLUSH_BATCH, FLUSH_CHUNK
+
+    log: list[tuple[str, int]] = []
+    real = stream._insert_events
+    monkeypatch.setattr(stream, "_insert_events", lambda db, rows: (log.append(("write", len(rows))), real(db, rows))[1])
+
+    class LoggingPacer(TickCounter):
+        def tick(self) -> None:
+            super().tick()
+            log.append(("tick", 0))
+
+    pacer = LoggingPacer()
+    outbox = _outbox(tmp_path / "o.sqlite", pacer)
+    for n in range(queued):
+        outbox.publish("api_call", source="test", at_ms=n, data={"n": n})
+    assert outbox.flush() == min(queued, FLUSH_BATCH)
+    writes = [n for kind, n in log if kind == "write"]
+    assert max(writes) <= FLUSH_CHUNK and sum(writes) == min(queued, FLUSH_BATCH)
+    if queued < FLUSH_BATCH:  # keeping up: a look at the pacer after every chunk
+        assert [kind for kind, _ in log] == ["write", "tick"] * len(writes) and pacer.restarts == 1
+    else:  # a whole batch behind: written at full speed
+        assert pacer.ticks == 0 and pacer.restarts == 0
+    while outbox.flush():
+        pass
+    assert _written(outbox) == list(range(queued))
+
+
+def test_a_chunk_that_fails_is_kept_with_everything_after_it_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ringfence.monitoring import stream
+    from ringfence.monitoring.stream import FLUSH_CHUNK
+
+    real = stream._insert_events
+    calls = {"n": 0}
+
+    def flaky(db: Any, rows: list[Any]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("the store is away")
+        real(db, rows)
+
+    monkeypatch.setattr(stream, "_insert_events", flaky)
+    outbox = _outbox(tmp_path / "f.sqlite")
+    for n in range(5 * FLUSH_CHUNK):
+        outbox.publish("api_call", source="test", at_ms=n, data={"n": n})
+    assert outbox.flush() == 2 * FLUSH_CHUNK and outbox.errors == 1  # two chunks written, the third failed
+    assert len(outbox._queue) == 3 * FLUSH_CHUNK
+    assert outbox.flush() == 3 * FLUSH_CHUNK
+    assert _written(outbox) == list(range(5 * FLUSH_CHUNK))
+
+
+def test_the_reserves_proof_offers_a_pause_before_every_claim() -> None:
+    from ringfence.solvency.reserves import OwnershipClaim, prove_reserves
+
+    counter = TickCounter()
+    claims = [OwnershipClaim("ethereum", "ETH", f"0x{i:040x}", "evm", signature="0x1234") for i in range(50)]
+    result = prove_reserves("00" * 32, claims, {}, pace=counter.tick)
+    assert counter.ticks == 50 and len(result.addresses) == 50  # (no reader for the chain: each rejected)
+
+
+def test_the_proof_schedule_is_paced_and_a_proof_on_request_is_not(tmp_path: Path) -> None:
+    """The schedule's proofs (`run`, a daemon thread of serve) look at the pacer between stages; the
+    one published at start-up or on request runs at full speed on its caller's thread."""
+    import threading
+
+    from ringfence.solvency.pol import DEV_SECRET
+    from ringfence.solvency.publisher import PorPublisher
+
+    node: Any = _ledger_node(tmp_path / "node", 2)
+    stop = threading.Event()
+
+    class StopAfterOneProof(TickCounter):
+        def restart(self) -> None:
+            super().restart()
+            stop.set()  # the schedule ends after this proof
+
+    pacer = StopAfterOneProof()
+    publisher = PorPublisher(node.read, tmp_path / "por", DEV_SECRET, every_s=0, pacer=pacer)
+    publisher.publish()
+    assert publisher.published == 1 and pacer.ticks == 0 and pacer.restarts == 0
+    publisher.run(stop)
+    assert publisher.published == 2 and pacer.restarts == 1 and pacer.ticks >= 3
+    node.close()

@@ -8,16 +8,23 @@ at half the order capacity (the engine's GIL 70-100% busy) the backlog of one su
 times its length to drain (docs/latency.md, session 17). `CpuPacer.tick()`, called between small units of the work,
 sleeps once the thread has used `slice_us` of CPU since it last slept, long enough that the thread
 uses at most `share_permille` of one core while it works: the same work, spread out, and the GIL
-back to the loop within a slice. Invariants: it only ever sleeps (never skips or reorders work), the
+back to the loop within a slice. Its users (docs/latency.md, sessions 17 and 20): the internal
+reconciler's fold (a look after every command), the custody chain pass (after every balance read,
+the chain lock released while it pauses: `unlocked_sleep`), the monitoring scorer (after every page
+of events) and its outbox writer (after every chunk of rows), and the proof-of-solvency schedule.
+Invariants: it only ever sleeps (never skips or reorders work), the
 sleep is bounded (`MAX_SLEEP_US` per tick), and it measures the calling thread's own CPU time.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["MAX_SLEEP_US", "MONITOR_SHARE_PERMILLE", "RECONCILER_SHARE_PERMILLE", "CpuPacer"]
+__all__ = ["CHAIN_PASS_SHARE_PERMILLE", "MAX_SLEEP_US", "MONITOR_SHARE_PERMILLE", "OUTBOX_SHARE_PERMILLE",
+           "POR_SHARE_PERMILLE", "RECONCILER_SHARE_PERMILLE", "CpuPacer", "unlocked_sleep"]
 
 #: the longest single pause (a slow slice, e.g. the thread was descheduled, must not park it for long)
 MAX_SLEEP_US = 50_000
@@ -29,6 +36,17 @@ RECONCILER_SHARE_PERMILLE = 100
 #: its steps spread over most of the time between polls instead of bursts; a scorer that falls a
 #: whole read batch behind catches up unpaced (monitoring/service.py), so its lag stays bounded
 MONITOR_SHARE_PERMILLE = 100
+#: the monitoring outbox's writer (~3 ms of CPU per flush at 1,000 orders/s, ten flushes a second):
+#: a quarter of a core while it writes a flush in chunks; a whole batch behind, it writes unpaced
+#: (monitoring/stream.py), so its queue stays bounded
+OUTBOX_SHARE_PERMILLE = 250
+#: the custody chain pass (30-40 ms of CPU per new block with the demo's in-process chains, one
+#: balance read at a time): the chain lock is released while it pauses (`unlocked_sleep`), so the
+#: miner, the deposit watchers and the withdrawals are not held off by its pauses
+CHAIN_PASS_SHARE_PERMILLE = 100
+#: the proof-of-solvency publisher (~60 ms of CPU per proof in the demo, every 30 s there): a tenth
+#: of a core while it builds one
+POR_SHARE_PERMILLE = 100
 
 
 class CpuPacer:
@@ -62,3 +80,21 @@ class CpuPacer:
         self.paused_us += pause_us
         self._sleep(pause_us / 1e6)
         self._mark = self._cpu_ns()
+
+
+def unlocked_sleep(lock: Any) -> Callable[[float], None]:  # float-ok: seconds to sleep
+    """A `sleep` for a `CpuPacer` whose work runs under `lock` (a `threading.RLock`, held once or
+    re-entrantly): each pause releases the lock completely for its length and takes it back after,
+    so other users of the lock run while the paced work pauses. A caller that does not hold the lock
+    just sleeps. (A plain `Lock` is refused: it cannot tell whether this thread is its holder.)"""
+    if not hasattr(lock, "_is_owned"):
+        raise TypeError("unlocked_sleep needs a threading.RLock")
+    condition = threading.Condition(lock)
+
+    def sleep(seconds: float) -> None:  # float-ok: time.sleep's argument
+        try:
+            condition.wait(seconds)  # releases `lock` however deeply it is held, re-takes it after
+        except RuntimeError:  # not held by this thread: nothing to release
+            time.sleep(seconds)
+
+    return sleep

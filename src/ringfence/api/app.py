@@ -370,7 +370,7 @@ def create_app(
     if identity_ctx is not None and monitoring_poll_ms:  # monitoring: the event stream and rules (docs/monitoring.md)
         from ..monitoring.service import Monitor, load_rules
         from ..monitoring.stream import engine_subscriber, relay_recovered
-        from ..pacing import MONITOR_SHARE_PERMILLE, CpuPacer
+        from ..pacing import MONITOR_SHARE_PERMILLE, OUTBOX_SHARE_PERMILLE, CpuPacer
 
         from .demo import MARKET_MAKER
 
@@ -379,7 +379,8 @@ def create_app(
                           geoip=monitoring_geoip, identity=identity_ctx,
                           # the demo's market maker: every demo trade is against it, which links nobody
                           liquidity_accounts=(MARKET_MAKER,) if getattr(identity_ctx, "demo", False) else (),
-                          pacer=CpuPacer(share_permille=MONITOR_SHARE_PERMILLE))
+                          pacer=CpuPacer(share_permille=MONITOR_SHARE_PERMILLE),
+                          outbox_pacer=CpuPacer(share_permille=OUTBOX_SHARE_PERMILLE))
         exchange.batch_subscribers.append(engine_subscriber(exchange, monitor.outbox))
         relay_recovered(exchange, monitor.outbox, identity_ctx.store)  # what a crash kept from the stream, from the journal
     hub = StreamHub(exchange, gate.listen_keys)

@@ -254,10 +254,14 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     from ..solvency.reserve_source import load_reserve_sources
 
     sources = list(reserve_sources) + load_reserve_sources(settings.por_reserve_sources, exchange, data)
+    from ..pacing import POR_SHARE_PERMILLE, CpuPacer
+
     publisher = PorPublisher(partial(held_read, exchange), data / "por", secret, sources=sources, keep=settings.por_keep,
                              value_asset=settings.shield_value_asset, every_s=settings.por_every_s,
                              alive=lambda: exchange.node.writer is not None,
-                             stopped=exchange.node.stopped_reason)
+                             stopped=lambda: exchange.node.stopped_reason(detailed=True),
+                             # the schedule's proofs are paced: one was ~50 ms of CPU in one go (docs/latency.md, session 20)
+                             pacer=CpuPacer(share_permille=POR_SHARE_PERMILLE))
     from ..errors import ValidationError
 
     try:

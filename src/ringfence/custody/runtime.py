@@ -887,8 +887,13 @@ class CustodyRuntime:
         if self.rebalancer is not None:
             self.workers.append(Supervised("rebalancer", self.rebalancer.step, every * 2, lock))
         tolerances = {"ETH": 10**16} if "ethereum" in chains else {}  # gas of token withdrawals in flight
+        # paced after every balance read, the chain lock released while it pauses: a pass over the demo's
+        # in-process chains was 30-40 ms of CPU in one burst on the engine process's GIL (docs/latency.md, session 20)
+        from ..pacing import CHAIN_PASS_SHARE_PERMILLE, CpuPacer, unlocked_sleep
+
         self.reconciler = Reconciler(_as(node, "worker:reconciler"), wallets=self._wallet_specs(adapters), custody=_InFlightView(node),
-                                     settings=ReconcileSettings(tolerances_minor=tolerances))
+                                     settings=ReconcileSettings(tolerances_minor=tolerances),
+                                     pacer=CpuPacer(share_permille=CHAIN_PASS_SHARE_PERMILLE, sleep=unlocked_sleep(lock)))
         self.workers.append(Supervised("reconcile-chain", self._reconcile, every, lock))
         if hasattr(self.blacklist, "refresh"):  # RINGFENCE_KYT_BLACKLIST: re-read when the file changes
             self.workers.append(Supervised("kyt-blacklist", self.blacklist.refresh, 1000, threading.RLock()))

@@ -28,7 +28,7 @@ from .feedback import LABELS, MAX_WEIGHT, MIN_WEIGHT, STEP, Decision, decisions_
 from .geoip import GeoIP
 from .linking import LinkGraph, RaisedClusters
 from .rules import Hit, RuleSet, Scorer, default_rules, parse_rules
-from .stream import READ_BATCH, Outbox, custody_resolver, read_after
+from .stream import READ_BATCH, Outbox, custody_resolver, pending_at_least, read_after, read_pages
 
 __all__ = ["Monitor", "load_rules"]
 
@@ -45,11 +45,16 @@ def load_rules(path: str) -> RuleSet:
 
 #: events scored per hold of the links' lock (and between the pacer's looks at the clock)
 SCORE_CHUNK = 64
+#: events fetched and decoded at a time while the scorer keeps up: each page of its one query is
+#: decoded and scored before the next is fetched, so no read is a burst of its own (one read of a
+#: quarter second of orders, a few hundred events, was 4-22 ms of CPU; docs/latency.md, session 20)
+READ_PAGE = SCORE_CHUNK
 
 
 class Monitor:
     def __init__(self, store: Store, exchange: Any, ruleset: RuleSet, *, poll_ms: int = 200, flush_ms: int = 100, geoip: str = "",
-                 liquidity_accounts: tuple[str, ...] = (), identity: Any = None, pacer: CpuPacer | None = None) -> None:
+                 liquidity_accounts: tuple[str, ...] = (), identity: Any = None, pacer: CpuPacer | None = None,
+                 outbox_pacer: CpuPacer | None = None) -> None:
         self.store = store
         #: In a serving process: the scorer's share of the GIL while it scores a batch (ringfence/pacing.py);
         #: a batch of a quarter second of orders was ~15-28 ms of CPU in one burst (docs/latency.md, session 17)
@@ -64,7 +69,7 @@ class Monitor:
         self.exchange = exchange
         self.ruleset = ruleset
         self.poll_ms = max(10, poll_ms)
-        self.outbox = Outbox(store, flush_ms=flush_ms, resolve=custody_resolver(exchange))
+        self.outbox = Outbox(store, flush_ms=flush_ms, resolve=custody_resolver(exchange), pacer=outbox_pacer)
         self.scorer = Scorer(ruleset)
         link_cfg = ruleset.linking
         if liquidity_accounts:  # the demo's market maker (serve --demo), beside the rule set's own
@@ -170,9 +175,29 @@ class Monitor:
                     "decisions": [d.as_dict() for d in self.decisions[-500:]], "decisions_total": len(self.decisions)}
 
     def step(self) -> int:
-        """Score the next batch of events; returns how many were read."""
+        """Score the next batch of events (at most READ_BATCH); returns how many were read."""
         self._feedback()
-        events = self._located(read_after(self.store, self.cursor))
+        # paced while it keeps up; a whole batch waiting means it fell behind (a burst of events, a share
+        # too small for the rate): that batch and the next run at full speed until it has caught up
+        pacer = self.pacer
+        if pacer is not None and (self._stop.is_set() or pending_at_least(self.store, self.cursor, READ_BATCH)):
+            pacer = None
+        if pacer is not None:
+            pacer.restart()
+        # one read, its rows decoded a page at a time, each page scored before the next is fetched (the
+        # same events in the same order as one read decoded at once, which is what runs unpaced)
+        events: list[Event] = []
+        hits: list[Hit] = []
+        for page in read_pages(self.store, self.cursor, page=READ_PAGE if pacer is not None else READ_BATCH):
+            page = self._located(page)
+            for first in range(0, len(page), SCORE_CHUNK):
+                with self._links_lock:  # released between chunks: a paused scorer holds up no reader of the links
+                    for e in page[first:first + SCORE_CHUNK]:
+                        hits.extend(self.scorer.process(e))
+                        self.links.add(e)
+                if pacer is not None:
+                    pacer.tick()
+            events.extend(page)
         now_ms = time.time_ns() // 1_000_000
         # The links changed since the last cluster check: check again once CLUSTER_CHECK_MS has passed,
         # whether or not more events come (a trade in a batch inside the interval is checked later).
@@ -180,19 +205,6 @@ class Monitor:
         due = self._clusters_dirty and now_ms - self._clusters_checked_ms >= CLUSTER_CHECK_MS
         if not events and not due:
             return 0
-        hits = []
-        # paced while it keeps up; a whole batch means it fell behind (a burst of events, a share too
-        # small for the rate): that batch and the next run at full speed until it has caught up
-        pacer = self.pacer if len(events) < READ_BATCH and not self._stop.is_set() else None
-        if pacer is not None:
-            pacer.restart()
-        for first in range(0, len(events), SCORE_CHUNK):
-            with self._links_lock:  # released between chunks: a paused scorer holds up no reader of the links
-                for e in events[first:first + SCORE_CHUNK]:
-                    hits.extend(self.scorer.process(e))
-                    self.links.add(e)
-            if pacer is not None:
-                pacer.tick()
         cursor = events[-1].id if events else self.cursor
         if due:
             hits.extend(self._flagged_clusters(events[-1].at_ms if events else now_ms))

@@ -35,11 +35,15 @@ from ..store import Store
 from ..store.models import MonitoringEvent, User
 from .events import Event
 
-__all__ = ["Outbox", "add_in_tx", "read_after", "read_range", "engine_subscriber", "relay_recovered", "ApiCallRecorder"]
+__all__ = ["Outbox", "add_in_tx", "pending_at_least", "read_after", "read_pages", "read_range", "engine_subscriber", "relay_recovered", "ApiCallRecorder"]
 
 log = structlog.get_logger("ringfence.monitoring")
 MAX_QUEUE = 100_000
 FLUSH_BATCH = 2_000
+#: rows per transaction of a flush: a flush of a tenth of a second of orders (~200-300 rows) was one
+#: burst of 3-14 ms of CPU on the engine process's GIL; in chunks, with the pacer's look between
+#: them, no write holds it for more than a chunk (~1 ms; docs/latency.md, session 20)
+FLUSH_CHUNK = 64
 
 
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
@@ -106,8 +110,11 @@ class Outbox:
     """A bounded queue written to `monitoring_events` by one background thread."""
 
     def __init__(self, store: Store, *, flush_ms: int = 100, max_queue: int = MAX_QUEUE,
-                 resolve: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 resolve: Callable[[list[dict[str, Any]]], None] | None = None, pacer: Any = None) -> None:
         self.store = store
+        #: In a serving process: the writer's share of the GIL while it writes a flush (ringfence/pacing.py),
+        #: looked at between chunks of FLUSH_CHUNK rows; a writer a whole batch behind writes unpaced
+        self.pacer = pacer
         self.flush_ms = flush_ms
         self.max_queue = max_queue
         self.resolve = resolve
@@ -128,27 +135,40 @@ class Outbox:
                             "account_id": account_id[:40], "ip": ip[:64], "device": device[:256], "data": data or {}})
 
     def flush(self) -> int:
+        """Write up to FLUSH_BATCH queued events, in order, in transactions of at most FLUSH_CHUNK rows;
+        returns how many were written. Paced (`pacer`) between chunks unless a whole batch is queued
+        (behind: written at full speed) or the writer is stopping. A chunk that fails is put back at the
+        front of the queue with everything after it, for the next attempt."""
         rows: list[dict[str, Any]] = []
         while self._queue and len(rows) < FLUSH_BATCH:
             rows.append(self._queue.popleft())
         if not rows:
             return 0
-        if self.resolve is not None:
+        pacer = self.pacer if len(rows) < FLUSH_BATCH and not self._stop.is_set() else None
+        if pacer is not None:
+            pacer.restart()
+        written = 0
+        for first in range(0, len(rows), FLUSH_CHUNK):
+            chunk = rows[first:first + FLUSH_CHUNK]
+            if self.resolve is not None:
+                try:
+                    self.resolve(chunk)
+                except Exception:  # resolving is best effort; the event is kept as it is
+                    log.exception("monitoring.resolve_failed")
             try:
-                self.resolve(rows)
-            except Exception:  # resolving is best effort; the event is kept as it is
-                log.exception("monitoring.resolve_failed")
-        try:
-            with self.store.tx() as db:  # one executemany, not one ORM object per event
-                _insert_events(db, rows)
-        except Exception:  # the store is away: counted, logged, the rows kept for the next attempt
-            self.errors += 1
-            log.exception("monitoring.outbox_write_failed", rows=len(rows))
-            for r in reversed(rows):  # keep them for the next attempt
-                self._queue.appendleft(r)
-            return 0
-        self.written += len(rows)
-        return len(rows)
+                with self.store.tx() as db:  # one executemany, not one ORM object per event
+                    _insert_events(db, chunk)
+            except Exception:  # the store is away: counted, logged, the rows kept for the next attempt
+                self.errors += 1
+                log.exception("monitoring.outbox_write_failed", rows=len(rows) - first)
+                for r in reversed(rows[first:]):  # keep them for the next attempt, in order
+                    self._queue.appendleft(r)
+                return written
+            written += len(chunk)
+            self.written += len(chunk)
+            if pacer is not None:
+                pacer.tick()
+        return written
 
     def start(self) -> None:
         def run() -> None:
@@ -210,6 +230,27 @@ def read_after(store: Store, after_id: int, *, limit: int = READ_BATCH) -> list[
             select(*_EVENT_COLUMNS).outerjoin(User, User.id == MonitoringEvent.user_id)
             .where(MonitoringEvent.id > after_id).order_by(MonitoringEvent.id).limit(limit)).all()
         return [_row_event(r) for r in rows]
+
+
+def read_pages(store: Store, after_id: int, *, page: int, limit: int = READ_BATCH) -> Iterator[list[Event]]:
+    """The events `read_after(store, after_id, limit=limit)` returns, the same ones in the same order,
+    `page` at a time: one query, whose rows are fetched and decoded a page per step of the iteration
+    (the scorer scores a page before it takes the next; decoding a whole read at once was a burst of
+    its own). The read transaction stays open until the iteration ends."""
+    with store.tx() as db:  # a Core result: the driver's cursor is read as the pages are asked for
+        result = db.connection().execute(
+            select(*_EVENT_COLUMNS).outerjoin(User, User.id == MonitoringEvent.user_id)
+            .where(MonitoringEvent.id > after_id).order_by(MonitoringEvent.id).limit(limit))
+        while rows := result.fetchmany(page):
+            yield [_row_event(r) for r in rows]
+
+
+def pending_at_least(store: Store, after_id: int, count: int) -> bool:
+    """Are there at least `count` events after `after_id`? (One indexed look, no rows decoded: how the
+    scorer tells that it fell a whole batch behind before it reads.)"""
+    with store.tx() as db:
+        return db.scalar(select(MonitoringEvent.id).where(MonitoringEvent.id > after_id)
+                         .order_by(MonitoringEvent.id).offset(count - 1).limit(1)) is not None
 
 
 def read_range(store: Store, from_ms: int = 0, to_ms: int = 2**62) -> Iterator[Event]:

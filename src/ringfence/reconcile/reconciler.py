@@ -316,8 +316,14 @@ def reconcile_chain(
     custody: CustodyView,
     settings: ReconcileSettings,
     heights: Mapping[str, int] | None = None,
+    pace: Callable[[], None] | None = None,
 ) -> tuple[list[ChainRow], list[Mismatch]]:
-    """Compare every wallet's on-chain balance at one height per chain with its custody account."""
+    """Compare every wallet's on-chain balance at one height per chain with its custody account.
+
+    `pace` is called after every address's balance read (a paced pass pauses there: one read of an
+    in-process chain is a few ms of CPU, a wallet of many addresses a long burst otherwise). Every
+    balance is read at the height fixed for its chain at the first read, so a block mined during a
+    pause changes nothing the pass reads."""
     rows: list[ChainRow] = []
     mismatches: list[Mismatch] = []
     tips: dict[int, int] = {}
@@ -329,6 +335,8 @@ def reconcile_chain(
         chain_minor = 0
         for address in spec.addresses:
             chain_minor += _balance(spec.adapter, address, height, spec.asset)
+            if pace is not None:
+                pace()
         row = ChainRow(
             spec.wallet, spec.asset, spec.chain, height, chain_minor,
             custody_holdings(ledger, spec.asset, spec.wallet, settings.custody_balance_sign),
@@ -562,9 +570,13 @@ class JournalFold:
             self._view = read_live(self.engine, self._index)
         return self._view
 
-    def advance(self, progress: Callable[[int], None] | None = None, until_seq: int | None = None) -> int:
+    def advance(self, progress: Callable[[int], None] | None = None, until_seq: int | None = None,
+                tick: Callable[[], None] | None = None) -> int:
         """Fold every record after `last_seq` (with `until_seq`, only the records that end at or
-        before it: the live engine's batch boundary); returns how many commands were folded."""
+        before it: the live engine's batch boundary); returns how many commands were folded.
+        `progress(n)` is called after each record of n commands, `tick()` after every command (a
+        paced fold pauses there: a record is a whole batch, dozens of orders when the engine is
+        busy, and a pause only between records let one record be a burst of many ms)."""
         engine = self.engine
         decoder = engine.codec.batch
         folded = 0
@@ -581,6 +593,8 @@ class JournalFold:
                 except ShardHalt as halt:  # the shard halted here too: same rebuild as the node's
                     events = rebuild_halted(self.data_dir, engine, halt)
                 self._fold(command, events, seq)
+                if tick is not None:
+                    tick()
             self.last_seq = record.last_seq
             folded += len(batch.commands)
             if progress is not None:
@@ -1032,8 +1046,9 @@ class Reconciler:
         self.errors: list[str] = []
         #: In a serving process: the internal pass's share of the GIL while it folds the journal
         #: (ringfence/pacing.py), so a fold never holds up the requests for its whole length.
-        #: None: full speed. (The chain pass is not paced: it runs under the custody chain lock,
-        #: which a paused pass would hold from the other custody workers.)
+        #: None: full speed. The chain pass is paced by it too, after every address's balance read:
+        #: the custody runtime gives its reconciler a pacer whose pauses release the chain lock
+        #: (`pacing.unlocked_sleep`), which the pass runs under.
         self.pacer = pacer
         #: Whether this pass's fold is paced: not while it catches up from far behind (the first
         #: pass after a start folds the journal from genesis: at a tenth of a core that would leave
@@ -1049,6 +1064,15 @@ class Reconciler:
         if self.pacer is not None and self._pacing:
             self.pacer.tick()
 
+    def _pace_command(self) -> None:
+        """Between two commands of a record: a pause, never a stop (the record is folded whole)."""
+        if self.pacer is not None and self._pacing and not (self._stopping is not None and self._stopping.is_set()):
+            self.pacer.tick()
+
+    def _pace_chain(self) -> None:
+        if self.pacer is not None:
+            self.pacer.tick()
+
     # -------------------------------------------------------------- passes
 
     def chain_pass(self) -> tuple[list[ChainRow], list[Mismatch]]:
@@ -1059,13 +1083,13 @@ class Reconciler:
         if not self.wallets:
             return [], []
         ledger, custody = self._engine_side()
-        rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings)
+        rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings, pace=self._pace_chain)
         for _ in range(self.settings.confirm_reads - 1):
             if not mismatches:
                 break
             time.sleep(self.settings.confirm_wait_ms / 1000)
             ledger, custody = self._engine_side()
-            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings)
+            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings, pace=self._pace_chain)
             keep = {m.halt_id for m in again}
             mismatches = [m for m in mismatches if m.halt_id in keep]
         return rows, mismatches
@@ -1107,7 +1131,7 @@ class Reconciler:
             for _ in range(MAX_ALIGN_TRIES):
                 live = self._stable_live()
                 self._pacing = live.last_seq - self.fold.last_seq <= PACE_ONLY_WITHIN
-                self.fold.advance(self._pace, until_seq=live.last_seq)
+                self.fold.advance(self._pace, until_seq=live.last_seq, tick=self._pace_command)
                 if self.fold.last_seq == live.last_seq:
                     break
                 time.sleep(0.001)

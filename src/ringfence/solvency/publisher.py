@@ -85,7 +85,8 @@ class PorPublisher:
     def __init__(self, read: Callable[[Callable[[Any], Any]], Any], out_dir: Path, secret: bytes, *,
                  sources: Sequence[ReserveSource] = (), keep: int = 500, value_asset: str = "USDT",
                  every_s: int = 0, clock_ns: Callable[[], int] = time.time_ns, min_leaf_count: int = 16,
-                 alive: Callable[[], bool] | None = None, stopped: Callable[[], str | None] | None = None) -> None:
+                 alive: Callable[[], bool] | None = None, stopped: Callable[[], str | None] | None = None,
+                 pacer: Any = None) -> None:
         if not 1 <= keep <= MAX_KEEP:
             raise ValueError(f"keep must be 1..{MAX_KEEP}")
         self.read = read
@@ -103,6 +104,10 @@ class PorPublisher:
         #: journal write failed), else None: a proof names a position the replicated history must hold
         self.stopped = stopped or (lambda: None)
         self.refused = ""  # the reason once a publication was refused for it (logged once)
+        #: In a serving process: the schedule's share of the GIL while it builds a proof (ringfence/pacing.py),
+        #: looked at between its stages and before each reserve claim; a proof published on request
+        #: (`publish()`, the start-up one) is not paced
+        self.pacer = pacer
         self.published = 0
         self.failures = 0
         self.last_error = ""
@@ -118,7 +123,7 @@ class PorPublisher:
 
         return self.read(lambda engine: (snapshot_from_engine(engine), shield_status(engine, self.value_asset)))  # type: ignore[no-any-return]
 
-    def _reserves(self, snapshot_id_hex: str) -> tuple[Any, ReserveEvidence | None, str]:
+    def _reserves(self, snapshot_id_hex: str, pace: Callable[[], None] | None = None) -> tuple[Any, ReserveEvidence | None, str]:
         from .reserves import prove_reserves
 
         if not self.sources:
@@ -129,14 +134,14 @@ class PorPublisher:
                 evidence.merge(source.evidence(snapshot_id_hex))
         except Exception as exc:  # noqa: BLE001 - a source is custody's I/O: publish liabilities and say why
             return None, None, f"no reserve evidence: reserve source failed ({type(exc).__name__}: {exc})"
-        result = prove_reserves(snapshot_id_hex, evidence.claims, evidence.readers, evidence.heights)
+        result = prove_reserves(snapshot_id_hex, evidence.claims, evidence.readers, evidence.heights, pace=pace)
         names = ", ".join(s.name for s in self.sources)
         return result, evidence, f"reserves proven from {len(result.counted())} addresses ({names})"
 
-    def publish(self) -> dict[str, Any]:
-        """Publish one proof now; returns its history entry."""
+    def publish(self, *, paced: bool = False) -> dict[str, Any]:
+        """Publish one proof now; returns its history entry. `paced`: at `pacer`'s share (the schedule)."""
         with self._lock:
-            return self._publish()
+            return self._publish(self.pacer if paced else None)
 
     def _check_node(self) -> None:
         """Raise `NodeStopped` if the node stopped: its state may hold batches the stream never stored."""
@@ -148,20 +153,29 @@ class PorPublisher:
                             "batches the replicated history does not; no proof is published from it")
             raise NodeStopped(f"no proof published: the node has stopped ({reason})")
 
-    def _publish(self) -> dict[str, Any]:
+    def _publish(self, pacer: Any = None) -> dict[str, Any]:
         from .pol import build_liability_tree
         from .report import build_report, render_html
 
+        pace = pacer.tick if pacer is not None else None
+        if pacer is not None:
+            pacer.restart()
         self._check_node()
         try:
             snap, shield = self._read_state()
         except Exception:
             self._check_node()  # the read saw a state that never became durable: the node stopped
             raise
+        if pace is not None:
+            pace()
         tree = build_liability_tree(snap.snapshot_id, snap.asset_codes, snap.iter_accounts(), self.secret,
                                     min_leaf_count=self.min_leaf_count)
         root = tree.root_document()
-        reserves, evidence, note = self._reserves(snap.snapshot_id.hex())
+        if pace is not None:
+            pace()
+        reserves, evidence, note = self._reserves(snap.snapshot_id.hex(), pace)
+        if pace is not None:
+            pace()
         accrued = {row["asset"]: int(row["accrued_minor"]) for row in shield["assets"]}
         report = build_report(root, snap.assets, reserves, accrued, snap.debts_minor, snap.position)
         history = read_history(self.out_dir)
@@ -233,7 +247,7 @@ class PorPublisher:
                 log.info("por.schedule_ended", reason="the node was closed")
                 return
             try:
-                self.publish()
+                self.publish(paced=True)
             except NodeStopped:  # said once by _check_node: a stopped node never publishes again
                 log.info("por.schedule_ended", reason=self.refused)
                 return

@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import coincurve
 from embit import ec, script
@@ -456,15 +456,19 @@ class ReservesResult:
 
 def prove_reserves(snapshot_id_hex: str, claims: Iterable[OwnershipClaim],
                    readers: Mapping[str, ChainBalanceReader],
-                   heights: Mapping[str, int] | None = None) -> ReservesResult:
+                   heights: Mapping[str, int] | None = None, pace: Callable[[], None] | None = None) -> ReservesResult:
     """Verify each claim, dedupe, and sum proven balances per asset at one height per chain.
 
     `heights` pins the snapshot height per chain (default: each reader's current height, read once).
+    `pace` is called before each claim (a paced publisher pauses there: one claim is a signature check
+    and a balance read; all of them at once were a burst of tens of ms in a serving process).
     """
     pinned: dict[str, int] = dict(heights or {})
     result = ReservesResult(snapshot_id=snapshot_id_hex, heights=pinned, reserves_minor={})
     seen: set[tuple[str, str, str]] = set()
     for claim in claims:
+        if pace is not None:
+            pace()
         reader = readers.get(claim.chain)
         result.reserves_minor.setdefault(claim.asset, 0)
         if reader is None:
