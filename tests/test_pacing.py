@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ringfence.pacing import MAX_SLEEP_US, CpuPacer
@@ -58,6 +58,8 @@ def test_restart_forgets_the_cpu_used_before_the_thread_waited() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(1, 30_000), min_size=1, max_size=200), st.integers(100, 20_000), st.integers(10, 1000))
+@example([100], 100, 991)  # a slice's pause rounded to 0 us: it was a pause of 0 (found in session 20)
+@example([1] * 150, 100, 991)  # the CPU that earns a 1 us pause (111 us here) is longer than the slice
 def test_the_share_holds_over_any_run_and_no_pause_is_unbounded(units_us: list[int], slice_us: int, share: int) -> None:
     t = FakeThread()
     pacer = t.pacer(slice_us=slice_us, share_permille=share)
@@ -72,7 +74,9 @@ def test_the_share_holds_over_any_run_and_no_pause_is_unbounded(units_us: list[i
         return
     # everything up to the last pause ran at the share (up to the cap on one pause and rounding);
     # what came after it is less than a slice plus the unit that crossed it
-    unpaced_us = max(units_us) + slice_us
+    # (a pause is due after a slice of CPU, and only once it is at least 1 us: at a share near 1000 that
+    # takes longer than the slice, ceil(share / (1000 - share)) us)
+    unpaced_us = max(units_us) + max(slice_us, -(-share // (1000 - share)))
     capped = any(s == MAX_SLEEP_US for s in t.slept_us)
     if not capped:
         assert (cpu_us - unpaced_us) * (1000 - share) <= (sum(t.slept_us) + len(t.slept_us)) * share

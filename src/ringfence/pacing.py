@@ -76,6 +76,8 @@ class CpuPacer:
         if used_ns < self.slice_ns or self.share_permille >= 1000:
             return
         pause_us = min(MAX_SLEEP_US, used_ns * (1000 - self.share_permille) // self.share_permille // 1000)
+        if pause_us == 0:  # a share near a whole core and a short slice: keep counting until a pause is due
+            return
         self.pauses += 1
         self.paused_us += pause_us
         self._sleep(pause_us / 1e6)
