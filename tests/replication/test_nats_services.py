@@ -479,3 +479,18 @@ def test_a_standby_whose_login_may_not_list_or_read_the_stream_is_told_so_in_one
         assert "permissions violation for publish to" in out and "rf-node to serve (--replicate or --standby)" in out, out
         assert not [line for line in raw.splitlines() if line.startswith("nats:")], raw  # no raw client line
         assert pw[user] not in out
+
+
+def test_harden_without_the_right_says_the_servers_words(tmp_path, nats_services):
+    """Fresh-eyes review of s20: the link held every permissions violation from its start until the stream's set-up,
+    which `harden` never runs, so its error lost the server's explanation (only 'TimeoutError (is this NATS user
+    allowed to update streams?)'). Now it is held only during the set-up, and harden's error quotes it."""
+    port, pw = nats_services
+    done = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "harden", "--nats",
+                           f"nats://rf-node@127.0.0.1:{port}/OTHER"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw["rf-node"], COLUMNS="400"), stdin=subprocess.DEVNULL)
+    out = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1 and "Traceback" not in out, out
+    assert "error: --nats: cannot update the stream OTHER: NATS user rf-node may not (the server said:" in out, out
+    assert 'permissions violation for publish to "$js.api.stream.info.other"' in out.lower(), out
+    assert pw["rf-node"] not in out

@@ -486,10 +486,19 @@ def harden(target: "ReplicationTarget") -> list[str]:
     changed: list[str] = []
     try:
         for name in (target.stream, f"KV_{target.bucket}"):
-            config = link.call(link.js.stream_info(name)).config
-            weak = _weak_settings(config)
+            try:
+                config = link.call(link.js.stream_info(name)).config
+                weak = _weak_settings(config)
+                if weak:
+                    link.call(link.js.update_stream(replace(config, **HARDENED)))
+            except nats_failures() as err:
+                if not link.refused:
+                    raise
+                user = unquote(urlparse(target.servers).username or "") or "(none)"  # a timeout is only the symptom
+                raise ConfigError(f"cannot update the stream {name}: NATS user {user} may not (the server said: "
+                                  f"{link.refused.strip()}); run it as a NATS user allowed to update streams (none of "
+                                  "`ringfence replication nats-config`'s users is)", field=target.option) from err
             if weak:
-                link.call(link.js.update_stream(replace(config, **HARDENED)))
                 changed.append(f"{name}: {', '.join(weak)} -> " + ", ".join(f"{k}={str(v).lower()}" for k, v in HARDENED.items()))
     finally:
         link.close()
@@ -543,10 +552,11 @@ class NatsLink:
         #: the server's "Authorization Violation" (it refused this login); said by the start-up error,
         #: not as a raw line before it
         self.login_refused = ""
-        #: until the stream and bucket are set up (`ensure_stream_and_bucket`): the permissions violations seen,
-        #: said by the start-up's error if it fails (it quotes `refused`), logged once it succeeds; never a raw
-        #: line before the error that explains it (the standby's and the primary's starts alike)
-        self._held: list[str] | None = []
+        #: while the stream and bucket are set up (`ensure_stream_and_bucket`, a list only then): the permissions
+        #: violations seen, said by its error if it fails on them (it quotes `refused`), logged when it ends
+        #: otherwise; never a raw line before the error that explains it (the standby's and the primary's starts
+        #: alike). Outside it (None) each is logged at once: a command that never sets up (harden) keeps the server's words
+        self._held: list[str] | None = None
         self._held_lock = threading.Lock()
 
         async def on_error(err: Exception) -> None:  # one line, no traceback, no URL (it may hold a password)
@@ -678,22 +688,26 @@ class NatsLink:
 
         from nats.errors import TimeoutError as NatsTimeout
 
+        with self._held_lock:
+            self._held = []
+        quoted = False  # the error below says the server's words: not logged again
         try:
-            kv = self.call(setup())
+            return self.call(setup())
         except (asyncio.TimeoutError, concurrent.futures.TimeoutError, NatsTimeout):
             user = unquote(urlparse(t.servers).username or "") or "(none)"
             if self.refused:
+                quoted = True
                 raise ConfigError(f"NATS user {user} may not use stream {t.stream} at {t.display} (the server said: "
                                   f"{self.refused}); each service needs its own credential of `ringfence replication nats-config` "
                                   "for this stream: rf-node to serve (--replicate or --standby), rf-operator to promote, "
                                   "rf-monitor for status", field=t.option) from None
             raise ConfigError(f"NATS at {t.display} did not answer for stream {t.stream} within {PUBLISH_TIMEOUT_S} s "
                               "(is JetStream enabled?)", field=t.option) from None
-        with self._held_lock:  # set up: a violation seen meanwhile did not stop it, but is worth a line
-            held, self._held = self._held or [], None
-        for said in held:
-            _log.warning("nats: %s", said)
-        return kv
+        finally:  # set up, or failed otherwise: a violation seen meanwhile is worth a line; later ones are logged at once
+            with self._held_lock:
+                held, self._held = self._held or [], None
+            for said in [] if quoted else held:
+                _log.warning("nats: %s", said)
 
     def disconnect(self) -> None:
         """Drop the NATS connection (a partition): every later call fails at once."""
