@@ -118,12 +118,35 @@ def test_a_mistyped_data_path_is_refused_not_made(tmp_path, command):
 
     typo = tmp_path / "ringfnce" / "deeper" / "node1"
     args = [a.replace("{dir}", str(typo)).replace("{tmp}", str(tmp_path)).replace("{port}", str(free_port())) for a in command]
-    out = run(*args, cwd=tmp_path)
+    (tmp_path / "cwd").mkdir()  # run elsewhere: inside the current directory, missing folders are made
+    out = run(*args, cwd=tmp_path / "cwd")
     text = " ".join((out.stdout + out.stderr).split())
     assert out.returncode == 2, text
     assert f"--data: {typo.parent} does not exist (nor does {tmp_path / 'ringfnce'})" in text, text
     assert f"mkdir -p {typo.parent}" in text and "Traceback" not in text, text
-    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a refused command made folders"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cwd"], "a refused command made folders"
+
+
+def test_inside_the_current_directory_is_where_the_path_leads_not_how_it_is_written(tmp_path):
+    """Fresh-eyes review of s20: `new/x` was made but `$PWD/new/x` and `../cwd/new/x` (the same place) refused; a
+    symlink in the current directory leading out let folders be made outside it; `--data=~/rf/node` (bash expands no
+    ~ after --opt=) made ./~/rf/node. Now the existing part of the path is resolved, and a leading ~ is refused."""
+    cwd, outside = tmp_path / "cwd", tmp_path / "outside"
+    cwd.mkdir()
+    outside.mkdir()
+    (cwd / "link").symlink_to(outside)
+    sim = ["sim", "--seed", "1", "--steps", "5", "--data"]
+    for same_place in (str(cwd / "new" / "x"), "../cwd/new2/x"):
+        out = run(*sim, same_place, cwd=cwd)
+        assert out.returncode == 0 and (cwd / same_place).is_dir(), out
+    out = run(*sim, "link/new/x", cwd=cwd)
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2 and "--data: " in text and "does not exist" in text and "Traceback" not in text, text
+    assert list(outside.iterdir()) == [], "folders made outside the current directory through a symlink"
+    out = run(*sim[:-1], "--data=~/rf/node", cwd=cwd)
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2 and "--data: ~/rf/node starts with ~, which the shell did not expand" in text, text
+    assert not (cwd / "~").exists()
 
 
 def test_a_new_data_directory_in_an_existing_folder_and_the_quick_starts_relative_path_still_work(tmp_path):
