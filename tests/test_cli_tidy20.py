@@ -188,3 +188,18 @@ def test_a_new_data_directory_in_an_existing_folder_and_the_quick_starts_relativ
         proc.terminate()
         proc.wait(60)
         log.close()
+
+
+def test_node_key_makes_the_data_directory_serve_would_make(tmp_path):
+    """Fresh-eyes review of s20: in a fresh clone `replication node-key --data ./ringfence-data/serve` refused (a
+    parent rule of its own) while `serve --data ./ringfence-data/serve` makes it; now both follow cli_paths."""
+    (tmp_path / "clone").mkdir()
+    out = run("replication", "node-key", "--data", "./ringfence-data/serve", "--node-id", "a", cwd=tmp_path / "clone")
+    assert out.returncode == 0 and out.stdout.startswith('{"a": "'), out
+    assert (tmp_path / "clone" / "ringfence-data" / "serve" / "node.key").is_file()
+    (tmp_path / "cwd").mkdir()
+    typo = tmp_path / "ringfnce" / "node1"
+    out = run("replication", "node-key", "--data", str(typo / "a"), "--node-id", "a", cwd=tmp_path / "cwd")
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2 and f"--data: {typo} does not exist (nor does {tmp_path / 'ringfnce'})" in text, text
+    assert not (tmp_path / "ringfnce").exists()

@@ -76,7 +76,8 @@ def test_node_key_needs_an_existing_folder_or_its_parent_and_takes_data(tmp_path
     assert code == 2 and "--data: /etc/passwd is a file, not a folder" in out and "Traceback" not in out, out
     typo = tmp_path / "nonexistent" / "x"
     code, out = _cli("replication", "node-key", "--data-dir", str(typo), "--node-id", "zz")
-    assert code == 2 and "--data: neither" in out and "(a typo?)" in out, out
+    # serve's rule (cli_paths.refuse_missing_parent): a missing parent outside the current directory is refused
+    assert code == 2 and f"--data: {typo.parent} does not exist" in " ".join(out.split()) and "mkdir -p" in out, out
     assert not (tmp_path / "nonexistent").exists()  # a typo creates nothing
     code, out = _cli("replication", "node-key", "--data", str(tmp_path / "a"), "--node-id", "a")  # a new node's folder
     assert code == 0 and out.startswith('{"a": "'), out
