@@ -203,3 +203,20 @@ def test_node_key_makes_the_data_directory_serve_would_make(tmp_path):
     text = " ".join((out.stdout + out.stderr).split())
     assert out.returncode == 2 and f"--data: {typo} does not exist (nor does {tmp_path / 'ringfnce'})" in text, text
     assert not (tmp_path / "ringfnce").exists()
+
+
+def test_staff_init_checks_its_out_dir_before_making_anything(tmp_path):
+    """Fresh-eyes review of s20: `staff init --out-dir /etc/passwd/keys` made DIR/engine, then ended in a
+    NotADirectoryError traceback. --out-dir is checked first: one `error:` line naming it, exit 2, nothing made."""
+    (tmp_path / "cwd").mkdir()
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    cases = [(a_file / "keys", f"--out-dir: {a_file / 'keys'} cannot be a folder ({a_file} is a file)"),
+             (a_file, f"--out-dir: {a_file} cannot be a folder"),
+             (tmp_path / "kyes" / "deeper" / "keys", f"--out-dir: {tmp_path / 'kyes' / 'deeper'} does not exist")]
+    for out_dir, says in cases:
+        out = run("staff", "init", "--data", str(tmp_path / "node"), "--member", "ada:operator", "--member", "ben:operator",
+                  "--out-dir", str(out_dir), cwd=tmp_path / "cwd")
+        text = " ".join((out.stdout + out.stderr).split())
+        assert out.returncode == 2 and f"error: {says}" in text and "Traceback" not in text, text
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "passwd"], "a refused staff init made folders"
