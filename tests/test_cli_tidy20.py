@@ -220,3 +220,24 @@ def test_staff_init_checks_its_out_dir_before_making_anything(tmp_path):
         text = " ".join((out.stdout + out.stderr).split())
         assert out.returncode == 2 and f"error: {says}" in text and "Traceback" not in text, text
         assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "passwd"], "a refused staff init made folders"
+
+
+def test_monitoring_speaks_as_every_command_and_a_bad_url_is_one_line(tmp_path):
+    """Fresh-eyes review of s20: `monitoring export --from garbage` said `error (--from): ...` exit 1 where --data said
+    `error: --data: ...` exit 2; `backtest --events /nonexist` was a FileNotFoundError traceback; a database URL
+    SQLAlchemy cannot read (a port that is not a number) a ValueError traceback, in every command opening the store."""
+    out = run("monitoring", "export", "--from", "garbage", "--out", str(tmp_path / "o.jsonl"), cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith("error: --from: must be an ISO 8601 time"), out
+    out = run("monitoring", "backtest", "--events", str(tmp_path / "nonexist.jsonl"), cwd=tmp_path)
+    assert out.returncode == 2 and f"error: --events: {tmp_path / 'nonexist.jsonl'} does not exist" in out.stderr, out
+    url = "postgresql+psycopg://rf:s3cret@127.0.0.1:badport/rf"
+    shown = "cannot read the URL postgresql+psycopg://rf:***@127.0.0.1:badport/rf"
+    for args, env, says in [(["monitoring", "backtest", "--database-url", url], {}, f"error: --database-url: {shown}"),
+                            (["monitoring", "export", "--out", str(tmp_path / "o.jsonl")], {"RINGFENCE_DATABASE_URL": url},
+                             f"error: RINGFENCE_DATABASE_URL: {shown}"),
+                            (["identity", "migrate"], {"RINGFENCE_DATABASE_URL": url}, f"error: RINGFENCE_DATABASE_URL: {shown}")]:
+        out = run(*args, env=env, cwd=tmp_path)
+        text = " ".join((out.stdout + out.stderr).split())
+        assert out.returncode == 2 and says in text, (args, text)
+        assert "Traceback" not in text and "s3cret" not in text, text
+    assert not (tmp_path / "o.jsonl").exists()

@@ -12,7 +12,7 @@ from typing import Iterator
 import typer
 from rich.markup import escape
 
-from ..cli_paths import tty_console
+from ..cli_paths import require_input_file, tty_console
 from ..errors import RingfenceError, ValidationError
 from .events import Event, from_json, to_json
 
@@ -72,25 +72,32 @@ def _events(events: Path | None, data: Path | None, database_url: str | None, st
     """The events in [start, end]: from the --events file, else from the store, which is opened now (a
     command that writes its output opens the store first, so a refused one writes nothing)."""
     if events is not None:
-        return _events_file(events, start, end)
+        from ..cli_paths import require_input_file
+
+        return _events_file(require_input_file(events, "--events"), start, end)  # checked now: one line, not a traceback
     from .stream import read_range
 
     return iter(read_range(_store(data, database_url), start, end))
 
 
 def _events_file(events: Path, start: int, end: int) -> Iterator[Event]:
-    with events.open() as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                e = from_json(line, where=f"{events}:{n}")
-                if start <= e.at_ms <= end:
-                    yield e
+    try:
+        with events.open() as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    e = from_json(line, where=f"{events}:{n}")
+                    if start <= e.at_ms <= end:
+                        yield e
+    except (OSError, UnicodeDecodeError) as err:  # read while the command runs: one line naming the option
+        raise ValidationError(f"cannot read {events}: {getattr(err, 'strerror', None) or err}", field="--events") from None
 
 
-def _fail(err: RingfenceError) -> None:
-    where = f" ({err.field})" if err.field else ""
-    console.print(f"[red]error{where}:[/red] {err.message}", soft_wrap=True)
-    raise typer.Exit(1)
+def _fail(err: RingfenceError, code: int = 2) -> None:
+    """One `error: FIELD: message` line on stderr, as every command says it (`cli_paths.fail`): exit 2 for bad
+    input (an option, a rule set, a file); a live node's refusal passes its own code."""
+    from ..cli_paths import fail
+
+    fail(f"{err.field}: {err.message}" if err.field else err.message, code)
 
 
 @app.command("check")
@@ -102,7 +109,7 @@ def check(rules: Path = typer.Argument(..., help="The rule set (JSON) to validat
     from .rules import parse_rules
 
     try:
-        rs = parse_rules(rules.read_text())
+        rs = parse_rules(require_input_file(rules, "RULES").read_text())
     except RingfenceError as err:
         _fail(err)
         return
@@ -132,11 +139,11 @@ def backtest_cmd(
     from .rules import backtest, default_rules, parse_rules
 
     try:
-        rs = parse_rules(rules.read_text()) if rules else default_rules()
+        rs = parse_rules(require_input_file(rules, "--rules").read_text()) if rules else default_rules()
         lo, hi = _time_ms(start, "--from", 0), _time_ms(end, "--to", 2**62)
         from .feedback import parse_weights
 
-        learnt = parse_weights(weights.read_text()) if weights else None
+        learnt = parse_weights(require_input_file(weights, "--weights").read_text()) if weights else None
         hits, scored = backtest(rs, _events(events, data, database_url, lo, hi), learnt)
     except RingfenceError as err:
         _fail(err)
@@ -234,7 +241,7 @@ def _admin_get(key: str, url: str, path: str, query: dict[str, str]):  # type: i
         with AdminClient(url, load_key(key)) as client:
             return client.get(path, urlencode({k: v for k, v in query.items() if v}))
     except RingfenceError as err:
-        _fail(err)
+        _fail(err, 1)
 
 
 def _default_url() -> str:

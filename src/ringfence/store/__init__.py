@@ -17,10 +17,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import ConfigError
+from ..errors import ConfigError, without_credentials
 from . import key_generation  # noqa: F401  (registers the API key generation hooks on every session)
 
 __all__ = ["Store", "make_engine", "migrate", "MIGRATIONS_DIR", "safe_url"]
@@ -29,7 +29,23 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def make_engine(url: str, *, schema: str | None = None) -> Engine:
-    """Create an engine for SQLite or PostgreSQL; `schema` pins PostgreSQL's search_path (tests)."""
+    """Create an engine for SQLite or PostgreSQL; `schema` pins PostgreSQL's search_path (tests). A URL
+    SQLAlchemy cannot read (a port that is not a number, an unknown driver) is a ConfigError showing the
+    URL with its password hidden, never a ValueError traceback."""
+    try:
+        return _make_engine(url, schema)
+    except (ArgumentError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        userinfo = url.split("://", 1)[-1].rpartition("@")[0]
+        password = userinfo.partition(":")[2]
+        if password and password in reason:
+            reason = type(err).__name__  # the client's words would show the password
+        raise ConfigError(f"cannot read the URL {without_credentials(url)}: {reason}", field="RINGFENCE_DATABASE_URL") from None
+
+
+def _make_engine(url: str, schema: str | None) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
