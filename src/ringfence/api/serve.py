@@ -257,7 +257,7 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     publisher = PorPublisher(partial(held_read, exchange), data / "por", secret, sources=sources, keep=settings.por_keep,
                              value_asset=settings.shield_value_asset, every_s=settings.por_every_s,
                              alive=lambda: exchange.node.writer is not None,
-                             stopped=exchange.node.stopped_reason)
+                             stopped=partial(exchange.node.stopped_reason, detailed=True))
     from ..errors import ValidationError
 
     try:
@@ -284,7 +284,7 @@ def held_read(exchange: Any, fn: Callable[[Any], Any], wait_s: int = 30) -> Any:
     deadline = time.monotonic() + wait_s
     while getattr(node, "durable_seq", seen) < seen and node.failed is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    reason = node.stopped_reason()
+    reason = node.stopped_reason(detailed=True)
     if reason is not None or getattr(node, "durable_seq", seen) < seen:
         raise NotDurable(f"the state at journal:{seen} is not durable: {reason or f'not held within {wait_s} s'}")
     return result
