@@ -494,3 +494,28 @@ def test_harden_without_the_right_says_the_servers_words(tmp_path, nats_services
     assert "error: --nats: cannot update the stream OTHER: NATS user rf-node may not (the server said:" in out, out
     assert 'permissions violation for publish to "$js.api.stream.info.other"' in out.lower(), out
     assert pw["rf-node"] not in out
+
+
+def test_a_token_url_never_prints_its_token(tmp_path, nats_with_token):
+    """Fresh-eyes review of s20: `nats://TOKEN@host` was masked as *** in display, but the standby's "promote with:"
+    banner printed `--nats nats://TOKEN@...` and a refused login `user TOKEN was given no password ... TOKEN.password`.
+    A name without a password that is none of nats-config's users (rf-node...) is a token: shown as ***."""
+    from .conftest import Standby
+
+    port, token = nats_with_token
+    env = {k: v for k, v in os.environ.items() if k != "RINGFENCE_NATS_PASSWORD"}
+    standby = Standby(tmp_path / "b", f"nats://{token}@127.0.0.1:{port}/TK", "b", free_port(), env={})
+    try:
+        text = standby.text()
+    finally:
+        assert standby.stop() == 0
+    assert "promote with: ringfence replication promote --nats nats://***@127.0.0.1:" in text, text
+    assert token not in text, text
+    wrong = "wrong" + token
+    for url in (f"nats://{wrong}@127.0.0.1:{port}/TK", f"nats://rf-node@127.0.0.1:{port}/TK"):
+        done = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats", url],
+                              capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+        out = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode != 0 and "refused the login" in out and "Traceback" not in out, out
+        assert wrong not in out and token not in out, out
+    assert "user rf-node was given no password" in out, out  # a service user's name is a name, not a token

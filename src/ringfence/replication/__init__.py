@@ -361,6 +361,17 @@ def masked(servers: str) -> str:
     return without_credentials(servers)
 
 
+def login_name(servers: str) -> str:
+    """The NATS user a server URL logs in as, safe to print: "" for none; "***" for a name given without a
+    password (RINGFENCE_NATS_PASSWORD unset, none in the URL) that is not one of `nats-config`'s service users
+    (auth.SERVICES: rf-node...), since nats-py sends that name as a token (`nats://TOKEN@host`), as `masked` hides it."""
+    from .auth import SERVICES
+
+    parsed = urlparse(servers)
+    user = unquote(parsed.username or "")
+    return "***" if user and parsed.password is None and user not in SERVICES else user
+
+
 def _secrets_of(servers: str) -> list[str]:
     """The password, or the token, a server URL carries (to scrub from a client library's message)."""
     parsed = urlparse(servers)
@@ -494,7 +505,7 @@ def harden(target: "ReplicationTarget") -> list[str]:
             except nats_failures() as err:
                 if not link.refused:
                     raise
-                user = unquote(urlparse(target.servers).username or "") or "(none)"  # a timeout is only the symptom
+                user = login_name(target.servers) or "(none)"  # a timeout is only the symptom
                 raise ConfigError(f"cannot update the stream {name}: NATS user {user} may not (the server said: "
                                   f"{link.refused.strip()}); run it as a NATS user allowed to update streams (none of "
                                   "`ringfence replication nats-config`'s users is)", field=target.option) from err
@@ -518,8 +529,12 @@ def login_refused_message(target: ReplicationTarget, said: str) -> str:
     """Why NATS refused this login, and the fix: no user, a user without a password (RINGFENCE_NATS_PASSWORD
     unset), or a user name or password the server does not take. Never the password."""
     parsed = urlparse(target.servers)
-    user = unquote(parsed.username or "")
+    user = login_name(target.servers)
     where = f"NATS at {target.display} refused the login (the server said: {said.strip()})"
+    if user == "***":  # a name without a password, none of nats-config's users: nats-py sent it as a token
+        return (f"{where}: the URL names *** with no password, which is sent as a token (nats://TOKEN@HOST:PORT/STREAM), "
+                "and the server does not take it; check the token, or, if *** is a user name, set RINGFENCE_NATS_PASSWORD "
+                "to its password")
     if not user:
         return (f"{where}: it requires credentials; name the user in the URL, e.g. nats://rf-node@HOST:PORT/STREAM, "
                 "with its password in RINGFENCE_NATS_PASSWORD (`ringfence replication nats-config` writes both)")
@@ -694,7 +709,7 @@ class NatsLink:
         try:
             return self.call(setup())
         except (asyncio.TimeoutError, concurrent.futures.TimeoutError, NatsTimeout):
-            user = unquote(urlparse(t.servers).username or "") or "(none)"
+            user = login_name(t.servers) or "(none)"
             if self.refused:
                 quoted = True
                 raise ConfigError(f"NATS user {user} may not use stream {t.stream} at {t.display} (the server said: "
@@ -901,7 +916,7 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
         return _promote(link, target, node_id, approvals, epoch, wait_s, peers)
     except nats_failures() as err:
         if link.refused:  # the server refused a subject to this login: a timeout here is only its symptom
-            user = unquote(urlparse(target.servers).username or "") or "(none)"
+            user = login_name(target.servers) or "(none)"
             raise ConfigError(f"NATS user {user} may not ask standby {node_id} to take over (stream {target.stream}): the "
                               f"server said {link.refused.strip()}; promote with an operator's login, e.g. "
                               "nats://rf-operator@HOST:PORT/STREAM with its password in RINGFENCE_NATS_PASSWORD "
