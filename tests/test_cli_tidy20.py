@@ -74,8 +74,9 @@ def test_monitoring_opens_the_store_as_every_command_does(tmp_path, command):
     cases = [
         (["--data", str(tmp_path / "missing")], {}, f"error: --data: {tmp_path / 'missing'} does not exist"),
         (["--data", str(bare)], {}, f"error: --data: {bare} holds no identity store (identity.sqlite3)"),
-        (["--data", str(postgres_node)], {}, "error: --data: the node keeps its users and event stream in PostgreSQL "
-                                            "(postgresql+psycopg://rf:***@db.example:5432/rf)"),
+        (["--data", str(postgres_node)], {}, "error: --data: the node keeps its users and API keys in PostgreSQL "
+                                            "(postgresql+psycopg://rf:***@db.example:5432/rf), its event stream too; set "
+                                            "--database-url or RINGFENCE_DATABASE_URL to that database"),
         (["--database-url", "mysql://rf:secret@127.0.0.1/rf"], {}, "error: --database-url: must be a sqlite:/// or postgresql+psycopg:// URL"),
         ([], {"RINGFENCE_DATABASE_URL": "postgres://rf:secret@127.0.0.1/rf"},
          "error: RINGFENCE_DATABASE_URL: must be a sqlite:/// or postgresql+psycopg:// URL"),
@@ -241,3 +242,23 @@ def test_monitoring_speaks_as_every_command_and_a_bad_url_is_one_line(tmp_path):
         assert out.returncode == 2 and says in text, (args, text)
         assert "Traceback" not in text and "s3cret" not in text, text
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_monitoring_finds_a_nodes_store_as_backup_does(tmp_path):
+    """Fresh-eyes review of s20: monitoring repeated backup's lookup of where a node keeps its store, without its
+    DIR/engine handling or its check that a PostgreSQL URL names the node's database. One function now
+    (store.node_identity_store): `--data DIR/engine` reads DIR's store; another database is refused before any
+    connection is tried."""
+    from ringfence.store import Store
+
+    Store.from_url(f"sqlite:///{tmp_path / 'd' / 'identity.sqlite3'}")  # what serve --data d makes
+    (tmp_path / "d" / "engine").mkdir()
+    out = run("monitoring", "export", "--data", str(tmp_path / "d" / "engine"), "--out", str(tmp_path / "s.jsonl"))
+    assert out.returncode == 0 and "0 events written" in out.stdout, out
+    pg = tmp_path / "pg"
+    pg.mkdir()
+    (pg / "identity-store.json").write_text('{"dialect": "postgresql", "url": "postgresql+psycopg://rf:***@db.example:5432/rf"}')
+    out = run("monitoring", "backtest", "--data", str(pg), "--database-url", "postgresql+psycopg://rf:s3cret@127.0.0.1:1/other")
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2 and "error: --database-url: names another database than the node's" in text, text
+    assert "s3cret" not in text and "Traceback" not in text, text

@@ -42,26 +42,33 @@ def _store(data: Path | None, database_url: str | None):  # type: ignore[no-unty
     """--database-url, else RINGFENCE_DATABASE_URL (where `serve` keeps it: the PostgreSQL profile), else the
     identity store of `serve --data DATA` (DATA/identity.sqlite3, or where that serve recorded it). Opened as
     every command opens it (`cli_paths.open_store`): a folder that is not a server's, a node that keeps its
-    store in PostgreSQL, or a URL that does not open is one `error:` line naming the option (exit 2)."""
+    store in PostgreSQL, or a URL that does not open is one `error:` line naming the option (exit 2). Given
+    --data, where its store is comes from `store.node_identity_store` (as `backup create` asks it): DATA or
+    DATA/engine, and a PostgreSQL URL must name the database that node recorded."""
     import os
 
     from ..cli_paths import fail, open_store
-    from ..store import recorded_location
+    from ..errors import ConfigError
+    from ..store import node_identity_store
 
     url = database_url or os.environ.get("RINGFENCE_DATABASE_URL") or ""
-    if url:
-        return open_store(url, "--database-url" if database_url else "RINGFENCE_DATABASE_URL")
+    option = "--database-url" if database_url else "RINGFENCE_DATABASE_URL"
+    if url and (data is None or not url.startswith("postgresql")):  # no node named, or a SQLite file named: that one
+        return open_store(url, option)
     data = data or Path("ringfence-data")  # serve's default --data
     if not data.exists():
         fail(f"--data: {data} does not exist; give the folder `ringfence serve --data DIR` uses "
              "(`make serve-demo`: ./ringfence-data/serve), or --database-url")
     if not data.is_dir():
         fail(f"--data: {data} is not a directory")
-    record = recorded_location(data) or {}
-    if record.get("dialect") == "postgresql":
-        fail(f"--data: the node keeps its users and event stream in PostgreSQL ({record.get('url', '?')}); name that "
-             "database with --database-url or RINGFENCE_DATABASE_URL")
-    path = data / record["path"] if record.get("dialect") == "sqlite" and record.get("path") else data / "identity.sqlite3"
+    try:  # where that serve recorded its store (backup create asks the same): a PostgreSQL URL must name it
+        path, pg_url = node_identity_store(data, url, url_option="--database-url or RINGFENCE_DATABASE_URL" if not url
+                                           else option, missing_field="--data")
+    except ConfigError as err:
+        fail(f"{err.field}: {err.message}")
+    if pg_url:
+        return open_store(pg_url, option)
+    assert path is not None
     if not path.is_file():
         fail(f"--data: {data} holds no identity store ({path.name}); give the folder `ringfence serve --data DIR` uses "
              "(`make serve-demo`: ./ringfence-data/serve), or --database-url")
