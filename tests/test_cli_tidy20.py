@@ -74,8 +74,9 @@ def test_monitoring_opens_the_store_as_every_command_does(tmp_path, command):
     cases = [
         (["--data", str(tmp_path / "missing")], {}, f"error: --data: {tmp_path / 'missing'} does not exist"),
         (["--data", str(bare)], {}, f"error: --data: {bare} holds no identity store (identity.sqlite3)"),
-        (["--data", str(postgres_node)], {}, "error: --data: the node keeps its users and event stream in PostgreSQL "
-                                            "(postgresql+psycopg://rf:***@db.example:5432/rf)"),
+        (["--data", str(postgres_node)], {}, "error: --data: the node keeps its users and API keys in PostgreSQL "
+                                            "(postgresql+psycopg://rf:***@db.example:5432/rf), its event stream too; set "
+                                            "--database-url or RINGFENCE_DATABASE_URL to that database"),
         (["--database-url", "mysql://rf:secret@127.0.0.1/rf"], {}, "error: --database-url: must be a sqlite:/// or postgresql+psycopg:// URL"),
         ([], {"RINGFENCE_DATABASE_URL": "postgres://rf:secret@127.0.0.1/rf"},
          "error: RINGFENCE_DATABASE_URL: must be a sqlite:/// or postgresql+psycopg:// URL"),
@@ -118,12 +119,35 @@ def test_a_mistyped_data_path_is_refused_not_made(tmp_path, command):
 
     typo = tmp_path / "ringfnce" / "deeper" / "node1"
     args = [a.replace("{dir}", str(typo)).replace("{tmp}", str(tmp_path)).replace("{port}", str(free_port())) for a in command]
-    out = run(*args, cwd=tmp_path)
+    (tmp_path / "cwd").mkdir()  # run elsewhere: inside the current directory, missing folders are made
+    out = run(*args, cwd=tmp_path / "cwd")
     text = " ".join((out.stdout + out.stderr).split())
     assert out.returncode == 2, text
     assert f"--data: {typo.parent} does not exist (nor does {tmp_path / 'ringfnce'})" in text, text
     assert f"mkdir -p {typo.parent}" in text and "Traceback" not in text, text
-    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a refused command made folders"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cwd"], "a refused command made folders"
+
+
+def test_inside_the_current_directory_is_where_the_path_leads_not_how_it_is_written(tmp_path):
+    """Fresh-eyes review of s20: `new/x` was made but `$PWD/new/x` and `../cwd/new/x` (the same place) refused; a
+    symlink in the current directory leading out let folders be made outside it; `--data=~/rf/node` (bash expands no
+    ~ after --opt=) made ./~/rf/node. Now the existing part of the path is resolved, and a leading ~ is refused."""
+    cwd, outside = tmp_path / "cwd", tmp_path / "outside"
+    cwd.mkdir()
+    outside.mkdir()
+    (cwd / "link").symlink_to(outside)
+    sim = ["sim", "--seed", "1", "--steps", "5", "--data"]
+    for same_place in (str(cwd / "new" / "x"), "../cwd/new2/x"):
+        out = run(*sim, same_place, cwd=cwd)
+        assert out.returncode == 0 and (cwd / same_place).is_dir(), out
+    out = run(*sim, "link/new/x", cwd=cwd)
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2 and "--data: " in text and "does not exist" in text and "Traceback" not in text, text
+    assert list(outside.iterdir()) == [], "folders made outside the current directory through a symlink"
+    out = run(*sim[:-1], "--data=~/rf/node", cwd=cwd)
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2 and "--data: ~/rf/node starts with ~, which the shell did not expand" in text, text
+    assert not (cwd / "~").exists()
 
 
 def test_a_new_data_directory_in_an_existing_folder_and_the_quick_starts_relative_path_still_work(tmp_path):
@@ -165,3 +189,76 @@ def test_a_new_data_directory_in_an_existing_folder_and_the_quick_starts_relativ
         proc.terminate()
         proc.wait(60)
         log.close()
+
+
+def test_node_key_makes_the_data_directory_serve_would_make(tmp_path):
+    """Fresh-eyes review of s20: in a fresh clone `replication node-key --data ./ringfence-data/serve` refused (a
+    parent rule of its own) while `serve --data ./ringfence-data/serve` makes it; now both follow cli_paths."""
+    (tmp_path / "clone").mkdir()
+    out = run("replication", "node-key", "--data", "./ringfence-data/serve", "--node-id", "a", cwd=tmp_path / "clone")
+    assert out.returncode == 0 and out.stdout.startswith('{"a": "'), out
+    assert (tmp_path / "clone" / "ringfence-data" / "serve" / "node.key").is_file()
+    (tmp_path / "cwd").mkdir()
+    typo = tmp_path / "ringfnce" / "node1"
+    out = run("replication", "node-key", "--data", str(typo / "a"), "--node-id", "a", cwd=tmp_path / "cwd")
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2 and f"--data: {typo} does not exist (nor does {tmp_path / 'ringfnce'})" in text, text
+    assert not (tmp_path / "ringfnce").exists()
+
+
+def test_staff_init_checks_its_out_dir_before_making_anything(tmp_path):
+    """Fresh-eyes review of s20: `staff init --out-dir /etc/passwd/keys` made DIR/engine, then ended in a
+    NotADirectoryError traceback. --out-dir is checked first: one `error:` line naming it, exit 2, nothing made."""
+    (tmp_path / "cwd").mkdir()
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    cases = [(a_file / "keys", f"--out-dir: {a_file / 'keys'} cannot be a folder ({a_file} is a file)"),
+             (a_file, f"--out-dir: {a_file} cannot be a folder"),
+             (tmp_path / "kyes" / "deeper" / "keys", f"--out-dir: {tmp_path / 'kyes' / 'deeper'} does not exist")]
+    for out_dir, says in cases:
+        out = run("staff", "init", "--data", str(tmp_path / "node"), "--member", "ada:operator", "--member", "ben:operator",
+                  "--out-dir", str(out_dir), cwd=tmp_path / "cwd")
+        text = " ".join((out.stdout + out.stderr).split())
+        assert out.returncode == 2 and f"error: {says}" in text and "Traceback" not in text, text
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "passwd"], "a refused staff init made folders"
+
+
+def test_monitoring_speaks_as_every_command_and_a_bad_url_is_one_line(tmp_path):
+    """Fresh-eyes review of s20: `monitoring export --from garbage` said `error (--from): ...` exit 1 where --data said
+    `error: --data: ...` exit 2; `backtest --events /nonexist` was a FileNotFoundError traceback; a database URL
+    SQLAlchemy cannot read (a port that is not a number) a ValueError traceback, in every command opening the store."""
+    out = run("monitoring", "export", "--from", "garbage", "--out", str(tmp_path / "o.jsonl"), cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith("error: --from: must be an ISO 8601 time"), out
+    out = run("monitoring", "backtest", "--events", str(tmp_path / "nonexist.jsonl"), cwd=tmp_path)
+    assert out.returncode == 2 and f"error: --events: {tmp_path / 'nonexist.jsonl'} does not exist" in out.stderr, out
+    url = "postgresql+psycopg://rf:s3cret@127.0.0.1:badport/rf"
+    shown = "cannot read the URL postgresql+psycopg://rf:***@127.0.0.1:badport/rf"
+    for args, env, says in [(["monitoring", "backtest", "--database-url", url], {}, f"error: --database-url: {shown}"),
+                            (["monitoring", "export", "--out", str(tmp_path / "o.jsonl")], {"RINGFENCE_DATABASE_URL": url},
+                             f"error: RINGFENCE_DATABASE_URL: {shown}"),
+                            (["identity", "migrate"], {"RINGFENCE_DATABASE_URL": url}, f"error: RINGFENCE_DATABASE_URL: {shown}")]:
+        out = run(*args, env=env, cwd=tmp_path)
+        text = " ".join((out.stdout + out.stderr).split())
+        assert out.returncode == 2 and says in text, (args, text)
+        assert "Traceback" not in text and "s3cret" not in text, text
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_monitoring_finds_a_nodes_store_as_backup_does(tmp_path):
+    """Fresh-eyes review of s20: monitoring repeated backup's lookup of where a node keeps its store, without its
+    DIR/engine handling or its check that a PostgreSQL URL names the node's database. One function now
+    (store.node_identity_store): `--data DIR/engine` reads DIR's store; another database is refused before any
+    connection is tried."""
+    from ringfence.store import Store
+
+    Store.from_url(f"sqlite:///{tmp_path / 'd' / 'identity.sqlite3'}")  # what serve --data d makes
+    (tmp_path / "d" / "engine").mkdir()
+    out = run("monitoring", "export", "--data", str(tmp_path / "d" / "engine"), "--out", str(tmp_path / "s.jsonl"))
+    assert out.returncode == 0 and "0 events written" in out.stdout, out
+    pg = tmp_path / "pg"
+    pg.mkdir()
+    (pg / "identity-store.json").write_text('{"dialect": "postgresql", "url": "postgresql+psycopg://rf:***@db.example:5432/rf"}')
+    out = run("monitoring", "backtest", "--data", str(pg), "--database-url", "postgresql+psycopg://rf:s3cret@127.0.0.1:1/other")
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2 and "error: --database-url: names another database than the node's" in text, text
+    assert "s3cret" not in text and "Traceback" not in text, text

@@ -112,19 +112,29 @@ def refuse_foreign_writer(path: Path, option: str = "--data") -> None:
 
 def refuse_missing_parent(path: Path, option: str = "--data") -> None:
     """A mistyped data directory must not become a tree of new folders: the directory itself is made,
-    and missing folders above it only inside the current directory, for a relative path (the quick
-    start's `./ringfence-data/serve` in a fresh clone, where ./ringfence-data is not there yet). Elsewhere
-    (an absolute path, as a service's unit file gives, or one that climbs out with `..`) its parent must
-    exist: `--data /srv/ringfnce/node1` made /srv/ringfnce and started an empty exchange in it. Refused
-    before anything is created, naming the option and the missing folder (exit 2)."""
+    and missing folders above it only inside the current directory (the quick start's
+    `./ringfence-data/serve` in a fresh clone, where ./ringfence-data is not there yet). Elsewhere (a
+    service's unit file's absolute path) its parent must exist: `--data /srv/ringfnce/node1` made
+    /srv/ringfnce and started an empty exchange in it. "Inside" is decided on where the existing part of
+    the path really is (symlinks resolved), not on its text: `new/x`, `$PWD/new/x` and `../cwd/new/x` are
+    the same place; a symlink in the current directory that leads out of it is outside. A path starting
+    with `~` is refused with a hint: the shell did not expand it (`--data=~/x`), and `./~/x` is never meant.
+    Refused before anything is created, naming the option and the missing folder (exit 2)."""
+    if str(path).startswith("~"):
+        fail(f"{option}: {path} starts with ~, which the shell did not expand (it does not after --opt=); "
+             f"write {option} ~/... with a space, or $HOME/... , so the folder is not made as ./~")
     parent = Path(os.path.abspath(path)).parent
     if parent.exists():  # (a file there: the mkdir that follows says so)
-        return
-    if not path.is_absolute() and Path(os.path.normpath(path)).parts[:1] != ("..",):
         return
     first_missing = parent
     while not first_missing.parent.exists():
         first_missing = first_missing.parent
+    try:
+        inside = first_missing.parent.resolve().is_relative_to(Path.cwd().resolve())
+    except OSError:
+        inside = False
+    if inside:
+        return
     nor = "" if first_missing == parent else f" (nor does {first_missing})"
     fail(f"{option}: {parent} does not exist{nor}: a data directory is made only in a folder that exists, so a "
          f"mistyped path does not become new folders; check the path, or make its parent first (mkdir -p {parent})")

@@ -50,4 +50,4 @@ def test_every_monitoring_command_has_help_with_an_example_and_key_files_are_nev
     key.write_text("{}")
     out = runner.invoke(app, ["monitoring", "deidentify", "--events", str(tmp_path / "none.jsonl"), "--key-file", str(key),
                               "--new-key", "--out", str(tmp_path / "o.jsonl")])
-    assert out.exit_code == 1 and "--key-file" in out.stdout and key.read_text() == "{}"
+    assert out.exit_code == 2 and "error: --key-file: " in out.output and key.read_text() == "{}"

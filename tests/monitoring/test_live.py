@@ -394,7 +394,7 @@ def test_backtest_replays_the_recorded_stream_with_a_rule_file(server, bob_guess
         assert lines[0]["account_id"] == "bob" and "3 sign_in_failed events" in lines[0]["explanation"]
     rules.write_text('{"version": 1, "rules": [{"name": "x", "type": "threshold", "window_s": -1}]}')
     out = ringfence("monitoring", "backtest", "--rules", str(rules), "--events", str(stream))
-    assert out.returncode == 1 and "rules[0].window_s" in out.stdout
+    assert out.returncode == 2 and "error: rules[0].window_s" in out.stderr, out.output
 
 
 def test_a_new_device_then_an_api_key_in_the_browser_raises_the_sequence_alert(server) -> None:

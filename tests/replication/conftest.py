@@ -205,3 +205,20 @@ def nats_with_password(tmp_path):
     yield port, password
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture
+def nats_with_token(tmp_path):
+    """A nats-server of its own on a free port, JetStream on, requiring a random token (`nats://TOKEN@host`):
+    (port, token)."""
+    binary = shutil.which("nats-server")
+    assert binary, "nats-server is not installed on this machine (required, never skipped)"
+    port, token = free_port(), "tok" + secrets.token_hex(8)
+    proc = subprocess.Popen([binary, "-p", str(port), "-js", "-sd", str(tmp_path / "js-token"), "--auth", token],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not listening(port, proc):
+        proc.kill()
+        raise AssertionError("nats-server did not start")
+    yield port, token
+    proc.terminate()
+    proc.wait(10)

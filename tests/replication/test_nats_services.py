@@ -479,3 +479,43 @@ def test_a_standby_whose_login_may_not_list_or_read_the_stream_is_told_so_in_one
         assert "permissions violation for publish to" in out and "rf-node to serve (--replicate or --standby)" in out, out
         assert not [line for line in raw.splitlines() if line.startswith("nats:")], raw  # no raw client line
         assert pw[user] not in out
+
+
+def test_harden_without_the_right_says_the_servers_words(tmp_path, nats_services):
+    """Fresh-eyes review of s20: the link held every permissions violation from its start until the stream's set-up,
+    which `harden` never runs, so its error lost the server's explanation (only 'TimeoutError (is this NATS user
+    allowed to update streams?)'). Now it is held only during the set-up, and harden's error quotes it."""
+    port, pw = nats_services
+    done = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "harden", "--nats",
+                           f"nats://rf-node@127.0.0.1:{port}/OTHER"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, RINGFENCE_NATS_PASSWORD=pw["rf-node"], COLUMNS="400"), stdin=subprocess.DEVNULL)
+    out = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1 and "Traceback" not in out, out
+    assert "error: --nats: cannot update the stream OTHER: NATS user rf-node may not (the server said:" in out, out
+    assert 'permissions violation for publish to "$js.api.stream.info.other"' in out.lower(), out
+    assert pw["rf-node"] not in out
+
+
+def test_a_token_url_never_prints_its_token(tmp_path, nats_with_token):
+    """Fresh-eyes review of s20: `nats://TOKEN@host` was masked as *** in display, but the standby's "promote with:"
+    banner printed `--nats nats://TOKEN@...` and a refused login `user TOKEN was given no password ... TOKEN.password`.
+    A name without a password that is none of nats-config's users (rf-node...) is a token: shown as ***."""
+    from .conftest import Standby
+
+    port, token = nats_with_token
+    env = {k: v for k, v in os.environ.items() if k != "RINGFENCE_NATS_PASSWORD"}
+    standby = Standby(tmp_path / "b", f"nats://{token}@127.0.0.1:{port}/TK", "b", free_port(), env={})
+    try:
+        text = standby.text()
+    finally:
+        assert standby.stop() == 0
+    assert "promote with: ringfence replication promote --nats nats://***@127.0.0.1:" in text, text
+    assert token not in text, text
+    wrong = "wrong" + token
+    for url in (f"nats://{wrong}@127.0.0.1:{port}/TK", f"nats://rf-node@127.0.0.1:{port}/TK"):
+        done = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats", url],
+                              capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+        out = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode != 0 and "refused the login" in out and "Traceback" not in out, out
+        assert wrong not in out and token not in out, out
+    assert "user rf-node was given no password" in out, out  # a service user's name is a name, not a token

@@ -259,7 +259,7 @@ def start_por_publisher(exchange: Any, data: Path, settings: Any, reserve_source
     publisher = PorPublisher(partial(held_read, exchange), data / "por", secret, sources=sources, keep=settings.por_keep,
                              value_asset=settings.shield_value_asset, every_s=settings.por_every_s,
                              alive=lambda: exchange.node.writer is not None,
-                             stopped=lambda: exchange.node.stopped_reason(detailed=True),
+                             stopped=partial(exchange.node.stopped_reason, detailed=True),
                              # the schedule's proofs are paced: one was ~50 ms of CPU in one go (docs/latency.md, session 20)
                              pacer=CpuPacer(share_permille=POR_SHARE_PERMILLE))
     from ..errors import ValidationError
@@ -288,7 +288,7 @@ def held_read(exchange: Any, fn: Callable[[Any], Any], wait_s: int = 30) -> Any:
     deadline = time.monotonic() + wait_s
     while getattr(node, "durable_seq", seen) < seen and node.failed is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    reason = node.stopped_reason()
+    reason = node.stopped_reason(detailed=True)
     if reason is not None or getattr(node, "durable_seq", seen) < seen:
         raise NotDurable(f"the state at journal:{seen} is not durable: {reason or f'not held within {wait_s} s'}")
     return result

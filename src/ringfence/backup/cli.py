@@ -236,33 +236,17 @@ def _identity_of(node: Path) -> tuple[Path | None, str]:
     RINGFENCE_DATABASE_URL naming its database is refused (new-user review, session 19: such a
     backup said OK and held no users or API keys); so is a URL that is not sqlite:/// or
     postgresql[+psycopg]://."""
-    from ..store import recorded_location, same_database
+    from ..errors import ConfigError
+    from ..store import node_identity_store
 
     env_url = os.environ.get("RINGFENCE_DATABASE_URL", "")
     if env_url and not env_url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
         _fail("RINGFENCE_DATABASE_URL: must be a sqlite:///, postgresql:// or postgresql+psycopg:// URL (the database the node's "
               "serve uses)")
-    pg_url = env_url if env_url.startswith("postgresql") else ""
-    record = recorded_location(_data_dir(node))
-    if record is not None and record.get("dialect") == "postgresql":
-        where = record.get("url", "?")
-        if not pg_url:
-            _fail(f"RINGFENCE_DATABASE_URL: the node keeps its users and API keys in PostgreSQL ({where}); set it to that "
-                  "database so that the backup holds them")
-        if not same_database(pg_url, record.get("url", "")):
-            _fail(f"RINGFENCE_DATABASE_URL: names another database than the node's ({where})")
-    elif record is not None and pg_url:
-        _fail(f"RINGFENCE_DATABASE_URL: the node keeps its users and API keys in {record.get('dialect')} "
-              f"({record.get('path') or record.get('url')}), not in PostgreSQL; unset it")
-    if pg_url:
-        return None, pg_url
-    if record is not None and record.get("dialect") == "sqlite" and record.get("path"):
-        recorded = _data_dir(node) / record["path"]  # (an absolute path stays as it is)
-        if not recorded.is_file():
-            _fail(f"--data: the node keeps its users and API keys in {recorded}, which is not there (moved with the "
-                  "data directory from elsewhere?); a backup without them is refused")
-        return recorded, ""
-    return (node.parent if node.name == ENGINE_SUBDIR else node) / "identity.sqlite3", ""
+    try:
+        return node_identity_store(node, env_url if env_url.startswith("postgresql") else "")
+    except ConfigError as err:
+        _fail(f"{err.field}: {err.message}" + ("; a backup without them is refused" if err.field == "--data" else ""))
 
 
 def _create_on_s3(node: Path, to: str, endpoint: str | None, identity: Path | None, pg_url: str,

@@ -44,6 +44,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -908,7 +909,7 @@ class CustodyRuntime:
         self.shield_sweeper = ShieldSweeper(_as(node, "worker:shield-sweeper"), adapters, self.shield_routes(), value_asset=self.shield_value_asset)
         self.workers.append(Supervised("shield-sweeper", self._shield_step, self.shield_sweep_every_s * 1000, lock))
         for w in self.workers:
-            w.halted = node.stopped_reason
+            w.halted = partial(node.stopped_reason, detailed=True)
             w.start(self._stop)
 
     def _arm_crash(self) -> None:

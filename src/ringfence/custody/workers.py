@@ -691,7 +691,7 @@ class PolicyAttestor:
     def __call__(self, w: WithdrawalRec, digest: bytes, params: dict[str, Any]) -> Any:
         from ..errors import SigningRefused
 
-        stopped = self.node.stopped_reason()
+        stopped = self.node.stopped_reason(detailed=True)
         if stopped is not None:  # deposed or fenced: its state may hold a batch the stream refused
             raise SigningRefused(f"the node has stopped ({stopped}): it attests nothing from its state", field="withdrawal_id")
         live = self.node.read(lambda e: copy.copy(custody_state(e).withdrawals.get(w.id)))

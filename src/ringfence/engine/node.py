@@ -730,13 +730,15 @@ class Node:
             acks = [self.submit(c, source) for c in commands]
         return [ack.result() if raise_rejected else ack.wait() for ack in acks]
 
-    def stopped_reason(self, detailed: bool = True) -> str | None:
+    def stopped_reason(self, detailed: bool = False) -> str | None:
         """Why this node has stopped for good (`failed`: deposed or fenced by replication, a journal
         write that failed), or None while it runs. The one question everything that must not act for
         a stopped node asks: the gateways' writes and /readyz, custody's workers, the policy attestor,
         the proof-of-solvency publisher. Our own errors are written for whoever reads them; any
         other (an OSError names files and folders) says only its kind unless `detailed` (an operator,
-        or a caller with the metrics token)."""
+        or a caller with the metrics token): the safe side by default, as the gateway's was; the
+        operator's own processes (the PoR publisher, held_read, custody's workers, the attestor) ask for
+        the details explicitly."""
         failed = self.failed
         if failed is None:
             return None

@@ -12,7 +12,7 @@ from typing import Iterator
 import typer
 from rich.markup import escape
 
-from ..cli_paths import tty_console
+from ..cli_paths import require_input_file, tty_console
 from ..errors import RingfenceError, ValidationError
 from .events import Event, from_json, to_json
 
@@ -42,26 +42,33 @@ def _store(data: Path | None, database_url: str | None):  # type: ignore[no-unty
     """--database-url, else RINGFENCE_DATABASE_URL (where `serve` keeps it: the PostgreSQL profile), else the
     identity store of `serve --data DATA` (DATA/identity.sqlite3, or where that serve recorded it). Opened as
     every command opens it (`cli_paths.open_store`): a folder that is not a server's, a node that keeps its
-    store in PostgreSQL, or a URL that does not open is one `error:` line naming the option (exit 2)."""
+    store in PostgreSQL, or a URL that does not open is one `error:` line naming the option (exit 2). Given
+    --data, where its store is comes from `store.node_identity_store` (as `backup create` asks it): DATA or
+    DATA/engine, and a PostgreSQL URL must name the database that node recorded."""
     import os
 
     from ..cli_paths import fail, open_store
-    from ..store import recorded_location
+    from ..errors import ConfigError
+    from ..store import node_identity_store
 
     url = database_url or os.environ.get("RINGFENCE_DATABASE_URL") or ""
-    if url:
-        return open_store(url, "--database-url" if database_url else "RINGFENCE_DATABASE_URL")
+    option = "--database-url" if database_url else "RINGFENCE_DATABASE_URL"
+    if url and (data is None or not url.startswith("postgresql")):  # no node named, or a SQLite file named: that one
+        return open_store(url, option)
     data = data or Path("ringfence-data")  # serve's default --data
     if not data.exists():
         fail(f"--data: {data} does not exist; give the folder `ringfence serve --data DIR` uses "
              "(`make serve-demo`: ./ringfence-data/serve), or --database-url")
     if not data.is_dir():
         fail(f"--data: {data} is not a directory")
-    record = recorded_location(data) or {}
-    if record.get("dialect") == "postgresql":
-        fail(f"--data: the node keeps its users and event stream in PostgreSQL ({record.get('url', '?')}); name that "
-             "database with --database-url or RINGFENCE_DATABASE_URL")
-    path = data / record["path"] if record.get("dialect") == "sqlite" and record.get("path") else data / "identity.sqlite3"
+    try:  # where that serve recorded its store (backup create asks the same): a PostgreSQL URL must name it
+        path, pg_url = node_identity_store(data, url, url_option="--database-url or RINGFENCE_DATABASE_URL" if not url
+                                           else option, missing_field="--data")
+    except ConfigError as err:
+        fail(f"{err.field}: {err.message}")
+    if pg_url:
+        return open_store(pg_url, option)
+    assert path is not None
     if not path.is_file():
         fail(f"--data: {data} holds no identity store ({path.name}); give the folder `ringfence serve --data DIR` uses "
              "(`make serve-demo`: ./ringfence-data/serve), or --database-url")
@@ -72,25 +79,32 @@ def _events(events: Path | None, data: Path | None, database_url: str | None, st
     """The events in [start, end]: from the --events file, else from the store, which is opened now (a
     command that writes its output opens the store first, so a refused one writes nothing)."""
     if events is not None:
-        return _events_file(events, start, end)
+        from ..cli_paths import require_input_file
+
+        return _events_file(require_input_file(events, "--events"), start, end)  # checked now: one line, not a traceback
     from .stream import read_range
 
     return iter(read_range(_store(data, database_url), start, end))
 
 
 def _events_file(events: Path, start: int, end: int) -> Iterator[Event]:
-    with events.open() as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                e = from_json(line, where=f"{events}:{n}")
-                if start <= e.at_ms <= end:
-                    yield e
+    try:
+        with events.open() as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    e = from_json(line, where=f"{events}:{n}")
+                    if start <= e.at_ms <= end:
+                        yield e
+    except (OSError, UnicodeDecodeError) as err:  # read while the command runs: one line naming the option
+        raise ValidationError(f"cannot read {events}: {getattr(err, 'strerror', None) or err}", field="--events") from None
 
 
-def _fail(err: RingfenceError) -> None:
-    where = f" ({err.field})" if err.field else ""
-    console.print(f"[red]error{where}:[/red] {err.message}", soft_wrap=True)
-    raise typer.Exit(1)
+def _fail(err: RingfenceError, code: int = 2) -> None:
+    """One `error: FIELD: message` line on stderr, as every command says it (`cli_paths.fail`): exit 2 for bad
+    input (an option, a rule set, a file); a live node's refusal passes its own code."""
+    from ..cli_paths import fail
+
+    fail(f"{err.field}: {err.message}" if err.field else err.message, code)
 
 
 @app.command("check")
@@ -102,7 +116,7 @@ def check(rules: Path = typer.Argument(..., help="The rule set (JSON) to validat
     from .rules import parse_rules
 
     try:
-        rs = parse_rules(rules.read_text())
+        rs = parse_rules(require_input_file(rules, "RULES").read_text())
     except RingfenceError as err:
         _fail(err)
         return
@@ -132,11 +146,11 @@ def backtest_cmd(
     from .rules import backtest, default_rules, parse_rules
 
     try:
-        rs = parse_rules(rules.read_text()) if rules else default_rules()
+        rs = parse_rules(require_input_file(rules, "--rules").read_text()) if rules else default_rules()
         lo, hi = _time_ms(start, "--from", 0), _time_ms(end, "--to", 2**62)
         from .feedback import parse_weights
 
-        learnt = parse_weights(weights.read_text()) if weights else None
+        learnt = parse_weights(require_input_file(weights, "--weights").read_text()) if weights else None
         hits, scored = backtest(rs, _events(events, data, database_url, lo, hi), learnt)
     except RingfenceError as err:
         _fail(err)
@@ -234,7 +248,7 @@ def _admin_get(key: str, url: str, path: str, query: dict[str, str]):  # type: i
         with AdminClient(url, load_key(key)) as client:
             return client.get(path, urlencode({k: v for k, v in query.items() if v}))
     except RingfenceError as err:
-        _fail(err)
+        _fail(err, 1)
 
 
 def _default_url() -> str:

@@ -361,6 +361,17 @@ def masked(servers: str) -> str:
     return without_credentials(servers)
 
 
+def login_name(servers: str) -> str:
+    """The NATS user a server URL logs in as, safe to print: "" for none; "***" for a name given without a
+    password (RINGFENCE_NATS_PASSWORD unset, none in the URL) that is not one of `nats-config`'s service users
+    (auth.SERVICES: rf-node...), since nats-py sends that name as a token (`nats://TOKEN@host`), as `masked` hides it."""
+    from .auth import SERVICES
+
+    parsed = urlparse(servers)
+    user = unquote(parsed.username or "")
+    return "***" if user and parsed.password is None and user not in SERVICES else user
+
+
 def _secrets_of(servers: str) -> list[str]:
     """The password, or the token, a server URL carries (to scrub from a client library's message)."""
     parsed = urlparse(servers)
@@ -486,10 +497,19 @@ def harden(target: "ReplicationTarget") -> list[str]:
     changed: list[str] = []
     try:
         for name in (target.stream, f"KV_{target.bucket}"):
-            config = link.call(link.js.stream_info(name)).config
-            weak = _weak_settings(config)
+            try:
+                config = link.call(link.js.stream_info(name)).config
+                weak = _weak_settings(config)
+                if weak:
+                    link.call(link.js.update_stream(replace(config, **HARDENED)))
+            except nats_failures() as err:
+                if not link.refused:
+                    raise
+                user = login_name(target.servers) or "(none)"  # a timeout is only the symptom
+                raise ConfigError(f"cannot update the stream {name}: NATS user {user} may not (the server said: "
+                                  f"{link.refused.strip()}); run it as a NATS user allowed to update streams (none of "
+                                  "`ringfence replication nats-config`'s users is)", field=target.option) from err
             if weak:
-                link.call(link.js.update_stream(replace(config, **HARDENED)))
                 changed.append(f"{name}: {', '.join(weak)} -> " + ", ".join(f"{k}={str(v).lower()}" for k, v in HARDENED.items()))
     finally:
         link.close()
@@ -509,8 +529,12 @@ def login_refused_message(target: ReplicationTarget, said: str) -> str:
     """Why NATS refused this login, and the fix: no user, a user without a password (RINGFENCE_NATS_PASSWORD
     unset), or a user name or password the server does not take. Never the password."""
     parsed = urlparse(target.servers)
-    user = unquote(parsed.username or "")
+    user = login_name(target.servers)
     where = f"NATS at {target.display} refused the login (the server said: {said.strip()})"
+    if user == "***":  # a name without a password, none of nats-config's users: nats-py sent it as a token
+        return (f"{where}: the URL names *** with no password, which is sent as a token (nats://TOKEN@HOST:PORT/STREAM), "
+                "and the server does not take it; check the token, or, if *** is a user name, set RINGFENCE_NATS_PASSWORD "
+                "to its password")
     if not user:
         return (f"{where}: it requires credentials; name the user in the URL, e.g. nats://rf-node@HOST:PORT/STREAM, "
                 "with its password in RINGFENCE_NATS_PASSWORD (`ringfence replication nats-config` writes both)")
@@ -543,10 +567,11 @@ class NatsLink:
         #: the server's "Authorization Violation" (it refused this login); said by the start-up error,
         #: not as a raw line before it
         self.login_refused = ""
-        #: until the stream and bucket are set up (`ensure_stream_and_bucket`): the permissions violations seen,
-        #: said by the start-up's error if it fails (it quotes `refused`), logged once it succeeds; never a raw
-        #: line before the error that explains it (the standby's and the primary's starts alike)
-        self._held: list[str] | None = []
+        #: while the stream and bucket are set up (`ensure_stream_and_bucket`, a list only then): the permissions
+        #: violations seen, said by its error if it fails on them (it quotes `refused`), logged when it ends
+        #: otherwise; never a raw line before the error that explains it (the standby's and the primary's starts
+        #: alike). Outside it (None) each is logged at once: a command that never sets up (harden) keeps the server's words
+        self._held: list[str] | None = None
         self._held_lock = threading.Lock()
 
         async def on_error(err: Exception) -> None:  # one line, no traceback, no URL (it may hold a password)
@@ -678,22 +703,26 @@ class NatsLink:
 
         from nats.errors import TimeoutError as NatsTimeout
 
+        with self._held_lock:
+            self._held = []
+        quoted = False  # the error below says the server's words: not logged again
         try:
-            kv = self.call(setup())
+            return self.call(setup())
         except (asyncio.TimeoutError, concurrent.futures.TimeoutError, NatsTimeout):
-            user = unquote(urlparse(t.servers).username or "") or "(none)"
+            user = login_name(t.servers) or "(none)"
             if self.refused:
+                quoted = True
                 raise ConfigError(f"NATS user {user} may not use stream {t.stream} at {t.display} (the server said: "
                                   f"{self.refused}); each service needs its own credential of `ringfence replication nats-config` "
                                   "for this stream: rf-node to serve (--replicate or --standby), rf-operator to promote, "
                                   "rf-monitor for status", field=t.option) from None
             raise ConfigError(f"NATS at {t.display} did not answer for stream {t.stream} within {PUBLISH_TIMEOUT_S} s "
                               "(is JetStream enabled?)", field=t.option) from None
-        with self._held_lock:  # set up: a violation seen meanwhile did not stop it, but is worth a line
-            held, self._held = self._held or [], None
-        for said in held:
-            _log.warning("nats: %s", said)
-        return kv
+        finally:  # set up, or failed otherwise: a violation seen meanwhile is worth a line; later ones are logged at once
+            with self._held_lock:
+                held, self._held = self._held or [], None
+            for said in [] if quoted else held:
+                _log.warning("nats: %s", said)
 
     def disconnect(self) -> None:
         """Drop the NATS connection (a partition): every later call fails at once."""
@@ -887,7 +916,7 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
         return _promote(link, target, node_id, approvals, epoch, wait_s, peers)
     except nats_failures() as err:
         if link.refused:  # the server refused a subject to this login: a timeout here is only its symptom
-            user = unquote(urlparse(target.servers).username or "") or "(none)"
+            user = login_name(target.servers) or "(none)"
             raise ConfigError(f"NATS user {user} may not ask standby {node_id} to take over (stream {target.stream}): the "
                               f"server said {link.refused.strip()}; promote with an operator's login, e.g. "
                               "nats://rf-operator@HOST:PORT/STREAM with its password in RINGFENCE_NATS_PASSWORD "

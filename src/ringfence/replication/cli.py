@@ -174,8 +174,8 @@ def status_cmd(
 @app.command("node-key")
 def node_key_cmd(
     data_dir: Path = typer.Option(..., "--data", "--data-dir", help="The node's serve --data folder (its key: DIR/node.key, "
-                                  "made 0600 if missing). It must exist, or at least its parent folder (then it is made): a "
-                                  "mistyped path is refused, never created."),
+                                  "made 0600 if missing). Made if missing as serve makes it: inside the current directory, or "
+                                  "in a folder that exists; a mistyped path elsewhere is refused, never created."),
     node_id: str = typer.Option(..., "--node-id", help="The node's serve --node-id."),
 ) -> None:
     """Print this node's entry for the peers file: {"NODE_ID": "hex public key"}.
@@ -196,9 +196,10 @@ def node_key_cmd(
         fail("--node-id: letters, digits, '.', '_', '-', at most 64", 2)
     if data_dir.exists() and not data_dir.is_dir():
         fail(f"--data: {data_dir} is a file, not a folder (give the node's serve --data folder)", 2)
-    if not data_dir.exists() and not data_dir.absolute().parent.is_dir():
-        fail(f"--data: neither {data_dir} nor its parent folder {data_dir.absolute().parent} exists (a typo?); "
-             "give the node's serve --data folder", 2)
+    if not data_dir.exists():  # the rule serve --data follows: ./ringfence-data/serve in a fresh clone is made
+        from ..cli_paths import refuse_missing_parent
+
+        refuse_missing_parent(data_dir, "--data")
     try:
         key = nodekey.load_or_create(data_dir)
     except RingfenceError as err:

@@ -111,6 +111,12 @@ def promote_hint(target: Any, peers: Path | None, ident: str) -> str:
     if not parsed.username:
         return f"ringfence replication promote --nats {parsed.scheme}://{where}/{target.stream}{query} {command}"
     user = unquote(parsed.username)
+    from . import login_name
+
+    if login_name(target.servers) == "***":  # a token (nats://TOKEN@host): never printed, as the URL is shown masked
+        return (f"ringfence replication promote --nats {parsed.scheme}://***@{where}/{target.stream}{query} {command} "
+                "(***: a token allowed to write promote." + ident + ", such as the one this standby was given; it is not "
+                "printed here)")
     if user != "rf-node":  # not nats-config's node user: the same login, its password from the environment
         return (f"RINGFENCE_NATS_PASSWORD=... ringfence replication promote --nats {parsed.scheme}://{quote(user, safe='')}@"
                 f"{where}/{target.stream}{query} {command} (a NATS login allowed to write promote.{ident}; its password "

@@ -217,6 +217,29 @@ def create_login(
     console.print(f"[bold green]login[/] for {staff_id} ({login.email}); credentials in {out} (0600)")
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """staff init's --out-dir, checked before anything is made: a file (or a file above it), a missing parent outside
+    the current directory (a mistyped path, as --data), or a folder this user may not create in is one `error:`
+    line naming --out-dir, exit 2 (it was a NotADirectoryError traceback after DIR/engine had been made)."""
+    import os
+
+    from ..cli_paths import fail, refuse_missing_parent
+
+    if out_dir.is_dir():
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            fail(f"--out-dir: cannot write in {out_dir}: permission denied")
+        return
+    existing = out_dir.absolute()
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "" if existing == out_dir.absolute() else f" ({existing} is a file)"
+        fail(f"--out-dir: {out_dir} cannot be a folder{what}; give a folder for the key files")
+    refuse_missing_parent(out_dir, "--out-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"--out-dir: cannot create {out_dir}: permission denied in {existing}")
+
+
 @staff_app.command("init")
 def init(
     data: Path = typer.Option(..., "--data", help="The stopped node's data directory (`serve --data DIR`)."),
@@ -231,7 +254,7 @@ def init(
     Example: ringfence staff init --data ./ringfence-data --member ada:operator,approver --member ben:operator --member cy:analyst --out-dir ./keys
     """
     from ..app import new_node
-    from ..cli_paths import prepare_node_dir
+    from ..cli_paths import fail, prepare_node_dir
     from .desk import StaffDesk
 
     roles: dict[str, list[str]] = {}
@@ -246,9 +269,13 @@ def init(
         if (out_dir / f"{sid}.key").exists():
             err_console.print(f"[bold red]error:[/] --out-dir: {out_dir / (sid + '.key')} exists; key files are never overwritten")
             raise typer.Exit(2)
+    _check_out_dir(out_dir)  # before --data's folders are made: a refused start makes nothing
     # DIR as `serve --data DIR` takes it keeps its node in DIR/engine; a node folder itself is taken as is
     node_dir = prepare_node_dir(data if (data / "journal").is_dir() else data / "engine", named=data)
-    out_dir.mkdir(parents=True, exist_ok=True)  # after --data's checks: a refused start makes no folder
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)  # after --data's checks: a refused start makes no folder
+    except OSError as err:
+        fail(f"--out-dir: cannot create {out_dir}: {err.strerror or err}")
 
     def genesis() -> list[Any]:
         with new_node(node_dir) as node:

@@ -17,10 +17,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import ConfigError
+from ..errors import ConfigError, without_credentials
 from . import key_generation  # noqa: F401  (registers the API key generation hooks on every session)
 
 __all__ = ["Store", "make_engine", "migrate", "MIGRATIONS_DIR", "safe_url"]
@@ -29,7 +29,23 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def make_engine(url: str, *, schema: str | None = None) -> Engine:
-    """Create an engine for SQLite or PostgreSQL; `schema` pins PostgreSQL's search_path (tests)."""
+    """Create an engine for SQLite or PostgreSQL; `schema` pins PostgreSQL's search_path (tests). A URL
+    SQLAlchemy cannot read (a port that is not a number, an unknown driver) is a ConfigError showing the
+    URL with its password hidden, never a ValueError traceback."""
+    try:
+        return _make_engine(url, schema)
+    except (ArgumentError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        userinfo = url.split("://", 1)[-1].rpartition("@")[0]
+        password = userinfo.partition(":")[2]
+        if password and password in reason:
+            reason = type(err).__name__  # the client's words would show the password
+        raise ConfigError(f"cannot read the URL {without_credentials(url)}: {reason}", field="RINGFENCE_DATABASE_URL") from None
+
+
+def _make_engine(url: str, schema: str | None) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
@@ -104,6 +120,40 @@ def same_database(url: str, recorded: str) -> bool:
         return names(url) == names(recorded)
     except (ArgumentError, ValueError):
         return False
+
+
+def node_identity_store(data: Path, pg_url: str = "", *, url_option: str = "RINGFENCE_DATABASE_URL",
+                        missing_field: str | None = None) -> tuple[Path | None, str]:
+    """Where the node of `serve --data DATA` keeps its identity store (users, API keys, the monitoring event
+    stream), as its serve recorded it (`record_location`): (the SQLite file, "") or (None, the PostgreSQL URL).
+    DATA may be the node folder itself (DATA/engine). `pg_url`: a PostgreSQL URL the caller was given (by
+    `url_option`), which must name the node's recorded database (`same_database`). Refused (ConfigError): a
+    PostgreSQL node and no such URL (field `missing_field`, default `url_option`), a URL naming another
+    database, a PostgreSQL URL for a node that keeps its store elsewhere, a recorded SQLite file that is not
+    there. A node without a record: DATA/identity.sqlite3 (not checked: the caller says what it needs).
+    One answer for `backup create` and `monitoring export/backtest/deidentify`."""
+    data = data.parent if data.name == "engine" else data  # serve --data DIR keeps its node in DIR/engine
+    record = recorded_location(data)
+    if record is not None and record.get("dialect") == "postgresql":
+        where = record.get("url", "?")
+        if not pg_url:
+            raise ConfigError(f"the node keeps its users and API keys in PostgreSQL ({where}), its event stream too; set "
+                              f"{url_option} to that database", field=missing_field or url_option)
+        if not same_database(pg_url, record.get("url", "")):
+            raise ConfigError(f"names another database than the node's ({where})", field=url_option)
+        return None, pg_url
+    if record is not None and pg_url:
+        raise ConfigError(f"the node keeps its users and API keys in {record.get('dialect')} "
+                          f"({record.get('path') or record.get('url')}), not in PostgreSQL; unset it", field=url_option)
+    if pg_url:
+        return None, pg_url
+    if record is not None and record.get("dialect") == "sqlite" and record.get("path"):
+        recorded = data / record["path"]  # (an absolute path stays as it is)
+        if not recorded.is_file():
+            raise ConfigError(f"the node keeps its users and API keys in {recorded}, which is not there (moved with the "
+                              "data directory from elsewhere?)", field="--data")
+        return recorded, ""
+    return data / "identity.sqlite3", ""
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
