@@ -22,6 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+#: the shared demo server starts without its chains (conftest.NO_CHAINS): these tests sign requests with the demo's
+#: ordinary keys and use no chain, deposit, withdrawal or proof; and no blocks are mined beside the cost comparison
+SERVER_CHAINS = False
+
 _last_ts = [0]
 
 

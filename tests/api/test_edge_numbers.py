@@ -55,10 +55,12 @@ def decimal_reads_ascii_digits_only(text: str) -> None:
     assert abs(value) == int(whole, 10) * 10**8 + int((frac or "0").ljust(8, "0")[:8], 10)
 
 
-# Both parsers read each of the 3,000 texts (seeded): drawing a text costs hypothesis far more than
+# Both parsers read each of the 1,000 texts (seeded): drawing a text costs hypothesis far more than
 # parsing it (a profile: nearly all of the time in the draws), so one draw serves both properties.
+# 1,000, not 3,000: 14 s of a quiet CI worker (2/3 of this file) went to the draws; each text mixes up
+# to 24 characters from the 16 categories, and every non-ASCII digit alone is the next test's property.
 @seed(13_003)
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(texts)
 def test_integer_parameters_and_decimal_amounts_read_ascii_digits_only(text: str) -> None:
     integer_reads_ascii_digits_only(text)

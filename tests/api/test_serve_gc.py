@@ -11,6 +11,10 @@ import httpx
 
 from ringfence.api.serve import GC_YOUNG_THRESHOLD, freeze_startup_heap
 
+#: the shared demo server starts without its chains (conftest.NO_CHAINS): what is frozen here is serve's own
+#: start-up heap (engine, read models, app, libraries), which freezes the same with or without custody
+SERVER_CHAINS = False
+
 
 def test_freezing_takes_the_heap_out_of_full_collections() -> None:
     # a heap of the kind start-up builds: many small containers that point at each other
