@@ -21,6 +21,8 @@ from ringfence.ledger.commands import CreateTransfers, OpenAccount, RegisterAsse
 from ringfence.ledger.model import Transfer
 
 QUEUED = 2_000
+#: objects other threads of the test process may allocate meanwhile (far below one more per request)
+OTHER_THREADS = 64
 
 
 def _node(tmp_path):  # type: ignore[no-untyped-def]
@@ -67,7 +69,9 @@ def test_a_queued_request_holds_two_tracked_objects(tmp_path) -> None:
         ack.wait(30)
     node.close()
     assert sorted(answered) == sorted(ack.seq for ack in acks) and len(set(answered)) == QUEUED
-    assert tracked <= 2 * QUEUED, f"{tracked / QUEUED:.2f} tracked objects per queued request"
+    # + OTHER_THREADS: the count is of the whole process, and under pytest-xdist the worker's own channel
+    # thread may allocate a few objects while it runs (4,004 for 2,000 requests, seen once under load)
+    assert tracked <= 2 * QUEUED + OTHER_THREADS, f"{tracked / QUEUED:.3f} tracked objects per queued request"
 
 
 def test_callbacks_one_and_many_are_each_called_once(tmp_path) -> None:
