@@ -320,10 +320,13 @@ def reconcile_chain(
 ) -> tuple[list[ChainRow], list[Mismatch]]:
     """Compare every wallet's on-chain balance at one height per chain with its custody account.
 
+    Every balance is read at one height per chain: `heights[chain]`, or for a chain not in it, its
+    tip when the call starts (every chain's, before the first read). A caller that pauses (`pace`)
+    passes the heights it took together with the engine's figures (`Reconciler.chain_pass`), so a
+    block mined, a withdrawal broadcast or a deposit seen during a pause is in neither.
+
     `pace` is called after every address's balance read (a paced pass pauses there: one read of an
-    in-process chain is a few ms of CPU, a wallet of many addresses a long burst otherwise). Every
-    balance is read at the height fixed for its chain at the first read, so a block mined during a
-    pause changes nothing the pass reads."""
+    in-process chain is a few ms of CPU, a wallet of many addresses a long burst otherwise)."""
     rows: list[ChainRow] = []
     mismatches: list[Mismatch] = []
     tips: dict[int, int] = {}
@@ -331,7 +334,8 @@ def reconcile_chain(
         key = id(spec.adapter)
         if key not in tips:
             tips[key] = heights[spec.chain] if heights and spec.chain in heights else spec.adapter.current_height()
-        height = tips[key]
+    for spec in wallets:
+        height = tips[id(spec.adapter)]
         chain_minor = 0
         for address in spec.addresses:
             chain_minor += _balance(spec.adapter, address, height, spec.asset)
@@ -1079,20 +1083,32 @@ class Reconciler:
         """Compare every wallet with the chain; a mismatch must be seen again on a second read.
 
         The custody view and the ledger are read a moment apart; a withdrawal settling between the
-        two reads could look like a shortfall once, never twice with the same amounts."""
+        two reads could look like a shortfall once, never twice with the same amounts.
+
+        Each read takes the engine's figures and then every chain's height, both before its first
+        pause (the chain lock is held then: no custody worker moves a chain or the figures between
+        the two), and reads every balance at those heights: what the workers do while a pause frees
+        the lock (a withdrawal recorded and mined, a deposit seen) is in neither side."""
         if not self.wallets:
             return [], []
         ledger, custody = self._engine_side()
-        rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings, pace=self._pace_chain)
+        rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights(),
+                                           pace=self._pace_chain)
         for _ in range(self.settings.confirm_reads - 1):
             if not mismatches:
                 break
             time.sleep(self.settings.confirm_wait_ms / 1000)
             ledger, custody = self._engine_side()
-            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings, pace=self._pace_chain)
+            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights(),
+                                          pace=self._pace_chain)
             keep = {m.halt_id for m in again}
             mismatches = [m for m in mismatches if m.halt_id in keep]
         return rows, mismatches
+
+    def _heights(self) -> dict[str, int]:
+        """Every chain's tip, taken right after `_engine_side` (before any pause)."""
+        adapters = {spec.chain: spec.adapter for spec in self.wallets}
+        return {chain: adapter.current_height() for chain, adapter in adapters.items()}
 
     def _engine_side(self) -> tuple[_CustodyAccounts, _CustodyFigures]:
         """The engine's half of the chain check (custody accounts, in-flight withdrawals, pending
