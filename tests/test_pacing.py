@@ -312,9 +312,10 @@ class NothingInFlight:
         return 0
 
 
-def test_the_chain_pass_offers_a_pause_after_every_balance_read(tmp_path: Path) -> None:
-    """A wallet of 10,000 addresses is read one balance at a time, with a look at the pacer after each
-    (it was one unpaced burst: 30-40 ms of CPU per block with the demo's chains)."""
+def test_the_chain_pass_offers_a_pause_between_any_two_balance_reads(tmp_path: Path) -> None:
+    """A wallet of 10,000 addresses is read one balance at a time, with a look at the pacer between
+    any two (it was one unpaced burst: 30-40 ms of CPU per block with the demo's chains; none after
+    the last read, where a pass that found a shortfall must keep the chain lock)."""
     from ringfence.reconcile.reconciler import Reconciler, WalletSpec
 
     node: Any = _ledger_node(tmp_path, 1)
@@ -324,7 +325,7 @@ def test_the_chain_pass_offers_a_pause_after_every_balance_read(tmp_path: Path) 
     reconciler = Reconciler(node, wallets=[spec], custody=NothingInFlight(), pacer=pacer)  # type: ignore[arg-type]
     [row], mismatches = reconciler.chain_pass()
     assert chain.reads == 10_000 and row.status == "OK" and mismatches == []
-    assert len(pacer.seen) == 10_000 and set(_steps(pacer.seen, 0)) == {1}
+    assert len(pacer.seen) == 9_999 and set(_steps(pacer.seen, 0)) == {1}
     plain = Reconciler(node, wallets=[spec], custody=NothingInFlight())
     assert plain.chain_pass() == ([row], [])  # the same rows as a pass that never pauses
     node.close()

@@ -9,8 +9,8 @@ times its length to drain (docs/latency.md, session 17). `CpuPacer.tick()`, call
 sleeps once the thread has used `slice_us` of CPU since it last slept, long enough that the thread
 uses at most `share_permille` of one core while it works: the same work, spread out, and the GIL
 back to the loop within a slice. Its users (docs/latency.md, sessions 17 and 20): the internal
-reconciler's fold (a look after every command), the custody chain pass (after every balance read,
-the chain lock released while it pauses: `unlocked_sleep`), the monitoring scorer (after every page
+reconciler's fold (a look after every command), the custody chain pass (between two balance reads
+while it has found nothing, the chain lock released while it pauses: `unlocked_sleep`), the monitoring scorer (after every page
 of events) and its outbox writer (after every chunk of rows), and the proof-of-solvency schedule.
 Invariants: it only ever sleeps (never skips or reorders work), the
 sleep is bounded (`MAX_SLEEP_US` per tick), and it measures the calling thread's own CPU time.

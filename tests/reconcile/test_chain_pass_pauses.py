@@ -4,8 +4,11 @@ found a shortfall frees the lock no more until its halt is submitted (code revie
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
+from ringfence.pacing import unlocked_sleep
 from ringfence.reconcile.reconciler import ReconcileSettings, Reconciler, WalletSpec
 from ringfence.risk.halts import active_halts
 
@@ -85,3 +88,68 @@ def test_a_withdrawal_mined_on_the_second_chain_during_a_pause_is_in_neither_sid
     again = rec.run_once(internal=False)
     assert again.mismatches == [] and again.chain_rows[1].height == 6 and again.chain_rows[1].in_flight_minor == 40
 
+
+def test_a_pass_that_found_a_shortfall_keeps_the_chain_lock_until_its_halt_is_submitted(node: Any, monkeypatch: Any) -> None:
+    """The pass runs under the custody chain lock and frees it while it pauses (`unlocked_sleep`).
+    Once a read found a shortfall, a pause in the rest of the read, in the confirming read or before
+    the halt let the withdrawal worker sign and broadcast more of the short asset before the halt
+    landed: from the read that finds it to the submitted halt, the lock stays held."""
+    _custody(node, 10, 100)
+    btc = FakeChain({"b1": 6, "b2": 0})  # 4 short
+    eth = FakeChain({"e1": 100, "e2": 0, "e3": 0})
+    wallets = [WalletSpec("btc_hot", "BTC", "bitcoin", btc, ("b1", "b2")),
+               WalletSpec("eth_hot", "ETH", "ethereum", eth, ("e1", "e2", "e3"))]
+    lock = threading.RLock()
+    halts: list[str] = []
+    real_execute = node.execute
+
+    def execute(command: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real_execute(command, *args, **kwargs)
+        if type(command).__name__ == "Halt":
+            halts.append(command.halt_id)
+        return result
+
+    monkeypatch.setattr(node, "execute", execute)
+    taken: list[tuple[int, bool]] = []  # each time the worker had the lock: balance reads so far, halt submitted
+    stop = threading.Event()
+
+    def withdrawal_worker() -> None:
+        while not stop.is_set():
+            with lock:
+                taken.append((btc.reads + eth.reads, bool(halts)))
+            time.sleep(0.001)
+
+    sleep = unlocked_sleep(lock)
+
+    def pause(_tick: int) -> None:  # frees the lock until the worker has had it once
+        before = len(taken)
+        deadline = time.monotonic() + 5
+        while len(taken) == before and time.monotonic() < deadline:
+            sleep(0.002)
+
+    rec = Reconciler(node, wallets=wallets, custody=SimCustody(), pacer=HookPacer(pause))  # type: ignore[arg-type]
+    worker = threading.Thread(target=withdrawal_worker)
+    with lock:  # as the custody runtime's Supervised step holds it around the pass
+        worker.start()
+        report = rec.run_once(internal=False)
+    stop.set()
+    worker.join(5)
+    [m] = report.mismatches
+    assert (m.subject, m.expected_minor, m.actual_minor) == ("custody:btc_hot:BTC", 10, 6)
+    assert report.halts_submitted == halts == [m.halt_id]
+    assert (1, False) in taken  # the pause between b1 and b2 (nothing found yet) freed the lock
+    # b2's read found the shortfall: from there to the halt the worker never had the lock
+    assert [t for t in taken if t[0] >= 2 and not t[1]] == []
+    assert btc.reads + eth.reads == 10  # both reads were whole
+
+
+def test_a_clean_pass_frees_the_lock_between_any_two_reads(node: Any) -> None:
+    _custody(node, 10, 100)
+    btc, eth = FakeChain({"b1": 10, "b2": 0}), FakeChain({"e1": 100, "e2": 0, "e3": 0})
+    wallets = [WalletSpec("btc_hot", "BTC", "bitcoin", btc, ("b1", "b2")),
+               WalletSpec("eth_hot", "ETH", "ethereum", eth, ("e1", "e2", "e3"))]
+    seen: list[int] = []
+    rec = Reconciler(node, wallets=wallets, custody=SimCustody(),
+                     pacer=HookPacer(lambda _tick: seen.append(btc.reads + eth.reads)))  # type: ignore[arg-type]
+    report = rec.run_once(internal=False)
+    assert report.mismatches == [] and seen == [1, 2, 3, 4]  # a pause between any two of the 5 reads

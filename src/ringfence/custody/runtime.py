@@ -888,7 +888,8 @@ class CustodyRuntime:
         if self.rebalancer is not None:
             self.workers.append(Supervised("rebalancer", self.rebalancer.step, every * 2, lock))
         tolerances = {"ETH": 10**16} if "ethereum" in chains else {}  # gas of token withdrawals in flight
-        # paced after every balance read, the chain lock released while it pauses: a pass over the demo's
+        # paced between two balance reads until it finds a mismatch (then it keeps the lock until its halt is
+        # submitted), the chain lock released while it pauses: a pass over the demo's
         # in-process chains was 30-40 ms of CPU in one burst on the engine process's GIL (docs/latency.md, session 20)
         from ..pacing import CHAIN_PASS_SHARE_PERMILLE, CpuPacer, unlocked_sleep
 

@@ -325,8 +325,10 @@ def reconcile_chain(
     passes the heights it took together with the engine's figures (`Reconciler.chain_pass`), so a
     block mined, a withdrawal broadcast or a deposit seen during a pause is in neither.
 
-    `pace` is called after every address's balance read (a paced pass pauses there: one read of an
-    in-process chain is a few ms of CPU, a wallet of many addresses a long burst otherwise)."""
+    `pace` is called between two balance reads (a paced pass pauses there: one read of an in-process
+    chain is a few ms of CPU, a wallet of many addresses a long burst otherwise), never once a
+    mismatch was found: the rest of the read runs without a pause (the caller's pauses free the chain
+    lock, which the response to a shortfall keeps until the halt is submitted)."""
     rows: list[ChainRow] = []
     mismatches: list[Mismatch] = []
     tips: dict[int, int] = {}
@@ -334,13 +336,15 @@ def reconcile_chain(
         key = id(spec.adapter)
         if key not in tips:
             tips[key] = heights[spec.chain] if heights and spec.chain in heights else spec.adapter.current_height()
+    first = True
     for spec in wallets:
         height = tips[id(spec.adapter)]
         chain_minor = 0
         for address in spec.addresses:
-            chain_minor += _balance(spec.adapter, address, height, spec.asset)
-            if pace is not None:
+            if pace is not None and not first and not mismatches:
                 pace()
+            first = False
+            chain_minor += _balance(spec.adapter, address, height, spec.asset)
         row = ChainRow(
             spec.wallet, spec.asset, spec.chain, height, chain_minor,
             custody_holdings(ledger, spec.asset, spec.wallet, settings.custody_balance_sign),
@@ -1050,9 +1054,9 @@ class Reconciler:
         self.errors: list[str] = []
         #: In a serving process: the internal pass's share of the GIL while it folds the journal
         #: (ringfence/pacing.py), so a fold never holds up the requests for its whole length.
-        #: None: full speed. The chain pass is paced by it too, after every address's balance read:
-        #: the custody runtime gives its reconciler a pacer whose pauses release the chain lock
-        #: (`pacing.unlocked_sleep`), which the pass runs under.
+        #: None: full speed. The chain pass is paced by it too, between two balance reads while it
+        #: has found nothing: the custody runtime gives its reconciler a pacer whose pauses release
+        #: the chain lock (`pacing.unlocked_sleep`), which the pass runs under.
         self.pacer = pacer
         #: Whether this pass's fold is paced: not while it catches up from far behind (the first
         #: pass after a start folds the journal from genesis: at a tenth of a core that would leave
@@ -1061,20 +1065,25 @@ class Reconciler:
         self._pacing = True
         #: `run_forever`'s stop event: a fold in progress ends at its next record once it is set.
         self._stopping: threading.Event | None = None
+        #: Set when a chain read found a mismatch: no more pauses until the pass has responded
+        #: (`run_once`): a pause frees the chain lock, and the withdrawal worker must not sign and
+        #: broadcast more of a short asset before its halt is submitted.
+        self._holding = False
 
     def _pace(self, _folded: int = 0) -> None:
         if self._stopping is not None and self._stopping.is_set():
             raise _Stopped
-        if self.pacer is not None and self._pacing:
+        if self.pacer is not None and self._pacing and not self._holding:
             self.pacer.tick()
 
     def _pace_command(self) -> None:
         """Between two commands of a record: a pause, never a stop (the record is folded whole)."""
-        if self.pacer is not None and self._pacing and not (self._stopping is not None and self._stopping.is_set()):
+        if (self.pacer is not None and self._pacing and not self._holding
+                and not (self._stopping is not None and self._stopping.is_set())):
             self.pacer.tick()
 
     def _pace_chain(self) -> None:
-        if self.pacer is not None:
+        if self.pacer is not None and not self._holding:
             self.pacer.tick()
 
     # -------------------------------------------------------------- passes
@@ -1088,19 +1097,25 @@ class Reconciler:
         Each read takes the engine's figures and then every chain's height, both before its first
         pause (the chain lock is held then: no custody worker moves a chain or the figures between
         the two), and reads every balance at those heights: what the workers do while a pause frees
-        the lock (a withdrawal recorded and mined, a deposit seen) is in neither side."""
+        the lock (a withdrawal recorded and mined, a deposit seen) is in neither side.
+
+        A read pauses (the lock free) only while it has found nothing: from its first mismatch on,
+        the rest of it, the confirming reads and the response (`run_once`: the halt submitted) run
+        without a pause, as one hold of the lock, so the withdrawal worker signs and broadcasts no
+        more of a short asset before its halt."""
+        self._holding = False
         if not self.wallets:
             return [], []
         ledger, custody = self._engine_side()
         rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights(),
                                            pace=self._pace_chain)
+        self._holding = bool(mismatches)
         for _ in range(self.settings.confirm_reads - 1):
             if not mismatches:
                 break
             time.sleep(self.settings.confirm_wait_ms / 1000)
             ledger, custody = self._engine_side()
-            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights(),
-                                          pace=self._pace_chain)
+            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights())
             keep = {m.halt_id for m in again}
             mismatches = [m for m in mismatches if m.halt_id in keep]
         return rows, mismatches
@@ -1171,6 +1186,7 @@ class Reconciler:
         if self.pacer is not None:
             self.pacer.restart()  # the thread waited since its last pass: a fresh slice
         notes: list[str] = []
+        self._holding = False  # set by the chain pass when it finds a mismatch, until the response below
         rows, mismatches = self.chain_pass() if chain else ([], [])
         reserves = self._reserves(rows)
         accounts = 0
@@ -1184,6 +1200,7 @@ class Reconciler:
                 notes.append("shadow per-account check skipped (replay check ran): unmodelled commands "
                              + ", ".join(f"{k}x{v}" for k, v in sorted(self.fold.book.unmodelled.items())))
         report = self._respond(mismatches, rows, accounts, notes)
+        self._holding = False
         report.duration_ms = int((time.perf_counter() - started) * 1000)
         self.incidents.record_run(self.clock_ms(), report.duration_ms, report.seq, len(rows), accounts,
                                   len(mismatches), "; ".join(notes))
