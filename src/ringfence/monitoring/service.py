@@ -133,7 +133,7 @@ class Monitor:
                 # poll, in batches of what came meanwhile (each step costs a few transactions of its own)
                 while self.step() >= READ_BATCH:
                     pass
-            except Exception as err:  # logged and retried; the cursor did not move
+            except Exception as err:  # logged and retried; the cursor moved only over events scored
                 self.errors += 1
                 self.last_error = type(err).__name__
                 log.exception("monitoring.step_failed")
@@ -188,16 +188,29 @@ class Monitor:
         # same events in the same order as one read decoded at once, which is what runs unpaced)
         events: list[Event] = []
         hits: list[Hit] = []
-        for page in read_pages(self.store, self.cursor, page=READ_PAGE if pacer is not None else READ_BATCH):
-            page = self._located(page)
-            for first in range(0, len(page), SCORE_CHUNK):
-                with self._links_lock:  # released between chunks: a paused scorer holds up no reader of the links
-                    for e in page[first:first + SCORE_CHUNK]:
-                        hits.extend(self.scorer.process(e))
-                        self.links.add(e)
-                if pacer is not None:
-                    pacer.tick()
-            events.extend(page)
+        pages = read_pages(self.store, self.cursor, page=READ_PAGE if pacer is not None else READ_BATCH)
+        try:
+            for page in pages:
+                page = self._located(page)
+                for first in range(0, len(page), SCORE_CHUNK):
+                    with self._links_lock:  # released between chunks: a paused scorer holds up no reader of the links
+                        for e in page[first:first + SCORE_CHUNK]:
+                            hits.extend(self.scorer.process(e))
+                            self.links.add(e)
+                            events.append(e)
+                    if pacer is not None:
+                        pacer.tick()
+        except Exception:
+            # a later page's read (or its GeoIP look-up) failed: the events scored before it are in the
+            # scorer's windows and the links already; keep their alerts and move the cursor over them, as
+            # a smaller step would have, so the retry scores each of them no second time
+            pages.close()  # the read's transaction ends before the alerts are written
+            if events:
+                self._clusters_dirty = self._clusters_dirty or any(e.kind in LINK_KINDS for e in events)
+                store_hits(self.store, hits, time.time_ns() // 1_000_000, cursor=(CURSOR, events[-1].id))
+                self.cursor = events[-1].id
+                self.alerts_raised += len(hits)
+            raise
         now_ms = time.time_ns() // 1_000_000
         # The links changed since the last cluster check: check again once CLUSTER_CHECK_MS has passed,
         # whether or not more events come (a trade in a batch inside the interval is checked later).

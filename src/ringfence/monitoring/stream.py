@@ -24,7 +24,7 @@ import json
 import threading
 import time
 from enum import StrEnum
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import msgspec
 import structlog
@@ -232,7 +232,7 @@ def read_after(store: Store, after_id: int, *, limit: int = READ_BATCH) -> list[
         return [_row_event(r) for r in rows]
 
 
-def read_pages(store: Store, after_id: int, *, page: int, limit: int = READ_BATCH) -> Iterator[list[Event]]:
+def read_pages(store: Store, after_id: int, *, page: int, limit: int = READ_BATCH) -> Generator[list[Event], None, None]:
     """The events `read_after(store, after_id, limit=limit)` returns, the same ones in the same order,
     `page` at a time: one query, whose rows are fetched and decoded a page per step of the iteration
     (the scorer scores a page before it takes the next; decoding a whole read at once was a burst of

@@ -1,0 +1,75 @@
+"""The monitoring scorer's paged read (session 20): a failure part way through a step scores no
+event twice, and on PostgreSQL no transaction stays open while the scorer pauses between pages
+(code review, session 20)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ringfence.monitoring import service
+from ringfence.monitoring.service import READ_PAGE, Monitor, default_rules
+from ringfence.monitoring.stream import add_in_tx
+from ringfence.store import Store
+
+
+def _fill(store: Store, events: int) -> None:
+    with store.tx() as db:
+        for i in range(events):
+            add_in_tx(db, "login_failed" if i % 3 else "login", source="test", at_ms=1_000 + i,
+                      account_id=f"acct{i % 7}", ip=f"10.0.{i % 5}.1", device=f"dev{i % 4}")
+
+
+class Ticks:
+    def __init__(self, on_tick: Any = None) -> None:
+        self.on_tick = on_tick
+        self.ticks = 0
+
+    def restart(self) -> None:
+        pass
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.on_tick is not None:
+            self.on_tick()
+
+
+def test_a_page_that_fails_part_way_leaves_no_event_to_be_scored_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 events, paged by READ_PAGE; the sixth page's read fails once. The five pages before it
+    were scored (the scorer's windows, the links); the retry must not score them again (it scored
+    320 events twice: the cursor had not moved)."""
+    store = Store.from_url(f"sqlite:///{tmp_path / 'm.sqlite'}")
+    _fill(store, 1_000)
+    real_pages = service.read_pages
+    failures = [5]  # pages read fine before the one that fails, once
+
+    def read_pages(*args: Any, **kwargs: Any) -> Any:
+        for n, got in enumerate(real_pages(*args, **kwargs)):
+            if failures and n == failures[0]:
+                failures.clear()
+                raise ConnectionError("the database went away")
+            yield got
+
+    monkeypatch.setattr(service, "read_pages", read_pages)
+    monitor = Monitor(store, None, default_rules(), pacer=Ticks())  # type: ignore[arg-type]
+    scored: list[int] = []
+    real_process = monitor.scorer.process
+
+    def process(e: Any) -> Any:
+        scored.append(e.id)
+        return real_process(e)
+
+    monkeypatch.setattr(monitor.scorer, "process", process)
+    with pytest.raises(ConnectionError):
+        monitor.step()
+    assert monitor.cursor == scored[-1] and len(scored) == 5 * READ_PAGE  # moved over what was scored
+    assert monitor.step() == 1_000 - 5 * READ_PAGE
+    assert sorted(scored) == scored and len(set(scored)) == len(scored) == 1_000  # each event once, in order
+    # the alerts are those of one step that never failed
+    plain_store = Store.from_url(f"sqlite:///{tmp_path / 'p.sqlite'}")
+    _fill(plain_store, 1_000)
+    plain = Monitor(plain_store, None, default_rules(), pacer=Ticks())  # type: ignore[arg-type]
+    assert plain.step() == 1_000
+    assert (plain.cursor, plain.alerts_raised) == (monitor.cursor, monitor.alerts_raised)
