@@ -73,3 +73,40 @@ def test_a_page_that_fails_part_way_leaves_no_event_to_be_scored_twice(tmp_path:
     plain = Monitor(plain_store, None, default_rules(), pacer=Ticks())  # type: ignore[arg-type]
     assert plain.step() == 1_000
     assert (plain.cursor, plain.alerts_raised) == (monitor.cursor, monitor.alerts_raised)
+
+
+@pytest.mark.store
+def test_no_transaction_stays_open_while_the_scorer_pauses_between_pages(tmp_path: Path) -> None:
+    """On PostgreSQL the paged read kept its transaction open through the scorer's pauses ("idle in
+    transaction": AccessShareLock on the events and users tables, its snapshot holding back vacuum)
+    although psycopg had every row at execute. On SQLite the read steps its rows lazily and keeps its
+    read transaction, which WAL mode lets a writer commit through: an event added during a pause."""
+    from sqlalchemy import create_engine, text
+
+    from tests.pgtest import profile_store_url
+
+    with profile_store_url(tmp_path) as url:
+        store = Store.from_url(url)
+        try:
+            _fill(store, 5 * READ_PAGE)
+            seen: list[int] = []
+            if store.engine.dialect.name == "postgresql":
+                watcher = create_engine(url, isolation_level="AUTOCOMMIT")
+
+                def look() -> None:  # every other backend of this database that is inside a transaction
+                    with watcher.connect() as conn:
+                        seen.append(conn.execute(text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'")).scalar_one())
+            else:
+                def look() -> None:
+                    _fill(store, 1)  # commits while the read is open
+                    seen.append(0)
+
+            monitor = Monitor(store, None, default_rules(), pacer=Ticks(look))  # type: ignore[arg-type]
+            assert monitor.step() == 5 * READ_PAGE  # (on SQLite the events added meanwhile are after its snapshot)
+            assert len(seen) == 5 and seen == [0] * 5
+        finally:
+            if store.engine.dialect.name == "postgresql":
+                watcher.dispose()
+            store.engine.dispose()

@@ -234,13 +234,25 @@ def read_after(store: Store, after_id: int, *, limit: int = READ_BATCH) -> list[
 
 def read_pages(store: Store, after_id: int, *, page: int, limit: int = READ_BATCH) -> Generator[list[Event], None, None]:
     """The events `read_after(store, after_id, limit=limit)` returns, the same ones in the same order,
-    `page` at a time: one query, whose rows are fetched and decoded a page per step of the iteration
-    (the scorer scores a page before it takes the next; decoding a whole read at once was a burst of
-    its own). The read transaction stays open until the iteration ends."""
+    `page` at a time, decoded a page per step of the iteration (the scorer scores a page before it
+    takes the next; decoding a whole read at once was a burst of its own). One query:
+
+    * on SQLite its rows are stepped as the pages are asked for (the driver reads them lazily: the
+      first page of 5,000 costs ~1% of the whole read's steps), so the read transaction stays open
+      until the iteration ends; in WAL mode (`store.make_engine`) writers commit meanwhile;
+    * on PostgreSQL psycopg downloads every row at execute anyway: they are taken at once and the
+      transaction ended before the first page, so no transaction stays open ("idle in transaction",
+      its locks on the tables and its snapshot holding back vacuum) while the caller pauses."""
+    query = (select(*_EVENT_COLUMNS).outerjoin(User, User.id == MonitoringEvent.user_id)
+             .where(MonitoringEvent.id > after_id).order_by(MonitoringEvent.id).limit(limit))
+    if store.engine.dialect.name != "sqlite":
+        with store.tx() as db:
+            every = db.connection().execute(query).all()
+        for first in range(0, len(every), page):
+            yield [_row_event(r) for r in every[first:first + page]]
+        return
     with store.tx() as db:  # a Core result: the driver's cursor is read as the pages are asked for
-        result = db.connection().execute(
-            select(*_EVENT_COLUMNS).outerjoin(User, User.id == MonitoringEvent.user_id)
-            .where(MonitoringEvent.id > after_id).order_by(MonitoringEvent.id).limit(limit))
+        result = db.connection().execute(query)
         while rows := result.fetchmany(page):
             yield [_row_event(r) for r in rows]
 
