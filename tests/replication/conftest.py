@@ -191,34 +191,35 @@ def listening(port: int, proc: subprocess.Popen, seconds: int = 20) -> bool:
     return False
 
 
+@contextmanager
+def _nats_server_with(store: Path, *auth: str) -> Iterator[int]:
+    """A nats-server of its own on a free port, JetStream on, with the `auth` arguments: its port."""
+    binary = shutil.which("nats-server")
+    assert binary, "nats-server is not installed on this machine (required, never skipped)"
+    port = free_port()
+    proc = subprocess.Popen([binary, "-p", str(port), "-js", "-sd", str(store), *auth],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if not listening(port, proc):
+            raise AssertionError("nats-server did not start")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture
 def nats_with_password(tmp_path):
     """A nats-server of its own on a free port, JetStream on, user `rf` with a random password: (port, password)."""
-    binary = shutil.which("nats-server")
-    assert binary, "nats-server is not installed on this machine (required, never skipped)"
-    port, password = free_port(), "pw-" + secrets.token_hex(8)
-    proc = subprocess.Popen([binary, "-p", str(port), "-js", "-sd", str(tmp_path / "js"), "--user", "rf", "--pass", password],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not listening(port, proc):
-        proc.kill()
-        raise AssertionError("nats-server did not start")
-    yield port, password
-    proc.terminate()
-    proc.wait(10)
+    password = "pw-" + secrets.token_hex(8)
+    with _nats_server_with(tmp_path / "js", "--user", "rf", "--pass", password) as port:
+        yield port, password
 
 
 @pytest.fixture
 def nats_with_token(tmp_path):
     """A nats-server of its own on a free port, JetStream on, requiring a random token (`nats://TOKEN@host`):
     (port, token)."""
-    binary = shutil.which("nats-server")
-    assert binary, "nats-server is not installed on this machine (required, never skipped)"
-    port, token = free_port(), "tok" + secrets.token_hex(8)
-    proc = subprocess.Popen([binary, "-p", str(port), "-js", "-sd", str(tmp_path / "js-token"), "--auth", token],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not listening(port, proc):
-        proc.kill()
-        raise AssertionError("nats-server did not start")
-    yield port, token
-    proc.terminate()
-    proc.wait(10)
+    token = "tok" + secrets.token_hex(8)
+    with _nats_server_with(tmp_path / "js-token", "--auth", token) as port:
+        yield port, token
