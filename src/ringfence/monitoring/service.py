@@ -195,8 +195,9 @@ class Monitor:
                 for first in range(0, len(page), SCORE_CHUNK):
                     with self._links_lock:  # released between chunks: a paused scorer holds up no reader of the links
                         for e in page[first:first + SCORE_CHUNK]:
-                            hits.extend(self.scorer.process(e))
-                            self.links.add(e)
+                            found = self.scorer.process(e)
+                            self.links.add(e)  # if this raises, e's alerts are not kept with the events before it
+                            hits.extend(found)
                             events.append(e)
                     if pacer is not None:
                         pacer.tick()

@@ -337,11 +337,12 @@ def reconcile_chain(
         if key not in tips:
             tips[key] = heights[spec.chain] if heights and spec.chain in heights else spec.adapter.current_height()
     first = True
+    halting = False  # a mismatch found that would halt (a surplus only records an incident): no more pauses
     for spec in wallets:
         height = tips[id(spec.adapter)]
         chain_minor = 0
         for address in spec.addresses:
-            if pace is not None and not first and not mismatches:
+            if pace is not None and not first and not halting:
                 pace()
             first = False
             chain_minor += _balance(spec.adapter, address, height, spec.asset)
@@ -364,7 +365,9 @@ def reconcile_chain(
             "tolerance_minor": str(row.tolerance_minor),
         }
         kind = "hot_wallet_shortfall" if status == "SHORTFALL" else "hot_wallet_surplus"
-        mismatches.append(Mismatch(kind, spec.asset, f"custody:{spec.wallet}:{spec.asset}", row.ledger_minor, chain_minor, details))
+        mismatch = Mismatch(kind, spec.asset, f"custody:{spec.wallet}:{spec.asset}", row.ledger_minor, chain_minor, details)
+        mismatches.append(mismatch)
+        halting = halting or mismatch.rule.level is not None
     return rows, mismatches
 
 
@@ -1109,13 +1112,16 @@ class Reconciler:
         ledger, custody = self._engine_side()
         rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights(),
                                            pace=self._pace_chain)
-        self._holding = bool(mismatches)
+        # only a mismatch that would halt keeps the lock (a persistent surplus, an incident only, must not
+        # make every later pass one unpaced burst again)
+        self._holding = any(m.rule.level is not None for m in mismatches)
         for _ in range(self.settings.confirm_reads - 1):
             if not mismatches:
                 break
             time.sleep(self.settings.confirm_wait_ms / 1000)
             ledger, custody = self._engine_side()
-            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights())
+            rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights(),
+                                          pace=None if self._holding else self._pace_chain)
             keep = {m.halt_id for m in again}
             mismatches = [m for m in mismatches if m.halt_id in keep]
         return rows, mismatches
@@ -1185,8 +1191,14 @@ class Reconciler:
         started = time.perf_counter()
         if self.pacer is not None:
             self.pacer.restart()  # the thread waited since its last pass: a fresh slice
+        self._holding = False  # set by the chain pass when it finds a mismatch that halts, until the response below
+        try:
+            return self._run_once(started, chain=chain, internal=internal)
+        finally:
+            self._holding = False
+
+    def _run_once(self, started: float, *, chain: bool, internal: bool) -> RunReport:
         notes: list[str] = []
-        self._holding = False  # set by the chain pass when it finds a mismatch, until the response below
         rows, mismatches = self.chain_pass() if chain else ([], [])
         reserves = self._reserves(rows)
         accounts = 0
