@@ -1197,7 +1197,7 @@ class Reconciler:
         finally:
             self._holding = False
 
-    def _run_once(self, started: float, *, chain: bool, internal: bool) -> RunReport:
+    def _run_once(self, started: float, *, chain: bool, internal: bool) -> RunReport:  # float-ok: perf_counter
         notes: list[str] = []
         rows, mismatches = self.chain_pass() if chain else ([], [])
         reserves = self._reserves(rows)
