@@ -143,15 +143,21 @@ def test_a_pass_that_found_a_shortfall_keeps_the_chain_lock_until_its_halt_is_su
     assert btc.reads + eth.reads == 10  # both reads were whole
 
 
-def test_a_clean_pass_frees_the_lock_between_any_two_reads(node: Any) -> None:
+def _counted_pass(node: Any, btc_b1: int) -> tuple[Any, list[int], int]:
+    """A pass over BTC (b1, b2) and ETH (e1, e2, e3) against ledgers of 10 and 100, b1 holding `btc_b1`:
+    its report, the balance reads done at each pause, and the reads in all."""
     _custody(node, 10, 100)
-    btc, eth = FakeChain({"b1": 10, "b2": 0}), FakeChain({"e1": 100, "e2": 0, "e3": 0})
+    btc, eth = FakeChain({"b1": btc_b1, "b2": 0}), FakeChain({"e1": 100, "e2": 0, "e3": 0})
     wallets = [WalletSpec("btc_hot", "BTC", "bitcoin", btc, ("b1", "b2")),
                WalletSpec("eth_hot", "ETH", "ethereum", eth, ("e1", "e2", "e3"))]
     seen: list[int] = []
     rec = Reconciler(node, wallets=wallets, custody=SimCustody(),
                      pacer=HookPacer(lambda _tick: seen.append(btc.reads + eth.reads)))  # type: ignore[arg-type]
-    report = rec.run_once(internal=False)
+    return rec.run_once(internal=False), seen, btc.reads + eth.reads
+
+
+def test_a_clean_pass_frees_the_lock_between_any_two_reads(node: Any) -> None:
+    report, seen, _ = _counted_pass(node, 10)
     assert report.mismatches == [] and seen == [1, 2, 3, 4]  # a pause between any two of the 5 reads
 
 
@@ -159,15 +165,8 @@ def test_a_surplus_records_an_incident_and_the_pass_keeps_pausing(node: Any) -> 
     """A surplus halts nothing (an incident): a wallet that stays in surplus must not make every later
     pass run its reads, the confirming read included, as one unpaced burst under the lock (the
     session-20 review found that any mismatch stopped the pauses)."""
-    _custody(node, 10, 100)
-    btc, eth = FakeChain({"b1": 14, "b2": 0}), FakeChain({"e1": 100, "e2": 0, "e3": 0})  # BTC 4 over
-    wallets = [WalletSpec("btc_hot", "BTC", "bitcoin", btc, ("b1", "b2")),
-               WalletSpec("eth_hot", "ETH", "ethereum", eth, ("e1", "e2", "e3"))]
-    seen: list[int] = []
-    rec = Reconciler(node, wallets=wallets, custody=SimCustody(),
-                     pacer=HookPacer(lambda _tick: seen.append(btc.reads + eth.reads)))  # type: ignore[arg-type]
-    report = rec.run_once(internal=False)
+    report, seen, reads = _counted_pass(node, 14)  # BTC 4 over
     [m] = report.mismatches
     assert m.kind == "hot_wallet_surplus" and report.halts_submitted == [] and active_halts(node.engine) == []
     # both reads (the first and the confirming one) pause between any two of their 5 balance reads
-    assert seen == [1, 2, 3, 4, 6, 7, 8, 9] and btc.reads + eth.reads == 10
+    assert seen == [1, 2, 3, 4, 6, 7, 8, 9] and reads == 10
