@@ -226,10 +226,14 @@ READ_BATCH = 5_000
 def read_after(store: Store, after_id: int, *, limit: int = READ_BATCH) -> list[Event]:
     # plain rows of the columns, not ORM objects: the scorer reads thousands a second in the serving process
     with store.tx() as db:
-        rows = db.execute(
-            select(*_EVENT_COLUMNS).outerjoin(User, User.id == MonitoringEvent.user_id)
-            .where(MonitoringEvent.id > after_id).order_by(MonitoringEvent.id).limit(limit)).all()
+        rows = db.execute(_events_after(after_id, limit)).all()
         return [_row_event(r) for r in rows]
+
+
+def _events_after(after_id: int, limit: int) -> Any:
+    """The query of `read_after` and `read_pages`: events after `after_id`, in id order, with their users."""
+    return (select(*_EVENT_COLUMNS).outerjoin(User, User.id == MonitoringEvent.user_id)
+            .where(MonitoringEvent.id > after_id).order_by(MonitoringEvent.id).limit(limit))
 
 
 def read_pages(store: Store, after_id: int, *, page: int, limit: int = READ_BATCH) -> Generator[list[Event], None, None]:
@@ -243,8 +247,7 @@ def read_pages(store: Store, after_id: int, *, page: int, limit: int = READ_BATC
     * on PostgreSQL psycopg downloads every row at execute anyway: they are taken at once and the
       transaction ended before the first page, so no transaction stays open ("idle in transaction",
       its locks on the tables and its snapshot holding back vacuum) while the caller pauses."""
-    query = (select(*_EVENT_COLUMNS).outerjoin(User, User.id == MonitoringEvent.user_id)
-             .where(MonitoringEvent.id > after_id).order_by(MonitoringEvent.id).limit(limit))
+    query = _events_after(after_id, limit)
     if store.engine.dialect.name != "sqlite":
         with store.tx() as db:
             every = db.connection().execute(query).all()
