@@ -521,3 +521,88 @@ def test_the_proof_schedule_is_paced_and_a_proof_on_request_is_not(tmp_path: Pat
     publisher.run(stop)
     assert publisher.published == 2 and pacer.restarts == 1 and pacer.ticks >= 3
     node.close()
+
+
+class GatedPacer(TickCounter):
+    """A pacer whose every pause lasts until `gate` is set (at most 20 s); `paused` is set at the first."""
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__()
+        self.gate, self.paused = threading.Event(), threading.Event()
+
+    def tick(self) -> None:
+        super().tick()
+        self.paused.set()
+        self.gate.wait(20)
+
+
+def _in_thread(fn: Any) -> tuple[Any, list[Any]]:
+    import threading
+
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_a_proof_on_request_waits_for_no_scheduled_proof_and_the_older_one_is_not_published_after_it(tmp_path: Path) -> None:
+    """`publish()` held the publisher's lock for a whole paced proof: a proof asked for meanwhile waited
+    for all of it. Now the scheduled proof pauses (stopped here, in its first pause), the state moves on,
+    and the proof on request of the new state is published at once; the scheduled one, of the older
+    state, is then not published after it (the newest proof stays the newest state)."""
+    from ringfence.ledger.commands import CreateTransfers
+    from ringfence.ledger.model import Transfer
+    from ringfence.solvency.pol import DEV_SECRET
+    from ringfence.solvency.publisher import PorPublisher, read_history
+
+    node: Any = _ledger_node(tmp_path / "node", 2)
+    pacer = GatedPacer()
+    publisher = PorPublisher(node.read, tmp_path / "por", DEV_SECRET, every_s=0, pacer=pacer)
+    scheduled, scheduled_entry = _in_thread(lambda: publisher.publish(paced=True))
+    try:
+        assert pacer.paused.wait(20)
+        world, a = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("a", "BTC").id))
+        node.execute_many([CreateTransfers([Transfer(99, world, a, 100)])])
+        asked, asked_entry = _in_thread(publisher.publish)
+        asked.join(15)
+        assert asked_entry, "the proof on request waited for the paused scheduled proof"
+        assert asked_entry[0]["n"] == 1 and asked_entry[0]["position"] == f"journal:{node.last_seq}"
+    finally:
+        pacer.gate.set()
+        scheduled.join(20)
+    assert scheduled_entry == asked_entry  # the scheduled proof's older state was not published
+    assert [p["n"] for p in read_history(tmp_path / "por")["proofs"]] == [1] and publisher.published == 1
+    assert sorted(p.name for p in (tmp_path / "por").iterdir()) == ["1", "history.json"]  # no temporary folder left
+    node.close()
+
+
+def test_a_proof_on_request_of_the_snapshot_a_scheduled_proof_builds_joins_it_unpaced(tmp_path: Path) -> None:
+    """Two proofs of one snapshot are not built at once: the proof asked for while the scheduled one
+    builds the same snapshot returns that proof, which runs on without pauses from then on; one proof
+    is published."""
+    import time
+
+    from ringfence.solvency.pol import DEV_SECRET
+    from ringfence.solvency.publisher import PorPublisher, read_history
+
+    node: Any = _ledger_node(tmp_path / "node", 2)
+    pacer = GatedPacer()
+    publisher = PorPublisher(node.read, tmp_path / "por", DEV_SECRET, every_s=0, pacer=pacer)
+    scheduled, scheduled_entry = _in_thread(lambda: publisher.publish(paced=True))
+    try:
+        assert pacer.paused.wait(20)
+        asked, asked_entry = _in_thread(publisher.publish)
+        deadline = time.monotonic() + 20
+        # (the build of that snapshot, told by the joining caller to go on unpaced)
+        while not any(b.hurry.is_set() for b in list(publisher._builds.values())) and time.monotonic() < deadline:
+            time.sleep(0.01)  # float-ok: seconds
+    finally:
+        pacer.gate.set()
+        scheduled.join(20)
+    asked.join(20)
+    assert asked_entry and asked_entry == scheduled_entry and asked_entry[0]["n"] == 1
+    assert pacer.ticks == 1  # no pause after the first, during which the request joined
+    assert [p["n"] for p in read_history(tmp_path / "por")["proofs"]] == [1] and publisher.published == 1
+    node.close()
