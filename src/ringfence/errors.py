@@ -362,19 +362,25 @@ __all__ += ["InvalidAddress", "UnsupportedAsset", "TransactionRejected", "ChainU
 __all__ += ["PrecheckFailed"]
 
 
-#: up to the last `@` before the host (`[^/?#\s]+` is greedy): a raw `@` in a password, which URL
-#: parsers and nats-py accept, is hidden with the rest of it (fresh-eyes review, session 19)
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/?#\s]+)@")
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*://"
+#: A URL's user information runs up to the last `@` of its part of the word (the next `,scheme://` of
+#: a list of URLs starts another part), whatever it holds before: a raw `@`, `/`, `:`, `?` or `#`
+#: in a password, which URL parsers take (SQLAlchemy's password runs to the `@`, nats-py's netloc to
+#: the last `@`), is hidden with the rest of it (fresh-eyes review, session 19; a `/` showed the
+#: password, session 21). With no `@` in its part (a password holding `,x://`), up to the word's last `@`.
+_URL_USERINFO = re.compile(rf"(?P<scheme>\b{_SCHEME})(?:(?P<info>(?:[^\s,]|,(?!{_SCHEME}))+)@|(?P<wide>\S+)@)")
 
 
 def without_credentials(text: str) -> str:
     """`text` with the credentials of every URL in it hidden: `nats://user:pw@host` becomes
     `nats://user:***@host`, `nats://TOKEN@host` (a user name alone is a token to NATS) and
     `redis://:pw@host` become `nats://***@host` / `redis://:***@host`. For what a process writes
-    about itself (its command line in a lock file, a child's command line in an error)."""
+    about itself (its command line in a lock file, a child's command line in an error). A password
+    may hold any character but whitespace (a word of a command line ends there); a URL whose path
+    holds an `@` is hidden up to it (safe rather than exact: nothing tells it from a password)."""
 
     def hide(m: re.Match[str]) -> str:
-        user, colon, _ = m.group("info").partition(":")
+        user, colon, _ = (m.group("info") or m.group("wide")).partition(":")
         return m.group("scheme") + (f"{user}:***@" if colon else "***@")
 
     return _URL_USERINFO.sub(hide, text)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import string
 import signal
 import socket
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from api.conftest import ARGON2_TEST_COST, NO_CHAINS
@@ -320,3 +321,32 @@ def test_without_credentials_hides_every_password_and_token_and_keeps_the_rest(u
         assert out == f"{before} {kept} tail"
     plain = f"{before} {scheme}://host:4222/{user}"
     assert without_credentials(plain) == plain
+
+
+#: any character a word of a command line can hold (whitespace ends the word, and the URL with it)
+_WORD_CHARS = st.characters(blacklist_categories=("Cs",)).filter(lambda c: not c.isspace())
+
+
+@given(user=st.text(alphabet=string.ascii_letters + string.digits + "-_.%", min_size=1, max_size=12),
+       password=st.text(alphabet=_WORD_CHARS, min_size=4, max_size=30)
+       | st.builds("".join, st.lists(st.sampled_from(["/", "@", ":", "?", "#", ",", "//", "://", "ab", "x", "%2F"]),
+                                     min_size=2, max_size=12)),
+       scheme=st.sampled_from(["nats", "tls", "postgresql+psycopg", "redis"]),
+       rest=st.sampled_from(["host:4222/S?x=1", "h", "[::1]:5432/db", "db.example:5432/x#frag", "h1:4222,nats://h2:4222"]),
+       before=st.text(alphabet=string.ascii_letters + " =-", max_size=10))
+@settings(max_examples=500, deadline=None)
+def test_without_credentials_hides_any_password_whole(user, password, scheme, rest, before):
+    """Whatever a password holds (a raw `/`, `@`, `:`, `?`, `#`; session 21: `u:pa/ss@host` showed
+    `pa/ss`), the line never shows it; and but for a password holding `,scheme://` (read as the start of
+    the next URL of a list) the line is exactly the one with `***` in its place."""
+    from ringfence.errors import without_credentials
+
+    hidden = f"{before} {scheme}://{user}:***@{rest} tail"
+    assume(len(password) >= 4 and password not in hidden)  # (else the rest of the line shows it anyway)
+    out = without_credentials(f"{before} {scheme}://{user}:{password}@{rest} tail")
+    assert password not in out
+    if not re.search(r",[A-Za-z][A-Za-z0-9+.-]*://", password):
+        assert out == hidden
+    if ":" not in password:  # a token alone (nats-py sends a user name without a password as one)
+        token = without_credentials(f"{before} {scheme}://{password}@{rest} tail")
+        assert password not in token
