@@ -153,7 +153,7 @@ def test_a_step_whose_alerts_cannot_be_stored_scores_no_event_twice(tmp_path: Pa
     lock = _WriteLock(store, path)
     real_pages = service.read_pages
     failures = [] if failing_page is None else [failing_page]
-    after_read = [failing_page is None]  # take the lock once the first read has given its last page
+    after_read = [True] if failing_page is None else []  # take the lock once the first read has given its last page
 
     def read_pages(*args: Any, **kwargs: Any) -> Any:
         for n, got in enumerate(real_pages(*args, **kwargs)):
@@ -179,8 +179,9 @@ def test_a_step_whose_alerts_cannot_be_stored_scores_no_event_twice(tmp_path: Pa
     with pytest.raises((ConnectionError, OperationalError)):
         monitor.step()
     assert monitor.cursor == 0 and len(scored) == (1_000 if failing_page is None else 5 * READ_PAGE)
-    with pytest.raises(OperationalError):  # still gone: the retry reads on, and cannot store either
+    with pytest.raises(OperationalError):  # still gone: the retry stores first, and cannot
         monitor.step()
+    assert monitor.cursor == 0 and len(scored) == (1_000 if failing_page is None else 5 * READ_PAGE)  # nor read more
     lock.release()
     monitor.step()
     while monitor.step():

@@ -183,6 +183,8 @@ class Monitor:
     def step(self) -> int:
         """Score the next batch of events (at most READ_BATCH); returns how many were read."""
         self._feedback()
+        if self.scored_through > self.cursor:  # a failed step's results first: no more is read (or kept) until stored
+            self._save(time.time_ns() // 1_000_000)
         # paced while it keeps up; a whole batch waiting means it fell behind (a burst of events, a share
         # too small for the rate): that batch and the next run at full speed until it has caught up
         pacer = self.pacer
