@@ -350,3 +350,37 @@ def test_without_credentials_hides_any_password_whole(user, password, scheme, re
     if ":" not in password:  # a token alone (nats-py sends a user name without a password as one)
         token = without_credentials(f"{before} {scheme}://{password}@{rest} tail")
         assert password not in token
+
+
+def test_without_credentials_takes_linear_time_on_a_word_of_many_schemes():
+    """A word of many `x://` with no `@` after them was tried from each to its end, twice (a password
+    may hold `/`, `@`, `,x://`): 20,000 characters took 9 s, quadratic (fresh-eyes review, session 21).
+    The text may come from elsewhere (a NATS server's error, an older lock file's line)."""
+    from ringfence.errors import without_credentials
+
+    for word in ("a://" * 8_000, "nats://" + ",a://" * 6_000, "a." * 15_000 + "://x", "b://@" + "a://" * 8_000):
+        started = time.perf_counter()  # float-ok: seconds
+        out = without_credentials(f"x {word} y")
+        assert time.perf_counter() - started < 2, word[:20]  # float-ok: seconds (ms now; 10 s and more before)
+        assert out.endswith(" y") and out.count("@") <= word.count("@")
+    assert without_credentials("b://u:pw@" + "a://" * 8_000) == "b://u:***@" + "a://" * 8_000
+
+
+@pytest.mark.parametrize("space", ["\xa0", "\u2003", "\u3000", "\x1c"])
+def test_a_password_holding_a_unicode_space_is_hidden_in_the_line_and_the_lock_file(tmp_path, space):
+    """A shell splits a command line at ASCII whitespace only: a password may hold a no-break space.
+    `\\s` took it for the end of the word (the password shown), and the lock file's line was re-spaced
+    (str.split) before its URLs were hidden, cutting the URL there."""
+    from ringfence.errors import without_credentials
+    from ringfence.journal.journal import LOCK_FILE, DataDirLock
+
+    secret = f"PW{space}SECRET"
+    assert without_credentials(f"serve --replicate nats://rfu:{secret}@h:4222/S") == "serve --replicate nats://rfu:***@h:4222/S"
+    node = tmp_path / "node"
+    node.mkdir()
+    lock = DataDirLock(node, f"ringfence serve --replicate nats://rfu:{secret}@127.0.0.1:4222/S")
+    try:
+        text = (node / LOCK_FILE).read_text()
+        assert "PW" not in text and "SECRET" not in text and "nats://rfu:***@127.0.0.1:4222/S" in text, text
+    finally:
+        lock.release()
