@@ -202,3 +202,42 @@ def test_a_step_whose_alerts_cannot_be_stored_scores_no_event_twice(tmp_path: Pa
     assert plain.step() == 1_000 and plain.alerts_raised > 0
     assert monitor.alerts_raised == plain.alerts_raised
     assert _alerts(store) == _alerts(plain_store)  # the stored alerts themselves, each once
+
+
+def test_a_step_called_while_another_runs_waits_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`stop()` runs a last step once the scorer's thread has had 10 s to end, whether or not it ended.
+    The second step stored the first one's alerts so far, read on after its last scored event, and
+    scored the rest; the first then scored the rest again from its own read (and the alerts the first
+    added meanwhile could go with a list the second had just stored and dropped). One step at a time
+    now: the second waits and finds nothing new."""
+    import threading
+
+    store = Store.from_url(f"sqlite:///{tmp_path / 'm.sqlite'}")
+    _fill(store, 1_000, "sign_in_failed", "sign_in")
+    second: list[Any] = []
+
+    def at_first_pause() -> None:  # the first step paused after its first chunk: another step starts
+        if not second:
+            thread = threading.Thread(target=lambda: second.append(monitor.step()), daemon=True)
+            second.append(thread)
+            thread.start()
+            thread.join(1)
+
+    monitor = Monitor(store, None, default_rules(), pacer=Ticks(at_first_pause))  # type: ignore[arg-type]
+    scored: list[int] = []
+    real_process = monitor.scorer.process
+
+    def process(e: Any) -> Any:
+        scored.append(e.id)
+        return real_process(e)
+
+    monkeypatch.setattr(monitor.scorer, "process", process)
+    first = monitor.step()
+    second[0].join(20)
+    assert (first, second[1:]) == (1_000, [0])  # the first step read them all, the second nothing more
+    assert sorted(scored) == scored and len(set(scored)) == len(scored) == 1_000 and monitor.cursor == 1_000
+    plain_store = Store.from_url(f"sqlite:///{tmp_path / 'p.sqlite'}")
+    _fill(plain_store, 1_000, "sign_in_failed", "sign_in")
+    plain = Monitor(plain_store, None, default_rules(), pacer=Ticks())  # type: ignore[arg-type]
+    assert plain.step() == 1_000 and plain.alerts_raised > 0
+    assert monitor.alerts_raised == plain.alerts_raised and _alerts(store) == _alerts(plain_store)

@@ -86,6 +86,9 @@ class Monitor:
         #: reads on from `scored_through` and stores them with its own (no event is scored twice)
         self.scored_through = 0
         self._unsaved: list[Hit] = []
+        #: one step at a time (the thread's, and `stop()`'s last one, which may come before the thread
+        #: ended): two at once scored the same events twice, and could drop alerts the other had just added
+        self._step_lock = threading.Lock()
         self.feedback_through = 0  # the last case-log close step applied to the model's weights (feedback.py)
         self.decisions: list[Decision] = []
         self.alerts_raised = 0
@@ -130,7 +133,15 @@ class Monitor:
         self.outbox.stop()
         if self._thread is not None:
             self._thread.join(10)
-        self.step()  # what the outbox wrote last (unpaced: `_stop` is set; the caller may be the event loop)
+        # what the outbox wrote last (unpaced: `_stop` is set; the caller may be the event loop): after the
+        # thread's step, if one is still running; a step stuck longer is left to the next start (the cursor)
+        if not self._step_lock.acquire(timeout=10):
+            log.warning("monitoring.last_step_skipped", reason="a step of the scorer's thread is still running")
+            return
+        try:
+            self._step()
+        finally:
+            self._step_lock.release()
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_ms / 1000):
@@ -181,7 +192,12 @@ class Monitor:
                     "decisions": [d.as_dict() for d in self.decisions[-500:]], "decisions_total": len(self.decisions)}
 
     def step(self) -> int:
-        """Score the next batch of events (at most READ_BATCH); returns how many were read."""
+        """Score the next batch of events (at most READ_BATCH); returns how many were read. One step at
+        a time: a step called while another runs waits for it."""
+        with self._step_lock:
+            return self._step()
+
+    def _step(self) -> int:
         self._feedback()
         if self.scored_through > self.cursor:  # a failed step's results first: no more is read (or kept) until stored
             self._save(time.time_ns() // 1_000_000)
