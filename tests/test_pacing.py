@@ -606,3 +606,44 @@ def test_a_proof_on_request_of_the_snapshot_a_scheduled_proof_builds_joins_it_un
     assert pacer.ticks == 1  # no pause after the first, during which the request joined
     assert [p["n"] for p in read_history(tmp_path / "por")["proofs"]] == [1] and publisher.published == 1
     node.close()
+
+
+def test_the_callers_that_joined_a_failed_proof_each_raise_their_own_error(tmp_path: Path) -> None:
+    """A proof that fails (the node stopped while it was built) fails for each caller that joined it,
+    each with an exception of its own whose cause is the build's: the one exception raised in several
+    threads took each thread's frames into the traceback the others log."""
+    import time
+
+    from ringfence.solvency.pol import DEV_SECRET
+    from ringfence.solvency.publisher import NodeStopped, PorPublisher
+
+    node: Any = _ledger_node(tmp_path / "node", 2)
+    pacer = GatedPacer()
+    reason: list[str] = []
+    publisher = PorPublisher(node.read, tmp_path / "por", DEV_SECRET, every_s=0, pacer=pacer,
+                             stopped=lambda: reason[0] if reason else None)
+
+    def caught(paced: bool) -> Any:
+        try:
+            publisher.publish(paced=paced)
+        except NodeStopped as err:
+            return err
+        return None
+
+    scheduled, scheduled_error = _in_thread(lambda: caught(True))
+    try:
+        assert pacer.paused.wait(20)
+        asked, asked_error = _in_thread(lambda: caught(False))
+        deadline = time.monotonic() + 20
+        while not any(b.hurry.is_set() for b in list(publisher._builds.values())) and time.monotonic() < deadline:
+            time.sleep(0.01)  # float-ok: seconds
+        reason.append("deposed")  # the node stops while the joined proof is built
+    finally:
+        pacer.gate.set()
+        scheduled.join(20)
+    asked.join(20)
+    [built], [joined] = scheduled_error, asked_error
+    assert isinstance(built, NodeStopped) and isinstance(joined, NodeStopped) and "deposed" in str(joined)
+    assert joined is not built and joined.__cause__ is built
+    assert not (tmp_path / "por").exists() or [p.name for p in (tmp_path / "por").iterdir()] == []  # nothing published
+    node.close()

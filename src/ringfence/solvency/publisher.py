@@ -27,6 +27,7 @@ units and ratios integer basis points.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -177,7 +178,7 @@ class PorPublisher:
                 build.hurry.set()  # asked for now: the rest of that proof runs at full speed
             build.done.wait()
             if build.error is not None:
-                raise build.error
+                raise _own_copy(build.error) from build.error
             assert build.entry is not None
             return build.entry
         try:
@@ -323,6 +324,15 @@ class PorPublisher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+
+def _own_copy(err: BaseException) -> BaseException:
+    """A copy of a failed build's exception for a caller that joined it (its cause: the build's): one
+    exception object raised in several threads would gather each thread's frames in one traceback."""
+    try:
+        return copy.copy(err)
+    except Exception:  # noqa: BLE001 - an exception class that cannot be copied: said by a plain one
+        return RingfenceError(f"the proof this call joined failed: {type(err).__name__}: {err}")
 
 
 class _Build:
