@@ -647,3 +647,59 @@ def test_the_callers_that_joined_a_failed_proof_each_raise_their_own_error(tmp_p
     assert joined is not built and joined.__cause__ is built
     assert not (tmp_path / "por").exists() or [p.name for p in (tmp_path / "por").iterdir()] == []  # nothing published
     node.close()
+
+
+def test_a_crashs_temporary_folders_are_swept_and_a_folder_in_use_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proof's temporary folder left by a crash (old `.tmp-<n>` or `.tmp-<snapshot>`) is removed by the
+    next proof begun while none is being built; one begun while another proof writes its folder leaves
+    that folder alone (it is published whole: root.json and proofs/ in it)."""
+    import threading
+    import time
+
+    from ringfence.ledger.commands import CreateTransfers
+    from ringfence.ledger.model import Transfer
+    from ringfence.solvency import pol_builder
+    from ringfence.solvency.pol import DEV_SECRET
+    from ringfence.solvency.publisher import PorPublisher, read_history
+
+    node: Any = _ledger_node(tmp_path / "node", 2)
+    out = tmp_path / "por"
+    for left in (".tmp-7", ".tmp-" + "ab" * 16):
+        (out / left / "proofs").mkdir(parents=True)
+        (out / left / "root.json").write_text("{}\n")
+    writing: list[threading.Event] = []
+    gates = [threading.Event(), threading.Event()]
+    real_write = pol_builder.LiabilityTree.write_store
+
+    def write_store(tree: Any, directory: Any, *args: Any, **kwargs: Any) -> None:
+        n = len(writing)
+        writing.append(threading.Event())
+        writing[n].set()
+        assert gates[n].wait(20)
+        real_write(tree, directory, *args, **kwargs)
+
+    monkeypatch.setattr(pol_builder.LiabilityTree, "write_store", write_store)
+    publisher = PorPublisher(node.read, out, DEV_SECRET, every_s=0)
+    first, first_entry = _in_thread(publisher.publish)
+    try:
+        deadline = time.monotonic() + 20
+        while not writing and time.monotonic() < deadline:
+            time.sleep(0.01)  # float-ok: seconds
+        assert writing and not (out / ".tmp-7").exists()  # swept: no proof was being built
+        world, a = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("a", "BTC").id))
+        node.execute_many([CreateTransfers([Transfer(99, world, a, 100)])])
+        second, second_entry = _in_thread(publisher.publish)  # a newer state, while the first writes its folder
+        while len(writing) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # float-ok: seconds
+        assert len(writing) == 2
+    finally:
+        gates[0].set()
+        first.join(20)
+        gates[1].set()
+    second.join(20)
+    assert [e["n"] for e in first_entry + second_entry] == [1, 2]
+    assert [p["n"] for p in read_history(out)["proofs"]] == [1, 2]
+    for n in ("1", "2"):
+        assert (out / n / "root.json").is_file() and (out / n / "proofs" / "meta.json").is_file(), n
+    assert sorted(p.name for p in out.iterdir()) == ["1", "2", "history.json"]
+    node.close()
