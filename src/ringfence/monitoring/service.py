@@ -133,9 +133,10 @@ class Monitor:
         self.outbox.stop()
         if self._thread is not None:
             self._thread.join(10)
-        # what the outbox wrote last (unpaced: `_stop` is set; the caller may be the event loop): after the
-        # thread's step, if one is still running; a step stuck longer is left to the next start (the cursor)
-        if not self._step_lock.acquire(timeout=10):
+        # what the outbox wrote last (unpaced: `_stop` is set; the caller may be the event loop, which waits
+        # no longer than it did): not while a step of the thread still runs, stuck for 10 s; the events
+        # after the stored cursor are scored on the next start
+        if not self._step_lock.acquire(blocking=False):
             log.warning("monitoring.last_step_skipped", reason="a step of the scorer's thread is still running")
             return
         try:
