@@ -214,12 +214,14 @@ def test_staff_init_checks_its_out_dir_before_making_anything(tmp_path):
     a_file.write_text("root:x:0:0\n")
     cases = [(a_file / "keys", f"--out-dir: {a_file / 'keys'} cannot be a folder ({a_file} is a file)"),
              (a_file, f"--out-dir: {a_file} cannot be a folder"),
-             (tmp_path / "kyes" / "deeper" / "keys", f"--out-dir: {tmp_path / 'kyes' / 'deeper'} does not exist")]
+             (tmp_path / "kyes" / "deeper" / "keys", f"--out-dir: {tmp_path / 'kyes' / 'deeper'} does not exist (nor does "
+              f"{tmp_path / 'kyes'}): the key files' folder is made only in a folder that exists")]
     for out_dir, says in cases:
         out = run("staff", "init", "--data", str(tmp_path / "node"), "--member", "ada:operator", "--member", "ben:operator",
                   "--out-dir", str(out_dir), cwd=tmp_path / "cwd")
         text = " ".join((out.stdout + out.stderr).split())
         assert out.returncode == 2 and f"error: {says}" in text and "Traceback" not in text, text
+        assert "data directory" not in text, text  # (it said "a data directory is made only in..." of the key files' folder)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "passwd"], "a refused staff init made folders"
 
 

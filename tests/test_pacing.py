@@ -521,3 +521,185 @@ def test_the_proof_schedule_is_paced_and_a_proof_on_request_is_not(tmp_path: Pat
     publisher.run(stop)
     assert publisher.published == 2 and pacer.restarts == 1 and pacer.ticks >= 3
     node.close()
+
+
+class GatedPacer(TickCounter):
+    """A pacer whose every pause lasts until `gate` is set (at most 20 s); `paused` is set at the first."""
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__()
+        self.gate, self.paused = threading.Event(), threading.Event()
+
+    def tick(self) -> None:
+        super().tick()
+        self.paused.set()
+        self.gate.wait(20)
+
+
+def _in_thread(fn: Any) -> tuple[Any, list[Any]]:
+    import threading
+
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_a_proof_on_request_waits_for_no_scheduled_proof_and_the_older_one_is_not_published_after_it(tmp_path: Path) -> None:
+    """`publish()` held the publisher's lock for a whole paced proof: a proof asked for meanwhile waited
+    for all of it. Now the scheduled proof pauses (stopped here, in its first pause), the state moves on,
+    and the proof on request of the new state is published at once; the scheduled one, of the older
+    state, is then not published after it (the newest proof stays the newest state)."""
+    from ringfence.ledger.commands import CreateTransfers
+    from ringfence.ledger.model import Transfer
+    from ringfence.solvency.pol import DEV_SECRET
+    from ringfence.solvency.publisher import PorPublisher, read_history
+
+    node: Any = _ledger_node(tmp_path / "node", 2)
+    pacer = GatedPacer()
+    publisher = PorPublisher(node.read, tmp_path / "por", DEV_SECRET, every_s=0, pacer=pacer)
+    scheduled, scheduled_entry = _in_thread(lambda: publisher.publish(paced=True))
+    try:
+        assert pacer.paused.wait(20)
+        world, a = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("a", "BTC").id))
+        node.execute_many([CreateTransfers([Transfer(99, world, a, 100)])])
+        asked, asked_entry = _in_thread(publisher.publish)
+        asked.join(15)
+        assert asked_entry, "the proof on request waited for the paused scheduled proof"
+        assert asked_entry[0]["n"] == 1 and asked_entry[0]["position"] == f"journal:{node.last_seq}"
+    finally:
+        pacer.gate.set()
+        scheduled.join(20)
+    assert scheduled_entry == asked_entry  # the scheduled proof's older state was not published
+    assert [p["n"] for p in read_history(tmp_path / "por")["proofs"]] == [1] and publisher.published == 1
+    assert sorted(p.name for p in (tmp_path / "por").iterdir()) == ["1", "history.json"]  # no temporary folder left
+    node.close()
+
+
+def test_a_proof_on_request_of_the_snapshot_a_scheduled_proof_builds_joins_it_unpaced(tmp_path: Path) -> None:
+    """Two proofs of one snapshot are not built at once: the proof asked for while the scheduled one
+    builds the same snapshot returns that proof, which runs on without pauses from then on; one proof
+    is published."""
+    import time
+
+    from ringfence.solvency.pol import DEV_SECRET
+    from ringfence.solvency.publisher import PorPublisher, read_history
+
+    node: Any = _ledger_node(tmp_path / "node", 2)
+    pacer = GatedPacer()
+    publisher = PorPublisher(node.read, tmp_path / "por", DEV_SECRET, every_s=0, pacer=pacer)
+    scheduled, scheduled_entry = _in_thread(lambda: publisher.publish(paced=True))
+    try:
+        assert pacer.paused.wait(20)
+        asked, asked_entry = _in_thread(publisher.publish)
+        deadline = time.monotonic() + 20
+        # (the build of that snapshot, told by the joining caller to go on unpaced)
+        while not any(b.hurry.is_set() for b in list(publisher._builds.values())) and time.monotonic() < deadline:
+            time.sleep(0.01)  # float-ok: seconds
+    finally:
+        pacer.gate.set()
+        scheduled.join(20)
+    asked.join(20)
+    assert asked_entry and asked_entry == scheduled_entry and asked_entry[0]["n"] == 1
+    assert pacer.ticks == 1  # no pause after the first, during which the request joined
+    assert [p["n"] for p in read_history(tmp_path / "por")["proofs"]] == [1] and publisher.published == 1
+    node.close()
+
+
+def test_the_callers_that_joined_a_failed_proof_each_raise_their_own_error(tmp_path: Path) -> None:
+    """A proof that fails (the node stopped while it was built) fails for each caller that joined it,
+    each with an exception of its own whose cause is the build's: the one exception raised in several
+    threads took each thread's frames into the traceback the others log."""
+    import time
+
+    from ringfence.solvency.pol import DEV_SECRET
+    from ringfence.solvency.publisher import NodeStopped, PorPublisher
+
+    node: Any = _ledger_node(tmp_path / "node", 2)
+    pacer = GatedPacer()
+    reason: list[str] = []
+    publisher = PorPublisher(node.read, tmp_path / "por", DEV_SECRET, every_s=0, pacer=pacer,
+                             stopped=lambda: reason[0] if reason else None)
+
+    def caught(paced: bool) -> Any:
+        try:
+            publisher.publish(paced=paced)
+        except NodeStopped as err:
+            return err
+        return None
+
+    scheduled, scheduled_error = _in_thread(lambda: caught(True))
+    try:
+        assert pacer.paused.wait(20)
+        asked, asked_error = _in_thread(lambda: caught(False))
+        deadline = time.monotonic() + 20
+        while not any(b.hurry.is_set() for b in list(publisher._builds.values())) and time.monotonic() < deadline:
+            time.sleep(0.01)  # float-ok: seconds
+        reason.append("deposed")  # the node stops while the joined proof is built
+    finally:
+        pacer.gate.set()
+        scheduled.join(20)
+    asked.join(20)
+    [built], [joined] = scheduled_error, asked_error
+    assert isinstance(built, NodeStopped) and isinstance(joined, NodeStopped) and "deposed" in str(joined)
+    assert joined is not built and joined.__cause__ is built
+    assert not (tmp_path / "por").exists() or [p.name for p in (tmp_path / "por").iterdir()] == []  # nothing published
+    node.close()
+
+
+def test_a_crashs_temporary_folders_are_swept_and_a_folder_in_use_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proof's temporary folder left by a crash (old `.tmp-<n>` or `.tmp-<snapshot>`) is removed by the
+    next proof begun while none is being built; one begun while another proof writes its folder leaves
+    that folder alone (it is published whole: root.json and proofs/ in it)."""
+    import threading
+    import time
+
+    from ringfence.ledger.commands import CreateTransfers
+    from ringfence.ledger.model import Transfer
+    from ringfence.solvency import pol_builder
+    from ringfence.solvency.pol import DEV_SECRET
+    from ringfence.solvency.publisher import PorPublisher, read_history
+
+    node: Any = _ledger_node(tmp_path / "node", 2)
+    out = tmp_path / "por"
+    for left in (".tmp-7", ".tmp-" + "ab" * 16):
+        (out / left / "proofs").mkdir(parents=True)
+        (out / left / "root.json").write_text("{}\n")
+    writing: list[threading.Event] = []
+    gates = [threading.Event(), threading.Event()]
+    real_write = pol_builder.LiabilityTree.write_store
+
+    def write_store(tree: Any, directory: Any, *args: Any, **kwargs: Any) -> None:
+        n = len(writing)
+        writing.append(threading.Event())
+        writing[n].set()
+        assert gates[n].wait(20)
+        real_write(tree, directory, *args, **kwargs)
+
+    monkeypatch.setattr(pol_builder.LiabilityTree, "write_store", write_store)
+    publisher = PorPublisher(node.read, out, DEV_SECRET, every_s=0)
+    first, first_entry = _in_thread(publisher.publish)
+    try:
+        deadline = time.monotonic() + 20
+        while not writing and time.monotonic() < deadline:
+            time.sleep(0.01)  # float-ok: seconds
+        assert writing and not (out / ".tmp-7").exists()  # swept: no proof was being built
+        world, a = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("a", "BTC").id))
+        node.execute_many([CreateTransfers([Transfer(99, world, a, 100)])])
+        second, second_entry = _in_thread(publisher.publish)  # a newer state, while the first writes its folder
+        while len(writing) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # float-ok: seconds
+        assert len(writing) == 2
+    finally:
+        gates[0].set()
+        first.join(20)
+        gates[1].set()
+    second.join(20)
+    assert [e["n"] for e in first_entry + second_entry] == [1, 2]
+    assert [p["n"] for p in read_history(out)["proofs"]] == [1, 2]
+    for n in ("1", "2"):
+        assert (out / n / "root.json").is_file() and (out / n / "proofs" / "meta.json").is_file(), n
+    assert sorted(p.name for p in out.iterdir()) == ["1", "2", "history.json"]
+    node.close()

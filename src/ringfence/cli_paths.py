@@ -110,7 +110,7 @@ def refuse_foreign_writer(path: Path, option: str = "--data") -> None:
         fail(f"{option}: {err.message}")
 
 
-def refuse_missing_parent(path: Path, option: str = "--data") -> None:
+def refuse_missing_parent(path: Path, option: str = "--data", what: str = "a data directory") -> None:
     """A mistyped data directory must not become a tree of new folders: the directory itself is made,
     and missing folders above it only inside the current directory (the quick start's
     `./ringfence-data/serve` in a fresh clone, where ./ringfence-data is not there yet). Elsewhere (a
@@ -119,7 +119,8 @@ def refuse_missing_parent(path: Path, option: str = "--data") -> None:
     the path really is (symlinks resolved), not on its text: `new/x`, `$PWD/new/x` and `../cwd/new/x` are
     the same place; a symlink in the current directory that leads out of it is outside. A path starting
     with `~` is refused with a hint: the shell did not expand it (`--data=~/x`), and `./~/x` is never meant.
-    Refused before anything is created, naming the option and the missing folder (exit 2)."""
+    Refused before anything is created, naming the option, what the path is for (`what`: staff init's
+    --out-dir is "the key files' folder") and the missing folder (exit 2)."""
     if str(path).startswith("~"):
         fail(f"{option}: {path} starts with ~, which the shell did not expand (it does not after --opt=); "
              f"write {option} ~/... with a space, or $HOME/... , so the folder is not made as ./~")
@@ -136,7 +137,7 @@ def refuse_missing_parent(path: Path, option: str = "--data") -> None:
     if inside:
         return
     nor = "" if first_missing == parent else f" (nor does {first_missing})"
-    fail(f"{option}: {parent} does not exist{nor}: a data directory is made only in a folder that exists, so a "
+    fail(f"{option}: {parent} does not exist{nor}: {what} is made only in a folder that exists, so a "
          f"mistyped path does not become new folders; check the path, or make its parent first (mkdir -p {parent})")
 
 

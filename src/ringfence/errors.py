@@ -362,22 +362,42 @@ __all__ += ["InvalidAddress", "UnsupportedAsset", "TransactionRejected", "ChainU
 __all__ += ["PrecheckFailed"]
 
 
-#: up to the last `@` before the host (`[^/?#\s]+` is greedy): a raw `@` in a password, which URL
-#: parsers and nats-py accept, is hidden with the rest of it (fresh-eyes review, session 19)
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/?#\s]+)@")
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*://"
+#: A URL's user information runs up to the last `@` of its part of the word (the next `,scheme://` of
+#: a list of URLs starts another part), whatever it holds before: a raw `@`, `/`, `:`, `?` or `#`
+#: in a password, which URL parsers take (SQLAlchemy's password runs to the `@`, nats-py's netloc to
+#: the last `@`), is hidden with the rest of it (fresh-eyes review, session 19; a `/` showed the
+#: password, session 21). With no `@` in its part (a password holding `,x://`), up to the word's last `@`.
+#: A scheme starts after no scheme character (not `\b`: a run like `a.a.a.a` was scanned again from
+#: each of its letters), and is looked for only before its word's last `@` (`without_credentials`):
+#: a word of many `x://` and no `@` after them had each tried to its end (a 20,000-character word
+#: took 9 s, quadratic; fresh-eyes review, session 21). Words end at ASCII whitespace only (re.ASCII),
+#: where a shell splits a command line: a password holding a no-break space was shown.
+_URL_USERINFO = re.compile(rf"(?P<scheme>(?<![A-Za-z0-9+.-]){_SCHEME})(?:(?P<info>(?:[^\s,]|,(?!{_SCHEME}))+)@|(?P<wide>\S+)@)",
+                           re.ASCII)
+_WORD = re.compile(r"\S+", re.ASCII)
 
 
 def without_credentials(text: str) -> str:
     """`text` with the credentials of every URL in it hidden: `nats://user:pw@host` becomes
     `nats://user:***@host`, `nats://TOKEN@host` (a user name alone is a token to NATS) and
     `redis://:pw@host` become `nats://***@host` / `redis://:***@host`. For what a process writes
-    about itself (its command line in a lock file, a child's command line in an error)."""
+    about itself (its command line in a lock file, a child's command line in an error). A password
+    may hold any character but ASCII whitespace (a word of a command line ends there); a URL whose path
+    holds an `@` is hidden up to it (safe rather than exact: nothing tells it from a password)."""
 
     def hide(m: re.Match[str]) -> str:
-        user, colon, _ = m.group("info").partition(":")
+        user, colon, _ = (m.group("info") or m.group("wide")).partition(":")
         return m.group("scheme") + (f"{user}:***@" if colon else "***@")
 
-    return _URL_USERINFO.sub(hide, text)
+    def word(m: re.Match[str]) -> str:
+        w = m.group()
+        last = w.rfind("@") + 1  # a URL's user information ends at an `@` of its word: none after the last
+        if not last or "://" not in w[:last]:
+            return w
+        return _URL_USERINFO.sub(hide, w[:last]) + w[last:]
+
+    return _WORD.sub(word, text)
 
 
 __all__ += ["without_credentials"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import string
 import signal
 import socket
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from api.conftest import ARGON2_TEST_COST, NO_CHAINS
@@ -320,3 +321,67 @@ def test_without_credentials_hides_every_password_and_token_and_keeps_the_rest(u
         assert out == f"{before} {kept} tail"
     plain = f"{before} {scheme}://host:4222/{user}"
     assert without_credentials(plain) == plain
+
+
+#: any character a word of a command line can hold (ASCII whitespace ends the word, and the URL with
+#: it; a shell does not split at a no-break space)
+_WORD_CHARS = st.characters(blacklist_categories=("Cs",)).filter(lambda c: c not in " \t\n\r\f\v")
+
+
+@given(user=st.text(alphabet=string.ascii_letters + string.digits + "-_.%", min_size=1, max_size=12),
+       password=st.text(alphabet=_WORD_CHARS, min_size=4, max_size=30)
+       | st.builds("".join, st.lists(st.sampled_from(["/", "@", ":", "?", "#", ",", "//", "://", "ab", "x", "%2F", "\xa0"]),
+                                     min_size=2, max_size=12)),
+       scheme=st.sampled_from(["nats", "tls", "postgresql+psycopg", "redis"]),
+       rest=st.sampled_from(["host:4222/S?x=1", "h", "[::1]:5432/db", "db.example:5432/x#frag", "h1:4222,nats://h2:4222"]),
+       before=st.text(alphabet=string.ascii_letters + " =-", max_size=10))
+@settings(max_examples=500, deadline=None)
+def test_without_credentials_hides_any_password_whole(user, password, scheme, rest, before):
+    """Whatever a password holds (a raw `/`, `@`, `:`, `?`, `#`; session 21: `u:pa/ss@host` showed
+    `pa/ss`), the line never shows it; and but for a password holding `,scheme://` (read as the start of
+    the next URL of a list) the line is exactly the one with `***` in its place."""
+    from ringfence.errors import without_credentials
+
+    hidden = f"{before} {scheme}://{user}:***@{rest} tail"
+    assume(len(password) >= 4 and password not in hidden)  # (else the rest of the line shows it anyway)
+    out = without_credentials(f"{before} {scheme}://{user}:{password}@{rest} tail")
+    assert password not in out
+    if not re.search(r",[A-Za-z][A-Za-z0-9+.-]*://", password):
+        assert out == hidden
+    if ":" not in password:  # a token alone (nats-py sends a user name without a password as one)
+        token = without_credentials(f"{before} {scheme}://{password}@{rest} tail")
+        assert password not in token
+
+
+def test_without_credentials_takes_linear_time_on_a_word_of_many_schemes():
+    """A word of many `x://` with no `@` after them was tried from each to its end, twice (a password
+    may hold `/`, `@`, `,x://`): 20,000 characters took 9 s, quadratic (fresh-eyes review, session 21).
+    The text may come from elsewhere (a NATS server's error, an older lock file's line)."""
+    from ringfence.errors import without_credentials
+
+    for word in ("a://" * 8_000, "nats://" + ",a://" * 6_000, "a." * 15_000 + "://x", "b://@" + "a://" * 8_000):
+        started = time.perf_counter()  # float-ok: seconds
+        out = without_credentials(f"x {word} y")
+        assert time.perf_counter() - started < 2, word[:20]  # float-ok: seconds (ms now; 10 s and more before)
+        assert out.endswith(" y") and out.count("@") <= word.count("@")
+    assert without_credentials("b://u:pw@" + "a://" * 8_000) == "b://u:***@" + "a://" * 8_000
+
+
+@pytest.mark.parametrize("space", ["\xa0", "\u2003", "\u3000", "\x1c"])
+def test_a_password_holding_a_unicode_space_is_hidden_in_the_line_and_the_lock_file(tmp_path, space):
+    """A shell splits a command line at ASCII whitespace only: a password may hold a no-break space.
+    `\\s` took it for the end of the word (the password shown), and the lock file's line was re-spaced
+    (str.split) before its URLs were hidden, cutting the URL there."""
+    from ringfence.errors import without_credentials
+    from ringfence.journal.journal import LOCK_FILE, DataDirLock
+
+    secret = f"PW{space}SECRET"
+    assert without_credentials(f"serve --replicate nats://rfu:{secret}@h:4222/S") == "serve --replicate nats://rfu:***@h:4222/S"
+    node = tmp_path / "node"
+    node.mkdir()
+    lock = DataDirLock(node, f"ringfence serve --replicate nats://rfu:{secret}@127.0.0.1:4222/S")
+    try:
+        text = (node / LOCK_FILE).read_text()
+        assert "PW" not in text and "SECRET" not in text and "nats://rfu:***@127.0.0.1:4222/S" in text, text
+    finally:
+        lock.release()

@@ -143,17 +143,34 @@ def test_a_pass_that_found_a_shortfall_keeps_the_chain_lock_until_its_halt_is_su
     assert btc.reads + eth.reads == 10  # both reads were whole
 
 
+class _CountedPasses:
+    """Passes over BTC (b1, b2) and ETH (e1, e2, e3) against ledgers of 10 and 100, b1 holding `btc_b1`,
+    by one reconciler: each pass's report, the balance reads of that pass done at each of its pauses,
+    and its reads in all."""
+
+    def __init__(self, node: Any, btc_b1: int) -> None:
+        _custody(node, 10, 100)
+        self.btc, self.eth = FakeChain({"b1": btc_b1, "b2": 0}), FakeChain({"e1": 100, "e2": 0, "e3": 0})
+        wallets = [WalletSpec("btc_hot", "BTC", "bitcoin", self.btc, ("b1", "b2")),
+                   WalletSpec("eth_hot", "ETH", "ethereum", self.eth, ("e1", "e2", "e3"))]
+        self.seen: list[int] = []
+        self.before = 0
+        self.rec = Reconciler(node, wallets=wallets, custody=SimCustody(),
+                              pacer=HookPacer(lambda _tick: self.seen.append(self.reads() - self.before)))  # type: ignore[arg-type]
+
+    def reads(self) -> int:
+        return self.btc.reads + self.eth.reads
+
+    def run(self) -> tuple[Any, list[int], int]:
+        self.seen.clear()
+        self.before = self.reads()
+        report = self.rec.run_once(internal=False)
+        return report, list(self.seen), self.reads() - self.before
+
+
 def _counted_pass(node: Any, btc_b1: int) -> tuple[Any, list[int], int]:
-    """A pass over BTC (b1, b2) and ETH (e1, e2, e3) against ledgers of 10 and 100, b1 holding `btc_b1`:
-    its report, the balance reads done at each pause, and the reads in all."""
-    _custody(node, 10, 100)
-    btc, eth = FakeChain({"b1": btc_b1, "b2": 0}), FakeChain({"e1": 100, "e2": 0, "e3": 0})
-    wallets = [WalletSpec("btc_hot", "BTC", "bitcoin", btc, ("b1", "b2")),
-               WalletSpec("eth_hot", "ETH", "ethereum", eth, ("e1", "e2", "e3"))]
-    seen: list[int] = []
-    rec = Reconciler(node, wallets=wallets, custody=SimCustody(),
-                     pacer=HookPacer(lambda _tick: seen.append(btc.reads + eth.reads)))  # type: ignore[arg-type]
-    return rec.run_once(internal=False), seen, btc.reads + eth.reads
+    """One counted pass (`_CountedPasses`)."""
+    return _CountedPasses(node, btc_b1).run()
 
 
 def test_a_clean_pass_frees_the_lock_between_any_two_reads(node: Any) -> None:
@@ -170,3 +187,29 @@ def test_a_surplus_records_an_incident_and_the_pass_keeps_pausing(node: Any) -> 
     assert m.kind == "hot_wallet_surplus" and report.halts_submitted == [] and active_halts(node.engine) == []
     # both reads (the first and the confirming one) pause between any two of their 5 balance reads
     assert seen == [1, 2, 3, 4, 6, 7, 8, 9] and reads == 10
+
+
+def test_a_shortfall_already_halted_or_lifted_by_quorum_keeps_no_lock_and_a_new_one_does(node: Any, operators: Any) -> None:
+    """The response raises no halt for a shortfall whose halt is active, or was lifted by an operator
+    quorum on the same evidence: such a shortfall made every pass while it lasted, its confirming read
+    included, one unpaced burst under the chain lock (the session-20 review). A new shortfall (other
+    amounts: a new halt) still keeps the lock from the read that finds it to its halt."""
+    from .conftest import desk_for
+
+    passes = _CountedPasses(node, 6)  # BTC 4 short
+    first, seen, reads = passes.run()
+    [m] = first.mismatches
+    assert first.halts_submitted == [m.halt_id] and [h["halt_id"] for h in active_halts(node.engine)] == [m.halt_id]
+    assert seen == [1] and reads == 10  # found at b2: no pause from there on, the confirming read included
+    again, seen, reads = passes.run()
+    assert again.mismatches == [m] and again.halts_already_active == [m.halt_id] and again.halts_submitted == []
+    assert seen == [1, 2, 3, 4, 6, 7, 8, 9] and reads == 10  # both reads pause between any two balance reads
+    node.execute(desk_for(node, operators).lift(node.engine, m.halt_id, "loss written off", ["op1", "op2"]))
+    lifted, seen, reads = passes.run()
+    assert lifted.acknowledged == [m.halt_id] and lifted.halts_submitted == [] and active_halts(node.engine) == []
+    assert seen == [1, 2, 3, 4, 6, 7, 8, 9] and reads == 10
+    passes.btc.mine({"b1": -1})  # it leaks again: 5 short, a new halt
+    leak, seen, reads = passes.run()
+    [n] = leak.mismatches
+    assert n.halt_id != m.halt_id and leak.halts_submitted == [n.halt_id]
+    assert seen == [1] and reads == 10

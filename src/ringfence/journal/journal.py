@@ -237,7 +237,9 @@ class DataDirLock:
                 field="data_dir",
                 holder_pid=pid,
             ) from None
-        label = without_credentials(" ".join(purpose.split()))[:200]  # a --replicate URL's password stays out
+        # a --replicate URL's password stays out, hidden before the line is re-spaced (str.split() also
+        # splits at a no-break space, which a password may hold)
+        label = " ".join(without_credentials(purpose).split())[:200]
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n{label}\n".encode(), 0)
         self._fd = fd

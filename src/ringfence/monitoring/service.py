@@ -80,7 +80,15 @@ class Monitor:
         self._clusters_checked_ms = 0
         self._clusters_dirty = False
         self._clusters_checked_through = 0  # the stream position the last cluster check covered
-        self.cursor = 0
+        self.cursor = 0  # the last event whose alerts are stored (monitoring_cursor, moved with them)
+        #: scored but not yet stored: the last event in the scorer's windows and the links, and the alerts
+        #: of the events after `cursor` up to it. A failed write keeps them here for the next step, which
+        #: reads on from `scored_through` and stores them with its own (no event is scored twice)
+        self.scored_through = 0
+        self._unsaved: list[Hit] = []
+        #: one step at a time (the thread's, and `stop()`'s last one, which may come before the thread
+        #: ended): two at once scored the same events twice, and could drop alerts the other had just added
+        self._step_lock = threading.Lock()
         self.feedback_through = 0  # the last case-log close step applied to the model's weights (feedback.py)
         self.decisions: list[Decision] = []
         self.alerts_raised = 0
@@ -104,6 +112,7 @@ class Monitor:
             last_at = db.scalar(select(MonitoringEvent.at_ms).where(MonitoringEvent.id == self.cursor)) or 0
             first = db.scalar(select(func.min(MonitoringEvent.id)).where(
                 MonitoringEvent.at_ms >= last_at - self.ruleset.max_window_ms(), MonitoringEvent.id <= self.cursor))
+        self.scored_through = self.cursor
         warm_from = (first or self.cursor + 1) - 1
         while warm_from < self.cursor:  # warm the windows; these events' hits were stored before
             batch = self._located([e for e in read_after(self.store, warm_from) if e.id <= self.cursor])
@@ -124,7 +133,16 @@ class Monitor:
         self.outbox.stop()
         if self._thread is not None:
             self._thread.join(10)
-        self.step()  # what the outbox wrote last (unpaced: `_stop` is set; the caller may be the event loop)
+        # what the outbox wrote last (unpaced: `_stop` is set; the caller may be the event loop, which waits
+        # no longer than it did): not while a step of the thread still runs, stuck for 10 s; the events
+        # after the stored cursor are scored on the next start
+        if not self._step_lock.acquire(blocking=False):
+            log.warning("monitoring.last_step_skipped", reason="a step of the scorer's thread is still running")
+            return
+        try:
+            self._step()
+        finally:
+            self._step_lock.release()
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_ms / 1000):
@@ -175,20 +193,26 @@ class Monitor:
                     "decisions": [d.as_dict() for d in self.decisions[-500:]], "decisions_total": len(self.decisions)}
 
     def step(self) -> int:
-        """Score the next batch of events (at most READ_BATCH); returns how many were read."""
+        """Score the next batch of events (at most READ_BATCH); returns how many were read. One step at
+        a time: a step called while another runs waits for it."""
+        with self._step_lock:
+            return self._step()
+
+    def _step(self) -> int:
         self._feedback()
+        if self.scored_through > self.cursor:  # a failed step's results first: no more is read (or kept) until stored
+            self._save(time.time_ns() // 1_000_000)
         # paced while it keeps up; a whole batch waiting means it fell behind (a burst of events, a share
         # too small for the rate): that batch and the next run at full speed until it has caught up
         pacer = self.pacer
-        if pacer is not None and (self._stop.is_set() or pending_at_least(self.store, self.cursor, READ_BATCH)):
+        if pacer is not None and (self._stop.is_set() or pending_at_least(self.store, self.scored_through, READ_BATCH)):
             pacer = None
         if pacer is not None:
             pacer.restart()
         # one read, its rows decoded a page at a time, each page scored before the next is fetched (the
         # same events in the same order as one read decoded at once, which is what runs unpaced)
         events: list[Event] = []
-        hits: list[Hit] = []
-        pages = read_pages(self.store, self.cursor, page=READ_PAGE if pacer is not None else READ_BATCH)
+        pages = read_pages(self.store, self.scored_through, page=READ_PAGE if pacer is not None else READ_BATCH)
         try:
             for page in pages:
                 page = self._located(page)
@@ -197,37 +221,42 @@ class Monitor:
                         for e in page[first:first + SCORE_CHUNK]:
                             found = self.scorer.process(e)
                             self.links.add(e)  # if this raises, e's alerts are not kept with the events before it
-                            hits.extend(found)
+                            self._unsaved.extend(found)
+                            self.scored_through = e.id
                             events.append(e)
                     if pacer is not None:
                         pacer.tick()
         except Exception:
             # a later page's read (or its GeoIP look-up) failed: the events scored before it are in the
-            # scorer's windows and the links already; keep their alerts and move the cursor over them, as
-            # a smaller step would have, so the retry scores each of them no second time
+            # scorer's windows and the links already; store their alerts and move the cursor over them, as
+            # a smaller step would have. Should that write fail too (the database is gone), they stay
+            # unsaved in memory, and the retry reads on after them and stores them with its own
             pages.close()  # the read's transaction ends before the alerts are written
-            if events:
-                self._clusters_dirty = self._clusters_dirty or any(e.kind in LINK_KINDS for e in events)
-                store_hits(self.store, hits, time.time_ns() // 1_000_000, cursor=(CURSOR, events[-1].id))
-                self.cursor = events[-1].id
-                self.alerts_raised += len(hits)
+            self._clusters_dirty = self._clusters_dirty or any(e.kind in LINK_KINDS for e in events)
+            if self.scored_through > self.cursor:
+                self._save(time.time_ns() // 1_000_000)
             raise
         now_ms = time.time_ns() // 1_000_000
         # The links changed since the last cluster check: check again once CLUSTER_CHECK_MS has passed,
         # whether or not more events come (a trade in a batch inside the interval is checked later).
         self._clusters_dirty = self._clusters_dirty or any(e.kind in LINK_KINDS for e in events)
         due = self._clusters_dirty and now_ms - self._clusters_checked_ms >= CLUSTER_CHECK_MS
-        if not events and not due:
+        if self.scored_through == self.cursor and not due:
             return 0
-        cursor = events[-1].id if events else self.cursor
-        if due:
-            hits.extend(self._flagged_clusters(events[-1].at_ms if events else now_ms))
-        store_hits(self.store, hits, now_ms, cursor=(CURSOR, cursor))
-        self.cursor = cursor
+        if due:  # (kept with the unsaved alerts: `_raised` has these clusters from now on)
+            self._unsaved.extend(self._flagged_clusters(events[-1].at_ms if events else now_ms))
+        self._save(now_ms)
         if due:  # only once its alerts are stored: `pending` in status() is false when they are visible
-            self._clusters_checked_ms, self._clusters_dirty, self._clusters_checked_through = now_ms, False, cursor
-        self.alerts_raised += len(hits)
+            self._clusters_checked_ms, self._clusters_dirty, self._clusters_checked_through = now_ms, False, self.cursor
         return len(events)
+
+    def _save(self, now_ms: int) -> None:
+        """Store the unsaved alerts and move the cursor to `scored_through` in one transaction; if the
+        write fails, both stay as they are for the next step's write."""
+        store_hits(self.store, self._unsaved, now_ms, cursor=(CURSOR, self.scored_through))
+        self.cursor = self.scored_through
+        self.alerts_raised += len(self._unsaved)
+        self._unsaved = []
 
     def _located(self, events: list[Event]) -> list[Event]:
         """With a GeoIP database: each event with an IP and no country gets `data.country` (when known)."""

@@ -44,7 +44,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from itertools import repeat
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from ..engine.core import CommandRejected, Engine, ShardHalt
 from ..engine.module import Module
@@ -317,6 +317,7 @@ def reconcile_chain(
     settings: ReconcileSettings,
     heights: Mapping[str, int] | None = None,
     pace: Callable[[], None] | None = None,
+    known_halts: Collection[str] = (),
 ) -> tuple[list[ChainRow], list[Mismatch]]:
     """Compare every wallet's on-chain balance at one height per chain with its custody account.
 
@@ -328,7 +329,10 @@ def reconcile_chain(
     `pace` is called between two balance reads (a paced pass pauses there: one read of an in-process
     chain is a few ms of CPU, a wallet of many addresses a long burst otherwise), never once a
     mismatch was found: the rest of the read runs without a pause (the caller's pauses free the chain
-    lock, which the response to a shortfall keeps until the halt is submitted)."""
+    lock, which the response to a shortfall keeps until the halt is submitted). A shortfall whose halt is
+    in `known_halts` (the halt is active already, or operators lifted it by quorum: `Reconciler._respond`
+    raises it no more) stops no pause: the response submits nothing for it, and holding the lock would
+    only make every pass while it lasts one unpaced burst."""
     rows: list[ChainRow] = []
     mismatches: list[Mismatch] = []
     tips: dict[int, int] = {}
@@ -367,8 +371,14 @@ def reconcile_chain(
         kind = "hot_wallet_shortfall" if status == "SHORTFALL" else "hot_wallet_surplus"
         mismatch = Mismatch(kind, spec.asset, f"custody:{spec.wallet}:{spec.asset}", row.ledger_minor, chain_minor, details)
         mismatches.append(mismatch)
-        halting = halting or mismatch.rule.level is not None
+        halting = halting or _halts_anew(mismatch, known_halts)
     return rows, mismatches
+
+
+def _halts_anew(mismatch: Mismatch, known_halts: Collection[str]) -> bool:
+    """Would the response submit a halt for `mismatch`? (It would halt, and its halt is neither active
+    nor lifted by quorum already.)"""
+    return mismatch.rule.level is not None and mismatch.halt_id not in known_halts
 
 
 def _balance(adapter: Any, address: str, height: int, asset: str) -> int:
@@ -1102,26 +1112,29 @@ class Reconciler:
         the two), and reads every balance at those heights: what the workers do while a pause frees
         the lock (a withdrawal recorded and mined, a deposit seen) is in neither side.
 
-        A read pauses (the lock free) only while it has found nothing: from its first mismatch on,
-        the rest of it, the confirming reads and the response (`run_once`: the halt submitted) run
-        without a pause, as one hold of the lock, so the withdrawal worker signs and broadcasts no
-        more of a short asset before its halt."""
+        A read pauses (the lock free) only while it has found nothing to halt: from its first mismatch
+        whose halt the response would submit on, the rest of it, the confirming reads and the response
+        (`run_once`: the halt submitted) run without a pause, as one hold of the lock, so the withdrawal
+        worker signs and broadcasts no more of a short asset before its halt. A surplus (an incident) or
+        a shortfall whose halt is active already or was lifted by quorum (`_respond` raises it no more)
+        keeps no lock."""
         self._holding = False
         if not self.wallets:
             return [], []
-        ledger, custody = self._engine_side()
+        ledger, custody, known = self._engine_side()
         rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights(),
-                                           pace=self._pace_chain)
-        # only a mismatch that would halt keeps the lock (a persistent surplus, an incident only, must not
-        # make every later pass one unpaced burst again)
-        self._holding = any(m.rule.level is not None for m in mismatches)
+                                           pace=self._pace_chain, known_halts=known)
+        # only a mismatch whose halt the response would submit keeps the lock (a persistent surplus, an
+        # incident only, or a shortfall already halted or lifted by quorum must not make every later pass
+        # one unpaced burst again)
+        self._holding = any(_halts_anew(m, known) for m in mismatches)
         for _ in range(self.settings.confirm_reads - 1):
             if not mismatches:
                 break
             time.sleep(self.settings.confirm_wait_ms / 1000)
-            ledger, custody = self._engine_side()
+            ledger, custody, known = self._engine_side()
             rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights(),
-                                          pace=None if self._holding else self._pace_chain)
+                                          pace=None if self._holding else self._pace_chain, known_halts=known)
             keep = {m.halt_id for m in again}
             mismatches = [m for m in mismatches if m.halt_id in keep]
         return rows, mismatches
@@ -1131,21 +1144,24 @@ class Reconciler:
         adapters = {spec.chain: spec.adapter for spec in self.wallets}
         return {chain: adapter.current_height() for chain, adapter in adapters.items()}
 
-    def _engine_side(self) -> tuple[_CustodyAccounts, _CustodyFigures]:
+    def _engine_side(self) -> tuple[_CustodyAccounts, _CustodyFigures, frozenset[str]]:
         """The engine's half of the chain check (custody accounts, in-flight withdrawals, pending
-        deposits), all read between the same two batches; the chain is read afterwards, outside."""
+        deposits), all read between the same two batches; the chain is read afterwards, outside. With
+        them the halts known already (active, or lifted by quorum): their shortfalls keep no lock."""
         custody = self.custody
         assert custody is not None
         keys = sorted({(spec.asset, spec.wallet) for spec in self.wallets})
 
-        def read(engine: Engine) -> tuple[_CustodyAccounts, _CustodyFigures]:
+        def read(engine: Engine) -> tuple[_CustodyAccounts, _CustodyFigures, frozenset[str]]:
             accounts: dict[tuple[str, str], tuple[int, int]] = {}
             for asset, wallet in keys:
                 account = engine.ledger.find(SYSTEM_OWNER, asset, "custody", wallet)
                 if account is not None:
                     accounts[(asset, wallet)] = (account.credits_posted, account.debits_posted)
             figures = {k: (custody.in_flight_withdrawals(*k), custody.pending_deposits(*k)) for k in keys}
-            return _CustodyAccounts(accounts), _CustodyFigures(figures)
+            halts = halts_of(engine)
+            known = frozenset(halts.active) | {h.halt_id for h in halts.lifted}
+            return _CustodyAccounts(accounts), _CustodyFigures(figures), known
 
         return self.node.read(read)  # type: ignore[no-any-return]
 

@@ -14,6 +14,12 @@ Job: a worker inside `ringfence serve` calls `PorPublisher.publish()` at start a
    `OUT/history.json` atomically — a reader sees either the old or the new history, and every
    proof a history names is complete on disk.
 
+Steps 1-3 and the files that do not name `n` are built outside the publisher's lock, which guards
+only step 4's numbering and swap: a proof published on request (unpaced) never waits for a paced
+scheduled proof to be built. Two proofs of one snapshot are never built at once (the second caller
+joins the first's, which goes on unpaced if the caller is), and a proof of an older position than
+one this publisher published meanwhile is dropped, so the newest proof is always the newest state.
+
 Invariants: `n` only grows (it continues after a restart from history.json); at most `keep` proofs
 are kept (the oldest are removed, from the history first, then from disk); amounts are `int` minor
 units and ratios integer basis points.
@@ -21,6 +27,7 @@ units and ratios integer basis points.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -111,17 +118,21 @@ class PorPublisher:
         self.published = 0
         self.failures = 0
         self.last_error = ""
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the publication swap: `n`, the folder into place, history.json
+        self._builds_lock = threading.Lock()  # guards `_builds`
+        self._builds: dict[str, _Build] = {}  # the proofs being built, by snapshot id
+        self._published_seq = -1  # the journal position of the newest proof this publisher published
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     # ------------------------------------------------------------------ one publication
 
-    def _read_state(self) -> tuple[Any, dict[str, Any]]:
+    def _read_state(self) -> tuple[Any, dict[str, Any], int]:
         from ..custody.shield import shield_status
         from .ledger_source import snapshot_from_engine
 
-        return self.read(lambda engine: (snapshot_from_engine(engine), shield_status(engine, self.value_asset)))  # type: ignore[no-any-return]
+        return self.read(lambda engine: (snapshot_from_engine(engine), shield_status(engine, self.value_asset),  # type: ignore[no-any-return]
+                                         engine.last_seq))
 
     def _reserves(self, snapshot_id_hex: str, pace: Callable[[], None] | None = None) -> tuple[Any, ReserveEvidence | None, str]:
         from .reserves import prove_reserves
@@ -139,9 +150,53 @@ class PorPublisher:
         return result, evidence, f"reserves proven from {len(result.counted())} addresses ({names})"
 
     def publish(self, *, paced: bool = False) -> dict[str, Any]:
-        """Publish one proof now; returns its history entry. `paced`: at `pacer`'s share (the schedule)."""
-        with self._lock:
-            return self._publish(self.pacer if paced else None)
+        """Publish one proof now; returns its history entry. `paced`: at `pacer`'s share (the schedule).
+
+        The proof is built without the publisher's lock (only its numbering and swap take it). If a
+        proof of the same snapshot is being built already, this one joins it and returns its entry (an
+        unpaced caller makes it go on unpaced); a proof of an older position than one published
+        meanwhile is not published: the newer one's entry is returned."""
+        pacer = self.pacer if paced else None
+        if pacer is not None:
+            pacer.restart()
+        self._check_node()
+        try:
+            snap, shield, seq = self._read_state()
+        except Exception:
+            self._check_node()  # the read saw a state that never became durable: the node stopped
+            raise
+        key = snap.snapshot_id.hex()
+        with self._builds_lock:
+            build = self._builds.get(key)
+            joined = build is not None
+            if build is None:
+                if not self._builds:
+                    self._sweep_temporary()
+                build = self._builds[key] = _Build()
+        if joined:
+            if pacer is None:
+                build.hurry.set()  # asked for now: the rest of that proof runs at full speed
+            build.done.wait()
+            if build.error is not None:
+                raise _own_copy(build.error) from build.error
+            assert build.entry is not None
+            return build.entry
+        try:
+            build.entry = self._publish(snap, shield, seq, key, build, pacer)
+            return build.entry
+        except BaseException as exc:
+            build.error = exc
+            raise
+        finally:
+            with self._builds_lock:
+                del self._builds[key]
+            build.done.set()
+
+    def _sweep_temporary(self) -> None:
+        """Remove the temporary folders a crash left behind (no proof is being built: none is in use)."""
+        if self.out_dir.is_dir():
+            for tmp in self.out_dir.glob(".tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def _check_node(self) -> None:
         """Raise `NodeStopped` if the node stopped: its state may hold batches the stream never stored."""
@@ -153,59 +208,61 @@ class PorPublisher:
                             "batches the replicated history does not; no proof is published from it")
             raise NodeStopped(f"no proof published: the node has stopped ({reason})")
 
-    def _publish(self, pacer: Any = None) -> dict[str, Any]:
+    def _publish(self, snap: Any, shield: dict[str, Any], seq: int, key: str, build: "_Build", pacer: Any) -> dict[str, Any]:
         from .pol import build_liability_tree
         from .report import build_report, render_html
 
-        pace = pacer.tick if pacer is not None else None
-        if pacer is not None:
-            pacer.restart()
-        self._check_node()
-        try:
-            snap, shield = self._read_state()
-        except Exception:
-            self._check_node()  # the read saw a state that never became durable: the node stopped
-            raise
-        if pace is not None:
-            pace()
+        def pace() -> None:
+            if pacer is not None and not build.hurry.is_set():
+                pacer.tick()
+
+        pace()
         tree = build_liability_tree(snap.snapshot_id, snap.asset_codes, snap.iter_accounts(), self.secret,
                                     min_leaf_count=self.min_leaf_count)
         root = tree.root_document()
-        if pace is not None:
-            pace()
-        reserves, evidence, note = self._reserves(snap.snapshot_id.hex(), pace)
-        if pace is not None:
-            pace()
+        pace()
+        reserves, evidence, note = self._reserves(key, pace if pacer is not None else None)
+        pace()
         accrued = {row["asset"]: int(row["accrued_minor"]) for row in shield["assets"]}
         report = build_report(root, snap.assets, reserves, accrued, snap.debts_minor, snap.position)
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.out_dir, 0o700)  # the per-user stores hold every user's nonce
+        tmp = self.out_dir / f".tmp-{key[:32]}"  # one build of a snapshot at a time (`_builds`)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            (tmp / "root.json").write_text(json.dumps(root, indent=1) + "\n")
+            tree.write_store(tmp / "proofs")
+            if evidence is not None:
+                doc = {"snapshot_id": key, "heights": dict(evidence.heights),
+                       "addresses": [claim_to_json(c) for c in evidence.claims]}
+                (tmp / "evidence.json").write_text(json.dumps(doc, indent=1) + "\n")
+            with self._lock:  # the swap: what names `n`, the folder into place, the history
+                if seq < self._published_seq:  # a newer state's proof was published while this one was built
+                    newer = read_history(self.out_dir)["proofs"]
+                    if newer:
+                        return newer[-1]
+                return self._swap(tmp, snap, seq, root, report, render_html, tree.account_count, evidence is not None,
+                                  note, shield)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # (gone already once swapped into place)
+
+    def _swap(self, tmp: Path, snap: Any, seq: int, root: dict[str, Any], report: dict[str, Any], render_html: Any,
+              accounts: int, proven: bool, note: str, shield: dict[str, Any]) -> dict[str, Any]:
+        """Number the built proof, move its folder into place and add it to the history (under `_lock`)."""
         history = read_history(self.out_dir)
         n = int(history["proofs"][-1]["n"]) + 1 if history["proofs"] else int(history.get("next_n", 1))
         published_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock_ns() // 10**9))
         report.update(n=n, published_at=published_at, reserves_note=note, shield=shield)
-
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.out_dir, 0o700)  # the per-user stores hold every user's nonce
-        tmp = self.out_dir / f".tmp-{n}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        (tmp / "root.json").write_text(json.dumps(root, indent=1) + "\n")
-        tree.write_store(tmp / "proofs")
         (tmp / "reserves.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "report.html").write_text(render_html(report))
-        if evidence is not None:
-            doc = {"snapshot_id": snap.snapshot_id.hex(), "heights": dict(evidence.heights),
-                   "addresses": [claim_to_json(c) for c in evidence.claims]}
-            (tmp / "evidence.json").write_text(json.dumps(doc, indent=1) + "\n")
-        try:
-            self._check_node()  # it may have stopped while the tree was built: nothing of it is published
-        except NodeStopped:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        self._check_node()  # it may have stopped while the tree was built: nothing of it is published
         final = self.out_dir / str(n)
         shutil.rmtree(final, ignore_errors=True)  # a folder a crash left behind, never in the history
         os.replace(tmp, final)
 
-        entry = self._entry(n, published_at, snap, root, report, tree.account_count, evidence is not None)
+        entry = self._entry(n, published_at, snap, root, report, accounts, proven)
         history["proofs"].append(entry)
         dropped = history["proofs"][: max(len(history["proofs"]) - self.keep, 0)]
         history["proofs"] = history["proofs"][len(dropped):]
@@ -217,8 +274,8 @@ class PorPublisher:
         for old in dropped:  # gone from the history first, then from disk
             shutil.rmtree(self.out_dir / str(old["n"]), ignore_errors=True)
         self.published += 1
-        log.info("por.published", n=n, position=snap.position, accounts=tree.account_count,
-                 reserves=evidence is not None, shield_alert=shield["alert"])
+        self._published_seq = max(self._published_seq, seq)
+        log.info("por.published", n=n, position=snap.position, accounts=accounts, reserves=proven, shield_alert=shield["alert"])
         return entry
 
     def _entry(self, n: int, published_at: str, snap: Any, root: dict[str, Any], report: dict[str, Any],
@@ -267,6 +324,25 @@ class PorPublisher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+
+def _own_copy(err: BaseException) -> BaseException:
+    """A copy of a failed build's exception for a caller that joined it (its cause: the build's): one
+    exception object raised in several threads would gather each thread's frames in one traceback."""
+    try:
+        return copy.copy(err)
+    except Exception:  # noqa: BLE001 - an exception class that cannot be copied: said by a plain one
+        return RingfenceError(f"the proof this call joined failed: {type(err).__name__}: {err}")
+
+
+class _Build:
+    """One proof being built (`PorPublisher._builds`): its result for the callers that joined it."""
+
+    def __init__(self) -> None:
+        self.hurry = threading.Event()  # set by an unpaced caller that joined: no more pauses
+        self.done = threading.Event()
+        self.entry: dict[str, Any] | None = None
+        self.error: BaseException | None = None
 
 
 class PorMetrics:

@@ -235,7 +235,7 @@ def _check_out_dir(out_dir: Path) -> None:
     if not existing.is_dir():
         what = "" if existing == out_dir.absolute() else f" ({existing} is a file)"
         fail(f"--out-dir: {out_dir} cannot be a folder{what}; give a folder for the key files")
-    refuse_missing_parent(out_dir, "--out-dir")
+    refuse_missing_parent(out_dir, "--out-dir", "the key files' folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         fail(f"--out-dir: cannot create {out_dir}: permission denied in {existing}")
 
