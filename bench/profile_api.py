@@ -288,8 +288,8 @@ if os.environ.get("RF_PROFILE_OUT") and ("serve" in sys.argv or GATEWAY):
         if os.environ.get("RF_PROFILE_MAIN") == "1":
             state["main"] = cProfile.Profile()
             state["main"].enable()
-        for spec in filter(None, os.environ.get("RF_PROFILE_WRAP", "").split(",")):
-            _wrap(spec)
+        for spec in filter(None, os.environ.get("RF_PROFILE_WRAP", "").split(",") if not GATEWAY else ()):
+            _wrap(spec)  # the engine's methods: a gateway would only import their modules for nothing
 
     def _stop(*_):
         out = os.environ["RF_PROFILE_OUT"] + (f".gw{os.getpid()}" if GATEWAY else "")
@@ -566,9 +566,13 @@ def main() -> None:
     stall_file = Path(out + ".stalls.json")
     if args.stalls and stall_file.exists():
         print_stalls(json.loads(stall_file.read_text()), args.seconds)
-    for prof in sorted(work.glob("profile.*.prof")):
+    for prof in sorted(work.glob("profile.*.prof"), key=lambda p: (".gw" in p.name, p.name)):  # the engine's first
         print(f"\n==== {prof.name}")
-        stats = pstats.Stats(str(prof))
+        try:
+            stats = pstats.Stats(str(prof))
+        except TypeError:  # nothing was profiled (a wrapped method never called)
+            print("(no calls)")
+            continue
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)
     shutil.rmtree(work, ignore_errors=True)

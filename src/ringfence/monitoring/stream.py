@@ -40,10 +40,14 @@ __all__ = ["Outbox", "add_in_tx", "pending_at_least", "read_after", "read_pages"
 log = structlog.get_logger("ringfence.monitoring")
 MAX_QUEUE = 100_000
 FLUSH_BATCH = 2_000
-#: rows per transaction of a flush: a flush of a tenth of a second of orders (~200-300 rows) was one
+#: rows per executemany of a flush: a flush of a tenth of a second of orders (~200-300 rows) was one
 #: burst of 3-14 ms of CPU on the engine process's GIL; in chunks, with the pacer's look between
-#: them, no write holds it for more than a chunk (~1 ms; docs/latency.md, session 20)
+#: them, the writer pauses within a chunk of its slice (docs/latency.md, session 20)
 FLUSH_CHUNK = 64
+#: rows per transaction at most. A transaction otherwise ends only where the pacer pauses (or at the
+#: end of the flush): a commit costs ~0.3-0.4 ms of CPU on SQLite (its WAL write and fsync, the
+#: session), so a commit per chunk cost ~15-18 us per order at half capacity (docs/latency.md, session 21)
+FLUSH_TX_ROWS = 512
 
 
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
@@ -135,10 +139,18 @@ class Outbox:
                             "account_id": account_id[:40], "ip": ip[:64], "device": device[:256], "data": data or {}})
 
     def flush(self) -> int:
-        """Write up to FLUSH_BATCH queued events, in order, in transactions of at most FLUSH_CHUNK rows;
-        returns how many were written. Paced (`pacer`) between chunks unless a whole batch is queued
-        (behind: written at full speed) or the writer is stopping. A chunk that fails is put back at the
-        front of the queue with everything after it, for the next attempt."""
+        """Write up to FLUSH_BATCH queued events, in order; returns how many were written. Each
+        executemany is at most FLUSH_CHUNK rows, with a look at the pacer after it; a transaction
+        commits when a pause is due (before it: no transaction stays open while the writer sleeps),
+        after FLUSH_TX_ROWS rows, or at the end of the flush. Paced (`pacer`) unless a whole batch is
+        queued (behind: written at full speed) or the writer is stopping. A transaction that fails is
+        put back at the front of the queue with everything after it, for the next attempt.
+
+        The custody resolver reads the engine once per flush (one `Node.read` for all of its deposit
+        and withdrawal events), before the first write: each event's deposit or withdrawal is in the
+        engine's state by then (an event is published only after its batch was applied), and what is
+        read of it (account, asset, chain, txid, sender, KYT score; address, wallet) is fixed when it
+        is recorded, so reading it before the flush's pauses instead of after them reads the same."""
         rows: list[dict[str, Any]] = []
         while self._queue and len(rows) < FLUSH_BATCH:
             rows.append(self._queue.popleft())
@@ -147,25 +159,30 @@ class Outbox:
         pacer = self.pacer if len(rows) < FLUSH_BATCH and not self._stop.is_set() else None
         if pacer is not None:
             pacer.restart()
-        written = 0
-        for first in range(0, len(rows), FLUSH_CHUNK):
-            chunk = rows[first:first + FLUSH_CHUNK]
-            if self.resolve is not None:
-                try:
-                    self.resolve(chunk)
-                except Exception:  # resolving is best effort; the event is kept as it is
-                    log.exception("monitoring.resolve_failed")
+        if self.resolve is not None:
             try:
-                with self.store.tx() as db:  # one executemany, not one ORM object per event
-                    _insert_events(db, chunk)
+                self.resolve(rows)
+            except Exception:  # resolving is best effort; the events are kept as they are
+                log.exception("monitoring.resolve_failed")
+        written = 0
+        while written < len(rows):
+            end = written
+            try:
+                with self.store.tx() as db:  # executemany of tuples, not one ORM object per event
+                    while end < len(rows):
+                        chunk = rows[end:end + FLUSH_CHUNK]
+                        _insert_events(db, chunk)
+                        end += len(chunk)
+                        if end - written >= FLUSH_TX_ROWS or (pacer is not None and pacer.due()):
+                            break  # commit, then pause
             except Exception:  # the store is away: counted, logged, the rows kept for the next attempt
                 self.errors += 1
-                log.exception("monitoring.outbox_write_failed", rows=len(rows) - first)
-                for r in reversed(rows[first:]):  # keep them for the next attempt, in order
+                log.exception("monitoring.outbox_write_failed", rows=len(rows) - written)
+                for r in reversed(rows[written:]):  # keep them for the next attempt, in order
                     self._queue.appendleft(r)
                 return written
-            written += len(chunk)
-            self.written += len(chunk)
+            self.written += end - written
+            written = end
             if pacer is not None:
                 pacer.tick()
         return written
