@@ -375,7 +375,24 @@ def relay_recovered(exchange: Any, outbox: Outbox, store: Store) -> int:
 def _engine_rows(exchange: Any) -> Callable[[int, int, list[list[Any]]], Iterator[tuple[str, int, str, dict[str, Any]]]]:
     """(kind, at_ms, account_id, data) of each engine event the stream records, in order."""
     from ..custody.state import CustodyEvent
-    from ..trading.commands import OrderAccepted, OrderCanceled, Trade
+    from ..trading.commands import MarketListed, OrderAccepted, OrderCanceled, Trade
+    from ..trading.staff_cmds import MarketDelisted
+
+    # symbol -> its base asset's decimals, for an order's notional: read from the engine at the first
+    # order of the symbol, then kept until an event that lists, changes or delists the symbol passes
+    # here (a market's base cannot change otherwise, nor an asset's decimals). `exchange.market` was a
+    # `Node.read` on the event loop for nearly every batch (its cache holds only until the next batch
+    # is applied), waiting for the sequencer whenever it was applying one (issue 18, session 21)
+    base_decimals: dict[str, int] = {}
+
+    def notional_of(symbol: str, price: int, quantity: int) -> int:
+        decimals = base_decimals.get(symbol)
+        if decimals is None:
+            try:
+                decimals = base_decimals[symbol] = exchange.market(symbol).base_decimals
+            except Exception:  # an unknown market: the event is still recorded, without a notional
+                return 0
+        return price * quantity // 10 ** decimals
 
     # (symbol, side) -> (the market's read model, its update_id, the best price then): the best
     # price is a scan of every level of that side, once per accepted order on the event loop; the
@@ -411,12 +428,7 @@ def _engine_rows(exchange: Any) -> Callable[[int, int, list[list[Any]]], Iterato
                                          "quantity": e.quantity, "quote_qty": e.quote_qty, "maker_owner": e.maker_owner,
                                          "taker_side": e.taker_side})
                 elif t is OrderAccepted:
-                    notional = 0
-                    if e.price and e.quantity:
-                        try:
-                            notional = e.price * e.quantity // 10 ** exchange.market(e.symbol).base_decimals
-                        except Exception:  # an unknown market: the event is still recorded, without a notional
-                            notional = 0
+                    notional = notional_of(e.symbol, e.price, e.quantity) if e.price and e.quantity else 0
                     yield ("order_placed", at_ms, e.owner,
                                    {"seq": seq, "symbol": e.symbol, "order_id": e.order_id, "side": e.side,
                                          "order_type": e.order_type, "price": e.price, "quantity": e.quantity,
@@ -425,6 +437,8 @@ def _engine_rows(exchange: Any) -> Callable[[int, int, list[list[Any]]], Iterato
                     yield ("order_canceled", at_ms, e.owner,
                                    {"seq": seq, "symbol": e.symbol, "order_id": e.order_id, "side": e.side,
                                          "price": e.price, "leaves": e.leaves, "reason": e.reason})
+                elif t is MarketListed or t is MarketDelisted:  # the symbol's base may differ from here on
+                    base_decimals.pop(e.symbol, None)
                 elif t is CustodyEvent and (e.kind == "withdrawal.requested" or (
                         e.kind in ("deposit.credited", "deposit.quarantined", "deposit.frozen")
                         and e.detail[:1] and str(e.detail[0]).startswith("KYT score"))):
