@@ -571,6 +571,48 @@ def test_a_transaction_that_fails_is_kept_with_everything_after_it_in_order(tmp_
     assert _written(outbox) == list(range(5 * FLUSH_CHUNK))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 1_300), st.lists(st.booleans(), min_size=1, max_size=40), st.integers(0, 30))
+def test_every_event_is_written_once_in_order_whatever_the_pauses_and_a_failure(queued: int, dues: list[bool], fail_at: int) -> None:
+    """Whatever looks at the pacer find a pause due, and whichever executemany fails (0: none): every
+    executemany at most FLUSH_CHUNK rows, no transaction open at a pause, and after the retries every
+    event in the table once, in order."""
+    import tempfile
+
+    from ringfence.monitoring import stream
+    from ringfence.monitoring.stream import FLUSH_CHUNK
+
+    real = stream._insert_events
+    writes: list[int] = []
+
+    def insert(db: Any, rows: list[Any]) -> None:
+        writes.append(len(rows))
+        if len(writes) == fail_at:
+            raise OSError("the store is away")
+        real(db, rows)
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stream, "_insert_events", insert)
+        path = Path(tmp) / "h.sqlite"
+
+        class Pattern(DuePacer):
+            def due(self) -> bool:
+                self.looks += 1
+                return dues[self.looks % len(dues)]
+
+        log: list[tuple[str, int]] = []
+        outbox = _outbox(path, Pattern(1, path, log))
+        for n in range(queued):
+            outbox.publish("api_call", source="test", at_ms=n, data={"n": n})
+        for _ in range(5):
+            outbox.flush()
+        assert outbox.errors == (1 if 0 < fail_at <= len(writes) else 0) and not outbox._queue
+        assert max(writes) <= FLUSH_CHUNK
+        assert _written(outbox) == list(range(queued))
+        committed = [n for kind, n in log if kind == "tick"]
+        assert committed == sorted(committed)  # each pause saw what was committed before it (and took the lock)
+
+
 class _CustodyEngine:
     """An engine's custody state as the resolver reads it (`engine.components["custody"]`), and an
     exchange whose `read(fn)` runs fn on it as `Node.read` does, counting the reads."""
