@@ -46,7 +46,7 @@ FLUSH_BATCH = 2_000
 FLUSH_CHUNK = 64
 #: rows per transaction at most. A transaction otherwise ends only where the pacer pauses (or at the
 #: end of the flush): a commit costs ~0.3-0.4 ms of CPU on SQLite (its WAL write and fsync, the
-#: session), so a commit per chunk cost ~15-18 us per order at half capacity (docs/latency.md, session 21)
+#: session); a commit per chunk cost the writer ~7-13 us more per order at 700 orders/s (docs/latency.md, session 21)
 FLUSH_TX_ROWS = 512
 
 
@@ -148,9 +148,11 @@ class Outbox:
 
         The custody resolver reads the engine once per flush (one `Node.read` for all of its deposit
         and withdrawal events), before the first write: each event's deposit or withdrawal is in the
-        engine's state by then (an event is published only after its batch was applied), and what is
-        read of it (account, asset, chain, txid, sender, KYT score; address, wallet) is fixed when it
-        is recorded, so reading it before the flush's pauses instead of after them reads the same."""
+        engine's state by then (an event is published only after its batch was applied). Most of what
+        is read (account, asset, chain, txid; address, wallet) is fixed when the deposit or withdrawal
+        is recorded; a deposit's KYT score and sender change only if a reorg reverses it and it is
+        credited again, and read before the flush's pauses they are at least as close to the event's
+        as they were read after them, per chunk."""
         rows: list[dict[str, Any]] = []
         while self._queue and len(rows) < FLUSH_BATCH:
             rows.append(self._queue.popleft())
