@@ -326,28 +326,16 @@ class Metrics:
         return children
 
     def on_batch(self, first_seq: int, ts_ns: int, outputs: list[list[Any]], before: dict[str, int]) -> None:
-        """Counted per batch, each counter moved once by its batch's count: a counter's `inc` takes its
-        lock (one per accepted order on the event loop before, issue 18). /metrics is read on the
-        same loop, so never between two events of a batch: what it shows is the same."""
-        outcomes: dict[str, int] = {}  # in the order first seen, as the children were created before
-        rejected: dict[str, int] = {}
-        trades: dict[str, int] = {}
         for events in outputs:
             for e in events:
                 t = type(e)
                 if t is OrderRejected:
-                    rejected[e.reason] = rejected.get(e.reason, 0) + 1
-                    outcomes["rejected"] = outcomes.get("rejected", 0) + 1
+                    self.rejections.labels(e.reason).inc()
+                    self._outcome("rejected").inc()
                 elif t is Trade:
-                    trades[e.symbol] = trades.get(e.symbol, 0) + 1
+                    self.trades.labels(e.symbol).inc()
                 elif t.__name__ == "OrderAccepted":
-                    outcomes["accepted"] = outcomes.get("accepted", 0) + 1
-        for reason, n in rejected.items():
-            self.rejections.labels(reason).inc(n)
-        for symbol, n in trades.items():
-            self.trades.labels(symbol).inc(n)
-        for outcome, n in outcomes.items():
-            self._outcome(outcome).inc(n)
+                    self._outcome("accepted").inc()
 
     def _outcome(self, outcome: str) -> Any:
         child = self._outcomes.get(outcome)
