@@ -3,6 +3,9 @@
 * `OrderRecord` takes its enum members from a dict by value instead of calling each enum: the same
   member (the same object) for a value given as a string or as a member, Enum's own ValueError for
   a value that is none.
+* `order_status_transition` takes a member of `OrderStatus` as it is (the read model passes
+  members), any other value through `OrderStatus(...)` as before: for every pair of statuses,
+  members, strings and values that are none, the same member or the same InvariantViolation.
 """
 
 from __future__ import annotations
@@ -15,7 +18,16 @@ from hypothesis import strategies as st
 
 from ringfence.api.orders import OrderRecord
 from ringfence.trading.commands import OrderAccepted
-from ringfence.trading.vocabulary import OrderType, SelfTradePrevention, Side, TimeInForce
+from ringfence.errors import InvariantViolation
+from ringfence.trading.vocabulary import (
+    ORDER_STATE_TABLE,
+    OrderStatus,
+    OrderType,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+    order_status_transition,
+)
 
 ENUMS = {"side": Side, "order_type": OrderType, "tif": TimeInForce, "stp": SelfTradePrevention}
 
@@ -48,3 +60,34 @@ def test_a_value_no_member_has_raises_the_enums_own_error(field: str) -> None:
     with pytest.raises(ValueError) as reference:
         ENUMS[field]("buy")
     assert str(raised.value) == str(reference.value)
+
+
+def _transition_reference(current: Any, new: Any) -> Any:
+    """`order_status_transition` as it was: `OrderStatus(new)` whatever `new` is."""
+    try:
+        allowed = ORDER_STATE_TABLE[current]
+        target = OrderStatus(new)
+    except (KeyError, ValueError):
+        raise InvariantViolation(f"order status {current!s} -> {new!s}: unknown status") from None
+    if target not in allowed:
+        raise InvariantViolation(f"illegal order status transition {current!s} -> {new!s}")
+    return target
+
+
+def _outcome(fn: Any, current: Any, new: Any) -> tuple[str, Any]:
+    try:
+        return "ok", fn(current, new)
+    except InvariantViolation as err:
+        return "error", str(err)
+
+
+STATUS_VALUES = [*OrderStatus, *(s.value for s in OrderStatus), "NEWISH", ""]
+
+
+@pytest.mark.parametrize("current", STATUS_VALUES)
+@pytest.mark.parametrize("new", STATUS_VALUES)
+def test_a_status_transition_is_what_it_was(current: Any, new: Any) -> None:
+    got, want = _outcome(order_status_transition, current, new), _outcome(_transition_reference, current, new)
+    assert got == want
+    if got[0] == "ok":
+        assert got[1] is want[1] and type(got[1]) is OrderStatus
