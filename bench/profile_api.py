@@ -286,10 +286,11 @@ if os.environ.get("RF_PROFILE_OUT") and ("serve" in sys.argv or GATEWAY):
             cputrace["on"] = True
             threading.Thread(target=_cpu_tracer, name="profile-cpu-tracer", daemon=True).start()
         if os.environ.get("RF_PROFILE_MAIN") == "1":
-            state["main"] = cProfile.Profile()
+            # --cpu-clock: the thread's CPU time, not the wall clock (which counts the GIL's waits)
+            state["main"] = cProfile.Profile(time.thread_time) if os.environ.get("RF_PROFILE_CPU_CLOCK") == "1" else cProfile.Profile()
             state["main"].enable()
-        for spec in filter(None, os.environ.get("RF_PROFILE_WRAP", "").split(",")):
-            _wrap(spec)
+        for spec in filter(None, os.environ.get("RF_PROFILE_WRAP", "").split(",") if not GATEWAY else ()):
+            _wrap(spec)  # the engine's methods: a gateway would only import their modules for nothing
 
     def _stop(*_):
         out = os.environ["RF_PROFILE_OUT"] + (f".gw{os.getpid()}" if GATEWAY else "")
@@ -486,6 +487,10 @@ def main() -> None:
     parser.add_argument("--gc-young", type=int, default=0, help="set the engine's young-generation GC threshold to this "
                         "when the load starts (an experiment; 0: serve's own)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--cpu-clock", action="store_true", help="--cprofile on the thread's CPU time (time.thread_time), "
+                        "not the wall clock: waits for the GIL or a lock no longer count")
+    parser.add_argument("--keep", default="", help="copy the profiles (profile.*.prof) into this directory, for "
+                        "pstats (callers, callees) afterwards")
     args = parser.parse_args()
     print(f"seed={args.seed}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="rf-profile-"))
@@ -493,7 +498,8 @@ def main() -> None:
     (work / "hook" / "sitecustomize.py").write_text(HOOK)
     out = str(work / "profile")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(work / "hook"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    os.environ.update(RF_PROFILE_OUT=out, RF_PROFILE_MAIN="1" if args.cprofile else "0", RF_PROFILE_WRAP=args.wrap,
+    os.environ.update(RF_PROFILE_OUT=out, RF_PROFILE_MAIN="1" if args.cprofile else "0",
+                      RF_PROFILE_CPU_CLOCK="1" if args.cpu_clock else "0", RF_PROFILE_WRAP=args.wrap,
                       RF_PROFILE_STALLS="1" if args.stalls else "0", RF_PROFILE_STALL_MS=str(args.stall_ms), RF_PROFILE_TIMED=args.timed,
                       RF_PROFILE_CPUTRACE="1" if args.cputrace else "0",
                       RF_PROFILE_SPANS=args.spans, RF_PROFILE_HOLDS="1" if args.holds else "0", RF_PROFILE_GC_YOUNG=str(args.gc_young or ""))
@@ -566,11 +572,19 @@ def main() -> None:
     stall_file = Path(out + ".stalls.json")
     if args.stalls and stall_file.exists():
         print_stalls(json.loads(stall_file.read_text()), args.seconds)
-    for prof in sorted(work.glob("profile.*.prof")):
+    for prof in sorted(work.glob("profile.*.prof"), key=lambda p: (".gw" in p.name, p.name)):  # the engine's first
         print(f"\n==== {prof.name}")
-        stats = pstats.Stats(str(prof))
+        try:
+            stats = pstats.Stats(str(prof))
+        except TypeError:  # nothing was profiled (a wrapped method never called)
+            print("(no calls)")
+            continue
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+        for prof in work.glob("profile.*.prof"):
+            shutil.copy(prof, Path(args.keep) / prof.name)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -46,6 +46,19 @@ def test_a_slice_of_work_is_followed_by_a_pause_that_holds_the_share() -> None:
     assert t.slept_us == [6_000] and pacer.pauses == 1 and pacer.paused_us == 6_000
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 5_000), min_size=1, max_size=60), st.integers(100, 5_000), st.integers(10, 1000))
+def test_due_says_whether_tick_would_pause(units_us: list[int], slice_us: int, share: int) -> None:
+    t = FakeThread()
+    pacer = t.pacer(slice_us=slice_us, share_permille=share)
+    for us in units_us:
+        t.work(us)
+        due = pacer.due()
+        pauses = pacer.pauses
+        pacer.tick()
+        assert due == (pacer.pauses == pauses + 1)
+
+
 def test_restart_forgets_the_cpu_used_before_the_thread_waited() -> None:
     t = FakeThread()
     pacer = t.pacer(slice_us=2_000, share_permille=100)
@@ -433,40 +446,105 @@ def _written(outbox: Any) -> list[int]:
     return [e.data["n"] for e in read_range(outbox.store)]
 
 
-@pytest.mark.parametrize("queued", [1_000, 10_000])
-def test_the_outbox_writes_a_flush_in_chunks_with_a_look_between(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, queued: int) -> None:
-    """A flush is written in transactions of at most FLUSH_CHUNK rows (one executemany of up to
-    FLUSH_BATCH was a burst of 3-14 ms of CPU); paced between them while it keeps up, unpaced a whole
-    batch behind; every event written once, in order."""
-    from ringfence.monitoring import stream
-    from ringfence.monitoring.stream import FLUSH_BATCH, FLUSH_CHUNK
+class DuePacer(TickCounter):
+    """A pacer whose pause is due at every `every`-th look (`due()`), and that records each tick with
+    what another connection sees of the outbox's table then: what is committed, and whether a writer
+    could take the database's write lock (no transaction of the outbox open)."""
 
-    log: list[tuple[str, int]] = []
+    def __init__(self, every: int, path: Path, log: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.every, self.path, self.log = every, path, log
+        self.looks = 0
+
+    def due(self) -> bool:
+        self.looks += 1
+        return self.looks % self.every == 0
+
+    def tick(self) -> None:
+        import sqlite3
+
+        super().tick()
+        other = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        try:
+            committed = other.execute("SELECT count(*) FROM monitoring_events").fetchone()[0]
+            other.execute("BEGIN IMMEDIATE")  # raises "database is locked" while a write transaction is open
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        self.log.append(("tick", committed))
+
+
+def _logged_outbox(path: Path, monkeypatch: pytest.MonkeyPatch, log: list[tuple[str, int]], pacer: Any = None) -> Any:
+    """An outbox whose executemanys and commits go into `log`."""
+    from sqlalchemy import event
+
+    from ringfence.monitoring import stream
+
     real = stream._insert_events
     monkeypatch.setattr(stream, "_insert_events", lambda db, rows: (log.append(("write", len(rows))), real(db, rows))[1])
+    outbox = _outbox(path, pacer)
+    event.listen(outbox.store.engine, "commit", lambda conn: log.append(("commit", 0)))
+    return outbox
 
-    class LoggingPacer(TickCounter):
-        def tick(self) -> None:
-            super().tick()
-            log.append(("tick", 0))
 
-    pacer = LoggingPacer()
-    outbox = _outbox(tmp_path / "o.sqlite", pacer)
-    for n in range(queued):
+@pytest.mark.parametrize("every", [1, 3, 1_000])
+def test_the_outbox_commits_before_each_pause_and_not_after_every_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         every: int) -> None:
+    """Each executemany is at most FLUSH_CHUNK rows with a look at the pacer after it; the transaction
+    commits where a pause is due, before the pause (no transaction open while the writer sleeps:
+    another writer takes the lock, another reader sees every row written so far), or after
+    FLUSH_TX_ROWS rows, or at the end: a flush of 1,000 rows is ceil(1000 / 64) = 16 commits only when
+    a pause is due at every look (it was 16 for every flush), 2 when none is; every event once, in order."""
+    from ringfence.monitoring.stream import FLUSH_CHUNK, FLUSH_TX_ROWS
+
+    log: list[tuple[str, int]] = []
+    path = tmp_path / "o.sqlite"
+    pacer = DuePacer(every, path, log)
+    outbox = _logged_outbox(path, monkeypatch, log, pacer)
+    for n in range(1_000):
         outbox.publish("api_call", source="test", at_ms=n, data={"n": n})
-    assert outbox.flush() == min(queued, FLUSH_BATCH)
+    log.clear()
+    assert outbox.flush() == 1_000 and pacer.restarts == 1
     writes = [n for kind, n in log if kind == "write"]
-    assert max(writes) <= FLUSH_CHUNK and sum(writes) == min(queued, FLUSH_BATCH)
-    if queued < FLUSH_BATCH:  # keeping up: a look at the pacer after every chunk
-        assert [kind for kind, _ in log] == ["write", "tick"] * len(writes) and pacer.restarts == 1
-    else:  # a whole batch behind: written at full speed
-        assert pacer.ticks == 0 and pacer.restarts == 0
+    assert max(writes) <= FLUSH_CHUNK and sum(writes) == 1_000
+    written, in_tx, committed = 0, 0, 0
+    for kind, n in log:
+        if kind == "write":
+            written += n
+            in_tx += n
+        elif kind == "commit":
+            committed, in_tx = written, 0
+        else:  # each pause comes right after a commit, and sees every row written before it
+            assert n == written == committed and in_tx == 0
+    kinds = [kind for kind, _ in log]
+    assert kinds.count("tick") == kinds.count("commit")  # a look at the pacer after each commit
+    chunks_per_tx = min(every, FLUSH_TX_ROWS // FLUSH_CHUNK)
+    assert kinds.count("commit") == -(-len(writes) // chunks_per_tx)
+    assert _written(outbox) == list(range(1_000))
+
+
+def test_a_writer_a_whole_batch_behind_writes_unpaced_in_transactions_of_flush_tx_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ringfence.monitoring.stream import FLUSH_BATCH, FLUSH_CHUNK, FLUSH_TX_ROWS
+
+    log: list[tuple[str, int]] = []
+    path = tmp_path / "b.sqlite"
+    pacer = DuePacer(1, path, log)
+    outbox = _logged_outbox(path, monkeypatch, log, pacer)
+    for n in range(10_000):
+        outbox.publish("api_call", source="test", at_ms=n, data={"n": n})
+    log.clear()
+    assert outbox.flush() == FLUSH_BATCH
+    assert pacer.ticks == 0 and pacer.restarts == 0 and pacer.looks == 0  # at full speed
+    writes = [n for kind, n in log if kind == "write"]
+    assert max(writes) <= FLUSH_CHUNK and sum(writes) == FLUSH_BATCH
+    assert [kind for kind, _ in log].count("commit") == -(-FLUSH_BATCH // FLUSH_TX_ROWS)
     while outbox.flush():
         pass
-    assert _written(outbox) == list(range(queued))
+    assert _written(outbox) == list(range(10_000))
 
 
-def test_a_chunk_that_fails_is_kept_with_everything_after_it_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_transaction_that_fails_is_kept_with_everything_after_it_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ringfence.monitoring import stream
     from ringfence.monitoring.stream import FLUSH_CHUNK
 
@@ -475,18 +553,131 @@ def test_a_chunk_that_fails_is_kept_with_everything_after_it_in_order(tmp_path: 
 
     def flaky(db: Any, rows: list[Any]) -> None:
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 4:
             raise OSError("the store is away")
         real(db, rows)
 
     monkeypatch.setattr(stream, "_insert_events", flaky)
-    outbox = _outbox(tmp_path / "f.sqlite")
+    path = tmp_path / "f.sqlite"
+    outbox = _outbox(path, DuePacer(2, path, []))  # transactions of two chunks
     for n in range(5 * FLUSH_CHUNK):
         outbox.publish("api_call", source="test", at_ms=n, data={"n": n})
-    assert outbox.flush() == 2 * FLUSH_CHUNK and outbox.errors == 1  # two chunks written, the third failed
+    # the first transaction (chunks 1-2) committed; the second failed at its second chunk: chunk 3,
+    # written in it, is rolled back with it and kept, with everything after it
+    assert outbox.flush() == 2 * FLUSH_CHUNK and outbox.errors == 1
     assert len(outbox._queue) == 3 * FLUSH_CHUNK
+    assert _written(outbox) == list(range(2 * FLUSH_CHUNK))
     assert outbox.flush() == 3 * FLUSH_CHUNK
     assert _written(outbox) == list(range(5 * FLUSH_CHUNK))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 1_300), st.lists(st.booleans(), min_size=1, max_size=40), st.integers(0, 30))
+def test_every_event_is_written_once_in_order_whatever_the_pauses_and_a_failure(queued: int, dues: list[bool], fail_at: int) -> None:
+    """Whatever looks at the pacer find a pause due, and whichever executemany fails (0: none): every
+    executemany at most FLUSH_CHUNK rows, no transaction open at a pause, and after the retries every
+    event in the table once, in order."""
+    import tempfile
+
+    from ringfence.monitoring import stream
+    from ringfence.monitoring.stream import FLUSH_CHUNK
+
+    real = stream._insert_events
+    writes: list[int] = []
+
+    def insert(db: Any, rows: list[Any]) -> None:
+        writes.append(len(rows))
+        if len(writes) == fail_at:
+            raise OSError("the store is away")
+        real(db, rows)
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stream, "_insert_events", insert)
+        path = Path(tmp) / "h.sqlite"
+
+        class Pattern(DuePacer):
+            def due(self) -> bool:
+                self.looks += 1
+                return dues[self.looks % len(dues)]
+
+        log: list[tuple[str, int]] = []
+        outbox = _outbox(path, Pattern(1, path, log))
+        for n in range(queued):
+            outbox.publish("api_call", source="test", at_ms=n, data={"n": n})
+        for _ in range(5):
+            outbox.flush()
+        assert outbox.errors == (1 if 0 < fail_at <= len(writes) else 0) and not outbox._queue
+        assert max(writes) <= FLUSH_CHUNK
+        assert _written(outbox) == list(range(queued))
+        committed = [n for kind, n in log if kind == "tick"]
+        assert committed == sorted(committed)  # each pause saw what was committed before it (and took the lock)
+
+
+class _CustodyEngine:
+    """An engine's custody state as the resolver reads it (`engine.components["custody"]`), and an
+    exchange whose `read(fn)` runs fn on it as `Node.read` does, counting the reads."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.components = {"custody": SimpleNamespace(withdrawals={}, deposits={})}
+        self.reads = 0
+
+    def read(self, fn: Any) -> Any:
+        self.reads += 1
+        return fn(self)
+
+
+def test_the_custody_resolver_reads_the_engine_once_per_flush_as_of_its_start(tmp_path: Path) -> None:
+    """One `Node.read` per flush for every deposit and withdrawal event in it (it was one per chunk: up
+    to 32 holds of the sequencer per flush), made before the first write: a deposit credited again
+    during the flush's pauses (a reorg reversed it, a new KYT score) does not change what an event
+    of the flush says; reading per chunk, a later chunk's event read the state after the pauses."""
+    from types import SimpleNamespace
+
+    from ringfence.monitoring.stream import FLUSH_CHUNK, Outbox, custody_resolver
+    from ringfence.store import Store
+
+    engine = _CustodyEngine()
+    custody = engine.components["custody"]
+    custody.deposits["d1"] = SimpleNamespace(account_id="acct-d", asset="BTC", chain="bitcoin", txid="tx1", sender="bc1q", score=7)
+    custody.withdrawals["w1"] = SimpleNamespace(account_id="acct-w", asset="ETH", address="0xabc", wallet="hot")
+    path = tmp_path / "r.sqlite"
+
+    class Recredit(DuePacer):
+        def tick(self) -> None:  # a pause: meanwhile the engine credits d1 again, with another score
+            super().tick()
+            custody.deposits["d1"].score = 90 + self.ticks
+
+    outbox = Outbox(Store.from_url(f"sqlite:///{path}"), resolve=custody_resolver(engine), pacer=Recredit(1, path, []))
+    total = 5 * FLUSH_CHUNK
+    for n in range(total):
+        if n == 3 * FLUSH_CHUNK + 5:  # in the fourth chunk, after three pauses
+            outbox.publish("deposit_credited", source="engine", at_ms=n, data={"n": n, "ref": "d1", "state": "credited"})
+        elif n == 10:
+            outbox.publish("withdrawal_requested", source="engine", at_ms=n, data={"n": n, "ref": "w1"})
+        elif n == 11:
+            outbox.publish("withdrawal_requested", source="engine", at_ms=n, data={"n": n, "ref": "w-unknown"})
+        else:
+            outbox.publish("api_call", source="test", at_ms=n, data={"n": n})
+    assert outbox.flush() == total
+    assert engine.reads == 1
+    events = {e.data["n"]: e for e in _read_all(outbox)}
+    assert [events[n].data["n"] for n in sorted(events)] == list(range(total))
+    d = events[3 * FLUSH_CHUNK + 5]
+    assert d.account_id == "acct-d" and d.data["score"] == 7 and d.data["txid"] == "tx1" and d.data["sender"] == "bc1q"
+    w = events[10]
+    assert w.account_id == "acct-w" and (w.data["asset"], w.data["address"], w.data["wallet"]) == ("ETH", "0xabc", "hot")
+    assert events[11].account_id == "" and "asset" not in events[11].data  # not in the state: kept as it came
+    for n in range(total, total + 100):  # a flush of nothing to resolve reads nothing
+        outbox.publish("api_call", source="test", at_ms=n, data={"n": n})
+    assert outbox.flush() == 100 and engine.reads == 1
+
+
+def _read_all(outbox: Any) -> list[Any]:
+    from ringfence.monitoring.stream import read_range
+
+    return list(read_range(outbox.store))
 
 
 def test_the_reserves_proof_offers_a_pause_before_every_claim() -> None:

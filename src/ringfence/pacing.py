@@ -71,12 +71,22 @@ class CpuPacer:
         """Begin a new slice (call before a burst of work after the thread was idle)."""
         self._mark = self._cpu_ns()
 
-    def tick(self) -> None:
+    def _pause_us(self) -> int:
+        """The pause `tick()` would take now (0: none is due)."""
         used_ns = self._cpu_ns() - self._mark
         if used_ns < self.slice_ns or self.share_permille >= 1000:
-            return
-        pause_us = min(MAX_SLEEP_US, used_ns * (1000 - self.share_permille) // self.share_permille // 1000)
-        if pause_us == 0:  # a share near a whole core and a short slice: keep counting until a pause is due
+            return 0
+        # 0 for a share near a whole core and a short slice: keep counting until a pause is due
+        return min(MAX_SLEEP_US, used_ns * (1000 - self.share_permille) // self.share_permille // 1000)
+
+    def due(self) -> bool:
+        """Would `tick()` pause now? (For work that holds something a pause must not keep, say an open
+        transaction: it lets that go first, then ticks.)"""
+        return self._pause_us() > 0
+
+    def tick(self) -> None:
+        pause_us = self._pause_us()
+        if pause_us == 0:
             return
         self.pauses += 1
         self.paused_us += pause_us

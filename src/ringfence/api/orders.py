@@ -43,6 +43,16 @@ MAX_ORDERS_PER_ACCOUNT = 10_000
 MAX_TRADES_PER_ACCOUNT = 10_000
 
 
+def _members(enum: Any) -> dict[str, Any]:
+    """Each member of a StrEnum by its value (a member hashes and compares as its value, so looking up
+    a member finds itself): `enum(value)` as a dict lookup, the same member. `Enum.__call__` was four
+    calls per accepted order on the engine's event loop (issue 18)."""
+    return {m.value: m for m in enum}
+
+
+_SIDES, _TYPES, _TIFS, _STPS = _members(Side), _members(OrderType), _members(TimeInForce), _members(SelfTradePrevention)
+
+
 class OrderRecord:
     __slots__ = (
         "symbol",
@@ -70,14 +80,16 @@ class OrderRecord:
         self.order_id = e.order_id
         self.owner = e.owner
         self.client_order_id = e.client_order_id
-        self.side = Side(e.side)
-        self.order_type = OrderType(e.order_type)
-        self.tif = TimeInForce(e.tif)
+        # `_SIDES.get(v) or Side(v)`: the member, as `Side(v)` gives it; a value that is none (not
+        # from the engine) still raises Side's own ValueError
+        self.side = _SIDES.get(e.side) or Side(e.side)
+        self.order_type = _TYPES.get(e.order_type) or OrderType(e.order_type)
+        self.tif = _TIFS.get(e.tif) or TimeInForce(e.tif)
         self.price = e.price
         self.quantity = e.quantity
         self.quote_amount = e.quote_amount
         self.stop_price = e.stop_price
-        self.stp = SelfTradePrevention(e.stp)
+        self.stp = _STPS.get(e.stp) or SelfTradePrevention(e.stp)
         self.status = OrderStatus.NEW
         self.executed = 0
         self.cum_quote = 0

@@ -40,10 +40,14 @@ __all__ = ["Outbox", "add_in_tx", "pending_at_least", "read_after", "read_pages"
 log = structlog.get_logger("ringfence.monitoring")
 MAX_QUEUE = 100_000
 FLUSH_BATCH = 2_000
-#: rows per transaction of a flush: a flush of a tenth of a second of orders (~200-300 rows) was one
+#: rows per executemany of a flush: a flush of a tenth of a second of orders (~200-300 rows) was one
 #: burst of 3-14 ms of CPU on the engine process's GIL; in chunks, with the pacer's look between
-#: them, no write holds it for more than a chunk (~1 ms; docs/latency.md, session 20)
+#: them, the writer pauses within a chunk of its slice (docs/latency.md, session 20)
 FLUSH_CHUNK = 64
+#: rows per transaction at most. A transaction otherwise ends only where the pacer pauses (or at the
+#: end of the flush): a commit costs ~0.3-0.4 ms of CPU on SQLite (its WAL write and fsync, the
+#: session); a commit per chunk cost the writer ~7-13 us more per order at 700 orders/s (docs/latency.md, session 21)
+FLUSH_TX_ROWS = 512
 
 
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
@@ -135,10 +139,20 @@ class Outbox:
                             "account_id": account_id[:40], "ip": ip[:64], "device": device[:256], "data": data or {}})
 
     def flush(self) -> int:
-        """Write up to FLUSH_BATCH queued events, in order, in transactions of at most FLUSH_CHUNK rows;
-        returns how many were written. Paced (`pacer`) between chunks unless a whole batch is queued
-        (behind: written at full speed) or the writer is stopping. A chunk that fails is put back at the
-        front of the queue with everything after it, for the next attempt."""
+        """Write up to FLUSH_BATCH queued events, in order; returns how many were written. Each
+        executemany is at most FLUSH_CHUNK rows, with a look at the pacer after it; a transaction
+        commits when a pause is due (before it: no transaction stays open while the writer sleeps),
+        after FLUSH_TX_ROWS rows, or at the end of the flush. Paced (`pacer`) unless a whole batch is
+        queued (behind: written at full speed) or the writer is stopping. A transaction that fails is
+        put back at the front of the queue with everything after it, for the next attempt.
+
+        The custody resolver reads the engine once per flush (one `Node.read` for all of its deposit
+        and withdrawal events), before the first write: each event's deposit or withdrawal is in the
+        engine's state by then (an event is published only after its batch was applied). Most of what
+        is read (account, asset, chain, txid; address, wallet) is fixed when the deposit or withdrawal
+        is recorded; a deposit's KYT score and sender change only if a reorg reverses it and it is
+        credited again, and read before the flush's pauses they are at least as close to the event's
+        as they were read after them, per chunk."""
         rows: list[dict[str, Any]] = []
         while self._queue and len(rows) < FLUSH_BATCH:
             rows.append(self._queue.popleft())
@@ -147,25 +161,30 @@ class Outbox:
         pacer = self.pacer if len(rows) < FLUSH_BATCH and not self._stop.is_set() else None
         if pacer is not None:
             pacer.restart()
-        written = 0
-        for first in range(0, len(rows), FLUSH_CHUNK):
-            chunk = rows[first:first + FLUSH_CHUNK]
-            if self.resolve is not None:
-                try:
-                    self.resolve(chunk)
-                except Exception:  # resolving is best effort; the event is kept as it is
-                    log.exception("monitoring.resolve_failed")
+        if self.resolve is not None:
             try:
-                with self.store.tx() as db:  # one executemany, not one ORM object per event
-                    _insert_events(db, chunk)
+                self.resolve(rows)
+            except Exception:  # resolving is best effort; the events are kept as they are
+                log.exception("monitoring.resolve_failed")
+        written = 0
+        while written < len(rows):
+            end = written
+            try:
+                with self.store.tx() as db:  # executemany of tuples, not one ORM object per event
+                    while end < len(rows):
+                        chunk = rows[end:end + FLUSH_CHUNK]
+                        _insert_events(db, chunk)
+                        end += len(chunk)
+                        if end - written >= FLUSH_TX_ROWS or (pacer is not None and pacer.due()):
+                            break  # commit, then pause
             except Exception:  # the store is away: counted, logged, the rows kept for the next attempt
                 self.errors += 1
-                log.exception("monitoring.outbox_write_failed", rows=len(rows) - first)
-                for r in reversed(rows[first:]):  # keep them for the next attempt, in order
+                log.exception("monitoring.outbox_write_failed", rows=len(rows) - written)
+                for r in reversed(rows[written:]):  # keep them for the next attempt, in order
                     self._queue.appendleft(r)
                 return written
-            written += len(chunk)
-            self.written += len(chunk)
+            self.written += end - written
+            written = end
             if pacer is not None:
                 pacer.tick()
         return written
@@ -358,7 +377,24 @@ def relay_recovered(exchange: Any, outbox: Outbox, store: Store) -> int:
 def _engine_rows(exchange: Any) -> Callable[[int, int, list[list[Any]]], Iterator[tuple[str, int, str, dict[str, Any]]]]:
     """(kind, at_ms, account_id, data) of each engine event the stream records, in order."""
     from ..custody.state import CustodyEvent
-    from ..trading.commands import OrderAccepted, OrderCanceled, Trade
+    from ..trading.commands import MarketListed, OrderAccepted, OrderCanceled, Trade
+    from ..trading.staff_cmds import MarketDelisted
+
+    # symbol -> its base asset's decimals, for an order's notional: read from the engine at the first
+    # order of the symbol, then kept until an event that lists, changes or delists the symbol passes
+    # here (a market's base cannot change otherwise, nor an asset's decimals). `exchange.market` was a
+    # `Node.read` on the event loop for nearly every batch (its cache holds only until the next batch
+    # is applied), waiting for the sequencer whenever it was applying one (issue 18, session 21)
+    base_decimals: dict[str, int] = {}
+
+    def notional_of(symbol: str, price: int, quantity: int) -> int:
+        decimals = base_decimals.get(symbol)
+        if decimals is None:
+            try:
+                decimals = base_decimals[symbol] = exchange.market(symbol).base_decimals
+            except Exception:  # an unknown market: the event is still recorded, without a notional
+                return 0
+        return price * quantity // 10 ** decimals
 
     # (symbol, side) -> (the market's read model, its update_id, the best price then): the best
     # price is a scan of every level of that side, once per accepted order on the event loop; the
@@ -394,12 +430,7 @@ def _engine_rows(exchange: Any) -> Callable[[int, int, list[list[Any]]], Iterato
                                          "quantity": e.quantity, "quote_qty": e.quote_qty, "maker_owner": e.maker_owner,
                                          "taker_side": e.taker_side})
                 elif t is OrderAccepted:
-                    notional = 0
-                    if e.price and e.quantity:
-                        try:
-                            notional = e.price * e.quantity // 10 ** exchange.market(e.symbol).base_decimals
-                        except Exception:  # an unknown market: the event is still recorded, without a notional
-                            notional = 0
+                    notional = notional_of(e.symbol, e.price, e.quantity) if e.price and e.quantity else 0
                     yield ("order_placed", at_ms, e.owner,
                                    {"seq": seq, "symbol": e.symbol, "order_id": e.order_id, "side": e.side,
                                          "order_type": e.order_type, "price": e.price, "quantity": e.quantity,
@@ -408,6 +439,8 @@ def _engine_rows(exchange: Any) -> Callable[[int, int, list[list[Any]]], Iterato
                     yield ("order_canceled", at_ms, e.owner,
                                    {"seq": seq, "symbol": e.symbol, "order_id": e.order_id, "side": e.side,
                                          "price": e.price, "leaves": e.leaves, "reason": e.reason})
+                elif t is MarketListed or t is MarketDelisted:  # the symbol's base may differ from here on
+                    base_decimals.pop(e.symbol, None)
                 elif t is CustodyEvent and (e.kind == "withdrawal.requested" or (
                         e.kind in ("deposit.credited", "deposit.quarantined", "deposit.frozen")
                         and e.detail[:1] and str(e.detail[0]).startswith("KYT score"))):

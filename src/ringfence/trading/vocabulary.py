@@ -110,7 +110,9 @@ def order_status_transition(current: OrderStatus | str, new: OrderStatus | str) 
     """
     try:
         allowed = ORDER_STATE_TABLE[current]  # type: ignore[index]
-        target = OrderStatus(new)
+        # a member as it is (the read model passes members: `OrderStatus(member)` is an Enum call
+        # per finished order and per fill on the engine's event loop, the same member)
+        target = new if type(new) is OrderStatus else OrderStatus(new)
     except (KeyError, ValueError):
         raise InvariantViolation(f"order status {current!s} -> {new!s}: unknown status") from None
     if target not in allowed:
