@@ -14,14 +14,15 @@ from ringfence.store.models import Base
 
 def _everything(engine) -> dict:
     """What a SQLite database is: every object of sqlite_master (SQLite's own indexes too), each table's
-    columns, indexes and foreign keys as SQLite reports them, and the Alembic revision."""
+    columns, indexes and foreign keys as SQLite reports them, and every row of every table."""
     with engine.connect() as conn:
         master = [tuple(r) for r in conn.execute(text("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"))]
         tables = [r[1] for r in master if r[0] == "table"]
         pragmas = {t: [[tuple(r) for r in conn.exec_driver_sql(f"PRAGMA {p}('{t}')")] for p in ("table_xinfo", "index_list", "foreign_key_list")]
                    for t in tables}
-        revision = [tuple(r) for r in conn.execute(text("SELECT * FROM alembic_version"))]
-    return {"master": master, "pragmas": pragmas, "revision": revision}
+        rows = {t: [tuple(r) for r in conn.exec_driver_sql(f'SELECT * FROM "{t}" ORDER BY rowid')] for t in tables}
+    assert rows["alembic_version"] and rows["identity_api_key_generation"] == [(1, 0)]  # what the migrations wrote
+    return {"master": master, "pragmas": pragmas, "rows": rows}
 
 
 def test_the_shipped_script_is_what_the_migrations_make(tmp_path):

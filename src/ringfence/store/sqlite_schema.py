@@ -3,8 +3,8 @@
 `serve` opens its store on every start, and most starts (every test server, a first `serve --demo`) open
 a brand-new SQLite file: importing Alembic (with the DDL of every dialect it knows) and running the five
 migrations was ~0.25 s of CPU of each. `migrations/sqlite_schema.json` holds what those migrations make of
-an empty SQLite database: `sqlite_master`'s statements in the order they were made, and the revision
-alembic_version then holds. It is generated from the migrations (`python -m ringfence.store.sqlite_schema`)
+an empty SQLite database: `sqlite_master`'s statements in the order they were made, and the rows they
+wrote (the revision alembic_version then holds, the API key generation counter's first value). It is generated from the migrations (`python -m ringfence.store.sqlite_schema`)
 and names the SHA-256 of the migration sources it was made from (`migrations_digest`): it is used only
 while they are unchanged (a changed or added migration: Alembic, as before, until it is generated again;
 tests/identity/test_sqlite_schema.py fails until then and checks that both ways make the same database).
@@ -39,12 +39,21 @@ def migrations_digest() -> str:
 
 def dump(engine: Engine) -> dict[str, Any]:
     """The script of a migrated SQLite database: its statements in the order they were made (SQLite's own
-    objects, such as sqlite_sequence, left out: it makes them itself) and its Alembic revision."""
+    objects, such as sqlite_sequence, left out: it makes them itself), then every row the migrations wrote
+    (alembic_version's revision, the API key generation counter's first value), table by table."""
     with engine.connect() as conn:
-        statements = list(conn.execute(text("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
-                                            "ORDER BY rowid")).scalars())
+        made = [tuple(r) for r in conn.execute(text("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
+                                                    "AND name NOT LIKE 'sqlite_%' ORDER BY rowid"))]
+        rows = []
+        for kind, name, _ in made:
+            if kind == "table":
+                for row in conn.exec_driver_sql(f'SELECT * FROM "{name}" ORDER BY rowid'):
+                    if not all(v is None or isinstance(v, (int, str)) for v in row):
+                        raise ValueError(f"{name}: a migration wrote a value the script cannot hold: {row!r}")
+                    rows.append([name, list(row)])
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    return {"revision": revision, "migrations_sha256": migrations_digest(), "statements": statements}
+    return {"revision": revision, "migrations_sha256": migrations_digest(), "statements": [sql for _, _, sql in made],
+            "rows": rows}
 
 
 def _script() -> dict[str, Any] | None:
@@ -71,7 +80,8 @@ def prepare(engine: Engine) -> bool:
             if conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar() == 0:
                 for statement in script["statements"]:
                     conn.exec_driver_sql(statement)
-                conn.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES (?)", (script["revision"],))
+                for table, values in script["rows"]:
+                    conn.exec_driver_sql(f'INSERT INTO "{table}" VALUES ({", ".join("?" * len(values))})', tuple(values))
                 conn.commit()
                 return True
             known = conn.exec_driver_sql("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'").scalar()
