@@ -2,7 +2,8 @@
 
 SQLite (embedded default, a file under ringfence-data/) or PostgreSQL when
 ``RINGFENCE_DATABASE_URL`` points at one (``postgresql+psycopg://...``). The schema is created and
-upgraded only by the Alembic migrations shipped in this package (`migrate`), never by create_all.
+upgraded only by the Alembic migrations shipped in this package (`migrate`), never by create_all; a new
+SQLite database gets the script those migrations generate (`sqlite_schema.py`: the same schema, made faster).
 Invariant: every unit of work runs in one transaction (`Store.tx`): it commits fully or not at all.
 Opening a store runs the migrations (so `ringfence serve` brings the schema to head on start); a
 database that cannot be reached is a `ConfigError` naming the URL with its password hidden.
@@ -14,8 +15,6 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -158,6 +157,9 @@ def node_identity_store(data: Path, pg_url: str = "", *, url_option: str = "RING
 
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade the schema to `revision` with the migrations shipped in the package."""
+    from alembic import command  # here: a start that needs no migration never imports Alembic (sqlite_schema.py)
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
@@ -172,8 +174,11 @@ class Store:
     def __init__(self, engine: Engine, *, run_migrations: bool = True) -> None:
         self.engine = engine
         if run_migrations:
+            from .sqlite_schema import prepare
+
             try:
-                migrate(engine)
+                if not prepare(engine):  # a new SQLite file made by one script, or one at head already
+                    migrate(engine)
             except OperationalError as err:
                 # psycopg's reason names host and port, never the password; the URL is redacted
                 reason = str(err.orig).strip().splitlines()[0] if err.orig is not None else "unreachable"
