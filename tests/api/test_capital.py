@@ -23,7 +23,7 @@ import ccxt
 import httpx
 import pytest
 
-from .conftest import Server, cli
+from .conftest import Invoked, Server, cli, invoke
 
 BLOCK_MS = "500"
 ENV = {"RINGFENCE_CUSTODY_BLOCK_INTERVAL_MS": BLOCK_MS, "RINGFENCE_CUSTODY_POLL_MS": "200"}
@@ -66,7 +66,8 @@ def signed(srv: Server, key: dict, method: str, path: str, params: dict, *, loca
 
 
 def chain_balance(data: Path, asset: str, address: str) -> Decimal:
-    res = cli("chain", "balance", "--data", str(data), "--asset", asset, "--address", address)
+    """`ringfence chain balance` in this process (conftest.invoke: polled in loops; `chain pay` runs as a process)."""
+    res = invoke("chain", "balance", "--data", str(data), "--asset", asset, "--address", address)
     assert res.returncode == 0, res.stderr
     return Decimal(res.stdout.strip())
 
@@ -139,9 +140,10 @@ def test_ccxt_round_trip_deposit_trade_withdraw(money: Server) -> None:
     assert 'ringfence_chain_height{chain="bitcoin"}' in metrics
 
 
-def review(data: Path, base: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """The staff console (`ringfence review ...`) against the live server, keys from DIR/demo-staff.json."""
-    return cli("review", *args, "--url", base)
+def review(data: Path, base: str, *args: str) -> Invoked:
+    """The staff console (`ringfence review ...`) against the live server, keys from DIR/demo-staff.json, in this
+    process (conftest.invoke; tests/staff/test_review_live.py runs `review` as a process)."""
+    return invoke("review", *args, "--url", base)
 
 
 def staff_key(data: Path, staff_id: str) -> str:

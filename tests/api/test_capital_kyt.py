@@ -23,7 +23,7 @@ import httpx
 import ccxt
 import pytest
 
-from .conftest import Server
+from .conftest import Invoked, Server, invoke
 from ringfence.staff.decisions import read_key_file
 from ringfence.staff.requests import signed_headers
 
@@ -41,8 +41,10 @@ def money(tmp_path_factory):
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
 
-def review(base: str, *args: str):
-    return cli("review", *args, "--url", base)
+def review(base: str, *args: str) -> Invoked:
+    """`ringfence review ...` in this process (conftest.invoke: polled in loops; tests/staff/test_review_live.py runs
+    `review` as a process)."""
+    return invoke("review", *args, "--url", base)
 
 
 def queued(money: Server, txid: str) -> dict | None:
