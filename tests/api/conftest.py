@@ -165,9 +165,9 @@ class Invoked:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
-def invoke(*args: str, env: dict[str, str] | None = None) -> Invoked:
+def invoke(*args: str, env: dict[str, str | None] | dict[str, str] | None = None) -> Invoked:
     """`ringfence ARGS` in this process (typer's runner: the same command code as `cli`, its own stdout and stderr,
-    `env` set while it runs, COLUMNS=200), without a Python start of 1-2 s of CPU per call (the console's many calls,
+    `env` set while it runs, a None value unset; COLUMNS=200), without a Python start of 1-2 s of CPU per call (the console's many calls,
     the faucet's balance polled in a loop). An exception the command let out is in stderr as the traceback a
     process would have printed (exit code 1). A file whose calls run here still runs each command group once in a
     real process (`cli`)."""

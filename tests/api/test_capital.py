@@ -231,7 +231,7 @@ def test_bad_withdrawals_are_refused_and_change_nothing(money: Server, name: str
 def test_address_not_in_book_key_without_scope_and_wrong_ip_are_refused(money: Server) -> None:
     key = withdraw_key(money.data)
     before = _state(money, key)
-    other = cli("chain", "balance", "--data", str(money.data), "--asset", "BTC", "--address", "bcrt1qq0000000000000000000000000000000000000")
+    other = invoke("chain", "balance", "--data", str(money.data), "--asset", "BTC", "--address", "bcrt1qq0000000000000000000000000000000000000")
     assert other.returncode != 0 and "address" in other.stderr  # the CLI names the bad field
     res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply",
                  {"coin": "BTC", "address": fetch_bob_deposit_address(money), "amount": "0.01"})
@@ -398,7 +398,7 @@ def test_usdt_deposit_then_withdrawal_pays_gas_in_eth_and_reconciles(money: Serv
                 return first[0] + first[1]
 
     hot_before = own_usdt()
-    paid = cli("chain", "pay", "--data", str(money.data), "--asset", "USDT", "--to", address, "--amount", "250")
+    paid = invoke("chain", "pay", "--data", str(money.data), "--asset", "USDT", "--to", address, "--amount", "250")
     assert paid.returncode == 0, paid.stderr
     txid = paid.stdout.strip()
 
@@ -549,24 +549,24 @@ def test_chains_from_settings_without_demo(tmp_path) -> None:
         assert httpx.post(srv.base + "/v1/demo/chain/pay", json={}).status_code == 404
         assert "custody: no active withdrawal policy" in " ".join(srv.log_text().split()), srv.log_text()[-2000:]
         url = ("--url", srv.base)
-        shown = json.loads(cli("policy", "show", "--key", str(keys / "pat.key"), "--json", *url).stdout)
+        shown = json.loads(invoke("policy", "show", "--key", str(keys / "pat.key"), "--json", *url).stdout)
         assert shown == {"active_policy": "", "proposals": []}, "bootstrap proposed nothing"
 
         from ringfence.custody.localnet import DEFAULT_POLICY
 
         policy = tmp_path / "policy.json"
         policy.write_text(json.dumps(DEFAULT_POLICY))
-        assert cli("policy", "propose", "p-1", str(policy), "--key", str(keys / "pat.key"), *url).returncode == 0
-        out = cli("policy", "activate", "p-1", "--key", str(keys / "pat.key"), *url)
+        assert invoke("policy", "propose", "p-1", str(policy), "--key", str(keys / "pat.key"), *url).returncode == 0
+        out = invoke("policy", "activate", "p-1", "--key", str(keys / "pat.key"), *url)
         assert out.returncode == 1 and "approvals first" in out.stderr, out.stderr  # no quorum yet
         for admin in ("pia", "pol"):
-            out = cli("policy", "approve", "p-1", "--key", str(keys / f"{admin}.key"), *url)
+            out = invoke("policy", "approve", "p-1", "--key", str(keys / f"{admin}.key"), *url)
             assert out.returncode == 0, out.stderr
-        out = cli("policy", "activate", "p-1", "--key", str(keys / "ada.key"), *url)  # staff, but not a policy admin
+        out = invoke("policy", "activate", "p-1", "--key", str(keys / "ada.key"), *url)  # staff, but not a policy admin
         assert out.returncode != 0 and "policy admins" in " ".join(out.stderr.split()), out.stdout + out.stderr
-        out = cli("policy", "activate", "p-1", "--key", str(keys / "pat.key"), *url)
+        out = invoke("policy", "activate", "p-1", "--key", str(keys / "pat.key"), *url)
         assert out.returncode == 0 and "policy.activated" in out.stdout, out.stdout + out.stderr
-        shown = json.loads(cli("policy", "show", "--key", str(keys / "ada.key"), "--json", *url).stdout)
+        shown = json.loads(invoke("policy", "show", "--key", str(keys / "ada.key"), "--json", *url).stdout)
         assert shown["active_policy"] and [p["state"] for p in shown["proposals"]] == ["active"]
     finally:
         assert srv.stop() == 0
