@@ -29,56 +29,56 @@ expect.set_options(timeout=30_000)
 # (--dist loadfile, each file's servers shared by its tests) in the order collected
 # (--no-loadscope-reorder; xdist's own order, most tests first, started a 9-minute file of 11 tests
 # after the quick files of many tests). A file started last that runs for minutes leaves the other
-# workers idle till it ends; started first, the short files fill in around it. From a full run's
-# per-file times (three workers; this checkout on 2026-12-07 04:48-05:45 UTC on a machine shared with other
-# helpers' benchmarks and tests, load average 16-27 on 2 cores: 2,192 tests, 9,874 s of test time, 3,389 s of wall time; the
-# 42 longest files, 80 s and more there), longest first; a stale entry costs time, never a verdict. The load inflated
-# the files of many PostgreSQL-parametrized tests most (tests/identity/: a schema created and dropped per test) and
-# moved them to the front; the files that wait on servers, blocks and mail follow. To refresh:
+# workers idle till it ends; started first, the short files fill in around it. The order: these 42 files (the longest
+# of a full run on 2026-12-07 04:48-05:45 UTC) timed again on 2026-12-07 14:50-15:18 UTC, `-n 3 --dist loadfile`, on a
+# machine shared with other helpers' benchmarks and tests (load average 8-17 on 2 cores: 571 tests, 4,618 s of test
+# time), the files changed since (CLI calls in-process, fewer servers) by their later runs; longest first. A stale
+# entry costs time, never a verdict. The files of many PostgreSQL-parametrized tests (tests/identity/) moved back from
+# the front: the earlier run's heavier load had inflated them most. To refresh:
 # `pytest -n 3 --dist loadfile --no-loadscope-reorder --junitxml=r.xml`, and sum each file's test times.
 LONGEST_FIRST = (
-    "tests/identity/test_api_keys.py",
-    "tests/index/test_serve_index.py",
-    "tests/api/test_capital.py",
-    "tests/api/test_btc_frost_hot.py",
-    "tests/staff/test_console_live.py",
-    "tests/backup/test_backup.py",
-    "tests/api/test_web_wallet.py",
-    "tests/staff/test_review_live.py",
-    "tests/api/test_password_work.py",
-    "tests/identity/test_accounts.py",
-    "tests/api/test_capital_kyt.py",
-    "tests/api/test_edge_numbers.py",
-    "tests/api/test_por_custody.py",
-    "tests/api/test_custody_gaps.py",
     "tests/replication/test_replication.py",
-    "tests/api/test_halts.py",
-    "tests/monitoring/test_replay_live.py",
-    "tests/identity/test_web.py",
-    "tests/api/test_ed25519_keys.py",
-    "tests/api/test_edge_metrics.py",
-    "tests/backup/test_backup_s3.py",
+    "tests/api/test_web_wallet.py",
+    "tests/backup/test_backup.py",
+    "tests/api/test_btc_frost_hot.py",
+    "tests/api/test_capital.py",
     "tests/api/test_mailed_links.py",
+    "tests/identity/test_web.py",
     "tests/test_sim.py",
-    "tests/api/test_password_reset.py",
-    "tests/api/test_web_session.py",
-    "tests/api/test_rest.py",
     "tests/api/test_schemathesis.py",
-    "tests/api/test_dashboard.py",
-    "tests/test_cli.py",
-    "tests/journal/test_data_dir_cli.py",
-    "tests/monitoring/test_live.py",
-    "tests/api/test_edge_forwarding.py",
-    "tests/api/test_email_change.py",
     "tests/replication/test_dr_drill.py",
-    "tests/derivatives/test_fapi_live.py",
-    "tests/api/test_edge_auth.py",
-    "tests/api/test_ccxt.py",
-    "tests/api/test_edge_headers.py",
+    "tests/api/test_web_session.py",
     "tests/api/test_bench_smoke.py",
-    "tests/api/test_btc_frost_external.py",
+    "tests/api/test_custody_gaps.py",
+    "tests/test_cli.py",
+    "tests/backup/test_backup_s3.py",
+    "tests/staff/test_review_live.py",
+    "tests/index/test_serve_index.py",
     "tests/api/test_gateways.py",
+    "tests/monitoring/test_live.py",
+    "tests/api/test_capital_kyt.py",
+    "tests/monitoring/test_replay_live.py",
+    "tests/identity/test_accounts.py",
+    "tests/api/test_halts.py",
+    "tests/api/test_email_change.py",
+    "tests/api/test_por_custody.py",
+    "tests/derivatives/test_fapi_live.py",
+    "tests/identity/test_api_keys.py",
     "tests/api/test_revoked_streams.py",
+    "tests/api/test_dashboard.py",
+    "tests/api/test_password_reset.py",
+    "tests/journal/test_data_dir_cli.py",
+    "tests/api/test_edge_headers.py",
+    "tests/staff/test_console_live.py",
+    "tests/api/test_rest.py",
+    "tests/api/test_btc_frost_external.py",
+    "tests/api/test_ccxt.py",
+    "tests/api/test_password_work.py",
+    "tests/api/test_edge_metrics.py",
+    "tests/api/test_edge_forwarding.py",
+    "tests/api/test_ed25519_keys.py",
+    "tests/api/test_edge_auth.py",
+    "tests/api/test_edge_numbers.py",
 )
 
 

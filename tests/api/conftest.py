@@ -156,3 +156,29 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     added to this process's environment (a server's `store_env`, for a command that reads its store)."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"), **(env or {}))
     return subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+class Invoked:
+    """What `invoke` returns: the exit code and the two streams, as a finished process has them."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def invoke(*args: str, env: dict[str, str | None] | dict[str, str] | None = None) -> Invoked:
+    """`ringfence ARGS` in this process (typer's runner: the same command code as `cli`, its own stdout and stderr,
+    `env` set while it runs, a None value unset; COLUMNS=200), without a Python start of 1-2 s of CPU per call (the console's many calls,
+    the faucet's balance polled in a loop). An exception the command let out is in stderr as the traceback a
+    process would have printed (exit code 1). A file whose calls run here still runs each command group once in a
+    real process (`cli`)."""
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(result.exception))
+    return Invoked(result.exit_code, result.stdout, stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Server, cli
+from .conftest import Server, cli, invoke  # invoke: the holders' offline `keys sign-psbt` in this process (tests/keys/ runs it as a process)
 from ringfence.keys import frost
 
 from .frost_shares import combined_secrets, share
@@ -450,7 +450,7 @@ def test_vault_to_hot_refill_through_offline_psbt_signing(frost_server: Server, 
     outsider = next(fp for fp in holders if fp not in dict(nominated))
 
     def sign(fp: str, name: str) -> Path:
-        res = cli("keys", "sign-psbt", "--psbt", str(psbt_file), "--key", str(holders[fp]), "--out", str(tmp_path / name))
+        res = invoke("keys", "sign-psbt", "--psbt", str(psbt_file), "--key", str(holders[fp]), "--out", str(tmp_path / name))
         assert res.returncode == 0, res.stderr
         return tmp_path / name
 
@@ -643,7 +643,7 @@ def test_refill_and_reshare_from_the_console_page(frost_server: Server, tmp_path
         signed_psbts = []
         for n, holder in enumerate(listed["nominated_holder_files"]):  # the holders sign offline
             out = tmp_path / f"signed-{n}.psbt"
-            res = cli("keys", "sign-psbt", "--psbt", str(tmp_path / "refill.psbt"), "--key", holder, "--out", str(out))
+            res = invoke("keys", "sign-psbt", "--psbt", str(tmp_path / "refill.psbt"), "--key", holder, "--out", str(out))
             assert res.returncode == 0, res.stderr
             signed_psbts.append(out.read_text().strip())
         row.locator(".refill-signed").fill("\n".join(signed_psbts))

@@ -23,7 +23,7 @@ import ccxt
 import httpx
 import pytest
 
-from .conftest import Server, cli
+from .conftest import Invoked, Server, cli, invoke
 
 BLOCK_MS = "500"
 ENV = {"RINGFENCE_CUSTODY_BLOCK_INTERVAL_MS": BLOCK_MS, "RINGFENCE_CUSTODY_POLL_MS": "200"}
@@ -66,7 +66,8 @@ def signed(srv: Server, key: dict, method: str, path: str, params: dict, *, loca
 
 
 def chain_balance(data: Path, asset: str, address: str) -> Decimal:
-    res = cli("chain", "balance", "--data", str(data), "--asset", asset, "--address", address)
+    """`ringfence chain balance` in this process (conftest.invoke: polled in loops; `chain pay` runs as a process)."""
+    res = invoke("chain", "balance", "--data", str(data), "--asset", asset, "--address", address)
     assert res.returncode == 0, res.stderr
     return Decimal(res.stdout.strip())
 
@@ -139,9 +140,10 @@ def test_ccxt_round_trip_deposit_trade_withdraw(money: Server) -> None:
     assert 'ringfence_chain_height{chain="bitcoin"}' in metrics
 
 
-def review(data: Path, base: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """The staff console (`ringfence review ...`) against the live server, keys from DIR/demo-staff.json."""
-    return cli("review", *args, "--url", base)
+def review(data: Path, base: str, *args: str) -> Invoked:
+    """The staff console (`ringfence review ...`) against the live server, keys from DIR/demo-staff.json, in this
+    process (conftest.invoke; tests/staff/test_review_live.py runs `review` as a process)."""
+    return invoke("review", *args, "--url", base)
 
 
 def staff_key(data: Path, staff_id: str) -> str:
@@ -229,7 +231,7 @@ def test_bad_withdrawals_are_refused_and_change_nothing(money: Server, name: str
 def test_address_not_in_book_key_without_scope_and_wrong_ip_are_refused(money: Server) -> None:
     key = withdraw_key(money.data)
     before = _state(money, key)
-    other = cli("chain", "balance", "--data", str(money.data), "--asset", "BTC", "--address", "bcrt1qq0000000000000000000000000000000000000")
+    other = invoke("chain", "balance", "--data", str(money.data), "--asset", "BTC", "--address", "bcrt1qq0000000000000000000000000000000000000")
     assert other.returncode != 0 and "address" in other.stderr  # the CLI names the bad field
     res = signed(money, key, "POST", "/sapi/v1/capital/withdraw/apply",
                  {"coin": "BTC", "address": fetch_bob_deposit_address(money), "amount": "0.01"})
@@ -396,7 +398,7 @@ def test_usdt_deposit_then_withdrawal_pays_gas_in_eth_and_reconciles(money: Serv
                 return first[0] + first[1]
 
     hot_before = own_usdt()
-    paid = cli("chain", "pay", "--data", str(money.data), "--asset", "USDT", "--to", address, "--amount", "250")
+    paid = invoke("chain", "pay", "--data", str(money.data), "--asset", "USDT", "--to", address, "--amount", "250")
     assert paid.returncode == 0, paid.stderr
     txid = paid.stdout.strip()
 
@@ -547,24 +549,24 @@ def test_chains_from_settings_without_demo(tmp_path) -> None:
         assert httpx.post(srv.base + "/v1/demo/chain/pay", json={}).status_code == 404
         assert "custody: no active withdrawal policy" in " ".join(srv.log_text().split()), srv.log_text()[-2000:]
         url = ("--url", srv.base)
-        shown = json.loads(cli("policy", "show", "--key", str(keys / "pat.key"), "--json", *url).stdout)
+        shown = json.loads(invoke("policy", "show", "--key", str(keys / "pat.key"), "--json", *url).stdout)
         assert shown == {"active_policy": "", "proposals": []}, "bootstrap proposed nothing"
 
         from ringfence.custody.localnet import DEFAULT_POLICY
 
         policy = tmp_path / "policy.json"
         policy.write_text(json.dumps(DEFAULT_POLICY))
-        assert cli("policy", "propose", "p-1", str(policy), "--key", str(keys / "pat.key"), *url).returncode == 0
-        out = cli("policy", "activate", "p-1", "--key", str(keys / "pat.key"), *url)
+        assert invoke("policy", "propose", "p-1", str(policy), "--key", str(keys / "pat.key"), *url).returncode == 0
+        out = invoke("policy", "activate", "p-1", "--key", str(keys / "pat.key"), *url)
         assert out.returncode == 1 and "approvals first" in out.stderr, out.stderr  # no quorum yet
         for admin in ("pia", "pol"):
-            out = cli("policy", "approve", "p-1", "--key", str(keys / f"{admin}.key"), *url)
+            out = invoke("policy", "approve", "p-1", "--key", str(keys / f"{admin}.key"), *url)
             assert out.returncode == 0, out.stderr
-        out = cli("policy", "activate", "p-1", "--key", str(keys / "ada.key"), *url)  # staff, but not a policy admin
+        out = invoke("policy", "activate", "p-1", "--key", str(keys / "ada.key"), *url)  # staff, but not a policy admin
         assert out.returncode != 0 and "policy admins" in " ".join(out.stderr.split()), out.stdout + out.stderr
-        out = cli("policy", "activate", "p-1", "--key", str(keys / "pat.key"), *url)
+        out = invoke("policy", "activate", "p-1", "--key", str(keys / "pat.key"), *url)
         assert out.returncode == 0 and "policy.activated" in out.stdout, out.stdout + out.stderr
-        shown = json.loads(cli("policy", "show", "--key", str(keys / "ada.key"), "--json", *url).stdout)
+        shown = json.loads(invoke("policy", "show", "--key", str(keys / "ada.key"), "--json", *url).stdout)
         assert shown["active_policy"] and [p["state"] for p in shown["proposals"]] == ["active"]
     finally:
         assert srv.stop() == 0

@@ -23,7 +23,7 @@ import httpx
 import ccxt
 import pytest
 
-from .conftest import Server
+from .conftest import Invoked, Server, invoke
 from ringfence.staff.decisions import read_key_file
 from ringfence.staff.requests import signed_headers
 
@@ -41,8 +41,10 @@ def money(tmp_path_factory):
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
 
-def review(base: str, *args: str):
-    return cli("review", *args, "--url", base)
+def review(base: str, *args: str) -> Invoked:
+    """`ringfence review ...` in this process (conftest.invoke: polled in loops; tests/staff/test_review_live.py runs
+    `review` as a process)."""
+    return invoke("review", *args, "--url", base)
 
 
 def queued(money: Server, txid: str) -> dict | None:
@@ -53,8 +55,8 @@ def queued(money: Server, txid: str) -> dict | None:
 
 def tainted_deposit(money: Server, ex: ccxt.binance, amount: str) -> tuple[str, dict]:
     address = ex.fetch_deposit_address("ETH")["address"]
-    paid = cli("chain", "pay", "--data", str(money.data), "--asset", "ETH", "--to", address, "--amount", amount,
-               "--from", "tainted")
+    paid = invoke("chain", "pay", "--data", str(money.data), "--asset", "ETH", "--to", address, "--amount", amount,
+                  "--from", "tainted")
     assert paid.returncode == 0, paid.stderr
     txid = paid.stdout.strip()
 
@@ -174,11 +176,11 @@ def test_tainted_deposit_returned_to_sender_by_two_analysts(money: Server) -> No
 
 
 def test_faucet_tainted_option_is_eth_only(money: Server) -> None:
-    out = cli("chain", "pay", "--data", str(money.data), "--asset", "BTC", "--to", "bcrt1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqdku202",
-              "--amount", "0.1", "--from", "tainted")
+    out = invoke("chain", "pay", "--data", str(money.data), "--asset", "BTC", "--to", "bcrt1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqdku202",
+                 "--amount", "0.1", "--from", "tainted")
     assert out.returncode == 2 and "ETH only" in out.stderr, out.stderr
-    out = cli("chain", "pay", "--data", str(money.data), "--asset", "ETH", "--to", "0x" + "11" * 20, "--amount", "0.1",
-              "--from", "mixer")
+    out = invoke("chain", "pay", "--data", str(money.data), "--asset", "ETH", "--to", "0x" + "11" * 20, "--amount", "0.1",
+                 "--from", "mixer")
     assert out.returncode == 2 and "from" in out.stderr, out.stderr
 
 
@@ -299,7 +301,7 @@ def test_a_frozen_deposit_from_a_blacklisted_sender_return_held_by_kyt_then_rele
     ex = client(money.base, key)
     address = ex.fetch_deposit_address("ETH")["address"]
     before = free(ex, "ETH")
-    paid = cli("chain", "pay", "--data", str(money.data), "--asset", "ETH", "--to", address, "--amount", "1.5", "--from", "exploit")
+    paid = invoke("chain", "pay", "--data", str(money.data), "--asset", "ETH", "--to", address, "--amount", "1.5", "--from", "exploit")
     assert paid.returncode == 0, paid.stderr
     txid = paid.stdout.strip()
     row = wait_for("the deposit to be frozen", lambda: (r := next((d for d in ex.fetch_deposits("ETH") if d["txid"] == txid), None))
@@ -392,8 +394,8 @@ def test_the_shield_fund_rule_broken_by_a_whale_raises_an_alert_that_clears_when
     price = int(start["prices_minor"]["ETH"])  # what the rule values one ETH at (USDT minor units)
     whale = math.ceil(Decimal(margin) / price) + 30  # whole ETH: 30 ETH more than the margin
     print(f"margin {margin} USDT minor, ETH at {price} USDT minor: deposit {whale} ETH")
-    paid = cli("chain", "pay", "--data", str(money.data), "--asset", "ETH", "--to", ex.fetch_deposit_address("ETH")["address"],
-               "--amount", str(whale))
+    paid = invoke("chain", "pay", "--data", str(money.data), "--asset", "ETH", "--to", ex.fetch_deposit_address("ETH")["address"],
+                  "--amount", str(whale))
     assert paid.returncode == 0, paid.stderr
     broken = wait_for("the shield rule alert", lambda: (r := rule()) and r["alert"] and r, 120)
     assert int(broken["hot_value_minor"]) > int(broken["shield_value_minor"]) and broken["since_ms"] > 0, broken
@@ -442,7 +444,7 @@ def test_a_withdrawal_to_an_address_funded_by_a_blacklisted_one_is_stopped_with_
     in this module: the destination stays tainted."""
     key = withdraw_key(money.data)
     dest = key["withdraw_addresses"]["ETH"]
-    paid = cli("chain", "pay", "--data", str(money.data), "--asset", "ETH", "--to", dest, "--amount", "0.01", "--from", "exploit")
+    paid = invoke("chain", "pay", "--data", str(money.data), "--asset", "ETH", "--to", dest, "--amount", "0.01", "--from", "exploit")
     assert paid.returncode == 0, paid.stderr
     wait_for("the exploit's payment to be mined", lambda: chain_balance(money.data, "ETH", dest) > 0)
     before = chain_balance(money.data, "ETH", dest)

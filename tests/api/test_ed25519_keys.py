@@ -23,6 +23,8 @@ import pyotp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .conftest import invoke
+
 #: the shared demo server starts without its chains: these tests use none (conftest.NO_CHAINS)
 SERVER_CHAINS = False
 
@@ -111,16 +113,18 @@ def test_cli_registers_a_users_public_key_and_it_signs_against_the_running_serve
     pub = tmp_path / "key.pub"
     pub.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
-    # bad public keys are refused before any secret is asked for, naming the field
+    # bad public keys are refused before any secret is asked for, naming the field (the same command code in this
+    # process, conftest.invoke: no Python start per refusal; the two calls that read stdin below are processes)
     for content, message in [(base64.b64encode(b"x" * 31).decode(), "decodes to 31 bytes"),
                              ("%%%not base64", "neither PEM nor valid base64"),
                              ("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----", "does not decode")]:
         bad = tmp_path / "bad.pub"
         bad.write_text(content)
-        out = _cli(["add-ed25519-key", "--email", email, "--public-key-file", str(bad)], url, "")
+        out = invoke("identity", "add-ed25519-key", "--email", email, "--public-key-file", str(bad), env={"RINGFENCE_DATABASE_URL": url})
         text = " ".join(out.stderr.split())
         assert out.returncode == 2 and "public_key" in text and message in text, out.stderr
-    out = _cli(["add-ed25519-key", "--email", email, "--public-key-file", str(tmp_path / "missing.pub")], url, "")
+    out = invoke("identity", "add-ed25519-key", "--email", email, "--public-key-file", str(tmp_path / "missing.pub"),
+                 env={"RINGFENCE_DATABASE_URL": url})
     assert out.returncode == 2 and "does not exist" in out.stderr
 
     # a wrong authenticator code registers nothing

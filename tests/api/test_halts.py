@@ -22,8 +22,9 @@ def order(server, account, symbol, price, qty):
 
 
 def test_a_journaled_halt_is_enforced_and_visible_after_restart(tmp_path):
+    """The demo without its chains (conftest.NO_CHAINS): the halt is a market's, no chain is used."""
     data = tmp_path / "data"
-    first = Server(data)
+    first = Server(data, chains=False)
     assert order(first, "alice", "BTCUSDT", "60990.00", "0.0010").status_code == 200
     assert first.stop() == 0
 
@@ -34,7 +35,7 @@ def test_a_journaled_halt_is_enforced_and_visible_after_restart(tmp_path):
     journaled = node.engine.last_seq
     node.close()
 
-    server = Server(data)
+    server = Server(data, chains=False)
     try:
         halts = httpx.get(server.base + "/v1/halts").json()
         assert [(h["halt_id"], h["scope"], h["level"]) for h in halts] == [("test-btc", "BTCUSDT", "HALTED")]

@@ -28,7 +28,7 @@ import pytest
 from ringfence.solvency.pol_verifier import check_root_document, verify_proof
 from ringfence.solvency.reserves import load_claims
 
-from .conftest import Server, cli
+from .conftest import Server, cli, invoke
 from .test_rest import signed_query
 
 ENV = {
@@ -50,9 +50,9 @@ def live(tmp_path_factory):
 
 
 def chain_balance(data: Path, asset: str, address: str, height: int | None = None) -> int:
-    """`ringfence chain balance` (at the tip, or at a past height), in minor units."""
+    """`ringfence chain balance` (at the tip, or at a past height), in minor units, in this process (conftest.invoke)."""
     extra = ("--height", str(height)) if height is not None else ()
-    res = cli("chain", "balance", "--data", str(data), "--asset", asset, "--address", address, *extra)
+    res = invoke("chain", "balance", "--data", str(data), "--asset", asset, "--address", address, *extra)
     assert res.returncode == 0, res.stderr
     return int(Decimal(res.stdout.strip()).scaleb(DECIMALS[asset]))
 

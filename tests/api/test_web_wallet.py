@@ -29,7 +29,7 @@ from playwright.sync_api import expect
 
 from ringfence.identity.second_factor import TOTP_DRIFT_STEPS, TOTP_STEP_S
 
-from .conftest import Server, cli
+from .conftest import Server, cli, invoke
 from .test_web_session import IMG, browser, last_seq, sign_up_verify_and_enable_totp, wait_for_mail  # noqa: F401 (fixture)
 
 # The lock after a security change (here: the address-book change itself) must still hold when the page
@@ -51,7 +51,7 @@ def server(tmp_path_factory):
 
 
 def chain_balance(data: Path, asset: str, address: str) -> Decimal:
-    res = cli("chain", "balance", "--data", str(data), "--asset", asset, "--address", address)
+    res = invoke("chain", "balance", "--data", str(data), "--asset", asset, "--address", address)
     assert res.returncode == 0, res.stderr
     return Decimal(res.stdout.strip())
 

@@ -216,18 +216,29 @@ def test_every_backup_command_has_help_with_an_example():
         assert "Example: ringfence backup " + sub in rf("backup", sub, "--help").stdout
 
 
-def test_postgresql_identity_is_dumped_verified_and_restored_into_a_new_database(tmp_path):
+@pytest.fixture(scope="module")
+def pg_node(tmp_path_factory):
+    """A running demo node (without its chains: unused) whose identity is in a PostgreSQL database of its own, and that
+    database's URL: one server start for the two PostgreSQL tests below."""
     from pgtest import pg_database
 
-    with pg_database() as source_url, pg_database() as target_url:
-        srv = Server(tmp_path / "data", env={"RINGFENCE_DATABASE_URL": source_url}, chains=False)  # chains: unused
+    with pg_database() as source_url:
+        srv = Server(tmp_path_factory.mktemp("pg-node") / "data", env={"RINGFENCE_DATABASE_URL": source_url}, chains=False)
         try:
-            env_src = dict(os.environ, RINGFENCE_DATABASE_URL=source_url)
-            proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "backup", "create", "--data", str(srv.data), "--to",
-                                   str(tmp_path / "bk")], capture_output=True, text=True, timeout=300, env=env_src)
-            assert proc.returncode == 0, proc.stdout + proc.stderr
+            yield srv, source_url
         finally:
             assert srv.stop() == 0
+
+
+def test_postgresql_identity_is_dumped_verified_and_restored_into_a_new_database(pg_node, tmp_path):
+    from pgtest import pg_database
+
+    srv, source_url = pg_node
+    with pg_database() as target_url:
+        env_src = dict(os.environ, RINGFENCE_DATABASE_URL=source_url)
+        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "backup", "create", "--data", str(srv.data), "--to",
+                               str(tmp_path / "bk")], capture_output=True, text=True, timeout=300, env=env_src)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
         assert (tmp_path / "bk" / "identity.pgdump").is_file()
         trust = str(trust_file_for(srv.data, tmp_path / "trusted-nodes.json"))
         out = rf("backup", "verify", str(tmp_path / "bk"), "--trust", trust).stdout
@@ -243,7 +254,7 @@ def test_postgresql_identity_is_dumped_verified_and_restored_into_a_new_database
         assert not (tmp_path / "again" / "engine").exists()
         again = Server(tmp_path / "restored", demo=False, env={"RINGFENCE_DATABASE_URL": target_url})
         try:
-            key = json.loads((tmp_path / "data" / "demo-keys.json").read_text())[0]
+            key = json.loads((srv.data / "demo-keys.json").read_text())[0]
             r = httpx.get(again.base + "/api/v3/account?" + _signed(key["api_secret"], {}),
                           headers={"X-MBX-APIKEY": key["api_key"]}, timeout=10)
             assert r.status_code == 200, r.text  # the API keys came back from the dump
@@ -274,21 +285,20 @@ def test_postgresql_identity_is_dumped_verified_and_restored_into_a_new_database
         assert not (tmp_path / "forged-restored").exists()
 
 
-def test_a_postgresql_node_is_never_backed_up_without_its_identity_database(tmp_path):
+def test_a_postgresql_node_is_never_backed_up_without_its_identity_database(pg_node, tmp_path):
     """New-user review, session 19: `backup create` of a node whose users and API keys live in
     PostgreSQL, run without RINGFENCE_DATABASE_URL (or with `postgres://`, which serve refuses),
     printed `identity │ none` and `backup: OK`, exit 0 — a backup without a single user or key.
-    serve now records where its identity database is; create refuses what does not name it."""
+    serve now records where its identity database is (at its start); create refuses what does not name it."""
     from pgtest import pg_database
 
-    with pg_database() as source_url, pg_database() as other_url:
-        srv = Server(tmp_path / "data", env={"RINGFENCE_DATABASE_URL": source_url}, chains=False)
-        assert srv.stop() == 0
-        record = json.loads((tmp_path / "data" / "identity-store.json").read_text())
+    srv, source_url = pg_node
+    with pg_database() as other_url:
+        record = json.loads((srv.data / "identity-store.json").read_text())
         from ringfence.store import same_database
 
         assert record["dialect"] == "postgresql" and same_database(source_url, record["url"]), record
-        assert oct((tmp_path / "data" / "identity-store.json").stat().st_mode & 0o777) == "0o600"
+        assert oct((srv.data / "identity-store.json").stat().st_mode & 0o777) == "0o600"
         for env, said in (({"RINGFENCE_DATABASE_URL": None}, "keeps its users and API keys in PostgreSQL"),
                           ({"RINGFENCE_DATABASE_URL": source_url.replace("postgresql+psycopg://", "postgres://")},
                            "must be a sqlite:///, postgresql:// or postgresql+psycopg:// URL"),

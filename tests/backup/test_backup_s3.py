@@ -21,7 +21,7 @@ import boto3  # a missing boto3 (or moto, below) fails the run, never skips it
 import httpx
 import pytest
 
-from api.conftest import Server
+from api.conftest import Server, invoke
 from pgtest import profile_database_url
 from ringfence.app import replay_journal
 
@@ -77,8 +77,14 @@ def test_backup_of_a_live_server_to_s3_verifies_and_restores_point_in_time(tmp_p
     endpoint, env, client = s3
     outputs: list[str] = []
 
-    def run(*args: str, check: bool = True, extra: dict[str, str] | None = None):
-        proc = rf(*args, check=check, env={**env, **(extra or {})})
+    def run(*args: str, check: bool = True, extra: dict[str, str] | None = None, here: bool = False):
+        """`ringfence ARGS` as a process; with `here` the same command code in this process (api/conftest.py invoke,
+        no Python start): the refusals of damaged copies below, each beside a real process's verify and restore."""
+        if here:
+            proc = invoke(*args, env={**env, **(extra or {})})
+            assert proc.returncode == 0 or not check, proc.stdout + proc.stderr
+        else:
+            proc = rf(*args, check=check, env={**env, **(extra or {})})
         outputs.append(proc.stdout + proc.stderr)
         return proc
 
@@ -145,12 +151,12 @@ def test_backup_of_a_live_server_to_s3_verifies_and_restores_point_in_time(tmp_p
     body = bytearray(client.get_object(Bucket=BUCKET, Key=f"damaged/{segment}")["Body"].read())
     body[len(body) // 2] ^= 0x01
     client.put_object(Bucket=BUCKET, Key=f"damaged/{segment}", Body=bytes(body))
-    bad = run("backup", "verify", f"s3://{BUCKET}/damaged", "--trust", trust, check=False)
+    bad = run("backup", "verify", f"s3://{BUCKET}/damaged", "--trust", trust, check=False, here=True)
     assert bad.returncode == 1 and f"{segment} does not match its SHA-256" in bad.stdout, bad.stdout + bad.stderr
 
     _copy_prefix(client, "nightly/one", "extra")
     client.put_object(Bucket=BUCKET, Key="extra/journal/99999999.rfj", Body=b"not a segment")
-    bad = run("backup", "verify", f"s3://{BUCKET}/extra", "--trust", trust, check=False)
+    bad = run("backup", "verify", f"s3://{BUCKET}/extra", "--trust", trust, check=False, here=True)
     assert bad.returncode == 1 and "journal/99999999.rfj is not in the manifest" in bad.stdout, bad.stdout + bad.stderr
 
     # the intruder's edit (review of #21, F4) on S3: a changed object and its SHA-256 recomputed in the manifest
@@ -161,14 +167,14 @@ def test_backup_of_a_live_server_to_s3_verifies_and_restores_point_in_time(tmp_p
         for f in manifest["files"]["journal"]]))
     client.put_object(Bucket=BUCKET, Key="forged/MANIFEST.json", Body=render_manifest(forged))
     for args in (("verify", f"s3://{BUCKET}/forged"), ("restore", f"s3://{BUCKET}/forged", "--to", str(tmp_path / "f"))):
-        bad = run("backup", *args, "--trust", trust, check=False)
+        bad = run("backup", *args, "--trust", trust, check=False, here=True)
         assert bad.returncode == 1 and "MANIFEST.json:signature" in bad.stderr, bad.stdout + bad.stderr
     assert not (tmp_path / "f").exists()
 
     _copy_prefix(client, "nightly/one", "unfinished")
     client.delete_object(Bucket=BUCKET, Key="unfinished/MANIFEST.json")
     for args in (("verify", f"s3://{BUCKET}/unfinished"), ("restore", f"s3://{BUCKET}/unfinished", "--to", str(tmp_path / "u"))):
-        bad = run("backup", *args, "--trust", trust, check=False)
+        bad = run("backup", *args, "--trust", trust, check=False, here=True)
         assert bad.returncode == 1 and "has no MANIFEST.json" in bad.stderr, bad.stderr
     assert not (tmp_path / "u").exists()
 

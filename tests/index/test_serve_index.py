@@ -15,15 +15,21 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from api.conftest import Server  # noqa: E402  (tests/api/conftest.py: a real server on a free port)
+from api.conftest import Invoked, Server, invoke  # noqa: E402  (tests/api/conftest.py: a real server on a free port)
 
 from ringfence.index.feeds import FeedSigner  # noqa: E402
 
 FEED_ON = {"RINGFENCE_DEMO_FEED": "1"}
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+def cli(*args: str, check: bool = True, process: bool = False) -> subprocess.CompletedProcess[str] | Invoked:
+    """`ringfence ARGS` in this process (tests/api/conftest.py invoke: the same command code without a Python start of
+    1-2 s of CPU per call), or with `process` in a process of its own (`index show` and `index feed` here)."""
+    if process:
+        r: subprocess.CompletedProcess[str] | Invoked = subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True,
+                                                                      text=True, timeout=120, env=dict(os.environ))
+    else:
+        r = invoke(*args)
     if check and r.returncode != 0:
         raise AssertionError(f"ringfence {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
@@ -68,7 +74,7 @@ def test_demo_serves_a_live_index_mark_price_and_premium_index(demo: Server) -> 
     first_seq = v["sources"][0]["seq"]
     wait_for(lambda: httpx.get(demo.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()["sources"][0]["seq"] > first_seq + 1,
              "more quotes from sim1")
-    out = cli("index", "show", "--url", demo.base, "--symbol", "BTCUSDT", "--json")
+    out = cli("index", "show", "--url", demo.base, "--symbol", "BTCUSDT", "--json", process=True)
     shown = json.loads(out.stdout)
     assert shown["symbol"] == "BTCUSDT" and shown["status"] == "LIVE"
     table = cli("index", "show", "--url", demo.base).stdout
@@ -153,7 +159,7 @@ def test_operators_override_and_register_feed_keys_through_the_admin_api(demo: S
     assert alone.returncode == 1 and "quorum" in alone.stderr + alone.stdout
     analyst = cli(*args, "--key", ada, "--key", cy, check=False)  # cy is no operator
     assert analyst.returncode == 1 and "role-required" in analyst.stderr + analyst.stdout
-    token = cli(*args, "--key", ben, "--sign-only").stdout.strip()  # ben signs on his own machine
+    token = cli(*args, "--key", ben, "--sign-only", process=True).stdout.strip()  # ben signs on his own machine
     assert token.startswith("ben:") and token.count(":") == 3
     cli(*args, "--key", ada, "--approval", token)
     v = httpx.get(demo.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
@@ -210,7 +216,7 @@ def test_ccxt_poller_feeds_a_node_from_other_ringfence_nodes(demo: Server, tmp_p
             for i, v in enumerate(venues)
         ]}
         (tmp_path / "feeds.json").write_text(json.dumps(config))
-        out = cli("index", "feed", "--config", str(tmp_path / "feeds.json"), "--url", target.base, "--rounds", "2")
+        out = cli("index", "feed", "--config", str(tmp_path / "feeds.json"), "--url", target.base, "--rounds", "2", process=True)
         assert "10 accepted, 0 refused, 0 venue errors" in out.stdout, out.stdout
         v = httpx.get(target.base + "/v1/index", params={"symbol": "BTCUSDT"}).json()
         assert v["status"] == "LIVE" and v["liveSources"] == 5 and v["marketStatus"] == "ACTIVE", v

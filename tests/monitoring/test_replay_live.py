@@ -21,7 +21,7 @@ import pytest
 
 from ringfence.monitoring.feedback import Decision, learn
 from ringfence.monitoring.replay import LIVE_TYPOLOGIES, plan
-from tests.api.conftest import Server
+from tests.api.conftest import Invoked, Server, invoke
 from tests.monitoring.test_live import admin, poll
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -33,6 +33,12 @@ STORE_ENV: dict[str, str] = {}  # where the commands find the server's store (it
 def ringfence(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=SRC, **STORE_ENV)
     return subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def here(*args: str) -> Invoked:
+    """`ringfence ARGS` in this process (tests/api/conftest.py invoke: the same command code without a Python start of
+    1-2 s of CPU); the replay and the first `replay-rules` run as processes (`ringfence`)."""
+    return invoke(*args, env=STORE_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +108,7 @@ def test_typologies_replayed_through_the_api_are_caught_on_the_analyst_endpoints
 
     # the tainted deposit reached the stream although it went to quarantine (score above the line), not to available
     export = tmp_path / "stream.jsonl"
-    done = ringfence("monitoring", "export", "--data", str(server.data), "--out", str(export))
+    done = here("monitoring", "export", "--data", str(server.data), "--out", str(export))
     assert done.returncode == 0, done.stdout + done.stderr
     deposits = [json.loads(x) for x in export.read_text().splitlines() if '"deposit_credited"' in x]
     [tainted] = [acc for acc, label in labels.items() if label == "tainted_deposit"]
@@ -143,7 +149,7 @@ def test_closing_cases_teaches_the_model_its_weights(server, replayed, tmp_path)
             assert first["weights"] == learn(expected), first
             assert first["weights"]["device"] < 1000 and first["weights"]["network"] < 1000, first
             weights = tmp_path / "model.json"
-            cli = ringfence("monitoring", "model", "--key", f"{server.data / 'demo-staff.json'}#cy", "--url", server.base, "--json")
+            cli = here("monitoring", "model", "--key", f"{server.data / 'demo-staff.json'}#cy", "--url", server.base, "--json")
             assert cli.returncode == 0 and json.loads(cli.stdout)["weights"] == first["weights"], cli.stdout + cli.stderr
             weights.write_text(cli.stdout)
     final = poll(lambda: (lambda m: m if m["decisions_total"] == len(expected) else None)(admin(server, "GET", "/admin/v1/model").json()),
@@ -154,10 +160,10 @@ def test_closing_cases_teaches_the_model_its_weights(server, replayed, tmp_path)
 
     # the stream back-tested with the weights after the false positive: the stuffed account's failures score lower
     rules = tmp_path / "rules.json"
-    assert ringfence("monitoring", "replay-rules", str(rules)).returncode == 0
+    assert here("monitoring", "replay-rules", str(rules)).returncode == 0
 
     def stuffing_scores(*extra: str) -> list[int]:
-        run = ringfence("monitoring", "backtest", "--rules", str(rules), "--data", str(server.data), "--json", *extra)
+        run = here("monitoring", "backtest", "--rules", str(rules), "--data", str(server.data), "--json", *extra)
         assert run.returncode == 0, run.stdout + run.stderr
         hits = [json.loads(x) for x in run.stdout.splitlines()[:-1]]
         return [h["score"] for h in hits if h["rule"] == "behaviour-failed-sign-ins" and h["account_id"] == labels["credential_stuffing"]]

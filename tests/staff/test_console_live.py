@@ -1,8 +1,10 @@
 """The operator console against a real `ringfence serve --demo` process: signed requests, signed decisions.
 
-The server runs in its own process (the same interpreter, this worktree's sources); the console is
-the `ringfence` CLI run as a subprocess, signing with the demo staff keys `serve --demo` wrote to
-DIR/demo-staff.json. A lift with one operator is refused with the quorum rule and changes nothing;
+The server runs in its own process (the same interpreter, this worktree's sources), the demo without its
+chains (none is used here: conftest.NO_CHAINS); the console is the `ringfence` CLI, signing with the demo
+staff keys `serve --demo` wrote to DIR/demo-staff.json: a real `ringfence` process for each command group
+(`halts`, `staff`, and the HSM key's commands, whose PKCS#11 library reads its config once per process), the
+other calls the same command code in this process (typer's runner: no Python start of 1-2 s of CPU per call). A lift with one operator is refused with the quorum rule and changes nothing;
 two operators' signatures lift it. Requests that are unsigned, forged, stale or replayed get 401.
 """
 
@@ -24,20 +26,27 @@ import pytest
 
 from ringfence.staff.decisions import StaffKey, read_key_file
 from ringfence.staff.requests import signed_headers
-from tests.api.conftest import Server
+from tests.api.conftest import Invoked, Server, invoke
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("staff") / "data")
+    srv = Server(tmp_path_factory.mktemp("staff") / "data", chains=False)
     yield srv
     assert srv.stop() == 0, "the server did not shut down cleanly on SIGTERM"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def process(*args: str) -> subprocess.CompletedProcess[str]:
+    """`ringfence ARGS` in a process of its own: its real exit code and streams."""
     out = subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, COLUMNS="200"))
     return out
+
+
+def cli(*args: str) -> Invoked:
+    """`ringfence ARGS` in this process (tests/api/conftest.py invoke: the same command code without a Python start
+    per call)."""
+    return invoke(*args)
 
 
 def key(server: Server, staff_id: str) -> str:
@@ -59,8 +68,8 @@ def test_demo_staff_file_is_private_and_covers_the_roles(server) -> None:
 
 def test_console_lists_raises_and_lifts_a_halt_with_two_operators(server) -> None:
     url = ("--url", server.base)
-    out = cli("halts", "raise", "console-1", "--scope-kind", "market", "--scope", "BTCUSDT", "--level", "HALTED",
-              "--reason", "console test", "--key", key(server, "ada"), *url)
+    out = process("halts", "raise", "console-1", "--scope-kind", "market", "--scope", "BTCUSDT", "--level", "HALTED",
+                  "--reason", "console test", "--key", key(server, "ada"), *url)
     assert out.returncode == 0, out.stderr
     listed = json.loads(cli("halts", "list", "--key", key(server, "cy"), "--json", *url).stdout)
     [halt] = [h for h in listed["active"] if h["halt_id"] == "console-1"]
@@ -69,7 +78,7 @@ def test_console_lists_raises_and_lifts_a_halt_with_two_operators(server) -> Non
     assert {m["symbol"]: m["status"] for m in status}["BTCUSDT"] == "HALTED"
 
     # one operator alone: refused with the rule named, the halt stays
-    out = cli("halts", "lift", "console-1", "--reason", "fixed", "--key", key(server, "ada"), *url)
+    out = process("halts", "lift", "console-1", "--reason", "fixed", "--key", key(server, "ada"), *url)
     assert out.returncode == 1 and "rule 'quorum'" in out.stderr, out.stderr
     # an approver who is not an operator cannot make up the second signature
     token = cli("halts", "lift", "console-1", "--reason", "fixed", "--key", key(server, "cy"), "--sign-only", *url).stdout.strip()
@@ -98,8 +107,8 @@ def test_console_lists_raises_and_lifts_a_halt_with_two_operators(server) -> Non
 def test_staff_are_added_and_removed_by_the_quorum_only(server, tmp_path) -> None:
     url = ("--url", server.base)
     new_key = tmp_path / "dora.key"
-    assert cli("staff", "keygen", "dora", "--out", str(new_key)).returncode == 0
-    out = cli("staff", "add", "--new-key", str(new_key), "--role", "approver", "--reason", "hired",
+    assert process("staff", "keygen", "dora", "--out", str(new_key)).returncode == 0
+    out = process("staff", "add", "--new-key", str(new_key), "--role", "approver", "--reason", "hired",
               "--key", key(server, "ada"), *url)
     assert out.returncode == 1 and "rule 'quorum'" in out.stderr, out.stderr
     members = json.loads(cli("staff", "list", "--key", key(server, "ada"), "--json", *url).stdout)["members"]

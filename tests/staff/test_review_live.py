@@ -4,7 +4,9 @@ the withdrawal audited offline from the journal.
 The data directory is prepared first (staff genesis, an ETH hot wallet, a policy, two withdrawals
 waiting for people), then served; the console lists the queue, approves (one identity holding two
 roles counts once), rejects a manual review, votes on a policy; `ringfence audit withdrawal`
-re-verifies every approval's signature against the keys registered at that sequence.
+re-verifies every approval's signature against the keys registered at that sequence. Each command group
+runs in a `ringfence` process of its own at least once (a refusal and an acceptance among them); the other
+calls run the same command code in this process.
 """
 
 from __future__ import annotations
@@ -18,14 +20,21 @@ import pytest
 
 from ringfence.app import new_node
 from ringfence.staff.decisions import write_key_file
-from tests.api.conftest import Server
+from tests.api.conftest import Invoked, Server, invoke
 
 from .rig import POLICY, Rig
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`ringfence ARGS` in a process of its own: its real exit code and streams."""
     return subprocess.run([sys.executable, "-m", "ringfence.cli", *args], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, COLUMNS="200", **(env or {})))
+
+
+def cli(*args: str, env: dict[str, str | None] | dict[str, str] | None = None) -> Invoked:
+    """`ringfence ARGS` in this process (tests/api/conftest.py invoke: the same command code without a Python start
+    per call); each command group also runs once in a process of its own (`process`)."""
+    return invoke(*args, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +63,7 @@ def prepared(tmp_path_factory):
 def test_review_approve_reject_and_policy_votes_then_audit(prepared) -> None:
     srv, keys = prepared
     url = ("--url", srv.base)
-    queue = json.loads(cli("review", "list", "--key", str(keys / "ana.key"), "--json", *url).stdout)
+    queue = json.loads(process("review", "list", "--key", str(keys / "ana.key"), "--json", *url).stdout)
     by_id = {w["withdrawal_id"]: w for w in queue["withdrawals"]}
     assert by_id["w-big"]["rule"] == "large-eth" and by_id["w-big"]["required_approvals"] == 2
     assert by_id["w-huge"]["state"] == "manual_review"
@@ -66,7 +75,7 @@ def test_review_approve_reject_and_policy_votes_then_audit(prepared) -> None:
     assert "3.000000000000000007 ETH" in table and "minor" not in table, table
 
     assert cli("review", "approve", "w-big", "--role", "approver", "--key", str(keys / "mal.key"), *url).returncode == 0
-    out = cli("review", "approve", "w-big", "--role", "operator", "--key", str(keys / "mal.key"), *url)
+    out = process("review", "approve", "w-big", "--role", "operator", "--key", str(keys / "mal.key"), *url)
     assert out.returncode == 1 and "rule 'distinct-people'" in out.stderr, out.stderr
     out = cli("review", "approve", "w-big", "--role", "operator", "--key", str(keys / "ben.key"), *url)
     assert out.returncode == 0 and "approved" in out.stdout, out.stderr
@@ -78,8 +87,8 @@ def test_review_approve_reject_and_policy_votes_then_audit(prepared) -> None:
 
     policy = keys / "policy.json"
     policy.write_text(json.dumps(POLICY | {"approval_ttl_s": 1800}))
-    assert cli("policy", "propose", "p-next", str(policy), "--key", str(keys / "pat.key"), *url).returncode == 0
-    out = cli("policy", "approve", "p-next", "--key", str(keys / "pat.key"), *url)
+    assert process("policy", "propose", "p-next", str(policy), "--key", str(keys / "pat.key"), *url).returncode == 0
+    out = process("policy", "approve", "p-next", "--key", str(keys / "pat.key"), *url)
     assert out.returncode == 1 and "rule 'never-the-initiator'" in out.stderr
     assert cli("policy", "approve", "p-next", "--key", str(keys / "pia.key"), *url).returncode == 0
     assert cli("policy", "approve", "p-next", "--key", str(keys / "pol.key"), *url).returncode == 0
@@ -87,7 +96,7 @@ def test_review_approve_reject_and_policy_votes_then_audit(prepared) -> None:
     assert {p["proposal_id"]: p["state"] for p in shown["proposals"]}["p-next"] == "scheduled"
 
     # offline audit (read-only, while the server runs)
-    out = cli("audit", "withdrawal", "w-big", "--data", str(srv.data), "--json")
+    out = process("audit", "withdrawal", "w-big", "--data", str(srv.data), "--json")
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert record["policy"]["rule"] == "large-eth" and record["policy"]["policy_text"]
@@ -213,8 +222,10 @@ def test_staff_login_defaults_to_the_demo_folder_and_refuses_strangers(prepared,
     bare = login(empty, "cy", "--email", "cy@staff.example.com", "--out", str(out))
     assert bare.returncode == 2 and "--data: ringfence-data/serve holds no node and identity store" in bare.stderr, bare.stderr
     assert not (empty / "ringfence-data").exists() and not out.exists()
-    nobody = login(empty, "nobody", "--email", "nobody@example.com", "--data", str(srv.data), "--out", str(out),
-                   store=srv.store_env)
+    # the refusals with --data (the folder the command runs in does not matter to them): the same command code in this
+    # process (invoke), no Python start
+    store = {"RINGFENCE_DATABASE_URL": srv.store_env.get("RINGFENCE_DATABASE_URL")}  # None: unset, the folder's SQLite file
+    nobody = cli("staff", "login", "nobody", "--email", "nobody@example.com", "--data", str(srv.data), "--out", str(out), env=store)
     assert nobody.returncode == 2 and "'nobody' is not an active member of the staff register" in nobody.stderr
     assert "ada, ana, ben" in nobody.stderr and not out.exists(), nobody.stderr
     home = tmp_path / "home"
@@ -225,6 +236,6 @@ def test_staff_login_defaults_to_the_demo_folder_and_refuses_strangers(prepared,
     made = login(home, "cy", "--email", "cy@staff.example.com", "--out", str(out), store=srv.store_env)
     assert made.returncode == 0, made.stderr
     assert json.loads(out.read_text())["email"] == "cy@staff.example.com"
-    again = login(empty, "cy", "--email", "cy2@staff.example.com", "--data", str(srv.data), "--out", str(tmp_path / "x"),
-                  store=srv.store_env)
+    again = cli("staff", "login", "cy", "--email", "cy2@staff.example.com", "--data", str(srv.data), "--out", str(tmp_path / "x"),
+                env=store)
     assert again.returncode == 1 and "cy has a console login already" in again.stderr, "the same store: " + again.stderr
