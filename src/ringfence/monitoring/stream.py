@@ -150,9 +150,11 @@ class Outbox:
         and withdrawal events), before the first write: each event's deposit or withdrawal is in the
         engine's state by then (an event is published only after its batch was applied). Most of what
         is read (account, asset, chain, txid; address, wallet) is fixed when the deposit or withdrawal
-        is recorded; a deposit's KYT score and sender change only if a reorg reverses it and it is
-        credited again, and read before the flush's pauses they are at least as close to the event's
-        as they were read after them, per chunk."""
+        is recorded; a deposit's sender changes only if a reorg reverses it and it is credited again
+        (its KYT score too, which is why the event's score is its own, from the credit's event): an
+        event that waited that long (the store away, its rows retried; relayed after a restart) gets
+        the later credit's sender. Read before the flush's pauses, it is at least as close to the
+        event's as it was read after them, per chunk."""
         rows: list[dict[str, Any]] = []
         while self._queue and len(rows) < FLUSH_BATCH:
             rows.append(self._queue.popleft())
@@ -447,10 +449,25 @@ def _engine_rows(exchange: Any) -> Callable[[int, int, list[list[Any]]], Iterato
                     # a deposit credited into any of the user's accounts: available, quarantine (KYT score above
                     # the quarantine line) or frozen (a sanctioned source); `state` says which. Only the credit
                     # itself (its detail starts with the KYT score), not an analyst's later freeze of a quarantined one
-                    kind = "withdrawal_requested" if e.kind == "withdrawal.requested" else "deposit_credited"
-                    yield (kind, at_ms, "", {"seq": seq, "ref": e.ref, "amount_minor": e.amount_minor, "state": e.state})
+                    if e.kind == "withdrawal.requested":
+                        yield ("withdrawal_requested", at_ms, "", {"seq": seq, "ref": e.ref, "amount_minor": e.amount_minor,
+                                                                   "state": e.state})
+                    else:
+                        # the KYT score of this credit, from its own event: the deposit's record holds only its
+                        # latest credit's (a reorg reverses it, it is seen and credited again with a new score)
+                        data = {"seq": seq, "ref": e.ref, "amount_minor": e.amount_minor, "state": e.state}
+                        score = _kyt_score(str(e.detail[0]))
+                        if score is not None:
+                            data["score"] = score
+                        yield ("deposit_credited", at_ms, "", data)
 
     return rows
+
+
+def _kyt_score(detail: str) -> int | None:
+    """The score of a deposit credit's first detail, "KYT score N" (custody/deposit_cmds.py); None if it is not one."""
+    text = detail.removeprefix("KYT score ")
+    return int(text) if text != detail and text.isdigit() and len(text) <= 3 else None
 
 
 def custody_resolver(exchange: Any) -> Callable[[list[dict[str, Any]]], None]:
@@ -476,7 +493,8 @@ def custody_resolver(exchange: Any) -> Callable[[list[dict[str, Any]]], None]:
                     d = s.deposits.get(ref)
                     if d is not None:
                         r["account_id"] = d.account_id or ""
-                        r["data"].update(asset=d.asset, chain=d.chain, txid=d.txid, sender=d.sender or "", score=d.score)
+                        r["data"].update(asset=d.asset, chain=d.chain, txid=d.txid, sender=d.sender or "")
+                        r["data"].setdefault("score", d.score)  # the event's own (`_engine_rows`) if it had one
 
         exchange.read(read)
 
