@@ -467,7 +467,7 @@ def _engine_rows(exchange: Any) -> Callable[[int, int, list[list[Any]]], Iterato
 def _kyt_score(detail: str) -> int | None:
     """The score of a deposit credit's first detail, "KYT score N" (custody/deposit_cmds.py); None if it is not one."""
     text = detail.removeprefix("KYT score ")
-    return int(text) if text != detail and text.isdigit() and len(text) <= 3 else None
+    return int(text) if text != detail and text.isascii() and text.isdigit() and len(text) <= 3 else None
 
 
 def custody_resolver(exchange: Any) -> Callable[[list[dict[str, Any]]], None]:
