@@ -674,6 +674,38 @@ def test_the_custody_resolver_reads_the_engine_once_per_flush_as_of_its_start(tm
     assert outbox.flush() == 100 and engine.reads == 1
 
 
+def test_a_deposit_credit_keeps_its_own_kyt_score_when_the_deposit_is_credited_again_before_the_flush(tmp_path: Path) -> None:
+    """The deposit's record holds only its latest credit's KYT score: credited (score 90, quarantined),
+    reversed by a reorg, seen and credited again (score 10) before the outbox writes the first credit's
+    event (the store away, or simply queued), that event still says 90, the score its own event gave."""
+    from types import SimpleNamespace
+
+    from ringfence.custody.state import CustodyEvent
+    from ringfence.monitoring.stream import Outbox, _engine_rows, custody_resolver
+    from ringfence.store import Store
+
+    engine = _CustodyEngine()
+    custody = engine.components["custody"]
+    engine.marketdata = {}  # what _engine_rows asks of an exchange besides read (orders only)
+    rows = _engine_rows(engine)
+    outbox = Outbox(Store.from_url(f"sqlite:///{tmp_path / 'k.sqlite'}"), resolve=custody_resolver(engine))
+    record = SimpleNamespace(account_id="acct-d", asset="ETH", chain="ethereum", txid="tx1", sender="0xaaa", score=90)
+    custody.deposits["d1"] = record
+    credits = [CustodyEvent("deposit.quarantined", "d1", "quarantined", 5, ["KYT score 90", "mixer"]),
+               CustodyEvent("deposit.reversed", "d1", "reversed", 5, []),
+               CustodyEvent("deposit.credited", "d1", "credited", 5, ["KYT score 10"])]
+    for seq, event in enumerate(credits, 1):
+        if seq == 3:  # the engine credits it again: the record now has the second credit's score
+            record.score, record.sender = 10, "0xbbb"
+        for kind, at_ms, account_id, data in rows(seq, seq * 10**6, [[event]]):
+            outbox.publish(kind, source="engine", at_ms=at_ms, account_id=account_id, data=data)
+    assert outbox.flush() == 2
+    first, second = _read_all(outbox)
+    assert (first.data["state"], first.data["score"]) == ("quarantined", 90)
+    assert (second.data["state"], second.data["score"], second.data["sender"]) == ("credited", 10, "0xbbb")
+    assert first.account_id == second.account_id == "acct-d"
+
+
 def _read_all(outbox: Any) -> list[Any]:
     from ringfence.monitoring.stream import read_range
 

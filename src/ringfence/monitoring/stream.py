@@ -2,6 +2,12 @@
 
 * Identity writes its events with `add_in_tx` inside the transaction of the change itself (a sign-in,
   a failed sign-in, a password change...), so an event exists exactly when the change does.
+* Every row is written by `_write_events` (the one writer of the table): on PostgreSQL it first takes
+  a transaction-scoped advisory lock (`EVENT_IDS_LOCK`), so the transactions that insert events run
+  one at a time and commit in the order of their ids. The readers move a cursor past the highest id
+  they read (`read_after`): ids drawn from a sequence at INSERT but seen at COMMIT would otherwise let
+  a later writer's rows show before an open earlier one's, which the cursor would then pass unread.
+  SQLite's one write lock gives that order by itself.
 * The API edge (`ApiCallRecorder`), the admin API and the engine's batch subscriber
   (`engine_subscriber`) call `Outbox.publish`, which only appends to a bounded in-memory queue; a
   background thread writes the queue in batches. Nothing here runs on the engine's sequencer or
@@ -28,7 +34,7 @@ from typing import Any, Callable, Generator, Iterator
 
 import msgspec
 import structlog
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session
 
 from ..store import Store
@@ -83,27 +89,70 @@ def _data(data: dict[str, Any] | None) -> str:
 
 def add_in_tx(db: Session, kind: str, *, source: str, at_ms: int, user_id: int | None = None, account_id: str = "",
               ip: str = "", device: str = "", data: dict[str, Any] | None = None) -> None:
-    """Add one event to the caller's transaction (it commits or rolls back with the change)."""
-    db.add(MonitoringEvent(kind=kind, source=source, user_id=user_id, account_id=account_id[:40], ip=ip[:64],
-                           device=device[:256], at_ms=at_ms, data=_data(data)))
+    """Add one event to the caller's transaction (it commits or rolls back with the change). The row
+    is inserted when the transaction commits, after the rest of its changes (`_write_pending`): the
+    lock `_write_events` takes on PostgreSQL is then held only for that insert and the COMMIT, and a
+    transaction holding it never waits for another lock (no deadlock with the row locks identity takes)."""
+    if db.in_nested_transaction():  # a savepoint rolled back would not take its events with it
+        raise RuntimeError("add_in_tx: not inside a savepoint (begin_nested); add the event after it")
+    db.info.setdefault(_PENDING, []).append(
+        (kind, source, user_id, account_id[:40], ip[:64], device[:256], at_ms, _data(data)))
+
+
+_PENDING = "ringfence.monitoring.pending_events"
+_LOCKED = "ringfence.monitoring.events_locked"
+#: The key of the transaction-scoped advisory lock (`pg_advisory_xact_lock`) every transaction that
+#: inserts into `monitoring_events` takes first on PostgreSQL: "rfmonevt" as a bigint.
+EVENT_IDS_LOCK = int.from_bytes(b"rfmonevt", "big") - 2**63
+
+
+@event.listens_for(Session, "before_commit")
+def _write_pending(db: Session) -> None:
+    """The events `add_in_tx` queued, inserted as the transaction commits (after a flush of its other changes)."""
+    if db.in_nested_transaction() or not db.info.get(_PENDING):
+        return
+    db.flush()
+    _write_events(db, db.info.pop(_PENDING))
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget(db: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # the events of a transaction rolled back go with it
+        db.info.pop(_PENDING, None)
+        db.info.pop(_LOCKED, None)
 
 
 _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 _COLUMNS = ("kind", "source", "user_id", "account_id", "ip", "device", "at_ms", "data")
 
 
-def _insert_events(db: Session, rows: list[dict[str, Any]]) -> None:
-    """The outbox's rows in one executemany given to the driver as tuples (SQLAlchemy's per-row,
-    per-column parameter processing was most of the outbox writer's time in the serving process);
-    a driver of another parameter style goes through a Core INSERT."""
+def _write_events(db: Session, rows: list[tuple[Any, ...]]) -> None:
+    """Insert `rows` (tuples of `_COLUMNS`) into `monitoring_events`: the table's only writer.
+
+    On PostgreSQL the transaction first takes the advisory lock `EVENT_IDS_LOCK` (once; it is held
+    until COMMIT or ROLLBACK), so inserting transactions are serialized and the ids become visible in
+    id order (the module's docstring says why the readers need it). The rows go to the driver in one
+    executemany of tuples (SQLAlchemy's per-row, per-column parameter processing was most of the
+    outbox writer's time in the serving process); a driver of another parameter style goes through a
+    Core INSERT."""
+    if db.in_nested_transaction():  # a savepoint rolled back would release the lock with it
+        raise RuntimeError("monitoring events are written outside savepoints")
     conn = db.connection()
+    if conn.dialect.name == "postgresql" and db.info.get(_LOCKED) is not db.get_transaction():
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({EVENT_IDS_LOCK})")
+        db.info[_LOCKED] = db.get_transaction()
     mark = _PLACEHOLDER.get(conn.dialect.paramstyle)
     if mark is None:
-        db.execute(insert(MonitoringEvent), [dict(zip(_COLUMNS, _row(r))) for r in rows])
+        db.execute(insert(MonitoringEvent), [dict(zip(_COLUMNS, r)) for r in rows])
         return
     sql = (f"INSERT INTO {MonitoringEvent.__tablename__} ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join([mark] * len(_COLUMNS))})")
-    conn.exec_driver_sql(sql, [_row(r) for r in rows])
+    conn.exec_driver_sql(sql, rows)
+
+
+def _insert_events(db: Session, rows: list[dict[str, Any]]) -> None:
+    """The outbox's queued rows, written by `_write_events`."""
+    _write_events(db, [_row(r) for r in rows])
 
 
 def _row(r: dict[str, Any]) -> tuple[Any, ...]:
@@ -150,9 +199,11 @@ class Outbox:
         and withdrawal events), before the first write: each event's deposit or withdrawal is in the
         engine's state by then (an event is published only after its batch was applied). Most of what
         is read (account, asset, chain, txid; address, wallet) is fixed when the deposit or withdrawal
-        is recorded; a deposit's KYT score and sender change only if a reorg reverses it and it is
-        credited again, and read before the flush's pauses they are at least as close to the event's
-        as they were read after them, per chunk."""
+        is recorded; a deposit's sender changes only if a reorg reverses it and it is credited again
+        (its KYT score too, which is why the event's score is its own, from the credit's event): an
+        event that waited that long (the store away, its rows retried; relayed after a restart) gets
+        the later credit's sender. Read before the flush's pauses, it is at least as close to the
+        event's as it was read after them, per chunk."""
         rows: list[dict[str, Any]] = []
         while self._queue and len(rows) < FLUSH_BATCH:
             rows.append(self._queue.popleft())
@@ -447,10 +498,25 @@ def _engine_rows(exchange: Any) -> Callable[[int, int, list[list[Any]]], Iterato
                     # a deposit credited into any of the user's accounts: available, quarantine (KYT score above
                     # the quarantine line) or frozen (a sanctioned source); `state` says which. Only the credit
                     # itself (its detail starts with the KYT score), not an analyst's later freeze of a quarantined one
-                    kind = "withdrawal_requested" if e.kind == "withdrawal.requested" else "deposit_credited"
-                    yield (kind, at_ms, "", {"seq": seq, "ref": e.ref, "amount_minor": e.amount_minor, "state": e.state})
+                    if e.kind == "withdrawal.requested":
+                        yield ("withdrawal_requested", at_ms, "", {"seq": seq, "ref": e.ref, "amount_minor": e.amount_minor,
+                                                                   "state": e.state})
+                    else:
+                        # the KYT score of this credit, from its own event: the deposit's record holds only its
+                        # latest credit's (a reorg reverses it, it is seen and credited again with a new score)
+                        data = {"seq": seq, "ref": e.ref, "amount_minor": e.amount_minor, "state": e.state}
+                        score = _kyt_score(str(e.detail[0]))
+                        if score is not None:
+                            data["score"] = score
+                        yield ("deposit_credited", at_ms, "", data)
 
     return rows
+
+
+def _kyt_score(detail: str) -> int | None:
+    """The score of a deposit credit's first detail, "KYT score N" (custody/deposit_cmds.py); None if it is not one."""
+    text = detail.removeprefix("KYT score ")
+    return int(text) if text != detail and text.isascii() and text.isdigit() and len(text) <= 3 else None
 
 
 def custody_resolver(exchange: Any) -> Callable[[list[dict[str, Any]]], None]:
@@ -476,7 +542,8 @@ def custody_resolver(exchange: Any) -> Callable[[list[dict[str, Any]]], None]:
                     d = s.deposits.get(ref)
                     if d is not None:
                         r["account_id"] = d.account_id or ""
-                        r["data"].update(asset=d.asset, chain=d.chain, txid=d.txid, sender=d.sender or "", score=d.score)
+                        r["data"].update(asset=d.asset, chain=d.chain, txid=d.txid, sender=d.sender or "")
+                        r["data"].setdefault("score", d.score)  # the event's own (`_engine_rows`) if it had one
 
         exchange.read(read)
 

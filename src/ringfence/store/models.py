@@ -228,7 +228,9 @@ class SecureTicket(Base):
 class MonitoringEvent(Base):
     """The monitoring stream's durable outbox: one row per event, in `id` order (the stream order).
     Identity writes its rows in the same transaction as the change they describe; the API edge and
-    the engine's batch subscriber write theirs in batches off the request path."""
+    the engine's batch subscriber write theirs in batches off the request path. Every row is written
+    by `monitoring.stream._write_events`: on PostgreSQL it takes an advisory lock first, so ids
+    become visible in id order (the readers' cursor would pass an id committed late)."""
 
     __tablename__ = "monitoring_events"
 
