@@ -55,7 +55,7 @@ def test_a_body_over_the_cap_is_refused_with_or_without_a_content_length(signer:
 
 
 @pytest.mark.parametrize("raw", [b"", b"[]", b"[1, 2]", b'"key_id"', b"1", b"null", b"true", b"{", b"{'a': 1}",
-                                 b'{"key_id": "k"} x', b"\xff\xfe", b"NaN"])
+                                 b'{"key_id": "k"} x', b"\xff\xfe", b"NaN", b"[" * 100_000 + b"]" * 100_000])
 def test_a_body_that_is_not_one_json_object_is_a_422_naming_the_body(signer: httpx.Client, raw: bytes) -> None:
     r = signer.post("/v1/commit", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 422 and _clear_error(r)["field"] == "body"
