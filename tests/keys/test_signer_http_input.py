@@ -89,3 +89,28 @@ def test_every_field_present_with_any_json_value_gets_a_clear_error(signer: http
     before = signer.get("/v1/identity").json()
     _clear_error(signer.post(path, json=body))
     assert signer.get("/v1/identity").json() == before
+
+
+@pytest.fixture(scope="module")
+def keyed(signer_procs: SignerProcs, signer: httpx.Client) -> httpx.Client:
+    """Signers 7 and 8 holding one 2-of-2 key, "fz": the sign route then reads every field it is given."""
+    from ringfence.keys import frost
+    from ringfence.keys.coordinator import ThresholdCoordinator
+
+    signer_procs.start(8)
+    ThresholdCoordinator({i: signer_procs.url[i] for i in (7, 8)}, TOKEN).create_key("fz", frost.FROST_SECP256K1_SHA256.name, 2, [7, 8])
+    return signer
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scheme=st.sampled_from(["frost-secp256k1-bip340", "taproot-keypath"]) | JSON, message=st.just("ab" * 32) | JSON,
+       nonce_id=JSON, commitments=st.lists(st.dictionaries(st.sampled_from(["identifier", "hiding", "binding"]) | st.text(max_size=4),
+                                                           JSON, max_size=4), max_size=3) | JSON,
+       approval=JSON, request_id=JSON)
+def test_a_sign_request_for_a_held_key_with_any_field_values_gets_a_clear_error(keyed: httpx.Client, scheme, message, nonce_id,
+                                                                               commitments, approval, request_id) -> None:
+    before = keyed.get("/v1/keys/fz").json()
+    r = keyed.post("/v1/sign", json={"key_id": "fz", "scheme": scheme, "message": message, "nonce_id": nonce_id,
+                                     "commitments": commitments, "approval": approval, "request_id": request_id})
+    _clear_error(r)
+    assert keyed.get("/v1/keys/fz").json() == before
