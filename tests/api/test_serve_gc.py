@@ -8,6 +8,7 @@ import gc
 import re
 
 import httpx
+import pytest
 
 from ringfence.api.serve import GC_YOUNG_THRESHOLD, freeze_startup_heap
 
@@ -82,3 +83,27 @@ def test_a_gateway_freezes_its_start_up_heap_at_its_lifespan_start(tmp_path) -> 
     messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
     asyncio.run(GatewayRelay(tmp_path / "engine.sock").__call__({"type": "lifespan"}, receive, send))
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds
+
+
+@pytest.mark.parametrize(("standby", "paused"), [(None, True), ("nats://127.0.0.1:4222/RF", False)])
+def test_serve_pauses_the_collector_for_its_start_only_and_a_failed_start_turns_it_on_again(tmp_path, monkeypatch,
+                                                                                              standby, paused) -> None:
+    """`serve` pauses the cyclic GC while it starts (not as a standby, which may follow its stream for days);
+    a start that fails (here: refused at its checks, as a bad setting is) leaves the collector on again."""
+    import typer
+
+    from ringfence.api import serve as serve_module
+
+    seen: list[bool] = []
+
+    def refuse(*_args: object) -> None:
+        seen.append(gc.isenabled())
+        raise typer.Exit(2)
+
+    monkeypatch.setattr(serve_module, "check_before_start", refuse)
+    assert gc.isenabled()
+    with pytest.raises(typer.Exit):
+        serve_module.serve(data=tmp_path / "d", host="127.0.0.1", port=1, demo=False, forwarded_allow_ips=None,
+                           replicate=None, standby=standby, node_id=None, peers=None, gateways=0, pipeline=False)
+    assert seen == [not paused]  # paused while it started (or not, for a standby)
+    assert gc.isenabled()  # and on again after the failed start

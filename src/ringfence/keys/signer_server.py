@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,49 @@ MIN_TOKEN_CHARS = 24
 MAX_BODY_BYTES = 1 << 20
 
 
+def _need(body: dict[str, Any], name: str) -> Any:
+    if name not in body:
+        raise ValidationError("missing field", field=name)
+    return body[name]
+
+
+def _int(body: dict[str, Any], name: str, default: int | None = None) -> int:
+    """An integer field (a JSON number without a fraction, or its decimal string, as int() took them)."""
+    value = body.get(name, default) if default is not None else _need(body, name)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValidationError("must be an integer", field=name)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValidationError("must be an integer", field=name) from None
+
+
+def _ints(body: dict[str, Any], name: str) -> list[int]:
+    values = _need(body, name)
+    if not isinstance(values, list):
+        raise ValidationError("must be a list of integers", field=name)
+    return [_int({name: v}, name) for v in values]
+
+
+def _by_id(body: dict[str, Any], name: str, default: dict[str, Any] | None = None) -> dict[int, Any]:
+    """An object keyed by signer identifier: {"1": ..., "2": ...}."""
+    value = (body.get(name) or default) if default is not None else _need(body, name)
+    if not isinstance(value, dict):
+        raise ValidationError("must be an object of identifier -> value", field=name)
+    return {_int({name: k}, name): v for k, v in value.items()}
+
+
+def _of(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = _need(body, name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValidationError(f"must be {what}", field=name)
+    return value
+
+
 def _proofs(body: dict[str, Any]) -> dict[int, str]:
-    proofs = body.get("transport_proofs") or {}
-    if not isinstance(proofs, dict):
-        raise ValidationError("an object of identifier -> proof", field="transport_proofs")
-    return {int(k): str(v) for k, v in proofs.items()}
+    return {k: str(v) for k, v in _by_id(body, "transport_proofs", {}).items()}
 
 
 def create_app(node: SignerNode, token: str) -> Any:
@@ -84,9 +123,18 @@ def create_app(node: SignerNode, token: str) -> Any:
     def post(answer: Any) -> Any:
         """A route whose body is one JSON object (FastAPI's `body: dict[str, Any]`; anything else is a 422)."""
         async def endpoint(request: Request) -> Response:
+            kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+            if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
+                return JSONResponse({"code": "RF_VALIDATION", "message": "the request body must be JSON "
+                                     "(content-type application/json)", "field": "body"}, status_code=422)
+            raw = bytearray()
+            async for chunk in request.stream():  # the cap holds for a chunked body too (no content-length)
+                raw += chunk
+                if len(raw) > MAX_BODY_BYTES:
+                    return JSONResponse(ValidationError("request body too large", field="body").to_dict(), status_code=413)
             try:
-                body = await request.json()
-            except ValueError:
+                body = json.loads(raw)
+            except (ValueError, RecursionError):
                 body = None
             if not isinstance(body, dict):
                 return JSONResponse({"code": "RF_VALIDATION", "message": "the request body must be a JSON object",
@@ -104,45 +152,45 @@ def create_app(node: SignerNode, token: str) -> Any:
         return node.public_package(key_id)
 
     def commit(body: dict[str, Any]) -> dict[str, Any]:
-        return {"commitments": node.commit(body["key_id"], int(body.get("count", 1)))}
+        return {"commitments": node.commit(_need(body, "key_id"), _int(body, "count", 1))}
 
     def sign(body: dict[str, Any]) -> dict[str, Any]:
-        return node.sign(key_id=body["key_id"], scheme=body["scheme"], message=bytes.fromhex(body["message"]),
-                         nonce_id=body["nonce_id"], commitments=body["commitments"], approval=body.get("approval"),
-                         request_id=str(body["request_id"]))
+        return node.sign(key_id=_need(body, "key_id"), scheme=_of(body, "scheme", str, "a string"),
+                         message=bytes.fromhex(_of(body, "message", str, "a hex string")),
+                         nonce_id=_of(body, "nonce_id", str, "a string"), commitments=_of(body, "commitments", list, "a list"),
+                         approval=body.get("approval"), request_id=str(_need(body, "request_id")))
 
     def dkg1(body: dict[str, Any]) -> dict[str, Any]:
-        return node.dkg_round1(body["key_id"], body["ciphersuite"], int(body["threshold"]),
-                               [int(x) for x in body["participants"]],
-                               {int(k): v for k, v in body["transport_keys"].items()}, _proofs(body))
+        return node.dkg_round1(_need(body, "key_id"), _of(body, "ciphersuite", str, "a string"), _int(body, "threshold"),
+                               _ints(body, "participants"), _by_id(body, "transport_keys"), _proofs(body))
 
     def dkg2(body: dict[str, Any]) -> dict[str, Any]:
-        return {"sealed": node.dkg_round2(body["key_id"], body["packages"])}
+        return {"sealed": node.dkg_round2(_need(body, "key_id"), _of(body, "packages", list, "a list"))}
 
     def dkg3(body: dict[str, Any]) -> dict[str, Any]:
-        return node.dkg_finish(body["key_id"], body["sealed"], str(body["actor"]))
+        return node.dkg_finish(_need(body, "key_id"), _of(body, "sealed", dict, "an object"), str(_need(body, "actor")))
 
     def ref1(body: dict[str, Any]) -> dict[str, Any]:
-        return node.refresh_round1(body["key_id"], {int(k): v for k, v in body["transport_keys"].items()}, _proofs(body))
+        return node.refresh_round1(_need(body, "key_id"), _by_id(body, "transport_keys"), _proofs(body))
 
     def ref2(body: dict[str, Any]) -> dict[str, Any]:
-        return {"sealed": node.refresh_round2(body["key_id"], body["packages"])}
+        return {"sealed": node.refresh_round2(_need(body, "key_id"), _of(body, "packages", list, "a list"))}
 
     def ref3(body: dict[str, Any]) -> dict[str, Any]:
-        return node.refresh_finish(body["key_id"], body["sealed"], str(body["actor"]))
+        return node.refresh_finish(_need(body, "key_id"), _of(body, "sealed", dict, "an object"), str(_need(body, "actor")))
 
     def rs1(body: dict[str, Any]) -> dict[str, Any]:
-        return node.reshare_deal(body["key_id"], [int(x) for x in body["quorum"]],
-                                 [int(x) for x in body["new_participants"]], int(body["new_threshold"]),
-                                 {int(k): v for k, v in body["transport_keys"].items()}, _proofs(body))
+        return node.reshare_deal(_need(body, "key_id"), _ints(body, "quorum"), _ints(body, "new_participants"),
+                                 _int(body, "new_threshold"), _by_id(body, "transport_keys"), _proofs(body))
 
     def rs2(body: dict[str, Any]) -> dict[str, Any]:
-        return node.reshare_receive(body["key_id"], body["old_public"], [int(x) for x in body["quorum"]],
-                                    [int(x) for x in body["new_participants"]], int(body["new_threshold"]),
-                                    body["packages"], body["sealed"], str(body["actor"]))
+        return node.reshare_receive(_need(body, "key_id"), _of(body, "old_public", dict, "an object"), _ints(body, "quorum"),
+                                    _ints(body, "new_participants"), _int(body, "new_threshold"),
+                                    _of(body, "packages", list, "a list"), _of(body, "sealed", dict, "an object"),
+                                    str(_need(body, "actor")))
 
     def retire(body: dict[str, Any]) -> dict[str, Any]:
-        node.retire(body["key_id"], str(body["actor"]), str(body["reason"]))
+        node.retire(_need(body, "key_id"), str(_need(body, "actor")), str(_need(body, "reason")))
         return {"ok": True}
 
     routes = [Route("/health", get(health), methods=["GET"]), Route("/v1/identity", get(identity), methods=["GET"]),
