@@ -16,11 +16,7 @@ from typing import Any
 
 import click
 import typer
-import typer.rich_utils
-from typer.core import TyperArgument, TyperGroup, TyperOption
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .cli_paths import fail, prepare_data_dir, refuse_foreign_writer, require_node_dir, tty_console
 from .errors import RingfenceError
@@ -99,18 +95,37 @@ def _argument_type(self: TyperArgument, ctx: click.Context) -> str | None:
 
 # A word longer than the help column (an environment variable's name, a URL) is folded onto the next
 # line, not cut with "…" (rich's default for a table cell): help never hides what to type.
-_parameter_help = typer.rich_utils._get_parameter_help
+# typer.rich_utils (rich's markdown, tables, ~0.1 s) is imported by Typer only to write help or an
+# error; it is patched on the first help a command writes, so a command that runs never imports it.
+def _fold_parameter_help() -> None:
+    import typer.rich_utils
+    from rich.text import Text
+
+    parameter_help = typer.rich_utils._get_parameter_help
+    if getattr(parameter_help, "_folds", False):
+        return
+
+    def folding_parameter_help(**kwargs: Any) -> Any:
+        columns = parameter_help(**kwargs)
+        for item in columns.renderables:
+            if isinstance(item, Text):
+                item.overflow = "fold"
+        return columns
+
+    folding_parameter_help._folds = True  # type: ignore[attr-defined]
+    typer.rich_utils._get_parameter_help = folding_parameter_help
 
 
-def _folding_parameter_help(**kwargs: Any) -> Any:
-    columns = _parameter_help(**kwargs)
-    for item in columns.renderables:
-        if isinstance(item, Text):
-            item.overflow = "fold"
-    return columns
+def _folding_format_help(format_help: Any) -> Any:
+    def format_help_folded(self: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> Any:
+        _fold_parameter_help()
+        return format_help(self, ctx, formatter)
+
+    return format_help_folded
 
 
-typer.rich_utils._get_parameter_help = _folding_parameter_help
+TyperCommand.format_help = _folding_format_help(TyperCommand.format_help)  # type: ignore[method-assign]
+TyperGroup.format_help = _folding_format_help(TyperGroup.format_help)  # type: ignore[method-assign]
 _option_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 _argument_type_of = TyperArgument.display_type_rich
@@ -280,12 +295,13 @@ def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="Th
 
     Example: ringfence journal verify ./ringfence-data
     """
-    from .errors import JournalCorrupt
-    from .journal.journal import scan_all
-
     import time
 
+    from rich.table import Table
+
     from .app import replay_journal
+    from .errors import JournalCorrupt
+    from .journal.journal import scan_all
 
     directory = require_node_dir(directory)
     started = time.perf_counter()
@@ -368,6 +384,9 @@ def journal_replay(
 
     Example: ringfence journal replay ./ringfence-data
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
     from .app import replay_journal
     from .engine.snapshot import list_snapshots, read_snapshot
     from .errors import JournalCorrupt, SnapshotInvalid
@@ -436,6 +455,9 @@ def sim(
 
     Example: ringfence sim --seed 42 --steps 5000   (perpetuals: ringfence sim --seed 42 --steps 2000 --workload perps)
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
     from .sim import SimulationFailure, run_simulation
 
     own_dir = data is None
