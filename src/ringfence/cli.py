@@ -54,6 +54,47 @@ LAZY: dict[str, tuple[str, str]] = {
 }
 _LOADED: dict[str, click.Command] = {}
 
+#: What `ringfence --help` lists for each entry of LAZY (its help's first paragraph, as one line), so the
+#: root help does not import every package to read it (3 s of CPU). tests/test_cli.py checks that each
+#: equals the command's own help; a command that is loaded already is listed from its own help.
+SUMMARY: dict[str, str] = {
+    "serve": "Run the exchange: Binance-compatible REST + WebSocket API and the web dashboard.",
+    "identity": "Identity store and mail worker.",
+    "trading": "Spot trading: demo session and book inspection.",
+    "index": "Index price and mark price: show, feed keys, configuration, the ccxt feed.",
+    "futures": ("Perpetual futures: the risk view (insurance funds, open interest, funding, positions near"
+                " liquidation)."),
+    "fiat": "Fiat currencies and the display rates feed (display only, never a balance).",
+    "monitoring": ("Monitoring: rule sets, back-tests over the recorded event stream, exports, alerts and "
+                   "baselines of a live node (docs/monitoring.md)."),
+    "por": "Proof of solvency: liabilities snapshot, published proofs and report, offline verifier.",
+    "chains": ("Chain layer, offline: deposit addresses from xpubs, address checks, a regtest walkthrough."
+               " Not `chain` (singular), which pays from and reads the local chains of a running `serve "
+               "--demo`."),
+    "chain": ("The demo's local chains (BTC, ETH, USDT) inside a running `ringfence serve --demo`: pay "
+              "from the faucet, read balances. Not `chains` (plural), which works offline: addresses from "
+              "xpubs, address checks."),
+    "keys": "Key ceremonies: threshold keys, signers, rotation, backup/restore.",
+    "signer": "Run a FROST signer process (one share of a threshold key, its own encrypted share store).",
+    "cold": ("Refills of the BTC hot wallet from the cold or warm vault (P2WSH 2-of-3) on a live node: an "
+             "operator quorum decides, the node builds the PSBT with a holders' quorum nominated for it, "
+             "the holders sign offline with `ringfence keys sign-psbt`, the signatures come back with "
+             "`cold submit`."),
+    "custody": "Custody flows on local chains.",
+    "policy": "Withdrawal policies.",
+    "reconcile": "Reconcile the ledger with the chain and with the journal; show halts and incidents.",
+    "shield": "The shield fund on chain: accrued share, vault, sweeps due, and the rule shield >= hot.",
+    "staff": "Staff identities: genesis, add, remove, list (signed by an operator quorum).",
+    "review": "Withdrawals and deposits waiting for a person: list, approve, reject, release, freeze.",
+    "halts": "Halts on a live node: list, raise (one operator), lift (operator quorum).",
+    "market": "Markets and fees on a live node: list, add, delist, status, fees, account-fee, ref-price.",
+    "audit": "Offline audits from a node's journal.",
+    "backup": ("Back up a node (safe while it runs), verify a backup by replay, restore to any journal "
+               "sequence. A backup is a folder or an S3-compatible location s3://BUCKET/PREFIX."),
+    "replication": "Leadership of a replicated journal (NATS JetStream).",
+    "dr": "Disaster-recovery drills against real processes and NATS JetStream.",
+}
+
 
 # Help that reads well at 80 columns (`COLUMNS=80 ringfence --help`). Typer's rich help keeps the line
 # breaks of a docstring's first paragraph in the commands list, so a sentence broken at 110 columns in
@@ -187,7 +228,18 @@ class _LazyGroup(TyperGroup):
         own = super().list_commands(ctx)
         return ["serve", *own, *(n for n in LAZY if n != "serve" and n not in own)]
 
+    _listing = False  # inside format_help: an entry of LAZY not loaded yet is listed from SUMMARY
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if self._listing and cmd_name in LAZY and cmd_name not in _LOADED:
+            return TyperCommand(name=cmd_name, short_help=SUMMARY[cmd_name], help=SUMMARY[cmd_name])
         if cmd_name in LAZY:
             cmd = _load(cmd_name)
         else:
