@@ -288,3 +288,26 @@ def test_a_command_of_the_other_chain_group_says_where_it_is(typed, meant):
     assert out.returncode == 2 and meant in " ".join(out.stderr.split()), out.stderr
     other = subprocess.run(RINGFENCE + ["chains", "nope"], capture_output=True, text=True, timeout=120)
     assert other.returncode == 2 and "No such command 'nope'." in other.stderr  # any other unknown command: as before
+
+
+def test_root_help_lists_each_group_as_its_own_help_says_without_importing_it():
+    """`ringfence --help` lists the lazily mounted groups from cli.SUMMARY (importing all of them cost 3 s
+    of CPU): each entry must be what the group's own help says, and the listing the same as with every
+    group loaded. A process that only writes the root help imports no group's module."""
+    import typer
+
+    from ringfence.cli import LAZY, SUMMARY, app
+
+    root = typer.main.get_command(app)
+    assert set(SUMMARY) == set(LAZY)
+    for name in LAZY:
+        cmd = root.get_command(None, name)  # type: ignore[attr-defined, arg-type]
+        assert cmd.short_help == SUMMARY[name], name
+        assert not cmd.hidden and not cmd.deprecated and not getattr(cmd, "rich_help_panel", None), name
+    probe = ("import sys, ringfence.cli as c\n"
+             "try:\n    c.app(prog_name='ringfence')\nexcept SystemExit:\n    pass\n"
+             "print('LOADED', sorted({m for m, _ in c.LAZY.values()} & set(sys.modules)), file=sys.stderr)")
+    env = dict(os.environ, COLUMNS="100", TERM="dumb")
+    lazy = subprocess.run([sys.executable, "-c", probe, "--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert lazy.returncode == 0 and "LOADED []" in lazy.stderr, lazy.stderr
+    assert lazy.stdout == invoke("--help", env={"COLUMNS": "100", "TERM": "dumb"}).stdout  # every group loaded here

@@ -16,11 +16,7 @@ from typing import Any
 
 import click
 import typer
-import typer.rich_utils
-from typer.core import TyperArgument, TyperGroup, TyperOption
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .cli_paths import fail, prepare_data_dir, refuse_foreign_writer, require_node_dir, tty_console
 from .errors import RingfenceError
@@ -57,6 +53,47 @@ LAZY: dict[str, tuple[str, str]] = {
     "dr": ("ringfence.replication.dr_cli", "app"),
 }
 _LOADED: dict[str, click.Command] = {}
+
+#: What `ringfence --help` lists for each entry of LAZY (its help's first paragraph, as one line), so the
+#: root help does not import every package to read it (3 s of CPU). tests/test_cli.py checks that each
+#: equals the command's own help; a command that is loaded already is listed from its own help.
+SUMMARY: dict[str, str] = {
+    "serve": "Run the exchange: Binance-compatible REST + WebSocket API and the web dashboard.",
+    "identity": "Identity store and mail worker.",
+    "trading": "Spot trading: demo session and book inspection.",
+    "index": "Index price and mark price: show, feed keys, configuration, the ccxt feed.",
+    "futures": ("Perpetual futures: the risk view (insurance funds, open interest, funding, positions near"
+                " liquidation)."),
+    "fiat": "Fiat currencies and the display rates feed (display only, never a balance).",
+    "monitoring": ("Monitoring: rule sets, back-tests over the recorded event stream, exports, alerts and "
+                   "baselines of a live node (docs/monitoring.md)."),
+    "por": "Proof of solvency: liabilities snapshot, published proofs and report, offline verifier.",
+    "chains": ("Chain layer, offline: deposit addresses from xpubs, address checks, a regtest walkthrough."
+               " Not `chain` (singular), which pays from and reads the local chains of a running `serve "
+               "--demo`."),
+    "chain": ("The demo's local chains (BTC, ETH, USDT) inside a running `ringfence serve --demo`: pay "
+              "from the faucet, read balances. Not `chains` (plural), which works offline: addresses from "
+              "xpubs, address checks."),
+    "keys": "Key ceremonies: threshold keys, signers, rotation, backup/restore.",
+    "signer": "Run a FROST signer process (one share of a threshold key, its own encrypted share store).",
+    "cold": ("Refills of the BTC hot wallet from the cold or warm vault (P2WSH 2-of-3) on a live node: an "
+             "operator quorum decides, the node builds the PSBT with a holders' quorum nominated for it, "
+             "the holders sign offline with `ringfence keys sign-psbt`, the signatures come back with "
+             "`cold submit`."),
+    "custody": "Custody flows on local chains.",
+    "policy": "Withdrawal policies.",
+    "reconcile": "Reconcile the ledger with the chain and with the journal; show halts and incidents.",
+    "shield": "The shield fund on chain: accrued share, vault, sweeps due, and the rule shield >= hot.",
+    "staff": "Staff identities: genesis, add, remove, list (signed by an operator quorum).",
+    "review": "Withdrawals and deposits waiting for a person: list, approve, reject, release, freeze.",
+    "halts": "Halts on a live node: list, raise (one operator), lift (operator quorum).",
+    "market": "Markets and fees on a live node: list, add, delist, status, fees, account-fee, ref-price.",
+    "audit": "Offline audits from a node's journal.",
+    "backup": ("Back up a node (safe while it runs), verify a backup by replay, restore to any journal "
+               "sequence. A backup is a folder or an S3-compatible location s3://BUCKET/PREFIX."),
+    "replication": "Leadership of a replicated journal (NATS JetStream).",
+    "dr": "Disaster-recovery drills against real processes and NATS JetStream.",
+}
 
 
 # Help that reads well at 80 columns (`COLUMNS=80 ringfence --help`). Typer's rich help keeps the line
@@ -99,18 +136,37 @@ def _argument_type(self: TyperArgument, ctx: click.Context) -> str | None:
 
 # A word longer than the help column (an environment variable's name, a URL) is folded onto the next
 # line, not cut with "…" (rich's default for a table cell): help never hides what to type.
-_parameter_help = typer.rich_utils._get_parameter_help
+# typer.rich_utils (rich's markdown, tables, ~0.1 s) is imported by Typer only to write help or an
+# error; it is patched on the first help a command writes, so a command that runs never imports it.
+def _fold_parameter_help() -> None:
+    import typer.rich_utils
+    from rich.text import Text
+
+    parameter_help = typer.rich_utils._get_parameter_help
+    if getattr(parameter_help, "_folds", False):
+        return
+
+    def folding_parameter_help(**kwargs: Any) -> Any:
+        columns = parameter_help(**kwargs)
+        for item in columns.renderables:
+            if isinstance(item, Text):
+                item.overflow = "fold"
+        return columns
+
+    folding_parameter_help._folds = True  # type: ignore[attr-defined]
+    typer.rich_utils._get_parameter_help = folding_parameter_help
 
 
-def _folding_parameter_help(**kwargs: Any) -> Any:
-    columns = _parameter_help(**kwargs)
-    for item in columns.renderables:
-        if isinstance(item, Text):
-            item.overflow = "fold"
-    return columns
+def _folding_format_help(format_help: Any) -> Any:
+    def format_help_folded(self: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> Any:
+        _fold_parameter_help()
+        return format_help(self, ctx, formatter)
+
+    return format_help_folded
 
 
-typer.rich_utils._get_parameter_help = _folding_parameter_help
+TyperCommand.format_help = _folding_format_help(TyperCommand.format_help)  # type: ignore[method-assign]
+TyperGroup.format_help = _folding_format_help(TyperGroup.format_help)  # type: ignore[method-assign]
 _option_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 _argument_type_of = TyperArgument.display_type_rich
@@ -172,7 +228,18 @@ class _LazyGroup(TyperGroup):
         own = super().list_commands(ctx)
         return ["serve", *own, *(n for n in LAZY if n != "serve" and n not in own)]
 
+    _listing = False  # inside format_help: an entry of LAZY not loaded yet is listed from SUMMARY
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if self._listing and cmd_name in LAZY and cmd_name not in _LOADED:
+            return TyperCommand(name=cmd_name, short_help=SUMMARY[cmd_name], help=SUMMARY[cmd_name])
         if cmd_name in LAZY:
             cmd = _load(cmd_name)
         else:
@@ -280,12 +347,13 @@ def journal_verify(directory: Path = typer.Argument(..., metavar="DIR", help="Th
 
     Example: ringfence journal verify ./ringfence-data
     """
-    from .errors import JournalCorrupt
-    from .journal.journal import scan_all
-
     import time
 
+    from rich.table import Table
+
     from .app import replay_journal
+    from .errors import JournalCorrupt
+    from .journal.journal import scan_all
 
     directory = require_node_dir(directory)
     started = time.perf_counter()
@@ -368,6 +436,9 @@ def journal_replay(
 
     Example: ringfence journal replay ./ringfence-data
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
     from .app import replay_journal
     from .engine.snapshot import list_snapshots, read_snapshot
     from .errors import JournalCorrupt, SnapshotInvalid
@@ -436,6 +507,9 @@ def sim(
 
     Example: ringfence sim --seed 42 --steps 5000   (perpetuals: ringfence sim --seed 42 --steps 2000 --workload perps)
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
     from .sim import SimulationFailure, run_simulation
 
     own_dir = data is None

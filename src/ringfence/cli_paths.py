@@ -26,7 +26,12 @@ __all__ = [
     "require_node_dir",
     "require_input_file",
     "ENGINE_SUBDIR",
+    "DEFAULT_URL",
 ]
+
+#: The running node a console command talks to (`--url`): $RINGFENCE_URL, or `serve`'s own default. Here, not
+#: in staff/console.py, so a command that only names it (`--url` in its help) does not import httpx.
+DEFAULT_URL = os.environ.get("RINGFENCE_URL", "http://127.0.0.1:8000")
 
 #: Where `ringfence serve --data DIR` keeps its engine node (journal, snapshots): `DIR/engine`.
 ENGINE_SUBDIR = "engine"

@@ -9,8 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ..cli_paths import tty_console
-from ..staff.console import DEFAULT_URL
+from ..cli_paths import DEFAULT_URL, tty_console
 
 app = typer.Typer(help="Perpetual futures: the risk view (insurance funds, open interest, funding, positions near liquidation).\n\n"
                   "Example: ringfence futures risk --url http://127.0.0.1:8000", no_args_is_help=True)

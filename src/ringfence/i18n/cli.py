@@ -11,8 +11,7 @@ from typing import Any
 
 import typer
 
-from ..cli_paths import tty_console
-from ..staff.console import DEFAULT_URL
+from ..cli_paths import DEFAULT_URL, tty_console
 
 app = typer.Typer(help="Fiat currencies and the display rates feed (display only, never a balance).\n\n"
                   "Example: ringfence fiat feed --url http://127.0.0.1:8000 --token-file DIR/rates-token --demo --rounds 1",

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from ..cli_paths import tty_console
-from ..staff.console import DEFAULT_URL
+from ..cli_paths import DEFAULT_URL, tty_console
 from rich.table import Table
 
 app = typer.Typer(help="Index price and mark price: show, feed keys, configuration, the ccxt feed.\n\n"

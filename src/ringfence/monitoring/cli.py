@@ -252,7 +252,7 @@ def _admin_get(key: str, url: str, path: str, query: dict[str, str]):  # type: i
 
 
 def _default_url() -> str:
-    from ..staff.console import DEFAULT_URL
+    from ..cli_paths import DEFAULT_URL
 
     return DEFAULT_URL
 

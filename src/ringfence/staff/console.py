@@ -15,13 +15,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ..cli_paths import DEFAULT_URL  # (re-exported: defined there so --url's default does not import httpx)
 from ..errors import RingfenceError, ValidationError
 from .decisions import StaffKey, read_key_file
 from .requests import signed_headers
 
 __all__ = ["AdminClient", "AdminError", "load_key", "open_staff_token", "TokenEd25519Key", "DEFAULT_URL"]
 
-DEFAULT_URL = os.environ.get("RINGFENCE_URL", "http://127.0.0.1:8000")
 PREFIX = "/admin/v1"
 
 
