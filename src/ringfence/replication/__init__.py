@@ -1895,12 +1895,13 @@ class Replicator:
         """What the next batch carries about this one: its outcome digest. With `state_digest=1`
         the engine's incremental state digest after it (`Engine.state_digest`: it costs in
         proportion to what the batch changed, so every batch's state is checked without hashing
-        the whole state) is taken too, off the acknowledgement path: the next `begin` starts it on
-        the digest thread once that batch's publish is under way, the sequencer waits for it in
-        `written`, after that batch's record is written and fsynced and before it is applied (the
-        state is unchanged until then), and the batch after that carries it
-        (`Rf-State-Digest-Of`, `Rf-State-Digest`). So the digest overlaps the disk's wait
-        instead of delaying the next publish; a divergence is reported one batch later."""
+        the whole state) is taken too, off the acknowledgement path. Classic group commit (since
+        session 21): once this batch is answered (`answered`), on the sequencer, and the next
+        batch carries it. Pipelined (or a node that does not call `answered`): the next `begin`
+        starts it on the digest thread once that batch's publish is under way, the sequencer
+        waits for it in `written`, after that batch's record is written and before it is applied
+        (the state is unchanged until then), and the batch after that carries it
+        (`Rf-State-Digest-Of`, `Rf-State-Digest`); a divergence is then reported one batch later."""
         self._digest_of = last_seq if self.target.state_digest else 0
         return {"Rf-Outcome-Of": str(last_seq), "Rf-Outcome": outcome_digest(outputs)}
 
