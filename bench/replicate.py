@@ -480,9 +480,20 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT,
                         help=f"pipelined modes: Node(max_batches_in_flight=N), 0: no limit (default {IN_FLIGHT})")
     parser.add_argument("--no-stages", action="store_true", help="leave out the tail's stage breakdown (`_Stages`)")
+    parser.add_argument("--direct", type=int, choices=(0, 1), default=None,
+                        help="classic replicated modes: 1 publish on the sequencer's own NATS connection, 0 through "
+                             "the link's loop (Replicator.direct_publish; default: the sources' own)")
+    parser.add_argument("--digest-after-answer", type=int, choices=(0, 1), default=None,
+                        help="classic: 1 the state digest on the sequencer once a batch is answered, 0 on the digest "
+                             "thread during the next fsync (Replicator.digest_after_answer; default: the sources' own)")
     args = parser.parse_args()
     global STAGES
     STAGES = not args.no_stages
+    for option, attribute in ((args.direct, "direct_publish"), (args.digest_after_answer, "digest_after_answer")):
+        if option is not None:
+            if not hasattr(Replicator, attribute):
+                parser.error(f"these sources have no Replicator.{attribute}")
+            setattr(Replicator, attribute, bool(option))
     run(args.nats, seed=args.seed, smoke=args.smoke, note=args.note,
         modes=tuple(filter(None, args.modes.split(","))), in_flight=args.in_flight)
 
@@ -511,6 +522,9 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "", mo
     import ringfence
 
     result: dict = {"note": note, "sources": str(Path(ringfence.__file__).parent), "seed": seed, "workload": {"accounts": accounts, "transfers": transfers, "request_size": BATCH}}
+    # how a classic replicating node publishes and digests (session 21; absent in older sources)
+    result["replicator"] = {attribute: getattr(Replicator, attribute) for attribute in ("direct_publish", "digest_after_answer")
+                            if hasattr(Replicator, attribute)}
     throughput: dict = {}
     if modes:
         result["modes"] = list(modes)
