@@ -163,3 +163,19 @@ def test_the_server_saying_err_is_an_error_not_a_hang(stream):
             link.reply(__import__("time").monotonic() + 5)
     finally:
         link.close()
+
+
+def test_the_digest_thread_can_still_be_chosen_and_the_standby_checks_every_digest(tmp_path, stream, monkeypatch):
+    monkeypatch.setattr(Replicator, "digest_after_answer", False)
+    node, replicator = attached_primary(tmp_path, stream, DIGESTS)
+    with running(node, replicator):
+        world, alice, _ = seed_ledger(node)
+        for i in range(5):
+            node.submit(CreateTransfers([Transfer(500 + i, world, alice, 1)])).result(10)
+        assert replicator._digest_pool is not None, "the digest was not taken on its thread"
+        follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+        try:
+            follower.poll()
+            assert follower.digests_checked >= 3  # (the digest after batch N rides on batch N+2 here)
+        finally:
+            follower.close()
