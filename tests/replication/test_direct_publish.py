@@ -179,3 +179,22 @@ def test_the_digest_thread_can_still_be_chosen_and_the_standby_checks_every_dige
             assert follower.digests_checked >= 3  # (the digest after batch N rides on batch N+2 here)
         finally:
             follower.close()
+
+
+def test_a_partition_while_the_sequencer_waits_for_the_ack_fails_the_batch_at_once(tmp_path, stream):
+    """The ack is held back (the reply inbox unsubscribed); the partition closes the connection the
+    sequencer is reading: the batch fails then, not when PUBLISH_TIMEOUT_S runs out."""
+    import time
+
+    node, replicator = attached_primary(tmp_path, stream, DIGESTS)
+    with running(node, replicator):
+        world, alice, _ = seed_ledger(node)
+        replicator._direct.sock.sendall(b"UNSUB 1\r\n")
+        ack = node.submit(CreateTransfers([Transfer(99, world, alice, 1)]))
+        time.sleep(0.3)
+        assert not ack.done()
+        started = time.monotonic()
+        replicator.link._close_directs()
+        with pytest.raises(OutcomeUnknown):
+            ack.result(10)
+        assert time.monotonic() - started < replication.PUBLISH_TIMEOUT_S / 2

@@ -114,12 +114,15 @@ class DirectLink:
         self.connects += 1
 
     def close(self) -> None:
+        """Close the socket (shut down first, so that the server sees the connection end at once); a
+        thread waiting in `reply` then fails at once (tests/replication/test_direct_publish.py)."""
         sock, self.sock = self.sock, None
         if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+            for step in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+                try:
+                    step()
+                except OSError:
+                    pass  # not connected any more
 
     def ready(self) -> None:
         """Before a publish with nothing in flight: answer the server's PINGs that came while the node
