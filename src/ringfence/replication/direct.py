@@ -34,6 +34,11 @@ from urllib.parse import unquote, urlparse
 _CRLF = b"\r\n"
 #: the longest protocol line accepted from the server (an INFO can be a few KB)
 MAX_LINE_BYTES = 64 * 1024
+#: nats-server's own limit on max_payload
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+#: the largest message accepted on the reply inbox: JetStream's acks and errors are a few hundred
+#: bytes; anything larger is not one (and is never buffered up to the server's max_payload)
+MAX_REPLY_BYTES = 64 * 1024
 
 
 class DirectError(ConnectionError):
@@ -87,9 +92,9 @@ class DirectLink:
             line = self._line(time.monotonic() + self.timeout_s)
             if not line.startswith(b"INFO "):
                 raise DirectError(f"NATS did not start with INFO: {line[:40]!r}")
-            info = json.loads(line[5:])
-            self.max_payload = int(info.get("max_payload", self.max_payload))
-            if self.tls or info.get("tls_required"):
+            info = _info(line)
+            self.max_payload = info["max_payload"]
+            if self.tls or info["tls_required"]:
                 if not self.tls:
                     raise DirectError("the server requires TLS but the URL is nats://; use tls://")
                 context = ssl.create_default_context(cafile=self.tls_ca or None)  # verifies host name and chain
@@ -98,8 +103,11 @@ class DirectLink:
             connect: dict[str, Any] = {"verbose": False, "pedantic": False, "lang": "python3", "version": "ringfence",
                                        "protocol": 1, "headers": True, "no_responders": True, "name": self.name,
                                        "tls_required": self.tls}
-            if self.user:
-                connect.update(user=self.user, **({"pass": self.password} if self.password else {}))
+            if self.user and info["auth_required"]:  # as nats-py: only to a server that asks for them
+                if self.password:
+                    connect.update(user=self.user, **{"pass": self.password})
+                else:  # a user name alone is a token (`nats://TOKEN@host`), as nats-py sends it
+                    connect["auth_token"] = self.user
             self.sock.sendall(b"CONNECT " + json.dumps(connect).encode() + _CRLF
                               + f"SUB {self.prefix}.* 1".encode() + _CRLF + b"PING" + _CRLF)
             deadline = time.monotonic() + self.timeout_s
@@ -108,6 +116,8 @@ class DirectLink:
                 if line == b"PONG":
                     break
                 self._control(line)
+            if self.dead:  # closed by another thread meanwhile (`NatsLink._close_directs` sets `dead`, then closes)
+                raise DirectError("the NATS link was closed")
         except BaseException:
             self.close()
             raise
@@ -201,7 +211,7 @@ class DirectLink:
                 head, total = 0, int(parts[-1])
         except (IndexError, ValueError):
             raise DirectError(f"NATS protocol: bad message line {line[:60]!r}") from None
-        if not 0 <= head <= total <= self.max_payload + MAX_LINE_BYTES:
+        if not 0 <= head <= total <= MAX_REPLY_BYTES:
             raise DirectError(f"NATS protocol: bad message sizes {line[:60]!r}")
         start = len(line) + 2
         while len(self._buf) < start + total + 2:
@@ -224,19 +234,37 @@ class DirectLink:
             self._fill(deadline)
 
     def _fill(self, deadline: float) -> None:  # float-ok: a deadline
-        if self.sock is None:
+        sock = self.sock  # (`close` may set it to None from another thread)
+        if sock is None:
             raise DirectError("not connected")
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("no answer from NATS in time")
-        self.sock.settimeout(left)
+        sock.settimeout(left)
         try:
-            chunk = self.sock.recv(65536)
+            chunk = sock.recv(65536)
         except socket.timeout:
             raise TimeoutError("no answer from NATS in time") from None
         if not chunk:
             raise DirectError("closed by the server")
         self._buf += chunk
+
+
+def _info(line: bytes) -> dict[str, Any]:
+    """The server's first line, `INFO {json}`: what this connection uses of it, checked (a server,
+    or anyone in between before TLS, that sends something else gets a DirectError, not a
+    TypeError out of `NatsLink.direct`)."""
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        raise DirectError(f"NATS protocol: INFO is not JSON: {line[:40]!r}") from None
+    if not isinstance(info, dict):
+        raise DirectError(f"NATS protocol: INFO is not a JSON object: {line[:40]!r}")
+    max_payload = info.get("max_payload", 1024 * 1024)
+    if type(max_payload) is not int or not 1024 <= max_payload <= MAX_PAYLOAD_BYTES:
+        raise DirectError(f"NATS protocol: INFO max_payload {str(max_payload)[:24]!r} is not 1 KiB..64 MiB")
+    return {"max_payload": max_payload, "auth_required": bool(info.get("auth_required")),
+            "tls_required": bool(info.get("tls_required"))}
 
 
 def _headers(block: bytes) -> dict[str, str]:
