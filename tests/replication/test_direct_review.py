@@ -190,3 +190,57 @@ def test_tls_the_direct_connection_verifies_like_the_link(tmp_path, tls_nats):  
         with pytest.raises(OSError):
             link.connect()
     assert heard and not heard[0].startswith(b"CONNECT"), heard  # a TLS ClientHello, never the CONNECT in clear
+
+
+def test_a_direct_connection_that_cannot_be_opened_again_hands_over_to_the_link(tmp_path, stream):
+    """The server this connection knows went away while the node was idle, and the link's nats-py
+    client is up (in a NATS cluster it reconnects to the other servers; this connection knows only
+    the URL's): the next batch went nowhere and the node stopped. Now the link's path serves it, and
+    every later batch; a standby checks them all. (The server "gone": the connection's port pointed
+    at one where nothing listens.)"""
+    from api.conftest import free_port
+
+    from ringfence.ledger.commands import CreateTransfers
+    from ringfence.ledger.model import Transfer
+
+    from journal.test_journal import seed_ledger
+
+    from .conftest import NATS_URL, attached_primary, running
+
+    node, replicator = attached_primary(tmp_path, stream, "?state_hash_every=3&state_digest=1")
+    with running(node, replicator):
+        world, alice, _ = seed_ledger(node)
+        direct = replicator._direct
+        assert direct is not None
+        direct.close()
+        direct.port = free_port()
+        for i in range(6):  # (every third batch carries the state hash inline: `finish` sends it)
+            node.submit(CreateTransfers([Transfer(900 + i, world, alice, 1)])).result(10)
+        assert replicator._direct is None and node.failed is None
+        assert replicator.stream_seq == replicator._sent_seq and replicator._broken is None
+        follower = Follower(parse_target(f"{NATS_URL}/{stream}"), tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+        try:
+            follower.poll()
+            assert follower.engine.last_seq == node.last_seq
+            assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+        finally:
+            follower.close()
+
+
+def test_a_partition_still_fails_the_batch_on_the_direct_path(tmp_path, stream):
+    """The hand-over above is for a connection the server closed, never for a link that is closed."""
+    from ringfence.errors import OutcomeUnknown
+    from ringfence.ledger.commands import CreateTransfers
+    from ringfence.ledger.model import Transfer
+
+    from journal.test_journal import seed_ledger
+
+    from .conftest import attached_primary, running
+
+    node, replicator = attached_primary(tmp_path, stream, "?state_hash_every=2&state_digest=1")
+    with running(node, replicator):
+        world, alice, _ = seed_ledger(node)
+        replicator.link.disconnect()
+        with pytest.raises(OutcomeUnknown):
+            node.submit(CreateTransfers([Transfer(99, world, alice, 1)])).result(10)
+        assert node.failed is not None and replicator._direct is not None and replicator._direct.dead

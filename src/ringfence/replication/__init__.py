@@ -1697,7 +1697,7 @@ class Replicator:
             extra = dict(outcome, **(self._hasher.ready() if self._hasher is not None else {}))
             if due and self._hasher is not None and self._hasher.idle():
                 extra["Rf-State-Pending"] = "1"  # this batch's state hash comes in a later batch
-            if self._direct is not None:  # sent now, on this thread; `finish` reads the ack
+            if self._direct_usable():  # sent now, on this thread; `finish` reads the ack
                 future: Any = self._direct_send(KIND_BATCH, first_seq, count, prev, record_hash, payload, "", extra)
             else:
                 future = self._publish_later(KIND_BATCH, first_seq, count, prev, record_hash, payload, "", extra)
@@ -1730,7 +1730,7 @@ class Replicator:
         the next batch, and so does the state digest after it, taken here, on this thread, while the
         stream's ack is on its way (`_digest_inline`). On the direct connection the ack is read
         here too (`_direct_wait`)."""
-        if self._direct is None:
+        if self._direct is None or (isinstance(token, tuple) and not self._direct_usable()):
             self.finish_later(token, engine, outputs).result(PUBLISH_TIMEOUT_S + 1)
             return
         if isinstance(token, tuple):  # the state hash inline: the batch is sent only now
@@ -1777,6 +1777,31 @@ class Replicator:
         except Exception as err:  # noqa: BLE001 - a broken engine is reported by its apply, not here
             _log.error("state digest after sequence %d not taken: %s", seq, err)
 
+    def _direct_usable(self) -> bool:
+        """Whether the batch about to be sent goes on the direct connection. With nothing in flight
+        and no earlier failure, the connection is made ready first (`DirectLink.ready`: the PINGs of
+        an idle spell answered, a connection the server closed opened again). One that cannot be
+        opened again is dropped, logged, and the link's path serves this batch and every later one:
+        nothing was sent on it, and the link's nats-py client may well be up (it reconnects to the
+        other servers of a NATS cluster, which this connection does not know), so the node goes on
+        rather than stop. (A link closed too, a partition, fails the batch as before.)"""
+        direct = self._direct
+        if direct is None:
+            return False
+        if self._broken is not None or self._unacked:
+            return True  # `_direct_send` reports the earlier failure
+        try:
+            direct.ready()
+        except (OSError, ValueError) as err:  # a DirectError, an ssl error, a timeout: all OSErrors
+            if direct.dead:
+                return True  # the link is closed: the batch fails (`_direct_send`: not connected)
+            _log.warning("replication: the direct publish connection to %s could not be opened again (%s); "
+                         "batches go through the link's loop from now on", self.target.display, nats_failed(err))
+            direct.close()
+            self._direct = None
+            return False
+        return True
+
     def _direct_send(self, kind: str, first_seq: int, count: int, prev: bytes, record_hash: bytes, payload: bytes,
                      state_hash: str, extra: dict[str, str] | None) -> "_Sent":
         """`_send_chunks` on the sequencer's own connection: each chunk signed and written to the
@@ -1789,8 +1814,6 @@ class Replicator:
         try:
             if self._broken is not None:
                 raise Fenced(f"batch {first_seq} not published: an earlier publish failed ({self._broken})")
-            if not self._unacked:
-                direct.ready()  # answers the PINGs of an idle spell; reopens a connection the server closed
             limit = min(self.link.chunk_bytes, max(64 * 1024, direct.max_payload - 64 * 1024))
             chunks = [payload[i : i + limit] for i in range(0, len(payload), limit)] or [b""]
             for index, chunk in enumerate(chunks, 1):
