@@ -91,6 +91,12 @@ class _Probe:
     def __init__(self, node, replicator: Replicator | None) -> None:  # type: ignore[no-untyped-def]
         self.ns: dict[str, list[int]] = {k: [] for k in ("queue_wait", "batch", "write_fsync", "begin", "finish", "digest", "gc")}
         self.sizes: list[int] = []
+        #: per request, when it was submitted and its batch's index; per batch, when the sequencer
+        #: took it and when `_commit` returned (its requests answered): `_Stages`
+        self.req_at: list[int] = []
+        self.req_k: list[int] = []
+        self.c0: list[int] = []
+        self.c1: list[int] = []
         self._submitted: dict[int, int] = {}
         self._gc_started = 0
         clock = time.perf_counter_ns
@@ -117,14 +123,20 @@ class _Probe:
 
         def commit_timed(items):  # type: ignore[no-untyped-def]
             started = clock()
+            k = len(self.sizes)
             for item in items:  # (an Ack since session 18; a (command, raw, ack) tuple in older sources)
                 ack = item[2] if type(item) is tuple else item
                 at = self._submitted.pop(id(ack), None)
                 if at is not None:
                     self.ns["queue_wait"].append(started - at)
+                    self.req_at.append(at)
+                    self.req_k.append(k)
             self.sizes.append(len(items))
+            self.c0.append(started)
             commit(items)
-            self.ns["batch"].append(clock() - started)
+            ended = clock()
+            self.c1.append(ended)
+            self.ns["batch"].append(ended - started)
 
         node.submit, node._commit = submit_stamped, commit_timed
         if pipelined:  # the write alone; the syncs run on the record syncer (`sync`)
@@ -187,6 +199,216 @@ class _Probe:
         return out
 
 
+class _Stages:
+    """Where the tail's time goes, stage by stage (`breakdown.tail_stages`): per batch, the
+    sequencer's steps (`begin`, the local write + fsync, the wait for the state digest, the apply,
+    the wait for the stream's ack in `finish`, answering) and the replication path on the NATS
+    loop (the hop to the loop, signing and queueing the message, its flush to the socket, the
+    round trip through nats-server until the ack's bytes are read, the ack's processing), and per
+    request its wait in the queue. The requests whose time in the node (submitted to answered) is
+    in the top 1 % are the tail: the report gives each stage's p50 over them — of their own batch
+    and of the batch they waited behind — beside the p50 over all requests. Classic group commit
+    only (a pipelined node answers on other threads). Wraps methods on the instances, as `_Probe`."""
+
+    def __init__(self, node, replicator: Replicator, probe: "_Probe") -> None:  # type: ignore[no-untyped-def]
+        clock = time.perf_counter_ns
+        self.probe = probe
+        names = ("b0", "b1", "f0", "f1", "w0", "w1", "n0", "n1", "d0", "d1", "L", "S", "F", "R", "A")
+        self.at: dict[str, dict[int, int]] = {name: {} for name in names}
+        self.k_of: dict[int, int] = {}  # first_seq -> batch index (`_Probe.sizes`)
+        at, k_of = self.at, self.k_of
+
+        def batch() -> int:
+            return len(probe.sizes) - 1
+
+        def around(owner, name: str, start: str, end: str, key_of_args=None) -> None:  # type: ignore[no-untyped-def]
+            inner = getattr(owner, name)
+
+            def wrapper(*args):  # type: ignore[no-untyped-def]
+                k = batch()
+                at[start][k] = clock()
+                try:
+                    return inner(*args)
+                finally:
+                    at[end][k] = clock()
+
+            setattr(owner, name, wrapper)
+
+        begin = replicator.begin
+
+        def begin_mapped(first_seq, *rest):  # type: ignore[no-untyped-def]
+            k_of[first_seq] = batch()
+            return begin(first_seq, *rest)
+
+        replicator.begin = begin_mapped  # type: ignore[method-assign]
+        around(replicator, "begin", "b0", "b1")
+        around(node.writer, "append_record", "f0", "f1")
+        around(replicator, "written", "w0", "w1")
+        around(replicator, "finish", "n0", "n1")
+        if hasattr(replicator, "answered"):  # session 21: the state digest after the batch is answered
+            around(replicator, "answered", "d0", "d1")
+        # the NATS loop's side, keyed by the batch's first sequence number
+        send_record, send, stored = replicator._send_record, replicator._send, replicator._stored
+        unflushed: list[int] = []
+        last_read = [0]
+
+        async def send_record_stamped(settle, kind, first_seq, *rest):  # type: ignore[no-untyped-def]
+            at["L"][first_seq] = clock()
+            return await send_record(settle, kind, first_seq, *rest)
+
+        async def send_stamped(data, headers):  # type: ignore[no-untyped-def]
+            waiting = await send(data, headers)
+            seq = int(headers.get("Rf-First-Seq", 0))
+            at["S"][seq] = clock()
+            unflushed.append(seq)
+            return waiting
+
+        def stored_stamped(first_seq, want, reply):  # type: ignore[no-untyped-def]
+            at["R"][first_seq], at["A"][first_seq] = last_read[0], clock()
+            return stored(first_seq, want, reply)
+
+        replicator._send_record, replicator._send, replicator._stored = send_record_stamped, send_stamped, stored_stamped  # type: ignore[method-assign]
+        direct = getattr(replicator, "_direct", None)
+        if direct is not None:  # the sequencer's own connection (session 21): sent and read on the sequencer
+            publish, fill = direct.publish, direct._fill
+
+            def publish_stamped(subject, reply, headers, payload):  # type: ignore[no-untyped-def]
+                seq = int(headers.get("Rf-First-Seq", 0))
+                at["L"][seq] = at["S"][seq] = clock()
+                try:
+                    return publish(subject, reply, headers, payload)
+                finally:
+                    at["F"][seq] = clock()
+
+            def fill_stamped(deadline):  # type: ignore[no-untyped-def]
+                fill(deadline)
+                last_read[0] = clock()
+
+            direct.publish, direct._fill = publish_stamped, fill_stamped
+        transport = replicator.link.nc._transport
+        writelines, read = transport.writelines, transport.read
+
+        def writelines_stamped(payload):  # type: ignore[no-untyped-def]
+            result = writelines(payload)
+            now = clock()
+            for seq in unflushed:
+                at["F"][seq] = now
+            unflushed.clear()
+            return result
+
+        async def read_stamped(size):  # type: ignore[no-untyped-def]
+            data = await read(size)
+            last_read[0] = clock()
+            return data
+
+        transport.writelines, transport.read = writelines_stamped, read_stamped
+        self._ctx = _ctx_switches("self")
+        self._server = _server_pid()
+        self._server_before = _sched_of(self._server) if self._server else {}
+
+    def report(self) -> dict:
+        probe, at = self.probe, self.at
+        by_seq = {name: {self.k_of[s]: v for s, v in at[name].items() if s in self.k_of} for name in ("L", "S", "F", "R", "A")}
+        stamps = {**{name: at[name] for name in ("b0", "b1", "f0", "f1", "w0", "w1", "n0", "n1", "d0", "d1")}, **by_seq}
+        c0 = probe.c0
+        # when the batch's requests were answered: before `answered` (its digest) where the node calls it
+        c1 = [at["d0"].get(k, end) for k, end in enumerate(probe.c1)]
+        spans = {  # stage: (from, to) per batch
+            "prep": ("c0", "b0"), "begin": ("b0", "b1"), "to_fsync": ("b1", "f0"), "write_fsync": ("f0", "f1"),
+            "digest_wait": ("w0", "w1"), "apply": ("w1", "n0"), "finish_wait": ("n0", "n1"), "answer": ("n1", "c1"),
+            "digest_after_answer": ("d0", "d1"),
+            "rep_to_loop": ("b0", "L"), "rep_sign_queue": ("L", "S"), "rep_flush": ("S", "F"),
+            "rep_server_rtt": ("F", "R"), "rep_ack_process": ("R", "A"), "rep_ack_to_sequencer": ("A", "n1"),
+        }
+
+        def span(k: int, name: str) -> int | None:
+            a, b = spans[name]
+            x = c0[k] if a == "c0" else stamps[a].get(k)
+            y = c1[k] if b == "c1" else stamps[b].get(k)
+            return None if x is None or y is None else y - x
+
+        n = len(probe.req_at)
+        in_node = [c1[k] - t for t, k in zip(probe.req_at, probe.req_k) if k < len(c1)]
+        if not in_node:
+            return {}
+        cut = sorted(in_node)[int(len(in_node) * 0.99)]
+        tail = [i for i in range(len(in_node)) if in_node[i] >= cut]
+
+        def p50(values: list[int]) -> int:
+            return sorted(values)[len(values) // 2] // 1000 if values else -1
+
+        def stages(indices: list[int], shift: int) -> dict:
+            out = {}
+            ks = [probe.req_k[i] + shift for i in indices if probe.req_k[i] + shift >= 0]
+            for name in spans:
+                out[name] = p50([v for k in ks if (v := span(k, name)) is not None])
+            out["batch_requests"] = p50([probe.sizes[k] * 1000 for k in ks])
+            out["replication_last"] = round(sum(1 for k in ks if stamps["A"].get(k, 0) > stamps["n0"].get(k, 1 << 62))
+                                            / max(1, len(ks)), 2)
+            return out
+
+        queue = [c0[probe.req_k[i]] - probe.req_at[i] for i in range(len(in_node))]
+        ctx = _ctx_switches("self")
+        server_after = _sched_of(self._server) if self._server else {}
+        names = {t.native_id: t.name.partition("_")[0] for t in threading.enumerate()}
+        switches: dict[str, list[int]] = {}
+        for tid, (vol, invol) in ctx.items():
+            before = self._ctx.get(tid, (0, 0))
+            row = switches.setdefault(names.get(tid, "other"), [0, 0])
+            row[0] += vol - before[0]
+            row[1] += invol - before[1]
+        server = {"cpu_ms": sum(v[0] - self._server_before.get(t, (0, 0, 0, 0))[0] for t, v in server_after.items()) // 1_000_000,
+                  "runqueue_wait_ms": sum(v[1] - self._server_before.get(t, (0, 0, 0, 0))[1] for t, v in server_after.items()) // 1_000_000,
+                  "ctx_voluntary": sum(v[2] - self._server_before.get(t, (0, 0, 0, 0))[2] for t, v in server_after.items()),
+                  "ctx_involuntary": sum(v[3] - self._server_before.get(t, (0, 0, 0, 0))[3] for t, v in server_after.items())}
+        return {"requests": n, "tail_cut_us": cut // 1000, "tail_requests": len(tail),
+                "queue_wait_us": {"all_p50": p50(queue), "tail_p50": p50([queue[i] for i in tail])},
+                "own_batch_p50_us": {"all": stages(list(range(len(in_node))), 0), "tail": stages(tail, 0)},
+                "batch_waited_behind_p50_us": {"all": stages(list(range(len(in_node))), -1), "tail": stages(tail, -1)},
+                "ctx_switches_by_thread": {k: {"voluntary": v[0], "involuntary": v[1]} for k, v in sorted(switches.items())},
+                "nats_server": server}
+
+
+def _ctx_switches(pid: str) -> dict[int, tuple[int, int]]:
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines() if "ctxt" in line)
+            out[int(task.name)] = (int(fields["voluntary_ctxt_switches"]), int(fields["nonvoluntary_ctxt_switches"]))
+        except (OSError, KeyError, ValueError):
+            continue
+    return out
+
+
+def _server_pid() -> int:
+    """The local nats-server's pid (its threads' run-queue wait belongs in the picture), or 0."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "nats-server":
+                    return int(proc.name)
+            except OSError:
+                continue
+    return 0
+
+
+def _sched_of(pid: int) -> dict[int, tuple[int, int, int, int]]:
+    """Per thread of `pid`: (ns on a CPU, ns waiting on a run queue, voluntary and involuntary switches)."""
+    out = {}
+    switches = _ctx_switches(str(pid))
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return {}
+    for task in tasks:
+        try:
+            running, waiting, _ = (int(x) for x in (task / "schedstat").read_text().split())
+        except (OSError, ValueError):
+            continue
+        out[int(task.name)] = (running, waiting, *switches.get(int(task.name), (0, 0)))
+    return out
+
+
 def _sched_ns() -> dict[int, tuple[int, int]]:
     """Per thread of this process: (ns on a CPU, ns waiting on a run queue) from /proc schedstat."""
     out = {}
@@ -223,6 +445,8 @@ def _hash_cost(replicator: Replicator | None, transfers: int = 0) -> dict:
     return out
 
 
+#: `--no-stages`: leave out `_Stages` (its wrappers add a little work on the NATS loop's path)
+STAGES = True
 #: pipelined modes: `Node(max_batches_in_flight=...)` (0: no limit)
 IN_FLIGHT = 1
 #: (label, state_hash_every (0: local only), state_hash_later, state_digest, pipelined).
@@ -255,7 +479,21 @@ def main() -> None:
     parser.add_argument("--modes", default="", help="comma-separated mode labels to run (default: all)")
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT,
                         help=f"pipelined modes: Node(max_batches_in_flight=N), 0: no limit (default {IN_FLIGHT})")
+    parser.add_argument("--no-stages", action="store_true", help="leave out the tail's stage breakdown (`_Stages`)")
+    parser.add_argument("--direct", type=int, choices=(0, 1), default=None,
+                        help="classic replicated modes: 1 publish on the sequencer's own NATS connection, 0 through "
+                             "the link's loop (Replicator.direct_publish; default: the sources' own)")
+    parser.add_argument("--digest-after-answer", type=int, choices=(0, 1), default=None,
+                        help="classic: 1 the state digest on the sequencer once a batch is answered, 0 on the digest "
+                             "thread during the next fsync (Replicator.digest_after_answer; default: the sources' own)")
     args = parser.parse_args()
+    global STAGES
+    STAGES = not args.no_stages
+    for option, attribute in ((args.direct, "direct_publish"), (args.digest_after_answer, "digest_after_answer")):
+        if option is not None:
+            if not hasattr(Replicator, attribute):
+                parser.error(f"these sources have no Replicator.{attribute}")
+            setattr(Replicator, attribute, bool(option))
     run(args.nats, seed=args.seed, smoke=args.smoke, note=args.note,
         modes=tuple(filter(None, args.modes.split(","))), in_flight=args.in_flight)
 
@@ -284,6 +522,9 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "", mo
     import ringfence
 
     result: dict = {"note": note, "sources": str(Path(ringfence.__file__).parent), "seed": seed, "workload": {"accounts": accounts, "transfers": transfers, "request_size": BATCH}}
+    # how a classic replicating node publishes and digests (session 21; absent in older sources)
+    result["replicator"] = {attribute: getattr(Replicator, attribute) for attribute in ("direct_publish", "digest_after_answer")
+                            if hasattr(Replicator, attribute)}
     throughput: dict = {}
     if modes:
         result["modes"] = list(modes)
@@ -330,6 +571,8 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "", mo
         gc.freeze()
         frozen = gc.get_freeze_count()
         probe = _Probe(node, replicator)  # after the collection above: it is the harness's, not the run's
+        stages = (_Stages(node, replicator, probe) if replicator is not None and not pipelined and STAGES
+                  else None)
         load_before = _load()
         try:
             lateness: list[int] = []
@@ -340,6 +583,8 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "", mo
                               "journal_records": node.batches_committed, **_hash_cost(replicator, n),
                               "gc_frozen_objects": frozen,
                               "load_average": [load_before, _load()], "breakdown": probe.report(samples, lateness)}
+            if stages is not None:
+                latency[label]["breakdown"]["tail_stages"] = stages.report()
         except ConfigError as err:  # these sources cannot run this mode (a pipelined replicating node)
             latency[label] = _unsupported(err)
             probe.report([], [])

@@ -27,6 +27,14 @@ from journal.test_journal import seed_ledger
 from .conftest import attached_primary, running
 
 
+@pytest.fixture(autouse=True)
+def _the_loops_path(monkeypatch):
+    """These tests are of the link loop's publish path, which pipelined nodes use (and classic ones
+    whose direct connection could not be opened); a classic node's own path since session 21, the
+    sequencer's direct connection, has its tests in test_direct_publish.py."""
+    monkeypatch.setattr(Replicator, "direct_publish", False)
+
+
 def _hold_acks(replicator: Replicator) -> tuple[list[Any], Any]:
     """Send every message at once but hold back its ack (the future the replicator waits on) until
     `release()`; returns (the held acks, release)."""

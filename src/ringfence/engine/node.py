@@ -96,6 +96,12 @@ class ReplicaLog(Protocol):
         apply, before the next batch is applied (so it may read the engine at this batch's state);
         returns at once a future that completes once the batch is replicated, or fails."""
 
+    def answered(self) -> None:
+        """Optional (classic group commit): on the sequencer, once a replicated batch's commands are
+        answered and before the next batch is taken; the engine is at that batch's state. Work due
+        on that state that no client should wait for (the replication's state digest) goes here.
+        Never raises."""
+
 
 class ReadGate:
     """Many readers at once, or the one writer (the sequencer applying a batch); the writer first.
@@ -992,6 +998,10 @@ class Node:
             return
         self.durable_seq = self.last_seq
         _answer(accepted, first_seq, outputs, halted)
+        if self.replica is not None:
+            answered = getattr(self.replica, "answered", None)  # (optional in a ReplicaLog)
+            if answered is not None:
+                answered()
         for listener in self.listeners:
             listener(first_seq, ts_ns, [ack.command for ack in accepted], outputs)
 

@@ -355,13 +355,19 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
         else:
             assert proxy is not None
             proxy.cut()
-            # keep sending to the partitioned primary: anything it still acknowledges must be replicated
+            # keep sending to the partitioned primary: anything it still acknowledges must be replicated.
+            # Orders of their own (numbered after the drill's), so that the `after` orders all go to the
+            # new primary however fast the partitioned one refuses (since session 21 it refuses at once:
+            # its sequencer's own NATS connection is cut too, and nothing waits for the lease)
             deadline = time.monotonic() + 3 * lease_ms / 1000
-            while time.monotonic() < deadline and i < len(orders):
-                if clients[i % 2].place(a_base, orders[i]):
-                    result.acked.append((time.monotonic() - t0, "a", orders[i]["newClientOrderId"]))
+            extra = before + after
+            while time.monotonic() < deadline:
+                order = _orders(rng, seed, extra, 1)[0]
+                if clients[extra % 2].place(a_base, order):
+                    result.acked.append((time.monotonic() - t0, "a", order["newClientOrderId"]))
                     result.last_old_ack_s = time.monotonic() - t0
-                i += 1
+                extra += 1
+                time.sleep(0.02)
         m = standby.wait_log(r"promoted at epoch (\d+), fenced at stream sequence \d+, journal sequence (\d+) state hash ([0-9a-f]{64})")
         result.promoted_at_s = time.monotonic() - t0
         result.cut_seq, result.standby_hash = int(m.group(2)), m.group(3)
