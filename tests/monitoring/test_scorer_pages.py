@@ -40,6 +40,21 @@ class Ticks:
             self.on_tick()
 
 
+def _counted_monitor(store: Store, monkeypatch: pytest.MonkeyPatch, pacer: Any) -> tuple[Monitor, list[int]]:
+    """A monitor over `store` with the default rules and `pacer`, and the ids of the events its scorer
+    processes, in the order it processes them."""
+    monitor = Monitor(store, None, default_rules(), pacer=pacer)
+    scored: list[int] = []
+    real_process = monitor.scorer.process
+
+    def process(e: Any) -> Any:
+        scored.append(e.id)
+        return real_process(e)
+
+    monkeypatch.setattr(monitor.scorer, "process", process)
+    return monitor, scored
+
+
 def test_a_page_that_fails_part_way_leaves_no_event_to_be_scored_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """1,000 events, paged by READ_PAGE; the sixth page's read fails once. The five pages before it
     were scored (the scorer's windows, the links); the retry must not score them again (it scored
@@ -59,15 +74,7 @@ def test_a_page_that_fails_part_way_leaves_no_event_to_be_scored_twice(tmp_path:
             yield got
 
     monkeypatch.setattr(service, "read_pages", read_pages)
-    monitor = Monitor(store, None, default_rules(), pacer=Ticks())  # type: ignore[arg-type]
-    scored: list[int] = []
-    real_process = monitor.scorer.process
-
-    def process(e: Any) -> Any:
-        scored.append(e.id)
-        return real_process(e)
-
-    monkeypatch.setattr(monitor.scorer, "process", process)
+    monitor, scored = _counted_monitor(store, monkeypatch, Ticks())
     with pytest.raises(ConnectionError):
         monitor.step()
     assert monitor.cursor == scored[-1] and len(scored) == 5 * READ_PAGE  # moved over what was scored
@@ -175,15 +182,7 @@ def test_a_step_whose_alerts_cannot_be_stored_scores_no_event_twice(tmp_path: Pa
             lock.take()  # the read went well: the step's own write fails
 
     monkeypatch.setattr(service, "read_pages", read_pages)
-    monitor = Monitor(store, None, default_rules(), pacer=Ticks())  # type: ignore[arg-type]
-    scored: list[int] = []
-    real_process = monitor.scorer.process
-
-    def process(e: Any) -> Any:
-        scored.append(e.id)
-        return real_process(e)
-
-    monkeypatch.setattr(monitor.scorer, "process", process)
+    monitor, scored = _counted_monitor(store, monkeypatch, Ticks())
     with pytest.raises((ConnectionError, OperationalError)):
         monitor.step()
     assert monitor.cursor == 0 and len(scored) == (1_000 if failing_page is None else 5 * READ_PAGE)
@@ -223,15 +222,7 @@ def test_a_step_called_while_another_runs_waits_for_it(tmp_path: Path, monkeypat
             thread.start()
             thread.join(1)
 
-    monitor = Monitor(store, None, default_rules(), pacer=Ticks(at_first_pause))  # type: ignore[arg-type]
-    scored: list[int] = []
-    real_process = monitor.scorer.process
-
-    def process(e: Any) -> Any:
-        scored.append(e.id)
-        return real_process(e)
-
-    monkeypatch.setattr(monitor.scorer, "process", process)
+    monitor, scored = _counted_monitor(store, monkeypatch, Ticks(at_first_pause))
     first = monitor.step()
     second[0].join(20)
     assert (first, second[1:]) == (1_000, [0])  # the first step read them all, the second nothing more

@@ -1724,6 +1724,16 @@ class Replicator:
         except Exception as err:  # noqa: BLE001 - a broken engine is reported by its apply, not here
             _log.error("state digest after sequence %d not taken: %s", job[0], err)
 
+    def _inline_state_hash(self, first_seq: int, engine: Any) -> str:
+        """The state hash a batch whose hash is inline carries, taken once the lease is checked for it
+        (`finish` on the direct connection, `finish_later` on the link's path)."""
+        self._check_lease(first_seq)
+        started = time.perf_counter()
+        state_hash = _hash_without_gc(engine)
+        self.hash_seconds += time.perf_counter() - started
+        self.hashes += 1
+        return state_hash
+
     def finish(self, token: Any, engine: Any, outputs: list[list[Any]]) -> None:
         """`ReplicaLog.finish` (classic group commit: after apply, before any acknowledgement):
         returns once JetStream has stored the whole batch. The batch's outcome digest goes out with
@@ -1735,11 +1745,7 @@ class Replicator:
             return
         if isinstance(token, tuple):  # the state hash inline: the batch is sent only now
             first_seq, count, payload, record_hash, prev, outcome = token
-            self._check_lease(first_seq)
-            started = time.perf_counter()
-            state_hash = _hash_without_gc(engine)
-            self.hash_seconds += time.perf_counter() - started
-            self.hashes += 1
+            state_hash = self._inline_state_hash(first_seq, engine)
             sent = self._direct_send(KIND_BATCH, first_seq, count, prev, record_hash, payload, state_hash, outcome)
         else:
             sent = token.future if isinstance(token, _Later) else token
@@ -1879,11 +1885,7 @@ class Replicator:
         batch is taken when the next batch begins: the state is unchanged until it is applied."""
         if isinstance(token, tuple):
             first_seq, count, payload, record_hash, prev, outcome = token
-            self._check_lease(first_seq)
-            started = time.perf_counter()
-            state_hash = _hash_without_gc(engine)
-            self.hash_seconds += time.perf_counter() - started
-            self.hashes += 1
+            state_hash = self._inline_state_hash(first_seq, engine)
             published = self._publish_later(KIND_BATCH, first_seq, count, prev, record_hash, payload, state_hash, outcome)
             self._outcome = self._checks_of(first_seq + count - 1, engine, outputs)
             return self._lease_checked(published)
