@@ -1724,6 +1724,14 @@ class Replicator:
         except Exception as err:  # noqa: BLE001 - a broken engine is reported by its apply, not here
             _log.error("state digest after sequence %d not taken: %s", job[0], err)
 
+    def _start_hasher(self, engine: Any, last_seq: int) -> None:
+        """The state after the batch ending at `last_seq`, hashed by a forked child (`state_hash_later`)."""
+        assert self._hasher is not None
+        started = time.perf_counter()
+        self._hasher.start(engine, last_seq)
+        self.hash_seconds += time.perf_counter() - started
+        self.hashes += 1
+
     def _inline_state_hash(self, first_seq: int, engine: Any) -> str:
         """The state hash a batch whose hash is inline carries, taken once the lease is checked for it
         (`finish` on the direct connection, `finish_later` on the link's path)."""
@@ -1751,11 +1759,7 @@ class Replicator:
             sent = token.future if isinstance(token, _Later) else token
         self._outcome = self._checks_of(sent.last_seq, engine, outputs)
         if isinstance(token, _Later):
-            assert self._hasher is not None
-            started = time.perf_counter()
-            self._hasher.start(engine, token.last_seq)  # the state after this batch, hashed by a child
-            self.hash_seconds += time.perf_counter() - started
-            self.hashes += 1
+            self._start_hasher(engine, token.last_seq)
         self._direct_wait(sent)
         if self.target.lease_ms and time.monotonic() - self.renewed_at > self.target.lease_ms / 1000:
             raise Fenced(f"the lease of {self.target.lease_ms} ms expired while the batch was being replicated")
@@ -1894,11 +1898,7 @@ class Replicator:
             if last_seq:
                 self._outcome = self._checks_of(last_seq, engine, outputs)
         if isinstance(token, _Later):
-            assert self._hasher is not None
-            started = time.perf_counter()
-            self._hasher.start(engine, token.last_seq)  # the state after this batch, hashed by a child
-            self.hash_seconds += time.perf_counter() - started
-            self.hashes += 1
+            self._start_hasher(engine, token.last_seq)
             token = token.future
         return self._lease_checked(token)
 
