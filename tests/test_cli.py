@@ -98,6 +98,12 @@ def test_verify_reports_corruption_with_exit_1(tmp_path):
     ],
 )
 def test_bad_cli_input_is_a_clear_error(args, message):
+    if args[0] == "serve":  # a free port: serve checks its port first, and 8000 (the default) may be taken on this machine
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            args = [*args, "--port", str(s.getsockname()[1])]
     out = invoke(*args)
     assert out.returncode == 2
     assert message in out.stderr + out.stdout
