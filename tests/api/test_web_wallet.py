@@ -1,7 +1,8 @@
 """The wallet pages of the dashboard against a real `ringfence serve --demo` process, in Debian's
 Chromium (Playwright), on the signed-in web session (issue 15, items 3 and 4):
 
-a newcomer signs up (as in test_web_session.py) → Withdraw: adds a withdrawal address with a TOTP
+a newcomer signs up (the sign-up's forms posted over HTTP, its session put into the browser: test_web_session.py
+clicks through them) → Withdraw: adds a withdrawal address with a TOTP
 code, the e-mail at /dev/mail (with the anti-phishing code) carries the link that adds it → the entry
 cools (short cooling period via env), and meanwhile → Deposit: the BTC address and its QR code → the
 test pays it with `ringfence chain pay` → the page shows the confirmations progressing to credited
