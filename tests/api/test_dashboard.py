@@ -41,12 +41,12 @@ def test_market_view_needs_no_sign_in_and_no_secret_box_exists(server, browser, 
 
 
 def test_bad_order_shows_the_servers_message(server, browser):
-    from .test_web_session import sign_up_verify_and_enable_totp
+    from .test_web_session import sign_up_by_http
 
     web = server.base.replace("127.0.0.1", "localhost")  # the origin the session cookie belongs to
     context = browser.new_context()
     page = context.new_page()
-    sign_up_verify_and_enable_totp(page, web, "bad-order@example.com")
+    sign_up_by_http(context, web, "bad-order@example.com")  # the sign-up's pages: test_web_session.py
     page.goto(web + "/")
     expect(page.locator("#whoami")).to_have_text("signed in as bad-order@example.com")
     page.fill("#price", "NaN")

@@ -109,10 +109,11 @@ LINK_COMMANDS = ("custody.address_book.add/1", "custody.withdrawal.confirm_email
 def link_commands_since(server, seq: int) -> list[str]:
     """The link commands journaled after `seq` (`ringfence journal sources`). The demo server's own
     workers go on journaling (chains, withdrawals of earlier tests), so "nothing changed" is asked of
-    the commands a link sends, not of the journal's length."""
-    from .conftest import cli
+    the commands a link sends, not of the journal's length. In this process (`invoke`: no interpreter start of 1-2 s
+    of CPU for each of the file's seven checks); test_the_address_and_withdrawal_links_act_only_on_their_button runs it as a process."""
+    from .conftest import invoke
 
-    got = cli("journal", "sources", str(server.data), "--from-seq", str(seq + 1))
+    got = invoke("journal", "sources", str(server.data), "--from-seq", str(seq + 1))
     assert got.returncode == 0, got.stderr
     tags = [json.loads(line)["command"] for line in got.stdout.splitlines() if line.startswith("{")]
     return [t for t in tags if t in LINK_COMMANDS]

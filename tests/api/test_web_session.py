@@ -148,6 +148,47 @@ def sign_up_verify_and_enable_totp(page, base: str, email: str, screenshots: boo
     return totp
 
 
+def sign_up_by_http(context, base: str, email: str, confirm: bool = True, second_factor: bool = True) -> pyotp.TOTP | None:
+    """The account `sign_up_verify_and_enable_totp` leaves (signed up, e-mail verified, signed in, TOTP on, its first
+    factor confirmed from the e-mail unless `confirm=False`; no TOTP at all with `second_factor=False`: None), made by posting the same pages' forms with httpx, and
+    its session cookie put into the browser `context`: for the tests about what a signed-in account does, not about
+    signing up (test_newcomer_signs_up_by_mail_turns_on_totp_and_trades_on_the_session clicks through all of it, and
+    test_a_first_second_factor_counts_only_after_the_email_confirmation the factor's link). The clicks cost a page
+    load or two each in Chromium, about 5 s of a test on a loaded machine."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from .test_key_cache import Browserless, csrf_of, mailed_link
+
+    b = Browserless(base)
+    try:
+        r = b.request("POST", "/signup", data={"email": email, "password": PASSWORD})
+        assert r.status_code == 200 and "Check your inbox" in r.text, r.text[:2000]
+        token = parse_qs(urlsplit(mailed_link(b, email, "/verify-email")).query)["token"][0]
+        r = b.request("POST", "/verify-email", data={"token": token})  # the link page's button
+        assert r.status_code == 200 and "E-mail confirmed" in r.text, r.text[:2000]
+        r = b.request("POST", "/login", data={"email": email, "password": PASSWORD})
+        assert r.status_code == 303 and r.headers["location"] == "/security", (r.status_code, r.headers.get("location"))
+        totp = None
+        if second_factor:
+            setup = b.request("POST", "/security/totp/begin", data={"csrf_token": csrf_of(b.request("GET", "/security").text)}).text
+            secret = re.search(r'id="totp-secret"[^>]*>([A-Z2-7]+)<', setup)
+            assert secret, setup[:2000]
+            totp = pyotp.TOTP(secret.group(1))
+            r = b.request("POST", "/security/totp/confirm", data={"csrf_token": csrf_of(setup), "code": totp.now()})
+            assert r.status_code == 200 and 'id="recovery-codes"' in r.text, r.text[:2000]
+        if second_factor and confirm:
+            token = parse_qs(urlsplit(mailed_link(b, email, "/security/confirm-factor")).query)["token"][0]
+            r = b.request("POST", "/security/confirm-factor", data={"token": token})
+            assert r.status_code == 200 and "Second factor confirmed" in r.text, r.text[:2000]
+        host = urlsplit(base).hostname
+        # as the server set them (`__Host-`: Secure, path /, no Domain; Chromium holds loopback secure)
+        context.add_cookies([{"name": name, "value": value, "domain": host, "path": "/", "secure": True, "httpOnly": True,
+                              "sameSite": "Strict"} for name, value in b.cookies.items()])
+    finally:
+        b.http.close()
+    return totp
+
+
 def last_seq(server) -> int:
     return httpx.get(server.base + "/readyz").json()["last_seq"]
 
@@ -248,7 +289,7 @@ def test_cross_site_and_token_less_requests_are_refused_and_change_nothing(serve
     context = browser.new_context()
     page = context.new_page()
     base = server.web
-    sign_up_verify_and_enable_totp(page, base, "victim@example.com")
+    sign_up_by_http(context, base, "victim@example.com")
     page.goto(base + "/")
     expect(page.locator("#whoami")).to_have_text("signed in as victim@example.com")
     page.click("#demo-funds")
@@ -311,19 +352,7 @@ def test_without_a_second_factor_the_session_reads_but_does_not_trade(server, br
     page = context.new_page()
     base = server.web
     email = "reader@example.com"
-    page.goto(base + "/signup")
-    page.fill("#email", email)
-    page.fill("#password", PASSWORD)
-    page.click("#signup")
-    wait_for_mail(page, base, email)
-    page.locator(f'section.mail[data-to="{email}"] a[href*="/verify-email?token="]').first.click()
-    page.click("#verify-email")
-    expect(page.locator("h1")).to_have_text("E-mail confirmed")
-    page.goto(base + "/login")
-    page.fill("#email", email)
-    page.fill("#password", PASSWORD)
-    page.click("#signin")
-    page.wait_for_url(base + "/security")
+    sign_up_by_http(context, base, email, second_factor=False)  # signed in, no second factor (the pages: test_newcomer_...)
     page.goto(base + "/")
     expect(page.locator("#whoami")).to_have_text(f"signed in as {email}")
     expect(page.locator("#trade-hint")).to_be_visible()
@@ -359,7 +388,7 @@ def test_session_requests_are_weighed_per_session(tmp_path, browser):
         web = srv.base.replace("127.0.0.1", "localhost")
         context = browser.new_context()
         page = context.new_page()
-        sign_up_verify_and_enable_totp(page, web, "busy@example.com")
+        sign_up_by_http(context, web, "busy@example.com")
         page.goto(web + "/dev/mail")  # a page of the exchange's origin that makes no session calls itself
         early_in_a_window()
         statuses = page.evaluate("""async () => {
@@ -384,7 +413,7 @@ def test_a_first_second_factor_counts_only_after_the_email_confirmation(server, 
     page = context.new_page()
     base = server.web
     email = "pending-2fa@example.com"
-    sign_up_verify_and_enable_totp(page, base, email, confirm=False)
+    sign_up_by_http(context, base, email, confirm=False)  # the factor's set-up clicked through: test_newcomer_...
     page.goto(base + "/security")
     expect(page.locator("#factor-pending")).to_contain_text("not confirmed yet")
     page.goto(base + "/")

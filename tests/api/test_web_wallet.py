@@ -1,7 +1,8 @@
 """The wallet pages of the dashboard against a real `ringfence serve --demo` process, in Debian's
 Chromium (Playwright), on the signed-in web session (issue 15, items 3 and 4):
 
-a newcomer signs up (as in test_web_session.py) → Withdraw: adds a withdrawal address with a TOTP
+a newcomer signs up (the sign-up's forms posted over HTTP, its session put into the browser: test_web_session.py
+clicks through them) → Withdraw: adds a withdrawal address with a TOTP
 code, the e-mail at /dev/mail (with the anti-phishing code) carries the link that adds it → the entry
 cools (short cooling period via env), and meanwhile → Deposit: the BTC address and its QR code → the
 test pays it with `ringfence chain pay` → the page shows the confirmations progressing to credited
@@ -30,7 +31,7 @@ from playwright.sync_api import expect
 from ringfence.identity.second_factor import TOTP_DRIFT_STEPS, TOTP_STEP_S
 
 from .conftest import Server, cli, invoke
-from .test_web_session import IMG, browser, last_seq, sign_up_verify_and_enable_totp, wait_for_mail  # noqa: F401 (fixture)
+from .test_web_session import IMG, browser, last_seq, sign_up_by_http  # noqa: F401 (fixture)
 
 # The lock after a security change (here: the address-book change itself) must still hold when the page
 # first tries to withdraw, and the cooling must outlast it long enough to be seen: with a 12 s lock and
@@ -106,7 +107,7 @@ def latest_mail(page, base: str, to: str, subject: str, timeout_s: float = 30):
 def test_newcomer_deposits_adds_an_address_and_withdraws_on_the_wallet_pages(server, browser):  # noqa: F811
     context, page, errors = new_page(browser)
     base, email = server.web, "saver@example.com"
-    totp = sign_up_verify_and_enable_totp(page, base, email)
+    totp = sign_up_by_http(context, base, email)  # the sign-up's pages: test_web_session.py
     fresh_code.last_step = int(time.time()) // TOTP_STEP_S  # type: ignore[attr-defined]  # at or after the code that turned TOTP on
     page.goto(base + "/security")  # an anti-phishing code, so the e-mails below can be told from a phish
     page.fill("#apc-code", "SAVER-42")
@@ -349,14 +350,15 @@ def test_a_quarantined_deposit_gets_its_source_of_funds_declaration_on_the_depos
     changes nothing; a real one is filed (the row's info says so, and the journal has it)."""
     context, page, errors = new_page(browser)
     base, email = server.web, "declarer@example.com"
-    sign_up_verify_and_enable_totp(page, base, email)
+    sign_up_by_http(context, base, email)
     page.goto(base + "/wallet/deposit")
     expect(page.locator("#whoami")).to_have_text(f"signed in as {email}")
     page.select_option("#dep-coin", "ETH")
     expect(page.locator("#dep-address")).to_have_text(re.compile(r"^0x[0-9a-fA-F]{40}$"))
     address = page.inner_text("#dep-address")
     expect(page.locator("#sof")).to_be_hidden()
-    paid = cli("chain", "pay", "--data", str(server.data), "--asset", "ETH", "--to", address, "--amount", "0.2", "--from", "tainted")
+    # in this process (`invoke`: no interpreter start); the newcomer's test pays as a process (`cli`)
+    paid = invoke("chain", "pay", "--data", str(server.data), "--asset", "ETH", "--to", address, "--amount", "0.2", "--from", "tainted")
     assert paid.returncode == 0, paid.stderr
     txid = paid.stdout.strip()
     row = page.locator(f'#deposits tr[data-txid="{txid}"]')
@@ -371,7 +373,7 @@ def test_a_quarantined_deposit_gets_its_source_of_funds_declaration_on_the_depos
     expect(page.locator("#sof-status")).to_contain_text("declaration")
     expect(page.locator("#sof-status")).to_contain_text("10 characters")
     # a refused declaration journals nothing (other workers may journal meanwhile: the deposit's own confirmations)
-    later = cli("journal", "sources", str(server.data), "--from-seq", str(before + 1))
+    later = invoke("journal", "sources", str(server.data), "--from-seq", str(before + 1))
     assert later.returncode == 0, later.stderr
     tags = [json.loads(line)["command"] for line in later.stdout.splitlines() if line.strip()]
     assert not [t for t in tags if "source_of_funds" in t], tags
@@ -390,7 +392,7 @@ def test_adding_an_address_before_the_first_factor_is_confirmed_says_to_open_the
     says to confirm the e-mailed link (in the page's language), not an unknown error; nothing is added."""
     context, page, errors = new_page(browser)
     base, email = server.web, "unconfirmed@example.com"
-    totp = sign_up_verify_and_enable_totp(page, base, email, confirm=False)
+    totp = sign_up_by_http(context, base, email, confirm=False)
     fresh_code.last_step = int(time.time()) // TOTP_STEP_S  # type: ignore[attr-defined]  # the code that turned TOTP on
     page.goto(base + "/wallet/withdraw")
     page.select_option("#lang-select", "de")  # the message is the catalogue's (English: the msgid itself)
@@ -429,11 +431,12 @@ def test_the_lock_message_states_the_configured_duration() -> None:
 
 
 def test_chain_pay_names_the_field_once(server) -> None:
-    """`ringfence chain pay` refusals name the field once ("amount: exponent ...", not "amount: amount: ...")."""
+    """`ringfence chain pay` refusals name the field once ("amount: exponent ...", not "amount: amount: ...").
+    In this process (`invoke`); the newcomer's test runs `chain pay` as a process."""
     dest = outside_addresses(server.data)
-    bad_amount = cli("chain", "pay", "--data", str(server.data), "--asset", "BTC", "--to", dest["BTC"], "--amount", "1e3")
+    bad_amount = invoke("chain", "pay", "--data", str(server.data), "--asset", "BTC", "--to", dest["BTC"], "--amount", "1e3")
     assert bad_amount.returncode == 2 and bad_amount.stderr.startswith("error: amount: exponent notation"), bad_amount.stderr
-    wrong_chain = cli("chain", "pay", "--data", str(server.data), "--asset", "BTC", "--to", dest["ETH"], "--amount", "0.1")
+    wrong_chain = invoke("chain", "pay", "--data", str(server.data), "--asset", "BTC", "--to", dest["ETH"], "--amount", "0.1")
     assert wrong_chain.returncode == 2 and wrong_chain.stderr.startswith("error: to: looks like an Ethereum address"), \
         wrong_chain.stderr
 
@@ -469,7 +472,7 @@ def test_the_withdraw_page_says_withdrawals_are_locked_after_a_security_change_a
     withdrawal is tried, naming the change and the lock's end (as /session/v3/me reports it)."""
     context, page, errors = new_page(browser)
     base, email = server.web, "locked@example.com"
-    sign_up_verify_and_enable_totp(page, base, email)
+    sign_up_by_http(context, base, email)
     page.goto(base + "/security")
     page.fill("#apc-code", "LOCK-77")
     changed_s = time.time()
@@ -517,7 +520,7 @@ def test_signing_in_from_the_wallet_returns_to_the_wallet_and_next_is_a_path_on_
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     page = context.new_page()
     base, email = server.web, "returner@example.com"
-    totp = sign_up_verify_and_enable_totp(page, base, email)
+    totp = sign_up_by_http(context, base, email)
     fresh_code.last_step = int(time.time()) // TOTP_STEP_S  # type: ignore[attr-defined]
     context.clear_cookies()
     page.goto(base + "/wallet/withdraw")

@@ -20,7 +20,7 @@ from ringfence.identity import api_keys
 from ringfence.identity.web import create_app
 from ringfence.store.models import User
 
-from .conftest import PASSWORD, confirm_first_factor_by_mail, outbox
+from .conftest import PASSWORD, confirm_first_factor_by_mail, outbox, register
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -149,7 +149,7 @@ def test_passkey_registration_and_sign_in(ctx, clock, server, browser):
     cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
         "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
         "isUserVerified": True, "automaticPresenceSimulation": True}})
-    sign_up_and_verify(ctx, page, server, "passkey@example.com")
+    register(ctx, "passkey@example.com")  # the sign-up's pages: test_sign_up_totp_sign_in_api_key_and_anti_phishing
     sign_in(page, server, "passkey@example.com")
     page.fill("#passkey-label", "Laptop key")
     page.click("#add-passkey")
@@ -183,7 +183,7 @@ def test_csrf_stolen_cookie_and_script_laden_agent(ctx, clock, server, browser):
     page = victim.new_page()
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    sign_up_and_verify(ctx, page, server, "csrf@example.com")
+    register(ctx, "csrf@example.com")  # the sign-up's pages: test_sign_up_totp_sign_in_api_key_and_anti_phishing
     sign_in(page, server, "csrf@example.com")
 
     # CSRF: a request carrying the victim's cookie but no valid token is refused and changes nothing.
@@ -229,8 +229,6 @@ def test_oversized_form_rejected(ctx, server, browser):
 
 def test_cross_site_login_post_refused(ctx, server, browser):
     """Login CSRF: a form on another site posting to /login is refused by its Origin."""
-    from .conftest import register
-
     register(ctx, "origin@example.com")
     context = browser.new_context()
     page = context.new_page()
@@ -248,7 +246,7 @@ def test_change_password_in_security_centre(ctx, server, browser):
     laptop = browser.new_context()
     phone = browser.new_context()
     page, other = laptop.new_page(), phone.new_page()
-    sign_up_and_verify(ctx, page, server, "pw@example.com")
+    register(ctx, "pw@example.com")  # the sign-up's pages: test_sign_up_totp_sign_in_api_key_and_anti_phishing
     sign_in(page, server, "pw@example.com")
     sign_in(other, server, "pw@example.com")
     page.fill("#current-password", "wrong current password")
@@ -286,7 +284,7 @@ def test_register_an_ed25519_public_key_in_the_security_centre(ctx, clock, serve
 
     context = browser.new_context()
     page = context.new_page()
-    sign_up_and_verify(ctx, page, server, email="ed@example.com")
+    register(ctx, "ed@example.com")  # the sign-up's pages: test_sign_up_totp_sign_in_api_key_and_anti_phishing
     sign_in(page, server, email="ed@example.com")
     page.click("#setup-totp")
     totp = pyotp.TOTP(page.inner_text("#totp-secret"))
