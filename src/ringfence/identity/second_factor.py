@@ -32,7 +32,7 @@ import pyotp
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-# `webauthn` (about 0.15 s of CPU to import) is imported inside the four passkey functions: every `serve` and
+# `webauthn` (0.1-0.15 s of CPU to import) is imported inside the four passkey functions: every `serve` and
 # many CLI processes import this module, few of them ever see a passkey
 
 from ..errors import AuthenticationFailed, Conflict, NotFound, RateLimited, RingfenceError, ValidationError
