@@ -28,7 +28,7 @@ import pytest
 from ringfence.solvency.pol_verifier import check_root_document, verify_proof
 from ringfence.solvency.reserves import load_claims
 
-from .conftest import Server, invoke
+from .conftest import Server, cli, invoke
 from .test_rest import signed_query
 
 ENV = {
@@ -96,7 +96,7 @@ def test_live_proofs_prove_the_custody_wallets_at_pinned_heights(live: Server) -
     btc_dep, eth_dep = deposit_address(srv, alice, "BTC"), deposit_address(srv, alice, "ETH")
     # deposits on chain: the deposit addresses hold coins (USDT stays in the deposit address)
     for asset, to, amount in (("BTC", btc_dep, "0.3"), ("ETH", eth_dep, "2"), ("USDT", eth_dep, "50")):
-        paid = invoke("chain", "pay", "--data", str(srv.data), "--asset", asset, "--to", to, "--amount", amount)
+        paid = cli("chain", "pay", "--data", str(srv.data), "--asset", asset, "--to", to, "--amount", amount)
         assert paid.returncode == 0, paid.stderr
     start = history(srv)[-1]["n"]
 
@@ -265,9 +265,9 @@ def test_fees_reach_the_shield_vault_on_chain_and_in_the_ledger(live: Server) ->
 
 def test_chain_balance_at_a_height_refuses_bad_heights(live: Server) -> None:
     vault = httpx.get(live.base + "/readyz", timeout=10).json()["custody"]["shield"]["routes"][0]["vault_address"]
-    above = invoke("chain", "balance", "--data", str(live.data), "--asset", "BTC", "--address", vault, "--height", "999999999")
+    above = cli("chain", "balance", "--data", str(live.data), "--asset", "BTC", "--address", vault, "--height", "999999999")
     assert above.returncode == 2 and "height" in above.stderr and "tip" in above.stderr, above.stderr
-    negative = invoke("chain", "balance", "--data", str(live.data), "--asset", "BTC", "--address", vault, "--height", "-1")
+    negative = cli("chain", "balance", "--data", str(live.data), "--asset", "BTC", "--address", vault, "--height", "-1")
     assert negative.returncode == 2 and "--height" in negative.stderr, negative.stderr
     admin = json.loads((live.data / "custody" / "admin.json").read_text())
     r = httpx.get(admin["url"] + "/v1/demo/chain/balance", params={"asset": "BTC", "address": vault, "height": "1e3"},
