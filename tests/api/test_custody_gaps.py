@@ -20,7 +20,7 @@ import httpx
 from ringfence.app import new_node
 from ringfence.custody.commands import custody_state
 
-from .conftest import Server, cli
+from .conftest import Server, invoke  # the commands in this process: `chain pay` and `halts` run as processes in test_capital.py, test_console_live.py
 from .test_capital import signed, wait_for, withdraw_key
 
 SLOW = {"RINGFENCE_CUSTODY_BLOCK_INTERVAL_MS": "2500", "RINGFENCE_CUSTODY_POLL_MS": "150"}
@@ -44,7 +44,7 @@ def test_a_deposit_not_final_at_a_restart_becomes_final_and_an_asset_halt_holds_
     try:
         address = signed(srv, key, "GET", "/sapi/v1/capital/deposit/address", {"coin": "ETH"}).json()["address"]
         before = _eth(srv, key)
-        paid = cli("chain", "pay", "--data", str(data), "--asset", "ETH", "--to", address, "--amount", "0.25")
+        paid = invoke("chain", "pay", "--data", str(data), "--asset", "ETH", "--to", address, "--amount", "0.25")
         assert paid.returncode == 0, paid.stderr
         txid = paid.stdout.strip()
         wait_for("the deposit to be credited (status 6)", lambda: (r := _row(srv, key, txid)) and r["status"] == 6)
@@ -68,10 +68,10 @@ def test_a_deposit_not_final_at_a_restart_becomes_final_and_an_asset_halt_holds_
         # confirmations (ObserveDeposit names no wallet, so the deposit is still seen) ...
         staff = f"{data / 'demo-staff.json'}"
         url = ("--url", again.base)
-        out = cli("halts", "raise", "eth-test", "--scope-kind", "asset", "--scope", "ETH@eth_deposit", "--level", "HALTED",
+        out = invoke("halts", "raise", "eth-test", "--scope-kind", "asset", "--scope", "ETH@eth_deposit", "--level", "HALTED",
                   "--reason", "test", "--key", staff + "#ada", *url)
         assert out.returncode == 0, out.stderr
-        paid = cli("chain", "pay", "--data", str(data), "--asset", "ETH", "--to", address, "--amount", "0.1")
+        paid = invoke("chain", "pay", "--data", str(data), "--asset", "ETH", "--to", address, "--amount", "0.1")
         assert paid.returncode == 0, paid.stderr
         second = paid.stdout.strip()
         held = wait_for("the halted deposit to reach its confirmations", lambda: (r := _row(again, key, second))
@@ -81,7 +81,7 @@ def test_a_deposit_not_final_at_a_restart_becomes_final_and_an_asset_halt_holds_
         # ... and the watcher is not stopped by the refusal: it keeps running for everything else
         workers = httpx.get(again.base + "/readyz").json()["custody"]["workers"]
         assert workers["deposits-ethereum"]["state"] == "running", workers
-        out = cli("halts", "lift", "eth-test", "--reason", "done", "--key", staff + "#ada", "--key", staff + "#ben", *url)
+        out = invoke("halts", "lift", "eth-test", "--reason", "done", "--key", staff + "#ada", "--key", staff + "#ben", *url)
         assert out.returncode == 0, out.stderr
         wait_for("the deposit to be credited after the lift", lambda: (r := _row(again, key, second)) and r["status"] == 1, 30)
         assert _eth(again, key) == before + Decimal("0.35")

@@ -154,7 +154,7 @@ def test_live_proofs_prove_the_custody_wallets_at_pinned_heights(live: Server) -
                 assert int(rows[asset]["reserves_minor"]) == held, (asset, rows[asset], held)
                 assert rows[asset]["coverage_bp"] == held * 10_000 // liabilities[asset], rows[asset]
     # the tip moved on since: reading at the pinned height is what makes the numbers reproducible
-    assert all(p["chain_heights"]["bitcoin"] < httpx.get(srv.base + "/readyz").json()["custody"]["chains"]["bitcoin"]
+    assert all(p["chain_heights"]["bitcoin"] < httpx.get(srv.base + "/readyz", timeout=10).json()["custody"]["chains"]["bitcoin"]
                for p in proofs[-2:])
     # every proof the live server published passes the stdlib verifier
     for p in history(srv):

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from sqlalchemy import create_engine, text
 
-from api.conftest import Server
+from api.conftest import Server, invoke
 from pgtest import profile_database_url
 from ringfence.app import replay_journal
 from ringfence.backup import MANIFEST, BackupInvalid, _pg, create_backup, render_manifest, restore_backup, verify_backup
@@ -77,7 +77,7 @@ def test_backup_of_a_live_server_under_load_verifies_and_restores(tmp_path):
             time.sleep(0.05)
         # on the suite's PostgreSQL profile (tests/pgtest.py) the server's identity is in a database
         on_pg = {} if srv.database_url.startswith("sqlite") else {"RINGFENCE_DATABASE_URL": srv.database_url}
-        rf("backup", "create", "--data", str(srv.data), "--to", str(tmp_path / "bk"), env=on_pg)
+        rf("backup", "create", "--data", str(srv.data), "--to", str(tmp_path / "bk"), env=on_pg, process=True)
         time.sleep(0.5)
     finally:
         stop.set()
@@ -90,7 +90,7 @@ def test_backup_of_a_live_server_under_load_verifies_and_restores(tmp_path):
         assert len(placed) > 5 and manifest["last_seq"] > 56, (len(placed), manifest["last_seq"])
         # the trust file names the node's key (its data directory's node.key): kept apart from the backups
         trust = str(trust_file_for(srv.data, tmp_path / "trusted-nodes.json"))
-        out = rf("backup", "verify", str(tmp_path / "bk"), "--trust", trust).stdout
+        out = rf("backup", "verify", str(tmp_path / "bk"), "--trust", trust, process=True).stdout
         assert "backup verify: OK" in out and manifest["state_hash"] in out
         assert manifest["signer"]["public_key"] in (tmp_path / "trusted-nodes.json").read_text()
         # the backup is a byte-identical prefix of the live journal: replaying the server's own
@@ -108,7 +108,7 @@ def test_backup_of_a_live_server_under_load_verifies_and_restores(tmp_path):
     assert (restored.last_seq, restored.state_hash()) == (inside, at_inside.state_hash())
     full_url = profile_database_url(tmp_path / "full")  # the database the Server below will use, if any
     rf("backup", "restore", str(tmp_path / "bk"), "--trust", trust, "--to", str(tmp_path / "full"),
-       env={"RINGFENCE_DATABASE_URL": full_url} if full_url else None)
+       env={"RINGFENCE_DATABASE_URL": full_url} if full_url else None, process=True)
     again = Server(tmp_path / "full", demo=False)
     try:
         ready = httpx.get(again.base + "/readyz", timeout=5).json()
@@ -212,8 +212,10 @@ def test_point_in_time_restore_equals_replay_to_that_sequence(demo_node, tmp_pat
 
 
 def test_every_backup_command_has_help_with_an_example():
+    # in this process (`invoke`): each of them runs as a real process in this file's other tests
     for sub in ("create", "verify", "restore", "trust-entry"):
-        assert "Example: ringfence backup " + sub in rf("backup", sub, "--help").stdout
+        res = invoke("backup", sub, "--help")
+        assert res.returncode == 0 and "Example: ringfence backup " + sub in res.stdout, res.stdout + res.stderr
 
 
 @pytest.fixture(scope="module")
@@ -248,9 +250,9 @@ def test_postgresql_identity_is_dumped_verified_and_restored_into_a_new_database
                                str(tmp_path / "restored")], capture_output=True, text=True, timeout=300, env=env_dst)
         assert proc.returncode == 0 and "restored with pg_restore" in proc.stdout, proc.stdout + proc.stderr
         # a second restore into the now-used database is refused before anything is written
-        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "backup", "restore", str(tmp_path / "bk"), "--trust", trust, "--to",
-                               str(tmp_path / "again")], capture_output=True, text=True, timeout=300, env=env_dst)
-        assert proc.returncode == 1 and "already holds identity tables" in proc.stdout + proc.stderr
+        again_proc = rf("backup", "restore", str(tmp_path / "bk"), "--trust", trust, "--to", str(tmp_path / "again"), check=False,
+                        env={"RINGFENCE_DATABASE_URL": target_url})
+        assert again_proc.returncode == 1 and "already holds identity tables" in again_proc.stdout + again_proc.stderr
         assert not (tmp_path / "again" / "engine").exists()
         again = Server(tmp_path / "restored", demo=False, env={"RINGFENCE_DATABASE_URL": target_url})
         try:

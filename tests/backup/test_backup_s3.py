@@ -84,7 +84,7 @@ def test_backup_of_a_live_server_to_s3_verifies_and_restores_point_in_time(tmp_p
             proc = invoke(*args, env={**env, **(extra or {})})
             assert proc.returncode == 0 or not check, proc.stdout + proc.stderr
         else:
-            proc = rf(*args, check=check, env={**env, **(extra or {})})
+            proc = rf(*args, check=check, env={**env, **(extra or {})}, process=True)
         outputs.append(proc.stdout + proc.stderr)
         return proc
 
@@ -93,7 +93,9 @@ def test_backup_of_a_live_server_to_s3_verifies_and_restores_point_in_time(tmp_p
     loader = threading.Thread(target=_place_orders, args=(srv, stop, placed))
     loader.start()
     try:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60  # orders placed before the backup starts (as test_backup.py; not a fixed 1 s)
+        while len(placed) < 6 and loader.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
         on_pg = {} if srv.database_url.startswith("sqlite") else {"RINGFENCE_DATABASE_URL": srv.database_url}
         out = run("backup", "create", "--data", str(srv.data), "--to", f"s3://{BUCKET}/nightly/one", extra=on_pg).stdout
         time.sleep(0.5)

@@ -228,7 +228,7 @@ def test_a_backup_inside_the_data_directory_it_backs_up_is_refused(demo_node, tm
 def test_trust_entry_prints_the_key_that_signs_a_nodes_backups(demo_node, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(demo_node, data / "engine")
-    out = rf("backup", "trust-entry", "--data", str(data), "--node-id", "primary-a").stdout
+    out = rf("backup", "trust-entry", "--data", str(data), "--node-id", "primary-a", process=True).stdout
     key = load_key(data / "node.key")  # made on first use, in the data directory beside engine/
     assert json.loads(out) == {"primary-a": public_hex(key)}
     trust = write_trust(tmp_path / "trusted-nodes.json", json.loads(out))
@@ -250,7 +250,7 @@ def test_a_missing_boto3_names_the_option_of_each_command_and_the_s3_extra(demo_
     for args, field in ((["verify", "s3://rf-backups/x", "--trust", str(trust_file)], "BACKUPDIR"),
                         (["restore", "s3://rf-backups/x", "--trust", str(trust_file), "--to", str(tmp_path / "r")], "BACKUPDIR"),
                         (["create", "--data", str(demo_node), "--to", "s3://rf-backups/x"], "--to")):
-        proc = rf("backup", *args, check=False, env=env)
+        proc = rf("backup", *args, check=False, env=env, process=True)  # a process: boto3 hidden by its PYTHONPATH
         assert proc.returncode == 1, proc.stderr
         text = " ".join(proc.stderr.split())
         assert f"{field}: an s3:// location needs boto3" in text and "pip install 'ringfence[s3]'" in text, text

@@ -31,21 +31,9 @@ from dataclasses import dataclass
 import pyotp
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
-from webauthn import (
-    generate_authentication_options,
-    generate_registration_options,
-    options_to_json,
-    verify_authentication_response,
-    verify_registration_response,
-)
-from webauthn.helpers import base64url_to_bytes
-from webauthn.helpers.exceptions import InvalidAuthenticationResponse, InvalidRegistrationResponse, InvalidJSONStructure
-from webauthn.helpers.structs import (
-    AuthenticatorSelectionCriteria,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
+
+# `webauthn` (0.1-0.15 s of CPU to import) is imported inside the four passkey functions: every `serve` and
+# many CLI processes import this module, few of them ever see a passkey
 
 from ..errors import AuthenticationFailed, Conflict, NotFound, RateLimited, RingfenceError, ValidationError
 from ..store.models import EmailToken, RecoveryCode, User, WebAuthnChallenge, WebAuthnCredential
@@ -305,6 +293,14 @@ def begin_passkey_registration(ctx: IdentityContext, token: object) -> str:
         existing = db.scalars(select(WebAuthnCredential).where(WebAuthnCredential.user_id == user.id).limit(PASSKEYS_PER_USER_MAX)).all()
         if len(existing) >= PASSKEYS_PER_USER_MAX:
             raise Conflict(f"at most {PASSKEYS_PER_USER_MAX} passkeys per account", field="passkey")
+        from webauthn import generate_registration_options, options_to_json
+        from webauthn.helpers.structs import (
+            AuthenticatorSelectionCriteria,
+            PublicKeyCredentialDescriptor,
+            ResidentKeyRequirement,
+            UserVerificationRequirement,
+        )
+
         options = generate_registration_options(
             rp_id=ctx.settings.identity_rp_id, rp_name=ctx.settings.identity_rp_name, user_name=user.email,
             user_id=user.account_id.encode(),
@@ -321,6 +317,9 @@ def finish_passkey_registration(
     ctx: IdentityContext, token: object, credential: object, *, label: object = "passkey", ip: object = "127.0.0.1"
 ) -> sessions.IssuedSession:
     """Verify the authenticator's attestation and store the passkey; rotates the session."""
+    from webauthn import verify_registration_response
+    from webauthn.helpers.exceptions import InvalidJSONStructure, InvalidRegistrationResponse
+
     cred_json = _credential_json(credential)
     name = validate_label(label)
     client_ip = validate_ip(ip)
@@ -379,6 +378,9 @@ def begin_passkey_challenge(ctx: IdentityContext, token: object, *, purpose: str
         creds = db.scalars(select(WebAuthnCredential).where(WebAuthnCredential.user_id == user.id).limit(PASSKEYS_PER_USER_MAX)).all()
         if not creds:
             raise NotFound("no passkey is registered on this account", field="passkey")
+        from webauthn import generate_authentication_options, options_to_json
+        from webauthn.helpers.structs import PublicKeyCredentialDescriptor, UserVerificationRequirement
+
         options = generate_authentication_options(
             rp_id=ctx.settings.identity_rp_id,
             allow_credentials=[PublicKeyCredentialDescriptor(id=c.credential_id) for c in creds],
@@ -422,6 +424,10 @@ def _verify_factor(
         record_event(db, user_id=user.id, kind="recovery_code_used", at_s=now)
         return None
     if method == "passkey":
+        from webauthn import verify_authentication_response
+        from webauthn.helpers import base64url_to_bytes
+        from webauthn.helpers.exceptions import InvalidAuthenticationResponse, InvalidJSONStructure
+
         cred_json = _credential_json(value)
         challenge = _take_challenge(ctx, db, user, purpose)
         try:
