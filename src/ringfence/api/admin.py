@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse
 
 from ..engine.core import CommandRejected
 from ..engine.node import rejection_error
-from ..errors import Forbidden, NotFound, RingfenceError, ValidationError
+from ..errors import Conflict, Forbidden, NotFound, RingfenceError, ValidationError
 from ..staff.decisions import StaffEntry, StaffSignature, parse_approval
 from ..staff.requests import RequestVerifier
 from .service import Exchange
@@ -337,7 +337,10 @@ def install_admin_pages(app: Any, identity_ctx: Any = None, exchange: Exchange |
 
 
 def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = None, monitor: Any = None,
-                       custody: Any = None, identity_ctx: Any = None) -> APIRouter:
+                       custody: Any = None, identity_ctx: Any = None,
+                       por_publisher: Callable[[], Any] | None = None) -> APIRouter:
+    """`por_publisher`: the serving process's `PorPublisher` once started (api/serve.py), or None
+    (proof of solvency is off or not started yet): POST /por/publish answers 409 then."""
     verifier = verifier or RequestVerifier()
     router = APIRouter(prefix=PREFIX, tags=["admin"])
 
@@ -477,6 +480,26 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
 
         approvals = _callers_approvals(caller, body)
         return await submit(LiftHaltSigned(halt_id, _text(body, "reason"), approvals))
+
+    # ---- proof of solvency (docs/por.md): one now, besides the schedule
+
+    @endpoint("POST", "/por/publish", "Publish a proof of solvency now (an operator; not a decision: no command is "
+              "journaled); answers the proof's history entry. A request for a snapshot whose proof is being built "
+              "(by the schedule or another request) joins that build and gets its entry")
+    async def publish_por(caller: str, body: dict[str, Any]) -> Any:
+        from ..staff import staff_of
+        from ..staff.decisions import OPERATOR
+
+        roles = exchange.read(lambda e: list(m.roles) if (m := staff_of(e).members.get(caller)) else [])
+        if OPERATOR not in roles:
+            raise Forbidden(f"publishing a proof of solvency is for operators; {caller!r} holds {roles or 'no role'}",
+                            field="X-RF-Staff")
+        publisher = por_publisher() if por_publisher is not None else None
+        if publisher is None:
+            raise Conflict("proof of solvency is off on this node (see its start-up log: RINGFENCE_POR_SECRET)",
+                           field="por")
+        entry = await asyncio.to_thread(publisher.publish)  # built off the event loop, unpaced (asked for now)
+        return {"entry": entry, "history": "/por/history"}
 
     # ---- withdrawals and deposits
 

@@ -1,7 +1,8 @@
 """Proof of solvency on a schedule: one proof every N seconds, each kept, listed in a history.
 
 Job: a worker inside `ringfence serve` calls `PorPublisher.publish()` at start and then every
-`RINGFENCE_POR_EVERY_S` seconds. One publication:
+`RINGFENCE_POR_EVERY_S` seconds; an operator asks for one now with `ringfence por publish-now`
+(POST /admin/v1/por/publish, api/admin.py). One publication:
 
 1. reads, through `Node.read` (a whole batch, never half a command), the liabilities snapshot and
    the shield fund's status — copies only; the publisher never changes engine state;
@@ -116,6 +117,7 @@ class PorPublisher:
         #: (`publish()`, the start-up one) is not paced
         self.pacer = pacer
         self.published = 0
+        self.joined = 0  # calls that joined a proof of their snapshot already being built
         self.failures = 0
         self.last_error = ""
         self._lock = threading.Lock()  # the publication swap: `n`, the folder into place, history.json
@@ -169,11 +171,13 @@ class PorPublisher:
         with self._builds_lock:
             build = self._builds.get(key)
             joined = build is not None
+            self.joined += joined
             if build is None:
                 if not self._builds:
                     self._sweep_temporary()
                 build = self._builds[key] = _Build()
         if joined:
+            log.info("por.joined", snapshot_id=key, position=snap.position, hurried=pacer is None)
             if pacer is None:
                 build.hurry.set()  # asked for now: the rest of that proof runs at full speed
             build.done.wait()
