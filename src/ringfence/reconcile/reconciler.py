@@ -27,8 +27,9 @@ Three checks, each naming what disagrees precisely (a `Mismatch` with its eviden
   raised again for the same evidence (the operators accepted exactly that discrepancy). A chain
   mismatch's id also names its *occurrence* (`Mismatch.occurrence`: the engine sequence of the pass
   that first saw it since a pass last saw that wallet whole, `Reconciler.chain_pass`): a lift
-  covers the shortfall while it lasts, and one of the very same amounts after the wallet was whole
-  again is a new occurrence, a new halt.
+  covers the shortfall while it lasts, and one of the very same amounts after a read found the wallet
+  whole again is a new occurrence, a new halt; the occurrences are kept in the incident store, so a
+  restart changes nothing.
 
 Everything here runs outside `apply` (it reads chains and files); it changes engine state only by
 submitting `Halt` commands, and reads the live engine only through `node.read` (between batches,
@@ -987,8 +988,21 @@ class IncidentStore:
                   id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
                   seq INTEGER NOT NULL, wallets INTEGER NOT NULL, accounts INTEGER NOT NULL,
                   mismatches INTEGER NOT NULL, notes TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS chain_occurrences (
+                  id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL);
                 """
             )
+
+    def load_occurrences(self) -> str | None:
+        """The chain mismatches' occurrences as of the last completed chain pass (`Reconciler._occurrence`),
+        as saved; None if no chain pass ever completed here."""
+        with self._connect() as db:
+            row = db.execute("SELECT doc FROM chain_occurrences WHERE id = 1").fetchone()
+        return None if row is None else str(row[0])
+
+    def save_occurrences(self, doc: str) -> None:
+        with self._lock, self._connect() as db:
+            db.execute("INSERT INTO chain_occurrences VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET doc=excluded.doc", (doc,))
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=5)
@@ -1051,6 +1065,21 @@ class _Run:
 
     occurrence: int
     halts: dict[tuple[int, int], int]
+
+
+def _runs_doc(runs: Mapping[tuple[str, str], _Run]) -> str:
+    """`Reconciler._runs` as saved in the incident store (amounts as decimal strings)."""
+    return json.dumps([{"kind": kind, "subject": subject, "occurrence": run.occurrence,
+                        "halts": [[str(e), str(a), occ] for (e, a), occ in sorted(run.halts.items())]}
+                       for (kind, subject), run in sorted(runs.items())], separators=(",", ":"))
+
+
+def _runs_of(doc: str) -> dict[tuple[str, str], _Run]:
+    out: dict[tuple[str, str], _Run] = {}
+    for item in json.loads(doc):
+        out[(str(item["kind"]), str(item["subject"]))] = _Run(
+            int(item["occurrence"]), {(int(e), int(a)): int(occ) for e, a, occ in item["halts"]})
+    return out
 
 
 class _HaltedOccurrences(NamedTuple):
@@ -1131,7 +1160,16 @@ class Reconciler:
         self._holding = False
         #: The occurrence each wallet in mismatch at the last completed chain pass is in, by (kind, subject)
         #: (`_occurrence`): a mismatch of a wallet not in it starts a new one. None before the first completed pass.
+        #: Saved in the incident store after each completed chain pass that changed it, so a restarted
+        #: reconciler knows which wallets the last pass found whole (a shortfall after that is a new
+        #: occurrence, even of amounts a quorum lifted before). None: no chain pass ever completed here.
         self._runs: dict[tuple[str, str], _Run] | None = None
+        self._saved_runs = self.incidents.load_occurrences()
+        if self._saved_runs is not None:
+            try:
+                self._runs = _runs_of(self._saved_runs)
+            except (ValueError, KeyError, TypeError):  # unreadable: as if no pass completed (the first pass's rule)
+                self._saved_runs = None
 
     def _pace(self, _folded: int = 0) -> None:
         if self._stopping is not None and self._stopping.is_set():
@@ -1183,6 +1221,9 @@ class Reconciler:
         # incident only, or a shortfall already halted or lifted by quorum must not make every later pass
         # one unpaced burst again)
         self._holding = any(_halts_anew(m, known) for m in mismatches)
+        # the wallets no read of this pass found whole (in that mismatch): their occurrences go on, even
+        # when the reads disagree on the amounts (nothing confirmed: the wallet was not seen whole)
+        lasting = {(m.kind, m.subject) for m in mismatches}
         for _ in range(self.settings.confirm_reads - 1):
             if not mismatches:
                 break
@@ -1193,34 +1234,45 @@ class Reconciler:
                                           occurrence=occurrence)
             keep = {m.halt_id for m in again}
             mismatches = [m for m in mismatches if m.halt_id in keep]
-        self._runs = {(m.kind, m.subject): runs[(m.kind, m.subject)] for m in mismatches}
+            lasting &= {(m.kind, m.subject) for m in again}
+        # an occurrence keeps the amounts it named before and those this pass confirmed: amounts only one
+        # read saw are no evidence (they would name a halt a later lift acknowledges, for amounts never confirmed)
+        confirmed = {(m.kind, m.subject, m.expected_minor, m.actual_minor) for m in mismatches}
+        kept: dict[tuple[str, str], _Run] = {}
+        for key in sorted(lasting):
+            run, before = runs[key], (self._runs or {}).get(key)
+            kept[key] = _Run(run.occurrence, {amounts: occ for amounts, occ in run.halts.items()
+                                              if (before is not None and amounts in before.halts) or key + amounts in confirmed})
+        self._runs = kept
+        doc = _runs_doc(self._runs)
+        if doc != self._saved_runs:
+            self.incidents.save_occurrences(doc)
+            self._saved_runs = doc
         return rows, mismatches
 
     def _occurrence(self, halted: "_HaltedOccurrences", runs: dict[tuple[str, str], "_Run"], kind: str, subject: str,
                     expected: int, actual: int) -> int:
         """The occurrence a chain mismatch's halt names (`runs`: this pass's, by kind and subject).
 
-        A wallet stays in one occurrence from the pass that finds it in mismatch until a pass finds it
-        whole. One that starts takes the occurrence of an active halt for the same evidence (that halt
-        is in force for it), else, on this reconciler's first pass (a restart: no pass of its own saw
-        the wallet whole), of the newest halt a quorum lifted for the same evidence, else a new one,
-        numbered by the engine's sequence at this pass. Within an occurrence, amounts seen before name
-        the halt they named then (active, or lifted: not raised again); new amounts name an active
-        halt for them if there is one, else the occurrence's own."""
+        A wallet stays in one occurrence from the pass that finds it in mismatch until a read finds it
+        whole (the occurrences are saved, so across restarts too). One that starts is new, numbered by
+        the engine's sequence at this pass. Within an occurrence, amounts seen before name the halt
+        they named then (active, or lifted: not raised again); new amounts name an active halt for
+        the same evidence if there is one (it is in force for them), else the occurrence's own. Only
+        where no chain pass ever completed (`_runs` None: nothing saved, e.g. the first start after
+        an upgrade) do new amounts with no active halt name the newest halt a quorum lifted for the
+        same evidence: nothing says the wallet was whole since."""
         evidence = (kind, subject, expected, actual)
         run = runs.get((kind, subject))
         if run is None:
             before = self._runs.get((kind, subject)) if self._runs is not None else None
-            if before is not None:
-                run = _Run(before.occurrence, dict(before.halts))
-            else:
-                start = halted.active.get(evidence)
-                if start is None and self._runs is None:
-                    start = halted.lifted.get(evidence)
-                run = _Run(halted.seq if start is None else start, {})
+            run = _Run(before.occurrence, dict(before.halts)) if before is not None else _Run(halted.seq, {})
             runs[(kind, subject)] = run
         if (expected, actual) not in run.halts:
-            run.halts[(expected, actual)] = halted.active.get(evidence, run.occurrence)
+            named = halted.active.get(evidence)
+            if named is None and self._runs is None:
+                named = halted.lifted.get(evidence)
+            run.halts[(expected, actual)] = run.occurrence if named is None else named
         return run.halts[(expected, actual)]
 
     def _heights(self) -> dict[str, int]:
