@@ -24,7 +24,7 @@ import pytest
 from ringfence.staff.console import AdminClient, AdminError, load_key
 
 from .conftest import Server, invoke
-from .por_gate_source import ENTERED, HOLD
+from .por_gate_source import ENTERED, FAIL, HOLD
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -82,6 +82,10 @@ def test_only_an_operator_may_and_nothing_is_published_on_a_refusal(srv: Server)
     assert out.returncode == 2 and "publishing a proof of solvency is for operators" in " ".join(out.stderr.split())
     unsigned = httpx.post(srv.base + "/admin/v1/por/publish", json={}, timeout=10)
     assert unsigned.status_code == 401, unsigned.text
+    with AdminClient(srv.base, load_key(_key(srv, "ada"))) as client:  # an operator, with a field it does not take
+        with pytest.raises(AdminError) as refused:
+            client.post("/por/publish", {"snapshot": "old"})
+    assert refused.value.http_status == 400 and refused.value.field == "body", refused.value
     assert _history(srv) == before
 
 
@@ -118,3 +122,99 @@ def test_two_requests_for_one_state_get_one_proof(srv: Server) -> None:
     after = _history(srv)
     assert after[:-1] == before and after[-1] == results["first"] and after[-1]["n"] == before[-1]["n"] + 1
     assert len(_entered(srv)) == entered + 1, "the proof of that state was built twice"
+
+
+def _publish_in_thread(srv: Server, staff_id: str, results: dict[str, Any]) -> threading.Thread:
+    def run() -> None:
+        try:
+            with AdminClient(srv.base, load_key(_key(srv, staff_id)), timeout_s=120) as client:
+                results[staff_id] = client.post("/por/publish", {})["entry"]
+        except AdminError as err:
+            results[staff_id] = err
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_request_for_another_state_while_a_requested_proof_is_built_is_refused(srv: Server) -> None:
+    """One requested build at a time: while ada's proof is held mid-build and the state moves on, ben's request
+    (another state: it cannot join) is answered 429 at once, reads and builds nothing; ada's is published.
+    (Was: ben's built a second full proof beside it, as would any number of requests.)"""
+    before, entered = _history(srv), len(_entered(srv))
+    hold = srv.data / HOLD
+    hold.touch()
+    results: dict[str, Any] = {}
+    try:
+        thread = _publish_in_thread(srv, "ada", results)
+        _wait(lambda: len(_entered(srv)) == entered + 1, "ada's proof to reach its reserve source", srv)
+        staff = str(srv.data / "demo-staff.json")
+        moved = invoke("halts", "raise", "por-busy-test", "--scope-kind", "asset", "--scope", "USDT", "--level",
+                       "WITHDRAWALS_PAUSED", "--reason", "a new state", "--key", staff + "#ada", "--url", srv.base)
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        with AdminClient(srv.base, load_key(_key(srv, "ben")), timeout_s=20) as client:
+            with pytest.raises(AdminError) as busy:
+                client.post("/por/publish", {})
+        assert busy.value.http_status == 429 and busy.value.code == "RF_POR_BUSY", busy.value
+        assert len(_entered(srv)) == entered + 1 and "ben" not in results
+    finally:
+        hold.unlink()
+    thread.join(120)
+    assert isinstance(results["ada"], dict), results
+    after = _history(srv)
+    assert after[:-1] == before and after[-1] == results["ada"]
+    lifted = invoke("halts", "lift", "por-busy-test", "--reason", "done", "--key", staff + "#ada", "--key", staff + "#ben",
+                    "--url", srv.base)
+    assert lifted.returncode == 0, lifted.stdout + lifted.stderr
+    # once it is published, a request builds again
+    out = invoke("por", "publish-now", "--key", _key(srv, "ben"), "--url", srv.base, "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["n"] == after[-1]["n"] + 1
+
+
+def test_a_build_that_fails_is_a_clear_error_to_its_caller_and_the_one_that_joined_it(srv: Server) -> None:
+    """A build that fails on an error of no ringfence type (its folder cannot be made, as on a full disk): the
+    request that built it and the one that joined it both get a 500 that says the proof was not built and
+    why, and nothing is published. (Was: a bare "Internal Server Error".)"""
+    before, entered = _history(srv), len(_entered(srv))
+    hold, fail = srv.data / HOLD, srv.data / FAIL
+    hold.touch()
+    results: dict[str, Any] = {}
+    threads = []
+    try:
+        threads.append(_publish_in_thread(srv, "ada", results))
+        _wait(lambda: len(_entered(srv)) == entered + 1, "ada's proof to reach its reserve source", srv)
+        joins = srv.log_text().count("por.joined")
+        threads.append(_publish_in_thread(srv, "ben", results))
+        _wait(lambda: srv.log_text().count("por.joined") == joins + 1, "ben's request to join ada's build", srv)
+        fail.touch()
+    finally:
+        hold.unlink()
+    for thread in threads:
+        thread.join(120)
+    fail.unlink()
+    for staff_id in ("ada", "ben"):
+        err = results[staff_id]
+        assert isinstance(err, AdminError) and err.http_status == 500, err
+        assert "nothing was published: FileExistsError" in err.message, err.message
+    assert _history(srv) == before
+    for stray in (srv.data / "por").glob(".tmp-*"):  # what the test put in the way
+        stray.unlink()
+    assert len(_entered(srv)) == entered + 1
+
+
+def test_a_cli_request_that_times_out_says_the_proof_may_still_be_published(srv: Server) -> None:
+    """--timeout-s shorter than the build: the command says the node did not answer in time and that the proof
+    may still come (was: "cannot reach URL: timed out", though the node was reached and published it)."""
+    before, entered = _history(srv), len(_entered(srv))
+    hold = srv.data / HOLD
+    hold.touch()
+    try:
+        out = invoke("por", "publish-now", "--key", _key(srv, "ada"), "--url", srv.base, "--timeout-s", "2")
+        assert out.returncode == 2, out.stdout + out.stderr
+        said = " ".join(out.stderr.split())
+        assert "did not answer within 2 s" in said and "may still be done" in said and "cannot reach" not in said, said
+    finally:
+        hold.unlink()
+    _wait(lambda: len(_history(srv)) == len(before) + 1, "the proof the timed-out request asked for", srv)
+    assert len(_entered(srv)) == entered + 1

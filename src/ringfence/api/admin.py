@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from typing import Any, Callable
 
 import msgspec
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -44,6 +45,10 @@ _CALLER: ContextVar[str] = ContextVar("ringfence_admin_caller", default="")
 
 PREFIX = "/admin/v1"
 MAX_BODY_BYTES = 65_536
+log = structlog.get_logger("ringfence.admin")
+#: POST /por/publish requests in flight at once (building one proof, or waiting for the one they joined):
+#: each holds a worker thread of the event loop's default pool (the console's session checks use it too)
+MAX_POR_REQUESTS = 4
 MAX_QUEUE = 500
 
 
@@ -483,10 +488,14 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
 
     # ---- proof of solvency (docs/por.md): one now, besides the schedule
 
+    por_requests = [0]  # POST /por/publish requests in flight (MAX_POR_REQUESTS)
+
     @endpoint("POST", "/por/publish", "Publish a proof of solvency now (an operator; not a decision: no command is "
               "journaled); answers the proof's history entry. A request for a snapshot whose proof is being built "
-              "(by the schedule or another request) joins that build and gets its entry")
+              "(by the schedule or another request) joins that build and gets its entry; one requested build at a "
+              "time (429 while another request's proof of a different state is being built)")
     async def publish_por(caller: str, body: dict[str, Any]) -> Any:
+        from ..errors import RateLimited
         from ..staff import staff_of
         from ..staff.decisions import OPERATOR
 
@@ -494,11 +503,26 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         if OPERATOR not in roles:
             raise Forbidden(f"publishing a proof of solvency is for operators; {caller!r} holds {roles or 'no role'}",
                             field="X-RF-Staff")
+        if body:
+            raise ValidationError(f"this request takes no fields (got {sorted(body)[:5]}); send {{}}", field="body")
         publisher = por_publisher() if por_publisher is not None else None
         if publisher is None:
             raise Conflict("proof of solvency is off on this node (see its start-up log: RINGFENCE_POR_SECRET)",
                            field="por")
-        entry = await asyncio.to_thread(publisher.publish)  # built off the event loop, unpaced (asked for now)
+        if por_requests[0] >= MAX_POR_REQUESTS:
+            raise RateLimited(f"{MAX_POR_REQUESTS} requests for a proof of solvency are in progress; retry once they "
+                              "are answered", field="por")
+        por_requests[0] += 1
+        try:  # built off the event loop, unpaced (asked for now)
+            entry = await asyncio.to_thread(publisher.publish, requested=True)
+        except RingfenceError:
+            raise
+        except Exception as exc:  # a failed build (a write, the tree): nothing was published (publisher.py); said
+            log.error("por.publish_failed", requested_by=caller, error=f"{type(exc).__name__}: {exc}"[:500])
+            raise RingfenceError(f"the proof of solvency was not built, nothing was published: {type(exc).__name__}: "
+                                 f"{exc}"[:500], field="por") from exc
+        finally:
+            por_requests[0] -= 1
         return {"entry": entry, "history": "/por/history"}
 
     # ---- withdrawals and deposits

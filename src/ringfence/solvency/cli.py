@@ -228,12 +228,14 @@ def publish_now(
     key: str = typer.Option(..., "--key", help="Your staff key (an operator): FILE, DIR/demo-staff.json#ID or pkcs11:TOKEN/LABEL#ID."),
     url: str = typer.Option(DEFAULT_URL, "--url", help="The running server (serve's address)."),
     as_json: bool = typer.Option(False, "--json", help="Print the proof's history entry as JSON."),
-    timeout_s: int = typer.Option(600, "--timeout-s", min=1, max=86_400, help="How long to wait for the proof."),
+    timeout_s: int = typer.Option(600, "--timeout-s", min=1, max=86_400, help="How long to wait for the proof (if it "
+                                  "does not come in time, it may still be published: see GET /por/history)."),
 ) -> None:
     """Publish a proof of solvency on a live node now, besides its schedule (a signed operator request,
     POST /admin/v1/por/publish); prints its number, position and coverage. If a proof of the same
     state is being built already (the schedule's, another operator's), this one waits for it and
-    prints that proof.
+    prints that proof; while another request's proof of a different state is being built, the node
+    refuses (429: retry once it is published).
 
     Example: ringfence por publish-now --key ./ringfence-data/serve/demo-staff.json#ada --url http://127.0.0.1:8000
     """
