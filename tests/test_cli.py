@@ -98,6 +98,14 @@ def test_verify_reports_corruption_with_exit_1(tmp_path):
     ],
 )
 def test_bad_cli_input_is_a_clear_error(args, message):
+    if args[0] == "serve":
+        # serve checks its port before its data folder: on its default port (8000), a server of anything
+        # else on this machine would be the error instead of the folder's. A port free a moment ago.
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            args = [*args, "--port", str(probe.getsockname()[1])]
     out = invoke(*args)
     assert out.returncode == 2
     assert message in out.stderr + out.stdout
