@@ -218,3 +218,24 @@ def test_a_cli_request_that_times_out_says_the_proof_may_still_be_published(srv:
         hold.unlink()
     _wait(lambda: len(_history(srv)) == len(before) + 1, "the proof the timed-out request asked for", srv)
     assert len(_entered(srv)) == entered + 1
+
+
+def test_a_replayed_or_stale_signed_request_publishes_nothing(srv: Server) -> None:
+    """The endpoint's signature check is every admin endpoint's (api/admin.py `endpoint`): the same signed
+    request sent twice publishes once (401 X-RF-Nonce the second time); one signed two minutes ago, none."""
+    from ringfence.staff.requests import request_message, signed_headers
+
+    key = load_key(_key(srv, "ada"))
+    path, body = "/admin/v1/por/publish", b"{}"
+    headers = {**signed_headers(key, "POST", path, "", body), "Content-Type": "application/json"}
+    before = _history(srv)
+    first = httpx.post(srv.base + path, content=body, headers=headers, timeout=120)
+    assert first.status_code == 200, first.text
+    replay = httpx.post(srv.base + path, content=body, headers=headers, timeout=120)
+    assert replay.status_code == 401 and replay.json()["field"] == "X-RF-Nonce", replay.text
+    ts, nonce = time.time_ns() // 1_000_000 - 120_000, "ab" * 16
+    stale = {"X-RF-Staff": "ada", "X-RF-Timestamp": str(ts), "X-RF-Nonce": nonce, "Content-Type": "application/json",
+             "X-RF-Signature": key.sign_bytes(request_message("POST", path, "", ts, nonce, body))}
+    old = httpx.post(srv.base + path, content=body, headers=stale, timeout=120)
+    assert old.status_code == 401 and old.json()["field"] == "X-RF-Timestamp", old.text
+    assert _history(srv) == [*before, first.json()["entry"]]

@@ -1246,8 +1246,12 @@ class Reconciler:
         self._runs = kept
         doc = _runs_doc(self._runs)
         if doc != self._saved_runs:
-            self.incidents.save_occurrences(doc)
-            self._saved_runs = doc
+            try:
+                self.incidents.save_occurrences(doc)
+                self._saved_runs = doc
+            except (sqlite3.Error, OSError) as err:  # kept in memory; saved on a later pass: never stops a halt
+                self.errors.append(f"occurrences not saved: {type(err).__name__}: {err}"[:500])
+                del self.errors[:-100]
         return rows, mismatches
 
     def _occurrence(self, halted: "_HaltedOccurrences", runs: dict[tuple[str, str], "_Run"], kind: str, subject: str,
