@@ -201,3 +201,52 @@ def test_a_lifted_halt_is_not_raised_again_for_the_same_evidence_but_a_new_loss_
     report = rec.run_once(internal=False)
     assert len(report.halts_submitted) == 1 and report.halts_submitted[0] != halt_id
     assert [h["level"] for h in active_halts(node.engine)] == ["WITHDRAWALS_PAUSED"]
+
+
+def test_a_shortfall_that_cleared_after_a_lift_and_comes_back_with_the_same_amounts_halts_again(node, eth, operators):
+    """A lift acknowledges one occurrence: while that shortfall lasts it is not raised again, but once a pass
+    saw the wallet whole, a shortfall of the very same amounts is a new occurrence and a new halt."""
+    from .conftest import desk_for
+
+    custody = SimCustody()
+    rec = _reconciler(node, eth, custody)
+    txid = _deposit(eth, custody, 5 * ONE_ETH)
+    _credit(node, custody, txid, 5 * ONE_ETH)
+    attacker = Account.from_key(bytes([0x66]) * 32).address
+    eth.adapter.broadcast(eth.dev.sign_transfer(eth.hot_key, attacker, ONE_ETH))
+    report = rec.run_once(internal=False)
+    [first] = report.mismatches
+    [halt_id] = report.halts_submitted
+    node.execute(desk_for(node, operators).lift(node.engine, halt_id, "loss under review", ["op1", "op2"]))
+    assert rec.run_once(internal=False).acknowledged == [halt_id]  # the same occurrence: not raised again
+    # a withdrawal recorded for exactly the missing amount covers it: the wallet is whole on the next pass
+    short = first.expected_minor - first.actual_minor
+    custody.in_flight[("ETH", "hot1")] = {"w-1": short}
+    clear = rec.run_once(internal=False)
+    assert clear.mismatches == [] and clear.chain_rows[0].status == "OK"
+    custody.in_flight.clear()  # that withdrawal failed: the very same amounts are missing again
+    again = rec.run_once(internal=False)
+    [m] = again.mismatches
+    assert (m.expected_minor, m.actual_minor) == (first.expected_minor, first.actual_minor)
+    assert again.halts_submitted == [m.halt_id] and m.halt_id != halt_id and again.acknowledged == []
+    assert [h["halt_id"] for h in active_halts(node.engine)] == [m.halt_id]
+    with pytest.raises(Halted, match="WITHDRAWALS_PAUSED"):
+        node.execute(SimRequestWithdrawal("ETH", "hot1", "alice", ONE_ETH))
+
+
+def test_a_restarted_reconciler_keeps_a_lasting_shortfall_s_halt_and_its_lift(node, eth, operators):
+    """A new reconciler (a restart) sees the shortfall that was halted and lifted, and one still halted, as
+    the same occurrences: it raises neither again (no pass of its own saw those wallets whole)."""
+    from .conftest import desk_for
+
+    custody = SimCustody()
+    txid = _deposit(eth, custody, 5 * ONE_ETH)
+    _credit(node, custody, txid, 5 * ONE_ETH)
+    attacker = Account.from_key(bytes([0x66]) * 32).address
+    eth.adapter.broadcast(eth.dev.sign_transfer(eth.hot_key, attacker, ONE_ETH))
+    [halt_id] = _reconciler(node, eth, custody).run_once(internal=False).halts_submitted
+    again = _reconciler(node, eth, custody).run_once(internal=False)  # restarted while it is halted
+    assert again.halts_submitted == [] and again.halts_already_active == [halt_id]
+    node.execute(desk_for(node, operators).lift(node.engine, halt_id, "loss under review", ["op1", "op2"]))
+    lifted = _reconciler(node, eth, custody).run_once(internal=False)  # restarted after the lift
+    assert lifted.halts_submitted == [] and lifted.acknowledged == [halt_id] and active_halts(node.engine) == []

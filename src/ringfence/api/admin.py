@@ -26,12 +26,13 @@ from contextvars import ContextVar
 from typing import Any, Callable
 
 import msgspec
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..engine.core import CommandRejected
 from ..engine.node import rejection_error
-from ..errors import Forbidden, NotFound, RingfenceError, ValidationError
+from ..errors import Conflict, Forbidden, NotFound, RingfenceError, ValidationError
 from ..staff.decisions import StaffEntry, StaffSignature, parse_approval
 from ..staff.requests import RequestVerifier
 from .service import Exchange
@@ -44,6 +45,10 @@ _CALLER: ContextVar[str] = ContextVar("ringfence_admin_caller", default="")
 
 PREFIX = "/admin/v1"
 MAX_BODY_BYTES = 65_536
+log = structlog.get_logger("ringfence.admin")
+#: POST /por/publish requests in flight at once (building one proof, or waiting for the one they joined):
+#: each holds a worker thread of the event loop's default pool (the console's session checks use it too)
+MAX_POR_REQUESTS = 4
 MAX_QUEUE = 500
 
 
@@ -337,7 +342,10 @@ def install_admin_pages(app: Any, identity_ctx: Any = None, exchange: Exchange |
 
 
 def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = None, monitor: Any = None,
-                       custody: Any = None, identity_ctx: Any = None) -> APIRouter:
+                       custody: Any = None, identity_ctx: Any = None,
+                       por_publisher: Callable[[], Any] | None = None) -> APIRouter:
+    """`por_publisher`: the serving process's `PorPublisher` once started (api/serve.py), or None
+    (proof of solvency is off or not started yet): POST /por/publish answers 409 then."""
     verifier = verifier or RequestVerifier()
     router = APIRouter(prefix=PREFIX, tags=["admin"])
 
@@ -477,6 +485,45 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
 
         approvals = _callers_approvals(caller, body)
         return await submit(LiftHaltSigned(halt_id, _text(body, "reason"), approvals))
+
+    # ---- proof of solvency (docs/por.md): one now, besides the schedule
+
+    por_requests = [0]  # POST /por/publish requests in flight (MAX_POR_REQUESTS)
+
+    @endpoint("POST", "/por/publish", "Publish a proof of solvency now (an operator; not a decision: no command is "
+              "journaled); answers the proof's history entry. A request for a snapshot whose proof is being built "
+              "(by the schedule or another request) joins that build and gets its entry; one requested build at a "
+              "time (429 while another request's proof of a different state is being built)")
+    async def publish_por(caller: str, body: dict[str, Any]) -> Any:
+        from ..errors import RateLimited
+        from ..staff import staff_of
+        from ..staff.decisions import OPERATOR
+
+        roles = exchange.read(lambda e: list(m.roles) if (m := staff_of(e).members.get(caller)) else [])
+        if OPERATOR not in roles:
+            raise Forbidden(f"publishing a proof of solvency is for operators; {caller!r} holds {roles or 'no role'}",
+                            field="X-RF-Staff")
+        if body:
+            raise ValidationError(f"this request takes no fields (got {sorted(body)[:5]}); send {{}}", field="body")
+        publisher = por_publisher() if por_publisher is not None else None
+        if publisher is None:
+            raise Conflict("proof of solvency is off on this node (see its start-up log: RINGFENCE_POR_SECRET)",
+                           field="por")
+        if por_requests[0] >= MAX_POR_REQUESTS:
+            raise RateLimited(f"{MAX_POR_REQUESTS} requests for a proof of solvency are in progress; retry once they "
+                              "are answered", field="por")
+        por_requests[0] += 1
+        try:  # built off the event loop, unpaced (asked for now)
+            entry = await asyncio.to_thread(publisher.publish, requested=True)
+        except RingfenceError:
+            raise
+        except Exception as exc:  # a failed build (a write, the tree): nothing was published (publisher.py); said
+            log.error("por.publish_failed", requested_by=caller, error=f"{type(exc).__name__}: {exc}"[:500])
+            raise RingfenceError(f"the proof of solvency was not built, nothing was published: {type(exc).__name__}: "
+                                 f"{exc}"[:500], field="por") from exc
+        finally:
+            por_requests[0] -= 1
+        return {"entry": entry, "history": "/por/history"}
 
     # ---- withdrawals and deposits
 

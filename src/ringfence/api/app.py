@@ -16,7 +16,7 @@ import time
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import structlog
 from fastapi import Depends, FastAPI, Request
@@ -364,7 +364,10 @@ def create_app(
     stp: tuple[str, dict[str, str]] = ("EXPIRE_TAKER", {}),
     fiat_rates: Any = None,
     rates_token: str = "",
+    por_publisher: Callable[[], Any] | None = None,
 ) -> FastAPI:
+    """`por_publisher`: the `PorPublisher` once `serve` started it (it starts after the app is built), or None;
+    POST /admin/v1/por/publish reaches it."""
     metrics = Metrics(exchange)
     monitor = None
     if identity_ctx is not None and monitoring_poll_ms:  # monitoring: the event stream and rules (docs/monitoring.md)
@@ -497,7 +500,8 @@ def create_app(
         app.include_router(build_chain_admin_router(custody, chain_admin_token))
     from .admin import build_admin_router, install_admin_pages  # staff console: signed requests and decisions (docs/staff.md)
 
-    app.include_router(build_admin_router(exchange, monitor=monitor, custody=custody, identity_ctx=identity_ctx))
+    app.include_router(build_admin_router(exchange, monitor=monitor, custody=custody, identity_ctx=identity_ctx,
+                                          por_publisher=por_publisher))
     install_admin_pages(app, identity_ctx, exchange)
     app.include_router(build_ws_router(hub))
     from .ws_api import build_ws_api_router  # Binance's WebSocket API: order entry at /ws-api/v3

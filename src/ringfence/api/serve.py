@@ -208,6 +208,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
     )
     from ..i18n.fiat import FiatRates, load_or_create_token
 
+    por_box: dict[str, Any] = {}  # the proof of solvency publisher, started below once the app is built
     app = create_app(
         exchange,
         gate,
@@ -228,12 +229,14 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         # display-only fiat rates (docs/i18n.md): the last pushed, or the demo's offline source
         fiat_rates=FiatRates.open(data, demo=demo),
         rates_token=load_or_create_token(data),
+        por_publisher=lambda: por_box.get("publisher"),
     )
     # proof of solvency on a schedule and the shield fund rule (issue 15, items 6-7; the block below).
     # The custody runtime proves its own wallets' reserves (signed by their signers, one height per
     # chain); its shield sweeper is one of its supervised workers (custody/runtime.py).
     sources = [custody.reserve_source(exchange.read)] if custody is not None else []  # type: ignore[attr-defined]
-    info["por"] = start_por_publisher(exchange, data, settings, reserve_sources=sources)
+    por = info["por"] = start_por_publisher(exchange, data, settings, reserve_sources=sources)
+    por_box.update(por)  # POST /admin/v1/por/publish reaches its publisher (api/admin.py)
     info["api_gate"] = gate  # serve --gateways: its authenticator teaches the gateways their keys (api/relay.py)
     register_por_metrics(app, exchange, data, settings)
     return app, exchange, info

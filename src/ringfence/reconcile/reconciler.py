@@ -24,7 +24,12 @@ Three checks, each naming what disagrees precisely (a `Mismatch` with its eviden
   the reconciler submits `Halt` with a halt id derived from the hash of the stable part of the
   evidence (idempotent: the same discrepancy is one halt, however often it is seen) and records an
   incident per mismatch in `DIR/reconcile/incidents.sqlite`. A halt id a quorum has lifted is not
-  raised again for the same evidence (the operators accepted exactly that discrepancy).
+  raised again for the same evidence (the operators accepted exactly that discrepancy). A chain
+  mismatch's id also names its *occurrence* (`Mismatch.occurrence`: the engine sequence of the pass
+  that first saw it since a pass last saw that wallet whole, `Reconciler.chain_pass`): a lift
+  covers the shortfall while it lasts, and one of the very same amounts after a read found the wallet
+  whole again is a new occurrence, a new halt; the occurrences are kept in the incident store, so a
+  restart changes nothing.
 
 Everything here runs outside `apply` (it reads chains and files); it changes engine state only by
 submitting `Halt` commands, and reads the live engine only through `node.read` (between batches,
@@ -42,6 +47,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from itertools import repeat
 from typing import Any, Callable, Collection, Iterable, Mapping, NamedTuple, Protocol, Sequence
@@ -204,6 +210,9 @@ class Mismatch:
     expected_minor: int
     actual_minor: int
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: A chain mismatch's occurrence (`Reconciler.chain_pass`): the engine sequence of the pass that first
+    #: saw it since that wallet was last seen whole; 0 for the checks that have none (the halt id omits it)
+    occurrence: int = 0
 
     @property
     def rule(self) -> Rule:
@@ -223,6 +232,7 @@ class Mismatch:
             "actual_minor": str(self.actual_minor),
             "delta_minor": str(self.delta_minor),
             "details": dict(self.details),
+            **({"occurrence": self.occurrence} if self.occurrence else {}),
         }
 
     def evidence_json(self) -> str:
@@ -230,11 +240,10 @@ class Mismatch:
 
     @property
     def halt_id(self) -> str:
-        """Deterministic from the stable part of the evidence (not the block height it was seen at)."""
-        stable = json.dumps(
-            [self.kind, self.rule.scope_kind, self.scope, self.subject, str(self.expected_minor), str(self.actual_minor)],
-            separators=(",", ":"),
-        )
+        """Deterministic from the stable part of the evidence (not the block height it was seen at) and
+        the occurrence (a chain mismatch's: the same amounts missing again later are another halt)."""
+        parts = [self.kind, self.rule.scope_kind, self.scope, self.subject, str(self.expected_minor), str(self.actual_minor)]
+        stable = json.dumps(parts + [self.occurrence] if self.occurrence else parts, separators=(",", ":"))
         return f"rc.{self.kind}.{hashlib.sha256(stable.encode()).hexdigest()[:16]}"
 
     def halt_command(self) -> Halt | None:
@@ -318,6 +327,7 @@ def reconcile_chain(
     heights: Mapping[str, int] | None = None,
     pace: Callable[[], None] | None = None,
     known_halts: Collection[str] = (),
+    occurrence: Callable[[str, str, int, int], int] | None = None,
 ) -> tuple[list[ChainRow], list[Mismatch]]:
     """Compare every wallet's on-chain balance at one height per chain with its custody account.
 
@@ -332,7 +342,8 @@ def reconcile_chain(
     lock, which the response to a shortfall keeps until the halt is submitted). A shortfall whose halt is
     in `known_halts` (the halt is active already, or operators lifted it by quorum: `Reconciler._respond`
     raises it no more) stops no pause: the response submits nothing for it, and holding the lock would
-    only make every pass while it lasts one unpaced burst."""
+    only make every pass while it lasts one unpaced burst. `occurrence(kind, subject, expected, actual)`
+    names each mismatch's occurrence (`Reconciler.chain_pass`); without it, 0."""
     rows: list[ChainRow] = []
     mismatches: list[Mismatch] = []
     tips: dict[int, int] = {}
@@ -369,7 +380,9 @@ def reconcile_chain(
             "tolerance_minor": str(row.tolerance_minor),
         }
         kind = "hot_wallet_shortfall" if status == "SHORTFALL" else "hot_wallet_surplus"
-        mismatch = Mismatch(kind, spec.asset, f"custody:{spec.wallet}:{spec.asset}", row.ledger_minor, chain_minor, details)
+        subject = f"custody:{spec.wallet}:{spec.asset}"
+        since = occurrence(kind, subject, row.ledger_minor, chain_minor) if occurrence is not None else 0
+        mismatch = Mismatch(kind, spec.asset, subject, row.ledger_minor, chain_minor, details, since)
         mismatches.append(mismatch)
         halting = halting or _halts_anew(mismatch, known_halts)
     return rows, mismatches
@@ -975,8 +988,21 @@ class IncidentStore:
                   id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
                   seq INTEGER NOT NULL, wallets INTEGER NOT NULL, accounts INTEGER NOT NULL,
                   mismatches INTEGER NOT NULL, notes TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS chain_occurrences (
+                  id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL);
                 """
             )
+
+    def load_occurrences(self) -> str | None:
+        """The chain mismatches' occurrences as of the last completed chain pass (`Reconciler._occurrence`),
+        as saved; None if no chain pass ever completed here."""
+        with self._connect() as db:
+            row = db.execute("SELECT doc FROM chain_occurrences WHERE id = 1").fetchone()
+        return None if row is None else str(row[0])
+
+    def save_occurrences(self, doc: str) -> None:
+        with self._lock, self._connect() as db:
+            db.execute("INSERT INTO chain_occurrences VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET doc=excluded.doc", (doc,))
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=5)
@@ -1031,6 +1057,56 @@ def _confirm_key(m: Mismatch) -> tuple[Any, ...]:
     return (m.kind, m.scope, m.subject, m.details.get("field"), m.details.get("path"), m.delta_minor)
 
 
+
+@dataclass
+class _Run:
+    """One occurrence of a wallet's chain mismatch (`Reconciler._occurrence`): its number, and the
+    occurrence each pair of amounts seen in it named (an active halt's, or its own)."""
+
+    occurrence: int
+    halts: dict[tuple[int, int], int]
+
+
+def _runs_doc(runs: Mapping[tuple[str, str], _Run]) -> str:
+    """`Reconciler._runs` as saved in the incident store (amounts as decimal strings)."""
+    return json.dumps([{"kind": kind, "subject": subject, "occurrence": run.occurrence,
+                        "halts": [[str(e), str(a), occ] for (e, a), occ in sorted(run.halts.items())]}
+                       for (kind, subject), run in sorted(runs.items())], separators=(",", ":"))
+
+
+def _runs_of(doc: str) -> dict[tuple[str, str], _Run]:
+    out: dict[tuple[str, str], _Run] = {}
+    for item in json.loads(doc):
+        out[(str(item["kind"]), str(item["subject"]))] = _Run(
+            int(item["occurrence"]), {(int(e), int(a)): int(occ) for e, a, occ in item["halts"]})
+    return out
+
+
+class _HaltedOccurrences(NamedTuple):
+    """The chain mismatches halted already, by their evidence (kind, subject, expected, actual), with the
+    occurrence each names: those of active halts and of halts lifted by a quorum; and the engine's
+    sequence at the read (a new occurrence's number)."""
+
+    seq: int
+    active: Mapping[tuple[str, str, int, int], int]
+    lifted: Mapping[tuple[str, str, int, int], int]
+
+
+def _occurrences_of(records: Iterable[Any]) -> dict[tuple[str, str, int, int], int]:
+    """(kind, subject, expected, actual) -> occurrence, from the evidence of the reconciler's halts among
+    `records` (`HaltRecord`s); a newer halt (raised later) for the same evidence wins."""
+    out: dict[tuple[str, str, int, int], int] = {}
+    for record in sorted(records, key=lambda r: r.raised_seq):
+        if not record.halt_id.startswith("rc."):
+            continue
+        try:
+            doc = json.loads(record.evidence)
+            key = (str(doc["kind"]), str(doc["subject"]), int(doc["expected_minor"]), int(doc["actual_minor"]))
+            out[key] = int(doc.get("occurrence", 0))
+        except (ValueError, KeyError, TypeError):  # not a reconciler's evidence: nothing to take from it
+            continue
+    return out
+
 class Reconciler:
     """Runs the checks against a live `Node` and halts what disagrees.
 
@@ -1082,6 +1158,18 @@ class Reconciler:
         #: (`run_once`): a pause frees the chain lock, and the withdrawal worker must not sign and
         #: broadcast more of a short asset before its halt is submitted.
         self._holding = False
+        #: The occurrence each wallet in mismatch at the last completed chain pass is in, by (kind, subject)
+        #: (`_occurrence`): a mismatch of a wallet not in it starts a new one. None before the first completed pass.
+        #: Saved in the incident store after each completed chain pass that changed it, so a restarted
+        #: reconciler knows which wallets the last pass found whole (a shortfall after that is a new
+        #: occurrence, even of amounts a quorum lifted before). None: no chain pass ever completed here.
+        self._runs: dict[tuple[str, str], _Run] | None = None
+        self._saved_runs = self.incidents.load_occurrences()
+        if self._saved_runs is not None:
+            try:
+                self._runs = _runs_of(self._saved_runs)
+            except (ValueError, KeyError, TypeError):  # unreadable: as if no pass completed (the first pass's rule)
+                self._saved_runs = None
 
     def _pace(self, _folded: int = 0) -> None:
         if self._stopping is not None and self._stopping.is_set():
@@ -1117,42 +1205,95 @@ class Reconciler:
         (`run_once`: the halt submitted) run without a pause, as one hold of the lock, so the withdrawal
         worker signs and broadcasts no more of a short asset before its halt. A surplus (an incident) or
         a shortfall whose halt is active already or was lifted by quorum (`_respond` raises it no more)
-        keeps no lock."""
+        keeps no lock.
+
+        Each mismatch carries its occurrence (`_occurrence`), kept from pass to pass while the wallet
+        stays in mismatch; a pass that finds the wallet whole ends it."""
         self._holding = False
         if not self.wallets:
             return [], []
-        ledger, custody, known = self._engine_side()
+        ledger, custody, known, halted = self._engine_side()
+        runs: dict[tuple[str, str], _Run] = {}
+        occurrence = partial(self._occurrence, halted, runs)  # the first read's, for the confirming reads too
         rows, mismatches = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights(),
-                                           pace=self._pace_chain, known_halts=known)
+                                           pace=self._pace_chain, known_halts=known, occurrence=occurrence)
         # only a mismatch whose halt the response would submit keeps the lock (a persistent surplus, an
         # incident only, or a shortfall already halted or lifted by quorum must not make every later pass
         # one unpaced burst again)
         self._holding = any(_halts_anew(m, known) for m in mismatches)
+        # the wallets no read of this pass found whole (in that mismatch): their occurrences go on, even
+        # when the reads disagree on the amounts (nothing confirmed: the wallet was not seen whole)
+        lasting = {(m.kind, m.subject) for m in mismatches}
         for _ in range(self.settings.confirm_reads - 1):
             if not mismatches:
                 break
             time.sleep(self.settings.confirm_wait_ms / 1000)
-            ledger, custody, known = self._engine_side()
+            ledger, custody, known, _ = self._engine_side()
             rows, again = reconcile_chain(ledger, self.wallets, custody, self.settings, heights=self._heights(),
-                                          pace=None if self._holding else self._pace_chain, known_halts=known)
+                                          pace=None if self._holding else self._pace_chain, known_halts=known,
+                                          occurrence=occurrence)
             keep = {m.halt_id for m in again}
             mismatches = [m for m in mismatches if m.halt_id in keep]
+            lasting &= {(m.kind, m.subject) for m in again}
+        # an occurrence keeps the amounts it named before and those this pass confirmed: amounts only one
+        # read saw are no evidence (they would name a halt a later lift acknowledges, for amounts never confirmed)
+        confirmed = {(m.kind, m.subject, m.expected_minor, m.actual_minor) for m in mismatches}
+        kept: dict[tuple[str, str], _Run] = {}
+        for key in sorted(lasting):
+            run, before = runs[key], (self._runs or {}).get(key)
+            kept[key] = _Run(run.occurrence, {amounts: occ for amounts, occ in run.halts.items()
+                                              if (before is not None and amounts in before.halts) or key + amounts in confirmed})
+        self._runs = kept
+        doc = _runs_doc(self._runs)
+        if doc != self._saved_runs:
+            try:
+                self.incidents.save_occurrences(doc)
+                self._saved_runs = doc
+            except (sqlite3.Error, OSError) as err:  # kept in memory; saved on a later pass: never stops a halt
+                self.errors.append(f"occurrences not saved: {type(err).__name__}: {err}"[:500])
+                del self.errors[:-100]
         return rows, mismatches
+
+    def _occurrence(self, halted: "_HaltedOccurrences", runs: dict[tuple[str, str], "_Run"], kind: str, subject: str,
+                    expected: int, actual: int) -> int:
+        """The occurrence a chain mismatch's halt names (`runs`: this pass's, by kind and subject).
+
+        A wallet stays in one occurrence from the pass that finds it in mismatch until a read finds it
+        whole (the occurrences are saved, so across restarts too). One that starts is new, numbered by
+        the engine's sequence at this pass. Within an occurrence, amounts seen before name the halt
+        they named then (active, or lifted: not raised again); new amounts name an active halt for
+        the same evidence if there is one (it is in force for them), else the occurrence's own. Only
+        where no chain pass ever completed (`_runs` None: nothing saved, e.g. the first start after
+        an upgrade) do new amounts with no active halt name the newest halt a quorum lifted for the
+        same evidence: nothing says the wallet was whole since."""
+        evidence = (kind, subject, expected, actual)
+        run = runs.get((kind, subject))
+        if run is None:
+            before = self._runs.get((kind, subject)) if self._runs is not None else None
+            run = _Run(before.occurrence, dict(before.halts)) if before is not None else _Run(halted.seq, {})
+            runs[(kind, subject)] = run
+        if (expected, actual) not in run.halts:
+            named = halted.active.get(evidence)
+            if named is None and self._runs is None:
+                named = halted.lifted.get(evidence)
+            run.halts[(expected, actual)] = run.occurrence if named is None else named
+        return run.halts[(expected, actual)]
 
     def _heights(self) -> dict[str, int]:
         """Every chain's tip, taken right after `_engine_side` (before any pause)."""
         adapters = {spec.chain: spec.adapter for spec in self.wallets}
         return {chain: adapter.current_height() for chain, adapter in adapters.items()}
 
-    def _engine_side(self) -> tuple[_CustodyAccounts, _CustodyFigures, frozenset[str]]:
+    def _engine_side(self) -> tuple[_CustodyAccounts, _CustodyFigures, frozenset[str], "_HaltedOccurrences"]:
         """The engine's half of the chain check (custody accounts, in-flight withdrawals, pending
         deposits), all read between the same two batches; the chain is read afterwards, outside. With
-        them the halts known already (active, or lifted by quorum): their shortfalls keep no lock."""
+        them the halts known already (active, or lifted by quorum): their shortfalls keep no lock; and
+        the occurrences their evidence names (`_occurrence`)."""
         custody = self.custody
         assert custody is not None
         keys = sorted({(spec.asset, spec.wallet) for spec in self.wallets})
 
-        def read(engine: Engine) -> tuple[_CustodyAccounts, _CustodyFigures, frozenset[str]]:
+        def read(engine: Engine) -> tuple[_CustodyAccounts, _CustodyFigures, frozenset[str], _HaltedOccurrences]:
             accounts: dict[tuple[str, str], tuple[int, int]] = {}
             for asset, wallet in keys:
                 account = engine.ledger.find(SYSTEM_OWNER, asset, "custody", wallet)
@@ -1161,7 +1302,9 @@ class Reconciler:
             figures = {k: (custody.in_flight_withdrawals(*k), custody.pending_deposits(*k)) for k in keys}
             halts = halts_of(engine)
             known = frozenset(halts.active) | {h.halt_id for h in halts.lifted}
-            return _CustodyAccounts(accounts), _CustodyFigures(figures), known
+            halted = _HaltedOccurrences(engine.last_seq, _occurrences_of(halts.active.values()),
+                                        _occurrences_of(h for h in halts.lifted if h.approvers))
+            return _CustodyAccounts(accounts), _CustodyFigures(figures), known, halted
 
         return self.node.read(read)  # type: ignore[no-any-return]
 

@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..cli_paths import DEFAULT_URL
 from ..errors import RingfenceError, ValidationError
 from ..money import format_amount, parse_amount
 from .pol_builder import build_liability_tree, load_secret
@@ -220,6 +221,43 @@ def publish(
                    f"coverage {cov + '%' if cov else 'n/a'}"
                    + ("" if report["reserves_proven"] else " (no reserves evidence given)"))
     typer.echo(f"-> {out_dir}/root.json, proofs/, reserves.json, report.html")
+
+
+@app.command("publish-now")
+def publish_now(
+    key: str = typer.Option(..., "--key", help="Your staff key (an operator): FILE, DIR/demo-staff.json#ID or pkcs11:TOKEN/LABEL#ID."),
+    url: str = typer.Option(DEFAULT_URL, "--url", help="The running server (serve's address)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the proof's history entry as JSON."),
+    timeout_s: int = typer.Option(600, "--timeout-s", min=1, max=86_400, help="How long to wait for the proof (if it "
+                                  "does not come in time, it may still be published: see GET /por/history)."),
+) -> None:
+    """Publish a proof of solvency on a live node now, besides its schedule (a signed operator request,
+    POST /admin/v1/por/publish); prints its number, position and coverage. If a proof of the same
+    state is being built already (the schedule's, another operator's), this one waits for it and
+    prints that proof; while another request's proof of a different state is being built, the node
+    refuses (429: retry once it is published).
+
+    Example: ringfence por publish-now --key ./ringfence-data/serve/demo-staff.json#ada --url http://127.0.0.1:8000
+    """
+    from ..staff.console import AdminClient, load_key
+
+    console = Console(stderr=True)
+    try:
+        with AdminClient(url, load_key(key), timeout_s=timeout_s) as client:
+            entry = client.post("/por/publish", {})["entry"]
+    except RingfenceError as exc:
+        _fail(console, exc)
+    if as_json:
+        typer.echo(json.dumps(entry, indent=1))
+        return
+    typer.echo(f"proof {entry['n']} published at {entry['published_at']}: journal position {entry['position']}, "
+               f"{entry['accounts']} accounts, root {entry['root_hash']}")
+    for row in entry["assets"]:
+        owed = _fmt(int(row["liabilities_minor"]), row["decimals"])
+        held = "no reserve evidence" if row["reserves_minor"] is None else _fmt(int(row["reserves_minor"]), row["decimals"])
+        typer.echo(f"  {row['asset']}: liabilities {owed}, reserves {held}"
+                   + (f", coverage {row['coverage_percent']}%" if row["reserves_minor"] is not None and row["coverage_percent"] else ""))
+    typer.echo(f"  {entry['reserves_note']}; files at /por/history/{entry['n']}/<file>")
 
 
 def balance_line(code: str, width: int, mine: int, total: int, decimals: int | None) -> str:

@@ -1,7 +1,8 @@
 """Proof of solvency on a schedule: one proof every N seconds, each kept, listed in a history.
 
 Job: a worker inside `ringfence serve` calls `PorPublisher.publish()` at start and then every
-`RINGFENCE_POR_EVERY_S` seconds. One publication:
+`RINGFENCE_POR_EVERY_S` seconds; an operator asks for one now with `ringfence por publish-now`
+(POST /admin/v1/por/publish, api/admin.py). One publication:
 
 1. reads, through `Node.read` (a whole batch, never half a command), the liabilities snapshot and
    the shield fund's status — copies only; the publisher never changes engine state;
@@ -38,10 +39,10 @@ from typing import Any, Callable, Sequence
 
 import structlog
 
-from ..errors import RingfenceError
+from ..errors import RateLimited, RingfenceError
 from .reserve_source import ReserveEvidence, ReserveSource, claim_to_json
 
-__all__ = ["HISTORY_FORMAT", "NodeStopped", "PorPublisher", "read_history", "current_dir", "PUBLIC_FILES"]
+__all__ = ["HISTORY_FORMAT", "NodeStopped", "PorPublisher", "PublishBusy", "read_history", "current_dir", "PUBLIC_FILES"]
 
 HISTORY_FORMAT = "ringfence-por-history-v1"
 MAX_KEEP = 100_000
@@ -86,6 +87,15 @@ class NodeStopped(RingfenceError, RuntimeError):
     default_message = "the node has stopped: it publishes no proof of solvency"
 
 
+class PublishBusy(RateLimited):
+    """An operator's request for a proof while another request's proof of a different state is being
+    built: refused before anything is read or built (one requested build at a time; the schedule's
+    goes on beside it)."""
+
+    code = "RF_POR_BUSY"
+    default_message = "a proof of solvency asked for by a request is being built; retry once it is published"
+
+
 class PorPublisher:
     """Publishes proofs into `out_dir/<n>/` and keeps `out_dir/history.json`."""
 
@@ -116,11 +126,14 @@ class PorPublisher:
         #: (`publish()`, the start-up one) is not paced
         self.pacer = pacer
         self.published = 0
+        self.joined = 0  # calls that joined a proof of their snapshot already being built
         self.failures = 0
         self.last_error = ""
         self._lock = threading.Lock()  # the publication swap: `n`, the folder into place, history.json
         self._builds_lock = threading.Lock()  # guards `_builds`
         self._builds: dict[str, _Build] = {}  # the proofs being built, by snapshot id
+        #: the proof a request (`publish(requested=True)`) is building: (snapshot id, journal position), or None
+        self._requested: tuple[str, int] | None = None
         self._published_seq = -1  # the journal position of the newest proof this publisher published
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -149,17 +162,27 @@ class PorPublisher:
         names = ", ".join(s.name for s in self.sources)
         return result, evidence, f"reserves proven from {len(result.counted())} addresses ({names})"
 
-    def publish(self, *, paced: bool = False) -> dict[str, Any]:
+    def publish(self, *, paced: bool = False, requested: bool = False) -> dict[str, Any]:
         """Publish one proof now; returns its history entry. `paced`: at `pacer`'s share (the schedule).
 
         The proof is built without the publisher's lock (only its numbering and swap take it). If a
         proof of the same snapshot is being built already, this one joins it and returns its entry (an
         unpaced caller makes it go on unpaced); a proof of an older position than one published
-        meanwhile is not published: the newer one's entry is returned."""
+        meanwhile is not published: the newer one's entry is returned.
+
+        `requested` (an operator's request, POST /admin/v1/por/publish): one such build at a time. While
+        one is being built, a request for another state is refused with `PublishBusy` (429) — before
+        the snapshot is read when the journal has moved on from that build's position — so a burst of
+        requests never builds (nor copies the liabilities of) more than one proof beside the schedule's."""
         pacer = self.pacer if paced else None
         if pacer is not None:
             pacer.restart()
         self._check_node()
+        if requested:
+            with self._builds_lock:
+                running = self._requested
+            if running is not None and self.read(lambda engine: engine.last_seq) != running[1]:
+                raise self._busy(running)
         try:
             snap, shield, seq = self._read_state()
         except Exception:
@@ -170,10 +193,16 @@ class PorPublisher:
             build = self._builds.get(key)
             joined = build is not None
             if build is None:
+                if requested and self._requested is not None:
+                    raise self._busy(self._requested)
                 if not self._builds:
                     self._sweep_temporary()
                 build = self._builds[key] = _Build()
+                if requested:
+                    self._requested = (key, seq)
+            self.joined += joined
         if joined:
+            log.info("por.joined", snapshot_id=key, position=snap.position, hurried=pacer is None)
             if pacer is None:
                 build.hurry.set()  # asked for now: the rest of that proof runs at full speed
             build.done.wait()
@@ -190,7 +219,14 @@ class PorPublisher:
         finally:
             with self._builds_lock:
                 del self._builds[key]
+                if self._requested is not None and self._requested[0] == key:
+                    self._requested = None
             build.done.set()
+
+    @staticmethod
+    def _busy(running: tuple[str, int]) -> PublishBusy:
+        return PublishBusy(f"a proof of solvency of journal:{running[1]} asked for by a request is being built; "
+                           "retry once it is published (GET /por/history)", field="por")
 
     def _sweep_temporary(self) -> None:
         """Remove the temporary folders a crash left behind (no proof is being built: none is in use)."""

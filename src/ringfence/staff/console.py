@@ -96,6 +96,7 @@ class AdminClient:
             raise ValidationError("--url must be http(s)://HOST:PORT", field="--url")
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.key = key
+        self.timeout_s = timeout_s
         self.http = httpx.Client(timeout=timeout_s)
 
     def close(self) -> None:
@@ -115,6 +116,9 @@ class AdminClient:
             headers["Content-Type"] = "application/json"
         try:
             response = self.http.request(method, self.base + full + (f"?{query}" if query else ""), content=raw, headers=headers)
+        except httpx.ReadTimeout:  # sent and not answered: not "cannot reach" (it may well be done, or still doing it)
+            raise RingfenceError(f"{self.base} did not answer within {self.timeout_s} s; what was asked may still be done: "
+                                 "look before asking again") from None
         except httpx.HTTPError as err:
             raise RingfenceError(f"cannot reach {self.base}: {err}") from None
         try:
