@@ -58,7 +58,7 @@ def test_the_owner_index_is_always_the_books_positions(steps: list[tuple[str, tu
         elif op == "update":
             book.update({key: Position(n, n)})
         elif op == "native_insert" and key not in book:
-            _book_insert(book, key, Position(n, n), book.by_owner)  # what a fill opening a position does
+            _book_insert(book, key, Position(n, n), book.by_owner, key[0], key[1])  # what a fill opening a position does
         elif op == "clear":
             book.clear()
         elif op == "pickle":

@@ -386,7 +386,8 @@ class Contract(MarketContract):
         # `trading.rates(owner)[1]`, in line (typed: direct dict lookups, no call and no tuple per order)
         tiers: dict[int, tuple[int, int]] = trading.tiers
         account_tier: dict[str, int] = trading.account_tier
-        taker_ppm: int = tiers[account_tier.get(owner, 0)][1]
+        # (no lookup while no account has a tier: the common case, a hashed probe and a boxed default less)
+        taker_ppm: int = tiers[account_tier.get(owner, 0) if len(account_tier) != 0 else 0][1]
         # im + ceil(notional × taker rate): the fee reserve (the products through `exact_product`: a
         # price or a notional is past mypyc's native fast path for `*`)
         hold: int = im - (-exact_product(order_notional, taker_ppm) // PPM)
@@ -569,10 +570,14 @@ class Contract(MarketContract):
         # Owners whose position changed matter to `after_match` only while some market has an open
         # reduce-only order (none can be placed within a match: `before_hold` adds them, before it).
         touch = bool(st.reduce_only_orders)
+        # The isolated set, or None while it is empty (the common case): a side then makes no set test.
+        # (Typed here, once per fill: `IsolatedSet` subclasses `set`, so the type test walks its bases.)
+        iso_set: set[tuple[str, str]] = isolated
+        iso_any: Any = iso_set if len(iso_set) != 0 else None
         buyer_fee = self._side(st, p, m, buyer, True, price, qty, notional, buyer_rate_ppm, ev, ledger, system, positions,
-                               isolated, liq_iso, dirty, touch, price_box, qty_box)
+                               iso_any, liq_iso, dirty, touch, price_box, qty_box)
         seller_fee = self._side(st, p, m, seller, False, price, qty, notional, seller_rate_ppm, ev, ledger, system,
-                                positions, isolated, liq_iso, dirty, touch, price_box)
+                                positions, iso_any, liq_iso, dirty, touch, price_box)
         return buyer_fee, seller_fee
 
     def _side(self, st: DerivativesState, p: Perp, m: Market, o: Order, is_buy: bool, price: int, qty: int,
@@ -612,10 +617,18 @@ class Contract(MarketContract):
                 if seat is None:
                     seat = seats[owner] = Seat((owner, symbol))
         key: Any = seat.key  # (`Any`: one tuple for every lookup below, see `Seat.position`)
-        iso_set: set[tuple[str, str]] = isolated  # (typed: a direct set lookup)
-        iso: bool = len(iso_set) != 0 and key in iso_set  # (`isolated`' storage, as `positions`: `st._positions`)
+        iso: bool = False
+        if isolated is not None:  # (`fill`: the isolated set, None while it is empty)
+            iso_set: set[tuple[str, str]] = isolated  # (typed: a direct set lookup)
+            iso = key in iso_set
         own_margin_only: bool = liq_iso is not None and liq_iso == key  # a LiquidatePosition step: the wallet never pays
-        got: Position | None = seat.position(positions, key)
+        # `seat.position(positions, key)`, in line: the position found last while it is in the book.
+        got: Position | None = seat.pos
+        if got is None or got._book is not positions:
+            # (declared where assigned: `positions` is `Any`, and an `Any` assigned to `got` would make
+            # it, and `pos`, `Any` below: each field read boxed and unboxed again)
+            found: Position | None = positions.get(key)
+            got = seat.pos = found
         pos: Position
         size: int
         cost: int
@@ -626,11 +639,11 @@ class Contract(MarketContract):
         else:
             pos = got
             size, cost, released = pos.size, pos.cost, pos.margin
-        quote = p.quote
-        kind = "isolated" if iso else "margin"
         pool, fees, insurance = system
         acct: Account | None = seat.isolated if iso else seat.margin
-        if acct is None:
+        if acct is None:  # (the owner's first fill here)
+            quote = p.quote
+            kind = "isolated" if iso else "margin"
             if w.owner == owner and w.asset == quote and w.segment == SEGMENT:  # (the order's wallet: always)
                 acct = ledger.open_beside(w, kind)
             else:
@@ -722,7 +735,7 @@ class Contract(MarketContract):
             _bypass(pos, "margin", post)
         if size:
             if pos._book is not positions:  # a new position (`got` was None): into the book
-                _book_insert(positions, key, pos, self._by_owner)
+                _book_insert(positions, key, pos, self._by_owner, owner, symbol)
                 seat.pos = pos
             # What `Position.__setattr__`, or the book's `__setitem__`, would have marked: the key
             # as the book holds it (`_key`, the same tuple: the set finds it by identity, where an
@@ -761,24 +774,25 @@ class Contract(MarketContract):
         return fee_box
 
 
-def _book_insert(positions: Any, key: Any, pos: Position, by_owner: dict[str, dict[str, Position]]) -> None:
+def _book_insert(positions: Any, key: Any, pos: Position, by_owner: dict[str, dict[str, Position]], owner: str,
+                 symbol: str) -> None:
     """`PositionBook.__setitem__` of a key the book does not hold, natively (its Python method set
     four fields through `Position`'s tracking `__setattr__`: a tenth of a fill side's cost when it
     opens a position): the next insertion number, the link to the book, the key, the owner index
     (`by_owner`: the book's `by_owner`, as `Contract._book_slots` read it); the caller marks the key
     dirty. The key is not in the book, so `dict.setdefault` inserts it, as `dict.__setitem__` would
-    (a slot wrapper: called from here, its arguments went through a new tuple)."""
+    (a slot wrapper: called from here, its arguments went through a new tuple). `owner` and `symbol`:
+    the key's two items (`key` is `Any`: indexing it is a generic call each)."""
     seq: int = positions.next_seq
     positions.next_seq = seq + 1
     pos._seq = seq
     pos._book = positions
     pos._key = key
     _DICT_SETDEFAULT(positions, key, pos)
-    owner: str = key[0]
     mine = by_owner.get(owner)
     if mine is None:
         mine = by_owner[owner] = {}
-    mine[key[1]] = pos
+    mine[symbol] = pos
 
 
 def _reducible_of(size: int, m: Market, owner: str, is_buy: bool) -> int:
