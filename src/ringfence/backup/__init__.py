@@ -287,10 +287,51 @@ def create_backup(src_node: Path, dest: Path, *, signer: BackupSigner, identity_
     _check_node_id(signer.node_id, "--node-id")
     if identity_pg_url:
         _open_database(identity_pg_url)  # a bad URL fails here, not after minutes of copying
-    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if any(dest.iterdir()):
-        raise ConfigError(f"{dest} is not empty; a backup goes into a new folder", field="--to")
-    dest.chmod(0o700)  # an empty folder made beforehand (umask 022: 0755) is ours now, and private
+    fd = _open_backup_folder(dest)
+    try:
+        return _create_in(src_node, Path(f"/proc/{os.getpid()}/fd/{fd}"), str(dest), signer, identity_db,
+                          identity_pg_url, progress)
+    finally:
+        os.close(fd)
+
+
+def _open_backup_folder(dest: Path) -> int:
+    """`dest`, made (0700) or taken when it is an empty folder of this user, opened once without following a
+    symbolic link. Everything `create` writes, reads back, hashes and signs goes through this descriptor
+    (`/proc/PID/fd/N`), in a folder nobody else may enter: a folder put in its place later by whoever may
+    write the folder above, or changed by whoever owns it, is never written into nor read (intruder review
+    of session 22, B1: the intruder pre-made tomorrow's dated folder in a shared backup area, put its own
+    journal in place of the copy while `create` ran, and the node signed a backup with a batch the node
+    never journaled; `verify` and `restore` said OK)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(dest, 0o700)
+    except FileExistsError:
+        pass  # an empty folder of this user (a mount point, a folder made for the occasion): checked below
+    try:
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:  # ELOOP: a symbolic link; ENOTDIR: a file
+        raise ConfigError(f"{dest} is not a folder (a symbolic link or a file); a backup goes into a new folder",
+                          field="--to") from None
+    try:
+        owner = os.fstat(fd).st_uid
+        if owner != os.geteuid():
+            raise ConfigError(f"{dest} belongs to user id {owner}, not to this user ({os.geteuid()}): its owner could "
+                              "change the backup while it is made and have this node sign it; give a new folder, or "
+                              "one this user owns", field="--to")
+        if os.listdir(fd):
+            raise ConfigError(f"{dest} is not empty; a backup goes into a new folder", field="--to")
+        os.fchmod(fd, 0o700)  # an empty folder made beforehand (umask 022: 0755) is private now
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _create_in(src_node: Path, dest: Path, shown: str, signer: BackupSigner, identity_db: Path | None,
+               identity_pg_url: str | None, progress: Progress) -> BackupReport:
+    """`create_backup` into the folder `dest` (a `/proc/PID/fd/N` path: `_open_backup_folder`); `shown` is
+    the folder's name as given, for the report."""
     mark = _copy_segments(src_node / "journal", dest / "journal", progress)
     scanned = _scan_to_end(dest / "journal", truncate=True)  # our copy: cut a half-appended batch
     if scanned.last_seq == 0:
@@ -307,7 +348,7 @@ def create_backup(src_node: Path, dest: Path, *, signer: BackupSigner, identity_
                                                       scanned.last_seq, scanned.last_hash))
     engine, replay, checked = _replay(dest, scanned.commands, progress, _node_snapshot_hashes(src_node, scanned.last_seq))
     snap = _write_engine_snapshot(engine, dest / "snapshots", scanned.last_hash)
-    report = BackupReport(str(dest), scanned.last_seq, scanned.records, scanned.commands, scanned.last_hash.hex(),
+    report = BackupReport(shown, scanned.last_seq, scanned.records, scanned.commands, scanned.last_hash.hex(),
                           replay.state_hash, scanned.segments, scanned.bytes_read, snapshots_checked=checked)
     if scanned.torn_tail:
         report.notes.append(f"left out a batch the node was still writing ({scanned.truncated_bytes} bytes)")
