@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import secrets
+import stat
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -112,6 +114,19 @@ def _write_0600(path: Path, text: str) -> None:
     write_private(path, text.encode())
 
 
+def _check_own_folder(out: Path) -> None:
+    """`--out` must be a folder of this user's (not a symbolic link): whoever owns it could read the
+    passwords' files or put another nats-server.conf in place of this one before the server reads it
+    (intruder review of session 22, B2). Raises FileExistsError (nothing is written)."""
+    info = os.lstat(out)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise FileExistsError(f"{out} is not a folder (a symbolic link or a file); credentials go into a folder of "
+                              "this user's")
+    if info.st_uid != os.geteuid():
+        raise FileExistsError(f"{out} belongs to user id {info.st_uid}, not to this user ({os.geteuid()}): its owner "
+                              "could read the passwords or replace the server's config; choose another --out")
+
+
 def write_nats_config(out: Path, stream: str, nodes: Sequence[str], *, port: int = 4222, store_dir: str = "", host: str = "127.0.0.1",
                       tls_cert: str = "", tls_key: str = "") -> dict[str, Path]:
     """Write `out/nats-server.conf` and `out/SERVICE.password` (all 0600); never overwrites. Bad
@@ -119,6 +134,7 @@ def write_nats_config(out: Path, stream: str, nodes: Sequence[str], *, port: int
     nats_config(stream, dict.fromkeys(SERVICES, ""), nodes, port=port, store_dir=store_dir, host=host, tls_cert=tls_cert,
                 tls_key=tls_key)  # checks the input first
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _check_own_folder(out)
     conf = out / "nats-server.conf"
     files = {s: out / f"{s}.password" for s in SERVICES}
     existing = [p for p in [conf, *files.values()] if p.exists()]
