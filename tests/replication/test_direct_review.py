@@ -106,7 +106,11 @@ def test_credentials_go_only_to_a_server_that_asks_for_them():
 
 
 @pytest.mark.parametrize("info", [b"INFO []", b'INFO {"max_payload": "big"}', b'INFO {"max_payload": 1e300}',
-                                  b'INFO {"max_payload": -5}', b"INFO {not json", b'INFO {"max_payload": [1]}'])
+                                  b'INFO {"max_payload": -5}', b"INFO {not json", b'INFO {"max_payload": [1]}',
+                                  # nested past the interpreter's stack: a RecursionError out of `connect` (intruder
+                                  # review of session 22: on a reconnection it stopped the node instead of handing
+                                  # over to the link's path, `Replicator._direct_usable` catching OSError only)
+                                  b'INFO {"a": ' + b"[" * 60_000])
 def test_a_garbled_info_is_a_direct_error(info):
     def script(conn: socket.socket, heard: list[bytes]) -> None:
         conn.sendall(info + b"\r\n")
