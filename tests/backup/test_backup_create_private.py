@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import ringfence.backup as backup_mod
-from ringfence.backup import MANIFEST, create_backup, verify_backup
+from ringfence.backup import MANIFEST, create_backup, restore_backup, verify_backup
 from ringfence.errors import ConfigError
 from ringfence.journal.journal import GENESIS_HASH, JournalWriter, scan
 
@@ -92,3 +92,18 @@ def test_an_empty_folder_of_this_user_is_taken_and_made_private(demo_node, tmp_p
     assert report.directory == str(dest) and (dest / MANIFEST).is_file()
     assert os.stat(dest).st_mode & 0o777 == 0o700
     assert not verify_backup(dest, trust=TRUST).problems
+
+
+def test_restore_into_a_folder_of_another_user_is_refused(demo_node, tmp_path, monkeypatch):
+    """The same for `restore --to`: an empty folder someone else owns would let its owner swap the
+    restored engine folder before `serve` reads it."""
+    bk = tmp_path / "bk"
+    create_backup(demo_node, bk, signer=SIGNER)
+    target = tmp_path / "theirs"
+    target.mkdir()
+    owner = os.stat(target).st_uid
+    monkeypatch.setattr(backup_mod.os, "geteuid", lambda: owner + 1)
+    with pytest.raises(ConfigError, match="belongs to user id") as err:
+        restore_backup(bk, target, trust=TRUST)
+    assert err.value.field == "--to" and not any(target.iterdir())
+    assert not any(p.name.startswith(".ringfence-restore-") for p in tmp_path.iterdir())

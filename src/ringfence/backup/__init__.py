@@ -698,6 +698,12 @@ class _NewDataDir:
         except OSError:  # ELOOP: a symbolic link; ENOTDIR: a file
             raise ConfigError(f"{target} is not a folder (a symbolic link or a file); a restore goes into a new or "
                               "empty folder", field="--to") from None
+        owner = os.fstat(self.fd).st_uid
+        if owner != os.geteuid():  # its owner could swap the restored engine folder before serve reads it (s22, B1)
+            os.close(self.fd)
+            raise ConfigError(f"{target} belongs to user id {owner}, not to this user ({os.geteuid()}): its owner could "
+                              "change the restored data directory before it is served; give a new folder, or one this "
+                              "user owns", field="--to")
         if os.listdir(self.fd):
             os.close(self.fd)
             raise ConfigError(f"{target} is not empty; a restore goes into a new or empty folder", field="--to")
