@@ -66,3 +66,32 @@ def test_an_out_folder_that_is_a_symbolic_link_is_refused(tmp_path):
     with pytest.raises(FileExistsError, match="not a folder"):
         write_nats_config(Path(tmp_path / "link"), "RF", ["a"])
     assert not any(real.iterdir())
+
+
+def test_a_folder_swapped_in_after_the_check_receives_nothing(tmp_path, monkeypatch):
+    """Whoever may write the folder above `--out` renames it away after the check and puts a folder of
+    theirs there: the passwords go into the folder checked, never the one swapped in by name."""
+    out, moved = tmp_path / "nats-auth", tmp_path / "moved-aside"
+    write = auth._write_0600
+    swapped = []
+
+    def swap_then_write(path, text):
+        if not swapped:
+            os.rename(out, moved)
+            out.mkdir()  # (the intruder's folder)
+            swapped.append(True)
+        write(path, text)
+
+    monkeypatch.setattr(auth, "_write_0600", swap_then_write)
+    files = write_nats_config(out, "RF", ["a", "b"])
+    assert not any(out.iterdir()), sorted(out.iterdir())
+    assert sorted(p.name for p in moved.iterdir()) == sorted(p.name for p in files.values())
+
+
+def test_an_out_folder_other_users_may_write_is_refused(tmp_path):
+    out = tmp_path / "shared"
+    out.mkdir()
+    out.chmod(0o777)
+    with pytest.raises(FileExistsError, match="may be written by other users"):
+        write_nats_config(out, "RF", ["a"])
+    assert not any(out.iterdir())
