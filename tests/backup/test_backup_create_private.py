@@ -107,3 +107,61 @@ def test_restore_into_a_folder_of_another_user_is_refused(demo_node, tmp_path, m
         restore_backup(bk, target, trust=TRUST)
     assert err.value.field == "--to" and not any(target.iterdir())
     assert not any(p.name.startswith(".ringfence-restore-") for p in tmp_path.iterdir())
+
+
+def test_an_entry_put_in_a_folder_open_to_others_before_it_was_made_private_is_refused(demo_node, tmp_path, monkeypatch):
+    """Fresh-eyes review of B1: an empty folder of this user's that others may write (0777) was checked empty,
+    then made 0700; between the two, another user could put a `snapshots` folder of theirs in it (and keep it
+    open): create wrote the snapshot into it. The folder is checked again once it is private."""
+    dest = tmp_path / "open-to-all"
+    dest.mkdir()
+    dest.chmod(0o777)
+    fchmod = os.fchmod
+
+    def intruder_then_fchmod(fd, mode):
+        (dest / "snapshots").mkdir(mode=0o777)  # the other user's, between the check and the chmod
+        fchmod(fd, mode)
+
+    monkeypatch.setattr(backup_mod.os, "fchmod", intruder_then_fchmod)
+    with pytest.raises(ConfigError, match="something was put in it") as err:
+        create_backup(demo_node, dest, signer=SIGNER)
+    assert err.value.field == "--to" and sorted(p.name for p in dest.iterdir()) == ["snapshots"]
+    assert not any((dest / "snapshots").iterdir())
+
+
+def test_without_proc_create_and_restore_say_so_naming_the_option(demo_node, tmp_path, monkeypatch):
+    """Create (and restore into an existing folder) write through /proc/PID/fd/N: where /proc is not mounted
+    the command says so, naming --to, instead of a FileNotFoundError out of the copy."""
+    bk = tmp_path / "bk"
+    create_backup(demo_node, bk, signer=SIGNER)
+    monkeypatch.setattr(backup_mod, "PROC_FD", str(tmp_path / "no-proc" / "{pid}" / "fd" / "{fd}"))
+    with pytest.raises(ConfigError, match="needs /proc mounted") as err:
+        create_backup(demo_node, tmp_path / "new", signer=SIGNER)
+    assert err.value.field == "--to" and not any((tmp_path / "new").iterdir())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="needs /proc mounted") as err:
+        restore_backup(bk, tmp_path / "empty", trust=TRUST)
+    assert err.value.field == "--to" and not any((tmp_path / "empty").iterdir())
+
+
+def test_a_folder_under_a_file_is_refused_naming_the_option(demo_node, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="cannot create the folder") as err:
+        create_backup(demo_node, tmp_path / "a-file" / "bk", signer=SIGNER)
+    assert err.value.field == "--to"
+
+
+def test_ordinary_targets_still_work(demo_node, tmp_path, monkeypatch):
+    """A relative path, a new folder with new parents, and a folder on another filesystem (/dev/shm, a tmpfs,
+    when it is one apart from tmp_path's)."""
+    monkeypatch.chdir(tmp_path)
+    report = create_backup(demo_node, Path("rel") / "deep" / "bk", signer=SIGNER)
+    assert report.directory == str(Path("rel") / "deep" / "bk")
+    assert not verify_backup(tmp_path / "rel" / "deep" / "bk", trust=TRUST).problems
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp_path).st_dev:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=shm) as other:
+            create_backup(demo_node, Path(other) / "bk", signer=SIGNER)
+            assert not verify_backup(Path(other) / "bk", trust=TRUST).problems
