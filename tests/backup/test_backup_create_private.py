@@ -165,3 +165,18 @@ def test_ordinary_targets_still_work(demo_node, tmp_path, monkeypatch):
         with tempfile.TemporaryDirectory(dir=shm) as other:
             create_backup(demo_node, Path(other) / "bk", signer=SIGNER)
             assert not verify_backup(Path(other) / "bk", trust=TRUST).problems
+
+
+def test_restore_into_an_empty_folder_other_users_may_write_is_refused(demo_node, tmp_path):
+    """Fresh-eyes review of B1's restore side: a folder of this user's that is 0777 lets any user rename the
+    restored `engine` folder away and put theirs in its place before `serve` reads it."""
+    bk = tmp_path / "bk"
+    create_backup(demo_node, bk, signer=SIGNER)
+    target = tmp_path / "open"
+    target.mkdir()
+    target.chmod(0o777)
+    with pytest.raises(ConfigError, match="may be written by other users") as err:
+        restore_backup(bk, target, trust=TRUST)
+    assert err.value.field == "--to" and not any(target.iterdir())
+    target.chmod(0o700)
+    assert restore_backup(bk, target, trust=TRUST).last_seq == _last_seq(demo_node)

@@ -743,6 +743,12 @@ class _NewDataDir:
             raise ConfigError(f"{target} belongs to user id {owner}, not to this user ({os.geteuid()}): its owner could "
                               "change the restored data directory before it is served; give a new folder, or one this "
                               "user owns", field="--to")
+        mode = os.fstat(self.fd).st_mode
+        if mode & 0o022 and not mode & stat.S_ISVTX:  # they could rename the restored engine folder away (s22 review)
+            os.close(self.fd)
+            raise ConfigError(f"{target} may be written by other users (mode {mode & 0o7777:04o}): they could swap the "
+                              "restored data directory before it is served; make it 0700 (chmod 700) or give a new "
+                              "folder", field="--to")
         if os.listdir(self.fd):
             os.close(self.fd)
             raise ConfigError(f"{target} is not empty; a restore goes into a new or empty folder", field="--to")
