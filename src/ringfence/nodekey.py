@@ -33,12 +33,20 @@ def write_private(path: Path, data: bytes) -> None:
     """Write `data` to `path` readable by its owner only (0600 whatever the umask), atomically and
     durably: the file synced, renamed into place, then its folder synced (the rename survives a crash)."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:  # a leftover of a crash, or a file someone else put there: never written through (below)
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    # a new file of this user's, never an existing one nor a symbolic link's target: a `.tmp` another user
+    # made beforehand (0666, kept open) was truncated, filled with the secret and renamed into place, still
+    # theirs (intruder review of session 22, B2: `nats-config --out` into a folder they prepared leaked
+    # every service's password); if one appears again after the unlink, O_EXCL fails (FileExistsError)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o600)
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover .tmp file
     os.replace(tmp, path)
     dfd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -236,3 +236,129 @@ def test_an_object_name_that_leaves_the_download_folder_is_refused_before_anythi
         assert not victim.exists(), (args, out)
         assert not (tmp_path / "restored").exists(), out
         assert SECRET not in out
+
+
+def _uploaded(demo_node, tmp_path, client, prefix: str, manifest_edit=None) -> dict:
+    """A backup of the demo node made in process (signed by conftest's SIGNER) and uploaded under `prefix`; with
+    `manifest_edit(manifest)` the manifest is changed and signed again first (an older manifest's shape)."""
+    from ringfence.backup import MANIFEST, _sign_manifest, _write_manifest, create_backup
+    from ringfence.backup.s3 import S3Location, upload_backup
+
+    from .conftest import SIGNER
+
+    local = tmp_path / prefix
+    create_backup(demo_node, local, signer=SIGNER)
+    manifest = json.loads((local / MANIFEST).read_text())
+    if manifest_edit is not None:
+        body = {k: v for k, v in manifest.items() if k not in ("signature", "signer")}
+        manifest_edit(body)
+        manifest = _sign_manifest(body, SIGNER)
+        _write_manifest(local, manifest)
+    upload_backup(local, S3Location(BUCKET, prefix), client)
+    return manifest
+
+
+def test_s3_objects_are_fetched_only_as_the_signed_manifest_lists_them_and_no_larger(demo_node, tmp_path, s3, trust_file):
+    """Intruder review of session 22, B5: verify and restore downloaded every object under the prefix, of
+    any size, before the manifest's signature was checked: an extra object, or a listed one swapped for a
+    huge one, filled the verifying host's disk. Now MANIFEST.json comes first and is checked; an object it
+    does not list, or one larger than it allows, is a problem and is never downloaded."""
+    endpoint, env, client = s3
+    manifest = _uploaded(demo_node, tmp_path, client, "b5-huge")
+    snapshot = "snapshots/" + manifest["files"]["snapshot"]["name"]
+    assert manifest["files"]["snapshot"]["bytes"] > 0  # a size per file in new manifests
+    big = b"\0" * (3 * 1024 * 1024)
+    client.put_object(Bucket=BUCKET, Key="b5-huge/journal/99999999.rfj", Body=big)  # not listed
+    client.put_object(Bucket=BUCKET, Key=f"b5-huge/{snapshot}", Body=big)  # listed, larger than the manifest says
+    listed = len(_objects(client, "b5-huge")) - 1
+    for args in (("verify",), ("restore", "--to", str(tmp_path / "restored"))):
+        bad = invoke("backup", args[0], f"s3://{BUCKET}/b5-huge", *args[1:], "--trust", str(trust_file), env=env)
+        out = " ".join((bad.stdout + bad.stderr).split())
+        assert bad.returncode == 1, out
+        assert "journal/99999999.rfj is not in the manifest (3,145,728 bytes on S3, not downloaded)" in out, out
+        assert f"{snapshot} is 3,145,728 bytes on S3, more than the {manifest['files']['snapshot']['bytes']:,}" in out, out
+        assert f"downloaded {listed - 1} objects" in out, out  # the manifest and what it lists, bar the swapped one
+    assert not (tmp_path / "restored").exists()
+
+
+def _ringfence_client(s3, monkeypatch):
+    """The client `verify` makes (s3.s3_client), with the credentials from the environment as there."""
+    from ringfence.backup.s3 import s3_client
+
+    endpoint, env, _ = s3
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return s3_client(endpoint)
+
+
+def test_s3_download_checks_the_signature_before_fetching_anything_else(demo_node, tmp_path, s3, monkeypatch):
+    """A manifest that does not verify: BackupInvalid naming its signature, and nothing but MANIFEST.json
+    was fetched."""
+    from ringfence.backup import BackupInvalid, render_manifest
+    from ringfence.backup.s3 import S3Location, download_backup
+
+    from .conftest import TRUST
+
+    endpoint, env, client = s3
+    manifest = _uploaded(demo_node, tmp_path, client, "b5-forged")
+    forged = dict(manifest, last_seq=manifest["last_seq"] + 1)
+    client.put_object(Bucket=BUCKET, Key="b5-forged/MANIFEST.json", Body=render_manifest(forged))
+    dest = tmp_path / "fetched"
+    with pytest.raises(BackupInvalid, match="does not verify") as err:
+        download_backup(S3Location(BUCKET, "b5-forged"), _ringfence_client(s3, monkeypatch), dest, trust=TRUST)
+    assert err.value.field == "MANIFEST.json:signature"
+    assert sorted(p.name for p in dest.rglob("*")) == ["MANIFEST.json"]
+
+
+def test_s3_an_old_manifest_without_sizes_is_bounded_by_the_documented_cap(demo_node, tmp_path, s3, monkeypatch):
+    """A manifest made before sizes were written for the snapshot and the identity file: those objects are
+    bounded by LEGACY_FILE_MAX_BYTES (16 GiB; made small here), and such a backup still verifies."""
+    import ringfence.backup.s3 as s3_mod
+    from ringfence.backup import verify_backup
+
+    from .conftest import TRUST
+
+    endpoint, env, client = s3
+
+    def old_shape(body: dict) -> None:
+        body["files"]["snapshot"].pop("bytes")
+
+    manifest = _uploaded(demo_node, tmp_path, client, "b5-old", manifest_edit=old_shape)
+    snapshot = "snapshots/" + manifest["files"]["snapshot"]["name"]
+    loc = s3_mod.S3Location(BUCKET, "b5-old")
+    objects, size, problems = s3_mod.download_backup(loc, _ringfence_client(s3, monkeypatch), tmp_path / "all", trust=TRUST)
+    assert problems == [] and objects == len(_objects(client, "b5-old"))
+    assert not verify_backup(tmp_path / "all", trust=TRUST).problems
+    assert s3_mod.LEGACY_FILE_MAX_BYTES == 16 * 1024**3
+    snap_size = client.head_object(Bucket=BUCKET, Key=f"b5-old/{snapshot}")["ContentLength"]
+    monkeypatch.setattr(s3_mod, "LEGACY_FILE_MAX_BYTES", snap_size - 1)
+    objects, size, problems = s3_mod.download_backup(loc, _ringfence_client(s3, monkeypatch), tmp_path / "capped", trust=TRUST)
+    assert problems == [f"{snapshot} is {snap_size:,} bytes on S3, more than the {snap_size - 1:,} the manifest allows: "
+                        "not downloaded"], problems
+    assert not (tmp_path / "capped" / snapshot).exists()
+    report = verify_backup(tmp_path / "capped", trust=TRUST, fetch_problems=problems)
+    assert problems[0] in report.problems
+
+
+def test_s3_an_object_swapped_for_a_larger_one_after_the_listing_is_cut_off(demo_node, tmp_path, s3, monkeypatch):
+    """The size the listing gave is not trusted either: a read stops at what the manifest allows."""
+    import ringfence.backup.s3 as s3_mod
+
+    from .conftest import TRUST
+
+    endpoint, env, client = s3
+    manifest = _uploaded(demo_node, tmp_path, client, "b5-swap")
+    snapshot = "snapshots/" + manifest["files"]["snapshot"]["name"]
+    listing = s3_mod._list
+
+    def list_then_swap(*args, **kwargs):
+        out = listing(*args, **kwargs)
+        client.put_object(Bucket=BUCKET, Key=f"b5-swap/{snapshot}", Body=b"\0" * (2 * 1024 * 1024))
+        return out
+
+    monkeypatch.setattr(s3_mod, "_list", list_then_swap)
+    _, _, problems = s3_mod.download_backup(s3_mod.S3Location(BUCKET, "b5-swap"), _ringfence_client(s3, monkeypatch),
+                                            tmp_path / "got", trust=TRUST)
+    assert problems == [f"{snapshot} holds more than the {manifest['files']['snapshot']['bytes']:,} bytes the manifest "
+                        "allows: not downloaded"], problems
+    assert not (tmp_path / "got" / snapshot).exists()

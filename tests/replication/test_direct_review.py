@@ -21,7 +21,7 @@ from ringfence.ledger.commands import RegisterAsset
 from ringfence.replication import Follower, Replicator, parse_target
 from ringfence.replication.direct import DirectError, DirectLink
 
-from .conftest import key_of, peers_of
+from .conftest import attached_primary, key_of, peers_of
 from .test_nats_tls import tls_nats  # noqa: F401 - the fixture
 
 
@@ -106,7 +106,11 @@ def test_credentials_go_only_to_a_server_that_asks_for_them():
 
 
 @pytest.mark.parametrize("info", [b"INFO []", b'INFO {"max_payload": "big"}', b'INFO {"max_payload": 1e300}',
-                                  b'INFO {"max_payload": -5}', b"INFO {not json", b'INFO {"max_payload": [1]}'])
+                                  b'INFO {"max_payload": -5}', b"INFO {not json", b'INFO {"max_payload": [1]}',
+                                  # nested past the interpreter's stack: a RecursionError out of `connect` (intruder
+                                  # review of session 22: on a reconnection it stopped the node instead of handing
+                                  # over to the link's path, `Replicator._direct_usable` catching OSError only)
+                                  b'INFO {"a": ' + b"[" * 60_000])
 def test_a_garbled_info_is_a_direct_error(info):
     def script(conn: socket.socket, heard: list[bytes]) -> None:
         conn.sendall(info + b"\r\n")
@@ -244,3 +248,21 @@ def test_a_partition_still_fails_the_batch_on_the_direct_path(tmp_path, stream):
         with pytest.raises(OutcomeUnknown):
             node.submit(CreateTransfers([Transfer(99, world, alice, 1)])).result(10)
         assert node.failed is not None and replicator._direct is not None and replicator._direct.dead
+
+
+@pytest.mark.parametrize("data", [b'{"error": "x"}', b'{"error": ["x"]}', b'{"error": 5}', b"[1]", b"not json",
+                                  b'{"a": ' + b"[" * 60_000])
+def test_a_garbled_ack_is_a_forged_one_that_fences_with_a_message(tmp_path, stream, data):
+    """Intruder review of session 22: a reply `{"error": "x"}` on the ack inbox (a string where JetStream gives
+    {"code", "err_code", "description"}) stopped the node with an AttributeError out of `Replicator._stored`;
+    it is a reply the stream does not give: Fenced, naming the batch, as a forged ack is."""
+    from ringfence.replication import Fenced
+    from ringfence.replication.direct import Reply
+
+    node, replicator = attached_primary(tmp_path, stream)
+    try:
+        with pytest.raises(Fenced, match="batch 7 is not one the stream gives"):
+            replicator._stored(7, 3, Reply("_INBOX.x.1", data, None))
+    finally:
+        node.close()
+        replicator.close()

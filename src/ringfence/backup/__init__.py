@@ -50,7 +50,7 @@ import shutil
 import sqlite3
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,10 +287,83 @@ def create_backup(src_node: Path, dest: Path, *, signer: BackupSigner, identity_
     _check_node_id(signer.node_id, "--node-id")
     if identity_pg_url:
         _open_database(identity_pg_url)  # a bad URL fails here, not after minutes of copying
-    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if any(dest.iterdir()):
-        raise ConfigError(f"{dest} is not empty; a backup goes into a new folder", field="--to")
-    dest.chmod(0o700)  # an empty folder made beforehand (umask 022: 0755) is ours now, and private
+    fd = _open_backup_folder(dest)
+    try:
+        return _create_in(src_node, _proc_fd(fd), str(dest), signer, identity_db,
+                          identity_pg_url, progress)
+    finally:
+        os.close(fd)
+
+
+def _open_backup_folder(dest: Path) -> int:
+    """`dest`, made (0700) or taken when it is an empty folder of this user, opened once without following a
+    symbolic link. Everything `create` writes, reads back, hashes and signs goes through this descriptor
+    (`/proc/PID/fd/N`), in a folder nobody else may enter: a folder put in its place later by whoever may
+    write the folder above, or changed by whoever owns it, is never written into nor read (intruder review
+    of session 22, B1: the intruder pre-made tomorrow's dated folder in a shared backup area, put its own
+    journal in place of the copy while `create` ran, and the node signed a backup with a batch the node
+    never journaled; `verify` and `restore` said OK)."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the folder {dest.parent} for {dest}: {err.strerror}", field="--to") from None
+    try:
+        os.mkdir(dest, 0o700)
+    except FileExistsError:
+        pass  # an empty folder of this user (a mount point, a folder made for the occasion): checked below
+    except OSError as err:
+        raise ConfigError(f"cannot create {dest}: {err.strerror}", field="--to") from None
+    try:
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ConfigError(f"{dest} is not a folder (a symbolic link or a file); a backup goes into a new folder",
+                              field="--to") from None
+        raise ConfigError(f"{dest} cannot be opened: {err.strerror}", field="--to") from None
+    try:
+        owner = os.fstat(fd).st_uid
+        if owner != os.geteuid():
+            raise ConfigError(f"{dest} belongs to user id {owner}, not to this user ({os.geteuid()}): its owner could "
+                              "change the backup while it is made and have this node sign it; give a new folder, or "
+                              "one this user owns", field="--to")
+        if os.listdir(fd):
+            raise ConfigError(f"{dest} is not empty; a backup goes into a new folder", field="--to")
+        os.fchmod(fd, 0o700)  # an empty folder made beforehand (umask 022: 0755) is private now
+        if os.listdir(fd):  # put there by another user the folder's mode let in, before the fchmod
+            raise ConfigError(f"{dest}: something was put in it while it was checked (it was open to other users); "
+                              "a backup goes into a new folder", field="--to")
+        _check_proc_fd(fd, dest, "--to")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _proc_fd(fd: int) -> Path:
+    """The folder open as `fd`, as a path every process of this user may take (`pg_dump --file`):
+    Linux's /proc/PID/fd/N."""
+    return Path(PROC_FD.format(pid=os.getpid(), fd=fd))
+
+
+PROC_FD = "/proc/{pid}/fd/{fd}"
+
+
+def _check_proc_fd(fd: int, shown: Path, field: str) -> None:
+    """`_proc_fd(fd)` names the folder open as `fd`, or a ConfigError says why it cannot (no /proc)."""
+    try:
+        same = os.path.samestat(os.stat(_proc_fd(fd)), os.fstat(fd))
+    except OSError:
+        same = False
+    if not same:
+        raise ConfigError(f"{shown}: this command writes through the folder's handle, which needs /proc mounted "
+                          f"(Linux's /proc/PID/fd: {_proc_fd(fd).parent} is not there); nothing was copied into it",
+                          field=field)
+
+
+def _create_in(src_node: Path, dest: Path, shown: str, signer: BackupSigner, identity_db: Path | None,
+               identity_pg_url: str | None, progress: Progress) -> BackupReport:
+    """`create_backup` into the folder `dest` (a `/proc/PID/fd/N` path: `_open_backup_folder`); `shown` is
+    the folder's name as given, for the report."""
     mark = _copy_segments(src_node / "journal", dest / "journal", progress)
     scanned = _scan_to_end(dest / "journal", truncate=True)  # our copy: cut a half-appended batch
     if scanned.last_seq == 0:
@@ -307,7 +380,7 @@ def create_backup(src_node: Path, dest: Path, *, signer: BackupSigner, identity_
                                                       scanned.last_seq, scanned.last_hash))
     engine, replay, checked = _replay(dest, scanned.commands, progress, _node_snapshot_hashes(src_node, scanned.last_seq))
     snap = _write_engine_snapshot(engine, dest / "snapshots", scanned.last_hash)
-    report = BackupReport(str(dest), scanned.last_seq, scanned.records, scanned.commands, scanned.last_hash.hex(),
+    report = BackupReport(shown, scanned.last_seq, scanned.records, scanned.commands, scanned.last_hash.hex(),
                           replay.state_hash, scanned.segments, scanned.bytes_read, snapshots_checked=checked)
     if scanned.torn_tail:
         report.notes.append(f"left out a batch the node was still writing ({scanned.truncated_bytes} bytes)")
@@ -317,14 +390,16 @@ def create_backup(src_node: Path, dest: Path, *, signer: BackupSigner, identity_
     files = {"journal": [], "snapshot": None, "identity": None}  # type: dict[str, Any]
     for path in segment_paths(dest / "journal"):
         files["journal"].append({"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256_file(path)})
-    files["snapshot"] = {"name": snap.name, "seq": engine.last_seq, "sha256": _sha256_file(snap)}
+    files["snapshot"] = {"name": snap.name, "seq": engine.last_seq, "bytes": snap.stat().st_size, "sha256": _sha256_file(snap)}
     if identity_db is not None and identity_db.is_file():
         _copy_identity(identity_db, dest / IDENTITY_FILE)
-        files["identity"] = {"name": IDENTITY_FILE, "sha256": _sha256_file(dest / IDENTITY_FILE)}
+        files["identity"] = {"name": IDENTITY_FILE, "bytes": (dest / IDENTITY_FILE).stat().st_size,
+                             "sha256": _sha256_file(dest / IDENTITY_FILE)}
         report.identity = "SQLite (online backup)"
     if identity_pg_url:
         _pg("pg_dump", identity_pg_url, ["--format=custom", "--no-owner", "--no-privileges", "--file", str(dest / PG_DUMP_FILE)])
-        files["identity"] = {"name": PG_DUMP_FILE, "sha256": _sha256_file(dest / PG_DUMP_FILE), "kind": "postgresql"}
+        files["identity"] = {"name": PG_DUMP_FILE, "bytes": (dest / PG_DUMP_FILE).stat().st_size,
+                             "sha256": _sha256_file(dest / PG_DUMP_FILE), "kind": "postgresql"}
         report.identity = "PostgreSQL (pg_dump, one consistent snapshot)"
     _write_manifest(dest, _sign_manifest({
         "format": FORMAT,
@@ -551,16 +626,19 @@ def _check_expected_seq(manifest: dict[str, Any], at_least: int | None) -> None:
 
 
 def verify_backup(backup: Path, *, trust: dict[str, Ed25519PublicKey], allow_unsigned: bool = False,
-                  expect_seq_at_least: int | None = None, progress: Progress = _noop) -> BackupReport:
+                  expect_seq_at_least: int | None = None, progress: Progress = _noop,
+                  fetch_problems: Sequence[str] = ()) -> BackupReport:
     """Check the manifest's signature against `trust` (raises BackupInvalid: load_manifest), then
     every file's hash, the journal's chain, and replay: the state hash must match the manifest.
 
     Every listed file is copied once into a private temporary folder as it is hashed, and the
-    chain, replay, snapshot and identity checks read only those copies (_stage_files)."""
+    chain, replay, snapshot and identity checks read only those copies (_stage_files). `fetch_problems`:
+    what fetching the backup found (an s3:// object not downloaded: s3.download_backup), problems too."""
     manifest, signer = load_manifest(backup, trust=trust, allow_unsigned=allow_unsigned)
     _check_expected_seq(manifest, expect_seq_at_least)
     report = BackupReport(str(backup), identity="none")
     _describe(report, manifest, signer)
+    report.problems.extend(fetch_problems)
     with tempfile.TemporaryDirectory(prefix="ringfence-verify-") as tmp:  # mode 0700
         _stage_files(backup, manifest, Path(tmp), report, progress)
         if not report.problems:
@@ -654,13 +732,32 @@ class _NewDataDir:
         except FileNotFoundError:
             self.root = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=beside))
             return
-        except OSError:  # ELOOP: a symbolic link; ENOTDIR: a file
-            raise ConfigError(f"{target} is not a folder (a symbolic link or a file); a restore goes into a new or "
-                              "empty folder", field="--to") from None
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise ConfigError(f"{target} is not a folder (a symbolic link or a file); a restore goes into a new or "
+                                  "empty folder", field="--to") from None
+            raise ConfigError(f"{target} cannot be opened: {err.strerror}", field="--to") from None
+        owner = os.fstat(self.fd).st_uid
+        if owner != os.geteuid():  # its owner could swap the restored engine folder before serve reads it (s22, B1)
+            os.close(self.fd)
+            raise ConfigError(f"{target} belongs to user id {owner}, not to this user ({os.geteuid()}): its owner could "
+                              "change the restored data directory before it is served; give a new folder, or one this "
+                              "user owns", field="--to")
+        mode = os.fstat(self.fd).st_mode
+        if mode & 0o022 and not mode & stat.S_ISVTX:  # they could rename the restored engine folder away (s22 review)
+            os.close(self.fd)
+            raise ConfigError(f"{target} may be written by other users (mode {mode & 0o7777:04o}): they could swap the "
+                              "restored data directory before it is served; make it 0700 (chmod 700) or give a new "
+                              "folder", field="--to")
         if os.listdir(self.fd):
             os.close(self.fd)
             raise ConfigError(f"{target} is not empty; a restore goes into a new or empty folder", field="--to")
-        self.root = Path(f"/proc/self/fd/{self.fd}")
+        try:
+            _check_proc_fd(self.fd, target, "--to")
+        except ConfigError:
+            os.close(self.fd)
+            raise
+        self.root = _proc_fd(self.fd)
 
     def finish(self) -> None:
         """The data directory is complete: a private one takes `target`'s place."""
@@ -685,14 +782,15 @@ class _NewDataDir:
 
 def restore_backup(backup: Path, target: Path, *, trust: dict[str, Ed25519PublicKey], allow_unsigned: bool = False,
                    to_seq: int | None = None, identity_pg_url: str | None = None, expect_seq_at_least: int | None = None,
-                   progress: Progress = _noop) -> BackupReport:
+                   progress: Progress = _noop, fetch_problems: Sequence[str] = ()) -> BackupReport:
     """Build a new serve data directory `target` (node in target/engine) as of sequence `to_seq`.
 
     Everything is checked before `target` is touched: the manifest's signature against `trust`,
     `to_seq`, every file's SHA-256, and (a PostgreSQL identity dump) that the database is empty.
     Every listed file is copied once, hashed as it is copied, into a private (0700) staging folder
     beside `target` (_stage_files); the restore uses only those copies, so a file swapped in the
-    backup after the check is never read, and the staging folder is removed whatever happens."""
+    backup after the check is never read, and the staging folder is removed whatever happens.
+    `fetch_problems` (as verify_backup's) refuse the restore too."""
     manifest, signer = load_manifest(backup, trust=trust, allow_unsigned=allow_unsigned)
     _check_expected_seq(manifest, expect_seq_at_least)
     last_seq = int(manifest["last_seq"])
@@ -702,6 +800,8 @@ def restore_backup(backup: Path, target: Path, *, trust: dict[str, Ed25519Public
         raise ValidationError(f"must be between 1 and {last_seq} (the backup's last sequence)", field="--to-seq")
     report = BackupReport(str(target))
     _describe(report, manifest, signer)
+    if fetch_problems:  # before anything is made
+        raise BackupInvalid("; ".join(fetch_problems), field="BACKUPDIR")
     beside = _existing_ancestor(target.parent)
     new = _NewDataDir(target, beside)
     stage, done = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=beside)), False  # mode 0700

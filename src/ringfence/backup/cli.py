@@ -125,20 +125,24 @@ S3_ENDPOINT_HELP = (f"The S3-compatible service for s3:// locations (default ${E
 
 
 @contextlib.contextmanager
-def _fetched(backup: str, endpoint: str | None) -> Iterator[Path]:
-    """The backup as a local folder: BACKUPDIR itself, or s3://… downloaded into a private temporary one."""
+def _fetched(backup: str, endpoint: str | None, trust: dict[str, Ed25519PublicKey],
+             allow_unsigned: bool) -> Iterator[tuple[Path, list[str]]]:
+    """The backup as a local folder, with the problems found fetching it: BACKUPDIR itself, or s3://…
+    downloaded into a private temporary one (its manifest first, checked against `trust`; then only
+    the objects it lists, each no larger than it allows: s3.download_backup)."""
     if not is_s3_url(backup):
         folder = Path(backup)
         if not folder.is_dir():
             _fail(f"BACKUPDIR: {backup} is not a directory (nor an s3://BUCKET/PREFIX location)")
-        yield folder
+        yield folder, []
         return
     try:
         loc = parse_s3_url(backup, "BACKUPDIR")
         with tempfile.TemporaryDirectory(prefix="ringfence-s3-") as tmp:  # mode 0700
-            objects, size = download_backup(loc, s3_client(endpoint, "BACKUPDIR"), Path(tmp) / "backup")
+            objects, size, problems = download_backup(loc, s3_client(endpoint, "BACKUPDIR"), Path(tmp) / "backup",
+                                                      trust=trust, allow_unsigned=allow_unsigned)
             console.print(f"downloaded {objects} objects ({size:,} bytes) from {loc}")
-            yield Path(tmp) / "backup"
+            yield Path(tmp) / "backup", problems
     except RingfenceError as err:
         _fail(str(err), 1)
 
@@ -311,8 +315,9 @@ def verify(
     chain, and replay: the state hash must match.
 
     A manifest that is not signed, signed by a node the trust file does not list, or whose signature
-    does not verify is refused (exit 1) before any file is read. An s3:// backup is downloaded (every object under the prefix) and checked the same way: an
-    object the manifest does not list, or one whose bytes changed, is a problem; so is any entry of a
+    does not verify is refused (exit 1) before any file is read. An s3:// backup's manifest is downloaded first and its signature
+    checked; then only the objects it lists, each no larger than the manifest says (an object it does not list, or
+    a larger one, is a problem and never downloaded), and checked the same way: one whose bytes changed is a problem; so is any entry of a
     folder the manifest does not list (an extra file, a symbolic link, a special file). Each file is
     copied once into a private temporary folder as it is hashed, and only the copies are replayed.
     The verdict names the backup's creation time and last sequence (an older backup swapped in
@@ -327,11 +332,11 @@ def verify(
     --s3-endpoint-url http://127.0.0.1:9000
     """
     peers, allow = _trust(trust, allow_unsigned)
-    with _fetched(backup, s3_endpoint_url) as folder:
+    with _fetched(backup, s3_endpoint_url, peers, allow) as (folder, fetch_problems):
         try:
             with _progress() as progress:
                 report = verify_backup(folder, trust=peers, allow_unsigned=allow, expect_seq_at_least=expect_seq_at_least,
-                                       progress=progress)  # type: ignore[arg-type]
+                                       progress=progress, fetch_problems=fetch_problems)  # type: ignore[arg-type]
         except RingfenceError as err:
             _fail(str(err), 1)
     _warn_if_untrusted(report)
@@ -379,13 +384,14 @@ def restore(
     """
     check_new_dir(to, "--to", empty=True)
     peers, allow = _trust(trust, allow_unsigned)
-    with _fetched(backup, s3_endpoint_url) as folder:
+    with _fetched(backup, s3_endpoint_url, peers, allow) as (folder, fetch_problems):
         try:
             with _progress() as progress:
                 pg_url = os.environ.get("RINGFENCE_DATABASE_URL", "")
                 report = restore_backup(folder, to, trust=peers, allow_unsigned=allow, to_seq=to_seq,
                                         expect_seq_at_least=expect_seq_at_least,
                                         progress=progress,  # type: ignore[arg-type]
+                                        fetch_problems=fetch_problems,
                                         identity_pg_url=pg_url if pg_url.startswith("postgresql") else None)
         except RingfenceError as err:
             _fail(str(err), 1)

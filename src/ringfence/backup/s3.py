@@ -4,10 +4,13 @@
 would into a directory (copy, replay, snapshot, manifest), then uploads every file under PREFIX
 with the manifest LAST: a prefix without `MANIFEST.json` is an upload that never finished, and
 `verify`/`restore` refuse it as they refuse a folder without one. `verify` and `restore` download
-every object under PREFIX into a private temporary folder and run the same checks as on a
-directory (each file's SHA-256 against the manifest, an object the manifest does not list, the
-hash chain, the replayed state hash, point-in-time restore), so an S3 copy is worth exactly what a
-directory copy is.
+MANIFEST.json first (at most 16 MiB) into a private temporary folder and check its signature
+against the trust file; then only the objects it lists, each refused (never downloaded) when it
+holds more bytes than the manifest gives for it; an object it does not list is a problem and is
+not downloaded either. A manifest made before session 22 gives no size for the snapshot and the
+identity file: those are bounded by LEGACY_FILE_MAX_BYTES (16 GiB). Then the same checks as on a
+directory run (each file's SHA-256 against the manifest, the hash chain, the replayed state hash,
+point-in-time restore), so an S3 copy is worth exactly what a directory copy is.
 
 Where and as whom: the endpoint is `--s3-endpoint-url` or `RINGFENCE_S3_ENDPOINT_URL` (any
 S3-compatible service: MinIO, Ceph, moto; AWS when unset), the region `RINGFENCE_S3_REGION` (else
@@ -26,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import ConfigError, ValidationError
+from ..journal.journal import DURABLE_FILE as _DURABLE_FILE
 
 __all__ = ["S3Location", "is_s3_url", "parse_s3_url", "s3_client", "require_empty", "upload_backup", "download_backup", "SCHEME"]
 
@@ -33,6 +37,12 @@ SCHEME = "s3://"
 ENDPOINT_ENV = "RINGFENCE_S3_ENDPOINT_URL"
 REGION_ENV = "RINGFENCE_S3_REGION"
 MANIFEST = "MANIFEST.json"
+DURABLE = _DURABLE_FILE  # the journal's durable mark (two fixed slots)
+DURABLE_MAX_BYTES = 64 * 1024
+#: the most bytes a file may have whose manifest gives no size (made before session 22 wrote "bytes"
+#: for the snapshot and the identity file): an object larger than this is not downloaded
+LEGACY_FILE_MAX_BYTES = 16 * 1024 * 1024 * 1024
+_CHUNK = 4 * 1024 * 1024
 
 
 def is_s3_url(target: str | os.PathLike[str]) -> bool:
@@ -165,10 +175,67 @@ def _inside(dest: Path, rel: str, loc: S3Location, field: str) -> Path:
     return target
 
 
-def download_backup(loc: S3Location, client: Any, dest: Path, field: str = "BACKUPDIR") -> tuple[int, int]:
-    """Download every object under `loc` into the empty folder `dest` (a backup folder again; objects
-    the manifest does not list come along, so verify names them). Returns (objects, bytes)."""
+def _fetch(client: Any, loc: S3Location, rel: str, target: Path, limit: int, field: str) -> int | None:
+    """Download object `rel` into the new file `target`, reading at most `limit` bytes: the bytes read,
+    or None when the object holds more (what was read is removed). The limit holds whatever the
+    listing said: an object swapped for a larger one after the listing is cut off there too."""
     from botocore.exceptions import BotoCoreError, ClientError
+
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    got = 0
+    try:
+        body = client.get_object(Bucket=loc.bucket, Key=loc.key(rel))["Body"]
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                while chunk := body.read(min(_CHUNK, limit + 1 - got)):
+                    got += len(chunk)
+                    if got > limit:
+                        break
+                    out.write(chunk)
+        finally:
+            body.close()
+    except (BotoCoreError, ClientError) as err:
+        raise _fail(client, loc, f"download {rel} from", err, field) from None
+    if got > limit:
+        target.unlink()
+        return None
+    return got
+
+
+def _allowed(manifest: dict[str, Any]) -> dict[str, int]:
+    """Each object a backup may hold (relative name -> the most bytes it may have), from a manifest
+    whose signature was checked: a journal segment, the snapshot and the identity file their
+    manifest's "bytes" (written since session 22; a manifest without it: LEGACY_FILE_MAX_BYTES),
+    the durable mark its fixed size."""
+    from . import _listed_files
+
+    listed = _listed_files(manifest)  # (every name checked to be one of a backup's; a malformed list refused)
+    sizes: dict[str, object] = {}
+    files = manifest["files"]
+    for f in files["journal"]:
+        sizes["journal/" + str(f["name"])] = f.get("bytes")
+    sizes["snapshots/" + str(files["snapshot"]["name"])] = files["snapshot"].get("bytes")
+    if files.get("identity"):
+        sizes[str(files["identity"]["name"])] = files["identity"].get("bytes")
+    out = {"journal/" + DURABLE: DURABLE_MAX_BYTES}
+    for folder, name, _ in listed:
+        rel = f"{folder}/{name}" if folder else name
+        size = sizes.get(rel)
+        out[rel] = size if type(size) is int and 0 <= size else LEGACY_FILE_MAX_BYTES
+    return out
+
+
+def download_backup(loc: S3Location, client: Any, dest: Path, field: str = "BACKUPDIR", *,
+                    trust: dict[str, Any], allow_unsigned: bool = False) -> tuple[int, int, list[str]]:
+    """Fetch the backup under `loc` into the empty folder `dest`: MANIFEST.json first (at most
+    MANIFEST_MAX_BYTES), its signature checked against `trust` (`load_manifest`: BackupInvalid, and
+    nothing else is fetched), then only the objects it lists, each refused when it holds more bytes
+    than the manifest allows (`_allowed`). An object the manifest does not list, or one too large,
+    is never downloaded: it is a problem (intruder review of session 22, B5: every object under the
+    prefix, of any size, was fetched before the signature was checked, so whoever may write to the
+    bucket could fill the verifying host's disk). Returns (objects, bytes, problems)."""
+    from . import MANIFEST_MAX_BYTES, load_manifest
 
     objects = _list(client, loc, field)
     if not objects:
@@ -176,10 +243,27 @@ def download_backup(loc: S3Location, client: Any, dest: Path, field: str = "BACK
     if MANIFEST not in objects:
         raise ConfigError(f"{loc} has no {MANIFEST}: not a backup, or an upload that never finished", field=field)
     targets = {rel: _inside(dest, rel, loc, field) for rel in sorted(objects)}  # every name checked before any write
-    for rel, target in targets.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            client.download_file(loc.bucket, loc.key(rel), str(target))
-        except (BotoCoreError, ClientError) as err:
-            raise _fail(client, loc, f"download {rel} from", err, field) from None
-    return len(objects), sum(objects.values())
+    dest.mkdir(mode=0o700)
+    size = _fetch(client, loc, MANIFEST, targets[MANIFEST], MANIFEST_MAX_BYTES, field)
+    if size is None:
+        raise ConfigError(f"{loc}: {MANIFEST} is larger than {MANIFEST_MAX_BYTES} bytes: not a manifest (not "
+                          "downloaded)", field=field)
+    manifest, _ = load_manifest(dest, trust=trust, allow_unsigned=allow_unsigned)
+    allowed = _allowed(manifest)
+    fetched, total, problems = 1, size, []
+    for rel in sorted(objects):
+        if rel == MANIFEST:
+            continue
+        if rel not in allowed:
+            problems.append(f"{rel} is not in the manifest ({objects[rel]:,} bytes on S3, not downloaded)")
+            continue
+        if objects[rel] > allowed[rel]:
+            problems.append(f"{rel} is {objects[rel]:,} bytes on S3, more than the {allowed[rel]:,} the manifest "
+                            "allows: not downloaded")
+            continue
+        got = _fetch(client, loc, rel, targets[rel], allowed[rel], field)
+        if got is None:
+            problems.append(f"{rel} holds more than the {allowed[rel]:,} bytes the manifest allows: not downloaded")
+            continue
+        fetched, total = fetched + 1, total + got
+    return fetched, total, problems

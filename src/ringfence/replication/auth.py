@@ -24,9 +24,12 @@ on any command line).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
+import os
 import secrets
+import stat
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -112,6 +115,40 @@ def _write_0600(path: Path, text: str) -> None:
     write_private(path, text.encode())
 
 
+def _open_own_folder(out: Path) -> int:
+    """`--out`, opened once without following a symbolic link: it must be a folder of this user's that
+    no other user may write (whoever owns it, or may write it, could read the passwords' files or put
+    another nats-server.conf in place of this one before the server reads it: intruder review of
+    session 22, B2). Everything is then written through this descriptor (`/proc/self/fd/N`), so a
+    folder put in its place after the check is never written into. Raises FileExistsError (nothing is
+    written)."""
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise FileExistsError(f"{out} is not a folder (a symbolic link or a file); credentials go into a folder "
+                                  "of this user's") from None
+        raise FileExistsError(f"{out} cannot be opened: {err.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise FileExistsError(f"{out} belongs to user id {info.st_uid}, not to this user ({os.geteuid()}): its "
+                                  "owner could read the passwords or replace the server's config; choose another --out")
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            raise FileExistsError(f"{out} may be written by other users (mode {info.st_mode & 0o7777:04o}): they could "
+                                  "replace the server's config; make it 0700 (chmod 700) or choose another --out")
+        if not os.path.samestat(os.stat(f"/proc/self/fd/{fd}"), info):
+            raise OSError
+    except FileNotFoundError:
+        os.close(fd)
+        raise FileExistsError(f"{out}: writing through the folder's handle needs /proc mounted (Linux's "
+                              "/proc/self/fd); it is not") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def write_nats_config(out: Path, stream: str, nodes: Sequence[str], *, port: int = 4222, store_dir: str = "", host: str = "127.0.0.1",
                       tls_cert: str = "", tls_key: str = "") -> dict[str, Path]:
     """Write `out/nats-server.conf` and `out/SERVICE.password` (all 0600); never overwrites. Bad
@@ -119,14 +156,18 @@ def write_nats_config(out: Path, stream: str, nodes: Sequence[str], *, port: int
     nats_config(stream, dict.fromkeys(SERVICES, ""), nodes, port=port, store_dir=store_dir, host=host, tls_cert=tls_cert,
                 tls_key=tls_key)  # checks the input first
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    conf = out / "nats-server.conf"
-    files = {s: out / f"{s}.password" for s in SERVICES}
-    existing = [p for p in [conf, *files.values()] if p.exists()]
-    if existing:
-        raise FileExistsError(f"{existing[0]} exists; credentials are never overwritten (choose another --out)")
-    passwords = {s: secrets.token_hex(32) for s in SERVICES}
-    for s, path in files.items():
-        _write_0600(path, passwords[s] + "\n")
-    _write_0600(conf, nats_config(stream, passwords, nodes, port=port, store_dir=store_dir, host=host, tls_cert=tls_cert,
-                                  tls_key=tls_key))
-    return {"config": conf, **files}
+    fd = _open_own_folder(out)
+    try:
+        there = Path(f"/proc/self/fd/{fd}")  # the folder checked, wherever its name points later
+        names = {"config": "nats-server.conf", **{s: f"{s}.password" for s in SERVICES}}
+        existing = [name for name in names.values() if os.path.lexists(there / name)]
+        if existing:
+            raise FileExistsError(f"{out / existing[0]} exists; credentials are never overwritten (choose another --out)")
+        passwords = {s: secrets.token_hex(32) for s in SERVICES}
+        for s in SERVICES:
+            _write_0600(there / names[s], passwords[s] + "\n")
+        _write_0600(there / names["config"], nats_config(stream, passwords, nodes, port=port, store_dir=store_dir, host=host,
+                                                         tls_cert=tls_cert, tls_key=tls_key))
+    finally:
+        os.close(fd)
+    return {key: out / name for key, name in names.items()}

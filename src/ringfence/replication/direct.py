@@ -256,7 +256,7 @@ def _info(line: bytes) -> dict[str, Any]:
     TypeError out of `NatsLink.direct`)."""
     try:
         info = json.loads(line[5:])
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested deeper than the interpreter's stack: a RecursionError)
         raise DirectError(f"NATS protocol: INFO is not JSON: {line[:40]!r}") from None
     if not isinstance(info, dict):
         raise DirectError(f"NATS protocol: INFO is not a JSON object: {line[:40]!r}")
