@@ -201,7 +201,12 @@ class ReplayGuard:
     """
 
     def __init__(self, max_entries: int = 1_000_000, *, started_ms: int | None = None) -> None:
-        self._seen: OrderedDict[tuple[int, bytes], tuple[int, int]] = OrderedDict()  # -> (expires_ms, timestamp_ms)
+        # Keys are bytes (the key id in decimal, ":", the 32-byte digest) and values ints, in two dicts,
+        # not `(key_id, digest) -> (expires_ms, timestamp_ms)` tuples: a minute of signed requests is
+        # tens of thousands of entries, and two tracked tuples each made every young collection of
+        # the serving process scan them (issue 18, item 6; tests/api/test_replay_guard_gc.py).
+        self._seen: OrderedDict[bytes, int] = OrderedDict()  # -> expires_ms, oldest first
+        self._signed: dict[bytes, int] = {}  # -> timestamp_ms
         self._lock = threading.Lock()
         self.max_entries = max_entries
         self.not_before_ms = time.time_ns() // 1_000_000 if started_ms is None else started_ms
@@ -209,16 +214,18 @@ class ReplayGuard:
     def check_and_remember(
         self, key_id: int, payload: bytes, now_ms: int, timestamp_ms: int, window_ms: int = MAX_RECV_WINDOW_MS + 2_000
     ) -> None:
-        key = (key_id, hashlib.sha256(payload).digest())
+        key = b"%d:%s" % (key_id, hashlib.sha256(payload).digest())  # the digest's fixed length: one key per pair
         with self._lock:
-            seen = self._seen
+            seen, signed = self._seen, self._signed
             while seen:
-                expires, signed_ms = next(iter(seen.values()))
+                oldest = next(iter(seen))
+                expires = seen[oldest]
                 if expires > now_ms and len(seen) < self.max_entries:
                     break
+                signed_ms = signed.pop(oldest)
                 if expires > now_ms:  # forced out inside its window: older requests may no longer run
                     self.not_before_ms = max(self.not_before_ms, signed_ms + 1)
-                seen.popitem(last=False)
+                del seen[oldest]
             if timestamp_ms < self.not_before_ms:
                 raise BinanceError(
                     -1021,
@@ -227,7 +234,8 @@ class ReplayGuard:
                 )
             if key in seen:
                 raise BinanceError(-1022, "Signature for this request is not valid: it was already used (replay).")
-            seen[key] = (now_ms + window_ms, timestamp_ms)
+            seen[key] = now_ms + window_ms
+            signed[key] = timestamp_ms
 
 
 @dataclass
