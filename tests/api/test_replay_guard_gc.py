@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ringfence.api.binance_errors import BinanceError
@@ -69,7 +69,9 @@ def test_an_order_record_is_not_tracked_and_the_history_keeps_none() -> None:
 
 
 class _TupleGuard:
-    """The replay guard as it was (tuples): the reference for its answers."""
+    """The replay guard as it was (tuples, d81f42b): the reference for its answers. One line differs,
+    marked: an entry whose window passed now raises `not_before_ms` too (the stale-`now` replay,
+    tested on its own below)."""
 
     def __init__(self, max_entries: int, started_ms: int) -> None:
         self._seen: OrderedDict[tuple[int, bytes], tuple[int, int]] = OrderedDict()
@@ -84,8 +86,7 @@ class _TupleGuard:
             expires, signed_ms = next(iter(seen.values()))
             if expires > now_ms and len(seen) < self.max_entries:
                 break
-            if expires > now_ms:
-                self.not_before_ms = max(self.not_before_ms, signed_ms + 1)
+            self.not_before_ms = max(self.not_before_ms, signed_ms + 1)  # was: only `if expires > now_ms:`
             seen.popitem(last=False)
         if timestamp_ms < self.not_before_ms:
             raise BinanceError(-1021, "before")
@@ -129,3 +130,42 @@ def test_a_replay_is_refused_and_a_new_key_id_is_not_a_replay() -> None:
         assert err.code == -1022
     else:
         raise AssertionError("a replay was accepted")
+
+
+# A call's `now_ms` can be older than a call before it: the WebSocket API reads the clock, checks the
+# timestamp, then awaits the key check in a thread; the REST gate does the same on a cache miss; a
+# wall clock can be stepped back. An entry dropped (its window passed) by the later clock was then
+# forgotten while a replay of it still passed its own (older) window check: the replay ran again.
+_calls = st.lists(st.tuples(st.sampled_from([b"x", b"y", b"z"]), st.integers(0, 130_000), st.integers(-1_000, MAX_RECV_WINDOW_MS)),
+                  max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(calls=_calls)
+@example(calls=[(b"x", 1_000, -1_000), (b"y", 64_000, 0), (b"x", 61_000, 59_000)])  # found by the review of f7ae09c
+def test_a_request_runs_once_whatever_order_the_clock_readings_come_in(calls: list[tuple[bytes, int, int]]) -> None:
+    guard = ReplayGuard(started_ms=0)
+    ran: set[tuple[bytes, int]] = set()
+    for payload, now, age in calls:
+        timestamp = now - age  # inside recvWindow at this call's own clock reading (check_timestamp passed)
+        try:
+            guard.check_and_remember(5, payload + b"&timestamp=%d" % timestamp, now, timestamp)
+        except BinanceError as err:
+            assert err.code in (-1021, -1022)
+            continue
+        assert (payload, timestamp) not in ran, f"a replay of {payload!r} signed at {timestamp} ran again at {now}"
+        ran.add((payload, timestamp))
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(-999, 70_000), st.integers(-1_000, MAX_RECV_WINDOW_MS)), max_size=40))
+def test_fresh_requests_are_never_refused(steps: list[tuple[int, int]]) -> None:
+    """What the rule costs honest clients: nothing, while each call's clock reading is less than a
+    second behind the latest one (an entry leaves a minute and 2 s after it was accepted; a
+    request's timestamp may be at most a minute old or a second ahead)."""
+    guard = ReplayGuard(started_ms=0)
+    latest = 100_000  # every timestamp after the server's start
+    for i, (delta, age) in enumerate(steps):
+        now = latest + delta
+        latest = max(latest, now)
+        guard.check_and_remember(5, b"order=%d" % i, now, now - age)

@@ -196,8 +196,13 @@ class ReplayGuard:
     refused outright: `not_before_ms` starts at the server's start (a request accepted just before
     a restart cannot run again after it) and rises when the bound (`max_entries`) forces out an
     entry that is still inside its window (nothing signed at or before that entry's timestamp may
-    run, since the guard no longer knows whether it did). Honest clients sign each request with a
-    fresh timestamp and never meet either refusal.
+    run, since the guard no longer knows whether it did). It rises the same way when an entry leaves
+    because its window has passed: a call can come with a `now_ms` older than one that already
+    dropped the entry (read before an await, as the WebSocket API's key check in a thread, or a wall
+    clock stepped back), and that request's timestamp passed its own window check, so without it a
+    replay of the dropped request ran again. Honest clients sign each request with a fresh timestamp
+    and never meet either refusal (an entry leaves `window_ms` = the largest recvWindow + 2 s after
+    it was accepted, so its timestamp is older than any request a current clock lets through).
     """
 
     def __init__(self, max_entries: int = 1_000_000, *, started_ms: int | None = None) -> None:
@@ -222,15 +227,15 @@ class ReplayGuard:
                 expires = seen[oldest]
                 if expires > now_ms and len(seen) < self.max_entries:
                     break
-                signed_ms = signed.pop(oldest)
-                if expires > now_ms:  # forced out inside its window: older requests may no longer run
-                    self.not_before_ms = max(self.not_before_ms, signed_ms + 1)
+                # forced out inside its window, or its window passed by a clock ahead of a later call's:
+                # a request signed at or before it may no longer run (the guard forgot whether it did)
+                self.not_before_ms = max(self.not_before_ms, signed.pop(oldest) + 1)
                 del seen[oldest]
             if timestamp_ms < self.not_before_ms:
                 raise BinanceError(
                     -1021,
                     "Timestamp for this request is outside of the recvWindow: it was signed before this "
-                    "server could remember it (a restart); sign it again with a fresh timestamp.",
+                    "server could remember it (a restart) or after it forgot it; sign it again with a fresh timestamp.",
                 )
             if key in seen:
                 raise BinanceError(-1022, "Signature for this request is not valid: it was already used (replay).")
