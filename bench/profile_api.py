@@ -84,14 +84,38 @@ if os.environ.get("RF_PROFILE_OUT") and ("serve" in sys.argv or GATEWAY):
             return
         if phase == "start":
             gc_pauses["started"] = time.perf_counter_ns()
+            if os.environ.get("RF_PROFILE_GC_CENSUS") == "1" and len(gc_pauses.setdefault("census", [])) < 40:
+                # --gc-census: which thread set the collection off, and what the generation held (by type)
+                counts = {}
+                for obj in gc.get_objects(info["generation"]):
+                    name = type(obj).__module__ + "." + type(obj).__qualname__
+                    counts[name] = counts.get(name, 0) + 1
+                top = sorted(counts.items(), key=lambda kv: -kv[1])[:12]
+                samples = []
+                if len(gc_pauses["census"]) < 2:  # the commonest type's first few objects, and who holds them
+                    common = top[0][0] if top else ""
+                    for obj in gc.get_objects(info["generation"]):
+                        if type(obj).__module__ + "." + type(obj).__qualname__ == common:
+                            holders = [type(r).__qualname__ for r in gc.get_referrers(obj)][:3]
+                            samples.append(f"{repr(obj)[:90]} <- {holders}")
+                            if len(samples) >= 12:
+                                break
+                    top.append(("samples", samples))
+                gc_pauses["census"].append({"generation": info["generation"], "thread": threading.current_thread().name,
+                                            "objects": sum(counts.values()), "top": top})
+            gc_pauses["cpu_started"] = time.thread_time_ns()  # the collecting thread's CPU: the pause without the machine's load
             return
         us = (time.perf_counter_ns() - gc_pauses["started"]) // 1000
-        row = gc_pauses["by_gen"].setdefault(str(info["generation"]), {"collections": 0, "total_us": 0, "max_us": 0, "pauses_us": []})
+        cpu_us = (time.thread_time_ns() - gc_pauses["cpu_started"]) // 1000
+        row = gc_pauses["by_gen"].setdefault(str(info["generation"]), {"collections": 0, "total_us": 0, "max_us": 0, "pauses_us": [],
+                                                                       "cpu_us": [], "collected": 0})
         row["collections"] += 1
         row["total_us"] += us
         row["max_us"] = max(row["max_us"], us)
+        row["collected"] += info.get("collected", 0)
         if len(row["pauses_us"]) < 20_000:
             row["pauses_us"].append(us)
+            row["cpu_us"].append(cpu_us)
             gc_pauses.setdefault("at", []).append((gc_pauses["started"], us * 1000, info["generation"]))
 
     gc.callbacks.append(_gc_watch)
@@ -314,7 +338,7 @@ if os.environ.get("RF_PROFILE_OUT") and ("serve" in sys.argv or GATEWAY):
         with open(out + ".stalls.json", "w") as fh:
             json.dump(stalls["found"], fh)
         with open(out + ".gc.json", "w") as fh:
-            json.dump({"by_gen": gc_pauses["by_gen"], "at": gc_pauses.get("at", []), "threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),
+            json.dump({"by_gen": gc_pauses["by_gen"], "at": gc_pauses.get("at", []), "census": gc_pauses.get("census", []), "threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),
                        "tracked_now": len(gc.get_objects())}, fh)
         if state["main"] is not None:
             state["main"].disable()
@@ -351,8 +375,13 @@ def print_gc(who: str, gc_file: Path, n: int) -> None:
     for gen, row in sorted(gc_info["by_gen"].items()):
         pauses = sorted(row.pop("pauses_us"))
         p99 = pauses[min(len(pauses) - 1, len(pauses) * 99 // 100)] if pauses else 0
+        cpu = sorted(row.pop("cpu_us", []))
         print(f"  generation {gen}: {row['collections']} collections, {row['total_us'] / n:.1f} us per request, "
-              f"p99 {p99} us, max {row['max_us']} us")
+              f"p99 {p99} us, max {row['max_us']} us (wall); CPU of the collecting thread p50 {cpu[len(cpu) // 2] if cpu else 0} us, "
+              f"max {cpu[-1] if cpu else 0} us; {row.get('collected', 0)} objects collected")
+    for row in gc_info.get("census", []):
+        print(f"  a generation-{row['generation']} collection on {row['thread']}: {row['objects']:,} objects: "
+              + ", ".join(f"{name} {count}" for name, count in row["top"]))
 
 
 def print_timed(who: str, timed_file: Path) -> None:
@@ -486,6 +515,8 @@ def main() -> None:
                         "sequencer, and each paced thread's longest CPU run without a pause (`CpuPacer`)")
     parser.add_argument("--gc-young", type=int, default=0, help="set the engine's young-generation GC threshold to this "
                         "when the load starts (an experiment; 0: serve's own)")
+    parser.add_argument("--gc-census", action="store_true", help="at each of the first 40 collections of each process: the "
+                        "thread that set it off and the collected generation's objects by type (slows those collections)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cpu-clock", action="store_true", help="--cprofile on the thread's CPU time (time.thread_time), "
                         "not the wall clock: waits for the GIL or a lock no longer count")
@@ -502,7 +533,8 @@ def main() -> None:
                       RF_PROFILE_CPU_CLOCK="1" if args.cpu_clock else "0", RF_PROFILE_WRAP=args.wrap,
                       RF_PROFILE_STALLS="1" if args.stalls else "0", RF_PROFILE_STALL_MS=str(args.stall_ms), RF_PROFILE_TIMED=args.timed,
                       RF_PROFILE_CPUTRACE="1" if args.cputrace else "0",
-                      RF_PROFILE_SPANS=args.spans, RF_PROFILE_HOLDS="1" if args.holds else "0", RF_PROFILE_GC_YOUNG=str(args.gc_young or ""))
+                      RF_PROFILE_SPANS=args.spans, RF_PROFILE_HOLDS="1" if args.holds else "0", RF_PROFILE_GC_YOUNG=str(args.gc_young or ""),
+                      RF_PROFILE_GC_CENSUS="1" if args.gc_census else "0")
     data = work / "data"
     port = api.free_port()
     server = api.start_server(data, port, args.gateways)

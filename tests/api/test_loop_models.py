@@ -44,7 +44,7 @@ def _value(enum: Any) -> Any:
 @settings(max_examples=200, deadline=None)
 @given(side=_value(Side), order_type=_value(OrderType), tif=_value(TimeInForce), stp=_value(SelfTradePrevention))
 def test_an_order_record_has_the_members_the_enums_give(side: Any, order_type: Any, tif: Any, stp: Any) -> None:
-    record = OrderRecord(_accepted(side, order_type, tif, stp), 5)
+    record = OrderRecord.of(_accepted(side, order_type, tif, stp), 5)
     for field, value in (("side", side), ("order_type", order_type), ("tif", tif), ("stp", stp)):
         got, want = getattr(record, field), ENUMS[field](value)
         assert got is want and type(got) is ENUMS[field], (field, value, got)
@@ -56,7 +56,7 @@ def test_a_value_no_member_has_raises_the_enums_own_error(field: str) -> None:
     values = {"side": "BUY", "order_type": "LIMIT", "tif": "GTC", "stp": "NONE"}
     values[field] = "buy"  # lower case: no member's value
     with pytest.raises(ValueError) as raised:
-        OrderRecord(_accepted(**values), 5)
+        OrderRecord.of(_accepted(**values), 5)
     with pytest.raises(ValueError) as reference:
         ENUMS[field]("buy")
     assert str(raised.value) == str(reference.value)

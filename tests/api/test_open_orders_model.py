@@ -10,9 +10,12 @@ read model knows is in a final status. Seeded; reproduce with the seed printed b
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+from enum import Enum
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
@@ -69,6 +72,11 @@ def check_model(d: Driver, history: OrderHistory) -> None:
     for oid, record in history.orders.items():
         if (record.owner, oid) not in engine_open:
             assert record.status in FINAL_STATUSES, (oid, record.order_type, record.status)
+        # an OrderRecord is a gc=False struct: safe only while no field refers to a container (a
+        # cycle through one would never be collected); every field is an int, a str or a member
+        odd = [(f, type(v)) for f, v in zip(record.__struct_fields__, msgspec.structs.astuple(record))
+               if type(v) not in (int, str, bool) and not isinstance(v, Enum)]
+        assert odd == [] and not gc.is_tracked(record), (oid, odd)
 
 
 prices = st.integers(min_value=-40, max_value=40).map(lambda k: BASE_PRICE + k * 100 * TICK)

@@ -196,12 +196,22 @@ class ReplayGuard:
     refused outright: `not_before_ms` starts at the server's start (a request accepted just before
     a restart cannot run again after it) and rises when the bound (`max_entries`) forces out an
     entry that is still inside its window (nothing signed at or before that entry's timestamp may
-    run, since the guard no longer knows whether it did). Honest clients sign each request with a
-    fresh timestamp and never meet either refusal.
+    run, since the guard no longer knows whether it did). It rises the same way when an entry leaves
+    because its window has passed: a call can come with a `now_ms` older than one that already
+    dropped the entry (read before an await, as the WebSocket API's key check in a thread, or a wall
+    clock stepped back), and that request's timestamp passed its own window check, so without it a
+    replay of the dropped request ran again. Honest clients sign each request with a fresh timestamp
+    and never meet either refusal (an entry leaves `window_ms` = the largest recvWindow + 2 s after
+    it was accepted, so its timestamp is older than any request a current clock lets through).
     """
 
     def __init__(self, max_entries: int = 1_000_000, *, started_ms: int | None = None) -> None:
-        self._seen: OrderedDict[tuple[int, bytes], tuple[int, int]] = OrderedDict()  # -> (expires_ms, timestamp_ms)
+        # Keys are bytes (the key id in decimal, ":", the 32-byte digest) and values ints, in two dicts,
+        # not `(key_id, digest) -> (expires_ms, timestamp_ms)` tuples: a minute of signed requests is
+        # tens of thousands of entries, and two tracked tuples each made every young collection of
+        # the serving process scan them (issue 18, item 6; tests/api/test_replay_guard_gc.py).
+        self._seen: OrderedDict[bytes, int] = OrderedDict()  # -> expires_ms, oldest first
+        self._signed: dict[bytes, int] = {}  # -> timestamp_ms
         self._lock = threading.Lock()
         self.max_entries = max_entries
         self.not_before_ms = time.time_ns() // 1_000_000 if started_ms is None else started_ms
@@ -209,25 +219,28 @@ class ReplayGuard:
     def check_and_remember(
         self, key_id: int, payload: bytes, now_ms: int, timestamp_ms: int, window_ms: int = MAX_RECV_WINDOW_MS + 2_000
     ) -> None:
-        key = (key_id, hashlib.sha256(payload).digest())
+        key = b"%d:%s" % (key_id, hashlib.sha256(payload).digest())  # the digest's fixed length: one key per pair
         with self._lock:
-            seen = self._seen
+            seen, signed = self._seen, self._signed
             while seen:
-                expires, signed_ms = next(iter(seen.values()))
+                oldest = next(iter(seen))
+                expires = seen[oldest]
                 if expires > now_ms and len(seen) < self.max_entries:
                     break
-                if expires > now_ms:  # forced out inside its window: older requests may no longer run
-                    self.not_before_ms = max(self.not_before_ms, signed_ms + 1)
-                seen.popitem(last=False)
+                # forced out inside its window, or its window passed by a clock ahead of a later call's:
+                # a request signed at or before it may no longer run (the guard forgot whether it did)
+                self.not_before_ms = max(self.not_before_ms, signed.pop(oldest) + 1)
+                del seen[oldest]
             if timestamp_ms < self.not_before_ms:
                 raise BinanceError(
                     -1021,
                     "Timestamp for this request is outside of the recvWindow: it was signed before this "
-                    "server could remember it (a restart); sign it again with a fresh timestamp.",
+                    "server could remember it (a restart) or after it forgot it; sign it again with a fresh timestamp.",
                 )
             if key in seen:
                 raise BinanceError(-1022, "Signature for this request is not valid: it was already used (replay).")
-            seen[key] = (now_ms + window_ms, timestamp_ms)
+            seen[key] = now_ms + window_ms
+            signed[key] = timestamp_ms
 
 
 @dataclass

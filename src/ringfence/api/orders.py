@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Iterable
 
+import msgspec
+
 from ..trading.staff_cmds import MarketDelisted
 from ..trading.commands import (
     MarketListed,
@@ -53,49 +55,44 @@ def _members(enum: Any) -> dict[str, Any]:
 _SIDES, _TYPES, _TIFS, _STPS = _members(Side), _members(OrderType), _members(TimeInForce), _members(SelfTradePrevention)
 
 
-class OrderRecord:
-    __slots__ = (
-        "symbol",
-        "order_id",
-        "owner",
-        "client_order_id",
-        "side",
-        "order_type",
-        "tif",
-        "price",
-        "quantity",
-        "quote_amount",
-        "stop_price",
-        "stp",
-        "status",
-        "executed",
-        "cum_quote",
-        "time_ms",
-        "update_ms",
-        "working",
-    )
+class OrderRecord(msgspec.Struct, gc=False):
+    """One order as the private endpoints show it. Not tracked by the cyclic collector (`gc=False`:
+    its fields are strings, ints, a bool and enum members, so it can be in no reference cycle): the
+    history keeps up to MAX_ORDERS_PER_ACCOUNT of them per account for as long as the process runs,
+    and as tracked objects each one was scanned by the young collection that followed its order, by
+    the middle one after that, and by every full collection for as long as it was kept (issue 18,
+    item 6: collections hold the GIL for their whole length). Build one with `OrderRecord.of`."""
 
-    def __init__(self, e: OrderAccepted, ts_ms: int) -> None:
-        self.symbol = e.symbol
-        self.order_id = e.order_id
-        self.owner = e.owner
-        self.client_order_id = e.client_order_id
+    symbol: str
+    order_id: int
+    owner: str
+    client_order_id: str
+    side: Side
+    order_type: OrderType
+    tif: TimeInForce
+    price: int
+    quantity: int
+    quote_amount: int
+    stop_price: int
+    stp: SelfTradePrevention
+    status: OrderStatus
+    executed: int
+    cum_quote: int
+    time_ms: int
+    update_ms: int
+    working: bool
+
+    @classmethod
+    def of(cls, e: OrderAccepted, ts_ms: int) -> OrderRecord:
+        """The record of an accepted order, NEW, at `ts_ms`."""
         # `_SIDES.get(v) or Side(v)`: the member, as `Side(v)` gives it; a value that is none (not
         # from the engine) still raises Side's own ValueError
-        self.side = _SIDES.get(e.side) or Side(e.side)
-        self.order_type = _TYPES.get(e.order_type) or OrderType(e.order_type)
-        self.tif = _TIFS.get(e.tif) or TimeInForce(e.tif)
-        self.price = e.price
-        self.quantity = e.quantity
-        self.quote_amount = e.quote_amount
-        self.stop_price = e.stop_price
-        self.stp = _STPS.get(e.stp) or SelfTradePrevention(e.stp)
-        self.status = OrderStatus.NEW
-        self.executed = 0
-        self.cum_quote = 0
-        self.time_ms = ts_ms
-        self.update_ms = ts_ms
-        self.working = self.order_type not in _STOPS  # a stop works once triggered
+        side = _SIDES.get(e.side) or Side(e.side)
+        order_type = _TYPES.get(e.order_type) or OrderType(e.order_type)
+        return cls(e.symbol, e.order_id, e.owner, e.client_order_id, side, order_type,
+                   _TIFS.get(e.tif) or TimeInForce(e.tif), e.price, e.quantity, e.quote_amount, e.stop_price,
+                   _STPS.get(e.stp) or SelfTradePrevention(e.stp), OrderStatus.NEW, 0, 0, ts_ms, ts_ms,
+                   order_type not in _STOPS)  # a stop works once triggered
 
 
 class OrderHistory:
@@ -167,7 +164,7 @@ class OrderHistory:
                 self.perps.add(e.symbol)
 
     def _accepted(self, e: OrderAccepted, ts_ms: int) -> None:
-        record = OrderRecord(e, ts_ms)
+        record = OrderRecord.of(e, ts_ms)
         self.orders[e.order_id] = record
         history = self.by_owner.setdefault(e.owner, deque())
         history.append(e.order_id)
