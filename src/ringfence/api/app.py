@@ -166,8 +166,16 @@ class Observe:
                 log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status[0])
 
 
+#: The routes `HotRoutes` calls straight: order entry, and the unsigned connectivity checks every client
+#: library sends between its orders (`GET /api/v3/ping` and `/time`, weight 1, no parameters). Through
+#: FastAPI's layers a relayed ping cost the engine's event loop ~3x what its endpoint does (issue 18,
+#: bench/profile_api.py --kind ping --cprofile: routing, dependency solving, the exit stack).
+HOT_PATHS = ("/api/v3/order", "/api/v3/ping", "/api/v3/time")
+
+
 class HotRoutes:
-    """Pure ASGI: the order-entry routes (`POST`/`DELETE /api/v3/order`) straight to their endpoint.
+    """Pure ASGI: the order-entry routes (`POST`/`DELETE /api/v3/order`) and the pings (`GET
+    /api/v3/ping`, `/api/v3/time`; HOT_PATHS) straight to their endpoint.
 
     FastAPI's own layers (error middleware, exit stacks, the router's linear match over ~300 routes,
     dependency solving) cost more of the event loop than the order itself (py-spy, issue 18). For
@@ -179,7 +187,7 @@ class HotRoutes:
     monitoring recorder) still wrap it. Requests carrying `Origin` (browsers: CORS) take the full
     stack."""
 
-    def __init__(self, app: Any, fastapi_app: FastAPI, metrics: "Metrics", paths: tuple[str, ...] = ("/api/v3/order",)) -> None:
+    def __init__(self, app: Any, fastapi_app: FastAPI, metrics: "Metrics", paths: tuple[str, ...] = HOT_PATHS) -> None:
         from fastapi.routing import APIRoute
 
         self.app = app
