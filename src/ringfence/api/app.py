@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.datastructures import MutableHeaders
 
 from ..money import format_amount
 from ..trading.commands import OrderRejected, Trade
@@ -166,8 +167,16 @@ class Observe:
                 log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status[0])
 
 
+#: The routes `HotRoutes` calls straight: order entry, and the unsigned connectivity checks every client
+#: library sends between its orders (`GET /api/v3/ping` and `/time`, weight 1, no parameters). Through
+#: FastAPI's layers a relayed ping cost the engine's event loop ~3x what its endpoint does (issue 18,
+#: bench/profile_api.py --kind ping --cprofile: routing, dependency solving, the exit stack).
+HOT_PATHS = ("/api/v3/order", "/api/v3/ping", "/api/v3/time")
+
+
 class HotRoutes:
-    """Pure ASGI: the order-entry routes (`POST`/`DELETE /api/v3/order`) straight to their endpoint.
+    """Pure ASGI: the order-entry routes (`POST`/`DELETE /api/v3/order`) and the pings (`GET
+    /api/v3/ping`, `/api/v3/time`; HOT_PATHS) straight to their endpoint.
 
     FastAPI's own layers (error middleware, exit stacks, the router's linear match over ~300 routes,
     dependency solving) cost more of the event loop than the order itself (py-spy, issue 18). For
@@ -177,9 +186,10 @@ class HotRoutes:
     did: `scope["route"]` for the api_call event and metrics (`Observe`'s counters), a 500 in
     Binance's shape for an unexpected error. The outer layers (security headers, body limit, the
     monitoring recorder) still wrap it. Requests carrying `Origin` (browsers: CORS) take the full
-    stack."""
+    stack; with CORS configured the others get its `Vary: Origin` here, as every answer through it
+    does (a shared cache must not give a browser's request an answer made without its Origin)."""
 
-    def __init__(self, app: Any, fastapi_app: FastAPI, metrics: "Metrics", paths: tuple[str, ...] = ("/api/v3/order",)) -> None:
+    def __init__(self, app: Any, fastapi_app: FastAPI, metrics: "Metrics", paths: tuple[str, ...] = HOT_PATHS) -> None:
         from fastapi.routing import APIRoute
 
         self.app = app
@@ -201,6 +211,10 @@ class HotRoutes:
             if isinstance(route, APIRoute) and route.path in paths and not route.dependencies:
                 for method in route.methods:
                     self.routes[(method, route.path)] = route
+        from fastapi.middleware.cors import CORSMiddleware
+
+        #: CORSMiddleware adds `Vary: Origin` to every answer to a request without `Origin` (review, session 22)
+        self.vary_origin = any(m.cls is CORSMiddleware for m in fastapi_app.user_middleware)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         route = self.routes.get((scope.get("method", ""), scope.get("path", ""))) if scope["type"] == "http" else None
@@ -208,6 +222,8 @@ class HotRoutes:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        if self.vary_origin:
+            send = _vary_origin(send)
         scope["route"] = route
         scope.setdefault("app", self.fastapi_app)
         scope.setdefault("state", {})
@@ -227,6 +243,17 @@ class HotRoutes:
             latency.observe(time.perf_counter() - started)
             if status >= 400:
                 log.info("http.request", method=scope.get("method"), path=scope.get("path"), status=status)
+
+
+def _vary_origin(send: Any) -> Any:
+    """`send` with CORSMiddleware's `Vary: Origin` on the response start (its answer without `Origin`)."""
+    async def sender(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(scope=message)
+            headers["Vary"] = ", ".join([*headers.getlist("Vary"), "Origin"])
+        await send(message)
+
+    return sender
 
 
 class RefuseWritesWhenStopped:
