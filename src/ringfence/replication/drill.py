@@ -65,6 +65,8 @@ class DrillResult:
     primary_hash: str = ""
     lease_ms: int = 0
     problems: list[str] = field(default_factory=list)
+    #: why the scenario could not run to its end (a node that never started...): "" when it did
+    error: str = ""
 
     @property
     def rto_ms(self) -> int:
@@ -81,7 +83,14 @@ class DrillResult:
             "state_hash_old_primary_at_cut": self.primary_hash,
             "old_primary_last_ack_after_failure_ms": int(max(0.0, self.last_old_ack_s - self.failed_at_s) * 1000),
             "lease_ms": self.lease_ms, "ok": not self.problems, "problems": self.problems,
+            **({"error": self.error} if self.error else {}),
         }
+
+    @classmethod
+    def could_not_run(cls, scenario: str, seed: int, lease_ms: int, error: str) -> "DrillResult":
+        """A scenario that stopped before its proofs: failed, with the error as its problem."""
+        first = error.split("\n", 1)[0]
+        return cls(scenario, seed, lease_ms=lease_ms, error=error, problems=[f"the scenario could not run: {first}"])
 
 
 class _Proc:
@@ -119,7 +128,11 @@ class _Proc:
         self.log.close()
 
 
-def _wait_ready(base: str, proc: _Proc, timeout_s: float = 180) -> None:  # float-ok: seconds
+#: how long the drill waits for a node's /readyz (seconds; `--ready-timeout`)
+READY_TIMEOUT_S = 180
+
+
+def _wait_ready(base: str, proc: _Proc, timeout_s: float = READY_TIMEOUT_S, lease_ms: int = 0) -> None:  # float-ok: seconds
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:
@@ -130,7 +143,11 @@ def _wait_ready(base: str, proc: _Proc, timeout_s: float = 180) -> None:  # floa
         except httpx.HTTPError:
             pass  # not listening yet
         time.sleep(0.05)
-    raise RuntimeError("the server never became ready:\n" + proc.text()[-2000:])
+    lease = f" (now {lease_ms} ms)" if lease_ms else ""
+    raise RuntimeError(f"the server never became ready: {base}/readyz did not answer 200 within {timeout_s:g} s; on a "
+                       "loaded machine a primary can miss its lease while it starts (its log below says so): rerun with "
+                       f"a longer --lease-ms{lease}, or a longer --ready-timeout (now {timeout_s:g} s)\n"
+                       + proc.text()[-2000:])
 
 
 class _Client:
@@ -306,7 +323,7 @@ def write_peers(path: Path, nodes: dict[str, Path]) -> Path:
 
 
 def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before: int = 60, after: int = 20,
-              lease_ms: int = 1000, say: Any = print) -> DrillResult:
+              lease_ms: int = 1000, ready_timeout_s: int = READY_TIMEOUT_S, say: Any = print) -> DrillResult:
     """Run one scenario ('kill' or 'partition') and return what it proved."""
     from ..app import replay_journal
     from . import parse_target, promote
@@ -331,7 +348,7 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
     standby: _Proc | None = None
     t0 = time.monotonic()
     try:
-        _wait_ready(a_base, primary)
+        _wait_ready(a_base, primary, ready_timeout_s, lease_ms)
         standby_url = f"{node_url}/{stream}" + ("?auto_promote=1" if scenario == "partition" else "")
         standby = _Proc(["serve", "--data", str(workdir / "b"), "--port", str(pb), "--standby", standby_url,
                          "--node-id", "b"], workdir / "standby.log", env)
@@ -371,7 +388,7 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
         m = standby.wait_log(r"promoted at epoch (\d+), fenced at stream sequence \d+, journal sequence (\d+) state hash ([0-9a-f]{64})")
         result.promoted_at_s = time.monotonic() - t0
         result.cut_seq, result.standby_hash = int(m.group(2)), m.group(3)
-        _wait_ready(b_base, standby)
+        _wait_ready(b_base, standby, ready_timeout_s, lease_ms)
         while i < len(orders):  # phase 2: the new primary
             if clients[i % 2].place(b_base, orders[i]):
                 now = time.monotonic() - t0
@@ -443,7 +460,20 @@ def _checks(r: DrillResult) -> list[tuple[str, bool, str]]:
     return out
 
 
-def write_report(results: list[DrillResult], out: Path) -> Path:
+def rerun_command(*, nats: str, seed: int, scenario: str, before: int, after: int, lease_ms: int,
+                  ready_timeout_s: int) -> str:
+    """The command that repeats this run: every option it used (the NATS URL without its password:
+    give that in RINGFENCE_NATS_PASSWORD); --out is left for a new folder."""
+    node_url, _, password = split_login(nats)
+    user = urlparse(nats).username
+    env, url = "", without_credentials(nats)
+    if password is not None or (user and os.environ.get("RINGFENCE_NATS_PASSWORD")):  # a user, not a token
+        env, url = "RINGFENCE_NATS_PASSWORD=… ", node_url
+    return (f"{env}ringfence dr drill --nats {url} --seed {seed} --scenario {scenario} --before {before} "
+            f"--after {after} --lease-ms {lease_ms} --ready-timeout {ready_timeout_s} --out NEW-FOLDER")
+
+
+def write_report(results: list[DrillResult], out: Path, rerun: str = "") -> Path:
     """OUT/report.json (the figures) and OUT/report.html: the verdict first, then per scenario RTO and
     RPO, the timeline of acknowledgements and the table of checks (static HTML, no scripts)."""
     esc = html.escape
@@ -463,6 +493,15 @@ def write_report(results: list[DrillResult], out: Path) -> Path:
     sections = []
     for r in results:
         s = r.summary()
+        if r.error:  # stopped before its proofs: the error, and the logs to read
+            sections.append(f"""<section id="{esc(r.scenario)}">
+<h2>{esc(r.scenario)}: FAILED</h2>
+<p>{esc(_SCENARIOS.get(r.scenario, r.scenario))}.</p>
+<p class="error">The scenario could not run to its end, so nothing was proved; its nodes' logs are in
+<code>{esc(r.scenario)}/</code> beside this page:</p>
+<pre class="error">{esc(r.error)}</pre>
+</section>""")
+            continue
         checks = "".join(f'<tr class="{"pass" if ok else "fail"}"><td>{esc(name)}</td><td class=result>'
                          f'{"PASS" if ok else "FAIL"}</td><td>{esc(detail)}</td></tr>' for name, ok, detail in _checks(r))
         raw = "".join(f"<tr><th>{esc(k)}</th><td><code>{esc(str(v))}</code></td></tr>" for k, v in s.items())
@@ -499,7 +538,7 @@ tr.fail .result{{color:#b00;font-weight:bold}}.figures th{{width:7rem}}svg{{max-
 <h1>Disaster-recovery drill</h1>
 {verdict}
 <p>Seed {esc(seeds)}; scenarios: {", ".join(esc(r.scenario) for r in results)}. RTO: recovery time (failure to the first
-acknowledgement on the new primary). RPO: acknowledged commands lost. Rerun with <code>ringfence dr drill --seed {esc(seeds)}</code>.</p>
+acknowledgement on the new primary). RPO: acknowledged commands lost. Rerun with <code id="rerun">{esc(rerun or "ringfence dr drill --seed " + seeds)}</code>.</p>
 {"".join(sections)}
 </body></html>
 """
