@@ -67,12 +67,15 @@ def drill(
         sys.exit(143)
 
     signal.signal(signal.SIGTERM, stop)
+    def plain(text: str) -> None:  # the drill's lines are text (a server's words may hold [brackets])
+        console.print(text, markup=False, highlight=False)
+
     results = []
     errors = []
     for name in (("kill", "partition") if scenario == "both" else (scenario,)):
         try:
             results.append(run_drill(name, nats, seed, out / name, before=orders_before, after=orders_after,
-                                     lease_ms=lease_ms, ready_timeout_s=ready_timeout, say=console.print))
+                                     lease_ms=lease_ms, ready_timeout_s=ready_timeout, say=plain))
         except RuntimeError as err:
             # the scenarios that finished keep their results: the report is written with this one failed
             errors.append(f"error: drill {name}: {err}")

@@ -262,45 +262,122 @@ def split_login(nats_url: str) -> tuple[str, str, str | None]:
     return nats_url.replace(f"{parsed.username}:{parsed.password}@", login, 1), login, unquote(parsed.password)
 
 
+#: what the drill's NATS user must be allowed (said when it is not): it makes a stream and a leadership bucket of
+#: its own per scenario, runs both nodes and the promotion on them, and deletes them at the end
+DRILL_NEEDS = ("the drill makes a stream of its own for each scenario (RFDRILL…, and its bucket KV_RFDRILL…-leader), "
+               "runs both nodes and the operators' promotion on it, and deletes both at the end, so its NATS user needs "
+               "the whole JetStream API on those streams (create, info, read, delete) and their subjects: a dev server "
+               "without users, or an admin user of your own; none of `ringfence replication nats-config`'s users "
+               "(rf-node, rf-operator, rf-monitor) may create other streams or delete any (docs/resilience.md, "
+               "\"`ringfence dr drill`\")")
+
+
+def _target(nats_url: str) -> Any:
+    """The drill's server as a ReplicationTarget: its password from RINGFENCE_NATS_PASSWORD when the URL
+    names a user without one, as the nodes and `replication status` take it."""
+    from . import parse_target
+
+    return parse_target(f"{nats_url.rstrip('/')}/RFDRILLCHECK", "--nats")
+
+
+async def _connect(target: Any, seen: dict[str, str]) -> Any:
+    """A connection to `target` as its user (replies on the user's own inbox, as `nats-config` allows); the
+    server's refusals go to `seen` ("login": the login refused, "refused": a permissions violation)."""
+    import nats
+
+    from . import _login_refused
+    from .auth import inbox_prefix
+
+    async def on_error(err: Exception) -> None:  # said by the caller's one line; no traceback per attempt
+        if _login_refused(err):
+            seen["login"] = str(err)[:200]
+        elif "permissions violation" in str(err).lower():
+            seen["refused"] = str(err)[:200]
+
+    inbox = inbox_prefix(unquote(urlparse(target.servers).username or ""))
+    return await nats.connect(target.servers, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2,
+                              error_cb=on_error, inbox_prefix=inbox)
+
+
+def _user_of(target: Any) -> str:
+    from . import login_name
+
+    return login_name(target.servers) or "(none)"
+
+
 def check_nats(nats_url: str) -> None:
     """Raise RuntimeError (a sentence, the URL's password hidden) unless `nats_url` is a nats:// or tls://
-    URL of a NATS server that answers: checked before the drill makes any folder or node."""
-    from . import masked
+    URL of a NATS server that answers, takes the login (a refused login is named as one, as `replication
+    status` names it) and lets this user make and delete a stream: checked before the drill makes any
+    folder or node."""
+    from nats.js.api import StreamConfig
+
+    from . import login_refused_message, masked
 
     check_nats_url(nats_url, "kill")
+    target = _target(nats_url)
+    seen: dict[str, str] = {}
+    probe = f"RFDRILLCHECK{secrets.token_hex(4).upper()}"
 
-    async def go() -> None:
-        import nats
+    async def reach() -> Any:
+        return await _connect(target, seen)
 
-        async def quiet(_err: Exception) -> None:  # the one line below says it; no traceback per attempt
-            return None
-
-        nc = await nats.connect(nats_url, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2,
-                                error_cb=quiet)
-        await nc.close()
-
-    try:
-        asyncio.run(asyncio.wait_for(go(), 20))
-    except Exception as err:  # nats' NoServersError, OSError, a timeout: all mean it cannot be reached
-        raise RuntimeError(f"cannot reach NATS at {masked(nats_url)}: {type(err).__name__}") from None
-
-
-def _delete_stream(nats_url: str, stream: str) -> None:
-    async def go() -> None:
-        import nats
-        from nats.js.errors import NotFoundError
-
-        nc = await nats.connect(nats_url, connect_timeout=3)
+    async def make_and_delete(nc: Any) -> None:
+        js = nc.jetstream()
         try:
-            for name in (stream, f"KV_{stream}-leader"):
-                try:
-                    await nc.jetstream().delete_stream(name)
-                except NotFoundError:
-                    pass  # never created
+            await js.add_stream(StreamConfig(name=probe, subjects=[f"rfdrillcheck.{probe}"]))
+            await js.delete_stream(probe)
         finally:
             await nc.close()
 
-    asyncio.run(go())
+    loop = asyncio.new_event_loop()
+    try:
+        try:
+            nc = loop.run_until_complete(asyncio.wait_for(reach(), 20))
+        except Exception as err:  # nats' NoServersError, OSError, a timeout: it cannot be reached, or refused the login
+            if seen.get("login"):
+                raise RuntimeError(login_refused_message(target, seen["login"])) from None
+            raise RuntimeError(f"cannot reach NATS at {masked(nats_url)}: {type(err).__name__}") from None
+        try:
+            loop.run_until_complete(asyncio.wait_for(make_and_delete(nc), 20))
+        except Exception as err:  # a request this user may not make times out; the server said why in `seen`
+            said = f" (the server said: {seen['refused'].strip()})" if seen.get("refused") else f" ({type(err).__name__})"
+            raise RuntimeError(f"NATS user {_user_of(target)} at {target.display} may not make and delete a stream "
+                               f"(tried {probe}){said}; {DRILL_NEEDS}") from None
+    finally:
+        loop.close()
+
+
+def _delete_stream(nats_url: str, stream: str) -> str:
+    """Delete the scenario's stream and its bucket; "" when done (or never made), else what was left and why."""
+    from nats.js.errors import NotFoundError
+
+    target = _target(nats_url)
+    seen: dict[str, str] = {}
+    left: list[str] = []
+
+    async def go() -> None:
+        nc = await _connect(target, seen)
+        try:
+            for name in (stream, f"KV_{stream}-leader"):
+                try:
+                    await asyncio.wait_for(nc.jetstream().delete_stream(name), 10)
+                except NotFoundError:
+                    pass  # never created
+                except Exception:  # a delete this user may not make times out: said below, never a traceback
+                    left.append(name)
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 40))
+    except Exception as err:  # the server went away meanwhile
+        return f"could not delete the streams {stream} and KV_{stream}-leader: NATS: {type(err).__name__}"
+    if not left:
+        return ""
+    said = f" (the server said: {seen['refused'].strip()})" if seen.get("refused") else ""
+    return (f"could not delete {' and '.join(left)}: NATS user {_user_of(target)} may not{said}; delete "
+            f"{'them' if len(left) > 1 else 'it'} as a user who may (`nats stream rm NAME -f`); {DRILL_NEEDS}")
 
 
 def _operator_quorum(data: Path, stream: str, node_id: str, epoch: int) -> list[str]:
@@ -346,6 +423,7 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
     primary = _Proc(["serve", "--demo", "--data", str(workdir / "a"), "--port", str(pa), "--replicate",
                      f"{primary_nats}/{stream}?lease_ms={lease_ms}", "--node-id", "a"], workdir / "primary.log", env)
     standby: _Proc | None = None
+    left = ""
     t0 = time.monotonic()
     try:
         _wait_ready(a_base, primary, ready_timeout_s, lease_ms)
@@ -409,7 +487,11 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
             standby.stop()
         if proxy is not None:
             proxy.close()
-        _delete_stream(nats_url, stream)
+        left = _delete_stream(nats_url, stream)
+        if left:
+            say(f"drill {scenario}: {left}")
+    if left:
+        result.problems.append(left)
     if result.lost:
         n = len(result.lost)
         result.problems.append(f"{n} acknowledged {'order is' if n == 1 else 'orders are'} missing on the new primary")
