@@ -249,6 +249,12 @@ def test_postgresql_identity_is_dumped_verified_and_restored_into_a_new_database
         proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "backup", "restore", str(tmp_path / "bk"), "--trust", trust, "--to",
                                str(tmp_path / "restored")], capture_output=True, text=True, timeout=300, env=env_dst)
         assert proc.returncode == 0 and "restored with pg_restore" in proc.stdout, proc.stdout + proc.stderr
+        # new-user review (issue #21): the hint said `ringfence serve --data restored`, which opens a new, empty
+        # SQLite store; it names the database now (a password in the URL would be hidden)
+        from ringfence.errors import without_credentials
+
+        hint = " ".join(proc.stdout.split()).split("start it with: ", 1)[1]
+        assert hint.startswith(f"RINGFENCE_DATABASE_URL={without_credentials(target_url)} ringfence serve --data "), hint
         # a second restore into the now-used database is refused before anything is written
         again_proc = rf("backup", "restore", str(tmp_path / "bk"), "--trust", trust, "--to", str(tmp_path / "again"), check=False,
                         env={"RINGFENCE_DATABASE_URL": target_url})

@@ -133,3 +133,47 @@ def _cmdline(pid: str) -> bytes:
             return f.read()
     except OSError:
         return b""
+
+
+def test_a_scenario_that_cannot_start_still_gets_its_report_and_says_how_long_it_waited(tmp_path, nats_with_password):
+    """New-user review (issue #21, session 22): a scenario whose server never became ready ended the drill with
+    `error: drill partition: the server never became ready:` (no wait time, no hint) and no report at all,
+    the finished scenario's result thrown away. Now the error names the wait and the options to lengthen,
+    the report is written with that scenario FAILED, and its rerun line carries every option of the run."""
+    port, password = nats_with_password
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "dr", "drill", "--nats", f"nats://rf:{password}@127.0.0.1:{port}",
+                           "--seed", "9", "--scenario", "kill", "--before", "8", "--after", "3", "--lease-ms", "1700",
+                           "--ready-timeout", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, **NO_CHAINS, **ARGON2_TEST_COST))
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said
+    assert "never became ready" in said and "within 1 s" in said and "--lease-ms (now 1700 ms)" in said, said
+    assert "--ready-timeout" in said and "Traceback" not in said, said
+    report = json.loads((out / "report.json").read_text())
+    assert [r["scenario"] for r in report] == ["kill"] and not report[0]["ok"], report
+    assert "never became ready" in report[0]["error"]
+    page = (out / "report.html").read_text()
+    assert "kill: FAILED" in page and "could not run" in page
+    rerun = page.split('<code id="rerun">', 1)[1].split("</code>", 1)[0]
+    for option in ("--seed 9", "--scenario kill", "--before 8", "--after 3", "--lease-ms 1700", "--ready-timeout 1",
+                   f"nats://rf@127.0.0.1:{port}", "RINGFENCE_NATS_PASSWORD="):
+        assert option in rerun, rerun
+    assert password not in said + page
+
+
+def test_the_report_keeps_a_finished_scenario_beside_one_that_could_not_run(tmp_path):
+    """The report of `--scenario both` whose second scenario stopped: the first one's figures and checks are on
+    the page (PASSED), the second one FAILED with its error; the verdict counts it."""
+    from ringfence.replication.drill import DrillResult, write_report
+
+    done = DrillResult("kill", 7, acked=[(0.1, "a", "drill7-0"), (2.0, "b", "drill7-1")], failed_at_s=1.0,  # float-ok: seconds
+                       promoted_at_s=1.5, first_ack_after_s=2.0, cut_seq=5, standby_hash="ab" * 32,  # float-ok: seconds
+                       primary_hash="ab" * 32, lease_ms=1000)
+    stopped = DrillResult.could_not_run("partition", 7, 1000, "the server never became ready: … within 180 s\nlog tail")
+    write_report([done, stopped], tmp_path, "ringfence dr drill --seed 7 --scenario both")
+    page = (tmp_path / "report.html").read_text()
+    assert "kill: PASSED" in page and "1,000 ms" in page and "partition: FAILED" in page
+    assert "FAILED</strong> — 1 problem" in page and "within 180 s" in page
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [r["ok"] for r in report] == [True, False]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -444,3 +445,36 @@ def test_every_batch_state_is_checked_through_the_incremental_digest(tmp_path, s
         follower.close()
         node.close()
         replicator.close()
+
+
+def test_a_deposed_primarys_folder_restarted_as_standby_is_told_why_and_what_to_do(tmp_path, stream):
+    """New-user review (issue #21): a deposed primary restarted as a standby on its old folder said only
+    `stream message N: batch S does not follow sequence S and its record hash`. Its folder holds a tail the
+    stream never got (here: one command journaled on the folder alone, then a two-command batch on the
+    stream at that sequence); the error now says so and how to rejoin, citing the docs' section."""
+    target = parse_target(f"{NATS_URL}/{stream}")
+    node, replicator = _primary(tmp_path, stream)
+    try:
+        _fund(node, 1, 5)
+        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+        follower.poll()
+        follower.close()
+        local = new_node(tmp_path / "b")  # the folder's own tail: journaled here, never replicated
+        local.open()
+        _fund(local, 90, 1)
+        local.close()
+        world, alice = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("alice", "BTC").id))
+        node.execute_many([CreateTransfers([Transfer(2, world, alice, 7)]), CreateTransfers([Transfer(3, world, alice, 9)])])
+        again = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+        try:
+            with pytest.raises(JournalCorrupt, match="does not follow sequence") as err:
+                again.poll()
+            said = str(err.value)
+            assert "never replicated" in said and "fresh folder" in said and "backup restore" in said, said
+            assert '"Rejoining a deposed primary"' in said
+        finally:
+            again.close()
+    finally:
+        node.close()
+        replicator.close()
+    assert "**Rejoining a deposed primary.**" in (Path(__file__).parents[2] / "docs" / "resilience.md").read_text()

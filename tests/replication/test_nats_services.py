@@ -519,3 +519,30 @@ def test_a_token_url_never_prints_its_token(tmp_path, nats_with_token):
         assert done.returncode != 0 and "refused the login" in out and "Traceback" not in out, out
         assert wrong not in out and token not in out, out
     assert "user rf-node was given no password" in out, out  # a service user's name is a name, not a token
+
+
+def test_dr_drill_names_a_refused_login_and_the_permissions_it_needs(tmp_path, nats_services):
+    """New-user review (issue #21): `dr drill --nats nats://rf-node@HOST:PORT` with the password in
+    RINGFENCE_NATS_PASSWORD said `cannot reach NATS … NoServersError` (the drill's check ignored that variable;
+    a refused login read as an unreachable server); with user:pass in the URL it went ahead and died in a raw
+    `nats.errors.TimeoutError` traceback deleting its stream, which rf-node may not. Now a wrong password is
+    named as a refused login (as `replication status` names it) and a user that may not make and delete a
+    stream is refused before anything is made, naming what the drill needs."""
+    port, passwords = nats_services
+    password = passwords["rf-node"]
+    runs = (("nats://rf-node@127.0.0.1:{port}", "wrong-" + password, "refused the login"),
+            ("nats://rf-node@127.0.0.1:{port}", password, "may not make and delete a stream"),
+            (f"nats://rf-node:{password}@127.0.0.1:{{port}}", "", "may not make and delete a stream"))
+    for i, (url, env_password, expected) in enumerate(runs):
+        out = tmp_path / f"never{i}"
+        env = {k: v for k, v in os.environ.items() if k != "RINGFENCE_NATS_PASSWORD"}
+        if env_password:
+            env["RINGFENCE_NATS_PASSWORD"] = env_password
+        proc = subprocess.run([sys.executable, "-m", "ringfence.cli", "dr", "drill", "--nats", url.format(port=port),
+                               "--scenario", "kill", "--out", str(out)], capture_output=True, text=True, timeout=120, env=env)
+        said = " ".join((proc.stdout + proc.stderr).split())
+        assert proc.returncode == 1 and expected in said and "Traceback" not in said, said
+        assert "cannot reach" not in said and password not in said, said
+        if "stream" in expected:
+            assert "user rf-node" in said and "JetStream API" in said and "delete" in said, said
+        assert not out.exists()

@@ -402,7 +402,21 @@ def restore(
                       f"file lists) restored at sequence {report.last_seq:,} into {to}")
         raise typer.Exit(EXIT_NOT_TRUSTED)
     console.print(f"restore: [bold green]OK[/] from the backup {_which(report)}, at sequence {report.last_seq:,}; "
-                  f"start it with: ringfence serve --data {to}")
+                  f"start it with: {escape(_serve_hint(report, to, pg_url))}")
+
+
+def _serve_hint(report: BackupReport, to: Path, pg_url: str) -> str:
+    """The command that serves the restored folder: with its PostgreSQL database named (its password hidden),
+    since `serve --data` alone opens a new, empty SQLite identity store there (new-user review, issue #21)."""
+    from ..errors import without_credentials
+
+    if not report.identity.startswith("PostgreSQL"):
+        return f"ringfence serve --data {to}"
+    if pg_url.startswith("postgresql"):
+        return f"RINGFENCE_DATABASE_URL={without_credentials(pg_url)} ringfence serve --data {to}"
+    return (f"RINGFENCE_DATABASE_URL=postgresql+psycopg://USER@HOST:5432/DB ringfence serve --data {to}, once the "
+            "backup's identity.pgdump is loaded into that empty database (restore again with RINGFENCE_DATABASE_URL set "
+            "does it); never `serve --data` alone: it opens a new, empty SQLite identity store")
 
 
 __all__ = ["app"]

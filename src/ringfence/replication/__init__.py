@@ -2458,8 +2458,15 @@ class Follower:
             self._stream_next = max(self._stream_next, first_seq + count)
             return
         if first_seq != w.next_seq or bytes.fromhex(headers["Rf-Prev-Hash"]) != w.last_hash:
-            raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} does not follow sequence "
-                                 f"{w.next_seq - 1} and its record hash")
+            said = (f"stream message {self.stream_seq}: batch {first_seq} does not follow sequence {w.next_seq - 1} "
+                    "and its record hash")
+            if first_seq <= w.next_seq:  # not a gap in the stream: this folder's journal is not the stream's history
+                said += (f": this data folder's journal holds a tail the stream does not (records up to sequence "
+                         f"{w.next_seq - 1}, where the stream goes on at {first_seq} with other records): a tail that "
+                         "was never replicated, as a deposed primary's folder holds (batches fsynced locally, never "
+                         "acknowledged); rejoin as a standby on a fresh folder, or on one made by `ringfence backup "
+                         "restore` (docs/resilience.md, \"Rejoining a deposed primary\")")
+            raise JournalCorrupt(said)
         _, digest = encode_record(payload, first_seq, count, w.last_hash)
         if digest.hex() != headers["Rf-Hash"]:
             raise JournalCorrupt(f"stream message {self.stream_seq}: batch {first_seq} fails its record hash")

@@ -25,6 +25,8 @@ def drill(
     orders_before: int = typer.Option(60, "--before", min=4, max=150, help="Orders sent before the failure (at most)."),
     orders_after: int = typer.Option(20, "--after", min=1, max=150, help="Orders sent to the new primary."),
     lease_ms: int = typer.Option(1000, "--lease-ms", min=200, max=60_000, help="The primary's leadership lease."),
+    ready_timeout: int = typer.Option(180, "--ready-timeout", min=1, max=3600,
+                                      help="Seconds to wait for each node to become ready (its /readyz)."),
     out: Path = typer.Option(Path("dr-drill"), "--out", help="Folder for the nodes, logs, report.json and report.html."),
 ) -> None:
     """Kill (or partition) a replicated primary under a seeded load, fail over, and prove nothing was lost.
@@ -38,8 +40,10 @@ def drill(
 
     Example: ringfence dr drill --seed 7 --out ./dr-report
     """
+    from rich.markup import escape
+
     from ..cli_paths import fail
-    from .drill import check_nats, check_nats_url, run_drill, write_report
+    from .drill import DrillResult, check_nats, check_nats_url, rerun_command, run_drill, write_report
 
     # every input is checked before any folder or node is made: a refusal leaves nothing behind
     if scenario not in ("kill", "partition", "both"):
@@ -63,27 +67,41 @@ def drill(
         sys.exit(143)
 
     signal.signal(signal.SIGTERM, stop)
+    def plain(text: str) -> None:  # the drill's lines are text (a server's words may hold [brackets])
+        console.print(text, markup=False, highlight=False)
+
     results = []
+    errors = []
     for name in (("kill", "partition") if scenario == "both" else (scenario,)):
         try:
             results.append(run_drill(name, nats, seed, out / name, before=orders_before, after=orders_after,
-                                     lease_ms=lease_ms, say=console.print))
+                                     lease_ms=lease_ms, ready_timeout_s=ready_timeout, say=plain))
         except RuntimeError as err:
-            fail(f"drill {name}: {err}", 1)
-    report = write_report(results, out)
+            # the scenarios that finished keep their results: the report is written with this one failed
+            errors.append(f"error: drill {name}: {err}")
+            results.append(DrillResult.could_not_run(name, seed, lease_ms, str(err)))
+    rerun = rerun_command(nats=nats, seed=seed, scenario=scenario, before=orders_before, after=orders_after,
+                          lease_ms=lease_ms, ready_timeout_s=ready_timeout)
+    report = write_report(results, out, rerun)
+    for e in errors:
+        tty_console(stderr=True).print(e, markup=False, highlight=False)
     table = Table(title=f"DR drill seed={seed}")
     for col in ("scenario", "acknowledged", "lost (RPO)", "RTO ms", "cut-over seq", "state hash equal", "old primary acks after failure ms", "result"):
         table.add_column(col)
     for r in results:
         s = r.summary()
+        if r.error:
+            table.add_row(r.scenario, *["-"] * 6, "[red]FAILED[/] (could not run)")
+            continue
         table.add_row(r.scenario, str(s["acknowledged"]), str(s["acknowledged_lost"]), str(s["rto_ms"]), str(s["cut_over_seq"]),
                       "yes" if r.primary_hash == r.standby_hash else "NO", str(s["old_primary_last_ack_after_failure_ms"]),
                       "[green]PASSED[/]" if not r.problems else "[red]FAILED[/]")
     console.print(table)
     console.print(f"report: {report}")
+    console.print(f"rerun: {rerun}", markup=False, highlight=False)
     problems = [f"{r.scenario}: {p}" for r in results for p in r.problems]
     for p in problems:
-        console.print(f"[bold red]problem:[/] {p}")
+        console.print(f"[bold red]problem:[/] {escape(p)}")
     if problems:
         raise typer.Exit(1)
     console.print("dr drill: [bold green]PASSED[/] zero acknowledged commands lost, identical state at the cut-over")

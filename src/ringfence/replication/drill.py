@@ -65,6 +65,8 @@ class DrillResult:
     primary_hash: str = ""
     lease_ms: int = 0
     problems: list[str] = field(default_factory=list)
+    #: why the scenario could not run to its end (a node that never started...): "" when it did
+    error: str = ""
 
     @property
     def rto_ms(self) -> int:
@@ -81,7 +83,14 @@ class DrillResult:
             "state_hash_old_primary_at_cut": self.primary_hash,
             "old_primary_last_ack_after_failure_ms": int(max(0.0, self.last_old_ack_s - self.failed_at_s) * 1000),
             "lease_ms": self.lease_ms, "ok": not self.problems, "problems": self.problems,
+            **({"error": self.error} if self.error else {}),
         }
+
+    @classmethod
+    def could_not_run(cls, scenario: str, seed: int, lease_ms: int, error: str) -> "DrillResult":
+        """A scenario that stopped before its proofs: failed, with the error as its problem."""
+        first = error.split("\n", 1)[0]
+        return cls(scenario, seed, lease_ms=lease_ms, error=error, problems=[f"the scenario could not run: {first}"])
 
 
 class _Proc:
@@ -119,7 +128,11 @@ class _Proc:
         self.log.close()
 
 
-def _wait_ready(base: str, proc: _Proc, timeout_s: float = 180) -> None:  # float-ok: seconds
+#: how long the drill waits for a node's /readyz (seconds; `--ready-timeout`)
+READY_TIMEOUT_S = 180
+
+
+def _wait_ready(base: str, proc: _Proc, timeout_s: float = READY_TIMEOUT_S, lease_ms: int = 0) -> None:  # float-ok: seconds
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:
@@ -130,7 +143,11 @@ def _wait_ready(base: str, proc: _Proc, timeout_s: float = 180) -> None:  # floa
         except httpx.HTTPError:
             pass  # not listening yet
         time.sleep(0.05)
-    raise RuntimeError("the server never became ready:\n" + proc.text()[-2000:])
+    lease = f" (now {lease_ms} ms)" if lease_ms else ""
+    raise RuntimeError(f"the server never became ready: {base}/readyz did not answer 200 within {timeout_s:g} s; on a "
+                       "loaded machine a primary can miss its lease while it starts (its log below says so): rerun with "
+                       f"a longer --lease-ms{lease}, or a longer --ready-timeout (now {timeout_s:g} s)\n"
+                       + proc.text()[-2000:])
 
 
 class _Client:
@@ -245,45 +262,122 @@ def split_login(nats_url: str) -> tuple[str, str, str | None]:
     return nats_url.replace(f"{parsed.username}:{parsed.password}@", login, 1), login, unquote(parsed.password)
 
 
+#: what the drill's NATS user must be allowed (said when it is not): it makes a stream and a leadership bucket of
+#: its own per scenario, runs both nodes and the promotion on them, and deletes them at the end
+DRILL_NEEDS = ("the drill makes a stream of its own for each scenario (RFDRILL…, and its bucket KV_RFDRILL…-leader), "
+               "runs both nodes and the operators' promotion on it, and deletes both at the end, so its NATS user needs "
+               "the whole JetStream API on those streams (create, info, read, delete) and their subjects: a dev server "
+               "without users, or an admin user of your own; none of `ringfence replication nats-config`'s users "
+               "(rf-node, rf-operator, rf-monitor) may create other streams or delete any (docs/resilience.md, "
+               "\"`ringfence dr drill`\")")
+
+
+def _target(nats_url: str) -> Any:
+    """The drill's server as a ReplicationTarget: its password from RINGFENCE_NATS_PASSWORD when the URL
+    names a user without one, as the nodes and `replication status` take it."""
+    from . import parse_target
+
+    return parse_target(f"{nats_url.rstrip('/')}/RFDRILLCHECK", "--nats")
+
+
+async def _connect(target: Any, seen: dict[str, str]) -> Any:
+    """A connection to `target` as its user (replies on the user's own inbox, as `nats-config` allows); the
+    server's refusals go to `seen` ("login": the login refused, "refused": a permissions violation)."""
+    import nats
+
+    from . import _login_refused
+    from .auth import inbox_prefix
+
+    async def on_error(err: Exception) -> None:  # said by the caller's one line; no traceback per attempt
+        if _login_refused(err):
+            seen["login"] = str(err)[:200]
+        elif "permissions violation" in str(err).lower():
+            seen["refused"] = str(err)[:200]
+
+    inbox = inbox_prefix(unquote(urlparse(target.servers).username or ""))
+    return await nats.connect(target.servers, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2,
+                              error_cb=on_error, inbox_prefix=inbox)
+
+
+def _user_of(target: Any) -> str:
+    from . import login_name
+
+    return login_name(target.servers) or "(none)"
+
+
 def check_nats(nats_url: str) -> None:
     """Raise RuntimeError (a sentence, the URL's password hidden) unless `nats_url` is a nats:// or tls://
-    URL of a NATS server that answers: checked before the drill makes any folder or node."""
-    from . import masked
+    URL of a NATS server that answers, takes the login (a refused login is named as one, as `replication
+    status` names it) and lets this user make and delete a stream: checked before the drill makes any
+    folder or node."""
+    from nats.js.api import StreamConfig
+
+    from . import login_refused_message, masked
 
     check_nats_url(nats_url, "kill")
+    target = _target(nats_url)
+    seen: dict[str, str] = {}
+    probe = f"RFDRILLCHECK{secrets.token_hex(4).upper()}"
 
-    async def go() -> None:
-        import nats
+    async def reach() -> Any:
+        return await _connect(target, seen)
 
-        async def quiet(_err: Exception) -> None:  # the one line below says it; no traceback per attempt
-            return None
-
-        nc = await nats.connect(nats_url, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2,
-                                error_cb=quiet)
-        await nc.close()
-
-    try:
-        asyncio.run(asyncio.wait_for(go(), 20))
-    except Exception as err:  # nats' NoServersError, OSError, a timeout: all mean it cannot be reached
-        raise RuntimeError(f"cannot reach NATS at {masked(nats_url)}: {type(err).__name__}") from None
-
-
-def _delete_stream(nats_url: str, stream: str) -> None:
-    async def go() -> None:
-        import nats
-        from nats.js.errors import NotFoundError
-
-        nc = await nats.connect(nats_url, connect_timeout=3)
+    async def make_and_delete(nc: Any) -> None:
+        js = nc.jetstream()
         try:
-            for name in (stream, f"KV_{stream}-leader"):
-                try:
-                    await nc.jetstream().delete_stream(name)
-                except NotFoundError:
-                    pass  # never created
+            await js.add_stream(StreamConfig(name=probe, subjects=[f"rfdrillcheck.{probe}"]))
+            await js.delete_stream(probe)
         finally:
             await nc.close()
 
-    asyncio.run(go())
+    loop = asyncio.new_event_loop()
+    try:
+        try:
+            nc = loop.run_until_complete(asyncio.wait_for(reach(), 20))
+        except Exception as err:  # nats' NoServersError, OSError, a timeout: it cannot be reached, or refused the login
+            if seen.get("login"):
+                raise RuntimeError(login_refused_message(target, seen["login"])) from None
+            raise RuntimeError(f"cannot reach NATS at {masked(nats_url)}: {type(err).__name__}") from None
+        try:
+            loop.run_until_complete(asyncio.wait_for(make_and_delete(nc), 20))
+        except Exception as err:  # a request this user may not make times out; the server said why in `seen`
+            said = f" (the server said: {seen['refused'].strip()})" if seen.get("refused") else f" ({type(err).__name__})"
+            raise RuntimeError(f"NATS user {_user_of(target)} at {target.display} may not make and delete a stream "
+                               f"(tried {probe}){said}; {DRILL_NEEDS}") from None
+    finally:
+        loop.close()
+
+
+def _delete_stream(nats_url: str, stream: str) -> str:
+    """Delete the scenario's stream and its bucket; "" when done (or never made), else what was left and why."""
+    from nats.js.errors import NotFoundError
+
+    target = _target(nats_url)
+    seen: dict[str, str] = {}
+    left: list[str] = []
+
+    async def go() -> None:
+        nc = await _connect(target, seen)
+        try:
+            for name in (stream, f"KV_{stream}-leader"):
+                try:
+                    await asyncio.wait_for(nc.jetstream().delete_stream(name), 10)
+                except NotFoundError:
+                    pass  # never created
+                except Exception:  # a delete this user may not make times out: said below, never a traceback
+                    left.append(name)
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 40))
+    except Exception as err:  # the server went away meanwhile
+        return f"could not delete the streams {stream} and KV_{stream}-leader: NATS: {type(err).__name__}"
+    if not left:
+        return ""
+    said = f" (the server said: {seen['refused'].strip()})" if seen.get("refused") else ""
+    return (f"could not delete {' and '.join(left)}: NATS user {_user_of(target)} may not{said}; delete "
+            f"{'them' if len(left) > 1 else 'it'} as a user who may (`nats stream rm NAME -f`); {DRILL_NEEDS}")
 
 
 def _operator_quorum(data: Path, stream: str, node_id: str, epoch: int) -> list[str]:
@@ -306,7 +400,7 @@ def write_peers(path: Path, nodes: dict[str, Path]) -> Path:
 
 
 def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before: int = 60, after: int = 20,
-              lease_ms: int = 1000, say: Any = print) -> DrillResult:
+              lease_ms: int = 1000, ready_timeout_s: int = READY_TIMEOUT_S, say: Any = print) -> DrillResult:
     """Run one scenario ('kill' or 'partition') and return what it proved."""
     from ..app import replay_journal
     from . import parse_target, promote
@@ -329,9 +423,10 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
     primary = _Proc(["serve", "--demo", "--data", str(workdir / "a"), "--port", str(pa), "--replicate",
                      f"{primary_nats}/{stream}?lease_ms={lease_ms}", "--node-id", "a"], workdir / "primary.log", env)
     standby: _Proc | None = None
+    left = ""
     t0 = time.monotonic()
     try:
-        _wait_ready(a_base, primary)
+        _wait_ready(a_base, primary, ready_timeout_s, lease_ms)
         standby_url = f"{node_url}/{stream}" + ("?auto_promote=1" if scenario == "partition" else "")
         standby = _Proc(["serve", "--data", str(workdir / "b"), "--port", str(pb), "--standby", standby_url,
                          "--node-id", "b"], workdir / "standby.log", env)
@@ -371,7 +466,7 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
         m = standby.wait_log(r"promoted at epoch (\d+), fenced at stream sequence \d+, journal sequence (\d+) state hash ([0-9a-f]{64})")
         result.promoted_at_s = time.monotonic() - t0
         result.cut_seq, result.standby_hash = int(m.group(2)), m.group(3)
-        _wait_ready(b_base, standby)
+        _wait_ready(b_base, standby, ready_timeout_s, lease_ms)
         while i < len(orders):  # phase 2: the new primary
             if clients[i % 2].place(b_base, orders[i]):
                 now = time.monotonic() - t0
@@ -392,7 +487,11 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
             standby.stop()
         if proxy is not None:
             proxy.close()
-        _delete_stream(nats_url, stream)
+        left = _delete_stream(nats_url, stream)
+        if left:
+            say(f"drill {scenario}: {left}")
+    if left:
+        result.problems.append(left)
     if result.lost:
         n = len(result.lost)
         result.problems.append(f"{n} acknowledged {'order is' if n == 1 else 'orders are'} missing on the new primary")
@@ -443,7 +542,20 @@ def _checks(r: DrillResult) -> list[tuple[str, bool, str]]:
     return out
 
 
-def write_report(results: list[DrillResult], out: Path) -> Path:
+def rerun_command(*, nats: str, seed: int, scenario: str, before: int, after: int, lease_ms: int,
+                  ready_timeout_s: int) -> str:
+    """The command that repeats this run: every option it used (the NATS URL without its password:
+    give that in RINGFENCE_NATS_PASSWORD); --out is left for a new folder."""
+    node_url, _, password = split_login(nats)
+    user = urlparse(nats).username
+    env, url = "", without_credentials(nats)
+    if password is not None or (user and os.environ.get("RINGFENCE_NATS_PASSWORD")):  # a user, not a token
+        env, url = "RINGFENCE_NATS_PASSWORD=… ", node_url
+    return (f"{env}ringfence dr drill --nats {url} --seed {seed} --scenario {scenario} --before {before} "
+            f"--after {after} --lease-ms {lease_ms} --ready-timeout {ready_timeout_s} --out NEW-FOLDER")
+
+
+def write_report(results: list[DrillResult], out: Path, rerun: str = "") -> Path:
     """OUT/report.json (the figures) and OUT/report.html: the verdict first, then per scenario RTO and
     RPO, the timeline of acknowledgements and the table of checks (static HTML, no scripts)."""
     esc = html.escape
@@ -463,6 +575,15 @@ def write_report(results: list[DrillResult], out: Path) -> Path:
     sections = []
     for r in results:
         s = r.summary()
+        if r.error:  # stopped before its proofs: the error, and the logs to read
+            sections.append(f"""<section id="{esc(r.scenario)}">
+<h2>{esc(r.scenario)}: FAILED</h2>
+<p>{esc(_SCENARIOS.get(r.scenario, r.scenario))}.</p>
+<p class="error">The scenario could not run to its end, so nothing was proved; its nodes' logs are in
+<code>{esc(r.scenario)}/</code> beside this page:</p>
+<pre class="error">{esc(r.error)}</pre>
+</section>""")
+            continue
         checks = "".join(f'<tr class="{"pass" if ok else "fail"}"><td>{esc(name)}</td><td class=result>'
                          f'{"PASS" if ok else "FAIL"}</td><td>{esc(detail)}</td></tr>' for name, ok, detail in _checks(r))
         raw = "".join(f"<tr><th>{esc(k)}</th><td><code>{esc(str(v))}</code></td></tr>" for k, v in s.items())
@@ -499,7 +620,7 @@ tr.fail .result{{color:#b00;font-weight:bold}}.figures th{{width:7rem}}svg{{max-
 <h1>Disaster-recovery drill</h1>
 {verdict}
 <p>Seed {esc(seeds)}; scenarios: {", ".join(esc(r.scenario) for r in results)}. RTO: recovery time (failure to the first
-acknowledgement on the new primary). RPO: acknowledged commands lost. Rerun with <code>ringfence dr drill --seed {esc(seeds)}</code>.</p>
+acknowledgement on the new primary). RPO: acknowledged commands lost. Rerun with <code id="rerun">{esc(rerun or "ringfence dr drill --seed " + seeds)}</code>.</p>
 {"".join(sections)}
 </body></html>
 """
