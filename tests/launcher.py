@@ -206,12 +206,13 @@ class _Audited(os._Environ):  # type: ignore[type-arg]
 
 def _fresh_signals() -> dict[int, Any]:
     """Every signal's handler as this (fresh) interpreter has it."""
-    handlers = {}
+    handlers: dict[int, Any] = {}
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
         try:
-            handlers[sig] = signal.getsignal(sig)
+            if (handler := signal.getsignal(sig)) is not None:  # None: not settable from Python
+                handlers[sig] = handler
         except (OSError, ValueError):
             continue
     return handlers
