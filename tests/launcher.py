@@ -39,7 +39,9 @@ from typing import IO, Any
 
 #: What the launcher imports before forking: the third-party modules `ringfence serve` imports (measured with
 #: `python -X importtime -m ringfence.cli serve --demo`), by the names ringfence imports them under. Not numpy
-#: (threads at import, see above), not ringfence's own modules (some read the environment at import).
+#: (threads at import, see above), not ringfence's own modules (some read the environment at import), not
+#: coincurve or embit (each randomizes a secp256k1 context with os.urandom at import: the children would share
+#: its blinding seed; 3 ms of import).
 PRELOAD = (
     "click", "typer", "typer.core", "typer.main", "typer.rich_utils", "rich.console", "rich.table", "rich.progress",
     "rich.markup", "rich.text", "pydantic", "pydantic_settings", "structlog", "msgspec", "msgspec.json",
@@ -58,8 +60,7 @@ PRELOAD = (
     "argon2", "argon2.exceptions", "prometheus_client", "prometheus_client.core", "prometheus_client.exposition",
     "babel", "babel.core", "babel.numbers", "babel.dates", "babel.support", "jinja2", "markupsafe", "pyotp",
     "aiosmtpd.controller", "python_multipart", "watchfiles", "uvloop",
-    "httptools", "orjson", "coincurve", "embit", "embit.networks", "embit.psbt", "embit.script",
-    "embit.transaction", "embit.descriptor", "embit.ec", "embit.finalizer", "opentelemetry.trace",
+    "httptools", "orjson", "opentelemetry.trace",
     "opentelemetry.propagate", "mypy_extensions", "smtplib", "sqlite3", "ssl", "asyncio", "http.server",
     "concurrent.futures", "logging.handlers", "email.message", "email.policy", "decimal", "csv", "zoneinfo",
 )
