@@ -4,6 +4,7 @@ the signals and exactly the environment of each request."""
 import os
 import signal
 import subprocess
+import sys
 
 import launcher
 import pytest
@@ -32,13 +33,26 @@ def test_exit_code_and_output(tmp_path) -> None:
     assert code == 0 and "serve" in text
 
 
-def test_environment_is_each_requests_own(tmp_path) -> None:
-    # rich reads COLUMNS when the help is printed: a width one request set is not there for the next
-    _, code, wide = run(tmp_path, "wide.log", ["--help"], COLUMNS="230")
-    _, code2, narrow = run(tmp_path, "narrow.log", ["--help"])
-    assert code == code2 == 0
-    width = max(map(len, wide.splitlines()))
-    assert width > 200 and max(map(len, narrow.splitlines())) < width, (wide, narrow)
+def width(tmp_path, name: str, own: launcher.Launcher, env: dict[str, str]) -> int:
+    """The widest line of `ringfence --help` run by `own` with `env` (rich reads COLUMNS when it prints)."""
+    with open(tmp_path / name, "w") as log:
+        assert own.spawn([sys.executable, "-m", "ringfence.cli", "--help"], env, log.fileno(), log.fileno()).wait(120) == 0
+    return max(map(len, (tmp_path / name).read_text().splitlines()))
+
+
+def test_environment_is_each_requests_own(tmp_path, monkeypatch) -> None:
+    # a launcher started with COLUMNS=230: a request without it gets the default width, one with it the
+    # width it asked for, and the next one without it the default again
+    monkeypatch.setenv("COLUMNS", "230")
+    own = launcher.Launcher()
+    try:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        del env["COLUMNS"]
+        narrow = width(tmp_path, "a.log", own, env)
+        assert width(tmp_path, "b.log", own, dict(env, COLUMNS="230")) > 200 > narrow
+        assert width(tmp_path, "c.log", own, env) == narrow
+    finally:
+        own.close()
 
 
 def test_a_variable_read_at_import_falls_back_to_popen(tmp_path) -> None:
