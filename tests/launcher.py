@@ -127,6 +127,7 @@ class Launcher:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
+            os.rmdir(self.dir)
             raise RuntimeError(f"the test launcher did not start (exit {self.proc.wait()})")
         #: the variables the preloaded imports read, as the launcher had them (None: unset)
         self.read: dict[str, str | None] = json.loads(line)["read"]
