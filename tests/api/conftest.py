@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from launcher import spawn_cli
 from pgtest import profile_database_url
 
 from ringfence.settings import Settings
@@ -90,10 +91,9 @@ class Server:
         # finds DIR/identity.sqlite3; on PostgreSQL the command reads RINGFENCE_DATABASE_URL, as serve does)
         self.store_env = {} if self.database_url.startswith("sqlite") else {"RINGFENCE_DATABASE_URL": self.database_url}
         self.argv = ["serve", *(["--demo"] if demo else []), "--data", str(data), "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ringfence.cli", *self.argv],
-            stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
-        )
+        # a real `python -m ringfence.cli serve` process, forked from this worker's launcher with the
+        # third-party libraries imported (tests/launcher.py; RINGFENCE_TEST_LAUNCHER=0: a plain Popen)
+        self.proc = spawn_cli(self.argv, full_env, self.log)
         deadline = time.time() + 120  # a demo start takes 10-20 s; far longer only on a machine loaded many times over
         while time.time() < deadline:
             if self.proc.poll() is not None:

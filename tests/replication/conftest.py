@@ -13,7 +13,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from api.conftest import free_port
+from launcher import spawn_cli
 
 NATS_URL = os.environ.get("RINGFENCE_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
@@ -135,9 +135,8 @@ class Standby:
         self.argv = ["serve", "--data", str(data), "--port", str(port), "--standby", url, "--node-id", node_id]
         if env is None or "RINGFENCE_REPLICATION_PEERS" not in env:  # a standby of its own: a peers file of one
             env = dict(env or {}, **peers_file(data.parent, **{node_id: data}))
-        self.proc = subprocess.Popen([sys.executable, "-m", "ringfence.cli", *self.argv], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="400",
-                                                                        RINGFENCE_RECONCILE_EVERY_MS="1000", **(env or {})))
+        self.proc = spawn_cli(self.argv, dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="400",  # tests/launcher.py
+                                              RINGFENCE_RECONCILE_EVERY_MS="1000", **(env or {})), self.log)
         self.wait_for(r"standby \S+: following stream")
 
     def text(self) -> str:
