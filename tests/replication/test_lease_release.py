@@ -193,3 +193,35 @@ def test_status_never_calls_a_renewing_primary_replayed_and_still_flags_a_real_r
         link.close()
     code, out = _cli("replication", "status", "--nats", url, "--peers", peers)
     assert code == 1 and '"leader_signature": "replayed"' in out and '"newer_record"' in out, out
+
+
+def test_readyz_says_whether_the_primary_still_renews_its_lease(tmp_path, stream, monkeypatch):
+    """/readyz of a served primary with lease_ms: "lease": "renewing", then, once the node stopped, that
+    the lease is not renewed any more (and why it stopped, in `stopped`)."""
+    from fastapi.testclient import TestClient
+
+    from ringfence.api.serve import build
+    from ringfence.replication import Replicator
+    from ringfence.replication.serving import after_build
+
+    monkeypatch.delenv("RINGFENCE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("RINGFENCE_MODE", raising=False)
+    lease_s = 2.0  # float-ok: seconds
+    data = tmp_path / "a"
+    app, exchange, _ = build(data, demo=False)
+    replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?lease_ms={int(lease_s * 1000)}"), "a", data / "engine",
+                            key=key_of("a"))
+    after_build(exchange, replicator, print)
+    node = exchange.node  # type: ignore[attr-defined]
+    try:
+        with TestClient(app, client=("127.0.0.1", 50000)) as http:  # type: ignore[arg-type]
+            node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+            ready = http.get("/readyz").json()
+            assert ready["ready"] is True and ready["lease"] == "renewing", ready
+            _stop_by_lease_expiry(node, replicator, lease_s)
+            ready = http.get("/readyz")
+            assert ready.status_code == 503 and "expired before batch" in ready.json()["stopped"], ready.text
+            assert ready.json()["lease"].startswith("not renewed since this node stopped"), ready.text
+    finally:
+        replicator.close()
+        node.close()

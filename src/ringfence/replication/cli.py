@@ -120,8 +120,9 @@ def status_cmd(
 
     `leader_signature` is "valid" (signed by the node it names, per --peers), "forged" (missing or
     wrong, or naming a node not in --peers: a node refuses it), "replayed" (genuine, but older than
-    a verified record the bucket's history holds: an old record written back; `newer_record` names
-    the newest) or "unchecked" (no --peers).
+    a verified record the bucket's history holds from before it: an old record written back;
+    `newer_record` names the newest) or "unchecked" (no --peers). Renewals written after the record
+    was read do not count: a healthy primary renewing its lease is never called replayed.
 
     Exit status: 0 printed (signature valid or unchecked), 1 the leader record's signature is forged or the record is
     replayed (the JSON is still printed), NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL, the --peers
