@@ -76,7 +76,7 @@ def _stop_by_a_lost_ack(node, replicator, lease_s: float, monkeypatch) -> None: 
 @pytest.mark.parametrize("how", ["lease expired before a batch", "an ack never came"])
 def test_a_stopped_primary_stops_renewing_its_lease_and_the_standby_takes_over(tmp_path, stream, how, monkeypatch,
                                                                                 caplog):
-    lease_s = 2.0  # float-ok: seconds
+    lease_s = 3.0  # float-ok: seconds (the issue's lease; the renewal that lands late has lease/3 s to spare)
     node, replicator = attached_primary(tmp_path, stream, f"?lease_ms={int(lease_s * 1000)}", peers=peers_of("a", "b"))
     watcher = NatsLink(parse_target(f"{NATS_URL}/{stream}"))
     kv = watcher.ensure_stream_and_bucket()
@@ -111,7 +111,7 @@ def test_a_stopped_primary_stops_renewing_its_lease_and_the_standby_takes_over(t
             assert any("claimed epoch 2" in line for line in seen), seen
             said = [r.getMessage() for r in caplog.records if "no longer renews its lease" in r.getMessage()]
             assert len(said) == 1, caplog.text
-            assert ("expired before batch" if how != "an ack never came" else "ack") in said[0], said
+            assert ("expired" if how != "an ack never came" else "ack") in said[0], said
             assert replicator.lease_state().startswith("not renewed since this node stopped"), replicator.lease_state()
         finally:
             stop.set()
@@ -124,7 +124,7 @@ def test_a_stopped_primary_stops_renewing_its_lease_and_the_standby_takes_over(t
 def test_a_working_primary_keeps_its_lease_while_it_is_busy(tmp_path, stream):
     """The other side: a primary that serves renews its lease all along (the check costs nothing on the
     way of a batch), and an auto-promoting standby never takes over."""
-    lease_s = 0.6  # float-ok: seconds
+    lease_s = 1.0  # float-ok: seconds
     node, replicator = attached_primary(tmp_path, stream, f"?lease_ms={int(lease_s * 1000)}", peers=peers_of("a", "b"))
     follower = Follower(parse_target(f"{NATS_URL}/{stream}?auto_promote=1"), tmp_path / "b", "b", key=key_of("b"),
                         peers=peers_of("a", "b"))
@@ -206,7 +206,7 @@ def test_readyz_says_whether_the_primary_still_renews_its_lease(tmp_path, stream
 
     monkeypatch.delenv("RINGFENCE_DATABASE_URL", raising=False)
     monkeypatch.delenv("RINGFENCE_MODE", raising=False)
-    lease_s = 2.0  # float-ok: seconds
+    lease_s = 3.0  # float-ok: seconds (the issue's lease; the renewal that lands late has lease/3 s to spare)
     data = tmp_path / "a"
     app, exchange, _ = build(data, demo=False)
     replicator = Replicator(parse_target(f"{NATS_URL}/{stream}?lease_ms={int(lease_s * 1000)}"), "a", data / "engine",
@@ -220,7 +220,7 @@ def test_readyz_says_whether_the_primary_still_renews_its_lease(tmp_path, stream
             assert ready["ready"] is True and ready["lease"] == "renewing", ready
             _stop_by_lease_expiry(node, replicator, lease_s)
             ready = http.get("/readyz")
-            assert ready.status_code == 503 and "expired before batch" in ready.json()["stopped"], ready.text
+            assert ready.status_code == 503 and "expired" in ready.json()["stopped"], ready.text
             assert ready.json()["lease"].startswith("not renewed since this node stopped"), ready.text
     finally:
         replicator.close()
