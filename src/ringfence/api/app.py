@@ -592,6 +592,9 @@ def create_app(
             "stopped": node.stopped_reason(detailed),
             "custody": _custody_readiness(custody, detailed),
         }
+        lease_state = getattr(getattr(node, "replica", None), "lease_state", None)
+        if lease_state is not None:  # a replicated primary: whether it still renews its leadership lease
+            body["lease"] = lease_state()
         return JSONResponse(body, status_code=200 if ready else 503)
 
     metrics_gate = MetricsGate(metrics_token, open_without_token=metrics_open_without_token)

@@ -854,9 +854,10 @@ def verified_leader(record: dict[str, Any] | None, stream: str,
     return record if public is not None and leader_signature_ok(record, stream, public) else None
 
 
-async def _leader_history(link: "NatsLink") -> list[bytes]:
+async def _leader_history(link: "NatsLink", upto: int | None = None) -> list[bytes]:
     """The values of the leader record the bucket still holds, oldest first (it keeps 16 revisions of
-    a key): read one by one with next_by_subj, which every service may (`auth.permissions`)."""
+    a key): read one by one with next_by_subj, which every service may (`auth.permissions`). `upto`:
+    only the revisions up to that one (a record's own, and those before it)."""
     from nats.js.errors import NotFoundError
 
     values: list[bytes] = []
@@ -867,18 +868,20 @@ async def _leader_history(link: "NatsLink") -> list[bytes]:
                                         next=True)
         except NotFoundError:
             break
+        if upto is not None and int(msg.seq) > upto:
+            break  # written after the revision asked about
         values.append(msg.data or b"")
         seq = int(msg.seq) + 1
     return values
 
 
-def _leader_records(link: "NatsLink", hint: str = "") -> list[dict[str, Any]]:
-    """The leader key's history as JSON objects, oldest first; values that do not decode to an object
-    are skipped (anyone with a node's credential writes there). With `hint` (what the caller then does
-    without it), an unreadable history is logged as a warning and read as empty; without, its error
-    goes up."""
+def _leader_records(link: "NatsLink", hint: str = "", upto: int | None = None) -> list[dict[str, Any]]:
+    """The leader key's history as JSON objects, oldest first (`upto`: up to that revision); values that
+    do not decode to an object are skipped (anyone with a node's credential writes there). With `hint`
+    (what the caller then does without it), an unreadable history is logged as a warning and read as
+    empty; without, its error goes up."""
     try:
-        history = link.call(_leader_history(link))
+        history = link.call(_leader_history(link, upto))
     except Exception as err:  # noqa: BLE001 - the caller chose: a hint only
         if not hint:
             raise
@@ -895,12 +898,15 @@ def _leader_records(link: "NatsLink", hint: str = "") -> list[dict[str, Any]]:
     return records
 
 
-def newest_verified(link: "NatsLink", peers: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The newest (`lease_key`) leader record in the key's history that verifies against `peers`, or None
-    (none, or the history not readable: a hint only). `replication status` calls the current record
-    replayed when this one is newer (intruder review of session 16, F4: records never expire)."""
+def newest_verified(link: "NatsLink", peers: Mapping[str, Any], upto: int | None = None) -> dict[str, Any] | None:
+    """The newest (`lease_key`) leader record in the key's history (`upto`: up to that revision) that
+    verifies against `peers`, or None (none, or the history not readable: a hint only). `replication
+    status` calls the current record replayed when one written before it is newer (intruder review of
+    session 16, F4: records never expire). It passes the record's revision: a renewal written after the
+    record was read is the primary moving on, not the record being old (a new user's check of #21: a
+    healthy primary renewing every second was called replayed in 3 of 6 calls)."""
     newest: dict[str, Any] | None = None
-    for old in _leader_records(link, hint=": no record is called replayed"):
+    for old in _leader_records(link, hint=": no record is called replayed", upto=upto):
         if bounded_int(old.get("epoch")) is None or not isinstance(old.get("node"), str) \
                 or any(k in old and bounded_int(old[k]) is None for k in ("lease_ms", "renewal")):
             continue
@@ -1241,6 +1247,8 @@ class Replicator:
         self.revision = 0
         self.node: Any = None
         self.lost: str | None = None
+        #: why this primary stopped renewing its lease (`_release_lease`), None while it renews it
+        self._lease_released: str | None = None
         self._stop = threading.Event()
         try:
             self.epoch = self._claim()
@@ -1472,9 +1480,51 @@ class Replicator:
             node.failed = Fenced(why)  # refused before journaling from now on
             _log.critical("replication: %s; this node stops acknowledging", why)
 
+    def _stopped(self) -> str:
+        """Why this primary is no longer a working one, or "": it lost the leadership (`lost`), its node
+        stopped (`node.failed`: the lease expired before a batch was replicated, a publish or the
+        journal failed, fenced), or a publish failed (`_broken`: nothing more is sent). Before `attach`
+        (no node yet) a primary that is starting is a working one: its lease is renewed through the
+        build (intruder review of session 15, F7)."""
+        if self.lost is not None:
+            return self.lost
+        node = self.node
+        failed = None if node is None else node.failed
+        if failed is not None:
+            return str(failed)[:300] if isinstance(failed, RingfenceError) else nats_failed(failed)  # for the log
+        if self._broken is not None and node is not None:
+            return f"a publish failed ({type(self._broken).__name__}): nothing more is sent"
+        return ""
+
+    def lease_state(self) -> str | None:
+        """For /readyz: None without a lease; "renewing" while this primary renews it; else why not."""
+        if not self.target.lease_ms:
+            return None
+        if self._lease_released is None and not self._stopped():  # (stopped: the lease loop renews no more)
+            return "renewing"
+        return (f"not renewed since this node stopped (why: `stopped`): it expires {self.target.lease_ms} ms after "
+                "the last renewal, and a standby with auto_promote=1 takes over")
+
+    def _release_lease(self, why: str) -> None:
+        """This primary stopped: it renews its lease no more, so the lease runs out and an auto-promoting
+        standby takes over (issue #21, a new user's check: a primary stopped by a lease that expired
+        before a batch was replicated kept renewing, and the standby never took over). Said once."""
+        if self._lease_released is not None:
+            return
+        self._lease_released = why
+        if self.lost is None:
+            self.lost = why  # the watch loop ends too; every later batch is refused (`_check_lease`)
+        _log.critical("replication: this node stopped (%s): it no longer renews its lease of %d ms on stream %s (a "
+                      "standby with auto_promote=1 takes over once it expires)", why, self.target.lease_ms,
+                      self.target.stream)
+
     def _lease_loop(self) -> None:
         period = self.target.lease_ms / 3000
-        while self.lost is None and not self._stop.wait(period):
+        while not self._stop.wait(period):
+            why = self._stopped()
+            if why:
+                self._release_lease(why)
+                return
             try:
                 self._renew()
             except Exception as err:  # noqa: BLE001 - the loop must keep watching the lease; a failed renewal

@@ -120,8 +120,9 @@ def status_cmd(
 
     `leader_signature` is "valid" (signed by the node it names, per --peers), "forged" (missing or
     wrong, or naming a node not in --peers: a node refuses it), "replayed" (genuine, but older than
-    a verified record the bucket's history holds: an old record written back; `newer_record` names
-    the newest) or "unchecked" (no --peers).
+    a verified record the bucket's history holds from before it: an old record written back;
+    `newer_record` names the newest) or "unchecked" (no --peers). Renewals written after the record
+    was read do not count: a healthy primary renewing its lease is never called replayed.
 
     Exit status: 0 printed (signature valid or unchecked), 1 the leader record's signature is forged or the record is
     replayed (the JSON is still printed), NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL, the --peers
@@ -154,9 +155,11 @@ def status_cmd(
         # given --peers, a record naming a node not in it is forged too (intruder review of #21, I6a)
         verdict = "unchecked" if leader is None or peers is None else (
             "valid" if public is not None and leader_signature_ok(leader, link.target.stream, public) else "forged")
-        newer = newest_verified(link, trusted) if verdict == "valid" and leader is not None else None
+        # judged by the history up to the record's own revision: the renewals written since it was read
+        # (every lease_ms/3) are the primary moving on, not a sign of a record written back
+        newer = newest_verified(link, trusted, upto=revision) if verdict == "valid" and leader is not None else None
         if newer is not None and leader is not None and lease_key(newer) > lease_key(leader):
-            # genuine, but older than a record the key held since: written back (records never expire;
+            # genuine, but older than a record the key held before it: written back (records never expire;
             # intruder review of session 16, F4)
             verdict = "replayed"
         info = link.call(link.js.stream_info(link.target.stream))
