@@ -98,3 +98,21 @@ class SimCustody:
 
     def pending_deposits(self, asset: str, wallet: str) -> int:
         return sum(self.pending.get((asset, wallet), {}).values())
+
+
+class ReadsChain:
+    """A chain whose wallet balance is given per read: `reads` (consumed, one per read of a pass), else
+    `balance_minor` (the shortfall tests: tests/reconcile/test_shortfall_*.py)."""
+
+    def __init__(self, balance_minor: int) -> None:
+        self.balance_minor = balance_minor
+        self.reads: list[int] = []
+
+    def current_height(self) -> int:
+        return 1
+
+    def block_hash(self, height: int) -> str:
+        return "00" * 32
+
+    def balance(self, address: str, height: int | None = None, asset: str | None = None) -> int:
+        return self.reads.pop(0) if self.reads else self.balance_minor

@@ -11,27 +11,10 @@ from ringfence.reconcile.reconciler import ReconcileSettings, Reconciler, Wallet
 from ringfence.risk.halts import active_halts
 
 from .conftest import desk_for, operator_keys, operators_node
-from .custody_sim import SimCreditDeposit, SimCustody
+from .custody_sim import ReadsChain, SimCreditDeposit, SimCustody
 
 HELD = 10**8
 UNIT = 10**6
-
-
-class ReadsChain:
-    """The wallet's balance per read: `reads` (consumed, one per read of a pass), else `balance_minor`."""
-
-    def __init__(self) -> None:
-        self.balance_minor = HELD
-        self.reads: list[int] = []
-
-    def current_height(self) -> int:
-        return 1
-
-    def block_hash(self, height: int) -> str:
-        return "00" * 32
-
-    def balance(self, address: str, height: int | None = None, asset: str | None = None) -> int:
-        return self.reads.pop(0) if self.reads else self.balance_minor
 
 
 class World:
@@ -39,7 +22,7 @@ class World:
         self.operators = operator_keys(3)
         self.node = operators_node(tmp, self.operators)
         self.node.execute(SimCreditDeposit("BTC", "hot1", "alice", HELD, "t-1", 0))
-        self.chain = ReadsChain()
+        self.chain = ReadsChain(HELD)
         self.rec = self.reconciler()
 
     def reconciler(self) -> Reconciler:

@@ -80,13 +80,9 @@ def test_a_stopped_primary_stops_renewing_its_lease_and_the_standby_takes_over(t
     node, replicator = attached_primary(tmp_path, stream, f"?lease_ms={int(lease_s * 1000)}", peers=peers_of("a", "b"))
     watcher = NatsLink(parse_target(f"{NATS_URL}/{stream}"))
     kv = watcher.ensure_stream_and_bucket()
-    follower = Follower(parse_target(f"{NATS_URL}/{stream}?auto_promote=1"), tmp_path / "b", "b", key=key_of("b"),
-                        peers=peers_of("a", "b"))
+    follower, stop, promoted, runner = _auto_promoting_standby(tmp_path, stream)
     seen: list[str] = []
     follower.on_progress = seen.append
-    stop = threading.Event()
-    promoted: list[int] = []
-    runner = threading.Thread(target=lambda: promoted.append(follower.follow_until_promoted(stop)))
     with running(node, replicator):
         try:
             node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
@@ -121,16 +117,23 @@ def test_a_stopped_primary_stops_renewing_its_lease_and_the_standby_takes_over(t
             watcher.close()
 
 
-def test_a_working_primary_keeps_its_lease_while_it_is_busy(tmp_path, stream):
-    """The other side: a primary that serves renews its lease all along (the check costs nothing on the
-    way of a batch), and an auto-promoting standby never takes over."""
-    lease_s = 1.0  # float-ok: seconds
-    node, replicator = attached_primary(tmp_path, stream, f"?lease_ms={int(lease_s * 1000)}", peers=peers_of("a", "b"))
+def _auto_promoting_standby(tmp_path, stream) -> tuple[Follower, threading.Event, list[int], threading.Thread]:
+    """Standby b with `auto_promote=1`, and the thread (not started) that follows until it is promoted: the
+    epoch it claimed lands in the list; the event stops it."""
     follower = Follower(parse_target(f"{NATS_URL}/{stream}?auto_promote=1"), tmp_path / "b", "b", key=key_of("b"),
                         peers=peers_of("a", "b"))
     stop = threading.Event()
     promoted: list[int] = []
     runner = threading.Thread(target=lambda: promoted.append(follower.follow_until_promoted(stop)))
+    return follower, stop, promoted, runner
+
+
+def test_a_working_primary_keeps_its_lease_while_it_is_busy(tmp_path, stream):
+    """The other side: a primary that serves renews its lease all along (the check costs nothing on the
+    way of a batch), and an auto-promoting standby never takes over."""
+    lease_s = 1.0  # float-ok: seconds
+    node, replicator = attached_primary(tmp_path, stream, f"?lease_ms={int(lease_s * 1000)}", peers=peers_of("a", "b"))
+    follower, stop, promoted, runner = _auto_promoting_standby(tmp_path, stream)
     with running(node, replicator):
         try:
             node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
