@@ -34,6 +34,16 @@ def _credit(node, custody, txid, amount, owner="alice"):
     custody.forget("ETH", "hot1", txid)
 
 
+def _funded_then_leaked(node, eth, custody) -> str:
+    """Alice's 5 ETH deposited and credited, then 1 ETH leaked from the hot wallet to an attacker (auto-mined):
+    the attacker's address."""
+    txid = _deposit(eth, custody, 5 * ONE_ETH)
+    _credit(node, custody, txid, 5 * ONE_ETH)
+    attacker = Account.from_key(bytes([0x66]) * 32).address
+    eth.adapter.broadcast(eth.dev.sign_transfer(eth.hot_key, attacker, ONE_ETH))
+    return attacker
+
+
 def test_clean_state_has_no_mismatch_and_no_halt(node, eth):
     custody = SimCustody()
     rec = _reconciler(node, eth, custody)
@@ -187,10 +197,7 @@ def test_a_lifted_halt_is_not_raised_again_for_the_same_evidence_but_a_new_loss_
 
     custody = SimCustody()
     rec = _reconciler(node, eth, custody)
-    txid = _deposit(eth, custody, 5 * ONE_ETH)
-    _credit(node, custody, txid, 5 * ONE_ETH)
-    attacker = Account.from_key(bytes([0x66]) * 32).address
-    eth.adapter.broadcast(eth.dev.sign_transfer(eth.hot_key, attacker, ONE_ETH))
+    attacker = _funded_then_leaked(node, eth, custody)
     [halt_id] = rec.run_once(internal=False).halts_submitted
     [halt] = active_halts(node.engine)
     assert halt["halt_id"] == halt_id
@@ -210,10 +217,7 @@ def test_a_shortfall_that_cleared_after_a_lift_and_comes_back_with_the_same_amou
 
     custody = SimCustody()
     rec = _reconciler(node, eth, custody)
-    txid = _deposit(eth, custody, 5 * ONE_ETH)
-    _credit(node, custody, txid, 5 * ONE_ETH)
-    attacker = Account.from_key(bytes([0x66]) * 32).address
-    eth.adapter.broadcast(eth.dev.sign_transfer(eth.hot_key, attacker, ONE_ETH))
+    _funded_then_leaked(node, eth, custody)
     report = rec.run_once(internal=False)
     [first] = report.mismatches
     [halt_id] = report.halts_submitted
@@ -240,10 +244,7 @@ def test_a_restarted_reconciler_keeps_a_lasting_shortfall_s_halt_and_its_lift(no
     from .conftest import desk_for
 
     custody = SimCustody()
-    txid = _deposit(eth, custody, 5 * ONE_ETH)
-    _credit(node, custody, txid, 5 * ONE_ETH)
-    attacker = Account.from_key(bytes([0x66]) * 32).address
-    eth.adapter.broadcast(eth.dev.sign_transfer(eth.hot_key, attacker, ONE_ETH))
+    _funded_then_leaked(node, eth, custody)
     [halt_id] = _reconciler(node, eth, custody).run_once(internal=False).halts_submitted
     again = _reconciler(node, eth, custody).run_once(internal=False)  # restarted while it is halted
     assert again.halts_submitted == [] and again.halts_already_active == [halt_id]

@@ -44,6 +44,11 @@ def _publish_raw(replicator, headers, payload=b""):
                                                            stream=replicator.target.stream))
 
 
+def _standby_b(target, tmp_path) -> Follower:
+    """Standby b on `tmp_path / "b"`, trusting the test's peers."""
+    return Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+
+
 def test_follower_rebuilds_the_primary_journal_byte_for_byte(tmp_path, stream):
     node, replicator = _primary(tmp_path, stream)
     try:
@@ -89,7 +94,7 @@ def test_a_deposed_primary_is_refused_by_the_stream_and_by_followers(tmp_path, s
     target = parse_target(f"{NATS_URL}/{stream}")
     node, replicator = _primary(tmp_path, stream)
     try:
-        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+        follower = _standby_b(target, tmp_path)
         try:
             follower.poll()
             record = promote(target, "b")
@@ -124,7 +129,7 @@ def test_leadership_changes_only_with_the_current_revision(tmp_path, stream):
     target = parse_target(f"{NATS_URL}/{stream}")
     node, replicator = _primary(tmp_path, stream)
     link, kv = replicator.link, replicator.kv
-    follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+    follower = _standby_b(target, tmp_path)
     try:
         leader, revision = leader_of(link, kv)
         assert leader["node"] == "a" and leader["epoch"] == 1
@@ -216,7 +221,7 @@ def test_a_record_larger_than_a_nats_message_goes_in_chunks_and_a_cut_off_one_is
         headers = dict(chunked[0], **{"Rf-First-Seq": str(node.last_seq + 1), "Rf-Chunk": "1/2",
                                        "Nats-Msg-Id": "cut-off", "Nats-Expected-Last-Sequence": str(replicator.stream_seq)})
         replicator._publish_one(node.last_seq + 1, headers, b"x" * 100)
-        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+        follower = _standby_b(target, tmp_path)
         try:
             promote(target, "b")
             assert follower.follow_until_promoted() == 2  # the fence drops the cut-off record
@@ -235,11 +240,11 @@ def test_a_restarted_standby_checks_the_stream_against_its_journal(tmp_path, str
     node, replicator = _primary(tmp_path, stream)
     try:
         _fund(node, 1, 5)
-        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+        follower = _standby_b(target, tmp_path)
         follower.poll()
         follower.close()
         _fund(node, 2, 7)
-        again = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())  # re-reads the stream from the start
+        again = _standby_b(target, tmp_path)  # re-reads the stream from the start
         try:
             again.poll()
             assert again.engine.state_hash() == node.read(lambda e: e.state_hash())
@@ -456,7 +461,7 @@ def test_a_deposed_primarys_folder_restarted_as_standby_is_told_why_and_what_to_
     node, replicator = _primary(tmp_path, stream)
     try:
         _fund(node, 1, 5)
-        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+        follower = _standby_b(target, tmp_path)
         follower.poll()
         follower.close()
         local = new_node(tmp_path / "b")  # the folder's own tail: journaled here, never replicated
@@ -465,7 +470,7 @@ def test_a_deposed_primarys_folder_restarted_as_standby_is_told_why_and_what_to_
         local.close()
         world, alice = node.read(lambda e: (e.ledger.world("BTC").id, e.ledger.get("alice", "BTC").id))
         node.execute_many([CreateTransfers([Transfer(2, world, alice, 7)]), CreateTransfers([Transfer(3, world, alice, 9)])])
-        again = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
+        again = _standby_b(target, tmp_path)
         try:
             with pytest.raises(JournalCorrupt, match="does not follow sequence") as err:
                 again.poll()
