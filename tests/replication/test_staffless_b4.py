@@ -105,3 +105,98 @@ def test_an_unsigned_promotion_request_is_refused_by_a_prod_standby_of_a_staffle
             assert len(warned) == 1, warned
         finally:
             follower.close()
+
+
+def test_a_prod_primary_without_staff_publishes_nothing_and_a_dev_one_says_the_risk(tmp_path, stream, monkeypatch):
+    """`after_build` (serve's primary, right after the build): outside dev mode without staff operators it
+    refuses (ConfigError naming `ringfence staff init --data DIR`) before the stream's opener or any
+    catch-up is published; in dev mode it starts and says B4's risk in one line."""
+    from ringfence.api.serve import build
+    from ringfence.errors import ConfigError
+    from ringfence.replication import Replicator
+    from ringfence.replication.serving import after_build
+
+    monkeypatch.delenv("RINGFENCE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("RINGFENCE_MODE", raising=False)
+    target = parse_target(f"{NATS_URL}/{stream}?first_primary=a")
+    for prod in (True, False):
+        data = tmp_path / ("prod" if prod else "dev")
+        _app, exchange, _ = build(data, demo=False)
+        replicator = Replicator(target, "a", data / "engine", key=key_of("a"), peers=peers_of(*PEERS), staffless_ok=not prod)
+        said: list[str] = []
+        try:
+            if prod:
+                with pytest.raises(ConfigError) as refused:
+                    after_build(exchange, replicator, said.append)
+                assert str(refused.value).startswith("--replicate: this node has no staff operators registered"), refused.value
+                assert f"ringfence staff init --data {data} --member ID:operator" in str(refused.value), refused.value
+                assert replicator.link._closed  # closed: it publishes nothing more
+                assert said == []
+            else:
+                after_build(exchange, replicator, said.append)
+                assert any("no staff registered: any peer's node key can open an epoch; fine for a test, register staff "
+                           "before production" in line for line in said), said
+        finally:
+            exchange.node.close()  # type: ignore[attr-defined]
+            replicator.close()
+        if prod:  # nothing in the stream: no opener, no catch-up (the dev primary opens it next)
+            from .conftest import standby
+
+            with standby(target, tmp_path, "c", peers=peers_of(*PEERS)) as follower:
+                assert follower.tail_at_start == 0, follower.tail_at_start
+
+
+def test_prod_serve_replicate_needs_the_staff_genesis_then_a_signed_promotion_works(tmp_path, nats_with_password):
+    """The real CLI in prod mode: `serve --replicate` on a node without staff exits 2 with the command to run;
+    after `ringfence staff init` on the stopped node it starts, a prod standby follows it, and a promotion
+    signed by the 2 operators (`replication promote --key ... --key ...`) makes the standby the primary."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+
+    from api.conftest import NO_CHAINS, Server, free_port
+
+    from .conftest import Standby, peers_file
+
+    port, password = nats_with_password
+    a, b, keys = tmp_path / "a", tmp_path / "b", tmp_path / "keys"
+    env = {"RINGFENCE_MODE": "prod", "RINGFENCE_IDENTITY_SECRET_KEY_HEX": secrets.token_hex(32),
+           "RINGFENCE_IDENTITY_ORIGIN": "https://exchange.example", "RINGFENCE_IDENTITY_PUBLIC_URL": "https://exchange.example",
+           "RINGFENCE_IDENTITY_MAIL_POLL_MS": "0", "RINGFENCE_NATS_PASSWORD": password, **NO_CHAINS,
+           **peers_file(tmp_path, a=a, b=b)}
+    url = f"nats://rf@127.0.0.1:{port}/RFB4?first_primary=a"
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ringfence.cli", *argv], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, COLUMNS="400", **env))
+
+    refused = cli("serve", "--data", str(a), "--port", str(free_port()), "--replicate", url, "--node-id", "a")
+    out = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode == 2 and "Traceback" not in out, out
+    assert "error: --replicate: this node has no staff operators registered, and outside dev mode (RINGFENCE_MODE=prod)" in out, out
+    assert f"ringfence staff init --data {a} --member ID:operator --member ID:operator --out-dir KEYS" in out, out
+    assert "docs/resilience.md, 'A node key alone opens no epoch'" in out and "replicating to stream" not in out, out
+    status = cli("replication", "status", "--nats", f"nats://rf@127.0.0.1:{port}/RFB4")
+    assert json.loads(status.stdout)["messages"] == 0, status.stdout + status.stderr  # no opener, nothing published
+
+    genesis = cli("staff", "init", "--data", str(a), "--member", "ada:operator", "--member", "ben:operator",
+                  "--out-dir", str(keys))
+    assert genesis.returncode == 0, genesis.stdout + genesis.stderr
+    primary = Server(a, env=env, args=("--replicate", url, "--node-id", "a"), demo=False, chains=False)
+    follower = None
+    try:
+        assert "replicating to stream RFB4" in primary.log_text() and "no staff registered" not in primary.log_text()
+        follower = Standby(b, url, "b", free_port(), env=env)
+        follower.wait_for(r"standby b: applied through sequence 1 ")  # the genesis: its staff register too
+        promoted = cli("replication", "promote", "--nats", f"nats://rf@127.0.0.1:{port}/RFB4", "--node-id", "b",
+                       "--key", str(keys / "ada.key"), "--key", str(keys / "ben.key"), "--wait-s", "90",
+                       "--peers", env["RINGFENCE_REPLICATION_PEERS"])
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        follower.wait_ready()
+        assert "promotion to epoch 2 approved by ada, ben" in follower.text(), follower.text()[-2000:]
+        assert "promotions will be refused" not in follower.text() and "every promotion is refused" not in follower.text()
+    finally:
+        if follower is not None:
+            follower.stop()
+        primary.stop()
