@@ -360,8 +360,8 @@ def serve_through_gateways(app: Any, data: Path, listener: Any, gateways: int, p
 
 
 def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_ips: str | None, replicate: str | None,
-                       standby: str | None, peers: Path | None) -> None:
-    """What refuses a start, checked before `serve` creates anything (exit 2, one line per problem, no
+                       standby: str | None, peers: Path | None) -> str:
+    """The settings' mode (RINGFENCE_MODE) once nothing refuses the start. What refuses a start, checked before `serve` creates anything (exit 2, one line per problem, no
     traceback): every bad RINGFENCE_ variable at once; once the variables parse, every other problem at once —
     the replication options (replication/serving.py checks them again), the prod-mode rules and the custody
     chains' mode — and, outside dev mode with nothing else wrong, the SMTP server (probed again when the mail
@@ -404,10 +404,11 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
                 problems.append(err)
         lines = [str(p) for p in problems]
     if not lines:
-        return
+        return str(settings.mode)
     for line in lines[:-1]:
         tty_console(stderr=True).print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
     fail(lines[-1])
+    raise AssertionError("fail exits")  # (for the type checker)
 
 
 def serve(
@@ -424,7 +425,9 @@ def serve(
     ),
     # --- replication (ringfence.replication, docs/resilience.md) ---
     replicate: str | None = typer.Option(None, "--replicate", help="Primary: publish every journal batch to this NATS "
-                                         "JetStream stream (nats://host:4222/STREAM) and acknowledge only after its ack."),
+                                         "JetStream stream (nats://host:4222/STREAM) and acknowledge only after its ack. "
+                                         "Outside dev mode the node needs staff operators first (`ringfence staff init` "
+                                         "on the stopped node): refused at start without them."),
     standby: str | None = typer.Option(None, "--standby", help="Hot standby: follow the stream into DIR, verifying "
                                        "signature (--peers), chain and state of every batch, until promoted; then serve as "
                                        "the primary."),
@@ -454,6 +457,10 @@ def serve(
     Example: ringfence serve --demo --data ./ringfence-data --port 8000
 
     Example (replicated): ringfence serve --data ./a --replicate nats://127.0.0.1:4222/RF --node-id a --peers ./peers.json
+
+    A replicated exchange outside dev mode (RINGFENCE_MODE=prod) registers its staff first, on the stopped primary:
+    ringfence staff init --data ./a --member ada:operator --member ben:operator --out-dir ./keys (every promotion
+    needs the operators' quorum; docs/resilience.md, 'A node key alone opens no epoch').
 
     Example (two gateway processes in front of the engine): ringfence serve --demo --data ./d --gateways 2
     """
@@ -500,7 +507,7 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
     except ValueError as err:
         fail(str(err))
     public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
-    check_before_start(data, demo, public_url, forwarded_allow_ips, replicate, standby, peers)
+    mode = check_before_start(data, demo, public_url, forwarded_allow_ips, replicate, standby, peers)
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     with probe:  # refuse a busy port before recovering or writing anything
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -519,10 +526,10 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
 
         say_replication_warnings(say)  # in order with these lines, on the same stream
 
-        replicator, warm = before_build(data, replicate, standby, node_id, port, demo, say, host, peers=peers)
+        replicator, warm = before_build(data, replicate, standby, node_id, port, demo, say, host, peers=peers, mode=mode)
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port), warm=warm,
                                     pipeline=pipeline and replicator is None)
-        after_build(exchange, replicator, say)
+        after_build(exchange, replicator, say, promoted=warm is not None)
         exchange.source = f"gateway:{node_id or f'{socket.gethostname()}-{port}'}"  # journaled with each command
     except RingfenceError as err:
         from rich.markup import escape

@@ -1144,15 +1144,39 @@ def declared_lease(body: bytes, node: str, epoch: int) -> int | None:
     return None if grant is None or LEASE not in grant else int(grant[LEASE])
 
 
+#: why a promotion without the operators' quorum is refused outside dev mode in an exchange without staff
+#: (intruder review of session 22, B4: any peer's node key opened the next epoch there)
+STAFFLESS_REFUSED = ("this exchange has no staff operators registered, and outside dev mode (RINGFENCE_MODE=prod) an "
+                     "epoch is opened only by the operators' quorum: without staff any peer's node key (with the rf-node "
+                     "credential) would open it. Register staff first: stop the primary and run `ringfence staff init "
+                     "--data DIR --member ID:operator --member ID:operator --out-dir KEYS` on its data folder, then "
+                     "start it again (docs/resilience.md, 'A node key alone opens no epoch')")
+
+
+#: dev mode's one line about the same (said once at start by a replicated node without staff)
+STAFFLESS_DEV = ("no staff registered: any peer's node key can open an epoch; fine for a test, register staff "
+                 "before production (`ringfence staff init`; docs/resilience.md, 'A node key alone opens no epoch')")
+
+
+def has_staff_quorum(engine: Any) -> bool:
+    """Whether `engine`'s staff register holds operators able to reach its operator quorum (at least
+    2 active operators, as many as the quorum): the only thing that opens an epoch outside dev mode."""
+    from ..staff.decisions import OPERATOR
+
+    staff = engine.components.get("staff")
+    return staff is not None and bool(staff.members) and 2 <= staff.quorum <= len(staff.active(OPERATOR))
+
+
 def grant_refusal(engine: Any, stream: str, node: str, epoch: int, body: bytes, *, take_overs: bool,
-                  lease_before: int | None = None, history: bool = False) -> str:
+                  staffless_ok: bool, lease_before: int | None = None, history: bool = False) -> str:
     """Why the fence of `node` opening `epoch` (its `body`, `fence_grant`) is not granted, or "" when
     it is: the operators' quorum over `[stream, node, epoch]` verified against the staff register of
     `engine` (the replica at the fence's position: registered, active operators, distinct people,
-    valid signatures, unexpired in sequencer time; no staff registered: no quorum to check, as for
-    `verify_promotion`); a lease take-over only where `take_overs` (the node's URL has lease_ms or
-    auto_promote: it fails over on its own). A node key alone no longer opens an epoch (intruder
-    review of #21, R1).
+    valid signatures, unexpired in sequencer time); a lease take-over only where `take_overs` (the
+    node's URL has lease_ms or auto_promote: it fails over on its own). A node key alone no longer
+    opens an epoch (intruder review of #21, R1). No staff registered: no quorum to check; accepted
+    only where `staffless_ok` (the node runs in dev mode: its settings say so, the caller passes it),
+    refused otherwise (`STAFFLESS_REFUSED`; intruder review of session 22, B4).
 
     A take-over is judged by the lease the epoch it takes over declared in its own fence
     (`lease_before`, None when that fence declares none: a version before session 16): never from an
@@ -1185,8 +1209,8 @@ def grant_refusal(engine: Any, stream: str, node: str, epoch: int, body: bytes, 
     if not isinstance(tokens, list) or len(tokens) > MAX_APPROVALS or not all(isinstance(t, str) for t in tokens):
         return f"approvals: a list of at most {MAX_APPROVALS} approval tokens (STAFF_ID:NONCE:EXPIRES_NS:SIGNATURE)"
     staff = engine.components.get("staff")
-    if staff is None or not staff.members:
-        return ""  # no staff identities in this exchange: the operator's NATS credential decided
+    if staff is None or not staff.members:  # no staff identities: nothing but a node key decided (B4)
+        return "" if staffless_ok else STAFFLESS_REFUSED
     try:
         sigs = [parse_approval(t, f"approvals[{i}]") for i, t in enumerate(tokens)]
         check_quorum(engine, PROMOTE_ACTION, promote_subject(stream, node, epoch), sigs, OPERATOR, field="approvals")
@@ -1227,10 +1251,13 @@ class Replicator:
     digest_after_answer = True
 
     def __init__(self, target: ReplicationTarget, node_id: str, node_dir: Path | None = None, *, key: Any,
-                 peers: Mapping[str, Any] | None = None) -> None:
+                 peers: Mapping[str, Any] | None = None, staffless_ok: bool = True) -> None:
         check_first_primary(target, peers, "--replicate")
         self.target = target
         self.node_id = node_id
+        #: a promotion without staff operators counts as granted (dev mode: `serve` passes its settings' mode;
+        #: the in-process default) or not (`grant_refusal`, intruder review of session 22, B4)
+        self.staffless_ok = staffless_ok
         #: this node's Ed25519 key (`nodekey`): signs every message and the leader record
         self.key = key
         self._signer = FastSigner(key)  # the same signatures, cheaper: every message is signed on the NATS loop
@@ -1469,7 +1496,8 @@ class Replicator:
         take_overs = bool(self.target.lease_ms or self.target.auto_promote)
         try:
             return str(node.read(lambda engine: grant_refusal(engine, self.target.stream, str(leader["node"]),
-                                                              int(leader["epoch"]), grant, take_overs=take_overs)))
+                                                              int(leader["epoch"]), grant, take_overs=take_overs,
+                                                              staffless_ok=self.staffless_ok)))
         except Exception as err:  # noqa: BLE001 - the reason is for the log; the node is fenced either way
             return f"not checked: {type(err).__name__}"
 
@@ -2406,17 +2434,21 @@ class Follower:
     def __init__(self, target: ReplicationTarget, node_dir: Path, node_id: str,
                  on_progress: Callable[[str], None] = lambda _: None,
                  on_batch: Callable[[Any, Any, list[list[Any]]], None] | None = None, *,
-                 key: Any, peers: Mapping[str, Any] | None) -> None:
+                 key: Any, peers: Mapping[str, Any] | None, staffless_ok: bool = True) -> None:
         """`key`: this node's Ed25519 key (signs its fence and its leader record). `peers`: node id ->
         public key, the peers file every message's signature is checked against; None checks no
         signature and never takes a lease over (in-process use only: `serve --standby` requires
-        a peers file, `serving.node_trust`)."""
+        a peers file, `serving.node_trust`). `staffless_ok`: in an exchange without staff operators, a
+        promotion (a fence, a request) without the operators' quorum is accepted (dev mode; `serve`
+        passes its settings' mode) or refused (`grant_refusal`, intruder review of session 22, B4)."""
         from ..app import replay_journal
         from ..journal.journal import DataDirLock, JournalWriter, check_node_placement
 
         check_first_primary(target, peers, "--standby")
         self.target, self.node_dir, self.node_id = target, node_dir, node_id
         self.key, self.peers = key, peers
+        self.staffless_ok = staffless_ok
+        self._staffless_said = False  # the warning of a replica without staff operators, said once caught up
         #: epoch -> the node entitled to sign in it (the signer of its fence; for the first epoch
         #: read, the first signer verified)
         self._leaders: dict[int, str] = {}
@@ -2727,7 +2759,7 @@ class Follower:
             return
         take_overs = bool(self.target.auto_promote or self.target.lease_ms)
         reason = grant_refusal(self.engine, self.target.stream, node, epoch, body, take_overs=take_overs,
-                               lease_before=self._leases.get(self.fence_epoch), history=seq <= self.tail_at_start)
+                               staffless_ok=self.staffless_ok, lease_before=self._leases.get(self.fence_epoch), history=seq <= self.tail_at_start)
         if reason:
             _log.critical("replication: stream message %d: a fence of node %r opening epoch %d is not granted: %s",
                           seq, node, epoch, reason)
@@ -2831,7 +2863,7 @@ class Follower:
             self.poll()
             if self.peers is not None:
                 reason = grant_refusal(self.engine, self.target.stream, self.node_id, epoch, grant, take_overs=True,
-                                       lease_before=self._leases.get(self.fence_epoch))
+                                       staffless_ok=self.staffless_ok, lease_before=self._leases.get(self.fence_epoch))
                 if reason:
                     raise Refused(f"this standby will not fence epoch {epoch}: {reason}; the other nodes would refuse "
                                   "the fence. Promote it again with fresh approvals", field="approvals")
@@ -2866,6 +2898,8 @@ class Follower:
             if self.problem:  # a hole in the stream never closes: no promotion, no take-over from here
                 time.sleep(POLL_S)
                 continue
+            if not self._staffless_said and self.stream_seq >= self.tail_at_start:
+                self._say_staffless()
             leader, revision = leader_of(self.link, self.kv)
             if revision != seen:
                 seen = revision
@@ -2908,6 +2942,21 @@ class Follower:
             time.sleep(POLL_S)
         return 0
 
+    def _say_staffless(self) -> None:
+        """Once caught up with the stream as it stood at start: a replica without staff operators says what
+        that means, once (a WARNING): outside dev mode every promotion is refused until staff exist; in dev
+        mode any peer's node key opens an epoch (intruder review of session 22, B4)."""
+        self._staffless_said = True
+        if has_staff_quorum(self.engine):
+            return
+        if self.staffless_ok:
+            _log.warning("replication: standby %s: %s", self.node_id, STAFFLESS_DEV)
+        else:
+            _log.warning("replication: standby %s: no staff operators in its replica at sequence %d: every promotion "
+                         "is refused until staff exist (RINGFENCE_MODE=prod); register them with `ringfence staff init` "
+                         "on the stopped primary (docs/resilience.md, 'A node key alone opens no epoch')",
+                         self.node_id, self.engine.last_seq)
+
     def _own_record(self, leader: Mapping[str, Any], revision: int) -> bool:
         """A leader record naming this node is acted on only if this node signed it (it writes it
         itself, after `verify_promotion` or a lease take-over); anything else is forged: logged
@@ -2928,8 +2977,9 @@ class Follower:
         With staff registered, the request needs the signatures of the operator quorum over
         `[stream, node, epoch]` (`staff/state.py` check_quorum: registered, active, operator role,
         distinct people, valid Ed25519 signature, not expired in sequencer time), each also unexpired
-        by this machine's clock. Without staff, an operator's unsigned request is enough. Returns
-        the approvers' ids; raises with the rule named."""
+        by this machine's clock. Without staff, an operator's unsigned request is enough in dev mode
+        (`staffless_ok`) and refused outside it (`STAFFLESS_REFUSED`: intruder review of session 22, B4).
+        Returns the approvers' ids; raises with the rule named."""
         from ..staff.decisions import OPERATOR, parse_approval
         from ..staff.state import MAX_DECISION_TTL_NS, StaffRefused, check_quorum
 
@@ -2942,8 +2992,10 @@ class Follower:
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise PromotionRefused("approvals must be a list of approval tokens", field="approvals")
         staff = self.engine.components.get("staff")
-        if staff is None or not staff.members:
-            return []  # no staff identities in this exchange: the operator's NATS credentials decide
+        if staff is None or not staff.members:  # no staff identities: dev mode only (B4)
+            if not self.staffless_ok:
+                raise PromotionRefused(f"standby {self.node_id}: {STAFFLESS_REFUSED}", field="approvals")
+            return []  # the operator's NATS credentials decide
         sigs = [parse_approval(t, f"approvals[{i}]") for i, t in enumerate(tokens)]
         now = time.time_ns()
         for sig in sigs:
@@ -3005,7 +3057,8 @@ class Follower:
                 record["nonce"] = nonce  # even when its answers were overwritten (second intruder review, R1)
             if self.peers is not None:
                 reason = grant_refusal(self.engine, self.target.stream, self.node_id, int(request["epoch"]),
-                                       fence_grant(record, self.target.lease_ms), take_overs=True)
+                                       fence_grant(record, self.target.lease_ms), take_overs=True,
+                                       staffless_ok=self.staffless_ok)
                 if reason:
                     raise PromotionRefused(f"at stream sequence {self.stream_seq}, where its fence would stand: {reason}",
                                            field="approvals")

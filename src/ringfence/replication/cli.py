@@ -41,7 +41,9 @@ def promote_cmd(
     signatures against the staff register of its own replica (the operator quorum, as for lifting a
     halt) and only then takes the leadership with a revision-checked KV update. It catches up with
     the stream, publishes a fence and starts serving; the old primary's next batch is refused by
-    the stream and it stops acknowledging. An exchange without staff identities needs no --key.
+    the stream and it stops acknowledging. An exchange without staff identities needs no --key in dev mode only:
+    a standby outside it (RINGFENCE_MODE=prod) refuses every promotion until staff exist (`ringfence staff init`
+    on the stopped primary before it runs replicated; docs/resilience.md, 'A node key alone opens no epoch').
 
     The peers file (--peers or RINGFENCE_REPLICATION_PEERS) is required: a --node-id that is not a node of it is
     refused at once (exit 2), instead of waiting --wait-s for a standby that will never answer. The leader record

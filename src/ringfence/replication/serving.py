@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from . import Follower, Replicator, parse_target
+from . import STAFFLESS_DEV, Follower, Replicator, has_staff_quorum, parse_target
 
 __all__ = ["before_build", "after_build"]
 
@@ -49,19 +49,23 @@ def say_replication_warnings(say: Callable[[str], None]) -> None:
 
 def before_build(data: Path, replicate: str | None, standby: str | None, node_id: str | None, port: int, demo: bool,
                  say: Callable[[str], None], host: str = "127.0.0.1", *,
-                 peers: Path | None = None) -> tuple[Replicator | None, Any]:
+                 peers: Path | None = None, mode: str = "dev") -> tuple[Replicator | None, Any]:
     """Validate the options; as a standby, follow the stream until promoted; then, as the primary,
     connect and claim leadership (refused at once when another node leads) before anything opens.
 
     Returns the replicator and, for a promoted standby, its `WarmStart` (api/service.py): the
     engine and the API read models it kept current batch by batch as it followed, which the
-    exchange takes over instead of replaying the journal (None otherwise)."""
+    exchange takes over instead of replaying the journal (None otherwise).
+
+    `mode` is the node's settings' (RINGFENCE_MODE): outside dev mode a promotion without the operators'
+    staff quorum is never granted (`grant_refusal`, intruder review of session 22, B4)."""
     check_options(replicate, standby, demo, None, "dev")  # (node_trust checks --peers, with the node's own entry)
     ident = node_id or f"{socket.gethostname()}-{port}"
     if not (replicate or standby):
         return None, None
     target = parse_target(replicate or standby or "", "--replicate" if replicate else "--standby")
     key, trusted = node_trust(data, ident, peers, say, standby=bool(standby))
+    staffless_ok = mode == "dev"
     store = os.environ.get("RINGFENCE_DATABASE_URL", "") or f"sqlite:///{data / 'identity.sqlite3'}"
     if store.startswith("sqlite"):  # serve's default: the embedded store in DIR (api/serve.py build)
         say(f"[yellow]warning:[/] the identity store (users, API keys, sessions) is SQLite on this machine "
@@ -78,7 +82,8 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
 
         _import_the_server()  # now, not after the promotion: part of a quick take-over (RTO)
         models = ReadModels()
-        follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted)
+        follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted,
+                            staffless_ok=staffless_ok)
         status = StandbyStatus(follower, host, port, models)
         say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
             f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident)}")
@@ -91,11 +96,12 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         say(f"standby {ident}: promoted: serving with the engine and API read models kept warm at sequence "
             f"{engine.last_seq} (no journal replay)")
         try:
-            return Replicator(target, ident, data / "engine", key=key, peers=trusted), WarmStart(engine, position, lock, models)
+            return (Replicator(target, ident, data / "engine", key=key, peers=trusted, staffless_ok=staffless_ok),
+                    WarmStart(engine, position, lock, models))
         except BaseException:
             lock.release()
             raise
-    return Replicator(target, ident, data / "engine", key=key, peers=trusted), None
+    return Replicator(target, ident, data / "engine", key=key, peers=trusted, staffless_ok=staffless_ok), None
 
 
 def promote_hint(target: Any, peers: Path | None, ident: str) -> str:
@@ -125,6 +131,14 @@ def promote_hint(target: Any, peers: Path | None, ident: str) -> str:
             f"{parsed.scheme}://rf-operator@{where}/{target.stream}{query} {command} (an operator's NATS login: this "
             "node's rf-node may not promote; NATS-AUTH is the folder `ringfence replication nats-config --out` wrote)")
 
+
+#: `serve --replicate` outside dev mode on a node without staff operators (intruder review of session 22, B4)
+STAFFLESS_START = ("this node has no staff operators registered, and outside dev mode (RINGFENCE_MODE=prod) a replicated "
+                   "exchange needs them: every standby refuses a promotion without the operators' quorum (else any "
+                   "peer's node key would open an epoch). Nothing was published or acknowledged. Register them on this "
+                   "stopped node first: ringfence staff init --data {data} --member ID:operator --member ID:operator "
+                   "--out-dir KEYS (at least 2 operators; hand each key file to its owner), then start it again "
+                   "(docs/resilience.md, 'A node key alone opens no epoch')")
 
 #: a replicated node outside dev mode without --peers
 NEEDS_PEERS = ("a replicated node outside dev mode needs a peers file: the node id -> public key of every node "
@@ -256,11 +270,23 @@ class StandbyStatus:
         self.server.server_close()
 
 
-def after_build(exchange: Any, replicator: Replicator | None, say: Callable[[str], None]) -> None:
-    """As the primary: bring the stream up to the journal, then hook every batch."""
+def after_build(exchange: Any, replicator: Replicator | None, say: Callable[[str], None], *,
+                promoted: bool = False) -> None:
+    """As the primary: bring the stream up to the journal, then hook every batch.
+
+    First, a node that is not a promoted standby (`promoted`) checks its staff register: outside dev mode
+    (the replicator's `staffless_ok` False) without operators able to reach their quorum it refuses to start
+    (`ConfigError`), before it publishes anything (the stream's opener, its catch-up) or acknowledges a
+    command: no promotion could ever be granted there (intruder review of session 22, B4). In dev mode it
+    says the risk once."""
     if replicator is None:
         return
     target, ident = replicator.target, replicator.node_id
+    if not promoted and not exchange.node.read(has_staff_quorum):
+        if not replicator.staffless_ok:
+            replicator.close()
+            raise ConfigError(STAFFLESS_START.format(data=exchange.node.data_dir.parent), field="--replicate")
+        say(f"[yellow]warning:[/] {STAFFLESS_DEV}")
     caught_up = replicator.attach(exchange.node)
     say(f"replicating to stream {target.stream} at {target.display} as {ident}, epoch {replicator.epoch} "
         f"({caught_up} records published to catch up); a batch is acknowledged after fsync and the stream's ack")
