@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -157,9 +158,32 @@ def _fold_parameter_help() -> None:
     typer.rich_utils._get_parameter_help = folding_parameter_help
 
 
+# A docstring is broken at ~110 columns in the source; Typer's rich help keeps those breaks after its
+# first paragraph, so at 80 columns every sentence wrapped raggedly (a half-empty line, then the rest).
+# Each paragraph flows as one, for rich to wrap to the terminal; a line that starts an example, a list
+# item or an indented block keeps its own line, and a paragraph marked `\b` (click's "as written") is
+# left alone (tests/test_cli_help_width.py).
+_OWN_LINE = re.compile(r"(Example\b|[-*•] |\d+[.)] |\s)")
+
+
+def _flowing_help(text: str) -> str:
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.split("\n"):
+            if lines and not paragraph.startswith("\b") and not _OWN_LINE.match(line):
+                lines[-1] += " " + line
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
 def _folding_format_help(format_help: Any) -> Any:
     def format_help_folded(self: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> Any:
         _fold_parameter_help()
+        if self.help:
+            self.help = _flowing_help(self.help)
         return format_help(self, ctx, formatter)
 
     return format_help_folded
