@@ -76,6 +76,33 @@ def test_verify_reports_corruption_with_exit_1(tmp_path):
     assert replay.returncode == 1 and "not a torn tail" in replay.stderr
 
 
+def test_replay_to_a_sequence_prints_the_state_hash_there(tmp_path):
+    from ringfence.app import replay_journal
+
+    data = tmp_path / "demo"
+    assert invoke("demo", "--data", str(data)).returncode == 0  # `demo` as a process: test_demo_then_verify_and_replay
+    node = data / "engine" if (data / "engine").is_dir() else data
+    end = replay_journal(node, use_snapshots=False)[0]
+    assert end.last_seq >= 4
+    to_seq = end.last_seq // 2
+    there = replay_journal(node, use_snapshots=False, until_seq=to_seq)[1].state_hash
+    assert there != end.state_hash()
+    for how in ("--full", "--from-snapshot"):
+        out = invoke("journal", "replay", str(data), "--to-seq", str(to_seq), how)
+        assert out.returncode == 0, out.stderr
+        assert re.findall(r"\b[0-9a-f]{64}\b", out.stdout) == [there], out.stdout
+        assert f"{to_seq:,}" in out.stdout and end.state_hash() not in out.stdout
+    last = invoke("journal", "replay", str(data), "--to-seq", str(end.last_seq))  # up to and including the last one
+    assert last.returncode == 0 and end.state_hash() in last.stdout, last.stderr
+    assert "DIFFERS" not in last.stdout and "snapshot @" in last.stdout  # the demo's snapshot is at its end
+    for bad in ("0", "-3", "1.5", "abc", str(end.last_seq + 1)):
+        out = invoke("journal", "replay", str(data), "--to-seq", bad)
+        assert out.returncode == 2, (bad, out.stdout, out.stderr)
+        assert "--to-seq" in out.stderr and "Traceback" not in out.stderr, (bad, out.stderr)
+    beyond = invoke("journal", "replay", str(data), "--to-seq", str(end.last_seq + 1))
+    assert f"{end.last_seq:,}" in beyond.stderr, beyond.stderr  # where the journal ends
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -157,9 +158,32 @@ def _fold_parameter_help() -> None:
     typer.rich_utils._get_parameter_help = folding_parameter_help
 
 
+# A docstring is broken at ~110 columns in the source; Typer's rich help keeps those breaks after its
+# first paragraph, so at 80 columns every sentence wrapped raggedly (a half-empty line, then the rest).
+# Each paragraph flows as one, for rich to wrap to the terminal; a line that starts an example, a list
+# item or an indented block keeps its own line, and a paragraph marked `\b` (click's "as written") is
+# left alone (tests/test_cli_help_width.py).
+_OWN_LINE = re.compile(r"(Example\b|[-*•] |\d+[.)] |\s)")
+
+
+def _flowing_help(text: str) -> str:
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.split("\n"):
+            if lines and not paragraph.startswith("\b") and not _OWN_LINE.match(line):
+                lines[-1] += " " + line
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
 def _folding_format_help(format_help: Any) -> Any:
     def format_help_folded(self: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> Any:
         _fold_parameter_help()
+        if self.help:
+            self.help = _flowing_help(self.help)
         return format_help(self, ctx, formatter)
 
     return format_help_folded
@@ -427,14 +451,17 @@ def journal_sources(
 def journal_replay(
     directory: Path = typer.Argument(..., metavar="DIR", help="The data directory `serve --data` takes (or its engine/ folder)."),
     full: bool = typer.Option(True, "--full/--from-snapshot", help="Replay from genesis, or from the newest snapshot."),
+    to_seq: int = typer.Option(None, "--to-seq", min=1, help="Stop after this journal sequence (included) and print the "
+                               "state hash there; the rest of the journal is still verified. Default: its end."),
 ) -> None:
     """Rebuild the engine state from the journal and print counts, time and the state hash.
 
     Replays into memory only: the data directory is not modified and no lock is taken (safe while
     `serve` runs). With --full (the default) every snapshot's recorded state hash is also checked
-    against the replay at its position.
+    against the replay at its position. With --to-seq, the state as of that sequence (as `backup
+    restore --to-seq` rebuilds it; --from-snapshot starts from the newest snapshot at or before it).
 
-    Example: ringfence journal replay ./ringfence-data
+    Example: ringfence journal replay ./ringfence-data   (as of sequence 1200: --to-seq 1200)
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -449,6 +476,9 @@ def journal_replay(
         _, pre = scan_all(directory / "journal")
     except JournalCorrupt as err:
         fail(str(err), 1)
+    if to_seq is not None and to_seq > pre.last_seq:
+        where = f"the journal ends at sequence {pre.last_seq:,}" if pre.last_seq else "the journal is empty"
+        fail(f"--to-seq: {to_seq:,} is beyond the journal's end ({where})")
     expected: dict[int, str] = {}
     for path in list_snapshots(directory / "snapshots"):
         try:
@@ -460,15 +490,15 @@ def journal_replay(
     checked: list[tuple[int, bool]] = []
 
     def on_batch(engine, batch, outputs) -> None:  # type: ignore[no-untyped-def]
-        last = batch.first_seq + len(batch.commands) - 1
+        last = batch.first_seq + len(outputs) - 1  # a batch straddling --to-seq is applied up to it
         if full and last in expected:
             checked.append((last, engine.state_hash() == expected[last]))
 
     with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("replay", total=pre.commands)
+        task = bar.add_task("replay", total=pre.commands if to_seq is None else min(pre.commands, to_seq))
         try:
             engine, report, _ = replay_journal(
-                directory, use_snapshots=not full, on_batch=on_batch, progress=lambda n: bar.advance(task, n)
+                directory, use_snapshots=not full, until_seq=to_seq, on_batch=on_batch, progress=lambda n: bar.advance(task, n)
             )
         except JournalCorrupt as err:
             fail(err.message, 1)
@@ -479,7 +509,8 @@ def journal_replay(
     table.add_row("commands replayed", f"{report.replayed_commands:,}")
     table.add_row("seconds", f"{report.seconds:.3f}")
     table.add_row("commands/s", f"{rate:,}")
-    table.add_row("last sequence", f"{report.last_seq:,}")
+    table.add_row("last sequence", f"{report.last_seq:,}" + (f" (--to-seq; the journal ends at {pre.last_seq:,})"
+                                                            if to_seq is not None and to_seq < pre.last_seq else ""))
     table.add_row("state hash", report.state_hash)
     for seq, ok in checked:
         table.add_row(f"snapshot @{seq:,}", "[green]matches[/]" if ok else "[red]DIFFERS[/]")

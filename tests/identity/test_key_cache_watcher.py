@@ -79,3 +79,37 @@ def test_a_sqlite_uri_database_is_read_through_sqlalchemy(tmp_path):
     assert cache._poll_store_generation() == 41
     assert cache._watch_conn is None
     engine.dispose()
+
+
+def test_the_watcher_follows_a_database_renamed_over_the_path(ctx):
+    """A restore by rename while serving (as in tests/api/test_auth_change_version.py): the watcher's
+    connection had the old file open, which nothing commits to any more, so a key revoked by another
+    process in the restored file stayed cached and accepted (on REST and on a WebSocket logon). The
+    file changing is itself a change (the copy's counter may repeat a value seen before)."""
+    import os
+    import sqlite3
+    from pathlib import Path
+
+    if ctx.store.engine.url.get_backend_name() != "sqlite":
+        return  # PostgreSQL: no file
+    path = Path(ctx.store.engine.url.database)
+    cache = VerifiedKeyCache(ctx, poll_s=0.01)
+    cache.start()
+    try:
+        assert _wait_for(lambda: cache._watch_conn is not None)
+        before = cache.generation()
+        copy = path.with_name("restored.sqlite3")
+        with sqlite3.connect(path) as live, sqlite3.connect(copy) as into:
+            live.backup(into)
+        os.replace(copy, path)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        ctx.store.engine.dispose()  # the pool's connections reopen the path: the restored file
+        # the same counter value in another file is another state: the entries go
+        assert _wait_for(lambda: cache.generation() not in (None, before), 2.0), (before, cache.generation())
+        moved = cache.generation()
+        _bump_elsewhere(ctx.store)  # a revocation committed by another process, to the restored file
+        assert _wait_for(lambda: cache.generation() not in (None, moved), 2.0), (moved, cache.generation())
+    finally:
+        cache.stop()
+        cache._watcher.join(5)

@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import RingfenceError
 from ..identity.api_keys import ApiPrincipal
+from ..store.data_version import CommitCounter
 from .access import AccessWatch, Source
 from .binance_errors import BinanceError, bad_key, from_ringfence
 from .gateway import Params, RateLimiter, ReplayGuard, check_timestamp, split_signature
@@ -57,8 +58,8 @@ class IdentityAuthenticator:
 
     def __init__(self, ctx: Any, *, cache: bool = True) -> None:
         self.ctx = ctx
-        self._version_conn: Any = None
-        self._version_lock = threading.Lock()
+        self._versions: CommitCounter | None = None  # made on first use (change_version)
+        self._versions_made = threading.Lock()
         self.cache = None
         if cache:
             from ..identity.key_cache import VerifiedKeyCache
@@ -118,20 +119,17 @@ class IdentityAuthenticator:
     def change_version(self) -> int | None:
         """A number that changes whenever any connection, of any process, commits to the identity
         database: SQLite's `PRAGMA data_version` read on a connection of our own (which itself never
-        writes). None where there is no such counter (PostgreSQL, an in-memory database): callers
-        then read the key row itself. While it is unchanged, no key, user or allow-list row has
-        changed, so a key checked at that version is still what it was (the WebSocket API's
-        logged-on sessions use this to skip the SQL transaction per order, api/ws_api.py)."""
-        with self._version_lock:
-            if self._version_conn is None:
-                import sqlite3
-
-                url = self.ctx.store.engine.url
-                if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-                    return None
-                self._version_conn = sqlite3.connect(url.database, check_same_thread=False)  # only ever reads the pragma
-            row = self._version_conn.execute("PRAGMA data_version").fetchone()
-            return int(row[0])
+        writes), followed to the file now at the database's path after a restore by rename, and never
+        going back to a value returned before (store/data_version.py). None where there is no such
+        counter (PostgreSQL, an in-memory database): callers then read the key row itself. While it
+        is unchanged, no key, user or allow-list row has changed, so a key checked at that version is
+        still what it was (the WebSocket API's logged-on sessions use this to skip the SQL
+        transaction per order, api/ws_api.py)."""
+        if self._versions is None:
+            with self._versions_made:
+                if self._versions is None:
+                    self._versions = CommitCounter(self.ctx.store.engine.url)
+        return self._versions.read()
 
 
 class ListenKeys:

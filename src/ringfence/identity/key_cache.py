@@ -20,7 +20,9 @@ Invalidation (the invariant: a change that withdraws access takes effect on the 
   through a watcher thread that reads it every `poll_s` (on SQLite, on a plain `sqlite3` connection
   of its own: through SQLAlchemy each read cost ~0.5-0.8 ms of this process's GIL, 20 a second). A cache whose watcher has not read the
   counter within `stale_after_s` is bypassed (SQL for every request) rather than trusted: the cache
-  fails closed. For several gateways the revoking side should wait for the gateways to acknowledge
+  fails closed. The watcher reads the file now at the database's path (a stat per poll): a copy
+  renamed over it (a restore while serving) is read from then on, and counts as a change itself
+  (`key_generation.bump_local`: the copy's counter may repeat a value of the old file's). For several gateways the revoking side should wait for the gateways to acknowledge
   the new generation before answering (docs/api.md, "API key cache").
 * A request that filled the cache from a read that raced with a change does not store it: the
   generation is taken before the read and the entry is kept only if it has not moved.
@@ -65,6 +67,7 @@ class VerifiedKeyCache:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._watch_conn: sqlite3.Connection | None = None  # the watcher's own (SQLite only)
+        self._watch_file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file it last opened
         self.polls = 0  #: the watcher's reads of the store counter
         self.hits = 0
         self.misses = 0
@@ -80,16 +83,29 @@ class VerifiedKeyCache:
         """The watcher's read of the store counter: on a file SQLite database, a plain `sqlite3`
         connection of the watcher's own, opened once (it never writes and never holds a transaction
         open, so every read sees the last commit of any connection); elsewhere `read_store_generation`."""
+        url = self.ctx.store.engine.url
+        database = url.database or ""
+        if (url.get_backend_name() != "sqlite" or not database or database == ":memory:" or url.query
+                or database.startswith("file:")):  # a URI database (memory, shared cache, options): SQLAlchemy's
+            return self.read_store_generation()
+        path = os.path.abspath(database)
+        # The file now at the path (a stat, a few us per poll): a copy renamed over it (a restore while
+        # serving) is read instead of the old file nothing commits to any more, and its being another
+        # file drops the cached keys (its counter may repeat a value of the old one's).
+        found = os.stat(path)
+        file = (found.st_dev, found.st_ino)
         conn = self._watch_conn
+        if conn is not None and file != self._watch_file:
+            conn.close()
+            conn = self._watch_conn = None
         if conn is None:
-            url = self.ctx.store.engine.url
-            database = url.database or ""
-            if (url.get_backend_name() != "sqlite" or not database or database == ":memory:" or url.query
-                    or database.startswith("file:")):  # a URI database (memory, shared cache, options): SQLAlchemy's
-                return self.read_store_generation()
-            # (mode=rw: a database that is not there is an error, never a new empty file)
-            conn = self._watch_conn = sqlite3.connect(f"file:{pathname2url(os.path.abspath(database))}?mode=rw", uri=True,
+            # (mode=rw: a database that is not there is an error, never a new empty file; a file renamed
+            # over the path between the stat and the open is seen at the next poll)
+            conn = self._watch_conn = sqlite3.connect(f"file:{pathname2url(path)}?mode=rw", uri=True,
                                                       timeout=30, check_same_thread=False)
+            if self._watch_file is not None and file != self._watch_file:
+                key_generation.bump_local()
+            self._watch_file = file
         row = conn.execute("SELECT value FROM identity_api_key_generation WHERE id = 1").fetchone()
         if row is None:
             raise LookupError("identity_api_key_generation has no row 1")

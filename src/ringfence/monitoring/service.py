@@ -10,18 +10,16 @@ raised again). Nothing here runs on the engine's sequencer thread.
 from __future__ import annotations
 
 import dataclasses
-import os
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.request import pathname2url
 
 import structlog
 from sqlalchemy import func, select
 
 from ..store import Store
+from ..store.data_version import CommitCounter
 from ..store.models import MonitoringAlert, MonitoringCase, MonitoringCursor, MonitoringEvent
 from ..errors import ConfigError
 from ..pacing import CpuPacer
@@ -107,10 +105,8 @@ class Monitor:
         #: while it has not moved, no connection of any process committed anything, so the next poll's
         #: step (three transactions: decisions, the backlog, the events) would read nothing new
         self._version_stepped: int | None = None
-        self._version_conn: sqlite3.Connection | None = None
-        #: the file `_version_conn` opened, (st_dev, st_ino): another file at the database's path (a copy
-        #: renamed over it) is another counter, which that connection would never see move
-        self._version_file: tuple[int, int] | None = None
+        #: followed across a copy renamed over the database's path (store/data_version.py)
+        self._versions = CommitCounter(store.engine.url)
         self.idle_polls_skipped = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -175,14 +171,7 @@ class Monitor:
                     log.exception("monitoring.step_failed")
                 self.run_system_checks()
         finally:
-            self._close_version()
-
-    def _close_version(self) -> None:
-        """Close the data_version connection; the next poll steps (a new connection's counter starts
-        anew: it says nothing about the old one's, so no value read before may be compared with it)."""
-        if self._version_conn is not None:
-            self._version_conn.close()
-        self._version_conn, self._version_file, self._version_stepped = None, None, None
+            self._versions.close()  # reopened by a next start; its values go on past the last one, which then steps
 
     def _nothing_new(self, version: int | None) -> bool:
         """Whether the poll's step may be skipped: the database has not changed since the last step
@@ -200,33 +189,11 @@ class Monitor:
         memory or for a URI database: the thread steps on every poll, as before.
 
         The counter is the opened file's: a database restored by renaming another file over its path
-        (or removed) is seen by a look at the path's inode each poll (a stat: ~5 us of CPU beside the
-        pragma's ~5 on this loaded machine), and the poll steps with a connection to the file now
-        there. Without it the scorer watched the old file's counter, which nothing moves any more,
-        and scored nothing again once the pool's connections had reopened the path (review, session
-        22; tests/monitoring/test_idle_poll.py)."""
-        conn = self._version_conn
-        url = self.store.engine.url
-        database = url.database or ""
-        if conn is None and (url.get_backend_name() != "sqlite" or not database or database == ":memory:" or url.query
-                             or database.startswith("file:")):
-            return None
-        try:
-            path = os.path.abspath(database)
-            found = os.stat(path)
-            file = (found.st_dev, found.st_ino)
-            if conn is not None and file != self._version_file:  # another file at the path now
-                self._close_version()
-                conn = None
-            if conn is None:
-                # (a file renamed over the path between the stat and the open is seen on the next poll)
-                conn = self._version_conn = sqlite3.connect(f"file:{pathname2url(path)}?mode=rw",
-                                                            uri=True, timeout=30, check_same_thread=False)
-                self._version_file = file
-            return int(conn.execute("PRAGMA data_version").fetchone()[0])
-        except (OSError, sqlite3.Error):  # the file is away: this poll steps (and fails there, logged); a fresh connection next time
-            self._close_version()
-            return None
+        (or removed) is seen by a look at the path's inode each poll (store/data_version.py), and the
+        poll steps with a connection to the file now there. Without it the scorer watched the old
+        file's counter, which nothing moves any more, and scored nothing again once the pool's
+        connections had reopened the path (review, session 22; tests/monitoring/test_idle_poll.py)."""
+        return self._versions.read()
 
     def run_system_checks(self) -> None:
         now_ms = time.time_ns() // 1_000_000

@@ -23,7 +23,8 @@ Three checks, each naming what disagrees precisely (a `Mismatch` with its eviden
 * **Response** (`Reconciler`): each mismatch kind maps through `RULES` to a scope and a level;
   the reconciler submits `Halt` with a halt id derived from the hash of the stable part of the
   evidence (idempotent: the same discrepancy is one halt, however often it is seen) and records an
-  incident per mismatch in `DIR/reconcile/incidents.sqlite`. A halt id a quorum has lifted is not
+  incident per mismatch in `DIR/reconcile/incidents.sqlite` (a write that fails is logged, noted in the
+  report and `Reconciler.errors`, and the pass goes on: the halts are sent whatever the record does). A halt id a quorum has lifted is not
   raised again for the same evidence (the operators accepted exactly that discrepancy). A chain
   mismatch's id also names its *occurrence* (`Mismatch.occurrence`: the engine sequence of the pass
   that first saw it since a pass last saw that wallet whole, `Reconciler.chain_pass`): a lift
@@ -51,6 +52,8 @@ from functools import partial
 from pathlib import Path
 from itertools import repeat
 from typing import Any, Callable, Collection, Iterable, Mapping, NamedTuple, Protocol, Sequence
+
+import structlog
 
 from ..engine.core import CommandRejected, Engine, ShardHalt
 from ..engine.module import Module
@@ -86,6 +89,8 @@ __all__ = [
     "FOLDS",
     "register_fold",
 ]
+
+log = structlog.get_logger("ringfence.reconcile")
 
 
 # ----------------------------------------------------------------------------------------- rules
@@ -1373,8 +1378,13 @@ class Reconciler:
         report = self._respond(mismatches, rows, accounts, notes)
         self._holding = False
         report.duration_ms = int((time.perf_counter() - started) * 1000)
-        self.incidents.record_run(self.clock_ms(), report.duration_ms, report.seq, len(rows), accounts,
-                                  len(mismatches), "; ".join(notes))
+        try:
+            self.incidents.record_run(self.clock_ms(), report.duration_ms, report.seq, len(rows), accounts,
+                                      len(mismatches), "; ".join(notes))
+        except (sqlite3.Error, OSError) as err:  # the pass's halts are sent and its report stands
+            log.error("reconcile.run_not_recorded", seq=report.seq, error=f"{type(err).__name__}: {err}")
+            self.errors.append(f"run not recorded: {type(err).__name__}: {err}"[:500])
+            del self.errors[:-100]
         self.last_report = report
         return report
 
@@ -1415,7 +1425,14 @@ class Reconciler:
                 except RingfenceError as err:  # e.g. the node stopped: keep the incident, say why
                     action = f"halt NOT raised: {err}"[:300]
                     notes.append(f"{m.halt_id}: {action}")
-            self.incidents.record(m, action, now)
+            try:
+                self.incidents.record(m, action, now)
+            except (sqlite3.Error, OSError) as err:  # the record only: the next mismatches' halts are still sent
+                failed = f"{m.halt_id}: incident not recorded ({action}): {type(err).__name__}: {err}"[:500]
+                log.error("reconcile.incident_not_recorded", halt_id=m.halt_id, action=action, error=f"{type(err).__name__}: {err}")
+                notes.append(failed)
+                self.errors.append(failed)
+                del self.errors[:-100]
         return RunReport(self.node.last_seq, rows, mismatches, submitted, already, acknowledged, accounts, 0, notes)
 
     # -------------------------------------------------------------- loop

@@ -90,7 +90,7 @@ from . import untrusted
 
 __all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "PromotionRefused", "promote", "leader_of",
            "parse_target", "PROMOTE_ACTION", "promote_subject", "masked", "Refused", "signed_bytes", "sign_leader", "lease_key",
-           "leader_signature_ok", "harden", "HARDENED", "EpochBackwards"]
+           "leader_signature_ok", "harden", "HARDENED", "EpochBackwards", "console_time"]
 
 T = TypeVar("T")
 _log = logging.getLogger("ringfence.replication")
@@ -347,6 +347,14 @@ def nats_failures() -> tuple[type[BaseException], ...]:
     from nats.errors import Error as NatsError
 
     return (NatsError, asyncio.TimeoutError, concurrent.futures.TimeoutError, ConnectionError)
+
+
+def console_time() -> str:
+    """Now in UTC, ISO 8601 to the second ("2026-03-01T09:30:05Z"), at the start of a standby's lines on
+    the leadership changing (a lease claimed, a promotion approved or refused, promoted): an operator
+    reading the node's console learns when it happened. The node's console only: nothing the engine
+    applies or hashes reads this clock."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def nats_failed(err: BaseException) -> str:
@@ -2927,7 +2935,7 @@ class Follower:
                                       f"fence was not published: {err}")
                     raise
                 self._tell_fenced()
-                self.on_progress(f"standby {self.node_id}: promoted at epoch {leader['epoch']}, fenced at stream "
+                self._say_leadership(f"promoted at epoch {leader['epoch']}, fenced at stream "
                                  f"sequence {self.stream_seq}, journal sequence {self.engine.last_seq} state hash {self.engine.state_hash()}")
                 return int(leader["epoch"])
             now = time.monotonic()
@@ -2956,6 +2964,10 @@ class Follower:
                          "is refused until staff exist (RINGFENCE_MODE=prod); register them with `ringfence staff init` "
                          "on the stopped primary (docs/resilience.md, 'A node key alone opens no epoch')",
                          self.node_id, self.engine.last_seq)
+
+    def _say_leadership(self, what: str) -> None:
+        """A line on this standby taking the leadership (or being refused it), with the UTC time first."""
+        self.on_progress(f"{console_time()} standby {self.node_id}: {what}")
 
     def _own_record(self, leader: Mapping[str, Any], revision: int) -> bool:
         """A leader record naming this node is acted on only if this node signed it (it writes it
@@ -3079,11 +3091,11 @@ class Follower:
             judged = self._request_rev  # the request's revision: the answers after it name it
             self._answer(key, request, "accepted", approved_by=approvers)
             self._accepted = (key, request, judged, approvers)  # its verdict on the fence follows (`_tell_fenced`)
-            self.on_progress(f"standby {self.node_id}: promotion to epoch {record['epoch']} approved by "
+            self._say_leadership(f"promotion to epoch {record['epoch']} approved by "
                              f"{', '.join(approvers) or 'an operator (no staff registered)'}")
             return True
         self._answer(key, request, "refused", reason=reason)
-        self.on_progress(f"standby {self.node_id}: promotion refused: {reason[:MAX_REASON_CHARS]}")
+        self._say_leadership(f"promotion refused: {reason[:MAX_REASON_CHARS]}")
         return False
 
     def _check_margin(self, tokens: Sequence[str], lease_ms: int) -> None:
@@ -3203,7 +3215,7 @@ class Follower:
             self.link.call(self.kv.update("leader", sign_leader(self.key, self.target.stream, record), last=revision))
         except KeyWrongLastSequenceError:
             return  # renewed or taken meanwhile: keep following
-        self.on_progress(f"standby {self.node_id}: the lease of {leader['node']} expired; claimed epoch {record['epoch']}")
+        self._say_leadership(f"the lease of {leader['node']} expired; claimed epoch {record['epoch']}")
 
     def _next_epoch(self, leader: dict[str, Any] | None) -> int:
         """The epoch a claim of this standby takes: above the leader record's, every fence it read,

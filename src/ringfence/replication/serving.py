@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from . import STAFFLESS_DEV, Follower, Replicator, has_staff_quorum, parse_target
+from . import STAFFLESS_DEV, Follower, Replicator, console_time, has_staff_quorum, parse_target
 
 __all__ = ["before_build", "after_build"]
 
@@ -93,7 +93,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         finally:
             status.close()  # frees the port for the server that starts next
             follower.close()
-        say(f"standby {ident}: promoted: serving with the engine and API read models kept warm at sequence "
+        say(f"{console_time()} standby {ident}: promoted: serving with the engine and API read models kept warm at sequence "
             f"{engine.last_seq} (no journal replay)")
         try:
             return (Replicator(target, ident, data / "engine", key=key, peers=trusted, staffless_ok=staffless_ok),

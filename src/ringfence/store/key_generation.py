@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from .models import ApiKey, User
 
-__all__ = ["install_hooks", "local_generation", "bump"]
+__all__ = ["install_hooks", "local_generation", "bump", "bump_local"]
 
 #: The columns whose change can withdraw (or alter) a key's access; `last_used_at_s` and `label` are not.
 API_KEY_COLUMNS = ("user_id", "key_hash", "kind", "secret_enc", "public_key", "scopes", "ip_allowlist", "expires_at_s", "revoked_at_s")
@@ -36,6 +36,15 @@ _hooks_installed = False
 def local_generation() -> int:
     """Bumped in this process after each commit that bumped the store's counter."""
     return _local_generation
+
+
+def bump_local() -> None:
+    """Move this process's generation without a commit: the identity database was replaced under it
+    (a copy renamed over its file, seen by the key cache's watcher): another file is another state,
+    whatever its counter says (it may repeat a value seen in the old file)."""
+    global _local_generation
+    with _local_lock:
+        _local_generation += 1
 
 
 def bump(session: Session) -> None:
