@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import ringfence.replication.auth as auth
+from ringfence.errors import ConfigError
 from ringfence.nodekey import write_private
 from ringfence.replication.auth import SERVICES, write_nats_config
 
@@ -54,7 +55,7 @@ def test_an_out_folder_of_another_user_is_refused(tmp_path, monkeypatch):
     out.mkdir()
     owner = os.stat(out).st_uid
     monkeypatch.setattr(auth.os, "geteuid", lambda: owner + 1)
-    with pytest.raises(FileExistsError, match="belongs to user id"):
+    with pytest.raises(ConfigError, match="belongs to user id"):
         write_nats_config(out, "RF", ["a"])
     assert not any(out.iterdir())
 
@@ -63,7 +64,7 @@ def test_an_out_folder_that_is_a_symbolic_link_is_refused(tmp_path):
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "link").symlink_to(real)
-    with pytest.raises(FileExistsError, match="not a folder"):
+    with pytest.raises(ConfigError, match="not a folder"):
         write_nats_config(Path(tmp_path / "link"), "RF", ["a"])
     assert not any(real.iterdir())
 
@@ -92,6 +93,6 @@ def test_an_out_folder_other_users_may_write_is_refused(tmp_path):
     out = tmp_path / "shared"
     out.mkdir()
     out.chmod(0o777)
-    with pytest.raises(FileExistsError, match="may be written by other users"):
+    with pytest.raises(ConfigError, match="may be written by other users"):
         write_nats_config(out, "RF", ["a"])
     assert not any(out.iterdir())
