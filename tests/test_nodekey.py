@@ -167,8 +167,9 @@ def test_a_folder_others_may_write_is_refused_unless_sticky(tmp_path, mode, refu
     shared.chmod(mode)
     data = shared / "node-a"  # a folder of this user's, under one others may write: they could rename it away
     if refused:
-        with pytest.raises(ConfigError, match="may be written by other users"):
+        with pytest.raises(ConfigError, match=f"{shared} may be written by other users") as err:
             nodekey.load_or_create(data)
+        assert err.value.field == "--data" and not data.exists()  # nothing made under it
     else:
         key = nodekey.load_or_create(data)
         assert nodekey.public_hex(nodekey.load_or_create(data)) == nodekey.public_hex(key)

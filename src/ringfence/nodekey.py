@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import ConfigError
-from .owned import read_own_file, safe_folder
+from .owned import nearest_existing, read_own_file, safe_folder
 
 __all__ = ["KEY_FILE", "load_or_create", "load_key", "public_hex", "public_key", "load_peers", "verify",
            "write_private"]
@@ -77,9 +77,10 @@ def load_or_create(data_dir: Path) -> Ed25519PrivateKey:
     """The node's key in `data_dir/node.key`, made (0600) the first time. `data_dir` and the folders
     above it must be this user's or root's and closed to other users (owned.safe_folder), the key made
     or read through the path so checked."""
+    risk, remedy = "could put a node key of theirs in place of the node's", "give a data directory of this user's"
+    safe_folder(nearest_existing(data_dir), "--data", risk, remedy)  # before anything is made under it
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    where = safe_folder(data_dir, "--data", "could put a node key of theirs in place of the node's",
-                        "give a data directory of this user's") / KEY_FILE
+    where = safe_folder(data_dir, "--data", risk, remedy) / KEY_FILE
     if os.path.lexists(where):  # (a symbolic link too: refused by load_key, never written through)
         return load_key(where, "--data")
     key = Ed25519PrivateKey.generate()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["others_may_write", "refuse_unless_own", "safe_folder", "open_own_folder", "read_own_file"]
+__all__ = ["others_may_write", "refuse_unless_own", "safe_folder", "nearest_existing", "open_own_folder", "read_own_file"]
 
 
 def others_may_write(mode: int) -> bool:
@@ -52,18 +52,27 @@ def safe_folder(folder: Path, field: str, risk: str, remedy: str) -> Path:
     real = Path(os.path.realpath(folder))
     me = os.geteuid()
     for each in (real, *real.parents):
+        shown = each if each == real else f"{each} (holding {folder})"
         try:
             info = os.stat(each)
         except OSError as err:
-            raise ConfigError(f"{each} (above {folder}) cannot be checked: {err.strerror}", field=field) from None
+            raise ConfigError(f"{shown} cannot be checked: {err.strerror}", field=field) from None
         if info.st_uid not in (me, 0):
-            raise ConfigError(f"{each} (holding {folder}) belongs to user id {info.st_uid}: its owner {risk}; "
-                              f"{remedy}", field=field)
+            raise ConfigError(f"{shown} belongs to user id {info.st_uid}: its owner {risk}; {remedy}", field=field)
         if others_may_write(info.st_mode):
-            raise ConfigError(f"{each} (holding {folder}) may be written by other users (mode "
+            raise ConfigError(f"{shown} may be written by other users (mode "
                               f"{info.st_mode & 0o7777:04o}, no sticky bit): they {risk}; make it 0755 or 0700 "
                               f"(chmod go-w), or {remedy}", field=field)
     return real
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` (made absolute) or the nearest folder above it that exists: what `safe_folder` checks
+    before anything is made under it."""
+    path = path.absolute()
+    while not path.is_dir():
+        path = path.parent
+    return path
 
 
 def open_own_folder(path: Path, field: str, risk: str, remedy: str, *, above: bool = True,

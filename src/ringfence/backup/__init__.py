@@ -60,7 +60,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import ConfigError, JournalCorrupt, RingfenceError, SnapshotInvalid, ValidationError
-from ..owned import open_own_folder, safe_folder
+from ..owned import nearest_existing, open_own_folder, safe_folder
 from ..journal.journal import (
     DURABLE_FILE as _DURABLE_FILE,
     GENESIS_HASH,
@@ -702,13 +702,6 @@ def _check_identity(path: Path, report: BackupReport) -> str:
     return f"SQLite, {users} users, integrity {result}"
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.is_dir():
-        path = path.parent
-    return path
-
-
 class _NewDataDir:
     """Where restore builds the new data directory, so that a folder swapped in for `target` after
     its check is never written into (intruder review, session 19, F4: `target/engine` was made by
@@ -788,7 +781,7 @@ def restore_backup(backup: Path, target: Path, *, trust: dict[str, Ed25519Public
     _describe(report, manifest, signer)
     if fetch_problems:  # before anything is made
         raise BackupInvalid("; ".join(fetch_problems), field="BACKUPDIR")
-    new = _NewDataDir(target, _existing_ancestor(target.parent))
+    new = _NewDataDir(target, nearest_existing(target.parent))
     stage, done = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=new.beside)), False  # mode 0700
     try:
         _stage_files(backup, manifest, stage, report, progress)
