@@ -72,3 +72,136 @@ def test_a_signature_verifies_for_its_data_only(tmp_path_factory, data, flip):
     bad[flip // 8] ^= 1 << (flip % 8)
     assert not nodekey.verify(pub, bytes(bad), data)
     assert not nodekey.verify(pub, sig, data + b"x")
+
+
+# --- whose key it is (intruder review of session 23, F2) --------------------------------------------------------------
+# uid 4242 made a data folder (0700) and a node.key (0600) of theirs beforehand; root's `replication node-key --data`
+# printed the intruder's public key (it went into peers.json) and `serve` signed with it. The key file must be this
+# user's, not a symbolic link, in folders no other user owns or may write (sticky folders aside).
+
+OTHER = 4242
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="plays the other user with chown (root only)")
+
+
+def _pem_key(path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    os.chmod(path, 0o600)
+    return path
+
+
+@as_root
+def test_a_node_key_another_user_planted_is_refused_by_node_key(tmp_path):
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    data = tmp_path / "rfa-shared"
+    data.mkdir(mode=0o700)
+    key = _pem_key(data / nodekey.KEY_FILE)
+    os.chown(data, OTHER, OTHER)
+    os.chown(key, OTHER, OTHER)
+    with pytest.raises(ConfigError, match=f"belongs to user id {OTHER}") as err:
+        nodekey.load_or_create(data)
+    assert err.value.field == "--data"
+    result = CliRunner().invoke(app, ["replication", "node-key", "--data", str(data), "--node-id", "a"],
+                                env={"COLUMNS": "300"})
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and str(data) in out and f"belongs to user id {OTHER}" in out, out
+    assert "{" not in out  # no public key printed
+
+
+@as_root
+def test_a_key_file_of_another_user_in_this_users_folder_is_refused(tmp_path):
+    key = _pem_key(tmp_path / nodekey.KEY_FILE)
+    os.chown(key, OTHER, OTHER)
+    with pytest.raises(ConfigError, match=f"{key} belongs to user id {OTHER}"):
+        nodekey.load_or_create(tmp_path)
+    with pytest.raises(ConfigError, match="belongs to user id") as err:
+        nodekey.load_key(key, "--sign-key")  # `backup create --sign-key FILE`
+    assert err.value.field == "--sign-key"
+
+
+@as_root
+def test_a_folder_of_another_user_is_refused_before_a_key_is_made_in_it(tmp_path):
+    """No node.key yet: one made in their folder could be swapped for theirs the moment after."""
+    data = tmp_path / "theirs"
+    data.mkdir(mode=0o755)
+    os.chown(data, OTHER, OTHER)
+    with pytest.raises(ConfigError, match=f"belongs to user id {OTHER}"):
+        nodekey.load_or_create(data)
+    assert not any(data.iterdir())
+
+
+def test_a_folder_of_another_user_is_refused_without_root(tmp_path, monkeypatch):
+    """The same, where the tests cannot chown: this process plays another user than the folder's owner."""
+    key = _pem_key(tmp_path / nodekey.KEY_FILE)
+    owner = os.stat(key).st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)
+    with pytest.raises(ConfigError, match="belongs to user id"):
+        nodekey.load_key(key)
+
+
+def test_a_node_key_reached_through_a_symbolic_link_is_refused(tmp_path):
+    real = _pem_key(tmp_path / "elsewhere.pem")
+    (tmp_path / "d").mkdir(mode=0o700)
+    (tmp_path / "d" / nodekey.KEY_FILE).symlink_to(real)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        nodekey.load_or_create(tmp_path / "d")
+    assert (tmp_path / "d" / nodekey.KEY_FILE).is_symlink()  # not replaced by a new key either
+    dangling = tmp_path / "e"
+    dangling.mkdir(mode=0o700)
+    (dangling / nodekey.KEY_FILE).symlink_to(tmp_path / "nowhere")  # made "on first use" through the link, before
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        nodekey.load_or_create(dangling)
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("mode, refused", [(0o777, True), (0o770, True), (0o1777, False), (0o755, False)])
+def test_a_folder_others_may_write_is_refused_unless_sticky(tmp_path, mode, refused):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    data = shared / "node-a"  # a folder of this user's, under one others may write: they could rename it away
+    if refused:
+        with pytest.raises(ConfigError, match=f"{shared} may be written by other users") as err:
+            nodekey.load_or_create(data)
+        assert err.value.field == "--data" and not data.exists()  # nothing made under it
+    else:
+        key = nodekey.load_or_create(data)
+        assert nodekey.public_hex(nodekey.load_or_create(data)) == nodekey.public_hex(key)
+
+
+@as_root
+def test_a_staff_key_file_another_user_planted_is_refused(tmp_path):
+    from ringfence.errors import RingfenceError
+    from ringfence.staff.console import load_key as load_staff_key
+    from ringfence.staff.decisions import StaffKey, write_key_file
+
+    path = tmp_path / "dora.key"
+    write_key_file(path, StaffKey.from_seed_hex("dora", "11" * 32))
+    assert load_staff_key(str(path)).staff_id == "dora"
+    os.chown(path, OTHER, OTHER)
+    with pytest.raises(RingfenceError, match=f"belongs to user id {OTHER}"):
+        load_staff_key(str(path))  # `staff add --new-key FILE`: its public key would become dora's
+    link = tmp_path / "link.key"
+    os.chown(path, 0, 0)
+    link.symlink_to(path)
+    with pytest.raises(RingfenceError, match="is a symbolic link"):
+        load_staff_key(f"{link}#dora")
+
+
+@as_root
+def test_an_epoch_memory_another_user_planted_is_refused(tmp_path):
+    from ringfence.replication.epochs import MEMORY_FILE, EpochMemory
+
+    node = tmp_path / "engine"
+    node.mkdir(mode=0o700)
+    (node / MEMORY_FILE).write_text('{"RF": 3}')
+    assert EpochMemory(node, "RF").highest() == 3
+    os.chown(node / MEMORY_FILE, OTHER, OTHER)
+    with pytest.raises(ConfigError, match=f"belongs to user id {OTHER}"):
+        EpochMemory(node, "RF")

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import ConfigError
+from .owned import nearest_existing, read_own_file, safe_folder
 
 __all__ = ["KEY_FILE", "load_or_create", "load_key", "public_hex", "public_key", "load_peers", "verify",
            "write_private"]
@@ -56,28 +57,35 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def load_key(path: Path, field: str = "--node-key") -> Ed25519PrivateKey:
+    """The Ed25519 key in `path`: a file of this user's, not a symbolic link, mode 0600, in a folder no
+    other user owns or may write (owned.read_own_file; a node.key uid 4242 planted beforehand was taken
+    as the node's: intruder review of session 23, F2)."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        raw = read_own_file(path, field, "private key")
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist", field=field) from None
+    try:
+        key = serialization.load_pem_private_key(raw, password=None)
     except (ValueError, TypeError):
         raise ConfigError(f"{path} is not a PEM Ed25519 private key", field=field) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{path} holds a key that is not Ed25519", field=field)
-    if path.stat().st_mode & 0o077:
-        raise ConfigError(f"{path} is readable by other users; chmod 600 it", field=field)
     return key
 
 
 def load_or_create(data_dir: Path) -> Ed25519PrivateKey:
-    """The node's key in `data_dir/node.key`, made (0600) the first time."""
-    path = data_dir / KEY_FILE
-    if path.exists():
-        return load_key(path)
+    """The node's key in `data_dir/node.key`, made (0600) the first time. `data_dir` and the folders
+    above it must be this user's or root's and closed to other users (owned.safe_folder), the key made
+    or read through the path so checked."""
+    risk, remedy = "could put a node key of theirs in place of the node's", "give a data directory of this user's"
+    safe_folder(nearest_existing(data_dir), "--data", risk, remedy)  # before anything is made under it
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    where = safe_folder(data_dir, "--data", risk, remedy) / KEY_FILE
+    if os.path.lexists(where):  # (a symbolic link too: refused by load_key, never written through)
+        return load_key(where, "--data")
     key = Ed25519PrivateKey.generate()
-    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    write_private(where, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
     return key
 
 

@@ -180,3 +180,55 @@ def test_restore_into_an_empty_folder_other_users_may_write_is_refused(demo_node
     assert err.value.field == "--to" and not any(target.iterdir())
     target.chmod(0o700)
     assert restore_backup(bk, target, trust=TRUST).last_seq == _last_seq(demo_node)
+
+
+# --- restore --to NEW under folders others may write (intruder review of session 23, F3) ----------------------------
+# Only an existing --to was checked: a new one was built beside it and renamed into place, and the owner of the folder
+# above (or anyone who may write it) then swapped the restored folder for one with a journal of theirs, which root's
+# next `serve --data` served. The folder above a new or existing --to, and every one above that, must be this user's
+# or root's and closed to other users (sticky folders such as /tmp aside).
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775])
+def test_restore_to_a_new_folder_under_one_others_may_write_is_refused(demo_node, tmp_path, mode):
+    bk = tmp_path / "bk"
+    create_backup(demo_node, bk, signer=SIGNER)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    for target in (shared / "restored", shared / "deeper" / "restored"):
+        with pytest.raises(ConfigError, match="may be written by other users") as err:
+            restore_backup(bk, target, trust=TRUST)
+        assert err.value.field == "--to" and str(shared) in str(err.value)
+    assert not any(shared.iterdir())  # no staging folder, no restore folder
+    (shared / "mine").mkdir(mode=0o700)  # a folder of this user's, an ancestor open to others: the same
+    with pytest.raises(ConfigError, match="may be written by other users"):
+        restore_backup(bk, shared / "mine" / "restored", trust=TRUST)
+    with pytest.raises(ConfigError, match="may be written by other users"):
+        restore_backup(bk, shared / "mine", trust=TRUST)  # an existing empty --to too
+    assert not any((shared / "mine").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plays the other user with chown (root only)")
+def test_restore_to_a_new_folder_in_a_folder_of_another_user_is_refused(demo_node, tmp_path):
+    bk = tmp_path / "bk"
+    create_backup(demo_node, bk, signer=SIGNER)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 4242, 4242)
+    with pytest.raises(ConfigError, match="belongs to user id 4242") as err:
+        restore_backup(bk, theirs / "restored", trust=TRUST)
+    assert err.value.field == "--to" and not any(theirs.iterdir())
+
+
+def test_restore_to_a_new_folder_under_a_sticky_or_private_one_works(demo_node, tmp_path):
+    bk = tmp_path / "bk"
+    create_backup(demo_node, bk, signer=SIGNER)
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # as /tmp: others may make entries, never rename or remove this user's
+    (tmp_path / "via").symlink_to(sticky)  # a link on the way: the real path is checked and used
+    report = restore_backup(bk, tmp_path / "via" / "a" / "restored", trust=TRUST)
+    assert report.last_seq == _last_seq(demo_node)
+    assert (sticky / "a" / "restored" / "engine").is_dir()
+    assert sorted(p.name for p in sticky.iterdir()) == ["a"]  # no staging folder left

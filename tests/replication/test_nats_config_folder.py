@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import ringfence.replication.auth as auth
+from ringfence.errors import ConfigError
 from ringfence.nodekey import write_private
 from ringfence.replication.auth import SERVICES, write_nats_config
 
@@ -54,7 +55,7 @@ def test_an_out_folder_of_another_user_is_refused(tmp_path, monkeypatch):
     out.mkdir()
     owner = os.stat(out).st_uid
     monkeypatch.setattr(auth.os, "geteuid", lambda: owner + 1)
-    with pytest.raises(FileExistsError, match="belongs to user id"):
+    with pytest.raises(ConfigError, match="belongs to user id"):
         write_nats_config(out, "RF", ["a"])
     assert not any(out.iterdir())
 
@@ -63,7 +64,7 @@ def test_an_out_folder_that_is_a_symbolic_link_is_refused(tmp_path):
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "link").symlink_to(real)
-    with pytest.raises(FileExistsError, match="not a folder"):
+    with pytest.raises(ConfigError, match="not a folder"):
         write_nats_config(Path(tmp_path / "link"), "RF", ["a"])
     assert not any(real.iterdir())
 
@@ -92,6 +93,72 @@ def test_an_out_folder_other_users_may_write_is_refused(tmp_path):
     out = tmp_path / "shared"
     out.mkdir()
     out.chmod(0o777)
-    with pytest.raises(FileExistsError, match="may be written by other users"):
+    with pytest.raises(ConfigError, match="may be written by other users"):
         write_nats_config(out, "RF", ["a"])
     assert not any(out.iterdir())
+
+
+# --- --store-dir (intruder review of session 23, F4) ------------------------------------------------------------------
+# A --store-dir owned (and writable) by uid 4242 went into the server config as it was: its owner could rename the
+# stream's folder away, and after a nats-server restart every acknowledged batch was gone. It now gets --out's checks.
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plays the other user with chown (root only)")
+def test_nats_config_refuses_a_store_dir_another_user_owns(tmp_path):
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    store.mkdir()
+    store.chmod(0o777)
+    os.chown(store, 4242, 4242)
+    peers = tmp_path / "peers.json"
+    peers.write_text('{"a": "' + "11" * 32 + '"}')
+    run = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "nats-config", "--stream", "RF",
+                          "--peers", str(peers), "--out", str(tmp_path / "out"), "--store-dir", str(store)],
+                         capture_output=True, text=True, env=dict(os.environ, COLUMNS="300"))
+    out = " ".join((run.stdout + run.stderr).split())
+    assert run.returncode == 2 and "--store-dir" in out and "belongs to user id 4242" in out, out
+    assert not (tmp_path / "out" / "nats-server.conf").exists()
+
+
+def test_a_store_dir_of_another_user_is_refused_without_root(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    store.mkdir()
+    owner = os.stat(store).st_uid
+    monkeypatch.setattr(auth.os, "geteuid", lambda: owner + 1)
+    with pytest.raises(ConfigError, match="belongs to user id") as err:
+        write_nats_config(tmp_path / "out", "RF", ["a"], store_dir=str(store))
+    assert err.value.field == "--store-dir" and not (tmp_path / "out").exists()
+
+
+def test_a_store_dir_others_may_write_or_a_symbolic_link_is_refused(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    store.chmod(0o777)
+    with pytest.raises(ConfigError, match="may be written by other users") as err:
+        write_nats_config(tmp_path / "out", "RF", ["a"], store_dir=str(store))
+    assert err.value.field == "--store-dir"
+    store.chmod(0o700)
+    (tmp_path / "link").symlink_to(store)
+    with pytest.raises(ConfigError, match="not a folder"):
+        write_nats_config(tmp_path / "out", "RF", ["a"], store_dir=str(tmp_path / "link"))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # the folder above: they could rename the store away
+    with pytest.raises(ConfigError, match="may be written by other users"):
+        write_nats_config(tmp_path / "out", "RF", ["a"], store_dir=str(shared / "js"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_new_store_dir_is_made_private_and_named_by_its_real_path(tmp_path, monkeypatch):
+    import json
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "via").symlink_to(tmp_path / "real")  # a link above the store is fine: its real path goes in
+    monkeypatch.chdir(tmp_path)
+    files = write_nats_config(tmp_path / "out", "RF", ["a"], store_dir="via/js")
+    store = tmp_path / "real" / "js"
+    assert store.is_dir() and os.stat(store).st_mode & 0o777 == 0o700
+    config = json.loads(files["config"].read_text())
+    assert config["jetstream"]["store_dir"] == os.path.realpath(store)

@@ -60,6 +60,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import ConfigError, JournalCorrupt, RingfenceError, SnapshotInvalid, ValidationError
+from ..owned import nearest_existing, open_own_folder, safe_folder
 from ..journal.journal import (
     DURABLE_FILE as _DURABLE_FILE,
     GENESIS_HASH,
@@ -313,19 +314,13 @@ def _open_backup_folder(dest: Path) -> int:
         pass  # an empty folder of this user (a mount point, a folder made for the occasion): checked below
     except OSError as err:
         raise ConfigError(f"cannot create {dest}: {err.strerror}", field="--to") from None
+    try:  # (the folders above are not checked: whoever may write them can move the backup, never forge its signature)
+        fd = open_own_folder(dest, "--to", "could change the backup while it is made and have this node sign it",
+                             "a backup goes into a new folder, or an empty one this user owns", above=False,
+                             others_write_ok=True)  # (made private below)
+    except FileNotFoundError:
+        raise ConfigError(f"{dest} was removed as it was made; a backup goes into a new folder", field="--to") from None
     try:
-        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise ConfigError(f"{dest} is not a folder (a symbolic link or a file); a backup goes into a new folder",
-                              field="--to") from None
-        raise ConfigError(f"{dest} cannot be opened: {err.strerror}", field="--to") from None
-    try:
-        owner = os.fstat(fd).st_uid
-        if owner != os.geteuid():
-            raise ConfigError(f"{dest} belongs to user id {owner}, not to this user ({os.geteuid()}): its owner could "
-                              "change the backup while it is made and have this node sign it; give a new folder, or "
-                              "one this user owns", field="--to")
         if os.listdir(fd):
             raise ConfigError(f"{dest} is not empty; a backup goes into a new folder", field="--to")
         os.fchmod(fd, 0o700)  # an empty folder made beforehand (umask 022: 0755) is private now
@@ -707,13 +702,6 @@ def _check_identity(path: Path, report: BackupReport) -> str:
     return f"SQLite, {users} users, integrity {result}"
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.is_dir():
-        path = path.parent
-    return path
-
-
 class _NewDataDir:
     """Where restore builds the new data directory, so that a folder swapped in for `target` after
     its check is never written into (intruder review, session 19, F4: `target/engine` was made by
@@ -726,29 +714,20 @@ class _NewDataDir:
     Anything else at `target` is refused."""
 
     def __init__(self, target: Path, beside: Path) -> None:
-        self.target, self.fd = target, -1
+        # `beside` (the nearest existing folder above `target`) and every folder above it belong to this user
+        # or root and no one else may write them (owned.safe_folder): its owner, or whoever may write it, could
+        # swap the restored folder for one with a journal of theirs before `serve --data` reads it (intruder
+        # review of session 23, F3: only an existing `target` was checked). Then only the real path is used.
+        risk, remedy = ("could swap the restored data directory before it is served",
+                        "give a --to under folders of this user's")
+        self.beside = safe_folder(beside, "--to", risk, remedy)
+        self.target, self.fd = self.beside / target.absolute().relative_to(beside), -1
         try:
-            self.fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            self.fd = open_own_folder(self.target, "--to", risk, "give a new folder, or an empty one this user owns",
+                                      above=False)  # (above: checked)
         except FileNotFoundError:
-            self.root = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=beside))
+            self.root = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=self.beside))
             return
-        except OSError as err:
-            if err.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise ConfigError(f"{target} is not a folder (a symbolic link or a file); a restore goes into a new or "
-                                  "empty folder", field="--to") from None
-            raise ConfigError(f"{target} cannot be opened: {err.strerror}", field="--to") from None
-        owner = os.fstat(self.fd).st_uid
-        if owner != os.geteuid():  # its owner could swap the restored engine folder before serve reads it (s22, B1)
-            os.close(self.fd)
-            raise ConfigError(f"{target} belongs to user id {owner}, not to this user ({os.geteuid()}): its owner could "
-                              "change the restored data directory before it is served; give a new folder, or one this "
-                              "user owns", field="--to")
-        mode = os.fstat(self.fd).st_mode
-        if mode & 0o022 and not mode & stat.S_ISVTX:  # they could rename the restored engine folder away (s22 review)
-            os.close(self.fd)
-            raise ConfigError(f"{target} may be written by other users (mode {mode & 0o7777:04o}): they could swap the "
-                              "restored data directory before it is served; make it 0700 (chmod 700) or give a new "
-                              "folder", field="--to")
         if os.listdir(self.fd):
             os.close(self.fd)
             raise ConfigError(f"{target} is not empty; a restore goes into a new or empty folder", field="--to")
@@ -802,9 +781,8 @@ def restore_backup(backup: Path, target: Path, *, trust: dict[str, Ed25519Public
     _describe(report, manifest, signer)
     if fetch_problems:  # before anything is made
         raise BackupInvalid("; ".join(fetch_problems), field="BACKUPDIR")
-    beside = _existing_ancestor(target.parent)
-    new = _NewDataDir(target, beside)
-    stage, done = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=beside)), False  # mode 0700
+    new = _NewDataDir(target, nearest_existing(target.parent))
+    stage, done = Path(tempfile.mkdtemp(prefix=".ringfence-restore-", dir=new.beside)), False  # mode 0700
     try:
         _stage_files(backup, manifest, stage, report, progress)
         if report.problems:

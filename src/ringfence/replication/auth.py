@@ -24,15 +24,16 @@ on any command line).
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import json
 import os
 import secrets
-import stat
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
+
+from ..errors import ConfigError
+from ..owned import open_own_folder
 
 __all__ = ["SERVICES", "inbox_prefix", "is_loopback", "permissions", "nats_config", "write_nats_config", "MAX_NODES"]
 
@@ -115,38 +116,40 @@ def _write_0600(path: Path, text: str) -> None:
     write_private(path, text.encode())
 
 
-def _open_own_folder(out: Path) -> int:
-    """`--out`, opened once without following a symbolic link: it must be a folder of this user's that
-    no other user may write (whoever owns it, or may write it, could read the passwords' files or put
-    another nats-server.conf in place of this one before the server reads it: intruder review of
-    session 22, B2). Everything is then written through this descriptor (`/proc/self/fd/N`), so a
-    folder put in its place after the check is never written into. Raises FileExistsError (nothing is
-    written)."""
+def _open_own_folder(out: Path, field: str = "--out", risk: str = "could read the passwords or replace the server's config",
+                     remedy: str = "choose another --out") -> int:
+    """`out`, opened once without following a symbolic link: it must be a folder of this user's that
+    no other user may write, under folders no other user owns or may write (owned.open_own_folder:
+    whoever could would read the passwords' files or put another nats-server.conf in place of this one
+    before the server reads it; intruder review of session 22, B2). Everything is then written through
+    this descriptor (`/proc/self/fd/N`), so a folder put in its place after the check is never written
+    into. Raises ConfigError naming `field` (nothing is written)."""
+    fd = open_own_folder(out, field, risk, remedy)
     try:
-        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise FileExistsError(f"{out} is not a folder (a symbolic link or a file); credentials go into a folder "
-                                  "of this user's") from None
-        raise FileExistsError(f"{out} cannot be opened: {err.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if info.st_uid != os.geteuid():
-            raise FileExistsError(f"{out} belongs to user id {info.st_uid}, not to this user ({os.geteuid()}): its "
-                                  "owner could read the passwords or replace the server's config; choose another --out")
-        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
-            raise FileExistsError(f"{out} may be written by other users (mode {info.st_mode & 0o7777:04o}): they could "
-                                  "replace the server's config; make it 0700 (chmod 700) or choose another --out")
-        if not os.path.samestat(os.stat(f"/proc/self/fd/{fd}"), info):
+        if not os.path.samestat(os.stat(f"/proc/self/fd/{fd}"), os.fstat(fd)):
             raise OSError
-    except FileNotFoundError:
+    except OSError:
         os.close(fd)
-        raise FileExistsError(f"{out}: writing through the folder's handle needs /proc mounted (Linux's "
-                              "/proc/self/fd); it is not") from None
-    except BaseException:
-        os.close(fd)
-        raise
+        raise ConfigError(f"{out}: writing through the folder's handle needs /proc mounted (Linux's /proc/self/fd); "
+                          "it is not", field=field) from None
     return fd
+
+
+def _own_store_dir(store_dir: str) -> str:
+    """`--store-dir` as the config gives it (its real path): made (0700) when missing, else a folder of
+    this user's that no other user may write, under folders no one else owns or may write (intruder
+    review of session 23, F4: its owner could delete the stream's folder, every acknowledged batch)."""
+    path = Path(store_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as err:
+        raise ConfigError(f"cannot create {path}: {err.strerror}", field="--store-dir") from None
+    fd = _open_own_folder(path, "--store-dir", "could delete the stream's files (every acknowledged batch)",
+                          "give a folder of this user's (run nats-config as the user nats-server runs as)")
+    try:
+        return os.path.realpath(f"/proc/self/fd/{fd}")  # (the folder checked, wherever its name points later)
+    finally:
+        os.close(fd)
 
 
 def write_nats_config(out: Path, stream: str, nodes: Sequence[str], *, port: int = 4222, store_dir: str = "", host: str = "127.0.0.1",
@@ -155,6 +158,8 @@ def write_nats_config(out: Path, stream: str, nodes: Sequence[str], *, port: int
     `host`/TLS input raises ValueError before anything is written."""
     nats_config(stream, dict.fromkeys(SERVICES, ""), nodes, port=port, store_dir=store_dir, host=host, tls_cert=tls_cert,
                 tls_key=tls_key)  # checks the input first
+    if store_dir:
+        store_dir = _own_store_dir(store_dir)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = _open_own_folder(out)
     try:

@@ -242,7 +242,8 @@ def nats_config_cmd(
     stream: str = typer.Option("RINGFENCE", "--stream", help="The stream the exchange replicates to."),
     out: Path = typer.Option(..., "--out", help="A new folder for nats-server.conf and one password file per service."),
     port: int = typer.Option(4222, "--port", min=1, max=65535, help="The port nats-server listens on."),
-    store_dir: str = typer.Option("", "--store-dir", help="JetStream's storage folder (default: nats-server's)."),
+    store_dir: str = typer.Option("", "--store-dir", help="JetStream's storage folder (default: nats-server's): made 0700 when missing, else a "
+                                 "folder of this user's no other user may write (as --out)."),
     listen: str = typer.Option("127.0.0.1", "--listen", help="The address nats-server listens on; one other machines can "
                                "reach (0.0.0.0, 10.0.0.5) needs --tls-cert and --tls-key."),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="The server's certificate (PEM): the config gets a tls block."),
@@ -266,7 +267,8 @@ def nats_config_cmd(
     reach is refused without --tls-cert/--tls-key, as the passwords would cross the network in clear
     text (clients then connect with tls://HOST:PORT/STREAM?tls_ca=CA).
 
-    Exit status: 0 written, 2 bad input (the --stream name, an --out that exists, --listen without TLS,
+    Exit status: 0 written, 2 bad input (the --stream name, an --out that exists, an --out or --store-dir
+    another user owns or may write, --listen without TLS,
     a TLS file that cannot be read, a missing or bad --peers file).
 
     Example: ringfence replication nats-config --stream RF --peers ./peers.json --out ./nats-auth --listen 10.0.0.5 --tls-cert srv.pem --tls-key srv.key

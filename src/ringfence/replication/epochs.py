@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,16 @@ class EpochMemory:
         self.path = node_dir / MEMORY_FILE if node_dir is not None else None
         self.stream = stream
         self._all: dict[str, int] = {}
-        if self.path is not None and self.path.exists():
-            try:
-                data = json.loads(self.path.read_text())
+        if self.path is not None and os.path.lexists(self.path):
+            from ..owned import read_own_file
+
+            try:  # a file of this user's in a folder others cannot write: one planted could hold back the epoch
+                data = json.loads(read_own_file(self.path, "--data", "leadership epoch memory", private=False))
                 if not isinstance(data, dict) or not all(isinstance(k, str) and type(v) is int and v >= 0
                                                          for k, v in data.items()):
                     raise ValueError("not an object of stream -> epoch")
+            except ConfigError:  # (whose it is, where: said as it is)
+                raise
             except (ValueError, OSError) as err:
                 raise ConfigError(f"{self.path} is unreadable ({err}): it remembers the highest leadership epoch this "
                                   "node saw; restore it from a backup, or write the highest epoch of every stream as "

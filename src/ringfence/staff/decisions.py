@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import ValidationError
+from ..owned import read_own_file
 
 __all__ = [
     "DOMAIN",
@@ -180,11 +181,15 @@ def write_key_file(path: Path, key: StaffKey) -> None:
 
 
 def read_key_file(path: Path, staff_id: str | None = None) -> StaffKey:
-    """Read a key file written by `write_key_file`; a file holding only a 64-hex seed needs `staff_id`."""
+    """Read a key file written by `write_key_file`; a file holding only a 64-hex seed needs `staff_id`.
+    It must be a file of this user's, not a symbolic link, in a folder no other user owns or may write
+    (owned.read_own_file: a key file another user planted, or could swap, is refused; intruder review of
+    session 23, F2)."""
     try:
-        text = path.read_text().strip()
-    except OSError as err:
-        raise ValidationError(f"cannot read the staff key file {path}: {err.strerror or err}", field="key") from None
+        text = read_own_file(path, "--key", "staff key file", private=False).decode().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise ValidationError(f"cannot read the staff key file {path}: {reason}", field="key") from None
     if re.fullmatch(r"[0-9a-fA-F]{64}", text):
         if not staff_id:
             raise ValidationError("this key file holds a bare seed: name its staff id", field="key")
