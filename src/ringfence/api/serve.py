@@ -13,10 +13,13 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import typer
 from ..cli_paths import tty_console
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["serve"]
 
@@ -329,7 +332,7 @@ def register_por_metrics(app: Any, exchange: Any, data: Path, settings: Any) -> 
 LISTEN_BACKLOG = 2048
 
 
-def listen_on(host: str, port: int) -> Any:
+def listen_on(host: str, port: int) -> socket.socket:
     """The node's one listening socket on host:port (OSError if it cannot have it), made before anything is recovered
     or written and kept until the process ends: a standby's status page serves on it while it follows, then the
     exchange (uvicorn, or the `--gateways` processes, which inherit it) on the same socket. So there is no moment from
@@ -353,7 +356,7 @@ def listen_on(host: str, port: int) -> Any:
     return sock
 
 
-def serve_through_gateways(app: Any, data: Path, listener: Any, gateways: int, proxies: list[str], keys: Any = None) -> None:
+def serve_through_gateways(app: Any, data: Path, listener: socket.socket, gateways: int, proxies: list[str], keys: Any = None) -> None:
     """The engine process of `serve --gateways N` (api/relay.py): N gateway processes accept on
     `listener` and relay to this process's Unix socket; they get SIGTERM when this process ends."""
     import subprocess

@@ -81,6 +81,9 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         import signal
         import sys
 
+        if listener is None:
+            raise ValueError("a standby serves its status page on serve's listening socket (api/serve.py listen_on)")
+
         # a stopped standby closes its journal and lock cleanly (exit 0), as a stopped server does
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         from ..api.service import ReadModels, WarmStart
@@ -89,8 +92,6 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         models = ReadModels()
         follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted,
                             staffless_ok=staffless_ok)
-        if listener is None:
-            raise ValueError("a standby serves its status page on serve's listening socket (api/serve.py listen_on)")
         status = StandbyStatus(follower, listener, models)
         say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
             f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident)}")
