@@ -40,6 +40,51 @@ def early_in_a_window(seconds_left: float = 20) -> None:  # float-ok: seconds
         time.sleep(0.5)
 
 
+class Intruder:
+    """Another local user's socket after the node's port (intruder review of #21, F1): a thread tries to bind
+    127.0.0.1:`port` and listen on it in a tight loop, from `start()` until `stop()`, alternately without and with
+    SO_REUSEADDR (an unprivileged user may set it). When it wins it keeps the port, listening, as the intruder did
+    (a server of its own there would then get the node's clients). `won`: the attempts that bound and listened;
+    `refused`: the errno of each one that did not."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.port, self.won, self.refused = port, [], []
+        self.held: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="intruder", daemon=True)
+
+    def start(self) -> "Intruder":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            s = socket.socket()
+            if attempt % 2:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", self.port))
+                s.listen(16)
+            except OSError as err:
+                s.close()
+                self.refused.append(err.errno)
+            else:
+                self.won.append(f"attempt {attempt} ({'with' if attempt % 2 else 'without'} SO_REUSEADDR)")
+                self.held = s
+                return
+            attempt += 1
+            time.sleep(0.0005)  # a few thousand attempts a second: any gap of a millisecond or more is found
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        if self.held is not None:
+            self.held.close()
+
+
 #: argon2id at the least cost dev mode accepts (settings.py), for servers whose tests are not about that cost
 ARGON2_TEST_COST = {"RINGFENCE_IDENTITY_ARGON2_MEMORY_KIB": "1024", "RINGFENCE_IDENTITY_ARGON2_TIME_COST": "1",
                     "RINGFENCE_IDENTITY_ARGON2_PARALLELISM": "1"}

@@ -126,13 +126,14 @@ def stream() -> str:
 class Standby:
     """`ringfence serve --standby` as a real process; `wait_ready()` after a promotion."""
 
-    def __init__(self, data: Path, url: str, node_id: str, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data: Path, url: str, node_id: str, port: int, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.data, self.port, self.node_id = data, port, node_id
         self.base = f"http://127.0.0.1:{port}"
         data.mkdir(parents=True, exist_ok=True)
         self.log_path = data.parent / f"standby-{node_id}-{port}.log"
         self.log = open(self.log_path, "w")
-        self.argv = ["serve", "--data", str(data), "--port", str(port), "--standby", url, "--node-id", node_id]
+        self.argv = ["serve", "--data", str(data), "--port", str(port), "--standby", url, "--node-id", node_id, *args]
         if env is None or "RINGFENCE_REPLICATION_PEERS" not in env:  # a standby of its own: a peers file of one
             env = dict(env or {}, **peers_file(data.parent, **{node_id: data}))
         self.proc = spawn_cli(self.argv, dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="400",  # tests/launcher.py

@@ -13,10 +13,13 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import typer
 from ..cli_paths import tty_console
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["serve"]
 
@@ -325,7 +328,35 @@ def register_por_metrics(app: Any, exchange: Any, data: Path, settings: Any) -> 
 # ---------------------------------------------------------------- end of proof of solvency and shield fund
 
 
-def serve_through_gateways(app: Any, data: Path, listener: Any, gateways: int, proxies: list[str], keys: Any = None) -> None:
+#: the public listening socket's queue of connections not yet accepted (uvicorn's default)
+LISTEN_BACKLOG = 2048
+
+
+def listen_on(host: str, port: int) -> socket.socket:
+    """The node's one listening socket on host:port (OSError if it cannot have it), made before anything is recovered
+    or written and kept until the process ends: a standby's status page serves on it while it follows, then the
+    exchange (uvicorn, or the `--gateways` processes, which inherit it) on the same socket. So there is no moment from
+    the start until the stop in which the port is not the node's (intruder review of #21, F1: the standby closed its
+    status page at the promotion and the exchange bound the port again seconds later; another local user's process
+    looping on bind() got it in between, and the node exited with no primary left).
+
+    It listens at once, not merely bound: a bound socket that does not listen shares its port with any other socket
+    that sets SO_REUSEADDR, and whichever listens first gets it. Until the exchange serves, a connection waits in
+    the backlog and is answered once it does (`/readyz` says when)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart binds despite TIME_WAIT connections
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def serve_through_gateways(app: Any, data: Path, listener: socket.socket, gateways: int, proxies: list[str], keys: Any = None) -> None:
     """The engine process of `serve --gateways N` (api/relay.py): N gateway processes accept on
     `listener` and relay to this process's Unix socket; they get SIGTERM when this process ends."""
     import subprocess
@@ -337,19 +368,20 @@ def serve_through_gateways(app: Any, data: Path, listener: Any, gateways: int, p
 
     path = engine_socket_path(data)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    listener.listen(2048)
-    listener.set_inheritable(True)
+    listener.set_inheritable(True)  # (listening since the start: `listen_on`)
     children: list[subprocess.Popen[bytes]] = []
     for index in range(1, gateways + 1):
         children.append(spawn_child([sys.executable, "-m", "ringfence.api.relay", str(listener.fileno()), str(path), str(index),
                                      ",".join(proxies)],
                                     pass_fds=(listener.fileno(),)))
-    listener.close()  # the gateways hold their own copies; this process never accepts on the public port
+    # The gateways accept on their copies. This process never accepts on the public port, but it keeps its copy
+    # open until it ends: the port stays the node's even if every gateway has gone (intruder review of #21, F1).
     console.print(f"gateways: {gateways} processes ({', '.join(str(c.pid) for c in children)}) relay to {path}")
     try:
         uvicorn.run(EngineRelay(app, path, keys), uds=str(path.parent / "http.sock"), log_level="warning", lifespan="on",
                     timeout_graceful_shutdown=10)
     finally:
+        listener.close()
         for child in children:
             child.terminate()
         for child in children:
@@ -508,14 +540,10 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
         fail(str(err))
     public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
     mode = check_before_start(data, demo, public_url, forwarded_allow_ips, replicate, standby, peers)
-    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    with probe:  # refuse a busy port before recovering or writing anything
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as err:
-            fail(f"--port: cannot listen on {host}:{port}: {err.strerror or err}")
-        listener = probe.dup() if gateways else None  # --gateways: the gateways' shared listening socket
+    try:  # a busy port is refused before recovering or writing anything; from here on the port is the node's
+        listener = listen_on(host, port)
+    except OSError as err:
+        fail(f"--port: cannot listen on {host}:{port}: {err.strerror or err}")
     prepare_data_dir(data)  # only now: a refused start leaves no folder behind
     try:
         # --- replication: a standby follows here until promoted; a primary hooks its node after build ---
@@ -526,7 +554,8 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
 
         say_replication_warnings(say)  # in order with these lines, on the same stream
 
-        replicator, warm = before_build(data, replicate, standby, node_id, port, demo, say, host, peers=peers, mode=mode)
+        replicator, warm = before_build(data, replicate, standby, node_id, port, demo, say, host, peers=peers, mode=mode,
+                                        listener=listener)
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port), warm=warm,
                                     pipeline=pipeline and replicator is None)
         after_build(exchange, replicator, say, promoted=warm is not None)
@@ -534,6 +563,7 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
     except RingfenceError as err:
         from rich.markup import escape
 
+        listener.close()
         console.print(f"[bold red]error:[/] {escape(str(err))}")  # a field like --peers[b] is text, not markup
         raise typer.Exit(2) from None
     console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
@@ -606,16 +636,22 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
                   f"address (0: no bound), requests read within {wire['request_timeout_s']:g} s, responses taken within "
                   f"{wire['write_timeout_s']:g} s (docs/api.md)", soft_wrap=True)
     if gateways:
-        assert listener is not None
         serve_through_gateways(KeepRawWebSocketSend(app), data, listener, gateways, proxies, info["api_gate"].auth)  # type: ignore[attr-defined]
         return
-    uvicorn.run(
+    config = uvicorn.Config(
         KeepRawWebSocketSend(app),  # lets market data be written to the WebSocket transports directly (api/ws.py)
         # No permessage-deflate: market data goes out as one pre-built frame written to every
         # subscriber (api/ws.py); compression would make each copy different and cost CPU per client.
-        host=host, port=port, log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10,
+        log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10,
         ws_per_message_deflate=False, ws=BudgetedWebSocketProtocol,  # every frame a client sends is counted (ws_wire.py)
         http=DeadlineHttpProtocol,  # a request must arrive whole within a deadline (http_wire.py: slowloris)
-        proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [],
+        proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [], backlog=LISTEN_BACKLOG,
     )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[listener])  # the socket listening since the start (`listen_on`); uvicorn closes it at the end
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn drained and shut down (as uvicorn.run)
+        pass
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits
 

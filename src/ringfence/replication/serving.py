@@ -49,7 +49,8 @@ def say_replication_warnings(say: Callable[[str], None]) -> None:
 
 def before_build(data: Path, replicate: str | None, standby: str | None, node_id: str | None, port: int, demo: bool,
                  say: Callable[[str], None], host: str = "127.0.0.1", *,
-                 peers: Path | None = None, mode: str = "dev") -> tuple[Replicator | None, Any]:
+                 peers: Path | None = None, mode: str = "dev", listener: socket.socket | None = None
+                 ) -> tuple[Replicator | None, Any]:
     """Validate the options; as a standby, follow the stream until promoted; then, as the primary,
     connect and claim leadership (refused at once when another node leads) before anything opens.
 
@@ -58,7 +59,11 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
     exchange takes over instead of replaying the journal (None otherwise).
 
     `mode` is the node's settings' (RINGFENCE_MODE): outside dev mode a promotion without the operators'
-    staff quorum is never granted (`grant_refusal`, intruder review of session 22, B4)."""
+    staff quorum is never granted (`grant_refusal`, intruder review of session 22, B4).
+
+    `listener` is serve's listening socket on host:port (api/serve.py `listen_on`), which a standby requires: its
+    status page serves on it while it follows, and the promoted exchange then serves on the same socket, so the
+    port is never free between the two (intruder review of #21, F1)."""
     check_options(replicate, standby, demo, None, "dev")  # (node_trust checks --peers, with the node's own entry)
     ident = node_id or f"{socket.gethostname()}-{port}"
     if not (replicate or standby):
@@ -76,6 +81,9 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         import signal
         import sys
 
+        if listener is None:
+            raise ValueError("a standby serves its status page on serve's listening socket (api/serve.py listen_on)")
+
         # a stopped standby closes its journal and lock cleanly (exit 0), as a stopped server does
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         from ..api.service import ReadModels, WarmStart
@@ -84,14 +92,14 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         models = ReadModels()
         follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted,
                             staffless_ok=staffless_ok)
-        status = StandbyStatus(follower, host, port, models)
+        status = StandbyStatus(follower, listener, models)
         say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
             f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident)}")
         try:
             follower.follow_until_promoted()
             engine, position, lock = follower.hand_over()
         finally:
-            status.close()  # frees the port for the server that starts next
+            status.close()  # stops the status page; the port stays listening for the exchange that serves next
             follower.close()
         say(f"{console_time()} standby {ident}: promoted: serving with the engine and API read models kept warm at sequence "
             f"{engine.last_seq} (no journal replay)")
@@ -230,9 +238,13 @@ def _import_the_server() -> None:
 
 class StandbyStatus:
     """While following, the standby's port answers `GET /v1/standby` (its progress, as JSON) and
-    `GET /readyz` with 503 (a load balancer must not send clients to it). Nothing else; no writes."""
+    `GET /readyz` with 503 (a load balancer must not send clients to it). Nothing else; no writes.
 
-    def __init__(self, follower: Follower, host: str, port: int, models: Any = None) -> None:
+    It serves on a duplicate of `listener`, serve's listening socket (api/serve.py `listen_on`): `close()`
+    stops it and closes the duplicate only; the socket stays bound and listening for the exchange that serves
+    on it after the promotion (a connection that arrives in between waits in its backlog for the exchange)."""
+
+    def __init__(self, follower: Follower, listener: socket.socket, models: Any = None) -> None:
         import json
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -261,8 +273,9 @@ class StandbyStatus:
             def log_message(self, *_args: Any) -> None:
                 return None  # quiet: the standby logs its own progress
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = ThreadingHTTPServer(listener.getsockname()[:2], Handler, bind_and_activate=False)
+        self.server.socket.close()  # (the one it made, never bound)
+        self.server.socket = listener.dup()  # the same listening socket: closing the duplicate leaves it listening
         threading.Thread(target=self.server.serve_forever, name="ringfence-standby-status", daemon=True).start()
 
     def close(self) -> None:
