@@ -1,0 +1,159 @@
+"""The monitoring scorer in a process of its own (monitoring/scorer_process.py, issue 18): the same
+alerts as the scorer thread on a seeded stream, the same answers to the admin API's questions, a
+killed scorer process started again without an event scored twice, and two scorers on one stream
+never storing the same event's alerts twice (the cursor moves only from where its scorer read it)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from ringfence.monitoring.cases import CursorMoved
+from ringfence.monitoring.scorer_process import ScorerConfig, ScorerProcess, ScorerUnavailable
+from ringfence.monitoring.service import CURSOR, Monitor, default_rules
+from ringfence.monitoring.stream import add_in_tx
+from ringfence.monitoring.synth import generate
+from ringfence.store import Store
+from ringfence.store.models import MonitoringAlert, MonitoringCursor, MonitoringEvent
+
+USERS = 150  # ~4,000 events of every typology: alerts of most rules, clusters, baselines
+
+
+def _seeded_store(path: Path, seed: int = 7) -> Store:
+    store = Store.from_url(f"sqlite:///{path}")
+    events = generate(seed, users=USERS).events
+    with store.tx() as db:
+        for e in events:
+            add_in_tx(db, e.kind, source="test", at_ms=e.at_ms, account_id=e.account_id, ip=e.ip, device=e.device,
+                      data=dict(e.data))
+    return store
+
+
+def _alerts(store: Store) -> list[tuple[Any, ...]]:
+    with store.tx() as db:
+        rows = db.scalars(select(MonitoringAlert).order_by(MonitoringAlert.id)).all()
+        return [(a.rule, a.severity, a.account_id, a.explanation, a.evidence, a.at_ms, a.score, a.features) for a in rows]
+
+
+def _stored_cursor(store: Store) -> int:
+    with store.tx() as db:
+        return db.scalar(select(MonitoringCursor.position).where(MonitoringCursor.name == CURSOR)) or 0
+
+
+def _newest(store: Store) -> int:
+    with store.tx() as db:
+        return db.scalar(select(func.max(MonitoringEvent.id))) or 0
+
+
+def _scored_in_thread(store: Store) -> Monitor:
+    monitor = Monitor(store, None, default_rules(), writes_outbox=False)
+    monitor._load()
+    while monitor.step():
+        pass
+    time.sleep(1.1)  # the cluster check's interval: the linked-cluster alerts of the last trades
+    monitor.step()
+    return monitor
+
+
+def _wait(what: str, check: Any, timeout_s: float = 120, process: ScorerProcess | None = None) -> None:  # float-ok: seconds
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if process is not None:
+            process.keep_running()
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _answers(ask: Any) -> dict[str, Any]:
+    out = {"clusters": ask("clusters"), "cluster": ask("clusters", "u00003"), "baseline": ask("baseline", "u00003"),
+           "model": ask("model_status")}
+    return json.loads(json.dumps(out, default=str))  # as the socket carries them
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> tuple[Store, Store]:
+    """The same seeded stream (the same events with the same ids) in two stores."""
+    return _seeded_store(tmp_path / "thread.sqlite3"), _seeded_store(tmp_path / "process.sqlite3")
+
+
+def test_the_scorer_process_stores_the_alerts_the_thread_does_and_answers_alike(stores: tuple[Store, Store]) -> None:
+    thread_store, process_store = stores
+    reference = _scored_in_thread(thread_store)
+    expected = _alerts(thread_store)
+    assert len(expected) > 50 and len({a[0] for a in expected}) >= 6, "too few alerts to compare"
+    assert any(a[0] == "linked-cluster" for a in expected)
+
+    process = ScorerProcess(ScorerConfig(database_url=str(process_store.engine.url), poll_ms=50))
+    process.start()
+    try:
+        newest = _newest(process_store)
+        _wait("the scorer process to reach the newest event", lambda: _stored_cursor(process_store) == newest, process=process)
+        _wait("its cluster check", lambda: not process.ask("scorer_status")["linking"]["pending"], process=process)
+        assert _alerts(process_store) == expected
+        status = process.status(fallback={})
+        assert status["events_scored"] == reference.scorer.events_scored == newest
+        assert status["process"]["running"] and status["process"]["starts"] == 1
+        assert _answers(process.ask) == _answers(lambda op, *args: getattr(reference, op)(*args))
+        with pytest.raises(ScorerUnavailable):
+            process.ask("stop")  # only the admin API's questions are answered
+    finally:
+        process.stop()
+    assert process.proc is not None and process.proc.returncode == 0  # a clean stop on SIGTERM
+    with pytest.raises(ScorerUnavailable):
+        process.ask("scorer_status")
+
+
+def test_a_killed_scorer_process_is_started_again_and_scores_no_event_twice(stores: tuple[Store, Store]) -> None:
+    _, store = stores
+    process = ScorerProcess(ScorerConfig(database_url=str(store.engine.url), poll_ms=20))
+    process.start()
+    try:
+        newest = _newest(store)
+        _wait("a first stored step", lambda: _stored_cursor(store) > 0, process=process)
+        assert process.proc is not None
+        first = process.proc.pid
+        os.kill(first, signal.SIGKILL)  # mid-stream, between or inside a step
+        process.proc.wait(10)
+        _wait("the scorer process started again", lambda: process.starts == 2 and process.proc.pid != first, process=process)
+        _wait("the newest event scored", lambda: _stored_cursor(store) == newest, process=process)
+        status = process.status(fallback={})
+        assert status["cursor"] == newest and status["errors"] == 0
+    finally:
+        process.stop()
+    alerts = _alerts(store)
+    # every stored alert once: none repeated by the restarted scorer (an event scored twice raises its alerts twice)
+    repeated = [a for a, n in collections.Counter((a[0], a[2], a[4]) for a in alerts).items() if n > 1]
+    assert not repeated and alerts
+
+
+def test_two_scorers_on_one_stream_store_each_event_s_alerts_once(tmp_path: Path) -> None:
+    store = _seeded_store(tmp_path / "m.sqlite3")
+    one = Monitor(store, None, default_rules(), writes_outbox=False)
+    two = Monitor(store, None, default_rules(), writes_outbox=False)
+    one._load()
+    two._load()
+    assert one.step() > 0
+    stored = _alerts(store)
+    with pytest.raises(CursorMoved):  # read from 0 too: its alerts are those `one` stored
+        two.step()
+    assert _alerts(store) == stored  # nothing of the refused step was written
+    two._reload()
+    assert two.cursor == one.cursor and two._unsaved == []
+    with store.tx() as db:  # more failed sign-ins: both score them; the one that stores second is refused
+        for i in range(30):
+            add_in_tx(db, "sign_in_failed", source="test", at_ms=10**8 + i, account_id="u00001", ip="10.9.9.9")
+    before = len(_alerts(store))
+    assert two.step() == 30 and len(_alerts(store)) > before  # alerts, which `one` would store a second time
+    with pytest.raises(CursorMoved):
+        one.step()
+    assert two.cursor == _stored_cursor(store) == _newest(store)
+    alerts = _alerts(store)
+    assert len(alerts) == len({(a[0], a[2], a[4]) for a in alerts}), "an alert stored twice"
