@@ -6,12 +6,13 @@ never storing the same event's alerts twice (the cursor moves only from where it
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import func, select
@@ -23,18 +24,29 @@ from ringfence.monitoring.stream import add_in_tx
 from ringfence.monitoring.synth import generate
 from ringfence.store import Store
 from ringfence.store.models import MonitoringAlert, MonitoringCursor, MonitoringEvent
+from tests.pgtest import pg_database
 
 USERS = 150  # ~4,000 events of every typology: alerts of most rules, clusters, baselines
 
 
-def _seeded_store(path: Path, seed: int = 7) -> Store:
-    store = Store.from_url(f"sqlite:///{path}")
+def _seeded_store(url: str, seed: int = 7) -> Store:
+    store = Store.from_url(url)
     events = generate(seed, users=USERS).events
     with store.tx() as db:
         for e in events:
             add_in_tx(db, e.kind, source="test", at_ms=e.at_ms, account_id=e.account_id, ip=e.ip, device=e.device,
                       data=dict(e.data))
     return store
+
+
+@contextlib.contextmanager
+def _urls(backend: str, tmp_path: Path, n: int) -> Iterator[list[str]]:
+    """`n` empty stores' URLs: SQLite files, or PostgreSQL databases (as `serve` on the PostgreSQL profile)."""
+    if backend == "sqlite":
+        yield [f"sqlite:///{tmp_path / f'{i}.sqlite3'}" for i in range(n)]
+        return
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(pg_database()) for _ in range(n)]
 
 
 def _alerts(store: Store) -> list[tuple[Any, ...]]:
@@ -78,10 +90,14 @@ def _answers(ask: Any) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=str))  # as the socket carries them
 
 
-@pytest.fixture
-def stores(tmp_path: Path) -> tuple[Store, Store]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Store]]:
     """The same seeded stream (the same events with the same ids) in two stores."""
-    return _seeded_store(tmp_path / "thread.sqlite3"), _seeded_store(tmp_path / "process.sqlite3")
+    with _urls(request.param, tmp_path, 2) as (one, two):
+        pair = _seeded_store(one), _seeded_store(two)
+        yield pair
+        for store in pair:
+            store.engine.dispose()
 
 
 def test_the_scorer_process_stores_the_alerts_the_thread_does_and_answers_alike(stores: tuple[Store, Store]) -> None:
@@ -91,7 +107,7 @@ def test_the_scorer_process_stores_the_alerts_the_thread_does_and_answers_alike(
     assert len(expected) > 50 and len({a[0] for a in expected}) >= 6, "too few alerts to compare"
     assert any(a[0] == "linked-cluster" for a in expected)
 
-    process = ScorerProcess(ScorerConfig(database_url=str(process_store.engine.url), poll_ms=50))
+    process = ScorerProcess(ScorerConfig(database_url=process_store.engine.url.render_as_string(hide_password=False), poll_ms=50))
     process.start()
     try:
         newest = _newest(process_store)
@@ -113,7 +129,7 @@ def test_the_scorer_process_stores_the_alerts_the_thread_does_and_answers_alike(
 
 def test_a_killed_scorer_process_is_started_again_and_scores_no_event_twice(stores: tuple[Store, Store]) -> None:
     _, store = stores
-    process = ScorerProcess(ScorerConfig(database_url=str(store.engine.url), poll_ms=20))
+    process = ScorerProcess(ScorerConfig(database_url=store.engine.url.render_as_string(hide_password=False), poll_ms=20))
     process.start()
     try:
         newest = _newest(store)
@@ -134,8 +150,17 @@ def test_a_killed_scorer_process_is_started_again_and_scores_no_event_twice(stor
     assert not repeated and alerts
 
 
-def test_two_scorers_on_one_stream_store_each_event_s_alerts_once(tmp_path: Path) -> None:
-    store = _seeded_store(tmp_path / "m.sqlite3")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_scorers_on_one_stream_store_each_event_s_alerts_once(backend: str, tmp_path: Path) -> None:
+    with _urls(backend, tmp_path, 1) as (url,):
+        store = _seeded_store(url)
+        try:
+            _two_scorers(store)
+        finally:
+            store.engine.dispose()
+
+
+def _two_scorers(store: Store) -> None:
     one = Monitor(store, None, default_rules(), writes_outbox=False)
     two = Monitor(store, None, default_rules(), writes_outbox=False)
     one._load()

@@ -51,6 +51,10 @@ ASK_TIMEOUT_S = 10
 STOP_TIMEOUT_S = 30
 #: restarts of a scorer process that ended back off from 1 s, doubling up to this
 MAX_BACKOFF_MS = 30_000
+#: the scorer process's niceness: on a machine short of cores the engine and gateway processes, which
+#: answer orders, run first, and the scorer takes what they leave (its lag shows in /admin/v1/monitoring);
+#: on the engine process's GIL it was paced to MONITOR_SHARE_PERMILLE of it instead (pacing.py)
+SCORER_NICE = 10
 #: a question or an answer longer than this is refused (the clusters of a large link graph fit)
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
@@ -219,6 +223,7 @@ def run(fd: int, config: ScorerConfig) -> int:
     from ..store import Store
     from .service import Monitor, load_rules
 
+    os.nice(SCORER_NICE)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
