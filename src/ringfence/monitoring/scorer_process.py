@@ -208,6 +208,7 @@ def _answer(monitor: Any, conn: socket.socket) -> None:
     """Answer the engine process's questions until it closes its end (or this process ends)."""
     with conn, conn.makefile("rb") as reader:
         while line := reader.readline(MAX_LINE_BYTES):
+            asked: Any = None
             try:
                 asked = json.loads(line)
                 if asked.get("op") not in QUESTIONS:
@@ -231,8 +232,9 @@ def run(fd: int, config: ScorerConfig) -> int:
     store = Store.from_url(config.database_url)
     monitor = Monitor(store, None, load_rules(config.rules), poll_ms=config.poll_ms, geoip=config.geoip,
                       liquidity_accounts=config.liquidity_accounts, writes_outbox=False)
-    monitor.start()
+    # answering from the start: while the windows are warmed (`start`) its figures show the cursor it loaded
     threading.Thread(target=_answer, args=(monitor, conn), name="ringfence-scorer-questions", daemon=True).start()
+    monitor.start()
     log.info("monitoring.scorer_process_ready", pid=os.getpid(), cursor=monitor.cursor)
     while not stop.wait(1):
         if os.getppid() == 1:  # the engine process is gone (PR_SET_PDEATHSIG missed: a parent that ended before it was set)

@@ -150,9 +150,10 @@ class Monitor:
             batch = self._located([e for e in read_after(self.store, warm_from) if e.id <= self.cursor])
             if not batch:
                 break
-            for e in batch:
-                self.scorer.process(e)
-                self.links.add(e)
+            with self._links_lock:  # (a scorer process answers questions about the links meanwhile)
+                for e in batch:
+                    self.scorer.process(e)
+                    self.links.add(e)
             warm_from = batch[-1].id
         with self.store.tx() as db:  # flagged clusters already raised (their signature ends the explanation)
             for text in db.scalars(select(MonitoringAlert.explanation).where(MonitoringAlert.rule == CLUSTER_RULE)):
@@ -195,7 +196,12 @@ class Monitor:
         try:
             while not self._stop.wait(self.poll_ms / 1000):
                 if self.process is not None:
-                    self.process.keep_running()  # started again, after a pause, if it ended
+                    try:
+                        self.process.keep_running()  # started again, after a pause, if it ended
+                    except Exception as err:  # (it could not be spawned) logged, and tried again on the next poll
+                        self.errors += 1
+                        self.last_error = type(err).__name__
+                        log.exception("monitoring.scorer_process_start_failed")
                     self.run_system_checks()
                     continue
                 try:
