@@ -132,19 +132,26 @@ def test_a_killed_scorer_process_is_started_again_and_scores_no_event_twice(stor
     process = ScorerProcess(ScorerConfig(database_url=store.engine.url.render_as_string(hide_password=False), poll_ms=20))
     process.start()
     try:
-        newest = _newest(store)
         _wait("a first stored step", lambda: _stored_cursor(store) > 0, process=process)
         assert process.proc is not None
         first = process.proc.pid
         os.kill(first, signal.SIGKILL)  # mid-stream, between or inside a step
         process.proc.wait(10)
+        with pytest.raises(ScorerUnavailable):  # (the admin API answers 503 meanwhile)
+            process.ask("clusters")
+        before = len(_alerts(store))
+        with store.tx() as db:  # events while it is down: scored by the next one, once
+            for i in range(30):
+                add_in_tx(db, "sign_in_failed", source="test", at_ms=10**8 + i, account_id="u00001", ip="10.9.9.9")
+        newest = _newest(store)
         _wait("the scorer process started again", lambda: process.starts == 2 and process.proc.pid != first, process=process)
         _wait("the newest event scored", lambda: _stored_cursor(store) == newest, process=process)
         status = process.status(fallback={})
-        assert status["cursor"] == newest and status["errors"] == 0
+        assert status["cursor"] == newest and status["errors"] == 0 and status["process"]["starts"] == 2
     finally:
         process.stop()
     alerts = _alerts(store)
+    assert len(alerts) > before and any(a[2] == "u00001" and a[0].startswith("failed-sign-ins") for a in alerts[before:])
     # every stored alert once: none repeated by the restarted scorer (an event scored twice raises its alerts twice)
     repeated = [a for a, n in collections.Counter((a[0], a[2], a[4]) for a in alerts).items() if n > 1]
     assert not repeated and alerts

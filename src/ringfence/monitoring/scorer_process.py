@@ -232,9 +232,8 @@ def run(fd: int, config: ScorerConfig) -> int:
     store = Store.from_url(config.database_url)
     monitor = Monitor(store, None, load_rules(config.rules), poll_ms=config.poll_ms, geoip=config.geoip,
                       liquidity_accounts=config.liquidity_accounts, writes_outbox=False)
-    # answering from the start: while the windows are warmed (`start`) its figures show the cursor it loaded
+    monitor.start()  # the cursor loaded, the windows warmed: questions asked meanwhile wait (ASK_TIMEOUT_S) in the socket
     threading.Thread(target=_answer, args=(monitor, conn), name="ringfence-scorer-questions", daemon=True).start()
-    monitor.start()
     log.info("monitoring.scorer_process_ready", pid=os.getpid(), cursor=monitor.cursor)
     while not stop.wait(1):
         if os.getppid() == 1:  # the engine process is gone (PR_SET_PDEATHSIG missed: a parent that ended before it was set)
