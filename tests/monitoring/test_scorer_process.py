@@ -6,6 +6,7 @@ never storing the same event's alerts twice (the cursor moves only from where it
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -189,3 +190,42 @@ def _two_scorers(store: Store) -> None:
     assert two.cursor == _stored_cursor(store) == _newest(store)
     alerts = _alerts(store)
     assert len(alerts) == len({(a[0], a[2], a[4]) for a in alerts}), "an alert stored twice"
+
+
+def test_a_question_that_timed_out_leaves_the_later_ones_answered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scorer that is slow to answer (stopped here; busy warming a long stream in life) makes its questions
+    answer 503 within ASK_TIMEOUT_S, each, however many wait; once it answers again, so do the questions.
+    Before: the socket's file object refused every read after one timeout (every question 503 until the
+    scorer process restarted, which a running one never is), and each waiting question waited its turn."""
+    from ringfence.monitoring import scorer_process
+
+    store = Store.from_url(f"sqlite:///{tmp_path / 'one.sqlite3'}")
+    with store.tx() as db:
+        for i in range(5):
+            add_in_tx(db, "sign_in_failed", source="test", at_ms=10**8 + i, account_id="u00001", ip="10.9.9.9")
+    process = ScorerProcess(ScorerConfig(database_url=store.engine.url.render_as_string(hide_password=False), poll_ms=20))
+    process.start()
+    try:
+        _wait("the scorer process's first step", lambda: _stored_cursor(store) == 5, process=process)
+        assert process.ask("scorer_status")["cursor"] == 5
+        monkeypatch.setattr(scorer_process, "ASK_TIMEOUT_S", 1)
+        assert process.proc is not None
+        pid = process.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:  # (every thread stopped: the stop takes effect as each is next scheduled, a niced process on a busy machine)
+            _wait("the scorer process stopped", lambda: all(Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+                                                             for t in os.listdir(f"/proc/{pid}/task")), timeout_s=10)
+            started = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                asked = [pool.submit(process.ask, "scorer_status") for _ in range(3)]
+                for future in asked:
+                    with pytest.raises(ScorerUnavailable):
+                        future.result()
+            assert time.monotonic() - started < 2.5, "a question waited for the ones before it to time out"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert process.ask("scorer_status")["cursor"] == 5  # (the late answers to the three skipped)
+        assert process.ask("clusters") == []
+    finally:
+        process.stop()
+        store.engine.dispose()

@@ -45,8 +45,9 @@ __all__ = ["ScorerConfig", "ScorerProcess", "ScorerUnavailable"]
 
 log = structlog.get_logger("ringfence.monitoring")
 
-#: how long the engine process waits for an answer of the scorer process
-ASK_TIMEOUT_S = 10
+#: how long the engine process waits for an answer of the scorer process (its turn to ask included): under
+#: the 10 s the console's client waits (staff/console.py), so a scorer that is stuck answers 503, not a timeout
+ASK_TIMEOUT_S = 5
 #: how long the scorer process may take for its last step once told to stop
 STOP_TIMEOUT_S = 30
 #: restarts of a scorer process that ended back off from 1 s, doubling up to this
@@ -82,7 +83,8 @@ class ScorerProcess:
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
         self._conn: socket.socket | None = None
-        self._reader: Any = None
+        #: what was read of the socket past the last answer taken (an answer arrives in pieces, or after its question timed out)
+        self._buffer = bytearray()
         self._ask_lock = threading.Lock()
         self._life_lock = threading.Lock()
         self._asked = 0
@@ -112,8 +114,7 @@ class ScorerProcess:
                 proc.stdin.close()
             except OSError:  # it died at once: seen by keep_running
                 pass
-            ours.settimeout(ASK_TIMEOUT_S)
-            self.proc, self._conn, self._reader = proc, ours, ours.makefile("rb")
+            self.proc, self._conn, self._buffer = proc, ours, bytearray()
             self.starts += 1
             self._started_ms = time.monotonic_ns() // 1_000_000
         log.info("monitoring.scorer_process_started", pid=proc.pid, starts=self.starts)
@@ -155,37 +156,60 @@ class ScorerProcess:
 
     def _close_conn(self) -> None:
         with self._ask_lock:
-            if self._reader is not None:
-                self._reader.close()
             if self._conn is not None:
                 self._conn.close()
-            self._conn = self._reader = None
+            self._conn, self._buffer = None, bytearray()
 
     # ------------------------------------------------------------------ questions (engine process)
 
     def ask(self, op: str, *args: Any) -> Any:
         """The scorer process's answer to `op` (a method of its Monitor: clusters, baseline, model_status,
-        scorer_status); ScorerUnavailable if it is not running or does not answer in time."""
-        with self._ask_lock:
-            conn, reader = self._conn, self._reader
+        scorer_status); ScorerUnavailable if it is not running or does not answer within ASK_TIMEOUT_S,
+        waiting for an earlier question included. A question that timed out leaves the socket usable:
+        its late answer is skipped by the next question (a file object of the socket is not: after one
+        timeout it refuses every later read, which made every question 503 until the scorer restarted)."""
+        deadline = time.monotonic() + ASK_TIMEOUT_S
+        if not self._ask_lock.acquire(timeout=ASK_TIMEOUT_S):
+            raise ScorerUnavailable("the monitoring scorer process did not answer: busy with an earlier question")
+        try:
+            conn = self._conn
             if conn is None or self.proc is None or self.proc.poll() is not None:
                 raise ScorerUnavailable("the monitoring scorer process is not running (it is started again shortly)")
             self._asked += 1
             asked = self._asked
             try:
+                conn.settimeout(max(0.001, deadline - time.monotonic()))
                 conn.sendall(json.dumps({"id": asked, "op": op, "args": list(args)}).encode() + b"\n")
                 while True:  # an answer to an earlier question that timed out is skipped
-                    line = reader.readline(MAX_LINE_BYTES)
-                    if not line.endswith(b"\n"):
-                        raise OSError("the scorer process closed its socket")
-                    answer = json.loads(line)
+                    answer = json.loads(self._line(conn, deadline))
                     if answer.get("id") == asked:
                         break
             except (OSError, ValueError) as err:
                 raise ScorerUnavailable(f"the monitoring scorer process did not answer: {type(err).__name__}") from None
+        finally:
+            self._ask_lock.release()
         if "error" in answer:
             raise ScorerUnavailable(f"the monitoring scorer process failed to answer: {answer['error']}")
         return answer["result"]
+
+    def _line(self, conn: socket.socket, deadline: float) -> bytes:  # float-ok: monotonic seconds
+        """The next line of the socket, read until `deadline`; what follows it stays in the buffer."""
+        buffer, looked = self._buffer, 0
+        while (end := buffer.find(b"\n", looked)) < 0:
+            if len(buffer) > MAX_LINE_BYTES:
+                raise ValueError("the scorer process's answer is too long")
+            looked = len(buffer)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no answer in time")
+            conn.settimeout(left)
+            chunk = conn.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("the scorer process closed its socket")
+            buffer += chunk
+        line = bytes(buffer[:end + 1])
+        del buffer[:end + 1]
+        return line
 
     def status(self, fallback: dict[str, Any]) -> dict[str, Any]:
         """The scorer's own figures (`Monitor.scorer_status`) with its process's, or `fallback`'s while it is away."""
