@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -229,3 +230,20 @@ def test_a_question_that_timed_out_leaves_the_later_ones_answered(tmp_path: Path
     finally:
         process.stop()
         store.engine.dispose()
+
+
+def test_the_engine_process_gone_ends_the_answering_thread_quietly() -> None:
+    """The engine process killed with a question asked (its end of the socket closed, the answer unread):
+    the scorer process's answering thread ends without a traceback (it printed ConnectionResetError or
+    BrokenPipeError into serve's log beside the scorer's clean stop)."""
+    from ringfence.monitoring.scorer_process import _answer
+
+    class Answers:
+        def scorer_status(self) -> dict[str, Any]:
+            return {"cursor": 1}
+
+    ours, theirs = socket.socketpair()
+    ours.sendall(b'{"id": 1, "op": "scorer_status", "args": []}\n')
+    ours.close()
+    _answer(Answers(), theirs)  # (raised BrokenPipeError)
+    assert theirs.fileno() == -1  # closed

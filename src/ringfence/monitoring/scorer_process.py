@@ -229,19 +229,24 @@ QUESTIONS = ("clusters", "baseline", "model_status", "scorer_status")
 
 
 def _answer(monitor: Any, conn: socket.socket) -> None:
-    """Answer the engine process's questions until it closes its end (or this process ends)."""
+    """Answer the engine process's questions until it closes its end (or this process ends). The engine
+    process gone (killed, with answers unread: the socket reset) ends it quietly too: its PR_SET_PDEATHSIG
+    ends this process, no traceback of this thread in the log beside it."""
     with conn, conn.makefile("rb") as reader:
-        while line := reader.readline(MAX_LINE_BYTES):
-            asked: Any = None
-            try:
-                asked = json.loads(line)
-                if asked.get("op") not in QUESTIONS:
-                    raise ValueError(f"no such question: {asked.get('op')!r}")
-                answer = {"id": asked["id"], "result": getattr(monitor, asked["op"])(*asked.get("args", ()))}
-            except Exception as err:  # answered, logged; the next question is answered as usual
-                log.exception("monitoring.scorer_question_failed")
-                answer = {"id": asked.get("id") if isinstance(asked, dict) else None, "error": type(err).__name__}
-            conn.sendall(json.dumps(answer, default=str).encode() + b"\n")
+        try:
+            while line := reader.readline(MAX_LINE_BYTES):
+                asked: Any = None
+                try:
+                    asked = json.loads(line)
+                    if asked.get("op") not in QUESTIONS:
+                        raise ValueError(f"no such question: {asked.get('op')!r}")
+                    answer = {"id": asked["id"], "result": getattr(monitor, asked["op"])(*asked.get("args", ()))}
+                except Exception as err:  # answered, logged; the next question is answered as usual
+                    log.exception("monitoring.scorer_question_failed")
+                    answer = {"id": asked.get("id") if isinstance(asked, dict) else None, "error": type(err).__name__}
+                conn.sendall(json.dumps(answer, default=str).encode() + b"\n")
+        except OSError as err:  # (ECONNRESET, EPIPE)
+            log.info("monitoring.scorer_questions_closed", error=type(err).__name__)
 
 
 def run(fd: int, config: ScorerConfig) -> int:
