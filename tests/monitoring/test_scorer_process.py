@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -247,3 +248,29 @@ def test_the_engine_process_gone_ends_the_answering_thread_quietly() -> None:
     ours.close()
     _answer(Answers(), theirs)  # (raised BrokenPipeError)
     assert theirs.fileno() == -1  # closed
+
+
+def test_ctrl_c_is_left_to_the_engine_process(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C at `serve`, sent to its whole process group) does not end the scorer process: the
+    engine process stops it with SIGTERM once its outbox's last write is done."""
+    store = Store.from_url(f"sqlite:///{tmp_path / 'one.sqlite3'}")
+    process = ScorerProcess(ScorerConfig(database_url=store.engine.url.render_as_string(hide_password=False), poll_ms=20))
+    process.start()
+    try:
+        assert process.proc is not None
+        _wait("the scorer process ready", lambda: _stored_cursor(store) == 0 and _answered(process))
+        os.kill(process.proc.pid, signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):  # (it ended within ~1 s: its stop's wait, one step)
+            process.proc.wait(4)
+    finally:
+        process.stop()
+        store.engine.dispose()
+    assert process.proc.returncode == 0
+
+
+def _answered(process: ScorerProcess) -> bool:
+    try:
+        process.ask("scorer_status")
+    except ScorerUnavailable:
+        return False
+    return True

@@ -256,7 +256,10 @@ def run(fd: int, config: ScorerConfig) -> int:
     os.nice(SCORER_NICE)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # Ctrl-C at `serve` in a terminal reaches the whole process group: the engine process stops this one
+    # (SIGTERM) after its outbox's last write; ended by the SIGINT first it missed that write, and was
+    # started again during the engine's graceful shutdown
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = socket.socket(fileno=fd)
     store = Store.from_url(config.database_url)
     monitor = Monitor(store, None, load_rules(config.rules), poll_ms=config.poll_ms, geoip=config.geoip,
