@@ -320,22 +320,50 @@ def _cpu_s(pid: int) -> float:  # float-ok: CPU seconds of a process (utime + st
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _gateway_pids(pid: int) -> list[int]:
+def _children(pid: int, module: bytes) -> list[int]:
     kids = [int(k) for t in Path(f"/proc/{pid}/task").glob("*/children") for k in t.read_text().split()]
-    return [k for k in kids if b"ringfence.api.relay" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    out = []
+    for k in kids:
+        try:
+            if module in Path(f"/proc/{k}/cmdline").read_bytes():
+                out.append(k)
+        except OSError:  # ended meanwhile
+            pass
+    return out
+
+
+def _gateway_pids(pid: int) -> list[int]:
+    return _children(pid, b"ringfence.api.relay")
+
+
+def _scorer_pids(pid: int) -> list[int]:
+    """The monitoring scorer process (RINGFENCE_MONITORING_SCORER=process, serve's default since session 23)."""
+    return _children(pid, b"ringfence.monitoring.scorer_process")
+
+
+def _cpu_sum(pids: list[int]) -> float:  # float-ok: CPU seconds
+    total = 0.0
+    for pid in pids:
+        try:
+            total += _cpu_s(pid)
+        except OSError:  # ended meanwhile (a scorer process restarted): its CPU is not counted
+            pass
+    return total
 
 
 def run_http_cpu(server: subprocess.Popen, base: str, kind: str, keys: list[dict], seconds: float, procs: int, conc: int,  # float-ok
                  seed: int, client: str = "lean", rate_per_s: float = 0.0) -> dict:  # float-ok: offered rate
     """`run_http`, plus the CPU time the engine process and the gateway processes spent per answered
-    request meanwhile (from /proc; the engine's figure includes its background threads)."""
-    gateways = _gateway_pids(server.pid)
-    engine0, gw0 = _cpu_s(server.pid), sum(_cpu_s(g) for g in gateways)
+    request meanwhile (from /proc; the engine's figure includes its background threads, not the monitoring
+    scorer process, which is counted on its own)."""
+    gateways, scorers = _gateway_pids(server.pid), _scorer_pids(server.pid)
+    engine0, gw0, sc0 = _cpu_s(server.pid), _cpu_sum(gateways), _cpu_sum(scorers)
     result = run_http(base, kind, keys, seconds, procs, conc, seed, client, rate_per_s)
-    engine1, gw1 = _cpu_s(server.pid), sum(_cpu_s(g) for g in gateways)
+    engine1, gw1, sc1 = _cpu_s(server.pid), _cpu_sum(gateways), _cpu_sum(scorers)
     n = max(1, result["ok"])
     result["cpu_us_per_request"] = {"engine_process": round(1e6 * (engine1 - engine0) / n),
-                                    "gateway_processes": round(1e6 * (gw1 - gw0) / n)}
+                                    "gateway_processes": round(1e6 * (gw1 - gw0) / n),
+                                    "scorer_process": round(1e6 * (sc1 - sc0) / n)}
     return result
 
 

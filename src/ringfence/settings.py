@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     trading_stp_default: str = "EXPIRE_TAKER"
     trading_stp_markets: str = Field(default="", max_length=4000)
     monitoring_poll_ms: int = Field(default=200, ge=0, le=60_000)
+    # Where the monitoring scorer runs: `process` (its own process beside the engine's, which keeps
+    # the outbox: the rules, model and links off the engine's GIL) or `thread` (in the engine process).
+    monitoring_scorer: Literal["process", "thread"] = "process"
     # How often the event stream's outbox writes its queue to the database (a crash loses at most this
     # much of the non-engine events; the engine's are relayed again from the journal at the next start).
     monitoring_flush_ms: int = Field(default=100, ge=10, le=60_000)

@@ -388,6 +388,7 @@ def create_app(
     monitoring_poll_ms: int = 200,
     monitoring_flush_ms: int = 100,
     monitoring_geoip: str = "",
+    monitoring_scorer: str = "thread",
     stp: tuple[str, dict[str, str]] = ("EXPIRE_TAKER", {}),
     fiat_rates: Any = None,
     rates_token: str = "",
@@ -404,13 +405,21 @@ def create_app(
 
         from .demo import MARKET_MAKER
 
+        # the demo's market maker: every demo trade is against it, which links nobody
+        liquidity = (MARKET_MAKER,) if getattr(identity_ctx, "demo", False) else ()
+        scorer_process = None
+        if monitoring_scorer == "process":  # the scoring in a process of its own (monitoring/scorer_process.py)
+            from ..monitoring.scorer_process import ScorerConfig, ScorerProcess
+
+            scorer_process = ScorerProcess(ScorerConfig(
+                database_url=identity_ctx.store.engine.url.render_as_string(hide_password=False), rules=monitoring_rules,
+                poll_ms=monitoring_poll_ms, geoip=monitoring_geoip, liquidity_accounts=liquidity))
         monitor = Monitor(identity_ctx.store, exchange, load_rules(monitoring_rules), poll_ms=monitoring_poll_ms,
                           flush_ms=monitoring_flush_ms,
                           geoip=monitoring_geoip, identity=identity_ctx,
-                          # the demo's market maker: every demo trade is against it, which links nobody
-                          liquidity_accounts=(MARKET_MAKER,) if getattr(identity_ctx, "demo", False) else (),
+                          liquidity_accounts=liquidity,
                           pacer=CpuPacer(share_permille=MONITOR_SHARE_PERMILLE),
-                          outbox_pacer=CpuPacer(share_permille=OUTBOX_SHARE_PERMILLE))
+                          outbox_pacer=CpuPacer(share_permille=OUTBOX_SHARE_PERMILLE), process=scorer_process)
         exchange.batch_subscribers.append(engine_subscriber(exchange, monitor.outbox))
         relay_recovered(exchange, monitor.outbox, identity_ctx.store)  # what a crash kept from the stream, from the journal
     hub = StreamHub(exchange, gate.listen_keys)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Callable
 
@@ -76,8 +77,8 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
         analysts_only(caller)
         account = query(body).get("account_id", "")
         if account:
-            return {"cluster": monitor.clusters(account)}
-        return {"clusters": monitor.clusters()}
+            return {"cluster": await asyncio.to_thread(monitor.clusters, account)}
+        return {"clusters": await asyncio.to_thread(monitor.clusters)}
 
     @endpoint("GET", "/baselines", "The behavioural model's baseline of one account (?account_id=): its devices, networks, "
               "countries, sign-in hours, endpoints, withdrawals and orders as learnt")
@@ -86,17 +87,17 @@ def install(endpoint: Callable[..., Any], exchange: Any, monitor: Any, parse_dec
         account = query(body).get("account_id", "")
         if not account:
             raise ValidationError("name the account whose baseline to show", field="account_id")
-        return {"baseline": monitor.baseline(account)}
+        return {"baseline": await asyncio.to_thread(monitor.baseline, account)}
 
     @endpoint("GET", "/model", "The behavioural model's feature weights learnt from analysts' case decisions (closed as "
               "confirmed_abuse or false_positive), with every decision that moved them")
     async def get_model(caller: str, body: dict[str, Any]) -> Any:
         analysts_only(caller)
-        return monitor.model_status()
+        return await asyncio.to_thread(monitor.model_status)
 
     @endpoint("GET", "/monitoring", "The monitoring worker: rules, cursor, lag, outbox counters")
     async def get_monitoring(caller: str, body: dict[str, Any]) -> Any:
-        return monitor.status()
+        return await asyncio.to_thread(monitor.status)
 
     def is_analyst(staff_id: str) -> bool:
         """An active staff member with the analyst role: who works cases and whom a case is assigned to."""

@@ -30,7 +30,7 @@ from ..store import Store
 from ..store.models import ApiKey, AuthSession, MonitoringAlert, MonitoringCase, MonitoringCaseAction, MonitoringCursor, User
 from .rules import Hit, features_json
 
-__all__ = ["store_hits", "list_alerts", "list_cases", "case_detail", "step", "account_action", "CLOSE_REASONS",
+__all__ = ["store_hits", "CursorMoved", "list_alerts", "list_cases", "case_detail", "step", "account_action", "CLOSE_REASONS",
            "ACCOUNT_ACTIONS", "action_subject", "case_report", "REPORT_FORMAT"]
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3}
@@ -44,17 +44,30 @@ MAX_NOTE = 2_000
 MAX_LIST = 500
 
 
-def store_hits(store: Store, hits: list[Hit], now_ms: int, *, cursor: tuple[str, int] | None = None) -> list[int]:
+class CursorMoved(RuntimeError):
+    """The stored cursor is not where this scorer left it: another scorer (a second process on the same
+    store, a scorer process of an engine that died still finishing its last step) stored the alerts of
+    these events first. Nothing of this scorer's step was written; it must load the cursor anew."""
+
+
+def store_hits(store: Store, hits: list[Hit], now_ms: int, *, cursor: tuple[str, int, int] | None = None) -> list[int]:
     """Store alerts; each joins its account's open case or opens one. Returns the case ids touched.
-    `cursor` (name, event id) is moved in the same transaction."""
+    `cursor` (name, event id, the position it was read at) is moved in the same transaction, only
+    from that position (one conditional UPDATE, or the INSERT of a cursor not stored yet, whose
+    primary key refuses a second): else CursorMoved and nothing is written, so two scorers on one
+    stream never store the same event's alerts twice."""
     touched: list[int] = []
     with store.tx() as db:
         if cursor is not None:
-            row = db.get(MonitoringCursor, cursor[0])
-            if row is None:
-                db.add(MonitoringCursor(name=cursor[0], position=cursor[1]))
-            else:
-                row.position = cursor[1]
+            name, position, expected = cursor
+            moved = db.connection().execute(update(MonitoringCursor).where(
+                MonitoringCursor.name == name, MonitoringCursor.position == expected).values(position=position)).rowcount
+            if moved != 1:
+                stored = db.scalar(select(MonitoringCursor.position).where(MonitoringCursor.name == name))
+                if stored is not None or expected != 0:
+                    raise CursorMoved(f"the monitoring cursor {name!r} is at {stored}, not at {expected} where this scorer read it")
+                db.add(MonitoringCursor(name=name, position=position))
+                db.flush()  # a concurrent first INSERT fails here (IntegrityError), before any alert is added
         for h in hits:
             case = db.scalars(select(MonitoringCase).where(MonitoringCase.account_id == h.account_id[:40],
                                                            MonitoringCase.status != "closed")

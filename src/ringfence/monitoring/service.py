@@ -1,10 +1,15 @@
-"""The monitoring worker inside `ringfence serve`: the outbox writer plus a scorer thread.
+"""The monitoring worker inside `ringfence serve`: the outbox writer plus the scorer.
 
 The scorer reads the stream from its cursor (`monitoring_cursor`, name "rules"), runs every event
 through the rule set and stores the hits as alerts in cases; the cursor moves in the same
-transaction as the alerts, so a restart neither loses nor repeats an alert. On start the rules'
-windows are warmed with the events of the longest window before the cursor (their hits are not
-raised again). Nothing here runs on the engine's sequencer thread.
+transaction as the alerts, and only from where this scorer read it (`cases.store_hits`), so a
+restart neither loses nor repeats an alert, nor does a second scorer on the same stream. On start
+the rules' windows are warmed with the events of the longest window before the cursor (their hits
+are not raised again). Nothing here runs on the engine's sequencer thread.
+
+The scorer runs on a thread of this process, or (`serve`'s default, `process`) in a process of its
+own (scorer_process.py): the engine process then keeps the outbox and the system checks, and asks
+the scorer process for what only it holds (the links, the baselines, the model, its progress).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from ..store.data_version import CommitCounter
 from ..store.models import MonitoringAlert, MonitoringCase, MonitoringCursor, MonitoringEvent
 from ..errors import ConfigError
 from ..pacing import CpuPacer
-from .cases import store_hits
+from .cases import CursorMoved, store_hits
 from .events import Event
 from .feedback import LABELS, MAX_WEIGHT, MIN_WEIGHT, STEP, Decision, decisions_after, learn
 from .geoip import GeoIP
@@ -55,8 +60,12 @@ READ_PAGE = SCORE_CHUNK
 class Monitor:
     def __init__(self, store: Store, exchange: Any, ruleset: RuleSet, *, poll_ms: int = 200, flush_ms: int = 100, geoip: str = "",
                  liquidity_accounts: tuple[str, ...] = (), identity: Any = None, pacer: CpuPacer | None = None,
-                 outbox_pacer: CpuPacer | None = None) -> None:
+                 outbox_pacer: CpuPacer | None = None, writes_outbox: bool = True, process: Any = None) -> None:
         self.store = store
+        #: whether this process writes the outbox's queue to the stream (a scorer process only reads it)
+        self.writes_outbox = writes_outbox
+        #: the scorer process (scorer_process.ScorerProcess) that scores in this one's stead, or None: a thread here
+        self.process = process
         #: In a serving process: the scorer's share of the GIL while it scores a batch (ringfence/pacing.py);
         #: a batch of a quarter second of orders was ~15-28 ms of CPU in one burst (docs/latency.md, session 17)
         self.pacer = pacer
@@ -75,6 +84,7 @@ class Monitor:
         link_cfg = ruleset.linking
         if liquidity_accounts:  # the demo's market maker (serve --demo), beside the rule set's own
             link_cfg = dataclasses.replace(link_cfg, liquidity_accounts=link_cfg.liquidity_accounts | frozenset(liquidity_accounts))
+        self.link_config = link_cfg
         self.links = LinkGraph(config=link_cfg)
         self._links_lock = threading.Lock()
         self._raised = RaisedClusters()  # the flagged clusters alerted on (linking.py)
@@ -112,7 +122,17 @@ class Monitor:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self.outbox.start()
+        if self.writes_outbox:
+            self.outbox.start()
+        if self.process is not None:
+            self.process.start()  # it loads the cursor and warms its windows itself
+        else:
+            self._load()
+        self._thread = threading.Thread(target=self._run, name="ringfence-monitoring", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        """The cursor as stored, the model's weights, the windows and links warmed with the events before it."""
         self._feedback()  # the weights every decision so far taught, before the windows are warmed
         with self.store.tx() as db:
             row = db.get(MonitoringCursor, CURSOR)
@@ -126,21 +146,37 @@ class Monitor:
             batch = self._located([e for e in read_after(self.store, warm_from) if e.id <= self.cursor])
             if not batch:
                 break
-            for e in batch:
-                self.scorer.process(e)
-                self.links.add(e)
+            with self._links_lock:  # (a scorer process answers questions about the links meanwhile)
+                for e in batch:
+                    self.scorer.process(e)
+                    self.links.add(e)
             warm_from = batch[-1].id
         with self.store.tx() as db:  # flagged clusters already raised (their signature ends the explanation)
             for text in db.scalars(select(MonitoringAlert.explanation).where(MonitoringAlert.rule == CLUSTER_RULE)):
                 self._raised.signatures.add(text.rsplit("[", 1)[-1].rstrip("]"))
-        self._thread = threading.Thread(target=self._run, name="ringfence-monitoring", daemon=True)
-        self._thread.start()
+
+    def _reload(self) -> None:
+        """Another scorer moved the stored cursor (CursorMoved): what this one scored since is dropped
+        (the other stored those events' alerts) and everything is loaded again from the cursor."""
+        with self._links_lock:
+            self.scorer = Scorer(self.ruleset)
+            self.links = LinkGraph(config=self.link_config)
+        self._raised = RaisedClusters()
+        self._unsaved = []
+        self.feedback_through, self.decisions = 0, []
+        self._clusters_checked_ms, self._clusters_dirty, self._clusters_checked_through = 0, False, 0
+        self._version_stepped = None
+        self._load()
 
     def stop(self) -> None:
         self._stop.set()
-        self.outbox.stop()
+        if self.writes_outbox:
+            self.outbox.stop()
         if self._thread is not None:
             self._thread.join(10)
+        if self.process is not None:  # after the outbox's last write: its last step scores that too
+            self.process.stop()
+            return
         # what the outbox wrote last (unpaced: `_stop` is set; the caller may be the event loop, which waits
         # no longer than it did): not while a step of the thread still runs, stuck for 10 s; the events
         # after the stored cursor are scored on the next start
@@ -155,6 +191,15 @@ class Monitor:
     def _run(self) -> None:
         try:
             while not self._stop.wait(self.poll_ms / 1000):
+                if self.process is not None:
+                    try:
+                        self.process.keep_running()  # started again, after a pause, if it ended
+                    except Exception as err:  # (it could not be spawned) logged, and tried again on the next poll
+                        self.errors += 1
+                        self.last_error = type(err).__name__
+                        log.exception("monitoring.scorer_process_start_failed")
+                    self.run_system_checks()
+                    continue
                 try:
                     version = self._store_version()
                     if self._nothing_new(version):
@@ -165,6 +210,15 @@ class Monitor:
                         while self.step() >= READ_BATCH:
                             pass
                         self._version_stepped = version  # only after steps that did not fail
+                except CursorMoved as err:  # another scorer stored these events' alerts: start again from its cursor
+                    log.warning("monitoring.cursor_moved", error=str(err))
+                    try:
+                        with self._step_lock:
+                            self._reload()
+                    except Exception as reload_err:  # the store away: the next poll's step fails again and retries
+                        self.errors += 1
+                        self.last_error = type(reload_err).__name__
+                        log.exception("monitoring.reload_failed")
                 except Exception as err:  # logged and retried; the cursor moved only over events scored
                     self.errors += 1
                     self.last_error = type(err).__name__
@@ -222,6 +276,8 @@ class Monitor:
 
     def model_status(self) -> dict[str, Any]:
         """The learnt weights and the decisions that taught them (GET /admin/v1/model)."""
+        if self.process is not None:
+            return self.process.ask("model_status")  # type: ignore[no-any-return]
         with self._links_lock:
             model = self.scorer.model
             return {"weights": dict(model.weights) if model is not None else {},
@@ -291,7 +347,7 @@ class Monitor:
     def _save(self, now_ms: int) -> None:
         """Store the unsaved alerts and move the cursor to `scored_through` in one transaction; if the
         write fails, both stay as they are for the next step's write."""
-        store_hits(self.store, self._unsaved, now_ms, cursor=(CURSOR, self.scored_through))
+        store_hits(self.store, self._unsaved, now_ms, cursor=(CURSOR, self.scored_through, self.cursor))
         self.cursor = self.scored_through
         self.alerts_raised += len(self._unsaved)
         self._unsaved = []
@@ -334,32 +390,49 @@ class Monitor:
 
     def clusters(self, account_id: str = "") -> Any:
         """Linked-account clusters (linking.py), or the one holding `account_id`."""
+        if self.process is not None:
+            return self.process.ask("clusters", account_id)
         with self._links_lock:
             return self.links.cluster_of(account_id) if account_id else self.links.clusters()
 
     def baseline(self, account_id: str) -> dict[str, Any] | None:
         """The behavioural model's baseline of one account (models.py), or None (no behaviour rule, or unseen)."""
+        if self.process is not None:
+            return self.process.ask("baseline", account_id)  # type: ignore[no-any-return]
         with self._links_lock:
             model = self.scorer.model
             return model.summary(account_id) if model is not None else None
+
+    def scorer_status(self) -> dict[str, Any]:
+        """What the scorer itself holds: its cursor, what it scored, learnt and linked, its errors."""
+        with self._links_lock:
+            model, links = self.scorer.model, self.links
+            return {"cursor": self.cursor, "events_scored": self.scorer.events_scored,
+                    "model": {"accounts": len(model.profiles), "events_learnt": model.events_learnt} if model is not None else None,
+                    "linking": {"accounts": len(links.accounts), "trades": links.trades_seen,
+                                "liquidity_trades": links.liquidity_trades,
+                                "liquidity_accounts": sorted(links.config.liquidity_accounts),
+                                "checked_through": self._clusters_checked_through, "pending": self._clusters_dirty},
+                    "errors": self.errors, "last_error": self.last_error}
 
     def status(self) -> dict[str, Any]:
         with self.store.tx() as db:
             newest = db.scalar(select(func.max(MonitoringEvent.id))) or 0
             alerts = db.scalar(select(func.count()).select_from(MonitoringAlert)) or 0
             active = db.scalar(select(func.count()).select_from(MonitoringCase).where(MonitoringCase.status != "closed")) or 0
+            stored_cursor = db.scalar(select(MonitoringCursor.position).where(MonitoringCursor.name == CURSOR)) or 0
+        if self.process is None:
+            scoring = self.scorer_status()
+        else:  # the scorer process's own figures; while it is away, the stored cursor and no counts
+            scoring = self.process.status(fallback={"cursor": stored_cursor, "events_scored": None, "model": None, "linking": None,
+                                                    "errors": 0, "last_error": ""})
+            scoring["errors"] += self.errors  # the system checks' here
+            scoring["last_error"] = self.last_error or scoring["last_error"]
         return {"rules": [{"name": r.name, "type": r.type, "severity": r.severity, "description": r.description}
                           for r in self.ruleset.rules],
-                "cursor": self.cursor, "newest_event": newest, "lag_events": max(0, newest - self.cursor),
-                "events_scored": self.scorer.events_scored, "alerts_total": alerts, "active_cases": active,
-                "model": {"accounts": len(self.scorer.model.profiles), "events_learnt": self.scorer.model.events_learnt}
-                if self.scorer.model is not None else None,
+                **scoring, "newest_event": newest, "lag_events": max(0, newest - scoring["cursor"]),
+                "alerts_total": alerts, "active_cases": active,
                 "outbox": {"queued": len(self.outbox._queue), "written": self.outbox.written, "dropped": self.outbox.dropped,
                            "errors": self.outbox.errors},
-                "linking": {"accounts": len(self.links.accounts), "trades": self.links.trades_seen,
-                            "liquidity_trades": self.links.liquidity_trades,
-                            "liquidity_accounts": sorted(self.links.config.liquidity_accounts),
-                            "checked_through": self._clusters_checked_through, "pending": self._clusters_dirty},
                 "geoip": self.geoip.path if self.geoip is not None else "",
-                **{check.name: check.status() for check in self.system_checks},
-                "errors": self.errors, "last_error": self.last_error}
+                **{check.name: check.status() for check in self.system_checks}}
