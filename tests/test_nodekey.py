@@ -205,3 +205,78 @@ def test_an_epoch_memory_another_user_planted_is_refused(tmp_path):
     os.chown(node / MEMORY_FILE, OTHER, OTHER)
     with pytest.raises(ConfigError, match=f"belongs to user id {OTHER}"):
         EpochMemory(node, "RF")
+
+
+# --- second look (s23 owners review) ----------------------------------------------------------------------------------
+
+
+@as_root
+def test_a_folder_swapped_for_a_link_after_realpath_looked_is_refused(tmp_path, monkeypatch):
+    """safe_folder resolves the path, then checks each folder of it: one of uid 4242's in /tmp (sticky) that was a
+    folder when realpath() looked and a link to a root folder when it was stat()ed passed, and the path returned
+    (through their folder, a folder again the moment after) was where the key was read or made. Played here by a
+    realpath() that saw the folder before the swap."""
+    from ringfence import owned
+
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    roots = tmp_path / "roots"
+    (roots / "data").mkdir(parents=True, mode=0o700)
+    (sticky / "x").symlink_to(roots)  # uid 4242's link, swapped in after realpath() looked
+    os.lchown(sticky / "x", OTHER, OTHER)
+    monkeypatch.setattr(owned.os.path, "realpath", lambda p: str(p))  # (what it saw: a folder, no link)
+    with pytest.raises(ConfigError, match="no longer a folder but a symbolic link") as err:
+        owned.safe_folder(sticky / "x" / "data", "--data", "could", "give another")
+    assert err.value.field == "--data"
+
+
+@as_root
+def test_a_staff_key_is_never_written_through_a_file_or_link_another_user_put_there(tmp_path):
+    """`staff keygen --out FILE` wrote FILE.tmp by name (O_CREAT|O_TRUNC, following links): a FILE.tmp uid 4242 made
+    beforehand in /tmp (kept open) got the new seed, and a link there had root overwrite its target."""
+    from ringfence.staff.decisions import StaffKey, read_key_file, write_key_file
+
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0\n")
+    (sticky / "alice.key.tmp").symlink_to(victim)
+    os.lchown(sticky / "alice.key.tmp", OTHER, OTHER)
+    theirs = sticky / "bob.key.tmp"
+    theirs.write_text("")
+    theirs.chmod(0o666)
+    os.chown(theirs, OTHER, OTHER)
+    with open(theirs, "rb") as kept:  # uid 4242 keeps it open
+        write_key_file(sticky / "alice.key", StaffKey.from_seed_hex("alice", "11" * 32))
+        write_key_file(sticky / "bob.key", StaffKey.from_seed_hex("bob", "22" * 32))
+        assert kept.read() == b""  # the seed never went into their file
+    assert victim.read_text() == "root:x:0:0\n"
+    for name, seed in (("alice", "11"), ("bob", "22")):
+        info = os.lstat(sticky / f"{name}.key")
+        assert info.st_uid == 0 and info.st_mode & 0o777 == 0o600
+        assert read_key_file(sticky / f"{name}.key").seed_hex == seed * 32
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match="may be written by other users"):  # it could not be read back either
+        write_key_file(shared / "carol.key", StaffKey.from_seed_hex("carol", "33" * 32))
+    assert not any(shared.iterdir())
+
+
+def test_staff_init_refuses_an_out_dir_others_may_write_before_the_genesis(tmp_path):
+    """Key files written after the genesis into a folder refused then would be lost: init says so first."""
+    from typer.testing import CliRunner
+
+    from ringfence.cli import app
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    result = CliRunner().invoke(app, ["staff", "init", "--data", str(tmp_path / "data"), "--out-dir",
+                                      str(shared / "keys"), "--member", "ada:operator", "--member", "ben:operator"],
+                                env={"COLUMNS": "300"})
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--out-dir" in out and "may be written by other users" in out, out
+    assert not (tmp_path / "data").exists() and not any(shared.iterdir())

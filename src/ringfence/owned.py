@@ -53,10 +53,13 @@ def safe_folder(folder: Path, field: str, risk: str, remedy: str) -> Path:
     me = os.geteuid()
     for each in (real, *real.parents):
         shown = each if each == real else f"{each} (holding {folder})"
-        try:
-            info = os.stat(each)
+        try:  # lstat: a folder swapped for a symbolic link after realpath() looked is not followed, but refused
+            info = os.lstat(each)
         except OSError as err:
             raise ConfigError(f"{shown} cannot be checked: {err.strerror}", field=field) from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{shown} changed while it was checked (it is no longer a folder but "
+                              f"{'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'a file'}); {remedy}", field=field)
         if info.st_uid not in (me, 0):
             raise ConfigError(f"{shown} belongs to user id {info.st_uid}: its owner {risk}; {remedy}", field=field)
         if others_may_write(info.st_mode):

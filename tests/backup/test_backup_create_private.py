@@ -232,3 +232,38 @@ def test_restore_to_a_new_folder_under_a_sticky_or_private_one_works(demo_node, 
     assert report.last_seq == _last_seq(demo_node)
     assert (sticky / "a" / "restored" / "engine").is_dir()
     assert sorted(p.name for p in sticky.iterdir()) == ["a"]  # no staging folder left
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plays the other user with chown (root only)")
+@pytest.mark.parametrize("how", ["folder", "dotdot"])
+def test_a_folder_above_a_new_target_made_by_another_user_during_the_restore_is_refused(demo_node, tmp_path,
+                                                                                       monkeypatch, how):
+    """--to /tmp/a/restored, /tmp/a missing: /tmp (sticky) was checked, the restore built beside it, then made the
+    missing folders by name (exist_ok) and renamed the result into them. uid 4242 made /tmp/a meanwhile (or a link
+    there, for --to /tmp/a/../restored) and got the restored data directory in a folder of theirs."""
+    bk = tmp_path / "bk"
+    create_backup(demo_node, bk, signer=SIGNER)
+    sticky, theirs = tmp_path / "tmp", tmp_path / "theirs"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (theirs / "sub").mkdir(parents=True)
+    os.chown(theirs, 4242, 4242)
+    os.chown(theirs / "sub", 4242, 4242)
+    target = sticky / "a" / "restored" if how == "folder" else sticky / "a" / ".." / "restored"
+    finish = backup_mod._NewDataDir.finish
+
+    def intruder_first(self):
+        if how == "folder":
+            (sticky / "a").mkdir()
+            os.chown(sticky / "a", 4242, 4242)
+        else:
+            (sticky / "a").symlink_to(theirs / "sub")
+            os.lchown(sticky / "a", 4242, 4242)
+        finish(self)
+
+    monkeypatch.setattr(backup_mod._NewDataDir, "finish", intruder_first)
+    with pytest.raises(ConfigError, match="belongs to user id 4242") as err:
+        restore_backup(bk, target, trust=TRUST)
+    assert err.value.field == "--to"
+    assert not (theirs / "restored").exists() and not (theirs / "sub" / "restored").exists()
+    assert not (sticky / "restored").exists() and sorted(p.name for p in sticky.iterdir()) == ["a"]

@@ -743,10 +743,14 @@ class _NewDataDir:
         if self.fd >= 0:
             return
         self.target.parent.mkdir(parents=True, exist_ok=True)
+        # the folders made just now by name (exist_ok), or a `..` after one, may be another user's by now (a folder
+        # of theirs made in sticky /tmp meanwhile, a link there): checked again, the real path used (s23 owners review)
+        where = safe_folder(self.target.parent, "--to", "could swap the restored data directory before it is served",
+                            "give a --to under folders of this user's") / self.target.name
         try:
-            os.rename(self.root, self.target)
+            os.rename(self.root, where)
         except OSError as err:
-            raise ConfigError(f"{self.target} cannot take the restored data directory ({err.strerror}): something was "
+            raise ConfigError(f"{where} cannot take the restored data directory ({err.strerror}): something was "
                               "put there after it was checked; give a new folder", field="--to") from None
 
     def close(self, done: bool) -> None:

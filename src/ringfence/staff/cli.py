@@ -21,6 +21,7 @@ from rich.table import Table
 
 from ..cli_paths import tty_console
 from ..errors import RingfenceError
+from ..owned import safe_folder
 from .console import DEFAULT_URL, AdminClient, load_key
 from .decisions import ROLES, StaffKey, StaffSignature, format_approval, parse_approval, write_key_file
 
@@ -134,7 +135,7 @@ def keygen(
         err_console.print(f"[bold red]error:[/] --out: {out} exists; a key file is never overwritten")
         raise typer.Exit(2)
     key = StaffKey.generate(staff_id)
-    write_key_file(out, key)
+    _run(lambda: write_key_file(out, key))
     typer.echo(key.public_hex)
 
 
@@ -224,7 +225,13 @@ def _check_out_dir(out_dir: Path) -> None:
     import os
 
     from ..cli_paths import fail, refuse_missing_parent
+    from ..owned import nearest_existing
 
+    try:  # key files another user could swap are refused when read (owned.read_own_file): so is their folder
+        safe_folder(nearest_existing(out_dir), "--out-dir", "could put a staff key file of theirs in place of one "
+                    "written there", "keep staff key files in a folder of this user's (chmod 700)")
+    except RingfenceError as err:
+        fail(str(err))
     if out_dir.is_dir():
         if not os.access(out_dir, os.W_OK | os.X_OK):
             fail(f"--out-dir: cannot write in {out_dir}: permission denied")
@@ -276,6 +283,11 @@ def init(
         out_dir.mkdir(parents=True, exist_ok=True)  # after --data's checks: a refused start makes no folder
     except OSError as err:
         fail(f"--out-dir: cannot create {out_dir}: {err.strerror or err}")
+    try:  # before the genesis: key files refused after it would be lost (the folders write_key_file checks)
+        safe_folder(out_dir, "--out-dir", "could put a staff key file of theirs in place of one written there",
+                    "keep staff key files in a folder of this user's (chmod 700)")
+    except RingfenceError as err:
+        fail(str(err))
 
     def genesis() -> list[Any]:
         with new_node(node_dir) as node:
@@ -283,7 +295,7 @@ def init(
 
     [event] = _run(genesis)
     for sid, key in keys.items():
-        write_key_file(out_dir / f"{sid}.key", key)
+        write_key_file(out_dir / f"{sid}.key", key, "--out-dir")
     console.print(f"[bold green]genesis[/] staff {', '.join(event.staff_ids)} (operator quorum {quorum}); keys in {out_dir}")
 
 

@@ -18,7 +18,6 @@ This file is used on both sides: the engine verifies (`decision_message`), staff
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 from pathlib import Path
@@ -29,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import ValidationError
-from ..owned import read_own_file
+from ..owned import read_own_file, safe_folder
 
 __all__ = [
     "DOMAIN",
@@ -169,15 +168,17 @@ def parse_approval(token: str, field: str = "approval") -> StaffSignature:
     return StaffSignature(staff_id, nonce, int(expires), sig.lower())
 
 
-def write_key_file(path: Path, key: StaffKey) -> None:
-    """Write `{"staff_id", "private_key": seed hex, "public_key"}` with mode 0600 (never wider)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"staff_id": key.staff_id, "private_key": key.seed_hex, "public_key": key.public_hex}, fh, indent=2)
-        fh.write("\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+def write_key_file(path: Path, key: StaffKey, field: str = "--out") -> None:
+    """Write `{"staff_id", "private_key": seed hex, "public_key"}` with mode 0600 (never wider), in a folder
+    read_key_file will take it from (owned.safe_folder), through a new file of this user's: FILE.tmp was
+    opened by name (O_CREAT|O_TRUNC, links followed), so one another user made beforehand in /tmp got the
+    seed, and a link there had root overwrite its target (s23 owners review)."""
+    from ..nodekey import write_private
+
+    where = safe_folder(path.absolute().parent, field, "could put a staff key file of theirs in its place",
+                        "keep staff key files in a folder of this user's (chmod 700)") / path.name
+    text = json.dumps({"staff_id": key.staff_id, "private_key": key.seed_hex, "public_key": key.public_hex}, indent=2)
+    write_private(where, (text + "\n").encode())
 
 
 def read_key_file(path: Path, staff_id: str | None = None) -> StaffKey:
