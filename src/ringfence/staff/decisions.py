@@ -18,7 +18,6 @@ This file is used on both sides: the engine verifies (`decision_message`), staff
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 from pathlib import Path
@@ -170,14 +169,13 @@ def parse_approval(token: str, field: str = "approval") -> StaffSignature:
 
 
 def write_key_file(path: Path, key: StaffKey) -> None:
-    """Write `{"staff_id", "private_key": seed hex, "public_key"}` with mode 0600 (never wider)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"staff_id": key.staff_id, "private_key": key.seed_hex, "public_key": key.public_hex}, fh, indent=2)
-        fh.write("\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    """Write `{"staff_id", "private_key": seed hex, "public_key"}` with mode 0600 (never wider), as a new
+    file of this user's (nodekey.write_private: a `.tmp` another user made beforehand, or a symbolic link
+    by that name, was written through and renamed into place, still theirs)."""
+    from ..nodekey import write_private
+
+    text = json.dumps({"staff_id": key.staff_id, "private_key": key.seed_hex, "public_key": key.public_hex}, indent=2)
+    write_private(path, (text + "\n").encode())
 
 
 def read_key_file(path: Path, staff_id: str | None = None) -> StaffKey:
