@@ -274,3 +274,36 @@ def _answered(process: ScorerProcess) -> bool:
     except ScorerUnavailable:
         return False
     return True
+
+
+def test_the_scorer_process_is_given_none_of_the_engine_process_s_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its environment is what Python needs (PATH, PYTHONPATH, the locale): not RINGFENCE_DATABASE_URL with
+    its password, nor the other secrets of `serve`'s environment, which it never reads (its configuration
+    comes on its stdin) and which /proc/PID/environ showed for as long as it ran. A PGPASSWORD reaches it
+    in the URL on its stdin."""
+    with pg_database() as url:
+        store = Store.from_url(url)
+        password = "pw-" + os.urandom(8).hex()  # (trust authentication: any password connects)
+        secrets = {"RINGFENCE_DATABASE_URL": url.replace("postgres@", f"postgres:{password}@"),
+                   "RINGFENCE_NATS_PASSWORD": "nats-" + password, "RINGFENCE_POR_SECRET": "por-" + password,
+                   "RINGFENCE_IDENTITY_SECRET_KEY_HEX": "ab" * 32, "PGPASSWORD": "pg-" + password}
+        for name, value in secrets.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("LC_ALL", "C.UTF-8")
+        process = ScorerProcess(ScorerConfig(database_url=url, poll_ms=20))
+        process.start()
+        try:
+            assert process.proc is not None
+            _wait("the scorer process ready", lambda: _answered(process), process=process)
+            environ = Path(f"/proc/{process.proc.pid}/environ").read_bytes()
+            seen = dict(entry.split(b"=", 1) for entry in environ.split(b"\0") if entry)
+            assert password.encode() not in environ and b"ab" * 32 not in environ
+            assert not [name for name in secrets if name.encode() in seen]
+            assert seen[b"PATH"] == os.environ["PATH"].encode() and seen[b"LC_ALL"] == b"C.UTF-8"
+            assert os.environ.get("PYTHONPATH", "").encode() == seen.get(b"PYTHONPATH", b"")
+            cmdline = Path(f"/proc/{process.proc.pid}/cmdline").read_bytes()
+            assert password.encode() not in cmdline
+        finally:
+            process.stop()
+            store.engine.dispose()
+    assert process.proc.returncode == 0

@@ -21,7 +21,11 @@ alerts with the cursor moved in the same transaction, only from where it read it
   else can connect), one JSON line each way, one question at a time, answered by a thread here.
 
 The configuration, the database URL with any password in it, goes to the child on its stdin, not on
-its command line.
+its command line; its environment is only what a Python process needs to run (`child_env`): none of
+the engine process's secrets (RINGFENCE_DATABASE_URL with its password, the NATS passwords, the
+identity keys...), which the scorer never reads (it reads no `Settings`: its configuration is the
+`ScorerConfig` on its stdin), and which any process of this user's could read in /proc/PID/environ
+for as long as it lives.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import structlog
 
 from ..errors import RingfenceError
 
-__all__ = ["ScorerConfig", "ScorerProcess", "ScorerUnavailable"]
+__all__ = ["ScorerConfig", "ScorerProcess", "ScorerUnavailable", "child_env"]
 
 log = structlog.get_logger("ringfence.monitoring")
 
@@ -75,6 +79,35 @@ class ScorerConfig:
     liquidity_accounts: tuple[str, ...] = ()
 
 
+#: what the scorer process keeps of the engine process's environment: the interpreter's own settings and
+#: paths, the locale, and libpq's (PGSSLMODE, PGPASSFILE...: how to reach the database it was given) but
+#: PGPASSWORD, which goes into the database URL on its stdin instead (`_handed_over`)
+CHILD_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "VIRTUAL_ENV",
+             "SSL_CERT_FILE", "SSL_CERT_DIR")
+CHILD_ENV_PREFIXES = ("LC_", "PYTHON", "PG", "COVERAGE_")
+
+
+def child_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The scorer process's environment: CHILD_ENV and CHILD_ENV_PREFIXES of `environ` (os.environ), nothing else."""
+    environ = dict(os.environ if environ is None else environ)
+    return {k: v for k, v in environ.items()
+            if (k in CHILD_ENV or k.startswith(CHILD_ENV_PREFIXES)) and k != "PGPASSWORD"}
+
+
+def _handed_over(config: ScorerConfig) -> dict[str, Any]:
+    """What goes to the scorer process on its stdin: `config`, with PGPASSWORD (a password the docs let the
+    operator give that way, docs/resilience.md) in a PostgreSQL URL that has none, as libpq would use it."""
+    out = asdict(config)
+    password = os.environ.get("PGPASSWORD")
+    if password and config.database_url.startswith("postgres"):
+        from sqlalchemy.engine import make_url
+
+        url = make_url(config.database_url)
+        if url.password is None:
+            out["database_url"] = url.set(password=password).render_as_string(hide_password=False)
+    return out
+
+
 class ScorerProcess:
     """The engine process's handle on its scorer process: starts it, starts it again when it ended,
     asks it what only it knows, stops it."""
@@ -105,12 +138,12 @@ class ScorerProcess:
             ours, theirs = socket.socketpair()
             try:
                 proc = spawn_child([sys.executable, "-m", "ringfence.monitoring.scorer_process", str(theirs.fileno())],
-                                   pass_fds=(theirs.fileno(),), stdin=subprocess.PIPE)
+                                   pass_fds=(theirs.fileno(),), stdin=subprocess.PIPE, env=child_env())
             finally:
                 theirs.close()
             assert proc.stdin is not None
             try:
-                proc.stdin.write(json.dumps(asdict(self.config)).encode())
+                proc.stdin.write(json.dumps(_handed_over(self.config)).encode())
                 proc.stdin.close()
             except OSError:  # it died at once: seen by keep_running
                 pass
