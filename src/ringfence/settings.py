@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # Where the monitoring scorer runs: `process` (its own process beside the engine's, which keeps
     # the outbox: the rules, model and links off the engine's GIL) or `thread` (in the engine process).
     monitoring_scorer: Literal["process", "thread"] = "process"
+    # A scorer process that answers none of these many checks in a row (one every 10 s; its warm-up after
+    # a start not counted) is killed and started again (monitoring/scorer_process.py): 18 = 3 minutes and more.
+    monitoring_scorer_missed_answers: int = Field(default=18, ge=1, le=100_000)
     # How often the event stream's outbox writes its queue to the database (a crash loses at most this
     # much of the non-engine events; the engine's are relayed again from the journal at the next start).
     monitoring_flush_ms: int = Field(default=100, ge=10, le=60_000)

@@ -274,3 +274,75 @@ def _answered(process: ScorerProcess) -> bool:
     except ScorerUnavailable:
         return False
     return True
+
+
+def test_the_scorer_process_is_given_none_of_the_engine_process_s_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its environment is what Python needs (PATH, PYTHONPATH, the locale): not RINGFENCE_DATABASE_URL with
+    its password, nor the other secrets of `serve`'s environment, which it never reads (its configuration
+    comes on its stdin) and which /proc/PID/environ showed for as long as it ran. A PGPASSWORD reaches it
+    in the URL on its stdin."""
+    with pg_database() as url:
+        store = Store.from_url(url)
+        password = "pw-" + os.urandom(8).hex()  # (trust authentication: any password connects)
+        secrets = {"RINGFENCE_DATABASE_URL": url.replace("postgres@", f"postgres:{password}@"),
+                   "RINGFENCE_NATS_PASSWORD": "nats-" + password, "RINGFENCE_POR_SECRET": "por-" + password,
+                   "RINGFENCE_IDENTITY_SECRET_KEY_HEX": "ab" * 32, "PGPASSWORD": "pg-" + password}
+        for name, value in secrets.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("LC_ALL", "C.UTF-8")
+        process = ScorerProcess(ScorerConfig(database_url=url, poll_ms=20))
+        process.start()
+        try:
+            assert process.proc is not None
+            _wait("the scorer process ready", lambda: _answered(process), process=process)
+            environ = Path(f"/proc/{process.proc.pid}/environ").read_bytes()
+            seen = dict(entry.split(b"=", 1) for entry in environ.split(b"\0") if entry)
+            assert password.encode() not in environ and b"ab" * 32 not in environ
+            assert not [name for name in secrets if name.encode() in seen]
+            assert seen[b"PATH"] == os.environ["PATH"].encode() and seen[b"LC_ALL"] == b"C.UTF-8"
+            assert os.environ.get("PYTHONPATH", "").encode() == seen.get(b"PYTHONPATH", b"")
+            cmdline = Path(f"/proc/{process.proc.pid}/cmdline").read_bytes()
+            assert password.encode() not in cmdline
+        finally:
+            process.stop()
+            store.engine.dispose()
+    assert process.proc.returncode == 0
+
+
+def test_a_scorer_process_that_stopped_answering_is_killed_and_started_again(tmp_path: Path) -> None:
+    """Alive but stuck (`kill -STOP`: every thread stopped, as deadlocked): after `missed_answers` checks
+    unanswered in a row it is killed and started again, and /admin/v1/monitoring's `process` counts it.
+    Before, `keep_running` looked only at whether it had ended: a stuck scorer stayed stuck. Its warm-up
+    (no answer before its first) is not counted."""
+    from ringfence.monitoring import scorer_process
+
+    store = Store.from_url(f"sqlite:///{tmp_path / 'one.sqlite3'}")
+    with store.tx() as db:
+        add_in_tx(db, "sign_in_failed", source="test", at_ms=10**8, account_id="u00001", ip="10.9.9.9")
+    process = ScorerProcess(ScorerConfig(database_url=store.engine.url.render_as_string(hide_password=False), poll_ms=20),
+                            missed_answers=3, check_every_s=0.2)
+    process.start()
+    try:
+        assert process.proc is not None
+        first = process.proc
+        os.kill(first.pid, signal.SIGSTOP)  # before its first answer: warming, never killed
+        deadline = time.monotonic() + 4
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(scorer_process, "ASK_TIMEOUT_S", 0.2)
+            while time.monotonic() < deadline:
+                process.keep_running()
+                time.sleep(0.05)
+            assert first.poll() is None and process.starts == 1 and process.status(fallback={})["process"]["warming"]
+            os.kill(first.pid, signal.SIGCONT)
+            _wait("its first answer", lambda: _answered(process))
+            os.kill(first.pid, signal.SIGSTOP)
+            _wait("the stuck scorer process killed and started again", lambda: process.starts == 2, timeout_s=60,
+                  process=process)
+        assert first.returncode == -signal.SIGKILL
+        assert process.proc is not first and process.killed_unanswering == 1
+        _wait("the new scorer process answering", lambda: _answered(process), process=process)
+        shown = process.status(fallback={})["process"]
+        assert shown["restarts"] == 1 and shown["killed_unanswering"] == 1 and shown["running"] and not shown["warming"]
+    finally:
+        process.stop()
+        store.engine.dispose()

@@ -389,6 +389,7 @@ def create_app(
     monitoring_flush_ms: int = 100,
     monitoring_geoip: str = "",
     monitoring_scorer: str = "thread",
+    monitoring_scorer_missed_answers: int = 18,
     stp: tuple[str, dict[str, str]] = ("EXPIRE_TAKER", {}),
     fiat_rates: Any = None,
     rates_token: str = "",
@@ -413,7 +414,8 @@ def create_app(
 
             scorer_process = ScorerProcess(ScorerConfig(
                 database_url=identity_ctx.store.engine.url.render_as_string(hide_password=False), rules=monitoring_rules,
-                poll_ms=monitoring_poll_ms, geoip=monitoring_geoip, liquidity_accounts=liquidity))
+                poll_ms=monitoring_poll_ms, geoip=monitoring_geoip, liquidity_accounts=liquidity),
+                missed_answers=monitoring_scorer_missed_answers)
         monitor = Monitor(identity_ctx.store, exchange, load_rules(monitoring_rules), poll_ms=monitoring_poll_ms,
                           flush_ms=monitoring_flush_ms,
                           geoip=monitoring_geoip, identity=identity_ctx,

@@ -229,6 +229,7 @@ def build(data: Path, demo: bool, public_url: str | None = None, forwarded_allow
         monitoring_flush_ms=settings.monitoring_flush_ms,
         monitoring_geoip=settings.monitoring_geoip,
         monitoring_scorer=settings.monitoring_scorer,
+        monitoring_scorer_missed_answers=settings.monitoring_scorer_missed_answers,
         stp=stp_defaults(settings.trading_stp_default, settings.trading_stp_markets),
         # display-only fiat rates (docs/i18n.md): the last pushed, or the demo's offline source
         fiat_rates=FiatRates.open(data, demo=demo),

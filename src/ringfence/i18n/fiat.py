@@ -83,17 +83,21 @@ def demo_rates_doc() -> dict[str, Any]:
 
 
 def load_or_create_token(data: Path) -> str:
-    """The node's rates token: RINGFENCE_API_RATES_TOKEN, else `DIR/rates-token` (made 0600 on first start)."""
+    """The node's rates token: RINGFENCE_API_RATES_TOKEN, else `DIR/rates-token` (made 0600 on first start,
+    nodekey.write_private). The file is read only if it is this user's, not a symbolic link, 0600, in a
+    folder no other user may write (owned.read_own_file: a token another user planted would let them set
+    the fiat rates every price in the UI is converted with)."""
+    from ..nodekey import write_private
+    from ..owned import read_own_file
+
     configured = os.environ.get("RINGFENCE_API_RATES_TOKEN", "").strip()
     if configured:
         return configured
     path = data / "rates-token"
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
+    if os.path.lexists(path):  # (a symbolic link too: refused, never written through)
+        return read_own_file(path, "--data", "rates token").decode("utf-8").strip()
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
+    write_private(path, (token + "\n").encode())
     return token
 
 

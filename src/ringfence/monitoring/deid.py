@@ -25,7 +25,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import ValidationError
+from ..errors import ConfigError, ValidationError
 from .events import Event
 
 __all__ = ["DICTIONARY", "PseudonymKey", "deidentify", "new_key_file", "read_key_file"]
@@ -60,17 +60,27 @@ class PseudonymKey:
 
 
 def new_key_file(path: Path) -> PseudonymKey:
+    """A new pseudonym key in `path` (0600, nodekey.write_private); a file there is never overwritten."""
+    from ..nodekey import write_private
+
+    if os.path.lexists(path):
+        raise ValidationError(f"{path} exists; rotate by naming a new file", field="--key-file")
     key = PseudonymKey("pk-" + secrets.token_hex(4), secrets.token_bytes(32))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"key_id": key.key_id, "key_hex": key._key.hex()}, fh)
+    write_private(path, json.dumps({"key_id": key.key_id, "key_hex": key._key.hex()}).encode())
     return key
 
 
 def read_key_file(path: Path) -> PseudonymKey:
+    """The pseudonym key in `path`: a file of this user's, not a symbolic link, 0600, in a folder no other
+    user may write (owned.read_own_file: a key another user planted, or knows, would let them link the
+    pseudonyms of an export back to accounts)."""
+    from ..owned import read_own_file
+
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(read_own_file(path, "--key-file", "pseudonym key file"))
         return PseudonymKey(str(raw["key_id"]), bytes.fromhex(raw["key_hex"]))
+    except ConfigError:  # (whose it is, a link, readable by others; said as it is)
+        raise
     except (OSError, ValueError, KeyError, TypeError):
         raise ValidationError('must be a readable JSON file {"key_id", "key_hex"}', field="--key-file") from None
 

@@ -13,6 +13,12 @@ alerts with the cursor moved in the same transaction, only from where it read it
   after it, as a restarted server did. The engine process dying ends it too (PR_SET_PDEATHSIG, then
   its last step as on SIGTERM); should a new server's scorer start meanwhile, the one that stores
   second finds the cursor moved (CursorMoved), writes nothing, and loads again from the cursor.
+* Stuck: a scorer process that is alive but answers no question (deadlocked) is asked `scorer_status`
+  every CHECK_EVERY_S by `keep_running`; after `missed_answers` unanswered in a row
+  (RINGFENCE_MONITORING_SCORER_MISSED_ANSWERS, 18 by default: 3 minutes and more) it is killed
+  (SIGKILL) and started again as one that ended. Until it first answers after a start it is warming (its windows are
+  warmed before its questions are answered, as long as the stream's longest window takes): its
+  silence is not counted then.
 * Stop: the engine process writes the outbox's queue first, then sends SIGTERM; the scorer scores
   what is there in one last step and exits (after STOP_TIMEOUT_S it is killed: the events after the
   stored cursor are scored at the next start).
@@ -21,7 +27,11 @@ alerts with the cursor moved in the same transaction, only from where it read it
   else can connect), one JSON line each way, one question at a time, answered by a thread here.
 
 The configuration, the database URL with any password in it, goes to the child on its stdin, not on
-its command line.
+its command line; its environment is only what a Python process needs to run (`child_env`): none of
+the engine process's secrets (RINGFENCE_DATABASE_URL with its password, the NATS passwords, the
+identity keys...), which the scorer never reads (it reads no `Settings`: its configuration is the
+`ScorerConfig` on its stdin), and which any process of this user's could read in /proc/PID/environ
+for as long as it lives.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ import structlog
 
 from ..errors import RingfenceError
 
-__all__ = ["ScorerConfig", "ScorerProcess", "ScorerUnavailable"]
+__all__ = ["ScorerConfig", "ScorerProcess", "ScorerUnavailable", "child_env"]
 
 log = structlog.get_logger("ringfence.monitoring")
 
@@ -52,6 +62,10 @@ ASK_TIMEOUT_S = 5
 STOP_TIMEOUT_S = 30
 #: restarts of a scorer process that ended back off from 1 s, doubling up to this
 MAX_BACKOFF_MS = 30_000
+#: how often `keep_running` asks a running scorer process whether it still answers
+CHECK_EVERY_S = 10
+#: unanswered checks in a row after which a scorer process that answered once since its start is killed
+MISSED_ANSWERS = 18
 #: the scorer process's niceness: on a machine short of cores the engine and gateway processes, which
 #: answer orders, run first, and the scorer takes what they leave (its lag shows in /admin/v1/monitoring);
 #: on the engine process's GIL it was paced to MONITOR_SHARE_PERMILLE of it instead (pacing.py)
@@ -75,12 +89,50 @@ class ScorerConfig:
     liquidity_accounts: tuple[str, ...] = ()
 
 
+#: what the scorer process keeps of the engine process's environment: the interpreter's own settings and
+#: paths, the locale, and libpq's (PGSSLMODE, PGPASSFILE...: how to reach the database it was given) but
+#: PGPASSWORD, which goes into the database URL on its stdin instead (`_handed_over`)
+CHILD_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "VIRTUAL_ENV",
+             "SSL_CERT_FILE", "SSL_CERT_DIR")
+CHILD_ENV_PREFIXES = ("LC_", "PYTHON", "PG", "COVERAGE_")
+
+
+def child_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The scorer process's environment: CHILD_ENV and CHILD_ENV_PREFIXES of `environ` (os.environ), nothing else."""
+    environ = dict(os.environ if environ is None else environ)
+    return {k: v for k, v in environ.items()
+            if (k in CHILD_ENV or k.startswith(CHILD_ENV_PREFIXES)) and k != "PGPASSWORD"}
+
+
+def _handed_over(config: ScorerConfig) -> dict[str, Any]:
+    """What goes to the scorer process on its stdin: `config`, with PGPASSWORD (a password the docs let the
+    operator give that way, docs/resilience.md) in a PostgreSQL URL that has none, as libpq would use it."""
+    out = asdict(config)
+    password = os.environ.get("PGPASSWORD")
+    if password and config.database_url.startswith("postgres"):
+        from sqlalchemy.engine import make_url
+
+        url = make_url(config.database_url)
+        if url.password is None:
+            out["database_url"] = url.set(password=password).render_as_string(hide_password=False)
+    return out
+
+
 class ScorerProcess:
     """The engine process's handle on its scorer process: starts it, starts it again when it ended,
     asks it what only it knows, stops it."""
 
-    def __init__(self, config: ScorerConfig) -> None:
+    def __init__(self, config: ScorerConfig, *, missed_answers: int = MISSED_ANSWERS,
+                 check_every_s: float = CHECK_EVERY_S) -> None:  # float-ok: seconds
+        if not isinstance(missed_answers, int) or missed_answers < 1:
+            raise ValueError("missed_answers is a whole number of at least 1")
         self.config = config
+        self.missed_answers, self.check_every_ms = missed_answers, int(check_every_s * 1000)
+        #: checks unanswered in a row; whether it answered since its start (before: warming, not counted)
+        self._missed, self._answered = 0, False
+        self._check_at_ms = 0
+        #: scorer processes killed for not answering
+        self.killed_unanswering = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._conn: socket.socket | None = None
         #: what was read of the socket past the last answer taken (an answer arrives in pieces, or after its question timed out)
@@ -105,23 +157,27 @@ class ScorerProcess:
             ours, theirs = socket.socketpair()
             try:
                 proc = spawn_child([sys.executable, "-m", "ringfence.monitoring.scorer_process", str(theirs.fileno())],
-                                   pass_fds=(theirs.fileno(),), stdin=subprocess.PIPE)
+                                   pass_fds=(theirs.fileno(),), stdin=subprocess.PIPE, env=child_env())
             finally:
                 theirs.close()
             assert proc.stdin is not None
             try:
-                proc.stdin.write(json.dumps(asdict(self.config)).encode())
+                proc.stdin.write(json.dumps(_handed_over(self.config)).encode())
                 proc.stdin.close()
             except OSError:  # it died at once: seen by keep_running
                 pass
             self.proc, self._conn, self._buffer = proc, ours, bytearray()
             self.starts += 1
             self._started_ms = time.monotonic_ns() // 1_000_000
+            self._missed, self._answered = 0, False
+            self._check_at_ms = self._started_ms + self.check_every_ms
         log.info("monitoring.scorer_process_started", pid=proc.pid, starts=self.starts)
 
     def keep_running(self) -> None:
         """Start the scorer process again if it ended: after a back-off of 1 s, doubled (up to
-        MAX_BACKOFF_MS) each time it ends again within a minute of its start."""
+        MAX_BACKOFF_MS) each time it ends again within a minute of its start. One that runs is asked
+        every `check_every_ms`; after `missed_answers` unanswered in a row it is killed (then started
+        again as one that ended)."""
         proc = self.proc
         if self._stopping or proc is None:
             return
@@ -129,6 +185,9 @@ class ScorerProcess:
         if proc.poll() is None:
             if self._backoff_ms and now_ms - self._started_ms > 60_000:
                 self._backoff_ms = 0
+            if now_ms >= self._check_at_ms:
+                self._check_answers(proc)
+                self._check_at_ms = time.monotonic_ns() // 1_000_000 + self.check_every_ms
             return
         if not self._restart_at_ms:  # seen ended just now
             self._backoff_ms = min(MAX_BACKOFF_MS, max(1_000, self._backoff_ms * 2))
@@ -139,6 +198,27 @@ class ScorerProcess:
             self._restart_at_ms = 0
             self._close_conn()
             self.start()
+
+    def _check_answers(self, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            self.ask("scorer_status")  # (an answer resets the count: `ask`)
+            return
+        except ScorerUnavailable:
+            pass
+        if not self._answered or self._stopping or proc.poll() is not None:
+            return  # warming (not counted), stopping, or ended (restarted as usual)
+        self._missed += 1
+        if self._missed < self.missed_answers:
+            return
+        log.error("monitoring.scorer_process_unanswering", pid=proc.pid, missed_answers=self._missed,
+                  every_ms=self.check_every_ms, action="killed (SIGKILL); started again after the back-off")
+        self.killed_unanswering += 1
+        self._missed = 0
+        proc.kill()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # (seen ended on a later poll)
+            pass
 
     def stop(self) -> None:
         with self._life_lock:
@@ -188,6 +268,7 @@ class ScorerProcess:
                 raise ScorerUnavailable(f"the monitoring scorer process did not answer: {type(err).__name__}") from None
         finally:
             self._ask_lock.release()
+        self._answered, self._missed = True, 0  # it answers (an error it caught included): alive
         if "error" in answer:
             raise ScorerUnavailable(f"the monitoring scorer process failed to answer: {answer['error']}")
         return answer["result"]
@@ -219,7 +300,10 @@ class ScorerProcess:
             out = {**fallback, "unavailable": str(err)}
         proc = self.proc
         out["process"] = {"pid": proc.pid if proc is not None else None,
-                          "running": proc is not None and proc.poll() is None, "starts": self.starts}
+                          "running": proc is not None and proc.poll() is None, "starts": self.starts,
+                          "restarts": max(0, self.starts - 1), "killed_unanswering": self.killed_unanswering,
+                          "warming": proc is not None and proc.poll() is None and not self._answered,
+                          "missed_answers": self._missed}
         return out
 
 

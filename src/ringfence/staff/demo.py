@@ -13,11 +13,12 @@ the first start still holds its keys).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from ..nodekey import write_private
+from ..owned import read_own_file
 from .decisions import StaffKey
 from .desk import StaffDesk
 from .state import staff_of
@@ -36,13 +37,9 @@ DEMO_QUORUM = 2
 
 
 def _write_0600(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
-    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover .tmp file
-    os.replace(tmp, path)
+    """A new file of this user's, 0600 (nodekey.write_private: never written through a `.tmp` or a link
+    someone else put there)."""
+    write_private(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
 def seed_demo_staff(node: Any, data_dir: Path, identity_ctx: Any = None) -> dict[str, Any]:
@@ -75,7 +72,7 @@ def _add_demo_logins(path: Path, identity_ctx: Any) -> None:
 
     if not path.exists():
         return
-    payload = json.loads(path.read_text())
+    payload = json.loads(read_own_file(path, "--data", "demo staff key file"))  # one another user planted is refused
     changed = False
     for entry in payload.get("staff", []):
         if "login" in entry:
