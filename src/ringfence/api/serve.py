@@ -567,7 +567,8 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
         listener.close()
         console.print(f"[bold red]error:[/] {escape(str(err))}")  # a field like --peers[b] is text, not markup
         raise typer.Exit(2) from None
-    console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
+    if warm is None:  # a promoted standby replayed nothing: its line ("kept warm at sequence N") said so
+        console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
     pipelined = exchange.node.pipeline  # type: ignore[attr-defined]
     in_flight = exchange.node.max_batches_in_flight  # type: ignore[attr-defined]
     console.print(f"ringfence: group commit {'pipelined' if pipelined else 'classic'}, one fsync per acknowledgement"

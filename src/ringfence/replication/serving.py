@@ -98,6 +98,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         try:
             follower.follow_until_promoted()
             engine, position, lock = follower.hand_over()
+            lock.relabel(f"ringfence serve (node {ident}, the primary since its promotion; started as --standby)")
         finally:
             status.close()  # stops the status page; the port stays listening for the exchange that serves next
             follower.close()
