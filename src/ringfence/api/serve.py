@@ -489,7 +489,7 @@ def serve(
 
     Example: ringfence serve --demo --data ./ringfence-data --port 8000
 
-    Example (replicated): ringfence serve --data ./a --replicate nats://127.0.0.1:4222/RF --node-id a --peers ./peers.json
+    Example (replicated): ringfence serve --data ./a --replicate "nats://127.0.0.1:4222/RF?first_primary=a" --node-id a --peers ./peers.json
 
     A replicated exchange outside dev mode (RINGFENCE_MODE=prod) registers its staff first, on the stopped primary:
     ringfence staff init --data ./a --member ada:operator --member ben:operator --out-dir ./keys (every promotion
