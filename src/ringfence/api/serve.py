@@ -490,7 +490,7 @@ def serve(
 
     Example: ringfence serve --demo --data ./ringfence-data --port 8000
 
-    Example (replicated): ringfence serve --data ./a --replicate nats://127.0.0.1:4222/RF --node-id a --peers ./peers.json
+    Example (replicated): ringfence serve --data ./a --replicate "nats://127.0.0.1:4222/RF?first_primary=a" --node-id a --peers ./peers.json
 
     A replicated exchange outside dev mode (RINGFENCE_MODE=prod) registers its staff first, on the stopped primary:
     ringfence staff init --data ./a --member ada:operator --member ben:operator --out-dir ./keys (every promotion
@@ -568,7 +568,8 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
         listener.close()
         console.print(f"[bold red]error:[/] {escape(str(err))}")  # a field like --peers[b] is text, not markup
         raise typer.Exit(2) from None
-    console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
+    if warm is None:  # a promoted standby replayed nothing: its line ("kept warm at sequence N") said so
+        console.print(f"ringfence: journal recovered to sequence {info['recovered_seq']} in {data}")
     pipelined = exchange.node.pipeline  # type: ignore[attr-defined]
     in_flight = exchange.node.max_batches_in_flight  # type: ignore[attr-defined]
     console.print(f"ringfence: group commit {'pipelined' if pipelined else 'classic'}, one fsync per acknowledgement"

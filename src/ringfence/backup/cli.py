@@ -396,7 +396,7 @@ def restore(
         except RingfenceError as err:
             _fail(str(err), 1)
     _warn_if_untrusted(report)
-    console.print(_table(f"restored {to}", report))
+    console.print(_table(f"restored into {to}", report))
     if not report.trusted:
         console.print(f"restore: [bold red]NOT TRUSTED[/] backup ({_which(report)}, not signed by a node the trust "
                       f"file lists) restored at sequence {report.last_seq:,} into {to}")

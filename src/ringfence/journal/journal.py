@@ -237,12 +237,19 @@ class DataDirLock:
                 field="data_dir",
                 holder_pid=pid,
             ) from None
+        self._fd = fd
+        self.relabel(purpose)
+
+    def relabel(self, purpose: str) -> None:
+        """Say a new purpose in the lock file, the lock kept (a promoted standby's lock, handed to the primary it
+        becomes: another writer is told `serve --replicate`, not `--standby`)."""
+        if self._fd is None:
+            return
         # a --replicate URL's password stays out, hidden before the line is re-spaced (str.split() also
         # splits at a no-break space, which a password may hold)
         label = " ".join(without_credentials(purpose).split())[:200]
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n{label}\n".encode(), 0)
-        self._fd = fd
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n{label}\n".encode(), 0)
 
     @property
     def held(self) -> bool:

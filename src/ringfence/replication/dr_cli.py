@@ -35,6 +35,10 @@ def drill(
     the partition) that the primary stopped acknowledging within its lease. Prints RTO and RPO and
     writes OUT/report.html with a timeline. Every option is checked before anything is made.
 
+    The drill's nodes are a throwaway cluster on scratch folders in OUT with the demo's data and chains: they
+    run in dev mode (RINGFENCE_MODE=dev) whatever the environment says, without its mail server, keyring or
+    secrets; a NATS password is taken as by the nodes (RINGFENCE_NATS_PASSWORD or the URL).
+
     Exit status: 0 every proof held, 1 a proof failed or the drill could not run (NATS unreachable,
     a node did not start: its log is in OUT), 2 bad input (an option, a used --out).
 

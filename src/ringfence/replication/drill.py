@@ -18,6 +18,7 @@ the report is written as JSON and as an HTML page with a timeline chart (inline 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import html
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,8 +95,34 @@ class DrillResult:
         return cls(scenario, seed, lease_ms=lease_ms, error=error, problems=[f"the scenario could not run: {first}"])
 
 
+def exit_reason(log: str) -> str:
+    """What a node that exited said about why, on one line: its `error:` lines (serve's refusals, a
+    line each, a wrapped one joined up), else the last line of its log (a traceback's exception)."""
+    said: list[str] = []
+    within = False  # in a block of error lines: a line that is not one continues the last (wrapped)
+    for line in log.splitlines():
+        if line.startswith("error:"):
+            said.append(line.removeprefix("error:").strip())
+            within = True
+        elif within and line.strip() and not re.match(r"\d|[A-Z]+[: ]|Traceback", line):
+            said[-1] += " " + line.strip()
+        else:
+            within = False
+    if not said:
+        lines = [line.strip() for line in log.splitlines() if line.strip()]
+        return lines[-1] if lines else "(its log is empty)"
+    return "; ".join(said)
+
+
+def exited(name: str, returncode: int, log: str) -> str:
+    """The error of a node that exited: its reason on the first line (the report's problem line), the
+    log's tail below."""
+    return f"{name} exited {returncode}: {exit_reason(log)}\n{log[-2000:]}"
+
+
 class _Proc:
-    def __init__(self, argv: list[str], log: Path, env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str], name: str = "the server") -> None:
+        self.name = name
         self.log_path = log
         self.log = open(log, "w")
         self.argv = argv
@@ -113,7 +141,7 @@ class _Proc:
             if found:
                 return found[-1]
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ringfence {self.command} exited {self.proc.returncode}:\n{self.text()[-2000:]}")
+                raise RuntimeError(exited(f"{self.name} (ringfence {self.command})", self.proc.returncode, self.text()))
             time.sleep(0.05)
         raise RuntimeError(f"ringfence {self.command} never logged /{pattern}/:\n{self.text()[-2000:]}")
 
@@ -136,7 +164,7 @@ def _wait_ready(base: str, proc: _Proc, timeout_s: float = READY_TIMEOUT_S, leas
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:
-            raise RuntimeError(f"the server exited {proc.proc.returncode}:\n{proc.text()[-2000:]}")
+            raise RuntimeError(exited(proc.name, proc.proc.returncode, proc.text()))
         try:
             if httpx.get(base + "/readyz", timeout=1).status_code == 200:
                 return
@@ -399,6 +427,37 @@ def write_peers(path: Path, nodes: dict[str, Path]) -> Path:
     return path
 
 
+#: said at the start of every scenario and on the report: what the drill's nodes are
+NODES_NOTE = "drill nodes: dev mode, scratch data, demo chains"
+
+#: settings of the operator's exchange that the scratch nodes must not take from the environment: its mail server
+#: (the demo's catcher takes their mail), its keyring folder, its secrets and its public address
+_NOT_FOR_SCRATCH = ("RINGFENCE_IDENTITY_SMTP_", "RINGFENCE_IDENTITY_MAIL_FROM", "RINGFENCE_IDENTITY_GNUPG_HOME",
+                    "RINGFENCE_IDENTITY_SECRET_KEY_HEX", "RINGFENCE_IDENTITY_ORIGIN", "RINGFENCE_IDENTITY_PUBLIC_URL",
+                    "RINGFENCE_IDENTITY_RP_ID", "RINGFENCE_POR_SECRET", "RINGFENCE_IDENTITY_EXCHANGE_PGP_FINGERPRINT")
+
+
+def node_env(environ: dict[str, str], workdir: Path, password: str | None) -> dict[str, str]:
+    """The environment of the drill's nodes: a throwaway cluster on scratch folders with the demo's data, so dev
+    mode (RINGFENCE_MODE=dev) whatever the operator's environment says (prod mode refuses --demo and its local
+    chains), one identity database of its own, none of the exchange's mail server, keyring or secrets; the NATS
+    password (from the URL) in RINGFENCE_NATS_PASSWORD, never on a command line (`ps`), else the environment's."""
+    env = {k: v for k, v in environ.items() if not k.startswith(_NOT_FOR_SCRATCH)}
+    env.update(PYTHONUNBUFFERED="1", COLUMNS="400", RINGFENCE_MODE="dev",
+               RINGFENCE_DATABASE_URL=f"sqlite:///{(workdir / 'identity.sqlite3').resolve()}")
+    if password is not None:
+        env["RINGFENCE_NATS_PASSWORD"] = password
+    return env
+
+
+def node_urls(primary_nats: str, node_url: str, stream: str, lease_ms: int, scenario: str) -> tuple[str, str]:
+    """The --replicate URL of node a and the --standby URL of node b: both name a as the stream's first primary
+    (first_primary=a, as prod mode requires of every node)."""
+    auto = "&auto_promote=1" if scenario == "partition" else ""
+    return (f"{primary_nats}/{stream}?lease_ms={lease_ms}&first_primary=a",
+            f"{node_url}/{stream}?first_primary=a{auto}")
+
+
 def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before: int = 60, after: int = 20,
               lease_ms: int = 1000, ready_timeout_s: int = READY_TIMEOUT_S, say: Any = print) -> DrillResult:
     """Run one scenario ('kill' or 'partition') and return what it proved."""
@@ -409,27 +468,25 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
     result = DrillResult(scenario, seed, lease_ms=lease_ms)
     stream = f"RFDRILL{scenario.upper()}{secrets.token_hex(4).upper()}"
     workdir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="400",
-               RINGFENCE_DATABASE_URL=f"sqlite:///{(workdir / 'identity.sqlite3').resolve()}")
     parsed = urlparse(nats_url)
     node_url, login, password = split_login(nats_url)
-    if password is not None:  # to the nodes in RINGFENCE_NATS_PASSWORD, never on a command line (`ps`)
-        env["RINGFENCE_NATS_PASSWORD"] = password
+    env = node_env(dict(os.environ), workdir, password)
     proxy = _Proxy(parsed.hostname or "127.0.0.1", parsed.port or 4222) if scenario == "partition" else None
     primary_nats = f"nats://{login}127.0.0.1:{proxy.port}" if proxy else node_url  # the proxy keeps the login
     pa, pb = _free_port(), _free_port()
     a_base, b_base = f"http://127.0.0.1:{pa}", f"http://127.0.0.1:{pb}"
     env["RINGFENCE_REPLICATION_PEERS"] = str(write_peers(workdir / "peers.json", {"a": workdir / "a", "b": workdir / "b"}))
-    primary = _Proc(["serve", "--demo", "--data", str(workdir / "a"), "--port", str(pa), "--replicate",
-                     f"{primary_nats}/{stream}?lease_ms={lease_ms}", "--node-id", "a"], workdir / "primary.log", env)
+    primary_url, standby_url = node_urls(primary_nats, node_url, stream, lease_ms, scenario)
+    say(f"drill {scenario}: {NODES_NOTE}")
+    primary = _Proc(["serve", "--demo", "--data", str(workdir / "a"), "--port", str(pa), "--replicate", primary_url,
+                     "--node-id", "a"], workdir / "primary.log", env, "node a (the primary)")
     standby: _Proc | None = None
     left = ""
     t0 = time.monotonic()
     try:
         _wait_ready(a_base, primary, ready_timeout_s, lease_ms)
-        standby_url = f"{node_url}/{stream}" + ("?auto_promote=1" if scenario == "partition" else "")
         standby = _Proc(["serve", "--data", str(workdir / "b"), "--port", str(pb), "--standby", standby_url,
-                         "--node-id", "b"], workdir / "standby.log", env)
+                         "--node-id", "b"], workdir / "standby.log", env, "node b (the standby)")
         standby.wait_log(r"following stream")
         keys = {k["account"]: k for k in json.loads((workdir / "a" / "demo-keys.json").read_text()) if k.get("kind", "hmac") == "hmac"}
         clients = [_Client(keys["alice"]), _Client(keys["bob"])]
@@ -446,7 +503,8 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
         if scenario == "kill":
             primary.proc.kill()
             primary.proc.wait(10)
-            promote(parse_target(f"{nats_url}/{stream}", "--nats"), "b", _operator_quorum(workdir / "a", stream, "b", 2))
+            with _dev_mode():  # the operators' promotion of the scratch cluster, as its nodes run
+                promote(parse_target(f"{nats_url}/{stream}", "--nats"), "b", _operator_quorum(workdir / "a", stream, "b", 2))
         else:
             assert proxy is not None
             proxy.cut()
@@ -500,6 +558,20 @@ def run_drill(scenario: str, nats_url: str, seed: int, workdir: Path, *, before:
     if scenario == "partition" and result.last_old_ack_s and (result.last_old_ack_s - result.failed_at_s) * 1000 > lease_ms:
         result.problems.append("the partitioned primary acknowledged after its lease ran out")
     return result
+
+
+@contextlib.contextmanager
+def _dev_mode() -> Iterator[None]:
+    """RINGFENCE_MODE=dev in this process for a while (the drill's own promotion of its dev-mode nodes)."""
+    before = os.environ.get("RINGFENCE_MODE")
+    os.environ["RINGFENCE_MODE"] = "dev"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["RINGFENCE_MODE"]
+        else:
+            os.environ["RINGFENCE_MODE"] = before
 
 
 def _svg(result: DrillResult, width: int = 900, height: int = 160) -> str:
@@ -620,7 +692,8 @@ tr.fail .result{{color:#b00;font-weight:bold}}.figures th{{width:7rem}}svg{{max-
 <h1>Disaster-recovery drill</h1>
 {verdict}
 <p>Seed {esc(seeds)}; scenarios: {", ".join(esc(r.scenario) for r in results)}. RTO: recovery time (failure to the first
-acknowledgement on the new primary). RPO: acknowledged commands lost. Rerun with <code id="rerun">{esc(rerun or "ringfence dr drill --seed " + seeds)}</code>.</p>
+acknowledgement on the new primary). RPO: acknowledged commands lost. <span id="nodes">{esc(NODES_NOTE[0].upper() + NODES_NOTE[1:])}
+(RINGFENCE_MODE=dev, whatever your exchange runs in; the demo's data in this folder).</span> Rerun with <code id="rerun">{esc(rerun or "ringfence dr drill --seed " + seeds)}</code>.</p>
 {"".join(sections)}
 </body></html>
 """

@@ -98,6 +98,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         try:
             follower.follow_until_promoted()
             engine, position, lock = follower.hand_over()
+            lock.relabel(f"ringfence serve (node {ident}, the primary since its promotion; started as --standby)")
         finally:
             status.close()  # stops the status page; the port stays listening for the exchange that serves next
             follower.close()
@@ -202,6 +203,12 @@ def node_trust(data: Path, ident: str, peers: Path | None, say: Callable[[str], 
                           field="--peers")
     if peers is None and os.environ.get("RINGFENCE_MODE", "dev") != "dev":
         raise ConfigError(NEEDS_PEERS, field="--peers")
+    where = data / nodekey.KEY_FILE
+    if peers is not None and not os.path.lexists(where) and ident in nodekey.load_peers(peers):
+        # a new folder for a node the peers file knows (a deposed primary rejoining on a fresh --data): a key made
+        # here could never be that node's, and would stay behind unusable (new-user review of #21, session 23)
+        raise ConfigError(f"the peers file names node {ident!r} by its public key, and {where} does not exist (no "
+                          f"key was made: a new one could not be that node's): {rekey_remedy(ident, data)}", field="--peers")
     key = nodekey.load_or_create(data)
     if peers is None:
         say(f"WARNING: no --peers: node {ident} signs what it publishes and its leader record, but checks no other "
@@ -211,12 +218,23 @@ def node_trust(data: Path, ident: str, peers: Path | None, say: Callable[[str], 
     trusted = nodekey.load_peers(peers)
     own = trusted.get(ident)
     if own is not None and nodekey.public_hex(key) != _hex(own):
-        raise ConfigError(f"the peers file gives node {ident!r} a public key that is not the one of {data / nodekey.KEY_FILE}",
-                          field="--peers")
+        raise ConfigError(f"the peers file gives node {ident!r} a public key that is not the one of {where}: "
+                          f"{rekey_remedy(ident, data, nodekey.public_hex(key))}", field="--peers")
     if own is None:
         raise ConfigError(f"node {ident!r} is not in the peers file; add: {{\"{ident}\": \"{nodekey.public_hex(key)}\"}}",
                           field="--peers")
     return key, trusted
+
+
+def rekey_remedy(ident: str, data: Path, public: str = "") -> str:
+    """What to do when this folder has no key, or another key, than the peers file's node `ident`."""
+    from .. import nodekey
+
+    line = (f"its line {{\"{ident}\": \"{public}\"}}" if public else
+            f"the line `ringfence replication node-key --data {data} --node-id {ident}` makes and prints")
+    return (f"if {data} is a new folder for node {ident} (a deposed primary rejoining), copy node {ident}'s "
+            f"{nodekey.KEY_FILE} (0600) from its old data folder into {data} first; or give node {ident} a new key: "
+            f"put {line} in the peers file of every node (and restart them); or check --node-id and --peers")
 
 
 def _hex(public: Any) -> str:
