@@ -112,3 +112,32 @@ def test_a_standby_that_took_the_request_first_wins_and_promote_reports_its_outc
             assert epochs == [2] and record["node"] == "b" and record["epoch"] == 2, (epochs, record)
         finally:
             follower.close()
+
+
+def test_a_deposed_primary_without_a_lease_stops_before_its_next_write(tmp_path, stream):
+    """Primary a without lease_ms; the operators promote b, whose fence lands in the stream. Within the stream
+    check's period (STREAM_CHECK_S) a sees the fence it did not write and stops: `node.failed` is Fenced (so
+    /readyz says 503 and a command is refused before it is journaled) without any write of its own. Before,
+    it stayed ready until its next write, whose client got -1007 (outcome unknown)."""
+    from ringfence.replication import STREAM_CHECK_S, Fenced
+
+    node, replicator, keys = _staffed_primary(tmp_path, stream)
+    target = parse_target(f"{NATS_URL}/{stream}")
+    with running(node, replicator):
+        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of(*PEERS))
+        try:
+            follower.poll()
+            promote(target, "b", _approvals(keys, stream, "b", 2), peers=peers_of(*PEERS))
+            assert follower.follow_until_promoted() == 2
+        finally:
+            follower.close()
+        last_seq = node.last_seq
+        deadline = time.monotonic() + 3 * STREAM_CHECK_S
+        while node.failed is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert isinstance(node.failed, Fenced), node.failed
+        assert "deposed: stream message" in str(node.failed) and "node 'b''s fence of epoch 2" in str(node.failed), node.failed
+        with pytest.raises(Exception) as refused:
+            node.execute(OpenAccount("bob", "BTC"))
+        assert getattr(refused.value, "code", "") != "RF_OUTCOME_UNKNOWN", refused.value
+        assert node.last_seq == last_seq  # nothing journaled

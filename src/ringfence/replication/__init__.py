@@ -1718,6 +1718,18 @@ class Replicator:
             if headers.get("Rf-Session") != self._session or headers.get("Rf-Pos") != str(seq):
                 self._watch_fence(f"stream message {seq}, acknowledged to this node, is not the one it published there "
                                   "(an ack the stream did not give)")
+                return
+        last = int(info.state.last_seq)
+        if last > max(seq, self._own_from):  # beyond this node's last ack: its own publishes in flight, or another's
+            tail = self.link.call(self.link.js.get_msg(self.target.stream, last)).headers or {}
+            if tail.get("Rf-Session") != self._session:
+                # a standby promoted meanwhile: stop now, not at the next write (a new user's check of #21: a primary
+                # without lease_ms stayed ready, and its first client got a timeout, -1007, instead of the 503)
+                epoch = bounded_int(tail.get("Rf-Epoch", ""))
+                what = (f"node {str(tail.get('Rf-Node', ''))[:64]!r}'s fence of epoch {epoch}"
+                        if tail.get("Rf-Kind") == KIND_FENCE and epoch is not None else "a message this node did not write")
+                self._watch_fence(f"deposed: stream message {last} is {what}, after this node's last at {seq} "
+                                  f"(epoch {self.epoch})")
 
     def _watch_fence(self, why: str) -> None:
         if self.lost is None and (self.node is None or self.node.failed is not None):  # else _fence_self says it
