@@ -89,7 +89,7 @@ from .epochs import EpochBackwards, EpochMemory, bounded_int, epoch_above
 from . import untrusted
 
 __all__ = ["ReplicationTarget", "NatsLink", "Replicator", "Follower", "Fenced", "PromotionRefused", "promote", "leader_of",
-           "parse_target", "PROMOTE_ACTION", "promote_subject", "masked", "Refused", "signed_bytes", "sign_leader", "lease_key",
+           "parse_target", "withdraw", "PROMOTE_ACTION", "promote_subject", "masked", "Refused", "signed_bytes", "sign_leader", "lease_key",
            "leader_signature_ok", "harden", "HARDENED", "EpochBackwards", "console_time"]
 
 T = TypeVar("T")
@@ -969,8 +969,6 @@ def promote(target: ReplicationTarget, node_id: str, approvals: Sequence[str] = 
 
 def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals: Sequence[str], epoch: int | None,
              wait_s: float, peers: Mapping[str, Any] | None) -> dict[str, Any]:  # float-ok: seconds
-    from nats.js.errors import NotFoundError
-
     missing = missing_stream(link)
     if missing:  # a mistyped name: nobody follows that stream (and asking must not create it)
         raise PromotionRefused(f"{missing}: no standby follows it", field="--nats")
@@ -988,58 +986,181 @@ def _promote(link: NatsLink, target: ReplicationTarget, node_id: str, approvals:
     request = {"epoch": next_epoch, "node": node_id, "approvals": list(approvals), "status": "requested",
                "requested_at_ns": time.time_ns(), "nonce": nonce}
     revision = int(link.call(kv.put(request_key(node_id), json.dumps(request).encode())))
-    public = None if peers is None else peers.get(node_id)
-    deadline = time.monotonic() + wait_s
-    answer: Any = None
-    ours = False
-    while time.monotonic() < deadline:
-        try:  # the standby's answer, or whatever else someone wrote to the key meanwhile
-            answer = untrusted.loads(link.call(kv.get(request_key(node_id))).value, untrusted.MAX_ANSWER_BYTES,
-                                     "the answer")
-        except untrusted.UnreadableValue:
-            answer = None
-        except NotFoundError:  # KeyDeletedError: someone deleted or purged the request
-            raise PromotionRefused(f"the promotion request {request_key(node_id)} was deleted while waiting for "
-                                   f"standby {node_id}'s answer: someone withdrew it; ask again if it is still "
-                                   "wanted", field="--node-id") from None
-        ours = isinstance(answer, dict) and answer.get("nonce") == nonce and answer.get("revision") == revision \
-            and answer.get("node") == node_id and (peers is None or (public is not None and
-                                                                     answer_signature_ok(answer, target.stream, public)))
-        if ours and isinstance(answer, dict) and answer.get("status") == "refused":
-            raise PromotionRefused(f"standby {node_id} refused the promotion: {answer.get('reason')}",
-                                   field="--key")
-        if ours and isinstance(answer, dict) and answer.get("status") == "unknown":
-            raise PromotionRefused(f"the promotion's outcome is unknown: {answer.get('reason')}; check `ringfence "
-                                   "replication status` and the standby's log before promoting again", field="--node-id")
-        if ours and isinstance(answer, dict) and answer.get("status") == "failed":
-            raise PromotionRefused(f"the promotion failed: {answer.get('reason')}; the leader record names {node_id} "
-                                   "but no fence opened its epoch: promote a standby again with fresh approvals "
-                                   "(docs/resilience.md)", field="--key")
-        if ours and isinstance(answer, dict) and answer.get("status") == "fenced" and answer.get("epoch") == next_epoch:
-            # done only once its fence is in the stream: a record alone (the fence then refused) was an outage
-            # reported as a success (review of #21, 1); and only on the standby's answer signed over this nonce
-            # (F4 of session 16)
-            leader, _ = leader_of(link, kv)
-            if leader is not None and leader["node"] == node_id and int(leader["epoch"]) == next_epoch \
-                    and verified_leader(leader, target.stream, peers) is not None:
-                return {"previous": current, **leader}
-            # the standby wrote its record, fenced and said so (signed); the record moved on since (renewed by
-            # another epoch, or written over): the answer is the proof
-            return {"previous": current, "node": node_id, "epoch": next_epoch, "approved_by": answer.get("approved_by")}
-        time.sleep(0.1)
-    if wait_s and ours and isinstance(answer, dict) and answer.get("status") == "accepted":
+    wait = _Wait(link, kv, target, node_id, nonce, revision, next_epoch, current, peers)
+    try:
+        record = wait.until(time.monotonic() + wait_s)
+    except KeyboardInterrupt:  # interrupted: the request is withdrawn as on a timeout (unless taken meanwhile)
+        _withdraw_own(link, kv, node_id, revision, nonce, next_epoch, "`promote` was interrupted")
+        raise
+    if record is not None:
+        return record
+    if not wait_s:
+        return {"previous": current, **request}
+    if not wait.taken() and not _took_record(link, target.stream, peers, node_id, next_epoch, nonce):
+        # still pending: withdrawn before this reports a failure, revision-checked, so that a standby that starts
+        # later does not act on a promotion reported as failed (a new user's check of #21: one started a minute
+        # later deposed the healthy primary). A standby takes a request only by first writing its own answer over
+        # that same revision (`Follower.consider_promotion`): one of the two writes fails, never both pass.
+        if _withdraw_own(link, kv, node_id, revision, nonce, next_epoch, f"no answer within {wait_s:g} s"):
+            raise PromotionRefused(f"standby {node_id} did not answer within {wait_s:g} s: is it running `serve --standby` "
+                                   f"with --node-id {node_id}? The request is withdrawn: a standby that starts later does "
+                                   "not act on it", field="--node-id")
+        # the request changed since this wrote it: the standby took it (or answered it) meanwhile: its verdict
+        record = wait.until(time.monotonic() + WITHDRAW_GRACE_S)
+        if record is not None:
+            return record
+    if wait.taken() and wait.status() == "accepted":
         raise PromotionRefused(f"standby {node_id} accepted the promotion and took the leader record, but its fence was not "
                                f"in the stream within {wait_s:g} s: its epoch is not open yet; see its log and "
                                "`ringfence replication status`", field="--wait-s")
-    if wait_s and _took_record(link, target.stream, peers, node_id, next_epoch, nonce):
+    if wait.taken():
+        raise PromotionRefused(f"standby {node_id} took the promotion request (it is checking it or writing its leader "
+                               f"record), but gave no verdict within {wait_s:g} s: see its log and `ringfence replication "
+                               "status` before promoting again", field="--wait-s")
+    if _took_record(link, target.stream, peers, node_id, next_epoch, nonce):
         raise PromotionRefused(f"standby {node_id} took the leader record for this promotion at epoch {next_epoch}, but "
                                "no answer of it says whether its fence is in the stream (its answers were overwritten "
                                "or could not be written, or the fence is not in yet): see `ringfence replication "
                                "status` and its log before promoting again", field="--wait-s")
-    if wait_s:
-        raise PromotionRefused(f"standby {node_id} did not answer within {wait_s:g} s: is it running "
-                               f"`serve --standby` with --node-id {node_id}?", field="--node-id")
-    return {"previous": current, **request}
+    raise PromotionRefused(f"standby {node_id} did not answer within {wait_s:g} s, and the request {request_key(node_id)} "
+                           "was written over before it could be withdrawn (another request, or someone's write): see "
+                           "`ringfence replication status`; `ringfence replication promote --withdraw` withdraws a "
+                           "pending request", field="--node-id")
+
+
+#: After a withdrawal failed (the standby took the request meanwhile), `promote` waits this much longer for its verdict.
+WITHDRAW_GRACE_S = 30
+#: The status of a request `promote` withdrew (it gave up waiting, or `promote --withdraw`): no standby acts on it.
+WITHDRAWN = "withdrawn"
+
+
+class _Wait:
+    """`promote` waiting for the standby's answer to its request (KV `promote.NODE` at `revision`, with `nonce`)."""
+
+    def __init__(self, link: NatsLink, kv: Any, target: ReplicationTarget, node_id: str, nonce: str, revision: int,
+                 epoch: int, current: dict[str, Any] | None, peers: Mapping[str, Any] | None) -> None:
+        self.link, self.kv, self.target, self.node_id, self.nonce, self.revision = link, kv, target, node_id, nonce, revision
+        self.epoch, self.current, self.peers = epoch, current, peers
+        self.public = None if peers is None else peers.get(node_id)
+        self.answer: Any = None
+        self.ours = False
+
+    def taken(self) -> bool:
+        """Whether the last answer read is the standby's, signed over this request, and says it took it."""
+        return self.status() in ("taking", "accepted")
+
+    def status(self) -> str:
+        return str(self.answer.get("status")) if self.ours and isinstance(self.answer, dict) else ""
+
+    def until(self, deadline: float) -> dict[str, Any] | None:  # float-ok: monotonic seconds
+        """The new leader record once the standby says its fence is in; None at `deadline`; `PromotionRefused`
+        on its refusal (or a failed or unknown outcome, or the request deleted)."""
+        from nats.js.errors import NotFoundError
+
+        node_id, answer = self.node_id, None
+        while time.monotonic() < deadline:
+            try:  # the standby's answer, or whatever else someone wrote to the key meanwhile
+                answer = untrusted.loads(self.link.call(self.kv.get(request_key(node_id))).value,
+                                         untrusted.MAX_ANSWER_BYTES, "the answer")
+            except untrusted.UnreadableValue:
+                answer = None
+            except NotFoundError:  # KeyDeletedError: someone deleted or purged the request
+                raise PromotionRefused(f"the promotion request {request_key(node_id)} was deleted while waiting for "
+                                       f"standby {node_id}'s answer: someone withdrew it; ask again if it is still "
+                                       "wanted", field="--node-id") from None
+            self.answer = answer
+            self.ours = ours = isinstance(answer, dict) and answer.get("nonce") == self.nonce \
+                and answer.get("revision") == self.revision and answer.get("node") == node_id \
+                and (self.peers is None or (self.public is not None
+                                            and answer_signature_ok(answer, self.target.stream, self.public)))
+            if ours and isinstance(answer, dict) and answer.get("status") == "refused":
+                raise PromotionRefused(f"standby {node_id} refused the promotion: {answer.get('reason')}",
+                                       field="--key")
+            if ours and isinstance(answer, dict) and answer.get("status") == "unknown":
+                raise PromotionRefused(f"the promotion's outcome is unknown: {answer.get('reason')}; check `ringfence "
+                                       "replication status` and the standby's log before promoting again", field="--node-id")
+            if ours and isinstance(answer, dict) and answer.get("status") == "failed":
+                raise PromotionRefused(f"the promotion failed: {answer.get('reason')}; the leader record names {node_id} "
+                                       "but no fence opened its epoch: promote a standby again with fresh approvals "
+                                       "(docs/resilience.md)", field="--key")
+            if ours and isinstance(answer, dict) and answer.get("status") == "fenced" and answer.get("epoch") == self.epoch:
+                # done only once its fence is in the stream: a record alone (the fence then refused) was an outage
+                # reported as a success (review of #21, 1); and only on the standby's answer signed over this nonce
+                # (F4 of session 16)
+                leader, _ = leader_of(self.link, self.kv)
+                if leader is not None and leader["node"] == node_id and int(leader["epoch"]) == self.epoch \
+                        and verified_leader(leader, self.target.stream, self.peers) is not None:
+                    return {"previous": self.current, **leader}
+                # the standby wrote its record, fenced and said so (signed); the record moved on since (renewed by
+                # another epoch, or written over): the answer is the proof
+                return {"previous": self.current, "node": node_id, "epoch": self.epoch,
+                        "approved_by": answer.get("approved_by")}
+            time.sleep(0.1)
+        return None
+
+
+def _withdrawal(node_id: str, epoch: int | None, nonce: str, why: str) -> bytes:
+    return json.dumps({"status": WITHDRAWN, "node": node_id, "epoch": epoch, "nonce": nonce, "reason": why,
+                       "withdrawn_at_ns": time.time_ns()}).encode()
+
+
+def _withdraw_own(link: NatsLink, kv: Any, node_id: str, revision: int, nonce: str, epoch: int, why: str) -> bool:
+    """Replace this command's own request (at `revision`) with a withdrawal, revision-checked: True when
+    withdrawn; False when the key changed since (the standby took or answered it, or someone wrote it).
+    A NATS failure: `PromotionRefused` saying the request may still be pending and how to withdraw it."""
+    from nats.js.errors import KeyWrongLastSequenceError
+
+    try:
+        link.call(kv.update(request_key(node_id), _withdrawal(node_id, epoch, nonce, why), last=revision))
+    except KeyWrongLastSequenceError:
+        return False
+    except Exception as err:  # noqa: BLE001 - said with what it means: the request may still be taken
+        raise PromotionRefused(f"standby {node_id} gave no verdict ({why}) and the request could not be withdrawn "
+                               f"({nats_failed(err)}): it stays valid until its approvals expire (--ttl-s), and a standby "
+                               f"{node_id} that starts meanwhile takes it; withdraw it with `ringfence replication "
+                               "promote --withdraw` once NATS answers", field="--node-id") from None
+    return True
+
+
+def withdraw(target: ReplicationTarget, node_id: str) -> str:
+    """Operator command: withdraw standby `node_id`'s pending promotion request (KV `promote.NODE` still
+    "requested"), revision-checked: a standby that took it meanwhile wins and this raises
+    `PromotionRefused`. Returns what was done, for the operator."""
+    from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+
+    link = NatsLink(target)
+    try:
+        missing = missing_stream(link)
+        if missing:
+            raise PromotionRefused(f"{missing}: nothing to withdraw", field="--nats")
+        kv = link.ensure_stream_and_bucket()
+        try:
+            entry = link.call(kv.get(request_key(node_id)))
+        except NotFoundError:
+            return f"no promotion request for {node_id}: nothing to withdraw"
+        try:
+            request = untrusted.loads(entry.value, untrusted.MAX_REQUEST_BYTES, "the request")
+        except untrusted.UnreadableValue:
+            request = None
+        status = request.get("status") if isinstance(request, dict) else None
+        if status != "requested":
+            return (f"the promotion request for {node_id} is not pending (its key holds "
+                    f"{str(status)[:32] if isinstance(status, str) else 'something else'!r}): nothing to withdraw")
+        assert isinstance(request, dict)
+        epoch = bounded_int(request.get("epoch"))
+        nonce = request.get("nonce") if isinstance(request.get("nonce"), str) else ""
+        try:
+            link.call(kv.update(request_key(node_id), _withdrawal(node_id, epoch, str(nonce)[:64], "`promote --withdraw`"),
+                                last=int(entry.revision)))
+        except KeyWrongLastSequenceError:
+            raise PromotionRefused(f"standby {node_id} took or answered the request before it could be withdrawn: see "
+                                   "`ringfence replication status` and its log", field="--node-id") from None
+        return f"withdrew the pending promotion request of {node_id} (epoch {epoch}): no standby acts on it now"
+    except nats_failures() as err:
+        raise ConfigError(f"NATS at {target.display} failed while withdrawing the promotion request of {node_id}: "
+                          f"{nats_failed(err)}", field="--nats") from None
+    finally:
+        link.close()
 
 
 def _took_record(link: NatsLink, stream: str, peers: Mapping[str, Any] | None, node: str, epoch: int, nonce: str) -> bool:
@@ -1597,6 +1718,18 @@ class Replicator:
             if headers.get("Rf-Session") != self._session or headers.get("Rf-Pos") != str(seq):
                 self._watch_fence(f"stream message {seq}, acknowledged to this node, is not the one it published there "
                                   "(an ack the stream did not give)")
+                return
+        last = int(info.state.last_seq)
+        if last > max(seq, self._own_from):  # beyond this node's last ack: its own publishes in flight, or another's
+            tail = self.link.call(self.link.js.get_msg(self.target.stream, last)).headers or {}
+            if tail.get("Rf-Session") != self._session:
+                # a standby promoted meanwhile: stop now, not at the next write (a new user's check of #21: a primary
+                # without lease_ms stayed ready, and its first client got a timeout, -1007, instead of the 503)
+                epoch = bounded_int(tail.get("Rf-Epoch", ""))
+                what = (f"node {str(tail.get('Rf-Node', ''))[:64]!r}'s fence of epoch {epoch}"
+                        if tail.get("Rf-Kind") == KIND_FENCE and epoch is not None else "a message this node did not write")
+                self._watch_fence(f"deposed: stream message {last} is {what}, after this node's last at {seq} "
+                                  f"(epoch {self.epoch})")
 
     def _watch_fence(self, why: str) -> None:
         if self.lost is None and (self.node is None or self.node.failed is not None):  # else _fence_self says it
@@ -3030,7 +3163,7 @@ class Follower:
             return False
         if int(entry.revision) == self._request_rev:
             return False
-        self._request_rev = int(entry.revision)
+        self._request_rev = judged = int(entry.revision)  # the request's revision: every answer to it names it
         request: Any = None
         # caught up first: the record is taken only once the grant passes where the fence will stand, after
         # every batch the old primary got in (its sequencer time), and with a margin before the approvals
@@ -3053,6 +3186,11 @@ class Follower:
                 raise PromotionRefused(str(err), field="request") from None
             if not isinstance(request, dict):
                 raise PromotionRefused(f"the request is a JSON {type(request).__name__}, not an object", field="request")
+            if request.get("status") == WITHDRAWN:  # `promote` gave up (or --withdraw): said once, never acted on
+                self._say_leadership(f"promotion request for epoch {bounded_int(request.get('epoch'))} (revision {judged}) "
+                                     "was withdrawn by the operator's `replication promote` (it gave up waiting, was "
+                                     "interrupted, or --withdraw): not acted on")
+                return False
             if request.get("status") != "requested":
                 return False  # an answer (ours), or not a request at all
             if bounded_int(request.get("epoch")) is None:
@@ -3075,6 +3213,11 @@ class Follower:
                     raise PromotionRefused(f"at stream sequence {self.stream_seq}, where its fence would stand: {reason}",
                                            field="approvals")
             self._check_margin(request["approvals"], max(int(lease), self.target.lease_ms))
+            # taken first, over the very revision judged: `promote` withdraws a request it gave up on the same way,
+            # so one of the two writes fails, never both pass (a new user's check of #21: a request reported as
+            # failed was taken a minute later by a standby started then, which deposed the healthy primary)
+            if not self._take(key, request, judged):
+                return False
             value = sign_leader(self.key, self.target.stream, record)
             self.link.call(self.kv.update("leader", value, last=revision) if revision else self.kv.create("leader", value))
         except KeyWrongLastSequenceError:
@@ -3088,15 +3231,29 @@ class Follower:
                        nats_failed(err))
             reason = f"the request could not be judged ({type(err).__name__})"
         else:
-            judged = self._request_rev  # the request's revision: the answers after it name it
-            self._answer(key, request, "accepted", approved_by=approvers)
+            self._answer(key, request, "accepted", approved_by=approvers, revision=judged)
             self._accepted = (key, request, judged, approvers)  # its verdict on the fence follows (`_tell_fenced`)
             self._say_leadership(f"promotion to epoch {record['epoch']} approved by "
                              f"{', '.join(approvers) or 'an operator (no staff registered)'}")
             return True
-        self._answer(key, request, "refused", reason=reason)
+        self._answer(key, request, "refused", reason=reason, revision=judged)
         self._say_leadership(f"promotion refused: {reason[:MAX_REASON_CHARS]}")
         return False
+
+    def _take(self, key: str, request: Any, judged: int) -> bool:
+        """Write this standby's answer "taking" over the request at revision `judged` (revision-checked):
+        True when written; False when the key changed since (withdrawn by `promote`, or replaced: judged
+        next), said once; a NATS failure goes up (a refusal)."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        value = promotion_answer(self.key, self.target.stream, self.node_id, request, judged, "taking")
+        try:
+            self._request_rev = int(self.link.call(self.kv.update(key, value, last=judged)))
+        except KeyWrongLastSequenceError:
+            self._say_leadership(f"promotion request at revision {judged} changed before this standby took it (withdrawn "
+                                 "by the operator, or replaced): not acted on")
+            return False
+        return True
 
     def _check_margin(self, tokens: Sequence[str], lease_ms: int) -> None:
         """`PromotionRefused` when an approval expires within `PROMOTION_MARGIN_NS` plus twice `lease_ms`

@@ -30,8 +30,11 @@ def promote_cmd(
     approvals: list[str] = typer.Option([], "--approval", help="Another operator's approval token (from --sign-only). Repeatable."),
     sign_only: bool = typer.Option(False, "--sign-only", help="Only print your approval token for the submitter."),
     epoch: int = typer.Option(0, "--epoch", min=0, help="The epoch to sign for (default: the next one above the verified leader record and the stream, read from NATS)."),
-    ttl_s: int = typer.Option(600, "--ttl-s", min=10, max=86_400, help="How long your signature may be submitted."),
-    wait_s: int = typer.Option(60, "--wait-s", min=1, max=3600, help="How long to wait for the standby's verdict."),
+    ttl_s: int = typer.Option(600, "--ttl-s", min=10, max=86_400,
+                              help="How long your signature may be submitted (and a request holding it taken by the standby)."),
+    wait_s: int = typer.Option(60, "--wait-s", min=1, max=3600,
+                               help="How long to wait for the standby's verdict; without one the request is withdrawn."),
+    withdraw_: bool = typer.Option(False, "--withdraw", help="Only withdraw --node-id's pending promotion request (no --key)."),
     peers: Path | None = typer.Option(None, "--peers", envvar="RINGFENCE_REPLICATION_PEERS",
                                       help="The peers file (required): a --node-id not in it is refused at once (exit 2)."),
 ) -> None:
@@ -49,8 +52,15 @@ def promote_cmd(
     refused at once (exit 2), instead of waiting --wait-s for a standby that will never answer. The leader record
     is read first: a --node-id that already leads is refused at once (exit 1).
 
+    The request waits in NATS (KV key promote.NODE) for the standby; a standby takes it only while its approvals are
+    valid (--ttl-s, 600 s by default). When the standby gives no verdict within --wait-s (not running, still catching
+    up) or the command is interrupted, the request is withdrawn before it exits 1, so a standby started later does not
+    act on it ("was withdrawn ... not acted on" in its log); a standby that took it meanwhile wins, and the command
+    waits for its verdict instead. `--withdraw` withdraws a pending request by hand (exit 0 withdrawn or nothing
+    pending, 1 the standby took it first).
+
     Exit status: 0 promoted (its fence is in the stream; or token printed), 1 refused (by the standby, the epoch, a
-    fence not published, NATS unreachable, the node already leads), 2 bad input (an option, the URL, a key or token, no --peers, a --node-id not in --peers).
+    fence not published, no verdict within --wait-s, NATS unreachable, the node already leads), 2 bad input (an option, the URL, a key or token, no --peers, a --node-id not in --peers).
 
     Example: ringfence replication promote --nats nats://127.0.0.1:4222/RF --peers ./peers.json --node-id b --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben
     """
@@ -58,7 +68,7 @@ def promote_cmd(
     from ..staff.decisions import format_approval, parse_approval
     from ..nodekey import load_peers
     from . import (NatsLink, PROMOTE_ACTION, leader_of, missing_stream, next_epoch_seen, parse_target, promote,
-                   promote_subject, verified_leader)
+                   promote_subject, verified_leader, withdraw)
 
     try:  # the input first: a bad option exits 2 before NATS is asked anything
         target = parse_target(nats, "--nats")
@@ -74,6 +84,14 @@ def promote_cmd(
         fail("--sign-only needs your --key", 2)
     if node_id not in trusted:
         fail(f"--node-id: {node_id!r} is not a node of the peers file {peers} (its nodes: {', '.join(sorted(trusted))})", 2)
+    if withdraw_:
+        if signers or tokens or sign_only:
+            fail("--withdraw takes no --key, --approval or --sign-only", 2)
+        try:
+            console.print(withdraw(target, node_id))
+        except RingfenceError as err:
+            fail(f"refused: {_as_nats(err)}", 1)
+        return
     try:
         if not (sign_only and epoch):  # --sign-only with --epoch needs no NATS connection
             link = NatsLink(target)

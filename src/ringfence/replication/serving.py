@@ -94,7 +94,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
                             staffless_ok=staffless_ok)
         status = StandbyStatus(follower, listener, models)
         say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
-            f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident)}")
+            f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident, keys=not staffless_ok or has_staff_quorum(follower.engine))}")
         try:
             follower.follow_until_promoted()
             engine, position, lock = follower.hand_over()
@@ -113,16 +113,26 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
     return Replicator(target, ident, data / "engine", key=key, peers=trusted, staffless_ok=staffless_ok), None
 
 
-def promote_hint(target: Any, peers: Path | None, ident: str) -> str:
+def promote_hint(target: Any, peers: Path | None, ident: str, *, keys: bool = False) -> str:
     """The command an operator pastes to promote this standby: the stream's URL without this node's
     credentials (a masked password cannot be pasted, and the node's NATS user may not promote), with an
-    operator's user in their place and its password read from RINGFENCE_NATS_PASSWORD."""
+    operator's user in their place and its password read from RINGFENCE_NATS_PASSWORD. `keys` (outside dev
+    mode, or staff in the replica): `--key KEY --key KEY` too, one per operator of the quorum (without them a
+    promotion is refused: a new user's check of #21)."""
+    hint = _promote_hint(target, peers, ident, "--key KEY --key KEY " if keys else "")
+    if keys:
+        hint += (" (KEY: an operator's staff key file, or DIR/demo-staff.json#ID; one --key per operator of the staff "
+                 "quorum, or --approval TOKEN from `promote --sign-only` of each)")
+    return hint
+
+
+def _promote_hint(target: Any, peers: Path | None, ident: str, keys: str) -> str:
     from urllib.parse import quote, unquote, urlparse
 
     parsed = urlparse(target.servers)
     where = parsed.netloc.rsplit("@", 1)[-1]  # host:port, without any user or password
     query = f"?tls_ca={quote(target.tls_ca, safe='/')}" if target.tls_ca else ""
-    command = f"--peers {peers or 'PEERS.json'} --node-id {ident}"
+    command = f"--peers {peers or 'PEERS.json'} {keys}--node-id {ident}"
     if not parsed.username:
         return f"ringfence replication promote --nats {parsed.scheme}://{where}/{target.stream}{query} {command}"
     user = unquote(parsed.username)
