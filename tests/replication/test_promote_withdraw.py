@@ -141,3 +141,40 @@ def test_a_deposed_primary_without_a_lease_stops_before_its_next_write(tmp_path,
             node.execute(OpenAccount("bob", "BTC"))
         assert getattr(refused.value, "code", "") != "RF_OUTCOME_UNKNOWN", refused.value
         assert node.last_seq == last_seq  # nothing journaled
+
+
+def test_a_nats_failure_while_promote_waits_still_withdraws_the_request(tmp_path, stream, monkeypatch):
+    """Reading the standby's answer fails (a NATS timeout) while `promote` waits: it reads again until --wait-s
+    is over and then withdraws the request as on any timeout. Before, the failure went up as "NATS failed ...
+    ask again once NATS answers" (exit 1) with the request still pending for --ttl-s: a standby started later
+    took a promotion reported as failed (the bug of #21 again, by another way out)."""
+    from nats.errors import TimeoutError as NatsTimeout
+
+    node, replicator, keys = _staffed_primary(tmp_path, stream)
+    target = parse_target(f"{NATS_URL}/{stream}")
+    ensure = replication.NatsLink.ensure_stream_and_bucket
+    failed: list[str] = []
+
+    class FlakyKV:
+        def __init__(self, kv):  # type: ignore[no-untyped-def]
+            self._kv = kv
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(self._kv, name)
+
+        def get(self, key):  # type: ignore[no-untyped-def]
+            if key == replication.request_key("b") and len(failed) < 3:
+                failed.append(key)
+
+                async def timed_out():  # type: ignore[no-untyped-def]
+                    raise NatsTimeout
+
+                return timed_out()
+            return self._kv.get(key)
+
+    with running(node, replicator):
+        monkeypatch.setattr(replication.NatsLink, "ensure_stream_and_bucket", lambda link: FlakyKV(ensure(link)))
+        with pytest.raises(PromotionRefused, match="standby b did not answer within 1 s") as refused:
+            promote(target, "b", _approvals(keys, stream, "b", 2), wait_s=1, peers=peers_of(*PEERS))
+        assert "The request is withdrawn" in str(refused.value) and len(failed) == 3
+        assert json.loads(replicator.link.call(replicator.kv.get("promote.b")).value)["status"] == "withdrawn"

@@ -1068,6 +1068,12 @@ class _Wait:
                 raise PromotionRefused(f"the promotion request {request_key(node_id)} was deleted while waiting for "
                                        f"standby {node_id}'s answer: someone withdrew it; ask again if it is still "
                                        "wanted", field="--node-id") from None
+            except nats_failures() as err:  # read again until the deadline: going up, the request stayed pending
+                # (not withdrawn) behind a failure reported as "ask again" (review of session 23's withdrawal)
+                _log.warning("replication: reading the answer of standby %s failed (%s); reading again until the "
+                             "deadline", node_id, nats_failed(err))
+                time.sleep(0.1)
+                continue
             self.answer = answer
             self.ours = ours = isinstance(answer, dict) and answer.get("nonce") == self.nonce \
                 and answer.get("revision") == self.revision and answer.get("node") == node_id \
@@ -1087,7 +1093,10 @@ class _Wait:
                 # done only once its fence is in the stream: a record alone (the fence then refused) was an outage
                 # reported as a success (review of #21, 1); and only on the standby's answer signed over this nonce
                 # (F4 of session 16)
-                leader, _ = leader_of(self.link, self.kv)
+                try:
+                    leader, _ = leader_of(self.link, self.kv)
+                except nats_failures():  # the signed answer is the proof (below): never a failure reported here
+                    leader = None
                 if leader is not None and leader["node"] == node_id and int(leader["epoch"]) == self.epoch \
                         and verified_leader(leader, self.target.stream, self.peers) is not None:
                     return {"previous": self.current, **leader}
