@@ -19,7 +19,7 @@ import click
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from .cli_paths import fail, prepare_data_dir, refuse_foreign_writer, require_node_dir, tty_console
+from .cli_paths import fail, prepare_data_dir, refuse_foreign_data_dir, refuse_foreign_writer, require_node_dir, tty_console
 from .errors import RingfenceError
 
 #: The commands and command groups that live in the domain packages, in the order `ringfence --help`
@@ -342,6 +342,7 @@ def demo(
     if data.exists() and not data.is_dir():
         fail(f"--data: {data} is a file, not a folder")
     refuse_foreign_writer(data, "--data")  # a running holder's pid first, then a serve dir or a nested one
+    refuse_foreign_data_dir(data, "--data")  # another user's folder is neither emptied nor written
     if data.is_dir() and any(data.iterdir()):
         if not (data / DEMO_MARKER).exists():
             fail(f"--data: {data} is not empty and was not made by `ringfence demo`; choose another folder")

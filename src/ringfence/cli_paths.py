@@ -21,6 +21,7 @@ __all__ = [
     "check_new_dir",
     "prepare_data_dir",
     "prepare_node_dir",
+    "refuse_foreign_data_dir",
     "refuse_foreign_writer",
     "refuse_missing_parent",
     "require_node_dir",
@@ -115,6 +116,62 @@ def refuse_foreign_writer(path: Path, option: str = "--data") -> None:
         fail(f"{option}: {err.message}")
 
 
+#: What a data directory holds that a node opens as its own: checked at start by `refuse_foreign_data_dir`.
+_OWN_ENTRIES = (ENGINE_SUBDIR, "identity.sqlite3", "identity.sqlite3-wal", "identity.sqlite3-shm",
+                "identity.sqlite3-journal")
+_DATA_RISK = "could read or change the node's users, sessions, API keys and journal, or swap them for theirs"
+
+
+def _check_own_entry(info: os.stat_result, shown: Path, option: str, remedy: str) -> None:
+    """`shown` (lstat `info`) is not a symbolic link, is this user's and, unlike `owned.refuse_unless_own`,
+    may not be written by others even with the sticky bit: others could make its entries before a first start."""
+    import stat
+
+    from .errors import ConfigError
+    from .owned import refuse_unless_own
+
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"{shown} is a symbolic link (to {os.path.realpath(shown)}): whoever may change it decides "
+                          f"where the node writes; give the folder's own path, or {remedy}", field=option)
+    refuse_unless_own(info, shown, option, _DATA_RISK, remedy)
+    if info.st_mode & 0o022:
+        raise ConfigError(f"{shown} may be written by other users (mode {info.st_mode & 0o7777:04o}): they "
+                          f"{_DATA_RISK}; chmod 700 {shown}, or {remedy}", field=option)
+
+
+def refuse_foreign_data_dir(path: Path, option: str = "--data") -> None:
+    """Refuse (exit 2, naming `option`) a data directory another local user could change: `path` must be
+    this user's, not a symbolic link, not writable by others (sticky or not), and every folder above it
+    this user's or root's and closed to others (owned.safe_folder, as for node.key); of what is already in
+    it, engine/ and identity.sqlite3{,-wal,-shm,-journal} must be this user's and not links. When `path` is
+    not there yet, the nearest folder above it that exists is checked: nothing is made under a folder
+    someone else could swap (intruder review of session 23: uid 4242's identity.sqlite3-wal adopted by
+    root's node). Called before anything is made, and again once the folder is."""
+    from .errors import ConfigError
+    from .owned import nearest_existing, safe_folder
+
+    remedy = (f"give {option} a folder of this user's that no one else may write (a new one: mkdir -m 700 DIR), "
+              "in folders only this user or root may write")
+    try:
+        try:
+            info: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            info = None
+        if info is not None:
+            _check_own_entry(info, path, option, remedy)
+        real = safe_folder(nearest_existing(path), option, _DATA_RISK, remedy)
+        if info is None:
+            return
+        for name in _OWN_ENTRIES:
+            try:
+                entry = os.lstat(real / name)
+            except FileNotFoundError:
+                continue
+            _check_own_entry(entry, path / name, option, remedy)
+    except ConfigError as err:
+        fail(f"{option}: {err.message}")
+
+
 def refuse_missing_parent(path: Path, option: str = "--data", what: str = "a data directory") -> None:
     """A mistyped data directory must not become a tree of new folders: the directory itself is made,
     and missing folders above it only inside the current directory (the quick start's
@@ -153,10 +210,12 @@ def prepare_node_dir(path: Path, option: str = "--data", *, named: Path | None =
     (so a running server's lock refuses the writer with its pid); both layouts at once is refused.
     A directory inside another node's directory is refused before anything is created; so is one
     whose parent does not exist (`refuse_missing_parent`; of `named`, the folder the user typed,
-    when `path` is a folder the command appends to it, such as `staff init`'s DIR/engine).
+    when `path` is a folder the command appends to it, such as `staff init`'s DIR/engine); so is a folder
+    another user owns or may write (`refuse_foreign_data_dir`, on what was typed and on the node directory).
     """
     if path.exists() and not path.is_dir():
         fail(f"{option}: {path} is a file, not a folder")
+    typed = path
     if path.is_dir():
         direct = (path / "journal").is_dir()
         nested = (path / ENGINE_SUBDIR / "journal").is_dir()
@@ -166,12 +225,15 @@ def prepare_node_dir(path: Path, option: str = "--data", *, named: Path | None =
         if nested:
             path = path / ENGINE_SUBDIR
     refuse_foreign_writer(path, option)
+    for each in dict.fromkeys((named or typed, typed, path)):  # the folder typed, and DIR/engine when that is the node
+        refuse_foreign_data_dir(each, option)
     if not path.is_dir():
         refuse_missing_parent(named or path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         fail(f"{option}: cannot create {path}: {err.strerror or err}")
+    refuse_foreign_data_dir(path, option)  # again once made: through the folder checked, not a link put there since
     return path
 
 
@@ -191,15 +253,18 @@ def prepare_data_dir(path: Path, option: str = "--data") -> Path:
     So is a node directory, or any folder inside one (before anything is created): the folder is
     the command's own (`serve --data DIR` keeps its node in DIR/engine), never nested in another
     node's. A running holder is named by pid (exit 1). So is a path whose parent does not exist,
-    outside the current directory (`refuse_missing_parent`: a mistyped path).
+    outside the current directory (`refuse_missing_parent`: a mistyped path), and a folder another
+    user owns or may write, or one under such a folder (`refuse_foreign_data_dir`).
     """
     check_new_dir(path, option)
+    refuse_foreign_data_dir(path, option)  # another user's folder, or one they may write: before anything is made
     if not path.is_dir():
         refuse_missing_parent(path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         fail(f"{option}: cannot create {path}: {err.strerror or err}")
+    refuse_foreign_data_dir(path, option)  # again once made (as nodekey.load_or_create)
     return path
 
 

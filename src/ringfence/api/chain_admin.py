@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import RingfenceError
 from ..money import format_amount, parse_amount
+from ..nodekey import write_private
 
 __all__ = ["build_chain_admin_router", "write_admin_file", "ADMIN_FILE"]
 
@@ -34,12 +34,8 @@ def write_admin_file(data_dir: Path, url: str) -> str:
     token = secrets.token_urlsafe(32)
     path = data_dir / ADMIN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"url": url, "token": token}, fh)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    # a new file, never through an admin.json.tmp or a link another user put there (nodekey.write_private)
+    write_private(path, json.dumps({"url": url, "token": token}).encode())
     return token
 
 

@@ -12,7 +12,6 @@ HMAC key each, and one Ed25519 key for alice (the private seed is in the file, b
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,13 +206,9 @@ def write_demo_keys(ctx: Any, data_dir: Path, withdraw_addresses: dict[str, str]
                              kind="ed25519", public_key=public_b64)
     keys.append({"account": ED25519_DEMO_ACCOUNT, "api_key": created.api_key, "kind": "ed25519", "private_key": seed_b64,
                  "scopes": list(created.scopes)})
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(keys, fh, indent=2)
-        fh.write("\n")
-    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover .tmp file
-    os.replace(tmp, path)
+    from ..nodekey import write_private  # a new file of this user's: never through a .tmp or link someone put there
+
+    write_private(path, (json.dumps(keys, indent=2) + "\n").encode())
     return path
 
 

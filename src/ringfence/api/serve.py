@@ -527,7 +527,7 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
 
     import socket
 
-    from ..cli_paths import fail, prepare_data_dir
+    from ..cli_paths import fail, prepare_data_dir, refuse_foreign_data_dir
 
     structlog.configure(processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.JSONRenderer()])
     sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -542,6 +542,7 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
         fail(str(err))
     public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
     mode = check_before_start(data, demo, public_url, forwarded_allow_ips, replicate, standby, peers)
+    refuse_foreign_data_dir(data)  # another user's --data (or one they may write) before the port is taken
     try:  # a busy port is refused before recovering or writing anything; from here on the port is the node's
         listener = listen_on(host, port)
     except OSError as err:

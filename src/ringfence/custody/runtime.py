@@ -399,12 +399,9 @@ class LocalChains:
 
 
 def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    from ..nodekey import write_private  # never through a .tmp or link another user put there
+
+    write_private(path, text.encode())
 
 
 def _saving_adapter_class() -> type:

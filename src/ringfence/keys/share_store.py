@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ..errors import KeyStoreError, ValidationError
+from ..nodekey import write_private
 from .frost import ThresholdKeyPackage
 from .interface import KEY_ID_PATTERN
 from .transport import new_transport_key
@@ -33,20 +34,9 @@ _CHECK = b"ringfence-share-store-v1"
 MAX_KEYS = 1000
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+#: Atomic, durable, 0600, through a new file of this user's: a `.tmp` or link another user put there beforehand
+#: is never written through (nodekey.write_private).
+_atomic_write = write_private
 
 
 class EncryptedShareStore:

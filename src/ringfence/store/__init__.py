@@ -80,7 +80,6 @@ def record_location(data_dir: Path, engine: Engine) -> None:
     them or refuses: a backup of a PostgreSQL node taken without RINGFENCE_DATABASE_URL said OK and
     held no identity at all (new-user review, session 19). Mode 0600; rewritten at every start."""
     import json
-    import os
 
     url = engine.url.set(query={})  # a password may also be a query parameter: no query is kept
     record = {"dialect": engine.dialect.name, "url": url.render_as_string(hide_password=True)}
@@ -88,11 +87,11 @@ def record_location(data_dir: Path, engine: Engine) -> None:
         path = Path(str(engine.url.database)).resolve()  # inside the data directory: relative (a moved folder keeps it)
         root = data_dir.resolve()
         record["path"] = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-    tmp = data_dir / f".{LOCATION_FILE}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(record, fh)
-    os.replace(tmp, data_dir / LOCATION_FILE)
+    from ..nodekey import write_private
+
+    # a new file of this user's: DIR/.identity-store.json.tmp, a link uid 4242 made to a root file, was
+    # opened O_TRUNC, so that file was overwritten and the link renamed into place (intruder review, session 23)
+    write_private(data_dir / LOCATION_FILE, json.dumps(record).encode())
 
 
 def recorded_location(data_dir: Path) -> dict[str, str] | None:
