@@ -346,7 +346,7 @@ def nats_config_cmd(
         query = f"?tls_ca={quote(str(files['ca'].resolve()), safe='/')}" if "ca" in files else "?tls_ca=CA"
     for service in ("rf-node", "rf-operator", "rf-monitor"):
         console.print(f"  {service}: password in {files[service]} (mode 0600); "
-                      f"URL {scheme}://{service}@{host}:{port}/{stream}{query}")
+                      f"URL {scheme}://{service}@{host}:{port}/{stream}{query}", soft_wrap=True)  # unbroken: pasted
 
 
 def flow_help(typer_app: typer.Typer) -> None:
