@@ -201,3 +201,23 @@ def test_the_made_certificate_names_the_listen_address_and_this_machine():
     cert.verify_directly_issued_by(ca)
     assert "PRIVATE KEY" in made["key"].decode() and set(made) == {"ca", "cert", "key"}  # the CA's key is not kept
     ssl.create_default_context(cadata=made["ca"].decode())  # a CA file Python's ssl loads
+
+
+def test_the_dr_drills_check_sends_no_password_without_pinned_tls_outside_dev_mode(monkeypatch):
+    """`dr drill`'s own check of the server (in the operator's process): a password in prod mode needs tls:// with
+    tls_ca=; a tls:// URL's CONNECT waits for TLS (the drill's nodes run in dev mode and stay as they were)."""
+    from ringfence.replication.drill import check_nats
+
+    monkeypatch.setenv("RINGFENCE_MODE", "prod")
+    fake = FakeServer()
+    try:
+        with pytest.raises(RuntimeError, match="refusing to send the NATS password without TLS.*nats-config"):
+            check_nats(f"nats://admin:{PASSWORD}@127.0.0.1:{fake.port}")
+        with pytest.raises(RuntimeError, match=r"over TLS without a pinned CA.*takes no tls_ca= yet"):
+            check_nats(f"tls://admin:{PASSWORD}@127.0.0.1:{fake.port}")
+        monkeypatch.setenv("RINGFENCE_MODE", "dev")  # dev: a tls:// URL's CONNECT still waits for TLS
+        with pytest.raises(RuntimeError, match="cannot reach NATS"):
+            check_nats(f"tls://admin:{PASSWORD}@127.0.0.1:{fake.port}")
+    finally:
+        fake.close()
+    assert b"CONNECT" not in fake.received and PASSWORD.encode() not in fake.received

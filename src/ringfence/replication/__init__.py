@@ -536,18 +536,19 @@ def pinned_tls(target: ReplicationTarget) -> bool:
     return target.servers.startswith("tls://") and bool(target.tls_ca)
 
 
-def check_transport(target: ReplicationTarget) -> None:
+def check_transport(target: ReplicationTarget, *, credentials_only: bool = False) -> None:
     """Outside dev mode (RINGFENCE_MODE), refuse a NATS URL that is not tls:// with a pinned CA (`tls_ca=`): over
     plain text, or TLS verified against the system's CAs, whoever holds the port (a local user who binds it while
     nats-server is down or restarting) receives the password of every client that (re)connects, and can acknowledge
     the primary's publishes that no replica holds (intruder review of session 23). In dev mode a password in plain
-    text is said once per server."""
+    text is said once per server. `credentials_only` (the dr drill's checks, whose nodes run in dev mode): refuse
+    only a URL that carries a password or token."""
     if pinned_tls(target):
         return
     fix = ("use tls://USER@HOST:PORT/STREAM?tls_ca=CA with the CA that signed nats-server's certificate: "
            "`ringfence replication nats-config` makes both and prints each service's URL")
     credential = bool(_secrets_of(target.servers))
-    if os.environ.get("RINGFENCE_MODE", "dev") != "dev":
+    if os.environ.get("RINGFENCE_MODE", "dev") != "dev" and (credential or not credentials_only):
         what = "send the NATS password" if credential else "trust acknowledgements"
         how = "without TLS" if not target.servers.startswith("tls://") else "over TLS without a pinned CA (tls_ca=)"
         raise ConfigError(f"refusing to {what} {how} to {target.display}: whoever holds that port (say while nats-server "
@@ -565,7 +566,7 @@ class PlainTextRefused(Exception):
     the CONNECT, and the password in it, is never sent."""
 
 
-def _guarded_client() -> Any:
+def guarded_client() -> Any:
     """A nats-py client that sends its CONNECT line (user, password) only over TLS when the URL is tls://.
 
     nats-py starts TLS only when the server's INFO asks for it (`tls_required`); a listener that leaves it out
@@ -683,7 +684,7 @@ class NatsLink:
 
         inbox = inbox_prefix(unquote(urlparse(target.servers).username or ""))
         async def connect() -> Any:
-            client = _guarded_client()
+            client = guarded_client()
             await client.connect(target.servers, connect_timeout=3, max_reconnect_attempts=2, reconnect_time_wait=0.5,
                                  allow_reconnect=True, error_cb=on_error, inbox_prefix=inbox, **tls)
             return client
