@@ -217,6 +217,21 @@ def nats_with_password(tmp_path):
 
 
 @pytest.fixture
+def nats_tls_with_password(tmp_path):
+    """As `nats_with_password`, over TLS with a certificate for 127.0.0.1 from a private CA (`auth.make_tls`, as
+    `nats-config` makes them): (port, password, the CA's file). Prod-mode clients need tls:// and `tls_ca=`."""
+    from ringfence.replication.auth import make_tls
+
+    made = make_tls("127.0.0.1")
+    for name, pem in made.items():
+        (tmp_path / f"tls-{name}.pem").write_bytes(pem)
+    password = "pw-" + secrets.token_hex(8)
+    with _nats_server_with(tmp_path / "js", "--user", "rf", "--pass", password, "--tls", "--tlscert",
+                           str(tmp_path / "tls-cert.pem"), "--tlskey", str(tmp_path / "tls-key.pem")) as port:
+        yield port, password, tmp_path / "tls-ca.pem"
+
+
+@pytest.fixture
 def nats_with_token(tmp_path):
     """A nats-server of its own on a free port, JetStream on, requiring a random token (`nats://TOKEN@host`):
     (port, token)."""

@@ -69,7 +69,9 @@ def _start_services(tmp_path, *extra: str):
 
 @pytest.fixture
 def nats_services(tmp_path):
-    port, passwords, proc = _start_services(tmp_path)
+    """nats-config's server with `--no-tls` (plain loopback, development only): these tests check each service's
+    permissions, in dev mode; test_nats_tls_pinned.py runs prod-mode nodes on nats-config's TLS."""
+    port, passwords, proc = _start_services(tmp_path, "--no-tls")
     yield port, passwords
     proc.terminate()
     proc.wait(10)
@@ -345,9 +347,10 @@ def test_operator_and_monitor_cannot_read_other_clients_replies(tmp_path, nats_s
 
 
 def test_nats_config_listens_on_loopback_and_elsewhere_only_with_tls(tmp_path):
-    """I6f: the generated config listens on 127.0.0.1; another address without TLS is refused (the
+    """I6f: the generated config listens on 127.0.0.1; another address with --no-tls is refused (the
     passwords would cross the network in clear text) and nothing is written; with --tls-cert/--tls-key
-    it gets a tls block, and the services connect over verified TLS."""
+    it gets a tls block, and the services connect over verified TLS. (nats-config's own CA, the default:
+    test_nats_tls_pinned.py.)"""
     from .test_nats_tls import _cert  # the CA and server certificate for 127.0.0.1 the TLS tests use
 
     def config(*extra: str) -> Any:
@@ -364,7 +367,7 @@ def test_nats_config_listens_on_loopback_and_elsewhere_only_with_tls(tmp_path):
     refused = config("--out", str(tmp_path / "nopeers"))  # R3: the grants name the peers' nodes
     assert refused.returncode == 2 and "--peers: give the peers file" in refused.stdout + refused.stderr, refused.stderr
     assert not (tmp_path / "nopeers").exists()
-    made = config("--out", str(tmp_path / "plain"), "--peers", _peers(tmp_path))
+    made = config("--out", str(tmp_path / "plain"), "--peers", _peers(tmp_path), "--no-tls")
     assert made.returncode == 0, made.stdout + made.stderr
     granted = {user["user"]: user["permissions"]["publish"]["allow"] for user in
                json.loads((tmp_path / "plain" / "nats-server.conf").read_text())["authorization"]["users"]}
@@ -373,7 +376,7 @@ def test_nats_config_listens_on_loopback_and_elsewhere_only_with_tls(tmp_path):
     written = json.loads((tmp_path / "plain" / "nats-server.conf").read_text())
     assert (written["host"], "tls" in written) == ("127.0.0.1", False)
     for listen in ("0.0.0.0", "10.0.0.5", "nats.example.com"):
-        refused = config("--out", str(tmp_path / listen), "--listen", listen, "--peers", _peers(tmp_path))
+        refused = config("--out", str(tmp_path / listen), "--listen", listen, "--peers", _peers(tmp_path), "--no-tls")
         assert refused.returncode == 2 and "clear text" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
         assert not (tmp_path / listen).exists()
     refused = config("--out", str(tmp_path / "nokey"), "--listen", "0.0.0.0", "--tls-cert", str(tmp_path / "missing.pem"),

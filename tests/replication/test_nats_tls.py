@@ -78,6 +78,16 @@ def test_replication_over_verified_tls(tmp_path, tls_nats):
     # without the CA the server's certificate cannot be verified: refused, not downgraded
     with pytest.raises(ConfigError, match="cannot reach NATS"):
         Replicator(parse_target(f"tls://127.0.0.1:{port}/RFTLS"), "a", key=key_of("a"))
+
+
+def test_a_tls_server_without_users_is_still_refused_outside_dev_mode(tls_nats, monkeypatch):
+    """Pinned TLS does not stand in for credentials (intruder review of session 16, F2)."""
+    from ringfence.replication import NatsLink
+
+    port, ca = tls_nats
+    monkeypatch.setenv("RINGFENCE_MODE", "prod")
+    with pytest.raises(ConfigError, match="requires no credentials.*replication nats-config"):
+        NatsLink(parse_target(f"tls://127.0.0.1:{port}/RFTLS?tls_ca={ca}"))
     with pytest.raises(ConfigError, match="tls_ca"):
         parse_target(f"nats://127.0.0.1:{port}/RFTLS?tls_ca={ca}")
 

@@ -146,7 +146,7 @@ def test_a_prod_primary_without_staff_publishes_nothing_and_a_dev_one_says_the_r
                 assert follower.tail_at_start == 0, follower.tail_at_start
 
 
-def test_prod_serve_replicate_needs_the_staff_genesis_then_a_signed_promotion_works(tmp_path, nats_with_password):
+def test_prod_serve_replicate_needs_the_staff_genesis_then_a_signed_promotion_works(tmp_path, nats_tls_with_password):
     """The real CLI in prod mode: `serve --replicate` on a node without staff exits 2 with the command to run;
     after `ringfence staff init` on the stopped node it starts, a prod standby follows it, and a promotion
     signed by the 2 operators (`replication promote --key ... --key ...`) makes the standby the primary."""
@@ -159,13 +159,14 @@ def test_prod_serve_replicate_needs_the_staff_genesis_then_a_signed_promotion_wo
 
     from .conftest import Standby, peers_file
 
-    port, password = nats_with_password
+    port, password, ca = nats_tls_with_password  # prod clients send a password over TLS with a pinned CA only
     a, b, keys = tmp_path / "a", tmp_path / "b", tmp_path / "keys"
     env = {"RINGFENCE_MODE": "prod", "RINGFENCE_IDENTITY_SECRET_KEY_HEX": secrets.token_hex(32),
            "RINGFENCE_IDENTITY_ORIGIN": "https://exchange.example", "RINGFENCE_IDENTITY_PUBLIC_URL": "https://exchange.example",
            "RINGFENCE_IDENTITY_MAIL_POLL_MS": "0", "RINGFENCE_NATS_PASSWORD": password, **NO_CHAINS,
            **peers_file(tmp_path, a=a, b=b)}
-    url = f"nats://rf@127.0.0.1:{port}/RFB4?first_primary=a"
+    server = f"tls://rf@127.0.0.1:{port}/RFB4?tls_ca={ca}"
+    url = f"{server}&first_primary=a"
 
     def cli(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "ringfence.cli", *argv], capture_output=True, text=True, timeout=120,
@@ -177,7 +178,7 @@ def test_prod_serve_replicate_needs_the_staff_genesis_then_a_signed_promotion_wo
     assert "error: --replicate: this node has no staff operators registered, and outside dev mode (RINGFENCE_MODE=prod)" in out, out
     assert f"ringfence staff init --data {a} --member ID:operator --member ID:operator --out-dir KEYS" in out, out
     assert "docs/resilience.md, 'A node key alone opens no epoch'" in out and "replicating to stream" not in out, out
-    status = cli("replication", "status", "--nats", f"nats://rf@127.0.0.1:{port}/RFB4")
+    status = cli("replication", "status", "--nats", server)
     assert json.loads(status.stdout)["messages"] == 0, status.stdout + status.stderr  # no opener, nothing published
 
     genesis = cli("staff", "init", "--data", str(a), "--member", "ada:operator", "--member", "ben:operator",
@@ -189,7 +190,7 @@ def test_prod_serve_replicate_needs_the_staff_genesis_then_a_signed_promotion_wo
         assert "replicating to stream RFB4" in primary.log_text() and "no staff registered" not in primary.log_text()
         follower = Standby(b, url, "b", free_port(), env=env)
         follower.wait_for(r"standby b: applied through sequence 1 ")  # the genesis: its staff register too
-        promoted = cli("replication", "promote", "--nats", f"nats://rf@127.0.0.1:{port}/RFB4", "--node-id", "b",
+        promoted = cli("replication", "promote", "--nats", server, "--node-id", "b",
                        "--key", str(keys / "ada.key"), "--key", str(keys / "ben.key"), "--wait-s", "90",
                        "--peers", env["RINGFENCE_REPLICATION_PEERS"])
         assert promoted.returncode == 0, promoted.stdout + promoted.stderr

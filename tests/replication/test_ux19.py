@@ -119,7 +119,7 @@ def test_promote_with_a_login_that_may_not_publish_it_names_the_permission(tmp_p
 
     from .test_nats_services import STREAM, _peers, _start_services, _url
 
-    port, pw, proc = _start_services(tmp_path)
+    port, pw, proc = _start_services(tmp_path, "--no-tls")  # dev mode, plain loopback (test_nats_tls_pinned: TLS)
     node = new_node(tmp_path / "a")
     node.open()
     node.start()
@@ -151,7 +151,7 @@ def test_the_standbys_promote_hint_can_be_pasted_with_an_operators_login(tmp_pat
     from .conftest import Standby
     from .test_nats_services import STREAM, _start_services
 
-    port, pw, proc = _start_services(tmp_path)
+    port, pw, proc = _start_services(tmp_path, "--no-tls")  # dev mode, plain loopback (test_nats_tls_pinned: TLS)
     standby = None
     try:
         standby = Standby(tmp_path / "sb" / "b", f"nats://rf-node@127.0.0.1:{port}/{STREAM}", "b", free_port(),

@@ -526,6 +526,70 @@ def harden(target: "ReplicationTarget") -> list[str]:
 
 #: the NATS servers (as displayed) this process already warned about for requiring no credentials
 _WARNED_OPEN: set[str] = set()
+#: the NATS servers (as displayed) this process already warned about for a password sent in plain text (dev mode)
+_WARNED_PLAIN: set[str] = set()
+
+
+def pinned_tls(target: ReplicationTarget) -> bool:
+    """Whether `target` is a tls:// URL with its own CA (`tls_ca=`): the server's certificate is verified against
+    that CA alone (never the system's) and against the URL's host name."""
+    return target.servers.startswith("tls://") and bool(target.tls_ca)
+
+
+def check_transport(target: ReplicationTarget, *, credentials_only: bool = False) -> None:
+    """Outside dev mode (RINGFENCE_MODE), refuse a NATS URL that is not tls:// with a pinned CA (`tls_ca=`): over
+    plain text, or TLS verified against the system's CAs, whoever holds the port (a local user who binds it while
+    nats-server is down or restarting) receives the password of every client that (re)connects, and can acknowledge
+    the primary's publishes that no replica holds (intruder review of session 23). In dev mode a password in plain
+    text is said once per server. `credentials_only` (the dr drill's checks, whose nodes run in dev mode): refuse
+    only a URL that carries a password or token."""
+    if pinned_tls(target):
+        return
+    fix = ("use tls://USER@HOST:PORT/STREAM?tls_ca=CA with the CA that signed nats-server's certificate: "
+           "`ringfence replication nats-config` makes both and prints each service's URL")
+    credential = bool(_secrets_of(target.servers))
+    if os.environ.get("RINGFENCE_MODE", "dev") != "dev" and (credential or not credentials_only):
+        what = "send the NATS password" if credential else "trust acknowledgements"
+        how = "without TLS" if not target.servers.startswith("tls://") else "over TLS without a pinned CA (tls_ca=)"
+        raise ConfigError(f"refusing to {what} {how} to {target.display}: whoever holds that port (say while nats-server "
+                          f"restarts) would {'receive the password and ' if credential else ''}acknowledge publishes no "
+                          f"replica holds; {fix} (RINGFENCE_MODE=dev allows plain nats:// for development)",
+                          field=target.option)
+    if credential and target.display not in _WARNED_PLAIN:
+        _WARNED_PLAIN.add(target.display)
+        _log.warning("replication: the NATS password goes to %s without TLS and a pinned CA (dev mode only; refused "
+                     "outside it): whoever holds the port receives it; %s", target.display, fix)
+
+
+class PlainTextRefused(Exception):
+    """A tls:// connection on which TLS did not start before the CONNECT line (the server's INFO did not ask for it):
+    the CONNECT, and the password in it, is never sent."""
+
+
+def guarded_client() -> Any:
+    """A nats-py client that sends its CONNECT line (user, password) only over TLS when the URL is tls://.
+
+    nats-py starts TLS only when the server's INFO asks for it (`tls_required`); a listener that leaves it out
+    (anyone who took the port) got the CONNECT, password and all, in plain text before the link could check
+    `encrypted()`. (TLS before the first byte, `tls_handshake_first`, needs nats-server 2.10.4; this machine's
+    is 2.9.) Checked on every (re)connect, the reconnects of a running node included."""
+    from nats.aio.client import Client
+    from nats.errors import Error as NatsError
+
+    class Refused(PlainTextRefused, NatsError):  # a nats error: nats-py says it to error_cb and gives up the server
+        pass
+
+    class GuardedClient(Client):  # type: ignore[misc]
+        def _connect_command(self) -> bytes:
+            uri = getattr(self._current_server, "uri", None)
+            if getattr(uri, "scheme", "") == "tls":
+                writer = getattr(self._transport, "_io_writer", None)
+                if writer is None or writer.get_extra_info("ssl_object") is None:
+                    raise Refused("the server did not start TLS on a tls:// URL: the CONNECT (and its password) was "
+                                  "not sent")
+            return bytes(super()._connect_command())
+
+    return GuardedClient()
 
 
 def _login_refused(err: BaseException) -> bool:
@@ -562,7 +626,6 @@ class NatsLink:
     """A NATS connection on its own asyncio loop thread, callable from the sequencer thread."""
 
     def __init__(self, target: ReplicationTarget) -> None:
-        import nats
         from nats.errors import Error as NatsError
 
         self.target = target
@@ -582,7 +645,12 @@ class NatsLink:
         self._held: list[str] | None = None
         self._held_lock = threading.Lock()
 
+        self.plain_refused = ""
+
         async def on_error(err: Exception) -> None:  # one line, no traceback, no URL (it may hold a password)
+            if isinstance(err, PlainTextRefused):
+                self.plain_refused = str(err)
+                return  # the ConfigError below says it
             if _login_refused(err):
                 self.login_refused = str(err)[:200]
             if self.login_refused and getattr(self, "nc", None) is None:
@@ -598,20 +666,37 @@ class NatsLink:
                         return
             _log.warning("nats: %s: %s", type(err).__name__, said)
 
+        try:
+            check_transport(target)  # outside dev mode: tls:// with a pinned CA, or nothing is sent
+        except ConfigError:
+            self.close()
+            raise
         tls: dict[str, Any] = {}
         if target.servers.startswith("tls://"):
             import ssl
 
-            tls["tls"] = ssl.create_default_context(cafile=target.tls_ca or None)  # verifies host name and chain
+            # verifies the chain (against tls_ca alone when given: create_default_context loads the system's CAs
+            # only without one) and the URL's host name
+            tls["tls"] = ssl.create_default_context(cafile=target.tls_ca or None)
         # a service of `replication nats-config` (rf-node...) gets its replies on its own prefix, the only
         # subject it may subscribe to: nats' shared `_INBOX.>` would show every client's replies
         from .auth import inbox_prefix
 
         inbox = inbox_prefix(unquote(urlparse(target.servers).username or ""))
+        async def connect() -> Any:
+            client = guarded_client()
+            await client.connect(target.servers, connect_timeout=3, max_reconnect_attempts=2, reconnect_time_wait=0.5,
+                                 allow_reconnect=True, error_cb=on_error, inbox_prefix=inbox, **tls)
+            return client
+
         try:
-            self.nc = self.call(nats.connect(target.servers, connect_timeout=3, max_reconnect_attempts=2, reconnect_time_wait=0.5,
-                                             allow_reconnect=True, error_cb=on_error, inbox_prefix=inbox, **tls), 20)
+            self.nc = self.call(connect(), 20)
         except (OSError, asyncio.TimeoutError, NatsError) as err:  # ssl.SSLError is an OSError
+            if self.plain_refused:
+                self.close()
+                raise ConfigError(f"NATS at {target.display} did not start TLS: a tls:// URL is never served over plain "
+                                  "text, and the password was not sent; check that the server has TLS on (a listener "
+                                  "that is not nats-server may hold the port)", field=target.option) from None
             if self.login_refused:  # reached, and it refused the credentials: say so, not "cannot reach"
                 self.close()
                 raise ConfigError(login_refused_message(target, self.login_refused), field=target.option) from None

@@ -266,6 +266,8 @@ def nats_config_cmd(
                                "reach (0.0.0.0, 10.0.0.5) needs --tls-cert and --tls-key."),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="The server's certificate (PEM): the config gets a tls block."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="The server's private key (PEM), with --tls-cert."),
+    no_tls: bool = typer.Option(False, "--no-tls", help="Development only: plain text on loopback, no certificates (outside "
+                                "dev mode the nodes refuse to send a password without TLS)."),
     peers: Path | None = typer.Option(None, "--peers", envvar="RINGFENCE_REPLICATION_PEERS",
                                       help="The peers file (required): rf-operator may request promotions of its nodes only."),
 ) -> None:
@@ -281,18 +283,27 @@ def nats_config_cmd(
     publish a batch nor write the leader record. Each service reads only its own replies (inbox
     _INBOX_<user>), never another's.
 
+    nats-server speaks TLS, on 127.0.0.1 too: whoever binds the port while nats-server is down or restarting
+    would otherwise receive each reconnecting client's password. Without --tls-cert/--tls-key, nats-config makes a
+    private CA and a certificate for the --listen address (and 127.0.0.1, ::1, localhost) into OUT: ca.pem,
+    nats-server.pem, nats-server.key (0600; the CA's key is not kept). Clients pin that CA:
+    tls://rf-node@HOST:PORT/STREAM?tls_ca=OUT/ca.pem (printed below). --no-tls (development only, loopback only)
+    writes a plain-text config instead; outside dev mode (RINGFENCE_MODE=prod) the nodes, promote and status
+    refuse to send a password over it.
+
     nats-server listens on 127.0.0.1 unless --listen says otherwise; an address other machines can
-    reach is refused without --tls-cert/--tls-key, as the passwords would cross the network in clear
-    text (clients then connect with tls://HOST:PORT/STREAM?tls_ca=CA).
+    reach is refused with --no-tls, as the passwords would cross the network in clear text.
 
     Exit status: 0 written, 2 bad input (the --stream name, an --out that exists, an --out or --store-dir
-    another user owns or may write, --listen without TLS,
+    another user owns or may write, --listen off loopback with --no-tls,
     a TLS file that cannot be read, a missing or bad --peers file).
 
     Example: ringfence replication nats-config --stream RF --peers ./peers.json --out ./nats-auth --listen 10.0.0.5 --tls-cert srv.pem --tls-key srv.key
     """
     from ..nodekey import load_peers
-    from .auth import MAX_NODES, write_nats_config
+    from urllib.parse import quote
+
+    from .auth import MAX_NODES, client_host, is_loopback, write_nats_config
 
     try:
         if peers is None:
@@ -315,15 +326,27 @@ def nats_config_cmd(
             tls[option] = str(path.resolve())
     try:
         files = write_nats_config(out, stream, nodes, port=port, store_dir=store_dir, host=listen,
-                                  tls_cert=tls.get("--tls-cert", ""), tls_key=tls.get("--tls-key", ""))
+                                  tls_cert=tls.get("--tls-cert", ""), tls_key=tls.get("--tls-key", ""), no_tls=no_tls)
     except FileExistsError as err:
         fail(f"--out: {err}", 2)
     except ValueError as err:
         fail(str(err), 2)
-    console.print(f"wrote {files['config']} (start: nats-server -c {files['config']}; listens on {listen}:{port}"
-                  f"{' with TLS' if tls else ', this machine only'}; promotions of {', '.join(nodes)} only)")
+    where = "this machine only" if is_loopback(listen) else "other machines too"
+    how = "plain text, DEVELOPMENT ONLY (prod nodes refuse it)" if no_tls else "TLS"
+    console.print(f"wrote {files['config']} (start: nats-server -c {files['config']}; listens on {listen}:{port}, {where}, "
+                  f"{how}; promotions of {', '.join(nodes)} only)")
+    if "ca" in files:
+        console.print(f"  TLS: private CA {files['ca']}, server certificate {files['cert']} and key {files['key']} (mode 0600)")
+    host = client_host(listen)
+    host = f"[{host}]" if ":" in host else host
+    if no_tls:
+        scheme, query = "nats", ""
+    else:  # the CA clients pin: the one made here, or the operator's (given to the clients by them)
+        scheme = "tls"
+        query = f"?tls_ca={quote(str(files['ca'].resolve()), safe='/')}" if "ca" in files else "?tls_ca=CA"
     for service in ("rf-node", "rf-operator", "rf-monitor"):
-        console.print(f"  {service}: password in {files[service]} (mode 0600)")
+        console.print(f"  {service}: password in {files[service]} (mode 0600); "
+                      f"URL {scheme}://{service}@{host}:{port}/{stream}{query}", soft_wrap=True)  # unbroken: pasted
 
 
 def flow_help(typer_app: typer.Typer) -> None:

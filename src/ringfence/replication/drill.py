@@ -311,9 +311,9 @@ def _target(nats_url: str) -> Any:
 async def _connect(target: Any, seen: dict[str, str]) -> Any:
     """A connection to `target` as its user (replies on the user's own inbox, as `nats-config` allows); the
     server's refusals go to `seen` ("login": the login refused, "refused": a permissions violation)."""
-    import nats
+    import ssl
 
-    from . import _login_refused
+    from . import _login_refused, guarded_client
     from .auth import inbox_prefix
 
     async def on_error(err: Exception) -> None:  # said by the caller's one line; no traceback per attempt
@@ -323,8 +323,13 @@ async def _connect(target: Any, seen: dict[str, str]) -> Any:
             seen["refused"] = str(err)[:200]
 
     inbox = inbox_prefix(unquote(urlparse(target.servers).username or ""))
-    return await nats.connect(target.servers, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2,
-                              error_cb=on_error, inbox_prefix=inbox)
+    tls: dict[str, Any] = {}
+    if target.servers.startswith("tls://"):  # verified against tls_ca alone when given, and the host name
+        tls["tls"] = ssl.create_default_context(cafile=target.tls_ca or None)
+    client = guarded_client()  # a tls:// URL's CONNECT (its password) goes over TLS only
+    await client.connect(target.servers, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2,
+                         error_cb=on_error, inbox_prefix=inbox, **tls)
+    return client
 
 
 def _user_of(target: Any) -> str:
@@ -340,10 +345,16 @@ def check_nats(nats_url: str) -> None:
     folder or node."""
     from nats.js.api import StreamConfig
 
-    from . import login_refused_message, masked
+    from ..errors import ConfigError
+    from . import check_transport, login_refused_message, masked
 
     check_nats_url(nats_url, "kill")
     target = _target(nats_url)
+    try:  # outside dev mode: a password goes over tls:// with a pinned CA only (the drill's own nodes run in dev mode)
+        check_transport(target, credentials_only=True)
+    except ConfigError as err:
+        raise RuntimeError(f"{err}; the drill takes no tls_ca= yet: run it against a development NATS server "
+                           "without users, or with RINGFENCE_MODE=dev") from None
     seen: dict[str, str] = {}
     probe = f"RFDRILLCHECK{secrets.token_hex(4).upper()}"
 
