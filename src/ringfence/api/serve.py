@@ -480,7 +480,7 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
 
 def serve(
     data: Path = typer.Option(Path("ringfence-data"), "--data", help="Data directory (journal and snapshots in DIR/engine, SQLite); locked while serving: other writers are refused, read-only commands (journal verify DIR) still work."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 127.0.0.1 or localhost also takes [::1] on the same port (the node announces http://localhost:PORT, which a browser may send to ::1), when the machine has IPv6 loopback."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     demo: bool = typer.Option(False, "--demo", help="List demo markets, fund alice and bob, seed books, start local chains (BTC, ETH, USDT) with a faucet (`ringfence chain pay`), write DIR/demo-keys.json (HMAC keys, one Ed25519 key, alice's withdraw key and address book)."),
     forwarded_allow_ips: str | None = typer.Option(
