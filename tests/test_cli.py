@@ -159,6 +159,25 @@ def test_serve_refuses_a_busy_port_before_touching_the_journal(tmp_path):
     assert not (tmp_path / "d" / "engine").exists()
 
 
+def test_serve_refuses_when_ipv6_loopback_port_is_taken(tmp_path):
+    """serve announces http://localhost:PORT: another user's socket on [::1]:PORT would get the browsers that
+    resolve localhost to ::1 (intruder review of #22), so a busy [::1]:PORT is refused like a busy port."""
+    import socket
+
+    try:
+        busy = socket.socket(socket.AF_INET6)
+        busy.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with busy:
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = run("serve", "--demo", "--data", str(tmp_path / "d"), "--port", str(port))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"--port: cannot listen on [::1]:{port}" in " ".join(out.stderr.split()), out.stderr
+    assert not (tmp_path / "d").exists()
+
+
 def test_demo_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     out = invoke("demo", "--data", str(tmp_path))

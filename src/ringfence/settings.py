@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     identity_smtp_username: str = ""
     identity_smtp_password: str = ""
     identity_smtp_security: Literal["none", "starttls", "ssl"] = "none"
+    # The operator's statement that no other user runs processes on this machine: outside dev mode a relay on a
+    # loopback port >= 1024 without TLS is refused without it (any local user could listen there; docs/mail.md).
+    identity_smtp_local_plain_ok: bool = False
     # `ringfence serve` delivers the outbox itself every this many ms; 0 = not in serve (run
     # `ringfence identity deliver-mail` as its own process instead).
     identity_mail_poll_ms: int = Field(default=2_000, ge=0, le=600_000)
@@ -222,7 +225,41 @@ class Settings(BaseSettings):
             problems.append(ConfigError("must be at least 19456 KiB outside dev mode", field="RINGFENCE_IDENTITY_ARGON2_MEMORY_KIB"))
         if not self.identity_origin.startswith("https://"):
             problems.append(ConfigError("must be an https:// origin outside dev mode", field="RINGFENCE_IDENTITY_ORIGIN"))
+        problems += self.smtp_problems()
         return problems
+
+    def smtp_problems(self) -> list[ConfigError]:
+        """Outside dev mode, the SMTP relay that gets password-reset and verification mail (and any SMTP login) must
+        be one no other local user can stand in for (intruder review of #22): the host set on purpose, not left at
+        dev mode's catcher 127.0.0.1:8025; and on a loopback address, a privileged port (< 1024, which only root can
+        listen on) or TLS (starttls, ssl: the relay's certificate is verified), unless the operator states that this
+        machine has no other users (RINGFENCE_IDENTITY_SMTP_LOCAL_PLAIN_OK=1)."""
+        if "identity_smtp_host" not in self.model_fields_set:
+            return [ConfigError("must be set outside dev mode (the default 127.0.0.1:8025 is dev mode's mail catcher): "
+                                "your relay's host name, with RINGFENCE_IDENTITY_SMTP_PORT and _SECURITY",
+                                field="RINGFENCE_IDENTITY_SMTP_HOST")]
+        if (is_loopback(self.identity_smtp_host) and self.identity_smtp_port >= 1024
+                and self.identity_smtp_security == "none" and not self.identity_smtp_local_plain_ok):
+            return [ConfigError(
+                f"none is refused outside dev mode for a relay on a loopback port >= 1024 "
+                f"({self.identity_smtp_host}:{self.identity_smtp_port}): any local user could listen there and get "
+                "password-reset and verification mail; use starttls or ssl, a port below 1024 (e.g. 25), or set "
+                "RINGFENCE_IDENTITY_SMTP_LOCAL_PLAIN_OK=1 if this machine has no other users",
+                field="RINGFENCE_IDENTITY_SMTP_SECURITY")]
+        return []
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine's loopback (localhost, 127.0.0.0/8, ::1), by its text: no resolving."""
+    import ipaddress
+
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -40,17 +40,27 @@ def early_in_a_window(seconds_left: float = 20) -> None:  # float-ok: seconds
         time.sleep(0.5)
 
 
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can bind ::1 (serve then also holds [::1]:PORT for a loopback --host)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 class Intruder:
     """Another local user's socket after the node's port (intruder review of #21, F1): a thread tries to bind
-    127.0.0.1:`port` and listen on it in a tight loop, from `start()` until `stop()`, alternately without and with
+    `host`:`port` (127.0.0.1; ::1: intruder review of #22) and listen on it in a tight loop, from `start()` until `stop()`, alternately without and with
     SO_REUSEADDR (an unprivileged user may set it). When it wins it keeps the port, listening, as the intruder did
     (a server of its own there would then get the node's clients). `won`: the attempts that bound and listened;
     `refused`: the errno of each one that did not."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
         import threading
 
-        self.port, self.won, self.refused = port, [], []
+        self.port, self.host, self.won, self.refused = port, host, [], []
         self.held: socket.socket | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="intruder", daemon=True)
@@ -62,11 +72,11 @@ class Intruder:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
-            s = socket.socket()
+            s = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
             if attempt % 2:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                s.bind(("127.0.0.1", self.port))
+                s.bind((self.host, self.port))
                 s.listen(16)
             except OSError as err:
                 s.close()

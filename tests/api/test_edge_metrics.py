@@ -56,6 +56,7 @@ def test_prod_mode_without_a_token_keeps_metrics_closed(tmp_path_factory):
         "RINGFENCE_API_METRICS_TOKEN": "",
         # prod mode probes SMTP at start (tests/api/test_serve_mail.py); this test has no mail server
         "RINGFENCE_IDENTITY_MAIL_POLL_MS": "0",
+        "RINGFENCE_IDENTITY_SMTP_HOST": "mail.exchange.example",  # (never reached: no delivery here)
     }
     srv = Server(tmp_path_factory.mktemp("prod") / "data", env=env, demo=False)
     try:

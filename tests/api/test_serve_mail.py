@@ -133,8 +133,32 @@ def prod_env(smtp_port: int) -> dict[str, str]:
         "RINGFENCE_IDENTITY_SECRET_KEY_HEX": secrets.token_hex(32),
         "RINGFENCE_IDENTITY_ORIGIN": "https://exchange.example",
         "RINGFENCE_IDENTITY_PUBLIC_URL": "https://exchange.example",
+        "RINGFENCE_IDENTITY_SMTP_HOST": "127.0.0.1",
         "RINGFENCE_IDENTITY_SMTP_PORT": str(smtp_port),
+        # the test catcher speaks plain SMTP on a high port: accepted only on the operator's word that this machine
+        # has no other users (settings.py smtp_problems; test_prod_serve_refuses_a_plain_relay_on_a_high_local_port)
+        "RINGFENCE_IDENTITY_SMTP_LOCAL_PLAIN_OK": "1",
     }
+
+
+def test_prod_serve_refuses_a_plain_relay_on_a_high_local_port(tmp_path, smtp_server):
+    """Port 8025 (the default) or any port >= 1024 of a loopback address is any local user's to listen on: without
+    TLS it would get the password-reset and verification mail (intruder review of #22). Refused before the probe,
+    naming the variable and what is allowed; as is a prod node that never set RINGFENCE_IDENTITY_SMTP_HOST."""
+    _, port = smtp_server()
+    args = ["serve", "--data", str(tmp_path / "data"), "--port", str(free_port())]
+    env = prod_env(port)
+    del env["RINGFENCE_IDENTITY_SMTP_LOCAL_PLAIN_OK"]
+    result = run_cli(args, env)
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2 and "serving on" not in out and "Traceback" not in out, out
+    assert "RINGFENCE_IDENTITY_SMTP_SECURITY: none is refused" in out and "RINGFENCE_IDENTITY_SMTP_LOCAL_PLAIN_OK=1" in out, out
+    assert "starttls or ssl" in out and "below 1024" in out, out
+    del env["RINGFENCE_IDENTITY_SMTP_HOST"], env["RINGFENCE_IDENTITY_SMTP_PORT"]
+    result = run_cli(args, env)
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2 and "RINGFENCE_IDENTITY_SMTP_HOST: must be set outside dev mode" in out, out
+    assert not (tmp_path / "data").exists()
 
 
 def test_prod_serve_refuses_to_start_when_smtp_is_unreachable_or_refuses_the_login(tmp_path, smtp_server):

@@ -64,7 +64,7 @@ def test_prod_mode_names_every_problem_in_one_refused_start(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     lines = out.stderr.strip().splitlines()
     named = ("RINGFENCE_IDENTITY_SECRET_KEY_HEX", "RINGFENCE_IDENTITY_ARGON2_MEMORY_KIB", "RINGFENCE_IDENTITY_ORIGIN",
-             "RINGFENCE_CUSTODY_CHAINS")
+             "RINGFENCE_IDENTITY_SMTP_HOST", "RINGFENCE_CUSTODY_CHAINS")
     assert len(lines) == len(named), lines
     for name, line in zip(named, lines):
         assert line.startswith("error: " + name + ":"), (name, lines)

@@ -46,6 +46,7 @@ def test_bad_database_url_is_config_error():
 def test_prod_mode_refuses_default_secret(monkeypatch):
     monkeypatch.setenv("RINGFENCE_MODE", "prod")
     monkeypatch.setenv("RINGFENCE_IDENTITY_ORIGIN", "https://ex.example")
+    monkeypatch.setenv("RINGFENCE_IDENTITY_SMTP_HOST", "mail.ex.example")
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert err.value.field == "RINGFENCE_IDENTITY_SECRET_KEY_HEX"
@@ -150,3 +151,23 @@ def test_cli_migrate_and_deliver_mail(tmp_path, monkeypatch):
         controller.stop()
     assert result.exit_code == 0 and "sent=0 failed=0 dead=0" in result.output, result.output  # nothing queued
     assert "Example:" in runner.invoke(app, ["identity", "--help"]).output
+
+
+@pytest.mark.parametrize(("smtp", "refused"), [
+    ({}, "RINGFENCE_IDENTITY_SMTP_HOST"),  # dev mode's catcher 127.0.0.1:8025, left as it is
+    ({"identity_smtp_host": "127.0.0.1"}, "RINGFENCE_IDENTITY_SMTP_SECURITY"),
+    ({"identity_smtp_host": "localhost", "identity_smtp_port": 2525}, "RINGFENCE_IDENTITY_SMTP_SECURITY"),
+    ({"identity_smtp_host": "::1", "identity_smtp_port": 1025}, "RINGFENCE_IDENTITY_SMTP_SECURITY"),
+    ({"identity_smtp_host": "127.0.0.2", "identity_smtp_port": 8025}, "RINGFENCE_IDENTITY_SMTP_SECURITY"),
+    ({"identity_smtp_host": "127.0.0.1", "identity_smtp_port": 25}, None),  # only root listens below 1024
+    ({"identity_smtp_host": "127.0.0.1", "identity_smtp_security": "starttls"}, None),  # the certificate is verified
+    ({"identity_smtp_host": "127.0.0.1", "identity_smtp_security": "ssl", "identity_smtp_port": 4465}, None),
+    ({"identity_smtp_host": "127.0.0.1", "identity_smtp_local_plain_ok": True}, None),  # the operator's statement
+    ({"identity_smtp_host": "mail.exchange.example", "identity_smtp_port": 2525}, None),
+])
+def test_prod_mode_refuses_a_relay_another_local_user_could_stand_in_for(smtp, refused):
+    """Intruder review of #22: with the default relay 127.0.0.1:8025 and no TLS, any local user listening on 8025
+    got the password-reset and verification mail in prod mode."""
+    s = Settings(mode="prod", identity_secret_key_hex="cd" * 32, identity_origin="https://x", **smtp)
+    assert [p.field for p in s.production_problems()] == ([refused] if refused else [])
+    assert Settings(**smtp).production_problems() == []  # dev mode: its catcher

@@ -219,3 +219,37 @@ def test_a_stopped_nodes_reason_names_no_file_to_the_public(tmp_path):
     finally:
         node.failed = None
         node.close()
+
+
+def test_status_against_a_server_that_closes_the_connection_is_one_clear_line():
+    """A server that answers the NATS handshake and then hangs up (and is gone for the reconnects): `status` printed
+    nats.errors.ConnectionClosedError's traceback (intruder review of #22). Now one line, exit 1 as for an unreachable one."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def serve_once() -> None:
+        conn, _ = listener.accept()
+        listener.close()  # the reconnects are refused
+        with conn:
+            conn.sendall(b'INFO {"server_id":"x","version":"2.10.0","max_payload":1048576,"auth_required":true,'
+                         b'"headers":true}\r\n')
+            conn.recv(4096)  # CONNECT, PING
+            conn.sendall(b"PONG\r\n")
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=serve_once, daemon=True)
+    thread.start()
+    out = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats",
+                          f"nats://127.0.0.1:{port}/RF"], capture_output=True, text=True, timeout=120)
+    thread.join(10)
+    err = " ".join(out.stderr.split())
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"error: --nats: lost the connection to NATS at nats://127.0.0.1:{port}: ConnectionClosedError" in err, err

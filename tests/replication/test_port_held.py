@@ -23,7 +23,7 @@ import time
 import httpx
 import pytest
 
-from api.conftest import NO_CHAINS, Intruder, Server, free_port
+from api.conftest import NO_CHAINS, Intruder, Server, free_port, has_ipv6_loopback
 
 from .conftest import NATS_URL, Standby, peers_file
 
@@ -35,12 +35,15 @@ def test_the_promoted_standby_keeps_its_port_from_the_status_page_to_the_exchang
     env = {**NO_CHAINS, **peers_file(tmp_path, a=a, b=b)}
     primary = Server(a, env=env, args=("--replicate", url, "--node-id", "a"), demo=False, chains=False)
     standby = None
-    intruder = None
+    intruder = intruder6 = None
     try:
         assert "replicating to stream " + stream in primary.log_text()
         standby = Standby(b, url, "b", free_port(), env=env, args=gateways)
         assert httpx.get(standby.base + "/v1/standby", timeout=10).json()["role"] == "standby"
         intruder = Intruder(standby.port).start()
+        intruder6 = Intruder(standby.port, "::1").start() if has_ipv6_loopback() else None  # (intruder review of #22)
+        if intruder6 is not None:
+            assert httpx.get(f"http://[::1]:{standby.port}/v1/standby", timeout=10).json()["role"] == "standby"
         promoted = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "promote", "--nats", url,
                                    "--node-id", "b", "--peers", str(tmp_path / "peers.json"), "--wait-s", "60"],
                                   capture_output=True, text=True, timeout=120)
@@ -58,6 +61,11 @@ def test_the_promoted_standby_keeps_its_port_from_the_status_page_to_the_exchang
         assert not intruder.won, f"another socket got port {standby.port}: {intruder.won}\n{standby.text()[-3000:]}"
         assert ready and standby.proc.poll() is None, standby.text()[-3000:]
         assert len(intruder.refused) > 50 and set(intruder.refused) == {errno.EADDRINUSE}, intruder.refused[:20]
+        if intruder6 is not None:
+            intruder6.stop()
+            assert not intruder6.won, f"another socket got [::1]:{standby.port}: {intruder6.won}"
+            assert set(intruder6.refused) == {errno.EADDRINUSE}, intruder6.refused[:20]
+            assert httpx.get(f"http://[::1]:{standby.port}/api/v3/ping", timeout=10).json() == {}
         assert "address already in use" not in standby.text().lower()
         # the promoted node answers on the port: the exchange's API, not the status page
         assert httpx.get(standby.base + "/api/v3/ping", timeout=10).json() == {}
@@ -67,8 +75,9 @@ def test_the_promoted_standby_keeps_its_port_from_the_status_page_to_the_exchang
                                            timeout=120, check=True).stdout)
         assert status["leader"]["node"] == "b" and status["leader"]["epoch"] == 2, status
     finally:
-        if intruder is not None:
-            intruder.stop()
+        for each in (intruder, intruder6):
+            if each is not None:
+                each.stop()
         if standby is not None:
             assert standby.stop() == 0, standby.text()[-3000:]
         primary.stop()

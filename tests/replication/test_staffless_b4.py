@@ -163,7 +163,8 @@ def test_prod_serve_replicate_needs_the_staff_genesis_then_a_signed_promotion_wo
     a, b, keys = tmp_path / "a", tmp_path / "b", tmp_path / "keys"
     env = {"RINGFENCE_MODE": "prod", "RINGFENCE_IDENTITY_SECRET_KEY_HEX": secrets.token_hex(32),
            "RINGFENCE_IDENTITY_ORIGIN": "https://exchange.example", "RINGFENCE_IDENTITY_PUBLIC_URL": "https://exchange.example",
-           "RINGFENCE_IDENTITY_MAIL_POLL_MS": "0", "RINGFENCE_NATS_PASSWORD": password, **NO_CHAINS,
+           "RINGFENCE_IDENTITY_MAIL_POLL_MS": "0", "RINGFENCE_IDENTITY_SMTP_HOST": "mail.exchange.example",
+           "RINGFENCE_NATS_PASSWORD": password, **NO_CHAINS,
            **peers_file(tmp_path, a=a, b=b)}
     server = f"tls://rf@127.0.0.1:{port}/RFB4?tls_ca={ca}"
     url = f"{server}&first_primary=a"

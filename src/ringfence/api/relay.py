@@ -1007,16 +1007,17 @@ def freeze_heap_for_serving() -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m ringfence.api.relay FD ENGINE_SOCKET INDEX [PROXIES]`: one gateway process, started by
-    `ringfence serve --gateways N` (not a command for people: serve passes it the listening socket)."""
+    """`python -m ringfence.api.relay FD[,FD] ENGINE_SOCKET INDEX [PROXIES]`: one gateway process, started by
+    `ringfence serve --gateways N` (not a command for people: serve passes it the listening sockets, host:port and,
+    for a loopback host, [::1]:port)."""
     import signal
 
     import uvicorn
 
     args = sys.argv[1:] if argv is None else argv
-    fd, engine, index = int(args[0]), Path(args[1]), int(args[2])
+    fds, engine, index = [int(fd) for fd in args[0].split(",")], Path(args[1]), int(args[2])
     proxies = [p for p in (args[3] if len(args) > 3 else "").split(",") if p]
-    sock = socket.socket(fileno=fd)
+    socks = [socket.socket(fileno=fd) for fd in fds]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     from .http_wire import DeadlineHttpProtocol, check_settings
     from .ws_wire import BudgetedWebSocketProtocol
@@ -1028,9 +1029,10 @@ def main(argv: list[str] | None = None) -> None:
                             ws_per_message_deflate=False, timeout_graceful_shutdown=10,
                             proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [])
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(config).run(sockets=socks)
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()
 
 
 if __name__ == "__main__":

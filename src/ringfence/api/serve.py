@@ -334,22 +334,51 @@ def register_por_metrics(app: Any, exchange: Any, data: Path, settings: Any) -> 
 LISTEN_BACKLOG = 2048
 
 
-def listen_on(host: str, port: int) -> socket.socket:
-    """The node's one listening socket on host:port (OSError if it cannot have it), made before anything is recovered
-    or written and kept until the process ends: a standby's status page serves on it while it follows, then the
-    exchange (uvicorn, or the `--gateways` processes, which inherit it) on the same socket. So there is no moment from
-    the start until the stop in which the port is not the node's (intruder review of #21, F1: the standby closed its
-    status page at the promotion and the exchange bound the port again seconds later; another local user's process
+#: the --host values that mean this machine's loopback, served on IPv6's too (`listen_on`)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+def listen_on(host: str, port: int) -> list[socket.socket]:
+    """The node's listening sockets on host:port (OSError if it cannot have them), made before anything is recovered
+    or written and kept until the process ends: a standby's status page serves on them while it follows, then the
+    exchange (uvicorn, or the `--gateways` processes, which inherit them) on the same sockets. So there is no moment
+    from the start until the stop in which the port is not the node's (intruder review of #21, F1: the standby closed
+    its status page at the promotion and the exchange bound the port again seconds later; another local user's process
     looping on bind() got it in between, and the node exited with no primary left).
 
-    It listens at once, not merely bound: a bound socket that does not listen shares its port with any other socket
+    With a loopback --host (127.0.0.1, localhost: `LOOPBACK_HOSTS`) the node announces http://localhost:PORT, also its
+    passkeys' origin, and a browser may resolve localhost to ::1 first: so it also takes [::1]:PORT (the second
+    socket). Without it another local user could listen there and get the browsers' requests and session cookies
+    (intruder review of #22). A machine without IPv6 loopback (EADDRNOTAVAIL, EAFNOSUPPORT) goes on with the one;
+    [::1]:PORT busy is refused like a busy port.
+
+    Each listens at once, not merely bound: a bound socket that does not listen shares its port with any other socket
     that sets SO_REUSEADDR, and whichever listens first gets it. Until the exchange serves, a connection waits in
     the backlog and is answered once it does (`/readyz` says when)."""
+    import errno
+
+    first = _listen(host, port)
+    if host not in LOOPBACK_HOSTS:
+        return [first]
+    try:
+        return [first, _listen("::1", port)]
+    except OSError as err:
+        if err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            return [first]  # no IPv6 loopback here: nobody can listen on [::1] either
+        first.close()
+        raise OSError(err.errno, err.strerror or str(err),
+                      f"[::1]:{port} (IPv6 loopback, where browsers may send http://localhost:{port})") from None
+
+
+def _listen(host: str, port: int) -> socket.socket:
     import socket
 
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    v6 = ":" in host
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart binds despite TIME_WAIT connections
+        if v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
         sock.listen(LISTEN_BACKLOG)
     except BaseException:
@@ -358,9 +387,10 @@ def listen_on(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_through_gateways(app: Any, data: Path, listener: socket.socket, gateways: int, proxies: list[str], keys: Any = None) -> None:
+def serve_through_gateways(app: Any, data: Path, listeners: list[socket.socket], gateways: int, proxies: list[str],
+                           keys: Any = None) -> None:
     """The engine process of `serve --gateways N` (api/relay.py): N gateway processes accept on
-    `listener` and relay to this process's Unix socket; they get SIGTERM when this process ends."""
+    `listeners` and relay to this process's Unix socket; they get SIGTERM when this process ends."""
     import subprocess
 
     import uvicorn
@@ -370,12 +400,14 @@ def serve_through_gateways(app: Any, data: Path, listener: socket.socket, gatewa
 
     path = engine_socket_path(data)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    listener.set_inheritable(True)  # (listening since the start: `listen_on`)
+    fds = [listener.fileno() for listener in listeners]
+    for listener in listeners:
+        listener.set_inheritable(True)  # (listening since the start: `listen_on`)
     children: list[subprocess.Popen[bytes]] = []
     for index in range(1, gateways + 1):
-        children.append(spawn_child([sys.executable, "-m", "ringfence.api.relay", str(listener.fileno()), str(path), str(index),
+        children.append(spawn_child([sys.executable, "-m", "ringfence.api.relay", ",".join(map(str, fds)), str(path), str(index),
                                      ",".join(proxies)],
-                                    pass_fds=(listener.fileno(),)))
+                                    pass_fds=fds))
     # The gateways accept on their copies. This process never accepts on the public port, but it keeps its copy
     # open until it ends: the port stays the node's even if every gateway has gone (intruder review of #21, F1).
     console.print(f"gateways: {gateways} processes ({', '.join(str(c.pid) for c in children)}) relay to {path}")
@@ -383,7 +415,8 @@ def serve_through_gateways(app: Any, data: Path, listener: socket.socket, gatewa
         uvicorn.run(EngineRelay(app, path, keys), uds=str(path.parent / "http.sock"), log_level="warning", lifespan="on",
                     timeout_graceful_shutdown=10)
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         for child in children:
             child.terminate()
         for child in children:
@@ -447,7 +480,7 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
 
 def serve(
     data: Path = typer.Option(Path("ringfence-data"), "--data", help="Data directory (journal and snapshots in DIR/engine, SQLite); locked while serving: other writers are refused, read-only commands (journal verify DIR) still work."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 127.0.0.1 or localhost also takes [::1] on the same port (the node announces http://localhost:PORT, which a browser may send to ::1), when the machine has IPv6 loopback."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     demo: bool = typer.Option(False, "--demo", help="List demo markets, fund alice and bob, seed books, start local chains (BTC, ETH, USDT) with a faucet (`ringfence chain pay`), write DIR/demo-keys.json (HMAC keys, one Ed25519 key, alice's withdraw key and address book)."),
     forwarded_allow_ips: str | None = typer.Option(
@@ -544,9 +577,9 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
     mode = check_before_start(data, demo, public_url, forwarded_allow_ips, replicate, standby, peers)
     refuse_foreign_data_dir(data)  # another user's --data (or one they may write) before the port is taken
     try:  # a busy port is refused before recovering or writing anything; from here on the port is the node's
-        listener = listen_on(host, port)
+        listeners = listen_on(host, port)
     except OSError as err:
-        fail(f"--port: cannot listen on {host}:{port}: {err.strerror or err}")
+        fail(f"--port: cannot listen on {err.filename or f'{host}:{port}'}: {err.strerror or err}")
     prepare_data_dir(data)  # only now: a refused start leaves no folder behind
     try:
         # --- replication: a standby follows here until promoted; a primary hooks its node after build ---
@@ -558,7 +591,7 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
         say_replication_warnings(say)  # in order with these lines, on the same stream
 
         replicator, warm = before_build(data, replicate, standby, node_id, port, demo, say, host, peers=peers, mode=mode,
-                                        listener=listener)
+                                        listeners=listeners)
         app, exchange, info = build(data, demo, public_url, forwarded_allow_ips, custody_admin_url(host, port), warm=warm,
                                     pipeline=pipeline and replicator is None)
         after_build(exchange, replicator, say, promoted=warm is not None)
@@ -566,7 +599,8 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
     except RingfenceError as err:
         from rich.markup import escape
 
-        listener.close()
+        for listener in listeners:
+            listener.close()
         console.print(f"[bold red]error:[/] {escape(str(err))}")  # a field like --peers[b] is text, not markup
         raise typer.Exit(2) from None
     if warm is None:  # a promoted standby replayed nothing: its line ("kept warm at sequence N") said so
@@ -640,7 +674,7 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
                   f"address (0: no bound), requests read within {wire['request_timeout_s']:g} s, responses taken within "
                   f"{wire['write_timeout_s']:g} s (docs/api.md)", soft_wrap=True)
     if gateways:
-        serve_through_gateways(KeepRawWebSocketSend(app), data, listener, gateways, proxies, info["api_gate"].auth)  # type: ignore[attr-defined]
+        serve_through_gateways(KeepRawWebSocketSend(app), data, listeners, gateways, proxies, info["api_gate"].auth)  # type: ignore[attr-defined]
         return
     config = uvicorn.Config(
         KeepRawWebSocketSend(app),  # lets market data be written to the WebSocket transports directly (api/ws.py)
@@ -653,7 +687,7 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
     )
     server = uvicorn.Server(config)
     try:
-        server.run(sockets=[listener])  # the socket listening since the start (`listen_on`); uvicorn closes it at the end
+        server.run(sockets=listeners)  # the sockets listening since the start (`listen_on`); uvicorn closes them at the end
     except KeyboardInterrupt:  # Ctrl-C: uvicorn drained and shut down (as uvicorn.run)
         pass
     if not server.started:

@@ -145,11 +145,16 @@ def status_cmd(
     was read do not count: a healthy primary renewing its lease is never called replayed.
 
     Exit status: 0 printed (signature valid or unchecked), 1 the leader record's signature is forged or the record is
-    replayed (the JSON is still printed), NATS unreachable or no such stream there (it is not created), 2 bad input (the --nats URL, the --peers
+    replayed (the JSON is still printed), NATS unreachable (or it closed the connection) or no such stream there (it is not created), 2 bad input (the --nats URL, the --peers
     file).
 
     Example: ringfence replication status --nats nats://127.0.0.1:4222/RF --peers ./peers.json
     """
+    import asyncio
+
+    from nats.errors import Error as NatsError
+
+    from ..errors import without_credentials
     from ..nodekey import load_peers
     from . import NatsLink, lease_key, leader_of, leader_signature_ok, missing_stream, newest_verified, parse_target
 
@@ -188,6 +193,9 @@ def status_cmd(
         if verdict == "replayed" and newer is not None:
             out["newer_record"] = {"node": newer.get("node"), "epoch": newer.get("epoch"), "renewal": newer.get("renewal")}
         typer.echo(json.dumps(out))
+    except (NatsError, OSError, asyncio.TimeoutError, TimeoutError) as err:  # connected, then closed or silent
+        fail(f"--nats: lost the connection to NATS at {target.display}: {type(err).__name__} "
+             f"{without_credentials(str(err))[:200]}", 1)
     finally:
         link.close()
     if verdict in ("forged", "replayed"):  # a script checking the exit status must see it

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from . import STAFFLESS_DEV, Follower, Replicator, console_time, has_staff_quorum, parse_target
@@ -49,7 +49,7 @@ def say_replication_warnings(say: Callable[[str], None]) -> None:
 
 def before_build(data: Path, replicate: str | None, standby: str | None, node_id: str | None, port: int, demo: bool,
                  say: Callable[[str], None], host: str = "127.0.0.1", *,
-                 peers: Path | None = None, mode: str = "dev", listener: socket.socket | None = None
+                 peers: Path | None = None, mode: str = "dev", listeners: Sequence[socket.socket] = ()
                  ) -> tuple[Replicator | None, Any]:
     """Validate the options; as a standby, follow the stream until promoted; then, as the primary,
     connect and claim leadership (refused at once when another node leads) before anything opens.
@@ -61,8 +61,8 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
     `mode` is the node's settings' (RINGFENCE_MODE): outside dev mode a promotion without the operators'
     staff quorum is never granted (`grant_refusal`, intruder review of session 22, B4).
 
-    `listener` is serve's listening socket on host:port (api/serve.py `listen_on`), which a standby requires: its
-    status page serves on it while it follows, and the promoted exchange then serves on the same socket, so the
+    `listeners` are serve's listening sockets on host:port (api/serve.py `listen_on`), which a standby requires: its
+    status page serves on them while it follows, and the promoted exchange then serves on the same sockets, so the
     port is never free between the two (intruder review of #21, F1)."""
     check_options(replicate, standby, demo, None, "dev")  # (node_trust checks --peers, with the node's own entry)
     ident = node_id or f"{socket.gethostname()}-{port}"
@@ -81,7 +81,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         import signal
         import sys
 
-        if listener is None:
+        if not listeners:
             raise ValueError("a standby serves its status page on serve's listening socket (api/serve.py listen_on)")
 
         # a stopped standby closes its journal and lock cleanly (exit 0), as a stopped server does
@@ -92,7 +92,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
         models = ReadModels()
         follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted,
                             staffless_ok=staffless_ok)
-        status = StandbyStatus(follower, listener, models)
+        status = StandbyStatus(follower, listeners, models)
         say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
             f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident, keys=not staffless_ok or has_staff_quorum(follower.engine))}")
         try:
@@ -268,11 +268,12 @@ class StandbyStatus:
     """While following, the standby's port answers `GET /v1/standby` (its progress, as JSON) and
     `GET /readyz` with 503 (a load balancer must not send clients to it). Nothing else; no writes.
 
-    It serves on a duplicate of `listener`, serve's listening socket (api/serve.py `listen_on`): `close()`
-    stops it and closes the duplicate only; the socket stays bound and listening for the exchange that serves
-    on it after the promotion (a connection that arrives in between waits in its backlog for the exchange)."""
+    It serves on a duplicate of each of `listeners`, serve's listening sockets (api/serve.py `listen_on`: host:port,
+    and [::1]:port for a loopback host): `close()` stops it and closes the duplicates only; the sockets stay bound and
+    listening for the exchange that serves on them after the promotion (a connection that arrives in between waits
+    in its backlog for the exchange)."""
 
-    def __init__(self, follower: Follower, listener: socket.socket, models: Any = None) -> None:
+    def __init__(self, follower: Follower, listeners: Sequence[socket.socket], models: Any = None) -> None:
         import json
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -301,14 +302,18 @@ class StandbyStatus:
             def log_message(self, *_args: Any) -> None:
                 return None  # quiet: the standby logs its own progress
 
-        self.server = ThreadingHTTPServer(listener.getsockname()[:2], Handler, bind_and_activate=False)
-        self.server.socket.close()  # (the one it made, never bound)
-        self.server.socket = listener.dup()  # the same listening socket: closing the duplicate leaves it listening
-        threading.Thread(target=self.server.serve_forever, name="ringfence-standby-status", daemon=True).start()
+        self.servers: list[ThreadingHTTPServer] = []
+        for listener in listeners:
+            server = ThreadingHTTPServer(listener.getsockname()[:2], Handler, bind_and_activate=False)
+            server.socket.close()  # (the one it made, never bound)
+            server.socket = listener.dup()  # the same listening socket: closing the duplicate leaves it listening
+            self.servers.append(server)
+            threading.Thread(target=server.serve_forever, name="ringfence-standby-status", daemon=True).start()
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
 
 
 def after_build(exchange: Any, replicator: Replicator | None, say: Callable[[str], None], *,
