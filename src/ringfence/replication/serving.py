@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,39 +80,76 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
             "would not have them after a failover; set RINGFENCE_DATABASE_URL=postgresql+psycopg://USER@HOST:5432/DB "
             "(one database every node reaches) on each node (docs/resilience.md)")
     if standby:
-        import signal
-        import sys
-
         if listener is None:
             raise ValueError("a standby serves its status page on serve's listening socket (api/serve.py listen_on)")
-
-        # a stopped standby closes its journal and lock cleanly (exit 0), as a stopped server does
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        from ..api.service import ReadModels, WarmStart
-
-        _import_the_server()  # now, not after the promotion: part of a quick take-over (RTO)
-        models = ReadModels()
-        follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted,
-                            staffless_ok=staffless_ok)
-        status = StandbyStatus(follower, listener, models)
-        say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
-            f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident, keys=not staffless_ok or has_staff_quorum(follower.engine))}")
+        stop = threading.Event()
+        stopped_by: list[str] = []
+        previous = _stop_on_signals(stop, stopped_by)
         try:
-            follower.follow_until_promoted()
-            engine, position, lock = follower.hand_over()
-            lock.relabel(f"ringfence serve (node {ident}, the primary since its promotion; started as --standby)")
+            return _follow(target, data, ident, key, trusted, staffless_ok, peers, listener, host, port, say, stop,
+                           stopped_by)
         finally:
-            status.close()  # stops the status page; the port stays listening for the exchange that serves next
-            follower.close()
-        say(f"{console_time()} standby {ident}: promoted: serving with the engine and API read models kept warm at sequence "
-            f"{engine.last_seq} (no journal replay)")
-        try:
-            return (Replicator(target, ident, data / "engine", key=key, peers=trusted, staffless_ok=staffless_ok),
-                    WarmStart(engine, position, lock, models))
-        except BaseException:
-            lock.release()
-            raise
+            _restore(previous)  # before uvicorn starts (it installs its own) or the process exits
     return Replicator(target, ident, data / "engine", key=key, peers=trusted, staffless_ok=staffless_ok), None
+
+
+def _stop_on_signals(stop: threading.Event, stopped_by: list[str]) -> dict[int, Any]:
+    """While it follows, a standby stops on SIGINT and SIGTERM: a shell without job control starts a background
+    job with SIGINT ignored, and nothing else would stop it (uvicorn installs its handlers only once it serves):
+    an operator's Ctrl-C or `kill -INT` seemed to stop it while it still took a promotion (a new user's check of
+    #21). The handler only sets `stop`: the follower returns between two batches, nothing half-applied.
+    Returns the handlers it replaced (none outside the main thread, where signal.signal cannot be called)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        stop.set()
+
+    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _follow(target: Any, data: Path, ident: str, key: Any, trusted: Any, staffless_ok: bool, peers: Path | None,
+            listener: socket.socket, host: str, port: int, say: Callable[[str], None], stop: threading.Event,
+            stopped_by: list[str]) -> tuple[Replicator | None, Any]:
+    """The standby's phase of `before_build`: follow until promoted (then hand over), or until `stop` (exit 0)."""
+    from ..api.service import ReadModels, WarmStart
+
+    _import_the_server()  # now, not after the promotion: part of a quick take-over (RTO)
+    models = ReadModels()
+    follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted,
+                        staffless_ok=staffless_ok)
+    status = StandbyStatus(follower, listener, models)
+    say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
+        f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident, keys=not staffless_ok or has_staff_quorum(follower.engine))}")
+    try:
+        epoch = follower.follow_until_promoted(stop)
+        if stop.is_set():
+            # a stopped standby closes its journal and lock cleanly (exit 0), as a stopped server does; stopped
+            # after its fence (the signal came while it took a promotion), it serves no more than asked either
+            say(f"{console_time()} standby {ident}: stopped ({', '.join(dict.fromkeys(stopped_by)) or 'signal'}) at "
+                f"sequence {follower.engine.last_seq}, journal closed; it follows the stream no more and takes no "
+                f"promotion" + (f" (it had taken the one to epoch {epoch}: the stream has no primary now)" if epoch
+                                else ""))
+            raise SystemExit(0)
+        engine, position, lock = follower.hand_over()
+        lock.relabel(f"ringfence serve (node {ident}, the primary since its promotion; started as --standby)")
+    finally:
+        status.close()  # stops the status page; the port stays listening for the exchange that serves next
+        follower.close()
+    say(f"{console_time()} standby {ident}: promoted: serving with the engine and API read models kept warm at sequence "
+        f"{engine.last_seq} (no journal replay)")
+    try:
+        return (Replicator(target, ident, data / "engine", key=key, peers=trusted, staffless_ok=staffless_ok),
+                WarmStart(engine, position, lock, models))
+    except BaseException:
+        lock.release()
+        raise
 
 
 def promote_hint(target: Any, peers: Path | None, ident: str, *, keys: bool = False) -> str:
