@@ -51,3 +51,17 @@ def test_a_standby_started_with_sigint_ignored_stops_on_the_signal(tmp_path, str
     assert f"standby b: stopped ({sig.name}) at sequence 0, journal closed; it follows the stream no more and " \
            "takes no promotion" in text, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize("role", ["--replicate", "--standby"])
+def test_prod_mode_names_the_missing_peers_file_and_first_primary_at_once(tmp_path, role):
+    """docs/resilience.md: prod mode "names every missing item at once"; without --peers, the missing
+    first_primary= was named only once the peers file was there (check_options raised on the first)."""
+    from api.test_serve_start import serve
+
+    out = serve(tmp_path, role, "nats://127.0.0.1:4222/RFSTART", RINGFENCE_MODE="prod")
+    said = " ".join(out.stderr.split())
+    assert out.returncode == 2 and "Traceback" not in said, said
+    assert "--peers: a replicated node outside dev mode needs a peers file" in said, said
+    assert f"first_primary: a replicated node outside dev mode needs first_primary=NODE in its {role} URL" in said, said
+    assert not (tmp_path / "d").exists()  # refused before anything was made

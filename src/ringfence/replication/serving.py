@@ -204,32 +204,49 @@ NEEDS_PEERS = ("a replicated node outside dev mode needs a peers file: the node 
 
 
 def check_options(replicate: str | None, standby: str | None, demo: bool, peers: Path | None, mode: str) -> None:
-    """The replication options alone, before anything is made or connected (`serve` checks them before it creates
-    its data folder, and `before_build` again): one role, no --demo for a standby, the URL, and outside dev mode a
-    peers file that reads."""
+    """The replication options alone, before anything is made or connected (`before_build` checks them again):
+    raises the first of `option_problems`."""
+    problems = option_problems(replicate, standby, demo, peers, mode)
+    if problems:
+        raise problems[0]
+
+
+def option_problems(replicate: str | None, standby: str | None, demo: bool, peers: Path | None, mode: str
+                    ) -> list[ConfigError]:
+    """Every problem of the replication options, before anything is made or connected (`serve` names them all at
+    once before it creates its data folder): one role, no --demo for a standby, the URL, and outside dev mode a
+    peers file that reads and first_primary= in the URL."""
     from .. import nodekey
 
     if replicate and standby:
-        raise ConfigError("give --replicate (primary) or --standby (follower), not both", field="--standby")
+        return [ConfigError("give --replicate (primary) or --standby (follower), not both", field="--standby")]
     if standby and demo:
-        raise ConfigError("a standby takes its state from the primary's stream; --demo is for a primary", field="--demo")
+        return [ConfigError("a standby takes its state from the primary's stream; --demo is for a primary", field="--demo")]
     if not (replicate or standby):
-        return
+        return []
     option = "--replicate" if replicate else "--standby"
-    target = parse_target(replicate or standby or "", option)
+    try:
+        target = parse_target(replicate or standby or "", option)
+    except ConfigError as err:
+        return [err]
+    problems: list[ConfigError] = []
     if peers is None and mode != "dev":
-        raise ConfigError(NEEDS_PEERS, field="--peers")
+        problems.append(ConfigError(NEEDS_PEERS, field="--peers"))
     if mode != "dev" and not target.first_primary:
         # the default (the peers file's first node) hangs on the order of a JSON object's keys: a rewritten
         # file would name another node, and every standby would refuse the stream's opener (review of #21, 4)
-        raise ConfigError(f"a replicated node outside dev mode needs first_primary=NODE in its {option} URL: the node "
-                          "that opens the stream, the same on every node (e.g. "
-                          f"{option} nats://HOST:4222/STREAM?first_primary=a); dev mode defaults to the first node "
-                          "of the peers file", field="first_primary")
-    if peers is not None:
+        problems.append(ConfigError(f"a replicated node outside dev mode needs first_primary=NODE in its {option} URL: "
+                                    "the node that opens the stream, the same on every node (e.g. "
+                                    f"{option} nats://HOST:4222/STREAM?first_primary=a); dev mode defaults to the first "
+                                    "node of the peers file", field="first_primary"))
+    if peers is not None and not problems:
         from . import check_first_primary
 
-        check_first_primary(target, nodekey.load_peers(peers), option)
+        try:
+            check_first_primary(target, nodekey.load_peers(peers), option)
+        except ConfigError as err:
+            problems.append(err)
+    return problems
 
 
 def node_trust(data: Path, ident: str, peers: Path | None, say: Callable[[str], None], *,
