@@ -250,11 +250,10 @@ def test_postgresql_identity_is_dumped_verified_and_restored_into_a_new_database
                                str(tmp_path / "restored")], capture_output=True, text=True, timeout=300, env=env_dst)
         assert proc.returncode == 0 and "restored with pg_restore" in proc.stdout, proc.stdout + proc.stderr
         # new-user review (issue #21): the hint said `ringfence serve --data restored`, which opens a new, empty
-        # SQLite store; it names the database now (a password in the URL would be hidden)
-        from ringfence.errors import without_credentials
-
+        # SQLite store; it names the database now (a password in the URL would be hidden, the user name never is:
+        # `***@` in its place could not be pasted, a new user's check of #21)
         hint = " ".join(proc.stdout.split()).split("start it with: ", 1)[1]
-        assert hint.startswith(f"RINGFENCE_DATABASE_URL={without_credentials(target_url)} ringfence serve --data "), hint
+        assert hint.startswith(f"RINGFENCE_DATABASE_URL={target_url} ringfence serve --data "), hint
         # a second restore into the now-used database is refused before anything is written
         again_proc = rf("backup", "restore", str(tmp_path / "bk"), "--trust", trust, "--to", str(tmp_path / "again"), check=False,
                         env={"RINGFENCE_DATABASE_URL": target_url})
@@ -341,3 +340,21 @@ def test_a_moved_sqlite_node_backs_up_its_own_identity_and_a_missing_one_is_refu
     proc = rf("backup", "create", "--data", str(moved), "--to", str(tmp_path / "bk2"), check=False)
     assert proc.returncode == 2 and "which is not there" in proc.stderr, proc.stderr
     assert not (tmp_path / "bk2").exists()
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql+psycopg://rf@127.0.0.1:5432/db", "postgresql+psycopg://rf@127.0.0.1:5432/db"),
+    ("postgresql+psycopg://rf:s3:cr@t@127.0.0.1:5432/db?sslmode=require",
+     "postgresql+psycopg://rf:***@127.0.0.1:5432/db?sslmode=require"),
+    ("postgresql://:pw@db.internal/rf", "postgresql://:***@db.internal/rf"),
+    ("postgresql:///rf", "postgresql:///rf"),
+])
+def test_the_restore_hint_hides_the_password_and_keeps_the_user(tmp_path, url, shown):
+    """`backup restore`'s start command: only a password is hidden (`user:***@`); a user name alone is kept,
+    since it is no secret and `***@` in its place could not be pasted (a new user's check of #21)."""
+    from types import SimpleNamespace
+
+    from ringfence.backup.cli import _serve_hint
+
+    hint = _serve_hint(SimpleNamespace(identity="PostgreSQL dump, 1 kB"), tmp_path, url)  # type: ignore[arg-type]
+    assert hint == f"RINGFENCE_DATABASE_URL={shown} ringfence serve --data {tmp_path}"

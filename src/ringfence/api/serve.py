@@ -445,13 +445,9 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
     except SettingsInvalid as err:
         lines = settings_errors(err)
     else:
-        from ..replication.serving import check_options
+        from ..replication.serving import option_problems
 
-        problems: list[RingfenceError] = []
-        try:
-            check_options(replicate, standby, demo, peers, settings.mode)
-        except RingfenceError as err:
-            problems.append(err)
+        problems: list[RingfenceError] = [*option_problems(replicate, standby, demo, peers, settings.mode)]
         problems += settings.production_problems()
         chains = settings.custody_chains or ("BTC=local,ETH=local,USDT=local" if demo else "")  # as custody_runtime
         try:  # parsed in every mode: a bad value is refused before the app, identity and chain libraries load

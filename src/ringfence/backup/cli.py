@@ -408,15 +408,26 @@ def restore(
 def _serve_hint(report: BackupReport, to: Path, pg_url: str) -> str:
     """The command that serves the restored folder: with its PostgreSQL database named (its password hidden),
     since `serve --data` alone opens a new, empty SQLite identity store there (new-user review, issue #21)."""
-    from ..errors import without_credentials
-
     if not report.identity.startswith("PostgreSQL"):
         return f"ringfence serve --data {to}"
     if pg_url.startswith("postgresql"):
-        return f"RINGFENCE_DATABASE_URL={without_credentials(pg_url)} ringfence serve --data {to}"
+        return f"RINGFENCE_DATABASE_URL={_password_hidden(pg_url)} ringfence serve --data {to}"
     return (f"RINGFENCE_DATABASE_URL=postgresql+psycopg://USER@HOST:5432/DB ringfence serve --data {to}, once the "
             "backup's identity.pgdump is loaded into that empty database (restore again with RINGFENCE_DATABASE_URL set "
             "does it); never `serve --data` alone: it opens a new, empty SQLite identity store")
+
+
+def _password_hidden(url: str) -> str:
+    """A PostgreSQL URL with its password (only) hidden: `postgresql+psycopg://rf:***@host/db`; without a
+    password it is shown as is: its user name is no secret, and the command must name it to be pasted (`***@`
+    in its place, as errors.without_credentials writes a NATS token, would log in as the user `***`)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user_info, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user_info.split(':', 1)[0]}:***@{host}"))
 
 
 __all__ = ["app"]

@@ -3124,12 +3124,15 @@ class Follower:
             return
 
     def follow_until_promoted(self, stop: threading.Event | None = None) -> int:
-        """Follow the stream; when the leader record names this node, fence and return the epoch."""
+        """Follow the stream; when the leader record names this node, fence and return the epoch. `stop` set
+        (serve's SIGINT/SIGTERM handler): return 0 between two batches, nothing half-applied."""
         last_report: float | None = None  # float-ok: monotonic seconds
         reported_seq, batches_then = -1, self.batches_applied
         seen = -1  # the revision of the leader record last looked at
         while stop is None or not stop.is_set():
             self.poll()
+            if stop is not None and stop.is_set():  # stopped while polling: take no promotion after that
+                break
             if self.problem:  # a hole in the stream never closes: no promotion, no take-over from here
                 time.sleep(POLL_S)
                 continue

@@ -63,6 +63,8 @@ def promote_cmd(
     fence not published, no verdict within --wait-s, NATS unreachable, the node already leads), 2 bad input (an option, the URL, a key or token, no --peers, a --node-id not in --peers).
 
     Example: ringfence replication promote --nats nats://127.0.0.1:4222/RF --peers ./peers.json --node-id b --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben
+
+    Prod mode (RINGFENCE_MODE=prod refuses nats:// and a NATS server without users), with the operator's login and the CA `replication nats-config --out NATS-AUTH` wrote: RINGFENCE_NATS_PASSWORD="$(cat NATS-AUTH/rf-operator.password)" ringfence replication promote --nats "tls://rf-operator@HOST:4222/RF?tls_ca=NATS-AUTH/ca.pem" --peers ./peers.json --node-id b --key KEY --key KEY
     """
     from ..staff.console import load_key
     from ..staff.decisions import format_approval, parse_approval
@@ -149,6 +151,8 @@ def status_cmd(
     file).
 
     Example: ringfence replication status --nats nats://127.0.0.1:4222/RF --peers ./peers.json
+
+    Prod mode: RINGFENCE_NATS_PASSWORD="$(cat NATS-AUTH/rf-operator.password)" ringfence replication status --nats "tls://rf-operator@HOST:4222/RF?tls_ca=NATS-AUTH/ca.pem" --peers ./peers.json
     """
     import asyncio
 

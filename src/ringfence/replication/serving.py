@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -78,39 +80,76 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
             "would not have them after a failover; set RINGFENCE_DATABASE_URL=postgresql+psycopg://USER@HOST:5432/DB "
             "(one database every node reaches) on each node (docs/resilience.md)")
     if standby:
-        import signal
-        import sys
-
         if not listeners:
             raise ValueError("a standby serves its status page on serve's listening socket (api/serve.py listen_on)")
-
-        # a stopped standby closes its journal and lock cleanly (exit 0), as a stopped server does
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        from ..api.service import ReadModels, WarmStart
-
-        _import_the_server()  # now, not after the promotion: part of a quick take-over (RTO)
-        models = ReadModels()
-        follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted,
-                            staffless_ok=staffless_ok)
-        status = StandbyStatus(follower, listeners, models)
-        say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
-            f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident, keys=not staffless_ok or has_staff_quorum(follower.engine))}")
+        stop = threading.Event()
+        stopped_by: list[str] = []
+        previous = _stop_on_signals(stop, stopped_by)
         try:
-            follower.follow_until_promoted()
-            engine, position, lock = follower.hand_over()
-            lock.relabel(f"ringfence serve (node {ident}, the primary since its promotion; started as --standby)")
+            return _follow(target, data, ident, key, trusted, staffless_ok, peers, listeners, host, port, say, stop,
+                           stopped_by)
         finally:
-            status.close()  # stops the status page; the port stays listening for the exchange that serves next
-            follower.close()
-        say(f"{console_time()} standby {ident}: promoted: serving with the engine and API read models kept warm at sequence "
-            f"{engine.last_seq} (no journal replay)")
-        try:
-            return (Replicator(target, ident, data / "engine", key=key, peers=trusted, staffless_ok=staffless_ok),
-                    WarmStart(engine, position, lock, models))
-        except BaseException:
-            lock.release()
-            raise
+            _restore(previous)  # before uvicorn starts (it installs its own) or the process exits
     return Replicator(target, ident, data / "engine", key=key, peers=trusted, staffless_ok=staffless_ok), None
+
+
+def _stop_on_signals(stop: threading.Event, stopped_by: list[str]) -> dict[int, Any]:
+    """While it follows, a standby stops on SIGINT and SIGTERM: a shell without job control starts a background
+    job with SIGINT ignored, and nothing else would stop it (uvicorn installs its handlers only once it serves):
+    an operator's Ctrl-C or `kill -INT` seemed to stop it while it still took a promotion (a new user's check of
+    #21). The handler only sets `stop`: the follower returns between two batches, nothing half-applied.
+    Returns the handlers it replaced (none outside the main thread, where signal.signal cannot be called)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        stop.set()
+
+    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _follow(target: Any, data: Path, ident: str, key: Any, trusted: Any, staffless_ok: bool, peers: Path | None,
+            listeners: Sequence[socket.socket], host: str, port: int, say: Callable[[str], None], stop: threading.Event,
+            stopped_by: list[str]) -> tuple[Replicator | None, Any]:
+    """The standby's phase of `before_build`: follow until promoted (then hand over), or until `stop` (exit 0)."""
+    from ..api.service import ReadModels, WarmStart
+
+    _import_the_server()  # now, not after the promotion: part of a quick take-over (RTO)
+    models = ReadModels()
+    follower = Follower(target, data / "engine", ident, on_progress=say, on_batch=models.feed, key=key, peers=trusted,
+                        staffless_ok=staffless_ok)
+    status = StandbyStatus(follower, listeners, models)
+    say(f"standby {ident}: following stream {target.stream} at {target.display}; status on "
+        f"http://{host}:{port}/v1/standby; promote with: {promote_hint(target, peers, ident, keys=not staffless_ok or has_staff_quorum(follower.engine))}")
+    try:
+        epoch = follower.follow_until_promoted(stop)
+        if stop.is_set():
+            # a stopped standby closes its journal and lock cleanly (exit 0), as a stopped server does; stopped
+            # after its fence (the signal came while it took a promotion), it serves no more than asked either
+            say(f"{console_time()} standby {ident}: stopped ({', '.join(dict.fromkeys(stopped_by)) or 'signal'}) at "
+                f"sequence {follower.engine.last_seq}, journal closed; it follows the stream no more and takes no "
+                f"promotion" + (f" (it had taken the one to epoch {epoch}: the stream has no primary now)" if epoch
+                                else ""))
+            raise SystemExit(0)
+        engine, position, lock = follower.hand_over()
+        lock.relabel(f"ringfence serve (node {ident}, the primary since its promotion; started as --standby)")
+    finally:
+        status.close()  # stops the status page; the port stays listening for the exchange that serves next
+        follower.close()
+    say(f"{console_time()} standby {ident}: promoted: serving with the engine and API read models kept warm at sequence "
+        f"{engine.last_seq} (no journal replay)")
+    try:
+        return (Replicator(target, ident, data / "engine", key=key, peers=trusted, staffless_ok=staffless_ok),
+                WarmStart(engine, position, lock, models))
+    except BaseException:
+        lock.release()
+        raise
 
 
 def promote_hint(target: Any, peers: Path | None, ident: str, *, keys: bool = False) -> str:
@@ -165,32 +204,49 @@ NEEDS_PEERS = ("a replicated node outside dev mode needs a peers file: the node 
 
 
 def check_options(replicate: str | None, standby: str | None, demo: bool, peers: Path | None, mode: str) -> None:
-    """The replication options alone, before anything is made or connected (`serve` checks them before it creates
-    its data folder, and `before_build` again): one role, no --demo for a standby, the URL, and outside dev mode a
-    peers file that reads."""
+    """The replication options alone, before anything is made or connected (`before_build` checks them again):
+    raises the first of `option_problems`."""
+    problems = option_problems(replicate, standby, demo, peers, mode)
+    if problems:
+        raise problems[0]
+
+
+def option_problems(replicate: str | None, standby: str | None, demo: bool, peers: Path | None, mode: str
+                    ) -> list[ConfigError]:
+    """Every problem of the replication options, before anything is made or connected (`serve` names them all at
+    once before it creates its data folder): one role, no --demo for a standby, the URL, and outside dev mode a
+    peers file that reads and first_primary= in the URL."""
     from .. import nodekey
 
     if replicate and standby:
-        raise ConfigError("give --replicate (primary) or --standby (follower), not both", field="--standby")
+        return [ConfigError("give --replicate (primary) or --standby (follower), not both", field="--standby")]
     if standby and demo:
-        raise ConfigError("a standby takes its state from the primary's stream; --demo is for a primary", field="--demo")
+        return [ConfigError("a standby takes its state from the primary's stream; --demo is for a primary", field="--demo")]
     if not (replicate or standby):
-        return
+        return []
     option = "--replicate" if replicate else "--standby"
-    target = parse_target(replicate or standby or "", option)
+    try:
+        target = parse_target(replicate or standby or "", option)
+    except ConfigError as err:
+        return [err]
+    problems: list[ConfigError] = []
     if peers is None and mode != "dev":
-        raise ConfigError(NEEDS_PEERS, field="--peers")
+        problems.append(ConfigError(NEEDS_PEERS, field="--peers"))
     if mode != "dev" and not target.first_primary:
         # the default (the peers file's first node) hangs on the order of a JSON object's keys: a rewritten
         # file would name another node, and every standby would refuse the stream's opener (review of #21, 4)
-        raise ConfigError(f"a replicated node outside dev mode needs first_primary=NODE in its {option} URL: the node "
-                          "that opens the stream, the same on every node (e.g. "
-                          f"{option} nats://HOST:4222/STREAM?first_primary=a); dev mode defaults to the first node "
-                          "of the peers file", field="first_primary")
-    if peers is not None:
+        problems.append(ConfigError(f"a replicated node outside dev mode needs first_primary=NODE in its {option} URL: "
+                                    "the node that opens the stream, the same on every node (e.g. "
+                                    f"{option} nats://HOST:4222/STREAM?first_primary=a); dev mode defaults to the first "
+                                    "node of the peers file", field="first_primary"))
+    if peers is not None and not problems:
         from . import check_first_primary
 
-        check_first_primary(target, nodekey.load_peers(peers), option)
+        try:
+            check_first_primary(target, nodekey.load_peers(peers), option)
+        except ConfigError as err:
+            problems.append(err)
+    return problems
 
 
 def node_trust(data: Path, ident: str, peers: Path | None, say: Callable[[str], None], *,
