@@ -1,6 +1,10 @@
 """Durable-and-replicated ledger transfers (NATS JetStream) against the local-only baseline, same run.
 
 Usage: python bench/replicate.py [--smoke] [--seed N] [--nats nats://127.0.0.1:4222]
+   or, over TLS as prod connects (a private nats-server of `ringfence replication nats-config`, made,
+       run and deleted by): python bench/replicate_tls.py [--port 4333] [--smoke] [--modes ...]
+   or, against a TLS server of your own (user rf-node, the password from RINGFENCE_NATS_PASSWORD):
+       python bench/replicate.py --nats "tls://rf-node@HOST:PORT/STREAM?tls_ca=CA" (docs/resilience.md)
    or: python bench/ledger.py --replicate nats://127.0.0.1:4222 [--smoke] [--seed N]
 
 The same workloads as bench/ledger.py (its functions are reused), on real files with real fsync:
@@ -15,7 +19,8 @@ The same workloads as bench/ledger.py (its functions are reused), on real files 
    publishes and applies the next batch while a batch's fsync and stream ack are in flight; a
    batch is acknowledged once both returned. Sources without it record the mode as unsupported.
 Goal from issue 21: replicated >= 0.5x local throughput, p99 <= 5 ms at 50,000 transfers/s.
-Each run uses its own stream, deleted afterwards. `--modes a,b` runs only the modes named.
+Each run uses its own stream (or the one `--nats` names), deleted afterwards;
+the result line says which transport ran (`"transport": "tls"` or `"plain"`). `--modes a,b` runs only the modes named.
 
 Before each timed latency run the harness collects and freezes the heap it built (the prepared
 node, 10,000 accounts and their funding, the pre-generated requests; `gc.freeze`, as `serve` does
@@ -45,6 +50,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, percentile_us  # noqa: E402
@@ -52,15 +58,47 @@ from ledger import BATCH, SWITCH_INTERVAL_US, closed_loop, open_loop, prepared_n
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from ringfence.replication import Replicator, parse_target  # noqa: E402
+from ringfence.replication import Replicator, guarded_client, parse_target  # noqa: E402
+
+
+def _stream_url(nats_url: str, stream: str, **options: int) -> str:
+    """`--nats` (nats://HOST:PORT or tls://[USER@]HOST:PORT[/STREAM]?tls_ca=CA) with `stream` as its path and
+    the bench's `options` merged into its query (the bench's win over the same keys in `--nats`)."""
+    parsed = urlsplit(nats_url)
+    query = [part for part in parsed.query.split("&") if part and part.partition("=")[0] not in options]
+    query += [f"{key}={value}" for key, value in options.items()]
+    return urlunsplit((parsed.scheme, parsed.netloc, f"/{stream}", "&".join(query), ""))
+
+
+def _stream_name(nats_url: str) -> str:
+    """The stream a replicated mode runs on: the one `--nats` names (a server whose users may use that
+    stream only, as `replication nats-config` writes them; deleted before and after each mode), else
+    a new random one per mode."""
+    return urlsplit(nats_url).path.strip("/") or "RFBENCH" + secrets.token_hex(4).upper()
+
+
+def _transport(nats_url: str) -> str:
+    return "tls" if parse_target(_stream_url(nats_url, "RFBENCH"), "--nats").servers.startswith("tls://") else "plain"
 
 
 def _delete(nats_url: str, stream: str) -> None:
+    """Delete the run's stream and its leadership bucket, through the client the replication code
+    uses (`guarded_client`: on tls:// the CONNECT and its password go over TLS only, verified against
+    `tls_ca`), as the user in `--nats` (its password from RINGFENCE_NATS_PASSWORD, as the nodes read it)."""
+    target = parse_target(_stream_url(nats_url, stream), "--nats")
+
     async def go() -> None:
-        import nats
+        import ssl
+
         from nats.js.errors import NotFoundError
 
-        nc = await nats.connect(nats_url)
+        from ringfence.replication.auth import inbox_prefix
+
+        tls = ({"tls": ssl.create_default_context(cafile=target.tls_ca or None)} if target.servers.startswith("tls://")
+               else {})
+        nc = guarded_client()
+        await nc.connect(target.servers, connect_timeout=3, allow_reconnect=False,
+                         inbox_prefix=inbox_prefix(unquote(urlsplit(target.servers).username or "")), **tls)
         try:
             for name in (stream, f"KV_{stream}-leader"):
                 try:
@@ -74,9 +112,11 @@ def _delete(nats_url: str, stream: str) -> None:
 
 
 def _replicated(node, nats_url: str, every: int, later: bool = False, digest: bool = False) -> tuple[Replicator, str]:  # type: ignore[no-untyped-def]
-    stream = "RFBENCH" + secrets.token_hex(4).upper()
-    replicator = Replicator(parse_target(f"{nats_url}/{stream}?state_hash_every={every}&state_hash_later={int(later)}"
-                                         f"&state_digest={int(digest)}"), "bench",
+    stream = _stream_name(nats_url)
+    if urlsplit(nats_url).path.strip("/"):
+        _delete(nats_url, stream)  # a fixed stream: what an interrupted run left
+    replicator = Replicator(parse_target(_stream_url(nats_url, stream, state_hash_every=every, state_hash_later=int(later),
+                                                     state_digest=int(digest)), "--nats"), "bench",
                             key=Ed25519PrivateKey.generate())  # signs every message, as a served node does
     replicator.attach(node)  # publishes the setup history, then hooks every batch
     return replicator, stream
@@ -474,7 +514,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--nats", default="nats://127.0.0.1:4222")
+    parser.add_argument("--nats", default="nats://127.0.0.1:4222",
+                        help="nats://HOST:PORT, or tls://[USER@]HOST:PORT[/STREAM]?tls_ca=CA (the password from "
+                             "RINGFENCE_NATS_PASSWORD); see bench/replicate_tls.py")
     parser.add_argument("--note", default="", help="a note kept in the result line (e.g. which sources ran)")
     parser.add_argument("--modes", default="", help="comma-separated mode labels to run (default: all)")
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT,
@@ -523,6 +565,7 @@ def run(nats_url: str, *, seed: int = 1, smoke: bool = False, note: str = "", mo
 
     result: dict = {"note": note, "sources": str(Path(ringfence.__file__).parent), "seed": seed, "workload": {"accounts": accounts, "transfers": transfers, "request_size": BATCH}}
     # how a classic replicating node publishes and digests (session 21; absent in older sources)
+    result["transport"] = _transport(nats_url)  # "tls" (tls://, the prod set-up) or "plain" (nats://)
     result["replicator"] = {attribute: getattr(Replicator, attribute) for attribute in ("direct_publish", "digest_after_answer")
                             if hasattr(Replicator, attribute)}
     throughput: dict = {}
