@@ -91,6 +91,19 @@ def standby(target, tmp_path: Path, node_id: str = "b", peers: dict | None = Non
         follower.close()
 
 
+def assert_follows(target, folder: Path, node) -> None:
+    """Standby b (peers a, b) in `folder` reads the primary's opener and one batch of `target` and reaches
+    `node`'s state; closed either way."""
+    from ringfence.replication import Follower
+
+    follower = Follower(target, folder, "b", key=key_of("b"), peers=peers_of())
+    try:
+        assert follower.poll() == 2  # the primary's opener (message 1) and the batch
+        assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
+    finally:
+        follower.close()
+
+
 async def _delete_stream(stream: str) -> None:
     import nats
     from nats.js.errors import NotFoundError

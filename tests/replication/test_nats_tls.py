@@ -18,9 +18,9 @@ from api.conftest import free_port
 from ringfence.app import new_node
 from ringfence.errors import ConfigError
 from ringfence.ledger.commands import RegisterAsset
-from ringfence.replication import Follower, Replicator, parse_target
+from ringfence.replication import Replicator, parse_target
 
-from .conftest import key_of, listening, peers_of
+from .conftest import assert_follows, key_of, listening
 
 
 def _cert(subject: str, issuer_key, issuer_name, key, *, ca: bool) -> x509.Certificate:
@@ -66,12 +66,7 @@ def test_replication_over_verified_tls(tmp_path, tls_nats):
     try:
         replicator.attach(node)
         node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
-        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of())
-        try:
-            assert follower.poll() == 2  # a's opener (message 1) and the batch
-            assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
-        finally:
-            follower.close()
+        assert_follows(target, tmp_path / "b", node)
     finally:
         node.close()
         replicator.close()

@@ -22,10 +22,10 @@ from api.conftest import free_port
 from ringfence.app import new_node
 from ringfence.errors import ConfigError
 from ringfence.ledger.commands import RegisterAsset
-from ringfence.replication import Follower, NatsLink, Replicator, parse_target
+from ringfence.replication import NatsLink, Replicator, parse_target
 from ringfence.replication.auth import make_tls
 
-from .conftest import key_of, listening, peers_of
+from .conftest import assert_follows, key_of, listening
 
 STREAM = "RFPIN"
 PASSWORD = "secret-" + "7" * 24
@@ -170,13 +170,7 @@ def test_a_nats_server_from_nats_configs_own_tls_accepts_prod_nodes_that_verify_
             replicator.attach(node)
             node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
             for host in ("127.0.0.1", "localhost"):  # the address and the certificate's other name
-                follower = Follower(parse_target(url.replace("127.0.0.1", host) + "&first_primary=a"), tmp_path / f"b-{host}",
-                                    "b", key=key_of("b"), peers=peers_of())
-                try:
-                    assert follower.poll() == 2
-                    assert follower.engine.state_hash() == node.read(lambda e: e.state_hash())
-                finally:
-                    follower.close()
+                assert_follows(parse_target(url.replace("127.0.0.1", host) + "&first_primary=a"), tmp_path / f"b-{host}", node)
         finally:
             node.close()
             replicator.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -32,6 +33,21 @@ def _follow_for(follower: Follower, seconds: float) -> int:  # float-ok: seconds
         return follower.follow_until_promoted(stop)
     finally:
         timer.cancel()
+
+
+@contextmanager
+def _staffed_pair(tmp_path, stream, **follower_options):  # type: ignore[no-untyped-def]
+    """Primary a (staff ada and ben) running, and standby b that has read its stream: (node, replicator, keys,
+    target, follower); b is closed at the end."""
+    node, replicator, keys = _staffed_primary(tmp_path, stream)
+    target = parse_target(f"{NATS_URL}/{stream}")
+    with running(node, replicator):
+        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of(*PEERS), **follower_options)
+        try:
+            follower.poll()
+            yield node, replicator, keys, target, follower
+        finally:
+            follower.close()
 
 
 def test_a_promotion_that_timed_out_is_not_taken_by_a_standby_started_later(tmp_path, stream):
@@ -64,54 +80,40 @@ def test_a_request_withdrawn_while_the_standby_checks_it_is_not_taken(tmp_path, 
     """The race, standby side: b reads the request, and while it catches up the operator withdraws it
     (`replication.withdraw`, as `promote --withdraw` does). b's revision-checked take fails: it does not write
     the leader record, and says why."""
-    node, replicator, keys = _staffed_primary(tmp_path, stream)
-    target = parse_target(f"{NATS_URL}/{stream}")
-    with running(node, replicator):
-        said: list[str] = []
-        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of(*PEERS), on_progress=said.append)
-        try:
-            follower.poll()
-            promote(target, "b", _approvals(keys, stream, "b", 2), peers=peers_of(*PEERS))  # wait_s=0: only written
-            poll = follower.poll
-            withdrawn: list[str] = []
+    said: list[str] = []
+    with _staffed_pair(tmp_path, stream, on_progress=said.append) as (node, replicator, keys, target, follower):
+        promote(target, "b", _approvals(keys, stream, "b", 2), peers=peers_of(*PEERS))  # wait_s=0: only written
+        poll = follower.poll
+        withdrawn: list[str] = []
 
-            def catch_up_while_withdrawn() -> None:
-                withdrawn.append(replication.withdraw(target, "b"))
-                poll()
+        def catch_up_while_withdrawn() -> None:
+            withdrawn.append(replication.withdraw(target, "b"))
+            poll()
 
-            follower.poll = catch_up_while_withdrawn  # type: ignore[method-assign]
-            leader, revision = replication.leader_of(follower.link, follower.kv)
-            assert follower.consider_promotion(leader, revision) is False
-            assert withdrawn and withdrawn[0].startswith("withdrew the pending promotion request of b (epoch 2)"), withdrawn
-            assert any("changed before this standby took it" in line for line in said), said
-            assert json.loads(replicator.link.call(replicator.kv.get("leader")).value)["node"] == "a"
-            assert "nothing to withdraw" in replication.withdraw(target, "b")
-        finally:
-            follower.close()
+        follower.poll = catch_up_while_withdrawn  # type: ignore[method-assign]
+        leader, revision = replication.leader_of(follower.link, follower.kv)
+        assert follower.consider_promotion(leader, revision) is False
+        assert withdrawn and withdrawn[0].startswith("withdrew the pending promotion request of b (epoch 2)"), withdrawn
+        assert any("changed before this standby took it" in line for line in said), said
+        assert json.loads(replicator.link.call(replicator.kv.get("leader")).value)["node"] == "a"
+        assert "nothing to withdraw" in replication.withdraw(target, "b")
 
 
 def test_a_standby_that_took_the_request_first_wins_and_promote_reports_its_outcome(tmp_path, stream, monkeypatch):
     """The race, operator side: the standby takes the request just before `promote` gives up. The withdrawal
     then fails (the key changed), and `promote` waits for the standby's verdict and returns the promotion
     (exit 0 in the CLI) instead of reporting a failure that did not happen."""
-    node, replicator, keys = _staffed_primary(tmp_path, stream)
-    target = parse_target(f"{NATS_URL}/{stream}")
-    with running(node, replicator):
-        follower = Follower(target, tmp_path / "b", "b", key=key_of("b"), peers=peers_of(*PEERS))
-        try:
-            follower.poll()
-            real = replication._withdraw_own
-            epochs: list[int] = []
+    with _staffed_pair(tmp_path, stream) as (node, replicator, keys, target, follower):
+        real = replication._withdraw_own
+        epochs: list[int] = []
 
-            def standby_first(*args, **kwargs):
-                epochs.append(follower.follow_until_promoted())  # it takes the request and fences
-                return real(*args, **kwargs)
+        def standby_first(*args, **kwargs):
+            epochs.append(follower.follow_until_promoted())  # it takes the request and fences
+            return real(*args, **kwargs)
 
-            monkeypatch.setattr(replication, "_withdraw_own", standby_first)
-            record = promote(target, "b", _approvals(keys, stream, "b", 2), wait_s=1, peers=peers_of(*PEERS))
-            assert epochs == [2] and record["node"] == "b" and record["epoch"] == 2, (epochs, record)
-        finally:
-            follower.close()
+        monkeypatch.setattr(replication, "_withdraw_own", standby_first)
+        record = promote(target, "b", _approvals(keys, stream, "b", 2), wait_s=1, peers=peers_of(*PEERS))
+        assert epochs == [2] and record["node"] == "b" and record["epoch"] == 2, (epochs, record)
 
 
 def test_a_deposed_primary_without_a_lease_stops_before_its_next_write(tmp_path, stream):
