@@ -67,6 +67,8 @@ PRELOAD = (
 
 #: the variables the interpreter itself reads at start (never preloaded state, but the launcher's own start)
 _START_PREFIXES = ("PYTHON", "LC_", "LANG")
+#: os.environ at import (pytest collects before any test patches it): the launcher's environment
+_BASE_ENV = dict(os.environ)
 
 
 class Launched:
@@ -119,7 +121,9 @@ class Launcher:
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="rf-launcher-")
         self.path = os.path.join(self.dir, "sock")
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1")  # what the test servers set
+        # the worker's environment as it was when this module was imported (collection), not as a test that
+        # starts the first server has patched it (e.g. LC_ALL): every later server would fall back to Popen
+        self.env = dict(_BASE_ENV, PYTHONUNBUFFERED="1")  # what the test servers set
         here = str(Path(__file__).resolve().parent)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); import launcher; launcher.zygote({self.path!r})"],

@@ -455,10 +455,11 @@ def test_deidentified_export_of_the_live_stream(server, bob_guessed, tmp_path) -
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["k_achieved"] >= 1 and report["records_out"] > 0 and oct(key.stat().st_mode)[-3:] == "600"
     text = out.read_text()
-    for secret in ('"alice"', '"bob"', "127.0.0.1", "guesser/1.0", server.keys["alice"]["api_key"][:8]):
+    for secret in ('"alice"', '"bob"', "127.0.0.1", '"::1"', "guesser/1.0", server.keys["alice"]["api_key"][:8]):
         assert secret not in text, secret
     rows = [json.loads(x) for x in text.splitlines()]
-    assert {r["network"] for r in rows if r["network"]} <= {"127.0.0.0/24"}
+    # the loopback of either family: serve listens on 127.0.0.1 and [::1], and localhost may resolve to either
+    assert {r["network"] for r in rows if r["network"]} <= {"127.0.0.0/24", "::/48"}
     dictionary = json.loads((tmp_path / "deid.jsonl.dictionary.json").read_text())
     assert set().union(*(r.keys() for r in rows)) <= set(dictionary["fields"])
     # a stricter k suppresses more; a new key gives unlinkable pseudonyms; an existing key file is never overwritten

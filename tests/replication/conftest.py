@@ -120,6 +120,10 @@ async def _delete_stream(stream: str) -> None:
         await nc.close()
 
 
+#: the stream no test deletes (`stream`)
+KEEP_STREAM = "RFTESTKEEP"
+
+
 @pytest.fixture
 def stream() -> str:
     """A unique stream name; the stream and its leadership bucket are deleted after the test."""
@@ -129,7 +133,11 @@ def stream() -> str:
         import nats
 
         nc = await nats.connect(NATS_URL, connect_timeout=3, max_reconnect_attempts=0)
-        await nc.close()
+        try:  # one stream that is never deleted: nats-server 2.9 removes the account's folder with its last
+            # stream, and a stream another worker creates at that moment fails ('error creating store for stream')
+            await nc.jetstream().add_stream(name=KEEP_STREAM, subjects=[f"{KEEP_STREAM.lower()}.unused"])
+        finally:
+            await nc.close()
 
     asyncio.run(ping())
     yield name
