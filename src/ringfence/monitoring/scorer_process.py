@@ -354,10 +354,23 @@ def run(fd: int, config: ScorerConfig) -> int:
     while not stop.wait(1):
         if os.getppid() == 1:  # the engine process is gone (PR_SET_PDEATHSIG missed: a parent that ended before it was set)
             break
+    # the last step has STOP_TIMEOUT_S, as the engine process gives it: an orphan (the engine process killed)
+    # has no one to kill it when a step or a thread hangs (seen once in a fresh-clone test run: an orphan
+    # scorer sleeping on a lock for good); the events after the stored cursor are scored on the next start
+    deadline = threading.Timer(STOP_TIMEOUT_S, _give_up)
+    deadline.daemon = True
+    deadline.start()
     monitor.stop()  # the last step: the engine process wrote its outbox before it sent SIGTERM
     log.info("monitoring.scorer_process_stopped", cursor=monitor.cursor, events_scored=monitor.scorer.events_scored)
     store.engine.dispose()
     return 0
+
+
+def _give_up() -> None:
+    """The last step did not end within STOP_TIMEOUT_S: this process ends now (no thread keeps it)."""
+    log.warning("monitoring.scorer_process_last_step_timed_out", after_s=STOP_TIMEOUT_S)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def main() -> None:
@@ -365,7 +378,10 @@ def main() -> None:
     fd = int(sys.argv[1])
     raw = json.loads(sys.stdin.buffer.read())
     config = ScorerConfig(**{**raw, "liquidity_accounts": tuple(raw.get("liquidity_accounts", ()))})
-    sys.exit(run(fd, config))
+    code = run(fd, config)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # no thread left behind (a non-daemon one stuck on a lock) keeps an orphan scorer alive
 
 
 if __name__ == "__main__":
