@@ -231,17 +231,18 @@ class Settings(BaseSettings):
     def smtp_problems(self) -> list[ConfigError]:
         """Outside dev mode, the SMTP relay that gets password-reset and verification mail (and any SMTP login) must
         be one no other local user can stand in for (intruder review of #22): the host set on purpose, not left at
-        dev mode's catcher 127.0.0.1:8025; and on a loopback address, a privileged port (< 1024, which only root can
-        listen on) or TLS (starttls, ssl: the relay's certificate is verified), unless the operator states that this
+        dev mode's catcher 127.0.0.1:8025; and on this machine (is_this_machine: by address, not by name), a privileged
+        port (< 1024, which only root can listen on) or TLS (starttls, ssl: the relay's certificate is verified), unless the operator states that this
         machine has no other users (RINGFENCE_IDENTITY_SMTP_LOCAL_PLAIN_OK=1)."""
         if "identity_smtp_host" not in self.model_fields_set:
             return [ConfigError("must be set outside dev mode (the default 127.0.0.1:8025 is dev mode's mail catcher): "
                                 "your relay's host name, with RINGFENCE_IDENTITY_SMTP_PORT and _SECURITY",
                                 field="RINGFENCE_IDENTITY_SMTP_HOST")]
-        if (is_loopback(self.identity_smtp_host) and self.identity_smtp_port >= 1024
-                and self.identity_smtp_security == "none" and not self.identity_smtp_local_plain_ok):
+        if (self.identity_smtp_port >= 1024 and self.identity_smtp_security == "none"
+                and not self.identity_smtp_local_plain_ok and is_this_machine(self.identity_smtp_host)):
             return [ConfigError(
-                f"none is refused outside dev mode for a relay on a loopback port >= 1024 "
+                f"none is refused outside dev mode for a relay on this machine (an address of its own, loopback or "
+                f"0.0.0.0) on a port >= 1024 "
                 f"({self.identity_smtp_host}:{self.identity_smtp_port}): any local user could listen there and get "
                 "password-reset and verification mail; use starttls or ssl, a port below 1024 (e.g. 25), or set "
                 "RINGFENCE_IDENTITY_SMTP_LOCAL_PLAIN_OK=1 if this machine has no other users",
@@ -249,17 +250,36 @@ class Settings(BaseSettings):
         return []
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` names this machine's loopback (localhost, 127.0.0.0/8, ::1), by its text: no resolving."""
+def is_this_machine(host: str) -> bool:
+    """Whether `host` reaches this machine, decided by address, not by its text (intruder review of #23: `vm`, this
+    machine's name in /etc/hosts, `127.1`, `0.0.0.0` and `::ffff:127.0.0.1` all reach the local listener too): any
+    address it resolves to (numeric forms included) that is loopback, unspecified (0.0.0.0, ::), an IPv4-mapped one of
+    those, or one of this machine's own addresses. `localhost` and `*.localhost` count even if they do not resolve; any
+    other name that does not resolve does not."""
     import ipaddress
+    import socket
 
     name = host.strip("[]").lower().rstrip(".")
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except (OSError, UnicodeError):
         return False
+    try:
+        own = set(socket.gethostbyname_ex(socket.gethostname())[2])
+    except (OSError, UnicodeError):
+        own = set()
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(str(text).split("%", 1)[0])
+        except ValueError:
+            continue
+        mapped = getattr(address, "ipv4_mapped", None)
+        for candidate in (address, mapped) if mapped is not None else (address,):
+            if candidate.is_loopback or candidate.is_unspecified or str(candidate) in own:
+                return True
+    return False
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -171,3 +173,19 @@ def test_prod_mode_refuses_a_relay_another_local_user_could_stand_in_for(smtp, r
     s = Settings(mode="prod", identity_secret_key_hex="cd" * 32, identity_origin="https://x", **smtp)
     assert [p.field for p in s.production_problems()] == ([refused] if refused else [])
     assert Settings(**smtp).production_problems() == []  # dev mode: its catcher
+
+
+@pytest.mark.parametrize(("host", "plain_ok", "refused"), [
+    ("127.1", False, True),  # 127.0.0.1, written short
+    ("0.0.0.0", False, True),  # connects to this machine
+    ("::ffff:127.0.0.1", False, True),  # IPv4-mapped loopback
+    (socket.gethostname(), False, True),  # this machine's own name (`vm`, 127.0.0.1 in /etc/hosts)
+    ("mail.exchange.example", False, False),  # does not resolve: not this machine
+    ("127.1", True, False),  # the operator's statement that this machine has no other users
+])
+def test_prod_mode_decides_this_machine_by_address_not_by_name(host, plain_ok, refused):
+    """Intruder review of #23: a host that is this machine but not written as `localhost` or 127.x in full passed,
+    and a local user listening on the port got the SMTP AUTH password."""
+    s = Settings(mode="prod", identity_secret_key_hex="cd" * 32, identity_origin="https://x", identity_smtp_host=host,
+                 identity_smtp_port=2525, identity_smtp_local_plain_ok=plain_ok)
+    assert [p.field for p in s.production_problems()] == (["RINGFENCE_IDENTITY_SMTP_SECURITY"] if refused else [])
