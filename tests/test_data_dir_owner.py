@@ -111,3 +111,67 @@ def test_serve_refuses_a_data_folder_another_user_owns(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "--data" in out.stderr and f"user id {OTHER}" in " ".join(out.stderr.split())
     assert list(data.iterdir()) == []
+
+
+@as_root
+@pytest.mark.parametrize("name", ["run", "gpg", "por", "custody", "notes.txt"])
+def test_any_entry_another_user_made_is_refused(tmp_path, capsys, name):
+    data = tmp_path / "d"
+    data.mkdir(mode=0o755)  # what the refusal of a writable DIR advised: chmod'ed after uid 4242 made entries in it
+    planted = data / name
+    planted.write_text("") if "." in name else planted.mkdir(mode=0o755)
+    os.chown(planted, OTHER, OTHER)  # their run/ would hold the engine's socket (serve --gateways N)
+    said = _refused(capsys, lambda: prepare_data_dir(data), str(planted), f"belongs to user id {OTHER}", "move it out")
+    assert "engine.sock" not in said and not (planted / "engine.sock").exists()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o775])
+def test_an_own_subfolder_others_may_write_is_refused(tmp_path, capsys, mode):
+    data = tmp_path / "d"
+    (data / "run").mkdir(parents=True)
+    os.chmod(data, 0o700)
+    os.chmod(data / "run", mode)
+    _refused(capsys, lambda: prepare_data_dir(data), str(data / "run"), "written by other users")
+
+
+def test_an_entry_link_is_refused(tmp_path, capsys):
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (data / "run").symlink_to(tmp_path / "elsewhere")
+    _refused(capsys, lambda: prepare_data_dir(data), str(data / "run"), "symbolic link")
+
+
+@as_root
+def test_the_socket_folder_is_checked_once_made(tmp_path):
+    from ringfence.errors import ConfigError
+    from ringfence.owned import make_own_folder
+
+    run = tmp_path / "run"
+    assert make_own_folder(run, "--data", "r", "x") == run and run.stat().st_mode & 0o777 == 0o700
+    os.chown(run, OTHER, OTHER)  # made by someone else between the start's check and serve's mkdir
+    with pytest.raises(ConfigError, match=f"user id {OTHER}"):
+        make_own_folder(run, "--data", "r", "x")
+    os.rmdir(run)
+    run.symlink_to(tmp_path)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        make_own_folder(run, "--data", "r", "x")
+
+
+@as_root
+def test_serve_refuses_a_run_folder_another_user_made(tmp_path):
+    data = tmp_path / "d"
+    (data / "run").mkdir(parents=True, mode=0o755)
+    os.chmod(data, 0o755)
+    os.chown(data / "run", OTHER, OTHER)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RINGFENCE_")}
+    try:
+        out = subprocess.run([sys.executable, "-m", "ringfence.cli", "serve", "--data", str(data), "--port", "1",
+                              "--gateways", "1"], capture_output=True, text=True, env={**clean, "COLUMNS": "500"},
+                             timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve started with another user's run/ in its data folder")
+    said = " ".join(out.stderr.split())
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "--data" in said and str(data / "run") in said and f"user id {OTHER}" in said
+    assert list((data / "run").iterdir()) == [] and sorted(p.name for p in data.iterdir()) == ["run"]

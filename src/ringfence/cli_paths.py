@@ -139,11 +139,31 @@ def _check_own_entry(info: os.stat_result, shown: Path, option: str, remedy: str
                           f"{_DATA_RISK}; chmod 700 {shown}, or {remedy}", field=option)
 
 
+def _check_other_entry(info: os.stat_result, shown: Path, option: str) -> None:
+    """Any entry of a data directory (lstat `info`): not a symbolic link, this user's, and a folder no one
+    else may write (sticky or not); a file of this user's may have any mode (a node's own files are made 0600)."""
+    import stat
+
+    from .errors import ConfigError
+    from .owned import refuse_unless_own
+
+    remedy = (f"it is not the node's: move it out of {shown.parent} (check what it holds first), or give {option} a new "
+              "folder of this user's (mkdir -m 700 DIR)")
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"{shown} is a symbolic link (to {os.path.realpath(shown)}): whoever may change it decides "
+                          f"where the node writes; {remedy}", field=option)
+    refuse_unless_own(info, shown, option, _DATA_RISK, remedy)
+    if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o022:
+        raise ConfigError(f"{shown} may be written by other users (mode {info.st_mode & 0o7777:04o}): they "
+                          f"{_DATA_RISK}; chmod 700 {shown}, or {remedy}", field=option)
+
+
 def refuse_foreign_data_dir(path: Path, option: str = "--data") -> None:
     """Refuse (exit 2, naming `option`) a data directory another local user could change: `path` must be
     this user's, not a symbolic link, not writable by others (sticky or not), and every folder above it
     this user's or root's and closed to others (owned.safe_folder, as for node.key); of what is already in
-    it, engine/ and identity.sqlite3{,-wal,-shm,-journal} must be this user's and not links. When `path` is
+    it, engine/ and identity.sqlite3{,-wal,-shm,-journal} must be this user's, not links and closed to others,
+    and every other entry this user's, not a link and, a folder, closed to others (run/, gpg/, ...). When `path` is
     not there yet, the nearest folder above it that exists is checked: nothing is made under a folder
     someone else could swap (intruder review of session 23: uid 4242's identity.sqlite3-wal adopted by
     root's node). Called before anything is made, and again once the folder is."""
@@ -168,6 +188,16 @@ def refuse_foreign_data_dir(path: Path, option: str = "--data") -> None:
             except FileNotFoundError:
                 continue
             _check_own_entry(entry, path / name, option, remedy)
+        # every other entry too: the node makes run/ (its engine socket), gpg/, por/, custody/... with exist_ok,
+        # so one another user made there earlier would be written into (intruder review of session 23: DIR/run)
+        with os.scandir(real) as entries:
+            names = sorted(each.name for each in entries if each.name not in _OWN_ENTRIES)
+        for name in names:
+            try:
+                entry = os.lstat(real / name)
+            except FileNotFoundError:
+                continue
+            _check_other_entry(entry, path / name, option)
     except ConfigError as err:
         fail(f"{option}: {err.message}")
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["others_may_write", "refuse_unless_own", "safe_folder", "nearest_existing", "open_own_folder", "read_own_file"]
+__all__ = ["others_may_write", "refuse_unless_own", "safe_folder", "nearest_existing", "open_own_folder", "read_own_file",
+           "make_own_folder"]
 
 
 def others_may_write(mode: int) -> bool:
@@ -67,6 +68,31 @@ def safe_folder(folder: Path, field: str, risk: str, remedy: str) -> Path:
                               f"{info.st_mode & 0o7777:04o}, no sticky bit): they {risk}; make it 0755 or 0700 "
                               f"(chmod go-w), or {remedy}", field=field)
     return real
+
+
+def make_own_folder(path: Path, field: str, risk: str, remedy: str) -> Path:
+    """`path` made (0700) unless it is there, then checked as it now is (lstat, never following a link): a real
+    folder of this user's that no one else may write, sticky or not. For a folder made with exist_ok inside a
+    checked one (serve's DIR/run): one someone else made there earlier is refused, not written into (intruder
+    review of session 23: uid 4242's DIR/run held the engine's socket). Its parent must exist."""
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+    except FileExistsError:
+        pass  # a file or a dangling link: lstat below says which
+    except OSError as err:
+        raise ConfigError(f"{path} cannot be made: {err.strerror}", field=field) from None
+    try:
+        info = os.lstat(path)
+    except OSError as err:
+        raise ConfigError(f"{path} cannot be checked: {err.strerror}", field=field) from None
+    if not stat.S_ISDIR(info.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a folder"
+        raise ConfigError(f"{path} is {kind}: whoever made it {risk}; {remedy}", field=field)
+    refuse_unless_own(info, path, field, risk, remedy)
+    if info.st_mode & 0o022:
+        raise ConfigError(f"{path} may be written by other users (mode {info.st_mode & 0o7777:04o}): they {risk}; "
+                          f"chmod 700 {path}, or {remedy}", field=field)
+    return path
 
 
 def nearest_existing(path: Path) -> Path:

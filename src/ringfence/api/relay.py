@@ -406,8 +406,11 @@ class EngineRelay:
         await self.app(scope, lifespan_receive, lifespan_send)
 
     async def start(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.path.parent, 0o700)
+        from ..owned import make_own_folder
+
+        # made, or checked as it is (not a link, this user's, closed to others): never chmod'ed through a link
+        make_own_folder(self.path.parent, "--data", "could swap the engine's socket and read or answer every "
+                        "gateway's requests", f"remove {self.path.parent} (it is not the node's) and start again")
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()
         old = os.umask(0o177)

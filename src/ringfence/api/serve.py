@@ -398,8 +398,18 @@ def serve_through_gateways(app: Any, data: Path, listeners: list[socket.socket],
     from ..custody.btc_signing import spawn_child
     from .relay import EngineRelay, engine_socket_path
 
+    from ..cli_paths import fail
+    from ..errors import ConfigError
+    from ..owned import make_own_folder
+
     path = engine_socket_path(data)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:  # DIR/run as it is once made: another user's run/ would let them swap the engine's socket
+        make_own_folder(path.parent, "--data", "could swap the engine's socket and read or answer every gateway's "
+                        "requests", f"remove {path.parent} (it is not the node's) and start again")
+    except ConfigError as err:
+        for listener in listeners:
+            listener.close()
+        fail(f"--data: {err.message}")
     fds = [listener.fileno() for listener in listeners]
     for listener in listeners:
         listener.set_inheritable(True)  # (listening since the start: `listen_on`)
