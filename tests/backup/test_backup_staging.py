@@ -49,9 +49,11 @@ def _no_staging_left(folder: Path) -> bool:
     return not any(p.name.startswith(".ringfence-restore-") for p in folder.iterdir())
 
 
-def test_an_identity_file_swapped_while_restoring_is_never_restored(genuine, tmp_path):
-    """The intruder's swap.sh, in a thread: wait for the new engine folder, then rename a doctored
-    identity store over the backup's. The restored store is byte for byte the one the manifest hashed."""
+def test_an_identity_file_swapped_while_restoring_is_never_restored(genuine, tmp_path, monkeypatch):
+    """The intruder's swap.sh: once the new engine folder exists, rename a doctored identity store over the
+    backup's. The restored store is byte for byte the one the manifest hashed. (The swap ran in a thread
+    polling for the folder; on a loaded machine the restore sometimes ended first and the test failed on its
+    own precondition: now the swap runs at the first replay after the folder exists.)"""
     bk, manifest = _copy(genuine, tmp_path)
     evil = tmp_path / "evil.sqlite3"
     shutil.copyfile(bk / "identity.sqlite3", evil)
@@ -60,23 +62,19 @@ def test_an_identity_file_swapped_while_restoring_is_never_restored(genuine, tmp
     conn.commit()
     conn.close()
     target = tmp_path / "restored"
-    stop, swapped = threading.Event(), threading.Event()
+    swapped = threading.Event()
+    replay = backup_mod._replay
 
-    def intruder() -> None:  # the new data directory is built privately beside target (F4 of session 19)
-        while not stop.is_set() and not ((target / "engine").exists() or any(tmp_path.glob(".ringfence-restore-*/engine"))):
-            stop.wait(0.0005)
-        if not stop.is_set():
+    def swap_then_replay(*args, **kwargs):  # type: ignore[no-untyped-def]
+        # the new data directory is built privately beside target (F4 of session 19)
+        if not swapped.is_set() and ((target / "engine").exists() or any(tmp_path.glob(".ringfence-restore-*/engine"))):
             shutil.copyfile(evil, bk / "identity.sqlite3.new")
             os.replace(bk / "identity.sqlite3.new", bk / "identity.sqlite3")
             swapped.set()
+        return replay(*args, **kwargs)
 
-    thread = threading.Thread(target=intruder)
-    thread.start()
-    try:
-        restore_backup(bk, target, trust=TRUST)
-    finally:
-        stop.set()
-        thread.join()
+    monkeypatch.setattr(backup_mod, "_replay", swap_then_replay)
+    restore_backup(bk, target, trust=TRUST)
     assert swapped.is_set() and _sha256(bk / "identity.sqlite3") == _sha256(evil)  # the swap did happen
     assert _sha256(target / "identity.sqlite3") == manifest["files"]["identity"]["sha256"]
     assert (target / "identity.sqlite3").stat().st_mode & 0o777 == 0o600
