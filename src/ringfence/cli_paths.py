@@ -8,6 +8,7 @@ traceback, and an inspection command never creates the folder it was asked to re
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -180,8 +181,8 @@ def refuse_foreign_data_dir(path: Path, option: str = "--data") -> None:
         if info is not None:
             _check_own_entry(info, path, option, remedy)
         real = safe_folder(nearest_existing(path), option, _DATA_RISK, remedy)
-        if info is None:
-            return
+        if info is None or not stat.S_ISDIR(info.st_mode):
+            return  # nothing in it yet; or not a folder, which the caller's own check names (`real` is then above it)
         for name in _OWN_ENTRIES:
             try:
                 entry = os.lstat(real / name)
