@@ -123,40 +123,34 @@ _OWN_ENTRIES = (ENGINE_SUBDIR, "identity.sqlite3", "identity.sqlite3-wal", "iden
 _DATA_RISK = "could read or change the node's users, sessions, API keys and journal, or swap them for theirs"
 
 
-def _check_own_entry(info: os.stat_result, shown: Path, option: str, remedy: str) -> None:
-    """`shown` (lstat `info`) is not a symbolic link, is this user's and, unlike `owned.refuse_unless_own`,
-    may not be written by others even with the sticky bit: others could make its entries before a first start."""
-    import stat
-
+def _check_entry(info: os.stat_result, shown: Path, option: str, remedy: str, *, link_hint: str,
+                 files_any_mode: bool) -> None:
+    """`shown` (lstat `info`) is not a symbolic link, is this user's and, unlike `owned.refuse_unless_own`, may
+    not be written by others even with the sticky bit (a folder; a file too unless `files_any_mode`)."""
     from .errors import ConfigError
     from .owned import refuse_unless_own
 
     if stat.S_ISLNK(info.st_mode):
         raise ConfigError(f"{shown} is a symbolic link (to {os.path.realpath(shown)}): whoever may change it decides "
-                          f"where the node writes; give the folder's own path, or {remedy}", field=option)
+                          f"where the node writes; {link_hint}{remedy}", field=option)
     refuse_unless_own(info, shown, option, _DATA_RISK, remedy)
-    if info.st_mode & 0o022:
+    if (stat.S_ISDIR(info.st_mode) or not files_any_mode) and info.st_mode & 0o022:
         raise ConfigError(f"{shown} may be written by other users (mode {info.st_mode & 0o7777:04o}): they "
                           f"{_DATA_RISK}; chmod 700 {shown}, or {remedy}", field=option)
+
+
+def _check_own_entry(info: os.stat_result, shown: Path, option: str, remedy: str) -> None:
+    """The data directory itself, engine/ and identity.sqlite3*: others could make its entries before a first
+    start, so not even a file of it may be written by others."""
+    _check_entry(info, shown, option, remedy, link_hint="give the folder's own path, or ", files_any_mode=False)
 
 
 def _check_other_entry(info: os.stat_result, shown: Path, option: str) -> None:
-    """Any entry of a data directory (lstat `info`): not a symbolic link, this user's, and a folder no one
-    else may write (sticky or not); a file of this user's may have any mode (a node's own files are made 0600)."""
-    import stat
-
-    from .errors import ConfigError
-    from .owned import refuse_unless_own
-
+    """Any other entry of a data directory: a file of this user's may have any mode (a node's own files are
+    made 0600)."""
     remedy = (f"it is not the node's: move it out of {shown.parent} (check what it holds first), or give {option} a new "
               "folder of this user's (mkdir -m 700 DIR)")
-    if stat.S_ISLNK(info.st_mode):
-        raise ConfigError(f"{shown} is a symbolic link (to {os.path.realpath(shown)}): whoever may change it decides "
-                          f"where the node writes; {remedy}", field=option)
-    refuse_unless_own(info, shown, option, _DATA_RISK, remedy)
-    if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o022:
-        raise ConfigError(f"{shown} may be written by other users (mode {info.st_mode & 0o7777:04o}): they "
-                          f"{_DATA_RISK}; chmod 700 {shown}, or {remedy}", field=option)
+    _check_entry(info, shown, option, remedy, link_hint="", files_any_mode=True)
 
 
 def refuse_foreign_data_dir(path: Path, option: str = "--data") -> None:
