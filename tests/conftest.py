@@ -99,6 +99,31 @@ def _store_profile_databases():
     drop_profile_databases()
 
 
+#: variables a test may leave set for the rest of its process: the SoftHSM config (tests/keys/conftest.py's
+#: session fixture; PKCS#11 reads it once per process), and pytest's own PYTEST_CURRENT_TEST
+_ENV_KEPT = frozenset({"SOFTHSM2_CONF", "PYTEST_CURRENT_TEST"})
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """A test leaves os.environ as it found it (monkeypatch's own changes are undone before this runs). A leak
+    changes the next tests of the worker: Dask's LocalCluster set PYTHONHASHSEED, OMP_NUM_THREADS, ... here, and
+    the test launcher then started test_launcher.py's servers with Popen (the CI run of c90be03). The leak is
+    undone and the test that left it fails, naming the variables."""
+    before = dict(os.environ)
+    yield
+    after = dict(os.environ)
+    leaked = {n: (before.get(n), after.get(n)) for n in sorted(set(before) | set(after))
+              if before.get(n) != after.get(n) and n not in _ENV_KEPT}
+    if leaked:
+        for name, (old, _) in leaked.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+        pytest.fail(f"the test left os.environ changed (before, after): {leaked}")
+
+
 # ---- the checkout's compiled hot path is the user's build: no test may delete or rebuild it
 # (`make native` builds it in place; tests/trading/test_native.py compiles, breaks and deletes only
 # copies). The run fails if the build changed between its start and its end, naming the files. Checked

@@ -140,8 +140,12 @@ class Launcher:
 
     def compatible(self, env: dict[str, str]) -> bool:
         """Whether a process with `env` would have seen at start what the launcher saw."""
+        return not self.differences(env)
+
+    def differences(self, env: dict[str, str]) -> dict[str, tuple[str | None, str | None]]:
+        """The variables read at start or import whose value in `env` is not the launcher's: (launcher's, env's)."""
         names = set(self.read) | {n for n in (*env, *self.env) if n.startswith(_START_PREFIXES)}
-        return all(env.get(n) == self.env.get(n) for n in names)
+        return {n: (self.env.get(n), env.get(n)) for n in sorted(names) if env.get(n) != self.env.get(n)}
 
     def spawn(self, args: list[str], env: dict[str, str], stdout: int, stderr: int, cwd: str | None = None) -> Launched:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

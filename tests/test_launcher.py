@@ -16,6 +16,15 @@ def launcher_on(monkeypatch):
     monkeypatch.setenv("RINGFENCE_TEST_LAUNCHER", "1")
 
 
+def _why_popen() -> str:
+    """Why this process's launcher would not start a server with this process's environment (a test that left a
+    variable read at start or import changed: the CI run of c90be03 fell back to Popen here)."""
+    own = launcher._LAUNCHER
+    if own is None:
+        return "no launcher was started"
+    return f"differences from the launcher's environment (launcher's, this process's): {own.differences(dict(os.environ, PYTHONUNBUFFERED='1'))}"
+
+
 def run(tmp_path, name: str, argv: list[str], **env: str) -> tuple[object, int, str]:
     log = open(tmp_path / name, "w")
     proc = launcher.spawn_cli(argv, dict(os.environ, PYTHONUNBUFFERED="1", **env), log)
@@ -26,7 +35,7 @@ def run(tmp_path, name: str, argv: list[str], **env: str) -> tuple[object, int, 
 
 def test_exit_code_and_output(tmp_path) -> None:
     proc, code, text = run(tmp_path, "bad.log", ["no-such-command"])
-    assert isinstance(proc, launcher.Launched) and proc.pid != os.getpid()
+    assert isinstance(proc, launcher.Launched) and proc.pid != os.getpid(), _why_popen()
     assert code == 2 and proc.returncode == 2 and proc.poll() == 2, text
     assert "No such command" in text
     proc, code, text = run(tmp_path, "help.log", ["--help"])
@@ -62,7 +71,7 @@ def test_a_variable_read_at_import_falls_back_to_popen(tmp_path) -> None:
 
 def test_signals_go_to_the_server(tmp_path) -> None:
     srv = Server(tmp_path / "data", demo=False, chains=False)
-    assert isinstance(srv.proc, launcher.Launched)
+    assert isinstance(srv.proc, launcher.Launched), _why_popen()
     assert os.path.exists(f"/proc/{srv.proc.pid}")
     srv.proc.send_signal(signal.SIGKILL)
     assert srv.proc.wait(20) == -signal.SIGKILL

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,6 +72,17 @@ def test_partition_too_full_and_bad_counts(tmp_path: Path) -> None:
 def test_on_a_real_dask_local_cluster(tmp_path: Path) -> None:
     from dask.distributed import Client, LocalCluster
 
+    # LocalCluster sets its workers' variables in this process too (PYTHONHASHSEED, OMP_NUM_THREADS, ...) and
+    # leaves them set: put the environment back (tests/conftest.py's _environment_restored fails a test that does not)
+    saved = dict(os.environ)
+    try:
+        _build_on_a_local_cluster(tmp_path, Client, LocalCluster)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _build_on_a_local_cluster(tmp_path: Path, Client: Any, LocalCluster: Any) -> None:  # noqa: N803 - dask's classes
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         load = partial(loader, seed=1, per_partition=6)
