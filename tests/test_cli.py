@@ -156,26 +156,80 @@ def test_serve_refuses_a_busy_port_before_touching_the_journal(tmp_path):
         port = busy.getsockname()[1]
         out = run("serve", "--demo", "--data", str(tmp_path / "d"), "--port", str(port))
     assert out.returncode == 2 and "--port" in out.stderr and "Traceback" not in out.stderr
+    assert (f"error: --host 127.0.0.1 --port {port}: cannot listen on 127.0.0.1:{port}: Address already in use; held by "
+            f"127.0.0.1:{port} of user ") in " ".join(out.stderr.split()), out.stderr
     assert not (tmp_path / "d" / "engine").exists()
 
 
-def test_serve_refuses_when_ipv6_loopback_port_is_taken(tmp_path):
-    """serve announces http://localhost:PORT: another user's socket on [::1]:PORT would get the browsers that
-    resolve localhost to ::1 (intruder review of #22), so a busy [::1]:PORT is refused like a busy port."""
+#: (--host, the twin serve also takes, more arguments): each host form that holds both families (listening.py)
+TAKEN_TWINS = [("127.0.0.1", "::1", ()), ("localhost", "::1", ()), ("::1", "127.0.0.1", ()), ("0.0.0.0", "::", ()),
+               ("::", "0.0.0.0", ()), ("0.0.0.0", "::", ("--gateways", "2"))]
+
+
+@pytest.mark.parametrize(("host", "twin", "args"), TAKEN_TWINS, ids=[f"{h}-{' '.join(a) or 'one-process'}" for h, _, a in TAKEN_TWINS])
+def test_serve_refuses_when_the_twin_of_its_host_is_taken(tmp_path, host, twin, args):
+    """A wildcard or loopback --host holds the port on both families (issue #21; intruder review of #22: another
+    user's socket on [::1]:PORT got the browsers that resolve localhost to ::1), so a busy twin is refused like a
+    busy port: exit 2, --host, --port, the twin and who holds it named, nothing created, never half served."""
     import socket
 
-    try:
-        busy = socket.socket(socket.AF_INET6)
-        busy.bind(("::1", 0))
-    except OSError:
-        pytest.skip("no IPv6 loopback on this machine")
-    with busy:
+    with socket.socket(socket.AF_INET6 if ":" in twin else socket.AF_INET) as busy:
+        if ":" in twin:
+            busy.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        busy.bind((twin, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        out = run("serve", "--demo", "--data", str(tmp_path / "d"), "--port", str(port))
+        out = run("serve", "--demo", "--data", str(tmp_path / "d"), "--host", host, "--port", str(port), *args)
+    text = " ".join(out.stderr.split())
+    shown = f"[{twin}]:{port}" if ":" in twin else f"{twin}:{port}"
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-    assert f"--port: cannot listen on [::1]:{port}" in " ".join(out.stderr.split()), out.stderr
+    assert text.startswith(f"error: --host {host} --port {port}: cannot listen on {shown} ("), text
+    assert f"--host {host} holds it too): Address already in use; held by {shown} of user " in text, text
+    assert f"pid {os.getpid()} (" in text, text  # this test's own socket, named as the holder
     assert not (tmp_path / "d").exists()
+
+
+def test_identity_serve_holds_both_loopbacks_and_refuses_a_taken_twin(tmp_path):
+    """`ringfence identity serve --host ::1` (the sign-in pages, announced as http://localhost:PORT) holds
+    127.0.0.1:PORT too, through the same function as `serve` (listening.py): no other socket gets it, the pages
+    answer on both; with 127.0.0.1:PORT taken it refuses to start by name."""
+    import socket
+    import time
+
+    import httpx
+
+    env = dict(os.environ, RINGFENCE_DATABASE_URL=f"sqlite:///{tmp_path / 'identity.sqlite3'}",
+               RINGFENCE_IDENTITY_GNUPG_HOME=str(tmp_path / "gpg"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(RINGFENCE + ["identity", "serve", "--host", "::1", "--port", str(port)], capture_output=True,
+                             text=True, timeout=120, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert (f"error: --host ::1 --port {port}: cannot listen on 127.0.0.1:{port} (IPv4 loopback, where clients that "
+            f"resolve localhost to 127.0.0.1 connect; --host ::1 holds it too): Address already in use; held by "
+            f"127.0.0.1:{port} of user ") in " ".join(out.stderr.split()), out.stderr
+    proc = subprocess.Popen(RINGFENCE + ["identity", "serve", "--host", "::1", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        while True:
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"http://[::1]:{port}/signup", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/signup", timeout=10).status_code == 200
+        for reuse in (0, 1):
+            with socket.socket() as other:
+                other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
+                with pytest.raises(OSError, match="Address already in use"):
+                    other.bind(("127.0.0.1", port))
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path):

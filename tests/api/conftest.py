@@ -50,12 +50,23 @@ def has_ipv6_loopback() -> bool:
     return True
 
 
+#: the addresses a `serve --host` form holds (listening.py `twin_of`): a loopback host both loopbacks, a wildcard
+#: host both wildcards (which cover the loopbacks); the node answers on 127.0.0.1 and [::1] for each
+HELD_ADDRESSES = {"127.0.0.1": ("127.0.0.1", "::1"), "localhost": ("127.0.0.1", "::1"), "::1": ("127.0.0.1", "::1"),
+                  "0.0.0.0": ("127.0.0.1", "::1", "0.0.0.0", "::"), "::": ("127.0.0.1", "::1", "0.0.0.0", "::")}
+
+
+def url_of(address: str, port: int) -> str:
+    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
+
+
 class Intruder:
     """Another local user's socket after the node's port (intruder review of #21, F1): a thread tries to bind
-    `host`:`port` (127.0.0.1; ::1: intruder review of #22) and listen on it in a tight loop, from `start()` until `stop()`, alternately without and with
-    SO_REUSEADDR (an unprivileged user may set it). When it wins it keeps the port, listening, as the intruder did
-    (a server of its own there would then get the node's clients). `won`: the attempts that bound and listened;
-    `refused`: the errno of each one that did not."""
+    `host`:`port` (127.0.0.1; ::1: intruder review of #22; either family's wildcard: issue #21's IPv6 finding) and
+    listen on it in a tight loop, from `start()` until `stop()`, alternately without and with SO_REUSEADDR (an
+    unprivileged user may set it) and, on IPv6, with and without IPV6_V6ONLY. When it wins it keeps the port,
+    listening, as the intruder did (a server of its own there would then get the node's clients). `won`: the
+    attempts that bound and listened; `refused`: the errno of each one that did not."""
 
     def __init__(self, port: int, host: str = "127.0.0.1") -> None:
         import threading
@@ -75,6 +86,8 @@ class Intruder:
             s = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
             if attempt % 2:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if ":" in self.host:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, attempt // 2 % 2)
             try:
                 s.bind((self.host, self.port))
                 s.listen(16)
@@ -82,7 +95,7 @@ class Intruder:
                 s.close()
                 self.refused.append(err.errno)
             else:
-                self.won.append(f"attempt {attempt} ({'with' if attempt % 2 else 'without'} SO_REUSEADDR)")
+                self.won.append(f"attempt {attempt} on {self.host} ({'with' if attempt % 2 else 'without'} SO_REUSEADDR)")
                 self.held = s
                 return
             attempt += 1

@@ -126,7 +126,7 @@ def test_a_signer_whose_free_port_was_taken_before_it_bound_starts_on_another(tm
     try:
         urls = f.start()
         assert handed[0] == taken and all(f":{taken}" not in u for u in urls.values()), (handed, urls)
-        assert b"address already in use" in (tmp_path / "signers" / "signer-1.log").read_bytes()
+        assert b"address already in use" in (tmp_path / "signers" / "signer-1.log").read_bytes().lower()
         assert all(httpx.get(u + "/health", timeout=5, verify=f.tls().context(i)).status_code == 200 for i, u in urls.items())
     finally:
         f.stop()

@@ -205,3 +205,47 @@ def test_signers_pin_each_other_a_substituted_transport_key_or_an_unpinned_signe
     finally:
         coord.close()
         fleet.stop_one(4)
+
+
+def test_each_signer_holds_its_port_on_both_loopbacks_and_signs_over_either(fleet: SignerFleet) -> None:
+    """A signer on 127.0.0.1 also holds [::1] (listening.py; issue #21): no other socket gets [::1]:PORT, where a
+    coordinator configured with https://localhost:PORT may connect, and the signer answers there too."""
+    import errno
+
+    urls = {i: fleet.urls[i] for i in (1, 2, 3)}  # (signer 4 of the test above is stopped)
+    for url in urls.values():
+        for reuse in (0, 1):
+            with socket.socket(socket.AF_INET6) as other:
+                other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
+                with pytest.raises(OSError) as refused:
+                    other.bind(("::1", _port(url)))
+                assert refused.value.errno == errno.EADDRINUSE
+    coord = ThresholdCoordinator({i: f"https://[::1]:{_port(u)}" for i, u in urls.items()}, fleet.token,
+                                 tls=fleet.tls())
+    try:
+        coord.create_key("k-mtls-v6", SUITE, 2, [1, 2, 3])
+        assert coord.sign(_req("v6-1"), [2, 3]).signers == ("frost:2", "frost:3")
+    finally:
+        coord.close()
+
+
+def test_signer_run_refuses_a_taken_twin_and_creates_nothing(tmp_path) -> None:
+    """`ringfence signer run --host 0.0.0.0` holds [::] too; another socket there refuses the start by name (exit 2),
+    before the share store is made."""
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket(socket.AF_INET6) as theirs:
+        theirs.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        theirs.bind(("::", 0))
+        theirs.listen()
+        port = theirs.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "ringfence.cli", "signer", "run", "--store", str(tmp_path / "s1"),
+                              "--identifier", "1", "--port", str(port), "--host", "0.0.0.0", "--create"],
+                             capture_output=True, text=True, timeout=60,
+                             env=dict(os.environ, RINGFENCE_SIGNER_PASSPHRASE="p" * 16, RINGFENCE_SIGNER_TOKEN="t" * 32))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert (f"error: --host 0.0.0.0 --port {port}: cannot listen on [::]:{port} (IPv6 wildcard, every IPv6 address of "
+            f"this machine; --host 0.0.0.0 holds it too): Address already in use; held by [::]:{port} of user ") in out.stderr, out.stderr
+    assert not (tmp_path / "s1").exists()

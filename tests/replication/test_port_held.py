@@ -10,6 +10,8 @@ no primary at all, and the new primary's clients talked to the intruder's server
 Here, with the machine's NATS: a primary and a standby (real `ringfence serve` processes, plain and with one
 gateway in front of the standby's engine), and an `Intruder` (tests/api/conftest.py) trying for the standby's
 port from while it follows until well after the promotion. It never gets it; the promoted node serves on the port.
+The standby runs with a wildcard --host (`::`, and `0.0.0.0` with the gateway), so it holds the port on both address
+families (listening.py): an `Intruder` on each wildcard and each loopback never gets it either.
 """
 
 from __future__ import annotations
@@ -23,27 +25,28 @@ import time
 import httpx
 import pytest
 
-from api.conftest import NO_CHAINS, Intruder, Server, free_port, has_ipv6_loopback
+from api.conftest import HELD_ADDRESSES, NO_CHAINS, Intruder, Server, free_port, has_ipv6_loopback, url_of
 
 from .conftest import NATS_URL, Standby, peers_file
 
 
-@pytest.mark.parametrize("gateways", [(), ("--gateways", "1")], ids=["one-process", "gateways"])
-def test_the_promoted_standby_keeps_its_port_from_the_status_page_to_the_exchange(tmp_path, stream, gateways):
+@pytest.mark.parametrize(("host", "gateways"), [("::", ()), ("0.0.0.0", ("--gateways", "1"))],
+                         ids=["one-process-host-::", "gateways-host-0.0.0.0"])
+def test_the_promoted_standby_keeps_its_port_from_the_status_page_to_the_exchange(tmp_path, stream, host, gateways):
+    assert has_ipv6_loopback(), "this test needs IPv6 loopback (::1): the standby holds its port on both families"
     url = f"{NATS_URL}/{stream}"
     a, b = tmp_path / "a", tmp_path / "b"
     env = {**NO_CHAINS, **peers_file(tmp_path, a=a, b=b)}
     primary = Server(a, env=env, args=("--replicate", url, "--node-id", "a"), demo=False, chains=False)
     standby = None
-    intruder = intruder6 = None
+    intruders: list[Intruder] = []
     try:
         assert "replicating to stream " + stream in primary.log_text()
-        standby = Standby(b, url, "b", free_port(), env=env, args=gateways)
-        assert httpx.get(standby.base + "/v1/standby", timeout=10).json()["role"] == "standby"
-        intruder = Intruder(standby.port).start()
-        intruder6 = Intruder(standby.port, "::1").start() if has_ipv6_loopback() else None  # (intruder review of #22)
-        if intruder6 is not None:
-            assert httpx.get(f"http://[::1]:{standby.port}/v1/standby", timeout=10).json()["role"] == "standby"
+        standby = Standby(b, url, "b", free_port(), env=env, args=("--host", host, *gateways))
+        # every address the host form stands for (both families' wildcards and loopbacks: issue #21, intruder review of #22)
+        intruders = [Intruder(standby.port, address).start() for address in HELD_ADDRESSES[host]]
+        for address in ("127.0.0.1", "::1"):  # the status page answers over either family
+            assert httpx.get(f"{url_of(address, standby.port)}/v1/standby", timeout=10).json()["role"] == "standby"
         promoted = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "promote", "--nats", url,
                                    "--node-id", "b", "--peers", str(tmp_path / "peers.json"), "--wait-s", "60"],
                                   capture_output=True, text=True, timeout=120)
@@ -51,21 +54,20 @@ def test_the_promoted_standby_keeps_its_port_from_the_status_page_to_the_exchang
         assert "promoted b at epoch 2" in " ".join(promoted.stdout.split()), promoted.stdout
         deadline = time.time() + 90
         ready = False
-        while not ready and standby.proc.poll() is None and not intruder.won and time.time() < deadline:
+        while not ready and standby.proc.poll() is None and not any(i.won for i in intruders) and time.time() < deadline:
             try:
                 ready = httpx.get(standby.base + "/readyz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 time.sleep(0.1)
         time.sleep(1 if ready else 0)  # and a moment of serving as the primary
-        intruder.stop()
-        assert not intruder.won, f"another socket got port {standby.port}: {intruder.won}\n{standby.text()[-3000:]}"
+        for intruder in intruders:
+            intruder.stop()
+        for intruder in intruders:
+            assert not intruder.won, f"another socket got {intruder.host} port {standby.port}: {intruder.won}\n{standby.text()[-3000:]}"
         assert ready and standby.proc.poll() is None, standby.text()[-3000:]
-        assert len(intruder.refused) > 50 and set(intruder.refused) == {errno.EADDRINUSE}, intruder.refused[:20]
-        if intruder6 is not None:
-            intruder6.stop()
-            assert not intruder6.won, f"another socket got [::1]:{standby.port}: {intruder6.won}"
-            assert set(intruder6.refused) == {errno.EADDRINUSE}, intruder6.refused[:20]
-            assert httpx.get(f"http://[::1]:{standby.port}/api/v3/ping", timeout=10).json() == {}
+        for intruder in intruders:
+            assert len(intruder.refused) > 50 and set(intruder.refused) == {errno.EADDRINUSE}, (intruder.host, intruder.refused[:20])
+        assert httpx.get(f"http://[::1]:{standby.port}/api/v3/ping", timeout=10).json() == {}
         assert "address already in use" not in standby.text().lower()
         # the promoted node answers on the port: the exchange's API, not the status page
         assert httpx.get(standby.base + "/api/v3/ping", timeout=10).json() == {}
@@ -75,9 +77,8 @@ def test_the_promoted_standby_keeps_its_port_from_the_status_page_to_the_exchang
                                            timeout=120, check=True).stdout)
         assert status["leader"]["node"] == "b" and status["leader"]["epoch"] == 2, status
     finally:
-        for each in (intruder, intruder6):
-            if each is not None:
-                each.stop()
+        for intruder in intruders:
+            intruder.stop()
         if standby is not None:
             assert standby.stop() == 0, standby.text()[-3000:]
         primary.stop()

@@ -1012,7 +1012,7 @@ def freeze_heap_for_serving() -> dict[str, int]:
 def main(argv: list[str] | None = None) -> None:
     """`python -m ringfence.api.relay FD[,FD] ENGINE_SOCKET INDEX [PROXIES]`: one gateway process, started by
     `ringfence serve --gateways N` (not a command for people: serve passes it the listening sockets, host:port and,
-    for a loopback host, [::1]:port)."""
+    for a wildcard or loopback host, the other address family's twin: listening.py)."""
     import signal
 
     import uvicorn

@@ -115,8 +115,13 @@ def custody_runtime(data: Path, settings: object, demo: bool, ctx: object) -> ob
 
 
 def custody_admin_url(host: str, port: int) -> str:
-    """Where `ringfence chain ...` reaches this server (the faucet answers loopback only)."""
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', 'localhost') else host}:{port}"
+    """Where `ringfence chain ...` reaches this server (the faucet answers loopback only): 127.0.0.1 for a wildcard
+    or loopback host of either family, which serve holds with 127.0.0.1 (listening.py `twin_of`)."""
+    from ..listening import twin_of
+
+    if twin_of(host) is not None:
+        return f"http://127.0.0.1:{port}"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 # ------------------------------------------------------------ end of the custody runtime block ----
@@ -330,63 +335,6 @@ def register_por_metrics(app: Any, exchange: Any, data: Path, settings: Any) -> 
 # ---------------------------------------------------------------- end of proof of solvency and shield fund
 
 
-#: the public listening socket's queue of connections not yet accepted (uvicorn's default)
-LISTEN_BACKLOG = 2048
-
-
-#: the --host values that mean this machine's loopback, served on IPv6's too (`listen_on`)
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-
-
-def listen_on(host: str, port: int) -> list[socket.socket]:
-    """The node's listening sockets on host:port (OSError if it cannot have them), made before anything is recovered
-    or written and kept until the process ends: a standby's status page serves on them while it follows, then the
-    exchange (uvicorn, or the `--gateways` processes, which inherit them) on the same sockets. So there is no moment
-    from the start until the stop in which the port is not the node's (intruder review of #21, F1: the standby closed
-    its status page at the promotion and the exchange bound the port again seconds later; another local user's process
-    looping on bind() got it in between, and the node exited with no primary left).
-
-    With a loopback --host (127.0.0.1, localhost: `LOOPBACK_HOSTS`) the node announces http://localhost:PORT, also its
-    passkeys' origin, and a browser may resolve localhost to ::1 first: so it also takes [::1]:PORT (the second
-    socket). Without it another local user could listen there and get the browsers' requests and session cookies
-    (intruder review of #22). A machine without IPv6 loopback (EADDRNOTAVAIL, EAFNOSUPPORT) goes on with the one;
-    [::1]:PORT busy is refused like a busy port.
-
-    Each listens at once, not merely bound: a bound socket that does not listen shares its port with any other socket
-    that sets SO_REUSEADDR, and whichever listens first gets it. Until the exchange serves, a connection waits in
-    the backlog and is answered once it does (`/readyz` says when)."""
-    import errno
-
-    first = _listen(host, port)
-    if host not in LOOPBACK_HOSTS:
-        return [first]
-    try:
-        return [first, _listen("::1", port)]
-    except OSError as err:
-        if err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-            return [first]  # no IPv6 loopback here: nobody can listen on [::1] either
-        first.close()
-        raise OSError(err.errno, err.strerror or str(err),
-                      f"[::1]:{port} (IPv6 loopback, where browsers may send http://localhost:{port})") from None
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    import socket
-
-    v6 = ":" in host
-    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart binds despite TIME_WAIT connections
-        if v6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def serve_through_gateways(app: Any, data: Path, listeners: list[socket.socket], gateways: int, proxies: list[str],
                            keys: Any = None) -> None:
     """The engine process of `serve --gateways N` (api/relay.py): N gateway processes accept on
@@ -486,7 +434,7 @@ def check_before_start(data: Path, demo: bool, public_url: str, forwarded_allow_
 
 def serve(
     data: Path = typer.Option(Path("ringfence-data"), "--data", help="Data directory (journal and snapshots in DIR/engine, SQLite); locked while serving: other writers are refused, read-only commands (journal verify DIR) still work."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 127.0.0.1 or localhost also takes [::1] on the same port (the node announces http://localhost:PORT, which a browser may send to ::1), when the machine has IPv6 loopback."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. A wildcard or loopback address holds the port on both address families: 0.0.0.0 and [::], 127.0.0.1 (or localhost) and [::1] (clients may resolve localhost to either); a machine without IPv6 gets a warning."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     demo: bool = typer.Option(False, "--demo", help="List demo markets, fund alice and bob, seed books, start local chains (BTC, ETH, USDT) with a faucet (`ringfence chain pay`), write DIR/demo-keys.json (HMAC keys, one Ed25519 key, alice's withdraw key and address book)."),
     forwarded_allow_ips: str | None = typer.Option(
@@ -579,13 +527,27 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
         wire = check_settings()  # the connection bounds (http_wire.py): refused here, by name, before anything starts
     except ValueError as err:
         fail(str(err))
-    public_url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}"
+    from ..listening import url_host
+
+    public_url = f"http://{url_host(host)}:{port}"  # localhost for a loopback host of either family (both are held)
     mode = check_before_start(data, demo, public_url, forwarded_allow_ips, replicate, standby, peers)
     refuse_foreign_data_dir(data)  # another user's --data (or one they may write) before the port is taken
-    try:  # a busy port is refused before recovering or writing anything; from here on the port is the node's
-        listeners = listen_on(host, port)
-    except OSError as err:
-        fail(f"--port: cannot listen on {err.filename or f'{host}:{port}'}: {err.strerror or err}")
+    # The node's listening sockets (listening.py: host:port and, for a wildcard or loopback host, the other address
+    # family's twin), taken before anything is recovered or written and kept until the process ends: a standby's
+    # status page serves on them while it follows, then the exchange (uvicorn, or the `--gateways` processes, which
+    # inherit them) on the same sockets. So the port is the node's from the start until the stop (intruder review of
+    # #21, F1: the standby closed its status page at the promotion and the exchange bound the port again seconds
+    # later; another local user's process looping on bind() got it in between, and the node exited with no primary
+    # left). A busy port (or twin) is refused here, before recovering or writing anything. A connection that arrives
+    # before the exchange serves waits in the backlog and is answered once it does (`/readyz` says when).
+    from rich.markup import escape
+
+    from ..listening import ListenError, listen_on
+
+    try:
+        listeners = listen_on(host, port, lambda line: console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True))
+    except ListenError as err:
+        fail(str(err))
     prepare_data_dir(data)  # only now: a refused start leaves no folder behind
     try:
         # --- replication: a standby follows here until promoted; a primary hooks its node after build ---
@@ -603,8 +565,6 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
         after_build(exchange, replicator, say, promoted=warm is not None)
         exchange.source = f"gateway:{node_id or f'{socket.gethostname()}-{port}'}"  # journaled with each command
     except RingfenceError as err:
-        from rich.markup import escape
-
         for listener in listeners:
             listener.close()
         console.print(f"[bold red]error:[/] {escape(str(err))}")  # a field like --peers[b] is text, not markup
@@ -672,6 +632,7 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
     proxies = list(info["forwarded_allow_ips"])  # type: ignore[call-overload]
     if proxies:
         console.print(f"trusting X-Forwarded-For/-Proto from: {', '.join(proxies)}")
+    from ..listening import LISTEN_BACKLOG
     from .ws import KeepRawWebSocketSend
     from .http_wire import DeadlineHttpProtocol
     from .ws_wire import BudgetedWebSocketProtocol
@@ -689,7 +650,7 @@ def _serve(data: Path, host: str, port: int, demo: bool, forwarded_allow_ips: st
         log_level="warning", lifespan="on", ws_max_size=65536, timeout_graceful_shutdown=10,
         ws_per_message_deflate=False, ws=BudgetedWebSocketProtocol,  # every frame a client sends is counted (ws_wire.py)
         http=DeadlineHttpProtocol,  # a request must arrive whole within a deadline (http_wire.py: slowloris)
-        proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [], backlog=LISTEN_BACKLOG,
+        proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [], backlog=LISTEN_BACKLOG,  # (listening.py)
     )
     server = uvicorn.Server(config)
     try:

@@ -282,7 +282,7 @@ class SignerFleet:
             tail = (self.root / f"signer-{i}.log").read_bytes()[-2000:]
         except OSError:
             return False
-        if b"address already in use" not in tail:
+        if b"address already in use" not in tail.lower():  # (uvicorn's words, or listening.py's "Address ...")
             return False
         self._port_races[i] = self._port_races.get(i, 0) + 1
         self.logs.pop(i).close()

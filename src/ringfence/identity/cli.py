@@ -95,7 +95,8 @@ def gen_exchange_pgp_key(email: str = typer.Option("support@ringfence.local", he
 
 @app.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; a wildcard or loopback address holds the port on "
+                             "both address families (0.0.0.0 and [::], 127.0.0.1 or localhost and [::1]), as `ringfence serve`"),
     port: int = typer.Option(8000, min=1, max=65535, help="port to listen on"),
 ) -> None:
     """Serve the identity web pages (sign up, sign in, security centre) for development.
@@ -103,10 +104,23 @@ def serve(
     Example: ringfence identity serve --port 8000   then open http://localhost:8000/signup
     """
     import uvicorn
+    from rich.markup import escape
 
+    from ..cli_paths import fail
+    from ..listening import LISTEN_BACKLOG, ListenError, listen_on
     from .web import create_app
 
-    uvicorn.run(create_app(_context()), host=host, port=port, log_level="warning")
+    try:  # both families of a wildcard or loopback host, or nothing (listening.py); before the store is opened
+        sockets = listen_on(host, port, lambda line: console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True))
+    except ListenError as err:
+        fail(str(err))
+    try:
+        web_app = create_app(_context())
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    uvicorn.Server(uvicorn.Config(web_app, log_level="warning", backlog=LISTEN_BACKLOG)).run(sockets=sockets)
 
 
 @app.command()

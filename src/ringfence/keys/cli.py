@@ -278,7 +278,8 @@ def signer_run(store: Path = typer.Option(..., help="share store directory"),
                identifier: int = typer.Option(..., help="this signer's FROST identifier (1..255)"),
                port: int = typer.Option(..., help="TCP port"),
                name: str = typer.Option("", help="name in logs (default signer-ID)"),
-               host: str = typer.Option("127.0.0.1", help="address to bind"),
+               host: str = typer.Option("127.0.0.1", help="address to listen on; a wildcard or loopback address holds "
+                                        "the port on both address families (0.0.0.0 and [::], 127.0.0.1 and [::1])"),
                create: bool = typer.Option(False, help="create the share store if it does not exist"),
                coordinator_cert: Path = typer.Option(None, help="the coordinator's pinned certificate (PEM); "
                                                      "without it: plain HTTP on loopback (tests only)"),

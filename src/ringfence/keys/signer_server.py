@@ -15,6 +15,7 @@ import argparse
 import hmac
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.peer_certs is not None and args.coordinator_cert is None:
         ap.error("--peer-certs needs --coordinator-cert (the signer's own certificate is what its peers pin)")
+    from ..listening import LISTEN_BACKLOG, ListenError, listen_on
+
+    try:  # both families of a wildcard or loopback --host, or nothing (listening.py), before
+        # the share store is opened or made: a refused start leaves nothing behind
+        sockets = listen_on(args.host, args.port, lambda line: print(f"warning: {line}", file=sys.stderr, flush=True))
+    except ListenError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
     passphrase = os.environ.get("RINGFENCE_SIGNER_PASSPHRASE", "")
     token = os.environ.get("RINGFENCE_SIGNER_TOKEN", "")
     node = open_node(args.store, passphrase, args.identifier, args.name, create=args.create,
@@ -238,8 +248,8 @@ def main(argv: list[str] | None = None) -> None:
         node.pin_peers(load_identity_key(me), args.peer_certs)
         ssl_args = {"ssl_certfile": str(me.cert), "ssl_keyfile": str(me.key), "ssl_keyfile_password": me.password,
                     "ssl_ca_certs": str(args.coordinator_cert), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    uvicorn.run(create_app(node, token), host=args.host, port=args.port, log_level="warning", access_log=False,
-                **ssl_args)
+    config = uvicorn.Config(create_app(node, token), log_level="warning", access_log=False, backlog=LISTEN_BACKLOG, **ssl_args)
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 if __name__ == "__main__":

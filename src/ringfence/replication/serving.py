@@ -63,7 +63,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
     `mode` is the node's settings' (RINGFENCE_MODE): outside dev mode a promotion without the operators'
     staff quorum is never granted (`grant_refusal`, intruder review of session 22, B4).
 
-    `listeners` are serve's listening sockets on host:port (api/serve.py `listen_on`), which a standby requires: its
+    `listeners` are serve's listening sockets on host:port (listening.py `listen_on`), which a standby requires: its
     status page serves on them while it follows, and the promoted exchange then serves on the same sockets, so the
     port is never free between the two (intruder review of #21, F1)."""
     check_options(replicate, standby, demo, None, "dev")  # (node_trust checks --peers, with the node's own entry)
@@ -81,7 +81,7 @@ def before_build(data: Path, replicate: str | None, standby: str | None, node_id
             "(one database every node reaches) on each node (docs/resilience.md)")
     if standby:
         if not listeners:
-            raise ValueError("a standby serves its status page on serve's listening socket (api/serve.py listen_on)")
+            raise ValueError("a standby serves its status page on serve's listening sockets (listening.py listen_on)")
         stop = threading.Event()
         stopped_by: list[str] = []
         previous = _stop_on_signals(stop, stopped_by)
@@ -324,8 +324,8 @@ class StandbyStatus:
     """While following, the standby's port answers `GET /v1/standby` (its progress, as JSON) and
     `GET /readyz` with 503 (a load balancer must not send clients to it). Nothing else; no writes.
 
-    It serves on a duplicate of each of `listeners`, serve's listening sockets (api/serve.py `listen_on`: host:port,
-    and [::1]:port for a loopback host): `close()` stops it and closes the duplicates only; the sockets stay bound and
+    It serves on a duplicate of each of `listeners`, serve's listening sockets (listening.py `listen_on`: host:port,
+    and the other family's twin of a wildcard or loopback host): `close()` stops it and closes the duplicates only; the sockets stay bound and
     listening for the exchange that serves on them after the promotion (a connection that arrives in between waits
     in its backlog for the exchange)."""
 
