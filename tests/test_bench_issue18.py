@@ -65,7 +65,11 @@ def test_ledger_bench_measures_p99_at_half_its_own_single_request_capacity(tmp_p
     line = json.loads(res.stdout.strip().splitlines()[-1])
     half = line["latency"]["at_half_capacity"]
     capacity = half["single_request_capacity_per_s"]
-    assert capacity > 0 and half["offered_per_s"] == max(1000, capacity // 2)
+    probes = half["sustained_capacity"]["probes"]
+    # the capacity is the highest probe kept up with; 0 only when none was (a worker at load 14 of the full suite
+    # kept up with none of the smoke's 0.5 s probes down to 125/s), and half of it is never offered below 1,000/s
+    assert probes and capacity == max([p["offered_per_s"] for p in probes if p["kept_up"]], default=0)
+    assert half["offered_per_s"] == max(1000, capacity // 2)
     assert half["requests"] > 0 and 0 < half["p50_us"] <= half["p99_us"] <= half["max_us"]
     assert line["p99_us_at_half_capacity"] == half["p99_us"] and line["goal"]["p99_us_at_half_capacity"] == 2_000
     assert sum(half["histogram"].values()) == half["requests"]
