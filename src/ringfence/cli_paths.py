@@ -17,6 +17,8 @@ from rich.console import Console
 
 __all__ = [
     "fail",
+    "say_error",
+    "command_settings",
     "open_store",
     "tty_console",
     "check_new_dir",
@@ -46,21 +48,56 @@ def tty_console(stderr: bool = False, width: int = 140) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else width)
 
 
-def fail(message: str, code: int = 2) -> None:
+def say_error(message: str) -> None:
+    """One `error:` line on stderr (a command that has several to say before it `fail`s)."""
     from rich.markup import escape
 
     # escaped: a field such as `--peers[b]` is text, not a rich style tag (it vanished from the line)
     tty_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")
+
+
+def fail(message: str, code: int = 2) -> None:
+    say_error(message)
     raise typer.Exit(code)
+
+
+def command_settings(**overrides: object):  # type: ignore[no-untyped-def]
+    """`load_settings(**overrides)` for a command: every bad RINGFENCE_ variable, or every reason prod mode refuses
+    the configuration (Settings.production_problems: a default secret, the database's path...), one `error:` line
+    each, then exit 2, never a traceback."""
+    from pydantic import ValidationError as SettingsInvalid
+
+    from .settings import Settings, settings_errors
+
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsInvalid as err:
+        lines = settings_errors(err)
+    else:
+        lines = [str(problem) for problem in settings.production_problems()]
+    for line in lines[:-1]:
+        say_error(line)
+    if lines:
+        fail(lines[-1])
+    return settings
 
 
 def open_store(url: str, option: str = "RINGFENCE_DATABASE_URL"):  # type: ignore[no-untyped-def]
     """`Store.from_url(url)` for a command: a URL it does not take or a database it cannot open ends the
     command with one `error:` line naming where the URL came from (`option`: the setting by default, or
-    the command's own option such as --database-url), exit 2, as `serve` does."""
+    the command's own option such as --database-url), exit 2, as `serve` does. Outside dev mode (RINGFENCE_MODE)
+    a PostgreSQL URL is first checked as serve checks it (store/transport.py: TCP only with sslmode=verify-full
+    or verify-ca, a socket only in a directory no other user can write, or RINGFENCE_DATABASE_PLAIN_OK=1):
+    refused before anything connects."""
     from .errors import RingfenceError
     from .store import Store
+    from .store.transport import database_problems
 
+    problems = [str(problem) for problem in database_problems(url, option)]
+    for problem in problems[:-1]:
+        say_error(problem)
+    if problems:
+        fail(problems[-1])
     try:
         return Store.from_url(url)
     except RingfenceError as err:

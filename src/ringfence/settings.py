@@ -25,6 +25,10 @@ class Settings(BaseSettings):
 
     mode: Literal["dev", "prod"] = "dev"
     database_url: str = "sqlite:///ringfence-data/identity.sqlite3"
+    # The operator's statement that the path to the database and this machine have no other users: outside dev mode
+    # a PostgreSQL URL over TCP without sslmode=verify-full/verify-ca, or over a socket in a directory other users can
+    # write, is refused without it (whoever listens there gets the password; store/transport.py, docs/resilience.md).
+    database_plain_ok: bool = False
 
     # 32-byte key (hex) for AES-GCM encryption of API secrets / TOTP seeds and HMAC of tokens.
     identity_secret_key_hex: str = DEV_IDENTITY_SECRET_KEY_HEX
@@ -226,7 +230,19 @@ class Settings(BaseSettings):
         if not self.identity_origin.startswith("https://"):
             problems.append(ConfigError("must be an https:// origin outside dev mode", field="RINGFENCE_IDENTITY_ORIGIN"))
         problems += self.smtp_problems()
+        problems += self.database_problems()
         return problems
+
+    def database_problems(self) -> list[ConfigError]:
+        """Outside dev mode, a PostgreSQL database_url must reach a server no other local user can stand in for:
+        over TCP with its certificate verified (sslmode=verify-full or verify-ca), or over a socket in a directory
+        other users cannot write, unless RINGFENCE_DATABASE_PLAIN_OK=1 (intruder review of #21). The one check of
+        every command that opens the database: store/transport.py `database_problems`."""
+        if self.mode == "dev" or not self.database_url.startswith("postgres"):
+            return []
+        from .store.transport import database_problems
+
+        return database_problems(self.database_url, mode=self.mode, plain_ok=self.database_plain_ok)
 
     def smtp_problems(self) -> list[ConfigError]:
         """Outside dev mode, the SMTP relay that gets password-reset and verification mail (and any SMTP login) must

@@ -122,6 +122,11 @@ ARGON2_DEFAULT_COST = {name: str(Settings.model_fields[name.removeprefix("RINGFE
 NO_CHAINS = {"RINGFENCE_CUSTODY_CHAINS": "none"}
 
 
+#: The test machine's PostgreSQL (127.0.0.1:5432, trust, no TLS) for a node in prod mode: taken on the operator's statement
+#: that the path to the database and this machine have no other users (store/transport.py)
+DATABASE_PLAIN_OK = {"RINGFENCE_DATABASE_PLAIN_OK": "1"}
+
+
 class Server:
     def __init__(self, data: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (), demo: bool = True,
                  retries: int = 2, chains: bool = True) -> None:
@@ -156,8 +161,14 @@ class Server:
             full_env["RINGFENCE_DATABASE_URL"] = url
         self.database_url = full_env.get("RINGFENCE_DATABASE_URL") or f"sqlite:///{(data / 'identity.sqlite3').resolve()}"
         # what a `ringfence` command run beside this server needs to find its store (`--data DIR` alone
-        # finds DIR/identity.sqlite3; on PostgreSQL the command reads RINGFENCE_DATABASE_URL, as serve does)
-        self.store_env = {} if self.database_url.startswith("sqlite") else {"RINGFENCE_DATABASE_URL": self.database_url}
+        # finds DIR/identity.sqlite3; on PostgreSQL the command reads RINGFENCE_DATABASE_URL, as serve does).
+        # The machine's PostgreSQL is 127.0.0.1:5432 without TLS, which prod mode takes only on the operator's
+        # word that nobody else uses this machine (store/transport.py; tests/store/test_database_path.py)
+        self.store_env = {} if self.database_url.startswith("sqlite") else {"RINGFENCE_DATABASE_URL": self.database_url,
+                                                                           **DATABASE_PLAIN_OK}
+        if not self.database_url.startswith("sqlite"):
+            for name, value in DATABASE_PLAIN_OK.items():
+                full_env.setdefault(name, value)
         self.argv = ["serve", *(["--demo"] if demo else []), "--data", str(data), "--port", str(self.port), *args]
         # a real `python -m ringfence.cli serve` process, forked from this worker's launcher with the
         # third-party libraries imported (tests/launcher.py; RINGFENCE_TEST_LAUNCHER=0: a plain Popen)

@@ -475,6 +475,11 @@ def serve(
     checked at start and a wrong setting stops serve with exit 2. --demo in dev mode catches mail
     on a local SMTP server and shows it at /dev/mail.
 
+    Identity lives in DIR/identity.sqlite3, or in PostgreSQL when RINGFENCE_DATABASE_URL names it: outside dev
+    mode over TCP only with the server's certificate verified (?sslmode=verify-full&sslrootcert=CA_FILE), over a
+    socket only in a directory no other user can write (?host=/var/run/postgresql), else refused with exit 2
+    unless RINGFENCE_DATABASE_PLAIN_OK=1 (docs/resilience.md).
+
     Example: ringfence serve --demo --data ./ringfence-data --port 8000
 
     Example (replicated): ringfence serve --data ./a --replicate "nats://127.0.0.1:4222/RF?first_primary=a" --node-id a --peers ./peers.json

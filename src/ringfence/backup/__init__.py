@@ -231,17 +231,20 @@ def _copy_identity(src: Path, dest: Path) -> None:
 
 
 def _pg(tool: str, url: str, args: list[str]) -> str:
-    """Run pg_dump / pg_restore against a SQLAlchemy URL; the password goes in PGPASSWORD, not argv."""
+    """Run pg_dump / pg_restore against a SQLAlchemy URL, with the parameters psycopg gets for it (store/transport.py
+    `libpq_params`: sslmode, sslrootcert and a socket host too, which were dropped, so pg_dump connected over TCP
+    without TLS where serve used a verified one); the password goes in PGPASSWORD, not argv."""
     import subprocess
 
-    from sqlalchemy.engine import make_url
+    from psycopg.conninfo import make_conninfo
 
-    u = make_url(url)
+    from ..store.transport import libpq_params
+
+    params = libpq_params(url)
     env = dict(os.environ)
-    if u.password:
-        env["PGPASSWORD"] = str(u.password)
-    conn = ["--host", u.host or "127.0.0.1", "--port", str(u.port or 5432), "--username", u.username or "postgres",
-            "--dbname", u.database or "postgres"]
+    if "password" in params:
+        env["PGPASSWORD"] = params.pop("password")
+    conn = ["--dbname", make_conninfo("", **params)]
     binary = shutil.which(tool)
     if binary is None:
         raise ConfigError(f"{tool} is not installed; it is needed for the PostgreSQL identity database",

@@ -196,8 +196,10 @@ def create(
     """Copy the journal (read-only, the node may keep running), replay it, write a snapshot and a signed manifest.
 
     The identity database is copied too: SQLite with its online backup API, PostgreSQL (when
-    RINGFENCE_DATABASE_URL points at it) with pg_dump. The manifest (every file's SHA-256) is signed
-    with the node's Ed25519 key: `verify` and `restore` accept the backup only from a node their
+    RINGFENCE_DATABASE_URL points at it) with pg_dump, given every parameter of the URL (sslmode, sslrootcert,
+    host=/socket/dir); outside dev mode only over a way `serve` may take (docs/resilience.md: sslmode=verify-full
+    or verify-ca, a socket directory no other user can write, or RINGFENCE_DATABASE_PLAIN_OK=1). The manifest
+    (every file's SHA-256) is signed with the node's Ed25519 key: `verify` and `restore` accept the backup only from a node their
     --trust file lists. Exit 0 when the backup replayed to a state hash. With --to s3://BUCKET/PREFIX
     the backup is made in a private temporary folder, then uploaded (manifest last), then the
     temporary folder is deleted. Everything is checked before the --to folder is made.
@@ -248,9 +250,25 @@ def _identity_of(node: Path) -> tuple[Path | None, str]:
         _fail("RINGFENCE_DATABASE_URL: must be a sqlite:///, postgresql:// or postgresql+psycopg:// URL (the database the node's "
               "serve uses)")
     try:
-        return node_identity_store(node, env_url if env_url.startswith("postgresql") else "")
+        found = node_identity_store(node, env_url if env_url.startswith("postgresql") else "")
     except ConfigError as err:
         _fail(f"{err.field}: {err.message}" + ("; a backup without them is refused" if err.field == "--data" else ""))
+    _check_database_path(found[1])
+    return found
+
+
+def _check_database_path(pg_url: str) -> None:
+    """Outside dev mode, the PostgreSQL server pg_dump / pg_restore would be given the password of is reached as
+    `serve` must reach it (store/transport.py: its certificate verified, or a socket no other user can write, or
+    RINGFENCE_DATABASE_PLAIN_OK=1); else exit 2 before anything is made."""
+    from ..cli_paths import say_error
+    from ..store.transport import database_problems
+
+    problems = [str(problem) for problem in database_problems(pg_url)] if pg_url else []
+    for problem in problems[:-1]:
+        say_error(problem)
+    if problems:
+        _fail(problems[-1])
 
 
 def _create_on_s3(node: Path, to: str, endpoint: str | None, identity: Path | None, pg_url: str,
@@ -368,7 +386,8 @@ def restore(
 
     The restored journal is the backup's up to --to-seq (a batch straddling it is cut after that
     command); it is replayed and snapshotted before the command returns. A PostgreSQL identity dump
-    is loaded into the empty database RINGFENCE_DATABASE_URL names (else it stays in the backup).
+    is loaded into the empty database RINGFENCE_DATABASE_URL names (else it stays in the backup; outside dev mode
+    only over a way `serve` may take to it, as `backup create`).
     Nothing is created before everything is checked: the manifest's signature against --trust,
     --to-seq, every file's SHA-256, and that the database can be opened and is empty. Each file is
     copied once, hashed as it is copied, into a private staging folder beside --to, and only those
@@ -383,6 +402,8 @@ def restore(
     Example: ringfence backup restore s3://backups/ringfence/2026-12-03 --trust ./trusted-nodes.json --to ./restored
     """
     check_new_dir(to, "--to", empty=True)
+    restore_url = os.environ.get("RINGFENCE_DATABASE_URL", "")
+    _check_database_path(restore_url if restore_url.startswith("postgresql") else "")
     peers, allow = _trust(trust, allow_unsigned)
     with _fetched(backup, s3_endpoint_url, peers, allow) as (folder, fetch_problems):
         try:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ..cli_paths import open_store, tty_console
-from ..settings import load_settings
+from ..cli_paths import command_settings, open_store, tty_console
 
 app = typer.Typer(name="identity", help="Identity store and mail worker.\n\nExample: ringfence identity migrate",
                   no_args_is_help=True, add_completion=False)
@@ -22,7 +21,7 @@ console = tty_console()
 def _context():  # type: ignore[no-untyped-def]
     from .context import IdentityContext
 
-    settings = load_settings()
+    settings = command_settings()
     return IdentityContext(store=open_store(settings.database_url), settings=settings)
 
 
@@ -30,11 +29,18 @@ def _context():  # type: ignore[no-untyped-def]
 def migrate() -> None:
     """Create or upgrade the identity tables (SQLite by default, PostgreSQL via RINGFENCE_DATABASE_URL).
 
+    Outside dev mode (RINGFENCE_MODE=prod) the PostgreSQL server must be reached with its certificate verified
+    (?sslmode=verify-full&sslrootcert=CA_FILE) or over a socket directory no other user can write
+    (?host=/var/run/postgresql), unless RINGFENCE_DATABASE_PLAIN_OK=1 (docs/resilience.md); else exit 2.
+
     Example: RINGFENCE_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test ringfence identity migrate
+
+    Example: RINGFENCE_MODE=prod RINGFENCE_DATABASE_URL="postgresql+psycopg://rf@db.internal/ringfence?sslmode=verify-full&sslrootcert=/etc/ringfence/pg-ca.pem" ringfence identity migrate
     """
-    settings = load_settings()
-    open_store(settings.database_url)
-    console.print(f"[green]identity schema is at head[/green] ({settings.database_url.split('@')[-1]})")
+    settings = command_settings()
+    store = open_store(settings.database_url)
+    where = store.engine.url.set(query={}).render_as_string(hide_password=True)  # (a password may be a query parameter)
+    console.print(f"[green]identity schema is at head[/green] ({where.split('@')[-1]})")
 
 
 @app.command("deliver-mail")

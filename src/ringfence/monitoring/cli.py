@@ -38,6 +38,12 @@ def _time_ms(text: str | None, name: str, default: int) -> int:
     return int(dt.timestamp()) * 1000 + dt.microsecond // 1000
 
 
+#: --database-url's help: where the URL comes from by default, and what prod mode takes (store/transport.py)
+DATABASE_URL_HELP = ("Default: RINGFENCE_DATABASE_URL, as serve. Outside dev mode a PostgreSQL URL must verify the server "
+                     "(?sslmode=verify-full&sslrootcert=CA_FILE) or use a socket no other user can write "
+                     "(?host=/var/run/postgresql), unless RINGFENCE_DATABASE_PLAIN_OK=1.")
+
+
 def _store(data: Path | None, database_url: str | None):  # type: ignore[no-untyped-def]
     """--database-url, else RINGFENCE_DATABASE_URL (where `serve` keeps it: the PostgreSQL profile), else the
     identity store of `serve --data DATA` (DATA/identity.sqlite3, or where that serve recorded it). Opened as
@@ -129,7 +135,7 @@ def backtest_cmd(
     rules: Path = typer.Option(None, "--rules", help="The rule set (JSON); default: the shipped rules."),
     events: Path = typer.Option(None, "--events", help="A recorded stream (JSON lines from `monitoring export`)."),
     data: Path = typer.Option(None, "--data", help="Read the stream from a server's data directory (DIR/identity.sqlite3)."),
-    database_url: str = typer.Option(None, "--database-url", help="Read the stream from this database instead (default: RINGFENCE_DATABASE_URL, as serve)."),
+    database_url: str = typer.Option(None, "--database-url", help="Read the stream from this database instead. " + DATABASE_URL_HELP),
     start: str = typer.Option(None, "--from", help="Only events at or after this time (ISO 8601 or ms)."),
     end: str = typer.Option(None, "--to", help="Only events at or before this time (ISO 8601 or ms)."),
     weights: Path = typer.Option(None, "--weights", help="The behavioural model's learnt feature weights (JSON, as "
@@ -175,7 +181,7 @@ def backtest_cmd(
 def export_cmd(
     out: Path = typer.Option(..., "--out", help="Where to write the stream (JSON lines)."),
     data: Path = typer.Option(None, "--data", help="The server's data directory (DIR/identity.sqlite3)."),
-    database_url: str = typer.Option(None, "--database-url", help="Or the database URL (default: RINGFENCE_DATABASE_URL, as serve)."),
+    database_url: str = typer.Option(None, "--database-url", help="Or the database URL. " + DATABASE_URL_HELP),
     start: str = typer.Option(None, "--from", help="Only events at or after this time (ISO 8601 or ms)."),
     end: str = typer.Option(None, "--to", help="Only events at or before this time (ISO 8601 or ms)."),
 ) -> None:
@@ -205,7 +211,7 @@ def deidentify_cmd(
     k: int = typer.Option(5, "--k", help="Suppress records whose quasi-identifiers fewer than k pseudonyms share."),
     data: Path = typer.Option(None, "--data", help="The server's data directory (DIR/identity.sqlite3)."),
     events: Path = typer.Option(None, "--events", help="Or a recorded stream (JSON lines from `monitoring export`)."),
-    database_url: str = typer.Option(None, "--database-url", help="Or the database URL (default: RINGFENCE_DATABASE_URL, as serve)."),
+    database_url: str = typer.Option(None, "--database-url", help="Or the database URL. " + DATABASE_URL_HELP),
     start: str = typer.Option(None, "--from", help="Only events at or after this time (ISO 8601 or ms)."),
     end: str = typer.Option(None, "--to", help="Only events at or before this time (ISO 8601 or ms)."),
 ) -> None:

@@ -186,8 +186,7 @@ def create_login(
 
     from ..identity.context import IdentityContext
     from ..identity.staff_logins import create_staff_login
-    from ..settings import load_settings
-    from ..cli_paths import open_store
+    from ..cli_paths import command_settings, open_store
 
     if out.exists():
         err_console.print(f"[bold red]error:[/] --out: {out} exists; credentials are never overwritten")
@@ -200,7 +199,7 @@ def create_login(
         _require_staff_member(data, staff_id, sqlite_identity=not database_url)
         if not database_url:
             overrides["database_url"] = f"sqlite:///{(data / 'identity.sqlite3').resolve()}"
-    settings = load_settings(**overrides)
+    settings = command_settings(**overrides)
     ctx = IdentityContext(store=open_store(settings.database_url), settings=settings)
 
     def make() -> Any:

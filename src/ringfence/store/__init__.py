@@ -161,7 +161,9 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # `%` doubled for the configparser under Alembic's Config: a URL with a query (?host=%2Fvar%2Frun%2Fpostgresql,
+    # sslrootcert=%2Fetc...: the ways prod mode takes, store/transport.py) was "invalid interpolation syntax"
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
