@@ -221,3 +221,154 @@ def test_serve_without_ipv6_starts_on_ipv4_and_says_so_in_one_line(tmp_path):
     assert warnings == ["warning: --host 127.0.0.1: no IPv6 on this machine (Cannot assign requested address on "
                         "[::1]:8000): listening on 127.0.0.1:8000 only (nobody can listen on [::1]:8000 either)"], out.stdout[-3000:]
     assert "serving on http://localhost:8000/" in out.stdout
+
+
+# ------------------------------------------------ intruder review of 1e2e3ab: spellings, names, holders, free ports
+
+
+@pytest.mark.parametrize("host,covers", [("LOCALHOST", LOOPBACKS), ("127.1", LOOPBACKS), ("0", LOOPBACKS + WILDCARDS)])
+def test_other_spellings_of_a_loopback_or_wildcard_hold_both_families(host, covers):
+    """`--host LOCALHOST`, `127.1` and `0` are what bind() makes of them (127.0.0.1, 0.0.0.0), so they hold the
+    twin too: before, only a literal spelling did, and another user's [::1]:PORT got curl's `http://LOCALHOST:PORT`
+    (curl sends any case of localhost to ::1 too)."""
+    port = free_port_on_both()
+    sockets = listen_on(host, port, pytest.fail)
+    try:
+        assert {s.family for s in sockets} == {socket.AF_INET, socket.AF_INET6}
+        for address in covers:
+            assert other_socket_binds(address, port) == [], f"--host {host} left {address} free"
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def in_own_network(tmp_path: Path, setup: str, code: str) -> list[str]:
+    """Run `code` (Python, listening.py importable) as root of a user, mount and network namespace of its own
+    (`unshare -rmn`) after the shell lines `setup`; its output lines."""
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    assert unshare and ip, "this test needs util-linux unshare and iproute2 ip (a network namespace of its own)"
+    script = tmp_path / "inside.py"
+    script.write_text(code)
+    out = subprocess.run([unshare, "-rmn", "sh", "-ec", f"{ip} link set lo up; {setup}; exec {sys.executable} {script}"],
+                         capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(SRC)))
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout.splitlines()
+
+
+def test_a_host_name_holds_every_address_it_resolves_to(tmp_path):
+    """`--host exch.test`, a name with an IPv4 and an IPv6 address (the node announces http://exch.test:PORT): both
+    are held, and no socket binds either. Before, bind() took the first IPv4 address only, and another local user
+    listening on the IPv6 one got the clients (curl among them) that connect to it first. An address of the name
+    that is not on this machine is one warning line."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n192.0.2.7 exch.test\n2001:db8::7 exch.test\n"
+                     "192.0.2.7 half.test\n2001:db8::8 half.test\n")
+    code = (
+        "import errno, socket\n"
+        "from ringfence.listening import listen_on\n"
+        "warned = []\n"
+        "socks = listen_on('exch.test', 8000, warned.append)\n"
+        "print(sorted(s.getsockname()[0] for s in socks), warned)\n"
+        "for address in ('192.0.2.7', '2001:db8::7', '0.0.0.0', '::'):\n"
+        "    for reuse in (0, 1):\n"
+        "        s = socket.socket(socket.AF_INET6 if ':' in address else socket.AF_INET)\n"
+        "        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)\n"
+        "        try:\n"
+        "            s.bind((address, 8000))\n"
+        "            print('bound', address, reuse)\n"
+        "        except OSError as err:\n"
+        "            assert err.errno == errno.EADDRINUSE, err\n"
+        "        s.close()\n"
+        "half = listen_on('half.test', 8001, warned.append)\n"
+        "print(sorted(s.getsockname()[0] for s in half), warned)\n")
+    lines = in_own_network(tmp_path, f"ip addr add 192.0.2.7/32 dev lo; ip addr add 2001:db8::7/128 dev lo nodad; "
+                                     f"mount --bind {hosts} /etc/hosts", code)
+    assert lines[0] == "['192.0.2.7', '2001:db8::7'] []", lines
+    assert lines[1] == ("['192.0.2.7'] ['--host half.test: it resolves to 2001:db8::8 too, which is not on this machine "
+                        "(Cannot assign requested address on [2001:db8::8]:8001): not listening there (nobody can "
+                        "listen there either)']"), lines
+
+
+def test_the_holders_command_line_cannot_write_to_the_operators_terminal():
+    """A holder's command line is its owner's choice: escape sequences and other controls in it are shown as \\xNN,
+    never passed to the operator's terminal or log (before: ESC[2K ESC[1A erased the refusal and printed a green
+    `serving on ...` of the holder's own)."""
+    port = free_port_on_both()
+    name = "x\x1b[2K\x1b[1A\x1b[32mserving on http://localhost/ all good\x1b[8m\u202e"
+    code = (f"import socket, sys, time\ns = socket.socket(socket.AF_INET6)\n"
+            f"s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\ns.bind(('::1', {port}))\ns.listen()\n"
+            "print('listening', flush=True)\ntime.sleep(60)\n")
+    holder = subprocess.Popen([name, "-c", code], executable=sys.executable, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "listening\n"
+        with pytest.raises(ListenError) as refused:
+            listen_on("127.0.0.1", port, pytest.fail)
+    finally:
+        holder.kill()
+        holder.wait()
+    text = str(refused.value)
+    assert f"pid {holder.pid} (x\\x1b[2K\\x1b[1A\\x1b[32mserving on http://localhost/ all good\\x1b[8m\\u202e " in text, text
+    assert all(c.isprintable() for c in text), text
+
+
+def test_a_listener_on_another_address_of_the_port_is_not_named_as_the_holder():
+    """The twin [::1]:PORT is kept by a socket bound there without listening (invisible in /proc/net), while
+    127.0.0.2:PORT listens, harmlessly: the line says no socket listens on the twin, not `held by 127.0.0.2`."""
+    port = free_port_on_both()
+    with socket.socket() as bystander, socket.socket(socket.AF_INET6) as blocker:
+        bystander.bind(("127.0.0.2", port))
+        bystander.listen()
+        blocker.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        blocker.bind(("::1", port))
+        with pytest.raises(ListenError) as refused:
+            listen_on("127.0.0.1", port, pytest.fail)
+    assert "127.0.0.2" not in str(refused.value)
+    assert str(refused.value).endswith("Address already in use; no socket listens there (one bound without listening, "
+                                       "or in another network namespace, holds it)"), str(refused.value)
+
+
+@pytest.mark.parametrize("theirs,ours,blocks", [
+    ("127.0.0.1", "127.0.0.1", True), ("0.0.0.0", "127.0.0.1", True), ("127.0.0.2", "0.0.0.0", True),
+    ("127.0.0.2", "127.0.0.1", False), ("::", "127.0.0.1", True), ("::ffff:127.0.0.1", "127.0.0.1", True),
+    ("::ffff:127.0.0.2", "127.0.0.1", False), ("::1", "127.0.0.1", False), ("127.0.0.1", "::1", False),
+    ("0.0.0.0", "::", False), ("::", "::1", True), ("fd00::2", "::", True), ("fd00::2", "::1", False)])
+def test_which_listeners_can_keep_an_address_from_binding(theirs, ours, blocks):
+    from ringfence.listening import _blocks
+
+    assert _blocks(theirs, ipaddress.ip_address(ours)) is blocks
+
+
+def test_a_host_that_cannot_be_a_name_is_refused_by_name_not_with_a_traceback():
+    """A --host with bytes that are not UTF-8 (a shell passes them as surrogates) was a TypeError from bind()."""
+    with pytest.raises(ListenError) as refused:
+        listen_on("ex\udcffample", 8000, pytest.fail)
+    assert str(refused.value).startswith("--host ex\\udcffample --port 8000: cannot listen on ex\\udcffample:8000: "), str(refused.value)
+
+
+def test_port_zero_gives_the_twin_the_same_port():
+    sockets = listen_on("127.0.0.1", 0, pytest.fail)
+    try:
+        assert len({s.getsockname()[1] for s in sockets}) == 1 and len(sockets) == 2
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_free_port_skips_ports_another_user_holds_on_the_twin(tmp_path):
+    """The signer fleet and the DR drill pick a port for a child that holds 127.0.0.1 and [::1]: with every port of
+    a four-port range but one held on [::1] (a namespace of its own), each pick is the one both families have free.
+    Before, bind(port 0) on 127.0.0.1 picked any of the four and the child was refused three times in four."""
+    code = (
+        "import socket\n"
+        "from ringfence.custody.btc_signing import _free_port\n"
+        "from ringfence.listening import free_port\n"
+        "held = []\n"
+        "for port in (40000, 40001, 40002):\n"
+        "    s = socket.socket(socket.AF_INET6)\n"
+        "    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n"
+        "    s.bind(('::1', port))\n"
+        "    s.listen()\n"
+        "    held.append(s)\n"
+        "print(sorted({free_port() for _ in range(40)} | {_free_port() for _ in range(40)}))\n")
+    lines = in_own_network(tmp_path, "echo '40000 40003' > /proc/sys/net/ipv4/ip_local_port_range", code)
+    assert lines == ["[40003]"], lines

@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -99,9 +98,10 @@ class FrostTaprootSigner:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 and [::1], both of which the child holds (listening.py `free_port`)."""
+    from ..listening import free_port
+
+    return free_port("127.0.0.1")
 
 
 def _prctl() -> Any:

@@ -28,7 +28,6 @@ import random
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,9 +46,10 @@ __all__ = ["run_drill", "DrillResult"]
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 and [::1], both of which the child holds (listening.py `free_port`)."""
+    from ..listening import free_port
+
+    return free_port("127.0.0.1")
 
 
 @dataclass
