@@ -25,7 +25,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = ["others_may_write", "refuse_unless_own", "safe_folder", "nearest_existing", "open_own_folder", "read_own_file",
-           "make_own_folder"]
+           "make_own_folder", "trust_file_problem"]
 
 
 def others_may_write(mode: int) -> bool:
@@ -151,3 +151,44 @@ def read_own_file(path: Path, field: str, what: str, *, private: bool = True) ->
         if private and info.st_mode & 0o077:
             raise ConfigError(f"{path} is readable by other users; chmod 600 it", field=field)
         return fh.read()
+
+
+def trust_file_problem(path: str | Path, trusted: frozenset[int] = frozenset()) -> str | None:
+    """Why another local user could decide what a file a client trusts holds (a CA certificate libpq or the NATS
+    client verifies the server against, a pg_service.conf saying where the database is), or None when they cannot.
+    Such a file is read again at every connection, so a check at start is worth only as much as this: the file,
+    once it is there, belongs to this user, root or an owner in `trusted` (the database's own account) and nobody
+    else may write it; every folder above it, as written and as its links resolve, too (a sticky folder such as /tmp
+    above it aside); and a file not there yet may not be made by others (its nearest folder is not writable by
+    others at all, sticky or not). A relative path is the current directory's, as libpq and ssl take it (intruder
+    review of session 24: uid 4242's CA in a folder of theirs made libpq's verify-full take their server)."""
+    owners = {0, os.geteuid(), *trusted}
+    given = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(given))
+    for walk in dict.fromkeys((given, real)):
+        for folder in reversed(walk.parents):
+            try:
+                info = os.stat(folder)
+            except FileNotFoundError:
+                break  # made later only by whoever may write the folder above, checked below
+            except OSError as err:
+                return f"{folder} cannot be checked ({err.strerror})"
+            if info.st_uid not in owners:
+                return f"the folder {folder} belongs to user id {info.st_uid}, who could put another file at {path}"
+            if others_may_write(info.st_mode):
+                return (f"the folder {folder} may be written by other users (mode {info.st_mode & 0o7777:04o}, no sticky "
+                        f"bit), who could put another file at {path}")
+    try:
+        info = os.stat(real)
+    except FileNotFoundError:
+        holder = nearest_existing(real.parent)
+        if os.stat(holder).st_mode & 0o022:
+            return f"{path} is not there, and other users may make it in {holder}"
+        return None
+    except OSError as err:
+        return f"{path} cannot be checked ({err.strerror})"
+    if info.st_uid not in owners:
+        return f"{path} belongs to user id {info.st_uid}, who could write what it holds"
+    if info.st_mode & 0o022:
+        return f"{path} may be written by other users (mode {info.st_mode & 0o7777:04o})"
+    return None

@@ -270,8 +270,9 @@ def is_this_machine(host: str) -> bool:
     """Whether `host` reaches this machine, decided by address, not by its text (intruder review of #23: `vm`, this
     machine's name in /etc/hosts, `127.1`, `0.0.0.0` and `::ffff:127.0.0.1` all reach the local listener too): any
     address it resolves to (numeric forms included) that is loopback, unspecified (0.0.0.0, ::), an IPv4-mapped one of
-    those, or one of this machine's own addresses. `localhost` and `*.localhost` count even if they do not resolve; any
-    other name that does not resolve does not."""
+    those, or one of this machine's own addresses (its host name's, or any a socket here can bind to: every
+    interface's). `localhost` and `*.localhost` count even if they do not resolve; any other name that does not
+    resolve does not."""
     import ipaddress
     import socket
 
@@ -279,23 +280,39 @@ def is_this_machine(host: str) -> bool:
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+        addresses = {info[4][0]: info for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)}
     except (OSError, UnicodeError):
         return False
     try:
         own = set(socket.gethostbyname_ex(socket.gethostname())[2])
     except (OSError, UnicodeError):
         own = set()
-    for text in addresses:
+    for text, info in addresses.items():
         try:
             address = ipaddress.ip_address(str(text).split("%", 1)[0])
         except ValueError:
             continue
         mapped = getattr(address, "ipv4_mapped", None)
         for candidate in (address, mapped) if mapped is not None else (address,):
-            if candidate.is_loopback or candidate.is_unspecified or str(candidate) in own:
+            if candidate.is_loopback or candidate.is_unspecified or str(candidate) in own or _bindable(info):
                 return True
     return False
+
+
+def _bindable(info: tuple) -> bool:  # type: ignore[type-arg]
+    """Whether a socket of this machine can be bound to the address getaddrinfo gave (`info`; port 0, nothing
+    listens): it is one of this machine's own addresses, on any interface. The host name's addresses alone missed
+    them (intruder review of session 24: eth0's 192.0.2.2 was not "this machine", so uid 4242 listening on
+    192.0.2.2:2525 got the SMTP login)."""
+    import socket
+
+    family, kind, proto, _, where = info
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind((where[0], 0, *where[2:]))  # (a link-local address's scope kept)
+    except OSError:
+        return False
+    return True
 
 
 def load_settings(**overrides: object) -> Settings:

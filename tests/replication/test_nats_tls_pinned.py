@@ -98,6 +98,37 @@ def test_a_listener_that_is_not_nats_server_never_receives_the_password_from_a_p
     assert b"CONNECT" not in fake.received and b'"pass"' not in fake.received and PASSWORD.encode() not in fake.received
 
 
+def test_prod_refuses_a_pinned_ca_file_another_user_could_change(tmp_path, ca_file, monkeypatch):
+    """tls_ca is read again at every (re)connect: a CA file in a folder of uid 4242's, or one of theirs, would let them
+    make it their own CA and take the password. Outside dev mode refused before connecting (intruder review of
+    session 24); the same CA in this user's folder reaches the server (which here does not start TLS: refused then)."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    shutil.copy(ca_file, theirs / "ca.pem")
+    os.chown(theirs, 4242, 4242)
+    monkeypatch.setenv("RINGFENCE_MODE", "prod")
+    fake = FakeServer()
+    try:
+        for ca in (theirs / "ca.pem", ca_file):
+            with pytest.raises(ConfigError) as refused:
+                NatsLink(parse_target(f"tls://rf-node:{PASSWORD}@127.0.0.1:{fake.port}/{STREAM}?tls_ca={ca}", "--nats"))
+            said = str(refused.value)
+            assert PASSWORD not in said and said.startswith("--nats: "), said
+            if ca != ca_file:
+                assert f"the folder {theirs} belongs to user id 4242" in said and fake.connections == 0, said
+            else:
+                assert "did not start TLS" in said and fake.connections >= 1, said
+        os.chown(ca_file, 4242, 4242)
+        with pytest.raises(ConfigError, match=f"{ca_file} belongs to user id 4242"):
+            NatsLink(parse_target(f"tls://rf-node:{PASSWORD}@127.0.0.1:{fake.port}/{STREAM}?tls_ca={ca_file}"))
+        monkeypatch.setenv("RINGFENCE_MODE", "dev")  # dev mode takes it (and the server still gets no CONNECT)
+        with pytest.raises(ConfigError, match="did not start TLS"):
+            NatsLink(parse_target(f"tls://rf-node:{PASSWORD}@127.0.0.1:{fake.port}/{STREAM}?tls_ca={theirs / 'ca.pem'}"))
+    finally:
+        fake.close()
+    assert b"CONNECT" not in fake.received and PASSWORD.encode() not in fake.received
+
+
 def test_a_tls_url_never_sends_its_connect_in_plain_text_in_dev_mode_either(ca_file, monkeypatch):
     monkeypatch.setenv("RINGFENCE_MODE", "dev")
     fake = FakeServer()

@@ -28,7 +28,8 @@ from ringfence.store.transport import database_problems, libpq_path
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 PROD = {"RINGFENCE_MODE": "prod", "RINGFENCE_IDENTITY_SECRET_KEY_HEX": "5e" * 32,
         "RINGFENCE_IDENTITY_ORIGIN": "https://exchange.example", "RINGFENCE_IDENTITY_SMTP_HOST": "mail.exchange.example"}
-LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSSLMODE", "PGSSLROOTCERT", "PGSERVICE", "PGREQUIRESSL")
+LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSSLMODE", "PGSSLROOTCERT", "PGSERVICE", "PGREQUIRESSL", "PGSERVICEFILE",
+             "PGSYSCONFDIR")
 
 
 def rf(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -361,3 +362,182 @@ def test_prod_connects_with_a_verified_certificate_and_refuses_another_cas(tmp_p
     with psycopg.connect(libpq_url) as conn:
         assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
         assert conn.execute("SELECT count(*) FROM identity_users").fetchone() == (0,)
+
+
+# ------------------------------------------------- intruder review of session 24: what else libpq trusts ----
+
+OTHER = 4242  # another local user, played with chown (the suite runs as root; uid 4242 has no passwd entry)
+
+
+def _theirs(path: Path, mode: int = 0o755) -> Path:
+    """`path` made a folder of uid 4242's (not writable by anyone else: only its owner could change it)."""
+    path.mkdir(mode=mode)
+    path.chmod(mode)
+    os.chown(path, OTHER, OTHER)
+    return path
+
+
+def test_a_socket_directory_another_user_owns_is_refused(tmp_path):
+    """uid 4242's folder (0755: nobody but them can write it) as the socket directory, with their socket already in
+    it, and root's folder inside one of theirs (they can rename it and make their own): refused, naming the owner;
+    the impostor is never connected to. It was taken: the password went to their socket."""
+    theirs = _theirs(tmp_path / "theirs")
+    impostor = Impostor(socket.AF_UNIX, str(theirs / ".s.PGSQL.5432"))
+    try:
+        url = f"postgresql+psycopg://rf:hunter2-secret@/rf?host={theirs}"
+        proc = rf(["identity", "migrate"], {**PROD, "RINGFENCE_DATABASE_URL": url}, tmp_path)
+        out = said(proc)
+        assert proc.returncode == 2 and f"{theirs}, which belongs to user id {OTHER}" in out, out
+        assert "hunter2" not in out and "Traceback" not in out, out
+    finally:
+        assert impostor.close() == 0, "the password would have gone to uid 4242's socket"
+    roots = theirs / "pg"
+    roots.mkdir(mode=0o755)
+    os.chown(roots, 0, 0)
+    problems = database_problems(f"postgresql+psycopg:///rf?host={roots}", mode="prod", plain_ok=False)
+    assert len(problems) == 1 and f"belongs to user id {OTHER}" in str(problems[0]), problems
+    link = tmp_path / "link"  # a link of root's in root's folder, to uid 4242's folder: where it leads counts
+    link.symlink_to(theirs)
+    assert f"belongs to user id {OTHER}" in str(database_problems(f"postgresql+psycopg:///rf?host={link}", mode="prod",
+                                                                  plain_ok=False)[0])
+
+
+def test_a_comma_in_a_host_list_is_never_escaped(tmp_path):
+    """libpq and psycopg split host=/a\\,127.0.0.1 at the comma (a socket directory `/a\\`, then TCP to 127.0.0.1):
+    the check read it as one socket directory `/a,127.0.0.1` (which existed), took it, and the TCP attempt sent the
+    password without TLS to whoever held the port. Now the TCP attempt is named and refused; nobody is connected to."""
+    impostor = Impostor(socket.AF_INET, ("127.0.0.1", 0))
+    port = impostor.sock.getsockname()[1]
+    (tmp_path / "x,127.0.0.1").mkdir()
+    try:
+        url = f"postgresql+psycopg://rf:hunter2-secret@/rf?host={tmp_path}/x%5C,127.0.0.1&port={port},{port}"
+        path = libpq_path(url)
+        assert path.tcp == (f"127.0.0.1:{port}",) and path.sockets == (f"{tmp_path}/x\\",), path
+        proc = rf(["identity", "migrate"], {**PROD, "RINGFENCE_DATABASE_URL": url}, tmp_path)
+        out = said(proc)
+        assert proc.returncode == 2 and f"connects over TCP to 127.0.0.1:{port} with sslmode=prefer" in out, out
+    finally:
+        assert impostor.close() == 0, "the password would have gone to the TCP listener"
+
+
+def test_a_ca_file_another_user_could_change_is_refused(tmp_path, monkeypatch):
+    """sslrootcert decides whom libpq's verify-full takes, and libpq reads it again at every connection: a CA in a
+    folder of uid 4242's, a CA file of theirs, one they may write, one not there yet in a folder anyone may write
+    (sticky or not), a relative one from a folder of theirs, PGSSLROOTCERT naming theirs: refused, each naming the
+    file. (uid 4242's own CA there made libpq take their server and send it the password.) Root's CA in root's
+    folders, or in the sticky /tmp, and sslrootcert=system (root's store) are taken."""
+    for name in LIBPQ_ENV:
+        monkeypatch.delenv(name, raising=False)
+    tcp = "postgresql+psycopg://rf@db.internal:5432/rf?sslmode=verify-full"
+
+    def refused(url: str) -> str:
+        return " ".join(str(p) for p in database_problems(url, mode="prod", plain_ok=False))
+
+    theirs = _theirs(tmp_path / "theirs")
+    (theirs / "ca.pem").write_bytes(b"uid 4242's CA")
+    assert f"the folder {theirs} belongs to user id {OTHER}" in refused(f"{tcp}&sslrootcert={theirs}/ca.pem")
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    (mine / "ca.pem").write_bytes(b"root's CA")
+    assert not refused(f"{tcp}&sslrootcert={mine}/ca.pem")
+    assert not refused(f"{tcp.replace('verify-full', 'verify-ca')}&sslrootcert={mine}/ca.pem")
+    (mine / "ca.pem").chmod(0o666)
+    assert "may be written by other users (mode 0666)" in refused(f"{tcp}&sslrootcert={mine}/ca.pem")
+    (mine / "ca.pem").chmod(0o644)
+    os.chown(mine / "ca.pem", OTHER, OTHER)
+    assert f"belongs to user id {OTHER}" in refused(f"{tcp}&sslrootcert={mine}/ca.pem")
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    assert "is not there, and other users may make it" in refused(f"{tcp}&sslrootcert={sticky}/ca.pem")
+    (sticky / "roots.pem").write_bytes(b"root's CA in a sticky folder")
+    assert not refused(f"{tcp}&sslrootcert={sticky}/roots.pem")  # only root may replace root's file there
+    monkeypatch.chdir(theirs)
+    assert f"belongs to user id {OTHER}" in refused(f"{tcp}&sslrootcert=ca.pem")  # ./ca.pem: the current folder's
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PGSSLROOTCERT", str(theirs / "ca.pem"))
+    assert f"sslrootcert {theirs}/ca.pem" in refused(tcp)
+    monkeypatch.delenv("PGSSLROOTCERT")
+    assert not refused(f"{tcp}&sslrootcert=system")
+    monkeypatch.setenv("RINGFENCE_MODE", "prod")  # and the command line says it: exit 2, nothing connected
+    impostor = Impostor(socket.AF_INET, ("127.0.0.1", 0))
+    try:
+        url = (f"postgresql+psycopg://rf:hunter2-secret@localhost:{impostor.sock.getsockname()[1]}/rf?sslmode=verify-full"
+               f"&sslrootcert={theirs}/ca.pem")
+        proc = rf(["identity", "migrate"], {**PROD, "RINGFENCE_DATABASE_URL": url}, tmp_path)
+        out = said(proc)
+        assert proc.returncode == 2 and "error: RINGFENCE_DATABASE_URL: verifies the server's certificate" in out, out
+        assert "hunter2" not in out, out
+    finally:
+        assert impostor.close() == 0
+
+
+def test_a_service_file_another_user_could_change_or_ldap_is_refused(tmp_path, monkeypatch):
+    """A service (`service=NAME`) is looked up at every connection: in a pg_service.conf another user may write
+    (PGSERVICEFILE in a folder of uid 4242's, or PGSYSCONFDIR's), what the check saw could become their server the
+    next time the pool connects; a definition in LDAP is asked over the network, by the probe itself too, before
+    any check (an LDAP listener got a connection). Both refused outside dev mode, the LDAP listener never
+    connected to; root's service file naming the machine's socket directory is taken and migrates."""
+    for name in LIBPQ_ENV:
+        monkeypatch.delenv(name, raising=False)
+    theirs = _theirs(tmp_path / "theirs")
+    (theirs / "pg_service.conf").write_text("[rf]\nhost=/var/run/postgresql\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(theirs / "pg_service.conf"))
+    problems = database_problems("postgresql+psycopg:///rf?service=rf", mode="prod", plain_ok=False)
+    assert len(problems) == 1 and "names the PostgreSQL service rf, and the service file" in str(problems[0]), problems
+    assert f"belongs to user id {OTHER}" in str(problems[0])
+    monkeypatch.setenv("PGSERVICE", "rf")  # named by the environment instead
+    assert database_problems("postgresql+psycopg:///rf", mode="prod", plain_ok=False)
+    monkeypatch.delenv("PGSERVICE")
+    monkeypatch.delenv("PGSERVICEFILE")
+    monkeypatch.setenv("PGSYSCONFDIR", str(theirs))  # the system-wide file, consulted when the user's has no [rf]
+    assert f"belongs to user id {OTHER}" in str(database_problems("postgresql+psycopg:///rf?service=rf", mode="prod",
+                                                                  plain_ok=False)[0])
+    monkeypatch.delenv("PGSYSCONFDIR")
+
+    ldap = Impostor(socket.AF_INET, ("127.0.0.1", 0))
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    try:
+        (mine / "pg_service.conf").write_text(
+            f"[rf]\nldap://127.0.0.1:{ldap.sock.getsockname()[1]}/dc=example?description?one?(cn=rf)\n")
+        monkeypatch.setenv("PGSERVICEFILE", str(mine / "pg_service.conf"))
+        problems = database_problems("postgresql+psycopg:///rf?service=rf", mode="prod", plain_ok=False)
+        assert len(problems) == 1 and "is looked up in LDAP (ldap://127.0.0.1:" in str(problems[0]), problems
+    finally:
+        assert ldap.close() == 0, "the probe asked LDAP before any check"
+    with pg_database() as url:
+        name = url.rsplit("/", 1)[1]
+        (mine / "pg_service.conf").write_text(f"[rf]\nhost=/var/run/postgresql\ndbname={name}\nuser=postgres\n")
+        proc = rf(["identity", "migrate"], {**PROD, "RINGFENCE_DATABASE_URL": "postgresql+psycopg:///?service=rf",
+                                            "PGSERVICEFILE": str(mine / "pg_service.conf")}, tmp_path)
+        assert proc.returncode == 0 and "identity schema is at head" in said(proc), said(proc)
+        assert "identity_users" in tables(url)
+
+
+def test_pg_dump_takes_the_ca_files_this_process_takes_never_one_in_its_current_folder(tmp_path, tls_cluster,
+                                                                                       monkeypatch):
+    """backup's pg_dump runs with the machine's libpq (15 here), the prod check asks psycopg's (18): an older one
+    reads sslrootcert=system as the file ./system, so run from a folder holding another CA's certificate there,
+    pg_dump took the server that CA signed (and sent it the password). It runs in / now, its file parameters made
+    absolute as this process reads them: ./system is never its CA; a relative sslrootcert still names this
+    folder's file, as it does for psycopg."""
+    from ringfence.backup import _pg
+    from ringfence.errors import ConfigError
+
+    port, folder, present = tls_cluster["port"], tls_cluster["folder"], tls_cluster["present"]
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(folder / "impostor.pem", work / "system")  # the server presents the impostor CA's certificate
+    monkeypatch.chdir(work)
+    url = f"postgresql+psycopg://postgres:hunter2-secret@localhost:{port}/postgres?sslmode=verify-full"
+    with pytest.raises(ConfigError) as err:
+        _pg("pg_dump", url + "&sslrootcert=system", ["--schema-only", "--file", str(work / "dump.sql")])
+    assert "pg_dump failed" in str(err.value) and "hunter2" not in str(err.value), err.value
+    assert not (work / "dump.sql").exists()
+    present("ours")
+    shutil.copy(folder / "ours.pem", work / "ours.pem")
+    _wait_for_reload(f"postgresql://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={work}/ours.pem",
+                     None)
+    _pg("pg_dump", url + "&sslrootcert=ours.pem", ["--schema-only", "--file", str(work / "dump.sql")])
+    assert "PostgreSQL database dump" in (work / "dump.sql").read_text()

@@ -230,6 +230,10 @@ def _copy_identity(src: Path, dest: Path) -> None:
         source.close()
 
 
+#: libpq's parameters that name a file, relative to the current directory
+_LIBPQ_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcrldir", "passfile", "sslkeylogfile")
+
+
 def _pg(tool: str, url: str, args: list[str]) -> str:
     """Run pg_dump / pg_restore against a SQLAlchemy URL, with the parameters psycopg gets for it (store/transport.py
     `libpq_params`: sslmode, sslrootcert and a socket host too, which were dropped, so pg_dump connected over TCP
@@ -244,12 +248,18 @@ def _pg(tool: str, url: str, args: list[str]) -> str:
     env = dict(os.environ)
     if "password" in params:
         env["PGPASSWORD"] = params.pop("password")
+    for name in _LIBPQ_FILES:  # named as this process (psycopg, the prod check) takes them: from its directory
+        if params.get(name) and not (name == "sslrootcert" and params[name] == "system"):
+            params[name] = os.path.abspath(params[name])
     conn = ["--dbname", make_conninfo("", **params)]
     binary = shutil.which(tool)
     if binary is None:
         raise ConfigError(f"{tool} is not installed; it is needed for the PostgreSQL identity database",
                           field="RINGFENCE_DATABASE_URL")
-    proc = subprocess.run([binary, *conn, *args], env=env, capture_output=True, text=True, timeout=3600)
+    # run in /: the tools' libpq may be older than psycopg's, which the prod check asked (here libpq 15 against 18):
+    # one before 16 reads sslrootcert=system as the file ./system, and in a folder another user may write that was
+    # their CA, so pg_dump sent the password to their server (intruder review of session 24); /system is root's
+    proc = subprocess.run([binary, *conn, *args], env=env, capture_output=True, text=True, timeout=3600, cwd="/")
     if proc.returncode != 0:
         raise ConfigError(f"{tool} failed: {proc.stderr.strip()[:500]}", field="RINGFENCE_DATABASE_URL")
     return proc.stdout
@@ -395,7 +405,7 @@ def _create_in(src_node: Path, dest: Path, shown: str, signer: BackupSigner, ide
                              "sha256": _sha256_file(dest / IDENTITY_FILE)}
         report.identity = "SQLite (online backup)"
     if identity_pg_url:
-        _pg("pg_dump", identity_pg_url, ["--format=custom", "--no-owner", "--no-privileges", "--file", str(dest / PG_DUMP_FILE)])
+        _pg("pg_dump", identity_pg_url, ["--format=custom", "--no-owner", "--no-privileges", "--file", str((dest / PG_DUMP_FILE).absolute())])
         files["identity"] = {"name": PG_DUMP_FILE, "bytes": (dest / PG_DUMP_FILE).stat().st_size,
                              "sha256": _sha256_file(dest / PG_DUMP_FILE), "kind": "postgresql"}
         report.identity = "PostgreSQL (pg_dump, one consistent snapshot)"
@@ -865,7 +875,7 @@ def _restore_pg(dump: Path, url: str | None) -> str:
     """Load the identity dump into the (empty) PostgreSQL database at `url`."""
     if not url:
         return f"PostgreSQL dump kept in the backup ({PG_DUMP_FILE}); set RINGFENCE_DATABASE_URL to restore it"
-    _pg("pg_restore", url, ["--no-owner", "--no-privileges", "--exit-on-error", str(dump)])
+    _pg("pg_restore", url, ["--no-owner", "--no-privileges", "--exit-on-error", str(dump.absolute())])
     return "PostgreSQL, restored with pg_restore (as of the backup; identity is not cut at --to-seq)"
 
 

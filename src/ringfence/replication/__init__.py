@@ -544,6 +544,13 @@ def check_transport(target: ReplicationTarget, *, credentials_only: bool = False
     text is said once per server. `credentials_only` (the dr drill's checks, whose nodes run in dev mode): refuse
     only a URL that carries a password or token."""
     if pinned_tls(target):
+        from ..owned import trust_file_problem
+
+        reason = trust_file_problem(target.tls_ca) if os.environ.get("RINGFENCE_MODE", "dev") != "dev" else None
+        if reason is not None:  # read again at every (re)connect: its owner could make it their CA later
+            raise ConfigError(f"tls_ca={target.tls_ca}: {reason}: they could make it their own CA, and the NATS password "
+                              f"would go to their server at {target.display}; keep the CA file in folders only this user or "
+                              "root may write (`ringfence replication nats-config --out` makes one)", field=target.option)
         return
     fix = ("use tls://USER@HOST:PORT/STREAM?tls_ca=CA with the CA that signed nats-server's certificate: "
            "`ringfence replication nats-config` makes both and prints each service's URL")

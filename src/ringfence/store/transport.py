@@ -11,6 +11,11 @@ URL is therefore taken only when every address libpq may connect to is one no ot
   directory that no other user can write, nor any directory above it (a sticky one such as /tmp only above a
   directory of root's or of this user's); an abstract socket name (@NAME) is anyone's to bind. `sslmode` does not
   apply to a socket;
+* what libpq reads again at every connection, so that a check at start holds: the CA file verify-* checks against
+  and the pg_service.conf files of a service (`service=`, PGSERVICE) belong to root, this user or PostgreSQL's
+  account, no one else may write them or a folder above them (owned.trust_file_problem); the socket directory and
+  the folders above it belong to the same (intruder review of session 24: uid 4242's folder, CA and service file
+  were each taken); a service defined in LDAP is refused, before the probe (libpq asks LDAP there);
 * anything, given RINGFENCE_DATABASE_PLAIN_OK=1: the operator's statement that the path to the database and this
   machine have no other users (as RINGFENCE_IDENTITY_SMTP_LOCAL_PLAIN_OK for the mail relay).
 
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..owned import trust_file_problem
 
 __all__ = ["LibpqPath", "VERIFIED_SSLMODES", "PLAIN_OK_VARIABLE", "libpq_params", "libpq_path", "database_problems"]
 
@@ -51,6 +57,9 @@ class LibpqPath:
     port: str
     sslmode: str
     sslmode_from: str
+    #: the CA file libpq verifies the server against (the URL's, PGSSLROOTCERT, a service's; "": its default
+    #: ~/.postgresql/root.crt; "system": OpenSSL's own store)
+    sslrootcert: str = ""
 
 
 def libpq_params(url: str) -> dict[str, str]:
@@ -93,17 +102,11 @@ def _default_host() -> str:
 
 
 def _split(value: str | None) -> list[str]:
-    """libpq's comma-separated host and hostaddr lists (a backslash keeps a comma)."""
-    items, item, chars = [], "", iter(value or "")
-    for ch in chars:
-        if ch == "\\":
-            item += next(chars, "")
-        elif ch == ",":
-            items.append(item)
-            item = ""
-        else:
-            item += ch
-    return [*items, item]
+    """libpq's comma-separated host, hostaddr and port lists. A comma always separates: neither libpq
+    (parse_comma_separated_list) nor psycopg (which splits the list into attempts itself) escapes one, so
+    `host=/srv/x\\,127.0.0.1` is a socket directory `/srv/x\\` and then 127.0.0.1 over TCP (intruder review of
+    session 24: read as one socket directory `/srv/x,127.0.0.1`, the TCP attempt without TLS was taken)."""
+    return (value or "").split(",")
 
 
 def libpq_path(url: str, field: str = "RINGFENCE_DATABASE_URL") -> LibpqPath:
@@ -146,13 +149,28 @@ def libpq_path(url: str, field: str = "RINGFENCE_DATABASE_URL") -> LibpqPath:
         source = "PGSSLMODE"
     else:
         source = "libpq's default" if options.get("sslmode") == "prefer" else "libpq's settings (service, PGREQUIRESSL)"
-    return LibpqPath(tuple(tcp), tuple(sockets), ports[0] or "5432", options.get("sslmode") or "prefer", source)
+    return LibpqPath(tuple(tcp), tuple(sockets), ports[0] or "5432", options.get("sslmode") or "prefer", source,
+                     options.get("sslrootcert") or "")
+
+
+@functools.cache
+def _database_account() -> frozenset[int]:
+    """The PostgreSQL server's own account (`postgres`), which owns its socket directory (/var/run/postgresql) and
+    may own the files it is configured with; trusted as root is: it holds the database already."""
+    import pwd
+
+    try:
+        return frozenset({pwd.getpwnam("postgres").pw_uid})
+    except KeyError:
+        return frozenset()
 
 
 def _unsafe_directory(directory: str) -> str | None:
     """Why another user could put a PostgreSQL socket in `directory` (None: nobody but its owner and group can):
-    it, or a directory above it, is writable by every user. A sticky directory (/tmp) is allowed above it only
-    before a directory of root's or this user's (nobody else may rename or replace that one)."""
+    it, or a directory above it, belongs to a user other than root, this user and PostgreSQL's account (its owner
+    may make the socket, or rename the directory and make another: intruder review of session 24, uid 4242's
+    folder was taken), or is writable by every user. A sticky directory (/tmp) is allowed above it only before a
+    directory of root's or this user's (nobody else may rename or replace that one)."""
     if directory.startswith("@"):
         return f"{directory} is an abstract socket name, which any local user can bind"
     given = Path(directory)
@@ -167,7 +185,11 @@ def _unsafe_directory(directory: str) -> str | None:
         parts = walk.parts
         for depth in range(1, len(parts) + 1):
             folder = Path(*parts[:depth])
-            mode = folder.stat().st_mode
+            info = folder.stat()
+            if info.st_uid not in trusted_owners | _database_account():
+                return (f"the socket directory {directory} is, or is inside, {folder}, which belongs to user id "
+                        f"{info.st_uid} (not root, this user or PostgreSQL's account)")
+            mode = info.st_mode
             if not mode & stat.S_IWOTH:
                 continue
             if depth == len(parts):
@@ -177,6 +199,54 @@ def _unsafe_directory(directory: str) -> str | None:
                 return (f"the socket directory {directory} is inside {folder}, which every user can write "
                         f"(mode {stat.S_IMODE(mode):o}), and {child} is not root's or this user's")
     return None
+
+
+def _service_files() -> list[Path]:
+    """Where libpq looks up a service (`service=NAME`, PGSERVICE): PGSERVICEFILE or ~/.pg_service.conf, then
+    PGSYSCONFDIR's pg_service.conf (without it, the directory libpq was built with: /etc/postgresql-common for
+    psycopg's libpq and Debian's)."""
+    user = os.environ.get("PGSERVICEFILE") or str(Path.home() / ".pg_service.conf")
+    system = Path(os.environ.get("PGSYSCONFDIR") or "/etc/postgresql-common") / "pg_service.conf"
+    return [Path(user), system]
+
+
+def _service_problems(service: str) -> list[str]:
+    """Why the service `service`'s definition is not the operator's alone: a service file another user could write
+    (libpq reads it again at every connection, so whatever the check saw, they could later name their own server),
+    or a definition looked up in LDAP (`ldap://...` in its section: over the network, at every connection,
+    answered by whoever is on the path; libpq asks it even in the probe, before any check)."""
+    problems: list[str] = []
+    for file in _service_files():
+        reason = trust_file_problem(file, _database_account())
+        if reason is not None:
+            problems.append(f"the service file {file}: {reason}")
+            continue
+        try:
+            lines = file.read_text(errors="replace").splitlines()
+        except OSError:
+            continue  # not there (and no one else may make it): libpq skips it too
+        section = ""
+        for line in lines:
+            line = line.strip()
+            if line.startswith("[") and line.endswith("]"):
+                section = line[1:-1]
+            elif section == service and line.startswith("ldap"):
+                problems.append(f"the service {service} in {file} is looked up in LDAP ({line.split('?', 1)[0]}), over "
+                                "the network at every connection, answered by whoever is on the path")
+    return problems
+
+
+def _service_named(url: str, field: str) -> str:
+    """The service libpq will look up for `url`: the URL's `service` parameter, else PGSERVICE."""
+    from sqlalchemy.exc import ArgumentError
+
+    from ..errors import without_credentials
+
+    try:
+        params = libpq_params(url)
+    except (ArgumentError, ValueError) as err:
+        raise ConfigError(f"cannot read the URL {without_credentials(url)} ({type(err).__name__})", field=field) from None
+    return params.get("service") or os.environ.get("PGSERVICE", "")
 
 
 def _plain_ok_from_environment() -> bool:
@@ -204,10 +274,27 @@ def database_problems(url: str, field: str = "RINGFENCE_DATABASE_URL", *, mode: 
     try:
         if plain_ok if plain_ok is not None else _plain_ok_from_environment():
             return []
+        service = _service_named(url, field)
+        if service:  # before the probe: libpq reads the service's definition there (from LDAP too)
+            reasons = _service_problems(service)
+            if reasons:
+                return [ConfigError(f"names the PostgreSQL service {service}, and {reason}: libpq would connect where "
+                                    f"that says. Outside dev mode keep pg_service.conf in folders only this user or "
+                                    f"root may write, with the service's parameters in it, {_NO_OTHER_USERS}", field=field)
+                        for reason in reasons]
         path = libpq_path(url, field)
     except ConfigError as err:
         return [err]
     problems: list[ConfigError] = []
+    if path.tcp and path.sslmode in VERIFIED_SSLMODES and path.sslrootcert != "system":
+        ca = path.sslrootcert or str(Path.home() / ".postgresql" / "root.crt")  # libpq's default
+        reason = trust_file_problem(ca, _database_account())
+        if reason is not None:
+            problems.append(ConfigError(
+                f"verifies the server's certificate against sslrootcert {ca}, and {reason}: they could make it their "
+                "own CA, and libpq would send the database password to their server. Outside dev mode keep the CA "
+                f"file in folders only this user or root may write (/etc/ringfence/pg-ca.pem), {_NO_OTHER_USERS}",
+                field=field))
     if path.tcp and path.sslmode not in VERIFIED_SSLMODES:
         problems.append(ConfigError(
             f"connects over TCP to {', '.join(path.tcp)} with sslmode={path.sslmode} ({path.sslmode_from}), which does "
