@@ -38,3 +38,18 @@ def test_a_relay_on_another_interfaces_address_is_this_machines():
             listener.close()
     assert not is_this_machine("192.0.2.254") or "192.0.2.254" in addresses  # (TEST-NET: nobody's here)
     assert not is_this_machine("mail.example.com")
+
+
+def test_a_login_over_none_to_a_relay_elsewhere_is_refused_outside_dev_mode():
+    # a remote relay (TEST-NET, nobody's here) with a login and no TLS: the login would cross the network in clear
+    login = {"identity_smtp_username": "relay", "identity_smtp_password": "smtp-secret-1234"}
+    remote = {"identity_smtp_host": "192.0.2.254", "identity_smtp_port": 587}
+    problems = Settings(mode="prod", identity_smtp_security="none", **remote, **login).smtp_problems()
+    assert [p.field for p in problems] == ["RINGFENCE_IDENTITY_SMTP_SECURITY"], problems
+    assert "login" in str(problems[0]) and "192.0.2.254:587" in str(problems[0]) and "smtp-secret" not in str(problems[0])
+    assert Settings(mode="prod", identity_smtp_security="none", identity_smtp_password="p", **remote).smtp_problems()
+    # the same relay without a login, or with TLS, or in dev mode: taken
+    assert Settings(mode="prod", identity_smtp_security="none", **remote).smtp_problems() == []
+    for security in ("starttls", "ssl"):
+        assert Settings(mode="prod", identity_smtp_security=security, **remote, **login).smtp_problems() == []
+    assert Settings(mode="dev", identity_smtp_security="none", **remote, **login).production_problems() == []

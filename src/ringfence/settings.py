@@ -249,7 +249,9 @@ class Settings(BaseSettings):
         be one no other local user can stand in for (intruder review of #22): the host set on purpose, not left at
         dev mode's catcher 127.0.0.1:8025; and on this machine (is_this_machine: by address, not by name), a privileged
         port (< 1024, which only root can listen on) or TLS (starttls, ssl: the relay's certificate is verified), unless the operator states that this
-        machine has no other users (RINGFENCE_IDENTITY_SMTP_LOCAL_PLAIN_OK=1)."""
+        machine has no other users (RINGFENCE_IDENTITY_SMTP_LOCAL_PLAIN_OK=1); and an SMTP login (username or password)
+        to a relay elsewhere only over TLS (intruder review of session 24: a login over none to a remote relay was
+        taken, and whoever is on the path gets it)."""
         if "identity_smtp_host" not in self.model_fields_set:
             return [ConfigError("must be set outside dev mode (the default 127.0.0.1:8025 is dev mode's mail catcher): "
                                 "your relay's host name, with RINGFENCE_IDENTITY_SMTP_PORT and _SECURITY",
@@ -262,6 +264,13 @@ class Settings(BaseSettings):
                 f"({self.identity_smtp_host}:{self.identity_smtp_port}): any local user could listen there and get "
                 "password-reset and verification mail; use starttls or ssl, a port below 1024 (e.g. 25), or set "
                 "RINGFENCE_IDENTITY_SMTP_LOCAL_PLAIN_OK=1 if this machine has no other users",
+                field="RINGFENCE_IDENTITY_SMTP_SECURITY")]
+        if (self.identity_smtp_security == "none" and (self.identity_smtp_username or self.identity_smtp_password)
+                and not is_this_machine(self.identity_smtp_host)):  # on this machine: the rule above
+            return [ConfigError(
+                f"none is refused outside dev mode with an SMTP login to a relay elsewhere ({self.identity_smtp_host}:"
+                f"{self.identity_smtp_port}): the login would cross the network in clear text to whoever answers "
+                "there; use starttls or ssl (the relay's certificate is verified), or a relay that needs no login",
                 field="RINGFENCE_IDENTITY_SMTP_SECURITY")]
         return []
 
