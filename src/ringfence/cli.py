@@ -47,6 +47,7 @@ LAZY: dict[str, tuple[str, str]] = {
     "staff": ("ringfence.staff.cli", "staff_app"),
     "review": ("ringfence.staff.cli", "review_app"),
     "halts": ("ringfence.staff.cli", "halts_app"),
+    "asset": ("ringfence.staff.asset_cli", "asset_app"),
     "market": ("ringfence.staff.market_cli", "market_app"),
     "audit": ("ringfence.staff.audit", "audit_app"),
     "backup": ("ringfence.backup.cli", "app"),
@@ -88,6 +89,7 @@ SUMMARY: dict[str, str] = {
     "staff": "Staff identities: genesis, add, remove, list (signed by an operator quorum).",
     "review": "Withdrawals and deposits waiting for a person: list, approve, reject, release, freeze.",
     "halts": "Halts on a live node: list, raise (one operator), lift (operator quorum).",
+    "asset": "Assets on a live node: list, add (operator quorum). A market's base and quote must be registered assets.",
     "market": "Markets and fees on a live node: list, add, delist, status, fees, account-fee, ref-price.",
     "audit": "Offline audits from a node's journal.",
     "backup": ("Back up a node (safe while it runs), verify a backup by replay, restore to any journal "

@@ -1,4 +1,4 @@
-"""Every console command (`staff`, `review`, `halts`, `market`, `policy`, `audit`, `reconcile approve|lift`) has --help with an Example."""
+"""Every console command (`staff`, `review`, `halts`, `asset`, `market`, `policy`, `audit`, `reconcile approve|lift`) has --help with an Example."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from ringfence.cli import app
 
-GROUPS = ["staff", "review", "halts", "market", "policy", "audit", "reconcile"]
+GROUPS = ["staff", "review", "halts", "asset", "market", "policy", "audit", "reconcile"]
 
 
 def _commands() -> list[list[str]]:

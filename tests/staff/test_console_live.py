@@ -370,3 +370,24 @@ def test_fee_tiers_are_set_by_the_quorum_and_shown_on_the_account(server) -> Non
     table = market_cli("list", "--key", ada, "--url", server.base)
     assert table.exit_code == 0 and "tier 3: maker 0.0002 (0.02 %), taker 0.0005 (0.05 %)" in table.stdout and "alice → 3" in table.stdout
     assert "BTCUSDT" in table.stdout and "0.01" in table.stdout, table.stdout
+
+
+def test_an_asset_registered_by_the_quorum_is_in_the_coin_list_and_can_be_listed(server) -> None:
+    """`ringfence asset add` on the demo node: the user's coin list (`/sapi/v1/capital/config/getall`) shows the new
+    asset at once, and a market on it can be listed (tests/staff/test_asset_live.py: the same on a prod node)."""
+    url = ("--url", server.base)
+    ada, ben = key(server, "ada"), key(server, "ben")
+    coins = {c["coin"] for c in binance(server, "GET", "/sapi/v1/capital/config/getall", {}).json()}
+    assert "LINK" not in coins and {"BTC", "USDT"} <= coins
+    out = ringfence("asset", "add", "LINK", "--decimals", "18", "--class", "crypto", "--chain", "ethereum",
+                    "--reason", "listing committee 9", "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 0 and "AssetRegistered" in out.stdout, out.output
+    [link] = [c for c in binance(server, "GET", "/sapi/v1/capital/config/getall", {}).json() if c["coin"] == "LINK"]
+    assert link["free"] == "0.000000000000000000" and link["networkList"] == [], link  # no custody configured for it
+    out = ringfence("asset", "add", "LINK", "--decimals", "8", "--class", "crypto", "--reason", "again", "--key", ada,
+                    "--key", ben, *url)
+    assert out.exit_code == 2 and "CODE" in out.stderr and "already registered (18 decimals" in out.stderr, out.output
+    out = market_cli("add", "LINKUSDT", "--base", "LINK", "--quote", "USDT", "--tick-size", "0.001", "--lot-size", "0.01",
+                     "--reason", "listing committee 9", "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 0, out.output
+    assert exchange_info(server)["LINKUSDT"]["baseAssetPrecision"] == 18

@@ -38,7 +38,7 @@ from ..staff.requests import RequestVerifier
 from .service import Exchange
 
 __all__ = ["build_admin_router", "install_admin_pages", "PREFIX", "staff_view", "halts_view", "review_view", "policy_view",
-           "index_admin_view", "markets_admin_view", "list_market_command"]
+           "index_admin_view", "markets_admin_view", "assets_admin_view", "list_market_command"]
 
 #: The staff member whose signed request is being served (journaled as "staff:ID").
 _CALLER: ContextVar[str] = ContextVar("ringfence_admin_caller", default="")
@@ -261,6 +261,22 @@ def markets_admin_view(engine: Any) -> dict[str, Any]:
             "assets": {a.code: a.decimals for a in list(ledger.assets)}, "segments": list(ledger.segments),
             "fee_tiers": [{"tier": t, "maker_rate_ppm": mk, "taker_rate_ppm": tk} for t, (mk, tk) in sorted(st.tiers.items())],
             "account_tiers": [{"account": o, "tier": t} for o, t in sorted(st.account_tier.items())][:MAX_QUEUE]}
+
+
+def assets_admin_view(engine: Any) -> dict[str, Any]:
+    """Every registered asset (code, decimals, class, chain) and the markets that trade it, with the trading
+    change counter an asset registration signs (`RegisterAssetSigned`, the same counter as a listing)."""
+    from ..trading.state import trading_state
+
+    st = trading_state(engine)
+    used: dict[str, list[str]] = {}
+    for symbol in sorted(st.markets):
+        m = st.markets[symbol]
+        for code in (m.base, m.quote):
+            used.setdefault(code, []).append(symbol)
+    return {"version": st.admin_version, "segments": list(engine.ledger.segments),
+            "assets": [{"code": a.code, "decimals": a.decimals, "asset_class": a.asset_class.value, "chain": a.chain or "",
+                        "markets": used.get(a.code, [])} for a in list(engine.ledger.assets)]}
 
 
 def _caller_signed(caller: str, sigs: list[StaffSignature]) -> None:
@@ -645,7 +661,23 @@ def build_admin_router(exchange: Exchange, verifier: RequestVerifier | None = No
         return await submit(OverrideReferencePrice(_text(body, "symbol"), _int(body.get("price_minor"), "price_minor"),
                                                    _text(body, "reason"), approvals))
 
-    # ---- markets and fees (docs/staff.md, "Markets and fees"): system-wide changes, operator quorum
+    # ---- assets, markets and fees (docs/staff.md, "Markets and fees"): system-wide changes, operator quorum
+
+    @endpoint("GET", "/assets", "Registered assets (decimals, class, chain, markets); the trading change counter")
+    async def get_assets(caller: str, body: dict[str, Any]) -> Any:
+        return exchange.read(assets_admin_view)
+
+    @endpoint("POST", "/assets", "Register an asset (RegisterAssetSigned: operator quorum)")
+    async def register_asset(caller: str, body: dict[str, Any]) -> Any:
+        from ..ledger.commands import RegisterAsset
+        from ..trading.staff_cmds import RegisterAssetSigned
+
+        chain = body.get("chain", "")
+        if not isinstance(chain, str):
+            raise ValidationError("chain is a string (empty for none)", field="chain")
+        asset = RegisterAsset(_text(body, "code"), _int(body.get("decimals"), "decimals"), _text(body, "asset_class"), chain)
+        approvals = _callers_approvals(caller, body)
+        return await submit(RegisterAssetSigned(asset, _text(body, "reason"), approvals))
 
     @endpoint("GET", "/markets", "Markets with their filters, status and reference price; fee tiers; the trading change counter")
     async def get_markets(caller: str, body: dict[str, Any]) -> Any:

@@ -13,7 +13,7 @@ from ..engine.commands import Command, Event
 from ..engine.core import Engine
 from ..engine.module import NEVER, Effect, Module, Scope
 from ..errors import ValidationError
-from ..money import Asset, AssetClass
+from ..money import MAX_DECIMALS, Asset, AssetClass, validate_asset_code
 from .ledger import Ledger
 from .model import Transfer, validate_kind, validate_owner, validate_segment
 
@@ -29,6 +29,7 @@ __all__ = [
     "TransferExpired",
     "MAX_TRANSFERS_PER_COMMAND",
     "MODULE",
+    "checked_asset",
 ]
 
 #: The ledger's engine module (ARCHITECTURE §3): the root state, the only code that changes a balance.
@@ -153,6 +154,23 @@ def _asset_of(command: RegisterAsset) -> Asset:
     except ValueError:
         raise ValidationError("asset_class must be one of crypto, tokenized, fiat", field="asset_class") from None
     return Asset(command.code, command.decimals, klass, command.chain or None)
+
+
+def checked_asset(command: RegisterAsset) -> Asset:
+    """The asset `command` registers, each of its fields checked by the rules `Asset` applies (`_asset_of`),
+    but every refusal naming the command's own field (`code`, `decimals`, `asset_class`, `chain`):
+    what an operator's `ringfence asset add` is told. Raises `ValidationError`; changes nothing."""
+    validate_asset_code(command.code, "code")
+    decimals = command.decimals
+    if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= MAX_DECIMALS:
+        raise ValidationError(f"decimals must be an integer between 0 and {MAX_DECIMALS}", field="decimals")
+    if not isinstance(command.asset_class, str) or command.asset_class not in {c.value for c in AssetClass}:
+        raise ValidationError(f"asset_class must be one of {', '.join(c.value for c in AssetClass)}",
+                              field="asset_class")
+    chain = command.chain
+    if not isinstance(chain, str) or len(chain) > 32:
+        raise ValidationError("chain must be a name of 1-32 characters, or empty for none", field="chain")
+    return _asset_of(command)
 
 
 def _precheck_register_asset(engine: Engine, command: RegisterAsset) -> None:

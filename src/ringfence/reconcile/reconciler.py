@@ -488,6 +488,7 @@ _MODELLED = {
     "ListMarket", "SetMarketStatus", "SetReferencePrice", "SetFeeTier", "SetAccountFeeTier",
     # their signed forms (trading/staff_cmds.py); a delisting only ends holds (OrderCanceled)
     "ListMarketSigned", "DelistMarketSigned", "SetReferencePriceSigned", "SetFeeTierSigned", "SetAccountFeeTierSigned",
+    "RegisterAssetSigned",
     "CreateTransfers", "PlaceOrder", "CancelOrder", "CancelAll", "AmendOrder", "TradingBatch",
     # the index (index/): feed keys, parameters, quotes and overrides move no money
     "RegisterFeedKey", "ConfigureIndex", "SubmitQuote", "OverrideReferencePrice",

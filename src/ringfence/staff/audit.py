@@ -220,6 +220,9 @@ def recent_decisions(node_dir: Path, upto_seq: int, limit: int = 100, window: in
                 continue
             fields = command.__struct_fields__
             about = getattr(command, fields[0]) if fields else ""
+            inner = getattr(about, "__struct_fields__", None)  # a signed form of a command (ListMarketSigned.market,
+            if inner:                                          # RegisterAssetSigned.asset): what that one is about
+                about = getattr(about, inner[0])
             rows.append({"seq": seq, "command": type(command).__name__, "source": source, "signed_by": signed,
                          "about": about if isinstance(about, (str, int)) and not isinstance(about, bool) else "",
                          "reason": str(getattr(command, "reason", "") or "")[:300]})

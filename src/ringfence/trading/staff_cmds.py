@@ -1,15 +1,20 @@
-"""Trading decisions of the staff operator quorum: list and delist a market, define a fee tier, put an
-account on a tier, set a market's reference price (docs/staff.md, "Markets and fees").
+"""Trading decisions of the staff operator quorum: register an asset, list and delist a market, define a
+fee tier, put an account on a tier, set a market's reference price (docs/staff.md, "Markets and fees").
 
 Each is a system-wide change, so each carries the signed decisions of at least the staff register's
 operator quorum of distinct active operators, verified by the same checks as a halt lift
 (`staff.check_quorum`: registered, active, operator role, unexpired, unused nonce, valid signature,
 distinct people, the quorum); the handler then spends the nonces (`staff.consume`). What each
-operator signs is the decision's action (`market.list`, `market.delist`, `fee.tier`,
+operator signs is the decision's action (`asset.register`, `market.list`, `market.delist`, `fee.tier`,
 `fee.account_tier`, `market.reference`) over exactly the fields of the change, its reason and the
 trading change counter `TradingState.admin_version`, so one set of approvals is good for exactly
 one change: after any other trading decision the counter moved and old approvals no longer verify.
 
+* Registering an asset (`RegisterAssetSigned`) checks its fields by `RegisterAsset`'s rules, naming
+  the field it refuses (`code`, `decimals`, `asset_class`, `chain`), and refuses a code that is
+  already registered, even with the same properties: an asset's decimals, class and chain never
+  change, and a second decision about the same code is a mistake an operator should hear about.
+  It opens the asset's system accounts as `RegisterAsset` does; markets can then list it.
 * Delisting cancels every open order of the market (resting and untriggered stops, in order id
   order) with reason `DELISTED`, ending each order's hold (the held amount goes back to the owner's
   available balance: the ledger's `end_hold`), then removes the market. It is declared as reducing
@@ -20,7 +25,7 @@ one change: after any other trading decision the counter moved and old approvals
 * An account's fee tier is refused when an approver holds that customer account
   (`never-the-initiator`).
 
-The unsigned `ListMarket`, `SetFeeTier`, `SetAccountFeeTier` and `SetReferencePrice` stay for the
+The unsigned `RegisterAsset`, `ListMarket`, `SetFeeTier`, `SetAccountFeeTier` and `SetReferencePrice` stay for the
 node's own set-up (the demo, simulations) and replay; the admin API accepts only these signed ones.
 Every check runs before anything changes: a refusal leaves the state hash unchanged.
 """
@@ -33,6 +38,7 @@ from ..engine.commands import Command, Event
 from ..engine.core import Engine
 from ..engine.module import Effect
 from ..errors import Conflict, Forbidden, NotFound, ValidationError
+from ..ledger.commands import AssetRegistered, RegisterAsset, checked_asset
 from ..staff.decisions import OPERATOR, StaffSignature
 from ..staff.state import check_quorum, consume, staff_of
 from .admin import (
@@ -53,6 +59,7 @@ from .module import MODULE, market_scopes
 from .state import _market, trading_state
 
 __all__ = [
+    "RegisterAssetSigned",
     "ListMarketSigned",
     "DelistMarketSigned",
     "SetFeeTierSigned",
@@ -61,6 +68,7 @@ __all__ = [
     "MarketDelisted",
     "TradingDecision",
     "ACTIONS",
+    "asset_subject",
     "list_subject",
     "delist_subject",
     "fee_tier_subject",
@@ -70,8 +78,14 @@ __all__ = [
 
 MAX_REASON_CHARS = 500
 #: The decision action each command's approvers sign.
-ACTIONS = {"list": "market.list", "delist": "market.delist", "fee_tier": "fee.tier", "account_tier": "fee.account_tier",
+ACTIONS = {"asset": "asset.register", "list": "market.list", "delist": "market.delist", "fee_tier": "fee.tier", "account_tier": "fee.account_tier",
            "reference": "market.reference"}
+
+
+class RegisterAssetSigned(Command, tag="asset.register_signed/1", frozen=True):
+    asset: RegisterAsset
+    reason: str
+    approvals: list[StaffSignature]
 
 
 class ListMarketSigned(Command, tag="market.list_signed/1", frozen=True):
@@ -135,6 +149,10 @@ MODULE.declare_events(MarketDelisted, TradingDecision)
 # ------------------------------------------------------------------------------- subjects
 
 
+def asset_subject(c: RegisterAsset, reason: str, version: int) -> list[Any]:
+    return [c.code, c.decimals, c.asset_class, c.chain, reason, version]
+
+
 def list_subject(c: ListMarket, reason: str, version: int) -> list[Any]:
     return [c.symbol, c.base, c.quote, c.segment, c.tick_size, c.lot_size, c.min_qty, c.max_qty, c.min_notional,
             c.band_ppm, c.band_timeout_ns, c.market_slippage_ppm, c.max_open_orders_per_account, c.max_book_orders,
@@ -178,6 +196,31 @@ def _decided(engine: Engine, key: str, subject: str, reason: str, approvers: lis
     st = trading_state(engine)
     st.admin_version += 1
     return TradingDecision(ACTIONS[key], subject, reason, approvers, st.admin_version)
+
+
+def _pre_asset(engine: Engine, c: RegisterAssetSigned) -> list[str]:
+    reason = _reason(c.reason)
+    if not isinstance(c.asset, RegisterAsset):
+        raise ValidationError("asset is a RegisterAsset", field="asset")
+    asset = checked_asset(c.asset)
+    ledger = engine.ledger
+    if asset.code in ledger.assets:
+        have = ledger.assets.get(asset.code)
+        raise Conflict(f"asset {asset.code} is already registered ({have.decimals} decimals, {have.asset_class.value}"
+                       f"{', chain ' + have.chain if have.chain else ''}); an asset is registered once and its "
+                       "properties never change", field="code")
+    if not ledger.can_open_accounts(1 + 2 * len(ledger.segments)):  # its world account, fees and shield per segment
+        raise ValidationError(f"the shard holds its maximum of {ledger.max_accounts} accounts", field="code")
+    return _quorum(engine, ACTIONS["asset"], asset_subject(c.asset, reason, _version(engine)), c.approvals)
+
+
+@MODULE.handles(RegisterAssetSigned, precheck=_pre_asset, effect=Effect.ADMIN)
+def _register_asset_signed(engine: Engine, c: RegisterAssetSigned) -> list[Event]:
+    approvers = _pre_asset(engine, c)
+    consume(engine, c.approvals)
+    created = engine.ledger.register_asset(checked_asset(c.asset))
+    assert created, "a registered asset was registered again"
+    return [AssetRegistered(c.asset.code, True), _decided(engine, "asset", c.asset.code, c.reason, approvers)]
 
 
 def _pre_list(engine: Engine, c: ListMarketSigned) -> list[str]:

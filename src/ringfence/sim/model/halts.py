@@ -42,7 +42,7 @@ HALT_COMMANDS = frozenset({"Halt", "LiftHalt", "RegisterOperators", "LiftHaltSig
                            "StaffGenesis", "AddStaff", "RemoveStaff"})
 DUTIES = "RF_SEGREGATION_OF_DUTIES"
 #: Configuration that names no market, asset or segment as a scope (only the venue).
-NO_SCOPES = frozenset({"RegisterAsset", "RegisterSegment", "SetFeeTier", "SetAccountFeeTier",
+NO_SCOPES = frozenset({"RegisterAsset", "RegisterAssetSigned", "RegisterSegment", "SetFeeTier", "SetAccountFeeTier",
                        # the index's commands declare no scope (a quote is a fact; its config is admin)
                        "RegisterFeedKey", "ConfigureIndex", "SubmitQuote", "OverrideReferencePrice"})
 
