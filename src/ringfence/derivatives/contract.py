@@ -108,7 +108,10 @@ def handle_place_perp_order(engine: Any, c: Any) -> list[Event]:
     orders its trades may have reached."""
     components: dict[str, Any] = engine.components  # (read once per order)
     st: DerivativesState = components["derivatives"]  # (a native class: its fields are C fields)
-    ev = _place_perp(engine, st, components["trading"], c)
+    trading = st.trading  # (`components["trading"]`, read at the first order: see `DerivativesState.trading`)
+    if trading is None:
+        trading = st.trading = components["trading"]
+    ev = _place_perp(engine, st, trading, c)
     if st.conditional:
         fire_conditionals(engine, ev, c.symbol)
     return ev
@@ -758,9 +761,11 @@ class Contract(MarketContract):
         fee = -(-exact_product(notional, rate_ppm) // PPM)  # (`exact_product`: a notional may pass 2**30)
         if fee > free:
             fee = free
-        # What the position's margin (and its order's hold, borrowed from it) brought and the loss left.
-        own_left = released + took - (-realized - covered if realized < 0 else 0)
+        # What the position's margin (and its order's hold, borrowed from it) brought and the loss
+        # left: what a `LiquidatePosition` step's fill may spend (`own_margin_only`; 0 otherwise, unread).
+        own_left: int = 0
         if own_margin_only:
+            own_left = released + took - (-realized - covered if realized < 0 else 0)
             fee = max(0, min(fee, own_left))
         shield = fee // 10
         free -= fee
