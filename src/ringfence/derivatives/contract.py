@@ -19,12 +19,12 @@ from msgspec.structs import astuple
 from ..engine.commands import Event
 from ..trading.commands import OrderAmended, OrderExpired
 from ..trading.matching import _close, _take_out
-from ..errors import NotFound, ValidationError
+from ..errors import InvariantViolation, NotFound, ValidationError
 from ..ledger.account import Account
 from ..ledger.ledger import Ledger, Pending
 from ..trading.orders import _place as _trading_place
 from ..trading.orders import _Placed, _protection_and_hold, read_by_position
-from ..trading.book import ACTIVE, Market, MarketContract, Order, OrderWords
+from ..trading.book import ACTIVE, Market, MarketContract, Order, OrderSeat, OrderWords
 from ..risk.halts import market_status
 from ..trading.state import MAX_QTY, TradingState, trading_state
 from .commands import PlacePerpOrder, PositionChanged
@@ -108,19 +108,24 @@ def handle_place_perp_order(engine: Any, c: Any) -> list[Event]:
     orders its trades may have reached."""
     components: dict[str, Any] = engine.components  # (read once per order)
     st: DerivativesState = components["derivatives"]  # (a native class: its fields are C fields)
-    ev = _place_perp(engine, st, components["trading"], c)
+    trading = st.trading  # (`components["trading"]`, read at the first order: see `DerivativesState.trading`)
+    if trading is None:
+        trading = st.trading = components["trading"]
+    ev = _place_perp(engine, st, trading, c)
     if st.conditional:
         fire_conditionals(engine, ev, c.symbol)
     return ev
 
 
-class Seat:
+class Seat(OrderSeat):
     """One owner's place in one perpetual market, kept by the market's `Contract` (per ledger
     object, like its accounts): what an order and each side of a fill look up, found with one
     lookup by owner instead of one per dict (the position book's by (owner, symbol), the wallets',
-    the margin accounts'), and the position found last time, kept only as a hint (`position`)."""
+    the margin accounts'), and the position found last time, kept only as a hint (`position`).
+    As an `OrderSeat`, the owner's open quantity on each side of the market (`Contract._new_seat`)."""
 
     def __init__(self, key: Any = None) -> None:
+        super().__init__()
         #: (owner, symbol), the key of the owner's position in this market: one tuple for every
         #: lookup and mark of this seat's (a new equal tuple per fill side was hashed, and compared
         #: item by item where the book and its `dirty` set hold another; `Any`: see `position`).
@@ -274,10 +279,9 @@ class Contract(MarketContract):
         dropped for a new ledger object, by `_system_of`)."""
         if self._st is None:
             self._bind()
-        seats = self._seats
-        seat = seats.get(owner)
+        seat = self._seats.get(owner)
         if seat is None:
-            seat = seats[owner] = Seat((owner, self.symbol))
+            seat = self._new_seat(owner)
         else:
             # This order's very string object, the one its `Order` will carry: what `_side` compares
             # the taker with, by identity. (Each command brings its own, equal string: kept as the
@@ -285,6 +289,41 @@ class Contract(MarketContract):
             seat.owner = owner
         self._hint = seat
         return seat
+
+    def _new_seat(self, owner: str) -> Seat:
+        """A new `Seat` for `owner`, kept in `_seats` (the contract is bound): its open quantities
+        counted from the owner's indexed orders in this market (none, but after a restore), each of
+        which is given the seat, so that the book keeps the counts from now on (`OrderSeat`)."""
+        seat = self._seats[owner] = Seat((owner, self.symbol))
+        trading = self._trading
+        m = trading.markets.get(self.symbol) if trading is not None else None
+        owned = m.by_owner.get(owner) if m is not None else None
+        if owned is not None:
+            for o in owned.values():
+                o.seat = seat
+                if o.is_buy:
+                    seat.open_buy += o.leaves
+                else:
+                    seat.open_sell += o.leaves
+        return seat
+
+    def check_seats(self, m: Market) -> None:
+        """Every seat's open quantities are its owner's indexed orders' `leaves` on each side in
+        market `m` (this contract's), and each of those orders carries the seat (the invariant the
+        book's counting rests on; `derivatives.state.check_invariants`)."""
+        for owner, seat in self._seats.items():
+            buy = sell = 0
+            owned = m.by_owner.get(owner)
+            for o in owned.values() if owned is not None else ():
+                if o.seat is not seat:
+                    raise InvariantViolation(f"{self.symbol}: open order {o.id} of {owner} does not carry its owner's seat")
+                if o.is_buy:
+                    buy += o.leaves
+                else:
+                    sell += o.leaves
+            if buy != seat.open_buy or sell != seat.open_sell:
+                raise InvariantViolation(f"{self.symbol}: {owner}'s seat counts {seat.open_buy}/{seat.open_sell} open "
+                                         f"(buy/sell), the book {buy}/{sell}")
 
     def _wallet_of(self, seat: Seat, owner: str, p: Perp) -> Account | None:
         """The seat's owner's `available` account in this market's quote asset, or None if it has
@@ -344,7 +383,12 @@ class Contract(MarketContract):
         else:
             size: int = pos.size
             size_now = size if size > 0 else -size
-            close_q = _reducible_of(size, m, owner, is_buy) if (size > 0) != is_buy else 0
+            close_q = 0
+            if (size > 0) != is_buy:  # what the owner's open orders on this side do not already reduce
+                # (`_reducible_of`, from the seat's count of them: no walk of the owner's open orders)
+                covered_q: int = seat.open_buy if is_buy else seat.open_sell
+                if covered_q < size_now:
+                    close_q = size_now - covered_q
             if close_q > qty:
                 close_q = qty
         open_q: int = qty - close_q
@@ -605,20 +649,30 @@ class Contract(MarketContract):
         held: Pending | None = o.hold
         h: Pending = held if held is not None else ledger.open_hold_record(hold_id)
         remaining: int = h.remaining
-        take: int = remaining + (h.amount * (qty - o.leaves)) // o.qty  # remaining - ceil(amount × leaves after / qty)
+        # remaining - ceil(amount × leaves after / qty); the product through `exact_product` (a hold's
+        # amount is past 2**30: compiled, `*` took mypyc's slow path, three Python ints, ~600 instructions)
+        take: int = remaining + exact_product(h.amount, qty - o.leaves) // o.qty
         took: int = take if take > 0 else 0
         symbol: str = p.symbol
         # The owner's seat: the one the order was given when placed (`Order.seat`: this contract's
         # `order_hold` found it for this owner), else the order being placed's (the taker's side of
         # its fills), else looked up (an order restored from a snapshot).
-        seat: Seat | None = o.seat
+        given: Any = o.seat  # (an `OrderSeat` to trading: this contract's are `Seat`s, checked here)
+        seat: Seat | None = given
         if seat is None or seat.owner != owner:
             seat = self._hint
             if seat is None or seat.owner is not owner:  # (the same string object: the same owner)
-                seats = self._seats  # (this ledger's: `_bind`)
-                seat = seats.get(owner)
+                seat = self._seats.get(owner)  # (this ledger's: `_bind`)
                 if seat is None:
-                    seat = seats[owner] = Seat((owner, symbol))
+                    seat = self._new_seat(owner)
+            # (not indexed: the taker of a stop restored from a snapshot; the book counts it in the
+            # seat's open quantity if it rests, `OrderSeat`)
+            o.seat = seat
+        if o.level is not None:  # resting: a maker, whose `leaves` trading's fill lowers by `qty`
+            if is_buy:
+                seat.open_buy -= qty
+            else:
+                seat.open_sell -= qty
         key: Any = seat.key  # (`Any`: one tuple for every lookup below, see `Seat.position`)
         iso: bool = False
         if isolated is not None:  # (`fill`: the isolated set, None while it is empty)
@@ -707,9 +761,11 @@ class Contract(MarketContract):
         fee = -(-exact_product(notional, rate_ppm) // PPM)  # (`exact_product`: a notional may pass 2**30)
         if fee > free:
             fee = free
-        # What the position's margin (and its order's hold, borrowed from it) brought and the loss left.
-        own_left = released + took - (-realized - covered if realized < 0 else 0)
+        # What the position's margin (and its order's hold, borrowed from it) brought and the loss
+        # left: what a `LiquidatePosition` step's fill may spend (`own_margin_only`; 0 otherwise, unread).
+        own_left: int = 0
         if own_margin_only:
+            own_left = released + took - (-realized - covered if realized < 0 else 0)
             fee = max(0, min(fee, own_left))
         shield = fee // 10
         free -= fee
@@ -840,6 +896,12 @@ def trim_reduce_only(engine: Any, st: DerivativesState, m: Any, owner: str, ev: 
             continue
         if o.level is not None:
             o.level.total -= o.leaves - keep
+        seat = o.seat  # (the owner's open quantity on the order's side, `OrderSeat`)
+        if seat is not None:
+            if o.is_buy:
+                seat.open_buy -= o.leaves - keep
+            else:
+                seat.open_sell -= o.leaves - keep
         o.leaves = keep
         o.qty = o.filled + keep
         h = ledger.pending_hold(o.hold_id)

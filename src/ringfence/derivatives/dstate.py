@@ -57,6 +57,10 @@ class DerivativesState:
         #: The positions' columnar mirror for the margin sweep (`columns.py`): derived data, built on the
         #: first `margin_check` and brought up to date from `positions.dirty` at each; never in a snapshot.
         self.columns: Any = None
+        #: The engine's trading state, read at the first perpetual order (`contract.handle_place_perp_order`:
+        #: a dict lookup less per order). Not state: the engine replaces its states only all at once (a
+        #: restore makes this state anew), so the one read is the engine's for this state's whole life.
+        self.trading: Any = None
         # (`positions`' and `isolated`' storage; the contract reads these directly, a property call less)
         self._positions: PositionBook = PositionBook()
         self._isolated: IsolatedSet = IsolatedSet(book=self._positions)

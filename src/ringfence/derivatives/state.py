@@ -203,6 +203,12 @@ def check_invariants(st: DerivativesState) -> None:
         if pool.debits_pending or pool.credits_pending:
             raise InvariantViolation(f"{sym}: the PnL pool has pending transfers")
     _check_reduce_only(st)
+    trading = engine.components.get("trading")
+    for sym in st.perps:  # each owner's open quantity per side, as the contract's seats count it (`OrderSeat`)
+        m = trading.markets.get(sym) if trading is not None else None
+        check_seats = getattr(m.contract, "check_seats", None) if m is not None else None
+        if check_seats is not None:
+            check_seats(m)
     for asset in {p.quote for p in st.perps.values()}:
         if funding_account(ledger, asset).balance:
             raise InvariantViolation("the funding account keeps a balance after a funding round")

@@ -34,7 +34,7 @@ except ImportError:  # an install without mypy: pure Python, where the decorator
         return lambda cls: cls
 
 
-__all__ = ["notional", "Order", "Level", "Market", "MarketContract", "ACTIVE", "REDUCE_ONLY", "HALTED", "MARKET_STATUSES"]
+__all__ = ["notional", "OrderSeat", "Order", "Level", "Market", "MarketContract", "ACTIVE", "REDUCE_ONLY", "HALTED", "MARKET_STATUSES"]
 
 ACTIVE: Final = MarketStatus.ACTIVE
 REDUCE_ONLY: Final = MarketStatus.REDUCE_ONLY
@@ -95,6 +95,21 @@ def notional(price: int, qty: int, scale: int) -> int:
     the direct product of a price and a quantity often passes 2**62 and takes mypyc's big-integer
     path (allocating, ~800 instructions; a twentieth of an amend), where these stay short."""
     return price // scale * qty + price % scale * qty // scale
+
+
+class OrderSeat:
+    """What a perpetual's contract keeps of one owner in its market (derivatives' `Seat` extends it)
+    that the book keeps up to date: the sum of the `leaves` of the owner's indexed orders (`by_owner`:
+    resting and waiting stops) on each side. An order carries its owner's seat (`Order.seat`, given
+    by the contract when it is placed); `Market.index` and `unindex` add and take its `leaves`, and
+    the contract takes what a resting order fills and what a reduce-only trim cuts. The contract reads
+    them for the part of an order that reduces its owner's position (instead of walking the owner's
+    open orders: ~50 of them an order deep into bench/risk.py's stream). Not state: a restored
+    engine's orders have no seat, and the contract counts an owner's orders when it makes the seat."""
+
+    def __init__(self) -> None:
+        self.open_buy = 0
+        self.open_sell = 0
 
 
 class Order:
@@ -159,8 +174,9 @@ class Order:
         #: A perpetual's order: what its market's contract keeps of the order's owner (derivatives'
         #: `Seat`: the position, the margin accounts), as the contract's `order_hold` found it when
         #: the order was placed, so that each side of its fills need not look it up by owner; else
-        #: None (and after a restore). Not state either.
-        self.seat: Any = None
+        #: None (and after a restore). Not state either. Its `open_buy`/`open_sell` count the order
+        #: while it is indexed (`OrderSeat`).
+        self.seat: OrderSeat | None = None
 
     @property
     def side(self) -> Side:
@@ -225,7 +241,7 @@ class MarketContract:
         self.order_wallet: Any = None
         #: What the contract keeps of that order's owner (its `Seat`), or None: trading hands it to
         #: the order it opens (`Order.seat`), which its fills give back to the contract.
-        self.order_seat: Any = None
+        self.order_seat: OrderSeat | None = None
 
     def order_hold(self, engine: Any, m: Market, c: Any, words: OrderWords) -> tuple[tuple[str, str, str] | None, int, int]:
         """(refusal or None, protection price, hold) of order `c` on `m` (`c`: the order's fields as
@@ -473,6 +489,12 @@ class Market:
         owned[o.id] = o
         if o.coid:
             self.coids[(o.owner, o.coid)] = o
+        seat = o.seat  # (a perpetual's order: its owner's open quantity on its side, `OrderSeat`)
+        if seat is not None:
+            if o.is_buy:
+                seat.open_buy += o.leaves
+            else:
+                seat.open_sell += o.leaves
 
     def unindex(self, o: Order) -> None:
         del self.orders[o.id]
@@ -482,6 +504,12 @@ class Market:
             del self.by_owner[o.owner]
         if o.coid:
             del self.coids[(o.owner, o.coid)]
+        seat = o.seat
+        if seat is not None:
+            if o.is_buy:
+                seat.open_buy -= o.leaves
+            else:
+                seat.open_sell -= o.leaves
 
     def add_stop(self, o: Order) -> None:
         insort(self.stops_buy if o.is_buy else self.stops_sell, (o.stop_price, o.id))
