@@ -91,3 +91,39 @@ def test_a_register_without_the_demo_policy_admins_gets_no_policy(tmp_path) -> N
         out = _runtime(tmp_path, demo=True).bootstrap(node)
         assert out["policy"].startswith(NO_POLICY) and "pat, pia, pol" in out["policy"]
         assert _proposals(node) == {}
+
+
+@pytest.mark.parametrize("registered", [("ETH", 8, "crypto", "ethereum"), ("ETH", 18, "crypto", "")])
+def test_an_asset_registered_by_the_operators_with_other_terms_stops_custody_bootstrap(tmp_path, registered) -> None:
+    """`ringfence asset add ETH --decimals 8` (or without its chain) before the chain was configured: bootstrap
+    used to skip a code already there, so 1 ETH on chain (10**18 wei) would have been credited as 10**10 ETH.
+    It refuses to start instead, naming the asset, and journals nothing; the same terms start as before."""
+    from ringfence.errors import ConfigError
+    from ringfence.ledger.commands import RegisterAsset
+    from ringfence.trading.staff_cmds import ACTIONS, RegisterAssetSigned, asset_subject
+
+    keys = {s: StaffKey.generate(s) for s in ("ada", "ben")}
+    desk = StaffDesk(keys, time.time_ns)
+    with new_node(tmp_path / "engine", fsync=False) as node:
+        node.execute(desk.genesis({"ada": ["operator"], "ben": ["operator"]}, 2))
+        asset = RegisterAsset(*registered)
+        node.execute(RegisterAssetSigned(asset, "early", desk.signs(("ada", "ben"), ACTIONS["asset"],
+                                                                    asset_subject(asset, "early", 0))))
+        rt = CustodyRuntime(tmp_path, {"ETH": "local"}, demo=False)
+        _RUNTIMES.append(rt)
+        seq = node.read(lambda e: e.last_seq)
+        with pytest.raises(ConfigError, match="ETH is registered with") as err:
+            rt.bootstrap(node)
+        assert err.value.field == "RINGFENCE_CUSTODY_CHAINS"
+        assert node.read(lambda e: (e.last_seq, set(custody_state(e).assets))) == (seq, set())
+
+
+def test_an_asset_registered_by_the_operators_with_the_chains_terms_is_kept(tmp_path) -> None:
+    from ringfence.ledger.commands import RegisterAsset
+
+    with new_node(tmp_path / "engine", fsync=False) as node:
+        node.execute(RegisterAsset("ETH", 18, "crypto", "ethereum"))
+        rt = CustodyRuntime(tmp_path, {"ETH": "local"}, demo=False)
+        _RUNTIMES.append(rt)
+        rt.bootstrap(node)
+        assert node.read(lambda e: set(custody_state(e).assets)) == {"ETH"}

@@ -384,6 +384,12 @@ def test_an_asset_registered_by_the_quorum_is_in_the_coin_list_and_can_be_listed
     assert out.exit_code == 0 and "AssetRegistered" in out.stdout, out.output
     [link] = [c for c in binance(server, "GET", "/sapi/v1/capital/config/getall", {}).json() if c["coin"] == "LINK"]
     assert link["free"] == "0.000000000000000000" and link["networkList"] == [], link  # no custody configured for it
+    assert link["isLegalMoney"] is False
+    out = ringfence("asset", "add", "EUR", "--decimals", "2", "--class", "fiat", "--reason", "listing committee 9",
+                    "--key", ada, "--key", ben, *url)
+    assert out.exit_code == 0, out.output
+    [eur] = [c for c in binance(server, "GET", "/sapi/v1/capital/config/getall", {}).json() if c["coin"] == "EUR"]
+    assert eur["isLegalMoney"] is True and eur["free"] == "0.00", eur  # Binance's flag for a fiat currency
     out = ringfence("asset", "add", "LINK", "--decimals", "8", "--class", "crypto", "--reason", "again", "--key", ada,
                     "--key", ben, *url)
     assert out.exit_code == 2 and "CODE" in out.stderr and "already registered (18 decimals" in out.stderr, out.output

@@ -56,6 +56,15 @@ def test_the_quorum_registers_an_asset_and_a_market_can_list_it() -> None:
     rig.refused(signed(rig, ETH, ("ada", "ben"), at=7), "signature-valid")  # signed against another counter
     rig.refused(RegisterAssetSigned(ETH, "listing", rig.desk.signs(("ada", "ben"), ACTIONS["list"],
                                                                   asset_subject(ETH, "listing", 0))), "signature-valid")
+    rig.refused(signed(rig, ETH, ("ada", "ada")), "distinct-people")  # one signer counted twice
+    subject = asset_subject(ETH, "listing", 0)
+    rig.refused(RegisterAssetSigned(ETH, "listing", [rig.desk.sign("ada", ACTIONS["asset"], subject),
+                                                      rig.desk.sign("ben", ACTIONS["asset"], subject, expires_ns=rig.now)]),
+                "not-expired")
+    # a removed operator's key no longer counts, even on approvals signed while they were active
+    by_cy = signed(rig, ETH, ("cy", "ada"))
+    rig.run(rig.desk.remove(rig.engine, "cy", "left", ("ada", "ben")))
+    rig.refused(by_cy, "staff-active")
     tampered = signed(rig, ETH)
     rig.refused(RegisterAssetSigned(RegisterAsset("ETH", 8, "crypto", "ethereum"), "listing", tampered.approvals),
                 "signature-valid")  # the decimals are signed
@@ -77,7 +86,10 @@ def test_the_quorum_registers_an_asset_and_a_market_can_list_it() -> None:
     refused_with_field(rig, signed(rig, ETH), "code")
     refused_with_field(rig, signed(rig, RegisterAsset("ETH", 8, "tokenized")), "code")
     # the same approvals cannot register anything else (the counter moved, the nonces are spent)
-    rig.run(signed(rig, RegisterAsset("USDT", 6, "crypto", "ethereum")))
+    used = signed(rig, RegisterAsset("USDT", 6, "crypto", "ethereum"))
+    rig.run(used)
+    rig.refused(RegisterAssetSigned(RegisterAsset("USDC", 6, "crypto", "ethereum"), "listing", used.approvals),
+                "nonce-once")
     market = ListMarket("ETHUSDT", "ETH", "USDT", "spot", 10_000, 10**14, 10**14, band_ppm=0)
     rig.run(ListMarketSigned(market, "first", rig.desk.signs(("ada", "ben"), ACTIONS["list"], list_subject(market, "first", 2))))
     assert "ETHUSDT" in trading_state(rig.engine).markets and version(rig) == 3

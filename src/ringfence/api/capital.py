@@ -165,7 +165,7 @@ class CapitalApi:
                 "withdrawAllEnable": bool(networks) and all(n["withdrawEnable"] for n in networks),
                 "free": format_amount(free, d), "locked": format_amount(locked, d), "freeze": format_amount(freeze, d),
                 "withdrawing": format_amount(withdrawing.get(code, 0), d), "ipoing": "0", "ipoable": "0",
-                "storage": "0", "isLegalMoney": False, "trading": True, "networkList": networks,
+                "storage": "0", "isLegalMoney": asset.asset_class.value == "fiat", "trading": True, "networkList": networks,
             })
         return out
 

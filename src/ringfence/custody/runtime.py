@@ -654,10 +654,18 @@ class CustodyRuntime:
 
         ex = node.execute
         chains = {t.chain for t in self.terms.values()}
-        assets = node.read(lambda e: {a.code for a in e.ledger.assets})
+        assets = node.read(lambda e: {a.code: a for a in e.ledger.assets})
         for t in self.terms.values():
-            if t.asset not in assets:
+            have = assets.get(t.asset)
+            if have is None:
                 ex(RegisterAsset(t.asset, t.decimals, "crypto", t.chain))
+            elif (have.decimals, have.chain) != (t.decimals, t.chain):
+                # e.g. registered by `ringfence asset add` before the chain was configured: the chain's
+                # amounts (in units of 10^-decimals) would be credited, withdrawn and shown in the
+                # ledger's units instead, off by a power of ten; refuse to start rather than mis-credit
+                raise ConfigError(f"{t.asset} is registered with {have.decimals} decimals on chain "
+                                  f"{have.chain or 'none'}; its {t.chain} custody counts {t.decimals} decimals: "
+                                  "custody of it cannot start on this data directory", field="RINGFENCE_CUSTODY_CHAINS")
         configured = node.read(lambda e: set(custody_state(e).assets))
         for t in self.terms.values():
             if t.asset not in configured:
