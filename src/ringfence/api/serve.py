@@ -137,9 +137,9 @@ def settings_overrides(data: Path, demo: bool, public_url: str | None = None,
     if "RINGFENCE_IDENTITY_GNUPG_HOME" not in os.environ:
         overrides["identity_gnupg_home"] = str((data / "gpg").resolve())
     if public_url and "RINGFENCE_IDENTITY_ORIGIN" not in os.environ:
-        # the sign-in pages check Origin and bind passkeys to this address
+        # the sign-in pages check Origin and bind passkeys to this address; the mail's links follow it unless
+        # RINGFENCE_IDENTITY_PUBLIC_URL says otherwise (settings.py): with RINGFENCE_IDENTITY_ORIGIN set, that origin
         overrides["identity_origin"] = public_url
-        overrides["identity_public_url"] = public_url
     if forwarded_allow_ips is not None:
         overrides["api_forwarded_allow_ips"] = forwarded_allow_ips
     if demo and "RINGFENCE_POR_EVERY_S" not in os.environ:
