@@ -237,7 +237,7 @@ def option_problems(replicate: str | None, standby: str | None, demo: bool, peer
         # file would name another node, and every standby would refuse the stream's opener (review of #21, 4)
         problems.append(ConfigError(f"a replicated node outside dev mode needs first_primary=NODE in its {option} URL: "
                                     "the node that opens the stream, the same on every node (e.g. "
-                                    f"{option} nats://HOST:4222/STREAM?first_primary=a); dev mode defaults to the first "
+                                    f"{option} 'tls://rf-node@HOST:4222/STREAM?tls_ca=CA&first_primary=a'); dev mode defaults to the first "
                                     "node of the peers file", field="first_primary"))
     if mode != "dev":
         problems += nats_login_problems(target)
