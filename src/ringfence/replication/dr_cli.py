@@ -39,7 +39,8 @@ def drill(
 
     The drill's nodes are a throwaway cluster on scratch folders in OUT with the demo's data and chains: they
     run in dev mode (RINGFENCE_MODE=dev) whatever the environment says, without its mail server, keyring or
-    secrets, and with an identity database of their own (SQLite in OUT, whatever RINGFENCE_DATABASE_URL says); a NATS
+    secrets, and with an identity database of their own (SQLite, OUT/SCENARIO/identity.sqlite3, whatever
+    RINGFENCE_DATABASE_URL says); a NATS
     password is taken as by the nodes (RINGFENCE_NATS_PASSWORD or the URL). --nats defaults to nats://127.0.0.1:4222,
     the machine's shared server: name the server to drill against.
 
