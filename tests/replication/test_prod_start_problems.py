@@ -44,7 +44,7 @@ def test_the_first_prod_start_names_the_nats_password_with_the_settings(tmp_path
     assert code == 2 and "Traceback" not in out, out
     assert "RINGFENCE_IDENTITY_SECRET_KEY_HEX" in out and "--replicate: refusing to trust acknowledgements without TLS" in out, out
     assert "--replicate: the URL names no NATS user, and outside dev mode a NATS server without users is refused" in out, out
-    assert "tls://rf-node@HOST:PORT/RF?tls_ca=CA&first_primary=NODE" in out, out
+    assert "tls://rf-node@HOST:PORT/RF?tls_ca=CA, with its password in RINGFENCE_NATS_PASSWORD" in out, out
     assert not (tmp_path / "node").exists()
 
 

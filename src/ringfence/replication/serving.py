@@ -239,8 +239,6 @@ def option_problems(replicate: str | None, standby: str | None, demo: bool, peer
                                     "the node that opens the stream, the same on every node (e.g. "
                                     f"{option} 'tls://rf-node@HOST:4222/STREAM?tls_ca=CA&first_primary=a'); dev mode defaults to the first "
                                     "node of the peers file", field="first_primary"))
-    if mode != "dev":
-        problems += nats_login_problems(target)
     if peers is not None and not problems:
         from . import check_first_primary
 
@@ -248,6 +246,8 @@ def option_problems(replicate: str | None, standby: str | None, demo: bool, peer
             check_first_primary(target, nodekey.load_peers(peers), option)
         except ConfigError as err:
             problems.append(err)
+    if mode != "dev":
+        problems += nats_login_problems(target)
     return problems
 
 
@@ -270,7 +270,7 @@ def nats_login_problems(target: Any) -> list[ConfigError]:
     if not user:
         problems.append(ConfigError(
             f"the URL names no NATS user, and outside dev mode a NATS server without users is refused: name the node's "
-            f"user, e.g. {target.option} tls://rf-node@HOST:PORT/{target.stream}?tls_ca=CA&first_primary=NODE, with its "
+            f"user, e.g. {target.option} tls://rf-node@HOST:PORT/{target.stream}?tls_ca=CA, with its "
             "password in RINGFENCE_NATS_PASSWORD (`ringfence replication nats-config` writes both)", field=target.option))
     elif parsed.password is None and user in SERVICES:
         problems.append(ConfigError(
