@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     identity_rp_id: str = "localhost"
     identity_rp_name: str = "ringfence"
     identity_origin: str = "http://localhost:8000"
+    # The base of the links in the mail (verification, password reset, freeze, withdrawal confirmation): unset, the
+    # origin above, which outside dev mode is the exchange's https:// address (never the listening host and port).
     identity_public_url: str = "http://localhost:8000"
 
     identity_smtp_host: str = "127.0.0.1"
@@ -160,6 +162,14 @@ class Settings(BaseSettings):
     # shipped sample, for deposit senders and withdrawal destinations; re-read when the file changes.
     kyt_blacklist: str = Field(default="", max_length=1000)
 
+    @model_validator(mode="after")
+    def _links_follow_the_origin(self) -> Settings:
+        """RINGFENCE_IDENTITY_PUBLIC_URL unset: the mail's links start with RINGFENCE_IDENTITY_ORIGIN, the address the
+        users' browsers are on (before, the default http://localhost:8000 went out in prod mail)."""
+        if "identity_public_url" not in self.model_fields_set:
+            self.__dict__["identity_public_url"] = self.identity_origin.rstrip("/")  # still "not set" for the checks
+        return self
+
     def cors_origins(self) -> tuple[str, ...]:
         origins = tuple(o.strip() for o in self.api_cors_origins.split(",") if o.strip())
         if "*" in origins and self.mode != "dev":
@@ -229,6 +239,9 @@ class Settings(BaseSettings):
             problems.append(ConfigError("must be at least 19456 KiB outside dev mode", field="RINGFENCE_IDENTITY_ARGON2_MEMORY_KIB"))
         if not self.identity_origin.startswith("https://"):
             problems.append(ConfigError("must be an https:// origin outside dev mode", field="RINGFENCE_IDENTITY_ORIGIN"))
+        if "identity_public_url" in self.model_fields_set and not self.identity_public_url.startswith("https://"):
+            problems.append(ConfigError("must be an https:// address outside dev mode (the base of the links in the mail; "
+                                        "unset, RINGFENCE_IDENTITY_ORIGIN)", field="RINGFENCE_IDENTITY_PUBLIC_URL"))
         problems += self.smtp_problems()
         problems += self.database_problems()
         return problems

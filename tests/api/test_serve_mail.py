@@ -177,12 +177,17 @@ def test_prod_serve_refuses_to_start_when_smtp_is_unreachable_or_refuses_the_log
 
 
 def test_prod_serve_delivers_mail_itself_and_has_no_dev_mail_page(tmp_path, smtp_server):
+    """The links in the mail start with RINGFENCE_IDENTITY_ORIGIN when RINGFENCE_IDENTITY_PUBLIC_URL is not set (the
+    docs' prod list sets only the origin): never http://localhost:8000 nor the node's own port (#21's first prod run)."""
     inbox, port = smtp_server()
-    srv = Server(tmp_path / "data", env=prod_env(port), demo=False)
+    origin = "https://exchange.nu24.test"
+    env = prod_env(port) | {"RINGFENCE_IDENTITY_ORIGIN": origin}
+    del env["RINGFENCE_IDENTITY_PUBLIC_URL"]
+    srv = Server(tmp_path / "data", env=env, demo=False)
     try:
         assert "mail: delivered every 2000 ms to 127.0.0.1:%d" % port in srv.log_text()
         r = httpx.post(srv.base + "/signup", data={"email": "prod@example.com", "password": "correct horse battery staple 42"},
-                       headers={"Origin": "https://exchange.example"})
+                       headers={"Origin": origin})
         assert r.status_code == 200, r.text
         deadline = time.monotonic() + 20
         while not inbox.messages:
@@ -190,12 +195,25 @@ def test_prod_serve_delivers_mail_itself_and_has_no_dev_mail_page(tmp_path, smtp
             time.sleep(0.2)
         rcpts, text = inbox.messages[0]
         assert rcpts == ["prod@example.com"]
-        assert re.search(r"https://exchange\.example/verify-email\?token=[A-Za-z0-9_\-]+", text), text
+        assert re.search(r"https://exchange\.nu24\.test/verify-email\?token=[A-Za-z0-9_\-]+", text), text
+        assert "localhost" not in text and srv.base not in text, text
         assert httpx.get(srv.base + "/dev/mail").status_code == 404  # dev mode only
         assert httpx.get(srv.base + "/session/v3/demoFunds").status_code in (404, 405)
-        assert httpx.post(srv.base + "/session/v3/demoFunds", headers={"Origin": "https://exchange.example"}).status_code == 404
+        assert httpx.post(srv.base + "/session/v3/demoFunds", headers={"Origin": origin}).status_code == 404
     finally:
         assert srv.stop() == 0
+
+
+def test_prod_serve_refuses_a_plain_http_link_base(tmp_path, smtp_server):
+    """An explicitly set RINGFENCE_IDENTITY_PUBLIC_URL outside dev mode is https://, like the origin: refused at start,
+    named, with nothing created."""
+    _, port = smtp_server()
+    env = prod_env(port) | {"RINGFENCE_IDENTITY_PUBLIC_URL": "http://exchange.example"}
+    result = run_cli(["serve", "--data", str(tmp_path / "data"), "--port", str(free_port())], env)
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2 and "serving on" not in out and "Traceback" not in out, out
+    assert "RINGFENCE_IDENTITY_PUBLIC_URL: must be an https:// address outside dev mode" in out, out
+    assert not (tmp_path / "data").exists()
 
 
 def test_dev_serve_without_demo_has_no_dev_mail_page_and_warns_about_smtp(tmp_path):

@@ -95,3 +95,47 @@ def test_a_tls_url_to_a_server_without_tls_is_refused_not_downgraded(tmp_path):
     plain = NATS_URL.replace("nats://", "tls://", 1)
     with pytest.raises(ConfigError, match="did not start TLS"):
         Replicator(parse_target(f"{plain}/RFTLSPLAIN"), "a", key=key_of("a"))
+
+
+def test_a_tls_nats_command_says_nothing_of_asyncios_eof_received(tmp_path, tls_nats):
+    """nats-py's protocol returns True from eof_received(), which asyncio's SSL transport ignores and logs as a warning
+    ("returning true from eof_received() has no effect when using ssl") on every TLS connection the server ends: noise
+    on the stderr of serve and `replication status` (a new user's run of #21). That one message is filtered, nothing
+    else of asyncio's (replication/__init__.py `quiet_asyncio_eof`)."""
+    import json
+    import os
+    import sys
+
+    port, ca = tls_nats
+    url = f"tls://127.0.0.1:{port}/RFEOF?tls_ca={ca}"
+    node = new_node(tmp_path / "a")
+    node.open()
+    replicator = Replicator(parse_target(url), "a", key=key_of("a"))
+    try:
+        replicator.attach(node)
+        node.execute(RegisterAsset("BTC", 8, "crypto", "bitcoin"))
+    finally:
+        node.close()
+        replicator.close()
+    status = subprocess.run([sys.executable, "-m", "ringfence.cli", "replication", "status", "--nats", url],
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS="400"))
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert json.loads(status.stdout)["messages"] >= 1, status.stdout
+    assert "eof_received" not in status.stderr, status.stderr
+
+
+def test_the_eof_received_filter_lets_asyncios_other_messages_through(caplog):
+    import logging
+
+    from ringfence.replication import quiet_asyncio_eof
+
+    quiet_asyncio_eof()
+    quiet_asyncio_eof()  # installed once however many clients are made
+    logger = logging.getLogger("asyncio")
+    assert sum(type(f).__name__ == "_EofReceivedNoise" for f in logger.filters) == 1
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        logger.warning("returning true from eof_received() has no effect when using ssl")
+        logger.warning("Executing <Task ...> took 0.200 seconds")
+        logger.error("Task exception was never retrieved")
+    said = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert said == ["Executing <Task ...> took 0.200 seconds", "Task exception was never retrieved"], said

@@ -137,9 +137,9 @@ def settings_overrides(data: Path, demo: bool, public_url: str | None = None,
     if "RINGFENCE_IDENTITY_GNUPG_HOME" not in os.environ:
         overrides["identity_gnupg_home"] = str((data / "gpg").resolve())
     if public_url and "RINGFENCE_IDENTITY_ORIGIN" not in os.environ:
-        # the sign-in pages check Origin and bind passkeys to this address
+        # the sign-in pages check Origin and bind passkeys to this address; the mail's links follow it unless
+        # RINGFENCE_IDENTITY_PUBLIC_URL says otherwise (settings.py): with RINGFENCE_IDENTITY_ORIGIN set, that origin
         overrides["identity_origin"] = public_url
-        overrides["identity_public_url"] = public_url
     if forwarded_allow_ips is not None:
         overrides["api_forwarded_allow_ips"] = forwarded_allow_ips
     if demo and "RINGFENCE_POR_EVERY_S" not in os.environ:
@@ -446,10 +446,14 @@ def serve(
     ),
     # --- replication (ringfence.replication, docs/resilience.md) ---
     replicate: str | None = typer.Option(None, "--replicate", help="Primary: publish every journal batch to this NATS "
-                                         "JetStream stream (nats://host:4222/STREAM) and acknowledge only after its ack. "
+                                         "JetStream stream and acknowledge only after its ack. The stream's URL: tls:// with the server's CA pinned "
+                                         "(tls_ca=) and a user, as `replication nats-config` prints it, its password in the "
+                                         "environment (RINGFENCE_NATS_PASSWORD), is outside dev mode the only form accepted "
+                                         "(the examples below); plain nats:// in dev mode. "
                                          "Outside dev mode the node needs staff operators first (`ringfence staff init` "
                                          "on the stopped node): refused at start without them."),
-    standby: str | None = typer.Option(None, "--standby", help="Hot standby: follow the stream into DIR, verifying "
+    standby: str | None = typer.Option(None, "--standby", help="Hot standby: follow the stream (a URL as "
+                                       "--replicate's, the same first_primary=) into DIR, verifying "
                                        "signature (--peers), chain and state of every batch, until promoted; then serve as "
                                        "the primary."),
     node_id: str | None = typer.Option(None, "--node-id", help="This node's name in the leadership record "
@@ -482,7 +486,9 @@ def serve(
 
     Example: ringfence serve --demo --data ./ringfence-data --port 8000
 
-    Example (replicated): ringfence serve --data ./a --replicate "nats://127.0.0.1:4222/RF?first_primary=a" --node-id a --peers ./peers.json
+    Example (replicated, prod mode; NATS-AUTH from `ringfence replication nats-config --out NATS-AUTH`): RINGFENCE_NATS_PASSWORD="$(cat NATS-AUTH/rf-node.password)" ringfence serve --data ./a --replicate "tls://rf-node@HOST:4222/RF?tls_ca=NATS-AUTH/ca.pem&first_primary=a" --node-id a --peers ./peers.json
+
+    Example (replicated, dev mode): ringfence serve --data ./a --replicate "nats://127.0.0.1:4222/RF?first_primary=a" --node-id a --peers ./peers.json
 
     A replicated exchange outside dev mode (RINGFENCE_MODE=prod) registers its staff first, on the stopped primary:
     ringfence staff init --data ./a --member ada:operator --member ben:operator --out-dir ./keys (every promotion

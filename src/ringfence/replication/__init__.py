@@ -573,6 +573,22 @@ class PlainTextRefused(Exception):
     the CONNECT, and the password in it, is never sent."""
 
 
+class _EofReceivedNoise(logging.Filter):
+    """Drops asyncio's "returning true from eof_received() has no effect when using ssl": nats-py's protocol returns
+    True from eof_received() (to keep a plain connection half-open), which asyncio's SSL transport ignores and logs as a
+    warning each time the server ends a TLS connection. Only that message: asyncio's others go through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "returning true from eof_received() has no effect when using ssl"
+
+
+def quiet_asyncio_eof() -> None:
+    """Install `_EofReceivedNoise` on the 'asyncio' logger (once per process): made with each NATS client."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _EofReceivedNoise) for f in logger.filters):
+        logger.addFilter(_EofReceivedNoise())
+
+
 def guarded_client() -> Any:
     """A nats-py client that sends its CONNECT line (user, password) only over TLS when the URL is tls://.
 
@@ -582,6 +598,8 @@ def guarded_client() -> Any:
     is 2.9.) Checked on every (re)connect, the reconnects of a running node included."""
     from nats.aio.client import Client
     from nats.errors import Error as NatsError
+
+    quiet_asyncio_eof()  # a TLS connection's end logs asyncio's eof_received() warning otherwise
 
     class Refused(PlainTextRefused, NatsError):  # a nats error: nats-py says it to error_cb and gives up the server
         pass
@@ -735,8 +753,8 @@ class NatsLink:
         if info.get("auth_required"):
             return
         fix = ("give every service its own credential: `ringfence replication nats-config` writes a nats-server config "
-               "with users rf-node, rf-operator and rf-monitor; then use nats://rf-node@HOST:PORT/STREAM with the password "
-               "in RINGFENCE_NATS_PASSWORD")
+               "with users rf-node, rf-operator and rf-monitor; then use tls://rf-node@HOST:PORT/STREAM?tls_ca=CA (the URL it "
+               "prints) with the password in RINGFENCE_NATS_PASSWORD")
         if os.environ.get("RINGFENCE_MODE", "dev") != "dev":
             self.close()
             raise ConfigError(f"NATS at {target.display} requires no credentials: anyone who reaches it could rewrite the "

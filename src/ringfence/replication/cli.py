@@ -13,7 +13,10 @@ from ..cli_paths import fail, tty_console
 from ..errors import ConfigError, RingfenceError
 
 app = typer.Typer(help="Leadership of a replicated journal (NATS JetStream).\n\n"
-                  "Example: ringfence replication status --nats nats://127.0.0.1:4222/RF", no_args_is_help=True)
+                  "Example (prod mode, nats-config's operator login and CA): RINGFENCE_NATS_PASSWORD=\"$(cat "
+                  "NATS-AUTH/rf-operator.password)\" ringfence replication status --nats "
+                  "\"tls://rf-operator@HOST:4222/RF?tls_ca=NATS-AUTH/ca.pem\"\n\n"
+                  "Example (dev mode): ringfence replication status --nats nats://127.0.0.1:4222/RF", no_args_is_help=True)
 console = tty_console(width=140)
 
 
@@ -24,7 +27,8 @@ def _as_nats(err: RingfenceError) -> str:
 
 @app.command("promote")
 def promote_cmd(
-    nats: str = typer.Option(..., "--nats", help="The stream: nats://host:4222/STREAM."),
+    nats: str = typer.Option(..., "--nats", help="The stream: tls://USER@HOST:4222/STREAM?tls_ca=CA_FILE (the URL "
+                      "`nats-config` prints; outside dev mode the only form accepted), or nats://HOST:4222/STREAM in dev mode."),
     node_id: str = typer.Option(..., "--node-id", help="The standby to make primary (its serve --node-id)."),
     keys: list[str] = typer.Option([], "--key", help="An operator's staff key: FILE or DIR/demo-staff.json#ID. Repeatable."),
     approvals: list[str] = typer.Option([], "--approval", help="Another operator's approval token (from --sign-only). Repeatable."),
@@ -62,9 +66,9 @@ def promote_cmd(
     Exit status: 0 promoted (its fence is in the stream; or token printed), 1 refused (by the standby, the epoch, a
     fence not published, no verdict within --wait-s, NATS unreachable, the node already leads), 2 bad input (an option, the URL, a key or token, no --peers, a --node-id not in --peers).
 
-    Example: ringfence replication promote --nats nats://127.0.0.1:4222/RF --peers ./peers.json --node-id b --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben
+    Example (prod mode, RINGFENCE_MODE=prod, which refuses nats:// and a NATS server without users; the operator's login and the CA `replication nats-config --out NATS-AUTH` wrote): RINGFENCE_NATS_PASSWORD="$(cat NATS-AUTH/rf-operator.password)" ringfence replication promote --nats "tls://rf-operator@HOST:4222/RF?tls_ca=NATS-AUTH/ca.pem" --peers ./peers.json --node-id b --key ./keys/ada.key --key ./keys/ben.key
 
-    Prod mode (RINGFENCE_MODE=prod refuses nats:// and a NATS server without users), with the operator's login and the CA `replication nats-config --out NATS-AUTH` wrote: RINGFENCE_NATS_PASSWORD="$(cat NATS-AUTH/rf-operator.password)" ringfence replication promote --nats "tls://rf-operator@HOST:4222/RF?tls_ca=NATS-AUTH/ca.pem" --peers ./peers.json --node-id b --key KEY --key KEY
+    Example (dev mode, a demo primary's staff): ringfence replication promote --nats nats://127.0.0.1:4222/RF --peers ./peers.json --node-id b --key DIR/demo-staff.json#ada --key DIR/demo-staff.json#ben
     """
     from ..staff.console import load_key
     from ..staff.decisions import format_approval, parse_approval
@@ -134,7 +138,8 @@ def promote_cmd(
 
 @app.command("status")
 def status_cmd(
-    nats: str = typer.Option(..., "--nats", help="The stream: nats://host:4222/STREAM."),
+    nats: str = typer.Option(..., "--nats", help="The stream: tls://USER@HOST:4222/STREAM?tls_ca=CA_FILE (the URL "
+                      "`nats-config` prints; outside dev mode the only form accepted), or nats://HOST:4222/STREAM in dev mode."),
     peers: Path | None = typer.Option(None, "--peers", envvar="RINGFENCE_REPLICATION_PEERS",
                                       help="The peers file: check the leader record's signature against it."),
 ) -> None:
@@ -150,9 +155,9 @@ def status_cmd(
     replayed (the JSON is still printed), NATS unreachable (or it closed the connection) or no such stream there (it is not created), 2 bad input (the --nats URL, the --peers
     file).
 
-    Example: ringfence replication status --nats nats://127.0.0.1:4222/RF --peers ./peers.json
+    Example (prod mode): RINGFENCE_NATS_PASSWORD="$(cat NATS-AUTH/rf-operator.password)" ringfence replication status --nats "tls://rf-operator@HOST:4222/RF?tls_ca=NATS-AUTH/ca.pem" --peers ./peers.json
 
-    Prod mode: RINGFENCE_NATS_PASSWORD="$(cat NATS-AUTH/rf-operator.password)" ringfence replication status --nats "tls://rf-operator@HOST:4222/RF?tls_ca=NATS-AUTH/ca.pem" --peers ./peers.json
+    Example (dev mode): ringfence replication status --nats nats://127.0.0.1:4222/RF --peers ./peers.json
     """
     import asyncio
 
@@ -245,7 +250,8 @@ def node_key_cmd(
 
 
 @app.command("harden")
-def harden_cmd(nats: str = typer.Option(..., "--nats", help="The stream: nats://ADMIN@host:4222/STREAM.")) -> None:
+def harden_cmd(nats: str = typer.Option(..., "--nats", help="The stream, as a NATS user allowed to "
+                                  "update streams: tls://ADMIN@HOST:4222/STREAM?tls_ca=CA_FILE (nats://ADMIN@HOST:4222/STREAM in dev mode).")) -> None:
     """Turn off rollup headers, purges and message deletes on the stream and its leadership bucket.
 
     Streams made by an older ringfence allow them (a `Nats-Rollup` publish on the bucket erases the
@@ -253,7 +259,9 @@ def harden_cmd(nats: str = typer.Option(..., "--nats", help="The stream: nats://
     a NATS user allowed to update streams (none of the `nats-config` users is); nats-server keeps
     deny_delete and deny_purge once set.
 
-    Example: RINGFENCE_NATS_PASSWORD=... ringfence replication harden --nats nats://admin@127.0.0.1:4222/RF
+    Example: RINGFENCE_NATS_PASSWORD=... ringfence replication harden --nats "tls://admin@HOST:4222/RF?tls_ca=CA_FILE"
+
+    Example (dev mode): RINGFENCE_NATS_PASSWORD=... ringfence replication harden --nats nats://admin@127.0.0.1:4222/RF
     """
     from . import harden, parse_target
 
@@ -274,9 +282,12 @@ def nats_config_cmd(
     port: int = typer.Option(4222, "--port", min=1, max=65535, help="The port nats-server listens on."),
     store_dir: str = typer.Option("", "--store-dir", help="JetStream's storage folder (default: nats-server's): made 0700 when missing, else a "
                                  "folder of this user's no other user may write (as --out)."),
-    listen: str = typer.Option("127.0.0.1", "--listen", help="The address nats-server listens on; one other machines can "
-                               "reach (0.0.0.0, 10.0.0.5) needs --tls-cert and --tls-key."),
-    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="The server's certificate (PEM): the config gets a tls block."),
+    listen: str = typer.Option("127.0.0.1", "--listen", help="The address nats-server listens on: 127.0.0.1 (this "
+                               "machine only) or one other machines reach (0.0.0.0, 10.0.0.5). Without --tls-cert/--tls-key the certificate made here names it "
+                               "(the machine's host name for 0.0.0.0) and 127.0.0.1, ::1, localhost; refused off loopback "
+                               "with --no-tls."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Your server certificate (PEM) instead of the one nats-config "
+                                           "makes: the config's tls block names it; clients pin your CA."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="The server's private key (PEM), with --tls-cert."),
     no_tls: bool = typer.Option(False, "--no-tls", help="Development only: plain text on loopback, no certificates (outside "
                                 "dev mode the nodes refuse to send a password without TLS)."),
@@ -291,7 +302,7 @@ def nats_config_cmd(
     never of a made-up one. Run nats-config again (and restart nats-server) when the peers file changes.
 
     A node: RINGFENCE_NATS_PASSWORD=$(cat OUT/rf-node.password) ringfence serve --replicate
-    nats://rf-node@HOST:4222/STREAM. An operator promotes with the rf-operator user, which cannot
+    "tls://rf-node@HOST:4222/STREAM?tls_ca=OUT/ca.pem&first_primary=NODE" (printed below). An operator promotes with the rf-operator user, which cannot
     publish a batch nor write the leader record. Each service reads only its own replies (inbox
     _INBOX_<user>), never another's.
 
@@ -310,7 +321,9 @@ def nats_config_cmd(
     another user owns or may write, --listen off loopback with --no-tls,
     a TLS file that cannot be read, a missing or bad --peers file).
 
-    Example: ringfence replication nats-config --stream RF --peers ./peers.json --out ./nats-auth --listen 10.0.0.5 --tls-cert srv.pem --tls-key srv.key
+    Example (its own CA and a certificate for 10.0.0.5): ringfence replication nats-config --stream RF --peers ./peers.json --out ./nats-auth --listen 10.0.0.5
+
+    Example (your certificate; clients pin your CA): ringfence replication nats-config --stream RF --peers ./peers.json --out ./nats-auth --listen 10.0.0.5 --tls-cert srv.pem --tls-key srv.key
     """
     from ..nodekey import load_peers
     from urllib.parse import quote

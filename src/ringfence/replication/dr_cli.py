@@ -18,7 +18,9 @@ console = tty_console(width=140)
 
 @app.command("drill")
 def drill(
-    nats: str = typer.Option("nats://127.0.0.1:4222", "--nats", help="The NATS server (JetStream) to drill against."),
+    nats: str = typer.Option("nats://127.0.0.1:4222", "--nats", help="The NATS server (JetStream) to drill against: "
+                      "host and port only, the drill makes a stream of its own per scenario. The default is this machine's "
+                      "shared server: give another (a development nats-server) to keep the drill off it."),
     seed: int = typer.Option(1, "--seed", min=0, max=2**31 - 1, help="Seed of the order load and the failure moment."),
     scenario: str = typer.Option("both", "--scenario", help="kill (SIGKILL + operator promotion), partition "
                                  "(primary cut from NATS + automatic promotion after the lease), or both."),
@@ -37,12 +39,15 @@ def drill(
 
     The drill's nodes are a throwaway cluster on scratch folders in OUT with the demo's data and chains: they
     run in dev mode (RINGFENCE_MODE=dev) whatever the environment says, without its mail server, keyring or
-    secrets; a NATS password is taken as by the nodes (RINGFENCE_NATS_PASSWORD or the URL).
+    secrets, and with an identity database of their own (SQLite, OUT/SCENARIO/identity.sqlite3, whatever
+    RINGFENCE_DATABASE_URL says); a NATS
+    password is taken as by the nodes (RINGFENCE_NATS_PASSWORD or the URL). --nats defaults to nats://127.0.0.1:4222,
+    the machine's shared server: name the server to drill against.
 
     Exit status: 0 every proof held, 1 a proof failed or the drill could not run (NATS unreachable,
     a node did not start: its log is in OUT), 2 bad input (an option, a used --out).
 
-    Example: ringfence dr drill --seed 7 --out ./dr-report
+    Example: ringfence dr drill --nats nats://127.0.0.1:4222 --seed 7 --out ./dr-report
     """
     from rich.markup import escape
 

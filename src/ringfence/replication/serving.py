@@ -237,7 +237,7 @@ def option_problems(replicate: str | None, standby: str | None, demo: bool, peer
         # file would name another node, and every standby would refuse the stream's opener (review of #21, 4)
         problems.append(ConfigError(f"a replicated node outside dev mode needs first_primary=NODE in its {option} URL: "
                                     "the node that opens the stream, the same on every node (e.g. "
-                                    f"{option} nats://HOST:4222/STREAM?first_primary=a); dev mode defaults to the first "
+                                    f"{option} 'tls://rf-node@HOST:4222/STREAM?tls_ca=CA&first_primary=a'); dev mode defaults to the first "
                                     "node of the peers file", field="first_primary"))
     if peers is not None and not problems:
         from . import check_first_primary
@@ -246,6 +246,36 @@ def option_problems(replicate: str | None, standby: str | None, demo: bool, peer
             check_first_primary(target, nodekey.load_peers(peers), option)
         except ConfigError as err:
             problems.append(err)
+    if mode != "dev":
+        problems += nats_login_problems(target)
+    return problems
+
+
+def nats_login_problems(target: Any) -> list[ConfigError]:
+    """Outside dev mode, what the NATS URL's login lacks, told before `serve` connects (so with the settings' problems,
+    not at the next start: a new user's run of #21): tls:// with a pinned CA (`check_transport`), a user named in the
+    URL (a server without users is refused), and the password of one of nats-config's users (RINGFENCE_NATS_PASSWORD)."""
+    from urllib.parse import unquote, urlparse
+
+    from . import check_transport
+    from .auth import SERVICES
+
+    problems: list[ConfigError] = []
+    try:
+        check_transport(target)
+    except ConfigError as err:
+        problems.append(err)
+    parsed = urlparse(target.servers)
+    user = unquote(parsed.username or "")
+    if not user:
+        problems.append(ConfigError(
+            f"the URL names no NATS user, and outside dev mode a NATS server without users is refused: name the node's "
+            f"user, e.g. {target.option} tls://rf-node@HOST:PORT/{target.stream}?tls_ca=CA, with its "
+            "password in RINGFENCE_NATS_PASSWORD (`ringfence replication nats-config` writes both)", field=target.option))
+    elif parsed.password is None and user in SERVICES:
+        problems.append(ConfigError(
+            f"user {user} is given no password: set RINGFENCE_NATS_PASSWORD to its password (the file {user}.password "
+            "that `ringfence replication nats-config` wrote)", field="RINGFENCE_NATS_PASSWORD"))
     return problems
 
 
