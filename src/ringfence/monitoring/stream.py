@@ -149,10 +149,13 @@ def _write_events(db: Session, rows: list[tuple[Any, ...]], *, without_user: boo
 
     On PostgreSQL the transaction first takes the advisory lock `EVENT_IDS_LOCK` (once; it is held
     until COMMIT or ROLLBACK), so inserting transactions are serialized and the ids become visible in
-    id order (the module's docstring says why the readers need it). The rows go to the driver in one
-    executemany of tuples (SQLAlchemy's per-row, per-column parameter processing was most of the
-    outbox writer's time in the serving process); a driver of another parameter style goes through a
-    Core INSERT."""
+    id order (the module's docstring says why the readers need it). The rows go to the driver as
+    INSERTs of up to ROWS_PER_INSERT rows each (`VALUES (...), (...), ...`: the same rows in the same
+    order, so the same ids), not SQLAlchemy's per-row parameter processing (most of the outbox writer's
+    time once) nor an executemany: sqlite3 releases the GIL around each statement step and takes it
+    back, so an executemany handed the GIL to the event loop and waited for it once per row, ~10-20 us
+    of CPU per row on a busy serving process against ~5 for a multi-row INSERT (issue 18). A driver of
+    another parameter style goes through a Core INSERT."""
     if db.in_nested_transaction():  # a savepoint rolled back would release the lock with it
         raise RuntimeError("monitoring events are written outside savepoints")
     conn = db.connection()
@@ -165,9 +168,16 @@ def _write_events(db: Session, rows: list[tuple[Any, ...]], *, without_user: boo
             rows = [(*r[:2], None, *r[2:]) for r in rows]
         db.execute(insert(MonitoringEvent), [dict(zip(_COLUMNS, r)) for r in rows])
         return
-    values = ["NULL" if without_user and column == "user_id" else mark for column in _COLUMNS]
-    sql = f"INSERT INTO {MonitoringEvent.__tablename__} ({', '.join(_COLUMNS)}) VALUES ({', '.join(values)})"
-    conn.exec_driver_sql(sql, rows)
+    row = "(" + ", ".join("NULL" if without_user and column == "user_id" else mark for column in _COLUMNS) + ")"
+    head = f"INSERT INTO {MonitoringEvent.__tablename__} ({', '.join(_COLUMNS)}) VALUES "
+    for first in range(0, len(rows), ROWS_PER_INSERT):
+        part = rows[first:first + ROWS_PER_INSERT]
+        conn.exec_driver_sql(head + ", ".join([row] * len(part)), tuple(value for r in part for value in r))
+
+
+#: Rows per INSERT statement of `_write_events`: 64 rows of 8 columns are 512 parameters, under every
+#: SQLite's limit (999 before 3.32) and PostgreSQL's (65,535).
+ROWS_PER_INSERT = 64
 
 
 def _insert_events(db: Session, rows: list[dict[str, Any]]) -> None:
