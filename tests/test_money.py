@@ -1,7 +1,7 @@
 """Strict decimal parsing: every rejection rule, exact round trips, no floats accepted."""
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ringfence.errors import DuplicateAsset, InvalidAmount, UnknownAsset, ValidationError
@@ -141,3 +141,37 @@ def test_asset_validation(kwargs, field):
     with pytest.raises(ValidationError) as info:
         Asset(asset_class=AssetClass.CRYPTO, **kwargs)
     assert info.value.field == field
+
+
+def _parsed(text: object, decimals: int, **flags: bool) -> tuple[str, object]:
+    from ringfence.errors import InvalidAmount
+
+    try:
+        return "ok", parse_amount(text, decimals, field="f", **flags)
+    except InvalidAmount as err:
+        return "error", (err.message, err.field)
+
+
+_amount_texts = st.one_of(st.sampled_from(["0", "-0", "-0.0", "0.00", "1", "-1", "1.5", "-1.50", "60000.00", "0.0010", "1.123456789",
+                                           "01", "1.", "+1", "", " 1", "1e3"]),
+                          st.from_regex(r"-?(0|[1-9][0-9]{0,6})(\.[0-9]{1,10})?", fullmatch=True))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_amount_texts, st.integers(0, 9), st.booleans(), st.booleans()), min_size=1, max_size=12))
+def test_parse_amount_answers_the_same_whatever_it_parsed_before(calls: list[tuple[str, int, bool, bool]]) -> None:
+    """`parse_amount` keeps the texts it parsed (an order's price and quantity repeat): each call, whatever
+    came before it (the same text under other flags, other decimals), answers exactly what a first parse
+    does: the value, or the same refusal (negative, zero, precision...)."""
+    import ringfence.money as money
+
+    for text, decimals, allow_negative, allow_zero in calls:
+        warm = _parsed(text, decimals, allow_negative=allow_negative, allow_zero=allow_zero)
+        kept = dict(money._PARSED)
+        money._PARSED.clear()
+        try:
+            cold = _parsed(text, decimals, allow_negative=allow_negative, allow_zero=allow_zero)
+        finally:
+            money._PARSED.clear()
+            money._PARSED.update(kept)
+        assert warm == cold, (text, decimals, allow_negative, allow_zero)

@@ -125,6 +125,13 @@ class AssetRegistry:
         return len(self._by_code)
 
 
+#: `parse_amount`'s answers for the texts met first (an order's price and quantity repeat): (text,
+#: decimals) -> (minor, whether the text had a minus sign), for plain str texts that parsed; the checks
+#: that depend on the caller's flags (negative, zero) are made again on every call.
+_PARSED: dict[tuple[str, int], tuple[int, bool]] = {}
+_PARSED_MAX = 8192
+
+
 def parse_amount(
     text: object,
     decimals: int,
@@ -134,6 +141,20 @@ def parse_amount(
     allow_zero: bool = True,
 ) -> int:
     """Parse a decimal string into integer minor units, exactly, or raise `InvalidAmount`."""
+    if type(text) is str and type(decimals) is int:
+        known = _PARSED.get((text, decimals))
+        if known is not None:
+            minor, negative = known
+            if (allow_negative or not negative) and (allow_zero or minor != 0):
+                return minor
+            # refused under these flags: the full parse below says why
+    minor = _parse_amount(text, decimals, field, allow_negative, allow_zero)
+    if type(text) is str and type(decimals) is int and len(_PARSED) < _PARSED_MAX:
+        _PARSED[(text, decimals)] = (minor, text.startswith("-"))
+    return minor
+
+
+def _parse_amount(text: object, decimals: int, field: str, allow_negative: bool, allow_zero: bool) -> int:
     if isinstance(text, bool) or not isinstance(text, str):
         kind = type(text).__name__
         raise InvalidAmount(f"must be a decimal string such as \"12.5\", not a {kind}", field=field)

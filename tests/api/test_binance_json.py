@@ -43,3 +43,13 @@ def test_only_plain_content_skips_json_dumps() -> None:
         nested = [nested]
     assert not _plain(nested)  # deeper than the check goes: json.dumps answers
     assert BinanceJSON(nested).body == JSONResponse(nested).body
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([{}, {"code": -1003, "msg": "x"}, [1, "a"]]), st.sampled_from([100, 199, 200, 201, 204, 304, 400, 418, 429, 500, 503]),
+       st.sampled_from([None, {"Retry-After": "5"}, {"content-type": "text/plain"}, {"Content-Length": "3"}, {}]))
+def test_the_same_headers_as_starlette(content: object, status: int, headers: dict[str, str] | None) -> None:
+    """`BinanceJSON.init_headers` builds an answer's headers itself when it has none of its own: the same
+    list (names, values, order) as Starlette's JSONResponse for every status and headers argument."""
+    assert BinanceJSON(content, status_code=status, headers=headers).raw_headers == \
+        JSONResponse(content, status_code=status, headers=headers).raw_headers

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ringfence.api.app import HOT_PATHS, MAX_BODY_BYTES, HotRoutes, create_app
+from ringfence.api.app import HOT_PATHS, MAX_BODY_BYTES, BodyLimit, HotRoutes, RefuseWritesWhenStopped, create_app
 from ringfence.api.auth import ApiGate
 from ringfence.api.binance_errors import BinanceError
 from ringfence.api.gateway import RateLimiter
@@ -31,7 +31,7 @@ def _hot(app: Any) -> HotRoutes:
 
 
 class _Counted:
-    """The app behind `HotRoutes` (FastAPI's stack), counting the requests that reach it."""
+    """FastAPI's stack (under `HotRoutes` and the layers it answers for), counting the requests that reach it."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -41,6 +41,16 @@ class _Counted:
         if scope["type"] == "http":
             self.paths.append(scope["method"] + " " + scope["path"])
         await self.app(scope, receive, send)
+
+
+def _count_fastapi(hot: HotRoutes) -> _Counted:
+    """Count what reaches FastAPI's stack: the innermost layer's app (HotRoutes is outermost; the security
+    headers, the body limit, the recorder and the refusal of writes sit between it and FastAPI)."""
+    layer: Any = hot
+    while layer.app is not hot.fastapi_app:
+        layer = layer.app
+    counted = layer.app = _Counted(layer.app)
+    return counted
 
 
 def _answers(app: Any, requests: list[tuple[str, str, dict[str, str]]]) -> list[httpx.Response]:
@@ -67,7 +77,7 @@ def test_pings_skip_fastapis_layers_and_answer_as_they_would(tmp_path) -> None:
         gate = ApiGate(object(), weight_per_min=1_000, key_weight_per_min=1_000)  # type: ignore[arg-type]
         app = create_app(ex, gate)
         hot = _hot(app)
-        counted = hot.app = _Counted(hot.app)
+        counted = _count_fastapi(hot)
         asked = [
             ("GET", "/api/v3/ping", {}),
             ("GET", "/api/v3/time", {}),
@@ -100,7 +110,7 @@ def test_head_and_browser_pings_still_take_the_full_stack(tmp_path) -> None:
     try:
         app = create_app(ex, ApiGate(object(), weight_per_min=1_000, key_weight_per_min=1_000))  # type: ignore[arg-type]
         hot = _hot(app)
-        counted = hot.app = _Counted(hot.app)
+        counted = _count_fastapi(hot)
         head, browser = _answers(app, [("HEAD", "/api/v3/ping", {}), ("GET", "/api/v3/ping", {"Origin": "https://x.example"})])
         assert counted.paths == ["HEAD /api/v3/ping", "GET /api/v3/ping"]
         assert head.status_code == 200 and head.content == b"" and browser.status_code == 200 and browser.json() == {}
@@ -110,8 +120,8 @@ def test_head_and_browser_pings_still_take_the_full_stack(tmp_path) -> None:
 
 # ---------------------------------------------------------------- the hot pings against the full stack, request by request
 
-_METHODS = ("GET", "GET", "GET", "HEAD", "POST", "OPTIONS", "get")
-_PATHS = ("/api/v3/ping", "/api/v3/time", "/api/v3/ping/", "//api/v3/ping", "/API/V3/PING", "/api/v3/time/")
+_METHODS = ("GET", "GET", "GET", "HEAD", "POST", "DELETE", "OPTIONS", "get")
+_PATHS = ("/api/v3/ping", "/api/v3/time", "/api/v3/ping/", "//api/v3/ping", "/API/V3/PING", "/api/v3/time/", "/api/v3/order")
 _QUERIES = (b"", b"", b"x=1", b"%zz", b"symbol=BTCUSDT", b"timestamp=1&signature=ab", b"a=1&a=2", b"=")
 _HEADERS = (
     (b"origin", b"https://allowed.example"), (b"origin", b"https://other.example"), (b"x-mbx-apikey", b"somekey"),
@@ -125,18 +135,22 @@ _request = st.tuples(st.sampled_from(_METHODS), st.sampled_from(_PATHS), st.samp
 
 
 class _Side:
-    """One app as `serve` builds it (api_call recorder outside), counting what reaches FastAPI's stack."""
+    """One app as `serve` builds it (the api_call recorder under the body limit, as `create_app` puts it
+    with monitoring on), counting what reaches FastAPI's stack."""
 
     def __init__(self, ex: Exchange, store: Store, hot: bool) -> None:
         self.gate = ApiGate(object(), weight_per_min=1_000, key_weight_per_min=1_000)  # type: ignore[arg-type]
         app = create_app(ex, self.gate, cors_origins=("https://allowed.example",))
         self.hot = _hot(app)
-        self.counted = self.hot.app = _Counted(self.hot.app)
+        self.outbox = Outbox(store)
+        body_limit = self.hot.app.app  # HotRoutes -> SecurityHeaders -> BodyLimit -> (the recorder) -> refusal of writes
+        assert isinstance(body_limit, BodyLimit) and isinstance(body_limit.app, RefuseWritesWhenStopped)
+        body_limit.app = self.hot.recorder = ApiCallRecorder(body_limit.app, self.outbox)
+        self.counted = _count_fastapi(self.hot)
         self.kept = dict(self.hot.routes)  # what HotRoutes would call straight
         if not hot:
             self.hot.routes = {}
-        self.outbox = Outbox(store)
-        self.app = ApiCallRecorder(app, self.outbox)
+        self.app = app
         self.metrics = self.hot.metrics
 
     def reset(self, now: list[int]) -> None:
@@ -192,12 +206,13 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(_request, min_size=1, max_size=8))
 def test_any_request_on_the_ping_paths_answers_as_the_full_stack_would(sides: Any, requests: list[Any]) -> None:
-    """Every request near the pings (methods, slashes, case, queries, bodies, Origin and CORS preflights,
-    API keys, oversized declared bodies, two client IPs) through the app with its hot routes and through
-    the same app without them: the same status, headers and body (byte for byte, the time masked), the
-    same weight charged (tight limits: 429s, then 418 bans, with their Retry-After), the same api_call
-    event and the same request counters. And the hot path was taken: a plain GET of a ping never reached
-    FastAPI's stack."""
+    """Every request near the pings and the order route (methods, slashes, case, queries, bodies, Origin
+    and CORS preflights, API keys, oversized declared bodies, two client IPs) through the app with its
+    hot routes and through the same app without them: the same status, headers and body (byte for byte,
+    the time masked), the same weight charged (tight limits: 429s, then 418 bans, with their
+    Retry-After), the same api_call event (none for a 413) and the same request counters. And the hot
+    path was taken: a plain ping or order never reached FastAPI's stack (HotRoutes did the body limit's,
+    the recorder's and the security headers' work itself)."""
     hot, full = sides
     now = [1_000_000]
     hot.reset(now)
@@ -213,15 +228,45 @@ def test_any_request_on_the_ping_paths_answers_as_the_full_stack_would(sides: An
 
     asyncio.run(run())
     events = [[{k: v for k, v in e.items() if k != "at_ms"} for e in side.outbox._queue] for side in sides]
-    assert events[0] == events[1] and len(events[0]) == sum(path.startswith("/api/") for _, path, *_ in requests)
+    inside = [r for r in requests if not any(n == b"content-length" and int(v) > MAX_BODY_BYTES for n, v in r[3])]  # not 413
+    # every request on /api/ but a 413 (answered by the body limit, outside the recorder) has its event
+    assert events[0] == events[1] and len(events[0]) == sum(path.startswith("/api/") for _, path, *_ in inside)
     after = (hot.requests_by_route(), full.requests_by_route())
     assert {k: v - before[0].get(k, 0) for k, v in after[0].items()} == {k: v - before[1].get(k, 0) for k, v in after[1].items()}
-    inside = [r for r in requests if not any(n == b"content-length" and int(v) > MAX_BODY_BYTES for n, v in r[3])]  # not 413
-    plain = [r for r in inside if r[0] == "GET" and r[1] in ("/api/v3/ping", "/api/v3/time") and not any(n == b"origin" for n, _ in r[3])]
+    plain = [r for r in inside if (r[0], r[1]) in hot.kept and not any(n == b"origin" for n, _ in r[3])]
     assert len(full.counted.paths) == len(inside)
-    assert len(hot.counted.paths) == len(inside) - len(plain), "a plain GET of a ping went through FastAPI's stack"
+    assert len(hot.counted.paths) == len(inside) - len(plain), "a plain ping or order went through FastAPI's stack"
     for ip in ("10.0.0.1", "10.0.0.2"):  # the weight each IP used (or its ban), alike
         assert _used(hot, ip) == _used(full, ip)
+
+
+def test_a_stopped_node_refuses_hot_writes_as_the_full_stack_does(sides: Any) -> None:
+    """A node that has stopped (`node.failed`): an order or a cancel through the hot route gets the same
+    503 (Retry-After, the reason) and the same api_call event (route unmatched: refused before routing)
+    as through the full stack, and reaches no endpoint; a ping still answers."""
+    hot, full = sides
+    now = [2_000_000]
+    hot.reset(now)
+    full.reset(now)
+    ex = hot.hot.refuse.exchange
+    ex.node.failed = RuntimeError("test: journal write failed")
+    try:
+        async def run() -> list[Any]:
+            out = []
+            for method, path in (("POST", "/api/v3/order"), ("DELETE", "/api/v3/order"), ("GET", "/api/v3/ping")):
+                h = await _raw(hot.app, method, path, b"symbol=BTCUSDT", [(b"x-mbx-apikey", b"k")], b"", "10.0.0.3")
+                f = await _raw(full.app, method, path, b"symbol=BTCUSDT", [(b"x-mbx-apikey", b"k")], b"", "10.0.0.3")
+                assert h == f, (method, path)
+                out.append(h[0])
+            return out
+
+        assert asyncio.run(run()) == [503, 503, 400]
+    finally:
+        ex.node.failed = None
+    events = [[{k: v for k, v in e.items() if k != "at_ms"} for e in side.outbox._queue] for side in sides]
+    assert events[0] == events[1] and [e["data"]["endpoint"] for e in events[0]] == ["unmatched", "unmatched", "/api/v3/ping"]
+    assert [e["data"]["status"] for e in events[0]] == [503, 503, 400]
+    assert hot.counted.paths == [], "the refusals and the ping were answered by HotRoutes"
 
 
 def _used(side: _Side, ip: str) -> int | str:

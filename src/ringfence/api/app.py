@@ -31,7 +31,7 @@ from ..trading.commands import OrderRejected, Trade
 from .auth import ApiGate
 from .binance import ERROR_RESPONSES, BinanceApi, build_router
 from .binance_errors import BinanceError
-from .headers import SecurityHeaders, dashboard_csp
+from .headers import SecurityHeaders, dashboard_csp, secured_start
 from .service import Exchange
 from .ws import StreamHub, build_ws_router, quiet_client_garbage
 
@@ -63,42 +63,52 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = self.limit + 1
-                if declared > self.limit:
-                    await _too_large(send, self.limit)
-                    return
-        chunks: list[bytes] = []
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                log.info("http.client_disconnected", method=scope.get("method"), path=scope.get("path"), body_bytes_received=seen)
-                return
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.limit:
-                await _too_large(send, self.limit)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        scope[BODY_SCOPE_KEY] = body  # read whole already: the gate takes it from here (auth.py body_text)
-        delivered = False
+        replay = await whole_body(scope, receive, send, self.limit)
+        if replay is not None:
+            await self.app(scope, replay, send)
 
-        async def replay() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: the server's http.disconnect, when it comes
 
-        await self.app(scope, replay, send)
+async def whole_body(scope: dict[str, Any], receive: Any, send: Any, limit: int) -> Any:
+    """`BodyLimit`'s work on one HTTP request: its whole body read (at most `limit` bytes) and left
+    in the scope (BODY_SCOPE_KEY); returns the `receive` the app is to get (the body again, then
+    whatever comes after it), or None when the request was answered 413 here or its client left
+    before its body was complete (logged; nothing to answer). `HotRoutes` calls it too."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = limit + 1
+            if declared > limit:
+                await _too_large(send, limit)
+                return None
+    chunks: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            log.info("http.client_disconnected", method=scope.get("method"), path=scope.get("path"), body_bytes_received=seen)
+            return None
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            await _too_large(send, limit)
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    scope[BODY_SCOPE_KEY] = body  # read whole already: the gate takes it from here (auth.py body_text)
+    delivered = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: the server's http.disconnect, when it comes
+
+    return replay
 
 
 async def _too_large(send: Any, limit: int) -> None:
@@ -175,8 +185,10 @@ HOT_PATHS = ("/api/v3/order", "/api/v3/ping", "/api/v3/time")
 
 
 class HotRoutes:
-    """Pure ASGI: the order-entry routes (`POST`/`DELETE /api/v3/order`) and the pings (`GET
-    /api/v3/ping`, `/api/v3/time`; HOT_PATHS) straight to their endpoint.
+    """Pure ASGI, the outermost layer of the app `create_app` returns: the order-entry routes (`POST`/
+    `DELETE /api/v3/order`) and the pings (`GET /api/v3/ping`, `/api/v3/time`; HOT_PATHS) straight to
+    their endpoint, everything else down `app` (the security headers, the body limit, the monitoring
+    recorder, the refusal of writes on a stopped node, then FastAPI).
 
     FastAPI's own layers (error middleware, exit stacks, the router's linear match over ~300 routes,
     dependency solving) cost more of the event loop than the order itself (py-spy, issue 18). For
@@ -184,17 +196,30 @@ class HotRoutes:
     weight, parameter checks, signature, replay guard, rate limits and Binance's error shape are all
     inside it), so this calls it directly with the same `Request` and keeps what the skipped layers
     did: `scope["route"]` for the api_call event and metrics (`Observe`'s counters), a 500 in
-    Binance's shape for an unexpected error. The outer layers (security headers, body limit, the
-    monitoring recorder) still wrap it. Requests carrying `Origin` (browsers: CORS) take the full
+    Binance's shape for an unexpected error. Requests carrying `Origin` (browsers: CORS) take the full
     stack; with CORS configured the others get its `Vary: Origin` here, as every answer through it
-    does (a shared cache must not give a browser's request an answer made without its Origin)."""
+    does (a shared cache must not give a browser's request an answer made without its Origin).
 
-    def __init__(self, app: Any, fastapi_app: FastAPI, metrics: "Metrics", paths: tuple[str, ...] = HOT_PATHS) -> None:
+    The layers between the server and FastAPI are done here too for these requests, in this one
+    coroutine and one `send` wrapper where each of them was a coroutine and most a wrapper of their
+    own, per request and per message (issue 18: ~4% of a relayed signed order's instructions on the
+    engine's loop), with each layer's own code and in their order: the body read whole or refused
+    (`whole_body`: BodyLimit's), the refusal of a write on a stopped node (`refuse`, recorded), the
+    endpoint, the api_call event (`recorder.record`, after the answer, not for a 413 or a client
+    that left, as before), the security headers on the answer's start (`secured_start`, outermost)."""
+
+    def __init__(self, app: Any, fastapi_app: FastAPI, metrics: "Metrics", paths: tuple[str, ...] = HOT_PATHS, *,
+                 max_body_bytes: int = MAX_BODY_BYTES, refuse: RefuseWritesWhenStopped | None = None,
+                 recorder: Any = None) -> None:
         from fastapi.routing import APIRoute
 
         self.app = app
         self.fastapi_app = fastapi_app
         self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        #: the layers `app` holds whose checks the hot routes get here (None: not in this app)
+        self.refuse = refuse
+        self.recorder = recorder  # monitoring.stream.ApiCallRecorder
         self.routes: dict[tuple[str, str], Any] = {}
         def walk(routes: list[Any]) -> Any:  # FastAPI keeps included routers as branches
             for route in routes:
@@ -221,6 +246,30 @@ class HotRoutes:
         if route is None or scope.get("root_path") or any(name == b"origin" for name, _ in scope.get("headers", ())):
             await self.app(scope, receive, send)
             return
+        status = 500  # what the recorder saw go out (500: no answer started)
+
+        async def answer(message: dict[str, Any]) -> None:  # the recorder's look, then the security headers
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = secured_start(message)
+            await send(message)
+
+        replay = await whole_body(scope, receive, answer, self.max_body_bytes)
+        if replay is None:
+            return  # answered 413, or the client left: not recorded (the body limit is outside the recorder)
+        recorder = self.recorder
+        try:
+            refusal = self.refuse.refusal(scope) if self.refuse is not None else None
+            if refusal is not None:
+                await refusal(scope, replay, answer)
+            else:
+                await self._endpoint(route, scope, replay, answer)
+        finally:
+            if recorder is not None and recorder.records(scope):
+                recorder.record(scope, status)
+
+    async def _endpoint(self, route: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         if self.vary_origin:
             send = _vary_origin(send)
@@ -269,13 +318,21 @@ class RefuseWritesWhenStopped:
         self.exchange = exchange
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope: dict[str, Any]) -> Response | None:
+        """The 503 for a write (an HTTP request not in READS) once the node has stopped, else None
+        (`HotRoutes` asks too)."""
         if scope["type"] == "http" and scope.get("method") not in self.READS:
             reason = self.exchange.node.stopped_reason(detailed=False)
             if reason is not None:
                 body = {"code": -1001, "msg": f"This node has stopped and takes no writes: {reason}", "stopped": reason}
-                await JSONResponse(body, status_code=503, headers={"Retry-After": "5"})(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+                return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        return None
 
 
 def _custody_readiness(custody: Any, detailed: bool) -> dict[str, Any]:
@@ -775,12 +832,18 @@ def create_app(
         file, media = vendored[name]
         return FileResponse(vendor_dir / file, media_type=media, headers=_page_headers(request))
 
+    # outermost first: HotRoutes (answers its routes itself, with the checks of the layers below), then
+    # the security headers, the body limit, the api_call recorder (with monitoring), the refusal of
+    # writes on a stopped node, FastAPI
+    refuse = RefuseWritesWhenStopped(app, exchange)
+    inner: Any = refuse
+    recorder = None
     if monitor is not None:
         from ..monitoring.stream import ApiCallRecorder
 
-        return SecurityHeaders(BodyLimit(ApiCallRecorder(RefuseWritesWhenStopped(HotRoutes(app, app, metrics), exchange),  # type: ignore[return-value]
-                                                         monitor.outbox), max_body_bytes))
-    return SecurityHeaders(BodyLimit(RefuseWritesWhenStopped(HotRoutes(app, app, metrics), exchange), max_body_bytes))  # type: ignore[return-value]
+        inner = recorder = ApiCallRecorder(refuse, monitor.outbox)
+    stack = SecurityHeaders(BodyLimit(inner, max_body_bytes))
+    return HotRoutes(stack, app, metrics, max_body_bytes=max_body_bytes, refuse=refuse, recorder=recorder)  # type: ignore[return-value]
 
 
 def _page_headers(request: Request) -> dict[str, str]:

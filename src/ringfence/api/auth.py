@@ -223,11 +223,23 @@ def _state(request: Request) -> dict[str, Any]:
 
 def _query(request: Request) -> str:
     """`request.url.query` without building the URL (Host parsing, urlsplit) for the usual query
-    string; anything unusual (a '#', non-ASCII bytes) still goes through Starlette's own parse."""
+    string; anything unusual (a '#', non-ASCII bytes) still goes through Starlette's own parse.
+    (`raw.find`, not `b"#" in raw`: bytes' `in` first tries its operand as an integer and raises and
+    clears a TypeError every time.)"""
     raw: bytes = request.scope.get("query_string", b"")
-    if b"#" in raw or not raw.isascii():
+    if raw.find(b"#") >= 0 or not raw.isascii():
         return request.url.query
     return raw.decode("ascii")
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    """`request.headers.get(name)` for a lower-case `name`: the first header of that name, its value
+    decoded as Latin-1 (Starlette's rule), or None; without building Starlette's `Headers` (twice per
+    signed request: the API key and the body's content type)."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
 
 
 class ApiGate:
@@ -276,7 +288,7 @@ class ApiGate:
         if not isinstance(body, bytes):
             body = await request.body()
         if body:
-            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            ctype = (_header(request, b"content-type") or "").split(";")[0].strip().lower()
             if ctype != FORM:
                 raise BinanceError(-1100, f"Content-Type must be {FORM} for a request body, not '{ctype[:60] or 'none'}'.", 415)
         try:
@@ -296,16 +308,17 @@ class ApiGate:
         return params
 
     async def signed(self, request: Request, scope: str, *, weight: int = 0) -> tuple[Params, str]:
-        session = _state(request).get("session_caller")
+        state = _state(request)
+        session = state.get("session_caller")
         if session is not None:
             # A web session already authenticated by api/session_trading.py (cookie, CSRF token,
             # Origin; it charged the endpoint's weight to the session): the same handler and
             # checks run, only the caller proof differs.
             if scope not in session.scopes:
                 raise BinanceError(-1002, f"This session may not '{scope}': {session.why_not(scope)}", 403)
-            _state(request)["rf_account"] = session.account_id  # monitoring: api_call events
+            state["rf_account"] = session.account_id  # monitoring: api_call events
             return await self.params(request), session.account_id
-        api_key = request.headers.get("x-mbx-apikey")
+        api_key = _header(request, b"x-mbx-apikey")
         if not api_key:
             raise BinanceError(-2014, "API-key format invalid.", 401)
         body = await self.body_text(request)
@@ -318,7 +331,7 @@ class ApiGate:
         ip = self.client_ip(request)
         # Relayed by a gateway (api/relay.py): it may have checked the signature already, with the key
         # as it was at a generation; believed only if that is still the current one.
-        claim = _state(request).get("rf_gateway")
+        claim = state.get("rf_gateway")
         try:
             principal: ApiPrincipal | None = None
             admit_checked = getattr(self.auth, "admit_checked", None)
@@ -336,7 +349,7 @@ class ApiGate:
         except RingfenceError as err:
             raise from_ringfence(err) from None
         self.replays.check_and_remember(principal.key_id, payload, now_ms, timestamp_ms)
-        _state(request)["rf_account"] = principal.account_id  # monitoring: api_call events
+        state["rf_account"] = principal.account_id  # monitoring: api_call events
         if weight:
             self.key_limiter.charge("key:" + api_key, weight)
         return params, principal.account_id

@@ -11,13 +11,14 @@ strings with the base asset's decimals outside.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import msgspec
 from fastapi import APIRouter, Request
@@ -44,6 +45,7 @@ ORDER_TYPES = {
     "STOP_LOSS": "STOP_MARKET",
 }
 ENGINE_TO_BINANCE_TYPE = {v: k for k, v in ORDER_TYPES.items()}
+_ORDER_TYPE_NAMES = tuple(ORDER_TYPES)
 #: The parameters whose presence depends on the order type, and which ones each type reads.
 TYPE_DEPENDENT_PARAMS = ("timeInForce", "price", "quantity", "quoteOrderQty", "stopPrice")
 TYPE_PARAMS = {
@@ -94,6 +96,12 @@ class EndpointParams:
 
     def accepted(self) -> tuple[str, ...]:
         return self.honoured + (SIGNED_PARAMS if self.signed else ())
+
+    @functools.cached_property
+    def _checks(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(the names `accepted` gives, the names an empty value of is "missing"), as sets: what
+        `check_params` asks of every parameter of every request."""
+        return frozenset(self.accepted()), frozenset(self.required + self.conditional + ("timestamp", "signature"))
 
 
 def _not_supported(name: str, why: str) -> tuple[str, int, str]:
@@ -149,11 +157,11 @@ ENDPOINT_PARAMS: dict[tuple[str, str], EndpointParams] = {
 
 def check_params(spec: EndpointParams, params: Params) -> None:
     """Refuse what the endpoint does not read (-1104), what it refuses, and empty values."""
-    sent = params.names()
+    sent = params.as_sent()  # name -> value, in the order sent
     for name, code, message in spec.refused:
-        if name in params:
+        if name in sent:
             raise BinanceError(code, message)
-    accepted = spec.accepted()
+    accepted, mandatory_names = spec._checks
     unknown = [name for name in sent if name not in accepted]
     if unknown:
         named = ", ".join("'" + name[:40] + "'" for name in unknown[:5])
@@ -162,9 +170,9 @@ def check_params(spec: EndpointParams, params: Params) -> None:
             f"Not all sent parameters were read; read {len(sent) - len(unknown)} parameter(s) but was sent {len(sent)}. "
             f"Not defined for this endpoint: {named}.",
         )
-    for name in sent:
-        if params.raw(name) == "":
-            if name in spec.required or name in spec.conditional or name in ("timestamp", "signature"):
+    for name, value in sent.items():
+        if value == "":
+            if name in mandatory_names:
                 raise mandatory(name)
             raise illegal(name, "an empty value is not allowed: omit the parameter or send a value.")
 
@@ -561,7 +569,7 @@ class BinanceApi:
     def place_command(self, params: Params, owner: str) -> tuple[MarketInfo, PlaceOrder, str]:
         m = self.market(params)
         side = params.choice("side", ("BUY", "SELL"), code=-1117)
-        btype = params.choice("type", tuple(ORDER_TYPES), code=-1116)
+        btype = params.choice("type", _ORDER_TYPE_NAMES, code=-1116)
         etype = ORDER_TYPES[btype]
         # Which of the type-dependent parameters this type reads; any other one sent is refused
         # (-1106) before its value is even parsed, as Binance does: `stopPrice=-1` on a LIMIT.
@@ -830,8 +838,11 @@ def _signed(text: str, value: int) -> str:
     return "-" + text if value < 0 else text
 
 
+_COID = re.compile(r"[.A-Za-z0-9:/_\-]{1,36}")
+
+
 def _valid_coid(coid: str) -> bool:
-    return re.fullmatch(r"[.A-Za-z0-9:/_\-]{1,36}", coid) is not None
+    return _COID.fullmatch(coid) is not None
 
 
 def _symbol_list(raw: str) -> list[str]:
@@ -895,6 +906,14 @@ class BinanceJSON(JSONResponse):
         if _plain(content):
             return _encode_json(content)
         return super().render(content)
+
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        """Starlette's headers, the same list: for an answer without headers of its own (every success)
+        its content-length and `application/json`, built here at once; otherwise Starlette builds them."""
+        if headers is None and self.media_type == "application/json" and 200 <= self.status_code and self.status_code not in (204, 304):
+            self.raw_headers = [(b"content-length", str(len(self.body)).encode("latin-1")), (b"content-type", b"application/json")]
+            return
+        super().init_headers(headers)
 
 
 def add_binance_route(router: APIRouter, gate: Any, spec: EndpointParams, path: str, method: str,

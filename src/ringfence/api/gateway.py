@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 from urllib.parse import parse_qsl, unquote_plus
 
 from ..errors import InvalidAmount
@@ -62,8 +62,13 @@ class Params:
     """Request parameters from the query string and (for POST) the form body."""
 
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
-        self._values: dict[str, str] = {}
-        for count, (name, value) in enumerate(pairs):
+        listed = pairs if type(pairs) is list else list(pairs)
+        values: dict[str, str] = dict(listed)
+        if len(values) == len(listed) <= MAX_PARAMS and (not values or max(map(len, values.values())) <= MAX_PARAM_CHARS):
+            self._values = values  # the usual request: nothing to refuse, the pairs in one dict (one C call)
+            return
+        self._values = {}  # something is wrong: the first wrong pair, in order, says what
+        for count, (name, value) in enumerate(listed):
             if count >= MAX_PARAMS:
                 raise BinanceError(-1104, f"Too many parameters; at most {MAX_PARAMS} are accepted.")
             if name in self._values:
@@ -95,7 +100,7 @@ class Params:
         return value
 
     def integer(self, name: str, *, default: int | None = None, low: int = 0, high: int = 2**63 - 1) -> int:
-        raw = self.get(name)
+        raw = self._values.get(name) or None  # `get`: an empty value is absent
         if raw is None:
             if default is None:
                 raise mandatory(name)
@@ -119,12 +124,17 @@ class Params:
         """Every parameter name sent, in the order sent (query first, then body)."""
         return list(self._values)
 
+    def as_sent(self) -> Mapping[str, str]:
+        """Every parameter sent, name -> its value exactly as sent (empty ones included), in the order
+        sent: the mapping itself, not a copy (read it, do not change it)."""
+        return self._values
+
     def raw(self, name: str) -> str | None:
         """The value exactly as sent, empty string included (`get` treats empty as absent)."""
         return self._values.get(name)
 
     def amount(self, name: str, decimals: int, *, required: bool = True, allow_zero: bool = False) -> int:
-        raw = self.get(name)
+        raw = self._values.get(name) or None  # `get`: an empty value is absent
         if raw is None:
             if required:
                 raise mandatory(name)
@@ -137,8 +147,8 @@ class Params:
             raise illegal(name, f"{err.message}; legal form is digits with an optional '.' and up to {decimals} decimals.") from None
 
     def choice(self, name: str, allowed: Iterable[str], *, default: str | None = None, code: int = -1100) -> str:
-        options = tuple(allowed)
-        raw = self.get(name, default)
+        options = allowed if type(allowed) is tuple else tuple(allowed)
+        raw = self._values.get(name) or default  # `get(name, default)`: an empty value is absent
         if raw is None:
             raise mandatory(name)
         if raw not in options:

@@ -16,7 +16,7 @@ import hashlib
 import re
 from typing import Any
 
-__all__ = ["JSON_CSP", "SecurityHeaders", "dashboard_csp", "inline_page_csp"]
+__all__ = ["JSON_CSP", "SecurityHeaders", "dashboard_csp", "inline_page_csp", "secured_start"]
 
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 _BASELINE = (
@@ -29,8 +29,18 @@ _BASELINE = (
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
 
+def secured_start(message: dict[str, Any]) -> dict[str, Any]:
+    """An `http.response.start` message with each baseline header the response did not set itself
+    added after its own (a new message: the one given is not changed)."""
+    headers = list(message.get("headers", []))
+    present = {name.lower() for name, _ in headers}
+    headers += [(name, value) for name, value in _BASELINE if name not in present]
+    return {**message, "headers": headers}
+
+
 class SecurityHeaders:
-    """Pure ASGI middleware: add each baseline header that the response did not set itself."""
+    """Pure ASGI middleware: add each baseline header that the response did not set itself
+    (`secured_start`; api/app.py `HotRoutes` does the same for the routes it answers itself)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -42,10 +52,7 @@ class SecurityHeaders:
 
         async def with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers += [(name, value) for name, value in _BASELINE if name not in present]
-                message = {**message, "headers": headers}
+                message = secured_start(message)
             await send(message)
 
         await self.app(scope, receive, with_headers)

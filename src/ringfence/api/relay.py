@@ -8,8 +8,10 @@ bound by `serve` and inherited by every gateway, so the kernel spreads connectio
 parses HTTP and the WebSocket protocol, and relays each ASGI connection to the engine over a few
 long-lived Unix-socket connections, multiplexed, in msgspec msgpack frames:
 
-    gateway -> engine   [OPEN, sid, scope]   [IN, sid, message]      (message = what `receive` gave)
+    gateway -> engine   [OPEN, sid, scope]   [IN, sid, message]      (message = what `receive` gave;
+                                                                 the first ones may ride in the scope, EARLY)
     engine -> gateway   [OUT, sid, message]  [END, sid, None]        (message = what the app `send`s)
+                        [ANSWER, sid, [start, body]]            (an HTTP answer whole: OUT, OUT, END)
                         [SUB, sid, [combined, [stream, ...]]]  [UNSUB, sid, [stream, ...]]
                         [PUB, 0, [stream, payload]]             (one market-data message, JSON bytes)
 
@@ -101,7 +103,7 @@ __all__ = ["RELAY_EXTENSION", "EngineRelay", "GatewayRelay", "RelayedWebSocket",
 
 log = structlog.get_logger("ringfence.relay")
 
-OPEN, IN, OUT, END, SUB, UNSUB, PUB, GEN, KEY = 0, 1, 2, 3, 4, 5, 6, 7, 8
+OPEN, IN, OUT, END, SUB, UNSUB, PUB, GEN, KEY, ANSWER = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 #: Where a relayed WebSocket's `RelayedWebSocket` is in its scope (scope["extensions"]).
 RELAY_EXTENSION = "ringfence.relay"
 #: A signed request body a gateway reads whole to check its signature: larger ones are relayed unchecked.
@@ -124,6 +126,9 @@ LINK_MAX_BUFFER_BYTES = 64 * 1024 * 1024
 MAX_INBOUND_MESSAGES = int(os.environ.get("RINGFENCE_RELAY_MAX_INBOUND_MESSAGES", 1_000))
 MAX_INBOUND_BYTES = int(os.environ.get("RINGFENCE_RELAY_MAX_INBOUND_BYTES", 1024 * 1024))
 SLOW_CONSUMER = (1008, "slow consumer")
+#: Where an OPEN frame's scope carries the client's first messages, when the gateway has them already
+#: (a signed request it read whole to check, a request without a body): what IN frames would carry.
+EARLY = "rf_early"
 #: On a response whose signature the gateway checked and the engine believed (for operators and tests).
 CHECKED_BY_GATEWAY = (b"x-ringfence-signature", b"gateway")
 _SCOPE_KEYS = ("type", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path", "headers",
@@ -251,6 +256,64 @@ class _Batched:
         self.writer.close()
 
 
+class _Mailbox:
+    """A FIFO of one connection's messages between the link's reader and the connection's handler: the
+    part of `asyncio.Queue` the relay uses (no maxsize, no task_done/join), for one per relayed request.
+    An `asyncio.Queue` is an Event, three deques and their bookkeeping per request, and a put or a get
+    runs through its waiter wake-ups and unfinished-task count even when nobody waits: ~1% of a relayed
+    signed order's instructions on the engine's loop (issue 18). Getters that wait are woken in order,
+    one per message, and a getter cancelled while waiting leaves the message for the next one, as
+    with `asyncio.Queue`."""
+
+    __slots__ = ("_items", "_getters")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._getters: collections.deque[asyncio.Future[None]] | None = None  # made by the first wait
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        if self._getters:
+            self._wake_next()
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> Any:
+        items = self._items
+        while not items:
+            getter = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = collections.deque()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._getters.remove(getter)
+                if items and not getter.cancelled():
+                    self._wake_next()  # woken for a message it will not take: the next getter takes it
+                raise
+        return items.popleft()
+
+    def _wake_next(self) -> None:
+        getters = self._getters
+        while getters:  # (a getter cancelled meanwhile is done: skipped)
+            getter = getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+                break
+
+
 class _Inbound:
     """What a client sent that the engine's handler has not read yet: bounded (see the module docstring)."""
 
@@ -258,7 +321,7 @@ class _Inbound:
         self.scope_type = scope_type
         self.sid = sid
         self.writer = writer
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.queue = _Mailbox()
         self.bytes = 0
         self.overflowed = False
 
@@ -481,31 +544,40 @@ class EngineRelay:
         elink = EngineLink(writer)
         streams: dict[int, _Inbound] = {}
         frames = _FrameReader(reader)
+
+        def arrived(sid: int, message: Any) -> None:  # a client's message (IN, or sent with its OPEN)
+            found = streams.get(sid)
+            if found is not None and not found.put(message):
+                # too many unread messages: this client is cut off; the reader goes on with the others
+                streams.pop(sid, None)
+                self._streams.pop((link, sid), None)
+                self.disconnected_too_many += 1
+                log.warning("relay.too_many_messages", scope=found.scope_type,
+                            messages=MAX_INBOUND_MESSAGES, bytes=MAX_INBOUND_BYTES)
+                if found.scope_type == "websocket" and not writer.is_closing():
+                    code, reason = TOO_MANY_MESSAGES
+                    writer.write(_frame(OUT, sid, {"type": "websocket.close", "code": code, "reason": reason}))
+
         try:
             while True:
                 kind, sid, payload = await frames.next()
                 if kind == OPEN:
                     if type(payload) is not dict or payload.get("type") not in ("http", "websocket"):
                         raise ValueError("relay OPEN frame without an ASGI http or websocket scope")
+                    early = payload.pop(EARLY, None)
+                    if early is not None and (type(early) is not list or not all(type(m) is dict for m in early)):
+                        raise ValueError("relay OPEN frame whose early messages are not ASGI messages")
                     self.generation_now()
                     inbound = _Inbound(payload["type"], sid, writer)
                     streams[sid] = self._streams[(link, sid)] = inbound
                     task = asyncio.get_running_loop().create_task(self._run(sid, payload, inbound, elink, streams, link))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                    if early:
+                        for message in early:
+                            arrived(sid, message)
                 elif kind == IN:
-                    found = streams.get(sid)
-                    if found is not None and not found.put(payload):
-                        inbound = found
-                        # too many unread messages: this client is cut off; the reader goes on with the others
-                        streams.pop(sid, None)
-                        self._streams.pop((link, sid), None)
-                        self.disconnected_too_many += 1
-                        log.warning("relay.too_many_messages", scope=inbound.scope_type,
-                                    messages=MAX_INBOUND_MESSAGES, bytes=MAX_INBOUND_BYTES)
-                        if inbound.scope_type == "websocket" and not writer.is_closing():
-                            code, reason = TOO_MANY_MESSAGES
-                            writer.write(_frame(OUT, sid, {"type": "websocket.close", "code": code, "reason": reason}))
+                    arrived(sid, payload)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, msgspec.DecodeError):
             pass
         except asyncio.CancelledError:
@@ -534,13 +606,36 @@ class EngineRelay:
             scope["extensions"][RELAY_EXTENSION] = RelayedWebSocket(elink, sid, inbound)
         self.relayed += 1
 
+        # An HTTP answer's start is held until its body: a start and a last body (every answer of the
+        # API's) go as one ANSWER frame, which also ends the stream (was OUT, OUT and END: three frames
+        # encoded and written here, decoded and queued in the gateway, per request). A body with more
+        # to come sends the start before it, as OUT; a start the app never followed with a body goes
+        # out as OUT before the END, as before.
+        held: dict[str, Any] | None = None
+        answered = False
+
         async def send(message: dict[str, Any]) -> None:
+            nonlocal held, answered
             if writer.is_closing():
                 raise OSError("the gateway connection is closed")
             if inbound.overflowed:
                 raise OSError("the client was disconnected (too many messages, or shutting down)")
-            if claim is not None and claim.accepted and message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), CHECKED_BY_GATEWAY]
+            kind = message["type"]
+            if kind == "http.response.start":
+                if claim is not None and claim.accepted:
+                    message["headers"] = [*message.get("headers", ()), CHECKED_BY_GATEWAY]
+                if held is None and not answered:
+                    held = message
+                    return
+            if held is not None:  # (a second start: the first goes first)
+                start, held = held, None
+                if kind == "http.response.body" and not message.get("more_body", False):
+                    answered = True
+                    writer.write(_frame(ANSWER, sid, [start, message]))
+                    if writer.transport.get_write_buffer_size() > 1 << 20:
+                        await writer.drain()
+                    return
+                writer.write(_frame(OUT, sid, start))
             writer.write(_frame(OUT, sid, message))
             if writer.transport.get_write_buffer_size() > 1 << 20:
                 await writer.drain()
@@ -558,10 +653,23 @@ class EngineRelay:
             if self._streams.get((link, sid)) is inbound:
                 self._streams.pop((link, sid), None)
             if not writer.is_closing():
-                writer.write(_frame(END, sid, None))
+                if held is not None:
+                    writer.write(_frame(OUT, sid, held))
+                if not answered:
+                    writer.write(_frame(END, sid, None))
 
 
 # ---------------------------------------------------------------- gateway side
+
+
+def _without_body(scope: dict[str, Any]) -> bool:
+    """An HTTP request that says it has no body (no Transfer-Encoding, no Content-Length but 0): its one
+    `receive` message is there at once (or the client's disconnect), never waited for, and never a
+    `100 Continue` sent on the client's behalf."""
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return False
+    return True
 
 
 async def _read_body(receive: Any) -> tuple[list[dict[str, Any]], bytes | None]:
@@ -586,7 +694,7 @@ class _Outbound:
     MAX_PENDING_MESSAGES and MAX_PENDING_BYTES (a client past either is a slow consumer)."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.queue = _Mailbox()  # (dict | None: the end)
         self.bytes = 0
 
     def put(self, message: dict[str, Any]) -> bool:
@@ -686,6 +794,11 @@ class _Link:
                     self.unsubscribe(client, payload)
                 elif kind == END:
                     out.end()
+                elif kind == ANSWER:  # an HTTP answer whole: its start, its body, the end
+                    if out.put(payload[0]) and out.put(payload[1]):
+                        out.end()
+                    else:
+                        self._slow(sid)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, TypeError, msgspec.DecodeError, asyncio.CancelledError):
             pass
         finally:
@@ -908,14 +1021,16 @@ class GatewayRelay:
                 claim = self.keys.check(api_key, scope.get("query_string", b""), whole)
                 if claim is not None:
                     wire["rf_verified"] = claim
+        elif scope["type"] == "http" and _without_body(scope):  # nothing to wait for: its one message now
+            early = [await receive()]
+        if early:
+            wire[EARLY] = early  # with the OPEN, not an IN frame each
         link.streams[sid] = out
         link.scope_types[sid] = scope["type"]
         client = None
         if scope["type"] == "websocket":
             client = link.clients[sid] = _Subscriber(sid, out)
         link.writer.write(_frame(OPEN, sid, wire))
-        for message in early:
-            link.writer.write(_frame(IN, sid, message))
         gone = bool(early) and early[-1]["type"] == "http.disconnect"  # nothing more to read from this client
         finished = asyncio.Event()
 

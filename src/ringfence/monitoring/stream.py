@@ -58,33 +58,48 @@ FLUSH_TX_ROWS = 512
 
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
 #: The value types whose JSON msgspec writes exactly as `json.dumps` does (floats are not among them:
-#: the two spell some differently, e.g. 1e+16 and 1e16).
-_PLAIN = frozenset({str, int, bool, type(None)})
-_KEY = frozenset({str})
+#: the two spell some differently, e.g. 1e+16 and 1e16). The trading vocabulary's StrEnums join it as
+#: they are met (an order's type): both write a StrEnum member as its text, which is its value.
+_PLAIN: set[type] = {str, int, bool, type(None)}
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
 def _data(data: dict[str, Any] | None) -> str:
     """`json.dumps(data, separators=(",", ":"), sort_keys=True)`, the same text, faster: msgspec's
     encoder (json.dumps was most of the outbox writer's CPU in the serving process, which it takes
-    from the event loop under one GIL) for a flat object of strings, integers and booleans whose
-    text needs no escape; json.dumps itself for anything else (an escape, non-ASCII, a float, a
-    nested value), so the stored text never depends on which encoder wrote it."""
+    from the event loop under one GIL) for a flat object of strings, integers, booleans and StrEnum
+    members whose text needs no escape; json.dumps itself for anything else (an escape, non-ASCII, a
+    float, a nested value, a key that is not a string), so the stored text never depends on which
+    encoder wrote it.
+
+    One pass over the items decides (a `frozenset.issuperset(map(...))` builds a set per call, three
+    per event before), and the escapes are looked for in the decoded text: `b"\\" in raw` on bytes
+    first tries the needle as an integer and raises and clears a TypeError each time (both were a
+    visible share of the outbox writer's instructions, issue 18)."""
     if not data:
         return "{}"
-    if not _PLAIN.issuperset(map(type, data.values())):
-        # the trading vocabulary's StrEnums (an order's type): json.dumps writes a str subclass's text,
-        # which for a StrEnum is its value, as `str()` gives it
-        data = {k: str(v) if isinstance(v, StrEnum) else v for k, v in data.items()}
-    if _PLAIN.issuperset(map(type, data.values())) and _KEY.issuperset(map(type, data)):
-        try:
-            raw = _encode_sorted(data)
-        except (TypeError, ValueError, OverflowError):  # not expected of these types; json.dumps answers
-            raw = b"\\"
-        # no escape in the text (msgspec escapes quotes, backslashes and control characters with a
-        # backslash, and writes DEL and non-ASCII as they are, where json.dumps escapes them all)
-        if raw.isascii() and b"\\" not in raw and b"\x7f" not in raw:
-            return raw.decode("ascii")
-    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+    plain = _PLAIN
+    for key, value in data.items():
+        if type(key) is not str:
+            return _dumps(data)
+        if type(value) not in plain:
+            if not isinstance(value, StrEnum):
+                return _dumps(data)
+            plain.add(type(value))  # json.dumps writes a str subclass's text, msgspec an Enum's value: the same
+    try:
+        raw = _encode_sorted(data)
+    except (TypeError, ValueError, OverflowError):  # not expected of these types; json.dumps answers
+        return _dumps(data)
+    # no escape in the text (msgspec escapes quotes, backslashes and control characters with a
+    # backslash, and writes DEL and non-ASCII as they are, where json.dumps escapes them all)
+    if raw.isascii():
+        text = raw.decode("ascii")
+        if "\\" not in text and "\x7f" not in text:
+            return text
+    return _dumps(data)
 
 
 def add_in_tx(db: Session, kind: str, *, source: str, at_ms: int, user_id: int | None = None, account_id: str = "",
@@ -126,15 +141,21 @@ _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 _COLUMNS = ("kind", "source", "user_id", "account_id", "ip", "device", "at_ms", "data")
 
 
-def _write_events(db: Session, rows: list[tuple[Any, ...]]) -> None:
+def _write_events(db: Session, rows: list[tuple[Any, ...]], *, without_user: bool = False) -> None:
     """Insert `rows` (tuples of `_COLUMNS`) into `monitoring_events`: the table's only writer.
+    `without_user`: the rows leave `user_id` out (tuples of `_COLUMNS` but it), and it is NULL in each
+    (the outbox's events: sqlite3 binds a None parameter only after looking for an adapter for it, two
+    attribute lookups whose AttributeErrors are formatted and dropped: per row, per event).
 
     On PostgreSQL the transaction first takes the advisory lock `EVENT_IDS_LOCK` (once; it is held
     until COMMIT or ROLLBACK), so inserting transactions are serialized and the ids become visible in
-    id order (the module's docstring says why the readers need it). The rows go to the driver in one
-    executemany of tuples (SQLAlchemy's per-row, per-column parameter processing was most of the
-    outbox writer's time in the serving process); a driver of another parameter style goes through a
-    Core INSERT."""
+    id order (the module's docstring says why the readers need it). The rows go to the driver as
+    INSERTs of up to ROWS_PER_INSERT rows each (`VALUES (...), (...), ...`: the same rows in the same
+    order, so the same ids), not SQLAlchemy's per-row parameter processing (most of the outbox writer's
+    time once) nor an executemany: sqlite3 releases the GIL around each statement step and takes it
+    back, so an executemany handed the GIL to the event loop and waited for it once per row, ~10-20 us
+    of CPU per row on a busy serving process against ~5 for a multi-row INSERT (issue 18). A driver of
+    another parameter style goes through a Core INSERT."""
     if db.in_nested_transaction():  # a savepoint rolled back would release the lock with it
         raise RuntimeError("monitoring events are written outside savepoints")
     conn = db.connection()
@@ -143,20 +164,30 @@ def _write_events(db: Session, rows: list[tuple[Any, ...]]) -> None:
         db.info[_LOCKED] = db.get_transaction()
     mark = _PLACEHOLDER.get(conn.dialect.paramstyle)
     if mark is None:
+        if without_user:
+            rows = [(*r[:2], None, *r[2:]) for r in rows]
         db.execute(insert(MonitoringEvent), [dict(zip(_COLUMNS, r)) for r in rows])
         return
-    sql = (f"INSERT INTO {MonitoringEvent.__tablename__} ({', '.join(_COLUMNS)}) "
-           f"VALUES ({', '.join([mark] * len(_COLUMNS))})")
-    conn.exec_driver_sql(sql, rows)
+    row = "(" + ", ".join("NULL" if without_user and column == "user_id" else mark for column in _COLUMNS) + ")"
+    head = f"INSERT INTO {MonitoringEvent.__tablename__} ({', '.join(_COLUMNS)}) VALUES "
+    for first in range(0, len(rows), ROWS_PER_INSERT):
+        part = rows[first:first + ROWS_PER_INSERT]
+        conn.exec_driver_sql(head + ", ".join([row] * len(part)), tuple(value for r in part for value in r))
+
+
+#: Rows per INSERT statement of `_write_events`: 64 rows of 8 columns are 512 parameters, under every
+#: SQLite's limit (999 before 3.32) and PostgreSQL's (65,535).
+ROWS_PER_INSERT = 64
 
 
 def _insert_events(db: Session, rows: list[dict[str, Any]]) -> None:
-    """The outbox's queued rows, written by `_write_events`."""
-    _write_events(db, [_row(r) for r in rows])
+    """The outbox's queued rows, written by `_write_events` (no user id: NULL)."""
+    _write_events(db, [_row(r) for r in rows], without_user=True)
 
 
 def _row(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r["kind"], r["source"], None, r["account_id"], r["ip"], r["device"], r["at_ms"], _data(r["data"]))
+    """An outbox event as a row of `_COLUMNS` without `user_id`."""
+    return (r["kind"], r["source"], r["account_id"], r["ip"], r["device"], r["at_ms"], _data(r["data"]))
 
 
 class Outbox:
@@ -564,8 +595,12 @@ class ApiCallRecorder:
         self.app = app
         self.outbox = outbox
 
+    def records(self, scope: dict[str, Any]) -> bool:
+        """Whether a request with this scope gets an api_call event."""
+        return scope["type"] == "http" and scope.get("path", "").startswith(self.PREFIXES)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope.get("path", "").startswith(self.PREFIXES):
+        if not self.records(scope):
             await self.app(scope, receive, send)
             return
         status = [500]
@@ -578,14 +613,25 @@ class ApiCallRecorder:
         try:
             await self.app(scope, receive, observed)
         finally:
-            state = scope.get("state") or {}
-            headers = dict(scope.get("headers") or ())
-            key = headers.get(b"x-mbx-apikey", b"")[:8].decode("ascii", "replace")
-            client = scope.get("client")
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.outbox.publish("api_call", source="api", account_id=str(state.get("rf_account", "")),
-                                ip=client[0] if client else "",
-                                device=headers.get(b"user-agent", b"")[:256].decode("ascii", "replace"),
-                                data={"method": scope.get("method", ""), "endpoint": route, "status": status[0],
-                                      "weight": int(state.get("rf_weight", 0)), "key_prefix": key,
-                                      "error": status[0] >= 400})
+            self.record(scope, status[0])
+
+    def record(self, scope: dict[str, Any], status: int) -> None:
+        """The api_call event of a request answered with `status` (500: none was sent), as its scope
+        stands when it is answered (the route, the caller's account and weight the app left there).
+        The API key and the user agent are each the last header of its name (what `dict(headers)`
+        kept), found in one pass over the headers. api/app.py `HotRoutes` records its requests here too."""
+        state = scope.get("state") or {}
+        key_header = agent = b""
+        for name, value in scope.get("headers") or ():
+            if name == b"x-mbx-apikey":
+                key_header = value
+            elif name == b"user-agent":
+                agent = value
+        client = scope.get("client")
+        route = getattr(scope.get("route"), "path", "unmatched")
+        self.outbox.publish("api_call", source="api", account_id=str(state.get("rf_account", "")),
+                            ip=client[0] if client else "",
+                            device=agent[:256].decode("ascii", "replace"),
+                            data={"method": scope.get("method", ""), "endpoint": route, "status": status,
+                                  "weight": int(state.get("rf_weight", 0)), "key_prefix": key_header[:8].decode("ascii", "replace"),
+                                  "error": status >= 400})
