@@ -158,12 +158,20 @@ def test_twins_are_exactly_the_wildcards_and_loopbacks_in_any_spelling(ip):
             assert url_host(spelling) == ("localhost" if ip.is_loopback else f"[{spelling}]" if ip.version == 6 else spelling)
 
 
+def _run_without_ipv6(script: Path, env: dict[str, str], timeout: int) -> subprocess.CompletedProcess[str]:
+    """`python SCRIPT` in a network namespace of its own (`unshare -rn`) with loopback up and IPv6 turned off."""
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    assert unshare and ip, "this test needs util-linux unshare and iproute2 ip (an IPv6-less network namespace)"
+    return subprocess.run(
+        [unshare, "-rn", "sh", "-ec", f"{ip} link set lo up; echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
+         f"echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6; exec {sys.executable} {script}"],
+        capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def test_without_ipv6_a_loopback_or_wildcard_host_starts_on_ipv4_with_one_warning(tmp_path):
     """A network namespace of this test's own (`unshare -rn`) with IPv6 turned off: ::1 cannot be bound by anyone
     there (EADDRNOTAVAIL). --host 127.0.0.1 listens on IPv4 with one warning; --host ::1 is refused (the asked
     address itself is missing); 0.0.0.0 still holds [::] (the kernel lets it be bound, so it is held)."""
-    unshare, ip = shutil.which("unshare"), shutil.which("ip")
-    assert unshare and ip, "this test needs util-linux unshare and iproute2 ip (an IPv6-less network namespace)"
     script = tmp_path / "no_ipv6.py"
     script.write_text(
         "import socket, sys\n"
@@ -176,10 +184,7 @@ def test_without_ipv6_a_loopback_or_wildcard_host_starts_on_ipv4_with_one_warnin
         "except ListenError as err:\n"
         "    print('v6 refused', err)\n"
         "print('wildcard', sorted(s.getsockname()[0] for s in listen_on('0.0.0.0', 8002, warned.append)), len(warned))\n")
-    out = subprocess.run(
-        [unshare, "-rn", "sh", "-ec", f"{ip} link set lo up; echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
-         f"echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6; exec {sys.executable} {script}"],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(SRC)))
+    out = _run_without_ipv6(script, dict(os.environ, PYTHONPATH=str(SRC)), timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == ("loopback ['127.0.0.1'] ['--host 127.0.0.1: no IPv6 on this machine (Cannot assign requested "
@@ -191,8 +196,6 @@ def test_without_ipv6_a_loopback_or_wildcard_host_starts_on_ipv4_with_one_warnin
 def test_serve_without_ipv6_starts_on_ipv4_and_says_so_in_one_line(tmp_path):
     """`ringfence serve` (default --host 127.0.0.1) in an IPv6-less network namespace: it serves on 127.0.0.1 and
     prints one warning line naming --host and [::1]; a SIGTERM still ends it cleanly."""
-    unshare, ip = shutil.which("unshare"), shutil.which("ip")
-    assert unshare and ip, "this test needs util-linux unshare and iproute2 ip (an IPv6-less network namespace)"
     script = tmp_path / "serve_no_ipv6.py"
     script.write_text(
         "import signal, subprocess, sys, time\n"
@@ -211,10 +214,7 @@ def test_serve_without_ipv6_starts_on_ipv4_and_says_so_in_one_line(tmp_path):
         "print(out)\n")
     env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1", COLUMNS="300", RINGFENCE_CUSTODY_CHAINS="none",
                RINGFENCE_DEMO_FEED="0", RINGFENCE_POR_EVERY_S="0")
-    out = subprocess.run(
-        [unshare, "-rn", "sh", "-ec", f"{ip} link set lo up; echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
-         f"echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6; exec {sys.executable} {script}"],
-        capture_output=True, text=True, timeout=240, env=env)
+    out = _run_without_ipv6(script, env, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.startswith("answer {} exit 0\n"), out.stdout[-3000:]
     warnings = [line for line in out.stdout.splitlines() if "--host" in line]
